@@ -1,0 +1,1 @@
+//! Placeholder until the loadtest issue fills this crate.

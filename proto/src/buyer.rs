@@ -1,0 +1,233 @@
+//! The buyer protocol: the ping and post the exchange sends, and the buyer's answers.
+//!
+//! The exchange side serializes borrowed views ([`BuyerPing`], [`BuyerPost`]) and parses
+//! answers leniently into outcomes ([`parse_bid_answer`], [`parse_post_answer`]): whatever a
+//! buyer sends, the result is a value, never a panic or an error for the seller. The buyer
+//! side (bidder SDK) parses the owned messages and serializes [`BidReply`] / [`PostReply`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use simd_json::{OwnedValue, StaticNode};
+
+use crate::lead::LeadJson;
+use crate::money::Micros;
+
+/// Longest `bid_id` or `buyer_lead_id` kept from a buyer.
+pub const BUYER_ID_LEN_MAX: usize = 128;
+/// Longest reason kept from a buyer.
+pub const BUYER_REASON_LEN_MAX: usize = 128;
+
+/// The ping sent to a buyer. The lead is the PII-free projection, always.
+#[derive(Debug, Serialize)]
+pub struct BuyerPing<'a> {
+    pub auction_id: &'a str,
+    pub vertical: &'a str,
+    pub lead: LeadJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    pub tmax_ms: u64,
+    pub test: bool,
+}
+
+/// The post sent to the winning buyer, with the full lead.
+#[derive(Debug, Serialize)]
+pub struct BuyerPost<'a> {
+    pub auction_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bid_id: Option<&'a str>,
+    pub price: Micros,
+    pub vertical: &'a str,
+    pub lead: LeadJson<'a>,
+    pub consent: &'a BTreeMap<String, String>,
+    pub test: bool,
+}
+
+/// A ping as a buyer receives it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PingMessage {
+    pub auction_id: String,
+    pub vertical: String,
+    pub lead: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub score: Option<u8>,
+    pub tmax_ms: u64,
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// A post as the winning buyer receives it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PostMessage {
+    pub auction_id: String,
+    #[serde(default)]
+    pub bid_id: Option<String>,
+    pub price: Micros,
+    #[serde(default)]
+    pub vertical: String,
+    pub lead: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub consent: BTreeMap<String, String>,
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// A buyer's answer to a ping, as the buyer writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum BidReply {
+    Bid {
+        bid: Micros,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bid_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_in_ms: Option<u64>,
+    },
+    NoBid {
+        no_bid: String,
+    },
+}
+
+/// A buyer's answer to a post, as the buyer writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostReply {
+    pub accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buyer_lead_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a buyer's ping answer means to the exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BidOutcome {
+    Bid { price: Micros, bid_id: Option<String>, expires_in_ms: Option<u64> },
+    NoBid { reason: Option<String> },
+    /// Not a valid answer: counts as no bid, and the reason is recorded.
+    Invalid(&'static str),
+}
+
+/// What a buyer's post answer means to the exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostOutcome {
+    Accepted { buyer_lead_id: Option<String> },
+    Rejected { reason: Option<String> },
+    /// Not a valid answer: counts as a rejection.
+    Invalid(&'static str),
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        mime.eq_ignore_ascii_case("application/json")
+    })
+}
+
+fn short_string(v: Option<&OwnedValue>, len_max: usize) -> Option<String> {
+    match v {
+        Some(OwnedValue::String(s)) => Some(s.chars().take(len_max).collect()),
+        Some(OwnedValue::Static(StaticNode::I64(i))) => Some(i.to_string()),
+        Some(OwnedValue::Static(StaticNode::U64(i))) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn number(v: &OwnedValue) -> Option<f64> {
+    match v {
+        OwnedValue::Static(StaticNode::I64(i)) => Some(*i as f64),
+        OwnedValue::Static(StaticNode::U64(u)) => Some(*u as f64),
+        OwnedValue::Static(StaticNode::F64(f)) => Some(*f),
+        _ => None,
+    }
+}
+
+/// Reads a buyer's ping answer: HTTP status, `Content-Type`, body (used as scratch).
+pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]) -> BidOutcome {
+    if status == 204 {
+        return BidOutcome::NoBid { reason: None };
+    }
+    if status != 200 {
+        return BidOutcome::Invalid("http_status");
+    }
+    if !is_json(content_type) {
+        return BidOutcome::Invalid("content_type");
+    }
+    let Ok(OwnedValue::Object(obj)) = simd_json::to_owned_value(body) else {
+        return BidOutcome::Invalid("malformed");
+    };
+    if let Some(v) = obj.get("bid") {
+        let Some(f) = number(v) else { return BidOutcome::Invalid("bid_not_a_number") };
+        let Ok(price) = Micros::from_decimal_f64(f) else { return BidOutcome::Invalid("bid_out_of_range") };
+        if price == Micros::ZERO {
+            return BidOutcome::NoBid { reason: Some("zero_bid".into()) };
+        }
+        let expires_in_ms = obj.get("expires_in_ms").and_then(number).filter(|f| *f >= 0.0).map(|f| f as u64);
+        return BidOutcome::Bid { price, bid_id: short_string(obj.get("bid_id"), BUYER_ID_LEN_MAX), expires_in_ms };
+    }
+    if obj.contains_key("no_bid") {
+        return BidOutcome::NoBid { reason: short_string(obj.get("no_bid"), BUYER_REASON_LEN_MAX) };
+    }
+    BidOutcome::Invalid("no_bid_field")
+}
+
+/// Reads a buyer's post answer.
+pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8]) -> PostOutcome {
+    if status != 200 {
+        return PostOutcome::Invalid("http_status");
+    }
+    if !is_json(content_type) {
+        return PostOutcome::Invalid("content_type");
+    }
+    let Ok(OwnedValue::Object(obj)) = simd_json::to_owned_value(body) else {
+        return PostOutcome::Invalid("malformed");
+    };
+    match obj.get("accepted") {
+        Some(OwnedValue::Static(StaticNode::Bool(true))) => {
+            PostOutcome::Accepted { buyer_lead_id: short_string(obj.get("buyer_lead_id"), BUYER_ID_LEN_MAX) }
+        }
+        Some(OwnedValue::Static(StaticNode::Bool(false))) => {
+            PostOutcome::Rejected { reason: short_string(obj.get("reason"), BUYER_REASON_LEN_MAX) }
+        }
+        _ => PostOutcome::Invalid("no_accepted_field"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: Option<&str> = Some("application/json; charset=utf-8");
+
+    fn bid(status: u16, ct: Option<&str>, body: &str) -> BidOutcome {
+        parse_bid_answer(status, ct, &mut body.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn bids() {
+        assert_eq!(
+            bid(200, JSON, r#"{"bid": 18.00, "bid_id": "b-991", "expires_in_ms": 60000}"#),
+            BidOutcome::Bid { price: Micros(18_000_000), bid_id: Some("b-991".into()), expires_in_ms: Some(60000) }
+        );
+        assert_eq!(bid(204, None, ""), BidOutcome::NoBid { reason: None });
+        assert_eq!(
+            bid(200, JSON, r#"{"no_bid":"outside_criteria"}"#),
+            BidOutcome::NoBid { reason: Some("outside_criteria".into()) }
+        );
+        assert_eq!(bid(500, JSON, "{}"), BidOutcome::Invalid("http_status"));
+        assert_eq!(bid(200, Some("text/html"), r#"{"bid":1}"#), BidOutcome::Invalid("content_type"));
+        assert_eq!(bid(200, JSON, "<html>"), BidOutcome::Invalid("malformed"));
+        assert_eq!(bid(200, JSON, r#"{"bid":"12"}"#), BidOutcome::Invalid("bid_not_a_number"));
+        assert_eq!(bid(200, JSON, r#"{"bid":-1}"#), BidOutcome::Invalid("bid_out_of_range"));
+        assert_eq!(bid(200, JSON, r#"{"price":1}"#), BidOutcome::Invalid("no_bid_field"));
+    }
+
+    #[test]
+    fn replies_serialize_per_contract() {
+        let b = BidReply::Bid { bid: Micros(18_000_000), bid_id: Some("b-1".into()), expires_in_ms: None };
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"bid":18.0,"bid_id":"b-1"}"#);
+        let n = BidReply::NoBid { no_bid: "outside_criteria".into() };
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#"{"no_bid":"outside_criteria"}"#);
+        let mut body = serde_json::to_vec(&PostReply { accepted: false, buyer_lead_id: None, reason: Some("duplicate".into()) }).unwrap();
+        assert_eq!(parse_post_answer(200, JSON, &mut body), PostOutcome::Rejected { reason: Some("duplicate".into()) });
+    }
+}

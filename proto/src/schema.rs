@@ -1,0 +1,373 @@
+//! A vertical's field schema and the validation of a lead against it.
+//!
+//! The schema says, for every lead field, its type, whether it is required, whether it may
+//! travel in a ping (and so to every eligible buyer), and whether it is PII. Validation
+//! reports every problem at once, each with its path (`lead.zip`), and never panics on
+//! any input.
+
+use regex::Regex;
+use simd_json::{OwnedValue, StaticNode};
+
+use crate::error::FieldProblem;
+use crate::lead::{FieldValue, Lead};
+
+/// Longest string value accepted in any lead field unless the schema says less.
+pub const STRING_LEN_MAX_DEFAULT: usize = 1024;
+/// Most fields a lead may carry, whatever the schema says.
+pub const LEAD_FIELDS_MAX: usize = 256;
+
+/// The type of one lead field, and its constraints.
+#[derive(Debug, Clone)]
+pub enum FieldKind {
+    /// Free text, at most `len_max` characters, optionally matching `pattern` (anchored).
+    String { len_max: usize, pattern: Option<Regex> },
+    /// A whole number within `[min, max]`.
+    Integer { min: i64, max: i64 },
+    /// Any number within `[min, max]`.
+    Number { min: f64, max: f64 },
+    Boolean,
+    /// One of a fixed set of strings.
+    Enum(Vec<String>),
+    /// A US state or territory, two upper-case letters (`TX`).
+    State,
+    /// A five-digit US ZIP code (`76180`).
+    Zip,
+    /// An e-mail address (one `@`, a dot in the domain).
+    Email,
+    /// A phone number in E.164 form (`+18175550123`).
+    Phone,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+}
+
+/// One field of a vertical's schema.
+#[derive(Debug, Clone)]
+pub struct FieldSpec {
+    pub name: String,
+    pub kind: FieldKind,
+    /// Required in a full lead (post, direct post); in a ping only if `ping` is also set.
+    pub required: bool,
+    /// May travel in a ping, and so be sent to every eligible buyer.
+    pub ping: bool,
+    /// Personal data: refused in a ping (`pii_in_ping`), never sent to a losing buyer, never logged.
+    pub pii: bool,
+}
+
+/// A vertical's fields, in a fixed order (the order leads are stored and sent in).
+#[derive(Debug, Clone, Default)]
+pub struct VerticalSchema {
+    pub fields: Vec<FieldSpec>,
+}
+
+/// Which lead a body carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadMode {
+    /// A ping: only ping fields, never PII.
+    Ping,
+    /// A full lead (post or direct post): every field of the schema.
+    Full,
+}
+
+/// What validation found wrong. `pii` is set when any problem is a PII field in a ping,
+/// which makes the answer `pii_in_ping` rather than `invalid_request`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeadProblems {
+    pub problems: Vec<FieldProblem>,
+    pub pii: bool,
+}
+
+const US_STATES: &[&str] = &[
+    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA",
+    "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM",
+    "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA",
+    "WV", "WI", "WY", "PR", "VI", "GU", "AS", "MP",
+];
+
+/// Is `s` a US state or territory code?
+pub fn is_us_state(s: &str) -> bool {
+    US_STATES.contains(&s)
+}
+
+impl VerticalSchema {
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    /// Validates a JSON object as a lead in `mode`. `path` prefixes field names in problems
+    /// (`lead`). Returns the typed lead in schema order, or every problem found.
+    pub fn validate(&self, value: &OwnedValue, mode: LeadMode, path: &str) -> Result<Lead, LeadProblems> {
+        let mut out = LeadProblems::default();
+        let obj = match value {
+            OwnedValue::Object(o) => o,
+            _ => {
+                out.problems.push(FieldProblem::new(path, "must be an object"));
+                return Err(out);
+            }
+        };
+        if obj.len() > LEAD_FIELDS_MAX {
+            out.problems.push(FieldProblem::new(path, format!("must have at most {LEAD_FIELDS_MAX} fields")));
+            return Err(out);
+        }
+        // Unknown fields first, so the answer names every stray key.
+        let mut unknown: Vec<&str> = obj.keys().map(|k| k.as_str()).filter(|k| self.field(k).is_none()).collect();
+        unknown.sort_unstable();
+        for k in unknown {
+            out.problems.push(FieldProblem::new(format!("{path}.{}", sanitize_key(k)), "unknown field"));
+        }
+        let mut fields = Vec::with_capacity(obj.len());
+        for (index, spec) in self.fields.iter().enumerate() {
+            let fpath = || format!("{path}.{}", spec.name);
+            let present = obj.get(spec.name.as_str()).filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)));
+            match (present, mode) {
+                (Some(_), LeadMode::Ping) if spec.pii => {
+                    out.pii = true;
+                    out.problems.push(FieldProblem::new(fpath(), "is personal data and not allowed in a ping"));
+                }
+                (Some(_), LeadMode::Ping) if !spec.ping => {
+                    out.problems.push(FieldProblem::new(fpath(), "is not allowed in a ping; send it with the post"));
+                }
+                (Some(v), _) => match check_value(&spec.kind, v) {
+                    Ok(fv) => fields.push((index, fv)),
+                    Err(problem) => out.problems.push(FieldProblem::new(fpath(), problem)),
+                },
+                (None, LeadMode::Ping) if spec.required && spec.ping => {
+                    out.problems.push(FieldProblem::new(fpath(), "is required"));
+                }
+                (None, LeadMode::Full) if spec.required => {
+                    out.problems.push(FieldProblem::new(fpath(), "is required"));
+                }
+                (None, _) => {}
+            }
+        }
+        if out.problems.is_empty() {
+            Ok(Lead::from_parts(fields))
+        } else {
+            Err(out)
+        }
+    }
+}
+
+/// Keys come from the network: keep problem paths printable and short.
+fn sanitize_key(k: &str) -> String {
+    k.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
+    match kind {
+        FieldKind::String { len_max, pattern } => {
+            let s = as_str(v).ok_or("must be a string")?;
+            if s.chars().count() > *len_max {
+                return Err(format!("must be at most {len_max} characters"));
+            }
+            if let Some(re) = pattern {
+                if !re.is_match(s) {
+                    return Err(format!("must match {}", re.as_str()));
+                }
+            }
+            Ok(FieldValue::Str(s.to_string()))
+        }
+        FieldKind::Integer { min, max } => {
+            let i = match v {
+                OwnedValue::Static(StaticNode::I64(i)) => *i,
+                OwnedValue::Static(StaticNode::U64(u)) => i64::try_from(*u).map_err(|_| "is too large".to_string())?,
+                OwnedValue::Static(StaticNode::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => *f as i64,
+                _ => return Err("must be a whole number".into()),
+            };
+            if i < *min || i > *max {
+                return Err(format!("must be between {min} and {max}"));
+            }
+            Ok(FieldValue::Int(i))
+        }
+        FieldKind::Number { min, max } => {
+            let f = match v {
+                OwnedValue::Static(StaticNode::I64(i)) => *i as f64,
+                OwnedValue::Static(StaticNode::U64(u)) => *u as f64,
+                OwnedValue::Static(StaticNode::F64(f)) => *f,
+                _ => return Err("must be a number".into()),
+            };
+            if !f.is_finite() || f < *min || f > *max {
+                return Err(format!("must be between {min} and {max}"));
+            }
+            Ok(FieldValue::Num(f))
+        }
+        FieldKind::Boolean => match v {
+            OwnedValue::Static(StaticNode::Bool(b)) => Ok(FieldValue::Bool(*b)),
+            _ => Err("must be true or false".into()),
+        },
+        FieldKind::Enum(values) => {
+            let s = as_str(v).ok_or("must be a string")?;
+            if values.iter().any(|x| x == s) {
+                Ok(FieldValue::Str(s.to_string()))
+            } else {
+                Err(format!("must be one of {}", values.join(", ")))
+            }
+        }
+        FieldKind::State => {
+            let s = as_str(v).ok_or("must be a string")?;
+            if is_us_state(s) {
+                Ok(FieldValue::Str(s.to_string()))
+            } else {
+                Err("must be a two-letter US state code".into())
+            }
+        }
+        FieldKind::Zip => {
+            let s = as_str(v).ok_or("must be a string")?;
+            if s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(FieldValue::Str(s.to_string()))
+            } else {
+                Err("must be 5 digits".into())
+            }
+        }
+        FieldKind::Email => {
+            let s = as_str(v).ok_or("must be a string")?;
+            let ok = s.len() <= 254
+                && match s.split_once('@') {
+                    Some((local, domain)) => {
+                        !local.is_empty()
+                            && !domain.contains('@')
+                            && domain.contains('.')
+                            && !domain.starts_with('.')
+                            && !domain.ends_with('.')
+                            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+                    }
+                    None => false,
+                };
+            if ok {
+                Ok(FieldValue::Str(s.to_string()))
+            } else {
+                Err("must be an e-mail address".into())
+            }
+        }
+        FieldKind::Phone => {
+            let s = as_str(v).ok_or("must be a string")?;
+            let digits = s.strip_prefix('+').unwrap_or("");
+            if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') {
+                Ok(FieldValue::Str(s.to_string()))
+            } else {
+                Err("must be an E.164 phone number such as +18175550123".into())
+            }
+        }
+        FieldKind::Date => {
+            let s = as_str(v).ok_or("must be a string")?;
+            if is_date(s) {
+                Ok(FieldValue::Str(s.to_string()))
+            } else {
+                Err("must be a date as YYYY-MM-DD".into())
+            }
+        }
+    }
+}
+
+fn as_str(v: &OwnedValue) -> Option<&str> {
+    match v {
+        OwnedValue::String(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1900..=2200).contains(&y) && d >= 1 && d <= days
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The auto-insurance schema the tests share.
+    pub fn auto_schema() -> VerticalSchema {
+        let f = |name: &str, kind: FieldKind, required: bool, ping: bool, pii: bool| FieldSpec {
+            name: name.into(),
+            kind,
+            required,
+            ping,
+            pii,
+        };
+        VerticalSchema {
+            fields: vec![
+                f("state", FieldKind::State, true, true, false),
+                f("zip", FieldKind::Zip, true, true, false),
+                f("age", FieldKind::Integer { min: 16, max: 120 }, false, true, false),
+                f("homeowner", FieldKind::Boolean, false, true, false),
+                f("credit", FieldKind::Enum(vec!["poor".into(), "fair".into(), "good".into(), "excellent".into()]), false, true, false),
+                f("city", FieldKind::String { len_max: 64, pattern: None }, false, false, false),
+                f("first_name", FieldKind::String { len_max: 64, pattern: None }, true, false, true),
+                f("last_name", FieldKind::String { len_max: 64, pattern: None }, true, false, true),
+                f("phone", FieldKind::Phone, true, false, true),
+                f("email", FieldKind::Email, false, false, true),
+                f("birth_date", FieldKind::Date, false, false, true),
+            ],
+        }
+    }
+
+    fn parse(s: &str) -> OwnedValue {
+        let mut b = s.as_bytes().to_vec();
+        simd_json::to_owned_value(&mut b).unwrap()
+    }
+
+    #[test]
+    fn ping_ok_in_schema_order() {
+        let lead = auto_schema()
+            .validate(&parse(r#"{"zip":"76180","state":"TX","age":42}"#), LeadMode::Ping, "lead")
+            .unwrap();
+        let names: Vec<_> = lead.iter(&auto_schema()).map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, ["state", "zip", "age"]);
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let err = auto_schema()
+            .validate(&parse(r#"{"zip":"7618","age":"x","color":1,"credit":"meh"}"#), LeadMode::Ping, "lead")
+            .unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["lead.color", "lead.state", "lead.zip", "lead.age", "lead.credit"]);
+        assert!(!err.pii);
+        assert_eq!(err.problems[2].problem, "must be 5 digits");
+    }
+
+    #[test]
+    fn pii_in_ping_is_flagged() {
+        let err = auto_schema()
+            .validate(&parse(r#"{"zip":"76180","state":"TX","phone":"+18175550123"}"#), LeadMode::Ping, "lead")
+            .unwrap_err();
+        assert!(err.pii);
+        assert_eq!(err.problems[0].field, "lead.phone");
+    }
+
+    #[test]
+    fn full_lead_requires_pii_fields() {
+        let err = auto_schema()
+            .validate(&parse(r#"{"zip":"76180","state":"TX"}"#), LeadMode::Full, "lead")
+            .unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["lead.first_name", "lead.last_name", "lead.phone"]);
+    }
+
+    #[test]
+    fn dates() {
+        assert!(is_date("2024-02-29"));
+        assert!(!is_date("2023-02-29"));
+        assert!(!is_date("2023-13-01"));
+        assert!(!is_date("2023-1-01"));
+    }
+}

@@ -1,0 +1,295 @@
+//! The seller API: `/v1/ping`, `/v1/post`, `/v1/leads` bodies and their answers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use simd_json::OwnedValue;
+
+use crate::error::{ApiError, ErrorCode, FieldProblem};
+use crate::json::{parse_value, ObjectReader};
+use crate::lead::Lead;
+use crate::money::Micros;
+use crate::schema::{LeadMode, VerticalSchema};
+
+/// Longest vertical name.
+pub const VERTICAL_LEN_MAX: usize = 64;
+/// Longest `ping_id`.
+pub const PING_ID_LEN_MAX: usize = 64;
+
+/// A validated ping (`/v1/ping`) or direct post (`/v1/leads`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PingRequest {
+    pub vertical: String,
+    /// PII-free for a ping; the full lead for a direct post.
+    pub lead: Lead,
+    pub source: BTreeMap<String, String>,
+    pub dedup: BTreeMap<String, String>,
+    pub consent: BTreeMap<String, String>,
+    /// The least the seller will take (after margin).
+    pub min_price: Option<Micros>,
+    pub test: bool,
+}
+
+/// Parses and validates a ping (`LeadMode::Ping`) or direct post (`LeadMode::Full`) body.
+/// `schema_of` finds the vertical's schema; an unknown vertical is a field problem.
+/// Every problem, envelope and lead, is reported at once.
+pub fn parse_ping<'s>(
+    buf: &mut [u8],
+    mode: LeadMode,
+    schema_of: impl FnOnce(&str) -> Option<&'s VerticalSchema>,
+) -> Result<PingRequest, ApiError> {
+    let value = parse_value(buf)?;
+    let mut r = ObjectReader::new(&value);
+    let vertical = r.string("vertical", VERTICAL_LEN_MAX);
+    let lead_value = r.value("lead");
+    let source = r.string_map("source");
+    let dedup = r.string_map("dedup");
+    let consent = r.string_map("consent");
+    let min_price = r.money_opt("min_price");
+    let test = r.bool_or_false("test");
+    r.finish_unknown();
+    let mut problems = std::mem::take(&mut r.problems);
+    let mut pii = false;
+    let schema = match vertical.as_deref() {
+        Some(v) => {
+            let s = schema_of(v);
+            if s.is_none() {
+                problems.push(FieldProblem::new("vertical", "unknown vertical"));
+            }
+            s
+        }
+        None => None,
+    };
+    let mut lead = None;
+    if let (Some(schema), Some(lv)) = (schema, lead_value) {
+        match schema.validate(lv, mode, "lead") {
+            Ok(l) => lead = Some(l),
+            Err(e) => {
+                pii = e.pii;
+                problems.extend(e.problems);
+            }
+        }
+    }
+    match (vertical, lead) {
+        (Some(vertical), Some(lead)) if problems.is_empty() => {
+            Ok(PingRequest { vertical, lead, source, dedup, consent, min_price, test })
+        }
+        _ => Err(ApiError::from_fields(if pii { ErrorCode::PiiInPing } else { ErrorCode::InvalidRequest }, problems)),
+    }
+}
+
+/// A `/v1/post` body whose envelope is valid; the lead is checked once the ping's
+/// vertical is known ([`PostEnvelope::validate_lead`]).
+#[derive(Debug)]
+pub struct PostEnvelope {
+    pub ping_id: String,
+    lead: OwnedValue,
+    pub consent: BTreeMap<String, String>,
+}
+
+impl PostEnvelope {
+    pub fn parse(buf: &mut [u8]) -> Result<PostEnvelope, ApiError> {
+        let value = parse_value(buf)?;
+        let mut r = ObjectReader::new(&value);
+        let ping_id = r.string("ping_id", PING_ID_LEN_MAX);
+        let lead = r.value("lead").cloned();
+        let consent = r.string_map("consent");
+        r.finish_unknown();
+        match (ping_id, lead) {
+            (Some(ping_id), Some(lead)) if r.problems.is_empty() => Ok(PostEnvelope { ping_id, lead, consent }),
+            _ => Err(ApiError::from_fields(ErrorCode::InvalidRequest, r.problems)),
+        }
+    }
+
+    /// Validates the full lead against the ping's vertical.
+    pub fn validate_lead(&self, schema: &VerticalSchema) -> Result<Lead, ApiError> {
+        schema
+            .validate(&self.lead, LeadMode::Full, "lead")
+            .map_err(|e| ApiError::from_fields(ErrorCode::InvalidRequest, e.problems))
+    }
+}
+
+/// `status` of a ping answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PingStatus {
+    Bid,
+    NoBid,
+}
+
+/// Why a ping got no bid (CONTRACT.md; more may be added, each documented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoBidReason {
+    /// No configured buyer takes this vertical, geography, hour or score.
+    NoEligibleBuyers,
+    /// Buyers were pinged and none bid in time.
+    NoBids,
+    /// Bids came, but none reached the seller's `min_price`, reserve, or the vertical's floor.
+    BelowReserve,
+    Duplicate,
+    Suppressed,
+    ConsentRequired,
+    /// Buyers would take it but all are at their caps or budgets.
+    Capped,
+    Test,
+}
+
+impl NoBidReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoBidReason::NoEligibleBuyers => "no_eligible_buyers",
+            NoBidReason::NoBids => "no_bids",
+            NoBidReason::BelowReserve => "below_reserve",
+            NoBidReason::Duplicate => "duplicate",
+            NoBidReason::Suppressed => "suppressed",
+            NoBidReason::ConsentRequired => "consent_required",
+            NoBidReason::Capped => "capped",
+            NoBidReason::Test => "test",
+        }
+    }
+}
+
+/// The answer to `/v1/ping` (always `200` once the ping was processed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingAnswer {
+    pub ping_id: String,
+    pub status: PingStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NoBidReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+}
+
+/// `status` of a post answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostStatus {
+    Sold,
+    Unsold,
+    Expired,
+    Mismatch,
+    Duplicate,
+    Suppressed,
+}
+
+impl PostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostStatus::Sold => "sold",
+            PostStatus::Unsold => "unsold",
+            PostStatus::Expired => "expired",
+            PostStatus::Mismatch => "mismatch",
+            PostStatus::Duplicate => "duplicate",
+            PostStatus::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// The answer to `/v1/post` and `/v1/leads`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostAnswer {
+    pub status: PostStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// The buyer's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buyer: Option<String>,
+    /// Why it did not sell: `all_buyers_rejected`, `no_bids`, ... (the no-bid reasons and post reasons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `mismatch`: the ping fields that changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_fields: Vec<String>,
+}
+
+impl PostAnswer {
+    /// An answer with only a status and a reason.
+    pub fn status_only(status: PostStatus, reason: Option<&str>) -> PostAnswer {
+        PostAnswer {
+            status,
+            lead_id: None,
+            ping_id: None,
+            price: None,
+            currency: None,
+            buyer: None,
+            reason: reason.map(str::to_string),
+            changed_fields: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::tests::auto_schema;
+
+    fn ping(body: &str, mode: LeadMode) -> Result<PingRequest, ApiError> {
+        let schema = auto_schema();
+        let mut b = body.as_bytes().to_vec();
+        parse_ping(&mut b, mode, |v| (v == "auto_insurance").then_some(&schema))
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let p = ping(
+            r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180","age":42,"homeowner":true,"credit":"good"},
+               "source":{"sub_id":"fb-123"},"min_price":5.00,"test":false}"#,
+            LeadMode::Ping,
+        )
+        .unwrap();
+        assert_eq!(p.min_price, Some(Micros(5_000_000)));
+        assert_eq!(p.lead.len(), 5);
+        assert_eq!(p.source["sub_id"], "fb-123");
+    }
+
+    #[test]
+    fn envelope_and_lead_problems_together() {
+        let e = ping(r#"{"vertical":"auto_insurance","lead":{"zip":"1"},"min_price":"x","extra":1}"#, LeadMode::Ping)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["min_price", "extra", "lead.state", "lead.zip"]);
+    }
+
+    #[test]
+    fn pii_code_wins() {
+        let e = ping(r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180","email":"a@b.co"}}"#, LeadMode::Ping)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::PiiInPing);
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        for body in ["", "{", "[]", "null", "1", r#"{"vertical":7,"lead":[]}"#, "\u{0}\u{1}"] {
+            let e = ping(body, LeadMode::Ping).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{body:?}");
+        }
+        let e = ping(r#"{"vertical":"boats","lead":{}}"#, LeadMode::Ping).unwrap_err();
+        assert_eq!(e.fields[0].field, "vertical");
+    }
+
+    #[test]
+    fn post_envelope() {
+        let mut b = br#"{"ping_id":"pg_1","lead":{"state":"TX"}}"#.to_vec();
+        let env = PostEnvelope::parse(&mut b).unwrap();
+        assert_eq!(env.ping_id, "pg_1");
+        let e = env.validate_lead(&auto_schema()).unwrap_err();
+        assert!(e.fields.iter().any(|f| f.field == "lead.phone"));
+        let mut b = br#"{"lead":{}}"#.to_vec();
+        assert_eq!(PostEnvelope::parse(&mut b).unwrap_err().fields[0].field, "ping_id");
+    }
+}
