@@ -58,8 +58,10 @@ pub struct Config {
     pub buyers: Vec<Buyer>,
     /// Vertical name to index.
     pub vertical_by_name: HashMap<String, VerticalIdx>,
-    /// Hex SHA-256 of a seller key to the seller.
+    /// SHA-256 of a seller key to the seller.
     pub seller_by_key_sha256: HashMap<[u8; 32], SellerIdx>,
+    /// For each vertical, the buyers that take it, ascending (the eligibility index).
+    pub buyers_by_vertical: Vec<Vec<BuyerIdx>>,
 }
 
 /// `[server]`: where and how the exchange listens, and its limits.
