@@ -1,0 +1,174 @@
+//! The buyer client: pooled keep-alive connections (HTTP/1.1, or HTTP/2 where the buyer's
+//! config says so; TLS with rustls for `https://`), every request signed per Standard
+//! Webhooks, answers read with a size limit and turned into values by proto.
+//!
+//! What this module never does: decide anything about the auction. It sends one message
+//! and reports what came back, with how long it took.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use proto::buyer::{parse_bid_answer, parse_post_answer, BidOutcome, PostOutcome};
+use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+
+use crate::config::HttpVersion;
+
+/// Largest buyer answer read; anything longer is an invalid answer.
+pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
+/// Idle keep-alive connections kept per buyer host.
+pub const IDLE_PER_HOST_MAX: usize = 512;
+/// How long an idle pooled connection is kept.
+pub const IDLE_TIMEOUT_S: u64 = 90;
+/// TCP connect timeout (bounded again by each call's own deadline).
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why a call produced no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// Could not connect, or the connection failed mid-request.
+    Transport,
+    /// The answer was longer than [`ANSWER_BYTES_MAX`].
+    TooLarge,
+    /// The request could not be built (bad URL).
+    Request,
+}
+
+/// Pooled clients shared by every auction.
+#[derive(Clone, Debug)]
+pub struct BuyerClient {
+    h1: Client<Connector, Full<Bytes>>,
+    h2: Client<Connector, Full<Bytes>>,
+}
+
+fn connector(h2: bool) -> Connector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    let provider = rustls::crypto::ring::default_provider();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider);
+    match builder {
+        Ok(b) => {
+            let b = b.https_or_http();
+            if h2 {
+                b.enable_http2().wrap_connector(http)
+            } else {
+                b.enable_http1().wrap_connector(http)
+            }
+        }
+        // The ring provider supports rustls' default protocol versions; this cannot fail,
+        // but fall back to a plain-text-only connector rather than panic.
+        Err(_) => hyper_rustls::HttpsConnector::from((http, rustls_fallback_config())),
+    }
+}
+
+fn rustls_fallback_config() -> std::sync::Arc<rustls::ClientConfig> {
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+            .unwrap_or_else(|_| unreachable!("ring supports the default versions")),
+    )
+}
+
+impl BuyerClient {
+    pub fn new() -> BuyerClient {
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
+            .pool_max_idle_per_host(IDLE_PER_HOST_MAX)
+            .build(connector(false));
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
+            .http2_only(true)
+            .build(connector(true));
+        BuyerClient { h1, h2 }
+    }
+
+    /// Sends one signed JSON message and returns `(status, content type, body)`.
+    async fn call(
+        &self,
+        url: &str,
+        http: HttpVersion,
+        secret: &Secret,
+        msg_id: &str,
+        now_s: i64,
+        body: Bytes,
+    ) -> Result<(u16, Option<String>, Vec<u8>), CallError> {
+        let signature = secret.sign(msg_id, now_s, &body);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, "pingpost/0.1")
+            .header(HEADER_ID, msg_id)
+            .header(HEADER_TIMESTAMP, now_s.to_string())
+            .header(HEADER_SIGNATURE, signature)
+            .body(Full::new(body))
+            .map_err(|_| CallError::Request)?;
+        let client = match http {
+            HttpVersion::Http1 => &self.h1,
+            HttpVersion::Http2 => &self.h2,
+        };
+        let resp = client.request(req).await.map_err(|_| CallError::Transport)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX).collect().await.map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                CallError::TooLarge
+            } else {
+                CallError::Transport
+            }
+        })?;
+        Ok((status, content_type, collected.to_bytes().to_vec()))
+    }
+
+    /// Pings a buyer. Never fails: every problem is an outcome.
+    pub async fn ping(&self, url: &str, http: HttpVersion, secret: &Secret, msg_id: &str, now_s: i64, body: Bytes) -> PingResult {
+        match self.call(url, http, secret, msg_id, now_s, body).await {
+            Ok((status, ct, mut bytes)) => PingResult::Answer(parse_bid_answer(status, ct.as_deref(), &mut bytes)),
+            Err(CallError::TooLarge) => PingResult::Answer(BidOutcome::Invalid("too_large")),
+            Err(e) => PingResult::Failed(e),
+        }
+    }
+
+    /// Posts a lead to a buyer. Never fails: every problem is an outcome.
+    pub async fn post(&self, url: &str, http: HttpVersion, secret: &Secret, msg_id: &str, now_s: i64, body: Bytes) -> PostResult {
+        match self.call(url, http, secret, msg_id, now_s, body).await {
+            Ok((status, ct, mut bytes)) => PostResult::Answer(parse_post_answer(status, ct.as_deref(), &mut bytes)),
+            Err(CallError::TooLarge) => PostResult::Answer(PostOutcome::Invalid("too_large")),
+            Err(e) => PostResult::Failed(e),
+        }
+    }
+}
+
+impl Default for BuyerClient {
+    fn default() -> Self {
+        BuyerClient::new()
+    }
+}
+
+/// A ping's result (timeouts are decided by the caller, which owns the deadline).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PingResult {
+    Answer(BidOutcome),
+    Failed(CallError),
+}
+
+/// A post's result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostResult {
+    Answer(PostOutcome),
+    Failed(CallError),
+}

@@ -1,0 +1,208 @@
+//! `pingpost --demo`: starts the example bidders (bidder-sdk) that the default
+//! configuration points at, prints curl examples, and sends a small stream of sample
+//! leads through the exchange, printing each ping, bid, post and sale. The sample leads
+//! are made up; nothing here is ever pointed at anything but loopback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bidder_sdk::examples::{FlatBidder, RateCard, ScorecardBidder};
+use bidder_sdk::server::ServeOptions;
+use bytes::Bytes;
+use http::{header, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use proto::Micros;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+/// The demo seller's key (config/default.toml stores only its SHA-256).
+pub const DEMO_SELLER_KEY: &str = "demo-seller-key";
+const DEMO_SECRET_PREFIX: &str = "PINGPOST_DEMO_SECRET_";
+
+/// The demo buyers' secrets, used only when `--demo` is given and the variable is unset.
+pub fn demo_secret(var: &str) -> Option<String> {
+    var.strip_prefix(DEMO_SECRET_PREFIX).map(|n| format!("pingpost-demo-secret-{n}"))
+}
+
+fn loopback_port(url: &str) -> Option<u16> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    if host != "127.0.0.1" && host != "localhost" && host != "[::1]" {
+        return None;
+    }
+    uri.port_u16()
+}
+
+/// A running demo bidder.
+#[derive(Debug)]
+pub struct DemoBidder {
+    stop: tokio::sync::oneshot::Sender<()>,
+    join: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DemoBidder {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.join.await;
+    }
+}
+
+/// Starts one example bidder per loopback port the configured buyers use: the scorecard
+/// bidder for pinged buyers with an even position, a flat bidder for the others (fixed
+/// price buyers are served by a flat bidder that accepts posts).
+pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
+    let mut handles = Vec::new();
+    let mut seen = Vec::new();
+    for (i, b) in cfg.buyers.iter().enumerate() {
+        let Some(port) = loopback_port(b.ping_url.as_deref().unwrap_or(&b.post_url)) else { continue };
+        if seen.contains(&port) {
+            continue;
+        }
+        seen.push(port);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let options = ServeOptions::new(b.secret.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let states: Vec<String> = b.states_include.clone();
+        let kind;
+        let join = if i % 2 == 0 && b.ping_url.is_some() {
+            kind = "scorecard";
+            tokio::spawn(bidder_sdk::server::serve(listener, Arc::new(ScorecardBidder::new(RateCard::default())), options, shutdown))
+        } else {
+            kind = "flat";
+            let price = b.fixed_price.unwrap_or(Micros(9_000_000 + 1_000_000 * i as i64));
+            let states = if states.is_empty() { proto::schema::US_STATES.iter().map(|s| s.to_string()).collect() } else { states };
+            tokio::spawn(bidder_sdk::server::serve(listener, Arc::new(FlatBidder::new(price, states)), options, shutdown))
+        };
+        println!("demo bidder  {:<10} {kind:<9} listening on http://{addr}", b.id);
+        handles.push(DemoBidder { stop: tx, join });
+    }
+    Ok(handles)
+}
+
+const STATES: &[&str] = &["TX", "TX", "CA", "FL", "NY", "IL", "OH", "GA"];
+const CREDIT: &[&str] = &["poor", "fair", "good", "good", "excellent"];
+const FIRST: &[&str] = &["Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace"];
+const LAST: &[&str] = &["Diaz", "Nguyen", "Okafor", "Smith", "Kowalski", "Ito"];
+
+/// A made-up lead: the ping part and the full lead.
+fn sample_lead(rng: &mut impl Rng) -> (Value, Value) {
+    let state = STATES[rng.gen_range(0..STATES.len())];
+    let zip = match state {
+        "TX" => format!("76{:03}", rng.gen_range(0..1000)),
+        "CA" => format!("90{:03}", rng.gen_range(0..1000)),
+        "FL" => format!("33{:03}", rng.gen_range(0..1000)),
+        "NY" => format!("10{:03}", rng.gen_range(0..1000)),
+        _ => format!("{:05}", rng.gen_range(30000..70000)),
+    };
+    let ping = json!({
+        "state": state, "zip": zip, "age": rng.gen_range(18..80),
+        "homeowner": rng.gen_bool(0.6), "credit": CREDIT[rng.gen_range(0..CREDIT.len())],
+        "insured": rng.gen_bool(0.7), "vehicle_year": rng.gen_range(2005..2026),
+    });
+    let mut full = ping.clone();
+    if let Value::Object(m) = &mut full {
+        m.insert("first_name".into(), json!(FIRST[rng.gen_range(0..FIRST.len())]));
+        m.insert("last_name".into(), json!(LAST[rng.gen_range(0..LAST.len())]));
+        m.insert("phone".into(), json!(format!("+1817555{:04}", rng.gen_range(0..10000))));
+        m.insert("email".into(), json!(format!("demo{}@example.com", rng.gen_range(0..100000))));
+    }
+    (ping, full)
+}
+
+type DemoClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn call(client: &DemoClient, addr: SocketAddr, path: &str, body: &Value) -> Option<(u16, Value)> {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {DEMO_SELLER_KEY}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).ok()?)))
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+fn print_curl(addr: SocketAddr) {
+    println!();
+    println!("Try it yourself (the demo seller key is `{DEMO_SELLER_KEY}`):");
+    println!(
+        "  curl -s http://{addr}/v1/ping -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"vertical\":\"auto_insurance\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\"}}}}'"
+    );
+    println!(
+        "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\",\"first_name\":\"Ana\",\"last_name\":\"Diaz\",\"phone\":\"+18175550123\"}}}}'"
+    );
+    println!("  curl -s http://{addr}/metrics | grep pingpost_auctions_total");
+    println!();
+}
+
+/// Starts the bidders, then sends `count` sample leads (0 = until the task is dropped),
+/// one every `interval_ms`, printing what happens to each.
+pub async fn run(addr: SocketAddr, cfg: Config, interval_ms: u64, count: u64) {
+    let bidders = match start_bidders(&cfg).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("demo: could not start the example bidders ({e}); are ports 9101-9105 free?");
+            return;
+        }
+    };
+    print_curl(addr);
+    let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut rng = rand::thread_rng();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
+    loop {
+        tick.tick().await;
+        if count > 0 && sent >= count {
+            break;
+        }
+        sent += 1;
+        let (ping_lead, full) = sample_lead(&mut rng);
+        let summary = format!(
+            "{} {} age {} credit {}",
+            ping_lead["state"].as_str().unwrap_or("?"),
+            ping_lead["zip"].as_str().unwrap_or("?"),
+            ping_lead["age"],
+            ping_lead["credit"].as_str().unwrap_or("?")
+        );
+        let t0 = tokio::time::Instant::now();
+        let Some((status, answer)) = call(&client, addr, "/v1/ping", &json!({"vertical": "auto_insurance", "lead": ping_lead})).await else {
+            println!("lead {sent:>3}  ping failed: exchange unreachable");
+            continue;
+        };
+        let took = t0.elapsed();
+        if status != 200 || answer["status"] != "bid" {
+            println!("lead {sent:>3}  PING {summary:<34} -> no bid ({}) in {:.1} ms", answer["reason"].as_str().unwrap_or("?"), took.as_secs_f64() * 1e3);
+            continue;
+        }
+        println!(
+            "lead {sent:>3}  PING {summary:<34} -> BID {} {} firm until {} ({:.1} ms)",
+            answer["price"],
+            answer["currency"].as_str().unwrap_or(""),
+            answer["expires_at"].as_str().unwrap_or("?"),
+            took.as_secs_f64() * 1e3
+        );
+        let post = json!({"ping_id": answer["ping_id"], "lead": full});
+        match call(&client, addr, "/v1/post", &post).await {
+            Some((200, a)) if a["status"] == "sold" => {
+                println!("          POST full lead -> SOLD to {} for {} (lead {})", a["buyer"].as_str().unwrap_or("?"), a["price"], a["lead_id"].as_str().unwrap_or("?"));
+            }
+            Some((s, a)) => println!("          POST full lead -> {s} {a}"),
+            None => println!("          POST failed: exchange unreachable"),
+        }
+    }
+    for b in bidders {
+        b.shutdown().await;
+    }
+}

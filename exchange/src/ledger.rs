@@ -1,0 +1,144 @@
+//! The append-only ledger: one JSON line per event, written by one thread with group
+//! commit (every batch of waiting records is written and `fdatasync`ed once, then all of
+//! them are acknowledged). A `sold` answer waits for its sale record's acknowledgement,
+//! so nothing acknowledged to a seller is ever lost.
+//!
+//! Architecture invariant: records never carry PII; they name leads by id and carry only
+//! prices, buyers, sellers and outcomes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Records waiting for the writer; past this, appenders wait (backpressure, never unbounded).
+pub const QUEUE_RECORDS_MAX: usize = 65_536;
+/// Most records written per fsync.
+pub const BATCH_RECORDS_MAX: usize = 512;
+
+struct Pending {
+    line: Vec<u8>,
+    ack: Option<oneshot::Sender<io::Result<()>>>,
+}
+
+/// Handle to the ledger writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Pending>,
+    healthy: Arc<AtomicBool>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.path).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger writer has stopped")]
+    Stopped,
+    #[error("ledger write failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("ledger record could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the file for appending and starts the writer thread.
+    /// The thread ends when every handle is dropped, after writing what it was given.
+    pub fn open(path: &Path, on_batch: impl Fn(usize) + Send + 'static) -> io::Result<Ledger> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (tx, rx) = mpsc::channel(QUEUE_RECORDS_MAX);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let h = healthy.clone();
+        std::thread::Builder::new()
+            .name("pingpost-ledger".into())
+            .spawn(move || writer(file, rx, h, on_batch))?;
+        Ok(Ledger { tx, healthy, path: Arc::new(path.to_path_buf()) })
+    }
+
+    /// Is the writer alive and its last write successful?
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    /// Appends a record and waits until it is on disk (`fdatasync`).
+    pub async fn append_durable<T: Serialize>(&self, record: &T) -> Result<(), LedgerError> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        let (ack, done) = oneshot::channel();
+        self.tx.send(Pending { line, ack: Some(ack) }).await.map_err(|_| LedgerError::Stopped)?;
+        done.await.map_err(|_| LedgerError::Stopped)??;
+        Ok(())
+    }
+
+    /// Appends a record without waiting for the disk (it is still written in order, and
+    /// synced with the next batch). Waits only if the queue is full.
+    pub async fn append<T: Serialize>(&self, record: &T) -> Result<(), LedgerError> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        self.tx.send(Pending { line, ack: None }).await.map_err(|_| LedgerError::Stopped)
+    }
+}
+
+fn writer(mut file: File, mut rx: mpsc::Receiver<Pending>, healthy: Arc<AtomicBool>, on_batch: impl Fn(usize)) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_RECORDS_MAX);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < BATCH_RECORDS_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        for p in &batch {
+            buf.extend_from_slice(&p.line);
+        }
+        let result = file.write_all(&buf).and_then(|_| file.sync_data());
+        healthy.store(result.is_ok(), Ordering::Relaxed);
+        on_batch(batch.len());
+        for p in batch.drain(..) {
+            if let Some(ack) = p.ack {
+                let _ = ack.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn durable_records_are_on_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let ledger = Ledger::open(&path, |_| {}).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..100 {
+            let l = ledger.clone();
+            waits.push(tokio::spawn(async move { l.append_durable(&serde_json::json!({"n": i})).await }));
+        }
+        for w in waits {
+            w.await.unwrap().unwrap();
+        }
+        ledger.append(&serde_json::json!({"n": "last"})).await.unwrap();
+        ledger.append_durable(&serde_json::json!({"n": "end"})).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 102);
+        assert_eq!(lines[101]["n"], "end");
+        assert!(ledger.is_healthy());
+    }
+}

@@ -1,0 +1,197 @@
+//! Prometheus metrics. Per-buyer series are resolved once per configuration, so the hot
+//! path only bumps pre-built counters (no label hashing per request).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds, from 100 µs up to 10 s.
+pub const LATENCY_BUCKETS_S: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What happened to one buyer in one auction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingOutcome {
+    Bid,
+    NoBid,
+    Timeout,
+    Error,
+    /// Answered, but not a valid answer (garbage, wrong content type, non-200).
+    Invalid,
+    SkippedBreaker,
+    SkippedFilter,
+    SkippedFanout,
+}
+
+impl PingOutcome {
+    pub const ALL: [PingOutcome; 8] = [
+        PingOutcome::Bid,
+        PingOutcome::NoBid,
+        PingOutcome::Timeout,
+        PingOutcome::Error,
+        PingOutcome::Invalid,
+        PingOutcome::SkippedBreaker,
+        PingOutcome::SkippedFilter,
+        PingOutcome::SkippedFanout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PingOutcome::Bid => "bid",
+            PingOutcome::NoBid => "no_bid",
+            PingOutcome::Timeout => "timeout",
+            PingOutcome::Error => "error",
+            PingOutcome::Invalid => "invalid",
+            PingOutcome::SkippedBreaker => "skipped_breaker",
+            PingOutcome::SkippedFilter => "skipped_filter",
+            PingOutcome::SkippedFanout => "skipped_fanout",
+        }
+    }
+}
+
+/// What happened to one post attempt at one buyer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostOutcomeKind {
+    Accepted,
+    Rejected,
+    Timeout,
+    Error,
+    Invalid,
+    Capped,
+}
+
+impl PostOutcomeKind {
+    pub const ALL: [PostOutcomeKind; 6] = [
+        PostOutcomeKind::Accepted,
+        PostOutcomeKind::Rejected,
+        PostOutcomeKind::Timeout,
+        PostOutcomeKind::Error,
+        PostOutcomeKind::Invalid,
+        PostOutcomeKind::Capped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostOutcomeKind::Accepted => "accepted",
+            PostOutcomeKind::Rejected => "rejected",
+            PostOutcomeKind::Timeout => "timeout",
+            PostOutcomeKind::Error => "error",
+            PostOutcomeKind::Invalid => "invalid",
+            PostOutcomeKind::Capped => "capped",
+        }
+    }
+}
+
+/// One buyer's pre-resolved series.
+#[derive(Debug, Clone)]
+pub struct BuyerMetrics {
+    pings: Vec<IntCounter>,
+    posts: Vec<IntCounter>,
+    pub ping_latency: Histogram,
+    pub late_answers: IntCounter,
+}
+
+impl BuyerMetrics {
+    pub fn ping(&self, o: PingOutcome) {
+        if let Some(c) = self.pings.get(o as usize) {
+            c.inc();
+        }
+    }
+
+    pub fn post(&self, o: PostOutcomeKind) {
+        if let Some(c) = self.posts.get(o as usize) {
+            c.inc();
+        }
+    }
+}
+
+/// Every metric the exchange exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub auctions: IntCounterVec,
+    pub posts: IntCounterVec,
+    pub http_errors: IntCounterVec,
+    pub request_latency: HistogramVec,
+    pub buyer_pings: IntCounterVec,
+    pub buyer_posts: IntCounterVec,
+    pub buyer_ping_latency: HistogramVec,
+    pub late_answers: IntCounterVec,
+    pub cap_utilisation: IntGaugeVec,
+    pub quotes_open: IntGauge,
+    pub requests_in_flight: IntGauge,
+    pub ledger_batch: Histogram,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are fixed and unique in this file; registering can only fail on a duplicate.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable!("static metric {name}"))
+        };
+        let hist_vec = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec()), labels)
+                .unwrap_or_else(|_| unreachable!("static metric {name}"))
+        };
+        Metrics {
+            auctions: reg(&r, counter_vec("pingpost_auctions_total", "Auctions by outcome (bid or the no-bid reason).", &["outcome"])),
+            posts: reg(&r, counter_vec("pingpost_posts_total", "Posts and direct posts by answer status.", &["status"])),
+            http_errors: reg(&r, counter_vec("pingpost_http_errors_total", "Error answers by contract code.", &["code"])),
+            request_latency: reg(&r, hist_vec("pingpost_request_duration_seconds", "Seller request latency by route.", &["route"])),
+            buyer_pings: reg(&r, counter_vec("pingpost_buyer_pings_total", "Per-buyer ping outcomes.", &["buyer", "outcome"])),
+            buyer_posts: reg(&r, counter_vec("pingpost_buyer_posts_total", "Per-buyer post outcomes.", &["buyer", "outcome"])),
+            buyer_ping_latency: reg(&r, hist_vec("pingpost_buyer_ping_duration_seconds", "Buyer ping round trip (answers in time).", &["buyer"])),
+            late_answers: reg(&r, counter_vec("pingpost_buyer_late_answers_total", "Answers that arrived after the buyer's deadline (never used).", &["buyer"])),
+            cap_utilisation: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("pingpost_cap_utilisation_percent", "Sold plus reserved as a percentage of each cap, per window."),
+                    &["buyer", "window"],
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            quotes_open: reg(&r, IntGauge::new("pingpost_quotes_open", "Firm quotes not yet posted or expired.").unwrap_or_else(|_| unreachable!())),
+            requests_in_flight: reg(&r, IntGauge::new("pingpost_requests_in_flight", "Seller requests being processed.").unwrap_or_else(|_| unreachable!())),
+            ledger_batch: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("pingpost_ledger_batch_records", "Records per ledger fsync (group commit).")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            registry: r,
+        }
+    }
+
+    /// Pre-resolves one buyer's series.
+    pub fn buyer(&self, id: &str) -> BuyerMetrics {
+        BuyerMetrics {
+            pings: PingOutcome::ALL.iter().map(|o| self.buyer_pings.with_label_values(&[id, o.as_str()])).collect(),
+            posts: PostOutcomeKind::ALL.iter().map(|o| self.buyer_posts.with_label_values(&[id, o.as_str()])).collect(),
+            ping_latency: self.buyer_ping_latency.with_label_values(&[id]),
+            late_answers: self.late_answers.with_label_values(&[id]),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
