@@ -1,1 +1,101 @@
-//! bidder sdk
+//! # bidder-sdk: what a pingpost buyer implements
+//!
+//! A buyer implements [`Bidder`] (`ping` answers a bid or a pass, `post` accepts or
+//! rejects a lead) and hands it to [`serve`], which speaks the buyer protocol of
+//! `CONTRACT.md` over HTTP/1.1 (keep-alive) and HTTP/2 cleartext (prior knowledge) on one
+//! port. [`testkit`] signs and sends pings and posts so a buyer can test its own bidder;
+//! [`examples`] holds two bidders the exchange's demo and tests use.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use bidder_sdk::{serve, BidReply, Bidder, Micros, PingMessage, PostMessage, PostReply, Secret, ServeOptions};
+//!
+//! struct TexasOnly;
+//!
+//! impl Bidder for TexasOnly {
+//!     async fn ping(&self, ping: PingMessage) -> BidReply {
+//!         match ping.lead.get("state").and_then(|s| s.as_str()) {
+//!             Some("TX") => BidReply::Bid { bid: Micros(12_500_000), bid_id: None, expires_in_ms: Some(60_000) },
+//!             _ => BidReply::NoBid { no_bid: "outside_criteria".into() },
+//!         }
+//!     }
+//!     async fn post(&self, _post: PostMessage) -> PostReply {
+//!         PostReply { accepted: true, buyer_lead_id: Some("crm-1".into()), reason: None }
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:9101").await?;
+//! let options = ServeOptions::new(Secret::new(&std::env::var("BUYER_SECRET")?)?);
+//! serve(listener, Arc::new(TexasOnly), options, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What the SDK guarantees
+//! Your `ping` and `post` only ever see requests that passed every check below; anything
+//! else is answered with the contract's JSON error body and never reaches your code.
+//! - **Routing**: only `POST` to [`ServeOptions::ping_path`] / [`ServeOptions::post_path`];
+//!   other paths get `404 not_found`, other methods `405 method_not_allowed`.
+//! - **Size**: a body over [`ServeOptions::body_bytes_max`] (64 KiB by default) gets `413`,
+//!   refused from its `Content-Length` without reading it, or cut off by a limited read
+//!   when it has none. The body must arrive within [`ServeOptions::body_read_timeout_ms`].
+//! - **Signatures** (Standard Webhooks): `webhook-id`, `webhook-timestamp` and
+//!   `webhook-signature` are checked against the raw body with your secret, and the
+//!   timestamp must be within 300 s of your clock; otherwise `401 unauthorized`.
+//! - **Parsing**: the body must parse (simd-json) into [`PingMessage`] / [`PostMessage`];
+//!   otherwise `400 invalid_request`. A `Content-Type` other than JSON gets `415`.
+//! - **Robustness**: no input makes the server panic; a panic inside your bidder becomes
+//!   `500 internal` for that one request. Connections are bounded
+//!   ([`ServeOptions::connections_max`]) and shutdown is graceful: it stops accepting, lets
+//!   in-flight requests finish (up to [`ServeOptions::drain_timeout_ms`]), then returns.
+//!
+//! Replies are written as `200 application/json`, a pass included
+//! (`{"no_bid": "..."}`), which the exchange reads like an empty `204`.
+
+pub mod examples;
+mod server;
+pub mod testkit;
+
+use std::future::Future;
+
+pub use proto;
+pub use proto::buyer::{BidReply, PingMessage, PostMessage, PostReply};
+pub use proto::signing::Secret;
+pub use proto::Micros;
+pub use server::{
+    serve, spawn, Refusal, ServeOptions, ServerHandle, BODY_BYTES_MAX_DEFAULT,
+    BODY_READ_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, DRAIN_TIMEOUT_MS_DEFAULT,
+    PING_PATH_DEFAULT, POST_PATH_DEFAULT,
+};
+
+/// What a buyer implements: answer pings with a bid or a pass, and posts with an accept or
+/// a reject.
+///
+/// The two required methods are all most bidders need. Both run for requests that have
+/// already passed the SDK's checks (route, size, signature, parsing); see the crate docs.
+///
+/// Expected outcomes are values, not errors: a pass is [`BidReply::NoBid`], a rejection is
+/// `PostReply { accepted: false, .. }`. The exchange waits at most `tmax_ms` (in the ping)
+/// for an answer, so `ping` should not do slow I/O on its critical path.
+///
+/// `async fn` works in implementations; the returned futures must be `Send` because the
+/// server runs them on a multi-threaded runtime.
+pub trait Bidder: Send + Sync + 'static {
+    /// Quotes a lead (no PII): a price with [`BidReply::Bid`], or a pass with
+    /// [`BidReply::NoBid`] and a short reason such as `"outside_criteria"`.
+    fn ping(&self, ping: PingMessage) -> impl Future<Output = BidReply> + Send;
+
+    /// Receives the full lead this bidder won: accept it (optionally with the buyer's own
+    /// id for it) or reject it with a reason such as `"duplicate"`.
+    fn post(&self, post: PostMessage) -> impl Future<Output = PostReply> + Send;
+
+    /// Optional hook: called when the SDK answers a request with an error instead of
+    /// calling `ping` or `post` (bad signature, oversize or malformed body, unknown route,
+    /// or a panic in this bidder). Useful for counting them: a run of
+    /// [`Refusal::Unauthorized`] usually means the secret configured at the exchange and
+    /// here differ. Called on the request's task, so it must be quick. Does nothing by
+    /// default (the SDK already logs refusals at `debug` through `tracing`).
+    fn on_refused(&self, refusal: &Refusal) {
+        let _ = refusal;
+    }
+}

@@ -1,0 +1,102 @@
+//! Serves one of the example bidders until Ctrl-C.
+//!
+//! ```text
+//! BUYER_SECRET=whsec_... cargo run -p bidder-sdk --example serve_bidder -- \
+//!     --port 9101 --secret-env BUYER_SECRET --kind flat|scorecard [--host 127.0.0.1] \
+//!     [--price 12.50] [--states TX,OK]
+//! ```
+//! `--price` and `--states` apply to `--kind flat` (defaults 10.00 and TX).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bidder_sdk::examples::{FlatBidder, ScorecardBidder};
+use bidder_sdk::{serve, Bidder, Micros, Secret, ServeOptions};
+use tokio::net::TcpListener;
+
+const USAGE: &str =
+    "usage: serve_bidder [--host H] [--port N] [--secret-env VAR] [--kind flat|scorecard] \
+                     [--price 12.50] [--states TX,OK]";
+
+#[derive(Debug)]
+struct Args {
+    host: String,
+    port: u16,
+    secret_env: String,
+    kind: String,
+    price: Micros,
+    states: Vec<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        host: "127.0.0.1".into(),
+        port: 9101,
+        secret_env: "BUYER_SECRET".into(),
+        kind: "flat".into(),
+        price: Micros(10_000_000),
+        states: vec!["TX".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--host" => args.host = value,
+            "--port" => args.port = value.parse().with_context(|| format!("--port {value}"))?,
+            "--secret-env" => args.secret_env = value,
+            "--kind" => args.kind = value,
+            "--price" => {
+                args.price =
+                    Micros::parse_decimal(&value).with_context(|| format!("--price {value}"))?
+            }
+            "--states" => args.states = value.split(',').map(|s| s.trim().to_uppercase()).collect(),
+            _ => bail!("unknown flag {flag}\n{USAGE}"),
+        }
+    }
+    Ok(args)
+}
+
+async fn run<B: Bidder>(
+    bidder: B,
+    listener: TcpListener,
+    options: ServeOptions,
+) -> anyhow::Result<()> {
+    let shutdown = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            eprintln!("serve_bidder: cannot listen for Ctrl-C ({e}); stop the process to exit");
+            std::future::pending::<()>().await;
+        }
+    };
+    serve(listener, Arc::new(bidder), options, shutdown).await?;
+    println!("serve_bidder: stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let secret_text = std::env::var(&args.secret_env)
+        .with_context(|| format!("environment variable {} is not set", args.secret_env))?;
+    let secret =
+        Secret::new(&secret_text).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_env))?;
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let options = ServeOptions::new(secret);
+    println!(
+        "serve_bidder: {} bidder on http://{addr}{} and {}",
+        args.kind, options.ping_path, options.post_path
+    );
+    match args.kind.as_str() {
+        "flat" => run(FlatBidder::new(args.price, args.states), listener, options).await,
+        "scorecard" => run(ScorecardBidder::default(), listener, options).await,
+        other => bail!("unknown --kind {other}: flat or scorecard"),
+    }
+}

@@ -1,0 +1,703 @@
+//! The HTTP shell around a [`Bidder`]: accept loop, per-request checks, graceful shutdown.
+//!
+//! The checks themselves ([`route`], [`check_head`], [`decode`]) are plain functions of
+//! their inputs (no I/O, `now` passed in) so they are tested without sockets; the async
+//! code only reads the body and drives hyper.
+//!
+//! Must never: panic on any input, buffer a body past the limit, or call the bidder with
+//! a message whose signature did not verify (unless verification is switched off).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use proto::buyer::{PingMessage, PostMessage};
+use proto::signing::{Secret, SignatureError, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use proto::{ApiError, ErrorCode};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::Bidder;
+
+/// Default path the exchange pings.
+pub const PING_PATH_DEFAULT: &str = "/ping";
+/// Default path the exchange posts won leads to.
+pub const POST_PATH_DEFAULT: &str = "/post";
+/// Default largest request body, in bytes (64 KiB: a lead is a few hundred bytes).
+pub const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default time a client has to send a whole body once its headers arrived, in ms.
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default number of connections served at once; the next accept waits for a free slot.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
+/// Default time shutdown waits for in-flight requests before dropping them, in ms.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Time a client has to send its request headers (HTTP/1.1), in ms.
+const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Concurrent HTTP/2 streams per connection.
+const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Consecutive failed accepts (other than a peer giving up) before `serve` gives up.
+const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 100;
+/// Longest pause between failed accepts (EMFILE and the like), in ms.
+const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
+
+/// How [`serve`] runs. Build it with [`ServeOptions::new`] and change fields as needed.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The shared secret the exchange signs with (the buyer's `whsec_…` secret).
+    pub secret: Secret,
+    /// Path of the ping endpoint, [`PING_PATH_DEFAULT`] by default.
+    pub ping_path: String,
+    /// Path of the post endpoint, [`POST_PATH_DEFAULT`] by default.
+    pub post_path: String,
+    /// Largest body accepted, in bytes; bigger ones get 413 without being buffered.
+    pub body_bytes_max: usize,
+    /// Whether to check the Standard Webhooks signature. Only switch it off in tests or
+    /// behind a proxy that already checked it: anyone could otherwise post leads to you.
+    pub verify_signatures: bool,
+    /// Time a client has to send a whole body, in ms: bounds what a slow client holds.
+    pub body_read_timeout_ms: u64,
+    /// Connections served at once. Bounds memory and file descriptors under a flood.
+    pub connections_max: usize,
+    /// Time shutdown waits for in-flight requests to finish, in ms, before dropping them.
+    pub drain_timeout_ms: u64,
+}
+
+impl ServeOptions {
+    /// Options with every default and this secret.
+    pub fn new(secret: Secret) -> ServeOptions {
+        ServeOptions {
+            secret,
+            ping_path: PING_PATH_DEFAULT.to_string(),
+            post_path: POST_PATH_DEFAULT.to_string(),
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            verify_signatures: true,
+            body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Why the SDK answered a request with an error instead of the bidder's reply. Passed to
+/// [`Bidder::on_refused`]; its [`status`](Refusal::status) and [`code`](Refusal::code) are
+/// what the client receives, in the contract's error body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The path is neither the ping nor the post path (404).
+    #[error("no such endpoint")]
+    NotFound,
+    /// The method is not POST (405).
+    #[error("only POST is allowed")]
+    MethodNotAllowed,
+    /// `Content-Type` is present and is not `application/json` (415).
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// The body is longer than the limit (413).
+    #[error("body is over {body_bytes_max} bytes")]
+    PayloadTooLarge {
+        /// The limit in force.
+        body_bytes_max: usize,
+    },
+    /// The body did not arrive in time (400).
+    #[error("body not received within {body_read_timeout_ms} ms")]
+    BodyTimeout {
+        /// The timeout in force.
+        body_read_timeout_ms: u64,
+    },
+    /// The body could not be read: the client reset the stream or sent bad framing (400).
+    #[error("body could not be read: {0}")]
+    BodyUnreadable(String),
+    /// A webhook header is missing or the signature or timestamp does not verify (401).
+    #[error("{0}")]
+    Unauthorized(SignatureError),
+    /// The body is not the JSON message this endpoint takes (400).
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The bidder panicked while answering (500).
+    #[error("the bidder panicked")]
+    BidderPanicked,
+    /// The bidder's reply could not be serialized (500).
+    #[error("reply could not be serialized: {0}")]
+    ReplyUnserializable(String),
+}
+
+impl Refusal {
+    /// The contract's error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NotFound => ErrorCode::NotFound,
+            Refusal::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Refusal::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Refusal::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Refusal::BodyTimeout { .. } | Refusal::BodyUnreadable(_) | Refusal::Malformed(_) => {
+                ErrorCode::InvalidRequest
+            }
+            Refusal::Unauthorized(_) => ErrorCode::Unauthorized,
+            Refusal::BidderPanicked | Refusal::ReplyUnserializable(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status answered.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn response(&self) -> Response<Full<Bytes>> {
+        let body = ApiError::new(self.code(), self.to_string()).to_json();
+        let mut response = json_response(self.status(), body);
+        if *self == Refusal::MethodNotAllowed {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// Which message an endpoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Ping,
+    Post,
+}
+
+/// A request body that passed every check.
+#[derive(Debug)]
+enum Message {
+    Ping(PingMessage),
+    Post(PostMessage),
+}
+
+/// The endpoint for a method and path.
+fn route(options: &ServeOptions, method: &Method, path: &str) -> Result<Endpoint, Refusal> {
+    let endpoint = if path == options.ping_path {
+        Endpoint::Ping
+    } else if path == options.post_path {
+        Endpoint::Post
+    } else {
+        return Err(Refusal::NotFound);
+    };
+    if method != Method::POST {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    Ok(endpoint)
+}
+
+/// Checks made from the headers alone, before reading any of the body. `body_len_min` is
+/// the least the body can be (its `Content-Length` when it has one).
+fn check_head(
+    options: &ServeOptions,
+    headers: &HeaderMap,
+    body_len_min: u64,
+) -> Result<(), Refusal> {
+    if body_len_min > options.body_bytes_max as u64 {
+        return Err(Refusal::PayloadTooLarge {
+            body_bytes_max: options.body_bytes_max,
+        });
+    }
+    // A missing Content-Type is tolerated: the signature already proves who sent it.
+    if let Some(content_type) = headers.get(CONTENT_TYPE) {
+        let is_json = content_type.to_str().ok().is_some_and(|ct| {
+            let mime = ct.split(';').next().unwrap_or_default().trim();
+            mime.eq_ignore_ascii_case("application/json")
+        });
+        if !is_json {
+            return Err(Refusal::UnsupportedMediaType);
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the signature over the raw body at `now_s` (Unix seconds), then parses it.
+fn decode(
+    options: &ServeOptions,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    mut body: Vec<u8>,
+    now_s: i64,
+) -> Result<Message, Refusal> {
+    if options.verify_signatures {
+        // A header that is not visible ASCII counts as missing.
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        options
+            .secret
+            .verify(
+                header(HEADER_ID),
+                header(HEADER_TIMESTAMP),
+                header(HEADER_SIGNATURE),
+                &body,
+                now_s,
+            )
+            .map_err(Refusal::Unauthorized)?;
+    }
+    let malformed = |e: simd_json::Error| Refusal::Malformed(e.to_string());
+    match endpoint {
+        Endpoint::Ping => simd_json::serde::from_slice::<PingMessage>(&mut body)
+            .map(Message::Ping)
+            .map_err(malformed),
+        Endpoint::Post => simd_json::serde::from_slice::<PostMessage>(&mut body)
+            .map(Message::Post)
+            .map_err(malformed),
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn unix_now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Polls a future and turns a panic inside it into `Err(())`, so one bidder bug costs one
+/// request rather than the connection (and every HTTP/2 stream on it).
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+async fn catch_panic<F: Future>(future: F) -> Result<F::Output, Refusal> {
+    CatchPanic(Box::pin(future))
+        .await
+        .map_err(|()| Refusal::BidderPanicked)
+}
+
+struct Shared<B> {
+    bidder: Arc<B>,
+    options: ServeOptions,
+}
+
+impl<B: Bidder> Shared<B> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match self.answer(request).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                tracing::debug!(%refusal, status = refusal.status().as_u16(), "bidder-sdk refused a request");
+                self.bidder.on_refused(&refusal);
+                refusal.response()
+            }
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Refusal> {
+        let options = &self.options;
+        let endpoint = route(options, request.method(), request.uri().path())?;
+        check_head(
+            options,
+            request.headers(),
+            request.body().size_hint().lower(),
+        )?;
+        let (parts, body) = request.into_parts();
+        let body = read_body(body, options).await?;
+        let json = match decode(options, endpoint, &parts.headers, body, unix_now_s())? {
+            Message::Ping(ping) => serde_json::to_vec(&catch_panic(self.bidder.ping(ping)).await?),
+            Message::Post(post) => serde_json::to_vec(&catch_panic(self.bidder.post(post)).await?),
+        };
+        let json = json.map_err(|e| Refusal::ReplyUnserializable(e.to_string()))?;
+        Ok(json_response(StatusCode::OK, json))
+    }
+}
+
+/// Reads at most `body_bytes_max` bytes within `body_read_timeout_ms`.
+async fn read_body(body: Incoming, options: &ServeOptions) -> Result<Vec<u8>, Refusal> {
+    let timeout = Duration::from_millis(options.body_read_timeout_ms);
+    match tokio::time::timeout(
+        timeout,
+        Limited::new(body, options.body_bytes_max).collect(),
+    )
+    .await
+    {
+        Err(_) => Err(Refusal::BodyTimeout {
+            body_read_timeout_ms: options.body_read_timeout_ms,
+        }),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Refusal::PayloadTooLarge {
+                body_bytes_max: options.body_bytes_max,
+            })
+        }
+        Ok(Err(e)) => Err(Refusal::BodyUnreadable(e.to_string())),
+        Ok(Ok(collected)) => Ok(Vec::from(collected.to_bytes())),
+    }
+}
+
+/// Accept errors that concern one peer only (it gave up before we accepted).
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Serves `bidder` on `listener` until `shutdown` resolves, over HTTP/1.1 (keep-alive)
+/// and HTTP/2 cleartext with prior knowledge on the same port.
+///
+/// When `shutdown` resolves it stops accepting, closes the listener, lets in-flight
+/// requests finish (up to [`ServeOptions::drain_timeout_ms`]) and returns `Ok(())`. It
+/// returns an error only when accepting keeps failing (about 100 failures in a row, with
+/// back-off, such as when file descriptors stay exhausted), after draining the same way.
+pub async fn serve<B: Bidder>(
+    listener: TcpListener,
+    bidder: Arc<B>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    if !options.verify_signatures {
+        tracing::warn!(
+            "bidder-sdk: signature verification is off; anyone can send pings and posts"
+        );
+    }
+    let drain_timeout = Duration::from_millis(options.drain_timeout_ms);
+    // A zero limit would never accept; one connection is the least that works.
+    let permits = Arc::new(Semaphore::new(options.connections_max.max(1)));
+    let shared = Arc::new(Shared { bidder, options });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
+
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors: u32 = 0;
+    let mut failure = None;
+
+    loop {
+        // Take the connection slot before accepting, so a flood waits in the kernel's
+        // backlog rather than in our memory.
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => {
+                accept_errors = 0;
+                stream
+            }
+            Err(e) if is_peer_error(&e) => continue,
+            Err(e) => {
+                accept_errors += 1;
+                if accept_errors >= ACCEPT_ERRORS_CONSECUTIVE_MAX {
+                    tracing::error!(error = %e, "bidder-sdk: accept keeps failing, stopping");
+                    failure = Some(e);
+                    break;
+                }
+                let backoff_ms = (1_u64 << accept_errors.min(10)).min(ACCEPT_BACKOFF_MS_MAX);
+                tracing::warn!(error = %e, backoff_ms, "bidder-sdk: accept failed");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(backoff_ms)) => continue,
+                }
+            }
+        };
+        // Reap finished connections so the set stays as small as the live ones.
+        while connections.try_join_next().is_some() {}
+        // Pings are small and latency-bound.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "bidder-sdk: set_nodelay failed");
+        }
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(shared.handle(request).await) }
+        });
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        connections.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "bidder-sdk: connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_timeout_ms = drain_timeout.as_millis(),
+            "bidder-sdk: drain timed out, dropping requests"
+        );
+    }
+    connections.shutdown().await;
+    failure.map_or(Ok(()), Err)
+}
+
+/// A server started by [`spawn`]. Dropping it leaves the server running until the runtime
+/// stops; call [`ServerHandle::shutdown`] to stop it gracefully.
+#[derive(Debug)]
+#[must_use = "dropping the handle leaves the server running with no way to stop it"]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, waits for in-flight requests, and returns what [`serve`] returned.
+    pub async fn shutdown(self) -> io::Result<()> {
+        // The server may already have stopped on its own; then there is nobody to tell.
+        let _ = self.shutdown.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(io::Error::other(join)),
+        }
+    }
+}
+
+/// Binds `127.0.0.1:0` and serves `bidder` on a tokio task. Returns the bound address and
+/// a handle to stop it: what tests and demos use.
+pub async fn spawn<B: Bidder>(
+    bidder: Arc<B>,
+    options: ServeOptions,
+) -> io::Result<(SocketAddr, ServerHandle)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let stopped = async move {
+        // A dropped handle is not a request to stop: keep serving.
+        if stop.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let task = tokio::spawn(serve(listener, bidder, options, stopped));
+    Ok((
+        addr,
+        ServerHandle {
+            addr,
+            shutdown,
+            task,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ServeOptions {
+        ServeOptions::new(Secret::new("s3cret").unwrap())
+    }
+
+    fn signed(options: &ServeOptions, body: &[u8], timestamp_s: i64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_ID, HeaderValue::from_static("msg_1"));
+        headers.insert(
+            HEADER_TIMESTAMP,
+            HeaderValue::from_str(&timestamp_s.to_string()).unwrap(),
+        );
+        let signature = options.secret.sign("msg_1", timestamp_s, body);
+        headers.insert(HEADER_SIGNATURE, HeaderValue::from_str(&signature).unwrap());
+        headers
+    }
+
+    const PING: &str = r#"{"auction_id":"au_1","vertical":"auto_insurance","lead":{"state":"TX","age":42},"tmax_ms":150}"#;
+
+    #[test]
+    fn routes() {
+        let o = options();
+        assert_eq!(route(&o, &Method::POST, "/ping"), Ok(Endpoint::Ping));
+        assert_eq!(route(&o, &Method::POST, "/post"), Ok(Endpoint::Post));
+        assert_eq!(
+            route(&o, &Method::GET, "/ping"),
+            Err(Refusal::MethodNotAllowed)
+        );
+        assert_eq!(route(&o, &Method::POST, "/ping/"), Err(Refusal::NotFound));
+        assert_eq!(route(&o, &Method::GET, "/"), Err(Refusal::NotFound));
+    }
+
+    #[test]
+    fn head_checks() {
+        let o = options();
+        let mut headers = HeaderMap::new();
+        assert_eq!(check_head(&o, &headers, 10), Ok(()));
+        assert_eq!(
+            check_head(&o, &headers, 64 * 1024 + 1),
+            Err(Refusal::PayloadTooLarge {
+                body_bytes_max: 64 * 1024
+            })
+        );
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert_eq!(check_head(&o, &headers, 10), Ok(()));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert_eq!(
+            check_head(&o, &headers, 10),
+            Err(Refusal::UnsupportedMediaType)
+        );
+    }
+
+    #[test]
+    fn decodes_only_verified_bodies() {
+        let o = options();
+        let now = 1_700_000_000;
+        let ok = decode(
+            &o,
+            Endpoint::Ping,
+            &signed(&o, PING.as_bytes(), now),
+            PING.into(),
+            now,
+        );
+        assert!(
+            matches!(ok, Ok(Message::Ping(ref p)) if p.auction_id == "au_1" && p.tmax_ms == 150),
+            "{ok:?}"
+        );
+
+        let stale = decode(
+            &o,
+            Endpoint::Ping,
+            &signed(&o, PING.as_bytes(), now - 400),
+            PING.into(),
+            now,
+        );
+        assert!(matches!(
+            stale,
+            Err(Refusal::Unauthorized(
+                SignatureError::TimestampOutOfTolerance
+            ))
+        ));
+        let missing = decode(&o, Endpoint::Ping, &HeaderMap::new(), PING.into(), now);
+        assert!(matches!(
+            missing,
+            Err(Refusal::Unauthorized(SignatureError::MissingHeader))
+        ));
+        let tampered = PING.replace("TX", "CA");
+        let bad = decode(
+            &o,
+            Endpoint::Ping,
+            &signed(&o, PING.as_bytes(), now),
+            tampered.into(),
+            now,
+        );
+        assert!(matches!(
+            bad,
+            Err(Refusal::Unauthorized(SignatureError::Mismatch))
+        ));
+
+        for junk in ["", "{", "[]", "null", r#"{"auction_id":1}"#, "\u{0}\u{ff}"] {
+            let r = decode(
+                &o,
+                Endpoint::Ping,
+                &signed(&o, junk.as_bytes(), now),
+                junk.into(),
+                now,
+            );
+            assert!(matches!(r, Err(Refusal::Malformed(_))), "{junk:?}: {r:?}");
+        }
+        // A ping is not a post.
+        let r = decode(
+            &o,
+            Endpoint::Post,
+            &signed(&o, PING.as_bytes(), now),
+            PING.into(),
+            now,
+        );
+        assert!(matches!(r, Err(Refusal::Malformed(_))), "{r:?}");
+    }
+
+    #[test]
+    fn unverified_mode_skips_the_signature_only() {
+        let mut o = options();
+        o.verify_signatures = false;
+        assert!(decode(&o, Endpoint::Ping, &HeaderMap::new(), PING.into(), 0).is_ok());
+        assert!(matches!(
+            decode(&o, Endpoint::Ping, &HeaderMap::new(), b"{".to_vec(), 0),
+            Err(Refusal::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn refusal_bodies_follow_the_contract() {
+        let response = Refusal::MethodNotAllowed.response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "POST");
+        assert_eq!(
+            Refusal::PayloadTooLarge { body_bytes_max: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            Refusal::Unauthorized(SignatureError::Mismatch).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            Refusal::BidderPanicked.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            Refusal::Malformed("x".into()).code(),
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_value() {
+        let r = catch_panic(async { panic!("bidder bug") }).await;
+        assert_eq!(r, Err::<(), _>(Refusal::BidderPanicked));
+        assert_eq!(catch_panic(async { 7 }).await, Ok(7));
+    }
+}

@@ -1,0 +1,501 @@
+//! The SDK over real sockets on 127.0.0.1:0: checks, answers, HTTP/2, shutdown.
+
+// Helpers outside #[test] functions fail the test just the same when they unwrap.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bidder_sdk::examples::{FlatBidder, ScorecardBidder, DUPLICATE, OUTSIDE_CRITERIA};
+use bidder_sdk::proto::buyer::{BidOutcome, PostOutcome};
+use bidder_sdk::testkit::{sample_ping, sample_post, SampleLead, Signing, TestClient};
+use bidder_sdk::{
+    spawn, BidReply, Bidder, Micros, PingMessage, PostMessage, PostReply, Refusal, Secret,
+    ServeOptions, ServerHandle,
+};
+use http::{Method, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+const SECRET: &str = "test-secret";
+const PRICE: Micros = Micros(12_500_000);
+
+fn secret() -> Secret {
+    Secret::new(SECRET).unwrap()
+}
+
+async fn start<B: Bidder>(bidder: Arc<B>) -> (TestClient, SocketAddr, ServerHandle) {
+    let (addr, handle) = spawn(bidder, ServeOptions::new(secret())).await.unwrap();
+    (
+        TestClient::new(format!("http://{addr}"), secret()),
+        addr,
+        handle,
+    )
+}
+
+fn flat() -> Arc<FlatBidder> {
+    Arc::new(FlatBidder::new(PRICE, ["TX", "OK"]))
+}
+
+fn ping_body() -> Vec<u8> {
+    serde_json::to_vec(&sample_ping(&SampleLead::default())).unwrap()
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes it (the
+/// request says `Connection: close`). Returns the status code and the whole text.
+async fn raw_http1(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn signed_ping_gets_a_bid() {
+    let bidder = flat();
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+    assert_eq!(answer.raw.version, Version::HTTP_11);
+    assert_eq!(answer.raw.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        answer.outcome,
+        BidOutcome::Bid {
+            price: PRICE,
+            bid_id: None,
+            expires_in_ms: None
+        }
+    );
+
+    let elsewhere = SampleLead {
+        state: "CA".into(),
+        ..SampleLead::default()
+    };
+    let answer = client.ping(&sample_ping(&elsewhere)).await.unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+    assert_eq!(
+        answer.outcome,
+        BidOutcome::NoBid {
+            reason: Some(OUTSIDE_CRITERIA.into())
+        }
+    );
+
+    assert_eq!(bidder.pings_received(), 2);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused_before_the_bidder() {
+    let bidder = flat();
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    for signing in [
+        Signing::WrongSecret,
+        Signing::At {
+            timestamp_s: now_s - 400,
+        },
+        Signing::Unsigned,
+    ] {
+        let answer = client
+            .send(Method::POST, "/ping", ping_body(), signing.clone())
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{signing:?}");
+        assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            answer.error_code().as_deref(),
+            Some("unauthorized"),
+            "{signing:?}"
+        );
+    }
+    // A timestamp inside the tolerance is fine.
+    let answer = client
+        .send(
+            Method::POST,
+            "/ping",
+            ping_body(),
+            Signing::At {
+                timestamp_s: now_s - 200,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+
+    assert_eq!(bidder.pings_received(), 1);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400() {
+    let bidder = flat();
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"[1,2]",
+        br#"{"auction_id":"au_1"}"#,
+        b"\xff\xfe\x00",
+    ] {
+        let answer = client
+            .send(Method::POST, "/ping", body.to_vec(), Signing::Valid)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body:?}");
+        assert_eq!(answer.error_code().as_deref(), Some("invalid_request"));
+        let message = answer.json().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.starts_with("malformed message"), "{message}");
+    }
+    // A ping sent to the post endpoint is malformed there.
+    let answer = client
+        .send(Method::POST, "/post", ping_body(), Signing::Valid)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bidder.pings_received() + bidder.posts_received(), 0);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversize_body_with_content_length_gets_413() {
+    let (client, addr, handle) = start(flat()).await;
+    let answer = client
+        .send(
+            Method::POST,
+            "/ping",
+            vec![b' '; 64 * 1024 + 1],
+            Signing::Valid,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.error_code().as_deref(), Some("payload_too_large"));
+
+    // Refused from the header alone: no body is ever sent, yet the answer comes.
+    let (status, text) = raw_http1(
+        addr,
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains(r#""code":"payload_too_large""#), "{text}");
+
+    // Exactly at the limit is read (and then fails the signature check, not the size).
+    let answer = client
+        .send(
+            Method::POST,
+            "/ping",
+            vec![b' '; 64 * 1024],
+            Signing::Unsigned,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversize_chunked_body_is_cut_off() {
+    let (_, addr, handle) = start(flat()).await;
+    let chunk = vec![b' '; 16 * 1024];
+    let mut request =
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let (status, text) = raw_http1(addr, &request).await;
+    assert_eq!(status, 413, "{text}");
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn routes_methods_and_media_types() {
+    let (client, addr, handle) = start(flat()).await;
+    let answer = client
+        .send(Method::POST, "/nope", ping_body(), Signing::Valid)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code().as_deref(), Some("not_found"));
+
+    let answer = client
+        .send(Method::GET, "/ping", Vec::new(), Signing::Valid)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.error_code().as_deref(), Some("method_not_allowed"));
+
+    let (status, text) = raw_http1(
+        addr,
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status, 415, "{text}");
+
+    // Garbage instead of HTTP closes the connection; the server keeps serving.
+    let (status, _) = raw_http1(addr, b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n").await;
+    assert_ne!(status, 200);
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_works() {
+    let bidder = flat();
+    let (addr, handle) = spawn(Arc::clone(&bidder), ServeOptions::new(secret()))
+        .await
+        .unwrap();
+    let client = TestClient::new_http2(format!("http://{addr}"), secret());
+
+    // Many pings at once, multiplexed on one connection.
+    let pings = (0..32).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { client.ping(&sample_ping(&SampleLead::default())).await })
+    });
+    for ping in pings.collect::<Vec<_>>() {
+        let answer = ping.await.unwrap().unwrap();
+        assert_eq!(answer.raw.version, Version::HTTP_2);
+        assert_eq!(
+            answer.outcome,
+            BidOutcome::Bid {
+                price: PRICE,
+                bid_id: None,
+                expires_in_ms: None
+            }
+        );
+    }
+    let answer = client
+        .send(Method::POST, "/ping", ping_body(), Signing::WrongSecret)
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.version, answer.status),
+        (Version::HTTP_2, StatusCode::UNAUTHORIZED)
+    );
+
+    assert_eq!(bidder.pings_received(), 32);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn post_accepts_then_rejects_the_duplicate() {
+    let bidder = Arc::new(ScorecardBidder::default());
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    // good credit 18.00 + homeowner 4.00.
+    let BidOutcome::Bid {
+        price,
+        bid_id: Some(bid_id),
+        expires_in_ms: Some(60_000),
+    } = answer.outcome
+    else {
+        panic!("expected a bid: {:?}", answer.outcome);
+    };
+    assert_eq!(price, Micros(22_000_000));
+    assert!(bid_id.starts_with("sc-"), "{bid_id}");
+
+    let lead = SampleLead::default();
+    let first = client.post(&sample_post(&lead, price)).await.unwrap();
+    assert_eq!(first.raw.status, StatusCode::OK);
+    assert!(
+        matches!(
+            first.outcome,
+            PostOutcome::Accepted {
+                buyer_lead_id: Some(_)
+            }
+        ),
+        "{:?}",
+        first.outcome
+    );
+
+    // The same phone written differently is the same person.
+    let again = SampleLead {
+        phone: "+1 (817) 555-0123".into(),
+        ..lead
+    };
+    let second = client.post(&sample_post(&again, price)).await.unwrap();
+    assert_eq!(second.raw.status, StatusCode::OK);
+    assert_eq!(
+        second.outcome,
+        PostOutcome::Rejected {
+            reason: Some(DUPLICATE.into())
+        }
+    );
+
+    assert_eq!(
+        (
+            bidder.pings_received(),
+            bidder.posts_received(),
+            bidder.posts_accepted()
+        ),
+        (1, 2, 1)
+    );
+    handle.shutdown().await.unwrap();
+}
+
+/// A bidder whose ping waits for the test to release it, and that records refusals.
+#[derive(Default)]
+struct Gated {
+    entered: Notify,
+    release: Notify,
+    refusals: Mutex<Vec<Refusal>>,
+}
+
+impl Bidder for Gated {
+    async fn ping(&self, ping: PingMessage) -> BidReply {
+        if ping.lead.get("state").and_then(|s| s.as_str()) == Some("XX") {
+            panic!("a bidder bug");
+        }
+        self.entered.notify_one();
+        self.release.notified().await;
+        BidReply::Bid {
+            bid: PRICE,
+            bid_id: None,
+            expires_in_ms: None,
+        }
+    }
+
+    async fn post(&self, _post: PostMessage) -> PostReply {
+        PostReply {
+            accepted: true,
+            buyer_lead_id: None,
+            reason: None,
+        }
+    }
+
+    fn on_refused(&self, refusal: &Refusal) {
+        self.refusals.lock().unwrap().push(refusal.clone());
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let bidder = Arc::new(Gated::default());
+    let (client, addr, handle) = start(Arc::clone(&bidder)).await;
+
+    let in_flight =
+        tokio::spawn(async move { client.ping(&sample_ping(&SampleLead::default())).await });
+    bidder.entered.notified().await;
+    let shutdown = tokio::spawn(handle.shutdown());
+    // Shutdown cannot complete while the ping is held.
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished());
+
+    bidder.release.notify_one();
+    let answer = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        answer.outcome,
+        BidOutcome::Bid {
+            price: PRICE,
+            bid_id: None,
+            expires_in_ms: None
+        }
+    );
+    shutdown.await.unwrap().unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_bidder_costs_one_request_and_is_reported() {
+    let bidder = Arc::new(Gated::default());
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+
+    let bug = SampleLead {
+        state: "XX".into(),
+        ..SampleLead::default()
+    };
+    let answer = client.ping(&sample_ping(&bug)).await.unwrap();
+    assert_eq!(answer.raw.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(answer.raw.error_code().as_deref(), Some("internal"));
+    assert_eq!(answer.outcome, BidOutcome::Invalid("http_status"));
+
+    // The next request on the same client is served normally.
+    bidder.release.notify_one();
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+
+    let _ = client
+        .send(Method::POST, "/ping", ping_body(), Signing::Unsigned)
+        .await
+        .unwrap();
+    let refusals = bidder.refusals.lock().unwrap().clone();
+    assert!(
+        matches!(
+            refusals.as_slice(),
+            [Refusal::BidderPanicked, Refusal::Unauthorized(_)]
+        ),
+        "{refusals:?}"
+    );
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn custom_paths_and_unverified_mode() {
+    let bidder = flat();
+    let options = ServeOptions {
+        ping_path: "/v2/bid".into(),
+        post_path: "/v2/lead".into(),
+        verify_signatures: false,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(Arc::clone(&bidder), options).await.unwrap();
+    let client =
+        TestClient::new(format!("http://{addr}/"), secret()).with_paths("/v2/bid", "/v2/lead");
+    let answer = client
+        .send(Method::POST, "/v2/bid", ping_body(), Signing::Unsigned)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = client
+        .post(&sample_post(&SampleLead::default(), PRICE))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer.outcome, PostOutcome::Accepted { .. }),
+        "{:?}",
+        answer.outcome
+    );
+    let answer = client
+        .send(Method::POST, "/ping", ping_body(), Signing::Valid)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!((bidder.pings_received(), bidder.posts_received()), (1, 1));
+    handle.shutdown().await.unwrap();
+}
