@@ -9,7 +9,7 @@
 
 mod load;
 
-pub use load::{load_file, load_str, ConfigErrors};
+pub use load::{load_file, load_file_with_env, load_str, load_str_with_env, ConfigErrors};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
