@@ -1,6 +1,33 @@
 //! The sans-IO auction core: eligibility, cap reservations, ranking and award, quotes and
 //! their fallback order, buyer circuit breakers. Every function takes `now` (Unix
 //! milliseconds) as an argument and does no I/O, so all of it is tested deterministically.
+//!
+//! What the core owns: every decision of an auction that does not need the network.
+//! - [`schedule`]: is a buyer open now, in its own time zone.
+//! - [`caps`]: per-buyer counts and budget per local hour, day, week and month, with
+//!   reservations that a firm quote holds until it is posted or expires.
+//! - [`eligibility`]: which buyers of a vertical may see a lead, and why the others not.
+//! - [`award`]: seller price under the payout model, reserve, rank order, fallback order.
+//! - [`quotes`]: the firm quotes and the post state machine (a ping is posted once).
+//! - [`breaker`]: which buyers are failing and when to probe them.
+//!
+//! Architecture invariant: the core never does I/O, never reads a clock (time is the
+//! `now` argument), never spawns or awaits, and never panics on any input. It logs
+//! nothing, so it can leak no PII; the shell logs the decisions it returns. Its shared
+//! state (caps, quotes, breakers) is safe to call from many tasks at once.
+//!
+//! API boundary: the async shell (HTTP server, buyer clients, timers, ledger) calls these
+//! functions and carries out their decisions; it never changes caps or quote state except
+//! through them.
+
+pub mod award;
+pub mod breaker;
+pub mod caps;
+pub mod eligibility;
+pub mod quotes;
+pub mod schedule;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 /// Wall-clock time as Unix milliseconds. The shell's clock derives it from tokio's
 /// (pausable) clock, so paused-time tests move it too.

@@ -1,0 +1,326 @@
+//! Ranking bids and the order of fallbacks.
+//!
+//! Owns: the seller price of each bid (the payout model: the exchange's margin), the
+//! reserve (seller's `min_price`, seller reserve and vertical floor, whichever is highest),
+//! the rank order with a deterministic tie-break, and which lower bids may take a post
+//! after the winner fails. The value a bid is ranked by comes from a [`Ranker`]: price
+//! today, expected value (bid times the chance the buyer accepts and keeps the lead) when
+//! a model plugs in.
+//!
+//! Never: pays a seller more than the buyer pays (the margin is never negative), lets
+//! floats touch money, or depends on the order bids arrived in.
+
+use std::cmp::Ordering;
+
+use proto::Micros;
+
+use crate::config::{BuyerIdx, PayoutModel};
+
+/// One buyer's offer for a lead: a ping answer, or a fixed-price buyer's standing price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bid {
+    /// Who bid (index into `Config::buyers`).
+    pub buyer: BuyerIdx,
+    /// What the buyer pays if it takes the lead.
+    pub price: Micros,
+    /// The buyer's own id for the bid, echoed in the post.
+    pub bid_id: Option<String>,
+    /// How long the buyer holds its bid; the quote expires no later.
+    pub expires_in_ms: Option<u64>,
+    /// A fixed-price buyer's standing price (not pinged).
+    pub fixed: bool,
+}
+
+/// A bid that passed the reserve, with what the seller would be paid and its rank value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ranked {
+    /// The bid as the buyer made it (its price is what the buyer pays).
+    pub bid: Bid,
+    /// The seller's payout for this bid under the seller's payout model.
+    pub seller_price: Micros,
+    /// What the bid is ranked by (higher first); from the [`Ranker`].
+    pub value: i64,
+}
+
+/// The seam where the award's objective plugs in: the value of a bid to the exchange,
+/// higher is better. Implementations must be deterministic (a replayed auction must rank
+/// the same) and cheap (it runs for every bid of every auction).
+pub trait Ranker: Send + Sync + std::fmt::Debug {
+    /// The rank value of `bid`, which would pay the seller `seller_price`, for a lead that
+    /// scored `score` (if a model scored it).
+    fn value(&self, bid: &Bid, seller_price: Micros, score: Option<u8>) -> i64;
+}
+
+/// Ranks by what the seller is paid (seller price in micros): the classic price auction,
+/// used until an expected-value model is loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PriceRanker;
+
+impl Ranker for PriceRanker {
+    fn value(&self, _bid: &Bid, seller_price: Micros, _score: Option<u8>) -> i64 {
+        seller_price.0
+    }
+}
+
+/// The bids that can win, best first, and how many the reserve turned away (so the
+/// seller hears `below_reserve` rather than `no_bids`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranking {
+    /// Best first: value desc, then bid price desc, then buyer index asc.
+    pub ranked: Vec<Ranked>,
+    /// Bids whose seller price fell below the reserve (or to nothing).
+    pub below_reserve: usize,
+}
+
+/// Ranks `bids`. Each bid's seller price is `payout.seller_price(bid.price)`, capped at the
+/// bid price; bids of zero or less are passes and are dropped silently; bids whose seller
+/// price is below `reserve`, or zero, are dropped and counted in `below_reserve`. The order
+/// is total and independent of the input order: value desc, bid price desc (the buyer that
+/// pays more, so more margin), buyer index asc.
+pub fn rank(
+    bids: Vec<Bid>,
+    payout: PayoutModel,
+    reserve: Micros,
+    ranker: &dyn Ranker,
+    score: Option<u8>,
+) -> Ranking {
+    let mut out = Ranking::default();
+    for bid in bids {
+        if bid.price <= Micros::ZERO {
+            continue;
+        }
+        let seller_price = payout.seller_price(bid.price).min(bid.price);
+        if seller_price < reserve || seller_price <= Micros::ZERO {
+            out.below_reserve += 1;
+            continue;
+        }
+        let value = ranker.value(&bid, seller_price, score);
+        out.ranked.push(Ranked {
+            bid,
+            seller_price,
+            value,
+        });
+    }
+    out.ranked.sort_by(rank_order);
+    out
+}
+
+/// The rank order: best first.
+fn rank_order(a: &Ranked, b: &Ranked) -> Ordering {
+    b.value
+        .cmp(&a.value)
+        .then_with(|| b.bid.price.cmp(&a.bid.price))
+        .then_with(|| a.bid.buyer.cmp(&b.bid.buyer))
+}
+
+/// The fallbacks after the winner (`ranking[0]`), in rank order: only bids whose own price
+/// still covers the seller price already quoted (`bid.price >= quoted`), so the seller is
+/// paid what it was promised and the exchange's margin shrinks at worst to zero, never
+/// below. The shell takes at most `post_attempts_max - 1` of them.
+pub fn fallback_order(ranking: &[Ranked], quoted: Micros) -> impl Iterator<Item = &Ranked> + '_ {
+    ranking
+        .iter()
+        .skip(1)
+        .filter(move |r| r.bid.price >= quoted)
+}
+
+/// The least seller price that may be quoted: the highest of the seller's `min_price` for
+/// this lead, the seller's configured reserve, and the vertical's floor.
+pub fn reserve_price(
+    min_price: Option<Micros>,
+    seller_reserve: Option<Micros>,
+    floor: Micros,
+) -> Micros {
+    floor
+        .max(min_price.unwrap_or(Micros::ZERO))
+        .max(seller_reserve.unwrap_or(Micros::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(units: i64) -> Micros {
+        Micros(units * 1_000_000)
+    }
+
+    fn bid(buyer: BuyerIdx, price: Micros) -> Bid {
+        Bid {
+            buyer,
+            price,
+            bid_id: Some(format!("b{buyer}")),
+            expires_in_ms: None,
+            fixed: false,
+        }
+    }
+
+    const SHARE_80: PayoutModel = PayoutModel::RevenueShare { share_bp: 8000 };
+
+    fn buyers(r: &Ranking) -> Vec<BuyerIdx> {
+        r.ranked.iter().map(|x| x.bid.buyer).collect()
+    }
+
+    #[test]
+    fn revenue_share_margin() {
+        let r = rank(
+            vec![bid(0, m(20)), bid(1, Micros(1))],
+            SHARE_80,
+            Micros::ZERO,
+            &PriceRanker,
+            None,
+        );
+        assert_eq!(r.ranked[0].seller_price, m(16));
+        assert_eq!(r.ranked[0].value, 16_000_000);
+        // 80 % of one micro rounds down to nothing: nothing to quote.
+        assert_eq!((r.ranked.len(), r.below_reserve), (1, 1));
+    }
+
+    #[test]
+    fn fixed_margin() {
+        let model = PayoutModel::FixedMargin { margin: m(3) };
+        let r = rank(
+            vec![bid(0, m(20)), bid(1, m(3)), bid(2, m(2))],
+            model,
+            Micros::ZERO,
+            &PriceRanker,
+            None,
+        );
+        assert_eq!(buyers(&r), [0]);
+        assert_eq!(r.ranked[0].seller_price, m(17));
+        assert_eq!(r.below_reserve, 2);
+    }
+
+    #[test]
+    fn seller_never_paid_more_than_the_bid() {
+        let generous = PayoutModel::RevenueShare { share_bp: 12_000 };
+        let r = rank(
+            vec![bid(0, m(10))],
+            generous,
+            Micros::ZERO,
+            &PriceRanker,
+            None,
+        );
+        assert_eq!(r.ranked[0].seller_price, m(10));
+        let negative = PayoutModel::FixedMargin { margin: Micros(-5) };
+        let r = rank(
+            vec![bid(0, m(10))],
+            negative,
+            Micros::ZERO,
+            &PriceRanker,
+            None,
+        );
+        assert_eq!(r.ranked[0].seller_price, m(10));
+    }
+
+    #[test]
+    fn below_reserve_is_counted_zero_bids_are_not() {
+        let bids = vec![
+            bid(0, m(10)),
+            bid(1, m(5)),
+            bid(2, Micros::ZERO),
+            bid(3, Micros(-1)),
+            bid(4, Micros(6_250_000)),
+        ];
+        // Seller prices 8, 4, -, -, 5. Reserve 5: 4 is below, 5 is not.
+        let r = rank(bids, SHARE_80, m(5), &PriceRanker, None);
+        assert_eq!(buyers(&r), [0, 4]);
+        assert_eq!(r.below_reserve, 1);
+    }
+
+    #[derive(Debug)]
+    struct Flat;
+    impl Ranker for Flat {
+        fn value(&self, _: &Bid, _: Micros, _: Option<u8>) -> i64 {
+            7
+        }
+    }
+
+    #[test]
+    fn tie_break_is_price_then_buyer_whatever_the_input_order() {
+        let bids = vec![bid(3, m(10)), bid(1, m(12)), bid(2, m(10)), bid(0, m(9))];
+        let expected = [1, 2, 3, 0];
+        // Every one of the 24 input orders ranks the same.
+        let mut orders = 0;
+        for n in 0..4 * 4 * 4 * 4 {
+            let order = [n % 4, n / 4 % 4, n / 16 % 4, n / 64];
+            if (0..4).any(|i| !order.contains(&i)) {
+                continue;
+            }
+            orders += 1;
+            let perm: Vec<Bid> = order.iter().map(|&i| bids[i].clone()).collect();
+            let r = rank(perm.clone(), SHARE_80, Micros::ZERO, &Flat, None);
+            assert_eq!(buyers(&r), expected, "{perm:?}");
+        }
+        assert_eq!(orders, 24);
+        // Equal seller price under the price ranker: same rule.
+        let r = rank(bids, SHARE_80, Micros::ZERO, &PriceRanker, None);
+        assert_eq!(buyers(&r), [1, 2, 3, 0]);
+    }
+
+    /// An expected-value ranker: price times an acceptance probability per buyer, in basis
+    /// points, the shape a model will have.
+    #[derive(Debug)]
+    struct Expected(Vec<i64>);
+    impl Ranker for Expected {
+        fn value(&self, bid: &Bid, seller_price: Micros, score: Option<u8>) -> i64 {
+            let p_bp = self.0.get(bid.buyer).copied().unwrap_or(0);
+            let score_bp = i64::from(score.unwrap_or(100)) * 100;
+            seller_price.0 / 10_000 * p_bp / 10_000 * score_bp
+        }
+    }
+
+    #[test]
+    fn the_ranker_decides_the_order() {
+        // Buyer 0 bids more but accepts 30 % of posts; buyer 1 accepts 90 %.
+        let ev = Expected(vec![3_000, 9_000]);
+        let r = rank(
+            vec![bid(0, m(20)), bid(1, m(12))],
+            SHARE_80,
+            Micros::ZERO,
+            &ev,
+            Some(50),
+        );
+        assert_eq!(buyers(&r), [1, 0]);
+        let r = rank(
+            vec![bid(0, m(20)), bid(1, m(12))],
+            SHARE_80,
+            Micros::ZERO,
+            &PriceRanker,
+            Some(50),
+        );
+        assert_eq!(buyers(&r), [0, 1]);
+    }
+
+    #[test]
+    fn fallbacks_must_cover_the_quoted_price() {
+        let r = rank(
+            vec![
+                bid(0, m(20)),
+                bid(1, m(18)),
+                bid(2, m(16)),
+                bid(3, m(15)),
+                bid(4, m(17)),
+            ],
+            SHARE_80,
+            Micros::ZERO,
+            &PriceRanker,
+            None,
+        );
+        let quoted = r.ranked[0].seller_price; // 16
+        let fb: Vec<_> = fallback_order(&r.ranked, quoted)
+            .map(|x| x.bid.buyer)
+            .collect();
+        // 18 and 17 cover 16; 16 covers it with zero margin; 15 would lose money.
+        assert_eq!(fb, [1, 4, 2]);
+        assert_eq!(fallback_order(&r.ranked[..1], quoted).count(), 0);
+        assert_eq!(fallback_order(&[], quoted).count(), 0);
+    }
+
+    #[test]
+    fn reserve_is_the_highest() {
+        assert_eq!(reserve_price(None, None, m(1)), m(1));
+        assert_eq!(reserve_price(Some(m(5)), Some(m(3)), m(1)), m(5));
+        assert_eq!(reserve_price(Some(m(2)), Some(m(3)), m(1)), m(3));
+        assert_eq!(reserve_price(Some(m(2)), None, m(4)), m(4));
+    }
+}

@@ -1,0 +1,819 @@
+//! Cap and budget accounting per buyer, with reservations.
+//!
+//! Owns: how many leads each buyer has bought (and has reserved by a firm quote) in each
+//! window of its own local calendar (hour, day, ISO week starting Monday, month), and how
+//! much money it spent and has reserved per local day. A quote reserves one lead and its
+//! price in every current window; the post commits the reservation (reserved becomes
+//! sold) or releases it (reserved becomes nothing), always in the windows it was made in.
+//!
+//! Architecture invariant: in every window, `sold + reserved <= cap` for every cap the
+//! buyer had when each reservation was made, and per local day `spent + reserved money <=
+//! budget_daily`. The check and the reservation happen under one per-buyer lock, so
+//! concurrent auctions can never oversell.
+//!
+//! Never: reads a clock (time is `now`), panics on any input, or grows without bound: a
+//! window that is past and holds no reservation is dropped, so a buyer holds about two
+//! windows per period plus the windows of its open reservations (bounded by the quote
+//! book's `quotes_open_max`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{Datelike, Timelike};
+use chrono_tz::Tz;
+use parking_lot::Mutex;
+use proto::Micros;
+
+use super::schedule::local;
+use super::UnixMs;
+use crate::config::{Buyer, BuyerIdx, Caps};
+
+/// Milliseconds per second, for turning local seconds into an instant.
+const MS_PER_S: i64 = 1_000;
+/// Seconds per minute.
+const S_PER_MIN: i64 = 60;
+
+/// The count windows, in the order of [`Windows::keys`].
+const HOUR: usize = 0;
+const DAY: usize = 1;
+const WEEK: usize = 2;
+const MONTH: usize = 3;
+/// How many kinds of window there are.
+const PERIODS: usize = 4;
+
+/// Where one moment falls in a buyer's local calendar: the key of each window it counts
+/// in. Every key grows with time, so "older than the current key" means "past".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Windows {
+    /// The instant (Unix ms) the local hour began. The repeated hour at a DST fall-back
+    /// reads the same on the wall clock twice but starts at two instants (two UTC
+    /// offsets), so it is two windows, each with the full hourly cap.
+    pub hour_start_ms: i64,
+    /// The local calendar day, as days since 0001-01-01.
+    pub day: i64,
+    /// The local Monday that begins the ISO week, as days since 0001-01-01.
+    pub week: i64,
+    /// The local month, as `year * 12 + month - 1`.
+    pub month: i64,
+}
+
+impl Windows {
+    /// The windows `now` falls in for a buyer in `tz`; `None` when `now` is off the
+    /// calendar (callers fail closed).
+    pub fn at(tz: Tz, now: UnixMs) -> Option<Windows> {
+        let t = local(tz, now)?;
+        // Offsets are whole seconds, so the local sub-second part is the UTC one.
+        let into_hour_ms = (i64::from(t.minute()) * S_PER_MIN + i64::from(t.second())) * MS_PER_S
+            + now.rem_euclid(MS_PER_S);
+        let day = i64::from(t.date_naive().num_days_from_ce());
+        Some(Windows {
+            hour_start_ms: now.saturating_sub(into_hour_ms),
+            day,
+            week: day - i64::from(t.weekday().num_days_from_monday()),
+            month: i64::from(t.year()) * 12 + i64::from(t.month0()),
+        })
+    }
+
+    fn keys(&self) -> [i64; PERIODS] {
+        [self.hour_start_ms, self.day, self.week, self.month]
+    }
+}
+
+/// A firm quote's hold on one lead and `price` of a buyer's caps and budget. Hand it back
+/// to [`CapBook::commit`] or [`CapBook::release`] exactly once; the book ignores a second
+/// hand-back, so a retried settle can never count twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The buyer whose caps hold the lead.
+    pub buyer: BuyerIdx,
+    /// The money held against the buyer's daily budget (what the buyer would pay).
+    pub price: Micros,
+    /// The windows the lead counts in, fixed when the quote was made: a quote taken at
+    /// 23:59 and sold at 00:01 counts in the day it was quoted.
+    pub windows: Windows,
+    /// The book's own handle; private so a reservation cannot be forged.
+    id: u64,
+}
+
+/// Which limit refused a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CapLimit {
+    /// `caps.hourly` (leads per local hour).
+    Hourly,
+    /// `caps.daily` (leads per local day).
+    Daily,
+    /// `caps.weekly` (leads per ISO week, Monday to Sunday, local).
+    Weekly,
+    /// `caps.monthly` (leads per local calendar month).
+    Monthly,
+    /// `budget_daily` (money per local day).
+    BudgetDaily,
+    /// The buyer index is not in this book or `now` is off the calendar: fail closed.
+    Unavailable,
+}
+
+impl CapLimit {
+    /// The name used in metrics and the auction log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapLimit::Hourly => "hourly",
+            CapLimit::Daily => "daily",
+            CapLimit::Weekly => "weekly",
+            CapLimit::Monthly => "monthly",
+            CapLimit::BudgetDaily => "budget_daily",
+            CapLimit::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A reservation refused because a cap or the budget is reached: an expected outcome
+/// (the auction moves on to the next bid), not a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("buyer {buyer} is at its {} limit", limit.as_str())]
+pub struct Capped {
+    /// The buyer that is capped.
+    pub buyer: BuyerIdx,
+    /// The first limit found reached (metrics label).
+    pub limit: CapLimit,
+}
+
+/// A buyer's counts in its current windows, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Leads sold in the current local hour.
+    pub sold_hour: u32,
+    /// Leads sold in the current local day.
+    pub sold_day: u32,
+    /// Leads sold in the current ISO week.
+    pub sold_week: u32,
+    /// Leads sold in the current local month.
+    pub sold_month: u32,
+    /// Leads held by open quotes in the current local day.
+    pub reserved: u32,
+    /// Money spent in the current local day.
+    pub spent_day: Micros,
+    /// Money held by open quotes in the current local day.
+    pub reserved_micros: Micros,
+}
+
+/// The counts of one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Counter {
+    sold: u32,
+    reserved: u32,
+    spent: Micros,
+    reserved_micros: Micros,
+}
+
+/// An outstanding reservation as the book recorded it (the caller's copy is not trusted).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    price: Micros,
+    keys: [i64; PERIODS],
+}
+
+/// One buyer's windows; guarded by its own mutex.
+#[derive(Debug, Default)]
+struct BuyerBook {
+    /// The latest `now` seen. Time is taken as `max(now, latest)`, so window keys never go
+    /// back and a pruned window is never recreated by a late caller with an older `now`.
+    latest_now: Option<UnixMs>,
+    /// The keys of the current windows (at `latest_now`).
+    current: Option<[i64; PERIODS]>,
+    /// Per period, `(key, counts)` of the windows still kept; a handful each.
+    windows: [Vec<(i64, Counter)>; PERIODS],
+    /// Reservations not yet committed or released, by id.
+    outstanding: HashMap<u64, Held>,
+}
+
+impl BuyerBook {
+    /// Moves this buyer's clock to `now` (never backwards), prunes, and returns the current
+    /// windows; `None` if `now` is off the calendar.
+    fn advance(&mut self, tz: Tz, now: UnixMs) -> Option<Windows> {
+        let now = self.latest_now.map_or(now, |latest| latest.max(now));
+        let w = Windows::at(tz, now)?;
+        self.latest_now = Some(now);
+        self.current = Some(w.keys());
+        self.prune();
+        Some(w)
+    }
+
+    /// Drops windows older than the current one that hold no reservation.
+    fn prune(&mut self) {
+        let Some(current) = self.current else {
+            return;
+        };
+        for (list, cur) in self.windows.iter_mut().zip(current) {
+            list.retain(|(key, c)| *key >= cur || c.reserved > 0);
+        }
+    }
+
+    fn counter(&self, period: usize, key: i64) -> Counter {
+        self.windows
+            .get(period)
+            .and_then(|list| list.iter().find(|(k, _)| *k == key))
+            .map_or_else(Counter::default, |(_, c)| *c)
+    }
+
+    fn counter_mut(&mut self, period: usize, key: i64) -> Option<&mut Counter> {
+        let list = self.windows.get_mut(period)?;
+        let pos = match list.iter().position(|(k, _)| *k == key) {
+            Some(pos) => pos,
+            None => {
+                list.push((key, Counter::default()));
+                list.len() - 1
+            }
+        };
+        list.get_mut(pos).map(|(_, c)| c)
+    }
+
+    /// Is there room for one more lead (and, with `price`, that much money)? Without a
+    /// price, money headroom means strictly under budget.
+    fn check(
+        &self,
+        keys: [i64; PERIODS],
+        caps: &Caps,
+        price: Option<Micros>,
+    ) -> Result<(), CapLimit> {
+        let counts = [
+            (caps.hourly, CapLimit::Hourly),
+            (caps.daily, CapLimit::Daily),
+            (caps.weekly, CapLimit::Weekly),
+            (caps.monthly, CapLimit::Monthly),
+        ];
+        for (period, ((cap, limit), key)) in counts.into_iter().zip(keys).enumerate() {
+            if let Some(cap) = cap {
+                let c = self.counter(period, key);
+                if c.sold.saturating_add(c.reserved) >= cap {
+                    return Err(limit);
+                }
+            }
+        }
+        if let Some(budget) = caps.budget_daily {
+            let c = self.counter(DAY, keys[DAY]);
+            let committed = c.spent.saturating_add(c.reserved_micros);
+            let fits = match price {
+                None => committed < budget,
+                Some(p) => committed.saturating_add(p) <= budget,
+            };
+            if !fits {
+                return Err(CapLimit::BudgetDaily);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every buyer's caps and budget, shared by all auctions (one small mutex per buyer).
+#[derive(Debug)]
+pub struct CapBook {
+    buyers: Vec<Mutex<BuyerBook>>,
+    /// Source of reservation ids (unique for the life of the book).
+    next_id: AtomicU64,
+}
+
+impl CapBook {
+    /// A book for buyers `0..buyer_count` (the indices of one `Config`).
+    pub fn new(buyer_count: usize) -> CapBook {
+        CapBook {
+            buyers: (0..buyer_count)
+                .map(|_| Mutex::new(BuyerBook::default()))
+                .collect(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// How many buyers the book covers.
+    pub fn buyer_count(&self) -> usize {
+        self.buyers.len()
+    }
+
+    /// Could the buyer take one more lead now? Every capped window needs `sold + reserved
+    /// < cap`, and with a budget, `spent + reserved money < budget_daily`. Eligibility asks
+    /// this before pinging, so capped buyers are not pinged at all; the award still
+    /// [`reserve`](CapBook::reserve)s, because another auction may have won the last slot
+    /// in between. An unknown index is no headroom.
+    pub fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool {
+        let Some(slot) = self.buyers.get(idx) else {
+            return false;
+        };
+        let mut b = slot.lock();
+        match b.advance(buyer.timezone, now) {
+            Some(w) => b.check(w.keys(), &buyer.caps, None).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Atomically checks every cap and `budget_daily` (`spent + reserved + price <=
+    /// budget`) and, if they allow it, holds one lead and `price` in each current window.
+    /// A negative price is held as zero: money held never goes below nothing.
+    pub fn reserve(
+        &self,
+        idx: BuyerIdx,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+    ) -> Result<Reservation, Capped> {
+        let capped = |limit| Capped { buyer: idx, limit };
+        let slot = self.buyers.get(idx).ok_or(capped(CapLimit::Unavailable))?;
+        let price = Micros(price.0.max(0));
+        let mut b = slot.lock();
+        let w = b
+            .advance(buyer.timezone, now)
+            .ok_or(capped(CapLimit::Unavailable))?;
+        let keys = w.keys();
+        b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
+        for (period, key) in keys.into_iter().enumerate() {
+            if let Some(c) = b.counter_mut(period, key) {
+                c.reserved = c.reserved.saturating_add(1);
+                c.reserved_micros = c.reserved_micros.saturating_add(price);
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        b.outstanding.insert(id, Held { price, keys });
+        Ok(Reservation {
+            buyer: idx,
+            price,
+            windows: w,
+            id,
+        })
+    }
+
+    /// The lead was sold: reserved becomes sold (and reserved money becomes spent) in the
+    /// windows the reservation was made in. Returns false, changing nothing, if the
+    /// reservation was already committed or released.
+    pub fn commit(&self, r: &Reservation) -> bool {
+        self.settle(r, true)
+    }
+
+    /// The quote ended without a sale (expired, rejected, fell back to another buyer): the
+    /// hold is dropped. Returns false, changing nothing, if it was already settled.
+    pub fn release(&self, r: &Reservation) -> bool {
+        self.settle(r, false)
+    }
+
+    fn settle(&self, r: &Reservation, sold: bool) -> bool {
+        let Some(slot) = self.buyers.get(r.buyer) else {
+            return false;
+        };
+        let mut b = slot.lock();
+        let Some(held) = b.outstanding.remove(&r.id) else {
+            return false;
+        };
+        for (period, key) in held.keys.into_iter().enumerate() {
+            // The window exists: a window holding a reservation is never pruned.
+            if let Some(c) = b.counter_mut(period, key) {
+                c.reserved = c.reserved.saturating_sub(1);
+                c.reserved_micros = c.reserved_micros.saturating_sub(held.price);
+                if sold {
+                    c.sold = c.sold.saturating_add(1);
+                    c.spent = c.spent.saturating_add(held.price);
+                }
+            }
+        }
+        b.prune();
+        true
+    }
+
+    /// The buyer's counts in its current windows (zeros for an unknown index).
+    pub fn usage(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> Usage {
+        let Some(slot) = self.buyers.get(idx) else {
+            return Usage::default();
+        };
+        let mut b = slot.lock();
+        let Some(w) = b.advance(buyer.timezone, now) else {
+            return Usage::default();
+        };
+        let keys = w.keys();
+        let day = b.counter(DAY, keys[DAY]);
+        Usage {
+            sold_hour: b.counter(HOUR, keys[HOUR]).sold,
+            sold_day: day.sold,
+            sold_week: b.counter(WEEK, keys[WEEK]).sold,
+            sold_month: b.counter(MONTH, keys[MONTH]).sold,
+            reserved: day.reserved,
+            spent_day: day.spent,
+            reserved_micros: day.reserved_micros,
+        }
+    }
+
+    /// How many reservations of this buyer are outstanding (for metrics and tests).
+    pub fn outstanding(&self, idx: BuyerIdx) -> usize {
+        self.buyers
+            .get(idx)
+            .map_or(0, |s| s.lock().outstanding.len())
+    }
+
+    /// Every kept window of a buyer: `(period, key, sold, reserved, spent, reserved money)`.
+    #[cfg(test)]
+    fn windows_of(&self, idx: BuyerIdx) -> Vec<(usize, i64, Counter)> {
+        let b = self.buyers[idx].lock();
+        b.windows
+            .iter()
+            .enumerate()
+            .flat_map(|(p, list)| list.iter().map(move |(k, c)| (p, *k, *c)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testutil::{buyer, utc_ms};
+    use proptest::prelude::*;
+
+    const HOUR_MS: i64 = 3_600_000;
+    const MIN_MS: i64 = 60_000;
+
+    fn capped(caps: Caps) -> Buyer {
+        Buyer { caps, ..buyer(0) }
+    }
+
+    fn m(units: i64) -> Micros {
+        Micros(units * 1_000_000)
+    }
+
+    #[test]
+    fn windows_new_york_fall_back_hour_is_two_windows() {
+        let ny = chrono_tz::America::New_York;
+        let edt = Windows::at(ny, utc_ms(2024, 11, 3, 5, 30)).unwrap(); // 01:30 EDT
+        let est = Windows::at(ny, utc_ms(2024, 11, 3, 6, 30)).unwrap(); // 01:30 EST
+        assert_eq!(edt.hour_start_ms, utc_ms(2024, 11, 3, 5, 0));
+        assert_eq!(est.hour_start_ms, utc_ms(2024, 11, 3, 6, 0));
+        assert_eq!(edt.day, est.day);
+    }
+
+    #[test]
+    fn windows_half_hour_zone_and_iso_week() {
+        // India is UTC+05:30: the local hour starts at :30 UTC.
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let w = Windows::at(kolkata, utc_ms(2024, 1, 15, 4, 45) + 1234).unwrap();
+        assert_eq!(w.hour_start_ms, utc_ms(2024, 1, 15, 4, 30));
+        // 2024-01-21 is a Sunday, 2024-01-22 a Monday: a new ISO week.
+        let sun = Windows::at(Tz::UTC, utc_ms(2024, 1, 21, 23, 59)).unwrap();
+        let mon = Windows::at(Tz::UTC, utc_ms(2024, 1, 22, 0, 0)).unwrap();
+        assert_eq!(sun.week + 7, mon.week);
+        assert_eq!(mon.week, mon.day);
+        assert_eq!(sun.month, mon.month);
+        let feb = Windows::at(Tz::UTC, utc_ms(2024, 2, 1, 0, 0)).unwrap();
+        assert_eq!(feb.month, sun.month + 1);
+        assert!(Windows::at(Tz::UTC, i64::MAX).is_none());
+    }
+
+    #[test]
+    fn hourly_cap_and_next_hour() {
+        let b = capped(Caps {
+            hourly: Some(2),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let t = utc_ms(2024, 1, 15, 10, 0);
+        assert!(book.reserve(0, &b, m(1), t).is_ok());
+        assert!(book.reserve(0, &b, m(1), t + 1).is_ok());
+        assert!(!book.has_headroom(0, &b, t + 2));
+        assert_eq!(
+            book.reserve(0, &b, m(1), t + 2),
+            Err(Capped {
+                buyer: 0,
+                limit: CapLimit::Hourly
+            })
+        );
+        assert!(book.has_headroom(0, &b, t + HOUR_MS));
+        assert!(book.reserve(0, &b, m(1), t + HOUR_MS).is_ok());
+    }
+
+    #[test]
+    fn every_count_limit_is_named() {
+        let t = utc_ms(2024, 1, 15, 10, 0); // a Monday
+        for (caps, limit, later) in [
+            (
+                Caps {
+                    daily: Some(1),
+                    ..Caps::default()
+                },
+                CapLimit::Daily,
+                HOUR_MS,
+            ),
+            (
+                Caps {
+                    weekly: Some(1),
+                    ..Caps::default()
+                },
+                CapLimit::Weekly,
+                24 * HOUR_MS,
+            ),
+            (
+                Caps {
+                    monthly: Some(1),
+                    ..Caps::default()
+                },
+                CapLimit::Monthly,
+                7 * 24 * HOUR_MS,
+            ),
+        ] {
+            let b = capped(caps);
+            let book = CapBook::new(1);
+            let r = book.reserve(0, &b, m(1), t).unwrap();
+            assert!(book.commit(&r));
+            // Still inside the window, a period later in the smaller window.
+            assert_eq!(
+                book.reserve(0, &b, m(1), t + later).unwrap_err().limit,
+                limit
+            );
+        }
+    }
+
+    #[test]
+    fn zero_cap_never_takes() {
+        let b = capped(Caps {
+            daily: Some(0),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        assert!(!book.has_headroom(0, &b, 0));
+        assert_eq!(
+            book.reserve(0, &b, m(1), 0).unwrap_err().limit,
+            CapLimit::Daily
+        );
+    }
+
+    #[test]
+    fn budget_counts_spent_reserved_and_price() {
+        let b = capped(Caps {
+            budget_daily: Some(m(30)),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let t = utc_ms(2024, 1, 15, 10, 0);
+        let r1 = book.reserve(0, &b, m(10), t).unwrap();
+        let r2 = book.reserve(0, &b, m(15), t).unwrap();
+        assert!(book.commit(&r1));
+        // 10 spent + 15 reserved + 6 > 30.
+        assert_eq!(
+            book.reserve(0, &b, m(6), t).unwrap_err().limit,
+            CapLimit::BudgetDaily
+        );
+        assert!(book.has_headroom(0, &b, t));
+        let r3 = book.reserve(0, &b, m(5), t).unwrap(); // exactly 30
+        assert!(!book.has_headroom(0, &b, t));
+        let u = book.usage(0, &b, t);
+        assert_eq!(
+            (u.spent_day, u.reserved_micros, u.reserved),
+            (m(10), m(20), 2)
+        );
+        assert!(book.release(&r2));
+        assert!(book.release(&r3));
+        assert!(book.has_headroom(0, &b, t));
+        // The next local day has the whole budget again.
+        assert!(book.reserve(0, &b, m(30), t + 24 * HOUR_MS).is_ok());
+    }
+
+    #[test]
+    fn negative_price_is_held_as_zero() {
+        let b = capped(Caps {
+            budget_daily: Some(m(1)),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let r = book.reserve(0, &b, Micros(-5_000_000), 0).unwrap();
+        assert_eq!(r.price, Micros::ZERO);
+        assert!(book.commit(&r));
+        assert_eq!(book.usage(0, &b, 0).spent_day, Micros::ZERO);
+    }
+
+    #[test]
+    fn commit_and_release_once_only() {
+        let b = capped(Caps {
+            daily: Some(5),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let r = book.reserve(0, &b, m(2), 0).unwrap();
+        let copy = r.clone();
+        assert!(book.commit(&r));
+        assert!(!book.commit(&copy));
+        assert!(!book.release(&copy));
+        let u = book.usage(0, &b, 0);
+        assert_eq!((u.sold_day, u.reserved, u.spent_day), (1, 0, m(2)));
+        // A tampered copy changes nothing either: the book keeps its own record.
+        let r2 = book.reserve(0, &b, m(2), 0).unwrap();
+        let mut forged = r2.clone();
+        forged.price = m(1000);
+        assert!(book.release(&forged));
+        assert!(!book.release(&r2));
+        assert_eq!(book.usage(0, &b, 0).reserved_micros, Micros::ZERO);
+        assert_eq!(book.outstanding(0), 0);
+    }
+
+    #[test]
+    fn quoted_before_midnight_counts_in_the_quoted_day() {
+        // New York buyer, daily cap 1. Quote at 23:59 local on Monday, sold at 00:01 Tuesday.
+        let ny = chrono_tz::America::New_York;
+        let b = Buyer {
+            timezone: ny,
+            ..capped(Caps {
+                daily: Some(1),
+                weekly: Some(5),
+                ..Caps::default()
+            })
+        };
+        let book = CapBook::new(1);
+        let monday_2359 = utc_ms(2024, 1, 16, 4, 59); // Monday 23:59 EST
+        let tuesday_0001 = monday_2359 + 2 * MIN_MS;
+        let r = book.reserve(0, &b, m(1), monday_2359).unwrap();
+        assert!(!book.has_headroom(0, &b, monday_2359 + 30_000));
+        // Tuesday has its own daily cap while Monday's quote is still open.
+        assert!(book.has_headroom(0, &b, tuesday_0001));
+        assert!(book.commit(&r));
+        let u = book.usage(0, &b, tuesday_0001);
+        assert_eq!((u.sold_day, u.sold_week, u.reserved), (0, 1, 0));
+        let r2 = book.reserve(0, &b, m(1), tuesday_0001).unwrap();
+        assert_eq!(r2.windows.day, r.windows.day + 1);
+        assert_eq!(r2.windows.week, r.windows.week);
+    }
+
+    #[test]
+    fn fall_back_repeated_hour_has_its_own_cap() {
+        let ny = chrono_tz::America::New_York;
+        let b = Buyer {
+            timezone: ny,
+            ..capped(Caps {
+                hourly: Some(1),
+                ..Caps::default()
+            })
+        };
+        let book = CapBook::new(1);
+        assert!(book
+            .reserve(0, &b, m(1), utc_ms(2024, 11, 3, 5, 30))
+            .is_ok()); // 01:30 EDT
+        assert!(book
+            .reserve(0, &b, m(1), utc_ms(2024, 11, 3, 5, 45))
+            .is_err()); // 01:45 EDT
+        assert!(book
+            .reserve(0, &b, m(1), utc_ms(2024, 11, 3, 6, 30))
+            .is_ok()); // 01:30 EST
+    }
+
+    #[test]
+    fn unknown_buyer_fails_closed() {
+        let b = buyer(0);
+        let book = CapBook::new(1);
+        assert!(!book.has_headroom(3, &b, 0));
+        assert_eq!(
+            book.reserve(3, &b, m(1), 0).unwrap_err().limit,
+            CapLimit::Unavailable
+        );
+        assert_eq!(
+            book.reserve(0, &b, m(1), i64::MAX).unwrap_err().limit,
+            CapLimit::Unavailable
+        );
+        assert_eq!(book.usage(3, &b, 0), Usage::default());
+    }
+
+    #[test]
+    fn old_windows_are_pruned() {
+        let b = capped(Caps {
+            hourly: Some(100),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let t0 = utc_ms(2024, 1, 1, 0, 0);
+        // One held reservation from the first hour keeps its windows alive.
+        let held = book.reserve(0, &b, m(1), t0).unwrap();
+        for h in 1..2000 {
+            let r = book.reserve(0, &b, m(1), t0 + h * HOUR_MS).unwrap();
+            assert!(book.commit(&r));
+        }
+        // Current hour/day/week/month plus the held reservation's hour/day/week/month.
+        assert!(
+            book.windows_of(0).len() <= 2 * PERIODS,
+            "{:?}",
+            book.windows_of(0)
+        );
+        assert!(book.release(&held));
+        assert!(book.windows_of(0).len() <= PERIODS);
+    }
+
+    #[test]
+    fn a_late_caller_with_an_older_now_counts_in_the_current_window() {
+        let b = capped(Caps {
+            hourly: Some(1),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let t = utc_ms(2024, 1, 15, 10, 0);
+        let r = book.reserve(0, &b, m(1), t + HOUR_MS).unwrap();
+        // An auction that read the clock before the hour turned must not find the old,
+        // pruned hour empty: it is taken to be in the current hour, which is full.
+        assert!(book.reserve(0, &b, m(1), t + HOUR_MS - 1).is_err());
+        assert!(book.release(&r));
+    }
+
+    #[test]
+    fn sixteen_threads_against_a_daily_cap_of_ten() {
+        let b = capped(Caps {
+            daily: Some(10),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let t = utc_ms(2024, 1, 15, 10, 0);
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for th in 0..16 {
+                let (book, b, won) = (&book, &b, &won);
+                s.spawn(move || {
+                    for i in 0..50 {
+                        if let Ok(r) = book.reserve(0, b, m(1), t + th * 10 + i) {
+                            won.fetch_add(1, Ordering::Relaxed);
+                            assert!(book.commit(&r));
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(won.load(Ordering::Relaxed), 10);
+        assert_eq!(book.usage(0, &b, t + 1000).sold_day, 10);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve { price_units: i64, advance_ms: i64 },
+        Commit(usize),
+        Release(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0i64..8, 0i64..3 * HOUR_MS).prop_map(|(price_units, advance_ms)| Op::Reserve { price_units, advance_ms }),
+            1 => any::<usize>().prop_map(Op::Commit),
+            1 => any::<usize>().prop_map(Op::Release),
+        ]
+    }
+
+    fn assert_within_caps(book: &CapBook, caps: &Caps) {
+        let limits = [caps.hourly, caps.daily, caps.weekly, caps.monthly];
+        for (period, key, c) in book.windows_of(0) {
+            if let Some(cap) = limits[period] {
+                assert!(
+                    c.sold + c.reserved <= cap,
+                    "period {period} key {key}: {c:?} over {cap}"
+                );
+            }
+            if let (DAY, Some(budget)) = (period, caps.budget_daily) {
+                assert!(
+                    c.spent.saturating_add(c.reserved_micros) <= budget,
+                    "day {key}: {c:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn interleavings_never_exceed_a_cap(
+            hourly in 1u32..4, daily in 1u32..8, weekly in 1u32..12, monthly in 1u32..20,
+            budget_units in 1i64..40,
+            tz in prop_oneof![Just(Tz::UTC), Just(chrono_tz::America::New_York), Just(chrono_tz::Pacific::Auckland)],
+            start in 0i64..(400 * 24 * HOUR_MS),
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let caps = Caps {
+                hourly: Some(hourly), daily: Some(daily), weekly: Some(weekly), monthly: Some(monthly),
+                budget_daily: Some(m(budget_units)),
+            };
+            let b = Buyer { timezone: tz, ..capped(caps) };
+            let book = CapBook::new(1);
+            let mut now = utc_ms(2024, 1, 1, 0, 0) + start;
+            let mut open: Vec<Reservation> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Reserve { price_units, advance_ms } => {
+                        now += advance_ms;
+                        if let Ok(r) = book.reserve(0, &b, m(price_units), now) {
+                            open.push(r);
+                        }
+                    }
+                    Op::Commit(i) if !open.is_empty() => {
+                        let r = open.swap_remove(i % open.len());
+                        prop_assert!(book.commit(&r));
+                    }
+                    Op::Release(i) if !open.is_empty() => {
+                        let r = open.swap_remove(i % open.len());
+                        prop_assert!(book.release(&r));
+                    }
+                    _ => {}
+                }
+                assert_within_caps(&book, &caps);
+            }
+            for r in &open {
+                prop_assert!(book.release(r));
+            }
+            prop_assert_eq!(book.outstanding(0), 0);
+            for (_, _, c) in book.windows_of(0) {
+                prop_assert_eq!((c.reserved, c.reserved_micros), (0, Micros::ZERO));
+            }
+            let u = book.usage(0, &b, now);
+            prop_assert_eq!((u.reserved, u.reserved_micros), (0, Micros::ZERO));
+        }
+    }
+}
