@@ -40,7 +40,9 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.join.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.join
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }
 
@@ -57,5 +59,10 @@ pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
         })
         .await
     });
-    Ok(Running { addr, state, shutdown: Some(tx), join })
+    Ok(Running {
+        addr,
+        state,
+        shutdown: Some(tx),
+        join,
+    })
 }

@@ -97,18 +97,35 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::now_v7().simple())
 }
 
+/// One auction's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct AuctionInput<'a> {
+    pub seller: SellerIdx,
+    pub vertical: VerticalIdx,
+    pub req: &'a PingRequest,
+    /// What buyers may see: the PII-free projection.
+    pub lead: &'a Lead,
+    /// When the request arrived: the auction deadline counts from here.
+    pub arrival: Instant,
+    /// A direct post (`/v1/leads`) rather than a ping.
+    pub direct: bool,
+}
+
 /// Runs one auction for a validated request. `lead` is what buyers may see (the PII-free
 /// projection, which for a ping is the whole ping lead).
 pub async fn run_auction(
     state: &Arc<AppState>,
     rt: &Arc<Runtime>,
-    seller_idx: SellerIdx,
-    vertical_idx: VerticalIdx,
-    req: &PingRequest,
-    lead: &Lead,
-    arrival: Instant,
-    direct: bool,
+    input: AuctionInput<'_>,
 ) -> AuctionResult {
+    let AuctionInput {
+        seller: seller_idx,
+        vertical: vertical_idx,
+        req,
+        lead,
+        arrival,
+        direct,
+    } = input;
     let cfg = &rt.config;
     let vertical = &cfg.verticals[vertical_idx];
     let seller = &cfg.sellers[seller_idx];
@@ -119,13 +136,23 @@ pub async fn run_auction(
     let now_ms = state.clock.now_ms();
     let elig = eligibility::select(cfg, vertical_idx, lead, score, now_ms, &state.caps);
 
-    let mut lines: Vec<BuyerLine<'_>> = Vec::with_capacity(elig.ping.len() + elig.skipped.len() + elig.fixed.len());
+    let mut lines: Vec<BuyerLine<'_>> =
+        Vec::with_capacity(elig.ping.len() + elig.skipped.len() + elig.fixed.len());
     for (b, why) in &elig.skipped {
         rt.buyer_metrics[*b].ping(PingOutcome::SkippedFilter);
-        lines.push(BuyerLine { buyer: &cfg.buyers[*b].id, outcome: "skipped", bid_micros: None, detail: Some(why.as_str()), took_us: None });
+        lines.push(BuyerLine {
+            buyer: &cfg.buyers[*b].id,
+            outcome: "skipped",
+            bid_micros: None,
+            detail: Some(why.as_str()),
+            took_us: None,
+        });
     }
     let all_capped = !elig.skipped.is_empty()
-        && elig.skipped.iter().all(|(_, w)| *w == eligibility::SkipReason::Capped)
+        && elig
+            .skipped
+            .iter()
+            .all(|(_, w)| *w == eligibility::SkipReason::Capped)
         && elig.ping.is_empty()
         && elig.fixed.is_empty();
 
@@ -134,20 +161,34 @@ pub async fn run_auction(
     for &b in &elig.ping {
         if to_ping.len() >= cfg.server.buyers_per_auction_max {
             rt.buyer_metrics[b].ping(PingOutcome::SkippedFanout);
-            lines.push(BuyerLine { buyer: &cfg.buyers[b].id, outcome: "skipped", bid_micros: None, detail: Some("fanout_limit"), took_us: None });
+            lines.push(BuyerLine {
+                buyer: &cfg.buyers[b].id,
+                outcome: "skipped",
+                bid_micros: None,
+                detail: Some("fanout_limit"),
+                took_us: None,
+            });
             continue;
         }
         match state.breakers.admit(b, now_ms) {
             Admit::Yes | Admit::Probe => to_ping.push(b),
             Admit::No => {
                 rt.buyer_metrics[b].ping(PingOutcome::SkippedBreaker);
-                lines.push(BuyerLine { buyer: &cfg.buyers[b].id, outcome: "skipped", bid_micros: None, detail: Some("breaker_open"), took_us: None });
+                lines.push(BuyerLine {
+                    buyer: &cfg.buyers[b].id,
+                    outcome: "skipped",
+                    bid_micros: None,
+                    detail: Some("breaker_open"),
+                    took_us: None,
+                });
             }
         }
     }
 
     let deadline = arrival + Duration::from_millis(vertical.auction_deadline_ms);
-    let collect_until = deadline.checked_sub(Duration::from_millis(cfg.server.response_reserve_ms)).unwrap_or(arrival);
+    let collect_until = deadline
+        .checked_sub(Duration::from_millis(cfg.server.response_reserve_ms))
+        .unwrap_or(arrival);
     let schema = &vertical.schema;
     let now = Instant::now();
     let now_s = state.clock.now_ms() / 1000;
@@ -161,11 +202,26 @@ pub async fn run_auction(
         let slot = slots.len();
         if tmax_ms == 0 {
             rt.buyer_metrics[b].ping(PingOutcome::Timeout);
-            lines.push(BuyerLine { buyer: &buyer.id, outcome: "timeout", bid_micros: None, detail: Some("no_time_left"), took_us: None });
+            lines.push(BuyerLine {
+                buyer: &buyer.id,
+                outcome: "timeout",
+                bid_micros: None,
+                detail: Some("no_time_left"),
+                took_us: None,
+            });
             continue;
         }
-        let msg = BuyerPing { auction_id: &auction_id, vertical: &vertical.name, lead: lead.json(schema), score, tmax_ms, test: req.test };
-        let Ok(body) = serde_json::to_vec(&msg) else { continue };
+        let msg = BuyerPing {
+            auction_id: &auction_id,
+            vertical: &vertical.name,
+            lead: lead.json(schema),
+            score,
+            tmax_ms,
+            test: req.test,
+        };
+        let Ok(body) = serde_json::to_vec(&msg) else {
+            continue;
+        };
         slots.push((b, Slot::Waiting { deadline: bound }));
         let st = state.clone();
         let rt2 = rt.clone();
@@ -174,7 +230,17 @@ pub async fn run_auction(
             let t0 = Instant::now();
             let buyer = &rt2.config.buyers[b];
             let url = buyer.ping_url.as_deref().unwrap_or_default();
-            let r = st.client.ping(url, buyer.http, &buyer.secret, &msg_id, now_s, Bytes::from(body)).await;
+            let r = st
+                .client
+                .ping(
+                    url,
+                    buyer.http,
+                    &buyer.secret,
+                    &msg_id,
+                    now_s,
+                    Bytes::from(body),
+                )
+                .await;
             (slot, r, t0.elapsed())
         });
     }
@@ -247,24 +313,56 @@ pub async fn run_auction(
                 let took_us = Some(took.as_micros() as u64);
                 m.ping_latency.observe(took.as_secs_f64());
                 match r {
-                    PingResult::Answer(BidOutcome::Bid { price, bid_id, expires_in_ms }) => {
-                        bids.push(Bid { buyer: b, price: *price, bid_id: bid_id.clone(), expires_in_ms: *expires_in_ms, fixed: false });
+                    PingResult::Answer(BidOutcome::Bid {
+                        price,
+                        bid_id,
+                        expires_in_ms,
+                    }) => {
+                        bids.push(Bid {
+                            buyer: b,
+                            price: *price,
+                            bid_id: bid_id.clone(),
+                            expires_in_ms: *expires_in_ms,
+                            fixed: false,
+                        });
                         (PingOutcome::Bid, true, Some(price.0), None, took_us)
                     }
-                    PingResult::Answer(BidOutcome::NoBid { .. }) => (PingOutcome::NoBid, true, None, None, took_us),
-                    PingResult::Answer(BidOutcome::Invalid(why)) => (PingOutcome::Invalid, false, None, Some(*why), took_us),
+                    PingResult::Answer(BidOutcome::NoBid { .. }) => {
+                        (PingOutcome::NoBid, true, None, None, took_us)
+                    }
+                    PingResult::Answer(BidOutcome::Invalid(why)) => {
+                        (PingOutcome::Invalid, false, None, Some(*why), took_us)
+                    }
                     PingResult::Failed(_) => (PingOutcome::Error, false, None, None, took_us),
                 }
             }
         };
         m.ping(outcome);
         state.breakers.record(b, ok, answer_ms);
-        lines.push(BuyerLine { buyer: &buyer.id, outcome: outcome.as_str(), bid_micros, detail, took_us });
+        lines.push(BuyerLine {
+            buyer: &buyer.id,
+            outcome: outcome.as_str(),
+            bid_micros,
+            detail,
+            took_us,
+        });
     }
     for &b in &elig.fixed {
         if let Some(price) = cfg.buyers[b].fixed_price {
-            bids.push(Bid { buyer: b, price, bid_id: None, expires_in_ms: None, fixed: true });
-            lines.push(BuyerLine { buyer: &cfg.buyers[b].id, outcome: "fixed_price", bid_micros: Some(price.0), detail: None, took_us: None });
+            bids.push(Bid {
+                buyer: b,
+                price,
+                bid_id: None,
+                expires_in_ms: None,
+                fixed: true,
+            });
+            lines.push(BuyerLine {
+                buyer: &cfg.buyers[b].id,
+                outcome: "fixed_price",
+                bid_micros: Some(price.0),
+                detail: None,
+                took_us: None,
+            });
         }
     }
 
@@ -278,14 +376,25 @@ pub async fn run_auction(
             winner_pos = Some(i);
             break;
         }
-        match state.caps.reserve(r.bid.buyer, &cfg.buyers[r.bid.buyer], r.bid.price, answer_ms) {
+        match state.caps.reserve(
+            r.bid.buyer,
+            &cfg.buyers[r.bid.buyer],
+            r.bid.price,
+            answer_ms,
+        ) {
             Ok(res) => {
                 reservation = Some(res);
                 winner_pos = Some(i);
                 break;
             }
             Err(_) => {
-                lines.push(BuyerLine { buyer: &cfg.buyers[r.bid.buyer].id, outcome: "capped_at_award", bid_micros: Some(r.bid.price.0), detail: None, took_us: None });
+                lines.push(BuyerLine {
+                    buyer: &cfg.buyers[r.bid.buyer].id,
+                    outcome: "capped_at_award",
+                    bid_micros: Some(r.bid.price.0),
+                    detail: None,
+                    took_us: None,
+                });
             }
         }
     }
@@ -295,7 +404,10 @@ pub async fn run_auction(
         None if ranking.below_reserve > 0 => Some(NoBidReason::BelowReserve),
         None if any_bid => Some(NoBidReason::NoBids),
         None if all_capped => Some(NoBidReason::Capped),
-        None if to_ping.is_empty() && elig.fixed.is_empty() && lines.iter().all(|l| l.outcome == "skipped") => {
+        None if to_ping.is_empty()
+            && elig.fixed.is_empty()
+            && lines.iter().all(|l| l.outcome == "skipped") =>
+        {
             Some(NoBidReason::NoEligibleBuyers)
         }
         None => Some(NoBidReason::NoBids),
@@ -326,8 +438,20 @@ pub async fn run_auction(
     if let Err(e) = state.ledger.append(&record).await {
         tracing::error!(error = %e, "ledger append failed for an auction record");
     }
-    state.metrics.auctions.with_label_values(&[no_bid.map(|r| r.as_str()).unwrap_or("bid")]).inc();
-    AuctionResult { auction_id, ping_id, score, ranked, reservation, no_bid, started_ms }
+    state
+        .metrics
+        .auctions
+        .with_label_values(&[no_bid.map(|r| r.as_str()).unwrap_or("bid")])
+        .inc();
+    AuctionResult {
+        auction_id,
+        ping_id,
+        score,
+        ranked,
+        reservation,
+        no_bid,
+        started_ms,
+    }
 }
 
 /// Everything a delivery needs.
@@ -404,7 +528,11 @@ pub enum DeliveryError {
 /// Delivers the full lead down the ranked bids: the winner first (its cap already
 /// reserved), then each fallback whose bid still covers the quoted price, reserving its
 /// cap first. `sold` is returned only after the sale record is on disk.
-pub async fn deliver(state: &Arc<AppState>, rt: &Arc<Runtime>, d: Delivery<'_>) -> Result<PostAnswer, DeliveryError> {
+pub async fn deliver(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    d: Delivery<'_>,
+) -> Result<PostAnswer, DeliveryError> {
     let cfg = &rt.config;
     let vertical = &cfg.verticals[d.vertical];
     let seller = &cfg.sellers[d.seller];
@@ -416,7 +544,9 @@ pub async fn deliver(state: &Arc<AppState>, rt: &Arc<Runtime>, d: Delivery<'_>) 
         return Ok(answer);
     };
     let fallbacks = award::fallback_order(rest, d.quoted);
-    let candidates = std::iter::once(winner).chain(fallbacks).take(cfg.server.post_attempts_max);
+    let candidates = std::iter::once(winner)
+        .chain(fallbacks)
+        .take(cfg.server.post_attempts_max);
     for (i, r) in candidates.enumerate() {
         let b = r.bid.buyer;
         let buyer = &cfg.buyers[b];
@@ -425,7 +555,16 @@ pub async fn deliver(state: &Arc<AppState>, rt: &Arc<Runtime>, d: Delivery<'_>) 
         if i > 0 {
             if let Some(exp) = r.bid.expires_in_ms {
                 if d.auction_started_ms.saturating_add(exp as i64) < now_ms {
-                    log_attempt(state, &lead_id, d.auction_id, &buyer.id, i, "bid_expired", None).await;
+                    log_attempt(
+                        state,
+                        &lead_id,
+                        d.auction_id,
+                        &buyer.id,
+                        i,
+                        "bid_expired",
+                        None,
+                    )
+                    .await;
                     continue;
                 }
             }
@@ -434,7 +573,8 @@ pub async fn deliver(state: &Arc<AppState>, rt: &Arc<Runtime>, d: Delivery<'_>) 
                     Ok(res) => reservation = Some(res),
                     Err(_) => {
                         m.post(PostOutcomeKind::Capped);
-                        log_attempt(state, &lead_id, d.auction_id, &buyer.id, i, "capped", None).await;
+                        log_attempt(state, &lead_id, d.auction_id, &buyer.id, i, "capped", None)
+                            .await;
                         continue;
                     }
                 }
@@ -455,21 +595,43 @@ pub async fn deliver(state: &Arc<AppState>, rt: &Arc<Runtime>, d: Delivery<'_>) 
             Err(_) => continue,
         };
         let msg_id = format!("{}.post.{b}", d.auction_id);
-        let call = state.client.post(&buyer.post_url, buyer.http, &buyer.secret, &msg_id, now_ms / 1000, body);
+        let call = state.client.post(
+            &buyer.post_url,
+            buyer.http,
+            &buyer.secret,
+            &msg_id,
+            now_ms / 1000,
+            body,
+        );
         let result = tokio::time::timeout(Duration::from_millis(buyer.post_timeout_ms), call).await;
         let (kind, reason, buyer_lead_id) = match result {
             Err(_) => (PostOutcomeKind::Timeout, None, None),
             Ok(PostResult::Failed(_)) => (PostOutcomeKind::Error, None, None),
-            Ok(PostResult::Answer(PostOutcome::Accepted { buyer_lead_id })) => (PostOutcomeKind::Accepted, None, buyer_lead_id),
-            Ok(PostResult::Answer(PostOutcome::Rejected { reason })) => (PostOutcomeKind::Rejected, reason, None),
-            Ok(PostResult::Answer(PostOutcome::Invalid(why))) => (PostOutcomeKind::Invalid, Some(why.to_string()), None),
+            Ok(PostResult::Answer(PostOutcome::Accepted { buyer_lead_id })) => {
+                (PostOutcomeKind::Accepted, None, buyer_lead_id)
+            }
+            Ok(PostResult::Answer(PostOutcome::Rejected { reason })) => {
+                (PostOutcomeKind::Rejected, reason, None)
+            }
+            Ok(PostResult::Answer(PostOutcome::Invalid(why))) => {
+                (PostOutcomeKind::Invalid, Some(why.to_string()), None)
+            }
         };
         m.post(kind);
         if kind != PostOutcomeKind::Accepted {
             if let Some(res) = reservation.take() {
                 state.caps.release(&res);
             }
-            log_attempt(state, &lead_id, d.auction_id, &buyer.id, i, kind.as_str(), reason.as_deref()).await;
+            log_attempt(
+                state,
+                &lead_id,
+                d.auction_id,
+                &buyer.id,
+                i,
+                kind.as_str(),
+                reason.as_deref(),
+            )
+            .await;
             continue;
         }
         if let Some(res) = reservation.take() {
@@ -507,7 +669,11 @@ pub async fn deliver(state: &Arc<AppState>, rt: &Arc<Runtime>, d: Delivery<'_>) 
     if let Some(res) = reservation.take() {
         state.caps.release(&res);
     }
-    let reason = if attempts == 0 { "no_buyer_available" } else { "all_buyers_rejected" };
+    let reason = if attempts == 0 {
+        "no_buyer_available"
+    } else {
+        "all_buyers_rejected"
+    };
     let record = UnsoldRecord {
         r#type: "unsold",
         at: rfc3339(state.clock.now_ms()),
@@ -529,8 +695,25 @@ fn unsold(lead_id: &str, ping_id: &str, reason: &str) -> PostAnswer {
     a
 }
 
-async fn log_attempt(state: &AppState, lead_id: &str, auction_id: &str, buyer: &str, attempt: usize, outcome: &'static str, reason: Option<&str>) {
-    let rec = AttemptRecord { r#type: "post_attempt", at: rfc3339(state.clock.now_ms()), lead_id, auction_id, buyer, attempt, outcome, reason };
+async fn log_attempt(
+    state: &AppState,
+    lead_id: &str,
+    auction_id: &str,
+    buyer: &str,
+    attempt: usize,
+    outcome: &'static str,
+    reason: Option<&str>,
+) {
+    let rec = AttemptRecord {
+        r#type: "post_attempt",
+        at: rfc3339(state.clock.now_ms()),
+        lead_id,
+        auction_id,
+        buyer,
+        attempt,
+        outcome,
+        reason,
+    };
     if let Err(e) = state.ledger.append(&rec).await {
         tracing::error!(error = %e, "ledger append failed for a post attempt");
     }

@@ -54,7 +54,8 @@ fn connector(h2: bool) -> Connector {
     http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
     http.set_keepalive(Some(Duration::from_secs(30)));
     let provider = rustls::crypto::ring::default_provider();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider);
+    let builder =
+        hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider);
     match builder {
         Ok(b) => {
             let b = b.https_or_http();
@@ -72,10 +73,15 @@ fn connector(h2: bool) -> Connector {
 
 fn rustls_fallback_config() -> std::sync::Arc<rustls::ClientConfig> {
     std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
-            .unwrap_or_else(|_| unreachable!("ring supports the default versions")),
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| unreachable!("ring supports the default versions")),
     )
 }
 
@@ -117,36 +123,64 @@ impl BuyerClient {
             HttpVersion::Http1 => &self.h1,
             HttpVersion::Http2 => &self.h2,
         };
-        let resp = client.request(req).await.map_err(|_| CallError::Transport)?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|_| CallError::Transport)?;
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX).collect().await.map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                CallError::TooLarge
-            } else {
-                CallError::Transport
-            }
-        })?;
+        let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    CallError::TooLarge
+                } else {
+                    CallError::Transport
+                }
+            })?;
         Ok((status, content_type, collected.to_bytes().to_vec()))
     }
 
     /// Pings a buyer. Never fails: every problem is an outcome.
-    pub async fn ping(&self, url: &str, http: HttpVersion, secret: &Secret, msg_id: &str, now_s: i64, body: Bytes) -> PingResult {
+    pub async fn ping(
+        &self,
+        url: &str,
+        http: HttpVersion,
+        secret: &Secret,
+        msg_id: &str,
+        now_s: i64,
+        body: Bytes,
+    ) -> PingResult {
         match self.call(url, http, secret, msg_id, now_s, body).await {
-            Ok((status, ct, mut bytes)) => PingResult::Answer(parse_bid_answer(status, ct.as_deref(), &mut bytes)),
+            Ok((status, ct, mut bytes)) => {
+                PingResult::Answer(parse_bid_answer(status, ct.as_deref(), &mut bytes))
+            }
             Err(CallError::TooLarge) => PingResult::Answer(BidOutcome::Invalid("too_large")),
             Err(e) => PingResult::Failed(e),
         }
     }
 
     /// Posts a lead to a buyer. Never fails: every problem is an outcome.
-    pub async fn post(&self, url: &str, http: HttpVersion, secret: &Secret, msg_id: &str, now_s: i64, body: Bytes) -> PostResult {
+    pub async fn post(
+        &self,
+        url: &str,
+        http: HttpVersion,
+        secret: &Secret,
+        msg_id: &str,
+        now_s: i64,
+        body: Bytes,
+    ) -> PostResult {
         match self.call(url, http, secret, msg_id, now_s, body).await {
-            Ok((status, ct, mut bytes)) => PostResult::Answer(parse_post_answer(status, ct.as_deref(), &mut bytes)),
+            Ok((status, ct, mut bytes)) => {
+                PostResult::Answer(parse_post_answer(status, ct.as_deref(), &mut bytes))
+            }
             Err(CallError::TooLarge) => PostResult::Answer(PostOutcome::Invalid("too_large")),
             Err(e) => PostResult::Failed(e),
         }

@@ -24,7 +24,10 @@ impl Clock {
 
     /// Anchors at a given wall-clock time (tests use this to start at a chosen instant).
     pub fn at(unix_ms: UnixMs) -> Clock {
-        Clock { anchor_unix_ms: unix_ms, anchor: Instant::now() }
+        Clock {
+            anchor_unix_ms: unix_ms,
+            anchor: Instant::now(),
+        }
     }
 
     pub fn now_ms(&self) -> UnixMs {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bidder_sdk::examples::{FlatBidder, RateCard, ScorecardBidder};
-use bidder_sdk::server::ServeOptions;
+use bidder_sdk::ServeOptions;
 use bytes::Bytes;
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -26,7 +26,8 @@ const DEMO_SECRET_PREFIX: &str = "PINGPOST_DEMO_SECRET_";
 
 /// The demo buyers' secrets, used only when `--demo` is given and the variable is unset.
 pub fn demo_secret(var: &str) -> Option<String> {
-    var.strip_prefix(DEMO_SECRET_PREFIX).map(|n| format!("pingpost-demo-secret-{n}"))
+    var.strip_prefix(DEMO_SECRET_PREFIX)
+        .map(|n| format!("pingpost-demo-secret-{n}"))
 }
 
 fn loopback_port(url: &str) -> Option<u16> {
@@ -59,7 +60,9 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
     let mut handles = Vec::new();
     let mut seen = Vec::new();
     for (i, b) in cfg.buyers.iter().enumerate() {
-        let Some(port) = loopback_port(b.ping_url.as_deref().unwrap_or(&b.post_url)) else { continue };
+        let Some(port) = loopback_port(b.ping_url.as_deref().unwrap_or(&b.post_url)) else {
+            continue;
+        };
         if seen.contains(&port) {
             continue;
         }
@@ -75,14 +78,36 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
         let kind;
         let join = if i % 2 == 0 && b.ping_url.is_some() {
             kind = "scorecard";
-            tokio::spawn(bidder_sdk::server::serve(listener, Arc::new(ScorecardBidder::new(RateCard::default())), options, shutdown))
+            tokio::spawn(bidder_sdk::serve(
+                listener,
+                Arc::new(ScorecardBidder::new(RateCard::default())),
+                options,
+                shutdown,
+            ))
         } else {
             kind = "flat";
-            let price = b.fixed_price.unwrap_or(Micros(9_000_000 + 1_000_000 * i as i64));
-            let states = if states.is_empty() { proto::schema::US_STATES.iter().map(|s| s.to_string()).collect() } else { states };
-            tokio::spawn(bidder_sdk::server::serve(listener, Arc::new(FlatBidder::new(price, states)), options, shutdown))
+            let price = b
+                .fixed_price
+                .unwrap_or(Micros(9_000_000 + 1_000_000 * i as i64));
+            let states = if states.is_empty() {
+                proto::schema::US_STATES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                states
+            };
+            tokio::spawn(bidder_sdk::serve(
+                listener,
+                Arc::new(FlatBidder::new(price, states)),
+                options,
+                shutdown,
+            ))
         };
-        println!("demo bidder  {:<10} {kind:<9} listening on http://{addr}", b.id);
+        println!(
+            "demo bidder  {:<10} {kind:<9} listening on http://{addr}",
+            b.id
+        );
         handles.push(DemoBidder { stop: tx, join });
     }
     Ok(handles)
@@ -110,17 +135,34 @@ fn sample_lead(rng: &mut impl Rng) -> (Value, Value) {
     });
     let mut full = ping.clone();
     if let Value::Object(m) = &mut full {
-        m.insert("first_name".into(), json!(FIRST[rng.gen_range(0..FIRST.len())]));
-        m.insert("last_name".into(), json!(LAST[rng.gen_range(0..LAST.len())]));
-        m.insert("phone".into(), json!(format!("+1817555{:04}", rng.gen_range(0..10000))));
-        m.insert("email".into(), json!(format!("demo{}@example.com", rng.gen_range(0..100000))));
+        m.insert(
+            "first_name".into(),
+            json!(FIRST[rng.gen_range(0..FIRST.len())]),
+        );
+        m.insert(
+            "last_name".into(),
+            json!(LAST[rng.gen_range(0..LAST.len())]),
+        );
+        m.insert(
+            "phone".into(),
+            json!(format!("+1817555{:04}", rng.gen_range(0..10000))),
+        );
+        m.insert(
+            "email".into(),
+            json!(format!("demo{}@example.com", rng.gen_range(0..100000))),
+        );
     }
     (ping, full)
 }
 
 type DemoClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn call(client: &DemoClient, addr: SocketAddr, path: &str, body: &Value) -> Option<(u16, Value)> {
+async fn call(
+    client: &DemoClient,
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+) -> Option<(u16, Value)> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(format!("http://{addr}{path}"))
@@ -131,7 +173,10 @@ async fn call(client: &DemoClient, addr: SocketAddr, path: &str, body: &Value) -
     let resp = client.request(req).await.ok()?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Some((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 fn print_curl(addr: SocketAddr) {
@@ -159,7 +204,7 @@ pub async fn run(addr: SocketAddr, cfg: Config, interval_ms: u64, count: u64) {
     };
     print_curl(addr);
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
-    let mut rng = rand::thread_rng();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
     loop {
@@ -177,18 +222,29 @@ pub async fn run(addr: SocketAddr, cfg: Config, interval_ms: u64, count: u64) {
             ping_lead["credit"].as_str().unwrap_or("?")
         );
         let t0 = tokio::time::Instant::now();
-        let Some((status, answer)) = call(&client, addr, "/v1/ping", &json!({"vertical": "auto_insurance", "lead": ping_lead})).await else {
+        let Some((status, answer)) = call(
+            &client,
+            addr,
+            "/v1/ping",
+            &json!({"vertical": "auto_insurance", "lead": ping_lead}),
+        )
+        .await
+        else {
             println!("lead {sent:>3}  ping failed: exchange unreachable");
             continue;
         };
         let took = t0.elapsed();
         if status != 200 || answer["status"] != "bid" {
-            println!("lead {sent:>3}  PING {summary:<34} -> no bid ({}) in {:.1} ms", answer["reason"].as_str().unwrap_or("?"), took.as_secs_f64() * 1e3);
+            println!(
+                "lead {sent:>3}  PING {summary:<34} -> no bid ({}) in {:.1} ms",
+                answer["reason"].as_str().unwrap_or("?"),
+                took.as_secs_f64() * 1e3
+            );
             continue;
         }
         println!(
-            "lead {sent:>3}  PING {summary:<34} -> BID {} {} firm until {} ({:.1} ms)",
-            answer["price"],
+            "lead {sent:>3}  PING {summary:<34} -> BID {:.2} {} firm until {} ({:.1} ms)",
+            answer["price"].as_f64().unwrap_or(0.0),
             answer["currency"].as_str().unwrap_or(""),
             answer["expires_at"].as_str().unwrap_or("?"),
             took.as_secs_f64() * 1e3
@@ -196,7 +252,12 @@ pub async fn run(addr: SocketAddr, cfg: Config, interval_ms: u64, count: u64) {
         let post = json!({"ping_id": answer["ping_id"], "lead": full});
         match call(&client, addr, "/v1/post", &post).await {
             Some((200, a)) if a["status"] == "sold" => {
-                println!("          POST full lead -> SOLD to {} for {} (lead {})", a["buyer"].as_str().unwrap_or("?"), a["price"], a["lead_id"].as_str().unwrap_or("?"));
+                println!(
+                    "          POST full lead -> SOLD to {} for {:.2} (lead {})",
+                    a["buyer"].as_str().unwrap_or("?"),
+                    a["price"].as_f64().unwrap_or(0.0),
+                    a["lead_id"].as_str().unwrap_or("?")
+                );
             }
             Some((s, a)) => println!("          POST full lead -> {s} {a}"),
             None => println!("          POST failed: exchange unreachable"),

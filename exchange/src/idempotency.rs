@@ -52,7 +52,11 @@ pub struct IdempotencyStore {
 
 impl IdempotencyStore {
     pub fn new(ttl_ms: u64, keys_max: usize) -> IdempotencyStore {
-        IdempotencyStore { map: DashMap::new(), ttl_ms, keys_max }
+        IdempotencyStore {
+            map: DashMap::new(),
+            ttl_ms,
+            keys_max,
+        }
     }
 
     pub fn begin(&self, seller: SellerIdx, key: &str, body: &[u8], now: UnixMs) -> Begin {
@@ -62,7 +66,11 @@ impl IdempotencyStore {
             Entry::Occupied(mut e) => {
                 let slot = e.get();
                 if now - slot.at >= self.ttl_ms as i64 {
-                    e.insert(Slot { body_sha256: digest, at: now, state: State::InFlight });
+                    e.insert(Slot {
+                        body_sha256: digest,
+                        at: now,
+                        state: State::InFlight,
+                    });
                     return Begin::Proceed;
                 }
                 if slot.body_sha256 != digest {
@@ -70,12 +78,19 @@ impl IdempotencyStore {
                 }
                 match &slot.state {
                     State::InFlight => Begin::InFlight,
-                    State::Done { status, body } => Begin::Replay { status: *status, body: body.clone() },
+                    State::Done { status, body } => Begin::Replay {
+                        status: *status,
+                        body: body.clone(),
+                    },
                 }
             }
             Entry::Vacant(_) if full => Begin::Full,
             Entry::Vacant(v) => {
-                v.insert(Slot { body_sha256: digest, at: now, state: State::InFlight });
+                v.insert(Slot {
+                    body_sha256: digest,
+                    at: now,
+                    state: State::InFlight,
+                });
                 Begin::Proceed
             }
         }
@@ -96,7 +111,8 @@ impl IdempotencyStore {
     /// Drops keys older than the TTL.
     pub fn sweep(&self, now: UnixMs) {
         let ttl = self.ttl_ms as i64;
-        self.map.retain(|_, s| now - s.at < ttl || matches!(s.state, State::InFlight));
+        self.map
+            .retain(|_, s| now - s.at < ttl || matches!(s.state, State::InFlight));
     }
 
     pub fn len(&self) -> usize {
@@ -118,10 +134,24 @@ mod tests {
         assert_eq!(s.begin(0, "k", b"a", 0), Begin::Proceed);
         assert_eq!(s.begin(0, "k", b"a", 1), Begin::InFlight);
         assert_eq!(s.begin(0, "k", b"b", 1), Begin::BodyMismatch);
-        assert_eq!(s.begin(1, "k", b"b", 1), Begin::Proceed, "keys are per seller");
+        assert_eq!(
+            s.begin(1, "k", b"b", 1),
+            Begin::Proceed,
+            "keys are per seller"
+        );
         s.complete(0, "k", 200, Bytes::from_static(b"ok"));
-        assert_eq!(s.begin(0, "k", b"a", 2), Begin::Replay { status: 200, body: Bytes::from_static(b"ok") });
-        assert_eq!(s.begin(0, "k", b"a", 1000), Begin::Proceed, "expired keys start over");
+        assert_eq!(
+            s.begin(0, "k", b"a", 2),
+            Begin::Replay {
+                status: 200,
+                body: Bytes::from_static(b"ok")
+            }
+        );
+        assert_eq!(
+            s.begin(0, "k", b"a", 1000),
+            Begin::Proceed,
+            "expired keys start over"
+        );
         s.sweep(5000);
         assert_eq!(s.len(), 2, "in-flight keys are never swept");
     }

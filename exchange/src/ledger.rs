@@ -60,7 +60,11 @@ impl Ledger {
         std::thread::Builder::new()
             .name("pingpost-ledger".into())
             .spawn(move || writer(file, rx, h, on_batch))?;
-        Ok(Ledger { tx, healthy, path: Arc::new(path.to_path_buf()) })
+        Ok(Ledger {
+            tx,
+            healthy,
+            path: Arc::new(path.to_path_buf()),
+        })
     }
 
     /// Is the writer alive and its last write successful?
@@ -73,7 +77,13 @@ impl Ledger {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
         let (ack, done) = oneshot::channel();
-        self.tx.send(Pending { line, ack: Some(ack) }).await.map_err(|_| LedgerError::Stopped)?;
+        self.tx
+            .send(Pending {
+                line,
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
         done.await.map_err(|_| LedgerError::Stopped)??;
         Ok(())
     }
@@ -83,11 +93,19 @@ impl Ledger {
     pub async fn append<T: Serialize>(&self, record: &T) -> Result<(), LedgerError> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
-        self.tx.send(Pending { line, ack: None }).await.map_err(|_| LedgerError::Stopped)
+        self.tx
+            .send(Pending { line, ack: None })
+            .await
+            .map_err(|_| LedgerError::Stopped)
     }
 }
 
-fn writer(mut file: File, mut rx: mpsc::Receiver<Pending>, healthy: Arc<AtomicBool>, on_batch: impl Fn(usize)) {
+fn writer(
+    mut file: File,
+    mut rx: mpsc::Receiver<Pending>,
+    healthy: Arc<AtomicBool>,
+    on_batch: impl Fn(usize),
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_RECORDS_MAX);
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.blocking_recv() {
@@ -128,15 +146,26 @@ mod tests {
         let mut waits = Vec::new();
         for i in 0..100 {
             let l = ledger.clone();
-            waits.push(tokio::spawn(async move { l.append_durable(&serde_json::json!({"n": i})).await }));
+            waits.push(tokio::spawn(async move {
+                l.append_durable(&serde_json::json!({"n": i})).await
+            }));
         }
         for w in waits {
             w.await.unwrap().unwrap();
         }
-        ledger.append(&serde_json::json!({"n": "last"})).await.unwrap();
-        ledger.append_durable(&serde_json::json!({"n": "end"})).await.unwrap();
+        ledger
+            .append(&serde_json::json!({"n": "last"}))
+            .await
+            .unwrap();
+        ledger
+            .append_durable(&serde_json::json!({"n": "end"}))
+            .await
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 102);
         assert_eq!(lines[101]["n"], "end");
         assert!(ledger.is_healthy());

@@ -2,7 +2,19 @@
 //!
 //! `config` is the validated model; `core` is the deterministic, sans-IO auction (it takes
 //! `now` and returns decisions); everything else is the shell that drives it with hyper,
-//! buyer clients, timers and the ledger writer.
+//! buyer clients, timers and the ledger writer. `app` puts them together for `main` and
+//! the tests.
 
+pub mod app;
+pub mod auction;
+pub mod buyers;
+pub mod clock;
 pub mod config;
 pub mod core;
+pub mod demo;
+pub mod idempotency;
+pub mod ledger;
+pub mod metrics;
+pub mod scoring;
+pub mod server;
+pub mod state;

@@ -2,13 +2,14 @@
 //! path only bumps pre-built counters (no label hashing per request).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 100 µs up to 10 s.
 pub const LATENCY_BUCKETS_S: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// What happened to one buyer in one auction.
@@ -135,36 +136,116 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable!("static metric {name}"))
-        };
-        let hist_vec = |name: &str, help: &str, labels: &[&str]| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec()), labels)
+            IntCounterVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|_| unreachable!("static metric {name}"))
         };
+        let hist_vec = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec()),
+                labels,
+            )
+            .unwrap_or_else(|_| unreachable!("static metric {name}"))
+        };
         Metrics {
-            auctions: reg(&r, counter_vec("pingpost_auctions_total", "Auctions by outcome (bid or the no-bid reason).", &["outcome"])),
-            posts: reg(&r, counter_vec("pingpost_posts_total", "Posts and direct posts by answer status.", &["status"])),
-            http_errors: reg(&r, counter_vec("pingpost_http_errors_total", "Error answers by contract code.", &["code"])),
-            request_latency: reg(&r, hist_vec("pingpost_request_duration_seconds", "Seller request latency by route.", &["route"])),
-            buyer_pings: reg(&r, counter_vec("pingpost_buyer_pings_total", "Per-buyer ping outcomes.", &["buyer", "outcome"])),
-            buyer_posts: reg(&r, counter_vec("pingpost_buyer_posts_total", "Per-buyer post outcomes.", &["buyer", "outcome"])),
-            buyer_ping_latency: reg(&r, hist_vec("pingpost_buyer_ping_duration_seconds", "Buyer ping round trip (answers in time).", &["buyer"])),
-            late_answers: reg(&r, counter_vec("pingpost_buyer_late_answers_total", "Answers that arrived after the buyer's deadline (never used).", &["buyer"])),
+            auctions: reg(
+                &r,
+                counter_vec(
+                    "pingpost_auctions_total",
+                    "Auctions by outcome (bid or the no-bid reason).",
+                    &["outcome"],
+                ),
+            ),
+            posts: reg(
+                &r,
+                counter_vec(
+                    "pingpost_posts_total",
+                    "Posts and direct posts by answer status.",
+                    &["status"],
+                ),
+            ),
+            http_errors: reg(
+                &r,
+                counter_vec(
+                    "pingpost_http_errors_total",
+                    "Error answers by contract code.",
+                    &["code"],
+                ),
+            ),
+            request_latency: reg(
+                &r,
+                hist_vec(
+                    "pingpost_request_duration_seconds",
+                    "Seller request latency by route.",
+                    &["route"],
+                ),
+            ),
+            buyer_pings: reg(
+                &r,
+                counter_vec(
+                    "pingpost_buyer_pings_total",
+                    "Per-buyer ping outcomes.",
+                    &["buyer", "outcome"],
+                ),
+            ),
+            buyer_posts: reg(
+                &r,
+                counter_vec(
+                    "pingpost_buyer_posts_total",
+                    "Per-buyer post outcomes.",
+                    &["buyer", "outcome"],
+                ),
+            ),
+            buyer_ping_latency: reg(
+                &r,
+                hist_vec(
+                    "pingpost_buyer_ping_duration_seconds",
+                    "Buyer ping round trip (answers in time).",
+                    &["buyer"],
+                ),
+            ),
+            late_answers: reg(
+                &r,
+                counter_vec(
+                    "pingpost_buyer_late_answers_total",
+                    "Answers that arrived after the buyer's deadline (never used).",
+                    &["buyer"],
+                ),
+            ),
             cap_utilisation: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("pingpost_cap_utilisation_percent", "Sold plus reserved as a percentage of each cap, per window."),
+                    Opts::new(
+                        "pingpost_cap_utilisation_percent",
+                        "Sold plus reserved as a percentage of each cap, per window.",
+                    ),
                     &["buyer", "window"],
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
-            quotes_open: reg(&r, IntGauge::new("pingpost_quotes_open", "Firm quotes not yet posted or expired.").unwrap_or_else(|_| unreachable!())),
-            requests_in_flight: reg(&r, IntGauge::new("pingpost_requests_in_flight", "Seller requests being processed.").unwrap_or_else(|_| unreachable!())),
+            quotes_open: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_quotes_open",
+                    "Firm quotes not yet posted or expired.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            requests_in_flight: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_requests_in_flight",
+                    "Seller requests being processed.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
             ledger_batch: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("pingpost_ledger_batch_records", "Records per ledger fsync (group commit).")
-                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                    HistogramOpts::new(
+                        "pingpost_ledger_batch_records",
+                        "Records per ledger fsync (group commit).",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
@@ -175,8 +256,14 @@ impl Metrics {
     /// Pre-resolves one buyer's series.
     pub fn buyer(&self, id: &str) -> BuyerMetrics {
         BuyerMetrics {
-            pings: PingOutcome::ALL.iter().map(|o| self.buyer_pings.with_label_values(&[id, o.as_str()])).collect(),
-            posts: PostOutcomeKind::ALL.iter().map(|o| self.buyer_posts.with_label_values(&[id, o.as_str()])).collect(),
+            pings: PingOutcome::ALL
+                .iter()
+                .map(|o| self.buyer_pings.with_label_values(&[id, o.as_str()]))
+                .collect(),
+            posts: PostOutcomeKind::ALL
+                .iter()
+                .map(|o| self.buyer_posts.with_label_values(&[id, o.as_str()]))
+                .collect(),
             ping_latency: self.buyer_ping_latency.with_label_values(&[id]),
             late_answers: self.late_answers.with_label_values(&[id]),
         }

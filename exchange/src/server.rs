@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::auction::{deliver, run_auction, Delivery};
+use crate::auction::{deliver, run_auction, AuctionInput, Delivery};
 use crate::clock::rfc3339;
 use crate::config::SellerIdx;
 use crate::core::quotes::{BeginPost, Quote};
@@ -37,15 +37,23 @@ pub const SWEEP_INTERVAL_MS: u64 = 100;
 fn json_response(status: u16, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
-    state.metrics.http_errors.with_label_values(&[e.code.as_str()]).inc();
+    state
+        .metrics
+        .http_errors
+        .with_label_values(&[e.code.as_str()])
+        .inc();
     let mut resp = json_response(e.status(), e.to_json());
     if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Overloaded) {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -55,7 +63,11 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace period.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let rt = state.runtime.load_full();
     let server_cfg = rt.config.server.clone();
     let connections = Arc::new(tokio::sync::Semaphore::new(server_cfg.connections_max));
@@ -65,7 +77,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(server_cfg.header_read_timeout_ms))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let sweeper = {
         let st = state.clone();
@@ -102,7 +117,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             let st = st.clone();
             async move { Ok::<_, Infallible>(handle(st, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -111,7 +128,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     }
     drop(listener);
     let grace = Duration::from_millis(server_cfg.shutdown_grace_ms);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period over with requests still in flight");
     }
     sweeper.abort();
@@ -122,7 +142,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let arrival = Instant::now();
     let Ok(_permit) = state.in_flight.try_acquire() else {
-        return error_response(&state, &ApiError::new(ErrorCode::Overloaded, "too many requests in flight; retry shortly"));
+        return error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::Overloaded,
+                "too many requests in flight; retry shortly",
+            ),
+        );
     };
     state.metrics.requests_in_flight.inc();
     let path = req.uri().path().to_string();
@@ -140,12 +166,30 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         ("healthz", Method::GET) => json_response(200, br#"{"status":"ok"}"#.to_vec()),
         ("readyz", Method::GET) => readyz(&state),
         ("metrics", Method::GET) => metrics(&state),
-        ("ping" | "post" | "leads", Method::POST) => seller_request(&state, route, req, arrival).await,
-        ("unknown", _) => error_response(&state, &ApiError::new(ErrorCode::NotFound, format!("no route {}", truncate(&path, 64)))),
-        (_, m) => error_response(&state, &ApiError::new(ErrorCode::MethodNotAllowed, format!("{m} is not allowed on {path}"))),
+        ("ping" | "post" | "leads", Method::POST) => {
+            seller_request(&state, route, req, arrival).await
+        }
+        ("unknown", _) => error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route {}", truncate(&path, 64)),
+            ),
+        ),
+        (_, m) => error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{m} is not allowed on {path}"),
+            ),
+        ),
     };
     state.metrics.requests_in_flight.dec();
-    state.metrics.request_latency.with_label_values(&[route]).observe(arrival.elapsed().as_secs_f64());
+    state
+        .metrics
+        .request_latency
+        .with_label_values(&[route])
+        .observe(arrival.elapsed().as_secs_f64());
     resp
 }
 
@@ -157,7 +201,10 @@ fn readyz(state: &AppState) -> Response<Body> {
     if state.ledger.is_healthy() {
         json_response(200, br#"{"status":"ready"}"#.to_vec())
     } else {
-        json_response(503, br#"{"status":"not_ready","reason":"ledger not writable"}"#.to_vec())
+        json_response(
+            503,
+            br#"{"status":"not_ready","reason":"ledger not writable"}"#.to_vec(),
+        )
     }
 }
 
@@ -176,29 +223,49 @@ fn metrics(state: &AppState) -> Response<Body> {
             if let Some(cap) = cap {
                 let used = u64::from(sold) + u64::from(u.reserved);
                 let pct = (used * 100 / u64::from(cap.max(1))) as i64;
-                state.metrics.cap_utilisation.with_label_values(&[&b.id, w]).set(pct);
+                state
+                    .metrics
+                    .cap_utilisation
+                    .with_label_values(&[&b.id, w])
+                    .set(pct);
             }
         }
     }
-    state.metrics.quotes_open.set(state.quotes.open_count() as i64);
+    state
+        .metrics
+        .quotes_open
+        .set(state.quotes.open_count() as i64);
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     resp
 }
 
 /// Authenticates a seller from `Authorization: Bearer <key>`.
 fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiError> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing Authorization: Bearer <seller key>"))?;
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer <seller key>",
+        )
+    })?;
     let key = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "Authorization must be Bearer <seller key>"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "Authorization must be Bearer <seller key>",
+            )
+        })?;
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     rt.config
         .seller_by_key_sha256
@@ -207,17 +274,42 @@ fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiE
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown seller key"))
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("body is over {limit} bytes"));
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is over {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if len > limit as u64 {
             return Err(too_large());
         }
     }
     match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
-        Err(_) => Err(ApiError::new(ErrorCode::InvalidRequest, "the body did not arrive in time")),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(_)) => Err(ApiError::new(ErrorCode::InvalidRequest, "the body could not be read")),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body did not arrive in time",
+        )),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(_)) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body could not be read",
+        )),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }
@@ -226,11 +318,22 @@ fn is_json(req: &Request<Incoming>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
         .unwrap_or(false)
 }
 
-async fn seller_request(state: &Arc<AppState>, route: &'static str, req: Request<Incoming>, arrival: Instant) -> Response<Body> {
+async fn seller_request(
+    state: &Arc<AppState>,
+    route: &'static str,
+    req: Request<Incoming>,
+    arrival: Instant,
+) -> Response<Body> {
     let rt = state.runtime.load_full();
     let seller = match authenticate(&rt, &req) {
         Ok(s) => s,
@@ -238,11 +341,23 @@ async fn seller_request(state: &Arc<AppState>, route: &'static str, req: Request
     };
     if let Some(rate) = rt.config.sellers[seller].rate_per_s {
         if !state.rate_limits.allow(seller, rate, state.clock.now_ms()) {
-            return error_response(state, &ApiError::new(ErrorCode::RateLimited, format!("over {rate} requests per second")));
+            return error_response(
+                state,
+                &ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!("over {rate} requests per second"),
+                ),
+            );
         }
     }
     if !is_json(&req) {
-        return error_response(state, &ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"));
+        return error_response(
+            state,
+            &ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "Content-Type must be application/json",
+            ),
+        );
     }
     let idem_key = match req.headers().get("idempotency-key") {
         None => None,
@@ -251,35 +366,76 @@ async fn seller_request(state: &Arc<AppState>, route: &'static str, req: Request
             _ => {
                 return error_response(
                     state,
-                    &ApiError::new(ErrorCode::InvalidRequest, "Idempotency-Key must be 1 to 255 visible ASCII characters"),
+                    &ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    ),
                 )
             }
         },
     };
     let server = &rt.config.server;
-    let body = match read_body(req, server.body_bytes_max, Duration::from_millis(server.header_read_timeout_ms)).await {
+    let body = match read_body(
+        req,
+        server.body_bytes_max,
+        Duration::from_millis(server.header_read_timeout_ms),
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return error_response(state, &e),
     };
     if let Some(key) = &idem_key {
-        match state.idempotency.begin(seller, key, &body, state.clock.now_ms()) {
+        match state
+            .idempotency
+            .begin(seller, key, &body, state.clock.now_ms())
+        {
             Begin::Proceed => {}
             Begin::Replay { status, body } => return json_response(status, body.to_vec()),
             Begin::BodyMismatch => {
-                return error_response(state, &ApiError::new(ErrorCode::Conflict, "Idempotency-Key was used with a different body"))
+                return error_response(
+                    state,
+                    &ApiError::new(
+                        ErrorCode::Conflict,
+                        "Idempotency-Key was used with a different body",
+                    ),
+                )
             }
             Begin::InFlight => {
-                return error_response(state, &ApiError::new(ErrorCode::Conflict, "a request with this Idempotency-Key is still in flight"))
+                return error_response(
+                    state,
+                    &ApiError::new(
+                        ErrorCode::Conflict,
+                        "a request with this Idempotency-Key is still in flight",
+                    ),
+                )
             }
-            Begin::Full => return error_response(state, &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held")),
+            Begin::Full => {
+                return error_response(
+                    state,
+                    &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
+                )
+            }
         }
     }
-    let mut buf = body.to_vec();
-    let result = match route {
-        "ping" => ping(state, &rt, seller, &mut buf, arrival).await,
-        "leads" => direct_post(state, &rt, seller, &mut buf, arrival).await,
-        _ => post(state, &rt, seller, &mut buf).await,
-    };
+    // The work runs in its own task: a client that disconnects mid-auction or mid-post
+    // cancels nothing, so reservations, quotes and the ledger always reach a final state.
+    let st = state.clone();
+    let rt2 = rt.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = body.to_vec();
+        match route {
+            "ping" => ping(&st, &rt2, seller, &mut buf, arrival).await,
+            "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival).await,
+            _ => post(&st, &rt2, seller, &mut buf).await,
+        }
+    });
+    let result = task.await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            "the request failed inside the exchange",
+        ))
+    });
     let (status, bytes) = match result {
         Ok(bytes) => (200, bytes),
         Err(e) => {
@@ -291,7 +447,9 @@ async fn seller_request(state: &Arc<AppState>, route: &'static str, req: Request
         }
     };
     if let Some(key) = &idem_key {
-        state.idempotency.complete(seller, key, status, Bytes::from(bytes.clone()));
+        state
+            .idempotency
+            .complete(seller, key, status, Bytes::from(bytes.clone()));
     }
     json_response(status, bytes)
 }
@@ -304,23 +462,50 @@ fn check_vertical(rt: &Runtime, seller: SellerIdx, vertical: &str) -> Result<usi
     if rt.config.sellers[seller].verticals.contains(&idx) {
         Ok(idx)
     } else {
-        Err(ApiError::new(ErrorCode::Forbidden, format!("this key may not sell in vertical {vertical}")))
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this key may not sell in vertical {vertical}"),
+        ))
     }
 }
 
-async fn ping(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: &mut [u8], arrival: Instant) -> Result<Vec<u8>, ApiError> {
+async fn ping(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    seller: SellerIdx,
+    buf: &mut [u8],
+    arrival: Instant,
+) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
-    let req = parse_ping(buf, LeadMode::Ping, |v| cfg.vertical(v).map(|(_, x)| &x.schema))?;
+    let req = parse_ping(buf, LeadMode::Ping, |v| {
+        cfg.vertical(v).map(|(_, x)| &x.schema)
+    })?;
     let vertical = check_vertical(rt, seller, &req.vertical)?;
     if state.quotes.open_count() >= cfg.server.quotes_open_max {
         return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
     }
-    let result = run_auction(state, rt, seller, vertical, &req, &req.lead, arrival, false).await;
+    let result = run_auction(
+        state,
+        rt,
+        AuctionInput {
+            seller,
+            vertical,
+            req: &req,
+            lead: &req.lead,
+            arrival,
+            direct: false,
+        },
+    )
+    .await;
     let v = &cfg.verticals[vertical];
     let answer = match (result.no_bid, result.ranked.first()) {
         (None, Some(winner)) => {
             let now = state.clock.now_ms();
-            let ttl = winner.bid.expires_in_ms.unwrap_or(u64::MAX).min(cfg.server.quote_ttl_ms);
+            let ttl = winner
+                .bid
+                .expires_in_ms
+                .unwrap_or(u64::MAX)
+                .min(cfg.server.quote_ttl_ms);
             let expires_at = result.started_ms.saturating_add(ttl as i64).max(now);
             let price = winner.seller_price;
             let quote = Quote {
@@ -333,6 +518,7 @@ async fn ping(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: 
                 price,
                 currency: v.currency.clone(),
                 expires_at,
+                auctioned_at: result.started_ms,
                 ranked: result.ranked,
                 reservation: result.reservation.clone(),
                 score: result.score,
@@ -366,13 +552,33 @@ async fn ping(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: 
     Ok(to_json(&answer))
 }
 
-async fn direct_post(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: &mut [u8], arrival: Instant) -> Result<Vec<u8>, ApiError> {
+async fn direct_post(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    seller: SellerIdx,
+    buf: &mut [u8],
+    arrival: Instant,
+) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
-    let req = parse_ping(buf, LeadMode::Full, |v| cfg.vertical(v).map(|(_, x)| &x.schema))?;
+    let req = parse_ping(buf, LeadMode::Full, |v| {
+        cfg.vertical(v).map(|(_, x)| &x.schema)
+    })?;
     let vertical = check_vertical(rt, seller, &req.vertical)?;
     let schema = &cfg.verticals[vertical].schema;
     let projection = req.lead.ping_projection(schema);
-    let result = run_auction(state, rt, seller, vertical, &req, &projection, arrival, true).await;
+    let result = run_auction(
+        state,
+        rt,
+        AuctionInput {
+            seller,
+            vertical,
+            req: &req,
+            lead: &projection,
+            arrival,
+            direct: true,
+        },
+    )
+    .await;
     let answer = match (result.no_bid, result.ranked.first()) {
         (None, Some(winner)) => {
             let quoted = winner.seller_price;
@@ -389,27 +595,48 @@ async fn direct_post(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx
                 reservation: result.reservation,
                 auction_started_ms: result.started_ms,
             };
-            deliver(state, rt, d)
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold")))?
+            deliver(state, rt, d).await.map_err(|e| {
+                ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold"))
+            })?
         }
         (reason, _) => {
-            let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason.unwrap_or(proto::seller::NoBidReason::NoBids).as_str()));
+            let mut a = PostAnswer::status_only(
+                PostStatus::Unsold,
+                Some(
+                    reason
+                        .unwrap_or(proto::seller::NoBidReason::NoBids)
+                        .as_str(),
+                ),
+            );
             a.ping_id = Some(result.ping_id);
             a
         }
     };
-    state.metrics.posts.with_label_values(&[answer.status.as_str()]).inc();
+    state
+        .metrics
+        .posts
+        .with_label_values(&[answer.status.as_str()])
+        .inc();
     Ok(to_json(&answer))
 }
 
-async fn post(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: &mut [u8]) -> Result<Vec<u8>, ApiError> {
+async fn post(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    seller: SellerIdx,
+    buf: &mut [u8],
+) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let env = PostEnvelope::parse(buf)?;
     let now = state.clock.now_ms();
     let quote = match state.quotes.begin_post(&env.ping_id, seller, now) {
         BeginPost::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "unknown ping_id")),
-        BeginPost::InFlight => return Err(ApiError::new(ErrorCode::Conflict, "a post for this ping_id is still in flight")),
+        BeginPost::InFlight => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "a post for this ping_id is still in flight",
+            ))
+        }
         BeginPost::Done(answer) => return Ok(to_json(&answer)),
         BeginPost::Expired(reservation) => {
             if let Some(r) = reservation {
@@ -417,7 +644,11 @@ async fn post(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: 
             }
             let mut a = PostAnswer::status_only(PostStatus::Expired, Some("quote_expired"));
             a.ping_id = Some(env.ping_id.clone());
-            state.metrics.posts.with_label_values(&[a.status.as_str()]).inc();
+            state
+                .metrics
+                .posts
+                .with_label_values(&[a.status.as_str()])
+                .inc();
             return Ok(to_json(&a));
         }
         BeginPost::Post(q) => q,
@@ -452,7 +683,7 @@ async fn post(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: 
             quoted: quote.price,
             ranked: quote.ranked.clone(),
             reservation: quote.reservation.clone(),
-            auction_started_ms: quote.expires_at,
+            auction_started_ms: quote.auctioned_at,
         };
         match deliver(state, rt, d).await {
             Ok(a) => a,
@@ -462,11 +693,20 @@ async fn post(state: &Arc<AppState>, rt: &Arc<Runtime>, seller: SellerIdx, buf: 
                 tracing::error!(error = %e, "sale not recorded");
                 let a = PostAnswer::status_only(PostStatus::Unsold, Some("ledger_unavailable"));
                 state.quotes.finish(&quote.ping_id, a, state.clock.now_ms());
-                return Err(ApiError::new(ErrorCode::Internal, "the sale could not be recorded; the lead was not sold"));
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the sale could not be recorded; the lead was not sold",
+                ));
             }
         }
     };
-    state.quotes.finish(&quote.ping_id, answer.clone(), state.clock.now_ms());
-    state.metrics.posts.with_label_values(&[answer.status.as_str()]).inc();
+    state
+        .quotes
+        .finish(&quote.ping_id, answer.clone(), state.clock.now_ms());
+    state
+        .metrics
+        .posts
+        .with_label_values(&[answer.status.as_str()])
+        .inc();
     Ok(to_json(&answer))
 }

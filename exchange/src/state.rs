@@ -36,12 +36,16 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     fn new(n: usize, now: UnixMs) -> RateLimiter {
-        RateLimiter { buckets: (0..n).map(|_| Mutex::new((f64::MAX, now))).collect() }
+        RateLimiter {
+            buckets: (0..n).map(|_| Mutex::new((f64::MAX, now))).collect(),
+        }
     }
 
     /// Takes one token from `seller`'s bucket of `rate_per_s`; false when empty.
     pub fn allow(&self, seller: SellerIdx, rate_per_s: u32, now: UnixMs) -> bool {
-        let Some(bucket) = self.buckets.get(seller) else { return true };
+        let Some(bucket) = self.buckets.get(seller) else {
+            return true;
+        };
         let mut b = bucket.lock();
         let rate = f64::from(rate_per_s);
         let elapsed_s = (now - b.1).max(0) as f64 / 1000.0;
@@ -90,7 +94,10 @@ impl AppState {
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
             ranker: Arc::new(PriceRanker),
             scorer: Arc::new(NoScore),
-            runtime: ArcSwap::from_pointee(Runtime { config: Arc::new(config), buyer_metrics }),
+            runtime: ArcSwap::from_pointee(Runtime {
+                config: Arc::new(config),
+                buyer_metrics,
+            }),
             ledger,
             metrics,
             clock,
@@ -105,6 +112,8 @@ impl AppState {
             self.caps.release(&r);
         }
         self.idempotency.sweep(now);
-        self.metrics.quotes_open.set(self.quotes.open_count() as i64);
+        self.metrics
+            .quotes_open
+            .set(self.quotes.open_count() as i64);
     }
 }

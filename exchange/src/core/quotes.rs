@@ -60,6 +60,8 @@ pub struct Quote {
     pub currency: String,
     /// The quote is firm while `now < expires_at`.
     pub expires_at: UnixMs,
+    /// When the auction started: buyers' `expires_in_ms` count from here.
+    pub auctioned_at: UnixMs,
     /// The winner first, then every other bid in rank order (fallbacks come from here).
     pub ranked: Vec<Ranked>,
     /// The winner's cap and budget hold; `None` only for a quote that reserves nothing.
@@ -373,6 +375,7 @@ mod tests {
             price: Micros(12_500_000),
             currency: "USD".into(),
             expires_at: T0 + TTL,
+            auctioned_at: T0,
             ranked: Vec::new(),
             reservation,
             score: Some(70),
