@@ -231,3 +231,55 @@ mod tests {
         assert_eq!(parse_post_answer(200, JSON, &mut body), PostOutcome::Rejected { reason: Some("duplicate".into()) });
     }
 }
+
+#[cfg(test)]
+mod pii_property {
+    use proptest::prelude::*;
+    use simd_json::OwnedValue;
+
+    use super::BuyerPing;
+    use crate::schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema};
+
+    /// A random schema: each field is (ping, pii) with the rule that PII never has `ping`.
+    fn schema_strategy() -> impl Strategy<Value = VerticalSchema> {
+        proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 1..12).prop_map(|flags| VerticalSchema {
+            fields: flags
+                .into_iter()
+                .enumerate()
+                .map(|(i, (ping, pii, required))| FieldSpec {
+                    name: format!("f{i}"),
+                    kind: FieldKind::String { len_max: 64, pattern: None },
+                    required,
+                    ping: ping && !pii,
+                    pii,
+                })
+                .collect(),
+        })
+    }
+
+    proptest! {
+        /// Whatever full lead a seller sends, the ping built from it carries no PII field
+        /// and no field the schema keeps out of pings.
+        #[test]
+        fn no_ping_ever_carries_pii(schema in schema_strategy(), present in proptest::collection::vec(any::<bool>(), 12), value in "[a-zA-Z0-9 ]{0,20}") {
+            let mut obj = simd_json::owned::Object::default();
+            for (i, f) in schema.fields.iter().enumerate() {
+                if f.required || present[i] {
+                    obj.insert(f.name.clone(), OwnedValue::String(value.clone()));
+                }
+            }
+            let lead = schema.validate(&OwnedValue::Object(Box::new(obj)), LeadMode::Full, "lead").unwrap();
+            let projection = lead.ping_projection(&schema);
+            let ping = BuyerPing { auction_id: "au_1", vertical: "v", lead: projection.json(&schema), score: None, tmax_ms: 100, test: false };
+            let json: serde_json::Value = serde_json::to_value(&ping).unwrap();
+            let sent = json["lead"].as_object().unwrap();
+            for f in &schema.fields {
+                if f.pii || !f.ping {
+                    prop_assert!(!sent.contains_key(&f.name), "{} leaked into a ping", f.name);
+                } else if f.required || present[schema.field_index(&f.name).unwrap()] {
+                    prop_assert!(sent.contains_key(&f.name), "{} should be in the ping", f.name);
+                }
+            }
+        }
+    }
+}
