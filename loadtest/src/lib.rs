@@ -1,1 +1,16 @@
-//! Placeholder until the loadtest issue fills this crate.
+//! # loadtest: the instrument behind every pingpost performance figure
+//!
+//! - `sim`: simulated buyers built on the bidder SDK, each with its own latency
+//!   distribution, bid probability, prices, hangs, errors and post rejects; and the
+//!   exchange configuration that points at them.
+//! - `relay`: the speed-of-light reference, a bare fan-out server with no logic.
+//! - `gen`: the open-loop load generator (latency from the planned send time, so
+//!   coordinated omission is corrected), HdrHistogram percentiles.
+//! - `report`: tables, JSON and SVG pictures of a run.
+//!
+//! Every load run is bounded in count and time and only ever targets loopback.
+
+pub mod gen;
+pub mod relay;
+pub mod report;
+pub mod sim;
