@@ -746,6 +746,7 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
 
     let mut b = s.section_or_empty(p, "breaker");
     let breaker = BreakerConfig {
+        enabled: b.bool_or(p, "enabled", true),
         failures: b
             .u32_opt(p, "failures", 1, BREAKER_FAILURES_LIMIT)
             .unwrap_or(defaults::BREAKER_FAILURES),
@@ -1784,6 +1785,7 @@ state = { type = "state" }
         assert_eq!(
             s.breaker,
             BreakerConfig {
+                enabled: true,
                 failures: 18,
                 open_ms: 19,
                 probe_interval_ms: 20

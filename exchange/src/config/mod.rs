@@ -99,6 +99,8 @@ pub struct ServerConfig {
 /// `[server.breaker]`: when to stop pinging a failing buyer and how to probe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerConfig {
+    /// Off only for measurements that must see every ping of a failing buyer (P3).
+    pub enabled: bool,
     /// Consecutive timeouts or errors that open the breaker.
     pub failures: u32,
     /// How long an open breaker skips the buyer before probing.

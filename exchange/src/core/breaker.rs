@@ -70,6 +70,9 @@ impl BreakerBook {
     /// May buyer `idx` be pinged at `now`? An unknown index is admitted: the breaker only
     /// ever holds back buyers it has seen fail.
     pub fn admit(&self, idx: BuyerIdx, now: UnixMs) -> Admit {
+        if !self.cfg.enabled {
+            return Admit::Yes;
+        }
         let Some(slot) = self.slots.get(idx) else {
             return Admit::Yes;
         };
@@ -128,6 +131,7 @@ mod tests {
     use super::*;
 
     const CFG: BreakerConfig = BreakerConfig {
+        enabled: true,
         failures: 3,
         open_ms: 5_000,
         probe_interval_ms: 1_000,
@@ -232,5 +236,26 @@ mod tests {
         assert!(!b.is_open(9));
         b.record(0, false, 0);
         assert!(b.is_open(0));
+    }
+}
+
+#[cfg(test)]
+mod disabled_tests {
+    use super::*;
+    use crate::core::testutil::breaker_cfg;
+
+    #[test]
+    fn a_disabled_breaker_admits_every_ping() {
+        let b = BreakerBook::new(
+            1,
+            BreakerConfig {
+                enabled: false,
+                ..breaker_cfg()
+            },
+        );
+        for t in 0..100 {
+            b.record(0, false, t);
+        }
+        assert_eq!(b.admit(0, 100), Admit::Yes);
     }
 }

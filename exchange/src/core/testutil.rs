@@ -89,6 +89,7 @@ pub(crate) fn buyer(i: usize) -> Buyer {
 /// The default breaker settings.
 pub(crate) fn breaker_cfg() -> BreakerConfig {
     BreakerConfig {
+        enabled: true,
         failures: defaults::BREAKER_FAILURES,
         open_ms: defaults::BREAKER_OPEN_MS,
         probe_interval_ms: defaults::BREAKER_PROBE_INTERVAL_MS,
