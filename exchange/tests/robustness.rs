@@ -1,0 +1,341 @@
+//! Buyers that hang, answer late, answer garbage or fail; clients that send half a
+//! request; the circuit breaker; graceful shutdown; the operations endpoints. Real
+//! sockets on 127.0.0.1:0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use proto::seller::{NoBidReason, PingStatus, PostStatus};
+use tokio::time::Instant;
+
+const PINGS: &str = "pingpost_buyer_pings_total";
+
+#[tokio::test]
+async fn a_hanging_buyer_does_not_hold_the_answer_past_the_deadline() {
+    let hang = RawBuyer::start(Behaviour::Hang).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    // The hanging buyer's own timeout is longer than the auction: the deadline must win.
+    let ex = TestConfig::new()
+        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(5_000))
+        .buyer(gb.clone().ping_timeout_ms(5_000))
+        .with(|c| c.auction_deadline_ms = 200)
+        .start()
+        .await;
+
+    let t0 = Instant::now();
+    let quote = ex.client.ping("TX").await;
+    let took = t0.elapsed();
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert_eq!(quote.price, Some(seller_price(usd(10.0))));
+    assert!(
+        took < Duration::from_millis(1_000),
+        "a 200 ms auction took {took:?}"
+    );
+    hang.wait_requests(1).await;
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "hang"), ("outcome", "timeout")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "good"), ("outcome", "bid")])
+            .await,
+        1.0
+    );
+
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold);
+    assert_eq!(sold.buyer.as_deref(), Some(gb.name().as_str()));
+}
+
+#[tokio::test]
+async fn a_late_bid_never_wins() {
+    // `late` bids 500.00, but only after 200 ms, past its 100 ms ping timeout.
+    let late =
+        ScriptedBidder::bidding(500.0).scripted(|s| s.ping_delay = Duration::from_millis(200));
+    let prompt = ScriptedBidder::bidding(10.0);
+    let (lb, _h1) = serve("late", &late).await;
+    let (pb, _h2) = serve("prompt", &prompt).await;
+    let ex = TestConfig::new()
+        .buyer(lb.ping_timeout_ms(100))
+        .buyer(pb.clone().ping_timeout_ms(400))
+        .with(|c| c.auction_deadline_ms = 600)
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(
+        quote.price,
+        Some(seller_price(usd(10.0))),
+        "the late 500.00 bid was used: {quote:?}"
+    );
+    // The late answer does arrive, and is counted, never used.
+    ex.wait_metric(
+        "pingpost_buyer_late_answers_total",
+        &[("buyer", "late")],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "late"), ("outcome", "timeout")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "late"), ("outcome", "bid")])
+            .await,
+        0.0
+    );
+
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.buyer.as_deref(), Some(pb.name().as_str()), "{sold:?}");
+    assert_eq!(late.posts(), 0);
+    let auction = &ex.ledger_of("auction")[0];
+    assert_eq!(auction["winner"], "prompt", "{auction}");
+}
+
+#[tokio::test]
+async fn misbehaving_buyers_are_no_bids_never_errors_and_show_in_metrics() {
+    let garbage = RawBuyer::start(Behaviour::Garbage).await;
+    let html = RawBuyer::start(Behaviour::Html).await;
+    let failing = RawBuyer::start(Behaviour::ServerError).await;
+    let closing = RawBuyer::start(Behaviour::Close).await;
+    let hanging = RawBuyer::start(Behaviour::Hang).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    let ex = TestConfig::new()
+        .buyer(TestBuyer::new("garbage", garbage.addr))
+        .buyer(TestBuyer::new("html", html.addr))
+        .buyer(TestBuyer::new("failing", failing.addr))
+        .buyer(TestBuyer::new("closing", closing.addr))
+        .buyer(TestBuyer::new("hanging", hanging.addr).ping_timeout_ms(100))
+        .buyer(gb.clone())
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert_eq!(
+        quote.price,
+        Some(seller_price(usd(10.0))),
+        "a garbage or HTML 'bid' was used: {quote:?}"
+    );
+    for (id, outcome) in [
+        ("garbage", "invalid"),
+        ("html", "invalid"),
+        ("failing", "invalid"),
+        ("closing", "error"),
+        ("hanging", "timeout"),
+    ] {
+        assert_eq!(
+            ex.metric(PINGS, &[("buyer", id), ("outcome", outcome)])
+                .await,
+            1.0,
+            "{id} should count as {outcome}"
+        );
+    }
+    for b in [&garbage, &html, &failing, &closing] {
+        assert_eq!(b.requests(), 1);
+    }
+    hanging.wait_requests(1).await;
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.buyer.as_deref(), Some(gb.name().as_str()), "{sold:?}");
+
+    // With only misbehaving buyers left bidding, the seller gets a plain no-bid.
+    good.set(|s| s.bid = None);
+    let none = ex.client.ping("TX").await;
+    assert_eq!(
+        (none.status, none.reason),
+        (PingStatus::NoBid, Some(NoBidReason::NoBids)),
+        "{none:?}"
+    );
+    let direct = ex.client.direct("TX").await;
+    assert_eq!(direct.status, PostStatus::Unsold, "{direct:?}");
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "garbage"), ("outcome", "invalid")])
+            .await,
+        3.0
+    );
+    assert_eq!(
+        ex.metric("pingpost_http_errors_total", &[("code", "internal")])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_sending_half_a_request_head_is_disconnected() {
+    let ex = TestConfig::new()
+        .with(|c| c.header_read_timeout_ms = 200)
+        .start()
+        .await;
+    let t0 = Instant::now();
+    let (text, closed) = raw_exchange(
+        ex.addr,
+        b"POST /v1/ping HTTP/1.1\r\nHost: pingpost\r\nContent-Type: appl",
+        Duration::from_secs(5),
+    )
+    .await;
+    let took = t0.elapsed();
+    assert!(closed, "still connected after {took:?} (read {text:?})");
+    assert!(
+        took < Duration::from_secs(3),
+        "disconnected only after {took:?}"
+    );
+    // The server itself is fine.
+    assert_eq!(ex.client.get("/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
+    let ex = TestConfig::new()
+        .with(|c| c.header_read_timeout_ms = 200)
+        .start()
+        .await;
+    let t0 = Instant::now();
+    let (text, closed) = raw_exchange(ex.addr, b"", Duration::from_secs(3)).await;
+    let took = t0.elapsed();
+    assert!(
+        closed,
+        "an idle connection is still held after {took:?} (read {text:?})"
+    );
+}
+
+#[tokio::test]
+async fn a_buyer_that_keeps_timing_out_is_skipped_by_the_breaker_then_probed() {
+    let hang = RawBuyer::start(Behaviour::Hang).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    let open_ms = 2_000;
+    let ex = TestConfig::new()
+        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(50))
+        .buyer(gb)
+        .with(|c| {
+            c.breaker_failures = 3;
+            c.breaker_open_ms = open_ms;
+            c.breaker_probe_interval_ms = 1_000;
+        })
+        .start()
+        .await;
+    let timeouts = [("buyer", "hang"), ("outcome", "timeout")];
+    let skipped = [("buyer", "hang"), ("outcome", "skipped_breaker")];
+
+    for _ in 0..6 {
+        assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
+    }
+    assert_eq!(
+        ex.metric(PINGS, &timeouts).await,
+        3.0,
+        "pinged until 3 failures"
+    );
+    assert_eq!(ex.metric(PINGS, &skipped).await, 3.0, "then skipped");
+    hang.wait_requests(3).await;
+    assert_eq!(hang.requests(), 3);
+
+    // Once the breaker has been open for `open_ms`, one probe goes through; it fails, and
+    // the buyer is skipped again.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(open_ms + 100)).await;
+    tokio::time::resume();
+    assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
+    hang.wait_requests(4).await;
+    assert_eq!(
+        ex.metric(PINGS, &timeouts).await,
+        4.0,
+        "the probe timed out"
+    );
+    assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
+    assert_eq!(
+        ex.metric(PINGS, &skipped).await,
+        4.0,
+        "skipped again after a failed probe"
+    );
+    assert_eq!(hang.requests(), 4);
+    assert_eq!(good.pings(), 8, "the healthy buyer was pinged every time");
+}
+
+#[tokio::test]
+async fn a_ping_in_flight_at_shutdown_still_gets_its_answer() {
+    let slow = ScriptedBidder::bidding(10.0);
+    slow.close();
+    let (sb, _h) = serve("slow", &slow).await;
+    let mut ex = TestConfig::new()
+        .buyer(sb.ping_timeout_ms(5_000))
+        .with(|c| c.auction_deadline_ms = 6_000)
+        .start()
+        .await;
+
+    let client = ex.client.clone();
+    let in_flight = tokio::spawn(async move { client.ping("TX").await });
+    slow.wait_pings(1).await;
+
+    let running = ex.running.take().unwrap();
+    let stopping = tokio::spawn(running.shutdown());
+    // Shutdown has begun once the listener is gone; only then may the buyer answer.
+    wait_refused(ex.addr).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown did not wait for the request in flight"
+    );
+    slow.open();
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, PingStatus::Bid, "{answer:?}");
+    assert_eq!(answer.price, Some(seller_price(usd(10.0))));
+    tokio::time::timeout(EVENT_WAIT_MAX, stopping)
+        .await
+        .expect("shutdown ends")
+        .unwrap()
+        .expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn healthz_readyz_and_metrics_answer() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+
+    let h = ex.client.get("/healthz").await;
+    assert_eq!(
+        (h.status, h.json()["status"].as_str()),
+        (200, Some("ok")),
+        "{}",
+        h.text()
+    );
+    let r = ex.client.get("/readyz").await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("ready")),
+        "{}",
+        r.text()
+    );
+
+    ex.client.ping("TX").await;
+    let m = ex.client.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    let ct = m
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(ct.starts_with("text/plain"), "metrics content type {ct:?}");
+    let text = m.text();
+    assert_eq!(
+        metric_value(&text, "pingpost_auctions_total", &[("outcome", "bid")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, PINGS, &[("buyer", "a"), ("outcome", "bid")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "pingpost_quotes_open", &[]),
+        1.0,
+        "{text}"
+    );
+}

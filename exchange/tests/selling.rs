@@ -1,0 +1,579 @@
+//! End-to-end selling: ping, bid, post, sold; direct posts; no-bid reasons; fallback;
+//! expiry; mismatch; idempotency; caps under concurrency; HTTP/2 buyers. Real sockets on
+//! 127.0.0.1:0, real bidders from the bidder SDK, the configuration loaded from TOML.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use http::Version;
+use pingpost::server::SWEEP_INTERVAL_MS;
+use proto::seller::{NoBidReason, PingStatus, PostStatus};
+use serde_json::{json, Value};
+
+/// Lets virtual time run past `ttl_ms` (plus a margin) and the sweeper run, then goes back
+/// to real time. Only call with no request in flight: paused time and sockets do not mix.
+async fn jump_past(ttl_ms: u64) {
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(ttl_ms + 500)).await;
+    // Virtual: returns at once, after the sweeper's tick has run.
+    tokio::time::sleep(Duration::from_millis(SWEEP_INTERVAL_MS * 3)).await;
+    tokio::time::resume();
+}
+
+fn keys(lead: &std::collections::BTreeMap<String, Value>) -> BTreeSet<String> {
+    lead.keys().cloned().collect()
+}
+
+fn ping_keys() -> BTreeSet<String> {
+    ["state", "zip", "age", "credit"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn ping_bid_post_sold_and_the_sale_is_on_disk_before_the_answer() {
+    let high = ScriptedBidder::bidding(20.0);
+    let low = ScriptedBidder::bidding(12.0);
+    let passer = ScriptedBidder::passing();
+    let (hb, _h1) = serve("high", &high).await;
+    let (lb, _h2) = serve("low", &low).await;
+    let (pb, _h3) = serve("passer", &passer).await;
+    let ex = TestConfig::new()
+        .buyer(hb.clone())
+        .buyer(lb)
+        .buyer(pb)
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert!(quote.ping_id.starts_with("pg_"), "{quote:?}");
+    assert_eq!(
+        quote.price,
+        Some(seller_price(usd(20.0))),
+        "the seller gets 80 % of the best bid"
+    );
+    assert_eq!(quote.currency.as_deref(), Some("USD"));
+    assert_eq!(quote.reason, None);
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(quote.expires_at.as_deref().expect("expires_at"))
+            .expect("RFC 3339");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    assert!(
+        expires_at.timestamp_millis() > now_ms,
+        "a fresh quote expires in the future: {expires_at}"
+    );
+    assert!(
+        expires_at.timestamp_millis() <= now_ms + 61_000,
+        "quote_ttl_ms is 60 s: {expires_at}"
+    );
+    assert_eq!(
+        ex.reserved("high"),
+        1,
+        "a firm quote reserves the winner's cap"
+    );
+    assert_eq!(ex.quotes_open(), 1);
+
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    // Read the ledger right away: `sold` is answered only once the sale is durable.
+    let ledger_text = std::fs::read_to_string(&ex.ledger_path).unwrap();
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.price, quote.price, "the quoted price holds");
+    assert_eq!(sold.buyer.as_deref(), Some(hb.name().as_str()));
+    let lead_id = sold.lead_id.clone().expect("a lead_id");
+    assert!(lead_id.starts_with("ld_"), "{sold:?}");
+
+    let sale_lines: Vec<&str> = ledger_text
+        .lines()
+        .filter(|l| l.contains(r#""type":"sale""#))
+        .collect();
+    assert_eq!(
+        sale_lines.len(),
+        1,
+        "one sale line on disk when `sold` arrives:\n{ledger_text}"
+    );
+    let sale: Value = serde_json::from_str(sale_lines[0]).unwrap();
+    assert_eq!(sale["lead_id"], lead_id.as_str());
+    assert_eq!(sale["ping_id"], quote.ping_id.as_str());
+    assert_eq!(sale["buyer"], "high");
+    assert_eq!(sale["seller"], "main");
+    assert_eq!(
+        sale["bid_micros"].as_i64(),
+        Some(20_000_000),
+        "integer micros: {sale}"
+    );
+    assert_eq!(
+        sale["seller_price_micros"].as_i64(),
+        Some(16_000_000),
+        "integer micros: {sale}"
+    );
+    assert_eq!(
+        sale["margin_micros"].as_i64(),
+        Some(4_000_000),
+        "integer micros: {sale}"
+    );
+    for pii in ["Ana", "Diaz", "+18175550123", "ana@example.com"] {
+        assert!(
+            !ledger_text.contains(pii),
+            "the ledger holds PII ({pii}):\n{ledger_text}"
+        );
+    }
+
+    // The winner got exactly one post, with the full lead; nobody else got any.
+    assert_eq!((high.posts(), low.posts(), passer.posts()), (1, 0, 0));
+    let post = &high.post_log()[0];
+    let full = full_lead("TX");
+    for (k, v) in full.as_object().unwrap() {
+        assert_eq!(
+            post.lead.get(k),
+            Some(v),
+            "post lead field {k}: {:?}",
+            post.lead
+        );
+    }
+    assert_eq!(post.price, usd(20.0), "the buyer pays its own bid");
+    assert_eq!(post.vertical, VERTICAL);
+    assert_eq!(
+        post.consent.get("jornaya_leadid").map(String::as_str),
+        Some("LL-1")
+    );
+
+    // Every buyer was pinged once, with the PII-free lead only.
+    for b in [&high, &low, &passer] {
+        assert_eq!(b.pings(), 1);
+        b.assert_no_pii_in_pings();
+        assert_eq!(keys(&b.ping_log()[0].lead), ping_keys());
+    }
+    assert_eq!(ex.reserved("high"), 0);
+    assert_eq!(ex.sold_today("high"), 1);
+    assert_eq!(ex.quotes_open(), 0);
+}
+
+#[tokio::test]
+async fn direct_post_sells_and_buyers_are_pinged_without_pii() {
+    let a = ScriptedBidder::bidding(15.0);
+    let b = ScriptedBidder::bidding(11.0);
+    let (ab, _h1) = serve("a", &a).await;
+    let (bb, _h2) = serve("b", &b).await;
+    let ex = TestConfig::new().buyer(ab.clone()).buyer(bb).start().await;
+
+    let sold = ex.client.direct("TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.price, Some(seller_price(usd(15.0))));
+    assert_eq!(sold.buyer.as_deref(), Some(ab.name().as_str()));
+    let sales = ex.ledger_of("sale");
+    assert_eq!(sales.len(), 1, "{sales:?}");
+    assert_eq!(sales[0]["lead_id"], sold.lead_id.clone().unwrap().as_str());
+    let auctions = ex.ledger_of("auction");
+    assert_eq!(auctions.len(), 1);
+    assert_eq!(auctions[0]["direct"], true);
+
+    for bidder in [&a, &b] {
+        assert_eq!(bidder.pings(), 1);
+        bidder.assert_no_pii_in_pings();
+        assert_eq!(keys(&bidder.ping_log()[0].lead), ping_keys());
+    }
+    assert_eq!((a.posts(), b.posts()), (1, 0));
+    assert_eq!(
+        a.post_log()[0].lead.get("phone"),
+        Some(&json!("+18175550123"))
+    );
+    assert_eq!(ex.reserved("a"), 0);
+    assert_eq!(ex.sold_today("a"), 1);
+}
+
+#[tokio::test]
+async fn no_bid_reasons_no_eligible_buyers_no_bids_below_reserve() {
+    let passer = ScriptedBidder::passing();
+    let cheap = ScriptedBidder::bidding(5.0);
+    let (pb, _h1) = serve("passer", &passer).await;
+    let (cb, _h2) = serve("cheap", &cheap).await;
+    let ex = TestConfig::new().buyer(pb).buyer(cb).start().await;
+
+    // Both buyers take TX and OK only.
+    let a = ex.client.ping("CA").await;
+    assert_eq!(
+        (a.status, a.reason),
+        (PingStatus::NoBid, Some(NoBidReason::NoEligibleBuyers)),
+        "{a:?}"
+    );
+    assert_eq!(a.price, None);
+    assert_eq!(
+        (passer.pings(), cheap.pings()),
+        (0, 0),
+        "ineligible buyers are not pinged"
+    );
+    let d = ex.client.direct("CA").await;
+    assert_eq!(d.status, PostStatus::Unsold, "{d:?}");
+    assert_eq!(d.reason.as_deref(), Some("no_eligible_buyers"));
+
+    // A 5.00 bid is 4.00 to the seller, under its min_price of 10.
+    let mut body = ping_body("TX");
+    body["min_price"] = json!(10.0);
+    let a = ex.client.post_json("/v1/ping", &body).await.ping_answer();
+    assert_eq!(
+        (a.status, a.reason),
+        (PingStatus::NoBid, Some(NoBidReason::BelowReserve)),
+        "{a:?}"
+    );
+    assert_eq!((passer.pings(), cheap.pings()), (1, 1));
+
+    // Without min_price the same bid sells...
+    let a = ex.client.ping("TX").await;
+    assert_eq!(a.status, PingStatus::Bid, "{a:?}");
+    assert_eq!(a.price, Some(usd(4.0)));
+
+    // ...and when every buyer passes, it is no_bids.
+    cheap.set(|s| s.bid = None);
+    let a = ex.client.ping("OK").await;
+    assert_eq!(
+        (a.status, a.reason),
+        (PingStatus::NoBid, Some(NoBidReason::NoBids)),
+        "{a:?}"
+    );
+    assert_eq!((passer.pings(), cheap.pings()), (3, 3));
+
+    assert_eq!(ex.quotes_open(), 1, "only the one bid holds a quote");
+    assert_eq!(ex.reserved("cheap"), 1);
+    assert_eq!(ex.reserved("passer"), 0);
+}
+
+#[tokio::test]
+async fn the_post_falls_back_to_the_runner_up_when_the_winner_rejects() {
+    // Ranked a (20), b (18), c (17). The seller is quoted 16.00; both fallbacks cover it.
+    let a = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let b = ScriptedBidder::bidding(18.0);
+    let c = ScriptedBidder::bidding(17.0);
+    let (ab, _h1) = serve("a", &a).await;
+    let (bb, _h2) = serve("b", &b).await;
+    let (cb, _h3) = serve("c", &c).await;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .buyer(bb.clone())
+        .buyer(cb)
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.price, Some(usd(16.0)), "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(
+        (a.posts(), b.posts(), c.posts()),
+        (1, 1, 0),
+        "the winner, then the runner-up, and nobody after a sale ({sold:?})"
+    );
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some(bb.name().as_str()), "{sold:?}");
+    assert_eq!(
+        sold.price,
+        Some(usd(16.0)),
+        "the quoted price holds on fallback"
+    );
+
+    let sales = ex.ledger_of("sale");
+    assert_eq!(sales.len(), 1);
+    assert_eq!(sales[0]["buyer"], "b");
+    assert_eq!(sales[0]["bid_micros"].as_i64(), Some(18_000_000));
+    assert_eq!(sales[0]["seller_price_micros"].as_i64(), Some(16_000_000));
+    for id in ["a", "b", "c"] {
+        assert_eq!(ex.reserved(id), 0, "no reservation left for {id}");
+    }
+    assert_eq!(
+        (ex.sold_today("a"), ex.sold_today("b"), ex.sold_today("c")),
+        (0, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn every_buyer_rejecting_is_unsold_and_releases_every_cap() {
+    let a = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let b = ScriptedBidder::bidding(18.0).scripted(|s| s.accept = false);
+    let (ab, _h1) = serve("a", &a).await;
+    let (bb, _h2) = serve("b", &b).await;
+    let ex = TestConfig::new()
+        .buyer(ab.caps_daily(5))
+        .buyer(bb.caps_daily(5))
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid);
+    assert_eq!(ex.reserved("a"), 1);
+    let answer = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(answer.status, PostStatus::Unsold, "{answer:?}");
+    assert_eq!(answer.reason.as_deref(), Some("all_buyers_rejected"));
+    for id in ["a", "b"] {
+        assert_eq!(ex.reserved(id), 0, "{id}'s reservation is released");
+        assert_eq!(ex.sold_today(id), 0);
+    }
+    assert!(ex.ledger_of("sale").is_empty());
+    assert_eq!(ex.ledger_of("unsold").len(), 1);
+    assert_eq!(
+        (a.posts(), b.posts()),
+        (1, 1),
+        "both buyers were offered the lead"
+    );
+
+    // The outcome is final: posting again answers it again and delivers nothing.
+    let again = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(again, answer);
+    assert_eq!((a.posts(), b.posts()), (1, 1));
+}
+
+#[tokio::test]
+async fn an_expired_quote_is_refused_and_its_reservation_released() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ttl_ms = 1_000;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .with(|c| c.quote_ttl_ms = ttl_ms)
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid);
+    assert_eq!(ex.reserved("a"), 1);
+
+    jump_past(ttl_ms).await;
+    assert_eq!(
+        ex.reserved("a"),
+        0,
+        "the sweeper released the expired quote's reservation"
+    );
+    assert_eq!(ex.quotes_open(), 0);
+
+    let answer = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(answer.status, PostStatus::Expired, "{answer:?}");
+    assert_eq!(a.posts(), 0, "nothing is delivered for an expired quote");
+    assert_eq!(ex.reserved("a"), 0);
+    assert_eq!(ex.sold_today("a"), 0);
+    assert!(ex.ledger_of("sale").is_empty());
+}
+
+#[tokio::test]
+async fn a_post_with_changed_ping_fields_is_a_mismatch_and_delivers_nothing() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid);
+    let mut body = post_body(&quote.ping_id, "TX");
+    body["lead"]["zip"] = json!("76181");
+    let answer = ex.client.post_json("/v1/post", &body).await.post_answer();
+    assert_eq!(answer.status, PostStatus::Mismatch, "{answer:?}");
+    assert_eq!(answer.changed_fields, ["zip"]);
+    assert_eq!(a.posts(), 0, "nothing delivered");
+    assert_eq!(ex.reserved("a"), 0, "the reservation is released");
+
+    // The ping was posted once; the honest lead now gets the first outcome again.
+    let again = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(again.status, PostStatus::Mismatch, "{again:?}");
+    assert_eq!(a.posts(), 0);
+    assert!(ex.ledger_of("sale").is_empty());
+}
+
+#[tokio::test]
+async fn repeated_posts_and_idempotency_keys_never_sell_twice() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+    let c = &ex.client;
+
+    // The same ping_id posted twice: the first outcome, one delivery.
+    let quote = c.ping("TX").await;
+    let first = c.post(&quote.ping_id, "TX").await;
+    assert_eq!(first.status, PostStatus::Sold, "{first:?}");
+    let second = c.post(&quote.ping_id, "TX").await;
+    assert_eq!(second, first, "a repeated post returns the first outcome");
+    assert_eq!(a.posts(), 1);
+    assert_eq!(ex.ledger_of("sale").len(), 1);
+
+    // Idempotency-Key on a ping: the stored answer, no second auction.
+    let key = [("Idempotency-Key", "ping-key-1")];
+    let r1 = c
+        .post_json_with("/v1/ping", SELLER_KEY, &key, &ping_body("TX"))
+        .await;
+    let r2 = c
+        .post_json_with("/v1/ping", SELLER_KEY, &key, &ping_body("TX"))
+        .await;
+    assert_eq!(r1.status, 200, "{}", r1.text());
+    assert_eq!(
+        (r2.status, &r2.body),
+        (200, &r1.body),
+        "the same key and body replay the answer"
+    );
+    assert_eq!(a.pings(), 2, "the replay ran no auction");
+    assert_eq!(ex.quotes_open(), 1);
+    // The same key with another body: 409, and nothing happens.
+    let r3 = c
+        .post_json_with("/v1/ping", SELLER_KEY, &key, &ping_body("OK"))
+        .await;
+    r3.assert_error(409, "conflict");
+    assert_eq!(a.pings(), 2);
+    assert_eq!(ex.quotes_open(), 1);
+
+    // Idempotency-Key on a post.
+    let ping_id = r1.ping_answer().ping_id;
+    let key = [("Idempotency-Key", "post-key-1")];
+    let p1 = c
+        .post_json_with("/v1/post", SELLER_KEY, &key, &post_body(&ping_id, "TX"))
+        .await;
+    let p2 = c
+        .post_json_with("/v1/post", SELLER_KEY, &key, &post_body(&ping_id, "TX"))
+        .await;
+    assert_eq!(p1.post_answer().status, PostStatus::Sold);
+    assert_eq!(p2.body, p1.body);
+    let mut other = post_body(&ping_id, "TX");
+    other["lead"]["first_name"] = json!("Bea");
+    c.post_json_with("/v1/post", SELLER_KEY, &key, &other)
+        .await
+        .assert_error(409, "conflict");
+    assert_eq!(a.posts(), 2);
+
+    // Idempotency-Key on a direct post.
+    let key = [("Idempotency-Key", "direct-key-1")];
+    let d1 = c
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("TX"))
+        .await;
+    let d2 = c
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("TX"))
+        .await;
+    assert_eq!(d1.post_answer().status, PostStatus::Sold);
+    assert_eq!(d2.body, d1.body);
+    assert_eq!((a.pings(), a.posts()), (3, 3));
+    assert_eq!(ex.ledger_of("sale").len(), 3);
+    assert_eq!(ex.sold_today("a"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_cap_of_10_holds_under_30_concurrent_pings() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    // Generous timeouts: 30 auctions at once share 2 cores with everything else.
+    let ex = TestConfig::new()
+        .buyer(ab.caps_daily(10).ping_timeout_ms(2_000))
+        .with(|c| c.auction_deadline_ms = 3_000)
+        .start()
+        .await;
+
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let client = ex.client.clone();
+        set.spawn(async move { client.ping("TX").await });
+    }
+    let answers: Vec<_> = set.join_all().await;
+    let bids: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status == PingStatus::Bid)
+        .collect();
+    assert_eq!(bids.len(), 10, "exactly the cap is quoted: {answers:?}");
+    for a in answers.iter().filter(|a| a.status == PingStatus::NoBid) {
+        assert_eq!(
+            a.reason,
+            Some(NoBidReason::Capped),
+            "a buyer at its cap is `capped`: {a:?}"
+        );
+    }
+    assert_eq!(ex.reserved("a"), 10);
+    assert_eq!(ex.quotes_open(), 10);
+
+    let mut set = tokio::task::JoinSet::new();
+    for q in &bids {
+        let client = ex.client.clone();
+        let ping_id = q.ping_id.clone();
+        set.spawn(async move { client.post(&ping_id, "TX").await });
+    }
+    for sold in set.join_all().await {
+        assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    }
+    assert_eq!(a.posts(), 10);
+    assert_eq!(ex.sold_today("a"), 10);
+    assert_eq!(ex.reserved("a"), 0, "no reservation remains");
+    assert_eq!(ex.quotes_open(), 0);
+    assert_eq!(ex.ledger_of("sale").len(), 10);
+
+    // At its cap the buyer is not even pinged.
+    let pings = a.pings();
+    let more = ex.client.ping("TX").await;
+    assert_eq!(
+        (more.status, more.reason),
+        (PingStatus::NoBid, Some(NoBidReason::Capped)),
+        "{more:?}"
+    );
+    assert_eq!(a.pings(), pings);
+}
+
+#[tokio::test]
+async fn quotes_that_expire_unposted_give_their_cap_back() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ttl_ms = 1_000;
+    let ex = TestConfig::new()
+        .buyer(ab.caps_daily(10))
+        .with(|c| c.quote_ttl_ms = ttl_ms)
+        .start()
+        .await;
+
+    for _ in 0..10 {
+        assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
+    }
+    assert_eq!(ex.reserved("a"), 10);
+    let capped = ex.client.ping("TX").await;
+    assert_eq!(
+        capped.reason,
+        Some(NoBidReason::Capped),
+        "reserved leads count against the cap: {capped:?}"
+    );
+
+    jump_past(ttl_ms).await;
+    assert_eq!(
+        ex.reserved("a"),
+        0,
+        "every expired quote released its reservation"
+    );
+    assert_eq!(ex.quotes_open(), 0);
+    assert_eq!(ex.sold_today("a"), 0);
+
+    let again = ex.client.ping("TX").await;
+    assert_eq!(
+        again.status,
+        PingStatus::Bid,
+        "the cap is free again: {again:?}"
+    );
+    assert_eq!(a.posts(), 0);
+}
+
+#[tokio::test]
+async fn an_http2_buyer_is_pinged_over_http2_and_wins() {
+    let raw = RawBuyer::start(Behaviour::Bid(25_000_000)).await;
+    let sdk = ScriptedBidder::bidding(20.0);
+    let (sb, _h) = serve("sdk2", &sdk).await;
+    let rb = TestBuyer::new("raw2", raw.addr).http2();
+    let ex = TestConfig::new()
+        .buyer(rb.clone())
+        .buyer(sb.http2())
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.price, Some(seller_price(usd(25.0))), "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some(rb.name().as_str()));
+    assert_eq!(raw.paths(), ["/ping", "/post"]);
+    assert!(
+        raw.versions().iter().all(|v| *v == Version::HTTP_2),
+        "{:?}",
+        raw.versions()
+    );
+    // The SDK's server speaks h2c too.
+    assert_eq!(sdk.pings(), 1);
+    sdk.assert_no_pii_in_pings();
+    assert_eq!(sdk.posts(), 0);
+}
