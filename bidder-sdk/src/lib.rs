@@ -50,13 +50,17 @@
 //!   in-flight requests finish (up to [`ServeOptions::drain_timeout_ms`]), then returns.
 //!
 //! Replies are written as `200 application/json`, a pass included
-//! (`{"no_bid": "..."}`), which the exchange reads like an empty `204`.
+//! (`{"no_bid": "..."}`), which the exchange reads like an empty `204`. Simulations and
+//! fault-injection tests can take over the whole ping answer with [`Bidder::answer_ping`]
+//! (a raw status and body, or no answer at all).
 
 pub mod examples;
 mod server;
 pub mod testkit;
 
 use std::future::Future;
+
+use bytes::Bytes;
 
 pub use proto;
 pub use proto::buyer::{BidReply, PingMessage, PostMessage, PostReply};
@@ -98,4 +102,38 @@ pub trait Bidder: Send + Sync + 'static {
     fn on_refused(&self, refusal: &Refusal) {
         let _ = refusal;
     }
+
+    /// Optional hook for simulations and fault-injection tests: decides the whole HTTP
+    /// answer to a ping, not just the bid. The server calls this for every ping that passed
+    /// its checks; the default calls [`ping`](Bidder::ping) and answers its reply as JSON,
+    /// so a real bidder never needs it. Override it to make a buyer misbehave on purpose:
+    /// answer a 500, a body that is not JSON, or never answer at all
+    /// ([`PingAnswer::Hang`]). A panic here is caught like one in `ping`.
+    fn answer_ping(&self, ping: PingMessage) -> impl Future<Output = PingAnswer> + Send {
+        async move { PingAnswer::Reply(self.ping(ping).await) }
+    }
+}
+
+/// The HTTP answer to a ping, as chosen by [`Bidder::answer_ping`]: the hook for
+/// simulated buyers and fault-injection tests. Real bidders implement `ping` and never
+/// see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PingAnswer {
+    /// The bidder's reply, written as `200 application/json` (what the default does).
+    Reply(BidReply),
+    /// Exactly this status, `Content-Type` and body, unchecked: for answers the exchange
+    /// must treat as invalid (a 500, a 200 that is not JSON). A status outside 100..=999
+    /// is sent as 500; an empty or invalid `content_type` sends no `Content-Type` header.
+    Raw {
+        /// The HTTP status code.
+        status: u16,
+        /// The `Content-Type` header value; empty for none.
+        content_type: String,
+        /// The body, sent as is.
+        body: Bytes,
+    },
+    /// No answer: the request is held open until the client gives up (closes the
+    /// connection or resets the stream) or the server shuts down, which then drops it
+    /// without an answer. Simulates a buyer that hangs.
+    Hang,
 }

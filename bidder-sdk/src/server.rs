@@ -7,12 +7,12 @@
 //! Must never: panic on any input, buffer a body past the limit, or call the bidder with
 //! a message whose signature did not verify (unless verification is switched off).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,10 +30,10 @@ use proto::buyer::{PingMessage, PostMessage};
 use proto::signing::{Secret, SignatureError, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use proto::{ApiError, ErrorCode};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::Bidder;
+use crate::{Bidder, PingAnswer};
 
 /// Default path the exchange pings.
 pub const PING_PATH_DEFAULT: &str = "/ping";
@@ -77,6 +77,10 @@ pub struct ServeOptions {
     pub connections_max: usize,
     /// Time shutdown waits for in-flight requests to finish, in ms, before dropping them.
     pub drain_timeout_ms: u64,
+    /// When set, incremented on every accepted connection: lets a load test see how many
+    /// connections its clients opened (a timed-out HTTP/1.1 request costs one). `None`
+    /// by default.
+    pub connections_accepted: Option<Arc<AtomicU64>>,
 }
 
 impl ServeOptions {
@@ -91,6 +95,7 @@ impl ServeOptions {
             body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            connections_accepted: None,
         }
     }
 }
@@ -300,21 +305,42 @@ async fn catch_panic<F: Future>(future: F) -> Result<F::Output, Refusal> {
 struct Shared<B> {
     bidder: Arc<B>,
     options: ServeOptions,
+    /// Becomes `true` when shutdown starts, releasing requests held by [`PingAnswer::Hang`].
+    stopping: watch::Receiver<bool>,
+}
+
+/// A request the server drops without answering ([`PingAnswer::Hang`] at shutdown):
+/// hyper closes the HTTP/1.1 connection or resets the HTTP/2 stream.
+#[derive(Debug, thiserror::Error)]
+#[error("request dropped without an answer at shutdown")]
+struct Dropped;
+
+/// What the server does with a request that passed routing.
+enum Outcome {
+    Respond(Response<Full<Bytes>>),
+    Hang,
 }
 
 impl<B: Bidder> Shared<B> {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
         match self.answer(request).await {
-            Ok(response) => response,
+            Ok(Outcome::Respond(response)) => Ok(response),
+            Ok(Outcome::Hang) => {
+                // Held until the client goes away (hyper then drops this future) or the
+                // server stops. A closed channel means the server is gone: stop too.
+                let mut stopping = self.stopping.clone();
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+                Err(Dropped)
+            }
             Err(refusal) => {
                 tracing::debug!(%refusal, status = refusal.status().as_u16(), "bidder-sdk refused a request");
                 self.bidder.on_refused(&refusal);
-                refusal.response()
+                Ok(refusal.response())
             }
         }
     }
 
-    async fn answer(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Refusal> {
+    async fn answer(&self, request: Request<Incoming>) -> Result<Outcome, Refusal> {
         let options = &self.options;
         let endpoint = route(options, request.method(), request.uri().path())?;
         check_head(
@@ -325,12 +351,34 @@ impl<B: Bidder> Shared<B> {
         let (parts, body) = request.into_parts();
         let body = read_body(body, options).await?;
         let json = match decode(options, endpoint, &parts.headers, body, unix_now_s())? {
-            Message::Ping(ping) => serde_json::to_vec(&catch_panic(self.bidder.ping(ping)).await?),
+            Message::Ping(ping) => match catch_panic(self.bidder.answer_ping(ping)).await? {
+                PingAnswer::Reply(reply) => serde_json::to_vec(&reply),
+                PingAnswer::Raw {
+                    status,
+                    content_type,
+                    body,
+                } => return Ok(Outcome::Respond(raw_response(status, &content_type, body))),
+                PingAnswer::Hang => return Ok(Outcome::Hang),
+            },
             Message::Post(post) => serde_json::to_vec(&catch_panic(self.bidder.post(post)).await?),
         };
         let json = json.map_err(|e| Refusal::ReplyUnserializable(e.to_string()))?;
-        Ok(json_response(StatusCode::OK, json))
+        Ok(Outcome::Respond(json_response(StatusCode::OK, json)))
     }
+}
+
+/// A [`PingAnswer::Raw`] as sent: a bad status becomes 500, a bad or empty content type
+/// no header.
+fn raw_response(status: u16, content_type: &str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !content_type.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(CONTENT_TYPE, value);
+        }
+    }
+    response
 }
 
 /// Reads at most `body_bytes_max` bytes within `body_read_timeout_ms`.
@@ -386,7 +434,13 @@ pub async fn serve<B: Bidder>(
     let drain_timeout = Duration::from_millis(options.drain_timeout_ms);
     // A zero limit would never accept; one connection is the least that works.
     let permits = Arc::new(Semaphore::new(options.connections_max.max(1)));
-    let shared = Arc::new(Shared { bidder, options });
+    let connections_accepted = options.connections_accepted.clone();
+    let (stop_hangs, stopping) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        bidder,
+        options,
+        stopping,
+    });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -424,6 +478,9 @@ pub async fn serve<B: Bidder>(
         let stream = match accepted {
             Ok((stream, _peer)) => {
                 accept_errors = 0;
+                if let Some(accepted) = &connections_accepted {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
                 stream
             }
             Err(e) if is_peer_error(&e) => continue,
@@ -452,7 +509,7 @@ pub async fn serve<B: Bidder>(
         let shared = Arc::clone(&shared);
         let service = service_fn(move |request: Request<Incoming>| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(shared.handle(request).await) }
+            async move { shared.handle(request).await }
         });
         let connection = graceful.watch(
             builder
@@ -468,6 +525,8 @@ pub async fn serve<B: Bidder>(
     }
 
     drop(listener);
+    // Held pings never finish on their own; release them so draining can complete.
+    stop_hangs.send_replace(true);
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
@@ -699,5 +758,119 @@ mod tests {
         let r = catch_panic(async { panic!("bidder bug") }).await;
         assert_eq!(r, Err::<(), _>(Refusal::BidderPanicked));
         assert_eq!(catch_panic(async { 7 }).await, Ok(7));
+    }
+
+    /// Answers by the ping's state: `RA` a raw 500, `GB` a 200 that is not JSON, `HG`
+    /// never; anything else through the default path (`ping`).
+    struct Faulty;
+
+    impl Bidder for Faulty {
+        async fn ping(&self, _ping: PingMessage) -> crate::BidReply {
+            crate::BidReply::NoBid {
+                no_bid: "outside_criteria".into(),
+            }
+        }
+
+        async fn post(&self, _post: PostMessage) -> crate::PostReply {
+            crate::PostReply {
+                accepted: false,
+                buyer_lead_id: None,
+                reason: None,
+            }
+        }
+
+        async fn answer_ping(&self, ping: PingMessage) -> PingAnswer {
+            match ping.lead.get("state").and_then(|s| s.as_str()) {
+                Some("RA") => PingAnswer::Raw {
+                    status: 500,
+                    content_type: "application/json".into(),
+                    body: Bytes::from_static(b"{}"),
+                },
+                Some("GB") => PingAnswer::Raw {
+                    status: 200,
+                    content_type: "text/plain".into(),
+                    body: Bytes::from_static(b"<html>oops"),
+                },
+                Some("HG") => PingAnswer::Hang,
+                _ => PingAnswer::Reply(self.ping(ping).await),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn answer_ping_can_answer_raw_or_hang_and_shutdown_releases_hangs() {
+        use crate::proto::buyer::BidOutcome;
+        use crate::testkit::{sample_ping, SampleLead, TestClient, TestError};
+
+        let (addr, handle) = spawn(Arc::new(Faulty), options()).await.unwrap();
+        let client = TestClient::new(format!("http://{addr}"), options().secret);
+        let lead = |state: &str| {
+            sample_ping(&SampleLead {
+                state: state.into(),
+                ..SampleLead::default()
+            })
+        };
+
+        let answer = client.ping(&lead("TX")).await.unwrap();
+        assert_eq!(
+            answer.outcome,
+            BidOutcome::NoBid {
+                reason: Some("outside_criteria".into())
+            }
+        );
+        let answer = client.ping(&lead("RA")).await.unwrap();
+        assert_eq!(answer.raw.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.outcome, BidOutcome::Invalid("http_status"));
+        let answer = client.ping(&lead("GB")).await.unwrap();
+        assert_eq!(answer.raw.status, StatusCode::OK);
+        assert_eq!(answer.raw.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(&answer.raw.body[..], b"<html>oops");
+        assert_eq!(answer.outcome, BidOutcome::Invalid("content_type"));
+
+        let impatient = client.clone().with_timeout_ms(100);
+        assert!(matches!(
+            impatient.ping(&lead("HG")).await,
+            Err(TestError::Timeout { timeout_ms: 100 })
+        ));
+
+        // A hang in flight does not hold shutdown for the drain timeout (10 s): it is
+        // dropped without an answer.
+        let held = tokio::spawn(async move { client.ping(&lead("HG")).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished());
+        tokio::time::timeout(Duration::from_secs(3), handle.shutdown())
+            .await
+            .expect("shutdown waited for a hanging ping")
+            .unwrap();
+        let dropped = held.await.unwrap();
+        assert!(matches!(dropped, Err(TestError::Send(_))), "{dropped:?}");
+    }
+
+    #[tokio::test]
+    async fn counts_accepted_connections() {
+        use crate::testkit::{sample_ping, SampleLead, TestClient};
+
+        let accepted = Arc::new(AtomicU64::new(0));
+        let options = ServeOptions {
+            connections_accepted: Some(Arc::clone(&accepted)),
+            ..options()
+        };
+        let secret = options.secret.clone();
+        let (addr, handle) = spawn(Arc::new(Faulty), options).await.unwrap();
+        let ping = sample_ping(&SampleLead::default());
+
+        // Keep-alive: one connection for several requests.
+        let client = TestClient::new(format!("http://{addr}"), secret.clone());
+        for _ in 0..3 {
+            assert_eq!(client.ping(&ping).await.unwrap().raw.status, StatusCode::OK);
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        // Each new client opens its own.
+        for _ in 0..2 {
+            let client = TestClient::new_http2(format!("http://{addr}"), secret.clone());
+            assert_eq!(client.ping(&ping).await.unwrap().raw.status, StatusCode::OK);
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+        handle.shutdown().await.unwrap();
     }
 }
