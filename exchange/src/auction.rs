@@ -539,11 +539,11 @@ pub async fn deliver(
     let lead_id = new_id("ld_");
     let mut reservation = d.reservation;
     let mut attempts = 0usize;
-    let Some((winner, rest)) = d.ranked.split_first() else {
+    let Some(winner) = d.ranked.first() else {
         let answer = unsold(&lead_id, d.ping_id, "no_bids");
         return Ok(answer);
     };
-    let fallbacks = award::fallback_order(rest, d.quoted);
+    let fallbacks = award::fallback_order(&d.ranked, d.quoted);
     let candidates = std::iter::once(winner)
         .chain(fallbacks)
         .take(cfg.server.post_attempts_max);

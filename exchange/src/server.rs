@@ -117,12 +117,19 @@ pub async fn serve(
             let st = st.clone();
             async move { Ok::<_, Infallible>(handle(st, req).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let header_timeout = Duration::from_millis(server_cfg.header_read_timeout_ms);
         tokio::spawn(async move {
-            let _ = conn.await;
+            // hyper's header timer starts only once it knows the protocol: a client that
+            // connects and sends nothing must not hold a connection slot forever.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(n)) = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                if n > 0 {
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let _ = watcher.watch(conn).await;
+                }
+            }
             drop(permit);
         });
     }

@@ -101,8 +101,14 @@ pub struct PostReply {
 /// What a buyer's ping answer means to the exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BidOutcome {
-    Bid { price: Micros, bid_id: Option<String>, expires_in_ms: Option<u64> },
-    NoBid { reason: Option<String> },
+    Bid {
+        price: Micros,
+        bid_id: Option<String>,
+        expires_in_ms: Option<u64>,
+    },
+    NoBid {
+        reason: Option<String>,
+    },
     /// Not a valid answer: counts as no bid, and the reason is recorded.
     Invalid(&'static str),
 }
@@ -110,8 +116,12 @@ pub enum BidOutcome {
 /// What a buyer's post answer means to the exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PostOutcome {
-    Accepted { buyer_lead_id: Option<String> },
-    Rejected { reason: Option<String> },
+    Accepted {
+        buyer_lead_id: Option<String>,
+    },
+    Rejected {
+        reason: Option<String>,
+    },
     /// Not a valid answer: counts as a rejection.
     Invalid(&'static str),
 }
@@ -156,16 +166,32 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
         return BidOutcome::Invalid("malformed");
     };
     if let Some(v) = obj.get("bid") {
-        let Some(f) = number(v) else { return BidOutcome::Invalid("bid_not_a_number") };
-        let Ok(price) = Micros::from_decimal_f64(f) else { return BidOutcome::Invalid("bid_out_of_range") };
+        let Some(f) = number(v) else {
+            return BidOutcome::Invalid("bid_not_a_number");
+        };
+        let Ok(price) = Micros::from_decimal_f64(f) else {
+            return BidOutcome::Invalid("bid_out_of_range");
+        };
         if price == Micros::ZERO {
-            return BidOutcome::NoBid { reason: Some("zero_bid".into()) };
+            return BidOutcome::NoBid {
+                reason: Some("zero_bid".into()),
+            };
         }
-        let expires_in_ms = obj.get("expires_in_ms").and_then(number).filter(|f| *f >= 0.0).map(|f| f as u64);
-        return BidOutcome::Bid { price, bid_id: short_string(obj.get("bid_id"), BUYER_ID_LEN_MAX), expires_in_ms };
+        let expires_in_ms = obj
+            .get("expires_in_ms")
+            .and_then(number)
+            .filter(|f| *f >= 0.0)
+            .map(|f| f as u64);
+        return BidOutcome::Bid {
+            price,
+            bid_id: short_string(obj.get("bid_id"), BUYER_ID_LEN_MAX),
+            expires_in_ms,
+        };
     }
     if obj.contains_key("no_bid") {
-        return BidOutcome::NoBid { reason: short_string(obj.get("no_bid"), BUYER_REASON_LEN_MAX) };
+        return BidOutcome::NoBid {
+            reason: short_string(obj.get("no_bid"), BUYER_REASON_LEN_MAX),
+        };
     }
     BidOutcome::Invalid("no_bid_field")
 }
@@ -182,12 +208,12 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
         return PostOutcome::Invalid("malformed");
     };
     match obj.get("accepted") {
-        Some(OwnedValue::Static(StaticNode::Bool(true))) => {
-            PostOutcome::Accepted { buyer_lead_id: short_string(obj.get("buyer_lead_id"), BUYER_ID_LEN_MAX) }
-        }
-        Some(OwnedValue::Static(StaticNode::Bool(false))) => {
-            PostOutcome::Rejected { reason: short_string(obj.get("reason"), BUYER_REASON_LEN_MAX) }
-        }
+        Some(OwnedValue::Static(StaticNode::Bool(true))) => PostOutcome::Accepted {
+            buyer_lead_id: short_string(obj.get("buyer_lead_id"), BUYER_ID_LEN_MAX),
+        },
+        Some(OwnedValue::Static(StaticNode::Bool(false))) => PostOutcome::Rejected {
+            reason: short_string(obj.get("reason"), BUYER_REASON_LEN_MAX),
+        },
         _ => PostOutcome::Invalid("no_accepted_field"),
     }
 }
@@ -205,30 +231,74 @@ mod tests {
     #[test]
     fn bids() {
         assert_eq!(
-            bid(200, JSON, r#"{"bid": 18.00, "bid_id": "b-991", "expires_in_ms": 60000}"#),
-            BidOutcome::Bid { price: Micros(18_000_000), bid_id: Some("b-991".into()), expires_in_ms: Some(60000) }
+            bid(
+                200,
+                JSON,
+                r#"{"bid": 18.00, "bid_id": "b-991", "expires_in_ms": 60000}"#
+            ),
+            BidOutcome::Bid {
+                price: Micros(18_000_000),
+                bid_id: Some("b-991".into()),
+                expires_in_ms: Some(60000)
+            }
         );
         assert_eq!(bid(204, None, ""), BidOutcome::NoBid { reason: None });
         assert_eq!(
             bid(200, JSON, r#"{"no_bid":"outside_criteria"}"#),
-            BidOutcome::NoBid { reason: Some("outside_criteria".into()) }
+            BidOutcome::NoBid {
+                reason: Some("outside_criteria".into())
+            }
         );
         assert_eq!(bid(500, JSON, "{}"), BidOutcome::Invalid("http_status"));
-        assert_eq!(bid(200, Some("text/html"), r#"{"bid":1}"#), BidOutcome::Invalid("content_type"));
+        assert_eq!(
+            bid(200, Some("text/html"), r#"{"bid":1}"#),
+            BidOutcome::Invalid("content_type")
+        );
         assert_eq!(bid(200, JSON, "<html>"), BidOutcome::Invalid("malformed"));
-        assert_eq!(bid(200, JSON, r#"{"bid":"12"}"#), BidOutcome::Invalid("bid_not_a_number"));
-        assert_eq!(bid(200, JSON, r#"{"bid":-1}"#), BidOutcome::Invalid("bid_out_of_range"));
-        assert_eq!(bid(200, JSON, r#"{"price":1}"#), BidOutcome::Invalid("no_bid_field"));
+        assert_eq!(
+            bid(200, JSON, r#"{"bid":"12"}"#),
+            BidOutcome::Invalid("bid_not_a_number")
+        );
+        assert_eq!(
+            bid(200, JSON, r#"{"bid":-1}"#),
+            BidOutcome::Invalid("bid_out_of_range")
+        );
+        assert_eq!(
+            bid(200, JSON, r#"{"price":1}"#),
+            BidOutcome::Invalid("no_bid_field")
+        );
     }
 
     #[test]
     fn replies_serialize_per_contract() {
-        let b = BidReply::Bid { bid: Micros(18_000_000), bid_id: Some("b-1".into()), expires_in_ms: None };
-        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"bid":18.0,"bid_id":"b-1"}"#);
-        let n = BidReply::NoBid { no_bid: "outside_criteria".into() };
-        assert_eq!(serde_json::to_string(&n).unwrap(), r#"{"no_bid":"outside_criteria"}"#);
-        let mut body = serde_json::to_vec(&PostReply { accepted: false, buyer_lead_id: None, reason: Some("duplicate".into()) }).unwrap();
-        assert_eq!(parse_post_answer(200, JSON, &mut body), PostOutcome::Rejected { reason: Some("duplicate".into()) });
+        let b = BidReply::Bid {
+            bid: Micros(18_000_000),
+            bid_id: Some("b-1".into()),
+            expires_in_ms: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"bid":18.0,"bid_id":"b-1"}"#
+        );
+        let n = BidReply::NoBid {
+            no_bid: "outside_criteria".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"no_bid":"outside_criteria"}"#
+        );
+        let mut body = serde_json::to_vec(&PostReply {
+            accepted: false,
+            buyer_lead_id: None,
+            reason: Some("duplicate".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            parse_post_answer(200, JSON, &mut body),
+            PostOutcome::Rejected {
+                reason: Some("duplicate".into())
+            }
+        );
     }
 }
 
@@ -242,19 +312,24 @@ mod pii_property {
 
     /// A random schema: each field is (ping, pii) with the rule that PII never has `ping`.
     fn schema_strategy() -> impl Strategy<Value = VerticalSchema> {
-        proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 1..12).prop_map(|flags| VerticalSchema {
-            fields: flags
-                .into_iter()
-                .enumerate()
-                .map(|(i, (ping, pii, required))| FieldSpec {
-                    name: format!("f{i}"),
-                    kind: FieldKind::String { len_max: 64, pattern: None },
-                    required,
-                    ping: ping && !pii,
-                    pii,
-                })
-                .collect(),
-        })
+        proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 1..12).prop_map(
+            |flags| VerticalSchema {
+                fields: flags
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ping, pii, required))| FieldSpec {
+                        name: format!("f{i}"),
+                        kind: FieldKind::String {
+                            len_max: 64,
+                            pattern: None,
+                        },
+                        required,
+                        ping: ping && !pii,
+                        pii,
+                    })
+                    .collect(),
+            },
+        )
     }
 
     proptest! {

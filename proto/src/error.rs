@@ -65,7 +65,10 @@ pub struct FieldProblem {
 
 impl FieldProblem {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> FieldProblem {
-        FieldProblem { field: field.into(), problem: problem.into() }
+        FieldProblem {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -92,7 +95,11 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into(), fields: Vec::new() }
+        ApiError {
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+        }
     }
 
     /// An error built from field problems; the message names the first one and counts the rest.
@@ -101,10 +108,19 @@ impl ApiError {
             [] => "invalid request".to_string(),
             [one] => format!("{}: {}", one.field, one.problem),
             [first, rest @ ..] => {
-                format!("{}: {} (and {} more problems)", first.field, first.problem, rest.len())
+                format!(
+                    "{}: {} (and {} more problems)",
+                    first.field,
+                    first.problem,
+                    rest.len()
+                )
             }
         };
-        ApiError { code, message, fields }
+        ApiError {
+            code,
+            message,
+            fields,
+        }
     }
 
     pub fn status(&self) -> u16 {
@@ -113,9 +129,16 @@ impl ApiError {
 
     /// The JSON body of the contract.
     pub fn to_json(&self) -> Vec<u8> {
-        let body = Body { error: Inner { code: self.code, message: &self.message, fields: &self.fields } };
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                fields: &self.fields,
+            },
+        };
         // Serializing plain strings into a Vec cannot fail.
-        serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"error body"}}"#.to_vec())
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"error body"}}"#.to_vec())
     }
 }
 

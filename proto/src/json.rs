@@ -15,7 +15,8 @@ pub const STRING_MAP_VALUE_LEN_MAX: usize = 2048;
 
 /// Parses bytes as JSON; a syntax error is `invalid_request`. The buffer is used as scratch.
 pub fn parse_value(buf: &mut [u8]) -> Result<OwnedValue, ApiError> {
-    simd_json::to_owned_value(buf).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))
+    simd_json::to_owned_value(buf)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))
 }
 
 /// Walks one JSON object, taking fields by name and recording problems.
@@ -30,7 +31,11 @@ impl<'a> ObjectReader<'a> {
     /// A reader over `value`; if it is not an object, that is the (only) problem.
     pub fn new(value: &'a OwnedValue) -> ObjectReader<'a> {
         match value {
-            OwnedValue::Object(o) => ObjectReader { obj: Some(o), taken: Vec::new(), problems: Vec::new() },
+            OwnedValue::Object(o) => ObjectReader {
+                obj: Some(o),
+                taken: Vec::new(),
+                problems: Vec::new(),
+            },
             _ => ObjectReader {
                 obj: None,
                 taken: Vec::new(),
@@ -41,7 +46,9 @@ impl<'a> ObjectReader<'a> {
 
     fn get(&mut self, key: &'static str) -> Option<&'a OwnedValue> {
         self.taken.push(key);
-        self.obj?.get(key).filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
+        self.obj?
+            .get(key)
+            .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
     }
 
     fn problem(&mut self, field: &str, problem: impl Into<String>) {
@@ -129,7 +136,10 @@ impl<'a> ObjectReader<'a> {
             return out;
         };
         if o.len() > STRING_MAP_ENTRIES_MAX {
-            self.problem(key, format!("must have at most {STRING_MAP_ENTRIES_MAX} entries"));
+            self.problem(
+                key,
+                format!("must have at most {STRING_MAP_ENTRIES_MAX} entries"),
+            );
             return out;
         }
         let mut bad = Vec::new();
@@ -138,7 +148,9 @@ impl<'a> ObjectReader<'a> {
                 OwnedValue::String(s) if s.len() <= STRING_MAP_VALUE_LEN_MAX && k.len() <= 64 => {
                     out.insert(k.to_string(), s.to_string());
                 }
-                OwnedValue::String(_) => bad.push((k.chars().take(64).collect::<String>(), "is too long")),
+                OwnedValue::String(_) => {
+                    bad.push((k.chars().take(64).collect::<String>(), "is too long"))
+                }
                 _ => bad.push((k.chars().take(64).collect::<String>(), "must be a string")),
             }
         }

@@ -46,7 +46,10 @@ impl Lead {
     }
 
     /// `(name, value)` pairs in schema order.
-    pub fn iter<'a>(&'a self, schema: &'a VerticalSchema) -> impl Iterator<Item = (&'a str, &'a FieldValue)> + 'a {
+    pub fn iter<'a>(
+        &'a self,
+        schema: &'a VerticalSchema,
+    ) -> impl Iterator<Item = (&'a str, &'a FieldValue)> + 'a {
         self.fields
             .iter()
             .filter_map(move |(i, v)| schema.fields.get(*i).map(|f| (f.name.as_str(), v)))

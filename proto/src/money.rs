@@ -68,7 +68,11 @@ impl Micros {
         if int.len() > 10 {
             return Err(MoneyError::TooLarge);
         }
-        let whole: i64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| MoneyError::TooLarge)? };
+        let whole: i64 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| MoneyError::TooLarge)?
+        };
         let mut frac_micros: i64 = 0;
         for (i, b) in frac.bytes().enumerate() {
             frac_micros += i64::from(b - b'0') * 10_i64.pow(5 - i as u32);
@@ -138,13 +142,22 @@ mod tests {
         assert_eq!(Micros::from_decimal_f64(12.5), Ok(Micros(12_500_000)));
         assert_eq!(Micros::from_decimal_f64(0.1), Ok(Micros(100_000)));
         assert_eq!(Micros::from_decimal_f64(0.000001), Ok(Micros(1)));
-        assert_eq!(Micros::from_decimal_f64(0.0000001), Err(MoneyError::TooPrecise));
+        assert_eq!(
+            Micros::from_decimal_f64(0.0000001),
+            Err(MoneyError::TooPrecise)
+        );
         assert_eq!(Micros::from_decimal_f64(-1.0), Err(MoneyError::Negative));
-        assert_eq!(Micros::from_decimal_f64(f64::NAN), Err(MoneyError::NotFinite));
+        assert_eq!(
+            Micros::from_decimal_f64(f64::NAN),
+            Err(MoneyError::NotFinite)
+        );
         assert_eq!(Micros::from_decimal_f64(2e9), Err(MoneyError::TooLarge));
         assert_eq!(Micros::parse_decimal("12.50"), Ok(Micros(12_500_000)));
         assert_eq!(Micros::parse_decimal("3"), Ok(Micros(3_000_000)));
-        assert_eq!(Micros::parse_decimal("0.1234567"), Err(MoneyError::TooPrecise));
+        assert_eq!(
+            Micros::parse_decimal("0.1234567"),
+            Err(MoneyError::TooPrecise)
+        );
         assert_eq!(Micros::parse_decimal("-1"), Err(MoneyError::Negative));
         assert_eq!(Micros::parse_decimal("x"), Err(MoneyError::NotFinite));
         assert_eq!(Micros(12_500_000).to_string(), "12.50");

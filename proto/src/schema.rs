@@ -20,11 +20,20 @@ pub const LEAD_FIELDS_MAX: usize = 256;
 #[derive(Debug, Clone)]
 pub enum FieldKind {
     /// Free text, at most `len_max` characters, optionally matching `pattern` (anchored).
-    String { len_max: usize, pattern: Option<Regex> },
+    String {
+        len_max: usize,
+        pattern: Option<Regex>,
+    },
     /// A whole number within `[min, max]`.
-    Integer { min: i64, max: i64 },
+    Integer {
+        min: i64,
+        max: i64,
+    },
     /// Any number within `[min, max]`.
-    Number { min: f64, max: f64 },
+    Number {
+        min: f64,
+        max: f64,
+    },
     Boolean,
     /// One of a fixed set of strings.
     Enum(Vec<String>),
@@ -100,36 +109,60 @@ impl VerticalSchema {
 
     /// Validates a JSON object as a lead in `mode`. `path` prefixes field names in problems
     /// (`lead`). Returns the typed lead in schema order, or every problem found.
-    pub fn validate(&self, value: &OwnedValue, mode: LeadMode, path: &str) -> Result<Lead, LeadProblems> {
+    pub fn validate(
+        &self,
+        value: &OwnedValue,
+        mode: LeadMode,
+        path: &str,
+    ) -> Result<Lead, LeadProblems> {
         let mut out = LeadProblems::default();
         let obj = match value {
             OwnedValue::Object(o) => o,
             _ => {
-                out.problems.push(FieldProblem::new(path, "must be an object"));
+                out.problems
+                    .push(FieldProblem::new(path, "must be an object"));
                 return Err(out);
             }
         };
         if obj.len() > LEAD_FIELDS_MAX {
-            out.problems.push(FieldProblem::new(path, format!("must have at most {LEAD_FIELDS_MAX} fields")));
+            out.problems.push(FieldProblem::new(
+                path,
+                format!("must have at most {LEAD_FIELDS_MAX} fields"),
+            ));
             return Err(out);
         }
         // Unknown fields first, so the answer names every stray key.
-        let mut unknown: Vec<&str> = obj.keys().map(|k| k.as_str()).filter(|k| self.field(k).is_none()).collect();
+        let mut unknown: Vec<&str> = obj
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| self.field(k).is_none())
+            .collect();
         unknown.sort_unstable();
         for k in unknown {
-            out.problems.push(FieldProblem::new(format!("{path}.{}", sanitize_key(k)), "unknown field"));
+            out.problems.push(FieldProblem::new(
+                format!("{path}.{}", sanitize_key(k)),
+                "unknown field",
+            ));
         }
         let mut fields = Vec::with_capacity(obj.len());
         for (index, spec) in self.fields.iter().enumerate() {
             let fpath = || format!("{path}.{}", spec.name);
-            let present = obj.get(spec.name.as_str()).filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)));
+            let present = obj
+                .get(spec.name.as_str())
+                .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)));
             match (present, mode) {
                 (Some(_), LeadMode::Ping) if spec.pii => {
                     out.pii = true;
-                    out.problems.push(FieldProblem::new(fpath(), "is personal data and not allowed in a ping"));
+                    out.problems.push(FieldProblem::new(
+                        fpath(),
+                        "is personal data and not allowed in a ping",
+                    ));
                 }
                 (Some(_), LeadMode::Ping) if !spec.ping => {
-                    out.problems.push(FieldProblem::new(fpath(), "is not allowed in a ping; send it with the post"));
+                    out.problems.push(FieldProblem::new(
+                        fpath(),
+                        "is not allowed in a ping; send it with the post",
+                    ));
                 }
                 (Some(v), _) => match check_value(&spec.kind, v) {
                     Ok(fv) => fields.push((index, fv)),
@@ -154,7 +187,10 @@ impl VerticalSchema {
 
 /// Keys come from the network: keep problem paths printable and short.
 fn sanitize_key(k: &str) -> String {
-    k.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
+    k.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
@@ -174,8 +210,12 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
         FieldKind::Integer { min, max } => {
             let i = match v {
                 OwnedValue::Static(StaticNode::I64(i)) => *i,
-                OwnedValue::Static(StaticNode::U64(u)) => i64::try_from(*u).map_err(|_| "is too large".to_string())?,
-                OwnedValue::Static(StaticNode::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => *f as i64,
+                OwnedValue::Static(StaticNode::U64(u)) => {
+                    i64::try_from(*u).map_err(|_| "is too large".to_string())?
+                }
+                OwnedValue::Static(StaticNode::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    *f as i64
+                }
                 _ => return Err("must be a whole number".into()),
             };
             if i < *min || i > *max {
@@ -246,7 +286,10 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
         FieldKind::Phone => {
             let s = as_str(v).ok_or("must be a string")?;
             let digits = s.strip_prefix('+').unwrap_or("");
-            if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') {
+            if (8..=15).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0')
+            {
                 Ok(FieldValue::Str(s.to_string()))
             } else {
                 Err("must be an E.164 phone number such as +18175550123".into())
@@ -277,9 +320,15 @@ fn is_date(s: &str) -> bool {
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
     };
-    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return false;
+    };
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let days = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -308,12 +357,56 @@ pub(crate) mod tests {
             fields: vec![
                 f("state", FieldKind::State, true, true, false),
                 f("zip", FieldKind::Zip, true, true, false),
-                f("age", FieldKind::Integer { min: 16, max: 120 }, false, true, false),
+                f(
+                    "age",
+                    FieldKind::Integer { min: 16, max: 120 },
+                    false,
+                    true,
+                    false,
+                ),
                 f("homeowner", FieldKind::Boolean, false, true, false),
-                f("credit", FieldKind::Enum(vec!["poor".into(), "fair".into(), "good".into(), "excellent".into()]), false, true, false),
-                f("city", FieldKind::String { len_max: 64, pattern: None }, false, false, false),
-                f("first_name", FieldKind::String { len_max: 64, pattern: None }, true, false, true),
-                f("last_name", FieldKind::String { len_max: 64, pattern: None }, true, false, true),
+                f(
+                    "credit",
+                    FieldKind::Enum(vec![
+                        "poor".into(),
+                        "fair".into(),
+                        "good".into(),
+                        "excellent".into(),
+                    ]),
+                    false,
+                    true,
+                    false,
+                ),
+                f(
+                    "city",
+                    FieldKind::String {
+                        len_max: 64,
+                        pattern: None,
+                    },
+                    false,
+                    false,
+                    false,
+                ),
+                f(
+                    "first_name",
+                    FieldKind::String {
+                        len_max: 64,
+                        pattern: None,
+                    },
+                    true,
+                    false,
+                    true,
+                ),
+                f(
+                    "last_name",
+                    FieldKind::String {
+                        len_max: 64,
+                        pattern: None,
+                    },
+                    true,
+                    false,
+                    true,
+                ),
                 f("phone", FieldKind::Phone, true, false, true),
                 f("email", FieldKind::Email, false, false, true),
                 f("birth_date", FieldKind::Date, false, false, true),
@@ -329,19 +422,39 @@ pub(crate) mod tests {
     #[test]
     fn ping_ok_in_schema_order() {
         let lead = auto_schema()
-            .validate(&parse(r#"{"zip":"76180","state":"TX","age":42}"#), LeadMode::Ping, "lead")
+            .validate(
+                &parse(r#"{"zip":"76180","state":"TX","age":42}"#),
+                LeadMode::Ping,
+                "lead",
+            )
             .unwrap();
-        let names: Vec<_> = lead.iter(&auto_schema()).map(|(n, _)| n.to_string()).collect();
+        let names: Vec<_> = lead
+            .iter(&auto_schema())
+            .map(|(n, _)| n.to_string())
+            .collect();
         assert_eq!(names, ["state", "zip", "age"]);
     }
 
     #[test]
     fn every_problem_at_once() {
         let err = auto_schema()
-            .validate(&parse(r#"{"zip":"7618","age":"x","color":1,"credit":"meh"}"#), LeadMode::Ping, "lead")
+            .validate(
+                &parse(r#"{"zip":"7618","age":"x","color":1,"credit":"meh"}"#),
+                LeadMode::Ping,
+                "lead",
+            )
             .unwrap_err();
         let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, ["lead.color", "lead.state", "lead.zip", "lead.age", "lead.credit"]);
+        assert_eq!(
+            fields,
+            [
+                "lead.color",
+                "lead.state",
+                "lead.zip",
+                "lead.age",
+                "lead.credit"
+            ]
+        );
         assert!(!err.pii);
         assert_eq!(err.problems[2].problem, "must be 5 digits");
     }
@@ -349,7 +462,11 @@ pub(crate) mod tests {
     #[test]
     fn pii_in_ping_is_flagged() {
         let err = auto_schema()
-            .validate(&parse(r#"{"zip":"76180","state":"TX","phone":"+18175550123"}"#), LeadMode::Ping, "lead")
+            .validate(
+                &parse(r#"{"zip":"76180","state":"TX","phone":"+18175550123"}"#),
+                LeadMode::Ping,
+                "lead",
+            )
             .unwrap_err();
         assert!(err.pii);
         assert_eq!(err.problems[0].field, "lead.phone");
@@ -358,7 +475,11 @@ pub(crate) mod tests {
     #[test]
     fn full_lead_requires_pii_fields() {
         let err = auto_schema()
-            .validate(&parse(r#"{"zip":"76180","state":"TX"}"#), LeadMode::Full, "lead")
+            .validate(
+                &parse(r#"{"zip":"76180","state":"TX"}"#),
+                LeadMode::Full,
+                "lead",
+            )
             .unwrap_err();
         let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["lead.first_name", "lead.last_name", "lead.phone"]);

@@ -71,10 +71,23 @@ pub fn parse_ping<'s>(
         }
     }
     match (vertical, lead) {
-        (Some(vertical), Some(lead)) if problems.is_empty() => {
-            Ok(PingRequest { vertical, lead, source, dedup, consent, min_price, test })
-        }
-        _ => Err(ApiError::from_fields(if pii { ErrorCode::PiiInPing } else { ErrorCode::InvalidRequest }, problems)),
+        (Some(vertical), Some(lead)) if problems.is_empty() => Ok(PingRequest {
+            vertical,
+            lead,
+            source,
+            dedup,
+            consent,
+            min_price,
+            test,
+        }),
+        _ => Err(ApiError::from_fields(
+            if pii {
+                ErrorCode::PiiInPing
+            } else {
+                ErrorCode::InvalidRequest
+            },
+            problems,
+        )),
     }
 }
 
@@ -96,7 +109,11 @@ impl PostEnvelope {
         let consent = r.string_map("consent");
         r.finish_unknown();
         match (ping_id, lead) {
-            (Some(ping_id), Some(lead)) if r.problems.is_empty() => Ok(PostEnvelope { ping_id, lead, consent }),
+            (Some(ping_id), Some(lead)) if r.problems.is_empty() => Ok(PostEnvelope {
+                ping_id,
+                lead,
+                consent,
+            }),
             _ => Err(ApiError::from_fields(ErrorCode::InvalidRequest, r.problems)),
         }
     }
@@ -258,8 +275,11 @@ mod tests {
 
     #[test]
     fn envelope_and_lead_problems_together() {
-        let e = ping(r#"{"vertical":"auto_insurance","lead":{"zip":"1"},"min_price":"x","extra":1}"#, LeadMode::Ping)
-            .unwrap_err();
+        let e = ping(
+            r#"{"vertical":"auto_insurance","lead":{"zip":"1"},"min_price":"x","extra":1}"#,
+            LeadMode::Ping,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["min_price", "extra", "lead.state", "lead.zip"]);
@@ -267,14 +287,25 @@ mod tests {
 
     #[test]
     fn pii_code_wins() {
-        let e = ping(r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180","email":"a@b.co"}}"#, LeadMode::Ping)
-            .unwrap_err();
+        let e = ping(
+            r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180","email":"a@b.co"}}"#,
+            LeadMode::Ping,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::PiiInPing);
     }
 
     #[test]
     fn garbage_is_invalid() {
-        for body in ["", "{", "[]", "null", "1", r#"{"vertical":7,"lead":[]}"#, "\u{0}\u{1}"] {
+        for body in [
+            "",
+            "{",
+            "[]",
+            "null",
+            "1",
+            r#"{"vertical":7,"lead":[]}"#,
+            "\u{0}\u{1}",
+        ] {
             let e = ping(body, LeadMode::Ping).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidRequest, "{body:?}");
         }
@@ -290,6 +321,9 @@ mod tests {
         let e = env.validate_lead(&auto_schema()).unwrap_err();
         assert!(e.fields.iter().any(|f| f.field == "lead.phone"));
         let mut b = br#"{"lead":{}}"#.to_vec();
-        assert_eq!(PostEnvelope::parse(&mut b).unwrap_err().fields[0].field, "ping_id");
+        assert_eq!(
+            PostEnvelope::parse(&mut b).unwrap_err().fields[0].field,
+            "ping_id"
+        );
     }
 }

@@ -43,7 +43,9 @@ pub enum SignatureError {
 impl Secret {
     pub fn new(text: &str) -> Result<Secret, SignatureError> {
         let bytes = match text.strip_prefix("whsec_") {
-            Some(b64) => STANDARD.decode(b64).map_err(|_| SignatureError::BadSecret)?,
+            Some(b64) => STANDARD
+                .decode(b64)
+                .map_err(|_| SignatureError::BadSecret)?,
             None => text.as_bytes().to_vec(),
         };
         if bytes.is_empty() {
@@ -54,7 +56,8 @@ impl Secret {
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         // HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
@@ -82,13 +85,20 @@ impl Secret {
         let (Some(id), Some(ts), Some(sig)) = (id, timestamp, signature) else {
             return Err(SignatureError::MissingHeader);
         };
-        let ts: i64 = ts.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
+        let ts: i64 = ts
+            .trim()
+            .parse()
+            .map_err(|_| SignatureError::BadTimestamp)?;
         if (now_s - ts).abs() > TIMESTAMP_TOLERANCE_S {
             return Err(SignatureError::TimestampOutOfTolerance);
         }
         for candidate in sig.split_whitespace() {
-            let Some(b64) = candidate.strip_prefix("v1,") else { continue };
-            let Ok(tag) = STANDARD.decode(b64) else { continue };
+            let Some(b64) = candidate.strip_prefix("v1,") else {
+                continue;
+            };
+            let Ok(tag) = STANDARD.decode(b64) else {
+                continue;
+            };
             if self.mac(id, ts, body).verify_slice(&tag).is_ok() {
                 return Ok(());
             }
@@ -108,20 +118,47 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let sig = s.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert_eq!(s.verify(Some("msg_p5jXN8AQM9LWM0D4loKWxJek"), Some("1614265330"), Some(&sig), body, 1614265330), Ok(()));
+        assert_eq!(
+            s.verify(
+                Some("msg_p5jXN8AQM9LWM0D4loKWxJek"),
+                Some("1614265330"),
+                Some(&sig),
+                body,
+                1614265330
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn rejects() {
         let s = Secret::new("topsecret").unwrap();
         let sig = s.sign("id1", 1000, b"body");
-        assert_eq!(s.verify(Some("id1"), Some("1000"), Some(&sig), b"body", 1000 + 301), Err(SignatureError::TimestampOutOfTolerance));
-        assert_eq!(s.verify(Some("id1"), Some("1000"), Some(&sig), b"bodx", 1000), Err(SignatureError::Mismatch));
-        assert_eq!(s.verify(Some("id2"), Some("1000"), Some(&sig), b"body", 1000), Err(SignatureError::Mismatch));
-        assert_eq!(s.verify(None, Some("1000"), Some(&sig), b"body", 1000), Err(SignatureError::MissingHeader));
-        assert_eq!(s.verify(Some("id1"), Some("x"), Some(&sig), b"body", 1000), Err(SignatureError::BadTimestamp));
+        assert_eq!(
+            s.verify(Some("id1"), Some("1000"), Some(&sig), b"body", 1000 + 301),
+            Err(SignatureError::TimestampOutOfTolerance)
+        );
+        assert_eq!(
+            s.verify(Some("id1"), Some("1000"), Some(&sig), b"bodx", 1000),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            s.verify(Some("id2"), Some("1000"), Some(&sig), b"body", 1000),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            s.verify(None, Some("1000"), Some(&sig), b"body", 1000),
+            Err(SignatureError::MissingHeader)
+        );
+        assert_eq!(
+            s.verify(Some("id1"), Some("x"), Some(&sig), b"body", 1000),
+            Err(SignatureError::BadTimestamp)
+        );
         let rotated = format!("v1,AAAA {sig}");
-        assert_eq!(s.verify(Some("id1"), Some("1000"), Some(&rotated), b"body", 1000), Ok(()));
+        assert_eq!(
+            s.verify(Some("id1"), Some("1000"), Some(&rotated), b"body", 1000),
+            Ok(())
+        );
         assert!(Secret::new("").is_err());
         assert!(Secret::new("whsec_!!").is_err());
     }
