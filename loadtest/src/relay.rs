@@ -1,1 +1,584 @@
-//! (being written)
+//! The speed-of-light reference (PERFORMANCE.md): a bare fan-out server in front of the
+//! same simulated buyers as the exchange, and the [`Fanout`] client the load generator
+//! also uses directly as the direct-to-buyer baseline.
+//!
+//! The relay takes the deadline when a request arrives, forwards the body bytes unchanged
+//! to every target (signed per Standard Webhooks, as the exchange does), waits until all
+//! answered or timed out, and says how many did.
+//!
+//! Must never: authenticate, parse the lead or the buyers' answers, score, filter, cap or
+//! write a ledger. Any logic here would make the reference slower and every ratio to it
+//! flattering. It also never retries, and a timed-out HTTP/1.1 call costs its connection,
+//! exactly as it does for the exchange.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// Largest buyer answer read; a longer one counts as an error.
+pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
+/// Largest request body the relay accepts.
+pub const RELAY_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Connections the relay serves at once; the next accept waits for a free slot.
+pub const RELAY_CONNECTIONS_MAX: usize = 8_192;
+/// Idle keep-alive connections kept per buyer (as the exchange's buyer client).
+pub const IDLE_PER_HOST_MAX: usize = 512;
+/// How long an idle pooled connection is kept, in s (as the exchange's buyer client).
+pub const IDLE_TIMEOUT_S: u64 = 90;
+/// TCP connect timeout, in ms (each call's own deadline bounds it again).
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long relay shutdown waits for requests in flight, in ms.
+pub const RELAY_DRAIN_TIMEOUT_MS: u64 = 2_000;
+/// Time a client has to send its request head (HTTP/1.1), in ms.
+const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+/// Concurrent HTTP/2 streams per client connection.
+const H2_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+/// Consecutive failed accepts before the relay gives up.
+const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 100;
+/// Pause after a failed accept (EMFILE and the like), in ms.
+const ACCEPT_BACKOFF_MS: u64 = 10;
+
+/// A buyer to ping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FanoutTarget {
+    /// The buyer's ping URL, `http://addr/ping` (plain HTTP: loopback only).
+    pub url: String,
+    /// Its signing secret (`whsec_<base64>` or plain text).
+    pub secret: String,
+    /// Speak HTTP/2 with prior knowledge instead of HTTP/1.1 keep-alive.
+    pub http2: bool,
+    /// Per-call timeout, in ms (the request's deadline bounds it too).
+    pub timeout_ms: u64,
+}
+
+/// Why a [`FanoutTarget`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The URL does not parse.
+    #[error("target url {url:?}: {source}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// Why it does not parse.
+        source: http::uri::InvalidUri,
+    },
+    /// The secret is empty or bad base64 after `whsec_`.
+    #[error("target {url:?}: bad secret: {source}")]
+    Secret {
+        /// The target's URL.
+        url: String,
+        /// What is wrong with the secret.
+        source: proto::signing::SignatureError,
+    },
+}
+
+/// A [`FanoutTarget`] parsed once: URL and secret ready for every call.
+#[derive(Debug, Clone)]
+pub struct PreparedTarget {
+    uri: Uri,
+    secret: Secret,
+    http2: bool,
+    timeout: Duration,
+}
+
+impl FanoutTarget {
+    /// The target for a simulated buyer's ping endpoint.
+    pub fn for_sim_buyer(buyer: &crate::sim::SimBuyerInfo, timeout_ms: u64) -> FanoutTarget {
+        FanoutTarget {
+            url: format!("http://{}/ping", buyer.addr),
+            secret: buyer.secret.clone(),
+            http2: buyer.http2,
+            timeout_ms,
+        }
+    }
+
+    /// Parses the URL and the secret, so that [`Fanout::ping_prepared`] does not redo it
+    /// on every call.
+    pub fn prepare(&self) -> Result<PreparedTarget, TargetError> {
+        let uri = self.url.parse::<Uri>().map_err(|source| TargetError::Url {
+            url: self.url.clone(),
+            source,
+        })?;
+        let secret = Secret::new(&self.secret).map_err(|source| TargetError::Secret {
+            url: self.url.clone(),
+            source,
+        })?;
+        Ok(PreparedTarget {
+            uri,
+            secret,
+            http2: self.http2,
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
+    }
+}
+
+/// How a fan-out went: every target is counted exactly once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanoutResult {
+    /// Targets that answered a 2xx in time (the body is read, never parsed).
+    pub answered: u32,
+    /// Targets with no whole answer by their bound.
+    pub timeouts: u32,
+    /// Targets that failed: connection error, non-2xx status, oversize answer, or an
+    /// unusable target.
+    pub errors: u32,
+}
+
+/// How one call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallEnd {
+    Answered,
+    TimedOut,
+    Failed,
+}
+
+/// Pooled buyer clients, as the exchange's (`exchange/src/buyers.rs`): an HTTP/1.1
+/// keep-alive pool and an HTTP/2 client, TCP_NODELAY, same pool limits; plain HTTP only.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    h1: Client<HttpConnector, Full<Bytes>>,
+    h2: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Fanout::new()
+    }
+}
+
+fn connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    http
+}
+
+fn unix_now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Fanout {
+    /// Fresh connection pools.
+    pub fn new() -> Fanout {
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
+            .pool_max_idle_per_host(IDLE_PER_HOST_MAX)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector());
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector());
+        Fanout { h1, h2 }
+    }
+
+    /// Sends `body` to every target in parallel (signed per Standard Webhooks, message id
+    /// `{id_prefix}.{i}`), each bounded by `min(deadline, now + timeout_ms)`; returns as
+    /// soon as all answered or timed out. Parses each target's URL and secret on every
+    /// call; [`Fanout::ping_prepared`] does not. An unusable target counts as an error.
+    pub async fn ping_all(
+        &self,
+        targets: &[FanoutTarget],
+        body: Bytes,
+        id_prefix: &str,
+        deadline: Instant,
+    ) -> FanoutResult {
+        let start = Instant::now();
+        let timestamp = Timestamp::now();
+        let mut calls: FuturesUnordered<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, target)| {
+                let body = body.clone();
+                let timestamp = &timestamp;
+                async move {
+                    match target.prepare() {
+                        Ok(prepared) => {
+                            self.call(&prepared, body, id_prefix, i, timestamp, start, deadline)
+                                .await
+                        }
+                        Err(_) => CallEnd::Failed,
+                    }
+                }
+            })
+            .collect();
+        collect(&mut calls).await
+    }
+
+    /// [`Fanout::ping_all`] for targets prepared once ([`FanoutTarget::prepare`]): the
+    /// cheapest fan-out this client can do, and what the relay runs.
+    pub async fn ping_prepared(
+        &self,
+        targets: &[PreparedTarget],
+        body: Bytes,
+        id_prefix: &str,
+        deadline: Instant,
+    ) -> FanoutResult {
+        let start = Instant::now();
+        let timestamp = Timestamp::now();
+        let mut calls: FuturesUnordered<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, target)| {
+                self.call(
+                    target,
+                    body.clone(),
+                    id_prefix,
+                    i,
+                    &timestamp,
+                    start,
+                    deadline,
+                )
+            })
+            .collect();
+        collect(&mut calls).await
+    }
+
+    /// One signed call, bounded by `min(deadline, start + timeout)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        target: &PreparedTarget,
+        body: Bytes,
+        id_prefix: &str,
+        index: usize,
+        timestamp: &Timestamp,
+        start: Instant,
+        deadline: Instant,
+    ) -> CallEnd {
+        let until = deadline.min(start + target.timeout);
+        let id = format!("{id_prefix}.{index}");
+        let signature = target.secret.sign(&id, timestamp.unix_s, &body);
+        let (Ok(id), Ok(signature)) = (HeaderValue::try_from(id), HeaderValue::try_from(signature))
+        else {
+            // Only an id prefix with control characters gets here.
+            return CallEnd::Failed;
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = target.uri.clone();
+        let headers = request.headers_mut();
+        headers.reserve(4);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(HEADER_ID, id);
+        headers.insert(HEADER_TIMESTAMP, timestamp.header.clone());
+        headers.insert(HEADER_SIGNATURE, signature);
+        let client = if target.http2 { &self.h2 } else { &self.h1 };
+        let exchange = async {
+            let response = client.request(request).await.map_err(|_| ())?;
+            let ok = response.status().is_success();
+            // Read (and drop) the whole answer, so the connection can be reused.
+            let mut body = response.into_body();
+            let mut read: usize = 0;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| ())?;
+                if let Some(data) = frame.data_ref() {
+                    read += data.len();
+                    if read > ANSWER_BYTES_MAX {
+                        return Err(());
+                    }
+                }
+            }
+            Ok(ok)
+        };
+        match tokio::time::timeout_at(until, exchange).await {
+            Ok(Ok(true)) => CallEnd::Answered,
+            Ok(Ok(false) | Err(())) => CallEnd::Failed,
+            Err(_) => CallEnd::TimedOut,
+        }
+    }
+}
+
+/// The `webhook-timestamp`, computed once per fan-out.
+#[derive(Debug)]
+struct Timestamp {
+    unix_s: i64,
+    header: HeaderValue,
+}
+
+impl Timestamp {
+    fn now() -> Timestamp {
+        let unix_s = unix_now_s();
+        Timestamp {
+            unix_s,
+            header: HeaderValue::from(unix_s),
+        }
+    }
+}
+
+async fn collect<F>(calls: &mut FuturesUnordered<F>) -> FanoutResult
+where
+    F: Future<Output = CallEnd>,
+{
+    let mut result = FanoutResult::default();
+    // Ends after one item per target.
+    while let Some(end) = calls.next().await {
+        match end {
+            CallEnd::Answered => result.answered += 1,
+            CallEnd::TimedOut => result.timeouts += 1,
+            CallEnd::Failed => result.errors += 1,
+        }
+    }
+    result
+}
+
+/// What every relay request shares.
+#[derive(Debug)]
+struct Relay {
+    fanout: Fanout,
+    targets: Vec<PreparedTarget>,
+    deadline: Duration,
+    requests: AtomicU64,
+}
+
+impl Relay {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        // The deadline is taken when the request arrives, as the exchange does.
+        let deadline = Instant::now() + self.deadline;
+        if request.method() != Method::POST {
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+        }
+        let limited = Limited::new(request.into_body(), RELAY_BODY_BYTES_MAX);
+        let body = match tokio::time::timeout_at(deadline, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => return text_response(StatusCode::BAD_REQUEST, "unreadable body\n"),
+            Err(_) => return text_response(StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
+        };
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let id_prefix = format!("relay_{n}");
+        let result = self
+            .fanout
+            .ping_prepared(&self.targets, body, &id_prefix, deadline)
+            .await;
+        let json = format!(
+            r#"{{"answered":{},"timeouts":{},"errors":{}}}"#,
+            result.answered, result.timeouts, result.errors
+        );
+        let mut response = Response::new(Full::new(Bytes::from(json)));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves: POST on any path, any body,
+/// forwarded to every target within `deadline_ms` of its arrival; answers
+/// `200 {"answered":k,"timeouts":t,"errors":e}`. HTTP/1.1 keep-alive and h2c on the same
+/// port, TCP_NODELAY. Fails at once (`InvalidInput`) if a target is unusable, or later if
+/// accepting keeps failing.
+pub async fn serve_relay(
+    listener: TcpListener,
+    targets: Vec<FanoutTarget>,
+    deadline_ms: u64,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let prepared = targets
+        .iter()
+        .map(FanoutTarget::prepare)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let relay = Arc::new(Relay {
+        fanout: Fanout::new(),
+        targets: prepared,
+        deadline: Duration::from_millis(deadline_ms),
+        requests: AtomicU64::new(0),
+    });
+    let permits = Arc::new(Semaphore::new(RELAY_CONNECTIONS_MAX));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
+
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors: u32 = 0;
+    let mut failure = None;
+    loop {
+        // The slot before the accept: a flood waits in the kernel's backlog.
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => {
+                accept_errors = 0;
+                stream
+            }
+            Err(e) => {
+                accept_errors += 1;
+                if accept_errors >= ACCEPT_ERRORS_CONSECUTIVE_MAX {
+                    failure = Some(e);
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)) => continue,
+                }
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "relay: set_nodelay failed");
+        }
+        let relay = Arc::clone(&relay);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let relay = Arc::clone(&relay);
+            async move { Ok::<_, Infallible>(relay.handle(request).await) }
+        });
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        connections.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "relay: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_millis(RELAY_DRAIN_TIMEOUT_MS);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("relay: drain timed out, dropping requests");
+    }
+    connections.shutdown().await;
+    failure.map_or(Ok(()), Err)
+}
+
+/// A relay started by [`spawn_relay`].
+#[derive(Debug)]
+#[must_use = "dropping the handle leaves the relay running with no way to stop it"]
+pub struct RelayHandle {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RelayHandle {
+    /// The address the relay listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish, and returns what
+    /// [`serve_relay`] returned.
+    pub async fn shutdown(self) -> io::Result<()> {
+        let _ = self.shutdown.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(io::Error::other(join)),
+        }
+    }
+}
+
+/// Binds `127.0.0.1:0` and serves the relay on a task.
+pub async fn spawn_relay(
+    targets: Vec<FanoutTarget>,
+    deadline_ms: u64,
+) -> io::Result<(SocketAddr, RelayHandle)> {
+    // Check the targets before spawning, so a bad one is an error here.
+    for target in &targets {
+        target
+            .prepare()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    }
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let stopped = async move {
+        // A dropped handle is not a request to stop.
+        if stop.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let task = tokio::spawn(serve_relay(listener, targets, deadline_ms, stopped));
+    Ok((
+        addr,
+        RelayHandle {
+            addr,
+            shutdown,
+            task,
+        },
+    ))
+}
+
+/// What [`run_relay_process`] prints once listening.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayReady {
+    /// Where the relay listens.
+    pub addr: SocketAddr,
+}
+
+/// The relay child process: binds `127.0.0.1:0`, prints `{"addr": "..."}` as one line once
+/// listening, serves until stdin reaches EOF or SIGTERM, then stops.
+pub async fn run_relay_process(targets: Vec<FanoutTarget>, deadline_ms: u64) -> anyhow::Result<()> {
+    let (addr, handle) = spawn_relay(targets, deadline_ms).await?;
+    if let Err(e) = crate::sim::print_json_line(&RelayReady { addr }) {
+        handle.shutdown().await?;
+        return Err(e);
+    }
+    crate::sim::stdin_eof_or_signal().await;
+    handle.shutdown().await?;
+    Ok(())
+}
