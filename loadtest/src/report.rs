@@ -1,1 +1,689 @@
-//! (being written)
+//! What a run looks like to a reader: percentile tables, JSON, an SVG picture, process
+//! samples (CPU, memory, sockets) and the machine the figures were taken on.
+//!
+//! It only formats and reads `/proc`; it never sends load and never decides a target's
+//! pass or fail (the scenario does, and writes the verdicts into the report).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::gen::{Progress, RunResult, Window};
+
+/// The knee criterion: p99 within this much of the baseline's p99, in µs.
+pub const KNEE_MARGIN_US: u64 = 2_500;
+/// Sweep label of the baseline the knee margin is measured against, unless the report's
+/// `extra["baseline_label"]` names another.
+pub const BASELINE_LABEL: &str = "direct";
+/// Most entries read from one `/proc/<pid>/task` or `/proc/<pid>/fd` directory.
+pub const PROC_ENTRIES_MAX: usize = 1_000_000;
+/// Most lines read from one `/proc/net/tcp*` file.
+pub const PROC_NET_LINES_MAX: usize = 10_000_000;
+/// Picture size, pixels.
+const SVG_WIDTH: u32 = 1200;
+const SVG_PANEL_HEIGHT: u32 = 420;
+
+/// A histogram's percentiles, in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub count: u64,
+}
+
+impl Percentiles {
+    /// All zero for an empty histogram.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            count: h.len(),
+        }
+    }
+
+    /// `self - base` per percentile (what a target adds over a baseline), saturating at
+    /// 0 where the target was faster; `count` is `self`'s.
+    pub fn minus(&self, base: &Percentiles) -> Percentiles {
+        Percentiles {
+            p50_us: self.p50_us.saturating_sub(base.p50_us),
+            p90_us: self.p90_us.saturating_sub(base.p90_us),
+            p99_us: self.p99_us.saturating_sub(base.p99_us),
+            p999_us: self.p999_us.saturating_sub(base.p999_us),
+            max_us: self.max_us.saturating_sub(base.max_us),
+            count: self.count,
+        }
+    }
+}
+
+/// A process at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcSample {
+    /// Seconds since the scenario started.
+    pub t_s: f64,
+    /// CPU time used so far by all its threads, ns.
+    pub cpu_ns: u64,
+    pub rss_bytes: u64,
+    pub open_sockets: u64,
+}
+
+/// Samples process `pid`: CPU is the sum over its threads of the first field of
+/// `/proc/<pid>/task/*/schedstat` (ns on CPU), memory is `VmRSS` from
+/// `/proc/<pid>/status`, sockets are the `/proc/<pid>/fd` entries linking to `socket:`.
+/// A thread that exits while being read is skipped.
+pub fn proc_sample(pid: u32, t_s: f64) -> std::io::Result<ProcSample> {
+    let base = Path::new("/proc").join(pid.to_string());
+    let mut cpu_ns = 0u64;
+    for entry in std::fs::read_dir(base.join("task"))?.take(PROC_ENTRIES_MAX) {
+        let Ok(entry) = entry else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        let ns = text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        cpu_ns = cpu_ns.saturating_add(ns);
+    }
+    let status = std::fs::read_to_string(base.join("status"))?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut open_sockets = 0u64;
+    for entry in std::fs::read_dir(base.join("fd"))?.take(PROC_ENTRIES_MAX) {
+        let Ok(entry) = entry else { continue };
+        if let Ok(link) = std::fs::read_link(entry.path()) {
+            if link.to_string_lossy().starts_with("socket:") {
+                open_sockets += 1;
+            }
+        }
+    }
+    Ok(ProcSample {
+        t_s,
+        cpu_ns,
+        rss_bytes: rss_kb.saturating_mul(1024),
+        open_sockets,
+    })
+}
+
+/// Sockets in TIME_WAIT (state `06`) whose remote port is `port`, from `/proc/net/tcp`
+/// and `/proc/net/tcp6` (a missing `tcp6` counts as none): the connections this machine
+/// closed towards a server on `port`.
+pub fn time_wait_sockets(port: u16) -> std::io::Result<u64> {
+    let mut n = count_time_wait(&std::fs::read_to_string("/proc/net/tcp")?, port);
+    match std::fs::read_to_string("/proc/net/tcp6") {
+        Ok(text) => n += count_time_wait(&text, port),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(n)
+}
+
+/// Counts TIME_WAIT lines of a `/proc/net/tcp*` table with remote port `port`.
+fn count_time_wait(table: &str, port: u16) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .take(PROC_NET_LINES_MAX)
+        .filter(|line| {
+            let mut f = line.split_whitespace();
+            let (_sl, _local, remote, state) = (f.next(), f.next(), f.next(), f.next());
+            let remote_port = remote
+                .and_then(|r| r.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            state == Some("06") && remote_port == Some(port)
+        })
+        .count() as u64
+}
+
+/// One target of a scenario, ready to print.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetSummary {
+    pub label: String,
+    pub latency: Percentiles,
+    pub post_latency: Option<Percentiles>,
+    pub achieved_rate_per_s: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<String, u64>,
+    /// Filled by the scenario from process samples.
+    pub cpu_us_per_auction: Option<f64>,
+    pub cpu_us_per_buyer_ping: Option<f64>,
+    pub timeline: Vec<Window>,
+    /// The generator's own delay (planned time to on the wire); large values mean the
+    /// generator, not the target, was the bottleneck.
+    #[serde(default)]
+    pub send_lag: Option<Percentiles>,
+}
+
+impl TargetSummary {
+    pub fn from_run(r: &RunResult) -> Self {
+        TargetSummary {
+            label: r.label.clone(),
+            latency: Percentiles::of(&r.latency_us),
+            post_latency: (!r.post_latency_us.is_empty())
+                .then(|| Percentiles::of(&r.post_latency_us)),
+            achieved_rate_per_s: r.achieved_rate_per_s,
+            errors: r.errors.clone(),
+            outcomes: r.outcomes.clone(),
+            cpu_us_per_auction: None,
+            cpu_us_per_buyer_ping: None,
+            timeline: r.timeline.clone(),
+            send_lag: (!r.send_lag_us.is_empty()).then(|| Percentiles::of(&r.send_lag_us)),
+        }
+    }
+
+    /// Errors of every class.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// One point of a rate sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub label: String,
+    pub rate_per_s: f64,
+    pub p99_us: u64,
+    pub errors: u64,
+    /// p99 within [`KNEE_MARGIN_US`] of the baseline at this rate, with zero errors.
+    pub within_target: bool,
+}
+
+/// The highest rate of `label`'s sweep at which it, and every lower rate, was within
+/// target: the knee. `None` if even the lowest rate was not.
+pub fn knee(sweep: &[SweepPoint], label: &str) -> Option<f64> {
+    let mut points: Vec<&SweepPoint> = sweep.iter().filter(|p| p.label == label).collect();
+    points.sort_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s));
+    points
+        .iter()
+        .take_while(|p| p.within_target)
+        .last()
+        .map(|p| p.rate_per_s)
+}
+
+/// Everything a scenario measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub date: String,
+    pub commit: String,
+    pub machine: String,
+    pub notes: Vec<String>,
+    pub targets: Vec<TargetSummary>,
+    /// Exchange minus direct, per percentile.
+    pub added_latency_us: Option<Percentiles>,
+    /// Relay minus direct, per percentile.
+    pub relay_added_latency_us: Option<Percentiles>,
+    pub sweep: Vec<SweepPoint>,
+    /// Knee rate by label, requests per second.
+    pub knees: BTreeMap<String, f64>,
+    pub proc_samples: Vec<ProcSample>,
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn opt_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
+}
+
+fn classes(m: &BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = m
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "0".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Prints the scenario as one table: a row per target (p50, p90, p99, p99.9, max in ms,
+/// achieved rate, errors by class, CPU per auction and per buyer ping in µs), post rows,
+/// added-latency rows, then the knees and the outcomes.
+pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<()> {
+    let mut s = String::new();
+    // Writing to a String cannot fail; the results are ignored on purpose.
+    let _ = writeln!(
+        s,
+        "scenario {}  ({}, commit {})",
+        r.scenario, r.date, r.commit
+    );
+    let _ = writeln!(
+        s,
+        "machine  {} (generator, buyers and target share it)",
+        r.machine
+    );
+    for note in &r.notes {
+        let _ = writeln!(s, "note     {note}");
+    }
+    let width = r
+        .targets
+        .iter()
+        .map(|t| t.label.len() + 7)
+        .chain([26, 6])
+        .max()
+        .unwrap_or(26);
+    let _ = writeln!(
+        s,
+        "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  errors",
+        "target",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "rate/s",
+        "cpu/auc",
+        "cpu/ping"
+    );
+    let row = |s: &mut String,
+               label: &str,
+               p: &Percentiles,
+               rate: &str,
+               cpu: (String, String),
+               errors: &str| {
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  {}",
+            label,
+            ms(p.p50_us),
+            ms(p.p90_us),
+            ms(p.p99_us),
+            ms(p.p999_us),
+            ms(p.max_us),
+            rate,
+            cpu.0,
+            cpu.1,
+            errors
+        );
+    };
+    for t in &r.targets {
+        row(
+            &mut s,
+            &t.label,
+            &t.latency,
+            &format!("{:.1}", t.achieved_rate_per_s),
+            (
+                opt_us(t.cpu_us_per_auction),
+                opt_us(t.cpu_us_per_buyer_ping),
+            ),
+            &classes(&t.errors),
+        );
+        if let Some(p) = &t.post_latency {
+            let none = ("-".to_string(), "-".to_string());
+            row(&mut s, &format!("{} post", t.label), p, "-", none, "");
+        }
+    }
+    let none = || ("-".to_string(), "-".to_string());
+    if let Some(p) = &r.added_latency_us {
+        row(&mut s, "exchange added (vs direct)", p, "-", none(), "");
+    }
+    if let Some(p) = &r.relay_added_latency_us {
+        row(&mut s, "relay added (vs direct)", p, "-", none(), "");
+    }
+    for (label, rate) in &r.knees {
+        let _ = writeln!(
+            s,
+            "knee {label}: {rate:.0} /s (highest rate with p99 within {} ms of {} and zero errors)",
+            ms(KNEE_MARGIN_US),
+            baseline_label(r)
+        );
+    }
+    for t in &r.targets {
+        if !t.outcomes.is_empty() {
+            let _ = writeln!(s, "outcomes {}: {}", t.label, classes(&t.outcomes));
+        }
+        if let Some(lag) = &t.send_lag {
+            let _ = writeln!(
+                s,
+                "generator lag {}: p50 {} ms, p99 {} ms, max {} ms",
+                t.label,
+                ms(lag.p50_us),
+                ms(lag.p99_us),
+                ms(lag.max_us)
+            );
+        }
+    }
+    out.write_all(s.as_bytes())
+}
+
+/// Writes the report as pretty JSON.
+pub fn write_json(r: &ScenarioReport, path: &Path) -> std::io::Result<()> {
+    let mut w = BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer_pretty(&mut w, r).map_err(std::io::Error::other)?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+fn baseline_label(r: &ScenarioReport) -> &str {
+    r.extra
+        .get("baseline_label")
+        .and_then(|v| v.as_str())
+        .unwrap_or(BASELINE_LABEL)
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
+
+/// Lowest latency drawn on the log axis, ms.
+const PLOT_MS_MIN: f64 = 0.01;
+
+/// A log-axis range around `values` (ms): from half the smallest to twice the largest.
+fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if hi <= 0.0 {
+        return PLOT_MS_MIN..1.0;
+    }
+    let lo = (lo / 2.0).max(PLOT_MS_MIN);
+    lo..(hi * 2.0).max(lo * 10.0)
+}
+
+/// An axis label: no decimals on whole numbers, at most 3 significant digits otherwise.
+fn axis_label(v: &f64) -> String {
+    let v = *v;
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
+        let text = format!("{v:.decimals$}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+fn ms_of(us: u64) -> f64 {
+    (us as f64 / 1000.0).max(PLOT_MS_MIN)
+}
+
+/// Draws the run: latency p50 / p99 / p99.9 over time per target (log scale, ms) and, if
+/// the report has a sweep, p99 against rate per label with the baseline + 2.5 ms line.
+pub fn write_svg(r: &ScenarioReport, path: &Path) -> anyhow::Result<()> {
+    let panels = if r.sweep.is_empty() { 1 } else { 2 };
+    let root = SVGBackend::new(path, (SVG_WIDTH, SVG_PANEL_HEIGHT * panels)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((panels as usize, 1));
+    if let Some(area) = areas.first() {
+        draw_timeline(r, area)?;
+    }
+    if let Some(area) = areas.get(1) {
+        draw_sweep(r, area)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A timeline line: name, the window field it draws, stroke width, dashed.
+type TimelineLine = (&'static str, fn(&Window) -> u64, u32, bool);
+
+/// Which percentile lines the timeline draws.
+const TIMELINE_LINES: [TimelineLine; 3] = [
+    ("p50", |w| w.p50_us, 1, false),
+    ("p99", |w| w.p99_us, 3, false),
+    ("p99.9", |w| w.p999_us, 2, true),
+];
+
+fn draw_timeline(r: &ScenarioReport, area: &Area<'_>) -> anyhow::Result<()> {
+    let windows = || {
+        r.targets
+            .iter()
+            .flat_map(|t| t.timeline.iter())
+            .filter(|w| w.count > 0)
+    };
+    let t_max = windows().map(|w| w.t_s + 1.0).fold(1.0f64, f64::max);
+    let y = log_range(windows().flat_map(|w| [ms_of(w.p50_us), ms_of(w.p999_us)]));
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "{}: latency over time, per second (p50 thin, p99 thick, p99.9 dashed)",
+                r.scenario
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..t_max, y.log_scale())?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_desc("seconds into the measured phase")
+        .y_desc("latency, ms (log)")
+        .y_labels(8)
+        .x_label_formatter(&axis_label)
+        .y_label_formatter(&axis_label)
+        .draw()?;
+    for (i, t) in r.targets.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        for (name, field, width, dashed) in TIMELINE_LINES {
+            let points: Vec<(f64, f64)> = t
+                .timeline
+                .iter()
+                .filter(|w| w.count > 0)
+                .map(|w| (w.t_s + 0.5, ms_of(field(w))))
+                .collect();
+            let style = color.stroke_width(width);
+            if dashed {
+                chart.draw_series(DashedLineSeries::new(points.clone(), 6, 4, style))?;
+            } else {
+                let series = chart.draw_series(LineSeries::new(points.clone(), style))?;
+                if name == "p99" {
+                    series
+                        .label(format!("{} p50 / p99 / p99.9", t.label))
+                        .legend(move |(x, y)| {
+                            PathElement::new([(x, y), (x + 18, y)], color.stroke_width(3))
+                        });
+                }
+            }
+            // Markers, so that a run of a single second still shows.
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|&p| Circle::new(p, width + 1, color.filled())),
+            )?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
+fn draw_sweep(r: &ScenarioReport, area: &Area<'_>) -> anyhow::Result<()> {
+    let baseline = baseline_label(r);
+    let margin_ms = KNEE_MARGIN_US as f64 / 1000.0;
+    let mut by_label: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for p in &r.sweep {
+        by_label
+            .entry(p.label.as_str())
+            .or_default()
+            .push((p.rate_per_s, ms_of(p.p99_us)));
+    }
+    for points in by_label.values_mut() {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let limit: Vec<(f64, f64)> = by_label
+        .get(baseline)
+        .map(|points| points.iter().map(|&(x, y)| (x, y + margin_ms)).collect())
+        .unwrap_or_default();
+    let x_max = r.sweep.iter().map(|p| p.rate_per_s).fold(1.0f64, f64::max) * 1.05;
+    let y = log_range(
+        by_label
+            .values()
+            .chain([&limit])
+            .flat_map(|points| points.iter().map(|p| p.1)),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "p99 against rate (dashed: {baseline} p99 + {margin_ms} ms, the knee criterion)"
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..x_max, y.log_scale())?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_desc("planned rate, requests/s")
+        .y_desc("p99, ms (log)")
+        .y_labels(8)
+        .x_label_formatter(&axis_label)
+        .y_label_formatter(&axis_label)
+        .draw()?;
+    for (i, (label, points)) in by_label.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(label.to_string())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(3)));
+        chart.draw_series(
+            points
+                .iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+        )?;
+    }
+    if !limit.is_empty() {
+        chart
+            .draw_series(DashedLineSeries::new(limit, 6, 4, BLACK.stroke_width(1)))?
+            .label(format!("{baseline} + {margin_ms} ms"))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
+/// `"2 x Intel(R) Xeon(R) ... , 23.4 GiB RAM"`, from `/proc/cpuinfo` and `/proc/meminfo`
+/// (parts it cannot read are described as unknown).
+pub fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let model = cpu
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k.trim(), "model name" | "Model" | "cpu model").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let mem = mem_kb.map_or_else(
+        || "unknown RAM".to_string(),
+        |kb| format!("{:.1} GiB RAM", kb as f64 / (1024.0 * 1024.0)),
+    );
+    format!("{cores} x {model}, {mem}")
+}
+
+/// One progress line (no `\r` or newline; the caller adds them), padded so a shorter
+/// line overwrites a longer one.
+pub fn progress_line(label: &str, p: &Progress) -> String {
+    format!(
+        "{label}: {:>6.1} s  sent {:>9}  done {:>9}  errors {:>7}  in flight {:>6}  p99 {:>9} ms   ",
+        p.elapsed_s,
+        p.sent,
+        p.completed,
+        p.errors,
+        p.in_flight,
+        ms(p.current_p99_us)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_wait_lines_are_counted_by_remote_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0100007F:9C40 0100007F:1F90 06 00000000:00000000\n\
+            1: 0100007F:9C41 0100007F:1F90 01 00000000:00000000\n\
+            2: 0100007F:9C42 0100007F:1F91 06 00000000:00000000\n\
+            3: 00000000000000000000000001000000:9C43 00000000000000000000000001000000:1F90 06 0\n";
+        assert_eq!(count_time_wait(table, 8080), 2);
+        assert_eq!(count_time_wait(table, 8081), 1);
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = proc_sample(std::process::id(), 1.5).unwrap();
+        assert!(s.cpu_ns > 0 && s.rss_bytes > 0);
+        assert_eq!(s.t_s, 1.5);
+        assert!(time_wait_sockets(1).is_ok());
+        assert!(machine_description().contains(" x "));
+    }
+
+    #[test]
+    fn minus_saturates_and_knee_needs_every_lower_rate() {
+        let a = Percentiles {
+            p50_us: 10,
+            p90_us: 20,
+            p99_us: 30,
+            p999_us: 40,
+            max_us: 50,
+            count: 5,
+        };
+        let b = Percentiles { p50_us: 12, ..a };
+        assert_eq!(a.minus(&b).p50_us, 0);
+        assert_eq!(b.minus(&a).p50_us, 2);
+        let p = |rate: f64, ok: bool| SweepPoint {
+            label: "exchange".into(),
+            rate_per_s: rate,
+            p99_us: 1,
+            errors: 0,
+            within_target: ok,
+        };
+        let sweep = vec![
+            p(3000.0, false),
+            p(1000.0, true),
+            p(2000.0, true),
+            p(4000.0, true),
+        ];
+        assert_eq!(knee(&sweep, "exchange"), Some(2000.0));
+        assert_eq!(knee(&sweep, "relay"), None);
+    }
+}
