@@ -40,9 +40,14 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.join
+        let served = (&mut self.join)
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // Auction and attempt records ride along with durable ones; make the tail durable.
+        if let Err(e) = self.state.ledger.flush().await {
+            tracing::error!(error = %e, "ledger flush at shutdown failed");
+        }
+        served
     }
 }
 

@@ -440,9 +440,7 @@ pub async fn run_auction(
     }
     state
         .metrics
-        .auctions
-        .with_label_values(&[no_bid.map(|r| r.as_str()).unwrap_or("bid")])
-        .inc();
+        .count_auction(no_bid.map(|r| r.as_str()).unwrap_or("bid"));
     AuctionResult {
         auction_id,
         ping_id,

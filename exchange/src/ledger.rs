@@ -88,8 +88,15 @@ impl Ledger {
         Ok(())
     }
 
-    /// Appends a record without waiting for the disk (it is still written in order, and
-    /// synced with the next batch). Waits only if the queue is full.
+    /// Makes every record appended so far durable (writes a durable marker record).
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        self.append_durable(&serde_json::json!({"type": "flush"}))
+            .await
+    }
+
+    /// Appends a record without waiting for the disk: it is written in order at once and
+    /// becomes durable with the next durable record (or [`Ledger::flush`]). Waits only if
+    /// the queue is full.
     pub async fn append<T: Serialize>(&self, record: &T) -> Result<(), LedgerError> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
@@ -100,6 +107,9 @@ impl Ledger {
     }
 }
 
+/// Writes everything that is waiting in one `write`, and `fdatasync`s only when a record
+/// in the batch waits for durability: a sync makes every earlier line durable too, so
+/// plain records ride along with the next durable one instead of costing a sync each.
 fn writer(
     mut file: File,
     mut rx: mpsc::Receiver<Pending>,
@@ -117,12 +127,17 @@ fn writer(
             }
         }
         buf.clear();
+        let mut durable = false;
         for p in &batch {
             buf.extend_from_slice(&p.line);
+            durable |= p.ack.is_some();
         }
-        let result = file.write_all(&buf).and_then(|_| file.sync_data());
+        let mut result = file.write_all(&buf);
+        if durable && result.is_ok() {
+            result = file.sync_data();
+            on_batch(batch.len());
+        }
         healthy.store(result.is_ok(), Ordering::Relaxed);
-        on_batch(batch.len());
         for p in batch.drain(..) {
             if let Some(ack) = p.ack {
                 let _ = ack.send(match &result {
@@ -132,6 +147,8 @@ fn writer(
             }
         }
     }
+    // Every sender is gone: make the tail durable before the thread ends.
+    let _ = file.sync_data();
 }
 
 #[cfg(test)]

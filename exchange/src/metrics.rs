@@ -124,7 +124,27 @@ pub struct Metrics {
     pub quotes_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
+    /// Pre-resolved series for the hot path (label lookups hash and lock).
+    route_latency: Vec<(&'static str, Histogram)>,
+    auction_outcomes: Vec<(&'static str, IntCounter)>,
 }
+
+/// Routes whose latency series are pre-resolved.
+const ROUTES: [&str; 7] = [
+    "ping", "post", "leads", "healthz", "readyz", "metrics", "unknown",
+];
+/// Auction outcomes whose counters are pre-resolved: `bid` and every no-bid reason.
+const AUCTION_OUTCOMES: [&str; 9] = [
+    "bid",
+    "no_eligible_buyers",
+    "no_bids",
+    "below_reserve",
+    "duplicate",
+    "suppressed",
+    "consent_required",
+    "capped",
+    "test",
+];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     // Names are fixed and unique in this file; registering can only fail on a duplicate.
@@ -249,7 +269,41 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
+            route_latency: Vec::new(),
+            auction_outcomes: Vec::new(),
             registry: r,
+        }
+        .resolved()
+    }
+
+    fn resolved(mut self) -> Metrics {
+        self.route_latency = ROUTES
+            .iter()
+            .map(|r| (*r, self.request_latency.with_label_values(&[r])))
+            .collect();
+        self.auction_outcomes = AUCTION_OUTCOMES
+            .iter()
+            .map(|o| (*o, self.auctions.with_label_values(&[o])))
+            .collect();
+        self
+    }
+
+    /// Records a seller request's latency.
+    pub fn observe_route(&self, route: &str, seconds: f64) {
+        match self.route_latency.iter().find(|(r, _)| *r == route) {
+            Some((_, h)) => h.observe(seconds),
+            None => self
+                .request_latency
+                .with_label_values(&[route])
+                .observe(seconds),
+        }
+    }
+
+    /// Counts one auction by outcome (`bid` or the no-bid reason).
+    pub fn count_auction(&self, outcome: &str) {
+        match self.auction_outcomes.iter().find(|(o, _)| *o == outcome) {
+            Some((_, c)) => c.inc(),
+            None => self.auctions.with_label_values(&[outcome]).inc(),
         }
     }
 

@@ -148,6 +148,23 @@ pub async fn serve(
 /// Routes one request. Never panics; every failure is a contract error.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let arrival = Instant::now();
+    let route: &'static str = match req.uri().path() {
+        "/v1/ping" => "ping",
+        "/v1/post" => "post",
+        "/v1/leads" => "leads",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ => "unknown",
+    };
+    // Probes and scrapes are cheap and must keep answering when sellers overload us, or
+    // an orchestrator would restart a busy but healthy exchange.
+    match (route, req.method()) {
+        ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
+        ("readyz", &Method::GET) => return readyz(&state),
+        ("metrics", &Method::GET) => return metrics(&state),
+        _ => {}
+    }
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return error_response(
             &state,
@@ -158,45 +175,39 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         );
     };
     state.metrics.requests_in_flight.inc();
-    let path = req.uri().path().to_string();
-    let route: &'static str = match path.as_str() {
-        "/v1/ping" => "ping",
-        "/v1/post" => "post",
-        "/v1/leads" => "leads",
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        _ => "unknown",
-    };
-    let method = req.method().clone();
-    let resp = match (route, method) {
-        ("healthz", Method::GET) => json_response(200, br#"{"status":"ok"}"#.to_vec()),
-        ("readyz", Method::GET) => readyz(&state),
-        ("metrics", Method::GET) => metrics(&state),
-        ("ping" | "post" | "leads", Method::POST) => {
+    let resp = match (route, req.method()) {
+        ("ping" | "post" | "leads", &Method::POST) => {
             seller_request(&state, route, req, arrival).await
         }
         ("unknown", _) => error_response(
             &state,
             &ApiError::new(
                 ErrorCode::NotFound,
-                format!("no route {}", truncate(&path, 64)),
+                format!("no route {}", truncate(req.uri().path(), 64)),
             ),
         ),
-        (_, m) => error_response(
-            &state,
-            &ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{m} is not allowed on {path}"),
-            ),
-        ),
+        (_, m) => {
+            let allow = if matches!(route, "ping" | "post" | "leads") {
+                "POST"
+            } else {
+                "GET"
+            };
+            let mut resp = error_response(
+                &state,
+                &ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{m} is not allowed on {}; use {allow}", req.uri().path()),
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
     };
     state.metrics.requests_in_flight.dec();
     state
         .metrics
-        .request_latency
-        .with_label_values(&[route])
-        .observe(arrival.elapsed().as_secs_f64());
+        .observe_route(route, arrival.elapsed().as_secs_f64());
     resp
 }
 

@@ -1,1 +1,897 @@
-fn main() {}
+//! `loadtest`: named scenarios against the exchange and the speed-of-light relay, in one
+//! invocation, with the direct-to-buyer baseline measured in the same run.
+//!
+//! Process layout (everything on this machine, loopback only): this process generates
+//! load; `loadtest sims` (a child) serves the simulated buyers; `pingpost` (a child, so
+//! its CPU can be read from /proc) is the exchange; `loadtest relay` (a child) is the
+//! relay. Every child is stopped at the end, also on error.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use loadtest::gen::{self, LoadPlan, Mix, RateSchedule, RunResult, Target};
+use loadtest::relay::FanoutTarget;
+use loadtest::report::{self, Percentiles, ScenarioReport, SweepPoint, TargetSummary};
+use loadtest::sim::{self, ExchangeOpts, Latency, SimBuyerInfo, SimBuyerSpec, SimStats};
+
+/// Open-loop load tests for pingpost, against the speed of light.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a named scenario (p1-latency, p2-knee, p3-hang, p4-failing-buyer, soak).
+    Run(RunArgs),
+    /// (internal) Serve simulated buyers described by a JSON file until stdin closes.
+    Sims {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// (internal) Serve the speed-of-light relay in front of the targets in a JSON file.
+    Relay {
+        #[arg(long)]
+        targets: PathBuf,
+        #[arg(long)]
+        deadline_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// 2,000 auctions/s, 8 buyers: exchange-added latency (P1).
+    P1Latency,
+    /// Rate sweep for the knee of exchange and relay, and CPU per buyer ping (P2).
+    P2Knee,
+    /// k of 8 buyers never answer: the hard deadline (P3).
+    P3Hang,
+    /// One buyer times out 100%: isolation by the circuit breaker (P4).
+    P4FailingBuyer,
+    /// Memory and sockets of the exchange over a long run.
+    Soak,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    scenario: Scenario,
+    /// The exchange binary (default: `pingpost` next to this binary).
+    #[arg(long)]
+    exchange_bin: Option<PathBuf>,
+    /// Where the JSON and SVG go (default target/loadtest/<scenario>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Repetitions; the report gives the median of each figure.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Seconds measured per run (after warm-up).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Warm-up seconds per run (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup_s: f64,
+    /// Auctions per second (P1, P3, P4, soak).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Number of simulated buyers.
+    #[arg(long, default_value_t = 8)]
+    buyers: usize,
+    /// Fixed latency of each healthy simulated buyer, ms.
+    #[arg(long, default_value_t = 10.0)]
+    buyer_latency_ms: f64,
+    /// Per-buyer ping timeout T, ms.
+    #[arg(long, default_value_t = 50)]
+    timeout_ms: u64,
+    /// p3-hang: how many buyers never answer.
+    #[arg(long, default_value_t = 2)]
+    hanging: usize,
+    /// p2-knee: comma-separated rates to sweep.
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<f64>>,
+    /// Which targets to run (the direct baseline always runs).
+    #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
+    targets: Vec<String>,
+    /// Load-generator connections to the target.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Sims { spec, seed } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("reading {}", spec.display()))?;
+            let specs: Vec<SimBuyerSpec> = serde_json::from_str(&text).context("sim spec JSON")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(sim::run_fleet_process(specs, seed))
+        }
+        Cmd::Relay {
+            targets,
+            deadline_ms,
+        } => {
+            let text = std::fs::read_to_string(&targets)
+                .with_context(|| format!("reading {}", targets.display()))?;
+            let targets: Vec<FanoutTarget> =
+                serde_json::from_str(&text).context("relay targets JSON")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(loadtest::relay::run_relay_process(targets, deadline_ms))
+        }
+        Cmd::Run(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run_scenario(args))
+        }
+    }
+}
+
+/// A child process that is stopped when dropped (also on error paths).
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl ChildGuard {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes stdin (our children exit on EOF), sends SIGTERM, then waits a bounded time.
+    fn stop(&mut self) -> Option<String> {
+        self.stdin.take();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let mut out = String::new();
+                if let Some(mut s) = self.child.stdout.take() {
+                    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+                }
+                return Some(out);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("loadtest: {} did not stop in 5 s; killed", self.name);
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns `loadtest <args>` and reads its first stdout line.
+fn spawn_self(
+    name: &'static str,
+    args: &[&str],
+) -> anyhow::Result<(ChildGuard, String, BufReader<std::process::ChildStdout>)> {
+    let exe = std::env::current_exe().context("finding the loadtest binary")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdin = child.stdin.take();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{name}: no stdout"))?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .with_context(|| format!("{name}: reading its ready line"))?;
+    if line.trim().is_empty() {
+        bail!("{name} exited before it was ready");
+    }
+    Ok((ChildGuard { name, child, stdin }, line, reader))
+}
+
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the exchange at {addr} did not become healthy in 10 s")
+}
+
+/// Everything one scenario run needs running.
+struct Rig {
+    sims: ChildGuard,
+    buyers: Vec<SimBuyerInfo>,
+    exchange: Option<(ChildGuard, SocketAddr)>,
+    relay: Option<(ChildGuard, SocketAddr)>,
+    sims_reader: BufReader<std::process::ChildStdout>,
+    deadline_ms: u64,
+    timeout_ms: u64,
+}
+
+const SELLER_KEY: &str = "loadtest-seller-key";
+
+struct RigOpts<'a> {
+    specs: Vec<SimBuyerSpec>,
+    out: &'a Path,
+    exchange_bin: &'a Path,
+    want_exchange: bool,
+    want_relay: bool,
+    deadline_ms: u64,
+    timeout_ms: u64,
+    breaker_enabled: bool,
+    seed: u64,
+}
+
+async fn start_rig(o: RigOpts<'_>) -> anyhow::Result<Rig> {
+    let spec_path = o.out.join("sims.json");
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&o.specs)?)?;
+    let seed = o.seed.to_string();
+    let spec_arg = spec_path.to_string_lossy().to_string();
+    let (sims, line, sims_reader) =
+        spawn_self("sims", &["sims", "--spec", &spec_arg, "--seed", &seed])?;
+    let buyers: Vec<SimBuyerInfo> = serde_json::from_str(line.trim()).context("sims ready line")?;
+    let exchange = if o.want_exchange {
+        let port = free_loopback_port()?;
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let opts = ExchangeOpts {
+            listen,
+            ledger_path: o.out.join("ledger.jsonl"),
+            deadline_ms: o.deadline_ms,
+            ping_timeout_ms: o.timeout_ms,
+            post_timeout_ms: 1000,
+            seller_key: SELLER_KEY.to_string(),
+            requests_in_flight_max: 100_000,
+            breaker_failures: if o.breaker_enabled { 5 } else { 10_000 },
+            breaker_open_ms: 1000,
+            breaker_probe_interval_ms: 1000,
+        };
+        let (mut toml, env) = sim::exchange_config(&buyers, &opts);
+        if !o.breaker_enabled {
+            if !toml.contains("[server.breaker]") {
+                bail!("the generated exchange config has no [server.breaker] table");
+            }
+            toml = toml.replacen("[server.breaker]", "[server.breaker]\nenabled = false", 1);
+        }
+        let cfg_path = o.out.join("exchange.toml");
+        std::fs::write(&cfg_path, &toml)?;
+        let _ = std::fs::remove_file(o.out.join("ledger.jsonl"));
+        let mut cmd = Command::new(o.exchange_bin);
+        cmd.arg("--config")
+            .arg(&cfg_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        cmd.env("RUST_LOG", "pingpost=warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting the exchange {}", o.exchange_bin.display()))?;
+        let stdin = child.stdin.take();
+        let guard = ChildGuard {
+            name: "exchange",
+            child,
+            stdin,
+        };
+        wait_healthy(listen).await?;
+        Some((guard, listen))
+    } else {
+        None
+    };
+    let relay = if o.want_relay {
+        let targets = fanout_targets(&buyers, o.timeout_ms);
+        let path = o.out.join("relay-targets.json");
+        std::fs::write(&path, serde_json::to_vec(&targets)?)?;
+        let p = path.to_string_lossy().to_string();
+        let d = o.deadline_ms.to_string();
+        let (guard, line, _) =
+            spawn_self("relay", &["relay", "--targets", &p, "--deadline-ms", &d])?;
+        let v: serde_json::Value = serde_json::from_str(line.trim()).context("relay ready line")?;
+        let addr: SocketAddr = v["addr"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .context("relay address")?;
+        Some((guard, addr))
+    } else {
+        None
+    };
+    Ok(Rig {
+        sims,
+        buyers,
+        exchange,
+        relay,
+        sims_reader,
+        deadline_ms: o.deadline_ms,
+        timeout_ms: o.timeout_ms,
+    })
+}
+
+fn fanout_targets(buyers: &[SimBuyerInfo], timeout_ms: u64) -> Vec<FanoutTarget> {
+    buyers
+        .iter()
+        .map(|b| FanoutTarget {
+            url: format!("http://{}/ping", b.addr),
+            secret: b.secret.clone(),
+            http2: b.http2,
+            timeout_ms,
+        })
+        .collect()
+}
+
+impl Rig {
+    /// Stops everything; returns the simulated buyers' final counters.
+    fn stop(mut self) -> Vec<SimStats> {
+        if let Some((mut g, _)) = self.exchange.take() {
+            g.stop();
+        }
+        if let Some((mut g, _)) = self.relay.take() {
+            g.stop();
+        }
+        self.sims.stdin.take();
+        let mut line = String::new();
+        let _ = self.sims_reader.read_line(&mut line);
+        self.sims.stop();
+        serde_json::from_str(line.trim()).unwrap_or_default()
+    }
+}
+
+fn healthy_specs(n: usize, latency_ms: f64) -> Vec<SimBuyerSpec> {
+    (0..n)
+        .map(|i| SimBuyerSpec::healthy(&format!("sim{i}"), Latency::Fixed { ms: latency_ms }))
+        .collect()
+}
+
+fn plan(args: &RunArgs, rate: f64, measure_s: f64, mix: Mix) -> LoadPlan {
+    LoadPlan {
+        schedule: RateSchedule::Constant { rate_per_s: rate },
+        warmup_s: args.warmup_s,
+        measure_s,
+        count_max: ((args.warmup_s + measure_s) * rate * 1.1) as u64 + 10,
+        in_flight_max: 20_000,
+        request_timeout_ms: 5_000,
+        mix,
+        seed: args.seed,
+        connections: args.connections,
+    }
+}
+
+const PINGS_ONLY: Mix = Mix {
+    ping: 1.0,
+    ping_post: 0.0,
+    direct_post: 0.0,
+};
+
+/// One measured run against one target, with the target process's CPU over the run.
+async fn measure(
+    rig: &Rig,
+    which: &str,
+    plan: &LoadPlan,
+) -> anyhow::Result<(RunResult, Option<f64>)> {
+    let (target, pid) = match which {
+        "direct" => (
+            Target::Direct {
+                targets: fanout_targets(&rig.buyers, rig.timeout_ms),
+                deadline_ms: rig.deadline_ms,
+            },
+            None,
+        ),
+        "relay" => {
+            let (g, addr) = rig
+                .relay
+                .as_ref()
+                .ok_or_else(|| anyhow!("relay not running"))?;
+            (Target::Relay { addr: *addr }, Some(g.pid()))
+        }
+        "exchange" => {
+            let (g, addr) = rig
+                .exchange
+                .as_ref()
+                .ok_or_else(|| anyhow!("exchange not running"))?;
+            (
+                Target::Exchange {
+                    addr: *addr,
+                    seller_key: SELLER_KEY.into(),
+                    vertical: "auto_insurance".into(),
+                },
+                Some(g.pid()),
+            )
+        }
+        other => bail!("unknown target {other}"),
+    };
+    let cpu0 = pid.and_then(|p| report::proc_sample(p, 0.0).ok());
+    let progress = |p: &gen::Progress| {
+        eprint!("\r{}", report::progress_line(which, p));
+        let _ = std::io::stderr().flush();
+    };
+    let result = gen::run(plan, &target, which, Some(&progress)).await;
+    eprintln!();
+    let result = result.map_err(|e| anyhow!("{which}: {e}"))?;
+    let cpu1 = pid.and_then(|p| report::proc_sample(p, 0.0).ok());
+    let cpu_ns = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns) as f64),
+        _ => None,
+    };
+    Ok((result, cpu_ns))
+}
+
+fn summary(r: &RunResult, cpu_ns: Option<f64>, buyers_per_auction: usize) -> TargetSummary {
+    let mut s = TargetSummary::from_run(r);
+    if let Some(ns) = cpu_ns {
+        let auctions = r.completed.max(1) as f64;
+        s.cpu_us_per_auction = Some(ns / 1000.0 / auctions);
+        s.cpu_us_per_buyer_ping = Some(ns / 1000.0 / auctions / buyers_per_auction.max(1) as f64);
+    }
+    s
+}
+
+fn median_u64(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn median_percentiles(v: &[Percentiles]) -> Percentiles {
+    Percentiles {
+        p50_us: median_u64(v.iter().map(|p| p.p50_us).collect()),
+        p90_us: median_u64(v.iter().map(|p| p.p90_us).collect()),
+        p99_us: median_u64(v.iter().map(|p| p.p99_us).collect()),
+        p999_us: median_u64(v.iter().map(|p| p.p999_us).collect()),
+        max_us: median_u64(v.iter().map(|p| p.max_us).collect()),
+        count: v.iter().map(|p| p.count).sum(),
+    }
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn new_report(name: &str) -> ScenarioReport {
+    ScenarioReport {
+        scenario: name.to_string(),
+        date: Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%dT%H:%M:%SZ")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        commit: git_commit(),
+        machine: report::machine_description(),
+        notes: vec![
+            "load generator, simulated buyers, relay and exchange share this machine's cores"
+                .into(),
+        ],
+        targets: Vec::new(),
+        added_latency_us: None,
+        relay_added_latency_us: None,
+        sweep: Vec::new(),
+        knees: BTreeMap::new(),
+        proc_samples: Vec::new(),
+        extra: BTreeMap::new(),
+    }
+}
+
+/// Runs direct, relay and exchange (those asked for) `repeat` times at one rate; returns
+/// per-target median summaries and the added latencies.
+async fn compare_targets(
+    rig: &Rig,
+    args: &RunArgs,
+    plan: &LoadPlan,
+    buyers_per_auction: usize,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<BTreeMap<String, Vec<TargetSummary>>> {
+    let mut by_target: BTreeMap<String, Vec<TargetSummary>> = BTreeMap::new();
+    let mut order = vec!["direct".to_string()];
+    order.extend(args.targets.iter().filter(|t| *t != "direct").cloned());
+    for rep in 0..args.repeat.max(1) {
+        for t in &order {
+            eprintln!(
+                "run {}/{}: {t} at {:?}",
+                rep + 1,
+                args.repeat.max(1),
+                plan.schedule
+            );
+            let (r, cpu) = measure(rig, t, plan).await?;
+            by_target
+                .entry(t.clone())
+                .or_default()
+                .push(summary(&r, cpu, buyers_per_auction));
+        }
+    }
+    let med = |t: &str| {
+        by_target
+            .get(t)
+            .map(|v| median_percentiles(&v.iter().map(|s| s.latency).collect::<Vec<_>>()))
+    };
+    if let (Some(ex), Some(d)) = (med("exchange"), med("direct")) {
+        report.added_latency_us = Some(ex.minus(&d));
+    }
+    if let (Some(rl), Some(d)) = (med("relay"), med("direct")) {
+        report.relay_added_latency_us = Some(rl.minus(&d));
+    }
+    for (t, runs) in &by_target {
+        // The reported summary is the median run (by p99) with the median percentiles.
+        let mut best = runs.clone();
+        best.sort_by_key(|s| s.latency.p99_us);
+        if let Some(mid) = best.get(best.len() / 2) {
+            let mut m = mid.clone();
+            m.latency = median_percentiles(&runs.iter().map(|s| s.latency).collect::<Vec<_>>());
+            m.label = t.clone();
+            report.targets.push(m);
+        }
+    }
+    Ok(by_target)
+}
+
+async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    let name = match args.scenario {
+        Scenario::P1Latency => "p1-latency",
+        Scenario::P2Knee => "p2-knee",
+        Scenario::P3Hang => "p3-hang",
+        Scenario::P4FailingBuyer => "p4-failing-buyer",
+        Scenario::Soak => "soak",
+    }
+    .to_string();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/loadtest").join(&name));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let exchange_bin = match &args.exchange_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("pingpost"),
+    };
+    if !exchange_bin.exists() {
+        bail!("no exchange binary at {} (build it with `cargo build --release -p pingpost`, or pass --exchange-bin)", exchange_bin.display());
+    }
+    for t in &args.targets {
+        if !matches!(t.as_str(), "relay" | "exchange" | "direct") {
+            bail!("unknown target {t:?}: use relay, exchange or direct");
+        }
+    }
+    let want_exchange = args.targets.iter().any(|t| t == "exchange");
+    let want_relay = args.targets.iter().any(|t| t == "relay");
+    let mut report = new_report(&name);
+    let n = args.buyers.max(1);
+    let deadline_ms = args.timeout_ms + 20;
+    match args.scenario {
+        Scenario::P1Latency => {
+            let rate = args.rate.unwrap_or(2000.0);
+            let rig = start_rig(RigOpts {
+                specs: healthy_specs(n, args.buyer_latency_ms),
+                out: &out,
+                exchange_bin: &exchange_bin,
+                want_exchange,
+                want_relay,
+                deadline_ms,
+                timeout_ms: args.timeout_ms,
+                breaker_enabled: true,
+                seed: args.seed,
+            })
+            .await?;
+            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let r = compare_targets(&rig, &args, &p, n, &mut report).await;
+            rig.stop();
+            r?;
+            report.notes.push(format!(
+                "{n} buyers, each answering in {} ms; per-buyer timeout {} ms; {rate}/s",
+                args.buyer_latency_ms, args.timeout_ms
+            ));
+        }
+        Scenario::P2Knee => {
+            let rates = args
+                .rates
+                .clone()
+                .unwrap_or_else(|| vec![1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0]);
+            let rig = start_rig(RigOpts {
+                specs: healthy_specs(n, args.buyer_latency_ms),
+                out: &out,
+                exchange_bin: &exchange_bin,
+                want_exchange,
+                want_relay,
+                deadline_ms,
+                timeout_ms: args.timeout_ms,
+                breaker_enabled: true,
+                seed: args.seed,
+            })
+            .await?;
+            let result = sweep(&rig, &args, &rates, n, &mut report).await;
+            rig.stop();
+            result?;
+        }
+        Scenario::P3Hang => {
+            let rate = args.rate.unwrap_or(2000.0);
+            let mut specs = healthy_specs(n, args.buyer_latency_ms);
+            for s in specs.iter_mut().take(args.hanging.min(n)) {
+                s.hang_fraction = 1.0;
+                s.name = format!("{}-hang", s.name);
+            }
+            let rig = start_rig(RigOpts {
+                specs,
+                out: &out,
+                exchange_bin: &exchange_bin,
+                want_exchange,
+                want_relay,
+                deadline_ms,
+                timeout_ms: args.timeout_ms,
+                breaker_enabled: false,
+                seed: args.seed,
+            })
+            .await?;
+            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let r = compare_targets(&rig, &args, &p, n, &mut report).await;
+            rig.stop();
+            r?;
+            let t = args.timeout_ms;
+            report.notes.push(format!("{} of {n} buyers never answer; per-buyer timeout T = {t} ms; breaker off so every auction meets the hang; targets p99 <= {} ms, p99.9 <= {} ms", args.hanging, t + 2, t + 4));
+        }
+        Scenario::P4FailingBuyer => {
+            let rate = args.rate.unwrap_or(2000.0);
+            // First the healthy buyers alone, then with one that always times out.
+            let healthy = healthy_specs(n.saturating_sub(1).max(1), args.buyer_latency_ms);
+            let rig = start_rig(RigOpts {
+                specs: healthy.clone(),
+                out: &out,
+                exchange_bin: &exchange_bin,
+                want_exchange: true,
+                want_relay: false,
+                deadline_ms,
+                timeout_ms: args.timeout_ms,
+                breaker_enabled: true,
+                seed: args.seed,
+            })
+            .await?;
+            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let before = measure(&rig, "exchange", &p).await;
+            rig.stop();
+            let (before, cpu_b) = before?;
+            let mut with_failing = healthy;
+            let mut bad = SimBuyerSpec::healthy(
+                "failing",
+                Latency::Fixed {
+                    ms: args.buyer_latency_ms,
+                },
+            );
+            bad.hang_fraction = 1.0;
+            with_failing.push(bad);
+            let rig = start_rig(RigOpts {
+                specs: with_failing,
+                out: &out,
+                exchange_bin: &exchange_bin,
+                want_exchange: true,
+                want_relay: false,
+                deadline_ms,
+                timeout_ms: args.timeout_ms,
+                breaker_enabled: true,
+                seed: args.seed,
+            })
+            .await?;
+            let failing_port = rig.buyers.last().map(|b| b.addr.port()).unwrap_or(0);
+            let after = measure(&rig, "exchange", &p).await;
+            let tw = report::time_wait_sockets(failing_port).unwrap_or(0);
+            let stats = rig.stop();
+            let (after, cpu_a) = after?;
+            let mut s_before = summary(&before, cpu_b, n - 1);
+            s_before.label = "exchange, healthy buyers only".into();
+            let mut s_after = summary(&after, cpu_a, n);
+            s_after.label = "exchange, with a 100%-failing buyer".into();
+            let moved = s_after.latency.p99_us as i64 - s_before.latency.p99_us as i64;
+            let failing = stats
+                .iter()
+                .find(|s| s.name == "failing")
+                .cloned()
+                .unwrap_or_default();
+            let secs = args.warmup_s + p.measure_s;
+            let conns_per_s = failing.connections_accepted as f64 / secs;
+            report.extra.insert(
+                "failing_buyer_pings".into(),
+                serde_json::json!(failing.pings),
+            );
+            report.extra.insert(
+                "failing_buyer_connections_per_s".into(),
+                serde_json::json!(conns_per_s),
+            );
+            report.extra.insert(
+                "failing_buyer_time_wait_sockets".into(),
+                serde_json::json!(tw),
+            );
+            report
+                .extra
+                .insert("healthy_p99_moved_us".into(), serde_json::json!(moved));
+            report.notes.push(format!(
+                "failing buyer: {} pings in {secs:.0} s, {conns_per_s:.1} new connections/s, {tw} TIME_WAIT sockets to it at the end; healthy p99 moved by {:.3} ms (target <= 10 conn/s, |move| <= 0.5 ms)",
+                failing.pings,
+                moved as f64 / 1000.0
+            ));
+            report.targets.push(s_before);
+            report.targets.push(s_after);
+        }
+        Scenario::Soak => {
+            let rate = args.rate.unwrap_or(2000.0);
+            let secs = args.duration_s.unwrap_or(600.0);
+            let rig = start_rig(RigOpts {
+                specs: healthy_specs(n, args.buyer_latency_ms),
+                out: &out,
+                exchange_bin: &exchange_bin,
+                want_exchange: true,
+                want_relay: false,
+                deadline_ms,
+                timeout_ms: args.timeout_ms,
+                breaker_enabled: true,
+                seed: args.seed,
+            })
+            .await?;
+            let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
+            let p = plan(
+                &args,
+                rate,
+                secs,
+                Mix {
+                    ping: 0.5,
+                    ping_post: 0.4,
+                    direct_post: 0.1,
+                },
+            );
+            let sampler = tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let t0 = tokio::time::Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    match report::proc_sample(pid, t0.elapsed().as_secs_f64()) {
+                        Ok(s) => samples.push(s),
+                        Err(_) => break,
+                    }
+                    if samples.len() > 100_000 {
+                        break;
+                    }
+                }
+                samples
+            });
+            let r = measure(&rig, "exchange", &p).await;
+            rig.stop();
+            let samples = sampler.await.unwrap_or_default();
+            let (r, cpu) = r?;
+            report.targets.push(summary(&r, cpu, n));
+            if let (Some(first), Some(last)) = (
+                samples.get(samples.len().min(10).saturating_sub(1)),
+                samples.last(),
+            ) {
+                report.notes.push(format!(
+                    "RSS {:.1} MB after warm-up -> {:.1} MB at the end; open sockets {} -> {}",
+                    first.rss_bytes as f64 / 1e6,
+                    last.rss_bytes as f64 / 1e6,
+                    first.open_sockets,
+                    last.open_sockets
+                ));
+            }
+            report.proc_samples = samples;
+        }
+    }
+    let mut stdout = std::io::stdout();
+    report::print_table(&report, &mut stdout)?;
+    let json = out.join("report.json");
+    let svg = out.join("report.svg");
+    report::write_json(&report, &json)?;
+    report::write_svg(&report, &svg)?;
+    println!("\nwrote {} and {}", json.display(), svg.display());
+    Ok(())
+}
+
+/// The knee: for each rate, direct then relay then exchange; the knee of a target is the
+/// highest rate whose p99 stays within 2.5 ms of the direct baseline at that rate with 0 errors.
+async fn sweep(
+    rig: &Rig,
+    args: &RunArgs,
+    rates: &[f64],
+    n: usize,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<()> {
+    let measure_s = args.duration_s.unwrap_or(5.0);
+    let mut cpu_at: BTreeMap<String, f64> = BTreeMap::new();
+    for &rate in rates {
+        let p = plan(args, rate, measure_s, PINGS_ONLY);
+        let mut baseline_p99 = 0u64;
+        let mut order = vec!["direct".to_string()];
+        order.extend(args.targets.iter().filter(|t| *t != "direct").cloned());
+        for t in &order {
+            eprintln!("sweep: {t} at {rate}/s");
+            let (r, cpu) = measure(rig, t, &p).await?;
+            let s = summary(&r, cpu, n);
+            let errors: u64 = s.errors.values().sum();
+            if t == "direct" {
+                baseline_p99 = s.latency.p99_us;
+            }
+            let within = errors == 0 && s.latency.p99_us <= baseline_p99 + 2_500;
+            if let Some(c) = s.cpu_us_per_buyer_ping {
+                if (rate - 2000.0).abs() < 1.0 || !cpu_at.contains_key(t) {
+                    cpu_at.insert(t.clone(), c);
+                }
+            }
+            report.sweep.push(SweepPoint {
+                label: t.clone(),
+                rate_per_s: rate,
+                p99_us: s.latency.p99_us,
+                errors,
+                within_target: within,
+            });
+            let mut s = s;
+            s.label = format!("{t} @ {rate}/s");
+            report.targets.push(s);
+        }
+    }
+    for t in &args.targets {
+        let knee = report
+            .sweep
+            .iter()
+            .filter(|p| &p.label == t && p.within_target)
+            .map(|p| p.rate_per_s)
+            .fold(0.0f64, f64::max);
+        report.knees.insert(t.clone(), knee);
+    }
+    if let (Some(ex), Some(rl)) = (report.knees.get("exchange"), report.knees.get("relay")) {
+        if *rl > 0.0 {
+            report.notes.push(format!(
+                "knee ratio exchange/relay = {:.2} (target >= 0.9)",
+                ex / rl
+            ));
+        }
+    }
+    for (t, c) in cpu_at {
+        report.notes.push(format!(
+            "{t}: {c:.1} us CPU per buyer ping (target <= 15 us for the exchange)"
+        ));
+    }
+    Ok(())
+}
