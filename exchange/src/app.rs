@@ -71,3 +71,121 @@ pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
         join,
     })
 }
+
+/// A thread-per-core exchange: `threads` OS threads, each with its own current-thread
+/// event loop and its own listener on the same address (SO_REUSEPORT, so the kernel
+/// spreads connections), sharing one `AppState`. A request and every buyer call it makes
+/// stay on one thread: no cross-thread wake-ups on the hot path.
+#[derive(Debug)]
+pub struct Threaded {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// How many workers `server.worker_threads` asks for (0: one per available core).
+pub fn worker_count(config: &Config) -> usize {
+    match config.server.worker_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Starts the workers; returns once every one is listening.
+pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded> {
+    let threads = worker_count(&config).max(1);
+    let mut addr = config.server.listen;
+    let state = build_state(config, clock)?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
+        let st = state.clone();
+        let mut stop_rx = stop_rx.clone();
+        let bind_to = addr;
+        let handle = std::thread::Builder::new()
+            .name(format!("pingpost-worker-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = match bind_reuseport(bind_to).and_then(|l| {
+                        let a = l.local_addr()?;
+                        Ok((l, a))
+                    }) {
+                        Ok((l, a)) => {
+                            let _ = ready_tx.send(Ok(a));
+                            l
+                        }
+                        Err(e) => {
+                            let _ =
+                                ready_tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                            return Err(e);
+                        }
+                    };
+                    let shutdown = async move {
+                        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+                    };
+                    crate::server::serve_with(listener, st, shutdown, i == 0).await
+                })
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(a)) => addr = a,
+            Ok(Err(e)) => {
+                let _ = stop.send(true);
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = stop.send(true);
+                return Err(std::io::Error::other("a worker thread died while starting"));
+            }
+        }
+        workers.push(handle);
+    }
+    Ok(Threaded {
+        addr,
+        state,
+        stop,
+        workers,
+    })
+}
+
+impl Threaded {
+    /// Stops accepting on every worker, lets in-flight requests finish (each worker's grace
+    /// period), joins the workers, and makes the ledger's tail durable.
+    pub fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.stop.send(true);
+        let mut result = Ok(());
+        for w in self.workers {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(std::io::Error::other("a worker thread panicked")),
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        if let Err(e) = rt.block_on(self.state.ledger.flush()) {
+            tracing::error!(error = %e, "ledger flush at shutdown failed");
+        }
+        result
+    }
+}

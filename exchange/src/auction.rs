@@ -21,7 +21,7 @@ use proto::{Lead, Micros};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::buyers::{PingResult, PostResult};
+use crate::buyers::{BuyerClient, PingResult, PostResult};
 use crate::clock::rfc3339;
 use crate::config::{BuyerIdx, SellerIdx, VerticalIdx};
 use crate::core::award::{self, Bid, Ranked};
@@ -223,15 +223,14 @@ pub async fn run_auction(
             continue;
         };
         slots.push((b, Slot::Waiting { deadline: bound }));
-        let st = state.clone();
+        let client = BuyerClient::local();
         let rt2 = rt.clone();
         let msg_id = format!("{auction_id}.{b}");
         futs.push(async move {
             let t0 = Instant::now();
             let buyer = &rt2.config.buyers[b];
             let url = buyer.ping_url.as_deref().unwrap_or_default();
-            let r = st
-                .client
+            let r = client
                 .ping(
                     url,
                     buyer.http,
@@ -593,7 +592,8 @@ pub async fn deliver(
             Err(_) => continue,
         };
         let msg_id = format!("{}.post.{b}", d.auction_id);
-        let call = state.client.post(
+        let client = BuyerClient::local();
+        let call = client.post(
             &buyer.post_url,
             buyer.http,
             &buyer.secret,

@@ -11,11 +11,6 @@ use pingpost::app::{self, DEFAULT_CONFIG};
 use pingpost::clock::Clock;
 use pingpost::config;
 
-/// mimalloc: the hot path allocates many small buffers; glibc's arenas showed up as lock
-/// contention in profiles.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The pingpost lead exchange.
 #[derive(Debug, Parser)]
 #[command(version, about)]

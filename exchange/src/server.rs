@@ -62,15 +62,27 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace period.
+/// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace
+/// period. Also runs the sweeper (expired quotes, old idempotency keys).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, true).await
+}
+
+/// [`serve`], with the sweeper only where `sweeper` is set: with several workers, one
+/// sweeps for all.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+    sweeper: bool,
+) -> std::io::Result<()> {
     let rt = state.runtime.load_full();
     let server_cfg = rt.config.server.clone();
-    let connections = Arc::new(tokio::sync::Semaphore::new(server_cfg.connections_max));
+    let connections = state.connections.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -82,7 +94,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let sweeper = {
+    let sweeper = sweeper.then(|| {
         let st = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
@@ -92,7 +104,7 @@ pub async fn serve(
                 st.sweep();
             }
         })
-    };
+    });
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -141,7 +153,9 @@ pub async fn serve(
     {
         tracing::warn!("shutdown grace period over with requests still in flight");
     }
-    sweeper.abort();
+    if let Some(s) = sweeper {
+        s.abort();
+    }
     Ok(())
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::buyers::BuyerClient;
 use crate::clock::Clock;
 use crate::config::{Config, SellerIdx};
 use crate::core::award::{PriceRanker, Ranker};
@@ -67,7 +66,9 @@ pub struct AppState {
     pub caps: CapBook,
     pub quotes: QuoteBook,
     pub breakers: BreakerBook,
-    pub client: BuyerClient,
+    /// Open connections across every worker, bounded by `server.connections_max` (taken
+    /// before `accept`).
+    pub connections: Arc<tokio::sync::Semaphore>,
     pub ledger: Ledger,
     pub metrics: Metrics,
     pub idempotency: IdempotencyStore,
@@ -88,7 +89,7 @@ impl AppState {
             caps: CapBook::new(config.buyers.len()),
             quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms),
             breakers: BreakerBook::new(config.buyers.len(), s.breaker),
-            client: BuyerClient::new(),
+            connections: Arc::new(tokio::sync::Semaphore::new(s.connections_max)),
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(config.sellers.len(), now),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),

@@ -89,6 +89,9 @@ struct RunArgs {
     /// Fixed latency of each healthy simulated buyer, ms.
     #[arg(long, default_value_t = 10.0)]
     buyer_latency_ms: f64,
+    /// Simulated buyers speak HTTP/2 (the exchange, relay and baseline then use it too).
+    #[arg(long)]
+    buyer_http2: bool,
     /// Per-buyer ping timeout T, ms.
     #[arg(long, default_value_t = 50)]
     timeout_ms: u64,
@@ -262,10 +265,12 @@ struct RigOpts<'a> {
     deadline_ms: u64,
     timeout_ms: u64,
     breaker_enabled: bool,
+    http2: bool,
     seed: u64,
 }
 
-async fn start_rig(o: RigOpts<'_>) -> anyhow::Result<Rig> {
+async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
+    o.specs = with_http2(std::mem::take(&mut o.specs), o.http2);
     let spec_path = o.out.join("sims.json");
     std::fs::write(&spec_path, serde_json::to_vec_pretty(&o.specs)?)?;
     let seed = o.seed.to_string();
@@ -384,6 +389,13 @@ fn healthy_specs(n: usize, latency_ms: f64) -> Vec<SimBuyerSpec> {
     (0..n)
         .map(|i| SimBuyerSpec::healthy(&format!("sim{i}"), Latency::Fixed { ms: latency_ms }))
         .collect()
+}
+
+fn with_http2(mut specs: Vec<SimBuyerSpec>, http2: bool) -> Vec<SimBuyerSpec> {
+    for s in &mut specs {
+        s.http2 = http2;
+    }
+    specs
 }
 
 fn plan(args: &RunArgs, rate: f64, measure_s: f64, mix: Mix) -> LoadPlan {
@@ -617,6 +629,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 deadline_ms,
                 timeout_ms: args.timeout_ms,
                 breaker_enabled: true,
+                http2: args.buyer_http2,
                 seed: args.seed,
             })
             .await?;
@@ -643,6 +656,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 deadline_ms,
                 timeout_ms: args.timeout_ms,
                 breaker_enabled: true,
+                http2: args.buyer_http2,
                 seed: args.seed,
             })
             .await?;
@@ -666,6 +680,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 deadline_ms,
                 timeout_ms: args.timeout_ms,
                 breaker_enabled: false,
+                http2: args.buyer_http2,
                 seed: args.seed,
             })
             .await?;
@@ -689,6 +704,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 deadline_ms,
                 timeout_ms: args.timeout_ms,
                 breaker_enabled: true,
+                http2: args.buyer_http2,
                 seed: args.seed,
             })
             .await?;
@@ -714,6 +730,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 deadline_ms,
                 timeout_ms: args.timeout_ms,
                 breaker_enabled: true,
+                http2: args.buyer_http2,
                 seed: args.seed,
             })
             .await?;
@@ -769,6 +786,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 deadline_ms,
                 timeout_ms: args.timeout_ms,
                 breaker_enabled: true,
+                http2: args.buyer_http2,
                 seed: args.seed,
             })
             .await?;

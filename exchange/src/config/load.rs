@@ -685,6 +685,7 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         COUNT_LIMIT,
         defaults::CONNECTIONS_MAX,
     );
+    let worker_threads = s.usize_or(p, "worker_threads", 0, 256, defaults::WORKER_THREADS);
     let shutdown_grace_ms = s.u64_or(
         p,
         "shutdown_grace_ms",
@@ -768,6 +769,7 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         header_read_timeout_ms,
         requests_in_flight_max,
         connections_max,
+        worker_threads,
         shutdown_grace_ms,
         quote_ttl_ms,
         quotes_open_max,

@@ -30,6 +30,8 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
     pub const CONNECTIONS_MAX: usize = 10_000;
+    /// 0: one worker thread per available core.
+    pub const WORKER_THREADS: usize = 0;
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     pub const QUOTE_TTL_MS: u64 = 60_000;
     pub const QUOTES_OPEN_MAX: usize = 1_000_000;
@@ -76,6 +78,9 @@ pub struct ServerConfig {
     pub requests_in_flight_max: usize,
     /// Connections beyond this wait in the kernel's accept queue.
     pub connections_max: usize,
+    /// Worker threads, each with its own event loop, listener (SO_REUSEPORT) and buyer
+    /// connection pools; 0 means one per available core.
+    pub worker_threads: usize,
     /// On shutdown, in-flight auctions get this long to finish.
     pub shutdown_grace_ms: u64,
     /// How long a quote (a `bid` answer) stays firm, unless the winning bid expires sooner.

@@ -136,6 +136,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             header_read_timeout_ms: defaults::HEADER_READ_TIMEOUT_MS,
             requests_in_flight_max: defaults::REQUESTS_IN_FLIGHT_MAX,
             connections_max: defaults::CONNECTIONS_MAX,
+            worker_threads: 1,
             shutdown_grace_ms: defaults::SHUTDOWN_GRACE_MS,
             quote_ttl_ms: defaults::QUOTE_TTL_MS,
             quotes_open_max: defaults::QUOTES_OPEN_MAX,
