@@ -118,7 +118,10 @@ fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&spec)
                 .with_context(|| format!("reading {}", spec.display()))?;
             let specs: Vec<SimBuyerSpec> = serde_json::from_str(&text).context("sim spec JSON")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // Two workers: at high rates the buyers must not be the bottleneck of the
+            // baseline they define.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(sim::run_fleet_process(specs, seed))
