@@ -85,38 +85,38 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = args.ledger {
         cfg.server.ledger_path = p;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let demo_cfg = cfg.clone();
+    let workers = app::worker_count(&cfg);
+    let server = app::start_threaded(cfg, Clock::system()).context("starting the exchange")?;
+    tracing::info!(addr = %server.addr, workers, "pingpost listening");
+    // The main thread only waits for a signal (and runs the demo's bidders and leads);
+    // the workers serve.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let addr = server.addr;
     runtime.block_on(async move {
-        let demo_cfg = cfg.clone();
-        let running = app::start(cfg, Clock::system())
-            .await
-            .context("starting the exchange")?;
-        tracing::info!(addr = %running.addr, "pingpost listening");
-        let demo_task = if args.demo {
-            Some(tokio::spawn(pingpost::demo::run(
-                running.addr,
+        if args.demo {
+            let demo = tokio::spawn(pingpost::demo::run(
+                addr,
                 demo_cfg,
                 args.demo_interval_ms,
                 args.demo_leads,
-            )))
-        } else {
-            None
-        };
-        let stop = async {
-            match demo_task {
-                Some(t) if args.demo_leads > 0 => {
-                    let _ = t.await;
+            ));
+            if args.demo_leads > 0 {
+                tokio::select! {
+                    _ = demo => {}
+                    _ = shutdown_signal() => {}
                 }
-                _ => shutdown_signal().await,
+                return;
             }
-        };
-        stop.await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        running.shutdown().await.context("server")?;
-        Ok(())
-    })
+        }
+        shutdown_signal().await;
+    });
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown().context("server")?;
+    drop(runtime);
+    Ok(())
 }
 
 async fn shutdown_signal() {
