@@ -105,7 +105,9 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
     targets: Vec<String>,
     /// Load-generator connections to the target.
-    #[arg(long, default_value_t = 64)]
+    /// 0 (the default) sizes it to the load: twice the auctions in flight at the
+    /// deadline (rate x deadline), at least 64, so the generator never queues.
+    #[arg(long, default_value_t = 0)]
     connections: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -411,7 +413,14 @@ fn plan(args: &RunArgs, rate: f64, measure_s: f64, mix: Mix) -> LoadPlan {
         request_timeout_ms: 5_000,
         mix,
         seed: args.seed,
-        connections: args.connections,
+        connections: if args.connections > 0 {
+            args.connections
+        } else {
+            // Every auction may last the whole deadline (hanging buyers): keep enough
+            // connections that the generator itself never becomes the queue.
+            let deadline_s = (args.timeout_ms + 20) as f64 / 1000.0;
+            ((rate * deadline_s * 2.0).ceil() as usize).clamp(64, 4096)
+        },
     }
 }
 
