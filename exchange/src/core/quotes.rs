@@ -31,8 +31,9 @@ use super::UnixMs;
 use crate::config::{SellerIdx, VerticalIdx};
 
 /// Finished entries remembered at most, unless [`QuoteBook::with_done_max`] says otherwise
-/// (bounds memory whatever `done_ttl_ms` is; matches the idempotency key limit).
-pub const DONE_ENTRIES_MAX_DEFAULT: usize = 1_000_000;
+/// (bounds memory whatever `done_ttl_ms` is: at 2,000 finished pings a second that is two
+/// minutes of them; a post of a forgotten ping gets `404`, and is never delivered).
+pub const DONE_ENTRIES_MAX_DEFAULT: usize = 250_000;
 /// Expiries taken from the heap per lock hold in [`QuoteBook::sweep`], so a large backlog
 /// never blocks `insert` for long.
 pub const SWEEP_CHUNK_MAX: usize = 4_096;
@@ -99,9 +100,10 @@ enum State {
     Open(Box<Quote>),
     /// The quote is with the caller.
     Posting,
-    /// Finished at `at` with this answer.
+    /// Finished at `at` with this answer; `None` is the expired answer, built when asked
+    /// (most finished entries are quotes that expired unposted: keep them small).
     Done {
-        answer: Box<PostAnswer>,
+        answer: Option<Box<PostAnswer>>,
         at: UnixMs,
     },
 }
@@ -194,14 +196,17 @@ impl QuoteBook {
             match std::mem::replace(&mut e.state, State::Posting) {
                 State::Posting => (BeginPost::InFlight, false),
                 State::Done { answer, at } => {
-                    let again = (*answer).clone();
+                    let again = answer
+                        .as_deref()
+                        .cloned()
+                        .unwrap_or_else(|| expired_answer(ping_id));
                     e.state = State::Done { answer, at };
                     (BeginPost::Done(again), false)
                 }
                 State::Open(mut q) if now >= q.expires_at => {
                     let reservation = q.reservation.take();
                     e.state = State::Done {
-                        answer: Box::new(expired_answer(ping_id)),
+                        answer: None,
                         at: now,
                     };
                     (BeginPost::Expired(reservation), true)
@@ -223,7 +228,7 @@ impl QuoteBook {
         let finished = match self.entries.get_mut(ping_id) {
             Some(mut e) if matches!(e.state, State::Posting) => {
                 e.state = State::Done {
-                    answer: Box::new(answer),
+                    answer: Some(Box::new(answer)),
                     at: now,
                 };
                 true
@@ -290,7 +295,7 @@ impl QuoteBook {
                 }
                 reservations.extend(q.reservation.take());
                 e.state = State::Done {
-                    answer: Box::new(expired_answer(&id)),
+                    answer: None,
                     at: now,
                 };
                 drop(e);
