@@ -113,7 +113,15 @@ struct RunArgs {
     seed: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One clear line, not a backtrace, and a non-zero exit.
+    if let Err(e) = real_main() {
+        eprintln!("loadtest: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Sims { spec, seed } => {
@@ -629,21 +637,28 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     let mut report = new_report(&name);
     let n = args.buyers.max(1);
     let deadline_ms = args.timeout_ms + 20;
+    let rig_opts = |specs: Vec<SimBuyerSpec>,
+                    want_exchange: bool,
+                    want_relay: bool,
+                    breaker_enabled: bool| RigOpts {
+        specs,
+        out: &out,
+        exchange_bin: &exchange_bin,
+        want_exchange,
+        want_relay,
+        deadline_ms,
+        timeout_ms: args.timeout_ms,
+        breaker_enabled,
+        http2: args.buyer_http2,
+        seed: args.seed,
+    };
+    // What ran is reported even when a later step fails: a partial run still shows what
+    // it measured.
+    let outcome: anyhow::Result<()> = async {
     match args.scenario {
         Scenario::P1Latency => {
             let rate = args.rate.unwrap_or(2000.0);
-            let rig = start_rig(RigOpts {
-                specs: healthy_specs(n, args.buyer_latency_ms),
-                out: &out,
-                exchange_bin: &exchange_bin,
-                want_exchange,
-                want_relay,
-                deadline_ms,
-                timeout_ms: args.timeout_ms,
-                breaker_enabled: true,
-                http2: args.buyer_http2,
-                seed: args.seed,
-            })
+            let rig = start_rig(rig_opts(healthy_specs(n, args.buyer_latency_ms), want_exchange, want_relay, true))
             .await?;
             let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
             let r = compare_targets(&rig, &args, &p, n, &mut report).await;
@@ -659,18 +674,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 .rates
                 .clone()
                 .unwrap_or_else(|| vec![1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0]);
-            let rig = start_rig(RigOpts {
-                specs: healthy_specs(n, args.buyer_latency_ms),
-                out: &out,
-                exchange_bin: &exchange_bin,
-                want_exchange,
-                want_relay,
-                deadline_ms,
-                timeout_ms: args.timeout_ms,
-                breaker_enabled: true,
-                http2: args.buyer_http2,
-                seed: args.seed,
-            })
+            let rig = start_rig(rig_opts(healthy_specs(n, args.buyer_latency_ms), want_exchange, want_relay, true))
             .await?;
             let result = sweep(&rig, &args, &rates, n, &mut report).await;
             rig.stop();
@@ -683,18 +687,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
                 s.hang_fraction = 1.0;
                 s.name = format!("{}-hang", s.name);
             }
-            let rig = start_rig(RigOpts {
-                specs,
-                out: &out,
-                exchange_bin: &exchange_bin,
-                want_exchange,
-                want_relay,
-                deadline_ms,
-                timeout_ms: args.timeout_ms,
-                breaker_enabled: false,
-                http2: args.buyer_http2,
-                seed: args.seed,
-            })
+            let rig = start_rig(rig_opts(specs, want_exchange, want_relay, false))
             .await?;
             let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
             let r = compare_targets(&rig, &args, &p, n, &mut report).await;
@@ -707,18 +700,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             let rate = args.rate.unwrap_or(2000.0);
             // First the healthy buyers alone, then with one that always times out.
             let healthy = healthy_specs(n.saturating_sub(1).max(1), args.buyer_latency_ms);
-            let rig = start_rig(RigOpts {
-                specs: healthy.clone(),
-                out: &out,
-                exchange_bin: &exchange_bin,
-                want_exchange: true,
-                want_relay: false,
-                deadline_ms,
-                timeout_ms: args.timeout_ms,
-                breaker_enabled: true,
-                http2: args.buyer_http2,
-                seed: args.seed,
-            })
+            let rig = start_rig(rig_opts(healthy.clone(), true, false, true))
             .await?;
             let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
             let before = measure(&rig, "exchange", &p).await;
@@ -733,18 +715,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             );
             bad.hang_fraction = 1.0;
             with_failing.push(bad);
-            let rig = start_rig(RigOpts {
-                specs: with_failing,
-                out: &out,
-                exchange_bin: &exchange_bin,
-                want_exchange: true,
-                want_relay: false,
-                deadline_ms,
-                timeout_ms: args.timeout_ms,
-                breaker_enabled: true,
-                http2: args.buyer_http2,
-                seed: args.seed,
-            })
+            let rig = start_rig(rig_opts(with_failing, true, false, true))
             .await?;
             let failing_port = rig.buyers.last().map(|b| b.addr.port()).unwrap_or(0);
             let after = measure(&rig, "exchange", &p).await;
@@ -789,18 +760,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         Scenario::Soak => {
             let rate = args.rate.unwrap_or(2000.0);
             let secs = args.duration_s.unwrap_or(600.0);
-            let rig = start_rig(RigOpts {
-                specs: healthy_specs(n, args.buyer_latency_ms),
-                out: &out,
-                exchange_bin: &exchange_bin,
-                want_exchange: true,
-                want_relay: false,
-                deadline_ms,
-                timeout_ms: args.timeout_ms,
-                breaker_enabled: true,
-                http2: args.buyer_http2,
-                seed: args.seed,
-            })
+            let rig = start_rig(rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true))
             .await?;
             let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
             let p = plan(
@@ -849,6 +809,12 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             report.proc_samples = samples;
         }
     }
+    Ok(())
+    }
+    .await;
+    if let Err(e) = &outcome {
+        report.notes.push(format!("the run stopped early: {e:#}"));
+    }
     let mut stdout = std::io::stdout();
     report::print_table(&report, &mut stdout)?;
     let json = out.join("report.json");
@@ -856,6 +822,25 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     report::write_json(&report, &json)?;
     report::write_svg(&report, &svg)?;
     println!("\nwrote {} and {}", json.display(), svg.display());
+    outcome?;
+    // A target that answers errors is a failed measurement, whatever the latency.
+    // (The sweep's saturated rates are expected to fail and are left out.)
+    let failing: Vec<String> = report
+        .targets
+        .iter()
+        .filter(|t| !t.label.contains(" @ "))
+        .filter_map(|t| {
+            let errors = t.errors_total();
+            let done = t.latency.count.max(1);
+            (errors * 100 > done).then(|| format!("{} ({errors} errors: {:?})", t.label, t.errors))
+        })
+        .collect();
+    if !failing.is_empty() {
+        bail!(
+            "targets answered errors on more than 1% of requests: {}",
+            failing.join("; ")
+        );
+    }
     Ok(())
 }
 
