@@ -10,6 +10,7 @@
 //! in a background drain (bounded), so an HTTP/1.1 connection is not thrown away for
 //! being late.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +96,39 @@ enum Slot {
 
 fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A buyer ping serialized once, split around its `tmax_ms` value: the only field that
+/// differs between the buyers of one auction.
+#[derive(Debug)]
+struct PingTemplate {
+    json: Vec<u8>,
+    /// Where the placeholder `0` of `"tmax_ms":0` sits in `json`.
+    tmax_at: Option<usize>,
+}
+
+impl PingTemplate {
+    const KEY: &'static [u8] = b"\"tmax_ms\":0";
+
+    fn new(msg: &BuyerPing<'_>) -> PingTemplate {
+        let json = serde_json::to_vec(msg).unwrap_or_default();
+        // Keys are never inside string values unescaped, so the last match is the field.
+        let tmax_at = json
+            .windows(Self::KEY.len())
+            .rposition(|w| w == Self::KEY)
+            .map(|i| i + Self::KEY.len() - 1);
+        PingTemplate { json, tmax_at }
+    }
+
+    /// The body with `tmax_ms` set; `None` if the message could not be serialized.
+    fn body(&self, tmax_ms: u64) -> Option<Vec<u8>> {
+        let at = self.tmax_at?;
+        let mut out = Vec::with_capacity(self.json.len() + 8);
+        out.extend_from_slice(&self.json[..at]);
+        let _ = write!(out, "{tmax_ms}");
+        out.extend_from_slice(&self.json[at + 1..]);
+        Some(out)
+    }
 }
 
 /// One auction's inputs.
@@ -195,6 +229,15 @@ pub async fn run_auction(
     let mut bids: Vec<Bid> = Vec::with_capacity(to_ping.len() + elig.fixed.len());
     let mut slots: Vec<(BuyerIdx, Slot)> = Vec::with_capacity(to_ping.len());
     let mut futs = FuturesUnordered::new();
+    // The lead is serialized once per auction; each buyer's body differs only in tmax_ms.
+    let ping_template = PingTemplate::new(&BuyerPing {
+        auction_id: &auction_id,
+        vertical: &vertical.name,
+        lead: lead.json(schema),
+        score,
+        tmax_ms: 0,
+        test: req.test,
+    });
     for &b in &to_ping {
         let buyer = &cfg.buyers[b];
         let bound = collect_until.min(now + Duration::from_millis(buyer.ping_timeout_ms));
@@ -211,15 +254,7 @@ pub async fn run_auction(
             });
             continue;
         }
-        let msg = BuyerPing {
-            auction_id: &auction_id,
-            vertical: &vertical.name,
-            lead: lead.json(schema),
-            score,
-            tmax_ms,
-            test: req.test,
-        };
-        let Ok(body) = serde_json::to_vec(&msg) else {
+        let Some(body) = ping_template.body(tmax_ms) else {
             continue;
         };
         slots.push((b, Slot::Waiting { deadline: bound }));
@@ -714,5 +749,46 @@ async fn log_attempt(
     };
     if let Err(e) = state.ledger.append(&rec).await {
         tracing::error!(error = %e, "ledger append failed for a post attempt");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema};
+
+    #[test]
+    fn the_ping_template_is_the_serialized_ping_for_every_tmax() {
+        let schema = VerticalSchema {
+            fields: vec![FieldSpec {
+                name: "note".into(),
+                kind: FieldKind::String {
+                    len_max: 64,
+                    pattern: None,
+                },
+                required: true,
+                ping: true,
+                pii: false,
+            }],
+        };
+        // A lead value that spells the key itself must not fool the template.
+        let mut raw = br#"{"note":"\"tmax_ms\":0, tricky"}"#.to_vec();
+        let value = simd_json::to_owned_value(&mut raw).unwrap();
+        let lead = schema.validate(&value, LeadMode::Ping, "lead").unwrap();
+        let msg = |tmax_ms| BuyerPing {
+            auction_id: "au_1",
+            vertical: "v",
+            lead: lead.json(&schema),
+            score: Some(7),
+            tmax_ms,
+            test: true,
+        };
+        let template = PingTemplate::new(&msg(0));
+        for tmax in [0, 1, 9, 10, 149, 60_000] {
+            assert_eq!(
+                template.body(tmax).unwrap(),
+                serde_json::to_vec(&msg(tmax)).unwrap()
+            );
+        }
     }
 }

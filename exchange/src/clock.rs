@@ -47,6 +47,6 @@ impl Clock {
 /// RFC 3339 UTC with seconds, as the contract writes times.
 pub fn rfc3339(unix_ms: UnixMs) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
