@@ -46,7 +46,6 @@ pub mod defaults {
     pub const BREAKER_FAILURES: u32 = 5;
     pub const BREAKER_OPEN_MS: u64 = 5_000;
     pub const BREAKER_PROBE_INTERVAL_MS: u64 = 1_000;
-    pub const BUYER_CONNECTIONS_IDLE_MAX: usize = 256;
     pub const POST_ATTEMPTS_MAX: usize = 5;
     pub const CURRENCY: &str = "USD";
 }
