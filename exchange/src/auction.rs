@@ -229,6 +229,7 @@ pub async fn run_auction(
     let mut bids: Vec<Bid> = Vec::with_capacity(to_ping.len() + elig.fixed.len());
     let mut slots: Vec<(BuyerIdx, Slot)> = Vec::with_capacity(to_ping.len());
     let mut futs = FuturesUnordered::new();
+    let client = BuyerClient::local();
     // The lead is serialized once per auction; each buyer's body differs only in tmax_ms.
     let ping_template = PingTemplate::new(&BuyerPing {
         auction_id: &auction_id,
@@ -258,7 +259,7 @@ pub async fn run_auction(
             continue;
         };
         slots.push((b, Slot::Waiting { deadline: bound }));
-        let client = BuyerClient::local();
+        let client = client.clone();
         let rt2 = rt.clone();
         let msg_id = format!("{auction_id}.{b}");
         futs.push(async move {

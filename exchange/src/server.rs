@@ -501,6 +501,20 @@ fn check_vertical(rt: &Runtime, seller: SellerIdx, vertical: &str) -> Result<usi
     }
 }
 
+/// Parses a ping (`LeadMode::Ping`) or direct post (`LeadMode::Full`) body and checks
+/// that the seller may sell in its vertical.
+fn parse_seller_lead(
+    rt: &Runtime,
+    seller: SellerIdx,
+    buf: &mut [u8],
+    mode: LeadMode,
+) -> Result<(proto::seller::PingRequest, usize), ApiError> {
+    let cfg = &rt.config;
+    let req = parse_ping(buf, mode, |v| cfg.vertical(v).map(|(_, x)| &x.schema))?;
+    let vertical = check_vertical(rt, seller, &req.vertical)?;
+    Ok((req, vertical))
+}
+
 async fn ping(
     state: &Arc<AppState>,
     rt: &Arc<Runtime>,
@@ -509,10 +523,7 @@ async fn ping(
     arrival: Instant,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
-    let req = parse_ping(buf, LeadMode::Ping, |v| {
-        cfg.vertical(v).map(|(_, x)| &x.schema)
-    })?;
-    let vertical = check_vertical(rt, seller, &req.vertical)?;
+    let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Ping)?;
     if state.quotes.open_count() >= cfg.server.quotes_open_max {
         return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
     }
@@ -592,10 +603,7 @@ async fn direct_post(
     arrival: Instant,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
-    let req = parse_ping(buf, LeadMode::Full, |v| {
-        cfg.vertical(v).map(|(_, x)| &x.schema)
-    })?;
-    let vertical = check_vertical(rt, seller, &req.vertical)?;
+    let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Full)?;
     let schema = &cfg.verticals[vertical].schema;
     let projection = req.lead.ping_projection(schema);
     let result = run_auction(
