@@ -10,7 +10,7 @@ pub mod auction;
 pub mod buyers;
 pub mod clock;
 pub mod config;
-pub mod core;
+pub use pingpost_core as core;
 pub mod demo;
 pub mod idempotency;
 pub mod ledger;

@@ -164,7 +164,7 @@ fn zip_ok(buyer: &Buyer, zip: Option<&str>) -> bool {
 mod tests {
     use super::*;
     use crate::config::{Caps, MinuteRange, WeeklySchedule};
-    use crate::core::testutil::{buyer, config, config_with, lead, utc_ms};
+    use crate::testutil::{buyer, config, config_with, lead, utc_ms};
     use proto::Micros;
 
     fn run(cfg: &Config, json: &str, score: Option<u8>, now: UnixMs) -> Eligibility {

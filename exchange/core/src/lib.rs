@@ -23,6 +23,7 @@
 pub mod award;
 pub mod breaker;
 pub mod caps;
+pub mod config;
 pub mod eligibility;
 pub mod quotes;
 pub mod schedule;

@@ -242,7 +242,7 @@ mod tests {
 #[cfg(test)]
 mod disabled_tests {
     use super::*;
-    use crate::core::testutil::breaker_cfg;
+    use crate::testutil::breaker_cfg;
 
     #[test]
     fn a_disabled_breaker_admits_every_ping() {

@@ -44,7 +44,7 @@ pub fn is_open(schedule: Option<&WeeklySchedule>, tz: Tz, now: UnixMs) -> bool {
 mod tests {
     use super::*;
     use crate::config::MinuteRange;
-    use crate::core::testutil::utc_ms;
+    use crate::testutil::utc_ms;
 
     fn week(day: usize, start: u16, end: u16) -> WeeklySchedule {
         let mut days: [Vec<MinuteRange>; 7] = Default::default();

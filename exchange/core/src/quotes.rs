@@ -363,8 +363,8 @@ impl QuoteBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::caps::CapBook;
-    use crate::core::testutil::{buyer, lead};
+    use crate::caps::CapBook;
+    use crate::testutil::{buyer, lead};
 
     const T0: UnixMs = 1_700_000_000_000;
     const TTL: UnixMs = 60_000;

@@ -419,7 +419,7 @@ impl CapBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::testutil::{buyer, utc_ms};
+    use crate::testutil::{buyer, utc_ms};
     use proptest::prelude::*;
 
     const HOUR_MS: i64 = 3_600_000;

@@ -1,0 +1,226 @@
+//! Configuration: the validated model the exchange runs on. The exchange's `config::load`
+//! turns a TOML document into it, reporting every error at once with its key path.
+//!
+//! Architecture invariant: a `Config` value is always valid. Buyers, sellers and verticals
+//! are addressed by index (`BuyerIdx`, ...) into the vectors here; indices are stable for
+//! the life of one `Config`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use proto::{Micros, VerticalSchema};
+
+/// Index of a buyer in `Config::buyers`.
+pub type BuyerIdx = usize;
+/// Index of a vertical in `Config::verticals`.
+pub type VerticalIdx = usize;
+/// Index of a seller in `Config::sellers`.
+pub type SellerIdx = usize;
+
+/// Defaults, each a named constant with its unit.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const BODY_BYTES_MAX: usize = 64 * 1024;
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+    pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
+    pub const CONNECTIONS_MAX: usize = 10_000;
+    /// 0: one worker thread per available core.
+    pub const WORKER_THREADS: usize = 0;
+    pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    pub const QUOTE_TTL_MS: u64 = 60_000;
+    pub const QUOTES_OPEN_MAX: usize = 1_000_000;
+    pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+    pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
+    pub const LEDGER_PATH: &str = "pingpost-ledger.jsonl";
+    pub const AUCTION_DEADLINE_MS: u64 = 150;
+    pub const RESPONSE_RESERVE_MS: u64 = 2;
+    pub const PING_TIMEOUT_MS: u64 = 100;
+    pub const POST_TIMEOUT_MS: u64 = 2_000;
+    pub const BUYERS_PER_AUCTION_MAX: usize = 64;
+    pub const BREAKER_FAILURES: u32 = 5;
+    pub const BREAKER_OPEN_MS: u64 = 5_000;
+    pub const BREAKER_PROBE_INTERVAL_MS: u64 = 1_000;
+    pub const POST_ATTEMPTS_MAX: usize = 5;
+    pub const CURRENCY: &str = "USD";
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub verticals: Vec<Vertical>,
+    pub sellers: Vec<Seller>,
+    pub buyers: Vec<Buyer>,
+    /// Vertical name to index.
+    pub vertical_by_name: HashMap<String, VerticalIdx>,
+    /// SHA-256 of a seller key to the seller.
+    pub seller_by_key_sha256: HashMap<[u8; 32], SellerIdx>,
+    /// For each vertical, the buyers that take it, ascending (the eligibility index).
+    pub buyers_by_vertical: Vec<Vec<BuyerIdx>>,
+}
+
+/// `[server]`: where and how the exchange listens, and its limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Bodies larger than this are refused with 413 before they are read.
+    pub body_bytes_max: usize,
+    /// A client must send its request head within this time (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Past this many requests in flight the exchange answers 503 instead of queueing.
+    pub requests_in_flight_max: usize,
+    /// Connections beyond this wait in the kernel's accept queue.
+    pub connections_max: usize,
+    /// Worker threads, each with its own event loop, listener (SO_REUSEPORT) and buyer
+    /// connection pools; 0 means one per available core.
+    pub worker_threads: usize,
+    /// On shutdown, in-flight auctions get this long to finish.
+    pub shutdown_grace_ms: u64,
+    /// How long a quote (a `bid` answer) stays firm, unless the winning bid expires sooner.
+    pub quote_ttl_ms: u64,
+    /// Most quotes held at once; past it pings are answered 503.
+    pub quotes_open_max: usize,
+    /// How long an `Idempotency-Key` and a finished post are remembered.
+    pub idempotency_ttl_ms: u64,
+    pub idempotency_keys_max: usize,
+    /// The append-only ledger file (one JSON line per event).
+    pub ledger_path: std::path::PathBuf,
+    /// Most buyers pinged in one auction (the fan-out limit).
+    pub buyers_per_auction_max: usize,
+    /// Time kept back from the auction deadline to answer the seller.
+    pub response_reserve_ms: u64,
+    /// Buyers tried at most per post (winner plus fallbacks).
+    pub post_attempts_max: usize,
+    pub breaker: BreakerConfig,
+}
+
+/// `[server.breaker]`: when to stop pinging a failing buyer and how to probe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Off only for measurements that must see every ping of a failing buyer (P3).
+    pub enabled: bool,
+    /// Consecutive timeouts or errors that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker skips the buyer before probing.
+    pub open_ms: u64,
+    /// While open, one probe ping is let through at most this often.
+    pub probe_interval_ms: u64,
+}
+
+/// `[verticals.NAME]`: a lead type with its field schema.
+#[derive(Debug, Clone)]
+pub struct Vertical {
+    pub name: String,
+    pub currency: String,
+    /// The whole auction, from request arrival to answer.
+    pub auction_deadline_ms: u64,
+    /// No bid below this (after margin) is ever quoted.
+    pub floor: Micros,
+    pub schema: VerticalSchema,
+}
+
+/// How the exchange takes its margin from a winning bid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayoutModel {
+    /// The seller gets `share_bp` basis points of the bid (8000 = 80 %).
+    RevenueShare { share_bp: u32 },
+    /// The seller gets the bid less a fixed amount.
+    FixedMargin { margin: Micros },
+}
+
+impl PayoutModel {
+    /// What the seller is paid for a bid of `bid`.
+    pub fn seller_price(self, bid: Micros) -> Micros {
+        match self {
+            PayoutModel::RevenueShare { share_bp } => bid.share_bp(share_bp),
+            PayoutModel::FixedMargin { margin } => bid.saturating_sub(margin),
+        }
+    }
+}
+
+/// `[sellers.ID]`: a lead source.
+#[derive(Debug, Clone)]
+pub struct Seller {
+    pub id: String,
+    pub name: String,
+    /// SHA-256 of the bearer key; the key itself is never stored.
+    pub key_sha256: [u8; 32],
+    /// Verticals this seller may sell in (indices).
+    pub verticals: Vec<VerticalIdx>,
+    pub payout: PayoutModel,
+    /// The least this seller takes for any lead (after margin), on top of `min_price`.
+    pub reserve: Option<Micros>,
+    /// Requests per second allowed (token bucket, burst of one second); `None` is unlimited.
+    pub rate_per_s: Option<u32>,
+}
+
+/// Whether the buyer's endpoints speak HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 (prior knowledge for `http://`).
+    Http2,
+}
+
+/// `[buyers.ID]`: a lead buyer.
+#[derive(Debug, Clone)]
+pub struct Buyer {
+    pub id: String,
+    /// Display name, returned to the seller on `sold`.
+    pub name: String,
+    /// `None` for a fixed-price buyer (never pinged).
+    pub ping_url: Option<String>,
+    pub post_url: String,
+    pub http: HttpVersion,
+    /// Name of the environment variable that held the signing secret.
+    pub secret_env: String,
+    pub secret: proto::signing::Secret,
+    pub ping_timeout_ms: u64,
+    pub post_timeout_ms: u64,
+    pub verticals: Vec<VerticalIdx>,
+    /// Empty means every state.
+    pub states_include: Vec<String>,
+    pub states_exclude: Vec<String>,
+    /// ZIP prefixes (1 to 5 digits) the buyer takes; empty means every ZIP.
+    pub zip_prefixes: Vec<String>,
+    pub timezone: chrono_tz::Tz,
+    /// `None` means always open.
+    pub schedule: Option<WeeklySchedule>,
+    /// Leads scoring below this are not offered (when a score exists).
+    pub score_floor: Option<u8>,
+    pub caps: Caps,
+    /// A buyer that takes posts at this price without a ping.
+    pub fixed_price: Option<Micros>,
+}
+
+/// Lead caps and budget, counted in the buyer's own time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caps {
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+    /// Most money spent per local day.
+    pub budget_daily: Option<Micros>,
+}
+
+/// Open hours per weekday, in the buyer's time zone. Index 0 is Monday.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeeklySchedule {
+    pub days: [Vec<MinuteRange>; 7],
+}
+
+/// `[start, end)` in minutes after local midnight; `end` may be 1440.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl Config {
+    pub fn vertical(&self, name: &str) -> Option<(VerticalIdx, &Vertical)> {
+        let idx = *self.vertical_by_name.get(name)?;
+        Some((idx, &self.verticals[idx]))
+    }
+}
