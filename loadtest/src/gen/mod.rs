@@ -54,7 +54,7 @@
 //! # Layout
 //! - `plan`: what a run is asked to do ([`LoadPlan`], [`Target`], [`Mix`], [`GenError`]).
 //! - `schedule`: planned send times and the call mix.
-//! - `run`: the open-loop scheduler loop ([`run`], [`run_with`]).
+//! - `run`: the open-loop scheduler loop ([`run()`], [`run_with`]).
 //! - `target`: the loopback check, the HTTP client and the calls to each kind of target.
 //! - `leads`: the seeded leads and the request bodies built from them.
 //! - `record`: histograms, counts, timeline and the [`RunResult`].
