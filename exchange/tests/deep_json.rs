@@ -29,6 +29,8 @@ fn deep_seller_body(extra: &str) -> Vec<u8> {
 }
 
 /// A buyer answering every request `200 application/json` with a bid 30,000 levels deep.
+/// (A helper failing is the test failing, hence `expect`.)
+#[allow(clippy::expect_used)]
 async fn deep_buyer() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");

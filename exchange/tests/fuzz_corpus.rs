@@ -15,7 +15,10 @@ use proto::json::{BUYER_ANSWER_DEPTH_MAX, SELLER_BODY_DEPTH_MAX};
 use proto::seller::{parse_ping, PostEnvelope};
 use proto::{ErrorCode, LeadMode};
 
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+/// A fuzz target's body.
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 4] = [
     ("seller_request", harness::seller_request),
     ("buyer_answer", harness::buyer_answer),
     ("config_load", harness::config_load),
@@ -29,7 +32,7 @@ fn files(dir: &str, target: &str) -> Vec<PathBuf> {
         .join(target);
     let mut out: Vec<PathBuf> = std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .map(|e| e.unwrap().path())
+        .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
         .collect();
     out.sort();

@@ -196,7 +196,11 @@ pub fn config_load(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let env = |name: &str| (name.len() % 2 == 0).then(|| format!("secret-{name}"));
+    let env = |name: &str| {
+        name.len()
+            .is_multiple_of(2)
+            .then(|| format!("secret-{name}"))
+    };
     match pingpost::config::load_str_with_env(text, &env) {
         Ok(cfg) => {
             // A loaded config is usable: every vertical is found by its own name.
