@@ -253,14 +253,14 @@ fn decode(
             )
             .map_err(Refusal::Unauthorized)?;
     }
-    let malformed = |e: simd_json::Error| Refusal::Malformed(e.to_string());
+    // Both parsers refuse nesting deeper than proto's EXCHANGE_MESSAGE_DEPTH_MAX first.
     match endpoint {
-        Endpoint::Ping => simd_json::serde::from_slice::<PingMessage>(&mut body)
+        Endpoint::Ping => PingMessage::from_json(&mut body)
             .map(Message::Ping)
-            .map_err(malformed),
-        Endpoint::Post => simd_json::serde::from_slice::<PostMessage>(&mut body)
+            .map_err(Refusal::Malformed),
+        Endpoint::Post => PostMessage::from_json(&mut body)
             .map(Message::Post)
-            .map_err(malformed),
+            .map_err(Refusal::Malformed),
     }
 }
 
@@ -717,6 +717,49 @@ mod tests {
             now,
         );
         assert!(matches!(r, Err(Refusal::Malformed(_))), "{r:?}");
+    }
+
+    #[test]
+    fn too_deep_messages_are_malformed() {
+        let o = options();
+        let now = 1_700_000_000;
+        for endpoint in [Endpoint::Ping, Endpoint::Post] {
+            let body = format!(
+                r#"{{"auction_id":"au_1","vertical":"v","price":1,"tmax_ms":1,"lead":{{"x":{}{}}}}}"#,
+                "[".repeat(30_000),
+                "]".repeat(30_000)
+            );
+            let r = decode(
+                &o,
+                endpoint,
+                &signed(&o, body.as_bytes(), now),
+                body.into(),
+                now,
+            );
+            assert_eq!(
+                r.unwrap_err(),
+                Refusal::Malformed("body: JSON nested deeper than 64 levels".into())
+            );
+        }
+    }
+
+    #[test]
+    fn extreme_timestamp_headers_are_refused() {
+        let o = options();
+        let now = 1_700_000_000;
+        for ts in [i64::MIN, i64::MAX] {
+            let r = decode(
+                &o,
+                Endpoint::Ping,
+                &signed(&o, PING.as_bytes(), ts),
+                PING.into(),
+                now,
+            );
+            assert_eq!(
+                r.unwrap_err(),
+                Refusal::Unauthorized(SignatureError::TimestampOutOfTolerance)
+            );
+        }
     }
 
     #[test]

@@ -7,9 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use simd_json::{OwnedValue, StaticNode};
 
+use crate::json::{check_depth, BUYER_ANSWER_DEPTH_MAX, EXCHANGE_MESSAGE_DEPTH_MAX};
 use crate::lead::LeadJson;
 use crate::money::Micros;
 
@@ -70,6 +72,28 @@ pub struct PostMessage {
     pub consent: BTreeMap<String, String>,
     #[serde(default)]
     pub test: bool,
+}
+
+/// Parses a message from the exchange (buyer side), refusing nesting deeper than
+/// [`EXCHANGE_MESSAGE_DEPTH_MAX`] before the (recursive) deserializer runs.
+fn parse_message<T: DeserializeOwned>(buf: &mut [u8]) -> Result<T, String> {
+    check_depth(buf, EXCHANGE_MESSAGE_DEPTH_MAX).map_err(|e| format!("body: {e}"))?;
+    simd_json::serde::from_slice(buf).map_err(|e| e.to_string())
+}
+
+impl PingMessage {
+    /// Parses a ping as a buyer receives it (the buffer is used as scratch). The error
+    /// says what is wrong, for a `400`.
+    pub fn from_json(buf: &mut [u8]) -> Result<PingMessage, String> {
+        parse_message(buf)
+    }
+}
+
+impl PostMessage {
+    /// Parses a post as the winning buyer receives it (the buffer is used as scratch).
+    pub fn from_json(buf: &mut [u8]) -> Result<PostMessage, String> {
+        parse_message(buf)
+    }
 }
 
 /// A buyer's answer to a ping, as the buyer writes it.
@@ -162,6 +186,9 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
     if !is_json(content_type) {
         return BidOutcome::Invalid("content_type");
     }
+    if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
+        return BidOutcome::Invalid("too_deep");
+    }
     let Ok(OwnedValue::Object(obj)) = simd_json::to_owned_value(body) else {
         return BidOutcome::Invalid("malformed");
     };
@@ -203,6 +230,9 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
     }
     if !is_json(content_type) {
         return PostOutcome::Invalid("content_type");
+    }
+    if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
+        return PostOutcome::Invalid("too_deep");
     }
     let Ok(OwnedValue::Object(obj)) = simd_json::to_owned_value(body) else {
         return PostOutcome::Invalid("malformed");
@@ -267,6 +297,86 @@ mod tests {
             bid(200, JSON, r#"{"price":1}"#),
             BidOutcome::Invalid("no_bid_field")
         );
+    }
+
+    fn deep_answer(key: &str, depth: usize) -> Vec<u8> {
+        // `depth` levels in all: the answer object and `depth - 1` arrays under `key`.
+        format!(
+            r#"{{"{key}":{}1{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn too_deep_answers_are_invalid() {
+        for depth in [33, 30_000] {
+            assert_eq!(
+                parse_bid_answer(200, JSON, &mut deep_answer("x", depth)),
+                BidOutcome::Invalid("too_deep")
+            );
+            assert_eq!(
+                parse_post_answer(200, JSON, &mut deep_answer("x", depth)),
+                PostOutcome::Invalid("too_deep")
+            );
+        }
+        let mut raw = "[".repeat(30_000).into_bytes();
+        assert_eq!(
+            parse_bid_answer(200, JSON, &mut raw),
+            BidOutcome::Invalid("too_deep")
+        );
+        // At the limit the answer is read as usual (here: no usable field).
+        assert_eq!(
+            parse_bid_answer(200, JSON, &mut deep_answer("x", 32)),
+            BidOutcome::Invalid("no_bid_field")
+        );
+        assert_eq!(
+            parse_post_answer(200, JSON, &mut deep_answer("x", 32)),
+            PostOutcome::Invalid("no_accepted_field")
+        );
+        // Brackets inside a string are not nesting.
+        let mut b = format!(r#"{{"no_bid":"{}"}}"#, "[".repeat(100)).into_bytes();
+        assert!(matches!(
+            parse_bid_answer(200, JSON, &mut b),
+            BidOutcome::NoBid { .. }
+        ));
+        // 204 has no body to read.
+        assert_eq!(
+            parse_bid_answer(204, None, &mut "[".repeat(30_000).into_bytes()),
+            BidOutcome::NoBid { reason: None }
+        );
+    }
+
+    #[test]
+    fn messages_from_the_exchange() {
+        let mut ping = br#"{"auction_id":"au_1","vertical":"auto","lead":{"state":"TX","x":[[1]]},"score":7,"tmax_ms":150}"#.to_vec();
+        let m = PingMessage::from_json(&mut ping).unwrap();
+        assert_eq!(m.auction_id, "au_1");
+        assert_eq!(m.tmax_ms, 150);
+        let mut post = br#"{"auction_id":"au_1","price":18.0,"lead":{"state":"TX"}}"#.to_vec();
+        assert_eq!(
+            PostMessage::from_json(&mut post).unwrap().price,
+            Micros(18_000_000)
+        );
+        // 64 levels in all: the message, `lead`, and 62 arrays in one field.
+        let at = |depth: usize| {
+            format!(
+                r#"{{"auction_id":"au_1","vertical":"v","price":1,"tmax_ms":1,"lead":{{"x":{}1{}}}}}"#,
+                "[".repeat(depth - 2),
+                "]".repeat(depth - 2)
+            )
+            .into_bytes()
+        };
+        assert!(PingMessage::from_json(&mut at(64)).is_ok());
+        assert!(PostMessage::from_json(&mut at(64)).is_ok());
+        for depth in [65, 30_000] {
+            let e = PingMessage::from_json(&mut at(depth)).unwrap_err();
+            assert_eq!(e, "body: JSON nested deeper than 64 levels");
+            let e = PostMessage::from_json(&mut at(depth)).unwrap_err();
+            assert_eq!(e, "body: JSON nested deeper than 64 levels");
+        }
+        assert!(PingMessage::from_json(&mut b"{".to_vec()).is_err());
     }
 
     #[test]

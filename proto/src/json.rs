@@ -13,8 +13,75 @@ pub const STRING_MAP_ENTRIES_MAX: usize = 32;
 /// Longest key or value in a string map.
 pub const STRING_MAP_VALUE_LEN_MAX: usize = 2048;
 
-/// Parses bytes as JSON; a syntax error is `invalid_request`. The buffer is used as scratch.
+/// Deepest nesting of arrays and objects accepted in a seller's body (`/v1/ping`,
+/// `/v1/post`, `/v1/leads`), the top-level object counting as level 1. Checked by
+/// [`check_depth`] before any parser runs: simd-json and serde build and drop values
+/// recursively, so a 60 KB body of `[` would otherwise overflow a worker's stack and
+/// abort the process. A real body is 2 or 3 levels deep.
+pub const SELLER_BODY_DEPTH_MAX: usize = 64;
+/// Deepest nesting accepted in a buyer's ping or post answer (see
+/// [`SELLER_BODY_DEPTH_MAX`]); a real answer is 1 level deep. A deeper answer is an
+/// invalid answer (`too_deep`), counted as no bid or a rejection.
+pub const BUYER_ANSWER_DEPTH_MAX: usize = 32;
+/// Deepest nesting accepted in a ping or post the bidder SDK receives from the exchange.
+pub const EXCHANGE_MESSAGE_DEPTH_MAX: usize = 64;
+
+/// A JSON text nested deeper than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("JSON nested deeper than {depth_max} levels")]
+pub struct TooDeep {
+    /// The limit that was exceeded.
+    pub depth_max: usize,
+}
+
+/// Checks that `bytes` never nests arrays and objects deeper than `depth_max` levels,
+/// without parsing them: one pass, no recursion, no allocation. Brackets inside strings
+/// (with their `\"` and `\\` escapes) do not count. Invalid JSON that is not too deep
+/// passes, to be refused by the parser; unbalanced closers never make the depth negative.
+pub fn check_depth(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return Err(TooDeep { depth_max });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a seller's body as JSON; a syntax error, or nesting deeper than
+/// [`SELLER_BODY_DEPTH_MAX`], is `invalid_request`. The buffer is used as scratch.
 pub fn parse_value(buf: &mut [u8]) -> Result<OwnedValue, ApiError> {
+    parse_value_with_depth(buf, SELLER_BODY_DEPTH_MAX)
+}
+
+/// [`parse_value`] with another depth limit.
+pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedValue, ApiError> {
+    check_depth(buf, depth_max).map_err(|e| {
+        ApiError::from_fields(
+            ErrorCode::InvalidRequest,
+            vec![FieldProblem::new("body", e.to_string())],
+        )
+    })?;
     simd_json::to_owned_value(buf)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))
 }
@@ -173,5 +240,116 @@ impl<'a> ObjectReader<'a> {
         for k in unknown {
             self.problems.push(FieldProblem::new(k, "unknown field"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut v = vec![b'['; depth];
+        v.extend(std::iter::repeat_n(b']', depth));
+        v
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_objects() {
+        assert_eq!(check_depth(b"", 0), Ok(()));
+        assert_eq!(check_depth(b"1", 0), Ok(()));
+        assert_eq!(check_depth(b"{}", 0), Err(TooDeep { depth_max: 0 }));
+        assert_eq!(check_depth(b"{}", 1), Ok(()));
+        assert_eq!(check_depth(br#"{"a":[{"b":[]}]}"#, 4), Ok(()));
+        assert_eq!(
+            check_depth(br#"{"a":[{"b":[]}]}"#, 3),
+            Err(TooDeep { depth_max: 3 })
+        );
+        // Siblings do not add up.
+        assert_eq!(check_depth(b"[[],[],{},[[]]]", 3), Ok(()));
+        assert_eq!(
+            check_depth(b"[[],[],{},[[]]]", 2),
+            Err(TooDeep { depth_max: 2 })
+        );
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count() {
+        assert_eq!(check_depth(br#"{"a":"[[[[{{{{"}"#, 1), Ok(()));
+        assert_eq!(check_depth(br#"["]]]]]]", [[]]"#, 3), Ok(()));
+        assert_eq!(
+            check_depth(br#"["]]]]]]", [[]]"#, 2),
+            Err(TooDeep { depth_max: 2 })
+        );
+        // Keys too.
+        assert_eq!(check_depth(br#"{"[[[[":1}"#, 1), Ok(()));
+    }
+
+    #[test]
+    fn escapes_inside_strings() {
+        // An escaped quote does not end the string: the brackets after it are still text.
+        assert_eq!(check_depth(br#"{"a":"x\"[[[[["}"#, 1), Ok(()));
+        // An escaped backslash does not escape the closing quote: the brackets count.
+        assert_eq!(check_depth(br#"{"a":"x\\",  "b":[[]]}"#, 3), Ok(()));
+        assert_eq!(
+            check_depth(br#"{"a":"x\\",  "b":[[]]}"#, 2),
+            Err(TooDeep { depth_max: 2 })
+        );
+        // Unicode escapes and non-ASCII text are plain string bytes.
+        assert_eq!(check_depth("{\"a\":\"\\u005b é [\"}".as_bytes(), 1), Ok(()));
+        // An unterminated string hides what follows; the parser refuses it anyway.
+        assert_eq!(check_depth(br#"{"a":"[[[["#, 1), Ok(()));
+    }
+
+    #[test]
+    fn exactly_at_the_limit_and_one_past() {
+        for limit in [
+            SELLER_BODY_DEPTH_MAX,
+            BUYER_ANSWER_DEPTH_MAX,
+            EXCHANGE_MESSAGE_DEPTH_MAX,
+        ] {
+            assert_eq!(check_depth(&nested(limit), limit), Ok(()));
+            assert_eq!(
+                check_depth(&nested(limit + 1), limit),
+                Err(TooDeep { depth_max: limit })
+            );
+        }
+        // At the seller limit the parser gets the body; one past, it never does.
+        assert!(parse_value(&mut nested(SELLER_BODY_DEPTH_MAX)).is_ok());
+        let e = parse_value(&mut nested(SELLER_BODY_DEPTH_MAX + 1)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert_eq!(e.message, "body: JSON nested deeper than 64 levels");
+        assert_eq!(e.fields[0].field, "body");
+    }
+
+    #[test]
+    fn thirty_thousand_deep_is_refused_without_recursion() {
+        let mut body = nested(30_000);
+        assert_eq!(
+            check_depth(&body, SELLER_BODY_DEPTH_MAX),
+            Err(TooDeep { depth_max: 64 })
+        );
+        let e = parse_value(&mut body).unwrap_err();
+        assert_eq!(e.message, "body: JSON nested deeper than 64 levels");
+        // Objects as well as arrays.
+        let mut objects = b"{\"a\":".repeat(30_000);
+        objects.extend(b"1");
+        objects.extend(b"}".repeat(30_000));
+        assert!(parse_value(&mut objects).is_err());
+    }
+
+    #[test]
+    fn unbalanced_closers_never_go_negative() {
+        // `]]]]` first must not buy room for deeper nesting afterwards.
+        let mut v = b"]]]]]]".to_vec();
+        v.extend(nested(3));
+        assert_eq!(check_depth(&v, 2), Err(TooDeep { depth_max: 2 }));
+        assert_eq!(check_depth(&v, 3), Ok(()));
+    }
+
+    #[test]
+    fn custom_limit() {
+        assert!(parse_value_with_depth(&mut nested(2), 2).is_ok());
+        let e = parse_value_with_depth(&mut nested(3), 2).unwrap_err();
+        assert_eq!(e.message, "body: JSON nested deeper than 2 levels");
     }
 }

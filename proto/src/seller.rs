@@ -313,6 +313,48 @@ mod tests {
         assert_eq!(e.fields[0].field, "vertical");
     }
 
+    /// A ping whose `lead` is `depth` arrays deep (the body is one level more).
+    fn deep_ping(depth: usize) -> String {
+        format!(
+            r#"{{"vertical":"auto_insurance","lead":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    }
+
+    #[test]
+    fn too_deep_seller_bodies_are_invalid_and_name_the_limit() {
+        for mode in [LeadMode::Ping, LeadMode::Full] {
+            for depth in [64, 30_000] {
+                let e = ping(&deep_ping(depth), mode).unwrap_err();
+                assert_eq!(e.code, ErrorCode::InvalidRequest);
+                assert_eq!(e.message, "body: JSON nested deeper than 64 levels");
+                assert_eq!(e.status(), 400);
+            }
+            // Exactly at the limit the body parses, and the lead is a plain field problem.
+            let e = ping(&deep_ping(63), mode).unwrap_err();
+            assert_eq!(e.fields[0].field, "lead");
+        }
+        for depth in [64, 30_000] {
+            let mut b = format!(
+                r#"{{"ping_id":"pg_1","lead":{}{}}}"#,
+                "{\"a\":".repeat(depth),
+                "}".repeat(depth)
+            )
+            .into_bytes();
+            let e = PostEnvelope::parse(&mut b).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert_eq!(e.message, "body: JSON nested deeper than 64 levels");
+        }
+        let mut b = format!(
+            r#"{{"ping_id":"pg_1","lead":{}{}}}"#,
+            "[".repeat(63),
+            "]".repeat(63)
+        )
+        .into_bytes();
+        assert!(PostEnvelope::parse(&mut b).is_ok());
+    }
+
     #[test]
     fn post_envelope() {
         let mut b = br#"{"ping_id":"pg_1","lead":{"state":"TX"}}"#.to_vec();

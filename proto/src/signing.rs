@@ -92,7 +92,8 @@ impl Secret {
             .trim()
             .parse()
             .map_err(|_| SignatureError::BadTimestamp)?;
-        if (now_s - ts).abs() > TIMESTAMP_TOLERANCE_S {
+        // abs_diff cannot overflow, whatever the two i64s (`now_s - ts` can).
+        if now_s.abs_diff(ts) > TIMESTAMP_TOLERANCE_S.unsigned_abs() {
             return Err(SignatureError::TimestampOutOfTolerance);
         }
         for candidate in sig.split_whitespace() {
@@ -164,5 +165,82 @@ mod tests {
         );
         assert!(Secret::new("").is_err());
         assert!(Secret::new("whsec_!!").is_err());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_out_of_tolerance_not_a_panic() {
+        let s = Secret::new("topsecret").unwrap();
+        let now = 1_700_000_000;
+        for (ts, now_s) in [
+            (i64::MIN, now),
+            (i64::MAX, now),
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (i64::MIN + 1, i64::MAX),
+            (0, i64::MIN),
+        ] {
+            let sig = s.sign("id1", ts, b"body");
+            let header = ts.to_string();
+            assert_eq!(
+                s.verify(Some("id1"), Some(&header), Some(&sig), b"body", now_s),
+                Err(SignatureError::TimestampOutOfTolerance),
+                "ts {ts}, now {now_s}"
+            );
+        }
+        // The header of the issue, as text.
+        assert_eq!(
+            s.verify(
+                Some("id1"),
+                Some("-9223372036854775808"),
+                Some("v1,AAAA"),
+                b"body",
+                now
+            ),
+            Err(SignatureError::TimestampOutOfTolerance)
+        );
+        // Past i64 either way: not a number.
+        for ts in ["9223372036854775808", "-9223372036854775809", "1e3", ""] {
+            assert_eq!(
+                s.verify(Some("id1"), Some(ts), Some("v1,AAAA"), b"body", now),
+                Err(SignatureError::BadTimestamp),
+                "{ts:?}"
+            );
+        }
+        // Same extremes on both sides are in tolerance (and then checked by signature).
+        for t in [i64::MIN, i64::MAX] {
+            let sig = s.sign("id1", t, b"body");
+            assert_eq!(
+                s.verify(Some("id1"), Some(&t.to_string()), Some(&sig), b"body", t),
+                Ok(())
+            );
+        }
+    }
+
+    #[test]
+    fn tolerance_boundary() {
+        let s = Secret::new("topsecret").unwrap();
+        let now = 1_700_000_000;
+        for (offset, ok) in [
+            (-301, false),
+            (-300, true),
+            (-299, true),
+            (0, true),
+            (299, true),
+            (300, true),
+            (301, false),
+        ] {
+            let ts = now + offset;
+            let sig = s.sign("id1", ts, b"body");
+            let r = s.verify(Some("id1"), Some(&ts.to_string()), Some(&sig), b"body", now);
+            if ok {
+                assert_eq!(r, Ok(()), "offset {offset}");
+            } else {
+                assert_eq!(
+                    r,
+                    Err(SignatureError::TimestampOutOfTolerance),
+                    "offset {offset}"
+                );
+            }
+        }
     }
 }
