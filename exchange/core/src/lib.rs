@@ -20,13 +20,18 @@
 //! functions and carries out their decisions; it never changes caps or quote state except
 //! through them.
 
+pub mod auction;
 pub mod award;
 pub mod breaker;
 pub mod caps;
 pub mod config;
+pub mod effect;
 pub mod eligibility;
+pub mod post;
 pub mod quotes;
+pub mod record;
 pub mod schedule;
+pub mod settlement;
 #[cfg(test)]
 pub(crate) mod testutil;
 
