@@ -255,10 +255,16 @@ impl<'a> Auction<'a> {
             detail,
             took_us,
         });
+        // A buyer not pinged for want of time did nothing wrong: its breaker learns nothing.
+        let breaker = match detail {
+            Some(NO_TIME_LEFT) => None,
+            _ => outcome.breaker_ok(),
+        };
         self.effects.push(Effect::Ping {
             buyer: idx,
             outcome,
             took_us,
+            breaker,
         });
     }
 

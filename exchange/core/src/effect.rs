@@ -46,6 +46,8 @@ pub enum Effect<'a> {
         buyer: BuyerIdx,
         outcome: BuyerOutcome,
         took_us: Option<u64>,
+        /// What the buyer's breaker learns: `Some(ok)` when it was pinged.
+        breaker: Option<bool>,
     },
     /// A buyer answered after its bound: counted, never used.
     LateAnswer { buyer: BuyerIdx },

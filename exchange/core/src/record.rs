@@ -71,6 +71,25 @@ pub enum Record<'a> {
     QuoteReleased(QuoteHoldRecord<'a>),
     /// A quote expired unposted and its hold was dropped.
     QuoteExpired(QuoteHoldRecord<'a>),
+    /// A durable marker: everything before it is on disk (shutdown, tests).
+    Flush(FlushRecord),
+}
+
+/// `type: "flush"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FlushRecord {
+    #[serde(flatten)]
+    pub head: Head,
+}
+
+/// Where records go: the JSON-lines file today. Synchronous: `append` hands the record
+/// over and returns at once; the shell waits on the receipt (a durable record's receipt
+/// resolves once it is on disk).
+pub trait LedgerSink {
+    /// What the caller waits on.
+    type Receipt;
+    /// Hands `record` to the ledger (durable when [`Record::is_durable`]).
+    fn append(&self, record: &Record<'_>) -> Self::Receipt;
 }
 
 impl Record<'_> {
@@ -84,13 +103,14 @@ impl Record<'_> {
             Record::QuoteReserved(_) => "quote_reserved",
             Record::QuoteReleased(_) => "quote_released",
             Record::QuoteExpired(_) => "quote_expired",
+            Record::Flush(_) => "flush",
         }
     }
 
-    /// Must the record be on disk before the exchange answers? (A sale, and an unsold
-    /// post: both are outcomes a seller is told.)
+    /// Must the record be on disk before the exchange answers? (A sale and an unsold
+    /// post, both outcomes a seller is told; a flush marker.)
     pub fn is_durable(&self) -> bool {
-        matches!(self, Record::Sale(_) | Record::Unsold(_))
+        matches!(self, Record::Sale(_) | Record::Unsold(_) | Record::Flush(_))
     }
 }
 
