@@ -33,6 +33,8 @@ pub mod record;
 pub mod schedule;
 pub mod settlement;
 #[cfg(test)]
+mod tests_v2;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 /// Wall-clock time as Unix milliseconds. The shell's clock derives it from tokio's
