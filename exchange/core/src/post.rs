@@ -364,7 +364,12 @@ impl<'a> PostPlan<'a> {
             buyer: a.buyer,
             outcome: kind,
         });
-        self.release(release_reason::POST_FAILED, now);
+        let why = if now >= self.deadline {
+            release_reason::POST_DEADLINE
+        } else {
+            release_reason::POST_FAILED
+        };
+        self.release(why, now);
         self.attempt_record(a, outcome, reason, now);
     }
 

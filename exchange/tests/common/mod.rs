@@ -654,9 +654,23 @@ states_include = [{states}]
 
     /// Starts an exchange with this configuration and a fresh ledger in a temp dir.
     pub async fn start(&self) -> Exchange {
+        self.start_edited(|toml| toml).await
+    }
+
+    /// [`start`](TestConfig::start) with the TOML document edited first (for keys the
+    /// kit does not model).
+    pub async fn start_edited(&self, edit: impl FnOnce(String) -> String) -> Exchange {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger_path = dir.path().join("ledger.jsonl");
-        let config = self.load(&ledger_path);
+        let text = edit(self.toml(&ledger_path));
+        let secrets: BTreeMap<String, String> = self
+            .buyers
+            .iter()
+            .map(|b| (b.secret_env(), b.secret.clone()))
+            .collect();
+        let env = move |name: &str| secrets.get(name).cloned();
+        let config = pingpost::config::load_str_with_env(&text, &env)
+            .unwrap_or_else(|e| panic!("test config does not load:\n{e}\n{text}"));
         let running = app::start(config, Clock::system())
             .await
             .expect("exchange starts");
