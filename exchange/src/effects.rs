@@ -8,9 +8,9 @@
 //! their store is made in one spot.
 
 use crate::core::effect::{Effect, PostKind};
+use crate::core::record::LedgerSink;
 use crate::core::record::{BuyerOutcome, Record};
 use crate::core::settlement::{BuyerHealth, Settlement};
-use crate::core::record::LedgerSink;
 use crate::ledger::{LedgerError, Receipt};
 use crate::metrics::{PingOutcome, PostOutcomeKind};
 use crate::state::{AppState, Runtime};

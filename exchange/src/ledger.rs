@@ -234,7 +234,10 @@ mod tests {
             price_micros: 1,
             reason: None,
         });
-        assert!(matches!(LedgerSink::append(&ledger, &plain), Receipt::Queued));
+        assert!(matches!(
+            LedgerSink::append(&ledger, &plain),
+            Receipt::Queued
+        ));
         ledger.flush_at(1_000, 0).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text

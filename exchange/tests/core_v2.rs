@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bidder_sdk::{spawn, BidReply, Bidder, PingMessage, PostMessage, PostReply, Secret, ServeOptions};
+use bidder_sdk::{
+    spawn, BidReply, Bidder, PingMessage, PostMessage, PostReply, Secret, ServeOptions,
+};
 use common::*;
 use http::header;
 use proto::seller::{NoBidReason, PingStatus, PostStatus};
@@ -40,7 +42,11 @@ async fn a_bid_above_bid_max_loses_and_is_counted_and_recorded() {
 
     let quote = ex.client.ping("TX").await;
     assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
-    assert_eq!(quote.price, Some(seller_price(usd(10.0))), "the fair bid won");
+    assert_eq!(
+        quote.price,
+        Some(seller_price(usd(10.0))),
+        "the fair bid won"
+    );
     assert_eq!(ex.reserved("typo"), 0);
     assert_eq!(ex.reserved("fair"), 1);
     let n = ex
@@ -102,7 +108,11 @@ async fn past_the_open_quote_limit_a_ping_is_429_with_retry_after_and_reserves_n
     assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
     // The sale is durable, so every earlier record is on disk: no auction ran for the
     // refused ping, and both quotes' holds were recorded.
-    assert_eq!(ex.ledger_of("auction").len(), 2, "an auction ran for the 429");
+    assert_eq!(
+        ex.ledger_of("auction").len(),
+        2,
+        "an auction ran for the 429"
+    );
     assert_eq!(ex.ledger_of("quote_reserved").len(), 2);
     let q3 = ex.client.ping("TX").await;
     assert_eq!(q3.status, PingStatus::Bid, "{q3:?}");
@@ -136,6 +146,8 @@ impl Bidder for SlowPoster {
     }
 }
 
+/// A helper failing is the test failing.
+#[allow(clippy::unwrap_used)]
 async fn slow(id: &str, price: f64) -> (TestBuyer, Arc<SlowPoster>, bidder_sdk::ServerHandle) {
     let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0)));
     let bidder = Arc::new(SlowPoster {
@@ -174,11 +186,22 @@ async fn the_post_deadline_answers_unsold_within_it_and_releases_every_hold() {
     let answer = ex.client.post(&quote.ping_id, "TX").await;
     let took = t0.elapsed();
     assert_eq!(answer.status, PostStatus::Unsold, "{answer:?}");
-    assert_eq!(answer.reason.as_deref(), Some("post_deadline"), "{answer:?}");
+    assert_eq!(
+        answer.reason.as_deref(),
+        Some("post_deadline"),
+        "{answer:?}"
+    );
     // Two buyers at 1 s each would take 2 s; the deadline ends the post at 300 ms.
-    assert!(took < Duration::from_millis(1_000), "the post took {took:?}");
+    assert!(
+        took < Duration::from_millis(1_000),
+        "the post took {took:?}"
+    );
     assert_eq!(a.posts.load(Ordering::Relaxed), 1);
-    assert_eq!(b.posts.load(Ordering::Relaxed), 0, "no time left for the fallback");
+    assert_eq!(
+        b.posts.load(Ordering::Relaxed),
+        0,
+        "no time left for the fallback"
+    );
     assert_eq!((ex.reserved("a"), ex.reserved("b")), (0, 0));
     assert_eq!((ex.sold_today("a"), ex.sold_today("b")), (0, 0));
     let unsold = ex.ledger_of("unsold");

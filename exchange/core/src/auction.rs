@@ -194,9 +194,18 @@ impl<'a> Auction<'a> {
             effects: Vec::with_capacity(n + 4),
         };
         for &(b, why) in &elig.skipped {
-            a.line(b, BuyerOutcome::SkippedFilter, None, Some(why.as_str()), None);
+            a.line(
+                b,
+                BuyerOutcome::SkippedFilter,
+                None,
+                Some(why.as_str()),
+                None,
+            );
         }
-        let deadline_ms = cfg.verticals.get(p.vertical).map_or(0, |v| v.auction_deadline_ms);
+        let deadline_ms = cfg
+            .verticals
+            .get(p.vertical)
+            .map_or(0, |v| v.auction_deadline_ms);
         let collect_until = p
             .arrival
             .saturating_add(ms(deadline_ms))
@@ -208,11 +217,23 @@ impl<'a> Auction<'a> {
                 continue;
             };
             if admitted >= cfg.server.buyers_per_auction_max {
-                a.line(b, BuyerOutcome::SkippedFanout, None, Some("fanout_limit"), None);
+                a.line(
+                    b,
+                    BuyerOutcome::SkippedFanout,
+                    None,
+                    Some("fanout_limit"),
+                    None,
+                );
                 continue;
             }
             if health.admit(b, now) == Admit::No {
-                a.line(b, BuyerOutcome::SkippedBreaker, None, Some("breaker_open"), None);
+                a.line(
+                    b,
+                    BuyerOutcome::SkippedBreaker,
+                    None,
+                    Some("breaker_open"),
+                    None,
+                );
                 continue;
             }
             admitted += 1;
@@ -241,12 +262,7 @@ impl<'a> Auction<'a> {
         detail: Option<&'static str>,
         took_us: Option<u64>,
     ) {
-        let buyer = self
-            .p
-            .config
-            .buyers
-            .get(idx)
-            .map_or("", |b| b.id.as_str());
+        let buyer = self.p.config.buyers.get(idx).map_or("", |b| b.id.as_str());
         self.lines.push(BuyerLine {
             idx,
             buyer,
@@ -299,7 +315,13 @@ impl<'a> Auction<'a> {
     /// Takes buyer `slot`'s answer at `now` (`None`: the call failed), which took `took_us`.
     /// Used only when `now <= bound` and the buyer has not timed out; otherwise it is late
     /// and only counted.
-    pub fn on_answer(&mut self, slot: usize, answer: Option<BidOutcome>, took_us: u64, now: UnixMs) {
+    pub fn on_answer(
+        &mut self,
+        slot: usize,
+        answer: Option<BidOutcome>,
+        took_us: u64,
+        now: UnixMs,
+    ) {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
@@ -354,7 +376,13 @@ impl<'a> Auction<'a> {
                     took,
                 ) => {
                     if bid_max.is_some_and(|max| price > max) {
-                        self.line(b, BuyerOutcome::BidAboveMax, Some(price.0), None, Some(took));
+                        self.line(
+                            b,
+                            BuyerOutcome::BidAboveMax,
+                            Some(price.0),
+                            None,
+                            Some(took),
+                        );
                         continue;
                     }
                     self.line(b, BuyerOutcome::Bid, Some(price.0), None, Some(took));
@@ -381,10 +409,14 @@ impl<'a> Auction<'a> {
                 });
             }
         }
-        let pinged_or_fixed = self
-            .lines
-            .iter()
-            .any(|l| !matches!(l.outcome, BuyerOutcome::SkippedFilter | BuyerOutcome::SkippedFanout | BuyerOutcome::SkippedBreaker));
+        let pinged_or_fixed = self.lines.iter().any(|l| {
+            !matches!(
+                l.outcome,
+                BuyerOutcome::SkippedFilter
+                    | BuyerOutcome::SkippedFanout
+                    | BuyerOutcome::SkippedBreaker
+            )
+        });
 
         let (seller_payout, seller_reserve, seller_id) = match cfg.sellers.get(p.seller) {
             Some(s) => (s.payout, s.reserve, s.id.as_str()),
@@ -455,7 +487,9 @@ impl<'a> Auction<'a> {
             score: p.score,
             reserve_micros: reserve.0,
             buyers: std::mem::take(&mut self.lines),
-            winner: winner.and_then(|w| cfg.buyers.get(w.bid.buyer)).map(|b| b.id.as_str()),
+            winner: winner
+                .and_then(|w| cfg.buyers.get(w.bid.buyer))
+                .map(|b| b.id.as_str()),
             bid_micros: winner.map(|w| w.bid.price.0),
             seller_price_micros: winner.map(|w| w.seller_price.0),
             no_bid: no_bid.map(NoBidReason::as_str),

@@ -245,7 +245,11 @@ mod tests {
         // A success must still reset the two failures (it may not take the fast path).
         b.record(0, true, 20);
         fail(&b, 2, 30);
-        assert_eq!(b.admit(0, 40), Admit::Yes, "2 + 2 failures with a success between");
+        assert_eq!(
+            b.admit(0, 40),
+            Admit::Yes,
+            "2 + 2 failures with a success between"
+        );
         fail(&b, 1, 50);
         assert_eq!(b.admit(0, 60), Admit::No, "three in a row open it");
         // Open: a success closes it (not the fast path either).

@@ -10,8 +10,8 @@
 
 use proto::Lead;
 
-use super::settlement::CapStore;
 use super::schedule;
+use super::settlement::CapStore;
 use super::UnixMs;
 use crate::config::{Buyer, BuyerIdx, Config, VerticalIdx};
 

@@ -92,8 +92,12 @@ pub struct Attempt {
 /// What a delivery came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
-    Accepted { buyer_lead_id: Option<String> },
-    Rejected { reason: Option<String> },
+    Accepted {
+        buyer_lead_id: Option<String>,
+    },
+    Rejected {
+        reason: Option<String>,
+    },
     Invalid(&'static str),
     Timeout,
     /// The call failed (connect, transport).
@@ -189,7 +193,13 @@ impl<'a> PostPlan<'a> {
         self.p.config.buyers.get(b).map_or("", |x| x.id.as_str())
     }
 
-    fn attempt_record(&mut self, a: Attempt, outcome: &'static str, reason: Option<String>, now: UnixMs) {
+    fn attempt_record(
+        &mut self,
+        a: Attempt,
+        outcome: &'static str,
+        reason: Option<String>,
+        now: UnixMs,
+    ) {
         let rec = PostAttemptRecord {
             head: Head::new(self.p.generation, now),
             lead_id: self.p.lead_id,
@@ -332,7 +342,10 @@ impl<'a> PostPlan<'a> {
                     outcome: PostKind::Accepted,
                 });
                 let cfg = self.p.config;
-                let bid = self.ranked.get(a.rank).map_or(Micros::ZERO, |r| r.bid.price);
+                let bid = self
+                    .ranked
+                    .get(a.rank)
+                    .map_or(Micros::ZERO, |r| r.bid.price);
                 let v = cfg.verticals.get(self.p.vertical);
                 let rec = SaleRecord {
                     head: Head::new(self.p.generation, now),

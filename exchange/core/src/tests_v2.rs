@@ -68,7 +68,10 @@ fn cfg_timeouts(timeouts: &[u64]) -> Config {
 
 /// Carries out cap effects the way the shell does (one function, through the settlement)
 /// and returns every effect for inspection.
-fn run<'a>(settlement: &Settlement<'_>, effects: impl Iterator<Item = Effect<'a>>) -> Vec<Effect<'a>> {
+fn run<'a>(
+    settlement: &Settlement<'_>,
+    effects: impl Iterator<Item = Effect<'a>>,
+) -> Vec<Effect<'a>> {
     let mut out = Vec::new();
     for e in effects {
         if let Effect::Cap(op) = &e {
@@ -121,7 +124,11 @@ fn answers_before_and_at_the_bound_count_after_it_are_late() {
     assert_eq!(a.poll_timeout(), None);
     let award = a.finish(&s, T + 101, 101_000);
     let effects = run(&s, a.effects());
-    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(1), "the late 30 lost");
+    assert_eq!(
+        award.winner().map(|w| w.bid.buyer),
+        Some(1),
+        "the late 30 lost"
+    );
     assert!(effects.contains(&Effect::LateAnswer { buyer: 2 }));
     let rec = auction_record(&effects);
     let outcomes: Vec<_> = rec.buyers.iter().map(|l| (l.buyer, l.outcome)).collect();
@@ -272,10 +279,17 @@ fn the_award_walks_down_while_reservations_fail() {
     caps.release(&other0);
     let _ = caps.reserve(0, &cfg.buyers[0], m(1), T).unwrap();
     let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
-    assert!(a.pings().all(|o| o.buyer != 2), "buyer 2 holds the quote above");
+    assert!(
+        a.pings().all(|o| o.buyer != 2),
+        "buyer 2 holds the quote above"
+    );
     a.handle_timeout(T + 100);
     let award = a.finish(&s, T + 100, 0);
-    assert_eq!(award.no_bid, Some(NoBidReason::Capped), "all skipped on caps");
+    assert_eq!(
+        award.no_bid,
+        Some(NoBidReason::Capped),
+        "all skipped on caps"
+    );
 }
 
 #[test]
@@ -323,7 +337,10 @@ fn no_bid_reasons_are_decided_without_strings() {
     p.min_price = Some(m(50));
     let mut a = Auction::new(p, &lead(TX), &s, &br, T);
     a.on_answer(0, bid(m(10), None), 1, T + 1);
-    assert_eq!(a.finish(&s, T + 1, 0).no_bid, Some(NoBidReason::BelowReserve));
+    assert_eq!(
+        a.finish(&s, T + 1, 0).no_bid,
+        Some(NoBidReason::BelowReserve)
+    );
     // Every buyer's breaker open: no eligible buyers (nobody could be asked).
     let br_open = BreakerBook::new(1, breaker_cfg());
     for i in 0..10 {
@@ -403,7 +420,10 @@ impl Fixture {
     }
 
     fn plan(&self, award: Award, now: UnixMs) -> PostPlan<'_> {
-        let quoted = award.ranked.first().map_or(Micros::ZERO, |r| r.seller_price);
+        let quoted = award
+            .ranked
+            .first()
+            .map_or(Micros::ZERO, |r| r.seller_price);
         PostPlan::new(
             PostParams {
                 config: &self.cfg,
@@ -471,7 +491,11 @@ fn a_rejection_releases_and_falls_back_with_a_new_reservation() {
     let step = plan.next(&s, T + 1_010);
     run(&s, plan.effects());
     assert_eq!(deliver_to(step), 1);
-    assert_eq!(f.held(), [0, 1, 0, 0], "the winner's hold released, buyer 1 holds");
+    assert_eq!(
+        f.held(),
+        [0, 1, 0, 0],
+        "the winner's hold released, buyer 1 holds"
+    );
     plan.on_result(AttemptResult::Timeout, T + 3_010);
     assert_eq!(deliver_to(plan.next(&s, T + 3_010)), 2);
     plan.on_result(AttemptResult::Error, T + 3_020);
@@ -505,13 +529,21 @@ fn an_expired_fallback_bid_is_skipped_and_a_huge_expiry_is_not_expired() {
     let mut plan = f.plan(f.award([None, Some(500), Some(u64::MAX), None]), T + 1_000);
     assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
     plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_010);
-    assert_eq!(deliver_to(plan.next(&s, T + 1_010)), 2, "1 expired at T+500");
+    assert_eq!(
+        deliver_to(plan.next(&s, T + 1_010)),
+        2,
+        "1 expired at T+500"
+    );
     let effects = run(&s, plan.effects());
     assert!(effects.iter().any(|e| matches!(
         e,
         Effect::Record(Record::PostAttempt(p)) if p.buyer == "b1" && p.outcome == "bid_expired"
     )));
-    assert_eq!(f.held(), [0, 0, 1, 0], "nothing reserved for the expired bid");
+    assert_eq!(
+        f.held(),
+        [0, 0, 1, 0],
+        "nothing reserved for the expired bid"
+    );
 }
 
 #[test]
@@ -568,7 +600,11 @@ fn a_shell_failure_during_fallback_never_leaks_or_overwrites_a_hold() {
     plan.on_result(AttemptResult::NotSent, T + 1_002);
     assert_eq!(deliver_to(plan.next(&s, T + 1_002)), 2);
     run(&s, plan.effects());
-    assert_eq!(f.held(), [0, 0, 1, 0], "buyer 1's hold was released, not overwritten");
+    assert_eq!(
+        f.held(),
+        [0, 0, 1, 0],
+        "buyer 1's hold was released, not overwritten"
+    );
     // The shell failed again and did not report at all: the plan settles it itself.
     assert_eq!(deliver_to(plan.next(&s, T + 1_003)), 3);
     run(&s, plan.effects());
@@ -583,7 +619,9 @@ fn a_shell_failure_during_fallback_never_leaks_or_overwrites_a_hold() {
     let effects = run(&s, plan.effects());
     assert_eq!(f.held(), [0, 0, 0, 0]);
     assert_eq!(f.caps.usage(3, &f.cfg.buyers[3], T + 1_004).sold_day, 1);
-    assert!(effects.iter().any(|e| matches!(e, Effect::Record(Record::Sale(_)))));
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(Record::Sale(_)))));
 }
 
 #[test]
@@ -603,7 +641,11 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
         buyer: 1,
         outcome: PostKind::Capped
     }));
-    assert_eq!(f.held(), [0, 1, 1, 0], "only the other auction's hold and buyer 2's");
+    assert_eq!(
+        f.held(),
+        [0, 1, 1, 0],
+        "only the other auction's hold and buyer 2's"
+    );
     f.caps.release(&other);
 }
 
@@ -654,16 +696,26 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
     );
     // Another seller is not held back by seller 0's quotes.
     book.insert_limited(q("d", 1), 2).unwrap();
-    assert_eq!((book.seller_open_count(0), book.seller_open_count(1)), (2, 1));
+    assert_eq!(
+        (book.seller_open_count(0), book.seller_open_count(1)),
+        (2, 1)
+    );
     assert_eq!(book.open_count(), 3, "the refused quote took no place");
     // Posting and finishing one, and expiring another, make room again.
     let BeginPost::Post(_) = book.begin_post("a", 0, T + 1) else {
         panic!("post")
     };
     assert_eq!(book.seller_open_count(0), 2, "posting still counts");
-    book.finish("a", proto::seller::PostAnswer::status_only(proto::seller::PostStatus::Unsold, None), T + 2);
+    book.finish(
+        "a",
+        proto::seller::PostAnswer::status_only(proto::seller::PostStatus::Unsold, None),
+        T + 2,
+    );
     assert_eq!(book.seller_open_count(0), 1);
     book.sweep(T + 1_000);
-    assert_eq!((book.seller_open_count(0), book.seller_open_count(1)), (0, 0));
+    assert_eq!(
+        (book.seller_open_count(0), book.seller_open_count(1)),
+        (0, 0)
+    );
     book.insert_limited(q("e", 0), 2).unwrap();
 }
