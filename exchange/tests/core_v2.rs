@@ -213,3 +213,34 @@ async fn the_post_deadline_answers_unsold_within_it_and_releases_every_hold() {
     assert_eq!(again.reason.as_deref(), Some("post_deadline"));
     assert_eq!(a.posts.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn the_new_keys_load_with_their_defaults_and_refuse_bad_values() {
+    let path = std::path::Path::new("/tmp/unused-ledger.jsonl");
+    let base = TestConfig::new().toml(path);
+    let load = |text: &str| pingpost::config::load_str_with_env(text, &|_: &str| None);
+    let c = load(&base).expect("the base config loads");
+    assert_eq!(c.server.post_deadline_ms, 5_000);
+    assert_eq!(c.verticals[0].bid_max, None);
+    assert!(c.sellers.iter().all(|s| s.quotes_open_max == 1_000));
+
+    let edited = under("verticals.auto_insurance", "bid_max = 18.50")(base.clone());
+    let edited = under("server", "post_deadline_ms = 250")(edited);
+    let edited = under("sellers.main", "quotes_open_max = 3")(edited);
+    let c = load(&edited).expect("edited config loads");
+    assert_eq!(c.verticals[0].bid_max, Some(usd(18.5)));
+    assert_eq!(c.server.post_deadline_ms, 250);
+    assert_eq!(c.sellers[0].quotes_open_max, 3);
+
+    let bad = under("verticals.auto_insurance", "bid_max = 0")(base.clone());
+    let bad = under("server", "post_deadline_ms = 0")(bad);
+    let bad = under("sellers.main", "quotes_open_max = 0")(bad);
+    let errors = load(&bad).expect_err("bad values are refused").to_string();
+    for key in [
+        "verticals.auto_insurance.bid_max",
+        "server.post_deadline_ms",
+        "sellers.main.quotes_open_max",
+    ] {
+        assert!(errors.contains(key), "no error for {key}:\n{errors}");
+    }
+}
