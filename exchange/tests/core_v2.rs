@@ -244,3 +244,22 @@ fn the_new_keys_load_with_their_defaults_and_refuse_bad_values() {
         assert!(errors.contains(key), "no error for {key}:\n{errors}");
     }
 }
+
+#[tokio::test]
+async fn a_fallback_whose_bid_holds_for_a_huge_time_is_not_taken_as_expired() {
+    // The winner rejects; the fallback's bid says it holds for u64::MAX ms, which once
+    // wrapped to -1 and made the fallback look expired.
+    let winner = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let fallback = ScriptedBidder::bidding(18.0).scripted(|s| s.bid_expires_in_ms = Some(u64::MAX));
+    let (wb, _h1) = serve("winner", &winner).await;
+    let (fb, _h2) = serve("fallback", &fallback).await;
+    let ex = TestConfig::new().buyer(wb).buyer(fb).start().await;
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer fallback"));
+    assert_eq!(sold.price, quote.price, "the seller gets what was quoted");
+    assert_eq!((ex.reserved("winner"), ex.reserved("fallback")), (0, 0));
+    assert_eq!(ex.sold_today("fallback"), 1);
+}

@@ -294,6 +294,12 @@ impl<'a> Auction<'a> {
         })
     }
 
+    /// Every buyer line so far: who was skipped and why (from `new`), then, after
+    /// `finish`, empty (the lines moved into the auction record).
+    pub fn lines(&self) -> &[BuyerLine<'a>] {
+        &self.lines
+    }
+
     /// How many buyers are pinged.
     pub fn ping_count(&self) -> usize {
         self.slots.len()

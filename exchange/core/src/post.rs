@@ -293,7 +293,7 @@ impl<'a> PostPlan<'a> {
                 attempt: attempt_no,
                 timeout_ms: buyer
                     .post_timeout_ms
-                    .min(u64::try_from(self.deadline - now).unwrap_or(0)),
+                    .min(u64::try_from(self.deadline.saturating_sub(now)).unwrap_or(0)),
             };
             if i > 0 {
                 if bid_expires_at(self.p.auction_arrival, bid.expires_in_ms)
