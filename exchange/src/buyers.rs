@@ -99,7 +99,7 @@ impl BuyerClient {
     }
 
     /// Sends one signed JSON message and returns `(status, content type, body)`.
-    async fn call(
+    async fn exchange(
         &self,
         url: &str,
         http: HttpVersion,
@@ -147,42 +147,86 @@ impl BuyerClient {
             })?;
         Ok((status, content_type, collected.to_bytes().to_vec()))
     }
+}
 
-    /// Pings a buyer. Never fails: every problem is an outcome.
-    pub async fn ping(
-        &self,
-        url: &str,
-        http: HttpVersion,
-        secret: &Secret,
-        msg_id: &str,
-        now_s: i64,
-        body: Bytes,
-    ) -> PingResult {
-        match self.call(url, http, secret, msg_id, now_s, body).await {
-            Ok((status, ct, mut bytes)) => {
-                PingResult::Answer(parse_bid_answer(status, ct.as_deref(), &mut bytes))
-            }
-            Err(CallError::TooLarge) => PingResult::Answer(BidOutcome::Invalid("too_large")),
-            Err(e) => PingResult::Failed(e),
-        }
+/// Which message a buyer call carries (ping or post), and how its answer is read.
+pub trait BuyerMessage {
+    /// What the answer means.
+    type Outcome: Send;
+    /// Reads an answer (`status`, `Content-Type`, body).
+    fn parse(status: u16, content_type: Option<&str>, body: &mut [u8]) -> Self::Outcome;
+    /// An answer longer than [`ANSWER_BYTES_MAX`].
+    fn too_large() -> Self::Outcome;
+}
+
+/// A ping: the answer is a bid or a pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Ping;
+
+impl BuyerMessage for Ping {
+    type Outcome = BidOutcome;
+    fn parse(status: u16, content_type: Option<&str>, body: &mut [u8]) -> BidOutcome {
+        parse_bid_answer(status, content_type, body)
     }
+    fn too_large() -> BidOutcome {
+        BidOutcome::Invalid("too_large")
+    }
+}
 
-    /// Posts a lead to a buyer. Never fails: every problem is an outcome.
-    pub async fn post(
+/// A post: the answer accepts or rejects the lead.
+#[derive(Debug, Clone, Copy)]
+pub struct Post;
+
+impl BuyerMessage for Post {
+    type Outcome = PostOutcome;
+    fn parse(status: u16, content_type: Option<&str>, body: &mut [u8]) -> PostOutcome {
+        parse_post_answer(status, content_type, body)
+    }
+    fn too_large() -> PostOutcome {
+        PostOutcome::Invalid("too_large")
+    }
+}
+
+/// Where and how to reach one buyer endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub url: &'a str,
+    pub http: HttpVersion,
+    pub secret: &'a Secret,
+}
+
+/// How the exchange talks to buyers: one signed JSON message out, one answer back
+/// (HTTP/1.1 and HTTP/2 today, QUIC later). The same call carries pings and posts; the
+/// caller owns the deadline (it wraps the call in its own timeout).
+pub trait BuyerTransport {
+    /// Sends `body` to `to` and reads the answer as an `M`. Never fails: every problem is
+    /// an outcome.
+    fn call<M: BuyerMessage>(
         &self,
-        url: &str,
-        http: HttpVersion,
-        secret: &Secret,
+        to: Endpoint<'_>,
         msg_id: &str,
         now_s: i64,
         body: Bytes,
-    ) -> PostResult {
-        match self.call(url, http, secret, msg_id, now_s, body).await {
+    ) -> impl std::future::Future<Output = CallResult<M::Outcome>> + Send;
+}
+
+impl BuyerTransport for BuyerClient {
+    async fn call<M: BuyerMessage>(
+        &self,
+        to: Endpoint<'_>,
+        msg_id: &str,
+        now_s: i64,
+        body: Bytes,
+    ) -> CallResult<M::Outcome> {
+        match self
+            .exchange(to.url, to.http, to.secret, msg_id, now_s, body)
+            .await
+        {
             Ok((status, ct, mut bytes)) => {
-                PostResult::Answer(parse_post_answer(status, ct.as_deref(), &mut bytes))
+                CallResult::Answer(M::parse(status, ct.as_deref(), &mut bytes))
             }
-            Err(CallError::TooLarge) => PostResult::Answer(PostOutcome::Invalid("too_large")),
-            Err(e) => PostResult::Failed(e),
+            Err(CallError::TooLarge) => CallResult::Answer(M::too_large()),
+            Err(e) => CallResult::Failed(e),
         }
     }
 }
@@ -207,16 +251,14 @@ impl Default for BuyerClient {
     }
 }
 
-/// A ping's result (timeouts are decided by the caller, which owns the deadline).
+/// A buyer call's result (timeouts are decided by the caller, which owns the deadline).
 #[derive(Debug, Clone, PartialEq)]
-pub enum PingResult {
-    Answer(BidOutcome),
+pub enum CallResult<T> {
+    Answer(T),
     Failed(CallError),
 }
 
+/// A ping's result.
+pub type PingResult = CallResult<BidOutcome>;
 /// A post's result.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PostResult {
-    Answer(PostOutcome),
-    Failed(CallError),
-}
+pub type PostResult = CallResult<PostOutcome>;

@@ -34,6 +34,23 @@ impl Clock {
         self.anchor_unix_ms + self.anchor.elapsed().as_millis() as i64
     }
 
+    /// The tokio instant of a wall-clock time (what a core bound means to a timer):
+    /// [`now_ms`](Clock::now_ms) reads `unix_ms` at that instant.
+    pub fn instant_of(&self, unix_ms: UnixMs) -> Instant {
+        let d = unix_ms.saturating_sub(self.anchor_unix_ms);
+        if d >= 0 {
+            // A bound years away is as good as never (and must not overflow).
+            let far = std::time::Duration::from_secs(365 * 24 * 3600);
+            self.anchor
+                .checked_add(std::time::Duration::from_millis(d as u64).min(far))
+                .unwrap_or(self.anchor + far)
+        } else {
+            self.anchor
+                .checked_sub(std::time::Duration::from_millis(d.unsigned_abs()))
+                .unwrap_or(self.anchor)
+        }
+    }
+
     /// The wall-clock time of a tokio instant.
     pub fn unix_ms_of(&self, t: Instant) -> UnixMs {
         if t >= self.anchor {
@@ -44,9 +61,5 @@ impl Clock {
     }
 }
 
-/// RFC 3339 UTC with seconds, as the contract writes times.
-pub fn rfc3339(unix_ms: UnixMs) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+/// RFC 3339 UTC with milliseconds, as the contract and the ledger write times.
+pub use crate::core::record::rfc3339;

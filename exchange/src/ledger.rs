@@ -3,6 +3,9 @@
 //! them are acknowledged). A `sold` answer waits for its sale record's acknowledgement,
 //! so nothing acknowledged to a seller is ever lost.
 //!
+//! It writes one type only: the core's versioned [`Record`], through the core's
+//! [`LedgerSink`] interface.
+//!
 //! Architecture invariant: records never carry PII; they name leads by id and carry only
 //! prices, buyers, sellers and outcomes.
 
@@ -12,15 +15,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::core::record::{FlushRecord, Head, LedgerSink, Record};
+use crate::core::UnixMs;
 
 /// Records waiting for the writer; past this, appenders wait (backpressure, never unbounded).
 pub const QUEUE_RECORDS_MAX: usize = 65_536;
 /// Most records written per fsync.
 pub const BATCH_RECORDS_MAX: usize = 512;
 
-struct Pending {
+/// One encoded record on its way to the writer.
+#[derive(Debug)]
+pub struct Pending {
     line: Vec<u8>,
     ack: Option<oneshot::Sender<io::Result<()>>>,
 }
@@ -72,38 +79,89 @@ impl Ledger {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
-    /// Appends a record and waits until it is on disk (`fdatasync`).
-    pub async fn append_durable<T: Serialize>(&self, record: &T) -> Result<(), LedgerError> {
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Pending {
-                line,
-                ack: Some(ack),
-            })
-            .await
-            .map_err(|_| LedgerError::Stopped)?;
+    /// Appends a record and waits until it is written: on disk (`fdatasync`) for a durable
+    /// record ([`Record::is_durable`]), queued in order for any other (it becomes durable
+    /// with the next durable one). Waits only if the queue is full.
+    pub async fn write(&self, record: &Record<'_>) -> Result<(), LedgerError> {
+        LedgerSink::append(self, record).wait().await
+    }
+
+    /// Makes every record appended so far durable (writes a durable `flush` record).
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as UnixMs);
+        self.flush_at(0, now).await
+    }
+
+    /// [`flush`](Ledger::flush) with the record's generation and time given.
+    pub async fn flush_at(&self, generation: u64, now: UnixMs) -> Result<(), LedgerError> {
+        self.write(&Record::Flush(FlushRecord {
+            head: Head::new(generation, now),
+        }))
+        .await
+    }
+}
+
+/// What [`Ledger`]'s [`LedgerSink::append`] hands back: wait on it.
+#[derive(Debug)]
+pub enum Receipt {
+    /// Queued; nothing to wait for.
+    Queued,
+    /// Queued; resolves once on disk.
+    Durable(oneshot::Receiver<io::Result<()>>),
+    /// The queue was full: the record waits for room (backpressure, never unbounded).
+    Full(
+        mpsc::Sender<Pending>,
+        Pending,
+        Option<oneshot::Receiver<io::Result<()>>>,
+    ),
+    Failed(LedgerError),
+}
+
+impl Receipt {
+    /// Waits until the record is written (durable ones: on disk).
+    pub async fn wait(self) -> Result<(), LedgerError> {
+        let done = match self {
+            Receipt::Queued => return Ok(()),
+            Receipt::Failed(e) => return Err(e),
+            Receipt::Durable(done) => done,
+            Receipt::Full(tx, pending, done) => {
+                tx.send(pending).await.map_err(|_| LedgerError::Stopped)?;
+                match done {
+                    None => return Ok(()),
+                    Some(done) => done,
+                }
+            }
+        };
         done.await.map_err(|_| LedgerError::Stopped)??;
         Ok(())
     }
+}
 
-    /// Makes every record appended so far durable (writes a durable marker record).
-    pub async fn flush(&self) -> Result<(), LedgerError> {
-        self.append_durable(&serde_json::json!({"type": "flush"}))
-            .await
-    }
+impl LedgerSink for Ledger {
+    type Receipt = Receipt;
 
-    /// Appends a record without waiting for the disk: it is written in order at once and
-    /// becomes durable with the next durable record (or [`Ledger::flush`]). Waits only if
-    /// the queue is full.
-    pub async fn append<T: Serialize>(&self, record: &T) -> Result<(), LedgerError> {
-        let mut line = serde_json::to_vec(record)?;
+    fn append(&self, record: &Record<'_>) -> Receipt {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(e) => return Receipt::Failed(LedgerError::Encode(e)),
+        };
         line.push(b'\n');
-        self.tx
-            .send(Pending { line, ack: None })
-            .await
-            .map_err(|_| LedgerError::Stopped)
+        let (ack, done) = if record.is_durable() {
+            let (a, d) = oneshot::channel();
+            (Some(a), Some(d))
+        } else {
+            (None, None)
+        };
+        match self.tx.try_send(Pending { line, ack }) {
+            Ok(()) => match done {
+                Some(d) => Receipt::Durable(d),
+                None => Receipt::Queued,
+            },
+            Err(mpsc::error::TrySendError::Full(p)) => Receipt::Full(self.tx.clone(), p, done),
+            Err(mpsc::error::TrySendError::Closed(_)) => Receipt::Failed(LedgerError::Stopped),
+        }
     }
 }
 
@@ -154,6 +212,7 @@ fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::record::QuoteHoldRecord;
 
     #[tokio::test]
     async fn durable_records_are_on_disk_in_order() {
@@ -163,28 +222,31 @@ mod tests {
         let mut waits = Vec::new();
         for i in 0..100 {
             let l = ledger.clone();
-            waits.push(tokio::spawn(async move {
-                l.append_durable(&serde_json::json!({"n": i})).await
-            }));
+            waits.push(tokio::spawn(async move { l.flush_at(i, 0).await }));
         }
         for w in waits {
             w.await.unwrap().unwrap();
         }
-        ledger
-            .append(&serde_json::json!({"n": "last"}))
-            .await
-            .unwrap();
-        ledger
-            .append_durable(&serde_json::json!({"n": "end"}))
-            .await
-            .unwrap();
+        let plain = Record::QuoteExpired(QuoteHoldRecord {
+            head: Head::new(0, 0),
+            ping_id: None,
+            buyer: "b",
+            price_micros: 1,
+            reason: None,
+        });
+        assert!(matches!(
+            LedgerSink::append(&ledger, &plain),
+            Receipt::Queued
+        ));
+        ledger.flush_at(1_000, 0).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 102);
-        assert_eq!(lines[101]["n"], "end");
+        assert_eq!(lines[100]["type"], "quote_expired");
+        assert_eq!(lines[101]["generation"], 1_000);
         assert!(ledger.is_healthy());
     }
 }

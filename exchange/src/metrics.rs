@@ -24,10 +24,12 @@ pub enum PingOutcome {
     SkippedBreaker,
     SkippedFilter,
     SkippedFanout,
+    /// A bid above the vertical's `bid_max`: refused as a no-bid.
+    BidAboveMax,
 }
 
 impl PingOutcome {
-    pub const ALL: [PingOutcome; 8] = [
+    pub const ALL: [PingOutcome; 9] = [
         PingOutcome::Bid,
         PingOutcome::NoBid,
         PingOutcome::Timeout,
@@ -36,6 +38,7 @@ impl PingOutcome {
         PingOutcome::SkippedBreaker,
         PingOutcome::SkippedFilter,
         PingOutcome::SkippedFanout,
+        PingOutcome::BidAboveMax,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl PingOutcome {
             PingOutcome::SkippedBreaker => "skipped_breaker",
             PingOutcome::SkippedFilter => "skipped_filter",
             PingOutcome::SkippedFanout => "skipped_fanout",
+            PingOutcome::BidAboveMax => "bid_above_max",
         }
     }
 }

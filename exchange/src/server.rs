@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use proto::seller::{parse_ping, PingAnswer, PingStatus, PostAnswer, PostEnvelope, PostStatus};
+use proto::seller::{
+    parse_ping, NoBidReason, PingAnswer, PingStatus, PostAnswer, PostEnvelope, PostStatus,
+};
 use proto::{ApiError, ErrorCode, LeadMode};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -25,7 +27,9 @@ use tokio::time::Instant;
 use crate::auction::{deliver, run_auction, AuctionInput, Delivery};
 use crate::clock::rfc3339;
 use crate::config::SellerIdx;
-use crate::core::quotes::{BeginPost, Quote};
+use crate::core::quotes::{BeginPost, Quote, QuoteRefused, EXPIRED_REASON};
+use crate::core::settlement::{drop_hold, release_reason};
+use crate::effects::{self, GENERATION_UNWIRED};
 use crate::idempotency::{self, Begin};
 use crate::state::{AppState, Runtime};
 
@@ -527,6 +531,10 @@ async fn ping(
     if state.quotes.open_count() >= cfg.server.quotes_open_max {
         return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
     }
+    let seller_open_max = cfg.sellers[seller].quotes_open_max;
+    if state.quotes.seller_open_count(seller) >= seller_open_max {
+        return Err(seller_quotes_limited(seller_open_max));
+    }
     let result = run_auction(
         state,
         rt,
@@ -541,16 +549,13 @@ async fn ping(
     )
     .await;
     let v = &cfg.verticals[vertical];
-    let answer = match (result.no_bid, result.ranked.first()) {
-        (None, Some(winner)) => {
+    let award = result.award;
+    let answer = match award.winner() {
+        Some(winner) => {
             let now = state.clock.now_ms();
-            let ttl = winner
-                .bid
-                .expires_in_ms
-                .unwrap_or(u64::MAX)
-                .min(cfg.server.quote_ttl_ms);
-            let expires_at = result.started_ms.saturating_add(ttl as i64).max(now);
+            let expires_at = award.quote_expires_at(cfg.server.quote_ttl_ms, now);
             let price = winner.seller_price;
+            let reserved = award.quote_reserved(cfg, GENERATION_UNWIRED, &result.ping_id, now);
             let quote = Quote {
                 ping_id: result.ping_id.clone(),
                 auction_id: result.auction_id.clone(),
@@ -561,16 +566,33 @@ async fn ping(
                 price,
                 currency: v.currency.clone(),
                 expires_at,
-                auctioned_at: result.started_ms,
-                ranked: result.ranked,
-                reservation: result.reservation.clone(),
+                auctioned_at: award.arrival,
+                reservation: award.reservation.clone(),
+                ranked: award.ranked,
                 score: result.score,
             };
-            if state.quotes.insert(quote).is_err() {
-                if let Some(r) = &result.reservation {
-                    state.caps.release(r);
+            if let Err(refused) = state.quotes.insert_limited(quote, seller_open_max) {
+                if let Some(r) = award.reservation {
+                    let drop = drop_hold(
+                        cfg,
+                        GENERATION_UNWIRED,
+                        r,
+                        Some(&result.ping_id),
+                        false,
+                        Some(release_reason::QUOTE_REFUSED),
+                        now,
+                    );
+                    let _ = effects::execute(state, rt, drop.into_iter()).await;
                 }
-                return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
+                return Err(match refused {
+                    QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
+                    QuoteRefused::BookFull => {
+                        ApiError::new(ErrorCode::Overloaded, "too many open quotes")
+                    }
+                });
+            }
+            if let Some(rec) = reserved {
+                effects::record(state, &rec).await;
             }
             PingAnswer {
                 ping_id: result.ping_id,
@@ -582,17 +604,25 @@ async fn ping(
                 score: result.score,
             }
         }
-        (reason, _) => PingAnswer {
+        None => PingAnswer {
             ping_id: result.ping_id,
             status: PingStatus::NoBid,
             price: None,
             currency: None,
             expires_at: None,
-            reason: Some(reason.unwrap_or(proto::seller::NoBidReason::NoBids)),
+            reason: Some(award.no_bid.unwrap_or(NoBidReason::NoBids)),
             score: result.score,
         },
     };
     Ok(to_json(&answer))
+}
+
+/// A seller holding its `sellers.ID.quotes_open_max` open quotes: 429 with `Retry-After`.
+fn seller_quotes_limited(max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!("over {max} open quotes; post or let some expire first"),
+    )
 }
 
 async fn direct_post(
@@ -619,9 +649,9 @@ async fn direct_post(
         },
     )
     .await;
-    let answer = match (result.no_bid, result.ranked.first()) {
-        (None, Some(winner)) => {
-            let quoted = winner.seller_price;
+    let award = result.award;
+    let answer = match award.winner().map(|w| w.seller_price) {
+        Some(quoted) => {
             let d = Delivery {
                 auction_id: &result.auction_id,
                 ping_id: &result.ping_id,
@@ -631,23 +661,18 @@ async fn direct_post(
                 consent: &req.consent,
                 test: req.test,
                 quoted,
-                ranked: result.ranked,
-                reservation: result.reservation,
-                auction_started_ms: result.started_ms,
+                ranked: award.ranked,
+                reservation: award.reservation,
+                auction_started_ms: award.arrival,
+                from_quote: false,
             };
             deliver(state, rt, d).await.map_err(|e| {
                 ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold"))
             })?
         }
-        (reason, _) => {
-            let mut a = PostAnswer::status_only(
-                PostStatus::Unsold,
-                Some(
-                    reason
-                        .unwrap_or(proto::seller::NoBidReason::NoBids)
-                        .as_str(),
-                ),
-            );
+        None => {
+            let reason = award.no_bid.unwrap_or(NoBidReason::NoBids);
+            let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason.as_str()));
             a.ping_id = Some(result.ping_id);
             a
         }
@@ -680,9 +705,18 @@ async fn post(
         BeginPost::Done(answer) => return Ok(to_json(&answer)),
         BeginPost::Expired(reservation) => {
             if let Some(r) = reservation {
-                state.caps.release(&r);
+                let drop = drop_hold(
+                    cfg,
+                    GENERATION_UNWIRED,
+                    r,
+                    Some(&env.ping_id),
+                    true,
+                    None,
+                    now,
+                );
+                let _ = effects::execute(state, rt, drop.into_iter()).await;
             }
-            let mut a = PostAnswer::status_only(PostStatus::Expired, Some("quote_expired"));
+            let mut a = PostAnswer::status_only(PostStatus::Expired, Some(EXPIRED_REASON));
             a.ping_id = Some(env.ping_id.clone());
             state
                 .metrics
@@ -704,8 +738,17 @@ async fn post(
     };
     let changed = quote.lead.ping_field_changes(&lead, schema);
     let answer = if !changed.is_empty() {
-        if let Some(r) = &quote.reservation {
-            state.caps.release(r);
+        if let Some(r) = quote.reservation.clone() {
+            let drop = drop_hold(
+                cfg,
+                GENERATION_UNWIRED,
+                r,
+                Some(&quote.ping_id),
+                false,
+                Some(release_reason::MISMATCH),
+                state.clock.now_ms(),
+            );
+            let _ = effects::execute(state, rt, drop.into_iter()).await;
         }
         let mut a = PostAnswer::status_only(PostStatus::Mismatch, Some("ping_fields_changed"));
         a.ping_id = Some(quote.ping_id.clone());
@@ -724,6 +767,7 @@ async fn post(
             ranked: quote.ranked.clone(),
             reservation: quote.reservation.clone(),
             auction_started_ms: quote.auctioned_at,
+            from_quote: true,
         };
         match deliver(state, rt, d).await {
             Ok(a) => a,

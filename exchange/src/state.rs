@@ -13,7 +13,9 @@ use crate::core::award::{PriceRanker, Ranker};
 use crate::core::breaker::BreakerBook;
 use crate::core::caps::CapBook;
 use crate::core::quotes::QuoteBook;
+use crate::core::settlement::drop_hold;
 use crate::core::UnixMs;
+use crate::effects::GENERATION_UNWIRED;
 use crate::idempotency::IdempotencyStore;
 use crate::ledger::Ledger;
 use crate::metrics::{BuyerMetrics, Metrics};
@@ -87,7 +89,8 @@ impl AppState {
         let now = clock.now_ms();
         AppState {
             caps: CapBook::new(config.buyers.len()),
-            quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms),
+            quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms)
+                .with_sellers(config.sellers.len()),
             breakers: BreakerBook::new(config.buyers.len(), s.breaker),
             connections: Arc::new(tokio::sync::Semaphore::new(s.connections_max)),
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
@@ -109,8 +112,13 @@ impl AppState {
     /// calls this on a timer.
     pub fn sweep(&self) {
         let now = self.clock.now_ms();
-        for r in self.quotes.sweep(now) {
-            self.caps.release(&r);
+        let expired = self.quotes.sweep(now);
+        if !expired.is_empty() {
+            let rt = self.runtime.load();
+            for r in expired {
+                let drop = drop_hold(&rt.config, GENERATION_UNWIRED, r, None, true, None, now);
+                crate::effects::execute_now(self, drop.into_iter());
+            }
         }
         self.idempotency.sweep(now);
         self.metrics

@@ -43,6 +43,9 @@ struct State {
 struct Slot {
     /// Mirrors `state.opened_at.is_some()` so a closed breaker admits without locking.
     open: AtomicBool,
+    /// Mirrors `state.consecutive_failures > 0`, so a success on a clean, closed breaker
+    /// (the hot path: most pings succeed) records without locking.
+    failing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -104,12 +107,17 @@ impl BreakerBook {
         let Some(slot) = self.slots.get(idx) else {
             return;
         };
+        if ok && !slot.failing.load(Ordering::Acquire) && !slot.open.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = slot.state.lock();
         if ok {
             *s = State::default();
             slot.open.store(false, Ordering::Release);
+            slot.failing.store(false, Ordering::Release);
             return;
         }
+        slot.failing.store(true, Ordering::Release);
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         if s.opened_at.is_some() || s.consecutive_failures >= self.cfg.failures.max(1) {
             s.opened_at = Some(now);
@@ -226,6 +234,40 @@ mod tests {
         // Closed and reset: it takes `failures` failures again to open.
         fail(&b, 2, 5_100);
         assert_eq!(b.admit(0, 5_100), Admit::Yes);
+    }
+
+    #[test]
+    fn a_success_after_failures_resets_the_count_even_on_the_lock_free_path() {
+        let b = BreakerBook::new(1, CFG);
+        // Clean and closed: successes take the lock-free path and change nothing.
+        b.record(0, true, 0);
+        fail(&b, 2, 10);
+        // A success must still reset the two failures (it may not take the fast path).
+        b.record(0, true, 20);
+        fail(&b, 2, 30);
+        assert_eq!(
+            b.admit(0, 40),
+            Admit::Yes,
+            "2 + 2 failures with a success between"
+        );
+        fail(&b, 1, 50);
+        assert_eq!(b.admit(0, 60), Admit::No, "three in a row open it");
+        // Open: a success closes it (not the fast path either).
+        b.record(0, true, 70);
+        assert_eq!(b.admit(0, 80), Admit::Yes);
+    }
+
+    #[test]
+    fn a_late_probe_success_closes_and_a_second_probe_waits_its_interval() {
+        let b = BreakerBook::new(1, CFG);
+        fail(&b, 3, 0);
+        assert_eq!(b.admit(0, 5_000), Admit::Probe);
+        // The probe is still out: nobody else gets through until the next interval.
+        assert_eq!(b.admit(0, 5_999), Admit::No);
+        assert_eq!(b.admit(0, 6_000), Admit::Probe);
+        // The first probe answers late but successfully: the buyer is healthy again.
+        b.record(0, true, 6_010);
+        assert_eq!(b.admit(0, 6_011), Admit::Yes);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub mod defaults {
     pub const BREAKER_PROBE_INTERVAL_MS: u64 = 1_000;
     pub const POST_ATTEMPTS_MAX: usize = 5;
     pub const CURRENCY: &str = "USD";
+    /// One post, every fallback included, ends within this (ms).
+    pub const POST_DEADLINE_MS: u64 = 5_000;
+    /// Open quotes (bids not yet posted or expired) one seller may hold at once.
+    pub const SELLER_QUOTES_OPEN_MAX: usize = 1_000;
 }
 
 /// The whole, validated configuration.
@@ -91,6 +95,9 @@ pub struct ServerConfig {
     pub response_reserve_ms: u64,
     /// Buyers tried at most per post (winner plus fallbacks).
     pub post_attempts_max: usize,
+    /// One post (winner and every fallback) ends within this many ms; each attempt's
+    /// timeout is the buyer's `post_timeout_ms` or what is left, whichever is less.
+    pub post_deadline_ms: u64,
     pub breaker: BreakerConfig,
 }
 
@@ -116,6 +123,9 @@ pub struct Vertical {
     pub auction_deadline_ms: u64,
     /// No bid below this (after margin) is ever quoted.
     pub floor: Micros,
+    /// A bid above this is refused as a no-bid (`bid_above_max`): a guard against a buyer
+    /// answering in cents or with a typo. `None`: no ceiling.
+    pub bid_max: Option<Micros>,
     pub schema: VerticalSchema,
 }
 
@@ -152,6 +162,9 @@ pub struct Seller {
     pub reserve: Option<Micros>,
     /// Requests per second allowed (token bucket, burst of one second); `None` is unlimited.
     pub rate_per_s: Option<u32>,
+    /// Most open quotes (bids not yet posted or expired) this seller may hold; past it a
+    /// ping is answered 429 `rate_limited` and reserves nothing.
+    pub quotes_open_max: usize,
 }
 
 /// Whether the buyer's endpoints speak HTTP/2.

@@ -10,8 +10,8 @@
 
 use proto::Lead;
 
-use super::caps::CapBook;
 use super::schedule;
+use super::settlement::CapStore;
 use super::UnixMs;
 use crate::config::{Buyer, BuyerIdx, Config, VerticalIdx};
 
@@ -83,7 +83,7 @@ pub fn select(
     lead: &Lead,
     score: Option<u8>,
     now: UnixMs,
-    caps: &CapBook,
+    caps: &dyn CapStore,
 ) -> Eligibility {
     let mut out = Eligibility::default();
     let (Some(buyers), Some(v)) = (
@@ -118,7 +118,7 @@ fn skip_reason(
     zip: Option<&str>,
     score: Option<u8>,
     now: UnixMs,
-    caps: &CapBook,
+    caps: &dyn CapStore,
 ) -> Option<SkipReason> {
     if !state_ok(buyer, state) {
         return Some(SkipReason::State);
@@ -163,6 +163,7 @@ fn zip_ok(buyer: &Buyer, zip: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caps::CapBook;
     use crate::config::{Caps, MinuteRange, WeeklySchedule};
     use crate::testutil::{buyer, config, config_with, lead, utc_ms};
     use proto::Micros;

@@ -10,6 +10,15 @@
 //! - [`award`]: seller price under the payout model, reserve, rank order, fallback order.
 //! - [`quotes`]: the firm quotes and the post state machine (a ping is posted once).
 //! - [`breaker`]: which buyers are failing and when to probe them.
+//! - [`auction`]: one auction as a state machine (who to ping until when, which answers
+//!   count, the award), and [`post`]: one post as a state machine (who to deliver to
+//!   next, with which cap hold, and what each outcome means).
+//! - [`settlement`]: the one place a cap reservation is made and settled, and the
+//!   interfaces the shell implements (cap store, buyer health); [`effect`]: what the
+//!   machines ask the shell to do; [`record`]: the ledger's one record type.
+//!
+//! Architecture invariant: the core makes every auction decision; the shell sends,
+//! waits and carries out effects.
 //!
 //! Architecture invariant: the core never does I/O, never reads a clock (time is the
 //! `now` argument), never spawns or awaits, and never panics on any input. It logs
@@ -17,16 +26,23 @@
 //! state (caps, quotes, breakers) is safe to call from many tasks at once.
 //!
 //! API boundary: the async shell (HTTP server, buyer clients, timers, ledger) calls these
-//! functions and carries out their decisions; it never changes caps or quote state except
-//! through them.
+//! functions and carries out their decisions and effects; it never changes caps or quote
+//! state except through them.
 
+pub mod auction;
 pub mod award;
 pub mod breaker;
 pub mod caps;
 pub mod config;
+pub mod effect;
 pub mod eligibility;
+pub mod post;
 pub mod quotes;
+pub mod record;
 pub mod schedule;
+pub mod settlement;
+#[cfg(test)]
+mod tests_v2;
 #[cfg(test)]
 pub(crate) mod testutil;
 

@@ -77,6 +77,17 @@ pub struct Quote {
 #[error("the quote book is full or already holds this ping_id")]
 pub struct BookFull;
 
+/// Why [`QuoteBook::insert_limited`] refused a quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteRefused {
+    /// `open_max` quotes are open, or the ping id is already in the book (shed: 503).
+    #[error("the quote book is full or already holds this ping_id")]
+    BookFull,
+    /// The seller holds its `quotes_open_max` open quotes (429 `rate_limited`).
+    #[error("the seller holds its most open quotes")]
+    SellerLimit,
+}
+
 /// What a post of a ping id may do.
 #[derive(Debug)]
 pub enum BeginPost {
@@ -122,6 +133,9 @@ pub struct QuoteBook {
     /// Entries `Open` or `Posting`; checked against `open_max` on insert.
     open: AtomicUsize,
     open_max: usize,
+    /// Entries `Open` or `Posting` per seller (index), for `sellers.ID.quotes_open_max`;
+    /// a seller past the end is not counted (no per-seller limit).
+    open_by_seller: Vec<AtomicUsize>,
     done_ttl_ms: u64,
     done_max: usize,
     /// `(expires_at, ping_id)` of quotes put in `Open`, soonest first. An entry can be
@@ -146,6 +160,7 @@ impl QuoteBook {
             entries: DashMap::new(),
             open: AtomicUsize::new(0),
             open_max,
+            open_by_seller: Vec::new(),
             done_ttl_ms,
             done_max: DONE_ENTRIES_MAX_DEFAULT,
             expiries: Mutex::new(BinaryHeap::new()),
@@ -159,18 +174,53 @@ impl QuoteBook {
         self
     }
 
+    /// Counts open quotes per seller for sellers `0..seller_count` (see
+    /// [`QuoteBook::insert_limited`]).
+    pub fn with_sellers(mut self, seller_count: usize) -> QuoteBook {
+        self.open_by_seller = (0..seller_count).map(|_| AtomicUsize::new(0)).collect();
+        self
+    }
+
+    /// Quotes of `seller` open or posting now.
+    pub fn seller_open_count(&self, seller: SellerIdx) -> usize {
+        self.open_by_seller
+            .get(seller)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    fn seller_done(&self, seller: SellerIdx) {
+        if let Some(c) = self.open_by_seller.get(seller) {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Adds an open quote. Refused when `open_max` quotes are open or posting, or when the
     /// ping id is already in the book; the caller then releases the quote's reservation.
     pub fn insert(&self, q: Quote) -> Result<(), BookFull> {
+        self.insert_limited(q, usize::MAX).map_err(|_| BookFull)
+    }
+
+    /// [`insert`](QuoteBook::insert), also refused when the quote's seller already has
+    /// `seller_open_max` quotes open or posting.
+    pub fn insert_limited(&self, q: Quote, seller_open_max: usize) -> Result<(), QuoteRefused> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.open_max {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(BookFull);
+            return Err(QuoteRefused::BookFull);
+        }
+        let seller = q.seller;
+        if let Some(c) = self.open_by_seller.get(seller) {
+            if c.fetch_add(1, Ordering::AcqRel) >= seller_open_max {
+                c.fetch_sub(1, Ordering::AcqRel);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(QuoteRefused::SellerLimit);
+            }
         }
         let expiry = (q.expires_at, q.ping_id.clone());
         match self.entries.entry(q.ping_id.clone()) {
             MapEntry::Occupied(_) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
-                return Err(BookFull);
+                self.seller_done(seller);
+                return Err(QuoteRefused::BookFull);
             }
             MapEntry::Vacant(v) => {
                 v.insert(Entry {
@@ -216,6 +266,7 @@ impl QuoteBook {
         };
         if finished {
             self.open.fetch_sub(1, Ordering::AcqRel);
+            self.seller_done(seller);
             self.remember_done(vec![(now, ping_id.to_string())]);
         }
         out
@@ -231,15 +282,16 @@ impl QuoteBook {
                     answer: Some(Box::new(answer)),
                     at: now,
                 };
-                true
+                Some(e.seller)
             }
-            _ => false,
+            _ => None,
         };
-        if finished {
+        if let Some(seller) = finished {
             self.open.fetch_sub(1, Ordering::AcqRel);
+            self.seller_done(seller);
             self.remember_done(vec![(now, ping_id.to_string())]);
         }
-        finished
+        finished.is_some()
     }
 
     /// Gives a quote back (`Posting -> Open`) after an internal failure before anything
@@ -298,8 +350,10 @@ impl QuoteBook {
                     answer: None,
                     at: now,
                 };
+                let seller = e.seller;
                 drop(e);
                 self.open.fetch_sub(1, Ordering::AcqRel);
+                self.seller_done(seller);
                 expired.push((now, id));
             }
             self.remember_done(expired);

@@ -110,6 +110,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         currency: defaults::CURRENCY.into(),
         auction_deadline_ms: defaults::AUCTION_DEADLINE_MS,
         floor: Micros(1_000_000),
+        bid_max: None,
         schema: schema(),
     };
     let seller = Seller {
@@ -120,6 +121,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         payout: PayoutModel::RevenueShare { share_bp: 8000 },
         reserve: None,
         rate_per_s: None,
+        quotes_open_max: defaults::SELLER_QUOTES_OPEN_MAX,
     };
     let mut buyers_by_vertical = vec![Vec::new()];
     for (i, b) in buyers.iter().enumerate() {
@@ -146,6 +148,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             buyers_per_auction_max: defaults::BUYERS_PER_AUCTION_MAX,
             response_reserve_ms: defaults::RESPONSE_RESERVE_MS,
             post_attempts_max: defaults::POST_ATTEMPTS_MAX,
+            post_deadline_ms: defaults::POST_DEADLINE_MS,
             breaker: breaker_cfg(),
         },
         verticals: vec![vertical],

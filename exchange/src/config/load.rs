@@ -744,6 +744,13 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         POST_ATTEMPTS_LIMIT,
         defaults::POST_ATTEMPTS_MAX,
     );
+    let post_deadline_ms = s.u64_or(
+        p,
+        "post_deadline_ms",
+        1,
+        TIMEOUT_MS_LIMIT,
+        defaults::POST_DEADLINE_MS,
+    );
 
     let mut b = s.section_or_empty(p, "breaker");
     let breaker = BreakerConfig {
@@ -779,6 +786,7 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         buyers_per_auction_max,
         response_reserve_ms,
         post_attempts_max,
+        post_deadline_ms,
         breaker,
     }
 }
@@ -821,6 +829,10 @@ fn read_vertical(
         );
     }
     let floor = s.money_opt(p, "floor").unwrap_or(Micros::ZERO);
+    let bid_max = s.money_opt(p, "bid_max");
+    if bid_max.is_some_and(|m| m <= Micros::ZERO) {
+        p.at(&s.path_of("bid_max"), "must be more than 0");
+    }
 
     if !s.has("fields") {
         p.at(
@@ -857,6 +869,7 @@ fn read_vertical(
         currency,
         auction_deadline_ms,
         floor,
+        bid_max,
         schema: VerticalSchema { fields },
     })
 }
@@ -1032,6 +1045,13 @@ fn read_seller(
         .and_then(|(path, v)| read_payout(p, path, v));
     let reserve = s.money_opt(p, "reserve");
     let rate_per_s = s.u32_opt(p, "rate_per_s", 1, RATE_PER_S_LIMIT);
+    let quotes_open_max = s.usize_or(
+        p,
+        "quotes_open_max",
+        1,
+        TABLE_ENTRIES_LIMIT,
+        defaults::SELLER_QUOTES_OPEN_MAX,
+    );
     s.finish(p);
 
     if p.len() > before {
@@ -1045,6 +1065,7 @@ fn read_seller(
         payout: payout?,
         reserve,
         rate_per_s,
+        quotes_open_max,
     })
 }
 

@@ -226,7 +226,17 @@ states_include = [{states}]
 
     /// Loads the TOML with the real loader; buyer secrets come from an env closure.
     pub fn load(&self, ledger_path: &std::path::Path) -> Config {
-        let text = self.toml(ledger_path);
+        self.load_edited(ledger_path, |toml| toml)
+    }
+
+    /// [`load`](TestConfig::load) with the TOML document edited first (for keys the kit
+    /// does not model).
+    pub fn load_edited(
+        &self,
+        ledger_path: &std::path::Path,
+        edit: impl FnOnce(String) -> String,
+    ) -> Config {
+        let text = edit(self.toml(ledger_path));
         let secrets: BTreeMap<String, String> = self
             .buyers
             .iter()

@@ -17,9 +17,15 @@ use super::{SellerClient, TestConfig, EVENT_WAIT_MAX};
 impl TestConfig {
     /// Starts an exchange with this configuration and a fresh ledger in a temp dir.
     pub async fn start(&self) -> Exchange {
+        self.start_edited(|toml| toml).await
+    }
+
+    /// [`start`](TestConfig::start) with the TOML document edited first (for keys the
+    /// kit does not model).
+    pub async fn start_edited(&self, edit: impl FnOnce(String) -> String) -> Exchange {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger_path = dir.path().join("ledger.jsonl");
-        let config = self.load(&ledger_path);
+        let config = self.load_edited(&ledger_path, edit);
         let running = app::start(config, Clock::system())
             .await
             .expect("exchange starts");

@@ -1,0 +1,518 @@
+//! One auction as a state machine: who to ping and until when, which answers count, and
+//! the award. It does no I/O and reads no clock: the shell sends the pings it lists,
+//! feeds back each answer (or the passing of a bound) with `now`, then asks for the award
+//! and carries out the [`Effect`]s (cap settlement, ledger record, metrics, breakers).
+//!
+//! Life of an auction:
+//! 1. [`Auction::new`]: eligibility (filters, caps headroom), then the fan-out limit and
+//!    the breakers; each buyer to ping gets its bound `min(arrival + auction deadline -
+//!    response reserve, now + buyer ping timeout)` and `tmax_ms = bound - now`. A buyer
+//!    with no time left is recorded as a timeout and not pinged.
+//! 2. Collection: [`Auction::poll_timeout`] is the earliest bound still pending (`None`
+//!    once every buyer answered or timed out); [`Auction::on_answer`] takes an answer at
+//!    `now` (used only if `now <= bound`; later answers are late and ignored);
+//!    [`Auction::handle_timeout`] times out every pending buyer whose bound is `<= now`.
+//! 3. [`Auction::finish`]: bids above the vertical's `bid_max` become no-bids
+//!    (`bid_above_max`); fixed-price buyers join; bids are ranked under the seller's
+//!    payout model against the reserve; the winner is the best bid whose cap can be
+//!    reserved (walking down while reservations fail; test leads reserve nothing); the
+//!    no-bid reason, if any, is decided; one auction record is emitted.
+//!
+//! Architecture invariant: every auction decision is made here; the shell only moves
+//! bytes, keeps time, and executes effects.
+
+use proto::buyer::BidOutcome;
+use proto::seller::NoBidReason;
+use proto::{Lead, Micros};
+
+use super::award::{self, Bid, Ranked, Ranker};
+use super::breaker::Admit;
+use super::caps::Reservation;
+use super::effect::Effect;
+use super::eligibility;
+use super::record::{AuctionRecord, BuyerLine, BuyerOutcome, Head, QuoteHoldRecord, Record};
+use super::settlement::{BuyerHealth, Settlement};
+use super::UnixMs;
+use crate::config::{BuyerIdx, Config, SellerIdx, VerticalIdx};
+
+/// `"detail"` of a buyer that was not pinged because no time was left.
+pub const NO_TIME_LEFT: &str = "no_time_left";
+
+/// A duration in ms as a `UnixMs` difference, saturating (a huge duration never wraps to
+/// a negative one).
+pub fn ms(d: u64) -> i64 {
+    i64::try_from(d).unwrap_or(i64::MAX)
+}
+
+/// When a bid made in an auction that started at `arrival` stops holding: `None` when the
+/// buyer did not say (it holds as long as the quote). A huge `expires_in_ms` saturates:
+/// it never wraps into the past.
+pub fn bid_expires_at(arrival: UnixMs, expires_in_ms: Option<u64>) -> Option<UnixMs> {
+    expires_in_ms.map(|e| arrival.saturating_add(ms(e)))
+}
+
+/// Everything an auction is decided from, besides the lead and `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct AuctionParams<'a> {
+    /// The runtime's configuration.
+    pub config: &'a Config,
+    /// The runtime's ranker (the award's objective).
+    pub ranker: &'a dyn Ranker,
+    /// The runtime generation (written in every record).
+    pub generation: u64,
+    pub seller: SellerIdx,
+    pub vertical: VerticalIdx,
+    /// The lead's score, if a model scored it.
+    pub score: Option<u8>,
+    /// The seller's `min_price` for this lead.
+    pub min_price: Option<Micros>,
+    /// A test lead: buyers see `test: true` and no cap is reserved.
+    pub test: bool,
+    /// A direct post (`/v1/leads`) rather than a ping.
+    pub direct: bool,
+    pub auction_id: &'a str,
+    pub ping_id: &'a str,
+    /// When the request arrived: the auction deadline counts from here.
+    pub arrival: UnixMs,
+}
+
+/// A buyer to ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingOrder {
+    /// The handle to give back to [`Auction::on_answer`].
+    pub slot: usize,
+    pub buyer: BuyerIdx,
+    /// The `tmax_ms` sent to the buyer.
+    pub tmax_ms: u64,
+    /// Answers after this instant are late.
+    pub bound: UnixMs,
+}
+
+#[derive(Debug)]
+enum Answer {
+    Pending,
+    /// In time: the outcome (`None`: the call failed) and how long it took.
+    InTime(Option<BidOutcome>, u64),
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Slot {
+    buyer: BuyerIdx,
+    bound: UnixMs,
+    tmax_ms: u64,
+    answer: Answer,
+}
+
+/// One auction in progress.
+#[derive(Debug)]
+pub struct Auction<'a> {
+    p: AuctionParams<'a>,
+    slots: Vec<Slot>,
+    lines: Vec<BuyerLine<'a>>,
+    fixed: Vec<BuyerIdx>,
+    /// Every buyer failed a filter, each on its cap.
+    all_capped: bool,
+    pending: usize,
+    effects: Vec<Effect<'a>>,
+}
+
+/// The award: what the seller is answered and what the quote (or direct post) carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Award {
+    /// The winner first (its cap reserved unless test), then every lower bid in rank order.
+    /// Empty with a no-bid.
+    pub ranked: Vec<Ranked>,
+    /// The winner's hold on its cap (`None` for a test lead or a no-bid).
+    pub reservation: Option<Reservation>,
+    /// Why there is no bid; `None` when there is a winner.
+    pub no_bid: Option<NoBidReason>,
+    /// When the auction started (bid expiry counts from here).
+    pub arrival: UnixMs,
+}
+
+impl Award {
+    /// The winner, if any.
+    pub fn winner(&self) -> Option<&Ranked> {
+        match self.no_bid {
+            None => self.ranked.first(),
+            Some(_) => None,
+        }
+    }
+
+    /// When the quote stops being firm: the quote TTL or the winning bid's own expiry,
+    /// whichever is sooner, counted from the auction's start, and never before `now`.
+    pub fn quote_expires_at(&self, quote_ttl_ms: u64, now: UnixMs) -> UnixMs {
+        let ttl = self
+            .winner()
+            .and_then(|w| w.bid.expires_in_ms)
+            .unwrap_or(u64::MAX)
+            .min(quote_ttl_ms);
+        self.arrival.saturating_add(ms(ttl)).max(now)
+    }
+
+    /// The `quote_reserved` record of a quote kept in the book (none for a test lead).
+    pub fn quote_reserved<'c>(
+        &self,
+        config: &'c Config,
+        generation: u64,
+        ping_id: &'c str,
+        now: UnixMs,
+    ) -> Option<Record<'c>> {
+        let r = self.reservation.as_ref()?;
+        Some(Record::QuoteReserved(QuoteHoldRecord {
+            head: Head::new(generation, now),
+            ping_id: Some(ping_id),
+            buyer: config.buyers.get(r.buyer).map_or("", |b| b.id.as_str()),
+            price_micros: r.price.0,
+            reason: None,
+        }))
+    }
+}
+
+impl<'a> Auction<'a> {
+    /// Starts an auction at `now` for `lead` (what buyers may see). Runs eligibility
+    /// against `settlement`'s cap store and admission against `health`.
+    pub fn new(
+        p: AuctionParams<'a>,
+        lead: &Lead,
+        settlement: &Settlement<'_>,
+        health: &dyn BuyerHealth,
+        now: UnixMs,
+    ) -> Auction<'a> {
+        let cfg = p.config;
+        let elig = eligibility::select(cfg, p.vertical, lead, p.score, now, settlement.store());
+        let all_capped = elig.all_capped();
+        let n = elig.ping.len() + elig.skipped.len() + elig.fixed.len();
+        let mut a = Auction {
+            p,
+            slots: Vec::with_capacity(elig.ping.len()),
+            lines: Vec::with_capacity(n + 1),
+            fixed: elig.fixed,
+            all_capped,
+            pending: 0,
+            effects: Vec::with_capacity(n + 4),
+        };
+        for &(b, why) in &elig.skipped {
+            a.line(
+                b,
+                BuyerOutcome::SkippedFilter,
+                None,
+                Some(why.as_str()),
+                None,
+            );
+        }
+        let deadline_ms = cfg
+            .verticals
+            .get(p.vertical)
+            .map_or(0, |v| v.auction_deadline_ms);
+        let collect_until = p
+            .arrival
+            .saturating_add(ms(deadline_ms))
+            .saturating_sub(ms(cfg.server.response_reserve_ms))
+            .max(p.arrival);
+        let mut admitted = 0usize;
+        for &b in &elig.ping {
+            let Some(buyer) = cfg.buyers.get(b) else {
+                continue;
+            };
+            if admitted >= cfg.server.buyers_per_auction_max {
+                a.line(
+                    b,
+                    BuyerOutcome::SkippedFanout,
+                    None,
+                    Some("fanout_limit"),
+                    None,
+                );
+                continue;
+            }
+            if health.admit(b, now) == Admit::No {
+                a.line(
+                    b,
+                    BuyerOutcome::SkippedBreaker,
+                    None,
+                    Some("breaker_open"),
+                    None,
+                );
+                continue;
+            }
+            admitted += 1;
+            let bound = collect_until.min(now.saturating_add(ms(buyer.ping_timeout_ms)));
+            let tmax_ms = u64::try_from(bound.saturating_sub(now)).unwrap_or(0);
+            if tmax_ms == 0 {
+                a.line(b, BuyerOutcome::Timeout, None, Some(NO_TIME_LEFT), None);
+                continue;
+            }
+            a.slots.push(Slot {
+                buyer: b,
+                bound,
+                tmax_ms,
+                answer: Answer::Pending,
+            });
+        }
+        a.pending = a.slots.len();
+        a
+    }
+
+    fn line(
+        &mut self,
+        idx: BuyerIdx,
+        outcome: BuyerOutcome,
+        bid_micros: Option<i64>,
+        detail: Option<&'static str>,
+        took_us: Option<u64>,
+    ) {
+        let buyer = self.p.config.buyers.get(idx).map_or("", |b| b.id.as_str());
+        self.lines.push(BuyerLine {
+            idx,
+            buyer,
+            outcome,
+            bid_micros,
+            detail,
+            took_us,
+        });
+        // A buyer not pinged for want of time did nothing wrong: its breaker learns nothing.
+        let breaker = match detail {
+            Some(NO_TIME_LEFT) => None,
+            _ => outcome.breaker_ok(),
+        };
+        self.effects.push(Effect::Ping {
+            buyer: idx,
+            outcome,
+            took_us,
+            breaker,
+        });
+    }
+
+    /// The buyers to ping, each with its `tmax_ms` and bound.
+    pub fn pings(&self) -> impl Iterator<Item = PingOrder> + '_ {
+        self.slots.iter().enumerate().map(|(slot, s)| PingOrder {
+            slot,
+            buyer: s.buyer,
+            tmax_ms: s.tmax_ms,
+            bound: s.bound,
+        })
+    }
+
+    /// Every buyer line so far: who was skipped and why (from `new`), then, after
+    /// `finish`, empty (the lines moved into the auction record).
+    pub fn lines(&self) -> &[BuyerLine<'a>] {
+        &self.lines
+    }
+
+    /// How many buyers are pinged.
+    pub fn ping_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// When to stop waiting: the earliest bound of a buyer that has not answered; `None`
+    /// once collection is over (everyone answered or timed out).
+    pub fn poll_timeout(&self) -> Option<UnixMs> {
+        if self.pending == 0 {
+            return None;
+        }
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.answer, Answer::Pending))
+            .map(|s| s.bound)
+            .min()
+    }
+
+    /// Takes buyer `slot`'s answer at `now` (`None`: the call failed), which took `took_us`.
+    /// Used only when `now <= bound` and the buyer has not timed out; otherwise it is late
+    /// and only counted.
+    pub fn on_answer(
+        &mut self,
+        slot: usize,
+        answer: Option<BidOutcome>,
+        took_us: u64,
+        now: UnixMs,
+    ) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if matches!(s.answer, Answer::Pending) && now <= s.bound {
+            s.answer = Answer::InTime(answer, took_us);
+            self.pending -= 1;
+        } else {
+            let buyer = s.buyer;
+            self.effects.push(Effect::LateAnswer { buyer });
+        }
+    }
+
+    /// Times out every buyer still pending whose bound is `<= now`.
+    pub fn handle_timeout(&mut self, now: UnixMs) {
+        for s in &mut self.slots {
+            if matches!(s.answer, Answer::Pending) && s.bound <= now {
+                s.answer = Answer::TimedOut;
+                self.pending -= 1;
+            }
+        }
+    }
+
+    /// Ends the auction at `now` (a buyer still pending counts as timed out) and decides
+    /// the award. `took_us` is the time from the request's arrival (for the record).
+    pub fn finish(&mut self, settlement: &Settlement<'_>, now: UnixMs, took_us: u64) -> Award {
+        let p = self.p;
+        let cfg = p.config;
+        let bid_max = cfg.verticals.get(p.vertical).and_then(|v| v.bid_max);
+        let mut bids: Vec<Bid> = Vec::with_capacity(self.slots.len() + self.fixed.len());
+        let slots = std::mem::take(&mut self.slots);
+        for s in slots {
+            let b = s.buyer;
+            match s.answer {
+                Answer::Pending | Answer::TimedOut => {
+                    self.line(b, BuyerOutcome::Timeout, None, None, None);
+                }
+                Answer::InTime(None, took) => {
+                    self.line(b, BuyerOutcome::Error, None, None, Some(took));
+                }
+                Answer::InTime(Some(BidOutcome::NoBid { .. }), took) => {
+                    self.line(b, BuyerOutcome::NoBid, None, None, Some(took));
+                }
+                Answer::InTime(Some(BidOutcome::Invalid(why)), took) => {
+                    self.line(b, BuyerOutcome::Invalid, None, Some(why), Some(took));
+                }
+                Answer::InTime(
+                    Some(BidOutcome::Bid {
+                        price,
+                        bid_id,
+                        expires_in_ms,
+                    }),
+                    took,
+                ) => {
+                    if bid_max.is_some_and(|max| price > max) {
+                        self.line(
+                            b,
+                            BuyerOutcome::BidAboveMax,
+                            Some(price.0),
+                            None,
+                            Some(took),
+                        );
+                        continue;
+                    }
+                    self.line(b, BuyerOutcome::Bid, Some(price.0), None, Some(took));
+                    bids.push(Bid {
+                        buyer: b,
+                        price,
+                        bid_id,
+                        expires_in_ms,
+                        fixed: false,
+                    });
+                }
+            }
+        }
+        let fixed = std::mem::take(&mut self.fixed);
+        for &b in &fixed {
+            if let Some(price) = cfg.buyers.get(b).and_then(|x| x.fixed_price) {
+                self.line(b, BuyerOutcome::FixedPrice, Some(price.0), None, None);
+                bids.push(Bid {
+                    buyer: b,
+                    price,
+                    bid_id: None,
+                    expires_in_ms: None,
+                    fixed: true,
+                });
+            }
+        }
+        let pinged_or_fixed = self.lines.iter().any(|l| {
+            !matches!(
+                l.outcome,
+                BuyerOutcome::SkippedFilter
+                    | BuyerOutcome::SkippedFanout
+                    | BuyerOutcome::SkippedBreaker
+            )
+        });
+
+        let (seller_payout, seller_reserve, seller_id) = match cfg.sellers.get(p.seller) {
+            Some(s) => (s.payout, s.reserve, s.id.as_str()),
+            None => (
+                crate::config::PayoutModel::RevenueShare { share_bp: 0 },
+                None,
+                "",
+            ),
+        };
+        let (floor, vertical_name) = cfg
+            .verticals
+            .get(p.vertical)
+            .map_or((Micros::ZERO, ""), |v| (v.floor, v.name.as_str()));
+        let reserve = award::reserve_price(p.min_price, seller_reserve, floor);
+        let any_bid = !bids.is_empty();
+        let ranking = award::rank(bids, seller_payout, reserve, p.ranker, p.score);
+        let mut reservation = None;
+        let mut winner_pos = None;
+        for (i, r) in ranking.ranked.iter().enumerate() {
+            if p.test {
+                winner_pos = Some(i);
+                break;
+            }
+            let Some(buyer) = cfg.buyers.get(r.bid.buyer) else {
+                continue;
+            };
+            match settlement.reserve(r.bid.buyer, buyer, r.bid.price, now) {
+                Ok(res) => {
+                    reservation = Some(res);
+                    winner_pos = Some(i);
+                    break;
+                }
+                Err(_) => {
+                    let (b, price) = (r.bid.buyer, r.bid.price.0);
+                    self.lines.push(BuyerLine {
+                        idx: b,
+                        buyer: buyer.id.as_str(),
+                        outcome: BuyerOutcome::CappedAtAward,
+                        bid_micros: Some(price),
+                        detail: None,
+                        took_us: None,
+                    });
+                }
+            }
+        }
+        let no_bid = match winner_pos {
+            Some(_) => None,
+            None if !ranking.ranked.is_empty() => Some(NoBidReason::Capped),
+            None if ranking.below_reserve > 0 => Some(NoBidReason::BelowReserve),
+            None if any_bid => Some(NoBidReason::NoBids),
+            None if self.all_capped => Some(NoBidReason::Capped),
+            None if !pinged_or_fixed => Some(NoBidReason::NoEligibleBuyers),
+            None => Some(NoBidReason::NoBids),
+        };
+        let ranked: Vec<Ranked> = match winner_pos {
+            Some(pos) => ranking.ranked.into_iter().skip(pos).collect(),
+            None => Vec::new(),
+        };
+        let winner = ranked.first();
+        let record = AuctionRecord {
+            head: Head::new(p.generation, now),
+            auction_id: p.auction_id,
+            ping_id: p.ping_id,
+            seller: seller_id,
+            vertical: vertical_name,
+            test: p.test,
+            direct: p.direct,
+            score: p.score,
+            reserve_micros: reserve.0,
+            buyers: std::mem::take(&mut self.lines),
+            winner: winner
+                .and_then(|w| cfg.buyers.get(w.bid.buyer))
+                .map(|b| b.id.as_str()),
+            bid_micros: winner.map(|w| w.bid.price.0),
+            seller_price_micros: winner.map(|w| w.seller_price.0),
+            no_bid: no_bid.map(NoBidReason::as_str),
+            took_us,
+        };
+        self.effects.push(Effect::Record(Record::Auction(record)));
+        self.effects.push(Effect::Auction { no_bid });
+        Award {
+            ranked,
+            reservation,
+            no_bid,
+            arrival: p.arrival,
+        }
+    }
+
+    /// The effects so far, in order, for the shell to carry out.
+    pub fn effects(&mut self) -> std::vec::Drain<'_, Effect<'a>> {
+        self.effects.drain(..)
+    }
+}

@@ -1,0 +1,58 @@
+//! What the state machines ask the shell to do. The shell carries every effect out in one
+//! function, in order, and never decides anything while doing so.
+
+use proto::seller::NoBidReason;
+
+use super::record::{BuyerOutcome, Record};
+use super::settlement::CapOp;
+use crate::config::BuyerIdx;
+
+/// What became of one post attempt at one buyer (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostKind {
+    Accepted,
+    Rejected,
+    Timeout,
+    Error,
+    Invalid,
+    /// The fallback's cap was full: not delivered.
+    Capped,
+}
+
+impl PostKind {
+    /// The label (and the `outcome` of a post attempt record).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostKind::Accepted => "accepted",
+            PostKind::Rejected => "rejected",
+            PostKind::Timeout => "timeout",
+            PostKind::Error => "error",
+            PostKind::Invalid => "invalid",
+            PostKind::Capped => "capped",
+        }
+    }
+}
+
+/// One thing for the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect<'a> {
+    /// Settle a reservation (through [`Settlement::settle`](super::settlement::Settlement::settle)).
+    Cap(CapOp),
+    /// Append a record to the ledger (durable when [`Record::is_durable`]).
+    Record(Record<'a>),
+    /// A buyer's ping outcome: its metric, its latency (`took_us`) and, when it was pinged,
+    /// its breaker (`BuyerOutcome::breaker_ok`).
+    Ping {
+        buyer: BuyerIdx,
+        outcome: BuyerOutcome,
+        took_us: Option<u64>,
+        /// What the buyer's breaker learns: `Some(ok)` when it was pinged.
+        breaker: Option<bool>,
+    },
+    /// A buyer answered after its bound: counted, never used.
+    LateAnswer { buyer: BuyerIdx },
+    /// A post attempt's outcome at a buyer (metric).
+    Post { buyer: BuyerIdx, outcome: PostKind },
+    /// An auction ended: `None` is a bid (metric).
+    Auction { no_bid: Option<NoBidReason> },
+}

@@ -1,0 +1,393 @@
+//! One post as a state machine: which buyer to deliver to next, with which cap hold, and
+//! what each delivery's outcome means. No I/O, no clock: the shell delivers the attempt
+//! [`PostPlan::next`] names (within its `timeout_ms`), reports the outcome with
+//! [`PostPlan::on_result`], and carries out the [`Effect`]s.
+//!
+//! Rules:
+//! - The winner goes first, on the reservation its quote holds. Then fallbacks in rank
+//!   order whose own bid covers the quoted price ([`award::fallback_order`]), at most
+//!   `server.post_attempts_max` candidates in all.
+//! - A fallback whose bid has expired (counted from the auction's start; a huge
+//!   `expires_in_ms` saturates, never wraps) is skipped; so is one whose cap is full
+//!   (reserved through the settlement; test leads reserve nothing).
+//! - Accepted: the hold is committed and the sale record written (durable: the shell
+//!   answers `sold` only after it is on disk). Rejected, timed out, failed, invalid, or
+//!   not sent at all: the hold is released and the next candidate comes.
+//! - The whole post, every fallback included, ends by `server.post_deadline_ms` after it
+//!   began: each attempt's timeout is `min(buyer post_timeout_ms, time left)`; past the
+//!   deadline the post stops with `post_deadline`.
+//! - The plan holds at most one reservation at a time and releases it on every path that
+//!   does not commit it, including a delivery the shell never reported (the shell asked
+//!   for the next attempt without reporting this one): no hold is ever overwritten.
+
+use proto::Micros;
+
+use super::auction::{bid_expires_at, ms};
+use super::award::Ranked;
+use super::caps::Reservation;
+use super::effect::{Effect, PostKind};
+use super::record::{Head, PostAttemptRecord, Record, SaleRecord, UnsoldRecord};
+use super::settlement::{drop_hold, release_reason, CapOp, Settlement};
+use super::UnixMs;
+use crate::config::{BuyerIdx, Config, SellerIdx, VerticalIdx};
+
+/// Why a post sold to nobody (the `reason` of an `unsold` answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsoldReason {
+    /// There was no winner to deliver to.
+    NoBids,
+    /// Every candidate was skipped (capped or expired) before any delivery.
+    NoBuyerAvailable,
+    /// Every delivery was refused (rejected, timed out, failed).
+    AllBuyersRejected,
+    /// `server.post_deadline_ms` passed with candidates left.
+    PostDeadline,
+}
+
+impl UnsoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnsoldReason::NoBids => "no_bids",
+            UnsoldReason::NoBuyerAvailable => "no_buyer_available",
+            UnsoldReason::AllBuyersRejected => "all_buyers_rejected",
+            UnsoldReason::PostDeadline => "post_deadline",
+        }
+    }
+}
+
+/// Everything a post is decided from, besides the ranking and `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct PostParams<'a> {
+    pub config: &'a Config,
+    /// The runtime generation (written in every record).
+    pub generation: u64,
+    pub seller: SellerIdx,
+    pub vertical: VerticalIdx,
+    /// A test lead: no cap is reserved for fallbacks.
+    pub test: bool,
+    /// The seller price already quoted: what the seller is paid on a sale.
+    pub quoted: Micros,
+    pub auction_id: &'a str,
+    pub ping_id: &'a str,
+    pub lead_id: &'a str,
+    /// When the auction started: bids' `expires_in_ms` count from here.
+    pub auction_arrival: UnixMs,
+    /// The winner's reservation is a quote's hold (a ping's quote, recorded as
+    /// `quote_reserved`): its release is recorded as `quote_released`.
+    pub from_quote: bool,
+}
+
+/// One delivery to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub buyer: BuyerIdx,
+    /// Index of the bid in [`PostPlan::ranked`].
+    pub rank: usize,
+    /// 0 for the winner, then one per candidate considered.
+    pub attempt: usize,
+    /// How long to wait for the buyer's answer.
+    pub timeout_ms: u64,
+}
+
+/// What a delivery came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Accepted {
+        buyer_lead_id: Option<String>,
+    },
+    Rejected {
+        reason: Option<String>,
+    },
+    Invalid(&'static str),
+    Timeout,
+    /// The call failed (connect, transport).
+    Error,
+    /// The delivery could not be sent at all (the message could not be built, the
+    /// shell failed before sending): nothing reached the buyer.
+    NotSent,
+}
+
+/// Where the post is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostStep {
+    /// Deliver to this buyer now.
+    Deliver(Attempt),
+    /// Sold to this attempt's buyer: the commit and the (durable) sale record are queued.
+    Sold(Attempt),
+    /// Sold to nobody: every hold is released and the (durable) unsold record queued.
+    Unsold(UnsoldReason),
+}
+
+/// One post in progress.
+#[derive(Debug)]
+pub struct PostPlan<'a> {
+    p: PostParams<'a>,
+    ranked: Vec<Ranked>,
+    /// The one hold the plan has (the winner's from the quote, or a fallback's).
+    reservation: Option<Reservation>,
+    /// `reservation` is the quote's hold (see [`PostParams::from_quote`]).
+    quote_hold: bool,
+    deadline: UnixMs,
+    /// Next rank index to consider.
+    cursor: usize,
+    /// Candidates considered (delivered or skipped), at most `post_attempts_max`.
+    considered: usize,
+    /// Deliveries actually sent.
+    sent: usize,
+    current: Option<Attempt>,
+    done: Option<PostStep>,
+    effects: Vec<Effect<'a>>,
+}
+
+impl<'a> PostPlan<'a> {
+    /// A post beginning at `now` of `ranked` (the winner first) holding `reservation`.
+    pub fn new(
+        p: PostParams<'a>,
+        ranked: Vec<Ranked>,
+        reservation: Option<Reservation>,
+        now: UnixMs,
+    ) -> PostPlan<'a> {
+        let deadline = now.saturating_add(ms(p.config.server.post_deadline_ms));
+        PostPlan {
+            quote_hold: p.from_quote && reservation.is_some(),
+            p,
+            ranked,
+            reservation,
+            deadline,
+            cursor: 0,
+            considered: 0,
+            sent: 0,
+            current: None,
+            done: None,
+            effects: Vec::with_capacity(8),
+        }
+    }
+
+    /// The bids, best first ([`Attempt::rank`] indexes this).
+    pub fn ranked(&self) -> &[Ranked] {
+        &self.ranked
+    }
+
+    /// When the whole post must end.
+    pub fn deadline(&self) -> UnixMs {
+        self.deadline
+    }
+
+    /// Does the plan hold a reservation right now?
+    pub fn holds(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// The next candidate's rank index, without taking it.
+    fn peek(&self) -> Option<usize> {
+        if self.considered >= self.p.config.server.post_attempts_max {
+            return None;
+        }
+        if self.cursor == 0 {
+            return (!self.ranked.is_empty()).then_some(0);
+        }
+        (self.cursor..self.ranked.len()).find(|&i| self.ranked[i].bid.price >= self.p.quoted)
+    }
+
+    fn buyer_id(&self, b: BuyerIdx) -> &'a str {
+        self.p.config.buyers.get(b).map_or("", |x| x.id.as_str())
+    }
+
+    fn attempt_record(
+        &mut self,
+        a: Attempt,
+        outcome: &'static str,
+        reason: Option<String>,
+        now: UnixMs,
+    ) {
+        let rec = PostAttemptRecord {
+            head: Head::new(self.p.generation, now),
+            lead_id: self.p.lead_id,
+            auction_id: self.p.auction_id,
+            buyer: self.buyer_id(a.buyer),
+            attempt: a.attempt,
+            outcome,
+            reason,
+        };
+        self.effects.push(Effect::Record(Record::PostAttempt(rec)));
+    }
+
+    /// Drops the plan's hold, if any, recording a quote hold's release.
+    fn release(&mut self, why: &'static str, now: UnixMs) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        if std::mem::take(&mut self.quote_hold) {
+            let [a, b] = drop_hold(
+                self.p.config,
+                self.p.generation,
+                r,
+                Some(self.p.ping_id),
+                false,
+                Some(why),
+                now,
+            );
+            self.effects.push(a);
+            self.effects.push(b);
+        } else {
+            self.effects.push(Effect::Cap(CapOp::Release(r)));
+        }
+    }
+
+    fn unsold(&mut self, reason: UnsoldReason, now: UnixMs) -> PostStep {
+        let why = match reason {
+            UnsoldReason::PostDeadline => release_reason::POST_DEADLINE,
+            _ => release_reason::POST_FAILED,
+        };
+        self.release(why, now);
+        if reason != UnsoldReason::NoBids {
+            let cfg = self.p.config;
+            let rec = UnsoldRecord {
+                head: Head::new(self.p.generation, now),
+                lead_id: self.p.lead_id,
+                ping_id: self.p.ping_id,
+                auction_id: self.p.auction_id,
+                seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
+                reason: reason.as_str(),
+                attempts: self.sent,
+            };
+            self.effects.push(Effect::Record(Record::Unsold(rec)));
+        }
+        let step = PostStep::Unsold(reason);
+        self.done = Some(step);
+        step
+    }
+
+    /// What to do next at `now`. Reserves a fallback's cap through `settlement`.
+    pub fn next(&mut self, settlement: &Settlement<'_>, now: UnixMs) -> PostStep {
+        if let Some(done) = self.done {
+            return done;
+        }
+        if self.current.is_some() {
+            // Asked for the next attempt without reporting this one: it was never sent.
+            self.on_result(AttemptResult::NotSent, now);
+        }
+        loop {
+            let Some(i) = self.peek() else {
+                let reason = match (self.ranked.is_empty(), self.sent) {
+                    (true, _) => UnsoldReason::NoBids,
+                    (false, 0) => UnsoldReason::NoBuyerAvailable,
+                    (false, _) => UnsoldReason::AllBuyersRejected,
+                };
+                return self.unsold(reason, now);
+            };
+            if now >= self.deadline {
+                return self.unsold(UnsoldReason::PostDeadline, now);
+            }
+            self.cursor = i + 1;
+            let attempt_no = self.considered;
+            self.considered += 1;
+            let bid = &self.ranked[i].bid;
+            let (b, price) = (bid.buyer, bid.price);
+            let Some(buyer) = self.p.config.buyers.get(b) else {
+                continue;
+            };
+            let a = Attempt {
+                buyer: b,
+                rank: i,
+                attempt: attempt_no,
+                timeout_ms: buyer
+                    .post_timeout_ms
+                    .min(u64::try_from(self.deadline.saturating_sub(now)).unwrap_or(0)),
+            };
+            if i > 0 {
+                if bid_expires_at(self.p.auction_arrival, bid.expires_in_ms)
+                    .is_some_and(|at| at < now)
+                {
+                    self.attempt_record(a, "bid_expired", None, now);
+                    continue;
+                }
+                if !self.p.test {
+                    match settlement.reserve(b, buyer, price, now) {
+                        Ok(res) => {
+                            // Never overwrite a hold: the previous one is settled first.
+                            self.release(release_reason::POST_FAILED, now);
+                            self.reservation = Some(res);
+                        }
+                        Err(_) => {
+                            self.effects.push(Effect::Post {
+                                buyer: b,
+                                outcome: PostKind::Capped,
+                            });
+                            self.attempt_record(a, "capped", None, now);
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.sent += 1;
+            self.current = Some(a);
+            return PostStep::Deliver(a);
+        }
+    }
+
+    /// Takes the outcome of the attempt [`next`](PostPlan::next) named, at `now`.
+    pub fn on_result(&mut self, result: AttemptResult, now: UnixMs) {
+        let Some(a) = self.current.take() else {
+            return;
+        };
+        let (kind, outcome, reason) = match result {
+            AttemptResult::Accepted { buyer_lead_id } => {
+                if let Some(r) = self.reservation.take() {
+                    self.quote_hold = false;
+                    self.effects.push(Effect::Cap(CapOp::Commit(r)));
+                }
+                self.effects.push(Effect::Post {
+                    buyer: a.buyer,
+                    outcome: PostKind::Accepted,
+                });
+                let cfg = self.p.config;
+                let bid = self
+                    .ranked
+                    .get(a.rank)
+                    .map_or(Micros::ZERO, |r| r.bid.price);
+                let v = cfg.verticals.get(self.p.vertical);
+                let rec = SaleRecord {
+                    head: Head::new(self.p.generation, now),
+                    lead_id: self.p.lead_id,
+                    ping_id: self.p.ping_id,
+                    auction_id: self.p.auction_id,
+                    seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
+                    buyer: self.buyer_id(a.buyer),
+                    vertical: v.map_or("", |v| v.name.as_str()),
+                    currency: v.map_or("", |v| v.currency.as_str()),
+                    test: self.p.test,
+                    bid_micros: bid.0,
+                    seller_price_micros: self.p.quoted.0,
+                    margin_micros: bid.0.saturating_sub(self.p.quoted.0),
+                    attempt: a.attempt,
+                    buyer_lead_id,
+                };
+                self.effects.push(Effect::Record(Record::Sale(rec)));
+                self.done = Some(PostStep::Sold(a));
+                return;
+            }
+            AttemptResult::Rejected { reason } => (PostKind::Rejected, "rejected", reason),
+            AttemptResult::Invalid(why) => (PostKind::Invalid, "invalid", Some(why.to_string())),
+            AttemptResult::Timeout => (PostKind::Timeout, "timeout", None),
+            AttemptResult::Error => (PostKind::Error, "error", None),
+            AttemptResult::NotSent => (PostKind::Error, "not_sent", None),
+        };
+        self.effects.push(Effect::Post {
+            buyer: a.buyer,
+            outcome: kind,
+        });
+        let why = if now >= self.deadline {
+            release_reason::POST_DEADLINE
+        } else {
+            release_reason::POST_FAILED
+        };
+        self.release(why, now);
+        self.attempt_record(a, outcome, reason, now);
+    }
+
+    /// The effects so far, in order, for the shell to carry out.
+    pub fn effects(&mut self) -> std::vec::Drain<'_, Effect<'a>> {
+        self.effects.drain(..)
+    }
+}

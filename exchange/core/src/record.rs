@@ -1,0 +1,343 @@
+//! The ledger's one record type: every line of the ledger is a [`Record`], serialized as
+//! JSON with its kind in `type`, the record format version in `v` and the runtime
+//! generation (which configuration and models decided it) in `generation`.
+//!
+//! Owns: what an auction, a post attempt, a sale, an unsold post and a quote's hold on a
+//! buyer's caps (reserved, released, expired) record, so an auction can be replayed and
+//! explained: every buyer considered with its outcome (skipped and why, bid with its
+//! price, no bid, bid above the ceiling, late, invalid), every post attempt, and timings.
+//!
+//! Never: carries PII. Records name leads, pings and auctions by id and carry only
+//! prices, buyers, sellers, reasons and outcomes.
+
+use serde::{Serialize, Serializer};
+
+use super::UnixMs;
+use crate::config::BuyerIdx;
+
+/// The record format version (`v`). 2: one tagged type with `v` and `generation`; the
+/// `bid_above_max` buyer outcome; quote hold records.
+pub const RECORD_VERSION: u16 = 2;
+
+/// RFC 3339 UTC with milliseconds, as the ledger has always written times.
+pub fn rfc3339(unix_ms: UnixMs) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn ser_rfc3339<S: Serializer>(at: &UnixMs, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*at))
+}
+
+/// What every record starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Head {
+    /// [`RECORD_VERSION`].
+    pub v: u16,
+    /// The runtime generation (configuration and models) that made the decision.
+    pub generation: u64,
+    /// When it happened (written as RFC 3339).
+    #[serde(serialize_with = "ser_rfc3339")]
+    pub at: UnixMs,
+}
+
+impl Head {
+    /// A head at `at` for `generation`.
+    pub fn new(generation: u64, at: UnixMs) -> Head {
+        Head {
+            v: RECORD_VERSION,
+            generation,
+            at,
+        }
+    }
+}
+
+/// One ledger line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record<'a> {
+    /// One auction: who was considered, what each did, who won.
+    Auction(AuctionRecord<'a>),
+    /// One delivery attempt of a post that did not sell (or was skipped).
+    PostAttempt(PostAttemptRecord<'a>),
+    /// A lead sold (durable before the seller hears `sold`).
+    Sale(SaleRecord<'a>),
+    /// A post that sold to nobody.
+    Unsold(UnsoldRecord<'a>),
+    /// A firm quote now holds a buyer's cap.
+    QuoteReserved(QuoteHoldRecord<'a>),
+    /// A quote's hold was dropped without a sale (post failed, mismatch, refused).
+    QuoteReleased(QuoteHoldRecord<'a>),
+    /// A quote expired unposted and its hold was dropped.
+    QuoteExpired(QuoteHoldRecord<'a>),
+    /// A durable marker: everything before it is on disk (shutdown, tests).
+    Flush(FlushRecord),
+}
+
+/// `type: "flush"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FlushRecord {
+    #[serde(flatten)]
+    pub head: Head,
+}
+
+/// Where records go: the JSON-lines file today. Synchronous: `append` hands the record
+/// over and returns at once; the shell waits on the receipt (a durable record's receipt
+/// resolves once it is on disk).
+pub trait LedgerSink {
+    /// What the caller waits on.
+    type Receipt;
+    /// Hands `record` to the ledger (durable when [`Record::is_durable`]).
+    fn append(&self, record: &Record<'_>) -> Self::Receipt;
+}
+
+impl Record<'_> {
+    /// The `type` written for this record.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Auction(_) => "auction",
+            Record::PostAttempt(_) => "post_attempt",
+            Record::Sale(_) => "sale",
+            Record::Unsold(_) => "unsold",
+            Record::QuoteReserved(_) => "quote_reserved",
+            Record::QuoteReleased(_) => "quote_released",
+            Record::QuoteExpired(_) => "quote_expired",
+            Record::Flush(_) => "flush",
+        }
+    }
+
+    /// Must the record be on disk before the exchange answers? (A sale and an unsold
+    /// post, both outcomes a seller is told; a flush marker.)
+    pub fn is_durable(&self) -> bool {
+        matches!(self, Record::Sale(_) | Record::Unsold(_) | Record::Flush(_))
+    }
+}
+
+/// What happened to one buyer in one auction (the `outcome` of its line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuyerOutcome {
+    /// Failed a filter (state, ZIP, schedule, score floor, cap): `detail` says which.
+    SkippedFilter,
+    /// Past `buyers_per_auction_max`.
+    SkippedFanout,
+    /// Its breaker is open.
+    SkippedBreaker,
+    /// No answer within its bound (or no time left to ping it).
+    Timeout,
+    /// A valid bid.
+    Bid,
+    /// A pass.
+    NoBid,
+    /// A bid above the vertical's `bid_max`: treated as a pass.
+    BidAboveMax,
+    /// Not a valid answer (`detail` says why).
+    Invalid,
+    /// The call failed (connect, transport).
+    Error,
+    /// A fixed-price buyer's standing price.
+    FixedPrice,
+    /// Won the ranking but its cap was taken by another auction in between.
+    CappedAtAward,
+}
+
+impl BuyerOutcome {
+    /// The `outcome` written in the record (the three skips are all `skipped`, with the
+    /// reason in `detail`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuyerOutcome::SkippedFilter
+            | BuyerOutcome::SkippedFanout
+            | BuyerOutcome::SkippedBreaker => "skipped",
+            BuyerOutcome::Timeout => "timeout",
+            BuyerOutcome::Bid => "bid",
+            BuyerOutcome::NoBid => "no_bid",
+            BuyerOutcome::BidAboveMax => "bid_above_max",
+            BuyerOutcome::Invalid => "invalid",
+            BuyerOutcome::Error => "error",
+            BuyerOutcome::FixedPrice => "fixed_price",
+            BuyerOutcome::CappedAtAward => "capped_at_award",
+        }
+    }
+
+    /// Was this buyer pinged and did it answer in time (bid or not)? `None`: it was not
+    /// pinged, so its breaker learns nothing.
+    pub fn breaker_ok(self) -> Option<bool> {
+        match self {
+            BuyerOutcome::Bid | BuyerOutcome::NoBid | BuyerOutcome::BidAboveMax => Some(true),
+            BuyerOutcome::Timeout | BuyerOutcome::Invalid | BuyerOutcome::Error => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for BuyerOutcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One buyer's line in an auction record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuyerLine<'a> {
+    /// The buyer's position in the configuration (not written).
+    #[serde(skip)]
+    pub idx: BuyerIdx,
+    /// The buyer's id.
+    pub buyer: &'a str,
+    pub outcome: BuyerOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bid_micros: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'static str>,
+    /// How long the buyer took to answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took_us: Option<u64>,
+}
+
+/// `type: "auction"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuctionRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub auction_id: &'a str,
+    pub ping_id: &'a str,
+    pub seller: &'a str,
+    pub vertical: &'a str,
+    pub test: bool,
+    pub direct: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    pub reserve_micros: i64,
+    /// Every buyer of the vertical: skipped ones first, then pinged ones, fixed-price ones
+    /// and award-time cap refusals.
+    pub buyers: Vec<BuyerLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bid_micros: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seller_price_micros: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_bid: Option<&'static str>,
+    /// From the request's arrival to the award.
+    pub took_us: u64,
+}
+
+/// `type: "post_attempt"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostAttemptRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub auction_id: &'a str,
+    pub buyer: &'a str,
+    /// 0 is the winner, then fallbacks in order.
+    pub attempt: usize,
+    /// `rejected`, `timeout`, `error`, `invalid`, `capped`, `bid_expired`, `not_sent`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `type: "sale"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SaleRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub ping_id: &'a str,
+    pub auction_id: &'a str,
+    pub seller: &'a str,
+    pub buyer: &'a str,
+    pub vertical: &'a str,
+    pub currency: &'a str,
+    pub test: bool,
+    pub bid_micros: i64,
+    pub seller_price_micros: i64,
+    pub margin_micros: i64,
+    pub attempt: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buyer_lead_id: Option<String>,
+}
+
+/// `type: "unsold"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnsoldRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub ping_id: &'a str,
+    pub auction_id: &'a str,
+    pub seller: &'a str,
+    pub reason: &'static str,
+    /// Deliveries actually sent.
+    pub attempts: usize,
+}
+
+/// `type: "quote_reserved" | "quote_released" | "quote_expired"`: a quote's hold on one
+/// lead and `price_micros` of a buyer's caps and budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuoteHoldRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    /// The quote's ping id, when known (the sweeper sees only the hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_id: Option<&'a str>,
+    pub buyer: &'a str,
+    pub price_micros: i64,
+    /// Why a hold was released (`post_failed`, `mismatch`, `quote_refused`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_tagged_versioned_and_carry_the_generation() {
+        let r = Record::Auction(AuctionRecord {
+            head: Head::new(7, 0),
+            auction_id: "au_1",
+            ping_id: "pg_1",
+            seller: "s",
+            vertical: "v",
+            test: false,
+            direct: false,
+            score: None,
+            reserve_micros: 1,
+            buyers: vec![BuyerLine {
+                idx: 3,
+                buyer: "b",
+                outcome: BuyerOutcome::BidAboveMax,
+                bid_micros: Some(1_850_000_000),
+                detail: None,
+                took_us: Some(5),
+            }],
+            winner: None,
+            bid_micros: None,
+            seller_price_micros: None,
+            no_bid: Some("no_bids"),
+            took_us: 9,
+        });
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["type"], "auction");
+        assert_eq!(v["v"], RECORD_VERSION);
+        assert_eq!(v["generation"], 7);
+        assert_eq!(v["at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["buyers"][0]["outcome"], "bid_above_max");
+        assert!(v["buyers"][0].get("idx").is_none());
+        assert_eq!(r.kind(), "auction");
+        let q = Record::QuoteExpired(QuoteHoldRecord {
+            head: Head::new(0, 0),
+            ping_id: None,
+            buyer: "b",
+            price_micros: 5,
+            reason: None,
+        });
+        let v: serde_json::Value = serde_json::to_value(&q).unwrap();
+        assert_eq!(v["type"], "quote_expired");
+        assert!(!q.is_durable());
+    }
+}

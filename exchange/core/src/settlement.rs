@@ -1,0 +1,193 @@
+//! The one place a reservation is made and settled.
+//!
+//! Owns: the interface to the cap store ([`CapStore`], the in-memory
+//! [`CapBook`](super::caps::CapBook) today, a shared store later) and the breaker book
+//! ([`BuyerHealth`]), and the four things that can happen to a hold on a buyer's caps:
+//! reserve it, commit it (sold), release it (not sold), expire it (the quote ran out).
+//! The state machines ([`auction`](super::auction), [`post`](super::post)) emit
+//! [`CapOp`]s and the shell carries each out through [`Settlement::settle`]; the only
+//! reservation made inline is the award's (it must know at once whether a cap held, to
+//! walk down the ranking) and it goes through [`Settlement::reserve`] too.
+//!
+//! Architecture invariant: no code outside this module calls a cap store's or a breaker
+//! book's methods, so a change of their keys (buyer ids rather than config positions) is
+//! made here once.
+
+use proto::Micros;
+
+use super::breaker::{Admit, BreakerBook};
+use super::caps::{CapBook, Capped, Reservation};
+use super::effect::Effect;
+use super::record::{Head, QuoteHoldRecord, Record};
+use super::UnixMs;
+use crate::config::{Buyer, BuyerIdx, Config};
+
+/// Where buyers' caps and budgets are counted. Synchronous: a lookup or a tiny lock; an
+/// implementation over the network would answer from a local lease.
+pub trait CapStore: Send + Sync {
+    /// Could the buyer take one more lead at `now`? (Eligibility; no hold is taken.)
+    fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool;
+    /// Holds one lead and `price` of the buyer's caps and budget, or says which cap is full.
+    fn reserve(
+        &self,
+        idx: BuyerIdx,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+    ) -> Result<Reservation, Capped>;
+    /// Sold: the hold becomes a sale. False if it was already settled.
+    fn commit(&self, r: &Reservation) -> bool;
+    /// Not sold: the hold is dropped. False if it was already settled.
+    fn release(&self, r: &Reservation) -> bool;
+}
+
+impl CapStore for CapBook {
+    fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool {
+        CapBook::has_headroom(self, idx, buyer, now)
+    }
+    fn reserve(
+        &self,
+        idx: BuyerIdx,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+    ) -> Result<Reservation, Capped> {
+        CapBook::reserve(self, idx, buyer, price, now)
+    }
+    fn commit(&self, r: &Reservation) -> bool {
+        CapBook::commit(self, r)
+    }
+    fn release(&self, r: &Reservation) -> bool {
+        CapBook::release(self, r)
+    }
+}
+
+/// Which buyers are healthy enough to ping (the circuit breakers).
+pub trait BuyerHealth: Send + Sync {
+    /// May the buyer be pinged at `now`?
+    fn admit(&self, idx: BuyerIdx, now: UnixMs) -> Admit;
+    /// The outcome of a ping: `ok` when it answered in time, bid or not.
+    fn record(&self, idx: BuyerIdx, ok: bool, now: UnixMs);
+}
+
+impl BuyerHealth for BreakerBook {
+    fn admit(&self, idx: BuyerIdx, now: UnixMs) -> Admit {
+        BreakerBook::admit(self, idx, now)
+    }
+    fn record(&self, idx: BuyerIdx, ok: bool, now: UnixMs) {
+        BreakerBook::record(self, idx, ok, now)
+    }
+}
+
+/// What to do with a hold on a buyer's caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapOp {
+    /// The lead was sold to the holder: reserved becomes sold.
+    Commit(Reservation),
+    /// The lead was not sold to the holder (rejected, timed out, fell back, mismatch,
+    /// the quote could not be kept, the post ran out of time): the hold is dropped.
+    Release(Reservation),
+    /// The quote expired unposted (the sweeper, or a post after expiry): dropped.
+    Expire(Reservation),
+}
+
+impl CapOp {
+    /// The reservation the operation settles.
+    pub fn reservation(&self) -> &Reservation {
+        match self {
+            CapOp::Commit(r) | CapOp::Release(r) | CapOp::Expire(r) => r,
+        }
+    }
+}
+
+/// The settlement of reservations over one cap store.
+#[derive(Clone, Copy)]
+pub struct Settlement<'c> {
+    caps: &'c dyn CapStore,
+}
+
+impl std::fmt::Debug for Settlement<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Settlement")
+    }
+}
+
+impl<'c> Settlement<'c> {
+    /// Settles reservations of `caps`.
+    pub fn new(caps: &'c dyn CapStore) -> Settlement<'c> {
+        Settlement { caps }
+    }
+
+    /// The cap store, for eligibility's headroom checks (reads only).
+    pub fn store(&self) -> &'c dyn CapStore {
+        self.caps
+    }
+
+    /// Could `buyer` take one more lead at `now`?
+    pub fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool {
+        self.caps.has_headroom(idx, buyer, now)
+    }
+
+    /// Holds one lead and `price` of `buyer`'s caps, or says which cap is full.
+    pub fn reserve(
+        &self,
+        idx: BuyerIdx,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+    ) -> Result<Reservation, Capped> {
+        self.caps.reserve(idx, buyer, price, now)
+    }
+
+    /// Carries out `op`; false when the reservation had already been settled (a second
+    /// settle changes nothing).
+    pub fn settle(&self, op: &CapOp) -> bool {
+        match op {
+            CapOp::Commit(r) => self.caps.commit(r),
+            CapOp::Release(r) | CapOp::Expire(r) => self.caps.release(r),
+        }
+    }
+}
+
+/// Why a quote's hold was released without a sale (the `reason` of `quote_released`).
+pub mod release_reason {
+    /// The seller posted changed ping fields (`mismatch`).
+    pub const MISMATCH: &str = "mismatch";
+    /// The quote could not be kept (the book or the seller's open-quote limit was full).
+    pub const QUOTE_REFUSED: &str = "quote_refused";
+    /// The winner did not take the post; the post went on to fallbacks or ended.
+    pub const POST_FAILED: &str = "post_failed";
+    /// The post ran out of time (`server.post_deadline_ms`) while holding the quote.
+    pub const POST_DEADLINE: &str = "post_deadline";
+}
+
+/// The effects of dropping a quote's hold `r` without a sale: the cap operation and its
+/// record (`quote_expired` when `expired`, else `quote_released` with `reason`).
+pub fn drop_hold<'c>(
+    config: &'c Config,
+    generation: u64,
+    r: Reservation,
+    ping_id: Option<&'c str>,
+    expired: bool,
+    reason: Option<&'static str>,
+    now: UnixMs,
+) -> [Effect<'c>; 2] {
+    let hold = QuoteHoldRecord {
+        head: Head::new(generation, now),
+        ping_id,
+        buyer: config.buyers.get(r.buyer).map_or("", |b| b.id.as_str()),
+        price_micros: r.price.0,
+        reason: if expired { None } else { reason },
+    };
+    if expired {
+        [
+            Effect::Cap(CapOp::Expire(r)),
+            Effect::Record(Record::QuoteExpired(hold)),
+        ]
+    } else {
+        [
+            Effect::Cap(CapOp::Release(r)),
+            Effect::Record(Record::QuoteReleased(hold)),
+        ]
+    }
+}

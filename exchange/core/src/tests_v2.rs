@@ -1,0 +1,721 @@
+//! Deterministic tests of the auction core v2 (the auction and post state machines and
+//! the settlement), every one with explicit `now`: no clock, no sleeps, no sockets.
+
+use proto::buyer::BidOutcome;
+use proto::seller::NoBidReason;
+use proto::Micros;
+
+use crate::auction::{bid_expires_at, Auction, AuctionParams, Award, NO_TIME_LEFT};
+use crate::award::PriceRanker;
+use crate::breaker::BreakerBook;
+use crate::caps::CapBook;
+use crate::config::{Caps, Config};
+use crate::effect::{Effect, PostKind};
+use crate::post::{AttemptResult, PostParams, PostPlan, PostStep, UnsoldReason};
+use crate::record::{BuyerOutcome, Record};
+use crate::settlement::{CapOp, Settlement};
+use crate::testutil::{breaker_cfg, buyer, config_with, lead};
+use crate::UnixMs;
+
+const T: UnixMs = 1_700_000_000_000;
+const TX: &str = r#"{"state":"TX","zip":"76180","age":42}"#;
+
+fn m(units: i64) -> Micros {
+    Micros(units * 1_000_000)
+}
+
+fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
+    AuctionParams {
+        config: cfg,
+        ranker: &PriceRanker,
+        generation: 42,
+        seller: 0,
+        vertical: 0,
+        score: None,
+        min_price: None,
+        test: false,
+        direct: false,
+        auction_id: "au_t",
+        ping_id: "pg_t",
+        arrival,
+    }
+}
+
+fn bid(price: Micros, expires_in_ms: Option<u64>) -> Option<BidOutcome> {
+    Some(BidOutcome::Bid {
+        price,
+        bid_id: Some("b".into()),
+        expires_in_ms,
+    })
+}
+
+/// A config of `n` buyers with ping timeouts `timeouts` (ms), deadline 150, reserve 2.
+fn cfg_timeouts(timeouts: &[u64]) -> Config {
+    let buyers = timeouts
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let mut b = buyer(i);
+            b.ping_timeout_ms = t;
+            b
+        })
+        .collect();
+    let mut cfg = config_with(buyers);
+    cfg.verticals[0].auction_deadline_ms = 150;
+    cfg.server.response_reserve_ms = 2;
+    cfg
+}
+
+/// Carries out cap effects the way the shell does (one function, through the settlement)
+/// and returns every effect for inspection.
+fn run<'a>(
+    settlement: &Settlement<'_>,
+    effects: impl Iterator<Item = Effect<'a>>,
+) -> Vec<Effect<'a>> {
+    let mut out = Vec::new();
+    for e in effects {
+        if let Effect::Cap(op) = &e {
+            assert!(settlement.settle(op), "a reservation settled twice: {op:?}");
+        }
+        out.push(e);
+    }
+    out
+}
+
+fn auction_record<'e, 'a>(effects: &'e [Effect<'a>]) -> &'e crate::record::AuctionRecord<'a> {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Record(Record::Auction(a)) => Some(a),
+            _ => None,
+        })
+        .expect("an auction record")
+}
+
+// ---------------------------------------------------------------------------------------
+// Collection
+
+#[test]
+fn each_buyer_is_bounded_by_its_timeout_or_the_deadline_less_the_reserve() {
+    let cfg = cfg_timeouts(&[100, 500]);
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T + 10);
+    let orders: Vec<_> = a.pings().map(|o| (o.buyer, o.bound, o.tmax_ms)).collect();
+    // b0: now + 100 = T+110 < T+148; b1: deadline 150 - reserve 2 = T+148.
+    assert_eq!(orders, [(0, T + 110, 100), (1, T + 148, 138)]);
+    assert_eq!(a.poll_timeout(), Some(T + 110));
+}
+
+#[test]
+fn answers_before_and_at_the_bound_count_after_it_are_late() {
+    let cfg = cfg_timeouts(&[100, 100, 100]);
+    let caps = CapBook::new(3);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(3, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    // Bounds are all T+100.
+    a.on_answer(0, bid(m(10), None), 50, T + 99); // before
+    a.on_answer(1, bid(m(20), None), 50, T + 100); // at: still in time
+    assert_eq!(a.poll_timeout(), Some(T + 100));
+    a.on_answer(2, bid(m(30), None), 50, T + 101); // after: late, never used
+    a.handle_timeout(T + 101);
+    assert_eq!(a.poll_timeout(), None);
+    let award = a.finish(&s, T + 101, 101_000);
+    let effects = run(&s, a.effects());
+    assert_eq!(
+        award.winner().map(|w| w.bid.buyer),
+        Some(1),
+        "the late 30 lost"
+    );
+    assert!(effects.contains(&Effect::LateAnswer { buyer: 2 }));
+    let rec = auction_record(&effects);
+    let outcomes: Vec<_> = rec.buyers.iter().map(|l| (l.buyer, l.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("b0", BuyerOutcome::Bid),
+            ("b1", BuyerOutcome::Bid),
+            ("b2", BuyerOutcome::Timeout)
+        ]
+    );
+    // The timed-out buyer's breaker learns a failure; the others a success.
+    assert!(effects.contains(&Effect::Ping {
+        buyer: 2,
+        outcome: BuyerOutcome::Timeout,
+        took_us: None,
+        breaker: Some(false)
+    }));
+    assert_eq!(rec.head.generation, 42);
+}
+
+#[test]
+fn a_timeout_at_the_bound_comes_before_a_later_answer() {
+    let cfg = cfg_timeouts(&[100]);
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(1, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.handle_timeout(T + 99);
+    assert_eq!(a.poll_timeout(), Some(T + 100), "not yet at the bound");
+    a.handle_timeout(T + 100);
+    assert_eq!(a.poll_timeout(), None);
+    // The answer that comes now (even stamped at the bound) is too late: timed out.
+    a.on_answer(0, bid(m(10), None), 100, T + 100);
+    let award = a.finish(&s, T + 100, 0);
+    assert_eq!(award.no_bid, Some(NoBidReason::NoBids));
+    let effects = run(&s, a.effects());
+    assert!(effects.contains(&Effect::LateAnswer { buyer: 0 }));
+}
+
+#[test]
+fn everyone_answering_early_ends_collection() {
+    let cfg = cfg_timeouts(&[100, 100]);
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.on_answer(1, Some(BidOutcome::NoBid { reason: None }), 5_000, T + 5);
+    assert_eq!(a.poll_timeout(), Some(T + 100));
+    a.on_answer(0, bid(m(12), None), 7_000, T + 7);
+    assert_eq!(a.poll_timeout(), None, "done at T+7, not at the bound");
+    let award = a.finish(&s, T + 7, 7_000);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(0));
+    assert_eq!(caps.outstanding(0), 1, "the winner's cap is held");
+}
+
+#[test]
+fn no_time_left_means_not_pinged_and_no_breaker_penalty() {
+    let cfg = cfg_timeouts(&[100]);
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(1, breaker_cfg());
+    // The request arrived 148 ms ago: the deadline less the reserve has passed.
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T + 148);
+    assert_eq!(a.ping_count(), 0);
+    assert_eq!(a.poll_timeout(), None);
+    let award = a.finish(&s, T + 148, 0);
+    assert_eq!(award.no_bid, Some(NoBidReason::NoBids));
+    let effects = run(&s, a.effects());
+    let rec = auction_record(&effects);
+    assert_eq!(rec.buyers[0].detail, Some(NO_TIME_LEFT));
+    assert!(effects.contains(&Effect::Ping {
+        buyer: 0,
+        outcome: BuyerOutcome::Timeout,
+        took_us: None,
+        breaker: None
+    }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Award
+
+#[test]
+fn a_bid_above_bid_max_is_a_no_bid_counted_and_recorded() {
+    let mut cfg = cfg_timeouts(&[100, 100]);
+    cfg.verticals[0].bid_max = Some(m(100));
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(1850), None), 10, T + 10);
+    a.on_answer(1, bid(m(100), None), 10, T + 10); // at the ceiling: fine
+    let award = a.finish(&s, T + 10, 0);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(1));
+    let effects = run(&s, a.effects());
+    assert!(effects.contains(&Effect::Ping {
+        buyer: 0,
+        outcome: BuyerOutcome::BidAboveMax,
+        took_us: Some(10),
+        breaker: Some(true)
+    }));
+    let rec = auction_record(&effects);
+    assert_eq!(rec.buyers[0].outcome.as_str(), "bid_above_max");
+    assert_eq!(rec.buyers[0].bid_micros, Some(m(1850).0));
+
+    // Alone, it leaves the seller with no bid.
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(1850), None), 10, T + 10);
+    a.on_answer(1, Some(BidOutcome::NoBid { reason: None }), 10, T + 10);
+    let award = a.finish(&s, T + 10, 0);
+    assert_eq!(award.no_bid, Some(NoBidReason::NoBids));
+    run(&s, a.effects());
+}
+
+#[test]
+fn the_award_walks_down_while_reservations_fail() {
+    let mut cfg = cfg_timeouts(&[100, 100, 100]);
+    for b in &mut cfg.buyers {
+        b.caps = Caps {
+            daily: Some(1),
+            ..Caps::default()
+        };
+    }
+    let caps = CapBook::new(3);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(3, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    assert_eq!(a.ping_count(), 3);
+    // Between eligibility and the award, other auctions take buyers 0 and 1's last lead.
+    let other0 = caps.reserve(0, &cfg.buyers[0], m(1), T).unwrap();
+    let _other1 = caps.reserve(1, &cfg.buyers[1], m(1), T).unwrap();
+    a.on_answer(0, bid(m(30), None), 1, T + 1);
+    a.on_answer(1, bid(m(20), None), 1, T + 1);
+    a.on_answer(2, bid(m(10), None), 1, T + 1);
+    let award = a.finish(&s, T + 1, 0);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(2));
+    assert_eq!(award.ranked.len(), 1, "the capped ones are not fallbacks");
+    let effects = run(&s, a.effects());
+    let capped: Vec<_> = auction_record(&effects)
+        .buyers
+        .iter()
+        .filter(|l| l.outcome == BuyerOutcome::CappedAtAward)
+        .map(|l| l.buyer)
+        .collect();
+    assert_eq!(capped, ["b0", "b1"]);
+
+    // Every bid capped: `capped`.
+    caps.release(&other0);
+    let _ = caps.reserve(0, &cfg.buyers[0], m(1), T).unwrap();
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    assert!(
+        a.pings().all(|o| o.buyer != 2),
+        "buyer 2 holds the quote above"
+    );
+    a.handle_timeout(T + 100);
+    let award = a.finish(&s, T + 100, 0);
+    assert_eq!(
+        award.no_bid,
+        Some(NoBidReason::Capped),
+        "all skipped on caps"
+    );
+}
+
+#[test]
+fn test_leads_reserve_nothing() {
+    let mut cfg = cfg_timeouts(&[100]);
+    cfg.buyers[0].caps.daily = Some(1);
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(1, breaker_cfg());
+    let mut p = params(&cfg, T);
+    p.test = true;
+    let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(10), None), 1, T + 1);
+    let award = a.finish(&s, T + 1, 0);
+    assert!(award.winner().is_some());
+    assert_eq!(award.reservation, None);
+    assert_eq!(caps.outstanding(0), 0);
+}
+
+#[test]
+fn no_bid_reasons_are_decided_without_strings() {
+    let br = BreakerBook::new(2, breaker_cfg());
+    // Nobody takes the vertical.
+    let cfg = config_with(vec![]);
+    let caps = CapBook::new(0);
+    let s = Settlement::new(&caps);
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    assert_eq!(
+        a.finish(&s, T, 0).no_bid,
+        Some(NoBidReason::NoEligibleBuyers)
+    );
+    // Filtered out by state: no eligible buyers.
+    let mut cfg = cfg_timeouts(&[100]);
+    cfg.buyers[0].states_include = vec!["CA".into()];
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    assert_eq!(
+        a.finish(&s, T, 0).no_bid,
+        Some(NoBidReason::NoEligibleBuyers)
+    );
+    // Bids under the reserve.
+    let cfg = cfg_timeouts(&[100]);
+    let mut p = params(&cfg, T);
+    p.min_price = Some(m(50));
+    let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(10), None), 1, T + 1);
+    assert_eq!(
+        a.finish(&s, T + 1, 0).no_bid,
+        Some(NoBidReason::BelowReserve)
+    );
+    // Every buyer's breaker open: no eligible buyers (nobody could be asked).
+    let br_open = BreakerBook::new(1, breaker_cfg());
+    for i in 0..10 {
+        br_open.record(0, false, T + i);
+    }
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br_open, T + 10);
+    assert_eq!(a.ping_count(), 0);
+    let award = a.finish(&s, T + 10, 0);
+    assert_eq!(award.no_bid, Some(NoBidReason::NoEligibleBuyers));
+    let effects = run(&s, a.effects());
+    assert_eq!(
+        auction_record(&effects).buyers[0].outcome,
+        BuyerOutcome::SkippedBreaker
+    );
+}
+
+#[test]
+fn a_huge_expires_in_ms_saturates() {
+    assert_eq!(bid_expires_at(T, Some(u64::MAX)), Some(i64::MAX));
+    assert_eq!(bid_expires_at(T, Some(60_000)), Some(T + 60_000));
+    assert_eq!(bid_expires_at(T, None), None);
+    let cfg = cfg_timeouts(&[100]);
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(1, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(10), Some(u64::MAX)), 1, T + 1);
+    let award = a.finish(&s, T + 1, 0);
+    // The quote TTL applies; the quote is not born expired.
+    assert_eq!(award.quote_expires_at(60_000, T + 1), T + 60_000);
+    // A bid that holds for less than the TTL shortens the quote; never before `now`.
+    let short = Award {
+        ranked: award.ranked.clone(),
+        reservation: None,
+        no_bid: None,
+        arrival: T,
+    };
+    let mut r = short.clone();
+    r.ranked[0].bid.expires_in_ms = Some(5);
+    assert_eq!(r.quote_expires_at(60_000, T + 1), T + 5);
+    assert_eq!(r.quote_expires_at(60_000, T + 9), T + 9);
+}
+
+// ---------------------------------------------------------------------------------------
+// Post plan
+
+/// Four buyers bidding 20, 18, 17, 16 (seller price 16 at 80 %): quoted 16, so all three
+/// fallbacks cover it. The winner's cap is reserved as the quote's hold.
+struct Fixture {
+    cfg: Config,
+    caps: CapBook,
+}
+
+impl Fixture {
+    fn new(post_deadline_ms: u64) -> Fixture {
+        let mut cfg = cfg_timeouts(&[100, 100, 100, 100]);
+        cfg.server.post_deadline_ms = post_deadline_ms;
+        for b in &mut cfg.buyers {
+            b.post_timeout_ms = 2_000;
+        }
+        Fixture {
+            caps: CapBook::new(4),
+            cfg,
+        }
+    }
+
+    fn award(&self, expires: [Option<u64>; 4]) -> Award {
+        let s = Settlement::new(&self.caps);
+        let br = BreakerBook::new(4, breaker_cfg());
+        let mut a = Auction::new(params(&self.cfg, T), &lead(TX), &s, &br, T);
+        for (i, price) in [20, 18, 17, 16].into_iter().enumerate() {
+            a.on_answer(i, bid(m(price), expires[i]), 1, T + 1);
+        }
+        let award = a.finish(&s, T + 1, 0);
+        run(&s, a.effects());
+        award
+    }
+
+    fn plan(&self, award: Award, now: UnixMs) -> PostPlan<'_> {
+        let quoted = award
+            .ranked
+            .first()
+            .map_or(Micros::ZERO, |r| r.seller_price);
+        PostPlan::new(
+            PostParams {
+                config: &self.cfg,
+                generation: 42,
+                seller: 0,
+                vertical: 0,
+                test: false,
+                quoted,
+                auction_id: "au_t",
+                ping_id: "pg_t",
+                lead_id: "ld_t",
+                auction_arrival: T,
+                from_quote: true,
+            },
+            award.ranked,
+            award.reservation,
+            now,
+        )
+    }
+
+    fn held(&self) -> Vec<usize> {
+        (0..4).map(|b| self.caps.outstanding(b)).collect()
+    }
+}
+
+fn deliver_to(step: PostStep) -> usize {
+    match step {
+        PostStep::Deliver(a) => a.buyer,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_winner_accepts_commit_and_a_durable_sale() {
+    let f = Fixture::new(5_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(
+        AttemptResult::Accepted {
+            buyer_lead_id: Some("crm-1".into()),
+        },
+        T + 1_010,
+    );
+    assert!(matches!(plan.next(&s, T + 1_010), PostStep::Sold(a) if a.buyer == 0));
+    let effects = run(&s, plan.effects());
+    assert!(matches!(effects[0], Effect::Cap(CapOp::Commit(_))));
+    let sale = effects.iter().find_map(|e| match e {
+        Effect::Record(r @ Record::Sale(_)) => Some(r),
+        _ => None,
+    });
+    assert!(sale.is_some_and(|r| r.is_durable()));
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+    assert_eq!(f.caps.usage(0, &f.cfg.buyers[0], T + 1_010).sold_day, 1);
+}
+
+#[test]
+fn a_rejection_releases_and_falls_back_with_a_new_reservation() {
+    let f = Fixture::new(5_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    assert_eq!(f.held(), [1, 0, 0, 0]);
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_010);
+    let step = plan.next(&s, T + 1_010);
+    run(&s, plan.effects());
+    assert_eq!(deliver_to(step), 1);
+    assert_eq!(
+        f.held(),
+        [0, 1, 0, 0],
+        "the winner's hold released, buyer 1 holds"
+    );
+    plan.on_result(AttemptResult::Timeout, T + 3_010);
+    assert_eq!(deliver_to(plan.next(&s, T + 3_010)), 2);
+    plan.on_result(AttemptResult::Error, T + 3_020);
+    assert_eq!(deliver_to(plan.next(&s, T + 3_020)), 3);
+    plan.on_result(AttemptResult::Invalid("garbage"), T + 3_030);
+    let step = plan.next(&s, T + 3_030);
+    let effects = run(&s, plan.effects());
+    assert_eq!(step, PostStep::Unsold(UnsoldReason::AllBuyersRejected));
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+    let kinds: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Post { outcome, .. } => Some(*outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [PostKind::Timeout, PostKind::Error, PostKind::Invalid]
+    );
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(r @ Record::Unsold(_)) if r.is_durable())));
+}
+
+#[test]
+fn an_expired_fallback_bid_is_skipped_and_a_huge_expiry_is_not_expired() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    // Buyer 1's bid held 500 ms; buyer 2's "forever" (u64::MAX, which once wrapped to -1).
+    let mut plan = f.plan(f.award([None, Some(500), Some(u64::MAX), None]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_010);
+    assert_eq!(
+        deliver_to(plan.next(&s, T + 1_010)),
+        2,
+        "1 expired at T+500"
+    );
+    let effects = run(&s, plan.effects());
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Record(Record::PostAttempt(p)) if p.buyer == "b1" && p.outcome == "bid_expired"
+    )));
+    assert_eq!(
+        f.held(),
+        [0, 0, 1, 0],
+        "nothing reserved for the expired bid"
+    );
+}
+
+#[test]
+fn the_post_deadline_bounds_every_attempt_and_ends_the_post() {
+    let f = Fixture::new(300);
+    let s = Settlement::new(&f.caps);
+    let start = T + 1_000;
+    let mut plan = f.plan(f.award([None; 4]), start);
+    assert_eq!(plan.deadline(), start + 300);
+    let PostStep::Deliver(a) = plan.next(&s, start) else {
+        panic!("a delivery")
+    };
+    assert_eq!(a.timeout_ms, 300, "min(post timeout 2000, 300 left)");
+    plan.on_result(AttemptResult::Timeout, start + 300);
+    // The winner's hold is released; no fallback is reserved past the deadline.
+    let step = plan.next(&s, start + 300);
+    let effects = run(&s, plan.effects());
+    assert_eq!(step, PostStep::Unsold(UnsoldReason::PostDeadline));
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Record(Record::Unsold(u)) if u.reason == "post_deadline" && u.attempts == 1
+    )));
+    // Asked again, the same answer; nothing more happens.
+    assert_eq!(plan.next(&s, start + 400), step);
+    assert!(run(&s, plan.effects()).is_empty());
+
+    // Part-way: a fallback gets only what is left.
+    let f = Fixture::new(300);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), start);
+    plan.next(&s, start);
+    plan.on_result(AttemptResult::Rejected { reason: None }, start + 250);
+    let PostStep::Deliver(a) = plan.next(&s, start + 250) else {
+        panic!("a delivery")
+    };
+    assert_eq!((a.buyer, a.timeout_ms), (1, 50));
+    run(&s, plan.effects());
+}
+
+#[test]
+fn a_shell_failure_during_fallback_never_leaks_or_overwrites_a_hold() {
+    // The old fallback loop reserved a fallback's cap, then on a failure before delivery
+    // (`continue`) reserved the next one over it: the first hold leaked for good.
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_001);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_001)), 1);
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 1, 0, 0]);
+    // The shell failed (a ledger or encoding error) and reports the attempt as not sent.
+    plan.on_result(AttemptResult::NotSent, T + 1_002);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_002)), 2);
+    run(&s, plan.effects());
+    assert_eq!(
+        f.held(),
+        [0, 0, 1, 0],
+        "buyer 1's hold was released, not overwritten"
+    );
+    // The shell failed again and did not report at all: the plan settles it itself.
+    assert_eq!(deliver_to(plan.next(&s, T + 1_003)), 3);
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 0, 1]);
+    plan.on_result(
+        AttemptResult::Accepted {
+            buyer_lead_id: None,
+        },
+        T + 1_004,
+    );
+    assert!(matches!(plan.next(&s, T + 1_004), PostStep::Sold(a) if a.buyer == 3));
+    let effects = run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+    assert_eq!(f.caps.usage(3, &f.cfg.buyers[3], T + 1_004).sold_day, 1);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(Record::Sale(_)))));
+}
+
+#[test]
+fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
+    let mut f = Fixture::new(60_000);
+    f.cfg.buyers[1].caps.daily = Some(1);
+    let s = Settlement::new(&f.caps);
+    let award = f.award([None; 4]);
+    // Buyer 1 sells its last lead elsewhere before the post.
+    let other = f.caps.reserve(1, &f.cfg.buyers[1], m(1), T).unwrap();
+    let mut plan = f.plan(award, T + 1_000);
+    plan.next(&s, T + 1_000);
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_001);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_001)), 2);
+    let effects = run(&s, plan.effects());
+    assert!(effects.contains(&Effect::Post {
+        buyer: 1,
+        outcome: PostKind::Capped
+    }));
+    assert_eq!(
+        f.held(),
+        [0, 1, 1, 0],
+        "only the other auction's hold and buyer 2's"
+    );
+    f.caps.release(&other);
+}
+
+#[test]
+fn nothing_to_deliver_is_unsold_no_bids() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(
+        Award {
+            ranked: vec![],
+            reservation: None,
+            no_bid: Some(NoBidReason::NoBids),
+            arrival: T,
+        },
+        T,
+    );
+    assert_eq!(plan.next(&s, T), PostStep::Unsold(UnsoldReason::NoBids));
+    assert!(run(&s, plan.effects()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Open quotes per seller
+
+#[test]
+fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
+    use crate::quotes::{BeginPost, Quote, QuoteBook, QuoteRefused};
+    let q = |id: &str, seller: usize| Quote {
+        ping_id: id.into(),
+        auction_id: format!("au_{id}"),
+        seller,
+        vertical: 0,
+        lead: lead(TX),
+        test: false,
+        price: m(10),
+        currency: "USD".into(),
+        expires_at: T + 1_000,
+        auctioned_at: T,
+        ranked: Vec::new(),
+        reservation: None,
+        score: None,
+    };
+    let book = QuoteBook::new(100, 10_000).with_sellers(2);
+    book.insert_limited(q("a", 0), 2).unwrap();
+    book.insert_limited(q("b", 0), 2).unwrap();
+    assert_eq!(
+        book.insert_limited(q("c", 0), 2),
+        Err(QuoteRefused::SellerLimit)
+    );
+    // Another seller is not held back by seller 0's quotes.
+    book.insert_limited(q("d", 1), 2).unwrap();
+    assert_eq!(
+        (book.seller_open_count(0), book.seller_open_count(1)),
+        (2, 1)
+    );
+    assert_eq!(book.open_count(), 3, "the refused quote took no place");
+    // Posting and finishing one, and expiring another, make room again.
+    let BeginPost::Post(_) = book.begin_post("a", 0, T + 1) else {
+        panic!("post")
+    };
+    assert_eq!(book.seller_open_count(0), 2, "posting still counts");
+    book.finish(
+        "a",
+        proto::seller::PostAnswer::status_only(proto::seller::PostStatus::Unsold, None),
+        T + 2,
+    );
+    assert_eq!(book.seller_open_count(0), 1);
+    book.sweep(T + 1_000);
+    assert_eq!(
+        (book.seller_open_count(0), book.seller_open_count(1)),
+        (0, 0)
+    );
+    book.insert_limited(q("e", 0), 2).unwrap();
+}

@@ -1,0 +1,160 @@
+//! The one place the shell carries out the core's effects: cap settlement (through the
+//! core's [`Settlement`]), breakers, ledger records and metrics. It decides nothing: it
+//! does what each [`Effect`] says, in order.
+//!
+//! Architecture invariant: the shell reaches the cap book, the breaker book and the
+//! ledger on behalf of an auction or a post only through this module (and the core's
+//! [`Settlement`], which owns every call into the books), so a change of their keys or
+//! their store is made in one spot.
+
+use crate::core::effect::{Effect, PostKind};
+use crate::core::record::LedgerSink;
+use crate::core::record::{BuyerOutcome, Record};
+use crate::core::settlement::{BuyerHealth, Settlement};
+use crate::ledger::{LedgerError, Receipt};
+use crate::metrics::{PingOutcome, PostOutcomeKind};
+use crate::state::{AppState, Runtime};
+
+/// The runtime generation written in records until the swappable runtime carries one.
+pub const GENERATION_UNWIRED: u64 = 0;
+
+/// The settlement of reservations over the exchange's cap book.
+pub fn settlement(state: &AppState) -> Settlement<'_> {
+    Settlement::new(&state.caps)
+}
+
+/// The breakers, as the core sees them.
+pub fn health(state: &AppState) -> &dyn BuyerHealth {
+    &state.breakers
+}
+
+fn ping_label(o: BuyerOutcome) -> Option<PingOutcome> {
+    Some(match o {
+        BuyerOutcome::SkippedFilter => PingOutcome::SkippedFilter,
+        BuyerOutcome::SkippedFanout => PingOutcome::SkippedFanout,
+        BuyerOutcome::SkippedBreaker => PingOutcome::SkippedBreaker,
+        BuyerOutcome::Timeout => PingOutcome::Timeout,
+        BuyerOutcome::Bid => PingOutcome::Bid,
+        BuyerOutcome::NoBid => PingOutcome::NoBid,
+        BuyerOutcome::BidAboveMax => PingOutcome::BidAboveMax,
+        BuyerOutcome::Invalid => PingOutcome::Invalid,
+        BuyerOutcome::Error => PingOutcome::Error,
+        BuyerOutcome::FixedPrice | BuyerOutcome::CappedAtAward => return None,
+    })
+}
+
+fn post_label(o: PostKind) -> PostOutcomeKind {
+    match o {
+        PostKind::Accepted => PostOutcomeKind::Accepted,
+        PostKind::Rejected => PostOutcomeKind::Rejected,
+        PostKind::Timeout => PostOutcomeKind::Timeout,
+        PostKind::Error => PostOutcomeKind::Error,
+        PostKind::Invalid => PostOutcomeKind::Invalid,
+        PostKind::Capped => PostOutcomeKind::Capped,
+    }
+}
+
+/// Carries out `effects` in order. A record that must be durable and could not be
+/// written is an error (returned after every other effect was carried out, so nothing
+/// is left unsettled); any other record that fails is logged.
+pub async fn execute<'a>(
+    state: &AppState,
+    rt: &Runtime,
+    effects: impl Iterator<Item = Effect<'a>>,
+) -> Result<(), LedgerError> {
+    let settlement = settlement(state);
+    let now = state.clock.now_ms();
+    let mut result = Ok(());
+    for effect in effects {
+        match effect {
+            Effect::Cap(op) => {
+                settlement.settle(&op);
+            }
+            Effect::Record(rec) => {
+                if let Err(e) = state.ledger.write(&rec).await {
+                    if rec.is_durable() {
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    } else {
+                        tracing::error!(error = %e, kind = rec.kind(), "ledger append failed");
+                    }
+                }
+            }
+            Effect::Ping {
+                buyer,
+                outcome,
+                took_us,
+                breaker,
+            } => {
+                if let Some(m) = rt.buyer_metrics.get(buyer) {
+                    if let Some(label) = ping_label(outcome) {
+                        m.ping(label);
+                    }
+                    if let Some(us) = took_us {
+                        m.ping_latency.observe(us as f64 / 1e6);
+                    }
+                }
+                if let Some(ok) = breaker {
+                    health(state).record(buyer, ok, now);
+                }
+            }
+            Effect::LateAnswer { buyer } => late_answer(rt, buyer),
+            Effect::Post { buyer, outcome } => {
+                if let Some(m) = rt.buyer_metrics.get(buyer) {
+                    m.post(post_label(outcome));
+                }
+            }
+            Effect::Auction { no_bid } => state
+                .metrics
+                .count_auction(no_bid.map_or("bid", |r| r.as_str())),
+        }
+    }
+    result
+}
+
+/// Carries out cap and record effects at once, from synchronous code (the sweeper):
+/// records are handed to the ledger without waiting (a full queue is waited on in a
+/// task). Metric and breaker effects are not expected here and are ignored.
+pub fn execute_now<'a>(state: &AppState, effects: impl Iterator<Item = Effect<'a>>) {
+    let settlement = settlement(state);
+    for effect in effects {
+        match effect {
+            Effect::Cap(op) => {
+                settlement.settle(&op);
+            }
+            Effect::Record(rec) => match LedgerSink::append(&state.ledger, &rec) {
+                Receipt::Queued | Receipt::Durable(_) => {}
+                Receipt::Failed(e) => {
+                    tracing::error!(error = %e, kind = rec.kind(), "ledger append failed")
+                }
+                full @ Receipt::Full(..) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = full.wait().await {
+                            tracing::error!(error = %e, "ledger append failed");
+                        }
+                    });
+                }
+            },
+            Effect::Ping { .. }
+            | Effect::LateAnswer { .. }
+            | Effect::Post { .. }
+            | Effect::Auction { .. } => {}
+        }
+    }
+}
+
+/// A buyer answered after its bound (also counted by the shell's background drain of
+/// answers that arrive after the auction ended).
+pub fn late_answer(rt: &Runtime, buyer: usize) {
+    if let Some(m) = rt.buyer_metrics.get(buyer) {
+        m.late_answers.inc();
+    }
+}
+
+/// Writes one record now (a `quote_reserved` after a quote is kept). Failures are logged.
+pub async fn record(state: &AppState, rec: &Record<'_>) {
+    if let Err(e) = state.ledger.write(rec).await {
+        tracing::error!(error = %e, kind = rec.kind(), "ledger append failed");
+    }
+}

@@ -1,0 +1,265 @@
+//! End-to-end tests of the auction core v2's hardening, over real sockets on 127.0.0.1:0:
+//! the bid ceiling (`verticals.NAME.bid_max`), the per-seller open-quote limit
+//! (`sellers.ID.quotes_open_max`) and the post deadline (`server.post_deadline_ms`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bidder_sdk::{
+    spawn, BidReply, Bidder, PingMessage, PostMessage, PostReply, Secret, ServeOptions,
+};
+use common::*;
+use http::header;
+use proto::seller::{NoBidReason, PingStatus, PostStatus};
+use tokio::time::Instant;
+
+/// Adds `lines` right under the `[section]` header of a TOML document.
+fn under(section: &str, lines: &str) -> impl FnOnce(String) -> String {
+    let header = format!("[{section}]\n");
+    let with = format!("[{section}]\n{lines}\n");
+    move |toml: String| {
+        assert!(toml.contains(&header), "no {header} in the test config");
+        toml.replacen(&header, &with, 1)
+    }
+}
+
+#[tokio::test]
+async fn a_bid_above_bid_max_loses_and_is_counted_and_recorded() {
+    // One buyer answers {"bid": 1850} (cents by mistake); the ceiling is 100.00.
+    let typo = ScriptedBidder::bidding(1850.0);
+    let fair = ScriptedBidder::bidding(10.0);
+    let (tb, _h1) = serve("typo", &typo).await;
+    let (fb, _h2) = serve("fair", &fair).await;
+    let ex = TestConfig::new()
+        .buyer(tb)
+        .buyer(fb)
+        .start_edited(under("verticals.auto_insurance", "bid_max = 100"))
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert_eq!(
+        quote.price,
+        Some(seller_price(usd(10.0))),
+        "the fair bid won"
+    );
+    assert_eq!(ex.reserved("typo"), 0);
+    assert_eq!(ex.reserved("fair"), 1);
+    let n = ex
+        .metric(
+            "pingpost_buyer_pings_total",
+            &[("buyer", "typo"), ("outcome", "bid_above_max")],
+        )
+        .await;
+    assert_eq!(n, 1.0);
+    // Once the sale is durable, every earlier record is on disk.
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    let auction = &ex.ledger_of("auction")[0];
+    let line = auction["buyers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["buyer"] == "typo")
+        .unwrap()
+        .clone();
+    assert_eq!(line["outcome"], "bid_above_max", "{auction}");
+    assert_eq!(line["bid_micros"], usd(1850.0).0);
+    assert_eq!(auction["winner"], "fair");
+    assert_eq!(auction["v"], 2);
+
+    // Alone, the typo leaves the seller with no bid.
+    fair.set(|s| s.bid = None);
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::NoBid, "{quote:?}");
+    assert_eq!(quote.reason, Some(NoBidReason::NoBids));
+}
+
+#[tokio::test]
+async fn past_the_open_quote_limit_a_ping_is_429_with_retry_after_and_reserves_nothing() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .start_edited(under("sellers.main", "quotes_open_max = 2"))
+        .await;
+
+    let q1 = ex.client.ping("TX").await;
+    let q2 = ex.client.ping("TX").await;
+    assert_eq!((q1.status, q2.status), (PingStatus::Bid, PingStatus::Bid));
+    assert_eq!(ex.reserved("a"), 2);
+
+    let r = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    r.assert_error(429, "rate_limited");
+    assert!(
+        r.headers.contains_key(header::RETRY_AFTER),
+        "429 without Retry-After"
+    );
+    assert_eq!(a.pings(), 2, "the refused ping reached no buyer");
+    assert_eq!(ex.reserved("a"), 2, "the refused ping reserved nothing");
+    assert_eq!(ex.quotes_open(), 2);
+
+    // Posting a quote frees a place.
+    let sold = ex.client.post(&q1.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    // The sale is durable, so every earlier record is on disk: no auction ran for the
+    // refused ping, and both quotes' holds were recorded.
+    assert_eq!(
+        ex.ledger_of("auction").len(),
+        2,
+        "an auction ran for the 429"
+    );
+    assert_eq!(ex.ledger_of("quote_reserved").len(), 2);
+    let q3 = ex.client.ping("TX").await;
+    assert_eq!(q3.status, PingStatus::Bid, "{q3:?}");
+}
+
+/// Bids on every ping; takes `post_delay` to answer a post (its own behaviour).
+#[derive(Debug)]
+struct SlowPoster {
+    price: f64,
+    post_delay: Duration,
+    posts: AtomicU64,
+}
+
+impl Bidder for SlowPoster {
+    async fn ping(&self, _ping: PingMessage) -> BidReply {
+        BidReply::Bid {
+            bid: usd(self.price),
+            bid_id: None,
+            expires_in_ms: None,
+        }
+    }
+
+    async fn post(&self, _post: PostMessage) -> PostReply {
+        self.posts.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(self.post_delay).await;
+        PostReply {
+            accepted: true,
+            buyer_lead_id: None,
+            reason: None,
+        }
+    }
+}
+
+/// A helper failing is the test failing.
+#[allow(clippy::unwrap_used)]
+async fn slow(id: &str, price: f64) -> (TestBuyer, Arc<SlowPoster>, bidder_sdk::ServerHandle) {
+    let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0)));
+    let bidder = Arc::new(SlowPoster {
+        price,
+        post_delay: Duration::from_secs(5),
+        posts: AtomicU64::new(0),
+    });
+    let (addr, handle) = spawn(
+        bidder.clone(),
+        ServeOptions::new(Secret::new(&probe.secret).unwrap()),
+    )
+    .await
+    .unwrap();
+    // Each buyer alone would be waited on for 1 s.
+    (
+        TestBuyer { addr, ..probe }.post_timeout_ms(1_000),
+        bidder,
+        handle,
+    )
+}
+
+#[tokio::test]
+async fn the_post_deadline_answers_unsold_within_it_and_releases_every_hold() {
+    let (ab, a, _h1) = slow("a", 20.0).await;
+    let (bb, b, _h2) = slow("b", 18.0).await;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .buyer(bb)
+        .start_edited(under("server", "post_deadline_ms = 300"))
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert_eq!(ex.reserved("a"), 1);
+    let t0 = Instant::now();
+    let answer = ex.client.post(&quote.ping_id, "TX").await;
+    let took = t0.elapsed();
+    assert_eq!(answer.status, PostStatus::Unsold, "{answer:?}");
+    assert_eq!(
+        answer.reason.as_deref(),
+        Some("post_deadline"),
+        "{answer:?}"
+    );
+    // Two buyers at 1 s each would take 2 s; the deadline ends the post at 300 ms.
+    assert!(
+        took < Duration::from_millis(1_000),
+        "the post took {took:?}"
+    );
+    assert_eq!(a.posts.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        b.posts.load(Ordering::Relaxed),
+        0,
+        "no time left for the fallback"
+    );
+    assert_eq!((ex.reserved("a"), ex.reserved("b")), (0, 0));
+    assert_eq!((ex.sold_today("a"), ex.sold_today("b")), (0, 0));
+    let unsold = ex.ledger_of("unsold");
+    assert_eq!(unsold[0]["reason"], "post_deadline");
+    let released = ex.ledger_of("quote_released");
+    assert_eq!(released[0]["reason"], "post_deadline", "{released:?}");
+    // The first outcome again on a repeat; nothing delivered.
+    let again = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(again.reason.as_deref(), Some("post_deadline"));
+    assert_eq!(a.posts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn the_new_keys_load_with_their_defaults_and_refuse_bad_values() {
+    let path = std::path::Path::new("/tmp/unused-ledger.jsonl");
+    let base = TestConfig::new().toml(path);
+    let load = |text: &str| pingpost::config::load_str_with_env(text, &|_: &str| None);
+    let c = load(&base).expect("the base config loads");
+    assert_eq!(c.server.post_deadline_ms, 5_000);
+    assert_eq!(c.verticals[0].bid_max, None);
+    assert!(c.sellers.iter().all(|s| s.quotes_open_max == 1_000));
+
+    let edited = under("verticals.auto_insurance", "bid_max = 18.50")(base.clone());
+    let edited = under("server", "post_deadline_ms = 250")(edited);
+    let edited = under("sellers.main", "quotes_open_max = 3")(edited);
+    let c = load(&edited).expect("edited config loads");
+    assert_eq!(c.verticals[0].bid_max, Some(usd(18.5)));
+    assert_eq!(c.server.post_deadline_ms, 250);
+    assert_eq!(c.sellers[0].quotes_open_max, 3);
+
+    let bad = under("verticals.auto_insurance", "bid_max = 0")(base.clone());
+    let bad = under("server", "post_deadline_ms = 0")(bad);
+    let bad = under("sellers.main", "quotes_open_max = 0")(bad);
+    let errors = load(&bad).expect_err("bad values are refused").to_string();
+    for key in [
+        "verticals.auto_insurance.bid_max",
+        "server.post_deadline_ms",
+        "sellers.main.quotes_open_max",
+    ] {
+        assert!(errors.contains(key), "no error for {key}:\n{errors}");
+    }
+}
+
+#[tokio::test]
+async fn a_fallback_whose_bid_holds_for_a_huge_time_is_not_taken_as_expired() {
+    // The winner rejects; the fallback's bid says it holds for u64::MAX ms, which once
+    // wrapped to -1 and made the fallback look expired.
+    let winner = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let fallback = ScriptedBidder::bidding(18.0).scripted(|s| s.bid_expires_in_ms = Some(u64::MAX));
+    let (wb, _h1) = serve("winner", &winner).await;
+    let (fb, _h2) = serve("fallback", &fallback).await;
+    let ex = TestConfig::new().buyer(wb).buyer(fb).start().await;
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer fallback"));
+    assert_eq!(sold.price, quote.price, "the seller gets what was quoted");
+    assert_eq!((ex.reserved("winner"), ex.reserved("fallback")), (0, 0));
+    assert_eq!(ex.sold_today("fallback"), 1);
+}
