@@ -77,6 +77,8 @@ struct AuctionRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     score: Option<u8>,
     reserve_micros: i64,
+    /// The runtime generation the auction ran under (which configuration and models).
+    generation: u64,
     buyers: Vec<BuyerLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     winner: Option<&'a str>,
@@ -166,7 +168,7 @@ pub async fn run_auction(
     let started_ms = state.clock.unix_ms_of(arrival);
     let auction_id = new_id("au_");
     let ping_id = new_id("pg_");
-    let score = state.scorer.score(vertical, lead);
+    let score = rt.scorer.score(vertical, lead);
     let now_ms = state.clock.now_ms();
     let elig = eligibility::select(cfg, vertical_idx, lead, score, now_ms, &state.caps);
 
@@ -204,7 +206,7 @@ pub async fn run_auction(
             });
             continue;
         }
-        match state.breakers.admit(b, now_ms) {
+        match state.breakers.admit(cfg.buyers[b].key, now_ms) {
             Admit::Yes | Admit::Probe => to_ping.push(b),
             Admit::No => {
                 rt.buyer_metrics[b].ping(PingOutcome::SkippedBreaker);
@@ -261,7 +263,7 @@ pub async fn run_auction(
         slots.push((b, Slot::Waiting { deadline: bound }));
         let client = client.clone();
         let rt2 = rt.clone();
-        let msg_id = format!("{auction_id}.{b}");
+        let msg_id = format!("{auction_id}.{}", buyer.key.0);
         futs.push(async move {
             let t0 = Instant::now();
             let buyer = &rt2.config.buyers[b];
@@ -354,7 +356,7 @@ pub async fn run_auction(
                         expires_in_ms,
                     }) => {
                         bids.push(Bid {
-                            buyer: b,
+                            buyer: buyer.key,
                             price: *price,
                             bid_id: bid_id.clone(),
                             expires_in_ms: *expires_in_ms,
@@ -373,7 +375,7 @@ pub async fn run_auction(
             }
         };
         m.ping(outcome);
-        state.breakers.record(b, ok, answer_ms);
+        state.breakers.record(buyer.key, ok, answer_ms);
         lines.push(BuyerLine {
             buyer: &buyer.id,
             outcome: outcome.as_str(),
@@ -385,7 +387,7 @@ pub async fn run_auction(
     for &b in &elig.fixed {
         if let Some(price) = cfg.buyers[b].fixed_price {
             bids.push(Bid {
-                buyer: b,
+                buyer: cfg.buyers[b].key,
                 price,
                 bid_id: None,
                 expires_in_ms: None,
@@ -403,7 +405,7 @@ pub async fn run_auction(
 
     let reserve = award::reserve_price(req.min_price, seller.reserve, vertical.floor);
     let any_bid = !bids.is_empty();
-    let ranking = award::rank(bids, seller.payout, reserve, state.ranker.as_ref(), score);
+    let ranking = award::rank(bids, seller.payout, reserve, rt.ranker.as_ref(), score);
     let mut reservation = None;
     let mut winner_pos = None;
     for (i, r) in ranking.ranked.iter().enumerate() {
@@ -411,12 +413,14 @@ pub async fn run_auction(
             winner_pos = Some(i);
             break;
         }
-        match state.caps.reserve(
-            r.bid.buyer,
-            &cfg.buyers[r.bid.buyer],
-            r.bid.price,
-            answer_ms,
-        ) {
+        // Every bid is from this runtime's buyers; a miss would be a bug, and fails closed.
+        let Some((_, bidder)) = cfg.buyer_by_key(r.bid.buyer) else {
+            continue;
+        };
+        match state
+            .caps
+            .reserve(r.bid.buyer, bidder, r.bid.price, answer_ms)
+        {
             Ok(res) => {
                 reservation = Some(res);
                 winner_pos = Some(i);
@@ -424,7 +428,7 @@ pub async fn run_auction(
             }
             Err(_) => {
                 lines.push(BuyerLine {
-                    buyer: &cfg.buyers[r.bid.buyer].id,
+                    buyer: &bidder.id,
                     outcome: "capped_at_award",
                     bid_micros: Some(r.bid.price.0),
                     detail: None,
@@ -463,8 +467,11 @@ pub async fn run_auction(
         direct,
         score,
         reserve_micros: reserve.0,
+        generation: rt.generation,
         buyers: lines,
-        winner: winner.map(|w| cfg.buyers[w.bid.buyer].id.as_str()),
+        winner: winner
+            .and_then(|w| cfg.buyer_by_key(w.bid.buyer))
+            .map(|(_, b)| b.id.as_str()),
         bid_micros: winner.map(|w| w.bid.price.0),
         seller_price_micros: winner.map(|w| w.seller_price.0),
         no_bid: no_bid.map(|r| r.as_str()),
@@ -572,6 +579,7 @@ pub async fn deliver(
     let lead_id = new_id("ld_");
     let mut reservation = d.reservation;
     let mut attempts = 0usize;
+    let mut removed = 0usize;
     let Some(winner) = d.ranked.first() else {
         let answer = unsold(&lead_id, d.ping_id, "no_bids");
         return Ok(answer);
@@ -582,8 +590,29 @@ pub async fn deliver(
         .take(cfg.server.post_attempts_max);
     for (i, r) in candidates.enumerate() {
         let b = r.bid.buyer;
-        let buyer = &cfg.buyers[b];
-        let m = &rt.buyer_metrics[b];
+        let Some((idx, buyer)) = cfg.buyer_by_key(b) else {
+            // A reload removed this bidder after the quote: it cannot be posted to. The
+            // winner's hold is released (never leaked); a fallback held nothing yet.
+            removed += 1;
+            if i == 0 {
+                if let Some(res) = reservation.take() {
+                    state.caps.release(&res);
+                }
+            }
+            let id = state.ids.buyer_id(b);
+            log_attempt(
+                state,
+                &lead_id,
+                d.auction_id,
+                id.as_deref().unwrap_or("unknown"),
+                i,
+                "buyer_removed",
+                None,
+            )
+            .await;
+            continue;
+        };
+        let m = &rt.buyer_metrics[idx];
         let now_ms = state.clock.now_ms();
         if i > 0 {
             if let Some(exp) = r.bid.expires_in_ms {
@@ -627,7 +656,7 @@ pub async fn deliver(
             Ok(b) => Bytes::from(b),
             Err(_) => continue,
         };
-        let msg_id = format!("{}.post.{b}", d.auction_id);
+        let msg_id = format!("{}.post.{}", d.auction_id, b.0);
         let client = BuyerClient::local();
         let call = client.post(
             &buyer.post_url,
@@ -703,7 +732,10 @@ pub async fn deliver(
     if let Some(res) = reservation.take() {
         state.caps.release(&res);
     }
-    let reason = if attempts == 0 {
+    let reason = if attempts == 0 && removed > 0 {
+        // Every buyer that could have taken it left the configuration since the quote.
+        "buyer_removed"
+    } else if attempts == 0 {
         "no_buyer_available"
     } else {
         "all_buyers_rejected"

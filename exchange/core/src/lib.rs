@@ -10,6 +10,7 @@
 //! - [`award`]: seller price under the payout model, reserve, rank order, fallback order.
 //! - [`quotes`]: the firm quotes and the post state machine (a ping is posted once).
 //! - [`breaker`]: which buyers are failing and when to probe them.
+//! - [`ids`]: stable buyer and seller keys, so per-party state survives a reload.
 //!
 //! Architecture invariant: the core never does I/O, never reads a clock (time is the
 //! `now` argument), never spawns or awaits, and never panics on any input. It logs
@@ -25,6 +26,7 @@ pub mod breaker;
 pub mod caps;
 pub mod config;
 pub mod eligibility;
+pub mod ids;
 pub mod quotes;
 pub mod schedule;
 #[cfg(test)]

@@ -46,6 +46,10 @@ pub const SELLER_KEY: &str = "seller-main-key";
 pub const SOLAR_ONLY_KEY: &str = "seller-solar-only-key";
 /// A seller limited to one request per second.
 pub const THROTTLED_KEY: &str = "seller-throttled-key";
+/// The admin bearer token of every test exchange (read from [`ADMIN_TOKEN_ENV`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The variable the test configuration names in `admin.token_env`.
+pub const ADMIN_TOKEN_ENV: &str = "PINGPOST_TEST_ADMIN_TOKEN";
 /// The vertical every test sells in.
 pub const VERTICAL: &str = "auto_insurance";
 /// Fields of `auto_insurance` that are PII: never in a ping, only in a post.
@@ -553,6 +557,10 @@ shutdown_grace_ms = {grace}
 quote_ttl_ms = {ttl}
 response_reserve_ms = 2
 
+[admin]
+listen = "127.0.0.1:0"
+token_env = "{admin_env}"
+
 [server.breaker]
 failures = {bf}
 open_ms = {bo}
@@ -607,6 +615,7 @@ rate_per_s = 1
             solar = key_sha256(SOLAR_ONLY_KEY),
             throttled = key_sha256(THROTTLED_KEY),
             share = SHARE_PCT,
+            admin_env = ADMIN_TOKEN_ENV,
         );
         for b in &self.buyers {
             let states: Vec<String> = b.states.iter().map(|s| format!("{s:?}")).collect();
@@ -642,30 +651,55 @@ states_include = [{states}]
     /// Loads the TOML with the real loader; buyer secrets come from an env closure.
     pub fn load(&self, ledger_path: &std::path::Path) -> Config {
         let text = self.toml(ledger_path);
-        let secrets: BTreeMap<String, String> = self
+        pingpost::config::load_str_with_env(&text, &self.env())
+            .unwrap_or_else(|e| panic!("test config does not load:\n{e}\n{text}"))
+    }
+
+    /// The environment the test configuration is loaded with: buyer secrets and the
+    /// admin token.
+    pub fn env(&self) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+        let vars = self.env_vars();
+        move |name: &str| vars.get(name).cloned()
+    }
+
+    fn env_vars(&self) -> BTreeMap<String, String> {
+        let mut vars: BTreeMap<String, String> = self
             .buyers
             .iter()
             .map(|b| (b.secret_env(), b.secret.clone()))
             .collect();
-        let env = move |name: &str| secrets.get(name).cloned();
-        pingpost::config::load_str_with_env(&text, &env)
-            .unwrap_or_else(|e| panic!("test config does not load:\n{e}\n{text}"))
+        vars.insert(ADMIN_TOKEN_ENV.into(), ADMIN_TOKEN.into());
+        vars
     }
 
     /// Starts an exchange with this configuration and a fresh ledger in a temp dir.
+    ///
+    /// The configuration is written to `config.toml` in the temp dir and the exchange is
+    /// started from that file, so [`Exchange::write_config`] plus a reload changes it.
     pub async fn start(&self) -> Exchange {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger_path = dir.path().join("ledger.jsonl");
-        let config = self.load(&ledger_path);
-        let running = app::start(config, Clock::system())
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, self.toml(&ledger_path)).expect("write config");
+        let env_vars = Arc::new(Mutex::new(self.env_vars()));
+        let (path, vars) = (config_path.clone(), env_vars.clone());
+        let source = move || {
+            let vars = vars.lock().unwrap().clone();
+            pingpost::config::load_file_with_env(&path, &move |n: &str| vars.get(n).cloned())
+        };
+        let running = app::start_with_source(Box::new(source), Clock::system())
             .await
             .expect("exchange starts");
         Exchange {
             addr: running.addr,
+            admin_addr: running.admin_addr.expect("the admin listener started"),
             state: running.state.clone(),
             client: SellerClient::new(running.addr),
+            admin: SellerClient::new(running.admin_addr.expect("the admin listener started")),
             running: Some(running),
             ledger_path,
+            config_path,
+            env_vars,
             buyer_ids: self.buyers.iter().map(|b| b.id.clone()).collect(),
             _dir: dir,
         }
@@ -679,10 +713,17 @@ states_include = [{states}]
 #[derive(Debug)]
 pub struct Exchange {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/admin/reload`).
+    pub admin_addr: SocketAddr,
     pub state: Arc<AppState>,
     pub client: SellerClient,
+    /// A client of the admin listener (send [`ADMIN_TOKEN`] with it).
+    pub admin: SellerClient,
     pub running: Option<Running>,
     pub ledger_path: PathBuf,
+    /// The file the exchange (re)loads its configuration from.
+    pub config_path: PathBuf,
+    env_vars: Arc<Mutex<BTreeMap<String, String>>>,
     buyer_ids: Vec<String>,
     _dir: tempfile::TempDir,
 }
@@ -715,15 +756,39 @@ impl Exchange {
             .unwrap_or_else(|| panic!("no buyer {id}"))
     }
 
+    /// Rewrites the configuration file (same ledger) and the environment for `cfg`; a
+    /// reload then applies it.
+    pub fn write_config(&self, cfg: &TestConfig) {
+        std::fs::write(&self.config_path, cfg.toml(&self.ledger_path)).expect("write config");
+        *self.env_vars.lock().unwrap() = cfg.env_vars();
+    }
+
+    /// Writes raw text as the configuration file.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// A buyer's cap usage now, found by id in the configuration serving now.
+    pub fn usage(&self, id: &str) -> pingpost::core::caps::Usage {
+        let rt = self.state.runtime.load();
+        let buyer = rt
+            .config
+            .buyers
+            .iter()
+            .find(|b| b.id == id)
+            .unwrap_or_else(|| panic!("no buyer {id} in the running configuration"));
+        self.state
+            .caps
+            .usage(buyer.key, buyer, self.state.clock.now_ms())
+    }
+
     /// Reservations held for a buyer right now (firm quotes not yet posted or expired).
     pub fn reserved(&self, id: &str) -> u32 {
-        let idx = self.buyer_idx(id);
-        let rt = self.state.runtime.load();
-        let buyer = &rt.config.buyers[idx];
-        let usage = self.state.caps.usage(idx, buyer, self.state.clock.now_ms());
+        let usage = self.usage(id);
+        let key = self.state.ids.buyer_key(id).expect("a keyed buyer");
         assert_eq!(
             usage.reserved as usize,
-            self.state.caps.outstanding(idx),
+            self.state.caps.outstanding(key),
             "reserved count and outstanding reservations disagree for {id}"
         );
         usage.reserved
@@ -731,21 +796,44 @@ impl Exchange {
 
     /// Leads sold to a buyer today (its daily cap window).
     pub fn sold_today(&self, id: &str) -> u32 {
-        let idx = self.buyer_idx(id);
-        let rt = self.state.runtime.load();
-        self.state
-            .caps
-            .usage(idx, &rt.config.buyers[idx], self.state.clock.now_ms())
-            .sold_day
+        self.usage(id).sold_day
+    }
+
+    /// A GET on the admin listener with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.admin
+            .send(
+                Method::GET,
+                path,
+                Some(ADMIN_TOKEN),
+                None,
+                &[],
+                Bytes::new(),
+            )
+            .await
+    }
+
+    /// `POST /admin/reload` with the admin token.
+    pub async fn reload(&self) -> Reply {
+        self.admin
+            .send(
+                Method::POST,
+                "/admin/reload",
+                Some(ADMIN_TOKEN),
+                None,
+                &[],
+                Bytes::new(),
+            )
+            .await
     }
 
     pub fn quotes_open(&self) -> usize {
         self.state.quotes.open_count()
     }
 
-    /// `GET /metrics`, as text.
+    /// `GET /metrics` (admin listener), as text.
     pub async fn metrics(&self) -> String {
-        let r = self.client.get("/metrics").await;
+        let r = self.admin_get("/metrics").await;
         assert_eq!(r.status, 200, "metrics: {}", r.text());
         r.text()
     }
