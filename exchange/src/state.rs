@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use proto::FieldProblem;
 
 use crate::clock::Clock;
@@ -22,6 +22,7 @@ use crate::core::breaker::BreakerBook;
 use crate::core::caps::CapBook;
 use crate::core::ids::IdRegistry;
 use crate::core::quotes::QuoteBook;
+use crate::core::slots::Slots;
 use crate::core::UnixMs;
 use crate::idempotency::IdempotencyStore;
 use crate::ledger::Ledger;
@@ -88,33 +89,31 @@ pub fn field_problem(message: &str) -> FieldProblem {
 }
 
 /// A per-seller token bucket (requests per second, a burst of one second), by seller key.
+/// A bucket is `None` until its seller's first request (then full).
 #[derive(Debug)]
 pub struct RateLimiter {
-    buckets: RwLock<Vec<Mutex<(f64, UnixMs)>>>,
+    buckets: Slots<Mutex<Option<(f64, UnixMs)>>>,
 }
 
 impl RateLimiter {
-    fn new(n: usize, now: UnixMs) -> RateLimiter {
+    fn new(n: usize) -> RateLimiter {
         RateLimiter {
-            buckets: RwLock::new((0..n).map(|_| Mutex::new((f64::MAX, now))).collect()),
+            buckets: Slots::with_len(n),
         }
     }
 
-    /// Makes room for seller keys `0..n` (full buckets); never shrinks.
-    fn grow(&self, n: usize, now: UnixMs) {
-        let mut b = self.buckets.write();
-        while b.len() < n {
-            b.push(Mutex::new((f64::MAX, now)));
-        }
+    /// Makes room for seller keys `0..n`; never shrinks.
+    fn grow(&self, n: usize) {
+        self.buckets.grow(n);
     }
 
     /// Takes one token from `seller`'s bucket of `rate_per_s`; false when empty.
     pub fn allow(&self, seller: SellerKey, rate_per_s: u32, now: UnixMs) -> bool {
-        let buckets = self.buckets.read();
-        let Some(bucket) = buckets.get(seller.slot()) else {
+        let Some(bucket) = self.buckets.get(seller.slot()) else {
             return true;
         };
-        let mut b = bucket.lock();
+        let mut guard = bucket.lock();
+        let b = guard.get_or_insert((f64::MAX, now));
         let rate = f64::from(rate_per_s);
         let elapsed_s = (now - b.1).max(0) as f64 / 1000.0;
         b.0 = (b.0.min(rate) + elapsed_s * rate).min(rate);
@@ -236,14 +235,13 @@ impl AppState {
         }
         let s = &config.server;
         let buyer_metrics = config.buyers.iter().map(|b| metrics.buyer(&b.id)).collect();
-        let now = clock.now_ms();
         AppState {
             caps: CapBook::new(ids.buyer_count()),
             quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms),
             breakers: BreakerBook::new(ids.buyer_count(), s.breaker),
             connections: Arc::new(tokio::sync::Semaphore::new(s.connections_max)),
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
-            rate_limits: RateLimiter::new(ids.seller_count(), now),
+            rate_limits: RateLimiter::new(ids.seller_count()),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
             admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX)),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_REQUESTS_IN_FLIGHT_MAX),
@@ -311,8 +309,7 @@ impl AppState {
         // New keys get their slots before any request can see the new runtime.
         self.caps.grow(self.ids.buyer_count());
         self.breakers.grow(self.ids.buyer_count());
-        self.rate_limits
-            .grow(self.ids.seller_count(), self.clock.now_ms());
+        self.rate_limits.grow(self.ids.seller_count());
         let buyer_metrics = config
             .buyers
             .iter()

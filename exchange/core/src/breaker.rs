@@ -8,17 +8,18 @@
 //! `max(open_ms, probe_interval_ms)`). A success closes it; a failure while open re-opens
 //! it from that moment.
 //!
-//! Never: reads a clock, or takes a mutex on the hot path of a closed breaker (a shared
-//! read lock on the table, which only a reload's growth writes, and one atomic load); an
-//! open breaker takes its buyer's own tiny mutex. Buyers are addressed by their stable
+//! Never: reads a clock, or takes a lock on the hot path of a closed breaker (the slot
+//! lookup and the state are atomic loads); an open breaker takes its buyer's own tiny
+//! mutex. Buyers are addressed by their stable
 //! [`BuyerKey`], so a reload never hands one buyer's failures to another.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use super::UnixMs;
 use crate::config::{BreakerConfig, BuyerKey};
+use crate::slots::Slots;
 
 /// Whether to ping a buyer now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,7 @@ struct Slot {
 /// Every buyer's breaker, by stable buyer key.
 #[derive(Debug)]
 pub struct BreakerBook {
-    slots: RwLock<Vec<Slot>>,
+    slots: Slots<Slot>,
     cfg: BreakerConfig,
 }
 
@@ -64,17 +65,14 @@ impl BreakerBook {
     /// Closed breakers for buyer keys `0..buyer_count`. A `failures` of 0 is taken as 1.
     pub fn new(buyer_count: usize, cfg: BreakerConfig) -> BreakerBook {
         BreakerBook {
-            slots: RwLock::new((0..buyer_count).map(|_| Slot::default()).collect()),
+            slots: Slots::with_len(buyer_count),
             cfg,
         }
     }
 
     /// Makes room for buyer keys `0..buyer_count` (closed); never shrinks.
     pub fn grow(&self, buyer_count: usize) {
-        let mut s = self.slots.write();
-        while s.len() < buyer_count {
-            s.push(Slot::default());
-        }
+        self.slots.grow(buyer_count);
     }
 
     /// May buyer `key` be pinged at `now`? An unknown key is admitted: the breaker only
@@ -83,8 +81,7 @@ impl BreakerBook {
         if !self.cfg.enabled {
             return Admit::Yes;
         }
-        let slots = self.slots.read();
-        let Some(slot) = slots.get(key.slot()) else {
+        let Some(slot) = self.slots.get(key.slot()) else {
             return Admit::Yes;
         };
         if !slot.open.load(Ordering::Acquire) {
@@ -112,8 +109,7 @@ impl BreakerBook {
     /// not). A success closes the breaker; `failures` consecutive failures open it; any
     /// failure while open (a failed probe) re-opens it from `now`.
     pub fn record(&self, key: BuyerKey, ok: bool, now: UnixMs) {
-        let slots = self.slots.read();
-        let Some(slot) = slots.get(key.slot()) else {
+        let Some(slot) = self.slots.get(key.slot()) else {
             return;
         };
         let mut s = slot.state.lock();
@@ -133,7 +129,6 @@ impl BreakerBook {
     /// Is the breaker of buyer `key` open (for metrics and the auction log)?
     pub fn is_open(&self, key: BuyerKey) -> bool {
         self.slots
-            .read()
             .get(key.slot())
             .is_some_and(|s| s.open.load(Ordering::Acquire))
     }

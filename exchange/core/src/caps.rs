@@ -21,12 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{Datelike, Timelike};
 use chrono_tz::Tz;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use proto::Micros;
 
 use super::schedule::local;
 use super::UnixMs;
 use crate::config::{Buyer, BuyerKey, Caps};
+use crate::slots::Slots;
 
 /// Milliseconds per second, for turning local seconds into an instant.
 const MS_PER_S: i64 = 1_000;
@@ -271,9 +272,8 @@ impl BuyerBook {
 /// still its own if it comes back.
 #[derive(Debug)]
 pub struct CapBook {
-    /// By `BuyerKey::slot()`. The read lock is uncontended except while a reload grows
-    /// the table.
-    buyers: RwLock<Vec<Mutex<BuyerBook>>>,
+    /// By `BuyerKey::slot()`; read without a lock, grown by a reload.
+    buyers: Slots<Mutex<BuyerBook>>,
     /// Source of reservation ids (unique for the life of the book).
     next_id: AtomicU64,
 }
@@ -282,11 +282,7 @@ impl CapBook {
     /// A book for buyer keys `0..buyer_count`.
     pub fn new(buyer_count: usize) -> CapBook {
         CapBook {
-            buyers: RwLock::new(
-                (0..buyer_count)
-                    .map(|_| Mutex::new(BuyerBook::default()))
-                    .collect(),
-            ),
+            buyers: Slots::with_len(buyer_count),
             next_id: AtomicU64::new(0),
         }
     }
@@ -294,21 +290,17 @@ impl CapBook {
     /// Makes room for buyer keys `0..buyer_count` (new buyers after a reload); never
     /// shrinks.
     pub fn grow(&self, buyer_count: usize) {
-        let mut b = self.buyers.write();
-        while b.len() < buyer_count {
-            b.push(Mutex::new(BuyerBook::default()));
-        }
+        self.buyers.grow(buyer_count);
     }
 
     /// How many buyer keys the book covers.
     pub fn buyer_count(&self) -> usize {
-        self.buyers.read().len()
+        self.buyers.len()
     }
 
     /// Runs `f` on the buyer's book under its lock; `None` for an unknown key.
     fn with<R>(&self, key: BuyerKey, f: impl FnOnce(&mut BuyerBook) -> R) -> Option<R> {
-        let table = self.buyers.read();
-        let slot = table.get(key.slot())?;
+        let slot = self.buyers.get(key.slot())?;
         let mut b = slot.lock();
         Some(f(&mut b))
     }

@@ -29,6 +29,7 @@ pub mod eligibility;
 pub mod ids;
 pub mod quotes;
 pub mod schedule;
+pub mod slots;
 #[cfg(test)]
 pub(crate) mod testutil;
 
