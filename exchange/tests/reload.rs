@@ -386,3 +386,162 @@ async fn an_exchange_started_without_a_source_refuses_to_reload() {
     assert_eq!(running.state.generation(), 1);
     running.shutdown().await.unwrap();
 }
+
+/// Strips ANSI colour sequences from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let path = dir.path().join("config.toml");
+    let first = TestConfig::new().buyer(ab.clone());
+    let second = TestConfig::new().buyer(bb.clone()).buyer(ab.clone());
+    std::fs::write(&path, first.toml(&ledger)).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&path)
+        .envs(second.env_vars())
+        .env("RUST_LOG", "pingpost=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    // The first log line names both addresses.
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(plain(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    let listening = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            let line = line_rx.recv().await.expect("the binary logs");
+            if line.contains("pingpost listening") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the binary starts listening");
+    let field = |name: &str| -> std::net::SocketAddr {
+        let rest = listening
+            .split(&format!("{name}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name} in {listening}"));
+        let rest = rest.trim_start_matches("Some(");
+        rest.split([' ', ')'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} in {listening}: {e}"))
+    };
+    let (addr, admin_addr) = (field("addr"), field("admin"));
+    let seller = SellerClient::new(addr);
+    let admin = SellerClient::new(admin_addr);
+    let generation = || async {
+        let r = admin
+            .send(
+                http::Method::GET,
+                "/metrics",
+                Some(ADMIN_TOKEN),
+                None,
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+        metric_value(&r.text(), "pingpost_config_generation", &[])
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "SIGHUP sent");
+    };
+    let wait_generation = |want: f64| async move {
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+        loop {
+            let g = generation().await;
+            if g == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "generation {g}, want {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(generation().await, 1.0);
+    assert_eq!(seller.ping("TX").await.price, Some(seller_price(usd(30.0))));
+
+    // A broken file: SIGHUP changes nothing and the process keeps serving.
+    std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
+    hup();
+    let refused = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            let line = line_rx.recv().await.expect("the binary logs");
+            if line.contains("reload refused") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the refusal is logged");
+    assert!(refused.contains("server.listen"), "{refused}");
+    assert_eq!(generation().await, 1.0);
+    assert_eq!(seller.ping("TX").await.status, PingStatus::Bid);
+
+    // The new file: b is added in front, a keeps its place in the auction.
+    std::fs::write(&path, second.toml(&ledger)).unwrap();
+    hup();
+    wait_generation(2.0).await;
+    let q = seller.ping("TX").await;
+    assert_eq!(q.price, Some(seller_price(usd(30.0))));
+    assert_eq!(b.pings(), 1, "the added buyer is pinged");
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

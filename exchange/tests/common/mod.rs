@@ -662,7 +662,8 @@ states_include = [{states}]
         move |name: &str| vars.get(name).cloned()
     }
 
-    fn env_vars(&self) -> BTreeMap<String, String> {
+    /// The environment variables of [`TestConfig::env`] (buyer secrets, admin token).
+    pub fn env_vars(&self) -> BTreeMap<String, String> {
         let mut vars: BTreeMap<String, String> = self
             .buyers
             .iter()
