@@ -315,6 +315,21 @@ impl AppState {
             .iter()
             .map(|b| self.metrics.buyer(&b.id))
             .collect();
+        // A removed buyer's cap gauges would otherwise show its last utilisation forever;
+        // its counters stay (they only ever count what happened).
+        for gone in old
+            .config
+            .buyers
+            .iter()
+            .filter(|b| !config.buyer_by_key.contains_key(&b.key))
+        {
+            for window in ["hour", "day", "week", "month"] {
+                let _ = self
+                    .metrics
+                    .cap_utilisation
+                    .remove_label_values(&[&gone.id, window]);
+            }
+        }
         let generation = old.generation.saturating_add(1);
         self.runtime.store(Arc::new(Runtime {
             config: Arc::new(config),

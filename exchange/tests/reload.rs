@@ -48,6 +48,7 @@ async fn a_reload_that_reorders_adds_and_removes_buyers_keeps_every_count_with_i
     let (db, _hd) = serve("d", &d).await;
     let ab = ab.caps_daily(2);
     let bb = bb.caps_daily(5);
+    let cb = cb.caps_daily(10);
     let first = TestConfig::new()
         .buyer(ab.clone())
         .buyer(bb.clone())
@@ -80,6 +81,8 @@ async fn a_reload_that_reorders_adds_and_removes_buyers_keeps_every_count_with_i
     // a bid in its two sales and was skipped (capped) after; b bid in all four auctions.
     assert_eq!((a_bids_before, a_skipped_before), (2.0, 2.0));
     assert_eq!(b_bids_before, 4.0);
+    let c_gauge = "pingpost_cap_utilisation_percent{buyer=\"c\"";
+    assert!(ex.metrics().await.contains(c_gauge));
 
     // Reordered (d first, then b, then a), d added, c removed.
     let second = TestConfig::new()
@@ -158,6 +161,10 @@ async fn a_reload_that_reorders_adds_and_removes_buyers_keeps_every_count_with_i
         1.0
     );
     assert_eq!(ex.metric("pingpost_config_generation", &[]).await, 2.0);
+    assert!(
+        !ex.metrics().await.contains(c_gauge),
+        "a removed buyer's cap gauges are dropped"
+    );
 }
 
 #[tokio::test]
