@@ -160,14 +160,6 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// [`start_threaded`] from a configuration source, kept for reloads.
-pub fn start_threaded_with_source(source: ConfigSource, clock: Clock) -> anyhow::Result<Threaded> {
-    let config = source().map_err(|e| anyhow::anyhow!("configuration:\n{e}"))?;
-    let threaded = start_threaded(config, clock)?;
-    threaded.state.set_config_source(source);
-    Ok(threaded)
-}
-
 /// Starts the workers; returns once every one is listening.
 pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded> {
     let threads = worker_count(&config).max(1);
