@@ -454,7 +454,10 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     });
     let listening = tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
-            let line = line_rx.recv().await.expect("the binary logs");
+            let line = line_rx
+                .recv()
+                .await
+                .expect("the binary exited before listening (is it this tree's build?)");
             if line.contains("pingpost listening") {
                 return line;
             }
