@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, ConfigSource};
 
 /// The default configuration compiled into the binary (config/default.toml).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
@@ -29,9 +29,36 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address; `None` when it did not start (no admin token).
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<std::io::Result<()>>,
+    admin: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+}
+
+/// Binds the admin listener if the configuration has an admin token (without one the
+/// admin listener stays off: see docs/OPERATIONS.md).
+fn bind_admin_std(config: &Config) -> std::io::Result<Option<std::net::TcpListener>> {
+    if config.admin.token.is_none() {
+        tracing::warn!(
+            token_env = %config.admin.token_env,
+            "admin listener off: set the admin token variable to serve /metrics and /admin/reload"
+        );
+        return Ok(None);
+    }
+    let l = std::net::TcpListener::bind(config.admin.listen)?;
+    l.set_nonblocking(true)?;
+    Ok(Some(l))
+}
+
+/// Loads the configuration from `source`, starts the exchange ([`start`]) and keeps the
+/// source for reloads (`POST /admin/reload`, SIGHUP).
+pub async fn start_with_source(source: ConfigSource, clock: Clock) -> anyhow::Result<Running> {
+    let config = source().map_err(|e| anyhow::anyhow!("configuration:\n{e}"))?;
+    let running = start(config, clock).await?;
+    running.state.set_config_source(source);
+    Ok(running)
 }
 
 impl Running {
@@ -39,6 +66,10 @@ impl Running {
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some((tx, join)) = self.admin.take() {
+            let _ = tx.send(());
+            let _ = join.await;
         }
         let served = (&mut self.join)
             .await
@@ -55,7 +86,25 @@ impl Running {
 pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
+    let admin_listener = bind_admin_std(&config)?
+        .map(TcpListener::from_std)
+        .transpose()?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let state = build_state(config, clock)?;
+    let admin = admin_listener.map(|l| {
+        let (tx, rx) = oneshot::channel::<()>();
+        let st = state.clone();
+        let join = tokio::spawn(async move {
+            crate::server::serve_admin(l, st, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        (tx, join)
+    });
     let (tx, rx) = oneshot::channel::<()>();
     let st = state.clone();
     let join = tokio::spawn(async move {
@@ -66,9 +115,11 @@ pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
     });
     Ok(Running {
         addr,
+        admin_addr,
         state,
         shutdown: Some(tx),
         join,
+        admin,
     })
 }
 
@@ -79,6 +130,8 @@ pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
 #[derive(Debug)]
 pub struct Threaded {
     pub addr: SocketAddr,
+    /// The admin listener's address (served by the first worker); `None` when off.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -111,6 +164,8 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded> {
     let threads = worker_count(&config).max(1);
     let mut addr = config.server.listen;
+    let mut admin_std = bind_admin_std(&config)?;
+    let admin_addr = admin_std.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = build_state(config, clock)?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::with_capacity(threads);
@@ -119,6 +174,9 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
         let st = state.clone();
         let mut stop_rx = stop_rx.clone();
         let bind_to = addr;
+        // The first worker also serves the admin listener.
+        let admin_l = if i == 0 { admin_std.take() } else { None };
+        let admin_stop = stop_rx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("pingpost-worker-{i}"))
             .spawn(move || -> std::io::Result<()> {
@@ -143,7 +201,22 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                     let shutdown = async move {
                         let _ = stop_rx.wait_for(|stopped| *stopped).await;
                     };
-                    crate::server::serve_with(listener, st, shutdown, i == 0).await
+                    let admin = async {
+                        let Some(l) = admin_l else {
+                            return Ok(());
+                        };
+                        let l = TcpListener::from_std(l)?;
+                        let mut stop = admin_stop;
+                        crate::server::serve_admin(l, st.clone(), async move {
+                            let _ = stop.wait_for(|stopped| *stopped).await;
+                        })
+                        .await
+                    };
+                    let (served, admin) = tokio::join!(
+                        crate::server::serve_with(listener, st.clone(), shutdown, i == 0),
+                        admin
+                    );
+                    served.and(admin)
                 })
             })?;
         match ready_rx.recv() {
@@ -161,6 +234,7 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
     }
     Ok(Threaded {
         addr,
+        admin_addr,
         state,
         stop,
         workers,

@@ -21,13 +21,13 @@ use proto::{Lead, Micros};
 use tokio::time::Instant;
 
 use crate::buyers::{BuyerClient, BuyerTransport, CallResult, Endpoint, Ping, Post};
-use crate::config::{BuyerIdx, SellerIdx, VerticalIdx};
+use crate::config::{BuyerIdx, BuyerKey, SellerIdx, VerticalIdx};
 use crate::core::auction::{Auction, AuctionParams, Award};
 use crate::core::award::Ranked;
 use crate::core::caps::Reservation;
 use crate::core::post::{AttemptResult, PostParams, PostPlan, PostStep};
 use crate::core::UnixMs;
-use crate::effects::{self, GENERATION_UNWIRED};
+use crate::effects;
 use crate::state::{AppState, Runtime};
 
 /// How long a late answer is still waited for in the background before the request is
@@ -105,12 +105,12 @@ pub async fn run_auction(
     let vertical = &cfg.verticals[input.vertical];
     let auction_id = new_id("au_");
     let ping_id = new_id("pg_");
-    let score = state.scorer.score(vertical, input.lead);
+    let score = rt.scorer.score(vertical, input.lead);
     let settlement = effects::settlement(state);
     let params = AuctionParams {
         config: cfg,
-        ranker: state.ranker.as_ref(),
-        generation: GENERATION_UNWIRED,
+        ranker: rt.ranker.as_ref(),
+        generation: rt.generation,
         seller: input.seller,
         vertical: input.vertical,
         score,
@@ -254,10 +254,20 @@ pub async fn deliver(
     let vertical = &cfg.verticals[d.vertical];
     let lead_id = new_id("ld_");
     let settlement = effects::settlement(state);
+    // Bidders a reload removed since the quote, with their former ids for the records.
+    let removed: Vec<(BuyerKey, String)> = d
+        .ranked
+        .iter()
+        .filter(|r| cfg.buyer_by_key(r.bid.buyer).is_none())
+        .map(|r| {
+            let id = state.ids.buyer_id(r.bid.buyer);
+            (r.bid.buyer, id.as_deref().unwrap_or("").to_string())
+        })
+        .collect();
     let mut plan = PostPlan::new(
         PostParams {
             config: cfg,
-            generation: GENERATION_UNWIRED,
+            generation: rt.generation,
             seller: d.seller,
             vertical: d.vertical,
             test: d.test,
@@ -267,6 +277,7 @@ pub async fn deliver(
             lead_id: &lead_id,
             auction_arrival: d.auction_started_ms,
             from_quote: d.from_quote,
+            removed: &removed,
         },
         d.ranked,
         d.reservation,
@@ -293,7 +304,7 @@ pub async fn deliver(
         let result = match serde_json::to_vec(&msg) {
             Err(_) => AttemptResult::NotSent,
             Ok(body) => {
-                let msg_id = format!("{}.post.{}", d.auction_id, attempt.buyer);
+                let msg_id = format!("{}.post.{}", d.auction_id, buyer.key.0);
                 let to = Endpoint {
                     url: &buyer.post_url,
                     http: buyer.http,

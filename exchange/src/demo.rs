@@ -30,6 +30,13 @@ pub fn demo_secret(var: &str) -> Option<String> {
         .map(|n| format!("pingpost-demo-secret-{n}"))
 }
 
+/// A fresh random admin token for one demo run (printed, so the demo can show how to
+/// reach `/metrics` and `/admin/reload`), used only when the admin token variable is unset.
+pub fn demo_admin_token() -> String {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    format!("demo-{:032x}", rng.gen::<u128>())
+}
+
 fn loopback_port(url: &str) -> Option<u16> {
     let uri: http::Uri = url.parse().ok()?;
     let host = uri.host()?;
@@ -179,7 +186,14 @@ async fn call(
     ))
 }
 
-fn print_curl(addr: SocketAddr) {
+/// Where the demo's admin listener is, and its token.
+#[derive(Debug, Clone)]
+pub struct DemoAdmin {
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
     println!();
     println!("Try it yourself (the demo seller key is `{DEMO_SELLER_KEY}`):");
     println!(
@@ -188,13 +202,30 @@ fn print_curl(addr: SocketAddr) {
     println!(
         "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\",\"first_name\":\"Ana\",\"last_name\":\"Diaz\",\"phone\":\"+18175550123\"}}}}'"
     );
-    println!("  curl -s http://{addr}/metrics | grep pingpost_auctions_total");
+    match admin {
+        Some(DemoAdmin { addr: admin, token }) => {
+            println!("Admin listener (metrics, reload) on {admin}, token `{token}`:");
+            println!(
+                "  curl -s http://{admin}/metrics -H 'Authorization: Bearer {token}' | grep pingpost_auctions_total"
+            );
+            println!(
+                "  curl -s -X POST http://{admin}/admin/reload -H 'Authorization: Bearer {token}'"
+            );
+        }
+        None => println!("(the admin listener is off: no admin token)"),
+    }
     println!();
 }
 
 /// Starts the bidders, then sends `count` sample leads (0 = until the task is dropped),
 /// one every `interval_ms`, printing what happens to each.
-pub async fn run(addr: SocketAddr, cfg: Config, interval_ms: u64, count: u64) {
+pub async fn run(
+    addr: SocketAddr,
+    admin: Option<DemoAdmin>,
+    cfg: Config,
+    interval_ms: u64,
+    count: u64,
+) {
     let bidders = match start_bidders(&cfg).await {
         Ok(b) => b,
         Err(e) => {
@@ -202,7 +233,7 @@ pub async fn run(addr: SocketAddr, cfg: Config, interval_ms: u64, count: u64) {
             return;
         }
     };
-    print_curl(addr);
+    print_curl(addr, admin.as_ref());
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     let mut sent = 0u64;

@@ -95,8 +95,8 @@ pub async fn execute<'a>(
                         m.ping_latency.observe(us as f64 / 1e6);
                     }
                 }
-                if let Some(ok) = breaker {
-                    health(state).record(buyer, ok, now);
+                if let (Some(ok), Some(b)) = (breaker, rt.config.buyers.get(buyer)) {
+                    health(state).record(b.key, ok, now);
                 }
             }
             Effect::LateAnswer { buyer } => late_answer(rt, buyer),

@@ -8,7 +8,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::SellerIdx;
+use crate::config::SellerKey;
 use crate::core::UnixMs;
 
 /// Longest key accepted (CONTRACT.md).
@@ -45,7 +45,7 @@ pub enum Begin {
 /// Remembered keys, per seller.
 #[derive(Debug)]
 pub struct IdempotencyStore {
-    map: DashMap<(SellerIdx, String), Slot>,
+    map: DashMap<(SellerKey, String), Slot>,
     ttl_ms: u64,
     keys_max: usize,
 }
@@ -59,7 +59,7 @@ impl IdempotencyStore {
         }
     }
 
-    pub fn begin(&self, seller: SellerIdx, key: &str, body: &[u8], now: UnixMs) -> Begin {
+    pub fn begin(&self, seller: SellerKey, key: &str, body: &[u8], now: UnixMs) -> Begin {
         let digest: [u8; 32] = Sha256::digest(body).into();
         let full = self.map.len() >= self.keys_max;
         match self.map.entry((seller, key.to_string())) {
@@ -97,14 +97,14 @@ impl IdempotencyStore {
     }
 
     /// Stores the answer for later replays.
-    pub fn complete(&self, seller: SellerIdx, key: &str, status: u16, body: Bytes) {
+    pub fn complete(&self, seller: SellerKey, key: &str, status: u16, body: Bytes) {
         if let Some(mut slot) = self.map.get_mut(&(seller, key.to_string())) {
             slot.state = State::Done { status, body };
         }
     }
 
     /// Forgets a key whose request changed nothing (a refused request may be retried).
-    pub fn forget(&self, seller: SellerIdx, key: &str) {
+    pub fn forget(&self, seller: SellerKey, key: &str) {
         self.map.remove(&(seller, key.to_string()));
     }
 
@@ -131,24 +131,24 @@ mod tests {
     #[test]
     fn replay_mismatch_inflight_expiry() {
         let s = IdempotencyStore::new(1000, 10);
-        assert_eq!(s.begin(0, "k", b"a", 0), Begin::Proceed);
-        assert_eq!(s.begin(0, "k", b"a", 1), Begin::InFlight);
-        assert_eq!(s.begin(0, "k", b"b", 1), Begin::BodyMismatch);
+        assert_eq!(s.begin(SellerKey(0), "k", b"a", 0), Begin::Proceed);
+        assert_eq!(s.begin(SellerKey(0), "k", b"a", 1), Begin::InFlight);
+        assert_eq!(s.begin(SellerKey(0), "k", b"b", 1), Begin::BodyMismatch);
         assert_eq!(
-            s.begin(1, "k", b"b", 1),
+            s.begin(SellerKey(1), "k", b"b", 1),
             Begin::Proceed,
             "keys are per seller"
         );
-        s.complete(0, "k", 200, Bytes::from_static(b"ok"));
+        s.complete(SellerKey(0), "k", 200, Bytes::from_static(b"ok"));
         assert_eq!(
-            s.begin(0, "k", b"a", 2),
+            s.begin(SellerKey(0), "k", b"a", 2),
             Begin::Replay {
                 status: 200,
                 body: Bytes::from_static(b"ok")
             }
         );
         assert_eq!(
-            s.begin(0, "k", b"a", 1000),
+            s.begin(SellerKey(0), "k", b"a", 1000),
             Begin::Proceed,
             "expired keys start over"
         );
@@ -159,10 +159,10 @@ mod tests {
     #[test]
     fn bounded() {
         let s = IdempotencyStore::new(1000, 2);
-        assert_eq!(s.begin(0, "a", b"", 0), Begin::Proceed);
-        assert_eq!(s.begin(0, "b", b"", 0), Begin::Proceed);
-        assert_eq!(s.begin(0, "c", b"", 0), Begin::Full);
-        s.forget(0, "a");
-        assert_eq!(s.begin(0, "c", b"", 0), Begin::Proceed);
+        assert_eq!(s.begin(SellerKey(0), "a", b"", 0), Begin::Proceed);
+        assert_eq!(s.begin(SellerKey(0), "b", b"", 0), Begin::Proceed);
+        assert_eq!(s.begin(SellerKey(0), "c", b"", 0), Begin::Full);
+        s.forget(SellerKey(0), "a");
+        assert_eq!(s.begin(SellerKey(0), "c", b"", 0), Begin::Proceed);
     }
 }

@@ -48,21 +48,41 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let demo = args.demo;
-    // In demo mode the example bidders' secrets default to fixed demo values.
+    // In demo mode the example bidders' secrets default to fixed demo values, and the
+    // admin token (when its variable is unset) to a fresh random one, printed below.
+    let demo_token = demo.then(pingpost::demo::demo_admin_token);
+    let demo_token_print = demo_token.clone();
     let env = move |name: &str| -> Option<String> {
         std::env::var(name).ok().or_else(|| {
             if demo {
-                pingpost::demo::demo_secret(name)
+                pingpost::demo::demo_secret(name).or_else(|| {
+                    (name == config::defaults::ADMIN_TOKEN_ENV)
+                        .then(|| demo_token.clone())
+                        .flatten()
+                })
             } else {
                 None
             }
         })
     };
-    let loaded = match &args.config {
-        Some(path) => config::load_file_with_env(path, &env),
-        None => config::load_str_with_env(DEFAULT_CONFIG, &env),
+    // The source a reload reads again: the same file (or the embedded default text, which
+    // cannot change, so a reload of it re-applies the same configuration), the same
+    // environment and the same command-line overrides.
+    let (path, listen, ledger) = (args.config.clone(), args.listen, args.ledger.clone());
+    let source = move || -> Result<config::Config, config::ConfigErrors> {
+        let mut cfg = match &path {
+            Some(path) => config::load_file_with_env(path, &env),
+            None => config::load_str_with_env(DEFAULT_CONFIG, &env),
+        }?;
+        if let Some(l) = listen {
+            cfg.server.listen = l;
+        }
+        if let Some(p) = &ledger {
+            cfg.server.ledger_path = p.clone();
+        }
+        Ok(cfg)
     };
-    let mut cfg = match loaded {
+    let cfg = match source() {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("configuration has {} error(s):", errors.0.len());
@@ -79,26 +99,37 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if let Some(l) = args.listen {
-        cfg.server.listen = l;
-    }
-    if let Some(p) = args.ledger {
-        cfg.server.ledger_path = p;
-    }
     let demo_cfg = cfg.clone();
     let workers = app::worker_count(&cfg);
     let server = app::start_threaded(cfg, Clock::system()).context("starting the exchange")?;
-    tracing::info!(addr = %server.addr, workers, "pingpost listening");
+    server.state.set_config_source(Box::new(source));
+    tracing::info!(addr = %server.addr, admin = ?server.admin_addr, workers, "pingpost listening");
+    let demo_admin = server
+        .admin_addr
+        .zip(demo_cfg.admin.token.as_ref())
+        .map(|(addr, _)| pingpost::demo::DemoAdmin {
+            addr,
+            token: std::env::var(&demo_cfg.admin.token_env)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| demo_token_print.clone())
+                .unwrap_or_default(),
+        });
     // The main thread only waits for a signal (and runs the demo's bidders and leads);
     // the workers serve.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let addr = server.addr;
+    let state = server.state.clone();
     runtime.block_on(async move {
+        // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
+        // into one more, and reloads are serialized inside.
+        let reloader = tokio::spawn(reload_on_sighup(state));
         if args.demo {
             let demo = tokio::spawn(pingpost::demo::run(
                 addr,
+                demo_admin,
                 demo_cfg,
                 args.demo_interval_ms,
                 args.demo_leads,
@@ -108,15 +139,51 @@ fn main() -> anyhow::Result<()> {
                     _ = demo => {}
                     _ = shutdown_signal() => {}
                 }
+                reloader.abort();
                 return;
             }
         }
         shutdown_signal().await;
+        reloader.abort();
     });
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().context("server")?;
     drop(runtime);
     Ok(())
+}
+
+/// Reloads the configuration on every SIGHUP (unix), logging the new generation or every
+/// problem (the running configuration stays).
+async fn reload_on_sighup(state: std::sync::Arc<pingpost::state::AppState>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let st = state.clone();
+            let result = tokio::task::spawn_blocking(move || st.reload()).await;
+            match result {
+                Ok(Ok(generation)) => {
+                    state.metrics.reloads.with_label_values(&["applied"]).inc();
+                    tracing::info!(generation, "SIGHUP: configuration reloaded");
+                }
+                Ok(Err(e)) => {
+                    state.metrics.reloads.with_label_values(&["refused"]).inc();
+                    tracing::error!(error = %e, "SIGHUP: reload refused; the running configuration stays");
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = state;
+    }
 }
 
 async fn shutdown_signal() {

@@ -128,6 +128,10 @@ pub struct Metrics {
     pub quotes_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
+    /// The runtime generation serving now (1 at start, +1 per applied reload).
+    pub config_generation: IntGauge,
+    /// Reloads by result (`applied`, `refused`).
+    pub reloads: IntCounterVec,
     /// Pre-resolved series for the hot path (label lookups hash and lock).
     route_latency: Vec<(&'static str, Histogram)>,
     auction_outcomes: Vec<(&'static str, IntCounter)>,
@@ -273,6 +277,22 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
+            config_generation: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_config_generation",
+                    "The runtime generation serving now (1 at start, +1 per applied reload).",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            reloads: reg(
+                &r,
+                counter_vec(
+                    "pingpost_reloads_total",
+                    "Configuration reloads by result (applied, refused).",
+                    &["result"],
+                ),
+            ),
             route_latency: Vec::new(),
             auction_outcomes: Vec::new(),
             registry: r,
@@ -289,6 +309,7 @@ impl Metrics {
             .iter()
             .map(|o| (*o, self.auctions.with_label_values(&[o])))
             .collect();
+        self.config_generation.set(1);
         self
     }
 

@@ -29,9 +29,9 @@ use crate::clock::rfc3339;
 use crate::config::SellerIdx;
 use crate::core::quotes::{BeginPost, Quote, QuoteRefused, EXPIRED_REASON};
 use crate::core::settlement::{drop_hold, release_reason};
-use crate::effects::{self, GENERATION_UNWIRED};
+use crate::effects;
 use crate::idempotency::{self, Begin};
-use crate::state::{AppState, Runtime};
+use crate::state::{AppState, ReloadError, Runtime};
 
 type Body = Full<Bytes>;
 
@@ -84,9 +84,38 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     sweeper: bool,
 ) -> std::io::Result<()> {
+    let connections = state.connections.clone();
+    serve_routes(listener, state, connections, shutdown, sweeper, handle).await
+}
+
+/// The admin listener: the same accept loop and limits as the seller listener, with the
+/// admin routes ([`handle_admin`]) and its own connection bound.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let connections = state.admin_connections.clone();
+    serve_routes(listener, state, connections, shutdown, false, handle_admin).await
+}
+
+/// The accept loop shared by the seller and admin listeners: a connection permit from
+/// `connections` before `accept`, the header-read bound, graceful shutdown, and
+/// `handler` for each request.
+pub async fn serve_routes<H, F>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    connections: Arc<tokio::sync::Semaphore>,
+    shutdown: impl Future<Output = ()> + Send,
+    sweeper: bool,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Arc<AppState>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let rt = state.runtime.load_full();
     let server_cfg = rt.config.server.clone();
-    let connections = state.connections.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -131,7 +160,7 @@ pub async fn serve_with(
         let st = state.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
-            async move { Ok::<_, Infallible>(handle(st, req).await) }
+            async move { Ok::<_, Infallible>(handler(st, req).await) }
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -172,15 +201,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "/v1/leads" => "leads",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
-        "/metrics" => "metrics",
+        // `/metrics` names buyers and volumes: it is on the admin listener only.
         _ => "unknown",
     };
-    // Probes and scrapes are cheap and must keep answering when sellers overload us, or
-    // an orchestrator would restart a busy but healthy exchange.
+    // Probes are cheap and must keep answering when sellers overload us, or an
+    // orchestrator would restart a busy but healthy exchange.
     match (route, req.method()) {
         ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
         ("readyz", &Method::GET) => return readyz(&state),
-        ("metrics", &Method::GET) => return metrics(&state),
         _ => {}
     }
     let Ok(_permit) = state.in_flight.try_acquire() else {
@@ -247,8 +275,8 @@ fn readyz(state: &AppState) -> Response<Body> {
 fn metrics(state: &AppState) -> Response<Body> {
     let rt = state.runtime.load();
     let now = state.clock.now_ms();
-    for (i, b) in rt.config.buyers.iter().enumerate() {
-        let u = state.caps.usage(i, b, now);
+    for b in rt.config.buyers.iter() {
+        let u = state.caps.usage(b.key, b, now);
         let windows = [
             ("hour", b.caps.hourly, u.sold_hour),
             ("day", b.caps.daily, u.sold_day),
@@ -375,8 +403,13 @@ async fn seller_request(
         Ok(s) => s,
         Err(e) => return error_response(state, &e),
     };
+    // Per-seller state (rate, idempotency keys, quotes) is keyed by the stable key.
+    let seller_key = rt.config.sellers[seller].key;
     if let Some(rate) = rt.config.sellers[seller].rate_per_s {
-        if !state.rate_limits.allow(seller, rate, state.clock.now_ms()) {
+        if !state
+            .rate_limits
+            .allow(seller_key, rate, state.clock.now_ms())
+        {
             return error_response(
                 state,
                 &ApiError::new(
@@ -424,7 +457,7 @@ async fn seller_request(
     if let Some(key) = &idem_key {
         match state
             .idempotency
-            .begin(seller, key, &body, state.clock.now_ms())
+            .begin(seller_key, key, &body, state.clock.now_ms())
         {
             Begin::Proceed => {}
             Begin::Replay { status, body } => return json_response(status, body.to_vec()),
@@ -477,7 +510,7 @@ async fn seller_request(
         Err(e) => {
             if let Some(key) = &idem_key {
                 // An error changed nothing: the same request may be retried.
-                state.idempotency.forget(seller, key);
+                state.idempotency.forget(seller_key, key);
             }
             return error_response(state, &e);
         }
@@ -485,7 +518,7 @@ async fn seller_request(
     if let Some(key) = &idem_key {
         state
             .idempotency
-            .complete(seller, key, status, Bytes::from(bytes.clone()));
+            .complete(seller_key, key, status, Bytes::from(bytes.clone()));
     }
     json_response(status, bytes)
 }
@@ -532,7 +565,7 @@ async fn ping(
         return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
     }
     let seller_open_max = cfg.sellers[seller].quotes_open_max;
-    if state.quotes.seller_open_count(seller) >= seller_open_max {
+    if state.quotes.seller_open_count(cfg.sellers[seller].key) >= seller_open_max {
         return Err(seller_quotes_limited(seller_open_max));
     }
     let result = run_auction(
@@ -555,12 +588,13 @@ async fn ping(
             let now = state.clock.now_ms();
             let expires_at = award.quote_expires_at(cfg.server.quote_ttl_ms, now);
             let price = winner.seller_price;
-            let reserved = award.quote_reserved(cfg, GENERATION_UNWIRED, &result.ping_id, now);
+            let reserved = award.quote_reserved(cfg, rt.generation, &result.ping_id, now);
             let quote = Quote {
                 ping_id: result.ping_id.clone(),
                 auction_id: result.auction_id.clone(),
-                seller,
+                seller: cfg.sellers[seller].key,
                 vertical,
+                vertical_name: v.name.clone(),
                 lead: req.lead.clone(),
                 test: req.test,
                 price,
@@ -575,7 +609,7 @@ async fn ping(
                 if let Some(r) = award.reservation {
                     let drop = drop_hold(
                         cfg,
-                        GENERATION_UNWIRED,
+                        rt.generation,
                         r,
                         Some(&result.ping_id),
                         false,
@@ -694,7 +728,8 @@ async fn post(
     let cfg = &rt.config;
     let env = PostEnvelope::parse(buf)?;
     let now = state.clock.now_ms();
-    let quote = match state.quotes.begin_post(&env.ping_id, seller, now) {
+    let seller_key = cfg.sellers[seller].key;
+    let quote = match state.quotes.begin_post(&env.ping_id, seller_key, now) {
         BeginPost::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "unknown ping_id")),
         BeginPost::InFlight => {
             return Err(ApiError::new(
@@ -705,15 +740,7 @@ async fn post(
         BeginPost::Done(answer) => return Ok(to_json(&answer)),
         BeginPost::Expired(reservation) => {
             if let Some(r) = reservation {
-                let drop = drop_hold(
-                    cfg,
-                    GENERATION_UNWIRED,
-                    r,
-                    Some(&env.ping_id),
-                    true,
-                    None,
-                    now,
-                );
+                let drop = drop_hold(cfg, rt.generation, r, Some(&env.ping_id), true, None, now);
                 let _ = effects::execute(state, rt, drop.into_iter()).await;
             }
             let mut a = PostAnswer::status_only(PostStatus::Expired, Some(EXPIRED_REASON));
@@ -727,7 +754,27 @@ async fn post(
         }
         BeginPost::Post(q) => q,
     };
-    let schema = &cfg.verticals[quote.vertical].schema;
+    // The quote may predate a reload that moved verticals: find its vertical by name.
+    let vertical = match cfg.verticals.get(quote.vertical) {
+        Some(v) if v.name == quote.vertical_name => Some(quote.vertical),
+        _ => cfg.vertical(&quote.vertical_name).map(|(i, _)| i),
+    };
+    let Some(vertical) = vertical else {
+        // The vertical left the configuration: nothing can be delivered.
+        if let Some(r) = &quote.reservation {
+            state.caps.release(r);
+        }
+        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some("vertical_removed"));
+        a.ping_id = Some(quote.ping_id.clone());
+        state.quotes.finish(&quote.ping_id, a.clone(), now);
+        state
+            .metrics
+            .posts
+            .with_label_values(&[a.status.as_str()])
+            .inc();
+        return Ok(to_json(&a));
+    };
+    let schema = &cfg.verticals[vertical].schema;
     let lead = match env.validate_lead(schema) {
         Ok(l) => l,
         Err(e) => {
@@ -741,7 +788,7 @@ async fn post(
         if let Some(r) = quote.reservation.clone() {
             let drop = drop_hold(
                 cfg,
-                GENERATION_UNWIRED,
+                rt.generation,
                 r,
                 Some(&quote.ping_id),
                 false,
@@ -759,7 +806,7 @@ async fn post(
             auction_id: &quote.auction_id,
             ping_id: &quote.ping_id,
             seller,
-            vertical: quote.vertical,
+            vertical,
             lead: &lead,
             consent: &env.consent,
             test: quote.test,
@@ -793,4 +840,160 @@ async fn post(
         .with_label_values(&[answer.status.as_str()])
         .inc();
     Ok(to_json(&answer))
+}
+
+// ---------------------------------------------------------------------------------------
+// The admin listener.
+
+/// Largest admin request body (`POST /admin/reload` takes none; a stray body is bounded).
+pub const ADMIN_BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// Is `presented` the admin token? Both sides are hashed first, so the comparison takes
+/// the same time for every token of any length, and it never stops at the first
+/// differing byte.
+fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
+    let a: [u8; 32] = Sha256::digest(expected).into();
+    let b: [u8; 32] = Sha256::digest(presented).into();
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Checks `Authorization: Bearer <admin token>`.
+fn admin_authorized(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong Authorization: Bearer <admin token>",
+        )
+    };
+    let Some(expected) = &rt.config.admin.token else {
+        return Err(unauthorized());
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(unauthorized)?;
+    if token_matches(expected.as_bytes(), presented.as_bytes()) {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+/// Routes one admin request: `GET /healthz` and `GET /readyz` (open, as on the seller
+/// listener), and, with the admin token, `GET /metrics` and `POST /admin/reload`. Without
+/// the token every other path is `401` (the admin routes are not revealed). Never panics.
+pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let route: &'static str = match req.uri().path() {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/admin/reload" => "reload",
+        _ => "unknown",
+    };
+    match (route, req.method()) {
+        ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
+        ("readyz", &Method::GET) => return readyz(&state),
+        _ => {}
+    }
+    let rt = state.runtime.load_full();
+    if let Err(e) = admin_authorized(&rt, &req) {
+        return error_response(&state, &e);
+    }
+    let Ok(_permit) = state.admin_in_flight.try_acquire() else {
+        return error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::Overloaded,
+                "too many admin requests in flight; retry shortly",
+            ),
+        );
+    };
+    match (route, req.method()) {
+        ("metrics", &Method::GET) => metrics(&state),
+        ("reload", &Method::POST) => {
+            let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
+            if let Err(e) = read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
+                return error_response(&state, &e);
+            }
+            admin_reload(&state).await
+        }
+        ("unknown", _) => error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route {}", truncate(req.uri().path(), 64)),
+            ),
+        ),
+        (_, m) => {
+            let allow = if route == "reload" { "POST" } else { "GET" };
+            let mut resp = error_response(
+                &state,
+                &ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{m} is not allowed on {}; use {allow}", req.uri().path()),
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
+    }
+}
+
+/// `POST /admin/reload`: `{"generation": N}`, or every problem at once (`400
+/// invalid_request` with `fields`) while the old runtime keeps serving.
+async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
+    let st = state.clone();
+    // Reading the file blocks; reloads are serialized inside.
+    let result = tokio::task::spawn_blocking(move || st.reload())
+        .await
+        .unwrap_or_else(|_| {
+            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
+                "config",
+                "the reload failed inside the exchange",
+            )]))
+        });
+    reload_answer(state, result)
+}
+
+/// The HTTP answer for a reload result (also logs and counts it).
+pub fn reload_answer(state: &AppState, result: Result<u64, ReloadError>) -> Response<Body> {
+    match result {
+        Ok(generation) => {
+            state.metrics.reloads.with_label_values(&["applied"]).inc();
+            tracing::info!(generation, "configuration reloaded");
+            json_response(200, format!("{{\"generation\":{generation}}}").into_bytes())
+        }
+        Err(ReloadError::NoSource) => {
+            state.metrics.reloads.with_label_values(&["refused"]).inc();
+            error_response(
+                state,
+                &ApiError::new(
+                    ErrorCode::Conflict,
+                    "this exchange was not started from a configuration it can read again",
+                ),
+            )
+        }
+        Err(ReloadError::Invalid(fields)) => {
+            state.metrics.reloads.with_label_values(&["refused"]).inc();
+            tracing::warn!(
+                problems = fields.len(),
+                generation = state.generation(),
+                "configuration reload refused; the running configuration stays"
+            );
+            error_response(
+                state,
+                &ApiError::from_fields(ErrorCode::InvalidRequest, fields),
+            )
+        }
+    }
 }

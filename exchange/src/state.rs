@@ -1,53 +1,120 @@
-//! Everything the request handlers share: the configuration (behind `ArcSwap`, so a later
-//! issue can swap it without a restart), the core's books, the buyer client, the ledger,
-//! metrics and limits.
+//! Everything the request handlers share: the swappable [`Runtime`] (configuration,
+//! models, generation, pre-resolved metrics) behind `ArcSwap`, the core's books, the id
+//! registry, the buyer client, the ledger, metrics and limits.
+//!
+//! Architecture invariant: every per-party table here (caps, breakers, rate limits,
+//! quotes, idempotency keys) is keyed by the stable [`BuyerKey`] / [`SellerKey`] from
+//! [`IdRegistry`], never by a position in one configuration, so [`AppState::reload`] can
+//! reorder, add or remove buyers and sellers without moving anyone's counts. A request
+//! loads the runtime once and uses that one snapshot to the end; a reload swaps the whole
+//! runtime at once, so no request ever sees half of two configurations.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use proto::FieldProblem;
 
 use crate::clock::Clock;
-use crate::config::{Config, SellerIdx};
+use crate::config::{Config, ConfigErrors, SellerKey};
 use crate::core::award::{PriceRanker, Ranker};
 use crate::core::breaker::BreakerBook;
 use crate::core::caps::CapBook;
+use crate::core::ids::IdRegistry;
 use crate::core::quotes::QuoteBook;
 use crate::core::settlement::drop_hold;
+use crate::core::slots::Slots;
 use crate::core::UnixMs;
-use crate::effects::GENERATION_UNWIRED;
 use crate::idempotency::IdempotencyStore;
 use crate::ledger::Ledger;
 use crate::metrics::{BuyerMetrics, Metrics};
 use crate::scoring::{NoScore, Scorer};
 
-/// A configuration with what is derived from it.
+/// One configuration with everything derived from it, swapped as one unit.
 #[derive(Debug)]
 pub struct Runtime {
     pub config: Arc<Config>,
-    /// Pre-resolved metric series, by buyer index.
+    /// 1 for the configuration the process started with, +1 per applied reload. Every
+    /// auction record carries the generation it ran under.
+    pub generation: u64,
+    /// The lead scorer (a model; `NoScore` until one is loaded).
+    pub scorer: Arc<dyn Scorer>,
+    /// The award's objective (`PriceRanker` until a model is loaded).
+    pub ranker: Arc<dyn Ranker>,
+    /// Pre-resolved metric series, by position in `config.buyers` (each series is
+    /// labelled by the buyer's id, so a buyer keeps its series across reloads).
     pub buyer_metrics: Vec<BuyerMetrics>,
 }
 
-/// A per-seller token bucket (requests per second, a burst of one second).
+/// Where a reload reads the configuration from: the same source the process started
+/// from (the `--config` file, or the embedded default text), with the same command-line
+/// overrides and environment.
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
+
+/// Why a reload was refused (the old runtime keeps serving).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The exchange was started from a `Config` value, not a source it can read again.
+    NoSource,
+    /// Every problem with the new configuration (the loader's, and settings that cannot
+    /// change without a restart), as key path and problem.
+    Invalid(Vec<FieldProblem>),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::NoSource => f.write_str("no configuration source to reload from"),
+            ReloadError::Invalid(problems) => {
+                write!(f, "the configuration has {} problem(s):", problems.len())?;
+                for p in problems {
+                    write!(f, " {}: {};", p.field, p.problem)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// A loader message `path: problem` as a field problem (a message without a path is put
+/// under `config`).
+pub fn field_problem(message: &str) -> FieldProblem {
+    match message.split_once(": ") {
+        Some((path, problem)) if !path.is_empty() && !path.contains(' ') => {
+            FieldProblem::new(path, problem)
+        }
+        _ => FieldProblem::new("config", message),
+    }
+}
+
+/// A per-seller token bucket (requests per second, a burst of one second), by seller key.
+/// A bucket is `None` until its seller's first request (then full).
 #[derive(Debug)]
 pub struct RateLimiter {
-    buckets: Vec<Mutex<(f64, UnixMs)>>,
+    buckets: Slots<Mutex<Option<(f64, UnixMs)>>>,
 }
 
 impl RateLimiter {
-    fn new(n: usize, now: UnixMs) -> RateLimiter {
+    fn new(n: usize) -> RateLimiter {
         RateLimiter {
-            buckets: (0..n).map(|_| Mutex::new((f64::MAX, now))).collect(),
+            buckets: Slots::with_len(n),
         }
     }
 
+    /// Makes room for seller keys `0..n`; never shrinks.
+    fn grow(&self, n: usize) {
+        self.buckets.grow(n);
+    }
+
     /// Takes one token from `seller`'s bucket of `rate_per_s`; false when empty.
-    pub fn allow(&self, seller: SellerIdx, rate_per_s: u32, now: UnixMs) -> bool {
-        let Some(bucket) = self.buckets.get(seller) else {
+    pub fn allow(&self, seller: SellerKey, rate_per_s: u32, now: UnixMs) -> bool {
+        let Some(bucket) = self.buckets.get(seller.slot()) else {
             return true;
         };
-        let mut b = bucket.lock();
+        let mut guard = bucket.lock();
+        let b = guard.get_or_insert((f64::MAX, now));
         let rate = f64::from(rate_per_s);
         let elapsed_s = (now - b.1).max(0) as f64 / 1000.0;
         b.0 = (b.0.min(rate) + elapsed_s * rate).min(rate);
@@ -62,9 +129,10 @@ impl RateLimiter {
 }
 
 /// Shared state of one running exchange.
-#[derive(Debug)]
 pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
+    /// Stable buyer and seller keys (never reused while the process lives).
+    pub ids: IdRegistry,
     pub caps: CapBook,
     pub quotes: QuoteBook,
     pub breakers: BreakerBook,
@@ -75,37 +143,206 @@ pub struct AppState {
     pub metrics: Metrics,
     pub idempotency: IdempotencyStore,
     pub clock: Clock,
-    pub ranker: Arc<dyn Ranker>,
-    pub scorer: Arc<dyn Scorer>,
     pub rate_limits: RateLimiter,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,
+    /// Open admin connections (its own bound, so sellers can never crowd it out).
+    pub admin_connections: Arc<tokio::sync::Semaphore>,
+    /// Admin requests being processed.
+    pub admin_in_flight: tokio::sync::Semaphore,
+    /// Serializes reloads: one at a time, in arrival order.
+    reload_lock: Mutex<()>,
+    /// What [`AppState::reload`] reads.
+    source: Mutex<Option<Arc<ConfigSource>>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("generation", &self.runtime.load().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most admin connections open at once.
+pub const ADMIN_CONNECTIONS_MAX: usize = 64;
+/// Most admin requests processed at once (503 past it).
+pub const ADMIN_REQUESTS_IN_FLIGHT_MAX: usize = 16;
+
+/// Settings read once at start (listeners, thread and table sizes, the ledger file): a
+/// reload that changes one is refused with one problem per setting.
+fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
+    let (o, n) = (&old.server, &new.server);
+    let mut out = Vec::new();
+    let mut check = |changed: bool, path: &str| {
+        if changed {
+            out.push(FieldProblem::new(
+                path,
+                "cannot change while the exchange runs; restart to apply it",
+            ));
+        }
+    };
+    check(o.listen != n.listen, "server.listen");
+    check(
+        o.worker_threads != n.worker_threads,
+        "server.worker_threads",
+    );
+    check(
+        o.connections_max != n.connections_max,
+        "server.connections_max",
+    );
+    check(
+        o.requests_in_flight_max != n.requests_in_flight_max,
+        "server.requests_in_flight_max",
+    );
+    check(
+        o.header_read_timeout_ms != n.header_read_timeout_ms,
+        "server.header_read_timeout_ms",
+    );
+    check(
+        o.shutdown_grace_ms != n.shutdown_grace_ms,
+        "server.shutdown_grace_ms",
+    );
+    check(
+        o.quotes_open_max != n.quotes_open_max,
+        "server.quotes_open_max",
+    );
+    check(
+        o.idempotency_ttl_ms != n.idempotency_ttl_ms,
+        "server.idempotency_ttl_ms",
+    );
+    check(
+        o.idempotency_keys_max != n.idempotency_keys_max,
+        "server.idempotency_keys_max",
+    );
+    check(o.ledger_path != n.ledger_path, "server.ledger_path");
+    check(o.breaker != n.breaker, "server.breaker");
+    check(old.admin.listen != new.admin.listen, "admin.listen");
+    check(
+        old.admin.token_env != new.admin.token_env,
+        "admin.token_env",
+    );
+    check(old.admin.token != new.admin.token, "admin.token_env");
+    out.dedup_by(|a, b| a.field == b.field);
+    out
 }
 
 impl AppState {
-    pub fn new(config: Config, ledger: Ledger, metrics: Metrics, clock: Clock) -> AppState {
+    pub fn new(mut config: Config, ledger: Ledger, metrics: Metrics, clock: Clock) -> AppState {
+        let ids = IdRegistry::new();
+        // A fresh registry holds far fewer than `KEYS_MAX` ids than one config may list.
+        if let Err(e) = ids.assign(&mut config) {
+            tracing::error!(error = %e, "stable keys");
+        }
         let s = &config.server;
         let buyer_metrics = config.buyers.iter().map(|b| metrics.buyer(&b.id)).collect();
-        let now = clock.now_ms();
         AppState {
-            caps: CapBook::new(config.buyers.len()),
+            caps: CapBook::new(ids.buyer_count()),
             quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms)
-                .with_sellers(config.sellers.len()),
-            breakers: BreakerBook::new(config.buyers.len(), s.breaker),
+                .with_sellers(ids.seller_count()),
+            breakers: BreakerBook::new(ids.buyer_count(), s.breaker),
             connections: Arc::new(tokio::sync::Semaphore::new(s.connections_max)),
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
-            rate_limits: RateLimiter::new(config.sellers.len(), now),
+            rate_limits: RateLimiter::new(ids.seller_count()),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
-            ranker: Arc::new(PriceRanker),
-            scorer: Arc::new(NoScore),
+            admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX)),
+            admin_in_flight: tokio::sync::Semaphore::new(ADMIN_REQUESTS_IN_FLIGHT_MAX),
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),
+                generation: 1,
+                scorer: Arc::new(NoScore),
+                ranker: Arc::new(PriceRanker),
                 buyer_metrics,
             }),
+            ids,
             ledger,
             metrics,
             clock,
+            reload_lock: Mutex::new(()),
+            source: Mutex::new(None),
         }
+    }
+
+    /// Sets where [`AppState::reload`] reads the configuration from.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        *self.source.lock() = Some(Arc::new(source));
+    }
+
+    /// The generation serving now.
+    pub fn generation(&self) -> u64 {
+        self.runtime.load().generation
+    }
+
+    /// Reads the configuration again from its source and applies it
+    /// ([`AppState::apply_config`]). Blocking (reads a file): call it off the event loop.
+    pub fn reload(&self) -> Result<u64, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock();
+        let source = self.source.lock().clone().ok_or(ReloadError::NoSource)?;
+        let config = source()
+            .map_err(|e| ReloadError::Invalid(e.0.iter().map(|m| field_problem(m)).collect()))?;
+        self.apply_locked(config)
+    }
+
+    /// Validates `config` against what cannot change live, gives its parties their stable
+    /// keys, and swaps in a new runtime (generation + 1) with the same models. On any
+    /// problem nothing changes and every problem is returned. Requests already running
+    /// finish on the runtime they started with.
+    pub fn apply_config(&self, config: Config) -> Result<u64, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock();
+        self.apply_locked(config)
+    }
+
+    fn apply_locked(&self, mut config: Config) -> Result<u64, ReloadError> {
+        let old = self.runtime.load_full();
+        let problems = fixed_setting_changes(&old.config, &config);
+        if !problems.is_empty() {
+            return Err(ReloadError::Invalid(problems));
+        }
+        self.ids.assign(&mut config).map_err(|e| {
+            ReloadError::Invalid(vec![FieldProblem::new(
+                if e.kind == "buyer" {
+                    "buyers"
+                } else {
+                    "sellers"
+                },
+                e.to_string(),
+            )])
+        })?;
+        // New keys get their slots before any request can see the new runtime.
+        self.caps.grow(self.ids.buyer_count());
+        self.breakers.grow(self.ids.buyer_count());
+        self.rate_limits.grow(self.ids.seller_count());
+        self.quotes.grow_sellers(self.ids.seller_count());
+        let buyer_metrics = config
+            .buyers
+            .iter()
+            .map(|b| self.metrics.buyer(&b.id))
+            .collect();
+        // A removed buyer's cap gauges would otherwise show its last utilisation forever;
+        // its counters stay (they only ever count what happened).
+        for gone in old
+            .config
+            .buyers
+            .iter()
+            .filter(|b| !config.buyer_by_key.contains_key(&b.key))
+        {
+            for window in ["hour", "day", "week", "month"] {
+                let _ = self
+                    .metrics
+                    .cap_utilisation
+                    .remove_label_values(&[&gone.id, window]);
+            }
+        }
+        let generation = old.generation.saturating_add(1);
+        self.runtime.store(Arc::new(Runtime {
+            config: Arc::new(config),
+            generation,
+            scorer: old.scorer.clone(),
+            ranker: old.ranker.clone(),
+            buyer_metrics,
+        }));
+        self.metrics.config_generation.set(generation as i64);
+        Ok(generation)
     }
 
     /// Releases expired quotes' reservations and forgets old idempotency keys. The shell
@@ -116,7 +353,7 @@ impl AppState {
         if !expired.is_empty() {
             let rt = self.runtime.load();
             for r in expired {
-                let drop = drop_hold(&rt.config, GENERATION_UNWIRED, r, None, true, None, now);
+                let drop = drop_hold(&rt.config, rt.generation, r, None, true, None, now);
                 crate::effects::execute_now(self, drop.into_iter());
             }
         }

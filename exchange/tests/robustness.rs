@@ -314,7 +314,7 @@ async fn healthz_readyz_and_metrics_answer() {
     );
 
     ex.client.ping("TX").await;
-    let m = ex.client.get("/metrics").await;
+    let m = ex.admin_get("/metrics").await;
     assert_eq!(m.status, 200);
     let ct = m
         .headers

@@ -163,7 +163,9 @@ impl Award {
         Some(Record::QuoteReserved(QuoteHoldRecord {
             head: Head::new(generation, now),
             ping_id: Some(ping_id),
-            buyer: config.buyers.get(r.buyer).map_or("", |b| b.id.as_str()),
+            buyer: config
+                .buyer_by_key(r.buyer)
+                .map_or("", |(_, b)| b.id.as_str()),
             price_micros: r.price.0,
             reason: None,
         }))
@@ -226,7 +228,7 @@ impl<'a> Auction<'a> {
                 );
                 continue;
             }
-            if health.admit(b, now) == Admit::No {
+            if health.admit(buyer.key, now) == Admit::No {
                 a.line(
                     b,
                     BuyerOutcome::SkippedBreaker,
@@ -392,8 +394,11 @@ impl<'a> Auction<'a> {
                         continue;
                     }
                     self.line(b, BuyerOutcome::Bid, Some(price.0), None, Some(took));
+                    let Some(key) = cfg.buyers.get(b).map(|x| x.key) else {
+                        continue;
+                    };
                     bids.push(Bid {
-                        buyer: b,
+                        buyer: key,
                         price,
                         bid_id,
                         expires_in_ms,
@@ -404,10 +409,13 @@ impl<'a> Auction<'a> {
         }
         let fixed = std::mem::take(&mut self.fixed);
         for &b in &fixed {
-            if let Some(price) = cfg.buyers.get(b).and_then(|x| x.fixed_price) {
+            let Some(buyer) = cfg.buyers.get(b) else {
+                continue;
+            };
+            if let Some(price) = buyer.fixed_price {
                 self.line(b, BuyerOutcome::FixedPrice, Some(price.0), None, None);
                 bids.push(Bid {
-                    buyer: b,
+                    buyer: buyer.key,
                     price,
                     bid_id: None,
                     expires_in_ms: None,
@@ -446,19 +454,19 @@ impl<'a> Auction<'a> {
                 winner_pos = Some(i);
                 break;
             }
-            let Some(buyer) = cfg.buyers.get(r.bid.buyer) else {
+            let Some((idx, buyer)) = cfg.buyer_by_key(r.bid.buyer) else {
                 continue;
             };
-            match settlement.reserve(r.bid.buyer, buyer, r.bid.price, now) {
+            match settlement.reserve(buyer, r.bid.price, now) {
                 Ok(res) => {
                     reservation = Some(res);
                     winner_pos = Some(i);
                     break;
                 }
                 Err(_) => {
-                    let (b, price) = (r.bid.buyer, r.bid.price.0);
+                    let price = r.bid.price.0;
                     self.lines.push(BuyerLine {
-                        idx: b,
+                        idx,
                         buyer: buyer.id.as_str(),
                         outcome: BuyerOutcome::CappedAtAward,
                         bid_micros: Some(price),
@@ -494,8 +502,8 @@ impl<'a> Auction<'a> {
             reserve_micros: reserve.0,
             buyers: std::mem::take(&mut self.lines),
             winner: winner
-                .and_then(|w| cfg.buyers.get(w.bid.buyer))
-                .map(|b| b.id.as_str()),
+                .and_then(|w| cfg.buyer_by_key(w.bid.buyer))
+                .map(|(_, b)| b.id.as_str()),
             bid_micros: winner.map(|w| w.bid.price.0),
             seller_price_micros: winner.map(|w| w.seller_price.0),
             no_bid: no_bid.map(NoBidReason::as_str),

@@ -14,13 +14,13 @@ use std::cmp::Ordering;
 
 use proto::Micros;
 
-use crate::config::{BuyerIdx, PayoutModel};
+use crate::config::{BuyerKey, PayoutModel};
 
 /// One buyer's offer for a lead: a ping answer, or a fixed-price buyer's standing price.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bid {
-    /// Who bid (index into `Config::buyers`).
-    pub buyer: BuyerIdx,
+    /// Who bid (the buyer's stable key: a quote's bids outlive a reload).
+    pub buyer: BuyerKey,
     /// What the buyer pays if it takes the lead.
     pub price: Micros,
     /// The buyer's own id for the bid, echoed in the post.
@@ -66,7 +66,7 @@ impl Ranker for PriceRanker {
 /// seller hears `below_reserve` rather than `no_bids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ranking {
-    /// Best first: value desc, then bid price desc, then buyer index asc.
+    /// Best first: value desc, then bid price desc, then buyer key asc.
     pub ranked: Vec<Ranked>,
     /// Bids whose seller price fell below the reserve (or to nothing).
     pub below_reserve: usize,
@@ -76,7 +76,7 @@ pub struct Ranking {
 /// bid price; bids of zero or less are passes and are dropped silently; bids whose seller
 /// price is below `reserve`, or zero, are dropped and counted in `below_reserve`. The order
 /// is total and independent of the input order: value desc, bid price desc (the buyer that
-/// pays more, so more margin), buyer index asc.
+/// pays more, so more margin), buyer key asc.
 pub fn rank(
     bids: Vec<Bid>,
     payout: PayoutModel,
@@ -144,9 +144,9 @@ mod tests {
         Micros(units * 1_000_000)
     }
 
-    fn bid(buyer: BuyerIdx, price: Micros) -> Bid {
+    fn bid(buyer: u32, price: Micros) -> Bid {
         Bid {
-            buyer,
+            buyer: BuyerKey(buyer),
             price,
             bid_id: Some(format!("b{buyer}")),
             expires_in_ms: None,
@@ -156,8 +156,8 @@ mod tests {
 
     const SHARE_80: PayoutModel = PayoutModel::RevenueShare { share_bp: 8000 };
 
-    fn buyers(r: &Ranking) -> Vec<BuyerIdx> {
-        r.ranked.iter().map(|x| x.bid.buyer).collect()
+    fn buyers(r: &Ranking) -> Vec<u32> {
+        r.ranked.iter().map(|x| x.bid.buyer.0).collect()
     }
 
     #[test]
@@ -263,7 +263,7 @@ mod tests {
     struct Expected(Vec<i64>);
     impl Ranker for Expected {
         fn value(&self, bid: &Bid, seller_price: Micros, score: Option<u8>) -> i64 {
-            let p_bp = self.0.get(bid.buyer).copied().unwrap_or(0);
+            let p_bp = self.0.get(bid.buyer.slot()).copied().unwrap_or(0);
             let score_bp = i64::from(score.unwrap_or(100)) * 100;
             seller_price.0 / 10_000 * p_bp / 10_000 * score_bp
         }
@@ -311,7 +311,7 @@ mod tests {
             .map(|x| x.bid.buyer)
             .collect();
         // 18 and 17 cover 16; 16 covers it with zero margin; 15 would lose money.
-        assert_eq!(fb, [1, 4, 2]);
+        assert_eq!(fb, [BuyerKey(1), BuyerKey(4), BuyerKey(2)]);
         assert_eq!(fallback_order(&r.ranked[..1], quoted).count(), 0);
         assert_eq!(fallback_order(&[], quoted).count(), 0);
     }

@@ -8,15 +8,18 @@
 //! `max(open_ms, probe_interval_ms)`). A success closes it; a failure while open re-opens
 //! it from that moment.
 //!
-//! Never: reads a clock, or takes a lock on the hot path of a closed breaker (one atomic
-//! load); an open breaker takes its buyer's own tiny mutex.
+//! Never: reads a clock, or takes a lock on the hot path of a closed breaker (the slot
+//! lookup and the state are atomic loads); an open breaker takes its buyer's own tiny
+//! mutex. Buyers are addressed by their stable
+//! [`BuyerKey`], so a reload never hands one buyer's failures to another.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
 use super::UnixMs;
-use crate::config::{BreakerConfig, BuyerIdx};
+use crate::config::{BreakerConfig, BuyerKey};
+use crate::slots::Slots;
 
 /// Whether to ping a buyer now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +52,10 @@ struct Slot {
     state: Mutex<State>,
 }
 
-/// Every buyer's breaker (indices of one `Config`).
+/// Every buyer's breaker, by stable buyer key.
 #[derive(Debug)]
 pub struct BreakerBook {
-    slots: Vec<Slot>,
+    slots: Slots<Slot>,
     cfg: BreakerConfig,
 }
 
@@ -62,21 +65,26 @@ fn ms(d: u64) -> i64 {
 }
 
 impl BreakerBook {
-    /// Closed breakers for buyers `0..buyer_count`. A `failures` of 0 is taken as 1.
+    /// Closed breakers for buyer keys `0..buyer_count`. A `failures` of 0 is taken as 1.
     pub fn new(buyer_count: usize, cfg: BreakerConfig) -> BreakerBook {
         BreakerBook {
-            slots: (0..buyer_count).map(|_| Slot::default()).collect(),
+            slots: Slots::with_len(buyer_count),
             cfg,
         }
     }
 
-    /// May buyer `idx` be pinged at `now`? An unknown index is admitted: the breaker only
+    /// Makes room for buyer keys `0..buyer_count` (closed); never shrinks.
+    pub fn grow(&self, buyer_count: usize) {
+        self.slots.grow(buyer_count);
+    }
+
+    /// May buyer `key` be pinged at `now`? An unknown key is admitted: the breaker only
     /// ever holds back buyers it has seen fail.
-    pub fn admit(&self, idx: BuyerIdx, now: UnixMs) -> Admit {
+    pub fn admit(&self, key: BuyerKey, now: UnixMs) -> Admit {
         if !self.cfg.enabled {
             return Admit::Yes;
         }
-        let Some(slot) = self.slots.get(idx) else {
+        let Some(slot) = self.slots.get(key.slot()) else {
             return Admit::Yes;
         };
         if !slot.open.load(Ordering::Acquire) {
@@ -100,11 +108,11 @@ impl BreakerBook {
         }
     }
 
-    /// Records the outcome of a ping to buyer `idx` (`ok`: it answered in time, bid or
+    /// Records the outcome of a ping to buyer `key` (`ok`: it answered in time, bid or
     /// not). A success closes the breaker; `failures` consecutive failures open it; any
     /// failure while open (a failed probe) re-opens it from `now`.
-    pub fn record(&self, idx: BuyerIdx, ok: bool, now: UnixMs) {
-        let Some(slot) = self.slots.get(idx) else {
+    pub fn record(&self, key: BuyerKey, ok: bool, now: UnixMs) {
+        let Some(slot) = self.slots.get(key.slot()) else {
             return;
         };
         if ok && !slot.failing.load(Ordering::Acquire) && !slot.open.load(Ordering::Acquire) {
@@ -126,10 +134,10 @@ impl BreakerBook {
         }
     }
 
-    /// Is the breaker of buyer `idx` open (for metrics and the auction log)?
-    pub fn is_open(&self, idx: BuyerIdx) -> bool {
+    /// Is the breaker of buyer `key` open (for metrics and the auction log)?
+    pub fn is_open(&self, key: BuyerKey) -> bool {
         self.slots
-            .get(idx)
+            .get(key.slot())
             .is_some_and(|s| s.open.load(Ordering::Acquire))
     }
 }
@@ -147,7 +155,7 @@ mod tests {
 
     fn fail(b: &BreakerBook, n: u32, now: UnixMs) {
         for _ in 0..n {
-            b.record(0, false, now);
+            b.record(BuyerKey(0), false, now);
         }
     }
 
@@ -155,29 +163,29 @@ mod tests {
     fn opens_after_n_consecutive_failures() {
         let b = BreakerBook::new(2, CFG);
         fail(&b, 2, 0);
-        assert_eq!(b.admit(0, 0), Admit::Yes);
+        assert_eq!(b.admit(BuyerKey(0), 0), Admit::Yes);
         // A success in between resets the count.
-        b.record(0, true, 0);
+        b.record(BuyerKey(0), true, 0);
         fail(&b, 2, 0);
-        assert!(!b.is_open(0));
+        assert!(!b.is_open(BuyerKey(0)));
         fail(&b, 1, 10);
-        assert!(b.is_open(0));
-        assert_eq!(b.admit(0, 10), Admit::No);
-        assert_eq!(b.admit(0, 10 + 4_999), Admit::No);
+        assert!(b.is_open(BuyerKey(0)));
+        assert_eq!(b.admit(BuyerKey(0), 10), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 10 + 4_999), Admit::No);
         // Other buyers are untouched.
-        assert_eq!(b.admit(1, 10), Admit::Yes);
+        assert_eq!(b.admit(BuyerKey(1), 10), Admit::Yes);
     }
 
     #[test]
     fn half_open_probes_once_per_interval() {
         let b = BreakerBook::new(1, CFG);
         fail(&b, 3, 0);
-        assert_eq!(b.admit(0, 5_000), Admit::Probe);
-        assert_eq!(b.admit(0, 5_000), Admit::No);
-        assert_eq!(b.admit(0, 5_999), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 5_000), Admit::Probe);
+        assert_eq!(b.admit(BuyerKey(0), 5_000), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 5_999), Admit::No);
         // The probe has not reported (it is slow): one more per interval.
-        assert_eq!(b.admit(0, 6_000), Admit::Probe);
-        assert_eq!(b.admit(0, 6_001), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 6_000), Admit::Probe);
+        assert_eq!(b.admit(BuyerKey(0), 6_001), Admit::No);
     }
 
     #[test]
@@ -189,14 +197,14 @@ mod tests {
         for now in (0..10_000).map(|i| i as UnixMs) {
             pending.retain(|&t| {
                 if t + 100 <= now {
-                    b.record(0, false, now);
+                    b.record(BuyerKey(0), false, now);
                     false
                 } else {
                     true
                 }
             });
             for _ in 0..10 {
-                if b.admit(0, now) != Admit::No {
+                if b.admit(BuyerKey(0), now) != Admit::No {
                     pinged.push(now);
                     pending.push(now);
                 }
@@ -215,69 +223,73 @@ mod tests {
     fn a_failed_probe_reopens_from_now() {
         let b = BreakerBook::new(1, CFG);
         fail(&b, 3, 0);
-        assert_eq!(b.admit(0, 5_000), Admit::Probe);
-        b.record(0, false, 5_100);
-        assert!(b.is_open(0));
-        assert_eq!(b.admit(0, 6_100), Admit::No);
-        assert_eq!(b.admit(0, 10_099), Admit::No);
-        assert_eq!(b.admit(0, 10_100), Admit::Probe);
+        assert_eq!(b.admit(BuyerKey(0), 5_000), Admit::Probe);
+        b.record(BuyerKey(0), false, 5_100);
+        assert!(b.is_open(BuyerKey(0)));
+        assert_eq!(b.admit(BuyerKey(0), 6_100), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 10_099), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 10_100), Admit::Probe);
     }
 
     #[test]
     fn a_successful_probe_closes() {
         let b = BreakerBook::new(1, CFG);
         fail(&b, 3, 0);
-        assert_eq!(b.admit(0, 5_000), Admit::Probe);
-        b.record(0, true, 5_050);
-        assert!(!b.is_open(0));
-        assert_eq!(b.admit(0, 5_051), Admit::Yes);
+        assert_eq!(b.admit(BuyerKey(0), 5_000), Admit::Probe);
+        b.record(BuyerKey(0), true, 5_050);
+        assert!(!b.is_open(BuyerKey(0)));
+        assert_eq!(b.admit(BuyerKey(0), 5_051), Admit::Yes);
         // Closed and reset: it takes `failures` failures again to open.
         fail(&b, 2, 5_100);
-        assert_eq!(b.admit(0, 5_100), Admit::Yes);
+        assert_eq!(b.admit(BuyerKey(0), 5_100), Admit::Yes);
     }
 
     #[test]
     fn a_success_after_failures_resets_the_count_even_on_the_lock_free_path() {
         let b = BreakerBook::new(1, CFG);
         // Clean and closed: successes take the lock-free path and change nothing.
-        b.record(0, true, 0);
+        b.record(BuyerKey(0), true, 0);
         fail(&b, 2, 10);
         // A success must still reset the two failures (it may not take the fast path).
-        b.record(0, true, 20);
+        b.record(BuyerKey(0), true, 20);
         fail(&b, 2, 30);
         assert_eq!(
-            b.admit(0, 40),
+            b.admit(BuyerKey(0), 40),
             Admit::Yes,
             "2 + 2 failures with a success between"
         );
         fail(&b, 1, 50);
-        assert_eq!(b.admit(0, 60), Admit::No, "three in a row open it");
+        assert_eq!(
+            b.admit(BuyerKey(0), 60),
+            Admit::No,
+            "three in a row open it"
+        );
         // Open: a success closes it (not the fast path either).
-        b.record(0, true, 70);
-        assert_eq!(b.admit(0, 80), Admit::Yes);
+        b.record(BuyerKey(0), true, 70);
+        assert_eq!(b.admit(BuyerKey(0), 80), Admit::Yes);
     }
 
     #[test]
     fn a_late_probe_success_closes_and_a_second_probe_waits_its_interval() {
         let b = BreakerBook::new(1, CFG);
         fail(&b, 3, 0);
-        assert_eq!(b.admit(0, 5_000), Admit::Probe);
+        assert_eq!(b.admit(BuyerKey(0), 5_000), Admit::Probe);
         // The probe is still out: nobody else gets through until the next interval.
-        assert_eq!(b.admit(0, 5_999), Admit::No);
-        assert_eq!(b.admit(0, 6_000), Admit::Probe);
+        assert_eq!(b.admit(BuyerKey(0), 5_999), Admit::No);
+        assert_eq!(b.admit(BuyerKey(0), 6_000), Admit::Probe);
         // The first probe answers late but successfully: the buyer is healthy again.
-        b.record(0, true, 6_010);
-        assert_eq!(b.admit(0, 6_011), Admit::Yes);
+        b.record(BuyerKey(0), true, 6_010);
+        assert_eq!(b.admit(BuyerKey(0), 6_011), Admit::Yes);
     }
 
     #[test]
     fn unknown_buyer_and_zero_failures() {
         let b = BreakerBook::new(1, BreakerConfig { failures: 0, ..CFG });
-        assert_eq!(b.admit(9, 0), Admit::Yes);
-        b.record(9, false, 0);
-        assert!(!b.is_open(9));
-        b.record(0, false, 0);
-        assert!(b.is_open(0));
+        assert_eq!(b.admit(BuyerKey(9), 0), Admit::Yes);
+        b.record(BuyerKey(9), false, 0);
+        assert!(!b.is_open(BuyerKey(9)));
+        b.record(BuyerKey(0), false, 0);
+        assert!(b.is_open(BuyerKey(0)));
     }
 }
 
@@ -296,8 +308,8 @@ mod disabled_tests {
             },
         );
         for t in 0..100 {
-            b.record(0, false, t);
+            b.record(BuyerKey(0), false, t);
         }
-        assert_eq!(b.admit(0, 100), Admit::Yes);
+        assert_eq!(b.admit(BuyerKey(0), 100), Admit::Yes);
     }
 }

@@ -26,7 +26,8 @@ use proto::Micros;
 
 use super::schedule::local;
 use super::UnixMs;
-use crate::config::{Buyer, BuyerIdx, Caps};
+use crate::config::{Buyer, BuyerKey, Caps};
+use crate::slots::Slots;
 
 /// Milliseconds per second, for turning local seconds into an instant.
 const MS_PER_S: i64 = 1_000;
@@ -84,8 +85,8 @@ impl Windows {
 /// hand-back, so a retried settle can never count twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
-    /// The buyer whose caps hold the lead.
-    pub buyer: BuyerIdx,
+    /// The buyer whose caps hold the lead (its stable key: a reload cannot move it).
+    pub buyer: BuyerKey,
     /// The money held against the buyer's daily budget (what the buyer would pay).
     pub price: Micros,
     /// The windows the lead counts in, fixed when the quote was made: a quote taken at
@@ -108,7 +109,7 @@ pub enum CapLimit {
     Monthly,
     /// `budget_daily` (money per local day).
     BudgetDaily,
-    /// The buyer index is not in this book or `now` is off the calendar: fail closed.
+    /// The buyer key is not in this book or `now` is off the calendar: fail closed.
     Unavailable,
 }
 
@@ -132,7 +133,7 @@ impl CapLimit {
 #[error("buyer {buyer} is at its {} limit", limit.as_str())]
 pub struct Capped {
     /// The buyer that is capped.
-    pub buyer: BuyerIdx,
+    pub buyer: BuyerKey,
     /// The first limit found reached (metrics label).
     pub limit: CapLimit,
 }
@@ -264,44 +265,57 @@ impl BuyerBook {
     }
 }
 
-/// Every buyer's caps and budget, shared by all auctions (one small mutex per buyer).
+/// Every buyer's caps and budget, shared by all auctions (one small mutex per buyer),
+/// addressed by the buyer's stable [`BuyerKey`] so a reload never moves a count to
+/// another buyer. The table only grows ([`CapBook::grow`]); a buyer a reload removed
+/// keeps its slot, so its open reservations can still be released and its counts are
+/// still its own if it comes back.
 #[derive(Debug)]
 pub struct CapBook {
-    buyers: Vec<Mutex<BuyerBook>>,
+    /// By `BuyerKey::slot()`; read without a lock, grown by a reload.
+    buyers: Slots<Mutex<BuyerBook>>,
     /// Source of reservation ids (unique for the life of the book).
     next_id: AtomicU64,
 }
 
 impl CapBook {
-    /// A book for buyers `0..buyer_count` (the indices of one `Config`).
+    /// A book for buyer keys `0..buyer_count`.
     pub fn new(buyer_count: usize) -> CapBook {
         CapBook {
-            buyers: (0..buyer_count)
-                .map(|_| Mutex::new(BuyerBook::default()))
-                .collect(),
+            buyers: Slots::with_len(buyer_count),
             next_id: AtomicU64::new(0),
         }
     }
 
-    /// How many buyers the book covers.
+    /// Makes room for buyer keys `0..buyer_count` (new buyers after a reload); never
+    /// shrinks.
+    pub fn grow(&self, buyer_count: usize) {
+        self.buyers.grow(buyer_count);
+    }
+
+    /// How many buyer keys the book covers.
     pub fn buyer_count(&self) -> usize {
         self.buyers.len()
+    }
+
+    /// Runs `f` on the buyer's book under its lock; `None` for an unknown key.
+    fn with<R>(&self, key: BuyerKey, f: impl FnOnce(&mut BuyerBook) -> R) -> Option<R> {
+        let slot = self.buyers.get(key.slot())?;
+        let mut b = slot.lock();
+        Some(f(&mut b))
     }
 
     /// Could the buyer take one more lead now? Every capped window needs `sold + reserved
     /// < cap`, and with a budget, `spent + reserved money < budget_daily`. Eligibility asks
     /// this before pinging, so capped buyers are not pinged at all; the award still
     /// [`reserve`](CapBook::reserve)s, because another auction may have won the last slot
-    /// in between. An unknown index is no headroom.
-    pub fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool {
-        let Some(slot) = self.buyers.get(idx) else {
-            return false;
-        };
-        let mut b = slot.lock();
-        match b.advance(buyer.timezone, now) {
+    /// in between. An unknown key is no headroom.
+    pub fn has_headroom(&self, key: BuyerKey, buyer: &Buyer, now: UnixMs) -> bool {
+        self.with(key, |b| match b.advance(buyer.timezone, now) {
             Some(w) => b.check(w.keys(), &buyer.caps, None).is_ok(),
             None => false,
-        }
+        })
+        .unwrap_or(false)
     }
 
     /// Atomically checks every cap and `budget_daily` (`spent + reserved + price <=
@@ -309,34 +323,35 @@ impl CapBook {
     /// A negative price is held as zero: money held never goes below nothing.
     pub fn reserve(
         &self,
-        idx: BuyerIdx,
+        key: BuyerKey,
         buyer: &Buyer,
         price: Micros,
         now: UnixMs,
     ) -> Result<Reservation, Capped> {
-        let capped = |limit| Capped { buyer: idx, limit };
-        let slot = self.buyers.get(idx).ok_or(capped(CapLimit::Unavailable))?;
+        let capped = |limit| Capped { buyer: key, limit };
         let price = Micros(price.0.max(0));
-        let mut b = slot.lock();
-        let w = b
-            .advance(buyer.timezone, now)
-            .ok_or(capped(CapLimit::Unavailable))?;
-        let keys = w.keys();
-        b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
-        for (period, key) in keys.into_iter().enumerate() {
-            if let Some(c) = b.counter_mut(period, key) {
-                c.reserved = c.reserved.saturating_add(1);
-                c.reserved_micros = c.reserved_micros.saturating_add(price);
+        self.with(key, |b| {
+            let w = b
+                .advance(buyer.timezone, now)
+                .ok_or(capped(CapLimit::Unavailable))?;
+            let keys = w.keys();
+            b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
+            for (period, k) in keys.into_iter().enumerate() {
+                if let Some(c) = b.counter_mut(period, k) {
+                    c.reserved = c.reserved.saturating_add(1);
+                    c.reserved_micros = c.reserved_micros.saturating_add(price);
+                }
             }
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        b.outstanding.insert(id, Held { price, keys });
-        Ok(Reservation {
-            buyer: idx,
-            price,
-            windows: w,
-            id,
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            b.outstanding.insert(id, Held { price, keys });
+            Ok(Reservation {
+                buyer: key,
+                price,
+                windows: w,
+                id,
+            })
         })
+        .unwrap_or(Err(capped(CapLimit::Unavailable)))
     }
 
     /// The lead was sold: reserved becomes sold (and reserved money becomes spent) in the
@@ -353,66 +368,64 @@ impl CapBook {
     }
 
     fn settle(&self, r: &Reservation, sold: bool) -> bool {
-        let Some(slot) = self.buyers.get(r.buyer) else {
-            return false;
-        };
-        let mut b = slot.lock();
-        let Some(held) = b.outstanding.remove(&r.id) else {
-            return false;
-        };
-        for (period, key) in held.keys.into_iter().enumerate() {
-            // The window exists: a window holding a reservation is never pruned.
-            if let Some(c) = b.counter_mut(period, key) {
-                c.reserved = c.reserved.saturating_sub(1);
-                c.reserved_micros = c.reserved_micros.saturating_sub(held.price);
-                if sold {
-                    c.sold = c.sold.saturating_add(1);
-                    c.spent = c.spent.saturating_add(held.price);
+        self.with(r.buyer, |b| {
+            let Some(held) = b.outstanding.remove(&r.id) else {
+                return false;
+            };
+            for (period, key) in held.keys.into_iter().enumerate() {
+                // The window exists: a window holding a reservation is never pruned.
+                if let Some(c) = b.counter_mut(period, key) {
+                    c.reserved = c.reserved.saturating_sub(1);
+                    c.reserved_micros = c.reserved_micros.saturating_sub(held.price);
+                    if sold {
+                        c.sold = c.sold.saturating_add(1);
+                        c.spent = c.spent.saturating_add(held.price);
+                    }
                 }
             }
-        }
-        b.prune();
-        true
+            b.prune();
+            true
+        })
+        .unwrap_or(false)
     }
 
-    /// The buyer's counts in its current windows (zeros for an unknown index).
-    pub fn usage(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> Usage {
-        let Some(slot) = self.buyers.get(idx) else {
-            return Usage::default();
-        };
-        let mut b = slot.lock();
-        let Some(w) = b.advance(buyer.timezone, now) else {
-            return Usage::default();
-        };
-        let keys = w.keys();
-        let day = b.counter(DAY, keys[DAY]);
-        Usage {
-            sold_hour: b.counter(HOUR, keys[HOUR]).sold,
-            sold_day: day.sold,
-            sold_week: b.counter(WEEK, keys[WEEK]).sold,
-            sold_month: b.counter(MONTH, keys[MONTH]).sold,
-            reserved: day.reserved,
-            spent_day: day.spent,
-            reserved_micros: day.reserved_micros,
-        }
+    /// The buyer's counts in its current windows (zeros for an unknown key).
+    pub fn usage(&self, key: BuyerKey, buyer: &Buyer, now: UnixMs) -> Usage {
+        self.with(key, |b| {
+            let Some(w) = b.advance(buyer.timezone, now) else {
+                return Usage::default();
+            };
+            let keys = w.keys();
+            let day = b.counter(DAY, keys[DAY]);
+            Usage {
+                sold_hour: b.counter(HOUR, keys[HOUR]).sold,
+                sold_day: day.sold,
+                sold_week: b.counter(WEEK, keys[WEEK]).sold,
+                sold_month: b.counter(MONTH, keys[MONTH]).sold,
+                reserved: day.reserved,
+                spent_day: day.spent,
+                reserved_micros: day.reserved_micros,
+            }
+        })
+        .unwrap_or_default()
     }
 
     /// How many reservations of this buyer are outstanding (for metrics and tests).
-    pub fn outstanding(&self, idx: BuyerIdx) -> usize {
-        self.buyers
-            .get(idx)
-            .map_or(0, |s| s.lock().outstanding.len())
+    pub fn outstanding(&self, key: BuyerKey) -> usize {
+        self.with(key, |b| b.outstanding.len()).unwrap_or(0)
     }
 
     /// Every kept window of a buyer: `(period, key, sold, reserved, spent, reserved money)`.
     #[cfg(test)]
-    fn windows_of(&self, idx: BuyerIdx) -> Vec<(usize, i64, Counter)> {
-        let b = self.buyers[idx].lock();
-        b.windows
-            .iter()
-            .enumerate()
-            .flat_map(|(p, list)| list.iter().map(move |(k, c)| (p, *k, *c)))
-            .collect()
+    fn windows_of(&self, key: BuyerKey) -> Vec<(usize, i64, Counter)> {
+        self.with(key, |b| {
+            b.windows
+                .iter()
+                .enumerate()
+                .flat_map(|(p, list)| list.iter().map(move |(k, c)| (p, *k, *c)))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -468,18 +481,18 @@ mod tests {
         });
         let book = CapBook::new(1);
         let t = utc_ms(2024, 1, 15, 10, 0);
-        assert!(book.reserve(0, &b, m(1), t).is_ok());
-        assert!(book.reserve(0, &b, m(1), t + 1).is_ok());
-        assert!(!book.has_headroom(0, &b, t + 2));
+        assert!(book.reserve(BuyerKey(0), &b, m(1), t).is_ok());
+        assert!(book.reserve(BuyerKey(0), &b, m(1), t + 1).is_ok());
+        assert!(!book.has_headroom(BuyerKey(0), &b, t + 2));
         assert_eq!(
-            book.reserve(0, &b, m(1), t + 2),
+            book.reserve(BuyerKey(0), &b, m(1), t + 2),
             Err(Capped {
-                buyer: 0,
+                buyer: BuyerKey(0),
                 limit: CapLimit::Hourly
             })
         );
-        assert!(book.has_headroom(0, &b, t + HOUR_MS));
-        assert!(book.reserve(0, &b, m(1), t + HOUR_MS).is_ok());
+        assert!(book.has_headroom(BuyerKey(0), &b, t + HOUR_MS));
+        assert!(book.reserve(BuyerKey(0), &b, m(1), t + HOUR_MS).is_ok());
     }
 
     #[test]
@@ -513,11 +526,13 @@ mod tests {
         ] {
             let b = capped(caps);
             let book = CapBook::new(1);
-            let r = book.reserve(0, &b, m(1), t).unwrap();
+            let r = book.reserve(BuyerKey(0), &b, m(1), t).unwrap();
             assert!(book.commit(&r));
             // Still inside the window, a period later in the smaller window.
             assert_eq!(
-                book.reserve(0, &b, m(1), t + later).unwrap_err().limit,
+                book.reserve(BuyerKey(0), &b, m(1), t + later)
+                    .unwrap_err()
+                    .limit,
                 limit
             );
         }
@@ -530,9 +545,9 @@ mod tests {
             ..Caps::default()
         });
         let book = CapBook::new(1);
-        assert!(!book.has_headroom(0, &b, 0));
+        assert!(!book.has_headroom(BuyerKey(0), &b, 0));
         assert_eq!(
-            book.reserve(0, &b, m(1), 0).unwrap_err().limit,
+            book.reserve(BuyerKey(0), &b, m(1), 0).unwrap_err().limit,
             CapLimit::Daily
         );
     }
@@ -545,27 +560,29 @@ mod tests {
         });
         let book = CapBook::new(1);
         let t = utc_ms(2024, 1, 15, 10, 0);
-        let r1 = book.reserve(0, &b, m(10), t).unwrap();
-        let r2 = book.reserve(0, &b, m(15), t).unwrap();
+        let r1 = book.reserve(BuyerKey(0), &b, m(10), t).unwrap();
+        let r2 = book.reserve(BuyerKey(0), &b, m(15), t).unwrap();
         assert!(book.commit(&r1));
         // 10 spent + 15 reserved + 6 > 30.
         assert_eq!(
-            book.reserve(0, &b, m(6), t).unwrap_err().limit,
+            book.reserve(BuyerKey(0), &b, m(6), t).unwrap_err().limit,
             CapLimit::BudgetDaily
         );
-        assert!(book.has_headroom(0, &b, t));
-        let r3 = book.reserve(0, &b, m(5), t).unwrap(); // exactly 30
-        assert!(!book.has_headroom(0, &b, t));
-        let u = book.usage(0, &b, t);
+        assert!(book.has_headroom(BuyerKey(0), &b, t));
+        let r3 = book.reserve(BuyerKey(0), &b, m(5), t).unwrap(); // exactly 30
+        assert!(!book.has_headroom(BuyerKey(0), &b, t));
+        let u = book.usage(BuyerKey(0), &b, t);
         assert_eq!(
             (u.spent_day, u.reserved_micros, u.reserved),
             (m(10), m(20), 2)
         );
         assert!(book.release(&r2));
         assert!(book.release(&r3));
-        assert!(book.has_headroom(0, &b, t));
+        assert!(book.has_headroom(BuyerKey(0), &b, t));
         // The next local day has the whole budget again.
-        assert!(book.reserve(0, &b, m(30), t + 24 * HOUR_MS).is_ok());
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(30), t + 24 * HOUR_MS)
+            .is_ok());
     }
 
     #[test]
@@ -575,10 +592,12 @@ mod tests {
             ..Caps::default()
         });
         let book = CapBook::new(1);
-        let r = book.reserve(0, &b, Micros(-5_000_000), 0).unwrap();
+        let r = book
+            .reserve(BuyerKey(0), &b, Micros(-5_000_000), 0)
+            .unwrap();
         assert_eq!(r.price, Micros::ZERO);
         assert!(book.commit(&r));
-        assert_eq!(book.usage(0, &b, 0).spent_day, Micros::ZERO);
+        assert_eq!(book.usage(BuyerKey(0), &b, 0).spent_day, Micros::ZERO);
     }
 
     #[test]
@@ -588,21 +607,21 @@ mod tests {
             ..Caps::default()
         });
         let book = CapBook::new(1);
-        let r = book.reserve(0, &b, m(2), 0).unwrap();
+        let r = book.reserve(BuyerKey(0), &b, m(2), 0).unwrap();
         let copy = r.clone();
         assert!(book.commit(&r));
         assert!(!book.commit(&copy));
         assert!(!book.release(&copy));
-        let u = book.usage(0, &b, 0);
+        let u = book.usage(BuyerKey(0), &b, 0);
         assert_eq!((u.sold_day, u.reserved, u.spent_day), (1, 0, m(2)));
         // A tampered copy changes nothing either: the book keeps its own record.
-        let r2 = book.reserve(0, &b, m(2), 0).unwrap();
+        let r2 = book.reserve(BuyerKey(0), &b, m(2), 0).unwrap();
         let mut forged = r2.clone();
         forged.price = m(1000);
         assert!(book.release(&forged));
         assert!(!book.release(&r2));
-        assert_eq!(book.usage(0, &b, 0).reserved_micros, Micros::ZERO);
-        assert_eq!(book.outstanding(0), 0);
+        assert_eq!(book.usage(BuyerKey(0), &b, 0).reserved_micros, Micros::ZERO);
+        assert_eq!(book.outstanding(BuyerKey(0)), 0);
     }
 
     #[test]
@@ -620,14 +639,14 @@ mod tests {
         let book = CapBook::new(1);
         let monday_2359 = utc_ms(2024, 1, 16, 4, 59); // Monday 23:59 EST
         let tuesday_0001 = monday_2359 + 2 * MIN_MS;
-        let r = book.reserve(0, &b, m(1), monday_2359).unwrap();
-        assert!(!book.has_headroom(0, &b, monday_2359 + 30_000));
+        let r = book.reserve(BuyerKey(0), &b, m(1), monday_2359).unwrap();
+        assert!(!book.has_headroom(BuyerKey(0), &b, monday_2359 + 30_000));
         // Tuesday has its own daily cap while Monday's quote is still open.
-        assert!(book.has_headroom(0, &b, tuesday_0001));
+        assert!(book.has_headroom(BuyerKey(0), &b, tuesday_0001));
         assert!(book.commit(&r));
-        let u = book.usage(0, &b, tuesday_0001);
+        let u = book.usage(BuyerKey(0), &b, tuesday_0001);
         assert_eq!((u.sold_day, u.sold_week, u.reserved), (0, 1, 0));
-        let r2 = book.reserve(0, &b, m(1), tuesday_0001).unwrap();
+        let r2 = book.reserve(BuyerKey(0), &b, m(1), tuesday_0001).unwrap();
         assert_eq!(r2.windows.day, r.windows.day + 1);
         assert_eq!(r2.windows.week, r.windows.week);
     }
@@ -644,13 +663,13 @@ mod tests {
         };
         let book = CapBook::new(1);
         assert!(book
-            .reserve(0, &b, m(1), utc_ms(2024, 11, 3, 5, 30))
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2024, 11, 3, 5, 30))
             .is_ok()); // 01:30 EDT
         assert!(book
-            .reserve(0, &b, m(1), utc_ms(2024, 11, 3, 5, 45))
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2024, 11, 3, 5, 45))
             .is_err()); // 01:45 EDT
         assert!(book
-            .reserve(0, &b, m(1), utc_ms(2024, 11, 3, 6, 30))
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2024, 11, 3, 6, 30))
             .is_ok()); // 01:30 EST
     }
 
@@ -658,16 +677,18 @@ mod tests {
     fn unknown_buyer_fails_closed() {
         let b = buyer(0);
         let book = CapBook::new(1);
-        assert!(!book.has_headroom(3, &b, 0));
+        assert!(!book.has_headroom(BuyerKey(3), &b, 0));
         assert_eq!(
-            book.reserve(3, &b, m(1), 0).unwrap_err().limit,
+            book.reserve(BuyerKey(3), &b, m(1), 0).unwrap_err().limit,
             CapLimit::Unavailable
         );
         assert_eq!(
-            book.reserve(0, &b, m(1), i64::MAX).unwrap_err().limit,
+            book.reserve(BuyerKey(0), &b, m(1), i64::MAX)
+                .unwrap_err()
+                .limit,
             CapLimit::Unavailable
         );
-        assert_eq!(book.usage(3, &b, 0), Usage::default());
+        assert_eq!(book.usage(BuyerKey(3), &b, 0), Usage::default());
     }
 
     #[test]
@@ -679,19 +700,21 @@ mod tests {
         let book = CapBook::new(1);
         let t0 = utc_ms(2024, 1, 1, 0, 0);
         // One held reservation from the first hour keeps its windows alive.
-        let held = book.reserve(0, &b, m(1), t0).unwrap();
+        let held = book.reserve(BuyerKey(0), &b, m(1), t0).unwrap();
         for h in 1..2000 {
-            let r = book.reserve(0, &b, m(1), t0 + h * HOUR_MS).unwrap();
+            let r = book
+                .reserve(BuyerKey(0), &b, m(1), t0 + h * HOUR_MS)
+                .unwrap();
             assert!(book.commit(&r));
         }
         // Current hour/day/week/month plus the held reservation's hour/day/week/month.
         assert!(
-            book.windows_of(0).len() <= 2 * PERIODS,
+            book.windows_of(BuyerKey(0)).len() <= 2 * PERIODS,
             "{:?}",
-            book.windows_of(0)
+            book.windows_of(BuyerKey(0))
         );
         assert!(book.release(&held));
-        assert!(book.windows_of(0).len() <= PERIODS);
+        assert!(book.windows_of(BuyerKey(0)).len() <= PERIODS);
     }
 
     #[test]
@@ -702,10 +725,12 @@ mod tests {
         });
         let book = CapBook::new(1);
         let t = utc_ms(2024, 1, 15, 10, 0);
-        let r = book.reserve(0, &b, m(1), t + HOUR_MS).unwrap();
+        let r = book.reserve(BuyerKey(0), &b, m(1), t + HOUR_MS).unwrap();
         // An auction that read the clock before the hour turned must not find the old,
         // pruned hour empty: it is taken to be in the current hour, which is full.
-        assert!(book.reserve(0, &b, m(1), t + HOUR_MS - 1).is_err());
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), t + HOUR_MS - 1)
+            .is_err());
         assert!(book.release(&r));
     }
 
@@ -723,7 +748,7 @@ mod tests {
                 let (book, b, won) = (&book, &b, &won);
                 s.spawn(move || {
                     for i in 0..50 {
-                        if let Ok(r) = book.reserve(0, b, m(1), t + th * 10 + i) {
+                        if let Ok(r) = book.reserve(BuyerKey(0), b, m(1), t + th * 10 + i) {
                             won.fetch_add(1, Ordering::Relaxed);
                             assert!(book.commit(&r));
                         }
@@ -732,7 +757,7 @@ mod tests {
             }
         });
         assert_eq!(won.load(Ordering::Relaxed), 10);
-        assert_eq!(book.usage(0, &b, t + 1000).sold_day, 10);
+        assert_eq!(book.usage(BuyerKey(0), &b, t + 1000).sold_day, 10);
     }
 
     #[derive(Debug, Clone)]
@@ -752,7 +777,7 @@ mod tests {
 
     fn assert_within_caps(book: &CapBook, caps: &Caps) {
         let limits = [caps.hourly, caps.daily, caps.weekly, caps.monthly];
-        for (period, key, c) in book.windows_of(0) {
+        for (period, key, c) in book.windows_of(BuyerKey(0)) {
             if let Some(cap) = limits[period] {
                 assert!(
                     c.sold + c.reserved <= cap,
@@ -789,7 +814,7 @@ mod tests {
                 match op {
                     Op::Reserve { price_units, advance_ms } => {
                         now += advance_ms;
-                        if let Ok(r) = book.reserve(0, &b, m(price_units), now) {
+                        if let Ok(r) = book.reserve(BuyerKey(0), &b, m(price_units), now) {
                             open.push(r);
                         }
                     }
@@ -808,11 +833,11 @@ mod tests {
             for r in &open {
                 prop_assert!(book.release(r));
             }
-            prop_assert_eq!(book.outstanding(0), 0);
-            for (_, _, c) in book.windows_of(0) {
+            prop_assert_eq!(book.outstanding(BuyerKey(0)), 0);
+            for (_, _, c) in book.windows_of(BuyerKey(0)) {
                 prop_assert_eq!((c.reserved, c.reserved_micros), (0, Micros::ZERO));
             }
-            let u = book.usage(0, &b, now);
+            let u = book.usage(BuyerKey(0), &b, now);
             prop_assert_eq!((u.reserved, u.reserved_micros), (0, Micros::ZERO));
         }
     }

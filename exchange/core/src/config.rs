@@ -3,7 +3,10 @@
 //!
 //! Architecture invariant: a `Config` value is always valid. Buyers, sellers and verticals
 //! are addressed by index (`BuyerIdx`, ...) into the vectors here; indices are stable for
-//! the life of one `Config`.
+//! the life of one `Config` only: a reload may reorder, add or remove buyers and sellers.
+//! State that outlives one configuration (caps, breakers, rate limits, quotes,
+//! idempotency keys) is keyed by the stable [`BuyerKey`] / [`SellerKey`] instead, which
+//! [`crate::ids::IdRegistry`] assigns from the party's configured `id` and never reuses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +19,36 @@ pub type BuyerIdx = usize;
 pub type VerticalIdx = usize;
 /// Index of a seller in `Config::sellers`.
 pub type SellerIdx = usize;
+
+/// A buyer's stable key: the same for the same buyer `id` across every configuration the
+/// process loads, never given to another id (see [`crate::ids::IdRegistry`]). Per-buyer
+/// state (caps, budget, breaker, bids held by quotes) is keyed by it, never by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct BuyerKey(pub u32);
+
+/// A seller's stable key, like [`BuyerKey`] (rate limits, quotes, idempotency keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SellerKey(pub u32);
+
+impl BuyerKey {
+    /// The key as an index into per-key tables.
+    pub fn slot(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl SellerKey {
+    /// The key as an index into per-key tables.
+    pub fn slot(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for BuyerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "buyer#{}", self.0)
+    }
+}
 
 /// Defaults, each a named constant with its unit.
 pub mod defaults {
@@ -46,6 +79,10 @@ pub mod defaults {
     pub const POST_DEADLINE_MS: u64 = 5_000;
     /// Open quotes (bids not yet posted or expired) one seller may hold at once.
     pub const SELLER_QUOTES_OPEN_MAX: usize = 1_000;
+    /// The admin listener (metrics, reload, probes): loopback only by default.
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8081";
+    /// The environment variable holding the admin bearer token.
+    pub const ADMIN_TOKEN_ENV: &str = "PINGPOST_ADMIN_TOKEN";
 }
 
 /// The whole, validated configuration.
@@ -61,6 +98,47 @@ pub struct Config {
     pub seller_by_key_sha256: HashMap<[u8; 32], SellerIdx>,
     /// For each vertical, the buyers that take it, ascending (the eligibility index).
     pub buyers_by_vertical: Vec<Vec<BuyerIdx>>,
+    /// Stable key to position (see [`Config::set_keys`]).
+    pub buyer_by_key: HashMap<BuyerKey, BuyerIdx>,
+    /// Stable key to position.
+    pub seller_by_key: HashMap<SellerKey, SellerIdx>,
+    /// `[admin]`: the admin listener.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin listener (`/metrics`, `/admin/reload`, probes), with its own
+/// address and bearer token.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where the admin listener binds (loopback by default).
+    pub listen: SocketAddr,
+    /// Name of the environment variable that holds the bearer token.
+    pub token_env: String,
+    /// The token read from `token_env` at load; `None` when the variable is unset or
+    /// empty (then the admin listener does not start: see docs/OPERATIONS.md).
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Wraps a token read from the environment.
+    pub fn new(token: String) -> AdminToken {
+        AdminToken(token)
+    }
+
+    /// The token's bytes, for a constant-time comparison.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// `[server]`: where and how the exchange listens, and its limits.
@@ -152,6 +230,8 @@ impl PayoutModel {
 #[derive(Debug, Clone)]
 pub struct Seller {
     pub id: String,
+    /// Stable key (assigned by [`crate::ids::IdRegistry`]; the loader sets the position).
+    pub key: SellerKey,
     pub name: String,
     /// SHA-256 of the bearer key; the key itself is never stored.
     pub key_sha256: [u8; 32],
@@ -180,6 +260,8 @@ pub enum HttpVersion {
 #[derive(Debug, Clone)]
 pub struct Buyer {
     pub id: String,
+    /// Stable key (assigned by [`crate::ids::IdRegistry`]; the loader sets the position).
+    pub key: BuyerKey,
     /// Display name, returned to the seller on `sold`.
     pub name: String,
     /// `None` for a fixed-price buyer (never pinged).
@@ -232,6 +314,46 @@ pub struct MinuteRange {
 }
 
 impl Config {
+    /// The buyer with stable key `key`, if this configuration has it.
+    pub fn buyer_by_key(&self, key: BuyerKey) -> Option<(BuyerIdx, &Buyer)> {
+        let idx = *self.buyer_by_key.get(&key)?;
+        Some((idx, self.buyers.get(idx)?))
+    }
+
+    /// The seller with stable key `key`, if this configuration has it.
+    pub fn seller_by_key(&self, key: SellerKey) -> Option<(SellerIdx, &Seller)> {
+        let idx = *self.seller_by_key.get(&key)?;
+        Some((idx, self.sellers.get(idx)?))
+    }
+
+    /// Sets every buyer's and seller's key from `buyer_key(id)` / `seller_key(id)` and
+    /// rebuilds the key indices. The loader calls it with positions (so a `Config` is
+    /// consistent on its own); the exchange calls it with its [`crate::ids::IdRegistry`].
+    pub fn set_keys(
+        &mut self,
+        mut buyer_key: impl FnMut(&str) -> BuyerKey,
+        mut seller_key: impl FnMut(&str) -> SellerKey,
+    ) {
+        for b in &mut self.buyers {
+            b.key = buyer_key(&b.id);
+        }
+        for s in &mut self.sellers {
+            s.key = seller_key(&s.id);
+        }
+        self.buyer_by_key = self
+            .buyers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.key, i))
+            .collect();
+        self.seller_by_key = self
+            .sellers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key, i))
+            .collect();
+    }
+
     pub fn vertical(&self, name: &str) -> Option<(VerticalIdx, &Vertical)> {
         let idx = *self.vertical_by_name.get(name)?;
         Some((idx, &self.verticals[idx]))

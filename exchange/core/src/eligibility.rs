@@ -98,7 +98,7 @@ pub fn select(
         let Some(buyer) = cfg.buyers.get(idx) else {
             continue;
         };
-        match skip_reason(idx, buyer, state, zip, score, now, caps) {
+        match skip_reason(buyer, state, zip, score, now, caps) {
             Some(reason) => out.skipped.push((idx, reason)),
             None if buyer.fixed_price.is_some() && buyer.ping_url.is_none() => out.fixed.push(idx),
             None => out.ping.push(idx),
@@ -112,7 +112,6 @@ pub fn select(
 
 /// The first filter `buyer` fails, cheapest first and caps last (they take a lock).
 fn skip_reason(
-    idx: BuyerIdx,
     buyer: &Buyer,
     state: Option<&str>,
     zip: Option<&str>,
@@ -134,7 +133,7 @@ fn skip_reason(
             return Some(SkipReason::ScoreFloor);
         }
     }
-    if !caps.has_headroom(idx, buyer, now) {
+    if !caps.has_headroom(buyer, now) {
         return Some(SkipReason::Capped);
     }
     None
@@ -280,8 +279,9 @@ mod tests {
         let caps = CapBook::new(2);
         let l = lead(TX);
         assert_eq!(select(&cfg, 0, &l, None, 0, &caps).ping, [0, 1]);
-        caps.reserve(0, &cfg.buyers[0], Micros(1), 0).unwrap();
-        caps.reserve(1, &cfg.buyers[1], Micros(5_000_000), 0)
+        caps.reserve(cfg.buyers[0].key, &cfg.buyers[0], Micros(1), 0)
+            .unwrap();
+        caps.reserve(cfg.buyers[1].key, &cfg.buyers[1], Micros(5_000_000), 0)
             .unwrap();
         let e = select(&cfg, 0, &l, None, 0, &caps);
         assert_eq!(

@@ -16,6 +16,8 @@
 //! - [`settlement`]: the one place a cap reservation is made and settled, and the
 //!   interfaces the shell implements (cap store, buyer health); [`effect`]: what the
 //!   machines ask the shell to do; [`record`]: the ledger's one record type.
+//! - [`ids`]: stable buyer and seller keys, so per-party state survives a reload;
+//!   [`slots`]: the grow-only tables keyed by them.
 //!
 //! Architecture invariant: the core makes every auction decision; the shell sends,
 //! waits and carries out effects.
@@ -36,11 +38,13 @@ pub mod caps;
 pub mod config;
 pub mod effect;
 pub mod eligibility;
+pub mod ids;
 pub mod post;
 pub mod quotes;
 pub mod record;
 pub mod schedule;
 pub mod settlement;
+pub mod slots;
 #[cfg(test)]
 mod tests_v2;
 #[cfg(test)]

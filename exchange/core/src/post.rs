@@ -29,7 +29,7 @@ use super::effect::{Effect, PostKind};
 use super::record::{Head, PostAttemptRecord, Record, SaleRecord, UnsoldRecord};
 use super::settlement::{drop_hold, release_reason, CapOp, Settlement};
 use super::UnixMs;
-use crate::config::{BuyerIdx, Config, SellerIdx, VerticalIdx};
+use crate::config::{BuyerIdx, BuyerKey, Config, SellerIdx, VerticalIdx};
 
 /// Why a post sold to nobody (the `reason` of an `unsold` answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub enum UnsoldReason {
     AllBuyersRejected,
     /// `server.post_deadline_ms` passed with candidates left.
     PostDeadline,
+    /// Every candidate's buyer was removed by a reload since the quote.
+    BuyerRemoved,
 }
 
 impl UnsoldReason {
@@ -51,6 +53,7 @@ impl UnsoldReason {
             UnsoldReason::NoBuyerAvailable => "no_buyer_available",
             UnsoldReason::AllBuyersRejected => "all_buyers_rejected",
             UnsoldReason::PostDeadline => "post_deadline",
+            UnsoldReason::BuyerRemoved => "buyer_removed",
         }
     }
 }
@@ -75,6 +78,9 @@ pub struct PostParams<'a> {
     /// The winner's reservation is a quote's hold (a ping's quote, recorded as
     /// `quote_reserved`): its release is recorded as `quote_released`.
     pub from_quote: bool,
+    /// Buyers of the ranking that a reload removed since the quote, with their former
+    /// ids (for the records): they are skipped, never posted to. Usually empty.
+    pub removed: &'a [(BuyerKey, String)],
 }
 
 /// One delivery to make.
@@ -134,6 +140,8 @@ pub struct PostPlan<'a> {
     considered: usize,
     /// Deliveries actually sent.
     sent: usize,
+    /// Candidates skipped because a reload removed their buyer.
+    removed: usize,
     current: Option<Attempt>,
     done: Option<PostStep>,
     effects: Vec<Effect<'a>>,
@@ -157,6 +165,7 @@ impl<'a> PostPlan<'a> {
             cursor: 0,
             considered: 0,
             sent: 0,
+            removed: 0,
             current: None,
             done: None,
             effects: Vec::with_capacity(8),
@@ -271,6 +280,7 @@ impl<'a> PostPlan<'a> {
             let Some(i) = self.peek() else {
                 let reason = match (self.ranked.is_empty(), self.sent) {
                     (true, _) => UnsoldReason::NoBids,
+                    (false, 0) if self.removed > 0 => UnsoldReason::BuyerRemoved,
                     (false, 0) => UnsoldReason::NoBuyerAvailable,
                     (false, _) => UnsoldReason::AllBuyersRejected,
                 };
@@ -283,8 +293,26 @@ impl<'a> PostPlan<'a> {
             let attempt_no = self.considered;
             self.considered += 1;
             let bid = &self.ranked[i].bid;
-            let (b, price) = (bid.buyer, bid.price);
-            let Some(buyer) = self.p.config.buyers.get(b) else {
+            let price = bid.price;
+            let Some((b, buyer)) = self.p.config.buyer_by_key(bid.buyer) else {
+                // A reload removed this bidder after the quote: it cannot be posted to.
+                // The winner's hold is released now (never leaked); a fallback holds none.
+                let key = bid.buyer;
+                self.removed += 1;
+                if i == 0 {
+                    self.release(release_reason::BUYER_REMOVED, now);
+                }
+                let former = self.p.removed.iter().find(|(k, _)| *k == key);
+                let rec = PostAttemptRecord {
+                    head: Head::new(self.p.generation, now),
+                    lead_id: self.p.lead_id,
+                    auction_id: self.p.auction_id,
+                    buyer: former.map_or("", |(_, id)| id.as_str()),
+                    attempt: attempt_no,
+                    outcome: "buyer_removed",
+                    reason: None,
+                };
+                self.effects.push(Effect::Record(Record::PostAttempt(rec)));
                 continue;
             };
             let a = Attempt {
@@ -303,7 +331,7 @@ impl<'a> PostPlan<'a> {
                     continue;
                 }
                 if !self.p.test {
-                    match settlement.reserve(b, buyer, price, now) {
+                    match settlement.reserve(buyer, price, now) {
                         Ok(res) => {
                             // Never overwrite a hold: the previous one is settled first.
                             self.release(release_reason::POST_FAILED, now);

@@ -28,7 +28,8 @@ use proto::{Lead, Micros};
 use super::award::Ranked;
 use super::caps::Reservation;
 use super::UnixMs;
-use crate::config::{SellerIdx, VerticalIdx};
+use crate::config::{SellerKey, VerticalIdx};
+use crate::slots::Slots;
 
 /// Finished entries remembered at most, unless [`QuoteBook::with_done_max`] says otherwise
 /// (bounds memory whatever `done_ttl_ms` is: at 2,000 finished pings a second that is two
@@ -47,10 +48,13 @@ pub struct Quote {
     pub ping_id: String,
     /// The auction that made the quote (ledger key, sent to buyers).
     pub auction_id: String,
-    /// The seller that pinged; only it may post.
-    pub seller: SellerIdx,
-    /// The vertical, whose schema validates the posted lead.
+    /// The seller that pinged (stable key); only it may post.
+    pub seller: SellerKey,
+    /// The vertical, whose schema validates the posted lead: its index in the
+    /// configuration the quote was made under, valid while `vertical_name` names it.
     pub vertical: VerticalIdx,
+    /// The vertical's name: a post after a reload finds the vertical by it.
+    pub vertical_name: String,
     /// The ping-time lead, to detect changed ping fields at post (`mismatch`).
     pub lead: Lead,
     /// The seller's `test` flag from the ping, carried into the post to buyers.
@@ -122,7 +126,7 @@ enum State {
 #[derive(Debug)]
 struct Entry {
     /// The owner, checked on every post (kept here because a posting quote is away).
-    seller: SellerIdx,
+    seller: SellerKey,
     state: State,
 }
 
@@ -133,9 +137,9 @@ pub struct QuoteBook {
     /// Entries `Open` or `Posting`; checked against `open_max` on insert.
     open: AtomicUsize,
     open_max: usize,
-    /// Entries `Open` or `Posting` per seller (index), for `sellers.ID.quotes_open_max`;
-    /// a seller past the end is not counted (no per-seller limit).
-    open_by_seller: Vec<AtomicUsize>,
+    /// Entries `Open` or `Posting` per seller (by stable key), for
+    /// `sellers.ID.quotes_open_max`; a seller without a slot is not counted (no limit).
+    open_by_seller: Slots<AtomicUsize>,
     done_ttl_ms: u64,
     done_max: usize,
     /// `(expires_at, ping_id)` of quotes put in `Open`, soonest first. An entry can be
@@ -160,7 +164,7 @@ impl QuoteBook {
             entries: DashMap::new(),
             open: AtomicUsize::new(0),
             open_max,
-            open_by_seller: Vec::new(),
+            open_by_seller: Slots::with_len(0),
             done_ttl_ms,
             done_max: DONE_ENTRIES_MAX_DEFAULT,
             expiries: Mutex::new(BinaryHeap::new()),
@@ -174,22 +178,27 @@ impl QuoteBook {
         self
     }
 
-    /// Counts open quotes per seller for sellers `0..seller_count` (see
+    /// Counts open quotes per seller for seller keys `0..seller_count` (see
     /// [`QuoteBook::insert_limited`]).
-    pub fn with_sellers(mut self, seller_count: usize) -> QuoteBook {
-        self.open_by_seller = (0..seller_count).map(|_| AtomicUsize::new(0)).collect();
+    pub fn with_sellers(self, seller_count: usize) -> QuoteBook {
+        self.grow_sellers(seller_count);
         self
     }
 
+    /// Makes room for seller keys `0..seller_count` (a reload added sellers); never shrinks.
+    pub fn grow_sellers(&self, seller_count: usize) {
+        self.open_by_seller.grow(seller_count);
+    }
+
     /// Quotes of `seller` open or posting now.
-    pub fn seller_open_count(&self, seller: SellerIdx) -> usize {
+    pub fn seller_open_count(&self, seller: SellerKey) -> usize {
         self.open_by_seller
-            .get(seller)
+            .get(seller.slot())
             .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
-    fn seller_done(&self, seller: SellerIdx) {
-        if let Some(c) = self.open_by_seller.get(seller) {
+    fn seller_done(&self, seller: SellerKey) {
+        if let Some(c) = self.open_by_seller.get(seller.slot()) {
             c.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -208,7 +217,7 @@ impl QuoteBook {
             return Err(QuoteRefused::BookFull);
         }
         let seller = q.seller;
-        if let Some(c) = self.open_by_seller.get(seller) {
+        if let Some(c) = self.open_by_seller.get(seller.slot()) {
             if c.fetch_add(1, Ordering::AcqRel) >= seller_open_max {
                 c.fetch_sub(1, Ordering::AcqRel);
                 self.open.fetch_sub(1, Ordering::AcqRel);
@@ -235,7 +244,7 @@ impl QuoteBook {
 
     /// Starts the post of `ping_id` by `seller` at `now`. A quote is expired when `now >=
     /// expires_at`. Exactly one of any number of concurrent callers gets `Post`.
-    pub fn begin_post(&self, ping_id: &str, seller: SellerIdx, now: UnixMs) -> BeginPost {
+    pub fn begin_post(&self, ping_id: &str, seller: SellerKey, now: UnixMs) -> BeginPost {
         let (out, finished) = {
             let Some(mut e) = self.entries.get_mut(ping_id) else {
                 return BeginPost::NotFound;
@@ -423,12 +432,13 @@ mod tests {
     const T0: UnixMs = 1_700_000_000_000;
     const TTL: UnixMs = 60_000;
 
-    fn quote(id: &str, seller: SellerIdx, reservation: Option<Reservation>) -> Quote {
+    fn quote(id: &str, seller: u32, reservation: Option<Reservation>) -> Quote {
         Quote {
             ping_id: id.into(),
             auction_id: format!("au_{id}"),
-            seller,
+            seller: SellerKey(seller),
             vertical: 0,
+            vertical_name: "auto".into(),
             lead: lead(r#"{"state":"TX","zip":"76180"}"#),
             test: false,
             price: Micros(12_500_000),
@@ -442,7 +452,13 @@ mod tests {
     }
 
     fn reservation(caps: &CapBook) -> Reservation {
-        caps.reserve(0, &buyer(0), Micros(15_000_000), T0).unwrap()
+        caps.reserve(
+            crate::config::BuyerKey(0),
+            &buyer(0),
+            Micros(15_000_000),
+            T0,
+        )
+        .unwrap()
     }
 
     fn sold(id: &str) -> PostAnswer {
@@ -457,11 +473,14 @@ mod tests {
         let book = QuoteBook::new(10, 1_000);
         book.insert(quote("p1", 0, None)).unwrap();
         assert_eq!((book.open_count(), book.len()), (1, 1));
-        let BeginPost::Post(q) = book.begin_post("p1", 0, T0) else {
+        let BeginPost::Post(q) = book.begin_post("p1", SellerKey(0), T0) else {
             panic!()
         };
         assert_eq!(q.ping_id, "p1");
-        assert!(matches!(book.begin_post("p1", 0, T0), BeginPost::InFlight));
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(0), T0),
+            BeginPost::InFlight
+        ));
         assert_eq!(book.open_count(), 1);
         assert!(book.finish("p1", sold("p1"), T0 + 5));
         assert_eq!(book.open_count(), 0);
@@ -472,14 +491,14 @@ mod tests {
             T0 + 6
         ));
         for _ in 0..2 {
-            let BeginPost::Done(a) = book.begin_post("p1", 0, T0 + 10) else {
+            let BeginPost::Done(a) = book.begin_post("p1", SellerKey(0), T0 + 10) else {
                 panic!()
             };
             assert_eq!(a, sold("p1"));
         }
         // Even after the quote's own expiry, the outcome stands.
         assert!(matches!(
-            book.begin_post("p1", 0, T0 + TTL + 1),
+            book.begin_post("p1", SellerKey(0), T0 + TTL + 1),
             BeginPost::Done(_)
         ));
     }
@@ -489,15 +508,27 @@ mod tests {
         let book = QuoteBook::new(10, 1_000);
         book.insert(quote("p1", 0, None)).unwrap();
         assert!(matches!(
-            book.begin_post("nope", 0, T0),
+            book.begin_post("nope", SellerKey(0), T0),
             BeginPost::NotFound
         ));
-        assert!(matches!(book.begin_post("p1", 1, T0), BeginPost::NotFound));
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(1), T0),
+            BeginPost::NotFound
+        ));
         // The other seller's attempt changed nothing.
-        assert!(matches!(book.begin_post("p1", 0, T0), BeginPost::Post(_)));
-        assert!(matches!(book.begin_post("p1", 1, T0), BeginPost::NotFound));
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(0), T0),
+            BeginPost::Post(_)
+        ));
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(1), T0),
+            BeginPost::NotFound
+        ));
         assert!(book.finish("p1", sold("p1"), T0));
-        assert!(matches!(book.begin_post("p1", 1, T0), BeginPost::NotFound));
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(1), T0),
+            BeginPost::NotFound
+        ));
     }
 
     #[test]
@@ -509,15 +540,15 @@ mod tests {
         book.insert(quote("edge", 0, Some(reservation(&caps))))
             .unwrap();
         assert!(matches!(
-            book.begin_post("early", 0, T0 + TTL - 1),
+            book.begin_post("early", SellerKey(0), T0 + TTL - 1),
             BeginPost::Post(_)
         ));
-        let BeginPost::Expired(Some(r)) = book.begin_post("edge", 0, T0 + TTL) else {
+        let BeginPost::Expired(Some(r)) = book.begin_post("edge", SellerKey(0), T0 + TTL) else {
             panic!()
         };
         assert!(caps.release(&r));
         assert_eq!(book.open_count(), 1);
-        let BeginPost::Done(a) = book.begin_post("edge", 0, T0 + TTL + 1) else {
+        let BeginPost::Done(a) = book.begin_post("edge", SellerKey(0), T0 + TTL + 1) else {
             panic!()
         };
         assert_eq!(a.status, PostStatus::Expired);
@@ -529,12 +560,12 @@ mod tests {
     fn abandon_reopens_the_quote() {
         let book = QuoteBook::new(10, 1_000);
         book.insert(quote("p1", 0, None)).unwrap();
-        let BeginPost::Post(q) = book.begin_post("p1", 0, T0) else {
+        let BeginPost::Post(q) = book.begin_post("p1", SellerKey(0), T0) else {
             panic!()
         };
         assert!(book.abandon("p1", q).is_none());
         assert_eq!(book.open_count(), 1);
-        let BeginPost::Post(q) = book.begin_post("p1", 0, T0 + 1) else {
+        let BeginPost::Post(q) = book.begin_post("p1", SellerKey(0), T0 + 1) else {
             panic!()
         };
         assert!(book.finish("p1", sold("p1"), T0 + 2));
@@ -542,7 +573,7 @@ mod tests {
         assert!(book.abandon("p1", q).is_some());
         assert!(book.abandon("nope", quote("nope", 0, None)).is_some());
         assert!(matches!(
-            book.begin_post("p1", 0, T0 + 3),
+            book.begin_post("p1", SellerKey(0), T0 + 3),
             BeginPost::Done(_)
         ));
     }
@@ -556,7 +587,7 @@ mod tests {
         book.insert(quote("b", 0, None)).unwrap();
         assert_eq!(book.insert(quote("c", 0, None)), Err(BookFull));
         // Finishing one makes room; posting does not.
-        let BeginPost::Post(_) = book.begin_post("a", 0, T0) else {
+        let BeginPost::Post(_) = book.begin_post("a", SellerKey(0), T0) else {
             panic!()
         };
         assert_eq!(book.insert(quote("c", 0, None)), Err(BookFull));
@@ -575,7 +606,7 @@ mod tests {
         book.insert(quote("posting", 0, Some(reservation(&caps))))
             .unwrap();
         book.insert(late).unwrap();
-        let BeginPost::Post(posting) = book.begin_post("posting", 0, T0) else {
+        let BeginPost::Post(posting) = book.begin_post("posting", SellerKey(0), T0) else {
             panic!()
         };
         assert!(book.sweep(T0 + TTL - 1).is_empty());
@@ -585,7 +616,7 @@ mod tests {
             assert!(caps.release(r));
         }
         assert_eq!(book.open_count(), 2);
-        let BeginPost::Done(a) = book.begin_post("open", 0, T0 + TTL) else {
+        let BeginPost::Done(a) = book.begin_post("open", SellerKey(0), T0 + TTL) else {
             panic!()
         };
         assert_eq!(a.status, PostStatus::Expired);
@@ -593,7 +624,7 @@ mod tests {
         assert!(book.abandon("posting", posting).is_none());
         assert_eq!(book.sweep(T0 + TTL + 1).len(), 1);
         assert!(matches!(
-            book.begin_post("posting", 0, T0 + TTL + 1),
+            book.begin_post("posting", SellerKey(0), T0 + TTL + 1),
             BeginPost::Done(_)
         ));
         assert_eq!(book.sweep(T0 + 2 * TTL).len(), 1);
@@ -604,19 +635,19 @@ mod tests {
     fn done_entries_are_forgotten_after_the_ttl() {
         let book = QuoteBook::new(10, 1_000);
         book.insert(quote("p1", 0, None)).unwrap();
-        let BeginPost::Post(_) = book.begin_post("p1", 0, T0) else {
+        let BeginPost::Post(_) = book.begin_post("p1", SellerKey(0), T0) else {
             panic!()
         };
         assert!(book.finish("p1", sold("p1"), T0));
         book.sweep(T0 + 999);
         assert!(matches!(
-            book.begin_post("p1", 0, T0 + 999),
+            book.begin_post("p1", SellerKey(0), T0 + 999),
             BeginPost::Done(_)
         ));
         book.sweep(T0 + 1_000);
         assert!(book.is_empty());
         assert!(matches!(
-            book.begin_post("p1", 0, T0 + 1_000),
+            book.begin_post("p1", SellerKey(0), T0 + 1_000),
             BeginPost::NotFound
         ));
         // Expired entries are forgotten the same way.
@@ -633,14 +664,20 @@ mod tests {
         for i in 0..10 {
             let id = format!("p{i}");
             book.insert(quote(&id, 0, None)).unwrap();
-            let BeginPost::Post(_) = book.begin_post(&id, 0, T0) else {
+            let BeginPost::Post(_) = book.begin_post(&id, SellerKey(0), T0) else {
                 panic!()
             };
             assert!(book.finish(&id, sold(&id), T0 + i));
         }
         assert_eq!(book.len(), 3);
-        assert!(matches!(book.begin_post("p9", 0, T0), BeginPost::Done(_)));
-        assert!(matches!(book.begin_post("p0", 0, T0), BeginPost::NotFound));
+        assert!(matches!(
+            book.begin_post("p9", SellerKey(0), T0),
+            BeginPost::Done(_)
+        ));
+        assert!(matches!(
+            book.begin_post("p0", SellerKey(0), T0),
+            BeginPost::NotFound
+        ));
     }
 
     #[test]
@@ -653,7 +690,7 @@ mod tests {
             let in_flight = AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for _ in 0..16 {
-                    s.spawn(|| match book.begin_post(&id, 0, T0) {
+                    s.spawn(|| match book.begin_post(&id, SellerKey(0), T0) {
                         BeginPost::Post(_) => {
                             posts.fetch_add(1, Ordering::Relaxed);
                         }

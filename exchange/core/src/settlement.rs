@@ -10,8 +10,8 @@
 //! walk down the ranking) and it goes through [`Settlement::reserve`] too.
 //!
 //! Architecture invariant: no code outside this module calls a cap store's or a breaker
-//! book's methods, so a change of their keys (buyer ids rather than config positions) is
-//! made here once.
+//! book's methods. Both are keyed by the buyer's stable key (`Buyer::key`), never its
+//! position in one configuration.
 
 use proto::Micros;
 
@@ -20,21 +20,15 @@ use super::caps::{CapBook, Capped, Reservation};
 use super::effect::Effect;
 use super::record::{Head, QuoteHoldRecord, Record};
 use super::UnixMs;
-use crate::config::{Buyer, BuyerIdx, Config};
+use crate::config::{Buyer, BuyerKey, Config};
 
 /// Where buyers' caps and budgets are counted. Synchronous: a lookup or a tiny lock; an
 /// implementation over the network would answer from a local lease.
 pub trait CapStore: Send + Sync {
     /// Could the buyer take one more lead at `now`? (Eligibility; no hold is taken.)
-    fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool;
+    fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool;
     /// Holds one lead and `price` of the buyer's caps and budget, or says which cap is full.
-    fn reserve(
-        &self,
-        idx: BuyerIdx,
-        buyer: &Buyer,
-        price: Micros,
-        now: UnixMs,
-    ) -> Result<Reservation, Capped>;
+    fn reserve(&self, buyer: &Buyer, price: Micros, now: UnixMs) -> Result<Reservation, Capped>;
     /// Sold: the hold becomes a sale. False if it was already settled.
     fn commit(&self, r: &Reservation) -> bool;
     /// Not sold: the hold is dropped. False if it was already settled.
@@ -42,17 +36,11 @@ pub trait CapStore: Send + Sync {
 }
 
 impl CapStore for CapBook {
-    fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool {
-        CapBook::has_headroom(self, idx, buyer, now)
+    fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool {
+        CapBook::has_headroom(self, buyer.key, buyer, now)
     }
-    fn reserve(
-        &self,
-        idx: BuyerIdx,
-        buyer: &Buyer,
-        price: Micros,
-        now: UnixMs,
-    ) -> Result<Reservation, Capped> {
-        CapBook::reserve(self, idx, buyer, price, now)
+    fn reserve(&self, buyer: &Buyer, price: Micros, now: UnixMs) -> Result<Reservation, Capped> {
+        CapBook::reserve(self, buyer.key, buyer, price, now)
     }
     fn commit(&self, r: &Reservation) -> bool {
         CapBook::commit(self, r)
@@ -65,17 +53,17 @@ impl CapStore for CapBook {
 /// Which buyers are healthy enough to ping (the circuit breakers).
 pub trait BuyerHealth: Send + Sync {
     /// May the buyer be pinged at `now`?
-    fn admit(&self, idx: BuyerIdx, now: UnixMs) -> Admit;
+    fn admit(&self, key: BuyerKey, now: UnixMs) -> Admit;
     /// The outcome of a ping: `ok` when it answered in time, bid or not.
-    fn record(&self, idx: BuyerIdx, ok: bool, now: UnixMs);
+    fn record(&self, key: BuyerKey, ok: bool, now: UnixMs);
 }
 
 impl BuyerHealth for BreakerBook {
-    fn admit(&self, idx: BuyerIdx, now: UnixMs) -> Admit {
-        BreakerBook::admit(self, idx, now)
+    fn admit(&self, key: BuyerKey, now: UnixMs) -> Admit {
+        BreakerBook::admit(self, key, now)
     }
-    fn record(&self, idx: BuyerIdx, ok: bool, now: UnixMs) {
-        BreakerBook::record(self, idx, ok, now)
+    fn record(&self, key: BuyerKey, ok: bool, now: UnixMs) {
+        BreakerBook::record(self, key, ok, now)
     }
 }
 
@@ -124,19 +112,18 @@ impl<'c> Settlement<'c> {
     }
 
     /// Could `buyer` take one more lead at `now`?
-    pub fn has_headroom(&self, idx: BuyerIdx, buyer: &Buyer, now: UnixMs) -> bool {
-        self.caps.has_headroom(idx, buyer, now)
+    pub fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool {
+        self.caps.has_headroom(buyer, now)
     }
 
     /// Holds one lead and `price` of `buyer`'s caps, or says which cap is full.
     pub fn reserve(
         &self,
-        idx: BuyerIdx,
         buyer: &Buyer,
         price: Micros,
         now: UnixMs,
     ) -> Result<Reservation, Capped> {
-        self.caps.reserve(idx, buyer, price, now)
+        self.caps.reserve(buyer, price, now)
     }
 
     /// Carries out `op`; false when the reservation had already been settled (a second
@@ -159,6 +146,8 @@ pub mod release_reason {
     pub const POST_FAILED: &str = "post_failed";
     /// The post ran out of time (`server.post_deadline_ms`) while holding the quote.
     pub const POST_DEADLINE: &str = "post_deadline";
+    /// A reload removed the quote's buyer before the post.
+    pub const BUYER_REMOVED: &str = "buyer_removed";
 }
 
 /// The effects of dropping a quote's hold `r` without a sale: the cap operation and its
@@ -175,7 +164,9 @@ pub fn drop_hold<'c>(
     let hold = QuoteHoldRecord {
         head: Head::new(generation, now),
         ping_id,
-        buyer: config.buyers.get(r.buyer).map_or("", |b| b.id.as_str()),
+        buyer: config
+            .buyer_by_key(r.buyer)
+            .map_or("", |(_, b)| b.id.as_str()),
         price_micros: r.price.0,
         reason: if expired { None } else { reason },
     };

@@ -9,7 +9,7 @@ use crate::auction::{bid_expires_at, Auction, AuctionParams, Award, NO_TIME_LEFT
 use crate::award::PriceRanker;
 use crate::breaker::BreakerBook;
 use crate::caps::CapBook;
-use crate::config::{Caps, Config};
+use crate::config::{BuyerKey, Caps, Config, SellerKey};
 use crate::effect::{Effect, PostKind};
 use crate::post::{AttemptResult, PostParams, PostPlan, PostStep, UnsoldReason};
 use crate::record::{BuyerOutcome, Record};
@@ -126,7 +126,7 @@ fn answers_before_and_at_the_bound_count_after_it_are_late() {
     let effects = run(&s, a.effects());
     assert_eq!(
         award.winner().map(|w| w.bid.buyer),
-        Some(1),
+        Some(BuyerKey(1)),
         "the late 30 lost"
     );
     assert!(effects.contains(&Effect::LateAnswer { buyer: 2 }));
@@ -181,8 +181,8 @@ fn everyone_answering_early_ends_collection() {
     a.on_answer(0, bid(m(12), None), 7_000, T + 7);
     assert_eq!(a.poll_timeout(), None, "done at T+7, not at the bound");
     let award = a.finish(&s, T + 7, 7_000);
-    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(0));
-    assert_eq!(caps.outstanding(0), 1, "the winner's cap is held");
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(0)));
+    assert_eq!(caps.outstanding(BuyerKey(0)), 1, "the winner's cap is held");
 }
 
 #[test]
@@ -222,7 +222,7 @@ fn a_bid_above_bid_max_is_a_no_bid_counted_and_recorded() {
     a.on_answer(0, bid(m(1850), None), 10, T + 10);
     a.on_answer(1, bid(m(100), None), 10, T + 10); // at the ceiling: fine
     let award = a.finish(&s, T + 10, 0);
-    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(1));
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(1)));
     let effects = run(&s, a.effects());
     assert!(effects.contains(&Effect::Ping {
         buyer: 0,
@@ -258,13 +258,13 @@ fn the_award_walks_down_while_reservations_fail() {
     let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
     assert_eq!(a.ping_count(), 3);
     // Between eligibility and the award, other auctions take buyers 0 and 1's last lead.
-    let other0 = caps.reserve(0, &cfg.buyers[0], m(1), T).unwrap();
-    let _other1 = caps.reserve(1, &cfg.buyers[1], m(1), T).unwrap();
+    let other0 = caps.reserve(BuyerKey(0), &cfg.buyers[0], m(1), T).unwrap();
+    let _other1 = caps.reserve(BuyerKey(1), &cfg.buyers[1], m(1), T).unwrap();
     a.on_answer(0, bid(m(30), None), 1, T + 1);
     a.on_answer(1, bid(m(20), None), 1, T + 1);
     a.on_answer(2, bid(m(10), None), 1, T + 1);
     let award = a.finish(&s, T + 1, 0);
-    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(2));
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(2)));
     assert_eq!(award.ranked.len(), 1, "the capped ones are not fallbacks");
     let effects = run(&s, a.effects());
     let capped: Vec<_> = auction_record(&effects)
@@ -277,7 +277,7 @@ fn the_award_walks_down_while_reservations_fail() {
 
     // Every bid capped: `capped`.
     caps.release(&other0);
-    let _ = caps.reserve(0, &cfg.buyers[0], m(1), T).unwrap();
+    let _ = caps.reserve(BuyerKey(0), &cfg.buyers[0], m(1), T).unwrap();
     let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
     assert!(
         a.pings().all(|o| o.buyer != 2),
@@ -306,7 +306,7 @@ fn test_leads_reserve_nothing() {
     let award = a.finish(&s, T + 1, 0);
     assert!(award.winner().is_some());
     assert_eq!(award.reservation, None);
-    assert_eq!(caps.outstanding(0), 0);
+    assert_eq!(caps.outstanding(BuyerKey(0)), 0);
 }
 
 #[test]
@@ -344,7 +344,7 @@ fn no_bid_reasons_are_decided_without_strings() {
     // Every buyer's breaker open: no eligible buyers (nobody could be asked).
     let br_open = BreakerBook::new(1, breaker_cfg());
     for i in 0..10 {
-        br_open.record(0, false, T + i);
+        br_open.record(BuyerKey(0), false, T + i);
     }
     let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br_open, T + 10);
     assert_eq!(a.ping_count(), 0);
@@ -437,6 +437,7 @@ impl Fixture {
                 lead_id: "ld_t",
                 auction_arrival: T,
                 from_quote: true,
+                removed: &[],
             },
             award.ranked,
             award.reservation,
@@ -445,7 +446,7 @@ impl Fixture {
     }
 
     fn held(&self) -> Vec<usize> {
-        (0..4).map(|b| self.caps.outstanding(b)).collect()
+        (0..4).map(|b| self.caps.outstanding(BuyerKey(b))).collect()
     }
 }
 
@@ -477,7 +478,12 @@ fn the_winner_accepts_commit_and_a_durable_sale() {
     });
     assert!(sale.is_some_and(|r| r.is_durable()));
     assert_eq!(f.held(), [0, 0, 0, 0]);
-    assert_eq!(f.caps.usage(0, &f.cfg.buyers[0], T + 1_010).sold_day, 1);
+    assert_eq!(
+        f.caps
+            .usage(BuyerKey(0), &f.cfg.buyers[0], T + 1_010)
+            .sold_day,
+        1
+    );
 }
 
 #[test]
@@ -618,7 +624,12 @@ fn a_shell_failure_during_fallback_never_leaks_or_overwrites_a_hold() {
     assert!(matches!(plan.next(&s, T + 1_004), PostStep::Sold(a) if a.buyer == 3));
     let effects = run(&s, plan.effects());
     assert_eq!(f.held(), [0, 0, 0, 0]);
-    assert_eq!(f.caps.usage(3, &f.cfg.buyers[3], T + 1_004).sold_day, 1);
+    assert_eq!(
+        f.caps
+            .usage(BuyerKey(3), &f.cfg.buyers[3], T + 1_004)
+            .sold_day,
+        1
+    );
     assert!(effects
         .iter()
         .any(|e| matches!(e, Effect::Record(Record::Sale(_)))));
@@ -631,7 +642,10 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
     let s = Settlement::new(&f.caps);
     let award = f.award([None; 4]);
     // Buyer 1 sells its last lead elsewhere before the post.
-    let other = f.caps.reserve(1, &f.cfg.buyers[1], m(1), T).unwrap();
+    let other = f
+        .caps
+        .reserve(BuyerKey(1), &f.cfg.buyers[1], m(1), T)
+        .unwrap();
     let mut plan = f.plan(award, T + 1_000);
     plan.next(&s, T + 1_000);
     plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_001);
@@ -672,11 +686,12 @@ fn nothing_to_deliver_is_unsold_no_bids() {
 #[test]
 fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
     use crate::quotes::{BeginPost, Quote, QuoteBook, QuoteRefused};
-    let q = |id: &str, seller: usize| Quote {
+    let q = |id: &str, seller: u32| Quote {
         ping_id: id.into(),
         auction_id: format!("au_{id}"),
-        seller,
+        seller: SellerKey(seller),
         vertical: 0,
+        vertical_name: "auto".into(),
         lead: lead(TX),
         test: false,
         price: m(10),
@@ -697,24 +712,34 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
     // Another seller is not held back by seller 0's quotes.
     book.insert_limited(q("d", 1), 2).unwrap();
     assert_eq!(
-        (book.seller_open_count(0), book.seller_open_count(1)),
+        (
+            book.seller_open_count(SellerKey(0)),
+            book.seller_open_count(SellerKey(1))
+        ),
         (2, 1)
     );
     assert_eq!(book.open_count(), 3, "the refused quote took no place");
     // Posting and finishing one, and expiring another, make room again.
-    let BeginPost::Post(_) = book.begin_post("a", 0, T + 1) else {
+    let BeginPost::Post(_) = book.begin_post("a", SellerKey(0), T + 1) else {
         panic!("post")
     };
-    assert_eq!(book.seller_open_count(0), 2, "posting still counts");
+    assert_eq!(
+        book.seller_open_count(SellerKey(0)),
+        2,
+        "posting still counts"
+    );
     book.finish(
         "a",
         proto::seller::PostAnswer::status_only(proto::seller::PostStatus::Unsold, None),
         T + 2,
     );
-    assert_eq!(book.seller_open_count(0), 1);
+    assert_eq!(book.seller_open_count(SellerKey(0)), 1);
     book.sweep(T + 1_000);
     assert_eq!(
-        (book.seller_open_count(0), book.seller_open_count(1)),
+        (
+            book.seller_open_count(SellerKey(0)),
+            book.seller_open_count(SellerKey(1))
+        ),
         (0, 0)
     );
     book.insert_limited(q("e", 0), 2).unwrap();

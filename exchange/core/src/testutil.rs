@@ -7,8 +7,8 @@ use proto::{FieldKind, FieldSpec, Lead, LeadMode, Micros, VerticalSchema};
 
 use super::UnixMs;
 use crate::config::{
-    defaults, BreakerConfig, Buyer, Caps, Config, HttpVersion, PayoutModel, Seller, ServerConfig,
-    Vertical,
+    defaults, AdminConfig, BreakerConfig, Buyer, BuyerKey, Caps, Config, HttpVersion, PayoutModel,
+    Seller, SellerKey, ServerConfig, Vertical,
 };
 
 /// Unix milliseconds of a UTC date and time.
@@ -66,6 +66,7 @@ pub(crate) fn lead(json: &str) -> Lead {
 pub(crate) fn buyer(i: usize) -> Buyer {
     Buyer {
         id: format!("b{i}"),
+        key: BuyerKey(i as u32),
         name: format!("Buyer {i}"),
         ping_url: Some(format!("http://127.0.0.1:9/b{i}/ping")),
         post_url: format!("http://127.0.0.1:9/b{i}/post"),
@@ -115,6 +116,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
     };
     let seller = Seller {
         id: "s0".into(),
+        key: SellerKey(0),
         name: "Seller 0".into(),
         key_sha256: [0; 32],
         verticals: vec![0],
@@ -131,7 +133,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             }
         }
     }
-    Config {
+    let mut cfg = Config {
         server: ServerConfig {
             listen: defaults::LISTEN.parse().unwrap(),
             body_bytes_max: defaults::BODY_BYTES_MAX,
@@ -157,5 +159,17 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         vertical_by_name: HashMap::from([("auto_insurance".to_string(), 0)]),
         seller_by_key_sha256: HashMap::from([([0; 32], 0)]),
         buyers_by_vertical,
-    }
+        buyer_by_key: HashMap::new(),
+        seller_by_key: HashMap::new(),
+        admin: AdminConfig {
+            listen: defaults::ADMIN_LISTEN.parse().unwrap(),
+            token_env: defaults::ADMIN_TOKEN_ENV.into(),
+            token: None,
+        },
+    };
+    cfg.set_keys(
+        |id| BuyerKey(id.trim_start_matches('b').parse().unwrap_or(0)),
+        |_| SellerKey(0),
+    );
+    cfg
 }

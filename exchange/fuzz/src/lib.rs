@@ -25,7 +25,7 @@ pub fn default_config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| {
         match pingpost::config::load_str_with_env(DEFAULT_CONFIG, &|_| {
-            Some("fuzz-secret".to_string())
+            Some("fuzz-secret-of-at-least-16-chars".to_string())
         }) {
             Ok(c) => c,
             Err(e) => panic!("config/default.toml does not load: {e}"),

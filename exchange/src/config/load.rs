@@ -23,8 +23,9 @@ use proto::{FieldKind, FieldSpec, Micros, VerticalSchema};
 use toml::{Table, Value};
 
 use super::{
-    defaults, BreakerConfig, Buyer, BuyerIdx, Caps, Config, HttpVersion, MinuteRange, PayoutModel,
-    Seller, SellerIdx, ServerConfig, Vertical, VerticalIdx, WeeklySchedule,
+    defaults, AdminConfig, AdminToken, BreakerConfig, Buyer, BuyerIdx, BuyerKey, Caps, Config,
+    HttpVersion, MinuteRange, PayoutModel, Seller, SellerIdx, SellerKey, ServerConfig, Vertical,
+    VerticalIdx, WeeklySchedule,
 };
 
 // Bounds on what the file may ask for. A value outside them is a mistake, not a tuning.
@@ -118,6 +119,8 @@ pub fn load_str_with_env(
 
     let server_section = top.section_or_empty(&mut p, "server");
     let server = read_server(server_section, &mut p);
+    let admin_section = top.section_or_empty(&mut p, "admin");
+    let admin = read_admin(admin_section, env, &mut p);
 
     if !root.contains_key("verticals") {
         p.at(
@@ -207,7 +210,7 @@ pub fn load_str_with_env(
         }
     }
 
-    Ok(Config {
+    let mut config = Config {
         server,
         verticals,
         sellers,
@@ -215,7 +218,24 @@ pub fn load_str_with_env(
         vertical_by_name,
         seller_by_key_sha256,
         buyers_by_vertical,
-    })
+        buyer_by_key: HashMap::new(),
+        seller_by_key: HashMap::new(),
+        admin,
+    };
+    // Positions as keys, so a loaded `Config` is consistent on its own; the exchange
+    // re-keys it with its id registry (stable across reloads).
+    let (mut nb, mut ns) = (0u32, 0u32);
+    config.set_keys(
+        |_| {
+            nb += 1;
+            BuyerKey(nb - 1)
+        },
+        |_| {
+            ns += 1;
+            SellerKey(ns - 1)
+        },
+    );
+    Ok(config)
 }
 
 /// A TOML syntax error as one problem with its line and column.
@@ -792,6 +812,90 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
 }
 
 // ---------------------------------------------------------------------------------------
+// [admin]
+
+/// Shortest admin token accepted: a guessable token on the admin port is worse than none.
+const ADMIN_TOKEN_LEN_MIN: usize = 16;
+/// Longest admin token (it travels in a header).
+const ADMIN_TOKEN_LEN_MAX: usize = 1024;
+
+fn default_admin_listen() -> SocketAddr {
+    defaults::ADMIN_LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8081)))
+}
+
+fn read_admin(
+    mut s: Section<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> AdminConfig {
+    let listen = match s.opt("listen") {
+        None => default_admin_listen(),
+        Some((path, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => addr,
+            _ => {
+                p.at(&path, "must be a socket address such as \"127.0.0.1:8081\"");
+                default_admin_listen()
+            }
+        },
+    };
+    let token_env = match s.str_opt(p, "token_env") {
+        None => defaults::ADMIN_TOKEN_ENV.to_string(),
+        Some(name)
+            if !name.is_empty()
+                && name.len() <= NAME_LEN_MAX
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            name.to_string()
+        }
+        Some(_) => {
+            p.at(
+                &s.path_of("token_env"),
+                "must be an environment variable name (letters, digits, _; up to 64)",
+            );
+            defaults::ADMIN_TOKEN_ENV.to_string()
+        }
+    };
+    // The token's value never appears in a message, only the variable's name.
+    let token = match env(&token_env).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) if t.len() < ADMIN_TOKEN_LEN_MIN || t.len() > ADMIN_TOKEN_LEN_MAX => {
+            p.at(
+                &s.path_of("token_env"),
+                format!(
+                    "the token in ${token_env} must be {ADMIN_TOKEN_LEN_MIN} to \
+                     {ADMIN_TOKEN_LEN_MAX} characters"
+                ),
+            );
+            None
+        }
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            p.at(
+                &s.path_of("token_env"),
+                format!("the token in ${token_env} must be visible ASCII characters"),
+            );
+            None
+        }
+        Some(t) => Some(AdminToken::new(t)),
+    };
+    if token.is_none() && !listen.ip().is_loopback() {
+        // Without a token the admin listener does not start; on a non-loopback address
+        // that is almost certainly a mistake, so say so rather than run without it.
+        p.at(
+            &s.path_of("listen"),
+            format!("is not a loopback address, so ${token_env} must hold the admin token"),
+        );
+    }
+    s.finish(p);
+    AdminConfig {
+        listen,
+        token_env,
+        token,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // [verticals.NAME]
 
 fn read_vertical(
@@ -1059,6 +1163,7 @@ fn read_seller(
     }
     Some(Seller {
         id: id.to_string(),
+        key: SellerKey::default(),
         name,
         key_sha256: key_sha256?,
         verticals,
@@ -1227,6 +1332,7 @@ fn read_buyer(
     }
     Some(Buyer {
         id: id.to_string(),
+        key: BuyerKey::default(),
         name,
         ping_url,
         post_url: post_url?,

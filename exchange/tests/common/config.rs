@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use pingpost::config::Config;
 use sha2::{Digest, Sha256};
 
-use super::{SELLER_KEY, SHARE_PCT, SOLAR_ONLY_KEY, THROTTLED_KEY};
+use super::{ADMIN_TOKEN, ADMIN_TOKEN_ENV, SELLER_KEY, SHARE_PCT, SOLAR_ONLY_KEY, THROTTLED_KEY};
 
 /// One buyer of the test configuration.
 #[derive(Debug, Clone)]
@@ -138,6 +138,10 @@ shutdown_grace_ms = {grace}
 quote_ttl_ms = {ttl}
 response_reserve_ms = 2
 
+[admin]
+listen = "127.0.0.1:0"
+token_env = "{admin_env}"
+
 [server.breaker]
 failures = {bf}
 open_ms = {bo}
@@ -192,6 +196,7 @@ rate_per_s = 1
             solar = key_sha256(SOLAR_ONLY_KEY),
             throttled = key_sha256(THROTTLED_KEY),
             share = SHARE_PCT,
+            admin_env = ADMIN_TOKEN_ENV,
         );
         for b in &self.buyers {
             let states: Vec<String> = b.states.iter().map(|s| format!("{s:?}")).collect();
@@ -237,13 +242,25 @@ states_include = [{states}]
         edit: impl FnOnce(String) -> String,
     ) -> Config {
         let text = edit(self.toml(ledger_path));
-        let secrets: BTreeMap<String, String> = self
+        pingpost::config::load_str_with_env(&text, &self.env())
+            .unwrap_or_else(|e| panic!("test config does not load:\n{e}\n{text}"))
+    }
+
+    /// The environment the test configuration is loaded with: buyer secrets and the
+    /// admin token.
+    pub fn env(&self) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+        let vars = self.env_vars();
+        move |name: &str| vars.get(name).cloned()
+    }
+
+    /// The environment variables of [`TestConfig::env`] (buyer secrets, admin token).
+    pub fn env_vars(&self) -> BTreeMap<String, String> {
+        let mut vars: BTreeMap<String, String> = self
             .buyers
             .iter()
             .map(|b| (b.secret_env(), b.secret.clone()))
             .collect();
-        let env = move |name: &str| secrets.get(name).cloned();
-        pingpost::config::load_str_with_env(&text, &env)
-            .unwrap_or_else(|e| panic!("test config does not load:\n{e}\n{text}"))
+        vars.insert(ADMIN_TOKEN_ENV.into(), ADMIN_TOKEN.into());
+        vars
     }
 }

@@ -1,10 +1,14 @@
 //! A running exchange started from a [`TestConfig`], and what tests read from it: the
 //! ledger, caps, quotes and metrics.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
 
 use pingpost::app::{self, Running};
 use pingpost::clock::Clock;
@@ -12,7 +16,7 @@ use pingpost::state::AppState;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{SellerClient, TestConfig, EVENT_WAIT_MAX};
+use super::{Reply, SellerClient, TestConfig, ADMIN_TOKEN, EVENT_WAIT_MAX};
 
 impl TestConfig {
     /// Starts an exchange with this configuration and a fresh ledger in a temp dir.
@@ -22,19 +26,38 @@ impl TestConfig {
 
     /// [`start`](TestConfig::start) with the TOML document edited first (for keys the
     /// kit does not model).
+    ///
+    /// The configuration is written to `config.toml` in the temp dir and the exchange is
+    /// started from that file, so [`Exchange::write_config`] plus a reload changes it.
     pub async fn start_edited(&self, edit: impl FnOnce(String) -> String) -> Exchange {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger_path = dir.path().join("ledger.jsonl");
-        let config = self.load_edited(&ledger_path, edit);
-        let running = app::start(config, Clock::system())
+        let config_path = dir.path().join("config.toml");
+        let text = edit(self.toml(&ledger_path));
+        // Fail here, with the text, rather than inside the exchange's start.
+        pingpost::config::load_str_with_env(&text, &self.env())
+            .unwrap_or_else(|e| panic!("test config does not load:\n{e}\n{text}"));
+        std::fs::write(&config_path, &text).expect("write config");
+        let env_vars = Arc::new(Mutex::new(self.env_vars()));
+        let (path, vars) = (config_path.clone(), env_vars.clone());
+        let source = move || {
+            let vars = vars.lock().unwrap().clone();
+            pingpost::config::load_file_with_env(&path, &move |n: &str| vars.get(n).cloned())
+        };
+        let running = app::start_with_source(Box::new(source), Clock::system())
             .await
             .expect("exchange starts");
+        let admin_addr = running.admin_addr.expect("the admin listener started");
         Exchange {
             addr: running.addr,
+            admin_addr,
             state: running.state.clone(),
             client: SellerClient::new(running.addr),
+            admin: SellerClient::new(admin_addr),
             running: Some(running),
             ledger_path,
+            config_path,
+            env_vars,
             buyer_ids: self.buyers.iter().map(|b| b.id.clone()).collect(),
             _dir: dir,
         }
@@ -45,10 +68,17 @@ impl TestConfig {
 #[derive(Debug)]
 pub struct Exchange {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/admin/reload`).
+    pub admin_addr: SocketAddr,
     pub state: Arc<AppState>,
     pub client: SellerClient,
+    /// A client of the admin listener (send [`ADMIN_TOKEN`] with it).
+    pub admin: SellerClient,
     pub running: Option<Running>,
     pub ledger_path: PathBuf,
+    /// The file the exchange (re)loads its configuration from.
+    pub config_path: PathBuf,
+    env_vars: Arc<Mutex<BTreeMap<String, String>>>,
     buyer_ids: Vec<String>,
     _dir: tempfile::TempDir,
 }
@@ -81,15 +111,39 @@ impl Exchange {
             .unwrap_or_else(|| panic!("no buyer {id}"))
     }
 
+    /// Rewrites the configuration file (same ledger) and the environment for `cfg`; a
+    /// reload then applies it.
+    pub fn write_config(&self, cfg: &TestConfig) {
+        std::fs::write(&self.config_path, cfg.toml(&self.ledger_path)).expect("write config");
+        *self.env_vars.lock().unwrap() = cfg.env_vars();
+    }
+
+    /// Writes raw text as the configuration file.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// A buyer's cap usage now, found by id in the configuration serving now.
+    pub fn usage(&self, id: &str) -> pingpost::core::caps::Usage {
+        let rt = self.state.runtime.load();
+        let buyer = rt
+            .config
+            .buyers
+            .iter()
+            .find(|b| b.id == id)
+            .unwrap_or_else(|| panic!("no buyer {id} in the running configuration"));
+        self.state
+            .caps
+            .usage(buyer.key, buyer, self.state.clock.now_ms())
+    }
+
     /// Reservations held for a buyer right now (firm quotes not yet posted or expired).
     pub fn reserved(&self, id: &str) -> u32 {
-        let idx = self.buyer_idx(id);
-        let rt = self.state.runtime.load();
-        let buyer = &rt.config.buyers[idx];
-        let usage = self.state.caps.usage(idx, buyer, self.state.clock.now_ms());
+        let usage = self.usage(id);
+        let key = self.state.ids.buyer_key(id).expect("a keyed buyer");
         assert_eq!(
             usage.reserved as usize,
-            self.state.caps.outstanding(idx),
+            self.state.caps.outstanding(key),
             "reserved count and outstanding reservations disagree for {id}"
         );
         usage.reserved
@@ -97,21 +151,44 @@ impl Exchange {
 
     /// Leads sold to a buyer today (its daily cap window).
     pub fn sold_today(&self, id: &str) -> u32 {
-        let idx = self.buyer_idx(id);
-        let rt = self.state.runtime.load();
-        self.state
-            .caps
-            .usage(idx, &rt.config.buyers[idx], self.state.clock.now_ms())
-            .sold_day
+        self.usage(id).sold_day
+    }
+
+    /// A GET on the admin listener with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.admin
+            .send(
+                Method::GET,
+                path,
+                Some(ADMIN_TOKEN),
+                None,
+                &[],
+                Bytes::new(),
+            )
+            .await
+    }
+
+    /// `POST /admin/reload` with the admin token.
+    pub async fn reload(&self) -> Reply {
+        self.admin
+            .send(
+                Method::POST,
+                "/admin/reload",
+                Some(ADMIN_TOKEN),
+                None,
+                &[],
+                Bytes::new(),
+            )
+            .await
     }
 
     pub fn quotes_open(&self) -> usize {
         self.state.quotes.open_count()
     }
 
-    /// `GET /metrics`, as text.
+    /// `GET /metrics` (admin listener), as text.
     pub async fn metrics(&self) -> String {
-        let r = self.client.get("/metrics").await;
+        let r = self.admin_get("/metrics").await;
         assert_eq!(r.status, 200, "metrics: {}", r.text());
         r.text()
     }

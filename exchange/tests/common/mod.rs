@@ -42,6 +42,10 @@ pub const SELLER_KEY: &str = "seller-main-key";
 pub const SOLAR_ONLY_KEY: &str = "seller-solar-only-key";
 /// A seller limited to one request per second.
 pub const THROTTLED_KEY: &str = "seller-throttled-key";
+/// The admin bearer token of every test exchange (read from [`ADMIN_TOKEN_ENV`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The variable the test configuration names in `admin.token_env`.
+pub const ADMIN_TOKEN_ENV: &str = "PINGPOST_TEST_ADMIN_TOKEN";
 /// The vertical every test sells in.
 pub const VERTICAL: &str = "auto_insurance";
 /// Fields of `auto_insurance` that are PII: never in a ping, only in a post.

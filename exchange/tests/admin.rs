@@ -1,0 +1,188 @@
+//! The admin listener: its own address and bearer token; `/metrics` only there; probes on
+//! both listeners; without the right token nothing is served and nothing changes.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+
+async fn admin_send(ex: &Exchange, method: Method, path: &str, token: Option<&str>) -> Reply {
+    ex.admin
+        .send(method, path, token, None, &[], Bytes::new())
+        .await
+}
+
+#[tokio::test]
+async fn without_the_token_or_with_a_wrong_one_admin_routes_are_401_and_change_nothing() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig::new().buyer(ab.clone()).start().await;
+    // A changed configuration is waiting in the file: only an authorized reload applies it.
+    ex.write_config(&TestConfig::new().buyer(ab.clone()).buyer(bb.clone()));
+
+    let wrong = "test-admin-token-0123456788";
+    let near = &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1];
+    for token in [None, Some(wrong), Some(near), Some(""), Some(SELLER_KEY)] {
+        for (method, path) in [
+            (Method::POST, "/admin/reload"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/admin/nothing"),
+        ] {
+            let r = admin_send(&ex, method.clone(), path, token).await;
+            r.assert_error(401, "unauthorized");
+            assert!(!r.text().contains("pingpost_"), "{}", r.text());
+        }
+    }
+    // A scheme other than Bearer is no token either.
+    let r = ex
+        .admin
+        .send(
+            Method::POST,
+            "/admin/reload",
+            None,
+            None,
+            &[("authorization", &format!("Basic {ADMIN_TOKEN}"))],
+            Bytes::new(),
+        )
+        .await;
+    r.assert_error(401, "unauthorized");
+
+    assert_eq!(ex.state.generation(), 1, "nothing was reloaded");
+    assert_eq!(ex.state.runtime.load().config.buyers.len(), 1);
+    assert!(ex.state.ids.buyer_key("b").is_none());
+
+    // With the token, the reload applies.
+    let r = ex.reload().await;
+    assert_eq!((r.status, r.json()["generation"].as_u64()), (200, Some(2)));
+    assert_eq!(ex.state.runtime.load().config.buyers.len(), 2);
+}
+
+#[tokio::test]
+async fn metrics_are_on_the_admin_listener_only() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+    assert_ne!(ex.addr, ex.admin_addr);
+    ex.client.ping("TX").await;
+
+    ex.client
+        .get("/metrics")
+        .await
+        .assert_error(404, "not_found");
+    let seller_keyed = ex
+        .client
+        .send(
+            Method::GET,
+            "/metrics",
+            Some(SELLER_KEY),
+            None,
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    seller_keyed.assert_error(404, "not_found");
+
+    let m = ex.admin_get("/metrics").await;
+    assert_eq!(m.status, 200, "{}", m.text());
+    let ct = m
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    let text = m.text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "pingpost_buyer_pings_total",
+            &[("buyer", "a"), ("outcome", "bid")]
+        ),
+        1.0
+    );
+    assert_eq!(metric_value(&text, "pingpost_config_generation", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn probes_answer_on_both_listeners_and_admin_routes_are_bounded() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+
+    for client in [&ex.client, &ex.admin] {
+        let h = client.get("/healthz").await;
+        assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
+        let r = client.get("/readyz").await;
+        assert_eq!(
+            (r.status, r.json()["status"].as_str()),
+            (200, Some("ready"))
+        );
+    }
+
+    // With the token: unknown route 404, wrong method 405 with Allow.
+    admin_send(&ex, Method::GET, "/admin/nothing", Some(ADMIN_TOKEN))
+        .await
+        .assert_error(404, "not_found");
+    let r = admin_send(&ex, Method::GET, "/admin/reload", Some(ADMIN_TOKEN)).await;
+    r.assert_error(405, "method_not_allowed");
+    assert_eq!(r.headers.get(http::header::ALLOW).unwrap(), "POST");
+    // The seller routes are not on the admin listener.
+    admin_send(&ex, Method::POST, "/v1/ping", Some(ADMIN_TOKEN))
+        .await
+        .assert_error(404, "not_found");
+
+    // A body over the admin limit is refused before anything happens.
+    let big = vec![b'x'; pingpost::server::ADMIN_BODY_BYTES_MAX + 1];
+    let r = ex
+        .admin
+        .send(
+            Method::POST,
+            "/admin/reload",
+            Some(ADMIN_TOKEN),
+            Some("application/json"),
+            &[],
+            big,
+        )
+        .await;
+    r.assert_error(413, "payload_too_large");
+    assert_eq!(ex.state.generation(), 1);
+}
+
+#[tokio::test]
+async fn without_a_token_the_admin_listener_is_off_and_a_non_loopback_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TestConfig::new().toml(&dir.path().join("ledger.jsonl"));
+    let no_env = |_: &str| None;
+
+    // Loopback, no token: the exchange runs, the admin listener does not.
+    let cfg = pingpost::config::load_str_with_env(&text, &no_env).expect("loads");
+    assert!(cfg.admin.token.is_none());
+    let running = pingpost::app::start(cfg, pingpost::clock::Clock::system())
+        .await
+        .unwrap();
+    assert_eq!(running.admin_addr, None);
+    running.shutdown().await.unwrap();
+
+    // Any other address without a token is a configuration error.
+    let open = text.replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"0.0.0.0:0\"",
+    );
+    assert_ne!(open, text);
+    let errors = pingpost::config::load_str_with_env(&open, &no_env).unwrap_err();
+    assert!(
+        errors.0.iter().any(|e| e.starts_with("admin.listen:")),
+        "{errors}"
+    );
+
+    // A short token is refused, and its value is never in the message.
+    let short = |name: &str| (name == ADMIN_TOKEN_ENV).then(|| "short-secret".to_string());
+    let errors = pingpost::config::load_str_with_env(&text, &short).unwrap_err();
+    assert!(
+        errors.0.iter().any(|e| e.starts_with("admin.token_env:")),
+        "{errors}"
+    );
+    assert!(!errors.to_string().contains("short-secret"), "{errors}");
+}

@@ -1,0 +1,557 @@
+//! Configuration reload end to end: counts stay with their buyer when a reload reorders,
+//! adds and removes buyers; a quote whose winner was removed; a broken configuration is
+//! refused whole while the old one keeps serving; a reload storm under load fails no
+//! request; every auction record carries its generation. Real sockets on 127.0.0.1:0, the
+//! configuration reloaded from the file the exchange started from.
+
+mod common;
+
+use common::*;
+use proto::seller::{PingStatus, PostStatus};
+use serde_json::Value;
+
+const PINGS: &str = "pingpost_buyer_pings_total";
+
+fn generation_of(reply: &Reply) -> u64 {
+    assert_eq!(reply.status, 200, "reload: {}", reply.text());
+    reply.json()["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no generation in {}", reply.text()))
+}
+
+/// The auction record of `ping_id`.
+fn auction_of(ex: &Exchange, ping_id: &str) -> Value {
+    ex.ledger_of("auction")
+        .into_iter()
+        .find(|r| r["ping_id"] == ping_id)
+        .unwrap_or_else(|| panic!("no auction record for {ping_id}"))
+}
+
+/// Sells one TX lead (ping then post) and returns the buyer's display name.
+async fn sell(ex: &Exchange) -> String {
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    let a = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(a.status, PostStatus::Sold, "{a:?}");
+    a.buyer.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_reload_that_reorders_adds_and_removes_buyers_keeps_every_count_with_its_buyer() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let c = ScriptedBidder::bidding(10.0);
+    let d = ScriptedBidder::bidding(5.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let (cb, _hc) = serve("c", &c).await;
+    let (db, _hd) = serve("d", &d).await;
+    let ab = ab.caps_daily(2);
+    let bb = bb.caps_daily(5);
+    let cb = cb.caps_daily(10);
+    let first = TestConfig::new()
+        .buyer(ab.clone())
+        .buyer(bb.clone())
+        .buyer(cb.clone());
+    let ex = first.start().await;
+    assert_eq!(ex.state.generation(), 1);
+
+    // a sells twice and is then capped; b sells once and holds one open quote.
+    assert_eq!(sell(&ex).await, "Buyer a");
+    assert_eq!(sell(&ex).await, "Buyer a");
+    assert_eq!(sell(&ex).await, "Buyer b");
+    let held = ex.client.ping("TX").await;
+    assert_eq!(held.status, PingStatus::Bid);
+    assert_eq!(
+        held.price,
+        Some(seller_price(usd(20.0))),
+        "b wins: a is capped"
+    );
+    assert_eq!((ex.sold_today("a"), ex.reserved("a")), (2, 0));
+    assert_eq!((ex.sold_today("b"), ex.reserved("b")), (1, 1));
+    let a_bids_before = ex
+        .metric(PINGS, &[("buyer", "a"), ("outcome", "bid")])
+        .await;
+    let b_bids_before = ex
+        .metric(PINGS, &[("buyer", "b"), ("outcome", "bid")])
+        .await;
+    let a_skipped_before = ex
+        .metric(PINGS, &[("buyer", "a"), ("outcome", "skipped_filter")])
+        .await;
+    // a bid in its two sales and was skipped (capped) after; b bid in all four auctions.
+    assert_eq!((a_bids_before, a_skipped_before), (2.0, 2.0));
+    assert_eq!(b_bids_before, 4.0);
+    let c_gauge = "pingpost_cap_utilisation_percent{buyer=\"c\"";
+    assert!(ex.metrics().await.contains(c_gauge));
+
+    // Reordered (d first, then b, then a), d added, c removed.
+    let second = TestConfig::new()
+        .buyer(db.clone().caps_daily(1))
+        .buyer(bb.clone())
+        .buyer(ab.clone());
+    ex.write_config(&second);
+    assert_eq!(generation_of(&ex.reload().await), 2);
+    assert_eq!(ex.state.generation(), 2);
+
+    // Every count is still its own buyer's.
+    assert_eq!((ex.sold_today("a"), ex.reserved("a")), (2, 0));
+    assert_eq!((ex.sold_today("b"), ex.reserved("b")), (1, 1));
+    assert_eq!((ex.sold_today("d"), ex.reserved("d")), (0, 0));
+    let c_key = ex.state.ids.buyer_key("c").expect("c had a key");
+    assert_eq!(ex.state.caps.outstanding(c_key), 0);
+
+    // Behaviour: a is still capped (skipped, never pinged), b wins and sells.
+    let a_pings = a.pings();
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    assert_eq!(q.price, Some(seller_price(usd(20.0))));
+    assert_eq!(a.pings(), a_pings, "a capped buyer is not pinged");
+    let sold = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer b"), "{sold:?}");
+    assert_eq!((ex.sold_today("b"), ex.reserved("b")), (2, 1));
+    // The quote made before the reload is still b's and still sells to b.
+    let held_sold = ex.client.post(&held.ping_id, "TX").await;
+    assert_eq!(held_sold.buyer.as_deref(), Some("Buyer b"), "{held_sold:?}");
+    assert_eq!((ex.sold_today("b"), ex.reserved("b")), (3, 0));
+    assert_eq!(ex.sold_today("a"), 2);
+
+    let record = auction_of(&ex, &q.ping_id);
+    assert_eq!(record["generation"], 2, "{record}");
+    let a_line = record["buyers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["buyer"] == "a")
+        .cloned()
+        .unwrap_or_else(|| panic!("no line for a in {record}"));
+    assert_eq!(
+        (a_line["outcome"].as_str(), a_line["detail"].as_str()),
+        (Some("skipped"), Some("capped"))
+    );
+    assert!(
+        record["buyers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["buyer"] != "c"),
+        "a removed buyer takes no part: {record}"
+    );
+    assert_eq!(auction_of(&ex, &held.ping_id)["generation"], 1);
+
+    // Metrics: each buyer's series continued under its own name.
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "a"), ("outcome", "bid")])
+            .await,
+        a_bids_before,
+        "a was not pinged again"
+    );
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "a"), ("outcome", "skipped_filter")])
+            .await,
+        a_skipped_before + 1.0
+    );
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "b"), ("outcome", "bid")])
+            .await,
+        b_bids_before + 1.0
+    );
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "d"), ("outcome", "bid")])
+            .await,
+        1.0
+    );
+    assert_eq!(ex.metric("pingpost_config_generation", &[]).await, 2.0);
+    assert!(
+        !ex.metrics().await.contains(c_gauge),
+        "a removed buyer's cap gauges are dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_quote_whose_winner_a_reload_removed_falls_back_to_a_buyer_that_remains() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(28.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone())
+        .buyer(bb.clone())
+        .start()
+        .await;
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.price, Some(seller_price(usd(30.0))), "a wins");
+    assert_eq!(ex.reserved("a"), 1);
+    let a_key = ex.state.ids.buyer_key("a").unwrap();
+
+    ex.write_config(&TestConfig::new().buyer(bb.clone()));
+    assert_eq!(generation_of(&ex.reload().await), 2);
+
+    let sold = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer b"));
+    assert_eq!(
+        sold.price,
+        Some(seller_price(usd(30.0))),
+        "the quoted price"
+    );
+    assert_eq!(a.posts(), 0, "nothing is delivered to a removed buyer");
+    assert_eq!(ex.state.caps.outstanding(a_key), 0, "a's hold was released");
+    assert_eq!((ex.sold_today("b"), ex.reserved("b")), (1, 0));
+    let attempts = ex.ledger_of("post_attempt");
+    assert!(
+        attempts
+            .iter()
+            .any(|r| r["buyer"] == "a" && r["outcome"] == "buyer_removed"),
+        "{attempts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_quote_with_no_remaining_buyer_is_unsold_with_a_reason_and_releases_its_hold() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::passing();
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone())
+        .buyer(bb.clone())
+        .start()
+        .await;
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid);
+    let a_key = ex.state.ids.buyer_key("a").unwrap();
+    assert_eq!(ex.state.caps.outstanding(a_key), 1);
+
+    ex.write_config(&TestConfig::new().buyer(bb.clone()));
+    assert_eq!(generation_of(&ex.reload().await), 2);
+
+    let answer = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(answer.status, PostStatus::Unsold, "{answer:?}");
+    assert_eq!(answer.reason.as_deref(), Some("buyer_removed"));
+    assert_eq!(ex.state.caps.outstanding(a_key), 0, "never leaked");
+    assert_eq!(a.posts(), 0);
+    // Posted once: the same answer again.
+    let again = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(again.reason.as_deref(), Some("buyer_removed"));
+
+    // Brought back, a keeps its key and its (empty) counts.
+    ex.write_config(&TestConfig::new().buyer(ab.clone()).buyer(bb.clone()));
+    assert_eq!(generation_of(&ex.reload().await), 3);
+    assert_eq!(ex.state.ids.buyer_key("a"), Some(a_key));
+    assert_eq!((ex.sold_today("a"), ex.reserved("a")), (0, 0));
+    assert_eq!(sell(&ex).await, "Buyer a");
+}
+
+#[tokio::test]
+async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_keeps_serving() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab.clone());
+    let ex = cfg.start().await;
+    let good = std::fs::read_to_string(&ex.config_path).unwrap();
+
+    // Two problems at once: a value out of range and an unknown key.
+    let broken = good
+        .replace("ping_timeout_ms = 150", "ping_timeout_ms = 0")
+        .replace("[sellers.main]", "[sellers.main]\nnot_a_key = 1");
+    assert_ne!(broken, good);
+    ex.write_config_text(&broken);
+    let reply = ex.reload().await;
+    let err = reply.assert_error(400, "invalid_request");
+    let fields: Vec<&str> = err["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"buyers.a.ping_timeout_ms") && fields.contains(&"sellers.main.not_a_key"),
+        "every problem at once: {fields:?}"
+    );
+    assert_eq!(ex.state.generation(), 1, "nothing changed");
+    assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
+
+    // A setting that cannot change live is refused by name.
+    ex.write_config(&cfg.clone().with(|c| c.header_read_timeout_ms = 4_000));
+    let reply = ex.reload().await;
+    let err = reply.assert_error(400, "invalid_request");
+    assert_eq!(
+        err["fields"][0]["field"], "server.header_read_timeout_ms",
+        "{err}"
+    );
+    assert_eq!(ex.state.generation(), 1);
+
+    // Not a TOML document at all.
+    ex.write_config_text("this is [not toml");
+    ex.reload().await.assert_error(400, "invalid_request");
+    assert_eq!(ex.state.generation(), 1);
+
+    // Fixed: applied.
+    ex.write_config_text(&good);
+    assert_eq!(generation_of(&ex.reload().await), 2);
+    assert_eq!(
+        ex.metric("pingpost_reloads_total", &[("result", "refused")])
+            .await,
+        3.0
+    );
+    assert_eq!(
+        ex.metric("pingpost_reloads_total", &[("result", "applied")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_reload_storm_under_pings_fails_no_request_and_every_record_has_its_generation() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone())
+        .buyer(bb.clone())
+        .start()
+        .await;
+    let configs = [
+        TestConfig::new().buyer(bb.clone()).buyer(ab.clone()),
+        TestConfig::new().buyer(ab.clone()).buyer(bb.clone()),
+    ];
+
+    const PINGERS: usize = 4;
+    const PINGS_EACH: usize = 25;
+    const RELOADS: u64 = 10;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pingers = Vec::new();
+    for _ in 0..PINGERS {
+        let client = ex.client.clone();
+        let mut stop = stop_rx.clone();
+        pingers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            // Each pinger keeps going until the storm is over, at least PINGS_EACH times.
+            while answers.len() < PINGS_EACH || !*stop.borrow_and_update() {
+                let r = client.post_json("/v1/ping", &ping_body("TX")).await;
+                answers.push((r.status, r.text()));
+            }
+            answers
+        }));
+    }
+    for i in 0..RELOADS {
+        ex.write_config(&configs[(i % 2) as usize]);
+        // Half through the admin listener, half as SIGHUP does it (state.reload).
+        let generation = if i % 2 == 0 {
+            generation_of(&ex.reload().await)
+        } else {
+            let st = ex.state.clone();
+            tokio::task::spawn_blocking(move || st.reload())
+                .await
+                .unwrap()
+                .expect("reload applies")
+        };
+        assert_eq!(generation, i + 2);
+    }
+    stop_tx.send_replace(true);
+    let mut total = 0;
+    for p in pingers {
+        for (status, text) in p.await.unwrap() {
+            total += 1;
+            assert_eq!(status, 200, "a request failed during the storm: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["status"], "bid", "{text}");
+        }
+    }
+    assert!(total >= PINGERS * PINGS_EACH);
+    assert_eq!(ex.state.generation(), RELOADS + 1);
+    // Nothing leaked: every quote's hold is counted once and the books agree.
+    assert_eq!(
+        ex.reserved("a") as usize + ex.reserved("b") as usize,
+        ex.quotes_open()
+    );
+
+    // Make the tail durable, then every auction record carries a generation in range.
+    assert_eq!(sell(&ex).await, "Buyer a");
+    let auctions = ex.ledger_of("auction");
+    assert_eq!(auctions.len(), total + 1);
+    for r in &auctions {
+        let g = r["generation"].as_u64().unwrap_or(0);
+        assert!((1..=RELOADS + 1).contains(&g), "{r}");
+    }
+    assert!(auctions.iter().any(|r| r["generation"] == 1));
+    assert!(auctions.iter().any(|r| r["generation"] == RELOADS + 1));
+}
+
+#[tokio::test]
+async fn an_exchange_started_without_a_source_refuses_to_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new().load(&dir.path().join("ledger.jsonl"));
+    let running = pingpost::app::start(config, pingpost::clock::Clock::system())
+        .await
+        .unwrap();
+    assert_eq!(
+        running.state.reload(),
+        Err(pingpost::state::ReloadError::NoSource)
+    );
+    assert_eq!(running.state.generation(), 1);
+    running.shutdown().await.unwrap();
+}
+
+/// Strips ANSI colour sequences from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let path = dir.path().join("config.toml");
+    let first = TestConfig::new().buyer(ab.clone());
+    let second = TestConfig::new().buyer(bb.clone()).buyer(ab.clone());
+    std::fs::write(&path, first.toml(&ledger)).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&path)
+        .envs(second.env_vars())
+        .env("RUST_LOG", "pingpost=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    // The first log line names both addresses.
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(plain(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    let listening = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            let line = line_rx
+                .recv()
+                .await
+                .expect("the binary exited before listening (is it this tree's build?)");
+            if line.contains("pingpost listening") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the binary starts listening");
+    let field = |name: &str| -> std::net::SocketAddr {
+        let rest = listening
+            .split(&format!("{name}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name} in {listening}"));
+        let rest = rest.trim_start_matches("Some(");
+        rest.split([' ', ')'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} in {listening}: {e}"))
+    };
+    let (addr, admin_addr) = (field("addr"), field("admin"));
+    let seller = SellerClient::new(addr);
+    let admin = SellerClient::new(admin_addr);
+    let generation = || async {
+        let r = admin
+            .send(
+                http::Method::GET,
+                "/metrics",
+                Some(ADMIN_TOKEN),
+                None,
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+        metric_value(&r.text(), "pingpost_config_generation", &[])
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "SIGHUP sent");
+    };
+    let wait_generation = |want: f64| async move {
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+        loop {
+            let g = generation().await;
+            if g == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "generation {g}, want {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(generation().await, 1.0);
+    assert_eq!(seller.ping("TX").await.price, Some(seller_price(usd(30.0))));
+
+    // A broken file: SIGHUP changes nothing and the process keeps serving.
+    std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
+    hup();
+    let refused = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            let line = line_rx.recv().await.expect("the binary logs");
+            if line.contains("reload refused") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the refusal is logged");
+    assert!(refused.contains("server.listen"), "{refused}");
+    assert_eq!(generation().await, 1.0);
+    assert_eq!(seller.ping("TX").await.status, PingStatus::Bid);
+
+    // The new file: b is added in front, a keeps its place in the auction.
+    std::fs::write(&path, second.toml(&ledger)).unwrap();
+    hup();
+    wait_generation(2.0).await;
+    let q = seller.ping("TX").await;
+    assert_eq!(q.price, Some(seller_price(usd(30.0))));
+    assert_eq!(b.pings(), 1, "the added buyer is pinged");
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
