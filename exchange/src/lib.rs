@@ -15,6 +15,7 @@ pub mod demo;
 pub mod idempotency;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
 pub mod scoring;
 pub mod server;
 pub mod state;
