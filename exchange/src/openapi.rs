@@ -34,7 +34,7 @@ const DATE_PATTERN: &str = concat!(
 );
 /// Most entries in `source`, `dedup` and `consent`, and their longest key and value.
 const STRING_MAP_ENTRIES_MAX: usize = proto::json::STRING_MAP_ENTRIES_MAX;
-const STRING_MAP_KEY_LEN_MAX: usize = 64;
+const STRING_MAP_KEY_LEN_MAX: usize = proto::json::STRING_MAP_KEY_LEN_MAX;
 const STRING_MAP_VALUE_LEN_MAX: usize = proto::json::STRING_MAP_VALUE_LEN_MAX;
 
 /// The document, serialized.
@@ -153,7 +153,7 @@ pub fn build(config: &Config) -> Value {
                     "in": "header",
                     "required": false,
                     "description": "Makes the request safe to retry (docs/API.md): the same key with the same body returns the stored answer, even after a disconnect; with a different body, or while the first is in flight, 409.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LEN_MAX, "pattern": "^[\\x20-\\x7e]+$"},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LEN_MAX, "pattern": "^[\\x21-\\x7e]+$"},
                 },
             },
             "headers": {

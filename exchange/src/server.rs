@@ -472,7 +472,7 @@ async fn seller_request(
     let idem_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= idempotency::KEY_LEN_MAX => Some(k.to_string()),
+            Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
             _ => {
                 return error_response(
                     state,
