@@ -24,9 +24,7 @@ pub const KEY_LEN_MAX: usize = 255;
 /// A key is 1 to [`KEY_LEN_MAX`] visible ASCII characters (`!` to `~`: no space, no
 /// control character), as the OpenAPI documents it.
 pub fn is_valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= KEY_LEN_MAX
-        && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    !key.is_empty() && key.len() <= KEY_LEN_MAX && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 #[derive(Debug, Clone)]

@@ -67,7 +67,11 @@ pub fn build(config: &Config) -> Value {
         );
         schemas.insert(
             ping_req.clone(),
-            envelope(&v.name, &ping_lead, "Ping fields only; no PII (`pii_in_ping`)."),
+            envelope(
+                &v.name,
+                &ping_lead,
+                "Ping fields only; no PII (`pii_in_ping`).",
+            ),
         );
         schemas.insert(
             direct_req.clone(),
@@ -84,7 +88,10 @@ pub fn build(config: &Config) -> Value {
             .map(|v| {
                 (
                     v.name.clone(),
-                    json!(format!("#/components/schemas/{prefix}_{}", schema_id(&v.name))),
+                    json!(format!(
+                        "#/components/schemas/{prefix}_{}",
+                        schema_id(&v.name)
+                    )),
                 )
             })
             .collect::<Map<_, _>>()
@@ -421,8 +428,14 @@ fn responses() -> Value {
         r.insert(name.into(), error_response(d));
     }
     for (name, d) in [
-        ("RateLimited", "`rate_limited`: the seller is over its request rate or its idempotency key quota."),
-        ("Overloaded", "`overloaded`: too many requests in flight, open quotes or idempotency keys."),
+        (
+            "RateLimited",
+            "`rate_limited`: the seller is over its request rate or its idempotency key quota.",
+        ),
+        (
+            "Overloaded",
+            "`overloaded`: too many requests in flight, open quotes or idempotency keys.",
+        ),
     ] {
         let mut e = error_response(d);
         e["headers"] = json!({"Retry-After": {"$ref": "#/components/headers/RetryAfter"}});

@@ -271,9 +271,12 @@ impl KeyClaim {
     /// Stores a 200 answer for replays; anything else changed nothing and is forgotten.
     fn settle(mut self, status: u16, body: &[u8]) {
         if status == 200 {
-            self.state
-                .idempotency
-                .complete(self.seller, &self.key, status, Bytes::copy_from_slice(body));
+            self.state.idempotency.complete(
+                self.seller,
+                &self.key,
+                status,
+                Bytes::copy_from_slice(body),
+            );
             self.settled = true;
         }
     }
@@ -372,7 +375,11 @@ fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiE
     // need SHA-256 preimages); the final check against the seller's stored digests is
     // constant-time all the same, so no comparison on secret material short-circuits.
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let seller = *rt.config.seller_by_key_sha256.get(&digest).ok_or_else(unknown)?;
+    let seller = *rt
+        .config
+        .seller_by_key_sha256
+        .get(&digest)
+        .ok_or_else(unknown)?;
     let s = rt.config.sellers.get(seller).ok_or_else(unknown)?;
     let next = s.key_sha256_next.unwrap_or(s.key_sha256);
     let valid = digest.ct_eq(&s.key_sha256) | digest.ct_eq(&next);

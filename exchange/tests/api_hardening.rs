@@ -4,6 +4,9 @@
 //! configuration; no error answer or ledger line echoes a PII value. Real sockets on
 //! 127.0.0.1:0.
 
+// Helpers outside `#[test]` bodies panic on purpose: a helper failing is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -64,7 +67,12 @@ fn sha256_hex(s: &str) -> String {
 
 /// Sends a whole HTTP/1.1 request on a fresh connection and returns the open stream
 /// without reading the answer: the caller hangs up whenever it likes.
-async fn send_and_keep(addr: std::net::SocketAddr, path: &str, key: &str, body: &Value) -> TcpStream {
+async fn send_and_keep(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> TcpStream {
     let body = serde_json::to_vec(body).unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
@@ -186,12 +194,16 @@ async fn a_keyed_ping_whose_client_disconnects_is_replayed_not_refused() {
 async fn idempotency_keys_have_a_per_seller_quota() {
     // Everyone holds at most 1 key by default; the main seller has its own quota of 2.
     let ex = start_edited(&TestConfig::new(), |t| {
-        t.replacen("[server]\n", "[server]\nidempotency_keys_per_seller_max = 1\n", 1)
-            .replacen(
-                "[sellers.main]\n",
-                "[sellers.main]\nidempotency_keys_max = 2\n",
-                1,
-            )
+        t.replacen(
+            "[server]\n",
+            "[server]\nidempotency_keys_per_seller_max = 1\n",
+            1,
+        )
+        .replacen(
+            "[sellers.main]\n",
+            "[sellers.main]\nidempotency_keys_max = 2\n",
+            1,
+        )
     })
     .await;
     let ping = |key: &'static str, seller: &'static str, body: Value| {
@@ -217,7 +229,10 @@ async fn idempotency_keys_have_a_per_seller_quota() {
     let replay = ping("a", SELLER_KEY, ping_body("TX")).await;
     assert_eq!((replay.status, &replay.body), (200, &a.body));
     assert_eq!(
-        ex.client.post_json("/v1/ping", &ping_body("TX")).await.status,
+        ex.client
+            .post_json("/v1/ping", &ping_body("TX"))
+            .await
+            .status,
         200
     );
     // Another seller is unaffected by the main seller's keys, and has its own quota (1).
@@ -343,8 +358,16 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
     }
     let ping_lead = &schemas["PingLead_auto_insurance"];
     assert_eq!(ping_lead["additionalProperties"], false);
-    let ping_fields: Vec<&String> = ping_lead["properties"].as_object().unwrap().keys().collect();
-    assert_eq!(ping_fields, ["age", "credit", "state", "zip"], "no PII, no post-only field");
+    let ping_fields: Vec<&String> = ping_lead["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        ping_fields,
+        ["age", "credit", "state", "zip"],
+        "no PII, no post-only field"
+    );
     assert_eq!(ping_lead["required"], json!(["state", "zip"]));
     assert_eq!(ping_lead["properties"]["age"]["minimum"], 18);
     let full = &schemas["FullLead_auto_insurance"];
@@ -353,7 +376,10 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
         full["required"],
         json!(["state", "zip", "first_name", "last_name", "phone"])
     );
-    assert_eq!(full["properties"]["email"]["type"], json!(["string", "null"]));
+    assert_eq!(
+        full["properties"]["email"]["type"],
+        json!(["string", "null"])
+    );
     assert_eq!(full["properties"]["phone"]["type"], "string");
     // Every seller route documents every answer it can give.
     for path in ["/v1/ping", "/v1/post", "/v1/leads"] {
@@ -378,7 +404,10 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
         &sha256_hex(SELLER_KEY),
         "ledger",
     ] {
-        assert!(!text.contains(secret_thing), "/openapi.json shows {secret_thing:?}");
+        assert!(
+            !text.contains(secret_thing),
+            "/openapi.json shows {secret_thing:?}"
+        );
     }
     // A wrong method is 405, like every other route.
     let wrong = ex
@@ -420,34 +449,110 @@ async fn no_error_answer_or_ledger_line_echoes_a_pii_value() {
     let long_name = format!("{PII_SURNAME}{}", "x".repeat(80));
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         // PII at ping.
-        ("/v1/ping", ping(lead(json!({"email": PII_EMAIL, "phone": PII_PHONE, "first_name": PII_NAME}))), 400, "pii_in_ping"),
+        (
+            "/v1/ping",
+            ping(lead(
+                json!({"email": PII_EMAIL, "phone": PII_PHONE, "first_name": PII_NAME}),
+            )),
+            400,
+            "pii_in_ping",
+        ),
         // PII values in fields of the wrong type or shape.
-        ("/v1/ping", ping(lead(json!({"zip": PII_PHONE, "state": PII_NAME, "credit": PII_EMAIL, "age": PII_SURNAME}))), 400, "invalid_request"),
-        ("/v1/ping", json!({"vertical": PII_EMAIL, "lead": ping_lead("TX")}), 400, "invalid_request"),
-        ("/v1/ping", json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "min_price": PII_PHONE, "test": PII_NAME}), 400, "invalid_request"),
-        ("/v1/ping", json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "source": {"sub_id": [PII_EMAIL]}}), 400, "invalid_request"),
-        ("/v1/ping", json!({"vertical": VERTICAL, "lead": PII_EMAIL}), 400, "invalid_request"),
+        (
+            "/v1/ping",
+            ping(lead(
+                json!({"zip": PII_PHONE, "state": PII_NAME, "credit": PII_EMAIL, "age": PII_SURNAME}),
+            )),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/ping",
+            json!({"vertical": PII_EMAIL, "lead": ping_lead("TX")}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/ping",
+            json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "min_price": PII_PHONE, "test": PII_NAME}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/ping",
+            json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "source": {"sub_id": [PII_EMAIL]}}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/ping",
+            json!({"vertical": VERTICAL, "lead": PII_EMAIL}),
+            400,
+            "invalid_request",
+        ),
         // Direct posts: bad PII shapes, PII in non-PII fields.
-        ("/v1/leads", json!({"vertical": VERTICAL, "lead": lead(json!({
+        (
+            "/v1/leads",
+            json!({"vertical": VERTICAL, "lead": lead(json!({
             "first_name": 7, "last_name": long_name, "phone": format!("{PII_PHONE}x"),
-            "email": format!("{PII_NAME}@@{PII_SURNAME}")}))}), 400, "invalid_request"),
-        ("/v1/leads", json!({"vertical": VERTICAL, "lead": lead(json!({
+            "email": format!("{PII_NAME}@@{PII_SURNAME}")}))}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/leads",
+            json!({"vertical": VERTICAL, "lead": lead(json!({
             "first_name": PII_NAME, "last_name": PII_SURNAME, "phone": [PII_PHONE],
-            "email": {"address": PII_EMAIL}, "zip": PII_STREET}))}), 400, "invalid_request"),
-        ("/v1/leads", json!({"vertical": VERTICAL, "lead": lead(json!({
+            "email": {"address": PII_EMAIL}, "zip": PII_STREET}))}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/leads",
+            json!({"vertical": VERTICAL, "lead": lead(json!({
             "first_name": PII_NAME, "last_name": PII_SURNAME, "phone": PII_PHONE,
-            "email": PII_EMAIL})), "consent": {"tf": 1}, "dedup": PII_EMAIL}), 400, "invalid_request"),
+            "email": PII_EMAIL})), "consent": {"tf": 1}, "dedup": PII_EMAIL}),
+            400,
+            "invalid_request",
+        ),
         // Posts: a quoted ping with a broken full lead (the quote stays open).
-        ("/v1/post", json!({"ping_id": ping_id, "lead": lead(json!({
+        (
+            "/v1/post",
+            json!({"ping_id": ping_id, "lead": lead(json!({
             "first_name": PII_NAME, "last_name": PII_SURNAME, "phone": format!("0{PII_PHONE}"),
-            "email": format!("{PII_EMAIL} ")}))}), 400, "invalid_request"),
-        ("/v1/post", json!({"ping_id": ping_id, "lead": lead(json!({
+            "email": format!("{PII_EMAIL} ")}))}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/post",
+            json!({"ping_id": ping_id, "lead": lead(json!({
             "first_name": [PII_NAME], "last_name": {"n": PII_SURNAME}, "phone": 15555550199_u64,
-            "email": PII_EMAIL, "age": PII_EMAIL}))}), 400, "invalid_request"),
-        ("/v1/post", json!({"ping_id": PII_EMAIL, "lead": lead(json!({"email": PII_EMAIL}))}), 404, "not_found"),
-        ("/v1/post", json!({"ping_id": 5, "lead": PII_PHONE, "consent": PII_NAME}), 400, "invalid_request"),
+            "email": PII_EMAIL, "age": PII_EMAIL}))}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/post",
+            json!({"ping_id": PII_EMAIL, "lead": lead(json!({"email": PII_EMAIL}))}),
+            404,
+            "not_found",
+        ),
+        (
+            "/v1/post",
+            json!({"ping_id": 5, "lead": PII_PHONE, "consent": PII_NAME}),
+            400,
+            "invalid_request",
+        ),
     ];
-    let pii = [PII_EMAIL, PII_PHONE, PII_NAME, PII_SURNAME, PII_STREET, "15555550199"];
+    let pii = [
+        PII_EMAIL,
+        PII_PHONE,
+        PII_NAME,
+        PII_SURNAME,
+        PII_STREET,
+        "15555550199",
+    ];
     let mut answers = Vec::new();
     for (path, body, status, code) in &cases {
         let r = ex.client.post_json(path, body).await;
@@ -495,9 +600,21 @@ async fn no_error_answer_or_ledger_line_echoes_a_pii_value() {
 async fn explicit_null_in_optional_envelope_fields_is_a_field_error() {
     let ex = TestConfig::new().start().await;
     for (path, body, field) in [
-        ("/v1/ping", json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "test": null}), "test"),
-        ("/v1/leads", json!({"vertical": VERTICAL, "lead": full_lead("TX"), "min_price": null}), "min_price"),
-        ("/v1/post", json!({"ping_id": "pg_x", "lead": full_lead("TX"), "consent": null}), "consent"),
+        (
+            "/v1/ping",
+            json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "test": null}),
+            "test",
+        ),
+        (
+            "/v1/leads",
+            json!({"vertical": VERTICAL, "lead": full_lead("TX"), "min_price": null}),
+            "min_price",
+        ),
+        (
+            "/v1/post",
+            json!({"ping_id": "pg_x", "lead": full_lead("TX"), "consent": null}),
+            "consent",
+        ),
     ] {
         let e = ex
             .client
@@ -521,19 +638,34 @@ async fn an_idempotency_key_must_be_visible_ascii() {
     let ex = TestConfig::new().start().await;
     for key in ["has space", "tab\there"] {
         ex.client
-            .post_json_with("/v1/ping", SELLER_KEY, &[("Idempotency-Key", key)], &ping_body("TX"))
+            .post_json_with(
+                "/v1/ping",
+                SELLER_KEY,
+                &[("Idempotency-Key", key)],
+                &ping_body("TX"),
+            )
             .await
             .assert_error(400, "invalid_request");
     }
     let long = "k".repeat(256);
     ex.client
-        .post_json_with("/v1/ping", SELLER_KEY, &[("Idempotency-Key", &long)], &ping_body("TX"))
+        .post_json_with(
+            "/v1/ping",
+            SELLER_KEY,
+            &[("Idempotency-Key", &long)],
+            &ping_body("TX"),
+        )
         .await
         .assert_error(400, "invalid_request");
     let ok = "k".repeat(255);
     let r = ex
         .client
-        .post_json_with("/v1/ping", SELLER_KEY, &[("Idempotency-Key", &ok)], &ping_body("TX"))
+        .post_json_with(
+            "/v1/ping",
+            SELLER_KEY,
+            &[("Idempotency-Key", &ok)],
+            &ping_body("TX"),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
