@@ -509,3 +509,72 @@ fn paths() -> Value {
         "/openapi.json": probe("openapi", "This document", json!({"type": "object"})),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_config() -> Config {
+        crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &crate::demo::demo_secret)
+            .unwrap()
+    }
+
+    #[test]
+    fn one_schema_per_vertical_and_every_route() {
+        let config = default_config();
+        let doc = build(&config);
+        let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+        assert_eq!(paths.len(), 6, "{paths:?}");
+        let schemas = &doc["components"]["schemas"];
+        let ping_variants = schemas["PingRequest"]["oneOf"].as_array().unwrap();
+        assert_eq!(ping_variants.len(), config.verticals.len());
+        for v in &config.verticals {
+            let ping = &schemas[format!("PingLead_{}", schema_id(&v.name))];
+            for f in &v.schema.fields {
+                let listed = ping["properties"].get(&f.name).is_some();
+                assert_eq!(listed, f.ping && !f.pii, "{} at ping", f.name);
+                let full = &schemas[format!("FullLead_{}", schema_id(&v.name))];
+                assert!(full["properties"].get(&f.name).is_some());
+            }
+        }
+        // It serializes, and names no buyer.
+        let text = String::from_utf8(document(&config)).unwrap();
+        for b in &config.buyers {
+            assert!(!text.contains(&b.name), "{}", b.name);
+            assert!(!text.contains(&b.post_url), "{}", b.post_url);
+        }
+    }
+
+    #[test]
+    fn date_pattern_matches_the_validator() {
+        let re = regex::Regex::new(DATE_PATTERN).unwrap();
+        for ok in [
+            "1900-01-01",
+            "2000-02-29",
+            "2024-02-29",
+            "2200-12-31",
+            "2023-04-30",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "1899-12-31",
+            "1900-02-29",
+            "2100-02-29",
+            "2023-02-29",
+            "2023-04-31",
+            "2201-01-01",
+            "2023-13-01",
+            "2023-1-01",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+        let email = regex::Regex::new(EMAIL_PATTERN).unwrap();
+        for ok in ["a@b.co", "ana.diaz@example.com", "x@a..b"] {
+            assert!(email.is_match(ok), "{ok}");
+        }
+        for bad in ["a@b", "@b.co", "a@.b.co", "a@b.co.", "a b@c.de", "a@b@c.de"] {
+            assert!(!email.is_match(bad), "{bad}");
+        }
+    }
+}
