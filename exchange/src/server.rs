@@ -268,17 +268,15 @@ struct KeyClaim {
 }
 
 impl KeyClaim {
-    /// Stores a 200 answer for replays; anything else changed nothing and is forgotten.
+    /// Stores the answer for replays.
     fn settle(mut self, status: u16, body: &[u8]) {
-        if status == 200 {
-            self.state.idempotency.complete(
-                self.seller,
-                &self.key,
-                status,
-                Bytes::copy_from_slice(body),
-            );
-            self.settled = true;
-        }
+        self.state.idempotency.complete(
+            self.seller,
+            &self.key,
+            status,
+            Bytes::copy_from_slice(body),
+        );
+        self.settled = true;
     }
 }
 
@@ -578,7 +576,10 @@ async fn seller_request(
         if let Some(claim) = claim {
             match &result {
                 Ok(bytes) => claim.settle(200, bytes),
-                // An error changed nothing: the key is forgotten and may be retried.
+                // A 500 may come after a buyer got the lead (a sale the ledger could not
+                // record): running it again could deliver twice, so it is stored too.
+                Err(e) if e.code == ErrorCode::Internal => claim.settle(e.status(), &e.to_json()),
+                // Any other error changed nothing: the key is forgotten and may be retried.
                 Err(_) => drop(claim),
             }
         }
