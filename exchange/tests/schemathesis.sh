@@ -56,7 +56,11 @@ PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0))
 PID=$!
 
 status=0
-"$VENV/bin/st" --config-file exchange/tests/schemathesis.toml run "http://127.0.0.1:$PORT/openapi.json" \
+# Run from the scratch directory: schemathesis and hypothesis leave caches (.schemathesis,
+# .hypothesis) in the working directory, and the checkout must stay clean.
+CONFIG="$PWD/exchange/tests/schemathesis.toml"
+cd "$WORK"
+"$VENV/bin/st" --config-file "$CONFIG" run "http://127.0.0.1:$PORT/openapi.json" \
     --wait-for-schema 60 \
     --header "Authorization: Bearer $SELLER_KEY" \
     --checks "$CHECKS" \
