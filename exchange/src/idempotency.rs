@@ -1,7 +1,14 @@
 //! `Idempotency-Key`: the same key from the same seller with the same body gets the stored
 //! answer again; with a different body, or while the first is still running, `409`.
 //! Keys are remembered for `idempotency_ttl_ms` (24 h by default) and their number is
-//! bounded: past the bound new keys are refused with `503` rather than evicting live ones.
+//! bounded twice: per seller (`idempotency_keys_per_seller_max` or the seller's own
+//! `idempotency_keys_max`; past it that seller's new keys get `429`, other sellers are
+//! unaffected) and in all (`idempotency_keys_max`; past it `503`). Live keys are never
+//! evicted to make room: an evicted key would let a retry sell a lead twice.
+//!
+//! Every key that `begin` answered `Proceed` must be settled with `complete` or `forget`
+//! by the request's own task (server.rs), whether or not the client is still connected;
+//! an unsettled key would answer `409` until it expires.
 
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -13,6 +20,12 @@ use crate::core::UnixMs;
 
 /// Longest key accepted (CONTRACT.md).
 pub const KEY_LEN_MAX: usize = 255;
+
+/// A key is 1 to [`KEY_LEN_MAX`] visible ASCII characters (`!` to `~`: no space, no
+/// control character), as the OpenAPI documents it.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= KEY_LEN_MAX && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
 
 #[derive(Debug, Clone)]
 enum State {
@@ -40,12 +53,17 @@ pub enum Begin {
     InFlight,
     /// The store is full.
     Full,
+    /// This seller holds its quota of keys already.
+    SellerFull,
 }
 
 /// Remembered keys, per seller.
 #[derive(Debug)]
 pub struct IdempotencyStore {
     map: DashMap<(SellerKey, String), Slot>,
+    /// Keys held per seller (in `map`), for the per-seller quota. Lock order: an entry of
+    /// `map`, then one of `per_seller`, never the other way.
+    per_seller: DashMap<SellerKey, usize>,
     ttl_ms: u64,
     keys_max: usize,
 }
@@ -54,12 +72,27 @@ impl IdempotencyStore {
     pub fn new(ttl_ms: u64, keys_max: usize) -> IdempotencyStore {
         IdempotencyStore {
             map: DashMap::new(),
+            per_seller: DashMap::new(),
             ttl_ms,
             keys_max,
         }
     }
 
+    /// [`IdempotencyStore::begin_within`] without a per-seller quota.
     pub fn begin(&self, seller: SellerKey, key: &str, body: &[u8], now: UnixMs) -> Begin {
+        self.begin_within(seller, key, body, now, usize::MAX)
+    }
+
+    /// Looks `key` up for `seller`; a new key is taken only while the seller holds fewer
+    /// than `seller_keys_max` keys and the store fewer than `keys_max`.
+    pub fn begin_within(
+        &self,
+        seller: SellerKey,
+        key: &str,
+        body: &[u8],
+        now: UnixMs,
+        seller_keys_max: usize,
+    ) -> Begin {
         let digest: [u8; 32] = Sha256::digest(body).into();
         let full = self.map.len() >= self.keys_max;
         match self.map.entry((seller, key.to_string())) {
@@ -86,6 +119,12 @@ impl IdempotencyStore {
             }
             Entry::Vacant(_) if full => Begin::Full,
             Entry::Vacant(v) => {
+                let mut held = self.per_seller.entry(seller).or_insert(0);
+                if *held >= seller_keys_max {
+                    return Begin::SellerFull;
+                }
+                *held += 1;
+                drop(held);
                 v.insert(Slot {
                     body_sha256: digest,
                     at: now,
@@ -105,14 +144,32 @@ impl IdempotencyStore {
 
     /// Forgets a key whose request changed nothing (a refused request may be retried).
     pub fn forget(&self, seller: SellerKey, key: &str) {
-        self.map.remove(&(seller, key.to_string()));
+        if self.map.remove(&(seller, key.to_string())).is_some() {
+            self.release(seller);
+        }
     }
 
     /// Drops keys older than the TTL.
     pub fn sweep(&self, now: UnixMs) {
         let ttl = self.ttl_ms as i64;
-        self.map
-            .retain(|_, s| now - s.at < ttl || matches!(s.state, State::InFlight));
+        self.map.retain(|(seller, _), s| {
+            let keep = now - s.at < ttl || matches!(s.state, State::InFlight);
+            if !keep {
+                self.release(*seller);
+            }
+            keep
+        });
+    }
+
+    /// Keys `seller` holds now.
+    pub fn held_by(&self, seller: SellerKey) -> usize {
+        self.per_seller.get(&seller).map_or(0, |n| *n)
+    }
+
+    fn release(&self, seller: SellerKey) {
+        if let Some(mut n) = self.per_seller.get_mut(&seller) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -164,5 +221,43 @@ mod tests {
         assert_eq!(s.begin(SellerKey(0), "c", b"", 0), Begin::Full);
         s.forget(SellerKey(0), "a");
         assert_eq!(s.begin(SellerKey(0), "c", b"", 0), Begin::Proceed);
+    }
+
+    #[test]
+    fn per_seller_quota() {
+        let s = IdempotencyStore::new(1000, 100);
+        assert_eq!(s.begin_within(SellerKey(0), "a", b"", 0, 2), Begin::Proceed);
+        assert_eq!(s.begin_within(SellerKey(0), "b", b"", 0, 2), Begin::Proceed);
+        assert_eq!(
+            s.begin_within(SellerKey(0), "c", b"", 0, 2),
+            Begin::SellerFull
+        );
+        assert_eq!(
+            s.begin_within(SellerKey(1), "c", b"", 0, 2),
+            Begin::Proceed,
+            "other sellers are unaffected"
+        );
+        s.complete(SellerKey(0), "a", 200, Bytes::from_static(b"ok"));
+        assert!(
+            matches!(
+                s.begin_within(SellerKey(0), "a", b"", 1, 2),
+                Begin::Replay { .. }
+            ),
+            "a held key still replays at the quota"
+        );
+        s.forget(SellerKey(0), "b");
+        assert_eq!(s.held_by(SellerKey(0)), 1);
+        assert_eq!(s.begin_within(SellerKey(0), "c", b"", 1, 2), Begin::Proceed);
+        s.complete(SellerKey(0), "c", 200, Bytes::new());
+        s.sweep(5000);
+        assert_eq!(
+            (s.held_by(SellerKey(0)), s.held_by(SellerKey(1))),
+            (0, 1),
+            "in flight: kept"
+        );
+        assert_eq!(
+            s.begin_within(SellerKey(0), "d", b"", 5000, 2),
+            Begin::Proceed
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod effects;
 pub mod idempotency;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
 pub mod scoring;
 pub mod server;
 pub mod state;

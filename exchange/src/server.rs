@@ -21,12 +21,13 @@ use proto::seller::{
 };
 use proto::{ApiError, ErrorCode, LeadMode};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::auction::{deliver, run_auction, AuctionInput, Delivery};
 use crate::clock::rfc3339;
-use crate::config::SellerIdx;
+use crate::config::{SellerIdx, SellerKey};
 use crate::core::quotes::{BeginPost, Quote, QuoteRefused, EXPIRED_REASON};
 use crate::core::settlement::{drop_hold, release_reason};
 use crate::effects;
@@ -37,6 +38,10 @@ type Body = Full<Bytes>;
 
 /// How often expired quotes and idempotency keys are swept.
 pub const SWEEP_INTERVAL_MS: u64 = 100;
+
+/// `Retry-After` (seconds) for a seller over its idempotency key quota: keys free up only
+/// as they expire, so retrying within the second is pointless.
+const KEY_QUOTA_RETRY_AFTER_S: &str = "60";
 
 fn json_response(status: u16, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -202,6 +207,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         // `/metrics` names buyers and volumes: it is on the admin listener only.
+        "/openapi.json" => "openapi",
         _ => "unknown",
     };
     // Probes are cheap and must keep answering when sellers overload us, or an
@@ -211,7 +217,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         ("readyz", &Method::GET) => return readyz(&state),
         _ => {}
     }
-    let Ok(_permit) = state.in_flight.try_acquire() else {
+    let Some(permit) = InFlight::try_acquire(&state) else {
         return error_response(
             &state,
             &ApiError::new(
@@ -220,11 +226,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             ),
         );
     };
-    state.metrics.requests_in_flight.inc();
     let resp = match (route, req.method()) {
         ("ping" | "post" | "leads", &Method::POST) => {
-            seller_request(&state, route, req, arrival).await
+            seller_request(&state, route, req, arrival, permit).await
         }
+        ("openapi", &Method::GET) => openapi_json(&state),
         ("unknown", _) => error_response(
             &state,
             &ApiError::new(
@@ -250,11 +256,74 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             resp
         }
     };
-    state.metrics.requests_in_flight.dec();
     state
         .metrics
         .observe_route(route, arrival.elapsed().as_secs_f64());
     resp
+}
+
+/// One request's place under `server.requests_in_flight_max`. It is owned, not borrowed
+/// from the handler: a seller request's work moves it into its own task, so a client that
+/// disconnects frees its place only when the work it started has ended, and the limit
+/// counts the work actually running.
+struct InFlight {
+    state: Arc<AppState>,
+}
+
+impl InFlight {
+    fn try_acquire(state: &Arc<AppState>) -> Option<InFlight> {
+        // The permit is forgotten and given back in `drop`: that makes it owned without
+        // changing how `AppState` holds the semaphore.
+        state.in_flight.try_acquire().ok()?.forget();
+        state.metrics.requests_in_flight.inc();
+        Some(InFlight {
+            state: state.clone(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.add_permits(1);
+        self.state.metrics.requests_in_flight.dec();
+    }
+}
+
+/// An `Idempotency-Key` that `begin` let through: unless `settle` stores an answer, it is
+/// forgotten when dropped (an error, or a panic inside the work), so a retry runs again
+/// instead of meeting `409` until the key expires.
+struct KeyClaim {
+    state: Arc<AppState>,
+    seller: SellerKey,
+    key: String,
+    settled: bool,
+}
+
+impl KeyClaim {
+    /// Stores the answer for replays.
+    fn settle(mut self, status: u16, body: &[u8]) {
+        self.state.idempotency.complete(
+            self.seller,
+            &self.key,
+            status,
+            Bytes::copy_from_slice(body),
+        );
+        self.settled = true;
+    }
+}
+
+impl Drop for KeyClaim {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.state.idempotency.forget(self.seller, &self.key);
+        }
+    }
+}
+
+/// `GET /openapi.json`: this exchange's seller API, built from the running configuration.
+fn openapi_json(state: &AppState) -> Response<Body> {
+    let rt = state.runtime.load();
+    json_response(200, crate::openapi::document(&rt.config))
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -330,12 +399,25 @@ fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiE
                 "Authorization must be Bearer <seller key>",
             )
         })?;
+    let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown seller key");
+    // Timing: the key is hashed first, so the map lookup's time depends only on the
+    // digest, which an attacker cannot steer towards a valid key's digest (that would
+    // need SHA-256 preimages); the final check against the seller's stored digests is
+    // constant-time all the same, so no comparison on secret material short-circuits.
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    rt.config
+    let seller = *rt
+        .config
         .seller_by_key_sha256
         .get(&digest)
-        .copied()
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown seller key"))
+        .ok_or_else(unknown)?;
+    let s = rt.config.sellers.get(seller).ok_or_else(unknown)?;
+    let next = s.key_sha256_next.unwrap_or(s.key_sha256);
+    let valid = digest.ct_eq(&s.key_sha256) | digest.ct_eq(&next);
+    if bool::from(valid) {
+        Ok(seller)
+    } else {
+        Err(unknown())
+    }
 }
 
 async fn read_body(
@@ -397,6 +479,7 @@ async fn seller_request(
     route: &'static str,
     req: Request<Incoming>,
     arrival: Instant,
+    permit: InFlight,
 ) -> Response<Body> {
     let rt = state.runtime.load_full();
     let seller = match authenticate(&rt, &req) {
@@ -431,7 +514,7 @@ async fn seller_request(
     let idem_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= idempotency::KEY_LEN_MAX => Some(k.to_string()),
+            Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
             _ => {
                 return error_response(
                     state,
@@ -454,50 +537,93 @@ async fn seller_request(
         Ok(b) => b,
         Err(e) => return error_response(state, &e),
     };
-    if let Some(key) = &idem_key {
-        match state
-            .idempotency
-            .begin(seller_key, key, &body, state.clock.now_ms())
-        {
-            Begin::Proceed => {}
-            Begin::Replay { status, body } => return json_response(status, body.to_vec()),
-            Begin::BodyMismatch => {
-                return error_response(
-                    state,
-                    &ApiError::new(
-                        ErrorCode::Conflict,
-                        "Idempotency-Key was used with a different body",
-                    ),
-                )
-            }
-            Begin::InFlight => {
-                return error_response(
-                    state,
-                    &ApiError::new(
-                        ErrorCode::Conflict,
-                        "a request with this Idempotency-Key is still in flight",
-                    ),
-                )
-            }
-            Begin::Full => {
-                return error_response(
-                    state,
-                    &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
-                )
+    let claim = match idem_key {
+        None => None,
+        Some(key) => {
+            let quota = rt.config.idempotency_keys_max_of(seller);
+            match state.idempotency.begin_within(
+                seller_key,
+                &key,
+                &body,
+                state.clock.now_ms(),
+                quota,
+            ) {
+                Begin::Proceed => Some(KeyClaim {
+                    state: state.clone(),
+                    seller: seller_key,
+                    key,
+                    settled: false,
+                }),
+                Begin::Replay { status, body } => return json_response(status, body.to_vec()),
+                Begin::BodyMismatch => {
+                    return error_response(
+                        state,
+                        &ApiError::new(
+                            ErrorCode::Conflict,
+                            "Idempotency-Key was used with a different body",
+                        ),
+                    )
+                }
+                Begin::InFlight => {
+                    return error_response(
+                        state,
+                        &ApiError::new(
+                            ErrorCode::Conflict,
+                            "a request with this Idempotency-Key is still in flight",
+                        ),
+                    )
+                }
+                Begin::SellerFull => {
+                    let mut resp = error_response(
+                        state,
+                        &ApiError::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "this seller holds {quota} idempotency keys already; \
+                                 keys are freed as they expire, or send requests without one"
+                            ),
+                        ),
+                    );
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from_static(KEY_QUOTA_RETRY_AFTER_S),
+                    );
+                    return resp;
+                }
+                Begin::Full => {
+                    return error_response(
+                        state,
+                        &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
+                    )
+                }
             }
         }
-    }
-    // The work runs in its own task: a client that disconnects mid-auction or mid-post
-    // cancels nothing, so reservations, quotes and the ledger always reach a final state.
+    };
+    // The work runs in its own task, which also owns the in-flight permit and the
+    // idempotency key: a client that disconnects mid-auction or mid-post cancels nothing,
+    // so reservations, quotes, deliveries and the ledger reach a final state, the key is
+    // settled (a retry gets the stored answer), and the permit is held until the work ends.
     let st = state.clone();
     let rt2 = rt.clone();
     let task = tokio::spawn(async move {
+        let _permit = permit;
         let mut buf = body.to_vec();
-        match route {
+        let result = match route {
             "ping" => ping(&st, &rt2, seller, &mut buf, arrival).await,
             "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival).await,
             _ => post(&st, &rt2, seller, &mut buf).await,
+        };
+        if let Some(claim) = claim {
+            match &result {
+                Ok(bytes) => claim.settle(200, bytes),
+                // A 500 may come after a buyer got the lead (a sale the ledger could not
+                // record): running it again could deliver twice, so it is stored too.
+                Err(e) if e.code == ErrorCode::Internal => claim.settle(e.status(), &e.to_json()),
+                // Any other error changed nothing: the key is forgotten and may be retried.
+                Err(_) => drop(claim),
+            }
         }
+        result
     });
     let result = task.await.unwrap_or_else(|_| {
         Err(ApiError::new(
@@ -505,22 +631,10 @@ async fn seller_request(
             "the request failed inside the exchange",
         ))
     });
-    let (status, bytes) = match result {
-        Ok(bytes) => (200, bytes),
-        Err(e) => {
-            if let Some(key) = &idem_key {
-                // An error changed nothing: the same request may be retried.
-                state.idempotency.forget(seller_key, key);
-            }
-            return error_response(state, &e);
-        }
-    };
-    if let Some(key) = &idem_key {
-        state
-            .idempotency
-            .complete(seller_key, key, status, Bytes::from(bytes.clone()));
+    match result {
+        Ok(bytes) => json_response(200, bytes),
+        Err(e) => error_response(state, &e),
     }
-    json_response(status, bytes)
 }
 
 fn check_vertical(rt: &Runtime, seller: SellerIdx, vertical: &str) -> Result<usize, ApiError> {

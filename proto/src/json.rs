@@ -10,8 +10,10 @@ use crate::money::Micros;
 
 /// Most entries in a string map (`source`, `dedup`, `consent`).
 pub const STRING_MAP_ENTRIES_MAX: usize = 32;
-/// Longest key or value in a string map.
+/// Longest value in a string map, in characters.
 pub const STRING_MAP_VALUE_LEN_MAX: usize = 2048;
+/// Longest key in a string map, in characters.
+pub const STRING_MAP_KEY_LEN_MAX: usize = 64;
 
 /// Deepest nesting of arrays and objects accepted in a seller's body (`/v1/ping`,
 /// `/v1/post`, `/v1/leads`), the top-level object counting as level 1. Checked by
@@ -149,7 +151,8 @@ impl<'a> ObjectReader<'a> {
                 self.problem(key, "must not be empty");
                 None
             }
-            OwnedValue::String(s) if s.len() <= len_max => Some(s.to_string()),
+            // Characters, as JSON Schema's maxLength counts them (the OpenAPI documents).
+            OwnedValue::String(s) if s.chars().count() <= len_max => Some(s.to_string()),
             OwnedValue::String(_) => {
                 self.problem(key, format!("must be at most {len_max} characters"));
                 None
@@ -212,7 +215,11 @@ impl<'a> ObjectReader<'a> {
         let mut bad = Vec::new();
         for (k, v) in o.iter() {
             match v {
-                OwnedValue::String(s) if s.len() <= STRING_MAP_VALUE_LEN_MAX && k.len() <= 64 => {
+                // Characters, as JSON Schema's maxLength counts them (the OpenAPI documents).
+                OwnedValue::String(s)
+                    if s.chars().count() <= STRING_MAP_VALUE_LEN_MAX
+                        && k.chars().count() <= STRING_MAP_KEY_LEN_MAX =>
+                {
                     out.insert(k.to_string(), s.to_string());
                 }
                 OwnedValue::String(_) => {

@@ -265,7 +265,7 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
         }
         FieldKind::Email => {
             let s = as_str(v).ok_or("must be a string")?;
-            let ok = s.len() <= 254
+            let ok = s.chars().count() <= 254
                 && match s.split_once('@') {
                     Some((local, domain)) => {
                         !local.is_empty()

@@ -48,6 +48,7 @@ pub fn parse_ping<'s>(
     let min_price = r.money_opt("min_price");
     let test = r.bool_or_false("test");
     r.finish_unknown();
+    reject_nulls(&value, &OPTIONAL_PING_FIELDS, &mut r.problems);
     let mut problems = std::mem::take(&mut r.problems);
     let mut pii = false;
     let schema = match vertical.as_deref() {
@@ -91,6 +92,27 @@ pub fn parse_ping<'s>(
     }
 }
 
+/// The optional envelope fields of a ping or direct post.
+const OPTIONAL_PING_FIELDS: [&str; 5] = ["source", "dedup", "consent", "min_price", "test"];
+
+/// An optional envelope field sent as `null` is refused with a field problem, as the
+/// OpenAPI documents type them (`test` is a boolean, not `null`): leave the field out
+/// instead. (Lead fields differ: there `null` counts as absent, and the per-deployment
+/// `/openapi.json` marks optional lead fields nullable.)
+fn reject_nulls(value: &OwnedValue, keys: &[&str], problems: &mut Vec<FieldProblem>) {
+    let OwnedValue::Object(obj) = value else {
+        return;
+    };
+    for key in keys {
+        if matches!(
+            obj.get(*key),
+            Some(OwnedValue::Static(simd_json::StaticNode::Null))
+        ) {
+            problems.push(FieldProblem::new(*key, "must not be null; leave it out"));
+        }
+    }
+}
+
 /// A `/v1/post` body whose envelope is valid; the lead is checked once the ping's
 /// vertical is known ([`PostEnvelope::validate_lead`]).
 #[derive(Debug)]
@@ -108,6 +130,7 @@ impl PostEnvelope {
         let lead = r.value("lead").cloned();
         let consent = r.string_map("consent");
         r.finish_unknown();
+        reject_nulls(&value, &["consent"], &mut r.problems);
         match (ping_id, lead) {
             (Some(ping_id), Some(lead)) if r.problems.is_empty() => Ok(PostEnvelope {
                 ping_id,
@@ -353,6 +376,37 @@ mod tests {
         )
         .into_bytes();
         assert!(PostEnvelope::parse(&mut b).is_ok());
+    }
+
+    #[test]
+    fn null_optional_fields_are_refused() {
+        let e = ping(
+            r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180"},"test":null,"min_price":null}"#,
+            LeadMode::Ping,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["min_price", "test"]);
+        for key in ["source", "dedup", "consent"] {
+            let body = format!(
+                r#"{{"vertical":"auto_insurance","lead":{{"state":"TX","zip":"76180"}},"{key}":null}}"#
+            );
+            let e = ping(&body, LeadMode::Full).unwrap_err();
+            assert_eq!(e.fields[0].field, key);
+        }
+        let mut b = br#"{"ping_id":"pg_1","lead":{},"consent":null}"#.to_vec();
+        assert_eq!(
+            PostEnvelope::parse(&mut b).unwrap_err().fields[0].field,
+            "consent"
+        );
+        // Absent is fine; a null lead field still counts as absent.
+        let p = ping(
+            r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180","age":null}}"#,
+            LeadMode::Ping,
+        )
+        .unwrap();
+        assert!(!p.test);
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub mod defaults {
     pub const QUOTES_OPEN_MAX: usize = 1_000_000;
     pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
     pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
+    /// Keys one seller may hold at once unless `sellers.ID.idempotency_keys_max` says
+    /// otherwise: a tenth of the shared store, so one seller cannot lock out the others.
+    pub const IDEMPOTENCY_KEYS_PER_SELLER_MAX: usize = 100_000;
     pub const LEDGER_PATH: &str = "pingpost-ledger.jsonl";
     pub const AUCTION_DEADLINE_MS: u64 = 150;
     pub const RESPONSE_RESERVE_MS: u64 = 2;
@@ -164,7 +167,11 @@ pub struct ServerConfig {
     pub quotes_open_max: usize,
     /// How long an `Idempotency-Key` and a finished post are remembered.
     pub idempotency_ttl_ms: u64,
+    /// Keys held at once by all sellers together (past it: 503 `overloaded`).
     pub idempotency_keys_max: usize,
+    /// Keys one seller may hold at once unless its own `idempotency_keys_max` is set
+    /// (past it: 429 `rate_limited` for that seller only).
+    pub idempotency_keys_per_seller_max: usize,
     /// The append-only ledger file (one JSON line per event).
     pub ledger_path: std::path::PathBuf,
     /// Most buyers pinged in one auction (the fan-out limit).
@@ -235,6 +242,8 @@ pub struct Seller {
     pub name: String,
     /// SHA-256 of the bearer key; the key itself is never stored.
     pub key_sha256: [u8; 32],
+    /// SHA-256 of a second valid key, for rotation: both work until the old one is removed.
+    pub key_sha256_next: Option<[u8; 32]>,
     /// Verticals this seller may sell in (indices).
     pub verticals: Vec<VerticalIdx>,
     pub payout: PayoutModel,
@@ -245,6 +254,9 @@ pub struct Seller {
     /// Most open quotes (bids not yet posted or expired) this seller may hold; past it a
     /// ping is answered 429 `rate_limited` and reserves nothing.
     pub quotes_open_max: usize,
+    /// Idempotency keys this seller may hold at once; `None` takes
+    /// `server.idempotency_keys_per_seller_max`.
+    pub idempotency_keys_max: Option<usize>,
 }
 
 /// Whether the buyer's endpoints speak HTTP/2.
@@ -352,6 +364,14 @@ impl Config {
             .enumerate()
             .map(|(i, s)| (s.key, i))
             .collect();
+    }
+
+    /// How many idempotency keys `seller` may hold at once.
+    pub fn idempotency_keys_max_of(&self, seller: SellerIdx) -> usize {
+        self.sellers
+            .get(seller)
+            .and_then(|s| s.idempotency_keys_max)
+            .unwrap_or(self.server.idempotency_keys_per_seller_max)
     }
 
     pub fn vertical(&self, name: &str) -> Option<(VerticalIdx, &Vertical)> {

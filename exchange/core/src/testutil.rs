@@ -119,11 +119,13 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         key: SellerKey(0),
         name: "Seller 0".into(),
         key_sha256: [0; 32],
+        key_sha256_next: None,
         verticals: vec![0],
         payout: PayoutModel::RevenueShare { share_bp: 8000 },
         reserve: None,
         rate_per_s: None,
         quotes_open_max: defaults::SELLER_QUOTES_OPEN_MAX,
+        idempotency_keys_max: None,
     };
     let mut buyers_by_vertical = vec![Vec::new()];
     for (i, b) in buyers.iter().enumerate() {
@@ -146,6 +148,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             quotes_open_max: defaults::QUOTES_OPEN_MAX,
             idempotency_ttl_ms: defaults::IDEMPOTENCY_TTL_MS,
             idempotency_keys_max: defaults::IDEMPOTENCY_KEYS_MAX,
+            idempotency_keys_per_seller_max: defaults::IDEMPOTENCY_KEYS_PER_SELLER_MAX,
             ledger_path: defaults::LEDGER_PATH.into(),
             buyers_per_auction_max: defaults::BUYERS_PER_AUCTION_MAX,
             response_reserve_ms: defaults::RESPONSE_RESERVE_MS,

@@ -156,17 +156,22 @@ pub fn load_str_with_env(
     let mut seller_by_key_sha256: HashMap<[u8; 32], SellerIdx> = HashMap::new();
     for (idx, seller) in sellers.iter().enumerate() {
         let Some(seller) = seller else { continue };
-        if let Some(&first) = seller_by_key_sha256.get(&seller.key_sha256) {
-            let first_id = sellers
-                .get(first)
-                .and_then(Option::as_ref)
-                .map_or("", |s| s.id.as_str());
-            p.at(
-                &join(&join("sellers", &seller.id), "key_sha256"),
-                format!("the same key as {}", join("sellers", first_id)),
-            );
-        } else {
-            seller_by_key_sha256.insert(seller.key_sha256, idx);
+        // Both keys of every seller are in one index: a key is valid for one seller only.
+        let keys = std::iter::once(("key_sha256", seller.key_sha256))
+            .chain(seller.key_sha256_next.map(|k| ("key_sha256_next", k)));
+        for (name, digest) in keys {
+            if let Some(&first) = seller_by_key_sha256.get(&digest) {
+                let first_id = sellers
+                    .get(first)
+                    .and_then(Option::as_ref)
+                    .map_or("", |s| s.id.as_str());
+                p.at(
+                    &join(&join("sellers", &seller.id), name),
+                    format!("the same key as {}", join("sellers", first_id)),
+                );
+            } else {
+                seller_by_key_sha256.insert(digest, idx);
+            }
         }
     }
 
@@ -735,6 +740,13 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         TABLE_ENTRIES_LIMIT,
         defaults::IDEMPOTENCY_KEYS_MAX,
     );
+    let idempotency_keys_per_seller_max = s.usize_or(
+        p,
+        "idempotency_keys_per_seller_max",
+        1,
+        TABLE_ENTRIES_LIMIT,
+        defaults::IDEMPOTENCY_KEYS_PER_SELLER_MAX,
+    );
     let ledger_path = match s.str_opt(p, "ledger_path") {
         None => PathBuf::from(defaults::LEDGER_PATH),
         Some("") => {
@@ -802,6 +814,7 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         quotes_open_max,
         idempotency_ttl_ms,
         idempotency_keys_max,
+        idempotency_keys_per_seller_max,
         ledger_path,
         buyers_per_auction_max,
         response_reserve_ms,
@@ -1127,22 +1140,19 @@ fn read_seller(
 ) -> Option<Seller> {
     let before = p.len();
     let name = display_name(p, &mut s, id);
-    let key_sha256 = match s.req(p, "key_sha256") {
-        None => None,
-        Some((path, v)) => as_str(p, &path, v).and_then(|text| {
-            let mut digest = [0u8; 32];
-            match hex::decode_to_slice(text, &mut digest) {
-                Ok(()) => Some(digest),
-                Err(_) => {
-                    p.at(
-                        &path,
-                        "must be 64 hex digits: the SHA-256 of the seller's key",
-                    );
-                    None
-                }
-            }
-        }),
-    };
+    let key_sha256 = s
+        .req(p, "key_sha256")
+        .and_then(|(path, v)| key_digest(p, &path, v));
+    // A second valid key, for rotation (docs/OPERATIONS.md).
+    let key_sha256_next = s
+        .opt("key_sha256_next")
+        .and_then(|(path, v)| key_digest(p, &path, v));
+    if key_sha256.is_some() && key_sha256 == key_sha256_next {
+        p.at(
+            &join(&join("sellers", id), "key_sha256_next"),
+            "must differ from key_sha256",
+        );
+    }
     let verticals = s.vertical_refs(p, "verticals", vertical_by_name);
     let payout = s
         .req(p, "payout")
@@ -1156,6 +1166,9 @@ fn read_seller(
         TABLE_ENTRIES_LIMIT,
         defaults::SELLER_QUOTES_OPEN_MAX,
     );
+    let idempotency_keys_max = s
+        .int_opt(p, "idempotency_keys_max", 1, TABLE_ENTRIES_LIMIT)
+        .and_then(|i| usize::try_from(i).ok());
     s.finish(p);
 
     if p.len() > before {
@@ -1166,12 +1179,30 @@ fn read_seller(
         key: SellerKey::default(),
         name,
         key_sha256: key_sha256?,
+        key_sha256_next,
         verticals,
         payout: payout?,
         reserve,
         rate_per_s,
         quotes_open_max,
+        idempotency_keys_max,
     })
+}
+
+/// A seller key's SHA-256 as 64 hex digits.
+fn key_digest(p: &mut Problems, path: &str, v: &Value) -> Option<[u8; 32]> {
+    let text = as_str(p, path, v)?;
+    let mut digest = [0u8; 32];
+    match hex::decode_to_slice(text, &mut digest) {
+        Ok(()) => Some(digest),
+        Err(_) => {
+            p.at(
+                path,
+                "must be 64 hex digits: the SHA-256 of the seller's key",
+            );
+            None
+        }
+    }
 }
 
 fn read_payout(p: &mut Problems, path: String, v: &Value) -> Option<PayoutModel> {

@@ -1,0 +1,580 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of this exchange's seller API, built from
+//! the running configuration, so that a seller can generate a client for exactly this
+//! deployment and a fuzzer's "valid" requests are the ones the exchange accepts.
+//!
+//! Each configured vertical gets its own request schemas: `vertical` is a constant, a ping
+//! `lead` lists only the vertical's ping fields that are not PII, a full lead (post, direct
+//! post) lists every field, both with `additionalProperties: false`, and each field's type,
+//! bounds, pattern or enum is the validator's (proto::schema). An optional lead field may
+//! be `null` (the validator reads `null` as absent); a required one may not.
+//!
+//! What it must never carry: secrets, key digests, buyer names or URLs, limits that say
+//! more than the contract needs. It is public contract information (no authentication).
+
+use proto::schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema, US_STATES};
+use proto::seller::{PING_ID_LEN_MAX, VERTICAL_LEN_MAX};
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::idempotency::KEY_LEN_MAX;
+
+/// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
+/// non-empty local part, a domain with a dot that neither starts nor ends with one, no
+/// white space or control character anywhere.
+const EMAIL_PATTERN: &str = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]([^@\s\x00-\x1f\x7f-\x9f]*\.[^@\s\x00-\x1f\x7f-\x9f]*)[^@\s.\x00-\x1f\x7f-\x9f]$";
+/// Longest e-mail address the validator accepts.
+const EMAIL_LEN_MAX: usize = 254;
+/// An E.164 phone number: `+`, no leading zero, 8 to 15 digits.
+const PHONE_PATTERN: &str = r"^\+[1-9][0-9]{7,14}$";
+/// A calendar date from 1900-01-01 to 2200-12-31, leap days included.
+const DATE_PATTERN: &str = concat!(
+    r"^(((19[0-9]{2}|2[01][0-9]{2}|2200)-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])",
+    r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8])))",
+    r"|((19|2[01])(0[48]|[2468][048]|[13579][26])|2000)-02-29)$"
+);
+/// Most entries in `source`, `dedup` and `consent`, and their longest key and value.
+const STRING_MAP_ENTRIES_MAX: usize = proto::json::STRING_MAP_ENTRIES_MAX;
+const STRING_MAP_KEY_LEN_MAX: usize = proto::json::STRING_MAP_KEY_LEN_MAX;
+const STRING_MAP_VALUE_LEN_MAX: usize = proto::json::STRING_MAP_VALUE_LEN_MAX;
+
+/// The document, serialized.
+pub fn document(config: &Config) -> Vec<u8> {
+    serde_json::to_vec(&build(config)).unwrap_or_default()
+}
+
+/// The document as a JSON value.
+pub fn build(config: &Config) -> Value {
+    let mut schemas = Map::new();
+    for (name, schema) in base_schemas() {
+        schemas.insert(name.into(), schema);
+    }
+    let mut ping_variants = Vec::new();
+    let mut direct_variants = Vec::new();
+    let mut full_leads = Vec::new();
+    for v in &config.verticals {
+        let id = schema_id(&v.name);
+        let ping_lead = format!("PingLead_{id}");
+        let full_lead = format!("FullLead_{id}");
+        let ping_req = format!("PingRequest_{id}");
+        let direct_req = format!("DirectPostRequest_{id}");
+        schemas.insert(
+            ping_lead.clone(),
+            lead_schema(&v.schema, LeadMode::Ping, &v.name),
+        );
+        schemas.insert(
+            full_lead.clone(),
+            lead_schema(&v.schema, LeadMode::Full, &v.name),
+        );
+        schemas.insert(
+            ping_req.clone(),
+            envelope(
+                &v.name,
+                &ping_lead,
+                "Ping fields only; no PII (`pii_in_ping`).",
+            ),
+        );
+        schemas.insert(
+            direct_req.clone(),
+            envelope(&v.name, &full_lead, "The full lead, PII included."),
+        );
+        ping_variants.push(reference(&ping_req));
+        direct_variants.push(reference(&direct_req));
+        full_leads.push(reference(&full_lead));
+    }
+    let mapping = |prefix: &str| -> Value {
+        config
+            .verticals
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    json!(format!(
+                        "#/components/schemas/{prefix}_{}",
+                        schema_id(&v.name)
+                    )),
+                )
+            })
+            .collect::<Map<_, _>>()
+            .into()
+    };
+    schemas.insert(
+        "PingRequest".into(),
+        json!({
+            "description": "A ping: one schema per configured vertical, chosen by `vertical`.",
+            "oneOf": ping_variants,
+            "discriminator": {"propertyName": "vertical", "mapping": mapping("PingRequest")},
+        }),
+    );
+    schemas.insert(
+        "DirectPostRequest".into(),
+        json!({
+            "description": "A direct post: one schema per configured vertical, chosen by `vertical`.",
+            "oneOf": direct_variants,
+            "discriminator": {"propertyName": "vertical", "mapping": mapping("DirectPostRequest")},
+        }),
+    );
+    schemas.insert(
+        "PostRequest".into(),
+        json!({
+            "type": "object",
+            "required": ["ping_id", "lead"],
+            "additionalProperties": false,
+            "properties": {
+                "ping_id": {"type": "string", "minLength": 1, "maxLength": PING_ID_LEN_MAX},
+                "lead": {
+                    "description": "The full lead of the ping's vertical, PII included; ping fields must equal the ping's.",
+                    "anyOf": full_leads,
+                },
+                "consent": {"$ref": "#/components/schemas/StringMap", "description": "Forwarded to the buyer with the post."},
+            },
+        }),
+    );
+
+    let verticals: Vec<&str> = config.verticals.iter().map(|v| v.name.as_str()).collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pingpost seller API (this exchange)",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "The seller API of this exchange, generated from its running configuration: \
+                 the configured verticals ({}) with their lead field schemas. The generic \
+                 contract is docs/openapi.yaml; this document is the exact one for this \
+                 deployment. Money is a JSON number with at most 6 decimals.",
+                verticals.join(", ")
+            ),
+        },
+        "security": [{"sellerKey": []}],
+        "paths": paths(),
+        "components": {
+            "securitySchemes": {
+                "sellerKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`Authorization: Bearer <seller key>`.",
+                },
+            },
+            "parameters": {
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": false,
+                    "description": "Makes the request safe to retry (docs/API.md): the same key with the same body returns the stored answer, even after a disconnect; with a different body, or while the first is in flight, 409.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LEN_MAX, "pattern": "^[\\x21-\\x7e]+$"},
+                },
+            },
+            "headers": {
+                "RetryAfter": {
+                    "description": "Seconds to wait before retrying.",
+                    "required": true,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            },
+            "responses": responses(),
+            "schemas": schemas,
+        },
+    })
+}
+
+/// A name usable in a `$ref` (component names are `^[a-zA-Z0-9._-]+$`).
+fn schema_id(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn envelope(vertical: &str, lead: &str, lead_description: &str) -> Value {
+    json!({
+        "type": "object",
+        "required": ["vertical", "lead"],
+        "additionalProperties": false,
+        "properties": {
+            "vertical": {"type": "string", "const": vertical, "maxLength": VERTICAL_LEN_MAX},
+            "lead": {"$ref": format!("#/components/schemas/{lead}"), "description": lead_description},
+            "source": {"$ref": "#/components/schemas/StringMap"},
+            "dedup": {"$ref": "#/components/schemas/StringMap"},
+            "consent": {"$ref": "#/components/schemas/StringMap"},
+            "min_price": {"$ref": "#/components/schemas/Money", "description": "The least the seller takes for this lead, after margin."},
+            "test": {"type": "boolean", "default": false},
+        },
+    })
+}
+
+/// A lead of one vertical in `mode`: exactly the fields the validator lets through.
+fn lead_schema(schema: &VerticalSchema, mode: LeadMode, vertical: &str) -> Value {
+    let allowed = |f: &&FieldSpec| match mode {
+        LeadMode::Ping => f.ping && !f.pii,
+        LeadMode::Full => true,
+    };
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for f in schema.fields.iter().filter(allowed) {
+        let needed = f.required;
+        let mut s = field_schema(&f.kind, !needed);
+        if let Value::Object(o) = &mut s {
+            let mut notes = Vec::new();
+            if f.pii {
+                notes.push("personal data (never in a ping)");
+            } else if f.ping {
+                notes.push("allowed in a ping");
+            } else {
+                notes.push("post only");
+            }
+            if !needed {
+                notes.push("optional; null counts as absent");
+            }
+            o.insert("description".into(), json!(notes.join("; ")));
+        }
+        if needed {
+            required.push(f.name.clone());
+        }
+        properties.insert(f.name.clone(), s);
+    }
+    let what = match mode {
+        LeadMode::Ping => "A ping lead",
+        LeadMode::Full => "A full lead",
+    };
+    let mut out = json!({
+        "type": "object",
+        "description": format!("{what} of vertical {vertical}."),
+        "additionalProperties": false,
+        "properties": properties,
+    });
+    if !required.is_empty() {
+        out["required"] = json!(required);
+    }
+    out
+}
+
+/// One field's JSON Schema, as `proto::schema::check_value` checks it.
+fn field_schema(kind: &FieldKind, nullable: bool) -> Value {
+    let (ty, mut s) = match kind {
+        FieldKind::String { len_max, pattern } => {
+            let mut s = json!({"maxLength": len_max});
+            if let Some(re) = pattern {
+                // The loader anchors patterns as `^(?:...)$`.
+                s["pattern"] = json!(re.as_str());
+            }
+            ("string", s)
+        }
+        FieldKind::Integer { min, max } => ("integer", json!({"minimum": min, "maximum": max})),
+        FieldKind::Number { min, max } => ("number", json!({"minimum": min, "maximum": max})),
+        FieldKind::Boolean => ("boolean", json!({})),
+        FieldKind::Enum(values) => ("string", json!({"enum": values})),
+        FieldKind::State => ("string", json!({"enum": US_STATES})),
+        FieldKind::Zip => ("string", json!({"pattern": "^[0-9]{5}$"})),
+        FieldKind::Email => (
+            "string",
+            json!({"pattern": EMAIL_PATTERN, "maxLength": EMAIL_LEN_MAX}),
+        ),
+        FieldKind::Phone => ("string", json!({"pattern": PHONE_PATTERN})),
+        FieldKind::Date => ("string", json!({"pattern": DATE_PATTERN})),
+    };
+    if nullable {
+        s["type"] = json!([ty, "null"]);
+        if let Some(Value::Array(values)) = s.get_mut("enum") {
+            values.push(Value::Null);
+        }
+    } else {
+        s["type"] = json!(ty);
+    }
+    s
+}
+
+fn base_schemas() -> Vec<(&'static str, Value)> {
+    let error_codes = [
+        "invalid_request",
+        "pii_in_ping",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "payload_too_large",
+        "unsupported_media_type",
+        "rate_limited",
+        "overloaded",
+        "internal",
+    ];
+    vec![
+        (
+            "Money",
+            json!({
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1_000_000_000,
+                "multipleOf": 0.000001,
+                "description": "An amount in the vertical's currency, at most 6 decimals.",
+            }),
+        ),
+        (
+            "StringMap",
+            json!({
+                "type": "object",
+                "maxProperties": STRING_MAP_ENTRIES_MAX,
+                "propertyNames": {"maxLength": STRING_MAP_KEY_LEN_MAX},
+                "additionalProperties": {"type": "string", "maxLength": STRING_MAP_VALUE_LEN_MAX},
+            }),
+        ),
+        (
+            "PingAnswer",
+            json!({
+                "type": "object",
+                "required": ["ping_id", "status"],
+                "properties": {
+                    "ping_id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["bid", "no_bid"]},
+                    "price": {"$ref": "#/components/schemas/Money"},
+                    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "expires_at": {"type": "string", "format": "date-time"},
+                    "reason": {"type": "string", "enum": [
+                        "no_eligible_buyers", "no_bids", "below_reserve", "duplicate",
+                        "suppressed", "consent_required", "capped", "test"
+                    ]},
+                    "score": {"type": "integer", "minimum": 0, "maximum": 100},
+                },
+            }),
+        ),
+        (
+            "PostAnswer",
+            json!({
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["sold", "unsold", "expired", "mismatch", "duplicate", "suppressed"]},
+                    "lead_id": {"type": "string"},
+                    "ping_id": {"type": "string"},
+                    "price": {"$ref": "#/components/schemas/Money"},
+                    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "buyer": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "changed_fields": {"type": "array", "items": {"type": "string"}},
+                },
+            }),
+        ),
+        (
+            "Error",
+            json!({
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string", "enum": error_codes},
+                            "message": {"type": "string"},
+                            "fields": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["field", "problem"],
+                                    "properties": {
+                                        "field": {"type": "string"},
+                                        "problem": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            }),
+        ),
+        (
+            "Health",
+            json!({
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "ready", "not_ready"]},
+                    "reason": {"type": "string"},
+                },
+            }),
+        ),
+    ]
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    })
+}
+
+fn responses() -> Value {
+    let mut r = Map::new();
+    let plain = [
+        ("InvalidRequest", "`invalid_request` (or `pii_in_ping` on a ping): malformed JSON, wrong types, missing, unknown or invalid fields, unknown vertical; every problem listed at once."),
+        ("Unauthorized", "`unauthorized`: missing or unknown seller key."),
+        ("Forbidden", "`forbidden`: the key is valid but not for this vertical."),
+        ("NotFound", "`not_found`: unknown route or unknown `ping_id`."),
+        ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
+        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight."),
+        ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
+        ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`."),
+        ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),
+    ];
+    for (name, d) in plain {
+        r.insert(name.into(), error_response(d));
+    }
+    for (name, d) in [
+        (
+            "RateLimited",
+            "`rate_limited`: the seller is over its request rate or its idempotency key quota.",
+        ),
+        (
+            "Overloaded",
+            "`overloaded`: too many requests in flight, open quotes or idempotency keys.",
+        ),
+    ] {
+        let mut e = error_response(d);
+        e["headers"] = json!({"Retry-After": {"$ref": "#/components/headers/RetryAfter"}});
+        r.insert(name.into(), e);
+    }
+    r.insert(
+        "HeadersTooLarge".into(),
+        json!({"description": "`headers_too_large`: request headers over the server's size or count limit."}),
+    );
+    r.into()
+}
+
+fn seller_operation(id: &str, summary: &str, request: &str, answer: &str) -> Value {
+    let resp = |name: &str| json!({"$ref": format!("#/components/responses/{name}")});
+    json!({
+        "operationId": id,
+        "summary": summary,
+        "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+        "requestBody": {
+            "required": true,
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{request}")}}},
+        },
+        "responses": {
+            "200": {
+                "description": "Processed (sold or not).",
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{answer}")}}},
+            },
+            "400": resp("InvalidRequest"),
+            "401": resp("Unauthorized"),
+            "403": resp("Forbidden"),
+            "404": resp("NotFound"),
+            "405": resp("MethodNotAllowed"),
+            "409": resp("Conflict"),
+            "413": resp("PayloadTooLarge"),
+            "415": resp("UnsupportedMediaType"),
+            "429": resp("RateLimited"),
+            "431": resp("HeadersTooLarge"),
+            "500": resp("Internal"),
+            "503": resp("Overloaded"),
+        },
+    })
+}
+
+fn probe(id: &str, summary: &str, schema: Value) -> Value {
+    json!({
+        "get": {
+            "operationId": id,
+            "summary": summary,
+            "security": [],
+            "responses": {
+                "200": {"description": "OK.", "content": {"application/json": {"schema": schema.clone()}}},
+                "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+                "503": {
+                    "description": "Not ready, or overloaded.",
+                    "headers": {"Retry-After": {"description": "With `overloaded`.", "schema": {"type": "integer", "minimum": 0}}},
+                    "content": {"application/json": {"schema": {"oneOf": [schema, {"$ref": "#/components/schemas/Error"}]}}},
+                },
+            },
+        },
+    })
+}
+
+fn paths() -> Value {
+    let health = json!({"$ref": "#/components/schemas/Health"});
+    json!({
+        "/v1/ping": {"post": seller_operation("ping", "Quote a lead without PII", "PingRequest", "PingAnswer")},
+        "/v1/post": {"post": seller_operation("post", "Sell a quoted lead", "PostRequest", "PostAnswer")},
+        "/v1/leads": {"post": seller_operation("directPost", "Direct post (ping, award and post in one call)", "DirectPostRequest", "PostAnswer")},
+        "/healthz": probe("healthz", "The process is alive", health.clone()),
+        "/readyz": probe("readyz", "Ready to take traffic", health),
+        "/openapi.json": probe("openapi", "This document", json!({"type": "object"})),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_config() -> Config {
+        crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &crate::demo::demo_secret)
+            .unwrap()
+    }
+
+    #[test]
+    fn one_schema_per_vertical_and_every_route() {
+        let config = default_config();
+        let doc = build(&config);
+        let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+        assert_eq!(paths.len(), 6, "{paths:?}");
+        let schemas = &doc["components"]["schemas"];
+        let ping_variants = schemas["PingRequest"]["oneOf"].as_array().unwrap();
+        assert_eq!(ping_variants.len(), config.verticals.len());
+        for v in &config.verticals {
+            let ping = &schemas[format!("PingLead_{}", schema_id(&v.name))];
+            for f in &v.schema.fields {
+                let listed = ping["properties"].get(&f.name).is_some();
+                assert_eq!(listed, f.ping && !f.pii, "{} at ping", f.name);
+                let full = &schemas[format!("FullLead_{}", schema_id(&v.name))];
+                assert!(full["properties"].get(&f.name).is_some());
+            }
+        }
+        // It serializes, and names no buyer.
+        let text = String::from_utf8(document(&config)).unwrap();
+        for b in &config.buyers {
+            assert!(!text.contains(&b.name), "{}", b.name);
+            assert!(!text.contains(&b.post_url), "{}", b.post_url);
+        }
+    }
+
+    #[test]
+    fn date_pattern_matches_the_validator() {
+        let re = regex::Regex::new(DATE_PATTERN).unwrap();
+        for ok in [
+            "1900-01-01",
+            "2000-02-29",
+            "2024-02-29",
+            "2200-12-31",
+            "2023-04-30",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "1899-12-31",
+            "1900-02-29",
+            "2100-02-29",
+            "2023-02-29",
+            "2023-04-31",
+            "2201-01-01",
+            "2023-13-01",
+            "2023-1-01",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+        let email = regex::Regex::new(EMAIL_PATTERN).unwrap();
+        for ok in ["a@b.co", "ana.diaz@example.com", "x@a..b"] {
+            assert!(email.is_match(ok), "{ok}");
+        }
+        for bad in ["a@b", "@b.co", "a@.b.co", "a@b.co.", "a b@c.de", "a@b@c.de"] {
+            assert!(!email.is_match(bad), "{bad}");
+        }
+    }
+}
