@@ -55,6 +55,7 @@
 //! (a raw status and body, or no answer at all).
 
 pub mod examples;
+pub mod listener;
 mod server;
 pub mod testkit;
 
@@ -66,6 +67,7 @@ pub use proto;
 pub use proto::buyer::{BidReply, PingMessage, PostMessage, PostReply};
 pub use proto::signing::Secret;
 pub use proto::Micros;
+pub use listener::TlsAcceptor;
 pub use server::{
     serve, spawn, Refusal, ServeOptions, ServerHandle, BODY_BYTES_MAX_DEFAULT,
     BODY_READ_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, DRAIN_TIMEOUT_MS_DEFAULT,
