@@ -229,7 +229,7 @@ pub async fn run_auction(
     let mut bids: Vec<Bid> = Vec::with_capacity(to_ping.len() + elig.fixed.len());
     let mut slots: Vec<(BuyerIdx, Slot)> = Vec::with_capacity(to_ping.len());
     let mut futs = FuturesUnordered::new();
-    let client = BuyerClient::local();
+    let client = BuyerClient::local_for(&state.buyer_tls.load_full());
     // The lead is serialized once per auction; each buyer's body differs only in tmax_ms.
     let ping_template = PingTemplate::new(&BuyerPing {
         auction_id: &auction_id,
@@ -628,7 +628,7 @@ pub async fn deliver(
             Err(_) => continue,
         };
         let msg_id = format!("{}.post.{b}", d.auction_id);
-        let client = BuyerClient::local();
+        let client = BuyerClient::local_for(&state.buyer_tls.load_full());
         let call = client.post(
             &buyer.post_url,
             buyer.http,

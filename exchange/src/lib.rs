@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod scoring;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -78,6 +78,15 @@ pub struct AppState {
     pub rate_limits: RateLimiter,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,
+    /// The connection slots (`connections`) with the per-IP limit, shared by every
+    /// worker's accept loop.
+    pub conn_gate: Arc<bidder_sdk::listener::ConnectionGate>,
+    /// The seller listener's certificate (`[server.tls]`), `None` for cleartext;
+    /// swapped by [`crate::tls::reload_tls`].
+    pub tls: Option<bidder_sdk::listener::TlsAcceptor>,
+    /// What buyer `https://` calls trust (WebPKI roots plus `server.buyer_ca_path`);
+    /// swapped by [`crate::tls::reload_tls`].
+    pub buyer_tls: ArcSwap<rustls::ClientConfig>,
 }
 
 impl AppState {
@@ -85,11 +94,32 @@ impl AppState {
         let s = &config.server;
         let buyer_metrics = config.buyers.iter().map(|b| metrics.buyer(&b.id)).collect();
         let now = clock.now_ms();
+        let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
+        let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
+            Arc::clone(&connections),
+            s.listener.connections_per_ip_max,
+            s.listener.connections_per_ip_exempt_loopback,
+        );
+        // WebPKI roots only; `tls::install` adds `server.buyer_ca_path` at start.
+        let buyer_tls = crate::tls::buyer_client_config(None).unwrap_or_else(|_| {
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map(|b| {
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
+        });
         AppState {
+            conn_gate,
+            tls: None,
+            buyer_tls: ArcSwap::from_pointee(buyer_tls),
             caps: CapBook::new(config.buyers.len()),
             quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms),
             breakers: BreakerBook::new(config.buyers.len(), s.breaker),
-            connections: Arc::new(tokio::sync::Semaphore::new(s.connections_max)),
+            connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(config.sellers.len(), now),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),

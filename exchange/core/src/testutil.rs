@@ -7,8 +7,8 @@ use proto::{FieldKind, FieldSpec, Lead, LeadMode, Micros, VerticalSchema};
 
 use super::UnixMs;
 use crate::config::{
-    defaults, BreakerConfig, Buyer, Caps, Config, HttpVersion, PayoutModel, Seller, ServerConfig,
-    Vertical,
+    defaults, BreakerConfig, Buyer, Caps, Config, HttpVersion, ListenerSettings, PayoutModel,
+    Seller, ServerConfig, Vertical,
 };
 
 /// Unix milliseconds of a UTC date and time.
@@ -83,6 +83,7 @@ pub(crate) fn buyer(i: usize) -> Buyer {
         score_floor: None,
         caps: Caps::default(),
         fixed_price: None,
+        allow_plaintext: false,
     }
 }
 
@@ -147,6 +148,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             response_reserve_ms: defaults::RESPONSE_RESERVE_MS,
             post_attempts_max: defaults::POST_ATTEMPTS_MAX,
             breaker: breaker_cfg(),
+            listener: ListenerSettings::default(),
         },
         verticals: vec![vertical],
         sellers: vec![seller],
