@@ -63,11 +63,11 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+pub use listener::TlsAcceptor;
 pub use proto;
 pub use proto::buyer::{BidReply, PingMessage, PostMessage, PostReply};
 pub use proto::signing::Secret;
 pub use proto::Micros;
-pub use listener::TlsAcceptor;
 pub use server::{
     serve, spawn, Refusal, ServeOptions, ServerHandle, BODY_BYTES_MAX_DEFAULT,
     BODY_READ_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, DRAIN_TIMEOUT_MS_DEFAULT,

@@ -481,10 +481,7 @@ fn check_head_limits<B>(req: &Request<B>, limits: &Limits) -> Option<ApiError> {
     if head_bytes(req) > limits.header_bytes_max {
         return Some(ApiError::new(
             ErrorCode::HeadersTooLarge,
-            format!(
-                "the request head is over {} bytes",
-                limits.header_bytes_max
-            ),
+            format!("the request head is over {} bytes", limits.header_bytes_max),
         ));
     }
     None

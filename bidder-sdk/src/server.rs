@@ -31,9 +31,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::listener::{
-    serve_connections, ConnInfo, Limits, ListenerConfig, TlsAcceptor, H2_KEEPALIVE_INTERVAL_MS_DEFAULT,
-    H2_KEEPALIVE_TIMEOUT_MS_DEFAULT, HEADERS_MAX_DEFAULT, HEADER_BYTES_MAX_DEFAULT,
-    HEADER_READ_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
+    serve_connections, ConnInfo, Limits, ListenerConfig, TlsAcceptor,
+    H2_KEEPALIVE_INTERVAL_MS_DEFAULT, H2_KEEPALIVE_TIMEOUT_MS_DEFAULT, HEADERS_MAX_DEFAULT,
+    HEADER_BYTES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
 };
 use crate::{Bidder, PingAnswer};
 

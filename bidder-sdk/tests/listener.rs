@@ -3,6 +3,10 @@
 //! slot), the idle timeout, and 431 with the contract's JSON body. Small timeouts; every
 //! wait is on an event with an upper bound.
 
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,7 +86,10 @@ async fn silent_and_one_byte_clients_cannot_hold_the_slots() {
     // Both slots are held; the real client waits in the backlog until the budget frees
     // them, then is served.
     let client = TestClient::new(format!("http://{addr}"), secret()).with_timeout_ms(5_000);
-    let answer = client.ping(&sample_ping(&SampleLead::default())).await.unwrap();
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
     assert_eq!(answer.raw.status, StatusCode::OK);
     for s in [silent, one_byte] {
         let (at, seen) = closed_at(s).await;
@@ -110,7 +117,11 @@ async fn idle_connections_are_closed() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
     let answered = Instant::now();
     let (at, _) = closed_at(s).await;
-    assert!(at - answered >= Duration::from_millis(500), "{:?}", at - answered);
+    assert!(
+        at - answered >= Duration::from_millis(500),
+        "{:?}",
+        at - answered
+    );
     handle.shutdown().await.unwrap();
 }
 
@@ -151,7 +162,10 @@ async fn oversized_heads_get_431_with_the_json_body() {
         .await;
         let answer = String::from_utf8_lossy(&answer).into_owned();
         assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
-        assert!(answer.contains(r#"{"error":{"code":"headers_too_large""#), "{answer:?}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"headers_too_large""#),
+            "{answer:?}"
+        );
     }
     assert_eq!(
         bidder.refusals.lock().unwrap().as_slice(),

@@ -11,12 +11,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
 use proto::seller::{parse_ping, PingAnswer, PingStatus, PostAnswer, PostEnvelope, PostStatus};
 use proto::{ApiError, ErrorCode, LeadMode};
 use sha2::{Digest, Sha256};

@@ -21,11 +21,12 @@ pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::Client
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca_pem {
-        let certs = certificates_from_pem(pem, "server.buyer_ca_path").map_err(|e| e.to_string())?;
+        let certs =
+            certificates_from_pem(pem, "server.buyer_ca_path").map_err(|e| e.to_string())?;
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("server.buyer_ca_path: a certificate is not a usable CA: {e}"))?;
+            roots.add(cert).map_err(|e| {
+                format!("server.buyer_ca_path: a certificate is not a usable CA: {e}")
+            })?;
         }
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -38,12 +39,15 @@ pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::Client
 }
 
 /// [`buyer_client_config`] for a configuration's `server.buyer_ca_path`.
-pub fn buyer_client_config_for(settings: &ListenerSettings) -> Result<rustls::ClientConfig, String> {
+pub fn buyer_client_config_for(
+    settings: &ListenerSettings,
+) -> Result<rustls::ClientConfig, String> {
     match &settings.buyer_ca_path {
         None => buyer_client_config(None),
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("server.buyer_ca_path: cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| {
+                format!("server.buyer_ca_path: cannot read {}: {e}", path.display())
+            })?;
             buyer_client_config(Some(&pem))
         }
     }

@@ -5,6 +5,10 @@
 //! Timeouts are small (a few hundred ms) so the tests are fast; every wait is on an event
 //! (a close, an answer) with an upper bound, never a fixed sleep.
 
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -262,7 +266,11 @@ async fn idle_http2_connections_are_closed() {
         .await
         .expect("the idle HTTP/2 connection is closed")
         .unwrap();
-    assert!(closed - answered >= Duration::from_millis(300), "{:?}", closed - answered);
+    assert!(
+        closed - answered >= Duration::from_millis(300),
+        "{:?}",
+        closed - answered
+    );
     ex.shutdown().await.unwrap();
 }
 
@@ -280,7 +288,11 @@ async fn idle_keep_alive_connections_are_closed() {
     let answered = Instant::now();
     let (closed, _) = closed_at(s).await;
     // ...and closed once idle for the idle timeout.
-    assert!(closed - answered >= Duration::from_millis(400), "{:?}", closed - answered);
+    assert!(
+        closed - answered >= Duration::from_millis(400),
+        "{:?}",
+        closed - answered
+    );
 
     // A second head that starts and never completes is closed after the head budget.
     let mut s = TcpStream::connect(ex.addr).await.expect("connect");

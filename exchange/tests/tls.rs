@@ -4,6 +4,10 @@
 //! complete) or not (the call fails, counted as an error, never a bid); and the loader
 //! refusing `http://` buyer URLs that are not loopback.
 
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -114,17 +118,13 @@ async fn get(
 
 /// Starts an exchange from the test configuration with `server_extra` added to
 /// `[server]` and `buyers` (TOML) appended; `secrets` are the environment.
-async fn start(
-    dir: &Path,
-    server_extra: &str,
-    buyers: &str,
-    secrets: &[(&str, &str)],
-) -> Running {
+async fn start(dir: &Path, server_extra: &str, buyers: &str, secrets: &[(&str, &str)]) -> Running {
     let ledger = dir.join("ledger.jsonl");
-    let text = TestConfig::new()
-        .toml(&ledger)
-        .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1)
-        + buyers;
+    let text = TestConfig::new().toml(&ledger).replacen(
+        "[server]\n",
+        &format!("[server]\n{server_extra}\n"),
+        1,
+    ) + buyers;
     let env: BTreeMap<String, String> = secrets
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -149,9 +149,11 @@ async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
     );
     // `[server.tls]` is a table: it goes after the plain keys of [server].
     let ledger = dir.path().join("ledger.jsonl");
-    let text = TestConfig::new()
-        .toml(&ledger)
-        .replacen("[server.breaker]\n", &format!("{server}\n[server.breaker]\n"), 1);
+    let text = TestConfig::new().toml(&ledger).replacen(
+        "[server.breaker]\n",
+        &format!("{server}\n[server.breaker]\n"),
+        1,
+    );
     let config = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
     assert!(config.server.listener.tls.is_some());
@@ -169,14 +171,18 @@ async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
 
     // A client that does not trust the CA is refused by its own verification.
     let stranger = local_ca("stranger");
-    assert!(get(&https_client(&stranger.ca_pem, true), &url).await.is_err());
+    assert!(get(&https_client(&stranger.ca_pem, true), &url)
+        .await
+        .is_err());
 
     // Renew the certificate in place and reload: new connections get the new one.
     let second = local_ca("two");
     write(dir.path(), "cert.pem", &second.leaf_pem);
     write(dir.path(), "key.pem", &second.leaf_key_pem);
     pingpost::tls::reload_tls(&ex.state).unwrap();
-    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url).await.unwrap();
+    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(get(&https_client(&first.ca_pem, true), &url).await.is_err());
 
@@ -184,7 +190,9 @@ async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
     write(dir.path(), "key.pem", "not a key");
     let err = pingpost::tls::reload_tls(&ex.state).unwrap_err();
     assert!(err.contains("server.tls"), "{err}");
-    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url).await.unwrap();
+    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     ex.shutdown().await.unwrap();
 }
@@ -216,8 +224,7 @@ async fn a_tls_bidder_is_trusted_through_buyer_ca_path_only() {
     let bidder = ScriptedBidder::bidding(10.0);
     let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
     options.tls = Some(TlsAcceptor::new(
-        server_config_from_pem(ca.leaf_pem.as_bytes(), ca.leaf_key_pem.as_bytes(), "leaf")
-            .unwrap(),
+        server_config_from_pem(ca.leaf_pem.as_bytes(), ca.leaf_key_pem.as_bytes(), "leaf").unwrap(),
     ));
     let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
 
@@ -287,12 +294,8 @@ verticals = ["auto_insurance"]
 
 #[test]
 fn plaintext_buyer_urls_are_refused_unless_loopback_or_allowed() {
-    let err = load_with_buyer_urls(
-        "http://buyer.example/ping",
-        "http://buyer.example/post",
-        "",
-    )
-    .unwrap_err();
+    let err = load_with_buyer_urls("http://buyer.example/ping", "http://buyer.example/post", "")
+        .unwrap_err();
     for key in ["buyers.acme.ping_url", "buyers.acme.post_url"] {
         assert!(
             err.contains(&format!(
@@ -302,12 +305,8 @@ fn plaintext_buyer_urls_are_refused_unless_loopback_or_allowed() {
         );
     }
     // Only the post URL in cleartext: only it is named.
-    let err = load_with_buyer_urls(
-        "https://buyer.example/ping",
-        "http://10.0.0.8/post",
-        "",
-    )
-    .unwrap_err();
+    let err =
+        load_with_buyer_urls("https://buyer.example/ping", "http://10.0.0.8/post", "").unwrap_err();
     assert!(err.contains("buyers.acme.post_url: is http://"), "{err}");
     assert!(!err.contains("ping_url"), "{err}");
     // Loopback hosts, https, or an explicit allow_plaintext load.
@@ -343,11 +342,20 @@ fn bad_tls_files_are_configuration_errors() {
     let err = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("server.tls.cert_path: cannot read /nonexistent/key.pem"), "{err}");
+    assert!(
+        err.contains("server.tls.cert_path: cannot read /nonexistent/key.pem"),
+        "{err}"
+    );
     let text = text.replace("/nonexistent/key.pem", &junk.display().to_string());
     let err = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("server.tls.cert_path: no PEM certificate found"), "{err}");
-    assert!(err.contains("server.buyer_ca_path: no PEM certificate found"), "{err}");
+    assert!(
+        err.contains("server.tls.cert_path: no PEM certificate found"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.buyer_ca_path: no PEM certificate found"),
+        "{err}"
+    );
 }

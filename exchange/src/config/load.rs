@@ -1300,7 +1300,10 @@ fn read_buyer(
 
     let allow_plaintext = s.bool_or(p, "allow_plaintext", false);
     if !allow_plaintext {
-        for (key, url) in [("ping_url", ping_url.as_deref()), ("post_url", post_url.as_deref())] {
+        for (key, url) in [
+            ("ping_url", ping_url.as_deref()),
+            ("post_url", post_url.as_deref()),
+        ] {
             if let Some(url) = url {
                 if !plaintext_allowed(url) {
                     p.at(
