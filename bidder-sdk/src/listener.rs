@@ -825,7 +825,7 @@ impl Conn {
         // Checks run every half of the shorter budget.
         let tick = (head.min(idle) / 2).max(Duration::from_millis(1));
         let mut stop = self.stop.clone();
-        let mut next_check = head_deadline;
+        let mut next_check = (Instant::now() + tick).min(head_deadline);
         // Set once a graceful shutdown was asked for; the connection is dropped if it has
         // not finished by the next check.
         let mut closing = false;
@@ -857,7 +857,8 @@ impl Conn {
                         // Asked to close at the last check and still open: drop it.
                         return;
                     }
-                    next_check = Instant::now() + tick;
+                    let now = Instant::now();
+                    next_check = now + tick;
                     if stopping {
                         continue;
                     }
@@ -865,9 +866,13 @@ impl Conn {
                     let finished = activity.finished.load(Ordering::Relaxed);
                     let bytes_in = activity.bytes_in.load(Ordering::Relaxed);
                     if started == 0 {
-                        // No complete head within the budget from accept: close now.
-                        tracing::debug!(listener = self.name, bytes_in, "no request head in time, closing");
-                        return;
+                        if now >= head_deadline {
+                            // No complete head within the budget from accept: close now.
+                            tracing::debug!(listener = self.name, bytes_in, "no request head in time, closing");
+                            return;
+                        }
+                        next_check = next_check.min(head_deadline);
+                        continue;
                     }
                     if started != finished || started != seen_started {
                         // Busy, or a request came since the last check.

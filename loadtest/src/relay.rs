@@ -403,8 +403,9 @@ fn text_response(status: StatusCode, text: &'static str) -> Response<Full<Bytes>
 /// Serves the relay on `listener` until `shutdown` resolves: POST on any path, any body,
 /// forwarded to every target within `deadline_ms` of its arrival; answers
 /// `200 {"answered":k,"timeouts":t,"errors":e}`. HTTP/1.1 keep-alive and h2c on the same
-/// port, TCP_NODELAY, through the shared accept loop ([`bidder_sdk::listener`]). Fails at once (`InvalidInput`) if a target is unusable, or later if
-/// accepting keeps failing.
+/// port, TCP_NODELAY, through the shared accept loop ([`bidder_sdk::listener`], the same
+/// limits and back-off as the exchange and the SDK). Fails at once (`InvalidInput`) if a
+/// target is unusable, or later if accepting keeps failing.
 pub async fn serve_relay(
     listener: TcpListener,
     targets: Vec<FanoutTarget>,
