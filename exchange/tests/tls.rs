@@ -359,3 +359,54 @@ fn bad_tls_files_are_configuration_errors() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_counts_against_the_head_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("stall");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let ledger = dir.path().join("ledger.jsonl");
+    let text = TestConfig::new()
+        .with(|c| c.header_read_timeout_ms = 300)
+        .toml(&ledger)
+        .replacen(
+            "[server.breaker]\n",
+            &format!(
+                "connections_max = 2\n[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+            1,
+        );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    // Two clients take both slots: one sends nothing, one the first byte of a
+    // ClientHello. Both are closed when the budget runs out, and a real client is then
+    // served.
+    let t0 = tokio::time::Instant::now();
+    let silent = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    let mut one_byte = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut one_byte, &[0x16])
+        .await
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let (status, _, _) = get(&https_client(&ca.ca_pem, true), &url).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for mut s in [silent, one_byte] {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(EVENT_WAIT_MAX, async {
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            tokio::time::Instant::now()
+        })
+        .await
+        .expect("closed in time");
+        assert!(closed - t0 >= std::time::Duration::from_millis(300));
+    }
+    ex.shutdown().await.unwrap();
+}
