@@ -822,10 +822,13 @@ impl Conn {
         let mut conn = std::pin::pin!(conn);
         let head = Duration::from_millis(self.limits.header_read_timeout_ms.max(1));
         let idle = Duration::from_millis(self.limits.idle_timeout_ms.max(1));
-        // Checks run every half of the shorter budget.
+        // Checks run every half of the shorter budget; on HTTP/2, where only idleness is
+        // timed after the first request, every half idle timeout.
         let tick = (head.min(idle) / 2).max(Duration::from_millis(1));
+        let h2_tick = (idle / 2).max(tick);
         let mut stop = self.stop.clone();
-        let mut next_check = (Instant::now() + tick).min(head_deadline);
+        let mut last_check = Instant::now();
+        let mut next_check = (last_check + tick).min(head_deadline);
         // Set once a graceful shutdown was asked for; the connection is dropped if it has
         // not finished by the next check.
         let mut closing = false;
@@ -858,6 +861,8 @@ impl Conn {
                         return;
                     }
                     let now = Instant::now();
+                    let elapsed = now.saturating_duration_since(last_check);
+                    last_check = now;
                     next_check = now + tick;
                     if stopping {
                         continue;
@@ -882,12 +887,14 @@ impl Conn {
                         partial_for = None;
                         continue;
                     }
-                    quiet_for += tick;
+                    quiet_for += elapsed;
                     let mark = *bytes_mark.get_or_insert(bytes_in);
                     let h2 = activity.h2.load(Ordering::Relaxed);
-                    if !h2 && bytes_in > mark {
+                    if h2 {
+                        next_check = now + h2_tick;
+                    } else if bytes_in > mark {
                         // Part of a new HTTP/1.1 head arrived and has not completed.
-                        let waited = partial_for.map_or(Duration::ZERO, |w| w + tick);
+                        let waited = partial_for.map_or(Duration::ZERO, |w| w + elapsed);
                         partial_for = Some(waited);
                         if waited >= head {
                             tracing::debug!(listener = self.name, "request head not completed in time, closing");
