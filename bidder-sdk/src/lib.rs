@@ -46,8 +46,18 @@
 //!   otherwise `400 invalid_request`. A `Content-Type` other than JSON gets `415`.
 //! - **Robustness**: no input makes the server panic; a panic inside your bidder becomes
 //!   `500 internal` for that one request. Connections are bounded
-//!   ([`ServeOptions::connections_max`]) and shutdown is graceful: it stops accepting, lets
-//!   in-flight requests finish (up to [`ServeOptions::drain_timeout_ms`]), then returns.
+//!   ([`ServeOptions::connections_max`], optionally per client IP) and served through the
+//!   shared accept loop ([`listener`], the same as the exchange's): a connection must
+//!   deliver a complete request head within [`ServeOptions::header_read_timeout_ms`] of
+//!   being accepted (one byte and silence, or a bare HTTP/2 preface, is closed), idle
+//!   connections are closed after [`ServeOptions::idle_timeout_ms`], HTTP/2 gets keep-alive
+//!   PINGs, and a head over [`ServeOptions::header_bytes_max`] or
+//!   [`ServeOptions::headers_max`] gets `431 headers_too_large`. Shutdown is graceful: it
+//!   stops accepting, lets in-flight requests finish (up to
+//!   [`ServeOptions::drain_timeout_ms`]), then returns.
+//! - **TLS**: set [`ServeOptions::tls`] ([`TlsAcceptor::from_pem_files`]) to serve HTTPS
+//!   with ALPN `h2` and `http/1.1`; the exchange verifies your certificate (WebPKI roots, or
+//!   its `server.buyer_ca_path`).
 //!
 //! Replies are written as `200 application/json`, a pass included
 //! (`{"no_bid": "..."}`), which the exchange reads like an empty `204`. Simulations and
@@ -55,6 +65,7 @@
 //! (a raw status and body, or no answer at all).
 
 pub mod examples;
+pub mod listener;
 mod server;
 pub mod testkit;
 
@@ -62,6 +73,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+pub use listener::TlsAcceptor;
 pub use proto;
 pub use proto::buyer::{BidReply, PingMessage, PostMessage, PostReply};
 pub use proto::signing::Secret;

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,16 +23,18 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use proto::buyer::{PingMessage, PostMessage};
 use proto::signing::{Secret, SignatureError, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use proto::{ApiError, ErrorCode};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
+use crate::listener::{
+    serve_connections, ConnInfo, Limits, ListenerConfig, TlsAcceptor,
+    H2_KEEPALIVE_INTERVAL_MS_DEFAULT, H2_KEEPALIVE_TIMEOUT_MS_DEFAULT, HEADERS_MAX_DEFAULT,
+    HEADER_BYTES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
+};
 use crate::{Bidder, PingAnswer};
 
 /// Default path the exchange pings.
@@ -47,15 +49,10 @@ pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
 /// Default time shutdown waits for in-flight requests before dropping them, in ms.
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-
-/// Time a client has to send its request headers (HTTP/1.1), in ms.
-const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Concurrent HTTP/2 streams per connection.
 const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Consecutive failed accepts (other than a peer giving up) before `serve` gives up.
 const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 100;
-/// Longest pause between failed accepts (EMFILE and the like), in ms.
-const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
 
 /// How [`serve`] runs. Build it with [`ServeOptions::new`] and change fields as needed.
 #[derive(Debug, Clone)]
@@ -81,6 +78,28 @@ pub struct ServeOptions {
     /// connections its clients opened (a timed-out HTTP/1.1 request costs one). `None`
     /// by default.
     pub connections_accepted: Option<Arc<AtomicU64>>,
+    /// Time from accept to the first complete request head (a TLS handshake included),
+    /// in ms; a connection that has not sent one by then is closed. Also bounds a later
+    /// HTTP/1.1 head once its first bytes arrived. [`HEADER_READ_TIMEOUT_MS_DEFAULT`].
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request for this long is closed, in ms
+    /// ([`IDLE_TIMEOUT_MS_DEFAULT`], 120 s: longer than the exchange keeps an idle pooled
+    /// connection, 90 s, so the exchange closes first and never races a close).
+    pub idle_timeout_ms: u64,
+    /// Interval between HTTP/2 keep-alive PINGs, in ms; 0 sends none.
+    pub h2_keepalive_interval_ms: u64,
+    /// Time a keep-alive PING has to be acknowledged before the connection is closed.
+    pub h2_keepalive_timeout_ms: u64,
+    /// Connections one client IP may hold; 0 (the default) for no per-IP limit: the
+    /// exchange, this server's only client, may legitimately hold many.
+    pub connections_per_ip_max: usize,
+    /// Largest request head, in bytes; past it `431 headers_too_large`.
+    pub header_bytes_max: usize,
+    /// Most header fields per request; past it `431 headers_too_large`.
+    pub headers_max: usize,
+    /// Serve HTTPS with this certificate (ALPN `h2` and `http/1.1`) instead of
+    /// cleartext. Build it with [`TlsAcceptor::from_pem_files`]; `None` by default.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl ServeOptions {
@@ -96,6 +115,32 @@ impl ServeOptions {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
             connections_accepted: None,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            h2_keepalive_interval_ms: H2_KEEPALIVE_INTERVAL_MS_DEFAULT,
+            h2_keepalive_timeout_ms: H2_KEEPALIVE_TIMEOUT_MS_DEFAULT,
+            connections_per_ip_max: 0,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            headers_max: HEADERS_MAX_DEFAULT,
+            tls: None,
+        }
+    }
+
+    /// The shared listener's limits for these options.
+    fn limits(&self) -> Limits {
+        Limits {
+            connections_max: self.connections_max.max(1),
+            connections_per_ip_max: self.connections_per_ip_max,
+            connections_per_ip_exempt_loopback: false,
+            header_read_timeout_ms: self.header_read_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            h2_keepalive_interval_ms: self.h2_keepalive_interval_ms,
+            h2_keepalive_timeout_ms: self.h2_keepalive_timeout_ms,
+            header_bytes_max: self.header_bytes_max,
+            headers_max: self.headers_max,
+            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX,
+            drain_timeout_ms: self.drain_timeout_ms,
+            accept_errors_max: ACCEPT_ERRORS_CONSECUTIVE_MAX,
         }
     }
 }
@@ -142,6 +187,10 @@ pub enum Refusal {
     /// The bidder's reply could not be serialized (500).
     #[error("reply could not be serialized: {0}")]
     ReplyUnserializable(String),
+    /// The request head is over [`ServeOptions::header_bytes_max`] or has more than
+    /// [`ServeOptions::headers_max`] fields (431). Answered by the listener.
+    #[error("request head over the limits")]
+    HeadersTooLarge,
 }
 
 impl Refusal {
@@ -157,6 +206,7 @@ impl Refusal {
             }
             Refusal::Unauthorized(_) => ErrorCode::Unauthorized,
             Refusal::BidderPanicked | Refusal::ReplyUnserializable(_) => ErrorCode::Internal,
+            Refusal::HeadersTooLarge => ErrorCode::HeadersTooLarge,
         }
     }
 
@@ -403,18 +453,11 @@ async fn read_body(body: Incoming, options: &ServeOptions) -> Result<Vec<u8>, Re
     }
 }
 
-/// Accept errors that concern one peer only (it gave up before we accepted).
-fn is_peer_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
-}
-
 /// Serves `bidder` on `listener` until `shutdown` resolves, over HTTP/1.1 (keep-alive)
-/// and HTTP/2 cleartext with prior knowledge on the same port.
+/// and HTTP/2 (h2c with prior knowledge, or ALPN `h2` with [`ServeOptions::tls`]) on the
+/// same port, through the shared accept loop ([`crate::listener`]): connection slots
+/// taken before accept, a head budget from accept, an idle timeout, HTTP/2 keep-alive,
+/// header limits (431).
 ///
 /// When `shutdown` resolves it stops accepting, closes the listener, lets in-flight
 /// requests finish (up to [`ServeOptions::drain_timeout_ms`]) and returns `Ok(())`. It
@@ -431,113 +474,42 @@ pub async fn serve<B: Bidder>(
             "bidder-sdk: signature verification is off; anyone can send pings and posts"
         );
     }
-    let drain_timeout = Duration::from_millis(options.drain_timeout_ms);
-    // A zero limit would never accept; one connection is the least that works.
-    let permits = Arc::new(Semaphore::new(options.connections_max.max(1)));
-    let connections_accepted = options.connections_accepted.clone();
     let (stop_hangs, stopping) = watch::channel(false);
+    let refused_bidder = Arc::clone(&bidder);
+    let config = ListenerConfig {
+        limits: options.limits(),
+        gate: None,
+        tls: options.tls.clone(),
+        connections_accepted: options.connections_accepted.clone(),
+        on_headers_too_large: Some(Arc::new(move || {
+            refused_bidder.on_refused(&Refusal::HeadersTooLarge);
+        })),
+        name: "bidder-sdk",
+    };
     let shared = Arc::new(Shared {
         bidder,
         options,
         stopping,
     });
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
-
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut accept_errors: u32 = 0;
-    let mut failure = None;
-
-    loop {
-        // Take the connection slot before accepting, so a flood waits in the kernel's
-        // backlog rather than in our memory.
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
-                accept_errors = 0;
-                if let Some(accepted) = &connections_accepted {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                stream
-            }
-            Err(e) if is_peer_error(&e) => continue,
-            Err(e) => {
-                accept_errors += 1;
-                if accept_errors >= ACCEPT_ERRORS_CONSECUTIVE_MAX {
-                    tracing::error!(error = %e, "bidder-sdk: accept keeps failing, stopping");
-                    failure = Some(e);
-                    break;
-                }
-                let backoff_ms = (1_u64 << accept_errors.min(10)).min(ACCEPT_BACKOFF_MS_MAX);
-                tracing::warn!(error = %e, backoff_ms, "bidder-sdk: accept failed");
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(Duration::from_millis(backoff_ms)) => continue,
-                }
-            }
-        };
-        // Reap finished connections so the set stays as small as the live ones.
-        while connections.try_join_next().is_some() {}
-        // Pings are small and latency-bound.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "bidder-sdk: set_nodelay failed");
-        }
-        let shared = Arc::clone(&shared);
-        let service = service_fn(move |request: Request<Incoming>| {
+    // Held pings never finish on their own: release them when shutdown starts, so
+    // draining can complete.
+    let shutdown = async move {
+        shutdown.await;
+        stop_hangs.send_replace(true);
+    };
+    serve_connections(
+        listener,
+        config,
+        move |_info: &ConnInfo| {
             let shared = Arc::clone(&shared);
-            async move { shared.handle(request).await }
-        });
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        connections.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "bidder-sdk: connection ended with an error");
-            }
-        });
-    }
-
-    drop(listener);
-    // Held pings never finish on their own; release them so draining can complete.
-    stop_hangs.send_replace(true);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            drain_timeout_ms = drain_timeout.as_millis(),
-            "bidder-sdk: drain timed out, dropping requests"
-        );
-    }
-    connections.shutdown().await;
-    failure.map_or(Ok(()), Err)
+            service_fn(move |request: Request<Incoming>| {
+                let shared = Arc::clone(&shared);
+                async move { shared.handle(request).await }
+            })
+        },
+        shutdown,
+    )
+    .await
 }
 
 /// A server started by [`spawn`]. Dropping it leaves the server running until the runtime
@@ -892,6 +864,7 @@ mod tests {
     #[tokio::test]
     async fn counts_accepted_connections() {
         use crate::testkit::{sample_ping, SampleLead, TestClient};
+        use std::sync::atomic::Ordering;
 
         let accepted = Arc::new(AtomicU64::new(0));
         let options = ServeOptions {

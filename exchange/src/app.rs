@@ -22,7 +22,10 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     let metrics = Metrics::new();
     let batch = metrics.ledger_batch.clone();
     let ledger = Ledger::open(&config.server.ledger_path, move |n| batch.observe(n as f64))?;
-    Ok(Arc::new(AppState::new(config, ledger, metrics, clock)))
+    let mut state = AppState::new(config, ledger, metrics, clock);
+    // The seller certificate and the buyer CA bundle (checked by the loader already).
+    crate::tls::install(&mut state).map_err(std::io::Error::other)?;
+    Ok(Arc::new(state))
 }
 
 /// A running exchange.

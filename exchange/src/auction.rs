@@ -132,7 +132,7 @@ pub async fn run_auction(
     let mut futs = FuturesUnordered::new();
     if auction.ping_count() > 0 {
         let now_s = state.clock.now_ms() / 1000;
-        let client = BuyerClient::local();
+        let client = BuyerClient::local_for(&state.buyer_tls.load_full());
         // The lead is serialized once per auction; each buyer's body differs only in tmax_ms.
         let template = PingTemplate::new(&BuyerPing {
             auction_id: &auction_id,
@@ -283,7 +283,7 @@ pub async fn deliver(
         d.reservation,
         state.clock.now_ms(),
     );
-    let client = BuyerClient::local();
+    let client = BuyerClient::local_for(&state.buyer_tls.load_full());
     let step = loop {
         let attempt = match plan.next(&settlement, state.clock.now_ms()) {
             PostStep::Deliver(a) => a,

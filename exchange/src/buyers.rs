@@ -47,18 +47,24 @@ pub struct BuyerClient {
     h2: Client<Connector, Full<Bytes>>,
 }
 
-fn connector(h2: bool) -> Connector {
+fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    let provider = rustls::crypto::ring::default_provider();
-    let builder =
-        hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider);
-    match builder {
-        Ok(b) => {
-            let b = b.https_or_http();
+    // Certificates are always verified: against the WebPKI roots, plus the extra CA
+    // bundle of `server.buyer_ca_path` when the caller's configuration has one.
+    let tls = match tls {
+        Some(config) => Ok(config.clone()),
+        None => crate::tls::buyer_client_config(None),
+    };
+    match tls {
+        Ok(mut config) => {
+            config.alpn_protocols.clear();
+            let b = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http();
             if h2 {
                 b.enable_http2().wrap_connector(http)
             } else {
@@ -66,7 +72,7 @@ fn connector(h2: bool) -> Connector {
             }
         }
         // The ring provider supports rustls' default protocol versions; this cannot fail,
-        // but fall back to a plain-text-only connector rather than panic.
+        // but fall back to a connector that trusts nothing rather than panic.
         Err(_) => hyper_rustls::HttpsConnector::from((http, rustls_fallback_config())),
     }
 }
@@ -86,15 +92,25 @@ fn rustls_fallback_config() -> std::sync::Arc<rustls::ClientConfig> {
 }
 
 impl BuyerClient {
+    /// Clients trusting the WebPKI roots.
     pub fn new() -> BuyerClient {
+        BuyerClient::build(None)
+    }
+
+    /// Clients trusting what `tls` trusts (its ALPN setting is replaced).
+    pub fn with_tls(tls: &rustls::ClientConfig) -> BuyerClient {
+        BuyerClient::build(Some(tls))
+    }
+
+    fn build(tls: Option<&rustls::ClientConfig>) -> BuyerClient {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
             .pool_max_idle_per_host(IDLE_PER_HOST_MAX)
-            .build(connector(false));
+            .build(connector(false, tls));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
             .http2_only(true)
-            .build(connector(true));
+            .build(connector(true, tls));
         BuyerClient { h1, h2 }
     }
 
@@ -238,10 +254,41 @@ thread_local! {
     static LOCAL: BuyerClient = BuyerClient::new();
 }
 
+thread_local! {
+    /// This thread's clients for trust stores other than the default, by the identity of
+    /// the `Arc` holding the configuration ([`AppState::buyer_tls`](crate::state::AppState)).
+    /// A reload that swaps the trust store makes a new entry; the oldest are dropped.
+    static LOCAL_WITH_TLS: std::cell::RefCell<Vec<(std::sync::Arc<rustls::ClientConfig>, BuyerClient)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Trust stores whose clients a thread keeps at once.
+const LOCAL_TLS_CLIENTS_MAX: usize = 4;
+
 impl BuyerClient {
-    /// This thread's client.
+    /// This thread's client (WebPKI roots only).
     pub fn local() -> BuyerClient {
         LOCAL.with(BuyerClient::clone)
+    }
+
+    /// This thread's client for the trust store `tls` (the exchange's
+    /// `AppState::buyer_tls`, which adds `server.buyer_ca_path` to the WebPKI roots).
+    pub fn local_for(tls: &std::sync::Arc<rustls::ClientConfig>) -> BuyerClient {
+        LOCAL_WITH_TLS.with(|cell| {
+            let mut clients = cell.borrow_mut();
+            if let Some((_, client)) = clients
+                .iter()
+                .find(|(config, _)| std::sync::Arc::ptr_eq(config, tls))
+            {
+                return client.clone();
+            }
+            if clients.len() >= LOCAL_TLS_CLIENTS_MAX {
+                clients.remove(0);
+            }
+            let client = BuyerClient::with_tls(tls);
+            clients.push((std::sync::Arc::clone(tls), client.clone()));
+            client
+        })
     }
 }
 

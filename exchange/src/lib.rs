@@ -20,3 +20,4 @@ pub mod openapi;
 pub mod scoring;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -1,21 +1,22 @@
-//! The HTTP server: hyper 1.x over HTTP/1.1 and HTTP/2 (cleartext, auto-detected), the
-//! contract's routes, and every limit: connections (taken before `accept`), requests in
-//! flight (503 past it, never a queue), body size (413 before reading), header read time
-//! (slowloris), body read time. Graceful shutdown stops accepting and lets in-flight
-//! auctions and posts finish within the grace period.
+//! The HTTP server: hyper 1.x over HTTP/1.1 and HTTP/2 (cleartext auto-detected, or TLS
+//! with ALPN), the contract's routes, and every limit: connections (taken before
+//! `accept`, and per client IP), a head budget from accept and an idle timeout (the
+//! shared accept loop, `bidder_sdk::listener`), header size and count (431), requests in
+//! flight (503 past it, never a queue), body size (413 before reading), body read time.
+//! Graceful shutdown stops accepting and lets in-flight auctions and posts finish within
+//! the grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use proto::seller::{
     parse_ping, NoBidReason, PingAnswer, PingStatus, PostAnswer, PostEnvelope, PostStatus,
 };
@@ -32,12 +33,14 @@ use crate::core::quotes::{BeginPost, Quote, QuoteRefused, EXPIRED_REASON};
 use crate::core::settlement::{drop_hold, release_reason};
 use crate::effects;
 use crate::idempotency::{self, Begin};
-use crate::state::{AppState, ReloadError, Runtime};
+use crate::state::{AppState, ReloadError, Runtime, ADMIN_CONNECTIONS_MAX};
 
 type Body = Full<Bytes>;
 
 /// How often expired quotes and idempotency keys are swept.
 pub const SWEEP_INTERVAL_MS: u64 = 100;
+/// Concurrent HTTP/2 streams per seller connection.
+const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 
 /// `Retry-After` (seconds) for a seller over its idempotency key quota: keys free up only
 /// as they expire, so retrying within the second is pointless.
@@ -89,8 +92,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     sweeper: bool,
 ) -> std::io::Result<()> {
-    let connections = state.connections.clone();
-    serve_routes(listener, state, connections, shutdown, sweeper, handle).await
+    serve_routes(listener, state, false, shutdown, sweeper, handle).await
 }
 
 /// The admin listener: the same accept loop and limits as the seller listener, with the
@@ -100,17 +102,17 @@ pub async fn serve_admin(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let connections = state.admin_connections.clone();
-    serve_routes(listener, state, connections, shutdown, false, handle_admin).await
+    serve_routes(listener, state, true, shutdown, false, handle_admin).await
 }
 
-/// The accept loop shared by the seller and admin listeners: a connection permit from
-/// `connections` before `accept`, the header-read bound, graceful shutdown, and
-/// `handler` for each request.
+/// The seller or (`admin`) the admin listener on the shared accept loop
+/// (`bidder_sdk::listener`): connection slots before `accept` (the admin listener has its
+/// own), the head budget, idle timeout, header limits, graceful shutdown, and `handler`
+/// for each request.
 pub async fn serve_routes<H, F>(
     listener: TcpListener,
     state: Arc<AppState>,
-    connections: Arc<tokio::sync::Semaphore>,
+    admin: bool,
     shutdown: impl Future<Output = ()> + Send,
     sweeper: bool,
     handler: H,
@@ -121,17 +123,52 @@ where
 {
     let rt = state.runtime.load_full();
     let server_cfg = rt.config.server.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(server_cfg.header_read_timeout_ms))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (gate, tls, connections_max) = if admin {
+        let gate = bidder_sdk::listener::ConnectionGate::with_permits(
+            state.admin_connections.clone(),
+            0,
+            true,
+        );
+        (gate, None, ADMIN_CONNECTIONS_MAX)
+    } else {
+        (
+            state.conn_gate.clone(),
+            state.tls.clone(),
+            server_cfg.connections_max,
+        )
+    };
+    let l = &server_cfg.listener;
+    let metrics_state = state.clone();
+    let config = ListenerConfig {
+        limits: Limits {
+            connections_max,
+            connections_per_ip_max: if admin { 0 } else { l.connections_per_ip_max },
+            connections_per_ip_exempt_loopback: l.connections_per_ip_exempt_loopback,
+            header_read_timeout_ms: server_cfg.header_read_timeout_ms,
+            idle_timeout_ms: l.idle_timeout_ms,
+            h2_keepalive_interval_ms: l.h2_keepalive_interval_ms,
+            h2_keepalive_timeout_ms: l.h2_keepalive_timeout_ms,
+            header_bytes_max: l.header_bytes_max,
+            headers_max: l.headers_max,
+            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX,
+            drain_timeout_ms: server_cfg.shutdown_grace_ms,
+            // The exchange keeps trying to accept (with back-off) however long it fails.
+            accept_errors_max: 0,
+        },
+        // Shared by every worker: the slots and the per-IP counts are process-wide. The
+        // admin listener has its own slots, so sellers can never crowd it out.
+        gate: Some(gate),
+        tls,
+        connections_accepted: None,
+        on_headers_too_large: Some(Arc::new(move || {
+            metrics_state
+                .metrics
+                .http_errors
+                .with_label_values(&[ErrorCode::HeadersTooLarge.as_str()])
+                .inc();
+        })),
+        name: if admin { "admin" } else { "exchange" },
+    };
     let sweeper = sweeper.then(|| {
         let st = state.clone();
         tokio::spawn(async move {
@@ -143,58 +180,26 @@ where
             }
         })
     });
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = &mut shutdown => break,
-        };
-        let (stream, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let st = state.clone();
-        let svc = service_fn(move |req| {
-            let st = st.clone();
-            async move { Ok::<_, Infallible>(handler(st, req).await) }
-        });
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let header_timeout = Duration::from_millis(server_cfg.header_read_timeout_ms);
-        tokio::spawn(async move {
-            // hyper's header timer starts only once it knows the protocol: a client that
-            // connects and sends nothing must not hold a connection slot forever.
-            let mut first = [0u8; 1];
-            if let Ok(Ok(n)) = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                if n > 0 {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn).await;
-                }
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let grace = Duration::from_millis(server_cfg.shutdown_grace_ms);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over with requests still in flight");
-    }
+    // The shared accept loop: slots before accept, per-IP limit, a head budget from
+    // accept (TLS handshake included), idle timeout, HTTP/2 keep-alive, 431 with the
+    // contract's body, graceful drain within `shutdown_grace_ms`.
+    let served = serve_connections(
+        listener,
+        config,
+        move |_info: &ConnInfo| {
+            let st = state.clone();
+            service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(handler(st, req).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
     if let Some(s) = sweeper {
         s.abort();
     }
-    Ok(())
+    served
 }
 
 /// Routes one request. Never panics; every failure is a contract error.

@@ -146,6 +146,15 @@ pub struct AppState {
     pub rate_limits: RateLimiter,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,
+    /// The connection slots (`connections`) with the per-IP limit, shared by every
+    /// worker's accept loop.
+    pub conn_gate: Arc<bidder_sdk::listener::ConnectionGate>,
+    /// The seller listener's certificate (`[server.tls]`), `None` for cleartext;
+    /// swapped by [`crate::tls::reload_tls`].
+    pub tls: Option<bidder_sdk::listener::TlsAcceptor>,
+    /// What buyer `https://` calls trust (WebPKI roots plus `server.buyer_ca_path`);
+    /// swapped by [`crate::tls::reload_tls`].
+    pub buyer_tls: ArcSwap<rustls::ClientConfig>,
     /// Open admin connections (its own bound, so sellers can never crowd it out).
     pub admin_connections: Arc<tokio::sync::Semaphore>,
     /// Admin requests being processed.
@@ -217,6 +226,35 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
     );
     check(o.ledger_path != n.ledger_path, "server.ledger_path");
     check(o.breaker != n.breaker, "server.breaker");
+    // The listeners' limits are read when they start; certificates and the buyer CA
+    // bundle are re-read by every reload.
+    let (ol, nl) = (&o.listener, &n.listener);
+    check(
+        ol.connections_per_ip_max != nl.connections_per_ip_max,
+        "server.connections_per_ip_max",
+    );
+    check(
+        ol.connections_per_ip_exempt_loopback != nl.connections_per_ip_exempt_loopback,
+        "server.connections_per_ip_exempt_loopback",
+    );
+    check(
+        ol.idle_timeout_ms != nl.idle_timeout_ms,
+        "server.idle_timeout_ms",
+    );
+    check(
+        ol.h2_keepalive_interval_ms != nl.h2_keepalive_interval_ms,
+        "server.h2_keepalive_interval_ms",
+    );
+    check(
+        ol.h2_keepalive_timeout_ms != nl.h2_keepalive_timeout_ms,
+        "server.h2_keepalive_timeout_ms",
+    );
+    check(
+        ol.header_bytes_max != nl.header_bytes_max,
+        "server.header_bytes_max",
+    );
+    check(ol.headers_max != nl.headers_max, "server.headers_max");
+    check(ol.tls.is_some() != nl.tls.is_some(), "server.tls");
     check(old.admin.listen != new.admin.listen, "admin.listen");
     check(
         old.admin.token_env != new.admin.token_env,
@@ -236,12 +274,33 @@ impl AppState {
         }
         let s = &config.server;
         let buyer_metrics = config.buyers.iter().map(|b| metrics.buyer(&b.id)).collect();
+        let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
+        let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
+            Arc::clone(&connections),
+            s.listener.connections_per_ip_max,
+            s.listener.connections_per_ip_exempt_loopback,
+        );
+        // WebPKI roots only; `tls::install` adds `server.buyer_ca_path` at start.
+        let buyer_tls = crate::tls::buyer_client_config(None).unwrap_or_else(|_| {
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map(|b| {
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
+        });
         AppState {
+            conn_gate,
+            tls: None,
+            buyer_tls: ArcSwap::from_pointee(buyer_tls),
             caps: CapBook::new(ids.buyer_count()),
             quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms)
                 .with_sellers(ids.seller_count()),
             breakers: BreakerBook::new(ids.buyer_count(), s.breaker),
-            connections: Arc::new(tokio::sync::Semaphore::new(s.connections_max)),
+            connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
@@ -298,6 +357,9 @@ impl AppState {
         if !problems.is_empty() {
             return Err(ReloadError::Invalid(problems));
         }
+        // Certificate, key and buyer CA files are read now: a broken one changes nothing.
+        let tls = crate::tls::TlsReload::prepare(self, &config.server.listener)
+            .map_err(|e| ReloadError::Invalid(vec![FieldProblem::new("server.tls", e)]))?;
         self.ids.assign(&mut config).map_err(|e| {
             ReloadError::Invalid(vec![FieldProblem::new(
                 if e.kind == "buyer" {
@@ -341,6 +403,7 @@ impl AppState {
             ranker: old.ranker.clone(),
             buyer_metrics,
         }));
+        tls.apply(self);
         self.metrics.config_generation.set(generation as i64);
         Ok(generation)
     }

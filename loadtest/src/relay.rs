@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -28,14 +29,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Largest buyer answer read; a longer one counts as an error.
@@ -52,14 +51,15 @@ pub const IDLE_TIMEOUT_S: u64 = 90;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// How long relay shutdown waits for requests in flight, in ms.
 pub const RELAY_DRAIN_TIMEOUT_MS: u64 = 2_000;
-/// Time a client has to send its request head (HTTP/1.1), in ms.
+/// Time from accept to a client's first complete request head, in ms.
 const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
 /// Concurrent HTTP/2 streams per client connection.
 const H2_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
-/// Consecutive failed accepts before the relay gives up.
+/// Consecutive failed accepts before the relay gives up (back-off as every listener:
+/// [`bidder_sdk::listener`]).
 const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 100;
-/// Pause after a failed accept (EMFILE and the like), in ms.
-const ACCEPT_BACKOFF_MS: u64 = 10;
+/// A client connection with no request for this long is closed, in ms.
+const IDLE_TIMEOUT_MS: u64 = 120_000;
 
 /// A buyer to ping.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -403,8 +403,9 @@ fn text_response(status: StatusCode, text: &'static str) -> Response<Full<Bytes>
 /// Serves the relay on `listener` until `shutdown` resolves: POST on any path, any body,
 /// forwarded to every target within `deadline_ms` of its arrival; answers
 /// `200 {"answered":k,"timeouts":t,"errors":e}`. HTTP/1.1 keep-alive and h2c on the same
-/// port, TCP_NODELAY. Fails at once (`InvalidInput`) if a target is unusable, or later if
-/// accepting keeps failing.
+/// port, TCP_NODELAY, through the shared accept loop ([`bidder_sdk::listener`], the same
+/// limits and back-off as the exchange and the SDK). Fails at once (`InvalidInput`) if a
+/// target is unusable, or later if accepting keeps failing.
 pub async fn serve_relay(
     listener: TcpListener,
     targets: Vec<FanoutTarget>,
@@ -422,88 +423,35 @@ pub async fn serve_relay(
         deadline: Duration::from_millis(deadline_ms),
         requests: AtomicU64::new(0),
     });
-    let permits = Arc::new(Semaphore::new(RELAY_CONNECTIONS_MAX));
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
-
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut accept_errors: u32 = 0;
-    let mut failure = None;
-    loop {
-        // The slot before the accept: a flood waits in the kernel's backlog.
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
-                accept_errors = 0;
-                stream
-            }
-            Err(e) => {
-                accept_errors += 1;
-                if accept_errors >= ACCEPT_ERRORS_CONSECUTIVE_MAX {
-                    failure = Some(e);
-                    break;
-                }
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)) => continue,
-                }
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "relay: set_nodelay failed");
-        }
-        let relay = Arc::clone(&relay);
-        let service = service_fn(move |request: Request<Incoming>| {
+    let config = ListenerConfig {
+        limits: Limits {
+            connections_max: RELAY_CONNECTIONS_MAX,
+            // Its only clients are the load generator's, on loopback.
+            connections_per_ip_max: 0,
+            connections_per_ip_exempt_loopback: true,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: IDLE_TIMEOUT_MS,
+            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX,
+            drain_timeout_ms: RELAY_DRAIN_TIMEOUT_MS,
+            accept_errors_max: ACCEPT_ERRORS_CONSECUTIVE_MAX,
+            ..Limits::default()
+        },
+        name: "relay",
+        ..ListenerConfig::default()
+    };
+    serve_connections(
+        listener,
+        config,
+        move |_info: &ConnInfo| {
             let relay = Arc::clone(&relay);
-            async move { Ok::<_, Infallible>(relay.handle(request).await) }
-        });
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        connections.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "relay: connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let drain = Duration::from_millis(RELAY_DRAIN_TIMEOUT_MS);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("relay: drain timed out, dropping requests");
-    }
-    connections.shutdown().await;
-    failure.map_or(Ok(()), Err)
+            service_fn(move |request: Request<Incoming>| {
+                let relay = Arc::clone(&relay);
+                async move { Ok::<_, Infallible>(relay.handle(request).await) }
+            })
+        },
+        shutdown,
+    )
+    .await
 }
 
 /// A relay started by [`spawn_relay`].

@@ -86,6 +86,14 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:8081";
     /// The environment variable holding the admin bearer token.
     pub const ADMIN_TOKEN_ENV: &str = "PINGPOST_ADMIN_TOKEN";
+    /// 0 would mean no per-IP limit.
+    pub const CONNECTIONS_PER_IP_MAX: usize = 512;
+    pub const CONNECTIONS_PER_IP_EXEMPT_LOOPBACK: bool = true;
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const H2_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
+    pub const H2_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+    pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+    pub const HEADERS_MAX: usize = 100;
 }
 
 /// The whole, validated configuration.
@@ -184,6 +192,56 @@ pub struct ServerConfig {
     /// timeout is the buyer's `post_timeout_ms` or what is left, whichever is less.
     pub post_deadline_ms: u64,
     pub breaker: BreakerConfig,
+    /// Connection limits and TLS of the seller listener (flat keys in `[server]`).
+    pub listener: ListenerSettings,
+}
+
+/// The seller listener's connection limits and TLS. Their keys sit directly in `[server]`
+/// (`server.idle_timeout_ms`, `server.tls.cert_path`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// Connections one client IP may hold at once; 0 for no limit.
+    pub connections_per_ip_max: usize,
+    /// Whether loopback clients (127.0.0.0/8, ::1) are exempt from the per-IP limit.
+    pub connections_per_ip_exempt_loopback: bool,
+    /// A connection with no request in flight and no new one for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Interval between HTTP/2 keep-alive PINGs; 0 sends none.
+    pub h2_keepalive_interval_ms: u64,
+    /// Time a keep-alive PING has to be acknowledged.
+    pub h2_keepalive_timeout_ms: u64,
+    /// Largest request head in bytes; past it 431.
+    pub header_bytes_max: usize,
+    /// Most header fields per request; past it 431.
+    pub headers_max: usize,
+    /// `[server.tls]`: serve HTTPS with this certificate and key (PEM).
+    pub tls: Option<TlsFiles>,
+    /// Extra CA certificates (PEM) trusted for buyer `https://` URLs, on top of the
+    /// WebPKI roots.
+    pub buyer_ca_path: Option<std::path::PathBuf>,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings {
+            connections_per_ip_max: defaults::CONNECTIONS_PER_IP_MAX,
+            connections_per_ip_exempt_loopback: defaults::CONNECTIONS_PER_IP_EXEMPT_LOOPBACK,
+            idle_timeout_ms: defaults::IDLE_TIMEOUT_MS,
+            h2_keepalive_interval_ms: defaults::H2_KEEPALIVE_INTERVAL_MS,
+            h2_keepalive_timeout_ms: defaults::H2_KEEPALIVE_TIMEOUT_MS,
+            header_bytes_max: defaults::HEADER_BYTES_MAX,
+            headers_max: defaults::HEADERS_MAX,
+            tls: None,
+            buyer_ca_path: None,
+        }
+    }
+}
+
+/// `[server.tls]`: PEM files of the seller listener's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
 }
 
 /// `[server.breaker]`: when to stop pinging a failing buyer and how to probe it.
@@ -299,6 +357,9 @@ pub struct Buyer {
     pub caps: Caps,
     /// A buyer that takes posts at this price without a ping.
     pub fixed_price: Option<Micros>,
+    /// Whether `http://` URLs to a host other than loopback are allowed (full leads then
+    /// travel in cleartext).
+    pub allow_plaintext: bool,
 }
 
 /// Lead caps and budget, counted in the buyer's own time zone.

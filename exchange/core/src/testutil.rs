@@ -7,8 +7,8 @@ use proto::{FieldKind, FieldSpec, Lead, LeadMode, Micros, VerticalSchema};
 
 use super::UnixMs;
 use crate::config::{
-    defaults, AdminConfig, BreakerConfig, Buyer, BuyerKey, Caps, Config, HttpVersion, PayoutModel,
-    Seller, SellerKey, ServerConfig, Vertical,
+    defaults, AdminConfig, BreakerConfig, Buyer, BuyerKey, Caps, Config, HttpVersion,
+    ListenerSettings, PayoutModel, Seller, SellerKey, ServerConfig, Vertical,
 };
 
 /// Unix milliseconds of a UTC date and time.
@@ -84,6 +84,7 @@ pub(crate) fn buyer(i: usize) -> Buyer {
         score_floor: None,
         caps: Caps::default(),
         fixed_price: None,
+        allow_plaintext: false,
     }
 }
 
@@ -155,6 +156,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             post_attempts_max: defaults::POST_ATTEMPTS_MAX,
             post_deadline_ms: defaults::POST_DEADLINE_MS,
             breaker: breaker_cfg(),
+            listener: ListenerSettings::default(),
         },
         verticals: vec![vertical],
         sellers: vec![seller],

@@ -24,8 +24,8 @@ use toml::{Table, Value};
 
 use super::{
     defaults, AdminConfig, AdminToken, BreakerConfig, Buyer, BuyerIdx, BuyerKey, Caps, Config,
-    HttpVersion, MinuteRange, PayoutModel, Seller, SellerIdx, SellerKey, ServerConfig, Vertical,
-    VerticalIdx, WeeklySchedule,
+    HttpVersion, ListenerSettings, MinuteRange, PayoutModel, Seller, SellerIdx, SellerKey,
+    ServerConfig, TlsFiles, Vertical, VerticalIdx, WeeklySchedule,
 };
 
 // Bounds on what the file may ask for. A value outside them is a mistake, not a tuning.
@@ -800,6 +800,7 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         ),
     };
     b.finish(p);
+    let listener = read_listener(&mut s, p);
     s.finish(p);
 
     ServerConfig {
@@ -821,6 +822,115 @@ fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
         post_attempts_max,
         post_deadline_ms,
         breaker,
+        listener,
+    }
+}
+
+/// Largest `server.header_bytes_max`.
+const HEADER_BYTES_MAX_LIMIT: i64 = 256 * 1024;
+/// Largest `server.headers_max`.
+const HEADERS_MAX_LIMIT: i64 = 10_000;
+
+/// The listener's keys of `[server]`: per-IP limit, idle and HTTP/2 keep-alive timers,
+/// header limits, `[server.tls]` and `buyer_ca_path`. The TLS files are read and checked
+/// here, so a bad certificate is a configuration error, not a failed start.
+fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
+    let d = ListenerSettings::default();
+    let connections_per_ip_max = s.usize_or(
+        p,
+        "connections_per_ip_max",
+        0,
+        COUNT_LIMIT,
+        d.connections_per_ip_max,
+    );
+    let connections_per_ip_exempt_loopback = s.bool_or(
+        p,
+        "connections_per_ip_exempt_loopback",
+        d.connections_per_ip_exempt_loopback,
+    );
+    let idle_timeout_ms = s.u64_or(
+        p,
+        "idle_timeout_ms",
+        1,
+        SERVER_WAIT_MS_LIMIT,
+        d.idle_timeout_ms,
+    );
+    let h2_keepalive_interval_ms = s.u64_or(
+        p,
+        "h2_keepalive_interval_ms",
+        0,
+        SERVER_WAIT_MS_LIMIT,
+        d.h2_keepalive_interval_ms,
+    );
+    let h2_keepalive_timeout_ms = s.u64_or(
+        p,
+        "h2_keepalive_timeout_ms",
+        1,
+        SERVER_WAIT_MS_LIMIT,
+        d.h2_keepalive_timeout_ms,
+    );
+    let header_bytes_max = s.usize_or(
+        p,
+        "header_bytes_max",
+        1024,
+        HEADER_BYTES_MAX_LIMIT,
+        d.header_bytes_max,
+    );
+    let headers_max = s.usize_or(p, "headers_max", 1, HEADERS_MAX_LIMIT, d.headers_max);
+    let tls = if s.has("tls") {
+        let mut t = s.section_or_empty(p, "tls");
+        let cert = t.str_req(p, "cert_path");
+        let key = t.str_req(p, "key_path");
+        let path = t.path_of("cert_path");
+        t.finish(p);
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert_path: PathBuf::from(cert),
+                    key_path: PathBuf::from(key),
+                };
+                match bidder_sdk::listener::server_config_from_files(
+                    &files.cert_path,
+                    &files.key_path,
+                ) {
+                    Ok(_) => Some(files),
+                    Err(e) => {
+                        p.at(&path, e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let buyer_ca_path = s.str_opt(p, "buyer_ca_path").and_then(|path| {
+        let key = s.path_of("buyer_ca_path");
+        match std::fs::read(path) {
+            Err(e) => {
+                p.at(&key, format!("cannot read {path}: {e}"));
+                None
+            }
+            Ok(pem) => match bidder_sdk::listener::certificates_from_pem(&pem, path) {
+                Ok(_) => Some(PathBuf::from(path)),
+                Err(e) => {
+                    p.at(&key, e);
+                    None
+                }
+            },
+        }
+    });
+    ListenerSettings {
+        connections_per_ip_max,
+        connections_per_ip_exempt_loopback,
+        idle_timeout_ms,
+        h2_keepalive_interval_ms,
+        h2_keepalive_timeout_ms,
+        header_bytes_max,
+        headers_max,
+        tls,
+        buyer_ca_path,
     }
 }
 
@@ -1344,6 +1454,22 @@ fn read_buyer(
     c.finish(p);
     caps.budget_daily = s.money_opt(p, "budget_daily");
 
+    let allow_plaintext = s.bool_or(p, "allow_plaintext", false);
+    if !allow_plaintext {
+        for (key, url) in [
+            ("ping_url", ping_url.as_deref()),
+            ("post_url", post_url.as_deref()),
+        ] {
+            if let Some(url) = url {
+                if !plaintext_allowed(url) {
+                    p.at(
+                        &s.path_of(key),
+                        "is http:// to a host that is not loopback: full leads would travel in cleartext; use https://, or set allow_plaintext = true for this buyer",
+                    );
+                }
+            }
+        }
+    }
     let fixed_price = s.money_opt(p, "fixed_price");
     match (s.has("ping_url"), s.has("fixed_price")) {
         (false, false) => p.at(
@@ -1390,7 +1516,28 @@ fn read_buyer(
         score_floor,
         caps,
         fixed_price,
+        allow_plaintext,
     })
+}
+
+/// Whether `url` may be used without `allow_plaintext`: `https://`, or `http://` to a
+/// loopback host (127.0.0.0/8, ::1, localhost).
+fn plaintext_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return true; // Reported by check_url.
+    };
+    if uri.scheme_str() != Some("http") {
+        return true;
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An `http://` or `https://` URL with a host.
@@ -2387,17 +2534,17 @@ x = { type = "zip" }
 [verticals.b.fields]
 x = { type = "zip" }
 [buyers.one]
-post_url = "http://h/post"
+post_url = "https://h/post"
 fixed_price = 1
 secret_env = "ACME_SECRET"
 verticals = ["b"]
 [buyers.two]
-post_url = "http://h/post"
+post_url = "https://h/post"
 fixed_price = 1
 secret_env = "ACME_SECRET"
 verticals = ["b", "a"]
 [buyers.three]
-post_url = "http://h/post"
+post_url = "https://h/post"
 fixed_price = 1
 secret_env = "ACME_SECRET"
 verticals = ["a", "b"]

@@ -138,14 +138,14 @@ shutdown_grace_ms = {grace}
 quote_ttl_ms = {ttl}
 response_reserve_ms = 2
 
-[admin]
-listen = "127.0.0.1:0"
-token_env = "{admin_env}"
-
 [server.breaker]
 failures = {bf}
 open_ms = {bo}
 probe_interval_ms = {bp}
+
+[admin]
+listen = "127.0.0.1:0"
+token_env = "{admin_env}"
 
 [verticals.auto_insurance]
 auction_deadline_ms = {deadline}

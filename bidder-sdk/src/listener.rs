@@ -1,0 +1,981 @@
+//! The accept loop every pingpost server shares: the exchange's seller listener, the
+//! bidder SDK and the load tester's speed-of-light relay all serve through
+//! [`serve_connections`], so their limits cannot drift apart.
+//!
+//! What it enforces, per connection, from the moment it is accepted:
+//! - **Slots before accept**: a connection permit ([`ConnectionGate`]) is taken *before*
+//!   `accept`, so a flood waits in the kernel's backlog, not in memory. A per-client-IP
+//!   limit closes a connection at once when its address already holds that many.
+//! - **Head budget**: every connection must deliver its first complete request head
+//!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks
+//!   (HTTP/1.1, h2c prior knowledge, TLS: the handshake counts against the same budget)
+//!   and however many bytes it sent. One byte of `P` and silence, or a bare HTTP/2
+//!   preface, is closed when the budget runs out.
+//! - **Later heads** (HTTP/1.1 keep-alive): once bytes of a new head have arrived on an
+//!   otherwise quiet connection, the rest must follow within about the same budget
+//!   (checked every half budget, so it is closed between 1× and 2× the budget).
+//! - **Idle**: a connection with no request in flight and no new request for
+//!   [`Limits::idle_timeout_ms`] is shut down gracefully (HTTP/1.1 closes, HTTP/2 sends
+//!   GOAWAY); HTTP/2 connections also get keep-alive PINGs and are closed when a PING is
+//!   not acknowledged in time.
+//! - **Header limits**: a request whose head is over [`Limits::header_bytes_max`] bytes
+//!   or carries more than [`Limits::headers_max`] fields is answered `431` with the
+//!   contract's JSON error (`headers_too_large`) and never reaches the service. hyper is
+//!   configured so that its own, empty-bodied 431 only happens past much larger hard caps
+//!   ([`hard_head_bytes`], [`hard_header_count`]).
+//! - **Accept errors** (out of file descriptors and the like): exponential back-off from
+//!   1 ms to 1 s; after [`Limits::accept_errors_max`] failures in a row the loop stops
+//!   (0: never). Errors that concern one peer only (it reset before we accepted) are
+//!   skipped without back-off.
+//! - **Shutdown**: when the shutdown future resolves the listener is closed, every
+//!   connection is asked to finish (HTTP/1.1 after its current request, HTTP/2 with
+//!   GOAWAY), and connections still open after [`Limits::drain_timeout_ms`] are dropped.
+//!
+//! TLS is optional ([`TlsAcceptor`], rustls with the ring provider, ALPN `h2` and
+//! `http/1.1`); its certificate can be swapped at run time for new connections.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use proto::{ApiError, ErrorCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Default connections served at once.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
+/// Default time from accept to the first complete request head, in ms.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default time a connection may sit with no request before it is closed, in ms.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+/// Default interval between HTTP/2 keep-alive PINGs, in ms.
+pub const H2_KEEPALIVE_INTERVAL_MS_DEFAULT: u64 = 20_000;
+/// Default time an HTTP/2 keep-alive PING has to be acknowledged, in ms.
+pub const H2_KEEPALIVE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default largest request head (request line and header fields), in bytes.
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Default most header fields in one request.
+pub const HEADERS_MAX_DEFAULT: usize = 100;
+/// Default concurrent HTTP/2 streams per connection.
+pub const H2_STREAMS_PER_CONNECTION_MAX_DEFAULT: u32 = 256;
+/// Default time shutdown waits for connections to finish, in ms.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default consecutive failed accepts before the loop gives up.
+pub const ACCEPT_ERRORS_MAX_DEFAULT: u32 = 100;
+/// Longest pause between failed accepts, in ms.
+pub const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
+/// hyper's own HTTP/1.1 read buffer (its default, 8 KiB + 100 × 4 KiB): a request head
+/// longer than this gets hyper's 431 with an empty body, and the connection is closed.
+const HYPER_H1_BUF_BYTES: usize = 8_192 + 4_096 * 100;
+
+/// The limits of one listener. [`Limits::default`] holds the `*_DEFAULT` constants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; the next `accept` waits for a free slot. Ignored when
+    /// a shared [`ConnectionGate`] is given.
+    pub connections_max: usize,
+    /// Connections one client IP may hold at once; past it a new one is closed as soon as
+    /// it is accepted. 0: no per-IP limit. Ignored when a shared gate is given.
+    pub connections_per_ip_max: usize,
+    /// Whether loopback clients (127.0.0.0/8, ::1) are exempt from the per-IP limit.
+    pub connections_per_ip_exempt_loopback: bool,
+    /// From accept to the first complete request head (TLS handshake included), in ms;
+    /// also the time a later HTTP/1.1 head has once its first bytes arrived.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and none started for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Interval between HTTP/2 keep-alive PINGs, in ms; 0 sends none.
+    pub h2_keepalive_interval_ms: u64,
+    /// Time a keep-alive PING has to be acknowledged before the connection is closed.
+    pub h2_keepalive_timeout_ms: u64,
+    /// Largest request head in bytes (request line, names, values, separators).
+    pub header_bytes_max: usize,
+    /// Most header fields in one request.
+    pub headers_max: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_streams_per_connection_max: u32,
+    /// Time shutdown waits for connections to finish before dropping them, in ms.
+    pub drain_timeout_ms: u64,
+    /// Consecutive failed accepts before the loop returns the error; 0: never gives up.
+    pub accept_errors_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_ip_max: 0,
+            connections_per_ip_exempt_loopback: true,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            h2_keepalive_interval_ms: H2_KEEPALIVE_INTERVAL_MS_DEFAULT,
+            h2_keepalive_timeout_ms: H2_KEEPALIVE_TIMEOUT_MS_DEFAULT,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            headers_max: HEADERS_MAX_DEFAULT,
+            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX_DEFAULT,
+            drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            accept_errors_max: ACCEPT_ERRORS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// The request-head size past which hyper answers by itself (431, empty body): the larger
+/// of hyper's HTTP/1.1 read buffer (408 KiB) and 4 × `header_bytes_max`. Also the
+/// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` advertised.
+pub fn hard_head_bytes(limits: &Limits) -> usize {
+    HYPER_H1_BUF_BYTES.max(limits.header_bytes_max.saturating_mul(4))
+}
+
+/// The header count past which hyper answers an HTTP/1.1 request by itself (431, empty
+/// body): 4 × `headers_max`, at least 100 (hyper's default).
+pub fn hard_header_count(limits: &Limits) -> usize {
+    limits.headers_max.saturating_mul(4).max(100)
+}
+
+/// Connection slots, shared by every listener of one server (the exchange's workers
+/// share one): a global limit taken before `accept`, and a per-client-IP count.
+pub struct ConnectionGate {
+    permits: Arc<Semaphore>,
+    per_ip_max: usize,
+    exempt_loopback: bool,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    refused_per_ip: AtomicU64,
+}
+
+impl fmt::Debug for ConnectionGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionGate")
+            .field("available", &self.permits.available_permits())
+            .field("per_ip_max", &self.per_ip_max)
+            .field("exempt_loopback", &self.exempt_loopback)
+            .finish()
+    }
+}
+
+impl ConnectionGate {
+    /// A gate with `connections_max` slots (at least one) and the per-IP limit of
+    /// `limits`.
+    pub fn new(limits: &Limits) -> Arc<ConnectionGate> {
+        ConnectionGate::with_permits(
+            Arc::new(Semaphore::new(limits.connections_max.max(1))),
+            limits.connections_per_ip_max,
+            limits.connections_per_ip_exempt_loopback,
+        )
+    }
+
+    /// A gate over an existing semaphore (one permit per connection).
+    pub fn with_permits(
+        permits: Arc<Semaphore>,
+        per_ip_max: usize,
+        exempt_loopback: bool,
+    ) -> Arc<ConnectionGate> {
+        Arc::new(ConnectionGate {
+            permits,
+            per_ip_max,
+            exempt_loopback,
+            per_ip: Mutex::new(HashMap::new()),
+            refused_per_ip: AtomicU64::new(0),
+        })
+    }
+
+    /// Free connection slots.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Connections closed at accept because their IP held its limit, since start.
+    pub fn refused_per_ip(&self) -> u64 {
+        self.refused_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// Connections `ip` holds now.
+    pub fn held_by(&self, ip: IpAddr) -> usize {
+        self.lock().get(&ip).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // The map holds plain counts: a panic elsewhere cannot leave it inconsistent.
+        self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a connection from `ip`, or `None` when `ip` already holds its limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.per_ip_max == 0 || (self.exempt_loopback && ip.is_loopback()) {
+            return Some(IpSlot(None));
+        }
+        let ip = canonical(ip);
+        let mut map = self.lock();
+        let held = map.entry(ip).or_insert(0);
+        if *held >= self.per_ip_max {
+            drop(map);
+            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *held += 1;
+        Some(IpSlot(Some((Arc::clone(self), ip))))
+    }
+}
+
+/// An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One connection's place in its IP's count; released on drop.
+struct IpSlot(Option<(Arc<ConnectionGate>, IpAddr)>);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((gate, ip)) = self.0.take() {
+            let mut map = gate.lock();
+            if let Some(held) = map.get_mut(&ip) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The certificate PEM holds no certificate or does not parse.
+    #[error("no PEM certificate found in {0}")]
+    NoCertificate(String),
+    /// The key PEM holds no private key or does not parse.
+    #[error("no PEM private key (PKCS#8, PKCS#1 or SEC1) found in {0}")]
+    NoKey(String),
+    /// rustls refused the pair (key does not match, unsupported algorithm...).
+    #[error("certificate and key rejected: {0}")]
+    Rejected(String),
+}
+
+/// Reads a PEM file.
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM document (`label` names it in errors).
+pub fn certificates_from_pem(
+    pem: &[u8],
+    label: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::NoCertificate(label.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(label.to_string()));
+    }
+    Ok(certs)
+}
+
+/// A rustls server configuration from a PEM certificate chain and private key, with the
+/// ring provider, TLS 1.2 and 1.3, and ALPN `h2` then `http/1.1`.
+pub fn server_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    label: &str,
+) -> Result<rustls::ServerConfig, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = certificates_from_pem(cert_pem, label)?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| TlsError::NoKey(label.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsError::Rejected(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| TlsError::Rejected(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// [`server_config_from_pem`] from two files.
+pub fn server_config_from_files(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let cert = read_pem(cert_path)?;
+    let key = read_pem(key_path)?;
+    let label = format!("{} / {}", cert_path.display(), key_path.display());
+    server_config_from_pem(&cert, &key, &label)
+}
+
+/// The TLS side of a listener: a rustls server configuration behind an `ArcSwap`, read
+/// once per accepted connection, so a new certificate applies to new connections while
+/// established ones keep theirs. Clones share the configuration.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
+}
+
+impl fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("alpn", &self.config.load().alpn_protocols.len())
+            .finish()
+    }
+}
+
+impl TlsAcceptor {
+    /// An acceptor for this configuration (set its ALPN protocols yourself, or use
+    /// [`server_config_from_pem`]).
+    pub fn new(config: rustls::ServerConfig) -> TlsAcceptor {
+        TlsAcceptor {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+        }
+    }
+
+    /// An acceptor from PEM certificate chain and key files.
+    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
+        server_config_from_files(cert_path, key_path).map(TlsAcceptor::new)
+    }
+
+    /// Re-reads the PEM files and swaps the configuration in for new connections. On
+    /// error the current configuration stays.
+    pub fn reload_pem_files(&self, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+        let config = server_config_from_files(cert_path, key_path)?;
+        self.replace(config);
+        Ok(())
+    }
+
+    /// Swaps the configuration in for new connections.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// The configuration new connections get.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
+    }
+}
+
+/// What the service factory learns about a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Called when the listener answers 431 itself (for counting).
+pub type RefusedHook = Arc<dyn Fn() + Send + Sync>;
+
+/// How [`serve_connections`] runs, beyond its [`Limits`].
+#[derive(Clone, Default)]
+pub struct ListenerConfig {
+    /// The limits.
+    pub limits: Limits,
+    /// Shared connection slots; `None` makes one from `limits`.
+    pub gate: Option<Arc<ConnectionGate>>,
+    /// Serve TLS (`https`) instead of cleartext.
+    pub tls: Option<TlsAcceptor>,
+    /// Incremented on every accepted connection (counted before any limit closes it).
+    pub connections_accepted: Option<Arc<AtomicU64>>,
+    /// Called each time a request is answered 431 by the listener.
+    pub on_headers_too_large: Option<RefusedHook>,
+    /// A name for log lines (`"exchange"`, `"bidder-sdk"`, `"relay"`).
+    pub name: &'static str,
+}
+
+impl fmt::Debug for ListenerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerConfig")
+            .field("limits", &self.limits)
+            .field("gate", &self.gate)
+            .field("tls", &self.tls.is_some())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// What a connection did, read by its supervisor.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests whose head was complete (the service was called).
+    started: AtomicU64,
+    /// Requests answered or dropped.
+    finished: AtomicU64,
+    /// Bytes read from the client (after TLS).
+    bytes_in: AtomicU64,
+    /// Whether a request came over HTTP/2.
+    h2: AtomicBool,
+}
+
+/// Counts a finished request when dropped (answered, or dropped by hyper).
+struct Finished(Arc<Activity>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The head's size as counted against `header_bytes_max`: request line (method, target,
+/// version) and, per field, name, value and the 4 bytes of `: ` and CRLF.
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len())
+        .saturating_add(req.uri().authority().map_or(0, |a| a.as_str().len()));
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    req.method().as_str().len() + target + 12 + fields
+}
+
+/// The 431 for a head over the limits, if it is.
+fn check_head_limits<B>(req: &Request<B>, limits: &Limits) -> Option<ApiError> {
+    let count = req.headers().len();
+    if count > limits.headers_max {
+        return Some(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "{count} header fields; at most {} are accepted",
+                limits.headers_max
+            ),
+        ));
+    }
+    if head_bytes(req) > limits.header_bytes_max {
+        return Some(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("the request head is over {} bytes", limits.header_bytes_max),
+        ));
+    }
+    None
+}
+
+/// The service around the caller's: counts requests for the supervisor and answers heads
+/// over the limits with 431.
+struct Guarded<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    limits: Arc<Limits>,
+    on_refused: Option<RefusedHook>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<Incoming>> for Guarded<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: From<Bytes> + Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<B>, S::Error>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if req.version() == Version::HTTP_2 {
+            self.activity.h2.store(true, Ordering::Relaxed);
+        }
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        let finished = Finished(Arc::clone(&self.activity));
+        if let Some(error) = check_head_limits(&req, &self.limits) {
+            if let Some(hook) = &self.on_refused {
+                hook();
+            }
+            let mut response = Response::new(B::from(Bytes::from(error.to_json())));
+            *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            drop(finished);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let result = future.await;
+            drop(finished);
+            result
+        })
+    }
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            this.activity
+                .bytes_in
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accept errors that concern one peer only (it gave up before we accepted).
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let hard = hard_head_bytes(limits);
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        // hyper's own timer restarts when a connection goes idle, so it would close
+        // every keep-alive connection after one head timeout; the supervisor below
+        // times heads and idleness instead.
+        .header_read_timeout(None)
+        .max_headers(hard_header_count(limits))
+        .max_buf_size(hard);
+    let keepalive = (limits.h2_keepalive_interval_ms > 0)
+        .then(|| Duration::from_millis(limits.h2_keepalive_interval_ms));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_streams_per_connection_max)
+        .max_header_list_size(u32::try_from(hard).unwrap_or(u32::MAX))
+        .keep_alive_interval(keepalive)
+        .keep_alive_timeout(Duration::from_millis(limits.h2_keepalive_timeout_ms.max(1)));
+    builder
+}
+
+/// Serves connections accepted on `listener` until `shutdown` resolves, each with a
+/// service made by `make_service`, under `config`'s limits (see the module docs). Returns
+/// `Ok(())` after a graceful drain, or the accept error when accepting kept failing
+/// ([`Limits::accept_errors_max`] in a row), after draining the same way.
+pub async fn serve_connections<F, S, B>(
+    listener: TcpListener,
+    config: ListenerConfig,
+    make_service: F,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()>
+where
+    F: Fn(&ConnInfo) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    B: hyper::body::Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = config.name;
+    let limits = Arc::new(config.limits.clone());
+    let gate = config
+        .gate
+        .clone()
+        .unwrap_or_else(|| ConnectionGate::new(&limits));
+    let builder = Arc::new(builder(&limits));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors: u32 = 0;
+    let mut failure = None;
+    loop {
+        // The slot before the accept: a flood waits in the kernel's backlog.
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = Arc::clone(&gate.permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                accept_errors = 0;
+                accepted
+            }
+            Err(e) if is_peer_error(&e) => continue,
+            Err(e) => {
+                accept_errors = accept_errors.saturating_add(1);
+                if limits.accept_errors_max > 0 && accept_errors >= limits.accept_errors_max {
+                    tracing::error!(error = %e, listener = name, "accept keeps failing, stopping");
+                    failure = Some(e);
+                    break;
+                }
+                let backoff_ms = (1_u64 << accept_errors.min(10)).min(ACCEPT_BACKOFF_MS_MAX);
+                tracing::warn!(error = %e, backoff_ms, listener = name, "accept failed");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(backoff_ms)) => continue,
+                }
+            }
+        };
+        let accepted_at = Instant::now();
+        if let Some(counter) = &config.connections_accepted {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // Reap finished connections so the set stays as small as the live ones.
+        while connections.try_join_next().is_some() {}
+        let Some(ip_slot) = gate.admit(peer.ip()) else {
+            tracing::debug!(listener = name, "connection over the per-IP limit closed");
+            drop(stream);
+            continue;
+        };
+        // Requests are small and latency-bound.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, listener = name, "set_nodelay failed");
+        }
+        let info = ConnInfo {
+            peer,
+            tls: config.tls.is_some(),
+        };
+        let activity = Arc::new(Activity::default());
+        let service = Guarded {
+            inner: make_service(&info),
+            activity: Arc::clone(&activity),
+            limits: Arc::clone(&limits),
+            on_refused: config.on_headers_too_large.clone(),
+        };
+        let conn = Conn {
+            builder: Arc::clone(&builder),
+            limits: Arc::clone(&limits),
+            activity,
+            accepted_at,
+            stop: stop_rx.clone(),
+            name,
+            _permit: permit,
+            _ip_slot: ip_slot,
+        };
+        let tls = config.tls.as_ref().map(TlsAcceptor::current);
+        connections.spawn(conn.run(stream, tls, service));
+    }
+    drop(listener);
+    stop_tx.send_replace(true);
+    let drain = Duration::from_millis(limits.drain_timeout_ms);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            listener = name,
+            drain_timeout_ms = limits.drain_timeout_ms,
+            "drain timed out, dropping connections"
+        );
+    }
+    connections.shutdown().await;
+    failure.map_or(Ok(()), Err)
+}
+
+/// One connection's task: the TLS handshake, hyper, and the supervisor that enforces the
+/// head budget and the idle timeout.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<Limits>,
+    activity: Arc<Activity>,
+    accepted_at: Instant,
+    stop: watch::Receiver<bool>,
+    name: &'static str,
+    _permit: OwnedSemaphorePermit,
+    _ip_slot: IpSlot,
+}
+
+impl Conn {
+    async fn run<S, B>(
+        self,
+        stream: TcpStream,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        service: Guarded<S>,
+    ) where
+        S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        B: hyper::body::Body + From<Bytes> + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let head_deadline =
+            self.accepted_at + Duration::from_millis(self.limits.header_read_timeout_ms);
+        match tls {
+            None => self.drive(stream, service, head_deadline).await,
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let mut stop = self.stop.clone();
+                let handshake = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => return,
+                    r = tokio::time::timeout_at(head_deadline, acceptor.accept(stream)) => r,
+                };
+                match handshake {
+                    Ok(Ok(tls_stream)) => self.drive(tls_stream, service, head_deadline).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, listener = self.name, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = self.name, "TLS handshake timed out");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn drive<I, S, B>(self, io: I, service: Guarded<S>, head_deadline: Instant)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        B: hyper::body::Body + From<Bytes> + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let activity = Arc::clone(&self.activity);
+        let io = TokioIo::new(Counted {
+            inner: io,
+            activity: Arc::clone(&activity),
+        });
+        let conn = self.builder.serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let head = Duration::from_millis(self.limits.header_read_timeout_ms.max(1));
+        let idle = Duration::from_millis(self.limits.idle_timeout_ms.max(1));
+        // Checks run every half of the shorter budget; on HTTP/2, where only idleness is
+        // timed after the first request, every half idle timeout.
+        let tick = (head.min(idle) / 2).max(Duration::from_millis(1));
+        let h2_tick = (idle / 2).max(tick);
+        let mut stop = self.stop.clone();
+        let mut last_check = Instant::now();
+        let mut next_check = (last_check + tick).min(head_deadline);
+        // Set once a graceful shutdown was asked for; the connection is dropped if it has
+        // not finished by the next check.
+        let mut closing = false;
+        let mut stopping = false;
+        let mut seen_started = 0_u64;
+        let mut quiet_for = Duration::ZERO;
+        let mut bytes_mark: Option<u64> = None;
+        let mut partial_for: Option<Duration> = None;
+        loop {
+            tokio::select! {
+                biased;
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, listener = self.name, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s), if !stopping => {
+                    // Server shutdown: finish what is in flight, then close. The drain
+                    // timeout of the accept loop bounds it.
+                    stopping = true;
+                    if !closing {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                () = tokio::time::sleep_until(next_check) => {
+                    if closing && !stopping {
+                        // Asked to close at the last check and still open: drop it.
+                        return;
+                    }
+                    let now = Instant::now();
+                    let elapsed = now.saturating_duration_since(last_check);
+                    last_check = now;
+                    next_check = now + tick;
+                    if stopping {
+                        continue;
+                    }
+                    let started = activity.started.load(Ordering::Relaxed);
+                    let finished = activity.finished.load(Ordering::Relaxed);
+                    let bytes_in = activity.bytes_in.load(Ordering::Relaxed);
+                    if started == 0 {
+                        if now >= head_deadline {
+                            // No complete head within the budget from accept: close now.
+                            tracing::debug!(listener = self.name, bytes_in, "no request head in time, closing");
+                            return;
+                        }
+                        next_check = next_check.min(head_deadline);
+                        continue;
+                    }
+                    if started != finished || started != seen_started {
+                        // Busy, or a request came since the last check.
+                        seen_started = started;
+                        quiet_for = Duration::ZERO;
+                        bytes_mark = None;
+                        partial_for = None;
+                        continue;
+                    }
+                    quiet_for += elapsed;
+                    let mark = *bytes_mark.get_or_insert(bytes_in);
+                    let h2 = activity.h2.load(Ordering::Relaxed);
+                    if h2 {
+                        next_check = now + h2_tick;
+                    } else if bytes_in > mark {
+                        // Part of a new HTTP/1.1 head arrived and has not completed.
+                        let waited = partial_for.map_or(Duration::ZERO, |w| w + elapsed);
+                        partial_for = Some(waited);
+                        if waited >= head {
+                            tracing::debug!(listener = self.name, "request head not completed in time, closing");
+                            return;
+                        }
+                    }
+                    if quiet_for >= idle {
+                        tracing::debug!(listener = self.name, h2, "idle connection closed");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_limits() {
+        let limits = Limits {
+            header_bytes_max: 200,
+            headers_max: 3,
+            ..Limits::default()
+        };
+        let ok = Request::builder()
+            .uri("/ping")
+            .header("a", "1")
+            .body(())
+            .unwrap();
+        assert!(check_head_limits(&ok, &limits).is_none());
+        let many = Request::builder()
+            .uri("/ping")
+            .header("a", "1")
+            .header("a", "2")
+            .header("b", "3")
+            .header("c", "4")
+            .body(())
+            .unwrap();
+        let e = check_head_limits(&many, &limits).unwrap();
+        assert_eq!(e.code, ErrorCode::HeadersTooLarge);
+        assert_eq!(e.status(), 431);
+        let big = Request::builder()
+            .uri("/ping")
+            .header("a", "x".repeat(200))
+            .body(())
+            .unwrap();
+        assert!(check_head_limits(&big, &limits).is_some());
+        assert!(hard_head_bytes(&limits) > 100 * 1024);
+        assert!(hard_header_count(&limits) >= 100);
+    }
+
+    #[test]
+    fn per_ip_slots_are_counted_and_released() {
+        let limits = Limits {
+            connections_per_ip_max: 2,
+            connections_per_ip_exempt_loopback: false,
+            ..Limits::default()
+        };
+        let gate = ConnectionGate::new(&limits);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = gate.admit(ip).unwrap();
+        let b = gate.admit(ip).unwrap();
+        assert!(gate.admit(ip).is_none());
+        assert_eq!(gate.refused_per_ip(), 1);
+        // The same client through an IPv6 socket.
+        assert!(gate.admit("::ffff:10.0.0.1".parse().unwrap()).is_none());
+        assert!(gate.admit("10.0.0.2".parse().unwrap()).is_some());
+        drop(a);
+        assert_eq!(gate.held_by(ip), 1);
+        let _c = gate.admit(ip).unwrap();
+        drop(b);
+        let exempt = ConnectionGate::new(&Limits {
+            connections_per_ip_max: 1,
+            ..Limits::default()
+        });
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let _x = exempt.admit(loopback).unwrap();
+        assert!(exempt.admit(loopback).is_some());
+    }
+}

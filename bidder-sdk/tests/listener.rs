@@ -1,0 +1,175 @@
+//! The SDK's connection limits, through the shared accept loop, against real sockets:
+//! the head budget from accept (a client that sends one byte, or nothing, cannot hold a
+//! slot), the idle timeout, and 431 with the contract's JSON body. Small timeouts; every
+//! wait is on an event with an upper bound.
+
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bidder_sdk::testkit::{sample_ping, SampleLead, TestClient};
+use bidder_sdk::{
+    spawn, BidReply, Bidder, Micros, PingMessage, PostMessage, PostReply, Refusal, Secret,
+    ServeOptions,
+};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const WAIT_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Flat {
+    refusals: Mutex<Vec<Refusal>>,
+}
+
+impl Bidder for Flat {
+    async fn ping(&self, _ping: PingMessage) -> BidReply {
+        BidReply::Bid {
+            bid: Micros(1_000_000),
+            bid_id: None,
+            expires_in_ms: None,
+        }
+    }
+
+    async fn post(&self, _post: PostMessage) -> PostReply {
+        PostReply {
+            accepted: true,
+            buyer_lead_id: None,
+            reason: None,
+        }
+    }
+
+    fn on_refused(&self, refusal: &Refusal) {
+        self.refusals.lock().unwrap().push(refusal.clone());
+    }
+}
+
+fn secret() -> Secret {
+    Secret::new("listener-test-secret").unwrap()
+}
+
+/// Reads until the server closes `stream`; returns when, and what it sent.
+async fn closed_at(mut stream: TcpStream) -> (Instant, Vec<u8>) {
+    let mut seen = Vec::new();
+    let at = tokio::time::timeout(WAIT_MAX, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection in time");
+    (at, seen)
+}
+
+#[tokio::test]
+async fn silent_and_one_byte_clients_cannot_hold_the_slots() {
+    let options = ServeOptions {
+        connections_max: 2,
+        header_read_timeout_ms: 300,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(Arc::new(Flat::default()), options).await.unwrap();
+    let t0 = Instant::now();
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let mut one_byte = TcpStream::connect(addr).await.unwrap();
+    one_byte.write_all(b"P").await.unwrap();
+
+    // Both slots are held; the real client waits in the backlog until the budget frees
+    // them, then is served.
+    let client = TestClient::new(format!("http://{addr}"), secret()).with_timeout_ms(5_000);
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+    for s in [silent, one_byte] {
+        let (at, seen) = closed_at(s).await;
+        assert!(seen.is_empty());
+        assert!(at - t0 >= Duration::from_millis(300), "{:?}", at - t0);
+    }
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let options = ServeOptions {
+        header_read_timeout_ms: 300,
+        idle_timeout_ms: 500,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(Arc::new(Flat::default()), options).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // A request (refused 404, which is an answer all the same) keeps it past the head budget.
+    s.write_all(b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let answered = Instant::now();
+    let (at, _) = closed_at(s).await;
+    assert!(
+        at - answered >= Duration::from_millis(500),
+        "{:?}",
+        at - answered
+    );
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_with_the_json_body() {
+    let bidder = Arc::new(Flat::default());
+    let options = ServeOptions {
+        header_bytes_max: 4_096,
+        headers_max: 10,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(Arc::clone(&bidder), options).await.unwrap();
+    let big = format!(
+        "POST /ping HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let mut many = String::from("POST /ping HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("connection: close\r\n\r\n");
+    for request in [big, many] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT_MAX, async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+                if answer.ends_with(b"}}") {
+                    break;
+                }
+            }
+        })
+        .await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"headers_too_large""#),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        bidder.refusals.lock().unwrap().as_slice(),
+        [Refusal::HeadersTooLarge, Refusal::HeadersTooLarge]
+    );
+    handle.shutdown().await.unwrap();
+}

@@ -1,0 +1,138 @@
+//! TLS for the exchange: the seller listener's certificate (`[server.tls]`, served through
+//! the shared accept loop with ALPN `h2`/`http/1.1`) and the trust store for calls to
+//! buyers (WebPKI roots, plus `server.buyer_ca_path` when set; verification is never
+//! switched off).
+//!
+//! Both live in [`AppState`] behind swappable pointers, so [`reload_tls`] can replace
+//! them at run time: new seller connections get the new certificate, established ones keep
+//! theirs; new buyer calls use the new trust store (a fresh connection pool).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bidder_sdk::listener::{certificates_from_pem, TlsAcceptor};
+
+use crate::config::ListenerSettings;
+use crate::state::AppState;
+
+/// A rustls client configuration trusting the WebPKI roots and every certificate in
+/// `extra_ca_pem` (ring provider, TLS 1.2 and 1.3, no ALPN: the buyer connector sets it).
+pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca_pem {
+        let certs =
+            certificates_from_pem(pem, "server.buyer_ca_path").map_err(|e| e.to_string())?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                format!("server.buyer_ca_path: a certificate is not a usable CA: {e}")
+            })?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// [`buyer_client_config`] for a configuration's `server.buyer_ca_path`.
+pub fn buyer_client_config_for(
+    settings: &ListenerSettings,
+) -> Result<rustls::ClientConfig, String> {
+    match &settings.buyer_ca_path {
+        None => buyer_client_config(None),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!("server.buyer_ca_path: cannot read {}: {e}", path.display())
+            })?;
+            buyer_client_config(Some(&pem))
+        }
+    }
+}
+
+/// The seller listener's acceptor for `[server.tls]`, or `None` for cleartext.
+pub fn seller_acceptor(settings: &ListenerSettings) -> Result<Option<TlsAcceptor>, String> {
+    settings
+        .tls
+        .as_ref()
+        .map(|files| {
+            TlsAcceptor::from_pem_files(&files.cert_path, &files.key_path)
+                .map_err(|e| format!("server.tls: {e}"))
+        })
+        .transpose()
+}
+
+/// Loads the TLS parts of `state` from its current configuration (at start).
+pub fn install(state: &mut AppState) -> Result<(), String> {
+    let rt = state.runtime.load_full();
+    let settings = &rt.config.server.listener;
+    state.tls = seller_acceptor(settings)?;
+    state
+        .buyer_tls
+        .store(Arc::new(buyer_client_config_for(settings)?));
+    Ok(())
+}
+
+/// Re-reads the seller certificate and key (`[server.tls]`) and the
+/// buyer CA bundle (`server.buyer_ca_path`) named by the configuration `state` runs on
+/// now, and swaps them in: new seller connections get the new certificate, new buyer calls
+/// the new trust store. A configuration reload (`POST /admin/reload`, SIGHUP) does this
+/// for the new configuration (see [`TlsReload`]); call it directly when the certificate
+/// files were renewed in place.
+///
+/// On any error nothing changes and the error says which file. TLS cannot be switched on
+/// or off without a restart: when the exchange started in cleartext and the configuration
+/// now has `[server.tls]` (or the reverse) this is an error, and nothing changes.
+pub fn reload_tls(state: &AppState) -> Result<(), String> {
+    let rt = state.runtime.load_full();
+    TlsReload::prepare(state, &rt.config.server.listener)?.apply(state);
+    Ok(())
+}
+
+/// The TLS material of a configuration, read and checked but not yet in use: a reload
+/// prepares it before anything changes and applies it with the new runtime.
+#[derive(Debug)]
+pub struct TlsReload {
+    buyer: rustls::ClientConfig,
+    seller: Option<rustls::ServerConfig>,
+}
+
+impl TlsReload {
+    /// Reads `settings`' certificate, key and buyer CA files; an error names the file.
+    pub fn prepare(state: &AppState, settings: &ListenerSettings) -> Result<TlsReload, String> {
+        let buyer = buyer_client_config_for(settings)?;
+        let seller = match (&state.tls, &settings.tls) {
+            (Some(_), Some(files)) => Some(
+                bidder_sdk::listener::server_config_from_files(&files.cert_path, &files.key_path)
+                    .map_err(|e| format!("server.tls: {e}"))?,
+            ),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("server.tls was removed: switching TLS off needs a restart".into())
+            }
+            (None, Some(_)) => {
+                return Err("server.tls was added: switching TLS on needs a restart".into())
+            }
+        };
+        Ok(TlsReload { buyer, seller })
+    }
+
+    /// Swaps the prepared material in (new connections and new buyer calls use it).
+    pub fn apply(self, state: &AppState) {
+        if let (Some(acceptor), Some(config)) = (&state.tls, self.seller) {
+            acceptor.replace(config);
+        }
+        state.buyer_tls.store(Arc::new(self.buyer));
+    }
+}
+
+/// Reads a PEM file's certificates (for tools and tests).
+pub fn read_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,307 @@
+//! The seller listener's connection limits, against real sockets: the head budget from
+//! accept (one byte, a bare HTTP/2 preface), the per-IP limit, header limits (431 with the
+//! contract's JSON body) and idle timeouts (HTTP/1.1 keep-alive and HTTP/2).
+//!
+//! Timeouts are small (a few hundred ms) so the tests are fast; every wait is on an event
+//! (a close, an answer) with an upper bound, never a fixed sleep.
+
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{metric_value, raw_exchange, TestConfig, EVENT_WAIT_MAX};
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pingpost::app::{self, Running};
+use pingpost::clock::Clock;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty HTTP/2 SETTINGS frame.
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Starts an exchange with the test configuration, `header_read_timeout_ms = head_ms`,
+/// and `extra` added to `[server]`.
+async fn start(head_ms: u64, extra: &str) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let text = TestConfig::new()
+        .with(|c| c.header_read_timeout_ms = head_ms)
+        .toml(&ledger)
+        .replacen("[server]\n", &format!("[server]\n{extra}\n"), 1);
+    let config = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    let running = app::start(config, Clock::system())
+        .await
+        .expect("exchange starts");
+    (running, dir)
+}
+
+/// Reads until the server closes `stream` (EOF or reset); returns when, and what it sent.
+async fn closed_at(mut stream: TcpStream) -> (Instant, Vec<u8>) {
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection in time");
+    (closed, seen)
+}
+
+async fn healthz_answers(addr: SocketAddr) {
+    let (answer, _) = raw_exchange(addr, HEALTHZ, EVENT_WAIT_MAX).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "/healthz did not answer: {answer:?}"
+    );
+}
+
+/// Opens `n` connections that each send `bytes` and then nothing; checks that
+/// `/healthz` answers while they are held (as soon as the head budget frees the slots)
+/// and that the server closed every one of them, none before the budget.
+async fn lockout_is_broken(addr: SocketAddr, n: usize, bytes: &[u8], head_ms: u64) {
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        held.push(s);
+    }
+    healthz_answers(addr).await;
+    for s in held {
+        let (at, sent) = closed_at(s).await;
+        assert!(
+            at - t0 >= Duration::from_millis(head_ms),
+            "closed before the head budget: {:?}",
+            at - t0
+        );
+        assert!(
+            !String::from_utf8_lossy(&sent).contains(" 200 "),
+            "a lockout connection was served"
+        );
+    }
+    healthz_answers(addr).await;
+}
+
+#[tokio::test]
+async fn one_byte_clients_cannot_hold_every_slot() {
+    let (ex, _dir) = start(300, "connections_max = 20\nconnections_per_ip_max = 0").await;
+    lockout_is_broken(ex.addr, 20, b"P", 300).await;
+    // A partial HTTP/1.1 head is bounded the same way.
+    lockout_is_broken(ex.addr, 20, b"POST /v1/ping HTTP/1.1\r\nhost: x\r\n", 300).await;
+    ex.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_http2_prefaces_cannot_hold_every_slot() {
+    let (ex, _dir) = start(300, "connections_max = 20\nconnections_per_ip_max = 0").await;
+    let preface = [H2_PREFACE, H2_SETTINGS].concat();
+    lockout_is_broken(ex.addr, 20, &preface, 300).await;
+    // Half a preface, too.
+    lockout_is_broken(ex.addr, 20, &H2_PREFACE[..10], 300).await;
+    ex.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited() {
+    let (ex, _dir) = start(
+        5_000,
+        "connections_per_ip_max = 3\nconnections_per_ip_exempt_loopback = false",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(ex.addr).await.expect("connect"));
+    }
+    // The fourth from the same IP is closed at once, unanswered (well before the 5 s
+    // head budget that would close an idle one).
+    let t0 = Instant::now();
+    let (answer, closed) = raw_exchange(ex.addr, HEALTHZ, EVENT_WAIT_MAX).await;
+    assert!(closed && answer.is_empty(), "{answer:?}");
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    assert!(ex.state.conn_gate.refused_per_ip() >= 1);
+    // When one of the three goes, a new connection is served.
+    drop(held.pop());
+    let deadline = Instant::now() + EVENT_WAIT_MAX;
+    loop {
+        let (answer, _) = raw_exchange(ex.addr, HEALTHZ, EVENT_WAIT_MAX).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never released");
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    ex.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn loopback_is_exempt_from_the_per_ip_limit_by_default() {
+    let (ex, _dir) = start(5_000, "connections_per_ip_max = 1").await;
+    let _held = TcpStream::connect(ex.addr).await.expect("connect");
+    healthz_answers(ex.addr).await;
+    ex.shutdown().await.unwrap();
+}
+
+fn assert_431_json(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["error"]["code"], "headers_too_large", "{v}");
+    assert!(answer
+        .to_ascii_lowercase()
+        .contains("content-type: application/json"));
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_with_the_json_body() {
+    let (ex, _dir) = start(5_000, "header_bytes_max = 16384\nheaders_max = 100").await;
+    // A 100 KB header value.
+    let big = format!(
+        "POST /v1/ping HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let (answer, _) = raw_exchange(ex.addr, big.as_bytes(), EVENT_WAIT_MAX).await;
+    assert_431_json(&answer);
+    // 150 header fields (the limit is 100), on a probe route.
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let (answer, _) = raw_exchange(ex.addr, many.as_bytes(), EVENT_WAIT_MAX).await;
+    assert_431_json(&answer);
+    // Just under the limits is fine.
+    let ok = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-ok: {}\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    let (answer, _) = raw_exchange(ex.addr, ok.as_bytes(), EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let metrics = String::from_utf8(ex.state.metrics.render()).unwrap();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "pingpost_http_errors_total",
+            &[("code", "headers_too_large")]
+        ),
+        2.0
+    );
+    // Past hyper's own read buffer (about 408 KiB) hyper answers by itself: 431 with an
+    // empty body, and closes (documented in OPERATIONS.md).
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-huge: {}\r\n\r\n",
+        "a".repeat(600 * 1024)
+    );
+    let (answer, _) = raw_exchange(ex.addr, huge.as_bytes(), EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    ex.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn too_many_headers_over_http2_get_431_with_the_json_body() {
+    let (ex, _dir) = start(5_000, "headers_max = 20").await;
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::get(format!("http://{}/healthz", ex.addr));
+    for i in 0..30 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .expect("answer");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "headers_too_large");
+    ex.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let (ex, _dir) = start(5_000, "idle_timeout_ms = 400").await;
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let resp = send
+        .send_request(
+            Request::get(format!("http://{}/healthz", ex.addr))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answered = Instant::now();
+    let closed = tokio::time::timeout(EVENT_WAIT_MAX, ended)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap();
+    assert!(
+        closed - answered >= Duration::from_millis(300),
+        "{:?}",
+        closed - answered
+    );
+    ex.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (ex, _dir) = start(300, "idle_timeout_ms = 400").await;
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Kept alive well past the head budget (300 ms) while idle...
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    let (closed, _) = closed_at(s).await;
+    // ...and closed once idle for the idle timeout.
+    assert!(
+        closed - answered >= Duration::from_millis(400),
+        "{:?}",
+        closed - answered
+    );
+
+    // A second head that starts and never completes is closed after the head budget.
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /hea")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let (closed, seen) = closed_at(s).await;
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    assert!(closed - t0 >= Duration::from_millis(300));
+    ex.shutdown().await.unwrap();
+}

@@ -1,0 +1,412 @@
+//! TLS against real sockets, with a local CA made at test time (rcgen): the seller
+//! listener over HTTPS (ALPN h2 and http/1.1) and its certificate reload; a bidder served
+//! by the SDK over TLS, trusted through `server.buyer_ca_path` (an auction and a post
+//! complete) or not (the call fails, counted as an error, never a bid); and the loader
+//! refusing `http://` buyer URLs that are not loopback.
+
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bidder_sdk::listener::{server_config_from_pem, TlsAcceptor};
+use bidder_sdk::{spawn, Secret, ServeOptions};
+use bytes::Bytes;
+use common::{metric_value, ScriptedBidder, SellerClient, TestConfig, EVENT_WAIT_MAX};
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pingpost::app::{self, Running};
+use pingpost::clock::Clock;
+use proto::seller::{PingStatus, PostStatus};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// A CA and a leaf for 127.0.0.1 and localhost, as PEM.
+struct LocalCa {
+    ca_pem: String,
+    leaf_pem: String,
+    leaf_key_pem: String,
+}
+
+fn local_ca(name: &str) -> LocalCa {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("pingpost test CA {name}"));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    LocalCa {
+        ca_pem: ca_cert.pem(),
+        leaf_pem: leaf_cert.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An HTTPS client trusting only `ca_pem`; `h2` offers ALPN h2 and http/1.1, otherwise
+/// http/1.1 only.
+fn https_client(
+    ca_pem: &str,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in bidder_sdk::listener::certificates_from_pem(ca_pem.as_bytes(), "ca").unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if h2 {
+        b.enable_all_versions().build()
+    } else {
+        b.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+async fn get(
+    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    url: &str,
+) -> Result<(StatusCode, Version, Bytes), String> {
+    let call = async {
+        let resp = client
+            .request(Request::get(url).body(Empty::new()).unwrap())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (status, version) = (resp.status(), resp.version());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, version, body))
+    };
+    tokio::time::timeout(EVENT_WAIT_MAX, call)
+        .await
+        .expect("answer or error in time")
+}
+
+/// Starts an exchange from the test configuration with `server_extra` added to
+/// `[server]` and `buyers` (TOML) appended; `secrets` are the environment.
+async fn start(dir: &Path, server_extra: &str, buyers: &str, secrets: &[(&str, &str)]) -> Running {
+    let ledger = dir.join("ledger.jsonl");
+    let text = TestConfig::new().toml(&ledger).replacen(
+        "[server]\n",
+        &format!("[server]\n{server_extra}\n"),
+        1,
+    ) + buyers;
+    let env: BTreeMap<String, String> = secrets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = pingpost::config::load_str_with_env(&text, &move |n| env.get(n).cloned())
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    app::start(config, Clock::system())
+        .await
+        .expect("exchange starts")
+}
+
+#[tokio::test]
+async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = local_ca("one");
+    let cert = write(dir.path(), "cert.pem", &first.leaf_pem);
+    let key = write(dir.path(), "key.pem", &first.leaf_key_pem);
+    let server = format!(
+        "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    // `[server.tls]` is a table: it goes after the plain keys of [server].
+    let ledger = dir.path().join("ledger.jsonl");
+    let text = TestConfig::new().toml(&ledger).replacen(
+        "[server.breaker]\n",
+        &format!("{server}\n[server.breaker]\n"),
+        1,
+    );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    assert!(config.server.listener.tls.is_some());
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let url_ip = format!("https://127.0.0.1:{}/healthz", ex.addr.port());
+
+    let (status, version, body) = get(&https_client(&first.ca_pem, true), &url).await.unwrap();
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    assert_eq!(&body[..], br#"{"status":"ok"}"#);
+    let (status, version, _) = get(&https_client(&first.ca_pem, false), &url_ip)
+        .await
+        .unwrap();
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_11));
+
+    // A client that does not trust the CA is refused by its own verification.
+    let stranger = local_ca("stranger");
+    assert!(get(&https_client(&stranger.ca_pem, true), &url)
+        .await
+        .is_err());
+
+    // Renew the certificate in place and reload: new connections get the new one.
+    let second = local_ca("two");
+    write(dir.path(), "cert.pem", &second.leaf_pem);
+    write(dir.path(), "key.pem", &second.leaf_key_pem);
+    pingpost::tls::reload_tls(&ex.state).unwrap();
+    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(get(&https_client(&first.ca_pem, true), &url).await.is_err());
+
+    // A broken file on reload changes nothing.
+    write(dir.path(), "key.pem", "not a key");
+    let err = pingpost::tls::reload_tls(&ex.state).unwrap_err();
+    assert!(err.contains("server.tls"), "{err}");
+    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    ex.shutdown().await.unwrap();
+}
+
+const BUYER_SECRET: &str = "secret-of-tls-buyer";
+const BUYER_ENV: &str = "PINGPOST_TEST_SECRET_TLSB";
+
+fn tls_buyer(port: u16) -> String {
+    format!(
+        r#"
+[buyers.tlsb]
+name = "TLS Buyer"
+ping_url = "https://127.0.0.1:{port}/ping"
+post_url = "https://127.0.0.1:{port}/post"
+secret_env = "{BUYER_ENV}"
+ping_timeout_ms = 300
+post_timeout_ms = 1000
+verticals = ["auto_insurance"]
+states_include = ["TX"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_tls_bidder_is_trusted_through_buyer_ca_path_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("buyers");
+    let ca_path = write(dir.path(), "buyer-ca.pem", &ca.ca_pem);
+    let bidder = ScriptedBidder::bidding(10.0);
+    let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
+    options.tls = Some(TlsAcceptor::new(
+        server_config_from_pem(ca.leaf_pem.as_bytes(), ca.leaf_key_pem.as_bytes(), "leaf").unwrap(),
+    ));
+    let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
+
+    // Trusted: an auction and a post over https.
+    let trusted_dir = tempfile::tempdir().unwrap();
+    let ex = start(
+        trusted_dir.path(),
+        &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
+        &tls_buyer(addr.port()),
+        &[(BUYER_ENV, BUYER_SECRET)],
+    )
+    .await;
+    let seller = SellerClient::new(ex.addr);
+    let answer = seller.ping("TX").await;
+    assert_eq!(answer.status, PingStatus::Bid, "{answer:?}");
+    let sold = seller.post(&answer.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!((bidder.pings(), bidder.posts()), (1, 1));
+    ex.shutdown().await.unwrap();
+
+    // Not trusted: the call fails verification, is counted as an error, never a bid, and
+    // the bidder never sees the ping.
+    let untrusted_dir = tempfile::tempdir().unwrap();
+    let ex = start(
+        untrusted_dir.path(),
+        "",
+        &tls_buyer(addr.port()),
+        &[(BUYER_ENV, BUYER_SECRET)],
+    )
+    .await;
+    let seller = SellerClient::new(ex.addr);
+    let answer = seller.ping("TX").await;
+    assert_eq!(answer.status, PingStatus::NoBid, "{answer:?}");
+    let metrics = String::from_utf8(ex.state.metrics.render()).unwrap();
+    let pings = "pingpost_buyer_pings_total";
+    assert_eq!(
+        metric_value(&metrics, pings, &[("buyer", "tlsb"), ("outcome", "error")]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, pings, &[("buyer", "tlsb"), ("outcome", "bid")]),
+        0.0
+    );
+    assert_eq!(bidder.pings(), 1);
+    ex.shutdown().await.unwrap();
+    handle.shutdown().await.unwrap();
+}
+
+fn load_with_buyer_urls(ping: &str, post: &str, extra: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TestConfig::new().toml(&dir.path().join("l.jsonl"))
+        + &format!(
+            r#"
+[buyers.acme]
+ping_url = "{ping}"
+post_url = "{post}"
+secret_env = "{BUYER_ENV}"
+verticals = ["auto_insurance"]
+{extra}
+"#
+        );
+    pingpost::config::load_str_with_env(&text, &|_| Some(BUYER_SECRET.to_string()))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn plaintext_buyer_urls_are_refused_unless_loopback_or_allowed() {
+    let err = load_with_buyer_urls("http://buyer.example/ping", "http://buyer.example/post", "")
+        .unwrap_err();
+    for key in ["buyers.acme.ping_url", "buyers.acme.post_url"] {
+        assert!(
+            err.contains(&format!(
+                "{key}: is http:// to a host that is not loopback: full leads would travel in cleartext; use https://, or set allow_plaintext = true for this buyer"
+            )),
+            "{err}"
+        );
+    }
+    // Only the post URL in cleartext: only it is named.
+    let err =
+        load_with_buyer_urls("https://buyer.example/ping", "http://10.0.0.8/post", "").unwrap_err();
+    assert!(err.contains("buyers.acme.post_url: is http://"), "{err}");
+    assert!(!err.contains("ping_url"), "{err}");
+    // Loopback hosts, https, or an explicit allow_plaintext load.
+    for (ping, post) in [
+        ("http://127.0.0.1:9/ping", "http://127.9.9.9:9/post"),
+        ("http://localhost:9/ping", "http://[::1]:9/post"),
+        ("https://buyer.example/ping", "https://buyer.example/post"),
+    ] {
+        load_with_buyer_urls(ping, post, "").unwrap_or_else(|e| panic!("{ping} {post}: {e}"));
+    }
+    load_with_buyer_urls(
+        "http://buyer.example/ping",
+        "http://buyer.example/post",
+        "allow_plaintext = true",
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_tls_files_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = write(dir.path(), "junk.pem", "not PEM");
+    let text = TestConfig::new()
+        .toml(&dir.path().join("l.jsonl"))
+        .replacen(
+            "[server.breaker]\n",
+            &format!(
+                "buyer_ca_path = {junk:?}\n[server.tls]\ncert_path = {junk:?}\nkey_path = \"/nonexistent/key.pem\"\n\n[server.breaker]\n",
+                junk = junk.display().to_string()
+            ),
+            1,
+        );
+    let err = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.tls.cert_path: cannot read /nonexistent/key.pem"),
+        "{err}"
+    );
+    let text = text.replace("/nonexistent/key.pem", &junk.display().to_string());
+    let err = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.tls.cert_path: no PEM certificate found"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.buyer_ca_path: no PEM certificate found"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_counts_against_the_head_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("stall");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let ledger = dir.path().join("ledger.jsonl");
+    let text = TestConfig::new()
+        .with(|c| c.header_read_timeout_ms = 300)
+        .toml(&ledger)
+        .replacen(
+            "[server.breaker]\n",
+            &format!(
+                "connections_max = 2\n[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+            1,
+        );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    // Two clients take both slots: one sends nothing, one the first byte of a
+    // ClientHello. Both are closed when the budget runs out, and a real client is then
+    // served.
+    let t0 = tokio::time::Instant::now();
+    let silent = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    let mut one_byte = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut one_byte, &[0x16])
+        .await
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let (status, _, _) = get(&https_client(&ca.ca_pem, true), &url).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for mut s in [silent, one_byte] {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(EVENT_WAIT_MAX, async {
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            tokio::time::Instant::now()
+        })
+        .await
+        .expect("closed in time");
+        assert!(closed - t0 >= std::time::Duration::from_millis(300));
+    }
+    ex.shutdown().await.unwrap();
+}
