@@ -51,8 +51,10 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Concurrent HTTP/2 streams per connection.
 const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
-/// Consecutive failed accepts (other than a peer giving up) before `serve` gives up.
-const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 100;
+/// Consecutive failed accepts before `serve` gives up: never (0). Running out of file
+/// descriptors is a passing state; the loop backs off (1 ms to 1 s) and keeps serving, as
+/// the exchange does, rather than taking the buyer's endpoint down for good.
+const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 0;
 
 /// How [`serve`] runs. Build it with [`ServeOptions::new`] and change fields as needed.
 #[derive(Debug, Clone)]

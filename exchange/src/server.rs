@@ -129,7 +129,9 @@ where
             0,
             true,
         );
-        (gate, None, ADMIN_CONNECTIONS_MAX)
+        // With `[server.tls]` the admin listener speaks HTTPS too (same certificate): its
+        // bearer token and the metrics never cross a network in cleartext.
+        (gate, state.tls.clone(), ADMIN_CONNECTIONS_MAX)
     } else {
         (
             state.conn_gate.clone(),
