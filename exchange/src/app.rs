@@ -78,7 +78,12 @@ impl Running {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         // Auction and attempt records ride along with durable ones; make the tail durable.
-        if let Err(e) = self.state.ledger.flush().await {
+        if let Err(e) = self
+            .state
+            .ledger
+            .flush_at(self.state.generation(), self.state.clock.now_ms())
+            .await
+        {
             tracing::error!(error = %e, "ledger flush at shutdown failed");
         }
         served
@@ -260,7 +265,11 @@ impl Threaded {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        if let Err(e) = rt.block_on(self.state.ledger.flush()) {
+        if let Err(e) = rt.block_on(
+            self.state
+                .ledger
+                .flush_at(self.state.generation(), self.state.clock.now_ms()),
+        ) {
             tracing::error!(error = %e, "ledger flush at shutdown failed");
         }
         result

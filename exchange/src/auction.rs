@@ -149,7 +149,7 @@ pub async fn run_auction(
             };
             let client = client.clone();
             let rt2 = rt.clone();
-            let msg_id = format!("{auction_id}.{}", order.buyer);
+            let msg_id = format!("{auction_id}.{}", rt.config.buyers[order.buyer].key.0);
             futs.push(async move {
                 let t0 = Instant::now();
                 let buyer = &rt2.config.buyers[order.buyer];

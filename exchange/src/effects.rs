@@ -15,9 +15,6 @@ use crate::ledger::{LedgerError, Receipt};
 use crate::metrics::{PingOutcome, PostOutcomeKind};
 use crate::state::{AppState, Runtime};
 
-/// The runtime generation written in records until the swappable runtime carries one.
-pub const GENERATION_UNWIRED: u64 = 0;
-
 /// The settlement of reservations over the exchange's cap book.
 pub fn settlement(state: &AppState) -> Settlement<'_> {
     Settlement::new(&state.caps)

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::auction::{deliver, run_auction, AuctionInput, Delivery};
 use crate::clock::rfc3339;
 use crate::config::{SellerIdx, SellerKey};
+use crate::core::post::UnsoldReason;
 use crate::core::quotes::{BeginPost, Quote, QuoteRefused, EXPIRED_REASON};
 use crate::core::settlement::{drop_hold, release_reason};
 use crate::effects;
@@ -727,6 +728,10 @@ async fn ping(
                 score: result.score,
             };
             if let Err(refused) = state.quotes.insert_limited(quote, seller_open_max) {
+                // The hold existed: the ledger gets it and its release as a pair.
+                if let Some(rec) = &reserved {
+                    effects::record(state, rec).await;
+                }
                 if let Some(r) = award.reservation {
                     let drop = drop_hold(
                         cfg,
@@ -881,11 +886,22 @@ async fn post(
         _ => cfg.vertical(&quote.vertical_name).map(|(i, _)| i),
     };
     let Some(vertical) = vertical else {
-        // The vertical left the configuration: nothing can be delivered.
-        if let Some(r) = &quote.reservation {
-            state.caps.release(r);
+        // The vertical left the configuration: nothing can be delivered, and the quote's
+        // hold is released (recorded) through the one settlement path.
+        if let Some(r) = quote.reservation.clone() {
+            let drop = drop_hold(
+                cfg,
+                rt.generation,
+                r,
+                Some(&quote.ping_id),
+                false,
+                Some(release_reason::VERTICAL_REMOVED),
+                now,
+            );
+            let _ = effects::execute(state, rt, drop.into_iter()).await;
         }
-        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some("vertical_removed"));
+        let reason = UnsoldReason::VerticalRemoved.as_str();
+        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
         a.ping_id = Some(quote.ping_id.clone());
         state.quotes.finish(&quote.ping_id, a.clone(), now);
         state

@@ -410,3 +410,53 @@ async fn a_stalled_tls_handshake_counts_against_the_head_budget() {
     }
     ex.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_server_tls_the_admin_listener_speaks_https_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("admin");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let ledger = dir.path().join("ledger.jsonl");
+    let text = TestConfig::new().toml(&ledger).replacen(
+        "[server.breaker]\n",
+        &format!(
+            "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        1,
+    );
+    let env = TestConfig::new().env();
+    let config = pingpost::config::load_str_with_env(&text, &env)
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let admin = ex.admin_addr.expect("the admin listener started");
+    let client = https_client(&ca.ca_pem, true);
+    let (status, _, body) = get(
+        &client,
+        &format!("https://localhost:{}/healthz", admin.port()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    // The token is checked over TLS as over cleartext.
+    let (status, _, _) = get(
+        &client,
+        &format!("https://localhost:{}/metrics", admin.port()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Cleartext is not spoken on the admin port: a plain HTTP request gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(admin).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(EVENT_WAIT_MAX, plain.read_to_end(&mut buf)).await;
+    assert!(!buf.starts_with(b"HTTP/"), "cleartext answered: {buf:?}");
+    ex.shutdown().await.unwrap();
+}

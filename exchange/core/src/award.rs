@@ -121,7 +121,13 @@ pub fn fallback_order(ranking: &[Ranked], quoted: Micros) -> impl Iterator<Item 
     ranking
         .iter()
         .skip(1)
-        .filter(move |r| r.bid.price >= quoted)
+        .filter(move |r| may_fall_back_to(r, quoted))
+}
+
+/// Whether a bid below the winner may take the post: its own bid covers the seller price
+/// already quoted. The one statement of the rule ([`fallback_order`] and the post plan).
+pub fn may_fall_back_to(r: &Ranked, quoted: Micros) -> bool {
+    r.bid.price >= quoted
 }
 
 /// The least seller price that may be quoted: the highest of the seller's `min_price` for

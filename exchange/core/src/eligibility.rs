@@ -5,8 +5,9 @@
 //! fails is the recorded skip reason, so the auction log can explain every absence.
 //!
 //! Never: scans buyers outside the vertical's index, reserves caps (the award does, for
-//! the winner only), applies the breaker or the fan-out limit (the shell's, since they
-//! depend on live buyer health), or panics on a lead that lacks a field.
+//! the winner only), applies the breaker or the fan-out limit (the auction machine does,
+//! in [`Auction::new`](crate::auction::Auction::new), after these filters), or panics on
+//! a lead that lacks a field.
 
 use proto::Lead;
 

@@ -23,7 +23,7 @@
 use proto::Micros;
 
 use super::auction::{bid_expires_at, ms};
-use super::award::Ranked;
+use super::award::{self, Ranked};
 use super::caps::Reservation;
 use super::effect::{Effect, PostKind};
 use super::record::{Head, PostAttemptRecord, Record, SaleRecord, UnsoldRecord};
@@ -44,6 +44,8 @@ pub enum UnsoldReason {
     PostDeadline,
     /// Every candidate's buyer was removed by a reload since the quote.
     BuyerRemoved,
+    /// The lead's vertical was removed by a reload since the quote: nothing is posted.
+    VerticalRemoved,
 }
 
 impl UnsoldReason {
@@ -54,6 +56,7 @@ impl UnsoldReason {
             UnsoldReason::AllBuyersRejected => "all_buyers_rejected",
             UnsoldReason::PostDeadline => "post_deadline",
             UnsoldReason::BuyerRemoved => "buyer_removed",
+            UnsoldReason::VerticalRemoved => "vertical_removed",
         }
     }
 }
@@ -195,7 +198,8 @@ impl<'a> PostPlan<'a> {
         if self.cursor == 0 {
             return (!self.ranked.is_empty()).then_some(0);
         }
-        (self.cursor..self.ranked.len()).find(|&i| self.ranked[i].bid.price >= self.p.quoted)
+        (self.cursor..self.ranked.len())
+            .find(|&i| award::may_fall_back_to(&self.ranked[i], self.p.quoted))
     }
 
     fn buyer_id(&self, b: BuyerIdx) -> &'a str {

@@ -148,6 +148,8 @@ pub mod release_reason {
     pub const POST_DEADLINE: &str = "post_deadline";
     /// A reload removed the quote's buyer before the post.
     pub const BUYER_REMOVED: &str = "buyer_removed";
+    /// A reload removed the quote's vertical before the post.
+    pub const VERTICAL_REMOVED: &str = "vertical_removed";
 }
 
 /// The effects of dropping a quote's hold `r` without a sale: the cap operation and its
