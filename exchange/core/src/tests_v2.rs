@@ -744,3 +744,101 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
     );
     book.insert_limited(q("e", 0), 2).unwrap();
 }
+
+// A reload removed the winner between the quote and the post
+
+#[test]
+fn a_winner_a_reload_removed_is_skipped_its_hold_released_and_the_lead_falls_back() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let award = f.award([None; 4]);
+    assert_eq!(f.held(), [1, 0, 0, 0], "the quote holds the winner's cap");
+    let quoted = award.ranked[0].seller_price;
+    // The configuration serving at post time no longer has b0; the others keep their keys.
+    let mut buyers = f.cfg.buyers.clone();
+    buyers.remove(0);
+    let mut after = config_with(buyers);
+    after.server = f.cfg.server.clone();
+    assert!(after.buyer_by_key(BuyerKey(0)).is_none());
+    let removed = [(BuyerKey(0), "b0".to_string())];
+    let mut plan = PostPlan::new(
+        PostParams {
+            config: &after,
+            generation: 43,
+            seller: 0,
+            vertical: 0,
+            test: false,
+            quoted,
+            auction_id: "au_t",
+            ping_id: "pg_t",
+            lead_id: "ld_t",
+            auction_arrival: T,
+            from_quote: true,
+            removed: &removed,
+        },
+        award.ranked,
+        award.reservation,
+        T + 1_000,
+    );
+    // The first delivery goes to the runner-up (b1, position 0 in the new configuration).
+    let PostStep::Deliver(a) = plan.next(&s, T + 1_000) else {
+        panic!("a fallback is delivered to")
+    };
+    assert_eq!(after.buyers[a.buyer].key, BuyerKey(1));
+    let effects = run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 1, 0, 0], "b0's hold released, b1's taken");
+    let lines: Vec<String> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(r) => serde_json::to_string(r).ok(),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"quote_released\"") && l.contains("\"buyer_removed\"")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("\"post_attempt\"")
+            && l.contains("\"buyer\":\"b0\"")
+            && l.contains("\"outcome\":\"buyer_removed\"")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn when_every_bidder_was_removed_the_post_is_unsold_buyer_removed_and_holds_nothing() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let award = f.award([None; 4]);
+    let quoted = award.ranked[0].seller_price;
+    let mut after = config_with(Vec::new());
+    after.server = f.cfg.server.clone();
+    let mut plan = PostPlan::new(
+        PostParams {
+            config: &after,
+            generation: 43,
+            seller: 0,
+            vertical: 0,
+            test: false,
+            quoted,
+            auction_id: "au_t",
+            ping_id: "pg_t",
+            lead_id: "ld_t",
+            auction_arrival: T,
+            from_quote: true,
+            removed: &[],
+        },
+        award.ranked,
+        award.reservation,
+        T + 1_000,
+    );
+    assert_eq!(
+        plan.next(&s, T + 1_000),
+        PostStep::Unsold(UnsoldReason::BuyerRemoved)
+    );
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+}
