@@ -1,6 +1,25 @@
 //! Configuration: the validated model lives in the core (`pingpost_core::config`, re-exported
 //! here); `load` turns a TOML document into it, reporting every error at once with its key
 //! path.
+//!
+//! Layout of the loader (private modules; only the items re-exported below are public):
+//!
+//! - `load.rs`: the entry points (`load_str`, `load_file` and their `_with_env` forms),
+//!   [`ConfigErrors`], TOML syntax errors, the bounds every section checks against, and the
+//!   final assembly: the vertical name index, the seller key index (a key is valid for one
+//!   seller only), `buyers_by_vertical` and the position keys.
+//! - `load/reader.rs`: the reader, `Section` (a table, its key path, the keys read, unknown
+//!   keys with a "did you mean"), `Problems` (every error as `path: message`) and the value
+//!   helpers (whole numbers, money, string lists, names, display names).
+//! - `load/server.rs`: `[server]`, including the listener keys, `[server.tls]` and
+//!   `buyer_ca_path` (certificates are read and checked here).
+//! - `load/admin.rs`: `[admin]` (admin listener and token).
+//! - `load/verticals.rs`: `[verticals.NAME]` and their field schemas.
+//! - `load/sellers.rs`: `[sellers.ID]` (key digests, payout models).
+//! - `load/buyers.rs`: `[buyers.ID]` (URLs, secrets, targeting, caps, weekly schedules).
+//! - `load/tests.rs`: the test helpers and whole-file tests (the shipped default file, the
+//!   docs' minimal file, cross-references); `load/tests/{reader,server,verticals,sellers,
+//!   buyers}.rs`: each section's tests.
 
 mod load;
 

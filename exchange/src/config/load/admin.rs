@@ -1,0 +1,88 @@
+//! `[admin]`: the admin listener and its token.
+
+use std::net::SocketAddr;
+
+use super::reader::{Problems, Section};
+use super::NAME_LEN_MAX;
+use crate::config::{defaults, AdminConfig, AdminToken};
+
+/// Shortest admin token accepted: a guessable token on the admin port is worse than none.
+const ADMIN_TOKEN_LEN_MIN: usize = 16;
+/// Longest admin token (it travels in a header).
+const ADMIN_TOKEN_LEN_MAX: usize = 1024;
+
+fn default_admin_listen() -> SocketAddr {
+    defaults::ADMIN_LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8081)))
+}
+
+pub(super) fn read_admin(
+    mut s: Section<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> AdminConfig {
+    let listen = match s.opt("listen") {
+        None => default_admin_listen(),
+        Some((path, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => addr,
+            _ => {
+                p.at(&path, "must be a socket address such as \"127.0.0.1:8081\"");
+                default_admin_listen()
+            }
+        },
+    };
+    let token_env = match s.str_opt(p, "token_env") {
+        None => defaults::ADMIN_TOKEN_ENV.to_string(),
+        Some(name)
+            if !name.is_empty()
+                && name.len() <= NAME_LEN_MAX
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            name.to_string()
+        }
+        Some(_) => {
+            p.at(
+                &s.path_of("token_env"),
+                "must be an environment variable name (letters, digits, _; up to 64)",
+            );
+            defaults::ADMIN_TOKEN_ENV.to_string()
+        }
+    };
+    // The token's value never appears in a message, only the variable's name.
+    let token = match env(&token_env).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) if t.len() < ADMIN_TOKEN_LEN_MIN || t.len() > ADMIN_TOKEN_LEN_MAX => {
+            p.at(
+                &s.path_of("token_env"),
+                format!(
+                    "the token in ${token_env} must be {ADMIN_TOKEN_LEN_MIN} to \
+                     {ADMIN_TOKEN_LEN_MAX} characters"
+                ),
+            );
+            None
+        }
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            p.at(
+                &s.path_of("token_env"),
+                format!("the token in ${token_env} must be visible ASCII characters"),
+            );
+            None
+        }
+        Some(t) => Some(AdminToken::new(t)),
+    };
+    if token.is_none() && !listen.ip().is_loopback() {
+        // Without a token the admin listener does not start; on a non-loopback address
+        // that is almost certainly a mistake, so say so rather than run without it.
+        p.at(
+            &s.path_of("listen"),
+            format!("is not a loopback address, so ${token_env} must hold the admin token"),
+        );
+    }
+    s.finish(p);
+    AdminConfig {
+        listen,
+        token_env,
+        token,
+    }
+}

@@ -1,0 +1,334 @@
+//! `[buyers.ID]`: URLs, secrets, targeting, caps and weekly schedules.
+
+use std::collections::HashMap;
+
+use proto::schema::is_us_state;
+use proto::signing::Secret;
+use toml::Value;
+
+use super::reader::{display_name, no_duplicates, str_list, Problems, Section};
+use super::{DAYS, MINUTES_PER_DAY, TIMEOUT_MS_LIMIT};
+use crate::config::{
+    defaults, Buyer, BuyerKey, Caps, HttpVersion, MinuteRange, VerticalIdx, WeeklySchedule,
+};
+
+pub(super) fn read_buyer(
+    id: &str,
+    mut s: Section<'_>,
+    vertical_by_name: &HashMap<String, VerticalIdx>,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Option<Buyer> {
+    let before = p.len();
+    let name = display_name(p, &mut s, id);
+    let ping_url = s
+        .str_opt(p, "ping_url")
+        .and_then(|u| check_url(p, &s.path_of("ping_url"), u));
+    let post_url = s
+        .str_req(p, "post_url")
+        .and_then(|u| check_url(p, &s.path_of("post_url"), u));
+    let http = match s.opt("http") {
+        None => HttpVersion::Http1,
+        Some((_, Value::String(v))) if v == "1.1" => HttpVersion::Http1,
+        Some((_, Value::String(v))) if v == "2" => HttpVersion::Http2,
+        Some((path, _)) => {
+            p.at(&path, "must be \"1.1\" or \"2\"");
+            HttpVersion::Http1
+        }
+    };
+    let secret_env = s.str_req(p, "secret_env");
+    let secret = secret_env.and_then(|var| read_secret(p, &s.path_of("secret_env"), var, env));
+    let ping_timeout_ms = s.u64_or(
+        p,
+        "ping_timeout_ms",
+        1,
+        TIMEOUT_MS_LIMIT,
+        defaults::PING_TIMEOUT_MS,
+    );
+    let post_timeout_ms = s.u64_or(
+        p,
+        "post_timeout_ms",
+        1,
+        TIMEOUT_MS_LIMIT,
+        defaults::POST_TIMEOUT_MS,
+    );
+    let verticals = s.vertical_refs(p, "verticals", vertical_by_name);
+
+    let states_include = states(p, &mut s, "states_include");
+    let states_exclude = states(p, &mut s, "states_exclude");
+    for (path, state) in &states_exclude {
+        if states_include.iter().any(|(_, inc)| inc == state) {
+            p.at(path, format!("{state:?} is also in states_include"));
+        }
+    }
+    let zip_prefixes = s.str_list(p, "zip_prefixes");
+    for (path, prefix) in &zip_prefixes {
+        if !(1..=5).contains(&prefix.len()) || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            p.at(path, "must be 1 to 5 digits");
+        }
+    }
+    no_duplicates(p, &zip_prefixes);
+
+    let timezone = match s.str_opt(p, "timezone") {
+        None => chrono_tz::Tz::UTC,
+        Some(tz) => tz.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+            p.at(
+                &s.path_of("timezone"),
+                format!("unknown time zone {tz:?} (an IANA name such as \"America/Chicago\")"),
+            );
+            chrono_tz::Tz::UTC
+        }),
+    };
+    let schedule = s
+        .opt("schedule")
+        .and_then(|(path, v)| read_schedule(p, path, v));
+    let score_floor = s
+        .int_opt(p, "score_floor", 0, 100)
+        .and_then(|f| u8::try_from(f).ok());
+
+    let mut c = s.section_or_empty(p, "caps");
+    let cap_max = i64::from(u32::MAX);
+    let mut caps = Caps {
+        hourly: c.u32_opt(p, "hourly", 1, cap_max),
+        daily: c.u32_opt(p, "daily", 1, cap_max),
+        weekly: c.u32_opt(p, "weekly", 1, cap_max),
+        monthly: c.u32_opt(p, "monthly", 1, cap_max),
+        budget_daily: None,
+    };
+    c.finish(p);
+    caps.budget_daily = s.money_opt(p, "budget_daily");
+
+    let allow_plaintext = s.bool_or(p, "allow_plaintext", false);
+    if !allow_plaintext {
+        for (key, url) in [
+            ("ping_url", ping_url.as_deref()),
+            ("post_url", post_url.as_deref()),
+        ] {
+            if let Some(url) = url {
+                if !plaintext_allowed(url) {
+                    p.at(
+                        &s.path_of(key),
+                        "is http:// to a host that is not loopback: full leads would travel in cleartext; use https://, or set allow_plaintext = true for this buyer",
+                    );
+                }
+            }
+        }
+    }
+    let fixed_price = s.money_opt(p, "fixed_price");
+    match (s.has("ping_url"), s.has("fixed_price")) {
+        (false, false) => p.at(
+            &s.path_of("fixed_price"),
+            "is required for a buyer without ping_url (a fixed-price buyer); a pinged buyer needs ping_url",
+        ),
+        (true, true) => p.at(
+            &s.path_of("fixed_price"),
+            "applies only to a buyer without ping_url; a pinged buyer's price is its bid",
+        ),
+        _ => {}
+    }
+    s.finish(p);
+
+    if p.len() > before {
+        return None;
+    }
+    Some(Buyer {
+        id: id.to_string(),
+        key: BuyerKey::default(),
+        name,
+        ping_url,
+        post_url: post_url?,
+        http,
+        secret_env: secret_env?.to_string(),
+        secret: secret?,
+        ping_timeout_ms,
+        post_timeout_ms,
+        verticals,
+        states_include: states_include
+            .into_iter()
+            .map(|(_, st)| st.to_string())
+            .collect(),
+        states_exclude: states_exclude
+            .into_iter()
+            .map(|(_, st)| st.to_string())
+            .collect(),
+        zip_prefixes: zip_prefixes
+            .into_iter()
+            .map(|(_, z)| z.to_string())
+            .collect(),
+        timezone,
+        schedule,
+        score_floor,
+        caps,
+        fixed_price,
+        allow_plaintext,
+    })
+}
+
+/// Whether `url` may be used without `allow_plaintext`: `https://`, or `http://` to a
+/// loopback host (127.0.0.0/8, ::1, localhost).
+fn plaintext_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return true; // Reported by check_url.
+    };
+    if uri.scheme_str() != Some("http") {
+        return true;
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
+    let uri = match url.parse::<http::Uri>() {
+        Ok(uri) => uri,
+        Err(_) => {
+            p.at(
+                path,
+                "must be an http:// or https:// URL such as \"https://buyer.example/ping\"",
+            );
+            return None;
+        }
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        p.at(
+            path,
+            "must be an http:// or https:// URL such as \"https://buyer.example/ping\"",
+        );
+        return None;
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        p.at(path, "must name a host");
+        return None;
+    }
+    Some(url.to_string())
+}
+
+/// Reads the signing secret from the environment. Messages name the variable, never its value.
+fn read_secret(
+    p: &mut Problems,
+    path: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Secret> {
+    let valid_name = !var.is_empty()
+        && !var.starts_with(|c: char| c.is_ascii_digit())
+        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid_name {
+        p.at(
+            path,
+            "must be an environment variable name (letters, digits and _)",
+        );
+        return None;
+    }
+    let Some(text) = env(var) else {
+        p.at(path, format!("environment variable {var} is not set"));
+        return None;
+    };
+    match Secret::new(&text) {
+        Ok(secret) => Some(secret),
+        Err(_) => {
+            p.at(path, format!("environment variable {var} does not hold a valid secret (empty, or not base64 after whsec_)"));
+            None
+        }
+    }
+}
+
+fn states<'a>(p: &mut Problems, s: &mut Section<'a>, key: &'static str) -> Vec<(String, &'a str)> {
+    let list = s.str_list(p, key);
+    for (path, state) in &list {
+        if !is_us_state(state) {
+            p.at(
+                path,
+                format!("{state:?} is not a US state code (two upper-case letters such as \"TX\")"),
+            );
+        }
+    }
+    no_duplicates(p, &list);
+    list
+}
+
+fn read_schedule(p: &mut Problems, path: String, v: &Value) -> Option<WeeklySchedule> {
+    let Some(table) = v.as_table() else {
+        p.at(
+            &path,
+            "must be a table of days such as { mon = [\"08:00-20:00\"] }",
+        );
+        return None;
+    };
+    let mut s = Section::new(path, Some(table));
+    let mut days: [Vec<MinuteRange>; 7] = Default::default();
+    for (day, ranges) in DAYS.iter().zip(days.iter_mut()) {
+        if let Some((day_path, v)) = s.opt(day) {
+            *ranges = read_day(p, &day_path, v);
+        }
+    }
+    s.finish_with_hint(p, "days are mon, tue, wed, thu, fri, sat, sun");
+    Some(WeeklySchedule { days })
+}
+
+/// One day's open ranges, sorted; overlapping ranges are recorded.
+fn read_day(p: &mut Problems, path: &str, v: &Value) -> Vec<MinuteRange> {
+    let mut ranges = Vec::new();
+    for (item_path, text) in str_list(p, path, v) {
+        match parse_range(text) {
+            Ok(r) => ranges.push(r),
+            Err(why) => p.at(&item_path, why),
+        }
+    }
+    ranges.sort_by_key(|r| (r.start, r.end));
+    for pair in ranges.windows(2) {
+        if let [a, b] = pair {
+            if b.start < a.end {
+                p.at(
+                    path,
+                    format!("ranges {} and {} overlap", show_range(*a), show_range(*b)),
+                );
+            }
+        }
+    }
+    ranges
+}
+
+/// `"HH:MM-HH:MM"`, end after start; the end may be `24:00`.
+pub(super) fn parse_range(text: &str) -> Result<MinuteRange, String> {
+    let shape = || format!("{text:?} must be a range \"HH:MM-HH:MM\" such as \"08:00-20:00\"");
+    let (start, end) = text.split_once('-').ok_or_else(shape)?;
+    let start = parse_clock(start.trim())
+        .filter(|&m| m < MINUTES_PER_DAY)
+        .ok_or_else(shape)?;
+    let end = parse_clock(end.trim()).ok_or_else(shape)?;
+    if start >= end {
+        return Err(format!(
+            "{text:?} must end after it starts (split a range that crosses midnight in two)"
+        ));
+    }
+    Ok(MinuteRange { start, end })
+}
+
+/// `HH:MM` as minutes after midnight, `00:00` to `24:00`.
+pub(super) fn parse_clock(text: &str) -> Option<u16> {
+    let (h, m) = text.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    let minutes = h * 60 + m;
+    (m < 60 && minutes <= MINUTES_PER_DAY).then_some(minutes)
+}
+
+pub(super) fn show_range(r: MinuteRange) -> String {
+    format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        r.start / 60,
+        r.start % 60,
+        r.end / 60,
+        r.end % 60
+    )
+}

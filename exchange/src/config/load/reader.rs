@@ -1,0 +1,432 @@
+//! The reader: [`Section`] (one table of the document, its key path and the keys read
+//! from it), [`Problems`] (every error collected as `path: message`) and the value
+//! helpers every section uses (whole numbers, money, string lists, names).
+
+use std::collections::HashMap;
+use std::fmt::Display;
+
+use proto::money::MoneyError;
+use proto::Micros;
+use toml::{Table, Value};
+
+use super::{DISPLAY_NAME_LEN_MAX, LIST_LEN_MAX, NAME_LEN_MAX};
+use crate::config::VerticalIdx;
+
+/// Problems found so far, each `path: message`.
+#[derive(Debug, Default)]
+pub(super) struct Problems(pub(super) Vec<String>);
+
+impl Problems {
+    pub(super) fn at(&mut self, path: &str, message: impl Display) {
+        if path.is_empty() {
+            self.0.push(message.to_string());
+        } else {
+            self.0.push(format!("{path}: {message}"));
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// `parent.key`, quoting a key that is not a bare TOML key.
+pub(super) fn join(parent: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// One table of the document, with its path and the keys read from it so far. Whatever
+/// was not read by the time of [`Section::finish`] is an unknown key.
+#[derive(Debug)]
+pub(super) struct Section<'a> {
+    path: String,
+    /// `None` stands for an absent, optional table: every key is absent.
+    pub(super) table: Option<&'a Table>,
+    read: Vec<&'static str>,
+}
+
+impl<'a> Section<'a> {
+    pub(super) fn new(path: String, table: Option<&'a Table>) -> Section<'a> {
+        Section {
+            path,
+            table,
+            read: Vec::new(),
+        }
+    }
+
+    pub(super) fn path_of(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.table.is_some_and(|t| t.contains_key(key))
+    }
+
+    /// The value at `key` with its path, if present; marks `key` as known.
+    pub(super) fn opt(&mut self, key: &'static str) -> Option<(String, &'a Value)> {
+        self.read.push(key);
+        let value = self.table?.get(key)?;
+        Some((self.path_of(key), value))
+    }
+
+    /// Like [`Section::opt`], recording a problem when the key is absent.
+    pub(super) fn req(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+    ) -> Option<(String, &'a Value)> {
+        let found = self.opt(key);
+        if found.is_none() {
+            p.at(&self.path_of(key), "is required");
+        }
+        found
+    }
+
+    pub(super) fn str_opt(&mut self, p: &mut Problems, key: &'static str) -> Option<&'a str> {
+        let (path, v) = self.opt(key)?;
+        as_str(p, &path, v)
+    }
+
+    pub(super) fn str_req(&mut self, p: &mut Problems, key: &'static str) -> Option<&'a str> {
+        let (path, v) = self.req(p, key)?;
+        as_str(p, &path, v)
+    }
+
+    pub(super) fn bool_or(&mut self, p: &mut Problems, key: &'static str, default: bool) -> bool {
+        match self.opt(key) {
+            None => default,
+            Some((_, Value::Boolean(b))) => *b,
+            Some((path, _)) => {
+                p.at(&path, "must be true or false");
+                default
+            }
+        }
+    }
+
+    /// A whole number in `lo..=hi`, if present and valid.
+    pub(super) fn int_opt(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+        lo: i64,
+        hi: i64,
+    ) -> Option<i64> {
+        let (path, v) = self.opt(key)?;
+        whole(p, &path, v, lo, hi)
+    }
+
+    pub(super) fn u64_or(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+        lo: i64,
+        hi: i64,
+        default: u64,
+    ) -> u64 {
+        self.int_opt(p, key, lo, hi)
+            .and_then(|i| u64::try_from(i).ok())
+            .unwrap_or(default)
+    }
+
+    pub(super) fn usize_or(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+        lo: i64,
+        hi: i64,
+        default: usize,
+    ) -> usize {
+        self.int_opt(p, key, lo, hi)
+            .and_then(|i| usize::try_from(i).ok())
+            .unwrap_or(default)
+    }
+
+    pub(super) fn u32_opt(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+        lo: i64,
+        hi: i64,
+    ) -> Option<u32> {
+        self.int_opt(p, key, lo, hi)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    pub(super) fn money_opt(&mut self, p: &mut Problems, key: &'static str) -> Option<Micros> {
+        let (path, v) = self.opt(key)?;
+        money(p, &path, v)
+    }
+
+    /// An optional sub-table; absent (or not a table, which is recorded) reads as empty.
+    pub(super) fn section_or_empty(&mut self, p: &mut Problems, key: &'static str) -> Section<'a> {
+        let path = self.path_of(key);
+        match self.opt(key) {
+            None => Section::new(path, None),
+            Some((_, Value::Table(t))) => Section::new(path, Some(t)),
+            Some(_) => {
+                p.at(&path, "must be a table");
+                Section::new(path, None)
+            }
+        }
+    }
+
+    /// A table of named tables (`[buyers.ID]`), in file order. Names must be short
+    /// identifiers; an entry that is not a table is recorded and skipped.
+    pub(super) fn entries(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+    ) -> Vec<(&'a str, Section<'a>)> {
+        let Some((path, v)) = self.opt(key) else {
+            return Vec::new();
+        };
+        let Some(table) = v.as_table() else {
+            p.at(
+                &path,
+                format!("must be a table of named tables, such as [{key}.NAME]"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(table.len());
+        for (name, value) in table {
+            let entry_path = join(&path, name);
+            if !is_name(name) {
+                p.at(
+                    &entry_path,
+                    format!("the name must be 1 to {NAME_LEN_MAX} letters, digits, '_' or '-'"),
+                );
+            }
+            match value.as_table() {
+                Some(t) => out.push((name.as_str(), Section::new(entry_path, Some(t)))),
+                None => p.at(&entry_path, "must be a table"),
+            }
+        }
+        out
+    }
+
+    /// An optional list of strings; absent reads as empty.
+    pub(super) fn str_list(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+    ) -> Vec<(String, &'a str)> {
+        match self.opt(key) {
+            None => Vec::new(),
+            Some((path, v)) => str_list(p, &path, v),
+        }
+    }
+
+    /// A required, non-empty list of vertical names, resolved to indices.
+    pub(super) fn vertical_refs(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+        vertical_by_name: &HashMap<String, VerticalIdx>,
+    ) -> Vec<VerticalIdx> {
+        let Some((path, v)) = self.req(p, key) else {
+            return Vec::new();
+        };
+        if v.as_array().is_some_and(Vec::is_empty) {
+            p.at(&path, "must name at least one vertical");
+        }
+        let names = str_list(p, &path, v);
+        no_duplicates(p, &names);
+        let mut out = Vec::with_capacity(names.len());
+        for (item_path, name) in names {
+            match vertical_by_name.get(name) {
+                Some(&idx) if !out.contains(&idx) => out.push(idx),
+                Some(_) => {}
+                None => p.at(&item_path, format!("unknown vertical {name:?}")),
+            }
+        }
+        out
+    }
+
+    /// Records each of `keys` that is present as not applying here (`what` says why),
+    /// rather than as an unknown key.
+    pub(super) fn reject(&mut self, p: &mut Problems, keys: &[&'static str], what: &str) {
+        for key in keys {
+            if self.read.contains(key) {
+                continue;
+            }
+            if self.has(key) {
+                p.at(&self.path_of(key), format!("does not apply to {what}"));
+            }
+            self.read.push(key);
+        }
+    }
+
+    /// Records every key that was never read as unknown, suggesting a close known key.
+    pub(super) fn finish(self, p: &mut Problems) {
+        self.finish_with_hint(p, "");
+    }
+
+    pub(super) fn finish_with_hint(self, p: &mut Problems, hint: &str) {
+        let Some(table) = self.table else { return };
+        for key in table.keys() {
+            if self.read.iter().any(|r| r == key) {
+                continue;
+            }
+            let path = join(&self.path, key);
+            let close = self
+                .read
+                .iter()
+                .map(|known| (edit_distance(known, key), *known))
+                .filter(|&(d, _)| d <= 2 && d * 3 <= key.chars().count())
+                .min();
+            match close {
+                Some((_, known)) => p.at(&path, format!("unknown key (did you mean {known}?)")),
+                None if !hint.is_empty() => p.at(&path, format!("unknown key ({hint})")),
+                None => p.at(&path, "unknown key"),
+            }
+        }
+    }
+}
+
+/// Levenshtein distance between two short keys (long keys are simply "far").
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len() > NAME_LEN_MAX || b.len() > NAME_LEN_MAX {
+        return usize::MAX;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn is_name(s: &str) -> bool {
+    (1..=NAME_LEN_MAX).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub(super) fn as_str<'a>(p: &mut Problems, path: &str, v: &'a Value) -> Option<&'a str> {
+    match v {
+        Value::String(s) => Some(s.as_str()),
+        _ => {
+            p.at(path, "must be a string");
+            None
+        }
+    }
+}
+
+pub(super) fn whole(p: &mut Problems, path: &str, v: &Value, lo: i64, hi: i64) -> Option<i64> {
+    match v {
+        Value::Integer(i) if (lo..=hi).contains(i) => Some(*i),
+        _ => {
+            p.at(
+                path,
+                format!("must be a whole number between {lo} and {hi}"),
+            );
+            None
+        }
+    }
+}
+
+/// Any finite number, integer or float.
+pub(super) fn number(p: &mut Problems, path: &str, v: &Value) -> Option<f64> {
+    match v {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Float(f) if f.is_finite() => Some(*f),
+        _ => {
+            p.at(path, "must be a finite number");
+            None
+        }
+    }
+}
+
+/// The decimal text a number was written as: floats print as the shortest decimal that
+/// reads back as the same float, which is what the author wrote.
+pub(super) fn decimal_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Float(f) => Some(format!("{f}")),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Money, written as a TOML integer, float or decimal string (`12.5`, `12`, `"12.50"`).
+pub(super) fn money(p: &mut Problems, path: &str, v: &Value) -> Option<Micros> {
+    const SHAPE: &str = "must be an amount of money such as 12.50";
+    let Some(text) = decimal_text(v) else {
+        p.at(path, SHAPE);
+        return None;
+    };
+    match Micros::parse_decimal(&text) {
+        Ok(m) => Some(m),
+        Err(MoneyError::NotFinite) => {
+            p.at(path, SHAPE);
+            None
+        }
+        Err(e) => {
+            p.at(path, e);
+            None
+        }
+    }
+}
+
+/// A list of strings; items that are not strings are recorded and skipped.
+pub(super) fn str_list<'a>(p: &mut Problems, path: &str, v: &'a Value) -> Vec<(String, &'a str)> {
+    let Some(items) = v.as_array() else {
+        p.at(path, "must be a list of strings");
+        return Vec::new();
+    };
+    if items.len() > LIST_LEN_MAX {
+        p.at(path, format!("must have at most {LIST_LEN_MAX} items"));
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        if let Some(s) = as_str(p, &item_path, item) {
+            out.push((item_path, s));
+        }
+    }
+    out
+}
+
+pub(super) fn no_duplicates(p: &mut Problems, items: &[(String, &str)]) {
+    for (i, (path, s)) in items.iter().enumerate() {
+        if items
+            .get(..i)
+            .is_some_and(|earlier| earlier.iter().any(|(_, e)| e == s))
+        {
+            p.at(path, format!("{s:?} is listed twice"));
+        }
+    }
+}
+
+pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> String {
+    match s.str_opt(p, "name") {
+        None => id.to_string(),
+        Some(name) if name.trim().is_empty() || name.chars().count() > DISPLAY_NAME_LEN_MAX => {
+            p.at(
+                &s.path_of("name"),
+                format!("must be 1 to {DISPLAY_NAME_LEN_MAX} characters"),
+            );
+            id.to_string()
+        }
+        Some(name) => name.to_string(),
+    }
+}

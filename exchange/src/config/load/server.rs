@@ -1,0 +1,282 @@
+//! `[server]`, including the listener keys (per-IP limit, timers, header limits,
+//! `[server.tls]`, `buyer_ca_path`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::reader::{Problems, Section};
+use super::{
+    BODY_BYTES_MAX_FLOOR, BODY_BYTES_MAX_LIMIT, BREAKER_FAILURES_LIMIT, COUNT_LIMIT, DAY_MS,
+    FAN_OUT_LIMIT, HOUR_MS, POST_ATTEMPTS_LIMIT, SERVER_WAIT_MS_LIMIT, TABLE_ENTRIES_LIMIT,
+    TIMEOUT_MS_LIMIT,
+};
+use crate::config::{defaults, BreakerConfig, ListenerSettings, ServerConfig, TlsFiles};
+
+pub(super) fn default_listen() -> SocketAddr {
+    defaults::LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig {
+    let listen = match s.opt("listen") {
+        None => default_listen(),
+        Some((path, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => addr,
+            _ => {
+                p.at(&path, "must be a socket address such as \"127.0.0.1:8080\"");
+                default_listen()
+            }
+        },
+    };
+    let body_bytes_max = s.usize_or(
+        p,
+        "body_bytes_max",
+        BODY_BYTES_MAX_FLOOR,
+        BODY_BYTES_MAX_LIMIT,
+        defaults::BODY_BYTES_MAX,
+    );
+    let header_read_timeout_ms = s.u64_or(
+        p,
+        "header_read_timeout_ms",
+        1,
+        SERVER_WAIT_MS_LIMIT,
+        defaults::HEADER_READ_TIMEOUT_MS,
+    );
+    let requests_in_flight_max = s.usize_or(
+        p,
+        "requests_in_flight_max",
+        1,
+        COUNT_LIMIT,
+        defaults::REQUESTS_IN_FLIGHT_MAX,
+    );
+    let connections_max = s.usize_or(
+        p,
+        "connections_max",
+        1,
+        COUNT_LIMIT,
+        defaults::CONNECTIONS_MAX,
+    );
+    let worker_threads = s.usize_or(p, "worker_threads", 0, 256, defaults::WORKER_THREADS);
+    let shutdown_grace_ms = s.u64_or(
+        p,
+        "shutdown_grace_ms",
+        0,
+        SERVER_WAIT_MS_LIMIT,
+        defaults::SHUTDOWN_GRACE_MS,
+    );
+    let quote_ttl_ms = s.u64_or(p, "quote_ttl_ms", 1, HOUR_MS, defaults::QUOTE_TTL_MS);
+    let quotes_open_max = s.usize_or(
+        p,
+        "quotes_open_max",
+        1,
+        TABLE_ENTRIES_LIMIT,
+        defaults::QUOTES_OPEN_MAX,
+    );
+    let idempotency_ttl_ms = s.u64_or(
+        p,
+        "idempotency_ttl_ms",
+        1,
+        30 * DAY_MS,
+        defaults::IDEMPOTENCY_TTL_MS,
+    );
+    let idempotency_keys_max = s.usize_or(
+        p,
+        "idempotency_keys_max",
+        1,
+        TABLE_ENTRIES_LIMIT,
+        defaults::IDEMPOTENCY_KEYS_MAX,
+    );
+    let idempotency_keys_per_seller_max = s.usize_or(
+        p,
+        "idempotency_keys_per_seller_max",
+        1,
+        TABLE_ENTRIES_LIMIT,
+        defaults::IDEMPOTENCY_KEYS_PER_SELLER_MAX,
+    );
+    let ledger_path = match s.str_opt(p, "ledger_path") {
+        None => PathBuf::from(defaults::LEDGER_PATH),
+        Some("") => {
+            p.at(&s.path_of("ledger_path"), "must not be empty");
+            PathBuf::from(defaults::LEDGER_PATH)
+        }
+        Some(path) => PathBuf::from(path),
+    };
+    let buyers_per_auction_max = s.usize_or(
+        p,
+        "buyers_per_auction_max",
+        1,
+        FAN_OUT_LIMIT,
+        defaults::BUYERS_PER_AUCTION_MAX,
+    );
+    let response_reserve_ms = s.u64_or(
+        p,
+        "response_reserve_ms",
+        0,
+        10_000,
+        defaults::RESPONSE_RESERVE_MS,
+    );
+    let post_attempts_max = s.usize_or(
+        p,
+        "post_attempts_max",
+        1,
+        POST_ATTEMPTS_LIMIT,
+        defaults::POST_ATTEMPTS_MAX,
+    );
+    let post_deadline_ms = s.u64_or(
+        p,
+        "post_deadline_ms",
+        1,
+        TIMEOUT_MS_LIMIT,
+        defaults::POST_DEADLINE_MS,
+    );
+
+    let mut b = s.section_or_empty(p, "breaker");
+    let breaker = BreakerConfig {
+        enabled: b.bool_or(p, "enabled", true),
+        failures: b
+            .u32_opt(p, "failures", 1, BREAKER_FAILURES_LIMIT)
+            .unwrap_or(defaults::BREAKER_FAILURES),
+        open_ms: b.u64_or(p, "open_ms", 1, HOUR_MS, defaults::BREAKER_OPEN_MS),
+        probe_interval_ms: b.u64_or(
+            p,
+            "probe_interval_ms",
+            1,
+            HOUR_MS,
+            defaults::BREAKER_PROBE_INTERVAL_MS,
+        ),
+    };
+    b.finish(p);
+    let listener = read_listener(&mut s, p);
+    s.finish(p);
+
+    ServerConfig {
+        listen,
+        body_bytes_max,
+        header_read_timeout_ms,
+        requests_in_flight_max,
+        connections_max,
+        worker_threads,
+        shutdown_grace_ms,
+        quote_ttl_ms,
+        quotes_open_max,
+        idempotency_ttl_ms,
+        idempotency_keys_max,
+        idempotency_keys_per_seller_max,
+        ledger_path,
+        buyers_per_auction_max,
+        response_reserve_ms,
+        post_attempts_max,
+        post_deadline_ms,
+        breaker,
+        listener,
+    }
+}
+
+/// Largest `server.header_bytes_max`.
+const HEADER_BYTES_MAX_LIMIT: i64 = 256 * 1024;
+/// Largest `server.headers_max`.
+const HEADERS_MAX_LIMIT: i64 = 10_000;
+
+/// The listener's keys of `[server]`: per-IP limit, idle and HTTP/2 keep-alive timers,
+/// header limits, `[server.tls]` and `buyer_ca_path`. The TLS files are read and checked
+/// here, so a bad certificate is a configuration error, not a failed start.
+fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
+    let d = ListenerSettings::default();
+    let connections_per_ip_max = s.usize_or(
+        p,
+        "connections_per_ip_max",
+        0,
+        COUNT_LIMIT,
+        d.connections_per_ip_max,
+    );
+    let connections_per_ip_exempt_loopback = s.bool_or(
+        p,
+        "connections_per_ip_exempt_loopback",
+        d.connections_per_ip_exempt_loopback,
+    );
+    let idle_timeout_ms = s.u64_or(
+        p,
+        "idle_timeout_ms",
+        1,
+        SERVER_WAIT_MS_LIMIT,
+        d.idle_timeout_ms,
+    );
+    let h2_keepalive_interval_ms = s.u64_or(
+        p,
+        "h2_keepalive_interval_ms",
+        0,
+        SERVER_WAIT_MS_LIMIT,
+        d.h2_keepalive_interval_ms,
+    );
+    let h2_keepalive_timeout_ms = s.u64_or(
+        p,
+        "h2_keepalive_timeout_ms",
+        1,
+        SERVER_WAIT_MS_LIMIT,
+        d.h2_keepalive_timeout_ms,
+    );
+    let header_bytes_max = s.usize_or(
+        p,
+        "header_bytes_max",
+        1024,
+        HEADER_BYTES_MAX_LIMIT,
+        d.header_bytes_max,
+    );
+    let headers_max = s.usize_or(p, "headers_max", 1, HEADERS_MAX_LIMIT, d.headers_max);
+    let tls = if s.has("tls") {
+        let mut t = s.section_or_empty(p, "tls");
+        let cert = t.str_req(p, "cert_path");
+        let key = t.str_req(p, "key_path");
+        let path = t.path_of("cert_path");
+        t.finish(p);
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert_path: PathBuf::from(cert),
+                    key_path: PathBuf::from(key),
+                };
+                match bidder_sdk::listener::server_config_from_files(
+                    &files.cert_path,
+                    &files.key_path,
+                ) {
+                    Ok(_) => Some(files),
+                    Err(e) => {
+                        p.at(&path, e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let buyer_ca_path = s.str_opt(p, "buyer_ca_path").and_then(|path| {
+        let key = s.path_of("buyer_ca_path");
+        match std::fs::read(path) {
+            Err(e) => {
+                p.at(&key, format!("cannot read {path}: {e}"));
+                None
+            }
+            Ok(pem) => match bidder_sdk::listener::certificates_from_pem(&pem, path) {
+                Ok(_) => Some(PathBuf::from(path)),
+                Err(e) => {
+                    p.at(&key, e);
+                    None
+                }
+            },
+        }
+    });
+    ListenerSettings {
+        connections_per_ip_max,
+        connections_per_ip_exempt_loopback,
+        idle_timeout_ms,
+        h2_keepalive_interval_ms,
+        h2_keepalive_timeout_ms,
+        header_bytes_max,
+        headers_max,
+        tls,
+        buyer_ca_path,
+    }
+}

@@ -1,0 +1,34 @@
+//! Tests of the reader: money forms, key paths.
+
+use proto::Micros;
+
+use super::*;
+use crate::config::load::reader::edit_distance;
+
+#[test]
+fn money_forms_are_exact() {
+    let floor =
+        |v: &str| load(&[("#VERTICAL", &format!("floor = {v}"))]).map(|c| c.verticals[0].floor);
+    assert_eq!(floor("0.1"), Ok(Micros(100_000)));
+    assert_eq!(floor("2.675"), Ok(Micros(2_675_000)));
+    assert_eq!(floor("3"), Ok(Micros(3_000_000)));
+    assert_eq!(floor("\"12.50\""), Ok(Micros(12_500_000)));
+    assert_eq!(floor("0.000001"), Ok(Micros(1)));
+    let shape = ["verticals.auto.floor: must be an amount of money such as 12.50"];
+    assert_eq!(floor("\"twelve\"").unwrap_err().0, shape);
+    assert_eq!(floor("true").unwrap_err().0, shape);
+    assert_eq!(floor("nan").unwrap_err().0, shape);
+    assert_eq!(floor("inf").unwrap_err().0, shape);
+    assert_eq!(
+        floor("1e10").unwrap_err().0,
+        ["verticals.auto.floor: must be at most 1000000000"]
+    );
+}
+
+#[test]
+fn keys_with_odd_names_are_quoted_in_paths() {
+    assert_eq!(join("a", "b"), "a.b");
+    assert_eq!(join("", "b"), "b");
+    assert_eq!(join("a", "b c"), "a.\"b c\"");
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+}

@@ -1,0 +1,106 @@
+//! Tests of `[sellers.ID]`.
+
+use proto::Micros;
+
+use super::*;
+use crate::config::PayoutModel;
+
+#[test]
+fn seller_keys() {
+    let c = ok(&[(
+        "#SELLER",
+        "name = \"Seller One\"\nreserve = \"0.75\"\nrate_per_s = 50",
+    )]);
+    let s = &c.sellers[0];
+    assert_eq!(
+        (s.name.as_str(), s.reserve, s.rate_per_s),
+        ("Seller One", Some(Micros(750_000)), Some(50))
+    );
+    assert_eq!(s.verticals, [0]);
+
+    let with_payout = |payout: &str| {
+        load_str_with_env(
+            &doc(&[]).replace("{ model = \"revenue_share\", share_pct = 80 }", payout),
+            &test_env,
+        )
+    };
+    let payout = |text: &str| with_payout(text).map(|c| c.sellers[0].payout);
+    assert_eq!(
+        payout("{ model = \"revenue_share\", share_pct = 82.5 }"),
+        Ok(PayoutModel::RevenueShare { share_bp: 8250 })
+    );
+    assert_eq!(
+        payout("{ model = \"revenue_share\", share_pct = 100 }"),
+        Ok(PayoutModel::RevenueShare { share_bp: 10_000 })
+    );
+    assert_eq!(
+        payout("{ model = \"fixed_margin\", margin = 2.00 }"),
+        Ok(PayoutModel::FixedMargin {
+            margin: Micros(2_000_000)
+        })
+    );
+    let pct = "sellers.s1.payout.share_pct: must be a percentage between 0 and 100 with at most two decimals, such as 82.5";
+    assert_eq!(
+        payout("{ model = \"revenue_share\", share_pct = 82.555 }")
+            .unwrap_err()
+            .0,
+        [pct]
+    );
+    assert_eq!(
+        payout("{ model = \"revenue_share\", share_pct = 101 }")
+            .unwrap_err()
+            .0,
+        [pct]
+    );
+    assert_eq!(
+        payout("{ model = \"revenue_share\", share_pct = -5 }")
+            .unwrap_err()
+            .0,
+        [pct]
+    );
+    assert_eq!(
+        payout("{ model = \"revenue_share\", margin = 1 }")
+            .unwrap_err()
+            .0,
+        [
+            "sellers.s1.payout.share_pct: is required",
+            "sellers.s1.payout.margin: unknown key"
+        ]
+    );
+    assert_eq!(
+        payout("{ model = \"cpa\" }").unwrap_err().0,
+        ["sellers.s1.payout.model: unknown payout model \"cpa\" (revenue_share or fixed_margin)"]
+    );
+    assert_eq!(
+            payout("\"80%\"").unwrap_err().0,
+            ["sellers.s1.payout: must be a table such as { model = \"revenue_share\", share_pct = 80 }"]
+        );
+
+    let bad = doc(&[("#SELLER", "rate_per_s = 0\nname = \"\"")]).replace(KEY, "abc");
+    assert_eq!(
+        load_str_with_env(&bad, &test_env).unwrap_err().0,
+        [
+            "sellers.s1.name: must be 1 to 200 characters",
+            "sellers.s1.key_sha256: must be 64 hex digits: the SHA-256 of the seller's key",
+            "sellers.s1.rate_per_s: must be a whole number between 1 and 1000000",
+        ]
+    );
+    let no_verticals = doc(&[]).replace("verticals = [\"auto\"]\npayout", "verticals = []\npayout");
+    assert_eq!(
+        load_str_with_env(&no_verticals, &test_env).unwrap_err().0,
+        ["sellers.s1.verticals: must name at least one vertical"]
+    );
+}
+
+#[test]
+fn duplicate_seller_keys() {
+    let extra = format!(
+            "\n[sellers.s2]\nkey_sha256 = \"{}\"\nverticals = [\"auto\"]\npayout = {{ model = \"fixed_margin\", margin = 1 }}\n",
+            KEY.to_uppercase()
+        );
+    let text = doc(&[]) + &extra;
+    assert_eq!(
+        load_str_with_env(&text, &test_env).unwrap_err().0,
+        ["sellers.s2.key_sha256: the same key as sellers.s1"]
+    );
+}

@@ -1,0 +1,169 @@
+//! Tests of `[verticals.NAME]` and field schemas.
+
+use proto::{FieldKind, Micros};
+
+use super::*;
+
+#[test]
+fn vertical_keys() {
+    let c = ok(&[(
+        "#VERTICAL",
+        "currency = \"EUR\"\nauction_deadline_ms = 300\nfloor = 1.25",
+    )]);
+    let v = &c.verticals[0];
+    assert_eq!(
+        (v.currency.as_str(), v.auction_deadline_ms, v.floor),
+        ("EUR", 300, Micros(1_250_000))
+    );
+    assert_eq!(
+        errors(&[("#VERTICAL", "auction_deadline_ms = 60001\nfloor = -1")]),
+        [
+            "verticals.auto.auction_deadline_ms: must be a whole number between 1 and 60000",
+            "verticals.auto.floor: must not be negative",
+        ]
+    );
+}
+
+#[test]
+fn field_types_and_their_checks() {
+    let field = |lines: &str| errors(&[("#FIELD", lines)]);
+    let kind = |lines: &str| {
+        ok(&[("#FIELD", lines)]).verticals[0].schema.fields[2]
+            .kind
+            .clone()
+    };
+
+    assert!(matches!(
+        kind("type = \"integer\"\nmin = 16\nmax = 120"),
+        FieldKind::Integer { min: 16, max: 120 }
+    ));
+    assert!(matches!(
+        kind("type = \"integer\""),
+        FieldKind::Integer {
+            min: i64::MIN,
+            max: i64::MAX
+        }
+    ));
+    assert!(
+        matches!(kind("type = \"number\"\nmin = 0\nmax = 2.5"), FieldKind::Number { min, max } if min == 0.0 && max == 2.5)
+    );
+    assert!(matches!(
+        kind("type = \"string\"\nlen_max = 5"),
+        FieldKind::String {
+            len_max: 5,
+            pattern: None
+        }
+    ));
+    for (t, k) in [
+        ("boolean", "Boolean"),
+        ("state", "State"),
+        ("zip", "Zip"),
+        ("date", "Date"),
+    ] {
+        assert_eq!(format!("{:?}", kind(&format!("type = \"{t}\""))), k);
+    }
+    match kind("type = \"enum\"\nvalues = [\"a\", \"b\"]") {
+        FieldKind::Enum(v) => assert_eq!(v, ["a", "b"]),
+        other => panic!("{other:?}"),
+    }
+    // Patterns are anchored: they must match the whole value.
+    match kind("type = \"string\"\npattern = \"[A-Z]{2}\"") {
+        FieldKind::String {
+            pattern: Some(re), ..
+        } => {
+            assert!(re.is_match("AB"));
+            assert!(!re.is_match("xABx"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let spec = &ok(&[("#FIELD", "type = \"email\"\nrequired = true\npii = true")]).verticals[0]
+        .schema
+        .fields[2];
+    assert!(spec.required && spec.pii && !spec.ping);
+
+    let p = "verticals.auto.fields.extra";
+    assert_eq!(
+        field("type = \"colour\""),
+        [format!(
+            "{p}.type: unknown type \"colour\" (one of {FIELD_TYPES})"
+        )]
+    );
+    assert_eq!(field("required = true"), [format!("{p}.type: is required")]);
+    assert_eq!(
+        field("type = \"integer\"\nmin = 5\nmax = 1"),
+        [format!("{p}.max: must be at least min (5)")]
+    );
+    assert_eq!(
+        field("type = \"number\"\nmin = \"x\""),
+        [format!("{p}.min: must be a finite number")]
+    );
+    assert_eq!(
+        field("type = \"string\"\nlen_max = 0"),
+        [format!(
+            "{p}.len_max: must be a whole number between 1 and 1024"
+        )]
+    );
+    assert_eq!(
+        field("type = \"enum\""),
+        [format!("{p}.values: is required")]
+    );
+    assert_eq!(
+        field("type = \"enum\"\nvalues = []"),
+        [format!("{p}.values: must list at least one value")]
+    );
+    assert_eq!(
+        field("type = \"enum\"\nvalues = [\"a\", \"\", 3, \"a\"]"),
+        [
+            format!("{p}.values[2]: must be a string"),
+            format!("{p}.values[1]: must not be empty"),
+            format!("{p}.values[3]: \"a\" is listed twice"),
+        ]
+    );
+    assert_eq!(
+        field("type = \"zip\"\nmin = 3\nvalues = []"),
+        [
+            format!("{p}.min: does not apply to a zip field"),
+            format!("{p}.values: does not apply to a zip field")
+        ]
+    );
+    assert_eq!(
+        field("type = \"phone\"\nping = true"),
+        [format!(
+            "{p}.pii: must be true for a phone field: it is personal data"
+        )]
+    );
+    assert_eq!(
+        field("type = \"string\"\nrequired = \"yes\""),
+        [format!("{p}.required: must be true or false")]
+    );
+    let bad = field("type = \"string\"\npattern = \"[a-\"");
+    assert_eq!(bad.len(), 1);
+    assert!(
+        bad[0].starts_with(&format!("{p}.pattern: is not a valid regular expression: ")),
+        "{}",
+        bad[0]
+    );
+    assert!(!bad[0].contains('\n'));
+    assert_eq!(
+        load_str_with_env(
+            "[verticals.a.fields.\"bad name\"]\ntype = \"zip\"",
+            &test_env
+        )
+        .unwrap_err()
+        .0,
+        ["verticals.a.fields.\"bad name\": the name must be 1 to 64 letters, digits, '_' or '-'"]
+    );
+}
+
+#[test]
+fn field_order_is_file_order() {
+    let text = "[verticals.v.fields]\nzz = { type = \"zip\" }\naa = { type = \"state\" }\n[verticals.v.fields.mm]\ntype = \"date\"";
+    let c = load_str_with_env(text, &test_env).unwrap();
+    let names: Vec<_> = c.verticals[0]
+        .schema
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(names, ["zz", "aa", "mm"]);
+}

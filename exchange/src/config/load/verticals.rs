@@ -1,0 +1,227 @@
+//! `[verticals.NAME]` and their field schemas (`[verticals.NAME.fields]`).
+
+use proto::schema::{LEAD_FIELDS_MAX, STRING_LEN_MAX_DEFAULT};
+use proto::{FieldKind, FieldSpec, Micros, VerticalSchema};
+use toml::{Table, Value};
+
+use super::reader::{as_str, no_duplicates, number, str_list, whole, Problems, Section};
+use super::{FIELD_TYPES, PATTERN_SIZE_MAX_BYTES, TIMEOUT_MS_LIMIT};
+use crate::config::{defaults, ServerConfig, Vertical};
+
+pub(super) fn read_vertical(
+    name: &str,
+    mut s: Section<'_>,
+    server: &ServerConfig,
+    p: &mut Problems,
+) -> Option<Vertical> {
+    let before = p.len();
+    let currency = match s.str_opt(p, "currency") {
+        None => defaults::CURRENCY.to_string(),
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => c.to_string(),
+        Some(_) => {
+            p.at(
+                &s.path_of("currency"),
+                "must be three upper-case letters such as \"USD\"",
+            );
+            defaults::CURRENCY.to_string()
+        }
+    };
+    let auction_deadline_ms = s.u64_or(
+        p,
+        "auction_deadline_ms",
+        1,
+        TIMEOUT_MS_LIMIT,
+        defaults::AUCTION_DEADLINE_MS,
+    );
+    if auction_deadline_ms <= server.response_reserve_ms {
+        p.at(
+            &s.path_of("auction_deadline_ms"),
+            format!(
+                "must be more than server.response_reserve_ms ({} ms), which is kept back to answer the seller",
+                server.response_reserve_ms
+            ),
+        );
+    }
+    let floor = s.money_opt(p, "floor").unwrap_or(Micros::ZERO);
+    let bid_max = s.money_opt(p, "bid_max");
+    if bid_max.is_some_and(|m| m <= Micros::ZERO) {
+        p.at(&s.path_of("bid_max"), "must be more than 0");
+    }
+
+    if !s.has("fields") {
+        p.at(
+            &s.path_of("fields"),
+            "is required: at least one [verticals.NAME.fields.FIELD] table",
+        );
+    }
+    let field_entries = s.entries(p, "fields");
+    if s.table
+        .and_then(|t| t.get("fields"))
+        .and_then(Value::as_table)
+        .is_some_and(Table::is_empty)
+    {
+        p.at(&s.path_of("fields"), "must define at least one field");
+    }
+    if field_entries.len() > LEAD_FIELDS_MAX {
+        p.at(
+            &s.path_of("fields"),
+            format!("must define at most {LEAD_FIELDS_MAX} fields"),
+        );
+    }
+    let fields: Vec<Option<FieldSpec>> = field_entries
+        .into_iter()
+        .map(|(field, section)| read_field(field, section, p))
+        .collect();
+    s.finish(p);
+
+    if p.len() > before {
+        return None;
+    }
+    let fields = fields.into_iter().collect::<Option<Vec<_>>>()?;
+    Some(Vertical {
+        name: name.to_string(),
+        currency,
+        auction_deadline_ms,
+        floor,
+        bid_max,
+        schema: VerticalSchema { fields },
+    })
+}
+
+/// Keys that belong to one field type only.
+const TYPED_FIELD_KEYS: [&str; 5] = ["len_max", "pattern", "min", "max", "values"];
+
+fn read_field(name: &str, mut s: Section<'_>, p: &mut Problems) -> Option<FieldSpec> {
+    let before = p.len();
+    let type_name = s.str_req(p, "type");
+    let required = s.bool_or(p, "required", false);
+    let ping = s.bool_or(p, "ping", false);
+    let pii = s.bool_or(p, "pii", false);
+    if pii && ping {
+        p.at(
+            &s.path_of("ping"),
+            "must be false for a PII field: personal data never travels in a ping",
+        );
+    }
+
+    let kind = match type_name {
+        None => None,
+        Some("string") => {
+            let len_max = s.usize_or(
+                p,
+                "len_max",
+                1,
+                STRING_LEN_MAX_DEFAULT as i64,
+                STRING_LEN_MAX_DEFAULT,
+            );
+            let pattern = match s.opt("pattern") {
+                None => None,
+                Some((path, v)) => {
+                    as_str(p, &path, v).and_then(|pat| compile_pattern(p, &path, pat))
+                }
+            };
+            Some(FieldKind::String { len_max, pattern })
+        }
+        Some("integer") => {
+            let min = s
+                .opt("min")
+                .and_then(|(path, v)| whole(p, &path, v, i64::MIN, i64::MAX));
+            let max = s
+                .opt("max")
+                .and_then(|(path, v)| whole(p, &path, v, i64::MIN, i64::MAX));
+            let (min, max) = (min.unwrap_or(i64::MIN), max.unwrap_or(i64::MAX));
+            if min > max {
+                p.at(&s.path_of("max"), format!("must be at least min ({min})"));
+            }
+            Some(FieldKind::Integer { min, max })
+        }
+        Some("number") => {
+            let min = s.opt("min").and_then(|(path, v)| number(p, &path, v));
+            let max = s.opt("max").and_then(|(path, v)| number(p, &path, v));
+            let (min, max) = (min.unwrap_or(f64::MIN), max.unwrap_or(f64::MAX));
+            if min > max {
+                p.at(&s.path_of("max"), format!("must be at least min ({min})"));
+            }
+            Some(FieldKind::Number { min, max })
+        }
+        Some("enum") => {
+            let values = match s.req(p, "values") {
+                None => Vec::new(),
+                Some((path, v)) => {
+                    let items = str_list(p, &path, v);
+                    if v.as_array().is_some_and(Vec::is_empty) {
+                        p.at(&path, "must list at least one value");
+                    }
+                    for (item_path, item) in &items {
+                        if item.is_empty() {
+                            p.at(item_path, "must not be empty");
+                        }
+                    }
+                    no_duplicates(p, &items);
+                    items
+                        .into_iter()
+                        .map(|(_, item)| item.to_string())
+                        .collect()
+                }
+            };
+            Some(FieldKind::Enum(values))
+        }
+        Some("boolean") => Some(FieldKind::Boolean),
+        Some("state") => Some(FieldKind::State),
+        Some("zip") => Some(FieldKind::Zip),
+        Some("email") => Some(FieldKind::Email),
+        Some("phone") => Some(FieldKind::Phone),
+        Some("date") => Some(FieldKind::Date),
+        Some(other) => {
+            p.at(
+                &s.path_of("type"),
+                format!("unknown type {other:?} (one of {FIELD_TYPES})"),
+            );
+            None
+        }
+    };
+    if let (Some(t @ ("email" | "phone")), false) = (type_name, pii) {
+        // The contract names e-mail addresses and phone numbers as personal data.
+        p.at(
+            &s.path_of("pii"),
+            format!("must be true for a {t} field: it is personal data"),
+        );
+    }
+    if let Some(t) = type_name.filter(|_| kind.is_some()) {
+        s.reject(p, &TYPED_FIELD_KEYS, &format!("a {t} field"));
+    }
+    s.finish(p);
+
+    if p.len() > before {
+        return None;
+    }
+    Some(FieldSpec {
+        name: name.to_string(),
+        kind: kind?,
+        required,
+        ping,
+        pii,
+    })
+}
+
+/// Compiles a field pattern anchored at both ends, so it must match the whole value.
+fn compile_pattern(p: &mut Problems, path: &str, pattern: &str) -> Option<regex::Regex> {
+    match regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(PATTERN_SIZE_MAX_BYTES)
+        .build()
+    {
+        Ok(re) => Some(re),
+        Err(e) => {
+            // regex prints a multi-line picture of the pattern; its last line says what is wrong.
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let why = why.trim().trim_start_matches("error: ");
+            p.at(path, format!("is not a valid regular expression: {why}"));
+            None
+        }
+    }
+}
