@@ -45,7 +45,7 @@ pub struct Running {
 fn bind_admin_std(config: &Config) -> std::io::Result<Option<std::net::TcpListener>> {
     if config.admin.token.is_none() {
         tracing::warn!(
-            token_env = %config.admin.token_env,
+            token_env = %crate::config::shown_env_name(&config.admin.token_env),
             "admin listener off: set the admin token variable to serve /metrics and /admin/reload"
         );
         return Ok(None);

@@ -129,6 +129,14 @@ pub fn load_str_with_env(
     let server = read_server(server_section, &mut p);
     let admin_section = top.section_or_empty(&mut p, "admin");
     let admin = read_admin(admin_section, env, &mut p);
+    if !admin.listen.ip().is_loopback() && server.listener.tls.is_none() {
+        // The admin token and the metrics would cross the network in cleartext.
+        p.at(
+            "admin.listen",
+            "is not a loopback address, so [server.tls] must be set (the admin listener \
+             then speaks HTTPS with the same certificate)",
+        );
+    }
 
     if !root.contains_key("verticals") {
         p.at(

@@ -25,3 +25,20 @@ mod load;
 
 pub use load::{load_file, load_file_with_env, load_str, load_str_with_env, ConfigErrors};
 pub use pingpost_core::config::*;
+
+/// An environment variable's name as messages and logs may show it. Conventional names
+/// (`UPPER_CASE`, digits, `_`) are shown; anything else is not, because an operator who
+/// pasted a secret where its variable's name belongs would otherwise see the secret
+/// printed (a `whsec_` secret or a token can be letters, digits and `_` too).
+pub fn shown_env_name(name: &str) -> &str {
+    let conventional = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if conventional {
+        name
+    } else {
+        "(name not shown: not an UPPER_CASE variable name; was a secret pasted here?)"
+    }
+}

@@ -50,13 +50,14 @@ pub(super) fn read_admin(
         }
     };
     // The token's value never appears in a message, only the variable's name.
+    let shown = crate::config::shown_env_name(&token_env);
     let token = match env(&token_env).filter(|t| !t.is_empty()) {
         None => None,
         Some(t) if t.len() < ADMIN_TOKEN_LEN_MIN || t.len() > ADMIN_TOKEN_LEN_MAX => {
             p.at(
                 &s.path_of("token_env"),
                 format!(
-                    "the token in ${token_env} must be {ADMIN_TOKEN_LEN_MIN} to \
+                    "the token in ${shown} must be {ADMIN_TOKEN_LEN_MIN} to \
                      {ADMIN_TOKEN_LEN_MAX} characters"
                 ),
             );
@@ -65,7 +66,7 @@ pub(super) fn read_admin(
         Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
             p.at(
                 &s.path_of("token_env"),
-                format!("the token in ${token_env} must be visible ASCII characters"),
+                format!("the token in ${shown} must be visible ASCII characters"),
             );
             None
         }
@@ -76,7 +77,7 @@ pub(super) fn read_admin(
         // that is almost certainly a mistake, so say so rather than run without it.
         p.at(
             &s.path_of("listen"),
-            format!("is not a loopback address, so ${token_env} must hold the admin token"),
+            format!("is not a loopback address, so ${shown} must hold the admin token"),
         );
     }
     s.finish(p);

@@ -228,12 +228,14 @@ fn read_secret(
         return None;
     }
     let Some(text) = env(var) else {
+        let var = crate::config::shown_env_name(var);
         p.at(path, format!("environment variable {var} is not set"));
         return None;
     };
     match Secret::new(&text) {
         Ok(secret) => Some(secret),
         Err(_) => {
+            let var = crate::config::shown_env_name(var);
             p.at(path, format!("environment variable {var} does not hold a valid secret (empty, or not base64 after whsec_)"));
             None
         }

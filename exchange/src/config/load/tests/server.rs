@@ -66,3 +66,39 @@ fn server_keys() {
             ["verticals.auto.auction_deadline_ms: must be more than server.response_reserve_ms (200 ms), which is kept back to answer the seller"]
         );
 }
+
+#[test]
+fn a_non_loopback_admin_listener_needs_tls() {
+    let e = errors(&[("#BUYER", "\n[admin]\nlisten = \"0.0.0.0:8081\"")]);
+    assert!(
+        e.iter().any(|m| m
+            .starts_with("admin.listen: is not a loopback address, so [server.tls] must be set")),
+        "{e:?}"
+    );
+    // On loopback it loads (the admin listener stays off without a token).
+    let c = ok(&[("#BUYER", "\n[admin]\nlisten = \"127.0.0.1:8081\"")]);
+    assert!(c.admin.token.is_none());
+}
+
+#[test]
+fn a_secret_pasted_where_a_variable_name_belongs_is_never_printed() {
+    // A `whsec_` secret (and many tokens) are letters, digits and `_`: a valid-looking
+    // variable name. The message names the key, not the secret.
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let buyer = format!(
+        "\n[buyers.b2]\nping_url = \"http://127.0.0.1:9102/ping\"\npost_url = \"http://127.0.0.1:9102/post\"\nsecret_env = \"{secret}\"\nverticals = [\"auto\"]\n\n[admin]\ntoken_env = \"{secret}\"\nlisten = \"0.0.0.0:8081\""
+    );
+    let e = errors(&[("#BUYER", &buyer)]);
+    assert!(
+        e.iter().any(|m| m.starts_with("buyers.b2.secret_env:")),
+        "{e:?}"
+    );
+    assert!(e.iter().all(|m| !m.contains(secret)), "{e:?}");
+    // A conventional name is still shown, so the operator knows what to set.
+    let e = errors(&[("#BUYER", "\n[buyers.b3]\nping_url = \"http://127.0.0.1:9103/ping\"\npost_url = \"http://127.0.0.1:9103/post\"\nsecret_env = \"B3_SECRET\"\nverticals = [\"auto\"]")]);
+    assert!(
+        e.iter()
+            .any(|m| m == "buyers.b3.secret_env: environment variable B3_SECRET is not set"),
+        "{e:?}"
+    );
+}
