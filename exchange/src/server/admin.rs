@@ -1,0 +1,157 @@
+//! The admin listener's routes: `GET /metrics`, `POST /admin/reload` and the probes,
+//! behind the admin bearer token (compared in constant time).
+
+use super::*;
+
+/// Largest admin request body (`POST /admin/reload` takes none; a stray body is bounded).
+pub const ADMIN_BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// Is `presented` the admin token? Both sides are hashed first, so the comparison takes
+/// the same time for every token of any length, and it never stops at the first
+/// differing byte.
+fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
+    let a: [u8; 32] = Sha256::digest(expected).into();
+    let b: [u8; 32] = Sha256::digest(presented).into();
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Checks `Authorization: Bearer <admin token>`.
+fn admin_authorized(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong Authorization: Bearer <admin token>",
+        )
+    };
+    let Some(expected) = &rt.config.admin.token else {
+        return Err(unauthorized());
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(unauthorized)?;
+    if token_matches(expected.as_bytes(), presented.as_bytes()) {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+/// Routes one admin request: `GET /healthz` and `GET /readyz` (open, as on the seller
+/// listener), and, with the admin token, `GET /metrics` and `POST /admin/reload`. Without
+/// the token every other path is `401` (the admin routes are not revealed). Never panics.
+pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let route: &'static str = match req.uri().path() {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/admin/reload" => "reload",
+        _ => "unknown",
+    };
+    match (route, req.method()) {
+        ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
+        ("readyz", &Method::GET) => return readyz(&state),
+        _ => {}
+    }
+    let rt = state.runtime.load_full();
+    if let Err(e) = admin_authorized(&rt, &req) {
+        return error_response(&state, &e);
+    }
+    let Ok(_permit) = state.admin_in_flight.try_acquire() else {
+        return error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::Overloaded,
+                "too many admin requests in flight; retry shortly",
+            ),
+        );
+    };
+    match (route, req.method()) {
+        ("metrics", &Method::GET) => metrics(&state),
+        ("reload", &Method::POST) => {
+            let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
+            if let Err(e) = read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
+                return error_response(&state, &e);
+            }
+            admin_reload(&state).await
+        }
+        ("unknown", _) => error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route {}", truncate(req.uri().path(), 64)),
+            ),
+        ),
+        (_, m) => {
+            let allow = if route == "reload" { "POST" } else { "GET" };
+            let mut resp = error_response(
+                &state,
+                &ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{m} is not allowed on {}; use {allow}", req.uri().path()),
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
+    }
+}
+
+/// `POST /admin/reload`: `{"generation": N}`, or every problem at once (`400
+/// invalid_request` with `fields`) while the old runtime keeps serving.
+async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
+    let st = state.clone();
+    // Reading the file blocks; reloads are serialized inside.
+    let result = tokio::task::spawn_blocking(move || st.reload())
+        .await
+        .unwrap_or_else(|_| {
+            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
+                "config",
+                "the reload failed inside the exchange",
+            )]))
+        });
+    reload_answer(state, result)
+}
+
+/// The HTTP answer for a reload result (also logs and counts it).
+pub fn reload_answer(state: &AppState, result: Result<u64, ReloadError>) -> Response<Body> {
+    match result {
+        Ok(generation) => {
+            state.metrics.reloads.with_label_values(&["applied"]).inc();
+            tracing::info!(generation, "configuration reloaded");
+            json_response(200, format!("{{\"generation\":{generation}}}").into_bytes())
+        }
+        Err(ReloadError::NoSource) => {
+            state.metrics.reloads.with_label_values(&["refused"]).inc();
+            error_response(
+                state,
+                &ApiError::new(
+                    ErrorCode::Conflict,
+                    "this exchange was not started from a configuration it can read again",
+                ),
+            )
+        }
+        Err(ReloadError::Invalid(fields)) => {
+            state.metrics.reloads.with_label_values(&["refused"]).inc();
+            tracing::warn!(
+                problems = fields.len(),
+                generation = state.generation(),
+                "configuration reload refused; the running configuration stays"
+            );
+            error_response(
+                state,
+                &ApiError::from_fields(ErrorCode::InvalidRequest, fields),
+            )
+        }
+    }
+}

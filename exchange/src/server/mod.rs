@@ -1,0 +1,339 @@
+//! The HTTP server: hyper 1.x over HTTP/1.1 and HTTP/2 (cleartext auto-detected, or TLS
+//! with ALPN), the contract's routes, and every limit: connections (taken before
+//! `accept`, and per client IP), a head budget from accept and an idle timeout (the
+//! shared accept loop, `bidder_sdk::listener`), header size and count (431), requests in
+//! flight (503 past it, never a queue), body size (413 before reading), body read time.
+//! Graceful shutdown stops accepting and lets in-flight auctions and posts finish within
+//! the grace period.
+//!
+//! Layout: this file has the listeners (`serve_routes` on the shared accept loop), the
+//! seller listener's router (`handle`), the probes and the response helpers;
+//! `seller.rs` the seller API (auth, in-flight place and idempotency key owned by the
+//! work, `ping`, `post`, `direct_post`); `admin.rs` the admin listener's router
+//! (`handle_admin`: token, `/metrics`, `/admin/reload`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use proto::seller::{
+    parse_ping, NoBidReason, PingAnswer, PingStatus, PostAnswer, PostEnvelope, PostStatus,
+};
+use proto::{ApiError, ErrorCode, LeadMode};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::auction::{deliver, run_auction, AuctionInput, Delivery};
+use crate::clock::rfc3339;
+use crate::config::{SellerIdx, SellerKey};
+use crate::core::post::UnsoldReason;
+use crate::core::quotes::{BeginPost, Quote, QuoteRefused, EXPIRED_REASON};
+use crate::core::settlement::{drop_hold, release_reason};
+use crate::effects;
+use crate::idempotency::{self, Begin};
+use crate::state::{AppState, ReloadError, Runtime, ADMIN_CONNECTIONS_MAX};
+
+mod admin;
+mod seller;
+
+pub use admin::{handle_admin, reload_answer, ADMIN_BODY_BYTES_MAX};
+use seller::{read_body, seller_request, InFlight};
+
+type Body = Full<Bytes>;
+
+/// How often expired quotes and idempotency keys are swept.
+pub const SWEEP_INTERVAL_MS: u64 = 100;
+/// Concurrent HTTP/2 streams per seller connection.
+const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+
+/// `Retry-After` (seconds) for a seller over its idempotency key quota: keys free up only
+/// as they expire, so retrying within the second is pointless.
+const KEY_QUOTA_RETRY_AFTER_S: &str = "60";
+
+fn json_response(status: u16, body: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
+    state
+        .metrics
+        .http_errors
+        .with_label_values(&[e.code.as_str()])
+        .inc();
+    let mut resp = json_response(e.status(), e.to_json());
+    if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Overloaded) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace
+/// period. Also runs the sweeper (expired quotes, old idempotency keys).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, true).await
+}
+
+/// [`serve`], with the sweeper only where `sweeper` is set: with several workers, one
+/// sweeps for all.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+    sweeper: bool,
+) -> std::io::Result<()> {
+    serve_routes(listener, state, false, shutdown, sweeper, handle).await
+}
+
+/// The admin listener: the same accept loop and limits as the seller listener, with the
+/// admin routes ([`handle_admin`]) and its own connection bound.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_routes(listener, state, true, shutdown, false, handle_admin).await
+}
+
+/// The seller or (`admin`) the admin listener on the shared accept loop
+/// (`bidder_sdk::listener`): connection slots before `accept` (the admin listener has its
+/// own), the head budget, idle timeout, header limits, graceful shutdown, and `handler`
+/// for each request.
+pub async fn serve_routes<H, F>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    admin: bool,
+    shutdown: impl Future<Output = ()> + Send,
+    sweeper: bool,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Arc<AppState>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let rt = state.runtime.load_full();
+    let server_cfg = rt.config.server.clone();
+    let (gate, tls, connections_max) = if admin {
+        let gate = bidder_sdk::listener::ConnectionGate::with_permits(
+            state.admin_connections.clone(),
+            0,
+            true,
+        );
+        // With `[server.tls]` the admin listener speaks HTTPS too (same certificate): its
+        // bearer token and the metrics never cross a network in cleartext.
+        (gate, state.tls.clone(), ADMIN_CONNECTIONS_MAX)
+    } else {
+        (
+            state.conn_gate.clone(),
+            state.tls.clone(),
+            server_cfg.connections_max,
+        )
+    };
+    let l = &server_cfg.listener;
+    let metrics_state = state.clone();
+    let config = ListenerConfig {
+        limits: Limits {
+            connections_max,
+            connections_per_ip_max: if admin { 0 } else { l.connections_per_ip_max },
+            connections_per_ip_exempt_loopback: l.connections_per_ip_exempt_loopback,
+            header_read_timeout_ms: server_cfg.header_read_timeout_ms,
+            idle_timeout_ms: l.idle_timeout_ms,
+            h2_keepalive_interval_ms: l.h2_keepalive_interval_ms,
+            h2_keepalive_timeout_ms: l.h2_keepalive_timeout_ms,
+            header_bytes_max: l.header_bytes_max,
+            headers_max: l.headers_max,
+            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX,
+            drain_timeout_ms: server_cfg.shutdown_grace_ms,
+            // The exchange keeps trying to accept (with back-off) however long it fails.
+            accept_errors_max: 0,
+        },
+        // Shared by every worker: the slots and the per-IP counts are process-wide. The
+        // admin listener has its own slots, so sellers can never crowd it out.
+        gate: Some(gate),
+        tls,
+        connections_accepted: None,
+        on_headers_too_large: Some(Arc::new(move || {
+            metrics_state
+                .metrics
+                .http_errors
+                .with_label_values(&[ErrorCode::HeadersTooLarge.as_str()])
+                .inc();
+        })),
+        name: if admin { "admin" } else { "exchange" },
+    };
+    let sweeper = sweeper.then(|| {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                st.sweep();
+            }
+        })
+    });
+    // The shared accept loop: slots before accept, per-IP limit, a head budget from
+    // accept (TLS handshake included), idle timeout, HTTP/2 keep-alive, 431 with the
+    // contract's body, graceful drain within `shutdown_grace_ms`.
+    let served = serve_connections(
+        listener,
+        config,
+        move |_info: &ConnInfo| {
+            let st = state.clone();
+            service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(handler(st, req).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+    served
+}
+
+/// Routes one request. Never panics; every failure is a contract error.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let arrival = Instant::now();
+    let route: &'static str = match req.uri().path() {
+        "/v1/ping" => "ping",
+        "/v1/post" => "post",
+        "/v1/leads" => "leads",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        // `/metrics` names buyers and volumes: it is on the admin listener only.
+        "/openapi.json" => "openapi",
+        _ => "unknown",
+    };
+    // Probes are cheap and must keep answering when sellers overload us, or an
+    // orchestrator would restart a busy but healthy exchange.
+    match (route, req.method()) {
+        ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
+        ("readyz", &Method::GET) => return readyz(&state),
+        _ => {}
+    }
+    let Some(permit) = InFlight::try_acquire(&state) else {
+        return error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::Overloaded,
+                "too many requests in flight; retry shortly",
+            ),
+        );
+    };
+    let resp = match (route, req.method()) {
+        ("ping" | "post" | "leads", &Method::POST) => {
+            seller_request(&state, route, req, arrival, permit).await
+        }
+        ("openapi", &Method::GET) => openapi_json(&state),
+        ("unknown", _) => error_response(
+            &state,
+            &ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route {}", truncate(req.uri().path(), 64)),
+            ),
+        ),
+        (_, m) => {
+            let allow = if matches!(route, "ping" | "post" | "leads") {
+                "POST"
+            } else {
+                "GET"
+            };
+            let mut resp = error_response(
+                &state,
+                &ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{m} is not allowed on {}; use {allow}", req.uri().path()),
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
+    };
+    state
+        .metrics
+        .observe_route(route, arrival.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /openapi.json`: this exchange's seller API, built from the running configuration.
+fn openapi_json(state: &AppState) -> Response<Body> {
+    let rt = state.runtime.load();
+    json_response(200, crate::openapi::document(&rt.config))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).filter(|c| !c.is_control()).collect()
+}
+
+fn readyz(state: &AppState) -> Response<Body> {
+    if state.ledger.is_healthy() {
+        json_response(200, br#"{"status":"ready"}"#.to_vec())
+    } else {
+        json_response(
+            503,
+            br#"{"status":"not_ready","reason":"ledger not writable"}"#.to_vec(),
+        )
+    }
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    let rt = state.runtime.load();
+    let now = state.clock.now_ms();
+    for b in rt.config.buyers.iter() {
+        let u = state.caps.usage(b.key, b, now);
+        let windows = [
+            ("hour", b.caps.hourly, u.sold_hour),
+            ("day", b.caps.daily, u.sold_day),
+            ("week", b.caps.weekly, u.sold_week),
+            ("month", b.caps.monthly, u.sold_month),
+        ];
+        for (w, cap, sold) in windows {
+            if let Some(cap) = cap {
+                let used = u64::from(sold) + u64::from(u.reserved);
+                let pct = (used * 100 / u64::from(cap.max(1))) as i64;
+                state
+                    .metrics
+                    .cap_utilisation
+                    .with_label_values(&[&b.id, w])
+                    .set(pct);
+            }
+        }
+    }
+    state
+        .metrics
+        .quotes_open
+        .set(state.quotes.open_count() as i64);
+    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
