@@ -282,9 +282,46 @@ pub enum TlsError {
     Rejected(String),
 }
 
-/// Reads a PEM file.
+/// The largest PEM file read: certificate chains and keys are a few KB, a bundle of every
+/// public root CA about 250 KB.
+pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Reads a regular file of at most `max` bytes. Anything else is an error before a byte is
+/// read: a FIFO or a device could block forever or never end (`/dev/zero`), and a larger
+/// file is refused without reading past `max`.
+pub fn read_file_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    // `metadata` follows symlinks and opens nothing: a FIFO is refused before `open`,
+    // which would block on it.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads a PEM file (a regular file of at most [`PEM_FILE_BYTES_MAX`] bytes).
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    read_file_bounded(path, PEM_FILE_BYTES_MAX).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
         source,
     })

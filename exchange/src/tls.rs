@@ -45,9 +45,11 @@ pub fn buyer_client_config_for(
     match &settings.buyer_ca_path {
         None => buyer_client_config(None),
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                format!("server.buyer_ca_path: cannot read {}: {e}", path.display())
-            })?;
+            let pem = bidder_sdk::listener::read_file_bounded(
+                path,
+                bidder_sdk::listener::PEM_FILE_BYTES_MAX,
+            )
+            .map_err(|e| format!("server.buyer_ca_path: cannot read {}: {e}", path.display()))?;
             buyer_client_config(Some(&pem))
         }
     }
@@ -133,6 +135,8 @@ impl TlsReload {
 pub fn read_certificates(
     path: &Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem =
+        bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
 }

@@ -37,6 +37,8 @@ use server::read_server;
 use verticals::read_vertical;
 
 // Bounds on what the file may ask for. A value outside them is a mistake, not a tuning.
+/// The largest configuration file read (10,000 buyers at ~1 KB each fit well within).
+const CONFIG_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Largest request body a configuration may allow.
 const BODY_BYTES_MAX_LIMIT: i64 = 16 * 1024 * 1024;
 /// Smallest request body limit (a ping must fit).
@@ -104,12 +106,15 @@ pub fn load_file_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![format!(
-            "{}: cannot read the file: {e}",
-            path.display()
-        )])
-    })?;
+    let bytes =
+        bidder_sdk::listener::read_file_bounded(path, CONFIG_FILE_BYTES_MAX).map_err(|e| {
+            ConfigErrors(vec![format!(
+                "{}: cannot read the file: {e}",
+                path.display()
+            )])
+        })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigErrors(vec![format!("{}: is not UTF-8 text", path.display())]))?;
     load_str_with_env(&text, env)
 }
 

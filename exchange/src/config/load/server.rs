@@ -254,7 +254,10 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
     };
     let buyer_ca_path = s.str_opt(p, "buyer_ca_path").and_then(|path| {
         let key = s.path_of("buyer_ca_path");
-        match std::fs::read(path) {
+        match bidder_sdk::listener::read_file_bounded(
+            std::path::Path::new(path),
+            bidder_sdk::listener::PEM_FILE_BYTES_MAX,
+        ) {
             Err(e) => {
                 p.at(&key, format!("cannot read {path}: {e}"));
                 None

@@ -102,3 +102,38 @@ fn a_secret_pasted_where_a_variable_name_belongs_is_never_printed() {
         "{e:?}"
     );
 }
+
+#[test]
+fn files_a_configuration_names_are_read_bounded_and_only_if_regular() {
+    // /dev/zero never ends and a FIFO blocks the reader: both are refused before a byte is
+    // read, as is a file over the size limit.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let big = dir.path().join("big.pem");
+    std::fs::write(
+        &big,
+        vec![b'a'; (bidder_sdk::listener::PEM_FILE_BYTES_MAX + 1) as usize],
+    )
+    .unwrap();
+    let mut paths = vec![PathBuf::from("/dev/zero"), big];
+    if made {
+        paths.push(fifo);
+    }
+    for path in paths {
+        let line = format!("buyer_ca_path = {:?}", path.display().to_string());
+        let e = errors(&[("#SERVER", &line)]);
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("server.buyer_ca_path: cannot read")
+                    && (m.contains("not a regular file") || m.contains("larger than"))),
+            "{path:?}: {e:?}"
+        );
+    }
+    // The configuration file itself is read the same way.
+    let e = load_file_with_env(std::path::Path::new("/dev/zero"), &|_| None).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+}
