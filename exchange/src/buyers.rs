@@ -139,7 +139,9 @@ impl BuyerClient {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
-        headers.reserve(5);
+        // Room for these five and the two hyper adds (Host, Content-Length): a map sized
+        // for five grows (rehashes) on the seventh, once per ping.
+        headers.reserve(7);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
