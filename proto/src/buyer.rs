@@ -157,6 +157,25 @@ fn is_json(content_type: Option<&str>) -> bool {
     })
 }
 
+thread_local! {
+    /// The JSON parser's scratch buffers, kept per thread between answers (they grow to
+    /// the largest answer read, at most `ANSWER_BYTES_MAX` of the buyer client).
+    static ANSWER_BUFFERS: std::cell::RefCell<simd_json::Buffers> =
+        std::cell::RefCell::new(simd_json::Buffers::new(512));
+}
+
+/// A buyer answer's top-level JSON object, or `None` if the body is not one.
+fn answer_object(body: &mut [u8]) -> Option<Box<simd_json::borrowed::Object<'_>>> {
+    let value = ANSWER_BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut buffers) => simd_json::value::borrowed::to_value_with_buffers(body, &mut buffers),
+        Err(_) => simd_json::to_borrowed_value(body),
+    });
+    match value {
+        Ok(BorrowedValue::Object(obj)) => Some(obj),
+        _ => None,
+    }
+}
+
 // Answers are read as borrowed values: object keys and strings point into the body
 // instead of each being allocated (the same values, with the same duplicate-key rule).
 fn short_string(v: Option<&BorrowedValue<'_>>, len_max: usize) -> Option<String> {
@@ -191,7 +210,7 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
     if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
         return BidOutcome::Invalid("too_deep");
     }
-    let Ok(BorrowedValue::Object(obj)) = simd_json::to_borrowed_value(body) else {
+    let Some(obj) = answer_object(body) else {
         return BidOutcome::Invalid("malformed");
     };
     if let Some(v) = obj.get("bid") {
@@ -236,7 +255,7 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
     if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
         return PostOutcome::Invalid("too_deep");
     }
-    let Ok(BorrowedValue::Object(obj)) = simd_json::to_borrowed_value(body) else {
+    let Some(obj) = answer_object(body) else {
         return PostOutcome::Invalid("malformed");
     };
     match obj.get("accepted") {
