@@ -44,8 +44,37 @@ pub struct AuctionResult {
     pub award: Award,
 }
 
+/// `prefix` and a UUIDv7 in lowercase hex without hyphens (built without `format!`).
 fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+    let mut buf = uuid::Uuid::encode_buffer();
+    let hex = uuid::Uuid::now_v7().simple().encode_lower(&mut buf);
+    let mut id = String::with_capacity(prefix.len() + hex.len());
+    id.push_str(prefix);
+    id.push_str(hex);
+    id
+}
+
+/// `{auction_id}.{n}`, `n` the buyer's stable key: a buyer ping's message id (built
+/// without `format!`).
+fn message_id(auction_id: &str, n: usize) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(auction_id.len() + 1 + digits.len() - at);
+    id.push_str(auction_id);
+    id.push('.');
+    for &d in &digits[at..] {
+        id.push(char::from(d));
+    }
+    id
 }
 
 /// A buyer ping serialized once, split around its `tmax_ms` value: the only field that
@@ -149,7 +178,7 @@ pub async fn run_auction(
             };
             let client = client.clone();
             let rt2 = rt.clone();
-            let msg_id = format!("{auction_id}.{}", rt.config.buyers[order.buyer].key.0);
+            let msg_id = message_id(&auction_id, rt.config.buyers[order.buyer].key.slot());
             futs.push(async move {
                 let t0 = Instant::now();
                 let buyer = &rt2.config.buyers[order.buyer];
@@ -360,6 +389,19 @@ pub async fn deliver(
 mod tests {
     use super::*;
     use proto::schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema};
+
+    #[test]
+    fn ids_are_what_format_would_build() {
+        for n in [0usize, 1, 9, 10, 99, 100, 12_345, usize::MAX] {
+            assert_eq!(message_id("au_x", n), format!("au_x.{n}"));
+        }
+        let id = new_id("pg_");
+        assert_eq!(id.len(), 3 + 32);
+        assert!(id.starts_with("pg_"));
+        assert!(id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
 
     #[test]
     fn the_ping_template_is_the_serialized_ping_for_every_tmax() {

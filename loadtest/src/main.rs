@@ -111,6 +111,11 @@ struct RunArgs {
     connections: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Start the exchange and the relay under this command (split on whitespace), e.g.
+    /// `--wrap "valgrind --tool=callgrind"` to count their instructions; they are then
+    /// given 120 s (not 5 s) to exit at the end, so the wrapper can write its output.
+    #[arg(long)]
+    wrap: Option<String>,
 }
 
 fn main() {
@@ -164,6 +169,8 @@ struct ChildGuard {
     name: &'static str,
     child: Child,
     stdin: Option<ChildStdin>,
+    /// How many 50 ms waits `stop` allows before it kills.
+    stop_waits: u32,
 }
 
 impl ChildGuard {
@@ -178,7 +185,7 @@ impl ChildGuard {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        for _ in 0..100 {
+        for _ in 0..self.stop_waits {
             if let Ok(Some(_)) = self.child.try_wait() {
                 let mut out = String::new();
                 if let Some(mut s) = self.child.stdout.take() {
@@ -190,7 +197,11 @@ impl ChildGuard {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        eprintln!("loadtest: {} did not stop in 5 s; killed", self.name);
+        eprintln!(
+            "loadtest: {} did not stop in {} s; killed",
+            self.name,
+            self.stop_waits / 20
+        );
         None
     }
 }
@@ -208,9 +219,10 @@ impl Drop for ChildGuard {
 fn spawn_self(
     name: &'static str,
     args: &[&str],
+    wrap: &[String],
 ) -> anyhow::Result<(ChildGuard, String, BufReader<std::process::ChildStdout>)> {
     let exe = std::env::current_exe().context("finding the loadtest binary")?;
-    let mut child = Command::new(exe)
+    let mut child = wrapped(wrap, &exe)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -230,7 +242,38 @@ fn spawn_self(
     if line.trim().is_empty() {
         bail!("{name} exited before it was ready");
     }
-    Ok((ChildGuard { name, child, stdin }, line, reader))
+    Ok((
+        ChildGuard {
+            name,
+            child,
+            stdin,
+            stop_waits: stop_waits(wrap),
+        },
+        line,
+        reader,
+    ))
+}
+
+/// `program` as a command, under the `--wrap` command if there is one.
+fn wrapped(wrap: &[String], program: &Path) -> Command {
+    match wrap.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(program);
+            cmd
+        }
+    }
+}
+
+/// 50 ms waits allowed at stop: 5 s, or 120 s under a wrapper (valgrind writes its
+/// output on exit).
+fn stop_waits(wrap: &[String]) -> u32 {
+    if wrap.is_empty() {
+        100
+    } else {
+        2_400
+    }
 }
 
 fn free_loopback_port() -> anyhow::Result<u16> {
@@ -238,8 +281,8 @@ fn free_loopback_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..200 {
+async fn wait_healthy(addr: SocketAddr, tries: u32) -> anyhow::Result<()> {
+    for _ in 0..tries {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let _ = s
@@ -253,7 +296,10 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the exchange at {addr} did not become healthy in 10 s")
+    bail!(
+        "the exchange at {addr} did not become healthy in {} s",
+        tries / 20
+    )
 }
 
 /// Everything one scenario run needs running.
@@ -273,6 +319,8 @@ struct RigOpts<'a> {
     specs: Vec<SimBuyerSpec>,
     out: &'a Path,
     exchange_bin: &'a Path,
+    /// `--wrap`, split on whitespace (empty: none).
+    wrap: &'a [String],
     want_exchange: bool,
     want_relay: bool,
     deadline_ms: u64,
@@ -289,7 +337,7 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
     let seed = o.seed.to_string();
     let spec_arg = spec_path.to_string_lossy().to_string();
     let (sims, line, sims_reader) =
-        spawn_self("sims", &["sims", "--spec", &spec_arg, "--seed", &seed])?;
+        spawn_self("sims", &["sims", "--spec", &spec_arg, "--seed", &seed], &[])?;
     let buyers: Vec<SimBuyerInfo> = serde_json::from_str(line.trim()).context("sims ready line")?;
     let exchange = if o.want_exchange {
         let port = free_loopback_port()?;
@@ -316,7 +364,7 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         let cfg_path = o.out.join("exchange.toml");
         std::fs::write(&cfg_path, &toml)?;
         let _ = std::fs::remove_file(o.out.join("ledger.jsonl"));
-        let mut cmd = Command::new(o.exchange_bin);
+        let mut cmd = wrapped(o.wrap, o.exchange_bin);
         cmd.arg("--config")
             .arg(&cfg_path)
             .stdin(Stdio::piped())
@@ -334,8 +382,10 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             name: "exchange",
             child,
             stdin,
+            stop_waits: stop_waits(o.wrap),
         };
-        wait_healthy(listen).await?;
+        // A wrapper (valgrind) starts slowly.
+        wait_healthy(listen, if o.wrap.is_empty() { 200 } else { 2_400 }).await?;
         Some((guard, listen))
     } else {
         None
@@ -346,8 +396,11 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         std::fs::write(&path, serde_json::to_vec(&targets)?)?;
         let p = path.to_string_lossy().to_string();
         let d = o.deadline_ms.to_string();
-        let (guard, line, _) =
-            spawn_self("relay", &["relay", "--targets", &p, "--deadline-ms", &d])?;
+        let (guard, line, _) = spawn_self(
+            "relay",
+            &["relay", "--targets", &p, "--deadline-ms", &d],
+            o.wrap,
+        )?;
         let v: serde_json::Value = serde_json::from_str(line.trim()).context("relay ready line")?;
         let addr: SocketAddr = v["addr"]
             .as_str()
@@ -632,6 +685,11 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             bail!("unknown target {t:?}: use relay, exchange or direct");
         }
     }
+    let wrap: Vec<String> = args
+        .wrap
+        .as_deref()
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
     let want_exchange = args.targets.iter().any(|t| t == "exchange");
     let want_relay = args.targets.iter().any(|t| t == "relay");
     let mut report = new_report(&name);
@@ -644,6 +702,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         specs,
         out: &out,
         exchange_bin: &exchange_bin,
+        wrap: &wrap,
         want_exchange,
         want_relay,
         deadline_ms,

@@ -708,6 +708,9 @@ name = "Load test"
 key_sha256 = "{key_sha256}"
 verticals = ["{VERTICAL}"]
 payout = {{ model = "revenue_share", share_pct = 80 }}
+# Every bid is an open quote for quote_ttl_ms (60 s): at 2,000/s that is 120,000 quotes,
+# far past the per-seller default of 1,000 (which would answer 429).
+quotes_open_max = 1000000
 "#,
         listen = toml_string(&opts.listen.to_string()),
         ledger = toml_string(&opts.ledger_path.to_string_lossy()),

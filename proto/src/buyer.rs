@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use simd_json::{OwnedValue, StaticNode};
+use simd_json::{BorrowedValue, StaticNode};
 
 use crate::json::{check_depth, BUYER_ANSWER_DEPTH_MAX, EXCHANGE_MESSAGE_DEPTH_MAX};
 use crate::lead::LeadJson;
@@ -157,20 +157,41 @@ fn is_json(content_type: Option<&str>) -> bool {
     })
 }
 
-fn short_string(v: Option<&OwnedValue>, len_max: usize) -> Option<String> {
-    match v {
-        Some(OwnedValue::String(s)) => Some(s.chars().take(len_max).collect()),
-        Some(OwnedValue::Static(StaticNode::I64(i))) => Some(i.to_string()),
-        Some(OwnedValue::Static(StaticNode::U64(i))) => Some(i.to_string()),
+thread_local! {
+    /// The JSON parser's scratch buffers, kept per thread between answers (they grow to
+    /// the largest answer read, at most `ANSWER_BYTES_MAX` of the buyer client).
+    static ANSWER_BUFFERS: std::cell::RefCell<simd_json::Buffers> =
+        std::cell::RefCell::new(simd_json::Buffers::new(512));
+}
+
+/// A buyer answer's top-level JSON object, or `None` if the body is not one.
+fn answer_object(body: &mut [u8]) -> Option<Box<simd_json::borrowed::Object<'_>>> {
+    let value = ANSWER_BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut buffers) => simd_json::value::borrowed::to_value_with_buffers(body, &mut buffers),
+        Err(_) => simd_json::to_borrowed_value(body),
+    });
+    match value {
+        Ok(BorrowedValue::Object(obj)) => Some(obj),
         _ => None,
     }
 }
 
-fn number(v: &OwnedValue) -> Option<f64> {
+// Answers are read as borrowed values: object keys and strings point into the body
+// instead of each being allocated (the same values, with the same duplicate-key rule).
+fn short_string(v: Option<&BorrowedValue<'_>>, len_max: usize) -> Option<String> {
     match v {
-        OwnedValue::Static(StaticNode::I64(i)) => Some(*i as f64),
-        OwnedValue::Static(StaticNode::U64(u)) => Some(*u as f64),
-        OwnedValue::Static(StaticNode::F64(f)) => Some(*f),
+        Some(BorrowedValue::String(s)) => Some(s.chars().take(len_max).collect()),
+        Some(BorrowedValue::Static(StaticNode::I64(i))) => Some(i.to_string()),
+        Some(BorrowedValue::Static(StaticNode::U64(i))) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn number(v: &BorrowedValue<'_>) -> Option<f64> {
+    match v {
+        BorrowedValue::Static(StaticNode::I64(i)) => Some(*i as f64),
+        BorrowedValue::Static(StaticNode::U64(u)) => Some(*u as f64),
+        BorrowedValue::Static(StaticNode::F64(f)) => Some(*f),
         _ => None,
     }
 }
@@ -189,7 +210,7 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
     if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
         return BidOutcome::Invalid("too_deep");
     }
-    let Ok(OwnedValue::Object(obj)) = simd_json::to_owned_value(body) else {
+    let Some(obj) = answer_object(body) else {
         return BidOutcome::Invalid("malformed");
     };
     if let Some(v) = obj.get("bid") {
@@ -234,14 +255,14 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
     if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
         return PostOutcome::Invalid("too_deep");
     }
-    let Ok(OwnedValue::Object(obj)) = simd_json::to_owned_value(body) else {
+    let Some(obj) = answer_object(body) else {
         return PostOutcome::Invalid("malformed");
     };
     match obj.get("accepted") {
-        Some(OwnedValue::Static(StaticNode::Bool(true))) => PostOutcome::Accepted {
+        Some(BorrowedValue::Static(StaticNode::Bool(true))) => PostOutcome::Accepted {
             buyer_lead_id: short_string(obj.get("buyer_lead_id"), BUYER_ID_LEN_MAX),
         },
-        Some(OwnedValue::Static(StaticNode::Bool(false))) => PostOutcome::Rejected {
+        Some(BorrowedValue::Static(StaticNode::Bool(false))) => PostOutcome::Rejected {
             reason: short_string(obj.get("reason"), BUYER_REASON_LEN_MAX),
         },
         _ => PostOutcome::Invalid("no_accepted_field"),

@@ -41,8 +41,23 @@ impl Micros {
         if v < 0.0 {
             return Err(MoneyError::Negative);
         }
-        // Rust prints the shortest decimal that round-trips, never in exponent form: that
-        // is the number the sender wrote, which we then read exactly.
+        // Fast path (no formatting), the same answer: below 10^9 two multiples of 10^-6
+        // never round to the same f64 (its spacing there is under 1.2 x 10^-7), so when
+        // m x 10^-6 rounds to `v`, it is the shortest decimal that does, i.e. what the
+        // formatting below would print and read. -0.0 is left to it (it prints "-0").
+        if v.is_sign_positive() && v < 1e9 {
+            let m = (v * MICROS_PER_UNIT as f64).round();
+            if m / MICROS_PER_UNIT as f64 == v {
+                return Ok(Micros(m as i64));
+            }
+        }
+        Micros::from_decimal_f64_formatted(v)
+    }
+
+    /// [`from_decimal_f64`](Micros::from_decimal_f64) by formatting: Rust prints the
+    /// shortest decimal that round-trips, never in exponent form: that is the number the
+    /// sender wrote, which we then read exactly.
+    fn from_decimal_f64_formatted(v: f64) -> Result<Micros, MoneyError> {
         Micros::parse_decimal(&format!("{v}"))
     }
 
@@ -136,6 +151,50 @@ impl<'de> Deserialize<'de> for Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_path_reads_what_formatting_reads() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1e-7,
+            1e-6,
+            0.1 + 0.2,
+            12.5,
+            18.0,
+            0.000_001,
+            0.123_456_7,
+            999_999_999.999_999,
+            999_999_999.999_999_9,
+            1e9,
+            1e9 + 1.0,
+            5e15,
+            1.0 / 3.0,
+            f64::MIN_POSITIVE,
+            4_503_599_627.370_496,
+        ];
+        // Prices as buyers send them (cents and micros), and values just off them.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let micros = (x % 2_000_000_000_000) as f64;
+            values.push(micros / 1e6);
+            values.push((i as f64) / 100.0);
+            values.push(f64::from_bits((micros / 1e6).to_bits() + 1));
+            values.push(f64::from_bits(x >> 2));
+        }
+        for v in values {
+            if v.is_finite() && v >= 0.0 {
+                assert_eq!(
+                    Micros::from_decimal_f64(v),
+                    Micros::from_decimal_f64_formatted(v),
+                    "{v:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn decimal_edges() {

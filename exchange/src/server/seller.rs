@@ -395,7 +395,8 @@ async fn ping(
                 seller: cfg.sellers[seller].key,
                 vertical,
                 vertical_name: v.name.clone(),
-                lead: req.lead.clone(),
+                // The request is done with: the quote takes its lead without a copy.
+                lead: req.lead,
                 test: req.test,
                 price,
                 currency: v.currency.clone(),
