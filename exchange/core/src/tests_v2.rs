@@ -420,34 +420,45 @@ impl Fixture {
     }
 
     fn plan(&self, award: Award, now: UnixMs) -> PostPlan<'_> {
-        let quoted = award
-            .ranked
-            .first()
-            .map_or(Micros::ZERO, |r| r.seller_price);
-        PostPlan::new(
-            PostParams {
-                config: &self.cfg,
-                generation: 42,
-                seller: 0,
-                vertical: 0,
-                test: false,
-                quoted,
-                auction_id: "au_t",
-                ping_id: "pg_t",
-                lead_id: "ld_t",
-                auction_arrival: T,
-                from_quote: true,
-                removed: &[],
-            },
-            award.ranked,
-            award.reservation,
-            now,
-        )
+        plan_on(&self.cfg, award, now, &[])
     }
 
     fn held(&self) -> Vec<usize> {
         (0..4).map(|b| self.caps.outstanding(BuyerKey(b))).collect()
     }
+}
+
+/// A post plan for `award` on `cfg` (the configuration serving at post time), the
+/// winner's hold taken from the quote; `removed` are bidders a reload removed.
+fn plan_on<'a>(
+    cfg: &'a Config,
+    award: Award,
+    now: UnixMs,
+    removed: &'a [(BuyerKey, String)],
+) -> PostPlan<'a> {
+    let quoted = award
+        .ranked
+        .first()
+        .map_or(Micros::ZERO, |r| r.seller_price);
+    PostPlan::new(
+        PostParams {
+            config: cfg,
+            generation: 42,
+            seller: 0,
+            vertical: 0,
+            test: false,
+            quoted,
+            auction_id: "au_t",
+            ping_id: "pg_t",
+            lead_id: "ld_t",
+            auction_arrival: T,
+            from_quote: true,
+            removed,
+        },
+        award.ranked,
+        award.reservation,
+        now,
+    )
 }
 
 fn deliver_to(step: PostStep) -> usize {
@@ -753,7 +764,6 @@ fn a_winner_a_reload_removed_is_skipped_its_hold_released_and_the_lead_falls_bac
     let s = Settlement::new(&f.caps);
     let award = f.award([None; 4]);
     assert_eq!(f.held(), [1, 0, 0, 0], "the quote holds the winner's cap");
-    let quoted = award.ranked[0].seller_price;
     // The configuration serving at post time no longer has b0; the others keep their keys.
     let mut buyers = f.cfg.buyers.clone();
     buyers.remove(0);
@@ -761,25 +771,7 @@ fn a_winner_a_reload_removed_is_skipped_its_hold_released_and_the_lead_falls_bac
     after.server = f.cfg.server.clone();
     assert!(after.buyer_by_key(BuyerKey(0)).is_none());
     let removed = [(BuyerKey(0), "b0".to_string())];
-    let mut plan = PostPlan::new(
-        PostParams {
-            config: &after,
-            generation: 43,
-            seller: 0,
-            vertical: 0,
-            test: false,
-            quoted,
-            auction_id: "au_t",
-            ping_id: "pg_t",
-            lead_id: "ld_t",
-            auction_arrival: T,
-            from_quote: true,
-            removed: &removed,
-        },
-        award.ranked,
-        award.reservation,
-        T + 1_000,
-    );
+    let mut plan = plan_on(&after, award, T + 1_000, &removed);
     // The first delivery goes to the runner-up (b1, position 0 in the new configuration).
     let PostStep::Deliver(a) = plan.next(&s, T + 1_000) else {
         panic!("a fallback is delivered to")
@@ -813,28 +805,9 @@ fn when_every_bidder_was_removed_the_post_is_unsold_buyer_removed_and_holds_noth
     let f = Fixture::new(60_000);
     let s = Settlement::new(&f.caps);
     let award = f.award([None; 4]);
-    let quoted = award.ranked[0].seller_price;
     let mut after = config_with(Vec::new());
     after.server = f.cfg.server.clone();
-    let mut plan = PostPlan::new(
-        PostParams {
-            config: &after,
-            generation: 43,
-            seller: 0,
-            vertical: 0,
-            test: false,
-            quoted,
-            auction_id: "au_t",
-            ping_id: "pg_t",
-            lead_id: "ld_t",
-            auction_arrival: T,
-            from_quote: true,
-            removed: &[],
-        },
-        award.ranked,
-        award.reservation,
-        T + 1_000,
-    );
+    let mut plan = plan_on(&after, award, T + 1_000, &[]);
     assert_eq!(
         plan.next(&s, T + 1_000),
         PostStep::Unsold(UnsoldReason::BuyerRemoved)

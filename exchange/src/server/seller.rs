@@ -412,16 +412,15 @@ async fn ping(
                     effects::record(state, rec).await;
                 }
                 if let Some(r) = award.reservation {
-                    let drop = drop_hold(
-                        cfg,
-                        rt.generation,
+                    release_hold(
+                        state,
+                        rt,
                         r,
                         Some(&result.ping_id),
-                        false,
                         Some(release_reason::QUOTE_REFUSED),
                         now,
-                    );
-                    let _ = effects::execute(state, rt, drop.into_iter()).await;
+                    )
+                    .await;
                 }
                 return Err(match refused {
                     QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
@@ -545,8 +544,7 @@ async fn post(
         BeginPost::Done(answer) => return Ok(to_json(&answer)),
         BeginPost::Expired(reservation) => {
             if let Some(r) = reservation {
-                let drop = drop_hold(cfg, rt.generation, r, Some(&env.ping_id), true, None, now);
-                let _ = effects::execute(state, rt, drop.into_iter()).await;
+                release_hold(state, rt, r, Some(&env.ping_id), None, now).await;
             }
             let mut a = PostAnswer::status_only(PostStatus::Expired, Some(EXPIRED_REASON));
             a.ping_id = Some(env.ping_id.clone());
@@ -568,16 +566,15 @@ async fn post(
         // The vertical left the configuration: nothing can be delivered, and the quote's
         // hold is released (recorded) through the one settlement path.
         if let Some(r) = quote.reservation.clone() {
-            let drop = drop_hold(
-                cfg,
-                rt.generation,
+            release_hold(
+                state,
+                rt,
                 r,
                 Some(&quote.ping_id),
-                false,
                 Some(release_reason::VERTICAL_REMOVED),
                 now,
-            );
-            let _ = effects::execute(state, rt, drop.into_iter()).await;
+            )
+            .await;
         }
         let reason = UnsoldReason::VerticalRemoved.as_str();
         let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
@@ -602,16 +599,15 @@ async fn post(
     let changed = quote.lead.ping_field_changes(&lead, schema);
     let answer = if !changed.is_empty() {
         if let Some(r) = quote.reservation.clone() {
-            let drop = drop_hold(
-                cfg,
-                rt.generation,
+            release_hold(
+                state,
+                rt,
                 r,
                 Some(&quote.ping_id),
-                false,
                 Some(release_reason::MISMATCH),
                 state.clock.now_ms(),
-            );
-            let _ = effects::execute(state, rt, drop.into_iter()).await;
+            )
+            .await;
         }
         let mut a = PostAnswer::status_only(PostStatus::Mismatch, Some("ping_fields_changed"));
         a.ping_id = Some(quote.ping_id.clone());
@@ -656,4 +652,27 @@ async fn post(
         .with_label_values(&[answer.status.as_str()])
         .inc();
     Ok(to_json(&answer))
+}
+
+/// Drops a quote's hold without a sale through the core's settlement (`drop_hold`: the cap
+/// operation and its record): expired when `reason` is `None`, else released for it.
+async fn release_hold(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    r: crate::core::caps::Reservation,
+    ping_id: Option<&str>,
+    reason: Option<&'static str>,
+    now: crate::core::UnixMs,
+) {
+    let drop = drop_hold(
+        &rt.config,
+        rt.generation,
+        r,
+        ping_id,
+        reason.is_none(),
+        reason,
+        now,
+    );
+    // Only durable records can fail, and hold records are not durable.
+    let _ = effects::execute(state, rt, drop.into_iter()).await;
 }
