@@ -460,3 +460,52 @@ async fn with_server_tls_the_admin_listener_speaks_https_too() {
     assert!(!buf.starts_with(b"HTTP/"), "cleartext answered: {buf:?}");
     ex.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_configuration_reload_rereads_the_seller_certificate_or_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = local_ca("reload-one");
+    let cert = write(dir.path(), "cert.pem", &first.leaf_pem);
+    let key = write(dir.path(), "key.pem", &first.leaf_key_pem);
+    let tls = format!(
+        "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let mut ex = TestConfig::new()
+        .start_edited(|toml| toml.replacen("[server.breaker]\n", &tls, 1))
+        .await;
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let generation = ex.state.generation();
+    let (status, _, _) = get(&https_client(&first.ca_pem, true), &url).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    // New files in place, then the same reload as SIGHUP or POST /admin/reload.
+    let second = local_ca("reload-two");
+    write(dir.path(), "cert.pem", &second.leaf_pem);
+    write(dir.path(), "key.pem", &second.leaf_key_pem);
+    let state = ex.state.clone();
+    let applied = tokio::task::spawn_blocking(move || state.reload())
+        .await
+        .unwrap();
+    assert_eq!(applied.ok(), Some(generation + 1));
+    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(get(&https_client(&first.ca_pem, true), &url).await.is_err());
+
+    // A broken key refuses the whole reload: same generation, same certificate.
+    write(dir.path(), "key.pem", "not a key");
+    let state = ex.state.clone();
+    let refused = tokio::task::spawn_blocking(move || state.reload())
+        .await
+        .unwrap();
+    assert!(refused.is_err());
+    assert_eq!(ex.state.generation(), generation + 1);
+    let (status, _, _) = get(&https_client(&second.ca_pem, true), &url)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    ex.shutdown().await;
+}
