@@ -70,6 +70,21 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The test configuration `toml` with `server_keys` added to `[server]` and a
+/// `[server.tls]` table for `cert` and `key` (a table goes after the plain keys of
+/// `[server]`, before `[server.breaker]`).
+fn with_server_tls(toml: &str, server_keys: &str, cert: &Path, key: &Path) -> String {
+    toml.replacen(
+        "[server.breaker]\n",
+        &format!(
+            "{server_keys}[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        1,
+    )
+}
+
 /// An HTTPS client trusting only `ca_pem`; `h2` offers ALPN h2 and http/1.1, otherwise
 /// http/1.1 only.
 fn https_client(
@@ -142,18 +157,8 @@ async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
     let first = local_ca("one");
     let cert = write(dir.path(), "cert.pem", &first.leaf_pem);
     let key = write(dir.path(), "key.pem", &first.leaf_key_pem);
-    let server = format!(
-        "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
-        cert.display().to_string(),
-        key.display().to_string()
-    );
-    // `[server.tls]` is a table: it goes after the plain keys of [server].
     let ledger = dir.path().join("ledger.jsonl");
-    let text = TestConfig::new().toml(&ledger).replacen(
-        "[server.breaker]\n",
-        &format!("{server}\n[server.breaker]\n"),
-        1,
-    );
+    let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
     let config = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
     assert!(config.server.listener.tls.is_some());
@@ -367,18 +372,14 @@ async fn a_stalled_tls_handshake_counts_against_the_head_budget() {
     let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
     let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
     let ledger = dir.path().join("ledger.jsonl");
-    let text = TestConfig::new()
-        .with(|c| c.header_read_timeout_ms = 300)
-        .toml(&ledger)
-        .replacen(
-            "[server.breaker]\n",
-            &format!(
-                "connections_max = 2\n[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
-                cert.display().to_string(),
-                key.display().to_string()
-            ),
-            1,
-        );
+    let text = with_server_tls(
+        &TestConfig::new()
+            .with(|c| c.header_read_timeout_ms = 300)
+            .toml(&ledger),
+        "connections_max = 2\n",
+        &cert,
+        &key,
+    );
     let config = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
     let ex = app::start(config, Clock::system()).await.unwrap();
@@ -418,15 +419,7 @@ async fn with_server_tls_the_admin_listener_speaks_https_too() {
     let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
     let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
     let ledger = dir.path().join("ledger.jsonl");
-    let text = TestConfig::new().toml(&ledger).replacen(
-        "[server.breaker]\n",
-        &format!(
-            "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-        1,
-    );
+    let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
     let env = TestConfig::new().env();
     let config = pingpost::config::load_str_with_env(&text, &env)
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
@@ -467,13 +460,8 @@ async fn a_configuration_reload_rereads_the_seller_certificate_or_changes_nothin
     let first = local_ca("reload-one");
     let cert = write(dir.path(), "cert.pem", &first.leaf_pem);
     let key = write(dir.path(), "key.pem", &first.leaf_key_pem);
-    let tls = format!(
-        "[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
-        cert.display().to_string(),
-        key.display().to_string()
-    );
     let mut ex = TestConfig::new()
-        .start_edited(|toml| toml.replacen("[server.breaker]\n", &tls, 1))
+        .start_edited(|toml| with_server_tls(&toml, "", &cert, &key))
         .await;
     let url = format!("https://localhost:{}/healthz", ex.addr.port());
     let generation = ex.state.generation();

@@ -515,12 +515,7 @@ async fn direct_post(
             a
         }
     };
-    state
-        .metrics
-        .posts
-        .with_label_values(&[answer.status.as_str()])
-        .inc();
-    Ok(to_json(&answer))
+    Ok(post_answer(state, &answer))
 }
 
 async fn post(
@@ -548,12 +543,7 @@ async fn post(
             }
             let mut a = PostAnswer::status_only(PostStatus::Expired, Some(EXPIRED_REASON));
             a.ping_id = Some(env.ping_id.clone());
-            state
-                .metrics
-                .posts
-                .with_label_values(&[a.status.as_str()])
-                .inc();
-            return Ok(to_json(&a));
+            return Ok(post_answer(state, &a));
         }
         BeginPost::Post(q) => q,
     };
@@ -580,12 +570,7 @@ async fn post(
         let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
         a.ping_id = Some(quote.ping_id.clone());
         state.quotes.finish(&quote.ping_id, a.clone(), now);
-        state
-            .metrics
-            .posts
-            .with_label_values(&[a.status.as_str()])
-            .inc();
-        return Ok(to_json(&a));
+        return Ok(post_answer(state, &a));
     };
     let schema = &cfg.verticals[vertical].schema;
     let lead = match env.validate_lead(schema) {
@@ -646,12 +631,7 @@ async fn post(
     state
         .quotes
         .finish(&quote.ping_id, answer.clone(), state.clock.now_ms());
-    state
-        .metrics
-        .posts
-        .with_label_values(&[answer.status.as_str()])
-        .inc();
-    Ok(to_json(&answer))
+    Ok(post_answer(state, &answer))
 }
 
 /// Drops a quote's hold without a sale through the core's settlement (`drop_hold`: the cap
@@ -675,4 +655,14 @@ async fn release_hold(
     );
     // Only durable records can fail, and hold records are not durable.
     let _ = effects::execute(state, rt, drop.into_iter()).await;
+}
+
+/// A post's (or direct post's) answer as JSON, counted in `pingpost_posts_total` by status.
+fn post_answer(state: &AppState, answer: &PostAnswer) -> Vec<u8> {
+    state
+        .metrics
+        .posts
+        .with_label_values(&[answer.status.as_str()])
+        .inc();
+    to_json(answer)
 }
