@@ -218,11 +218,12 @@ pub async fn run_auction(
             .unwrap_or(0)
             .saturating_mul(u64::from(LATE_DRAIN_TIMEOUTS));
         let rt2 = rt.clone();
+        let state2 = Arc::clone(state);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_millis(drain_for), async {
                 while let Some((slot, _, _)) = futs.next().await {
                     if let Some(b) = owners.get(slot) {
-                        effects::late_answer(&rt2, *b);
+                        effects::late_answer(&state2, &rt2, *b);
                     }
                 }
             })

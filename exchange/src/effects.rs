@@ -27,7 +27,6 @@ pub fn health(state: &AppState) -> &dyn BuyerHealth {
 
 fn ping_label(o: BuyerOutcome) -> Option<PingOutcome> {
     Some(match o {
-        BuyerOutcome::SkippedFilter => PingOutcome::SkippedFilter,
         BuyerOutcome::SkippedFanout => PingOutcome::SkippedFanout,
         BuyerOutcome::SkippedBreaker => PingOutcome::SkippedBreaker,
         BuyerOutcome::Timeout => PingOutcome::Timeout,
@@ -84,7 +83,7 @@ pub async fn execute<'a>(
                 took_us,
                 breaker,
             } => {
-                if let Some(m) = rt.buyer_metrics.get(buyer) {
+                if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     if let Some(label) = ping_label(outcome) {
                         m.ping(label);
                     }
@@ -96,9 +95,10 @@ pub async fn execute<'a>(
                     health(state).record(b.key, ok, now);
                 }
             }
-            Effect::LateAnswer { buyer } => late_answer(rt, buyer),
+            Effect::Skipped { counts } => state.metrics.count_skips(&counts),
+            Effect::LateAnswer { buyer } => late_answer(state, rt, buyer),
             Effect::Post { buyer, outcome } => {
-                if let Some(m) = rt.buyer_metrics.get(buyer) {
+                if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
                 }
             }
@@ -134,6 +134,7 @@ pub fn execute_now<'a>(state: &AppState, effects: impl Iterator<Item = Effect<'a
                 }
             },
             Effect::Ping { .. }
+            | Effect::Skipped { .. }
             | Effect::LateAnswer { .. }
             | Effect::Post { .. }
             | Effect::Auction { .. } => {}
@@ -143,8 +144,8 @@ pub fn execute_now<'a>(state: &AppState, effects: impl Iterator<Item = Effect<'a
 
 /// A buyer answered after its bound (also counted by the shell's background drain of
 /// answers that arrive after the auction ended).
-pub fn late_answer(rt: &Runtime, buyer: usize) {
-    if let Some(m) = rt.buyer_metrics.get(buyer) {
+pub fn late_answer(state: &AppState, rt: &Runtime, buyer: usize) {
+    if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
         m.late_answers.inc();
     }
 }

@@ -1,5 +1,8 @@
-//! Prometheus metrics. Per-buyer series are resolved once per configuration, so the hot
-//! path only bumps pre-built counters (no label hashing per request).
+//! Prometheus metrics. A buyer's series are resolved the first time it is pinged or posted
+//! to (then kept for the configuration), so the hot path only bumps pre-built counters
+//! and a buyer that is never pinged costs no series: with 10,000 configured buyers the
+//! series follow the buyers in use, not the configuration. Filter skips are counted per
+//! reason, not per buyer.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -22,21 +25,19 @@ pub enum PingOutcome {
     /// Answered, but not a valid answer (garbage, wrong content type, non-200).
     Invalid,
     SkippedBreaker,
-    SkippedFilter,
     SkippedFanout,
     /// A bid above the vertical's `bid_max`: refused as a no-bid.
     BidAboveMax,
 }
 
 impl PingOutcome {
-    pub const ALL: [PingOutcome; 9] = [
+    pub const ALL: [PingOutcome; 8] = [
         PingOutcome::Bid,
         PingOutcome::NoBid,
         PingOutcome::Timeout,
         PingOutcome::Error,
         PingOutcome::Invalid,
         PingOutcome::SkippedBreaker,
-        PingOutcome::SkippedFilter,
         PingOutcome::SkippedFanout,
         PingOutcome::BidAboveMax,
     ];
@@ -49,7 +50,6 @@ impl PingOutcome {
             PingOutcome::Error => "error",
             PingOutcome::Invalid => "invalid",
             PingOutcome::SkippedBreaker => "skipped_breaker",
-            PingOutcome::SkippedFilter => "skipped_filter",
             PingOutcome::SkippedFanout => "skipped_fanout",
             PingOutcome::BidAboveMax => "bid_above_max",
         }
@@ -125,6 +125,8 @@ pub struct Metrics {
     pub buyer_ping_latency: HistogramVec,
     pub late_answers: IntCounterVec,
     pub cap_utilisation: IntGaugeVec,
+    /// Buyers not offered a lead because they failed a filter, by reason.
+    pub eligibility_skips: IntCounterVec,
     pub quotes_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
@@ -135,6 +137,8 @@ pub struct Metrics {
     /// Pre-resolved series for the hot path (label lookups hash and lock).
     route_latency: Vec<(&'static str, Histogram)>,
     auction_outcomes: Vec<(&'static str, IntCounter)>,
+    /// By [`pingpost_core::eligibility::SkipReason::ALL`] order.
+    skip_reasons: Vec<IntCounter>,
 }
 
 /// Routes whose latency series are pre-resolved.
@@ -250,6 +254,14 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
+            eligibility_skips: reg(
+                &r,
+                counter_vec(
+                    "pingpost_eligibility_skips_total",
+                    "Buyers not offered a lead because they failed a filter, by the first filter failed (state, zip, schedule, score_floor, capped).",
+                    &["reason"],
+                ),
+            ),
             quotes_open: reg(
                 &r,
                 IntGauge::new(
@@ -295,6 +307,7 @@ impl Metrics {
             ),
             route_latency: Vec::new(),
             auction_outcomes: Vec::new(),
+            skip_reasons: Vec::new(),
             registry: r,
         }
         .resolved()
@@ -309,8 +322,21 @@ impl Metrics {
             .iter()
             .map(|o| (*o, self.auctions.with_label_values(&[o])))
             .collect();
+        self.skip_reasons = pingpost_core::eligibility::SkipReason::ALL
+            .iter()
+            .map(|r| self.eligibility_skips.with_label_values(&[r.as_str()]))
+            .collect();
         self.config_generation.set(1);
         self
+    }
+
+    /// Counts one auction's filter skips (`counts` in `SkipReason::ALL` order).
+    pub fn count_skips(&self, counts: &[u32; 5]) {
+        for (c, n) in self.skip_reasons.iter().zip(counts) {
+            if *n > 0 {
+                c.inc_by(u64::from(*n));
+            }
+        }
     }
 
     /// Records a seller request's latency.

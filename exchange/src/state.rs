@@ -9,7 +9,7 @@
 //! loads the runtime once and uses that one snapshot to the end; a reload swaps the whole
 //! runtime at once, so no request ever sees half of two configurations.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -41,9 +41,24 @@ pub struct Runtime {
     pub scorer: Arc<dyn Scorer>,
     /// The award's objective (`PriceRanker` until a model is loaded).
     pub ranker: Arc<dyn Ranker>,
-    /// Pre-resolved metric series, by position in `config.buyers` (each series is
-    /// labelled by the buyer's id, so a buyer keeps its series across reloads).
-    pub buyer_metrics: Vec<BuyerMetrics>,
+    /// Metric series by position in `config.buyers`, resolved the first time the buyer is
+    /// pinged or posted to (each series is labelled by the buyer's id, so a buyer keeps
+    /// its series across reloads). A buyer never pinged has none.
+    pub buyer_metrics: Vec<OnceLock<BuyerMetrics>>,
+}
+
+impl Runtime {
+    /// Buyer `idx`'s series, resolved on first use.
+    pub fn buyer_metrics(&self, metrics: &Metrics, idx: usize) -> Option<&BuyerMetrics> {
+        let slot = self.buyer_metrics.get(idx)?;
+        let buyer = self.config.buyers.get(idx)?;
+        Some(slot.get_or_init(|| metrics.buyer(&buyer.id)))
+    }
+}
+
+/// One empty metrics slot per buyer of `config`.
+fn metric_slots(config: &Config) -> Vec<OnceLock<BuyerMetrics>> {
+    config.buyers.iter().map(|_| OnceLock::new()).collect()
 }
 
 /// Where a reload reads the configuration from: the same source the process started
@@ -273,7 +288,7 @@ impl AppState {
             tracing::error!(error = %e, "stable keys");
         }
         let s = &config.server;
-        let buyer_metrics = config.buyers.iter().map(|b| metrics.buyer(&b.id)).collect();
+        let buyer_metrics = metric_slots(&config);
         let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
         let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
             Arc::clone(&connections),
@@ -375,11 +390,7 @@ impl AppState {
         self.breakers.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
         self.quotes.grow_sellers(self.ids.seller_count());
-        let buyer_metrics = config
-            .buyers
-            .iter()
-            .map(|b| self.metrics.buyer(&b.id))
-            .collect();
+        let buyer_metrics = metric_slots(&config);
         // A removed buyer's cap gauges would otherwise show its last utilisation forever;
         // its counters stay (they only ever count what happened).
         for gone in old

@@ -29,8 +29,10 @@ use super::award::{self, Bid, Ranked, Ranker};
 use super::breaker::Admit;
 use super::caps::Reservation;
 use super::effect::Effect;
-use super::eligibility;
-use super::record::{AuctionRecord, BuyerLine, BuyerOutcome, Head, QuoteHoldRecord, Record};
+use super::eligibility::{self, SkipSummary};
+use super::record::{
+    AuctionRecord, BuyerLine, BuyerOutcome, Head, QuoteHoldRecord, Record, SkippedRecord,
+};
 use super::settlement::{BuyerHealth, Settlement};
 use super::UnixMs;
 use crate::config::{BuyerIdx, Config, SellerIdx, VerticalIdx};
@@ -113,6 +115,8 @@ pub struct Auction<'a> {
     fixed: Vec<BuyerIdx>,
     /// Every buyer failed a filter, each on its cap.
     all_capped: bool,
+    /// The buyers that failed a filter (counts, and the first few by name).
+    skipped: SkipSummary,
     pending: usize,
     effects: Vec<Effect<'a>>,
 }
@@ -185,24 +189,21 @@ impl<'a> Auction<'a> {
         let cfg = p.config;
         let elig = eligibility::select(cfg, p.vertical, lead, p.score, now, settlement.store());
         let all_capped = elig.all_capped();
-        let n = elig.ping.len() + elig.skipped.len() + elig.fixed.len();
+        let n = elig.ping.len() + elig.fixed.len();
         let mut a = Auction {
             p,
             slots: Vec::with_capacity(elig.ping.len()),
             lines: Vec::with_capacity(n + 1),
             fixed: elig.fixed,
             all_capped,
+            skipped: elig.skipped,
             pending: 0,
-            effects: Vec::with_capacity(n + 4),
+            effects: Vec::with_capacity(n + 5),
         };
-        for &(b, why) in &elig.skipped {
-            a.line(
-                b,
-                BuyerOutcome::SkippedFilter,
-                None,
-                Some(why.as_str()),
-                None,
-            );
+        if a.skipped.total() > 0 {
+            a.effects.push(Effect::Skipped {
+                counts: a.skipped.counts,
+            });
         }
         let deadline_ms = cfg
             .verticals
@@ -296,10 +297,16 @@ impl<'a> Auction<'a> {
         })
     }
 
-    /// Every buyer line so far: who was skipped and why (from `new`), then, after
-    /// `finish`, empty (the lines moved into the auction record).
+    /// Every buyer line so far (not pinged for the fan-out limit or an open breaker,
+    /// pinged, then after `finish`, empty: the lines moved into the auction record).
+    /// Buyers that failed a filter are in [`Auction::skipped`] instead.
     pub fn lines(&self) -> &[BuyerLine<'a>] {
         &self.lines
+    }
+
+    /// The buyers of the vertical that failed a filter.
+    pub fn skipped(&self) -> &SkipSummary {
+        &self.skipped
     }
 
     /// How many buyers are pinged.
@@ -426,9 +433,7 @@ impl<'a> Auction<'a> {
         let pinged_or_fixed = self.lines.iter().any(|l| {
             !matches!(
                 l.outcome,
-                BuyerOutcome::SkippedFilter
-                    | BuyerOutcome::SkippedFanout
-                    | BuyerOutcome::SkippedBreaker
+                BuyerOutcome::SkippedFanout | BuyerOutcome::SkippedBreaker
             )
         });
 
@@ -500,6 +505,7 @@ impl<'a> Auction<'a> {
             direct: p.direct,
             score: p.score,
             reserve_micros: reserve.0,
+            skipped: SkippedRecord::new(&self.skipped, cfg),
             buyers: std::mem::take(&mut self.lines),
             winner: winner
                 .and_then(|w| cfg.buyer_by_key(w.bid.buyer))

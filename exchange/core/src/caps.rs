@@ -17,7 +17,7 @@
 //! book's `quotes_open_max`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use chrono::{Datelike, Timelike};
 use chrono_tz::Tz;
@@ -62,17 +62,30 @@ impl Windows {
     /// The windows `now` falls in for a buyer in `tz`; `None` when `now` is off the
     /// calendar (callers fail closed).
     pub fn at(tz: Tz, now: UnixMs) -> Option<Windows> {
-        let t = local(tz, now)?;
+        Some(Windows::of_local(&local(tz, now)?, now))
+    }
+
+    /// The windows of `now`, given `t`, `now` in the buyer's zone (so a caller that needs
+    /// the local time for several things converts it once).
+    pub fn of_local(t: &chrono::DateTime<Tz>, now: UnixMs) -> Windows {
         // Offsets are whole seconds, so the local sub-second part is the UTC one.
         let into_hour_ms = (i64::from(t.minute()) * S_PER_MIN + i64::from(t.second())) * MS_PER_S
             + now.rem_euclid(MS_PER_S);
         let day = i64::from(t.date_naive().num_days_from_ce());
-        Some(Windows {
+        Windows {
             hour_start_ms: now.saturating_sub(into_hour_ms),
             day,
             week: day - i64::from(t.weekday().num_days_from_monday()),
             month: i64::from(t.year()) * 12 + i64::from(t.month0()),
-        })
+        }
+    }
+
+    /// A 32-bit tag of the hour window (its start in whole seconds, wrapping): every other
+    /// window changes only when the local hour does, so equal tags at one buyer mean the
+    /// same windows (136 years apart aside).
+    pub fn hour_tag(&self) -> u32 {
+        // Truncation intended: a tag, compared for equality only.
+        (self.hour_start_ms.div_euclid(MS_PER_S) as u64) as u32
     }
 
     fn keys(&self) -> [i64; PERIODS] {
@@ -188,15 +201,44 @@ struct BuyerBook {
 }
 
 impl BuyerBook {
-    /// Moves this buyer's clock to `now` (never backwards), prunes, and returns the current
-    /// windows; `None` if `now` is off the calendar.
-    fn advance(&mut self, tz: Tz, now: UnixMs) -> Option<Windows> {
-        let now = self.latest_now.map_or(now, |latest| latest.max(now));
-        let w = Windows::at(tz, now)?;
-        self.latest_now = Some(now);
-        self.current = Some(w.keys());
-        self.prune();
-        Some(w)
+    /// Moves this buyer's clock to `now` (never backwards) and prunes; returns the current
+    /// windows (`None` if `now` is off the calendar) and whether they changed. `at`, when
+    /// given, is the windows of `now` in `tz` (computed by the caller), used instead of
+    /// converting again when the book's clock is not ahead of `now`.
+    fn advance_with(
+        &mut self,
+        tz: Tz,
+        now: UnixMs,
+        at: Option<&Windows>,
+    ) -> (Option<Windows>, bool) {
+        let ahead = self.latest_now.is_some_and(|latest| latest > now);
+        let w = match (ahead, at) {
+            (false, Some(w)) => Some(*w),
+            // The book is at `latest_now` already: its current windows are that moment's.
+            (true, _) => match self.current {
+                Some([hour_start_ms, day, week, month]) => Some(Windows {
+                    hour_start_ms,
+                    day,
+                    week,
+                    month,
+                }),
+                None => self.latest_now.and_then(|l| Windows::at(tz, l)),
+            },
+            (false, None) => Windows::at(tz, now),
+        };
+        let Some(w) = w else {
+            return (None, false);
+        };
+        if !ahead {
+            self.latest_now = Some(now);
+        }
+        let keys = w.keys();
+        let moved = self.current != Some(keys);
+        if moved {
+            self.current = Some(keys);
+            self.prune();
+        }
+        (Some(w), moved)
     }
 
     /// Drops windows older than the current one that hold no reservation.
@@ -265,6 +307,27 @@ impl BuyerBook {
     }
 }
 
+/// One buyer's book and its version.
+#[derive(Debug, Default)]
+struct BuyerSlot {
+    book: Mutex<BuyerBook>,
+    /// Raised (under the lock) whenever the book's counts or current windows change: a
+    /// reader that saw the buyer full at version `v` knows it is still full while the
+    /// version is `v` and the hour has not turned (see [`CapBook::version`]).
+    version: AtomicU32,
+}
+
+/// Whether a buyer has room for one more lead (eligibility's question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Headroom {
+    /// It has.
+    Yes,
+    /// A cap or the budget is reached. `version` is the book's version when that was
+    /// seen (`None` when the answer cannot be remembered: an unknown buyer, a `now` off
+    /// the calendar).
+    Full { version: Option<u32> },
+}
+
 /// Every buyer's caps and budget, shared by all auctions (one small mutex per buyer),
 /// addressed by the buyer's stable [`BuyerKey`] so a reload never moves a count to
 /// another buyer. The table only grows ([`CapBook::grow`]); a buyer a reload removed
@@ -273,7 +336,7 @@ impl BuyerBook {
 #[derive(Debug)]
 pub struct CapBook {
     /// By `BuyerKey::slot()`; read without a lock, grown by a reload.
-    buyers: Slots<Mutex<BuyerBook>>,
+    buyers: Slots<BuyerSlot>,
     /// Source of reservation ids (unique for the life of the book).
     next_id: AtomicU64,
 }
@@ -300,9 +363,24 @@ impl CapBook {
 
     /// Runs `f` on the buyer's book under its lock; `None` for an unknown key.
     fn with<R>(&self, key: BuyerKey, f: impl FnOnce(&mut BuyerBook) -> R) -> Option<R> {
+        self.with_version(key, |b, _| f(b))
+    }
+
+    /// [`CapBook::with`], also handing `f` the version to raise when it changes the book.
+    fn with_version<R>(
+        &self,
+        key: BuyerKey,
+        f: impl FnOnce(&mut BuyerBook, &AtomicU32) -> R,
+    ) -> Option<R> {
         let slot = self.buyers.get(key.slot())?;
-        let mut b = slot.lock();
-        Some(f(&mut b))
+        let mut b = slot.book.lock();
+        Some(f(&mut b, &slot.version))
+    }
+
+    /// The buyer's book version: it changes whenever the buyer's counts or current windows
+    /// change. Read without a lock (eligibility's hint that a full buyer is still full).
+    pub fn version(&self, key: BuyerKey) -> Option<u32> {
+        Some(self.buyers.get(key.slot())?.version.load(Ordering::Acquire))
     }
 
     /// Could the buyer take one more lead now? Every capped window needs `sold + reserved
@@ -311,11 +389,33 @@ impl CapBook {
     /// [`reserve`](CapBook::reserve)s, because another auction may have won the last slot
     /// in between. An unknown key is no headroom.
     pub fn has_headroom(&self, key: BuyerKey, buyer: &Buyer, now: UnixMs) -> bool {
-        self.with(key, |b| match b.advance(buyer.timezone, now) {
-            Some(w) => b.check(w.keys(), &buyer.caps, None).is_ok(),
-            None => false,
+        self.headroom_at(key, buyer, now, None) == Headroom::Yes
+    }
+
+    /// [`CapBook::has_headroom`] with `at`, the windows of `now` in the buyer's zone when
+    /// the caller has them (eligibility computes them once per zone per auction), and the
+    /// book's version when the buyer is full.
+    pub fn headroom_at(
+        &self,
+        key: BuyerKey,
+        buyer: &Buyer,
+        now: UnixMs,
+        at: Option<&Windows>,
+    ) -> Headroom {
+        self.with_version(key, |b, version| {
+            let (w, moved) = b.advance_with(buyer.timezone, now, at);
+            if moved {
+                version.fetch_add(1, Ordering::AcqRel);
+            }
+            match w {
+                Some(w) if b.check(w.keys(), &buyer.caps, None).is_ok() => Headroom::Yes,
+                Some(_) => Headroom::Full {
+                    version: Some(version.load(Ordering::Acquire)),
+                },
+                None => Headroom::Full { version: None },
+            }
         })
-        .unwrap_or(false)
+        .unwrap_or(Headroom::Full { version: None })
     }
 
     /// Atomically checks every cap and `budget_daily` (`spent + reserved + price <=
@@ -330,12 +430,15 @@ impl CapBook {
     ) -> Result<Reservation, Capped> {
         let capped = |limit| Capped { buyer: key, limit };
         let price = Micros(price.0.max(0));
-        self.with(key, |b| {
-            let w = b
-                .advance(buyer.timezone, now)
-                .ok_or(capped(CapLimit::Unavailable))?;
+        self.with_version(key, |b, version| {
+            let (w, moved) = b.advance_with(buyer.timezone, now, None);
+            if moved {
+                version.fetch_add(1, Ordering::AcqRel);
+            }
+            let w = w.ok_or(capped(CapLimit::Unavailable))?;
             let keys = w.keys();
             b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
+            version.fetch_add(1, Ordering::AcqRel);
             for (period, k) in keys.into_iter().enumerate() {
                 if let Some(c) = b.counter_mut(period, k) {
                     c.reserved = c.reserved.saturating_add(1);
@@ -368,10 +471,11 @@ impl CapBook {
     }
 
     fn settle(&self, r: &Reservation, sold: bool) -> bool {
-        self.with(r.buyer, |b| {
+        self.with_version(r.buyer, |b, version| {
             let Some(held) = b.outstanding.remove(&r.id) else {
                 return false;
             };
+            version.fetch_add(1, Ordering::AcqRel);
             for (period, key) in held.keys.into_iter().enumerate() {
                 // The window exists: a window holding a reservation is never pruned.
                 if let Some(c) = b.counter_mut(period, key) {
@@ -391,8 +495,12 @@ impl CapBook {
 
     /// The buyer's counts in its current windows (zeros for an unknown key).
     pub fn usage(&self, key: BuyerKey, buyer: &Buyer, now: UnixMs) -> Usage {
-        self.with(key, |b| {
-            let Some(w) = b.advance(buyer.timezone, now) else {
+        self.with_version(key, |b, version| {
+            let (w, moved) = b.advance_with(buyer.timezone, now, None);
+            if moved {
+                version.fetch_add(1, Ordering::AcqRel);
+            }
+            let Some(w) = w else {
                 return Usage::default();
             };
             let keys = w.keys();

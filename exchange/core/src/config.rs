@@ -10,6 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::buyer_index::EligibilityIndex;
 
 use proto::{Micros, VerticalSchema};
 
@@ -107,8 +110,11 @@ pub struct Config {
     pub vertical_by_name: HashMap<String, VerticalIdx>,
     /// SHA-256 of a seller key to the seller.
     pub seller_by_key_sha256: HashMap<[u8; 32], SellerIdx>,
-    /// For each vertical, the buyers that take it, ascending (the eligibility index).
+    /// For each vertical, the buyers that take it, ascending.
     pub buyers_by_vertical: Vec<Vec<BuyerIdx>>,
+    /// The eligibility index over `buyers` (built with `buyers_by_vertical` by
+    /// [`Config::index_buyers`]; shared by clones of this value).
+    pub index: Arc<EligibilityIndex>,
     /// Stable key to position (see [`Config::set_keys`]).
     pub buyer_by_key: HashMap<BuyerKey, BuyerIdx>,
     /// Stable key to position.
@@ -425,6 +431,15 @@ impl Config {
             .enumerate()
             .map(|(i, s)| (s.key, i))
             .collect();
+    }
+
+    /// Builds `buyers_by_vertical` and the eligibility index from `buyers` and
+    /// `verticals`. The loader calls it once; code that changes a buyer's verticals or
+    /// filters afterwards must call it again.
+    pub fn index_buyers(&mut self) {
+        let (index, by_vertical) = EligibilityIndex::build(self.verticals.len(), &self.buyers);
+        self.index = Arc::new(index);
+        self.buyers_by_vertical = by_vertical;
     }
 
     /// How many idempotency keys `seller` may hold at once.

@@ -49,6 +49,10 @@ pub enum Effect<'a> {
         /// What the buyer's breaker learns: `Some(ok)` when it was pinged.
         breaker: Option<bool>,
     },
+    /// Buyers of the vertical failed a filter: how many per reason, in
+    /// [`SkipReason::ALL`](super::eligibility::SkipReason::ALL) order (one metric per
+    /// reason, not per buyer).
+    Skipped { counts: [u32; 5] },
     /// A buyer answered after its bound: counted, never used.
     LateAnswer { buyer: BuyerIdx },
     /// A post attempt's outcome at a buyer (metric).

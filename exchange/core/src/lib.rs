@@ -6,7 +6,9 @@
 //! - [`schedule`]: is a buyer open now, in its own time zone.
 //! - [`caps`]: per-buyer counts and budget per local hour, day, week and month, with
 //!   reservations that a firm quote holds until it is posted or expires.
-//! - [`eligibility`]: which buyers of a vertical may see a lead, and why the others not.
+//! - [`eligibility`]: which buyers of a vertical may see a lead, and why the others not,
+//!   through [`buyer_index`] (per-vertical sets of buyers by state and ZIP, over
+//!   [`bitset`]s), rebuilt with every configuration.
 //! - [`award`]: seller price under the payout model, reserve, rank order, fallback order.
 //! - [`quotes`]: the firm quotes and the post state machine (a ping is posted once).
 //! - [`breaker`]: which buyers are failing and when to probe them.
@@ -33,7 +35,9 @@
 
 pub mod auction;
 pub mod award;
+pub mod bitset;
 pub mod breaker;
+pub mod buyer_index;
 pub mod caps;
 pub mod config;
 pub mod effect;

@@ -13,11 +13,12 @@
 use serde::{Serialize, Serializer};
 
 use super::UnixMs;
-use crate::config::BuyerIdx;
+use crate::config::{BuyerIdx, Config};
 
 /// The record format version (`v`). 2: one tagged type with `v` and `generation`; the
-/// `bid_above_max` buyer outcome; quote hold records.
-pub const RECORD_VERSION: u16 = 2;
+/// `bid_above_max` buyer outcome; quote hold records. 3: an auction's filter skips are a
+/// bounded `skipped` summary, no longer one `buyers` line each.
+pub const RECORD_VERSION: u16 = 3;
 
 /// RFC 3339 UTC with milliseconds, as the ledger has always written times.
 pub fn rfc3339(unix_ms: UnixMs) -> String {
@@ -117,8 +118,6 @@ impl Record<'_> {
 /// What happened to one buyer in one auction (the `outcome` of its line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuyerOutcome {
-    /// Failed a filter (state, ZIP, schedule, score floor, cap): `detail` says which.
-    SkippedFilter,
     /// Past `buyers_per_auction_max`.
     SkippedFanout,
     /// Its breaker is open.
@@ -142,13 +141,11 @@ pub enum BuyerOutcome {
 }
 
 impl BuyerOutcome {
-    /// The `outcome` written in the record (the three skips are all `skipped`, with the
+    /// The `outcome` written in the record (the two skips are both `skipped`, with the
     /// reason in `detail`).
     pub fn as_str(self) -> &'static str {
         match self {
-            BuyerOutcome::SkippedFilter
-            | BuyerOutcome::SkippedFanout
-            | BuyerOutcome::SkippedBreaker => "skipped",
+            BuyerOutcome::SkippedFanout | BuyerOutcome::SkippedBreaker => "skipped",
             BuyerOutcome::Timeout => "timeout",
             BuyerOutcome::Bid => "bid",
             BuyerOutcome::NoBid => "no_bid",
@@ -195,6 +192,63 @@ pub struct BuyerLine<'a> {
     pub took_us: Option<u64>,
 }
 
+/// The buyers that failed a filter in one auction, bounded whatever their number:
+/// `{"total": 9999, "by_reason": {"state": 9990, "zip": 9}, "first": [{"buyer": "b1",
+/// "reason": "state"}, ...]}`. `first` names the first
+/// [`SKIP_NAMES_MAX`](crate::eligibility::SKIP_NAMES_MAX) in configuration order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedRecord<'a> {
+    pub total: u32,
+    /// Reasons with a non-zero count, in filter order.
+    pub by_reason: ReasonCounts,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub first: Vec<SkippedBuyer<'a>>,
+}
+
+/// One named skipped buyer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedBuyer<'a> {
+    pub buyer: &'a str,
+    pub reason: &'static str,
+}
+
+/// Counts per [`SkipReason`](crate::eligibility::SkipReason), written as a map of the
+/// non-zero ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReasonCounts(pub [u32; 5]);
+
+impl Serialize for ReasonCounts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let nonzero = self.0.iter().filter(|c| **c > 0).count();
+        let mut m = s.serialize_map(Some(nonzero))?;
+        for (reason, count) in crate::eligibility::SkipReason::ALL.iter().zip(self.0) {
+            if count > 0 {
+                m.serialize_entry(reason.as_str(), &count)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl<'a> SkippedRecord<'a> {
+    /// The record of `summary`, with buyer ids from `cfg`.
+    pub fn new(summary: &crate::eligibility::SkipSummary, cfg: &'a Config) -> SkippedRecord<'a> {
+        SkippedRecord {
+            total: summary.total(),
+            by_reason: ReasonCounts(summary.counts),
+            first: summary
+                .first
+                .iter()
+                .map(|&(idx, reason)| SkippedBuyer {
+                    buyer: cfg.buyers.get(idx).map_or("", |b| b.id.as_str()),
+                    reason: reason.as_str(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// `type: "auction"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuctionRecord<'a> {
@@ -209,8 +263,11 @@ pub struct AuctionRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<u8>,
     pub reserve_micros: i64,
-    /// Every buyer of the vertical: skipped ones first, then pinged ones, fixed-price ones
-    /// and award-time cap refusals.
+    /// The buyers of the vertical that failed a filter, bounded: counts per reason and
+    /// the first few by name.
+    pub skipped: SkippedRecord<'a>,
+    /// Every other buyer of the vertical: the ones not pinged for the fan-out limit or an
+    /// open breaker, then pinged ones, fixed-price ones and award-time cap refusals.
     pub buyers: Vec<BuyerLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub winner: Option<&'a str>,
@@ -307,6 +364,14 @@ mod tests {
             direct: false,
             score: None,
             reserve_micros: 1,
+            skipped: SkippedRecord {
+                total: 3,
+                by_reason: ReasonCounts([2, 0, 0, 0, 1]),
+                first: vec![SkippedBuyer {
+                    buyer: "a",
+                    reason: "state",
+                }],
+            },
             buyers: vec![BuyerLine {
                 idx: 3,
                 buyer: "b",
@@ -327,6 +392,11 @@ mod tests {
         assert_eq!(v["generation"], 7);
         assert_eq!(v["at"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["buyers"][0]["outcome"], "bid_above_max");
+        assert_eq!(
+            v["skipped"],
+            serde_json::json!({"total": 3, "by_reason": {"state": 2, "capped": 1},
+                "first": [{"buyer": "a", "reason": "state"}]})
+        );
         assert!(v["buyers"][0].get("idx").is_none());
         assert_eq!(r.kind(), "auction");
         let q = Record::QuoteExpired(QuoteHoldRecord {

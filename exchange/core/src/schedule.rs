@@ -28,12 +28,27 @@ pub fn is_open(schedule: Option<&WeeklySchedule>, tz: Tz, now: UnixMs) -> bool {
     let Some(schedule) = schedule else {
         return true;
     };
-    let Some(t) = local(tz, now) else {
-        return false;
-    };
+    is_open_at(Some(schedule), local(tz, now).map(|t| weekday_minute(&t)))
+}
+
+/// The local weekday (0 = Monday) and minute of day of `t`.
+pub fn weekday_minute(t: &DateTime<Tz>) -> (usize, u16) {
     let weekday = t.weekday().num_days_from_monday() as usize;
     // hour < 24 and minute < 60, so this is < 1440 and fits u16.
     let minute = (t.hour() * 60 + t.minute()) as u16;
+    (weekday, minute)
+}
+
+/// [`is_open`] given the buyer's local `(weekday, minute)` at `now` ([`weekday_minute`]),
+/// `None` when `now` is off the calendar (closed). Eligibility converts `now` once per
+/// zone per auction and asks this for each buyer.
+pub fn is_open_at(schedule: Option<&WeeklySchedule>, at: Option<(usize, u16)>) -> bool {
+    let Some(schedule) = schedule else {
+        return true;
+    };
+    let Some((weekday, minute)) = at else {
+        return false;
+    };
     schedule
         .days
         .get(weekday)

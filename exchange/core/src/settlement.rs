@@ -16,7 +16,7 @@
 use proto::Micros;
 
 use super::breaker::{Admit, BreakerBook};
-use super::caps::{CapBook, Capped, Reservation};
+use super::caps::{CapBook, Capped, Headroom, Reservation, Windows};
 use super::effect::Effect;
 use super::record::{Head, QuoteHoldRecord, Record};
 use super::UnixMs;
@@ -27,6 +27,24 @@ use crate::config::{Buyer, BuyerKey, Config};
 pub trait CapStore: Send + Sync {
     /// Could the buyer take one more lead at `now`? (Eligibility; no hold is taken.)
     fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool;
+    /// [`CapStore::has_headroom`] given `at`, the windows of `now` in the buyer's zone
+    /// (eligibility computes them once per zone per auction); when full, the store's
+    /// version of the buyer then, if it keeps one ([`CapStore::version`]).
+    fn headroom_at(&self, buyer: &Buyer, now: UnixMs, at: Option<&Windows>) -> Headroom {
+        let _ = at;
+        if self.has_headroom(buyer, now) {
+            Headroom::Yes
+        } else {
+            Headroom::Full { version: None }
+        }
+    }
+    /// A number that changes whenever the buyer's counts or current windows change, read
+    /// without a lock; `None` if the store keeps none. Eligibility remembers "full at
+    /// version v in hour h" and skips the buyer without asking again while both hold.
+    fn version(&self, key: BuyerKey) -> Option<u32> {
+        let _ = key;
+        None
+    }
     /// Holds one lead and `price` of the buyer's caps and budget, or says which cap is full.
     fn reserve(&self, buyer: &Buyer, price: Micros, now: UnixMs) -> Result<Reservation, Capped>;
     /// Sold: the hold becomes a sale. False if it was already settled.
@@ -38,6 +56,12 @@ pub trait CapStore: Send + Sync {
 impl CapStore for CapBook {
     fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool {
         CapBook::has_headroom(self, buyer.key, buyer, now)
+    }
+    fn headroom_at(&self, buyer: &Buyer, now: UnixMs, at: Option<&Windows>) -> Headroom {
+        CapBook::headroom_at(self, buyer.key, buyer, now, at)
+    }
+    fn version(&self, key: BuyerKey) -> Option<u32> {
+        CapBook::version(self, key)
     }
     fn reserve(&self, buyer: &Buyer, price: Micros, now: UnixMs) -> Result<Reservation, Capped> {
         CapBook::reserve(self, buyer.key, buyer, price, now)

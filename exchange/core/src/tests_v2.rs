@@ -324,6 +324,7 @@ fn no_bid_reasons_are_decided_without_strings() {
     // Filtered out by state: no eligible buyers.
     let mut cfg = cfg_timeouts(&[100]);
     cfg.buyers[0].states_include = vec!["CA".into()];
+    cfg.index_buyers();
     let caps = CapBook::new(1);
     let s = Settlement::new(&caps);
     let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);

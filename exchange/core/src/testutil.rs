@@ -128,14 +128,6 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         quotes_open_max: defaults::SELLER_QUOTES_OPEN_MAX,
         idempotency_keys_max: None,
     };
-    let mut buyers_by_vertical = vec![Vec::new()];
-    for (i, b) in buyers.iter().enumerate() {
-        for &v in &b.verticals {
-            if let Some(list) = buyers_by_vertical.get_mut(v) {
-                list.push(i);
-            }
-        }
-    }
     let mut cfg = Config {
         server: ServerConfig {
             listen: defaults::LISTEN.parse().unwrap(),
@@ -163,7 +155,8 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         buyers,
         vertical_by_name: HashMap::from([("auto_insurance".to_string(), 0)]),
         seller_by_key_sha256: HashMap::from([([0; 32], 0)]),
-        buyers_by_vertical,
+        buyers_by_vertical: Vec::new(),
+        index: Default::default(),
         buyer_by_key: HashMap::new(),
         seller_by_key: HashMap::new(),
         admin: AdminConfig {
@@ -172,6 +165,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             token: None,
         },
     };
+    cfg.index_buyers();
     cfg.set_keys(
         |id| BuyerKey(id.trim_start_matches('b').parse().unwrap_or(0)),
         |_| SellerKey(0),

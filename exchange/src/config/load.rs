@@ -25,9 +25,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::{
-    Buyer, BuyerIdx, BuyerKey, Config, Seller, SellerIdx, SellerKey, Vertical, VerticalIdx,
-};
+use super::{Buyer, BuyerKey, Config, Seller, SellerIdx, SellerKey, Vertical, VerticalIdx};
 
 use admin::read_admin;
 use buyers::read_buyer;
@@ -227,15 +225,6 @@ pub fn load_str_with_env(
         .collect::<Option<_>>()
         .ok_or_else(incomplete)?;
 
-    let mut buyers_by_vertical: Vec<Vec<BuyerIdx>> = vec![Vec::new(); verticals.len()];
-    for (buyer_idx, buyer) in buyers.iter().enumerate() {
-        for &v in &buyer.verticals {
-            if let Some(list) = buyers_by_vertical.get_mut(v) {
-                list.push(buyer_idx);
-            }
-        }
-    }
-
     let mut config = Config {
         server,
         verticals,
@@ -243,11 +232,15 @@ pub fn load_str_with_env(
         buyers,
         vertical_by_name,
         seller_by_key_sha256,
-        buyers_by_vertical,
+        buyers_by_vertical: Vec::new(),
+        index: Default::default(),
         buyer_by_key: HashMap::new(),
         seller_by_key: HashMap::new(),
         admin,
     };
+    // The eligibility index is built here, on the loading thread (a reload runs off the
+    // auction threads), and swapped in with the configuration.
+    config.index_buyers();
     // Positions as keys, so a loaded `Config` is consistent on its own; the exchange
     // re-keys it with its id registry (stable across reloads).
     let (mut nb, mut ns) = (0u32, 0u32);

@@ -317,12 +317,15 @@ fn metrics(state: &AppState) -> Response<Body> {
         for (w, cap, sold) in windows {
             if let Some(cap) = cap {
                 let used = u64::from(sold) + u64::from(u.reserved);
+                let gauge = &state.metrics.cap_utilisation;
+                if used == 0 {
+                    // Nothing sold or held: no series (absent reads as 0), so 10,000
+                    // configured buyers cost series only for the ones in use.
+                    let _ = gauge.remove_label_values(&[&b.id, w]);
+                    continue;
+                }
                 let pct = (used * 100 / u64::from(cap.max(1))) as i64;
-                state
-                    .metrics
-                    .cap_utilisation
-                    .with_label_values(&[&b.id, w])
-                    .set(pct);
+                gauge.with_label_values(&[&b.id, w]).set(pct);
             }
         }
     }
