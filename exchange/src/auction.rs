@@ -55,8 +55,8 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// `{auction_id}.{n}`, `n` the buyer's stable key: a buyer ping's message id (built
-/// without `format!`).
-fn message_id(auction_id: &str, n: usize) -> String {
+/// without `format!`). Public for the ping-building benchmark (P9).
+pub fn message_id(auction_id: &str, n: usize) -> String {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
@@ -78,9 +78,9 @@ fn message_id(auction_id: &str, n: usize) -> String {
 }
 
 /// A buyer ping serialized once, split around its `tmax_ms` value: the only field that
-/// differs between the buyers of one auction.
+/// differs between the buyers of one auction. Public for the ping-building benchmark.
 #[derive(Debug)]
-struct PingTemplate {
+pub struct PingTemplate {
     json: Vec<u8>,
     /// Where the placeholder `0` of `"tmax_ms":0` sits in `json`.
     tmax_at: Option<usize>,
@@ -89,7 +89,8 @@ struct PingTemplate {
 impl PingTemplate {
     const KEY: &'static [u8] = b"\"tmax_ms\":0";
 
-    fn new(msg: &BuyerPing<'_>) -> PingTemplate {
+    /// Serializes `msg` (its `tmax_ms` must be 0: the placeholder).
+    pub fn new(msg: &BuyerPing<'_>) -> PingTemplate {
         let json = serde_json::to_vec(msg).unwrap_or_default();
         // Keys are never inside string values unescaped, so the last match is the field.
         let tmax_at = json
@@ -100,7 +101,7 @@ impl PingTemplate {
     }
 
     /// The body with `tmax_ms` set; `None` if the message could not be serialized.
-    fn body(&self, tmax_ms: u64) -> Option<Vec<u8>> {
+    pub fn body(&self, tmax_ms: u64) -> Option<Vec<u8>> {
         let at = self.tmax_at?;
         let mut out = Vec::with_capacity(self.json.len() + 8);
         out.extend_from_slice(&self.json[..at]);

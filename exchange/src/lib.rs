@@ -20,4 +20,5 @@ pub mod openapi;
 pub mod scoring;
 pub mod server;
 pub mod state;
+pub mod synthetic;
 pub mod tls;

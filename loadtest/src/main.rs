@@ -30,8 +30,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a named scenario (p1-latency, p2-knee, p3-hang, p4-failing-buyer, soak).
-    Run(RunArgs),
+    /// Run a named scenario (p1-latency, p2-knee, p3-hang, p4-failing-buyer, soak,
+    /// many-buyers).
+    Run(Box<RunArgs>),
     /// (internal) Serve simulated buyers described by a JSON file until stdin closes.
     Sims {
         #[arg(long)]
@@ -60,6 +61,9 @@ enum Scenario {
     P4FailingBuyer,
     /// Memory and sockets of the exchange over a long run.
     Soak,
+    /// The exchange's added latency with 1, 1,000 and 10,000 configured buyers and the
+    /// same eligible set (P7's end-to-end view; `--configured`).
+    ManyBuyers,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +105,13 @@ struct RunArgs {
     /// p2-knee: comma-separated rates to sweep.
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
+    /// Buyers configured in the exchange in all: the simulated ones plus filler buyers
+    /// that take only states the generator never picks (so the eligible set is the same).
+    /// many-buyers: the comma-separated sizes to compare (default 1,1000,10000; the
+    /// eligible set is `--buyers`, at most the smallest size). Other scenarios: the first
+    /// value (default: just the simulated buyers).
+    #[arg(long, value_delimiter = ',')]
+    configured: Option<Vec<usize>>,
     /// Which targets to run (the direct baseline always runs).
     #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
     targets: Vec<String>,
@@ -159,7 +170,7 @@ fn real_main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(run_scenario(args))
+            rt.block_on(run_scenario(*args))
         }
     }
 }
@@ -314,6 +325,8 @@ struct Rig {
 }
 
 const SELLER_KEY: &str = "loadtest-seller-key";
+/// The most buyers `--configured` may ask for (the exchange's own limit).
+const CONFIGURED_MAX: usize = 100_000;
 
 struct RigOpts<'a> {
     specs: Vec<SimBuyerSpec>,
@@ -328,6 +341,8 @@ struct RigOpts<'a> {
     breaker_enabled: bool,
     http2: bool,
     seed: u64,
+    /// Filler buyers configured beside the simulated ones.
+    filler_buyers: usize,
 }
 
 async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
@@ -353,6 +368,7 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             breaker_failures: if o.breaker_enabled { 5 } else { 10_000 },
             breaker_open_ms: 1000,
             breaker_probe_interval_ms: 1000,
+            filler_buyers: o.filler_buyers,
         };
         let (mut toml, env) = sim::exchange_config(&buyers, &opts);
         if !o.breaker_enabled {
@@ -666,6 +682,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         Scenario::P3Hang => "p3-hang",
         Scenario::P4FailingBuyer => "p4-failing-buyer",
         Scenario::Soak => "soak",
+        Scenario::ManyBuyers => "many-buyers",
     }
     .to_string();
     let out = args
@@ -693,7 +710,22 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     let want_exchange = args.targets.iter().any(|t| t == "exchange");
     let want_relay = args.targets.iter().any(|t| t == "relay");
     let mut report = new_report(&name);
-    let n = args.buyers.max(1);
+    let sizes: Vec<usize> = match (&args.configured, args.scenario) {
+        (Some(v), _) if !v.is_empty() => v.clone(),
+        (_, Scenario::ManyBuyers) => vec![1, 1_000, 10_000],
+        _ => Vec::new(),
+    };
+    if let Some(big) = sizes.iter().find(|s| **s > CONFIGURED_MAX) {
+        bail!("--configured {big}: at most {CONFIGURED_MAX} buyers");
+    }
+    let n = match args.scenario {
+        Scenario::ManyBuyers => args
+            .buyers
+            .min(sizes.iter().copied().min().unwrap_or(1))
+            .max(1),
+        _ => args.buyers.max(1),
+    };
+    let filler = sizes.first().map_or(0, |s| s.saturating_sub(n));
     let deadline_ms = args.timeout_ms + 20;
     let rig_opts = |specs: Vec<SimBuyerSpec>,
                     want_exchange: bool,
@@ -710,6 +742,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         breaker_enabled,
         http2: args.buyer_http2,
         seed: args.seed,
+        filler_buyers: filler,
     };
     // What ran is reported even when a later step fails: a partial run still shows what
     // it measured.
@@ -815,6 +848,51 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             ));
             report.targets.push(s_before);
             report.targets.push(s_after);
+        }
+        Scenario::ManyBuyers => {
+            let rate = args.rate.unwrap_or(1000.0);
+            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let mut rows = Vec::new();
+            for &size in &sizes {
+                let size = size.max(n);
+                let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
+                o.filler_buyers = size - n;
+                let rig = start_rig(o).await?;
+                let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
+                let idle = report::proc_sample(pid, 0.0).ok();
+                let mut part = new_report(&name);
+                let r = compare_targets(&rig, &args, &p, n, &mut part).await;
+                let after = report::proc_sample(pid, 0.0).ok();
+                rig.stop();
+                r?;
+                let added = part.added_latency_us.unwrap_or_default();
+                for mut t in part.targets {
+                    t.label = format!("{}, {size} configured", t.label);
+                    report.targets.push(t);
+                }
+                let rss = |s: &Option<report::ProcSample>| s.as_ref().map_or(0.0, |s| s.rss_bytes as f64 / 1e6);
+                report.notes.push(format!(
+                    "{size} configured ({n} eligible): exchange adds p50 {:.3} ms, p99 {:.3} ms over direct; RSS {:.1} MB idle, {:.1} MB after the runs",
+                    added.p50_us as f64 / 1000.0,
+                    added.p99_us as f64 / 1000.0,
+                    rss(&idle),
+                    rss(&after)
+                ));
+                rows.push(serde_json::json!({
+                    "configured": size,
+                    "eligible": n,
+                    "added_p50_us": added.p50_us,
+                    "added_p99_us": added.p99_us,
+                    "added_p999_us": added.p999_us,
+                    "rss_idle_bytes": idle.as_ref().map(|s| s.rss_bytes),
+                    "rss_after_bytes": after.as_ref().map(|s| s.rss_bytes),
+                }));
+            }
+            report.notes.push(format!(
+                "{rate}/s pings, each buyer answering in {} ms; filler buyers take only states the generator never picks (goal: 10,000 configured adds < 0.1 ms over 1)",
+                args.buyer_latency_ms
+            ));
+            report.extra.insert("many_buyers".into(), serde_json::json!(rows));
         }
         Scenario::Soak => {
             let rate = args.rate.unwrap_or(2000.0);

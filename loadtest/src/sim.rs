@@ -600,7 +600,20 @@ pub struct ExchangeOpts {
     pub breaker_open_ms: u64,
     /// `server.breaker.probe_interval_ms`.
     pub breaker_probe_interval_ms: u64,
+    /// Buyers configured beside the simulated ones that never see a generated lead: each
+    /// takes one state the lead generator never picks (some with ZIP prefixes, schedules
+    /// and caps), so the eligible set stays the simulated buyers whatever their number.
+    pub filler_buyers: usize,
 }
+
+/// States (and DC) the lead generator never picks: the filler buyers take these.
+pub const FILLER_STATES: [&str; 20] = [
+    "AK", "AR", "CT", "DC", "DE", "HI", "IA", "ID", "KS", "ME", "MS", "MT", "ND", "NE", "NH", "NM",
+    "RI", "SD", "VT", "WY",
+];
+
+/// The variable all filler buyers read their (never used) secret from.
+pub const FILLER_SECRET_ENV: &str = "PINGPOST_SIM_FILLER_SECRET";
 
 /// The fan-out limit written: at least the exchange's default (64), enough for every
 /// buyer, at most the loader's limit (1024).
@@ -750,6 +763,26 @@ timezone = "UTC"
             post_timeout = opts.post_timeout_ms,
         );
         env.push((secret_env, buyer.secret.clone()));
+    }
+    if opts.filler_buyers > 0 {
+        env.push((FILLER_SECRET_ENV.into(), "filler-buyer-secret".into()));
+    }
+    for i in 0..opts.filler_buyers {
+        // Port 9 (discard) on loopback: a filler buyer is never pinged.
+        let _ = write!(
+            toml,
+            "\n[buyers.filler{i}]\nping_url = \"http://127.0.0.1:9/ping\"\npost_url = \"http://127.0.0.1:9/post\"\nsecret_env = \"{FILLER_SECRET_ENV}\"\nverticals = [\"{VERTICAL}\"]\nstates_include = [\"{}\"]\ntimezone = \"America/Chicago\"\n",
+            FILLER_STATES[i % FILLER_STATES.len()]
+        );
+        if i % 3 == 0 {
+            let _ = writeln!(toml, "zip_prefixes = [\"{:03}\"]", i % 1000);
+        }
+        if i % 4 == 0 {
+            toml.push_str("schedule = { mon = [\"08:00-20:00\"], tue = [\"08:00-20:00\"], wed = [\"08:00-20:00\"], thu = [\"08:00-20:00\"], fri = [\"08:00-18:00\"] }\n");
+        }
+        if i % 2 == 0 {
+            toml.push_str("caps = { hourly = 50, daily = 400 }\n");
+        }
     }
     (toml, env)
 }

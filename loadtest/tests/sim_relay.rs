@@ -275,6 +275,7 @@ async fn exchange_config_loads_in_the_exchange() {
         breaker_failures: 5,
         breaker_open_ms: 5_000,
         breaker_probe_interval_ms: 1_000,
+        filler_buyers: 0,
     };
     let (toml, env) = exchange_config(&buyers, &opts);
     let lookup = |name: &str| {
@@ -317,6 +318,35 @@ async fn exchange_config_loads_in_the_exchange() {
         assert!(buyer.fixed_price.is_none());
     }
     assert_eq!(env.len(), 2);
+
+    // With filler buyers: they load, and no generated lead is ever theirs.
+    let opts = ExchangeOpts {
+        filler_buyers: 300,
+        ..opts
+    };
+    let (toml, env) = exchange_config(&buyers, &opts);
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(var, _)| var == name)
+            .map(|(_, secret)| secret.clone())
+    };
+    let config = pingpost::config::load_str_with_env(&toml, &lookup)
+        .unwrap_or_else(|e| panic!("{e}\n--- config ---\n{toml}"));
+    assert_eq!(config.buyers.len(), 302);
+    let caps = pingpost::core::caps::CapBook::new(config.buyers.len());
+    let schema = &config.verticals[0].schema;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    for _ in 0..2_000 {
+        let (ping, _) = loadtest::gen::auto_insurance_lead(&mut rng);
+        let mut bytes = serde_json::to_vec(&ping).unwrap();
+        let value = proto::json::parse_value(&mut bytes).unwrap();
+        let lead = schema
+            .validate(&value, proto::LeadMode::Ping, "lead")
+            .unwrap_or_else(|e| panic!("{:?}", e.problems));
+        let e = pingpost::core::eligibility::select(&config, 0, &lead, None, 0, &caps);
+        assert_eq!(e.ping, [0, 1], "only the simulated buyers take {ping}");
+        assert_eq!(e.skipped.total(), 300);
+    }
 }
 
 #[tokio::test]

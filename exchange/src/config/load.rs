@@ -51,6 +51,9 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 const COUNT_LIMIT: i64 = 1_000_000;
 /// Largest table size (open quotes, idempotency keys).
 const TABLE_ENTRIES_LIMIT: i64 = 100_000_000;
+/// Most buyers one configuration may list: every buyer id gets a stable key, and one
+/// process hands out at most this many.
+pub const BUYERS_MAX: usize = pingpost_core::ids::KEYS_MAX;
 /// Most buyers one auction may ping.
 const FAN_OUT_LIMIT: i64 = 1_024;
 /// Most buyers one post may try.
@@ -194,8 +197,19 @@ pub fn load_str_with_env(
         }
     }
 
-    let buyers: Vec<Option<Buyer>> = top
-        .entries(&mut p, "buyers")
+    let buyer_entries = top.entries(&mut p, "buyers");
+    // Refused before any buyer is read: a file past the limit costs no more than parsing.
+    if buyer_entries.len() > BUYERS_MAX {
+        p.at(
+            "buyers",
+            format!(
+                "{} buyers configured; at most {BUYERS_MAX} (the stable-key limit of one process)",
+                buyer_entries.len()
+            ),
+        );
+        return Err(ConfigErrors(p.0));
+    }
+    let buyers: Vec<Option<Buyer>> = buyer_entries
         .into_iter()
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))
         .collect();
