@@ -608,8 +608,8 @@ pub struct ExchangeOpts {
 
 /// States (and DC) the lead generator never picks: the filler buyers take these.
 pub const FILLER_STATES: [&str; 20] = [
-    "AK", "AR", "CT", "DC", "DE", "HI", "IA", "ID", "KS", "ME", "MS", "MT", "ND", "NE", "NH", "NM",
-    "RI", "SD", "VT", "WY",
+    "AK", "AR", "DC", "DE", "HI", "IA", "ID", "KS", "ME", "MS", "MT", "ND", "NE", "NH", "NM", "RI",
+    "SD", "VT", "WV", "WY",
 ];
 
 /// The variable all filler buyers read their (never used) secret from.
