@@ -675,7 +675,11 @@ async fn compare_targets(
     Ok(by_target)
 }
 
-async fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
+    if args.scenario == Scenario::ManyBuyers {
+        // Compared with the direct baseline only: the relay has no configuration to size.
+        args.targets.retain(|t| t != "relay");
+    }
     let name = match args.scenario {
         Scenario::P1Latency => "p1-latency",
         Scenario::P2Knee => "p2-knee",

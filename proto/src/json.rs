@@ -42,21 +42,27 @@ pub struct TooDeep {
 /// passes, to be refused by the parser; unbalanced closers never make the depth negative.
 pub fn check_depth(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0usize;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // Inside a string only `"` and `\\` matter: jump between them (most of a
+                // body's bytes are keys and string values).
+                loop {
+                    let Some(at) = memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or_default())
+                    else {
+                        // An unterminated string: no structure follows.
+                        return Ok(());
+                    };
+                    let found = bytes.get(i + at).copied();
+                    // Past the `"` (string over) or past the escaped byte.
+                    i += at + if found == Some(b'"') { 1 } else { 2 };
+                    if found == Some(b'"') {
+                        break;
+                    }
+                }
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > depth_max {
@@ -277,6 +283,51 @@ mod tests {
             check_depth(b"[[],[],{},[[]]]", 2),
             Err(TooDeep { depth_max: 2 })
         );
+    }
+
+    /// The plain byte-by-byte scan `check_depth` replaced: the reference it must match.
+    fn depth_reference(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in bytes {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > depth_max {
+                        return Err(TooDeep { depth_max });
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_matches_the_byte_by_byte_reference(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"[]{}\"\\a:,1 ".to_vec()),
+                0..200,
+            ),
+            depth_max in 0usize..6,
+        ) {
+            proptest::prop_assert_eq!(
+                check_depth(&bytes, depth_max),
+                depth_reference(&bytes, depth_max)
+            );
+        }
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct FieldSpec {
 /// A vertical's fields, in a fixed order (the order leads are stored and sent in).
 #[derive(Debug, Clone, Default)]
 pub struct VerticalSchema {
+    /// The fields, in order. Names are unique (the loader reads them as the keys of one
+    /// TOML table); [`VerticalSchema::validate`] relies on it.
     pub fields: Vec<FieldSpec>,
 }
 
@@ -131,18 +133,27 @@ impl VerticalSchema {
             ));
             return Err(out);
         }
-        // Unknown fields first, so the answer names every stray key.
-        let mut unknown: Vec<&str> = obj
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| self.field(k).is_none())
-            .collect();
-        unknown.sort_unstable();
-        for k in unknown {
-            out.problems.push(FieldProblem::new(
-                format!("{path}.{}", sanitize_key(k)),
-                "unknown field",
-            ));
+        // Unknown fields first, so the answer names every stray key. Schema field names
+        // are unique, so when every key of the object is a schema field (the common case,
+        // found by counting below without a search per key) there is nothing to name.
+        let known = self
+            .fields
+            .iter()
+            .filter(|f| obj.contains_key(f.name.as_str()))
+            .count();
+        if known < obj.len() {
+            let mut unknown: Vec<&str> = obj
+                .keys()
+                .map(|k| k.as_str())
+                .filter(|k| self.field(k).is_none())
+                .collect();
+            unknown.sort_unstable();
+            for k in unknown {
+                out.problems.push(FieldProblem::new(
+                    format!("{path}.{}", sanitize_key(k)),
+                    "unknown field",
+                ));
+            }
         }
         let mut fields = Vec::with_capacity(obj.len());
         for (index, spec) in self.fields.iter().enumerate() {

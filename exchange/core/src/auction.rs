@@ -124,8 +124,9 @@ pub struct Auction<'a> {
 /// The award: what the seller is answered and what the quote (or direct post) carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Award {
-    /// The winner first (its cap reserved unless test), then every lower bid in rank order.
-    /// Empty with a no-bid.
+    /// The winner first (its cap reserved unless test), then the lower bids a post may
+    /// fall back to, in rank order, at most `server.post_attempts_max` in all
+    /// ([`award::post_candidates`]). Empty with a no-bid.
     pub ranked: Vec<Ranked>,
     /// The winner's hold on its cap (`None` for a test lead or a no-bid).
     pub reservation: Option<Reservation>,
@@ -491,7 +492,10 @@ impl<'a> Auction<'a> {
             None => Some(NoBidReason::NoBids),
         };
         let ranked: Vec<Ranked> = match winner_pos {
-            Some(pos) => ranking.ranked.into_iter().skip(pos).collect(),
+            Some(pos) => award::post_candidates(
+                ranking.ranked.into_iter().skip(pos).collect(),
+                cfg.server.post_attempts_max,
+            ),
             None => Vec::new(),
         };
         let winner = ranked.first();

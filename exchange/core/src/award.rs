@@ -124,6 +124,31 @@ pub fn fallback_order(ranking: &[Ranked], quoted: Micros) -> impl Iterator<Item 
         .filter(move |r| may_fall_back_to(r, quoted))
 }
 
+/// The bids a post can ever try, in rank order: the winner (first) and the first
+/// `attempts_max - 1` others that [`may_fall_back_to`] the winner's seller price (the
+/// price quoted). A post considers at most `attempts_max` candidates from exactly this
+/// order, so nothing dropped here could ever be tried; a quote keeps only these, and its
+/// size does not grow with the number of bidders. A quote made under one configuration
+/// keeps that configuration's `server.post_attempts_max`.
+pub fn post_candidates(mut ranked: Vec<Ranked>, attempts_max: usize) -> Vec<Ranked> {
+    let Some(quoted) = ranked.first().map(|w| w.seller_price) else {
+        return ranked;
+    };
+    let mut position = 0usize;
+    let mut fallbacks = 0usize;
+    ranked.retain(|r| {
+        let keep = position == 0
+            || (fallbacks.saturating_add(1) < attempts_max && may_fall_back_to(r, quoted));
+        if position > 0 && keep {
+            fallbacks += 1;
+        }
+        position += 1;
+        keep
+    });
+    ranked.shrink_to_fit();
+    ranked
+}
+
 /// Whether a bid below the winner may take the post: its own bid covers the seller price
 /// already quoted. The one statement of the rule ([`fallback_order`] and the post plan).
 pub fn may_fall_back_to(r: &Ranked, quoted: Micros) -> bool {
@@ -145,6 +170,41 @@ pub fn reserve_price(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quote_keeps_only_the_candidates_a_post_can_try() {
+        let r = |buyer: u32, price: i64, seller_price: i64| Ranked {
+            bid: bid(buyer, m(price)),
+            seller_price: m(seller_price),
+            value: price,
+        };
+        // Winner quoted at 16; bids of 18 and 16 may fall back, 15 may not.
+        let ranked = vec![
+            r(0, 20, 16),
+            r(1, 18, 14),
+            r(2, 15, 12),
+            r(3, 16, 13),
+            r(4, 17, 13),
+        ];
+        let kept = |max| -> Vec<u32> {
+            post_candidates(ranked.clone(), max)
+                .iter()
+                .map(|x| x.bid.buyer.0)
+                .collect()
+        };
+        assert_eq!(kept(5), [0, 1, 3, 4]);
+        assert_eq!(kept(3), [0, 1, 3]);
+        assert_eq!(kept(1), [0]);
+        assert_eq!(kept(0), [0]);
+        assert!(post_candidates(Vec::new(), 5).is_empty());
+        // The same candidates, in the same order, as the fallback rule gives.
+        let full: Vec<u32> = std::iter::once(&ranked[0])
+            .chain(fallback_order(&ranked, m(16)))
+            .take(3)
+            .map(|x| x.bid.buyer.0)
+            .collect();
+        assert_eq!(kept(3), full);
+    }
 
     fn m(units: i64) -> Micros {
         Micros(units * 1_000_000)

@@ -18,6 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
@@ -130,10 +131,15 @@ struct Entry {
     state: State,
 }
 
+/// A time and a ping id (an expiry, or when an entry finished).
+type Timed = (UnixMs, Arc<str>);
+
 /// All quotes, shared by every request task.
 #[derive(Debug)]
 pub struct QuoteBook {
-    entries: DashMap<String, Entry>,
+    /// By ping id. The key is shared (`Arc<str>`) with the expiry heap and the finished
+    /// order, so a remembered post costs one copy of its id.
+    entries: DashMap<Arc<str>, Entry>,
     /// Entries `Open` or `Posting`; checked against `open_max` on insert.
     open: AtomicUsize,
     open_max: usize,
@@ -145,9 +151,9 @@ pub struct QuoteBook {
     /// `(expires_at, ping_id)` of quotes put in `Open`, soonest first. An entry can be
     /// stale (the quote was posted); sweep checks the state. Holds at most one entry per
     /// insert or abandon within the quote TTL.
-    expiries: Mutex<BinaryHeap<Reverse<(UnixMs, String)>>>,
+    expiries: Mutex<BinaryHeap<Reverse<Timed>>>,
     /// `(done_at, ping_id)` in the order entries finished, for TTL and `done_max`.
-    done_order: Mutex<VecDeque<(UnixMs, String)>>,
+    done_order: Mutex<VecDeque<Timed>>,
 }
 
 fn expired_answer(ping_id: &str) -> PostAnswer {
@@ -224,8 +230,9 @@ impl QuoteBook {
                 return Err(QuoteRefused::SellerLimit);
             }
         }
-        let expiry = (q.expires_at, q.ping_id.clone());
-        match self.entries.entry(q.ping_id.clone()) {
+        let key: Arc<str> = Arc::from(q.ping_id.as_str());
+        let expiry = (q.expires_at, Arc::clone(&key));
+        match self.entries.entry(key) {
             MapEntry::Occupied(_) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 self.seller_done(seller);
@@ -252,15 +259,16 @@ impl QuoteBook {
             if e.seller != seller {
                 return BeginPost::NotFound;
             }
+            let key = Arc::clone(e.key());
             match std::mem::replace(&mut e.state, State::Posting) {
-                State::Posting => (BeginPost::InFlight, false),
+                State::Posting => (BeginPost::InFlight, None),
                 State::Done { answer, at } => {
                     let again = answer
                         .as_deref()
                         .cloned()
                         .unwrap_or_else(|| expired_answer(ping_id));
                     e.state = State::Done { answer, at };
-                    (BeginPost::Done(again), false)
+                    (BeginPost::Done(again), None)
                 }
                 State::Open(mut q) if now >= q.expires_at => {
                     let reservation = q.reservation.take();
@@ -268,15 +276,15 @@ impl QuoteBook {
                         answer: None,
                         at: now,
                     };
-                    (BeginPost::Expired(reservation), true)
+                    (BeginPost::Expired(reservation), Some(key))
                 }
-                State::Open(q) => (BeginPost::Post(*q), false),
+                State::Open(q) => (BeginPost::Post(*q), None),
             }
         };
-        if finished {
+        if let Some(key) = finished {
             self.open.fetch_sub(1, Ordering::AcqRel);
             self.seller_done(seller);
-            self.remember_done(vec![(now, ping_id.to_string())]);
+            self.remember_done(vec![(now, key)]);
         }
         out
     }
@@ -291,14 +299,14 @@ impl QuoteBook {
                     answer: Some(Box::new(answer)),
                     at: now,
                 };
-                Some(e.seller)
+                Some((e.seller, Arc::clone(e.key())))
             }
             _ => None,
         };
-        if let Some(seller) = finished {
+        if let Some((seller, key)) = &finished {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            self.seller_done(seller);
-            self.remember_done(vec![(now, ping_id.to_string())]);
+            self.seller_done(*seller);
+            self.remember_done(vec![(now, Arc::clone(key))]);
         }
         finished.is_some()
     }
@@ -308,13 +316,14 @@ impl QuoteBook {
     /// outcome: [`finish`](QuoteBook::finish) it.) Returns the quote back if the ping was
     /// not posting; the caller then still owns its reservation.
     pub fn abandon(&self, ping_id: &str, q: Quote) -> Option<Quote> {
-        let expiry = (q.expires_at, ping_id.to_string());
-        match self.entries.get_mut(ping_id) {
+        let expiry = match self.entries.get_mut(ping_id) {
             Some(mut e) if matches!(e.state, State::Posting) => {
+                let expiry = (q.expires_at, Arc::clone(e.key()));
                 e.state = State::Open(Box::new(q));
+                expiry
             }
             _ => return Some(q),
-        }
+        };
         // Sweep may have passed this quote's expiry while it was posting.
         self.expiries.lock().push(Reverse(expiry));
         None
@@ -326,7 +335,7 @@ impl QuoteBook {
     pub fn sweep(&self, now: UnixMs) -> Vec<Reservation> {
         let mut reservations = Vec::new();
         loop {
-            let due: Vec<String> = {
+            let due: Vec<Arc<str>> = {
                 let mut heap = self.expiries.lock();
                 let mut due = Vec::new();
                 while due.len() < SWEEP_CHUNK_MAX {
@@ -368,7 +377,7 @@ impl QuoteBook {
             self.remember_done(expired);
         }
         let ttl_ms = i64::try_from(self.done_ttl_ms).unwrap_or(i64::MAX);
-        let old: Vec<(UnixMs, String)> = {
+        let old: Vec<Timed> = {
             let mut order = self.done_order.lock();
             let mut old = Vec::new();
             while order
@@ -384,11 +393,11 @@ impl QuoteBook {
     }
 
     /// Records finished entries in order and forgets the oldest past `done_max`.
-    fn remember_done(&self, finished: Vec<(UnixMs, String)>) {
+    fn remember_done(&self, finished: Vec<Timed>) {
         if finished.is_empty() {
             return;
         }
-        let over: Vec<(UnixMs, String)> = {
+        let over: Vec<Timed> = {
             let mut order = self.done_order.lock();
             order.extend(finished);
             let excess = order.len().saturating_sub(self.done_max);
@@ -398,10 +407,10 @@ impl QuoteBook {
     }
 
     /// Drops finished entries, each only if it is still the `Done` recorded at that time.
-    fn forget(&self, done: Vec<(UnixMs, String)>) {
+    fn forget(&self, done: Vec<Timed>) {
         for (at, id) in done {
             self.entries.remove_if(
-                &id,
+                &*id,
                 |_, e| matches!(e.state, State::Done { at: a, .. } if a == at),
             );
         }

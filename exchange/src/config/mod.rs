@@ -23,7 +23,9 @@
 
 mod load;
 
-pub use load::{load_file, load_file_with_env, load_str, load_str_with_env, ConfigErrors};
+pub use load::{
+    load_file, load_file_with_env, load_str, load_str_with_env, ConfigErrors, BUYERS_MAX,
+};
 pub use pingpost_core::config::*;
 
 /// An environment variable's name as messages and logs may show it. Conventional names
