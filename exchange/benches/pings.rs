@@ -86,10 +86,17 @@ fn full_case() -> Case {
         "birth_date = { type = \"date\", pii = true }\n",
         "city = { type = \"string\", len_max = 64 }\n",
         "comments = { type = \"string\", len_max = 1024 }\n",
+        "notes = { type = \"string\", len_max = 1024 }\n",
     ));
     lead.push_str(r#","first_name":"Maria","last_name":"Gonzalez-Whitfield","email":"maria.gonzalez-whitfield@example.com","phone":"+12145550123","street_address":"4821 Meadowbrook Lane, Apartment 12B","birth_date":"1984-06-02","city":"Fort Worth""#);
     let comments = "Prefers a call in the evening after six; currently insured with a six month policy that renews next month; two vehicles in the household and one teen driver with a permit. ".repeat(5);
-    let _ = write!(lead, r#","comments":"{}"}}"#, comments.trim_end());
+    let notes = "Asked about bundling home and auto insurance; call back next week. ".repeat(5);
+    let _ = write!(
+        lead,
+        r#","comments":"{}","notes":"{}"}}"#,
+        comments.trim_end(),
+        notes.trim_end()
+    );
     Case {
         name: "full",
         cfg: load(&fields),

@@ -222,7 +222,7 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
 pub async fn run(
     addr: SocketAddr,
     admin: Option<DemoAdmin>,
-    cfg: Config,
+    cfg: std::sync::Arc<Config>,
     interval_ms: u64,
     count: u64,
 ) {
