@@ -33,7 +33,7 @@ struct Edited {
 
 async fn start_edited(cfg: &TestConfig, edit: impl FnOnce(String) -> String) -> Edited {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ledger_path = dir.path().join("ledger.jsonl");
+    let ledger_path = dir.path().join("ledger");
     let text = edit(cfg.toml(&ledger_path));
     let secrets: BTreeMap<String, String> = cfg
         .buyers
@@ -590,7 +590,7 @@ async fn no_error_answer_or_ledger_line_echoes_a_pii_value() {
     assert_eq!(bidder.posts(), 0);
     let mut ex = ex;
     ex.shutdown().await;
-    let ledger = std::fs::read_to_string(&ex.ledger_path).unwrap_or_default();
+    let ledger = pingpost::ledger::segments::read_all(&ex.ledger_path).unwrap_or_default();
     for value in pii {
         assert!(!ledger.contains(value), "the ledger holds {value:?}");
     }

@@ -100,8 +100,9 @@ fn default_config_loads() {
     assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(
         config.server.ledger_path,
-        PathBuf::from("pingpost-ledger.jsonl")
+        PathBuf::from("pingpost-ledger")
     );
+    assert_eq!(config.server.ledger_segment_bytes_max, 64 << 20);
 
     let (vi, auto) = config.vertical("auto_insurance").unwrap();
     assert_eq!(vi, 0);
