@@ -435,7 +435,7 @@ fn responses() -> Value {
         ),
         (
             "Overloaded",
-            "`overloaded`: too many requests in flight, open quotes or idempotency keys (with `Retry-After`); or `unavailable`: the ledger failed and the exchange sells nothing until it is restarted (no `Retry-After`).",
+            "`overloaded`: too many requests in flight, open quotes or idempotency keys (with `Retry-After`); or `unavailable`: the exchange cannot record sales and sells nothing until it is restarted (no `Retry-After`).",
         ),
     ] {
         let mut e = error_response(d);
