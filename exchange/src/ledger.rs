@@ -321,9 +321,8 @@ fn prepare_dir(dir: &Path) -> io::Result<()> {
                     parent.display()
                 )));
             }
-            std::fs::create_dir(dir).map_err(|e| {
-                other(format!("cannot create the ledger directory {shown}: {e}"))
-            })?;
+            std::fs::create_dir(dir)
+                .map_err(|e| other(format!("cannot create the ledger directory {shown}: {e}")))?;
             sync_dir(parent)?;
             tracing::info!(dir = %shown, "ledger directory created");
         }
@@ -726,7 +725,11 @@ mod tests {
     fn a_missing_parent_a_file_and_an_unwritable_directory_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let e = Ledger::open(&dir.path().join("no/such"), 4096, |_| {}).unwrap_err();
-        assert!(e.to_string().contains("does not exist, nor does its parent"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("does not exist, nor does its parent"),
+            "{e}"
+        );
         let file = dir.path().join("old.jsonl");
         std::fs::write(&file, "{}\n").unwrap();
         let e = Ledger::open(&file, 4096, |_| {}).unwrap_err();

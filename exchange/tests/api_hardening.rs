@@ -289,7 +289,7 @@ async fn a_seller_has_two_valid_keys_for_rotation() {
 #[test]
 fn a_second_key_must_be_unique() {
     let dir = tempfile::tempdir().unwrap();
-    let text = TestConfig::new().toml(&dir.path().join("l.jsonl"));
+    let text = TestConfig::new().toml(&dir.path().join("ledger"));
     let env = |_: &str| None;
     // The same as the seller's own key, or as another seller's: refused with its path.
     let own = text.replacen(

@@ -3,6 +3,9 @@
 //! anywhere else, `pingpost ledger verify`, and fail-stop after a write error. Real files
 //! in temp dirs, real sockets, the real binary.
 
+// The helpers below panic with a message: a helper failing is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -323,7 +326,10 @@ fn verify_exit_codes_and_start_errors_from_the_binary() {
     // even to root).
     let cfg = tmp.path().join("config.toml");
     for (ledger, says) in [
-        (tmp.path().join("no/such/dir"), "does not exist, nor does its parent"),
+        (
+            tmp.path().join("no/such/dir"),
+            "does not exist, nor does its parent",
+        ),
         (cfg.clone(), "is not a directory"),
         (PathBuf::from("/proc"), "is not writable"),
     ] {
@@ -444,7 +450,10 @@ fn the_segment_size_key_loads_and_refuses_bad_values() {
     let load = |text: &str| pingpost::config::load_str_with_env(text, &TestConfig::new().env());
     let c = load(&base).expect("loads");
     assert_eq!(c.server.ledger_segment_bytes_max, 64 << 20);
-    let c = load(&with_server("ledger_segment_bytes_max = 1048576")(base.clone())).unwrap();
+    let c = load(&with_server("ledger_segment_bytes_max = 1048576")(
+        base.clone(),
+    ))
+    .unwrap();
     assert_eq!(c.server.ledger_segment_bytes_max, 1 << 20);
     for bad in ["100", "2000000000", "\"big\""] {
         let text = base.replacen(

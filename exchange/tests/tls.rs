@@ -281,7 +281,7 @@ async fn a_tls_bidder_is_trusted_through_buyer_ca_path_only() {
 
 fn load_with_buyer_urls(ping: &str, post: &str, extra: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let text = TestConfig::new().toml(&dir.path().join("l.jsonl"))
+    let text = TestConfig::new().toml(&dir.path().join("ledger"))
         + &format!(
             r#"
 [buyers.acme]
@@ -335,7 +335,7 @@ fn bad_tls_files_are_configuration_errors() {
     let dir = tempfile::tempdir().unwrap();
     let junk = write(dir.path(), "junk.pem", "not PEM");
     let text = TestConfig::new()
-        .toml(&dir.path().join("l.jsonl"))
+        .toml(&dir.path().join("ledger"))
         .replacen(
             "[server.breaker]\n",
             &format!(

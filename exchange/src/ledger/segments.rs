@@ -151,7 +151,10 @@ pub fn check_line(line: &[u8], seq: u64, prev: &[u8; 64]) -> Result<[u8; 64], Li
         return Err(LineProblem::NotFramed);
     }
     let stored = &suffix[SUM_FIELD.len()..SUM_FIELD.len() + 64];
-    if !stored.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !stored
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(LineProblem::NotFramed);
     }
     let body = &line[..n - SUM_SUFFIX_LEN];
@@ -453,7 +456,10 @@ mod tests {
         assert_eq!(check_line(body, 1, &sum), Err(LineProblem::Checksum));
         let mut flipped = body.to_vec();
         flipped[10] ^= 0x01;
-        assert_eq!(check_line(&flipped, 1, &GENESIS), Err(LineProblem::Checksum));
+        assert_eq!(
+            check_line(&flipped, 1, &GENESIS),
+            Err(LineProblem::Checksum)
+        );
         assert_eq!(
             check_line(b"{\"type\":\"x\"}", 1, &GENESIS),
             Err(LineProblem::NotFramed)
@@ -466,7 +472,12 @@ mod tests {
         assert_eq!(segment_name(1), "seg-00000001.jsonl");
         assert_eq!(segment_no("seg-00000001.jsonl"), Some(1));
         assert_eq!(segment_no(&segment_name(u32::MAX)), Some(u32::MAX));
-        for bad in ["seg-1.jsonl", "seg-00000000.jsonl", "seg-0000000x.jsonl", "LOCK"] {
+        for bad in [
+            "seg-1.jsonl",
+            "seg-00000000.jsonl",
+            "seg-0000000x.jsonl",
+            "LOCK",
+        ] {
             assert_eq!(segment_no(bad), None, "{bad}");
         }
     }
@@ -493,7 +504,10 @@ mod tests {
         torn.extend_from_slice(br#"{"type":"sa"#);
         std::fs::write(&path, &torn).unwrap();
         let p = scan(&path, Chain::START, None).unwrap().problem.unwrap();
-        assert_eq!((p.offset, p.what, p.at_tail), (good, LineProblem::Incomplete, true));
+        assert_eq!(
+            (p.offset, p.what, p.at_tail),
+            (good, LineProblem::Incomplete, true)
+        );
 
         // A changed byte in the middle: not the tail.
         let mut flipped = text.clone();
