@@ -21,7 +21,11 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState>> {
     let metrics = Metrics::new();
     let batch = metrics.ledger_batch.clone();
-    let ledger = Ledger::open(&config.server.ledger_path, move |n| batch.observe(n as f64))?;
+    let ledger = Ledger::open(
+        &config.server.ledger_path,
+        config.server.ledger_segment_bytes_max,
+        move |n| batch.observe(n as f64),
+    )?;
     let mut state = AppState::new(config, ledger, metrics, clock);
     // The seller certificate and the buyer CA bundle (checked by the loader already).
     crate::tls::install(&mut state).map_err(std::io::Error::other)?;

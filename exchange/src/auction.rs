@@ -271,6 +271,10 @@ pub enum DeliveryError {
     /// The sale (or unsold outcome) could not be recorded: never answer `sold`.
     #[error("the sale could not be recorded: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// The ledger failed before the lead was sent to any buyer (fail-stop): nothing was
+    /// delivered, and every hold was released.
+    #[error("the ledger failed; nothing was delivered")]
+    Unavailable,
 }
 
 /// Delivers the full lead as the core's post plan says: the attempt it names, within the
@@ -315,12 +319,22 @@ pub async fn deliver(
         state.clock.now_ms(),
     );
     let client = BuyerClient::local_for(&state.buyer_tls.load_full());
+    // Fail-stop: once the ledger has failed no lead leaves, not even to a fallback; every
+    // remaining attempt is reported as not sent, so the plan releases its holds and ends.
+    let mut stopped = false;
+    let mut sent = 0usize;
     let step = loop {
         let attempt = match plan.next(&settlement, state.clock.now_ms()) {
             PostStep::Deliver(a) => a,
             done => break done,
         };
         let _ = effects::execute(state, rt, plan.effects()).await;
+        if stopped || !state.ledger.is_healthy() {
+            stopped = true;
+            plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
+            continue;
+        }
+        sent += 1;
         let buyer = &cfg.buyers[attempt.buyer];
         let bid = &plan.ranked()[attempt.rank].bid;
         let msg = BuyerPost {
@@ -364,7 +378,11 @@ pub async fn deliver(
         };
         plan.on_result(result, state.clock.now_ms());
     };
-    effects::execute(state, rt, plan.effects()).await?;
+    let recorded = effects::execute(state, rt, plan.effects()).await;
+    if stopped && sent == 0 {
+        return Err(DeliveryError::Unavailable);
+    }
+    recorded?;
     Ok(match step {
         PostStep::Sold(a) => PostAnswer {
             status: PostStatus::Sold,

@@ -1,48 +1,92 @@
-//! The append-only ledger: one JSON line per event, written by one thread with group
-//! commit (every batch of waiting records is written and `fdatasync`ed once, then all of
-//! them are acknowledged). A `sold` answer waits for its sale record's acknowledgement,
-//! so nothing acknowledged to a seller is ever lost.
+//! The append-only ledger: a directory of segment files (see [`segments`] for the line
+//! format: one JSON record per line, framed with a sequence number and a checksum that
+//! chains it to the line before), written by one thread with group commit (every batch
+//! of waiting records is written and `fdatasync`ed once, then all of them are
+//! acknowledged). A `sold` answer waits for its sale record's acknowledgement, so nothing
+//! acknowledged to a seller is ever lost.
 //!
 //! It writes one type only: the core's versioned [`Record`], through the core's
 //! [`LedgerSink`] interface.
 //!
+//! Fail-stop: the first write, fsync, rotation or open error makes the ledger unhealthy
+//! for the life of the process. The writer never touches the files again (no fsync is
+//! retried: after a failed fsync the kernel may have dropped the dirty pages, and a later
+//! fsync that succeeds proves nothing), every later record is refused, `/readyz` answers
+//! 503 with the reason and the seller handlers answer 503 before any buyer is contacted.
+//! Only a restart, which verifies the ledger again, makes it healthy.
+//!
+//! Start-up ([`Ledger::open`]): the directory is created if it is missing and its parent
+//! exists; it must be writable and not in use by another process (a `LOCK` file). Every
+//! segment is scanned and the chain verified; a torn tail of the last segment (its last
+//! line incomplete or failing its checksum) is truncated and logged; any other bad line
+//! refuses the start with its segment and byte offset.
+//!
 //! Architecture invariant: records never carry PII; they name leads by id and carry only
 //! prices, buyers, sellers and outcomes.
+
+pub mod segments;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::record::{FlushRecord, Head, LedgerSink, Record};
 use crate::core::UnixMs;
+use segments::Chain;
 
 /// Records waiting for the writer; past this, appenders wait (backpressure, never unbounded).
 pub const QUEUE_RECORDS_MAX: usize = 65_536;
 /// Most records written per fsync.
 pub const BATCH_RECORDS_MAX: usize = 512;
+/// The lock file in the ledger directory: one exchange writes a ledger at a time.
+pub const LOCK_FILE: &str = "LOCK";
+/// Records that nobody waits for (auction, post attempt, quote holds) are fsynced
+/// within about this long even when no durable record comes to carry them: a timer
+/// asks the writer for a sync when written lines are waiting for one.
+pub const SYNC_DELAY_MS: u64 = 1_000;
 
-/// One encoded record on its way to the writer.
+/// One encoded record on its way to the writer (its JSON, not yet framed).
 #[derive(Debug)]
 pub struct Pending {
     line: Vec<u8>,
     ack: Option<oneshot::Sender<io::Result<()>>>,
 }
 
+/// Why the ledger stopped, once it has (set once, never cleared), and whether written
+/// lines wait for an fsync.
+#[derive(Debug, Default)]
+struct Health {
+    failure: OnceLock<String>,
+    unsynced: AtomicBool,
+}
+
+impl Health {
+    fn fail(&self, why: String) {
+        if self.failure.set(why.clone()).is_ok() {
+            tracing::error!(
+                reason = %why,
+                "ledger failed: the exchange stops selling until it is restarted"
+            );
+        }
+    }
+}
+
 /// Handle to the ledger writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
-    healthy: Arc<AtomicBool>,
-    path: Arc<PathBuf>,
+    health: Arc<Health>,
+    dir: Arc<PathBuf>,
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").field("path", &self.path).finish()
+        f.debug_struct("Ledger").field("dir", &self.dir).finish()
     }
 }
 
@@ -54,29 +98,75 @@ pub enum LedgerError {
     Io(#[from] io::Error),
     #[error("ledger record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The ledger failed earlier (fail-stop): nothing more is written until a restart.
+    #[error("the ledger failed and accepts no records until a restart: {0}")]
+    Failed(String),
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the file for appending and starts the writer thread.
-    /// The thread ends when every handle is dropped, after writing what it was given.
-    pub fn open(path: &Path, on_batch: impl Fn(usize) + Send + 'static) -> io::Result<Ledger> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let (tx, rx) = mpsc::channel(QUEUE_RECORDS_MAX);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let h = healthy.clone();
-        std::thread::Builder::new()
-            .name("pingpost-ledger".into())
-            .spawn(move || writer(file, rx, h, on_batch))?;
-        Ok(Ledger {
-            tx,
-            healthy,
-            path: Arc::new(path.to_path_buf()),
-        })
+    /// Opens the ledger directory `dir` (recovering it: see the module documentation)
+    /// and starts the writer thread, which rotates to a new segment before one would grow
+    /// past `segment_bytes_max`. `on_batch` is told the records of every batch that was
+    /// fsynced (0 for a sync the timer asked for). The thread ends when every handle is dropped, after writing what it was
+    /// given. The error says, in one line, what is wrong and where.
+    pub fn open(
+        dir: &Path,
+        segment_bytes_max: u64,
+        on_batch: impl Fn(usize) + Send + 'static,
+    ) -> io::Result<Ledger> {
+        let w = Writer::recover(dir, segment_bytes_max)?;
+        Ledger::start(w, on_batch)
     }
 
-    /// Is the writer alive and its last write successful?
+    fn start(w: Writer, on_batch: impl Fn(usize) + Send + 'static) -> io::Result<Ledger> {
+        let (tx, rx) = mpsc::channel(QUEUE_RECORDS_MAX);
+        let health = Arc::new(Health::default());
+        let h = health.clone();
+        let dir = Arc::new(w.dir.clone());
+        std::thread::Builder::new()
+            .name("pingpost-ledger".into())
+            .spawn(move || run(w, rx, h, on_batch))?;
+        // The sync timer holds only a weak sender: it ends once every handle is gone, so
+        // it never keeps the writer alive.
+        let weak = tx.downgrade();
+        let h = health.clone();
+        std::thread::Builder::new()
+            .name("pingpost-ledger-sync".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(SYNC_DELAY_MS / 2));
+                let Some(tx) = weak.upgrade() else {
+                    return;
+                };
+                if h.unsynced.load(Ordering::Relaxed) && h.failure.get().is_none() {
+                    // A full queue will carry a durable record soon enough.
+                    let _ = tx.try_send(Pending {
+                        line: Vec::new(),
+                        ack: None,
+                    });
+                }
+            })?;
+        Ok(Ledger { tx, health, dir })
+    }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Is the writer alive and has nothing ever failed?
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+        self.failure().is_none()
+    }
+
+    /// Why the ledger accepts no records, if it does not: the first write, fsync or
+    /// rotation error (kept for the life of the process), or the writer having stopped.
+    pub fn failure(&self) -> Option<String> {
+        if let Some(why) = self.health.failure.get() {
+            return Some(why.clone());
+        }
+        self.tx
+            .is_closed()
+            .then(|| "the ledger writer has stopped".to_string())
     }
 
     /// Appends a record and waits until it is written: on disk (`fdatasync`) for a durable
@@ -143,13 +233,15 @@ impl LedgerSink for Ledger {
     type Receipt = Receipt;
 
     fn append(&self, record: &Record<'_>) -> Receipt {
+        if let Some(why) = self.health.failure.get() {
+            return Receipt::Failed(LedgerError::Failed(why.clone()));
+        }
         // Sized for the record up front: grown from empty, an auction's line was
         // reallocated about eight times.
         let mut line = Vec::with_capacity(line_capacity(record));
         if let Err(e) = serde_json::to_writer(&mut line, record) {
             return Receipt::Failed(LedgerError::Encode(e));
         }
-        line.push(b'\n');
         let (ack, done) = if record.is_durable() {
             let (a, d) = oneshot::channel();
             (Some(a), Some(d))
@@ -177,13 +269,263 @@ fn line_capacity(record: &Record<'_>) -> usize {
     }
 }
 
-/// Writes everything that is waiting in one `write`, and `fdatasync`s only when a record
-/// in the batch waits for durability: a sync makes every earlier line durable too, so
-/// plain records ride along with the next durable one instead of costing a sync each.
-fn writer(
-    mut file: File,
+/// The writer thread's side: the segment being appended to and where the chain stands.
+#[derive(Debug)]
+struct Writer {
+    dir: PathBuf,
+    /// Holds the directory's lock while the writer lives.
+    _lock: File,
+    segment_bytes_max: u64,
+    seg_no: u32,
+    seg_path: PathBuf,
+    file: File,
+    seg_len: u64,
+    chain: Chain,
+}
+
+/// An I/O error with what was being done to which file, for the one-line reason.
+fn ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+/// `fsync`s a directory, so a file created or removed in it is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ctx("syncing the directory", dir, e))
+}
+
+/// Makes sure `dir` is a writable directory, creating it when only it is missing.
+fn prepare_dir(dir: &Path) -> io::Result<()> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(other(format!(
+                "ledger directory {shown} is not a directory (server.ledger_path names a \
+                 directory of segment files; move an old single-file ledger aside)"
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if !parent.is_dir() {
+                return Err(other(format!(
+                    "ledger directory {shown} does not exist, nor does its parent {}",
+                    parent.display()
+                )));
+            }
+            std::fs::create_dir(dir)
+                .map_err(|e| other(format!("cannot create the ledger directory {shown}: {e}")))?;
+            sync_dir(parent)?;
+            tracing::info!(dir = %shown, "ledger directory created");
+        }
+        Err(e) => return Err(other(format!("ledger directory {shown}: {e}"))),
+    }
+    // Writable: a file can be created (and removed) in it, as rotation will.
+    let probe = dir.join(".write-probe");
+    File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| other(format!("ledger directory {shown} is not writable: {e}")))
+}
+
+impl Writer {
+    /// Opens `dir` for appending after verifying every segment and truncating a torn
+    /// tail of the last one (see the module documentation).
+    fn recover(dir: &Path, segment_bytes_max: u64) -> io::Result<Writer> {
+        prepare_dir(dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ctx("opening", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(other(format!(
+                    "ledger directory {} is in use by another process (it holds {LOCK_FILE})",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", &lock_path, e)),
+        }
+        let segs = segments::list(dir)
+            .map_err(|e| other(format!("ledger directory {}: {e}", dir.display())))?;
+        let mut chain = Chain::START;
+        let mut records = 0u64;
+        let mut last_len = 0u64;
+        for (i, (_, path)) in segs.iter().enumerate() {
+            let s = segments::scan(path, chain, None).map_err(|e| ctx("reading", path, e))?;
+            let last = i + 1 == segs.len();
+            last_len = s.len;
+            if let Some(p) = s.problem {
+                if !(last && p.at_tail) {
+                    let sealed = if last { "" } else { " (a sealed segment)" };
+                    return Err(other(format!(
+                        "ledger is corrupt: {p}{sealed}; the exchange does not start on a \
+                         corrupt ledger (check it with `pingpost ledger verify`)"
+                    )));
+                }
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| ctx("opening", path, e))?;
+                file.set_len(p.offset)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| ctx("truncating", path, e))?;
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = p.offset,
+                    removed_bytes = s.len - p.offset,
+                    problem = %p.what,
+                    "ledger: torn tail truncated (a write the crash or failure cut short; \
+                     it was never acknowledged)"
+                );
+                last_len = p.offset;
+            }
+            chain = s.chain;
+            records += s.records;
+        }
+        let (seg_no, seg_path, file) = match segs.last() {
+            Some((no, path)) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| ctx("opening", path, e))?;
+                (*no, path.clone(), file)
+            }
+            None => {
+                let path = dir.join(segments::segment_name(1));
+                let file = create_segment(&path)?;
+                sync_dir(dir)?;
+                last_len = 0;
+                (1, path, file)
+            }
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            segments = segs.len().max(1),
+            records,
+            last_seq = chain.seq,
+            "ledger verified"
+        );
+        Ok(Writer {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            segment_bytes_max,
+            seg_no,
+            seg_path,
+            file,
+            seg_len: last_len,
+            chain,
+        })
+    }
+
+    /// Writes the batch's records in order, rotating before a segment would pass its
+    /// limit (a segment is fsynced when it is sealed), and fsyncs at the end when a record
+    /// waits for it (`sync`). Returns how many leading records are known to be on disk
+    /// (all of them when the result is `Ok` and `sync` was asked) and the first error.
+    fn write_batch(
+        &mut self,
+        batch: &[Pending],
+        sync: bool,
+        buf: &mut Vec<u8>,
+    ) -> (usize, io::Result<()>) {
+        buf.clear();
+        let mut on_disk = 0;
+        for (i, p) in batch.iter().enumerate() {
+            if p.line.is_empty() {
+                // A sync request from the timer, not a record.
+                continue;
+            }
+            let start = buf.len();
+            let sum = segments::frame(buf, &p.line, self.chain.seq + 1, &self.chain.sum);
+            let line_len = (buf.len() - start) as u64;
+            let before = self.seg_len + start as u64;
+            if before > 0 && before + line_len > self.segment_bytes_max {
+                // Seal the segment with what came before this line, then go on in a new one.
+                if let Err(e) = self.append(&buf[..start]).and_then(|()| self.rotate()) {
+                    return (on_disk, Err(e));
+                }
+                on_disk = i;
+                buf.drain(..start);
+            }
+            self.chain = Chain {
+                seq: self.chain.seq + 1,
+                sum,
+            };
+        }
+        if let Err(e) = self.append(buf) {
+            return (on_disk, Err(e));
+        }
+        if sync {
+            if let Err(e) = self
+                .file
+                .sync_data()
+                .map_err(|e| ctx("fsyncing", &self.seg_path, e))
+            {
+                return (on_disk, Err(e));
+            }
+            on_disk = batch.len();
+        }
+        (on_disk, Ok(()))
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| ctx("writing", &self.seg_path, e))?;
+        self.seg_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Seals the current segment (fsync) and starts the next one.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| ctx("fsyncing", &self.seg_path, e))?;
+        let no = self
+            .seg_no
+            .checked_add(1)
+            .ok_or_else(|| other("the ledger has used every segment number".into()))?;
+        let path = self.dir.join(segments::segment_name(no));
+        let file = create_segment(&path)?;
+        sync_dir(&self.dir)?;
+        tracing::info!(segment = %path.display(), seq = self.chain.seq + 1, "ledger: new segment");
+        self.seg_no = no;
+        self.seg_path = path;
+        self.file = file;
+        self.seg_len = 0;
+        Ok(())
+    }
+}
+
+/// Creates a new segment; one that exists already is an error (never appended to).
+fn create_segment(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ctx("creating the segment", path, e))
+}
+
+/// The writer thread: writes everything that is waiting in one `write`, and `fdatasync`s
+/// only when a record in the batch waits for durability: a sync makes every earlier line
+/// durable too, so plain records ride along with the next durable one instead of costing
+/// a sync each. The first error stops it for good (fail-stop): later records are refused
+/// without touching the files.
+fn run(
+    mut w: Writer,
     mut rx: mpsc::Receiver<Pending>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     on_batch: impl Fn(usize),
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_RECORDS_MAX);
@@ -196,21 +538,29 @@ fn writer(
                 Err(_) => break,
             }
         }
-        buf.clear();
-        let mut durable = false;
-        for p in &batch {
-            buf.extend_from_slice(&p.line);
-            durable |= p.ack.is_some();
+        if let Some(why) = health.failure.get() {
+            for p in batch.drain(..) {
+                if let Some(ack) = p.ack {
+                    let _ = ack.send(Err(io::Error::other(why.clone())));
+                }
+            }
+            continue;
         }
-        let mut result = file.write_all(&buf);
-        if durable && result.is_ok() {
-            result = file.sync_data();
-            on_batch(batch.len());
+        let sync = batch.iter().any(|p| p.ack.is_some() || p.line.is_empty());
+        let (on_disk, result) = w.write_batch(&batch, sync, &mut buf);
+        if result.is_ok() {
+            health.unsynced.store(!sync, Ordering::Relaxed);
+            if sync {
+                on_batch(batch.iter().filter(|p| !p.line.is_empty()).count());
+            }
         }
-        healthy.store(result.is_ok(), Ordering::Relaxed);
-        for p in batch.drain(..) {
+        if let Err(e) = &result {
+            health.fail(e.to_string());
+        }
+        for (i, p) in batch.drain(..).enumerate() {
             if let Some(ack) = p.ack {
                 let _ = ack.send(match &result {
+                    _ if i < on_disk => Ok(()),
                     Ok(()) => Ok(()),
                     Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                 });
@@ -218,7 +568,11 @@ fn writer(
         }
     }
     // Every sender is gone: make the tail durable before the thread ends.
-    let _ = file.sync_data();
+    if health.failure.get().is_none() {
+        if let Err(e) = w.file.sync_data() {
+            health.fail(ctx("fsyncing", &w.seg_path, e).to_string());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,11 +580,29 @@ mod tests {
     use super::*;
     use crate::core::record::QuoteHoldRecord;
 
+    fn plain() -> Record<'static> {
+        Record::QuoteExpired(QuoteHoldRecord {
+            head: Head::new(0, 0),
+            ping_id: None,
+            buyer: "b",
+            price_micros: 1,
+            reason: None,
+        })
+    }
+
+    fn lines(dir: &Path) -> Vec<serde_json::Value> {
+        segments::read_all(dir)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     #[tokio::test]
     async fn durable_records_are_on_disk_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.jsonl");
-        let ledger = Ledger::open(&path, |_| {}).unwrap();
+        let path = dir.path().join("ledger");
+        let ledger = Ledger::open(&path, 64 << 20, |_| {}).unwrap();
         let mut waits = Vec::new();
         for i in 0..100 {
             let l = ledger.clone();
@@ -239,26 +611,135 @@ mod tests {
         for w in waits {
             w.await.unwrap().unwrap();
         }
-        let plain = Record::QuoteExpired(QuoteHoldRecord {
-            head: Head::new(0, 0),
-            ping_id: None,
-            buyer: "b",
-            price_micros: 1,
-            reason: None,
-        });
         assert!(matches!(
-            LedgerSink::append(&ledger, &plain),
+            LedgerSink::append(&ledger, &plain()),
             Receipt::Queued
         ));
         ledger.flush_at(1_000, 0).await.unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = lines(&path);
         assert_eq!(lines.len(), 102);
         assert_eq!(lines[100]["type"], "quote_expired");
         assert_eq!(lines[101]["generation"], 1_000);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["seq"], i as u64 + 1);
+        }
         assert!(ledger.is_healthy());
+        let report = segments::verify(&path).unwrap();
+        assert_eq!((report.records, report.problem), (102, None));
+    }
+
+    /// A record nobody waits for is fsynced by the timer when no durable one follows.
+    #[tokio::test]
+    async fn plain_records_are_synced_within_the_sync_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ledger = Ledger::open(dir.path(), 4096, move |n| {
+            let _ = tx.send(n);
+        })
+        .unwrap();
+        assert!(matches!(
+            LedgerSink::append(&ledger, &plain()),
+            Receipt::Queued
+        ));
+        let synced = tokio::time::timeout(Duration::from_millis(SYNC_DELAY_MS * 10), rx.recv())
+            .await
+            .expect("synced in time");
+        assert!(synced.is_some());
+        assert_eq!(lines(dir.path()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_chain_and_a_reopen_continues_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        {
+            let ledger = Ledger::open(&path, 4096, |_| {}).unwrap();
+            for i in 0..60 {
+                LedgerSink::append(&ledger, &plain()).wait().await.unwrap();
+                if i % 7 == 0 {
+                    ledger.flush_at(i, 0).await.unwrap();
+                }
+            }
+            ledger.flush_at(0, 0).await.unwrap();
+        }
+        let segs = segments::list(&path).unwrap();
+        assert!(segs.len() >= 3, "rotated: {segs:?}");
+        for (_, p) in &segs[..segs.len() - 1] {
+            let len = std::fs::metadata(p).unwrap().len();
+            assert!(len <= 4096 && len > 3000, "{} is {len} bytes", p.display());
+        }
+        let before = segments::verify(&path).unwrap();
+        assert_eq!(before.problem, None);
+        // The writer thread has ended (its lock is free): open again and go on.
+        let ledger = loop {
+            match Ledger::open(&path, 4096, |_| {}) {
+                Ok(l) => break l,
+                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        ledger.flush_at(7, 0).await.unwrap();
+        let after = segments::verify(&path).unwrap();
+        assert_eq!(after.problem, None);
+        assert_eq!(after.records, before.records + 1);
+        assert_eq!(after.last_seq, before.last_seq + 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Ledger::open(dir.path(), 4096, |_| {}).unwrap();
+        let e = Ledger::open(dir.path(), 4096, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+    }
+
+    /// A write error (a full disk: the segment's file is swapped for /dev/full) stops the
+    /// ledger for good: the failing sale is refused, and so is every later record, even
+    /// once writes could succeed again.
+    #[tokio::test]
+    async fn a_write_error_stops_the_ledger_for_the_life_of_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::recover(dir.path(), 64 << 20).unwrap();
+        let real = std::mem::replace(
+            &mut w.file,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        let ledger = Ledger::start(w, |_| {}).unwrap();
+        assert!(ledger.is_healthy());
+        let e = ledger.flush_at(1, 0).await.unwrap_err();
+        assert!(e.to_string().contains("writing"), "{e}");
+        let why = ledger.failure().expect("unhealthy");
+        assert!(why.contains("seg-00000001.jsonl"), "{why}");
+        // The disk is fine again (and the queue still works): still refused, still unhealthy.
+        drop(real);
+        assert!(matches!(
+            LedgerSink::append(&ledger, &plain()),
+            Receipt::Failed(LedgerError::Failed(_))
+        ));
+        assert!(ledger.flush_at(2, 0).await.is_err());
+        assert_eq!(ledger.failure().as_deref(), Some(why.as_str()));
+        assert_eq!(segments::verify(dir.path()).unwrap().records, 0);
+    }
+
+    #[test]
+    fn a_missing_parent_a_file_and_an_unwritable_directory_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Ledger::open(&dir.path().join("no/such"), 4096, |_| {}).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("does not exist, nor does its parent"),
+            "{e}"
+        );
+        let file = dir.path().join("old.jsonl");
+        std::fs::write(&file, "{}\n").unwrap();
+        let e = Ledger::open(&file, 4096, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        // /proc refuses new files even to root.
+        let e = Ledger::open(Path::new("/proc"), 4096, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("is not writable"), "{e}");
+        // Created when only it is missing.
+        let fresh = dir.path().join("fresh");
+        drop(Ledger::open(&fresh, 4096, |_| {}).unwrap());
+        assert!(fresh.join(segments::segment_name(1)).is_file());
     }
 }

@@ -304,6 +304,7 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
         "unsupported_media_type",
         "rate_limited",
         "overloaded",
+        "unavailable",
         "internal",
     ];
     vec![
@@ -434,7 +435,7 @@ fn responses() -> Value {
         ),
         (
             "Overloaded",
-            "`overloaded`: too many requests in flight, open quotes or idempotency keys.",
+            "`overloaded`: too many requests in flight, open quotes or idempotency keys (with `Retry-After`); or `unavailable`: the exchange cannot record sales and sells nothing until it is restarted (no `Retry-After`).",
         ),
     ] {
         let mut e = error_response(d);

@@ -240,6 +240,10 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
         "server.idempotency_keys_max",
     );
     check(o.ledger_path != n.ledger_path, "server.ledger_path");
+    check(
+        o.ledger_segment_bytes_max != n.ledger_segment_bytes_max,
+        "server.ledger_segment_bytes_max",
+    );
     check(o.breaker != n.breaker, "server.breaker");
     // The listeners' limits are read when they start; certificates and the buyer CA
     // bundle are re-read by every reload.

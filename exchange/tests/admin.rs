@@ -153,7 +153,7 @@ async fn probes_answer_on_both_listeners_and_admin_routes_are_bounded() {
 #[tokio::test]
 async fn without_a_token_the_admin_listener_is_off_and_a_non_loopback_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let text = TestConfig::new().toml(&dir.path().join("ledger.jsonl"));
+    let text = TestConfig::new().toml(&dir.path().join("ledger"));
     let no_env = |_: &str| None;
 
     // Loopback, no token: the exchange runs, the admin listener does not.

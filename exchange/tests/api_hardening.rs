@@ -33,7 +33,7 @@ struct Edited {
 
 async fn start_edited(cfg: &TestConfig, edit: impl FnOnce(String) -> String) -> Edited {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ledger_path = dir.path().join("ledger.jsonl");
+    let ledger_path = dir.path().join("ledger");
     let text = edit(cfg.toml(&ledger_path));
     let secrets: BTreeMap<String, String> = cfg
         .buyers
@@ -289,7 +289,7 @@ async fn a_seller_has_two_valid_keys_for_rotation() {
 #[test]
 fn a_second_key_must_be_unique() {
     let dir = tempfile::tempdir().unwrap();
-    let text = TestConfig::new().toml(&dir.path().join("l.jsonl"));
+    let text = TestConfig::new().toml(&dir.path().join("ledger"));
     let env = |_: &str| None;
     // The same as the seller's own key, or as another seller's: refused with its path.
     let own = text.replacen(
@@ -590,7 +590,7 @@ async fn no_error_answer_or_ledger_line_echoes_a_pii_value() {
     assert_eq!(bidder.posts(), 0);
     let mut ex = ex;
     ex.shutdown().await;
-    let ledger = std::fs::read_to_string(&ex.ledger_path).unwrap_or_default();
+    let ledger = pingpost::ledger::segments::read_all(&ex.ledger_path).unwrap_or_default();
     for value in pii {
         assert!(!ledger.contains(value), "the ledger holds {value:?}");
     }

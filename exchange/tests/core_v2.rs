@@ -216,7 +216,7 @@ async fn the_post_deadline_answers_unsold_within_it_and_releases_every_hold() {
 
 #[test]
 fn the_new_keys_load_with_their_defaults_and_refuse_bad_values() {
-    let path = std::path::Path::new("/tmp/unused-ledger.jsonl");
+    let path = std::path::Path::new("/tmp/unused-ledger");
     let base = TestConfig::new().toml(path);
     let load = |text: &str| pingpost::config::load_str_with_env(text, &|_: &str| None);
     let c = load(&base).expect("the base config loads");

@@ -35,7 +35,7 @@ const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 /// and `extra` added to `[server]`.
 async fn start(head_ms: u64, extra: &str) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ledger = dir.path().join("ledger.jsonl");
+    let ledger = dir.path().join("ledger");
     let text = TestConfig::new()
         .with(|c| c.header_read_timeout_ms = head_ms)
         .toml(&ledger)

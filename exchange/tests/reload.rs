@@ -382,7 +382,7 @@ async fn a_reload_storm_under_pings_fails_no_request_and_every_record_has_its_ge
 #[tokio::test]
 async fn an_exchange_started_without_a_source_refuses_to_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let config = TestConfig::new().load(&dir.path().join("ledger.jsonl"));
+    let config = TestConfig::new().load(&dir.path().join("ledger"));
     let running = pingpost::app::start(config, pingpost::clock::Clock::system())
         .await
         .unwrap();
@@ -423,7 +423,7 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     let (ab, _ha) = serve("a", &a).await;
     let (bb, _hb) = serve("b", &b).await;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.jsonl");
+    let ledger = dir.path().join("ledger");
     let path = dir.path().join("config.toml");
     let first = TestConfig::new().buyer(ab.clone());
     let second = TestConfig::new().buyer(bb.clone()).buyer(ab.clone());

@@ -52,7 +52,7 @@ cp "$TARGET/debug/pingpost" "$BIN"
 PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 # One sample lead at start, then quiet: the fuzzer's requests are the traffic.
 "$BIN" --demo --demo-interval-ms 3600000 --listen "127.0.0.1:$PORT" \
-    --ledger "$WORK/ledger.jsonl" >"$WORK/exchange.log" 2>&1 &
+    --ledger "$WORK/ledger" >"$WORK/exchange.log" 2>&1 &
 PID=$!
 
 status=0

@@ -80,7 +80,7 @@ async fn ping_bid_post_sold_and_the_sale_is_on_disk_before_the_answer() {
 
     let sold = ex.client.post(&quote.ping_id, "TX").await;
     // Read the ledger right away: `sold` is answered only once the sale is durable.
-    let ledger_text = std::fs::read_to_string(&ex.ledger_path).unwrap();
+    let ledger_text = pingpost::ledger::segments::read_all(&ex.ledger_path).unwrap();
     assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
     assert_eq!(sold.price, quote.price, "the quoted price holds");
     assert_eq!(sold.buyer.as_deref(), Some(hb.name().as_str()));

@@ -15,7 +15,7 @@ async fn several_workers_share_the_address_the_books_and_the_caps() {
     let bidder = ScriptedBidder::bidding(15.0);
     let (buyer, _handle) = serve("acme", &bidder).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let ledger_path = dir.path().join("ledger.jsonl");
+    let ledger_path = dir.path().join("ledger");
     let mut config = TestConfig::new()
         .buyer(buyer.caps_daily(12))
         .load(&ledger_path);
@@ -53,7 +53,7 @@ async fn several_workers_share_the_address_the_books_and_the_caps() {
         .await
         .expect("join")
         .expect("clean shutdown");
-    let text = std::fs::read_to_string(&ledger_path).expect("ledger");
+    let text = pingpost::ledger::segments::read_all(&ledger_path).expect("ledger");
     let sales = text
         .lines()
         .filter(|l| l.contains(r#""type":"sale""#))

@@ -134,7 +134,7 @@ async fn get(
 /// Starts an exchange from the test configuration with `server_extra` added to
 /// `[server]` and `buyers` (TOML) appended; `secrets` are the environment.
 async fn start(dir: &Path, server_extra: &str, buyers: &str, secrets: &[(&str, &str)]) -> Running {
-    let ledger = dir.join("ledger.jsonl");
+    let ledger = dir.join("ledger");
     let text = TestConfig::new().toml(&ledger).replacen(
         "[server]\n",
         &format!("[server]\n{server_extra}\n"),
@@ -157,7 +157,7 @@ async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
     let first = local_ca("one");
     let cert = write(dir.path(), "cert.pem", &first.leaf_pem);
     let key = write(dir.path(), "key.pem", &first.leaf_key_pem);
-    let ledger = dir.path().join("ledger.jsonl");
+    let ledger = dir.path().join("ledger");
     let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
     let config = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
@@ -281,7 +281,7 @@ async fn a_tls_bidder_is_trusted_through_buyer_ca_path_only() {
 
 fn load_with_buyer_urls(ping: &str, post: &str, extra: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let text = TestConfig::new().toml(&dir.path().join("l.jsonl"))
+    let text = TestConfig::new().toml(&dir.path().join("ledger"))
         + &format!(
             r#"
 [buyers.acme]
@@ -335,7 +335,7 @@ fn bad_tls_files_are_configuration_errors() {
     let dir = tempfile::tempdir().unwrap();
     let junk = write(dir.path(), "junk.pem", "not PEM");
     let text = TestConfig::new()
-        .toml(&dir.path().join("l.jsonl"))
+        .toml(&dir.path().join("ledger"))
         .replacen(
             "[server.breaker]\n",
             &format!(
@@ -371,7 +371,7 @@ async fn a_stalled_tls_handshake_counts_against_the_head_budget() {
     let ca = local_ca("stall");
     let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
     let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
-    let ledger = dir.path().join("ledger.jsonl");
+    let ledger = dir.path().join("ledger");
     let text = with_server_tls(
         &TestConfig::new()
             .with(|c| c.header_read_timeout_ms = 300)
@@ -418,7 +418,7 @@ async fn with_server_tls_the_admin_listener_speaks_https_too() {
     let ca = local_ca("admin");
     let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
     let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
-    let ledger = dir.path().join("ledger.jsonl");
+    let ledger = dir.path().join("ledger");
     let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
     let env = TestConfig::new().env();
     let config = pingpost::config::load_str_with_env(&text, &env)

@@ -359,7 +359,7 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         let listen: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let opts = ExchangeOpts {
             listen,
-            ledger_path: o.out.join("ledger.jsonl"),
+            ledger_path: o.out.join("ledger"),
             deadline_ms: o.deadline_ms,
             ping_timeout_ms: o.timeout_ms,
             post_timeout_ms: 1000,
@@ -379,7 +379,7 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         }
         let cfg_path = o.out.join("exchange.toml");
         std::fs::write(&cfg_path, &toml)?;
-        let _ = std::fs::remove_file(o.out.join("ledger.jsonl"));
+        let _ = std::fs::remove_dir_all(o.out.join("ledger"));
         let mut cmd = wrapped(o.wrap, o.exchange_bin);
         cmd.arg("--config")
             .arg(&cfg_path)

@@ -20,6 +20,9 @@ pub enum ErrorCode {
     HeadersTooLarge,
     RateLimited,
     Overloaded,
+    /// The exchange cannot sell right now and retrying soon will not help: its ledger
+    /// failed (fail-stop until a restart). 503, without `Retry-After`.
+    Unavailable,
     Internal,
 }
 
@@ -37,7 +40,7 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::Overloaded => 503,
+            ErrorCode::Overloaded | ErrorCode::Unavailable => 503,
         }
     }
 
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }

@@ -70,7 +70,10 @@ pub mod defaults {
     /// Keys one seller may hold at once unless `sellers.ID.idempotency_keys_max` says
     /// otherwise: a tenth of the shared store, so one seller cannot lock out the others.
     pub const IDEMPOTENCY_KEYS_PER_SELLER_MAX: usize = 100_000;
-    pub const LEDGER_PATH: &str = "pingpost-ledger.jsonl";
+    /// The ledger directory (segment files inside), relative to the working directory.
+    pub const LEDGER_PATH: &str = "pingpost-ledger";
+    /// A ledger segment is sealed and a new one started before it would pass this size.
+    pub const LEDGER_SEGMENT_BYTES_MAX: u64 = 64 << 20;
     pub const AUCTION_DEADLINE_MS: u64 = 150;
     pub const RESPONSE_RESERVE_MS: u64 = 2;
     pub const PING_TIMEOUT_MS: u64 = 100;
@@ -186,8 +189,10 @@ pub struct ServerConfig {
     /// Keys one seller may hold at once unless its own `idempotency_keys_max` is set
     /// (past it: 429 `rate_limited` for that seller only).
     pub idempotency_keys_per_seller_max: usize,
-    /// The append-only ledger file (one JSON line per event).
+    /// The append-only ledger: a directory of segment files (one JSON line per event).
     pub ledger_path: std::path::PathBuf,
+    /// A segment is sealed and the next one started before it would grow past this.
+    pub ledger_segment_bytes_max: u64,
     /// Most buyers pinged in one auction (the fan-out limit).
     pub buyers_per_auction_max: usize,
     /// Time kept back from the auction deadline to answer the seller.

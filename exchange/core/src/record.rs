@@ -83,9 +83,9 @@ pub struct FlushRecord {
     pub head: Head,
 }
 
-/// Where records go: the JSON-lines file today. Synchronous: `append` hands the record
-/// over and returns at once; the shell waits on the receipt (a durable record's receipt
-/// resolves once it is on disk).
+/// Where records go: the ledger's directory of JSON-lines segments today. Synchronous:
+/// `append` hands the record over and returns at once; the shell waits on the receipt (a
+/// durable record's receipt resolves once it is on disk).
 pub trait LedgerSink {
     /// What the caller waits on.
     type Receipt;

@@ -32,7 +32,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::auction::{deliver, run_auction, AuctionInput, Delivery};
+use crate::auction::{deliver, run_auction, AuctionInput, Delivery, DeliveryError};
 use crate::clock::rfc3339;
 use crate::config::{SellerIdx, SellerKey};
 use crate::core::post::UnsoldReason;
@@ -292,14 +292,18 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).filter(|c| !c.is_control()).collect()
 }
 
+/// Ready while the ledger is healthy. After a ledger failure (fail-stop) it answers 503
+/// with the reason until the exchange is restarted.
 fn readyz(state: &AppState) -> Response<Body> {
-    if state.ledger.is_healthy() {
-        json_response(200, br#"{"status":"ready"}"#.to_vec())
-    } else {
-        json_response(
+    match state.ledger.failure() {
+        None => json_response(200, br#"{"status":"ready"}"#.to_vec()),
+        Some(why) => json_response(
             503,
-            br#"{"status":"not_ready","reason":"ledger not writable"}"#.to_vec(),
-        )
+            to_json(&serde_json::json!({
+                "status": "not_ready",
+                "reason": format!("ledger failed (restart after fixing it): {why}"),
+            })),
+        ),
     }
 }
 

@@ -361,6 +361,7 @@ async fn ping(
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Ping)?;
+    ledger_gate(state)?;
     if state.quotes.open_count() >= cfg.server.quotes_open_max {
         return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
     }
@@ -455,6 +456,24 @@ async fn ping(
     Ok(to_json(&answer))
 }
 
+/// Fail-stop: while the ledger is failed (see [`crate::ledger`]) the exchange neither
+/// quotes nor sells; a ping, post or direct post is answered 503 `unavailable` before any
+/// buyer is contacted, and changes nothing (a quote stays as it was). The reason (a file
+/// and an OS error) is on `/readyz` and in the log, not in the seller's answer.
+fn ledger_gate(state: &AppState) -> Result<(), ApiError> {
+    if state.ledger.is_healthy() {
+        return Ok(());
+    }
+    Err(ledger_unavailable())
+}
+
+fn ledger_unavailable() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "the exchange cannot record sales and sells nothing until it is restarted",
+    )
+}
+
 /// A seller holding its `sellers.ID.quotes_open_max` open quotes: 429 with `Retry-After`.
 fn seller_quotes_limited(max: usize) -> ApiError {
     ApiError::new(
@@ -472,6 +491,7 @@ async fn direct_post(
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Full)?;
+    ledger_gate(state)?;
     let schema = &cfg.verticals[vertical].schema;
     let projection = req.lead.ping_projection(schema);
     let result = run_auction(
@@ -504,8 +524,9 @@ async fn direct_post(
                 auction_started_ms: award.arrival,
                 from_quote: false,
             };
-            deliver(state, rt, d).await.map_err(|e| {
-                ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold"))
+            deliver(state, rt, d).await.map_err(|e| match e {
+                DeliveryError::Unavailable => ledger_unavailable(),
+                e => ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold")),
             })?
         }
         None => {
@@ -526,6 +547,7 @@ async fn post(
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let env = PostEnvelope::parse(buf)?;
+    ledger_gate(state)?;
     let now = state.clock.now_ms();
     let seller_key = cfg.sellers[seller].key;
     let quote = match state.quotes.begin_post(&env.ping_id, seller_key, now) {
@@ -621,6 +643,10 @@ async fn post(
                 tracing::error!(error = %e, "sale not recorded");
                 let a = PostAnswer::status_only(PostStatus::Unsold, Some("ledger_unavailable"));
                 state.quotes.finish(&quote.ping_id, a, state.clock.now_ms());
+                if matches!(e, DeliveryError::Unavailable) {
+                    // The ledger failed before the lead left: nothing was delivered.
+                    return Err(ledger_unavailable());
+                }
                 return Err(ApiError::new(
                     ErrorCode::Internal,
                     "the sale could not be recorded; the lead was not sold",

@@ -31,7 +31,7 @@ impl TestConfig {
     /// started from that file, so [`Exchange::write_config`] plus a reload changes it.
     pub async fn start_edited(&self, edit: impl FnOnce(String) -> String) -> Exchange {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ledger_path = dir.path().join("ledger.jsonl");
+        let ledger_path = dir.path().join("ledger");
         let config_path = dir.path().join("config.toml");
         let text = edit(self.toml(&ledger_path));
         // Fail here, with the text, rather than inside the exchange's start.
@@ -86,7 +86,7 @@ pub struct Exchange {
 impl Exchange {
     /// Every ledger record so far (what is on disk now).
     pub fn ledger(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.ledger_path).unwrap_or_default();
+        let text = pingpost::ledger::segments::read_all(&self.ledger_path).unwrap_or_default();
         text.lines()
             .map(|l| {
                 serde_json::from_str(l)

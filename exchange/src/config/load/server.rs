@@ -102,6 +102,13 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         }
         Some(path) => PathBuf::from(path),
     };
+    let ledger_segment_bytes_max = s.u64_or(
+        p,
+        "ledger_segment_bytes_max",
+        LEDGER_SEGMENT_BYTES_MIN,
+        LEDGER_SEGMENT_BYTES_LIMIT,
+        defaults::LEDGER_SEGMENT_BYTES_MAX,
+    );
     let buyers_per_auction_max = s.usize_or(
         p,
         "buyers_per_auction_max",
@@ -164,6 +171,7 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         idempotency_keys_max,
         idempotency_keys_per_seller_max,
         ledger_path,
+        ledger_segment_bytes_max,
         buyers_per_auction_max,
         response_reserve_ms,
         post_attempts_max,
@@ -173,6 +181,10 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
     }
 }
 
+/// Smallest `server.ledger_segment_bytes_max` (4 KiB: a few records per segment).
+const LEDGER_SEGMENT_BYTES_MIN: i64 = 4 * 1024;
+/// Largest `server.ledger_segment_bytes_max` (1 GiB).
+const LEDGER_SEGMENT_BYTES_LIMIT: i64 = 1 << 30;
 /// Largest `server.header_bytes_max`.
 const HEADER_BYTES_MAX_LIMIT: i64 = 256 * 1024;
 /// Largest `server.headers_max`.

@@ -98,10 +98,8 @@ fn ok(edits: &[(&str, &str)]) -> Config {
 fn default_config_loads() {
     let config = load_str_with_env(DEFAULT_TOML, &demo_env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(
-        config.server.ledger_path,
-        PathBuf::from("pingpost-ledger.jsonl")
-    );
+    assert_eq!(config.server.ledger_path, PathBuf::from("pingpost-ledger"));
+    assert_eq!(config.server.ledger_segment_bytes_max, 64 << 20);
 
     let (vi, auto) = config.vertical("auto_insurance").unwrap();
     assert_eq!(vi, 0);

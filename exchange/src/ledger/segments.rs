@@ -1,0 +1,520 @@
+//! The ledger on disk: a directory of append-only segment files (`seg-00000001.jsonl`,
+//! `seg-00000002.jsonl`, ...), one JSON object per line, each line framed with a global
+//! sequence number and a checksum that chains it to the line before (across segments).
+//!
+//! A line is the record's JSON with two last fields added:
+//! `{"type":"sale",...,"seq":42,"sum":"<64 hex>"}`. `sum` is the lowercase hex SHA-256 of
+//! the previous line's `sum` (64 ASCII hex digits; 64 `0`s before the first record)
+//! followed by this line's bytes without the `sum` field, i.e. `{...,"seq":42}`. So a
+//! changed byte anywhere breaks that line's sum, and a removed, reordered or inserted line
+//! breaks the next line's.
+//!
+//! Owns: framing a line, checking one, naming and listing segments, and scanning them
+//! (start-up recovery and `pingpost ledger verify` both scan with [`scan`]).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The `sum` before the first record.
+pub const GENESIS: [u8; 64] = [b'0'; 64];
+/// `,"sum":"` + 64 hex digits + `"}`: what every framed line ends with (before `\n`).
+const SUM_FIELD: &[u8] = b",\"sum\":\"";
+const SUM_SUFFIX_LEN: usize = SUM_FIELD.len() + 64 + 2;
+const SEQ_FIELD: &[u8] = b",\"seq\":";
+
+/// A segment's file name: `seg-00000001.jsonl`.
+pub fn segment_name(no: u32) -> String {
+    format!("seg-{no:08}.jsonl")
+}
+
+/// The number of a segment file name, if it is one.
+pub fn segment_no(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".jsonl")?;
+    if digits.len() < 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&n| n > 0)
+}
+
+/// The segments in `dir`, in order. Other files are ignored; a missing number in the
+/// sequence, the first one included, is an error (the chain could not be checked).
+pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let mut segs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(no) = name.to_str().and_then(segment_no) else {
+            continue;
+        };
+        if !entry.file_type()?.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                entry.path().display()
+            )));
+        }
+        segs.push((no, entry.path()));
+    }
+    segs.sort_by_key(|(no, _)| *no);
+    // The chain starts at the first record of the first segment.
+    if let Some((first, _)) = segs.first().filter(|(no, _)| *no != 1) {
+        return Err(io::Error::other(format!(
+            "segment {} is missing (the first one present is {}): the chain starts there",
+            segment_name(1),
+            segment_name(*first)
+        )));
+    }
+    for (i, w) in segs.windows(2).enumerate() {
+        if w[1].0 != w[0].0 + 1 {
+            return Err(io::Error::other(format!(
+                "segment {} is missing (after {}, segment #{} of the directory)",
+                segment_name(w[0].0 + 1),
+                segment_name(w[0].0),
+                i + 1
+            )));
+        }
+    }
+    Ok(segs)
+}
+
+/// Frames `record` (one JSON object, as serde wrote it) as the line after `prev` with
+/// sequence number `seq`, appending it (with its `\n`) to `out`. Returns the line's sum.
+pub fn frame(out: &mut Vec<u8>, record: &[u8], seq: u64, prev: &[u8; 64]) -> [u8; 64] {
+    let start = out.len();
+    let body = record.strip_suffix(b"}").unwrap_or(record);
+    out.extend_from_slice(body);
+    out.extend_from_slice(SEQ_FIELD);
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.push(b'}');
+    let sum = sum_of(prev, &out[start..]);
+    out.pop();
+    out.extend_from_slice(SUM_FIELD);
+    out.extend_from_slice(&sum);
+    out.extend_from_slice(b"\"}\n");
+    sum
+}
+
+/// Hex SHA-256 of `prev` then `body`.
+fn sum_of(prev: &[u8; 64], body: &[u8]) -> [u8; 64] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(body);
+    let digest = h.finalize();
+    let mut out = [0u8; 64];
+    // `hex::encode_to_slice` fails only on a wrong length, and 32 bytes fill 64 exactly.
+    let _ = hex::encode_to_slice(digest, &mut out);
+    out
+}
+
+/// What is wrong with a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineProblem {
+    /// The segment ends inside a line (no `\n`).
+    Incomplete,
+    /// The line does not end with `,"seq":N,"sum":"<hex>"}`.
+    NotFramed,
+    /// The sequence number is not the one after the line before.
+    Sequence { expected: u64, found: u64 },
+    /// The sum does not match: this line was changed, or one before it is missing.
+    Checksum,
+}
+
+impl std::fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineProblem::Incomplete => f.write_str("incomplete line (no newline at the end)"),
+            LineProblem::NotFramed => {
+                f.write_str("not a framed record (no \"seq\" and \"sum\" at the end)")
+            }
+            LineProblem::Sequence { expected, found } => {
+                write!(f, "sequence number {found} where {expected} was expected")
+            }
+            LineProblem::Checksum => f.write_str(
+                "checksum does not match (the record was changed, or one before it is missing)",
+            ),
+        }
+    }
+}
+
+/// Checks one line (without its `\n`) that should follow `prev` with sequence `seq`;
+/// returns its sum.
+pub fn check_line(line: &[u8], seq: u64, prev: &[u8; 64]) -> Result<[u8; 64], LineProblem> {
+    let n = line.len();
+    if n < SUM_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") || !line.starts_with(b"{") {
+        return Err(LineProblem::NotFramed);
+    }
+    let suffix = &line[n - SUM_SUFFIX_LEN..];
+    if !suffix.starts_with(SUM_FIELD) {
+        return Err(LineProblem::NotFramed);
+    }
+    let stored = &suffix[SUM_FIELD.len()..SUM_FIELD.len() + 64];
+    if !stored
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(LineProblem::NotFramed);
+    }
+    let body = &line[..n - SUM_SUFFIX_LEN];
+    let found = parse_seq(body).ok_or(LineProblem::NotFramed)?;
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(body);
+    h.update(b"}");
+    let mut sum = [0u8; 64];
+    let _ = hex::encode_to_slice(h.finalize(), &mut sum);
+    if sum[..] != stored[..] {
+        return Err(LineProblem::Checksum);
+    }
+    if found != seq {
+        return Err(LineProblem::Sequence {
+            expected: seq,
+            found,
+        });
+    }
+    Ok(sum)
+}
+
+/// The `seq` of a line's body (`{...,"seq":N`).
+fn parse_seq(body: &[u8]) -> Option<u64> {
+    let at = body
+        .windows(SEQ_FIELD.len())
+        .rposition(|w| w == SEQ_FIELD)?;
+    let digits = &body[at + SEQ_FIELD.len()..];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// A line's record type (`{"type":"sale",...`), if it starts as the ledger writes them.
+fn record_type(line: &[u8]) -> Option<&str> {
+    let rest = line.strip_prefix(b"{\"type\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// Where the chain stands after some lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    /// The last good line's sequence number (0 before the first).
+    pub seq: u64,
+    /// The last good line's sum ([`GENESIS`] before the first).
+    pub sum: [u8; 64],
+}
+
+impl Chain {
+    pub const START: Chain = Chain {
+        seq: 0,
+        sum: GENESIS,
+    };
+}
+
+/// The first bad line of a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub segment: PathBuf,
+    /// Byte offset of the bad line's first byte in its segment.
+    pub offset: u64,
+    pub what: LineProblem,
+    /// It is the segment's last line (nothing follows it).
+    pub at_tail: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at byte {}: {}",
+            self.segment.display(),
+            self.offset,
+            self.what
+        )
+    }
+}
+
+/// One segment scanned.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    /// Where the chain stands after the segment's good lines.
+    pub chain: Chain,
+    /// Bytes of good lines (the offset of the first bad one, if any).
+    pub good_bytes: u64,
+    /// Good lines.
+    pub records: u64,
+    /// The segment's size.
+    pub len: u64,
+    /// The first bad line, if any (the scan stops there).
+    pub problem: Option<Problem>,
+}
+
+/// Scans one segment that continues `chain`, counting good lines by type into `counts`.
+/// Stops at the first bad line; then tells whether only that line follows.
+pub fn scan(
+    path: &Path,
+    chain: Chain,
+    mut counts: Option<&mut BTreeMap<String, u64>>,
+) -> io::Result<Scanned> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(4096);
+    let mut out = Scanned {
+        chain,
+        good_bytes: 0,
+        records: 0,
+        len,
+        problem: None,
+    };
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let result = match line.strip_suffix(b"\n") {
+            None => Err(LineProblem::Incomplete),
+            Some(l) => check_line(l, out.chain.seq + 1, &out.chain.sum),
+        };
+        match result {
+            Ok(sum) => {
+                out.chain = Chain {
+                    seq: out.chain.seq + 1,
+                    sum,
+                };
+                out.good_bytes += n as u64;
+                out.records += 1;
+                if let Some(c) = counts.as_deref_mut() {
+                    let kind = record_type(&line).unwrap_or("(untyped)");
+                    match c.get_mut(kind) {
+                        Some(v) => *v += 1,
+                        None => {
+                            c.insert(kind.to_string(), 1);
+                        }
+                    }
+                }
+            }
+            Err(what) => {
+                // The bad line is the tail when nothing follows it.
+                let mut rest = [0u8; 1];
+                let at_tail = reader.read(&mut rest)? == 0;
+                out.problem = Some(Problem {
+                    segment: path.to_path_buf(),
+                    offset: out.good_bytes,
+                    what,
+                    at_tail,
+                });
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// The whole ledger checked: what `pingpost ledger verify` reports.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub segments: usize,
+    pub records: u64,
+    pub bytes: u64,
+    /// Good records by type.
+    pub counts: BTreeMap<String, u64>,
+    /// The last good record's sequence number and sum.
+    pub last_seq: u64,
+    pub last_sum: String,
+    /// The first problem (the check stops there).
+    pub problem: Option<Problem>,
+}
+
+impl Report {
+    /// The report as `pingpost ledger verify` prints it.
+    pub fn render(&self, dir: &Path) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "ledger {}: {} segment(s), {} record(s), {} bytes checked",
+            dir.display(),
+            self.segments,
+            self.records,
+            self.bytes
+        );
+        let width = self.counts.keys().map(String::len).max().unwrap_or(0);
+        for (kind, n) in &self.counts {
+            let _ = writeln!(out, "  {kind:<width$}  {n}");
+        }
+        if self.records > 0 {
+            let _ = writeln!(
+                out,
+                "last record: seq {}, sum {}",
+                self.last_seq, self.last_sum
+            );
+        }
+        match &self.problem {
+            None => {
+                let _ = writeln!(out, "OK: every checksum and the chain verify");
+            }
+            Some(p) => {
+                let _ = writeln!(out, "PROBLEM: {p}");
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    if p.at_tail && p.is_in_last_segment(dir) {
+                        "  the last segment's tail: a write cut short; the exchange truncates \
+                         it at its next start (or a write still in flight, if it runs)"
+                    } else {
+                        "  the exchange refuses to start on this ledger; records after this \
+                         point were not checked"
+                    }
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Problem {
+    /// Is the problem in the last segment of `dir`?
+    fn is_in_last_segment(&self, dir: &Path) -> bool {
+        list(dir)
+            .ok()
+            .and_then(|s| s.last().map(|(_, p)| *p == self.segment))
+            .unwrap_or(false)
+    }
+}
+
+/// Checks every segment of `dir` in order (checksums, sequence and chain), stopping at
+/// the first problem.
+pub fn verify(dir: &Path) -> io::Result<Report> {
+    let segs = list(dir)?;
+    let mut report = Report {
+        segments: segs.len(),
+        ..Report::default()
+    };
+    let mut chain = Chain::START;
+    for (_, path) in &segs {
+        let s = scan(path, chain, Some(&mut report.counts))?;
+        chain = s.chain;
+        report.records += s.records;
+        report.bytes += s.good_bytes;
+        if s.problem.is_some() {
+            report.problem = s.problem;
+            break;
+        }
+    }
+    report.last_seq = chain.seq;
+    report.last_sum = String::from_utf8_lossy(&chain.sum).into_owned();
+    Ok(report)
+}
+
+/// Every record of the ledger in `dir`, as text: the segments' lines in order. For tests
+/// and tools that read the ledger as one stream of JSON lines (`jq` works on each
+/// segment the same way). A missing directory reads as empty.
+pub fn read_all(dir: &Path) -> io::Result<String> {
+    if !dir.exists() {
+        return Ok(String::new());
+    }
+    let mut text = String::new();
+    for (_, path) in list(dir)? {
+        text.push_str(&std::fs::read_to_string(path)?);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(record: &str, seq: u64, prev: &[u8; 64]) -> (Vec<u8>, [u8; 64]) {
+        let mut out = Vec::new();
+        let sum = frame(&mut out, record.as_bytes(), seq, prev);
+        (out, sum)
+    }
+
+    #[test]
+    fn a_framed_line_is_json_with_seq_and_sum_last_and_checks() {
+        let (l, sum) = line(r#"{"type":"flush","v":3}"#, 1, &GENESIS);
+        let v: serde_json::Value = serde_json::from_slice(&l).unwrap();
+        assert_eq!(v["type"], "flush");
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["sum"].as_str().unwrap().as_bytes(), &sum[..]);
+        // The sum is SHA-256 of the genesis sum and the line without its sum field.
+        let mut h = Sha256::new();
+        h.update(GENESIS);
+        h.update(br#"{"type":"flush","v":3,"seq":1}"#);
+        assert_eq!(hex::encode(h.finalize()).as_bytes(), &sum[..]);
+        let body = l.strip_suffix(b"\n").unwrap();
+        assert_eq!(check_line(body, 1, &GENESIS), Ok(sum));
+        assert_eq!(
+            check_line(body, 2, &GENESIS),
+            Err(LineProblem::Sequence {
+                expected: 2,
+                found: 1
+            })
+        );
+        assert_eq!(check_line(body, 1, &sum), Err(LineProblem::Checksum));
+        let mut flipped = body.to_vec();
+        flipped[10] ^= 0x01;
+        assert_eq!(
+            check_line(&flipped, 1, &GENESIS),
+            Err(LineProblem::Checksum)
+        );
+        assert_eq!(
+            check_line(b"{\"type\":\"x\"}", 1, &GENESIS),
+            Err(LineProblem::NotFramed)
+        );
+        assert_eq!(check_line(b"", 1, &GENESIS), Err(LineProblem::NotFramed));
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(1), "seg-00000001.jsonl");
+        assert_eq!(segment_no("seg-00000001.jsonl"), Some(1));
+        assert_eq!(segment_no(&segment_name(u32::MAX)), Some(u32::MAX));
+        for bad in [
+            "seg-1.jsonl",
+            "seg-00000000.jsonl",
+            "seg-0000000x.jsonl",
+            "LOCK",
+        ] {
+            assert_eq!(segment_no(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_scan_stops_at_the_first_bad_line_and_tells_whether_it_is_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(1));
+        let mut text = Vec::new();
+        let mut prev = GENESIS;
+        for seq in 1..=3 {
+            let (l, s) = line(r#"{"type":"auction","v":3}"#, seq, &prev);
+            text.extend_from_slice(&l);
+            prev = s;
+        }
+        let good = text.len() as u64;
+        std::fs::write(&path, &text).unwrap();
+        let s = scan(&path, Chain::START, None).unwrap();
+        assert_eq!((s.records, s.good_bytes, s.problem), (3, good, None));
+        assert_eq!(s.chain, Chain { seq: 3, sum: prev });
+
+        // A torn last line.
+        let mut torn = text.clone();
+        torn.extend_from_slice(br#"{"type":"sa"#);
+        std::fs::write(&path, &torn).unwrap();
+        let p = scan(&path, Chain::START, None).unwrap().problem.unwrap();
+        assert_eq!(
+            (p.offset, p.what, p.at_tail),
+            (good, LineProblem::Incomplete, true)
+        );
+
+        // A changed byte in the middle: not the tail.
+        let mut flipped = text.clone();
+        flipped[good as usize / 2] ^= 0x01;
+        std::fs::write(&path, &flipped).unwrap();
+        let p = scan(&path, Chain::START, None).unwrap().problem.unwrap();
+        assert!(!p.at_tail);
+        assert!(p.offset < good);
+    }
+}

@@ -1,0 +1,470 @@
+//! The ledger on disk (issue 9, storage): segment files with a checksum per record and a
+//! hash chain across segments, start-up recovery of a torn tail, refusal of corruption
+//! anywhere else, `pingpost ledger verify`, and fail-stop after a write error. Real files
+//! in temp dirs, real sockets, the real binary.
+
+// The helpers below panic with a message: a helper failing is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use pingpost::app;
+use pingpost::clock::Clock;
+use pingpost::core::record::{FlushRecord, Head, LedgerSink, QuoteHoldRecord, Record};
+use pingpost::ledger::segments::{self, LineProblem};
+use pingpost::ledger::{Ledger, LOCK_FILE};
+use proto::seller::{PingStatus, PostStatus};
+use serde_json::Value;
+
+/// The smallest segment the loader allows: a few records each.
+const SMALL_SEGMENTS: &str = "ledger_segment_bytes_max = 4096";
+
+fn with_server(extra: &'static str) -> impl FnOnce(String) -> String {
+    move |t| t.replacen("[server]\n", &format!("[server]\n{extra}\n"), 1)
+}
+
+/// Waits (bounded) until no process holds the ledger's lock: the writer thread of a
+/// dropped [`Ledger`] ends on its own once its queue is drained.
+async fn wait_unlocked(dir: &Path) {
+    let lock = std::fs::File::open(dir.join(LOCK_FILE)).expect("lock file");
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    loop {
+        if lock.try_lock().is_ok() {
+            lock.unlock().expect("unlock");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger stays locked"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A ledger of `n` small records (flush and quote-expired, alternating) in `dir`, written
+/// through the exchange's writer, which is closed again when this returns.
+async fn write_ledger(dir: &Path, n: u64, segment_bytes_max: u64) {
+    let ledger = Ledger::open(dir, segment_bytes_max, |_| {}).expect("ledger opens");
+    for i in 0..n {
+        let rec = if i % 2 == 0 {
+            Record::Flush(FlushRecord {
+                head: Head::new(i, 1_700_000_000_000),
+            })
+        } else {
+            Record::QuoteExpired(QuoteHoldRecord {
+                head: Head::new(i, 1_700_000_000_000),
+                ping_id: Some("pg_test"),
+                buyer: "acme",
+                price_micros: 12_500_000,
+                reason: None,
+            })
+        };
+        LedgerSink::append(&ledger, &rec)
+            .wait()
+            .await
+            .expect("written");
+    }
+    ledger.flush_at(0, 1_700_000_000_000).await.expect("flush");
+    drop(ledger);
+    wait_unlocked(dir).await;
+}
+
+/// Every record of the ledger as JSON, checking that each line is JSON.
+fn records(dir: &Path) -> Vec<Value> {
+    segments::read_all(dir)
+        .expect("ledger reads")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Byte offsets of each line's start in a file.
+fn line_starts(path: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).expect("segment");
+    let mut starts = vec![0u64];
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'\n' && i + 1 < bytes.len() {
+            starts.push(i as u64 + 1);
+        }
+    }
+    starts
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut bytes = std::fs::read(path).expect("segment");
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(path, bytes).expect("write segment");
+}
+
+/// `pingpost ledger verify ARGS`: exit code and stdout + stderr.
+fn verify_bin(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(["ledger", "verify"])
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Starts an exchange from the test configuration on the ledger directory `dir`.
+async fn start_on(cfg: &TestConfig, dir: &Path) -> std::io::Result<app::Running> {
+    let config = cfg.load_edited(dir, with_server(SMALL_SEGMENTS));
+    app::start(config, Clock::system()).await
+}
+
+#[tokio::test]
+async fn sales_are_chained_across_rotated_segments_and_verify() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let mut ex = TestConfig::new()
+        .buyer(buyer)
+        .start_edited(with_server(SMALL_SEGMENTS))
+        .await;
+    let mut sold = Vec::new();
+    for _ in 0..12 {
+        let q = ex.client.ping("TX").await;
+        assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+        let a = ex.client.post(&q.ping_id, "TX").await;
+        assert_eq!(a.status, PostStatus::Sold, "{a:?}");
+        sold.push(a.lead_id.expect("lead id"));
+        let d = ex.client.direct("TX").await;
+        assert_eq!(d.status, PostStatus::Sold, "{d:?}");
+        sold.push(d.lead_id.expect("lead id"));
+    }
+    ex.shutdown().await;
+    let dir = ex.ledger_path.clone();
+
+    let segs = segments::list(&dir).expect("segments");
+    assert!(segs.len() >= 3, "the ledger rotated: {segs:?}");
+    for (_, p) in &segs[..segs.len() - 1] {
+        let len = std::fs::metadata(p).expect("segment").len();
+        assert!(len <= 4096, "{} is {len} bytes", p.display());
+    }
+    // Every line is JSON with its seq (1, 2, 3... across segments) and sum last.
+    let recs = records(&dir);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1, "{r}");
+        assert_eq!(r["sum"].as_str().map(str::len), Some(64), "{r}");
+    }
+    let sales: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["type"] == "sale")
+        .filter_map(|r| r["lead_id"].as_str())
+        .collect();
+    assert_eq!(sales, sold, "every sale, in order");
+
+    let report = segments::verify(&dir).expect("verify");
+    assert_eq!(report.problem, None);
+    assert_eq!(report.records, recs.len() as u64);
+    assert_eq!(report.counts.get("sale"), Some(&24));
+    assert_eq!(report.segments, segs.len());
+
+    let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("sale") && l.trim_end().ends_with("24")),
+        "{out}"
+    );
+    // The same directory named by a configuration file.
+    let (code, out) = verify_bin(&["--config", &path_arg(&ex.config_path)]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
+    for garbage in [None, Some(&b"\x00\x00garbage"[..]), Some(&b"garbage\n"[..])] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("ledger");
+        write_ledger(&dir, 9, 64 << 20).await;
+        let seg = dir.join(segments::segment_name(1));
+        let starts = line_starts(&seg);
+        let last = *starts.last().expect("lines");
+        let original = std::fs::read(&seg).expect("segment");
+        let len = original.len() as u64;
+        match garbage {
+            // A write cut short: the last line stops half-way.
+            None => {
+                let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+                f.set_len(last + (len - last) / 2).unwrap();
+            }
+            Some(g) => {
+                let mut bytes = std::fs::read(&seg).unwrap();
+                bytes.extend_from_slice(g);
+                std::fs::write(&seg, bytes).unwrap();
+            }
+        }
+        let p = segments::verify(&dir).unwrap().problem.expect("a problem");
+        assert!(p.at_tail, "{p}");
+        let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("truncates it at its next start"), "{out}");
+
+        let bidder = ScriptedBidder::bidding(20.0);
+        let (buyer, _h) = serve("acme", &bidder).await;
+        let running = start_on(&TestConfig::new().buyer(buyer), &dir)
+            .await
+            .expect("starts on a torn tail");
+        let expected_len = if garbage.is_none() { last } else { len };
+        let client = SellerClient::new(running.addr);
+        let q = client.ping("TX").await;
+        let a = client.post(&q.ping_id, "TX").await;
+        assert_eq!(a.status, PostStatus::Sold, "{a:?}");
+        // The sale is on disk when `sold` is answered, right after the kept records.
+        let recs = records(&dir);
+        let bytes = std::fs::read(&seg).unwrap();
+        assert_eq!(
+            &bytes[..expected_len as usize],
+            &original[..expected_len as usize],
+            "the good records are kept as they were"
+        );
+        let kept = if garbage.is_none() { 9 } else { 10 };
+        assert_eq!(recs[kept - 1]["type"], "flush", "{:?}", recs[kept - 1]);
+        assert_eq!(recs[kept]["seq"], kept as u64 + 1, "{:?}", recs[kept]);
+        assert!(recs.iter().any(|r| r["type"] == "sale"));
+        running.shutdown().await.unwrap();
+        let report = segments::verify(&dir).unwrap();
+        assert_eq!(report.problem, None, "{garbage:?}");
+        assert_eq!(report.counts.get("sale"), Some(&1));
+        assert_eq!(verify_bin(&["--dir", &path_arg(&dir)]).0, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_sealed_segment_or_mid_segment_refuses_the_start() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("ledger");
+    write_ledger(&dir, 60, 4096).await;
+    let segs = segments::list(&dir).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+
+    // A sealed segment (the first), third record.
+    let sealed = &segs[0].1;
+    let at = line_starts(sealed)[2];
+    flip_byte(sealed, at + 12);
+    let p = segments::verify(&dir).unwrap().problem.expect("a problem");
+    assert_eq!((&p.segment, p.offset), (sealed, at));
+    assert_eq!(p.what, LineProblem::Checksum);
+    let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("seg-00000001.jsonl at byte {at}")),
+        "{out}"
+    );
+    let e = start_on(&TestConfig::new(), &dir)
+        .await
+        .expect_err("refuses to start");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("seg-00000001.jsonl at byte {at}")) && msg.contains("sealed"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    flip_byte(sealed, at + 12);
+    assert_eq!(segments::verify(&dir).unwrap().problem, None);
+
+    // The last segment, a record in the middle (not its tail).
+    let (_, last) = segs.last().unwrap();
+    let starts = line_starts(last);
+    assert!(starts.len() >= 3, "{starts:?}");
+    let at = starts[starts.len() / 2 - 1];
+    flip_byte(last, at + 3);
+    let name = last.file_name().unwrap().to_string_lossy().to_string();
+    let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("{name} at byte {at}")), "{out}");
+    let e = start_on(&TestConfig::new(), &dir)
+        .await
+        .expect_err("refuses to start");
+    assert!(
+        e.to_string().contains(&format!("{name} at byte {at}")),
+        "{e}"
+    );
+    // Nothing was changed by the refused start.
+    assert_eq!(
+        segments::verify(&dir).unwrap().problem.map(|p| p.offset),
+        Some(at)
+    );
+}
+
+#[test]
+fn verify_exit_codes_and_start_errors_from_the_binary() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // A missing directory: 2, one line.
+    let missing = tmp.path().join("nowhere");
+    let (code, out) = verify_bin(&["--dir", &path_arg(&missing)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("not a ledger directory"), "{out}");
+    // An empty directory is a clean, empty ledger.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, out) = verify_bin(&["--dir", &path_arg(&empty)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 record(s)"), "{out}");
+    // A gap in the segment numbers: the ledger cannot be read as a chain.
+    std::fs::write(empty.join(segments::segment_name(2)), "").unwrap();
+    let (code, out) = verify_bin(&["--dir", &path_arg(&empty)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("seg-00000001.jsonl is missing"), "{out}");
+
+    // The exchange refuses to start, in one line, on a ledger directory whose parent is
+    // missing, on a file, and on a directory it cannot write (/proc refuses new files
+    // even to root).
+    let cfg = tmp.path().join("config.toml");
+    for (ledger, says) in [
+        (
+            tmp.path().join("no/such/dir"),
+            "does not exist, nor does its parent",
+        ),
+        (cfg.clone(), "is not a directory"),
+        (PathBuf::from("/proc"), "is not writable"),
+    ] {
+        let test = TestConfig::new();
+        std::fs::write(&cfg, test.toml(&ledger)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&cfg)
+            .envs(test.env_vars())
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("the binary runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(says) && !err.contains("panicked"), "{err}");
+    }
+}
+
+/// A ledger write that fails (rotation into a segment that cannot be created: a
+/// symlink to /dev/full already has the next segment's name) stops the exchange from
+/// selling for the life of the process: `/readyz` 503 with the reason, pings, posts
+/// and direct posts 503 `unavailable` with nothing delivered, still after the cause is
+/// gone.
+#[tokio::test]
+async fn a_ledger_failure_stops_selling_until_a_restart() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let mut ex = TestConfig::new()
+        .buyer(buyer)
+        .start_edited(with_server(SMALL_SEGMENTS))
+        .await;
+    let next = ex.ledger_path.join(segments::segment_name(2));
+    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+    assert_eq!(ex.client.get("/readyz").await.status, 200);
+
+    // Sell until the first segment is full and the rotation fails, always keeping the
+    // newest quote open (each round sells the one before).
+    let mut spare: Option<proto::seller::PingAnswer> = None;
+    for _ in 0..60 {
+        let r = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+        if r.status == 503 {
+            r.assert_error(503, "unavailable");
+            break;
+        }
+        let q = r.ping_answer();
+        assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+        let Some(prev) = spare.replace(q) else {
+            continue;
+        };
+        let r = ex
+            .client
+            .post_json("/v1/post", &post_body(&prev.ping_id, "TX"))
+            .await;
+        match r.status {
+            200 => assert_eq!(r.post_answer().status, PostStatus::Sold),
+            // Failed in the sale's own batch: the buyer has the lead, the seller no `sold`.
+            500 => {
+                r.assert_error(500, "internal");
+                break;
+            }
+            _ => {
+                r.assert_error(503, "unavailable");
+                break;
+            }
+        }
+    }
+    assert!(!ex.state.ledger.is_healthy(), "the rotation failed");
+    let spare = spare.expect("an open quote from before the failure");
+
+    let check_stopped = |r: Reply| {
+        let e = r.assert_error(503, "unavailable");
+        assert!(r.headers.get("retry-after").is_none());
+        e
+    };
+    let ready = ex.client.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    let reason = ready.json()["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("seg-00000002.jsonl"), "{reason}");
+    assert_eq!(ex.admin.get("/readyz").await.status, 503);
+
+    let (pings, posts) = (bidder.pings(), bidder.posts());
+    check_stopped(
+        ex.client
+            .post_json("/v1/post", &post_body(&spare.ping_id, "TX"))
+            .await,
+    );
+    check_stopped(ex.client.post_json("/v1/leads", &direct_body("TX")).await);
+    check_stopped(ex.client.post_json("/v1/ping", &ping_body("TX")).await);
+    assert_eq!(
+        (bidder.pings(), bidder.posts()),
+        (pings, posts),
+        "no buyer was contacted"
+    );
+
+    // The cause is gone (the next segment could be created now): still stopped, since
+    // only a restart (which verifies the ledger) makes it healthy.
+    std::fs::remove_file(&next).unwrap();
+    assert_eq!(ex.client.get("/healthz").await.status, 200);
+    assert_eq!(ex.client.get("/readyz").await.status, 503);
+    check_stopped(
+        ex.client
+            .post_json("/v1/post", &post_body(&spare.ping_id, "TX"))
+            .await,
+    );
+    assert_eq!(bidder.posts(), posts);
+    ex.shutdown().await;
+
+    // What was written before the failure verifies.
+    let report = segments::verify(&ex.ledger_path).unwrap();
+    assert_eq!(report.problem, None);
+    assert!(report.counts.get("sale").copied().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn the_segment_size_key_loads_and_refuses_bad_values() {
+    let base = TestConfig::new().toml(Path::new("/tmp/unused-ledger"));
+    let load = |text: &str| pingpost::config::load_str_with_env(text, &TestConfig::new().env());
+    let c = load(&base).expect("loads");
+    assert_eq!(c.server.ledger_segment_bytes_max, 64 << 20);
+    let c = load(&with_server("ledger_segment_bytes_max = 1048576")(
+        base.clone(),
+    ))
+    .unwrap();
+    assert_eq!(c.server.ledger_segment_bytes_max, 1 << 20);
+    for bad in ["100", "2000000000", "\"big\""] {
+        let text = base.replacen(
+            "[server]\n",
+            &format!("[server]\nledger_segment_bytes_max = {bad}\n"),
+            1,
+        );
+        let e = load(&text).expect_err("refused").to_string();
+        assert!(
+            e.contains("server.ledger_segment_bytes_max: must be a whole number between 4096 and 1073741824"),
+            "{e}"
+        );
+    }
+}
