@@ -42,6 +42,8 @@ async fn ten_thousand_configured_buyers_one_eligible_over_real_sockets() {
     assert_eq!(q.status, PingStatus::Bid, "{q:?}");
     assert_eq!(texan.pings(), 1);
 
+    // Auction records are not waited for: a flush puts everything before it on disk.
+    ex.state.ledger.flush().await.expect("ledger flush");
     let record = ex
         .ledger_of("auction")
         .into_iter()
