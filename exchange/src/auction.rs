@@ -263,6 +263,9 @@ pub struct Delivery<'a> {
     pub auction_started_ms: UnixMs,
     /// The reservation is a ping's quote hold (recorded as `quote_reserved`).
     pub from_quote: bool,
+    /// The request's `Idempotency-Key` and body, hex SHA-256 each, when it had a key
+    /// (written in every `post_sent` record: see docs/LEDGER.md, Recovery).
+    pub idempotency: Option<(&'a str, &'a str)>,
 }
 
 /// Why a delivery could not be answered.
@@ -313,6 +316,7 @@ pub async fn deliver(
             auction_arrival: d.auction_started_ms,
             from_quote: d.from_quote,
             removed: &removed,
+            idempotency: d.idempotency,
         },
         d.ranked,
         d.reservation,
@@ -328,8 +332,10 @@ pub async fn deliver(
             PostStep::Deliver(a) => a,
             done => break done,
         };
-        let _ = effects::execute(state, rt, plan.effects()).await;
-        if stopped || !state.ledger.is_healthy() {
+        // The attempt's `post_sent` record is among these effects and is durable: the
+        // lead leaves only once it is on disk; if it could not be written, nothing is sent.
+        let written = effects::execute(state, rt, plan.effects()).await;
+        if stopped || written.is_err() || !state.ledger.is_healthy() {
             stopped = true;
             plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
             continue;

@@ -44,7 +44,7 @@ const PERIODS: usize = 4;
 
 /// Where one moment falls in a buyer's local calendar: the key of each window it counts
 /// in. Every key grows with time, so "older than the current key" means "past".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Windows {
     /// The instant (Unix ms) the local hour began. The repeated hour at a DST fall-back
     /// reads the same on the wall clock twice but starts at two instants (two UTC
@@ -485,6 +485,26 @@ impl CapBook {
                         c.sold = c.sold.saturating_add(1);
                         c.spent = c.spent.saturating_add(held.price);
                     }
+                }
+            }
+            b.prune();
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Recovery at start: counts one lead sold at `price` in `windows` (a sale, or a
+    /// delivery whose outcome is unknown, replayed from the ledger) without checking any
+    /// cap: what the ledger says was delivered counts, whatever the caps are now.
+    /// Returns false for an unknown key.
+    pub fn restore_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool {
+        let price = Micros(price.0.max(0));
+        self.with_version(key, |b, version| {
+            version.fetch_add(1, Ordering::AcqRel);
+            for (period, k) in windows.keys().into_iter().enumerate() {
+                if let Some(c) = b.counter_mut(period, k) {
+                    c.sold = c.sold.saturating_add(1);
+                    c.spent = c.spent.saturating_add(price);
                 }
             }
             b.prune();

@@ -12,13 +12,16 @@
 
 use serde::{Serialize, Serializer};
 
+use super::caps::Windows;
 use super::UnixMs;
 use crate::config::{BuyerIdx, Config};
 
 /// The record format version (`v`). 2: one tagged type with `v` and `generation`; the
 /// `bid_above_max` buyer outcome; quote hold records. 3: an auction's filter skips are a
-/// bounded `skipped` summary, no longer one `buyers` line each.
-pub const RECORD_VERSION: u16 = 3;
+/// bounded `skipped` summary, no longer one `buyers` line each. 4: the durable
+/// `post_sent` record written before a lead leaves for a buyer; a sale carries the cap
+/// `windows` it counts in.
+pub const RECORD_VERSION: u16 = 4;
 
 /// RFC 3339 UTC with milliseconds, as the ledger has always written times.
 pub fn rfc3339(unix_ms: UnixMs) -> String {
@@ -60,6 +63,8 @@ impl Head {
 pub enum Record<'a> {
     /// One auction: who was considered, what each did, who won.
     Auction(AuctionRecord<'a>),
+    /// A lead is about to leave for a buyer (durable before the request starts).
+    PostSent(PostSentRecord<'a>),
     /// One delivery attempt of a post that did not sell (or was skipped).
     PostAttempt(PostAttemptRecord<'a>),
     /// A lead sold (durable before the seller hears `sold`).
@@ -98,6 +103,7 @@ impl Record<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
             Record::Auction(_) => "auction",
+            Record::PostSent(_) => "post_sent",
             Record::PostAttempt(_) => "post_attempt",
             Record::Sale(_) => "sale",
             Record::Unsold(_) => "unsold",
@@ -108,10 +114,14 @@ impl Record<'_> {
         }
     }
 
-    /// Must the record be on disk before the exchange answers? (A sale and an unsold
-    /// post, both outcomes a seller is told; a flush marker.)
+    /// Must the record be on disk before the exchange answers (or, for `post_sent`,
+    /// before the lead leaves)? A sale and an unsold post, both outcomes a seller is
+    /// told; a delivery about to start; a flush marker.
     pub fn is_durable(&self) -> bool {
-        matches!(self, Record::Sale(_) | Record::Unsold(_) | Record::Flush(_))
+        matches!(
+            self,
+            Record::Sale(_) | Record::Unsold(_) | Record::Flush(_) | Record::PostSent(_)
+        )
     }
 }
 
@@ -281,6 +291,39 @@ pub struct AuctionRecord<'a> {
     pub took_us: u64,
 }
 
+/// `type: "post_sent"`: written and fsynced before the lead leaves for `buyer`, so a
+/// crash after it can never hide a delivery. Its outcome is a later `sale` or
+/// `post_attempt` with the same `lead_id` and `attempt`; one with neither (the exchange
+/// died mid-delivery) counts against the buyer's caps at the next start and is listed as
+/// "delivered, outcome unknown".
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostSentRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub auction_id: &'a str,
+    pub ping_id: &'a str,
+    pub seller: &'a str,
+    pub buyer: &'a str,
+    /// 0 is the winner, then fallbacks in order.
+    pub attempt: usize,
+    /// The buyer's bid: what it pays on a sale (the cap hold's money).
+    pub price_micros: i64,
+    pub test: bool,
+    /// The cap windows the lead counts in (the reservation's); absent for a test lead,
+    /// which counts in no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Windows>,
+    /// The seller's `Idempotency-Key`, as hex SHA-256 (never the key itself), when the
+    /// request carried one: a retry after a restart finds its answer from this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key_sha256: Option<&'a str>,
+    /// Hex SHA-256 of the request body that carried the key (a retry with another body
+    /// is a conflict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<&'a str>,
+}
+
 /// `type: "post_attempt"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PostAttemptRecord<'a> {
@@ -316,6 +359,9 @@ pub struct SaleRecord<'a> {
     pub attempt: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buyer_lead_id: Option<String>,
+    /// The cap windows the sale counts in (absent for a test lead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Windows>,
 }
 
 /// `type: "unsold"`.

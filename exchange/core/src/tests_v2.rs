@@ -455,6 +455,7 @@ fn plan_on<'a>(
             auction_arrival: T,
             from_quote: true,
             removed,
+            idempotency: None,
         },
         award.ranked,
         award.reservation,

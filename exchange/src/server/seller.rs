@@ -291,13 +291,21 @@ pub(super) async fn seller_request(
     // settled (a retry gets the stored answer), and the permit is held until the work ends.
     let st = state.clone();
     let rt2 = rt.clone();
+    // The key and body as the `post_sent` records carry them (hashes, never the key).
+    let idem_tag = claim.as_ref().map(|c| {
+        (
+            hex::encode(Sha256::digest(c.key.as_bytes())),
+            hex::encode(Sha256::digest(&body)),
+        )
+    });
     let task = tokio::spawn(async move {
         let _permit = permit;
         let mut buf = body.to_vec();
+        let idem = idem_tag.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
         let result = match route {
             "ping" => ping(&st, &rt2, seller, &mut buf, arrival).await,
-            "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival).await,
-            _ => post(&st, &rt2, seller, &mut buf).await,
+            "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival, idem).await,
+            _ => post(&st, &rt2, seller, &mut buf, idem).await,
         };
         if let Some(claim) = claim {
             match &result {
@@ -488,6 +496,7 @@ async fn direct_post(
     seller: SellerIdx,
     buf: &mut [u8],
     arrival: Instant,
+    idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Full)?;
@@ -523,6 +532,7 @@ async fn direct_post(
                 reservation: award.reservation,
                 auction_started_ms: award.arrival,
                 from_quote: false,
+                idempotency,
             };
             deliver(state, rt, d).await.map_err(|e| match e {
                 DeliveryError::Unavailable => ledger_unavailable(),
@@ -544,6 +554,7 @@ async fn post(
     rt: &Arc<Runtime>,
     seller: SellerIdx,
     buf: &mut [u8],
+    idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let env = PostEnvelope::parse(buf)?;
@@ -634,6 +645,7 @@ async fn post(
             reservation: quote.reservation.clone(),
             auction_started_ms: quote.auctioned_at,
             from_quote: true,
+            idempotency,
         };
         match deliver(state, rt, d).await {
             Ok(a) => a,

@@ -1,0 +1,323 @@
+//! Recovery at start: after the ledger has verified itself ([`crate::ledger::Ledger::open`])
+//! and before the exchange serves, the ledger is replayed to rebuild what lives only in
+//! memory:
+//!
+//! - caps and budgets: every `sale` counts in the windows it was sold in (its `windows`;
+//!   a record without them, written before format 4, counts in the windows of its time in
+//!   the buyer's zone); so does every delivery with a `post_sent` record and no outcome
+//!   (when in doubt, count it);
+//! - idempotency keys: a `post_sent` record names its request's key (as SHA-256); a retry
+//!   with that key gets the stored answer (`sold` or `unsold` from the post's outcome, or
+//!   `500` when the outcome is unknown) and delivers nothing;
+//! - deliveries whose outcome is unknown (a `post_sent` with no `sale` or `post_attempt`
+//!   of the same lead and attempt): counted, logged at start, listed by
+//!   `pingpost ledger verify`.
+//!
+//! Open quotes are not rebuilt yet: a quote's post after a restart is answered `404`
+//! (unknown `ping_id`) and delivers nothing; its hold is simply gone.
+//!
+//! Never: panics on a record it cannot read (a line that is not a record it knows is
+//! skipped: the ledger's own verification already vouched for every line).
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use proto::error::{ApiError, ErrorCode};
+use proto::seller::{PostAnswer, PostStatus};
+use proto::Micros;
+use serde_json::Value;
+
+use crate::core::caps::Windows;
+use crate::core::UnixMs;
+use crate::state::AppState;
+
+/// Most unknown-outcome deliveries named one by one in the start log (the count is
+/// always logged).
+pub const UNKNOWN_LOGGED_MAX: usize = 100;
+
+/// One `post_sent` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub at: UnixMs,
+    pub lead_id: String,
+    pub auction_id: String,
+    pub ping_id: String,
+    pub seller: String,
+    pub buyer: String,
+    pub attempt: u64,
+    pub price_micros: i64,
+    pub test: bool,
+    pub windows: Option<Windows>,
+    /// `(key, body)` hex SHA-256, when the request carried an `Idempotency-Key`.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// One `sale` record (what recovery needs of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sale {
+    pub at: UnixMs,
+    pub lead_id: String,
+    pub ping_id: String,
+    pub buyer: String,
+    pub attempt: u64,
+    pub bid_micros: i64,
+    pub seller_price_micros: i64,
+    pub currency: String,
+    pub test: bool,
+    pub windows: Option<Windows>,
+}
+
+/// What replaying a ledger found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Records read.
+    pub records: u64,
+    pub sent: Vec<Sent>,
+    pub sales: Vec<Sale>,
+    /// Unsold posts by lead id: `(reason, ping_id)`.
+    pub unsold: HashMap<String, (String, String)>,
+    /// `(lead_id, attempt)` of every recorded outcome (sale or post attempt).
+    outcomes: HashSet<(String, u64)>,
+}
+
+fn text(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn at_of(v: &Value) -> UnixMs {
+    v.get("at")
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map_or(0, |t| t.timestamp_millis())
+}
+
+fn windows_of(v: &Value) -> Option<Windows> {
+    let w = v.get("windows")?;
+    Some(Windows {
+        hour_start_ms: w.get("hour_start_ms")?.as_i64()?,
+        day: w.get("day")?.as_i64()?,
+        week: w.get("week")?.as_i64()?,
+        month: w.get("month")?.as_i64()?,
+    })
+}
+
+impl Scan {
+    /// Reads the ledger's lines (as [`crate::ledger::segments::read_all`] returns them).
+    pub fn of_text(ledger: &str) -> Scan {
+        let mut scan = Scan::default();
+        for line in ledger.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            scan.records += 1;
+            let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+            match v.get("type").and_then(Value::as_str).unwrap_or("") {
+                "post_sent" => {
+                    let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
+                    let body = v.get("body_sha256").and_then(Value::as_str);
+                    scan.sent.push(Sent {
+                        at: at_of(&v),
+                        lead_id: text(&v, "lead_id"),
+                        auction_id: text(&v, "auction_id"),
+                        ping_id: text(&v, "ping_id"),
+                        seller: text(&v, "seller"),
+                        buyer: text(&v, "buyer"),
+                        attempt,
+                        price_micros: v.get("price_micros").and_then(Value::as_i64).unwrap_or(0),
+                        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+                        windows: windows_of(&v),
+                        idempotency: key.zip(body).map(|(k, b)| (k.to_string(), b.to_string())),
+                    });
+                }
+                "post_attempt" => {
+                    scan.outcomes.insert((text(&v, "lead_id"), attempt));
+                }
+                "sale" => {
+                    let lead_id = text(&v, "lead_id");
+                    scan.outcomes.insert((lead_id.clone(), attempt));
+                    scan.sales.push(Sale {
+                        at: at_of(&v),
+                        lead_id,
+                        ping_id: text(&v, "ping_id"),
+                        buyer: text(&v, "buyer"),
+                        attempt,
+                        bid_micros: v.get("bid_micros").and_then(Value::as_i64).unwrap_or(0),
+                        seller_price_micros: v
+                            .get("seller_price_micros")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0),
+                        currency: text(&v, "currency"),
+                        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+                        windows: windows_of(&v),
+                    });
+                }
+                "unsold" => {
+                    scan.unsold.insert(
+                        text(&v, "lead_id"),
+                        (text(&v, "reason"), text(&v, "ping_id")),
+                    );
+                }
+                _ => {}
+            }
+        }
+        scan
+    }
+
+    /// Deliveries with a `post_sent` record and no outcome: the buyer may have the lead
+    /// ("delivered, outcome unknown").
+    pub fn unknown(&self) -> impl Iterator<Item = &Sent> {
+        self.sent
+            .iter()
+            .filter(|s| !self.outcomes.contains(&(s.lead_id.clone(), s.attempt)))
+    }
+}
+
+/// What [`recover`] rebuilt, for the start log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub records: u64,
+    /// Sales counted again in caps and budgets (current windows only; test leads and
+    /// sales of buyers no longer configured are not).
+    pub sales_counted: u64,
+    /// Deliveries with no outcome (all of them, counted or not).
+    pub unknown: u64,
+    /// Of those, counted in caps.
+    pub unknown_counted: u64,
+    /// Idempotency keys restored.
+    pub keys: u64,
+}
+
+/// The stored answer of a post whose key the ledger names.
+fn answer_of(scan: &Scan, lead_id: &str, buyer_names: &HashMap<&str, &str>) -> (u16, Bytes) {
+    if let Some(s) = scan.sales.iter().rev().find(|s| s.lead_id == lead_id) {
+        let a = PostAnswer {
+            status: PostStatus::Sold,
+            lead_id: Some(s.lead_id.clone()),
+            ping_id: Some(s.ping_id.clone()),
+            price: Some(Micros(s.seller_price_micros)),
+            currency: Some(s.currency.clone()),
+            buyer: buyer_names.get(s.buyer.as_str()).map(|n| n.to_string()),
+            reason: None,
+            changed_fields: Vec::new(),
+        };
+        return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
+    }
+    if let Some((reason, ping_id)) = scan.unsold.get(lead_id) {
+        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
+        a.lead_id = Some(lead_id.to_string());
+        a.ping_id = Some(ping_id.clone());
+        return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
+    }
+    let e = ApiError::new(
+        ErrorCode::Internal,
+        "the exchange stopped while this post was being delivered; its outcome is unknown \
+         and it is not delivered again",
+    );
+    (e.status(), Bytes::from(e.to_json()))
+}
+
+/// Does a lead sold in `w` count in any window current at `now` (hour and day windows
+/// lie inside their week)?
+fn counts_now(w: &Windows, now: &Windows) -> bool {
+    w.month >= now.month || w.week >= now.week
+}
+
+/// Replays `scan` into `state`'s cap book and idempotency store (see the module
+/// documentation). Call it once, before serving.
+pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
+    let rt = state.runtime.load();
+    let cfg = &rt.config;
+    let now = state.clock.now_ms();
+    let buyers: HashMap<&str, &crate::config::Buyer> =
+        cfg.buyers.iter().map(|b| (b.id.as_str(), b)).collect();
+    let mut out = Recovered {
+        records: scan.records,
+        ..Recovered::default()
+    };
+    let count = |buyer: &str, windows: Option<Windows>, at: UnixMs, price: i64| -> bool {
+        let Some(b) = buyers.get(buyer) else {
+            return false;
+        };
+        let Some(w) = windows.or_else(|| Windows::at(b.timezone, at)) else {
+            return false;
+        };
+        match Windows::at(b.timezone, now) {
+            Some(cur) if !counts_now(&w, &cur) => false,
+            _ => state.caps.restore_sold(b.key, &w, Micros(price)),
+        }
+    };
+    for s in scan.sales.iter().filter(|s| !s.test) {
+        if count(&s.buyer, s.windows, s.at, s.bid_micros) {
+            out.sales_counted += 1;
+        }
+    }
+    for s in scan.unknown() {
+        out.unknown += 1;
+        if !s.test && count(&s.buyer, s.windows, s.at, s.price_micros) {
+            out.unknown_counted += 1;
+        }
+    }
+    // Idempotency keys: the last lead each key started.
+    let names: HashMap<&str, &str> = cfg
+        .buyers
+        .iter()
+        .map(|b| (b.id.as_str(), b.name.as_str()))
+        .collect();
+    let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
+    for s in &scan.sent {
+        if let Some((k, _)) = &s.idempotency {
+            last.insert((s.seller.as_str(), k.as_str()), s);
+        }
+    }
+    for ((seller, key), s) in last {
+        let Some(seller) = cfg.sellers.iter().find(|x| x.id == seller) else {
+            continue;
+        };
+        let body = s.idempotency.as_ref().map_or("", |(_, b)| b.as_str());
+        let (Some(key), Some(body)) = (digest(key), digest(body)) else {
+            continue;
+        };
+        let answer = answer_of(scan, &s.lead_id, &names);
+        if state
+            .idempotency
+            .restore(seller.key, key, body, s.at, now, answer)
+        {
+            out.keys += 1;
+        }
+    }
+    out
+}
+
+fn digest(hex_text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
+}
+
+/// Reads the ledger in `state`'s directory and replays it ([`apply`]), logging what was
+/// rebuilt and every delivery whose outcome is unknown.
+pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
+    let text = crate::ledger::segments::read_all(state.ledger.dir())?;
+    let scan = Scan::of_text(&text);
+    drop(text);
+    let r = apply(state, &scan);
+    for s in scan.unknown().take(UNKNOWN_LOGGED_MAX) {
+        tracing::warn!(
+            lead_id = %s.lead_id,
+            auction_id = %s.auction_id,
+            buyer = %s.buyer,
+            attempt = s.attempt,
+            price_micros = s.price_micros,
+            "ledger: delivered, outcome unknown (counted against the buyer's caps)"
+        );
+    }
+    tracing::info!(
+        records = r.records,
+        sales_counted = r.sales_counted,
+        unknown_outcomes = r.unknown,
+        unknown_counted = r.unknown_counted,
+        idempotency_keys = r.keys,
+        "ledger replayed: caps, budgets and idempotency keys rebuilt"
+    );
+    Ok(r)
+}
