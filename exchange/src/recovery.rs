@@ -5,7 +5,8 @@
 //! - caps and budgets: every `sale` counts in the windows it was sold in (its `windows`;
 //!   a record without them, written before format 4, counts in the windows of its time in
 //!   the buyer's zone); so does every delivery with a `post_sent` record and no outcome
-//!   (when in doubt, count it);
+//!   (when in doubt, count it), and every late accept (`post_attempt` with outcome
+//!   `late_accept`: the buyer accepted after its timeout and has the lead);
 //! - idempotency keys: a `post_sent` record names its request's key (as SHA-256); a retry
 //!   with that key gets the stored answer (`sold` or `unsold` from the post's outcome, or
 //!   `500` when the outcome is unknown) and delivers nothing;
@@ -28,6 +29,7 @@ use proto::Micros;
 use serde_json::Value;
 
 use crate::core::caps::Windows;
+use crate::core::record::LATE_ACCEPT;
 use crate::core::UnixMs;
 use crate::state::AppState;
 
@@ -78,6 +80,9 @@ pub struct Scan {
     pub unsold: HashMap<String, (String, String)>,
     /// `(lead_id, attempt)` of every recorded outcome (sale or post attempt).
     outcomes: HashSet<(String, u64)>,
+    /// `(lead_id, attempt)` of every late accept (a buyer that accepted after its
+    /// timeout has the lead).
+    late: HashSet<(String, u64)>,
 }
 
 fn text(v: &Value, k: &str) -> String {
@@ -130,6 +135,9 @@ impl Scan {
                     });
                 }
                 "post_attempt" => {
+                    if v.get("outcome").and_then(Value::as_str) == Some(LATE_ACCEPT) {
+                        scan.late.insert((text(&v, "lead_id"), attempt));
+                    }
                     scan.outcomes.insert((text(&v, "lead_id"), attempt));
                 }
                 "sale" => {
@@ -170,6 +178,13 @@ impl Scan {
             .iter()
             .filter(|s| !self.outcomes.contains(&(s.lead_id.clone(), s.attempt)))
     }
+
+    /// Deliveries the buyer accepted after its post timeout.
+    pub fn late_accepts(&self) -> impl Iterator<Item = &Sent> {
+        self.sent
+            .iter()
+            .filter(|s| self.late.contains(&(s.lead_id.clone(), s.attempt)))
+    }
 }
 
 /// What [`recover`] rebuilt, for the start log.
@@ -183,6 +198,8 @@ pub struct Recovered {
     pub unknown: u64,
     /// Of those, counted in caps.
     pub unknown_counted: u64,
+    /// Late accepts counted in caps.
+    pub late_counted: u64,
     /// Idempotency keys restored.
     pub keys: u64,
 }
@@ -257,6 +274,11 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.unknown_counted += 1;
         }
     }
+    for s in scan.late_accepts().filter(|s| !s.test) {
+        if count(&s.buyer, s.windows, s.at, s.price_micros) {
+            out.late_counted += 1;
+        }
+    }
     // Idempotency keys: the last lead each key started.
     let names: HashMap<&str, &str> = cfg
         .buyers
@@ -316,6 +338,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         sales_counted = r.sales_counted,
         unknown_outcomes = r.unknown,
         unknown_counted = r.unknown_counted,
+        late_accepts_counted = r.late_counted,
         idempotency_keys = r.keys,
         "ledger replayed: caps, budgets and idempotency keys rebuilt"
     );

@@ -147,10 +147,7 @@ async fn start_child(config: &std::path::Path, env: &BTreeMap<String, String>) -
     });
     let listening = tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
-            let line = rx
-                .recv()
-                .await
-                .expect("the binary exited before listening");
+            let line = rx.recv().await.expect("the binary exited before listening");
             if line.contains("pingpost listening") {
                 return line;
             }
@@ -187,7 +184,10 @@ async fn send(
         let resp = http.request(req).await.ok()?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-        Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     };
     tokio::time::timeout(REQUEST_WAIT_MAX, call).await.ok()?
 }

@@ -121,7 +121,7 @@ impl Record<'_> {
         matches!(
             self,
             Record::Sale(_) | Record::Unsold(_) | Record::Flush(_) | Record::PostSent(_)
-        )
+        ) || matches!(self, Record::PostAttempt(a) if a.outcome == LATE_ACCEPT)
     }
 }
 
@@ -334,11 +334,16 @@ pub struct PostAttemptRecord<'a> {
     pub buyer: &'a str,
     /// 0 is the winner, then fallbacks in order.
     pub attempt: usize,
-    /// `rejected`, `timeout`, `error`, `invalid`, `capped`, `bid_expired`, `not_sent`.
+    /// `rejected`, `timeout`, `error`, `invalid`, `capped`, `bid_expired`, `not_sent`,
+    /// `buyer_removed`, or [`LATE_ACCEPT`] (the buyer accepted after its timeout: it has
+    /// the lead; written after the attempt's `timeout`, and durable).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// The `post_attempt` outcome of a buyer that accepted after its post timeout.
+pub const LATE_ACCEPT: &str = "late_accept";
 
 /// `type: "sale"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
