@@ -252,6 +252,29 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_key_replays_and_a_stale_one_is_not_restored() {
+        let s = IdempotencyStore::new(1000, 10);
+        let key: [u8; 32] = Sha256::digest(b"k").into();
+        let body: [u8; 32] = Sha256::digest(b"a").into();
+        let answer = (200, Bytes::from_static(b"ok"));
+        assert!(!s.restore(SellerKey(0), key, body, 0, 1000, answer.clone()));
+        assert!(s.restore(SellerKey(0), key, body, 500, 1000, answer.clone()));
+        assert!(
+            !s.restore(SellerKey(0), key, body, 500, 1000, answer),
+            "held once"
+        );
+        assert_eq!(
+            s.begin(SellerKey(0), "k", b"a", 1001),
+            Begin::Replay {
+                status: 200,
+                body: Bytes::from_static(b"ok")
+            }
+        );
+        assert_eq!(s.begin(SellerKey(0), "k", b"b", 1001), Begin::BodyMismatch);
+        assert_eq!(s.held_by(SellerKey(0)), 1);
+    }
+
+    #[test]
     fn bounded() {
         let s = IdempotencyStore::new(1000, 2);
         assert_eq!(s.begin(SellerKey(0), "a", b"", 0), Begin::Proceed);

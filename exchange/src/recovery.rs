@@ -344,3 +344,35 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
     );
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_without_an_outcome_and_late_accepts_are_found() {
+        let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
+        let text = [
+            format!(r#"{{"type":"post_sent","at":"2026-11-29T12:00:00.000Z","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{w},"seq":1}}"#),
+            r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"timeout"}"#.to_string(),
+            format!(r#"{{"type":"post_sent","lead_id":"l1","attempt":1,"buyer":"b","price_micros":4,"test":false,{w}}}"#),
+            r#"{"type":"sale","lead_id":"l1","attempt":1,"buyer":"b","bid_micros":4}"#.to_string(),
+            r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"late_accept"}"#.to_string(),
+            format!(r#"{{"type":"post_sent","lead_id":"l2","attempt":0,"buyer":"a","price_micros":5,"test":false,{w}}}"#),
+            "not a record".to_string(),
+        ]
+        .join("\n");
+        let scan = Scan::of_text(&text);
+        assert_eq!(scan.records, 6);
+        let unknown: Vec<_> = scan.unknown().map(|s| s.lead_id.as_str()).collect();
+        assert_eq!(unknown, ["l2"]);
+        let late: Vec<_> = scan
+            .late_accepts()
+            .map(|s| (s.lead_id.as_str(), s.attempt))
+            .collect();
+        assert_eq!(late, [("l1", 0)]);
+        assert_eq!(scan.sent[0].at, 1_795_953_600_000);
+        assert_eq!(scan.sent[0].windows.map(|w| w.month), Some(2));
+        assert_eq!(scan.sales.len(), 1);
+    }
+}
