@@ -42,6 +42,8 @@ async fn ten_thousand_configured_buyers_one_eligible_over_real_sockets() {
     assert_eq!(q.status, PingStatus::Bid, "{q:?}");
     assert_eq!(texan.pings(), 1);
 
+    // The auction record is not waited for (LEDGER.md): make it durable before reading.
+    ex.state.ledger.flush().await.unwrap();
     let record = ex
         .ledger_of("auction")
         .into_iter()
