@@ -83,6 +83,11 @@ pub struct Scan {
     /// `(lead_id, attempt)` of every late accept (a buyer that accepted after its
     /// timeout has the lead).
     late: HashSet<(String, u64)>,
+    /// `quote_opened` records by ping id (the last one of each).
+    opened: HashMap<String, Value>,
+    /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
+    /// released or expired hold).
+    closed_pings: HashSet<String>,
 }
 
 fn text(v: &Value, k: &str) -> String {
@@ -116,7 +121,20 @@ impl Scan {
             };
             scan.records += 1;
             let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
-            match v.get("type").and_then(Value::as_str).unwrap_or("") {
+            let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            if matches!(
+                kind,
+                "sale" | "unsold" | "post_sent" | "quote_released" | "quote_expired"
+            ) {
+                if let Some(p) = v.get("ping_id").and_then(Value::as_str) {
+                    scan.closed_pings.insert(p.to_string());
+                }
+            }
+            match kind {
+                "quote_opened" => {
+                    scan.opened.insert(text(&v, "ping_id"), v);
+                    continue;
+                }
                 "post_sent" => {
                     let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
                     let body = v.get("body_sha256").and_then(Value::as_str);
@@ -202,6 +220,8 @@ pub struct Recovered {
     pub late_counted: u64,
     /// Idempotency keys restored.
     pub keys: u64,
+    /// Open quotes restored (firm again, their holds re-reserved).
+    pub quotes: u64,
 }
 
 /// The stored answer of a post whose key the ledger names.
@@ -279,6 +299,15 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.late_counted += 1;
         }
     }
+    // Open quotes: firm again, with their holds (after the sales, which they add to).
+    for (ping_id, v) in &scan.opened {
+        if scan.closed_pings.contains(ping_id) {
+            continue;
+        }
+        if restore_quote(state, cfg, v, now).is_some() {
+            out.quotes += 1;
+        }
+    }
     // Idempotency keys: the last lead each key started.
     let names: HashMap<&str, &str> = cfg
         .buyers
@@ -308,6 +337,87 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         }
     }
     out
+}
+
+/// Puts the quote of a `quote_opened` record back in the book, re-reserving its hold;
+/// `None` (nothing changed) when it has expired or no longer fits the configuration.
+fn restore_quote(
+    state: &AppState,
+    cfg: &crate::config::Config,
+    v: &Value,
+    now: UnixMs,
+) -> Option<()> {
+    use crate::core::award::{Bid, Ranked};
+    use crate::core::quotes::Quote;
+    let expires_at = v.get("expires_at_ms")?.as_i64()?;
+    if expires_at <= now {
+        return None;
+    }
+    let seller = cfg.sellers.iter().find(|s| s.id == text(v, "seller"))?;
+    let vertical_name = text(v, "vertical");
+    let (vertical, vert) = cfg.vertical(&vertical_name)?;
+    let mut bytes = serde_json::to_vec(v.get("lead")?).ok()?;
+    let value = proto::json::parse_value(&mut bytes).ok()?;
+    let lead = vert
+        .schema
+        .validate(&value, proto::LeadMode::Ping, "lead")
+        .ok()?;
+    let mut ranked = Vec::new();
+    for line in v.get("ranked")?.as_array()? {
+        let buyer = state.ids.buyer_key(line.get("buyer")?.as_str()?)?;
+        ranked.push(Ranked {
+            bid: Bid {
+                buyer,
+                price: Micros(line.get("price_micros")?.as_i64()?),
+                bid_id: line.get("bid_id").and_then(Value::as_str).map(String::from),
+                expires_in_ms: line.get("expires_in_ms").and_then(Value::as_u64),
+                fixed: line.get("fixed").and_then(Value::as_bool).unwrap_or(false),
+            },
+            seller_price: Micros(line.get("seller_price_micros")?.as_i64()?),
+            value: line.get("value").and_then(Value::as_i64).unwrap_or(0),
+        });
+    }
+    if ranked.is_empty() {
+        return None;
+    }
+    let reservation = match v.get("hold") {
+        None => None,
+        Some(h) => {
+            let key = state.ids.buyer_key(h.get("buyer")?.as_str()?)?;
+            let w = windows_of(h)?;
+            let price = Micros(h.get("price_micros")?.as_i64()?);
+            Some(state.caps.restore_reservation(key, &w, price)?)
+        }
+    };
+    let quote = Quote {
+        ping_id: text(v, "ping_id"),
+        auction_id: text(v, "auction_id"),
+        seller: seller.key,
+        vertical,
+        vertical_name,
+        lead,
+        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+        price: Micros(v.get("price_micros")?.as_i64()?),
+        currency: text(v, "currency"),
+        expires_at,
+        auctioned_at: v
+            .get("auctioned_at_ms")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        ranked,
+        reservation: reservation.clone(),
+        score: v
+            .get("score")
+            .and_then(Value::as_u64)
+            .and_then(|s| u8::try_from(s).ok()),
+    };
+    if state.quotes.insert(quote).is_err() {
+        if let Some(r) = reservation {
+            state.caps.release(&r);
+        }
+        return None;
+    }
+    Some(())
 }
 
 fn digest(hex_text: &str) -> Option<[u8; 32]> {
@@ -340,7 +450,8 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         unknown_counted = r.unknown_counted,
         late_accepts_counted = r.late_counted,
         idempotency_keys = r.keys,
-        "ledger replayed: caps, budgets and idempotency keys rebuilt"
+        open_quotes = r.quotes,
+        "ledger replayed: caps, budgets, open quotes and idempotency keys rebuilt"
     );
     Ok(r)
 }

@@ -272,3 +272,55 @@ async fn a_delivery_with_no_outcome_is_counted_and_reported() {
     );
     second.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_firm_quote_stays_firm_across_a_restart() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(5));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    first.shutdown().await.unwrap();
+    let opened: Vec<_> = records(&ledger)
+        .into_iter()
+        .filter(|r| r["type"] == "quote_opened")
+        .collect();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0]["ping_id"], quote.ping_id.as_str());
+    assert_eq!(opened[0]["lead"]["state"], "TX");
+    assert_eq!(opened[0]["ranked"][0]["buyer"], "a");
+    assert_eq!(opened[0]["hold"]["buyer"], "a");
+
+    let second = start(&cfg, &ledger).await;
+    let usage = |r: &Running| {
+        let rt = r.state.runtime.load();
+        let b = rt
+            .config
+            .buyers
+            .iter()
+            .find(|b| b.id == "a")
+            .unwrap()
+            .clone();
+        r.state.caps.usage(b.key, &b, r.state.clock.now_ms())
+    };
+    assert_eq!(usage(&second).reserved, 1, "the quote's hold is back");
+    assert_eq!(second.state.quotes.open_count(), 1);
+    let sold = SellerClient::new(second.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.price, quote.price, "at the quoted price");
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    let u = usage(&second);
+    assert_eq!((u.sold_day, u.reserved), (1, 0));
+    second.shutdown().await.unwrap();
+
+    // Posted: a third start does not open it again.
+    let third = start(&cfg, &ledger).await;
+    assert_eq!(third.state.quotes.open_count(), 0);
+    assert_eq!(usage(&third).sold_day, 1);
+    third.shutdown().await.unwrap();
+}

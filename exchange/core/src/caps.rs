@@ -513,6 +513,36 @@ impl CapBook {
         .unwrap_or(false)
     }
 
+    /// Recovery at start: holds one lead and `price` in `windows` for an open quote read
+    /// back from the ledger, without checking any cap (the hold existed before the
+    /// restart). `None` for an unknown key.
+    pub fn restore_reservation(
+        &self,
+        key: BuyerKey,
+        windows: &Windows,
+        price: Micros,
+    ) -> Option<Reservation> {
+        let price = Micros(price.0.max(0));
+        self.with_version(key, |b, version| {
+            version.fetch_add(1, Ordering::AcqRel);
+            let keys = windows.keys();
+            for (period, k) in keys.into_iter().enumerate() {
+                if let Some(c) = b.counter_mut(period, k) {
+                    c.reserved = c.reserved.saturating_add(1);
+                    c.reserved_micros = c.reserved_micros.saturating_add(price);
+                }
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            b.outstanding.insert(id, Held { price, keys });
+            Reservation {
+                buyer: key,
+                price,
+                windows: *windows,
+                id,
+            }
+        })
+    }
+
     /// The buyer's counts in its current windows (zeros for an unknown key).
     pub fn usage(&self, key: BuyerKey, buyer: &Buyer, now: UnixMs) -> Usage {
         self.with_version(key, |b, version| {

@@ -71,6 +71,8 @@ pub enum Record<'a> {
     Sale(SaleRecord<'a>),
     /// A post that sold to nobody.
     Unsold(UnsoldRecord<'a>),
+    /// A firm quote was answered: what a post of it needs after a restart.
+    QuoteOpened(QuoteOpenedRecord<'a>),
     /// A firm quote now holds a buyer's cap.
     QuoteReserved(QuoteHoldRecord<'a>),
     /// A quote's hold was dropped without a sale (post failed, mismatch, refused).
@@ -107,6 +109,7 @@ impl Record<'_> {
             Record::PostAttempt(_) => "post_attempt",
             Record::Sale(_) => "sale",
             Record::Unsold(_) => "unsold",
+            Record::QuoteOpened(_) => "quote_opened",
             Record::QuoteReserved(_) => "quote_reserved",
             Record::QuoteReleased(_) => "quote_released",
             Record::QuoteExpired(_) => "quote_expired",
@@ -381,6 +384,73 @@ pub struct UnsoldRecord<'a> {
     pub reason: &'static str,
     /// Deliveries actually sent.
     pub attempts: usize,
+}
+
+/// `type: "quote_opened"`: a firm quote (a `bid` answer to a ping), with what its post
+/// needs, so it stays firm across a restart: the ping-time lead (ping fields only, which
+/// never include PII), the ranked bids and the winner's hold. Not waited for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuoteOpenedRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub ping_id: &'a str,
+    pub auction_id: &'a str,
+    pub seller: &'a str,
+    pub vertical: &'a str,
+    pub test: bool,
+    /// The seller price quoted.
+    pub price_micros: i64,
+    pub currency: &'a str,
+    /// The quote is firm until then (Unix ms).
+    pub expires_at_ms: UnixMs,
+    /// When the auction started (bids' `expires_in_ms` count from here; Unix ms).
+    pub auctioned_at_ms: UnixMs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    /// The ping-time lead's ping fields (no PII: a ping carries none).
+    pub lead: LeadFields<'a>,
+    /// The bids, the winner first.
+    pub ranked: Vec<RankedLine<'a>>,
+    /// The winner's hold, if the quote holds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldLine<'a>>,
+}
+
+/// A lead's fields by name, written as a JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadFields<'a>(pub Vec<(&'a str, &'a proto::FieldValue)>);
+
+impl Serialize for LeadFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            m.serialize_entry(name, value)?;
+        }
+        m.end()
+    }
+}
+
+/// One bid of a [`QuoteOpenedRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RankedLine<'a> {
+    pub buyer: &'a str,
+    pub price_micros: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bid_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    pub fixed: bool,
+    pub seller_price_micros: i64,
+    pub value: i64,
+}
+
+/// A quote's hold: one lead and `price_micros` of `buyer`'s caps in `windows`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldLine<'a> {
+    pub buyer: &'a str,
+    pub price_micros: i64,
+    pub windows: Windows,
 }
 
 /// `type: "quote_reserved" | "quote_released" | "quote_expired"`: a quote's hold on one

@@ -398,6 +398,8 @@ async fn ping(
             let expires_at = award.quote_expires_at(cfg.server.quote_ttl_ms, now);
             let price = winner.seller_price;
             let reserved = award.quote_reserved(cfg, rt.generation, &result.ping_id, now);
+            // What the `quote_opened` record needs once the quote is in the book.
+            let (lead_copy, ranked_copy) = (req.lead.clone(), award.ranked.clone());
             let quote = Quote {
                 ping_id: result.ping_id.clone(),
                 auction_id: result.auction_id.clone(),
@@ -441,6 +443,25 @@ async fn ping(
             if let Some(rec) = reserved {
                 effects::record(state, &rec).await;
             }
+            let opened = quote_opened_record(
+                rt,
+                QuoteSnapshot {
+                    ping_id: &result.ping_id,
+                    auction_id: &result.auction_id,
+                    seller,
+                    vertical,
+                    test: req.test,
+                    price,
+                    expires_at,
+                    auctioned_at: award.arrival,
+                    score: result.score,
+                    lead: &lead_copy,
+                    ranked: &ranked_copy,
+                    hold: award.reservation.as_ref(),
+                },
+                now,
+            );
+            effects::record(state, &opened).await;
             PingAnswer {
                 ping_id: result.ping_id,
                 status: PingStatus::Bid,
@@ -462,6 +483,77 @@ async fn ping(
         },
     };
     Ok(to_json(&answer))
+}
+
+/// A quote as the `quote_opened` record writes it.
+struct QuoteSnapshot<'a> {
+    ping_id: &'a str,
+    auction_id: &'a str,
+    seller: SellerIdx,
+    vertical: usize,
+    test: bool,
+    price: proto::Micros,
+    expires_at: crate::core::UnixMs,
+    auctioned_at: crate::core::UnixMs,
+    score: Option<u8>,
+    lead: &'a proto::Lead,
+    ranked: &'a [crate::core::award::Ranked],
+    hold: Option<&'a crate::core::caps::Reservation>,
+}
+
+/// The `quote_opened` record of a quote just put in the book: what a post of it needs
+/// after a restart (see docs/LEDGER.md, Start-up recovery).
+fn quote_opened_record<'a>(
+    rt: &'a Runtime,
+    q: QuoteSnapshot<'a>,
+    now: crate::core::UnixMs,
+) -> crate::core::record::Record<'a> {
+    use crate::core::record::{HoldLine, LeadFields, QuoteOpenedRecord, RankedLine, Record};
+    let cfg = &rt.config;
+    let v = &cfg.verticals[q.vertical];
+    let buyer_id = |k| cfg.buyer_by_key(k).map_or("", |(_, b)| b.id.as_str());
+    Record::QuoteOpened(QuoteOpenedRecord {
+        head: crate::core::record::Head::new(rt.generation, now),
+        ping_id: q.ping_id,
+        auction_id: q.auction_id,
+        seller: cfg.sellers[q.seller].id.as_str(),
+        vertical: v.name.as_str(),
+        test: q.test,
+        price_micros: q.price.0,
+        currency: v.currency.as_str(),
+        expires_at_ms: q.expires_at,
+        auctioned_at_ms: q.auctioned_at,
+        score: q.score,
+        lead: LeadFields(
+            q.lead
+                .iter(&v.schema)
+                .filter(|(name, _)| {
+                    v.schema
+                        .fields
+                        .iter()
+                        .any(|f| f.name == *name && f.ping && !f.pii)
+                })
+                .collect(),
+        ),
+        ranked: q
+            .ranked
+            .iter()
+            .map(|r| RankedLine {
+                buyer: buyer_id(r.bid.buyer),
+                price_micros: r.bid.price.0,
+                bid_id: r.bid.bid_id.as_deref(),
+                expires_in_ms: r.bid.expires_in_ms,
+                fixed: r.bid.fixed,
+                seller_price_micros: r.seller_price.0,
+                value: r.value,
+            })
+            .collect(),
+        hold: q.hold.map(|h| HoldLine {
+            buyer: buyer_id(h.buyer),
+            price_micros: h.price.0,
+            windows: h.windows,
+        }),
+    })
 }
 
 /// Fail-stop: while the ledger is failed (see [`crate::ledger`]) the exchange neither
