@@ -29,6 +29,9 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     let mut state = AppState::new(config, ledger, metrics, clock);
     // The seller certificate and the buyer CA bundle (checked by the loader already).
     crate::tls::install(&mut state).map_err(std::io::Error::other)?;
+    // Caps, budgets and idempotency keys from the ledger, before anything is served.
+    crate::recovery::recover(&state)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("replaying the ledger: {e}")))?;
     Ok(Arc::new(state))
 }
 

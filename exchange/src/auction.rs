@@ -33,6 +33,9 @@ use crate::state::{AppState, Runtime};
 /// How long a late answer is still waited for in the background before the request is
 /// dropped, as a multiple of the buyer's ping timeout.
 pub const LATE_DRAIN_TIMEOUTS: u32 = 2;
+/// How long a post that timed out is still heard out, so a late accept is recorded and
+/// counted (see [`LateWatch`]); after it, the call is dropped.
+pub const LATE_POST_WAIT_MS: u64 = 10_000;
 
 /// What an auction decided.
 #[derive(Debug)]
@@ -263,6 +266,9 @@ pub struct Delivery<'a> {
     pub auction_started_ms: UnixMs,
     /// The reservation is a ping's quote hold (recorded as `quote_reserved`).
     pub from_quote: bool,
+    /// The request's `Idempotency-Key` and body, hex SHA-256 each, when it had a key
+    /// (written in every `post_sent` record: see docs/LEDGER.md, Recovery).
+    pub idempotency: Option<(&'a str, &'a str)>,
 }
 
 /// Why a delivery could not be answered.
@@ -313,6 +319,7 @@ pub async fn deliver(
             auction_arrival: d.auction_started_ms,
             from_quote: d.from_quote,
             removed: &removed,
+            idempotency: d.idempotency,
         },
         d.ranked,
         d.reservation,
@@ -328,8 +335,10 @@ pub async fn deliver(
             PostStep::Deliver(a) => a,
             done => break done,
         };
-        let _ = effects::execute(state, rt, plan.effects()).await;
-        if stopped || !state.ledger.is_healthy() {
+        // The attempt's `post_sent` record is among these effects and is durable: the
+        // lead leaves only once it is on disk; if it could not be written, nothing is sent.
+        let written = effects::execute(state, rt, plan.effects()).await;
+        if stopped || written.is_err() || !state.ledger.is_healthy() {
             stopped = true;
             plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
             continue;
@@ -350,27 +359,46 @@ pub async fn deliver(
             Err(_) => AttemptResult::NotSent,
             Ok(body) => {
                 let msg_id = format!("{}.post.{}", d.auction_id, buyer.key.0);
-                let to = Endpoint {
-                    url: &buyer.post_url,
-                    http: buyer.http,
-                    secret: &buyer.secret,
-                };
-                let call = client.call::<Post>(
-                    to,
-                    &msg_id,
-                    state.clock.now_ms() / 1000,
-                    Bytes::from(body),
-                );
-                match tokio::time::timeout(Duration::from_millis(attempt.timeout_ms), call).await {
-                    Err(_) => AttemptResult::Timeout,
-                    Ok(CallResult::Failed(_)) => AttemptResult::Error,
-                    Ok(CallResult::Answer(PostOutcome::Accepted { buyer_lead_id })) => {
+                // The call runs in its own task, so a timed-out delivery is still heard
+                // out (bounded): a late accept is a delivery and is recorded.
+                let (rt2, client2, b) = (rt.clone(), client.clone(), attempt.buyer);
+                let now_s = state.clock.now_ms() / 1000;
+                let mut call = tokio::spawn(async move {
+                    let buyer = &rt2.config.buyers[b];
+                    let to = Endpoint {
+                        url: &buyer.post_url,
+                        http: buyer.http,
+                        secret: &buyer.secret,
+                    };
+                    client2
+                        .call::<Post>(to, &msg_id, now_s, Bytes::from(body))
+                        .await
+                });
+                let timeout = Duration::from_millis(attempt.timeout_ms);
+                match tokio::time::timeout(timeout, &mut call).await {
+                    Err(_) => {
+                        let late = LateWatch {
+                            state: state.clone(),
+                            rt: rt.clone(),
+                            buyer: attempt.buyer,
+                            lead_id: lead_id.clone(),
+                            auction_id: d.auction_id.to_string(),
+                            attempt: attempt.attempt,
+                            price: bid.price,
+                            windows: plan.holds().map(|r| r.windows),
+                            test: d.test,
+                        };
+                        tokio::spawn(late.watch(call, Duration::from_millis(LATE_POST_WAIT_MS)));
+                        AttemptResult::Timeout
+                    }
+                    Ok(Err(_)) | Ok(Ok(CallResult::Failed(_))) => AttemptResult::Error,
+                    Ok(Ok(CallResult::Answer(PostOutcome::Accepted { buyer_lead_id }))) => {
                         AttemptResult::Accepted { buyer_lead_id }
                     }
-                    Ok(CallResult::Answer(PostOutcome::Rejected { reason })) => {
+                    Ok(Ok(CallResult::Answer(PostOutcome::Rejected { reason }))) => {
                         AttemptResult::Rejected { reason }
                     }
-                    Ok(CallResult::Answer(PostOutcome::Invalid(why))) => {
+                    Ok(Ok(CallResult::Answer(PostOutcome::Invalid(why)))) => {
                         AttemptResult::Invalid(why)
                     }
                 }
@@ -403,6 +431,75 @@ pub async fn deliver(
         // `next` never breaks the loop with a delivery.
         PostStep::Deliver(_) => PostAnswer::status_only(PostStatus::Unsold, Some("internal")),
     })
+}
+
+/// A delivery that timed out, still heard out for a while: a buyer that accepts after
+/// its post timeout has the lead, so the accept is recorded (`post_attempt` with outcome
+/// `late_accept`, durable) and counted against the buyer's caps and budget, in the
+/// windows of the attempt's hold (or of now). The post itself has moved on (its hold was
+/// released, a fallback may sell the lead too: see docs/LEDGER.md).
+struct LateWatch {
+    state: Arc<AppState>,
+    rt: Arc<Runtime>,
+    buyer: BuyerIdx,
+    lead_id: String,
+    auction_id: String,
+    attempt: usize,
+    price: Micros,
+    windows: Option<crate::core::caps::Windows>,
+    /// A test lead counts in no cap.
+    test: bool,
+}
+
+impl LateWatch {
+    async fn watch(
+        self,
+        mut call: tokio::task::JoinHandle<CallResult<PostOutcome>>,
+        wait: Duration,
+    ) {
+        let answer = tokio::time::timeout(wait, &mut call).await;
+        // A buyer that never answers is given up on: its call ends here.
+        call.abort();
+        let accepted = matches!(
+            answer,
+            Ok(Ok(CallResult::Answer(PostOutcome::Accepted { .. })))
+        );
+        if !accepted {
+            return;
+        }
+        let Some(buyer) = self.rt.config.buyers.get(self.buyer) else {
+            return;
+        };
+        let now = self.state.clock.now_ms();
+        let rec =
+            crate::core::record::Record::PostAttempt(crate::core::record::PostAttemptRecord {
+                head: crate::core::record::Head::new(self.rt.generation, now),
+                lead_id: &self.lead_id,
+                auction_id: &self.auction_id,
+                buyer: &buyer.id,
+                attempt: self.attempt,
+                outcome: crate::core::record::LATE_ACCEPT,
+                reason: None,
+            });
+        tracing::warn!(
+            lead_id = %self.lead_id,
+            buyer = %buyer.id,
+            "a buyer accepted after its post timeout: counted against its caps"
+        );
+        if let Err(e) = self.state.ledger.write(&rec).await {
+            tracing::error!(error = %e, "ledger append failed (late accept)");
+        }
+        // Counted after the record is written (or has failed: counted all the same).
+        if self.test {
+            return;
+        }
+        if let Some(w) = self
+            .windows
+            .or_else(|| crate::core::caps::Windows::at(buyer.timezone, now))
+        {
+            self.state.caps.restore_sold(buyer.key, &w, self.price);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -57,10 +57,16 @@ pub enum Begin {
     SellerFull,
 }
 
+/// A key as the store holds it: its SHA-256 (the key itself is never kept, so the ledger
+/// can record it as the same digest and a restart can restore it).
+fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// Remembered keys, per seller.
 #[derive(Debug)]
 pub struct IdempotencyStore {
-    map: DashMap<(SellerKey, String), Slot>,
+    map: DashMap<(SellerKey, [u8; 32]), Slot>,
     /// Keys held per seller (in `map`), for the per-seller quota. Lock order: an entry of
     /// `map`, then one of `per_seller`, never the other way.
     per_seller: DashMap<SellerKey, usize>,
@@ -95,7 +101,7 @@ impl IdempotencyStore {
     ) -> Begin {
         let digest: [u8; 32] = Sha256::digest(body).into();
         let full = self.map.len() >= self.keys_max;
-        match self.map.entry((seller, key.to_string())) {
+        match self.map.entry((seller, key_digest(key))) {
             Entry::Occupied(mut e) => {
                 let slot = e.get();
                 if now - slot.at >= self.ttl_ms as i64 {
@@ -137,15 +143,47 @@ impl IdempotencyStore {
 
     /// Stores the answer for later replays.
     pub fn complete(&self, seller: SellerKey, key: &str, status: u16, body: Bytes) {
-        if let Some(mut slot) = self.map.get_mut(&(seller, key.to_string())) {
+        if let Some(mut slot) = self.map.get_mut(&(seller, key_digest(key))) {
             slot.state = State::Done { status, body };
         }
     }
 
     /// Forgets a key whose request changed nothing (a refused request may be retried).
     pub fn forget(&self, seller: SellerKey, key: &str) {
-        if self.map.remove(&(seller, key.to_string())).is_some() {
+        if self.map.remove(&(seller, key_digest(key))).is_some() {
             self.release(seller);
+        }
+    }
+
+    /// Recovery at start: remembers the answer of a key the ledger names (by its digest
+    /// and its body's), as of `at`. A key already held, one past the TTL at `now`, or a
+    /// full store changes nothing (returns false).
+    pub fn restore(
+        &self,
+        seller: SellerKey,
+        key_sha256: [u8; 32],
+        body_sha256: [u8; 32],
+        at: UnixMs,
+        now: UnixMs,
+        answer: (u16, Bytes),
+    ) -> bool {
+        if now - at >= self.ttl_ms as i64 || self.map.len() >= self.keys_max {
+            return false;
+        }
+        match self.map.entry((seller, key_sha256)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                *self.per_seller.entry(seller).or_insert(0) += 1;
+                v.insert(Slot {
+                    body_sha256,
+                    at,
+                    state: State::Done {
+                        status: answer.0,
+                        body: answer.1,
+                    },
+                });
+                true
+            }
         }
     }
 
@@ -211,6 +249,29 @@ mod tests {
         );
         s.sweep(5000);
         assert_eq!(s.len(), 2, "in-flight keys are never swept");
+    }
+
+    #[test]
+    fn a_restored_key_replays_and_a_stale_one_is_not_restored() {
+        let s = IdempotencyStore::new(1000, 10);
+        let key: [u8; 32] = Sha256::digest(b"k").into();
+        let body: [u8; 32] = Sha256::digest(b"a").into();
+        let answer = (200, Bytes::from_static(b"ok"));
+        assert!(!s.restore(SellerKey(0), key, body, 0, 1000, answer.clone()));
+        assert!(s.restore(SellerKey(0), key, body, 500, 1000, answer.clone()));
+        assert!(
+            !s.restore(SellerKey(0), key, body, 500, 1000, answer),
+            "held once"
+        );
+        assert_eq!(
+            s.begin(SellerKey(0), "k", b"a", 1001),
+            Begin::Replay {
+                status: 200,
+                body: Bytes::from_static(b"ok")
+            }
+        );
+        assert_eq!(s.begin(SellerKey(0), "k", b"b", 1001), Begin::BodyMismatch);
+        assert_eq!(s.held_by(SellerKey(0)), 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod metrics;
 pub mod openapi;
+pub mod recovery;
 pub mod scoring;
 pub mod server;
 pub mod state;

@@ -92,6 +92,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             print!("{}", report.render(&dir));
+            print_unknown_outcomes(&dir);
             if report.problem.is_some() {
                 1
             } else {
@@ -102,6 +103,31 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
             eprintln!("pingpost ledger verify: {}: {e}", dir.display());
             2
         }
+    }
+}
+
+/// Deliveries with a `post_sent` record and no outcome, for finance (see docs/LEDGER.md,
+/// Recovery): their count, then each one (the first 1,000).
+fn print_unknown_outcomes(dir: &std::path::Path) {
+    let Ok(text) = pingpost::ledger::segments::read_all(dir) else {
+        return;
+    };
+    let scan = pingpost::recovery::Scan::of_text(&text);
+    let unknown: Vec<_> = scan.unknown().collect();
+    println!(
+        "deliveries with no outcome (delivered, outcome unknown): {}",
+        unknown.len()
+    );
+    for s in unknown.iter().take(1_000) {
+        println!(
+            "  lead {} auction {} buyer {} attempt {} price_micros {} at {}",
+            s.lead_id,
+            s.auction_id,
+            s.buyer,
+            s.attempt,
+            s.price_micros,
+            pingpost::core::record::rfc3339(s.at)
+        );
     }
 }
 

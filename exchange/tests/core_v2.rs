@@ -70,7 +70,7 @@ async fn a_bid_above_bid_max_loses_and_is_counted_and_recorded() {
     assert_eq!(line["outcome"], "bid_above_max", "{auction}");
     assert_eq!(line["bid_micros"], usd(1850.0).0);
     assert_eq!(auction["winner"], "fair");
-    assert_eq!(auction["v"], 3);
+    assert_eq!(auction["v"], pingpost::core::record::RECORD_VERSION);
 
     // Alone, the typo leaves the seller with no bid.
     fair.set(|s| s.bid = None);

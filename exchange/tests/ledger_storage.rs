@@ -358,9 +358,11 @@ fn verify_exit_codes_and_start_errors_from_the_binary() {
 async fn a_ledger_failure_stops_selling_until_a_restart() {
     let bidder = ScriptedBidder::bidding(20.0);
     let (buyer, _h) = serve("acme", &bidder).await;
+    // Room for a few sales before the rotation (a sale's post also writes `post_sent`,
+    // its ping `quote_opened`).
     let mut ex = TestConfig::new()
         .buyer(buyer)
-        .start_edited(with_server(SMALL_SEGMENTS))
+        .start_edited(with_server("ledger_segment_bytes_max = 12288"))
         .await;
     let next = ex.ledger_path.join(segments::segment_name(2));
     std::os::unix::fs::symlink("/dev/full", &next).unwrap();

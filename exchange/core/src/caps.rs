@@ -44,7 +44,7 @@ const PERIODS: usize = 4;
 
 /// Where one moment falls in a buyer's local calendar: the key of each window it counts
 /// in. Every key grows with time, so "older than the current key" means "past".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Windows {
     /// The instant (Unix ms) the local hour began. The repeated hour at a DST fall-back
     /// reads the same on the wall clock twice but starts at two instants (two UTC
@@ -491,6 +491,56 @@ impl CapBook {
             true
         })
         .unwrap_or(false)
+    }
+
+    /// Recovery at start: counts one lead sold at `price` in `windows` (a sale, or a
+    /// delivery whose outcome is unknown, replayed from the ledger) without checking any
+    /// cap: what the ledger says was delivered counts, whatever the caps are now.
+    /// Returns false for an unknown key.
+    pub fn restore_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool {
+        let price = Micros(price.0.max(0));
+        self.with_version(key, |b, version| {
+            version.fetch_add(1, Ordering::AcqRel);
+            for (period, k) in windows.keys().into_iter().enumerate() {
+                if let Some(c) = b.counter_mut(period, k) {
+                    c.sold = c.sold.saturating_add(1);
+                    c.spent = c.spent.saturating_add(price);
+                }
+            }
+            b.prune();
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Recovery at start: holds one lead and `price` in `windows` for an open quote read
+    /// back from the ledger, without checking any cap (the hold existed before the
+    /// restart). `None` for an unknown key.
+    pub fn restore_reservation(
+        &self,
+        key: BuyerKey,
+        windows: &Windows,
+        price: Micros,
+    ) -> Option<Reservation> {
+        let price = Micros(price.0.max(0));
+        self.with_version(key, |b, version| {
+            version.fetch_add(1, Ordering::AcqRel);
+            let keys = windows.keys();
+            for (period, k) in keys.into_iter().enumerate() {
+                if let Some(c) = b.counter_mut(period, k) {
+                    c.reserved = c.reserved.saturating_add(1);
+                    c.reserved_micros = c.reserved_micros.saturating_add(price);
+                }
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            b.outstanding.insert(id, Held { price, keys });
+            Reservation {
+                buyer: key,
+                price,
+                windows: *windows,
+                id,
+            }
+        })
     }
 
     /// The buyer's counts in its current windows (zeros for an unknown key).

@@ -26,7 +26,7 @@ use super::auction::{bid_expires_at, ms};
 use super::award::{self, Ranked};
 use super::caps::Reservation;
 use super::effect::{Effect, PostKind};
-use super::record::{Head, PostAttemptRecord, Record, SaleRecord, UnsoldRecord};
+use super::record::{Head, PostAttemptRecord, PostSentRecord, Record, SaleRecord, UnsoldRecord};
 use super::settlement::{drop_hold, release_reason, CapOp, Settlement};
 use super::UnixMs;
 use crate::config::{BuyerIdx, BuyerKey, Config, SellerIdx, VerticalIdx};
@@ -84,6 +84,10 @@ pub struct PostParams<'a> {
     /// Buyers of the ranking that a reload removed since the quote, with their former
     /// ids (for the records): they are skipped, never posted to. Usually empty.
     pub removed: &'a [(BuyerKey, String)],
+    /// The seller's `Idempotency-Key` and request body, as hex SHA-256 each, when the
+    /// request carried a key: written in every `post_sent` record, so a retry after a
+    /// restart finds the post's outcome.
+    pub idempotency: Option<(&'a str, &'a str)>,
 }
 
 /// One delivery to make.
@@ -354,6 +358,23 @@ impl<'a> PostPlan<'a> {
             }
             self.sent += 1;
             self.current = Some(a);
+            // Write-ahead: the shell sends nothing until this record is on disk.
+            let cfg = self.p.config;
+            let rec = PostSentRecord {
+                head: Head::new(self.p.generation, now),
+                lead_id: self.p.lead_id,
+                auction_id: self.p.auction_id,
+                ping_id: self.p.ping_id,
+                seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
+                buyer: buyer.id.as_str(),
+                attempt: attempt_no,
+                price_micros: price.0,
+                test: self.p.test,
+                windows: self.reservation.as_ref().map(|r| r.windows),
+                idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
+                body_sha256: self.p.idempotency.map(|(_, b)| b),
+            };
+            self.effects.push(Effect::Record(Record::PostSent(rec)));
             return PostStep::Deliver(a);
         }
     }
@@ -365,8 +386,10 @@ impl<'a> PostPlan<'a> {
         };
         let (kind, outcome, reason) = match result {
             AttemptResult::Accepted { buyer_lead_id } => {
+                let mut windows = None;
                 if let Some(r) = self.reservation.take() {
                     self.quote_hold = false;
+                    windows = Some(r.windows);
                     self.effects.push(Effect::Cap(CapOp::Commit(r)));
                 }
                 self.effects.push(Effect::Post {
@@ -394,6 +417,7 @@ impl<'a> PostPlan<'a> {
                     margin_micros: bid.0.saturating_sub(self.p.quoted.0),
                     attempt: a.attempt,
                     buyer_lead_id,
+                    windows,
                 };
                 self.effects.push(Effect::Record(Record::Sale(rec)));
                 self.done = Some(PostStep::Sold(a));

@@ -12,13 +12,16 @@
 
 use serde::{Serialize, Serializer};
 
+use super::caps::Windows;
 use super::UnixMs;
 use crate::config::{BuyerIdx, Config};
 
 /// The record format version (`v`). 2: one tagged type with `v` and `generation`; the
 /// `bid_above_max` buyer outcome; quote hold records. 3: an auction's filter skips are a
-/// bounded `skipped` summary, no longer one `buyers` line each.
-pub const RECORD_VERSION: u16 = 3;
+/// bounded `skipped` summary, no longer one `buyers` line each. 4: the durable
+/// `post_sent` record written before a lead leaves for a buyer; a sale carries the cap
+/// `windows` it counts in.
+pub const RECORD_VERSION: u16 = 4;
 
 /// RFC 3339 UTC with milliseconds, as the ledger has always written times.
 pub fn rfc3339(unix_ms: UnixMs) -> String {
@@ -60,12 +63,16 @@ impl Head {
 pub enum Record<'a> {
     /// One auction: who was considered, what each did, who won.
     Auction(AuctionRecord<'a>),
+    /// A lead is about to leave for a buyer (durable before the request starts).
+    PostSent(PostSentRecord<'a>),
     /// One delivery attempt of a post that did not sell (or was skipped).
     PostAttempt(PostAttemptRecord<'a>),
     /// A lead sold (durable before the seller hears `sold`).
     Sale(SaleRecord<'a>),
     /// A post that sold to nobody.
     Unsold(UnsoldRecord<'a>),
+    /// A firm quote was answered: what a post of it needs after a restart.
+    QuoteOpened(QuoteOpenedRecord<'a>),
     /// A firm quote now holds a buyer's cap.
     QuoteReserved(QuoteHoldRecord<'a>),
     /// A quote's hold was dropped without a sale (post failed, mismatch, refused).
@@ -98,9 +105,11 @@ impl Record<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
             Record::Auction(_) => "auction",
+            Record::PostSent(_) => "post_sent",
             Record::PostAttempt(_) => "post_attempt",
             Record::Sale(_) => "sale",
             Record::Unsold(_) => "unsold",
+            Record::QuoteOpened(_) => "quote_opened",
             Record::QuoteReserved(_) => "quote_reserved",
             Record::QuoteReleased(_) => "quote_released",
             Record::QuoteExpired(_) => "quote_expired",
@@ -108,10 +117,14 @@ impl Record<'_> {
         }
     }
 
-    /// Must the record be on disk before the exchange answers? (A sale and an unsold
-    /// post, both outcomes a seller is told; a flush marker.)
+    /// Must the record be on disk before the exchange answers (or, for `post_sent`,
+    /// before the lead leaves)? A sale and an unsold post, both outcomes a seller is
+    /// told; a delivery about to start; a flush marker.
     pub fn is_durable(&self) -> bool {
-        matches!(self, Record::Sale(_) | Record::Unsold(_) | Record::Flush(_))
+        matches!(
+            self,
+            Record::Sale(_) | Record::Unsold(_) | Record::Flush(_) | Record::PostSent(_)
+        ) || matches!(self, Record::PostAttempt(a) if a.outcome == LATE_ACCEPT)
     }
 }
 
@@ -281,6 +294,39 @@ pub struct AuctionRecord<'a> {
     pub took_us: u64,
 }
 
+/// `type: "post_sent"`: written and fsynced before the lead leaves for `buyer`, so a
+/// crash after it can never hide a delivery. Its outcome is a later `sale` or
+/// `post_attempt` with the same `lead_id` and `attempt`; one with neither (the exchange
+/// died mid-delivery) counts against the buyer's caps at the next start and is listed as
+/// "delivered, outcome unknown".
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostSentRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub auction_id: &'a str,
+    pub ping_id: &'a str,
+    pub seller: &'a str,
+    pub buyer: &'a str,
+    /// 0 is the winner, then fallbacks in order.
+    pub attempt: usize,
+    /// The buyer's bid: what it pays on a sale (the cap hold's money).
+    pub price_micros: i64,
+    pub test: bool,
+    /// The cap windows the lead counts in (the reservation's); absent for a test lead,
+    /// which counts in no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Windows>,
+    /// The seller's `Idempotency-Key`, as hex SHA-256 (never the key itself), when the
+    /// request carried one: a retry after a restart finds its answer from this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key_sha256: Option<&'a str>,
+    /// Hex SHA-256 of the request body that carried the key (a retry with another body
+    /// is a conflict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<&'a str>,
+}
+
 /// `type: "post_attempt"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PostAttemptRecord<'a> {
@@ -291,11 +337,16 @@ pub struct PostAttemptRecord<'a> {
     pub buyer: &'a str,
     /// 0 is the winner, then fallbacks in order.
     pub attempt: usize,
-    /// `rejected`, `timeout`, `error`, `invalid`, `capped`, `bid_expired`, `not_sent`.
+    /// `rejected`, `timeout`, `error`, `invalid`, `capped`, `bid_expired`, `not_sent`,
+    /// `buyer_removed`, or [`LATE_ACCEPT`] (the buyer accepted after its timeout: it has
+    /// the lead; written after the attempt's `timeout`, and durable).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// The `post_attempt` outcome of a buyer that accepted after its post timeout.
+pub const LATE_ACCEPT: &str = "late_accept";
 
 /// `type: "sale"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -316,6 +367,9 @@ pub struct SaleRecord<'a> {
     pub attempt: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buyer_lead_id: Option<String>,
+    /// The cap windows the sale counts in (absent for a test lead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Windows>,
 }
 
 /// `type: "unsold"`.
@@ -330,6 +384,73 @@ pub struct UnsoldRecord<'a> {
     pub reason: &'static str,
     /// Deliveries actually sent.
     pub attempts: usize,
+}
+
+/// `type: "quote_opened"`: a firm quote (a `bid` answer to a ping), with what its post
+/// needs, so it stays firm across a restart: the ping-time lead (ping fields only, which
+/// never include PII), the ranked bids and the winner's hold. Not waited for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuoteOpenedRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub ping_id: &'a str,
+    pub auction_id: &'a str,
+    pub seller: &'a str,
+    pub vertical: &'a str,
+    pub test: bool,
+    /// The seller price quoted.
+    pub price_micros: i64,
+    pub currency: &'a str,
+    /// The quote is firm until then (Unix ms).
+    pub expires_at_ms: UnixMs,
+    /// When the auction started (bids' `expires_in_ms` count from here; Unix ms).
+    pub auctioned_at_ms: UnixMs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    /// The ping-time lead's ping fields (no PII: a ping carries none).
+    pub lead: LeadFields<'a>,
+    /// The bids, the winner first.
+    pub ranked: Vec<RankedLine<'a>>,
+    /// The winner's hold, if the quote holds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldLine<'a>>,
+}
+
+/// A lead's fields by name, written as a JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadFields<'a>(pub Vec<(&'a str, &'a proto::FieldValue)>);
+
+impl Serialize for LeadFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            m.serialize_entry(name, value)?;
+        }
+        m.end()
+    }
+}
+
+/// One bid of a [`QuoteOpenedRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RankedLine<'a> {
+    pub buyer: &'a str,
+    pub price_micros: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bid_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    pub fixed: bool,
+    pub seller_price_micros: i64,
+    pub value: i64,
+}
+
+/// A quote's hold: one lead and `price_micros` of `buyer`'s caps in `windows`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldLine<'a> {
+    pub buyer: &'a str,
+    pub price_micros: i64,
+    pub windows: Windows,
 }
 
 /// `type: "quote_reserved" | "quote_released" | "quote_expired"`: a quote's hold on one

@@ -455,6 +455,7 @@ fn plan_on<'a>(
             auction_arrival: T,
             from_quote: true,
             removed,
+            idempotency: None,
         },
         award.ranked,
         award.reservation,
@@ -483,7 +484,9 @@ fn the_winner_accepts_commit_and_a_durable_sale() {
     );
     assert!(matches!(plan.next(&s, T + 1_010), PostStep::Sold(a) if a.buyer == 0));
     let effects = run(&s, plan.effects());
-    assert!(matches!(effects[0], Effect::Cap(CapOp::Commit(_))));
+    // Write-ahead: the delivery's durable `post_sent` record comes before it.
+    assert!(matches!(&effects[0], Effect::Record(r @ Record::PostSent(_)) if r.is_durable()));
+    assert!(matches!(effects[1], Effect::Cap(CapOp::Commit(_))));
     let sale = effects.iter().find_map(|e| match e {
         Effect::Record(r @ Record::Sale(_)) => Some(r),
         _ => None,

@@ -291,13 +291,21 @@ pub(super) async fn seller_request(
     // settled (a retry gets the stored answer), and the permit is held until the work ends.
     let st = state.clone();
     let rt2 = rt.clone();
+    // The key and body as the `post_sent` records carry them (hashes, never the key).
+    let idem_tag = claim.as_ref().map(|c| {
+        (
+            hex::encode(Sha256::digest(c.key.as_bytes())),
+            hex::encode(Sha256::digest(&body)),
+        )
+    });
     let task = tokio::spawn(async move {
         let _permit = permit;
         let mut buf = body.to_vec();
+        let idem = idem_tag.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
         let result = match route {
             "ping" => ping(&st, &rt2, seller, &mut buf, arrival).await,
-            "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival).await,
-            _ => post(&st, &rt2, seller, &mut buf).await,
+            "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival, idem).await,
+            _ => post(&st, &rt2, seller, &mut buf, idem).await,
         };
         if let Some(claim) = claim {
             match &result {
@@ -390,6 +398,8 @@ async fn ping(
             let expires_at = award.quote_expires_at(cfg.server.quote_ttl_ms, now);
             let price = winner.seller_price;
             let reserved = award.quote_reserved(cfg, rt.generation, &result.ping_id, now);
+            // What the `quote_opened` record needs once the quote is in the book.
+            let (lead_copy, ranked_copy) = (req.lead.clone(), award.ranked.clone());
             let quote = Quote {
                 ping_id: result.ping_id.clone(),
                 auction_id: result.auction_id.clone(),
@@ -433,6 +443,25 @@ async fn ping(
             if let Some(rec) = reserved {
                 effects::record(state, &rec).await;
             }
+            let opened = quote_opened_record(
+                rt,
+                QuoteSnapshot {
+                    ping_id: &result.ping_id,
+                    auction_id: &result.auction_id,
+                    seller,
+                    vertical,
+                    test: req.test,
+                    price,
+                    expires_at,
+                    auctioned_at: award.arrival,
+                    score: result.score,
+                    lead: &lead_copy,
+                    ranked: &ranked_copy,
+                    hold: award.reservation.as_ref(),
+                },
+                now,
+            );
+            effects::record(state, &opened).await;
             PingAnswer {
                 ping_id: result.ping_id,
                 status: PingStatus::Bid,
@@ -454,6 +483,77 @@ async fn ping(
         },
     };
     Ok(to_json(&answer))
+}
+
+/// A quote as the `quote_opened` record writes it.
+struct QuoteSnapshot<'a> {
+    ping_id: &'a str,
+    auction_id: &'a str,
+    seller: SellerIdx,
+    vertical: usize,
+    test: bool,
+    price: proto::Micros,
+    expires_at: crate::core::UnixMs,
+    auctioned_at: crate::core::UnixMs,
+    score: Option<u8>,
+    lead: &'a proto::Lead,
+    ranked: &'a [crate::core::award::Ranked],
+    hold: Option<&'a crate::core::caps::Reservation>,
+}
+
+/// The `quote_opened` record of a quote just put in the book: what a post of it needs
+/// after a restart (see docs/LEDGER.md, Start-up recovery).
+fn quote_opened_record<'a>(
+    rt: &'a Runtime,
+    q: QuoteSnapshot<'a>,
+    now: crate::core::UnixMs,
+) -> crate::core::record::Record<'a> {
+    use crate::core::record::{HoldLine, LeadFields, QuoteOpenedRecord, RankedLine, Record};
+    let cfg = &rt.config;
+    let v = &cfg.verticals[q.vertical];
+    let buyer_id = |k| cfg.buyer_by_key(k).map_or("", |(_, b)| b.id.as_str());
+    Record::QuoteOpened(QuoteOpenedRecord {
+        head: crate::core::record::Head::new(rt.generation, now),
+        ping_id: q.ping_id,
+        auction_id: q.auction_id,
+        seller: cfg.sellers[q.seller].id.as_str(),
+        vertical: v.name.as_str(),
+        test: q.test,
+        price_micros: q.price.0,
+        currency: v.currency.as_str(),
+        expires_at_ms: q.expires_at,
+        auctioned_at_ms: q.auctioned_at,
+        score: q.score,
+        lead: LeadFields(
+            q.lead
+                .iter(&v.schema)
+                .filter(|(name, _)| {
+                    v.schema
+                        .fields
+                        .iter()
+                        .any(|f| f.name == *name && f.ping && !f.pii)
+                })
+                .collect(),
+        ),
+        ranked: q
+            .ranked
+            .iter()
+            .map(|r| RankedLine {
+                buyer: buyer_id(r.bid.buyer),
+                price_micros: r.bid.price.0,
+                bid_id: r.bid.bid_id.as_deref(),
+                expires_in_ms: r.bid.expires_in_ms,
+                fixed: r.bid.fixed,
+                seller_price_micros: r.seller_price.0,
+                value: r.value,
+            })
+            .collect(),
+        hold: q.hold.map(|h| HoldLine {
+            buyer: buyer_id(h.buyer),
+            price_micros: h.price.0,
+            windows: h.windows,
+        }),
+    })
 }
 
 /// Fail-stop: while the ledger is failed (see [`crate::ledger`]) the exchange neither
@@ -488,6 +588,7 @@ async fn direct_post(
     seller: SellerIdx,
     buf: &mut [u8],
     arrival: Instant,
+    idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Full)?;
@@ -523,6 +624,7 @@ async fn direct_post(
                 reservation: award.reservation,
                 auction_started_ms: award.arrival,
                 from_quote: false,
+                idempotency,
             };
             deliver(state, rt, d).await.map_err(|e| match e {
                 DeliveryError::Unavailable => ledger_unavailable(),
@@ -544,6 +646,7 @@ async fn post(
     rt: &Arc<Runtime>,
     seller: SellerIdx,
     buf: &mut [u8],
+    idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let env = PostEnvelope::parse(buf)?;
@@ -634,6 +737,7 @@ async fn post(
             reservation: quote.reservation.clone(),
             auction_started_ms: quote.auctioned_at,
             from_quote: true,
+            idempotency,
         };
         match deliver(state, rt, d).await {
             Ok(a) => a,

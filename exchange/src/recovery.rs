@@ -1,0 +1,489 @@
+//! Recovery at start: after the ledger has verified itself ([`crate::ledger::Ledger::open`])
+//! and before the exchange serves, the ledger is replayed to rebuild what lives only in
+//! memory:
+//!
+//! - caps and budgets: every `sale` counts in the windows it was sold in (its `windows`;
+//!   a record without them, written before format 4, counts in the windows of its time in
+//!   the buyer's zone); so does every delivery with a `post_sent` record and no outcome
+//!   (when in doubt, count it), and every late accept (`post_attempt` with outcome
+//!   `late_accept`: the buyer accepted after its timeout and has the lead);
+//! - idempotency keys: a `post_sent` record names its request's key (as SHA-256); a retry
+//!   with that key gets the stored answer (`sold` or `unsold` from the post's outcome, or
+//!   `500` when the outcome is unknown) and delivers nothing;
+//! - deliveries whose outcome is unknown (a `post_sent` with no `sale` or `post_attempt`
+//!   of the same lead and attempt): counted, logged at start, listed by
+//!   `pingpost ledger verify`.
+//!
+//! Open quotes are not rebuilt yet: a quote's post after a restart is answered `404`
+//! (unknown `ping_id`) and delivers nothing; its hold is simply gone.
+//!
+//! Never: panics on a record it cannot read (a line that is not a record it knows is
+//! skipped: the ledger's own verification already vouched for every line).
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use proto::error::{ApiError, ErrorCode};
+use proto::seller::{PostAnswer, PostStatus};
+use proto::Micros;
+use serde_json::Value;
+
+use crate::core::caps::Windows;
+use crate::core::record::LATE_ACCEPT;
+use crate::core::UnixMs;
+use crate::state::AppState;
+
+/// Most unknown-outcome deliveries named one by one in the start log (the count is
+/// always logged).
+pub const UNKNOWN_LOGGED_MAX: usize = 100;
+
+/// One `post_sent` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub at: UnixMs,
+    pub lead_id: String,
+    pub auction_id: String,
+    pub ping_id: String,
+    pub seller: String,
+    pub buyer: String,
+    pub attempt: u64,
+    pub price_micros: i64,
+    pub test: bool,
+    pub windows: Option<Windows>,
+    /// `(key, body)` hex SHA-256, when the request carried an `Idempotency-Key`.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// One `sale` record (what recovery needs of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sale {
+    pub at: UnixMs,
+    pub lead_id: String,
+    pub ping_id: String,
+    pub buyer: String,
+    pub attempt: u64,
+    pub bid_micros: i64,
+    pub seller_price_micros: i64,
+    pub currency: String,
+    pub test: bool,
+    pub windows: Option<Windows>,
+}
+
+/// What replaying a ledger found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Records read.
+    pub records: u64,
+    pub sent: Vec<Sent>,
+    pub sales: Vec<Sale>,
+    /// Unsold posts by lead id: `(reason, ping_id)`.
+    pub unsold: HashMap<String, (String, String)>,
+    /// `(lead_id, attempt)` of every recorded outcome (sale or post attempt).
+    outcomes: HashSet<(String, u64)>,
+    /// `(lead_id, attempt)` of every late accept (a buyer that accepted after its
+    /// timeout has the lead).
+    late: HashSet<(String, u64)>,
+    /// `quote_opened` records by ping id (the last one of each).
+    opened: HashMap<String, Value>,
+    /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
+    /// released or expired hold).
+    closed_pings: HashSet<String>,
+}
+
+fn text(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn at_of(v: &Value) -> UnixMs {
+    v.get("at")
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map_or(0, |t| t.timestamp_millis())
+}
+
+fn windows_of(v: &Value) -> Option<Windows> {
+    let w = v.get("windows")?;
+    Some(Windows {
+        hour_start_ms: w.get("hour_start_ms")?.as_i64()?,
+        day: w.get("day")?.as_i64()?,
+        week: w.get("week")?.as_i64()?,
+        month: w.get("month")?.as_i64()?,
+    })
+}
+
+impl Scan {
+    /// Reads the ledger's lines (as [`crate::ledger::segments::read_all`] returns them).
+    pub fn of_text(ledger: &str) -> Scan {
+        let mut scan = Scan::default();
+        for line in ledger.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            scan.records += 1;
+            let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+            let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            if matches!(
+                kind,
+                "sale" | "unsold" | "post_sent" | "quote_released" | "quote_expired"
+            ) {
+                if let Some(p) = v.get("ping_id").and_then(Value::as_str) {
+                    scan.closed_pings.insert(p.to_string());
+                }
+            }
+            match kind {
+                "quote_opened" => {
+                    scan.opened.insert(text(&v, "ping_id"), v);
+                    continue;
+                }
+                "post_sent" => {
+                    let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
+                    let body = v.get("body_sha256").and_then(Value::as_str);
+                    scan.sent.push(Sent {
+                        at: at_of(&v),
+                        lead_id: text(&v, "lead_id"),
+                        auction_id: text(&v, "auction_id"),
+                        ping_id: text(&v, "ping_id"),
+                        seller: text(&v, "seller"),
+                        buyer: text(&v, "buyer"),
+                        attempt,
+                        price_micros: v.get("price_micros").and_then(Value::as_i64).unwrap_or(0),
+                        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+                        windows: windows_of(&v),
+                        idempotency: key.zip(body).map(|(k, b)| (k.to_string(), b.to_string())),
+                    });
+                }
+                "post_attempt" => {
+                    if v.get("outcome").and_then(Value::as_str) == Some(LATE_ACCEPT) {
+                        scan.late.insert((text(&v, "lead_id"), attempt));
+                    }
+                    scan.outcomes.insert((text(&v, "lead_id"), attempt));
+                }
+                "sale" => {
+                    let lead_id = text(&v, "lead_id");
+                    scan.outcomes.insert((lead_id.clone(), attempt));
+                    scan.sales.push(Sale {
+                        at: at_of(&v),
+                        lead_id,
+                        ping_id: text(&v, "ping_id"),
+                        buyer: text(&v, "buyer"),
+                        attempt,
+                        bid_micros: v.get("bid_micros").and_then(Value::as_i64).unwrap_or(0),
+                        seller_price_micros: v
+                            .get("seller_price_micros")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0),
+                        currency: text(&v, "currency"),
+                        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+                        windows: windows_of(&v),
+                    });
+                }
+                "unsold" => {
+                    scan.unsold.insert(
+                        text(&v, "lead_id"),
+                        (text(&v, "reason"), text(&v, "ping_id")),
+                    );
+                }
+                _ => {}
+            }
+        }
+        scan
+    }
+
+    /// Deliveries with a `post_sent` record and no outcome: the buyer may have the lead
+    /// ("delivered, outcome unknown").
+    pub fn unknown(&self) -> impl Iterator<Item = &Sent> {
+        self.sent
+            .iter()
+            .filter(|s| !self.outcomes.contains(&(s.lead_id.clone(), s.attempt)))
+    }
+
+    /// Deliveries the buyer accepted after its post timeout.
+    pub fn late_accepts(&self) -> impl Iterator<Item = &Sent> {
+        self.sent
+            .iter()
+            .filter(|s| self.late.contains(&(s.lead_id.clone(), s.attempt)))
+    }
+}
+
+/// What [`recover`] rebuilt, for the start log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub records: u64,
+    /// Sales counted again in caps and budgets (current windows only; test leads and
+    /// sales of buyers no longer configured are not).
+    pub sales_counted: u64,
+    /// Deliveries with no outcome (all of them, counted or not).
+    pub unknown: u64,
+    /// Of those, counted in caps.
+    pub unknown_counted: u64,
+    /// Late accepts counted in caps.
+    pub late_counted: u64,
+    /// Idempotency keys restored.
+    pub keys: u64,
+    /// Open quotes restored (firm again, their holds re-reserved).
+    pub quotes: u64,
+}
+
+/// The stored answer of a post whose key the ledger names.
+fn answer_of(scan: &Scan, lead_id: &str, buyer_names: &HashMap<&str, &str>) -> (u16, Bytes) {
+    if let Some(s) = scan.sales.iter().rev().find(|s| s.lead_id == lead_id) {
+        let a = PostAnswer {
+            status: PostStatus::Sold,
+            lead_id: Some(s.lead_id.clone()),
+            ping_id: Some(s.ping_id.clone()),
+            price: Some(Micros(s.seller_price_micros)),
+            currency: Some(s.currency.clone()),
+            buyer: buyer_names.get(s.buyer.as_str()).map(|n| n.to_string()),
+            reason: None,
+            changed_fields: Vec::new(),
+        };
+        return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
+    }
+    if let Some((reason, ping_id)) = scan.unsold.get(lead_id) {
+        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
+        a.lead_id = Some(lead_id.to_string());
+        a.ping_id = Some(ping_id.clone());
+        return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
+    }
+    let e = ApiError::new(
+        ErrorCode::Internal,
+        "the exchange stopped while this post was being delivered; its outcome is unknown \
+         and it is not delivered again",
+    );
+    (e.status(), Bytes::from(e.to_json()))
+}
+
+/// Does a lead sold in `w` count in any window current at `now` (hour and day windows
+/// lie inside their week)?
+fn counts_now(w: &Windows, now: &Windows) -> bool {
+    w.month >= now.month || w.week >= now.week
+}
+
+/// Replays `scan` into `state`'s cap book and idempotency store (see the module
+/// documentation). Call it once, before serving.
+pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
+    let rt = state.runtime.load();
+    let cfg = &rt.config;
+    let now = state.clock.now_ms();
+    let buyers: HashMap<&str, &crate::config::Buyer> =
+        cfg.buyers.iter().map(|b| (b.id.as_str(), b)).collect();
+    let mut out = Recovered {
+        records: scan.records,
+        ..Recovered::default()
+    };
+    let count = |buyer: &str, windows: Option<Windows>, at: UnixMs, price: i64| -> bool {
+        let Some(b) = buyers.get(buyer) else {
+            return false;
+        };
+        let Some(w) = windows.or_else(|| Windows::at(b.timezone, at)) else {
+            return false;
+        };
+        match Windows::at(b.timezone, now) {
+            Some(cur) if !counts_now(&w, &cur) => false,
+            _ => state.caps.restore_sold(b.key, &w, Micros(price)),
+        }
+    };
+    for s in scan.sales.iter().filter(|s| !s.test) {
+        if count(&s.buyer, s.windows, s.at, s.bid_micros) {
+            out.sales_counted += 1;
+        }
+    }
+    for s in scan.unknown() {
+        out.unknown += 1;
+        if !s.test && count(&s.buyer, s.windows, s.at, s.price_micros) {
+            out.unknown_counted += 1;
+        }
+    }
+    for s in scan.late_accepts().filter(|s| !s.test) {
+        if count(&s.buyer, s.windows, s.at, s.price_micros) {
+            out.late_counted += 1;
+        }
+    }
+    // Open quotes: firm again, with their holds (after the sales, which they add to).
+    for (ping_id, v) in &scan.opened {
+        if scan.closed_pings.contains(ping_id) {
+            continue;
+        }
+        if restore_quote(state, cfg, v, now).is_some() {
+            out.quotes += 1;
+        }
+    }
+    // Idempotency keys: the last lead each key started.
+    let names: HashMap<&str, &str> = cfg
+        .buyers
+        .iter()
+        .map(|b| (b.id.as_str(), b.name.as_str()))
+        .collect();
+    let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
+    for s in &scan.sent {
+        if let Some((k, _)) = &s.idempotency {
+            last.insert((s.seller.as_str(), k.as_str()), s);
+        }
+    }
+    for ((seller, key), s) in last {
+        let Some(seller) = cfg.sellers.iter().find(|x| x.id == seller) else {
+            continue;
+        };
+        let body = s.idempotency.as_ref().map_or("", |(_, b)| b.as_str());
+        let (Some(key), Some(body)) = (digest(key), digest(body)) else {
+            continue;
+        };
+        let answer = answer_of(scan, &s.lead_id, &names);
+        if state
+            .idempotency
+            .restore(seller.key, key, body, s.at, now, answer)
+        {
+            out.keys += 1;
+        }
+    }
+    out
+}
+
+/// Puts the quote of a `quote_opened` record back in the book, re-reserving its hold;
+/// `None` (nothing changed) when it has expired or no longer fits the configuration.
+fn restore_quote(
+    state: &AppState,
+    cfg: &crate::config::Config,
+    v: &Value,
+    now: UnixMs,
+) -> Option<()> {
+    use crate::core::award::{Bid, Ranked};
+    use crate::core::quotes::Quote;
+    let expires_at = v.get("expires_at_ms")?.as_i64()?;
+    if expires_at <= now {
+        return None;
+    }
+    let seller = cfg.sellers.iter().find(|s| s.id == text(v, "seller"))?;
+    let vertical_name = text(v, "vertical");
+    let (vertical, vert) = cfg.vertical(&vertical_name)?;
+    let mut bytes = serde_json::to_vec(v.get("lead")?).ok()?;
+    let value = proto::json::parse_value(&mut bytes).ok()?;
+    let lead = vert
+        .schema
+        .validate(&value, proto::LeadMode::Ping, "lead")
+        .ok()?;
+    let mut ranked = Vec::new();
+    for line in v.get("ranked")?.as_array()? {
+        let buyer = state.ids.buyer_key(line.get("buyer")?.as_str()?)?;
+        ranked.push(Ranked {
+            bid: Bid {
+                buyer,
+                price: Micros(line.get("price_micros")?.as_i64()?),
+                bid_id: line.get("bid_id").and_then(Value::as_str).map(String::from),
+                expires_in_ms: line.get("expires_in_ms").and_then(Value::as_u64),
+                fixed: line.get("fixed").and_then(Value::as_bool).unwrap_or(false),
+            },
+            seller_price: Micros(line.get("seller_price_micros")?.as_i64()?),
+            value: line.get("value").and_then(Value::as_i64).unwrap_or(0),
+        });
+    }
+    if ranked.is_empty() {
+        return None;
+    }
+    let reservation = match v.get("hold") {
+        None => None,
+        Some(h) => {
+            let key = state.ids.buyer_key(h.get("buyer")?.as_str()?)?;
+            let w = windows_of(h)?;
+            let price = Micros(h.get("price_micros")?.as_i64()?);
+            Some(state.caps.restore_reservation(key, &w, price)?)
+        }
+    };
+    let quote = Quote {
+        ping_id: text(v, "ping_id"),
+        auction_id: text(v, "auction_id"),
+        seller: seller.key,
+        vertical,
+        vertical_name,
+        lead,
+        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+        price: Micros(v.get("price_micros")?.as_i64()?),
+        currency: text(v, "currency"),
+        expires_at,
+        auctioned_at: v
+            .get("auctioned_at_ms")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        ranked,
+        reservation: reservation.clone(),
+        score: v
+            .get("score")
+            .and_then(Value::as_u64)
+            .and_then(|s| u8::try_from(s).ok()),
+    };
+    if state.quotes.insert(quote).is_err() {
+        if let Some(r) = reservation {
+            state.caps.release(&r);
+        }
+        return None;
+    }
+    Some(())
+}
+
+fn digest(hex_text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
+}
+
+/// Reads the ledger in `state`'s directory and replays it ([`apply`]), logging what was
+/// rebuilt and every delivery whose outcome is unknown.
+pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
+    let text = crate::ledger::segments::read_all(state.ledger.dir())?;
+    let scan = Scan::of_text(&text);
+    drop(text);
+    let r = apply(state, &scan);
+    for s in scan.unknown().take(UNKNOWN_LOGGED_MAX) {
+        tracing::warn!(
+            lead_id = %s.lead_id,
+            auction_id = %s.auction_id,
+            buyer = %s.buyer,
+            attempt = s.attempt,
+            price_micros = s.price_micros,
+            "ledger: delivered, outcome unknown (counted against the buyer's caps)"
+        );
+    }
+    tracing::info!(
+        records = r.records,
+        sales_counted = r.sales_counted,
+        unknown_outcomes = r.unknown,
+        unknown_counted = r.unknown_counted,
+        late_accepts_counted = r.late_counted,
+        idempotency_keys = r.keys,
+        open_quotes = r.quotes,
+        "ledger replayed: caps, budgets, open quotes and idempotency keys rebuilt"
+    );
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_without_an_outcome_and_late_accepts_are_found() {
+        let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
+        let text = [
+            format!(r#"{{"type":"post_sent","at":"2026-11-29T12:00:00.000Z","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{w},"seq":1}}"#),
+            r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"timeout"}"#.to_string(),
+            format!(r#"{{"type":"post_sent","lead_id":"l1","attempt":1,"buyer":"b","price_micros":4,"test":false,{w}}}"#),
+            r#"{"type":"sale","lead_id":"l1","attempt":1,"buyer":"b","bid_micros":4}"#.to_string(),
+            r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"late_accept"}"#.to_string(),
+            format!(r#"{{"type":"post_sent","lead_id":"l2","attempt":0,"buyer":"a","price_micros":5,"test":false,{w}}}"#),
+            "not a record".to_string(),
+        ]
+        .join("\n");
+        let scan = Scan::of_text(&text);
+        assert_eq!(scan.records, 6);
+        let unknown: Vec<_> = scan.unknown().map(|s| s.lead_id.as_str()).collect();
+        assert_eq!(unknown, ["l2"]);
+        let late: Vec<_> = scan
+            .late_accepts()
+            .map(|s| (s.lead_id.as_str(), s.attempt))
+            .collect();
+        assert_eq!(late, [("l1", 0)]);
+        assert_eq!(scan.sent[0].at, 1_795_953_600_000);
+        assert_eq!(scan.sent[0].windows.map(|w| w.month), Some(2));
+        assert_eq!(scan.sales.len(), 1);
+    }
+}
