@@ -176,7 +176,7 @@ fn chart(out: &mut String, by: By, currency: &str, rows: &[&Row]) {
         .max(1);
     let n = rows.len().max(1) as i64;
     let slot = ((W - LEFT - 20) / n).max(1);
-    let bar = (slot * 2 / 5).max(1);
+    let bar = (slot * 2 / 5).clamp(1, 48);
     let cur = esc(currency);
     let _ = writeln!(
         out,
