@@ -120,7 +120,11 @@ fn table(out: &mut String, by: By, rows: &[Row], totals: &[Row]) {
 <th>quotes</th><th>sales</th><th>revenue</th><th>payouts</th><th>margin</th><th>returns</th><th>refunds</th></tr></thead><tbody>",
         b = by.as_str()
     );
-    for (r, total) in rows.iter().map(|r| (r, false)).chain(totals.iter().map(|t| (t, true))) {
+    for (r, total) in rows
+        .iter()
+        .map(|r| (r, false))
+        .chain(totals.iter().map(|t| (t, true)))
+    {
         let _ = write!(
             out,
             "<tr{cls} data-key=\"{k}\" data-currency=\"{c}\"><td>{k}</td><td>{c}</td>",
@@ -134,7 +138,10 @@ fn table(out: &mut String, by: By, rows: &[Row], totals: &[Row]) {
             ("quotes", r.quotes),
             ("sales", r.sales),
         ] {
-            let _ = write!(out, "<td class=\"n\" data-col=\"{col}\" data-value=\"{v}\">{v}</td>");
+            let _ = write!(
+                out,
+                "<td class=\"n\" data-col=\"{col}\" data-value=\"{v}\">{v}</td>"
+            );
         }
         for (col, v) in [
             ("revenue_micros", r.revenue_micros),
@@ -147,10 +154,10 @@ fn table(out: &mut String, by: By, rows: &[Row], totals: &[Row]) {
                 money(v)
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<td class=\"n\" data-col=\"returns\" data-value=\"{r}\">{r}</td>\
-<td class=\"n\" data-col=\"refunds_micros\" data-value=\"{f}\">{fs}</td></tr>\n",
+<td class=\"n\" data-col=\"refunds_micros\" data-value=\"{f}\">{fs}</td></tr>",
             r = r.returns,
             f = r.refunds_micros,
             fs = money(r.refunds_micros),

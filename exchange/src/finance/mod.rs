@@ -125,10 +125,7 @@ impl ReadStats {
 /// Calls `f` with every readable record of the ledger in `dir`, in order, and returns
 /// what was skipped. `f` returns `false` to stop. Errors: the directory or a segment
 /// cannot be read, or the segment numbering has a gap.
-pub fn for_each(
-    dir: &Path,
-    mut f: impl FnMut(Entry) -> bool,
-) -> Result<ReadStats, String> {
+pub fn for_each(dir: &Path, mut f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a ledger directory", dir.display()));
     }
@@ -172,8 +169,7 @@ pub fn for_each(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            if !KNOWN_TYPES.contains(&kind.as_str()) && !PRE_SEND_TYPES.contains(&kind.as_str())
-            {
+            if !KNOWN_TYPES.contains(&kind.as_str()) && !PRE_SEND_TYPES.contains(&kind.as_str()) {
                 *stats.unknown_types.entry(kind.clone()).or_default() += 1;
             }
             stats.records += 1;
@@ -295,7 +291,14 @@ mod tests {
     #[test]
     fn dates_are_strict_utc_days() {
         assert!(parse_date("--from", "2026-11-29").is_ok());
-        for bad in ["2026-13-01", "2026-02-30", "29-11-2026", "2026-1-01", "", "yesterday"] {
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "29-11-2026",
+            "2026-1-01",
+            "",
+            "yesterday",
+        ] {
             assert!(parse_date("--from", bad).is_err(), "{bad}");
         }
         let e = DateRange::parse(Some("2026-11-30"), Some("2026-11-29")).unwrap_err();

@@ -114,7 +114,10 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                 unsold.push((
                     e.place(),
                     e.str("lead_id").to_string(),
-                    e.value.get("attempts").and_then(|a| a.as_u64()).unwrap_or(0),
+                    e.value
+                        .get("attempts")
+                        .and_then(|a| a.as_u64())
+                        .unwrap_or(0),
                     e.str("auction_id").to_string(),
                 ));
             }

@@ -199,7 +199,8 @@ so if the exchange reloaded its configuration since it started, the file may not
                     }
                     let all = bids.clone();
                     let score = a.i64("score").and_then(|x| u8::try_from(x).ok());
-                    let ranking = award::rank(bids, seller.payout, Micros(reserve), &PriceRanker, score);
+                    let ranking =
+                        award::rank(bids, seller.payout, Micros(reserve), &PriceRanker, score);
                     let name = |k| {
                         cfg.buyer_by_key(k)
                             .map(|(_, b)| b.id.clone())
@@ -209,7 +210,9 @@ so if the exchange reloaded its configuration since it started, the file may not
                         ranks.push((name(r.bid.buyer), r.bid.price.0, r.seller_price.0));
                     }
                     for b in &all {
-                        if !ranking.ranked.iter().any(|r| r.bid.buyer == b.buyer) && b.price > Micros::ZERO {
+                        if !ranking.ranked.iter().any(|r| r.bid.buyer == b.buyer)
+                            && b.price > Micros::ZERO
+                        {
                             let sp = seller.payout.seller_price(b.price).min(b.price).0;
                             below.push((name(b.buyer), b.price.0, sp));
                         }
@@ -218,7 +221,13 @@ so if the exchange reloaded its configuration since it started, the file may not
                         .iter()
                         .find(|(id, _, _)| a.bool("test") || !capped.contains(&id.as_str()))
                         .cloned();
-                    let recorded = (!winner.is_empty()).then(|| (winner.to_string(), won_bid.unwrap_or(0), won_price.unwrap_or(0)));
+                    let recorded = (!winner.is_empty()).then(|| {
+                        (
+                            winner.to_string(),
+                            won_bid.unwrap_or(0),
+                            won_price.unwrap_or(0),
+                        )
+                    });
                     if derived == recorded {
                         let _ = writeln!(
                             out,
@@ -246,9 +255,18 @@ so if the exchange reloaded its configuration since it started, the file may not
 
     // Why each buyer won, lost or was skipped.
     let _ = writeln!(out, "buyers:");
-    let win = derived.as_ref().map(|(w, b, p)| (w.clone(), *b, *p)).or_else(|| {
-        (!winner.is_empty()).then(|| (winner.to_string(), won_bid.unwrap_or(0), won_price.unwrap_or(0)))
-    });
+    let win = derived
+        .as_ref()
+        .map(|(w, b, p)| (w.clone(), *b, *p))
+        .or_else(|| {
+            (!winner.is_empty()).then(|| {
+                (
+                    winner.to_string(),
+                    won_bid.unwrap_or(0),
+                    won_price.unwrap_or(0),
+                )
+            })
+        });
     let position = |id: &str| ranks.iter().position(|(b, _, _)| b == id);
     for l in &lines {
         let buyer = s(l, "buyer");
@@ -258,7 +276,9 @@ so if the exchange reloaded its configuration since it started, the file may not
         let took = l
             .get("took_us")
             .and_then(Value::as_u64)
-            .map_or(String::new(), |t| format!(" in {:.1} ms", t as f64 / 1000.0));
+            .map_or(String::new(), |t| {
+                format!(" in {:.1} ms", t as f64 / 1000.0)
+            });
         let why = match outcome {
             "bid" | "fixed_price" => {
                 let b = bid.unwrap_or(0);
@@ -347,7 +367,12 @@ so if the exchange reloaded its configuration since it started, the file may not
                 .map(|a| a.iter().collect())
                 .unwrap_or_default();
             for f in &first {
-                let _ = writeln!(out, "  {}: skipped, {}", s(f, "buyer"), reason_words(s(f, "reason")));
+                let _ = writeln!(
+                    out,
+                    "  {}: skipped, {}",
+                    s(f, "buyer"),
+                    reason_words(s(f, "reason"))
+                );
             }
             if total > first.len() as u64 {
                 let _ = writeln!(
@@ -397,7 +422,10 @@ so if the exchange reloaded its configuration since it started, the file may not
         let _ = writeln!(out, "{line}");
     }
     if !posted {
-        let _ = writeln!(out, "no post of this auction is recorded (not posted yet, the quote expired, or no winner)");
+        let _ = writeln!(
+            out,
+            "no post of this auction is recorded (not posted yet, the quote expired, or no winner)"
+        );
     }
     Replay {
         text: out,

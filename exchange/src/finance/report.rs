@@ -162,7 +162,11 @@ impl Acc {
                     .cloned()
                     .unwrap_or_default();
                 let bids = lines.iter().filter(|l| is_bid(l)).count() as u64;
-                for (by, key) in [(By::Day, day.as_str()), (By::Seller, seller), (By::Vertical, vertical)] {
+                for (by, key) in [
+                    (By::Day, day.as_str()),
+                    (By::Seller, seller),
+                    (By::Vertical, vertical),
+                ] {
                     let c = self.cell(by, key, vertical);
                     c.pings += 1;
                     c.bids += bids;
@@ -226,7 +230,12 @@ impl Acc {
         }
     }
 
-    fn finish(mut self, range: DateRange, stats: ReadStats, currencies: &HashMap<String, String>) -> Reports {
+    fn finish(
+        mut self,
+        range: DateRange,
+        stats: ReadStats,
+        currencies: &HashMap<String, String>,
+    ) -> Reports {
         for (ping, buyer, day) in std::mem::take(&mut self.quotes) {
             let Some((seller, vertical, test)) = self.pings.get(&ping).cloned() else {
                 // A hold whose auction is outside the range or missing: counted by day
@@ -332,17 +341,8 @@ pub fn build(
 }
 
 const COLUMNS: [&str; 11] = [
-    "key",
-    "currency",
-    "pings",
-    "bids",
-    "quotes",
-    "sales",
-    "revenue",
-    "payouts",
-    "margin",
-    "returns",
-    "refunds",
+    "key", "currency", "pings", "bids", "quotes", "sales", "revenue", "payouts", "margin",
+    "returns", "refunds",
 ];
 
 fn cells(r: &Row, micros_as_units: bool) -> Vec<String> {
@@ -355,7 +355,11 @@ fn cells(r: &Row, micros_as_units: bool) -> Vec<String> {
     };
     vec![
         r.key.clone(),
-        if r.currency.is_empty() { "-".into() } else { r.currency.clone() },
+        if r.currency.is_empty() {
+            "-".into()
+        } else {
+            r.currency.clone()
+        },
         r.pings.to_string(),
         r.bids.to_string(),
         r.quotes.to_string(),
@@ -389,7 +393,11 @@ impl Report {
         );
         for (n, l) in lines.iter().enumerate() {
             if n == 1 + self.rows.len() {
-                let _ = writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+                );
             }
             let text: Vec<String> = l
                 .iter()
