@@ -377,3 +377,79 @@ impl Reconciliation {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::segments;
+
+    /// Writes `records` as a framed segment in a fresh directory.
+    fn ledger(records: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let mut prev = segments::GENESIS;
+        for (i, r) in records.iter().enumerate() {
+            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
+        }
+        std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
+        dir
+    }
+
+    const AUCTION: &str = r#"{"type":"auction","v":3,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"skipped":{"total":0,"by_reason":{}},"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
+    const SALE: &str = r#"{"type":"sale","v":3,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_b","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+
+    #[test]
+    fn a_pre_send_without_an_outcome_is_delivered_outcome_unknown() {
+        let dir = ledger(&[
+            AUCTION,
+            r#"{"type":"post_sending","v":3,"generation":1,"at":"2026-11-29T10:00:00.500Z","lead_id":"ld_b","auction_id":"au_1","buyer":"b","attempt":0}"#,
+            SALE,
+            r#"{"type":"pre_send","v":3,"generation":1,"at":"2026-11-29T10:00:02.000Z","lead_id":"ld_a","auction_id":"au_2","buyer":"b","attempt":0}"#,
+        ]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        assert_eq!(r.outcome_unknown.len(), 1, "{:?}", r.outcome_unknown);
+        assert!(r.outcome_unknown[0].contains("seg-00000001.jsonl seq 4: lead_id ld_a attempt 0 to buyer b: delivered, outcome unknown"));
+        assert!(r.failed());
+        assert!(r.render().contains("OUTCOME UNKNOWN: "));
+    }
+
+    #[test]
+    fn newer_versions_are_skipped_and_reported_unknown_types_ignored() {
+        let dir = ledger(&[
+            AUCTION,
+            SALE,
+            r#"{"type":"sale","v":99,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_x","bid_micros":1,"seller_price_micros":5,"margin_micros":0}"#,
+            r#"{"type":"disposition","v":3,"generation":1,"at":"2026-11-29T10:00:03.000Z","lead_id":"ld_b"}"#,
+        ]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(!r.failed(), "{}", r.render());
+        assert_eq!(r.sales, 1);
+        let notes = r.stats.notes().join("\n");
+        assert!(
+            notes.contains("1 record(s) of format version 99 skipped"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("1 record(s) of type \"disposition\" ignored"),
+            "{notes}"
+        );
+    }
+
+    #[test]
+    fn a_fallback_without_its_earlier_attempt_and_a_duplicate_sale_are_mismatches() {
+        let fallback = SALE.replace("\"attempt\":0", "\"attempt\":1");
+        let dir = ledger(&[AUCTION, &fallback, SALE]);
+        let r = reconcile(dir.path(), None).unwrap();
+        let all = r.mismatches.join("\n");
+        assert!(
+            all.contains("sold at attempt 1 but attempt 0 has no post_attempt record"),
+            "{all}"
+        );
+        assert!(
+            all.contains("lead sold twice (first sale at seg-00000001.jsonl seq 2)"),
+            "{all}"
+        );
+        assert!(all.contains("ping_id pg_1 sold twice"), "{all}");
+    }
+}

@@ -135,7 +135,7 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
         Some(cfg) => {
             let seller = cfg.sellers.iter().find(|x| x.id == seller_id);
             let vertical = cfg.vertical(vertical_id).map(|(_, v)| v);
-            if generation != 1 {
+            if generation > 1 {
                 let _ = writeln!(
                     out,
                     "note: the auction ran under generation {generation}; a configuration file read now is generation 1 of a fresh start, \
@@ -288,13 +288,20 @@ so if the exchange reloaded its configuration since it started, the file may not
                     format!("fixed price {} (not pinged)", m(b))
                 };
                 match (&win, position(buyer)) {
-                    (Some((w, _, _)), _) if w == buyer => {
+                    (Some((w, _, _)), pos) if w == buyer => {
                         let n = ranks.len();
+                        let why = match pos {
+                            Some(i) if i > 0 => format!(
+                                "ranked #{} of {n}: the bids above it were refused at award (their caps were full)",
+                                i + 1
+                            ),
+                            _ if n > 1 => format!("the highest seller price of {n} ranked bids"),
+                            _ => "the only bid".to_string(),
+                        };
                         format!(
-                            "WON: {kind}; the seller is paid {}{}, the highest seller price{} at or above the reserve {}",
+                            "WON: {kind}; the seller is paid {}{}, {why}, at or above the reserve {}",
                             m(win.as_ref().map_or(0, |x| x.2)),
                             payout_used.map_or(String::new(), |p| format!(" under {}", payout_text(p))),
-                            if n > 1 { format!(" of {n} ranked bids") } else { String::new() },
                             m(reserve)
                         )
                     }
