@@ -30,12 +30,13 @@ pub struct Replay {
     pub mismatch: bool,
 }
 
-/// The auction record `auction_id` and the post records of it, or `None` if the ledger
-/// has no such auction.
-pub fn find(dir: &Path, auction_id: &str) -> Result<Option<(Entry, Vec<Entry>)>, String> {
+/// The auction record `auction_id` and the post records of it, or an error naming why
+/// there is none (also when records of a newer format version were skipped: the
+/// auction may be one of them).
+pub fn find(dir: &Path, auction_id: &str) -> Result<(Entry, Vec<Entry>), String> {
     let mut auction = None;
     let mut posts = Vec::new();
-    for_each(dir, |e| {
+    let stats = for_each(dir, |e| {
         if e.str("auction_id") == auction_id {
             match e.kind.as_str() {
                 "auction" if auction.is_none() => auction = Some(e),
@@ -45,7 +46,17 @@ pub fn find(dir: &Path, auction_id: &str) -> Result<Option<(Entry, Vec<Entry>)>,
         }
         true
     })?;
-    Ok(auction.map(|a| (a, posts)))
+    match auction {
+        Some(a) => Ok((a, posts)),
+        None => {
+            let shown: String = auction_id.chars().take(80).collect();
+            let mut e = format!("no auction {shown:?} in the ledger {}", dir.display());
+            for n in stats.notes() {
+                e.push_str(&format!("; {n}"));
+            }
+            Err(e)
+        }
+    }
 }
 
 fn s<'a>(v: &'a Value, f: &str) -> &'a str {
