@@ -13,6 +13,7 @@ pub mod config;
 pub use pingpost_core as core;
 pub mod demo;
 pub mod effects;
+pub mod finance;
 pub mod idempotency;
 pub mod ledger;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! `pingpost`: the exchange binary. Thin by design: parse arguments, load the
 //! configuration, start the server (and, with `--demo`, the example bidders and a stream
 //! of sample leads), stop gracefully on Ctrl-C or SIGTERM. `pingpost ledger verify`
-//! checks a ledger directory and exits.
+//! checks a ledger directory and exits; `pingpost ledger report | replay | export` are the
+//! finance tools (`pingpost::finance`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,22 +56,100 @@ enum Command {
 enum LedgerCommand {
     /// Checks every record's checksum, the sequence numbers and the hash chain across all
     /// segments; prints the records per type and the first problem with its segment file
-    /// and byte offset. Exit status: 0 clean, 1 a problem found, 2 the ledger could not be
-    /// read. Reading only: safe on a running exchange's ledger (its last line may be in
-    /// flight). Reconciliation of money (revenue, payouts, outcomes) is not checked yet.
+    /// and byte offset. Then reconciles the money (revenue minus refunds equals the sum of
+    /// sales; margin = bid - seller price; with --config, each seller price follows the
+    /// seller's payout model) and checks that every delivery has an outcome, naming each
+    /// mismatch by segment, seq and ids. Exit status: 0 clean, 1 a problem or mismatch
+    /// found, 2 the ledger (or the configuration) could not be read. Reading only: safe on
+    /// a running exchange's ledger (its last line may be in flight).
     Verify {
-        /// The ledger directory.
-        #[arg(long, conflicts_with = "config")]
+        /// The ledger directory (overrides the configuration's `server.ledger_path`).
+        #[arg(long)]
         dir: Option<PathBuf>,
-        /// Read the directory from this configuration's `server.ledger_path`. Without
-        /// --dir or --config: the default configuration's (`pingpost-ledger`).
+        /// The configuration: its `server.ledger_path` (unless --dir is given) and the
+        /// sellers' payout models for the payout checks. Without --dir or --config: the
+        /// default configuration's directory (`pingpost-ledger`), no payout checks.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Profit and loss by day, seller, buyer or vertical: pings, bids, quotes, sales,
+    /// revenue, payouts, margin, returns and refunds (test leads left out). Exit status 2
+    /// on a bad argument or an unreadable ledger.
+    Report {
+        /// The ledger directory (overrides the configuration's `server.ledger_path`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The configuration (its ledger directory, and the currency of each vertical).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// First UTC day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last UTC day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// day, seller, buyer or vertical.
+        #[arg(long, default_value = "day")]
+        by: String,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Also write one self-contained HTML page (charts and every grouping) here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Re-derives an auction's award from its recorded bids and the configuration, checks
+    /// it against the record and explains why the winner won and why each other buyer
+    /// lost or was skipped. Exit status: 0 it matches, 1 it does not, 2 no such auction or
+    /// an unreadable ledger.
+    Replay {
+        /// The auction's id (`au_...`).
+        auction_id: String,
+        /// The ledger directory (overrides the configuration's `server.ledger_path`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The configuration (payout models, reserves, floors); without it the auction is
+        /// explained but not re-derived.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The records of a range of UTC days: JSON lines exactly as stored (framing
+    /// included) or CSV with a fixed column set per record type, on stdout.
+    Export {
+        /// The ledger directory (overrides the configuration's `server.ledger_path`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The configuration (its ledger directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// First UTC day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        from: String,
+        /// Last UTC day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        to: String,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Record types, comma-separated (jsonl: all by default; csv: one, `sale` by
+        /// default).
+        #[arg(long = "type")]
+        types: Option<String>,
     },
 }
 
 /// `pingpost ledger verify`: the exit status.
 fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
+    let cfg = match &config {
+        Some(file) => match pingpost::finance::load_config(file) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("pingpost ledger verify: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let dir = match (dir, config) {
         (Some(d), _) => d,
         (None, Some(file)) => match ledger_dir_of(&file) {
@@ -93,7 +172,15 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
         Ok(report) => {
             print!("{}", report.render(&dir));
             print_unknown_outcomes(&dir);
-            if report.problem.is_some() {
+            let reconciled = match pingpost::finance::reconcile::reconcile(&dir, cfg.as_ref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("pingpost ledger verify: {}: {e}", dir.display());
+                    return 2;
+                }
+            };
+            print!("{}", reconciled.render());
+            if report.problem.is_some() || reconciled.failed() {
                 1
             } else {
                 0
@@ -131,6 +218,153 @@ fn print_unknown_outcomes(dir: &std::path::Path) {
     }
 }
 
+/// The ledger directory and configuration of a finance command: `--dir` wins over the
+/// configuration's `server.ledger_path`; without either, `pingpost-ledger`.
+fn finance_place(
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<(PathBuf, Option<config::Config>), String> {
+    let cfg = config
+        .as_deref()
+        .map(pingpost::finance::load_config)
+        .transpose()?;
+    let dir = dir
+        .or_else(|| cfg.as_ref().map(|c| c.server.ledger_path.clone()))
+        .unwrap_or_else(|| PathBuf::from(config::defaults::LEDGER_PATH));
+    Ok((dir, cfg))
+}
+
+/// `pingpost ledger report | replay | export`: the exit status.
+fn finance_command(command: LedgerCommand) -> i32 {
+    use pingpost::finance::{export, replay, report, DateRange};
+    let fail = |name: &str, e: String| {
+        eprintln!("pingpost ledger {name}: {e}");
+        2
+    };
+    match command {
+        LedgerCommand::Verify { dir, config } => ledger_verify(dir, config),
+        LedgerCommand::Report {
+            dir,
+            config,
+            from,
+            to,
+            by,
+            format,
+            html,
+        } => {
+            let range = match DateRange::parse(from.as_deref(), to.as_deref()) {
+                Ok(r) => r,
+                Err(e) => return fail("report", e),
+            };
+            let by = match report::By::parse(&by) {
+                Ok(b) => b,
+                Err(e) => return fail("report", e),
+            };
+            if !matches!(format.as_str(), "table" | "csv" | "json") {
+                return fail(
+                    "report",
+                    format!("--format {format:?}: unknown format (one of: table, csv, json)"),
+                );
+            }
+            let (dir, cfg) = match finance_place(dir, config) {
+                Ok(x) => x,
+                Err(e) => return fail("report", e),
+            };
+            let currencies = cfg
+                .map(|c| {
+                    c.verticals
+                        .iter()
+                        .map(|v| (v.name.clone(), v.currency.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let reports = match report::build(&dir, range, &currencies) {
+                Ok(r) => r,
+                Err(e) => return fail("report", e),
+            };
+            if let Some(path) = html {
+                if let Err(e) = std::fs::write(&path, report::html(&reports, &dir)) {
+                    return fail("report", format!("{}: {e}", path.display()));
+                }
+            }
+            let Some(r) = reports.by.get(&by) else {
+                return fail("report", "no report".into());
+            };
+            match format.as_str() {
+                "csv" => print!("{}", r.csv()),
+                "json" => print!("{}", r.json()),
+                _ => print!("{}", r.table()),
+            }
+            0
+        }
+        LedgerCommand::Replay {
+            auction_id,
+            dir,
+            config,
+        } => {
+            let (dir, cfg) = match finance_place(dir, config) {
+                Ok(x) => x,
+                Err(e) => return fail("replay", e),
+            };
+            match replay::find(&dir, &auction_id) {
+                Err(e) => fail("replay", e),
+                Ok((a, posts)) => {
+                    let r = replay::replay(&a, &posts, cfg.as_ref());
+                    print!("{}", r.text);
+                    i32::from(r.mismatch)
+                }
+            }
+        }
+        LedgerCommand::Export {
+            dir,
+            config,
+            from,
+            to,
+            format,
+            types,
+        } => {
+            let range = match DateRange::parse(Some(&from), Some(&to)) {
+                Ok(r) => r,
+                Err(e) => return fail("export", e),
+            };
+            let format = match format.as_str() {
+                "csv" => export::Format::Csv,
+                "jsonl" => export::Format::Jsonl,
+                other => {
+                    return fail(
+                        "export",
+                        format!("--format {other:?}: unknown format (one of: jsonl, csv)"),
+                    )
+                }
+            };
+            let types = match export::parse_types(types.as_deref()) {
+                Ok(t) => t,
+                Err(e) => return fail("export", e),
+            };
+            let (dir, _) = match finance_place(dir, config) {
+                Ok(x) => x,
+                Err(e) => return fail("export", e),
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match export::export(&dir, range, format, &types, &mut out) {
+                Ok((n, stats)) => {
+                    use std::io::Write as _;
+                    if let Err(e) = out.flush() {
+                        return fail("export", format!("writing: {e}"));
+                    }
+                    eprintln!("pingpost ledger export: {n} record(s)");
+                    for note in stats.notes() {
+                        eprintln!("pingpost ledger export: note: {note}");
+                    }
+                    0
+                }
+                Err(e) => fail("export", e),
+            }
+        }
+    }
+}
+
 /// `server.ledger_path` of a configuration file, read without loading the rest (so no
 /// secret has to be in the environment).
 fn ledger_dir_of(file: &std::path::Path) -> anyhow::Result<PathBuf> {
@@ -161,6 +395,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Ledger { command }) = args.command {
         match command {
             LedgerCommand::Verify { dir, config } => std::process::exit(ledger_verify(dir, config)),
+            other => std::process::exit(finance_command(other)),
         }
     }
     let demo = args.demo;

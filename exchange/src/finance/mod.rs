@@ -1,0 +1,321 @@
+//! The finance tools over the ledger: `pingpost ledger report | replay | export` and the
+//! reconciliation half of `pingpost ledger verify` (docs/LEDGER.md, "Finance commands").
+//!
+//! Owns: reading the ledger's records tolerantly (any field or record type it does not
+//! know is ignored; a record of a newer format version than [`RECORD_VERSION`] is skipped
+//! and counted, never misread), UTC date ranges, money as decimal text, and loading a
+//! configuration without its secrets.
+//!
+//! Never: changes the ledger, reads lead fields (records carry none), or uses floats for
+//! money (integer micros throughout).
+
+pub mod export;
+mod html;
+pub mod reconcile;
+pub mod replay;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use chrono::NaiveDate;
+use serde_json::Value;
+
+use crate::core::record::RECORD_VERSION;
+use crate::ledger::segments;
+
+/// The record types this version of the tools knows (docs/OPERATIONS.md, "The ledger").
+pub const KNOWN_TYPES: [&str; 8] = [
+    "auction",
+    "post_attempt",
+    "sale",
+    "unsold",
+    "quote_reserved",
+    "quote_released",
+    "quote_expired",
+    "flush",
+];
+
+/// Record types that say a lead is about to leave for a buyer (written before the
+/// delivery, with `lead_id`, `buyer` and `attempt`). None is written yet; when one is,
+/// `verify` checks that each has an outcome and lists those without one as "delivered,
+/// outcome unknown".
+pub const PRE_SEND_TYPES: [&str; 3] = ["post_sending", "post_sent", "pre_send"];
+
+/// One record read from the ledger.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The segment's file name (`seg-00000001.jsonl`).
+    pub segment: String,
+    /// 1-based line number in the segment.
+    pub line: usize,
+    /// The framing's sequence number (0 if the line has none).
+    pub seq: u64,
+    /// `type`.
+    pub kind: String,
+    /// The day of `at` (UTC), if it has one.
+    pub day: Option<NaiveDate>,
+    /// The line as stored (without its `\n`).
+    pub raw: String,
+    /// The line parsed.
+    pub value: Value,
+}
+
+impl Entry {
+    pub fn str(&self, field: &str) -> &str {
+        self.value.get(field).and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn i64(&self, field: &str) -> Option<i64> {
+        self.value.get(field).and_then(Value::as_i64)
+    }
+
+    pub fn bool(&self, field: &str) -> bool {
+        self.value
+            .get(field)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// Where it is, for messages: `seg-00000001.jsonl seq 42`.
+    pub fn place(&self) -> String {
+        format!("{} seq {}", self.segment, self.seq)
+    }
+}
+
+/// What a read skipped.
+#[derive(Debug, Clone, Default)]
+pub struct ReadStats {
+    pub records: u64,
+    /// Records of a format version newer than this tool knows, by version: skipped.
+    pub newer: BTreeMap<u64, u64>,
+    /// Records of a type this tool does not know, by type: passed on, ignored by the
+    /// tools.
+    pub unknown_types: BTreeMap<String, u64>,
+    /// Lines that are not JSON objects (a torn tail, damage): `segment:line`.
+    pub unreadable: Vec<String>,
+}
+
+impl ReadStats {
+    /// Notes for the end of a command's output (empty when nothing was skipped).
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (v, n) in &self.newer {
+            out.push(format!(
+                "{n} record(s) of format version {v} skipped: this pingpost knows versions up to {RECORD_VERSION} (upgrade it to read them)"
+            ));
+        }
+        for (t, n) in &self.unknown_types {
+            out.push(format!(
+                "{n} record(s) of type {t:?} ignored (a type this pingpost does not know)"
+            ));
+        }
+        if !self.unreadable.is_empty() {
+            out.push(format!(
+                "{} line(s) are not readable records and were skipped (first: {}); `pingpost ledger verify` says why",
+                self.unreadable.len(),
+                self.unreadable[0]
+            ));
+        }
+        out
+    }
+}
+
+/// Calls `f` with every readable record of the ledger in `dir`, in order, and returns
+/// what was skipped. `f` returns `false` to stop. Errors: the directory or a segment
+/// cannot be read, or the segment numbering has a gap.
+pub fn for_each(dir: &Path, mut f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a ledger directory", dir.display()));
+    }
+    let segs = segments::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut stats = ReadStats::default();
+    for (_, path) in segs {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut buf = Vec::with_capacity(4096);
+        let mut line_no = 0usize;
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let complete = buf.ends_with(b"\n");
+            let text = std::str::from_utf8(buf.strip_suffix(b"\n").unwrap_or(&buf));
+            let value = match (complete, text) {
+                (true, Ok(t)) => serde_json::from_str::<Value>(t).ok().map(|v| (t, v)),
+                _ => None,
+            };
+            let Some((text, value)) = value.filter(|(_, v)| v.is_object()) else {
+                stats.unreadable.push(format!("{name}:{line_no}"));
+                continue;
+            };
+            let v = value.get("v").and_then(Value::as_u64).unwrap_or(1);
+            if v > u64::from(RECORD_VERSION) {
+                *stats.newer.entry(v).or_default() += 1;
+                continue;
+            }
+            let kind = value
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if !KNOWN_TYPES.contains(&kind.as_str()) && !PRE_SEND_TYPES.contains(&kind.as_str()) {
+                *stats.unknown_types.entry(kind.clone()).or_default() += 1;
+            }
+            stats.records += 1;
+            let day = value
+                .get("at")
+                .and_then(Value::as_str)
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .map(|t| t.with_timezone(&chrono::Utc).date_naive());
+            let entry = Entry {
+                segment: name.clone(),
+                line: line_no,
+                seq: value.get("seq").and_then(Value::as_u64).unwrap_or(0),
+                kind,
+                day,
+                raw: text.to_string(),
+                value,
+            };
+            if !f(entry) {
+                return Ok(stats);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// An inclusive range of UTC days; either end may be open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DateRange {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl DateRange {
+    /// The range of `--from` and `--to` (`YYYY-MM-DD`, UTC); `from` after `to` is an
+    /// error.
+    pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<DateRange, String> {
+        let from = from.map(|d| parse_date("--from", d)).transpose()?;
+        let to = to.map(|d| parse_date("--to", d)).transpose()?;
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                return Err(format!(
+                    "--from {f} is after --to {t} (the range is inclusive: use the same day for one day)"
+                ));
+            }
+        }
+        Ok(DateRange { from, to })
+    }
+
+    /// Is a record of `day` inside? A record without a day is inside only an open range.
+    pub fn contains(&self, day: Option<NaiveDate>) -> bool {
+        match day {
+            Some(d) => self.from.is_none_or(|f| d >= f) && self.to.is_none_or(|t| d <= t),
+            None => self.from.is_none() && self.to.is_none(),
+        }
+    }
+}
+
+/// A UTC date `YYYY-MM-DD`, strictly.
+pub fn parse_date(flag: &str, text: &str) -> Result<NaiveDate, String> {
+    let shaped = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    let shown: String = text.chars().take(40).collect();
+    if !shaped {
+        return Err(format!(
+            "{flag} {shown:?}: not a date (expected YYYY-MM-DD, a UTC day)"
+        ));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("{flag} {shown:?}: no such day (expected YYYY-MM-DD, a UTC day)"))
+}
+
+/// Micros as a decimal amount: `14400000` -> `14.40`, `1` -> `0.000001` (at least two
+/// decimals, more only when needed).
+pub fn money(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let units = abs / 1_000_000;
+    let frac = abs % 1_000_000;
+    let mut frac = format!("{frac:06}");
+    while frac.len() > 2 && frac.ends_with('0') {
+        frac.pop();
+    }
+    format!("{sign}{units}.{frac}")
+}
+
+/// A value only present to satisfy the loader: the finance tools never sign, call a
+/// buyer or serve the admin listener, so secrets and the admin token are not needed.
+const PLACEHOLDER_SECRET: &str = "finance-tools-placeholder-never-used";
+
+/// Loads a configuration file for the finance tools: the real loader and validation, with
+/// the environment's variables where set and a placeholder for any secret or token that
+/// is not (never used: these tools do not call buyers).
+pub fn load_config(path: &Path) -> Result<crate::config::Config, String> {
+    let env = |name: &str| -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| Some(PLACEHOLDER_SECRET.to_string()))
+    };
+    crate::config::load_file_with_env(path, &env).map_err(|e| {
+        format!(
+            "{} does not load ({} error(s)):\n{e}",
+            path.display(),
+            e.0.len()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_strict_utc_days() {
+        assert!(parse_date("--from", "2026-11-29").is_ok());
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "29-11-2026",
+            "2026-1-01",
+            "",
+            "yesterday",
+        ] {
+            assert!(parse_date("--from", bad).is_err(), "{bad}");
+        }
+        let e = DateRange::parse(Some("2026-11-30"), Some("2026-11-29")).unwrap_err();
+        assert!(e.contains("after"), "{e}");
+        let r = DateRange::parse(Some("2026-11-29"), Some("2026-11-29")).unwrap();
+        assert!(r.contains(NaiveDate::from_ymd_opt(2026, 11, 29)));
+        assert!(!r.contains(NaiveDate::from_ymd_opt(2026, 11, 30)));
+        assert!(!r.contains(None));
+        assert!(DateRange::default().contains(None));
+    }
+
+    #[test]
+    fn money_is_exact_decimal_text() {
+        assert_eq!(money(14_400_000), "14.40");
+        assert_eq!(money(0), "0.00");
+        assert_eq!(money(1), "0.000001");
+        assert_eq!(money(-2_500_000), "-2.50");
+        assert_eq!(money(12_345_670), "12.34567");
+    }
+}

@@ -1,0 +1,468 @@
+//! The reconciliation half of `pingpost ledger verify`: the money and the outcomes.
+//!
+//! - Per currency, revenue minus refunds (from the report's figures, grouped by buyer)
+//!   equals the sum of the non-test sales' `bid_micros`; payouts and margin likewise;
+//!   and revenue = payouts + margin.
+//! - Every sale: `margin_micros = bid_micros - seller_price_micros`, never negative; at
+//!   most one sale per `lead_id` and per `ping_id`; its auction record is there and
+//!   quoted the same seller price; with a configuration, the seller price is the seller's
+//!   payout model applied to the winning bid (`pingpost_core::award`'s rule: the model's
+//!   price, capped at the bid). A fallback's sale (`attempt > 0`) pays the seller the price
+//!   quoted for the winner's bid.
+//! - Every delivery has an outcome: a sale with `attempt` k has the `post_attempt`
+//!   records of attempts 0..k; an `unsold` post's `attempts` deliveries each have one; a
+//!   pre-send record (see [`super::PRE_SEND_TYPES`]) without a `post_attempt`, `sale` or
+//!   `unsold` for its lead is listed as "delivered, outcome unknown".
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use proto::Micros;
+
+use super::{for_each, money, report, DateRange, Entry, ReadStats, PRE_SEND_TYPES};
+use crate::config::Config;
+
+/// Mismatches printed at most (the count is always complete).
+pub const SHOWN_MAX: usize = 200;
+
+/// What reconciliation found.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciliation {
+    pub sales: u64,
+    pub test_sales: u64,
+    /// Per currency: (sales, revenue, payouts, margin) of non-test sales.
+    pub totals: BTreeMap<String, (u64, i64, i64, i64)>,
+    /// Each mismatch: where (segment, seq) and what, with the record's ids.
+    pub mismatches: Vec<String>,
+    /// Deliveries with no outcome ("delivered, outcome unknown").
+    pub outcome_unknown: Vec<String>,
+    /// Whether payouts were checked against a configuration.
+    pub payouts_checked: bool,
+    pub stats: ReadStats,
+}
+
+struct Sale {
+    place: String,
+    ids: String,
+    lead: String,
+    ping: String,
+    auction: String,
+    seller: String,
+    currency: String,
+    test: bool,
+    bid: i64,
+    price: i64,
+    margin: i64,
+    attempt: u64,
+}
+
+struct Auction {
+    winner_bid: Option<i64>,
+    seller_price: Option<i64>,
+}
+
+/// Reconciles the ledger in `dir`; `cfg` enables the payout checks.
+pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, String> {
+    let mut sales: Vec<Sale> = Vec::new();
+    let mut auctions: HashMap<String, Auction> = HashMap::new();
+    // lead_id -> attempts recorded (attempt, outcome).
+    let mut attempts: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    let mut unsold: Vec<(String, String, u64, String)> = Vec::new();
+    let mut unsold_leads: HashMap<String, ()> = HashMap::new();
+    let mut pre_sends: Vec<(String, String, String, u64)> = Vec::new();
+    let stats = for_each(dir, |e: Entry| {
+        match e.kind.as_str() {
+            "auction" => {
+                auctions.insert(
+                    e.str("auction_id").to_string(),
+                    Auction {
+                        winner_bid: e.i64("bid_micros"),
+                        seller_price: e.i64("seller_price_micros"),
+                    },
+                );
+            }
+            "sale" => sales.push(Sale {
+                place: e.place(),
+                ids: format!(
+                    "lead_id {} auction_id {} buyer {} seller {}",
+                    e.str("lead_id"),
+                    e.str("auction_id"),
+                    e.str("buyer"),
+                    e.str("seller")
+                ),
+                lead: e.str("lead_id").to_string(),
+                ping: e.str("ping_id").to_string(),
+                auction: e.str("auction_id").to_string(),
+                seller: e.str("seller").to_string(),
+                currency: e.str("currency").to_string(),
+                test: e.bool("test"),
+                bid: e.i64("bid_micros").unwrap_or(0),
+                price: e.i64("seller_price_micros").unwrap_or(0),
+                margin: e.i64("margin_micros").unwrap_or(0),
+                attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+            }),
+            "post_attempt" => attempts
+                .entry(e.str("lead_id").to_string())
+                .or_default()
+                .push((
+                    e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+                    e.str("outcome").to_string(),
+                )),
+            "unsold" => {
+                unsold_leads.insert(e.str("lead_id").to_string(), ());
+                unsold.push((
+                    e.place(),
+                    e.str("lead_id").to_string(),
+                    e.value
+                        .get("attempts")
+                        .and_then(|a| a.as_u64())
+                        .unwrap_or(0),
+                    e.str("auction_id").to_string(),
+                ));
+            }
+            k if PRE_SEND_TYPES.contains(&k) => pre_sends.push((
+                e.place(),
+                e.str("lead_id").to_string(),
+                e.str("buyer").to_string(),
+                e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+            )),
+            _ => {}
+        }
+        true
+    })?;
+    let mut out = Reconciliation {
+        payouts_checked: cfg.is_some(),
+        stats,
+        ..Reconciliation::default()
+    };
+    let mut by_lead: HashMap<&str, &str> = HashMap::new();
+    let mut by_ping: HashMap<&str, &str> = HashMap::new();
+    let mut sold_attempt: HashMap<&str, u64> = HashMap::new();
+    for s in &sales {
+        let m = &mut out.mismatches;
+        if s.test {
+            out.test_sales += 1;
+        } else {
+            let t = out.totals.entry(s.currency.clone()).or_default();
+            t.0 += 1;
+            t.1 = t.1.saturating_add(s.bid);
+            t.2 = t.2.saturating_add(s.price);
+            t.3 = t.3.saturating_add(s.margin);
+        }
+        out.sales += 1;
+        if s.bid.checked_sub(s.price) != Some(s.margin) {
+            m.push(format!(
+                "{}: margin_micros {} is not bid_micros {} - seller_price_micros {} ({})",
+                s.place, s.margin, s.bid, s.price, s.ids
+            ));
+        }
+        if s.margin < 0 {
+            m.push(format!(
+                "{}: negative margin {} (the seller is paid more than the buyer pays) ({})",
+                s.place, s.margin, s.ids
+            ));
+        }
+        if let Some(first) = by_lead.insert(&s.lead, &s.place) {
+            m.push(format!(
+                "{}: lead sold twice (first sale at {first}) ({})",
+                s.place, s.ids
+            ));
+        }
+        if !s.ping.is_empty() {
+            if let Some(first) = by_ping.insert(&s.ping, &s.place) {
+                m.push(format!(
+                    "{}: ping_id {} sold twice (first sale at {first}) ({})",
+                    s.place, s.ping, s.ids
+                ));
+            }
+        }
+        sold_attempt.insert(&s.lead, s.attempt);
+        let auction = auctions.get(&s.auction);
+        match auction {
+            None => m.push(format!(
+                "{}: the sale's auction record is missing ({})",
+                s.place, s.ids
+            )),
+            Some(a) => {
+                if a.seller_price != Some(s.price) {
+                    m.push(format!(
+                        "{}: seller_price_micros {} differs from the price the auction quoted ({}) ({})",
+                        s.place,
+                        s.price,
+                        a.seller_price.map_or("none".to_string(), |p| p.to_string()),
+                        s.ids
+                    ));
+                }
+            }
+        }
+        if let Some(cfg) = cfg {
+            match cfg.sellers.iter().find(|x| x.id == s.seller) {
+                None => m.push(format!(
+                    "{}: seller {:?} is not in the configuration: its payout cannot be checked ({})",
+                    s.place, s.seller, s.ids
+                )),
+                Some(seller) => {
+                    // The quoted price comes from the winner's bid: the sale's own for
+                    // attempt 0, the auction's for a fallback.
+                    let winner_bid = if s.attempt == 0 {
+                        Some(s.bid)
+                    } else {
+                        auction.and_then(|a| a.winner_bid)
+                    };
+                    if let Some(wb) = winner_bid {
+                        let expected = seller.payout.seller_price(Micros(wb)).min(Micros(wb)).0;
+                        if expected != s.price {
+                            m.push(format!(
+                                "{}: seller_price_micros {} but seller {}'s payout model ({}) on the winning bid {} gives {} ({})",
+                                s.place,
+                                s.price,
+                                s.seller,
+                                payout_text(seller.payout),
+                                wb,
+                                expected,
+                                s.ids
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for k in 0..s.attempt {
+            let has = attempts
+                .get(&s.lead)
+                .is_some_and(|v| v.iter().any(|(a, _)| *a == k));
+            if !has {
+                m.push(format!(
+                    "{}: sold at attempt {} but attempt {k} has no post_attempt record ({})",
+                    s.place, s.attempt, s.ids
+                ));
+            }
+        }
+    }
+    for (place, lead, n, auction) in &unsold {
+        let sent = attempts.get(lead).map_or(0, |v| {
+            v.iter()
+                .filter(|(_, o)| {
+                    matches!(
+                        o.as_str(),
+                        "rejected" | "timeout" | "error" | "invalid" | "not_sent"
+                    )
+                })
+                .count() as u64
+        });
+        if sent != *n {
+            out.mismatches.push(format!(
+                "{place}: unsold after {n} delivery(ies) but {sent} have a post_attempt outcome (lead_id {lead} auction_id {auction})"
+            ));
+        }
+    }
+    for (place, lead, buyer, attempt) in &pre_sends {
+        let done = attempts
+            .get(lead)
+            .is_some_and(|v| v.iter().any(|(a, _)| a == attempt))
+            || sold_attempt.get(lead.as_str()) == Some(attempt)
+            || unsold_leads.contains_key(lead);
+        if !done {
+            out.outcome_unknown.push(format!(
+                "{place}: lead_id {lead} attempt {attempt} to buyer {buyer}: delivered, outcome unknown"
+            ));
+        }
+    }
+    // The report's figures (grouped by buyer) against the sales themselves.
+    let reports = report::build(dir, DateRange::default(), &HashMap::new())?;
+    if let Some(r) = reports.by.get(&report::By::Buyer) {
+        for t in &r.totals {
+            let (n, rev, pay, mar) = out.totals.get(&t.currency).copied().unwrap_or_default();
+            if t.sales != n
+                || t.revenue_micros - t.refunds_micros != rev
+                || t.payouts_micros != pay
+                || t.margin_micros != mar
+            {
+                out.mismatches.push(format!(
+                    "{}: the report by buyer has revenue - refunds {} , payouts {}, margin {} over {} sale(s); the sales add up to {rev}, {pay}, {mar} over {n}",
+                    if t.currency.is_empty() { "-" } else { &t.currency },
+                    t.revenue_micros - t.refunds_micros,
+                    t.payouts_micros,
+                    t.margin_micros,
+                    t.sales
+                ));
+            }
+        }
+    }
+    for (cur, (_, rev, pay, mar)) in &out.totals {
+        if pay.checked_add(*mar) != Some(*rev) {
+            out.mismatches.push(format!(
+                "{cur}: revenue {rev} is not payouts {pay} + margin {mar}"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A payout model in words.
+pub fn payout_text(p: crate::config::PayoutModel) -> String {
+    match p {
+        crate::config::PayoutModel::RevenueShare { share_bp } => {
+            format!("revenue_share {}%", f64::from(share_bp) / 100.0)
+        }
+        crate::config::PayoutModel::FixedMargin { margin } => {
+            format!("fixed_margin {}", money(margin.0))
+        }
+    }
+}
+
+impl Reconciliation {
+    /// Any mismatch? Deliveries without an outcome are listed but are not a failure: they
+    /// are what a crash mid-delivery leaves (the ledger is consistent; the buyer's answer
+    /// was never heard), counted against the buyers' caps at the next start, and settled
+    /// with the buyers by finance.
+    pub fn failed(&self) -> bool {
+        !self.mismatches.is_empty()
+    }
+
+    /// The reconciliation part of `verify`'s output.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "reconciliation: {} sale(s) ({} test, left out of the money)",
+            self.sales, self.test_sales
+        );
+        for (cur, (n, rev, pay, mar)) in &self.totals {
+            let _ = writeln!(
+                out,
+                "  {cur}: {n} sale(s), revenue {} - refunds 0.00 = sales {}; payouts {}, margin {}",
+                money(*rev),
+                money(*rev),
+                money(*pay),
+                money(*mar)
+            );
+        }
+        if !self.payouts_checked {
+            let _ = writeln!(
+                out,
+                "  payouts not checked against the payout models: that needs --config (the sellers' payout models)"
+            );
+        }
+        for n in self.stats.notes() {
+            let _ = writeln!(out, "  note: {n}");
+        }
+        for (title, list) in [
+            ("MISMATCH", &self.mismatches),
+            ("OUTCOME UNKNOWN", &self.outcome_unknown),
+        ] {
+            for m in list.iter().take(SHOWN_MAX) {
+                let _ = writeln!(out, "{title}: {m}");
+            }
+            if list.len() > SHOWN_MAX {
+                let _ = writeln!(out, "{title}: ... and {} more", list.len() - SHOWN_MAX);
+            }
+        }
+        if self.failed() {
+            let _ = writeln!(
+                out,
+                "RECONCILIATION FAILED: {} mismatch(es), {} delivery(ies) with outcome unknown",
+                self.mismatches.len(),
+                self.outcome_unknown.len()
+            );
+        } else {
+            let outcomes = if self.outcome_unknown.is_empty() {
+                " and every delivery has an outcome".to_string()
+            } else {
+                format!(
+                    "; {} delivery(ies) with outcome unknown (listed above; counted against the buyers' caps, to settle with the buyers)",
+                    self.outcome_unknown.len()
+                )
+            };
+            let _ = writeln!(
+                out,
+                "OK: the money reconciles{outcomes}{}",
+                if self.payouts_checked {
+                    " (payouts checked against the configuration)"
+                } else {
+                    ""
+                }
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::segments;
+
+    /// Writes `records` as a framed segment in a fresh directory.
+    fn ledger(records: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let mut prev = segments::GENESIS;
+        for (i, r) in records.iter().enumerate() {
+            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
+        }
+        std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
+        dir
+    }
+
+    const AUCTION: &str = r#"{"type":"auction","v":3,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"skipped":{"total":0,"by_reason":{}},"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
+    const SALE: &str = r#"{"type":"sale","v":3,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_b","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+
+    #[test]
+    fn a_pre_send_without_an_outcome_is_delivered_outcome_unknown() {
+        let dir = ledger(&[
+            AUCTION,
+            r#"{"type":"post_sending","v":3,"generation":1,"at":"2026-11-29T10:00:00.500Z","lead_id":"ld_b","auction_id":"au_1","buyer":"b","attempt":0}"#,
+            SALE,
+            r#"{"type":"pre_send","v":3,"generation":1,"at":"2026-11-29T10:00:02.000Z","lead_id":"ld_a","auction_id":"au_2","buyer":"b","attempt":0}"#,
+        ]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        assert_eq!(r.outcome_unknown.len(), 1, "{:?}", r.outcome_unknown);
+        assert!(r.outcome_unknown[0].contains("seg-00000001.jsonl seq 4: lead_id ld_a attempt 0 to buyer b: delivered, outcome unknown"));
+        // Listed, not a failure: what a crash mid-delivery leaves.
+        assert!(!r.failed());
+        assert!(r.render().contains("OUTCOME UNKNOWN: "));
+        assert!(r.render().contains("1 delivery(ies) with outcome unknown"));
+    }
+
+    #[test]
+    fn newer_versions_are_skipped_and_reported_unknown_types_ignored() {
+        let dir = ledger(&[
+            AUCTION,
+            SALE,
+            r#"{"type":"sale","v":99,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_x","bid_micros":1,"seller_price_micros":5,"margin_micros":0}"#,
+            r#"{"type":"disposition","v":3,"generation":1,"at":"2026-11-29T10:00:03.000Z","lead_id":"ld_b"}"#,
+        ]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(!r.failed(), "{}", r.render());
+        assert_eq!(r.sales, 1);
+        let notes = r.stats.notes().join("\n");
+        assert!(
+            notes.contains("1 record(s) of format version 99 skipped"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("1 record(s) of type \"disposition\" ignored"),
+            "{notes}"
+        );
+    }
+
+    #[test]
+    fn a_fallback_without_its_earlier_attempt_and_a_duplicate_sale_are_mismatches() {
+        let fallback = SALE.replace("\"attempt\":0", "\"attempt\":1");
+        let dir = ledger(&[AUCTION, &fallback, SALE]);
+        let r = reconcile(dir.path(), None).unwrap();
+        let all = r.mismatches.join("\n");
+        assert!(
+            all.contains("sold at attempt 1 but attempt 0 has no post_attempt record"),
+            "{all}"
+        );
+        assert!(
+            all.contains("lead sold twice (first sale at seg-00000001.jsonl seq 2)"),
+            "{all}"
+        );
+        assert!(all.contains("ping_id pg_1 sold twice"), "{all}");
+    }
+}

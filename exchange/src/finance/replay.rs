@@ -1,0 +1,463 @@
+//! `pingpost ledger replay <auction_id>`: re-derives an auction's award from its record
+//! and a configuration, checks it against the recorded winner and prices, and explains
+//! it in plain words.
+//!
+//! The award is re-derived with the core's own functions (`award::reserve_price`,
+//! `award::rank` with the price ranker, the payout model of the seller): the recorded
+//! bids (`bid` and `fixed_price` lines) are ranked under the seller's payout model
+//! against the recorded reserve, and the first ranked bid whose buyer was not refused at
+//! award (`capped_at_award`) wins (a test lead takes the first, as the exchange does).
+//! Buyer keys for the tie-break are configuration positions, as in an exchange that has
+//! not reloaded since it started.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use proto::Micros;
+use serde_json::Value;
+
+use super::reconcile::payout_text;
+use super::{for_each, money, Entry};
+use crate::config::Config;
+use crate::core::award::{self, Bid, PriceRanker};
+
+/// What a replay found.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The explanation, several lines.
+    pub text: String,
+    /// The re-derived award differs from the record.
+    pub mismatch: bool,
+}
+
+/// The auction record `auction_id` and the post records of it, or an error naming why
+/// there is none (also when records of a newer format version were skipped: the
+/// auction may be one of them).
+pub fn find(dir: &Path, auction_id: &str) -> Result<(Entry, Vec<Entry>), String> {
+    let mut auction = None;
+    let mut posts = Vec::new();
+    let stats = for_each(dir, |e| {
+        if e.str("auction_id") == auction_id {
+            match e.kind.as_str() {
+                "auction" if auction.is_none() => auction = Some(e),
+                "auction" => {}
+                _ => posts.push(e),
+            }
+        }
+        true
+    })?;
+    match auction {
+        Some(a) => Ok((a, posts)),
+        None => {
+            let shown: String = auction_id.chars().take(80).collect();
+            let mut e = format!("no auction {shown:?} in the ledger {}", dir.display());
+            for n in stats.notes() {
+                e.push_str(&format!("; {n}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn s<'a>(v: &'a Value, f: &str) -> &'a str {
+    v.get(f).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Replays `a` (with its post records `posts`) under `cfg` (none: explained from the
+/// record alone, not re-derived).
+pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
+    let mut out = String::new();
+    let mut mismatch = false;
+    let v = &a.value;
+    let seller_id = a.str("seller");
+    let vertical_id = a.str("vertical");
+    let generation = a.i64("generation").unwrap_or(0);
+    let currency = posts
+        .iter()
+        .find(|p| p.kind == "sale")
+        .map(|p| p.str("currency").to_string())
+        .or_else(|| {
+            cfg.and_then(|c| c.vertical(vertical_id))
+                .map(|(_, v)| v.currency.clone())
+        })
+        .unwrap_or_default();
+    let m = |x: i64| format!("{} {currency}", money(x)).trim_end().to_string();
+    let _ = writeln!(
+        out,
+        "auction {} (ping {}), {} at {}, in {}: seller {seller_id}, vertical {vertical_id}{}{}, generation {generation}",
+        a.str("auction_id"),
+        a.str("ping_id"),
+        a.place(),
+        a.str("at"),
+        a.value.get("took_us").and_then(Value::as_u64).map_or("?".into(), |t| format!("{t} µs")),
+        if a.bool("direct") { ", a direct post" } else { "" },
+        if a.bool("test") { ", a TEST lead (not billed)" } else { "" },
+    );
+    let reserve = a.i64("reserve_micros").unwrap_or(0);
+    let lines: Vec<Value> = v
+        .get("buyers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let winner = a.str("winner");
+    let won_bid = a.i64("bid_micros");
+    let won_price = a.i64("seller_price_micros");
+    match (winner.is_empty(), won_bid, won_price) {
+        (false, Some(b), Some(p)) => {
+            let _ = writeln!(
+                out,
+                "recorded award: {winner} with a bid of {}; the seller was quoted {} (margin {}); reserve {}",
+                m(b),
+                m(p),
+                m(b - p),
+                m(reserve)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "recorded award: none ({}); reserve {}",
+                match a.str("no_bid") {
+                    "" => "no reason recorded",
+                    r => r,
+                },
+                m(reserve)
+            );
+        }
+    }
+
+    // Re-derive.
+    let capped: Vec<&str> = lines
+        .iter()
+        .filter(|l| s(l, "outcome") == "capped_at_award")
+        .map(|l| s(l, "buyer"))
+        .collect();
+    let mut derived: Option<(String, i64, i64)> = None;
+    let mut ranks: Vec<(String, i64, i64)> = Vec::new();
+    let mut below: Vec<(String, i64, i64)> = Vec::new();
+    let mut payout_used = None;
+    match cfg {
+        None => {
+            let _ = writeln!(
+                out,
+                "not re-derived: replaying the award needs --config (the sellers' payout models, the reserves and floors)"
+            );
+        }
+        Some(cfg) => {
+            let seller = cfg.sellers.iter().find(|x| x.id == seller_id);
+            let vertical = cfg.vertical(vertical_id).map(|(_, v)| v);
+            if generation > 1 {
+                let _ = writeln!(
+                    out,
+                    "note: the auction ran under generation {generation}; a configuration file read now is generation 1 of a fresh start, \
+so if the exchange reloaded its configuration since it started, the file may not be what decided this auction"
+                );
+            }
+            match (seller, vertical) {
+                (None, _) => {
+                    mismatch = true;
+                    let _ = writeln!(out, "MISMATCH: seller {seller_id} is not in the configuration: cannot re-derive");
+                }
+                (_, None) => {
+                    mismatch = true;
+                    let _ = writeln!(out, "MISMATCH: vertical {vertical_id} is not in the configuration: cannot re-derive");
+                }
+                (Some(seller), Some(vertical)) => {
+                    payout_used = Some(seller.payout);
+                    let least = award::reserve_price(None, seller.reserve, vertical.floor).0;
+                    if reserve < least {
+                        mismatch = true;
+                        let _ = writeln!(
+                            out,
+                            "MISMATCH: the recorded reserve {} is below what this configuration sets ({}: the vertical's floor {} and the seller's reserve {})",
+                            m(reserve),
+                            m(least),
+                            m(vertical.floor.0),
+                            seller.reserve.map_or("none".into(), |r| m(r.0))
+                        );
+                    } else if reserve > least {
+                        let _ = writeln!(
+                            out,
+                            "the reserve {} is above the configuration's {} (floor {}, seller reserve {}): the seller's min_price for this lead raised it",
+                            m(reserve),
+                            m(least),
+                            m(vertical.floor.0),
+                            seller.reserve.map_or("none".into(), |r| m(r.0))
+                        );
+                    }
+                    let mut bids = Vec::new();
+                    for l in &lines {
+                        if !matches!(s(l, "outcome"), "bid" | "fixed_price") {
+                            continue;
+                        }
+                        let buyer = s(l, "buyer");
+                        let Some(price) = l.get("bid_micros").and_then(Value::as_i64) else {
+                            continue;
+                        };
+                        match cfg.buyers.iter().find(|b| b.id == buyer) {
+                            Some(b) => bids.push(Bid {
+                                buyer: b.key,
+                                price: Micros(price),
+                                bid_id: None,
+                                expires_in_ms: None,
+                                fixed: s(l, "outcome") == "fixed_price",
+                            }),
+                            None => {
+                                mismatch = true;
+                                let _ = writeln!(out, "MISMATCH: buyer {buyer} bid but is not in the configuration: its bid is left out");
+                            }
+                        }
+                    }
+                    let all = bids.clone();
+                    let score = a.i64("score").and_then(|x| u8::try_from(x).ok());
+                    let ranking =
+                        award::rank(bids, seller.payout, Micros(reserve), &PriceRanker, score);
+                    let name = |k| {
+                        cfg.buyer_by_key(k)
+                            .map(|(_, b)| b.id.clone())
+                            .unwrap_or_default()
+                    };
+                    for r in &ranking.ranked {
+                        ranks.push((name(r.bid.buyer), r.bid.price.0, r.seller_price.0));
+                    }
+                    for b in &all {
+                        if !ranking.ranked.iter().any(|r| r.bid.buyer == b.buyer)
+                            && b.price > Micros::ZERO
+                        {
+                            let sp = seller.payout.seller_price(b.price).min(b.price).0;
+                            below.push((name(b.buyer), b.price.0, sp));
+                        }
+                    }
+                    derived = ranks
+                        .iter()
+                        .find(|(id, _, _)| a.bool("test") || !capped.contains(&id.as_str()))
+                        .cloned();
+                    let recorded = (!winner.is_empty()).then(|| {
+                        (
+                            winner.to_string(),
+                            won_bid.unwrap_or(0),
+                            won_price.unwrap_or(0),
+                        )
+                    });
+                    if derived == recorded {
+                        let _ = writeln!(
+                            out,
+                            "re-derived under the configuration ({} for seller {seller_id}, ranking by seller price, ties by the higher bid then configuration order): {}",
+                            payout_text(seller.payout),
+                            match &derived {
+                                Some((w, b, p)) => format!("{w}, bid {}, seller price {} — MATCHES the record", m(*b), m(*p)),
+                                None => "no winner — MATCHES the record".into(),
+                            }
+                        );
+                    } else {
+                        mismatch = true;
+                        let _ = writeln!(
+                            out,
+                            "MISMATCH: re-derived under the configuration ({}): {}, but the record says {}",
+                            payout_text(seller.payout),
+                            derived.as_ref().map_or("no winner".into(), |(w, b, p)| format!("{w} (bid {}, seller price {})", m(*b), m(*p))),
+                            recorded.as_ref().map_or("no winner".into(), |(w, b, p)| format!("{w} (bid {}, seller price {})", m(*b), m(*p))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // Why each buyer won, lost or was skipped.
+    let _ = writeln!(out, "buyers:");
+    let win = derived
+        .as_ref()
+        .map(|(w, b, p)| (w.clone(), *b, *p))
+        .or_else(|| {
+            (!winner.is_empty()).then(|| {
+                (
+                    winner.to_string(),
+                    won_bid.unwrap_or(0),
+                    won_price.unwrap_or(0),
+                )
+            })
+        });
+    let position = |id: &str| ranks.iter().position(|(b, _, _)| b == id);
+    for l in &lines {
+        let buyer = s(l, "buyer");
+        let outcome = s(l, "outcome");
+        let detail = s(l, "detail");
+        let bid = l.get("bid_micros").and_then(Value::as_i64);
+        let took = l
+            .get("took_us")
+            .and_then(Value::as_u64)
+            .map_or(String::new(), |t| {
+                format!(" in {:.1} ms", t as f64 / 1000.0)
+            });
+        let why = match outcome {
+            "bid" | "fixed_price" => {
+                let b = bid.unwrap_or(0);
+                let kind = if outcome == "bid" {
+                    format!("bid {}{took}", m(b))
+                } else {
+                    format!("fixed price {} (not pinged)", m(b))
+                };
+                match (&win, position(buyer)) {
+                    (Some((w, _, _)), pos) if w == buyer => {
+                        let n = ranks.len();
+                        let why = match pos {
+                            Some(i) if i > 0 => format!(
+                                "ranked #{} of {n}: the bids above it were refused at award (their caps were full)",
+                                i + 1
+                            ),
+                            _ if n > 1 => format!("the highest seller price of {n} ranked bids"),
+                            _ => "the only bid".to_string(),
+                        };
+                        format!(
+                            "WON: {kind}; the seller is paid {}{}, {why}, at or above the reserve {}",
+                            m(win.as_ref().map_or(0, |x| x.2)),
+                            payout_used.map_or(String::new(), |p| format!(" under {}", payout_text(p))),
+                            m(reserve)
+                        )
+                    }
+                    (_, None) if payout_used.is_some() => {
+                        let sp = below.iter().find(|x| x.0 == buyer).map_or(0, |x| x.2);
+                        if b <= 0 {
+                            format!("lost: {kind}, not a positive price (a pass)")
+                        } else {
+                            format!("lost: {kind}, the seller would get {}, below the reserve {}", m(sp), m(reserve))
+                        }
+                    }
+                    (Some((w, wb, wp)), Some(i)) => {
+                        let (_, _, sp) = ranks[i].clone();
+                        let beaten = if sp < *wp {
+                            format!("its seller price {} is lower than {w}'s {}", m(sp), m(*wp))
+                        } else if b < *wb {
+                            format!("same seller price {} as {w}, and the tie goes to the higher bid ({w} bid {})", m(sp), m(*wb))
+                        } else {
+                            format!("same seller price {} and bid as {w}: the tie goes to the buyer configured first", m(sp))
+                        };
+                        if capped.contains(&buyer) {
+                            format!("{kind}, ranked #{}: its cap was full when the award tried to reserve it", i + 1)
+                        } else if position(w).is_some_and(|wi| i < wi) {
+                            format!("{kind}, ranked #{} above the winner but refused at award (cap)", i + 1)
+                        } else {
+                            format!("lost: {kind}, ranked #{}: {beaten}", i + 1)
+                        }
+                    }
+                    (None, Some(i)) if capped.contains(&buyer) => {
+                        format!("{kind}, ranked #{}: its cap was full when the award tried to reserve it", i + 1)
+                    }
+                    _ => format!("lost: {kind}"),
+                }
+            }
+            "capped_at_award" => "refused at award: its bid ranked above the winner's, but its cap or budget was full when the award tried to reserve it".into(),
+            "no_bid" => format!("passed (no bid){took}"),
+            "bid_above_max" => format!(
+                "lost: bid {} is above the vertical's bid_max, so it counts as a pass{took}",
+                m(bid.unwrap_or(0))
+            ),
+            "timeout" if detail == "no_time_left" => "not pinged: no time was left before the auction's deadline".into(),
+            "timeout" => "lost: did not answer within its ping timeout".into(),
+            "error" => "lost: the ping failed (connection or transport error)".into(),
+            "invalid" => format!("lost: its answer was not valid ({}){took}", if detail.is_empty() { "no detail" } else { detail }),
+            "skipped" if detail == "breaker_open" => "skipped: its circuit breaker was open (it had been failing)".into(),
+            "skipped" if detail == "fanout_limit" => "skipped: past the auction's buyers_per_auction_max".into(),
+            other => format!("{other} {detail}"),
+        };
+        let _ = writeln!(out, "  {buyer}: {why}");
+    }
+    if lines.is_empty() {
+        let _ = writeln!(out, "  (no buyer passed the filters)");
+    }
+    if let Some(sk) = v.get("skipped") {
+        let total = sk.get("total").and_then(Value::as_u64).unwrap_or(0);
+        if total > 0 {
+            let reasons: Vec<String> = sk
+                .get("by_reason")
+                .and_then(Value::as_object)
+                .map(|o| o.iter().map(|(k, n)| format!("{k} {n}")).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "skipped by the filters: {total} buyer(s) ({}); a buyer's reason is the first filter it failed",
+                reasons.join(", ")
+            );
+            let first: Vec<&Value> = sk
+                .get("first")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            for f in &first {
+                let _ = writeln!(
+                    out,
+                    "  {}: skipped, {}",
+                    s(f, "buyer"),
+                    reason_words(s(f, "reason"))
+                );
+            }
+            if total > first.len() as u64 {
+                let _ = writeln!(
+                    out,
+                    "  ... and {} more not named (the record names the first {}); their reasons are in the counts above",
+                    total - first.len() as u64,
+                    first.len()
+                );
+            }
+        }
+    }
+    // What the post did.
+    let mut posted = false;
+    for p in posts {
+        posted = true;
+        let line = match p.kind.as_str() {
+            "sale" => format!(
+                "SOLD to {} at attempt {} ({}): lead {}, the buyer pays {}, the seller gets {}, margin {}{}",
+                p.str("buyer"),
+                p.i64("attempt").unwrap_or(0),
+                p.place(),
+                p.str("lead_id"),
+                m(p.i64("bid_micros").unwrap_or(0)),
+                m(p.i64("seller_price_micros").unwrap_or(0)),
+                m(p.i64("margin_micros").unwrap_or(0)),
+                if p.bool("test") { " (test: not billed)" } else { "" }
+            ),
+            "post_attempt" => format!(
+                "post attempt {} to {}: {}{} ({})",
+                p.i64("attempt").unwrap_or(0),
+                p.str("buyer"),
+                p.str("outcome"),
+                match p.str("reason") {
+                    "" => String::new(),
+                    r => format!(", reason {r}"),
+                },
+                p.place()
+            ),
+            "unsold" => format!(
+                "UNSOLD: {} after {} delivery(ies) ({})",
+                p.str("reason"),
+                p.i64("attempts").unwrap_or(0),
+                p.place()
+            ),
+            k => format!("{k} ({})", p.place()),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    if !posted {
+        let _ = writeln!(
+            out,
+            "no post of this auction is recorded (not posted yet, the quote expired, or no winner)"
+        );
+    }
+    Replay {
+        text: out,
+        mismatch,
+    }
+}
+
+fn reason_words(r: &str) -> String {
+    match r {
+        "state" => "does not take leads from this state".into(),
+        "zip" => "does not take this ZIP code".into(),
+        "schedule" => "closed at that time (its weekly schedule)".into(),
+        "score_floor" => "the lead scored below its score_floor".into(),
+        "capped" => "its caps or budget were full".into(),
+        other => other.to_string(),
+    }
+}

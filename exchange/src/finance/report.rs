@@ -1,0 +1,470 @@
+//! `pingpost ledger report`: profit and loss by day, seller, buyer or vertical.
+//!
+//! Columns (test leads are left out and counted apart):
+//! - `pings`: auctions (by buyer: auctions in which the buyer was pinged);
+//! - `bids`: bid lines (`bid` and `fixed_price`; by buyer: the buyer's own);
+//! - `quotes`: firm quotes held (`quote_reserved`);
+//! - `sales`, `revenue_micros` (Σ `bid_micros`, what buyers pay), `payouts_micros`
+//!   (Σ `seller_price_micros`, what sellers get), `margin_micros` (Σ `margin_micros`);
+//! - `returns`, `refunds_micros`: 0 until returns are recorded (the columns stay so a
+//!   spreadsheet's layout does not change when they are).
+//!
+//! Rows are per key and currency: money of different currencies is never added.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{for_each, money, DateRange, Entry, ReadStats};
+
+/// What the rows are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum By {
+    Day,
+    Seller,
+    Buyer,
+    Vertical,
+}
+
+impl By {
+    pub const ALL: [By; 4] = [By::Day, By::Seller, By::Buyer, By::Vertical];
+
+    pub fn parse(text: &str) -> Result<By, String> {
+        match text {
+            "day" => Ok(By::Day),
+            "seller" => Ok(By::Seller),
+            "buyer" => Ok(By::Buyer),
+            "vertical" => Ok(By::Vertical),
+            other => Err(format!(
+                "--by {:?}: unknown grouping (one of: day, seller, buyer, vertical)",
+                other.chars().take(40).collect::<String>()
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Day => "day",
+            By::Seller => "seller",
+            By::Buyer => "buyer",
+            By::Vertical => "vertical",
+        }
+    }
+}
+
+/// One row: the figures of one key in one currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Row {
+    pub key: String,
+    pub currency: String,
+    pub pings: u64,
+    pub bids: u64,
+    pub quotes: u64,
+    pub sales: u64,
+    pub revenue_micros: i64,
+    pub payouts_micros: i64,
+    pub margin_micros: i64,
+    pub returns: u64,
+    pub refunds_micros: i64,
+}
+
+impl Row {
+    fn add(&mut self, o: &Figures) {
+        self.pings += o.pings;
+        self.bids += o.bids;
+        self.quotes += o.quotes;
+        self.sales += o.sales;
+        self.revenue_micros = self.revenue_micros.saturating_add(o.revenue);
+        self.payouts_micros = self.payouts_micros.saturating_add(o.payouts);
+        self.margin_micros = self.margin_micros.saturating_add(o.margin);
+    }
+}
+
+/// Figures before the currency is known (keyed by vertical).
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    pings: u64,
+    bids: u64,
+    quotes: u64,
+    sales: u64,
+    revenue: i64,
+    payouts: i64,
+    margin: i64,
+}
+
+/// Test leads left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Excluded {
+    pub test_auctions: u64,
+    pub test_sales: u64,
+}
+
+/// The report of one grouping.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub by: &'static str,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub rows: Vec<Row>,
+    /// One per currency: every row of that currency added up.
+    pub totals: Vec<Row>,
+    pub excluded: Excluded,
+    /// What the read skipped (newer versions, unknown types, unreadable lines).
+    pub notes: Vec<String>,
+}
+
+/// Every grouping at once, from one read of the ledger.
+#[derive(Debug, Clone)]
+pub struct Reports {
+    pub by: BTreeMap<By, Report>,
+    pub stats: ReadStats,
+}
+
+#[derive(Default)]
+struct Acc {
+    /// (grouping, key, vertical) -> figures.
+    cells: BTreeMap<(By, String, String), Figures>,
+    /// The currency of each vertical, from its sales.
+    currency: HashMap<String, String>,
+    /// ping_id -> (seller, vertical, test) of auctions, to place quote holds.
+    pings: HashMap<String, (String, String, bool)>,
+    /// Quote holds: (ping_id, buyer, day).
+    quotes: Vec<(String, String, String)>,
+    excluded: Excluded,
+}
+
+impl Acc {
+    fn cell(&mut self, by: By, key: &str, vertical: &str) -> &mut Figures {
+        self.cells
+            .entry((by, key.to_string(), vertical.to_string()))
+            .or_default()
+    }
+
+    fn take(&mut self, e: &Entry) {
+        let day = e.day.map(|d| d.to_string()).unwrap_or_default();
+        match e.kind.as_str() {
+            "auction" => {
+                let (seller, vertical) = (e.str("seller"), e.str("vertical"));
+                let test = e.bool("test");
+                self.pings.insert(
+                    e.str("ping_id").to_string(),
+                    (seller.to_string(), vertical.to_string(), test),
+                );
+                if test {
+                    self.excluded.test_auctions += 1;
+                    return;
+                }
+                let lines = e
+                    .value
+                    .get("buyers")
+                    .and_then(|b| b.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                let bids = lines.iter().filter(|l| is_bid(l)).count() as u64;
+                for (by, key) in [
+                    (By::Day, day.as_str()),
+                    (By::Seller, seller),
+                    (By::Vertical, vertical),
+                ] {
+                    let c = self.cell(by, key, vertical);
+                    c.pings += 1;
+                    c.bids += bids;
+                }
+                // Per buyer: each buyer once per auction (a capped_at_award line repeats
+                // a buyer that bid).
+                let mut seen: Vec<&str> = Vec::new();
+                for l in &lines {
+                    let buyer = l.get("buyer").and_then(|b| b.as_str()).unwrap_or("");
+                    let outcome = l.get("outcome").and_then(|b| b.as_str()).unwrap_or("");
+                    if seen.contains(&buyer) {
+                        continue;
+                    }
+                    let pinged = matches!(
+                        outcome,
+                        "bid" | "no_bid" | "bid_above_max" | "invalid" | "error"
+                    ) || (outcome == "timeout"
+                        && l.get("detail").and_then(|d| d.as_str()) != Some("no_time_left"));
+                    if !pinged && !is_bid(l) {
+                        continue;
+                    }
+                    seen.push(buyer);
+                    let c = self.cell(By::Buyer, buyer, vertical);
+                    c.pings += u64::from(pinged);
+                    c.bids += u64::from(is_bid(l));
+                }
+            }
+            "sale" => {
+                if e.bool("test") {
+                    self.excluded.test_sales += 1;
+                    return;
+                }
+                let vertical = e.str("vertical").to_string();
+                self.currency
+                    .entry(vertical.clone())
+                    .or_insert_with(|| e.str("currency").to_string());
+                let (bid, price, margin) = (
+                    e.i64("bid_micros").unwrap_or(0),
+                    e.i64("seller_price_micros").unwrap_or(0),
+                    e.i64("margin_micros").unwrap_or(0),
+                );
+                for (by, key) in [
+                    (By::Day, day.as_str()),
+                    (By::Seller, e.str("seller")),
+                    (By::Buyer, e.str("buyer")),
+                    (By::Vertical, vertical.as_str()),
+                ] {
+                    let c = self.cell(by, key, &vertical);
+                    c.sales += 1;
+                    c.revenue = c.revenue.saturating_add(bid);
+                    c.payouts = c.payouts.saturating_add(price);
+                    c.margin = c.margin.saturating_add(margin);
+                }
+            }
+            "quote_reserved" => self.quotes.push((
+                e.str("ping_id").to_string(),
+                e.str("buyer").to_string(),
+                day,
+            )),
+            _ => {}
+        }
+    }
+
+    fn finish(
+        mut self,
+        range: DateRange,
+        stats: ReadStats,
+        currencies: &HashMap<String, String>,
+    ) -> Reports {
+        for (ping, buyer, day) in std::mem::take(&mut self.quotes) {
+            let Some((seller, vertical, test)) = self.pings.get(&ping).cloned() else {
+                // A hold whose auction is outside the range or missing: counted by day
+                // and buyer only.
+                self.cell(By::Day, &day, "").quotes += 1;
+                self.cell(By::Buyer, &buyer, "").quotes += 1;
+                continue;
+            };
+            if test {
+                continue;
+            }
+            for (by, key) in [
+                (By::Day, day.as_str()),
+                (By::Seller, seller.as_str()),
+                (By::Buyer, buyer.as_str()),
+                (By::Vertical, vertical.as_str()),
+            ] {
+                self.cell(by, key, &vertical).quotes += 1;
+            }
+        }
+        let currency_of = |vertical: &str| -> String {
+            self.currency
+                .get(vertical)
+                .or_else(|| currencies.get(vertical))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut rows: BTreeMap<(By, String, String), Row> = BTreeMap::new();
+        for ((by, key, vertical), f) in &self.cells {
+            let currency = currency_of(vertical);
+            rows.entry((*by, key.clone(), currency.clone()))
+                .or_insert_with(|| Row {
+                    key: key.clone(),
+                    currency,
+                    ..Row::default()
+                })
+                .add(f);
+        }
+        let notes = stats.notes();
+        let mut by = BTreeMap::new();
+        for g in By::ALL {
+            let rows: Vec<Row> = rows
+                .iter()
+                .filter(|((b, _, _), _)| *b == g)
+                .map(|(_, r)| r.clone())
+                .collect();
+            let mut totals: BTreeMap<String, Row> = BTreeMap::new();
+            for r in &rows {
+                let t = totals.entry(r.currency.clone()).or_insert_with(|| Row {
+                    key: "total".into(),
+                    currency: r.currency.clone(),
+                    ..Row::default()
+                });
+                t.pings += r.pings;
+                t.bids += r.bids;
+                t.quotes += r.quotes;
+                t.sales += r.sales;
+                t.revenue_micros += r.revenue_micros;
+                t.payouts_micros += r.payouts_micros;
+                t.margin_micros += r.margin_micros;
+            }
+            by.insert(
+                g,
+                Report {
+                    by: g.as_str(),
+                    from: range.from.map(|d| d.to_string()),
+                    to: range.to.map(|d| d.to_string()),
+                    rows,
+                    totals: totals.into_values().collect(),
+                    excluded: self.excluded,
+                    notes: notes.clone(),
+                },
+            );
+        }
+        Reports { by, stats }
+    }
+}
+
+/// A bid line: a ping answered with a bid, or a fixed-price buyer's standing price.
+fn is_bid(line: &serde_json::Value) -> bool {
+    matches!(
+        line.get("outcome").and_then(|o| o.as_str()),
+        Some("bid" | "fixed_price")
+    )
+}
+
+/// Reads the ledger in `dir` once and builds every grouping for the records in `range`.
+/// `currencies` (vertical -> currency, from a configuration) names the currency of
+/// verticals without sales.
+pub fn build(
+    dir: &Path,
+    range: DateRange,
+    currencies: &HashMap<String, String>,
+) -> Result<Reports, String> {
+    let mut acc = Acc::default();
+    let stats = for_each(dir, |e| {
+        if range.contains(e.day) {
+            acc.take(&e);
+        }
+        true
+    })?;
+    Ok(acc.finish(range, stats, currencies))
+}
+
+const COLUMNS: [&str; 11] = [
+    "key", "currency", "pings", "bids", "quotes", "sales", "revenue", "payouts", "margin",
+    "returns", "refunds",
+];
+
+fn cells(r: &Row, micros_as_units: bool) -> Vec<String> {
+    let m = |v: i64| {
+        if micros_as_units {
+            money(v)
+        } else {
+            v.to_string()
+        }
+    };
+    vec![
+        r.key.clone(),
+        if r.currency.is_empty() {
+            "-".into()
+        } else {
+            r.currency.clone()
+        },
+        r.pings.to_string(),
+        r.bids.to_string(),
+        r.quotes.to_string(),
+        r.sales.to_string(),
+        m(r.revenue_micros),
+        m(r.payouts_micros),
+        m(r.margin_micros),
+        r.returns.to_string(),
+        m(r.refunds_micros),
+    ]
+}
+
+impl Report {
+    /// A text table, money in currency units.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut lines: Vec<Vec<String>> = vec![COLUMNS.iter().map(|c| c.to_string()).collect()];
+        lines[0][0] = self.by.to_string();
+        for r in self.rows.iter().chain(&self.totals) {
+            lines.push(cells(r, true));
+        }
+        let widths: Vec<usize> = (0..COLUMNS.len())
+            .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "P&L by {} ({}), test leads left out",
+            self.by,
+            range_text(self.from.as_deref(), self.to.as_deref())
+        );
+        for (n, l) in lines.iter().enumerate() {
+            if n == 1 + self.rows.len() {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+                );
+            }
+            let text: Vec<String> = l
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i < 2 {
+                        format!("{c:<w$}", w = widths[i])
+                    } else {
+                        format!("{c:>w$}", w = widths[i])
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{}", text.join("  ").trim_end());
+        }
+        if self.rows.is_empty() {
+            let _ = writeln!(out, "(no records in this range)");
+        }
+        let _ = writeln!(
+            out,
+            "left out: {} test auction(s), {} test sale(s); returns and refunds are 0 until returns are recorded",
+            self.excluded.test_auctions, self.excluded.test_sales
+        );
+        for n in &self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        out
+    }
+
+    /// CSV: one header line, one line per row then the totals (key `total`); money in
+    /// integer micros (`*_micros` columns), exact.
+    pub fn csv(&self) -> String {
+        let mut out = format!(
+            "{},currency,pings,bids,quotes,sales,revenue_micros,payouts_micros,margin_micros,returns,refunds_micros\n",
+            self.by
+        );
+        for r in self.rows.iter().chain(&self.totals) {
+            let c: Vec<String> = cells(r, false).iter().map(|c| csv_field(c)).collect();
+            out.push_str(&c.join(","));
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+}
+
+pub(super) fn range_text(from: Option<&str>, to: Option<&str>) -> String {
+    match (from, to) {
+        (None, None) => "all days".into(),
+        (Some(f), None) => format!("from {f}"),
+        (None, Some(t)) => format!("up to {t}"),
+        (Some(f), Some(t)) => format!("{f} to {t}"),
+    }
+}
+
+/// One CSV field, quoted when it must be (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The HTML page of every grouping (see [`super::html`]).
+pub fn html(reports: &Reports, dir: &Path) -> String {
+    super::html::page(reports, dir)
+}

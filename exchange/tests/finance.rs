@@ -1,0 +1,683 @@
+//! The finance tools (issue 9, finance half): `pingpost ledger report | verify | replay |
+//! export`, run through the built binary on a ledger written by a real exchange selling
+//! to SDK bidders, and the HTML report rendered in headless Chromium.
+//!
+//! The ledger: buyers `acme` (bids 20.00), `bravo` (bids 18.00) and `nobid` (passes);
+//! the main seller's payout is an 80 % revenue share. Three leads sell to acme (seller
+//! paid 16.00 each), one test lead sells to acme (left out of finance), then acme rejects
+//! and a fourth lead falls back to bravo at attempt 1 (bravo pays 18.00, the seller is
+//! paid the 16.00 quoted for acme's bid, margin 2.00).
+
+// The helpers below panic with a message: a helper failing is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::*;
+use proto::seller::{PingStatus, PostStatus};
+use serde_json::{json, Value};
+
+const ACME_BID: i64 = 20_000_000;
+const BRAVO_BID: i64 = 18_000_000;
+const QUOTED: i64 = 16_000_000;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(args)
+        .output()
+        .expect("the pingpost binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A ledger written by a real exchange (see the module doc), and its configuration file.
+struct Sold {
+    ex: Exchange,
+    _bidders: Vec<bidder_sdk::ServerHandle>,
+    /// The auction of the fallback sale.
+    fallback_auction: String,
+    /// The auction of the first sale.
+    first_auction: String,
+}
+
+impl Sold {
+    fn dir(&self) -> &str {
+        self.ex.ledger_path.to_str().unwrap()
+    }
+    fn config(&self) -> &str {
+        self.ex.config_path.to_str().unwrap()
+    }
+}
+
+async fn sell() -> Sold {
+    let acme = ScriptedBidder::bidding(20.0);
+    let bravo = ScriptedBidder::bidding(18.0);
+    let nobid = ScriptedBidder::passing();
+    let (a, ha) = serve("acme", &acme).await;
+    let (b, hb) = serve("bravo", &bravo).await;
+    let (n, hn) = serve("nobid", &nobid).await;
+    let mut ex = TestConfig::new().buyer(a).buyer(b).buyer(n).start().await;
+    let mut first_auction = String::new();
+    for _ in 0..3 {
+        let p = ex.client.ping("TX").await;
+        assert_eq!(p.status, PingStatus::Bid);
+        assert_eq!(p.price.unwrap().0, QUOTED);
+        let s = ex.client.post(&p.ping_id, "TX").await;
+        assert_eq!(s.status, PostStatus::Sold, "{s:?}");
+    }
+    // A test lead: sold, but never billed.
+    let p = ex
+        .client
+        .post_json(
+            "/v1/ping",
+            &json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "test": true}),
+        )
+        .await
+        .ping_answer();
+    assert_eq!(p.status, PingStatus::Bid);
+    let s = ex.client.post(&p.ping_id, "TX").await;
+    assert_eq!(s.status, PostStatus::Sold);
+    // acme rejects: the post falls back to bravo.
+    acme.set(|s| s.accept = false);
+    let p = ex.client.ping("TX").await;
+    assert_eq!(p.price.unwrap().0, QUOTED);
+    let s = ex.client.post(&p.ping_id, "TX").await;
+    assert_eq!(s.status, PostStatus::Sold, "{s:?}");
+    ex.shutdown().await;
+    let sales = ex.ledger_of("sale");
+    assert_eq!(sales.len(), 5, "{sales:?}");
+    let fallback = sales.iter().find(|s| s["buyer"] == "bravo").unwrap();
+    assert_eq!(fallback["attempt"], 1);
+    assert_eq!(fallback["seller_price_micros"], QUOTED);
+    if let Some(first) = sales.first() {
+        first_auction = first["auction_id"].as_str().unwrap().to_string();
+    }
+    Sold {
+        fallback_auction: fallback["auction_id"].as_str().unwrap().to_string(),
+        first_auction,
+        ex,
+        _bidders: vec![ha, hb, hn],
+    }
+}
+
+fn report_json(s: &Sold, by: &str) -> Value {
+    let o = run(&[
+        "ledger",
+        "report",
+        "--config",
+        s.config(),
+        "--by",
+        by,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+}
+
+fn row<'a>(report: &'a Value, key: &str) -> &'a Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key)
+        .unwrap_or_else(|| panic!("no row {key}: {report}"))
+}
+
+#[tokio::test]
+async fn report_figures_match_what_was_sold_and_leave_test_leads_out() {
+    let s = sell().await;
+    let by_buyer = report_json(&s, "buyer");
+    let acme = row(&by_buyer, "acme");
+    assert_eq!(acme["currency"], "USD");
+    assert_eq!(acme["sales"], 3, "the test lead is left out: {acme}");
+    assert_eq!(acme["revenue_micros"], 3 * ACME_BID);
+    assert_eq!(acme["payouts_micros"], 3 * QUOTED);
+    assert_eq!(acme["margin_micros"], 3 * (ACME_BID - QUOTED));
+    assert_eq!(acme["pings"], 4);
+    assert_eq!(acme["bids"], 4);
+    assert_eq!(acme["quotes"], 4);
+    assert_eq!(
+        (acme["returns"].clone(), acme["refunds_micros"].clone()),
+        (json!(0), json!(0))
+    );
+    let bravo = row(&by_buyer, "bravo");
+    assert_eq!(bravo["sales"], 1);
+    assert_eq!(bravo["revenue_micros"], BRAVO_BID);
+    assert_eq!(bravo["payouts_micros"], QUOTED);
+    assert_eq!(bravo["margin_micros"], BRAVO_BID - QUOTED);
+    let nobid = row(&by_buyer, "nobid");
+    assert_eq!(
+        (nobid["pings"].clone(), nobid["bids"].clone()),
+        (json!(4), json!(0))
+    );
+    assert_eq!(by_buyer["excluded"]["test_sales"], 1);
+    assert_eq!(by_buyer["excluded"]["test_auctions"], 1);
+
+    let revenue = 3 * ACME_BID + BRAVO_BID;
+    for by in ["day", "seller", "vertical"] {
+        let r = report_json(&s, by);
+        let t = &r["totals"][0];
+        assert_eq!(t["sales"], 4, "{by}: {r}");
+        assert_eq!(t["pings"], 4, "{by}: {r}");
+        assert_eq!(t["revenue_micros"], revenue, "{by}");
+        assert_eq!(t["payouts_micros"], 4 * QUOTED, "{by}");
+        assert_eq!(t["margin_micros"], revenue - 4 * QUOTED, "{by}");
+    }
+    assert_eq!(row(&report_json(&s, "seller"), "main")["sales"], 4);
+    assert_eq!(row(&report_json(&s, "vertical"), VERTICAL)["sales"], 4);
+
+    // The table and the CSV carry the same figures.
+    let o = run(&["ledger", "report", "--dir", s.dir(), "--by", "buyer"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table = text(&o);
+    assert!(table.contains("test leads left out"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("acme")
+            && l.contains("60.00")
+            && l.contains("48.00")
+            && l.contains("12.00")),
+        "{table}"
+    );
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        s.dir(),
+        "--by",
+        "buyer",
+        "--format",
+        "csv",
+    ]);
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(csv.starts_with("buyer,currency,pings,bids,quotes,sales,revenue_micros,payouts_micros,margin_micros,returns,refunds_micros\n"), "{csv}");
+    assert!(
+        csv.contains("\nacme,USD,4,4,4,3,60000000,48000000,12000000,0,0\n"),
+        "{csv}"
+    );
+
+    // A range that holds nothing.
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        s.dir(),
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2000-01-31",
+        "--format",
+        "json",
+    ]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["rows"], json!([]), "{r}");
+}
+
+#[tokio::test]
+async fn bad_arguments_are_clear_errors_with_exit_2() {
+    let s = sell().await;
+    for (args, says) in [
+        (
+            vec!["report", "--from", "2026-13-01"],
+            "--from \"2026-13-01\": no such day",
+        ),
+        (
+            vec!["report", "--to", "29/11/2026"],
+            "--to \"29/11/2026\": not a date",
+        ),
+        (
+            vec!["report", "--from", "2026-11-30", "--to", "2026-11-01"],
+            "--from 2026-11-30 is after --to 2026-11-01",
+        ),
+        (
+            vec!["report", "--by", "week"],
+            "--by \"week\": unknown grouping",
+        ),
+        (
+            vec!["report", "--format", "xml"],
+            "--format \"xml\": unknown format",
+        ),
+        (
+            vec!["export", "--from", "2026-02-30", "--to", "2026-03-01"],
+            "--from \"2026-02-30\": no such day",
+        ),
+        (
+            vec![
+                "export",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-02",
+                "--type",
+                "sales",
+            ],
+            "--type \"sales\": unknown record type",
+        ),
+        (
+            vec![
+                "export",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-02",
+                "--format",
+                "csv",
+                "--type",
+                "sale,auction",
+            ],
+            "--format csv takes one --type",
+        ),
+        (vec!["replay", "au_nope"], "no auction \"au_nope\""),
+    ] {
+        let mut full = vec!["ledger"];
+        full.extend(args.iter().copied());
+        full.extend(["--dir", s.dir()]);
+        let o = run(&full);
+        assert_eq!(o.status.code(), Some(2), "{full:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{full:?}: {}", text(&o));
+        assert!(
+            o.stdout.is_empty(),
+            "{full:?} printed a result: {}",
+            text(&o)
+        );
+    }
+    let o = run(&["ledger", "report", "--dir", "/nonexistent/ledger"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not a ledger directory"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test]
+async fn verify_reconciles_and_names_a_changed_seller_price() {
+    let s = sell().await;
+    let o = run(&["ledger", "verify", "--config", s.config()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("OK: every checksum and the chain verify"),
+        "{out}"
+    );
+    assert!(out.contains("USD: 4 sale(s), revenue 78.00 - refunds 0.00 = sales 78.00; payouts 64.00, margin 14.00"), "{out}");
+    assert!(
+        out.contains("payouts checked against the configuration"),
+        "{out}"
+    );
+    let o = run(&["ledger", "verify", "--dir", s.dir()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("needs --config"), "{}", text(&o));
+
+    // A copy whose first sale pays the seller 17.00 instead of the 16.00 of its payout.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("ledger");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&s.ex.ledger_path).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let seg = copy.join("seg-00000001.jsonl");
+    let text0 = std::fs::read_to_string(&seg).unwrap();
+    let (n, line) = text0
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("\"type\":\"sale\""))
+        .unwrap();
+    let sale: Value = serde_json::from_str(line).unwrap();
+    let changed = line.replacen(
+        &format!("\"seller_price_micros\":{QUOTED}"),
+        "\"seller_price_micros\":17000000",
+        1,
+    );
+    assert_ne!(changed, line);
+    std::fs::write(&seg, text0.replacen(line, &changed, 1)).unwrap();
+    let o = run(&[
+        "ledger",
+        "verify",
+        "--dir",
+        copy.to_str().unwrap(),
+        "--config",
+        s.config(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // The chain catches the edit ...
+    assert!(
+        out.contains("PROBLEM: ") && out.contains("checksum does not match"),
+        "{out}"
+    );
+    // ... and reconciliation names the record and what is wrong with its money.
+    let place = format!("seg-00000001.jsonl seq {}", sale["seq"]);
+    assert_eq!(sale["seq"].as_u64().unwrap(), n as u64 + 1);
+    let lead = sale["lead_id"].as_str().unwrap();
+    let mismatch = |needle: &str| {
+        out.lines().any(|l| {
+            l.starts_with("MISMATCH: ")
+                && l.contains(&place)
+                && l.contains(lead)
+                && l.contains(needle)
+        })
+    };
+    assert!(
+        mismatch("margin_micros 4000000 is not bid_micros 20000000 - seller_price_micros 17000000"),
+        "{out}"
+    );
+    assert!(mismatch("seller_price_micros 17000000 but seller main's payout model (revenue_share 80%) on the winning bid 20000000 gives 16000000"), "{out}");
+    assert!(
+        mismatch("differs from the price the auction quoted (16000000)"),
+        "{out}"
+    );
+    assert!(out.contains("RECONCILIATION FAILED"), "{out}");
+}
+
+#[tokio::test]
+async fn replay_rederives_the_award_and_explains_it() {
+    let s = sell().await;
+    let o = run(&[
+        "ledger",
+        "replay",
+        &s.fallback_auction,
+        "--config",
+        s.config(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("— MATCHES the record"), "{out}");
+    assert!(out.contains("acme: WON: bid 20.00 USD"), "{out}");
+    assert!(
+        out.contains("the seller is paid 16.00 USD under revenue_share 80%"),
+        "{out}"
+    );
+    assert!(out.contains("bravo: lost: bid 18.00 USD"), "{out}");
+    assert!(
+        out.contains("its seller price 14.40 USD is lower than acme's 16.00 USD"),
+        "{out}"
+    );
+    assert!(out.contains("nobid: passed (no bid)"), "{out}");
+    assert!(out.contains("post attempt 0 to acme: rejected"), "{out}");
+    assert!(out.contains("SOLD to bravo at attempt 1"), "{out}");
+    assert!(
+        out.contains("the buyer pays 18.00 USD, the seller gets 16.00 USD, margin 2.00 USD"),
+        "{out}"
+    );
+
+    // Without a configuration: explained, not re-derived.
+    let o = run(&["ledger", "replay", &s.first_auction, "--dir", s.dir()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("not re-derived: replaying the award needs --config"),
+        "{out}"
+    );
+
+    // A configuration whose payout differs: the replay does not match.
+    let cfg = std::fs::read_to_string(&s.ex.config_path).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other.toml");
+    std::fs::write(&other, cfg.replacen("share_pct = 80", "share_pct = 70", 1)).unwrap();
+    let o = run(&[
+        "ledger",
+        "replay",
+        &s.first_auction,
+        "--dir",
+        s.dir(),
+        "--config",
+        other.to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("MISMATCH: re-derived under the configuration (revenue_share 70%): acme (bid 20.00 USD, seller price 14.00 USD), but the record says acme (bid 20.00 USD, seller price 16.00 USD)"), "{out}");
+}
+
+#[tokio::test]
+async fn export_writes_a_date_range_as_csv_or_json_lines() {
+    let s = sell().await;
+    let sales = s.ex.ledger_of("sale");
+    let day = &sales[0]["at"].as_str().unwrap()[..10];
+    let last = &sales[sales.len() - 1]["at"].as_str().unwrap()[..10];
+    let o = run(&[
+        "ledger",
+        "export",
+        "--dir",
+        s.dir(),
+        "--from",
+        day,
+        "--to",
+        last,
+        "--format",
+        "csv",
+        "--type",
+        "sale",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "seq,at,generation,lead_id,ping_id,auction_id,seller,buyer,vertical,currency,test,bid_micros,seller_price_micros,margin_micros,attempt,buyer_lead_id");
+    assert_eq!(lines.len(), 6, "{csv}");
+    assert!(
+        lines.iter().any(
+            |l| l.contains(",main,bravo,auto_insurance,USD,false,18000000,16000000,2000000,1,")
+        ),
+        "{csv}"
+    );
+
+    let o = run(&[
+        "ledger",
+        "export",
+        "--dir",
+        s.dir(),
+        "--from",
+        day,
+        "--to",
+        last,
+        "--type",
+        "sale,auction",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stored = std::fs::read_to_string(s.ex.ledger_path.join("seg-00000001.jsonl")).unwrap();
+    let jsonl = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(jsonl.lines().count(), 10, "{jsonl}");
+    for l in jsonl.lines() {
+        assert!(
+            stored.contains(l),
+            "exported lines are the stored lines: {l}"
+        );
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["type"] == "sale" || v["type"] == "auction", "{v}");
+    }
+    // A range before the ledger: nothing (the header only for CSV).
+    let o = run(&[
+        "ledger",
+        "export",
+        "--dir",
+        s.dir(),
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2000-01-01",
+    ]);
+    assert!(o.status.success());
+    assert!(o.stdout.is_empty());
+}
+
+/// The Chromium the browser check runs (Debian's `chromium`; `exchange/tests/chromium.sh`
+/// installs it, and the README's test command runs that first).
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PINGPOST_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    path.exists().then_some(path)
+}
+
+/// `data-value` of every `<td data-col=COL>` per row key of table `id` in `dom`.
+fn table_values(dom: &str, id: &str, col: &str) -> Vec<(String, i64)> {
+    let start = dom
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table {id}"));
+    let end = start + dom[start..].find("</table>").unwrap();
+    let table = &dom[start..end];
+    let row_re = regex::Regex::new(r#"<tr[^>]*data-key="([^"]*)"[^>]*>(.*?)</tr>"#).unwrap();
+    let cell_re = regex::Regex::new(&format!(r#"data-col="{col}" data-value="(-?\d+)""#)).unwrap();
+    row_re
+        .captures_iter(table)
+        .map(|c| {
+            let v = cell_re
+                .captures(&c[2])
+                .unwrap_or_else(|| panic!("no {col} in {}", &c[2]))[1]
+                .parse()
+                .unwrap();
+            (c[1].to_string(), v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn html_report_renders_in_chromium_with_the_json_figures() {
+    let Some(chromium) = chromium() else {
+        let allowed = std::env::var("PINGPOST_SKIP_BROWSER_CHECK").is_ok_and(|v| v == "1");
+        assert!(
+            allowed,
+            "Chromium is not installed (/usr/bin/chromium or $PINGPOST_CHROMIUM): run exchange/tests/chromium.sh \
+             (apt-get install -y --no-install-recommends chromium), or set PINGPOST_SKIP_BROWSER_CHECK=1 to skip this check"
+        );
+        eprintln!("\n!!!!!!!! SKIPPED: the HTML report's browser check (no Chromium, PINGPOST_SKIP_BROWSER_CHECK=1) !!!!!!!!\n");
+        return;
+    };
+    let s = sell().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let page = tmp.path().join("report.html");
+    let o = run(&[
+        "ledger",
+        "report",
+        "--config",
+        s.config(),
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: no script, no stylesheet or image to fetch, no address but the
+    // SVG namespace (a name, never fetched).
+    let without_ns = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    for forbidden in [
+        "<script", "http://", "https://", "<link", "<img", "@import", "url(",
+    ] {
+        assert!(
+            !without_ns.contains(forbidden),
+            "the page is not self-contained: {forbidden}"
+        );
+    }
+
+    let profile = tmp.path().join("profile");
+    let url = format!("file://{}", page.display());
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (by, id) in [
+        ("day", "by-day"),
+        ("buyer", "by-buyer"),
+        ("seller", "by-seller"),
+        ("vertical", "by-vertical"),
+    ] {
+        let json = report_json(&s, by);
+        let mut rows: Vec<&Value> = json["rows"].as_array().unwrap().iter().collect();
+        rows.extend(json["totals"].as_array().unwrap());
+        for col in [
+            "pings",
+            "bids",
+            "quotes",
+            "sales",
+            "revenue_micros",
+            "payouts_micros",
+            "margin_micros",
+            "returns",
+            "refunds_micros",
+        ] {
+            let rendered = table_values(&dom, id, col);
+            let expected: Vec<(String, i64)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r["key"].as_str().unwrap().to_string(),
+                        r[col].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(rendered, expected, "table {id}, column {col}");
+        }
+    }
+    // The charts: one revenue and one margin bar per day and per buyer, with the JSON's
+    // figures, inside rendered SVG elements.
+    let bar_re = regex::Regex::new(r#"<rect data-chart="(\w+)" data-series="(\w+)" data-key="([^"]*)" data-currency="USD" data-value="(-?\d+)""#).unwrap();
+    let bars: Vec<(String, String, String, i64)> = bar_re
+        .captures_iter(&dom)
+        .map(|c| {
+            (
+                c[1].to_string(),
+                c[2].to_string(),
+                c[3].to_string(),
+                c[4].parse().unwrap(),
+            )
+        })
+        .collect();
+    for by in ["day", "buyer"] {
+        let json = report_json(&s, by);
+        for r in json["rows"].as_array().unwrap() {
+            for (series, col) in [("revenue", "revenue_micros"), ("margin", "margin_micros")] {
+                let want = (
+                    by.to_string(),
+                    series.to_string(),
+                    r["key"].as_str().unwrap().to_string(),
+                    r[col].as_i64().unwrap(),
+                );
+                assert!(bars.contains(&want), "no bar {want:?} in {bars:?}");
+            }
+        }
+    }
+    assert!(
+        dom.contains("id=\"chart-day-USD\"") && dom.contains("id=\"chart-buyer-USD\""),
+        "charts missing"
+    );
+    let total = report_json(&s, "day");
+    let revenue = total["totals"][0]["revenue_micros"].as_i64().unwrap();
+    assert!(
+        dom.contains(&format!(
+            "id=\"total-revenue-USD\" data-value=\"{revenue}\">78.00<"
+        )),
+        "total revenue"
+    );
+}
