@@ -26,11 +26,12 @@ use crate::core::record::RECORD_VERSION;
 use crate::ledger::segments;
 
 /// The record types this version of the tools knows (docs/OPERATIONS.md, "The ledger").
-pub const KNOWN_TYPES: [&str; 8] = [
+pub const KNOWN_TYPES: [&str; 9] = [
     "auction",
     "post_attempt",
     "sale",
     "unsold",
+    "quote_opened",
     "quote_reserved",
     "quote_released",
     "quote_expired",
@@ -38,9 +39,9 @@ pub const KNOWN_TYPES: [&str; 8] = [
 ];
 
 /// Record types that say a lead is about to leave for a buyer (written before the
-/// delivery, with `lead_id`, `buyer` and `attempt`). None is written yet; when one is,
-/// `verify` checks that each has an outcome and lists those without one as "delivered,
-/// outcome unknown".
+/// delivery, with `lead_id`, `buyer` and `attempt`): the exchange writes `post_sent`
+/// (docs/LEDGER.md); the other names are accepted too. `verify` checks that each has an
+/// outcome and lists those without one as "delivered, outcome unknown".
 pub const PRE_SEND_TYPES: [&str; 3] = ["post_sending", "post_sent", "pre_send"];
 
 /// One record read from the ledger.
