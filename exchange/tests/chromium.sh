@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure headless Chromium (Debian's `chromium`) is installed, for the browser check
-# of `pingpost ledger report --html` (exchange/tests/finance_browser.rs). Part of the
+# of `pingpost ledger report --html` (exchange/tests/finance.rs,
+# `html_report_renders_in_chromium_with_the_json_figures`). Part of the
 # README's test command and of .ci/run, before `cargo test`: the test fails (it does
 # not skip) when Chromium is missing, unless PINGPOST_SKIP_BROWSER_CHECK=1 is set.
 #
