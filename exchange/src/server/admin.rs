@@ -93,16 +93,7 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         ),
         (_, m) => {
             let allow = if route == "reload" { "POST" } else { "GET" };
-            let mut resp = error_response(
-                &state,
-                &ApiError::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!("{m} is not allowed on {}; use {allow}", req.uri().path()),
-                ),
-            );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
-            resp
+            method_not_allowed(&state, m, req.uri().path(), allow)
         }
     }
 }

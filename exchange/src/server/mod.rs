@@ -69,6 +69,25 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Body> {
     resp
 }
 
+/// `405 method_not_allowed` with the `Allow` header naming the one method the route takes.
+fn method_not_allowed(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    allow: &'static str,
+) -> Response<Body> {
+    let mut resp = error_response(
+        state,
+        &ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed on {path}; use {allow}"),
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
 fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
     state
         .metrics
@@ -264,16 +283,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             } else {
                 "GET"
             };
-            let mut resp = error_response(
-                &state,
-                &ApiError::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!("{m} is not allowed on {}; use {allow}", req.uri().path()),
-                ),
-            );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
-            resp
+            method_not_allowed(&state, m, req.uri().path(), allow)
         }
     };
     state
