@@ -76,6 +76,28 @@ pub struct AuctionParams<'a> {
     pub ping_id: &'a str,
     /// When the request arrived: the auction deadline counts from here.
     pub arrival: UnixMs,
+    /// The lead and context features the models saw (empty without a feature spec),
+    /// recorded so training sees exactly what serving saw.
+    pub lead_x: &'a [f32],
+    /// The vertical's feature encoding version, when it declares features.
+    pub features_version: Option<u32>,
+    /// The model versions serving this auction.
+    pub models: ModelVersions<'a>,
+}
+
+/// Which model versions decided an auction (written in its record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModelVersions<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_score: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realization: Option<&'a str>,
+}
+
+impl ModelVersions<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.lead_score.is_none() && self.realization.is_none()
+    }
 }
 
 /// A buyer to ping.
@@ -274,6 +296,8 @@ impl<'a> Auction<'a> {
             bid_micros,
             detail,
             took_us,
+            p_ppm: None,
+            bx: None,
         });
         // A buyer not pinged for want of time did nothing wrong: its breaker learns nothing.
         let breaker = match detail {
@@ -453,6 +477,11 @@ impl<'a> Auction<'a> {
         let reserve = award::reserve_price(p.min_price, seller_reserve, floor);
         let any_bid = !bids.is_empty();
         let ranking = award::rank(bids, seller_payout, reserve, p.ranker, p.score);
+        let ranking_p: Vec<(crate::config::BuyerKey, Option<u32>)> = ranking
+            .ranked
+            .iter()
+            .map(|r| (r.bid.buyer, r.p_ppm))
+            .collect();
         let mut reservation = None;
         let mut winner_pos = None;
         for (i, r) in ranking.ranked.iter().enumerate() {
@@ -478,6 +507,8 @@ impl<'a> Auction<'a> {
                         bid_micros: Some(price),
                         detail: None,
                         took_us: None,
+                        p_ppm: r.p_ppm,
+                        bx: None,
                     });
                 }
             }
@@ -498,6 +529,19 @@ impl<'a> Auction<'a> {
             ),
             None => Vec::new(),
         };
+        // Each bid's realization probability and the buyer features it was ranked with.
+        for l in self.lines.iter_mut() {
+            if !matches!(l.outcome, BuyerOutcome::Bid | BuyerOutcome::FixedPrice) {
+                continue;
+            }
+            let Some(key) = cfg.buyers.get(l.idx).map(|b| b.key) else {
+                continue;
+            };
+            if let Some(r) = ranking_p.iter().find(|(k, _)| *k == key) {
+                l.p_ppm = r.1;
+            }
+            l.bx = p.ranker.buyer_features(key);
+        }
         let winner = ranked.first();
         let record = AuctionRecord {
             head: Head::new(p.generation, now),
@@ -518,6 +562,10 @@ impl<'a> Auction<'a> {
             seller_price_micros: winner.map(|w| w.seller_price.0),
             no_bid: no_bid.map(NoBidReason::as_str),
             took_us,
+            features_version: p.features_version,
+            x: p.lead_x,
+            models: p.models,
+            explore: p.ranker.explored(),
         };
         self.effects.push(Effect::Record(Record::Auction(record)));
         self.effects.push(Effect::Auction { no_bid });

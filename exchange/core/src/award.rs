@@ -38,28 +38,53 @@ pub struct Ranked {
     pub bid: Bid,
     /// The seller's payout for this bid under the seller's payout model.
     pub seller_price: Micros,
-    /// What the bid is ranked by (higher first); from the [`Ranker`].
+    /// What the bid is ranked by (higher first); from the [`Ranker`]. Under expected
+    /// value, the bid in micros times the realization probability.
     pub value: i64,
+    /// The probability that the buyer accepts and keeps the lead, in parts per million,
+    /// when the ranker predicted one (`None` under the price ranker).
+    pub p_ppm: Option<u32>,
 }
 
-/// The seam where the award's objective plugs in: the value of a bid to the exchange,
+/// The seam where the award's objective plugs in: the value of each bid to the exchange,
 /// higher is better. Implementations must be deterministic (a replayed auction must rank
-/// the same) and cheap (it runs for every bid of every auction).
+/// the same) and cheap (it runs for every auction). They see all the bids of one auction
+/// at once, so a model scores them in one pass.
 pub trait Ranker: Send + Sync + std::fmt::Debug {
-    /// The rank value of `bid`, which would pay the seller `seller_price`, for a lead that
-    /// scored `score` (if a model scored it).
-    fn value(&self, bid: &Bid, seller_price: Micros, score: Option<u8>) -> i64;
+    /// Sets `value` (and `p_ppm`, if the ranker predicts one) of every bid in `bids`, for
+    /// a lead that scored `score` (if a model scored it).
+    fn rank_values(&self, bids: &mut [Ranked], score: Option<u8>);
+
+    /// Whether this auction explored (ranked by draws rather than the best estimate).
+    fn explored(&self) -> bool {
+        false
+    }
+
+    /// The buyer features `buyer`'s bid was ranked with, for the auction record.
+    fn buyer_features(&self, _buyer: BuyerKey) -> Option<Vec<f32>> {
+        None
+    }
 }
 
-/// Ranks by what the seller is paid (seller price in micros): the classic price auction,
-/// used until an expected-value model is loaded.
+/// Ranks by what the seller is paid (seller price in micros): the classic price auction
+/// (`routing.award = "price"`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PriceRanker;
 
 impl Ranker for PriceRanker {
-    fn value(&self, _bid: &Bid, seller_price: Micros, _score: Option<u8>) -> i64 {
-        seller_price.0
+    fn rank_values(&self, bids: &mut [Ranked], _score: Option<u8>) {
+        for r in bids {
+            r.value = r.seller_price.0;
+            r.p_ppm = None;
+        }
     }
+}
+
+/// The expected value of a bid of `price` that realizes with probability `p_ppm` parts
+/// per million: integer micros, rounded down, exact (no float touches money).
+pub fn expected_value(price: Micros, p_ppm: u32) -> i64 {
+    let v = i128::from(price.0) * i128::from(p_ppm) / 1_000_000;
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The bids that can win, best first, and how many the reserve turned away (so the
@@ -94,13 +119,14 @@ pub fn rank(
             out.below_reserve += 1;
             continue;
         }
-        let value = ranker.value(&bid, seller_price, score);
         out.ranked.push(Ranked {
             bid,
             seller_price,
-            value,
+            value: 0,
+            p_ppm: None,
         });
     }
+    ranker.rank_values(&mut out.ranked, score);
     out.ranked.sort_by(rank_order);
     out
 }
@@ -177,6 +203,7 @@ mod tests {
             bid: bid(buyer, m(price)),
             seller_price: m(seller_price),
             value: price,
+            p_ppm: None,
         };
         // Winner quoted at 16; bids of 18 and 16 may fall back, 15 may not.
         let ranked = vec![
@@ -296,8 +323,10 @@ mod tests {
     #[derive(Debug)]
     struct Flat;
     impl Ranker for Flat {
-        fn value(&self, _: &Bid, _: Micros, _: Option<u8>) -> i64 {
-            7
+        fn rank_values(&self, bids: &mut [Ranked], _: Option<u8>) {
+            for r in bids {
+                r.value = 7;
+            }
         }
     }
 
@@ -328,10 +357,12 @@ mod tests {
     #[derive(Debug)]
     struct Expected(Vec<i64>);
     impl Ranker for Expected {
-        fn value(&self, bid: &Bid, seller_price: Micros, score: Option<u8>) -> i64 {
-            let p_bp = self.0.get(bid.buyer.slot()).copied().unwrap_or(0);
-            let score_bp = i64::from(score.unwrap_or(100)) * 100;
-            seller_price.0 / 10_000 * p_bp / 10_000 * score_bp
+        fn rank_values(&self, bids: &mut [Ranked], score: Option<u8>) {
+            for r in bids {
+                let p_bp = self.0.get(r.bid.buyer.slot()).copied().unwrap_or(0);
+                let score_bp = i64::from(score.unwrap_or(100)) * 100;
+                r.value = r.seller_price.0 / 10_000 * p_bp / 10_000 * score_bp;
+            }
         }
     }
 

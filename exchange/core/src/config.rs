@@ -281,6 +281,10 @@ pub struct Vertical {
     /// answering in cents or with a typo. `None`: no ceiling.
     pub bid_max: Option<Micros>,
     pub schema: VerticalSchema,
+    /// `[verticals.NAME.features]`: what the models see (`None`: no model can serve).
+    pub features: Option<crate::model::features::FeatureSpec>,
+    /// `[verticals.NAME.routing]`: what the award ranks by.
+    pub routing: crate::model::routing::Routing,
 }
 
 /// How the exchange takes its margin from a winning bid.

@@ -20,8 +20,10 @@ use crate::config::{BuyerIdx, Config};
 /// `bid_above_max` buyer outcome; quote hold records. 3: an auction's filter skips are a
 /// bounded `skipped` summary, no longer one `buyers` line each. 4: the durable
 /// `post_sent` record written before a lead leaves for a buyer; a sale carries the cap
-/// `windows` it counts in.
-pub const RECORD_VERSION: u16 = 4;
+/// `windows` it counts in. 5: AI routing: an auction carries its features (`x`, each
+/// bid line's `bx`), each bid's realization probability (`p_ppm`), the model versions
+/// and whether it explored; `disposition` and `refund` records.
+pub const RECORD_VERSION: u16 = 5;
 
 /// RFC 3339 UTC with milliseconds, as the ledger has always written times.
 pub fn rfc3339(unix_ms: UnixMs) -> String {
@@ -188,7 +190,7 @@ impl Serialize for BuyerOutcome {
 }
 
 /// One buyer's line in an auction record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BuyerLine<'a> {
     /// The buyer's position in the configuration (not written).
     #[serde(skip)]
@@ -203,6 +205,13 @@ pub struct BuyerLine<'a> {
     /// How long the buyer took to answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub took_us: Option<u64>,
+    /// The bid's probability of realization (accepted and kept), in parts per million,
+    /// as the award used it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_ppm: Option<u32>,
+    /// The buyer features the bid was ranked with (a missing value is `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bx: Option<Vec<f32>>,
 }
 
 /// The buyers that failed a filter in one auction, bounded whatever their number:
@@ -292,6 +301,18 @@ pub struct AuctionRecord<'a> {
     pub no_bid: Option<&'static str>,
     /// From the request's arrival to the award.
     pub took_us: u64,
+    /// The vertical's feature encoding version, when it declares features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features_version: Option<u32>,
+    /// The lead and context features the models saw (a missing value is `null`).
+    #[serde(skip_serializing_if = "<[f32]>::is_empty")]
+    pub x: &'a [f32],
+    /// The model versions that served the auction.
+    #[serde(skip_serializing_if = "crate::auction::ModelVersions::is_empty")]
+    pub models: crate::auction::ModelVersions<'a>,
+    /// The auction explored: bids were ranked by Thompson draws of the buyers' rates.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub explore: bool,
 }
 
 /// `type: "post_sent"`: written and fsynced before the lead leaves for `buyer`, so a
@@ -500,18 +521,34 @@ mod tests {
                 bid_micros: Some(1_850_000_000),
                 detail: None,
                 took_us: Some(5),
+                p_ppm: Some(250_000),
+                bx: Some(vec![1.5, f32::NAN]),
             }],
             winner: None,
             bid_micros: None,
             seller_price_micros: None,
             no_bid: Some("no_bids"),
             took_us: 9,
+            features_version: Some(3),
+            x: &[2.0, f32::NAN],
+            models: crate::auction::ModelVersions {
+                lead_score: None,
+                realization: Some("r1"),
+            },
+            explore: true,
         });
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["type"], "auction");
         assert_eq!(v["v"], RECORD_VERSION);
         assert_eq!(v["generation"], 7);
         assert_eq!(v["at"], "1970-01-01T00:00:00.000Z");
+        // Features as the models saw them; a missing one is null, never zero.
+        assert_eq!(v["x"], serde_json::json!([2.0, null]));
+        assert_eq!(v["features_version"], 3);
+        assert_eq!(v["models"], serde_json::json!({"realization": "r1"}));
+        assert_eq!(v["explore"], true);
+        assert_eq!(v["buyers"][0]["p_ppm"], 250_000);
+        assert_eq!(v["buyers"][0]["bx"], serde_json::json!([1.5, null]));
         assert_eq!(v["buyers"][0]["outcome"], "bid_above_max");
         assert_eq!(
             v["skipped"],

@@ -38,6 +38,9 @@ fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
         auction_id: "au_t",
         ping_id: "pg_t",
         arrival,
+        lead_x: &[],
+        features_version: None,
+        models: Default::default(),
     }
 }
 

@@ -114,6 +114,8 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         floor: Micros(1_000_000),
         bid_max: None,
         schema: schema(),
+        features: None,
+        routing: Default::default(),
     };
     let seller = Seller {
         id: "s0".into(),

@@ -13,6 +13,7 @@
 
 mod admin;
 mod buyers;
+mod features;
 mod reader;
 mod sellers;
 mod server;

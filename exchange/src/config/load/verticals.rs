@@ -72,6 +72,18 @@ pub(super) fn read_vertical(
         .into_iter()
         .map(|(field, section)| read_field(field, section, p))
         .collect();
+    let (features, routing) = if fields.iter().all(Option::is_some) {
+        let schema = VerticalSchema {
+            fields: fields.iter().flatten().cloned().collect(),
+        };
+        let features = super::features::read_features(&mut s, &schema, p);
+        (features, super::features::read_routing(&mut s, p))
+    } else {
+        // Field problems are reported; features name fields, so they wait for a clean schema.
+        s.opt("features");
+        s.opt("routing");
+        (None, Default::default())
+    };
     s.finish(p);
 
     if p.len() > before {
@@ -85,6 +97,8 @@ pub(super) fn read_vertical(
         floor,
         bid_max,
         schema: VerticalSchema { fields },
+        features,
+        routing,
     })
 }
 

@@ -1,0 +1,482 @@
+//! Award by expected value: EV = bid x P(the buyer accepts the post and keeps the lead).
+//!
+//! Owns: the realization probability of each bid of an auction, from the realization
+//! model when one serves, else from the buyer's Bayesian-smoothed acceptance and return
+//! rates (cold start); the exploration share, in which each bidder's acceptance is a
+//! Thompson draw from its Beta posterior, so a new buyer gets enough posts to be learned;
+//! and the buyer features the model saw, for the auction record (training reads them
+//! back, so serving and training see the same bits).
+//!
+//! Never: lets a float touch money (EV is integer micros from a probability in parts per
+//! million), or depends on anything but its inputs: the exploration draw is seeded by the
+//! auction, so a replay ranks the same.
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use rand_distr::{Beta, Distribution};
+
+use super::features::{BuyerSignals, FeatureSpec};
+use crate::award::{expected_value, Ranked, Ranker};
+use crate::config::BuyerKey;
+
+/// `routing.award`: what the award ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AwardMode {
+    /// Bid x P(realization): the default.
+    #[default]
+    ExpectedValue,
+    /// The seller price alone (the classic price auction).
+    Price,
+}
+
+/// `[verticals.NAME.routing]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routing {
+    pub award: AwardMode,
+    /// Share of auctions, in parts per million, ranked by Thompson draws (at most 50 %).
+    pub explore_ppm: u32,
+    /// Strength of the Beta prior, in posts: a buyer's smoothed rate is its own only after
+    /// about this many posts.
+    pub prior_weight: u32,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing {
+            award: AwardMode::ExpectedValue,
+            explore_ppm: 50_000,
+            prior_weight: 20,
+        }
+    }
+}
+
+/// A buyer's recent post outcomes, as (decayed) counts.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Outcomes {
+    /// Posts delivered to the buyer (accepted, rejected, timed out, failed).
+    pub posts: f64,
+    /// Posts the buyer accepted.
+    pub accepts: f64,
+    /// Accepted leads the buyer later returned.
+    pub returns: f64,
+}
+
+/// Rates smoothed towards a prior: `(k + w * mean) / (n + w)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Priors {
+    pub acceptance: f64,
+    pub return_rate: f64,
+}
+
+impl Default for Priors {
+    fn default() -> Priors {
+        Priors {
+            acceptance: 0.5,
+            return_rate: 0.1,
+        }
+    }
+}
+
+impl Outcomes {
+    /// The smoothed acceptance rate.
+    pub fn acceptance(&self, prior: &Priors, w: f64) -> f64 {
+        clamp01((self.accepts + w * prior.acceptance) / (self.posts + w))
+    }
+
+    /// The smoothed return rate (of accepted leads).
+    pub fn return_rate(&self, prior: &Priors, w: f64) -> f64 {
+        clamp01((self.returns + w * prior.return_rate) / (self.accepts + w))
+    }
+
+    /// Cold start: P(accept) x P(keep | accepted), both smoothed.
+    pub fn realization(&self, prior: &Priors, w: f64) -> f64 {
+        self.acceptance(prior, w) * (1.0 - self.return_rate(prior, w))
+    }
+}
+
+fn clamp01(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 1.0)
+    }
+}
+
+/// What the shell knows about one buyer right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuyerView {
+    pub outcomes: Outcomes,
+    pub signals: BuyerSignals,
+}
+
+/// The shell's per-buyer statistics, read once per bid.
+pub trait SignalSource: Send + Sync {
+    fn view(&self, buyer: BuyerKey) -> BuyerView;
+    /// The pooled rates of the vertical: the prior every buyer is smoothed towards.
+    fn priors(&self) -> Priors;
+}
+
+/// A model that scores rows of the feature vector (the tree evaluator; a test double).
+pub trait Predictor: Send + Sync + std::fmt::Debug {
+    fn num_features(&self) -> usize;
+    /// `rows` is row-major with `out.len()` rows; probabilities out.
+    fn predict_many(&self, rows: &[f32], out: &mut [f32]);
+}
+
+/// The per-auction expected-value ranker.
+pub struct EvRanker<'a> {
+    pub spec: Option<&'a FeatureSpec>,
+    /// The realization model, if one serves (it sees `lead_x` then the buyer features).
+    pub model: Option<&'a dyn Predictor>,
+    /// The lead and context features of this lead (`spec.lead_len()` values).
+    pub lead_x: &'a [f32],
+    pub source: &'a dyn SignalSource,
+    pub routing: Routing,
+    /// Seeds the exploration choice and draws (a hash of the auction id).
+    pub seed: u64,
+    /// Filled by `rank_values`: each bid's buyer features, for the record.
+    seen: Mutex<Vec<(BuyerKey, Vec<f32>)>>,
+}
+
+impl std::fmt::Debug for EvRanker<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvRanker")
+            .field("model", &self.model.is_some())
+            .field("routing", &self.routing)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> EvRanker<'a> {
+    pub fn new(
+        spec: Option<&'a FeatureSpec>,
+        model: Option<&'a dyn Predictor>,
+        lead_x: &'a [f32],
+        source: &'a dyn SignalSource,
+        routing: Routing,
+        seed: u64,
+    ) -> EvRanker<'a> {
+        EvRanker {
+            spec,
+            model,
+            lead_x,
+            source,
+            routing,
+            seed,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether this auction explores (ranks by Thompson draws): decided by the seed alone.
+    pub fn explores(&self) -> bool {
+        (splitmix(self.seed) % 1_000_000) < u64::from(self.routing.explore_ppm.min(500_000))
+    }
+
+    /// The buyer features each bid was ranked with (empty without a feature spec).
+    pub fn take_seen(&self) -> Vec<(BuyerKey, Vec<f32>)> {
+        std::mem::take(&mut *self.seen.lock())
+    }
+}
+
+/// A 64-bit mix (SplitMix64's finalizer): spreads a seed over all bits.
+pub fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A probability as parts per million (NaN and out-of-range values clamped).
+pub fn to_ppm(p: f64) -> u32 {
+    (clamp01(p) * 1_000_000.0).round() as u32
+}
+
+impl Ranker for EvRanker<'_> {
+    fn rank_values(&self, bids: &mut [Ranked], _score: Option<u8>) {
+        if self.routing.award == AwardMode::Price {
+            crate::award::PriceRanker.rank_values(bids, None);
+            return;
+        }
+        let prior = self.source.priors();
+        let w = f64::from(self.routing.prior_weight);
+        let views: Vec<BuyerView> = bids.iter().map(|r| self.source.view(r.bid.buyer)).collect();
+        let top = bids.iter().map(|r| r.bid.price.0).max().unwrap_or(0);
+        // The buyer features of every bid, for the model and the record.
+        let mut rows: Vec<f32> = Vec::new();
+        if let Some(spec) = self.spec {
+            let width = spec.len();
+            rows.reserve(width * bids.len());
+            for (r, v) in bids.iter().zip(&views) {
+                rows.extend_from_slice(self.lead_x);
+                rows.resize(rows.len() - self.lead_x.len() + spec.lead_len(), f32::NAN);
+                let ratio = if top > 0 {
+                    (r.bid.price.0 as f64 / top as f64) as f32
+                } else {
+                    f32::NAN
+                };
+                spec.encode_buyer(&v.signals, ratio, &mut rows);
+            }
+        }
+        let mut p: Vec<f64> = views
+            .iter()
+            .map(|v| v.outcomes.realization(&prior, w))
+            .collect();
+        if let (Some(model), Some(spec)) = (self.model, self.spec) {
+            if model.num_features() <= spec.len() && !bids.is_empty() {
+                let mut out = vec![0f32; bids.len()];
+                model.predict_many(&rows, &mut out);
+                for (pi, o) in p.iter_mut().zip(out) {
+                    *pi = f64::from(o);
+                }
+            }
+        }
+        if self.explores() {
+            for (i, (pi, v)) in p.iter_mut().zip(&views).enumerate() {
+                let o = &v.outcomes;
+                let a = o.accepts + w * prior.acceptance;
+                let b = (o.posts - o.accepts).max(0.0) + w * (1.0 - prior.acceptance);
+                let mut rng = SmallRng::seed_from_u64(splitmix(self.seed ^ splitmix(i as u64 + 1)));
+                let draw = Beta::new(a.max(1e-6), b.max(1e-6))
+                    .map(|d| d.sample(&mut rng))
+                    .unwrap_or(prior.acceptance);
+                *pi = draw * (1.0 - o.return_rate(&prior, w));
+            }
+        }
+        for (r, pi) in bids.iter_mut().zip(&p) {
+            let ppm = to_ppm(*pi);
+            r.p_ppm = Some(ppm);
+            r.value = expected_value(r.bid.price, ppm);
+        }
+        if let Some(spec) = self.spec {
+            let width = spec.len();
+            let mut seen = self.seen.lock();
+            seen.clear();
+            for (i, r) in bids.iter().enumerate() {
+                let buyer_part = rows
+                    .get(i * width + spec.lead_len()..(i + 1) * width)
+                    .unwrap_or(&[]);
+                seen.push((r.bid.buyer, buyer_part.to_vec()));
+            }
+        }
+    }
+
+    fn explored(&self) -> bool {
+        self.routing.award == AwardMode::ExpectedValue && self.explores()
+    }
+
+    fn buyer_features(&self, buyer: BuyerKey) -> Option<Vec<f32>> {
+        self.seen
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == buyer)
+            .map(|(_, x)| x.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proto::Micros;
+
+    use super::*;
+    use crate::award::{rank, Bid};
+    use crate::config::PayoutModel;
+    use crate::model::features::{BuyerFeature, ContextFeature};
+
+    #[derive(Debug, Default)]
+    struct Stats(HashMap<u32, Outcomes>);
+    impl SignalSource for Stats {
+        fn view(&self, buyer: BuyerKey) -> BuyerView {
+            BuyerView {
+                outcomes: self.0.get(&buyer.0).copied().unwrap_or_default(),
+                signals: BuyerSignals {
+                    buyer_hash: buyer.0 as f32,
+                    acceptance_rate: 0.5,
+                    return_rate: 0.1,
+                    response_ms: f32::NAN,
+                    cap_utilisation: f32::NAN,
+                },
+            }
+        }
+        fn priors(&self) -> Priors {
+            Priors::default()
+        }
+    }
+
+    /// A model whose probability is the `buyer` feature / 10.
+    #[derive(Debug)]
+    struct ByBuyer(usize);
+    impl Predictor for ByBuyer {
+        fn num_features(&self) -> usize {
+            self.0
+        }
+        fn predict_many(&self, rows: &[f32], out: &mut [f32]) {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = rows[i * self.0 + self.0 - 1] / 10.0;
+            }
+        }
+    }
+
+    fn bid(buyer: u32, units: i64) -> Bid {
+        Bid {
+            buyer: BuyerKey(buyer),
+            price: Micros(units * 1_000_000),
+            bid_id: None,
+            expires_in_ms: None,
+            fixed: false,
+        }
+    }
+
+    fn order(r: &crate::award::Ranking) -> Vec<u32> {
+        r.ranked.iter().map(|x| x.bid.buyer.0).collect()
+    }
+
+    const PAYOUT: PayoutModel = PayoutModel::RevenueShare { share_bp: 8000 };
+
+    fn no_explore() -> Routing {
+        Routing {
+            explore_ppm: 0,
+            ..Routing::default()
+        }
+    }
+
+    #[test]
+    fn cold_start_ranks_the_reliable_buyer_above_the_higher_bid() {
+        let mut stats = Stats::default();
+        // Buyer 1 bids 20 but accepted 10 of 100 posts; buyer 2 bids 15 and took 95 of 100.
+        stats.0.insert(
+            1,
+            Outcomes {
+                posts: 100.0,
+                accepts: 10.0,
+                returns: 0.0,
+            },
+        );
+        stats.0.insert(
+            2,
+            Outcomes {
+                posts: 100.0,
+                accepts: 95.0,
+                returns: 5.0,
+            },
+        );
+        let ranker = EvRanker::new(None, None, &[], &stats, no_explore(), 7);
+        let r = rank(vec![bid(1, 20), bid(2, 15)], PAYOUT, Micros::ZERO, &ranker, None);
+        assert_eq!(order(&r), [2, 1]);
+        // EV is the bid times the probability, exactly, in micros.
+        let w = f64::from(no_explore().prior_weight);
+        let p2 = stats.0[&2].realization(&Priors::default(), w);
+        assert_eq!(r.ranked[0].p_ppm, Some(to_ppm(p2)));
+        assert_eq!(r.ranked[0].value, expected_value(Micros(15_000_000), to_ppm(p2)));
+        // The price ranker would have put buyer 1 first.
+        let price = rank(
+            vec![bid(1, 20), bid(2, 15)],
+            PAYOUT,
+            Micros::ZERO,
+            &crate::award::PriceRanker,
+            None,
+        );
+        assert_eq!(order(&price), [1, 2]);
+        let as_price = EvRanker::new(
+            None,
+            None,
+            &[],
+            &stats,
+            Routing {
+                award: AwardMode::Price,
+                ..no_explore()
+            },
+            7,
+        );
+        let r = rank(vec![bid(1, 20), bid(2, 15)], PAYOUT, Micros::ZERO, &as_price, None);
+        assert_eq!(order(&r), [1, 2]);
+        assert_eq!(r.ranked[0].p_ppm, None);
+    }
+
+    #[test]
+    fn a_new_buyer_sits_at_the_prior() {
+        let o = Outcomes::default();
+        let p = Priors::default();
+        assert!((o.realization(&p, 20.0) - 0.5 * 0.9).abs() < 1e-12);
+        // Data moves it away from the prior, more with more posts.
+        let few = Outcomes {
+            posts: 4.0,
+            accepts: 4.0,
+            returns: 0.0,
+        };
+        let many = Outcomes {
+            posts: 400.0,
+            accepts: 400.0,
+            returns: 0.0,
+        };
+        assert!(few.acceptance(&p, 20.0) > 0.5);
+        assert!(many.acceptance(&p, 20.0) > few.acceptance(&p, 20.0));
+        assert!(many.acceptance(&p, 20.0) <= 1.0);
+    }
+
+    #[test]
+    fn the_model_sees_lead_then_buyer_features_and_sets_the_order() {
+        let spec = FeatureSpec {
+            version: 1,
+            lead: Vec::new(),
+            context: vec![ContextFeature::Seller],
+            buyer: vec![BuyerFeature::BidRatio, BuyerFeature::Buyer],
+        };
+        let stats = Stats::default();
+        let model = ByBuyer(spec.len());
+        let lead_x = [42.0f32];
+        let ranker = EvRanker::new(Some(&spec), Some(&model), &lead_x, &stats, no_explore(), 1);
+        // p = buyer/10: buyer 9 (p .9) bidding 10 beats buyer 2 (p .2) bidding 30.
+        let r = rank(vec![bid(2, 30), bid(9, 10)], PAYOUT, Micros::ZERO, &ranker, None);
+        assert_eq!(order(&r), [9, 2]);
+        assert_eq!(r.ranked[0].p_ppm, Some(900_000));
+        assert_eq!(r.ranked[1].p_ppm, Some(200_000));
+        let seen = ranker.buyer_features(BuyerKey(2)).unwrap_or_default();
+        assert_eq!(seen, vec![1.0, 2.0]);
+        let seen = ranker.buyer_features(BuyerKey(9)).unwrap_or_default();
+        assert_eq!(seen, vec![10.0 / 30.0, 9.0]);
+    }
+
+    #[test]
+    fn exploration_is_bounded_seeded_and_reproducible() {
+        let stats = Stats::default();
+        let routing = Routing {
+            explore_ppm: 100_000,
+            ..Routing::default()
+        };
+        let explored = (0..20_000u64)
+            .filter(|s| EvRanker::new(None, None, &[], &stats, routing, *s).explores())
+            .count();
+        // 10 % of auctions, within sampling noise.
+        assert!((1_600..=2_400).contains(&explored), "{explored}");
+        let wide = Routing {
+            explore_ppm: 1_000_000,
+            ..Routing::default()
+        };
+        let explored = (0..2_000u64)
+            .filter(|s| EvRanker::new(None, None, &[], &stats, wide, *s).explores())
+            .count();
+        assert!(explored <= 1_200, "explore share is capped at 50 %: {explored}");
+        // The same seed draws the same values.
+        let seed = (0..u64::MAX)
+            .find(|s| EvRanker::new(None, None, &[], &stats, routing, *s).explores())
+            .unwrap_or(0);
+        let a = EvRanker::new(None, None, &[], &stats, routing, seed);
+        let b = EvRanker::new(None, None, &[], &stats, routing, seed);
+        let ra = rank(vec![bid(1, 10), bid(2, 10)], PAYOUT, Micros::ZERO, &a, None);
+        let rb = rank(vec![bid(1, 10), bid(2, 10)], PAYOUT, Micros::ZERO, &b, None);
+        assert_eq!(ra, rb);
+        assert!(a.explored());
+    }
+
+    #[test]
+    fn nan_and_out_of_range_probabilities_never_reach_money() {
+        assert_eq!(to_ppm(f64::NAN), 0);
+        assert_eq!(to_ppm(2.0), 1_000_000);
+        assert_eq!(to_ppm(-1.0), 0);
+        assert_eq!(expected_value(Micros(i64::MAX), 1_000_000), i64::MAX);
+    }
+}

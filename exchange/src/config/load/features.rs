@@ -1,0 +1,232 @@
+//! `[verticals.NAME.features]` (what the models see) and `[verticals.NAME.routing]` (what
+//! the award ranks by). Every problem is reported at once, each with its path.
+
+use proto::{FieldKind, VerticalSchema};
+use toml::Value;
+
+use super::reader::{as_str, number, whole, Problems, Section};
+use crate::core::model::features::{
+    BuyerFeature, ContextFeature, FeatureSpec, LeadFeature, LeadKind, CATEGORIES_MAX,
+    FEATURES_MAX,
+};
+use crate::core::model::routing::{AwardMode, Routing};
+
+/// The largest magnitude a numeric feature's field may reach: beyond it an `f32` (what
+/// the models see) is infinite.
+const F32_RANGE: f64 = f32::MAX as f64;
+
+/// `features`: `None` when the vertical declares none (the models then see nothing and
+/// only the cold-start rates serve).
+pub(super) fn read_features(
+    s: &mut Section<'_>,
+    schema: &VerticalSchema,
+    p: &mut Problems,
+) -> Option<FeatureSpec> {
+    if !s.has("features") {
+        s.opt("features");
+        return None;
+    }
+    let mut f = s.section_or_empty(p, "features");
+    let version = f
+        .int_opt(p, "version", 1, i64::from(u32::MAX))
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(1);
+    let mut lead = Vec::new();
+    if let Some((path, v)) = f.opt("lead") {
+        match v.as_array() {
+            None => p.at(&path, "must be a list of { field = \"...\", kind = \"...\" } tables"),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    if let Some(feature) = read_lead_feature(&item_path, item, schema, p) {
+                        if lead.iter().any(|l: &LeadFeature| l.field == feature.field) {
+                            p.at(&item_path, format!("field {:?} is listed twice", feature.field));
+                        } else {
+                            lead.push(feature);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let context = named_list(&mut f, p, "context", ContextFeature::parse, |c| c.as_str(), &ContextFeature::ALL);
+    let buyer = named_list(&mut f, p, "buyer", BuyerFeature::parse, |b| b.as_str(), &BuyerFeature::ALL);
+    let total = lead.len() + context.len() + buyer.len();
+    if total == 0 {
+        p.at(&f.path_of("lead"), "declares no feature: list at least one under lead, context or buyer");
+    }
+    if total > FEATURES_MAX {
+        p.at(&f.path_of("lead"), format!("declares {total} features, more than the {FEATURES_MAX} allowed"));
+    }
+    f.finish(p);
+    Some(FeatureSpec {
+        version,
+        lead,
+        context,
+        buyer,
+    })
+}
+
+fn named_list<T: Copy + PartialEq>(
+    f: &mut Section<'_>,
+    p: &mut Problems,
+    key: &'static str,
+    parse: fn(&str) -> Option<T>,
+    name: fn(T) -> &'static str,
+    all: &[T],
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for (item_path, item) in f.str_list(p, key) {
+        match parse(item) {
+            Some(x) if out.contains(&x) => p.at(&item_path, format!("{item:?} is listed twice")),
+            Some(x) => out.push(x),
+            None => {
+                let known: Vec<&str> = all.iter().map(|x| name(*x)).collect();
+                p.at(
+                    &item_path,
+                    format!("unknown {key} feature {item:?} (one of {})", known.join(", ")),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn read_lead_feature(
+    path: &str,
+    item: &Value,
+    schema: &VerticalSchema,
+    p: &mut Problems,
+) -> Option<LeadFeature> {
+    let Some(t) = item.as_table() else {
+        p.at(path, "must be a table such as { field = \"age\", kind = \"numeric\" }");
+        return None;
+    };
+    let before = p.len();
+    let mut s = Section::new(path.to_string(), Some(t));
+    let field = s.str_req(p, "field");
+    let kind_name = s.str_req(p, "kind");
+    let categories = s.opt("categories");
+    s.finish(p);
+    let (field, kind_name) = (field?, kind_name?);
+    let Some(field_idx) = schema.field_index(field) else {
+        p.at(&format!("{path}.field"), format!("unknown lead field {field:?}"));
+        return None;
+    };
+    let spec = schema.fields.get(field_idx)?;
+    if spec.pii || !spec.ping {
+        p.at(
+            &format!("{path}.field"),
+            format!("{field:?} is not a ping field: a feature must be known when the lead is pinged, and never personal data"),
+        );
+    }
+    let kind = match kind_name {
+        "numeric" => {
+            match &spec.kind {
+                // Every i64 is finite as an f32.
+                FieldKind::Integer { .. } => {}
+                FieldKind::Number { min, max } => {
+                    if min.abs() > F32_RANGE || max.abs() > F32_RANGE {
+                        p.at(
+                            &format!("{path}.field"),
+                            format!("{field:?} must have min and max within ±3.4e38 to be a numeric feature (a model sees 32-bit floats, so a larger value would be infinite)"),
+                        );
+                    }
+                }
+                _ => p.at(
+                    &format!("{path}.kind"),
+                    format!("numeric needs an integer or number field; {field:?} is not one"),
+                ),
+            }
+            if categories.is_some() {
+                p.at(&format!("{path}.categories"), "applies only to kind = \"categorical\"");
+            }
+            LeadKind::Numeric
+        }
+        "boolean" => {
+            if !matches!(spec.kind, FieldKind::Boolean) {
+                p.at(&format!("{path}.kind"), format!("boolean needs a boolean field; {field:?} is not one"));
+            }
+            if categories.is_some() {
+                p.at(&format!("{path}.categories"), "applies only to kind = \"categorical\"");
+            }
+            LeadKind::Boolean
+        }
+        "categorical" => {
+            if !matches!(
+                spec.kind,
+                FieldKind::Enum(_) | FieldKind::State | FieldKind::Zip | FieldKind::String { .. }
+            ) {
+                p.at(&format!("{path}.kind"), format!("categorical needs an enum, state, zip or string field; {field:?} is not one"));
+            }
+            let mut list: Vec<String> = Vec::new();
+            match categories {
+                None => p.at(&format!("{path}.categories"), "is required for a categorical feature: the fixed list whose positions are the encoding"),
+                Some((cpath, v)) => match v.as_array() {
+                    None => p.at(&cpath, "must be a list of strings"),
+                    Some(items) if items.is_empty() => p.at(&cpath, "must list at least one category"),
+                    Some(items) if items.len() > CATEGORIES_MAX => {
+                        p.at(&cpath, format!("lists {} categories, more than the {CATEGORIES_MAX} allowed", items.len()))
+                    }
+                    Some(items) => {
+                        for (i, c) in items.iter().enumerate() {
+                            let ip = format!("{cpath}[{i}]");
+                            if let Some(c) = as_str(p, &ip, c) {
+                                if list.iter().any(|x| x == c) {
+                                    p.at(&ip, format!("{c:?} is listed twice"));
+                                } else {
+                                    list.push(c.to_string());
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+            LeadKind::Categorical { categories: list }
+        }
+        other => {
+            p.at(
+                &format!("{path}.kind"),
+                format!("unknown kind {other:?} (one of numeric, boolean, categorical)"),
+            );
+            return None;
+        }
+    };
+    if p.len() > before {
+        return None;
+    }
+    Some(LeadFeature {
+        field: field.to_string(),
+        field_idx,
+        kind,
+    })
+}
+
+/// `routing`: defaults when absent.
+pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
+    let mut r = s.section_or_empty(p, "routing");
+    let mut out = Routing::default();
+    match r.str_opt(p, "award") {
+        None => {}
+        Some("ev") => out.award = AwardMode::ExpectedValue,
+        Some("price") => out.award = AwardMode::Price,
+        Some(other) => p.at(
+            &r.path_of("award"),
+            format!("unknown award {other:?} (\"ev\": bid times the chance of realization, or \"price\")"),
+        ),
+    }
+    if let Some((path, v)) = r.opt("explore_share") {
+        match number(p, &path, v) {
+            Some(x) if (0.0..=0.5).contains(&x) => out.explore_ppm = (x * 1_000_000.0).round() as u32,
+            Some(_) => p.at(&path, "must be between 0 and 0.5"),
+            None => {}
+        }
+    }
+    if let Some((path, v)) = r.opt("prior_weight") {
+        if let Some(w) = whole(p, &path, v, 1, 1_000_000) {
+            out.prior_weight = w as u32;
+        }
+    }
+    r.finish(p);
+    out
+}
