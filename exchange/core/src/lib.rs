@@ -43,6 +43,7 @@ pub mod config;
 pub mod effect;
 pub mod eligibility;
 pub mod ids;
+pub mod model;
 pub mod post;
 pub mod quotes;
 pub mod record;
