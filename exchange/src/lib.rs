@@ -5,6 +5,7 @@
 //! buyer clients, timers and the ledger writer. `app` puts them together for `main` and
 //! the tests.
 
+pub mod ai;
 pub mod app;
 pub mod auction;
 pub mod buyers;

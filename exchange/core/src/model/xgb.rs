@@ -1,0 +1,1173 @@
+//! A pure-Rust evaluator of XGBoost 1.6.2 JSON tree models.
+//!
+//! What is accepted: the JSON that XGBoost 1.6.2 writes (`Booster::save_model("*.json")`,
+//! `save_to_buffer("json")`): `{"learner": {...}, "version": [1, 6, 2]}` with a `gbtree`
+//! booster, one output group, numerical splits only, and one of the objectives
+//! `binary:logistic` and `reg:logistic` ([`Objective::Logistic`]: the output is the
+//! sigmoid of the margin) or `binary:logitraw` ([`Objective::RawMargin`]: the output is the
+//! margin). Everything else (gblinear, dart, multi-class, regression objectives,
+//! categorical splits, UBJSON) is refused with a [`ModelError`].
+//!
+//! Evaluation is exactly XGBoost's CPU predictor:
+//! - a NaN feature (or a column past the end of a short row) is *missing* and follows the
+//!   node's default direction; otherwise go left when `x < split_condition` (an `f32`
+//!   compare; infinities compare normally);
+//! - the margin starts at the base margin and adds each tree's leaf value in tree order,
+//!   in `f32`. The base margin is `ProbToMargin(base_score)` of the objective:
+//!   `-ln(1/base_score - 1)` for the logistic objectives (base_score is stored in
+//!   probability space and must be in (0, 1)), `base_score` itself for `binary:logitraw`;
+//! - the sigmoid is XGBoost's: `1 / (exp(min(-x, 88.7)) + 1 + 1e-16)` in `f32`.
+//!
+//! Layout: all trees live in one flat `Vec` of 12-byte nodes; the nodes of a tree are
+//! contiguous, in breadth-first order, and the two children of a node are adjacent (so a
+//! split stores one child index and the walk is `left + go_right`). Unreachable (deleted)
+//! nodes of the file are dropped. [`XgbModel::predict_many`] loops trees outer and rows
+//! inner, so one tree stays in cache while every row of an auction walks it.
+//!
+//! Every structural fact the walk relies on is checked at load, so evaluation cannot
+//! panic, loop or read out of bounds: children in range and strictly after their parent
+//! (no cycles), each node reached once, depth, tree and node counts, split features below
+//! `num_feature`, finite split conditions and leaf values.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Largest model file accepted, in bytes.
+pub const MODEL_BYTES_MAX: usize = 64 << 20;
+/// Most trees in one model.
+pub const TREES_MAX: usize = 10_000;
+/// Most nodes in one model (all trees together), as stored in the file.
+pub const NODES_MAX: usize = 4 << 20;
+/// Deepest leaf accepted (edges from the root).
+pub const DEPTH_MAX: usize = 64;
+/// Most features (`num_feature`) a model may have.
+pub const FEATURES_MAX: usize = 1 << 16;
+
+/// What the model's output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// `binary:logistic` or `reg:logistic`: [`XgbModel::predict`] is a probability.
+    Logistic,
+    /// `binary:logitraw`: [`XgbModel::predict`] is the raw margin (log-odds).
+    RawMargin,
+}
+
+/// Why a model file was refused. Messages name the tree and node, never feature values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file is {bytes} bytes, more than the {max} bytes allowed")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("model file is empty")]
+    Empty,
+    #[error("model file is truncated (JSON ends early): {0}")]
+    Truncated(String),
+    #[error("model file is not JSON: {0}")]
+    NotJson(String),
+    #[error("model file is not an XGBoost JSON model: {0}")]
+    Shape(String),
+    #[error("unsupported booster {0:?}: only \"gbtree\" is supported")]
+    UnsupportedBooster(String),
+    #[error("unsupported objective {0:?}: only binary:logistic, reg:logistic and binary:logitraw are supported")]
+    UnsupportedObjective(String),
+    #[error("model parameter {name} = {value:?} is not valid: {why}")]
+    BadParam {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("model has {trees} trees, more than the {max} allowed")]
+    TooManyTrees { trees: usize, max: usize },
+    #[error("model has more than {max} nodes")]
+    TooManyNodes { max: usize },
+    #[error("tree {tree}: array {array} has {len} entries, but the tree has {num_nodes} nodes")]
+    InconsistentLength {
+        tree: usize,
+        array: &'static str,
+        len: usize,
+        num_nodes: usize,
+    },
+    #[error("tree {tree}: node {node} has child {child}, outside 0..{num_nodes}")]
+    ChildOutOfRange {
+        tree: usize,
+        node: usize,
+        child: i64,
+        num_nodes: usize,
+    },
+    #[error("tree {tree}: node {node} has child {child}, which does not come after it (a backwards link or a cycle)")]
+    ChildBackwards { tree: usize, node: usize, child: i64 },
+    #[error("tree {tree}: node {node} has only one child")]
+    OneChild { tree: usize, node: usize },
+    #[error("tree {tree}: node {node} is reached from two parents")]
+    NodeReachedTwice { tree: usize, node: usize },
+    #[error("tree {tree} is deeper than the {max} levels allowed")]
+    TooDeep { tree: usize, max: usize },
+    #[error("tree {tree}: node {node} splits on feature {feature}, but the model has {num_features} features")]
+    SplitFeatureOutOfRange {
+        tree: usize,
+        node: usize,
+        feature: i64,
+        num_features: usize,
+    },
+    #[error("tree {tree}: node {node} has a non-finite {what}")]
+    NonFinite {
+        tree: usize,
+        node: usize,
+        what: &'static str,
+    },
+    #[error("tree {tree}: node {node} is a categorical split; categorical splits are not supported")]
+    Categorical { tree: usize, node: usize },
+    #[error("feature {feature} is categorical; categorical features are not supported")]
+    CategoricalFeature { feature: usize },
+}
+
+/// One node: 12 bytes. For a leaf `value` is the leaf value; for a split it is the
+/// split condition, and the children are at `left` and `left + 1`.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    value: f32,
+    /// `LEAF` | `DEFAULT_LEFT` | feature index.
+    meta: u32,
+    /// Absolute index of the left child in `XgbModel::nodes`; the right child follows it.
+    left: u32,
+}
+
+const LEAF: u32 = 1 << 31;
+const DEFAULT_LEFT: u32 = 1 << 30;
+const FEATURE_MASK: u32 = DEFAULT_LEFT - 1;
+
+/// A loaded XGBoost tree model: immutable, `Send + Sync`, cheap to share behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct XgbModel {
+    nodes: Vec<Node>,
+    /// Index of each tree's root in `nodes`, in the file's tree order.
+    roots: Vec<u32>,
+    num_features: usize,
+    objective: Objective,
+    base_score: f32,
+    base_margin: f32,
+}
+
+impl XgbModel {
+    /// Parses and validates an XGBoost 1.6.2 JSON model.
+    pub fn from_json(bytes: &[u8]) -> Result<XgbModel, ModelError> {
+        if bytes.len() > MODEL_BYTES_MAX {
+            return Err(ModelError::TooLarge {
+                bytes: bytes.len(),
+                max: MODEL_BYTES_MAX,
+            });
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ModelError::Empty);
+        }
+        let file: File = serde_json::from_slice(bytes).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Eof => ModelError::Truncated(e.to_string()),
+                Category::Syntax | Category::Io => ModelError::NotJson(e.to_string()),
+                Category::Data => ModelError::Shape(e.to_string()),
+            }
+        })?;
+        build(file.learner)
+    }
+
+    /// Number of features the model was trained on (`num_feature`).
+    pub fn num_features(&self) -> usize {
+        self.num_features
+    }
+
+    /// Number of trees.
+    pub fn num_trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// What [`XgbModel::predict`] returns.
+    pub fn objective(&self) -> Objective {
+        self.objective
+    }
+
+    /// `base_score` as stored in the file (probability space for the logistic objectives).
+    pub fn base_score(&self) -> f32 {
+        self.base_score
+    }
+
+    /// The margin every row starts from (`ProbToMargin(base_score)`).
+    pub fn base_margin(&self) -> f32 {
+        self.base_margin
+    }
+
+    /// The raw margin of one row. NaN (or a column past the end of `row`) is missing.
+    pub fn predict_margin(&self, row: &[f32]) -> f32 {
+        let mut sum = self.base_margin;
+        for &root in &self.roots {
+            sum += self.leaf(root, row);
+        }
+        sum
+    }
+
+    /// The model's output for one row: the probability for [`Objective::Logistic`], the
+    /// margin for [`Objective::RawMargin`].
+    pub fn predict(&self, row: &[f32]) -> f32 {
+        self.transform(self.predict_margin(row))
+    }
+
+    /// Scores `out.len()` rows at once. `rows` is row-major with `num_features()` columns
+    /// per row (`rows.len() == out.len() * num_features()`); if it is shorter, the missing
+    /// cells are treated as missing values, and extra cells are ignored. Trees are the
+    /// outer loop, so each tree is walked by every row while it is in cache. Results are
+    /// bit-identical to [`XgbModel::predict`] row by row.
+    pub fn predict_many(&self, rows: &[f32], out: &mut [f32]) {
+        let nf = self.num_features;
+        out.fill(self.base_margin);
+        for &root in &self.roots {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o += self.leaf(root, row_slice(rows, r, nf));
+            }
+        }
+        if self.objective == Objective::Logistic {
+            for o in out.iter_mut() {
+                *o = sigmoid(*o);
+            }
+        }
+    }
+
+    fn transform(&self, margin: f32) -> f32 {
+        match self.objective {
+            Objective::Logistic => sigmoid(margin),
+            Objective::RawMargin => margin,
+        }
+    }
+
+    /// Walks one tree. Load-time validation guarantees every index is in range and every
+    /// child comes after its parent, so this ends within the tree's depth.
+    #[inline]
+    fn leaf(&self, root: u32, row: &[f32]) -> f32 {
+        let nodes = &self.nodes[..];
+        let mut i = root as usize;
+        loop {
+            let n = nodes[i];
+            if n.meta & LEAF != 0 {
+                return n.value;
+            }
+            let x = row
+                .get((n.meta & FEATURE_MASK) as usize)
+                .copied()
+                .unwrap_or(f32::NAN);
+            let go_left = if x.is_nan() {
+                n.meta & DEFAULT_LEFT != 0
+            } else {
+                x < n.value
+            };
+            i = n.left as usize + usize::from(!go_left);
+        }
+    }
+}
+
+fn row_slice(rows: &[f32], r: usize, nf: usize) -> &[f32] {
+    let start = r.saturating_mul(nf);
+    let end = start.saturating_add(nf).min(rows.len());
+    rows.get(start..end).unwrap_or(&[])
+}
+
+/// XGBoost 1.6.2's `common::Sigmoid`, operation for operation.
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    const EPS: f32 = 1e-16;
+    let neg = -x;
+    // std::min(-x, 88.7f): returns -x unless 88.7 < -x (so NaN stays NaN).
+    let clamped = if 88.7f32 < neg { 88.7f32 } else { neg };
+    let denom = clamped.exp() + 1.0f32 + EPS;
+    1.0f32 / denom
+}
+
+// ---------------------------------------------------------------------------------------
+// The file format (only the fields the evaluator needs; unknown fields are skipped).
+
+#[derive(Deserialize)]
+struct File {
+    learner: Learner,
+}
+
+#[derive(Deserialize)]
+struct Learner {
+    learner_model_param: LearnerModelParam,
+    objective: ObjectiveJson,
+    gradient_booster: GradientBooster,
+    #[serde(default)]
+    feature_types: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct LearnerModelParam {
+    base_score: String,
+    #[serde(default)]
+    num_class: Option<String>,
+    num_feature: String,
+    #[serde(default)]
+    num_target: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ObjectiveJson {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct GradientBooster {
+    name: String,
+    /// Absent for dart (which nests `gbtree`); every field defaults so that gblinear's
+    /// `model` also parses and is refused by name, with a clear error.
+    #[serde(default)]
+    model: GbTreeModel,
+}
+
+#[derive(Deserialize, Default)]
+struct GbTreeModel {
+    #[serde(default)]
+    gbtree_model_param: Option<GbTreeModelParam>,
+    #[serde(default)]
+    trees: Option<Vec<Tree>>,
+    #[serde(default)]
+    tree_info: Option<Vec<i64>>,
+}
+
+#[derive(Deserialize)]
+struct GbTreeModelParam {
+    #[serde(default)]
+    num_trees: Option<String>,
+    #[serde(default)]
+    size_leaf_vector: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Tree {
+    tree_param: TreeParam,
+    left_children: Vec<i64>,
+    right_children: Vec<i64>,
+    split_indices: Vec<i64>,
+    split_conditions: Vec<f64>,
+    default_left: Vec<Flag>,
+    #[serde(default)]
+    split_type: Vec<i64>,
+    #[serde(default)]
+    categories_nodes: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+struct TreeParam {
+    num_nodes: String,
+    #[serde(default)]
+    size_leaf_vector: Option<String>,
+}
+
+/// `default_left` entries: 0/1 integers in 1.6.2 JSON; booleans accepted too.
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("0, 1, true or false")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Flag, E> {
+                match v {
+                    0 => Ok(Flag(false)),
+                    1 => Ok(Flag(true)),
+                    _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Flag, E> {
+                match v {
+                    0 => Ok(Flag(false)),
+                    1 => Ok(Flag(true)),
+                    _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation and layout.
+
+fn parse_param<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ModelError> {
+    value.trim().parse::<T>().map_err(|_| ModelError::BadParam {
+        name,
+        value: truncate(value),
+        why: "not a number".into(),
+    })
+}
+
+/// Error messages quote at most 40 characters of a value from the file.
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn build(learner: Learner) -> Result<XgbModel, ModelError> {
+    // Booster first: a gblinear or dart model is refused by name.
+    let booster = learner.gradient_booster;
+    if booster.name != "gbtree" {
+        return Err(ModelError::UnsupportedBooster(truncate(&booster.name)));
+    }
+    let objective = match learner.objective.name.as_str() {
+        "binary:logistic" | "reg:logistic" => Objective::Logistic,
+        "binary:logitraw" => Objective::RawMargin,
+        other => return Err(ModelError::UnsupportedObjective(truncate(other))),
+    };
+
+    let p = &learner.learner_model_param;
+    let num_features: i64 = parse_param("num_feature", &p.num_feature)?;
+    if num_features < 1 || num_features as u64 > FEATURES_MAX as u64 {
+        return Err(ModelError::BadParam {
+            name: "num_feature",
+            value: num_features.to_string(),
+            why: format!("must be in 1..={FEATURES_MAX}"),
+        });
+    }
+    let num_features = num_features as usize;
+    if let Some(nc) = &p.num_class {
+        let nc: i64 = parse_param("num_class", nc)?;
+        if nc > 1 || nc < 0 {
+            return Err(ModelError::BadParam {
+                name: "num_class",
+                value: nc.to_string(),
+                why: "multi-class models are not supported".into(),
+            });
+        }
+    }
+    if let Some(nt) = &p.num_target {
+        let nt: i64 = parse_param("num_target", nt)?;
+        if nt != 1 {
+            return Err(ModelError::BadParam {
+                name: "num_target",
+                value: nt.to_string(),
+                why: "multi-target models are not supported".into(),
+            });
+        }
+    }
+    let base_score: f32 = parse_param("base_score", &p.base_score)?;
+    let base_margin = match objective {
+        Objective::Logistic => {
+            // LogisticRegression::ProbToMargin, operation for operation.
+            if !(base_score > 0.0 && base_score < 1.0) {
+                return Err(ModelError::BadParam {
+                    name: "base_score",
+                    value: truncate(&p.base_score),
+                    why: "must be in (0, 1) for a logistic objective".into(),
+                });
+            }
+            -((1.0f32 / base_score - 1.0f32).ln())
+        }
+        // LogisticRaw::ProbToMargin is the identity.
+        Objective::RawMargin => {
+            if !base_score.is_finite() {
+                return Err(ModelError::BadParam {
+                    name: "base_score",
+                    value: truncate(&p.base_score),
+                    why: "must be finite".into(),
+                });
+            }
+            base_score
+        }
+    };
+    for (i, t) in learner.feature_types.iter().enumerate() {
+        if t == "c" {
+            return Err(ModelError::CategoricalFeature { feature: i });
+        }
+    }
+
+    let model = booster.model;
+    let trees = model
+        .trees
+        .ok_or_else(|| ModelError::Shape("gradient_booster.model.trees is missing".into()))?;
+    if trees.len() > TREES_MAX {
+        return Err(ModelError::TooManyTrees {
+            trees: trees.len(),
+            max: TREES_MAX,
+        });
+    }
+    if let Some(param) = &model.gbtree_model_param {
+        if let Some(n) = &param.num_trees {
+            let n: i64 = parse_param("num_trees", n)?;
+            if n < 0 || n as u64 != trees.len() as u64 {
+                return Err(ModelError::BadParam {
+                    name: "num_trees",
+                    value: n.to_string(),
+                    why: format!("the file holds {} trees", trees.len()),
+                });
+            }
+        }
+        check_leaf_vector(param.size_leaf_vector.as_deref())?;
+    }
+    if let Some(info) = &model.tree_info {
+        if info.len() != trees.len() {
+            return Err(ModelError::Shape(format!(
+                "tree_info has {} entries for {} trees",
+                info.len(),
+                trees.len()
+            )));
+        }
+        if info.iter().any(|&g| g != 0) {
+            return Err(ModelError::BadParam {
+                name: "tree_info",
+                value: "non-zero group".into(),
+                why: "multi-output models are not supported".into(),
+            });
+        }
+    }
+
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut roots: Vec<u32> = Vec::with_capacity(trees.len());
+    let mut stored_nodes = 0usize;
+    for (t, tree) in trees.iter().enumerate() {
+        let n: i64 = parse_param("tree_param.num_nodes", &tree.tree_param.num_nodes)?;
+        if n < 1 {
+            return Err(ModelError::BadParam {
+                name: "tree_param.num_nodes",
+                value: n.to_string(),
+                why: format!("tree {t} must have at least one node"),
+            });
+        }
+        check_leaf_vector(tree.tree_param.size_leaf_vector.as_deref())?;
+        stored_nodes = stored_nodes.saturating_add(n as usize);
+        if n as u64 > NODES_MAX as u64 || stored_nodes > NODES_MAX {
+            return Err(ModelError::TooManyNodes { max: NODES_MAX });
+        }
+        let root = nodes.len() as u32;
+        lay_out_tree(t, tree, n as usize, num_features, &mut nodes)?;
+        roots.push(root);
+    }
+    nodes.shrink_to_fit();
+    Ok(XgbModel {
+        nodes,
+        roots,
+        num_features,
+        objective,
+        base_score,
+        base_margin,
+    })
+}
+
+fn check_leaf_vector(v: Option<&str>) -> Result<(), ModelError> {
+    if let Some(v) = v {
+        let n: i64 = parse_param("size_leaf_vector", v)?;
+        if n != 0 {
+            return Err(ModelError::BadParam {
+                name: "size_leaf_vector",
+                value: n.to_string(),
+                why: "vector leaves are not supported".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Validates one tree and appends its reachable nodes to `out` in breadth-first order,
+/// the two children of each split adjacent.
+fn lay_out_tree(
+    t: usize,
+    tree: &Tree,
+    n: usize,
+    num_features: usize,
+    out: &mut Vec<Node>,
+) -> Result<(), ModelError> {
+    let lens: [(&'static str, usize); 5] = [
+        ("left_children", tree.left_children.len()),
+        ("right_children", tree.right_children.len()),
+        ("split_indices", tree.split_indices.len()),
+        ("split_conditions", tree.split_conditions.len()),
+        ("default_left", tree.default_left.len()),
+    ];
+    for (array, len) in lens {
+        if len != n {
+            return Err(ModelError::InconsistentLength {
+                tree: t,
+                array,
+                len,
+                num_nodes: n,
+            });
+        }
+    }
+    if !tree.split_type.is_empty() && tree.split_type.len() != n {
+        return Err(ModelError::InconsistentLength {
+            tree: t,
+            array: "split_type",
+            len: tree.split_type.len(),
+            num_nodes: n,
+        });
+    }
+    if let Some(node) = tree.split_type.iter().position(|&s| s != 0) {
+        return Err(ModelError::Categorical { tree: t, node });
+    }
+    if let Some(&node) = tree.categories_nodes.first() {
+        return Err(ModelError::Categorical {
+            tree: t,
+            node: usize::try_from(node).unwrap_or(0),
+        });
+    }
+
+    let base = out.len();
+    let mut seen = vec![false; n];
+    // (index in the file, index in `out`, depth)
+    let mut queue: VecDeque<(usize, usize, usize)> = VecDeque::new();
+    out.push(Node {
+        value: 0.0,
+        meta: LEAF,
+        left: 0,
+    });
+    seen[0] = true;
+    queue.push_back((0, base, 0));
+    while let Some((old, new, depth)) = queue.pop_front() {
+        let (l, r) = (tree.left_children[old], tree.right_children[old]);
+        let value = f64_to_f32(tree.split_conditions[old]);
+        if l == -1 && r == -1 {
+            if !value.is_finite() {
+                return Err(ModelError::NonFinite {
+                    tree: t,
+                    node: old,
+                    what: "leaf value",
+                });
+            }
+            out[new] = Node {
+                value,
+                meta: LEAF,
+                left: 0,
+            };
+            continue;
+        }
+        if l == -1 || r == -1 {
+            return Err(ModelError::OneChild { tree: t, node: old });
+        }
+        for child in [l, r] {
+            if child < 0 || child as u64 >= n as u64 {
+                return Err(ModelError::ChildOutOfRange {
+                    tree: t,
+                    node: old,
+                    child,
+                    num_nodes: n,
+                });
+            }
+            if child as u64 <= old as u64 {
+                return Err(ModelError::ChildBackwards {
+                    tree: t,
+                    node: old,
+                    child,
+                });
+            }
+            let c = child as usize;
+            if seen[c] {
+                return Err(ModelError::NodeReachedTwice { tree: t, node: c });
+            }
+            seen[c] = true;
+        }
+        if depth + 1 > DEPTH_MAX {
+            return Err(ModelError::TooDeep {
+                tree: t,
+                max: DEPTH_MAX,
+            });
+        }
+        let feature = tree.split_indices[old];
+        if feature < 0 || feature as u64 >= num_features as u64 {
+            return Err(ModelError::SplitFeatureOutOfRange {
+                tree: t,
+                node: old,
+                feature,
+                num_features,
+            });
+        }
+        if !value.is_finite() {
+            return Err(ModelError::NonFinite {
+                tree: t,
+                node: old,
+                what: "split condition",
+            });
+        }
+        let left = out.len();
+        if left + 2 > u32::MAX as usize {
+            return Err(ModelError::TooManyNodes { max: NODES_MAX });
+        }
+        let placeholder = Node {
+            value: 0.0,
+            meta: LEAF,
+            left: 0,
+        };
+        out.push(placeholder);
+        out.push(placeholder);
+        let dl = if tree.default_left[old].0 {
+            DEFAULT_LEFT
+        } else {
+            0
+        };
+        out[new] = Node {
+            value,
+            meta: feature as u32 | dl,
+            left: left as u32,
+        };
+        queue.push_back((l as usize, left, depth + 1));
+        queue.push_back((r as usize, left + 1, depth + 1));
+    }
+    Ok(())
+}
+
+/// The `f32` nearest to the decimal the file held. XGBoost writes the shortest decimal
+/// that reads back as its `f32`; serde_json reads it as the nearest `f64`, and casting
+/// that to `f32` is exact except when the `f64` sits exactly halfway between two `f32`s
+/// (double rounding): then the decimal is re-read directly as `f32`.
+fn f64_to_f32(v: f64) -> f32 {
+    let f = v as f32;
+    if !f.is_finite() || f64::from(f) == v {
+        return f;
+    }
+    let fd = f64::from(f);
+    let other = if fd < v {
+        next_toward(f, f32::INFINITY)
+    } else {
+        next_toward(f, f32::NEG_INFINITY)
+    };
+    if (v - fd).abs() == (f64::from(other) - v).abs() {
+        return v.to_string().parse::<f32>().unwrap_or(f);
+    }
+    f
+}
+
+/// The next `f32` after finite `f` toward `dir` (no `f32::next_up` at the MSRV).
+fn next_toward(f: f32, dir: f32) -> f32 {
+    if f == 0.0 {
+        let tiny = f32::from_bits(1);
+        return if dir > 0.0 { tiny } else { -tiny };
+    }
+    let bits = f.to_bits();
+    let away_from_zero = (dir > f) == (f > 0.0);
+    f32::from_bits(if away_from_zero { bits + 1 } else { bits - 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-written model: 2 features, two trees.
+    ///
+    /// Tree 0: node0 split f0 < 0.5 (default right) -> node1 leaf 0.25 | node2 split
+    ///         f1 < -1.0 (default left) -> node3 leaf -0.5 | node4 leaf 0.75.
+    /// Tree 1: a single leaf 0.125.
+    fn tiny(objective: &str, base_score: &str) -> String {
+        format!(
+            r#"{{"learner":{{
+              "attributes":{{}},
+              "feature_names":[],"feature_types":[],
+              "gradient_booster":{{"model":{{
+                 "gbtree_model_param":{{"num_trees":"2","size_leaf_vector":"0"}},
+                 "tree_info":[0,0],
+                 "trees":[
+                   {{"base_weights":[0,0,0,0,0],"categories":[],"categories_nodes":[],
+                     "categories_segments":[],"categories_sizes":[],
+                     "default_left":[0,0,1,0,0],"id":0,
+                     "left_children":[1,-1,3,-1,-1],"right_children":[2,-1,4,-1,-1],
+                     "loss_changes":[0,0,0,0,0],"parents":[2147483647,0,0,2,2],
+                     "split_conditions":[0.5,0.25,-1.0,-0.5,0.75],
+                     "split_indices":[0,0,1,0,0],"split_type":[0,0,0,0,0],
+                     "sum_hessian":[0,0,0,0,0],
+                     "tree_param":{{"num_deleted":"0","num_feature":"2","num_nodes":"5","size_leaf_vector":"0"}}}},
+                   {{"base_weights":[0],"categories":[],"categories_nodes":[],
+                     "categories_segments":[],"categories_sizes":[],
+                     "default_left":[0],"id":1,"left_children":[-1],"right_children":[-1],
+                     "loss_changes":[0],"parents":[2147483647],"split_conditions":[0.125],
+                     "split_indices":[0],"split_type":[0],"sum_hessian":[0],
+                     "tree_param":{{"num_deleted":"0","num_feature":"2","num_nodes":"1","size_leaf_vector":"0"}}}}
+                 ]}},"name":"gbtree"}},
+              "learner_model_param":{{"base_score":"{base_score}","num_class":"0","num_feature":"2","num_target":"1"}},
+              "objective":{{"name":"{objective}","reg_loss_param":{{"scale_pos_weight":"1"}}}}
+            }},"version":[1,6,2]}}"#
+        )
+    }
+
+    fn load(s: &str) -> Result<XgbModel, ModelError> {
+        XgbModel::from_json(s.as_bytes())
+    }
+
+    fn logit(p: f32) -> f32 {
+        -((1.0f32 / p - 1.0f32).ln())
+    }
+
+    #[test]
+    fn tiny_model_known_margins() {
+        let m = load(&tiny("binary:logitraw", "0")).unwrap();
+        assert_eq!(m.num_features(), 2);
+        assert_eq!(m.num_trees(), 2);
+        assert_eq!(m.objective(), Objective::RawMargin);
+        // f0 < 0.5 -> leaf 0.25; + 0.125
+        assert_eq!(m.predict_margin(&[0.0, 5.0]), 0.375);
+        // exact zero is a value, not missing: 0.0 < 0.5 goes left
+        assert_eq!(m.predict(&[0.0, f32::NAN]), 0.375);
+        // f0 == 0.5 is not < 0.5: right; f1 = -2 < -1: left leaf -0.5
+        assert_eq!(m.predict_margin(&[0.5, -2.0]), -0.375);
+        // f1 == -1.0: right leaf 0.75
+        assert_eq!(m.predict_margin(&[1.0, -1.0]), 0.875);
+        // f0 missing: default right; f1 missing: default left -> -0.5
+        assert_eq!(m.predict_margin(&[f32::NAN, f32::NAN]), -0.375);
+        // short row: f1 is missing too
+        assert_eq!(m.predict_margin(&[0.7]), -0.375);
+        assert_eq!(m.predict_margin(&[]), -0.375);
+        // infinities compare normally
+        assert_eq!(m.predict_margin(&[f32::NEG_INFINITY, 0.0]), 0.375);
+        assert_eq!(m.predict_margin(&[f32::INFINITY, f32::INFINITY]), 0.875);
+    }
+
+    #[test]
+    fn logitraw_base_score_is_the_margin() {
+        let m = load(&tiny("binary:logitraw", "5E-1")).unwrap();
+        assert_eq!(m.base_margin(), 0.5);
+        assert_eq!(m.predict_margin(&[0.0, 0.0]), 0.875);
+        assert_eq!(m.predict(&[0.0, 0.0]), 0.875);
+    }
+
+    #[test]
+    fn logistic_base_score_is_a_probability() {
+        let m = load(&tiny("binary:logistic", "5E-1")).unwrap();
+        assert_eq!(m.objective(), Objective::Logistic);
+        assert_eq!(m.base_margin(), 0.0);
+        assert_eq!(m.predict_margin(&[0.0, 0.0]), 0.375);
+        let p = m.predict(&[0.0, 0.0]);
+        assert!((f64::from(p) - 1.0 / (1.0 + (-0.375f64).exp())).abs() < 1e-7);
+
+        let m = load(&tiny("reg:logistic", "0.2")).unwrap();
+        assert_eq!(m.objective(), Objective::Logistic);
+        assert_eq!(m.base_margin(), logit(0.2));
+        let margin = m.predict_margin(&[f32::NAN, 3.0]);
+        assert_eq!(margin, logit(0.2) + 0.75 + 0.125);
+        assert_eq!(m.predict(&[f32::NAN, 3.0]), sigmoid(margin));
+    }
+
+    #[test]
+    fn predict_many_matches_predict() {
+        let m = load(&tiny("binary:logistic", "0.3")).unwrap();
+        let rows = [
+            0.0,
+            0.0,
+            f32::NAN,
+            -3.0,
+            0.5,
+            -1.0,
+            f32::NAN,
+            f32::NAN,
+            9.0,
+            -9.0,
+        ];
+        let mut out = [0.0f32; 5];
+        m.predict_many(&rows, &mut out);
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(*o, m.predict(&rows[r * 2..r * 2 + 2]));
+        }
+        // rows too short: the missing cells are missing values, no panic
+        let mut out = [0.0f32; 3];
+        m.predict_many(&[0.0, 0.0, 0.7], &mut out);
+        assert_eq!(out[0], m.predict(&[0.0, 0.0]));
+        assert_eq!(out[1], m.predict(&[0.7]));
+        assert_eq!(out[2], m.predict(&[]));
+        let mut none: [f32; 0] = [];
+        m.predict_many(&rows, &mut none);
+    }
+
+    #[test]
+    fn sigmoid_is_xgboosts() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!(sigmoid(-1000.0) > 0.0);
+        assert_eq!(sigmoid(1000.0), 1.0);
+        assert!(sigmoid(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn f64_to_f32_reads_the_decimal() {
+        assert_eq!(f64_to_f32(0.1), 0.1f32);
+        assert_eq!(f64_to_f32(-1.2345678e-5), -1.2345678e-5f32);
+        assert_eq!(f64_to_f32(0.5), 0.5f32);
+        // an f64 exactly halfway between two f32s: 1 + 2^-24
+        let half = 1.0f64 + 2f64.powi(-24);
+        assert_eq!(f64_to_f32(half), half.to_string().parse::<f32>().unwrap());
+        assert_eq!(next_toward(1.0, 2.0), f32::from_bits(1.0f32.to_bits() + 1));
+        assert_eq!(next_toward(-1.0, 0.0), f32::from_bits((-1.0f32).to_bits() - 1));
+        assert_eq!(next_toward(0.0, -1.0), -f32::from_bits(1));
+    }
+
+    fn err(s: &str) -> ModelError {
+        load(s).unwrap_err()
+    }
+
+    fn tiny_with(from: &str, to: &str) -> String {
+        let s = tiny("binary:logistic", "5E-1");
+        assert!(s.contains(from), "{from}");
+        s.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn refuses_not_json_truncated_oversized_and_empty() {
+        assert!(matches!(
+            XgbModel::from_json(b"\xff\xfe not json"),
+            Err(ModelError::NotJson(_))
+        ));
+        assert!(matches!(err("hello"), ModelError::NotJson(_)));
+        let s = tiny("binary:logistic", "5E-1");
+        assert!(matches!(
+            err(&s[..s.len() / 2]),
+            ModelError::Truncated(_)
+        ));
+        assert!(matches!(err(""), ModelError::Empty));
+        assert!(matches!(err("  \n"), ModelError::Empty));
+        let big = vec![b' '; MODEL_BYTES_MAX + 1];
+        assert!(matches!(
+            XgbModel::from_json(&big),
+            Err(ModelError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_wrong_top_level_shape() {
+        for s in [
+            "[]",
+            "1",
+            "{}",
+            r#"{"learner": []}"#,
+            r#"{"learner": {"objective": {"name": "binary:logistic"}}}"#,
+        ] {
+            let e = err(s);
+            assert!(matches!(e, ModelError::Shape(_)), "{s}: {e}");
+        }
+        // trees missing
+        let e = err(&tiny_with(r#""trees":["#, r#""not_trees":["#));
+        assert!(matches!(e, ModelError::Shape(_)), "{e}");
+        // wrong type inside a tree
+        let e = err(&tiny_with(
+            r#""left_children":[1,-1,3,-1,-1]"#,
+            r#""left_children":"x""#,
+        ));
+        assert!(matches!(e, ModelError::Shape(_)), "{e}");
+        let e = err(&tiny_with(r#""default_left":[0,0,1,0,0]"#, r#""default_left":[0,0,2,0,0]"#));
+        assert!(matches!(e, ModelError::Shape(_)), "{e}");
+    }
+
+    #[test]
+    fn accepts_boolean_default_left() {
+        let m = load(&tiny_with(
+            r#""default_left":[0,0,1,0,0]"#,
+            r#""default_left":[false,false,true,false,false]"#,
+        ))
+        .unwrap();
+        assert_eq!(m.predict_margin(&[f32::NAN, f32::NAN]), -0.375);
+    }
+
+    #[test]
+    fn refuses_unsupported_booster_and_objective() {
+        let e = err(&tiny_with(r#""name":"gbtree""#, r#""name":"gblinear""#));
+        assert_eq!(e, ModelError::UnsupportedBooster("gblinear".into()));
+        let gblinear = r#"{"learner":{"learner_model_param":{"base_score":"5E-1","num_class":"0","num_feature":"2"},
+            "objective":{"name":"binary:logistic"},
+            "gradient_booster":{"name":"gblinear","model":{"weights":[0.1,0.2,0.3]}}},"version":[1,6,2]}"#;
+        assert_eq!(err(gblinear), ModelError::UnsupportedBooster("gblinear".into()));
+        let dart = r#"{"learner":{"learner_model_param":{"base_score":"5E-1","num_class":"0","num_feature":"2"},
+            "objective":{"name":"binary:logistic"},
+            "gradient_booster":{"name":"dart","gbtree":{},"weight_drop":[]}},"version":[1,6,2]}"#;
+        assert_eq!(err(dart), ModelError::UnsupportedBooster("dart".into()));
+        for obj in ["reg:squarederror", "multi:softprob", "binary:hinge", "rank:pairwise"] {
+            let e = load(&tiny(obj, "5E-1")).unwrap_err();
+            assert_eq!(e, ModelError::UnsupportedObjective(obj.into()));
+            assert!(e.to_string().contains("binary:logistic"));
+        }
+        let e = err(&tiny_with(r#""num_class":"0""#, r#""num_class":"3""#));
+        assert!(matches!(e, ModelError::BadParam { name: "num_class", .. }), "{e}");
+        let e = err(&tiny_with(r#""num_target":"1""#, r#""num_target":"2""#));
+        assert!(matches!(e, ModelError::BadParam { name: "num_target", .. }), "{e}");
+        let e = err(&tiny_with(r#""tree_info":[0,0]"#, r#""tree_info":[0,1]"#));
+        assert!(matches!(e, ModelError::BadParam { name: "tree_info", .. }), "{e}");
+        let e = err(&tiny_with(r#""tree_info":[0,0]"#, r#""tree_info":[0]"#));
+        assert!(matches!(e, ModelError::Shape(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_bad_params() {
+        for nf in ["0", "-1", "65537", "abc", "1e3"] {
+            let e = err(&tiny_with(
+                r#""num_feature":"2","num_target""#,
+                &format!(r#""num_feature":"{nf}","num_target""#),
+            ));
+            assert!(matches!(e, ModelError::BadParam { name: "num_feature", .. }), "{nf}: {e}");
+        }
+        for bs in ["0", "1", "1.5", "-0.1", "nan", "x"] {
+            let e = load(&tiny("binary:logistic", bs)).unwrap_err();
+            assert!(matches!(e, ModelError::BadParam { name: "base_score", .. }), "{bs}: {e}");
+        }
+        for bs in ["inf", "NaN"] {
+            let e = load(&tiny("binary:logitraw", bs)).unwrap_err();
+            assert!(matches!(e, ModelError::BadParam { name: "base_score", .. }), "{bs}: {e}");
+        }
+        let e = err(&tiny_with(r#""num_trees":"2""#, r#""num_trees":"3""#));
+        assert!(matches!(e, ModelError::BadParam { name: "num_trees", .. }), "{e}");
+        let e = err(&tiny_with(
+            r#""num_trees":"2","size_leaf_vector":"0""#,
+            r#""num_trees":"2","size_leaf_vector":"2""#,
+        ));
+        assert!(matches!(e, ModelError::BadParam { name: "size_leaf_vector", .. }), "{e}");
+        let e = err(&tiny_with(r#""num_nodes":"5""#, r#""num_nodes":"0""#));
+        assert!(matches!(e, ModelError::BadParam { name: "tree_param.num_nodes", .. }), "{e}");
+    }
+
+    #[test]
+    fn refuses_inconsistent_lengths() {
+        let e = err(&tiny_with(r#""num_nodes":"5""#, r#""num_nodes":"6""#));
+        assert!(matches!(e, ModelError::InconsistentLength { tree: 0, num_nodes: 6, .. }), "{e}");
+        for (from, to, array) in [
+            ("[1,-1,3,-1,-1]", "[1,-1,3,-1]", "left_children"),
+            ("[2,-1,4,-1,-1]", "[2,-1,4,-1,-1,-1]", "right_children"),
+            (r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[0,0,1,0]"#, "split_indices"),
+            ("[0.5,0.25,-1.0,-0.5,0.75]", "[0.5]", "split_conditions"),
+            (r#""default_left":[0,0,1,0,0]"#, r#""default_left":[0]"#, "default_left"),
+        ] {
+            let e = err(&tiny_with(from, to));
+            assert!(
+                matches!(e, ModelError::InconsistentLength { array: a, .. } if a == array),
+                "{array}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_bad_children() {
+        let e = err(&tiny_with("[1,-1,3,-1,-1]", "[1,-1,5,-1,-1]"));
+        assert!(matches!(e, ModelError::ChildOutOfRange { child: 5, .. }), "{e}");
+        let e = err(&tiny_with("[1,-1,3,-1,-1]", "[1,-1,-7,-1,-1]"));
+        assert!(matches!(e, ModelError::ChildOutOfRange { child: -7, .. }), "{e}");
+        // node 2 points back at its parent: a cycle
+        let e = err(&tiny_with("[1,-1,3,-1,-1]", "[1,-1,0,-1,-1]"));
+        assert!(matches!(e, ModelError::ChildBackwards { node: 2, child: 0, .. }), "{e}");
+        // node 2 points at itself
+        let e = err(&tiny_with("[2,-1,4,-1,-1]", "[2,-1,2,-1,-1]"));
+        assert!(matches!(e, ModelError::ChildBackwards { node: 2, child: 2, .. }), "{e}");
+        // node 2 points at node 1, already node 0's child
+        let e = err(&tiny_with("[2,-1,4,-1,-1]", "[2,-1,4,-1,-1]").replacen(
+            "[1,-1,3,-1,-1]",
+            "[1,-1,4,-1,-1]",
+            1,
+        ));
+        assert!(matches!(e, ModelError::NodeReachedTwice { .. }), "{e}");
+        let e = err(&tiny_with("[2,-1,4,-1,-1]", "[2,-1,-1,-1,-1]"));
+        assert!(matches!(e, ModelError::OneChild { node: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn refuses_split_feature_out_of_range_and_non_finite() {
+        let e = err(&tiny_with(r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[0,0,2,0,0]"#));
+        assert!(matches!(e, ModelError::SplitFeatureOutOfRange { feature: 2, node: 2, .. }), "{e}");
+        let e = err(&tiny_with(r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[-1,0,1,0,0]"#));
+        assert!(matches!(e, ModelError::SplitFeatureOutOfRange { feature: -1, .. }), "{e}");
+        // a leaf's split index is ignored
+        load(&tiny_with(r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[0,99,1,99,99]"#)).unwrap();
+        let e = err(&tiny_with("[0.5,0.25,-1.0,-0.5,0.75]", "[1e39,0.25,-1.0,-0.5,0.75]"));
+        assert!(matches!(e, ModelError::NonFinite { what: "split condition", .. }), "{e}");
+        let e = err(&tiny_with("[0.5,0.25,-1.0,-0.5,0.75]", "[0.5,0.25,-1.0,-1e300,0.75]"));
+        assert!(matches!(e, ModelError::NonFinite { what: "leaf value", node: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn refuses_categorical() {
+        let e = err(&tiny_with(r#""split_type":[0,0,0,0,0]"#, r#""split_type":[0,0,1,0,0]"#));
+        assert!(matches!(e, ModelError::Categorical { tree: 0, node: 2 }), "{e}");
+        let e = err(&tiny_with(r#""categories_nodes":[],"#, r#""categories_nodes":[2],"#));
+        assert!(matches!(e, ModelError::Categorical { .. }), "{e}");
+        let e = err(&tiny_with(r#""feature_types":[]"#, r#""feature_types":["q","c"]"#));
+        assert!(matches!(e, ModelError::CategoricalFeature { feature: 1 }), "{e}");
+        let e = err(&tiny_with(r#""split_type":[0,0,0,0,0]"#, r#""split_type":[0,0]"#));
+        assert!(matches!(e, ModelError::InconsistentLength { array: "split_type", .. }), "{e}");
+    }
+
+    /// A chain tree: every split's left child is a leaf, its right child the next split.
+    fn chain(depth: usize) -> String {
+        let n = 2 * depth + 1;
+        let mut left = Vec::new();
+        let mut right = Vec::new();
+        for i in 0..n {
+            if i % 2 == 0 && i < n - 1 {
+                left.push((i + 1) as i64);
+                right.push((i + 2) as i64);
+            } else {
+                left.push(-1);
+                right.push(-1);
+            }
+        }
+        let zeros = vec!["0"; n].join(",");
+        let conds = vec!["0.5"; n].join(",");
+        let j = |v: &Vec<i64>| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            r#"{{"learner":{{"learner_model_param":{{"base_score":"5E-1","num_class":"0","num_feature":"1"}},
+            "objective":{{"name":"binary:logistic"}},
+            "gradient_booster":{{"name":"gbtree","model":{{"trees":[{{
+               "tree_param":{{"num_nodes":"{n}"}},
+               "left_children":[{l}],"right_children":[{r}],
+               "split_indices":[{zeros}],"split_conditions":[{conds}],"default_left":[{zeros}]}}]}}}}}}}}"#,
+            l = j(&left),
+            r = j(&right),
+        )
+    }
+
+    #[test]
+    fn depth_limit() {
+        let m = load(&chain(DEPTH_MAX)).unwrap();
+        assert_eq!(m.predict_margin(&[1.0]), 0.5);
+        assert_eq!(m.predict_margin(&[0.0]), 0.5);
+        let e = err(&chain(DEPTH_MAX + 1));
+        assert!(matches!(e, ModelError::TooDeep { tree: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn trees_limit() {
+        let leaf = r#"{"tree_param":{"num_nodes":"1"},"left_children":[-1],"right_children":[-1],
+            "split_indices":[0],"split_conditions":[0.001],"default_left":[0]}"#;
+        let make = |k: usize| {
+            format!(
+                r#"{{"learner":{{"learner_model_param":{{"base_score":"0","num_feature":"1"}},
+                "objective":{{"name":"binary:logitraw"}},
+                "gradient_booster":{{"name":"gbtree","model":{{"trees":[{}]}}}}}}}}"#,
+                vec![leaf; k].join(",")
+            )
+        };
+        let m = load(&make(TREES_MAX)).unwrap();
+        assert_eq!(m.num_trees(), TREES_MAX);
+        // f32 summation, like XGBoost
+        let mut want = 0.0f32;
+        for _ in 0..TREES_MAX {
+            want += 0.001f32;
+        }
+        assert_eq!(m.predict_margin(&[0.0]), want);
+        let e = err(&make(TREES_MAX + 1));
+        assert!(matches!(e, ModelError::TooManyTrees { .. }), "{e}");
+    }
+
+    #[test]
+    fn unreachable_nodes_are_dropped() {
+        // node 0 a leaf; nodes 1..4 are deleted leftovers
+        let s = tiny_with("[1,-1,3,-1,-1]", "[-1,-1,3,-1,-1]").replacen(
+            "[2,-1,4,-1,-1]",
+            "[-1,-1,4,-1,-1]",
+            1,
+        );
+        let m = load(&s).unwrap();
+        assert_eq!(m.predict_margin(&[0.0, 0.0]), 0.5 + 0.125);
+        assert_eq!(m.nodes.len(), 2);
+    }
+
+    #[test]
+    fn model_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<XgbModel>();
+    }
+}
