@@ -32,7 +32,30 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     // Caps, budgets and idempotency keys from the ledger, before anything is served.
     crate::recovery::recover(&state)
         .map_err(|e| std::io::Error::new(e.kind(), format!("replaying the ledger: {e}")))?;
+    // Each vertical's champion model, if the model directory names one (a broken one is
+    // logged and the vertical starts on the cold-start rates).
+    state.sync_champions();
     Ok(Arc::new(state))
+}
+
+/// Watches the model directory: every `learning.watch_ms`, serves each vertical's
+/// `CHAMPION` if it changed. Ends when the exchange is dropped.
+pub fn spawn_model_watch(state: &Arc<AppState>) {
+    let every = state.runtime.load().config.learning.watch_ms;
+    if every == 0 {
+        return;
+    }
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || st.sync_champions()).await;
+        }
+    });
 }
 
 /// A running exchange.
@@ -109,6 +132,8 @@ pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
         .map(TcpListener::local_addr)
         .transpose()?;
     let state = build_state(config, clock)?;
+    spawn_model_watch(&state);
+    crate::models::learning::spawn(&state);
     let admin = admin_listener.map(|l| {
         let (tx, rx) = oneshot::channel::<()>();
         let st = state.clone();
@@ -199,6 +224,10 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
+                    if i == 0 {
+                        spawn_model_watch(&st);
+                        crate::models::learning::spawn(&st);
+                    }
                     let listener = match bind_reuseport(bind_to).and_then(|l| {
                         let a = l.local_addr()?;
                         Ok((l, a))

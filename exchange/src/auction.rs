@@ -22,12 +22,15 @@ use tokio::time::Instant;
 
 use crate::buyers::{BuyerClient, BuyerTransport, CallResult, Endpoint, Ping, Post};
 use crate::config::{BuyerIdx, BuyerKey, SellerIdx, VerticalIdx};
-use crate::core::auction::{Auction, AuctionParams, Award};
+use crate::core::auction::{Auction, AuctionParams, Award, ModelVersions};
 use crate::core::award::Ranked;
 use crate::core::caps::Reservation;
+use crate::core::model::features::LeadContext;
+use crate::core::model::routing::{splitmix, EvRanker, Predictor};
 use crate::core::post::{AttemptResult, PostParams, PostPlan, PostStep};
 use crate::core::UnixMs;
 use crate::effects;
+use crate::models::stats::AuctionSignals;
 use crate::state::{AppState, Runtime};
 
 /// How long a late answer is still waited for in the background before the request is
@@ -138,11 +141,37 @@ pub async fn run_auction(
     let vertical = &cfg.verticals[input.vertical];
     let auction_id = new_id("au_");
     let ping_id = new_id("pg_");
-    let score = rt.scorer.score(vertical, input.lead);
+    let now_ms = state.clock.now_ms();
+    // The lead's features, its score, and the ranker: expected value under the serving
+    // realization model or the cold-start rates, or price.
+    let models = rt.models.get(input.vertical).and_then(|m| m.as_deref());
+    let mut lead_x: Vec<f32> = Vec::new();
+    if let Some(spec) = &vertical.features {
+        let ctx = LeadContext {
+            seller_id: cfg.sellers.get(input.seller).map_or("", |s| s.id.as_str()),
+            sub_id: input.req.source.get("sub_id").map(String::as_str),
+            at: now_ms,
+        };
+        lead_x.reserve(spec.len());
+        spec.encode_lead(&vertical.schema, input.lead, &ctx, &mut lead_x);
+    }
+    let score = models.and_then(|m| m.score(&lead_x));
+    let signals = AuctionSignals::new(&state.stats, cfg, &state.caps, now_ms, input.vertical);
+    let realization = models
+        .and_then(|m| m.realization.as_ref())
+        .map(|s| &s.model as &dyn Predictor);
+    let ranker = EvRanker::new(
+        vertical.features.as_ref(),
+        realization,
+        &lead_x,
+        &signals,
+        vertical.routing,
+        auction_seed(&auction_id),
+    );
     let settlement = effects::settlement(state);
     let params = AuctionParams {
         config: cfg,
-        ranker: rt.ranker.as_ref(),
+        ranker: &ranker,
         generation: rt.generation,
         seller: input.seller,
         vertical: input.vertical,
@@ -153,6 +182,16 @@ pub async fn run_auction(
         auction_id: &auction_id,
         ping_id: &ping_id,
         arrival: state.clock.unix_ms_of(input.arrival),
+        lead_x: &lead_x,
+        features_version: vertical.features.as_ref().map(|f| f.version),
+        models: ModelVersions {
+            lead_score: models
+                .filter(|m| m.lead_score.is_some())
+                .map(|m| m.version.as_str()),
+            realization: models
+                .filter(|m| m.realization.is_some())
+                .map(|m| m.version.as_str()),
+        },
     };
     let mut auction = Auction::new(
         params,
@@ -246,6 +285,17 @@ pub async fn run_auction(
         score,
         award,
     }
+}
+
+/// The seed of an auction's exploration draws: a hash of its id, so a replay of the
+/// auction draws the same.
+pub fn auction_seed(auction_id: &str) -> u64 {
+    auction_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+        .wrapping_add(splitmix(auction_id.len() as u64))
 }
 
 /// Everything a delivery needs.

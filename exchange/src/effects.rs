@@ -94,12 +94,21 @@ pub async fn execute<'a>(
                 if let (Some(ok), Some(b)) = (breaker, rt.config.buyers.get(buyer)) {
                     health(state).record(b.key, ok, now);
                 }
+                if let (Some(us), Some(b)) = (took_us, rt.config.buyers.get(buyer)) {
+                    state.stats.on_response(b.key, us);
+                }
             }
             Effect::Skipped { counts } => state.metrics.count_skips(&counts),
             Effect::LateAnswer { buyer } => late_answer(state, rt, buyer),
             Effect::Post { buyer, outcome } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
+                }
+                // What the buyer did with a delivered lead teaches the cold-start rates
+                // (a fallback skipped for its cap was never delivered).
+                if let (false, Some(b)) = (outcome == PostKind::Capped, rt.config.buyers.get(buyer))
+                {
+                    state.stats.on_post(b.key, outcome == PostKind::Accepted);
                 }
             }
             Effect::Auction { no_bid } => state

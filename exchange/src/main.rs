@@ -50,6 +50,52 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Trains the lead-score and realization models of each vertical with features (or
+    /// one) from the ledger, writes a new model set under `learning.models_dir`, and
+    /// prints what it made as JSON lines. Exit status 1 when training was refused (too
+    /// little data: the counts found and needed are printed), 2 on a bad argument.
+    Train {
+        /// Only this vertical.
+        #[arg(long)]
+        vertical: Option<String>,
+        /// The version name (default: v<UTC time>).
+        #[arg(long)]
+        version: Option<String>,
+        /// Make the new set the champion if it beats the serving one on the newest
+        /// held-out window (a running exchange serves it at its next model-directory check).
+        #[arg(long)]
+        promote: bool,
+    },
+    /// Model versions per vertical with their held-out metrics (see docs/AI.md).
+    Models {
+        #[command(subcommand)]
+        command: Option<ModelsCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Lists each vertical's versions, champion and metrics (the default).
+    List,
+    /// Goes back one version: the previous champion in HISTORY serves again.
+    Rollback {
+        #[arg(long)]
+        vertical: String,
+    },
+    /// Writes a model set from XGBoost JSON models trained elsewhere (a manifest is made
+    /// from the configuration's features; the models must take exactly those features).
+    Import {
+        #[arg(long)]
+        vertical: String,
+        #[arg(long)]
+        version: String,
+        /// The realization model (XGBoost JSON).
+        #[arg(long)]
+        realization: Option<PathBuf>,
+        /// The lead-score model (XGBoost JSON).
+        #[arg(long)]
+        lead_score: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,11 +438,45 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if let Some(Command::Ledger { command }) = args.command {
-        match command {
+    match args.command {
+        Some(Command::Ledger { command }) => match command {
             LedgerCommand::Verify { dir, config } => std::process::exit(ledger_verify(dir, config)),
             other => std::process::exit(finance_command(other)),
+        },
+        Some(Command::Train {
+            vertical,
+            version,
+            promote,
+        }) => std::process::exit(pingpost::models::cli::train(
+            args.config.as_deref(),
+            args.ledger.as_deref(),
+            vertical.as_deref(),
+            version.as_deref(),
+            promote,
+        )),
+        Some(Command::Models { command }) => {
+            let (c, l) = (args.config.as_deref(), args.ledger.as_deref());
+            std::process::exit(match command {
+                None | Some(ModelsCommand::List) => pingpost::models::cli::list(c, l),
+                Some(ModelsCommand::Rollback { vertical }) => {
+                    pingpost::models::cli::rollback(c, l, &vertical)
+                }
+                Some(ModelsCommand::Import {
+                    vertical,
+                    version,
+                    realization,
+                    lead_score,
+                }) => pingpost::models::cli::import(
+                    c,
+                    l,
+                    &vertical,
+                    &version,
+                    realization.as_deref(),
+                    lead_score.as_deref(),
+                ),
+            })
         }
+        None => {}
     }
     let demo = args.demo;
     // In demo mode the example bidders' secrets default to fixed demo values, and the

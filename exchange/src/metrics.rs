@@ -134,6 +134,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Reloads by result (`applied`, `refused`).
     pub reloads: IntCounterVec,
+    /// Model swaps by result (`applied`, `refused`).
+    pub model_swaps: IntCounterVec,
     /// Pre-resolved series for the hot path (label lookups hash and lock).
     route_latency: Vec<(&'static str, Histogram)>,
     auction_outcomes: Vec<(&'static str, IntCounter)>,
@@ -302,6 +304,14 @@ impl Metrics {
                 counter_vec(
                     "pingpost_reloads_total",
                     "Configuration reloads by result (applied, refused).",
+                    &["result"],
+                ),
+            ),
+            model_swaps: reg(
+                &r,
+                counter_vec(
+                    "pingpost_model_swaps_total",
+                    "Model swaps (POST /admin/models, the model directory watch) by result (applied, refused).",
                     &["result"],
                 ),
             ),

@@ -375,6 +375,10 @@ fn restore_quote(
             },
             seller_price: Micros(line.get("seller_price_micros")?.as_i64()?),
             value: line.get("value").and_then(Value::as_i64).unwrap_or(0),
+            p_ppm: line
+                .get("p_ppm")
+                .and_then(Value::as_u64)
+                .and_then(|p| u32::try_from(p).ok()),
         });
     }
     if ranked.is_empty() {

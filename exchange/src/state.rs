@@ -17,7 +17,6 @@ use proto::FieldProblem;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigErrors, SellerKey};
-use crate::core::award::{PriceRanker, Ranker};
 use crate::core::breaker::BreakerBook;
 use crate::core::caps::CapBook;
 use crate::core::ids::IdRegistry;
@@ -28,7 +27,8 @@ use crate::core::UnixMs;
 use crate::idempotency::IdempotencyStore;
 use crate::ledger::Ledger;
 use crate::metrics::{BuyerMetrics, Metrics};
-use crate::scoring::{NoScore, Scorer};
+use crate::models::stats::BuyerStats;
+use crate::models::ModelSet;
 
 /// One configuration with everything derived from it, swapped as one unit.
 #[derive(Debug)]
@@ -37,10 +37,9 @@ pub struct Runtime {
     /// 1 for the configuration the process started with, +1 per applied reload. Every
     /// auction record carries the generation it ran under.
     pub generation: u64,
-    /// The lead scorer (a model; `NoScore` until one is loaded).
-    pub scorer: Arc<dyn Scorer>,
-    /// The award's objective (`PriceRanker` until a model is loaded).
-    pub ranker: Arc<dyn Ranker>,
+    /// The model set serving each vertical (by position in `config.verticals`; `None`:
+    /// no model, so no lead score and cold-start rates in the award).
+    pub models: Vec<Option<Arc<ModelSet>>>,
     /// Metric series by position in `config.buyers`, resolved the first time the buyer is
     /// pinged or posted to (each series is labelled by the buyer's id, so a buyer keeps
     /// its series across reloads). A buyer never pinged has none.
@@ -53,6 +52,36 @@ impl Runtime {
         let slot = self.buyer_metrics.get(idx)?;
         let buyer = self.config.buyers.get(idx)?;
         Some(slot.get_or_init(|| metrics.buyer(&buyer.id)))
+    }
+}
+
+/// The old runtime's model sets for the new configuration, by vertical name; a set that
+/// no longer fits its vertical refuses the reload.
+fn carry_models(old: &Runtime, config: &Config) -> Result<Vec<Option<Arc<ModelSet>>>, ReloadError> {
+    let mut problems = Vec::new();
+    let models = config
+        .verticals
+        .iter()
+        .map(|v| {
+            let set = old
+                .config
+                .vertical_by_name
+                .get(&v.name)
+                .and_then(|&i| old.models.get(i))
+                .and_then(Clone::clone)?;
+            for m in set.mismatches(v) {
+                problems.push(FieldProblem::new(
+                    format!("verticals.{}.features", v.name),
+                    format!("{m}; serve another model (POST /admin/models) first"),
+                ));
+            }
+            Some(set)
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(models)
+    } else {
+        Err(ReloadError::Invalid(problems))
     }
 }
 
@@ -146,6 +175,13 @@ impl RateLimiter {
 /// Shared state of one running exchange.
 pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
+    /// What each buyer did lately: the cold-start rates and buyer features.
+    pub stats: BuyerStats,
+    /// Dispositions recorded since the last retraining (the count trigger).
+    pub dispositions_since_train: std::sync::atomic::AtomicU64,
+    /// A champion that failed to load, by vertical, so the watch does not retry (and log)
+    /// the same broken version every tick.
+    champion_failures: Mutex<std::collections::HashMap<String, String>>,
     /// Stable buyer and seller keys (never reused while the process lives).
     pub ids: IdRegistry,
     pub caps: CapBook,
@@ -293,6 +329,7 @@ impl AppState {
         }
         let s = &config.server;
         let buyer_metrics = metric_slots(&config);
+        let vertical_count = config.verticals.len();
         let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
         let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
             Arc::clone(&connections),
@@ -328,8 +365,7 @@ impl AppState {
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),
                 generation: 1,
-                scorer: Arc::new(NoScore),
-                ranker: Arc::new(PriceRanker),
+                models: vec![None; vertical_count],
                 buyer_metrics,
             }),
             ids,
@@ -337,6 +373,9 @@ impl AppState {
             metrics,
             clock,
             reload_lock: Mutex::new(()),
+            stats: BuyerStats::new(),
+            dispositions_since_train: std::sync::atomic::AtomicU64::new(0),
+            champion_failures: Mutex::new(std::collections::HashMap::new()),
             source: Mutex::new(None),
         }
     }
@@ -410,17 +449,123 @@ impl AppState {
                     .remove_label_values(&[&gone.id, window]);
             }
         }
+        let models = carry_models(&old, &config)?;
         let generation = old.generation.saturating_add(1);
         self.runtime.store(Arc::new(Runtime {
             config: Arc::new(config),
             generation,
-            scorer: old.scorer.clone(),
-            ranker: old.ranker.clone(),
+            models,
             buyer_metrics,
         }));
         tls.apply(self);
         self.metrics.config_generation.set(generation as i64);
         Ok(generation)
+    }
+
+    /// Serves model set `version` of `vertical` (`None`: no model), read from the model
+    /// directory and checked against the configuration; on success it becomes the
+    /// vertical's champion on disk too, so a restart (and the directory watch) keep it.
+    /// A new runtime (generation + 1) carries it; on any problem nothing changes and every
+    /// problem is returned. Blocking (reads files): call it off the event loop.
+    pub fn swap_models(&self, vertical: &str, version: Option<&str>) -> Result<u64, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock();
+        self.swap_models_locked(vertical, version, true)
+    }
+
+    fn swap_models_locked(
+        &self,
+        vertical: &str,
+        version: Option<&str>,
+        write_champion: bool,
+    ) -> Result<u64, ReloadError> {
+        let old = self.runtime.load_full();
+        let cfg = &old.config;
+        let problem = |m: String| ReloadError::Invalid(vec![FieldProblem::new("version", m)]);
+        let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
+            return Err(ReloadError::Invalid(vec![FieldProblem::new(
+                "vertical",
+                format!(
+                    "unknown vertical {:?}",
+                    crate::server::truncate(vertical, 64)
+                ),
+            )]));
+        };
+        let v = &cfg.verticals[vi];
+        let set = match version {
+            None => None,
+            Some(ver) => Some(Arc::new(
+                crate::models::load_set(&cfg.learning, v, ver).map_err(|errs| {
+                    ReloadError::Invalid(
+                        errs.into_iter()
+                            .map(|e| FieldProblem::new("version", e))
+                            .collect(),
+                    )
+                })?,
+            )),
+        };
+        if write_champion {
+            crate::models::write_champion(&cfg.learning, vertical, version)
+                .map_err(|e| problem(format!("could not write the champion file: {e}")))?;
+        }
+        let mut models = old.models.clone();
+        if let Some(slot) = models.get_mut(vi) {
+            *slot = set;
+        }
+        let generation = old.generation.saturating_add(1);
+        self.runtime.store(Arc::new(Runtime {
+            config: old.config.clone(),
+            generation,
+            models,
+            buyer_metrics: metric_slots(&old.config),
+        }));
+        self.metrics.config_generation.set(generation as i64);
+        tracing::info!(
+            generation,
+            vertical,
+            version = version.unwrap_or("none"),
+            "models swapped"
+        );
+        Ok(generation)
+    }
+
+    /// Serves each vertical's champion if it differs from what serves (the model
+    /// directory watch, and the start). Problems are logged, and the serving model stays.
+    pub fn sync_champions(&self) -> Vec<(String, Result<u64, ReloadError>)> {
+        let _one_at_a_time = self.reload_lock.lock();
+        let rt = self.runtime.load_full();
+        let mut out = Vec::new();
+        for (vi, v) in rt.config.verticals.iter().enumerate() {
+            if v.features.is_none() {
+                continue;
+            }
+            let want = crate::models::read_champion(&rt.config.learning, &v.name);
+            let have = rt
+                .models
+                .get(vi)
+                .and_then(|m| m.as_ref())
+                .map(|m| m.version.clone());
+            if want == have {
+                continue;
+            }
+            let mut failed = self.champion_failures.lock();
+            if want.is_some() && failed.get(&v.name) == want.as_ref() {
+                continue;
+            }
+            let r = self.swap_models_locked(&v.name, want.as_deref(), false);
+            match &r {
+                Ok(_) => {
+                    failed.remove(&v.name);
+                }
+                Err(e) => {
+                    tracing::error!(vertical = %v.name, version = want.as_deref().unwrap_or(""), error = %e, "the champion model was refused; the serving model stays");
+                    if let Some(w) = want {
+                        failed.insert(v.name.clone(), w);
+                    }
+                }
+            }
+            out.push((v.name.clone(), r));
+        }
+        out
     }
 
     /// Releases expired quotes' reservations and forgets old idempotency keys. The shell

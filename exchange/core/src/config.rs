@@ -124,6 +124,51 @@ pub struct Config {
     pub seller_by_key: HashMap<SellerKey, SellerIdx>,
     /// `[admin]`: the admin listener.
     pub admin: AdminConfig,
+    /// `[learning]`: where models live and when they are retrained.
+    pub learning: LearningConfig,
+}
+
+/// `[learning]`: the model directory, training parameters and continuous retraining.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearningConfig {
+    /// Model sets live under `<models_dir>/<vertical>/<version>/`.
+    pub models_dir: std::path::PathBuf,
+    /// Serve whatever `<models_dir>/<vertical>/CHAMPION` names, checking it this often
+    /// (0: only at start and on `POST /admin/models`).
+    pub watch_ms: u64,
+    /// Retrain this often (0: never on a schedule).
+    pub retrain_every_s: u64,
+    /// Retrain after this many new dispositions (0: never on a count).
+    pub retrain_after_dispositions: u64,
+    /// Training refuses with fewer examples than this in either split, per model.
+    pub min_rows: usize,
+    /// The newest share of examples held out for evaluation, in percent.
+    pub heldout_pct: u32,
+    /// Boosting rounds (trees).
+    pub rounds: u32,
+    pub max_depth: u32,
+    /// Learning rate.
+    pub eta: f64,
+    /// An accepted lead counts as kept once this old without a `returned` disposition
+    /// (until then it is not a training example).
+    pub kept_after_s: u64,
+}
+
+impl Default for LearningConfig {
+    fn default() -> LearningConfig {
+        LearningConfig {
+            models_dir: "pingpost-models".into(),
+            watch_ms: 5_000,
+            retrain_every_s: 0,
+            retrain_after_dispositions: 0,
+            min_rows: 200,
+            heldout_pct: 20,
+            rounds: 100,
+            max_depth: 6,
+            eta: 0.1,
+            kept_after_s: 0,
+        }
+    }
 }
 
 /// `[admin]`: the admin listener (`/metrics`, `/admin/reload`, probes), with its own

@@ -34,6 +34,11 @@ impl PostKind {
 }
 
 /// One thing for the shell to do.
+///
+/// The `Record` variant is the large one (an auction record); effects live a few
+/// microseconds in one auction's small vector, so boxing it would cost an allocation per
+/// record for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect<'a> {
     /// Settle a reservation (through [`Settlement::settle`](super::settlement::Settlement::settle)).

@@ -83,6 +83,23 @@ pub enum Record<'a> {
     QuoteExpired(QuoteHoldRecord<'a>),
     /// A durable marker: everything before it is on disk (shutdown, tests).
     Flush(FlushRecord),
+    /// Continuous learning compared a retrained challenger with the champion.
+    ModelDecision(ModelDecisionRecord<'a>),
+}
+
+/// `type: "model_decision"`: a challenger model set was trained and compared with the
+/// serving champion on the newest held-out window; `promoted` says whether it now serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelDecisionRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub vertical: &'a str,
+    pub challenger: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub champion: Option<&'a str>,
+    pub promoted: bool,
+    /// The comparison, in words (log losses on the same held-out examples).
+    pub reason: &'a str,
 }
 
 /// `type: "flush"`.
@@ -116,6 +133,7 @@ impl Record<'_> {
             Record::QuoteReleased(_) => "quote_released",
             Record::QuoteExpired(_) => "quote_expired",
             Record::Flush(_) => "flush",
+            Record::ModelDecision(_) => "model_decision",
         }
     }
 
@@ -125,7 +143,11 @@ impl Record<'_> {
     pub fn is_durable(&self) -> bool {
         matches!(
             self,
-            Record::Sale(_) | Record::Unsold(_) | Record::Flush(_) | Record::PostSent(_)
+            Record::Sale(_)
+                | Record::Unsold(_)
+                | Record::Flush(_)
+                | Record::PostSent(_)
+                | Record::ModelDecision(_)
         ) || matches!(self, Record::PostAttempt(a) if a.outcome == LATE_ACCEPT)
     }
 }
@@ -464,6 +486,9 @@ pub struct RankedLine<'a> {
     pub fixed: bool,
     pub seller_price_micros: i64,
     pub value: i64,
+    /// The bid's realization probability (parts per million) under expected value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_ppm: Option<u32>,
 }
 
 /// A quote's hold: one lead and `price_micros` of `buyer`'s caps in `windows`.

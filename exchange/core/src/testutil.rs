@@ -167,6 +167,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             token_env: defaults::ADMIN_TOKEN_ENV.into(),
             token: None,
         },
+        learning: Default::default(),
     };
     cfg.index_buyers();
     cfg.set_keys(

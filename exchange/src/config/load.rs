@@ -14,6 +14,7 @@
 mod admin;
 mod buyers;
 mod features;
+mod learning;
 mod reader;
 mod sellers;
 mod server;
@@ -136,6 +137,8 @@ pub fn load_str_with_env(
     let server = read_server(server_section, &mut p);
     let admin_section = top.section_or_empty(&mut p, "admin");
     let admin = read_admin(admin_section, env, &mut p);
+    let learning_section = top.section_or_empty(&mut p, "learning");
+    let learning = learning::read_learning(learning_section, &mut p);
     if !admin.listen.ip().is_loopback() && server.listener.tls.is_none() {
         // The admin token and the metrics would cross the network in cleartext.
         p.at(
@@ -252,6 +255,7 @@ pub fn load_str_with_env(
         buyer_by_key: HashMap::new(),
         seller_by_key: HashMap::new(),
         admin,
+        learning,
     };
     // The eligibility index is built here, on the loading thread (a reload runs off the
     // auction threads), and swapped in with the configuration.

@@ -55,6 +55,7 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/admin/reload" => "reload",
+        "/admin/models" => "models",
         _ => "unknown",
     };
     match (route, req.method()) {
@@ -84,6 +85,14 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             }
             admin_reload(&state).await
         }
+        ("models", &Method::POST) => {
+            let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
+            let body = match read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
+                Ok(b) => b,
+                Err(e) => return error_response(&state, &e),
+            };
+            admin_models(&state, &body).await
+        }
         ("unknown", _) => error_response(
             &state,
             &ApiError::new(
@@ -92,7 +101,11 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             ),
         ),
         (_, m) => {
-            let allow = if route == "reload" { "POST" } else { "GET" };
+            let allow = if matches!(route, "reload" | "models") {
+                "POST"
+            } else {
+                "GET"
+            };
             method_not_allowed(&state, m, req.uri().path(), allow)
         }
     }
@@ -112,6 +125,117 @@ async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
             )]))
         });
     reload_answer(state, result)
+}
+
+/// `POST /admin/models` with `{"vertical": "auto_insurance", "version": "v3"}` serves
+/// that model set (`"version": null`: no model); answers `{"generation": N, "vertical":
+/// ..., "version": ...}`, or every problem at once while the serving model stays.
+async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
+    let bad = |field: &str, problem: &str| {
+        ApiError::from_fields(
+            ErrorCode::InvalidRequest,
+            vec![proto::FieldProblem::new(field, problem)],
+        )
+    };
+    let v: serde_json::Value =
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return error_response(
+                state,
+                &bad(
+                    "body",
+                    "must be a JSON object {\"vertical\": \"...\", \"version\": \"...\" | null}",
+                ),
+            ),
+        };
+    let Some(obj) = v.as_object() else {
+        return error_response(state, &bad("body", "must be a JSON object"));
+    };
+    let mut problems = Vec::new();
+    for k in obj.keys() {
+        if k != "vertical" && k != "version" {
+            problems.push(proto::FieldProblem::new(truncate(k, 64), "unknown field"));
+        }
+    }
+    let vertical = match obj.get("vertical") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problems.push(proto::FieldProblem::new("vertical", "must be a string"));
+            None
+        }
+        None => {
+            problems.push(proto::FieldProblem::new("vertical", "is required"));
+            None
+        }
+    };
+    let version = match obj.get("version") {
+        Some(serde_json::Value::String(s)) => Some(Some(s.clone())),
+        Some(serde_json::Value::Null) => Some(None),
+        Some(_) => {
+            problems.push(proto::FieldProblem::new(
+                "version",
+                "must be a string or null",
+            ));
+            None
+        }
+        None => {
+            problems.push(proto::FieldProblem::new(
+                "version",
+                "is required (null serves no model)",
+            ));
+            None
+        }
+    };
+    let (Some(vertical), Some(version), true) = (vertical, version, problems.is_empty()) else {
+        return error_response(
+            state,
+            &ApiError::from_fields(ErrorCode::InvalidRequest, problems),
+        );
+    };
+    let st = state.clone();
+    let (vname, vver) = (vertical.clone(), version.clone());
+    let result = tokio::task::spawn_blocking(move || st.swap_models(&vname, vver.as_deref()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
+                "version",
+                "the swap failed inside the exchange",
+            )]))
+        });
+    match result {
+        Ok(generation) => {
+            state
+                .metrics
+                .model_swaps
+                .with_label_values(&["applied"])
+                .inc();
+            let body = serde_json::json!({
+                "generation": generation,
+                "vertical": vertical,
+                "version": version,
+            });
+            json_response(200, body.to_string().into_bytes())
+        }
+        Err(ReloadError::Invalid(fields)) => {
+            state
+                .metrics
+                .model_swaps
+                .with_label_values(&["refused"])
+                .inc();
+            tracing::warn!(
+                problems = fields.len(),
+                "model swap refused; the serving model stays"
+            );
+            error_response(
+                state,
+                &ApiError::from_fields(ErrorCode::InvalidRequest, fields),
+            )
+        }
+        Err(ReloadError::NoSource) => error_response(
+            state,
+            &ApiError::new(ErrorCode::Conflict, "no model source"),
+        ),
+    }
 }
 
 /// The HTTP answer for a reload result (also logs and counts it).

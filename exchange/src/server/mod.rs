@@ -298,7 +298,7 @@ fn openapi_json(state: &AppState) -> Response<Body> {
     json_response(200, crate::openapi::document(&rt.config))
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).filter(|c| !c.is_control()).collect()
 }
 

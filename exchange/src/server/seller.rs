@@ -546,6 +546,7 @@ fn quote_opened_record<'a>(
                 fixed: r.bid.fixed,
                 seller_price_micros: r.seller_price.0,
                 value: r.value,
+                p_ppm: r.p_ppm,
             })
             .collect(),
         hold: q.hold.map(|h| HoldLine {

@@ -147,9 +147,16 @@ probe_interval_ms = {bp}
 listen = "127.0.0.1:0"
 token_env = "{admin_env}"
 
+[learning]
+models_dir = {models:?}
+
 [verticals.auto_insurance]
 auction_deadline_ms = {deadline}
 floor = {floor}
+
+# No exploration: tests decide who wins.
+[verticals.auto_insurance.routing]
+explore_share = 0
 
 [verticals.auto_insurance.fields]
 state = {{ type = "state", required = true, ping = true }}
@@ -182,6 +189,7 @@ payout = {{ model = "revenue_share", share_pct = {share} }}
 rate_per_s = 1
 "#,
             ledger = ledger_path.display().to_string(),
+            models = ledger_path.with_file_name("models").display().to_string(),
             hrt = self.header_read_timeout_ms,
             rif = self.requests_in_flight_max,
             bbm = self.body_bytes_max,

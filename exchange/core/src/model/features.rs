@@ -258,9 +258,11 @@ impl FeatureSpec {
                 .and_then(|spec| lead.get(schema, &spec.name));
             out.push(encode_value(&f.kind, v));
         }
-        let local = if self.context.iter().any(|c| {
-            matches!(c, ContextFeature::HourOfDay | ContextFeature::DayOfWeek)
-        }) {
+        let local = if self
+            .context
+            .iter()
+            .any(|c| matches!(c, ContextFeature::HourOfDay | ContextFeature::DayOfWeek))
+        {
             lead.get(schema, "state")
                 .and_then(FieldValue::as_str)
                 .and_then(state_timezone)
@@ -353,8 +355,14 @@ mod tests {
         let cat = LeadKind::Categorical {
             categories: vec!["good".into(), "poor".into()],
         };
-        assert_eq!(encode_value(&cat, Some(&FieldValue::Str("poor".into()))), 1.0);
-        assert_eq!(encode_value(&cat, Some(&FieldValue::Str("good".into()))), 0.0);
+        assert_eq!(
+            encode_value(&cat, Some(&FieldValue::Str("poor".into()))),
+            1.0
+        );
+        assert_eq!(
+            encode_value(&cat, Some(&FieldValue::Str("good".into()))),
+            0.0
+        );
         assert!(encode_value(&cat, Some(&FieldValue::Str("fair".into()))).is_nan());
         assert!(encode_value(&cat, None).is_nan());
         assert_eq!(

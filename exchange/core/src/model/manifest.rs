@@ -111,8 +111,7 @@ pub fn valid_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= VERSION_LEN_MAX
         && !v.starts_with('.')
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -134,7 +133,10 @@ impl Manifest {
             ));
         }
         if !valid_version(&m.version) {
-            return Err("manifest version must be 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)".into());
+            return Err(
+                "manifest version must be 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+                    .into(),
+            );
         }
         Ok(m)
     }
@@ -165,10 +167,17 @@ impl Manifest {
         let want = kind.expected_features(spec);
         if self.features != want {
             let names = |f: &[FeatureDesc]| {
-                f.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                f.iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             if self.features.len() != want.len()
-                || self.features.iter().zip(&want).any(|(a, b)| a.name != b.name)
+                || self
+                    .features
+                    .iter()
+                    .zip(&want)
+                    .any(|(a, b)| a.name != b.name)
             {
                 out.push(format!(
                     "sees features [{}], the configuration declares [{}]",
@@ -257,7 +266,10 @@ mod tests {
             categories: vec!["poor".into(), "good".into()],
         };
         let e = m.mismatches(ModelKind::Realization, "auto", &other);
-        assert!(e[0].contains("encodes features [credit] differently"), "{e:?}");
+        assert!(
+            e[0].contains("encodes features [credit] differently"),
+            "{e:?}"
+        );
         let mut other = s.clone();
         other.buyer.push(BuyerFeature::BidRatio);
         let e = m.mismatches(ModelKind::Realization, "auto", &other);
@@ -274,7 +286,8 @@ mod tests {
         m.version = "../etc".into();
         let text = serde_json::to_vec(&m).unwrap_or_default();
         assert!(Manifest::from_json(&text).unwrap_err().contains("version"));
-        let mut v = serde_json::to_value(manifest(ModelKind::LeadScore, &spec())).unwrap_or_default();
+        let mut v =
+            serde_json::to_value(manifest(ModelKind::LeadScore, &spec())).unwrap_or_default();
         v["extra"] = serde_json::json!(1);
         assert!(Manifest::from_json(v.to_string().as_bytes()).is_err());
         for ok in ["v1", "20261130T0100Z-ab.3", "a_b"] {

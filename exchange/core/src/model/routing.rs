@@ -124,6 +124,16 @@ pub trait Predictor: Send + Sync + std::fmt::Debug {
     fn predict_many(&self, rows: &[f32], out: &mut [f32]);
 }
 
+impl Predictor for super::xgb::XgbModel {
+    fn num_features(&self) -> usize {
+        super::xgb::XgbModel::num_features(self)
+    }
+
+    fn predict_many(&self, rows: &[f32], out: &mut [f32]) {
+        super::xgb::XgbModel::predict_many(self, rows, out);
+    }
+}
+
 /// The per-auction expected-value ranker.
 pub struct EvRanker<'a> {
     pub spec: Option<&'a FeatureSpec>,
@@ -224,7 +234,7 @@ impl Ranker for EvRanker<'_> {
             .map(|v| v.outcomes.realization(&prior, w))
             .collect();
         if let (Some(model), Some(spec)) = (self.model, self.spec) {
-            if model.num_features() <= spec.len() && !bids.is_empty() {
+            if model.num_features() == spec.len() && !bids.is_empty() {
                 let mut out = vec![0f32; bids.len()];
                 model.predict_many(&rows, &mut out);
                 for (pi, o) in p.iter_mut().zip(out) {
@@ -364,13 +374,22 @@ mod tests {
             },
         );
         let ranker = EvRanker::new(None, None, &[], &stats, no_explore(), 7);
-        let r = rank(vec![bid(1, 20), bid(2, 15)], PAYOUT, Micros::ZERO, &ranker, None);
+        let r = rank(
+            vec![bid(1, 20), bid(2, 15)],
+            PAYOUT,
+            Micros::ZERO,
+            &ranker,
+            None,
+        );
         assert_eq!(order(&r), [2, 1]);
         // EV is the bid times the probability, exactly, in micros.
         let w = f64::from(no_explore().prior_weight);
         let p2 = stats.0[&2].realization(&Priors::default(), w);
         assert_eq!(r.ranked[0].p_ppm, Some(to_ppm(p2)));
-        assert_eq!(r.ranked[0].value, expected_value(Micros(15_000_000), to_ppm(p2)));
+        assert_eq!(
+            r.ranked[0].value,
+            expected_value(Micros(15_000_000), to_ppm(p2))
+        );
         // The price ranker would have put buyer 1 first.
         let price = rank(
             vec![bid(1, 20), bid(2, 15)],
@@ -391,7 +410,13 @@ mod tests {
             },
             7,
         );
-        let r = rank(vec![bid(1, 20), bid(2, 15)], PAYOUT, Micros::ZERO, &as_price, None);
+        let r = rank(
+            vec![bid(1, 20), bid(2, 15)],
+            PAYOUT,
+            Micros::ZERO,
+            &as_price,
+            None,
+        );
         assert_eq!(order(&r), [1, 2]);
         assert_eq!(r.ranked[0].p_ppm, None);
     }
@@ -430,7 +455,13 @@ mod tests {
         let lead_x = [42.0f32];
         let ranker = EvRanker::new(Some(&spec), Some(&model), &lead_x, &stats, no_explore(), 1);
         // p = buyer/10: buyer 9 (p .9) bidding 10 beats buyer 2 (p .2) bidding 30.
-        let r = rank(vec![bid(2, 30), bid(9, 10)], PAYOUT, Micros::ZERO, &ranker, None);
+        let r = rank(
+            vec![bid(2, 30), bid(9, 10)],
+            PAYOUT,
+            Micros::ZERO,
+            &ranker,
+            None,
+        );
         assert_eq!(order(&r), [9, 2]);
         assert_eq!(r.ranked[0].p_ppm, Some(900_000));
         assert_eq!(r.ranked[1].p_ppm, Some(200_000));
@@ -459,7 +490,10 @@ mod tests {
         let explored = (0..2_000u64)
             .filter(|s| EvRanker::new(None, None, &[], &stats, wide, *s).explores())
             .count();
-        assert!(explored <= 1_200, "explore share is capped at 50 %: {explored}");
+        assert!(
+            explored <= 1_200,
+            "explore share is capped at 50 %: {explored}"
+        );
         // The same seed draws the same values.
         let seed = (0..u64::MAX)
             .find(|s| EvRanker::new(None, None, &[], &stats, routing, *s).explores())

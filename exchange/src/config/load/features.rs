@@ -6,8 +6,7 @@ use toml::Value;
 
 use super::reader::{as_str, number, whole, Problems, Section};
 use crate::core::model::features::{
-    BuyerFeature, ContextFeature, FeatureSpec, LeadFeature, LeadKind, CATEGORIES_MAX,
-    FEATURES_MAX,
+    BuyerFeature, ContextFeature, FeatureSpec, LeadFeature, LeadKind, CATEGORIES_MAX, FEATURES_MAX,
 };
 use crate::core::model::routing::{AwardMode, Routing};
 
@@ -34,13 +33,19 @@ pub(super) fn read_features(
     let mut lead = Vec::new();
     if let Some((path, v)) = f.opt("lead") {
         match v.as_array() {
-            None => p.at(&path, "must be a list of { field = \"...\", kind = \"...\" } tables"),
+            None => p.at(
+                &path,
+                "must be a list of { field = \"...\", kind = \"...\" } tables",
+            ),
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{path}[{i}]");
                     if let Some(feature) = read_lead_feature(&item_path, item, schema, p) {
                         if lead.iter().any(|l: &LeadFeature| l.field == feature.field) {
-                            p.at(&item_path, format!("field {:?} is listed twice", feature.field));
+                            p.at(
+                                &item_path,
+                                format!("field {:?} is listed twice", feature.field),
+                            );
                         } else {
                             lead.push(feature);
                         }
@@ -49,14 +54,34 @@ pub(super) fn read_features(
             }
         }
     }
-    let context = named_list(&mut f, p, "context", ContextFeature::parse, |c| c.as_str(), &ContextFeature::ALL);
-    let buyer = named_list(&mut f, p, "buyer", BuyerFeature::parse, |b| b.as_str(), &BuyerFeature::ALL);
+    let context = named_list(
+        &mut f,
+        p,
+        "context",
+        ContextFeature::parse,
+        |c| c.as_str(),
+        &ContextFeature::ALL,
+    );
+    let buyer = named_list(
+        &mut f,
+        p,
+        "buyer",
+        BuyerFeature::parse,
+        |b| b.as_str(),
+        &BuyerFeature::ALL,
+    );
     let total = lead.len() + context.len() + buyer.len();
     if total == 0 {
-        p.at(&f.path_of("lead"), "declares no feature: list at least one under lead, context or buyer");
+        p.at(
+            &f.path_of("lead"),
+            "declares no feature: list at least one under lead, context or buyer",
+        );
     }
     if total > FEATURES_MAX {
-        p.at(&f.path_of("lead"), format!("declares {total} features, more than the {FEATURES_MAX} allowed"));
+        p.at(
+            &f.path_of("lead"),
+            format!("declares {total} features, more than the {FEATURES_MAX} allowed"),
+        );
     }
     f.finish(p);
     Some(FeatureSpec {
@@ -84,7 +109,10 @@ fn named_list<T: Copy + PartialEq>(
                 let known: Vec<&str> = all.iter().map(|x| name(*x)).collect();
                 p.at(
                     &item_path,
-                    format!("unknown {key} feature {item:?} (one of {})", known.join(", ")),
+                    format!(
+                        "unknown {key} feature {item:?} (one of {})",
+                        known.join(", ")
+                    ),
                 );
             }
         }
@@ -99,7 +127,10 @@ fn read_lead_feature(
     p: &mut Problems,
 ) -> Option<LeadFeature> {
     let Some(t) = item.as_table() else {
-        p.at(path, "must be a table such as { field = \"age\", kind = \"numeric\" }");
+        p.at(
+            path,
+            "must be a table such as { field = \"age\", kind = \"numeric\" }",
+        );
         return None;
     };
     let before = p.len();
@@ -110,7 +141,10 @@ fn read_lead_feature(
     s.finish(p);
     let (field, kind_name) = (field?, kind_name?);
     let Some(field_idx) = schema.field_index(field) else {
-        p.at(&format!("{path}.field"), format!("unknown lead field {field:?}"));
+        p.at(
+            &format!("{path}.field"),
+            format!("unknown lead field {field:?}"),
+        );
         return None;
     };
     let spec = schema.fields.get(field_idx)?;
@@ -139,16 +173,25 @@ fn read_lead_feature(
                 ),
             }
             if categories.is_some() {
-                p.at(&format!("{path}.categories"), "applies only to kind = \"categorical\"");
+                p.at(
+                    &format!("{path}.categories"),
+                    "applies only to kind = \"categorical\"",
+                );
             }
             LeadKind::Numeric
         }
         "boolean" => {
             if !matches!(spec.kind, FieldKind::Boolean) {
-                p.at(&format!("{path}.kind"), format!("boolean needs a boolean field; {field:?} is not one"));
+                p.at(
+                    &format!("{path}.kind"),
+                    format!("boolean needs a boolean field; {field:?} is not one"),
+                );
             }
             if categories.is_some() {
-                p.at(&format!("{path}.categories"), "applies only to kind = \"categorical\"");
+                p.at(
+                    &format!("{path}.categories"),
+                    "applies only to kind = \"categorical\"",
+                );
             }
             LeadKind::Boolean
         }
@@ -217,7 +260,9 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
     }
     if let Some((path, v)) = r.opt("explore_share") {
         match number(p, &path, v) {
-            Some(x) if (0.0..=0.5).contains(&x) => out.explore_ppm = (x * 1_000_000.0).round() as u32,
+            Some(x) if (0.0..=0.5).contains(&x) => {
+                out.explore_ppm = (x * 1_000_000.0).round() as u32
+            }
             Some(_) => p.at(&path, "must be between 0 and 0.5"),
             None => {}
         }

@@ -1,0 +1,308 @@
+//! `pingpost train` and `pingpost models`: the command-line side of the models. Each
+//! returns the process exit status: 0 done, 1 refused (the reason is printed), 2 a bad
+//! argument or an unreadable configuration.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::core::model::manifest::{valid_version, Manifest, ModelKind, MANIFEST_FORMAT};
+use crate::core::model::xgb::{XgbModel, MODEL_BYTES_MAX};
+use crate::core::record::rfc3339;
+
+/// The configuration for a command: `--config` or the embedded default, with
+/// placeholders for secrets (these commands never call a buyer), and `--ledger`.
+fn config(path: Option<&Path>, ledger: Option<&Path>) -> Result<Config, String> {
+    let mut cfg = match path {
+        Some(p) => crate::finance::load_config(p)?,
+        None => crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &|_| {
+            Some("model-tools-placeholder-never-used".into())
+        })
+        .map_err(|e| format!("the default configuration does not load: {e}"))?,
+    };
+    if let Some(l) = ledger {
+        cfg.server.ledger_path = l.to_path_buf();
+    }
+    Ok(cfg)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `pingpost train`.
+pub fn train(
+    config_path: Option<&Path>,
+    ledger: Option<&Path>,
+    vertical: Option<&str>,
+    version: Option<&str>,
+    promote: bool,
+) -> i32 {
+    let cfg = match config(config_path, ledger) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pingpost train: {e}");
+            return 2;
+        }
+    };
+    let names: Vec<String> = match vertical {
+        Some(v) if cfg.vertical_by_name.contains_key(v) => vec![v.to_string()],
+        Some(v) => {
+            eprintln!("pingpost train: unknown vertical {v:?}");
+            return 2;
+        }
+        None => cfg
+            .verticals
+            .iter()
+            .filter(|v| v.features.is_some())
+            .map(|v| v.name.clone())
+            .collect(),
+    };
+    if names.is_empty() {
+        eprintln!("pingpost train: no vertical declares [verticals.NAME.features]; see docs/AI.md");
+        return 1;
+    }
+    let mut status = 0;
+    for name in names {
+        let now = now_ms();
+        match crate::models::train::train_vertical(
+            &cfg,
+            &cfg.server.ledger_path,
+            &name,
+            now,
+            version,
+        ) {
+            Err(e) => {
+                eprintln!("pingpost train: {e}");
+                status = 1;
+            }
+            Ok((outcome, heldout)) => {
+                let mut line = serde_json::to_value(&outcome).unwrap_or_default();
+                if promote {
+                    let v = &cfg.verticals[cfg.vertical_by_name[&name]];
+                    let champion = crate::models::read_champion(&cfg.learning, &name)
+                        .and_then(|c| crate::models::load_set(&cfg.learning, v, &c).ok());
+                    let decision =
+                        crate::models::load_set(&cfg.learning, v, &outcome.version).map(|new| {
+                            crate::models::train::challenger_wins(champion.as_ref(), &new, &heldout)
+                        });
+                    match decision {
+                        Ok((wins, reason)) => {
+                            if wins {
+                                if let Err(e) = crate::models::write_champion(
+                                    &cfg.learning,
+                                    &name,
+                                    Some(&outcome.version),
+                                ) {
+                                    eprintln!("pingpost train: could not write the champion: {e}");
+                                    status = 1;
+                                }
+                            }
+                            line["promoted"] = wins.into();
+                            line["decision"] = reason.into();
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "pingpost train: the new set does not load: {}",
+                                e.join("; ")
+                            );
+                            status = 1;
+                        }
+                    }
+                }
+                println!("{line}");
+            }
+        }
+    }
+    status
+}
+
+/// `pingpost models list`.
+pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
+    let cfg = match config(config_path, ledger) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pingpost models: {e}");
+            return 2;
+        }
+    };
+    for v in &cfg.verticals {
+        let champion = crate::models::read_champion(&cfg.learning, &v.name);
+        let versions = crate::models::list_versions(&cfg.learning, &v.name);
+        println!(
+            "{}: champion {} ({} version(s) in {})",
+            v.name,
+            champion.as_deref().unwrap_or("none"),
+            versions.len(),
+            crate::models::vertical_dir(&cfg.learning, &v.name).display()
+        );
+        for ver in versions {
+            let mark = if Some(&ver) == champion.as_ref() {
+                "*"
+            } else {
+                " "
+            };
+            let mut parts = Vec::new();
+            let dir = crate::models::set_dir(&cfg.learning, &v.name, &ver);
+            for kind in ModelKind::ALL {
+                let path = dir.join(format!("{}.manifest.json", kind.as_str()));
+                let Ok(bytes) = crate::models::read_bounded(&path, 1 << 20) else {
+                    continue;
+                };
+                match Manifest::from_json(&bytes) {
+                    Ok(m) => {
+                        let h = m.heldout.as_ref();
+                        parts.push(format!(
+                            "{} ({}, auc {}, logloss {}, {} train rows)",
+                            kind.as_str(),
+                            m.source,
+                            h.and_then(|h| h.auc)
+                                .map_or("-".into(), |a| format!("{a:.4}")),
+                            h.map_or("-".into(), |h| format!("{:.4}", h.logloss)),
+                            m.train_rows.unwrap_or(0)
+                        ));
+                    }
+                    Err(e) => parts.push(format!("{}: unreadable manifest: {e}", kind.as_str())),
+                }
+            }
+            println!("  {mark} {ver}  {}", parts.join("; "));
+        }
+    }
+    0
+}
+
+/// `pingpost models rollback`.
+pub fn rollback(config_path: Option<&Path>, ledger: Option<&Path>, vertical: &str) -> i32 {
+    let cfg = match config(config_path, ledger) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pingpost models rollback: {e}");
+            return 2;
+        }
+    };
+    let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
+        eprintln!("pingpost models rollback: unknown vertical {vertical:?}");
+        return 2;
+    };
+    match crate::models::rollback(&cfg.learning, &cfg.verticals[vi]) {
+        Ok(v) => {
+            println!("{vertical}: champion is now {v} (a running exchange serves it at its next model-directory check, every learning.watch_ms)");
+            0
+        }
+        Err(e) => {
+            eprintln!("pingpost models rollback: {}", e.join("; "));
+            1
+        }
+    }
+}
+
+/// `pingpost models import`.
+pub fn import(
+    config_path: Option<&Path>,
+    ledger: Option<&Path>,
+    vertical: &str,
+    version: &str,
+    realization: Option<&Path>,
+    lead_score: Option<&Path>,
+) -> i32 {
+    let cfg = match config(config_path, ledger) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pingpost models import: {e}");
+            return 2;
+        }
+    };
+    let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
+        eprintln!("pingpost models import: unknown vertical {vertical:?}");
+        return 2;
+    };
+    let v = &cfg.verticals[vi];
+    let Some(spec) = v.features.as_ref() else {
+        eprintln!("pingpost models import: vertical {vertical} declares no [verticals.{vertical}.features]");
+        return 2;
+    };
+    if !valid_version(version) {
+        eprintln!(
+            "pingpost models import: {version:?} is not a version name (1-64 of A-Z a-z 0-9 . _ -)"
+        );
+        return 2;
+    }
+    if realization.is_none() && lead_score.is_none() {
+        eprintln!("pingpost models import: give --realization and/or --lead-score");
+        return 2;
+    }
+    let dir = crate::models::set_dir(&cfg.learning, vertical, version);
+    if dir.exists() {
+        eprintln!("pingpost models import: {} already exists", dir.display());
+        return 1;
+    }
+    let mut made = Vec::new();
+    let mut errors = Vec::new();
+    for (kind, path) in [
+        (ModelKind::Realization, realization),
+        (ModelKind::LeadScore, lead_score),
+    ] {
+        let Some(path) = path else { continue };
+        let json = match crate::models::read_bounded(path, MODEL_BYTES_MAX) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match XgbModel::from_json(&json) {
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+            Ok(m) => {
+                let want = kind.expected_features(spec).len();
+                if m.num_features() != want {
+                    errors.push(format!(
+                        "{}: takes {} features; a {} model of {vertical} takes {want} ({})",
+                        path.display(),
+                        m.num_features(),
+                        kind.as_str(),
+                        kind.expected_features(spec)
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    continue;
+                }
+                made.push((
+                    kind,
+                    json,
+                    Manifest {
+                        format: MANIFEST_FORMAT,
+                        kind,
+                        vertical: vertical.to_string(),
+                        version: version.to_string(),
+                        features_version: spec.version,
+                        features: kind.expected_features(spec),
+                        source: "imported".into(),
+                        created_at: rfc3339(now_ms()),
+                        window: None,
+                        train_rows: None,
+                        heldout: None,
+                        xgboost: None,
+                        params: None,
+                    },
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        for e in errors {
+            eprintln!("pingpost models import: {e}");
+        }
+        return 1;
+    }
+    match crate::models::train::write_set(&dir, &made) {
+        Ok(()) => {
+            println!("{}", dir.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("pingpost models import: {e}");
+            1
+        }
+    }
+}

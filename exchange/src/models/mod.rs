@@ -1,0 +1,334 @@
+//! The models the exchange serves, per vertical: loading a model set from the model
+//! directory, checking it against the configuration, the champion pointer, and the
+//! per-buyer statistics behind cold start ([`stats`]).
+//!
+//! A model set is `<models_dir>/<vertical>/<version>/` with `lead_score.json` and
+//! `realization.json` (XGBoost JSON models; either may be absent) and each one's
+//! `<kind>.manifest.json`. `<models_dir>/<vertical>/CHAMPION` names the version that
+//! serves (empty: none); `HISTORY` lists every version that served, oldest first, so
+//! `pingpost models rollback` can go back one.
+//!
+//! Never: serves a model whose manifest's features differ from the configuration's, or a
+//! file over the size limit; a refused model leaves the serving one in place.
+
+pub mod cli;
+pub mod learning;
+pub mod stats;
+pub mod train;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::config::{LearningConfig, Vertical};
+use crate::core::model::manifest::{valid_version, Manifest, ModelKind, MANIFEST_BYTES_MAX};
+use crate::core::model::xgb::{XgbModel, MODEL_BYTES_MAX};
+
+/// The file naming the serving version.
+pub const CHAMPION: &str = "CHAMPION";
+/// The versions that served, oldest first, one per line.
+pub const HISTORY: &str = "HISTORY";
+/// Most lines `HISTORY` keeps.
+pub const HISTORY_MAX: usize = 1_000;
+
+/// One loaded model and its manifest.
+#[derive(Debug)]
+pub struct Served {
+    pub model: XgbModel,
+    pub manifest: Manifest,
+}
+
+/// A vertical's models of one version.
+#[derive(Debug)]
+pub struct ModelSet {
+    pub vertical: String,
+    pub version: String,
+    pub lead_score: Option<Served>,
+    pub realization: Option<Served>,
+}
+
+impl ModelSet {
+    pub fn get(&self, kind: ModelKind) -> Option<&Served> {
+        match kind {
+            ModelKind::LeadScore => self.lead_score.as_ref(),
+            ModelKind::Realization => self.realization.as_ref(),
+        }
+    }
+
+    /// The lead's 0-100 score from the lead-score model over `lead_x`.
+    pub fn score(&self, lead_x: &[f32]) -> Option<u8> {
+        let s = self.lead_score.as_ref()?;
+        let p = s.model.predict(lead_x);
+        if !p.is_finite() {
+            return None;
+        }
+        Some((f64::from(p).clamp(0.0, 1.0) * 100.0).round() as u8)
+    }
+
+    /// Every way this set no longer fits `vertical` (after a configuration reload).
+    pub fn mismatches(&self, vertical: &Vertical) -> Vec<String> {
+        let Some(spec) = vertical.features.as_ref() else {
+            return vec![format!(
+                "model {} serves, but the vertical no longer declares [verticals.{}.features]",
+                self.version, vertical.name
+            )];
+        };
+        let mut out = Vec::new();
+        for kind in ModelKind::ALL {
+            if let Some(s) = self.get(kind) {
+                for m in s.manifest.mismatches(kind, &vertical.name, spec) {
+                    out.push(format!(
+                        "the serving {} model {} {m}",
+                        kind.as_str(),
+                        self.version
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `<models_dir>/<vertical>`.
+pub fn vertical_dir(learning: &LearningConfig, vertical: &str) -> PathBuf {
+    learning.models_dir.join(vertical)
+}
+
+/// `<models_dir>/<vertical>/<version>`.
+pub fn set_dir(learning: &LearningConfig, vertical: &str, version: &str) -> PathBuf {
+    vertical_dir(learning, vertical).join(version)
+}
+
+/// Reads at most `max` bytes of `path`; a longer file is an error (never read whole).
+pub fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if buf.len() > max {
+        return Err(format!("{}: over the {max}-byte limit", path.display()));
+    }
+    Ok(buf)
+}
+
+/// Loads and checks `<kind>.json` with its manifest against `vertical`.
+pub fn load_served(
+    dir: &Path,
+    kind: ModelKind,
+    vertical: &Vertical,
+    version: &str,
+) -> Result<Option<Served>, Vec<String>> {
+    let model_path = dir.join(format!("{}.json", kind.as_str()));
+    let manifest_path = dir.join(format!("{}.manifest.json", kind.as_str()));
+    match (model_path.exists(), manifest_path.exists()) {
+        (false, false) => return Ok(None),
+        (true, false) => {
+            return Err(vec![format!(
+                "{}: missing (every model needs its manifest)",
+                manifest_path.display()
+            )])
+        }
+        (false, true) => return Err(vec![format!("{}: missing", model_path.display())]),
+        (true, true) => {}
+    }
+    let mut errors = Vec::new();
+    let manifest = read_bounded(&manifest_path, MANIFEST_BYTES_MAX).and_then(|b| {
+        Manifest::from_json(&b).map_err(|e| format!("{}: {e}", manifest_path.display()))
+    });
+    let model = read_bounded(&model_path, MODEL_BYTES_MAX).and_then(|b| {
+        XgbModel::from_json(&b).map_err(|e| format!("{}: {e}", model_path.display()))
+    });
+    let (manifest, model) = match (manifest, model) {
+        (Ok(m), Ok(x)) => (m, x),
+        (a, b) => {
+            errors.extend(a.err());
+            errors.extend(b.err());
+            return Err(errors);
+        }
+    };
+    let Some(spec) = vertical.features.as_ref() else {
+        return Err(vec![format!(
+            "vertical {} declares no [verticals.{}.features], so no model can serve it",
+            vertical.name, vertical.name
+        )]);
+    };
+    for m in manifest.mismatches(kind, &vertical.name, spec) {
+        errors.push(format!("{}: the model {m}", manifest_path.display()));
+    }
+    if manifest.version != version {
+        errors.push(format!(
+            "{}: names version {:?}, but lives in directory {version:?}",
+            manifest_path.display(),
+            manifest.version
+        ));
+    }
+    let want = kind.expected_features(spec).len();
+    if model.num_features() != want {
+        errors.push(format!(
+            "{}: the model takes {} features, the configuration gives {want}",
+            model_path.display(),
+            model.num_features()
+        ));
+    }
+    if errors.is_empty() {
+        Ok(Some(Served { model, manifest }))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Loads model set `version` of `vertical` from the model directory, or every problem.
+pub fn load_set(
+    learning: &LearningConfig,
+    vertical: &Vertical,
+    version: &str,
+) -> Result<ModelSet, Vec<String>> {
+    if !valid_version(version) {
+        return Err(vec![format!(
+            "version {:?} is not a model version: 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)",
+            crate::server::truncate(version, 80)
+        )]);
+    }
+    let dir = set_dir(learning, &vertical.name, version);
+    if !dir.is_dir() {
+        return Err(vec![format!("no model set at {}", dir.display())]);
+    }
+    let mut errors = Vec::new();
+    let mut get = |kind| match load_served(&dir, kind, vertical, version) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
+    let lead_score = get(ModelKind::LeadScore);
+    let realization = get(ModelKind::Realization);
+    if errors.is_empty() && lead_score.is_none() && realization.is_none() {
+        errors.push(format!(
+            "{} holds neither lead_score.json nor realization.json",
+            dir.display()
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(ModelSet {
+        vertical: vertical.name.clone(),
+        version: version.to_string(),
+        lead_score,
+        realization,
+    })
+}
+
+/// The version `CHAMPION` names (`None`: no file, or empty).
+pub fn read_champion(learning: &LearningConfig, vertical: &str) -> Option<String> {
+    let text = read_bounded(&vertical_dir(learning, vertical).join(CHAMPION), 4096).ok()?;
+    let v = String::from_utf8_lossy(&text).trim().to_string();
+    (!v.is_empty()).then_some(v)
+}
+
+/// The versions that served, oldest first.
+pub fn history(learning: &LearningConfig, vertical: &str) -> Vec<String> {
+    read_bounded(&vertical_dir(learning, vertical).join(HISTORY), 1 << 20)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes `file` atomically (a temporary file, fsynced, renamed over it).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Makes `version` (or none) the champion: `CHAMPION` names it, and `HISTORY` gains it
+/// (unless it already ends with it).
+pub fn write_champion(
+    learning: &LearningConfig,
+    vertical: &str,
+    version: Option<&str>,
+) -> std::io::Result<()> {
+    let dir = vertical_dir(learning, vertical);
+    std::fs::create_dir_all(&dir)?;
+    write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes())?;
+    if let Some(v) = version {
+        let mut h = history(learning, vertical);
+        if h.last().map(String::as_str) != Some(v) {
+            h.push(v.to_string());
+            if h.len() > HISTORY_MAX {
+                h.drain(..h.len() - HISTORY_MAX);
+            }
+            let mut text = h.join("\n");
+            text.push('\n');
+            write_atomic(&dir.join(HISTORY), text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// The version before the champion in `HISTORY` (what a rollback goes back to), and the
+/// history without the champion's last entry.
+pub fn rollback_target(learning: &LearningConfig, vertical: &str) -> Option<(String, Vec<String>)> {
+    let mut h = history(learning, vertical);
+    let champion = read_champion(learning, vertical);
+    if h.last() == champion.as_ref() {
+        h.pop();
+    }
+    let target = h.last()?.clone();
+    Some((target, h))
+}
+
+/// Goes back one version: the previous entry of `HISTORY` becomes the champion and the
+/// current one leaves the history. Returns the version now serving.
+pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String, Vec<String>> {
+    let Some((target, h)) = rollback_target(learning, &vertical.name) else {
+        return Err(vec![format!(
+            "vertical {}: no earlier model version in {}",
+            vertical.name,
+            vertical_dir(learning, &vertical.name)
+                .join(HISTORY)
+                .display()
+        )]);
+    };
+    // The target must still load under today's configuration.
+    load_set(learning, vertical, &target)?;
+    let dir = vertical_dir(learning, &vertical.name);
+    let mut text = h.join("\n");
+    text.push('\n');
+    write_atomic(&dir.join(HISTORY), text.as_bytes()).map_err(|e| vec![e.to_string()])?;
+    write_atomic(&dir.join(CHAMPION), target.as_bytes()).map_err(|e| vec![e.to_string()])?;
+    Ok(target)
+}
+
+/// The versions present for `vertical`, sorted by name.
+pub fn list_versions(learning: &LearningConfig, vertical: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(vertical_dir(learning, vertical)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|v| valid_version(v))
+        .collect();
+    out.sort();
+    out
+}

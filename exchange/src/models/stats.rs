@@ -1,0 +1,256 @@
+//! What each buyer has done lately: the counts behind the cold-start rates and the buyer
+//! features (acceptance, returns, response time), kept per stable buyer key so a reload
+//! never moves them to another buyer.
+//!
+//! Counts decay: each new post of a buyer first multiplies its counts by
+//! `1 - 1/HORIZON_POSTS`, so the rates follow the buyer's last few thousand posts and a
+//! buyer that changes its behaviour is seen to change.
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::config::{Buyer, BuyerKey, Config, VerticalIdx};
+use crate::core::caps::CapBook;
+use crate::core::model::features::{id_hash, BuyerSignals};
+use crate::core::model::routing::{BuyerView, Outcomes, Priors, SignalSource};
+use crate::core::UnixMs;
+
+/// About how many recent posts the rates remember.
+pub const HORIZON_POSTS: f64 = 2_000.0;
+/// Weight of the newest response time in its moving average.
+const RESPONSE_ALPHA: f64 = 0.05;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct BuyerStat {
+    outcomes: Outcomes,
+    response_ms: Option<f64>,
+}
+
+/// Per-buyer outcome counts and the pooled counts every buyer is smoothed towards.
+#[derive(Debug, Default)]
+pub struct BuyerStats {
+    by_buyer: DashMap<BuyerKey, BuyerStat>,
+    pooled: Mutex<Outcomes>,
+}
+
+fn decay(o: &mut Outcomes) {
+    let k = 1.0 - 1.0 / HORIZON_POSTS;
+    o.posts *= k;
+    o.accepts *= k;
+    o.returns *= k;
+}
+
+impl BuyerStats {
+    pub fn new() -> BuyerStats {
+        BuyerStats::default()
+    }
+
+    /// A post was delivered to `buyer` (or tried): it accepted it or not (a rejection, a
+    /// timeout, an error or an invalid answer).
+    pub fn on_post(&self, buyer: BuyerKey, accepted: bool) {
+        let mut e = self.by_buyer.entry(buyer).or_default();
+        decay(&mut e.outcomes);
+        e.outcomes.posts += 1.0;
+        if accepted {
+            e.outcomes.accepts += 1.0;
+        }
+        drop(e);
+        let mut p = self.pooled.lock();
+        decay(&mut p);
+        p.posts += 1.0;
+        if accepted {
+            p.accepts += 1.0;
+        }
+    }
+
+    /// `buyer` returned a lead it had accepted.
+    pub fn on_return(&self, buyer: BuyerKey) {
+        let mut e = self.by_buyer.entry(buyer).or_default();
+        e.outcomes.returns = (e.outcomes.returns + 1.0).min(e.outcomes.accepts.max(1.0));
+        drop(e);
+        let mut p = self.pooled.lock();
+        p.returns = (p.returns + 1.0).min(p.accepts.max(1.0));
+    }
+
+    /// `buyer` answered a ping in `took_us`.
+    pub fn on_response(&self, buyer: BuyerKey, took_us: u64) {
+        let ms = took_us as f64 / 1000.0;
+        let mut e = self.by_buyer.entry(buyer).or_default();
+        e.response_ms = Some(match e.response_ms {
+            None => ms,
+            Some(old) => old + RESPONSE_ALPHA * (ms - old),
+        });
+    }
+
+    /// `buyer`'s counts now.
+    pub fn outcomes(&self, buyer: BuyerKey) -> Outcomes {
+        self.by_buyer
+            .get(&buyer)
+            .map(|e| e.outcomes)
+            .unwrap_or_default()
+    }
+
+    /// The pooled rates: the prior (Laplace-smoothed, so an empty exchange starts at 0.5
+    /// acceptance and 1/2 + ... return: see [`Priors`]).
+    pub fn priors(&self) -> Priors {
+        let p = *self.pooled.lock();
+        Priors {
+            acceptance: (p.accepts + 1.0) / (p.posts + 2.0),
+            return_rate: (p.returns + 0.2) / (p.accepts + 2.0),
+        }
+    }
+}
+
+/// One auction's view of the statistics, as the EV ranker reads it.
+pub struct AuctionSignals<'a> {
+    pub stats: &'a BuyerStats,
+    pub config: &'a Config,
+    pub caps: &'a CapBook,
+    pub now: UnixMs,
+    pub prior_weight: f64,
+    /// Compute cap utilisation (a lock and a time-zone conversion per bid) only when a
+    /// feature asks for it.
+    pub want_caps: bool,
+    pub vertical: VerticalIdx,
+    priors: Priors,
+}
+
+impl<'a> AuctionSignals<'a> {
+    pub fn new(
+        stats: &'a BuyerStats,
+        config: &'a Config,
+        caps: &'a CapBook,
+        now: UnixMs,
+        vertical: VerticalIdx,
+    ) -> AuctionSignals<'a> {
+        let v = config.verticals.get(vertical);
+        let want_caps = v.and_then(|v| v.features.as_ref()).is_some_and(|f| {
+            f.buyer
+                .contains(&crate::core::model::features::BuyerFeature::CapUtilisation)
+        });
+        AuctionSignals {
+            stats,
+            config,
+            caps,
+            now,
+            prior_weight: f64::from(v.map_or(20, |v| v.routing.prior_weight)),
+            want_caps,
+            vertical,
+            priors: stats.priors(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuctionSignals<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuctionSignals")
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fullest cap window's used share (sold / cap), or `None` for an uncapped buyer.
+fn cap_utilisation(caps: &CapBook, key: BuyerKey, b: &Buyer, now: UnixMs) -> Option<f32> {
+    let c = &b.caps;
+    if c.hourly.is_none() && c.daily.is_none() && c.weekly.is_none() && c.monthly.is_none() {
+        return None;
+    }
+    let u = caps.usage(key, b, now);
+    let share = |sold: u32, cap: Option<u32>| {
+        cap.map(|cap| {
+            if cap == 0 {
+                1.0
+            } else {
+                f64::from(sold) / f64::from(cap)
+            }
+        })
+    };
+    [
+        share(u.sold_hour, c.hourly),
+        share(u.sold_day, c.daily),
+        share(u.sold_week, c.weekly),
+        share(u.sold_month, c.monthly),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(None, |acc: Option<f64>, x| {
+        Some(acc.map_or(x, |a| a.max(x)))
+    })
+    .map(|x| x.min(1.0) as f32)
+}
+
+impl SignalSource for AuctionSignals<'_> {
+    fn view(&self, buyer: BuyerKey) -> BuyerView {
+        let outcomes = self.stats.outcomes(buyer);
+        let response_ms = self
+            .stats
+            .by_buyer
+            .get(&buyer)
+            .and_then(|e| e.response_ms)
+            .map_or(f32::NAN, |m| m as f32);
+        let found = self.config.buyer_by_key(buyer);
+        let buyer_hash = found.map_or(f32::NAN, |(_, b)| id_hash(&b.id));
+        let cap_utilisation = match (self.want_caps, found) {
+            (true, Some((_, b))) => {
+                cap_utilisation(self.caps, buyer, b, self.now).unwrap_or(f32::NAN)
+            }
+            _ => f32::NAN,
+        };
+        let w = self.prior_weight;
+        BuyerView {
+            outcomes,
+            signals: BuyerSignals {
+                buyer_hash,
+                acceptance_rate: outcomes.acceptance(&self.priors, w) as f32,
+                return_rate: outcomes.return_rate(&self.priors, w) as f32,
+                response_ms,
+                cap_utilisation,
+            },
+        }
+    }
+
+    fn priors(&self) -> Priors {
+        self.priors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_decay_and_rates_follow_the_buyer() {
+        let s = BuyerStats::new();
+        let (a, b) = (BuyerKey(1), BuyerKey(2));
+        for i in 0..100 {
+            s.on_post(a, i % 10 != 0); // 90 % accepted
+            s.on_post(b, i % 2 == 0); // 50 %
+        }
+        s.on_return(a);
+        let pa = s.outcomes(a);
+        assert!(pa.posts < 100.0 && pa.posts > 95.0, "decayed: {}", pa.posts);
+        assert!((pa.accepts / pa.posts - 0.9).abs() < 0.01);
+        assert!(pa.returns > 0.99 && pa.returns <= 1.0);
+        let pr = s.priors();
+        assert!((pr.acceptance - 0.7).abs() < 0.01, "{pr:?}");
+        // An unknown buyer has no counts and sits at the prior.
+        assert_eq!(s.outcomes(BuyerKey(9)), Outcomes::default());
+        s.on_response(a, 10_000);
+        s.on_response(a, 20_000);
+        let ms = s
+            .by_buyer
+            .get(&a)
+            .and_then(|e| e.response_ms)
+            .unwrap_or(0.0);
+        assert!((ms - 10.5).abs() < 1e-9, "{ms}");
+    }
+
+    #[test]
+    fn returns_never_exceed_acceptances() {
+        let s = BuyerStats::new();
+        for _ in 0..5 {
+            s.on_return(BuyerKey(3));
+        }
+        assert!(s.outcomes(BuyerKey(3)).returns <= 1.0);
+    }
+}

@@ -1,0 +1,537 @@
+//! `pingpost train`: both models of a vertical from what the ledger holds.
+//!
+//! Examples come from the ledger alone, with the features exactly as serving saw them
+//! (every auction record carries its lead features `x` and each bid's buyer features
+//! `bx`, under `features_version`):
+//! - **realization**: one example per delivered post (the winner's or a fallback's):
+//!   label 1 when the buyer accepted the lead and did not return it, 0 when it rejected
+//!   the post (or timed out, failed, answered invalidly) or returned the lead. Features:
+//!   the auction's `x`, then the buyer's `bx`.
+//! - **lead score**: one example per auction that was posted (a quote posted, or a direct
+//!   post): label 1 when the lead sold and was not returned. Features: `x`.
+//!
+//! An accepted lead counts as kept once a non-return disposition arrived or it is older
+//! than `learning.kept_after_s`; until then it is not an example. Test leads, auctions
+//! under another feature encoding and explored auctions' missing rows are left out.
+//!
+//! The newest `learning.heldout_pct` percent of each model's examples (by time) are held
+//! out: the model is trained on the rest and evaluated on them (AUC, log loss and a
+//! calibration table, written to the manifest). With fewer than `learning.min_rows`
+//! training examples, or a held-out split or training split of one class, that model is
+//! refused with the counts found and needed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::ai::metrics;
+use crate::ai::train::{train_binary, Dataset, TrainParams};
+use crate::config::{Config, LearningConfig, Vertical};
+use crate::core::model::manifest::{
+    valid_version, CalibrationBin, Evaluation, Manifest, ModelKind, Window, MANIFEST_FORMAT,
+};
+use crate::core::model::xgb::XgbModel;
+use crate::core::record::rfc3339;
+use crate::core::UnixMs;
+
+/// The XGBoost version xgboost-rs builds (the evaluator follows its semantics).
+pub const XGBOOST_VERSION: &str = "1.6.2";
+/// Calibration bins in a manifest.
+const CALIBRATION_BINS: usize = 10;
+/// Fewest held-out examples accepted (or a quarter of `min_rows`, if more).
+const HELDOUT_MIN: usize = 10;
+
+/// One example.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub at: UnixMs,
+    pub x: Vec<f32>,
+    pub y: f32,
+}
+
+/// What the ledger holds for one vertical, as examples.
+#[derive(Debug, Default)]
+pub struct Examples {
+    lead: Vec<Example>,
+    realization: Vec<Example>,
+    /// Auctions read under the configured encoding (non-test).
+    pub auctions: usize,
+    /// Delivered posts whose outcome is not yet known (accepted, not yet kept).
+    pub pending: usize,
+}
+
+#[derive(Debug)]
+struct AuctionInfo {
+    at: UnixMs,
+    x: Vec<f32>,
+    bx: HashMap<String, Vec<f32>>,
+}
+
+fn floats(v: Option<&Value>) -> Option<Vec<f32>> {
+    v?.as_array()?
+        .iter()
+        .map(|x| match x {
+            Value::Null => Some(f32::NAN),
+            Value::Number(n) => n.as_f64().map(|f| f as f32),
+            _ => None,
+        })
+        .collect()
+}
+
+fn at_ms(v: &Value) -> Option<UnixMs> {
+    let s = v.get("at")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Reads the examples of `vertical` from the ledger in `dir`. `now` decides which
+/// accepted leads are old enough to count as kept.
+pub fn read_examples(
+    dir: &Path,
+    vertical: &Vertical,
+    learning: &LearningConfig,
+    now: UnixMs,
+) -> Result<Examples, String> {
+    let Some(spec) = vertical.features.as_ref() else {
+        return Err(format!(
+            "vertical {} declares no [verticals.{}.features]: there is nothing to train on",
+            vertical.name, vertical.name
+        ));
+    };
+    let (lead_len, width) = (spec.lead_len(), spec.len());
+    let mut auctions: HashMap<String, AuctionInfo> = HashMap::new();
+    // (auction, buyer) -> accepted?, with the lead id of a sale.
+    let mut delivered: Vec<(String, String, bool, UnixMs)> = Vec::new();
+    let mut sale_of_lead: HashMap<String, (String, String)> = HashMap::new();
+    let mut posted: HashMap<String, UnixMs> = HashMap::new();
+    let mut sold_auction: HashMap<String, String> = HashMap::new();
+    let mut returned: HashSet<String> = HashSet::new();
+    let mut kept: HashSet<String> = HashSet::new();
+    crate::finance::for_each(dir, |e| {
+        let v = &e.value;
+        match e.kind.as_str() {
+            "auction" => {
+                if e.str("vertical") != vertical.name
+                    || e.bool("test")
+                    || v.get("features_version").and_then(Value::as_u64)
+                        != Some(u64::from(spec.version))
+                {
+                    return true;
+                }
+                let (Some(x), Some(at)) = (floats(v.get("x")), at_ms(v)) else {
+                    return true;
+                };
+                if x.len() != lead_len {
+                    return true;
+                }
+                let mut bx = HashMap::new();
+                for l in v
+                    .get("buyers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(b), Some(f)) =
+                        (l.get("buyer").and_then(Value::as_str), floats(l.get("bx")))
+                    {
+                        if f.len() == width - lead_len {
+                            bx.insert(b.to_string(), f);
+                        }
+                    }
+                }
+                auctions.insert(e.str("auction_id").to_string(), AuctionInfo { at, x, bx });
+            }
+            "sale" => {
+                let (a, b) = (e.str("auction_id").to_string(), e.str("buyer").to_string());
+                let at = at_ms(v).unwrap_or(0);
+                sale_of_lead.insert(e.str("lead_id").to_string(), (a.clone(), b.clone()));
+                posted.insert(a.clone(), at);
+                sold_auction.insert(a.clone(), e.str("lead_id").to_string());
+                delivered.push((a, b, true, at));
+            }
+            "unsold" => {
+                posted.insert(e.str("auction_id").to_string(), at_ms(v).unwrap_or(0));
+            }
+            "post_attempt" => {
+                if matches!(
+                    e.str("outcome"),
+                    "rejected" | "timeout" | "error" | "invalid"
+                ) {
+                    delivered.push((
+                        e.str("auction_id").to_string(),
+                        e.str("buyer").to_string(),
+                        false,
+                        at_ms(v).unwrap_or(0),
+                    ));
+                }
+            }
+            "disposition" => {
+                let lead = e.str("lead_id").to_string();
+                if e.str("outcome") == "returned" {
+                    returned.insert(lead);
+                } else {
+                    kept.insert(lead);
+                }
+            }
+            _ => {}
+        }
+        true
+    })?;
+    let kept_after_ms =
+        i64::try_from(learning.kept_after_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    // Lead id by (auction, buyer), for the sales' dispositions.
+    let lead_of: HashMap<(&str, &str), &str> = sale_of_lead
+        .iter()
+        .map(|(lead, (a, b))| ((a.as_str(), b.as_str()), lead.as_str()))
+        .collect();
+    // None: not known yet; Some(kept?).
+    let fate = |lead: &str, at: UnixMs| -> Option<bool> {
+        if returned.contains(lead) {
+            Some(false)
+        } else if kept.contains(lead) || now.saturating_sub(at) >= kept_after_ms {
+            Some(true)
+        } else {
+            None
+        }
+    };
+    let mut out = Examples {
+        auctions: auctions.len(),
+        ..Examples::default()
+    };
+    for (a, b, accepted, at) in &delivered {
+        let Some(info) = auctions.get(a) else {
+            continue;
+        };
+        let Some(bx) = info.bx.get(b) else { continue };
+        let y = if *accepted {
+            let Some(lead) = lead_of.get(&(a.as_str(), b.as_str())) else {
+                continue;
+            };
+            match fate(lead, *at) {
+                Some(k) => f32::from(u8::from(k)),
+                None => {
+                    out.pending += 1;
+                    continue;
+                }
+            }
+        } else {
+            0.0
+        };
+        let mut x = info.x.clone();
+        x.extend_from_slice(bx);
+        out.realization.push(Example { at: info.at, x, y });
+    }
+    for (a, at) in &posted {
+        let Some(info) = auctions.get(a) else {
+            continue;
+        };
+        let y = match sold_auction.get(a) {
+            None => 0.0,
+            Some(lead) => match fate(lead, *at) {
+                Some(k) => f32::from(u8::from(k)),
+                None => continue,
+            },
+        };
+        out.lead.push(Example {
+            at: info.at,
+            x: info.x.clone(),
+            y,
+        });
+    }
+    for set in [&mut out.lead, &mut out.realization] {
+        set.sort_by(|p, q| p.at.cmp(&q.at).then_with(|| p.y.total_cmp(&q.y)));
+    }
+    Ok(out)
+}
+
+/// How one model was trained, or why not.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub kind: &'static str,
+    pub examples: usize,
+    pub train_rows: usize,
+    pub heldout_rows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logloss: Option<f64>,
+    /// Why it was not trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// What a training run made.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    pub vertical: String,
+    pub version: String,
+    pub dir: PathBuf,
+    pub models: Vec<ModelReport>,
+}
+
+fn dataset(rows: &[Example], ncols: usize) -> Dataset {
+    let mut x = Vec::with_capacity(rows.len() * ncols);
+    let mut y = Vec::with_capacity(rows.len());
+    for r in rows {
+        x.extend_from_slice(&r.x);
+        y.push(r.y);
+    }
+    Dataset { ncols, x, y }
+}
+
+/// Evaluates `model` on `rows`.
+pub fn evaluate(model: &XgbModel, rows: &[Example]) -> Evaluation {
+    let ncols = model.num_features();
+    let ds = dataset(rows, ncols);
+    let mut p = vec![0f32; ds.rows()];
+    model.predict_many(&ds.x, &mut p);
+    Evaluation {
+        rows: ds.rows() as u64,
+        positives: ds.y.iter().filter(|y| **y > 0.5).count() as u64,
+        auc: metrics::auc(&p, &ds.y),
+        logloss: metrics::logloss(&p, &ds.y),
+        calibration: metrics::calibration(&p, &ds.y, CALIBRATION_BINS)
+            .into_iter()
+            .map(|b| CalibrationBin {
+                lo: b.lo,
+                hi: b.hi,
+                count: b.count,
+                mean_predicted: b.mean_predicted,
+                observed_rate: b.observed_rate,
+            })
+            .collect(),
+    }
+}
+
+/// The split point: the newest `pct` percent are held out.
+fn split(n: usize, pct: u32) -> usize {
+    n - (n * pct as usize).div_ceil(100)
+}
+
+fn params(l: &LearningConfig) -> TrainParams {
+    TrainParams {
+        rounds: l.rounds,
+        max_depth: l.max_depth,
+        eta: l.eta,
+        ..TrainParams::default()
+    }
+}
+
+/// A new version name: the UTC time to the millisecond.
+pub fn new_version(now: UnixMs) -> String {
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now).unwrap_or_default();
+    format!("v{}", t.format("%Y%m%dT%H%M%S%3fZ"))
+}
+
+/// The held-out examples of the newest window, for champion-challenger comparisons.
+#[derive(Debug, Default)]
+pub struct Heldout {
+    pub lead: Vec<Example>,
+    pub realization: Vec<Example>,
+}
+
+/// Trains both models of `vertical` and writes the model set (not yet serving). Errors
+/// when neither model could be trained, with every count.
+pub fn train_vertical(
+    config: &Config,
+    ledger_dir: &Path,
+    vertical: &str,
+    now: UnixMs,
+    version: Option<&str>,
+) -> Result<(TrainOutcome, Heldout), String> {
+    let Some(&vi) = config.vertical_by_name.get(vertical) else {
+        return Err(format!("unknown vertical {vertical:?}"));
+    };
+    let v = &config.verticals[vi];
+    let learning = &config.learning;
+    let ex = read_examples(ledger_dir, v, learning, now)?;
+    let version = version.map_or_else(|| new_version(now), String::from);
+    if !valid_version(&version) {
+        return Err(format!(
+            "{version:?} is not a model version name (1-64 of A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    let dir = crate::models::set_dir(learning, vertical, &version);
+    if dir.exists() {
+        return Err(format!("{} already exists", dir.display()));
+    }
+    let Some(spec) = v.features.as_ref() else {
+        return Err(format!("vertical {vertical} declares no features"));
+    };
+    let mut reports = Vec::new();
+    let mut made: Vec<(ModelKind, Vec<u8>, Manifest)> = Vec::new();
+    let mut heldout = Heldout::default();
+    let heldout_min = HELDOUT_MIN.max(learning.min_rows / 4);
+    for (kind, rows) in [
+        (ModelKind::LeadScore, &ex.lead),
+        (ModelKind::Realization, &ex.realization),
+    ] {
+        let cut = split(rows.len(), learning.heldout_pct);
+        let (train, test) = rows.split_at(cut);
+        let pos = |r: &[Example]| r.iter().filter(|e| e.y > 0.5).count();
+        let mut report = ModelReport {
+            kind: kind.as_str(),
+            examples: rows.len(),
+            train_rows: train.len(),
+            heldout_rows: test.len(),
+            auc: None,
+            logloss: None,
+            refused: None,
+        };
+        let refuse = if train.len() < learning.min_rows || test.len() < heldout_min {
+            Some(format!(
+                "too little data: {} examples ({} to train on, {} held out); it needs at least {} to train on and {} held out (learning.min_rows, learning.heldout_pct){}",
+                rows.len(),
+                train.len(),
+                test.len(),
+                learning.min_rows,
+                heldout_min,
+                if ex.pending > 0 && kind == ModelKind::Realization {
+                    format!("; {} accepted posts wait to count as kept", ex.pending)
+                } else {
+                    String::new()
+                }
+            ))
+        } else if pos(train) == 0 || pos(train) == train.len() {
+            Some(format!(
+                "the {} training examples are all of one class ({} positive): nothing to learn",
+                train.len(),
+                pos(train)
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            report.refused = Some(why);
+            reports.push(report);
+            continue;
+        }
+        let ncols = if kind == ModelKind::LeadScore {
+            spec.lead_len()
+        } else {
+            spec.len()
+        };
+        let json = train_binary(&dataset(train, ncols), &params(learning))
+            .map_err(|e| format!("{}: training failed: {e}", kind.as_str()))?;
+        let model = XgbModel::from_json(&json)
+            .map_err(|e| format!("{}: the trained model does not load: {e}", kind.as_str()))?;
+        let eval = evaluate(&model, test);
+        report.auc = eval.auc;
+        report.logloss = Some(eval.logloss);
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            kind,
+            vertical: vertical.to_string(),
+            version: version.clone(),
+            features_version: spec.version,
+            features: kind.expected_features(spec),
+            source: "trained".into(),
+            created_at: rfc3339(now),
+            window: Some(Window {
+                from: rfc3339(train.first().map_or(0, |e| e.at)),
+                heldout_from: rfc3339(test.first().map_or(0, |e| e.at)),
+                to: rfc3339(test.last().map_or(0, |e| e.at)),
+            }),
+            train_rows: Some(train.len() as u64),
+            heldout: Some(eval),
+            xgboost: Some(XGBOOST_VERSION.into()),
+            params: serde_json::to_value(serde_json::json!({
+                "rounds": learning.rounds, "max_depth": learning.max_depth, "eta": learning.eta,
+                "heldout_pct": learning.heldout_pct, "objective": "binary:logistic",
+            }))
+            .ok(),
+        };
+        match kind {
+            ModelKind::LeadScore => heldout.lead = test.to_vec(),
+            ModelKind::Realization => heldout.realization = test.to_vec(),
+        }
+        made.push((kind, json, manifest));
+        reports.push(report);
+    }
+    if made.is_empty() {
+        let why: Vec<String> = reports
+            .iter()
+            .map(|r| format!("{}: {}", r.kind, r.refused.as_deref().unwrap_or("")))
+            .collect();
+        return Err(format!(
+            "training refused for vertical {vertical} ({} auctions read): {}",
+            ex.auctions,
+            why.join("; ")
+        ));
+    }
+    write_set(&dir, &made)?;
+    Ok((
+        TrainOutcome {
+            vertical: vertical.to_string(),
+            version,
+            dir,
+            models: reports,
+        },
+        heldout,
+    ))
+}
+
+/// Writes a model set's files into a new directory (a temporary one renamed into place,
+/// so a half-written set is never seen).
+pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<(), String> {
+    let parent = dir.parent().ok_or("no parent directory")?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let tmp = parent.join(format!(
+        ".tmp-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("set")
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    for (kind, json, manifest) in made {
+        let m = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
+        for (name, bytes) in [
+            (format!("{}.json", kind.as_str()), json.as_slice()),
+            (format!("{}.manifest.json", kind.as_str()), m.as_slice()),
+        ] {
+            std::fs::write(tmp.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Champion or challenger: the challenger serves if its realization model (or, without
+/// one, its lead-score model) has a lower log loss on the newest held-out window than the
+/// champion's on the same examples. Returns (challenger wins, a one-line reason).
+pub fn challenger_wins(
+    champion: Option<&crate::models::ModelSet>,
+    challenger: &crate::models::ModelSet,
+    heldout: &Heldout,
+) -> (bool, String) {
+    let Some(champion) = champion else {
+        return (true, "no champion serves".into());
+    };
+    for (kind, rows) in [
+        (ModelKind::Realization, &heldout.realization),
+        (ModelKind::LeadScore, &heldout.lead),
+    ] {
+        let Some(new) = challenger.get(kind) else {
+            continue;
+        };
+        let Some(old) = champion.get(kind) else {
+            return (true, format!("the champion has no {} model", kind.as_str()));
+        };
+        if old.model.num_features() != new.model.num_features() {
+            return (
+                true,
+                format!("the champion's {} model sees other features", kind.as_str()),
+            );
+        }
+        let a = evaluate(&new.model, rows).logloss;
+        let b = evaluate(&old.model, rows).logloss;
+        let why = format!(
+            "{} log loss on the newest {} held-out examples: challenger {a:.5}, champion {b:.5}",
+            kind.as_str(),
+            rows.len()
+        );
+        return (a < b, why);
+    }
+    (false, "the challenger has no model to compare".into())
+}

@@ -1,0 +1,418 @@
+//! AI routing end to end, on real sockets: the award by expected value (cold start), a
+//! model set served and swapped through `POST /admin/models` (and refused when broken),
+//! training from the ledger (refused with too little data), and continuous learning
+//! recording its decision in the ledger.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use pingpost::ai::train::{train_binary, Dataset, TrainParams};
+use pingpost::core::model::manifest::ModelKind;
+use pingpost::core::model::xgb::XgbModel;
+use serde_json::{json, Value};
+
+/// Lead features (age, credit) and context (hour, weekday, seller), then buyer features.
+const FEATURES: &str = r#"
+[verticals.auto_insurance.features]
+version = 1
+lead = [
+  { field = "age", kind = "numeric" },
+  { field = "credit", kind = "categorical", categories = ["poor", "fair", "good", "excellent"] },
+]
+context = ["hour_of_day", "day_of_week", "seller"]
+buyer = ["buyer", "acceptance_rate", "return_rate", "bid_ratio"]
+
+[verticals.auto_insurance.fields]"#;
+const LEAD_LEN: usize = 5;
+const ALL_LEN: usize = 9;
+
+fn with_features(extra_learning: &'static str) -> impl FnOnce(String) -> String {
+    move |t: String| {
+        let t = t.replace("[verticals.auto_insurance.fields]", FEATURES);
+        t.replace("[learning]\n", &format!("[learning]\n{extra_learning}\n"))
+    }
+}
+
+/// A model over `ncols` features that learned p = f(column `col` > 0.5).
+fn model_json(ncols: usize, col: usize) -> Vec<u8> {
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for i in 0..400 {
+        for c in 0..ncols {
+            x.push(((i * 7 + c * 3) % 11) as f32 / 10.0);
+        }
+        y.push(if x[i * ncols + col] > 0.5 { 1.0 } else { 0.0 });
+    }
+    let params = TrainParams {
+        rounds: 10,
+        max_depth: 3,
+        ..TrainParams::default()
+    };
+    train_binary(&Dataset { ncols, x, y }, &params).expect("trains")
+}
+
+/// Imports a model set with `pingpost models import`'s code path.
+fn import(
+    ex: &Exchange,
+    version: &str,
+    realization: Option<Vec<u8>>,
+    lead: Option<Vec<u8>>,
+) -> i32 {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, b: &Option<Vec<u8>>| {
+        b.as_ref().map(|b| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b).unwrap();
+            p
+        })
+    };
+    let r = write("r.json", &realization);
+    let l = write("l.json", &lead);
+    pingpost::models::cli::import(
+        Some(&ex.config_path),
+        None,
+        VERTICAL,
+        version,
+        r.as_deref(),
+        l.as_deref(),
+    )
+}
+
+async fn swap(ex: &Exchange, body: Value) -> Reply {
+    ex.admin
+        .post_json_with("/admin/models", ADMIN_TOKEN, &[], &body)
+        .await
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().map_or(f32::NAN, |f| f as f32))
+        .collect()
+}
+
+async fn auctions(ex: &Exchange) -> Vec<Value> {
+    ex.state.ledger.flush().await.unwrap();
+    ex.ledger_of("auction")
+}
+
+#[tokio::test]
+async fn cold_start_moves_the_award_to_the_buyer_that_keeps_its_leads() {
+    // Greedy bids 20 and rejects every post; steady bids 15 and accepts. At the prior both
+    // look alike and greedy's higher bid wins; each rejection lowers its smoothed
+    // acceptance until its expected value falls below steady's.
+    let greedy = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let steady = ScriptedBidder::bidding(15.0);
+    let (bg, _hg) = serve("greedy", &greedy).await;
+    let (bs, _hs) = serve("steady", &steady).await;
+    let ex = TestConfig::new().buyer(bg).buyer(bs).start().await;
+    let mut winners = Vec::new();
+    for _ in 0..12 {
+        let q = ex.client.ping("TX").await;
+        let ping_id = q.ping_id.clone();
+        winners.push(q.price);
+        let _ = ex.client.post(&ping_id, "TX").await;
+    }
+    let recs = auctions(&ex).await;
+    assert_eq!(recs.len(), 12);
+    let first = &recs[0];
+    assert_eq!(first["winner"], "greedy", "{first}");
+    let last = recs.last().unwrap();
+    assert_eq!(last["winner"], "steady", "{last}");
+    // Every bid line carries the probability the award used; greedy's fell.
+    let p = |r: &Value, b: &str| {
+        r["buyers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["buyer"] == b)
+            .and_then(|l| l["p_ppm"].as_u64())
+            .unwrap()
+    };
+    assert_eq!(p(first, "greedy"), p(first, "steady"));
+    assert!(p(last, "greedy") < p(last, "steady"), "{last}");
+    // The quote follows the winner: steady's 15 at 80 %.
+    assert_eq!(winners.last().copied().flatten(), Some(usd(12.0)));
+    assert!(steady.posts() >= 1);
+}
+
+#[tokio::test]
+async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_models() {
+    let a = ScriptedBidder::bidding(10.0);
+    let b = ScriptedBidder::bidding(12.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let (bb, _hb) = serve("bravo", &b).await;
+    let ex = TestConfig::new()
+        .buyer(ba)
+        .buyer(bb)
+        .start_edited(with_features("watch_ms = 0"))
+        .await;
+    let gen0 = ex.state.generation();
+
+    // No model yet: no score, cold start, features recorded.
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.score, None);
+    let r = auctions(&ex).await.pop().unwrap();
+    assert_eq!(floats(&r["x"]).len(), LEAD_LEN);
+    assert_eq!(r["features_version"], 1);
+    assert!(r.get("models").is_none());
+
+    // A set with both models: served after the swap.
+    let realization = model_json(ALL_LEN, LEAD_LEN + 3); // bid_ratio decides
+    let lead = model_json(LEAD_LEN, 0);
+    assert_eq!(
+        import(&ex, "m1", Some(realization.clone()), Some(lead.clone())),
+        0
+    );
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "m1"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["generation"], gen0 + 1);
+    assert_eq!(ex.state.generation(), gen0 + 1);
+    let champion = std::fs::read_to_string(
+        ex.ledger_path
+            .with_file_name("models")
+            .join(VERTICAL)
+            .join("CHAMPION"),
+    )
+    .unwrap();
+    assert_eq!(champion, "m1");
+
+    let q = ex.client.ping("TX").await;
+    let r = auctions(&ex).await.pop().unwrap();
+    assert_eq!(
+        r["models"],
+        json!({"lead_score": "m1", "realization": "m1"})
+    );
+    assert_eq!(r["generation"], gen0 + 1);
+    let x = floats(&r["x"]);
+    let lm = XgbModel::from_json(&lead).unwrap();
+    let want_score = (f64::from(lm.predict(&x)) * 100.0).round() as u8;
+    assert_eq!(q.score, Some(want_score));
+    assert_eq!(r["score"], want_score);
+    // The buyers saw the score in the ping.
+    assert_eq!(b.ping_log().last().unwrap().score, Some(want_score));
+    // Each bid's probability is the model's on the recorded features.
+    let rm = XgbModel::from_json(&realization).unwrap();
+    for line in r["buyers"].as_array().unwrap() {
+        let mut row = x.clone();
+        row.extend(floats(&line["bx"]));
+        assert_eq!(row.len(), ALL_LEN);
+        let p = rm.predict(&row);
+        let want = (f64::from(p).clamp(0.0, 1.0) * 1e6).round() as u64;
+        assert_eq!(line["p_ppm"].as_u64(), Some(want), "{line}");
+    }
+
+    // Broken swaps: each refused with its reason; m1 keeps serving.
+    let models_dir = ex.ledger_path.with_file_name("models").join(VERTICAL);
+    let bad_dir = |name: &str| {
+        let src = models_dir.join("m1");
+        let dst = models_dir.join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+        dst
+    };
+    let refused = |reply: &Reply, needle: &str| {
+        let body = reply.assert_error(400, "invalid_request");
+        assert!(body.to_string().contains(needle), "{needle}: {body}");
+    };
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "nope"})).await,
+        "no model set",
+    );
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "../../etc"})).await,
+        "not a model version",
+    );
+    refused(
+        &swap(&ex, json!({"vertical": "mortgage", "version": "m1"})).await,
+        "unknown vertical",
+    );
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL})).await,
+        "is required",
+    );
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": 3})).await,
+        "string or null",
+    );
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "m1", "x": 1})).await,
+        "unknown field",
+    );
+    refused(&swap(&ex, json!([1])).await, "JSON object");
+    // Truncated model file.
+    let d = bad_dir("truncated");
+    let text = std::fs::read(d.join("realization.json")).unwrap();
+    std::fs::write(d.join("realization.json"), &text[..text.len() / 2]).unwrap();
+    fix_manifest_version(&d, "truncated");
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "truncated"})).await,
+        "realization.json",
+    );
+    // Oversized model file (sparse: over the limit without writing it).
+    let d = bad_dir("huge");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("lead_score.json"))
+        .unwrap();
+    f.set_len((pingpost::core::model::xgb::MODEL_BYTES_MAX + 10) as u64)
+        .unwrap();
+    fix_manifest_version(&d, "huge");
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "huge"})).await,
+        "limit",
+    );
+    // A model whose features do not match: trained on one column too few.
+    let d = bad_dir("narrow");
+    std::fs::write(d.join("realization.json"), model_json(ALL_LEN - 1, 0)).unwrap();
+    fix_manifest_version(&d, "narrow");
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "narrow"})).await,
+        "takes 8 features",
+    );
+    // A manifest of another encoding version.
+    let d = bad_dir("oldenc");
+    fix_manifest_version(&d, "oldenc");
+    let mp = d.join("realization.manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mp).unwrap()).unwrap();
+    m["features_version"] = json!(7);
+    std::fs::write(&mp, m.to_string()).unwrap();
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "oldenc"})).await,
+        "encoding version 7",
+    );
+    // Import refuses a model of the wrong width too, and writes nothing.
+    assert_eq!(import(&ex, "m2", Some(model_json(3, 0)), None), 1);
+    assert!(!models_dir.join("m2").exists());
+
+    assert_eq!(ex.state.generation(), gen0 + 1, "refusals change nothing");
+    let _ = ex.client.ping("TX").await;
+    let r = auctions(&ex).await.pop().unwrap();
+    assert_eq!(r["models"]["realization"], "m1");
+
+    // A reload whose features no longer match the serving model is refused.
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    ex.write_config_text(&text.replace("version = 1\nlead", "version = 2\nlead"));
+    let reply = ex.reload().await;
+    refused(&reply, "features");
+    assert_eq!(ex.state.generation(), gen0 + 1);
+
+    // Version null: no model, cold start again.
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": null})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.score, None);
+    let r = auctions(&ex).await.pop().unwrap();
+    assert!(r.get("models").is_none());
+}
+
+/// Points a copied set's manifests at its own directory name.
+fn fix_manifest_version(dir: &Path, version: &str) {
+    for kind in ModelKind::ALL {
+        let p = dir.join(format!("{}.manifest.json", kind.as_str()));
+        if let Ok(b) = std::fs::read(&p) {
+            let mut m: Value = serde_json::from_slice(&b).unwrap();
+            m["version"] = json!(version);
+            std::fs::write(&p, m.to_string()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn training_refuses_too_little_data_then_trains_from_the_ledger() {
+    let fickle = ScriptedBidder::bidding(10.0);
+    let (bf, _hf) = serve("fickle", &fickle).await;
+    let ex = TestConfig::new()
+        .buyer(bf)
+        .start_edited(with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5"))
+        .await;
+    let cfg = ex.state.runtime.load().config.clone();
+    let now = || chrono::Utc::now().timestamp_millis();
+    let e = pingpost::models::train::train_vertical(&cfg, &ex.ledger_path, VERTICAL, now(), None)
+        .unwrap_err();
+    assert!(e.contains("too little data: 0 examples"), "{e}");
+    assert!(e.contains("at least 10"), "{e}");
+
+    // Posts accepted and rejected in turn: both classes.
+    for i in 0..60 {
+        fickle.set(|s| s.accept = i % 3 != 0);
+        let q = ex.client.ping("TX").await;
+        let _ = ex.client.post(&q.ping_id, "TX").await;
+    }
+    ex.state.ledger.flush().await.unwrap();
+    let (out, heldout) =
+        pingpost::models::train::train_vertical(&cfg, &ex.ledger_path, VERTICAL, now(), Some("t1"))
+            .unwrap();
+    let real = out.models.iter().find(|m| m.kind == "realization").unwrap();
+    assert_eq!(real.examples, 60);
+    assert_eq!(real.train_rows + real.heldout_rows, 60);
+    assert!(real.logloss.is_some(), "{out:?}");
+    assert_eq!(heldout.realization.len(), real.heldout_rows);
+    // The set loads under the configuration and its manifest names the window.
+    let v = &cfg.verticals[0];
+    let set = pingpost::models::load_set(&cfg.learning, v, "t1").unwrap();
+    let m = &set.realization.as_ref().unwrap().manifest;
+    assert_eq!(m.train_rows, Some(real.train_rows as u64));
+    assert!(m.window.is_some());
+    let h = m.heldout.as_ref().unwrap();
+    assert_eq!(h.rows, real.heldout_rows as u64);
+    assert!(!h.calibration.is_empty());
+    // A second run under the same name is refused rather than overwriting it.
+    let e =
+        pingpost::models::train::train_vertical(&cfg, &ex.ledger_path, VERTICAL, now(), Some("t1"))
+            .unwrap_err();
+    assert!(e.contains("already exists"), "{e}");
+}
+
+#[tokio::test]
+async fn continuous_learning_retrains_promotes_and_records_its_decision() {
+    let fickle = ScriptedBidder::bidding(10.0);
+    let (bf, _hf) = serve("fickle", &fickle).await;
+    let ex = TestConfig::new()
+        .buyer(bf)
+        .start_edited(with_features(
+            "watch_ms = 0\nmin_rows = 10\nrounds = 5\nretrain_every_s = 1",
+        ))
+        .await;
+    for i in 0..60 {
+        fickle.set(|s| s.accept = i % 3 != 0);
+        let q = ex.client.ping("TX").await;
+        let _ = ex.client.post(&q.ping_id, "TX").await;
+    }
+    ex.state.ledger.flush().await.unwrap();
+    // The learning thread retrains within a few seconds; bounded wait on the record.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let decision = loop {
+        ex.state.ledger.flush().await.unwrap();
+        if let Some(d) = ex.ledger_of("model_decision").into_iter().next() {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no model_decision within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(decision["vertical"], VERTICAL);
+    assert_eq!(decision["promoted"], true, "{decision}");
+    assert!(
+        decision.get("champion").is_none(),
+        "no champion before: {decision}"
+    );
+    let version = decision["challenger"].as_str().unwrap().to_string();
+    // It serves: the runtime carries it and auctions record it.
+    let rt = ex.state.runtime.load();
+    assert_eq!(
+        rt.models[0].as_ref().map(|m| m.version.clone()),
+        Some(version.clone())
+    );
+    let _ = ex.client.ping("TX").await;
+    let r = auctions(&ex).await.pop().unwrap();
+    assert_eq!(r["models"]["realization"], version);
+}
