@@ -113,7 +113,12 @@ fn full(trees: usize) -> XgbModel {
             }
             d.push(rng.next_u64() % 2);
         }
-        let j = |v: &[i64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let j = |v: &[i64]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         if t > 0 {
             out.push(',');
         }

@@ -4,9 +4,11 @@
 //! (data values equal to split conditions), for binary:logistic with the default and a
 //! non-default base_score, and for binary:logitraw.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pingpost::ai::train::{
-    predict_margin_with_xgboost, predict_with_xgboost, train_binary, train_binary_with,
-    Dataset, TrainParams,
+    predict_margin_with_xgboost, predict_with_xgboost, train_binary, train_binary_with, Dataset,
+    TrainParams,
 };
 use pingpost::core::model::xgb::{Objective, XgbModel};
 
@@ -122,7 +124,10 @@ fn assert_parity(json: &[u8], test: &Dataset, what: &str) -> XgbModel {
     let theirs = predict_with_xgboost(json, &test.x, NCOLS).unwrap();
     let mine = ours(&model, &test.x, false);
     let d = max_abs_diff(&mine, &theirs);
-    println!("{what}: predict max |diff| = {d:e} over {} rows", mine.len());
+    println!(
+        "{what}: predict max |diff| = {d:e} over {} rows",
+        mine.len()
+    );
     assert!(d <= TOLERANCE, "{what}: predict max |diff| {d}");
 
     let theirs_m = predict_margin_with_xgboost(json, &test.x, NCOLS).unwrap();

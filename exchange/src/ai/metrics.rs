@@ -200,7 +200,9 @@ mod tests {
         let t = calibration(&[0.05, f32::NAN], &[1.0, 1.0], 10);
         assert_eq!(t.len(), 10);
         assert_eq!(t[0].count, 1);
-        assert!(t[1..].iter().all(|b| b.count == 0 && b.observed_rate == 0.0));
+        assert!(t[1..]
+            .iter()
+            .all(|b| b.count == 0 && b.observed_rate == 0.0));
         assert!(close(t[9].hi, 1.0));
         assert!(calibration(&p, &y, 0).is_empty());
         // serializable for the manifest

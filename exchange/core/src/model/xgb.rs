@@ -96,7 +96,11 @@ pub enum ModelError {
         num_nodes: usize,
     },
     #[error("tree {tree}: node {node} has child {child}, which does not come after it (a backwards link or a cycle)")]
-    ChildBackwards { tree: usize, node: usize, child: i64 },
+    ChildBackwards {
+        tree: usize,
+        node: usize,
+        child: i64,
+    },
     #[error("tree {tree}: node {node} has only one child")]
     OneChild { tree: usize, node: usize },
     #[error("tree {tree}: node {node} is reached from two parents")]
@@ -116,7 +120,9 @@ pub enum ModelError {
         node: usize,
         what: &'static str,
     },
-    #[error("tree {tree}: node {node} is a categorical split; categorical splits are not supported")]
+    #[error(
+        "tree {tree}: node {node} is a categorical split; categorical splits are not supported"
+    )]
     Categorical { tree: usize, node: usize },
     #[error("feature {feature} is categorical; categorical features are not supported")]
     CategoricalFeature { feature: usize },
@@ -434,7 +440,7 @@ fn build(learner: Learner) -> Result<XgbModel, ModelError> {
     let num_features = num_features as usize;
     if let Some(nc) = &p.num_class {
         let nc: i64 = parse_param("num_class", nc)?;
-        if nc > 1 || nc < 0 {
+        if !(0..=1).contains(&nc) {
             return Err(ModelError::BadParam {
                 name: "num_class",
                 value: nc.to_string(),
@@ -892,7 +898,10 @@ mod tests {
         let half = 1.0f64 + 2f64.powi(-24);
         assert_eq!(f64_to_f32(half), half.to_string().parse::<f32>().unwrap());
         assert_eq!(next_toward(1.0, 2.0), f32::from_bits(1.0f32.to_bits() + 1));
-        assert_eq!(next_toward(-1.0, 0.0), f32::from_bits((-1.0f32).to_bits() - 1));
+        assert_eq!(
+            next_toward(-1.0, 0.0),
+            f32::from_bits((-1.0f32).to_bits() - 1)
+        );
         assert_eq!(next_toward(0.0, -1.0), -f32::from_bits(1));
     }
 
@@ -914,10 +923,7 @@ mod tests {
         ));
         assert!(matches!(err("hello"), ModelError::NotJson(_)));
         let s = tiny("binary:logistic", "5E-1");
-        assert!(matches!(
-            err(&s[..s.len() / 2]),
-            ModelError::Truncated(_)
-        ));
+        assert!(matches!(err(&s[..s.len() / 2]), ModelError::Truncated(_)));
         assert!(matches!(err(""), ModelError::Empty));
         assert!(matches!(err("  \n"), ModelError::Empty));
         let big = vec![b' '; MODEL_BYTES_MAX + 1];
@@ -948,7 +954,10 @@ mod tests {
             r#""left_children":"x""#,
         ));
         assert!(matches!(e, ModelError::Shape(_)), "{e}");
-        let e = err(&tiny_with(r#""default_left":[0,0,1,0,0]"#, r#""default_left":[0,0,2,0,0]"#));
+        let e = err(&tiny_with(
+            r#""default_left":[0,0,1,0,0]"#,
+            r#""default_left":[0,0,2,0,0]"#,
+        ));
         assert!(matches!(e, ModelError::Shape(_)), "{e}");
     }
 
@@ -969,22 +978,57 @@ mod tests {
         let gblinear = r#"{"learner":{"learner_model_param":{"base_score":"5E-1","num_class":"0","num_feature":"2"},
             "objective":{"name":"binary:logistic"},
             "gradient_booster":{"name":"gblinear","model":{"weights":[0.1,0.2,0.3]}}},"version":[1,6,2]}"#;
-        assert_eq!(err(gblinear), ModelError::UnsupportedBooster("gblinear".into()));
+        assert_eq!(
+            err(gblinear),
+            ModelError::UnsupportedBooster("gblinear".into())
+        );
         let dart = r#"{"learner":{"learner_model_param":{"base_score":"5E-1","num_class":"0","num_feature":"2"},
             "objective":{"name":"binary:logistic"},
             "gradient_booster":{"name":"dart","gbtree":{},"weight_drop":[]}},"version":[1,6,2]}"#;
         assert_eq!(err(dart), ModelError::UnsupportedBooster("dart".into()));
-        for obj in ["reg:squarederror", "multi:softprob", "binary:hinge", "rank:pairwise"] {
+        for obj in [
+            "reg:squarederror",
+            "multi:softprob",
+            "binary:hinge",
+            "rank:pairwise",
+        ] {
             let e = load(&tiny(obj, "5E-1")).unwrap_err();
             assert_eq!(e, ModelError::UnsupportedObjective(obj.into()));
             assert!(e.to_string().contains("binary:logistic"));
         }
         let e = err(&tiny_with(r#""num_class":"0""#, r#""num_class":"3""#));
-        assert!(matches!(e, ModelError::BadParam { name: "num_class", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "num_class",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = err(&tiny_with(r#""num_target":"1""#, r#""num_target":"2""#));
-        assert!(matches!(e, ModelError::BadParam { name: "num_target", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "num_target",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = err(&tiny_with(r#""tree_info":[0,0]"#, r#""tree_info":[0,1]"#));
-        assert!(matches!(e, ModelError::BadParam { name: "tree_info", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "tree_info",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = err(&tiny_with(r#""tree_info":[0,0]"#, r#""tree_info":[0]"#));
         assert!(matches!(e, ModelError::Shape(_)), "{e}");
     }
@@ -996,37 +1040,109 @@ mod tests {
                 r#""num_feature":"2","num_target""#,
                 &format!(r#""num_feature":"{nf}","num_target""#),
             ));
-            assert!(matches!(e, ModelError::BadParam { name: "num_feature", .. }), "{nf}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    ModelError::BadParam {
+                        name: "num_feature",
+                        ..
+                    }
+                ),
+                "{nf}: {e}"
+            );
         }
         for bs in ["0", "1", "1.5", "-0.1", "nan", "x"] {
             let e = load(&tiny("binary:logistic", bs)).unwrap_err();
-            assert!(matches!(e, ModelError::BadParam { name: "base_score", .. }), "{bs}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    ModelError::BadParam {
+                        name: "base_score",
+                        ..
+                    }
+                ),
+                "{bs}: {e}"
+            );
         }
         for bs in ["inf", "NaN"] {
             let e = load(&tiny("binary:logitraw", bs)).unwrap_err();
-            assert!(matches!(e, ModelError::BadParam { name: "base_score", .. }), "{bs}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    ModelError::BadParam {
+                        name: "base_score",
+                        ..
+                    }
+                ),
+                "{bs}: {e}"
+            );
         }
         let e = err(&tiny_with(r#""num_trees":"2""#, r#""num_trees":"3""#));
-        assert!(matches!(e, ModelError::BadParam { name: "num_trees", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "num_trees",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = err(&tiny_with(
             r#""num_trees":"2","size_leaf_vector":"0""#,
             r#""num_trees":"2","size_leaf_vector":"2""#,
         ));
-        assert!(matches!(e, ModelError::BadParam { name: "size_leaf_vector", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "size_leaf_vector",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = err(&tiny_with(r#""num_nodes":"5""#, r#""num_nodes":"0""#));
-        assert!(matches!(e, ModelError::BadParam { name: "tree_param.num_nodes", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "tree_param.num_nodes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn refuses_inconsistent_lengths() {
         let e = err(&tiny_with(r#""num_nodes":"5""#, r#""num_nodes":"6""#));
-        assert!(matches!(e, ModelError::InconsistentLength { tree: 0, num_nodes: 6, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::InconsistentLength {
+                    tree: 0,
+                    num_nodes: 6,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         for (from, to, array) in [
             ("[1,-1,3,-1,-1]", "[1,-1,3,-1]", "left_children"),
             ("[2,-1,4,-1,-1]", "[2,-1,4,-1,-1,-1]", "right_children"),
-            (r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[0,0,1,0]"#, "split_indices"),
+            (
+                r#""split_indices":[0,0,1,0,0]"#,
+                r#""split_indices":[0,0,1,0]"#,
+                "split_indices",
+            ),
             ("[0.5,0.25,-1.0,-0.5,0.75]", "[0.5]", "split_conditions"),
-            (r#""default_left":[0,0,1,0,0]"#, r#""default_left":[0]"#, "default_left"),
+            (
+                r#""default_left":[0,0,1,0,0]"#,
+                r#""default_left":[0]"#,
+                "default_left",
+            ),
         ] {
             let e = err(&tiny_with(from, to));
             assert!(
@@ -1039,15 +1155,41 @@ mod tests {
     #[test]
     fn refuses_bad_children() {
         let e = err(&tiny_with("[1,-1,3,-1,-1]", "[1,-1,5,-1,-1]"));
-        assert!(matches!(e, ModelError::ChildOutOfRange { child: 5, .. }), "{e}");
+        assert!(
+            matches!(e, ModelError::ChildOutOfRange { child: 5, .. }),
+            "{e}"
+        );
         let e = err(&tiny_with("[1,-1,3,-1,-1]", "[1,-1,-7,-1,-1]"));
-        assert!(matches!(e, ModelError::ChildOutOfRange { child: -7, .. }), "{e}");
+        assert!(
+            matches!(e, ModelError::ChildOutOfRange { child: -7, .. }),
+            "{e}"
+        );
         // node 2 points back at its parent: a cycle
         let e = err(&tiny_with("[1,-1,3,-1,-1]", "[1,-1,0,-1,-1]"));
-        assert!(matches!(e, ModelError::ChildBackwards { node: 2, child: 0, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::ChildBackwards {
+                    node: 2,
+                    child: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // node 2 points at itself
         let e = err(&tiny_with("[2,-1,4,-1,-1]", "[2,-1,2,-1,-1]"));
-        assert!(matches!(e, ModelError::ChildBackwards { node: 2, child: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ModelError::ChildBackwards {
+                    node: 2,
+                    child: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // node 2 points at node 1, already node 0's child
         let e = err(&tiny_with("[2,-1,4,-1,-1]", "[2,-1,4,-1,-1]").replacen(
             "[1,-1,3,-1,-1]",
@@ -1061,28 +1203,103 @@ mod tests {
 
     #[test]
     fn refuses_split_feature_out_of_range_and_non_finite() {
-        let e = err(&tiny_with(r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[0,0,2,0,0]"#));
-        assert!(matches!(e, ModelError::SplitFeatureOutOfRange { feature: 2, node: 2, .. }), "{e}");
-        let e = err(&tiny_with(r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[-1,0,1,0,0]"#));
-        assert!(matches!(e, ModelError::SplitFeatureOutOfRange { feature: -1, .. }), "{e}");
+        let e = err(&tiny_with(
+            r#""split_indices":[0,0,1,0,0]"#,
+            r#""split_indices":[0,0,2,0,0]"#,
+        ));
+        assert!(
+            matches!(
+                e,
+                ModelError::SplitFeatureOutOfRange {
+                    feature: 2,
+                    node: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(&tiny_with(
+            r#""split_indices":[0,0,1,0,0]"#,
+            r#""split_indices":[-1,0,1,0,0]"#,
+        ));
+        assert!(
+            matches!(e, ModelError::SplitFeatureOutOfRange { feature: -1, .. }),
+            "{e}"
+        );
         // a leaf's split index is ignored
-        load(&tiny_with(r#""split_indices":[0,0,1,0,0]"#, r#""split_indices":[0,99,1,99,99]"#)).unwrap();
-        let e = err(&tiny_with("[0.5,0.25,-1.0,-0.5,0.75]", "[1e39,0.25,-1.0,-0.5,0.75]"));
-        assert!(matches!(e, ModelError::NonFinite { what: "split condition", .. }), "{e}");
-        let e = err(&tiny_with("[0.5,0.25,-1.0,-0.5,0.75]", "[0.5,0.25,-1.0,-1e300,0.75]"));
-        assert!(matches!(e, ModelError::NonFinite { what: "leaf value", node: 3, .. }), "{e}");
+        load(&tiny_with(
+            r#""split_indices":[0,0,1,0,0]"#,
+            r#""split_indices":[0,99,1,99,99]"#,
+        ))
+        .unwrap();
+        let e = err(&tiny_with(
+            "[0.5,0.25,-1.0,-0.5,0.75]",
+            "[1e39,0.25,-1.0,-0.5,0.75]",
+        ));
+        assert!(
+            matches!(
+                e,
+                ModelError::NonFinite {
+                    what: "split condition",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(&tiny_with(
+            "[0.5,0.25,-1.0,-0.5,0.75]",
+            "[0.5,0.25,-1.0,-1e300,0.75]",
+        ));
+        assert!(
+            matches!(
+                e,
+                ModelError::NonFinite {
+                    what: "leaf value",
+                    node: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn refuses_categorical() {
-        let e = err(&tiny_with(r#""split_type":[0,0,0,0,0]"#, r#""split_type":[0,0,1,0,0]"#));
-        assert!(matches!(e, ModelError::Categorical { tree: 0, node: 2 }), "{e}");
-        let e = err(&tiny_with(r#""categories_nodes":[],"#, r#""categories_nodes":[2],"#));
+        let e = err(&tiny_with(
+            r#""split_type":[0,0,0,0,0]"#,
+            r#""split_type":[0,0,1,0,0]"#,
+        ));
+        assert!(
+            matches!(e, ModelError::Categorical { tree: 0, node: 2 }),
+            "{e}"
+        );
+        let e = err(&tiny_with(
+            r#""categories_nodes":[],"#,
+            r#""categories_nodes":[2],"#,
+        ));
         assert!(matches!(e, ModelError::Categorical { .. }), "{e}");
-        let e = err(&tiny_with(r#""feature_types":[]"#, r#""feature_types":["q","c"]"#));
-        assert!(matches!(e, ModelError::CategoricalFeature { feature: 1 }), "{e}");
-        let e = err(&tiny_with(r#""split_type":[0,0,0,0,0]"#, r#""split_type":[0,0]"#));
-        assert!(matches!(e, ModelError::InconsistentLength { array: "split_type", .. }), "{e}");
+        let e = err(&tiny_with(
+            r#""feature_types":[]"#,
+            r#""feature_types":["q","c"]"#,
+        ));
+        assert!(
+            matches!(e, ModelError::CategoricalFeature { feature: 1 }),
+            "{e}"
+        );
+        let e = err(&tiny_with(
+            r#""split_type":[0,0,0,0,0]"#,
+            r#""split_type":[0,0]"#,
+        ));
+        assert!(
+            matches!(
+                e,
+                ModelError::InconsistentLength {
+                    array: "split_type",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     /// A chain tree: every split's left child is a leaf, its right child the next split.
