@@ -199,7 +199,7 @@ fn load_for_predict(
     if x.is_empty() {
         return Err(TrainError::Empty);
     }
-    if x.len() % ncols != 0 {
+    if !x.len().is_multiple_of(ncols) {
         return Err(TrainError::ShapeMismatch {
             len: x.len(),
             rows: x.len() / ncols,
