@@ -3,6 +3,8 @@
 //! training from the ledger (refused with too little data), and continuous learning
 //! recording its decision in the ledger.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;
