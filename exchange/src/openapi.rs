@@ -399,6 +399,12 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
                 "properties": {
                     "status": {"type": "string", "enum": ["ok", "ready", "not_ready"]},
                     "reason": {"type": "string"},
+                    "generation": {"type": "integer", "minimum": 1},
+                    "models": {
+                        "type": "object",
+                        "description": "The model version serving each vertical that declares features (null: none yet; the award uses the cold-start rates).",
+                        "additionalProperties": {"type": ["string", "null"]},
+                    },
                 },
             }),
         ),

@@ -88,6 +88,17 @@ pub struct Scan {
     /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
     /// released or expired hold).
     closed_pings: HashSet<String>,
+    /// What buyers did with delivered leads, in ledger order, for the cold-start rates:
+    /// `(buyer id, event)`.
+    pub buyer_events: Vec<(String, BuyerEvent)>,
+}
+
+/// A buyer's deed that teaches its smoothed rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuyerEvent {
+    Accepted,
+    Rejected,
+    Returned,
 }
 
 fn text(v: &Value, k: &str) -> String {
@@ -122,6 +133,18 @@ impl Scan {
             scan.records += 1;
             let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
             let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            let test = v.get("test").and_then(Value::as_bool).unwrap_or(false);
+            let event = match (kind, v.get("outcome").and_then(Value::as_str)) {
+                ("sale", _) if !test => Some(BuyerEvent::Accepted),
+                ("post_attempt", Some("rejected" | "timeout" | "error" | "invalid")) => {
+                    Some(BuyerEvent::Rejected)
+                }
+                ("disposition", Some("returned")) if !test => Some(BuyerEvent::Returned),
+                _ => None,
+            };
+            if let Some(e) = event {
+                scan.buyer_events.push((text(&v, "buyer"), e));
+            }
             if matches!(
                 kind,
                 "sale" | "unsold" | "post_sent" | "quote_released" | "quote_expired"
@@ -437,6 +460,17 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
     let scan = Scan::of_text(&text);
     drop(text);
     let r = apply(state, &scan);
+    // The cold-start rates: what each buyer did, replayed in order.
+    for (buyer, event) in &scan.buyer_events {
+        let Some(key) = state.ids.buyer_key(buyer) else {
+            continue;
+        };
+        match event {
+            BuyerEvent::Accepted => state.stats.on_post(key, true),
+            BuyerEvent::Rejected => state.stats.on_post(key, false),
+            BuyerEvent::Returned => state.stats.on_return(key),
+        }
+    }
     for s in scan.unknown().take(UNKNOWN_LOGGED_MAX) {
         tracing::warn!(
             lead_id = %s.lead_id,

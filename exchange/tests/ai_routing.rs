@@ -110,7 +110,8 @@ async fn cold_start_moves_the_award_to_the_buyer_that_keeps_its_leads() {
     let steady = ScriptedBidder::bidding(15.0);
     let (bg, _hg) = serve("greedy", &greedy).await;
     let (bs, _hs) = serve("steady", &steady).await;
-    let ex = TestConfig::new().buyer(bg).buyer(bs).start().await;
+    let cfg = TestConfig::new().buyer(bg).buyer(bs);
+    let mut ex = cfg.start().await;
     let mut winners = Vec::new();
     for _ in 0..12 {
         let q = ex.client.ping("TX").await;
@@ -139,6 +140,41 @@ async fn cold_start_moves_the_award_to_the_buyer_that_keeps_its_leads() {
     // The quote follows the winner: steady's 15 at 80 %.
     assert_eq!(winners.last().copied().flatten(), Some(usd(12.0)));
     assert!(steady.posts() >= 1);
+
+    // A restart on the same ledger rebuilds the rates from it: greedy stays low.
+    let key = |st: &pingpost::state::AppState, id: &str| st.ids.buyer_key(id).unwrap();
+    let before = ex.state.stats.outcomes(key(&ex.state, "greedy"));
+    assert!(before.posts > 6.5 && before.accepts == 0.0, "{before:?}");
+    let steady_before = ex.state.stats.outcomes(key(&ex.state, "steady"));
+    ex.shutdown().await;
+    // A copy of the ledger (the first exchange's state still holds its lock).
+    let copy = tempfile::tempdir().unwrap();
+    let ledger = copy.path().join("ledger");
+    std::fs::create_dir_all(&ledger).unwrap();
+    for f in std::fs::read_dir(&ex.ledger_path).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), ledger.join(f.file_name())).unwrap();
+    }
+    let config = cfg.load(&ledger);
+    let again = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            match pingpost::app::start(config.clone(), pingpost::clock::Clock::system()).await {
+                Ok(r) => return r,
+                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let after = again.state.stats.outcomes(key(&again.state, "greedy"));
+    assert!(
+        (after.posts - before.posts).abs() < 1e-9,
+        "{after:?} vs {before:?}"
+    );
+    assert_eq!(after.accepts, 0.0);
+    let steady_after = again.state.stats.outcomes(key(&again.state, "steady"));
+    assert!((steady_after.accepts - steady_before.accepts).abs() < 1e-9);
 }
 
 #[tokio::test]

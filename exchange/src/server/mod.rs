@@ -306,7 +306,37 @@ pub fn truncate(s: &str, n: usize) -> String {
 /// with the reason until the exchange is restarted.
 fn readyz(state: &AppState) -> Response<Body> {
     match state.ledger.failure() {
-        None => json_response(200, br#"{"status":"ready"}"#.to_vec()),
+        None => {
+            // Which model version serves each vertical that declares features (null: none
+            // yet, so cold-start rates).
+            let rt = state.runtime.load();
+            let models: serde_json::Map<String, serde_json::Value> = rt
+                .config
+                .verticals
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.features.is_some())
+                .map(|(i, v)| {
+                    let ver = rt
+                        .models
+                        .get(i)
+                        .and_then(|m| m.as_ref())
+                        .map(|m| m.version.clone());
+                    (
+                        v.name.clone(),
+                        ver.map_or(serde_json::Value::Null, Into::into),
+                    )
+                })
+                .collect();
+            json_response(
+                200,
+                to_json(&serde_json::json!({
+                    "status": "ready",
+                    "generation": rt.generation,
+                    "models": models,
+                })),
+            )
+        }
         Some(why) => json_response(
             503,
             to_json(&serde_json::json!({
