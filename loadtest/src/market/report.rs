@@ -157,15 +157,22 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
     }
     let test = o.learn_leads()..o.learn_leads() + o.test_leads();
     let mut replay = BTreeMap::new();
+    let mut replayed = Vec::new();
     for (name, rank) in [("price", Rank::Price), ("true_ev", Rank::TrueEv)] {
         let outs: Vec<_> = test
             .clone()
             .map(|i| replay_lead(world, i, &lead(world.seed, i).features, rank))
             .collect();
         replay.insert(name.to_string(), summarize(&outs, n));
+        replayed.push((format!("replay_{name}"), outs));
     }
     let mut rolling = BTreeMap::new();
-    for (leg, outs) in &run.held_out {
+    let legs = run
+        .held_out
+        .iter()
+        .map(|(leg, outs)| (leg.name().to_string(), outs))
+        .chain(replayed.iter().map(|(name, outs)| (name.clone(), outs)));
+    for (name, outs) in legs {
         let r = rolling_mean(&revenue_series(outs), o.window);
         let stride = (r.len() / SERIES_POINTS_MAX).max(1);
         let points: Vec<(u64, f64)> = r
@@ -174,7 +181,7 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
             .filter(|(i, _)| i % stride == 0 || *i + 1 == r.len())
             .filter_map(|(i, v)| v.map(|v| (i as u64, v)))
             .collect();
-        rolling.insert(leg.name().to_string(), points);
+        rolling.insert(name, points);
     }
     MarketReport {
         scenario: "market".into(),
@@ -272,19 +279,24 @@ pub fn markdown(r: &MarketReport) -> String {
             }
         );
     }
-    m.push_str("\nSold (kept) per buyer:\n\n| buyer |");
-    for l in &r.legs {
-        let _ = write!(m, " {} |", l.leg.name());
+    m.push_str("\nSold (kept) per buyer, held-out:\n\n| buyer |");
+    let cols: Vec<(String, &LegSummary)> = r
+        .legs
+        .iter()
+        .map(|l| (l.leg.name().to_string(), &l.summary))
+        .chain(r.replay.iter().map(|(k, s)| (format!("replay {k}"), s)))
+        .collect();
+    for (name, _) in &cols {
+        let _ = write!(m, " {name} |");
     }
     m.push_str("\n|---|");
-    for _ in &r.legs {
+    for _ in &cols {
         m.push_str("---|");
     }
     m.push('\n');
     for (k, id) in r.buyer_ids.iter().enumerate() {
         let _ = write!(m, "| {id} |");
-        for l in &r.legs {
-            let s = &l.summary;
+        for (_, s) in &cols {
             let _ = write!(m, " {} ({}) |", s.sold_by_buyer.get(k).unwrap_or(&0), s.kept_by_buyer.get(k).unwrap_or(&0));
         }
         m.push('\n');
@@ -356,6 +368,16 @@ pub fn write_svg(r: &MarketReport, path: &Path) -> anyhow::Result<()> {
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(leg.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    for (name, color) in [("replay_price", LEG_COLORS[0].1), ("replay_true_ev", LEG_COLORS[2].1)] {
+        let Some(points) = r.rolling.get(name) else {
+            continue;
+        };
+        let pts: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x as f64, y)).collect();
+        chart
+            .draw_series(DashedLineSeries::new(pts, 3, 3, color.mix(0.6).stroke_width(1)))?
+            .label(format!("{name} (ideal, no exchange)"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.mix(0.6).stroke_width(1)));
     }
     if let Some(d) = r.opts.drift_at_lead {
         let d = d as f64;
