@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use loadtest::market::accounting::{recovery, revenue_series, rolling_mean, summarize, LeadOutcome};
+use loadtest::market::accounting::{
+    recovery, revenue_series, rolling_mean, summarize, LeadOutcome,
+};
 use loadtest::market::config::{leg_config, Leg, LegConfig};
 use loadtest::market::run::parse_trained_version;
 use loadtest::market::MarketOpts;
@@ -68,7 +70,13 @@ fn recovery_is_found_on_a_synthetic_series() {
     // drift at 1,000, then 10 again.
     let oracle = vec![10.0; 2_000];
     let ev: Vec<f64> = (0..2_000)
-        .map(|i| if (1_000..1_300).contains(&i) { 5.0 } else { 10.0 })
+        .map(|i| {
+            if (1_000..1_300).contains(&i) {
+                5.0
+            } else {
+                10.0
+            }
+        })
         .collect();
     let r = recovery(&ev, &oracle, 1_000, 100, 0.9);
     assert!(r.dipped);
@@ -78,7 +86,9 @@ fn recovery_is_found_on_a_synthetic_series() {
     assert_eq!(r.recovered_after_leads, Some(1_379 + 1 - 1_000));
 
     // Never recovers within the run.
-    let bad: Vec<f64> = (0..2_000).map(|i| if i >= 1_000 { 5.0 } else { 10.0 }).collect();
+    let bad: Vec<f64> = (0..2_000)
+        .map(|i| if i >= 1_000 { 5.0 } else { 10.0 })
+        .collect();
     let r = recovery(&bad, &oracle, 1_000, 100, 0.9);
     assert_eq!(r.recovered_after_leads, None);
     assert!(r.dipped);
@@ -121,7 +131,13 @@ fn options_are_bounded() {
         ..opts()
     };
     let e = bad.validate(6).unwrap_err();
-    for what in ["--leads-per-day", "--drift-at-lead", "--drift-buyer", "--window", "--explore-share"] {
+    for what in [
+        "--leads-per-day",
+        "--drift-at-lead",
+        "--drift-buyer",
+        "--window",
+        "--explore-share",
+    ] {
         assert!(e.contains(what), "{what} in {e}");
     }
     let huge = MarketOpts {
@@ -158,12 +174,21 @@ fn the_leg_config_isolates_the_issue_8_sections() {
         ping_timeout_ms: 500,
     };
     let (today, env) = leg_config(&cfg(Leg::Price, false));
-    for absent in ["routing", "features", "[learning]", "key_sha256 = \"1", "award"] {
+    for absent in [
+        "routing",
+        "features",
+        "[learning]",
+        "key_sha256 = \"1",
+        "award",
+    ] {
         assert!(!today.contains(absent), "{absent} in the legacy config");
     }
     assert!(today.contains("lead_ref = { type = \"string\""));
     assert!(today.contains("[buyers.sim0_apex]"));
-    assert_eq!(env, vec![("PINGPOST_SIM_SECRET_0".to_string(), SECRET.to_string())]);
+    assert_eq!(
+        env,
+        vec![("PINGPOST_SIM_SECRET_0".to_string(), SECRET.to_string())]
+    );
 
     let (ev, _) = leg_config(&cfg(Leg::Ev, true));
     assert!(ev.contains("award = \"ev\""));
@@ -210,7 +235,10 @@ const SECRET: &str = "whsec-market-test-secret-0123456789";
 
 #[test]
 fn the_trained_version_is_read_from_the_last_line() {
-    assert_eq!(parse_trained_version("v2026-11-30T01-00\n"), Some("v2026-11-30T01-00".into()));
+    assert_eq!(
+        parse_trained_version("v2026-11-30T01-00\n"),
+        Some("v2026-11-30T01-00".into())
+    );
     assert_eq!(
         parse_trained_version("trained 2 models\nnew version: 20261130-0102\n\n"),
         Some("20261130-0102".into())

@@ -45,7 +45,11 @@ fn json_has_the_xgboost_1_6_2_shape() {
     assert_eq!(trees.len(), terms);
     for (i, t) in trees.iter().enumerate() {
         assert_eq!(t["id"], i);
-        let n: usize = t["tree_param"]["num_nodes"].as_str().unwrap().parse().unwrap();
+        let n: usize = t["tree_param"]["num_nodes"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         for k in [
             "split_indices",
             "split_conditions",
@@ -66,7 +70,10 @@ fn json_has_the_xgboost_1_6_2_shape() {
         for (node, f) in t["split_indices"].as_array().unwrap().iter().enumerate() {
             let f = f.as_u64().unwrap() as u32;
             let leaf = t["left_children"][node] == -1;
-            assert!(leaf || f < 4 || f == BUYER_FEATURE, "tree {i} node {node} feature {f}");
+            assert!(
+                leaf || f < 4 || f == BUYER_FEATURE,
+                "tree {i} node {node} feature {f}"
+            );
         }
         assert_eq!(t["parents"][0], 2_147_483_647_i64);
     }
@@ -100,7 +107,11 @@ fn each_term_reaches_only_its_buyer() {
     assert_eq!(e.predict_margin(&row(30.0, "b1")), 1.5);
     assert_eq!(e.predict_margin(&row(20.0, "b2")), -2.0);
     assert_eq!(e.predict_margin(&row(30.0, "b2")), 0.5);
-    assert_eq!(e.predict_margin(&row(f32::NAN, "b2")), 0.5, "missing goes right");
+    assert_eq!(
+        e.predict_margin(&row(f32::NAN, "b2")),
+        0.5,
+        "missing goes right"
+    );
     assert_eq!(e.predict_margin(&row(30.0, "other")), 0.0);
     let mut no_buyer = row(30.0, "b1");
     no_buyer[BUYER_FEATURE as usize] = f32::NAN;
@@ -151,8 +162,9 @@ fn xgboost_itself_predicts_what_the_buyers_draw_from() {
                 rows += 1;
             }
         }
-        let d = DMatrix::from_col_major_f32(&x, 4 * NUM_FEATURES, 4, rows, NUM_FEATURES, 1, f32::NAN)
-            .unwrap();
+        let d =
+            DMatrix::from_col_major_f32(&x, 4 * NUM_FEATURES, 4, rows, NUM_FEATURES, 1, f32::NAN)
+                .unwrap();
         let theirs = booster.predict(&d).unwrap();
         assert_eq!(theirs.len(), rows);
         let mut worst = 0.0_f32;

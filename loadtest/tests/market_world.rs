@@ -18,12 +18,21 @@ fn leads_are_reproducible_from_the_seed() {
             assert!(a.ping.get(pii).is_none(), "{pii} in the ping");
             assert!(a.full.get(pii).is_some(), "{pii} missing from the post");
         }
-        assert_eq!(a.features.map(f32::to_bits), lead_features(&a.ping).map(f32::to_bits));
+        assert_eq!(
+            a.features.map(f32::to_bits),
+            lead_features(&a.ping).map(f32::to_bits)
+        );
     }
-    let different = (0..50).filter(|i| lead(42, *i).ping != lead(43, *i).ping).count();
-    assert!(different >= 45, "another seed, other leads ({different}/50)");
-    let distinct: std::collections::BTreeSet<String> =
-        (0..200).map(|i| lead(42, i).ping["age"].to_string()).collect();
+    let different = (0..50)
+        .filter(|i| lead(42, *i).ping != lead(43, *i).ping)
+        .count();
+    assert!(
+        different >= 45,
+        "another seed, other leads ({different}/50)"
+    );
+    let distinct: std::collections::BTreeSet<String> = (0..200)
+        .map(|i| lead(42, i).ping["age"].to_string())
+        .collect();
     assert!(distinct.len() > 10);
 }
 
@@ -49,7 +58,10 @@ fn bids_and_draws_are_the_same_on_every_leg() {
             assert_eq!(a.realize(i, &f, k), b.realize(i, &f, k));
             differ += usize::from(a.bid(i, &f, k) != c.bid(i, &f, k));
             if let Some(bid) = a.bid(i, &f, k) {
-                assert!(bid.0 >= 1_000_000 && bid.0 % 10_000 == 0, "whole cents, >= $1");
+                assert!(
+                    bid.0 >= 1_000_000 && bid.0 % 10_000 == 0,
+                    "whole cents, >= $1"
+                );
             }
             let r = a.realize(i, &f, k);
             assert!(!(r.kept && r.returns));
@@ -73,7 +85,10 @@ fn realization_rates_follow_the_truth() {
     }
     let expected = p_sum / 4_000.0;
     let observed = f64::from(kept) / 4_000.0;
-    assert!((expected - observed).abs() < 0.03, "{expected} vs {observed}");
+    assert!(
+        (expected - observed).abs() < 0.03,
+        "{expected} vs {observed}"
+    );
 }
 
 #[test]
@@ -90,6 +105,11 @@ fn replay_by_true_ev_beats_replay_by_price() {
     let ev = run(Rank::TrueEv);
     // The price ranking gives most leads to the highest bidder (apex).
     assert!(price.sold_by_buyer[0] * 2 > price.sold);
-    assert!(ev.realized_per_lead > price.realized_per_lead * 1.2, "{} vs {}", ev.realized_per_lead, price.realized_per_lead);
+    assert!(
+        ev.realized_per_lead > price.realized_per_lead * 1.2,
+        "{} vs {}",
+        ev.realized_per_lead,
+        price.realized_per_lead
+    );
     assert!(ev.kept > price.kept);
 }

@@ -157,7 +157,13 @@ fn window_ratio(ev: &[f64], oracle: &[f64], end: usize, w: usize) -> Option<f64>
 
 /// Finds when the rolling EV/oracle revenue ratio gets back to `threshold` after
 /// `drift_at` (see [`Recovery`]). The two series are lead-aligned.
-pub fn recovery(ev: &[f64], oracle: &[f64], drift_at: usize, window: usize, threshold: f64) -> Recovery {
+pub fn recovery(
+    ev: &[f64],
+    oracle: &[f64],
+    drift_at: usize,
+    window: usize,
+    threshold: f64,
+) -> Recovery {
     let w = window.max(1);
     let n = ev.len().min(oracle.len());
     let mut min: Option<f64> = None;

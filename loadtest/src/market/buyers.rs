@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bidder_sdk::{BidReply, Bidder, PingMessage, PostMessage, PostReply, Secret, ServeOptions, ServerHandle};
+use bidder_sdk::{
+    BidReply, Bidder, PingMessage, PostMessage, PostReply, Secret, ServeOptions, ServerHandle,
+};
 
 use super::world::{lead_features, lead_ref, World};
 use crate::sim::{SimBuyerInfo, SIM_BID_EXPIRES_IN_MS};
@@ -119,7 +121,9 @@ pub struct LegFleet {
 
 impl std::fmt::Debug for LegFleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LegFleet").field("infos", &self.infos.len()).finish()
+        f.debug_struct("LegFleet")
+            .field("infos", &self.infos.len())
+            .finish()
     }
 }
 
@@ -163,6 +167,7 @@ pub async fn start_leg_fleet(world: &Arc<World>) -> std::io::Result<LegFleet> {
 impl LegFleet {
     /// Stops every buyer.
     pub async fn shutdown(self) {
-        let _ = futures_util::future::join_all(self.handles.into_iter().map(|h| h.shutdown())).await;
+        let _ =
+            futures_util::future::join_all(self.handles.into_iter().map(|h| h.shutdown())).await;
     }
 }

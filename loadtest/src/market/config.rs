@@ -115,7 +115,12 @@ pub fn features_toml() -> String {
         }
         t.push_str(" },\n");
     }
-    let list = |v: &[&str]| v.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = write!(
         t,
         "]\ncontext = [{}]\nbuyer = [{}]\n",

@@ -82,7 +82,10 @@ impl MarketOpts {
     pub fn validate(&self, buyers: usize) -> Result<(), String> {
         let mut p = Vec::new();
         if self.leads_per_day == 0 || self.leads_per_day > 100_000 {
-            p.push(format!("--leads-per-day must be 1..=100000, not {}", self.leads_per_day));
+            p.push(format!(
+                "--leads-per-day must be 1..=100000, not {}",
+                self.leads_per_day
+            ));
         }
         if self.test_days == 0 || self.test_days > 365 || self.learn_days > 365 {
             p.push("--test-days must be 1..=365 and --learn-days 0..=365".to_string());
@@ -93,20 +96,35 @@ impl MarketOpts {
         }
         if let Some(d) = self.drift_at_lead {
             if d >= self.test_leads() {
-                p.push(format!("--drift-at-lead {d} must be within the {} held-out leads", self.test_leads()));
+                p.push(format!(
+                    "--drift-at-lead {d} must be within the {} held-out leads",
+                    self.test_leads()
+                ));
             }
         }
         if self.drift_buyer >= buyers {
-            p.push(format!("--drift-buyer {} must be below {buyers}", self.drift_buyer));
+            p.push(format!(
+                "--drift-buyer {} must be below {buyers}",
+                self.drift_buyer
+            ));
         }
         if self.window < 10 || self.window as u64 > self.test_leads().max(10) {
-            p.push(format!("--window {} must be 10..=held-out leads", self.window));
+            p.push(format!(
+                "--window {} must be 10..=held-out leads",
+                self.window
+            ));
         }
         if !(0.0..=0.5).contains(&self.explore_share) {
-            p.push(format!("--explore-share {} must be 0..=0.5", self.explore_share));
+            p.push(format!(
+                "--explore-share {} must be 0..=0.5",
+                self.explore_share
+            ));
         }
         if self.ping_timeout_ms == 0 || self.ping_timeout_ms > 5_000 {
-            p.push(format!("--ping-timeout-ms {} must be 1..=5000", self.ping_timeout_ms));
+            p.push(format!(
+                "--ping-timeout-ms {} must be 1..=5000",
+                self.ping_timeout_ms
+            ));
         }
         if p.is_empty() {
             Ok(())

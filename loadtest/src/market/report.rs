@@ -9,8 +9,10 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::accounting::{recovery, replay_lead, revenue_series, rolling_mean, summarize, Rank, Recovery};
 use super::accounting::LegSummary;
+use super::accounting::{
+    recovery, replay_lead, revenue_series, rolling_mean, summarize, Rank, Recovery,
+};
 use super::config::Leg;
 use super::run::MarketRun;
 use super::world::{lead, BuyerProfile, World, DRIFT_BASE_MARGIN};
@@ -229,7 +231,11 @@ fn verdict(met: Option<bool>) -> &'static str {
 pub fn markdown(r: &MarketReport) -> String {
     let o = &r.opts;
     let mut m = String::new();
-    let _ = writeln!(m, "# loadtest run market (seed {}, commit {}, {})\n", o.seed, r.commit, r.date);
+    let _ = writeln!(
+        m,
+        "# loadtest run market (seed {}, commit {}, {})\n",
+        o.seed, r.commit, r.date
+    );
     let _ = writeln!(
         m,
         "{} buyers; {} leads/day; learning {} days ({} leads), held-out {} days ({} leads); drift: {}; EV leg `retrain_after_dispositions` = {}; rolling window {} leads.\n",
@@ -251,7 +257,14 @@ pub fn markdown(r: &MarketReport) -> String {
         let _ = writeln!(
             m,
             "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
-            s.leads, s.quoted, s.sold, s.kept, s.returned, s.rejected_posts, s.errors, s.realized_per_lead
+            s.leads,
+            s.quoted,
+            s.sold,
+            s.kept,
+            s.returned,
+            s.rejected_posts,
+            s.errors,
+            s.realized_per_lead
         );
     };
     if let Some(l) = &r.learning {
@@ -265,7 +278,14 @@ pub fn markdown(r: &MarketReport) -> String {
     }
     m.push_str("\n| target | goal | value | verdict |\n|---|---|---|---|\n");
     for t in &r.targets {
-        let _ = writeln!(m, "| {} | {} | {} | {} |", t.name, t.goal, fmt_opt(t.value, 3), verdict(t.met));
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            fmt_opt(t.value, 3),
+            verdict(t.met)
+        );
     }
     if let Some(rec) = &r.recovery {
         let _ = writeln!(
@@ -297,7 +317,12 @@ pub fn markdown(r: &MarketReport) -> String {
     for (k, id) in r.buyer_ids.iter().enumerate() {
         let _ = write!(m, "| {id} |");
         for (_, s) in &cols {
-            let _ = write!(m, " {} ({}) |", s.sold_by_buyer.get(k).unwrap_or(&0), s.kept_by_buyer.get(k).unwrap_or(&0));
+            let _ = write!(
+                m,
+                " {} ({}) |",
+                s.sold_by_buyer.get(k).unwrap_or(&0),
+                s.kept_by_buyer.get(k).unwrap_or(&0)
+            );
         }
         m.push('\n');
     }
@@ -306,7 +331,12 @@ pub fn markdown(r: &MarketReport) -> String {
     }
     for (leg, n, first) in &r.disposition_errors {
         if *n > 0 {
-            let _ = writeln!(m, "\n{}: {n} dispositions refused; first: {}", leg.name(), first.as_deref().unwrap_or("-"));
+            let _ = writeln!(
+                m,
+                "\n{}: {n} dispositions refused; first: {}",
+                leg.name(),
+                first.as_deref().unwrap_or("-")
+            );
         }
     }
     if !r.notes.is_empty() {
@@ -315,7 +345,11 @@ pub fn markdown(r: &MarketReport) -> String {
             let _ = writeln!(m, "- {n}");
         }
     }
-    let phases: Vec<String> = r.phase_s.iter().map(|(p, s)| format!("{p} {s:.1} s")).collect();
+    let phases: Vec<String> = r
+        .phase_s
+        .iter()
+        .map(|(p, s)| format!("{p} {s:.1} s"))
+        .collect();
     if !phases.is_empty() {
         let _ = writeln!(m, "\nPhases: {}.", phases.join(", "));
     }
@@ -369,15 +403,25 @@ pub fn write_svg(r: &MarketReport, path: &Path) -> anyhow::Result<()> {
             .label(leg.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
     }
-    for (name, color) in [("replay_price", LEG_COLORS[0].1), ("replay_true_ev", LEG_COLORS[2].1)] {
+    for (name, color) in [
+        ("replay_price", LEG_COLORS[0].1),
+        ("replay_true_ev", LEG_COLORS[2].1),
+    ] {
         let Some(points) = r.rolling.get(name) else {
             continue;
         };
         let pts: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x as f64, y)).collect();
         chart
-            .draw_series(DashedLineSeries::new(pts, 3, 3, color.mix(0.6).stroke_width(1)))?
+            .draw_series(DashedLineSeries::new(
+                pts,
+                3,
+                3,
+                color.mix(0.6).stroke_width(1),
+            ))?
             .label(format!("{name} (ideal, no exchange)"))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.mix(0.6).stroke_width(1)));
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 18, y)], color.mix(0.6).stroke_width(1))
+            });
     }
     if let Some(d) = r.opts.drift_at_lead {
         let d = d as f64;

@@ -54,7 +54,10 @@ async fn call(
     bearer: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    let bytes = body.map(|b| serde_json::to_vec(b)).transpose()?.unwrap_or_default();
+    let bytes = body
+        .map(serde_json::to_vec)
+        .transpose()?
+        .unwrap_or_default();
     let req = Request::builder()
         .method(method)
         .uri(url)
@@ -96,6 +99,7 @@ impl ExchangeProc {
         listen: std::net::SocketAddr,
         log: &Path,
     ) -> anyhow::Result<ExchangeProc> {
+        let log_path = log.to_path_buf();
         let log = std::fs::File::create(log)?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("--config")
@@ -117,11 +121,17 @@ impl ExchangeProc {
             if let Ok(Some(status)) = p.child.try_wait() {
                 bail!(
                     "the exchange exited ({status}) before it was healthy: see {}",
-                    config.with_extension("log").display()
+                    log_path.display()
                 );
             }
-            if let Ok((200, _)) =
-                call(&c, Method::GET, &format!("http://{listen}/healthz"), "", None).await
+            if let Ok((200, _)) = call(
+                &c,
+                Method::GET,
+                &format!("http://{listen}/healthz"),
+                "",
+                None,
+            )
+            .await
             {
                 return Ok(p);
             }
@@ -151,7 +161,11 @@ impl ExchangeProc {
 
 /// Runs `pingpost <args>` to completion (bounded); its stdout, or an error with the tail
 /// of its stderr.
-async fn pingpost_cmd(bin: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
+async fn pingpost_cmd(
+    bin: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+) -> anyhow::Result<String> {
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -167,12 +181,32 @@ async fn pingpost_cmd(bin: &Path, args: &[&str], env: &[(String, String)]) -> an
         .with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))?;
     let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| anyhow!("pingpost {}: still running after {} s", args.join(" "), COMMAND_TIMEOUT.as_secs()))??;
+        .map_err(|_| {
+            anyhow!(
+                "pingpost {}: still running after {} s",
+                args.join(" "),
+                COMMAND_TIMEOUT.as_secs()
+            )
+        })??;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
-        bail!("pingpost {} failed ({}): {} {}", args.first().copied().unwrap_or(""), out.status, stdout.trim(), tail);
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" | ");
+        bail!(
+            "pingpost {} failed ({}): {} {}",
+            args.first().copied().unwrap_or(""),
+            out.status,
+            stdout.trim(),
+            tail
+        );
     }
     Ok(stdout)
 }
@@ -201,6 +235,8 @@ struct LegRig {
     disposition_errors: u64,
     /// The first such error, for the report.
     first_disposition_error: Option<String>,
+    /// Exchange starts so far (names the logs: `pingpost-1.log`, ...).
+    starts: u32,
 }
 
 impl LegRig {
@@ -228,6 +264,7 @@ impl LegRig {
             admin_token: format!("mka-{:032x}", rand::random::<u128>()),
             disposition_errors: 0,
             first_disposition_error: None,
+            starts: 0,
         })
     }
 
@@ -236,7 +273,12 @@ impl LegRig {
     }
 
     /// Writes the leg's config (`retrain_after` only matters on the EV leg).
-    fn write_config(&mut self, world: &World, o: &MarketOpts, retrain_after: Option<u64>) -> anyhow::Result<()> {
+    fn write_config(
+        &mut self,
+        world: &World,
+        o: &MarketOpts,
+        retrain_after: Option<u64>,
+    ) -> anyhow::Result<()> {
         let (toml, mut env) = leg_config(&LegConfig {
             leg: self.leg,
             listen: self.listen,
@@ -259,10 +301,11 @@ impl LegRig {
     }
 
     async fn start_exchange(&mut self, bin: &Path) -> anyhow::Result<()> {
-        let log = self.dir.join(format!("pingpost-{}.log", rand::random::<u32>()));
+        self.starts += 1;
+        let log = self.dir.join(format!("pingpost-{}.log", self.starts));
         let p = ExchangeProc::start(bin, &self.config_path(), &self.env, self.listen, &log)
             .await
-            .with_context(|| format!("{} leg (log: {})", self.leg.name(), log.display()))?;
+            .with_context(|| format!("the {} leg's exchange", self.leg.name()))?;
         self.exchange = Some(p);
         Ok(())
     }
@@ -277,9 +320,19 @@ impl LegRig {
     async fn serve_models(&self, version: Option<&str>) -> anyhow::Result<Value> {
         let body = json!({"vertical": VERTICAL, "version": version});
         let url = format!("http://{}/admin/models", self.admin);
-        let (status, answer) = call(&self.client, Method::POST, &url, &self.admin_token, Some(&body)).await?;
+        let (status, answer) = call(
+            &self.client,
+            Method::POST,
+            &url,
+            &self.admin_token,
+            Some(&body),
+        )
+        .await?;
         if status != 200 {
-            bail!("POST /admin/models {body} on the {} leg: {status} {answer}", self.leg.name());
+            bail!(
+                "POST /admin/models {body} on the {} leg: {status} {answer}",
+                self.leg.name()
+            );
         }
         Ok(answer)
     }
@@ -317,9 +370,18 @@ impl LegRig {
         };
         let base = format!("http://{}", self.listen);
         let ping = json!({"vertical": VERTICAL, "lead": l.ping, "source": {"sub_id": "market"}});
-        let answer = call(&self.client, Method::POST, &format!("{base}/v1/ping"), SELLER_KEY, Some(&ping)).await;
+        let answer = call(
+            &self.client,
+            Method::POST,
+            &format!("{base}/v1/ping"),
+            SELLER_KEY,
+            Some(&ping),
+        )
+        .await;
         let ping_id = match answer {
-            Ok((200, v)) if v["status"] == "bid" => v["ping_id"].as_str().unwrap_or_default().to_string(),
+            Ok((200, v)) if v["status"] == "bid" => {
+                v["ping_id"].as_str().unwrap_or_default().to_string()
+            }
             Ok((200, _)) => return out,
             _ => {
                 out.error = true;
@@ -328,11 +390,20 @@ impl LegRig {
         };
         out.quoted = true;
         let post = json!({"ping_id": ping_id, "lead": l.full});
-        let answer = call(&self.client, Method::POST, &format!("{base}/v1/post"), SELLER_KEY, Some(&post)).await;
+        let answer = call(
+            &self.client,
+            Method::POST,
+            &format!("{base}/v1/post"),
+            SELLER_KEY,
+            Some(&post),
+        )
+        .await;
         let events = self.fleet.book.take(i);
         out.rejected_posts = events.iter().filter(|e| !e.accepted).count() as u32;
         let lead_id = match answer {
-            Ok((200, v)) if v["status"] == "sold" => v["lead_id"].as_str().unwrap_or_default().to_string(),
+            Ok((200, v)) if v["status"] == "sold" => {
+                v["lead_id"].as_str().unwrap_or_default().to_string()
+            }
             Ok((200, _)) => return out,
             _ => {
                 out.error = true;
@@ -358,7 +429,14 @@ impl LegRig {
             };
             let body = json!({"lead_id": lead_id, "outcome": outcome, "reason": reason});
             let key = self.buyer_keys.get(sale.buyer).cloned().unwrap_or_default();
-            let r = call(&self.client, Method::POST, &format!("{base}/v1/dispositions"), &key, Some(&body)).await;
+            let r = call(
+                &self.client,
+                Method::POST,
+                &format!("{base}/v1/dispositions"),
+                &key,
+                Some(&body),
+            )
+            .await;
             match r {
                 Ok((s, _)) if (200..300).contains(&s) => {}
                 other => {
@@ -398,7 +476,15 @@ pub struct MarketRun {
     pub disposition_errors: Vec<(Leg, u64, Option<String>)>,
 }
 
-async fn run_leads(rig: &mut LegRig, world: &World, range: std::ops::Range<u64>, dispositions: bool, bin: &Path, oracle_drift: Option<(u64, &Path)>, notes: &mut Vec<String>) -> Vec<LeadOutcome> {
+async fn run_leads(
+    rig: &mut LegRig,
+    world: &World,
+    range: std::ops::Range<u64>,
+    dispositions: bool,
+    bin: &Path,
+    oracle_drift: Option<(u64, &Path)>,
+    notes: &mut Vec<String>,
+) -> Vec<LeadOutcome> {
     let mut outs = Vec::with_capacity((range.end - range.start) as usize);
     let name = rig.leg.name();
     for i in range.clone() {
@@ -417,7 +503,7 @@ async fn run_leads(rig: &mut LegRig, world: &World, range: std::ops::Range<u64>,
         }
         outs.push(rig.run_lead(world, i, dispositions).await);
         let done = i + 1 - range.start;
-        if done % 500 == 0 {
+        if done.is_multiple_of(500) {
             eprintln!("market: {name}: {done}/{} leads", range.end - range.start);
         }
     }
@@ -425,7 +511,8 @@ async fn run_leads(rig: &mut LegRig, world: &World, range: std::ops::Range<u64>,
 }
 
 fn phase(name: &str, run: &mut MarketRun, t: &mut Instant) {
-    run.phase_s.push((name.to_string(), t.elapsed().as_secs_f64()));
+    run.phase_s
+        .push((name.to_string(), t.elapsed().as_secs_f64()));
     *t = Instant::now();
 }
 
@@ -445,8 +532,14 @@ async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> an
     let mut t = Instant::now();
     let truth_v1 = o.out.join("truth-v1.json");
     let truth_v2 = o.out.join("truth-v2.json");
-    std::fs::write(&truth_v1, serde_json::to_vec(&world.truth.to_xgboost_json())?)?;
-    std::fs::write(&truth_v2, serde_json::to_vec(&world.truth_drifted.to_xgboost_json())?)?;
+    std::fs::write(
+        &truth_v1,
+        serde_json::to_vec(&world.truth.to_xgboost_json())?,
+    )?;
+    std::fs::write(
+        &truth_v2,
+        serde_json::to_vec(&world.truth_drifted.to_xgboost_json())?,
+    )?;
 
     let mut price = LegRig::new(Leg::Price, &world, &o.out).await?;
     price.write_config(&world, o, None)?;
@@ -466,7 +559,16 @@ async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> an
     ev.write_config(&world, o, None)?;
     ev.start_exchange(bin).await?;
     eprintln!("market: learning period, {learn} leads on the EV exchange without a model");
-    run.learning = run_leads(&mut ev, &world, 0..learn, dispositions, bin, None, &mut run.notes).await;
+    run.learning = run_leads(
+        &mut ev,
+        &world,
+        0..learn,
+        dispositions,
+        bin,
+        None,
+        &mut run.notes,
+    )
+    .await;
     ev.stop_exchange().await;
     phase("learning", run, &mut t);
 
@@ -475,20 +577,36 @@ async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> an
     let retrain = (o.retrain_after > 0).then_some(o.retrain_after);
     ev.write_config(&world, o, retrain)?;
     let cfg = ev.config_path();
-    let trained = pingpost_cmd(bin, &["train", "--config", &cfg.to_string_lossy(), "--vertical", VERTICAL], &ev.env).await;
+    let trained = pingpost_cmd(
+        bin,
+        &[
+            "train",
+            "--config",
+            &cfg.to_string_lossy(),
+            "--vertical",
+            VERTICAL,
+        ],
+        &ev.env,
+    )
+    .await;
     phase("train", run, &mut t);
     ev.start_exchange(bin).await?;
     match trained {
         Ok(stdout) => match parse_trained_version(&stdout) {
             Some(v) => {
                 if let Err(e) = ev.serve_models(Some(&v)).await {
-                    run.notes.push(format!("ev: serving the trained models failed: {e:#}"));
+                    run.notes
+                        .push(format!("ev: serving the trained models failed: {e:#}"));
                 }
                 run.trained_version = Some(v);
             }
-            None => run.notes.push(format!("ev: `pingpost train` printed no version: {stdout:?}")),
+            None => run.notes.push(format!(
+                "ev: `pingpost train` printed no version: {stdout:?}"
+            )),
         },
-        Err(e) => run.notes.push(format!("ev: `pingpost train` failed, the EV leg runs on cold-start rates: {e:#}")),
+        Err(e) => run.notes.push(format!(
+            "ev: `pingpost train` failed, the EV leg runs on cold-start rates: {e:#}"
+        )),
     }
 
     // 3. The oracle serves the truth; the price leg ranks by price.
@@ -501,24 +619,57 @@ async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> an
     }
     .await;
     if let Err(e) = served {
-        run.notes.push(format!("oracle: serving the truth failed, the oracle leg runs on cold-start rates: {e:#}"));
+        run.notes.push(format!(
+            "oracle: serving the truth failed, the oracle leg runs on cold-start rates: {e:#}"
+        ));
     }
     price.start_exchange(bin).await?;
 
     // 4. Held-out days: the same leads on all three, side by side.
-    eprintln!("market: held-out period, {} leads on price, EV and oracle", test.end - test.start);
+    eprintln!(
+        "market: held-out period, {} leads on price, EV and oracle",
+        test.end - test.start
+    );
     let drift = world.drift_at.filter(|d| test.contains(d));
     let (mut n1, mut n2, mut n3) = (Vec::new(), Vec::new(), Vec::new());
     let (p_out, e_out, o_out) = tokio::join!(
-        run_leads(&mut price, &world, test.clone(), dispositions, bin, None, &mut n1),
-        run_leads(&mut ev, &world, test.clone(), dispositions, bin, None, &mut n2),
-        run_leads(&mut oracle, &world, test.clone(), dispositions, bin, drift.map(|d| (d, truth_v2.as_path())), &mut n3),
+        run_leads(
+            &mut price,
+            &world,
+            test.clone(),
+            dispositions,
+            bin,
+            None,
+            &mut n1
+        ),
+        run_leads(
+            &mut ev,
+            &world,
+            test.clone(),
+            dispositions,
+            bin,
+            None,
+            &mut n2
+        ),
+        run_leads(
+            &mut oracle,
+            &world,
+            test.clone(),
+            dispositions,
+            bin,
+            drift.map(|d| (d, truth_v2.as_path())),
+            &mut n3
+        ),
     );
     run.notes.extend(n1.into_iter().chain(n2).chain(n3));
     phase("held_out", run, &mut t);
     run.held_out = vec![(Leg::Price, p_out), (Leg::Ev, e_out), (Leg::Oracle, o_out)];
     for rig in [&price, &ev, &oracle] {
-        run.disposition_errors.push((rig.leg, rig.disposition_errors, rig.first_disposition_error.clone()));
+        run.disposition_errors.push((
+            rig.leg,
+            rig.disposition_errors,
+            rig.first_disposition_error.clone(),
+        ));
     }
     price.shutdown().await;
     ev.shutdown().await;

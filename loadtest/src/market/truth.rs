@@ -283,29 +283,47 @@ impl Ensemble {
         for t in trees {
             let ints = |k: &str| -> Result<Vec<i64>, String> {
                 t[k].as_array()
-                    .ok_or(format!("{k}"))?
+                    .ok_or_else(|| k.to_string())?
                     .iter()
                     .map(|x| x.as_i64().ok_or(format!("{k}: not an integer")))
                     .collect()
             };
             let floats = |k: &str| -> Result<Vec<f32>, String> {
                 t[k].as_array()
-                    .ok_or(format!("{k}"))?
+                    .ok_or_else(|| k.to_string())?
                     .iter()
-                    .map(|x| x.as_f64().map(|f| f as f32).ok_or(format!("{k}: not a number")))
+                    .map(|x| {
+                        x.as_f64()
+                            .map(|f| f as f32)
+                            .ok_or(format!("{k}: not a number"))
+                    })
                     .collect()
             };
             let tree = Tree {
-                feature: ints("split_indices")?.into_iter().map(|x| x as u32).collect(),
+                feature: ints("split_indices")?
+                    .into_iter()
+                    .map(|x| x as u32)
+                    .collect(),
                 cond: floats("split_conditions")?,
                 default_left: ints("default_left")?.into_iter().map(|x| x != 0).collect(),
-                left: ints("left_children")?.into_iter().map(|x| x as i32).collect(),
-                right: ints("right_children")?.into_iter().map(|x| x as i32).collect(),
+                left: ints("left_children")?
+                    .into_iter()
+                    .map(|x| x as i32)
+                    .collect(),
+                right: ints("right_children")?
+                    .into_iter()
+                    .map(|x| x as i32)
+                    .collect(),
             };
             let n = tree.left.len();
-            if [tree.feature.len(), tree.cond.len(), tree.default_left.len(), tree.right.len()]
-                .iter()
-                .any(|l| *l != n)
+            if [
+                tree.feature.len(),
+                tree.cond.len(),
+                tree.default_left.len(),
+                tree.right.len(),
+            ]
+            .iter()
+            .any(|l| *l != n)
             {
                 return Err("tree arrays of different lengths".into());
             }

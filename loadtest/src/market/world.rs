@@ -256,7 +256,11 @@ pub fn lead(seed: u64, index: u64) -> MarketLead {
 /// boolean 1/0; categorical: index; otherwise missing).
 pub fn lead_features(lead: &Value) -> [f32; 4] {
     let num = |k: &str| lead[k].as_f64().map_or(f32::NAN, |x| x as f32);
-    let boolean = |k: &str| lead[k].as_bool().map_or(f32::NAN, |b| if b { 1.0 } else { 0.0 });
+    let boolean = |k: &str| {
+        lead[k]
+            .as_bool()
+            .map_or(f32::NAN, |b| if b { 1.0 } else { 0.0 })
+    };
     let credit = lead["credit"]
         .as_str()
         .and_then(|c| CREDIT.iter().position(|x| *x == c))
@@ -266,7 +270,11 @@ pub fn lead_features(lead: &Value) -> [f32; 4] {
 
 /// The lead index in a ping or post's lead (`"m<index>"`).
 pub fn lead_ref(lead: &std::collections::BTreeMap<String, Value>) -> Option<u64> {
-    lead.get(LEAD_REF_FIELD)?.as_str()?.strip_prefix('m')?.parse().ok()
+    lead.get(LEAD_REF_FIELD)?
+        .as_str()?
+        .strip_prefix('m')?
+        .parse()
+        .ok()
 }
 
 /// The whole world: buyers, their truths, the drift.
@@ -327,7 +335,12 @@ pub struct Realization {
 
 impl World {
     /// The default buyers with `seed`, drifting `drift_buyer` at lead `drift_at`.
-    pub fn new(seed: u64, buyers: Vec<BuyerProfile>, drift_at: Option<u64>, drift_buyer: usize) -> World {
+    pub fn new(
+        seed: u64,
+        buyers: Vec<BuyerProfile>,
+        drift_at: Option<u64>,
+        drift_buyer: usize,
+    ) -> World {
         let ids: Vec<String> = buyers
             .iter()
             .enumerate()
@@ -359,7 +372,10 @@ impl World {
     pub fn row(&self, features: &[f32; 4], k: usize) -> [f32; NUM_FEATURES] {
         let mut row = [f32::NAN; NUM_FEATURES];
         row[..4].copy_from_slice(features);
-        row[BUYER_FEATURE as usize] = self.ids.get(k).map_or(f32::NAN, |id| super::truth::id_hash(id));
+        row[BUYER_FEATURE as usize] = self
+            .ids
+            .get(k)
+            .map_or(f32::NAN, |id| super::truth::id_hash(id));
         row
     }
 
