@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::accounting::LeadOutcome;
-use super::buyers::{start_leg_fleet, LegFleet};
+use super::buyers::{start_leg_fleet, LegFleet, PostBook};
 use super::config::{leg_config, Leg, LegConfig, ADMIN_TOKEN_ENV};
 use super::world::{lead, World};
 use super::MarketOpts;
@@ -36,7 +36,8 @@ const ANSWER_BODY_MAX: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Patience for `pingpost train` and `pingpost models import`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-const SELLER_KEY: &str = "market-seller-key-0123456789";
+/// The market seller's bearer key (loopback only; the config stores its SHA-256).
+pub const MARKET_SELLER_KEY: &str = "market-seller-key-0123456789";
 
 fn client() -> HttpClient {
     let mut http = HttpConnector::new();
@@ -231,10 +232,7 @@ struct LegRig {
     buyer_keys: Vec<String>,
     client: HttpClient,
     admin_token: String,
-    /// Dispositions answered with an error (issue 8 not merged, or a real problem).
-    disposition_errors: u64,
-    /// The first such error, for the report.
-    first_disposition_error: Option<String>,
+    driver: LegDriver,
     /// Exchange starts so far (names the logs: `pingpost-1.log`, ...).
     starts: u32,
 }
@@ -248,22 +246,28 @@ impl LegRig {
         }
         std::fs::create_dir_all(&dir)?;
         let fleet = start_leg_fleet(world).await?;
-        let buyer_keys = (0..world.buyers.len())
+        let buyer_keys: Vec<String> = (0..world.buyers.len())
             .map(|_| format!("mkb-{:032x}", rand::random::<u128>()))
             .collect();
+        let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let driver = LegDriver::new(
+            listen,
+            Arc::clone(&fleet.book),
+            buyer_keys.clone(),
+            MARKET_SELLER_KEY,
+        );
         Ok(LegRig {
             leg,
             fleet,
             exchange: None,
-            listen: format!("127.0.0.1:{}", free_port()?).parse()?,
+            listen,
             admin: format!("127.0.0.1:{}", free_port()?).parse()?,
             dir,
             env: Vec::new(),
             buyer_keys,
             client: client(),
             admin_token: format!("mka-{:032x}", rand::random::<u128>()),
-            disposition_errors: 0,
-            first_disposition_error: None,
+            driver,
             starts: 0,
         })
     }
@@ -288,7 +292,7 @@ impl LegRig {
             buyers: &self.fleet.infos,
             ids: &world.ids,
             buyer_keys: &self.buyer_keys,
-            seller_key: SELLER_KEY,
+            seller_key: MARKET_SELLER_KEY,
             issue8: !o.legacy,
             retrain_after,
             explore_share: o.explore_share,
@@ -360,9 +364,61 @@ impl LegRig {
         .map(|_| ())
     }
 
+    async fn run_lead(&mut self, world: &World, i: u64, dispositions: bool) -> LeadOutcome {
+        self.driver.run_lead(world, i, dispositions).await
+    }
+
+    async fn shutdown(mut self) {
+        self.stop_exchange().await;
+        self.fleet.shutdown().await;
+    }
+}
+
+/// The seller of one leg, and its buyers' disposition reports: drives one lead at a time
+/// through an exchange at `listen` whose buyers write to `book`.
+pub struct LegDriver {
+    listen: std::net::SocketAddr,
+    book: Arc<PostBook>,
+    buyer_keys: Vec<String>,
+    seller_key: String,
+    client: HttpClient,
+    /// Dispositions answered with an error (issue 8 not merged, or a real problem).
+    pub disposition_errors: u64,
+    /// The first such error, for the report.
+    pub first_disposition_error: Option<String>,
+}
+
+impl std::fmt::Debug for LegDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegDriver")
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+impl LegDriver {
+    /// A driver for the exchange at `listen` (seller key `seller_key`), whose buyers
+    /// record their posts in `book` and report dispositions with `buyer_keys`.
+    pub fn new(
+        listen: std::net::SocketAddr,
+        book: Arc<PostBook>,
+        buyer_keys: Vec<String>,
+        seller_key: &str,
+    ) -> LegDriver {
+        LegDriver {
+            listen,
+            book,
+            buyer_keys,
+            seller_key: seller_key.to_string(),
+            client: client(),
+            disposition_errors: 0,
+            first_disposition_error: None,
+        }
+    }
+
     /// One lead, as a seller and then its buyer would: ping, post if it got a bid, and a
     /// disposition from the buyer that took it.
-    async fn run_lead(&mut self, world: &World, i: u64, dispositions: bool) -> LeadOutcome {
+    pub async fn run_lead(&mut self, world: &World, i: u64, dispositions: bool) -> LeadOutcome {
         let l = lead(world.seed, i);
         let mut out = LeadOutcome {
             lead: i,
@@ -374,7 +430,7 @@ impl LegRig {
             &self.client,
             Method::POST,
             &format!("{base}/v1/ping"),
-            SELLER_KEY,
+            &self.seller_key,
             Some(&ping),
         )
         .await;
@@ -394,11 +450,11 @@ impl LegRig {
             &self.client,
             Method::POST,
             &format!("{base}/v1/post"),
-            SELLER_KEY,
+            &self.seller_key,
             Some(&post),
         )
         .await;
-        let events = self.fleet.book.take(i);
+        let events = self.book.take(i);
         out.rejected_posts = events.iter().filter(|e| !e.accepted).count() as u32;
         let lead_id = match answer {
             Ok((200, v)) if v["status"] == "sold" => {
@@ -451,11 +507,6 @@ impl LegRig {
             }
         }
         out
-    }
-
-    async fn shutdown(mut self) {
-        self.stop_exchange().await;
-        self.fleet.shutdown().await;
     }
 }
 
@@ -667,8 +718,8 @@ async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> an
     for rig in [&price, &ev, &oracle] {
         run.disposition_errors.push((
             rig.leg,
-            rig.disposition_errors,
-            rig.first_disposition_error.clone(),
+            rig.driver.disposition_errors,
+            rig.driver.first_disposition_error.clone(),
         ));
     }
     price.shutdown().await;
