@@ -133,10 +133,10 @@ struct RunArgs {
     #[arg(long)]
     wrap: Option<String>,
     /// market: days of the learning period (EV exchange, no model yet).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     learn_days: u64,
     /// market: held-out days, the same leads on the price, EV and oracle exchanges.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 6)]
     test_days: u64,
     /// market: leads per simulated day.
     #[arg(long, default_value_t = 500)]
@@ -160,8 +160,14 @@ struct RunArgs {
     /// market: the EV exchange's `routing.explore_share`.
     #[arg(long, default_value_t = 0.05)]
     explore_share: f64,
-    /// market: run only the price-only leg against today's exchange (no issue-8
-    /// configuration, training, dispositions, EV or oracle legs).
+    /// market: the issue-8 pieces the exchange has, comma-separated: routing (award and
+    /// features config), learning (`[learning]`, train, models import, POST /admin/models),
+    /// dispositions (buyer keys, POST /v1/dispositions); `all` or `none`. What is missing
+    /// is left out of the config and the run (and of the report's figures).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pieces: Vec<String>,
+    /// market: `--pieces none`: the price-only leg alone against an exchange from before
+    /// issue 8.
     #[arg(long)]
     legacy: bool,
 }
@@ -1047,7 +1053,11 @@ async fn run_market(args: &RunArgs, out: PathBuf, exchange_bin: PathBuf) -> anyh
         window: args.window,
         explore_share: args.explore_share,
         ping_timeout_ms: MARKET_PING_TIMEOUT_MS,
-        legacy: args.legacy,
+        pieces: if args.legacy {
+            market::Pieces::NONE
+        } else {
+            market::Pieces::parse(&args.pieces).map_err(|e| anyhow!(e))?
+        },
         exchange_bin,
         out: out.clone(),
     };

@@ -8,7 +8,7 @@ use loadtest::market::accounting::{
 };
 use loadtest::market::config::{leg_config, Leg, LegConfig};
 use loadtest::market::run::parse_trained_version;
-use loadtest::market::MarketOpts;
+use loadtest::market::{MarketOpts, Pieces};
 use loadtest::sim::SimBuyerInfo;
 
 fn sale(lead: u64, buyer: usize, dollars: i64, kept: bool) -> LeadOutcome {
@@ -111,7 +111,7 @@ fn opts() -> MarketOpts {
         window: 250,
         explore_share: 0.05,
         ping_timeout_ms: 500,
-        legacy: false,
+        pieces: loadtest::market::Pieces::ALL,
         exchange_bin: PathBuf::from("pingpost"),
         out: PathBuf::from("/tmp/x"),
     }
@@ -158,7 +158,7 @@ fn the_leg_config_isolates_the_issue_8_sections() {
     }];
     let ids = vec!["sim0_apex".to_string()];
     let keys = vec!["buyer-key".to_string()];
-    let cfg = |leg, issue8| LegConfig {
+    let cfg = |leg, all: bool| LegConfig {
         leg,
         listen: "127.0.0.1:5000".parse().unwrap(),
         admin_listen: "127.0.0.1:5001".parse().unwrap(),
@@ -168,7 +168,7 @@ fn the_leg_config_isolates_the_issue_8_sections() {
         ids: &ids,
         buyer_keys: &keys,
         seller_key: "seller",
-        issue8,
+        pieces: if all { Pieces::ALL } else { Pieces::NONE },
         retrain_after: Some(300),
         explore_share: 0.05,
         ping_timeout_ms: 500,
@@ -232,6 +232,56 @@ fn the_leg_config_isolates_the_issue_8_sections() {
 }
 
 const SECRET: &str = "whsec-market-test-secret-0123456789";
+
+#[test]
+fn pieces_parse_and_select_the_config_sections() {
+    let list = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+    assert_eq!(Pieces::parse(&list("all")), Ok(Pieces::ALL));
+    assert_eq!(Pieces::parse(&list("none")), Ok(Pieces::NONE));
+    assert_eq!(
+        Pieces::parse(&list("routing,dispositions")),
+        Ok(Pieces {
+            routing: true,
+            learning: false,
+            dispositions: true
+        })
+    );
+    assert!(Pieces::parse(&list("routing,magic"))
+        .unwrap_err()
+        .contains("magic"));
+    let buyers = vec![SimBuyerInfo {
+        name: "apex".into(),
+        addr: "127.0.0.1:4000".parse().unwrap(),
+        secret: SECRET.into(),
+        http2: false,
+    }];
+    let ids = vec!["sim0_apex".to_string()];
+    let keys = vec!["k".to_string()];
+    let routing_only = Pieces {
+        routing: true,
+        learning: false,
+        dispositions: false,
+    };
+    let (ev, _) = leg_config(&LegConfig {
+        leg: Leg::Ev,
+        listen: "127.0.0.1:5000".parse().unwrap(),
+        admin_listen: "127.0.0.1:5001".parse().unwrap(),
+        ledger_path: "/tmp/l".into(),
+        models_dir: "/tmp/m".into(),
+        buyers: &buyers,
+        ids: &ids,
+        buyer_keys: &keys,
+        seller_key: "seller",
+        pieces: routing_only,
+        retrain_after: Some(300),
+        explore_share: 0.05,
+        ping_timeout_ms: 500,
+    });
+    assert!(ev.contains("award = \"ev\"") && ev.contains("[verticals.auto_insurance.features]"));
+    assert!(!ev.contains("[learning]") && !ev.contains("retrain_after"));
+    // Only the seller has a key.
+    assert_eq!(ev.matches("key_sha256").count(), 1);
+}
 
 #[test]
 fn the_trained_version_is_read_from_the_last_line() {

@@ -30,7 +30,7 @@ async fn the_price_leg_matches_its_replay_lead_for_lead() {
         ids: &world.ids,
         buyer_keys: &keys,
         seller_key: MARKET_SELLER_KEY,
-        issue8: false,
+        pieces: loadtest::market::Pieces::NONE,
         retrain_after: None,
         explore_share: 0.0,
         ping_timeout_ms: 500,

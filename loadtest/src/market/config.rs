@@ -1,10 +1,11 @@
 //! The exchange configuration of one market leg.
 //!
-//! Everything issue 8 adds to the configuration is written only when
-//! [`LegConfig::issue8`] is set, in clearly marked blocks: `[verticals.V.routing]`,
-//! `[verticals.V.features]`, `[learning]` and the buyers' `key_sha256`. Without it the
-//! file is one today's exchange loads (its loader refuses unknown keys), and the leg can
-//! only be the price-only one.
+//! Everything issue 8 adds to the configuration is written only for the pieces in
+//! [`LegConfig::pieces`], in clearly marked blocks: `[verticals.V.routing]` and
+//! `[verticals.V.features]` (routing), `[learning]` (learning) and the buyers'
+//! `key_sha256` (dispositions). Without any, the file is one an exchange from before
+//! issue 8 loads (its loader refuses unknown keys), and the leg can only be the
+//! price-only one.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -64,8 +65,8 @@ pub struct LegConfig<'a> {
     pub buyer_keys: &'a [String],
     /// The seller's bearer key.
     pub seller_key: &'a str,
-    /// Write the issue-8 sections (routing, features, learning, buyer keys).
-    pub issue8: bool,
+    /// Which issue-8 sections to write.
+    pub pieces: super::Pieces,
     /// `[learning] retrain_after_dispositions` (EV leg only).
     pub retrain_after: Option<u64>,
     /// `routing.explore_share`.
@@ -159,8 +160,8 @@ floor = 0
         admin = toml_string(&c.admin_listen.to_string()),
         deadline = c.ping_timeout_ms + 100,
     );
-    if c.issue8 {
-        // ---- issue 8 (AI routing): needs the features/EV award branch ----
+    if c.pieces.routing {
+        // ---- issue 8 (AI routing): needs the features/EV award pieces ----
         let award = match c.leg {
             Leg::Price => "price",
             Leg::Ev | Leg::Oracle => "ev",
@@ -175,8 +176,8 @@ floor = 0
             "\n# issue 8\n[verticals.{VERTICAL}.routing]\naward = \"{award}\"\nexplore_share = {explore}\nprior_weight = 20\n\n{}",
             features_toml()
         );
-        if c.leg != Leg::Price {
-            // ---- issue 8: needs the `[learning]` branch ----
+        if c.leg != Leg::Price && c.pieces.learning {
+            // ---- issue 8: needs the `[learning]` piece ----
             let _ = write!(
                 t,
                 "\n# issue 8\n[learning]\nmodels_dir = {}\n",
@@ -218,7 +219,7 @@ timezone = "UTC"
             addr = buyer.addr,
             ping = c.ping_timeout_ms,
         );
-        if c.issue8 {
+        if c.pieces.dispositions {
             if let Some(key) = c.buyer_keys.get(index) {
                 // issue 8: needs the dispositions branch (per-buyer key digest)
                 let _ = writeln!(t, "key_sha256 = \"{}\"", sha256_hex(key));

@@ -54,12 +54,65 @@ pub struct MarketOpts {
     pub explore_share: f64,
     /// Every buyer's `ping_timeout_ms`.
     pub ping_timeout_ms: u64,
-    /// Today's exchange: the price-only leg alone, no issue-8 configuration.
-    pub legacy: bool,
+    /// Which issue-8 pieces the exchange under test has (the rest is left out).
+    pub pieces: Pieces,
     /// The `pingpost` binary.
     pub exchange_bin: PathBuf,
     /// Where the files go.
     pub out: PathBuf,
+}
+
+/// The issue-8 pieces of the exchange the run drives. Each one the exchange lacks is left
+/// out of the configuration and of the run, and what it would have measured is not
+/// measured (the report says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pieces {
+    /// `[verticals.V.routing]` (`award = "price" | "ev"`) and `[verticals.V.features]`.
+    /// Without it the exchange is configured as before issue 8 and only the price leg
+    /// runs (an exchange whose default award is EV is then NOT price-only).
+    pub routing: bool,
+    /// `[learning]` (`models_dir`, `retrain_after_dispositions`), `pingpost train`,
+    /// `pingpost models import` and `POST /admin/models`. Without it the EV leg runs on
+    /// the cold-start rates and the oracle leg does not run.
+    pub learning: bool,
+    /// Per-buyer `key_sha256` and `POST /v1/dispositions`. Without it no disposition is
+    /// reported (returns are still counted by the simulation).
+    pub dispositions: bool,
+}
+
+impl Pieces {
+    /// Every piece.
+    pub const ALL: Pieces = Pieces {
+        routing: true,
+        learning: true,
+        dispositions: true,
+    };
+    /// None: an exchange from before issue 8.
+    pub const NONE: Pieces = Pieces {
+        routing: false,
+        learning: false,
+        dispositions: false,
+    };
+
+    /// Parses `routing,learning,dispositions` (any subset; `none` or empty: none; `all`).
+    pub fn parse(list: &[String]) -> Result<Pieces, String> {
+        let mut p = Pieces::NONE;
+        for item in list {
+            match item.trim() {
+                "routing" => p.routing = true,
+                "learning" => p.learning = true,
+                "dispositions" => p.dispositions = true,
+                "all" => p = Pieces::ALL,
+                "none" | "" => {}
+                other => {
+                    return Err(format!(
+                        "unknown piece {other:?}: routing, learning, dispositions, all or none"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
 impl MarketOpts {

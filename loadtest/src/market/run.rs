@@ -4,8 +4,9 @@
 //! dispositions with each buyer's own key, trains and swaps models through the real
 //! commands and the admin API, and collects every lead's outcome.
 //!
-//! Issue-8 dependent steps (marked "issue 8" below) are skipped with `--legacy`, which
-//! runs the price-only leg against today's exchange.
+//! Issue-8 dependent steps (marked "issue 8" below) are skipped for the pieces the
+//! exchange lacks ([`super::Pieces`]): `--legacy` runs the price-only leg against an
+//! exchange from before issue 8.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -293,7 +294,7 @@ impl LegRig {
             ids: &world.ids,
             buyer_keys: &self.buyer_keys,
             seller_key: MARKET_SELLER_KEY,
-            issue8: !o.legacy,
+            pieces: o.pieces,
             retrain_after,
             explore_share: o.explore_share,
             ping_timeout_ms: o.ping_timeout_ms,
@@ -527,6 +528,8 @@ pub struct MarketRun {
     pub disposition_errors: Vec<(Leg, u64, Option<String>)>,
 }
 
+/// Runs `range` on one leg, one lead at a time; the oracle leg (`oracle_drift` set) is
+/// served the drifted truth just before the drifted lead. Returns the outcomes and notes.
 async fn run_leads(
     rig: &mut LegRig,
     world: &World,
@@ -534,8 +537,8 @@ async fn run_leads(
     dispositions: bool,
     bin: &Path,
     oracle_drift: Option<(u64, &Path)>,
-    notes: &mut Vec<String>,
-) -> Vec<LeadOutcome> {
+) -> (Vec<LeadOutcome>, Vec<String>) {
+    let mut notes = Vec::new();
     let mut outs = Vec::with_capacity((range.end - range.start) as usize);
     let name = rig.leg.name();
     for i in range.clone() {
@@ -558,7 +561,7 @@ async fn run_leads(
             eprintln!("market: {name}: {done}/{} leads", range.end - range.start);
         }
     }
-    outs
+    (outs, notes)
 }
 
 fn phase(name: &str, run: &mut MarketRun, t: &mut Instant) {
@@ -577,9 +580,10 @@ pub async fn run_market(o: &MarketOpts, world: Arc<World>) -> (MarketRun, anyhow
 
 async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> anyhow::Result<()> {
     let bin = &o.exchange_bin;
+    let pieces = o.pieces;
     let learn = o.learn_leads();
     let test = learn..learn + o.test_leads();
-    let dispositions = !o.legacy;
+    let dispositions = pieces.dispositions;
     let mut t = Instant::now();
     let truth_v1 = o.out.join("truth-v1.json");
     let truth_v2 = o.out.join("truth-v2.json");
@@ -591,139 +595,121 @@ async fn run_inner(o: &MarketOpts, world: Arc<World>, run: &mut MarketRun) -> an
         &truth_v2,
         serde_json::to_vec(&world.truth_drifted.to_xgboost_json())?,
     )?;
+    if !pieces.dispositions {
+        run.notes.push("no dispositions piece: no buyer key in the config and no disposition reported (returns are counted by the simulation only, the exchange never learns of them)".into());
+    }
 
+    let mut legs: Vec<LegRig> = Vec::new();
     let mut price = LegRig::new(Leg::Price, &world, &o.out).await?;
     price.write_config(&world, o, None)?;
-    if o.legacy {
-        run.notes.push("--legacy: today's exchange, price-only leg; no learning period, training, dispositions, EV or oracle legs (they need the issue-8 branches)".into());
+    if !pieces.routing {
+        run.notes.push("no routing piece: the exchange is configured as before issue 8 and only the price leg runs (no learning period, EV or oracle leg); against an exchange whose default award is EV this leg is NOT price-only".into());
         price.start_exchange(bin).await?;
-        let outs = run_leads(&mut price, &world, test, false, bin, None, &mut run.notes).await;
-        run.held_out.push((Leg::Price, outs));
-        phase("held_out", run, &mut t);
-        price.shutdown().await;
-        return Ok(());
-    }
+        legs.push(price);
+    } else {
+        // ---- issue 8 from here on ----
+        // 1. Learning period: the EV exchange with no model (cold-start rates + exploration).
+        let mut ev = LegRig::new(Leg::Ev, &world, &o.out).await?;
+        ev.write_config(&world, o, None)?;
+        ev.start_exchange(bin).await?;
+        eprintln!("market: learning period, {learn} leads on the EV exchange without a model");
+        let (outs, notes) = run_leads(&mut ev, &world, 0..learn, dispositions, bin, None).await;
+        run.learning = outs;
+        run.notes.extend(notes);
+        phase("learning", run, &mut t);
 
-    // ---- issue 8 from here on ----
-    // 1. Learning period: the EV exchange with no model (cold-start rates + exploration).
-    let mut ev = LegRig::new(Leg::Ev, &world, &o.out).await?;
-    ev.write_config(&world, o, None)?;
-    ev.start_exchange(bin).await?;
-    eprintln!("market: learning period, {learn} leads on the EV exchange without a model");
-    run.learning = run_leads(
-        &mut ev,
-        &world,
-        0..learn,
-        dispositions,
-        bin,
-        None,
-        &mut run.notes,
-    )
-    .await;
-    ev.stop_exchange().await;
-    phase("learning", run, &mut t);
-
-    // 2. Train from the EV exchange's ledger (stopped, so it reads a quiet ledger), then
-    //    restart it with continuous retraining on and serve the new version.
-    let retrain = (o.retrain_after > 0).then_some(o.retrain_after);
-    ev.write_config(&world, o, retrain)?;
-    let cfg = ev.config_path();
-    let trained = pingpost_cmd(
-        bin,
-        &[
-            "train",
-            "--config",
-            &cfg.to_string_lossy(),
-            "--vertical",
-            VERTICAL,
-        ],
-        &ev.env,
-    )
-    .await;
-    phase("train", run, &mut t);
-    ev.start_exchange(bin).await?;
-    match trained {
-        Ok(stdout) => match parse_trained_version(&stdout) {
-            Some(v) => {
-                if let Err(e) = ev.serve_models(Some(&v)).await {
-                    run.notes
-                        .push(format!("ev: serving the trained models failed: {e:#}"));
-                }
-                run.trained_version = Some(v);
+        let mut oracle = None;
+        if pieces.learning {
+            // 2. Train from the EV exchange's ledger (stopped, so it reads a quiet ledger),
+            //    then restart it with continuous retraining on and serve the new version.
+            ev.stop_exchange().await;
+            let retrain = (o.retrain_after > 0).then_some(o.retrain_after);
+            ev.write_config(&world, o, retrain)?;
+            let cfg = ev.config_path();
+            let trained = pingpost_cmd(
+                bin,
+                &[
+                    "train",
+                    "--config",
+                    &cfg.to_string_lossy(),
+                    "--vertical",
+                    VERTICAL,
+                ],
+                &ev.env,
+            )
+            .await;
+            phase("train", run, &mut t);
+            ev.start_exchange(bin).await?;
+            match trained {
+                Ok(stdout) => match parse_trained_version(&stdout) {
+                    Some(v) => {
+                        if let Err(e) = ev.serve_models(Some(&v)).await {
+                            run.notes
+                                .push(format!("ev: serving the trained models failed: {e:#}"));
+                        }
+                        run.trained_version = Some(v);
+                    }
+                    None => run.notes.push(format!(
+                        "ev: `pingpost train` printed no version: {stdout:?}"
+                    )),
+                },
+                Err(e) => run.notes.push(format!(
+                    "ev: `pingpost train` failed, the EV leg runs on cold-start rates: {e:#}"
+                )),
             }
-            None => run.notes.push(format!(
-                "ev: `pingpost train` printed no version: {stdout:?}"
-            )),
-        },
-        Err(e) => run.notes.push(format!(
-            "ev: `pingpost train` failed, the EV leg runs on cold-start rates: {e:#}"
-        )),
+            // 3. The oracle serves the truth.
+            let mut or = LegRig::new(Leg::Oracle, &world, &o.out).await?;
+            or.write_config(&world, o, None)?;
+            or.start_exchange(bin).await?;
+            let served = async {
+                or.import_model(bin, "truth-v1", &truth_v1).await?;
+                or.serve_models(Some("truth-v1")).await
+            }
+            .await;
+            if let Err(e) = served {
+                run.notes.push(format!("oracle: serving the truth failed, the oracle leg runs on cold-start rates: {e:#}"));
+            }
+            oracle = Some(or);
+        } else {
+            run.notes.push("no learning piece: no training, no models; the EV leg keeps running on the cold-start rates and exploration, and there is no oracle leg".into());
+        }
+        price.start_exchange(bin).await?;
+        legs.push(price);
+        legs.push(ev);
+        legs.extend(oracle);
     }
 
-    // 3. The oracle serves the truth; the price leg ranks by price.
-    let mut oracle = LegRig::new(Leg::Oracle, &world, &o.out).await?;
-    oracle.write_config(&world, o, None)?;
-    oracle.start_exchange(bin).await?;
-    let served = async {
-        oracle.import_model(bin, "truth-v1", &truth_v1).await?;
-        oracle.serve_models(Some("truth-v1")).await
-    }
-    .await;
-    if let Err(e) = served {
-        run.notes.push(format!(
-            "oracle: serving the truth failed, the oracle leg runs on cold-start rates: {e:#}"
-        ));
-    }
-    price.start_exchange(bin).await?;
-
-    // 4. Held-out days: the same leads on all three, side by side.
+    // 4. Held-out days: the same leads on every leg, side by side.
     eprintln!(
-        "market: held-out period, {} leads on price, EV and oracle",
-        test.end - test.start
+        "market: held-out period, {} leads on {}",
+        test.end - test.start,
+        legs.iter()
+            .map(|l| l.leg.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let drift = world.drift_at.filter(|d| test.contains(d));
-    let (mut n1, mut n2, mut n3) = (Vec::new(), Vec::new(), Vec::new());
-    let (p_out, e_out, o_out) = tokio::join!(
-        run_leads(
-            &mut price,
-            &world,
-            test.clone(),
-            dispositions,
-            bin,
-            None,
-            &mut n1
-        ),
-        run_leads(
-            &mut ev,
-            &world,
-            test.clone(),
-            dispositions,
-            bin,
-            None,
-            &mut n2
-        ),
-        run_leads(
-            &mut oracle,
-            &world,
-            test.clone(),
-            dispositions,
-            bin,
-            drift.map(|d| (d, truth_v2.as_path())),
-            &mut n3
-        ),
-    );
-    run.notes.extend(n1.into_iter().chain(n2).chain(n3));
+    let results = futures_util::future::join_all(legs.iter_mut().map(|rig| {
+        let oracle_drift = (rig.leg == Leg::Oracle)
+            .then(|| drift.map(|d| (d, truth_v2.as_path())))
+            .flatten();
+        run_leads(rig, &world, test.clone(), dispositions, bin, oracle_drift)
+    }))
+    .await;
     phase("held_out", run, &mut t);
-    run.held_out = vec![(Leg::Price, p_out), (Leg::Ev, e_out), (Leg::Oracle, o_out)];
-    for rig in [&price, &ev, &oracle] {
-        run.disposition_errors.push((
-            rig.leg,
-            rig.driver.disposition_errors,
-            rig.driver.first_disposition_error.clone(),
-        ));
+    for (rig, (outs, notes)) in legs.iter().zip(results) {
+        run.notes.extend(notes);
+        run.held_out.push((rig.leg, outs));
+        if dispositions {
+            run.disposition_errors.push((
+                rig.leg,
+                rig.driver.disposition_errors,
+                rig.driver.first_disposition_error.clone(),
+            ));
+        }
     }
-    price.shutdown().await;
-    ev.shutdown().await;
-    oracle.shutdown().await;
+    for rig in legs {
+        rig.shutdown().await;
+    }
     Ok(())
 }
