@@ -53,6 +53,21 @@ async fn the_price_leg_matches_its_replay_lead_for_lead() {
     for i in 0..150 {
         live.push(driver.run_lead(&world, i, false).await);
     }
+    // Dispositions to an exchange without the endpoint: each sale's report is refused,
+    // counted, and changes nothing else.
+    let mut sold = 0;
+    for i in 150..170 {
+        let o = driver.run_lead(&world, i, true).await;
+        assert_eq!(
+            o,
+            replay_lead(&world, i, &lead(world.seed, i).features, Rank::Price)
+        );
+        sold += u64::from(o.sold);
+    }
+    assert!(sold > 0);
+    assert_eq!(driver.disposition_errors, sold);
+    let first = driver.first_disposition_error.clone().unwrap_or_default();
+    assert!(first.starts_with("404"), "{first}");
     let replay: Vec<_> = (0..150)
         .map(|i| replay_lead(&world, i, &lead(world.seed, i).features, Rank::Price))
         .collect();

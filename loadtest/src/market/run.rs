@@ -37,6 +37,10 @@ const ANSWER_BODY_MAX: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Patience for `pingpost train` and `pingpost models import`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a disposition answered `429` is tried again, and how long apart.
+const DISPOSITION_RETRIES_MAX: u32 = 100;
+const DISPOSITION_RETRY_WAIT: Duration = Duration::from_millis(20);
+
 /// The market seller's bearer key (loopback only; the config stores its SHA-256).
 pub const MARKET_SELLER_KEY: &str = "market-seller-key-0123456789";
 
@@ -479,21 +483,23 @@ impl LegDriver {
         out.returned = !sale.kept;
         if dispositions {
             // issue 8: the buyer reports what became of the lead with its own key.
-            let (outcome, reason) = if sale.kept {
-                ("sold", Value::Null)
+            let body = if sale.kept {
+                json!({"lead_id": lead_id, "outcome": "sold"})
             } else {
-                ("returned", json!("not_interested"))
+                json!({"lead_id": lead_id, "outcome": "returned", "reason": "not_interested"})
             };
-            let body = json!({"lead_id": lead_id, "outcome": outcome, "reason": reason});
             let key = self.buyer_keys.get(sale.buyer).cloned().unwrap_or_default();
-            let r = call(
-                &self.client,
-                Method::POST,
-                &format!("{base}/v1/dispositions"),
-                &key,
-                Some(&body),
-            )
-            .await;
+            let url = format!("{base}/v1/dispositions");
+            let mut r = call(&self.client, Method::POST, &url, &key, Some(&body)).await;
+            // Dispositions are rate-limited per buyer (a token bucket): wait for a token,
+            // a bounded number of times.
+            for _ in 0..DISPOSITION_RETRIES_MAX {
+                if !matches!(r, Ok((429, _))) {
+                    break;
+                }
+                tokio::time::sleep(DISPOSITION_RETRY_WAIT).await;
+                r = call(&self.client, Method::POST, &url, &key, Some(&body)).await;
+            }
             match r {
                 Ok((s, _)) if (200..300).contains(&s) => {}
                 other => {
