@@ -92,6 +92,20 @@ pub struct MarketReport {
     pub phase_s: Vec<(String, f64)>,
     /// Rolling realized revenue per lead per leg: `(held-out lead, dollars)`.
     pub rolling: BTreeMap<String, Vec<(u64, f64)>>,
+    /// Realized revenue per lead of each simulated day, per leg (`learning` for the
+    /// learning period).
+    pub by_day: BTreeMap<String, Vec<f64>>,
+}
+
+/// Realized dollars per lead of each `per_day`-lead day (the last one may be partial).
+pub fn per_day(outcomes: &[super::accounting::LeadOutcome], per_day: u64) -> Vec<f64> {
+    outcomes
+        .chunks(per_day.max(1) as usize)
+        .map(|day| {
+            let sum: i64 = day.iter().map(|o| o.realized_micros()).sum();
+            sum as f64 / 1e6 / day.len().max(1) as f64
+        })
+        .collect()
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -185,6 +199,16 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
             .collect();
         rolling.insert(name, points);
     }
+    let mut by_day = BTreeMap::new();
+    if !run.learning.is_empty() {
+        by_day.insert(
+            "learning".to_string(),
+            per_day(&run.learning, o.leads_per_day),
+        );
+    }
+    for (leg, outs) in &run.held_out {
+        by_day.insert(leg.name().to_string(), per_day(outs, o.leads_per_day));
+    }
     MarketReport {
         scenario: "market".into(),
         date: cmd_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
@@ -212,6 +236,7 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
         notes: run.notes.clone(),
         phase_s: run.phase_s.clone(),
         rolling,
+        by_day,
     }
 }
 
@@ -325,6 +350,13 @@ pub fn markdown(r: &MarketReport) -> String {
             );
         }
         m.push('\n');
+    }
+    if !r.by_day.is_empty() {
+        m.push_str("\nRealized $/lead by day:\n\n");
+        for (name, days) in &r.by_day {
+            let list: Vec<String> = days.iter().map(|d| format!("{d:.2}")).collect();
+            let _ = writeln!(m, "- {name}: {}", list.join(", "));
+        }
     }
     if let Some(v) = &r.trained_version {
         let _ = writeln!(m, "\n`pingpost train` produced version `{v}`.");
