@@ -73,6 +73,9 @@ fn a_synthetic_run_reports_ratios_targets_and_recovery() {
     let back = rec.recovered_after_leads.unwrap();
     assert!((60..=120).contains(&back), "{back}");
     assert_eq!(r.targets[2].met, Some(true));
+    assert_eq!(r.versus_replay["price / replay price"], 1.0);
+    assert_eq!(r.versus_replay["oracle / replay true_ev"], 1.0);
+    assert!(r.versus_replay["ev / replay true_ev"] < 1.0);
     assert_eq!(r.by_day["ev"].len(), 4);
     assert_eq!(r.by_day["learning"].len(), 1);
     assert!(r.rolling.contains_key("replay_true_ev"));

@@ -76,6 +76,10 @@ pub struct MarketReport {
     pub ev_over_oracle: Option<f64>,
     /// The targets.
     pub targets: Vec<Target>,
+    /// Each leg against the idealized replays (informational, no target): price /
+    /// replay-by-price (close to 1 when the exchange awards and falls back as modelled),
+    /// EV and oracle / replay-by-true-EV (how much of the ideal lift they realize).
+    pub versus_replay: BTreeMap<String, f64>,
     /// An idealized exchange on the same held-out leads and draws (no exploration, no
     /// estimation error, the exchange's fallback rule): ranking by price, and by bid x
     /// the true P. What the price and oracle legs should come close to.
@@ -182,6 +186,17 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
         replay.insert(name.to_string(), summarize(&outs, n));
         replayed.push((format!("replay_{name}"), outs));
     }
+    let mut versus_replay = BTreeMap::new();
+    for (leg, reference) in [
+        (Leg::Price, "price"),
+        (Leg::Ev, "true_ev"),
+        (Leg::Oracle, "true_ev"),
+    ] {
+        let ideal = replay.get(reference).map(|s| s.realized_per_lead);
+        if let Some(x) = ratio(per_lead(leg), ideal) {
+            versus_replay.insert(format!("{} / replay {reference}", leg.name()), x);
+        }
+    }
     let mut rolling = BTreeMap::new();
     let legs = run
         .held_out
@@ -229,6 +244,7 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
         ev_over_price,
         ev_over_oracle,
         targets,
+        versus_replay,
         replay,
         recovery: rec,
         trained_version: run.trained_version.clone(),
@@ -310,6 +326,18 @@ pub fn markdown(r: &MarketReport) -> String {
             t.goal,
             fmt_opt(t.value, 3),
             verdict(t.met)
+        );
+    }
+    if !r.versus_replay.is_empty() {
+        let list: Vec<String> = r
+            .versus_replay
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:.3}"))
+            .collect();
+        let _ = writeln!(
+            m,
+            "\nAgainst the ideal replays (no target): {}.",
+            list.join("; ")
         );
     }
     if let Some(rec) = &r.recovery {

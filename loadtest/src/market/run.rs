@@ -37,6 +37,9 @@ const ANSWER_BODY_MAX: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Patience for `pingpost train` and `pingpost models import`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// 50 ms waits for an exchange to answer `/healthz` (30 s: a restart replays its ledger).
+const HEALTHY_TRIES: u32 = 600;
+
 /// How often a disposition answered `429` is tried again, and how long apart.
 const DISPOSITION_RETRIES_MAX: u32 = 100;
 const DISPOSITION_RETRY_WAIT: Duration = Duration::from_millis(20);
@@ -123,7 +126,7 @@ impl ExchangeProc {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut p = ExchangeProc { child };
         let c = client();
-        for _ in 0..200 {
+        for _ in 0..HEALTHY_TRIES {
             if let Ok(Some(status)) = p.child.try_wait() {
                 bail!(
                     "the exchange exited ({status}) before it was healthy: see {}",
@@ -144,7 +147,7 @@ impl ExchangeProc {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         p.stop().await;
-        bail!("the exchange at {listen} did not become healthy in 10 s")
+        bail!("the exchange at {listen} did not become healthy in 30 s")
     }
 
     async fn stop(&mut self) {
