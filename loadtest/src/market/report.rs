@@ -279,11 +279,14 @@ pub fn markdown(r: &MarketReport) -> String {
     );
     let _ = writeln!(
         m,
-        "{} buyers; {} leads/day; learning {} days ({} leads), held-out {} days ({} leads); drift: {}; EV leg `retrain_after_dispositions` = {}; rolling window {} leads.\n",
+        "{} buyers; {} leads/day; learning {}, held-out {} days ({} leads); drift: {}; EV leg `retrain_after_dispositions` = {}; rolling window {} leads.\n",
         r.buyers.len(),
         o.leads_per_day,
-        o.learn_days,
-        o.learn_leads(),
+        if r.learning.is_some() {
+            format!("{} days ({} leads)", o.learn_days, o.learn_leads())
+        } else {
+            "not run".to_string()
+        },
         o.test_days,
         o.test_leads(),
         match o.drift_at_lead {
