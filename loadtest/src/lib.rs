@@ -11,6 +11,7 @@
 //! Every load run is bounded in count and time and only ever targets loopback.
 
 pub mod gen;
+pub mod market;
 pub mod relay;
 pub mod report;
 pub mod sim;

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a named scenario (p1-latency, p2-knee, p3-hang, p4-failing-buyer, soak,
-    /// many-buyers).
+    /// many-buyers, market).
     Run(Box<RunArgs>),
     /// (internal) Serve simulated buyers described by a JSON file until stdin closes.
     Sims {
@@ -64,6 +64,11 @@ enum Scenario {
     /// The exchange's added latency with 1, 1,000 and 10,000 configured buyers and the
     /// same eligible set (P7's end-to-end view; `--configured`).
     ManyBuyers,
+    /// Issue 8's proof of lift: a simulated market on three exchanges (price-only, EV with
+    /// trained models, oracle serving the truth), the same leads on each; realized revenue
+    /// per lead, and recovery after one buyer drifts (`--legacy`: price-only leg on
+    /// today's exchange).
+    Market,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +132,44 @@ struct RunArgs {
     /// given 120 s (not 5 s) to exit at the end, so the wrapper can write its output.
     #[arg(long)]
     wrap: Option<String>,
+    /// market: days of the learning period (EV exchange, no model yet).
+    #[arg(long, default_value_t = 8)]
+    learn_days: u64,
+    /// market: held-out days, the same leads on the price, EV and oracle exchanges.
+    #[arg(long, default_value_t = 6)]
+    test_days: u64,
+    /// market: leads per simulated day.
+    #[arg(long, default_value_t = 500)]
+    leads_per_day: u64,
+    /// market: the held-out lead (0-based) at which one buyer's truth drifts (default:
+    /// the middle of the held-out leads).
+    #[arg(long)]
+    drift_at_lead: Option<u64>,
+    /// market: no drift.
+    #[arg(long)]
+    no_drift: bool,
+    /// market: which buyer drifts (0 apex, 1 steady, 2 premium, 3 volume, 4 flaky, 5 youth).
+    #[arg(long, default_value_t = 1)]
+    drift_buyer: usize,
+    /// market: the EV exchange's `[learning] retrain_after_dispositions` (0: unset).
+    #[arg(long, default_value_t = 300)]
+    retrain_after: u64,
+    /// market: rolling window of the picture and the drift recovery, leads.
+    #[arg(long, default_value_t = 250)]
+    window: usize,
+    /// market: the EV exchange's `routing.explore_share`.
+    #[arg(long, default_value_t = 0.05)]
+    explore_share: f64,
+    /// market: the issue-8 pieces the exchange has, comma-separated: routing (award and
+    /// features config), learning (`[learning]`, train, models import, POST /admin/models),
+    /// dispositions (buyer keys, POST /v1/dispositions); `all` or `none`. What is missing
+    /// is left out of the config and the run (and of the report's figures).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pieces: Vec<String>,
+    /// market: `--pieces none`: the price-only leg alone against an exchange from before
+    /// issue 8.
+    #[arg(long)]
+    legacy: bool,
 }
 
 fn main() {
@@ -687,6 +730,7 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         Scenario::P4FailingBuyer => "p4-failing-buyer",
         Scenario::Soak => "soak",
         Scenario::ManyBuyers => "many-buyers",
+        Scenario::Market => "market",
     }
     .to_string();
     let out = args
@@ -700,6 +744,9 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
     };
     if !exchange_bin.exists() {
         bail!("no exchange binary at {} (build it with `cargo build --release -p pingpost`, or pass --exchange-bin)", exchange_bin.display());
+    }
+    if args.scenario == Scenario::Market {
+        return run_market(&args, out, exchange_bin).await;
     }
     for t in &args.targets {
         if !matches!(t.as_str(), "relay" | "exchange" | "direct") {
@@ -898,6 +945,8 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             ));
             report.extra.insert("many_buyers".into(), serde_json::json!(rows));
         }
+        // Handled by `run_market` before the rig is set up.
+        Scenario::Market => {}
         Scenario::Soak => {
             let rate = args.rate.unwrap_or(2000.0);
             let secs = args.duration_s.unwrap_or(600.0);
@@ -984,6 +1033,61 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `loadtest run market`: see `loadtest::market`.
+async fn run_market(args: &RunArgs, out: PathBuf, exchange_bin: PathBuf) -> anyhow::Result<()> {
+    use loadtest::market::{self, report as mreport, run::run_market, world};
+    let test_leads = args.test_days * args.leads_per_day;
+    let opts = market::MarketOpts {
+        seed: args.seed,
+        learn_days: args.learn_days,
+        test_days: args.test_days,
+        leads_per_day: args.leads_per_day,
+        drift_at_lead: if args.no_drift {
+            None
+        } else {
+            Some(args.drift_at_lead.unwrap_or(test_leads / 2))
+        },
+        drift_buyer: args.drift_buyer,
+        retrain_after: args.retrain_after,
+        window: args.window,
+        explore_share: args.explore_share,
+        ping_timeout_ms: MARKET_PING_TIMEOUT_MS,
+        pieces: if args.legacy {
+            market::Pieces::NONE
+        } else {
+            market::Pieces::parse(&args.pieces).map_err(|e| anyhow!(e))?
+        },
+        exchange_bin,
+        out: out.clone(),
+    };
+    let buyers = world::default_buyers();
+    opts.validate(buyers.len()).map_err(|e| anyhow!(e))?;
+    let world = std::sync::Arc::new(world::World::new(
+        opts.seed,
+        buyers,
+        opts.drift_global(),
+        opts.drift_buyer,
+    ));
+    let (run, outcome) = run_market(&opts, std::sync::Arc::clone(&world)).await;
+    let mut report = mreport::build(&opts, &world, &run);
+    if let Err(e) = &outcome {
+        report.notes.push(format!("the run stopped early: {e:#}"));
+    }
+    mreport::write_all(&report, &out)?;
+    println!("{}", mreport::markdown(&report));
+    println!(
+        "wrote {}, {} and {}",
+        out.join("report.json").display(),
+        out.join("report.md").display(),
+        out.join("report.svg").display()
+    );
+    outcome
+}
+
+/// The market's buyers' `ping_timeout_ms`: generous, so that a slow moment of a shared
+/// machine does not turn a bid into a timeout on one leg and not on another.
+const MARKET_PING_TIMEOUT_MS: u64 = 500;
 
 /// The knee: for each rate, direct then relay then exchange; the knee of a target is the
 /// highest rate whose p99 stays within 2.5 ms of the direct baseline at that rate with 0 errors.

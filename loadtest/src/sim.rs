@@ -650,7 +650,7 @@ fn toml_string(s: &str) -> String {
 
 /// A config id for buyer `index`: `sim{index}_` and the name's letters, digits, `_` and
 /// `-` (others become `_`), at most 64 characters. Unique by its index.
-fn buyer_id(index: usize, name: &str) -> String {
+pub fn buyer_id(index: usize, name: &str) -> String {
     let mut id = format!("sim{index}");
     let sanitized: String = name
         .chars()
