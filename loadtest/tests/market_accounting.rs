@@ -294,4 +294,11 @@ fn the_trained_version_is_read_from_the_last_line() {
         Some("20261130-0102".into())
     );
     assert_eq!(parse_trained_version("\n  \n"), None);
+    // What `pingpost train` prints: one JSON line per vertical.
+    assert_eq!(
+        parse_trained_version(
+            "{\"vertical\":\"auto_insurance\",\"version\":\"v20261130T020000000Z\",\"models\":[]}\n"
+        ),
+        Some("v20261130T020000000Z".into())
+    );
 }

@@ -220,9 +220,15 @@ async fn pingpost_cmd(
     Ok(stdout)
 }
 
-/// The version `pingpost train` printed: the last word of its last non-empty line.
+/// The version `pingpost train` printed: the `version` of its JSON line (or, failing that,
+/// the last word of its last non-empty line).
 pub fn parse_trained_version(stdout: &str) -> Option<String> {
     let line = stdout.lines().rev().find(|l| !l.trim().is_empty())?;
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        if let Some(ver) = v.get("version").and_then(serde_json::Value::as_str) {
+            return Some(ver.to_string());
+        }
+    }
     let word = line.split_whitespace().last()?;
     let word = word.trim_matches(|c: char| c == '"' || c == '\'' || c == '.' || c == ',');
     (!word.is_empty()).then(|| word.to_string())
