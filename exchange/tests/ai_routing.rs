@@ -137,6 +137,15 @@ async fn cold_start_moves_the_award_to_the_buyer_that_keeps_its_leads() {
     };
     assert_eq!(p(first, "greedy"), p(first, "steady"));
     assert!(p(last, "greedy") < p(last, "steady"), "{last}");
+    // `pingpost ledger replay` re-derives both awards from the recorded probabilities.
+    let cfg_now = ex.state.runtime.load().config.clone();
+    for r in [first, last] {
+        let id = r["auction_id"].as_str().unwrap();
+        let (a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+        let rep = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now));
+        assert!(!rep.mismatch, "{}", rep.text);
+        assert!(rep.text.contains("expected value"), "{}", rep.text);
+    }
     // The quote follows the winner: steady's 15 at 80 %.
     assert_eq!(winners.last().copied().flatten(), Some(usd(12.0)));
     assert!(steady.posts() >= 1);

@@ -18,8 +18,27 @@ use serde_json::Value;
 
 use super::reconcile::payout_text;
 use super::{for_each, money, Entry};
+use crate::config::BuyerKey;
 use crate::config::Config;
-use crate::core::award::{self, Bid, PriceRanker};
+use crate::core::award::{self, Bid, PriceRanker, Ranked, Ranker};
+
+/// Ranks by the expected value an auction recorded: each buyer's recorded `p_ppm`.
+#[derive(Debug)]
+struct RecordedRanker(Vec<(BuyerKey, u32)>);
+
+impl Ranker for RecordedRanker {
+    fn rank_values(&self, bids: &mut [Ranked], _score: Option<u8>) {
+        for r in bids {
+            let p = self
+                .0
+                .iter()
+                .find(|(k, _)| *k == r.bid.buyer)
+                .map_or(0, |(_, p)| *p);
+            r.p_ppm = Some(p);
+            r.value = award::expected_value(r.bid.price, p);
+        }
+    }
+}
 
 /// What a replay found.
 #[derive(Debug, Clone)]
@@ -210,8 +229,31 @@ so if the exchange reloaded its configuration since it started, the file may not
                     }
                     let all = bids.clone();
                     let score = a.i64("score").and_then(|x| u8::try_from(x).ok());
-                    let ranking =
-                        award::rank(bids, seller.payout, Micros(reserve), &PriceRanker, score);
+                    // Under expected value each bid line carries the probability the award
+                    // used: re-rank with it (exploration draws included); without, by price.
+                    let recorded_p: Vec<(BuyerKey, u32)> = lines
+                        .iter()
+                        .filter_map(|l| {
+                            let p = u32::try_from(l.get("p_ppm")?.as_u64()?).ok()?;
+                            let b = cfg.buyers.iter().find(|b| b.id == s(l, "buyer"))?;
+                            Some((b.key, p))
+                        })
+                        .collect();
+                    let ranking = if recorded_p.is_empty() {
+                        award::rank(bids, seller.payout, Micros(reserve), &PriceRanker, score)
+                    } else {
+                        let _ = writeln!(
+                            out,
+                            "ranked by expected value: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm)"
+                        );
+                        award::rank(
+                            bids,
+                            seller.payout,
+                            Micros(reserve),
+                            &RecordedRanker(recorded_p),
+                            score,
+                        )
+                    };
                     let name = |k| {
                         cfg.buyer_by_key(k)
                             .map(|(_, b)| b.id.clone())
