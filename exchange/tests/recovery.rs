@@ -168,7 +168,7 @@ async fn caps_and_idempotency_keys_survive_a_restart() {
     let sent = recs.iter().filter(|r| r["type"] == "post_sent").count();
     assert_eq!(sent, 3);
     for r in recs.iter().filter(|r| r["type"] == "sale") {
-        assert_eq!(r["v"], 4);
+        assert_eq!(r["v"], pingpost::core::record::RECORD_VERSION);
         assert!(r["windows"]["day"].is_i64(), "{r}");
     }
     let keyed: Vec<_> = recs
