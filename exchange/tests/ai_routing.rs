@@ -39,13 +39,22 @@ fn with_features(extra_learning: &'static str) -> impl FnOnce(String) -> String 
 
 /// A model over `ncols` features that learned p = f(column `col` > 0.5).
 fn model_json(ncols: usize, col: usize) -> Vec<u8> {
+    model_json_when(ncols, col, true)
+}
+
+/// A model that learned p = f(column `col` > 0.5) when `above`, else f(column < 0.5).
+fn model_json_when(ncols: usize, col: usize, above: bool) -> Vec<u8> {
     let mut x = Vec::new();
     let mut y = Vec::new();
     for i in 0..400 {
         for c in 0..ncols {
             x.push(((i * 7 + c * 3) % 11) as f32 / 10.0);
         }
-        y.push(if x[i * ncols + col] > 0.5 { 1.0 } else { 0.0 });
+        y.push(if (x[i * ncols + col] > 0.5) == above {
+            1.0
+        } else {
+            0.0
+        });
     }
     let params = TrainParams {
         rounds: 10,
@@ -192,16 +201,24 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
     let b = ScriptedBidder::bidding(12.0);
     let (ba, _ha) = serve("alpha", &a).await;
     let (bb, _hb) = serve("bravo", &b).await;
+    // Charlie takes only leads scoring 50 or more.
+    let c = ScriptedBidder::bidding(30.0);
+    let (bc, _hc) = serve("charlie", &c).await;
     let ex = TestConfig::new()
         .buyer(ba)
         .buyer(bb)
-        .start_edited(with_features("watch_ms = 0"))
+        .buyer(bc)
+        .start_edited(|t| {
+            with_features("watch_ms = 0")(t)
+                .replace("[buyers.charlie]\n", "[buyers.charlie]\nscore_floor = 50\n")
+        })
         .await;
     let gen0 = ex.state.generation();
 
     // No model yet: no score, cold start, features recorded.
     let q = ex.client.ping("TX").await;
     assert_eq!(q.score, None);
+    assert_eq!(c.pings(), 1, "no score: the floor does not apply");
     let r = auctions(&ex).await.pop().unwrap();
     assert_eq!(floats(&r["x"]).len(), LEAD_LEN);
     assert_eq!(r["features_version"], 1);
@@ -209,7 +226,8 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
 
     // A set with both models: served after the swap.
     let realization = model_json(ALL_LEN, LEAD_LEN + 3); // bid_ratio decides
-    let lead = model_json(LEAD_LEN, 0);
+                                                         // The lead score: high for a young lead, low for this one (age 42).
+    let lead = model_json_when(LEAD_LEN, 0, false);
     assert_eq!(
         import(&ex, "m1", Some(realization.clone()), Some(lead.clone())),
         0
@@ -239,8 +257,11 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
     let want_score = (f64::from(lm.predict(&x)) * 100.0).round() as u8;
     assert_eq!(q.score, Some(want_score));
     assert_eq!(r["score"], want_score);
-    // The buyers saw the score in the ping.
+    // The buyers saw the score in the ping; charlie's floor kept it out.
+    assert!(want_score < 50, "{want_score}");
     assert_eq!(b.ping_log().last().unwrap().score, Some(want_score));
+    assert_eq!(c.pings(), 1, "below its score_floor: not pinged");
+    assert_eq!(r["skipped"]["by_reason"]["score_floor"], 1, "{r}");
     // Each bid's probability is the model's on the recorded features.
     let rm = XgbModel::from_json(&realization).unwrap();
     for line in r["buyers"].as_array().unwrap() {
