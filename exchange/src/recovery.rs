@@ -88,6 +88,12 @@ pub struct Scan {
     /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
     /// released or expired hold).
     closed_pings: HashSet<String>,
+    /// Every sale, as the sold-lead index keeps it (`POST /v1/dispositions`), in order.
+    pub sold: Vec<(String, crate::dispositions::SoldLead)>,
+    /// `(lead_id, outcome)` of every `disposition` record, in order.
+    pub dispositions: Vec<(String, String)>,
+    /// `lead_id` of every `refund` record, in order.
+    pub refunds: Vec<String>,
 }
 
 fn text(v: &Value, k: &str) -> String {
@@ -109,6 +115,27 @@ fn windows_of(v: &Value) -> Option<Windows> {
         week: w.get("week")?.as_i64()?,
         month: w.get("month")?.as_i64()?,
     })
+}
+
+/// A `sale` record as the sold-lead index keeps it (its buyer keyed at [`apply`]).
+fn sold_lead_of(v: &Value) -> crate::dispositions::SoldLead {
+    let micros = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+    crate::dispositions::SoldLead {
+        buyer_key: None,
+        buyer: text(v, "buyer"),
+        seller: text(v, "seller"),
+        vertical: text(v, "vertical"),
+        auction_id: text(v, "auction_id"),
+        currency: text(v, "currency"),
+        bid_micros: micros("bid_micros"),
+        seller_price_micros: micros("seller_price_micros"),
+        margin_micros: micros("margin_micros"),
+        sold_at: at_of(v),
+        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+        seen: 0,
+        pending: 0,
+        refunded: false,
+    }
 }
 
 impl Scan {
@@ -160,6 +187,7 @@ impl Scan {
                 }
                 "sale" => {
                     let lead_id = text(&v, "lead_id");
+                    scan.sold.push((lead_id.clone(), sold_lead_of(&v)));
                     scan.outcomes.insert((lead_id.clone(), attempt));
                     scan.sales.push(Sale {
                         at: at_of(&v),
@@ -177,6 +205,11 @@ impl Scan {
                         windows: windows_of(&v),
                     });
                 }
+                "disposition" => {
+                    scan.dispositions
+                        .push((text(&v, "lead_id"), text(&v, "outcome")));
+                }
+                "refund" => scan.refunds.push(text(&v, "lead_id")),
                 "unsold" => {
                     scan.unsold.insert(
                         text(&v, "lead_id"),
@@ -222,6 +255,10 @@ pub struct Recovered {
     pub keys: u64,
     /// Open quotes restored (firm again, their holds re-reserved).
     pub quotes: u64,
+    /// Sold leads put back in the sold-lead index (the newest `server.sold_leads_max`).
+    pub sold_leads: u64,
+    /// Dispositions and refunds applied to them (a repeat stays refused).
+    pub dispositions: u64,
 }
 
 /// The stored answer of a post whose key the ledger names.
@@ -298,6 +335,22 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_counted += 1;
         }
+    }
+    // The sold-lead index: every sale, then what its dispositions and refunds took.
+    let keep = scan.sold.len().saturating_sub(cfg.server.sold_leads_max);
+    for (lead_id, lead) in scan.sold.iter().skip(keep) {
+        let mut lead = lead.clone();
+        lead.buyer_key = state.ids.buyer_key(&lead.buyer);
+        state.sold_leads.insert(lead_id, lead);
+        out.sold_leads += 1;
+    }
+    for (lead_id, outcome) in &scan.dispositions {
+        if state.sold_leads.mark_seen(lead_id, outcome) {
+            out.dispositions += 1;
+        }
+    }
+    for lead_id in &scan.refunds {
+        state.sold_leads.mark_refunded(lead_id);
     }
     // Open quotes: firm again, with their holds (after the sales, which they add to).
     for (ping_id, v) in &scan.opened {
@@ -451,7 +504,9 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         late_accepts_counted = r.late_counted,
         idempotency_keys = r.keys,
         open_quotes = r.quotes,
-        "ledger replayed: caps, budgets, open quotes and idempotency keys rebuilt"
+        sold_leads = r.sold_leads,
+        dispositions = r.dispositions,
+        "ledger replayed: caps, budgets, open quotes, idempotency keys and sold leads rebuilt"
     );
     Ok(r)
 }
