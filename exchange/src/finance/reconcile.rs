@@ -595,7 +595,7 @@ mod tests {
             AUCTION,
             SALE,
             r#"{"type":"sale","v":99,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_x","bid_micros":1,"seller_price_micros":5,"margin_micros":0}"#,
-            r#"{"type":"disposition","v":3,"generation":1,"at":"2026-11-29T10:00:03.000Z","lead_id":"ld_b"}"#,
+            r#"{"type":"model_swapped","v":3,"generation":1,"at":"2026-11-29T10:00:03.000Z","lead_id":"ld_b"}"#,
         ]);
         let r = reconcile(dir.path(), None).unwrap();
         assert!(!r.failed(), "{}", r.render());
@@ -606,7 +606,7 @@ mod tests {
             "{notes}"
         );
         assert!(
-            notes.contains("1 record(s) of type \"disposition\" ignored"),
+            notes.contains("1 record(s) of type \"model_swapped\" ignored"),
             "{notes}"
         );
     }
