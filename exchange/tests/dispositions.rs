@@ -487,3 +487,49 @@ async fn a_buyer_without_a_key_cannot_report_and_keys_are_checked_at_load() {
     assert!(e.contains("buyers.acme.return_window_days"), "{e}");
     let _ = Arc::clone(&ex.state);
 }
+
+#[test]
+fn verify_refuses_refunds_that_do_not_match_their_sale() {
+    const AUCTION: &str = r#"{"type":"auction","v":4,"generation":1,"at":"2026-11-20T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"skipped":{"total":0,"by_reason":{}},"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
+    const SALE: &str = r#"{"type":"sale","v":4,"generation":1,"at":"2026-11-20T10:00:01.000Z","lead_id":"ld_b","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+    let returned = r#"{"type":"disposition","v":4,"generation":1,"at":"2026-11-21T10:00:00.000Z","lead_id":"ld_b","auction_id":"au_1","buyer":"b","seller":"s","vertical":"v","outcome":"returned","test":false}"#;
+    let refund = |at: &str, refund: i64, days: u16| {
+        format!(
+            r#"{{"type":"refund","v":4,"generation":1,"at":"{at}","lead_id":"ld_b","auction_id":"au_1","buyer":"b","seller":"s","vertical":"v","currency":"USD","buyer_refund_micros":{refund},"seller_clawback_micros":8000000,"margin_reversed_micros":{},"sold_at_ms":0,"return_window_days":{days}}}"#,
+            refund - 8_000_000
+        )
+    };
+    let check = |lines: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("seg-00000001.jsonl"), lines.join("\n") + "\n").unwrap();
+        pingpost::finance::reconcile::reconcile(dir.path(), None).unwrap()
+    };
+
+    // A good one reconciles, net of the refund.
+    let good = refund("2026-11-22T10:00:00.000Z", 10_000_000, 7);
+    let r = check(&[AUCTION, SALE, returned, &good]);
+    assert!(!r.failed(), "{}", r.render());
+    assert_eq!(r.totals["USD"], (1, 0, 0, 0));
+    assert_eq!(r.refunds["USD"], (1, 10_000_000));
+
+    // Wrong amount, outside the window, twice, without a disposition, another buyer's.
+    let wrong = refund("2026-11-22T10:00:00.000Z", 11_000_000, 7);
+    let late = refund("2026-11-29T10:00:02.000Z", 10_000_000, 7);
+    let by_c = returned.replace(r#""buyer":"b""#, r#""buyer":"c""#);
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec![AUCTION, SALE, returned, &wrong], "differ from the sale's bid 10000000"),
+        (vec![AUCTION, SALE, returned, &late], "outside its return window of 7 day(s)"),
+        (vec![AUCTION, SALE, returned, &good, &good], "lead refunded twice"),
+        (vec![AUCTION, SALE, &good], "a refund without a returned disposition"),
+        (vec![AUCTION, SALE, &by_c], "a disposition by buyer c of a lead sold to b"),
+    ];
+    for (lines, expected) in cases {
+        let r = check(&lines);
+        assert!(r.failed(), "{expected}: {}", r.render());
+        assert!(
+            r.mismatches.iter().any(|m| m.contains(expected)),
+            "{expected}: {:?}",
+            r.mismatches
+        );
+    }
+}
