@@ -123,7 +123,9 @@ fn reason_problem(reason: &str) -> Option<&'static str> {
         return Some("must be a reason code: letters, digits, _, - and . only (no free text)");
     }
     if reason.bytes().filter(u8::is_ascii_digit).count() > REASON_DIGITS_MAX {
-        return Some("must be a reason code with at most 4 digits (never a phone number or a date)");
+        return Some(
+            "must be a reason code with at most 4 digits (never a phone number or a date)",
+        );
     }
     None
 }
@@ -392,8 +394,9 @@ mod tests {
             .unwrap();
         assert_eq!(d.outcome_str(), "returned");
         assert_eq!(d.reason.as_deref(), Some("bad_number"));
-        let e = parse_text(r#"{"lead_id":"x","outcome":"lost","reason":"call 8175550123","extra":1}"#)
-            .unwrap_err();
+        let e =
+            parse_text(r#"{"lead_id":"x","outcome":"lost","reason":"call 8175550123","extra":1}"#)
+                .unwrap_err();
         let fields: Vec<&str> = e.fields.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["extra", "lead_id", "outcome", "reason"]);
         assert!(parse_text(r#"{"lead_id":"ld_1","outcome":"sold","reason":"dup 2024"}"#).is_err());
@@ -407,7 +410,10 @@ mod tests {
     #[test]
     fn refunds_only_inside_the_window_and_never_for_tests() {
         let sold = 1_000 * DAY_MS;
-        assert_eq!(refund_decision(&lead(false, sold), 7, sold + 7 * DAY_MS), Ok(()));
+        assert_eq!(
+            refund_decision(&lead(false, sold), 7, sold + 7 * DAY_MS),
+            Ok(())
+        );
         assert_eq!(
             refund_decision(&lead(false, sold), 7, sold + 7 * DAY_MS + 1),
             Err(NoRefund::OutsideReturnWindow)
@@ -427,13 +433,22 @@ mod tests {
         let idx = SoldLeads::new(2);
         idx.insert("ld_a", lead(false, 0));
         assert_eq!(idx.claim("ld_a", BuyerKey(2), "other", 0), Claim::Forbidden);
-        assert!(matches!(idx.claim("ld_a", BuyerKey(1), "acme", 0), Claim::Claimed(_)));
+        assert!(matches!(
+            idx.claim("ld_a", BuyerKey(1), "acme", 0),
+            Claim::Claimed(_)
+        ));
         assert_eq!(idx.claim("ld_a", BuyerKey(1), "acme", 0), Claim::InFlight);
         idx.settle("ld_a", 0, false, false);
-        assert!(matches!(idx.claim("ld_a", BuyerKey(1), "acme", 0), Claim::Claimed(_)));
+        assert!(matches!(
+            idx.claim("ld_a", BuyerKey(1), "acme", 0),
+            Claim::Claimed(_)
+        ));
         idx.settle("ld_a", 0, true, false);
         assert_eq!(idx.claim("ld_a", BuyerKey(1), "acme", 0), Claim::Repeat);
-        assert!(matches!(idx.claim("ld_a", BuyerKey(1), "acme", 5), Claim::Claimed(_)));
+        assert!(matches!(
+            idx.claim("ld_a", BuyerKey(1), "acme", 5),
+            Claim::Claimed(_)
+        ));
         idx.insert("ld_b", lead(false, 0));
         idx.insert("ld_c", lead(false, 0));
         assert_eq!(idx.len(), 2);

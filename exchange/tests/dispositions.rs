@@ -208,10 +208,23 @@ async fn a_disposition_is_recorded_and_a_return_in_the_window_refunds_the_sale_e
     ]);
     assert!(ok, "{out}");
     assert!(out.contains("seq,at,generation,lead_id,auction_id,buyer,seller,vertical,currency,buyer_refund_micros,seller_clawback_micros,margin_reversed_micros"), "{out}");
-    assert!(out.contains(&format!(",{lead},")) && out.contains(",USD,18000000,14400000,3600000,"), "{out}");
+    assert!(
+        out.contains(&format!(",{lead},")) && out.contains(",USD,18000000,14400000,3600000,"),
+        "{out}"
+    );
     let (ok, out) = run(&[
-        "ledger", "export", "--dir", dir, "--from", &today, "--to", &today, "--format", "csv",
-        "--type", "disposition",
+        "ledger",
+        "export",
+        "--dir",
+        dir,
+        "--from",
+        &today,
+        "--to",
+        &today,
+        "--format",
+        "csv",
+        "--type",
+        "disposition",
     ]);
     assert!(ok, "{out}");
     assert!(out.contains(",returned,disconnected_number,false"), "{out}");
@@ -329,9 +342,13 @@ async fn every_bad_disposition_gets_its_error_and_writes_nothing() {
         .await
         .assert_error(409, "conflict");
     // other's window is 0 but it may not return acme's lead at all.
-    dispose(c, OTHER_KEY, &json!({"lead_id": lead, "outcome": "returned"}))
-        .await
-        .assert_error(403, "forbidden");
+    dispose(
+        c,
+        OTHER_KEY,
+        &json!({"lead_id": lead, "outcome": "returned"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
     ex.state.ledger.flush().await.unwrap();
     assert_eq!(records(&ex.ledger_path, "disposition").len(), 1);
     assert!(records(&ex.ledger_path, "refund").is_empty());
@@ -364,9 +381,18 @@ async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing()
 
     let first = start(&cfg, &ledger, Clock::system()).await;
     let client = SellerClient::new(first.addr);
-    let (l1, l2, l3) = (sell(&client).await, sell(&client).await, sell(&client).await);
+    let (l1, l2, l3) = (
+        sell(&client).await,
+        sell(&client).await,
+        sell(&client).await,
+    );
     for (lead, outcome) in [(&l1, "contacted"), (&l2, "returned")] {
-        let r = dispose(&client, ACME_KEY, &json!({"lead_id": lead, "outcome": outcome})).await;
+        let r = dispose(
+            &client,
+            ACME_KEY,
+            &json!({"lead_id": lead, "outcome": outcome}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     first.shutdown().await.unwrap();
@@ -376,14 +402,27 @@ async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing()
     assert_eq!(second.state.sold_leads.len(), 3);
     let client = SellerClient::new(second.addr);
     for (lead, outcome) in [(&l1, "contacted"), (&l2, "returned")] {
-        dispose(&client, ACME_KEY, &json!({"lead_id": lead, "outcome": outcome}))
-            .await
-            .assert_error(409, "conflict");
-    }
-    dispose(&client, OTHER_KEY, &json!({"lead_id": l3, "outcome": "sold"}))
+        dispose(
+            &client,
+            ACME_KEY,
+            &json!({"lead_id": lead, "outcome": outcome}),
+        )
         .await
-        .assert_error(403, "forbidden");
-    let r = dispose(&client, ACME_KEY, &json!({"lead_id": l1, "outcome": "sold"})).await;
+        .assert_error(409, "conflict");
+    }
+    dispose(
+        &client,
+        OTHER_KEY,
+        &json!({"lead_id": l3, "outcome": "sold"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    let r = dispose(
+        &client,
+        ACME_KEY,
+        &json!({"lead_id": l1, "outcome": "sold"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     second.shutdown().await.unwrap();
 
@@ -391,16 +430,25 @@ async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing()
     let later = Clock::at(chrono::Utc::now().timestamp_millis() + 8 * DAY_MS);
     let third = start(&cfg, &ledger, later).await;
     let client = SellerClient::new(third.addr);
-    let r = dispose(&client, ACME_KEY, &json!({"lead_id": l3, "outcome": "returned"})).await;
+    let r = dispose(
+        &client,
+        ACME_KEY,
+        &json!({"lead_id": l3, "outcome": "returned"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json(),
         json!({"lead_id": l3, "outcome": "returned", "recorded": true, "refund": null,
                "no_refund": "outside_return_window"})
     );
-    dispose(&client, ACME_KEY, &json!({"lead_id": l1, "outcome": "sold"}))
-        .await
-        .assert_error(409, "conflict");
+    dispose(
+        &client,
+        ACME_KEY,
+        &json!({"lead_id": l1, "outcome": "sold"}),
+    )
+    .await
+    .assert_error(409, "conflict");
     third.shutdown().await.unwrap();
 
     let disp = records(&ledger, "disposition");
@@ -457,7 +505,10 @@ async fn a_buyer_without_a_key_cannot_report_and_keys_are_checked_at_load() {
             &format!("[buyers.acme]\nkey_sha256 = \"{}\"\n", digest(SELLER_KEY)),
         )
     });
-    assert!(e.contains("buyers.acme.key_sha256: the same key as sellers.main"), "{e}");
+    assert!(
+        e.contains("buyers.acme.key_sha256: the same key as sellers.main"),
+        "{e}"
+    );
     let e = load(&|t| {
         t.replace(
             "[buyers.acme]\n",
@@ -465,25 +516,41 @@ async fn a_buyer_without_a_key_cannot_report_and_keys_are_checked_at_load() {
         )
         .replace(
             "[buyers.other]\n",
-            &format!("[buyers.other]\nkey_sha256_next = \"{}\"\nkey_sha256 = \"{}\"\n", digest(OTHER_KEY), digest("x")),
+            &format!(
+                "[buyers.other]\nkey_sha256_next = \"{}\"\nkey_sha256 = \"{}\"\n",
+                digest(OTHER_KEY),
+                digest("x")
+            ),
         )
     });
-    assert!(e.contains("buyers.other.key_sha256_next: the same key as buyers.acme"), "{e}");
+    assert!(
+        e.contains("buyers.other.key_sha256_next: the same key as buyers.acme"),
+        "{e}"
+    );
     let e = load(&|t| {
         t.replace(
             "[buyers.acme]\n",
             "[buyers.acme]\nkey_sha256 = \"abc\"\nreturn_window_days = 366\n",
         )
     });
-    assert!(e.contains("buyers.acme.key_sha256: must be 64 hex digits"), "{e}");
+    assert!(
+        e.contains("buyers.acme.key_sha256: must be 64 hex digits"),
+        "{e}"
+    );
     assert!(e.contains("buyers.acme.return_window_days"), "{e}");
     let e = load(&|t| {
         t.replace(
             "[buyers.acme]\n",
-            &format!("[buyers.acme]\nkey_sha256_next = \"{}\"\nreturn_window_days = -1\n", digest("y")),
+            &format!(
+                "[buyers.acme]\nkey_sha256_next = \"{}\"\nreturn_window_days = -1\n",
+                digest("y")
+            ),
         )
     });
-    assert!(e.contains("buyers.acme.key_sha256_next: needs key_sha256"), "{e}");
+    assert!(
+        e.contains("buyers.acme.key_sha256_next: needs key_sha256"),
+        "{e}"
+    );
     assert!(e.contains("buyers.acme.return_window_days"), "{e}");
     let _ = Arc::clone(&ex.state);
 }
@@ -501,7 +568,11 @@ fn verify_refuses_refunds_that_do_not_match_their_sale() {
     };
     let check = |lines: &[&str]| {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("seg-00000001.jsonl"), lines.join("\n") + "\n").unwrap();
+        std::fs::write(
+            dir.path().join("seg-00000001.jsonl"),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
         pingpost::finance::reconcile::reconcile(dir.path(), None).unwrap()
     };
 
@@ -517,11 +588,26 @@ fn verify_refuses_refunds_that_do_not_match_their_sale() {
     let late = refund("2026-11-29T10:00:02.000Z", 10_000_000, 7);
     let by_c = returned.replace(r#""buyer":"b""#, r#""buyer":"c""#);
     let cases: [(Vec<&str>, &str); 5] = [
-        (vec![AUCTION, SALE, returned, &wrong], "differ from the sale's bid 10000000"),
-        (vec![AUCTION, SALE, returned, &late], "outside its return window of 7 day(s)"),
-        (vec![AUCTION, SALE, returned, &good, &good], "lead refunded twice"),
-        (vec![AUCTION, SALE, &good], "a refund without a returned disposition"),
-        (vec![AUCTION, SALE, &by_c], "a disposition by buyer c of a lead sold to b"),
+        (
+            vec![AUCTION, SALE, returned, &wrong],
+            "differ from the sale's bid 10000000",
+        ),
+        (
+            vec![AUCTION, SALE, returned, &late],
+            "outside its return window of 7 day(s)",
+        ),
+        (
+            vec![AUCTION, SALE, returned, &good, &good],
+            "lead refunded twice",
+        ),
+        (
+            vec![AUCTION, SALE, &good],
+            "a refund without a returned disposition",
+        ),
+        (
+            vec![AUCTION, SALE, &by_c],
+            "a disposition by buyer c of a lead sold to b",
+        ),
     ];
     for (lines, expected) in cases {
         let r = check(&lines);

@@ -148,26 +148,26 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
             "sale" => {
                 sold_at.insert(e.str("lead_id").to_string(), at_ms(&e));
                 sales.push(Sale {
-                place: e.place(),
-                ids: format!(
-                    "lead_id {} auction_id {} buyer {} seller {}",
-                    e.str("lead_id"),
-                    e.str("auction_id"),
-                    e.str("buyer"),
-                    e.str("seller")
-                ),
-                lead: e.str("lead_id").to_string(),
-                ping: e.str("ping_id").to_string(),
-                auction: e.str("auction_id").to_string(),
-                seller: e.str("seller").to_string(),
-                currency: e.str("currency").to_string(),
-                test: e.bool("test"),
-                bid: e.i64("bid_micros").unwrap_or(0),
-                price: e.i64("seller_price_micros").unwrap_or(0),
-                margin: e.i64("margin_micros").unwrap_or(0),
-                attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
-                buyer: e.str("buyer").to_string(),
-            })
+                    place: e.place(),
+                    ids: format!(
+                        "lead_id {} auction_id {} buyer {} seller {}",
+                        e.str("lead_id"),
+                        e.str("auction_id"),
+                        e.str("buyer"),
+                        e.str("seller")
+                    ),
+                    lead: e.str("lead_id").to_string(),
+                    ping: e.str("ping_id").to_string(),
+                    auction: e.str("auction_id").to_string(),
+                    seller: e.str("seller").to_string(),
+                    currency: e.str("currency").to_string(),
+                    test: e.bool("test"),
+                    bid: e.i64("bid_micros").unwrap_or(0),
+                    price: e.i64("seller_price_micros").unwrap_or(0),
+                    margin: e.i64("margin_micros").unwrap_or(0),
+                    attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+                    buyer: e.str("buyer").to_string(),
+                })
             }
             "post_attempt" => attempts
                 .entry(e.str("lead_id").to_string())
@@ -344,9 +344,9 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
         out.dispositions += 1;
         let ids = format!("lead_id {lead} buyer {buyer} outcome {outcome}");
         match sale_of.get(lead.as_str()) {
-            None => out
-                .mismatches
-                .push(format!("{place}: a disposition of a lead with no sale ({ids})")),
+            None => out.mismatches.push(format!(
+                "{place}: a disposition of a lead with no sale ({ids})"
+            )),
             Some(s) if s.buyer != *buyer => out.mismatches.push(format!(
                 "{place}: a disposition by buyer {buyer} of a lead sold to {} ({ids})",
                 s.buyer
@@ -378,7 +378,10 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
             ));
         }
         let Some(s) = sale_of.get(r.lead.as_str()) else {
-            m.push(format!("{}: a refund of a lead with no sale ({})", r.place, r.ids));
+            m.push(format!(
+                "{}: a refund of a lead with no sale ({})",
+                r.place, r.ids
+            ));
             continue;
         };
         if s.test {

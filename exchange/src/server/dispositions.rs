@@ -89,7 +89,10 @@ async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Ve
     let rt = state.runtime.load_full();
     let idx = authenticate_buyer(&rt, &req)?;
     let buyer = &rt.config.buyers[idx];
-    if !state.disposition_rate.allow(buyer.key, state.clock.now_ms()) {
+    if !state
+        .disposition_rate
+        .allow(buyer.key, state.clock.now_ms())
+    {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             format!(
@@ -197,9 +200,7 @@ async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Ve
         }
     }
     if let Err(e) = written {
-        state
-            .sold_leads
-            .settle(&d.lead_id, d.outcome, false, false);
+        state.sold_leads.settle(&d.lead_id, d.outcome, false, false);
         tracing::error!(error = %e, "disposition not recorded");
         return Err(ApiError::new(
             ErrorCode::Unavailable,

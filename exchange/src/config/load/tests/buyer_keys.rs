@@ -41,8 +41,14 @@ fn buyer_keys_and_return_window() {
 #[test]
 fn bad_buyer_keys_and_windows_are_refused() {
     let cases: &[(&str, &str)] = &[
-        ("key_sha256 = \"abc\"", "buyers.acme.key_sha256: must be 64 hex digits"),
-        ("key_sha256 = 5", "buyers.acme.key_sha256: must be a string of 64 hex digits"),
+        (
+            "key_sha256 = \"abc\"",
+            "buyers.acme.key_sha256: must be 64 hex digits",
+        ),
+        (
+            "key_sha256 = 5",
+            "buyers.acme.key_sha256: must be a string of 64 hex digits",
+        ),
         (
             &format!("key_sha256_next = \"{NEXT_KEY}\""),
             "buyers.acme.key_sha256_next: needs key_sha256",
@@ -52,11 +58,17 @@ fn bad_buyer_keys_and_windows_are_refused() {
             "buyers.acme.key_sha256_next: must differ from key_sha256",
         ),
         // The seller's key: a key must say who is calling.
-        (&format!("key_sha256 = \"{KEY}\""), "buyers.acme.key_sha256: the same key as sellers.s1"),
+        (
+            &format!("key_sha256 = \"{KEY}\""),
+            "buyers.acme.key_sha256: the same key as sellers.s1",
+        ),
         ("return_window_days = 366", "buyers.acme.return_window_days"),
         ("return_window_days = -1", "buyers.acme.return_window_days"),
         ("return_window_days = 1.5", "buyers.acme.return_window_days"),
-        ("return_window_days = \"7\"", "buyers.acme.return_window_days"),
+        (
+            "return_window_days = \"7\"",
+            "buyers.acme.return_window_days",
+        ),
     ];
     for (lines, expected) in cases {
         let e = errors(&[("#BUYER", lines)]);
@@ -65,7 +77,11 @@ fn bad_buyer_keys_and_windows_are_refused() {
             "{lines}: expected {expected}, got {e:?}"
         );
     }
-    for bad in ["sold_leads_max = 0", "sold_leads_max = 10000001", "sold_leads_max = \"1\""] {
+    for bad in [
+        "sold_leads_max = 0",
+        "sold_leads_max = 10000001",
+        "sold_leads_max = \"1\"",
+    ] {
         let e = errors(&[("#SERVER", bad)]);
         assert!(
             e.iter().any(|m| m.starts_with("server.sold_leads_max")),
