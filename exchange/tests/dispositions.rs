@@ -619,3 +619,30 @@ fn verify_refuses_refunds_that_do_not_match_their_sale() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_test_lead_takes_dispositions_and_is_never_refunded() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let mut body = direct_body("TX");
+    body["test"] = json!(true);
+    let sold = ex.client.post_json("/v1/leads", &body).await.post_answer();
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer acme"), "{sold:?}");
+    let lead = sold.lead_id.unwrap();
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "returned"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"lead_id": lead, "outcome": "returned", "recorded": true, "refund": null,
+               "no_refund": "test_lead"})
+    );
+    let disp = records(&ex.ledger_path, "disposition");
+    assert_eq!(disp.len(), 1);
+    assert_eq!(disp[0]["test"], true);
+    assert!(records(&ex.ledger_path, "refund").is_empty());
+}

@@ -122,9 +122,35 @@ async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Ve
             "the exchange cannot record dispositions until it is restarted",
         ));
     }
+    // The rest runs in its own task: a client that disconnects cannot leave a claim
+    // pending or a written record unsettled (the seller routes do the same).
+    let st = state.clone();
+    let buyer_key = buyer.key;
+    let buyer_id = buyer.id.clone();
+    let window = buyer.return_window_days;
+    let generation = rt.generation;
+    tokio::spawn(async move { record(&st, d, buyer_key, &buyer_id, window, generation).await })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "the request failed inside the exchange",
+            ))
+        })
+}
+
+/// Claims (lead, outcome), writes the records and settles the claim.
+async fn record(
+    state: &Arc<AppState>,
+    d: dispositions::Disposition,
+    buyer_key: crate::config::BuyerKey,
+    buyer_id: &str,
+    return_window_days: u16,
+    generation: u64,
+) -> Result<Vec<u8>, ApiError> {
     let lead = match state
         .sold_leads
-        .claim(&d.lead_id, buyer.key, &buyer.id, d.outcome)
+        .claim(&d.lead_id, buyer_key, buyer_id, d.outcome)
     {
         Claim::Claimed(lead) => lead,
         Claim::NotFound => {
@@ -156,9 +182,9 @@ async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Ve
         }
     };
     let now = state.clock.now_ms();
-    let decision = (d.outcome_str() == RETURNED)
-        .then(|| refund_decision(&lead, buyer.return_window_days, now));
-    let head = Head::new(rt.generation, now);
+    let decision =
+        (d.outcome_str() == RETURNED).then(|| refund_decision(&lead, return_window_days, now));
+    let head = Head::new(generation, now);
     let disposition = Record::Disposition(DispositionRecord {
         head,
         lead_id: &d.lead_id,
@@ -183,7 +209,7 @@ async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Ve
             seller_clawback_micros: lead.seller_price_micros,
             margin_reversed_micros: lead.margin_micros,
             sold_at_ms: lead.sold_at,
-            return_window_days: buyer.return_window_days,
+            return_window_days,
         })
     });
     // Both lines are handed to the writer together (one group-commit batch) and the
