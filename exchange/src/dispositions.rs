@@ -78,6 +78,18 @@ pub fn parse(buf: &mut [u8]) -> Result<Disposition, ApiError> {
     let reason = r.string_opt("reason", REASON_LEN_MAX);
     r.finish_unknown();
     let mut problems = r.problems;
+    // `null` is not a reason (as for the seller API's optional envelope fields).
+    if let simd_json::OwnedValue::Object(obj) = &value {
+        if matches!(
+            obj.get("reason"),
+            Some(simd_json::OwnedValue::Static(simd_json::StaticNode::Null))
+        ) {
+            problems.push(FieldProblem::new(
+                "reason",
+                "must not be null; leave it out",
+            ));
+        }
+    }
     if let Some(id) = &lead_id {
         let well_formed = id.starts_with("ld_")
             && id.len() > 3
@@ -403,6 +415,7 @@ mod tests {
         assert!(parse_text(r#"{"lead_id":"ld_1","outcome":"sold","reason":"a12345"}"#).is_err());
         assert!(parse_text(r#"{"lead_id":"ld_1","outcome":"sold","reason":"dup_30d"}"#).is_ok());
         assert!(parse_text(r#"{"lead_id":"ld_1"}"#).is_err());
+        assert!(parse_text(r#"{"lead_id":"ld_1","outcome":"sold","reason":null}"#).is_err());
         assert!(parse_text("[]").is_err());
         assert!(parse_text(&"[".repeat(100_000)).is_err());
     }
