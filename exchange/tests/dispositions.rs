@@ -201,6 +201,17 @@ async fn a_disposition_is_recorded_and_a_return_in_the_window_refunds_the_sale_e
     assert_eq!(t["revenue_micros"], 2 * ACME_BID);
     assert_eq!(t["payouts_micros"], 2 * ACME_SELLER_PRICE);
     assert_eq!(t["margin_micros"], 2 * (ACME_BID - ACME_SELLER_PRICE));
+    let auction = sale["auction_id"].as_str().unwrap();
+    let (ok, out) = run(&["ledger", "replay", auction, "--dir", dir]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("DISPOSITION by acme: returned, reason disconnected_number"),
+        "{out}"
+    );
+    assert!(
+        out.contains("REFUNDED (returned within 7 day(s)): the buyer acme gets 18.00 USD back, 14.40 USD is clawed back from the seller main, margin 3.60 USD reversed"),
+        "{out}"
+    );
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let (ok, out) = run(&[
         "ledger", "export", "--dir", dir, "--from", &today, "--to", &today, "--format", "csv",
