@@ -10,6 +10,9 @@
 //! - idempotency keys: a `post_sent` record names its request's key (as SHA-256); a retry
 //!   with that key gets the stored answer (`sold` or `unsold` from the post's outcome, or
 //!   `500` when the outcome is unknown) and delivers nothing;
+//! - the sold-lead index (`POST /v1/dispositions`): every `sale` (the newest
+//!   `server.sold_leads_max`), with the outcomes its `disposition` records took and its
+//!   `refund`, so a repeat after a restart is still refused;
 //! - deliveries whose outcome is unknown (a `post_sent` with no `sale` or `post_attempt`
 //!   of the same lead and attempt): counted, logged at start, listed by
 //!   `pingpost ledger verify`.
