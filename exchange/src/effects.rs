@@ -67,7 +67,12 @@ pub async fn execute<'a>(
                 settlement.settle(&op);
             }
             Effect::Record(rec) => {
-                if let Err(e) = state.ledger.write(&rec).await {
+                let written = state.ledger.write(&rec).await;
+                if let (Ok(()), Record::Sale(sale)) = (&written, &rec) {
+                    // Every recorded sale (winner or fallback) can get dispositions.
+                    remember_sale(state, sale);
+                }
+                if let Err(e) = written {
                     if rec.is_durable() {
                         if result.is_ok() {
                             result = Err(e);
@@ -117,6 +122,30 @@ pub async fn execute<'a>(
         }
     }
     result
+}
+
+/// Puts a recorded sale in the sold-lead index (`POST /v1/dispositions`), its buyer named
+/// by its stable key.
+pub fn remember_sale(state: &AppState, sale: &crate::core::record::SaleRecord<'_>) {
+    state.sold_leads.insert(
+        sale.lead_id,
+        crate::dispositions::SoldLead {
+            buyer_key: state.ids.buyer_key(sale.buyer),
+            buyer: sale.buyer.to_string(),
+            seller: sale.seller.to_string(),
+            vertical: sale.vertical.to_string(),
+            auction_id: sale.auction_id.to_string(),
+            currency: sale.currency.to_string(),
+            bid_micros: sale.bid_micros,
+            seller_price_micros: sale.seller_price_micros,
+            margin_micros: sale.margin_micros,
+            sold_at: sale.head.at,
+            test: sale.test,
+            seen: 0,
+            pending: 0,
+            refunded: false,
+        },
+    );
 }
 
 /// Carries out cap and record effects at once, from synchronous code (the sweeper):

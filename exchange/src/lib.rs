@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub use pingpost_core as core;
 pub mod demo;
+pub mod dispositions;
 pub mod effects;
 pub mod finance;
 pub mod idempotency;

@@ -45,7 +45,7 @@ pub fn document(config: &Config) -> Vec<u8> {
 /// The document as a JSON value.
 pub fn build(config: &Config) -> Value {
     let mut schemas = Map::new();
-    for (name, schema) in base_schemas() {
+    for (name, schema) in base_schemas().into_iter().chain(disposition_schemas()) {
         schemas.insert(name.into(), schema);
     }
     let mut ping_variants = Vec::new();
@@ -152,6 +152,11 @@ pub fn build(config: &Config) -> Value {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "`Authorization: Bearer <seller key>`.",
+                },
+                "buyerKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`Authorization: Bearer <buyer key>` (`POST /v1/dispositions` only; the buyer's `key_sha256`).",
                 },
             },
             "parameters": {
@@ -486,6 +491,80 @@ fn seller_operation(id: &str, summary: &str, request: &str, answer: &str) -> Val
     })
 }
 
+/// `POST /v1/dispositions`: the buyer key, no Idempotency-Key (a repeat is `409`).
+fn disposition_operation() -> Value {
+    let mut op = seller_operation(
+        "disposition",
+        "Report what became of a lead (the buyer that bought it)",
+        "DispositionRequest",
+        "DispositionAnswer",
+    );
+    op["security"] = json!([{"buyerKey": []}]);
+    op["parameters"] = json!([]);
+    op["description"] = json!(
+        "One disposition per (lead, outcome): a repeat is 409 and changes nothing. A `returned` \
+         inside the buyer's `return_window_days` refunds the sale's bid to the buyer and claws \
+         back the seller's price (`refund`); otherwise `refund` is null and `no_refund` says why. \
+         401 for a key that is not a buyer's, 403 for a lead sold to another buyer, 404 for an \
+         unknown lead."
+    );
+    op["responses"]["200"]["description"] = json!("Recorded (on disk before the answer).");
+    op
+}
+
+/// The request and answer of `POST /v1/dispositions`.
+fn disposition_schemas() -> Vec<(&'static str, Value)> {
+    use crate::dispositions::{LEAD_ID_LEN_MAX, OUTCOMES, REASON_LEN_MAX};
+    vec![
+        (
+            "DispositionRequest",
+            json!({
+                "type": "object",
+                "required": ["lead_id", "outcome"],
+                "additionalProperties": false,
+                "properties": {
+                    "lead_id": {"type": "string", "minLength": 4, "maxLength": LEAD_ID_LEN_MAX, "pattern": "^ld_[A-Za-z0-9_-]+$"},
+                    "outcome": {"type": "string", "enum": OUTCOMES},
+                    "reason": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": REASON_LEN_MAX,
+                        "pattern": "^[A-Za-z_.-]*([0-9][A-Za-z_.-]*){0,4}$",
+                        "description": "A reason code (letters, `_`, `-`, `.`, at most 4 digits), never free text.",
+                    },
+                },
+            }),
+        ),
+        (
+            "DispositionAnswer",
+            json!({
+                "type": "object",
+                "required": ["lead_id", "outcome", "recorded", "refund"],
+                "properties": {
+                    "lead_id": {"type": "string"},
+                    "outcome": {"type": "string", "enum": OUTCOMES},
+                    "recorded": {"type": "boolean"},
+                    "refund": {
+                        "oneOf": [
+                            {"type": "null"},
+                            {
+                                "type": "object",
+                                "required": ["currency", "buyer_refund", "seller_clawback"],
+                                "properties": {
+                                    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                                    "buyer_refund": {"$ref": "#/components/schemas/Money"},
+                                    "seller_clawback": {"$ref": "#/components/schemas/Money"},
+                                },
+                            },
+                        ],
+                    },
+                    "no_refund": {"type": "string", "enum": ["test_lead", "no_return_window", "outside_return_window"]},
+                },
+            }),
+        ),
+    ]
+}
+
 fn probe(id: &str, summary: &str, schema: Value) -> Value {
     json!({
         "get": {
@@ -511,6 +590,7 @@ fn paths() -> Value {
         "/v1/ping": {"post": seller_operation("ping", "Quote a lead without PII", "PingRequest", "PingAnswer")},
         "/v1/post": {"post": seller_operation("post", "Sell a quoted lead", "PostRequest", "PostAnswer")},
         "/v1/leads": {"post": seller_operation("directPost", "Direct post (ping, award and post in one call)", "DirectPostRequest", "PostAnswer")},
+        "/v1/dispositions": {"post": disposition_operation()},
         "/healthz": probe("healthz", "The process is alive", health.clone()),
         "/readyz": probe("readyz", "Ready to take traffic", health),
         "/openapi.json": probe("openapi", "This document", json!({"type": "object"})),
@@ -531,7 +611,7 @@ mod tests {
         let config = default_config();
         let doc = build(&config);
         let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
-        assert_eq!(paths.len(), 6, "{paths:?}");
+        assert_eq!(paths.len(), 7, "{paths:?}");
         let schemas = &doc["components"]["schemas"];
         let ping_variants = schemas["PingRequest"]["oneOf"].as_array().unwrap();
         assert_eq!(ping_variants.len(), config.verticals.len());

@@ -10,6 +10,9 @@
 //! - idempotency keys: a `post_sent` record names its request's key (as SHA-256); a retry
 //!   with that key gets the stored answer (`sold` or `unsold` from the post's outcome, or
 //!   `500` when the outcome is unknown) and delivers nothing;
+//! - the sold-lead index (`POST /v1/dispositions`): every `sale` (the newest
+//!   `server.sold_leads_max`), with the outcomes its `disposition` records took and its
+//!   `refund`, so a repeat after a restart is still refused;
 //! - deliveries whose outcome is unknown (a `post_sent` with no `sale` or `post_attempt`
 //!   of the same lead and attempt): counted, logged at start, listed by
 //!   `pingpost ledger verify`.
@@ -91,6 +94,12 @@ pub struct Scan {
     /// What buyers did with delivered leads, in ledger order, for the cold-start rates:
     /// `(buyer id, event)`.
     pub buyer_events: Vec<(String, BuyerEvent)>,
+    /// Every sale, as the sold-lead index keeps it (`POST /v1/dispositions`), in order.
+    pub sold: Vec<(String, crate::dispositions::SoldLead)>,
+    /// `(lead_id, outcome)` of every `disposition` record, in order.
+    pub dispositions: Vec<(String, String)>,
+    /// `lead_id` of every `refund` record, in order.
+    pub refunds: Vec<String>,
 }
 
 /// A buyer's deed that teaches its smoothed rates.
@@ -120,6 +129,27 @@ fn windows_of(v: &Value) -> Option<Windows> {
         week: w.get("week")?.as_i64()?,
         month: w.get("month")?.as_i64()?,
     })
+}
+
+/// A `sale` record as the sold-lead index keeps it (its buyer keyed at [`apply`]).
+fn sold_lead_of(v: &Value) -> crate::dispositions::SoldLead {
+    let micros = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+    crate::dispositions::SoldLead {
+        buyer_key: None,
+        buyer: text(v, "buyer"),
+        seller: text(v, "seller"),
+        vertical: text(v, "vertical"),
+        auction_id: text(v, "auction_id"),
+        currency: text(v, "currency"),
+        bid_micros: micros("bid_micros"),
+        seller_price_micros: micros("seller_price_micros"),
+        margin_micros: micros("margin_micros"),
+        sold_at: at_of(v),
+        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+        seen: 0,
+        pending: 0,
+        refunded: false,
+    }
 }
 
 impl Scan {
@@ -183,6 +213,7 @@ impl Scan {
                 }
                 "sale" => {
                     let lead_id = text(&v, "lead_id");
+                    scan.sold.push((lead_id.clone(), sold_lead_of(&v)));
                     scan.outcomes.insert((lead_id.clone(), attempt));
                     scan.sales.push(Sale {
                         at: at_of(&v),
@@ -200,6 +231,11 @@ impl Scan {
                         windows: windows_of(&v),
                     });
                 }
+                "disposition" => {
+                    scan.dispositions
+                        .push((text(&v, "lead_id"), text(&v, "outcome")));
+                }
+                "refund" => scan.refunds.push(text(&v, "lead_id")),
                 "unsold" => {
                     scan.unsold.insert(
                         text(&v, "lead_id"),
@@ -245,6 +281,10 @@ pub struct Recovered {
     pub keys: u64,
     /// Open quotes restored (firm again, their holds re-reserved).
     pub quotes: u64,
+    /// Sold leads put back in the sold-lead index (the newest `server.sold_leads_max`).
+    pub sold_leads: u64,
+    /// Dispositions and refunds applied to them (a repeat stays refused).
+    pub dispositions: u64,
 }
 
 /// The stored answer of a post whose key the ledger names.
@@ -321,6 +361,22 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_counted += 1;
         }
+    }
+    // The sold-lead index: every sale, then what its dispositions and refunds took.
+    let keep = scan.sold.len().saturating_sub(cfg.server.sold_leads_max);
+    for (lead_id, lead) in scan.sold.iter().skip(keep) {
+        let mut lead = lead.clone();
+        lead.buyer_key = state.ids.buyer_key(&lead.buyer);
+        state.sold_leads.insert(lead_id, lead);
+        out.sold_leads += 1;
+    }
+    for (lead_id, outcome) in &scan.dispositions {
+        if state.sold_leads.mark_seen(lead_id, outcome) {
+            out.dispositions += 1;
+        }
+    }
+    for lead_id in &scan.refunds {
+        state.sold_leads.mark_refunded(lead_id);
     }
     // Open quotes: firm again, with their holds (after the sales, which they add to).
     for (ping_id, v) in &scan.opened {
@@ -489,7 +545,9 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         late_accepts_counted = r.late_counted,
         idempotency_keys = r.keys,
         open_quotes = r.quotes,
-        "ledger replayed: caps, budgets, open quotes and idempotency keys rebuilt"
+        sold_leads = r.sold_leads,
+        dispositions = r.dispositions,
+        "ledger replayed: caps, budgets, open quotes, idempotency keys and sold leads rebuilt"
     );
     Ok(r)
 }

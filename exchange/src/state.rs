@@ -210,6 +210,11 @@ pub struct AppState {
     pub admin_connections: Arc<tokio::sync::Semaphore>,
     /// Admin requests being processed.
     pub admin_in_flight: tokio::sync::Semaphore,
+    /// Every sale by lead id, for `POST /v1/dispositions` (bounded by
+    /// `server.sold_leads_max`; rebuilt from the ledger at start).
+    pub sold_leads: crate::dispositions::SoldLeads,
+    /// Per-buyer bound on disposition requests.
+    pub disposition_rate: crate::dispositions::BuyerRate,
     /// Serializes reloads: one at a time, in arrival order.
     reload_lock: Mutex<()>,
     /// What [`AppState::reload`] reads.
@@ -281,6 +286,10 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
         "server.ledger_segment_bytes_max",
     );
     check(o.breaker != n.breaker, "server.breaker");
+    check(
+        o.sold_leads_max != n.sold_leads_max,
+        "server.sold_leads_max",
+    );
     // The listeners' limits are read when they start; certificates and the buyer CA
     // bundle are re-read by every reload.
     let (ol, nl) = (&o.listener, &n.listener);
@@ -359,6 +368,8 @@ impl AppState {
             connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
+            sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
+            disposition_rate: crate::dispositions::BuyerRate::default(),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
             admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX)),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_REQUESTS_IN_FLIGHT_MAX),

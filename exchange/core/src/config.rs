@@ -86,6 +86,11 @@ pub mod defaults {
     pub const CURRENCY: &str = "USD";
     /// One post, every fallback included, ends within this (ms).
     pub const POST_DEADLINE_MS: u64 = 5_000;
+    /// Sold leads the exchange remembers for dispositions (about 300 bytes each).
+    pub const SOLD_LEADS_MAX: usize = 1_000_000;
+    /// A buyer's return window unless `buyers.ID.return_window_days` says otherwise:
+    /// returns are recorded but refund nothing until a window is agreed.
+    pub const RETURN_WINDOW_DAYS: u16 = 0;
     /// Open quotes (bids not yet posted or expired) one seller may hold at once.
     pub const SELLER_QUOTES_OPEN_MAX: usize = 1_000;
     /// The admin listener (metrics, reload, probes): loopback only by default.
@@ -113,6 +118,8 @@ pub struct Config {
     pub vertical_by_name: HashMap<String, VerticalIdx>,
     /// SHA-256 of a seller key to the seller.
     pub seller_by_key_sha256: HashMap<[u8; 32], SellerIdx>,
+    /// Buyer bearer key digests (`key_sha256` and `key_sha256_next`) to buyer position.
+    pub buyer_by_key_sha256: HashMap<[u8; 32], BuyerIdx>,
     /// For each vertical, the buyers that take it, ascending.
     pub buyers_by_vertical: Vec<Vec<BuyerIdx>>,
     /// The eligibility index over `buyers` (built with `buyers_by_vertical` by
@@ -247,6 +254,8 @@ pub struct ServerConfig {
     /// One post (winner and every fallback) ends within this many ms; each attempt's
     /// timeout is the buyer's `post_timeout_ms` or what is left, whichever is less.
     pub post_deadline_ms: u64,
+    /// Sold leads remembered for `POST /v1/dispositions` (oldest forgotten first).
+    pub sold_leads_max: usize,
     pub breaker: BreakerConfig,
     /// Connection limits and TLS of the seller listener (flat keys in `[server]`).
     pub listener: ListenerSettings,
@@ -420,6 +429,14 @@ pub struct Buyer {
     /// Whether `http://` URLs to a host other than loopback are allowed (full leads then
     /// travel in cleartext).
     pub allow_plaintext: bool,
+    /// SHA-256 of the buyer's bearer key for `POST /v1/dispositions`; `None`: this buyer
+    /// cannot report dispositions (401). The key itself is never stored.
+    pub key_sha256: Option<[u8; 32]>,
+    /// SHA-256 of a second valid key, for rotation.
+    pub key_sha256_next: Option<[u8; 32]>,
+    /// Days after a sale within which a `returned` disposition refunds the buyer and
+    /// claws back the seller's payout; 0: returns are recorded, never refunded.
+    pub return_window_days: u16,
 }
 
 /// Lead caps and budget, counted in the buyer's own time zone.

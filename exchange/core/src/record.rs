@@ -85,6 +85,11 @@ pub enum Record<'a> {
     Flush(FlushRecord),
     /// Continuous learning compared a retrained challenger with the champion.
     ModelDecision(ModelDecisionRecord<'a>),
+    /// What became of a sold lead, as its buyer reported it (durable).
+    Disposition(DispositionRecord<'a>),
+    /// A `returned` lead inside the buyer's return window: the buyer is refunded and the
+    /// seller's payout clawed back (durable).
+    Refund(RefundRecord<'a>),
 }
 
 /// `type: "model_decision"`: a challenger model set was trained and compared with the
@@ -134,6 +139,8 @@ impl Record<'_> {
             Record::QuoteExpired(_) => "quote_expired",
             Record::Flush(_) => "flush",
             Record::ModelDecision(_) => "model_decision",
+            Record::Disposition(_) => "disposition",
+            Record::Refund(_) => "refund",
         }
     }
 
@@ -148,6 +155,8 @@ impl Record<'_> {
                 | Record::Flush(_)
                 | Record::PostSent(_)
                 | Record::ModelDecision(_)
+                | Record::Disposition(_)
+                | Record::Refund(_)
         ) || matches!(self, Record::PostAttempt(a) if a.outcome == LATE_ACCEPT)
     }
 }
@@ -513,6 +522,51 @@ pub struct QuoteHoldRecord<'a> {
     /// Why a hold was released (`post_failed`, `mismatch`, `quote_refused`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+}
+
+/// `type: "disposition"`: what became of a sold lead, reported by the buyer that bought
+/// it (`POST /v1/dispositions`). Durable: the buyer's `200` comes after the fsync. At most
+/// one per (`lead_id`, `outcome`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DispositionRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub auction_id: &'a str,
+    pub buyer: &'a str,
+    pub seller: &'a str,
+    pub vertical: &'a str,
+    /// `contacted`, `no_contact`, `quoted`, `sold`, `disqualified` or `returned`.
+    pub outcome: &'a str,
+    /// The buyer's reason code (bounded, charset-limited: never free text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// The lead was a test lead (nothing was paid, nothing is refunded).
+    pub test: bool,
+}
+
+/// `type: "refund"`: a `returned` lead inside the buyer's return window. The buyer gets
+/// its bid back (`buyer_refund_micros` = the sale's `bid_micros`), the seller's payout is
+/// clawed back (`seller_clawback_micros` = the sale's `seller_price_micros`), and the
+/// exchange's margin on the lead is reversed (`margin_reversed_micros` = the sale's
+/// `margin_micros`). Written right after its `disposition`, durable; at most one per lead.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefundRecord<'a> {
+    #[serde(flatten)]
+    pub head: Head,
+    pub lead_id: &'a str,
+    pub auction_id: &'a str,
+    pub buyer: &'a str,
+    pub seller: &'a str,
+    pub vertical: &'a str,
+    pub currency: &'a str,
+    pub buyer_refund_micros: i64,
+    pub seller_clawback_micros: i64,
+    pub margin_reversed_micros: i64,
+    /// When the lead was sold (the sale's `at`, Unix ms): the window counts from here.
+    pub sold_at_ms: UnixMs,
+    /// The buyer's `return_window_days` that allowed the refund.
+    pub return_window_days: u16,
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ pub(crate) fn buyer(i: usize) -> Buyer {
         caps: Caps::default(),
         fixed_price: None,
         allow_plaintext: false,
+        key_sha256: None,
+        key_sha256_next: None,
+        return_window_days: defaults::RETURN_WINDOW_DAYS,
     }
 }
 
@@ -150,6 +153,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             response_reserve_ms: defaults::RESPONSE_RESERVE_MS,
             post_attempts_max: defaults::POST_ATTEMPTS_MAX,
             post_deadline_ms: defaults::POST_DEADLINE_MS,
+            sold_leads_max: defaults::SOLD_LEADS_MAX,
             breaker: breaker_cfg(),
             listener: ListenerSettings::default(),
         },
@@ -158,6 +162,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         buyers,
         vertical_by_name: HashMap::from([("auto_insurance".to_string(), 0)]),
         seller_by_key_sha256: HashMap::from([([0; 32], 0)]),
+        buyer_by_key_sha256: HashMap::new(),
         buyers_by_vertical: Vec::new(),
         index: Default::default(),
         buyer_by_key: HashMap::new(),

@@ -217,6 +217,7 @@ pub fn load_str_with_env(
         .into_iter()
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))
         .collect();
+    let buyer_by_key_sha256 = index_buyer_keys(&buyers, &seller_by_key_sha256, &sellers, &mut p);
 
     top.finish(&mut p);
     if !p.0.is_empty() {
@@ -250,6 +251,7 @@ pub fn load_str_with_env(
         buyers,
         vertical_by_name,
         seller_by_key_sha256,
+        buyer_by_key_sha256,
         buyers_by_vertical: Vec::new(),
         index: Default::default(),
         buyer_by_key: HashMap::new(),
@@ -274,6 +276,51 @@ pub fn load_str_with_env(
         },
     );
     Ok(config)
+}
+
+/// The buyers' bearer key digests (`key_sha256`, `key_sha256_next`) by buyer position. A
+/// digest may name one party only: one shared by two buyers, or by a buyer and a seller,
+/// is a problem at the later one (a key must say who is calling).
+fn index_buyer_keys(
+    buyers: &[Option<Buyer>],
+    seller_by_key_sha256: &HashMap<[u8; 32], SellerIdx>,
+    sellers: &[Option<Seller>],
+    p: &mut Problems,
+) -> HashMap<[u8; 32], usize> {
+    let mut by_digest: HashMap<[u8; 32], usize> = HashMap::new();
+    for (idx, buyer) in buyers.iter().enumerate() {
+        let Some(buyer) = buyer else { continue };
+        let keys = buyer
+            .key_sha256
+            .map(|k| ("key_sha256", k))
+            .into_iter()
+            .chain(buyer.key_sha256_next.map(|k| ("key_sha256_next", k)));
+        for (name, digest) in keys {
+            let path = join(&join("buyers", &buyer.id), name);
+            if let Some(&seller) = seller_by_key_sha256.get(&digest) {
+                let seller_id = sellers
+                    .get(seller)
+                    .and_then(Option::as_ref)
+                    .map_or("", |s| s.id.as_str());
+                p.at(
+                    &path,
+                    format!("the same key as {}", join("sellers", seller_id)),
+                );
+            } else if let Some(&first) = by_digest.get(&digest) {
+                let first_id = buyers
+                    .get(first)
+                    .and_then(Option::as_ref)
+                    .map_or("", |b| b.id.as_str());
+                p.at(
+                    &path,
+                    format!("the same key as {}", join("buyers", first_id)),
+                );
+            } else {
+                by_digest.insert(digest, idx);
+            }
+        }
+    }
+    by_digest
 }
 
 /// A TOML syntax error as one problem with its line and column.

@@ -52,7 +52,7 @@ pub fn page(reports: &Reports, dir: &Path) -> String {
 <title>pingpost P&amp;L, {range}</title><style>{CSS}</style></head><body>\n\
 <h1>pingpost profit and loss</h1>\n<p>Ledger <code>{dir}</code>, {range} (UTC days). Test leads are left out\
 {excl}. Money in currency units; revenue is what buyers pay, payouts what sellers get, margin the difference. \
-Returns and refunds are 0 until returns are recorded.</p>\n",
+Revenue, payouts and margin are net of refunds (returned leads refunded inside the buyer's return window).</p>\n",
         range = esc(&range),
         dir = esc(&dir.display().to_string()),
         excl = day.map_or(String::new(), |r| format!(

@@ -26,7 +26,7 @@ use crate::core::record::RECORD_VERSION;
 use crate::ledger::segments;
 
 /// The record types this version of the tools knows (docs/OPERATIONS.md, "The ledger").
-pub const KNOWN_TYPES: [&str; 9] = [
+pub const KNOWN_TYPES: [&str; 11] = [
     "auction",
     "post_attempt",
     "sale",
@@ -36,6 +36,8 @@ pub const KNOWN_TYPES: [&str; 9] = [
     "quote_released",
     "quote_expired",
     "flush",
+    "disposition",
+    "refund",
 ];
 
 /// Record types that say a lead is about to leave for a buyer (written before the

@@ -9,6 +9,13 @@
 //!   payout model applied to the winning bid (`pingpost_core::award`'s rule: the model's
 //!   price, capped at the bid). A fallback's sale (`attempt > 0`) pays the seller the price
 //!   quoted for the winner's bid.
+//! - Every refund (`refund` record): its lead has a non-test sale to the same buyer and
+//!   seller, a `returned` disposition, amounts equal to the sale's (`buyer_refund_micros`
+//!   = `bid_micros`, `seller_clawback_micros` = `seller_price_micros`,
+//!   `margin_reversed_micros` = `margin_micros`), lies within its `return_window_days` of
+//!   the sale, and is the lead's only refund. Every `disposition`: its lead has a sale to
+//!   the same buyer, and no other disposition of the same outcome. The totals are net of
+//!   refunds (revenue, payouts and margin), as the report's are.
 //! - Every delivery has an outcome: a sale with `attempt` k has the `post_attempt`
 //!   records of attempts 0..k; an `unsold` post's `attempts` deliveries each have one; a
 //!   pre-send record (see [`super::PRE_SEND_TYPES`]) without a `post_attempt`, `sale` or
@@ -37,6 +44,11 @@ pub struct Reconciliation {
     pub mismatches: Vec<String>,
     /// Deliveries with no outcome ("delivered, outcome unknown").
     pub outcome_unknown: Vec<String>,
+    /// Per currency: (refunds, Σ `buyer_refund_micros`) of the refund records (the
+    /// totals above are net of them).
+    pub refunds: BTreeMap<String, (u64, i64)>,
+    /// Disposition records read.
+    pub dispositions: u64,
     /// Whether payouts were checked against a configuration.
     pub payouts_checked: bool,
     pub stats: ReadStats,
@@ -55,6 +67,28 @@ struct Sale {
     price: i64,
     margin: i64,
     attempt: u64,
+    buyer: String,
+}
+
+struct Refund {
+    place: String,
+    ids: String,
+    lead: String,
+    buyer: String,
+    seller: String,
+    currency: String,
+    refund: i64,
+    clawback: i64,
+    reversed: i64,
+    at_ms: i64,
+    window_days: i64,
+}
+
+/// One day in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+
+fn at_ms(e: &Entry) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(e.str("at")).map_or(0, |t| t.timestamp_millis())
 }
 
 struct Auction {
@@ -71,8 +105,37 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
     let mut unsold: Vec<(String, String, u64, String)> = Vec::new();
     let mut unsold_leads: HashMap<String, ()> = HashMap::new();
     let mut pre_sends: Vec<(String, String, String, u64)> = Vec::new();
+    let mut refunds: Vec<Refund> = Vec::new();
+    // (place, lead_id, buyer, outcome) of every disposition.
+    let mut dispositions: Vec<(String, String, String, String)> = Vec::new();
+    // lead_id -> the sale's `at` (ms).
+    let mut sold_at: HashMap<String, i64> = HashMap::new();
     let stats = for_each(dir, |e: Entry| {
         match e.kind.as_str() {
+            "refund" => refunds.push(Refund {
+                place: e.place(),
+                ids: format!(
+                    "lead_id {} buyer {} seller {}",
+                    e.str("lead_id"),
+                    e.str("buyer"),
+                    e.str("seller")
+                ),
+                lead: e.str("lead_id").to_string(),
+                buyer: e.str("buyer").to_string(),
+                seller: e.str("seller").to_string(),
+                currency: e.str("currency").to_string(),
+                refund: e.i64("buyer_refund_micros").unwrap_or(0),
+                clawback: e.i64("seller_clawback_micros").unwrap_or(0),
+                reversed: e.i64("margin_reversed_micros").unwrap_or(0),
+                at_ms: at_ms(&e),
+                window_days: e.i64("return_window_days").unwrap_or(0),
+            }),
+            "disposition" => dispositions.push((
+                e.place(),
+                e.str("lead_id").to_string(),
+                e.str("buyer").to_string(),
+                e.str("outcome").to_string(),
+            )),
             "auction" => {
                 auctions.insert(
                     e.str("auction_id").to_string(),
@@ -82,26 +145,30 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                     },
                 );
             }
-            "sale" => sales.push(Sale {
-                place: e.place(),
-                ids: format!(
-                    "lead_id {} auction_id {} buyer {} seller {}",
-                    e.str("lead_id"),
-                    e.str("auction_id"),
-                    e.str("buyer"),
-                    e.str("seller")
-                ),
-                lead: e.str("lead_id").to_string(),
-                ping: e.str("ping_id").to_string(),
-                auction: e.str("auction_id").to_string(),
-                seller: e.str("seller").to_string(),
-                currency: e.str("currency").to_string(),
-                test: e.bool("test"),
-                bid: e.i64("bid_micros").unwrap_or(0),
-                price: e.i64("seller_price_micros").unwrap_or(0),
-                margin: e.i64("margin_micros").unwrap_or(0),
-                attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
-            }),
+            "sale" => {
+                sold_at.insert(e.str("lead_id").to_string(), at_ms(&e));
+                sales.push(Sale {
+                    place: e.place(),
+                    ids: format!(
+                        "lead_id {} auction_id {} buyer {} seller {}",
+                        e.str("lead_id"),
+                        e.str("auction_id"),
+                        e.str("buyer"),
+                        e.str("seller")
+                    ),
+                    lead: e.str("lead_id").to_string(),
+                    ping: e.str("ping_id").to_string(),
+                    auction: e.str("auction_id").to_string(),
+                    seller: e.str("seller").to_string(),
+                    currency: e.str("currency").to_string(),
+                    test: e.bool("test"),
+                    bid: e.i64("bid_micros").unwrap_or(0),
+                    price: e.i64("seller_price_micros").unwrap_or(0),
+                    margin: e.i64("margin_micros").unwrap_or(0),
+                    attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+                    buyer: e.str("buyer").to_string(),
+                })
+            }
             "post_attempt" => attempts
                 .entry(e.str("lead_id").to_string())
                 .or_default()
@@ -269,20 +336,111 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
             ));
         }
     }
+    // Dispositions and refunds against the sales they name.
+    let sale_of: HashMap<&str, &Sale> = sales.iter().map(|s| (s.lead.as_str(), s)).collect();
+    let mut seen_dispositions: HashMap<(&str, &str), &str> = HashMap::new();
+    let mut returned: HashMap<&str, &str> = HashMap::new();
+    for (place, lead, buyer, outcome) in &dispositions {
+        out.dispositions += 1;
+        let ids = format!("lead_id {lead} buyer {buyer} outcome {outcome}");
+        match sale_of.get(lead.as_str()) {
+            None => out.mismatches.push(format!(
+                "{place}: a disposition of a lead with no sale ({ids})"
+            )),
+            Some(s) if s.buyer != *buyer => out.mismatches.push(format!(
+                "{place}: a disposition by buyer {buyer} of a lead sold to {} ({ids})",
+                s.buyer
+            )),
+            Some(_) => {}
+        }
+        if let Some(first) = seen_dispositions.insert((lead, outcome), place) {
+            out.mismatches.push(format!(
+                "{place}: the same disposition twice (first at {first}) ({ids})"
+            ));
+        }
+        if outcome == "returned" {
+            returned.insert(lead, buyer);
+        }
+    }
+    let mut refunded: HashMap<&str, &str> = HashMap::new();
+    for r in &refunds {
+        let m = &mut out.mismatches;
+        if let Some(first) = refunded.insert(&r.lead, &r.place) {
+            m.push(format!(
+                "{}: lead refunded twice (first refund at {first}) ({})",
+                r.place, r.ids
+            ));
+        }
+        if returned.get(r.lead.as_str()) != Some(&r.buyer.as_str()) {
+            m.push(format!(
+                "{}: a refund without a returned disposition by its buyer ({})",
+                r.place, r.ids
+            ));
+        }
+        let Some(s) = sale_of.get(r.lead.as_str()) else {
+            m.push(format!(
+                "{}: a refund of a lead with no sale ({})",
+                r.place, r.ids
+            ));
+            continue;
+        };
+        if s.test {
+            m.push(format!(
+                "{}: a refund of a test lead (nothing was paid) ({})",
+                r.place, r.ids
+            ));
+            continue;
+        }
+        if s.buyer != r.buyer || s.seller != r.seller || s.currency != r.currency {
+            m.push(format!(
+                "{}: the refund names buyer {} seller {} currency {} but the sale was buyer {} seller {} currency {} ({})",
+                r.place, r.buyer, r.seller, r.currency, s.buyer, s.seller, s.currency, r.ids
+            ));
+        }
+        if (r.refund, r.clawback, r.reversed) != (s.bid, s.price, s.margin) {
+            m.push(format!(
+                "{}: refund {} / clawback {} / margin reversed {} differ from the sale's bid {} / seller price {} / margin {} ({})",
+                r.place, r.refund, r.clawback, r.reversed, s.bid, s.price, s.margin, r.ids
+            ));
+        }
+        let sold = sold_at.get(r.lead.as_str()).copied().unwrap_or(0);
+        let late = r.at_ms.saturating_sub(sold) > r.window_days.saturating_mul(DAY_MS);
+        if r.window_days <= 0 || late || r.at_ms < sold {
+            m.push(format!(
+                "{}: refunded {} ms after the sale, outside its return window of {} day(s) ({})",
+                r.place,
+                r.at_ms.saturating_sub(sold),
+                r.window_days,
+                r.ids
+            ));
+        }
+        let t = out.totals.entry(r.currency.clone()).or_default();
+        t.1 = t.1.saturating_sub(r.refund);
+        t.2 = t.2.saturating_sub(r.clawback);
+        t.3 = t.3.saturating_sub(r.reversed);
+        let f = out.refunds.entry(r.currency.clone()).or_default();
+        f.0 += 1;
+        f.1 = f.1.saturating_add(r.refund);
+    }
     // The report's figures (grouped by buyer) against the sales themselves.
     let reports = report::build(dir, DateRange::default(), &HashMap::new())?;
     if let Some(r) = reports.by.get(&report::By::Buyer) {
         for t in &r.totals {
             let (n, rev, pay, mar) = out.totals.get(&t.currency).copied().unwrap_or_default();
+            let (returns, refunded) = out.refunds.get(&t.currency).copied().unwrap_or_default();
             if t.sales != n
-                || t.revenue_micros - t.refunds_micros != rev
+                || t.revenue_micros != rev
+                || t.returns != returns
+                || t.refunds_micros != refunded
                 || t.payouts_micros != pay
                 || t.margin_micros != mar
             {
                 out.mismatches.push(format!(
-                    "{}: the report by buyer has revenue - refunds {} , payouts {}, margin {} over {} sale(s); the sales add up to {rev}, {pay}, {mar} over {n}",
+                    "{}: the report by buyer has net revenue {} (refunds {} over {} return(s)), payouts {}, margin {} over {} sale(s); the sales and refunds add up to {rev} ({refunded} over {returns}), {pay}, {mar} over {n}",
                     if t.currency.is_empty() { "-" } else { &t.currency },
-                    t.revenue_micros - t.refunds_micros,
+                    t.revenue_micros,
+                    t.refunds_micros,
+                    t.returns,
                     t.payouts_micros,
                     t.margin_micros,
                     t.sales
@@ -330,13 +488,20 @@ impl Reconciliation {
             self.sales, self.test_sales
         );
         for (cur, (n, rev, pay, mar)) in &self.totals {
+            let (returns, refunded) = self.refunds.get(cur).copied().unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {cur}: {n} sale(s), revenue {} - refunds 0.00 = sales {}; payouts {}, margin {}",
-                money(*rev),
+                "  {cur}: {n} sale(s), revenue {} - refunds {} = sales {}; payouts {}, margin {}{}",
+                money(rev.saturating_add(refunded)),
+                money(refunded),
                 money(*rev),
                 money(*pay),
-                money(*mar)
+                money(*mar),
+                if returns > 0 {
+                    format!(" ({returns} refund(s); payouts and margin net of the clawbacks)")
+                } else {
+                    String::new()
+                }
             );
         }
         if !self.payouts_checked {
@@ -433,7 +598,7 @@ mod tests {
             AUCTION,
             SALE,
             r#"{"type":"sale","v":99,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_x","bid_micros":1,"seller_price_micros":5,"margin_micros":0}"#,
-            r#"{"type":"disposition","v":3,"generation":1,"at":"2026-11-29T10:00:03.000Z","lead_id":"ld_b"}"#,
+            r#"{"type":"model_swapped","v":3,"generation":1,"at":"2026-11-29T10:00:03.000Z","lead_id":"ld_b"}"#,
         ]);
         let r = reconcile(dir.path(), None).unwrap();
         assert!(!r.failed(), "{}", r.render());
@@ -444,7 +609,7 @@ mod tests {
             "{notes}"
         );
         assert!(
-            notes.contains("1 record(s) of type \"disposition\" ignored"),
+            notes.contains("1 record(s) of type \"model_swapped\" ignored"),
             "{notes}"
         );
     }

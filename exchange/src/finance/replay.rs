@@ -477,6 +477,26 @@ so if the exchange reloaded its configuration since it started, the file may not
                 p.i64("attempts").unwrap_or(0),
                 p.place()
             ),
+            "disposition" => format!(
+                "DISPOSITION by {}: {}{} ({})",
+                p.str("buyer"),
+                p.str("outcome"),
+                match p.str("reason") {
+                    "" => String::new(),
+                    r => format!(", reason {r}"),
+                },
+                p.place()
+            ),
+            "refund" => format!(
+                "REFUNDED (returned within {} day(s)): the buyer {} gets {} back, {} is clawed back from the seller {}, margin {} reversed ({})",
+                p.i64("return_window_days").unwrap_or(0),
+                p.str("buyer"),
+                m(p.i64("buyer_refund_micros").unwrap_or(0)),
+                m(p.i64("seller_clawback_micros").unwrap_or(0)),
+                p.str("seller"),
+                m(p.i64("margin_reversed_micros").unwrap_or(0)),
+                p.place()
+            ),
             k => format!("{k} ({})", p.place()),
         };
         let _ = writeln!(out, "{line}");

@@ -6,8 +6,11 @@
 //! - `quotes`: firm quotes held (`quote_reserved`);
 //! - `sales`, `revenue_micros` (Σ `bid_micros`, what buyers pay), `payouts_micros`
 //!   (Σ `seller_price_micros`, what sellers get), `margin_micros` (Σ `margin_micros`);
-//! - `returns`, `refunds_micros`: 0 until returns are recorded (the columns stay so a
-//!   spreadsheet's layout does not change when they are).
+//! - `returns` (refund records: returned leads refunded inside the buyer's window) and
+//!   `refunds_micros` (Σ their `buyer_refund_micros`). Revenue, payouts and margin are net
+//!   of them: a refund takes its `buyer_refund_micros` off revenue, its
+//!   `seller_clawback_micros` off payouts and its `margin_reversed_micros` off margin, in
+//!   the refund's day, seller, buyer and vertical (so revenue = payouts + margin still).
 //!
 //! Rows are per key and currency: money of different currencies is never added.
 
@@ -78,6 +81,8 @@ impl Row {
         self.revenue_micros = self.revenue_micros.saturating_add(o.revenue);
         self.payouts_micros = self.payouts_micros.saturating_add(o.payouts);
         self.margin_micros = self.margin_micros.saturating_add(o.margin);
+        self.returns += o.returns;
+        self.refunds_micros = self.refunds_micros.saturating_add(o.refunds);
     }
 }
 
@@ -91,6 +96,8 @@ struct Figures {
     revenue: i64,
     payouts: i64,
     margin: i64,
+    returns: u64,
+    refunds: i64,
 }
 
 /// Test leads left out.
@@ -221,6 +228,30 @@ impl Acc {
                     c.margin = c.margin.saturating_add(margin);
                 }
             }
+            "refund" => {
+                let vertical = e.str("vertical").to_string();
+                self.currency
+                    .entry(vertical.clone())
+                    .or_insert_with(|| e.str("currency").to_string());
+                let (refund, clawback, reversed) = (
+                    e.i64("buyer_refund_micros").unwrap_or(0),
+                    e.i64("seller_clawback_micros").unwrap_or(0),
+                    e.i64("margin_reversed_micros").unwrap_or(0),
+                );
+                for (by, key) in [
+                    (By::Day, day.as_str()),
+                    (By::Seller, e.str("seller")),
+                    (By::Buyer, e.str("buyer")),
+                    (By::Vertical, vertical.as_str()),
+                ] {
+                    let c = self.cell(by, key, &vertical);
+                    c.returns += 1;
+                    c.refunds = c.refunds.saturating_add(refund);
+                    c.revenue = c.revenue.saturating_sub(refund);
+                    c.payouts = c.payouts.saturating_sub(clawback);
+                    c.margin = c.margin.saturating_sub(reversed);
+                }
+            }
             "quote_reserved" => self.quotes.push((
                 e.str("ping_id").to_string(),
                 e.str("buyer").to_string(),
@@ -296,6 +327,8 @@ impl Acc {
                 t.revenue_micros += r.revenue_micros;
                 t.payouts_micros += r.payouts_micros;
                 t.margin_micros += r.margin_micros;
+                t.returns += r.returns;
+                t.refunds_micros += r.refunds_micros;
             }
             by.insert(
                 g,
@@ -417,7 +450,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "left out: {} test auction(s), {} test sale(s); returns and refunds are 0 until returns are recorded",
+            "left out: {} test auction(s), {} test sale(s); revenue, payouts and margin are net of refunds",
             self.excluded.test_auctions, self.excluded.test_sales
         );
         for n in &self.notes {

@@ -43,6 +43,7 @@ use crate::idempotency::{self, Begin};
 use crate::state::{AppState, ReloadError, Runtime, ADMIN_CONNECTIONS_MAX};
 
 mod admin;
+mod dispositions;
 mod seller;
 
 pub use admin::{handle_admin, reload_answer, ADMIN_BODY_BYTES_MAX};
@@ -243,6 +244,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "/v1/ping" => "ping",
         "/v1/post" => "post",
         "/v1/leads" => "leads",
+        "/v1/dispositions" => "dispositions",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         // `/metrics` names buyers and volumes: it is on the admin listener only.
@@ -269,6 +271,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         ("ping" | "post" | "leads", &Method::POST) => {
             seller_request(&state, route, req, arrival, permit).await
         }
+        ("dispositions", &Method::POST) => {
+            dispositions::disposition_request(&state, req, permit).await
+        }
         ("openapi", &Method::GET) => openapi_json(&state),
         ("unknown", _) => error_response(
             &state,
@@ -278,7 +283,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             ),
         ),
         (_, m) => {
-            let allow = if matches!(route, "ping" | "post" | "leads") {
+            let allow = if matches!(route, "ping" | "post" | "leads" | "dispositions") {
                 "POST"
             } else {
                 "GET"

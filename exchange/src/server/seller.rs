@@ -146,7 +146,7 @@ pub(super) async fn read_body(
     }
 }
 
-fn is_json(req: &Request<Incoming>) -> bool {
+pub(super) fn is_json(req: &Request<Incoming>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

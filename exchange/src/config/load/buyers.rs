@@ -114,6 +114,26 @@ pub(super) fn read_buyer(
             }
         }
     }
+    // The buyer's bearer key for `POST /v1/dispositions` (optional) and its rotation key.
+    let key_sha256 = s
+        .opt("key_sha256")
+        .and_then(|(path, v)| buyer_key_digest(p, &path, v));
+    let key_sha256_next = s
+        .opt("key_sha256_next")
+        .and_then(|(path, v)| buyer_key_digest(p, &path, v));
+    if s.has("key_sha256_next") && !s.has("key_sha256") {
+        p.at(
+            &s.path_of("key_sha256_next"),
+            "needs key_sha256 (the key being rotated away from)",
+        );
+    }
+    if key_sha256.is_some() && key_sha256 == key_sha256_next {
+        p.at(&s.path_of("key_sha256_next"), "must differ from key_sha256");
+    }
+    let return_window_days = s
+        .int_opt(p, "return_window_days", 0, RETURN_WINDOW_DAYS_LIMIT)
+        .and_then(|d| u16::try_from(d).ok())
+        .unwrap_or(defaults::RETURN_WINDOW_DAYS);
     let fixed_price = s.money_opt(p, "fixed_price");
     match (s.has("ping_url"), s.has("fixed_price")) {
         (false, false) => p.at(
@@ -161,7 +181,35 @@ pub(super) fn read_buyer(
         caps,
         fixed_price,
         allow_plaintext,
+        key_sha256,
+        key_sha256_next,
+        return_window_days,
     })
+}
+
+/// Longest `buyers.ID.return_window_days`.
+const RETURN_WINDOW_DAYS_LIMIT: i64 = 365;
+
+/// A buyer key's SHA-256 as 64 hex digits.
+fn buyer_key_digest(p: &mut Problems, path: &str, v: &Value) -> Option<[u8; 32]> {
+    let Some(text) = v.as_str() else {
+        p.at(
+            path,
+            "must be a string of 64 hex digits: the SHA-256 of the buyer's key",
+        );
+        return None;
+    };
+    let mut digest = [0u8; 32];
+    match hex::decode_to_slice(text, &mut digest) {
+        Ok(()) => Some(digest),
+        Err(_) => {
+            p.at(
+                path,
+                "must be 64 hex digits: the SHA-256 of the buyer's key",
+            );
+            None
+        }
+    }
 }
 
 /// Whether `url` may be used without `allow_plaintext`: `https://`, or `http://` to a

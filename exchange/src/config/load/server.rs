@@ -137,6 +137,14 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         TIMEOUT_MS_LIMIT,
         defaults::POST_DEADLINE_MS,
     );
+    // Sold leads remembered for `POST /v1/dispositions` (oldest forgotten first).
+    let sold_leads_max = s.usize_or(
+        p,
+        "sold_leads_max",
+        1,
+        SOLD_LEADS_LIMIT,
+        defaults::SOLD_LEADS_MAX,
+    );
 
     let mut b = s.section_or_empty(p, "breaker");
     let breaker = BreakerConfig {
@@ -176,11 +184,14 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         response_reserve_ms,
         post_attempts_max,
         post_deadline_ms,
+        sold_leads_max,
         breaker,
         listener,
     }
 }
 
+/// Largest `server.sold_leads_max` (about 3 GB of sold-lead index).
+const SOLD_LEADS_LIMIT: i64 = 10_000_000;
 /// Smallest `server.ledger_segment_bytes_max` (4 KiB: a few records per segment).
 const LEDGER_SEGMENT_BYTES_MIN: i64 = 4 * 1024;
 /// Largest `server.ledger_segment_bytes_max` (1 GiB).

@@ -1,6 +1,7 @@
 //! Tests of the loader: shared helpers (a small base document and markers to splice
 //! edits in), whole-file tests and cross-references; each section's tests are in tests/.
 
+mod buyer_keys;
 mod buyers;
 mod reader;
 mod sellers;

@@ -1,0 +1,266 @@
+//! `POST /v1/dispositions` on the seller listener: a buyer reports what became of a lead
+//! it bought (buyer bearer key). Checks in order, each answered with its contract error
+//! and changing nothing: the key (401), the buyer's request rate (429), the content type
+//! (415), the body size (413) and its fields (400), the ledger's health (503), the lead
+//! (404 unknown or forgotten, 403 sold to another buyer), a repeat (409). A valid one is
+//! written to the ledger (`disposition`, and a `refund` for a `returned` inside the
+//! buyer's return window), and answered only after both are on disk.
+
+use super::*;
+use crate::config::BuyerIdx;
+use crate::core::record::{DispositionRecord, Head, LedgerSink, Record, RefundRecord};
+use crate::dispositions::{self, refund_decision, Claim, RETURNED};
+
+/// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
+/// rules: the digest is looked up, then compared in constant time with the buyer's own).
+fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx, ApiError> {
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer <buyer key>",
+        )
+    })?;
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "Authorization must be Bearer <buyer key>",
+            )
+        })?;
+    let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown buyer key");
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let idx = *rt
+        .config
+        .buyer_by_key_sha256
+        .get(&digest)
+        .ok_or_else(unknown)?;
+    let b = rt.config.buyers.get(idx).ok_or_else(unknown)?;
+    let Some(first) = b.key_sha256 else {
+        return Err(unknown());
+    };
+    let next = b.key_sha256_next.unwrap_or(first);
+    if bool::from(digest.ct_eq(&first) | digest.ct_eq(&next)) {
+        Ok(idx)
+    } else {
+        Err(unknown())
+    }
+}
+
+/// The answer of a recorded disposition.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    lead_id: &'a str,
+    outcome: &'a str,
+    recorded: bool,
+    /// The refund a `returned` made, else `null`.
+    refund: Option<RefundAnswer<'a>>,
+    /// Why a `returned` refunded nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_refund: Option<&'static str>,
+}
+
+#[derive(serde::Serialize)]
+struct RefundAnswer<'a> {
+    currency: &'a str,
+    buyer_refund: proto::Micros,
+    seller_clawback: proto::Micros,
+}
+
+pub(super) async fn disposition_request(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    _permit: InFlight,
+) -> Response<Body> {
+    match disposition(state, req).await {
+        Ok(bytes) => json_response(200, bytes),
+        Err(e) => error_response(state, &e),
+    }
+}
+
+async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+    let rt = state.runtime.load_full();
+    let idx = authenticate_buyer(&rt, &req)?;
+    let buyer = &rt.config.buyers[idx];
+    if !state
+        .disposition_rate
+        .allow(buyer.key, state.clock.now_ms())
+    {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over {} dispositions per second",
+                dispositions::DISPOSITIONS_PER_BUYER_PER_S
+            ),
+        ));
+    }
+    if !super::seller::is_json(&req) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "Content-Type must be application/json",
+        ));
+    }
+    let server = &rt.config.server;
+    let body = read_body(
+        req,
+        server.body_bytes_max,
+        Duration::from_millis(server.header_read_timeout_ms),
+    )
+    .await?;
+    let mut buf = body.to_vec();
+    let d = dispositions::parse(&mut buf)?;
+    if !state.ledger.is_healthy() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the exchange cannot record dispositions until it is restarted",
+        ));
+    }
+    // The rest runs in its own task: a client that disconnects cannot leave a claim
+    // pending or a written record unsettled (the seller routes do the same).
+    let st = state.clone();
+    let buyer_key = buyer.key;
+    let buyer_id = buyer.id.clone();
+    let window = buyer.return_window_days;
+    let generation = rt.generation;
+    tokio::spawn(async move { record(&st, d, buyer_key, &buyer_id, window, generation).await })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "the request failed inside the exchange",
+            ))
+        })
+}
+
+/// Claims (lead, outcome), writes the records and settles the claim.
+async fn record(
+    state: &Arc<AppState>,
+    d: dispositions::Disposition,
+    buyer_key: crate::config::BuyerKey,
+    buyer_id: &str,
+    return_window_days: u16,
+    generation: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let lead = match state
+        .sold_leads
+        .claim(&d.lead_id, buyer_key, buyer_id, d.outcome)
+    {
+        Claim::Claimed(lead) => lead,
+        Claim::NotFound => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "unknown lead_id (not sold by this exchange, or older than it remembers)",
+            ))
+        }
+        Claim::Forbidden => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this lead was not sold to this buyer",
+            ))
+        }
+        Claim::Repeat => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "outcome {} was already recorded for this lead",
+                    d.outcome_str()
+                ),
+            ))
+        }
+        Claim::InFlight => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the same disposition is still being recorded",
+            ))
+        }
+    };
+    let now = state.clock.now_ms();
+    let decision =
+        (d.outcome_str() == RETURNED).then(|| refund_decision(&lead, return_window_days, now));
+    let head = Head::new(generation, now);
+    let disposition = Record::Disposition(DispositionRecord {
+        head,
+        lead_id: &d.lead_id,
+        auction_id: &lead.auction_id,
+        buyer: &lead.buyer,
+        seller: &lead.seller,
+        vertical: &lead.vertical,
+        outcome: d.outcome_str(),
+        reason: d.reason.as_deref(),
+        test: lead.test,
+    });
+    let refund = matches!(decision, Some(Ok(()))).then(|| {
+        Record::Refund(RefundRecord {
+            head,
+            lead_id: &d.lead_id,
+            auction_id: &lead.auction_id,
+            buyer: &lead.buyer,
+            seller: &lead.seller,
+            vertical: &lead.vertical,
+            currency: &lead.currency,
+            buyer_refund_micros: lead.bid_micros,
+            seller_clawback_micros: lead.seller_price_micros,
+            margin_reversed_micros: lead.margin_micros,
+            sold_at_ms: lead.sold_at,
+            return_window_days,
+        })
+    });
+    // Both lines are handed to the writer together (one group-commit batch) and the
+    // answer waits for both fsyncs.
+    let first = LedgerSink::append(&state.ledger, &disposition);
+    let second = refund
+        .as_ref()
+        .map(|r| LedgerSink::append(&state.ledger, r));
+    let mut written = first.wait().await;
+    if let Some(second) = second {
+        let w = second.wait().await;
+        if written.is_ok() {
+            written = w;
+        }
+    }
+    if let Err(e) = written {
+        state.sold_leads.settle(&d.lead_id, d.outcome, false, false);
+        tracing::error!(error = %e, "disposition not recorded");
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the disposition could not be recorded; nothing changed, retry after the exchange is restarted",
+        ));
+    }
+    state
+        .sold_leads
+        .settle(&d.lead_id, d.outcome, true, refund.is_some());
+    // Learning: a return lowers the buyer's smoothed keep rate at once, and every
+    // disposition counts towards `learning.retrain_after_dispositions`.
+    if let (true, false, Some(key)) = (
+        d.outcome_str() == crate::dispositions::RETURNED,
+        lead.test,
+        lead.buyer_key,
+    ) {
+        state.stats.on_return(key);
+    }
+    state
+        .dispositions_since_train
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let answer = Answer {
+        lead_id: &d.lead_id,
+        outcome: d.outcome_str(),
+        recorded: true,
+        refund: refund.is_some().then_some(RefundAnswer {
+            currency: &lead.currency,
+            buyer_refund: proto::Micros(lead.bid_micros),
+            seller_clawback: proto::Micros(lead.seller_price_micros),
+        }),
+        no_refund: match decision {
+            Some(Err(why)) => Some(why.as_str()),
+            _ => None,
+        },
+    };
+    Ok(to_json(&answer))
+}

@@ -1,0 +1,659 @@
+//! `POST /v1/dispositions` end to end (issue 8/9): real sockets, SDK bidders, the real
+//! loader. A lead is sold by ping then post to `acme` (bids 18.00; the main seller's
+//! payout is an 80 % revenue share, so the seller is paid 14.40); `acme` reports what
+//! became of it with its own bearer key. Checked: a valid disposition is answered 200 and
+//! recorded; every bad input gets its contract error and writes nothing; another buyer
+//! gets 403, an unknown lead 404, a repeat 409; a `returned` inside acme's 7-day return
+//! window writes a refund with the sale's exact micros, and the finance tools (report,
+//! verify, export) count it; after a restart on the same ledger a repeat is still
+//! refused, and a `returned` after the window is recorded but refunds nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use pingpost::app::{self, Running};
+use pingpost::clock::Clock;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use common::*;
+
+const ACME_KEY: &str = "buyer-acme-dispositions-key";
+const ACME_NEXT_KEY: &str = "buyer-acme-next-key";
+const OTHER_KEY: &str = "buyer-other-dispositions-key";
+const ACME_BID: i64 = 18_000_000;
+const ACME_SELLER_PRICE: i64 = 14_400_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Gives acme and other their bearer keys (acme also a rotation key and a 7-day return
+/// window; other keeps the default window, 0).
+fn with_keys(toml: String) -> String {
+    toml.replace(
+        "[buyers.acme]\n",
+        &format!(
+            "[buyers.acme]\nkey_sha256 = \"{}\"\nkey_sha256_next = \"{}\"\nreturn_window_days = 7\n",
+            digest(ACME_KEY),
+            digest(ACME_NEXT_KEY)
+        ),
+    )
+    .replace(
+        "[buyers.other]\n",
+        &format!("[buyers.other]\nkey_sha256 = \"{}\"\n", digest(OTHER_KEY)),
+    )
+}
+
+/// acme bids 18.00 and wins; other bids 10.00.
+async fn bidders() -> (TestConfig, Vec<bidder_sdk::ServerHandle>) {
+    let acme = ScriptedBidder::bidding(18.0);
+    let other = ScriptedBidder::bidding(10.0);
+    let (a, ha) = serve("acme", &acme).await;
+    let (o, ho) = serve("other", &other).await;
+    (TestConfig::new().buyer(a).buyer(o), vec![ha, ho])
+}
+
+/// Sells one lead by ping then post; returns its lead id.
+async fn sell(client: &SellerClient) -> String {
+    let ping = client.ping("TX").await;
+    let sold = client.post(&ping.ping_id, "TX").await;
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer acme"), "{sold:?}");
+    sold.lead_id.expect("a sold lead has an id")
+}
+
+async fn dispose(client: &SellerClient, key: &str, body: &Value) -> Reply {
+    client
+        .post_json_with("/v1/dispositions", key, &[], body)
+        .await
+}
+
+fn records(ledger: &Path, kind: &str) -> Vec<Value> {
+    pingpost::ledger::segments::read_all(ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == kind)
+        .collect()
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(args)
+        .output()
+        .expect("the pingpost binary runs");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_disposition_is_recorded_and_a_return_in_the_window_refunds_the_sale_exactly() {
+    let (cfg, _h) = bidders().await;
+    let mut ex = cfg.start_edited(with_keys).await;
+    let lead = sell(&ex.client).await;
+
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "contacted"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"lead_id": lead, "outcome": "contacted", "recorded": true, "refund": null})
+    );
+    // The rotation key works too.
+    let r = dispose(
+        &ex.client,
+        ACME_NEXT_KEY,
+        &json!({"lead_id": lead, "outcome": "quoted", "reason": "rate_sent"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "returned", "reason": "disconnected_number"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["recorded"], true);
+    assert_eq!(
+        v["refund"],
+        json!({"currency": "USD", "buyer_refund": 18.0, "seller_clawback": 14.4})
+    );
+    assert!(v.get("no_refund").is_none(), "{v}");
+
+    // Durable: on disk before the answer (no flush needed for these two types).
+    let disp = records(&ex.ledger_path, "disposition");
+    assert_eq!(disp.len(), 3, "{disp:?}");
+    let sale = &records(&ex.ledger_path, "sale")[0];
+    assert_eq!(disp[0]["lead_id"], lead);
+    assert_eq!(disp[0]["buyer"], "acme");
+    assert_eq!(disp[0]["seller"], "main");
+    assert_eq!(disp[0]["vertical"], VERTICAL);
+    assert_eq!(disp[0]["auction_id"], sale["auction_id"]);
+    assert_eq!(disp[0]["outcome"], "contacted");
+    assert!(disp[0].get("reason").is_none());
+    assert_eq!(disp[1]["reason"], "rate_sent");
+    assert_eq!(disp[2]["outcome"], "returned");
+    let refunds = records(&ex.ledger_path, "refund");
+    assert_eq!(refunds.len(), 1);
+    let f = &refunds[0];
+    assert_eq!(sale["bid_micros"], ACME_BID);
+    assert_eq!(sale["seller_price_micros"], ACME_SELLER_PRICE);
+    assert_eq!(f["lead_id"], lead);
+    assert_eq!(f["buyer"], "acme");
+    assert_eq!(f["seller"], "main");
+    assert_eq!(f["currency"], "USD");
+    assert_eq!(f["buyer_refund_micros"], ACME_BID);
+    assert_eq!(f["seller_clawback_micros"], ACME_SELLER_PRICE);
+    assert_eq!(f["margin_reversed_micros"], ACME_BID - ACME_SELLER_PRICE);
+    assert_eq!(f["return_window_days"], 7);
+
+    // A second return of the same lead: 409, nothing written.
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "returned"}),
+    )
+    .await;
+    r.assert_error(409, "conflict");
+    assert_eq!(records(&ex.ledger_path, "refund").len(), 1);
+
+    // Two more sales, not returned: the finance tools net the refund out.
+    sell(&ex.client).await;
+    sell(&ex.client).await;
+    ex.shutdown().await;
+    let dir = ex.ledger_path.to_str().unwrap();
+    let (ok, out) = run(&["ledger", "verify", "--dir", dir]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("USD: 3 sale(s), revenue 54.00 - refunds 18.00 = sales 36.00; payouts 28.80, margin 7.20 (1 refund(s)"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "ledger", "report", "--dir", dir, "--by", "buyer", "--format", "json",
+    ]);
+    assert!(ok, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let t = &report["totals"][0];
+    assert_eq!(t["sales"], 3);
+    assert_eq!(t["returns"], 1);
+    assert_eq!(t["refunds_micros"], ACME_BID);
+    assert_eq!(t["revenue_micros"], 2 * ACME_BID);
+    assert_eq!(t["payouts_micros"], 2 * ACME_SELLER_PRICE);
+    assert_eq!(t["margin_micros"], 2 * (ACME_BID - ACME_SELLER_PRICE));
+    let auction = sale["auction_id"].as_str().unwrap();
+    let (ok, out) = run(&["ledger", "replay", auction, "--dir", dir]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("DISPOSITION by acme: returned, reason disconnected_number"),
+        "{out}"
+    );
+    assert!(
+        out.contains("REFUNDED (returned within 7 day(s)): the buyer acme gets 18.00 USD back, 14.40 USD is clawed back from the seller main, margin 3.60 USD reversed"),
+        "{out}"
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let (ok, out) = run(&[
+        "ledger", "export", "--dir", dir, "--from", &today, "--to", &today, "--format", "csv",
+        "--type", "refund",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("seq,at,generation,lead_id,auction_id,buyer,seller,vertical,currency,buyer_refund_micros,seller_clawback_micros,margin_reversed_micros"), "{out}");
+    assert!(
+        out.contains(&format!(",{lead},")) && out.contains(",USD,18000000,14400000,3600000,"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "ledger",
+        "export",
+        "--dir",
+        dir,
+        "--from",
+        &today,
+        "--to",
+        &today,
+        "--format",
+        "csv",
+        "--type",
+        "disposition",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains(",returned,disconnected_number,false"), "{out}");
+}
+
+#[tokio::test]
+async fn every_bad_disposition_gets_its_error_and_writes_nothing() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let lead = sell(&ex.client).await;
+    let c = &ex.client;
+    let ok_body = json!({"lead_id": lead, "outcome": "contacted"});
+    let raw = |key: Option<&'static str>, ct: Option<&'static str>, body: &'static str| {
+        let c = c.clone();
+        async move {
+            c.send(
+                Method::POST,
+                "/v1/dispositions",
+                key,
+                ct,
+                &[],
+                Bytes::from_static(body.as_bytes()),
+            )
+            .await
+        }
+    };
+
+    // 401: no key, a malformed header, an unknown key, a seller's key.
+    raw(None, Some("application/json"), "{}")
+        .await
+        .assert_error(401, "unauthorized");
+    dispose(c, "not-a-key", &ok_body)
+        .await
+        .assert_error(401, "unauthorized");
+    dispose(c, SELLER_KEY, &ok_body)
+        .await
+        .assert_error(401, "unauthorized");
+    // 415, 400 (malformed, not an object, too deep, fields), 413.
+    raw(Some(ACME_KEY), Some("text/plain"), r#"{"lead_id":"ld_1"}"#)
+        .await
+        .assert_error(415, "unsupported_media_type");
+    raw(Some(ACME_KEY), Some("application/json"), "{not json")
+        .await
+        .assert_error(400, "invalid_request");
+    raw(Some(ACME_KEY), Some("application/json"), "[1]")
+        .await
+        .assert_error(400, "invalid_request");
+    let deep: &'static str = Box::leak("[".repeat(10_000).into_boxed_str());
+    raw(Some(ACME_KEY), Some("application/json"), deep)
+        .await
+        .assert_error(400, "invalid_request");
+    let e = dispose(
+        c,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "lost", "reason": "called Ana Diaz", "note": 1}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    let fields: Vec<&str> = e["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["note", "outcome", "reason"], "{e}");
+    for body in [
+        json!({"outcome": "contacted"}),
+        json!({"lead_id": lead}),
+        json!({"lead_id": 5, "outcome": "contacted"}),
+        json!({"lead_id": "ld_../x", "outcome": "contacted"}),
+        json!({"lead_id": lead, "outcome": "contacted", "reason": "8175550123"}),
+        json!({"lead_id": lead, "outcome": "contacted", "reason": "x".repeat(65)}),
+        json!({"lead_id": lead, "outcome": "contacted", "reason": ""}),
+    ] {
+        dispose(c, ACME_KEY, &body)
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    let big = json!({"lead_id": lead, "outcome": "contacted", "reason": "a".repeat(70_000)});
+    dispose(c, ACME_KEY, &big)
+        .await
+        .assert_error(413, "payload_too_large");
+    // 404 unknown lead, 403 another buyer's lead, 405 wrong method.
+    dispose(
+        c,
+        ACME_KEY,
+        &json!({"lead_id": "ld_00000000000000000000000000000000", "outcome": "contacted"}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    dispose(c, OTHER_KEY, &ok_body)
+        .await
+        .assert_error(403, "forbidden");
+    let r = c
+        .send(
+            Method::GET,
+            "/v1/dispositions",
+            Some(ACME_KEY),
+            None,
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.headers["allow"], "POST");
+    ex.state.ledger.flush().await.unwrap();
+    assert!(
+        records(&ex.ledger_path, "disposition").is_empty(),
+        "no bad disposition is recorded"
+    );
+
+    // The valid one, then its repeat: 409, one record.
+    assert_eq!(dispose(c, ACME_KEY, &ok_body).await.status, 200);
+    dispose(c, ACME_KEY, &ok_body)
+        .await
+        .assert_error(409, "conflict");
+    // other's window is 0 but it may not return acme's lead at all.
+    dispose(
+        c,
+        OTHER_KEY,
+        &json!({"lead_id": lead, "outcome": "returned"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    ex.state.ledger.flush().await.unwrap();
+    assert_eq!(records(&ex.ledger_path, "disposition").len(), 1);
+    assert!(records(&ex.ledger_path, "refund").is_empty());
+    // Nothing from a body reached the ledger but the code.
+    let all = pingpost::ledger::segments::read_all(&ex.ledger_path).unwrap();
+    assert!(!all.contains("Ana Diaz") && !all.contains("8175550123"));
+}
+
+/// Starts an exchange on `ledger` with `clock` (a restart when it holds records).
+async fn start(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
+    let config = cfg.load_edited(ledger, with_keys);
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            match app::start(config.clone(), clock).await {
+                Ok(r) => return r,
+                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the exchange starts")
+}
+
+#[tokio::test]
+async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing() {
+    let (cfg, _h) = bidders().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger, Clock::system()).await;
+    let client = SellerClient::new(first.addr);
+    let (l1, l2, l3) = (
+        sell(&client).await,
+        sell(&client).await,
+        sell(&client).await,
+    );
+    for (lead, outcome) in [(&l1, "contacted"), (&l2, "returned")] {
+        let r = dispose(
+            &client,
+            ACME_KEY,
+            &json!({"lead_id": lead, "outcome": outcome}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    first.shutdown().await.unwrap();
+
+    // Same time: the index is rebuilt from the ledger.
+    let second = start(&cfg, &ledger, Clock::system()).await;
+    assert_eq!(second.state.sold_leads.len(), 3);
+    let client = SellerClient::new(second.addr);
+    for (lead, outcome) in [(&l1, "contacted"), (&l2, "returned")] {
+        dispose(
+            &client,
+            ACME_KEY,
+            &json!({"lead_id": lead, "outcome": outcome}),
+        )
+        .await
+        .assert_error(409, "conflict");
+    }
+    dispose(
+        &client,
+        OTHER_KEY,
+        &json!({"lead_id": l3, "outcome": "sold"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    let r = dispose(
+        &client,
+        ACME_KEY,
+        &json!({"lead_id": l1, "outcome": "sold"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    second.shutdown().await.unwrap();
+
+    // Eight days later (acme's window is 7): recorded, nothing refunded, and it says why.
+    let later = Clock::at(chrono::Utc::now().timestamp_millis() + 8 * DAY_MS);
+    let third = start(&cfg, &ledger, later).await;
+    let client = SellerClient::new(third.addr);
+    let r = dispose(
+        &client,
+        ACME_KEY,
+        &json!({"lead_id": l3, "outcome": "returned"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"lead_id": l3, "outcome": "returned", "recorded": true, "refund": null,
+               "no_refund": "outside_return_window"})
+    );
+    dispose(
+        &client,
+        ACME_KEY,
+        &json!({"lead_id": l1, "outcome": "sold"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    third.shutdown().await.unwrap();
+
+    let disp = records(&ledger, "disposition");
+    let seen: Vec<(String, String)> = disp
+        .iter()
+        .map(|d| {
+            (
+                d["lead_id"].as_str().unwrap().to_string(),
+                d["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (l1.clone(), "contacted".to_string()),
+            (l2.clone(), "returned".to_string()),
+            (l1.clone(), "sold".to_string()),
+            (l3.clone(), "returned".to_string()),
+        ]
+    );
+    let refunds = records(&ledger, "refund");
+    assert_eq!(refunds.len(), 1, "only l2's return was in the window");
+    assert_eq!(refunds[0]["lead_id"], l2);
+    let (ok, out) = run(&["ledger", "verify", "--dir", ledger.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn a_buyer_without_a_key_cannot_report_and_keys_are_checked_at_load() {
+    let (cfg, _h) = bidders().await;
+    // Without keys, nobody can report: every key is unknown.
+    let ex = cfg.start().await;
+    let lead = sell(&ex.client).await;
+    dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "contacted"}),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    let dir = tempfile::tempdir().unwrap();
+    let load = |edit: &dyn Fn(String) -> String| {
+        let text = edit(cfg.toml(&dir.path().join("l")));
+        pingpost::config::load_str_with_env(&text, &cfg.env())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    // A buyer key equal to the main seller's key, and one shared by two buyers.
+    let e = load(&|t| {
+        t.replace(
+            "[buyers.acme]\n",
+            &format!("[buyers.acme]\nkey_sha256 = \"{}\"\n", digest(SELLER_KEY)),
+        )
+    });
+    assert!(
+        e.contains("buyers.acme.key_sha256: the same key as sellers.main"),
+        "{e}"
+    );
+    let e = load(&|t| {
+        t.replace(
+            "[buyers.acme]\n",
+            &format!("[buyers.acme]\nkey_sha256 = \"{}\"\n", digest(OTHER_KEY)),
+        )
+        .replace(
+            "[buyers.other]\n",
+            &format!(
+                "[buyers.other]\nkey_sha256_next = \"{}\"\nkey_sha256 = \"{}\"\n",
+                digest(OTHER_KEY),
+                digest("x")
+            ),
+        )
+    });
+    assert!(
+        e.contains("buyers.other.key_sha256_next: the same key as buyers.acme"),
+        "{e}"
+    );
+    let e = load(&|t| {
+        t.replace(
+            "[buyers.acme]\n",
+            "[buyers.acme]\nkey_sha256 = \"abc\"\nreturn_window_days = 366\n",
+        )
+    });
+    assert!(
+        e.contains("buyers.acme.key_sha256: must be 64 hex digits"),
+        "{e}"
+    );
+    assert!(e.contains("buyers.acme.return_window_days"), "{e}");
+    let e = load(&|t| {
+        t.replace(
+            "[buyers.acme]\n",
+            &format!(
+                "[buyers.acme]\nkey_sha256_next = \"{}\"\nreturn_window_days = -1\n",
+                digest("y")
+            ),
+        )
+    });
+    assert!(
+        e.contains("buyers.acme.key_sha256_next: needs key_sha256"),
+        "{e}"
+    );
+    assert!(e.contains("buyers.acme.return_window_days"), "{e}");
+    let _ = Arc::clone(&ex.state);
+}
+
+#[test]
+fn verify_refuses_refunds_that_do_not_match_their_sale() {
+    const AUCTION: &str = r#"{"type":"auction","v":4,"generation":1,"at":"2026-11-20T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"skipped":{"total":0,"by_reason":{}},"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
+    const SALE: &str = r#"{"type":"sale","v":4,"generation":1,"at":"2026-11-20T10:00:01.000Z","lead_id":"ld_b","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+    let returned = r#"{"type":"disposition","v":4,"generation":1,"at":"2026-11-21T10:00:00.000Z","lead_id":"ld_b","auction_id":"au_1","buyer":"b","seller":"s","vertical":"v","outcome":"returned","test":false}"#;
+    let refund = |at: &str, refund: i64, days: u16| {
+        format!(
+            r#"{{"type":"refund","v":4,"generation":1,"at":"{at}","lead_id":"ld_b","auction_id":"au_1","buyer":"b","seller":"s","vertical":"v","currency":"USD","buyer_refund_micros":{refund},"seller_clawback_micros":8000000,"margin_reversed_micros":{},"sold_at_ms":0,"return_window_days":{days}}}"#,
+            refund - 8_000_000
+        )
+    };
+    let check = |lines: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("seg-00000001.jsonl"),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        pingpost::finance::reconcile::reconcile(dir.path(), None).unwrap()
+    };
+
+    // A good one reconciles, net of the refund.
+    let good = refund("2026-11-22T10:00:00.000Z", 10_000_000, 7);
+    let r = check(&[AUCTION, SALE, returned, &good]);
+    assert!(!r.failed(), "{}", r.render());
+    assert_eq!(r.totals["USD"], (1, 0, 0, 0));
+    assert_eq!(r.refunds["USD"], (1, 10_000_000));
+
+    // Wrong amount, outside the window, twice, without a disposition, another buyer's.
+    let wrong = refund("2026-11-22T10:00:00.000Z", 11_000_000, 7);
+    let late = refund("2026-11-29T10:00:02.000Z", 10_000_000, 7);
+    let by_c = returned.replace(r#""buyer":"b""#, r#""buyer":"c""#);
+    let cases: [(Vec<&str>, &str); 5] = [
+        (
+            vec![AUCTION, SALE, returned, &wrong],
+            "differ from the sale's bid 10000000",
+        ),
+        (
+            vec![AUCTION, SALE, returned, &late],
+            "outside its return window of 7 day(s)",
+        ),
+        (
+            vec![AUCTION, SALE, returned, &good, &good],
+            "lead refunded twice",
+        ),
+        (
+            vec![AUCTION, SALE, &good],
+            "a refund without a returned disposition",
+        ),
+        (
+            vec![AUCTION, SALE, &by_c],
+            "a disposition by buyer c of a lead sold to b",
+        ),
+    ];
+    for (lines, expected) in cases {
+        let r = check(&lines);
+        assert!(r.failed(), "{expected}: {}", r.render());
+        assert!(
+            r.mismatches.iter().any(|m| m.contains(expected)),
+            "{expected}: {:?}",
+            r.mismatches
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_test_lead_takes_dispositions_and_is_never_refunded() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let mut body = direct_body("TX");
+    body["test"] = json!(true);
+    let sold = ex.client.post_json("/v1/leads", &body).await.post_answer();
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer acme"), "{sold:?}");
+    let lead = sold.lead_id.unwrap();
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "returned"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"lead_id": lead, "outcome": "returned", "recorded": true, "refund": null,
+               "no_refund": "test_lead"})
+    );
+    let disp = records(&ex.ledger_path, "disposition");
+    assert_eq!(disp.len(), 1);
+    assert_eq!(disp[0]["test"], true);
+    assert!(records(&ex.ledger_path, "refund").is_empty());
+}
