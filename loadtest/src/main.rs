@@ -1159,9 +1159,15 @@ fn prepare_models(
             );
         }
     }
-    let champion = models_dir.join(sim::VERTICAL).join("CHAMPION");
-    std::fs::write(&champion, swap::VERSION_A)
-        .with_context(|| format!("writing {}", champion.display()))?;
+    // What `POST /admin/models` would leave: CHAMPION names A, HISTORY lists it.
+    let vertical_dir = models_dir.join(sim::VERTICAL);
+    for (file, text) in [
+        ("CHAMPION", swap::VERSION_A.to_string()),
+        ("HISTORY", format!("{}\n", swap::VERSION_A)),
+    ] {
+        let path = vertical_dir.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 
