@@ -7,6 +7,8 @@
 //! - `gen`: the open-loop load generator (latency from the planned send time, so
 //!   coordinated omission is corrected), HdrHistogram percentiles.
 //! - `report`: tables, JSON and SVG pictures of a run.
+//! - `swap`: P6, hot swap under load: synthetic XGBoost model sets, the configuration
+//!   that serves them, and the task that swaps models and reloads the configuration.
 //!
 //! Every load run is bounded in count and time and only ever targets loopback.
 
@@ -15,3 +17,4 @@ pub mod market;
 pub mod relay;
 pub mod report;
 pub mod sim;
+pub mod swap;

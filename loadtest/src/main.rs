@@ -19,6 +19,7 @@ use loadtest::gen::{self, LoadPlan, Mix, RateSchedule, RunResult, Target};
 use loadtest::relay::FanoutTarget;
 use loadtest::report::{self, Percentiles, ScenarioReport, SweepPoint, TargetSummary};
 use loadtest::sim::{self, ExchangeOpts, Latency, SimBuyerInfo, SimBuyerSpec, SimStats};
+use loadtest::swap::{self, AdminClient, SwapAction, SwapAnswer, SwapSchedule, SwapTally};
 
 /// Open-loop load tests for pingpost, against the speed of light.
 #[derive(Debug, Parser)]
@@ -30,8 +31,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a named scenario (p1-latency, p2-knee, p3-hang, p4-failing-buyer, soak,
-    /// many-buyers, market).
+    /// Run a named scenario (p1-latency, p2-knee, p3-hang, p4-failing-buyer, p6-swap,
+    /// soak, many-buyers, market).
     Run(Box<RunArgs>),
     /// (internal) Serve simulated buyers described by a JSON file until stdin closes.
     Sims {
@@ -59,6 +60,9 @@ enum Scenario {
     P3Hang,
     /// One buyer times out 100%: isolation by the circuit breaker (P4).
     P4FailingBuyer,
+    /// Model swaps (and configuration reloads) every second under the P1 load, against
+    /// the same load without them (P6).
+    P6Swap,
     /// Memory and sockets of the exchange over a long run.
     Soak,
     /// The exchange's added latency with 1, 1,000 and 10,000 configured buyers and the
@@ -170,6 +174,13 @@ struct RunArgs {
     /// issue 8.
     #[arg(long)]
     legacy: bool,
+    /// p6-swap: milliseconds between two model swaps (`POST /admin/models`).
+    #[arg(long, default_value_t = 1000)]
+    swap_every_ms: u64,
+    /// p6-swap: swap models only, without the configuration reload (`POST /admin/reload`)
+    /// after every second swap.
+    #[arg(long)]
+    no_reload: bool,
 }
 
 fn main() {
@@ -371,6 +382,9 @@ const SELLER_KEY: &str = "loadtest-seller-key";
 /// The most buyers `--configured` may ask for (the exchange's own limit).
 const CONFIGURED_MAX: usize = 100_000;
 
+/// What runs between writing the exchange's configuration and starting it.
+type BeforeExchange<'a> = dyn Fn(&Path) -> anyhow::Result<()> + 'a;
+
 struct RigOpts<'a> {
     specs: Vec<SimBuyerSpec>,
     out: &'a Path,
@@ -386,6 +400,14 @@ struct RigOpts<'a> {
     seed: u64,
     /// Filler buyers configured beside the simulated ones.
     filler_buyers: usize,
+    /// TOML appended to the generated exchange configuration (p6-swap: features,
+    /// `[learning]`, `[admin]`).
+    extra_toml: String,
+    /// Environment for the exchange beyond the buyers' secrets.
+    extra_env: Vec<(String, String)>,
+    /// Called with the written configuration's path before the exchange starts (p6-swap:
+    /// makes the model sets).
+    before_exchange: Option<&'a BeforeExchange<'a>>,
 }
 
 async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
@@ -420,9 +442,13 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             }
             toml = toml.replacen("[server.breaker]", "[server.breaker]\nenabled = false", 1);
         }
+        toml.push_str(&o.extra_toml);
         let cfg_path = o.out.join("exchange.toml");
         std::fs::write(&cfg_path, &toml)?;
         let _ = std::fs::remove_dir_all(o.out.join("ledger"));
+        if let Some(prepare) = o.before_exchange {
+            prepare(&cfg_path)?;
+        }
         let mut cmd = wrapped(o.wrap, o.exchange_bin);
         cmd.arg("--config")
             .arg(&cfg_path)
@@ -430,7 +456,7 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         cmd.env("RUST_LOG", "pingpost=warn");
-        for (k, v) in env {
+        for (k, v) in env.iter().chain(&o.extra_env) {
             cmd.env(k, v);
         }
         let mut child = cmd
@@ -728,6 +754,7 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         Scenario::P2Knee => "p2-knee",
         Scenario::P3Hang => "p3-hang",
         Scenario::P4FailingBuyer => "p4-failing-buyer",
+        Scenario::P6Swap => "p6-swap",
         Scenario::Soak => "soak",
         Scenario::ManyBuyers => "many-buyers",
         Scenario::Market => "market",
@@ -794,7 +821,13 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         http2: args.buyer_http2,
         seed: args.seed,
         filler_buyers: filler,
+        extra_toml: String::new(),
+        extra_env: Vec::new(),
+        before_exchange: None,
     };
+    // p6-swap: admin calls that were not answered 200 (the run measured, but not what
+    // it was meant to); an error once the report is written.
+    let mut refused: Option<String> = None;
     // What ran is reported even when a later step fails: a partial run still shows what
     // it measured.
     let outcome: anyhow::Result<()> = async {
@@ -899,6 +932,24 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             ));
             report.targets.push(s_before);
             report.targets.push(s_after);
+        }
+        Scenario::P6Swap => {
+            let rate = args.rate.unwrap_or(2000.0);
+            let secs = args.duration_s.unwrap_or(10.0);
+            let models_dir = std::path::absolute(out.join("models"))?;
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_loopback_port()?).parse()?;
+            let token = format!("p6-{:032x}", rand::random::<u128>());
+            let prepare = |cfg: &Path| prepare_models(&exchange_bin, cfg, &models_dir, &out);
+            let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
+            o.extra_toml = swap::exchange_config_extra(&models_dir, admin);
+            o.extra_env = vec![(swap::ADMIN_TOKEN_ENV.to_string(), token.clone())];
+            o.before_exchange = Some(&prepare);
+            let rig = start_rig(o).await?;
+            let r = p6_legs(&rig, &args, rate, secs, admin, &token, n, &mut report).await;
+            rig.stop();
+            if let Some(problem) = r? {
+                refused = Some(problem);
+            }
         }
         Scenario::ManyBuyers => {
             let rate = args.rate.unwrap_or(1000.0);
@@ -1013,6 +1064,9 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
     report::write_svg(&report, &svg)?;
     println!("\nwrote {} and {}", json.display(), svg.display());
     outcome?;
+    if let Some(problem) = refused {
+        bail!("{problem}");
+    }
     // A target that answers errors is a failed measurement, whatever the latency.
     // (The sweep's saturated rates are expected to fail and are left out.)
     let failing: Vec<String> = report
@@ -1161,4 +1215,261 @@ async fn sweep(
         ));
     }
     Ok(())
+}
+
+/// p6-swap: writes the two synthetic model sets (versions A and B, each a realization and
+/// a lead-score model) with `pingpost models import` against the run's configuration
+/// `cfg`, and names A the champion, so the exchange serves A from its start.
+fn prepare_models(
+    exchange_bin: &Path,
+    cfg: &Path,
+    models_dir: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(models_dir);
+    std::fs::create_dir_all(models_dir)
+        .with_context(|| format!("creating {}", models_dir.display()))?;
+    let src = out.join("model-files");
+    std::fs::create_dir_all(&src)?;
+    for (version, seed) in [(swap::VERSION_A, 1), (swap::VERSION_B, 2)] {
+        let (realization, lead_score) = swap::model_pair(seed)?;
+        let r = src.join(format!("{version}-realization.json"));
+        let l = src.join(format!("{version}-lead_score.json"));
+        std::fs::write(&r, realization)?;
+        std::fs::write(&l, lead_score)?;
+        let made = Command::new(exchange_bin)
+            .arg("--config")
+            .arg(cfg)
+            .args([
+                "models",
+                "import",
+                "--vertical",
+                sim::VERTICAL,
+                "--version",
+                version,
+            ])
+            .arg("--realization")
+            .arg(&r)
+            .arg("--lead-score")
+            .arg(&l)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} models import", exchange_bin.display()))?;
+        if !made.status.success() {
+            bail!(
+                "pingpost models import --version {version} failed ({}): {}",
+                made.status,
+                String::from_utf8_lossy(&made.stderr).trim()
+            );
+        }
+    }
+    // What `POST /admin/models` would leave: CHAMPION names A, HISTORY lists it.
+    let vertical_dir = models_dir.join(sim::VERTICAL);
+    for (file, text) in [
+        ("CHAMPION", swap::VERSION_A.to_string()),
+        ("HISTORY", format!("{}\n", swap::VERSION_A)),
+    ] {
+        let path = vertical_dir.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The median run (by p99) of `runs`, with the median of each percentile, as `label`.
+fn median_summary(runs: &[TargetSummary], label: &str) -> Option<TargetSummary> {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by_key(|s| s.latency.p99_us);
+    let mut m = sorted.get(sorted.len() / 2)?.clone();
+    m.latency = median_percentiles(&runs.iter().map(|s| s.latency).collect::<Vec<_>>());
+    m.label = label.to_string();
+    Some(m)
+}
+
+/// The most P6 allows swapping to add to p99, in µs.
+const P6_P99_MARGIN_US: i64 = 500;
+
+/// p6-swap's measured legs, on one exchange: per repetition, the load without swaps and
+/// the same load while a task swaps models every `--swap-every-ms` through the measured
+/// window (and reloads the configuration after every second swap, unless `--no-reload`),
+/// in alternating order. Fills the report; returns a problem if an admin call was not
+/// answered 200 (the run then did not measure what it was meant to).
+#[allow(clippy::too_many_arguments)]
+async fn p6_legs(
+    rig: &Rig,
+    args: &RunArgs,
+    rate: f64,
+    secs: f64,
+    admin: SocketAddr,
+    token: &str,
+    n: usize,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<Option<String>> {
+    wait_healthy(admin, 200).await?;
+    let client = AdminClient::new(admin, token)?;
+    let p = plan(args, rate, secs, PINGS_ONLY);
+    let every = Duration::from_millis(args.swap_every_ms.max(1));
+    let reps = args.repeat.max(1);
+    let mut serving = swap::VERSION_A.to_string();
+    let (mut base_runs, mut swap_runs) = (Vec::new(), Vec::new());
+    let mut answers_per_run: Vec<Vec<SwapAnswer>> = Vec::new();
+    let mut per_run = Vec::new();
+    for rep in 0..reps {
+        // Alternating order, so neither leg always runs on a warmer (or fuller) exchange.
+        let order = if rep % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for swapping in order {
+            let leg = if swapping { "swapping" } else { "no swaps" };
+            eprintln!("run {}/{reps}: exchange, {leg}, at {rate}/s", rep + 1);
+            if !swapping {
+                let (r, cpu) = measure(rig, "exchange", &p).await?;
+                base_runs.push(summary(&r, cpu, n));
+                continue;
+            }
+            let other = if serving == swap::VERSION_A {
+                swap::VERSION_B
+            } else {
+                swap::VERSION_A
+            };
+            let schedule = SwapSchedule::alternating(
+                Duration::from_secs_f64(args.warmup_s),
+                Duration::from_secs_f64(p.measure_s),
+                every,
+                [other, serving.as_str()],
+                !args.no_reload,
+            );
+            let task = {
+                let client = client.clone();
+                let schedule = schedule.clone();
+                tokio::spawn(async move { client.run_schedule(&schedule).await })
+            };
+            let measured = measure(rig, "exchange", &p).await;
+            let answers = task
+                .await
+                .map_err(|e| anyhow!("the swap task failed: {e}"))?;
+            let (r, cpu) = measured?;
+            if let Some(v) = answers.iter().rev().find_map(|a| match &a.action {
+                SwapAction::Models(v) if a.applied() => Some(v.clone()),
+                _ => None,
+            }) {
+                serving = v;
+            }
+            swap_runs.push(summary(&r, cpu, n));
+            answers_per_run.push(answers);
+        }
+        if let (Some(b), Some(s)) = (base_runs.last(), swap_runs.last()) {
+            let tally = answers_per_run
+                .last()
+                .map(|a| SwapTally::of(a))
+                .unwrap_or_default();
+            per_run.push(serde_json::json!({
+                "run": rep + 1,
+                "p99_no_swaps_us": b.latency.p99_us,
+                "p99_swapping_us": s.latency.p99_us,
+                "p999_no_swaps_us": b.latency.p999_us,
+                "p999_swapping_us": s.latency.p999_us,
+                "failed_no_swaps": b.errors_total(),
+                "failed_swapping": s.errors_total(),
+                "swaps": tally.swaps,
+                "swaps_applied": tally.swaps_applied,
+                "reloads": tally.reloads,
+                "reloads_applied": tally.reloads_applied,
+            }));
+        }
+    }
+    let (Some(base), Some(swapping)) = (
+        median_summary(&base_runs, "exchange, no swaps"),
+        median_summary(
+            &swap_runs,
+            &format!("exchange, swapping every {} ms", every.as_millis()),
+        ),
+    ) else {
+        bail!("p6-swap: no runs");
+    };
+    let all: Vec<SwapAnswer> = answers_per_run.iter().flatten().cloned().collect();
+    let tally = SwapTally::of(&all);
+    let failed_swapping: u64 = swap_runs.iter().map(TargetSummary::errors_total).sum();
+    let failed_base: u64 = base_runs.iter().map(TargetSummary::errors_total).sum();
+    let d99 = swapping.latency.p99_us as i64 - base.latency.p99_us as i64;
+    let d999 = swapping.latency.p999_us as i64 - base.latency.p999_us as i64;
+    let met =
+        failed_swapping == 0 && d99 <= P6_P99_MARGIN_US && tally.all_applied() && tally.swaps > 0;
+    let ms = |us: i64| us as f64 / 1000.0;
+    report.notes.push(format!(
+        "{n} buyers, each answering in {} ms; per-buyer timeout {} ms; {rate}/s pings, {secs} s measured per leg, {reps} run(s) of each leg (medians); swaps from the start of the measured window, every {} ms, alternating {} and {} (100 trees of depth 6 each for the realization and lead-score models){}",
+        args.buyer_latency_ms,
+        args.timeout_ms,
+        every.as_millis(),
+        swap::VERSION_A,
+        swap::VERSION_B,
+        if args.no_reload { "" } else { "; a configuration reload after every second swap" },
+    ));
+    report.notes.push(format!(
+        "admin calls: model swaps {}/{} answered 200, reloads {}/{}; generations always increased: {}; slowest admin answer {:.1} ms",
+        tally.swaps_applied, tally.swaps, tally.reloads_applied, tally.reloads, tally.generations_increase, tally.slowest_ms
+    ));
+    report.notes.push(format!(
+        "P6: p99 {:.3} -> {:.3} ms ({:+.3} ms; target <= +0.5), p99.9 {:.3} -> {:.3} ms ({:+.3} ms); failed requests while swapping {failed_swapping} (without: {failed_base}; target 0): {}",
+        ms(base.latency.p99_us as i64),
+        ms(swapping.latency.p99_us as i64),
+        ms(d99),
+        ms(base.latency.p999_us as i64),
+        ms(swapping.latency.p999_us as i64),
+        ms(d999),
+        if met { "MET" } else { "MISSED" }
+    ));
+    report.extra.insert(
+        "p6".into(),
+        serde_json::json!({
+            "rate_per_s": rate,
+            "measure_s": secs,
+            "runs": reps,
+            "swap_every_ms": every.as_millis() as u64,
+            "reload": !args.no_reload,
+            "p99_no_swaps_us": base.latency.p99_us,
+            "p99_swapping_us": swapping.latency.p99_us,
+            "p99_difference_us": d99,
+            "p999_no_swaps_us": base.latency.p999_us,
+            "p999_swapping_us": swapping.latency.p999_us,
+            "p999_difference_us": d999,
+            "failed_requests_swapping": failed_swapping,
+            "failed_requests_no_swaps": failed_base,
+            "swaps": tally.swaps,
+            "swaps_applied": tally.swaps_applied,
+            "reloads": tally.reloads,
+            "reloads_applied": tally.reloads_applied,
+            "slowest_admin_ms": tally.slowest_ms,
+            "generations_increase": tally.generations_increase,
+            "target": "p99 within +0.5 ms of the run without swaps, 0 failed requests, every swap answered 200",
+            "met": met,
+            "per_run": per_run,
+            "answers": answers_per_run,
+        }),
+    );
+    report.targets.push(base);
+    report.targets.push(swapping);
+    Ok((!tally.all_applied()).then(|| {
+        let bad: Vec<String> = all
+            .iter()
+            .filter(|a| !a.applied())
+            .take(5)
+            .map(|a| {
+                format!(
+                    "{:?} at {:.1} s: {:?} {}",
+                    a.action,
+                    a.at_s,
+                    a.status,
+                    a.error.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        format!(
+            "p6-swap: {} of {} admin calls were not answered 200, e.g. {}",
+            (tally.swaps + tally.reloads) - (tally.swaps_applied + tally.reloads_applied),
+            tally.swaps + tally.reloads,
+            bad.join("; ")
+        )
+    }))
 }
