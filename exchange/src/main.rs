@@ -55,6 +55,13 @@ enum Command {
     /// prints what it made as JSON lines. Exit status 1 when training was refused (too
     /// little data: the counts found and needed are printed), 2 on a bad argument.
     Train {
+        /// The configuration (its features, `[learning]` and ledger directory); without
+        /// it, the embedded default.
+        #[arg(long = "config")]
+        config_file: Option<PathBuf>,
+        /// The ledger directory (overrides the configuration's `server.ledger_path`).
+        #[arg(long = "ledger")]
+        ledger_dir: Option<PathBuf>,
         /// Only this vertical.
         #[arg(long)]
         vertical: Option<String>,
@@ -68,6 +75,10 @@ enum Command {
     },
     /// Model versions per vertical with their held-out metrics (see docs/AI.md).
     Models {
+        /// The configuration (its features and `learning.models_dir`); without it, the
+        /// embedded default.
+        #[arg(long = "config", global = true)]
+        config_file: Option<PathBuf>,
         #[command(subcommand)]
         command: Option<ModelsCommand>,
     },
@@ -444,18 +455,24 @@ fn main() -> anyhow::Result<()> {
             other => std::process::exit(finance_command(other)),
         },
         Some(Command::Train {
+            config_file,
+            ledger_dir,
             vertical,
             version,
             promote,
         }) => std::process::exit(pingpost::models::cli::train(
-            args.config.as_deref(),
-            args.ledger.as_deref(),
+            config_file.as_deref().or(args.config.as_deref()),
+            ledger_dir.as_deref().or(args.ledger.as_deref()),
             vertical.as_deref(),
             version.as_deref(),
             promote,
         )),
-        Some(Command::Models { command }) => {
-            let (c, l) = (args.config.as_deref(), args.ledger.as_deref());
+        Some(Command::Models {
+            config_file,
+            command,
+        }) => {
+            let c = config_file.as_deref().or(args.config.as_deref());
+            let l = args.ledger.as_deref();
             std::process::exit(match command {
                 None | Some(ModelsCommand::List) => pingpost::models::cli::list(c, l),
                 Some(ModelsCommand::Rollback { vertical }) => {
