@@ -484,3 +484,140 @@ async fn continuous_learning_retrains_promotes_and_records_its_decision() {
     let r = auctions(&ex).await.pop().unwrap();
     assert_eq!(r["models"]["realization"], version);
 }
+
+#[tokio::test]
+async fn the_binary_trains_lists_imports_and_rolls_back() {
+    let fickle = ScriptedBidder::bidding(10.0);
+    let (bf, _hf) = serve("fickle", &fickle).await;
+    let ex = TestConfig::new()
+        .buyer(bf)
+        .start_edited(with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5"))
+        .await;
+    let bin = env!("CARGO_BIN_EXE_pingpost");
+    let cfg = ex.config_path.to_string_lossy().to_string();
+    let ledger = ex.ledger_path.to_string_lossy().to_string();
+    let env = TestConfig::new().env_vars();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .envs(env.clone())
+            .output()
+            .unwrap()
+    };
+    // Too little data: exit 1 with the counts.
+    let out = run(&["train", "--config", &cfg, "--ledger", &ledger]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too little data: 0 examples"), "{err}");
+    // A bad argument: exit 2.
+    let out = run(&["train", "--config", &cfg, "--vertical", "mortgage"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    for i in 0..60 {
+        fickle.set(|s| s.accept = i % 3 != 0);
+        let q = ex.client.ping("TX").await;
+        let _ = ex.client.post(&q.ping_id, "TX").await;
+    }
+    ex.state.ledger.flush().await.unwrap();
+    let mut versions = Vec::new();
+    for v in ["b1", "b2"] {
+        let out = run(&[
+            "train",
+            "--config",
+            &cfg,
+            "--ledger",
+            &ledger,
+            "--version",
+            v,
+            "--promote",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(line["version"], v);
+        versions.push(line);
+    }
+    // The first became the champion (none served); the second only if it beat it.
+    assert_eq!(versions[0]["promoted"], true, "{}", versions[0]);
+    let champion_file = ex
+        .ledger_path
+        .with_file_name("models")
+        .join(VERTICAL)
+        .join("CHAMPION");
+    let champion = std::fs::read_to_string(&champion_file).unwrap();
+    let promoted_second = versions[1]["promoted"] == true;
+    assert_eq!(champion, if promoted_second { "b2" } else { "b1" });
+    // Import a third and make it the champion by the admin API, then roll back.
+    let realization = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(realization.path(), model_json(ALL_LEN, 0)).unwrap();
+    let out = run(&[
+        "models",
+        "import",
+        "--config",
+        &cfg,
+        "--vertical",
+        VERTICAL,
+        "--version",
+        "b3",
+        "--realization",
+        &realization.path().to_string_lossy(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "b3"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let out = run(&["models", "list", "--config", &cfg]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("champion b3"), "{list}");
+    assert!(list.contains("* b3"), "{list}");
+    assert!(list.contains("b1") && list.contains("auc"), "{list}");
+    let out = run(&[
+        "models",
+        "rollback",
+        "--config",
+        &cfg,
+        "--vertical",
+        VERTICAL,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = std::fs::read_to_string(&champion_file).unwrap();
+    assert_eq!(back, champion, "rollback goes back one");
+    // The exchange serves it at its next directory check.
+    ex.state.sync_champions();
+    let rt = ex.state.runtime.load();
+    assert_eq!(rt.models[0].as_ref().map(|m| m.version.clone()), Some(back));
+    // A broken import writes nothing and says why.
+    std::fs::write(realization.path(), b"{\"learner\":").unwrap();
+    let out = run(&[
+        "models",
+        "import",
+        "--config",
+        &cfg,
+        "--vertical",
+        VERTICAL,
+        "--version",
+        "b4",
+        "--realization",
+        &realization.path().to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!ex
+        .ledger_path
+        .with_file_name("models")
+        .join(VERTICAL)
+        .join("b4")
+        .exists());
+}
