@@ -93,6 +93,21 @@ fn recovery_is_found_on_a_synthetic_series() {
     assert_eq!(r.recovered_after_leads, None);
     assert!(r.dipped);
 
+    // Fine just after the drift, then a dip: recovery counts from the last time it was
+    // below, not from the first good window.
+    let late: Vec<f64> = (0..2_000)
+        .map(|i| {
+            if (1_200..1_500).contains(&i) {
+                5.0
+            } else {
+                10.0
+            }
+        })
+        .collect();
+    let r = recovery(&late, &oracle, 1_000, 100, 0.9);
+    assert!(r.dipped);
+    assert_eq!(r.recovered_after_leads, Some(1_579 + 1 - 1_000));
+
     // No dip at all: recovered at the first whole window after the drift.
     let r = recovery(&oracle, &oracle, 1_000, 100, 0.9);
     assert!(!r.dipped);

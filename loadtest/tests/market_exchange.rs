@@ -30,7 +30,12 @@ async fn the_price_leg_matches_its_replay_lead_for_lead() {
         ids: &world.ids,
         buyer_keys: &keys,
         seller_key: MARKET_SELLER_KEY,
-        pieces: loadtest::market::Pieces::NONE,
+        // The price leg's `award = "price"` (routing), no buyer keys (no dispositions).
+        pieces: loadtest::market::Pieces {
+            routing: true,
+            learning: false,
+            dispositions: false,
+        },
         retrain_after: None,
         explore_share: 0.0,
         ping_timeout_ms: 500,
@@ -53,8 +58,8 @@ async fn the_price_leg_matches_its_replay_lead_for_lead() {
     for i in 0..150 {
         live.push(driver.run_lead(&world, i, false).await);
     }
-    // Dispositions to an exchange without the endpoint: each sale's report is refused,
-    // counted, and changes nothing else.
+    // Dispositions from buyers the configuration gives no key: each sale's report is
+    // refused (401), counted, and changes nothing else.
     let mut sold = 0;
     for i in 150..170 {
         let o = driver.run_lead(&world, i, true).await;
@@ -67,7 +72,7 @@ async fn the_price_leg_matches_its_replay_lead_for_lead() {
     assert!(sold > 0);
     assert_eq!(driver.disposition_errors, sold);
     let first = driver.first_disposition_error.clone().unwrap_or_default();
-    assert!(first.starts_with("404"), "{first}");
+    assert!(first.starts_with("401"), "{first}");
     let replay: Vec<_> = (0..150)
         .map(|i| replay_lead(&world, i, &lead(world.seed, i).features, Rank::Price))
         .collect();

@@ -171,7 +171,7 @@ impl Default for LearningConfig {
             min_rows: 200,
             heldout_pct: 20,
             rounds: 100,
-            max_depth: 6,
+            max_depth: 4,
             eta: 0.1,
             kept_after_s: 0,
         }

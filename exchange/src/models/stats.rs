@@ -3,7 +3,7 @@
 //! never moves them to another buyer.
 //!
 //! Counts decay: each new post of a buyer first multiplies its counts by
-//! `1 - 1/HORIZON_POSTS`, so the rates follow the buyer's last few thousand posts and a
+//! `1 - 1/HORIZON_POSTS`, so the rates follow the buyer's last few hundred posts and a
 //! buyer that changes its behaviour is seen to change.
 
 use dashmap::DashMap;
@@ -16,7 +16,7 @@ use crate::core::model::routing::{BuyerView, Outcomes, Priors, SignalSource};
 use crate::core::UnixMs;
 
 /// About how many recent posts the rates remember.
-pub const HORIZON_POSTS: f64 = 2_000.0;
+pub const HORIZON_POSTS: f64 = 500.0;
 /// Weight of the newest response time in its moving average.
 const RESPONSE_ALPHA: f64 = 0.05;
 
@@ -228,7 +228,7 @@ mod tests {
         }
         s.on_return(a);
         let pa = s.outcomes(a);
-        assert!(pa.posts < 100.0 && pa.posts > 95.0, "decayed: {}", pa.posts);
+        assert!(pa.posts < 100.0 && pa.posts > 85.0, "decayed: {}", pa.posts);
         assert!((pa.accepts / pa.posts - 0.9).abs() < 0.01);
         assert!(pa.returns > 0.99 && pa.returns <= 1.0);
         let pr = s.priors();

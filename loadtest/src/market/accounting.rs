@@ -137,9 +137,9 @@ pub struct Recovery {
     pub window: usize,
     /// The ratio to reach.
     pub threshold: f64,
-    /// Leads from the drift to the end of the first window that lies wholly after the
-    /// drift and whose EV/oracle ratio is at least `threshold` (so at least `window`);
-    /// `None`: never within the run.
+    /// Leads from the drift to the end of the first window, lying wholly after the drift,
+    /// from which on every window's EV/oracle ratio is at least `threshold` to the end of
+    /// the run (so at least `window`); `None`: the last window is still below it.
     pub recovered_after_leads: Option<usize>,
     /// The lowest rolling ratio of a window ending at or after the drift.
     pub min_ratio_after_drift: Option<f64>,
@@ -167,17 +167,25 @@ pub fn recovery(
     let w = window.max(1);
     let n = ev.len().min(oracle.len());
     let mut min: Option<f64> = None;
-    let mut recovered = None;
+    // The first window end (wholly after the drift) of the run's final stretch at or above
+    // the threshold.
+    let mut since: Option<usize> = None;
     let first_end = drift_at.max(w - 1);
     for end in first_end..n {
         let Some(r) = window_ratio(ev, oracle, end, w) else {
             continue;
         };
         min = Some(min.map_or(r, |m: f64| m.min(r)));
-        if recovered.is_none() && end + 1 >= drift_at + w && r >= threshold {
-            recovered = Some(end + 1 - drift_at);
+        if end + 1 < drift_at + w {
+            continue;
+        }
+        if r >= threshold {
+            since.get_or_insert(end);
+        } else {
+            since = None;
         }
     }
+    let recovered = since.map(|end| end + 1 - drift_at);
     Recovery {
         drift_at,
         window: w,

@@ -169,7 +169,7 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
     ];
     if let Some(r) = &rec {
         targets.push(Target {
-            name: format!("drift: leads until the rolling EV/oracle ratio ({}-lead window) is back to >= {RECOVERY_RATIO}", r.window),
+            name: format!("drift: leads until the rolling EV/oracle ratio ({}-lead window) is back to >= {RECOVERY_RATIO} for good", r.window),
             goal: "reached within the run".into(),
             value: r.recovered_after_leads.map(|x| x as f64),
             met: Some(r.recovered_after_leads.is_some()),
@@ -350,8 +350,8 @@ pub fn markdown(r: &MarketReport) -> String {
             rec.drift_at,
             fmt_opt(rec.min_ratio_after_drift, 3),
             match rec.recovered_after_leads {
-                Some(n) => format!("back to >= {} after {n} leads (the first whole window after the drift counts {} leads)", rec.threshold, rec.window),
-                None => format!("never back to >= {} within the run", rec.threshold),
+                Some(n) => format!("back to >= {} after {n} leads and stayed there to the end of the run (the first whole window after the drift counts {} leads)", rec.threshold, rec.window),
+                None => format!("not back to >= {} for good within the run", rec.threshold),
             }
         );
     }

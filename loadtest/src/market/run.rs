@@ -319,13 +319,37 @@ impl LegRig {
     }
 
     async fn start_exchange(&mut self, bin: &Path) -> anyhow::Result<()> {
-        self.starts += 1;
-        let log = self.dir.join(format!("pingpost-{}.log", self.starts));
-        let p = ExchangeProc::start(bin, &self.config_path(), &self.env, self.listen, &log)
-            .await
-            .with_context(|| format!("the {} leg's exchange", self.leg.name()))?;
-        self.exchange = Some(p);
-        Ok(())
+        // The ports were free when the leg was made; by now a client connection may hold
+        // one (they are ephemeral ports): on "in use", move to fresh ones and retry.
+        let mut attempt = 0;
+        loop {
+            self.starts += 1;
+            attempt += 1;
+            let log = self.dir.join(format!("pingpost-{}.log", self.starts));
+            match ExchangeProc::start(bin, &self.config_path(), &self.env, self.listen, &log).await
+            {
+                Ok(p) => {
+                    self.exchange = Some(p);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let in_use = std::fs::read_to_string(&log)
+                        .is_ok_and(|t| t.contains("Address already in use"));
+                    if !in_use || attempt >= 5 {
+                        return Err(e)
+                            .with_context(|| format!("the {} leg's exchange", self.leg.name()));
+                    }
+                    let (old_listen, old_admin) = (self.listen, self.admin);
+                    self.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
+                    self.admin = format!("127.0.0.1:{}", free_port()?).parse()?;
+                    self.driver.listen = self.listen;
+                    let text = std::fs::read_to_string(self.config_path())?
+                        .replace(&old_listen.to_string(), &self.listen.to_string())
+                        .replace(&old_admin.to_string(), &self.admin.to_string());
+                    std::fs::write(self.config_path(), text)?;
+                }
+            }
+        }
     }
 
     async fn stop_exchange(&mut self) {
