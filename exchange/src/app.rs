@@ -53,7 +53,11 @@ pub fn spawn_model_watch(state: &Arc<AppState>) {
         loop {
             tick.tick().await;
             let Some(st) = weak.upgrade() else { return };
-            let _ = tokio::task::spawn_blocking(move || st.sync_champions()).await;
+            let _ =
+                crate::models::learning::off_the_auction_path("pingpost-model-watch", move || {
+                    st.sync_champions()
+                })
+                .await;
         }
     });
 }

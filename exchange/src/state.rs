@@ -177,6 +177,8 @@ pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
     /// What each buyer did lately: the cold-start rates and buyer features.
     pub stats: BuyerStats,
+    /// What the buyer trust store (`buyer_tls`) was built from ([`crate::tls::TrustSource`]).
+    pub buyer_trust: Mutex<crate::tls::TrustSource>,
     /// Dispositions recorded since the last retraining (the count trigger).
     pub dispositions_since_train: std::sync::atomic::AtomicU64,
     /// A champion that failed to load, by vertical, so the watch does not retry (and log)
@@ -385,6 +387,7 @@ impl AppState {
             clock,
             reload_lock: Mutex::new(()),
             stats: BuyerStats::new(),
+            buyer_trust: Mutex::new([0; 32]),
             dispositions_since_train: std::sync::atomic::AtomicU64::new(0),
             champion_failures: Mutex::new(std::collections::HashMap::new()),
             source: Mutex::new(None),

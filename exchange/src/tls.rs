@@ -42,15 +42,29 @@ pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::Client
 pub fn buyer_client_config_for(
     settings: &ListenerSettings,
 ) -> Result<rustls::ClientConfig, String> {
+    buyer_trust_for(settings).map(|(config, _)| config)
+}
+
+/// What the buyer trust store was built from: the SHA-256 of the CA bundle's bytes, or
+/// zeros for the WebPKI roots alone. A reload that finds the same keeps the buyer client
+/// (and its open connections to buyers).
+pub type TrustSource = [u8; 32];
+
+/// [`buyer_client_config_for`] with its [`TrustSource`].
+pub fn buyer_trust_for(
+    settings: &ListenerSettings,
+) -> Result<(rustls::ClientConfig, TrustSource), String> {
+    use sha2::Digest;
     match &settings.buyer_ca_path {
-        None => buyer_client_config(None),
+        None => Ok((buyer_client_config(None)?, [0; 32])),
         Some(path) => {
             let pem = bidder_sdk::listener::read_file_bounded(
                 path,
                 bidder_sdk::listener::PEM_FILE_BYTES_MAX,
             )
             .map_err(|e| format!("server.buyer_ca_path: cannot read {}: {e}", path.display()))?;
-            buyer_client_config(Some(&pem))
+            let source: TrustSource = sha2::Sha256::digest(&pem).into();
+            Ok((buyer_client_config(Some(&pem))?, source))
         }
     }
 }
@@ -72,9 +86,9 @@ pub fn install(state: &mut AppState) -> Result<(), String> {
     let rt = state.runtime.load_full();
     let settings = &rt.config.server.listener;
     state.tls = seller_acceptor(settings)?;
-    state
-        .buyer_tls
-        .store(Arc::new(buyer_client_config_for(settings)?));
+    let (config, source) = buyer_trust_for(settings)?;
+    state.buyer_tls.store(Arc::new(config));
+    *state.buyer_trust.lock() = source;
     Ok(())
 }
 
@@ -99,13 +113,14 @@ pub fn reload_tls(state: &AppState) -> Result<(), String> {
 #[derive(Debug)]
 pub struct TlsReload {
     buyer: rustls::ClientConfig,
+    buyer_source: TrustSource,
     seller: Option<rustls::ServerConfig>,
 }
 
 impl TlsReload {
     /// Reads `settings`' certificate, key and buyer CA files; an error names the file.
     pub fn prepare(state: &AppState, settings: &ListenerSettings) -> Result<TlsReload, String> {
-        let buyer = buyer_client_config_for(settings)?;
+        let (buyer, buyer_source) = buyer_trust_for(settings)?;
         let seller = match (&state.tls, &settings.tls) {
             (Some(_), Some(files)) => Some(
                 bidder_sdk::listener::server_config_from_files(&files.cert_path, &files.key_path)
@@ -119,7 +134,11 @@ impl TlsReload {
                 return Err("server.tls was added: switching TLS on needs a restart".into())
             }
         };
-        Ok(TlsReload { buyer, seller })
+        Ok(TlsReload {
+            buyer,
+            buyer_source,
+            seller,
+        })
     }
 
     /// Swaps the prepared material in (new connections and new buyer calls use it).
@@ -127,7 +146,13 @@ impl TlsReload {
         if let (Some(acceptor), Some(config)) = (&state.tls, self.seller) {
             acceptor.replace(config);
         }
-        state.buyer_tls.store(Arc::new(self.buyer));
+        // The same trust store as before: keep the buyer client, whose pooled connections
+        // every worker reuses (a new one would reconnect to every buyer at once).
+        let mut source = state.buyer_trust.lock();
+        if *source != self.buyer_source {
+            state.buyer_tls.store(Arc::new(self.buyer));
+            *source = self.buyer_source;
+        }
     }
 }
 

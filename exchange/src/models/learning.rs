@@ -64,8 +64,26 @@ pub fn spawn(state: &Arc<AppState>) {
     }
 }
 
+/// Runs `f` on a new thread under `SCHED_IDLE` and returns its result: loading and
+/// checking a model set (parsing megabytes of JSON) then takes only CPU the auctions
+/// leave idle. `None` if the thread could not start or panicked.
+pub async fn off_the_auction_path<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
 /// `SCHED_IDLE` for this thread (Linux): it runs only when a core is otherwise idle.
-fn lower_priority() {
+pub fn lower_priority() {
     use thread_priority::unix::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
         ThreadSchedulePolicy,

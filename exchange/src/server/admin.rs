@@ -194,14 +194,18 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
     };
     let st = state.clone();
     let (vname, vver) = (vertical.clone(), version.clone());
-    let result = tokio::task::spawn_blocking(move || st.swap_models(&vname, vver.as_deref()))
-        .await
-        .unwrap_or_else(|_| {
-            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
-                "version",
-                "the swap failed inside the exchange",
-            )]))
-        });
+    // Parsing the models is megabytes of JSON: on an idle-priority thread, so the swap
+    // takes no CPU from the auctions.
+    let result = crate::models::learning::off_the_auction_path("pingpost-model-swap", move || {
+        st.swap_models(&vname, vver.as_deref())
+    })
+    .await
+    .unwrap_or_else(|| {
+        Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
+            "version",
+            "the swap failed inside the exchange",
+        )]))
+    });
     match result {
         Ok(generation) => {
             state
