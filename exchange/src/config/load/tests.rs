@@ -3,6 +3,7 @@
 
 mod buyer_keys;
 mod buyers;
+mod features;
 mod reader;
 mod sellers;
 mod server;

@@ -1,0 +1,179 @@
+//! Tests of `[verticals.NAME.features]`, `[verticals.NAME.routing]` and `[learning]`.
+
+use super::*;
+use crate::core::model::features::{BuyerFeature, ContextFeature, LeadKind};
+use crate::core::model::routing::AwardMode;
+
+fn feats(inline: &str) -> (&'static str, String) {
+    ("#VERTICAL", format!("features = {inline}"))
+}
+
+fn has(errs: &[String], needle: &str) {
+    assert!(
+        errs.iter().any(|e| e.contains(needle)),
+        "no error containing {needle:?} in {errs:#?}"
+    );
+}
+
+#[test]
+fn features_routing_and_learning_load() {
+    let (m, f) = feats(
+        r#"{ version = 3, lead = [{ field = "state", kind = "categorical", categories = ["TX", "OK"] }, { field = "extra", kind = "numeric" }], context = ["hour_of_day", "seller"], buyer = ["buyer", "bid_ratio"] }"#,
+    );
+    let c = ok(&[
+        (
+            m,
+            &(f + "\nrouting = { award = \"price\", explore_share = 0.2, prior_weight = 50 }"),
+        ),
+        (
+            "#FIELD",
+            "type = \"integer\"\nmin = 0\nmax = 10\nping = true",
+        ),
+        (
+            "#BUYER",
+            "\n[learning]\nmodels_dir = \"/tmp/m\"\nmin_rows = 50\nretrain_every_s = 60\neta = 0.3",
+        ),
+    ]);
+    let v = &c.verticals[0];
+    let spec = v.features.as_ref().unwrap();
+    assert_eq!(spec.version, 3);
+    assert_eq!(spec.lead.len(), 2);
+    assert_eq!(
+        spec.lead[0].kind,
+        LeadKind::Categorical {
+            categories: vec!["TX".into(), "OK".into()]
+        }
+    );
+    assert_eq!(spec.lead[1].kind, LeadKind::Numeric);
+    assert_eq!(
+        spec.lead[1].field_idx,
+        v.schema.field_index("extra").unwrap()
+    );
+    assert_eq!(
+        spec.context,
+        [ContextFeature::HourOfDay, ContextFeature::Seller]
+    );
+    assert_eq!(spec.buyer, [BuyerFeature::Buyer, BuyerFeature::BidRatio]);
+    assert_eq!(spec.len(), 6);
+    assert_eq!(v.routing.award, AwardMode::Price);
+    assert_eq!(v.routing.explore_ppm, 200_000);
+    assert_eq!(v.routing.prior_weight, 50);
+    assert_eq!(c.learning.models_dir, PathBuf::from("/tmp/m"));
+    assert_eq!(c.learning.min_rows, 50);
+    assert_eq!(c.learning.retrain_every_s, 60);
+    assert!((c.learning.eta - 0.3).abs() < 1e-12);
+
+    // Without the tables: no features, EV with the defaults, default learning.
+    let c = ok(&[]);
+    assert!(c.verticals[0].features.is_none());
+    assert_eq!(c.verticals[0].routing.award, AwardMode::ExpectedValue);
+    assert_eq!(c.verticals[0].routing.explore_ppm, 50_000);
+    assert_eq!(c.learning, crate::config::LearningConfig::default());
+    // The default configuration declares features for auto_insurance.
+    let d = load_str_with_env(DEFAULT_TOML, &demo_env).unwrap();
+    assert_eq!(d.verticals[0].features.as_ref().map(|f| f.len()), Some(16));
+}
+
+#[test]
+fn every_bad_feature_is_named() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{ lead = [{ field = "nope", kind = "numeric" }] }"#,
+            "unknown lead field \"nope\"",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "numeric" }] }"#,
+            "numeric needs an integer or number field",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "boolean" }] }"#,
+            "boolean needs a boolean field",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "fuzzy" }] }"#,
+            "unknown kind \"fuzzy\"",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "categorical" }] }"#,
+            "is required for a categorical feature",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "categorical", categories = [] }] }"#,
+            "at least one category",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "categorical", categories = ["TX", "TX"] }] }"#,
+            "listed twice",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "categorical", categories = [1] }] }"#,
+            "must be a string",
+        ),
+        (
+            r#"{ lead = [{ field = "phone", kind = "categorical", categories = ["x"] }] }"#,
+            "not a ping field",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "categorical", categories = ["TX"] }, { field = "state", kind = "categorical", categories = ["TX"] }] }"#,
+            "listed twice",
+        ),
+        (
+            r#"{ lead = [{ field = "state", kind = "categorical", categories = ["TX"], colour = 1 }] }"#,
+            "unknown key",
+        ),
+        (r#"{ lead = ["state"] }"#, "must be a table"),
+        (
+            r#"{ context = ["weather"] }"#,
+            "unknown context feature \"weather\"",
+        ),
+        (r#"{ buyer = ["mood"] }"#, "unknown buyer feature \"mood\""),
+        (r#"{ buyer = ["buyer", "buyer"] }"#, "listed twice"),
+        (r#"{ }"#, "declares no feature"),
+        (r#"{ version = 0, buyer = ["buyer"] }"#, "version"),
+        (r#"{ buyer = ["buyer"], extra = 1 }"#, "unknown key"),
+    ];
+    for (inline, needle) in cases {
+        let (m, f) = feats(inline);
+        let errs = errors(&[(m, &f)]);
+        assert!(!errs.is_empty(), "{inline} loaded");
+        has(&errs, needle);
+    }
+    // A number field a float cannot hold is no numeric feature (it would be infinite).
+    let (m, f) = feats(r#"{ lead = [{ field = "extra", kind = "numeric" }] }"#);
+    let errs = errors(&[(m, &f), ("#FIELD", "type = \"number\"\nping = true")]);
+    has(&errs, "within ±3.4e38");
+    let (m, f) = feats(r#"{ lead = [{ field = "extra", kind = "numeric" }] }"#);
+    assert!(errors(&[
+        (m, &f),
+        (
+            "#FIELD",
+            "type = \"number\"\nmin = -1e6\nmax = 1e6\nping = true"
+        )
+    ])
+    .is_empty());
+}
+
+#[test]
+fn bad_routing_and_learning_are_named() {
+    for (line, needle) in [
+        ("routing = { award = \"auction\" }", "unknown award"),
+        ("routing = { explore_share = 0.9 }", "between 0 and 0.5"),
+        ("routing = { prior_weight = 0 }", "prior_weight"),
+        ("routing = { colour = 1 }", "unknown key"),
+    ] {
+        has(&errors(&[("#VERTICAL", line)]), needle);
+    }
+    for (line, needle) in [
+        ("heldout_pct = 90", "heldout_pct"),
+        ("min_rows = 1", "min_rows"),
+        ("eta = 0", "more than 0"),
+        ("max_depth = 40", "max_depth"),
+        ("models_dir = \"\"", "models_dir"),
+        ("tutor = 1", "unknown key"),
+    ] {
+        has(
+            &errors(&[("#BUYER", &format!("\n[learning]\n{line}"))]),
+            needle,
+        );
+    }
+}
