@@ -27,6 +27,8 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
         move |n| batch.observe(n as f64),
     )?;
     let mut state = AppState::new(config, ledger, metrics, clock);
+    // The lead fingerprint's key, kept beside the ledger (made at the first start).
+    state.fingerprint = crate::fingerprint::Fingerprinter::open(state.ledger.dir())?;
     // The seller certificate and the buyer CA bundle (checked by the loader already).
     crate::tls::install(&mut state).map_err(std::io::Error::other)?;
     // Caps, budgets and idempotency keys from the ledger, before anything is served.

@@ -168,6 +168,12 @@ pub async fn run_auction(
         vertical.routing,
         auction_seed(&auction_id),
     );
+    let fingerprint = state.fingerprint.of(
+        &vertical.name,
+        &vertical.schema,
+        input.lead,
+        &input.req.dedup,
+    );
     let settlement = effects::settlement(state);
     let params = AuctionParams {
         config: cfg,
@@ -192,6 +198,7 @@ pub async fn run_auction(
                 .filter(|m| m.realization.is_some())
                 .map(|m| m.version.as_str()),
         },
+        lead_fingerprint: Some(&fingerprint),
     };
     let mut auction = Auction::new(
         params,

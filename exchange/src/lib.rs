@@ -16,6 +16,7 @@ pub mod demo;
 pub mod dispositions;
 pub mod effects;
 pub mod finance;
+pub mod fingerprint;
 pub mod idempotency;
 pub mod ledger;
 pub mod metrics;

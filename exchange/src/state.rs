@@ -177,6 +177,9 @@ pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
     /// What each buyer did lately: the cold-start rates and buyer features.
     pub stats: BuyerStats,
+    /// The key of the lead fingerprint in every auction record (kept in the ledger
+    /// directory; see [`crate::fingerprint`]).
+    pub fingerprint: crate::fingerprint::Fingerprinter,
     /// What the buyer trust store (`buyer_tls`) was built from ([`crate::tls::TrustSource`]).
     pub buyer_trust: Mutex<crate::tls::TrustSource>,
     /// Dispositions recorded since the last retraining (the count trigger).
@@ -388,6 +391,7 @@ impl AppState {
             reload_lock: Mutex::new(()),
             stats: BuyerStats::new(),
             buyer_trust: Mutex::new([0; 32]),
+            fingerprint: crate::fingerprint::Fingerprinter::ephemeral(),
             dispositions_since_train: std::sync::atomic::AtomicU64::new(0),
             champion_failures: Mutex::new(std::collections::HashMap::new()),
             source: Mutex::new(None),

@@ -639,3 +639,33 @@ async fn a_reload_keeps_the_buyer_client_when_the_trust_store_is_unchanged() {
         proto::seller::PingStatus::Bid
     );
 }
+
+#[tokio::test]
+async fn auction_records_carry_a_keyed_lead_fingerprint() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let cfg = TestConfig::new().buyer(ba);
+    let one = cfg.start().await;
+    let two = cfg.start().await;
+    for ex in [&one, &two] {
+        let _ = ex.client.ping("TX").await;
+        let _ = ex.client.ping("TX").await;
+        let _ = ex.client.ping("OK").await;
+    }
+    let fps = |recs: Vec<Value>| -> Vec<String> {
+        recs.iter()
+            .map(|r| r["lead_fingerprint"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let f1 = fps(auctions(&one).await);
+    let f2 = fps(auctions(&two).await);
+    assert_eq!(f1[0].len(), 32);
+    assert_eq!(f1[0], f1[1], "the same lead, the same fingerprint");
+    assert_ne!(f1[0], f1[2], "another lead, another fingerprint");
+    assert_ne!(f1[0], f2[0], "another exchange's key, another fingerprint");
+    // The key is kept beside the ledger, owner-only.
+    let key = one.ledger_path.join(pingpost::fingerprint::KEY_FILE);
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(text.len(), 64);
+    assert!(!f1[0].contains("TX") && !f1[0].contains("76180"));
+}

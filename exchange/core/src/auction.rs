@@ -83,6 +83,8 @@ pub struct AuctionParams<'a> {
     pub features_version: Option<u32>,
     /// The model versions serving this auction.
     pub models: ModelVersions<'a>,
+    /// The lead's keyed fingerprint (never the lead itself).
+    pub lead_fingerprint: Option<&'a str>,
 }
 
 /// Which model versions decided an auction (written in its record).
@@ -566,6 +568,7 @@ impl<'a> Auction<'a> {
             x: p.lead_x,
             models: p.models,
             explore: p.ranker.explored(),
+            lead_fingerprint: p.lead_fingerprint,
         };
         self.effects.push(Effect::Record(Record::Auction(record)));
         self.effects.push(Effect::Auction { no_bid });

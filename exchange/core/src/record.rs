@@ -344,6 +344,10 @@ pub struct AuctionRecord<'a> {
     /// The auction explored: bids were ranked by Thompson draws of the buyers' rates.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub explore: bool,
+    /// A keyed hash of the lead as pinged (HMAC-SHA256, 32 hex digits): the same lead
+    /// has the same fingerprint, and it reveals nothing of the lead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_fingerprint: Option<&'a str>,
 }
 
 /// `type: "post_sent"`: written and fsynced before the lead leaves for `buyer`, so a
@@ -615,6 +619,7 @@ mod tests {
                 realization: Some("r1"),
             },
             explore: true,
+            lead_fingerprint: Some("0123456789abcdef0123456789abcdef"),
         });
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["type"], "auction");

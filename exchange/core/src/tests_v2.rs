@@ -41,6 +41,7 @@ fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
         lead_x: &[],
         features_version: None,
         models: Default::default(),
+        lead_fingerprint: None,
     }
 }
 
