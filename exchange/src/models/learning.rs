@@ -164,3 +164,31 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use thread_priority::unix::{
+        thread_schedule_policy, NormalThreadSchedulePolicy, ThreadSchedulePolicy,
+    };
+
+    #[tokio::test]
+    async fn work_off_the_auction_path_runs_under_sched_idle() {
+        let policy =
+            super::off_the_auction_path("pingpost-test-idle", || thread_schedule_policy().ok())
+                .await
+                .flatten();
+        assert_eq!(
+            policy,
+            Some(ThreadSchedulePolicy::Normal(
+                NormalThreadSchedulePolicy::Idle
+            ))
+        );
+        // The calling thread keeps its own policy.
+        assert_ne!(
+            thread_schedule_policy().ok(),
+            Some(ThreadSchedulePolicy::Normal(
+                NormalThreadSchedulePolicy::Idle
+            ))
+        );
+    }
+}
