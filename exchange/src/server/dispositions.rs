@@ -14,29 +14,8 @@ use crate::dispositions::{self, refund_decision, Claim, RETURNED};
 /// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
 /// rules: the digest is looked up, then compared in constant time with the buyer's own).
 fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "missing Authorization: Bearer <buyer key>",
-        )
-    })?;
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "Authorization must be Bearer <buyer key>",
-            )
-        })?;
+    let digest = super::seller::bearer_digest(req, "buyer")?;
     let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown buyer key");
-    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let idx = *rt
         .config
         .buyer_by_key_sha256
@@ -46,8 +25,7 @@ fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx,
     let Some(first) = b.key_sha256 else {
         return Err(unknown());
     };
-    let next = b.key_sha256_next.unwrap_or(first);
-    if bool::from(digest.ct_eq(&first) | digest.ct_eq(&next)) {
+    if super::seller::key_matches(&digest, &first, b.key_sha256_next.as_ref()) {
         Ok(idx)
     } else {
         Err(unknown())

@@ -62,12 +62,18 @@ impl Drop for KeyClaim {
     }
 }
 
-/// Authenticates a seller from `Authorization: Bearer <key>`.
-fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiError> {
+/// The SHA-256 of the bearer key in `Authorization: Bearer <key>`, for a party called
+/// `who` in the messages (`seller`, `buyer`).
+///
+/// Timing: the key is hashed first, so a lookup by digest depends only on the digest,
+/// which an attacker cannot steer towards a valid key's digest (that would need SHA-256
+/// preimages); [`key_matches`] then compares with the party's stored digests in constant
+/// time all the same, so no comparison on secret material short-circuits.
+pub(super) fn bearer_digest(req: &Request<Incoming>, who: &str) -> Result<[u8; 32], ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unauthorized,
-            "missing Authorization: Bearer <seller key>",
+            format!("missing Authorization: Bearer <{who} key>"),
         )
     })?;
     let key = value
@@ -82,24 +88,30 @@ fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiE
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthorized,
-                "Authorization must be Bearer <seller key>",
+                format!("Authorization must be Bearer <{who} key>"),
             )
         })?;
+    Ok(Sha256::digest(key.as_bytes()).into())
+}
+
+/// Is `digest` one of a party's key digests (the current one, or the next during a
+/// rotation)? Constant time.
+pub(super) fn key_matches(digest: &[u8; 32], current: &[u8; 32], next: Option<&[u8; 32]>) -> bool {
+    let next = next.unwrap_or(current);
+    bool::from(digest.ct_eq(current) | digest.ct_eq(next))
+}
+
+/// Authenticates a seller from `Authorization: Bearer <key>`.
+fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiError> {
+    let digest = bearer_digest(req, "seller")?;
     let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown seller key");
-    // Timing: the key is hashed first, so the map lookup's time depends only on the
-    // digest, which an attacker cannot steer towards a valid key's digest (that would
-    // need SHA-256 preimages); the final check against the seller's stored digests is
-    // constant-time all the same, so no comparison on secret material short-circuits.
-    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let seller = *rt
         .config
         .seller_by_key_sha256
         .get(&digest)
         .ok_or_else(unknown)?;
     let s = rt.config.sellers.get(seller).ok_or_else(unknown)?;
-    let next = s.key_sha256_next.unwrap_or(s.key_sha256);
-    let valid = digest.ct_eq(&s.key_sha256) | digest.ct_eq(&next);
-    if bool::from(valid) {
+    if key_matches(&digest, &s.key_sha256, s.key_sha256_next.as_ref()) {
         Ok(seller)
     } else {
         Err(unknown())
