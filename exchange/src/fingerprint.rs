@@ -91,9 +91,13 @@ impl Fingerprinter {
             mac.update(b);
         };
         part(vertical.as_bytes());
+        // One buffer for every value's JSON (this runs once per auction).
+        let mut json = Vec::with_capacity(64);
         for (name, value) in lead.iter(schema) {
             part(name.as_bytes());
-            part(serde_json::to_string(value).unwrap_or_default().as_bytes());
+            json.clear();
+            let _ = serde_json::to_writer(&mut json, value);
+            part(&json);
         }
         part(b"dedup");
         for (k, v) in dedup {

@@ -90,6 +90,13 @@ impl BuyerStats {
             .unwrap_or_default()
     }
 
+    /// `buyer`'s counts and recent response time (ms), in one lookup.
+    fn snapshot(&self, buyer: BuyerKey) -> (Outcomes, Option<f64>) {
+        self.by_buyer
+            .get(&buyer)
+            .map_or((Outcomes::default(), None), |e| (e.outcomes, e.response_ms))
+    }
+
     /// The pooled rates: the prior (Laplace-smoothed, so an empty exchange starts at 0.5
     /// acceptance and 1/2 + ... return: see [`Priors`]).
     pub fn priors(&self) -> Priors {
@@ -112,7 +119,8 @@ pub struct AuctionSignals<'a> {
     /// feature asks for it.
     pub want_caps: bool,
     pub vertical: VerticalIdx,
-    priors: Priors,
+    /// The pooled rates, read (under their lock) only when an auction ranks by EV.
+    priors: std::sync::OnceLock<Priors>,
 }
 
 impl<'a> AuctionSignals<'a> {
@@ -136,7 +144,7 @@ impl<'a> AuctionSignals<'a> {
             prior_weight: f64::from(v.map_or(20, |v| v.routing.prior_weight)),
             want_caps,
             vertical,
-            priors: stats.priors(),
+            priors: std::sync::OnceLock::new(),
         }
     }
 }
@@ -181,13 +189,8 @@ fn cap_utilisation(caps: &CapBook, key: BuyerKey, b: &Buyer, now: UnixMs) -> Opt
 
 impl SignalSource for AuctionSignals<'_> {
     fn view(&self, buyer: BuyerKey) -> BuyerView {
-        let outcomes = self.stats.outcomes(buyer);
-        let response_ms = self
-            .stats
-            .by_buyer
-            .get(&buyer)
-            .and_then(|e| e.response_ms)
-            .map_or(f32::NAN, |m| m as f32);
+        let (outcomes, response_ms) = self.stats.snapshot(buyer);
+        let response_ms = response_ms.map_or(f32::NAN, |m| m as f32);
         let found = self.config.buyer_by_key(buyer);
         let buyer_hash = found.map_or(f32::NAN, |(_, b)| id_hash(&b.id));
         let cap_utilisation = match (self.want_caps, found) {
@@ -197,12 +200,13 @@ impl SignalSource for AuctionSignals<'_> {
             _ => f32::NAN,
         };
         let w = self.prior_weight;
+        let priors = self.priors();
         BuyerView {
             outcomes,
             signals: BuyerSignals {
                 buyer_hash,
-                acceptance_rate: outcomes.acceptance(&self.priors, w) as f32,
-                return_rate: outcomes.return_rate(&self.priors, w) as f32,
+                acceptance_rate: outcomes.acceptance(&priors, w) as f32,
+                return_rate: outcomes.return_rate(&priors, w) as f32,
                 response_ms,
                 cap_utilisation,
             },
@@ -210,7 +214,7 @@ impl SignalSource for AuctionSignals<'_> {
     }
 
     fn priors(&self) -> Priors {
-        self.priors
+        *self.priors.get_or_init(|| self.stats.priors())
     }
 }
 
