@@ -7,10 +7,11 @@
 //! the per-buyer request bound ([`BuyerRate`]).
 //!
 //! Rules (docs/API.md, Dispositions): one disposition per (lead, outcome), so at most one
-//! `returned` and at most one refund per lead; a `returned` refunds the sale's bid to the
-//! buyer and claws the seller's price back only inside the buyer's
-//! `return_window_days`, counted from the sale, and never for a test lead (nothing was
-//! paid). A repeat, or a second request for the same (lead, outcome) while the first is
+//! `returned` and at most one refund per lead; a `returned` is accepted only inside the
+//! buyer's `return_window_days`, counted from the sale (outside it, or with a window of
+//! 0, it is `409 conflict` and nothing is written), and refunds the sale's bid to the
+//! buyer and claws the seller's price back, except for a test lead (recorded, nothing
+//! refunded: nothing was paid). A repeat, or a second request for the same (lead, outcome) while the first is
 //! still being written, is `409 conflict` and changes nothing.
 //!
 //! Architecture invariant: the index names a lead's buyer by its stable [`BuyerKey`]
@@ -176,7 +177,8 @@ impl SoldLead {
     }
 }
 
-/// Why a `returned` refunds nothing (the answer's `no_refund`).
+/// Why a `returned` refunds nothing: a test lead (recorded; the answer's `no_refund`), or
+/// no window / outside it (refused with `409`, nothing recorded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoRefund {
     /// A test lead: nothing was paid.

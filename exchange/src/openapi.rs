@@ -504,7 +504,8 @@ fn disposition_operation() -> Value {
     op["description"] = json!(
         "One disposition per (lead, outcome): a repeat is 409 and changes nothing. A `returned` \
          inside the buyer's `return_window_days` refunds the sale's bid to the buyer and claws \
-         back the seller's price (`refund`); otherwise `refund` is null and `no_refund` says why. \
+         back the seller's price (`refund`); outside the window (or with no window) it is 409 and \
+         nothing is recorded; a test lead's is recorded with `refund` null and `no_refund`. \
          401 for a key that is not a buyer's, 403 for a lead sold to another buyer, 404 for an \
          unknown lead."
     );
@@ -558,7 +559,7 @@ fn disposition_schemas() -> Vec<(&'static str, Value)> {
                             },
                         ],
                     },
-                    "no_refund": {"type": "string", "enum": ["test_lead", "no_return_window", "outside_return_window"]},
+                    "no_refund": {"type": "string", "enum": ["test_lead"]},
                 },
             }),
         ),

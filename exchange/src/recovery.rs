@@ -17,8 +17,8 @@
 //!   of the same lead and attempt): counted, logged at start, listed by
 //!   `pingpost ledger verify`.
 //!
-//! Open quotes are not rebuilt yet: a quote's post after a restart is answered `404`
-//! (unknown `ping_id`) and delivers nothing; its hold is simply gone.
+//! - open quotes: every `quote_opened` with no sale, `unsold`, release or expiry of its
+//!   ping, and not yet expired, is firm again with its cap hold (see [`restore_quote`]).
 //!
 //! Never: panics on a record it cannot read (a line that is not a record it knows is
 //! skipped: the ledger's own verification already vouched for every line).

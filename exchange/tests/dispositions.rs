@@ -167,6 +167,12 @@ async fn a_disposition_is_recorded_and_a_return_in_the_window_refunds_the_sale_e
     assert_eq!(f["seller_clawback_micros"], ACME_SELLER_PRICE);
     assert_eq!(f["margin_reversed_micros"], ACME_BID - ACME_SELLER_PRICE);
     assert_eq!(f["return_window_days"], 7);
+    // The refund (the line that moves money) is written before its disposition.
+    assert!(
+        f["seq"].as_u64().unwrap() < disp[2]["seq"].as_u64().unwrap(),
+        "{f} {}",
+        disp[2]
+    );
 
     // A second return of the same lead: 409, nothing written.
     let r = dispose(
@@ -385,7 +391,7 @@ async fn start(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
 }
 
 #[tokio::test]
-async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing() {
+async fn after_a_restart_a_repeat_is_refused_and_a_late_return_is_refused() {
     let (cfg, _h) = bidders().await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger");
@@ -437,22 +443,35 @@ async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing()
     assert_eq!(r.status, 200, "{}", r.text());
     second.shutdown().await.unwrap();
 
-    // Eight days later (acme's window is 7): recorded, nothing refunded, and it says why.
+    // Eight days later (acme's window is 7): the return is refused, says why, and
+    // writes nothing; the lead still takes other outcomes.
     let later = Clock::at(chrono::Utc::now().timestamp_millis() + 8 * DAY_MS);
     let third = start(&cfg, &ledger, later).await;
     let client = SellerClient::new(third.addr);
+    let before = records(&ledger, "disposition").len();
+    for _ in 0..2 {
+        let r = dispose(
+            &client,
+            ACME_KEY,
+            &json!({"lead_id": l3, "outcome": "returned"}),
+        )
+        .await;
+        r.assert_error(409, "conflict");
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("outside the return window") && msg.contains("7-day"),
+            "{msg}"
+        );
+    }
+    third.state.ledger.flush().await.unwrap();
+    assert_eq!(records(&ledger, "disposition").len(), before);
     let r = dispose(
         &client,
         ACME_KEY,
-        &json!({"lead_id": l3, "outcome": "returned"}),
+        &json!({"lead_id": l3, "outcome": "disqualified"}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.json(),
-        json!({"lead_id": l3, "outcome": "returned", "recorded": true, "refund": null,
-               "no_refund": "outside_return_window"})
-    );
     dispose(
         &client,
         ACME_KEY,
@@ -478,7 +497,7 @@ async fn after_a_restart_a_repeat_is_refused_and_a_late_return_refunds_nothing()
             (l1.clone(), "contacted".to_string()),
             (l2.clone(), "returned".to_string()),
             (l1.clone(), "sold".to_string()),
-            (l3.clone(), "returned".to_string()),
+            (l3.clone(), "disqualified".to_string()),
         ]
     );
     let refunds = records(&ledger, "refund");
@@ -612,14 +631,25 @@ fn verify_refuses_refunds_that_do_not_match_their_sale() {
             "lead refunded twice",
         ),
         (
-            vec![AUCTION, SALE, &good],
-            "a refund without a returned disposition",
+            vec![AUCTION, SALE, &by_c, &good],
+            "a refund without a returned disposition by its buyer",
         ),
         (
             vec![AUCTION, SALE, &by_c],
             "a disposition by buyer c of a lead sold to b",
         ),
     ];
+    // The refund alone (a crash between it and its disposition, written after it):
+    // listed, and the money still reconciles net of it.
+    let r = check(&[AUCTION, SALE, &good]);
+    assert!(!r.failed(), "{}", r.render());
+    assert_eq!(r.return_line_missing.len(), 1, "{}", r.render());
+    assert!(
+        r.render().contains("DISPOSITION LINE MISSING"),
+        "{}",
+        r.render()
+    );
+    assert_eq!(r.totals["USD"], (1, 0, 0, 0));
     for (lines, expected) in cases {
         let r = check(&lines);
         assert!(r.failed(), "{expected}: {}", r.render());
@@ -656,4 +686,36 @@ async fn a_test_lead_takes_dispositions_and_is_never_refunded() {
     assert_eq!(disp.len(), 1);
     assert_eq!(disp[0]["test"], true);
     assert!(records(&ex.ledger_path, "refund").is_empty());
+}
+
+#[tokio::test]
+async fn a_buyer_without_a_return_window_cannot_return() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .start_edited(|t| with_keys(t).replace("return_window_days = 7", "return_window_days = 0"))
+        .await;
+    let lead = sell(&ex.client).await;
+    for _ in 0..2 {
+        let r = dispose(
+            &ex.client,
+            ACME_KEY,
+            &json!({"lead_id": lead, "outcome": "returned"}),
+        )
+        .await;
+        let e = r.assert_error(409, "conflict");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains("no return window"), "{msg}");
+        assert!(!msg.contains("Ana") && !msg.contains("555"), "{msg}");
+    }
+    ex.state.ledger.flush().await.unwrap();
+    assert!(records(&ex.ledger_path, "disposition").is_empty());
+    assert!(records(&ex.ledger_path, "refund").is_empty());
+    // The lead still takes the other outcomes.
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "no_contact"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }

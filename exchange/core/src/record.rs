@@ -553,7 +553,8 @@ pub struct DispositionRecord<'a> {
 /// its bid back (`buyer_refund_micros` = the sale's `bid_micros`), the seller's payout is
 /// clawed back (`seller_clawback_micros` = the sale's `seller_price_micros`), and the
 /// exchange's margin on the lead is reversed (`margin_reversed_micros` = the sale's
-/// `margin_micros`). Written right after its `disposition`, durable; at most one per lead.
+/// `margin_micros`). Written just before its `disposition` (same batch), durable; at most
+/// one per lead.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RefundRecord<'a> {
     #[serde(flatten)]

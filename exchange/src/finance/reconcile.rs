@@ -13,7 +13,9 @@
 //!   seller, a `returned` disposition, amounts equal to the sale's (`buyer_refund_micros`
 //!   = `bid_micros`, `seller_clawback_micros` = `seller_price_micros`,
 //!   `margin_reversed_micros` = `margin_micros`), lies within its `return_window_days` of
-//!   the sale, and is the lead's only refund. Every `disposition`: its lead has a sale to
+//!   the sale, and is the lead's only refund. A refund with no `returned` disposition at
+//!   all is listed, not failed: the refund is written first, and a crash between the two
+//!   lines leaves it alone. Every `disposition`: its lead has a sale to
 //!   the same buyer, and no other disposition of the same outcome. The totals are net of
 //!   refunds (revenue, payouts and margin), as the report's are.
 //! - Every delivery has an outcome: a sale with `attempt` k has the `post_attempt`
@@ -44,6 +46,9 @@ pub struct Reconciliation {
     pub mismatches: Vec<String>,
     /// Deliveries with no outcome ("delivered, outcome unknown").
     pub outcome_unknown: Vec<String>,
+    /// Refunds whose `returned` disposition line is missing (a crash between the refund
+    /// and its disposition, which follows it in the same batch): listed, not a failure.
+    pub return_line_missing: Vec<String>,
     /// Per currency: (refunds, Σ `buyer_refund_micros`) of the refund records (the
     /// totals above are net of them).
     pub refunds: BTreeMap<String, (u64, i64)>,
@@ -371,11 +376,19 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                 r.place, r.ids
             ));
         }
-        if returned.get(r.lead.as_str()) != Some(&r.buyer.as_str()) {
-            m.push(format!(
+        match returned.get(r.lead.as_str()) {
+            Some(b) if *b == r.buyer.as_str() => {}
+            // The refund is written just before its disposition, in the same batch: a
+            // crash between the two lines leaves the refund alone. The money is whole;
+            // the line missing is the disposition's (listed, not a failure).
+            None => out.return_line_missing.push(format!(
+                "{}: a refund whose returned disposition line is missing (the exchange stopped between the two; the refund stands) ({})",
+                r.place, r.ids
+            )),
+            Some(_) => m.push(format!(
                 "{}: a refund without a returned disposition by its buyer ({})",
                 r.place, r.ids
-            ));
+            )),
         }
         let Some(s) = sale_of.get(r.lead.as_str()) else {
             m.push(format!(
@@ -516,6 +529,7 @@ impl Reconciliation {
         for (title, list) in [
             ("MISMATCH", &self.mismatches),
             ("OUTCOME UNKNOWN", &self.outcome_unknown),
+            ("DISPOSITION LINE MISSING", &self.return_line_missing),
         ] {
             for m in list.iter().take(SHOWN_MAX) {
                 let _ = writeln!(out, "{title}: {m}");
@@ -532,7 +546,7 @@ impl Reconciliation {
                 self.outcome_unknown.len()
             );
         } else {
-            let outcomes = if self.outcome_unknown.is_empty() {
+            let mut outcomes = if self.outcome_unknown.is_empty() {
                 " and every delivery has an outcome".to_string()
             } else {
                 format!(
@@ -540,6 +554,13 @@ impl Reconciliation {
                     self.outcome_unknown.len()
                 )
             };
+            if !self.return_line_missing.is_empty() {
+                let _ = write!(
+                    outcomes,
+                    "; {} refund(s) without their disposition line (listed above; the refunds stand)",
+                    self.return_line_missing.len()
+                );
+            }
             let _ = writeln!(
                 out,
                 "OK: the money reconciles{outcomes}{}",

@@ -2,14 +2,15 @@
 //! it bought (buyer bearer key). Checks in order, each answered with its contract error
 //! and changing nothing: the key (401), the buyer's request rate (429), the content type
 //! (415), the body size (413) and its fields (400), the ledger's health (503), the lead
-//! (404 unknown or forgotten, 403 sold to another buyer), a repeat (409). A valid one is
-//! written to the ledger (`disposition`, and a `refund` for a `returned` inside the
-//! buyer's return window), and answered only after both are on disk.
+//! (404 unknown or forgotten, 403 sold to another buyer), a repeat (409), a `returned`
+//! outside the buyer's return window (409). A valid one is written to the ledger (a
+//! `refund` for a `returned`, then the `disposition`), and answered only after both are
+//! on disk.
 
 use super::*;
 use crate::config::BuyerIdx;
 use crate::core::record::{DispositionRecord, Head, LedgerSink, Record, RefundRecord};
-use crate::dispositions::{self, refund_decision, Claim, RETURNED};
+use crate::dispositions::{self, refund_decision, Claim, NoRefund, RETURNED};
 
 /// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
 /// rules: the digest is looked up, then compared in constant time with the buyer's own).
@@ -162,6 +163,12 @@ async fn record(
     let now = state.clock.now_ms();
     let decision =
         (d.outcome_str() == RETURNED).then(|| refund_decision(&lead, return_window_days, now));
+    // A return the buyer's window does not cover is refused: nothing is written, and the
+    // claim is dropped (a later report of another outcome still works).
+    if let Some(Err(why @ (NoRefund::OutsideReturnWindow | NoRefund::NoReturnWindow))) = decision {
+        state.sold_leads.settle(&d.lead_id, d.outcome, false, false);
+        return Err(refused_return(why, &lead, return_window_days, now));
+    }
     let head = Head::new(generation, now);
     let disposition = Record::Disposition(DispositionRecord {
         head,
@@ -191,17 +198,21 @@ async fn record(
         })
     });
     // Both lines are handed to the writer together (one group-commit batch) and the
-    // answer waits for both fsyncs.
-    let first = LedgerSink::append(&state.ledger, &disposition);
-    let second = refund
+    // answer waits for both fsyncs. The refund goes first: it is the line that moves
+    // money, so any prefix a crash can leave is consistent (nothing; the refund alone,
+    // which recovery counts as the lead's `returned` and `verify` lists as a return
+    // whose disposition line is missing; or both).
+    let first = refund
         .as_ref()
         .map(|r| LedgerSink::append(&state.ledger, r));
-    let mut written = first.wait().await;
-    if let Some(second) = second {
-        let w = second.wait().await;
-        if written.is_ok() {
-            written = w;
-        }
+    let second = LedgerSink::append(&state.ledger, &disposition);
+    let mut written = match first {
+        Some(first) => first.wait().await,
+        None => Ok(()),
+    };
+    let w = second.wait().await;
+    if written.is_ok() {
+        written = w;
     }
     if let Err(e) = written {
         state.sold_leads.settle(&d.lead_id, d.outcome, false, false);
@@ -241,4 +252,32 @@ async fn record(
         },
     };
     Ok(to_json(&answer))
+}
+
+/// The error of a `returned` the buyer's window does not cover (409: the lead's state,
+/// not the request, is what stands in the way).
+fn refused_return(
+    why: NoRefund,
+    lead: &dispositions::SoldLead,
+    window_days: u16,
+    now: crate::core::UnixMs,
+) -> ApiError {
+    let message = match why {
+        NoRefund::NoReturnWindow => {
+            "this buyer has no return window (return_window_days = 0): returns are not accepted"
+                .to_string()
+        }
+        _ => {
+            let closed = lead
+                .sold_at
+                .saturating_add(i64::from(window_days) * dispositions::DAY_MS);
+            format!(
+                "outside the return window: the lead was sold at {}, its {window_days}-day return window closed at {} and it is now {}; nothing was recorded",
+                crate::core::record::rfc3339(lead.sold_at),
+                crate::core::record::rfc3339(closed),
+                crate::core::record::rfc3339(now),
+            )
+        }
+    };
+    ApiError::new(ErrorCode::Conflict, message)
 }

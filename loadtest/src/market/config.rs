@@ -20,6 +20,9 @@ use crate::sim::{SimBuyerInfo, SECRET_ENV_PREFIX, VERTICAL};
 pub const MARKET_SELLER: &str = "market";
 /// The variable that carries the admin token to the exchange (the loader's default).
 pub const ADMIN_TOKEN_ENV: &str = "PINGPOST_ADMIN_TOKEN";
+/// `buyers.ID.return_window_days` of every simulated buyer (returns outside a buyer's
+/// window are refused by the exchange).
+pub const RETURN_WINDOW_DAYS: u16 = 30;
 
 /// How a leg's exchange awards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -223,6 +226,9 @@ timezone = "UTC"
             if let Some(key) = c.buyer_keys.get(index) {
                 // issue 8: needs the dispositions branch (per-buyer key digest)
                 let _ = writeln!(t, "key_sha256 = \"{}\"", sha256_hex(key));
+                // Returns are accepted (and refunded) only inside a buyer's window; the
+                // simulated buyers return within seconds.
+                let _ = writeln!(t, "return_window_days = {RETURN_WINDOW_DAYS}");
             }
         }
         env.push((secret_env, buyer.secret.clone()));
