@@ -387,6 +387,8 @@ pub async fn deliver(
     // remaining attempt is reported as not sent, so the plan releases its holds and ends.
     let mut stopped = false;
     let mut sent = 0usize;
+    // When the last accept was read (P8: the sale must be durable and answered soon after).
+    let mut accepted_at: Option<Instant> = None;
     let step = loop {
         let attempt = match plan.next(&settlement, state.clock.now_ms()) {
             PostStep::Deliver(a) => a,
@@ -450,6 +452,7 @@ pub async fn deliver(
                     }
                     Ok(Err(_)) | Ok(Ok(CallResult::Failed(_))) => AttemptResult::Error,
                     Ok(Ok(CallResult::Answer(PostOutcome::Accepted { buyer_lead_id }))) => {
+                        accepted_at = Some(Instant::now());
                         AttemptResult::Accepted { buyer_lead_id }
                     }
                     Ok(Ok(CallResult::Answer(PostOutcome::Rejected { reason }))) => {
@@ -469,16 +472,24 @@ pub async fn deliver(
     }
     recorded?;
     Ok(match step {
-        PostStep::Sold(a) => PostAnswer {
-            status: PostStatus::Sold,
-            lead_id: Some(lead_id),
-            ping_id: Some(d.ping_id.to_string()),
-            price: Some(d.quoted),
-            currency: Some(vertical.currency.clone()),
-            buyer: Some(cfg.buyers[a.buyer].name.clone()),
-            reason: None,
-            changed_fields: Vec::new(),
-        },
+        PostStep::Sold(a) => {
+            if let Some(t) = accepted_at {
+                state
+                    .metrics
+                    .sale_after_accept
+                    .observe(t.elapsed().as_secs_f64());
+            }
+            PostAnswer {
+                status: PostStatus::Sold,
+                lead_id: Some(lead_id),
+                ping_id: Some(d.ping_id.to_string()),
+                price: Some(d.quoted),
+                currency: Some(vertical.currency.clone()),
+                buyer: Some(cfg.buyers[a.buyer].name.clone()),
+                reason: None,
+                changed_fields: Vec::new(),
+            }
+        }
         PostStep::Unsold(reason) => {
             let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason.as_str()));
             a.lead_id = Some(lead_id);

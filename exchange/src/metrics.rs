@@ -15,6 +15,12 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Buckets of `pingpost_sale_after_accept_seconds`: fine around P8's 2 ms.
+pub const SALE_AFTER_ACCEPT_BUCKETS_S: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.00175, 0.002, 0.0025, 0.003, 0.004,
+    0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// What happened to one buyer in one auction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PingOutcome {
@@ -130,6 +136,9 @@ pub struct Metrics {
     pub quotes_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
+    /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
+    /// sale's record on disk (P8).
+    pub sale_after_accept: Histogram,
     /// The runtime generation serving now (1 at start, +1 per applied reload).
     pub config_generation: IntGauge,
     /// Reloads by result (`applied`, `refused`).
@@ -291,6 +300,17 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
+            sale_after_accept: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pingpost_sale_after_accept_seconds",
+                        "From a buyer's accept to the seller's sold answer, the sale on disk.",
+                    )
+                    .buckets(SALE_AFTER_ACCEPT_BUCKETS_S.to_vec()),
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
             config_generation: reg(
                 &r,
                 IntGauge::new(
@@ -395,5 +415,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_renders() {
+        let m = Metrics::new();
+        m.sale_after_accept.observe(0.0007);
+        let mut out = Vec::new();
+        let r = TextEncoder::new().encode(&m.registry.gather(), &mut out);
+        assert!(r.is_ok(), "{r:?}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("pingpost_sale_after_accept_seconds_count 1"),
+            "{text}"
+        );
     }
 }

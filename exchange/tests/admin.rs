@@ -186,3 +186,40 @@ async fn without_a_token_the_admin_listener_is_off_and_a_non_loopback_one_is_ref
     );
     assert!(!errors.to_string().contains("short-secret"), "{errors}");
 }
+
+#[tokio::test]
+async fn every_sale_and_only_a_sale_is_timed_from_the_buyers_accept() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+    let count = |text: &str| metric_value(text, "pingpost_sale_after_accept_seconds_count", &[]);
+
+    let sold = ex
+        .client
+        .post_json("/v1/leads", &direct_body("TX"))
+        .await
+        .post_answer();
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    let text = ex.admin_get("/metrics").await.text();
+    assert_eq!(count(&text), 1.0, "{text}");
+    // The 2 ms bucket (P8's target) is one of the fine buckets.
+    assert!(
+        text.contains("pingpost_sale_after_accept_seconds_bucket{le=\"0.002\"}"),
+        "{text}"
+    );
+
+    // A rejected post sells nothing and times nothing.
+    a.set(|s| s.accept = false);
+    let unsold = ex
+        .client
+        .post_json("/v1/leads", &direct_body("TX"))
+        .await
+        .post_answer();
+    assert_eq!(
+        unsold.status,
+        proto::seller::PostStatus::Unsold,
+        "{unsold:?}"
+    );
+    let text = ex.admin_get("/metrics").await.text();
+    assert_eq!(count(&text), 1.0, "{text}");
+}

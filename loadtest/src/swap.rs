@@ -442,6 +442,29 @@ impl AdminClient {
             .map_err(|_| anyhow::anyhow!("no answer in {ADMIN_TIMEOUT_MS} ms"))?
     }
 
+    /// `GET path`: the status and the answer's body, within [`ADMIN_TIMEOUT_MS`].
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let uri: Uri = format!("http://{}{path}", self.addr).parse()?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Full::new(Bytes::new()))?;
+        let call = async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = Limited::new(resp.into_body(), ADMIN_ANSWER_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+                .to_bytes();
+            anyhow::Ok((status, bytes))
+        };
+        tokio::time::timeout(Duration::from_millis(ADMIN_TIMEOUT_MS), call)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer in {ADMIN_TIMEOUT_MS} ms"))?
+    }
+
     /// Performs one action and records its answer (`t0`: the schedule's start).
     pub async fn act(&self, action: &SwapAction, t0: Instant) -> SwapAnswer {
         let sent = Instant::now();
