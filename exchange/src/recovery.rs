@@ -17,6 +17,8 @@
 //!   of the same lead and attempt): counted, logged at start, listed by
 //!   `pingpost ledger verify`.
 //!
+//! - finished posts: a quote that was posted (sold or unsold) or expired is put back as
+//!   finished, so a repeated `/v1/post` of its `ping_id` gets the first answer again;
 //! - open quotes: every `quote_opened` with no sale, `unsold`, release or expiry of its
 //!   ping, and not yet expired, is firm again with its cap hold (see [`restore_quote`]).
 //!
@@ -91,6 +93,8 @@ pub struct Scan {
     /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
     /// released or expired hold).
     closed_pings: HashSet<String>,
+    /// Ping ids whose quote expired unposted (`quote_expired`), with when.
+    expired_pings: HashMap<String, UnixMs>,
     /// What buyers did with delivered leads, in ledger order, for the cold-start rates:
     /// `(buyer id, event)`.
     pub buyer_events: Vec<(String, BuyerEvent)>,
@@ -182,6 +186,9 @@ impl Scan {
                 if let Some(p) = v.get("ping_id").and_then(Value::as_str) {
                     scan.closed_pings.insert(p.to_string());
                 }
+            }
+            if kind == "quote_expired" {
+                scan.expired_pings.insert(text(&v, "ping_id"), at_of(&v));
             }
             match kind {
                 "quote_opened" => {
@@ -281,31 +288,44 @@ pub struct Recovered {
     pub keys: u64,
     /// Open quotes restored (firm again, their holds re-reserved).
     pub quotes: u64,
+    /// Finished posts of quotes restored (a repeat gets the first answer again).
+    pub finished_posts: u64,
     /// Sold leads put back in the sold-lead index (the newest `server.sold_leads_max`).
     pub sold_leads: u64,
     /// Dispositions and refunds applied to them (a repeat stays refused).
     pub dispositions: u64,
 }
 
+/// The `sold` answer a sale's seller was given.
+fn sold_answer(s: &Sale, buyer_names: &HashMap<&str, &str>) -> PostAnswer {
+    PostAnswer {
+        status: PostStatus::Sold,
+        lead_id: Some(s.lead_id.clone()),
+        ping_id: Some(s.ping_id.clone()),
+        price: Some(Micros(s.seller_price_micros)),
+        currency: Some(s.currency.clone()),
+        buyer: buyer_names.get(s.buyer.as_str()).map(|n| n.to_string()),
+        reason: None,
+        changed_fields: Vec::new(),
+    }
+}
+
+/// The `unsold` answer of a post that delivered and did not sell.
+fn unsold_answer(lead_id: &str, reason: &str, ping_id: &str) -> PostAnswer {
+    let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
+    a.lead_id = Some(lead_id.to_string());
+    a.ping_id = Some(ping_id.to_string());
+    a
+}
+
 /// The stored answer of a post whose key the ledger names.
 fn answer_of(scan: &Scan, lead_id: &str, buyer_names: &HashMap<&str, &str>) -> (u16, Bytes) {
     if let Some(s) = scan.sales.iter().rev().find(|s| s.lead_id == lead_id) {
-        let a = PostAnswer {
-            status: PostStatus::Sold,
-            lead_id: Some(s.lead_id.clone()),
-            ping_id: Some(s.ping_id.clone()),
-            price: Some(Micros(s.seller_price_micros)),
-            currency: Some(s.currency.clone()),
-            buyer: buyer_names.get(s.buyer.as_str()).map(|n| n.to_string()),
-            reason: None,
-            changed_fields: Vec::new(),
-        };
+        let a = sold_answer(s, buyer_names);
         return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
     }
     if let Some((reason, ping_id)) = scan.unsold.get(lead_id) {
-        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
-        a.lead_id = Some(lead_id.to_string());
-        a.ping_id = Some(ping_id.clone());
+        let a = unsold_answer(lead_id, reason, ping_id);
         return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
     }
     let e = ApiError::new(
@@ -387,12 +407,13 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.quotes += 1;
         }
     }
-    // Idempotency keys: the last lead each key started.
     let names: HashMap<&str, &str> = cfg
         .buyers
         .iter()
         .map(|b| (b.id.as_str(), b.name.as_str()))
         .collect();
+    out.finished_posts = restore_finished(state, cfg, scan, &names, now);
+    // Idempotency keys: the last lead each key started.
     let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
     for s in &scan.sent {
         if let Some((k, _)) = &s.idempotency {
@@ -416,6 +437,53 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         }
     }
     out
+}
+
+/// Puts the quotes that were posted (sold or unsold) or expired back in the book as
+/// finished, oldest first, so a repeated `/v1/post` of their `ping_id` gets the first
+/// answer again and delivers nothing (within the book's TTL and bound for finished
+/// entries). A quote whose post's outcome is unknown, or that was released without a
+/// recorded answer, is not restored (its repeat is `404` and delivers nothing).
+fn restore_finished(
+    state: &AppState,
+    cfg: &crate::config::Config,
+    scan: &Scan,
+    names: &HashMap<&str, &str>,
+    now: UnixMs,
+) -> u64 {
+    let sold: HashMap<&str, &Sale> = scan.sales.iter().map(|s| (s.ping_id.as_str(), s)).collect();
+    let unsold: HashMap<&str, (&str, &str)> = scan
+        .unsold
+        .iter()
+        .map(|(lead, (reason, ping))| (ping.as_str(), (lead.as_str(), reason.as_str())))
+        .collect();
+    let mut done: Vec<(UnixMs, &str, crate::config::SellerKey, Option<PostAnswer>)> = Vec::new();
+    for (ping_id, v) in &scan.opened {
+        if !scan.closed_pings.contains(ping_id) {
+            continue;
+        }
+        let Some(seller) = cfg.sellers.iter().find(|s| s.id == text(v, "seller")) else {
+            continue;
+        };
+        let (at, answer) = if let Some(s) = sold.get(ping_id.as_str()) {
+            (s.at, Some(sold_answer(s, names)))
+        } else if let Some((lead, reason)) = unsold.get(ping_id.as_str()) {
+            (at_of(v), Some(unsold_answer(lead, reason, ping_id)))
+        } else if let Some(at) = scan.expired_pings.get(ping_id) {
+            (*at, None)
+        } else {
+            continue;
+        };
+        done.push((at, ping_id, seller.key, answer));
+    }
+    done.sort_by_key(|d| d.0);
+    let mut restored = 0;
+    for (at, ping_id, seller, answer) in done {
+        if state.quotes.restore_done(ping_id, seller, answer, at, now) {
+            restored += 1;
+        }
+    }
+    restored
 }
 
 /// Puts the quote of a `quote_opened` record back in the book, re-reserving its hold;
@@ -545,6 +613,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         late_accepts_counted = r.late_counted,
         idempotency_keys = r.keys,
         open_quotes = r.quotes,
+        finished_posts = r.finished_posts,
         sold_leads = r.sold_leads,
         dispositions = r.dispositions,
         "ledger replayed: caps, budgets, open quotes, idempotency keys and sold leads rebuilt"

@@ -29,6 +29,8 @@ struct SlowBuyer {
     price: bidder_sdk::Micros,
     post_delay: Duration,
     posts: Mutex<u32>,
+    /// Whether posts are accepted.
+    accept: std::sync::atomic::AtomicBool,
 }
 
 impl Bidder for SlowBuyer {
@@ -44,7 +46,7 @@ impl Bidder for SlowBuyer {
         *self.posts.lock().unwrap() += 1;
         tokio::time::sleep(self.post_delay).await;
         PostReply {
-            accepted: true,
+            accepted: self.accept.load(std::sync::atomic::Ordering::SeqCst),
             buyer_lead_id: None,
             reason: None,
         }
@@ -60,6 +62,7 @@ async fn buyer(
         price: usd(price),
         post_delay: Duration::from_millis(post_delay_ms),
         posts: Mutex::new(0),
+        accept: std::sync::atomic::AtomicBool::new(true),
     });
     let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0)));
     let (addr, handle) = spawn(
@@ -318,9 +321,63 @@ async fn a_firm_quote_stays_firm_across_a_restart() {
     assert_eq!((u.sold_day, u.reserved), (1, 0));
     second.shutdown().await.unwrap();
 
-    // Posted: a third start does not open it again.
+    // Posted: a third start does not open it again, and a repeat of the post gets the
+    // first answer again and delivers nothing.
     let third = start(&cfg, &ledger).await;
     assert_eq!(third.state.quotes.open_count(), 0);
     assert_eq!(usage(&third).sold_day, 1);
+    let again = SellerClient::new(third.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(again, sold, "the first answer, lead id and buyer included");
+    assert_eq!(*a.posts.lock().unwrap(), 1, "not delivered again");
+    assert_eq!(usage(&third).sold_day, 1);
     third.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn finished_posts_answer_the_same_after_a_restart() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(50));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let q_sold = client.ping("TX").await;
+    let q_unsold = client.ping("TX").await;
+    let sold = client.post(&q_sold.ping_id, "TX").await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    a.accept.store(false, std::sync::atomic::Ordering::SeqCst);
+    let unsold = client.post(&q_unsold.ping_id, "TX").await;
+    assert_eq!(
+        unsold.status,
+        proto::seller::PostStatus::Unsold,
+        "{unsold:?}"
+    );
+    let posts = *a.posts.lock().unwrap();
+    assert_eq!(posts, 2);
+    first.shutdown().await.unwrap();
+
+    let second = start(&cfg, &ledger).await;
+    let client = SellerClient::new(second.addr);
+    assert_eq!(second.state.quotes.open_count(), 0);
+    assert_eq!(client.post(&q_sold.ping_id, "TX").await, sold);
+    assert_eq!(client.post(&q_unsold.ping_id, "TX").await, unsold);
+    assert_eq!(*a.posts.lock().unwrap(), posts, "nothing delivered again");
+    // Another seller cannot learn of them; an unknown ping is still 404.
+    let other = client
+        .post_json_with(
+            "/v1/post",
+            THROTTLED_KEY,
+            &[],
+            &post_body(&q_sold.ping_id, "TX"),
+        )
+        .await;
+    other.assert_error(404, "not_found");
+    let unknown = client
+        .post_json("/v1/post", &post_body("pg_nothing", "TX"))
+        .await;
+    unknown.assert_error(404, "not_found");
+    second.shutdown().await.unwrap();
 }

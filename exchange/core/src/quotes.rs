@@ -311,6 +311,39 @@ impl QuoteBook {
         finished.is_some()
     }
 
+    /// Puts back a post that finished before a restart (recovery): `ping_id` of `seller`
+    /// is `Done` at `at` with `answer` (`None`: the expired answer), so a repeat of the
+    /// post gets its first outcome again and delivers nothing. Returns false, changing
+    /// nothing, when the ping is already in the book or the entry is older than the
+    /// finished entries' TTL at `now`. Counts no open quote.
+    pub fn restore_done(
+        &self,
+        ping_id: &str,
+        seller: SellerKey,
+        answer: Option<PostAnswer>,
+        at: UnixMs,
+        now: UnixMs,
+    ) -> bool {
+        if now.saturating_sub(at) >= i64::try_from(self.done_ttl_ms).unwrap_or(i64::MAX) {
+            return false;
+        }
+        let key: Arc<str> = Arc::from(ping_id);
+        match self.entries.entry(Arc::clone(&key)) {
+            MapEntry::Occupied(_) => return false,
+            MapEntry::Vacant(v) => {
+                v.insert(Entry {
+                    seller,
+                    state: State::Done {
+                        answer: answer.map(Box::new),
+                        at,
+                    },
+                });
+            }
+        }
+        self.remember_done(vec![(at, key)]);
+        true
+    }
+
     /// Gives a quote back (`Posting -> Open`) after an internal failure before anything
     /// was delivered, so the seller may post again while it is firm. (A `mismatch` is an
     /// outcome: [`finish`](QuoteBook::finish) it.) Returns the quote back if the ping was
@@ -475,6 +508,36 @@ mod tests {
         a.ping_id = Some(id.into());
         a.buyer = Some("Buyer 0".into());
         a
+    }
+
+    #[test]
+    fn a_restored_finished_post_answers_again_for_its_seller_only() {
+        let book = QuoteBook::new(10, 1_000).with_done_max(2);
+        assert!(book.restore_done("p1", SellerKey(0), Some(sold("p1")), T0, T0 + 10));
+        assert!(book.restore_done("p2", SellerKey(0), None, T0 + 1, T0 + 10));
+        // Already there, or past the TTL: nothing changes.
+        assert!(!book.restore_done("p1", SellerKey(0), None, T0, T0 + 10));
+        assert!(!book.restore_done("p3", SellerKey(0), None, T0, T0 + 1_000));
+        assert_eq!((book.open_count(), book.len()), (0, 2));
+        match book.begin_post("p1", SellerKey(0), T0 + 20) {
+            BeginPost::Done(a) => assert_eq!(a, sold("p1")),
+            other => panic!("{other:?}"),
+        }
+        match book.begin_post("p2", SellerKey(0), T0 + 20) {
+            BeginPost::Done(a) => assert_eq!(a.status, PostStatus::Expired),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(1), T0 + 20),
+            BeginPost::NotFound
+        ));
+        // Bounded like any finished entry: a third pushes the oldest out.
+        assert!(book.restore_done("p4", SellerKey(0), None, T0 + 2, T0 + 10));
+        assert!(matches!(
+            book.begin_post("p1", SellerKey(0), T0 + 20),
+            BeginPost::NotFound
+        ));
+        assert_eq!(book.open_count(), 0);
     }
 
     #[test]
