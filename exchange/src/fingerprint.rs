@@ -24,6 +24,8 @@ pub const FINGERPRINT_HEX: usize = 32;
 #[derive(Clone)]
 pub struct Fingerprinter {
     key: [u8; 32],
+    /// The HMAC keyed once (its inner and outer pads hashed): each fingerprint clones it.
+    keyed: Option<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for Fingerprinter {
@@ -35,8 +37,13 @@ impl std::fmt::Debug for Fingerprinter {
 impl Fingerprinter {
     /// A fingerprinter with a fresh random key (not kept anywhere).
     pub fn ephemeral() -> Fingerprinter {
+        Fingerprinter::with_key(rand::random())
+    }
+
+    fn with_key(key: [u8; 32]) -> Fingerprinter {
         Fingerprinter {
-            key: rand::random(),
+            key,
+            keyed: Hmac::<Sha256>::new_from_slice(&key).ok(),
         }
     }
 
@@ -53,7 +60,7 @@ impl Fingerprinter {
                         path.display()
                     ))
                 })?;
-                Ok(Fingerprinter { key })
+                Ok(Fingerprinter::with_key(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -82,7 +89,7 @@ impl Fingerprinter {
         lead: &Lead,
         dedup: &std::collections::BTreeMap<String, String>,
     ) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+        let Some(mut mac) = self.keyed.clone() else {
             return String::new();
         };
         // Length-prefixed parts, so no two different leads feed the same bytes.
