@@ -396,13 +396,14 @@ const BIN_MISSING_LEFT: u16 = 0;
 const BIN_MISSING_RIGHT: u16 = u16::MAX;
 
 /// One tree as a complete binary tree of the model's depth `D`, in implicit order (the
-/// children of slot `i` are `2i + 1` and `2i + 2`), with its `2^D` leaf values apart.
+/// root is slot 1, the children of slot `i` are `2i` and `2i + 1`; slot 0 is unused), with
+/// its `2^D` leaf values apart.
 /// A leaf of the file above depth `D` is pushed down: the slots below it are padding
 /// nodes (all zero: "go right") and every leaf under it holds its value, so whichever way
 /// the padding routes, the walk ends on that value.
 #[derive(Debug, Clone)]
 struct CompactTree {
-    /// Slot `i`: `split | lookup << 16`. `lookup` is `2 * feature + default_right`,
+    /// Slot `i`: `split | lookup << 24`. `lookup` is `2 * feature + default_right`,
     /// `split` is 1 + the index of the node's split condition among its feature's
     /// distinct split conditions, sorted. The walk goes left when
     /// `bins[lookup] < split` (see [`Compact::bin_row`]).
@@ -479,13 +480,13 @@ impl Compact {
         for &r in roots {
             let tree = nodes.get(r as usize..)?;
             let mut out = EMPTY_TREE;
-            stack.push((0, 0, 0));
+            stack.push((0, 1, 0));
             while let Some((i, slot, d)) = stack.pop() {
                 let n = tree.get(i)?;
                 if n.meta & LEAF != 0 {
                     // The leaves under `slot` at depth `depth`.
                     let below = depth - d;
-                    let first = ((slot + 1) << below) - (1 << depth);
+                    let first = (slot << below) - (1 << depth);
                     out.leaves
                         .get_mut(first..first + (1 << below))?
                         .fill(n.value);
@@ -496,10 +497,10 @@ impl Compact {
                 let split = u32::try_from(k + 1).ok()?;
                 let default_right = u32::from(n.meta & DEFAULT_LEFT == 0);
                 let lookup = u32::try_from(2 * f).ok()? | default_right;
-                *out.nodes.get_mut(slot)? = split | lookup << 16;
+                *out.nodes.get_mut(slot)? = split | lookup << 24;
                 let l = usize::from(n.left);
-                stack.push((l, 2 * slot + 1, d + 1));
-                stack.push((l + 1, 2 * slot + 2, d + 1));
+                stack.push((l, 2 * slot, d + 1));
+                stack.push((l + 1, 2 * slot + 1, d + 1));
             }
             trees.push(out);
         }
@@ -543,15 +544,16 @@ impl Compact {
         group: &[CompactTree; GROUP],
         bins: &[u16; 2 * COMPACT_FEATURES_MAX],
     ) -> [f32; GROUP] {
-        let mut idx = [0usize; GROUP];
+        let mut idx = [1usize; GROUP];
         for _ in 0..depth {
             for (i, t) in idx.iter_mut().zip(group) {
                 let n = t.nodes[*i & (COMPACT_SLOTS - 1)];
-                let b = bins[usize::from((n >> 16) as u8)];
-                *i = 2 * *i + 1 + usize::from(b >= n as u16);
+                // `n >> 24` is below 256: no bounds check.
+                let b = bins[(n >> 24) as usize];
+                *i = 2 * *i + usize::from(b >= n as u16);
             }
         }
-        let first = (1usize << depth) - 1;
+        let first = 1usize << depth;
         let mut leaves = [0f32; GROUP];
         for ((l, i), t) in leaves.iter_mut().zip(idx).zip(group) {
             *l = t.leaves[i.wrapping_sub(first) & (COMPACT_SLOTS - 1)];
