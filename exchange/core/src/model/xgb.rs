@@ -544,6 +544,30 @@ impl Compact {
         group: &[CompactTree; GROUP],
         bins: &[u16; 2 * COMPACT_FEATURES_MAX],
     ) -> [f32; GROUP] {
+        // The usual depths get a walk with the depth fixed at compile time (unrolled).
+        match depth {
+            6 => Self::walk_n::<6>(group, bins),
+            5 => Self::walk_n::<5>(group, bins),
+            4 => Self::walk_n::<4>(group, bins),
+            3 => Self::walk_n::<3>(group, bins),
+            _ => Self::walk_dyn(depth, group, bins),
+        }
+    }
+
+    #[inline]
+    fn walk_n<const D: u8>(
+        group: &[CompactTree; GROUP],
+        bins: &[u16; 2 * COMPACT_FEATURES_MAX],
+    ) -> [f32; GROUP] {
+        Self::walk_dyn(D, group, bins)
+    }
+
+    #[inline(always)]
+    fn walk_dyn(
+        depth: u8,
+        group: &[CompactTree; GROUP],
+        bins: &[u16; 2 * COMPACT_FEATURES_MAX],
+    ) -> [f32; GROUP] {
         let mut idx = [1usize; GROUP];
         for _ in 0..depth {
             for (i, t) in idx.iter_mut().zip(group) {
