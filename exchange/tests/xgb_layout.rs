@@ -123,18 +123,7 @@ impl Forest {
 
 /// Split conditions the rows also take as values, so `x == condition` happens often.
 const POOL: [f32; 12] = [
-    -0.0,
-    0.0,
-    1.0,
-    -1.5,
-    0.1,
-    2.5,
-    1e-40,
-    -1e-40,
-    3.0e38,
-    -3.0e38,
-    7.0,
-    -7.25,
+    -0.0, 0.0, 1.0, -1.5, 0.1, 2.5, 1e-40, -1e-40, 3.0e38, -3.0e38, 7.0, -7.25,
 ];
 
 fn condition(rng: &mut Rng) -> f32 {
@@ -231,7 +220,11 @@ fn assert_exact(forest: &Forest, rows: &[f32], compact: bool, what: &str) -> Xgb
     for (r, (a, b)) in many.iter().zip(&many_general).enumerate() {
         let one = model.predict(&rows[r * nf..(r + 1) * nf]);
         assert_eq!(a.to_bits(), one.to_bits(), "{what}: predict_many row {r}");
-        assert_eq!(b.to_bits(), one.to_bits(), "{what}: general predict_many row {r}");
+        assert_eq!(
+            b.to_bits(),
+            one.to_bits(),
+            "{what}: general predict_many row {r}"
+        );
     }
     // predict_many with the rows cut short: the missing cells are missing values
     let cut = &rows[..rows.len() - nf / 2 - 1];
