@@ -447,21 +447,6 @@ impl Compact {
         if num_features > COMPACT_FEATURES_MAX {
             return None;
         }
-        let mut thresholds: Vec<Vec<f32>> = vec![Vec::new(); num_features];
-        for n in nodes.iter().filter(|n| n.meta & LEAF == 0) {
-            thresholds
-                .get_mut(usize::from(n.meta & FEATURE_MASK))?
-                .push(n.value);
-        }
-        for t in thresholds.iter_mut() {
-            // Conditions are finite (checked at load); -0.0 and 0.0 are one condition.
-            t.sort_by(f32::total_cmp);
-            t.dedup_by(|a, b| a == b);
-            if t.len() > COMPACT_THRESHOLDS_MAX {
-                return None;
-            }
-            t.shrink_to_fit();
-        }
         // The deepest leaf of all trees.
         let mut depth = 0usize;
         let mut stack: Vec<(usize, usize)> = Vec::new();
@@ -480,6 +465,21 @@ impl Compact {
                     stack.push((l + 1, d + 1));
                 }
             }
+        }
+        let mut thresholds: Vec<Vec<f32>> = vec![Vec::new(); num_features];
+        for n in nodes.iter().filter(|n| n.meta & LEAF == 0) {
+            thresholds
+                .get_mut(usize::from(n.meta & FEATURE_MASK))?
+                .push(n.value);
+        }
+        for t in thresholds.iter_mut() {
+            // Conditions are finite (checked at load); -0.0 and 0.0 are one condition.
+            t.sort_by(f32::total_cmp);
+            t.dedup_by(|a, b| a == b);
+            if t.len() > COMPACT_THRESHOLDS_MAX {
+                return None;
+            }
+            t.shrink_to_fit();
         }
         let mut trees = Vec::with_capacity(roots.len().div_ceil(GROUP) * GROUP);
         // (index in the tree's nodes, slot, depth)
