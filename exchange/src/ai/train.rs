@@ -409,6 +409,52 @@ mod tests {
     }
 
     #[test]
+    fn weights_count_rows_and_bad_weights_are_refused() {
+        // The same point labelled 0 (the older half) and 1 (the newer half).
+        let mut d = Dataset {
+            ncols: 1,
+            ..Dataset::default()
+        };
+        for i in 0..40 {
+            d.x.push(1.0);
+            d.y.push(if i < 20 { 0.0 } else { 1.0 });
+        }
+        let p = TrainParams {
+            rounds: 20,
+            max_depth: 1,
+            eta: 0.3,
+            ..TrainParams::default()
+        };
+        let predict = |json: &[u8]| predict_with_xgboost(json, &[1.0], 1).unwrap()[0];
+        let even = predict(&train_binary_weighted(&d, &[], &p).unwrap());
+        assert!((even - 0.5).abs() < 0.01, "{even}");
+        let w: Vec<f32> = (0..40).map(|i| if i < 20 { 0.25 } else { 1.0 }).collect();
+        let recent = predict(&train_binary_weighted(&d, &w, &p).unwrap());
+        assert!(recent > 0.7, "the newer rows weigh more: {recent}");
+        for bad in [
+            vec![1.0; 39],
+            {
+                let mut v = vec![1.0; 40];
+                v[3] = -1.0;
+                v
+            },
+            {
+                let mut v = vec![1.0; 40];
+                v[3] = f32::NAN;
+                v
+            },
+        ] {
+            assert!(matches!(
+                train_binary_weighted(&d, &bad, &p),
+                Err(TrainError::BadParam {
+                    name: "weights",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
     fn refuses_bad_params() {
         let d = small();
         for p in [

@@ -558,3 +558,35 @@ pub fn challenger_wins(
     }
     (false, "the challenger has no model to compare".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_held_out_window_is_a_share_capped_in_rows() {
+        // 20 % of 1,000 is 200, under the cap.
+        assert_eq!(split(1_000, 20, 500, 50), 800);
+        // 20 % of 10,000 is 2,000: capped at 500.
+        assert_eq!(split(10_000, 20, 500, 50), 9_500);
+        // No cap.
+        assert_eq!(split(10_000, 20, 0, 50), 8_000);
+        // A cap below the least held out is raised to it.
+        assert_eq!(split(10_000, 20, 5, 50), 9_950);
+        // Never more than there is.
+        assert_eq!(split(0, 20, 500, 50), 0);
+        assert_eq!(split(3, 50, 500, 50), 1);
+    }
+
+    #[test]
+    fn recency_weights_halve_every_half_life() {
+        assert!(recency_weights(5, 0).is_empty());
+        let w = recency_weights(5, 2);
+        assert_eq!(w.len(), 5);
+        assert_eq!(w[4], 1.0);
+        assert!((w[2] - 0.5).abs() < 1e-6);
+        assert!((w[0] - 0.25).abs() < 1e-6);
+        assert!(w.windows(2).all(|p| p[0] < p[1]));
+        assert!(recency_weights(0, 10).is_empty());
+    }
+}
