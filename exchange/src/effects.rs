@@ -105,7 +105,11 @@ pub async fn execute<'a>(
             }
             Effect::Skipped { counts } => state.metrics.count_skips(&counts),
             Effect::LateAnswer { buyer } => late_answer(state, rt, buyer),
-            Effect::Post { buyer, outcome } => {
+            Effect::Post {
+                buyer,
+                outcome,
+                p_model_ppm,
+            } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
                 }
@@ -113,7 +117,9 @@ pub async fn execute<'a>(
                 // (a fallback skipped for its cap was never delivered).
                 if let (false, Some(b)) = (outcome == PostKind::Capped, rt.config.buyers.get(buyer))
                 {
-                    state.stats.on_post(b.key, outcome == PostKind::Accepted);
+                    state
+                        .stats
+                        .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm);
                 }
             }
             Effect::Auction { no_bid } => state

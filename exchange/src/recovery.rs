@@ -526,6 +526,7 @@ fn restore_quote(
                 .get("p_ppm")
                 .and_then(Value::as_u64)
                 .and_then(|p| u32::try_from(p).ok()),
+            p_model_ppm: None,
         });
     }
     if ranked.is_empty() {
@@ -590,8 +591,8 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
             continue;
         };
         match event {
-            BuyerEvent::Accepted => state.stats.on_post(key, true),
-            BuyerEvent::Rejected => state.stats.on_post(key, false),
+            BuyerEvent::Accepted => state.stats.on_post(key, true, None),
+            BuyerEvent::Rejected => state.stats.on_post(key, false, None),
             BuyerEvent::Returned => state.stats.on_return(key),
         }
     }

@@ -537,6 +537,8 @@ impl AppState {
             buyer_metrics: metric_slots(&old.config),
         }));
         self.metrics.config_generation.set(generation as i64);
+        // The drift guard compared the old model's estimates: it starts again.
+        self.stats.reset_guards();
         tracing::info!(
             generation,
             vertical,

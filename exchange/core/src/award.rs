@@ -44,6 +44,10 @@ pub struct Ranked {
     /// The probability that the buyer accepts and keeps the lead, in parts per million,
     /// when the ranker predicted one (`None` under the price ranker).
     pub p_ppm: Option<u32>,
+    /// The model's (or the cold-start rates') own estimate of that probability, before
+    /// the drift guard and exploration changed it: what the drift guard compares the
+    /// buyer's outcomes with. Not recorded (`None` for a quote restored from the ledger).
+    pub p_model_ppm: Option<u32>,
 }
 
 /// The seam where the award's objective plugs in: the value of each bid to the exchange,
@@ -124,6 +128,7 @@ pub fn rank(
             seller_price,
             value: 0,
             p_ppm: None,
+            p_model_ppm: None,
         });
     }
     ranker.rank_values(&mut out.ranked, score);
@@ -204,6 +209,7 @@ mod tests {
             seller_price: m(seller_price),
             value: price,
             p_ppm: None,
+            p_model_ppm: None,
         };
         // Winner quoted at 16; bids of 18 and 16 may fall back, 15 may not.
         let ranked = vec![

@@ -151,6 +151,12 @@ pub struct LearningConfig {
     pub min_rows: usize,
     /// The newest share of examples held out for evaluation, in percent.
     pub heldout_pct: u32,
+    /// ... but at most this many examples (0: no cap), so the model trains on all but the
+    /// newest few hundred examples however long the ledger grows.
+    pub heldout_max_rows: usize,
+    /// Recency weighting of training examples: an example this many (newer) examples older
+    /// than the newest training example weighs half as much (0: every example weighs 1).
+    pub half_life_rows: usize,
     /// Boosting rounds (trees).
     pub rounds: u32,
     pub max_depth: u32,
@@ -170,6 +176,8 @@ impl Default for LearningConfig {
             retrain_after_dispositions: 0,
             min_rows: 200,
             heldout_pct: 20,
+            heldout_max_rows: 500,
+            half_life_rows: 2_000,
             rounds: 100,
             max_depth: 4,
             eta: 0.1,

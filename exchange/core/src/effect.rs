@@ -60,8 +60,13 @@ pub enum Effect<'a> {
     Skipped { counts: [u32; 5] },
     /// A buyer answered after its bound: counted, never used.
     LateAnswer { buyer: BuyerIdx },
-    /// A post attempt's outcome at a buyer (metric).
-    Post { buyer: BuyerIdx, outcome: PostKind },
+    /// A post attempt's outcome at a buyer (metric, cold-start rates, drift guard), with
+    /// the model's estimate of the chance it is kept when the award had one.
+    Post {
+        buyer: BuyerIdx,
+        outcome: PostKind,
+        p_model_ppm: Option<u32>,
+    },
     /// An auction ended: `None` is a bid (metric).
     Auction { no_bid: Option<NoBidReason> },
 }

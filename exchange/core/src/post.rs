@@ -349,6 +349,7 @@ impl<'a> PostPlan<'a> {
                             self.effects.push(Effect::Post {
                                 buyer: b,
                                 outcome: PostKind::Capped,
+                                p_model_ppm: None,
                             });
                             self.attempt_record(a, "capped", None, now);
                             continue;
@@ -395,6 +396,7 @@ impl<'a> PostPlan<'a> {
                 self.effects.push(Effect::Post {
                     buyer: a.buyer,
                     outcome: PostKind::Accepted,
+                    p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
                 });
                 let cfg = self.p.config;
                 let bid = self
@@ -432,6 +434,7 @@ impl<'a> PostPlan<'a> {
         self.effects.push(Effect::Post {
             buyer: a.buyer,
             outcome: kind,
+            p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
         });
         let why = if now >= self.deadline {
             release_reason::POST_DEADLINE

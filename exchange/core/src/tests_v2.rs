@@ -672,7 +672,8 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
     let effects = run(&s, plan.effects());
     assert!(effects.contains(&Effect::Post {
         buyer: 1,
-        outcome: PostKind::Capped
+        outcome: PostKind::Capped,
+        p_model_ppm: None,
     }));
     assert_eq!(
         f.held(),

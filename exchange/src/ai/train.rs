@@ -116,6 +116,26 @@ pub fn train_binary(train: &Dataset, params: &TrainParams) -> Result<Vec<u8>, Tr
     train_binary_with(train, params, &[])
 }
 
+/// [`train_binary`] with one weight per row (XGBoost's instance weights: a row of weight
+/// 0.5 counts as half a row in every gradient and in `min_child_weight`). Empty `weights`:
+/// every row weighs 1. Weights must be finite and non-negative, one per row.
+pub fn train_binary_weighted(
+    train: &Dataset,
+    weights: &[f32],
+    params: &TrainParams,
+) -> Result<Vec<u8>, TrainError> {
+    if !weights.is_empty()
+        && (weights.len() != train.rows() || weights.iter().any(|w| !w.is_finite() || *w < 0.0))
+    {
+        return Err(TrainError::BadParam {
+            name: "weights",
+            value: weights.len().to_string(),
+            why: "one finite, non-negative weight per row",
+        });
+    }
+    train_inner(train, weights, params, &[])
+}
+
 /// [`train_binary`] with extra XGBoost parameters set after ours (they override them),
 /// e.g. `("base_score", "0.3")` or `("objective", "binary:logitraw")`. XGBoost silently
 /// ignores a parameter it cannot set, so these are for tests and experiments; production
@@ -125,10 +145,22 @@ pub fn train_binary_with(
     params: &TrainParams,
     extra: &[(&str, &str)],
 ) -> Result<Vec<u8>, TrainError> {
+    train_inner(train, &[], params, extra)
+}
+
+fn train_inner(
+    train: &Dataset,
+    weights: &[f32],
+    params: &TrainParams,
+    extra: &[(&str, &str)],
+) -> Result<Vec<u8>, TrainError> {
     check_params(params)?;
     check_dataset(train)?;
     let mut dtrain = dense_matrix(&train.x, train.rows(), train.ncols)?;
     dtrain.set_labels(&train.y).map_err(xgb_err)?;
+    if !weights.is_empty() {
+        dtrain.set_weights(weights).map_err(xgb_err)?;
+    }
 
     let mut config: HashMap<String, String> = HashMap::new();
     let mut set = |k: &str, v: String| {
@@ -374,6 +406,52 @@ mod tests {
             train_binary(&d, &p),
             Err(TrainError::InfiniteValue { row: 2, col: 1 })
         );
+    }
+
+    #[test]
+    fn weights_count_rows_and_bad_weights_are_refused() {
+        // The same point labelled 0 (the older half) and 1 (the newer half).
+        let mut d = Dataset {
+            ncols: 1,
+            ..Dataset::default()
+        };
+        for i in 0..40 {
+            d.x.push(1.0);
+            d.y.push(if i < 20 { 0.0 } else { 1.0 });
+        }
+        let p = TrainParams {
+            rounds: 20,
+            max_depth: 1,
+            eta: 0.3,
+            ..TrainParams::default()
+        };
+        let predict = |json: &[u8]| predict_with_xgboost(json, &[1.0], 1).unwrap()[0];
+        let even = predict(&train_binary_weighted(&d, &[], &p).unwrap());
+        assert!((even - 0.5).abs() < 0.01, "{even}");
+        let w: Vec<f32> = (0..40).map(|i| if i < 20 { 0.25 } else { 1.0 }).collect();
+        let recent = predict(&train_binary_weighted(&d, &w, &p).unwrap());
+        assert!(recent > 0.7, "the newer rows weigh more: {recent}");
+        for bad in [
+            vec![1.0; 39],
+            {
+                let mut v = vec![1.0; 40];
+                v[3] = -1.0;
+                v
+            },
+            {
+                let mut v = vec![1.0; 40];
+                v[3] = f32::NAN;
+                v
+            },
+        ] {
+            assert!(matches!(
+                train_binary_weighted(&d, &bad, &p),
+                Err(TrainError::BadParam {
+                    name: "weights",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

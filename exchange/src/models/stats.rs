@@ -12,17 +12,20 @@ use parking_lot::Mutex;
 use crate::config::{Buyer, BuyerKey, Config, VerticalIdx};
 use crate::core::caps::CapBook;
 use crate::core::model::features::{id_hash, BuyerSignals};
-use crate::core::model::routing::{BuyerView, Outcomes, Priors, SignalSource};
+use crate::core::model::routing::{BuyerView, Guard, Outcomes, Priors, SignalSource};
 use crate::core::UnixMs;
 
 /// About how many recent posts the rates remember.
 pub const HORIZON_POSTS: f64 = 500.0;
+/// About how many recent posts with an estimate the drift guard remembers.
+pub const GUARD_HORIZON_POSTS: f64 = 100.0;
 /// Weight of the newest response time in its moving average.
 const RESPONSE_ALPHA: f64 = 0.05;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct BuyerStat {
     outcomes: Outcomes,
+    guard: Guard,
     response_ms: Option<f64>,
 }
 
@@ -46,13 +49,23 @@ impl BuyerStats {
     }
 
     /// A post was delivered to `buyer` (or tried): it accepted it or not (a rejection, a
-    /// timeout, an error or an invalid answer).
-    pub fn on_post(&self, buyer: BuyerKey, accepted: bool) {
+    /// timeout, an error or an invalid answer). `p_model_ppm`: the award's estimate of the
+    /// chance the buyer keeps the lead, for the drift guard (`None`: not counted there).
+    pub fn on_post(&self, buyer: BuyerKey, accepted: bool, p_model_ppm: Option<u32>) {
         let mut e = self.by_buyer.entry(buyer).or_default();
         decay(&mut e.outcomes);
         e.outcomes.posts += 1.0;
         if accepted {
             e.outcomes.accepts += 1.0;
+        }
+        if let Some(ppm) = p_model_ppm {
+            let p = f64::from(ppm.min(1_000_000)) / 1e6;
+            let g = &mut e.guard;
+            let k = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
+            g.posts = g.posts * k + 1.0;
+            g.predicted = g.predicted * k + p;
+            g.variance = g.variance * k + p * (1.0 - p);
+            g.kept = g.kept * k + if accepted { 1.0 } else { 0.0 };
         }
         drop(e);
         let mut p = self.pooled.lock();
@@ -67,6 +80,7 @@ impl BuyerStats {
     pub fn on_return(&self, buyer: BuyerKey) {
         let mut e = self.by_buyer.entry(buyer).or_default();
         e.outcomes.returns = (e.outcomes.returns + 1.0).min(e.outcomes.accepts.max(1.0));
+        e.guard.kept = (e.guard.kept - 1.0).max(0.0);
         drop(e);
         let mut p = self.pooled.lock();
         p.returns = (p.returns + 1.0).min(p.accepts.max(1.0));
@@ -82,6 +96,22 @@ impl BuyerStats {
         });
     }
 
+    /// A new model serves: the drift guard's counts compared the old one's estimates, so
+    /// every buyer's start again.
+    pub fn reset_guards(&self) {
+        for mut e in self.by_buyer.iter_mut() {
+            e.guard = Guard::default();
+        }
+    }
+
+    /// `buyer`'s drift-guard counts now.
+    pub fn guard(&self, buyer: BuyerKey) -> Guard {
+        self.by_buyer
+            .get(&buyer)
+            .map(|e| e.guard)
+            .unwrap_or_default()
+    }
+
     /// `buyer`'s counts now.
     pub fn outcomes(&self, buyer: BuyerKey) -> Outcomes {
         self.by_buyer
@@ -91,10 +121,12 @@ impl BuyerStats {
     }
 
     /// `buyer`'s counts and recent response time (ms), in one lookup.
-    fn snapshot(&self, buyer: BuyerKey) -> (Outcomes, Option<f64>) {
+    fn snapshot(&self, buyer: BuyerKey) -> (Outcomes, Guard, Option<f64>) {
         self.by_buyer
             .get(&buyer)
-            .map_or((Outcomes::default(), None), |e| (e.outcomes, e.response_ms))
+            .map_or((Outcomes::default(), Guard::default(), None), |e| {
+                (e.outcomes, e.guard, e.response_ms)
+            })
     }
 
     /// The pooled rates: the prior (Laplace-smoothed, so an empty exchange starts at 0.5
@@ -189,7 +221,7 @@ fn cap_utilisation(caps: &CapBook, key: BuyerKey, b: &Buyer, now: UnixMs) -> Opt
 
 impl SignalSource for AuctionSignals<'_> {
     fn view(&self, buyer: BuyerKey) -> BuyerView {
-        let (outcomes, response_ms) = self.stats.snapshot(buyer);
+        let (outcomes, guard, response_ms) = self.stats.snapshot(buyer);
         let response_ms = response_ms.map_or(f32::NAN, |m| m as f32);
         let found = self.config.buyer_by_key(buyer);
         let buyer_hash = found.map_or(f32::NAN, |(_, b)| id_hash(&b.id));
@@ -210,6 +242,7 @@ impl SignalSource for AuctionSignals<'_> {
                 response_ms,
                 cap_utilisation,
             },
+            guard,
         }
     }
 
@@ -227,8 +260,8 @@ mod tests {
         let s = BuyerStats::new();
         let (a, b) = (BuyerKey(1), BuyerKey(2));
         for i in 0..100 {
-            s.on_post(a, i % 10 != 0); // 90 % accepted
-            s.on_post(b, i % 2 == 0); // 50 %
+            s.on_post(a, i % 10 != 0, None); // 90 % accepted
+            s.on_post(b, i % 2 == 0, None); // 50 %
         }
         s.on_return(a);
         let pa = s.outcomes(a);
@@ -247,6 +280,35 @@ mod tests {
             .and_then(|e| e.response_ms)
             .unwrap_or(0.0);
         assert!((ms - 10.5).abs() < 1e-9, "{ms}");
+    }
+
+    #[test]
+    fn the_drift_guard_counts_estimated_posts_and_starts_again_with_a_new_model() {
+        let s = BuyerStats::new();
+        let a = BuyerKey(1);
+        // Posts without an estimate (a restart's replay) are not the guard's.
+        s.on_post(a, true, None);
+        assert_eq!(s.guard(a), Guard::default());
+        // Ten posts estimated at 0.9: 9 accepted, then one of them returned.
+        for i in 0..10 {
+            s.on_post(a, i != 0, Some(900_000));
+        }
+        s.on_return(a);
+        let g = s.guard(a);
+        let k: f64 = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
+        let n: f64 = (0..10).map(|i| k.powi(i)).sum();
+        assert!((g.posts - n).abs() < 1e-9, "{g:?}");
+        assert!((g.predicted - 0.9 * n).abs() < 1e-9, "{g:?}");
+        assert!((g.variance - 0.09 * n).abs() < 1e-9, "{g:?}");
+        assert!(g.kept > 7.5 && g.kept < 8.0, "{g:?}");
+        // Out-of-range estimates are clamped, never a negative variance.
+        s.on_post(BuyerKey(2), true, Some(u32::MAX));
+        assert_eq!(s.guard(BuyerKey(2)).variance, 0.0);
+        // A new model: every guard starts again; the cold-start counts stay.
+        let before = s.outcomes(a);
+        s.reset_guards();
+        assert_eq!(s.guard(a), Guard::default());
+        assert_eq!(s.outcomes(a), before);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::ai::metrics;
-use crate::ai::train::{train_binary, Dataset, TrainParams};
+use crate::ai::train::{train_binary_weighted, Dataset, TrainParams};
 use crate::config::{Config, LearningConfig, Vertical};
 use crate::core::model::manifest::{
     valid_version, CalibrationBin, Evaluation, Manifest, ModelKind, Window, MANIFEST_FORMAT,
@@ -306,9 +306,26 @@ pub fn evaluate(model: &XgbModel, rows: &[Example]) -> Evaluation {
     }
 }
 
-/// The split point: the newest `pct` percent are held out.
-fn split(n: usize, pct: u32) -> usize {
-    n - (n * pct as usize).div_ceil(100)
+/// The split point: the newest `pct` percent are held out, but at most `max_rows` of them
+/// (0: no cap) and, under a cap, at least `min_rows` (when there are that many).
+pub fn split(n: usize, pct: u32, max_rows: usize, min_rows: usize) -> usize {
+    let mut held = (n * pct as usize).div_ceil(100);
+    if max_rows > 0 {
+        held = held.min(max_rows.max(min_rows));
+    }
+    n - held.min(n)
+}
+
+/// Recency weights for `n` examples in time order: the newest weighs 1 and each
+/// `half_life` examples back halve it (`half_life = 0`: none, every example weighs 1).
+pub fn recency_weights(n: usize, half_life: usize) -> Vec<f32> {
+    if half_life == 0 {
+        return Vec::new();
+    }
+    let h = half_life as f64;
+    (0..n)
+        .map(|i| 0.5f64.powf((n - 1 - i) as f64 / h) as f32)
+        .collect()
 }
 
 fn params(l: &LearningConfig) -> TrainParams {
@@ -369,7 +386,12 @@ pub fn train_vertical(
         (ModelKind::LeadScore, &ex.lead),
         (ModelKind::Realization, &ex.realization),
     ] {
-        let cut = split(rows.len(), learning.heldout_pct);
+        let cut = split(
+            rows.len(),
+            learning.heldout_pct,
+            learning.heldout_max_rows,
+            heldout_min,
+        );
         let (train, test) = rows.split_at(cut);
         let pos = |r: &[Example]| r.iter().filter(|e| e.y > 0.5).count();
         let mut report = ModelReport {
@@ -414,7 +436,8 @@ pub fn train_vertical(
         } else {
             spec.len()
         };
-        let json = train_binary(&dataset(train, ncols), &params(learning))
+        let weights = recency_weights(train.len(), learning.half_life_rows);
+        let json = train_binary_weighted(&dataset(train, ncols), &weights, &params(learning))
             .map_err(|e| format!("{}: training failed: {e}", kind.as_str()))?;
         let model = XgbModel::from_json(&json)
             .map_err(|e| format!("{}: the trained model does not load: {e}", kind.as_str()))?;
@@ -440,7 +463,7 @@ pub fn train_vertical(
             xgboost: Some(XGBOOST_VERSION.into()),
             params: serde_json::to_value(serde_json::json!({
                 "rounds": learning.rounds, "max_depth": learning.max_depth, "eta": learning.eta,
-                "heldout_pct": learning.heldout_pct, "objective": "binary:logistic",
+                "heldout_pct": learning.heldout_pct, "heldout_max_rows": learning.heldout_max_rows, "half_life_rows": learning.half_life_rows, "objective": "binary:logistic",
             }))
             .ok(),
         };
@@ -534,4 +557,36 @@ pub fn challenger_wins(
         return (a < b, why);
     }
     (false, "the challenger has no model to compare".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_held_out_window_is_a_share_capped_in_rows() {
+        // 20 % of 1,000 is 200, under the cap.
+        assert_eq!(split(1_000, 20, 500, 50), 800);
+        // 20 % of 10,000 is 2,000: capped at 500.
+        assert_eq!(split(10_000, 20, 500, 50), 9_500);
+        // No cap.
+        assert_eq!(split(10_000, 20, 0, 50), 8_000);
+        // A cap below the least held out is raised to it.
+        assert_eq!(split(10_000, 20, 5, 50), 9_950);
+        // Never more than there is.
+        assert_eq!(split(0, 20, 500, 50), 0);
+        assert_eq!(split(3, 50, 500, 50), 1);
+    }
+
+    #[test]
+    fn recency_weights_halve_every_half_life() {
+        assert!(recency_weights(5, 0).is_empty());
+        let w = recency_weights(5, 2);
+        assert_eq!(w.len(), 5);
+        assert_eq!(w[4], 1.0);
+        assert!((w[2] - 0.5).abs() < 1e-6);
+        assert!((w[0] - 0.25).abs() < 1e-6);
+        assert!(w.windows(2).all(|p| p[0] < p[1]));
+        assert!(recency_weights(0, 10).is_empty());
+    }
 }

@@ -39,6 +39,11 @@ pub struct Routing {
     /// Strength of the Beta prior, in posts: a buyer's smoothed rate is its own only after
     /// about this many posts.
     pub prior_weight: u32,
+    /// The drift guard's threshold, in thousandths of a standard deviation (0: off): when a
+    /// buyer's recent kept leads differ from what the estimates predicted for the same
+    /// posts by more than this many standard deviations, its estimates are scaled by the
+    /// observed / predicted ratio until a new model serves or the difference fades.
+    pub drift_guard_milli: u32,
 }
 
 impl Default for Routing {
@@ -47,6 +52,49 @@ impl Default for Routing {
             award: AwardMode::ExpectedValue,
             explore_ppm: 50_000,
             prior_weight: 20,
+            drift_guard_milli: 3_000,
+        }
+    }
+}
+
+/// What the drift guard knows of one buyer: over its recent posts that carried an
+/// estimate (decayed counts), how many leads it kept and how many the estimates predicted.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Guard {
+    /// Posts with an estimate.
+    pub posts: f64,
+    /// The sum of their estimates (the kept leads expected).
+    pub predicted: f64,
+    /// The sum of `p (1 - p)` of their estimates (the variance of the kept count).
+    pub variance: f64,
+    /// Leads accepted and not (yet) returned among them.
+    pub kept: f64,
+}
+
+/// Fewest recent posts with an estimate before the drift guard may act.
+pub const GUARD_MIN_POSTS: f64 = 10.0;
+
+impl Guard {
+    /// The factor the buyer's estimates are scaled by: `kept / predicted` when the two
+    /// differ by more than `z` standard deviations (`sqrt(variance)`, at least 1 lead)
+    /// over at least [`GUARD_MIN_POSTS`] posts; otherwise 1. Never NaN, never negative.
+    pub fn factor(&self, z: f64) -> f64 {
+        let usable = z > 0.0
+            && self.posts.is_finite()
+            && self.posts >= GUARD_MIN_POSTS
+            && self.predicted.is_finite()
+            && self.predicted > 0.0
+            && self.kept.is_finite()
+            && self.variance.is_finite();
+        if !usable {
+            return 1.0;
+        }
+        let sd = self.variance.max(1.0).sqrt();
+        let kept = self.kept.max(0.0);
+        if (kept - self.predicted).abs() > z * sd {
+            kept / self.predicted
+        } else {
+            1.0
         }
     }
 }
@@ -108,6 +156,8 @@ fn clamp01(x: f64) -> f64 {
 pub struct BuyerView {
     pub outcomes: Outcomes,
     pub signals: BuyerSignals,
+    /// The drift guard's recent counts.
+    pub guard: Guard,
 }
 
 /// The shell's per-buyer statistics, read once per bid.
@@ -242,6 +292,14 @@ impl Ranker for EvRanker<'_> {
                 }
             }
         }
+        // The estimates themselves, for the drift guard's bookkeeping.
+        let estimates: Vec<u32> = p.iter().map(|x| to_ppm(*x)).collect();
+        let z = f64::from(self.routing.drift_guard_milli) / 1000.0;
+        if z > 0.0 {
+            for (pi, v) in p.iter_mut().zip(&views) {
+                *pi = clamp01(*pi * v.guard.factor(z));
+            }
+        }
         if self.explores() {
             for (i, (pi, v)) in p.iter_mut().zip(&views).enumerate() {
                 let o = &v.outcomes;
@@ -254,9 +312,10 @@ impl Ranker for EvRanker<'_> {
                 *pi = draw * (1.0 - o.return_rate(&prior, w));
             }
         }
-        for (r, pi) in bids.iter_mut().zip(&p) {
+        for ((r, pi), est) in bids.iter_mut().zip(&p).zip(&estimates) {
             let ppm = to_ppm(*pi);
             r.p_ppm = Some(ppm);
+            r.p_model_ppm = Some(*est);
             r.value = expected_value(r.bid.price, ppm);
         }
         if let Some(spec) = self.spec {
@@ -297,7 +356,7 @@ mod tests {
     use crate::model::features::{BuyerFeature, ContextFeature};
 
     #[derive(Debug, Default)]
-    struct Stats(HashMap<u32, Outcomes>);
+    struct Stats(HashMap<u32, Outcomes>, HashMap<u32, Guard>);
     impl SignalSource for Stats {
         fn view(&self, buyer: BuyerKey) -> BuyerView {
             BuyerView {
@@ -309,6 +368,7 @@ mod tests {
                     response_ms: f32::NAN,
                     cap_utilisation: f32::NAN,
                 },
+                guard: self.1.get(&buyer.0).copied().unwrap_or_default(),
             }
         }
         fn priors(&self) -> Priors {
@@ -349,6 +409,7 @@ mod tests {
     fn no_explore() -> Routing {
         Routing {
             explore_ppm: 0,
+            drift_guard_milli: 0,
             ..Routing::default()
         }
     }
@@ -504,6 +565,99 @@ mod tests {
         let rb = rank(vec![bid(1, 10), bid(2, 10)], PAYOUT, Micros::ZERO, &b, None);
         assert_eq!(ra, rb);
         assert!(a.explored());
+    }
+
+    #[test]
+    fn the_drift_guard_acts_only_on_a_clear_difference() {
+        let z = 3.0;
+        // Too few posts: no say, however far off.
+        let few = Guard {
+            posts: 9.0,
+            predicted: 8.1,
+            variance: 0.81,
+            kept: 0.0,
+        };
+        assert_eq!(few.factor(z), 1.0);
+        // 100 posts predicted at 0.9 each (90 kept expected, sd 3): 82 kept is within 3 sd.
+        let noise = Guard {
+            posts: 100.0,
+            predicted: 90.0,
+            variance: 9.0,
+            kept: 82.0,
+        };
+        assert_eq!(noise.factor(z), 1.0);
+        // 20 kept is a drift: estimates are scaled by 20/90.
+        let drift = Guard {
+            kept: 20.0,
+            ..noise
+        };
+        assert!((drift.factor(z) - 20.0 / 90.0).abs() < 1e-12);
+        // Better than predicted scales up, too.
+        let better = Guard {
+            posts: 100.0,
+            predicted: 30.0,
+            variance: 21.0,
+            kept: 60.0,
+        };
+        assert!((better.factor(z) - 2.0).abs() < 1e-12);
+        // Off, or nonsense counts: 1.
+        assert_eq!(drift.factor(0.0), 1.0);
+        let nan = Guard {
+            predicted: f64::NAN,
+            ..drift
+        };
+        assert_eq!(nan.factor(z), 1.0);
+        let none = Guard {
+            predicted: 0.0,
+            ..drift
+        };
+        assert_eq!(none.factor(z), 1.0);
+    }
+
+    #[test]
+    fn a_drifted_buyer_is_ranked_on_what_it_keeps_and_the_estimate_is_kept_apart() {
+        let spec = FeatureSpec {
+            version: 1,
+            lead: Vec::new(),
+            context: vec![ContextFeature::Seller],
+            buyer: vec![BuyerFeature::BidRatio, BuyerFeature::Buyer],
+        };
+        let model = ByBuyer(spec.len());
+        let lead_x = [42.0f32];
+        let mut stats = Stats::default();
+        // The model says buyer 9 keeps 90 %; lately it kept 20 of the 90 leads predicted.
+        stats.1.insert(
+            9,
+            Guard {
+                posts: 100.0,
+                predicted: 90.0,
+                variance: 9.0,
+                kept: 20.0,
+            },
+        );
+        let guarded = Routing {
+            explore_ppm: 0,
+            ..Routing::default()
+        };
+        let bids = || vec![bid(5, 15), bid(9, 10)];
+        // Without the guard: 10 x .9 = 9 beats 15 x .5 = 7.5.
+        let off = EvRanker::new(Some(&spec), Some(&model), &lead_x, &stats, no_explore(), 1);
+        let r = rank(bids(), PAYOUT, Micros::ZERO, &off, None);
+        assert_eq!(order(&r), [9, 5]);
+        assert_eq!(r.ranked[0].p_ppm, Some(900_000));
+        // With it: buyer 9 is worth 10 x .9 x 20/90 = 2, below buyer 5.
+        let on = EvRanker::new(Some(&spec), Some(&model), &lead_x, &stats, guarded, 1);
+        let r = rank(bids(), PAYOUT, Micros::ZERO, &on, None);
+        assert_eq!(order(&r), [5, 9]);
+        assert_eq!(r.ranked[0].p_ppm, Some(500_000));
+        assert_eq!(r.ranked[1].p_ppm, Some(200_000));
+        assert_eq!(
+            r.ranked[1].value,
+            expected_value(Micros(10_000_000), 200_000)
+        );
+        // The model's own estimate travels with the bid, for the guard's bookkeeping.
+        assert_eq!(r.ranked[1].p_model_ppm, Some(900_000));
+        assert_eq!(r.ranked[0].p_model_ppm, Some(500_000));
     }
 
     #[test]

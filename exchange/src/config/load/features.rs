@@ -272,6 +272,18 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
             out.prior_weight = w as u32;
         }
     }
+    if let Some((path, v)) = r.opt("drift_guard") {
+        match number(p, &path, v) {
+            Some(x) if (0.0..=100.0).contains(&x) => {
+                out.drift_guard_milli = (x * 1000.0).round() as u32
+            }
+            Some(_) => p.at(
+                &path,
+                "must be between 0 and 100 (standard deviations; 0: off)",
+            ),
+            None => {}
+        }
+    }
     r.finish(p);
     out
 }

@@ -30,6 +30,8 @@ pub(super) fn read_learning(mut s: Section<'_>, p: &mut Problems) -> LearningCon
     );
     let min_rows = s.usize_or(p, "min_rows", 10, 100_000_000, d.min_rows);
     let heldout_pct = s.u32_opt(p, "heldout_pct", 5, 50).unwrap_or(d.heldout_pct);
+    let heldout_max_rows = s.usize_or(p, "heldout_max_rows", 0, 100_000_000, d.heldout_max_rows);
+    let half_life_rows = s.usize_or(p, "half_life_rows", 0, 100_000_000, d.half_life_rows);
     let rounds = s.u32_opt(p, "rounds", 1, 5_000).unwrap_or(d.rounds);
     let max_depth = s.u32_opt(p, "max_depth", 1, 16).unwrap_or(d.max_depth);
     let eta = match s.opt("eta") {
@@ -52,6 +54,8 @@ pub(super) fn read_learning(mut s: Section<'_>, p: &mut Problems) -> LearningCon
         retrain_after_dispositions,
         min_rows,
         heldout_pct,
+        heldout_max_rows,
+        half_life_rows,
         rounds,
         max_depth,
         eta,

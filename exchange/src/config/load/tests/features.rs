@@ -23,7 +23,7 @@ fn features_routing_and_learning_load() {
     let c = ok(&[
         (
             m,
-            &(f + "\nrouting = { award = \"price\", explore_share = 0.2, prior_weight = 50 }"),
+            &(f + "\nrouting = { award = \"price\", explore_share = 0.2, prior_weight = 50, drift_guard = 2.5 }"),
         ),
         (
             "#FIELD",
@@ -31,7 +31,7 @@ fn features_routing_and_learning_load() {
         ),
         (
             "#BUYER",
-            "\n[learning]\nmodels_dir = \"/tmp/m\"\nmin_rows = 50\nretrain_every_s = 60\neta = 0.3",
+            "\n[learning]\nmodels_dir = \"/tmp/m\"\nmin_rows = 50\nretrain_every_s = 60\neta = 0.3\nheldout_max_rows = 300\nhalf_life_rows = 0",
         ),
     ]);
     let v = &c.verticals[0];
@@ -58,6 +58,9 @@ fn features_routing_and_learning_load() {
     assert_eq!(v.routing.award, AwardMode::Price);
     assert_eq!(v.routing.explore_ppm, 200_000);
     assert_eq!(v.routing.prior_weight, 50);
+    assert_eq!(v.routing.drift_guard_milli, 2_500);
+    assert_eq!(c.learning.heldout_max_rows, 300);
+    assert_eq!(c.learning.half_life_rows, 0);
     assert_eq!(c.learning.models_dir, PathBuf::from("/tmp/m"));
     assert_eq!(c.learning.min_rows, 50);
     assert_eq!(c.learning.retrain_every_s, 60);
@@ -159,12 +162,15 @@ fn bad_routing_and_learning_are_named() {
         ("routing = { award = \"auction\" }", "unknown award"),
         ("routing = { explore_share = 0.9 }", "between 0 and 0.5"),
         ("routing = { prior_weight = 0 }", "prior_weight"),
+        ("routing = { drift_guard = -1 }", "between 0 and 100"),
         ("routing = { colour = 1 }", "unknown key"),
     ] {
         has(&errors(&[("#VERTICAL", line)]), needle);
     }
     for (line, needle) in [
         ("heldout_pct = 90", "heldout_pct"),
+        ("heldout_max_rows = -1", "heldout_max_rows"),
+        ("half_life_rows = 1.5", "half_life_rows"),
         ("min_rows = 1", "min_rows"),
         ("eta = 0", "more than 0"),
         ("max_depth = 40", "max_depth"),
