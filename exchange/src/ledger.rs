@@ -125,7 +125,10 @@ impl Ledger {
         let dir = Arc::new(w.dir.clone());
         std::thread::Builder::new()
             .name("pingpost-ledger".into())
-            .spawn(move || run(w, rx, h, on_batch))?;
+            .spawn(move || {
+                raise_priority();
+                run(w, rx, h, on_batch)
+            })?;
         // The sync timer holds only a weak sender: it ends once every handle is gone, so
         // it never keeps the writer alive.
         let weak = tx.downgrade();
@@ -522,6 +525,18 @@ fn create_segment(path: &Path) -> io::Result<File> {
 /// durable too, so plain records ride along with the next durable one instead of costing
 /// a sync each. The first error stops it for good (fail-stop): later records are refused
 /// without touching the files.
+/// Asks for the highest scheduling priority of the normal policy (nice -20) for the
+/// writer thread: every `sold` waits for its batch's fsync, and on a busy machine the
+/// writer must not queue behind request threads. Needs `CAP_SYS_NICE` (or root); without
+/// it the thread keeps the default priority and says so once.
+fn raise_priority() {
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Max)
+    {
+        tracing::info!(error = ?e, "ledger writer: no higher scheduling priority (needs CAP_SYS_NICE); it runs at the default");
+    }
+}
+
 fn run(
     mut w: Writer,
     mut rx: mpsc::Receiver<Pending>,
