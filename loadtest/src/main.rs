@@ -165,7 +165,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 250)]
     window: usize,
     /// market: the EV exchange's `routing.explore_share`.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.03)]
     explore_share: f64,
     /// market: the issue-8 pieces the exchange has, comma-separated: routing (award and
     /// features config), learning (`[learning]`, train, models import, POST /admin/models),

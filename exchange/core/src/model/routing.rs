@@ -50,7 +50,7 @@ impl Default for Routing {
     fn default() -> Routing {
         Routing {
             award: AwardMode::ExpectedValue,
-            explore_ppm: 50_000,
+            explore_ppm: 30_000,
             prior_weight: 20,
             drift_guard_milli: 3_000,
         }

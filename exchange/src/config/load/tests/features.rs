@@ -70,7 +70,7 @@ fn features_routing_and_learning_load() {
     let c = ok(&[]);
     assert!(c.verticals[0].features.is_none());
     assert_eq!(c.verticals[0].routing.award, AwardMode::ExpectedValue);
-    assert_eq!(c.verticals[0].routing.explore_ppm, 50_000);
+    assert_eq!(c.verticals[0].routing.explore_ppm, 30_000);
     assert_eq!(c.learning, crate::config::LearningConfig::default());
     // The default configuration declares features for auto_insurance.
     let d = load_str_with_env(DEFAULT_TOML, &demo_env).unwrap();
