@@ -420,36 +420,29 @@ impl AdminClient {
     /// `POST path` with `body`: the status and the answer's body, within
     /// [`ADMIN_TIMEOUT_MS`].
     pub async fn post(&self, path: &str, body: &str) -> anyhow::Result<(u16, Bytes)> {
-        let uri: Uri = format!("http://{}{path}", self.addr).parse()?;
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
-        let call = async {
-            let resp = self.client.request(req).await?;
-            let status = resp.status().as_u16();
-            let bytes = Limited::new(resp.into_body(), ADMIN_ANSWER_BYTES_MAX)
-                .collect()
-                .await
-                .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
-                .to_bytes();
-            anyhow::Ok((status, bytes))
-        };
-        tokio::time::timeout(Duration::from_millis(ADMIN_TIMEOUT_MS), call)
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer in {ADMIN_TIMEOUT_MS} ms"))?
+        self.send(Method::POST, path, Some(body)).await
     }
 
     /// `GET path`: the status and the answer's body, within [`ADMIN_TIMEOUT_MS`].
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, Bytes)> {
         let uri: Uri = format!("http://{}{path}", self.addr).parse()?;
-        let req = Request::builder()
-            .method(Method::GET)
+        let mut req = Request::builder()
+            .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .body(Full::new(Bytes::new()))?;
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_string())))?;
         let call = async {
             let resp = self.client.request(req).await?;
             let status = resp.status().as_u16();
