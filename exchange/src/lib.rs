@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod reaper;
 pub mod recovery;
 pub mod server;
 pub mod state;

@@ -85,9 +85,31 @@ fn carry_models(old: &Runtime, config: &Config) -> Result<Vec<Option<Arc<ModelSe
     }
 }
 
-/// One empty metrics slot per buyer of `config`.
-fn metric_slots(config: &Config) -> Vec<OnceLock<BuyerMetrics>> {
-    config.buyers.iter().map(|_| OnceLock::new()).collect()
+/// One metrics slot per buyer of `config`: already resolved for a buyer (by id) that
+/// `old` had resolved, so a swap does not make the next auctions resolve every pinged
+/// buyer's series again; empty for the others.
+fn metric_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<BuyerMetrics>> {
+    let resolved: std::collections::HashMap<&str, &BuyerMetrics> = old
+        .map(|rt| {
+            rt.config
+                .buyers
+                .iter()
+                .zip(&rt.buyer_metrics)
+                .filter_map(|(b, slot)| slot.get().map(|m| (b.id.as_str(), m)))
+                .collect()
+        })
+        .unwrap_or_default();
+    config
+        .buyers
+        .iter()
+        .map(|b| {
+            let slot = OnceLock::new();
+            if let Some(m) = resolved.get(b.id.as_str()) {
+                let _ = slot.set((*m).clone());
+            }
+            slot
+        })
+        .collect()
 }
 
 /// Where a reload reads the configuration from: the same source the process started
@@ -342,7 +364,7 @@ impl AppState {
             tracing::error!(error = %e, "stable keys");
         }
         let s = &config.server;
-        let buyer_metrics = metric_slots(&config);
+        let buyer_metrics = metric_slots(&config, None);
         let vertical_count = config.verticals.len();
         let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
         let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
@@ -451,7 +473,7 @@ impl AppState {
         self.breakers.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
         self.quotes.grow_sellers(self.ids.seller_count());
-        let buyer_metrics = metric_slots(&config);
+        let buyer_metrics = metric_slots(&config, Some(&old));
         // A removed buyer's cap gauges would otherwise show its last utilisation forever;
         // its counters stay (they only ever count what happened).
         for gone in old
@@ -477,6 +499,8 @@ impl AppState {
         }));
         tls.apply(self);
         self.metrics.config_generation.set(generation as i64);
+        // Freed off the auction threads once the requests running on it finish.
+        crate::reaper::retire(old);
         Ok(generation)
     }
 
@@ -534,7 +558,7 @@ impl AppState {
             config: old.config.clone(),
             generation,
             models,
-            buyer_metrics: metric_slots(&old.config),
+            buyer_metrics: metric_slots(&old.config, Some(&old)),
         }));
         self.metrics.config_generation.set(generation as i64);
         // The drift guard compared the old model's estimates: it starts again.
@@ -545,6 +569,8 @@ impl AppState {
             version = version.unwrap_or("none"),
             "models swapped"
         );
+        // The old models are freed off the auction threads once no request holds them.
+        crate::reaper::retire(old);
         Ok(generation)
     }
 

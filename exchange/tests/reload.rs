@@ -97,6 +97,17 @@ async fn a_reload_that_reorders_adds_and_removes_buyers_keeps_every_count_with_i
     ex.write_config(&second);
     assert_eq!(generation_of(&ex.reload().await), 2);
     assert_eq!(ex.state.generation(), 2);
+    // The new runtime starts with the series of the buyers already pinged (by id, in
+    // their new places), so no auction resolves them again; d, new, has none yet.
+    let rt = ex.state.runtime.load_full();
+    let resolved: Vec<(&str, bool)> = rt
+        .config
+        .buyers
+        .iter()
+        .zip(&rt.buyer_metrics)
+        .map(|(b, slot)| (b.id.as_str(), slot.get().is_some()))
+        .collect();
+    assert_eq!(resolved, vec![("d", false), ("b", true), ("a", true)]);
 
     // Every count is still its own buyer's.
     assert_eq!((ex.sold_today("a"), ex.reserved("a")), (2, 0));
