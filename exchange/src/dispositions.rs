@@ -21,13 +21,15 @@
 //! Never: stores or logs free text from a buyer: `reason` is a short code of letters,
 //! digits (at most [`REASON_DIGITS_MAX`]), `_`, `-` and `.`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use proto::json::{parse_value, ObjectReader};
 use proto::{ApiError, ErrorCode, FieldProblem};
 
 use crate::config::BuyerKey;
+use crate::core::compact::{CompactId, Interner};
 use crate::core::UnixMs;
 
 /// The outcomes a buyer may report, in the order of their bit in [`SoldLead`].
@@ -231,11 +233,118 @@ pub enum Claim {
     InFlight,
 }
 
-#[derive(Debug, Default)]
+/// A sale's names: buyer, seller, vertical, currency.
+type SaleNames = [Arc<str>; 4];
+
+/// A sold lead as the index keeps it (P10: up to `server.sold_leads_max` of them): its
+/// names shared with every sale of the same buyer, seller, vertical and currency (one
+/// pointer), the auction id inline. [`KeptSale::lead`] gives the [`SoldLead`] back.
+#[derive(Debug)]
+struct KeptSale {
+    buyer_key: Option<BuyerKey>,
+    names: Arc<SaleNames>,
+    auction_id: CompactId,
+    bid_micros: i64,
+    seller_price_micros: i64,
+    margin_micros: i64,
+    sold_at: UnixMs,
+    test: bool,
+    seen: u8,
+    pending: u8,
+    refunded: bool,
+}
+
+/// Names, and combinations of them, the index shares at most (past it they are copied).
+const SHARED_NAMES_MAX: usize = 16_384;
+/// Longest name the index shares.
+const SHARED_NAME_LEN_MAX: usize = 128;
+
+/// The shared names of the index (bounded: past the bound a sale gets its own copy).
+#[derive(Debug)]
+struct Names {
+    strings: Interner,
+    sets: HashSet<Arc<SaleNames>>,
+}
+
+impl Names {
+    fn share(&mut self, l: &SoldLead) -> Arc<SaleNames> {
+        let one = |s: &str| {
+            if s.len() <= SHARED_NAME_LEN_MAX {
+                self.strings.intern(s)
+            } else {
+                Arc::from(s)
+            }
+        };
+        let set = [
+            one(&l.buyer),
+            one(&l.seller),
+            one(&l.vertical),
+            one(&l.currency),
+        ];
+        if let Some(shared) = self.sets.get(&set) {
+            return Arc::clone(shared);
+        }
+        let set = Arc::new(set);
+        if self.sets.len() < SHARED_NAMES_MAX {
+            self.sets.insert(Arc::clone(&set));
+        }
+        set
+    }
+}
+
+impl KeptSale {
+    fn new(l: SoldLead, names: &mut Names) -> KeptSale {
+        KeptSale {
+            buyer_key: l.buyer_key,
+            names: names.share(&l),
+            auction_id: CompactId::new(&l.auction_id),
+            bid_micros: l.bid_micros,
+            seller_price_micros: l.seller_price_micros,
+            margin_micros: l.margin_micros,
+            sold_at: l.sold_at,
+            test: l.test,
+            seen: l.seen,
+            pending: l.pending,
+            refunded: l.refunded,
+        }
+    }
+
+    fn lead(&self) -> SoldLead {
+        let [buyer, seller, vertical, currency] = &*self.names;
+        SoldLead {
+            buyer_key: self.buyer_key,
+            buyer: buyer.to_string(),
+            seller: seller.to_string(),
+            vertical: vertical.to_string(),
+            auction_id: self.auction_id.to_string_exact(),
+            currency: currency.to_string(),
+            bid_micros: self.bid_micros,
+            seller_price_micros: self.seller_price_micros,
+            margin_micros: self.margin_micros,
+            sold_at: self.sold_at,
+            test: self.test,
+            seen: self.seen,
+            pending: self.pending,
+            refunded: self.refunded,
+        }
+    }
+
+    /// Was the lead sold to this buyer? (As [`SoldLead::sold_to`].)
+    fn sold_to(&self, key: BuyerKey, id: &str) -> bool {
+        match self.buyer_key {
+            Some(k) => k == key,
+            None => &*self.names[0] == id,
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Inner {
-    leads: HashMap<String, SoldLead>,
+    /// By lead id (inline for the exchange's own `ld_` ids).
+    leads: HashMap<CompactId, KeptSale>,
     /// Lead ids in the order they were sold (the oldest is forgotten first).
-    order: VecDeque<String>,
+    order: VecDeque<CompactId>,
+    names: Names,
 }
 
 /// The sold-lead index: by `lead_id`, bounded (oldest sale forgotten first).
@@ -248,7 +357,14 @@ pub struct SoldLeads {
 impl SoldLeads {
     pub fn new(max: usize) -> SoldLeads {
         SoldLeads {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                leads: HashMap::new(),
+                order: VecDeque::new(),
+                names: Names {
+                    strings: Interner::new(SHARED_NAMES_MAX),
+                    sets: HashSet::new(),
+                },
+            }),
             max: max.max(1),
         }
     }
@@ -264,14 +380,19 @@ impl SoldLeads {
 
     /// The lead's entry (a copy), if remembered.
     pub fn get(&self, lead_id: &str) -> Option<SoldLead> {
-        self.inner.lock().leads.get(lead_id).cloned()
+        self.inner
+            .lock()
+            .leads
+            .get(&CompactId::new(lead_id))
+            .map(KeptSale::lead)
     }
 
     /// Remembers a sale, forgetting the oldest past the bound. A lead sold twice (never
     /// in a consistent ledger) keeps its first sale.
     pub fn insert(&self, lead_id: &str, lead: SoldLead) {
+        let id = CompactId::new(lead_id);
         let mut g = self.inner.lock();
-        if g.leads.contains_key(lead_id) {
+        if g.leads.contains_key(&id) {
             return;
         }
         while g.leads.len() >= self.max {
@@ -280,8 +401,9 @@ impl SoldLeads {
             };
             g.leads.remove(&old);
         }
-        g.order.push_back(lead_id.to_string());
-        g.leads.insert(lead_id.to_string(), lead);
+        let kept = KeptSale::new(lead, &mut g.names);
+        g.order.push_back(id.clone());
+        g.leads.insert(id, kept);
     }
 
     /// Claims (lead, outcome) for `buyer`: on success the outcome is pending until
@@ -289,7 +411,7 @@ impl SoldLeads {
     pub fn claim(&self, lead_id: &str, buyer: BuyerKey, buyer_id: &str, outcome: usize) -> Claim {
         let bit = 1u8 << outcome;
         let mut g = self.inner.lock();
-        let Some(lead) = g.leads.get_mut(lead_id) else {
+        let Some(lead) = g.leads.get_mut(&CompactId::new(lead_id)) else {
             return Claim::NotFound;
         };
         if !lead.sold_to(buyer, buyer_id) {
@@ -302,7 +424,7 @@ impl SoldLeads {
             return Claim::InFlight;
         }
         lead.pending |= bit;
-        Claim::Claimed(lead.clone())
+        Claim::Claimed(lead.lead())
     }
 
     /// Ends a claim: `recorded` marks the outcome seen (and `refunded` the refund);
@@ -310,7 +432,7 @@ impl SoldLeads {
     pub fn settle(&self, lead_id: &str, outcome: usize, recorded: bool, refunded: bool) {
         let bit = 1u8 << outcome;
         let mut g = self.inner.lock();
-        if let Some(lead) = g.leads.get_mut(lead_id) {
+        if let Some(lead) = g.leads.get_mut(&CompactId::new(lead_id)) {
             lead.pending &= !bit;
             if recorded {
                 lead.seen |= bit;
@@ -325,7 +447,7 @@ impl SoldLeads {
             return false;
         };
         let mut g = self.inner.lock();
-        match g.leads.get_mut(lead_id) {
+        match g.leads.get_mut(&CompactId::new(lead_id)) {
             Some(lead) => {
                 lead.seen |= 1 << i;
                 true
@@ -338,7 +460,7 @@ impl SoldLeads {
     /// is taken too.
     pub fn mark_refunded(&self, lead_id: &str) -> bool {
         let mut g = self.inner.lock();
-        match g.leads.get_mut(lead_id) {
+        match g.leads.get_mut(&CompactId::new(lead_id)) {
             Some(lead) => {
                 lead.refunded = true;
                 lead.seen |= 1 << 5;
@@ -470,6 +592,56 @@ mod tests {
         assert_eq!(idx.claim("ld_a", BuyerKey(1), "acme", 1), Claim::NotFound);
         assert!(idx.mark_refunded("ld_b"));
         assert_eq!(idx.claim("ld_b", BuyerKey(1), "acme", 5), Claim::Repeat);
+    }
+
+    #[test]
+    fn the_index_gives_each_sale_back_as_it_was_put_in() {
+        let idx = SoldLeads::new(10);
+        let mut a = lead(false, 7);
+        a.auction_id = "au_0192f3a4b5c6d7e8f90123456789abcd".into();
+        a.buyer_key = None;
+        a.seen = 3;
+        a.refunded = true;
+        let b = lead(true, 8);
+        idx.insert("ld_0192f3a4b5c6d7e8f90123456789abce", a.clone());
+        idx.insert("ld_b", b.clone());
+        assert_eq!(idx.get("ld_0192f3a4b5c6d7e8f90123456789abce"), Some(a));
+        assert_eq!(idx.get("ld_b"), Some(b));
+        assert_eq!(idx.get("ld_0192f3a4b5c6d7e8f90123456789abcf"), None);
+        // Without a stable key the buyer is matched by id.
+        assert_eq!(
+            idx.claim(
+                "ld_0192f3a4b5c6d7e8f90123456789abce",
+                BuyerKey(1),
+                "other",
+                0
+            ),
+            Claim::Forbidden
+        );
+        assert!(matches!(
+            idx.claim("ld_0192f3a4b5c6d7e8f90123456789abce", BuyerKey(9), "acme", 4),
+            Claim::Claimed(l) if l.pending == 1 << 4 && l.seen == 3
+        ));
+    }
+
+    #[test]
+    fn a_kept_sale_is_small_and_shares_its_names() {
+        // The index holds up to `server.sold_leads_max` (1,000,000) of these.
+        assert!(std::mem::size_of::<KeptSale>() <= 80);
+        let idx = SoldLeads::new(10);
+        idx.insert("ld_a", lead(false, 0));
+        idx.insert("ld_b", lead(false, 1));
+        let mut other = lead(false, 2);
+        other.buyer = "zenith".into();
+        idx.insert("ld_c", other.clone());
+        let g = idx.inner.lock();
+        let names = |id: &str| Arc::clone(&g.leads[&CompactId::new(id)].names);
+        assert!(Arc::ptr_eq(&names("ld_a"), &names("ld_b")));
+        assert!(!Arc::ptr_eq(&names("ld_a"), &names("ld_c")));
+        // The seller, vertical and currency strings are shared across the two sets too.
+        assert!(Arc::ptr_eq(&names("ld_a")[1], &names("ld_c")[1]));
+        drop(g);
+        assert_eq!(idx.get("ld_c"), Some(other));
     }
 
     #[test]

@@ -121,3 +121,194 @@ impl Serialize for LeadJson<'_> {
         map.end()
     }
 }
+
+/// A [`Lead`] packed into one allocation, for leads kept a long time (the ping-time lead
+/// of an open quote): its fields in order, each as a LEB128 schema index, a tag byte and
+/// the value (a string as a LEB128 length and its bytes, a number as 8 little-endian
+/// bytes, a boolean in its tag). [`PackedLead::unpack`] gives the same lead back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackedLead(Box<[u8]>);
+
+const TAG_STR: u8 = 0;
+const TAG_INT: u8 = 1;
+const TAG_NUM: u8 = 2;
+const TAG_FALSE: u8 = 3;
+const TAG_TRUE: u8 = 4;
+
+fn put_leb128(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Reads one LEB128 number at `*at`; `None` past the end (never for a packed lead).
+fn get_leb128(b: &[u8], at: &mut usize) -> Option<usize> {
+    let mut n = 0usize;
+    let mut shift = 0u32;
+    loop {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        n |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(n);
+        }
+        shift += 7;
+    }
+}
+
+fn get_8(b: &[u8], at: &mut usize) -> Option<[u8; 8]> {
+    let v: [u8; 8] = b.get(*at..*at + 8)?.try_into().ok()?;
+    *at += 8;
+    Some(v)
+}
+
+impl Lead {
+    /// The lead packed into one allocation (see [`PackedLead`]).
+    pub fn pack(&self) -> PackedLead {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(_, v)| {
+                3 + match v {
+                    FieldValue::Str(s) => 2 + s.len(),
+                    FieldValue::Int(_) | FieldValue::Num(_) => 8,
+                    FieldValue::Bool(_) => 0,
+                }
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size);
+        for (i, v) in &self.fields {
+            put_leb128(&mut out, *i);
+            match v {
+                FieldValue::Str(s) => {
+                    out.push(TAG_STR);
+                    put_leb128(&mut out, s.len());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                FieldValue::Int(n) => {
+                    out.push(TAG_INT);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                FieldValue::Num(x) => {
+                    out.push(TAG_NUM);
+                    out.extend_from_slice(&x.to_bits().to_le_bytes());
+                }
+                FieldValue::Bool(b) => out.push(if *b { TAG_TRUE } else { TAG_FALSE }),
+            }
+        }
+        PackedLead(out.into_boxed_slice())
+    }
+}
+
+impl PackedLead {
+    /// The lead that was packed.
+    pub fn unpack(&self) -> Lead {
+        let b = &self.0;
+        let mut fields = Vec::new();
+        let mut at = 0;
+        while at < b.len() {
+            match Self::field(b, &mut at) {
+                Some(f) => fields.push(f),
+                // Only `pack` makes a PackedLead, so this is unreachable; stop rather
+                // than make up a value.
+                None => break,
+            }
+        }
+        Lead { fields }
+    }
+
+    fn field(b: &[u8], at: &mut usize) -> Option<(usize, FieldValue)> {
+        let i = get_leb128(b, at)?;
+        let tag = *b.get(*at)?;
+        *at += 1;
+        let v = match tag {
+            TAG_STR => {
+                let len = get_leb128(b, at)?;
+                let s = std::str::from_utf8(b.get(*at..*at + len)?).ok()?;
+                *at += len;
+                FieldValue::Str(s.to_string())
+            }
+            TAG_INT => FieldValue::Int(i64::from_le_bytes(get_8(b, at)?)),
+            TAG_NUM => FieldValue::Num(f64::from_bits(u64::from_le_bytes(get_8(b, at)?))),
+            TAG_FALSE => FieldValue::Bool(false),
+            TAG_TRUE => FieldValue::Bool(true),
+            _ => return None,
+        };
+        Some((i, v))
+    }
+
+    /// Bytes held (the one allocation).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod packed_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            ".{0,300}".prop_map(FieldValue::Str),
+            any::<i64>().prop_map(FieldValue::Int),
+            any::<f64>().prop_map(FieldValue::Num),
+            any::<bool>().prop_map(FieldValue::Bool),
+        ]
+    }
+
+    /// Equal as stored: numbers compared by their bits (NaN included).
+    fn same(a: &Lead, b: &Lead) -> bool {
+        a.fields.len() == b.fields.len()
+            && a.fields.iter().zip(&b.fields).all(|((i, x), (j, y))| {
+                i == j
+                    && match (x, y) {
+                        (FieldValue::Num(x), FieldValue::Num(y)) => x.to_bits() == y.to_bits(),
+                        _ => x == y,
+                    }
+            })
+    }
+
+    #[test]
+    fn an_empty_lead_packs_to_nothing() {
+        let p = Lead::default().pack();
+        assert!(p.is_empty());
+        assert_eq!(p.unpack(), Lead::default());
+    }
+
+    #[test]
+    fn a_ping_lead_packs_small() {
+        let lead = Lead::from_parts(vec![
+            (0, FieldValue::Str("TX".into())),
+            (1, FieldValue::Str("76180".into())),
+            (2, FieldValue::Int(42)),
+            (3, FieldValue::Bool(true)),
+            (4, FieldValue::Str("good".into())),
+            (5, FieldValue::Bool(false)),
+            (6, FieldValue::Int(2019)),
+        ]);
+        let p = lead.pack();
+        assert_eq!(p.len(), 44);
+        assert_eq!(p.unpack(), lead);
+    }
+
+    proptest! {
+        #[test]
+        fn unpack_gives_the_packed_lead(
+            fields in proptest::collection::vec((0usize..100_000, value()), 0..40)
+        ) {
+            let lead = Lead::from_parts(fields);
+            prop_assert!(same(&lead.pack().unpack(), &lead));
+        }
+    }
+}

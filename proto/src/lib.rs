@@ -17,6 +17,6 @@ pub mod seller;
 pub mod signing;
 
 pub use error::{ApiError, ErrorCode, FieldProblem};
-pub use lead::{FieldValue, Lead};
+pub use lead::{FieldValue, Lead, PackedLead};
 pub use money::Micros;
 pub use schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema};

@@ -39,6 +39,7 @@ pub mod bitset;
 pub mod breaker;
 pub mod buyer_index;
 pub mod caps;
+pub mod compact;
 pub mod config;
 pub mod effect;
 pub mod eligibility;

@@ -11,6 +11,13 @@
 //! `done_max` finished entries, each kept `done_ttl_ms` (forgetting one is safe: a late
 //! repeat gets `not_found` and still delivers nothing).
 //!
+//! Memory (P10): the book keeps each entry compact and gives the same values back. A
+//! ping id of the exchange's shape is a [`CompactId`] with no allocation of its own; an
+//! open quote keeps its lead packed ([`PackedLead`]), its bids in an exact-size slice
+//! and its currency and vertical name shared ([`Interner`]); a finished entry keeps its
+//! answer without the ping id (the key) and with its strings shared, and an expired one
+//! no answer at all. `tests/quote_memory.rs` measures the bytes per entry.
+//!
 //! Never: reads a clock, releases or commits caps itself (it hands reservations back to
 //! the caller), tells one seller anything about another seller's ping, or holds a map
 //! shard lock and one of its own mutexes at once (no lock-order deadlocks).
@@ -24,10 +31,11 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use proto::seller::{PostAnswer, PostStatus};
-use proto::{Lead, Micros};
+use proto::{Lead, Micros, PackedLead};
 
 use super::award::Ranked;
 use super::caps::Reservation;
+use super::compact::{CompactId, Interner};
 use super::UnixMs;
 use crate::config::{SellerKey, VerticalIdx};
 use crate::slots::Slots;
@@ -41,6 +49,11 @@ pub const DONE_ENTRIES_MAX_DEFAULT: usize = 250_000;
 pub const SWEEP_CHUNK_MAX: usize = 4_096;
 /// The `reason` of the answer to a post after the quote expired.
 pub const EXPIRED_REASON: &str = "quote_expired";
+/// Strings the book shares at most (currencies, vertical and buyer names, reasons,
+/// changed field names); past it they are copied.
+pub const SHARED_STRINGS_MAX: usize = 16_384;
+/// Longest string the book shares; a longer one is copied.
+pub const SHARED_STRING_LEN_MAX: usize = 128;
 
 /// A firm quote: what the seller was promised, and what is needed to deliver it.
 #[derive(Debug, Clone)]
@@ -110,16 +123,149 @@ pub enum BeginPost {
     Done(PostAnswer),
 }
 
+/// An open quote as the book keeps it: a [`Quote`] without its ping id (the entry's
+/// key), with its lead packed, its bids in an exact-size slice and its strings shared.
+#[derive(Debug)]
+struct KeptQuote {
+    auction_id: CompactId,
+    vertical_name: Arc<str>,
+    currency: Arc<str>,
+    lead: PackedLead,
+    ranked: Box<[Ranked]>,
+    reservation: Option<Reservation>,
+    vertical: VerticalIdx,
+    price: Micros,
+    expires_at: UnixMs,
+    auctioned_at: UnixMs,
+    score: Option<u8>,
+    test: bool,
+}
+
+impl KeptQuote {
+    fn new(q: Quote, strings: &Strings) -> KeptQuote {
+        KeptQuote {
+            auction_id: CompactId::new(&q.auction_id),
+            vertical_name: strings.share(&q.vertical_name),
+            currency: strings.share(&q.currency),
+            lead: q.lead.pack(),
+            ranked: q.ranked.into_boxed_slice(),
+            reservation: q.reservation,
+            vertical: q.vertical,
+            price: q.price,
+            expires_at: q.expires_at,
+            auctioned_at: q.auctioned_at,
+            score: q.score,
+            test: q.test,
+        }
+    }
+
+    /// The quote that was put in, for the seller `seller` under the ping id `key`.
+    fn into_quote(self, key: &CompactId, seller: SellerKey) -> Quote {
+        Quote {
+            ping_id: key.to_string_exact(),
+            auction_id: self.auction_id.to_string_exact(),
+            seller,
+            vertical: self.vertical,
+            vertical_name: self.vertical_name.to_string(),
+            lead: self.lead.unpack(),
+            test: self.test,
+            price: self.price,
+            currency: self.currency.to_string(),
+            expires_at: self.expires_at,
+            auctioned_at: self.auctioned_at,
+            ranked: self.ranked.into_vec(),
+            reservation: self.reservation,
+            score: self.score,
+        }
+    }
+}
+
+/// The `ping_id` of a kept answer.
+#[derive(Debug)]
+enum AnswerPingId {
+    None,
+    /// The entry's own key (every answer the exchange makes).
+    Key,
+    Other(CompactId),
+}
+
+/// A finished post's answer as the book keeps it: [`PostAnswer`] without a copy of the
+/// ping id and with its strings shared; [`DoneAnswer::answer`] gives it back.
+#[derive(Debug)]
+struct DoneAnswer {
+    status: PostStatus,
+    ping_id: AnswerPingId,
+    lead_id: Option<CompactId>,
+    price: Option<Micros>,
+    currency: Option<Arc<str>>,
+    buyer: Option<Arc<str>>,
+    reason: Option<Arc<str>>,
+    changed_fields: Box<[Arc<str>]>,
+}
+
+impl DoneAnswer {
+    fn new(a: PostAnswer, key: &CompactId, strings: &Strings) -> DoneAnswer {
+        let share = |s: Option<String>| s.map(|s| strings.share(&s));
+        DoneAnswer {
+            status: a.status,
+            ping_id: match a.ping_id {
+                None => AnswerPingId::None,
+                Some(p) if key.is(&p) => AnswerPingId::Key,
+                Some(p) => AnswerPingId::Other(CompactId::new(&p)),
+            },
+            lead_id: a.lead_id.as_deref().map(CompactId::new),
+            price: a.price,
+            currency: share(a.currency),
+            buyer: share(a.buyer),
+            reason: share(a.reason),
+            changed_fields: a.changed_fields.iter().map(|f| strings.share(f)).collect(),
+        }
+    }
+
+    /// The answer that was put in, for the ping id `key`.
+    fn answer(&self, key: &CompactId) -> PostAnswer {
+        let text = |s: &Option<Arc<str>>| s.as_deref().map(str::to_string);
+        PostAnswer {
+            status: self.status,
+            lead_id: self.lead_id.as_ref().map(CompactId::to_string_exact),
+            ping_id: match &self.ping_id {
+                AnswerPingId::None => None,
+                AnswerPingId::Key => Some(key.to_string_exact()),
+                AnswerPingId::Other(p) => Some(p.to_string_exact()),
+            },
+            price: self.price,
+            currency: text(&self.currency),
+            buyer: text(&self.buyer),
+            reason: text(&self.reason),
+            changed_fields: self.changed_fields.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+}
+
+/// The strings the book shares (bounded; short strings only).
+#[derive(Debug)]
+struct Strings(Interner);
+
+impl Strings {
+    fn share(&self, s: &str) -> Arc<str> {
+        if s.len() <= SHARED_STRING_LEN_MAX {
+            self.0.intern(s)
+        } else {
+            Arc::from(s)
+        }
+    }
+}
+
 /// Where one ping id is in its life.
 #[derive(Debug)]
 enum State {
-    Open(Box<Quote>),
+    Open(Box<KeptQuote>),
     /// The quote is with the caller.
     Posting,
     /// Finished at `at` with this answer; `None` is the expired answer, built when asked
     /// (most finished entries are quotes that expired unposted: keep them small).
     Done {
-        answer: Option<Box<PostAnswer>>,
+        answer: Option<Box<DoneAnswer>>,
         at: UnixMs,
     },
 }
@@ -132,14 +278,14 @@ struct Entry {
 }
 
 /// A time and a ping id (an expiry, or when an entry finished).
-type Timed = (UnixMs, Arc<str>);
+type Timed = (UnixMs, CompactId);
 
 /// All quotes, shared by every request task.
 #[derive(Debug)]
 pub struct QuoteBook {
-    /// By ping id. The key is shared (`Arc<str>`) with the expiry heap and the finished
-    /// order, so a remembered post costs one copy of its id.
-    entries: DashMap<Arc<str>, Entry>,
+    /// By ping id (inline for the exchange's own ids, so the copies in the expiry heap
+    /// and the finished order cost no allocation).
+    entries: DashMap<CompactId, Entry>,
     /// Entries `Open` or `Posting`; checked against `open_max` on insert.
     open: AtomicUsize,
     open_max: usize,
@@ -154,6 +300,8 @@ pub struct QuoteBook {
     expiries: Mutex<BinaryHeap<Reverse<Timed>>>,
     /// `(done_at, ping_id)` in the order entries finished, for TTL and `done_max`.
     done_order: Mutex<VecDeque<Timed>>,
+    /// Strings shared by the kept quotes and answers.
+    strings: Strings,
 }
 
 fn expired_answer(ping_id: &str) -> PostAnswer {
@@ -175,6 +323,7 @@ impl QuoteBook {
             done_max: DONE_ENTRIES_MAX_DEFAULT,
             expiries: Mutex::new(BinaryHeap::new()),
             done_order: Mutex::new(VecDeque::new()),
+            strings: Strings(Interner::new(SHARED_STRINGS_MAX)),
         }
     }
 
@@ -230,8 +379,8 @@ impl QuoteBook {
                 return Err(QuoteRefused::SellerLimit);
             }
         }
-        let key: Arc<str> = Arc::from(q.ping_id.as_str());
-        let expiry = (q.expires_at, Arc::clone(&key));
+        let key = CompactId::new(&q.ping_id);
+        let expiry = (q.expires_at, key.clone());
         match self.entries.entry(key) {
             MapEntry::Occupied(_) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
@@ -241,7 +390,7 @@ impl QuoteBook {
             MapEntry::Vacant(v) => {
                 v.insert(Entry {
                     seller: q.seller,
-                    state: State::Open(Box::new(q)),
+                    state: State::Open(Box::new(KeptQuote::new(q, &self.strings))),
                 });
             }
         }
@@ -253,20 +402,19 @@ impl QuoteBook {
     /// expires_at`. Exactly one of any number of concurrent callers gets `Post`.
     pub fn begin_post(&self, ping_id: &str, seller: SellerKey, now: UnixMs) -> BeginPost {
         let (out, finished) = {
-            let Some(mut e) = self.entries.get_mut(ping_id) else {
+            let Some(mut e) = self.entries.get_mut(&CompactId::new(ping_id)) else {
                 return BeginPost::NotFound;
             };
             if e.seller != seller {
                 return BeginPost::NotFound;
             }
-            let key = Arc::clone(e.key());
+            let key = e.key().clone();
             match std::mem::replace(&mut e.state, State::Posting) {
                 State::Posting => (BeginPost::InFlight, None),
                 State::Done { answer, at } => {
                     let again = answer
                         .as_deref()
-                        .cloned()
-                        .unwrap_or_else(|| expired_answer(ping_id));
+                        .map_or_else(|| expired_answer(ping_id), |a| a.answer(&key));
                     e.state = State::Done { answer, at };
                     (BeginPost::Done(again), None)
                 }
@@ -278,7 +426,7 @@ impl QuoteBook {
                     };
                     (BeginPost::Expired(reservation), Some(key))
                 }
-                State::Open(q) => (BeginPost::Post(*q), None),
+                State::Open(q) => (BeginPost::Post(q.into_quote(&key, seller)), None),
             }
         };
         if let Some(key) = finished {
@@ -293,22 +441,24 @@ impl QuoteBook {
     /// Returns false, changing nothing, if the ping was not posting (a first outcome is
     /// never replaced).
     pub fn finish(&self, ping_id: &str, answer: PostAnswer, now: UnixMs) -> bool {
-        let finished = match self.entries.get_mut(ping_id) {
+        let finished = match self.entries.get_mut(&CompactId::new(ping_id)) {
             Some(mut e) if matches!(e.state, State::Posting) => {
+                let key = e.key().clone();
                 e.state = State::Done {
-                    answer: Some(Box::new(answer)),
+                    answer: Some(Box::new(DoneAnswer::new(answer, &key, &self.strings))),
                     at: now,
                 };
-                Some((e.seller, Arc::clone(e.key())))
+                Some((e.seller, key))
             }
             _ => None,
         };
-        if let Some((seller, key)) = &finished {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.seller_done(*seller);
-            self.remember_done(vec![(now, Arc::clone(key))]);
-        }
-        finished.is_some()
+        let Some((seller, key)) = finished else {
+            return false;
+        };
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.seller_done(seller);
+        self.remember_done(vec![(now, key)]);
+        true
     }
 
     /// Puts back a post that finished before a restart (recovery): `ping_id` of `seller`
@@ -327,16 +477,14 @@ impl QuoteBook {
         if now.saturating_sub(at) >= i64::try_from(self.done_ttl_ms).unwrap_or(i64::MAX) {
             return false;
         }
-        let key: Arc<str> = Arc::from(ping_id);
-        match self.entries.entry(Arc::clone(&key)) {
+        let key = CompactId::new(ping_id);
+        match self.entries.entry(key.clone()) {
             MapEntry::Occupied(_) => return false,
             MapEntry::Vacant(v) => {
+                let answer = answer.map(|a| Box::new(DoneAnswer::new(a, &key, &self.strings)));
                 v.insert(Entry {
                     seller,
-                    state: State::Done {
-                        answer: answer.map(Box::new),
-                        at,
-                    },
+                    state: State::Done { answer, at },
                 });
             }
         }
@@ -349,10 +497,10 @@ impl QuoteBook {
     /// outcome: [`finish`](QuoteBook::finish) it.) Returns the quote back if the ping was
     /// not posting; the caller then still owns its reservation.
     pub fn abandon(&self, ping_id: &str, q: Quote) -> Option<Quote> {
-        let expiry = match self.entries.get_mut(ping_id) {
+        let expiry = match self.entries.get_mut(&CompactId::new(ping_id)) {
             Some(mut e) if matches!(e.state, State::Posting) => {
-                let expiry = (q.expires_at, Arc::clone(e.key()));
-                e.state = State::Open(Box::new(q));
+                let expiry = (q.expires_at, e.key().clone());
+                e.state = State::Open(Box::new(KeptQuote::new(q, &self.strings)));
                 expiry
             }
             _ => return Some(q),
@@ -368,7 +516,7 @@ impl QuoteBook {
     pub fn sweep(&self, now: UnixMs) -> Vec<Reservation> {
         let mut reservations = Vec::new();
         loop {
-            let due: Vec<Arc<str>> = {
+            let due: Vec<CompactId> = {
                 let mut heap = self.expiries.lock();
                 let mut due = Vec::new();
                 while due.len() < SWEEP_CHUNK_MAX {
@@ -443,7 +591,7 @@ impl QuoteBook {
     fn forget(&self, done: Vec<Timed>) {
         for (at, id) in done {
             self.entries.remove_if(
-                &*id,
+                &id,
                 |_, e| matches!(e.state, State::Done { at: a, .. } if a == at),
             );
         }
