@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use proto::FieldProblem;
 
+use crate::buyers::Target;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigErrors, SellerKey};
 use crate::core::breaker::BreakerBook;
@@ -44,6 +45,9 @@ pub struct Runtime {
     /// pinged or posted to (each series is labelled by the buyer's id, so a buyer keeps
     /// its series across reloads). A buyer never pinged has none.
     pub buyer_metrics: Vec<OnceLock<BuyerMetrics>>,
+    /// Each buyer's ping URL parsed, by position in `config.buyers`, on first use (boxed:
+    /// ten thousand configured buyers cost a pointer each until they are pinged).
+    pub ping_targets: Vec<OnceLock<Option<Box<Target>>>>,
 }
 
 impl Runtime {
@@ -52,6 +56,20 @@ impl Runtime {
         let slot = self.buyer_metrics.get(idx)?;
         let buyer = self.config.buyers.get(idx)?;
         Some(slot.get_or_init(|| metrics.buyer(&buyer.id)))
+    }
+
+    /// Buyer `idx`'s ping URL, parsed on first use (`None`: no ping URL, or not a URL).
+    pub fn ping_target(&self, idx: usize) -> Option<&Target> {
+        let slot = self.ping_targets.get(idx)?;
+        let buyer = self.config.buyers.get(idx)?;
+        slot.get_or_init(|| {
+            buyer
+                .ping_url
+                .as_deref()
+                .and_then(Target::parse)
+                .map(Box::new)
+        })
+        .as_deref()
     }
 }
 
@@ -87,6 +105,10 @@ fn carry_models(old: &Runtime, config: &Config) -> Result<Vec<Option<Arc<ModelSe
 
 /// One empty metrics slot per buyer of `config`.
 fn metric_slots(config: &Config) -> Vec<OnceLock<BuyerMetrics>> {
+    config.buyers.iter().map(|_| OnceLock::new()).collect()
+}
+
+fn target_slots(config: &Config) -> Vec<OnceLock<Option<Box<Target>>>> {
     config.buyers.iter().map(|_| OnceLock::new()).collect()
 }
 
@@ -343,6 +365,7 @@ impl AppState {
         }
         let s = &config.server;
         let buyer_metrics = metric_slots(&config);
+        let ping_targets = target_slots(&config);
         let vertical_count = config.verticals.len();
         let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
         let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
@@ -383,6 +406,7 @@ impl AppState {
                 generation: 1,
                 models: vec![None; vertical_count],
                 buyer_metrics,
+                ping_targets,
             }),
             ids,
             ledger,
@@ -470,6 +494,7 @@ impl AppState {
         let models = carry_models(&old, &config)?;
         let generation = old.generation.saturating_add(1);
         self.runtime.store(Arc::new(Runtime {
+            ping_targets: target_slots(&config),
             config: Arc::new(config),
             generation,
             models,
@@ -535,6 +560,7 @@ impl AppState {
             generation,
             models,
             buyer_metrics: metric_slots(&old.config),
+            ping_targets: target_slots(&old.config),
         }));
         self.metrics.config_generation.set(generation as i64);
         // The drift guard compared the old model's estimates: it starts again.
