@@ -9,6 +9,8 @@ set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# make: cmake's generator for XGBoost, and the jemalloc allocator's own build.
+command -v make >/dev/null 2>&1 || need+=(make)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -eq 0 ]; then
     exit 0
@@ -24,4 +26,5 @@ if ! $SUDO apt-get install -y --no-install-recommends "${need[@]}"; then
     $SUDO apt-get install -y --no-install-recommends "${need[@]}"
 fi
 command -v cmake >/dev/null 2>&1 || { echo "build-deps.sh: cmake is still missing" >&2; exit 1; }
+command -v make >/dev/null 2>&1 || { echo "build-deps.sh: make is still missing" >&2; exit 1; }
 dpkg -s libclang-dev >/dev/null 2>&1 || { echo "build-deps.sh: libclang-dev is still missing" >&2; exit 1; }

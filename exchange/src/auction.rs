@@ -211,7 +211,9 @@ pub async fn run_auction(
     let mut futs = FuturesUnordered::new();
     if auction.ping_count() > 0 {
         let now_s = state.clock.now_ms() / 1000;
-        let client = BuyerClient::local_for(&state.buyer_tls.load_full());
+        // Shared by the auction's pings (one reference count each, not a copy of the
+        // client's pools and connectors).
+        let client = Arc::new(BuyerClient::local_for(&state.buyer_tls.load_full()));
         // The lead is serialized once per auction; each buyer's body differs only in tmax_ms.
         let template = PingTemplate::new(&BuyerPing {
             auction_id: &auction_id,
@@ -234,6 +236,7 @@ pub async fn run_auction(
                 let buyer = &rt2.config.buyers[order.buyer];
                 let to = Endpoint {
                     url: buyer.ping_url.as_deref().unwrap_or_default(),
+                    target: rt2.ping_target(order.buyer),
                     http: buyer.http,
                     secret: &buyer.secret,
                 };
@@ -426,6 +429,7 @@ pub async fn deliver(
                     let buyer = &rt2.config.buyers[b];
                     let to = Endpoint {
                         url: &buyer.post_url,
+                        target: None,
                         http: buyer.http,
                         secret: &buyer.secret,
                     };

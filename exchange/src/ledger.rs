@@ -49,6 +49,16 @@ pub const LOCK_FILE: &str = "LOCK";
 /// within about this long even when no durable record comes to carry them: a timer
 /// asks the writer for a sync when written lines are waiting for one.
 pub const SYNC_DELAY_MS: u64 = 1_000;
+/// While records come quickly (see [`BUSY_RECORDS`]), how long the writer waits after a
+/// batch before it takes the next one, unless a durable record wakes it sooner: records
+/// that nobody waits for then leave in batches of several, at one wake-up of the writer
+/// thread (and one `write`) per batch rather than per record.
+pub const LINGER_MS: u64 = 2;
+/// Records written within one [`BUSY_WINDOW_MS`] from which on the writer lingers
+/// ([`LINGER_MS`]) between batches; below it, every record wakes the writer at once.
+pub const BUSY_RECORDS: usize = 200;
+/// The window [`BUSY_RECORDS`] is counted over.
+pub const BUSY_WINDOW_MS: u64 = 100;
 
 /// One encoded record on its way to the writer (its JSON, not yet framed).
 #[derive(Debug)]
@@ -76,12 +86,43 @@ impl Health {
     }
 }
 
+/// How appenders wake the writer thread. A durable record always wakes it; a record
+/// nobody waits for wakes it only while it sleeps with nothing to do (`asleep`): while
+/// it lingers between busy batches, it takes such records when the linger ends.
+#[derive(Debug)]
+struct Wake {
+    writer: std::thread::Thread,
+    /// Set by the writer while it sleeps with nothing to do.
+    asleep: Arc<AtomicBool>,
+}
+
+impl Wake {
+    /// Called after a record was queued.
+    fn queued(&self, durable: bool) {
+        // Pairs with the writer's fence between setting `asleep` and looking at the
+        // queue: either the writer sees this record, or this sees `asleep`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if durable || self.asleep.load(Ordering::Relaxed) {
+            self.writer.unpark();
+        }
+    }
+}
+
+impl Drop for Wake {
+    /// The last handle is gone: the writer wakes, finds the queue closed, and ends.
+    fn drop(&mut self) {
+        self.writer.unpark();
+    }
+}
+
 /// Handle to the ledger writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Pending>,
     health: Arc<Health>,
     dir: Arc<PathBuf>,
+    /// After `tx`: dropped after it, so the writer it wakes finds the queue closed.
+    wake: Arc<Wake>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -123,12 +164,19 @@ impl Ledger {
         let health = Arc::new(Health::default());
         let h = health.clone();
         let dir = Arc::new(w.dir.clone());
-        std::thread::Builder::new()
+        let asleep = Arc::new(AtomicBool::new(false));
+        let writer_asleep = asleep.clone();
+        let writer = std::thread::Builder::new()
             .name("pingpost-ledger".into())
             .spawn(move || {
                 raise_priority();
-                run(w, rx, h, on_batch)
+                run(w, rx, h, &writer_asleep, on_batch)
             })?;
+        let writer = writer.thread().clone();
+        let wake = Arc::new(Wake {
+            writer: writer.clone(),
+            asleep,
+        });
         // The sync timer holds only a weak sender: it ends once every handle is gone, so
         // it never keeps the writer alive.
         let weak = tx.downgrade();
@@ -142,13 +190,23 @@ impl Ledger {
                 };
                 if h.unsynced.load(Ordering::Relaxed) && h.failure.get().is_none() {
                     // A full queue will carry a durable record soon enough.
-                    let _ = tx.try_send(Pending {
-                        line: Vec::new(),
-                        ack: None,
-                    });
+                    if tx
+                        .try_send(Pending {
+                            line: Vec::new(),
+                            ack: None,
+                        })
+                        .is_ok()
+                    {
+                        writer.unpark();
+                    }
                 }
             })?;
-        Ok(Ledger { tx, health, dir })
+        Ok(Ledger {
+            tx,
+            health,
+            dir,
+            wake,
+        })
     }
 
     /// The ledger directory.
@@ -203,11 +261,13 @@ pub enum Receipt {
     Queued,
     /// Queued; resolves once on disk.
     Durable(oneshot::Receiver<io::Result<()>>),
-    /// The queue was full: the record waits for room (backpressure, never unbounded).
+    /// The queue was full: the record waits for room (backpressure, never unbounded),
+    /// then wakes the writer.
     Full(
         mpsc::Sender<Pending>,
         Pending,
         Option<oneshot::Receiver<io::Result<()>>>,
+        std::thread::Thread,
     ),
     Failed(LedgerError),
 }
@@ -219,8 +279,9 @@ impl Receipt {
             Receipt::Queued => return Ok(()),
             Receipt::Failed(e) => return Err(e),
             Receipt::Durable(done) => done,
-            Receipt::Full(tx, pending, done) => {
+            Receipt::Full(tx, pending, done, writer) => {
                 tx.send(pending).await.map_err(|_| LedgerError::Stopped)?;
+                writer.unpark();
                 match done {
                     None => return Ok(()),
                     Some(done) => done,
@@ -252,11 +313,16 @@ impl LedgerSink for Ledger {
             (None, None)
         };
         match self.tx.try_send(Pending { line, ack }) {
-            Ok(()) => match done {
-                Some(d) => Receipt::Durable(d),
-                None => Receipt::Queued,
-            },
-            Err(mpsc::error::TrySendError::Full(p)) => Receipt::Full(self.tx.clone(), p, done),
+            Ok(()) => {
+                self.wake.queued(done.is_some());
+                match done {
+                    Some(d) => Receipt::Durable(d),
+                    None => Receipt::Queued,
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(p)) => {
+                Receipt::Full(self.tx.clone(), p, done, self.wake.writer.clone())
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Receipt::Failed(LedgerError::Stopped),
         }
     }
@@ -537,22 +603,106 @@ fn raise_priority() {
     }
 }
 
+/// The writer's sleep between batches (see [`Wake`]): while busy (at least
+/// [`BUSY_RECORDS`] records in the last [`BUSY_WINDOW_MS`]) it lingers [`LINGER_MS`]
+/// after each batch, woken sooner only by a durable record; otherwise, and whenever it
+/// finds the queue empty, it sleeps until any record is queued.
+#[derive(Debug)]
+struct Pace {
+    window_start: tokio::time::Instant,
+    window_records: usize,
+    /// The window before this one (if it was the one just before) was busy.
+    busy_before: bool,
+    busy: bool,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            window_start: tokio::time::Instant::now(),
+            window_records: 0,
+            busy_before: false,
+            busy: false,
+        }
+    }
+
+    /// Counts a batch of `n` records. Busy: this window or the one before it reached
+    /// [`BUSY_RECORDS`] (so a steady load does not start every window awake per record).
+    fn wrote(&mut self, n: usize) {
+        // The writer is a plain thread: outside a runtime this is the OS clock.
+        let now = tokio::time::Instant::now();
+        let window = Duration::from_millis(BUSY_WINDOW_MS);
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= window {
+            self.busy_before = elapsed < 2 * window && self.window_records >= BUSY_RECORDS;
+            self.window_start = now;
+            self.window_records = 0;
+        }
+        self.window_records += n;
+        self.busy = self.busy_before || self.window_records >= BUSY_RECORDS;
+    }
+}
+
+/// Takes the next batch (up to [`BATCH_RECORDS_MAX`] records) into `batch`, sleeping as
+/// [`Pace`] says until there is one; `false` once every handle is gone and the queue is
+/// empty.
+fn next_batch(
+    rx: &mut mpsc::Receiver<Pending>,
+    batch: &mut Vec<Pending>,
+    asleep: &AtomicBool,
+    pace: &Pace,
+    lingered: &mut bool,
+) -> bool {
+    use mpsc::error::TryRecvError;
+    loop {
+        while batch.len() < BATCH_RECORDS_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return !batch.is_empty(),
+            }
+        }
+        if !batch.is_empty() {
+            *lingered = false;
+            return true;
+        }
+        if pace.busy && !*lingered {
+            // Between busy batches: records nobody waits for gather without waking us.
+            *lingered = true;
+            std::thread::park_timeout(Duration::from_millis(LINGER_MS));
+            continue;
+        }
+        // Nothing to do: sleep until any record comes. A record queued after the look
+        // above but before `asleep` is set is seen by the look below (the fences pair
+        // with `Wake::queued`).
+        asleep.store(true, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(TryRecvError::Disconnected) => {
+                asleep.store(false, Ordering::Relaxed);
+                return false;
+            }
+            Err(TryRecvError::Empty) => std::thread::park(),
+        }
+        asleep.store(false, Ordering::Relaxed);
+        *lingered = false;
+    }
+}
+
 fn run(
     mut w: Writer,
     mut rx: mpsc::Receiver<Pending>,
     health: Arc<Health>,
+    asleep: &AtomicBool,
     on_batch: impl Fn(usize),
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_RECORDS_MAX);
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < BATCH_RECORDS_MAX {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    let mut pace = Pace::new();
+    let mut lingered = false;
+    while next_batch(&mut rx, &mut batch, asleep, &pace, &mut lingered) {
+        pace.wrote(batch.len());
         if let Some(why) = health.failure.get() {
             for p in batch.drain(..) {
                 if let Some(ack) = p.ack {
@@ -661,6 +811,39 @@ mod tests {
             .expect("synced in time");
         assert!(synced.is_some());
         assert_eq!(lines(dir.path()).len(), 1);
+    }
+
+    /// Records that come faster than the writer's busy threshold, none of them durable,
+    /// are all written (the writer lingers between batches, never leaves any behind) and
+    /// synced by the timer, in order.
+    #[tokio::test]
+    async fn a_busy_run_of_plain_records_is_written_without_a_durable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ledger = Ledger::open(dir.path(), 64 << 20, move |n| {
+            let _ = tx.send(n);
+        })
+        .unwrap();
+        let n = BUSY_RECORDS * 5;
+        for _ in 0..n {
+            LedgerSink::append(&ledger, &plain()).wait().await.unwrap();
+        }
+        // The timer's sync comes once every record is written (it asks only when written
+        // lines wait for one), so wait for syncs until all are on disk.
+        loop {
+            let synced = tokio::time::timeout(Duration::from_millis(SYNC_DELAY_MS * 10), rx.recv())
+                .await
+                .expect("synced in time");
+            assert!(synced.is_some());
+            if lines(dir.path()).len() == n {
+                break;
+            }
+        }
+        let lines = lines(dir.path());
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["seq"], i as u64 + 1);
+        }
+        assert!(ledger.is_healthy());
     }
 
     #[tokio::test]

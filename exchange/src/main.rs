@@ -13,6 +13,14 @@ use pingpost::app::{self, DEFAULT_CONFIG};
 use pingpost::clock::Clock;
 use pingpost::config;
 
+/// jemalloc rather than glibc's malloc: allocation and freeing were the largest single
+/// item of the exchange's instructions per auction, and jemalloc also gives memory back
+/// (a configuration of 10,000 buyers settles at about a third of glibc's resident size).
+/// See docs/BENCHMARKS.md, "Profile: instructions per auction". Its C sources are vendored
+/// by the crate and built with the system C compiler, `sh` and `make`.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The pingpost lead exchange.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use proto::FieldProblem;
 
+use crate::buyers::Target;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigErrors, SellerKey};
 use crate::core::breaker::BreakerBook;
@@ -44,6 +45,10 @@ pub struct Runtime {
     /// pinged or posted to (each series is labelled by the buyer's id, so a buyer keeps
     /// its series across reloads). A buyer never pinged has none.
     pub buyer_metrics: Vec<OnceLock<BuyerMetrics>>,
+    /// Each buyer's ping URL parsed, by position in `config.buyers`, on first use (boxed:
+    /// ten thousand configured buyers cost a pointer each until they are pinged). Shared
+    /// by the runtimes of one configuration (a model swap keeps them).
+    pub ping_targets: Arc<Vec<OnceLock<Option<Box<Target>>>>>,
 }
 
 impl Runtime {
@@ -52,6 +57,20 @@ impl Runtime {
         let slot = self.buyer_metrics.get(idx)?;
         let buyer = self.config.buyers.get(idx)?;
         Some(slot.get_or_init(|| metrics.buyer(&buyer.id)))
+    }
+
+    /// Buyer `idx`'s ping URL, parsed on first use (`None`: no ping URL, or not a URL).
+    pub fn ping_target(&self, idx: usize) -> Option<&Target> {
+        let slot = self.ping_targets.get(idx)?;
+        let buyer = self.config.buyers.get(idx)?;
+        slot.get_or_init(|| {
+            buyer
+                .ping_url
+                .as_deref()
+                .and_then(Target::parse)
+                .map(Box::new)
+        })
+        .as_deref()
     }
 }
 
@@ -110,6 +129,10 @@ fn metric_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<BuyerMet
             slot
         })
         .collect()
+}
+
+fn target_slots(config: &Config) -> Arc<Vec<OnceLock<Option<Box<Target>>>>> {
+    Arc::new(config.buyers.iter().map(|_| OnceLock::new()).collect())
 }
 
 /// Where a reload reads the configuration from: the same source the process started
@@ -365,6 +388,7 @@ impl AppState {
         }
         let s = &config.server;
         let buyer_metrics = metric_slots(&config, None);
+        let ping_targets = target_slots(&config);
         let vertical_count = config.verticals.len();
         let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
         let conn_gate = bidder_sdk::listener::ConnectionGate::with_permits(
@@ -405,6 +429,7 @@ impl AppState {
                 generation: 1,
                 models: vec![None; vertical_count],
                 buyer_metrics,
+                ping_targets,
             }),
             ids,
             ledger,
@@ -492,6 +517,7 @@ impl AppState {
         let models = carry_models(&old, &config)?;
         let generation = old.generation.saturating_add(1);
         self.runtime.store(Arc::new(Runtime {
+            ping_targets: target_slots(&config),
             config: Arc::new(config),
             generation,
             models,
@@ -559,6 +585,7 @@ impl AppState {
             generation,
             models,
             buyer_metrics: metric_slots(&old.config, Some(&old)),
+            ping_targets: Arc::clone(&old.ping_targets),
         }));
         self.metrics.config_generation.set(generation as i64);
         // The drift guard compared the old model's estimates: it starts again.
