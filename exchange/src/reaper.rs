@@ -14,22 +14,40 @@ use std::time::Duration;
 /// Most retirements waiting to reach the reaper; past it a snapshot is freed where it
 /// was retired (as it would be without the reaper).
 const QUEUE_MAX: usize = 256;
-/// Most snapshots the reaper holds; past it, it waits for holders to finish before
-/// taking more (a swap every second with requests of a few seconds holds a handful).
+/// Most snapshots the reaper holds (a swap every second with requests of a few seconds
+/// holds a handful); past it, one more is let go at once, so whoever holds it last frees
+/// it, as without the reaper.
 const HELD_MAX: usize = 4_096;
 /// How often the reaper looks for snapshots nobody else holds any more.
 const POLL: Duration = Duration::from_millis(50);
 
-type Retired = Box<dyn Held>;
+type Retired = Box<dyn Shared>;
 
 /// Something the reaper can hold and ask whether it is the last holder.
-trait Held: Send {
+trait Shared: Send {
     fn only_here(&self) -> bool;
 }
 
-impl<T: Send + Sync> Held for Arc<T> {
+impl<T: Send + Sync> Shared for Arc<T> {
     fn only_here(&self) -> bool {
         Arc::strong_count(self) == 1
+    }
+}
+
+/// What the reaper holds, and its one decision: free what nobody else holds.
+#[derive(Default)]
+struct Held(Vec<Retired>);
+
+impl Held {
+    fn take(&mut self, r: Retired) {
+        if self.0.len() < HELD_MAX {
+            self.0.push(r);
+        }
+    }
+
+    /// Frees, on the calling thread, every snapshot it is the last holder of.
+    fn sweep(&mut self) {
+        self.0.retain(|r| !r.only_here());
     }
 }
 
@@ -41,19 +59,14 @@ fn sender() -> Option<&'static SyncSender<Retired>> {
             .name("pingpost-reaper".into())
             .spawn(move || {
                 crate::models::learning::lower_priority();
-                let mut held: Vec<Retired> = Vec::new();
+                let mut held = Held::default();
                 loop {
-                    if held.len() < HELD_MAX {
-                        match rx.recv_timeout(POLL) {
-                            Ok(r) => held.push(r),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                    } else {
-                        std::thread::sleep(POLL);
+                    match rx.recv_timeout(POLL) {
+                        Ok(r) => held.take(r),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    // Dropped here, by this thread, when it is the last holder.
-                    held.retain(|r| !r.only_here());
+                    held.sweep();
                 }
             });
         spawned.ok().map(|_| tx)
@@ -74,48 +87,42 @@ pub fn retire<T: Send + Sync + 'static>(snapshot: Arc<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::{channel, Sender};
 
-    /// Counts its drops and says which thread dropped it.
-    struct Probe(Arc<parking_lot::Mutex<Vec<String>>>);
+    /// Says which thread dropped it.
+    struct Probe(Sender<String>);
     impl Drop for Probe {
         fn drop(&mut self) {
             let name = std::thread::current().name().unwrap_or("").to_string();
-            self.0.lock().push(name);
+            let _ = self.0.send(name);
         }
-    }
-
-    fn wait_for(log: &Arc<parking_lot::Mutex<Vec<String>>>, n: usize) -> Vec<String> {
-        // Bounded: the reaper polls every 50 ms; give it 200 polls.
-        for _ in 0..200 {
-            if log.lock().len() >= n {
-                break;
-            }
-            std::thread::sleep(POLL);
-        }
-        log.lock().clone()
     }
 
     #[test]
-    fn a_retired_snapshot_is_freed_by_the_reaper_after_its_last_holder_lets_go() {
-        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let snapshot = Arc::new(Probe(Arc::clone(&log)));
+    fn a_sweep_frees_only_what_no_request_holds_any_more() {
+        let (tx, rx) = channel();
+        let mut held = Held::default();
+        let snapshot = Arc::new(Probe(tx));
+        let request = Arc::clone(&snapshot);
+        held.take(Box::new(snapshot));
+        held.sweep();
+        assert!(rx.try_recv().is_err(), "freed while a request held it");
+        drop(request);
+        assert!(rx.try_recv().is_err(), "the request's drop freed it");
+        held.sweep();
+        assert!(rx.try_recv().is_ok(), "the sweep freed it");
+        held.sweep();
+        assert!(rx.try_recv().is_err(), "freed twice");
+    }
+
+    #[test]
+    fn a_retired_snapshot_is_freed_on_the_reaper_thread() {
+        let (tx, rx) = channel();
+        let snapshot = Arc::new(Probe(tx));
         let request = Arc::clone(&snapshot);
         retire(snapshot);
-        // A request still holds it: nothing is freed while it does.
-        std::thread::sleep(POLL * 4);
-        assert!(log.lock().is_empty(), "freed while a request held it");
         drop(request);
-        let dropped = wait_for(&log, 1);
-        assert_eq!(dropped, vec!["pingpost-reaper".to_string()]);
-    }
-
-    #[test]
-    fn a_snapshot_nobody_holds_is_freed_once() {
-        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        retire(Arc::new(Probe(Arc::clone(&log))));
-        let dropped = wait_for(&log, 1);
-        assert_eq!(dropped.len(), 1);
-        std::thread::sleep(POLL * 2);
-        assert_eq!(log.lock().len(), 1, "freed twice");
+        let by = rx.recv_timeout(Duration::from_secs(30)).expect("freed");
+        assert_eq!(by, "pingpost-reaper");
     }
 }
