@@ -148,17 +148,19 @@ impl BuyerClient {
     }
 
     /// Sends one signed JSON message and returns `(status, content type, body)`.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
-        url: &str,
-        target: Option<&Target>,
-        http: HttpVersion,
-        secret: &Secret,
+        to: Endpoint<'_>,
         msg_id: &str,
         now_s: i64,
         body: Bytes,
     ) -> Result<(u16, Option<HeaderValue>, Vec<u8>), CallError> {
+        let Endpoint {
+            url,
+            target,
+            http,
+            secret,
+        } = to;
         let signature = secret.sign(msg_id, now_s, &body);
         // Built by hand rather than with `Request::builder()`: the builder parses every
         // header name and copies every value, which cost about 5,000 instructions a ping.
@@ -290,10 +292,7 @@ impl BuyerTransport for BuyerClient {
         now_s: i64,
         body: Bytes,
     ) -> CallResult<M::Outcome> {
-        match self
-            .exchange(to.url, to.target, to.http, to.secret, msg_id, now_s, body)
-            .await
-        {
+        match self.exchange(to, msg_id, now_s, body).await {
             Ok((status, ct, mut bytes)) => {
                 let ct = ct.as_ref().and_then(|v| v.to_str().ok());
                 CallResult::Answer(M::parse(status, ct, &mut bytes))
@@ -376,38 +375,18 @@ mod tests {
     fn a_target_carries_the_host_hyper_util_would_send() {
         let host =
             |url: &str| Target::parse(url).map(|t| t.host.to_str().unwrap_or_default().to_string());
-        assert_eq!(
-            host("http://127.0.0.1:9101/ping").as_deref(),
-            Some("127.0.0.1:9101")
-        );
-        assert_eq!(
-            host("http://example.com/ping").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            host("http://example.com:80/ping").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            host("https://example.com:443/").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            host("https://example.com:80/").as_deref(),
-            Some("example.com:80")
-        );
-        assert_eq!(
-            host("http://example.com:443/").as_deref(),
-            Some("example.com:443")
-        );
-        assert_eq!(
-            host("https://example.com:8443/").as_deref(),
-            Some("example.com:8443")
-        );
-        assert_eq!(
-            host("http://[::1]:8080/ping").as_deref(),
-            Some("[::1]:8080")
-        );
+        for (url, want) in [
+            ("http://127.0.0.1:9101/ping", "127.0.0.1:9101"),
+            ("http://example.com/ping", "example.com"),
+            ("http://example.com:80/ping", "example.com"),
+            ("https://example.com:443/", "example.com"),
+            ("https://example.com:80/", "example.com:80"),
+            ("http://example.com:443/", "example.com:443"),
+            ("https://example.com:8443/", "example.com:8443"),
+            ("http://[::1]:8080/ping", "[::1]:8080"),
+        ] {
+            assert_eq!(host(url).as_deref(), Some(want), "{url}");
+        }
         assert_eq!(host("/ping"), None);
         assert_eq!(host("not a url"), None);
     }
