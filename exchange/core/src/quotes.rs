@@ -11,19 +11,30 @@
 //! `done_max` finished entries, each kept `done_ttl_ms` (forgetting one is safe: a late
 //! repeat gets `not_found` and still delivers nothing).
 //!
-//! Memory (P10): the book keeps each entry compact and gives the same values back. A
-//! ping id of the exchange's shape is a [`CompactId`] with no allocation of its own; an
-//! open quote keeps its lead packed ([`PackedLead`]), its bids in an exact-size slice
-//! and its currency and vertical name shared ([`Interner`]); a finished entry keeps its
-//! answer without the ping id (the key) and with its strings shared, and an expired one
-//! no answer at all. `tests/quote_memory.rs` measures the bytes per entry.
+//! Memory (P10): open and posting quotes are in a map by ping id; a finished entry leaves
+//! the map for a ring of `done_max` slots of [`DONE_SLOT_BYTES`] with a fixed index
+//! (`finished.rs`), reserved when the book is made (untouched until used or
+//! [`QuoteBook::prefault`]) and never grown: remembering a finished ping of the
+//! exchange's shape allocates nothing, and forgetting one frees nothing. The book keeps each entry compact and gives
+//! the same values back. A ping id of the exchange's shape is a [`CompactId`] with no
+//! allocation of its own; an open quote keeps its lead packed ([`PackedLead`]), its bids
+//! in an exact-size slice and its currency and vertical name shared ([`Interner`]); a
+//! finished entry keeps its answer in its slot (ids as raw bytes, strings as indexes into
+//! a bounded table; what does not fit is kept whole beside it), and an expired one no
+//! answer at all. `tests/quote_memory.rs` measures the bytes per entry.
+//!
+//! Locks: a ping moves from the map to the ring while its map shard is locked (the ring
+//! takes it before the map lets it go), so a post always finds it in one or the other
+//! and a ping id is never in both. So the book takes locks in one order only: a map
+//! shard, then the ring's mutex (then the interner's, which takes nothing); the ring and
+//! the expiry heap never take a shard, and the expiry heap is never held with another
+//! lock. No lock-order deadlock is possible.
 //!
 //! Never: reads a clock, releases or commits caps itself (it hands reservations back to
-//! the caller), tells one seller anything about another seller's ping, or holds a map
-//! shard lock and one of its own mutexes at once (no lock-order deadlocks).
+//! the caller), or tells one seller anything about another seller's ping.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -40,6 +51,10 @@ use super::UnixMs;
 use crate::config::{SellerKey, VerticalIdx};
 use crate::slots::Slots;
 
+mod finished;
+
+use finished::{Finished, Kept};
+
 /// Finished entries remembered at most, unless [`QuoteBook::with_done_max`] says otherwise
 /// (bounds memory whatever `done_ttl_ms` is: at 2,000 finished pings a second that is two
 /// minutes of them; a post of a forgotten ping gets `404`, and is never delivered).
@@ -49,11 +64,16 @@ pub const DONE_ENTRIES_MAX_DEFAULT: usize = 250_000;
 pub const SWEEP_CHUNK_MAX: usize = 4_096;
 /// The `reason` of the answer to a post after the quote expired.
 pub const EXPIRED_REASON: &str = "quote_expired";
-/// Strings the book shares at most (currencies, vertical and buyer names, reasons,
-/// changed field names); past it they are copied.
+/// Strings the book shares at most, in each of its two tables: the open quotes'
+/// (currencies, vertical names; past it they are copied) and the finished answers'
+/// (currencies, buyer names, reasons; past it the answer is kept whole beside its slot).
 pub const SHARED_STRINGS_MAX: usize = 16_384;
 /// Longest string the book shares; a longer one is copied.
 pub const SHARED_STRING_LEN_MAX: usize = 128;
+/// Bytes of one finished entry's slot, reserved for each of the `done_max` entries when
+/// the book is made (plus 4 to 8 bytes of index: a power of two of at least two `u32`
+/// cells per slot).
+pub const DONE_SLOT_BYTES: usize = 64;
 
 /// A firm quote: what the seller was promised, and what is needed to deliver it.
 #[derive(Debug, Clone)]
@@ -180,68 +200,6 @@ impl KeptQuote {
     }
 }
 
-/// The `ping_id` of a kept answer.
-#[derive(Debug)]
-enum AnswerPingId {
-    None,
-    /// The entry's own key (every answer the exchange makes).
-    Key,
-    Other(CompactId),
-}
-
-/// A finished post's answer as the book keeps it: [`PostAnswer`] without a copy of the
-/// ping id and with its strings shared; [`DoneAnswer::answer`] gives it back.
-#[derive(Debug)]
-struct DoneAnswer {
-    status: PostStatus,
-    ping_id: AnswerPingId,
-    lead_id: Option<CompactId>,
-    price: Option<Micros>,
-    currency: Option<Arc<str>>,
-    buyer: Option<Arc<str>>,
-    reason: Option<Arc<str>>,
-    changed_fields: Box<[Arc<str>]>,
-}
-
-impl DoneAnswer {
-    fn new(a: PostAnswer, key: &CompactId, strings: &Strings) -> DoneAnswer {
-        let share = |s: Option<String>| s.map(|s| strings.share(&s));
-        DoneAnswer {
-            status: a.status,
-            ping_id: match a.ping_id {
-                None => AnswerPingId::None,
-                Some(p) if key.is(&p) => AnswerPingId::Key,
-                Some(p) => AnswerPingId::Other(CompactId::new(&p)),
-            },
-            lead_id: a.lead_id.as_deref().map(CompactId::new),
-            price: a.price,
-            currency: share(a.currency),
-            buyer: share(a.buyer),
-            reason: share(a.reason),
-            changed_fields: a.changed_fields.iter().map(|f| strings.share(f)).collect(),
-        }
-    }
-
-    /// The answer that was put in, for the ping id `key`.
-    fn answer(&self, key: &CompactId) -> PostAnswer {
-        let text = |s: &Option<Arc<str>>| s.as_deref().map(str::to_string);
-        PostAnswer {
-            status: self.status,
-            lead_id: self.lead_id.as_ref().map(CompactId::to_string_exact),
-            ping_id: match &self.ping_id {
-                AnswerPingId::None => None,
-                AnswerPingId::Key => Some(key.to_string_exact()),
-                AnswerPingId::Other(p) => Some(p.to_string_exact()),
-            },
-            price: self.price,
-            currency: text(&self.currency),
-            buyer: text(&self.buyer),
-            reason: text(&self.reason),
-            changed_fields: self.changed_fields.iter().map(|f| f.to_string()).collect(),
-        }
-    }
-}
-
 /// The strings the book shares (bounded; short strings only).
 #[derive(Debug)]
 struct Strings(Interner);
@@ -256,18 +214,12 @@ impl Strings {
     }
 }
 
-/// Where one ping id is in its life.
+/// Where an open or posting ping id is in its life (a finished one is in the ring).
 #[derive(Debug)]
 enum State {
     Open(Box<KeptQuote>),
     /// The quote is with the caller.
     Posting,
-    /// Finished at `at` with this answer; `None` is the expired answer, built when asked
-    /// (most finished entries are quotes that expired unposted: keep them small).
-    Done {
-        answer: Option<Box<DoneAnswer>>,
-        at: UnixMs,
-    },
 }
 
 #[derive(Debug)]
@@ -277,14 +229,14 @@ struct Entry {
     state: State,
 }
 
-/// A time and a ping id (an expiry, or when an entry finished).
+/// A time and a ping id (an expiry).
 type Timed = (UnixMs, CompactId);
 
 /// All quotes, shared by every request task.
 #[derive(Debug)]
 pub struct QuoteBook {
-    /// By ping id (inline for the exchange's own ids, so the copies in the expiry heap
-    /// and the finished order cost no allocation).
+    /// Open and posting quotes by ping id (inline for the exchange's own ids, so the
+    /// copies in the expiry heap cost no allocation).
     entries: DashMap<CompactId, Entry>,
     /// Entries `Open` or `Posting`; checked against `open_max` on insert.
     open: AtomicUsize,
@@ -293,14 +245,13 @@ pub struct QuoteBook {
     /// `sellers.ID.quotes_open_max`; a seller without a slot is not counted (no limit).
     open_by_seller: Slots<AtomicUsize>,
     done_ttl_ms: u64,
-    done_max: usize,
     /// `(expires_at, ping_id)` of quotes put in `Open`, soonest first. An entry can be
     /// stale (the quote was posted); sweep checks the state. Holds at most one entry per
     /// insert or abandon within the quote TTL.
     expiries: Mutex<BinaryHeap<Reverse<Timed>>>,
-    /// `(done_at, ping_id)` in the order entries finished, for TTL and `done_max`.
-    done_order: Mutex<VecDeque<Timed>>,
-    /// Strings shared by the kept quotes and answers.
+    /// Finished entries, oldest first (`done_max` slots reserved; TTL and bound).
+    done: Mutex<Finished>,
+    /// Strings shared by the kept quotes.
     strings: Strings,
 }
 
@@ -312,7 +263,10 @@ fn expired_answer(ping_id: &str) -> PostAnswer {
 
 impl QuoteBook {
     /// A book holding at most `open_max` open quotes, remembering finished posts for
-    /// `done_ttl_ms` (at most [`DONE_ENTRIES_MAX_DEFAULT`] of them).
+    /// `done_ttl_ms` (at most [`DONE_ENTRIES_MAX_DEFAULT`] of them). Reserves the finished
+    /// entries' ring ([`DONE_SLOT_BYTES`] and an index of 4 to 8 bytes per entry: 18 MB at
+    /// the default bound) without touching it: it takes no resident page until it is used
+    /// or [`prefault`](QuoteBook::prefault)ed.
     pub fn new(open_max: usize, done_ttl_ms: u64) -> QuoteBook {
         QuoteBook {
             entries: DashMap::new(),
@@ -320,17 +274,25 @@ impl QuoteBook {
             open_max,
             open_by_seller: Slots::with_len(0),
             done_ttl_ms,
-            done_max: DONE_ENTRIES_MAX_DEFAULT,
             expiries: Mutex::new(BinaryHeap::new()),
-            done_order: Mutex::new(VecDeque::new()),
+            done: Mutex::new(Finished::new(DONE_ENTRIES_MAX_DEFAULT)),
             strings: Strings(Interner::new(SHARED_STRINGS_MAX)),
         }
     }
 
-    /// Sets the most finished entries remembered (oldest are forgotten first).
+    /// Sets the most finished entries remembered (oldest are forgotten first; at most
+    /// 2^30): the ring is reserved again at that size, keeping the newest entries.
     pub fn with_done_max(mut self, done_max: usize) -> QuoteBook {
-        self.done_max = done_max;
+        let done = self.done.get_mut();
+        *done = std::mem::replace(done, Finished::new(0)).resized(done_max);
         self
+    }
+
+    /// Makes the finished entries' reserved memory resident now (writes every page of the
+    /// ring and its index, keeping what they hold), so the process's memory does not grow
+    /// as pings finish. For the binary at start; tests need not call it.
+    pub fn prefault(&self) {
+        self.done.lock().prefault();
     }
 
     /// Counts open quotes per seller for seller keys `0..seller_count` (see
@@ -381,18 +343,25 @@ impl QuoteBook {
         }
         let key = CompactId::new(&q.ping_id);
         let expiry = (q.expires_at, key.clone());
-        match self.entries.entry(key) {
-            MapEntry::Occupied(_) => {
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                self.seller_done(seller);
-                return Err(QuoteRefused::BookFull);
-            }
+        let inserted = match self.entries.entry(key) {
+            MapEntry::Occupied(_) => false,
             MapEntry::Vacant(v) => {
-                v.insert(Entry {
-                    seller: q.seller,
-                    state: State::Open(Box::new(KeptQuote::new(q, &self.strings))),
-                });
+                // Not open or posting; finished (in the ring) is as taken. The shard stays
+                // locked, so the ping cannot finish in between.
+                let finished = self.done.lock().contains(v.key());
+                if !finished {
+                    v.insert(Entry {
+                        seller: q.seller,
+                        state: State::Open(Box::new(KeptQuote::new(q, &self.strings))),
+                    });
+                }
+                !finished
             }
+        };
+        if !inserted {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.seller_done(seller);
+            return Err(QuoteRefused::BookFull);
         }
         self.expiries.lock().push(Reverse(expiry));
         Ok(())
@@ -401,63 +370,53 @@ impl QuoteBook {
     /// Starts the post of `ping_id` by `seller` at `now`. A quote is expired when `now >=
     /// expires_at`. Exactly one of any number of concurrent callers gets `Post`.
     pub fn begin_post(&self, ping_id: &str, seller: SellerKey, now: UnixMs) -> BeginPost {
-        let (out, finished) = {
-            let Some(mut e) = self.entries.get_mut(&CompactId::new(ping_id)) else {
-                return BeginPost::NotFound;
-            };
-            if e.seller != seller {
-                return BeginPost::NotFound;
-            }
-            let key = e.key().clone();
-            match std::mem::replace(&mut e.state, State::Posting) {
-                State::Posting => (BeginPost::InFlight, None),
-                State::Done { answer, at } => {
-                    let again = answer
-                        .as_deref()
-                        .map_or_else(|| expired_answer(ping_id), |a| a.answer(&key));
-                    e.state = State::Done { answer, at };
-                    (BeginPost::Done(again), None)
-                }
-                State::Open(mut q) if now >= q.expires_at => {
-                    let reservation = q.reservation.take();
-                    e.state = State::Done {
-                        answer: None,
-                        at: now,
-                    };
-                    (BeginPost::Expired(reservation), Some(key))
-                }
-                State::Open(q) => (BeginPost::Post(q.into_quote(&key, seller)), None),
+        let mut o = match self.entries.entry(CompactId::new(ping_id)) {
+            MapEntry::Occupied(o) => o,
+            MapEntry::Vacant(v) => {
+                // Not open or posting (the shard is let go first): finished, or unknown.
+                let key = v.into_key();
+                let kept = self.done.lock().get(&key, seller);
+                return match kept {
+                    None => BeginPost::NotFound,
+                    Some(Kept::Expired) => BeginPost::Done(expired_answer(ping_id)),
+                    Some(Kept::Answer(a)) => BeginPost::Done(a),
+                };
             }
         };
-        if let Some(key) = finished {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.seller_done(seller);
-            self.remember_done(vec![(now, key)]);
+        if o.get().seller != seller {
+            return BeginPost::NotFound;
         }
-        out
+        match std::mem::replace(&mut o.get_mut().state, State::Posting) {
+            State::Posting => BeginPost::InFlight,
+            State::Open(mut q) if now >= q.expires_at => {
+                let reservation = q.reservation.take();
+                // Into the ring before out of the map: a post in between waits for the shard.
+                self.done.lock().push(o.key(), seller, now, None);
+                o.remove();
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                self.seller_done(seller);
+                BeginPost::Expired(reservation)
+            }
+            State::Open(q) => BeginPost::Post(q.into_quote(o.key(), seller)),
+        }
     }
 
     /// Ends a post with its outcome (`Posting -> Done`); later posts get `answer` again.
     /// Returns false, changing nothing, if the ping was not posting (a first outcome is
     /// never replaced).
     pub fn finish(&self, ping_id: &str, answer: PostAnswer, now: UnixMs) -> bool {
-        let finished = match self.entries.get_mut(&CompactId::new(ping_id)) {
-            Some(mut e) if matches!(e.state, State::Posting) => {
-                let key = e.key().clone();
-                e.state = State::Done {
-                    answer: Some(Box::new(DoneAnswer::new(answer, &key, &self.strings))),
-                    at: now,
-                };
-                Some((e.seller, key))
-            }
-            _ => None,
-        };
-        let Some((seller, key)) = finished else {
+        let MapEntry::Occupied(o) = self.entries.entry(CompactId::new(ping_id)) else {
             return false;
         };
+        if !matches!(o.get().state, State::Posting) {
+            return false;
+        }
+        let seller = o.get().seller;
+        // Into the ring before out of the map: a post in between waits for the shard.
+        self.done.lock().push(o.key(), seller, now, Some(answer));
+        o.remove();
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.seller_done(seller);
-        self.remember_done(vec![(now, key)]);
         true
     }
 
@@ -477,18 +436,15 @@ impl QuoteBook {
         if now.saturating_sub(at) >= i64::try_from(self.done_ttl_ms).unwrap_or(i64::MAX) {
             return false;
         }
-        let key = CompactId::new(ping_id);
-        match self.entries.entry(key.clone()) {
-            MapEntry::Occupied(_) => return false,
-            MapEntry::Vacant(v) => {
-                let answer = answer.map(|a| Box::new(DoneAnswer::new(a, &key, &self.strings)));
-                v.insert(Entry {
-                    seller,
-                    state: State::Done { answer, at },
-                });
-            }
+        let MapEntry::Vacant(v) = self.entries.entry(CompactId::new(ping_id)) else {
+            return false;
+        };
+        // The shard stays locked: nobody inserts this ping in between.
+        let mut done = self.done.lock();
+        if done.contains(v.key()) {
+            return false;
         }
-        self.remember_done(vec![(at, key)]);
+        done.push(v.key(), seller, at, answer);
         true
     }
 
@@ -533,11 +489,11 @@ impl QuoteBook {
             if due.is_empty() {
                 break;
             }
-            let mut expired = Vec::new();
             for id in due {
-                let Some(mut e) = self.entries.get_mut(&id) else {
+                let MapEntry::Occupied(mut o) = self.entries.entry(id) else {
                     continue;
                 };
+                let e = o.get_mut();
                 let State::Open(q) = &mut e.state else {
                     continue;
                 };
@@ -545,56 +501,22 @@ impl QuoteBook {
                     continue;
                 }
                 reservations.extend(q.reservation.take());
-                e.state = State::Done {
-                    answer: None,
-                    at: now,
-                };
                 let seller = e.seller;
-                drop(e);
+                self.done.lock().push(o.key(), seller, now, None);
+                o.remove();
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 self.seller_done(seller);
-                expired.push((now, id));
             }
-            self.remember_done(expired);
         }
         let ttl_ms = i64::try_from(self.done_ttl_ms).unwrap_or(i64::MAX);
-        let old: Vec<Timed> = {
-            let mut order = self.done_order.lock();
-            let mut old = Vec::new();
-            while order
-                .front()
-                .is_some_and(|(at, _)| now.saturating_sub(*at) >= ttl_ms)
-            {
-                old.extend(order.pop_front());
+        loop {
+            // In chunks, so a large backlog never blocks a post for long.
+            let more = self.done.lock().forget_older(now, ttl_ms, SWEEP_CHUNK_MAX);
+            if !more {
+                break;
             }
-            old
-        };
-        self.forget(old);
+        }
         reservations
-    }
-
-    /// Records finished entries in order and forgets the oldest past `done_max`.
-    fn remember_done(&self, finished: Vec<Timed>) {
-        if finished.is_empty() {
-            return;
-        }
-        let over: Vec<Timed> = {
-            let mut order = self.done_order.lock();
-            order.extend(finished);
-            let excess = order.len().saturating_sub(self.done_max);
-            order.drain(..excess).collect()
-        };
-        self.forget(over);
-    }
-
-    /// Drops finished entries, each only if it is still the `Done` recorded at that time.
-    fn forget(&self, done: Vec<Timed>) {
-        for (at, id) in done {
-            self.entries.remove_if(
-                &id,
-                |_, e| matches!(e.state, State::Done { at: a, .. } if a == at),
-            );
-        }
     }
 
     /// Quotes open or posting (the `open_max` gauge).
@@ -604,12 +526,12 @@ impl QuoteBook {
 
     /// Every entry, finished ones included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.done.lock().len()
     }
 
     /// True when the book holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.done.lock().len() == 0
     }
 }
 
@@ -923,6 +845,485 @@ mod tests {
             });
             assert_eq!(posts.load(Ordering::Relaxed), 1);
             assert_eq!(in_flight.load(Ordering::Relaxed), 15);
+        }
+    }
+}
+
+/// The finished entries' ring seen through the book: the bound, the TTL, answers of every
+/// shape, races of a finish with posts, and a model of the whole state machine.
+#[cfg(test)]
+mod ring_tests {
+    use std::collections::{HashMap, VecDeque};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testutil::lead;
+
+    const T0: UnixMs = 1_700_000_000_000;
+
+    fn hex(prefix: &str, i: usize) -> String {
+        format!("{prefix}{i:032x}")
+    }
+
+    fn quote(id: &str, seller: u32, expires_at: UnixMs) -> Quote {
+        Quote {
+            ping_id: id.into(),
+            auction_id: format!("au_{id}"),
+            seller: SellerKey(seller),
+            vertical: 0,
+            vertical_name: "auto".into(),
+            lead: lead(r#"{"state":"TX","zip":"76180"}"#),
+            test: false,
+            price: Micros(12_500_000),
+            currency: "USD".into(),
+            expires_at,
+            auctioned_at: T0,
+            ranked: Vec::new(),
+            reservation: None,
+            score: Some(70),
+        }
+    }
+
+    /// A sale as the exchange answers it (fits a slot when `ping_id` is of its shape).
+    fn sold(ping_id: &str, i: usize) -> PostAnswer {
+        let mut a = PostAnswer::status_only(PostStatus::Sold, None);
+        a.ping_id = Some(ping_id.into());
+        a.lead_id = Some(hex("ld_", i));
+        a.price = Some(Micros(16_000_000 + i as i64));
+        a.currency = Some("USD".into());
+        a.buyer = Some(format!("Buyer {}", i % 3));
+        a
+    }
+
+    /// Answers of every shape: some fit a slot, some go whole to the side table.
+    fn answers(ping_id: &str) -> Vec<PostAnswer> {
+        let mut v = vec![
+            sold(ping_id, 7),
+            PostAnswer::status_only(PostStatus::Unsold, Some("all_buyers_rejected")),
+            PostAnswer::status_only(PostStatus::Suppressed, None),
+            PostAnswer::status_only(PostStatus::Duplicate, Some("")),
+        ];
+        let mut a = PostAnswer::status_only(PostStatus::Mismatch, Some("changed"));
+        a.ping_id = Some(ping_id.into());
+        a.changed_fields = vec!["zip".into(), "state".into()];
+        v.push(a);
+        let mut a = sold(ping_id, 8);
+        a.lead_id = Some("lead-42".into()); // not the exchange's shape
+        v.push(a);
+        let mut a = sold(ping_id, 9);
+        a.lead_id = Some(hex("xx_", 9)); // the shape, another prefix
+        v.push(a);
+        let mut a = sold(ping_id, 10);
+        a.ping_id = Some("another ping".into()); // not the key
+        v.push(a);
+        let mut a = sold(ping_id, 11);
+        a.buyer = Some("B".repeat(SHARED_STRING_LEN_MAX + 1)); // too long to share
+        a.price = Some(Micros(i64::MIN));
+        v.push(a);
+        let mut a = sold(ping_id, 12);
+        a.ping_id = None;
+        a.price = Some(Micros(-1));
+        a.reason = Some("ünïcode reason".into());
+        v.push(a);
+        v
+    }
+
+    fn post_and_finish(book: &QuoteBook, id: &str, seller: u32, answer: PostAnswer, now: UnixMs) {
+        book.insert(quote(id, seller, now + 60_000)).unwrap();
+        let BeginPost::Post(_) = book.begin_post(id, SellerKey(seller), now) else {
+            panic!("{id} not open")
+        };
+        assert!(book.finish(id, answer, now));
+    }
+
+    fn done(book: &QuoteBook, id: &str, seller: u32, now: UnixMs) -> Option<PostAnswer> {
+        match book.begin_post(id, SellerKey(seller), now) {
+            BeginPost::Done(a) => Some(a),
+            BeginPost::NotFound => None,
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_ring_wraps_at_the_bound() {
+        let book = QuoteBook::new(100, 1_000_000).with_done_max(5);
+        for i in 0..23 {
+            let id = hex("pg_", i);
+            post_and_finish(&book, &id, 0, sold(&id, i), T0 + i as i64);
+            assert_eq!(book.len(), (i + 1).min(5));
+        }
+        for i in 0..23 {
+            let id = hex("pg_", i);
+            let got = done(&book, &id, 0, T0 + 100);
+            if i < 18 {
+                assert_eq!(got, None, "{i} forgotten");
+            } else {
+                assert_eq!(got, Some(sold(&id, i)), "{i} kept");
+            }
+        }
+        // A forgotten id is free again (ids are unique only while remembered).
+        book.insert(quote(&hex("pg_", 0), 0, T0 + 60_000)).unwrap();
+        // A remembered one is not.
+        assert_eq!(
+            book.insert(quote(&hex("pg_", 22), 0, T0 + 60_000)),
+            Err(BookFull)
+        );
+        assert_eq!((book.open_count(), book.len()), (1, 6));
+    }
+
+    #[test]
+    fn the_ttl_forgets_the_oldest_first() {
+        let book = QuoteBook::new(100, 1_000);
+        for i in 0..6 {
+            let id = hex("pg_", i);
+            post_and_finish(&book, &id, 0, sold(&id, i), T0 + 100 * i as i64);
+        }
+        // Expired ones too (with a quote that expires at T0 + 250).
+        book.insert(quote("p-expired", 1, T0 + 250)).unwrap();
+        assert!(book.sweep(T0 + 250).is_empty());
+        assert_eq!((book.open_count(), book.len()), (0, 7));
+        book.sweep(T0 + 1_299); // 0, 100 and 200 are 1,000 old
+        for i in 0..6 {
+            let id = hex("pg_", i);
+            assert_eq!(done(&book, &id, 0, T0 + 1_299).is_some(), i >= 3, "{i}");
+        }
+        assert_eq!(
+            done(&book, "p-expired", 1, T0 + 1_299).map(|a| a.status),
+            Some(PostStatus::Expired)
+        );
+        book.sweep(T0 + 1_300);
+        assert_eq!(book.len(), 3);
+        book.sweep(T0 + 10_000);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn answers_of_every_shape_come_back_exactly() {
+        for id in [
+            hex("pg_", 1),
+            "seller-made id".to_string(),
+            hex("PG_", 2),
+            String::new(),
+        ] {
+            let all = answers(&id);
+            let book = QuoteBook::new(100, 1_000_000).with_done_max(all.len() * 2);
+            for (i, a) in all.iter().enumerate() {
+                let id = format!("{id}{i}");
+                post_and_finish(&book, &id, 3, a.clone(), T0);
+                // And restored, under another id.
+                assert!(book.restore_done(
+                    &format!("r{id}"),
+                    SellerKey(3),
+                    Some(a.clone()),
+                    T0,
+                    T0
+                ));
+            }
+            for (i, a) in all.iter().enumerate() {
+                let id = format!("{id}{i}");
+                assert_eq!(done(&book, &id, 3, T0).as_ref(), Some(a), "{id}");
+                assert_eq!(done(&book, &format!("r{id}"), 3, T0).as_ref(), Some(a));
+                assert_eq!(done(&book, &id, 4, T0), None);
+            }
+        }
+    }
+
+    #[test]
+    fn past_the_string_tables_bound_answers_stay_exact() {
+        let book = QuoteBook::new(SHARED_STRINGS_MAX + 200, 1_000_000)
+            .with_done_max(SHARED_STRINGS_MAX + 100);
+        let n = SHARED_STRINGS_MAX + 50;
+        for i in 0..n {
+            let id = hex("pg_", i);
+            let mut a = sold(&id, i);
+            a.buyer = Some(format!("buyer {i}"));
+            assert!(book.restore_done(&id, SellerKey(0), Some(a), T0, T0));
+        }
+        for i in (0..n).step_by(97).chain(n - 60..n) {
+            let id = hex("pg_", i);
+            let got = done(&book, &id, 0, T0).unwrap();
+            assert_eq!(got.buyer, Some(format!("buyer {i}")));
+            assert_eq!(got.lead_id, Some(hex("ld_", i)));
+        }
+    }
+
+    #[test]
+    fn prefault_keeps_every_entry() {
+        let book = QuoteBook::new(100, 1_000_000).with_done_max(20_000);
+        let all = answers(&hex("pg_", 0));
+        for (i, a) in all.iter().enumerate() {
+            assert!(book.restore_done(&hex("pg_", i), SellerKey(0), Some(a.clone()), T0, T0));
+        }
+        assert!(book.restore_done("odd id", SellerKey(1), None, T0, T0));
+        book.prefault();
+        book.prefault();
+        for (i, a) in all.iter().enumerate() {
+            assert_eq!(done(&book, &hex("pg_", i), 0, T0).as_ref(), Some(a));
+        }
+        assert_eq!(
+            done(&book, "odd id", 1, T0).map(|a| a.status),
+            Some(PostStatus::Expired)
+        );
+        assert_eq!(book.len(), all.len() + 1);
+        // A book with no room for finished entries prefaults nothing and remembers none.
+        let none = QuoteBook::new(10, 1_000).with_done_max(0);
+        none.prefault();
+        post_and_finish(&none, "p", 0, sold("p", 0), T0);
+        assert_eq!(done(&none, "p", 0, T0), None);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_post_racing_the_finish_finds_the_entry_open_or_finished() {
+        for round in 0..20 {
+            let book = QuoteBook::new(10, 1_000);
+            let id = hex("pg_", round);
+            book.insert(quote(&id, 0, T0 + 60_000)).unwrap();
+            let BeginPost::Post(_) = book.begin_post(&id, SellerKey(0), T0) else {
+                panic!()
+            };
+            let finished = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| loop {
+                        let seen_finished = finished.load(Ordering::Acquire);
+                        match book.begin_post(&id, SellerKey(0), T0) {
+                            BeginPost::InFlight => assert!(!seen_finished),
+                            BeginPost::Done(a) => {
+                                assert_eq!(a, sold(&id, round));
+                                break;
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                    });
+                }
+                assert!(book.finish(&id, sold(&id, round), T0 + 1));
+                finished.store(true, Ordering::Release);
+            });
+            // Expiry races the same way: one caller expires it, the others see it done.
+            let id = hex("pg_", 1_000 + round);
+            book.insert(quote(&id, 0, T0)).unwrap();
+            let expired = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| match book.begin_post(&id, SellerKey(0), T0) {
+                        BeginPost::Expired(None) => {
+                            expired.fetch_add(1, Ordering::Relaxed);
+                        }
+                        BeginPost::Done(a) => assert_eq!(a.status, PostStatus::Expired),
+                        other => panic!("{other:?}"),
+                    });
+                }
+            });
+            assert_eq!(expired.load(Ordering::Relaxed), 1);
+            assert_eq!((book.open_count(), book.len()), (0, 2));
+        }
+    }
+
+    /// The model: what the book should answer, kept the plain way.
+    #[derive(Debug, Clone)]
+    enum M {
+        Open(u32, UnixMs),
+        Posting(u32, UnixMs),
+        Done(u32, Option<PostAnswer>, UnixMs),
+    }
+
+    #[derive(Debug, Default)]
+    struct Model {
+        by_id: HashMap<String, M>,
+        /// Finished ids, oldest first.
+        order: VecDeque<String>,
+    }
+
+    impl Model {
+        fn finish(
+            &mut self,
+            id: &str,
+            seller: u32,
+            answer: Option<PostAnswer>,
+            at: UnixMs,
+            max: usize,
+        ) {
+            self.by_id
+                .insert(id.to_string(), M::Done(seller, answer, at));
+            self.order.push_back(id.to_string());
+            while self.order.len() > max {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+
+        fn open(&self) -> usize {
+            self.by_id
+                .values()
+                .filter(|m| !matches!(m, M::Done(..)))
+                .count()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(usize, u32, i64),
+        Post(usize, u32),
+        Finish(usize, usize),
+        Abandon(usize),
+        Restore(usize, u32, Option<usize>, i64),
+        Sweep,
+        Wait(i64),
+    }
+
+    const IDS: usize = 10;
+
+    fn ping(i: usize) -> String {
+        if i.is_multiple_of(3) {
+            format!("p{i}")
+        } else {
+            hex("pg_", i * 1_000_003)
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..IDS, 0..2u32, 0..30i64).prop_map(|(i, s, e)| Op::Insert(i, s, e)),
+            4 => (0..IDS, 0..2u32).prop_map(|(i, s)| Op::Post(i, s)),
+            3 => (0..IDS, 0..12usize).prop_map(|(i, a)| Op::Finish(i, a)),
+            1 => (0..IDS).prop_map(Op::Abandon),
+            1 => (0..IDS, 0..2u32, proptest::option::of(0..12usize), 0..60i64)
+                .prop_map(|(i, s, a, age)| Op::Restore(i, s, a, age)),
+            2 => Just(Op::Sweep),
+            2 => (1..25i64).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Over random sequences the book answers as the model does, and counts as it does.
+        #[test]
+        fn the_book_follows_the_model(
+            done_max in 0..6usize,
+            ttl in 1..50u64,
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let book = QuoteBook::new(6, ttl).with_done_max(done_max);
+            let ttl = ttl as i64;
+            let mut model = Model::default();
+            let mut held: HashMap<String, Quote> = HashMap::new();
+            let mut now = T0;
+            for op in ops {
+                match op {
+                    Op::Insert(i, seller, expires_in) => {
+                        let id = ping(i);
+                        let ok = !model.by_id.contains_key(&id) && model.open() < 6;
+                        let got = book.insert(quote(&id, seller, now + expires_in));
+                        prop_assert_eq!(got.is_ok(), ok, "insert {}", id);
+                        if ok {
+                            model.by_id.insert(id, M::Open(seller, now + expires_in));
+                        }
+                    }
+                    Op::Post(i, seller) => {
+                        let id = ping(i);
+                        let got = book.begin_post(&id, SellerKey(seller), now);
+                        match model.by_id.get(&id).cloned() {
+                            Some(M::Open(s, exp)) if s == seller && now >= exp => {
+                                prop_assert!(matches!(got, BeginPost::Expired(None)), "{:?}", got);
+                                model.finish(&id, s, None, now, done_max);
+                            }
+                            Some(M::Open(s, exp)) if s == seller => {
+                                let BeginPost::Post(q) = got else {
+                                    return Err(TestCaseError::fail(format!("{got:?}")));
+                                };
+                                prop_assert_eq!(&q.ping_id, &id);
+                                prop_assert_eq!(q.expires_at, exp);
+                                held.insert(id.clone(), q);
+                                model.by_id.insert(id, M::Posting(s, exp));
+                            }
+                            Some(M::Posting(s, _)) if s == seller => {
+                                prop_assert!(matches!(got, BeginPost::InFlight), "{:?}", got);
+                            }
+                            Some(M::Done(s, a, _)) if s == seller => {
+                                let want = a.unwrap_or_else(|| expired_answer(&id));
+                                let BeginPost::Done(a) = got else {
+                                    return Err(TestCaseError::fail(format!("{got:?}")));
+                                };
+                                prop_assert_eq!(a, want);
+                            }
+                            _ => prop_assert!(matches!(got, BeginPost::NotFound), "{:?}", got),
+                        }
+                    }
+                    Op::Finish(i, a) => {
+                        let id = ping(i);
+                        let answer = answers(&id)[a % 10].clone();
+                        let posting = match model.by_id.get(&id) {
+                            Some(M::Posting(s, _)) => Some(*s),
+                            _ => None,
+                        };
+                        prop_assert_eq!(book.finish(&id, answer.clone(), now), posting.is_some());
+                        if let Some(s) = posting {
+                            held.remove(&id);
+                            model.finish(&id, s, Some(answer), now, done_max);
+                        }
+                    }
+                    Op::Abandon(i) => {
+                        let id = ping(i);
+                        match held.remove(&id) {
+                            Some(q) => {
+                                prop_assert!(book.abandon(&id, q).is_none());
+                                if let Some(M::Posting(s, exp)) = model.by_id.get(&id).cloned() {
+                                    model.by_id.insert(id, M::Open(s, exp));
+                                }
+                            }
+                            None => {
+                                prop_assert!(book.abandon(&id, quote(&id, 0, now)).is_some());
+                            }
+                        }
+                    }
+                    Op::Restore(i, seller, a, age) => {
+                        let id = ping(i);
+                        let answer = a.map(|a| answers(&id)[a % 10].clone());
+                        let ok = age < ttl && !model.by_id.contains_key(&id);
+                        prop_assert_eq!(
+                            book.restore_done(&id, SellerKey(seller), answer.clone(), now - age, now),
+                            ok
+                        );
+                        if ok {
+                            model.finish(&id, seller, answer, now - age, done_max);
+                        }
+                    }
+                    Op::Sweep => {
+                        prop_assert!(book.sweep(now).is_empty());
+                        // Due quotes expire in the order of the expiry heap.
+                        let mut due: Vec<(UnixMs, CompactId, String, u32)> = model
+                            .by_id
+                            .iter()
+                            .filter_map(|(id, m)| match m {
+                                M::Open(s, exp) if *exp <= now => {
+                                    Some((*exp, CompactId::new(id), id.clone(), *s))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        due.sort();
+                        for (_, _, id, s) in due {
+                            model.finish(&id, s, None, now, done_max);
+                        }
+                        while let Some(old) = model.order.front() {
+                            match model.by_id.get(old) {
+                                Some(M::Done(_, _, at)) if now - at >= ttl => {
+                                    model.by_id.remove(old);
+                                    model.order.pop_front();
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                    Op::Wait(ms) => now += ms,
+                }
+                prop_assert_eq!(book.open_count(), model.open());
+                prop_assert_eq!(book.len(), model.by_id.len());
+            }
         }
     }
 }
