@@ -14,6 +14,18 @@
 //! refunded: nothing was paid). A repeat, or a second request for the same (lead, outcome) while the first is
 //! still being written, is `409 conflict` and changes nothing.
 //!
+//! Memory (P10): the index's memory is reserved once, when it is made, and never grows
+//! with sales: a ring of `server.sold_leads_max` 64-byte slots (a sale's ids as their 16
+//! raw bytes, its prices, time, outcomes and buyer key packed, its names as the number of
+//! a shared set) and an open-addressing index of `u32` slot numbers (a power of two at
+//! least twice the bound, 4 bytes a slot: 8.4 more bytes a sale at 1,000,000), and a fixed
+//! 1.2 MB for the shared name sets: 73.6 MB at the default 1,000,000 (measured by
+//! `exchange/tests/sold_memory.rs`). All of it is zeroed memory, so a
+//! page is resident once written or [`SoldLeads::prefault`]ed. What does not fit a slot
+//! (ids of another shape, names past the shared sets' bound, a margin that is not
+//! `bid - seller_price`) is kept by slot in a side table, freed with the slot, so the
+//! answers never depend on it.
+//!
 //! Architecture invariant: the index names a lead's buyer by its stable [`BuyerKey`]
 //! (and id), never by a position in one configuration, so a reload that reorders buyers
 //! cannot hand a lead to another buyer.
@@ -21,15 +33,14 @@
 //! Never: stores or logs free text from a buyer: `reason` is a short code of letters,
 //! digits (at most [`REASON_DIGITS_MAX`]), `_`, `-` and `.`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 use parking_lot::Mutex;
 use proto::json::{parse_value, ObjectReader};
 use proto::{ApiError, ErrorCode, FieldProblem};
 
 use crate::config::BuyerKey;
-use crate::core::compact::{CompactId, Interner};
 use crate::core::UnixMs;
 
 /// The outcomes a buyer may report, in the order of their bit in [`SoldLead`].
@@ -55,6 +66,8 @@ pub const REASON_DIGITS_MAX: usize = 4;
 pub const DISPOSITIONS_PER_BUYER_PER_S: u32 = 100;
 /// One day in milliseconds (the return window is in whole days).
 pub const DAY_MS: i64 = 86_400_000;
+/// Most sales a [`SoldLeads`] keeps (the bound of `server.sold_leads_max`).
+pub const SOLD_LEADS_MAX_LIMIT: usize = 10_000_000;
 
 /// A parsed disposition body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,144 +247,465 @@ pub enum Claim {
 }
 
 /// A sale's names: buyer, seller, vertical, currency.
-type SaleNames = [Arc<str>; 4];
+type SaleNames = [Box<str>; 4];
 
-/// A sold lead as the index keeps it (P10: up to `server.sold_leads_max` of them): its
-/// names shared with every sale of the same buyer, seller, vertical and currency (one
-/// pointer), the auction id inline. [`KeptSale::lead`] gives the [`SoldLead`] back.
-#[derive(Debug)]
-struct KeptSale {
+/// One remembered sale in the ring (P10: `server.sold_leads_max` of them, reserved at
+/// start): eight words, 64 bytes, no pointer.
+///
+/// | word | holds |
+/// |---|---|
+/// | 0, 1 | the lead id's 16 bytes (`ld_` and 32 lower-case hex digits), else 0 and [`LEAD_OTHER`] |
+/// | 2, 3 | the auction id's 16 bytes (`au_` and 32 hex digits), else 0 and [`Side::auction_id`] |
+/// | 4 | `bid_micros` |
+/// | 5 | `seller_price_micros` (`margin_micros` is `bid - seller_price`, saturating, unless [`Side::margin_micros`]) |
+/// | 6 | `sold_at` (48 bits, two's complement, else [`Side::sold_at`]), `seen` (bits 48-55), `pending` (56-63) |
+/// | 7 | the buyer key (bits 0-31, [`NO_BUYER_KEY`] for none), the name set (32-55, [`NO_NAME_SET`]: in the side table), flags (56-63) |
+type Slot = [u64; 8];
+const _: () = assert!(std::mem::size_of::<Slot>() <= 64);
+
+const W_LEAD: usize = 0;
+const W_AUCTION: usize = 2;
+const W_BID: usize = 4;
+const W_SELLER_PRICE: usize = 5;
+const W_TIME: usize = 6;
+const W_KEYS: usize = 7;
+
+/// Bits of `sold_at` in [`W_TIME`].
+const TIME_BITS: u32 = 48;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+const SEEN_SHIFT: u32 = 48;
+const PENDING_SHIFT: u32 = 56;
+/// The buyer key word's "no key" (a key of this value goes to the side table).
+const NO_BUYER_KEY: u32 = u32::MAX;
+const NAME_SET_SHIFT: u32 = 32;
+/// The name set field's "in the side table".
+const NO_NAME_SET: u32 = (1 << 24) - 1;
+const FLAG_REFUNDED: u64 = 1 << 56;
+const FLAG_TEST: u64 = 1 << 57;
+/// The lead id is not of the exchange's shape: it is [`Side::lead_id`].
+const LEAD_OTHER: u64 = 1 << 58;
+/// The slot has an entry in the side table.
+const FLAG_SIDE: u64 = 1 << 59;
+
+/// What does not fit a [`Slot`] (rare: ids of another shape, names past the name-set
+/// table's bound, a margin that is not `bid - seller_price`, a time past 48 bits, a buyer
+/// key of [`NO_BUYER_KEY`]), by slot; freed when the slot is reused, so at most one per
+/// slot.
+#[derive(Debug, Default)]
+struct Side {
+    lead_id: Option<Box<str>>,
+    auction_id: Option<Box<str>>,
+    names: Option<Box<SaleNames>>,
+    margin_micros: Option<i64>,
+    sold_at: Option<UnixMs>,
     buyer_key: Option<BuyerKey>,
-    names: Arc<SaleNames>,
-    auction_id: CompactId,
-    bid_micros: i64,
-    seller_price_micros: i64,
-    margin_micros: i64,
-    sold_at: UnixMs,
-    test: bool,
-    seen: u8,
-    pending: u8,
-    refunded: bool,
 }
 
-/// Names, and combinations of them, the index shares at most (past it they are copied).
-const SHARED_NAMES_MAX: usize = 16_384;
+/// Name sets (buyer, seller, vertical, currency) the index shares at most (past it a
+/// sale keeps its own copy in the side table).
+const NAME_SETS_MAX: usize = 16_384;
 /// Longest name the index shares.
 const SHARED_NAME_LEN_MAX: usize = 128;
 
-/// The shared names of the index (bounded: past the bound a sale gets its own copy).
-#[derive(Debug)]
-struct Names {
-    strings: Interner,
-    sets: HashSet<Arc<SaleNames>>,
+/// Bytes of a memory page (what [`SoldLeads::prefault`] steps by).
+const PAGE_BYTES: usize = 4096;
+
+/// `s` as the 16 bytes its hex digits spell, when it is `prefix` and 32 lower-case hex
+/// digits (the exchange's own shape, as [`crate::core::compact::CompactId`] reads it).
+fn raw_id(s: &str, prefix: &str) -> Option<[u64; 2]> {
+    let digits = s.strip_prefix(prefix)?.as_bytes();
+    if digits.len() != 32 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(u64::from(c - b'0')),
+        b'a'..=b'f' => Some(u64::from(c - b'a' + 10)),
+        _ => None,
+    };
+    let mut words = [0u64; 2];
+    for (w, half) in words.iter_mut().zip(digits.chunks_exact(16)) {
+        for &c in half {
+            *w = (*w << 4) | nibble(c)?;
+        }
+    }
+    Some(words)
 }
 
-impl Names {
-    fn share(&mut self, l: &SoldLead) -> Arc<SaleNames> {
-        let one = |s: &str| {
-            if s.len() <= SHARED_NAME_LEN_MAX {
-                self.strings.intern(s)
-            } else {
-                Arc::from(s)
+/// The id `prefix` and the hex digits of `raw` spell (the inverse of [`raw_id`]).
+fn id_of(prefix: &str, raw: [u64; 2]) -> String {
+    format!("{prefix}{:016x}{:016x}", raw[0], raw[1])
+}
+
+/// A lead id as the index looks it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Hex([u64; 2]),
+    Other(&'a str),
+}
+
+impl Key<'_> {
+    fn of(lead_id: &str) -> Key<'_> {
+        raw_id(lead_id, "ld_").map_or(Key::Other(lead_id), Key::Hex)
+    }
+}
+
+/// `2 x n` rounded up to a power of two: an open-addressing table for `n` entries that is
+/// at most half full.
+fn table_len(n: usize) -> usize {
+    n.saturating_mul(2).next_power_of_two()
+}
+
+/// Name sets, each kept once and numbered (bounded by [`NAME_SETS_MAX`]; never
+/// forgotten).
+struct NameSets {
+    sets: Vec<SaleNames>,
+    /// By hash, linear probing: 0 is empty, else the set's number + 1.
+    index: Box<[u32]>,
+    hasher: RandomState,
+}
+
+impl NameSets {
+    fn new() -> NameSets {
+        NameSets {
+            sets: Vec::with_capacity(NAME_SETS_MAX),
+            index: vec![0u32; table_len(NAME_SETS_MAX)].into_boxed_slice(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The number of the set `names`, numbering it if it is new and the bound allows.
+    fn share(&mut self, names: [&str; 4]) -> Option<u32> {
+        if names.iter().any(|n| n.len() > SHARED_NAME_LEN_MAX) {
+            return None;
+        }
+        let mask = self.index.len() - 1;
+        let mut i = (self.hasher.hash_one(names) as usize) & mask;
+        loop {
+            match self.index[i] {
+                0 => break,
+                e => {
+                    let set = &self.sets[e as usize - 1];
+                    if set.iter().zip(names).all(|(a, b)| &**a == b) {
+                        return Some(e - 1);
+                    }
+                }
             }
-        };
-        let set = [
-            one(&l.buyer),
-            one(&l.seller),
-            one(&l.vertical),
-            one(&l.currency),
-        ];
-        if let Some(shared) = self.sets.get(&set) {
-            return Arc::clone(shared);
+            i = (i + 1) & mask;
         }
-        let set = Arc::new(set);
-        if self.sets.len() < SHARED_NAMES_MAX {
-            self.sets.insert(Arc::clone(&set));
+        if self.sets.len() >= NAME_SETS_MAX {
+            return None;
         }
-        set
+        self.sets.push(names.map(Box::from));
+        let n = self.sets.len() as u32;
+        self.index[i] = n;
+        Some(n - 1)
     }
 }
 
-impl KeptSale {
-    fn new(l: SoldLead, names: &mut Names) -> KeptSale {
-        KeptSale {
-            buyer_key: l.buyer_key,
-            names: names.share(&l),
-            auction_id: CompactId::new(&l.auction_id),
-            bid_micros: l.bid_micros,
-            seller_price_micros: l.seller_price_micros,
-            margin_micros: l.margin_micros,
-            sold_at: l.sold_at,
-            test: l.test,
-            seen: l.seen,
-            pending: l.pending,
-            refunded: l.refunded,
+/// The ring of sales and its index, all reserved when the index is made.
+struct Inner {
+    /// `max` slots; sales are written in turn, the oldest overwritten first.
+    slots: Box<[Slot]>,
+    /// By lead id, linear probing, at most half full: 0 is empty, else slot + 1.
+    index: Box<[u32]>,
+    hasher: RandomState,
+    /// The slot the next sale is written to (the oldest sale's once the ring is full).
+    next: usize,
+    len: usize,
+    names: NameSets,
+    side: HashMap<u32, Side>,
+}
+
+impl Inner {
+    fn new(max: usize) -> Inner {
+        // Zeroed memory (`calloc`): pages nobody touched cost nothing until used.
+        Inner {
+            slots: vec![[0u64; 8]; max].into_boxed_slice(),
+            index: vec![0u32; table_len(max)].into_boxed_slice(),
+            hasher: RandomState::new(),
+            next: 0,
+            len: 0,
+            names: NameSets::new(),
+            side: HashMap::new(),
         }
     }
 
-    fn lead(&self) -> SoldLead {
-        let [buyer, seller, vertical, currency] = &*self.names;
+    fn side(&self, slot: usize) -> Option<&Side> {
+        if self.slots[slot][W_KEYS] & FLAG_SIDE == 0 {
+            return None;
+        }
+        self.side.get(&(slot as u32))
+    }
+
+    /// The lead id of a slot in use.
+    fn key(&self, slot: usize) -> Key<'_> {
+        let s = &self.slots[slot];
+        if s[W_KEYS] & LEAD_OTHER == 0 {
+            return Key::Hex([s[W_LEAD], s[W_LEAD + 1]]);
+        }
+        Key::Other(
+            self.side(slot)
+                .and_then(|x| x.lead_id.as_deref())
+                .unwrap_or(""),
+        )
+    }
+
+    fn home(&self, key: Key<'_>) -> usize {
+        (self.hasher.hash_one(key) as usize) & (self.index.len() - 1)
+    }
+
+    /// The slot of `key`, if remembered.
+    fn find(&self, key: Key<'_>) -> Option<usize> {
+        let mask = self.index.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            match self.index[i] {
+                0 => return None,
+                e if self.key(e as usize - 1) == key => return Some(e as usize - 1),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Takes `slot` out of the index (backward-shift deletion: the entries after it in
+    /// its run move back, so every entry stays reachable from its home without markers).
+    fn unindex(&mut self, slot: usize) {
+        let mask = self.index.len() - 1;
+        let mut hole = self.home(self.key(slot));
+        while self.index[hole] as usize != slot + 1 {
+            if self.index[hole] == 0 {
+                return; // not indexed (never: every slot in use is)
+            }
+            hole = (hole + 1) & mask;
+        }
+        let mut j = hole;
+        loop {
+            self.index[hole] = 0;
+            loop {
+                j = (j + 1) & mask;
+                let e = self.index[j];
+                if e == 0 {
+                    return;
+                }
+                let home = self.home(self.key(e as usize - 1));
+                // The entry at `j` stays when its home is cyclically in (hole, j].
+                let stays = if hole <= j {
+                    hole < home && home <= j
+                } else {
+                    hole < home || home <= j
+                };
+                if !stays {
+                    self.index[hole] = e;
+                    hole = j;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn index_at(&mut self, key: Key<'_>, slot: usize) {
+        let mask = self.index.len() - 1;
+        let mut i = self.home(key);
+        while self.index[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.index[i] = slot as u32 + 1;
+    }
+
+    /// Writes `l` (lead `lead_id`) into `slot`, which holds nothing.
+    fn write(&mut self, slot: usize, lead_id: &str, l: &SoldLead) {
+        let mut side = Side::default();
+        let mut keys = 0u64;
+        let lead = raw_id(lead_id, "ld_").unwrap_or_else(|| {
+            side.lead_id = Some(lead_id.into());
+            keys |= LEAD_OTHER;
+            [0; 2]
+        });
+        let auction = raw_id(&l.auction_id, "au_").unwrap_or_else(|| {
+            side.auction_id = Some(l.auction_id.as_str().into());
+            [0; 2]
+        });
+        if l.margin_micros != l.bid_micros.saturating_sub(l.seller_price_micros) {
+            side.margin_micros = Some(l.margin_micros);
+        }
+        let time = if (l.sold_at << (64 - TIME_BITS)) >> (64 - TIME_BITS) == l.sold_at {
+            l.sold_at as u64 & TIME_MASK
+        } else {
+            side.sold_at = Some(l.sold_at);
+            0
+        };
+        let buyer_key = match l.buyer_key {
+            Some(BuyerKey(k)) if k != NO_BUYER_KEY => k,
+            Some(k) => {
+                side.buyer_key = Some(k);
+                NO_BUYER_KEY
+            }
+            None => NO_BUYER_KEY,
+        };
+        let names = [&*l.buyer, &*l.seller, &*l.vertical, &*l.currency];
+        let set = self.names.share(names).unwrap_or_else(|| {
+            side.names = Some(Box::new(names.map(Box::from)));
+            NO_NAME_SET
+        });
+        keys |= u64::from(buyer_key) | (u64::from(set) << NAME_SET_SHIFT);
+        if l.refunded {
+            keys |= FLAG_REFUNDED;
+        }
+        if l.test {
+            keys |= FLAG_TEST;
+        }
+        let has_side = side.lead_id.is_some()
+            || side.auction_id.is_some()
+            || side.names.is_some()
+            || side.margin_micros.is_some()
+            || side.sold_at.is_some()
+            || side.buyer_key.is_some();
+        if has_side {
+            keys |= FLAG_SIDE;
+            self.side.insert(slot as u32, side);
+        }
+        self.slots[slot] = [
+            lead[0],
+            lead[1],
+            auction[0],
+            auction[1],
+            l.bid_micros as u64,
+            l.seller_price_micros as u64,
+            time | (u64::from(l.seen) << SEEN_SHIFT) | (u64::from(l.pending) << PENDING_SHIFT),
+            keys,
+        ];
+    }
+
+    fn buyer_key(&self, slot: usize) -> Option<BuyerKey> {
+        match self.slots[slot][W_KEYS] as u32 {
+            NO_BUYER_KEY => self.side(slot).and_then(|x| x.buyer_key),
+            k => Some(BuyerKey(k)),
+        }
+    }
+
+    fn names(&self, slot: usize) -> &SaleNames {
+        let set = (self.slots[slot][W_KEYS] >> NAME_SET_SHIFT) as u32 & NO_NAME_SET;
+        match self.side(slot).and_then(|x| x.names.as_deref()) {
+            Some(own) if set == NO_NAME_SET => own,
+            _ => &self.names.sets[set as usize],
+        }
+    }
+
+    /// Was the lead in `slot` sold to this buyer? (As [`SoldLead::sold_to`].)
+    fn sold_to(&self, slot: usize, key: BuyerKey, id: &str) -> bool {
+        match self.buyer_key(slot) {
+            Some(k) => k == key,
+            None => &*self.names(slot)[0] == id,
+        }
+    }
+
+    /// The sale in `slot`, as it was put in (with its outcomes since).
+    fn lead(&self, slot: usize) -> SoldLead {
+        let s = &self.slots[slot];
+        let side = self.side(slot);
+        let [buyer, seller, vertical, currency] = self.names(slot);
+        let bid_micros = s[W_BID] as i64;
+        let seller_price_micros = s[W_SELLER_PRICE] as i64;
         SoldLead {
-            buyer_key: self.buyer_key,
+            buyer_key: self.buyer_key(slot),
             buyer: buyer.to_string(),
             seller: seller.to_string(),
             vertical: vertical.to_string(),
-            auction_id: self.auction_id.to_string_exact(),
+            auction_id: match side.and_then(|x| x.auction_id.as_deref()) {
+                Some(other) => other.to_string(),
+                None => id_of("au_", [s[W_AUCTION], s[W_AUCTION + 1]]),
+            },
             currency: currency.to_string(),
-            bid_micros: self.bid_micros,
-            seller_price_micros: self.seller_price_micros,
-            margin_micros: self.margin_micros,
-            sold_at: self.sold_at,
-            test: self.test,
-            seen: self.seen,
-            pending: self.pending,
-            refunded: self.refunded,
+            bid_micros,
+            seller_price_micros,
+            margin_micros: side
+                .and_then(|x| x.margin_micros)
+                .unwrap_or(bid_micros.saturating_sub(seller_price_micros)),
+            sold_at: side
+                .and_then(|x| x.sold_at)
+                .unwrap_or(((s[W_TIME] << (64 - TIME_BITS)) as i64) >> (64 - TIME_BITS)),
+            test: s[W_KEYS] & FLAG_TEST != 0,
+            seen: (s[W_TIME] >> SEEN_SHIFT) as u8,
+            pending: (s[W_TIME] >> PENDING_SHIFT) as u8,
+            refunded: s[W_KEYS] & FLAG_REFUNDED != 0,
         }
     }
 
-    /// Was the lead sold to this buyer? (As [`SoldLead::sold_to`].)
-    fn sold_to(&self, key: BuyerKey, id: &str) -> bool {
-        match self.buyer_key {
-            Some(k) => k == key,
-            None => &*self.names[0] == id,
-        }
+    fn seen(&self, slot: usize) -> u8 {
+        (self.slots[slot][W_TIME] >> SEEN_SHIFT) as u8
+    }
+
+    fn pending(&self, slot: usize) -> u8 {
+        (self.slots[slot][W_TIME] >> PENDING_SHIFT) as u8
+    }
+
+    fn set_seen(&mut self, slot: usize, seen: u8) {
+        let w = &mut self.slots[slot][W_TIME];
+        *w = (*w & !(0xff << SEEN_SHIFT)) | (u64::from(seen) << SEEN_SHIFT);
+    }
+
+    fn set_pending(&mut self, slot: usize, pending: u8) {
+        let w = &mut self.slots[slot][W_TIME];
+        *w = (*w & !(0xff << PENDING_SHIFT)) | (u64::from(pending) << PENDING_SHIFT);
+    }
+
+    fn set_refunded(&mut self, slot: usize) {
+        self.slots[slot][W_KEYS] |= FLAG_REFUNDED;
     }
 }
 
-#[derive(Debug)]
-struct Inner {
-    /// By lead id (inline for the exchange's own `ld_` ids).
-    leads: HashMap<CompactId, KeptSale>,
-    /// Lead ids in the order they were sold (the oldest is forgotten first).
-    order: VecDeque<CompactId>,
-    names: Names,
-}
-
-/// The sold-lead index: by `lead_id`, bounded (oldest sale forgotten first).
-#[derive(Debug)]
+/// The sold-lead index: by `lead_id`, bounded (oldest sale forgotten first). Its ring of
+/// `max` 64-byte slots and its index (`u32` slot numbers, a power of two at least twice
+/// `max`) are reserved when it is made, zeroed, so pages cost memory only once written
+/// (or [`SoldLeads::prefault`]ed); a sale allocates nothing, except in the rare cases
+/// [`Side`] lists.
 pub struct SoldLeads {
     inner: Mutex<Inner>,
     max: usize,
 }
 
+impl std::fmt::Debug for SoldLeads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoldLeads")
+            .field("len", &self.len())
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SoldLeads {
+    /// An index for at most `max` sales (at least 1, at most [`SOLD_LEADS_MAX_LIMIT`]):
+    /// about `64 x max + 4 x table_len` bytes of address space, resident as they are used.
     pub fn new(max: usize) -> SoldLeads {
+        let max = max.clamp(1, SOLD_LEADS_MAX_LIMIT);
         SoldLeads {
-            inner: Mutex::new(Inner {
-                leads: HashMap::new(),
-                order: VecDeque::new(),
-                names: Names {
-                    strings: Interner::new(SHARED_NAMES_MAX),
-                    sets: HashSet::new(),
-                },
-            }),
-            max: max.max(1),
+            inner: Mutex::new(Inner::new(max)),
+            max,
         }
+    }
+
+    /// Makes every page of the ring and of the indexes resident now (written once), so
+    /// the index's memory is taken at start rather than as sales come in. Keeps every
+    /// sale.
+    pub fn prefault(&self) {
+        fn touch<T: Copy>(table: &mut [T]) {
+            let step = (PAGE_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+            let last = table.len().checked_sub(1);
+            for i in (0..table.len()).step_by(step).chain(last) {
+                // The same value, written through an opaque copy: the write happens.
+                table[i] = std::hint::black_box(table[i]);
+            }
+        }
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        touch(&mut g.slots);
+        touch(&mut g.index);
+        touch(&mut g.names.index);
     }
 
     /// How many leads are remembered.
     pub fn len(&self) -> usize {
-        self.inner.lock().leads.len()
+        self.inner.lock().len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -380,30 +714,28 @@ impl SoldLeads {
 
     /// The lead's entry (a copy), if remembered.
     pub fn get(&self, lead_id: &str) -> Option<SoldLead> {
-        self.inner
-            .lock()
-            .leads
-            .get(&CompactId::new(lead_id))
-            .map(KeptSale::lead)
+        let g = self.inner.lock();
+        g.find(Key::of(lead_id)).map(|slot| g.lead(slot))
     }
 
     /// Remembers a sale, forgetting the oldest past the bound. A lead sold twice (never
     /// in a consistent ledger) keeps its first sale.
     pub fn insert(&self, lead_id: &str, lead: SoldLead) {
-        let id = CompactId::new(lead_id);
+        let key = Key::of(lead_id);
         let mut g = self.inner.lock();
-        if g.leads.contains_key(&id) {
+        if g.find(key).is_some() {
             return;
         }
-        while g.leads.len() >= self.max {
-            let Some(old) = g.order.pop_front() else {
-                break;
-            };
-            g.leads.remove(&old);
+        let slot = g.next;
+        if g.len >= self.max {
+            g.unindex(slot);
+            g.side.remove(&(slot as u32));
+        } else {
+            g.len += 1;
         }
-        let kept = KeptSale::new(lead, &mut g.names);
-        g.order.push_back(id.clone());
-        g.leads.insert(id, kept);
+        g.write(slot, lead_id, &lead);
+        g.index_at(key, slot);
+        g.next = (slot + 1) % self.max;
     }
 
     /// Claims (lead, outcome) for `buyer`: on success the outcome is pending until
@@ -411,20 +743,21 @@ impl SoldLeads {
     pub fn claim(&self, lead_id: &str, buyer: BuyerKey, buyer_id: &str, outcome: usize) -> Claim {
         let bit = 1u8 << outcome;
         let mut g = self.inner.lock();
-        let Some(lead) = g.leads.get_mut(&CompactId::new(lead_id)) else {
+        let Some(slot) = g.find(Key::of(lead_id)) else {
             return Claim::NotFound;
         };
-        if !lead.sold_to(buyer, buyer_id) {
+        if !g.sold_to(slot, buyer, buyer_id) {
             return Claim::Forbidden;
         }
-        if lead.seen & bit != 0 {
+        if g.seen(slot) & bit != 0 {
             return Claim::Repeat;
         }
-        if lead.pending & bit != 0 {
+        let pending = g.pending(slot);
+        if pending & bit != 0 {
             return Claim::InFlight;
         }
-        lead.pending |= bit;
-        Claim::Claimed(lead.lead())
+        g.set_pending(slot, pending | bit);
+        Claim::Claimed(g.lead(slot))
     }
 
     /// Ends a claim: `recorded` marks the outcome seen (and `refunded` the refund);
@@ -432,11 +765,15 @@ impl SoldLeads {
     pub fn settle(&self, lead_id: &str, outcome: usize, recorded: bool, refunded: bool) {
         let bit = 1u8 << outcome;
         let mut g = self.inner.lock();
-        if let Some(lead) = g.leads.get_mut(&CompactId::new(lead_id)) {
-            lead.pending &= !bit;
+        if let Some(slot) = g.find(Key::of(lead_id)) {
+            let pending = g.pending(slot);
+            g.set_pending(slot, pending & !bit);
             if recorded {
-                lead.seen |= bit;
-                lead.refunded |= refunded;
+                let seen = g.seen(slot);
+                g.set_seen(slot, seen | bit);
+                if refunded {
+                    g.set_refunded(slot);
+                }
             }
         }
     }
@@ -447,9 +784,10 @@ impl SoldLeads {
             return false;
         };
         let mut g = self.inner.lock();
-        match g.leads.get_mut(&CompactId::new(lead_id)) {
-            Some(lead) => {
-                lead.seen |= 1 << i;
+        match g.find(Key::of(lead_id)) {
+            Some(slot) => {
+                let seen = g.seen(slot);
+                g.set_seen(slot, seen | 1 << i);
                 true
             }
             None => false,
@@ -460,10 +798,11 @@ impl SoldLeads {
     /// is taken too.
     pub fn mark_refunded(&self, lead_id: &str) -> bool {
         let mut g = self.inner.lock();
-        match g.leads.get_mut(&CompactId::new(lead_id)) {
-            Some(lead) => {
-                lead.refunded = true;
-                lead.seen |= 1 << 5;
+        match g.find(Key::of(lead_id)) {
+            Some(slot) => {
+                g.set_refunded(slot);
+                let seen = g.seen(slot);
+                g.set_seen(slot, seen | 1 << 5);
                 true
             }
             None => false,
@@ -500,6 +839,7 @@ impl BuyerRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn lead(test: bool, sold_at: UnixMs) -> SoldLead {
         SoldLead {
@@ -625,9 +965,9 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_sale_is_small_and_shares_its_names() {
-        // The index holds up to `server.sold_leads_max` (1,000,000) of these.
-        assert!(std::mem::size_of::<KeptSale>() <= 80);
+    fn a_slot_is_64_bytes_and_sales_share_their_names() {
+        // The index holds up to `server.sold_leads_max` (1,000,000) of these, reserved.
+        assert!(std::mem::size_of::<Slot>() <= 64);
         let idx = SoldLeads::new(10);
         idx.insert("ld_a", lead(false, 0));
         idx.insert("ld_b", lead(false, 1));
@@ -635,13 +975,341 @@ mod tests {
         other.buyer = "zenith".into();
         idx.insert("ld_c", other.clone());
         let g = idx.inner.lock();
-        let names = |id: &str| Arc::clone(&g.leads[&CompactId::new(id)].names);
-        assert!(Arc::ptr_eq(&names("ld_a"), &names("ld_b")));
-        assert!(!Arc::ptr_eq(&names("ld_a"), &names("ld_c")));
-        // The seller, vertical and currency strings are shared across the two sets too.
-        assert!(Arc::ptr_eq(&names("ld_a")[1], &names("ld_c")[1]));
+        let set = |id: &str| {
+            let slot = g.find(Key::of(id)).unwrap();
+            (g.slots[slot][W_KEYS] >> NAME_SET_SHIFT) as u32 & NO_NAME_SET
+        };
+        assert_eq!(set("ld_a"), set("ld_b"));
+        assert_ne!(set("ld_a"), set("ld_c"));
+        assert_eq!(g.names.sets.len(), 2);
         drop(g);
         assert_eq!(idx.get("ld_c"), Some(other));
+    }
+
+    /// A lead id of the exchange's shape, numbered.
+    fn hex_id(prefix: &str, i: u64) -> String {
+        format!("{prefix}0192f3a4b5c6d7e8{i:016x}")
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_is_forgotten_and_the_newest_stay() {
+        let idx = SoldLeads::new(3);
+        for i in 0..5 {
+            let mut l = lead(false, i64::try_from(i).unwrap());
+            l.auction_id = hex_id("au_", i);
+            idx.insert(&hex_id("ld_", i), l);
+        }
+        assert_eq!(idx.len(), 3);
+        for i in 0..2 {
+            assert_eq!(idx.get(&hex_id("ld_", i)), None);
+            assert_eq!(
+                idx.claim(&hex_id("ld_", i), BuyerKey(1), "acme", 0),
+                Claim::NotFound
+            );
+            assert!(!idx.mark_refunded(&hex_id("ld_", i)));
+        }
+        for i in 2..5 {
+            let l = idx.get(&hex_id("ld_", i)).unwrap();
+            assert_eq!(l.sold_at, i64::try_from(i).unwrap());
+            assert_eq!(l.auction_id, hex_id("au_", i));
+        }
+        // A repeat sale of a remembered lead changes nothing and forgets nothing.
+        idx.insert(&hex_id("ld_", 2), lead(true, 99));
+        assert_eq!(idx.len(), 3);
+        assert_eq!(idx.get(&hex_id("ld_", 2)).unwrap().sold_at, 2);
+        // The next sale forgets the oldest, 2.
+        idx.insert(&hex_id("ld_", 5), lead(false, 5));
+        assert_eq!(idx.get(&hex_id("ld_", 2)), None);
+        assert!(idx.get(&hex_id("ld_", 3)).is_some());
+        assert!(idx.get(&hex_id("ld_", 5)).is_some());
+    }
+
+    #[test]
+    fn what_does_not_fit_a_slot_comes_back_exactly_and_is_freed_with_it() {
+        let long = "b".repeat(SHARED_NAME_LEN_MAX + 1);
+        let mut odd = lead(false, i64::MIN);
+        odd.buyer_key = Some(BuyerKey(u32::MAX));
+        odd.buyer = long.clone();
+        odd.auction_id = "au_0192F3A4B5C6D7E8F90123456789ABCD".into(); // upper case
+        odd.margin_micros = 0; // an older ledger without it
+        odd.seen = 0xff;
+        odd.pending = 0xc0;
+        let mut big = lead(true, i64::MAX);
+        big.auction_id = String::new();
+        big.bid_micros = i64::MIN;
+        big.seller_price_micros = i64::MAX;
+        big.margin_micros = i64::MIN; // saturated: derived
+        let ids = [
+            "ld_x",
+            "pg_0192f3a4b5c6d7e8f90123456789abcd", // the shape, another prefix
+            "ld_0192f3a4b5c6d7e8f90123456789abcD",
+            "ld_0192f3a4b5c6d7e8f90123456789abc",
+            "",
+        ];
+        let idx = SoldLeads::new(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            idx.insert(id, if i % 2 == 0 { odd.clone() } else { big.clone() });
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let want = if i % 2 == 0 { &odd } else { &big };
+            assert_eq!(idx.get(id).as_ref(), Some(want), "{id:?}");
+        }
+        assert_eq!(idx.get("ld_y"), None);
+        assert_eq!(idx.get("ld_0192f3a4b5c6d7e8f90123456789abcd"), None);
+        assert!(matches!(
+            idx.claim("ld_x", BuyerKey(u32::MAX), "", 0),
+            Claim::Repeat
+        ));
+        assert!(matches!(
+            idx.claim(
+                "pg_0192f3a4b5c6d7e8f90123456789abcd",
+                BuyerKey(1),
+                "acme",
+                0
+            ),
+            Claim::Claimed(_)
+        ));
+        assert_eq!(idx.inner.lock().side.len(), ids.len());
+        // Sales of the exchange's shape take their slots back, and the side entries go.
+        for i in 0..ids.len() as u64 {
+            let mut l = lead(false, 0);
+            l.auction_id = hex_id("au_", i);
+            idx.insert(&hex_id("ld_", i), l);
+        }
+        assert_eq!(idx.inner.lock().side.len(), 0);
+        assert!(ids.iter().all(|id| idx.get(id).is_none()));
+    }
+
+    #[test]
+    fn names_past_the_tables_bound_are_kept_by_the_sale() {
+        let n = NAME_SETS_MAX + 10;
+        let idx = SoldLeads::new(n);
+        let sale = |i: usize| {
+            let mut l = lead(false, 0);
+            l.buyer = format!("buyer{i}");
+            l
+        };
+        for i in 0..n {
+            idx.insert(&format!("ld_{i}"), sale(i));
+        }
+        for i in (0..n).step_by(97).chain(n - 10..n) {
+            assert_eq!(idx.get(&format!("ld_{i}")), Some(sale(i)));
+        }
+        let g = idx.inner.lock();
+        assert_eq!(g.names.sets.len(), NAME_SETS_MAX);
+        assert_eq!(g.names.sets.capacity(), NAME_SETS_MAX);
+    }
+
+    #[test]
+    fn prefault_keeps_every_sale() {
+        let idx = SoldLeads::new(1_000);
+        // Every fifth id of another shape.
+        let id = |i: u64| {
+            if i.is_multiple_of(5) {
+                format!("ld_{i}")
+            } else {
+                hex_id("ld_", i)
+            }
+        };
+        for i in 0..1_500u64 {
+            let mut l = lead(i.is_multiple_of(3), i64::try_from(i).unwrap());
+            l.auction_id = hex_id("au_", i);
+            idx.insert(&id(i), l);
+        }
+        let before: Vec<_> = (0..1_500).map(|i| idx.get(&id(i))).collect();
+        idx.prefault();
+        let after: Vec<_> = (0..1_500).map(|i| idx.get(&id(i))).collect();
+        assert_eq!(before, after);
+        assert_eq!(before.iter().filter(|l| l.is_some()).count(), 1_000);
+        // A fresh index prefaults too (every page zero, still empty).
+        let fresh = SoldLeads::new(100_000);
+        fresh.prefault();
+        assert!(fresh.is_empty());
+        assert_eq!(fresh.get(&hex_id("ld_", 0)), None);
+    }
+
+    /// The index as it was (a map and an order queue): the model the ring must match.
+    #[derive(Default)]
+    struct Model {
+        leads: HashMap<String, SoldLead>,
+        order: std::collections::VecDeque<String>,
+        max: usize,
+    }
+
+    impl Model {
+        fn insert(&mut self, id: &str, l: SoldLead) {
+            if self.leads.contains_key(id) {
+                return;
+            }
+            while self.leads.len() >= self.max {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.leads.remove(&old);
+            }
+            self.order.push_back(id.to_string());
+            self.leads.insert(id.to_string(), l);
+        }
+
+        fn claim(&mut self, id: &str, key: BuyerKey, buyer: &str, outcome: usize) -> Claim {
+            let bit = 1u8 << outcome;
+            let Some(l) = self.leads.get_mut(id) else {
+                return Claim::NotFound;
+            };
+            if !l.sold_to(key, buyer) {
+                return Claim::Forbidden;
+            }
+            if l.seen & bit != 0 {
+                return Claim::Repeat;
+            }
+            if l.pending & bit != 0 {
+                return Claim::InFlight;
+            }
+            l.pending |= bit;
+            Claim::Claimed(l.clone())
+        }
+
+        fn settle(&mut self, id: &str, outcome: usize, recorded: bool, refunded: bool) {
+            if let Some(l) = self.leads.get_mut(id) {
+                l.pending &= !(1 << outcome);
+                if recorded {
+                    l.seen |= 1 << outcome;
+                    l.refunded |= refunded;
+                }
+            }
+        }
+
+        fn mark_seen(&mut self, id: &str, outcome: &str) -> bool {
+            let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) else {
+                return false;
+            };
+            self.leads.get_mut(id).map(|l| l.seen |= 1 << i).is_some()
+        }
+
+        fn mark_refunded(&mut self, id: &str) -> bool {
+            self.leads
+                .get_mut(id)
+                .map(|l| {
+                    l.refunded = true;
+                    l.seen |= 1 << 5;
+                })
+                .is_some()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(usize, SoldLead),
+        Get(usize),
+        Claim(usize, u32, usize),
+        Settle(usize, usize, bool, bool),
+        MarkSeen(usize, usize),
+        MarkRefunded(usize),
+    }
+
+    /// Lead ids: mostly the exchange's shape, some not (a few share a hash run).
+    fn model_id(i: usize) -> String {
+        match i % 4 {
+            0 => format!("ld_{i}"),
+            _ => hex_id("ld_", i as u64),
+        }
+    }
+
+    fn arb_lead() -> impl Strategy<Value = SoldLead> {
+        (
+            prop_oneof![
+                Just(None),
+                Just(Some(BuyerKey(1))),
+                Just(Some(BuyerKey(2))),
+                Just(Some(BuyerKey(u32::MAX)))
+            ],
+            prop_oneof![Just("acme"), Just("zen")],
+            prop_oneof![
+                Just("au_1".to_string()),
+                (0u64..4).prop_map(|i| hex_id("au_", i))
+            ],
+            -3i64..3,
+            prop_oneof![Just(0i64), Just(7), Just(-5), Just(i64::MAX), Just(1 << 47)],
+            any::<bool>(),
+            0u8..4,
+        )
+            .prop_map(|(key, buyer, auction, margin_off, sold_at, test, seen)| {
+                let mut l = lead(test, sold_at);
+                l.buyer_key = key;
+                l.buyer = buyer.into();
+                l.auction_id = auction;
+                l.margin_micros += margin_off;
+                l.seen = seen;
+                l
+            })
+    }
+
+    fn arb_op(ids: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..ids, arb_lead()).prop_map(|(i, l)| Op::Insert(i, l)),
+            1 => (0..ids).prop_map(Op::Get),
+            3 => (0..ids, 0u32..3, 0usize..6).prop_map(|(i, k, o)| Op::Claim(i, k, o)),
+            2 => (0..ids, 0usize..6, any::<bool>(), any::<bool>())
+                .prop_map(|(i, o, r, f)| Op::Settle(i, o, r, f)),
+            1 => (0..ids, 0usize..7).prop_map(|(i, o)| Op::MarkSeen(i, o)),
+            1 => (0..ids).prop_map(Op::MarkRefunded),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Many sales through a small ring: every answer is the map-and-queue model's.
+        #[test]
+        fn the_ring_answers_as_the_map_and_queue_did(
+            max in 1usize..8,
+            ops in proptest::collection::vec(arb_op(24), 1..300),
+        ) {
+            let idx = SoldLeads::new(max);
+            let mut model = Model { max, ..Model::default() };
+            let buyers = [(BuyerKey(1), "acme"), (BuyerKey(2), "zen"), (BuyerKey(u32::MAX), "acme")];
+            for op in ops {
+                match op {
+                    Op::Insert(i, l) => {
+                        idx.insert(&model_id(i), l.clone());
+                        model.insert(&model_id(i), l);
+                    }
+                    Op::Get(i) => {
+                        prop_assert_eq!(idx.get(&model_id(i)), model.leads.get(&model_id(i)).cloned());
+                    }
+                    Op::Claim(i, b, o) => {
+                        let (key, name) = buyers[b as usize];
+                        prop_assert_eq!(
+                            idx.claim(&model_id(i), key, name, o),
+                            model.claim(&model_id(i), key, name, o)
+                        );
+                    }
+                    Op::Settle(i, o, r, f) => {
+                        idx.settle(&model_id(i), o, r, f);
+                        model.settle(&model_id(i), o, r, f);
+                    }
+                    Op::MarkSeen(i, o) => {
+                        let outcome = OUTCOMES.get(o).copied().unwrap_or("lost");
+                        prop_assert_eq!(
+                            idx.mark_seen(&model_id(i), outcome),
+                            model.mark_seen(&model_id(i), outcome)
+                        );
+                    }
+                    Op::MarkRefunded(i) => {
+                        prop_assert_eq!(
+                            idx.mark_refunded(&model_id(i)),
+                            model.mark_refunded(&model_id(i))
+                        );
+                    }
+                }
+                prop_assert_eq!(idx.len(), model.leads.len());
+            }
+            for i in 0..24 {
+                prop_assert_eq!(idx.get(&model_id(i)), model.leads.get(&model_id(i)).cloned());
+            }
+            // Every side entry belongs to a remembered sale.
+            let side = idx.inner.lock().side.len();
+            prop_assert!(side <= idx.len());
+        }
     }
 
     #[test]

@@ -190,8 +190,9 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
     }
 }
 
-/// Largest `server.sold_leads_max` (about 3 GB of sold-lead index).
-const SOLD_LEADS_LIMIT: i64 = 10_000_000;
+/// Largest `server.sold_leads_max` (about 775 MB of sold-lead index, reserved at start:
+/// 64 bytes a slot and a 128 MiB index).
+const SOLD_LEADS_LIMIT: i64 = crate::dispositions::SOLD_LEADS_MAX_LIMIT as i64;
 /// Smallest `server.ledger_segment_bytes_max` (4 KiB: a few records per segment).
 const LEDGER_SEGMENT_BYTES_MIN: i64 = 4 * 1024;
 /// Largest `server.ledger_segment_bytes_max` (1 GiB).
