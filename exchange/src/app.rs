@@ -213,6 +213,9 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
     let mut admin_std = bind_admin_std(&config)?;
     let admin_addr = admin_std.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = build_state(config, clock)?;
+    // The binary's exchange: the finished pings' ring and the sold-lead index are
+    // reserved now, resident from the start, so memory does not grow as they fill (P10).
+    state.prefault_memory();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {

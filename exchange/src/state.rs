@@ -380,6 +380,15 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
 }
 
 impl AppState {
+    /// Makes the memory the finished pings' ring and the sold-lead index reserved at start
+    /// resident now (writes each page, keeping what they hold): the process's memory then
+    /// stays flat as they fill (P10). The thread-per-core server calls it before serving;
+    /// in-process tests need not.
+    pub fn prefault_memory(&self) {
+        self.quotes.prefault();
+        self.sold_leads.prefault();
+    }
+
     pub fn new(mut config: Config, ledger: Ledger, metrics: Metrics, clock: Clock) -> AppState {
         let ids = IdRegistry::new();
         // A fresh registry holds far fewer than `KEYS_MAX` ids than one config may list.

@@ -86,8 +86,9 @@ pub mod defaults {
     pub const CURRENCY: &str = "USD";
     /// One post, every fallback included, ends within this (ms).
     pub const POST_DEADLINE_MS: u64 = 5_000;
-    /// Sold leads the exchange remembers for dispositions (about 300 bytes each).
-    pub const SOLD_LEADS_MAX: usize = 1_000_000;
+    /// Sold leads the exchange remembers for dispositions (about 75 bytes each, reserved at
+    /// start).
+    pub const SOLD_LEADS_MAX: usize = 500_000;
     /// A buyer's return window unless `buyers.ID.return_window_days` says otherwise:
     /// returns are recorded but refund nothing until a window is agreed.
     pub const RETURN_WINDOW_DAYS: u16 = 0;
