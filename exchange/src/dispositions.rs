@@ -19,8 +19,8 @@
 //! raw bytes, its prices, time, outcomes and buyer key packed, its names as the number of
 //! a shared set) and an open-addressing index of `u32` slot numbers (a power of two at
 //! least twice the bound, 4 bytes a slot: 8.4 more bytes a sale at 1,000,000), and a fixed
-//! 1.2 MB for the shared name sets: 73.6 MB at the default 1,000,000 (measured by
-//! `exchange/tests/sold_memory.rs`). All of it is zeroed memory, so a
+//! 1.2 MB for the shared name sets: 73.6 MB at 1,000,000, 37.4 MB at the default 500,000
+//! (measured by `exchange/tests/sold_memory.rs`). All of it is zeroed memory, so a
 //! page is resident once written or [`SoldLeads::prefault`]ed. What does not fit a slot
 //! (ids of another shape, names past the shared sets' bound, a margin that is not
 //! `bid - seller_price`) is kept by slot in a side table, freed with the slot, so the
@@ -966,7 +966,7 @@ mod tests {
 
     #[test]
     fn a_slot_is_64_bytes_and_sales_share_their_names() {
-        // The index holds up to `server.sold_leads_max` (1,000,000) of these, reserved.
+        // The index holds up to `server.sold_leads_max` (500,000 by default) of these, reserved.
         assert!(std::mem::size_of::<Slot>() <= 64);
         let idx = SoldLeads::new(10);
         idx.insert("ld_a", lead(false, 0));

@@ -66,7 +66,7 @@ fn sale(i: usize) -> SoldLead {
 
 #[test]
 fn bytes_per_sale_reserved_once_and_flat_past_the_bound() {
-    // Resident memory: a default-sized index costs nothing until used or prefaulted. First,
+    // Resident memory: a 1,000,000-sale index costs nothing until used or prefaulted. First,
     // while the allocator's memory is fresh: glibc's `calloc` clears (so touches) memory it
     // reuses, which the 8 MB index can be once freed memory of that size is about; the
     // 64 MB ring is always mapped fresh.
@@ -119,7 +119,7 @@ fn bytes_per_sale_reserved_once_and_flat_past_the_bound() {
     let len = idx.len();
     drop(idx);
     let dropped = live();
-    // The default bound, made and dropped: what it reserves.
+    // A bound of 1,000,000 (the default until 2026-11-30), made and dropped: what it reserves.
     let default = SoldLeads::new(1_000_000);
     let default_made = live();
     drop(default);
@@ -133,7 +133,7 @@ fn bytes_per_sale_reserved_once_and_flat_past_the_bound() {
     );
     let default_reserved = default_made.0 - dropped.0;
     println!(
-        "sold-lead index for 1,000,000 sales (the default): {default_reserved} B reserved = {:.1} B per sale",
+        "sold-lead index for 1,000,000 sales: {default_reserved} B reserved = {:.1} B per sale",
         default_reserved as f64 / 1e6
     );
     println!(
@@ -163,7 +163,7 @@ fn bytes_per_sale_reserved_once_and_flat_past_the_bound() {
 
     // 64 B a slot, 4 B an index entry (twice `max`, rounded up to a power of two), and the
     // name-set table (fixed, about 1.1 MB: its index and room for its 16,384 sets, a lot
-    // per sale at 100,000, little at the default 1,000,000).
+    // per sale at 100,000, little at 1,000,000).
     assert!(per_sale(reserved) < 90.0, "{reserved}");
     assert!((default_reserved as f64) / 1e6 < 75.0, "{default_reserved}");
     assert!(full.0 - made.0 < 4_096, "{}", full.0 - made.0);

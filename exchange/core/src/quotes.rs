@@ -544,7 +544,7 @@ mod tests {
     const T0: UnixMs = 1_700_000_000_000;
     const TTL: UnixMs = 60_000;
 
-    fn quote(id: &str, seller: u32, reservation: Option<Reservation>) -> Quote {
+    pub(super) fn quote(id: &str, seller: u32, reservation: Option<Reservation>) -> Quote {
         Quote {
             ping_id: id.into(),
             auction_id: format!("au_{id}"),
@@ -858,7 +858,6 @@ mod ring_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::testutil::lead;
 
     const T0: UnixMs = 1_700_000_000_000;
 
@@ -866,22 +865,11 @@ mod ring_tests {
         format!("{prefix}{i:032x}")
     }
 
+    /// The other tests' quote, firm until `expires_at`, reserving nothing.
     fn quote(id: &str, seller: u32, expires_at: UnixMs) -> Quote {
         Quote {
-            ping_id: id.into(),
-            auction_id: format!("au_{id}"),
-            seller: SellerKey(seller),
-            vertical: 0,
-            vertical_name: "auto".into(),
-            lead: lead(r#"{"state":"TX","zip":"76180"}"#),
-            test: false,
-            price: Micros(12_500_000),
-            currency: "USD".into(),
             expires_at,
-            auctioned_at: T0,
-            ranked: Vec::new(),
-            reservation: None,
-            score: Some(70),
+            ..super::tests::quote(id, seller, None)
         }
     }
 
