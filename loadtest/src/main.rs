@@ -1511,8 +1511,18 @@ async fn p6_legs(
     let failed_base: u64 = base_runs.iter().map(TargetSummary::errors_total).sum();
     let d99 = swapping.latency.p99_us as i64 - base.latency.p99_us as i64;
     let d999 = swapping.latency.p999_us as i64 - base.latency.p999_us as i64;
-    let met =
-        failed_swapping == 0 && d99 <= P6_P99_MARGIN_US && tally.all_applied() && tally.swaps > 0;
+    // The verdict's figure: each repetition's two legs ran back to back, so their
+    // difference is measured in the same run (docs/PERFORMANCE.md's method), and drift of
+    // the shared machine between repetitions cancels out; the median over repetitions.
+    let pair = |f: fn(&TargetSummary) -> u64| {
+        loadtest::report::paired_median(base_runs.iter().zip(&swap_runs).map(|(b, s)| (f(b), f(s))))
+    };
+    let paired99 = pair(|s| s.latency.p99_us);
+    let paired999 = pair(|s| s.latency.p999_us);
+    let met = failed_swapping == 0
+        && paired99 <= P6_P99_MARGIN_US
+        && tally.all_applied()
+        && tally.swaps > 0;
     let ms = |us: i64| us as f64 / 1000.0;
     report.notes.push(format!(
         "{n} buyers, each answering in {} ms; per-buyer timeout {} ms; {rate}/s pings, {secs} s measured per leg, {reps} run(s) of each leg (medians); swaps from the start of the measured window, every {} ms, alternating {} and {} (100 trees of depth 6 each for the realization and lead-score models){}",
@@ -1527,15 +1537,32 @@ async fn p6_legs(
         "admin calls: model swaps {}/{} answered 200, reloads {}/{}; generations always increased: {}; slowest admin answer {:.1} ms",
         tally.swaps_applied, tally.swaps, tally.reloads_applied, tally.reloads, tally.generations_increase, tally.slowest_ms
     ));
+    let pairs: Vec<String> = base_runs
+        .iter()
+        .zip(&swap_runs)
+        .map(|(b, s)| {
+            format!(
+                "{:+.3}",
+                ms(s.latency.p99_us as i64 - b.latency.p99_us as i64)
+            )
+        })
+        .collect();
     report.notes.push(format!(
-        "P6: p99 {:.3} -> {:.3} ms ({:+.3} ms; target <= +0.5), p99.9 {:.3} -> {:.3} ms ({:+.3} ms); failed requests while swapping {failed_swapping} (without: {failed_base}; target 0): {}",
+        "P6: p99 moved {:+.3} ms (target <= +0.5: the median over the {} repetitions of swapping leg minus the leg without swaps next to it: {}), p99.9 {:+.3} ms; failed requests while swapping {failed_swapping} (without: {failed_base}; target 0): {}",
+        ms(paired99),
+        pairs.len(),
+        pairs.join(", "),
+        ms(paired999),
+        if met { "MET" } else { "MISSED" }
+    ));
+    report.notes.push(format!(
+        "medians of the legs: p99 {:.3} -> {:.3} ms ({:+.3} ms), p99.9 {:.3} -> {:.3} ms ({:+.3} ms)",
         ms(base.latency.p99_us as i64),
         ms(swapping.latency.p99_us as i64),
         ms(d99),
         ms(base.latency.p999_us as i64),
         ms(swapping.latency.p999_us as i64),
         ms(d999),
-        if met { "MET" } else { "MISSED" }
     ));
     report.extra.insert(
         "p6".into(),
@@ -1548,6 +1575,8 @@ async fn p6_legs(
             "p99_no_swaps_us": base.latency.p99_us,
             "p99_swapping_us": swapping.latency.p99_us,
             "p99_difference_us": d99,
+            "p99_paired_difference_us": paired99,
+            "p999_paired_difference_us": paired999,
             "p999_no_swaps_us": base.latency.p999_us,
             "p999_swapping_us": swapping.latency.p999_us,
             "p999_difference_us": d999,
@@ -1559,7 +1588,7 @@ async fn p6_legs(
             "reloads_applied": tally.reloads_applied,
             "slowest_admin_ms": tally.slowest_ms,
             "generations_increase": tally.generations_increase,
-            "target": "p99 within +0.5 ms of the run without swaps, 0 failed requests, every swap answered 200",
+            "target": "p99 within +0.5 ms of the leg without swaps (the median over repetitions of each pair's difference), 0 failed requests, every swap answered 200",
             "met": met,
             "per_run": per_run,
             "answers": answers_per_run,

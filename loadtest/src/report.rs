@@ -633,6 +633,19 @@ pub fn progress_line(label: &str, p: &Progress) -> String {
     )
 }
 
+/// The median of `after - before` over `(before, after)` pairs, each pair measured back
+/// to back, so drift of a shared machine between pairs cancels out. With an even count,
+/// the upper of the two middle values (the larger: the conservative side for a limit);
+/// 0 with no pair.
+pub fn paired_median(pairs: impl IntoIterator<Item = (u64, u64)>) -> i64 {
+    let mut d: Vec<i64> = pairs
+        .into_iter()
+        .map(|(before, after)| after as i64 - before as i64)
+        .collect();
+    d.sort_unstable();
+    d.get(d.len() / 2).copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,5 +698,22 @@ mod tests {
         ];
         assert_eq!(knee(&sweep, "exchange"), Some(2000.0));
         assert_eq!(knee(&sweep, "relay"), None);
+    }
+
+    #[test]
+    fn paired_median_takes_each_pairs_difference_then_the_median() {
+        // Drift: the machine slows by 1 ms per repetition; each pair adds 0.2 ms.
+        let pairs = [(10_000, 10_200), (11_000, 11_200), (12_000, 12_200)];
+        assert_eq!(paired_median(pairs), 200);
+        // One slow leg without swaps stays in its own pair's difference (-19.7 ms), which
+        // the median sets aside: +0.1 ms (the legs' medians would differ by +0.3 ms).
+        assert_eq!(
+            paired_median([(10_000, 10_100), (30_000, 10_300), (10_000, 10_400)]),
+            100
+        );
+        // Even count: the upper middle value; negatives kept.
+        assert_eq!(paired_median([(5, 1), (5, 2), (5, 9), (5, 10)]), 4);
+        assert_eq!(paired_median([(9, 1)]), -8);
+        assert_eq!(paired_median(std::iter::empty()), 0);
     }
 }

@@ -64,22 +64,72 @@ pub fn spawn(state: &Arc<AppState>) {
     }
 }
 
-/// Runs `f` on a new thread under `SCHED_IDLE` and returns its result: loading and
+/// Most jobs waiting for the loading thread; past it [`off_the_auction_path`] refuses
+/// (`None`) rather than queue without bound.
+pub const LOADER_QUEUE_MAX: usize = 16;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread under `SCHED_IDLE` that runs jobs one at a time from a bounded queue.
+#[derive(Debug)]
+struct Loader {
+    queue: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Loader {
+    /// Starts the thread; `None` if it could not start.
+    fn start(queue_max: usize) -> Option<Loader> {
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(queue_max);
+        std::thread::Builder::new()
+            .name("pingpost-loader".into())
+            .spawn(move || {
+                lower_priority();
+                while let Ok(job) = rx.recv() {
+                    // A job that panics ends only itself: its result sender is dropped,
+                    // so its caller gets `None`, and the thread takes the next job.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .ok()?;
+        Some(Loader { queue })
+    }
+
+    /// Runs `f` on the thread; `None` if the queue is full or `f` panicked.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        if self.queue.try_send(job).is_err() {
+            tracing::warn!(job = what, "the loading thread is busy");
+            return None;
+        }
+        rx.await.ok()
+    }
+}
+
+/// Runs `f` on the exchange's loading thread and returns its result: loading and
 /// checking a model set (parsing megabytes of JSON) then takes only CPU the auctions
-/// leave idle. `None` if the thread could not start or panicked.
+/// leave idle. The thread is started on first use and lives as long as the process, under
+/// `SCHED_IDLE`, running jobs one at a time: one thread for every swap and directory
+/// check rather than one per job, so a swap creates and tears down no thread (no stack to
+/// map and unmap, no allocator cache or arena to warm while the auction threads serve).
+/// `None` if the thread could not start, [`LOADER_QUEUE_MAX`] jobs are already waiting,
+/// or `f` panicked. `what` names the job in the log.
 pub async fn off_the_auction_path<T: Send + 'static>(
-    name: &str,
+    what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            lower_priority();
-            let _ = tx.send(f());
-        })
-        .ok()?;
-    rx.await.ok()
+    static LOADER: std::sync::OnceLock<Option<Loader>> = std::sync::OnceLock::new();
+    let Some(loader) = LOADER.get_or_init(|| Loader::start(LOADER_QUEUE_MAX)) else {
+        tracing::error!(job = what, "the loading thread did not start");
+        return None;
+    };
+    loader.run(what, f).await
 }
 
 /// `SCHED_IDLE` for this thread (Linux): it runs only when a core is otherwise idle.
@@ -190,5 +240,60 @@ mod tests {
                 NormalThreadSchedulePolicy::Idle
             ))
         );
+    }
+
+    #[tokio::test]
+    async fn every_job_runs_on_the_one_loading_thread_and_a_panic_ends_only_its_job() {
+        let name = || std::thread::current().name().map(str::to_string);
+        let first = super::off_the_auction_path("test-first", name)
+            .await
+            .flatten();
+        assert_eq!(first.as_deref(), Some("pingpost-loader"));
+        let panicked: Option<()> =
+            super::off_the_auction_path("test-panic", || panic!("a job that fails")).await;
+        assert_eq!(panicked, None, "a panicking job gives its caller None");
+        let after = super::off_the_auction_path("test-after", move || {
+            (name(), std::thread::current().id())
+        })
+        .await;
+        let again = super::off_the_auction_path("test-id", || std::thread::current().id()).await;
+        let (after_name, after_id) = after.expect("the thread survived the panic");
+        assert_eq!(after_name.as_deref(), Some("pingpost-loader"));
+        assert_eq!(Some(after_id), again, "one thread, not one per job");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_not_grown() {
+        // Hold the loading thread on a job until the queue behind it is full.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let loader = std::sync::Arc::new(super::Loader::start(4).expect("thread"));
+        let l = loader.clone();
+        let blocker = tokio::spawn(async move {
+            l.run("test-hold", move || {
+                let _ = started_tx.send(());
+                let _ = hold_rx.recv();
+            })
+            .await
+        });
+        started_rx.await.expect("the holding job started");
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let l = loader.clone();
+            queued.push(tokio::spawn(
+                async move { l.run("test-queued", || 1).await },
+            ));
+        }
+        // Each spawned task enqueues when first polled: wait until all have.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let refused = loader.run("test-over", || 2).await;
+        assert_eq!(refused, None, "a job past the queue's bound is refused");
+        drop(hold_tx);
+        assert_eq!(blocker.await.ok(), Some(Some(())));
+        for q in queued {
+            assert_eq!(q.await.ok(), Some(Some(1)), "every queued job ran");
+        }
     }
 }
