@@ -209,6 +209,12 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Starts the workers; returns once every one is listening.
 pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded> {
     let threads = worker_count(&config).max(1);
+    // The soft open-file limit up to the hard one, before any socket is opened: the
+    // default 1,024 of many systems is below `server.connections_max`.
+    crate::fdlimit::raise_for(
+        config.server.connections_max,
+        crate::state::ADMIN_CONNECTIONS_MAX,
+    );
     let mut addr = config.server.listen;
     let mut admin_std = bind_admin_std(&config)?;
     let admin_addr = admin_std.as_ref().map(|l| l.local_addr()).transpose()?;

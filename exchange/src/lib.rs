@@ -15,6 +15,7 @@ pub use pingpost_core as core;
 pub mod demo;
 pub mod dispositions;
 pub mod effects;
+pub mod fdlimit;
 pub mod finance;
 pub mod fingerprint;
 pub mod idempotency;

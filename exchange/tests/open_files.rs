@@ -1,0 +1,110 @@
+//! The binary raises its soft open-file limit to the hard limit at start: started under
+//! a soft limit of 256 (as a shell with `ulimit -Sn 256` would start it), it serves with
+//! the hard limit and says so in its log; under a hard limit below what
+//! `server.connections_max` needs, it starts and warns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// How long the binary may take to start listening.
+const START_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// `(soft, hard)` "Max open files" of process `pid` from `/proc` (`None`: unlimited).
+fn open_file_limits(pid: u32) -> (Option<u64>, Option<u64>) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut cols = line["Max open files".len()..].split_whitespace();
+    let parse = |c: Option<&str>| -> Option<u64> { c.and_then(|v| v.parse().ok()) };
+    (parse(cols.next()), parse(cols.next()))
+}
+
+/// Starts the binary on the test configuration under `ulimit {ulimit}`, waits for it to
+/// listen, and returns its log up to then and its open-file limits, then stops it.
+fn start_under(ulimit: &str) -> (Vec<String>, (Option<u64>, Option<u64>)) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = TestConfig::new();
+    let path = dir.path().join("pingpost.toml");
+    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).expect("config written");
+    // `sh` sets the limit, then becomes the binary (same pid, limits inherited).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(r#"ulimit {ulimit} && exec "$0" "$@""#))
+        .arg(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&path)
+        .envs(cfg.env_vars())
+        .env("RUST_LOG", "pingpost=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(START_WAIT_MAX) {
+            Ok(line) => {
+                let done = line.contains("pingpost listening");
+                log.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let limits = open_file_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "the binary did not start: {log:#?}");
+    (log, limits)
+}
+
+#[test]
+fn the_binary_raises_its_soft_open_file_limit_to_the_hard_limit() {
+    let (log, (soft, hard)) = start_under("-Sn 256");
+    let want = pingpost::fdlimit::target(Some(256), hard);
+    assert_eq!(soft, want, "soft limit after the start (hard {hard:?})");
+    if want != Some(256) {
+        assert!(
+            log.iter()
+                .any(|l| l.contains("open-file limit raised to the hard limit")
+                    && l.contains("from=256")),
+            "{log:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_hard_limit_below_the_configured_connections_is_reported_at_start() {
+    // Soft and hard 512: nothing to raise, and the default `server.connections_max`
+    // (10,000) cannot be served.
+    let (log, (soft, hard)) = start_under("-n 512");
+    assert_eq!((soft, hard), (Some(512), Some(512)));
+    assert!(
+        log.iter().any(|l| l.contains("WARN")
+            && l.contains("open-file limit is below server.connections_max")
+            && l.contains("limit=512")),
+        "{log:#?}"
+    );
+}
