@@ -64,6 +64,7 @@
 //! fault-injection tests can take over the whole ping answer with [`Bidder::answer_ping`]
 //! (a raw status and body, or no answer at all).
 
+pub mod connect;
 pub mod examples;
 pub mod listener;
 mod server;

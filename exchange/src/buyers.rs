@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use bidder_sdk::connect::ResetOnClose;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,7 +28,9 @@ pub const IDLE_TIMEOUT_S: u64 = 90;
 /// TCP connect timeout (bounded again by each call's own deadline).
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// Buyer connections end with a reset, so one dropped with its request unanswered leaves
+/// no `TIME_WAIT` port behind (`bidder_sdk::connect`).
+type Connector = hyper_rustls::HttpsConnector<ResetOnClose>;
 
 /// The Standard Webhooks header names, made once: inserting a `&str` name parses it and
 /// copies it into a new allocation on every request.
@@ -86,6 +89,7 @@ fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
     http.set_keepalive(Some(Duration::from_secs(30)));
+    let http = ResetOnClose(http);
     // Certificates are always verified: against the WebPKI roots, plus the extra CA
     // bundle of `server.buyer_ca_path` when the caller's configuration has one.
     let tls = match tls {

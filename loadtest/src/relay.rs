@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bidder_sdk::connect::ResetOnClose;
 use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -159,8 +160,8 @@ enum CallEnd {
 /// keep-alive pool and an HTTP/2 client, TCP_NODELAY, same pool limits; plain HTTP only.
 #[derive(Debug, Clone)]
 pub struct Fanout {
-    h1: Client<HttpConnector, Full<Bytes>>,
-    h2: Client<HttpConnector, Full<Bytes>>,
+    h1: Client<ResetOnClose, Full<Bytes>>,
+    h2: Client<ResetOnClose, Full<Bytes>>,
 }
 
 impl Default for Fanout {
@@ -169,12 +170,14 @@ impl Default for Fanout {
     }
 }
 
-fn connector() -> HttpConnector {
+/// Like the exchange's buyer client: connections end with a reset, so the ones dropped
+/// with a request unanswered (a hanging buyer) leave no `TIME_WAIT` behind.
+fn connector() -> ResetOnClose {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    http
+    ResetOnClose(http)
 }
 
 fn unix_now_s() -> i64 {

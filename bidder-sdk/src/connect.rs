@@ -1,0 +1,138 @@
+//! The outgoing-connection side shared by the exchange's buyer client and the load
+//! tester's relay and generator: an HTTP connector whose connections end with a reset.
+//!
+//! A client that gives up on a request (a buyer that did not answer within its bound)
+//! must close the HTTP/1.1 connection it was sent on. A normal close leaves the socket
+//! in `TIME_WAIT` for 60 s on the closing side, holding its ephemeral port towards that
+//! buyer: a buyer that never answers, pinged 2,000 times a second, piles up 120,000 of
+//! them in a minute, past the 28,232 ports Linux has by default, and every `connect` to it
+//! then searches the port range (CPU on the auction threads, then failures). With
+//! `SO_LINGER` set to 0 the close sends a reset and leaves nothing behind.
+//!
+//! The cost: a connection closed while the peer still had bytes in flight to us drops
+//! them, and the peer sees `ECONNRESET` rather than end-of-file. The clients here close a
+//! connection only when it is idle (nothing in flight) or abandoned (its answer is no
+//! longer wanted), so nothing wanted is lost.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The error of a failed connect.
+pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An [`HttpConnector`] whose connections are closed with a reset (`SO_LINGER` 0), so
+/// closing one leaves no `TIME_WAIT` socket behind. Everything else is the inner
+/// connector's (its timeouts, `TCP_NODELAY`, keep-alive).
+#[derive(Debug, Clone)]
+pub struct ResetOnClose(pub HttpConnector);
+
+impl tower_service::Service<Uri> for ResetOnClose {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.0, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = tower_service::Service::<Uri>::call(&mut self.0, uri);
+        Box::pin(async move {
+            let io = connecting.await.map_err(Into::<ConnectError>::into)?;
+            reset_on_close(io.inner())?;
+            Ok(io)
+        })
+    }
+}
+
+/// Sets `SO_LINGER` to 0 on `stream`: closing it sends a reset and leaves no `TIME_WAIT`.
+pub fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    /// `TIME_WAIT` sockets whose local port is `local_port` (Linux, `/proc/net/tcp`).
+    fn time_wait(local_port: u16) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // local address "0100007F:PORT", state 06 = TIME_WAIT
+                cols.len() > 3
+                    && cols[3] == "06"
+                    && cols[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(local_port)
+            })
+            .count()
+    }
+
+    async fn connect_and_close(reset: bool) -> (u16, usize) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let io = if reset {
+            ResetOnClose(HttpConnector::new()).call(uri).await.unwrap()
+        } else {
+            HttpConnector::new().call(uri).await.unwrap()
+        };
+        let local = io.inner().local_addr().unwrap().port();
+        let server_side = accepting.await.unwrap().unwrap();
+        // The client closes first: a normal close leaves its side in TIME_WAIT.
+        drop(io);
+        // Wait for the server to see the close (end-of-file or reset), so the client's
+        // side has finished its part of the exchange.
+        let mut buf = [0u8; 1];
+        let _ = server_side.readable().await;
+        let _ = server_side.try_read(&mut buf);
+        drop(server_side);
+        // On loopback the last FIN is handled within the close; look a bounded number of
+        // times in case it is not yet.
+        let mut left = time_wait(local);
+        for _ in 0..100 {
+            if left > 0 || reset {
+                break;
+            }
+            tokio::task::yield_now().await;
+            left = time_wait(local);
+        }
+        (local, left)
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_close_connection_leaves_no_time_wait() {
+        let (port, left) = connect_and_close(true).await;
+        assert_eq!(left, 0, "port {port}: a reset leaves no TIME_WAIT");
+        let sock_linger = {
+            // The option is what the connector set (read back from a fresh connection).
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let uri: Uri = format!("http://{addr}/").parse().unwrap();
+            let io = ResetOnClose(HttpConnector::new()).call(uri).await.unwrap();
+            socket2::SockRef::from(io.inner()).linger().unwrap()
+        };
+        assert_eq!(sock_linger, Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn a_normal_close_leaves_time_wait_which_is_what_the_reset_avoids() {
+        let (port, left) = connect_and_close(false).await;
+        assert_eq!(left, 1, "port {port}: the closing side keeps TIME_WAIT");
+    }
+}
