@@ -580,6 +580,37 @@ const PINGS_ONLY: Mix = Mix {
 };
 
 /// One measured run against one target, with the target process's CPU over the run.
+/// Past this many sockets in `TIME_WAIT` a leg waits before it starts.
+const TIME_WAIT_QUIET: usize = 1_000;
+/// The longest a leg waits for them (Linux keeps a socket in `TIME_WAIT` for 60 s).
+const TIME_WAIT_WAIT_MAX_S: u64 = 65;
+
+/// Waits (at most [`TIME_WAIT_WAIT_MAX_S`]) until fewer than [`TIME_WAIT_QUIET`] sockets
+/// are in `TIME_WAIT`. Tens of thousands of them (left by a test suite, or by any client
+/// that closes connections normally) make every new connection search the local port
+/// range, and a leg started among them measures that rather than its target.
+async fn wait_for_free_ports(which: &str) {
+    let start = tokio::time::Instant::now();
+    let mut told = false;
+    while let Ok(n) = report::time_wait_sockets(None) {
+        if n < TIME_WAIT_QUIET as u64
+            || start.elapsed() >= Duration::from_secs(TIME_WAIT_WAIT_MAX_S)
+        {
+            if told {
+                eprintln!("{which}: {n} sockets in TIME_WAIT now; starting");
+            }
+            return;
+        }
+        if !told {
+            eprintln!(
+                "{which}: {n} sockets in TIME_WAIT (at most {TIME_WAIT_QUIET} wanted): waiting up to {TIME_WAIT_WAIT_MAX_S} s for them to expire"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn measure(
     rig: &Rig,
     which: &str,
@@ -616,6 +647,7 @@ async fn measure(
         }
         other => bail!("unknown target {other}"),
     };
+    wait_for_free_ports(which).await;
     let cpu0 = pid.and_then(|p| report::proc_sample(p, 0.0).ok());
     let progress = |p: &gen::Progress| {
         eprint!("\r{}", report::progress_line(which, p));
@@ -899,7 +931,7 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             .await?;
             let failing_port = rig.buyers.last().map(|b| b.addr.port()).unwrap_or(0);
             let after = measure(&rig, "exchange", &p).await;
-            let tw = report::time_wait_sockets(failing_port).unwrap_or(0);
+            let tw = report::time_wait_sockets(Some(failing_port)).unwrap_or(0);
             let stats = rig.stop();
             let (after, cpu_a) = after?;
             let mut s_before = summary(&before, cpu_b, n - 1);

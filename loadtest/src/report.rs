@@ -123,10 +123,10 @@ pub fn proc_sample(pid: u32, t_s: f64) -> std::io::Result<ProcSample> {
     })
 }
 
-/// Sockets in TIME_WAIT (state `06`) whose remote port is `port`, from `/proc/net/tcp`
-/// and `/proc/net/tcp6` (a missing `tcp6` counts as none): the connections this machine
-/// closed towards a server on `port`.
-pub fn time_wait_sockets(port: u16) -> std::io::Result<u64> {
+/// Sockets in TIME_WAIT (state `06`) whose remote port is `port` (`None`: any), from
+/// `/proc/net/tcp` and `/proc/net/tcp6` (a missing `tcp6` counts as none): the
+/// connections this machine closed towards a server on `port`.
+pub fn time_wait_sockets(port: Option<u16>) -> std::io::Result<u64> {
     let mut n = count_time_wait(&std::fs::read_to_string("/proc/net/tcp")?, port);
     match std::fs::read_to_string("/proc/net/tcp6") {
         Ok(text) => n += count_time_wait(&text, port),
@@ -136,8 +136,9 @@ pub fn time_wait_sockets(port: u16) -> std::io::Result<u64> {
     Ok(n)
 }
 
-/// Counts TIME_WAIT lines of a `/proc/net/tcp*` table with remote port `port`.
-fn count_time_wait(table: &str, port: u16) -> u64 {
+/// Counts TIME_WAIT lines of a `/proc/net/tcp*` table with remote port `port` (`None`:
+/// any).
+fn count_time_wait(table: &str, port: Option<u16>) -> u64 {
     table
         .lines()
         .skip(1)
@@ -148,7 +149,7 @@ fn count_time_wait(table: &str, port: u16) -> u64 {
             let remote_port = remote
                 .and_then(|r| r.rsplit_once(':'))
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            state == Some("06") && remote_port == Some(port)
+            state == Some("06") && (port.is_none() || remote_port == port)
         })
         .count() as u64
 }
@@ -657,8 +658,9 @@ mod tests {
             1: 0100007F:9C41 0100007F:1F90 01 00000000:00000000\n\
             2: 0100007F:9C42 0100007F:1F91 06 00000000:00000000\n\
             3: 00000000000000000000000001000000:9C43 00000000000000000000000001000000:1F90 06 0\n";
-        assert_eq!(count_time_wait(table, 8080), 2);
-        assert_eq!(count_time_wait(table, 8081), 1);
+        assert_eq!(count_time_wait(table, Some(8080)), 2);
+        assert_eq!(count_time_wait(table, Some(8081)), 1);
+        assert_eq!(count_time_wait(table, None), 3);
     }
 
     #[test]
@@ -666,7 +668,8 @@ mod tests {
         let s = proc_sample(std::process::id(), 1.5).unwrap();
         assert!(s.cpu_ns > 0 && s.rss_bytes > 0);
         assert_eq!(s.t_s, 1.5);
-        assert!(time_wait_sockets(1).is_ok());
+        assert!(time_wait_sockets(Some(1)).is_ok());
+        assert!(time_wait_sockets(None).is_ok());
         assert!(machine_description().contains(" x "));
     }
 

@@ -70,6 +70,17 @@ pub const LOADER_QUEUE_MAX: usize = 16;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Why a job did not run to its result on the loading thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OffPathError {
+    /// [`LOADER_QUEUE_MAX`] jobs were already waiting: try again later.
+    #[error("the model loader is busy ({LOADER_QUEUE_MAX} jobs waiting)")]
+    Busy,
+    /// The thread could not start, or the job panicked.
+    #[error("the job failed inside the exchange")]
+    Failed,
+}
+
 /// A thread under `SCHED_IDLE` that runs jobs one at a time from a bounded queue.
 #[derive(Debug)]
 struct Loader {
@@ -94,21 +105,21 @@ impl Loader {
         Some(Loader { queue })
     }
 
-    /// Runs `f` on the thread; `None` if the queue is full or `f` panicked.
+    /// Runs `f` on the thread: `Busy` if the queue is full, `Failed` if `f` panicked.
     async fn run<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
+    ) -> Result<T, OffPathError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
         if self.queue.try_send(job).is_err() {
             tracing::warn!(job = what, "the loading thread is busy");
-            return None;
+            return Err(OffPathError::Busy);
         }
-        rx.await.ok()
+        rx.await.map_err(|_| OffPathError::Failed)
     }
 }
 
@@ -118,16 +129,17 @@ impl Loader {
 /// `SCHED_IDLE`, running jobs one at a time: one thread for every swap and directory
 /// check rather than one per job, so a swap creates and tears down no thread (no stack to
 /// map and unmap, no allocator cache or arena to warm while the auction threads serve).
-/// `None` if the thread could not start, [`LOADER_QUEUE_MAX`] jobs are already waiting,
-/// or `f` panicked. `what` names the job in the log.
+/// [`OffPathError::Busy`] if [`LOADER_QUEUE_MAX`] jobs are already waiting,
+/// [`OffPathError::Failed`] if the thread could not start or `f` panicked. `what` names
+/// the job in the log.
 pub async fn off_the_auction_path<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
+) -> Result<T, OffPathError> {
     static LOADER: std::sync::OnceLock<Option<Loader>> = std::sync::OnceLock::new();
     let Some(loader) = LOADER.get_or_init(|| Loader::start(LOADER_QUEUE_MAX)) else {
         tracing::error!(job = what, "the loading thread did not start");
-        return None;
+        return Err(OffPathError::Failed);
     };
     loader.run(what, f).await
 }
@@ -226,6 +238,7 @@ mod tests {
         let policy =
             super::off_the_auction_path("pingpost-test-idle", || thread_schedule_policy().ok())
                 .await
+                .ok()
                 .flatten();
         assert_eq!(
             policy,
@@ -247,16 +260,23 @@ mod tests {
         let name = || std::thread::current().name().map(str::to_string);
         let first = super::off_the_auction_path("test-first", name)
             .await
+            .ok()
             .flatten();
         assert_eq!(first.as_deref(), Some("pingpost-loader"));
-        let panicked: Option<()> =
+        let panicked: Result<(), _> =
             super::off_the_auction_path("test-panic", || panic!("a job that fails")).await;
-        assert_eq!(panicked, None, "a panicking job gives its caller None");
+        assert_eq!(
+            panicked,
+            Err(super::OffPathError::Failed),
+            "a panicking job fails only itself"
+        );
         let after = super::off_the_auction_path("test-after", move || {
             (name(), std::thread::current().id())
         })
         .await;
-        let again = super::off_the_auction_path("test-id", || std::thread::current().id()).await;
+        let again = super::off_the_auction_path("test-id", || std::thread::current().id())
+            .await
+            .ok();
         let (after_name, after_id) = after.expect("the thread survived the panic");
         assert_eq!(after_name.as_deref(), Some("pingpost-loader"));
         assert_eq!(Some(after_id), again, "one thread, not one per job");
@@ -289,11 +309,15 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = loader.run("test-over", || 2).await;
-        assert_eq!(refused, None, "a job past the queue's bound is refused");
+        assert_eq!(
+            refused,
+            Err(super::OffPathError::Busy),
+            "a job past the queue's bound is refused"
+        );
         drop(hold_tx);
-        assert_eq!(blocker.await.ok(), Some(Some(())));
+        assert_eq!(blocker.await.ok(), Some(Ok(())));
         for q in queued {
-            assert_eq!(q.await.ok(), Some(Some(1)), "every queued job ran");
+            assert_eq!(q.await.ok(), Some(Ok(1)), "every queued job ran");
         }
     }
 }

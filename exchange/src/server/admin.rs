@@ -199,13 +199,21 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
     let result = crate::models::learning::off_the_auction_path("pingpost-model-swap", move || {
         st.swap_models(&vname, vver.as_deref())
     })
-    .await
-    .unwrap_or_else(|| {
-        Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
-            "version",
-            "the swap failed inside the exchange",
-        )]))
-    });
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        // Swaps and directory checks already fill the loader's queue: nothing was
+        // loaded or changed; the same request may be sent again.
+        Err(e @ crate::models::learning::OffPathError::Busy) => {
+            return error_response(state, &ApiError::new(ErrorCode::Overloaded, e.to_string()));
+        }
+        Err(crate::models::learning::OffPathError::Failed) => {
+            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
+                "version",
+                "the swap failed inside the exchange",
+            )]))
+        }
+    };
     match result {
         Ok(generation) => {
             state
