@@ -579,9 +579,8 @@ const PINGS_ONLY: Mix = Mix {
     direct_post: 0.0,
 };
 
-/// One measured run against one target, with the target process's CPU over the run.
 /// Past this many sockets in `TIME_WAIT` a leg waits before it starts.
-const TIME_WAIT_QUIET: usize = 1_000;
+const TIME_WAIT_QUIET: u64 = 1_000;
 /// The longest a leg waits for them (Linux keeps a socket in `TIME_WAIT` for 60 s).
 const TIME_WAIT_WAIT_MAX_S: u64 = 65;
 
@@ -593,9 +592,7 @@ async fn wait_for_free_ports(which: &str) {
     let start = tokio::time::Instant::now();
     let mut told = false;
     while let Ok(n) = report::time_wait_sockets(None) {
-        if n < TIME_WAIT_QUIET as u64
-            || start.elapsed() >= Duration::from_secs(TIME_WAIT_WAIT_MAX_S)
-        {
+        if n < TIME_WAIT_QUIET || start.elapsed() >= Duration::from_secs(TIME_WAIT_WAIT_MAX_S) {
             if told {
                 eprintln!("{which}: {n} sockets in TIME_WAIT now; starting");
             }
@@ -611,6 +608,7 @@ async fn wait_for_free_ports(which: &str) {
     }
 }
 
+/// One measured run against one target, with the target process's CPU over the run.
 async fn measure(
     rig: &Rig,
     which: &str,
