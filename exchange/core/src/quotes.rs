@@ -472,7 +472,7 @@ impl QuoteBook {
     pub fn sweep(&self, now: UnixMs) -> Vec<Reservation> {
         let mut reservations = Vec::new();
         loop {
-            let due: Vec<CompactId> = {
+            let due: Vec<(UnixMs, CompactId)> = {
                 let mut heap = self.expiries.lock();
                 let mut due = Vec::new();
                 while due.len() < SWEEP_CHUNK_MAX {
@@ -480,8 +480,8 @@ impl QuoteBook {
                         Some(Reverse((t, _))) if *t <= now => {}
                         _ => break,
                     }
-                    if let Some(Reverse((_, id))) = heap.pop() {
-                        due.push(id);
+                    if let Some(Reverse(entry)) = heap.pop() {
+                        due.push(entry);
                     }
                 }
                 due
@@ -489,7 +489,7 @@ impl QuoteBook {
             if due.is_empty() {
                 break;
             }
-            for id in due {
+            for (at, id) in due {
                 let MapEntry::Occupied(mut o) = self.entries.entry(id) else {
                     continue;
                 };
@@ -497,7 +497,10 @@ impl QuoteBook {
                 let State::Open(q) = &mut e.state else {
                     continue;
                 };
-                if now < q.expires_at {
+                // A heap entry left from an earlier life of the same ping id (expired or
+                // posted, forgotten, then quoted again) is not this quote's: its own
+                // entry expires it, in its place in the expiry order.
+                if now < q.expires_at || at != q.expires_at {
                     continue;
                 }
                 reservations.extend(q.reservation.take());
