@@ -24,7 +24,7 @@
 //!   configured so that its own, empty-bodied 431 only happens past much larger hard caps
 //!   ([`hard_head_bytes`], [`hard_header_count`]).
 //! - **Accept errors** (out of file descriptors and the like): exponential back-off from
-//!   1 ms to 1 s; after [`Limits::accept_errors_max`] failures in a row the loop stops
+//!   2 ms to 1 s; after [`Limits::accept_errors_max`] failures in a row the loop stops
 //!   (0: never). Errors that concern one peer only (it reset before we accepted) are
 //!   skipped without back-off.
 //! - **Shutdown**: when the shutdown future resolves the listener is closed, every
@@ -219,10 +219,12 @@ impl ConnectionGate {
 
     /// Counts a connection from `ip`, or `None` when `ip` already holds its limit.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        // An IPv4 peer on a dual-stack socket arrives as `::ffff:a.b.c.d`: counted, and
+        // exempt when loopback, as the IPv4 address it is.
+        let ip = canonical(ip);
         if self.per_ip_max == 0 || (self.exempt_loopback && ip.is_loopback()) {
             return Some(IpSlot(None));
         }
-        let ip = canonical(ip);
         let mut map = self.lock();
         let held = map.entry(ip).or_insert(0);
         if *held >= self.per_ip_max {
@@ -1014,5 +1016,13 @@ mod tests {
         let loopback: IpAddr = "127.0.0.1".parse().unwrap();
         let _x = exempt.admit(loopback).unwrap();
         assert!(exempt.admit(loopback).is_some());
+        // Loopback through a dual-stack socket is exempt too, and so is IPv6 loopback.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let _y = exempt.admit(mapped).unwrap();
+        assert!(exempt.admit(mapped).is_some());
+        let v6: IpAddr = "::1".parse().unwrap();
+        let _z = exempt.admit(v6).unwrap();
+        assert!(exempt.admit(v6).is_some());
+        assert_eq!(exempt.refused_per_ip(), 0);
     }
 }

@@ -152,9 +152,16 @@ pub struct Metrics {
     skip_reasons: Vec<IntCounter>,
 }
 
-/// Routes whose latency series are pre-resolved.
-const ROUTES: [&str; 7] = [
-    "ping", "post", "leads", "healthz", "readyz", "metrics", "unknown",
+/// Routes whose latency series are pre-resolved: those of the seller listener that are
+/// observed (a probe answered at once is not; a probe with the wrong method, `405`, is
+/// observed under its own route, made on first use).
+const ROUTES: [&str; 6] = [
+    "ping",
+    "post",
+    "leads",
+    "dispositions",
+    "openapi",
+    "unknown",
 ];
 /// Auction outcomes whose counters are pre-resolved: `bid` and every no-bid reason.
 const AUCTION_OUTCOMES: [&str; 9] = [
@@ -331,7 +338,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "pingpost_model_swaps_total",
-                    "Model swaps (POST /admin/models, the model directory watch) by result (applied, refused).",
+                    "Model swaps asked for by POST /admin/models, by result (applied, refused); the model directory watch logs its own.",
                     &["result"],
                 ),
             ),

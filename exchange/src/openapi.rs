@@ -170,8 +170,8 @@ pub fn build(config: &Config) -> Value {
             },
             "headers": {
                 "RetryAfter": {
-                    "description": "Seconds to wait before retrying.",
-                    "required": true,
+                    "description": "Seconds to wait before retrying: always on `429 rate_limited` and `503 overloaded`, never on `503 unavailable`.",
+                    "required": false,
                     "schema": {"type": "integer", "minimum": 0},
                 },
             },
@@ -311,6 +311,7 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
         "overloaded",
         "unavailable",
         "internal",
+        "headers_too_large",
     ];
     vec![
         (
@@ -427,8 +428,8 @@ fn responses() -> Value {
     let mut r = Map::new();
     let plain = [
         ("InvalidRequest", "`invalid_request` (or `pii_in_ping` on a ping): malformed JSON, wrong types, missing, unknown or invalid fields, unknown vertical; every problem listed at once."),
-        ("Unauthorized", "`unauthorized`: missing or unknown seller key."),
-        ("Forbidden", "`forbidden`: the key is valid but not for this vertical."),
+        ("Unauthorized", "`unauthorized`: missing or unknown seller key (on `/v1/dispositions`: buyer key)."),
+        ("Forbidden", "`forbidden`: the key is valid but not for this vertical or endpoint (a seller may not sell in the vertical; a buyer's key on the seller API, a seller's key on `/v1/dispositions`; a disposition for a lead sold to another buyer)."),
         ("NotFound", "`not_found`: unknown route or unknown `ping_id`."),
         ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
         ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight."),
@@ -455,7 +456,9 @@ fn responses() -> Value {
     }
     r.insert(
         "HeadersTooLarge".into(),
-        json!({"description": "`headers_too_large`: request headers over the server's size or count limit."}),
+        error_response(
+            "`headers_too_large`: request headers over the server's size or count limit.",
+        ),
     );
     r.into()
 }

@@ -375,6 +375,25 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
         "admin.token_env",
     );
     check(old.admin.token != new.admin.token, "admin.token_env");
+    // The model-directory watch takes its period when it starts, and the retraining
+    // thread is started only if a trigger was on at start (changing the triggers of a
+    // running thread applies live).
+    let (ol, nl) = (&old.learning, &new.learning);
+    check(ol.watch_ms != nl.watch_ms, "learning.watch_ms");
+    let retrains = |l: &crate::core::config::LearningConfig| {
+        l.retrain_every_s > 0 || l.retrain_after_dispositions > 0
+    };
+    if !retrains(ol) && retrains(nl) {
+        let path = if nl.retrain_every_s > 0 {
+            "learning.retrain_every_s"
+        } else {
+            "learning.retrain_after_dispositions"
+        };
+        out.push(FieldProblem::new(
+            path,
+            "retraining was off at start and cannot be switched on while the exchange runs; restart to apply it",
+        ));
+    }
     out.dedup_by(|a, b| a.field == b.field);
     out
 }

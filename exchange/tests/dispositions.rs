@@ -269,16 +269,28 @@ async fn every_bad_disposition_gets_its_error_and_writes_nothing() {
         }
     };
 
-    // 401: no key, a malformed header, an unknown key, a seller's key.
+    // 401: no key, a malformed header, an unknown key. 403: a seller's key (valid, but
+    // not for this endpoint), and a buyer's key on the seller API.
     raw(None, Some("application/json"), "{}")
         .await
         .assert_error(401, "unauthorized");
     dispose(c, "not-a-key", &ok_body)
         .await
         .assert_error(401, "unauthorized");
-    dispose(c, SELLER_KEY, &ok_body)
+    let e = dispose(c, SELLER_KEY, &ok_body)
         .await
-        .assert_error(401, "unauthorized");
+        .assert_error(403, "forbidden");
+    assert!(
+        !e.to_string().contains(SELLER_KEY),
+        "the key is never echoed: {e}"
+    );
+    for path in ["/v1/ping", "/v1/post", "/v1/leads"] {
+        let e = c
+            .post_json_with(path, ACME_KEY, &[], &ok_body)
+            .await
+            .assert_error(403, "forbidden");
+        assert!(!e.to_string().contains(ACME_KEY), "{path}: {e}");
+    }
     // 415, 400 (malformed, not an object, too deep, fields), 413.
     raw(Some(ACME_KEY), Some("text/plain"), r#"{"lead_id":"ld_1"}"#)
         .await

@@ -292,6 +292,31 @@ async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_ke
     );
     assert_eq!(ex.state.generation(), 1);
 
+    // Learning settings read only at start: the model watch's period, and retraining
+    // switched on when it was off at start (the test exchange starts with it off).
+    for (extra, field) in [
+        ("watch_ms = 250", "learning.watch_ms"),
+        ("retrain_every_s = 60", "learning.retrain_every_s"),
+        (
+            "retrain_after_dispositions = 10",
+            "learning.retrain_after_dispositions",
+        ),
+    ] {
+        let text = good.replace("[learning]\n", &format!("[learning]\n{extra}\n"));
+        assert_ne!(text, good, "{extra}");
+        ex.write_config_text(&text);
+        let reply = ex.reload().await;
+        let err = reply.assert_error(400, "invalid_request");
+        assert_eq!(err["fields"][0]["field"], field, "{extra}: {err}");
+        assert!(
+            err["fields"][0]["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("restart")),
+            "{extra}: {err}"
+        );
+        assert_eq!(ex.state.generation(), 1, "{extra}");
+    }
+
     // Not a TOML document at all.
     ex.write_config_text("this is [not toml");
     ex.reload().await.assert_error(400, "invalid_request");
@@ -303,7 +328,7 @@ async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_ke
     assert_eq!(
         ex.metric("pingpost_reloads_total", &[("result", "refused")])
             .await,
-        3.0
+        6.0
     );
     assert_eq!(
         ex.metric("pingpost_reloads_total", &[("result", "applied")])

@@ -254,6 +254,15 @@ impl<'a> Auction<'a> {
                 );
                 continue;
             }
+            let bound = collect_until.min(now.saturating_add(ms(buyer.ping_timeout_ms)));
+            let tmax_ms = u64::try_from(bound.saturating_sub(now)).unwrap_or(0);
+            // No time left: not pinged, and the breaker is not asked (asking it may
+            // spend a half-open probe on a ping that never goes out).
+            if tmax_ms == 0 {
+                admitted += 1;
+                a.line(b, BuyerOutcome::Timeout, None, Some(NO_TIME_LEFT), None);
+                continue;
+            }
             if health.admit(buyer.key, now) == Admit::No {
                 a.line(
                     b,
@@ -265,12 +274,6 @@ impl<'a> Auction<'a> {
                 continue;
             }
             admitted += 1;
-            let bound = collect_until.min(now.saturating_add(ms(buyer.ping_timeout_ms)));
-            let tmax_ms = u64::try_from(bound.saturating_sub(now)).unwrap_or(0);
-            if tmax_ms == 0 {
-                a.line(b, BuyerOutcome::Timeout, None, Some(NO_TIME_LEFT), None);
-                continue;
-            }
             a.slots.push(Slot {
                 buyer: b,
                 bound,

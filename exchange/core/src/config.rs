@@ -89,8 +89,8 @@ pub mod defaults {
     /// Sold leads the exchange remembers for dispositions (about 75 bytes each, reserved at
     /// start).
     pub const SOLD_LEADS_MAX: usize = 500_000;
-    /// A buyer's return window unless `buyers.ID.return_window_days` says otherwise:
-    /// returns are recorded but refund nothing until a window is agreed.
+    /// A buyer's return window unless `buyers.ID.return_window_days` says otherwise: 0,
+    /// returns are refused (`409`, nothing recorded) until a window is agreed.
     pub const RETURN_WINDOW_DAYS: u16 = 0;
     /// Open quotes (bids not yet posted or expired) one seller may hold at once.
     pub const SELLER_QUOTES_OPEN_MAX: usize = 1_000;
@@ -444,7 +444,7 @@ pub struct Buyer {
     /// SHA-256 of a second valid key, for rotation.
     pub key_sha256_next: Option<[u8; 32]>,
     /// Days after a sale within which a `returned` disposition refunds the buyer and
-    /// claws back the seller's payout; 0: returns are recorded, never refunded.
+    /// claws back the seller's payout; 0: a `returned` is refused (`409`, nothing recorded).
     pub return_window_days: u16,
 }
 

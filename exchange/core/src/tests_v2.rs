@@ -212,6 +212,26 @@ fn no_time_left_means_not_pinged_and_no_breaker_penalty() {
     }));
 }
 
+#[test]
+fn no_time_left_does_not_spend_a_half_open_probe() {
+    let cfg = cfg_timeouts(&[100]);
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let bc = breaker_cfg();
+    let br = BreakerBook::new(1, bc);
+    for i in 0..bc.failures.max(1) {
+        br.record(BuyerKey(0), false, T + i64::from(i));
+    }
+    assert!(br.is_open(BuyerKey(0)));
+    // Past the open time a probe is due. An auction with no time left must not take it.
+    let probe_at = T + i64::try_from(bc.open_ms).unwrap() + 10;
+    let late = Auction::new(params(&cfg, probe_at - 148), &lead(TX), &s, &br, probe_at);
+    assert_eq!(late.ping_count(), 0);
+    // The next auction, with time, gets the probe at once.
+    let a = Auction::new(params(&cfg, probe_at), &lead(TX), &s, &br, probe_at);
+    assert_eq!(a.ping_count(), 1, "the probe was still due");
+}
+
 // ---------------------------------------------------------------------------------------
 // Award
 

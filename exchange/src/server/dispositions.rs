@@ -1,6 +1,6 @@
 //! `POST /v1/dispositions` on the seller listener: a buyer reports what became of a lead
 //! it bought (buyer bearer key). Checks in order, each answered with its contract error
-//! and changing nothing: the key (401), the buyer's request rate (429), the content type
+//! and changing nothing: the key (401; a seller's key 403), the buyer's request rate (429), the content type
 //! (415), the body size (413) and its fields (400), the ledger's health (503), the lead
 //! (404 unknown or forgotten, 403 sold to another buyer), a repeat (409), a `returned`
 //! outside the buyer's return window (409). A valid one is written to the ledger (a
@@ -14,14 +14,21 @@ use crate::dispositions::{self, refund_decision, Claim, NoRefund, RETURNED};
 
 /// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
 /// rules: the digest is looked up, then compared in constant time with the buyer's own).
+/// An unknown key is 401, a seller's key 403.
 fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx, ApiError> {
     let digest = super::seller::bearer_digest(req, "buyer")?;
     let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown buyer key");
-    let idx = *rt
-        .config
-        .buyer_by_key_sha256
-        .get(&digest)
-        .ok_or_else(unknown)?;
+    let Some(&idx) = rt.config.buyer_by_key_sha256.get(&digest) else {
+        // CONTRACT.md: a valid key used where it does not belong is 403.
+        return Err(if super::seller::is_seller_key(rt, &digest) {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "a seller key cannot report dispositions (a buyer key can)",
+            )
+        } else {
+            unknown()
+        });
+    };
     let b = rt.config.buyers.get(idx).ok_or_else(unknown)?;
     let Some(first) = b.key_sha256 else {
         return Err(unknown());
@@ -56,15 +63,19 @@ struct RefundAnswer<'a> {
 pub(super) async fn disposition_request(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-    _permit: InFlight,
+    permit: InFlight,
 ) -> Response<Body> {
-    match disposition(state, req).await {
+    match disposition(state, req, permit).await {
         Ok(bytes) => json_response(200, bytes),
         Err(e) => error_response(state, &e),
     }
 }
 
-async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+async fn disposition(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    permit: InFlight,
+) -> Result<Vec<u8>, ApiError> {
     let rt = state.runtime.load_full();
     let idx = authenticate_buyer(&rt, &req)?;
     let buyer = &rt.config.buyers[idx];
@@ -101,21 +112,25 @@ async fn disposition(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Ve
             "the exchange cannot record dispositions until it is restarted",
         ));
     }
-    // The rest runs in its own task: a client that disconnects cannot leave a claim
-    // pending or a written record unsettled (the seller routes do the same).
+    // The rest runs in its own task, which holds the request's in-flight place: a client
+    // that disconnects cannot leave a claim pending or a written record unsettled, nor
+    // free its place while the work still runs (the seller routes do the same).
     let st = state.clone();
     let buyer_key = buyer.key;
     let buyer_id = buyer.id.clone();
     let window = buyer.return_window_days;
     let generation = rt.generation;
-    tokio::spawn(async move { record(&st, d, buyer_key, &buyer_id, window, generation).await })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                ErrorCode::Internal,
-                "the request failed inside the exchange",
-            ))
-        })
+    tokio::spawn(async move {
+        let _permit = permit;
+        record(&st, d, buyer_key, &buyer_id, window, generation).await
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            "the request failed inside the exchange",
+        ))
+    })
 }
 
 /// Claims (lead, outcome), writes the records and settles the claim.

@@ -101,15 +101,41 @@ pub(super) fn key_matches(digest: &[u8; 32], current: &[u8; 32], next: Option<&[
     bool::from(digest.ct_eq(current) | digest.ct_eq(next))
 }
 
-/// Authenticates a seller from `Authorization: Bearer <key>`.
+/// Is `digest` a buyer's disposition key (current or next)? Constant time once found.
+pub(super) fn is_buyer_key(rt: &Runtime, digest: &[u8; 32]) -> bool {
+    rt.config
+        .buyer_by_key_sha256
+        .get(digest)
+        .and_then(|&idx| rt.config.buyers.get(idx))
+        .and_then(|b| b.key_sha256.map(|k| (k, b.key_sha256_next)))
+        .is_some_and(|(k, next)| key_matches(digest, &k, next.as_ref()))
+}
+
+/// Is `digest` a seller's key (current or next)? Constant time once found.
+pub(super) fn is_seller_key(rt: &Runtime, digest: &[u8; 32]) -> bool {
+    rt.config
+        .seller_by_key_sha256
+        .get(digest)
+        .and_then(|&idx| rt.config.sellers.get(idx))
+        .is_some_and(|s| key_matches(digest, &s.key_sha256, s.key_sha256_next.as_ref()))
+}
+
+/// Authenticates a seller from `Authorization: Bearer <key>`: an unknown key is 401, a
+/// buyer's disposition key 403.
 fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiError> {
     let digest = bearer_digest(req, "seller")?;
     let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown seller key");
-    let seller = *rt
-        .config
-        .seller_by_key_sha256
-        .get(&digest)
-        .ok_or_else(unknown)?;
+    let Some(&seller) = rt.config.seller_by_key_sha256.get(&digest) else {
+        // CONTRACT.md: a valid key used where it does not belong is 403.
+        return Err(if is_buyer_key(rt, &digest) {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "a buyer key cannot use the seller API (it is for /v1/dispositions only)",
+            )
+        } else {
+            unknown()
+        });
+    };
     let s = rt.config.sellers.get(seller).ok_or_else(unknown)?;
     if key_matches(&digest, &s.key_sha256, s.key_sha256_next.as_ref()) {
         Ok(seller)
@@ -758,7 +784,8 @@ async fn post(
                 // The reservation was committed or released inside; the post's outcome is
                 // unknown to the seller, so the ping stays in flight-safe Done with an error.
                 tracing::error!(error = %e, "sale not recorded");
-                let a = PostAnswer::status_only(PostStatus::Unsold, Some("ledger_unavailable"));
+                let mut a = PostAnswer::status_only(PostStatus::Unsold, Some("ledger_unavailable"));
+                a.ping_id = Some(quote.ping_id.to_string());
                 state.quotes.finish(&quote.ping_id, a, state.clock.now_ms());
                 if matches!(e, DeliveryError::Unavailable) {
                     // The ledger failed before the lead left: nothing was delivered.

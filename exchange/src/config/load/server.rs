@@ -73,10 +73,11 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         TABLE_ENTRIES_LIMIT,
         defaults::QUOTES_OPEN_MAX,
     );
+    // CONTRACT.md: an idempotency key is remembered at least 24 h.
     let idempotency_ttl_ms = s.u64_or(
         p,
         "idempotency_ttl_ms",
-        1,
+        DAY_MS,
         30 * DAY_MS,
         defaults::IDEMPOTENCY_TTL_MS,
     );

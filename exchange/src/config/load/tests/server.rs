@@ -10,7 +10,7 @@ fn server_keys() {
     let c = ok(&[(
             "#SERVER",
             "listen = \"0.0.0.0:9000\"\nbody_bytes_max = 2048\nheader_read_timeout_ms = 7\nrequests_in_flight_max = 8\n\
-             connections_max = 9\nshutdown_grace_ms = 0\nquote_ttl_ms = 11\nquotes_open_max = 12\nidempotency_ttl_ms = 13\n\
+             connections_max = 9\nshutdown_grace_ms = 0\nquote_ttl_ms = 11\nquotes_open_max = 12\nidempotency_ttl_ms = 86400013\n\
              idempotency_keys_max = 14\nledger_path = \"/tmp/l.jsonl\"\nbuyers_per_auction_max = 15\nresponse_reserve_ms = 16\n\
              post_attempts_max = 17\nbreaker = { failures = 18, open_ms = 19, probe_interval_ms = 20 }",
         )]);
@@ -29,7 +29,10 @@ fn server_keys() {
         (s.shutdown_grace_ms, s.quote_ttl_ms, s.quotes_open_max),
         (0, 11, 12)
     );
-    assert_eq!((s.idempotency_ttl_ms, s.idempotency_keys_max), (13, 14));
+    assert_eq!(
+        (s.idempotency_ttl_ms, s.idempotency_keys_max),
+        (86_400_013, 14)
+    );
     assert_eq!(s.ledger_path, PathBuf::from("/tmp/l.jsonl"));
     assert_eq!(
         (
@@ -65,6 +68,23 @@ fn server_keys() {
             errors(&[("#SERVER", "response_reserve_ms = 200")]),
             ["verticals.auto.auction_deadline_ms: must be more than server.response_reserve_ms (200 ms), which is kept back to answer the seller"]
         );
+}
+
+#[test]
+fn idempotency_keys_are_kept_at_least_the_contracts_24_hours() {
+    for short in ["1", "86399999"] {
+        let e = errors(&[("#SERVER", &format!("idempotency_ttl_ms = {short}"))]);
+        assert_eq!(
+            e,
+            vec![
+                "server.idempotency_ttl_ms: must be a whole number between 86400000 and 2592000000"
+                    .to_string()
+            ],
+            "{short}"
+        );
+    }
+    let c = ok(&[("#SERVER", "idempotency_ttl_ms = 86400000")]);
+    assert_eq!(c.server.idempotency_ttl_ms, 86_400_000);
 }
 
 #[test]
