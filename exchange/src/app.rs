@@ -86,9 +86,48 @@ fn bind_admin_std(config: &Config) -> std::io::Result<Option<std::net::TcpListen
         );
         return Ok(None);
     }
-    let l = std::net::TcpListener::bind(config.admin.listen)?;
+    let addr = config.admin.listen;
+    let l = std::net::TcpListener::bind(addr).map_err(|e| in_context(e, addr, "admin.listen"))?;
     l.set_nonblocking(true)?;
     Ok(Some(l))
+}
+
+/// `e` with the address and the setting it came from: "cannot listen on 127.0.0.1:8081
+/// (admin.listen): Address already in use".
+fn in_context(e: std::io::Error, addr: SocketAddr, setting: &str) -> std::io::Error {
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot listen on {addr} ({setting}): {e}"),
+    )
+}
+
+/// Refuses to share the seller address with another process. The workers' listeners
+/// set `SO_REUSEPORT`, so a second exchange started on the same port by mistake would
+/// bind beside the first and the kernel would split the sellers between the two (each
+/// with its own quotes and ledger). A plain socket (`SO_REUSEADDR` only, so connections
+/// left in `TIME_WAIT` do not count) cannot bind where any socket listens. Port 0 picks a
+/// free port and is not checked.
+fn refuse_shared_port(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = if addr.is_ipv4() {
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?
+    } else {
+        socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?
+    };
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {addr} (server.listen): another process is listening there \
+                 (is another exchange running?)"
+            ),
+        )),
+        Err(e) => Err(in_context(e, addr, "server.listen")),
+    }
 }
 
 /// Loads the configuration from `source`, starts the exchange ([`start`]) and keeps the
@@ -216,6 +255,7 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
         crate::state::ADMIN_CONNECTIONS_MAX,
     );
     let mut addr = config.server.listen;
+    refuse_shared_port(addr)?;
     let mut admin_std = bind_admin_std(&config)?;
     let admin_addr = admin_std.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = build_state(config, clock)?;
@@ -243,10 +283,12 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                         spawn_model_watch(&st);
                         crate::models::learning::spawn(&st);
                     }
-                    let listener = match bind_reuseport(bind_to).and_then(|l| {
-                        let a = l.local_addr()?;
-                        Ok((l, a))
-                    }) {
+                    let listener = match bind_reuseport(bind_to)
+                        .map_err(|e| in_context(e, bind_to, "server.listen"))
+                        .and_then(|l| {
+                            let a = l.local_addr()?;
+                            Ok((l, a))
+                        }) {
                         Ok((l, a)) => {
                             let _ = ready_tx.send(Ok(a));
                             l

@@ -21,8 +21,12 @@ use crate::config::HttpVersion;
 
 /// Largest buyer answer read; anything longer is an invalid answer.
 pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
-/// Idle keep-alive connections kept per buyer host.
-pub const IDLE_PER_HOST_MAX: usize = 512;
+/// Idle keep-alive connections kept per buyer host, per worker thread. It bounds only the
+/// surplus: connections in use are not counted, so a steady load keeps what it uses, and
+/// after a burst (a stall that queued many auctions at once, whose pings then all needed
+/// a connection) the extra ones are closed as they come back instead of being held, with
+/// their buffers (about 24 KB each), for [`IDLE_TIMEOUT_S`].
+pub const IDLE_PER_HOST_MAX: usize = 32;
 /// How long an idle pooled connection is kept.
 pub const IDLE_TIMEOUT_S: u64 = 90;
 /// TCP connect timeout (bounded again by each call's own deadline).

@@ -570,7 +570,10 @@ fn main() -> anyhow::Result<()> {
     // The serving configuration itself, not a copy (with 10,000 buyers a copy is ~10 MB).
     let demo_cfg = server.state.runtime.load().config.clone();
     server.state.set_config_source(Box::new(source));
-    tracing::info!(addr = %server.addr, admin = ?server.admin_addr, workers, "pingpost listening");
+    let admin = server
+        .admin_addr
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(addr = %server.addr, %admin, workers, "pingpost listening");
     let demo_admin = server
         .admin_addr
         .zip(demo_cfg.admin.token.as_ref())

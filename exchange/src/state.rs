@@ -677,7 +677,16 @@ impl AppState {
         if !expired.is_empty() {
             let rt = self.runtime.load();
             for r in expired {
-                let drop = drop_hold(&rt.config, rt.generation, r, None, true, None, now);
+                let former = self.ids.buyer_id(r.buyer);
+                let drop = drop_hold(
+                    &rt.config,
+                    rt.generation,
+                    r,
+                    None,
+                    None,
+                    former.as_deref(),
+                    now,
+                );
                 crate::effects::execute_now(self, drop.into_iter());
             }
         }

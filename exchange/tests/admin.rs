@@ -34,6 +34,13 @@ async fn without_the_token_or_with_a_wrong_one_admin_routes_are_401_and_change_n
             let r = admin_send(&ex, method.clone(), path, token).await;
             r.assert_error(401, "unauthorized");
             assert!(!r.text().contains("pingpost_"), "{}", r.text());
+            assert_eq!(
+                r.headers
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok()),
+                Some("Bearer"),
+                "a 401 names its scheme"
+            );
         }
     }
     // A scheme other than Bearer is no token either.

@@ -274,9 +274,14 @@ async fn every_bad_disposition_gets_its_error_and_writes_nothing() {
     raw(None, Some("application/json"), "{}")
         .await
         .assert_error(401, "unauthorized");
-    dispose(c, "not-a-key", &ok_body)
-        .await
-        .assert_error(401, "unauthorized");
+    let r = dispose(c, "not-a-key", &ok_body).await;
+    r.assert_error(401, "unauthorized");
+    assert_eq!(
+        r.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
     let e = dispose(c, SELLER_KEY, &ok_body)
         .await
         .assert_error(403, "forbidden");

@@ -68,3 +68,48 @@ async fn several_workers_share_the_address_the_books_and_the_caps() {
     // The port is free again: every worker stopped listening.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// A second exchange started on the address of a running one (by mistake: the same
+/// `server.listen`) must not start. With `SO_REUSEPORT` on the workers' listeners it
+/// would otherwise bind beside the first, and the kernel would split the sellers
+/// between two exchanges with separate quotes and ledgers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_exchange_on_the_same_address_refuses_to_start() {
+    let bidder = ScriptedBidder::bidding(15.0);
+    let (buyer, _handle) = serve("acme", &bidder).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first_cfg = TestConfig::new()
+        .buyer(buyer.clone())
+        .load(&dir.path().join("a"));
+    let first =
+        tokio::task::spawn_blocking(move || app::start_threaded(first_cfg, Clock::system()))
+            .await
+            .expect("join")
+            .expect("the first exchange starts");
+    let addr = first.addr;
+
+    let mut second_cfg = TestConfig::new().buyer(buyer).load(&dir.path().join("b"));
+    second_cfg.server.listen = addr;
+    let second =
+        tokio::task::spawn_blocking(move || app::start_threaded(second_cfg, Clock::system()))
+            .await
+            .expect("join");
+    let err = second.expect_err("a second exchange on the same address must not start");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&addr.to_string()) && msg.contains("server.listen"),
+        "the error names the address and the setting: {msg}"
+    );
+    assert!(!dir.path().join("b").exists(), "nothing was created: {msg}");
+
+    // The first one still serves every seller.
+    let client = SellerClient::new(addr);
+    for _ in 0..4 {
+        assert_eq!(client.ping("TX").await.status, PingStatus::Bid);
+    }
+    tokio::task::spawn_blocking(move || first.shutdown())
+        .await
+        .expect("join")
+        .expect("clean shutdown");
+}

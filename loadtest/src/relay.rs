@@ -45,7 +45,7 @@ pub const RELAY_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Connections the relay serves at once; the next accept waits for a free slot.
 pub const RELAY_CONNECTIONS_MAX: usize = 8_192;
 /// Idle keep-alive connections kept per buyer (as the exchange's buyer client).
-pub const IDLE_PER_HOST_MAX: usize = 512;
+pub const IDLE_PER_HOST_MAX: usize = 32;
 /// How long an idle pooled connection is kept, in s (as the exchange's buyer client).
 pub const IDLE_TIMEOUT_S: u64 = 90;
 /// TCP connect timeout, in ms (each call's own deadline bounds it again).

@@ -235,13 +235,14 @@ impl<'a> PostPlan<'a> {
             return;
         };
         if std::mem::take(&mut self.quote_hold) {
+            let former = self.p.removed.iter().find(|(k, _)| *k == r.buyer);
             let [a, b] = drop_hold(
                 self.p.config,
                 self.p.generation,
                 r,
                 Some(self.p.ping_id),
-                false,
                 Some(why),
+                former.map(|(_, id)| id.as_str()),
                 now,
             );
             self.effects.push(a);

@@ -177,24 +177,30 @@ pub mod release_reason {
 }
 
 /// The effects of dropping a quote's hold `r` without a sale: the cap operation and its
-/// record (`quote_expired` when `expired`, else `quote_released` with `reason`).
+/// record (`quote_expired` when `reason` is `None`, else `quote_released` with it). The
+/// record names the buyer by its id in `config`, or by `former_id` when a reload removed
+/// it.
 pub fn drop_hold<'c>(
     config: &'c Config,
     generation: u64,
     r: Reservation,
     ping_id: Option<&'c str>,
-    expired: bool,
     reason: Option<&'static str>,
+    former_id: Option<&'c str>,
     now: UnixMs,
 ) -> [Effect<'c>; 2] {
+    let expired = reason.is_none();
     let hold = QuoteHoldRecord {
         head: Head::new(generation, now),
         ping_id,
+        // A buyer a reload removed is no longer in `config`: its former id names it.
         buyer: config
             .buyer_by_key(r.buyer)
-            .map_or("", |(_, b)| b.id.as_str()),
+            .map(|(_, b)| b.id.as_str())
+            .or(former_id)
+            .unwrap_or(""),
         price_micros: r.price.0,
-        reason: if expired { None } else { reason },
+        reason,
     };
     if expired {
         [

@@ -816,10 +816,10 @@ fn a_winner_a_reload_removed_is_skipped_its_hold_released_and_the_lead_falls_bac
         })
         .collect();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("\"quote_released\"") && l.contains("\"buyer_removed\"")),
-        "{lines:?}"
+        lines.iter().any(|l| l.contains("\"quote_released\"")
+            && l.contains("\"buyer\":\"b0\"")
+            && l.contains("\"buyer_removed\"")),
+        "the release names the removed buyer by its former id: {lines:?}"
     );
     assert!(
         lines.iter().any(|l| l.contains("\"post_attempt\"")

@@ -100,6 +100,11 @@ fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    // RFC 9110: a 401 names the scheme it wants.
+    if e.code == ErrorCode::Unauthorized {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     resp
 }
 

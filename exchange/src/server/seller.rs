@@ -814,13 +814,14 @@ async fn release_hold(
     reason: Option<&'static str>,
     now: crate::core::UnixMs,
 ) {
+    let former = state.ids.buyer_id(r.buyer);
     let drop = drop_hold(
         &rt.config,
         rt.generation,
         r,
         ping_id,
-        reason.is_none(),
         reason,
+        former.as_deref(),
         now,
     );
     // Only durable records can fail, and hold records are not durable.
