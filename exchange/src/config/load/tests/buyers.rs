@@ -72,6 +72,28 @@ fn buyer_keys() {
 }
 
 #[test]
+fn a_full_list_of_zip_prefixes_loads_and_its_repeats_are_each_named() {
+    // Every five-digit prefix (100,000, the list limit), then the same list with two
+    // items repeating earlier ones: each repeat is named at its own index.
+    let all: Vec<String> = (0..100_000).map(|i| format!("\"{i:05}\"")).collect();
+    let c = ok(&[("#BUYER", &format!("zip_prefixes = [{}]", all.join(",")))]);
+    assert_eq!(c.buyers[0].zip_prefixes.len(), 100_000);
+    let mut repeated = all.clone();
+    repeated[99_998] = "\"00007\"".into();
+    repeated[99_999] = "\"76180\"".into();
+    assert_eq!(
+        errors(&[(
+            "#BUYER",
+            &format!("zip_prefixes = [{}]", repeated.join(","))
+        )]),
+        [
+            "buyers.acme.zip_prefixes[99998]: \"00007\" is listed twice".to_string(),
+            "buyers.acme.zip_prefixes[99999]: \"76180\" is listed twice".to_string(),
+        ]
+    );
+}
+
+#[test]
 fn buyer_urls() {
     let with_ping = |url: &str| {
         let text = doc(&[]).replace("http://127.0.0.1:9101/ping", url);
