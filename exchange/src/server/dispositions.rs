@@ -1,11 +1,11 @@
 //! `POST /v1/dispositions` on the seller listener: a buyer reports what became of a lead
 //! it bought (buyer bearer key). Checks in order, each answered with its contract error
-//! and changing nothing: the key (401; a seller's key 403), the buyer's request rate (429), the content type
-//! (415), the body size (413) and its fields (400), the ledger's health (503), the lead
-//! (404 unknown or forgotten, 403 sold to another buyer), a repeat (409), a `returned`
-//! outside the buyer's return window (409). A valid one is written to the ledger (a
-//! `refund` for a `returned`, then the `disposition`), and answered only after both are
-//! on disk.
+//! and changing nothing: the key (401; a seller's key 403), the buyer's request rate
+//! (429), the content type (415), the body size (413) and its fields (400), the ledger's
+//! health (503), the lead (404 unknown or forgotten, 403 sold to another buyer), a repeat
+//! (409), a `returned` outside the buyer's return window (409). A valid one is written to
+//! the ledger (a `refund` for a `returned`, then the `disposition`), and answered only
+//! after both are on disk.
 
 use super::*;
 use crate::config::BuyerIdx;
@@ -13,31 +13,18 @@ use crate::core::record::{DispositionRecord, Head, LedgerSink, Record, RefundRec
 use crate::dispositions::{self, refund_decision, Claim, NoRefund, RETURNED};
 
 /// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
-/// rules: the digest is looked up, then compared in constant time with the buyer's own).
-/// An unknown key is 401, a seller's key 403.
+/// rules, `seller::buyer_of`): an unknown key is 401, a seller's key 403.
 fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx, ApiError> {
     let digest = super::seller::bearer_digest(req, "buyer")?;
-    let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown buyer key");
-    let Some(&idx) = rt.config.buyer_by_key_sha256.get(&digest) else {
-        // CONTRACT.md: a valid key used where it does not belong is 403.
-        return Err(if super::seller::is_seller_key(rt, &digest) {
-            ApiError::new(
+    super::seller::buyer_of(rt, &digest).ok_or_else(|| {
+        match super::seller::seller_of(rt, &digest) {
+            Some(_) => ApiError::new(
                 ErrorCode::Forbidden,
                 "a seller key cannot report dispositions (a buyer key can)",
-            )
-        } else {
-            unknown()
-        });
-    };
-    let b = rt.config.buyers.get(idx).ok_or_else(unknown)?;
-    let Some(first) = b.key_sha256 else {
-        return Err(unknown());
-    };
-    if super::seller::key_matches(&digest, &first, b.key_sha256_next.as_ref()) {
-        Ok(idx)
-    } else {
-        Err(unknown())
-    }
+            ),
+            None => ApiError::new(ErrorCode::Unauthorized, "unknown buyer key"),
+        }
+    })
 }
 
 /// The answer of a recorded disposition.

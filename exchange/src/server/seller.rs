@@ -101,47 +101,33 @@ pub(super) fn key_matches(digest: &[u8; 32], current: &[u8; 32], next: Option<&[
     bool::from(digest.ct_eq(current) | digest.ct_eq(next))
 }
 
-/// Is `digest` a buyer's disposition key (current or next)? Constant time once found.
-pub(super) fn is_buyer_key(rt: &Runtime, digest: &[u8; 32]) -> bool {
-    rt.config
-        .buyer_by_key_sha256
-        .get(digest)
-        .and_then(|&idx| rt.config.buyers.get(idx))
-        .and_then(|b| b.key_sha256.map(|k| (k, b.key_sha256_next)))
-        .is_some_and(|(k, next)| key_matches(digest, &k, next.as_ref()))
+/// The buyer whose disposition key (current or next) `digest` is: the digest is looked
+/// up, then compared in constant time with the buyer's own.
+pub(super) fn buyer_of(rt: &Runtime, digest: &[u8; 32]) -> Option<crate::config::BuyerIdx> {
+    let idx = *rt.config.buyer_by_key_sha256.get(digest)?;
+    let b = rt.config.buyers.get(idx)?;
+    let current = b.key_sha256?;
+    key_matches(digest, &current, b.key_sha256_next.as_ref()).then_some(idx)
 }
 
-/// Is `digest` a seller's key (current or next)? Constant time once found.
-pub(super) fn is_seller_key(rt: &Runtime, digest: &[u8; 32]) -> bool {
-    rt.config
-        .seller_by_key_sha256
-        .get(digest)
-        .and_then(|&idx| rt.config.sellers.get(idx))
-        .is_some_and(|s| key_matches(digest, &s.key_sha256, s.key_sha256_next.as_ref()))
+/// The seller whose key (current or next) `digest` is, checked as [`buyer_of`] does.
+pub(super) fn seller_of(rt: &Runtime, digest: &[u8; 32]) -> Option<SellerIdx> {
+    let idx = *rt.config.seller_by_key_sha256.get(digest)?;
+    let s = rt.config.sellers.get(idx)?;
+    key_matches(digest, &s.key_sha256, s.key_sha256_next.as_ref()).then_some(idx)
 }
 
 /// Authenticates a seller from `Authorization: Bearer <key>`: an unknown key is 401, a
-/// buyer's disposition key 403.
+/// buyer's disposition key 403 (CONTRACT.md: a valid key used where it does not belong).
 fn authenticate(rt: &Runtime, req: &Request<Incoming>) -> Result<SellerIdx, ApiError> {
     let digest = bearer_digest(req, "seller")?;
-    let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown seller key");
-    let Some(&seller) = rt.config.seller_by_key_sha256.get(&digest) else {
-        // CONTRACT.md: a valid key used where it does not belong is 403.
-        return Err(if is_buyer_key(rt, &digest) {
-            ApiError::new(
-                ErrorCode::Forbidden,
-                "a buyer key cannot use the seller API (it is for /v1/dispositions only)",
-            )
-        } else {
-            unknown()
-        });
-    };
-    let s = rt.config.sellers.get(seller).ok_or_else(unknown)?;
-    if key_matches(&digest, &s.key_sha256, s.key_sha256_next.as_ref()) {
-        Ok(seller)
-    } else {
-        Err(unknown())
-    }
+    seller_of(rt, &digest).ok_or_else(|| match buyer_of(rt, &digest) {
+        Some(_) => ApiError::new(
+            ErrorCode::Forbidden,
+            "a buyer key cannot use the seller API (it is for /v1/dispositions only)",
+        ),
+        None => ApiError::new(ErrorCode::Unauthorized, "unknown seller key"),
+    })
 }
 
 pub(super) async fn read_body(
