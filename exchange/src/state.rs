@@ -380,10 +380,7 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
     // running thread applies live).
     let (ol, nl) = (&old.learning, &new.learning);
     check(ol.watch_ms != nl.watch_ms, "learning.watch_ms");
-    let retrains = |l: &crate::core::config::LearningConfig| {
-        l.retrain_every_s > 0 || l.retrain_after_dispositions > 0
-    };
-    if !retrains(ol) && retrains(nl) {
+    if !ol.retrains() && nl.retrains() {
         let path = if nl.retrain_every_s > 0 {
             "learning.retrain_every_s"
         } else {

@@ -168,6 +168,13 @@ pub struct LearningConfig {
     pub kept_after_s: u64,
 }
 
+impl LearningConfig {
+    /// Is continuous retraining on (a schedule or a disposition count)?
+    pub fn retrains(&self) -> bool {
+        self.retrain_every_s > 0 || self.retrain_after_dispositions > 0
+    }
+}
+
 impl Default for LearningConfig {
     fn default() -> LearningConfig {
         LearningConfig {

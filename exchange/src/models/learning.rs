@@ -32,7 +32,7 @@ pub struct Decision {
 /// exchange is dropped.
 pub fn spawn(state: &Arc<AppState>) {
     let l = state.runtime.load().config.learning.clone();
-    if l.retrain_every_s == 0 && l.retrain_after_dispositions == 0 {
+    if !l.retrains() {
         return;
     }
     let weak: Weak<AppState> = Arc::downgrade(state);
