@@ -44,7 +44,8 @@ pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
 pub const RELAY_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Connections the relay serves at once; the next accept waits for a free slot.
 pub const RELAY_CONNECTIONS_MAX: usize = 8_192;
-/// Idle keep-alive connections kept per buyer (as the exchange's buyer client).
+/// Idle keep-alive connections kept per buyer host by each pool: as the exchange's
+/// buyer client, which like the relay has one pool per worker.
 pub const IDLE_PER_HOST_MAX: usize = 32;
 /// How long an idle pooled connection is kept, in s (as the exchange's buyer client).
 pub const IDLE_TIMEOUT_S: u64 = 90;
@@ -360,7 +361,8 @@ struct Relay {
     fanout: Fanout,
     targets: Vec<PreparedTarget>,
     deadline: Duration,
-    requests: AtomicU64,
+    /// Numbers the relayed requests (their message ids); shared by the workers.
+    requests: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -420,12 +422,21 @@ pub async fn serve_relay(
         .map(FanoutTarget::prepare)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let relay = Arc::new(Relay {
+    let relay = Relay {
         fanout: Fanout::new(),
         targets: prepared,
         deadline: Duration::from_millis(deadline_ms),
-        requests: AtomicU64::new(0),
-    });
+        requests: Arc::new(AtomicU64::new(0)),
+    };
+    serve_relay_on(listener, Arc::new(relay), shutdown).await
+}
+
+/// Serves `relay` on `listener` until `shutdown` resolves (see [`serve_relay`]).
+async fn serve_relay_on(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let config = ListenerConfig {
         limits: Limits {
             connections_max: RELAY_CONNECTIONS_MAX,
@@ -521,15 +532,109 @@ pub struct RelayReady {
     pub addr: SocketAddr,
 }
 
-/// The relay child process: binds `127.0.0.1:0`, prints `{"addr": "..."}` as one line once
-/// listening, serves until stdin reaches EOF or SIGTERM, then stops.
-pub async fn run_relay_process(targets: Vec<FanoutTarget>, deadline_ms: u64) -> anyhow::Result<()> {
-    let (addr, handle) = spawn_relay(targets, deadline_ms).await?;
-    if let Err(e) = crate::sim::print_json_line(&RelayReady { addr }) {
-        handle.shutdown().await?;
-        return Err(e);
+/// A listener on `addr` that other listeners may share (`SO_REUSEPORT`: the kernel
+/// spreads the connections over them), as each of the exchange's workers binds its own.
+fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The relay child process, built like the exchange it is measured against: `threads`
+/// workers (at least 1), each an OS thread with its own current-thread event loop, its
+/// own listener on the same `127.0.0.1` port (`SO_REUSEPORT`) and its own buyer pools,
+/// so a request and its fan-out stay on one thread. Prints `{"addr": "..."}` as one line
+/// once every worker listens, serves until stdin reaches EOF or SIGTERM, then stops.
+pub fn run_relay_process(
+    targets: Vec<FanoutTarget>,
+    deadline_ms: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let prepared = targets
+        .iter()
+        .map(FanoutTarget::prepare)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("relay target: {e}"))?;
+    let requests = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut workers = Vec::new();
+    let mut started = Ok(());
+    for i in 0..threads.max(1) {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+        let relay = Arc::new(Relay {
+            fanout: Fanout::new(),
+            targets: prepared.clone(),
+            deadline: Duration::from_millis(deadline_ms),
+            requests: Arc::clone(&requests),
+        });
+        let mut stop_rx = stop_rx.clone();
+        let bind_to = addr;
+        let worker = std::thread::Builder::new()
+            .name(format!("relay-worker-{i}"))
+            .spawn(move || -> io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = bind_reuseport(bind_to).and_then(|l| {
+                        let a = l.local_addr()?;
+                        Ok((l, a))
+                    });
+                    let listener = match listener {
+                        Ok((l, a)) => {
+                            let _ = ready_tx.send(Ok(a));
+                            l
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                            return Err(e);
+                        }
+                    };
+                    let shutdown = async move {
+                        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+                    };
+                    serve_relay_on(listener, relay, shutdown).await
+                })
+            });
+        match worker {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                started = Err(anyhow::anyhow!("relay worker {i}: {e}"));
+                break;
+            }
+        }
+        match ready_rx.recv() {
+            Ok(Ok(a)) => addr = a,
+            Ok(Err(e)) => {
+                started = Err(anyhow::anyhow!(
+                    "relay worker {i} cannot listen on {bind_to}: {e}"
+                ));
+                break;
+            }
+            Err(_) => {
+                started = Err(anyhow::anyhow!("relay worker {i} ended before listening"));
+                break;
+            }
+        }
     }
-    crate::sim::stdin_eof_or_signal().await;
-    handle.shutdown().await?;
-    Ok(())
+    let served = started.and_then(|()| {
+        crate::sim::print_json_line(&RelayReady { addr })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(crate::sim::stdin_eof_or_signal());
+        Ok(())
+    });
+    let _ = stop.send(true);
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("relay: a worker stopped with an error: {e}"),
+            Err(_) => eprintln!("relay: a worker panicked"),
+        }
+    }
+    served
 }

@@ -194,6 +194,33 @@ impl TargetSummary {
     pub fn errors_total(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// Whether this run fell behind its load, in a scenario where every buyer answers in
+    /// time: more than 1 % of the buyer calls of the direct baseline or the relay timed
+    /// out (`buyer_timeout` against all its buyer calls), or more than 1 % of the exchange's
+    /// auctions ended without a bid. Such a run measured a backlog, not the target: say
+    /// so beside its figures. Returns what to say.
+    pub fn fell_behind(&self) -> Option<String> {
+        let get = |k: &str| self.outcomes.get(k).copied().unwrap_or(0);
+        let timeouts = get("buyer_timeout");
+        let calls = timeouts + get("buyer_answered") + get("buyer_error");
+        if calls > 0 {
+            return (timeouts * 100 > calls).then(|| {
+                format!(
+                    "{timeouts} of {calls} buyer calls ({:.1} %) timed out though every buyer answers in time",
+                    timeouts as f64 * 100.0 / calls as f64
+                )
+            });
+        }
+        let auctions: u64 = self.outcomes.values().sum();
+        let unsold = auctions - get("bid");
+        (unsold * 100 > auctions).then(|| {
+            format!(
+                "{unsold} of {auctions} auctions ({:.1} %) ended without a bid though every buyer bids in time",
+                unsold as f64 * 100.0 / auctions as f64
+            )
+        })
+    }
 }
 
 /// One point of a rate sweep.
@@ -661,6 +688,48 @@ mod tests {
         assert_eq!(count_time_wait(table, Some(8080)), 2);
         assert_eq!(count_time_wait(table, Some(8081)), 1);
         assert_eq!(count_time_wait(table, None), 3);
+    }
+
+    fn with_outcomes(pairs: &[(&str, u64)]) -> TargetSummary {
+        TargetSummary {
+            label: "t".into(),
+            latency: Percentiles::default(),
+            post_latency: None,
+            achieved_rate_per_s: 0.0,
+            errors: BTreeMap::new(),
+            outcomes: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            cpu_us_per_auction: None,
+            cpu_us_per_buyer_ping: None,
+            timeline: Vec::new(),
+            send_lag: None,
+        }
+    }
+
+    #[test]
+    fn a_run_that_fell_behind_is_told_apart_from_one_that_kept_up() {
+        // A relay or baseline: buyer calls timed out past 1 %.
+        let kept_up = with_outcomes(&[("buyer_answered", 99_000), ("buyer_timeout", 990)]);
+        assert_eq!(kept_up.fell_behind(), None);
+        let collapsed = with_outcomes(&[
+            ("buyer_answered", 36_510),
+            ("buyer_timeout", 59_490),
+            ("relayed", 12_000),
+        ]);
+        let why = collapsed.fell_behind().unwrap();
+        assert!(
+            why.starts_with("59490 of 96000 buyer calls (62.0 %)"),
+            "{why}"
+        );
+        // The exchange: auctions that ended without a bid, however they are named.
+        assert_eq!(with_outcomes(&[("bid", 20_000)]).fell_behind(), None);
+        let unsold = with_outcomes(&[("bid", 19_000), ("no_bid", 1_000)]);
+        assert!(unsold
+            .fell_behind()
+            .unwrap()
+            .starts_with("1000 of 20000 auctions"));
+        assert!(with_outcomes(&[("no_bid", 5)]).fell_behind().is_some());
+        // Nothing recorded: nothing to say.
+        assert_eq!(with_outcomes(&[]).fell_behind(), None);
     }
 
     #[test]

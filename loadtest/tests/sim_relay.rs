@@ -407,3 +407,84 @@ async fn a_fixed_latency_buyer_takes_at_least_its_latency() {
     assert!(start.elapsed() >= Duration::from_millis(5));
     fleet.shutdown().await;
 }
+
+/// The relay child process (`loadtest relay`) runs as the exchange does: one worker
+/// thread per core, each with its own listener on the one port. Every request on fresh
+/// connections (spread by the kernel over the workers) is relayed to every buyer, and
+/// the process stops cleanly when its stdin closes.
+#[tokio::test]
+async fn the_relay_process_serves_on_one_worker_per_core_and_stops_at_stdin_eof() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let fleet = start_fleet(&[healthy("a", 1.0), healthy("b", 1.0)], 3)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("relay-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("targets.json");
+    std::fs::write(&file, serde_json::to_vec(&targets(&fleet, 1_000)).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "relay",
+            "--targets",
+            file.to_str().unwrap(),
+            "--deadline-ms",
+            "1000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let ready: loadtest::relay::RelayReady = serde_json::from_str(&line).unwrap();
+    assert!(ready.addr.ip().is_loopback(), "{ready:?}");
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for i in 0..cores {
+        assert!(
+            names.contains(&format!("relay-worker-{i}")),
+            "worker {i} of {cores} missing: {names:?}"
+        );
+    }
+    assert!(
+        !names.contains(&format!("relay-worker-{cores}")),
+        "{names:?}"
+    );
+
+    // A fresh connection per request, so the kernel spreads them over the listeners.
+    for _ in 0..16 {
+        let result = ask_relay(ready.addr, ping_body()).await;
+        assert_eq!(
+            result,
+            FanoutResult {
+                answered: 2,
+                timeouts: 0,
+                errors: 0
+            }
+        );
+    }
+    for stats in fleet.stats() {
+        assert_eq!(stats.pings, 16, "{stats:?}");
+    }
+
+    drop(child.stdin.take());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    fleet.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
