@@ -476,6 +476,9 @@ struct Activity {
     finished: AtomicU64,
     /// Bytes read from the client (after TLS).
     bytes_in: AtomicU64,
+    /// `bytes_in` when the last request finished: on a quiet HTTP/1.1 connection, any
+    /// byte past it is the start of the next head.
+    bytes_at_finish: AtomicU64,
     /// Whether a request came over HTTP/2.
     h2: AtomicBool,
 }
@@ -485,6 +488,8 @@ struct Finished(Arc<Activity>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
+        let bytes = self.0.bytes_in.load(Ordering::Relaxed);
+        self.0.bytes_at_finish.store(bytes, Ordering::Relaxed);
         self.0.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -646,6 +651,12 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .keep_alive(true)
+        // A client may send its whole request and then shut its side for writing
+        // (`shutdown(SHUT_WR)`) while it waits: it still gets the answer. Without this,
+        // hyper closed such a connection on reading the EOF, and a ping or post whose
+        // answer took a moment was done (a quote opened, a lead sold) but answered with
+        // nothing.
+        .half_close(true)
         .timer(TokioTimer::new())
         // hyper's own timer restarts when a connection goes idle, so it would close
         // every keep-alive connection after one head timeout; the supervisor below
@@ -874,7 +885,6 @@ impl Conn {
         let mut stopping = false;
         let mut seen_started = 0_u64;
         let mut quiet_for = Duration::ZERO;
-        let mut bytes_mark: Option<u64> = None;
         let mut partial_for: Option<Duration> = None;
         loop {
             tokio::select! {
@@ -922,12 +932,15 @@ impl Conn {
                         // Busy, or a request came since the last check.
                         seen_started = started;
                         quiet_for = Duration::ZERO;
-                        bytes_mark = None;
                         partial_for = None;
                         continue;
                     }
                     quiet_for += elapsed;
-                    let mark = *bytes_mark.get_or_insert(bytes_in);
+                    // The bytes of the requests served so far; more is a new head. (Taken
+                    // when the last request finished, not at this check: a byte that came
+                    // between the two would otherwise count as old, and a stalled head
+                    // would be held until the idle timeout.)
+                    let mark = activity.bytes_at_finish.load(Ordering::Relaxed);
                     let h2 = activity.h2.load(Ordering::Relaxed);
                     if h2 {
                         next_check = now + h2_tick;

@@ -33,6 +33,7 @@ fn ping_label(o: BuyerOutcome) -> Option<PingOutcome> {
         BuyerOutcome::Bid => PingOutcome::Bid,
         BuyerOutcome::NoBid => PingOutcome::NoBid,
         BuyerOutcome::BidAboveMax => PingOutcome::BidAboveMax,
+        BuyerOutcome::BidExpired => PingOutcome::BidExpired,
         BuyerOutcome::Invalid => PingOutcome::Invalid,
         BuyerOutcome::Error => PingOutcome::Error,
         BuyerOutcome::FixedPrice | BuyerOutcome::CappedAtAward => return None,

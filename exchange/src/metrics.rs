@@ -34,10 +34,12 @@ pub enum PingOutcome {
     SkippedFanout,
     /// A bid above the vertical's `bid_max`: refused as a no-bid.
     BidAboveMax,
+    /// A bid whose own expiry had passed by the award: it neither wins nor falls back.
+    BidExpired,
 }
 
 impl PingOutcome {
-    pub const ALL: [PingOutcome; 8] = [
+    pub const ALL: [PingOutcome; 9] = [
         PingOutcome::Bid,
         PingOutcome::NoBid,
         PingOutcome::Timeout,
@@ -46,6 +48,7 @@ impl PingOutcome {
         PingOutcome::SkippedBreaker,
         PingOutcome::SkippedFanout,
         PingOutcome::BidAboveMax,
+        PingOutcome::BidExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl PingOutcome {
             PingOutcome::SkippedBreaker => "skipped_breaker",
             PingOutcome::SkippedFanout => "skipped_fanout",
             PingOutcome::BidAboveMax => "bid_above_max",
+            PingOutcome::BidExpired => "bid_expired",
         }
     }
 }

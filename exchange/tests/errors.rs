@@ -327,6 +327,31 @@ fn cases() -> Vec<Case> {
             "unauthorized",
         ),
         row(
+            "ping: a second Authorization header after the seller's key (added)",
+            ping_tx().header("authorization", "Bearer not-a-seller"),
+            401,
+            "unauthorized",
+        ),
+        row(
+            "ping: two Idempotency-Key headers (added)",
+            ping_tx()
+                .header("Idempotency-Key", "key-a")
+                .header("Idempotency-Key", "key-b"),
+            400,
+            "invalid_request",
+        ),
+        row(
+            "ping: a lone UTF-16 surrogate escape (simd-json would read it as NUL) (added)",
+            ping().bytes(
+                ping_body("TX")
+                    .to_string()
+                    .replacen('{', r#"{"source":{"sub_id":"A\ud800B"},"#, 1)
+                    .as_bytes(),
+            ),
+            400,
+            "invalid_request",
+        ),
+        row(
             "ping: Basic instead of Bearer",
             ping_tx()
                 .key(None)

@@ -274,6 +274,33 @@ async fn idle_http2_connections_are_closed() {
     ex.shutdown().await.unwrap();
 }
 
+/// A keep-alive connection that starts its next head after an answer and stalls is
+/// closed by the head budget (300 ms here), not held until the idle timeout (3 s): the
+/// stray byte counts from the moment the last request finished, even when it arrives
+/// before the supervisor's next look.
+#[tokio::test]
+async fn a_stalled_second_head_is_closed_by_the_head_budget_not_the_idle_timeout() {
+    let (ex, _dir) = start(300, "idle_timeout_ms = 3000").await;
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // At once after the answer: one byte of the next head, then nothing.
+    s.write_all(b"P").await.unwrap();
+    let sent = Instant::now();
+    let (closed, _) = closed_at(s).await;
+    let held = closed - sent;
+    assert!(held >= Duration::from_millis(300), "{held:?}");
+    assert!(
+        held < Duration::from_millis(3000),
+        "held until the idle timeout: {held:?}"
+    );
+    ex.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let (ex, _dir) = start(300, "idle_timeout_ms = 400").await;

@@ -577,3 +577,40 @@ async fn an_http2_buyer_is_pinged_over_http2_and_wins() {
     sdk.assert_no_pii_in_pings();
     assert_eq!(sdk.posts(), 0);
 }
+
+/// A seller that sends its whole ping and then shuts its side of the connection for
+/// writing (`shutdown(SHUT_WR)`, as some HTTP clients and `nc -N` do) still gets the
+/// answer, even when the auction takes a moment: the work is done either way, so an empty
+/// reply would leave a quote open that the seller never hears of.
+#[tokio::test]
+async fn a_seller_that_half_closes_after_its_request_still_gets_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let buyer = ScriptedBidder::bidding(14.0);
+    let (b, _h) = serve("slow", &buyer).await;
+    let ex = TestConfig::new().buyer(b).start().await;
+    // The buyer holds its answer until the test opens the gate.
+    buyer.close();
+    let body = ping_body("TX").to_string();
+    let head = format!(
+        "POST /v1/ping HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {SELLER_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(ex.addr)
+        .await
+        .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body.as_bytes()).await.expect("write");
+    stream.shutdown().await.expect("half close");
+    buyer.wait_pings(1).await;
+    buyer.open();
+    let mut answer = Vec::new();
+    tokio::time::timeout(EVENT_WAIT_MAX, stream.read_to_end(&mut answer))
+        .await
+        .expect("the exchange answers and closes in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains(r#""status":"bid""#), "{answer:?}");
+    assert!(answer.contains(r#""ping_id":"pg_"#), "{answer:?}");
+}

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use simd_json::{BorrowedValue, StaticNode};
 
-use crate::json::{check_depth, BUYER_ANSWER_DEPTH_MAX, EXCHANGE_MESSAGE_DEPTH_MAX};
+use crate::json::{
+    check_depth, check_surrogates, BUYER_ANSWER_DEPTH_MAX, EXCHANGE_MESSAGE_DEPTH_MAX,
+};
 use crate::lead::LeadJson;
 use crate::money::Micros;
 
@@ -78,6 +80,7 @@ pub struct PostMessage {
 /// [`EXCHANGE_MESSAGE_DEPTH_MAX`] before the (recursive) deserializer runs.
 fn parse_message<T: DeserializeOwned>(buf: &mut [u8]) -> Result<T, String> {
     check_depth(buf, EXCHANGE_MESSAGE_DEPTH_MAX).map_err(|e| format!("body: {e}"))?;
+    check_surrogates(buf).map_err(|e| e.to_string())?;
     simd_json::serde::from_slice(buf).map_err(|e| e.to_string())
 }
 
@@ -210,6 +213,9 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
     if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
         return BidOutcome::Invalid("too_deep");
     }
+    if check_surrogates(body).is_err() {
+        return BidOutcome::Invalid("malformed");
+    }
     let Some(obj) = answer_object(body) else {
         return BidOutcome::Invalid("malformed");
     };
@@ -225,11 +231,14 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
                 reason: Some("zero_bid".into()),
             };
         }
-        let expires_in_ms = obj
-            .get("expires_in_ms")
-            .and_then(number)
-            .filter(|f| *f >= 0.0)
-            .map(|f| f as u64);
+        // Optional; when given, a whole number of ms, 0 or more (a huge one saturates).
+        let expires_in_ms = match obj.get("expires_in_ms") {
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
+            Some(v) => match number(v) {
+                Some(f) if f >= 0.0 && f.fract() == 0.0 => Some(f as u64),
+                _ => return BidOutcome::Invalid("expires_in_ms"),
+            },
+        };
         return BidOutcome::Bid {
             price,
             bid_id: short_string(obj.get("bid_id"), BUYER_ID_LEN_MAX),
@@ -255,6 +264,9 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
     if check_depth(body, BUYER_ANSWER_DEPTH_MAX).is_err() {
         return PostOutcome::Invalid("too_deep");
     }
+    if check_surrogates(body).is_err() {
+        return PostOutcome::Invalid("malformed");
+    }
     let Some(obj) = answer_object(body) else {
         return PostOutcome::Invalid("malformed");
     };
@@ -277,6 +289,44 @@ mod tests {
 
     fn bid(status: u16, ct: Option<&str>, body: &str) -> BidOutcome {
         parse_bid_answer(status, ct, &mut body.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_expiry_must_be_a_whole_number_of_ms_and_text_must_be_whole_unicode() {
+        let with = |e: &str| {
+            bid(
+                200,
+                JSON,
+                &format!(r#"{{"bid": 18, "expires_in_ms": {e}}}"#),
+            )
+        };
+        for bad in ["-5", "1.5", "\"60000\"", "true", "[1]"] {
+            assert_eq!(with(bad), BidOutcome::Invalid("expires_in_ms"), "{bad}");
+        }
+        for (ok, want) in [
+            ("0", Some(0)),
+            ("60000", Some(60_000)),
+            ("null", None),
+            ("1e30", Some(u64::MAX)),
+        ] {
+            match with(ok) {
+                BidOutcome::Bid { expires_in_ms, .. } => assert_eq!(expires_in_ms, want, "{ok}"),
+                other => panic!("{ok}: {other:?}"),
+            }
+        }
+        // simd-json would read a lone surrogate as NUL: refused instead.
+        assert_eq!(
+            bid(200, JSON, r#"{"bid": 18, "bid_id": "A\ud800B"}"#),
+            BidOutcome::Invalid("malformed")
+        );
+        assert_eq!(
+            parse_post_answer(
+                200,
+                JSON,
+                &mut br#"{"accepted": true, "buyer_lead_id": "\udc00"}"#.to_vec()
+            ),
+            PostOutcome::Invalid("malformed")
+        );
     }
 
     #[test]

@@ -76,6 +76,51 @@ pub fn check_depth(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
     Ok(())
 }
 
+/// A `\u` escape of a UTF-16 surrogate that is not half of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed JSON: the \\u escape at byte {at} is half of a UTF-16 surrogate pair without the other half")]
+pub struct LoneSurrogate {
+    /// Offset of the escape's backslash in the body.
+    pub at: usize,
+}
+
+/// Checks every `\u` escape of `bytes` for lone UTF-16 surrogates: a high surrogate
+/// (`\ud800` to `\udbff`) must be followed at once by a low one (`\udc00` to
+/// `\udfff`), and a low one must not stand alone. simd-json turns a lone high surrogate
+/// into a NUL character instead of refusing it (simd-lite/simd-json#481), which would
+/// change a seller's text silently. One pass from backslash to backslash, no allocation;
+/// anything else wrong with an escape is left to the parser.
+pub fn check_surrogates(bytes: &[u8]) -> Result<(), LoneSurrogate> {
+    let hex4 = |at: usize| -> Option<u16> {
+        let digits = bytes.get(at..at + 4)?;
+        let text = std::str::from_utf8(digits).ok()?;
+        u16::from_str_radix(text, 16).ok()
+    };
+    let mut i = 0usize;
+    while let Some(found) = memchr::memchr(b'\\', bytes.get(i..).unwrap_or_default()) {
+        let at = i + found;
+        if bytes.get(at + 1) != Some(&b'u') {
+            // `\\`, `\"` and the other two-byte escapes.
+            i = at + 2;
+            continue;
+        }
+        match hex4(at + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = (bytes.get(at + 6) == Some(&b'\\') && bytes.get(at + 7) == Some(&b'u'))
+                    .then(|| hex4(at + 8))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Err(LoneSurrogate { at });
+                }
+                i = at + 12;
+            }
+            Some(0xDC00..=0xDFFF) => return Err(LoneSurrogate { at }),
+            _ => i = at + 6,
+        }
+    }
+    Ok(())
+}
+
 /// Parses a seller's body as JSON; a syntax error, or nesting deeper than
 /// [`SELLER_BODY_DEPTH_MAX`], is `invalid_request`. The buffer is used as scratch.
 pub fn parse_value(buf: &mut [u8]) -> Result<OwnedValue, ApiError> {
@@ -90,6 +135,7 @@ pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedV
             vec![FieldProblem::new("body", e.to_string())],
         )
     })?;
+    check_surrogates(buf).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     simd_json::to_owned_value(buf)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))
 }
@@ -264,6 +310,51 @@ mod tests {
         let mut v = vec![b'['; depth];
         v.extend(std::iter::repeat_n(b']', depth));
         v
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_refused_and_pairs_pass() {
+        let ok: [&[u8]; 7] = [
+            br#"{"a":"plain"}"#,
+            br#"{"a":"\ud83d\ude00"}"#,
+            br#"{"a":"\u00e9\u0041\uffff"}"#,
+            // An escaped backslash before `ud800` is text, not an escape.
+            br#"{"a":"\\ud800"}"#,
+            br#"{"a":"\"\\\n\t"}"#,
+            // Broken escapes are the parser's to refuse.
+            br#"{"a":"\uzzzz"}"#,
+            br#"{"a":"\u12"#,
+        ];
+        for body in ok {
+            assert_eq!(
+                check_surrogates(body),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let lone: [(&[u8], usize); 7] = [
+            (br#"{"a":"A\ud800B"}"#, 7),
+            (br#"{"a":"\ud800"}"#, 6),
+            (br#"{"a":"A\udbff"}"#, 7),
+            (br#"{"a":"\udc00x"}"#, 6),
+            (br#"{"a":"\ud800\u0041"}"#, 6),
+            (br#"{"a":"\ud800\ud800"}"#, 6),
+            (br#"{"a":"ok \ud83d\ude00 then \\ and \ud83d"}"#, 34),
+        ];
+        for (body, at) in lone {
+            assert_eq!(
+                check_surrogates(body),
+                Err(LoneSurrogate { at }),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Through the seller's parse: `invalid_request`, naming the byte.
+        let mut body = br#"{"a":"A\ud800B"}"#.to_vec();
+        let e = parse_value(&mut body).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("byte 7"), "{}", e.message);
     }
 
     #[test]

@@ -430,6 +430,12 @@ impl<'a> Auction<'a> {
                         );
                         continue;
                     }
+                    // A bid that no longer holds at the award cannot back a firm
+                    // quote (`expires_in_ms: 0`, or shorter than the auction took).
+                    if bid_expires_at(p.arrival, expires_in_ms).is_some_and(|t| t <= now) {
+                        self.line(b, BuyerOutcome::BidExpired, Some(price.0), None, Some(took));
+                        continue;
+                    }
                     self.line(b, BuyerOutcome::Bid, Some(price.0), None, Some(took));
                     let Some(key) = cfg.buyers.get(b).map(|x| x.key) else {
                         continue;

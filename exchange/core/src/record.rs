@@ -176,6 +176,9 @@ pub enum BuyerOutcome {
     NoBid,
     /// A bid above the vertical's `bid_max`: treated as a pass.
     BidAboveMax,
+    /// A bid whose own `expires_in_ms` had run out by the award: it cannot back a firm
+    /// quote, so it neither wins nor stands as a fallback.
+    BidExpired,
     /// Not a valid answer (`detail` says why).
     Invalid,
     /// The call failed (connect, transport).
@@ -196,6 +199,7 @@ impl BuyerOutcome {
             BuyerOutcome::Bid => "bid",
             BuyerOutcome::NoBid => "no_bid",
             BuyerOutcome::BidAboveMax => "bid_above_max",
+            BuyerOutcome::BidExpired => "bid_expired",
             BuyerOutcome::Invalid => "invalid",
             BuyerOutcome::Error => "error",
             BuyerOutcome::FixedPrice => "fixed_price",
@@ -207,7 +211,10 @@ impl BuyerOutcome {
     /// pinged, so its breaker learns nothing.
     pub fn breaker_ok(self) -> Option<bool> {
         match self {
-            BuyerOutcome::Bid | BuyerOutcome::NoBid | BuyerOutcome::BidAboveMax => Some(true),
+            BuyerOutcome::Bid
+            | BuyerOutcome::NoBid
+            | BuyerOutcome::BidAboveMax
+            | BuyerOutcome::BidExpired => Some(true),
             BuyerOutcome::Timeout | BuyerOutcome::Invalid | BuyerOutcome::Error => Some(false),
             _ => None,
         }

@@ -268,6 +268,48 @@ fn a_bid_above_bid_max_is_a_no_bid_counted_and_recorded() {
 }
 
 #[test]
+fn a_bid_expired_by_the_award_neither_wins_nor_falls_back() {
+    let cfg = cfg_timeouts(&[100, 100, 100]);
+    let caps = CapBook::new(3);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(3, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    // Highest bid, but it holds for 0 ms; the second holds 20 ms and the award comes at
+    // 20 ms (a bid is good until its expiry, not at it); the third holds long enough.
+    a.on_answer(0, bid(m(30), Some(0)), 5, T + 5);
+    a.on_answer(1, bid(m(25), Some(20)), 15, T + 15);
+    a.on_answer(2, bid(m(10), Some(60_000)), 20, T + 20);
+    let award = a.finish(&s, T + 20, 0);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(2)));
+    assert_eq!(award.ranked.len(), 1, "an expired bid is not a fallback");
+    assert!(award.quote_expires_at(60_000, T + 20) > T + 20);
+    let effects = run(&s, a.effects());
+    for buyer in [0, 1] {
+        assert!(
+            effects.contains(&Effect::Ping {
+                buyer,
+                outcome: BuyerOutcome::BidExpired,
+                took_us: Some(if buyer == 0 { 5 } else { 15 }),
+                breaker: Some(true)
+            }),
+            "buyer {buyer}: {effects:?}"
+        );
+    }
+    let rec = auction_record(&effects);
+    assert_eq!(rec.buyers[0].outcome.as_str(), "bid_expired");
+    assert_eq!(rec.buyers[0].bid_micros, Some(m(30).0));
+
+    // Alone, an expired bid leaves the seller with no bid rather than a dead quote.
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(30), Some(0)), 5, T + 5);
+    a.on_answer(1, Some(BidOutcome::NoBid { reason: None }), 5, T + 5);
+    a.on_answer(2, Some(BidOutcome::NoBid { reason: None }), 5, T + 5);
+    let award = a.finish(&s, T + 5, 0);
+    assert_eq!(award.no_bid, Some(NoBidReason::NoBids));
+    run(&s, a.effects());
+}
+
+#[test]
 fn the_award_walks_down_while_reservations_fail() {
     let mut cfg = cfg_timeouts(&[100, 100, 100]);
     for b in &mut cfg.buyers {

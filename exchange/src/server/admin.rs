@@ -29,16 +29,7 @@ fn admin_authorized(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ApiErro
     let Some(expected) = &rt.config.admin.token else {
         return Err(unauthorized());
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(unauthorized)?;
+    let presented = bearer_token(req.headers()).ok_or_else(unauthorized)?;
     if token_matches(expected.as_bytes(), presented.as_bytes()) {
         Ok(())
     } else {

@@ -108,6 +108,23 @@ fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
     resp
 }
 
+/// The token of the request's one `Authorization: Bearer <token>` header: the scheme in
+/// any case (RFC 9110), spaces around the token trimmed. `None` when there is no such
+/// header, when it is not UTF-8 or not Bearer or the token is empty, and when there is
+/// more than one `Authorization` header: a proxy that read the last one would disagree
+/// with a server that read the first about who is asking, so neither is taken.
+pub(super) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -393,4 +410,42 @@ fn metrics(state: &AppState) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    fn headers(values: &[&str]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for v in values {
+            h.append(
+                hyper::header::AUTHORIZATION,
+                hyper::header::HeaderValue::from_str(v).expect("a header value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn one_bearer_header_in_any_case_gives_its_token() {
+        for v in ["Bearer k1", "bearer k1", "BEARER k1", "BeArEr   k1  "] {
+            assert_eq!(bearer_token(&headers(&[v])), Some("k1"), "{v:?}");
+        }
+        for v in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer    ",
+            "Basic k1",
+            "Bearerk1",
+            "Token k1",
+        ] {
+            assert_eq!(bearer_token(&headers(&[v])), None, "{v:?}");
+        }
+        assert_eq!(bearer_token(&headers(&[])), None);
+        // Two headers, whatever their order or agreement: neither is taken.
+        assert_eq!(bearer_token(&headers(&["Bearer k1", "Bearer k2"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer k1", "Bearer k1"])), None);
+    }
 }

@@ -70,27 +70,15 @@ impl Drop for KeyClaim {
 /// preimages); [`key_matches`] then compares with the party's stored digests in constant
 /// time all the same, so no comparison on secret material short-circuits.
 pub(super) fn bearer_digest(req: &Request<Incoming>, who: &str) -> Result<[u8; 32], ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            format!("missing Authorization: Bearer <{who} key>"),
-        )
+    let headers = req.headers();
+    let key = bearer_token(headers).ok_or_else(|| {
+        let message = match headers.get_all(header::AUTHORIZATION).iter().count() {
+            0 => format!("missing Authorization: Bearer <{who} key>"),
+            1 => format!("Authorization must be Bearer <{who} key>"),
+            n => format!("send one Authorization header, not {n}"),
+        };
+        ApiError::new(ErrorCode::Unauthorized, message)
     })?;
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                format!("Authorization must be Bearer <{who} key>"),
-            )
-        })?;
     Ok(Sha256::digest(key.as_bytes()).into())
 }
 
@@ -221,7 +209,18 @@ pub(super) async fn seller_request(
             ),
         );
     }
-    let idem_key = match req.headers().get("idempotency-key") {
+    let mut idem_keys = req.headers().get_all("idempotency-key").iter();
+    let first_key = idem_keys.next();
+    if idem_keys.next().is_some() {
+        return error_response(
+            state,
+            &ApiError::new(
+                ErrorCode::InvalidRequest,
+                "send one Idempotency-Key header, not several",
+            ),
+        );
+    }
+    let idem_key = match first_key {
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
