@@ -352,6 +352,18 @@ fn cases() -> Vec<Case> {
             "invalid_request",
         ),
         row(
+            "ping: a gzip Content-Encoding (added)",
+            ping_tx().header("content-encoding", "gzip"),
+            415,
+            "unsupported_media_type",
+        ),
+        row(
+            "ping: a charset other than UTF-8 (added)",
+            ping_tx().content_type(Some("application/json; charset=latin1")),
+            415,
+            "unsupported_media_type",
+        ),
+        row(
             "ping: Basic instead of Bearer",
             ping_tx()
                 .key(None)

@@ -78,11 +78,8 @@ async fn disposition(
             ),
         ));
     }
-    if !super::seller::is_json(&req) {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "Content-Type must be application/json",
-        ));
+    if let Some(problem) = super::seller::json_body_problem(&req) {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, problem));
     }
     let server = &rt.config.server;
     let body = read_body(

@@ -158,18 +158,44 @@ pub(super) async fn read_body(
     }
 }
 
-pub(super) fn is_json(req: &Request<Incoming>) -> bool {
-    req.headers()
+/// Why the body is not one this API reads, for a `415`: a `Content-Type` other than
+/// `application/json`, a `charset` other than UTF-8, or a `Content-Encoding` (the body
+/// would be read as if it were not compressed).
+pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str> {
+    let headers = req.headers();
+    let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
+    else {
+        return Some("Content-Type must be application/json");
+    };
+    let mut parts = ct.split(';');
+    if !parts
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        return Some("Content-Type must be application/json");
+    }
+    for param in parts {
+        if let Some((name, value)) = param.split_once('=') {
+            let value = value.trim().trim_matches('"');
+            if name.trim().eq_ignore_ascii_case("charset")
+                && !value.eq_ignore_ascii_case("utf-8")
+                && !value.eq_ignore_ascii_case("utf8")
+            {
+                return Some("the body must be UTF-8 (charset=utf-8, or no charset)");
+            }
+        }
+    }
+    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
         })
-        .unwrap_or(false)
+    });
+    encoded.then_some("Content-Encoding is not supported: send the body uncompressed")
 }
 
 pub(super) async fn seller_request(
@@ -200,13 +226,10 @@ pub(super) async fn seller_request(
             );
         }
     }
-    if !is_json(&req) {
+    if let Some(problem) = json_body_problem(&req) {
         return error_response(
             state,
-            &ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "Content-Type must be application/json",
-            ),
+            &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
         );
     }
     let mut idem_keys = req.headers().get_all("idempotency-key").iter();
