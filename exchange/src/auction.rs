@@ -27,7 +27,7 @@ use crate::core::award::Ranked;
 use crate::core::caps::Reservation;
 use crate::core::model::features::LeadContext;
 use crate::core::model::routing::{splitmix, EvRanker, Predictor};
-use crate::core::post::{AttemptResult, PostParams, PostPlan, PostStep};
+use crate::core::post::{settle_late, AttemptResult, PostParams, PostPlan, PostStep};
 use crate::core::UnixMs;
 use crate::effects;
 use crate::models::stats::AuctionSignals;
@@ -417,6 +417,7 @@ pub async fn deliver(
             consent: d.consent,
             test: d.test,
         };
+        let mut late = None;
         let result = match serde_json::to_vec(&msg) {
             Err(_) => AttemptResult::NotSent,
             Ok(body) => {
@@ -440,18 +441,23 @@ pub async fn deliver(
                 let timeout = Duration::from_millis(attempt.timeout_ms);
                 match tokio::time::timeout(timeout, &mut call).await {
                     Err(_) => {
-                        let late = LateWatch {
-                            state: state.clone(),
-                            rt: rt.clone(),
-                            buyer: attempt.buyer,
-                            lead_id: lead_id.clone(),
-                            auction_id: d.auction_id.to_string(),
-                            attempt: attempt.attempt,
-                            price: bid.price,
-                            windows: plan.holds().map(|r| r.windows),
-                            test: d.test,
-                        };
-                        tokio::spawn(late.watch(call, Duration::from_millis(LATE_POST_WAIT_MS)));
+                        // Heard out in the background once the plan has handed over the
+                        // attempt's hold (below).
+                        late = Some((
+                            LateWatch {
+                                state: state.clone(),
+                                rt: rt.clone(),
+                                buyer: attempt.buyer,
+                                lead_id: lead_id.clone(),
+                                auction_id: d.auction_id.to_string(),
+                                attempt: attempt.attempt,
+                                price: bid.price,
+                                windows: plan.holds().map(|r| r.windows),
+                                test: d.test,
+                                hold: None,
+                            },
+                            call,
+                        ));
                         AttemptResult::Timeout
                     }
                     Ok(Err(_)) | Ok(Ok(CallResult::Failed(_))) => AttemptResult::Error,
@@ -469,6 +475,12 @@ pub async fn deliver(
             }
         };
         plan.on_result(result, state.clock.now_ms());
+        if let Some((mut watch, call)) = late.take() {
+            // The timed-out attempt's hold stays in the buyer's caps until its late
+            // answer is in: an accept then counts in that place, never past a cap.
+            watch.hold = plan.take_late_hold();
+            tokio::spawn(watch.watch(call, Duration::from_millis(LATE_POST_WAIT_MS)));
+        }
     };
     let recorded = effects::execute(state, rt, plan.effects()).await;
     if stopped && sent == 0 {
@@ -507,9 +519,11 @@ pub async fn deliver(
 
 /// A delivery that timed out, still heard out for a while: a buyer that accepts after
 /// its post timeout has the lead, so the accept is recorded (`post_attempt` with outcome
-/// `late_accept`, durable) and counted against the buyer's caps and budget, in the
-/// windows of the attempt's hold (or of now). The post itself has moved on (its hold was
-/// released, a fallback may sell the lead too: see docs/LEDGER.md).
+/// `late_accept`, durable) and counted against the buyer's caps and budget. The post
+/// itself has moved on (a fallback may sell the lead too: see docs/LEDGER.md), but the
+/// attempt's hold stays in the buyer's caps and budget while the watch lasts: a late
+/// accept turns it into a lead sold, anything else releases it, so a buyer that accepts
+/// late can never get more leads than its caps allow.
 struct LateWatch {
     state: Arc<AppState>,
     rt: Arc<Runtime>,
@@ -521,6 +535,8 @@ struct LateWatch {
     windows: Option<crate::core::caps::Windows>,
     /// A test lead counts in no cap.
     test: bool,
+    /// The attempt's hold, kept until the answer is in (`None` for a test lead).
+    hold: Option<crate::core::caps::Reservation>,
 }
 
 impl LateWatch {
@@ -536,10 +552,13 @@ impl LateWatch {
             answer,
             Ok(Ok(CallResult::Answer(PostOutcome::Accepted { .. })))
         );
-        if !accepted {
-            return;
-        }
-        let Some(buyer) = self.rt.config.buyers.get(self.buyer) else {
+        let buyer = self.rt.config.buyers.get(self.buyer);
+        let (true, Some(buyer)) = (accepted, buyer) else {
+            // No accept in time (or a buyer this runtime no longer has): the place the
+            // hold kept is free again.
+            if let Some(hold) = self.hold {
+                effects::execute_now(&self.state, std::iter::once(settle_late(hold, false)));
+            }
             return;
         };
         let now = self.state.clock.now_ms();
@@ -562,6 +581,11 @@ impl LateWatch {
             tracing::error!(error = %e, "ledger append failed (late accept)");
         }
         // Counted after the record is written (or has failed: counted all the same).
+        if let Some(hold) = self.hold {
+            // In the place kept for it: never past a cap or budget.
+            effects::execute_now(&self.state, std::iter::once(settle_late(hold, true)));
+            return;
+        }
         if self.test {
             return;
         }

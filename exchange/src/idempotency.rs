@@ -36,6 +36,10 @@ enum State {
 #[derive(Debug, Clone)]
 struct Slot {
     body_sha256: [u8; 32],
+    /// The route the key was first used on (`""` for a key restored from the ledger,
+    /// which names only the body): a key is scoped to its route, so the same key and
+    /// body on another route is a conflict, not a replay of another request's answer.
+    route: &'static str,
     at: UnixMs,
     state: State,
 }
@@ -86,7 +90,7 @@ impl IdempotencyStore {
 
     /// [`IdempotencyStore::begin_within`] without a per-seller quota.
     pub fn begin(&self, seller: SellerKey, key: &str, body: &[u8], now: UnixMs) -> Begin {
-        self.begin_within(seller, key, body, now, usize::MAX)
+        self.begin_within(seller, "", key, body, now, usize::MAX)
     }
 
     /// Looks `key` up for `seller`; a new key is taken only while the seller holds fewer
@@ -94,6 +98,7 @@ impl IdempotencyStore {
     pub fn begin_within(
         &self,
         seller: SellerKey,
+        route: &'static str,
         key: &str,
         body: &[u8],
         now: UnixMs,
@@ -107,12 +112,15 @@ impl IdempotencyStore {
                 if now - slot.at >= self.ttl_ms as i64 {
                     e.insert(Slot {
                         body_sha256: digest,
+                        route,
                         at: now,
                         state: State::InFlight,
                     });
                     return Begin::Proceed;
                 }
-                if slot.body_sha256 != digest {
+                let other_route =
+                    !slot.route.is_empty() && !route.is_empty() && slot.route != route;
+                if slot.body_sha256 != digest || other_route {
                     return Begin::BodyMismatch;
                 }
                 match &slot.state {
@@ -133,6 +141,7 @@ impl IdempotencyStore {
                 drop(held);
                 v.insert(Slot {
                     body_sha256: digest,
+                    route,
                     at: now,
                     state: State::InFlight,
                 });
@@ -176,6 +185,7 @@ impl IdempotencyStore {
                 *self.per_seller.entry(seller).or_insert(0) += 1;
                 v.insert(Slot {
                     body_sha256,
+                    route: "",
                     at,
                     state: State::Done {
                         status: answer.0,
@@ -272,6 +282,31 @@ mod tests {
         );
         assert_eq!(s.begin(SellerKey(0), "k", b"b", 1001), Begin::BodyMismatch);
         assert_eq!(s.held_by(SellerKey(0)), 1);
+        // A restored key (its route unknown) replays on any route.
+        assert!(matches!(
+            s.begin_within(SellerKey(0), "/v1/leads", "k", b"a", 1001, 9),
+            Begin::Replay { .. }
+        ));
+    }
+
+    #[test]
+    fn a_key_belongs_to_the_route_it_was_first_used_on() {
+        let s = IdempotencyStore::new(1000, 100);
+        let k = "route-key";
+        assert_eq!(
+            s.begin_within(SellerKey(0), "/v1/ping", k, b"x", 0, 9),
+            Begin::Proceed
+        );
+        s.complete(SellerKey(0), k, 200, Bytes::from_static(b"{}"));
+        // The same key and body on another route is a conflict, not the ping's answer.
+        assert_eq!(
+            s.begin_within(SellerKey(0), "/v1/leads", k, b"x", 1, 9),
+            Begin::BodyMismatch
+        );
+        assert!(matches!(
+            s.begin_within(SellerKey(0), "/v1/ping", k, b"x", 1, 9),
+            Begin::Replay { .. }
+        ));
     }
 
     #[test]
@@ -287,28 +322,37 @@ mod tests {
     #[test]
     fn per_seller_quota() {
         let s = IdempotencyStore::new(1000, 100);
-        assert_eq!(s.begin_within(SellerKey(0), "a", b"", 0, 2), Begin::Proceed);
-        assert_eq!(s.begin_within(SellerKey(0), "b", b"", 0, 2), Begin::Proceed);
         assert_eq!(
-            s.begin_within(SellerKey(0), "c", b"", 0, 2),
+            s.begin_within(SellerKey(0), "", "a", b"", 0, 2),
+            Begin::Proceed
+        );
+        assert_eq!(
+            s.begin_within(SellerKey(0), "", "b", b"", 0, 2),
+            Begin::Proceed
+        );
+        assert_eq!(
+            s.begin_within(SellerKey(0), "", "c", b"", 0, 2),
             Begin::SellerFull
         );
         assert_eq!(
-            s.begin_within(SellerKey(1), "c", b"", 0, 2),
+            s.begin_within(SellerKey(1), "", "c", b"", 0, 2),
             Begin::Proceed,
             "other sellers are unaffected"
         );
         s.complete(SellerKey(0), "a", 200, Bytes::from_static(b"ok"));
         assert!(
             matches!(
-                s.begin_within(SellerKey(0), "a", b"", 1, 2),
+                s.begin_within(SellerKey(0), "", "a", b"", 1, 2),
                 Begin::Replay { .. }
             ),
             "a held key still replays at the quota"
         );
         s.forget(SellerKey(0), "b");
         assert_eq!(s.held_by(SellerKey(0)), 1);
-        assert_eq!(s.begin_within(SellerKey(0), "c", b"", 1, 2), Begin::Proceed);
+        assert_eq!(
+            s.begin_within(SellerKey(0), "", "c", b"", 1, 2),
+            Begin::Proceed
+        );
         s.complete(SellerKey(0), "c", 200, Bytes::new());
         s.sweep(5000);
         assert_eq!(
@@ -317,7 +361,7 @@ mod tests {
             "in flight: kept"
         );
         assert_eq!(
-            s.begin_within(SellerKey(0), "d", b"", 5000, 2),
+            s.begin_within(SellerKey(0), "", "d", b"", 5000, 2),
             Begin::Proceed
         );
     }

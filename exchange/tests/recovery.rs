@@ -220,6 +220,89 @@ async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     second.shutdown().await.unwrap();
 }
 
+/// A buyer that accepts after its post timeout keeps its place in its caps while its
+/// answer is awaited: with a daily cap of 1, a second lead in that time cannot go to it
+/// (before the fix the timeout released the hold, and every later lead was delivered
+/// and accepted late, far past the cap and the budget).
+#[tokio::test]
+async fn a_late_accepting_buyer_never_gets_more_than_its_cap() {
+    let (a, ab, _ha) = buyer("a", 30.0, 400).await;
+    let (b, bb, _hb) = buyer("b", 29.0, 0).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.post_timeout_ms(100).caps_daily(1))
+        .buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let ex = start(&cfg, &ledger).await;
+    let client = SellerClient::new(ex.addr);
+    let held_or_sold = |ex: &Running| {
+        let rt = ex.state.runtime.load();
+        let buyer = rt.config.buyers.iter().find(|x| x.id == "a").unwrap();
+        let u = ex
+            .state
+            .caps
+            .usage(buyer.key, buyer, ex.state.clock.now_ms());
+        u.reserved + u.sold_day
+    };
+
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    // a has not answered yet (or has just accepted): either way its one place is taken.
+    assert_eq!(held_or_sold(&ex), 1);
+    for _ in 0..3 {
+        assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    }
+    assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
+    // The late accept turns the kept place into the sale, counted once.
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while sold_today(&ex, "a") == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the late accept is counted");
+    assert_eq!(held_or_sold(&ex), 1);
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    assert_eq!(*b.posts.lock().unwrap(), 5);
+    ex.shutdown().await.unwrap();
+}
+
+/// A buyer that times out and then rejects (or never answers) gets its place back once
+/// its answer is in: the kept hold is released, not sold.
+#[tokio::test]
+async fn a_late_reject_frees_the_place_kept_for_it() {
+    let (a, ab, _ha) = buyer("a", 30.0, 300).await;
+    let (_b, bb, _hb) = buyer("b", 29.0, 0).await;
+    a.accept.store(false, std::sync::atomic::Ordering::SeqCst);
+    let cfg = TestConfig::new()
+        .buyer(ab.post_timeout_ms(100).caps_daily(1))
+        .buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let ex = start(&cfg, &ledger).await;
+    let client = SellerClient::new(ex.addr);
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    let rt = ex.state.runtime.load_full();
+    let buyer = rt.config.buyers.iter().find(|x| x.id == "a").unwrap();
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while ex
+            .state
+            .caps
+            .usage(buyer.key, buyer, ex.state.clock.now_ms())
+            .reserved
+            > 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the kept place is released after the late reject");
+    assert_eq!(sold_today(&ex, "a"), 0);
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    ex.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_delivery_with_no_outcome_is_counted_and_reported() {
     let (_a, ab, _ha) = buyer("a", 30.0, 0).await;

@@ -179,6 +179,32 @@ fn answer_object(body: &mut [u8]) -> Option<Box<simd_json::borrowed::Object<'_>>
     }
 }
 
+/// Most digits in a buyer's post `reason`: enough for a code (`dup_30d`), too few for a
+/// phone number, a ZIP+4 or a birth date (as a disposition's reason).
+pub const BUYER_REASON_DIGITS_MAX: usize = 4;
+
+/// A buyer's reason as a code, or nothing: letters, digits, `_`, `-` and `.`, with at
+/// most [`BUYER_REASON_DIGITS_MAX`] digits. The reason goes into the ledger, which never
+/// holds PII, so free text (which could quote the lead's email or phone) is dropped.
+fn reason_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
+    let s = short_string(v, BUYER_REASON_LEN_MAX)?;
+    let code = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && s.bytes().filter(u8::is_ascii_digit).count() <= BUYER_REASON_DIGITS_MAX;
+    code.then_some(s)
+}
+
+/// A buyer's own id for a lead, or nothing: letters, digits, `_`, `-`, `.` and `:` only
+/// (an id, not text: an email or a `+1...` phone number is dropped before the ledger).
+fn lead_id_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
+    let s = short_string(v, BUYER_ID_LEN_MAX)?;
+    let id = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    id.then_some(s)
+}
+
 // Answers are read as borrowed values: object keys and strings point into the body
 // instead of each being allocated (the same values, with the same duplicate-key rule).
 fn short_string(v: Option<&BorrowedValue<'_>>, len_max: usize) -> Option<String> {
@@ -272,10 +298,10 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
     };
     match obj.get("accepted") {
         Some(BorrowedValue::Static(StaticNode::Bool(true))) => PostOutcome::Accepted {
-            buyer_lead_id: short_string(obj.get("buyer_lead_id"), BUYER_ID_LEN_MAX),
+            buyer_lead_id: lead_id_code(obj.get("buyer_lead_id")),
         },
         Some(BorrowedValue::Static(StaticNode::Bool(false))) => PostOutcome::Rejected {
-            reason: short_string(obj.get("reason"), BUYER_REASON_LEN_MAX),
+            reason: reason_code(obj.get("reason")),
         },
         _ => PostOutcome::Invalid("no_accepted_field"),
     }
@@ -289,6 +315,56 @@ mod tests {
 
     fn bid(status: u16, ct: Option<&str>, body: &str) -> BidOutcome {
         parse_bid_answer(status, ct, &mut body.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_post_answers_reason_and_lead_id_keep_codes_and_drop_text() {
+        let post = |body: &str| parse_post_answer(200, JSON, &mut body.as_bytes().to_vec());
+        assert_eq!(
+            post(r#"{"accepted": false, "reason": "dup_30d"}"#),
+            PostOutcome::Rejected {
+                reason: Some("dup_30d".into())
+            }
+        );
+        for text in [
+            "dup of zq.echo0@example.com +18175551463",
+            "call 8175551463",
+            "1984-06-02",
+            "",
+        ] {
+            let body = serde_json::json!({"accepted": false, "reason": text}).to_string();
+            assert_eq!(
+                post(&body),
+                PostOutcome::Rejected { reason: None },
+                "{text}"
+            );
+        }
+        assert_eq!(
+            post(r#"{"accepted": true, "buyer_lead_id": "L-2026:000123456789"}"#),
+            PostOutcome::Accepted {
+                buyer_lead_id: Some("L-2026:000123456789".into())
+            }
+        );
+        assert_eq!(
+            post(r#"{"accepted": true, "buyer_lead_id": 991}"#),
+            PostOutcome::Accepted {
+                buyer_lead_id: Some("991".into())
+            }
+        );
+        for text in [
+            "ana@example.com|+18175551463",
+            "=HYPERLINK(\"http://evil\")",
+            "a b",
+        ] {
+            let body = serde_json::json!({"accepted": true, "buyer_lead_id": text}).to_string();
+            assert_eq!(
+                post(&body),
+                PostOutcome::Accepted {
+                    buyer_lead_id: None
+                },
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub struct PostPlan<'a> {
     current: Option<Attempt>,
     done: Option<PostStep>,
     effects: Vec<Effect<'a>>,
+    /// The hold of an attempt that timed out, kept for the buyer's late answer
+    /// ([`PostPlan::take_late_hold`]).
+    late_hold: Option<Reservation>,
 }
 
 impl<'a> PostPlan<'a> {
@@ -174,6 +177,7 @@ impl<'a> PostPlan<'a> {
             sent: 0,
             removed: 0,
             current: None,
+            late_hold: None,
             done: None,
             effects: Vec::with_capacity(8),
         }
@@ -442,12 +446,63 @@ impl<'a> PostPlan<'a> {
         } else {
             release_reason::POST_FAILED
         };
-        self.release(why, now);
+        if kind == PostKind::Timeout {
+            // The buyer may still accept after its timeout, and then it has the lead: its
+            // hold stays in its caps and budget until that answer is heard out
+            // ([`PostPlan::take_late_hold`], [`settle_late`]), so no other auction can
+            // take the same place meanwhile. The post moves on all the same.
+            self.keep_for_late_answer(why, now);
+        } else {
+            self.release(why, now);
+        }
         self.attempt_record(a, outcome, reason, now);
+    }
+
+    /// Moves the current hold to `late_hold`: the quote's hold is closed in the ledger as
+    /// any released one (`quote_released`; recovery treats the delivery by its
+    /// `post_sent`), but the caps keep it.
+    fn keep_for_late_answer(&mut self, why: &'static str, now: UnixMs) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        if std::mem::take(&mut self.quote_hold) {
+            let former = self.p.removed.iter().find(|(k, _)| *k == r.buyer);
+            // The release it returns first is not carried out: the caps keep the hold.
+            let [_release, record] = drop_hold(
+                self.p.config,
+                self.p.generation,
+                r.clone(),
+                Some(self.p.ping_id),
+                Some(why),
+                former.map(|(_, id)| id.as_str()),
+                now,
+            );
+            self.effects.push(record);
+        }
+        self.late_hold = Some(r);
+    }
+
+    /// The hold of the attempt that just timed out, for the shell to keep until the
+    /// buyer's late answer is in: hand it to [`settle_late`] then. `None` when the
+    /// attempt held nothing (a test lead) or did not time out.
+    pub fn take_late_hold(&mut self) -> Option<Reservation> {
+        self.late_hold.take()
     }
 
     /// The effects so far, in order, for the shell to carry out.
     pub fn effects(&mut self) -> std::vec::Drain<'_, Effect<'a>> {
         self.effects.drain(..)
+    }
+}
+
+/// Settles the hold of a post attempt that timed out ([`PostPlan::take_late_hold`]) once
+/// the buyer's late answer is in: an accept is a delivery, so the hold becomes a lead
+/// sold and money spent in the windows it was held in (the place was kept for it, so no
+/// cap or budget is passed); anything else, or no answer at all, releases it.
+pub fn settle_late(hold: Reservation, accepted: bool) -> Effect<'static> {
+    if accepted {
+        Effect::Cap(CapOp::Commit(hold))
+    } else {
+        Effect::Cap(CapOp::Release(hold))
     }
 }

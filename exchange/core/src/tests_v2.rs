@@ -568,6 +568,37 @@ fn the_winner_accepts_commit_and_a_durable_sale() {
 }
 
 #[test]
+fn a_late_accept_sells_in_the_place_kept_for_it_never_past_the_cap() {
+    let mut f = Fixture::new(5_000);
+    for b in &mut f.cfg.buyers {
+        b.caps = Caps {
+            daily: Some(1),
+            ..Caps::default()
+        };
+    }
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(AttemptResult::Timeout, T + 1_300);
+    let late = plan.take_late_hold().expect("kept");
+    let _ = plan.next(&s, T + 1_300);
+    run(&s, plan.effects());
+    // Buyer 0 is at its cap of 1 while its answer is awaited: no other lead can take it.
+    assert!(f
+        .caps
+        .reserve(BuyerKey(0), &f.cfg.buyers[0], m(1), T + 1_400)
+        .is_err());
+    // It accepts late: the kept place becomes the sale, counted once.
+    run(&s, [crate::post::settle_late(late, true)].into_iter());
+    let u = f.caps.usage(BuyerKey(0), &f.cfg.buyers[0], T + 2_000);
+    assert_eq!((u.sold_day, u.reserved), (1, 0));
+    assert!(f
+        .caps
+        .reserve(BuyerKey(0), &f.cfg.buyers[0], m(1), T + 2_000)
+        .is_err());
+}
+
+#[test]
 fn a_rejection_releases_and_falls_back_with_a_new_reservation() {
     let f = Fixture::new(5_000);
     let s = Settlement::new(&f.caps);
@@ -584,14 +615,32 @@ fn a_rejection_releases_and_falls_back_with_a_new_reservation() {
         "the winner's hold released, buyer 1 holds"
     );
     plan.on_result(AttemptResult::Timeout, T + 3_010);
+    // A timeout keeps buyer 1's hold for its late answer: the plan hands it over and
+    // moves on; buyer 1's place stays taken meanwhile.
+    let late = plan.take_late_hold().expect("the timed-out attempt's hold");
+    assert_eq!(late.buyer, BuyerKey(1));
+    assert!(plan.take_late_hold().is_none(), "handed over once");
     assert_eq!(deliver_to(plan.next(&s, T + 3_010)), 2);
     plan.on_result(AttemptResult::Error, T + 3_020);
+    assert!(
+        plan.take_late_hold().is_none(),
+        "only a timeout keeps a hold"
+    );
     assert_eq!(deliver_to(plan.next(&s, T + 3_020)), 3);
     plan.on_result(AttemptResult::Invalid("garbage"), T + 3_030);
     let step = plan.next(&s, T + 3_030);
     let effects = run(&s, plan.effects());
     assert_eq!(step, PostStep::Unsold(UnsoldReason::AllBuyersRejected));
+    assert_eq!(f.held(), [0, 1, 0, 0], "buyer 1's place is kept");
+    // No late accept: the place is free again, and nothing was sold.
+    run(&s, [crate::post::settle_late(late, false)].into_iter());
     assert_eq!(f.held(), [0, 0, 0, 0]);
+    assert_eq!(
+        f.caps
+            .usage(BuyerKey(1), &f.cfg.buyers[1], T + 3_040)
+            .sold_day,
+        0
+    );
     let kinds: Vec<_> = effects
         .iter()
         .filter_map(|e| match e {
@@ -645,10 +694,14 @@ fn the_post_deadline_bounds_every_attempt_and_ends_the_post() {
     };
     assert_eq!(a.timeout_ms, 300, "min(post timeout 2000, 300 left)");
     plan.on_result(AttemptResult::Timeout, start + 300);
-    // The winner's hold is released; no fallback is reserved past the deadline.
+    // The winner's hold is kept for its late answer (only); no fallback is reserved past
+    // the deadline.
+    let late = plan.take_late_hold().expect("kept for the late answer");
     let step = plan.next(&s, start + 300);
     let effects = run(&s, plan.effects());
     assert_eq!(step, PostStep::Unsold(UnsoldReason::PostDeadline));
+    assert_eq!(f.held(), [1, 0, 0, 0]);
+    run(&s, [crate::post::settle_late(late, false)].into_iter());
     assert_eq!(f.held(), [0, 0, 0, 0]);
     assert!(effects.iter().any(|e| matches!(
         e,

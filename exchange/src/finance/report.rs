@@ -488,16 +488,46 @@ pub(super) fn range_text(from: Option<&str>, to: Option<&str>) -> String {
     }
 }
 
-/// One CSV field, quoted when it must be (RFC 4180).
+/// One CSV field, quoted when it must be (RFC 4180). A text that a spreadsheet would
+/// run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a carriage return, and
+/// is not a number or the `-` placeholder) gets a leading `'`, so a buyer's
+/// `buyer_lead_id` of `=HYPERLINK(...)` is shown, not run.
 pub fn csv_field(s: &str) -> String {
+    let formula =
+        s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s != "-" && s.parse::<f64>().is_err();
+    let s = if formula {
+        std::borrow::Cow::Owned(format!("'{s}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s.into_owned()
     }
 }
 
 /// The HTML page of every grouping (see [`super::html`]).
 pub fn html(reports: &Reports, dir: &Path) -> String {
     super::html::page(reports, dir)
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::csv_field;
+
+    #[test]
+    fn text_a_spreadsheet_would_run_is_shown_not_run() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://evil\")"),
+            "\"'=HYPERLINK(\"\"http://evil\"\")\""
+        );
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("+cmd"), "'+cmd");
+        // Numbers, negative ones included, and the `-` placeholder stay as they are.
+        for plain in ["-99999999999", "-1.5", "+3", "-", "71481481", "acme"] {
+            assert_eq!(csv_field(plain), plain);
+        }
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
 }

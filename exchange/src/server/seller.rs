@@ -269,68 +269,68 @@ pub(super) async fn seller_request(
         Ok(b) => b,
         Err(e) => return error_response(state, &e),
     };
-    let claim = match idem_key {
-        None => None,
-        Some(key) => {
-            let quota = rt.config.idempotency_keys_max_of(seller);
-            match state.idempotency.begin_within(
-                seller_key,
-                &key,
-                &body,
-                state.clock.now_ms(),
-                quota,
-            ) {
-                Begin::Proceed => Some(KeyClaim {
-                    state: state.clone(),
-                    seller: seller_key,
-                    key,
-                    settled: false,
-                }),
-                Begin::Replay { status, body } => return json_response(status, body.to_vec()),
-                Begin::BodyMismatch => {
-                    return error_response(
+    let claim =
+        match idem_key {
+            None => None,
+            Some(key) => {
+                let quota = rt.config.idempotency_keys_max_of(seller);
+                match state.idempotency.begin_within(
+                    seller_key,
+                    route,
+                    &key,
+                    &body,
+                    state.clock.now_ms(),
+                    quota,
+                ) {
+                    Begin::Proceed => Some(KeyClaim {
+                        state: state.clone(),
+                        seller: seller_key,
+                        key,
+                        settled: false,
+                    }),
+                    Begin::Replay { status, body } => return json_response(status, body.to_vec()),
+                    Begin::BodyMismatch => return error_response(
                         state,
                         &ApiError::new(
                             ErrorCode::Conflict,
-                            "Idempotency-Key was used with a different body",
+                            "Idempotency-Key was used with a different body or on another route",
                         ),
-                    )
-                }
-                Begin::InFlight => {
-                    return error_response(
-                        state,
-                        &ApiError::new(
-                            ErrorCode::Conflict,
-                            "a request with this Idempotency-Key is still in flight",
-                        ),
-                    )
-                }
-                Begin::SellerFull => {
-                    let mut resp = error_response(
-                        state,
-                        &ApiError::new(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "this seller holds {quota} idempotency keys already; \
-                                 keys are freed as they expire, or send requests without one"
+                    ),
+                    Begin::InFlight => {
+                        return error_response(
+                            state,
+                            &ApiError::new(
+                                ErrorCode::Conflict,
+                                "a request with this Idempotency-Key is still in flight",
                             ),
-                        ),
-                    );
-                    resp.headers_mut().insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from_static(KEY_QUOTA_RETRY_AFTER_S),
-                    );
-                    return resp;
-                }
-                Begin::Full => {
-                    return error_response(
-                        state,
-                        &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
-                    )
+                        )
+                    }
+                    Begin::SellerFull => {
+                        let mut resp = error_response(
+                            state,
+                            &ApiError::new(
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "this seller holds {quota} idempotency keys already; \
+                                 keys are freed as they expire, or send requests without one"
+                                ),
+                            ),
+                        );
+                        resp.headers_mut().insert(
+                            header::RETRY_AFTER,
+                            HeaderValue::from_static(KEY_QUOTA_RETRY_AFTER_S),
+                        );
+                        return resp;
+                    }
+                    Begin::Full => {
+                        return error_response(
+                            state,
+                            &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
+                        )
+                    }
                 }
             }
-        }
-    };
+        };
     // The work runs in its own task, which also owns the in-flight permit and the
     // idempotency key: a client that disconnects mid-auction or mid-post cancels nothing,
     // so reservations, quotes, deliveries and the ledger reach a final state, the key is
