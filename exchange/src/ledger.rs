@@ -436,13 +436,20 @@ impl Writer {
             let last = i + 1 == segs.len();
             last_len = s.len;
             if let Some(p) = s.problem {
-                if !(last && p.at_tail) {
+                // Only a last line cut short (no `\n`) is a torn write: a whole line that
+                // does not verify was changed after it was written, and may be a sale
+                // that was acknowledged, so it is never removed here.
+                let torn = last && p.at_tail && p.what == segments::LineProblem::Incomplete;
+                if !torn {
                     let sealed = if last { "" } else { " (a sealed segment)" };
                     return Err(other(format!(
                         "ledger is corrupt: {p}{sealed}; the exchange does not start on a \
                          corrupt ledger (check it with `pingpost ledger verify`)"
                     )));
                 }
+                // The removed bytes are kept beside the ledger, for whoever looks into it.
+                let kept = keep_torn_tail(dir, path, p.offset)
+                    .map_err(|e| ctx("keeping the torn tail of", path, e))?;
                 let file = OpenOptions::new()
                     .write(true)
                     .open(path)
@@ -454,9 +461,11 @@ impl Writer {
                     segment = %path.display(),
                     offset = p.offset,
                     removed_bytes = s.len - p.offset,
+                    kept_in = %kept.display(),
                     problem = %p.what,
-                    "ledger: torn tail truncated (a write the crash or failure cut short; \
-                     it was never acknowledged)"
+                    "ledger: torn tail truncated (a write the crash or failure cut short \
+                     before its newline; a durable record is acknowledged only once written \
+                     whole, so this one never was)"
                 );
                 last_len = p.offset;
             }
@@ -738,6 +747,24 @@ fn run(
             health.fail(ctx("fsyncing", &w.seg_path, e).to_string());
         }
     }
+}
+
+/// Copies the bytes of `segment` from `offset` on into `torn-<segment>-<offset>.bin` in
+/// `dir` (synced), before start-up truncates them; returns its path. The name does not
+/// look like a segment, so the ledger never reads it.
+fn keep_torn_tail(dir: &Path, segment: &Path, offset: u64) -> std::io::Result<PathBuf> {
+    use std::io::{Seek, SeekFrom};
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = dir.join(format!("torn-{name}-{offset}.bin"));
+    let mut from = File::open(segment)?;
+    from.seek(SeekFrom::Start(offset))?;
+    let mut to = File::create(&out)?;
+    std::io::copy(&mut from, &mut to)?;
+    to.sync_all()?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -238,7 +238,17 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             print!("{}", report.render(&dir));
-            print_unknown_outcomes(&dir);
+            if report
+                .problem
+                .as_ref()
+                .is_some_and(|p| !p.is_torn_tail(&dir))
+            {
+                // Its records cannot be trusted (and a line may be any size): the money is
+                // still reconciled below, line by line, to name what is wrong with it.
+                println!("deliveries with no outcome: not listed (the ledger does not verify)");
+            } else {
+                print_unknown_outcomes(&dir);
+            }
             let reconciled = match pingpost::finance::reconcile::reconcile(&dir, cfg.as_ref()) {
                 Ok(r) => r,
                 Err(e) => {

@@ -187,7 +187,7 @@ async fn sales_are_chained_across_rotated_segments_and_verify() {
 
 #[tokio::test]
 async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
-    for garbage in [None, Some(&b"\x00\x00garbage"[..]), Some(&b"garbage\n"[..])] {
+    for garbage in [None, Some(&b"\x00\x00garbage"[..])] {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("ledger");
         write_ledger(&dir, 9, 64 << 20).await;
@@ -213,13 +213,19 @@ async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
         let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("truncates it at its next start"), "{out}");
+        let torn = std::fs::read(&seg).unwrap();
 
         let bidder = ScriptedBidder::bidding(20.0);
         let (buyer, _h) = serve("acme", &bidder).await;
         let running = start_on(&TestConfig::new().buyer(buyer), &dir)
             .await
             .expect("starts on a torn tail");
-        let expected_len = if garbage.is_none() { last } else { len };
+        // The removed bytes are kept beside the ledger, exactly.
+        let cut = if garbage.is_none() { last } else { len };
+        let kept_tail = std::fs::read(dir.join(format!("torn-seg-00000001.jsonl-{cut}.bin")))
+            .expect("the torn tail is kept");
+        assert_eq!(kept_tail, torn[cut as usize..]);
+        let expected_len = cut;
         let client = SellerClient::new(running.addr);
         let q = client.ping("TX").await;
         let a = client.post(&q.ping_id, "TX").await;
@@ -241,6 +247,41 @@ async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
         assert_eq!(report.problem, None, "{garbage:?}");
         assert_eq!(report.counts.get("sale"), Some(&1));
         assert_eq!(verify_bin(&["--dir", &path_arg(&dir)]).0, 0);
+    }
+}
+
+/// A whole last line (it ends with its newline) that does not verify was changed after it
+/// was written, not cut short: it may be a sale that was acknowledged, so the exchange
+/// refuses to start instead of removing it, and the ledger is left as it was.
+#[tokio::test]
+async fn a_changed_last_line_is_not_truncated_but_refuses_the_start() {
+    for tail in [
+        &b"garbage\n"[..],
+        b"{\"type\":\"refund\",\"v\":5,\"buyer_refund_micros\":99999999999}\n",
+    ] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("ledger");
+        write_ledger(&dir, 9, 64 << 20).await;
+        let seg = dir.join(segments::segment_name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes.extend_from_slice(tail);
+        std::fs::write(&seg, &bytes).unwrap();
+        let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("refuses to start"), "{out}");
+        let e = start_on(&TestConfig::new(), &dir)
+            .await
+            .expect_err("refuses to start");
+        assert!(e.to_string().contains("ledger is corrupt"), "{e}");
+        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing removed");
+        // The finance tools refuse to count it.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args(["ledger", "report", "--dir", &path_arg(&dir)])
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("does not verify"), "{err}");
     }
 }
 

@@ -168,9 +168,10 @@ pub fn parse_types(text: Option<&str>) -> Result<Vec<String>, String> {
     for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if !KNOWN_TYPES.contains(&t) && !PRE_SEND_TYPES.contains(&t) {
             return Err(format!(
-                "--type {:?}: unknown record type (known: {})",
+                "--type {:?}: unknown record type (known: {}, {})",
                 t.chars().take(40).collect::<String>(),
-                KNOWN_TYPES.join(", ")
+                KNOWN_TYPES.join(", "),
+                PRE_SEND_TYPES.join(", ")
             ));
         }
         if !out.iter().any(|x| x == t) {

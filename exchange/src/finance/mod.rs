@@ -16,7 +16,7 @@ pub mod replay;
 pub mod report;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use chrono::NaiveDate;
@@ -128,7 +128,33 @@ impl ReadStats {
 /// Calls `f` with every readable record of the ledger in `dir`, in order, and returns
 /// what was skipped. `f` returns `false` to stop. Errors: the directory or a segment
 /// cannot be read, or the segment numbering has a gap.
-pub fn for_each(dir: &Path, mut f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
+pub fn for_each(dir: &Path, f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a ledger directory", dir.display()));
+    }
+    // Only a ledger whose checksums and chain verify is read: a changed, inserted or
+    // forged line would otherwise be counted as money. A last line cut short (a torn
+    // write the exchange truncates at its next start) is skipped and reported.
+    let check = segments::verify(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(p) = &check.problem {
+        if !p.is_torn_tail(dir) {
+            return Err(format!(
+                "the ledger does not verify: {p}; report, export and replay read only a \
+                 ledger whose checksums and chain verify (`pingpost ledger verify` shows \
+                 what is wrong)"
+            ));
+        }
+    }
+    for_each_unverified(dir, f)
+}
+
+/// [`for_each`] without the chain check first: for `pingpost ledger verify`, which
+/// reports the chain's problem itself and then reconciles whatever it can read, to name
+/// what is wrong with the money too.
+pub fn for_each_unverified(
+    dir: &Path,
+    mut f: impl FnMut(Entry) -> bool,
+) -> Result<ReadStats, String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a ledger directory", dir.display()));
     }
@@ -145,8 +171,7 @@ pub fn for_each(dir: &Path, mut f: impl FnMut(Entry) -> bool) -> Result<ReadStat
         let mut line_no = 0usize;
         loop {
             buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
+            let n = segments::read_line_bounded(&mut reader, &mut buf)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             if n == 0 {
                 break;

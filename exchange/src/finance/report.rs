@@ -363,13 +363,37 @@ pub fn build(
     range: DateRange,
     currencies: &HashMap<String, String>,
 ) -> Result<Reports, String> {
+    build_from(dir, range, currencies, true)
+}
+
+/// [`build`] on a ledger whose chain may not verify, for `pingpost ledger verify`'s
+/// reconciliation (see [`super::for_each_unverified`]).
+pub fn build_unverified(
+    dir: &Path,
+    range: DateRange,
+    currencies: &HashMap<String, String>,
+) -> Result<Reports, String> {
+    build_from(dir, range, currencies, false)
+}
+
+fn build_from(
+    dir: &Path,
+    range: DateRange,
+    currencies: &HashMap<String, String>,
+    verified: bool,
+) -> Result<Reports, String> {
     let mut acc = Acc::default();
-    let stats = for_each(dir, |e| {
+    let take = |e: Entry| {
         if range.contains(e.day) {
             acc.take(&e);
         }
         true
-    })?;
+    };
+    let stats = if verified {
+        for_each(dir, take)?
+    } else {
+        super::for_each_unverified(dir, take)?
+    };
     Ok(acc.finish(range, stats, currencies))
 }
 

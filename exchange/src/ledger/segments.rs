@@ -21,6 +21,10 @@ use sha2::{Digest, Sha256};
 
 /// The `sum` before the first record.
 pub const GENESIS: [u8; 64] = [b'0'; 64];
+/// The longest line read from a segment, `\n` included. The exchange's records are far
+/// smaller (a lead is at most `server.body_bytes_max`); a longer line is not one of
+/// them, and reading it whole would let one line take the reader's memory.
+pub const LINE_BYTES_MAX: usize = 64 << 20;
 /// `,"sum":"` + 64 hex digits + `"}`: what every framed line ends with (before `\n`).
 const SUM_FIELD: &[u8] = b",\"sum\":\"";
 const SUM_SUFFIX_LEN: usize = SUM_FIELD.len() + 64 + 2;
@@ -120,6 +124,8 @@ pub enum LineProblem {
     Sequence { expected: u64, found: u64 },
     /// The sum does not match: this line was changed, or one before it is missing.
     Checksum,
+    /// Longer than [`LINE_BYTES_MAX`]: not a record the exchange wrote.
+    TooLong,
 }
 
 impl std::fmt::Display for LineProblem {
@@ -134,6 +140,11 @@ impl std::fmt::Display for LineProblem {
             }
             LineProblem::Checksum => f.write_str(
                 "checksum does not match (the record was changed, or one before it is missing)",
+            ),
+            LineProblem::TooLong => write!(
+                f,
+                "a line over {} MiB, far longer than any record",
+                LINE_BYTES_MAX >> 20
             ),
         }
     }
@@ -270,11 +281,12 @@ pub fn scan(
     };
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
+        let n = read_line_bounded(&mut reader, &mut line)?;
         if n == 0 {
             return Ok(out);
         }
         let result = match line.strip_suffix(b"\n") {
+            None if n > LINE_BYTES_MAX => Err(LineProblem::TooLong),
             None => Err(LineProblem::Incomplete),
             Some(l) => check_line(l, out.chain.seq + 1, &out.chain.sum),
         };
@@ -310,6 +322,15 @@ pub fn scan(
             }
         }
     }
+}
+
+/// Reads one line into `buf` (cleared by the caller), at most [`LINE_BYTES_MAX`] + 1
+/// bytes: a line that long has no `\n` in `buf` and is [`LineProblem::TooLong`].
+pub fn read_line_bounded<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    reader
+        .by_ref()
+        .take(LINE_BYTES_MAX as u64 + 1)
+        .read_until(b'\n', buf)
 }
 
 /// The whole ledger checked: what `pingpost ledger verify` reports.
@@ -360,7 +381,7 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "{}",
-                    if p.at_tail && p.is_in_last_segment(dir) {
+                    if p.is_torn_tail(dir) {
                         "  the last segment's tail: a write cut short; the exchange truncates \
                          it at its next start (or a write still in flight, if it runs)"
                     } else {
@@ -375,6 +396,12 @@ impl Report {
 }
 
 impl Problem {
+    /// Is this a write cut short: the last line of the last segment of `dir`, without
+    /// its `\n`? Only that is truncated at start; anything else is corruption.
+    pub fn is_torn_tail(&self, dir: &Path) -> bool {
+        self.at_tail && self.what == LineProblem::Incomplete && self.is_in_last_segment(dir)
+    }
+
     /// Is the problem in the last segment of `dir`?
     fn is_in_last_segment(&self, dir: &Path) -> bool {
         list(dir)
@@ -480,6 +507,28 @@ mod tests {
         ] {
             assert_eq!(segment_no(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(1));
+        let (good, _) = line(r#"{"type":"auction","v":3}"#, 1, &GENESIS);
+        let mut text = good.clone();
+        text.resize(good.len() + LINE_BYTES_MAX + 10, b'a');
+        text.push(b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let s = scan(&path, Chain::START, None).unwrap();
+        assert_eq!(s.records, 1);
+        let p = s.problem.expect("the long line");
+        assert_eq!(
+            (p.what.clone(), p.offset, p.at_tail),
+            (LineProblem::TooLong, good.len() as u64, false)
+        );
+        assert!(
+            !p.is_torn_tail(dir.path()),
+            "never truncated as a torn write"
+        );
     }
 
     #[test]
