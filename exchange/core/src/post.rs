@@ -385,7 +385,9 @@ impl<'a> PostPlan<'a> {
         }
     }
 
-    /// Takes the outcome of the attempt [`next`](PostPlan::next) named, at `now`.
+    /// Takes the outcome of the attempt [`next`](PostPlan::next) named, at `now`. After
+    /// [`AttemptResult::Timeout`] the attempt's hold is kept for the buyer's late answer:
+    /// take it with [`PostPlan::take_late_hold`].
     pub fn on_result(&mut self, result: AttemptResult, now: UnixMs) {
         let Some(a) = self.current.take() else {
             return;
@@ -479,7 +481,11 @@ impl<'a> PostPlan<'a> {
             );
             self.effects.push(record);
         }
-        self.late_hold = Some(r);
+        // A hold the shell never took (it should, after every timeout) is released, never
+        // overwritten and lost.
+        if let Some(untaken) = self.late_hold.replace(r) {
+            self.effects.push(Effect::Cap(CapOp::Release(untaken)));
+        }
     }
 
     /// The hold of the attempt that just timed out, for the shell to keep until the

@@ -599,6 +599,23 @@ fn a_late_accept_sells_in_the_place_kept_for_it_never_past_the_cap() {
 }
 
 #[test]
+fn a_late_hold_the_shell_did_not_take_is_released_not_lost() {
+    let f = Fixture::new(5_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(AttemptResult::Timeout, T + 1_100);
+    // The shell forgets `take_late_hold`; the next timeout must not lose buyer 0's hold.
+    assert_eq!(deliver_to(plan.next(&s, T + 1_100)), 1);
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [1, 1, 0, 0]);
+    plan.on_result(AttemptResult::Timeout, T + 1_200);
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 1, 0, 0], "buyer 0's untaken hold released");
+    assert_eq!(plan.take_late_hold().map(|r| r.buyer), Some(BuyerKey(1)));
+}
+
+#[test]
 fn a_rejection_releases_and_falls_back_with_a_new_reservation() {
     let f = Fixture::new(5_000);
     let s = Settlement::new(&f.caps);
