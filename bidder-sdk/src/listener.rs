@@ -676,6 +676,22 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A listener on `addr` that other listeners on the same address may share
+/// (`SO_REUSEPORT`: the kernel spreads new connections over them), so that each worker
+/// of a thread-per-core server (the exchange, the relay) accepts on its own. Backlog 1,024.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves connections accepted on `listener` until `shutdown` resolves, each with a
 /// service made by `make_service`, under `config`'s limits (see the module docs). Returns
 /// `Ok(())` after a graceful drain, or the accept error when accepting kept failing

@@ -232,19 +232,6 @@ pub fn worker_count(config: &Config) -> usize {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
 /// Starts the workers; returns once every one is listening.
 pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded> {
     let threads = worker_count(&config).max(1);
@@ -283,7 +270,7 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                         spawn_model_watch(&st);
                         crate::models::learning::spawn(&st);
                     }
-                    let listener = match bind_reuseport(bind_to)
+                    let listener = match bidder_sdk::listener::bind_reuseport(bind_to)
                         .map_err(|e| in_context(e, bind_to, "server.listen"))
                         .and_then(|l| {
                             let a = l.local_addr()?;

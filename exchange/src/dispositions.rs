@@ -58,9 +58,8 @@ pub const RETURNED: &str = "returned";
 pub const LEAD_ID_LEN_MAX: usize = 64;
 /// Longest `reason` (a code such as `disconnected_number`).
 pub const REASON_LEN_MAX: usize = 64;
-/// Most digits in a `reason`: enough for a code (`dup_30d`), too few for a phone number,
-/// a ZIP+4 or a birth date.
-pub const REASON_DIGITS_MAX: usize = 4;
+/// Most digits in a `reason` (the one rule of [`proto::buyer::reason_problem`]).
+pub use proto::buyer::REASON_DIGITS_MAX;
 /// Disposition requests one buyer may make per second (token bucket, a burst of one
 /// second); past it, `429 rate_limited` with `Retry-After`.
 pub const DISPOSITIONS_PER_BUYER_PER_S: u32 = 100;
@@ -128,7 +127,7 @@ pub fn parse(buf: &mut [u8]) -> Result<Disposition, ApiError> {
             format!("must be one of {}", OUTCOMES.join(", ")),
         ));
     }
-    if let Some(why) = reason.as_deref().and_then(reason_problem) {
+    if let Some(why) = reason.as_deref().and_then(proto::buyer::reason_problem) {
         problems.push(FieldProblem::new("reason", why));
     }
     problems.sort_by(|a, b| a.field.cmp(&b.field));
@@ -140,22 +139,6 @@ pub fn parse(buf: &mut [u8]) -> Result<Disposition, ApiError> {
         }),
         _ => Err(ApiError::from_fields(ErrorCode::InvalidRequest, problems)),
     }
-}
-
-/// Why `reason` is not a reason code, if it is not.
-fn reason_problem(reason: &str) -> Option<&'static str> {
-    let allowed = reason
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if !allowed {
-        return Some("must be a reason code: letters, digits, _, - and . only (no free text)");
-    }
-    if reason.bytes().filter(u8::is_ascii_digit).count() > REASON_DIGITS_MAX {
-        return Some(
-            "must be a reason code with at most 4 digits (never a phone number or a date)",
-        );
-    }
-    None
 }
 
 /// One sold lead, as the index keeps it.

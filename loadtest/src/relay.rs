@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bidder_sdk::connect::ResetOnClose;
-use bidder_sdk::listener::{serve_connections, ConnInfo, Limits, ListenerConfig};
+use bidder_sdk::listener::{bind_reuseport, serve_connections, ConnInfo, Limits, ListenerConfig};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -530,16 +530,6 @@ pub async fn spawn_relay(
 pub struct RelayReady {
     /// Where the relay listens.
     pub addr: SocketAddr,
-}
-
-/// A listener on `addr` that other listeners may share (`SO_REUSEPORT`: the kernel
-/// spreads the connections over them), as each of the exchange's workers binds its own.
-fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// The relay child process, built like the exchange it is measured against: `threads`

@@ -179,20 +179,32 @@ fn answer_object(body: &mut [u8]) -> Option<Box<simd_json::borrowed::Object<'_>>
     }
 }
 
-/// Most digits in a buyer's post `reason`: enough for a code (`dup_30d`), too few for a
-/// phone number, a ZIP+4 or a birth date (as a disposition's reason).
-pub const BUYER_REASON_DIGITS_MAX: usize = 4;
+/// Most digits in a reason code: enough for a code (`dup_30d`), too few for a phone
+/// number, a ZIP+4 or a birth date.
+pub const REASON_DIGITS_MAX: usize = 4;
 
-/// A buyer's reason as a code, or nothing: letters, digits, `_`, `-` and `.`, with at
-/// most [`BUYER_REASON_DIGITS_MAX`] digits. The reason goes into the ledger, which never
-/// holds PII, so free text (which could quote the lead's email or phone) is dropped.
+/// Why `reason` is not a reason code, if it is not: a code is letters, digits, `_`, `-`
+/// and `.`, with at most [`REASON_DIGITS_MAX`] digits, so that no free text (which could
+/// quote a lead's email or phone) reaches the ledger. One rule for a buyer's post reason
+/// and a disposition's reason.
+pub fn reason_problem(reason: &str) -> Option<&'static str> {
+    let allowed = reason
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !allowed {
+        return Some("must be a reason code: letters, digits, _, - and . only (no free text)");
+    }
+    if reason.bytes().filter(u8::is_ascii_digit).count() > REASON_DIGITS_MAX {
+        return Some(
+            "must be a reason code with at most 4 digits (never a phone number or a date)",
+        );
+    }
+    None
+}
+
+/// A buyer's post reason as a code ([`reason_problem`]), or nothing.
 fn reason_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
-    let s = short_string(v, BUYER_REASON_LEN_MAX)?;
-    let code = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        && s.bytes().filter(u8::is_ascii_digit).count() <= BUYER_REASON_DIGITS_MAX;
-    code.then_some(s)
+    short_string(v, BUYER_REASON_LEN_MAX).filter(|s| !s.is_empty() && reason_problem(s).is_none())
 }
 
 /// A buyer's own id for a lead, or nothing: letters, digits, `_`, `-`, `.` and `:` only

@@ -235,12 +235,21 @@ impl<'a> PostPlan<'a> {
 
     /// Drops the plan's hold, if any, recording a quote hold's release.
     fn release(&mut self, why: &'static str, now: UnixMs) {
+        self.release_or_keep(why, now, false);
+    }
+
+    /// Takes the plan's hold, if any, and records a quote hold's release. The caps give
+    /// it back, unless `keep_for_late_answer`: then it moves to `late_hold` for
+    /// [`PostPlan::take_late_hold`] (the ledger closes the quote's hold as any released
+    /// one, and recovery treats the delivery by its `post_sent`; only the caps keep it).
+    fn release_or_keep(&mut self, why: &'static str, now: UnixMs, keep_for_late_answer: bool) {
         let Some(r) = self.reservation.take() else {
             return;
         };
-        if std::mem::take(&mut self.quote_hold) {
+        let kept = keep_for_late_answer.then(|| r.clone());
+        let (release, record) = if std::mem::take(&mut self.quote_hold) {
             let former = self.p.removed.iter().find(|(k, _)| *k == r.buyer);
-            let [a, b] = drop_hold(
+            let [release, record] = drop_hold(
                 self.p.config,
                 self.p.generation,
                 r,
@@ -249,11 +258,21 @@ impl<'a> PostPlan<'a> {
                 former.map(|(_, id)| id.as_str()),
                 now,
             );
-            self.effects.push(a);
-            self.effects.push(b);
+            (release, Some(record))
         } else {
-            self.effects.push(Effect::Cap(CapOp::Release(r)));
+            (Effect::Cap(CapOp::Release(r)), None)
+        };
+        match kept {
+            // A hold the shell never took (it should, after every timeout) is released,
+            // never overwritten and lost.
+            Some(k) => {
+                if let Some(untaken) = self.late_hold.replace(k) {
+                    self.effects.push(Effect::Cap(CapOp::Release(untaken)));
+                }
+            }
+            None => self.effects.push(release),
         }
+        self.effects.extend(record);
     }
 
     fn unsold(&mut self, reason: UnsoldReason, now: UnixMs) -> PostStep {
@@ -448,44 +467,12 @@ impl<'a> PostPlan<'a> {
         } else {
             release_reason::POST_FAILED
         };
-        if kind == PostKind::Timeout {
-            // The buyer may still accept after its timeout, and then it has the lead: its
-            // hold stays in its caps and budget until that answer is heard out
-            // ([`PostPlan::take_late_hold`], [`settle_late`]), so no other auction can
-            // take the same place meanwhile. The post moves on all the same.
-            self.keep_for_late_answer(why, now);
-        } else {
-            self.release(why, now);
-        }
+        // After a timeout the buyer may still accept, and then it has the lead: its hold
+        // stays in its caps and budget until that answer is heard out
+        // ([`PostPlan::take_late_hold`], [`settle_late`]), so no other auction can take
+        // the same place meanwhile. The post moves on all the same.
+        self.release_or_keep(why, now, kind == PostKind::Timeout);
         self.attempt_record(a, outcome, reason, now);
-    }
-
-    /// Moves the current hold to `late_hold`: the quote's hold is closed in the ledger as
-    /// any released one (`quote_released`; recovery treats the delivery by its
-    /// `post_sent`), but the caps keep it.
-    fn keep_for_late_answer(&mut self, why: &'static str, now: UnixMs) {
-        let Some(r) = self.reservation.take() else {
-            return;
-        };
-        if std::mem::take(&mut self.quote_hold) {
-            let former = self.p.removed.iter().find(|(k, _)| *k == r.buyer);
-            // The release it returns first is not carried out: the caps keep the hold.
-            let [_release, record] = drop_hold(
-                self.p.config,
-                self.p.generation,
-                r.clone(),
-                Some(self.p.ping_id),
-                Some(why),
-                former.map(|(_, id)| id.as_str()),
-                now,
-            );
-            self.effects.push(record);
-        }
-        // A hold the shell never took (it should, after every timeout) is released, never
-        // overwritten and lost.
-        if let Some(untaken) = self.late_hold.replace(r) {
-            self.effects.push(Effect::Cap(CapOp::Release(untaken)));
-        }
     }
 
     /// The hold of the attempt that just timed out, for the shell to keep until the

@@ -145,19 +145,21 @@ pub fn for_each(dir: &Path, f: impl FnMut(Entry) -> bool) -> Result<ReadStats, S
             ));
         }
     }
-    for_each_unverified(dir, f)
+    read_records(dir, f)
 }
 
 /// [`for_each`] without the chain check first: for `pingpost ledger verify`, which
 /// reports the chain's problem itself and then reconciles whatever it can read, to name
 /// what is wrong with the money too.
-pub fn for_each_unverified(
-    dir: &Path,
-    mut f: impl FnMut(Entry) -> bool,
-) -> Result<ReadStats, String> {
+pub fn for_each_unverified(dir: &Path, f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a ledger directory", dir.display()));
     }
+    read_records(dir, f)
+}
+
+/// The reading both share, once the directory is known to be one.
+fn read_records(dir: &Path, mut f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
     let segs = segments::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut stats = ReadStats::default();
     for (_, path) in segs {
