@@ -23,7 +23,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use proto::buyer::{PingMessage, PostMessage};
+use proto::buyer::{BidReply, PingMessage, PostMessage};
 use proto::signing::{Secret, SignatureError, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use proto::{ApiError, ErrorCode};
 use tokio::net::TcpListener;
@@ -189,6 +189,11 @@ pub enum Refusal {
     /// The bidder's reply could not be serialized (500).
     #[error("reply could not be serialized: {0}")]
     ReplyUnserializable(String),
+    /// The bidder's bid is one the exchange would throw away (500, and nothing sent that
+    /// looks like a bid): a negative price or one over 1e9, or a `bid_id` over 128
+    /// characters (the exchange would cut it, and post back an id the bidder never made).
+    #[error("invalid bid reply: {0}")]
+    InvalidBid(&'static str),
     /// The request head is over [`ServeOptions::header_bytes_max`] or has more than
     /// [`ServeOptions::headers_max`] fields (431). Answered by the listener.
     #[error("request head over the limits")]
@@ -207,7 +212,9 @@ impl Refusal {
                 ErrorCode::InvalidRequest
             }
             Refusal::Unauthorized(_) => ErrorCode::Unauthorized,
-            Refusal::BidderPanicked | Refusal::ReplyUnserializable(_) => ErrorCode::Internal,
+            Refusal::BidderPanicked | Refusal::ReplyUnserializable(_) | Refusal::InvalidBid(_) => {
+                ErrorCode::Internal
+            }
             Refusal::HeadersTooLarge => ErrorCode::HeadersTooLarge,
         }
     }
@@ -292,6 +299,14 @@ fn decode(
     now_s: i64,
 ) -> Result<Message, Refusal> {
     if options.verify_signatures {
+        // Two of a webhook header: which one was signed is anyone's guess.
+        let names = [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE];
+        if names
+            .iter()
+            .any(|n| headers.get_all(*n).iter().nth(1).is_some())
+        {
+            return Err(Refusal::Unauthorized(SignatureError::RepeatedHeader));
+        }
         // A header that is not visible ASCII counts as missing.
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         options
@@ -404,7 +419,10 @@ impl<B: Bidder> Shared<B> {
         let body = read_body(body, options).await?;
         let json = match decode(options, endpoint, &parts.headers, body, unix_now_s())? {
             Message::Ping(ping) => match catch_panic(self.bidder.answer_ping(ping)).await? {
-                PingAnswer::Reply(reply) => serde_json::to_vec(&reply),
+                PingAnswer::Reply(reply) => {
+                    check_bid(&reply)?;
+                    serde_json::to_vec(&reply)
+                }
                 PingAnswer::Raw {
                     status,
                     content_type,
@@ -417,6 +435,23 @@ impl<B: Bidder> Shared<B> {
         let json = json.map_err(|e| Refusal::ReplyUnserializable(e.to_string()))?;
         Ok(Outcome::Respond(json_response(StatusCode::OK, json)))
     }
+}
+
+/// Refuses a bid the exchange would not take as the bidder meant it.
+fn check_bid(reply: &BidReply) -> Result<(), Refusal> {
+    let BidReply::Bid { bid, bid_id, .. } = reply else {
+        return Ok(());
+    };
+    if bid.0 < 0 || bid.0 > proto::money::AMOUNT_MAX_MICROS {
+        return Err(Refusal::InvalidBid("the bid must be 0 to 1e9"));
+    }
+    if bid_id
+        .as_deref()
+        .is_some_and(|id| id.chars().count() > proto::buyer::BUYER_ID_LEN_MAX)
+    {
+        return Err(Refusal::InvalidBid("bid_id is over 128 characters"));
+    }
+    Ok(())
 }
 
 /// A [`PingAnswer::Raw`] as sent: a bad status becomes 500, a bad or empty content type
@@ -462,9 +497,9 @@ async fn read_body(body: Incoming, options: &ServeOptions) -> Result<Vec<u8>, Re
 /// header limits (431).
 ///
 /// When `shutdown` resolves it stops accepting, closes the listener, lets in-flight
-/// requests finish (up to [`ServeOptions::drain_timeout_ms`]) and returns `Ok(())`. It
-/// returns an error only when accepting keeps failing (about 100 failures in a row, with
-/// back-off, such as when file descriptors stay exhausted), after draining the same way.
+/// requests finish (up to [`ServeOptions::drain_timeout_ms`]) and returns `Ok(())`. A
+/// failing accept (such as file descriptors running out) never ends it: the loop backs
+/// off (1 ms to 1 s) and keeps serving.
 pub async fn serve<B: Bidder>(
     listener: TcpListener,
     bidder: Arc<B>,
@@ -659,6 +694,19 @@ mod tests {
             missing,
             Err(Refusal::Unauthorized(SignatureError::MissingHeader))
         ));
+        for name in [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE] {
+            let mut twice = signed(&o, PING.as_bytes(), now);
+            let first = twice.get(name).unwrap().clone();
+            twice.append(name, first);
+            let r = decode(&o, Endpoint::Ping, &twice, PING.into(), now);
+            assert!(
+                matches!(
+                    r,
+                    Err(Refusal::Unauthorized(SignatureError::RepeatedHeader))
+                ),
+                "{name}: {r:?}"
+            );
+        }
         let tampered = PING.replace("TX", "CA");
         let bad = decode(
             &o,
@@ -718,10 +766,53 @@ mod tests {
     }
 
     #[test]
+    fn bids_the_exchange_would_throw_away_are_refused_before_they_leave() {
+        use proto::money::{Micros, AMOUNT_MAX_MICROS};
+        let bid = |micros: i64, id_len: usize| BidReply::Bid {
+            bid: Micros(micros),
+            bid_id: (id_len > 0).then(|| "x".repeat(id_len)),
+            expires_in_ms: None,
+        };
+        for (reply, ok) in [
+            (bid(18_000_000, 0), true),
+            (bid(0, 0), true),
+            (bid(AMOUNT_MAX_MICROS, 128), true),
+            (bid(-5_000_000, 0), false),
+            (bid(AMOUNT_MAX_MICROS + 1, 0), false),
+            (bid(1, 129), false),
+        ] {
+            let r = check_bid(&reply);
+            assert_eq!(r.is_ok(), ok, "{reply:?}: {r:?}");
+            if let Err(refusal) = r {
+                assert_eq!(refusal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+        assert!(check_bid(&BidReply::NoBid {
+            no_bid: "x".repeat(500)
+        })
+        .is_ok());
+    }
+
+    #[test]
     fn extreme_timestamp_headers_are_refused() {
         let o = options();
         let now = 1_700_000_000;
-        for ts in [i64::MIN, i64::MAX] {
+        // Past the digits a timestamp can have, or signed: not a timestamp at all.
+        for ts in [i64::MIN, i64::MAX, -1] {
+            let r = decode(
+                &o,
+                Endpoint::Ping,
+                &signed(&o, PING.as_bytes(), ts),
+                PING.into(),
+                now,
+            );
+            assert_eq!(
+                r.unwrap_err(),
+                Refusal::Unauthorized(SignatureError::BadTimestamp)
+            );
+        }
+        // A well-formed one far from now: out of tolerance.
+        for ts in [0, 999_999_999_999] {
             let r = decode(
                 &o,
                 Endpoint::Ping,

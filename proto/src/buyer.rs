@@ -38,6 +38,9 @@ pub struct BuyerPing<'a> {
 #[derive(Debug, Serialize)]
 pub struct BuyerPost<'a> {
     pub auction_id: &'a str,
+    /// The lead's id, the one the seller's `sold` names and `POST /v1/dispositions`
+    /// takes: the same for every attempt of one post (fallbacks included).
+    pub lead_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bid_id: Option<&'a str>,
     pub price: Micros,
@@ -64,6 +67,10 @@ pub struct PingMessage {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PostMessage {
     pub auction_id: String,
+    /// The id to report dispositions by (`POST /v1/dispositions`); absent from an
+    /// exchange that predates it.
+    #[serde(default)]
+    pub lead_id: Option<String>,
     #[serde(default)]
     pub bid_id: Option<String>,
     pub price: Micros,
@@ -167,15 +174,26 @@ thread_local! {
         std::cell::RefCell::new(simd_json::Buffers::new(512));
 }
 
-/// A buyer answer's top-level JSON object, or `None` if the body is not one.
-fn answer_object(body: &mut [u8]) -> Option<Box<simd_json::borrowed::Object<'_>>> {
+/// A buyer answer's top-level JSON object; `Err` with the invalid answer's reason if the
+/// body is not one (`malformed`), or if a name appears twice in one of its objects
+/// (`duplicate_name`: `{"bid": 1, "bid": 100}` means 1 to simd-json and 100 to many
+/// other readers, so it means nothing here).
+fn answer_object(body: &mut [u8]) -> Result<Box<simd_json::borrowed::Object<'_>>, &'static str> {
     let value = ANSWER_BUFFERS.with(|b| match b.try_borrow_mut() {
         Ok(mut buffers) => simd_json::value::borrowed::to_value_with_buffers(body, &mut buffers),
         Err(_) => simd_json::to_borrowed_value(body),
     });
     match value {
-        Ok(BorrowedValue::Object(obj)) => Some(obj),
-        _ => None,
+        Ok(value @ BorrowedValue::Object(_)) => {
+            if crate::json::check_duplicate_names_borrowed(&value).is_err() {
+                return Err("duplicate_name");
+            }
+            match value {
+                BorrowedValue::Object(obj) => Ok(obj),
+                _ => Err("malformed"),
+            }
+        }
+        _ => Err("malformed"),
     }
 }
 
@@ -254,8 +272,9 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
     if check_surrogates(body).is_err() {
         return BidOutcome::Invalid("malformed");
     }
-    let Some(obj) = answer_object(body) else {
-        return BidOutcome::Invalid("malformed");
+    let obj = match answer_object(body) {
+        Ok(obj) => obj,
+        Err(reason) => return BidOutcome::Invalid(reason),
     };
     if let Some(v) = obj.get("bid") {
         let Some(f) = number(v) else {
@@ -305,8 +324,9 @@ pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8
     if check_surrogates(body).is_err() {
         return PostOutcome::Invalid("malformed");
     }
-    let Some(obj) = answer_object(body) else {
-        return PostOutcome::Invalid("malformed");
+    let obj = match answer_object(body) {
+        Ok(obj) => obj,
+        Err(reason) => return PostOutcome::Invalid(reason),
     };
     match obj.get("accepted") {
         Some(BorrowedValue::Static(StaticNode::Bool(true))) => PostOutcome::Accepted {
@@ -466,6 +486,36 @@ mod tests {
             "]".repeat(depth - 1)
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_name_twice_in_an_answer_makes_it_invalid() {
+        for body in [
+            r#"{"bid": 1.00, "bid": 100.00}"#,
+            r#"{"bid": 1.00, "bid_id": "a", "bid_id": "b"}"#,
+            r#"{"no_bid": "x", "bid": 2, "no_bid": "y"}"#,
+            r#"{"bid": 1.00, "meta": {"k": 1, "k": 2}}"#,
+        ] {
+            assert_eq!(
+                bid(200, JSON, body),
+                BidOutcome::Invalid("duplicate_name"),
+                "{body}"
+            );
+        }
+        let mut post = br#"{"accepted": true, "accepted": false}"#.to_vec();
+        assert_eq!(
+            parse_post_answer(200, JSON, &mut post),
+            PostOutcome::Invalid("duplicate_name")
+        );
+        // The same names once each are an ordinary answer.
+        assert!(matches!(
+            bid(
+                200,
+                JSON,
+                r#"{"bid": 1.00, "meta": {"k": 1}, "bid_id": "k"}"#
+            ),
+            BidOutcome::Bid { .. }
+        ));
     }
 
     #[test]

@@ -121,8 +121,100 @@ pub fn check_surrogates(bytes: &[u8]) -> Result<(), LoneSurrogate> {
     Ok(())
 }
 
-/// Parses a seller's body as JSON; a syntax error, or nesting deeper than
-/// [`SELLER_BODY_DEPTH_MAX`], is `invalid_request`. The buffer is used as scratch.
+/// A name that appears twice in one JSON object. RFC 8259 leaves such a text's meaning
+/// to the reader (simd-json keeps both entries and a lookup finds the first; many
+/// parsers keep the last), so it is refused rather than read one way here and another
+/// way by whoever reads the same bytes next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the name \"{name}\" appears more than once in one object")]
+pub struct DuplicateName {
+    /// The repeated name: at most 64 characters, control characters as `?`.
+    pub name: String,
+}
+
+/// Names per object up to which repeats are found by comparing every pair; larger
+/// objects are sorted (on the stack up to [`STACK_NAMES_MAX`] names).
+const PAIRWISE_NAMES_MAX: usize = 8;
+/// Names per object sorted without an allocation (a lead has at most
+/// `LEAD_FIELDS_MAX` fields; larger objects are sorted in a `Vec`).
+const STACK_NAMES_MAX: usize = 64;
+
+/// The first name that appears twice among `names`, if one does.
+fn repeated_name<'a>(names: impl Iterator<Item = &'a str>, len: usize) -> Option<&'a str> {
+    fn adjacent<'a>(sorted: &mut [&'a str]) -> Option<&'a str> {
+        sorted.sort_unstable();
+        sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    }
+    if len < 2 {
+        return None;
+    }
+    if len <= PAIRWISE_NAMES_MAX {
+        let mut seen: [&str; PAIRWISE_NAMES_MAX] = [""; PAIRWISE_NAMES_MAX];
+        for (i, name) in names.enumerate().take(PAIRWISE_NAMES_MAX) {
+            if seen[..i].contains(&name) {
+                return Some(name);
+            }
+            seen[i] = name;
+        }
+        return None;
+    }
+    if len <= STACK_NAMES_MAX {
+        let mut buf: [&str; STACK_NAMES_MAX] = [""; STACK_NAMES_MAX];
+        let mut n = 0;
+        for (slot, name) in buf.iter_mut().zip(names) {
+            *slot = name;
+            n += 1;
+        }
+        return adjacent(&mut buf[..n]);
+    }
+    adjacent(&mut names.collect::<Vec<_>>())
+}
+
+fn duplicate(name: &str) -> DuplicateName {
+    DuplicateName {
+        name: name
+            .chars()
+            .take(64)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    }
+}
+
+/// Checks that no object in `value`, at any depth, has a name twice. The depth is
+/// bounded by [`check_depth`], which runs before any parse.
+pub fn check_duplicate_names(value: &OwnedValue) -> Result<(), DuplicateName> {
+    match value {
+        OwnedValue::Object(o) => {
+            if let Some(name) = repeated_name(o.keys().map(String::as_str), o.len()) {
+                return Err(duplicate(name));
+            }
+            o.values().try_for_each(check_duplicate_names)
+        }
+        OwnedValue::Array(a) => a.iter().try_for_each(check_duplicate_names),
+        OwnedValue::Static(_) | OwnedValue::String(_) => Ok(()),
+    }
+}
+
+/// [`check_duplicate_names`] for a borrowed value (buyer answers).
+pub fn check_duplicate_names_borrowed(
+    value: &simd_json::BorrowedValue<'_>,
+) -> Result<(), DuplicateName> {
+    use simd_json::BorrowedValue;
+    match value {
+        BorrowedValue::Object(o) => {
+            if let Some(name) = repeated_name(o.keys().map(|k| k.as_ref()), o.len()) {
+                return Err(duplicate(name));
+            }
+            o.values().try_for_each(check_duplicate_names_borrowed)
+        }
+        BorrowedValue::Array(a) => a.iter().try_for_each(check_duplicate_names_borrowed),
+        BorrowedValue::Static(_) | BorrowedValue::String(_) => Ok(()),
+    }
+}
+
+/// Parses a seller's body as JSON; a syntax error, nesting deeper than
+/// [`SELLER_BODY_DEPTH_MAX`], or a name repeated in one object
+/// ([`check_duplicate_names`]) is `invalid_request`. The buffer is used as scratch.
 pub fn parse_value(buf: &mut [u8]) -> Result<OwnedValue, ApiError> {
     parse_value_with_depth(buf, SELLER_BODY_DEPTH_MAX)
 }
@@ -136,8 +228,15 @@ pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedV
         )
     })?;
     check_surrogates(buf).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    simd_json::to_owned_value(buf)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))
+    let value = simd_json::to_owned_value(buf)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON: {e}")))?;
+    check_duplicate_names(&value).map_err(|e| {
+        ApiError::from_fields(
+            ErrorCode::InvalidRequest,
+            vec![FieldProblem::new("body", e.to_string())],
+        )
+    })?;
+    Ok(value)
 }
 
 /// Walks one JSON object, taking fields by name and recording problems.
@@ -310,6 +409,46 @@ mod tests {
         let mut v = vec![b'['; depth];
         v.extend(std::iter::repeat_n(b']', depth));
         v
+    }
+
+    #[test]
+    fn a_name_twice_in_any_object_is_refused_with_its_name() {
+        let wide: String = (0..40).map(|i| format!(r#""f{i}":{i},"#)).collect();
+        let cases: [(String, &str); 6] = [
+            (r#"{"a":1,"a":2}"#.into(), "a"),
+            (
+                r#"{"lead":{"state":"TX","zip":"1","state":"CA"}}"#.into(),
+                "state",
+            ),
+            (r#"{"x":[{"k":1},{"k":1,"k":2}]}"#.into(), "k"),
+            (format!(r#"{{{wide}"f7":0}}"#), "f7"),
+            (format!(r#"{{{wide}{wide}"x":0}}"#), "f0"),
+            (r#"{"\u0001":1,"\u0001":2}"#.into(), "?"),
+        ];
+        for (body, name) in cases {
+            let mut b = body.clone().into_bytes();
+            let e = parse_value(&mut b).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{body}");
+            assert_eq!(e.fields.len(), 1, "{body}");
+            assert_eq!(e.fields[0].field, "body");
+            assert_eq!(
+                e.fields[0].problem,
+                format!("the name \"{name}\" appears more than once in one object"),
+                "{body}"
+            );
+        }
+        // The same name in different objects, and distinct names, are fine.
+        let wide_ok = format!(r#"{{{wide}"last":0}}"#);
+        let wider: String = (0..70).map(|i| format!(r#""g{i}":{i},"#)).collect();
+        let wider_ok = format!(r#"{{{wider}"last":0}}"#);
+        for ok in [
+            r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#,
+            r#"{"ab":1,"ba":2,"a":3,"b":4}"#,
+            wide_ok.as_str(),
+            wider_ok.as_str(),
+        ] {
+            assert!(parse_value(&mut ok.as_bytes().to_vec()).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -41,6 +41,10 @@ impl Micros {
         if v < 0.0 {
             return Err(MoneyError::Negative);
         }
+        // -0.0 is zero, as `-0` (read as the integer 0) is: the same answer for both.
+        if v == 0.0 {
+            return Ok(Micros(0));
+        }
         // Fast path (no formatting), the same answer: below 10^9 two multiples of 10^-6
         // never round to the same f64 (its spacing there is under 1.2 x 10^-7), so when
         // m x 10^-6 rounds to `v`, it is the shortest decimal that does, i.e. what the
@@ -186,7 +190,7 @@ mod tests {
             values.push(f64::from_bits(x >> 2));
         }
         for v in values {
-            if v.is_finite() && v >= 0.0 {
+            if v.is_finite() && v > 0.0 {
                 assert_eq!(
                     Micros::from_decimal_f64(v),
                     Micros::from_decimal_f64_formatted(v),
@@ -206,6 +210,8 @@ mod tests {
             Err(MoneyError::TooPrecise)
         );
         assert_eq!(Micros::from_decimal_f64(-1.0), Err(MoneyError::Negative));
+        assert_eq!(Micros::from_decimal_f64(-0.0), Ok(Micros(0)));
+        assert_eq!(Micros::from_decimal_f64(0.0), Ok(Micros(0)));
         assert_eq!(
             Micros::from_decimal_f64(f64::NAN),
             Err(MoneyError::NotFinite)

@@ -35,7 +35,9 @@ pub enum SignatureError {
     BadSecret,
     #[error("a webhook header is missing")]
     MissingHeader,
-    #[error("webhook-timestamp is not a number")]
+    #[error("a webhook header appears more than once")]
+    RepeatedHeader,
+    #[error("webhook-timestamp is not a whole number of seconds (digits only)")]
     BadTimestamp,
     #[error("webhook-timestamp is more than 300 s from now")]
     TimestampOutOfTolerance,
@@ -81,6 +83,10 @@ impl Secret {
 
     /// Checks a message's headers against the body at `now` (Unix seconds). The signature
     /// header may hold several space-separated signatures (key rotation); one must match.
+    /// The MAC is computed once, over the timestamp header exactly as sent (1 to
+    /// [`TIMESTAMP_DIGITS_MAX`] ASCII digits: no sign, space or other text), and compared
+    /// with at most [`SIGNATURES_MAX`] candidates, so a header full of candidates costs
+    /// no more than one.
     pub fn verify(
         &self,
         id: Option<&str>,
@@ -89,31 +95,48 @@ impl Secret {
         body: &[u8],
         now_s: i64,
     ) -> Result<(), SignatureError> {
-        let (Some(id), Some(ts), Some(sig)) = (id, timestamp, signature) else {
+        let (Some(id), Some(ts_text), Some(sig)) = (id, timestamp, signature) else {
             return Err(SignatureError::MissingHeader);
         };
-        let ts: i64 = ts
-            .trim()
-            .parse()
-            .map_err(|_| SignatureError::BadTimestamp)?;
+        let digits_only = !ts_text.is_empty()
+            && ts_text.len() <= TIMESTAMP_DIGITS_MAX
+            && ts_text.bytes().all(|b| b.is_ascii_digit());
+        if !digits_only {
+            return Err(SignatureError::BadTimestamp);
+        }
+        let ts: i64 = ts_text.parse().map_err(|_| SignatureError::BadTimestamp)?;
         // abs_diff cannot overflow, whatever the two i64s (`now_s - ts` can).
         if now_s.abs_diff(ts) > TIMESTAMP_TOLERANCE_S.unsigned_abs() {
             return Err(SignatureError::TimestampOutOfTolerance);
         }
-        for candidate in sig.split_whitespace() {
-            let Some(b64) = candidate.strip_prefix("v1,") else {
-                continue;
-            };
+        let mut mac = self.keyed.clone();
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(ts_text.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let candidates = sig
+            .split_whitespace()
+            .filter_map(|c| c.strip_prefix("v1,"))
+            .take(SIGNATURES_MAX);
+        for b64 in candidates {
             let Ok(tag) = STANDARD.decode(b64) else {
                 continue;
             };
-            if self.mac(id, ts, body).verify_slice(&tag).is_ok() {
+            // A clone of the finished state: the body is hashed once, whatever the count.
+            if mac.clone().verify_slice(&tag).is_ok() {
                 return Ok(());
             }
         }
         Err(SignatureError::Mismatch)
     }
 }
+
+/// Most digits in `webhook-timestamp` (Unix seconds fit in 11 until the year 5138).
+pub const TIMESTAMP_DIGITS_MAX: usize = 12;
+/// Most `v1,` signatures tried from one `webhook-signature` header (key rotation needs
+/// two or three); the rest are ignored.
+pub const SIGNATURES_MAX: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -175,12 +198,12 @@ mod tests {
     fn extreme_timestamps_are_out_of_tolerance_not_a_panic() {
         let s = Secret::new("topsecret").unwrap();
         let now = 1_700_000_000;
+        let biggest = 999_999_999_999; // TIMESTAMP_DIGITS_MAX digits
         for (ts, now_s) in [
-            (i64::MIN, now),
-            (i64::MAX, now),
-            (i64::MIN, i64::MAX),
-            (i64::MAX, i64::MIN),
-            (i64::MIN + 1, i64::MAX),
+            (0, now),
+            (biggest, now),
+            (0, i64::MAX),
+            (biggest, i64::MIN),
             (0, i64::MIN),
         ] {
             let sig = s.sign("id1", ts, b"body");
@@ -191,33 +214,87 @@ mod tests {
                 "ts {ts}, now {now_s}"
             );
         }
-        // The header of the issue, as text.
-        assert_eq!(
-            s.verify(
-                Some("id1"),
-                Some("-9223372036854775808"),
-                Some("v1,AAAA"),
-                b"body",
-                now
-            ),
-            Err(SignatureError::TimestampOutOfTolerance)
-        );
-        // Past i64 either way: not a number.
-        for ts in ["9223372036854775808", "-9223372036854775809", "1e3", ""] {
+        // Not digits only, or too many of them: not a timestamp, whatever the clock.
+        for ts in [
+            "-9223372036854775808",
+            "9223372036854775808",
+            "1000000000000",
+            "-1",
+            "+1700000000",
+            " 1700000000",
+            "1700000000 ",
+            "1e3",
+            "",
+        ] {
             assert_eq!(
                 s.verify(Some("id1"), Some(ts), Some("v1,AAAA"), b"body", now),
                 Err(SignatureError::BadTimestamp),
                 "{ts:?}"
             );
         }
-        // Same extremes on both sides are in tolerance (and then checked by signature).
-        for t in [i64::MIN, i64::MAX] {
-            let sig = s.sign("id1", t, b"body");
-            assert_eq!(
-                s.verify(Some("id1"), Some(&t.to_string()), Some(&sig), b"body", t),
-                Ok(())
-            );
-        }
+        // The same extreme on both sides is in tolerance (and then checked by signature).
+        let sig = s.sign("id1", biggest, b"body");
+        assert_eq!(
+            s.verify(
+                Some("id1"),
+                Some(&biggest.to_string()),
+                Some(&sig),
+                b"body",
+                biggest
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_mac_covers_the_timestamp_header_as_sent() {
+        let s = Secret::new("topsecret").unwrap();
+        let now = 1_700_000_000;
+        // Signed over "1700000000": a header of "01700000000" is another message.
+        let sig = s.sign("id1", now, b"body");
+        assert_eq!(
+            s.verify(Some("id1"), Some("01700000000"), Some(&sig), b"body", now),
+            Err(SignatureError::Mismatch)
+        );
+        // A sender that signs its header text with a leading zero is verified as sent.
+        let mut mac = s.keyed.clone();
+        mac.update(b"id1.01700000000.body");
+        let mut zero = String::from("v1,");
+        STANDARD.encode_string(mac.finalize().into_bytes(), &mut zero);
+        assert_eq!(
+            s.verify(Some("id1"), Some("01700000000"), Some(&zero), b"body", now),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn only_the_first_candidates_are_tried() {
+        let s = Secret::new("topsecret").unwrap();
+        let now = 1_700_000_000;
+        let sig = s.sign("id1", now, b"body");
+        let ts = now.to_string();
+        let with_before = |n: usize| {
+            let mut h = "v1,AAAA ".repeat(n);
+            h.push_str(&sig);
+            h
+        };
+        // The good one among the first SIGNATURES_MAX candidates matches; past them it is
+        // never looked at. Candidates that are not `v1,` do not count.
+        let last_tried = with_before(SIGNATURES_MAX - 1);
+        assert_eq!(
+            s.verify(Some("id1"), Some(&ts), Some(&last_tried), b"body", now),
+            Ok(())
+        );
+        let untried = with_before(SIGNATURES_MAX);
+        assert_eq!(
+            s.verify(Some("id1"), Some(&ts), Some(&untried), b"body", now),
+            Err(SignatureError::Mismatch)
+        );
+        let others = format!("{}{sig}", "v2,AAAA ".repeat(50));
+        assert_eq!(
+            s.verify(Some("id1"), Some(&ts), Some(&others), b"body", now),
+            Ok(())
+        );
     }
 
     #[test]

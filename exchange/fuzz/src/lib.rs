@@ -14,7 +14,7 @@ use proto::buyer::{
 };
 use proto::json::{check_depth, BUYER_ANSWER_DEPTH_MAX, SELLER_BODY_DEPTH_MAX};
 use proto::seller::{parse_ping, PostEnvelope};
-use proto::signing::{Secret, SignatureError};
+use proto::signing::{Secret, SignatureError, TIMESTAMP_DIGITS_MAX};
 use proto::{ApiError, ErrorCode, LeadMode, Micros};
 
 /// The embedded default configuration (its verticals' schemas are what sellers meet).
@@ -233,14 +233,18 @@ pub fn signature_verify(data: &[u8]) {
     };
     let body = part(4).unwrap_or_default();
     let r = secret.verify(text(1), text(2), text(3), body, now_s);
-    if let Some(ts) = text(2) {
-        match ts.trim().parse::<i64>() {
-            Err(_) => {
+    if let Some(ts_text) = text(2) {
+        // A timestamp is 1 to TIMESTAMP_DIGITS_MAX ASCII digits, nothing else.
+        let digits = !ts_text.is_empty()
+            && ts_text.len() <= TIMESTAMP_DIGITS_MAX
+            && ts_text.bytes().all(|b| b.is_ascii_digit());
+        match ts_text.parse::<i64>().ok().filter(|_| digits) {
+            None => {
                 if text(1).is_some() && text(3).is_some() {
                     assert_eq!(r, Err(SignatureError::BadTimestamp));
                 }
             }
-            Ok(ts) => {
+            Some(ts) => {
                 if r.is_ok() {
                     assert!(now_s.abs_diff(ts) <= 300, "accepted {ts} at {now_s}");
                 }
