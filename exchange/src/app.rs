@@ -64,6 +64,34 @@ pub fn spawn_model_watch(state: &Arc<AppState>) {
     });
 }
 
+/// The most shutdown waits for late-post watches: each ends within its own wait
+/// ([`crate::auction::LATE_POST_WAIT_MS`]) plus the durable write of its record.
+pub const LATE_WATCH_DRAIN_MS: u64 = crate::auction::LATE_POST_WAIT_MS + 5_000;
+
+/// Waits (bounded) for the late-post watches still hearing buyers out, so a late accept
+/// is written (`late_accept`) and counted before the ledger's tail is made durable and
+/// the event loops stop; logs what it waited for.
+pub async fn drain_late_watches(state: &AppState) {
+    let running = state.late_watches.running();
+    if running == 0 {
+        return;
+    }
+    tracing::info!(
+        late_watches = running,
+        "shutdown: waiting for buyers answering a post late"
+    );
+    let left = state
+        .late_watches
+        .wait_idle(std::time::Duration::from_millis(LATE_WATCH_DRAIN_MS))
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            late_watches = left,
+            "shutdown: late-post watches still running were dropped"
+        );
+    }
+}
+
 /// A running exchange.
 #[derive(Debug)]
 pub struct Running {
@@ -152,6 +180,8 @@ impl Running {
         let served = (&mut self.join)
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // A buyer that answers a post late may have accepted it: hear it out first.
+        drain_late_watches(&self.state).await;
         // Auction and attempt records ride along with durable ones; make the tail durable.
         if let Err(e) = self
             .state
@@ -304,6 +334,9 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                         crate::server::serve_with(listener, st.clone(), shutdown, i == 0),
                         admin
                     );
+                    // Each worker's event loop runs the late-post watches it spawned: it
+                    // stops only once every worker's are done (or the bound is reached).
+                    drain_late_watches(&st).await;
                     served.and(admin)
                 })
             })?;

@@ -321,6 +321,9 @@ pub struct Delivery<'a> {
     pub test: bool,
     /// The seller price already quoted.
     pub quoted: Micros,
+    /// The currency it was quoted in (the quote's; the vertical's for a direct post): the
+    /// sale and the `sold` answer use it, whatever a reload made the vertical's since.
+    pub currency: &'a str,
     pub ranked: Vec<Ranked>,
     pub reservation: Option<Reservation>,
     pub auction_started_ms: UnixMs,
@@ -373,6 +376,7 @@ pub async fn deliver(
             vertical: d.vertical,
             test: d.test,
             quoted: d.quoted,
+            currency: d.currency,
             auction_id: d.auction_id,
             ping_id: d.ping_id,
             lead_id: &lead_id,
@@ -410,6 +414,7 @@ pub async fn deliver(
         let bid = &plan.ranked()[attempt.rank].bid;
         let msg = BuyerPost {
             auction_id: d.auction_id,
+            lead_id: &lead_id,
             bid_id: bid.bid_id.as_deref(),
             price: bid.price,
             vertical: &vertical.name,
@@ -479,7 +484,10 @@ pub async fn deliver(
             // The timed-out attempt's hold stays in the buyer's caps until its late
             // answer is in: an accept then counts in that place, never past a cap.
             watch.hold = plan.take_late_hold();
-            tokio::spawn(watch.watch(call, Duration::from_millis(LATE_POST_WAIT_MS)));
+            // Counted, so shutdown waits for the answer before the ledger is closed.
+            state
+                .late_watches
+                .spawn(watch.watch(call, Duration::from_millis(LATE_POST_WAIT_MS)));
         }
     };
     let recorded = effects::execute(state, rt, plan.effects()).await;
@@ -500,7 +508,7 @@ pub async fn deliver(
                 lead_id: Some(lead_id),
                 ping_id: Some(d.ping_id.to_string()),
                 price: Some(d.quoted),
-                currency: Some(vertical.currency.clone()),
+                currency: Some(d.currency.to_string()),
                 buyer: Some(cfg.buyers[a.buyer].name.clone()),
                 reason: None,
                 changed_fields: Vec::new(),

@@ -54,6 +54,9 @@ pub const OUTCOMES: [&str; 6] = [
 ];
 /// The outcome that may refund.
 pub const RETURNED: &str = "returned";
+/// [`RETURNED`]'s place in [`OUTCOMES`].
+const RETURNED_INDEX: usize = 5;
+const _: () = assert!(matches!(OUTCOMES[RETURNED_INDEX].as_bytes(), b"returned"));
 /// Longest `lead_id` accepted (the exchange's own are 35 characters).
 pub const LEAD_ID_LEN_MAX: usize = 64;
 /// Longest `reason` (a code such as `disconnected_number`).
@@ -227,6 +230,8 @@ pub enum Claim {
     Repeat,
     /// The same outcome is being written by another request.
     InFlight,
+    /// The lead was returned (or its return is being recorded): no outcome follows it.
+    Returned,
 }
 
 /// A sale's names: buyer, seller, vertical, currency.
@@ -739,6 +744,11 @@ impl SoldLeads {
         if pending & bit != 0 {
             return Claim::InFlight;
         }
+        // The lead went back to the exchange: nothing the buyer does with it follows.
+        let returned = 1u8 << RETURNED_INDEX;
+        if bit != returned && (g.seen(slot) | pending) & returned != 0 {
+            return Claim::Returned;
+        }
         g.set_pending(slot, pending | bit);
         Claim::Claimed(g.lead(slot))
     }
@@ -1147,6 +1157,10 @@ mod tests {
             }
             if l.pending & bit != 0 {
                 return Claim::InFlight;
+            }
+            // Nothing follows a return (recorded or being recorded).
+            if outcome != 5 && (l.seen | l.pending) & (1 << 5) != 0 {
+                return Claim::Returned;
             }
             l.pending |= bit;
             Claim::Claimed(l.clone())

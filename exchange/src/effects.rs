@@ -110,14 +110,19 @@ pub async fn execute<'a>(
                 buyer,
                 outcome,
                 p_model_ppm,
+                teaches,
             } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
                 }
-                // What the buyer did with a delivered lead teaches the cold-start rates
-                // (a fallback skipped for its cap was never delivered).
-                if let (false, Some(b)) = (outcome == PostKind::Capped, rt.config.buyers.get(buyer))
-                {
+                // What the buyer did with a delivered real lead teaches the cold-start
+                // rates (a fallback skipped for its cap was never delivered; a test lead
+                // teaches nothing, as the ledger replay at a restart leaves it out).
+                if let (true, false, Some(b)) = (
+                    teaches,
+                    outcome == PostKind::Capped,
+                    rt.config.buyers.get(buyer),
+                ) {
                     state
                         .stats
                         .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm);

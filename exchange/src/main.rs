@@ -125,10 +125,12 @@ enum LedgerCommand {
     /// segments; prints the records per type and the first problem with its segment file
     /// and byte offset. Then reconciles the money (revenue minus refunds equals the sum of
     /// sales; margin = bid - seller price; with --config, each seller price follows the
-    /// seller's payout model) and checks that every delivery has an outcome, naming each
-    /// mismatch by segment, seq and ids. Exit status: 0 clean, 1 a problem or mismatch
-    /// found, 2 the ledger (or the configuration) could not be read. Reading only: safe on
-    /// a running exchange's ledger (its last line may be in flight).
+    /// seller's payout model in the configuration given, i.e. today's, for the sales of the
+    /// ledger's latest generation) and checks that every delivery has an outcome, naming
+    /// each mismatch by segment, seq and ids. Exit status: 0 clean, 1 a problem or
+    /// mismatch found (or records of a newer format version skipped: not reconciled), 2
+    /// the ledger (or the configuration) could not be read. Reading only: safe on a
+    /// running exchange's ledger (its last line may be in flight).
     Verify {
         /// The ledger directory (overrides the configuration's `server.ledger_path`).
         #[arg(long)]
@@ -257,7 +259,8 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
                 }
             };
             print!("{}", reconciled.render());
-            if report.problem.is_some() || reconciled.failed() {
+            // Records skipped (a newer format version) are money not read: never `OK`.
+            if report.problem.is_some() || reconciled.failed() || reconciled.incomplete() {
                 1
             } else {
                 0
@@ -368,7 +371,14 @@ fn finance_command(command: LedgerCommand) -> i32 {
                 return fail("report", "no report".into());
             };
             match format.as_str() {
-                "csv" => print!("{}", r.csv()),
+                "csv" => {
+                    print!("{}", r.csv());
+                    // CSV has no place for notes: what the read skipped (records of a
+                    // newer format version, unknown types) goes to stderr, as export's.
+                    for note in &r.notes {
+                        eprintln!("pingpost ledger report: note: {note}");
+                    }
+                }
                 "json" => print!("{}", r.json()),
                 _ => print!("{}", r.table()),
             }
@@ -467,6 +477,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "pingpost=info".into()),
         )
+        // Colour codes only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     match args.command {

@@ -569,21 +569,38 @@ fn disposition_schemas() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn probe(id: &str, summary: &str, schema: Value) -> Value {
+/// What a probe or `/openapi.json` can answer with `503`: `/healthz` never does (it is
+/// never shed and has nothing to be unready about).
+#[derive(Clone, Copy)]
+enum Unavailable {
+    Never,
+    NotReady,
+    Overloaded,
+}
+
+fn probe(id: &str, summary: &str, schema: Value, unavailable: Unavailable) -> Value {
+    let mut responses = json!({
+        "200": {"description": "OK.", "content": {"application/json": {"schema": schema.clone()}}},
+        "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+        "431": {"$ref": "#/components/responses/HeadersTooLarge"},
+    });
+    let unavailable = match unavailable {
+        Unavailable::Never => None,
+        Unavailable::NotReady => Some(json!({
+            "description": "Not ready: the body says what is missing (never shed by the in-flight limit).",
+            "content": {"application/json": {"schema": schema}},
+        })),
+        Unavailable::Overloaded => Some(json!({"$ref": "#/components/responses/Overloaded"})),
+    };
+    if let (Some(map), Some(u)) = (responses.as_object_mut(), unavailable) {
+        map.insert("503".into(), u);
+    }
     json!({
         "get": {
             "operationId": id,
             "summary": summary,
             "security": [],
-            "responses": {
-                "200": {"description": "OK.", "content": {"application/json": {"schema": schema.clone()}}},
-                "405": {"$ref": "#/components/responses/MethodNotAllowed"},
-                "503": {
-                    "description": "Not ready, or overloaded.",
-                    "headers": {"Retry-After": {"description": "With `overloaded`.", "schema": {"type": "integer", "minimum": 0}}},
-                    "content": {"application/json": {"schema": {"oneOf": [schema, {"$ref": "#/components/schemas/Error"}]}}},
-                },
-            },
+            "responses": responses,
         },
     })
 }
@@ -595,9 +612,9 @@ fn paths() -> Value {
         "/v1/post": {"post": seller_operation("post", "Sell a quoted lead", "PostRequest", "PostAnswer")},
         "/v1/leads": {"post": seller_operation("directPost", "Direct post (ping, award and post in one call)", "DirectPostRequest", "PostAnswer")},
         "/v1/dispositions": {"post": disposition_operation()},
-        "/healthz": probe("healthz", "The process is alive", health.clone()),
-        "/readyz": probe("readyz", "Ready to take traffic", health),
-        "/openapi.json": probe("openapi", "This document", json!({"type": "object"})),
+        "/healthz": probe("healthz", "The process is alive", health.clone(), Unavailable::Never),
+        "/readyz": probe("readyz", "Ready to take traffic", health, Unavailable::NotReady),
+        "/openapi.json": probe("openapi", "This document", json!({"type": "object"}), Unavailable::Overloaded),
     })
 }
 

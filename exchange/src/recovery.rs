@@ -3,10 +3,14 @@
 //! memory:
 //!
 //! - caps and budgets: every `sale` counts in the windows it was sold in (its `windows`;
-//!   a record without them, written before format 4, counts in the windows of its time in
-//!   the buyer's zone); so does every delivery with a `post_sent` record and no outcome
-//!   (when in doubt, count it), and every late accept (`post_attempt` with outcome
-//!   `late_accept`: the buyer accepted after its timeout and has the lead);
+//!   a record without them, written before format 4, or written in another zone than the
+//!   buyer's configured one, counts in the windows of its time in the buyer's zone); so
+//!   does every delivery with a `post_sent` record and no outcome (when in doubt, count
+//!   it), and every late accept (`post_attempt` with outcome `late_accept`: the buyer
+//!   accepted after its timeout and has the lead). A buyer that is not configured now is
+//!   counted too, under the stable key of its id (interned now), so a reload that brings
+//!   it back finds its counts (its zone is not known: its leads count in the windows they
+//!   were written with, and the cap book carries them into the zone it comes back with);
 //! - idempotency keys: a `post_sent` record names its request's key (as SHA-256); a retry
 //!   with that key gets the stored answer (`sold` or `unsold` from the post's outcome, or
 //!   `500` when the outcome is unknown) and delivers nothing;
@@ -98,6 +102,9 @@ pub struct Scan {
     /// What buyers did with delivered leads, in ledger order, for the cold-start rates:
     /// `(buyer id, event)`.
     pub buyer_events: Vec<(String, BuyerEvent)>,
+    /// Lead ids delivered as test leads (`post_sent` with `test`): their post attempts
+    /// (which carry no `test` of their own) teach no buyer's rates, as live.
+    test_leads: HashSet<String>,
     /// Every sale, as the sold-lead index keeps it (`POST /v1/dispositions`), in order.
     pub sold: Vec<(String, crate::dispositions::SoldLead)>,
     /// `(lead_id, outcome)` of every `disposition` record, in order.
@@ -168,9 +175,16 @@ impl Scan {
             let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
             let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
             let test = v.get("test").and_then(Value::as_bool).unwrap_or(false);
+            if kind == "post_sent" && test {
+                scan.test_leads.insert(text(&v, "lead_id"));
+            }
+            // Exactly what the live rates count (`Effect::Post`'s `teaches`): real leads'
+            // sales, rejections and failed deliveries, and real leads' returns.
             let event = match (kind, v.get("outcome").and_then(Value::as_str)) {
                 ("sale", _) if !test => Some(BuyerEvent::Accepted),
-                ("post_attempt", Some("rejected" | "timeout" | "error" | "invalid")) => {
+                ("post_attempt", Some("rejected" | "timeout" | "error" | "invalid"))
+                    if !scan.test_leads.contains(&text(&v, "lead_id")) =>
+                {
                     Some(BuyerEvent::Rejected)
                 }
                 ("disposition", Some("returned")) if !test => Some(BuyerEvent::Returned),
@@ -275,8 +289,8 @@ impl Scan {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Recovered {
     pub records: u64,
-    /// Sales counted again in caps and budgets (current windows only; test leads and
-    /// sales of buyers no longer configured are not).
+    /// Sales counted again in caps and budgets (current windows only; test leads are
+    /// not; sales of buyers not configured now are, under their id's key).
     pub sales_counted: u64,
     /// Deliveries with no outcome (all of them, counted or not).
     pub unknown: u64,
@@ -342,6 +356,44 @@ fn counts_now(w: &Windows, now: &Windows) -> bool {
     w.month >= now.month || w.week >= now.week
 }
 
+/// [`counts_now`] for windows of an unknown zone against `now`'s in UTC: zones are at most
+/// a day from UTC, so a lead of the previous week or month may still lie in the current
+/// one of the buyer's zone (kept; the cap book drops what is past once it knows the zone).
+fn may_count_now(w: &Windows, now_utc: &Windows) -> bool {
+    w.month.saturating_add(1) >= now_utc.month || w.week.saturating_add(7) >= now_utc.week
+}
+
+/// The windows a lead of a configured buyer counts in: the ones it was written with, if
+/// they are the windows of their own hour in the buyer's zone now; otherwise (a record
+/// written before format 4, or in a zone the buyer had before) the windows of its time
+/// `at` in the zone configured now, so a zone changed across a restart never starts the
+/// buyer's day afresh.
+fn windows_in(tz: chrono_tz::Tz, windows: Option<Windows>, at: UnixMs) -> Option<Windows> {
+    match windows {
+        Some(w) if Windows::at(tz, w.hour_start_ms) == Some(w) => Some(w),
+        _ => Windows::at(tz, at),
+    }
+}
+
+/// The stable key of a buyer the ledger names but the configuration does not, interned
+/// now (the cap book grown to cover it); `None` past the registry's bound (logged).
+fn key_of_unconfigured(state: &AppState, buyer: &str) -> Option<crate::config::BuyerKey> {
+    if buyer.is_empty() {
+        return None;
+    }
+    let Some(key) = state.ids.intern_buyer(buyer) else {
+        tracing::warn!(
+            buyer = %crate::server::truncate(buyer, 64),
+            "ledger: a buyer not configured now could not be keyed (too many buyer ids); its \
+             leads are not counted"
+        );
+        return None;
+    };
+    state.caps.grow(state.ids.buyer_count());
+    state.breakers.grow(state.ids.buyer_count());
+    Some(key)
+}
+
 /// Replays `scan` into `state`'s cap book and idempotency store (see the module
 /// documentation). Call it once, before serving.
 pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
@@ -356,9 +408,21 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
     };
     let count = |buyer: &str, windows: Option<Windows>, at: UnixMs, price: i64| -> bool {
         let Some(b) = buyers.get(buyer) else {
-            return false;
+            // Not configured now (removed before the restart, or left out of the file):
+            // counted under its id's key all the same, so a reload that brings it back
+            // cannot sell it past its caps.
+            let Some(w) = windows.or_else(|| Windows::at(chrono_tz::Tz::UTC, at)) else {
+                return false;
+            };
+            if let Some(cur) = Windows::at(chrono_tz::Tz::UTC, now) {
+                if !may_count_now(&w, &cur) {
+                    return false;
+                }
+            }
+            return key_of_unconfigured(state, buyer)
+                .is_some_and(|key| state.caps.restore_sold(key, &w, Micros(price)));
         };
-        let Some(w) = windows.or_else(|| Windows::at(b.timezone, at)) else {
+        let Some(w) = windows_in(b.timezone, windows, at) else {
             return false;
         };
         match Windows::at(b.timezone, now) {
@@ -511,7 +575,17 @@ fn restore_quote(
         .ok()?;
     let mut ranked = Vec::new();
     for line in v.get("ranked")?.as_array()? {
-        let buyer = state.ids.buyer_key(line.get("buyer")?.as_str()?)?;
+        // A bidder no longer configured keeps its place under its id's key, as a reload
+        // leaves it: the post finds it removed (`buyer_removed`) and falls back, and a
+        // bidder that is not the winner changes nothing. One that cannot be keyed (past
+        // the registry's bound) is left out; the quote stays.
+        let Some(buyer) = line
+            .get("buyer")
+            .and_then(Value::as_str)
+            .and_then(|id| key_of(state, id))
+        else {
+            continue;
+        };
         ranked.push(Ranked {
             bid: Bid {
                 buyer,
@@ -535,7 +609,7 @@ fn restore_quote(
     let reservation = match v.get("hold") {
         None => None,
         Some(h) => {
-            let key = state.ids.buyer_key(h.get("buyer")?.as_str()?)?;
+            let key = key_of(state, h.get("buyer")?.as_str()?)?;
             let w = windows_of(h)?;
             let price = Micros(h.get("price_micros")?.as_i64()?);
             Some(state.caps.restore_reservation(key, &w, price)?)
@@ -572,6 +646,15 @@ fn restore_quote(
     Some(())
 }
 
+/// The stable key of buyer `id`: the one it has (configured, or keyed already), or one
+/// interned now for a buyer the configuration no longer has.
+fn key_of(state: &AppState, id: &str) -> Option<crate::config::BuyerKey> {
+    state
+        .ids
+        .buyer_key(id)
+        .or_else(|| key_of_unconfigured(state, id))
+}
+
 fn digest(hex_text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_text, &mut out).ok()?;
@@ -586,8 +669,21 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
     drop(text);
     let r = apply(state, &scan);
     // The cold-start rates: what each buyer did, replayed in order.
+    let configured: HashSet<crate::config::BuyerKey> = state
+        .runtime
+        .load()
+        .config
+        .buyers
+        .iter()
+        .map(|b| b.key)
+        .collect();
     for (buyer, event) in &scan.buyer_events {
-        let Some(key) = state.ids.buyer_key(buyer) else {
+        // Buyers configured now only (one keyed for its counts alone learns nothing).
+        let Some(key) = state
+            .ids
+            .buyer_key(buyer)
+            .filter(|k| configured.contains(k))
+        else {
             continue;
         };
         match event {

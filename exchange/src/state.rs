@@ -140,6 +140,15 @@ fn target_slots(config: &Config) -> Arc<Vec<OnceLock<Option<Box<Target>>>>> {
 /// overrides and environment.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
 
+/// A vertical's `CHAMPION` that could not be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChampionFailure {
+    /// The version `CHAMPION` names.
+    pub version: String,
+    /// Every problem, as logged.
+    pub problems: Vec<String>,
+}
+
 /// Why a reload was refused (the old runtime keeps serving).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadError {
@@ -217,6 +226,70 @@ impl RateLimiter {
     }
 }
 
+/// Background tasks that must end before the exchange does (the late-post watches): a
+/// count and a wake-up, so shutdown can wait for the last one (on whichever worker's event
+/// loop each runs) without holding their handles.
+#[derive(Debug, Default)]
+pub struct BackgroundTasks {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One counted task; the count drops when it ends, also when it is aborted or panics.
+struct Counted(Arc<BackgroundTasks>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self
+            .0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl BackgroundTasks {
+    /// Spawns `task` on the current event loop, counted until it ends.
+    pub fn spawn<F>(self: &Arc<Self>, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let counted = Counted(Arc::clone(self));
+        tokio::spawn(async move {
+            let _counted = counted;
+            task.await;
+        });
+    }
+
+    /// How many are running.
+    pub fn running(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until none is running (one spawned meanwhile is waited for too), or `bound`
+    /// has passed; returns how many are still running.
+    pub async fn wait_idle(&self, bound: std::time::Duration) -> usize {
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.running() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(bound, idle).await;
+        self.running()
+    }
+}
+
 /// Shared state of one running exchange.
 pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
@@ -230,8 +303,9 @@ pub struct AppState {
     /// Dispositions recorded since the last retraining (the count trigger).
     pub dispositions_since_train: std::sync::atomic::AtomicU64,
     /// A champion that failed to load, by vertical, so the watch does not retry (and log)
-    /// the same broken version every tick.
-    champion_failures: Mutex<std::collections::HashMap<String, String>>,
+    /// the same broken version every tick, and `/readyz` can say so. Cleared when a swap
+    /// of that vertical succeeds or its `CHAMPION` names what serves again.
+    champion_failures: Mutex<std::collections::HashMap<String, ChampionFailure>>,
     /// Stable buyer and seller keys (never reused while the process lives).
     pub ids: IdRegistry,
     pub caps: CapBook,
@@ -265,6 +339,10 @@ pub struct AppState {
     pub sold_leads: crate::dispositions::SoldLeads,
     /// Per-buyer bound on disposition requests.
     pub disposition_rate: crate::dispositions::BuyerRate,
+    /// The late-post watches still hearing a buyer out ([`crate::auction::LATE_POST_WAIT_MS`]):
+    /// shutdown waits for them before the ledger's tail is made durable, so a late accept
+    /// the buyer already has is recorded and counted.
+    pub late_watches: Arc<BackgroundTasks>,
     /// Serializes reloads: one at a time, in arrival order.
     reload_lock: Mutex<()>,
     /// What [`AppState::reload`] reads.
@@ -465,6 +543,7 @@ impl AppState {
             buyer_trust: Mutex::new([0; 32]),
             fingerprint: crate::fingerprint::Fingerprinter::ephemeral(),
             dispositions_since_train: std::sync::atomic::AtomicU64::new(0),
+            late_watches: Arc::new(BackgroundTasks::default()),
             champion_failures: Mutex::new(std::collections::HashMap::new()),
             source: Mutex::new(None),
         }
@@ -613,6 +692,9 @@ impl AppState {
             ping_targets: Arc::clone(&old.ping_targets),
         }));
         self.metrics.config_generation.set(generation as i64);
+        // Whatever failed to load for this vertical before no longer matters: it serves
+        // what it was just asked to.
+        self.champion_failures.lock().remove(vertical);
         // The drift guard compared the old model's estimates: it starts again.
         self.stats.reset_guards();
         tracing::info!(
@@ -643,26 +725,75 @@ impl AppState {
                 .and_then(|m| m.as_ref())
                 .map(|m| m.version.clone());
             if want == have {
+                // `CHAMPION` names what serves: an earlier failure no longer matters.
+                self.champion_failures.lock().remove(&v.name);
                 continue;
             }
-            let mut failed = self.champion_failures.lock();
-            if want.is_some() && failed.get(&v.name) == want.as_ref() {
+            let tried = self
+                .champion_failures
+                .lock()
+                .get(&v.name)
+                .map(|f| f.version.clone());
+            if want.is_some() && tried == want {
                 continue;
             }
+            // On success this clears the vertical's failure.
             let r = self.swap_models_locked(&v.name, want.as_deref(), false);
-            match &r {
-                Ok(_) => {
-                    failed.remove(&v.name);
-                }
-                Err(e) => {
-                    tracing::error!(vertical = %v.name, version = want.as_deref().unwrap_or(""), error = %e, "the champion model was refused; the serving model stays");
-                    if let Some(w) = want {
-                        failed.insert(v.name.clone(), w);
+            if let Err(e) = &r {
+                let problems = match e {
+                    ReloadError::Invalid(fields) => {
+                        fields.iter().map(|f| f.problem.clone()).collect()
                     }
+                    other => vec![other.to_string()],
+                };
+                let version = want.as_deref().unwrap_or("");
+                match &have {
+                    // At the start (or while nothing served): no model serves this
+                    // vertical, and `/readyz` says not ready until one is served.
+                    None => tracing::error!(
+                        vertical = %v.name,
+                        version,
+                        error = %e,
+                        "the champion model failed to load; the vertical serves no model \
+                         (cold-start rates) and /readyz answers 503 until a model is served"
+                    ),
+                    Some(serving) => tracing::error!(
+                        vertical = %v.name,
+                        version,
+                        serving = %serving,
+                        error = %e,
+                        "the champion model was refused; the serving model stays"
+                    ),
+                }
+                if let Some(w) = want {
+                    self.champion_failures.lock().insert(
+                        v.name.clone(),
+                        ChampionFailure {
+                            version: w,
+                            problems,
+                        },
+                    );
                 }
             }
             out.push((v.name.clone(), r));
         }
+        out
+    }
+
+    /// The verticals whose `CHAMPION` failed to load while no model serves them (at the
+    /// start, or after `"version": null`): what `/readyz` reports as not ready.
+    pub fn unserved_champions(&self) -> Vec<(String, ChampionFailure)> {
+        let rt = self.runtime.load();
+        let failed = self.champion_failures.lock();
+        let mut out: Vec<(String, ChampionFailure)> = rt
+            .config
+            .verticals
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| v.features.is_some() && rt.models.get(*i).is_some_and(|m| m.is_none()))
+            .filter_map(|(_, v)| failed.get(&v.name).map(|f| (v.name.clone(), f.clone())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 

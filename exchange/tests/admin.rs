@@ -230,3 +230,37 @@ async fn every_sale_and_only_a_sale_is_timed_from_the_buyers_accept() {
     let text = ex.admin_get("/metrics").await.text();
     assert_eq!(count(&text), 1.0, "{text}");
 }
+
+#[tokio::test]
+async fn admin_bodies_must_be_json_or_absent() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+    let body = br#"{"vertical":"auto_insurance","version":null}"#.to_vec();
+    let send = |path: &'static str, ct: Option<&'static str>, body: Vec<u8>| {
+        let ex = &ex;
+        async move {
+            ex.admin
+                .send(Method::POST, path, Some(ADMIN_TOKEN), ct, &[], body)
+                .await
+        }
+    };
+    for ct in [
+        Some("text/plain"),
+        None,
+        Some("application/json; charset=latin1"),
+    ] {
+        send("/admin/models", ct, body.clone())
+            .await
+            .assert_error(415, "unsupported_media_type");
+        send("/admin/reload", ct, b"{}".to_vec())
+            .await
+            .assert_error(415, "unsupported_media_type");
+    }
+    assert_eq!(ex.state.generation(), 1, "nothing changed");
+    // A reload needs no body, and so no Content-Type.
+    let r = send("/admin/reload", None, Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send("/admin/reload", Some("application/json"), b"{}".to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -195,6 +195,98 @@ async fn cold_start_moves_the_award_to_the_buyer_that_keeps_its_leads() {
     assert!((steady_after.accepts - steady_before.accepts).abs() < 1e-9);
 }
 
+/// Starts a second exchange on a copy of `ex`'s ledger (the first still holds its lock).
+async fn restart_on_copy(
+    cfg: &TestConfig,
+    ex: &Exchange,
+) -> (tempfile::TempDir, pingpost::app::Running) {
+    let copy = tempfile::tempdir().unwrap();
+    let ledger = copy.path().join("ledger");
+    std::fs::create_dir_all(&ledger).unwrap();
+    for f in std::fs::read_dir(&ex.ledger_path).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), ledger.join(f.file_name())).unwrap();
+    }
+    let config = cfg.load(&ledger);
+    let running = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            match pingpost::app::start(config.clone(), pingpost::clock::Clock::system()).await {
+                Ok(r) => return r,
+                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    (copy, running)
+}
+
+#[tokio::test]
+async fn test_leads_never_move_the_buyer_statistics_and_a_restart_rebuilds_the_same() {
+    // Mid bids 15, lo 12; both accept real leads at first.
+    let mid = ScriptedBidder::bidding(15.0);
+    let lo = ScriptedBidder::bidding(12.0);
+    let (bm, _hm) = serve("mid", &mid).await;
+    let (bl, _hl) = serve("lo", &lo).await;
+    let cfg = TestConfig::new().buyer(bm).buyer(bl);
+    let mut ex = cfg.start().await;
+    let st = ex.state.clone();
+    let key = |st: &pingpost::state::AppState, id: &str| st.ids.buyer_key(id).unwrap();
+    let stats =
+        |st: &pingpost::state::AppState| ["mid", "lo"].map(|b| st.stats.outcomes(key(st, b)));
+    let test_lead = json!({"vertical": VERTICAL, "lead": full_lead("TX"), "test": true});
+    let a = ex.client.direct("TX").await;
+    assert_eq!(a.price, Some(usd(12.0)), "mid's 15 at 80 %");
+    let before = stats(&st);
+    assert!(before[0].accepts > 0.0, "{before:?}");
+
+    // Mid rejects a test lead (lo takes it as the fallback), then lo takes nine more.
+    mid.set(|s| s.accept = false);
+    for _ in 0..10 {
+        let r = ex.client.post_json("/v1/leads", &test_lead).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(
+        mid.posts() >= 2 && lo.posts() >= 9,
+        "the test leads were delivered"
+    );
+    assert_eq!(stats(&st), before, "test leads moved the live statistics");
+    // The next real lead is still quoted on mid's 15.
+    mid.set(|s| s.accept = true);
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.price, Some(usd(12.0)));
+
+    // A mix of real posts (some rejected, one unsold) and test posts.
+    for i in 0..8 {
+        mid.set(|s| s.accept = i % 3 != 0);
+        lo.set(|s| s.accept = i % 2 == 0);
+        let _ = ex.client.direct("TX").await;
+        let r = ex.client.post_json("/v1/leads", &test_lead).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    ex.state.ledger.flush().await.unwrap();
+    let live = stats(&st);
+    let live_priors = st.stats.priors();
+    ex.shutdown().await;
+    let (_copy, again) = restart_on_copy(&cfg, &ex).await;
+    let rebuilt = stats(&again.state);
+    for (l, r) in live.iter().zip(rebuilt.iter()) {
+        assert!(
+            (l.posts - r.posts).abs() < 1e-9
+                && (l.accepts - r.accepts).abs() < 1e-9
+                && (l.returns - r.returns).abs() < 1e-9,
+            "live {live:?} != rebuilt {rebuilt:?}"
+        );
+    }
+    let p = again.state.stats.priors();
+    assert!(
+        (p.acceptance - live_priors.acceptance).abs() < 1e-9
+            && (p.return_rate - live_priors.return_rate).abs() < 1e-9,
+        "{p:?} vs {live_priors:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_models() {
     let a = ScriptedBidder::bidding(10.0);
@@ -323,6 +415,74 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         &swap(&ex, json!({"vertical": VERTICAL, "version": "truncated"})).await,
         "realization.json",
     );
+    // A truncated model file does not hide its manifest's problems: every one is listed.
+    let d = bad_dir("many");
+    let text = std::fs::read(d.join("realization.json")).unwrap();
+    std::fs::write(d.join("realization.json"), &text[..text.len() / 2]).unwrap();
+    fix_manifest_version(&d, "many");
+    let mp = d.join("realization.manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mp).unwrap()).unwrap();
+    m["features_version"] = json!(7);
+    m["vertical"] = json!("boats");
+    std::fs::write(&mp, m.to_string()).unwrap();
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "many"})).await;
+    let body = reply.assert_error(400, "invalid_request").to_string();
+    for needle in ["realization.json", "encoding version 7", "boats"] {
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    // A missing manifest does not hide its model file's problem either.
+    let d = bad_dir("nomanifest");
+    std::fs::remove_file(d.join("lead_score.manifest.json")).unwrap();
+    std::fs::write(d.join("lead_score.json"), b"{\"learner\":").unwrap();
+    fix_manifest_version(&d, "nomanifest");
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "nomanifest"})).await;
+    let body = reply.assert_error(400, "invalid_request").to_string();
+    for needle in ["lead_score.manifest.json: missing", "lead_score.json: "] {
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    // A body with several problems lists each.
+    let reply = swap(
+        &ex,
+        json!({"vertical": "boats", "version": "../etc", "extra": 1}),
+    )
+    .await;
+    let body = reply.assert_error(400, "invalid_request");
+    let fields: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    for f in ["extra", "vertical", "version"] {
+        assert!(fields.contains(&f), "{f}: {body}");
+    }
+    // A lead-score model whose leaves can sum past a float's range (an infinite or NaN
+    // score) is refused at swap and at import.
+    let mut huge: Value = serde_json::from_slice(&lead).unwrap();
+    for t in huge["learner"]["gradient_booster"]["model"]["trees"]
+        .as_array_mut()
+        .unwrap()
+    {
+        let left = t["left_children"].as_array().unwrap().clone();
+        let conds = t["split_conditions"].as_array_mut().unwrap();
+        for (i, l) in left.iter().enumerate() {
+            if l.as_i64() == Some(-1) {
+                conds[i] = json!(if i % 2 == 0 { 3e38 } else { -3e38 });
+            }
+        }
+    }
+    let huge = huge.to_string().into_bytes();
+    let hm = XgbModel::from_json(&huge).unwrap();
+    assert!(hm.margin_bound() > 1e38);
+    let d = bad_dir("overflow");
+    std::fs::write(d.join("lead_score.json"), &huge).unwrap();
+    fix_manifest_version(&d, "overflow");
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "overflow"})).await,
+        "too large",
+    );
+    assert_eq!(import(&ex, "m3", None, Some(huge)), 1);
+    assert!(!models_dir.join("m3").exists());
     // Oversized model file (sparse: over the limit without writing it).
     let d = bad_dir("huge");
     let f = std::fs::OpenOptions::new()
@@ -509,9 +669,32 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("too little data: 0 examples"), "{err}");
-    // A bad argument: exit 2.
+    // A bad argument or an unusable input: exit 2 (1 is only for too little data).
     let out = run(&["train", "--config", &cfg, "--vertical", "mortgage"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--ledger",
+        &ledger,
+        "--version",
+        "../evil",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = format!("{ledger}/no-such-dir");
+    let out = run(&["train", "--config", &cfg, "--ledger", &missing]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     for i in 0..60 {
         fickle.set(|s| s.accept = i % 3 != 0);
@@ -541,6 +724,23 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         assert_eq!(line["version"], v);
         versions.push(line);
     }
+    // An existing version is a bad argument too.
+    let out = run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--ledger",
+        &ledger,
+        "--version",
+        "b1",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     // The first became the champion (none served); the second only if it beat it.
     assert_eq!(versions[0]["promoted"], true, "{}", versions[0]);
     let champion_file = ex
@@ -598,7 +798,41 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     // The exchange serves it at its next directory check.
     ex.state.sync_champions();
     let rt = ex.state.runtime.load();
-    assert_eq!(rt.models[0].as_ref().map(|m| m.version.clone()), Some(back));
+    assert_eq!(
+        rt.models[0].as_ref().map(|m| m.version.clone()),
+        Some(back.clone())
+    );
+    // Rolling back again goes further back (never forward to b3), until nothing is older.
+    let history = champion_file.with_file_name("HISTORY");
+    let mut seen = vec![back];
+    loop {
+        let out = run(&[
+            "models",
+            "rollback",
+            "--config",
+            &cfg,
+            "--vertical",
+            VERTICAL,
+        ]);
+        let now = std::fs::read_to_string(&champion_file).unwrap();
+        if out.status.code() != Some(0) {
+            assert_eq!(out.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("no earlier model version"), "{err}");
+            assert_eq!(
+                &now,
+                seen.last().unwrap(),
+                "a refused rollback changes nothing"
+            );
+            break;
+        }
+        ex.state.sync_champions();
+        assert!(!seen.contains(&now) && now != "b3", "{now} after {seen:?}");
+        seen.push(now);
+        let h = std::fs::read_to_string(&history).unwrap();
+        assert_eq!(h.lines().last(), seen.last().map(String::as_str), "{h}");
+        assert!(seen.len() <= 3, "{seen:?}");
+    }
     // A broken import writes nothing and says why.
     std::fs::write(realization.path(), b"{\"learner\":").unwrap();
     let out = run(&[
@@ -668,4 +902,60 @@ async fn auction_records_carry_a_keyed_lead_fingerprint() {
     let text = std::fs::read_to_string(&key).unwrap();
     assert_eq!(text.len(), 64);
     assert!(!f1[0].contains("TX") && !f1[0].contains("76180"));
+}
+
+#[tokio::test]
+async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_model_is_served() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let cfg = TestConfig::new().buyer(ba);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let champion = dir.path().join("models").join(VERTICAL).join("CHAMPION");
+    std::fs::create_dir_all(champion.parent().unwrap()).unwrap();
+    std::fs::write(&champion, "nope").unwrap();
+    let config = cfg.load_edited(&ledger, with_features("watch_ms = 0"));
+    let running = pingpost::app::start(config, pingpost::clock::Clock::system())
+        .await
+        .unwrap();
+    let client = SellerClient::new(running.addr);
+    let admin = SellerClient::new(running.admin_addr.unwrap());
+    let not_ready = |r: &Reply| {
+        assert_eq!(r.status, 503, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["status"], "not_ready");
+        assert_eq!(j["models_failed"][VERTICAL], "nope", "{j}");
+        let reason = j["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(VERTICAL) && reason.contains("nope"),
+            "{reason}"
+        );
+        assert!(!reason.contains('/') || reason.contains("POST /admin/models"));
+    };
+    not_ready(&client.get("/readyz").await);
+    not_ready(&admin.get("/readyz").await);
+    // The lead is still sold on the cold-start rates.
+    assert_eq!(client.ping("TX").await.price, Some(usd(8.0)));
+
+    // CHAMPION emptied: what it names (none) serves, so ready again.
+    std::fs::write(&champion, "").unwrap();
+    running.state.sync_champions();
+    assert_eq!(client.get("/readyz").await.status, 200);
+    // Broken again while nothing serves: not ready; a model (here none, on purpose)
+    // served through the admin API makes it ready.
+    std::fs::write(&champion, "nope").unwrap();
+    running.state.sync_champions();
+    not_ready(&client.get("/readyz").await);
+    let r = admin
+        .post_json_with(
+            "/admin/models",
+            ADMIN_TOKEN,
+            &[],
+            &json!({"vertical": VERTICAL, "version": null}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = client.get("/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["models"][VERTICAL], Value::Null);
 }

@@ -183,6 +183,20 @@ async fn a_disposition_is_recorded_and_a_return_in_the_window_refunds_the_sale_e
     .await;
     r.assert_error(409, "conflict");
     assert_eq!(records(&ex.ledger_path, "refund").len(), 1);
+    // Nothing follows a return: a later `sold` is 409 and writes nothing.
+    let dispositions_before = records(&ex.ledger_path, "disposition").len();
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": lead, "outcome": "sold"}),
+    )
+    .await;
+    let e = r.assert_error(409, "conflict");
+    assert!(e.to_string().contains("returned"), "{e}");
+    assert_eq!(
+        records(&ex.ledger_path, "disposition").len(),
+        dispositions_before
+    );
 
     // Two more sales, not returned: the finance tools net the refund out.
     sell(&ex.client).await;
@@ -435,7 +449,8 @@ async fn after_a_restart_a_repeat_is_refused_and_a_late_return_is_refused() {
     let second = start(&cfg, &ledger, Clock::system()).await;
     assert_eq!(second.state.sold_leads.len(), 3);
     let client = SellerClient::new(second.addr);
-    for (lead, outcome) in [(&l1, "contacted"), (&l2, "returned")] {
+    // l2 was returned before the restart: a repeat, and any outcome after it, are 409.
+    for (lead, outcome) in [(&l1, "contacted"), (&l2, "returned"), (&l2, "sold")] {
         dispose(
             &client,
             ACME_KEY,

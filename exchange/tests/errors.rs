@@ -352,6 +352,17 @@ fn cases() -> Vec<Case> {
             "invalid_request",
         ),
         row(
+            "ping: a lead field named twice, TX then CA (added)",
+            ping().bytes(
+                ping_body("TX")
+                    .to_string()
+                    .replacen(r#""state":"TX""#, r#""state":"TX","state":"CA""#, 1)
+                    .as_bytes(),
+            ),
+            400,
+            "invalid_request",
+        ),
+        row(
             "ping: a gzip Content-Encoding (added)",
             ping_tx().header("content-encoding", "gzip"),
             415,

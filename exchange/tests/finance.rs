@@ -372,7 +372,7 @@ async fn verify_reconciles_and_names_a_changed_seller_price() {
         mismatch("margin_micros 4000000 is not bid_micros 20000000 - seller_price_micros 17000000"),
         "{out}"
     );
-    assert!(mismatch("seller_price_micros 17000000 but seller main's payout model (revenue_share 80%) on the winning bid 20000000 gives 16000000"), "{out}");
+    assert!(mismatch("seller_price_micros 17000000 but seller main's payout model in the configuration given (revenue_share 80%) on the winning bid 20000000 gives 16000000; the auction ran under generation 1, the ledger's latest"), "{out}");
     assert!(
         mismatch("differs from the price the auction quoted (16000000)"),
         "{out}"
@@ -399,10 +399,12 @@ async fn replay_rederives_the_award_and_explains_it() {
         "{out}"
     );
     assert!(out.contains("bravo: lost: bid 18.00 USD"), "{out}");
-    assert!(
-        out.contains("its seller price 14.40 USD is lower than acme's 16.00 USD"),
-        "{out}"
-    );
+    // The default award is expected value: the loser is explained by its expected value
+    // (bid x the recorded p), never by a seller-price ranking the award did not use.
+    assert!(out.contains("ranking by expected value"), "{out}");
+    assert!(out.contains("ranked #2: its expected value "), "{out}");
+    assert!(out.contains("is lower than acme's "), "{out}");
+    assert!(!out.contains("ranking by seller price"), "{out}");
     assert!(out.contains("nobid: passed (no bid)"), "{out}");
     assert!(out.contains("post attempt 0 to acme: rejected"), "{out}");
     assert!(out.contains("SOLD to bravo at attempt 1"), "{out}");
@@ -419,6 +421,12 @@ async fn replay_rederives_the_award_and_explains_it() {
         out.contains("not re-derived: replaying the award needs --config"),
         "{out}"
     );
+    // Two bids were ranked (acme 20.00, bravo 18.00): never "the only bid".
+    assert!(
+        out.contains("the highest expected value of 2 ranked bids"),
+        "{out}"
+    );
+    assert!(!out.contains("the only bid"), "{out}");
 
     // A configuration whose payout differs: the replay does not match.
     let cfg = std::fs::read_to_string(&s.ex.config_path).unwrap();
@@ -436,7 +444,7 @@ async fn replay_rederives_the_award_and_explains_it() {
     ]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("MISMATCH: re-derived under the configuration (revenue_share 70%): acme (bid 20.00 USD, seller price 14.00 USD), but the record says acme (bid 20.00 USD, seller price 16.00 USD)"), "{out}");
+    assert!(out.contains("MISMATCH: re-derived under the configuration (revenue_share 70%, ranking by expected value (bid x the recorded p), ties by the higher bid then configuration order): acme (bid 20.00 USD, seller price 14.00 USD), but the record says acme (bid 20.00 USD, seller price 16.00 USD)"), "{out}");
 }
 
 #[tokio::test]
@@ -680,4 +688,214 @@ async fn html_report_renders_in_chromium_with_the_json_figures() {
         )),
         "total revenue"
     );
+}
+
+/// Runs `pingpost ledger report` in every grouping and format and checks that no row
+/// adds money of two currencies: `expected` is each currency's (sales, revenue).
+fn assert_report_per_currency(dir: &str, expected: &[(&str, u64, i64)]) {
+    for by in ["day", "seller", "buyer", "vertical"] {
+        let o = run(&[
+            "ledger", "report", "--dir", dir, "--by", by, "--format", "json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let totals: Vec<(String, u64, i64)> = r["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["currency"].as_str().unwrap().to_string(),
+                    t["sales"].as_u64().unwrap(),
+                    t["revenue_micros"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64, i64)> = expected
+            .iter()
+            .map(|(c, n, rev)| (c.to_string(), *n, *rev))
+            .collect();
+        assert_eq!(totals, want, "by {by}: {r}");
+        let o = run(&[
+            "ledger", "report", "--dir", dir, "--by", by, "--format", "csv",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let csv = String::from_utf8(o.stdout).unwrap();
+        for (c, n, rev) in expected {
+            assert!(
+                csv.lines().any(|l| l.starts_with(&format!("total,{c},"))
+                    && l.contains(&format!(",{n},{rev},"))),
+                "by {by}: {csv}"
+            );
+        }
+        let o = run(&["ledger", "report", "--dir", dir, "--by", by]);
+        let table = String::from_utf8(o.stdout).unwrap();
+        for (c, _, _) in expected {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with("total") && l.contains(c)),
+                "by {by}: {table}"
+            );
+        }
+    }
+}
+
+/// Issue: a reload changed a vertical's currency while a quote was open; the post sold
+/// in the new currency, and the report added JPY into USD.
+#[tokio::test]
+async fn a_quote_keeps_its_currency_across_a_reload_and_currencies_are_never_added() {
+    let acme = ScriptedBidder::bidding(20.0);
+    let (a, _ha) = serve("acme", &acme).await;
+    let mut ex = TestConfig::new().buyer(a).start().await;
+    let quoted = ex.client.ping("TX").await;
+    assert_eq!(quoted.currency.as_deref(), Some("USD"));
+    let cfg = std::fs::read_to_string(&ex.config_path).unwrap();
+    let jpy = cfg.replacen(
+        "[verticals.auto_insurance]\n",
+        "[verticals.auto_insurance]\ncurrency = \"JPY\"\n",
+        1,
+    );
+    assert_ne!(jpy, cfg);
+    ex.write_config_text(&jpy);
+    let r = ex.reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The quote made in USD sells in USD: the buyer bid and the seller was quoted in it.
+    let sold = ex.client.post(&quoted.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.currency.as_deref(), Some("USD"), "{sold:?}");
+    assert_eq!(sold.price.unwrap().0, QUOTED);
+    // A quote made after the reload is in JPY.
+    let p = ex.client.ping("TX").await;
+    assert_eq!(p.currency.as_deref(), Some("JPY"));
+    let s = ex.client.post(&p.ping_id, "TX").await;
+    assert_eq!(s.currency.as_deref(), Some("JPY"), "{s:?}");
+    ex.shutdown().await;
+    let currencies: Vec<String> = ex
+        .ledger_of("sale")
+        .iter()
+        .map(|s| s["currency"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(currencies, ["USD", "JPY"]);
+
+    let dir = ex.ledger_path.to_str().unwrap();
+    assert_report_per_currency(dir, &[("JPY", 1, ACME_BID), ("USD", 1, ACME_BID)]);
+    let o = run(&["ledger", "verify", "--dir", dir]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("JPY: 1 sale(s), revenue 20.00"), "{out}");
+    assert!(out.contains("USD: 1 sale(s), revenue 20.00"), "{out}");
+}
+
+/// A framed ledger of `records` in a fresh directory.
+fn framed_ledger(records: &[&str]) -> tempfile::TempDir {
+    use pingpost::ledger::segments;
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    let mut prev = segments::GENESIS;
+    for (i, r) in records.iter().enumerate() {
+        prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
+    }
+    std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
+    dir
+}
+
+const AUCTION_1: &str = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
+const SALE_1: &str = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+const SALE_V99: &str = r#"{"type":"sale","v":99,"generation":1,"at":"2026-11-29T10:00:02.000Z","lead_id":"ld_2","ping_id":"pg_2","auction_id":"au_2","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":50000000,"seller_price_micros":40000000,"margin_micros":10000000,"attempt":0}"#;
+const DECISION: &str = r#"{"type":"model_decision","v":5,"generation":1,"at":"2026-11-29T10:00:03.000Z","vertical":"v","challenger":"v20261129T100000000Z","promoted":false,"reason":"realization log loss: challenger 0.5, champion 0.4"}"#;
+
+/// Issues: report --format csv said nothing of the records it skipped; verify said
+/// "OK: the money reconciles" without them; verify called model_decision (a record this
+/// pingpost writes) unknown.
+#[test]
+fn skipped_records_are_reported_by_csv_and_verify_never_claims_ok_without_them() {
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1, SALE_V99, DECISION]);
+    let dir = tmp.path().to_str().unwrap();
+    let o = run(&["ledger", "report", "--dir", dir, "--format", "csv"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("note: 1 record(s) of format version 99 skipped"),
+        "{stderr}"
+    );
+    // stdout stays plain CSV.
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(csv.lines().all(|l| !l.contains("note")), "{csv}");
+
+    let o = run(&["ledger", "verify", "--dir", dir]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(!out.contains("OK: the money reconciles"), "{out}");
+    assert!(
+        out.contains("NOT RECONCILED: 1 record(s) skipped (1 of format version 99"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("ignored (a type this pingpost does not know)"),
+        "a type this pingpost writes: {out}"
+    );
+
+    // Without the newer record: OK, and model_decision is still no "unknown type".
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1, DECISION]);
+    let o = run(&["ledger", "verify", "--dir", tmp.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("OK: the money reconciles"), "{out}");
+    assert!(!out.contains("ignored"), "{out}");
+}
+
+/// Issue: verify --config failed an older sale after a legitimate payout change by
+/// reload (it re-checks with today's rule).
+#[tokio::test]
+async fn verify_config_does_not_fail_sales_decided_before_a_payout_reload() {
+    let acme = ScriptedBidder::bidding(20.0);
+    let (a, _ha) = serve("acme", &acme).await;
+    let mut ex = TestConfig::new().buyer(a).start().await;
+    let p = ex.client.ping("TX").await;
+    assert_eq!(p.price.unwrap().0, QUOTED);
+    assert_eq!(
+        ex.client.post(&p.ping_id, "TX").await.status,
+        PostStatus::Sold
+    );
+    let cfg = std::fs::read_to_string(&ex.config_path).unwrap();
+    ex.write_config_text(&cfg.replace("share_pct = 80", "share_pct = 70"));
+    let r = ex.reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = ex.client.ping("TX").await;
+    assert_eq!(p.price.unwrap().0, 14_000_000);
+    assert_eq!(
+        ex.client.post(&p.ping_id, "TX").await.status,
+        PostStatus::Sold
+    );
+    ex.shutdown().await;
+    let o = run(&[
+        "ledger",
+        "verify",
+        "--config",
+        ex.config_path.to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("payouts re-checked against the configuration given (today's payout models"),
+        "{out}"
+    );
+    assert!(
+        out.contains("generation 2 from seg-00000001.jsonl seq "),
+        "{out}"
+    );
+    assert!(
+        out.contains("sales decided before it (1 of generation 1"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("PAYOUT NOT RE-CHECKED: ")
+            && l.contains("seller_price_micros 16000000")
+            && l.contains(
+                "gives 14000000; the auction ran under generation 1, before a reload or restart"
+            )),
+        "{out}"
+    );
+    assert!(out.contains("OK: the money reconciles"), "{out}");
 }

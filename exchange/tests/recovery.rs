@@ -2,7 +2,10 @@
 //! budgets count every sale again; a retried direct post with the same Idempotency-Key
 //! gets the stored answer and delivers nothing; a buyer that accepts after its post
 //! timeout is recorded (`late_accept`) and counted, before and after a restart; a
-//! delivery with a `post_sent` record and no outcome is counted and reported.
+//! delivery with a `post_sent` record and no outcome is counted and reported; a buyer
+//! missing from the configuration at a restart keeps its counts, a restored quote keeps
+//! a bidder no longer configured, a zone change never gives a fresh cap, and a graceful
+//! stop waits for a late post answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -84,15 +87,36 @@ fn noon_zone() -> String {
     }
 }
 
-/// Starts an exchange on `ledger` (a restart when it holds records already).
-async fn start(cfg: &TestConfig, ledger: &Path) -> Running {
-    let zone = noon_zone();
-    let config = cfg.load_edited(ledger, |t| {
+/// A zone 13 hours from [`noon_zone`]: its local date is another one (the next day's
+/// 01:00, or the previous day's 23:00).
+fn other_day_zone() -> String {
+    let hour: i32 = chrono::Utc::now().format("%H").to_string().parse().unwrap();
+    let noon = 12 - hour;
+    match if noon <= 1 { noon + 13 } else { noon - 13 } {
+        0 => "Etc/GMT".to_string(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    }
+}
+
+/// `cfg` on `ledger` with every buyer in `zone`.
+fn config_in(cfg: &TestConfig, ledger: &Path, zone: &str) -> pingpost::config::Config {
+    cfg.load_edited(ledger, |t| {
         t.replace(
             "\nstates_include",
             &format!("\ntimezone = \"{zone}\"\nstates_include"),
         )
-    });
+    })
+}
+
+/// Starts an exchange on `ledger` (a restart when it holds records already).
+async fn start(cfg: &TestConfig, ledger: &Path) -> Running {
+    start_in(cfg, ledger, &noon_zone()).await
+}
+
+/// [`start`] with every buyer in `zone`.
+async fn start_in(cfg: &TestConfig, ledger: &Path, zone: &str) -> Running {
+    let config = config_in(cfg, ledger, zone);
     // The previous exchange's ledger writer ends once its last handle is gone.
     tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
@@ -463,4 +487,174 @@ async fn finished_posts_answer_the_same_after_a_restart() {
         .await;
     unknown.assert_error(404, "not_found");
     second.shutdown().await.unwrap();
+}
+
+/// A buyer missing from the configuration at a restart (left out of the file) keeps its
+/// counts: a reload that brings it back the same day cannot sell it past its cap (before
+/// the fix its sales were skipped by the replay, and it sold its cap again).
+#[tokio::test]
+async fn a_buyer_missing_at_a_restart_keeps_its_counts_for_a_reload() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let (b, bb, _hb) = buyer("b", 20.0, 0).await;
+    let with_a = TestConfig::new().buyer(ab.caps_daily(2)).buyer(bb.clone());
+    let without_a = TestConfig::new().buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&with_a, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    for _ in 0..2 {
+        assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer a"));
+    }
+    first.shutdown().await.unwrap();
+
+    let second = start(&without_a, &ledger).await;
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    second
+        .state
+        .apply_config(config_in(&with_a, &ledger, &noon_zone()))
+        .unwrap();
+    assert_eq!(sold_today(&second, "a"), 2, "a's sales are its own again");
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 2, "a lead went to a past its cap");
+    assert_eq!(*b.posts.lock().unwrap(), 2);
+    second.shutdown().await.unwrap();
+}
+
+async fn client_direct(r: &Running) -> Option<String> {
+    SellerClient::new(r.addr).direct("TX").await.buyer
+}
+
+/// A quote restored at a restart keeps its bids though a losing bidder is no longer
+/// configured (before the fix the whole quote was dropped and its post was `404`).
+#[tokio::test]
+async fn a_quote_survives_a_restart_without_one_of_its_losing_bidders() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let (_b, bb, _hb) = buyer("b", 25.0, 0).await;
+    let (c, cb, _hc) = buyer("c", 26.0, 0).await;
+    let all = TestConfig::new()
+        .buyer(ab.clone().caps_daily(5))
+        .buyer(bb.clone())
+        .buyer(cb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&all, &ledger).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    first.shutdown().await.unwrap();
+    let opened: Vec<_> = records(&ledger)
+        .into_iter()
+        .filter(|r| r["type"] == "quote_opened")
+        .collect();
+    assert_eq!(opened[0]["ranked"].as_array().unwrap().len(), 3);
+
+    // c (the lowest bid) is gone at the restart.
+    let without_c = TestConfig::new().buyer(ab.caps_daily(5)).buyer(bb);
+    let second = start(&without_c, &ledger).await;
+    assert_eq!(second.state.quotes.open_count(), 1, "the quote is back");
+    let sold = SellerClient::new(second.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer a"));
+    assert_eq!(sold.price, quote.price);
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    assert_eq!(*c.posts.lock().unwrap(), 0);
+    second.shutdown().await.unwrap();
+}
+
+/// A buyer that answers a post after its timeout, while the exchange is stopping: the
+/// graceful stop waits for the answer, so the late accept is recorded and counted
+/// after a restart (before the fix the stop did not wait and the accept was lost).
+#[tokio::test]
+async fn a_graceful_stop_waits_for_a_late_post_answer() {
+    let (a, ab, _ha) = buyer("a", 30.0, 400).await;
+    let (_b, bb, _hb) = buyer("b", 29.0, 0).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.post_timeout_ms(100).caps_daily(5))
+        .buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    // a is still answering (its answer comes 400 ms after the post): stop now.
+    assert_eq!(first.state.late_watches.running(), 1);
+    first.shutdown().await.unwrap();
+    assert!(
+        records(&ledger)
+            .iter()
+            .any(|r| r["type"] == "post_attempt" && r["outcome"] == "late_accept"),
+        "the late accept is in the ledger when the stop returns"
+    );
+    let second = start(&cfg, &ledger).await;
+    assert_eq!(sold_today(&second, "a"), 1, "and counted after the restart");
+    second.shutdown().await.unwrap();
+}
+
+/// Changing a buyer's zone (by a reload, or across a restart) never gives it a fresh
+/// daily cap: a zone whose local date is another day than the old zone's still finds
+/// the day's sales (before the fix each zone change sold the cap again).
+#[tokio::test]
+async fn a_zone_change_never_gives_a_fresh_daily_cap() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let (_b, bb, _hb) = buyer("b", 20.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(2)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let (noon, other) = (noon_zone(), other_day_zone());
+
+    let first = start_in(&cfg, &ledger, &noon).await;
+    for _ in 0..2 {
+        assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer a"));
+    }
+    assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer b"));
+    // By reload, to the other day's zone and back.
+    for zone in [&other, &noon] {
+        first
+            .state
+            .apply_config(config_in(&cfg, &ledger, zone))
+            .unwrap();
+        assert_eq!(sold_today(&first, "a"), 2, "in {zone}");
+        assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer b"));
+    }
+    first.shutdown().await.unwrap();
+    // Across a restart, in the other day's zone.
+    let second = start_in(&cfg, &ledger, &other).await;
+    assert_eq!(sold_today(&second, "a"), 2, "in {other} after a restart");
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 2, "a lead went to a past its cap");
+    second.shutdown().await.unwrap();
+}
+
+/// The thread-per-core server (the binary's) waits for a late post answer too: each
+/// worker's event loop runs its watches, and stops only once they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threaded_stop_waits_for_a_late_post_answer() {
+    let (a, ab, _ha) = buyer("a", 30.0, 400).await;
+    let (_b, bb, _hb) = buyer("b", 29.0, 0).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.post_timeout_ms(100).caps_daily(5))
+        .buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let mut config = config_in(&cfg, &ledger, &noon_zone());
+    config.server.worker_threads = 2;
+    let server = tokio::task::spawn_blocking(move || app::start_threaded(config, Clock::system()))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = SellerClient::new(server.addr);
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    assert_eq!(server.state.late_watches.running(), 1);
+    tokio::task::spawn_blocking(move || server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(records(&ledger)
+        .iter()
+        .any(|r| r["type"] == "post_attempt" && r["outcome"] == "late_accept"));
 }

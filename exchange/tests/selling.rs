@@ -138,6 +138,11 @@ async fn ping_bid_post_sold_and_the_sale_is_on_disk_before_the_answer() {
     assert_eq!(post.price, usd(20.0), "the buyer pays its own bid");
     assert_eq!(post.vertical, VERTICAL);
     assert_eq!(
+        post.lead_id.as_deref(),
+        Some(lead_id.as_str()),
+        "the buyer is told the lead id it reports dispositions by"
+    );
+    assert_eq!(
         post.consent.get("jornaya_leadid").map(String::as_str),
         Some("LL-1")
     );

@@ -8,18 +8,27 @@
 //!
 //! Architecture invariant: in every window, `sold + reserved <= cap` for every cap the
 //! buyer had when each reservation was made, and per local day `spent + reserved money <=
-//! budget_daily`. The check and the reservation happen under one per-buyer lock, so
-//! concurrent auctions can never oversell.
+//! budget_daily` (counts carried in by a zone change, or restored from the ledger, may
+//! stand above a cap: the window then refuses until it ends). The check and the
+//! reservation happen under one per-buyer lock, so concurrent auctions can never oversell.
+//!
+//! A buyer whose `timezone` changes (a reload, or a restart with another zone) keeps its
+//! counts: window keys are local calendar numbers, so the book remembers the zone its keys
+//! are in and, when a caller's zone differs, carries into the new zone's current window
+//! everything the old zone's current window held and every lead of another kept window
+//! that falls inside the new window (see `BuyerBook::rezone`). That over-counts for the
+//! rest of the new window (a lead may be counted in both zones' days) and never
+//! under-counts: a cap can never be passed by changing the zone.
 //!
 //! Never: reads a clock (time is `now`), panics on any input, or grows without bound: a
-//! window that is past and holds no reservation is dropped, so a buyer holds about two
-//! windows per period plus the windows of its open reservations (bounded by the quote
-//! book's `quotes_open_max`).
+//! window that is past and holds no reservation is dropped (but the newest past one, kept
+//! for a zone change), so a buyer holds about three windows per period plus the windows
+//! of its open reservations (bounded by the quote book's `quotes_open_max`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use chrono::{Datelike, Timelike};
+use chrono::{Datelike, NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use parking_lot::Mutex;
 use proto::Micros;
@@ -33,6 +42,12 @@ use crate::slots::Slots;
 const MS_PER_S: i64 = 1_000;
 /// Seconds per minute.
 const S_PER_MIN: i64 = 60;
+/// Milliseconds per hour.
+const HOUR_MS: i64 = 3_600_000;
+/// The most any zone is ahead of UTC (Pacific/Kiritimati, +14:00), plus an hour of slack:
+/// a local midnight that cannot be placed (a DST gap) is taken this much earlier than
+/// the same wall time in UTC, so a window's start is never taken too late.
+const ZONE_AHEAD_MAX_MS: i64 = 15 * HOUR_MS;
 
 /// The count windows, in the order of [`Windows::keys`].
 const HOUR: usize = 0;
@@ -91,6 +106,33 @@ impl Windows {
     fn keys(&self) -> [i64; PERIODS] {
         [self.hour_start_ms, self.day, self.week, self.month]
     }
+
+    /// The latest instant a lead counted in these windows can have been taken at: the end
+    /// of its hour (a restored lead's own time is not known more closely).
+    fn latest_ms(&self) -> i64 {
+        self.hour_start_ms.saturating_add(HOUR_MS - 1)
+    }
+}
+
+/// The instant each of the windows of `now` in `tz` began (hour, day, week, month), or
+/// an earlier one where a local midnight does not exist (a DST gap): never a later one,
+/// so a lead taken inside a window is always found inside it.
+fn window_starts(tz: Tz, now: UnixMs, w: &Windows) -> Option<[i64; PERIODS]> {
+    let t = local(tz, now)?;
+    let date = t.date_naive();
+    let monday = date - chrono::Days::new(u64::from(date.weekday().num_days_from_monday()));
+    let first = date.with_day(1)?;
+    let start = |d: NaiveDate| -> Option<i64> {
+        let midnight = d.and_hms_opt(0, 0, 0)?;
+        Some(match tz.from_local_datetime(&midnight).earliest() {
+            Some(s) => s.timestamp_millis(),
+            None => midnight
+                .and_utc()
+                .timestamp_millis()
+                .saturating_sub(ZONE_AHEAD_MAX_MS),
+        })
+    };
+    Some([w.hour_start_ms, start(date)?, start(monday)?, start(first)?])
 }
 
 /// A firm quote's hold on one lead and `price` of a buyer's caps and budget. Hand it back
@@ -177,6 +219,9 @@ struct Counter {
     reserved: u32,
     spent: Micros,
     reserved_micros: Micros,
+    /// The latest instant a lead counted here was taken at (0: none known), so a zone
+    /// change can tell whether the window's leads fall inside the new zone's window.
+    last_ms: i64,
 }
 
 /// An outstanding reservation as the book recorded it (the caller's copy is not trusted).
@@ -194,6 +239,9 @@ struct BuyerBook {
     latest_now: Option<UnixMs>,
     /// The keys of the current windows (at `latest_now`).
     current: Option<[i64; PERIODS]>,
+    /// The zone the window keys are in; `None` until a caller names one (a fresh book, or
+    /// one recovery filled from the ledger, maybe for a buyer not configured now).
+    zone: Option<Tz>,
     /// Per period, `(key, counts)` of the windows still kept; a handful each.
     windows: [Vec<(i64, Counter)>; PERIODS],
     /// Reservations not yet committed or released, by id.
@@ -211,6 +259,7 @@ impl BuyerBook {
         now: UnixMs,
         at: Option<&Windows>,
     ) -> (Option<Windows>, bool) {
+        let rezoned = self.zone != Some(tz) && self.rezone(tz, now);
         let ahead = self.latest_now.is_some_and(|latest| latest > now);
         let w = match (ahead, at) {
             (false, Some(w)) => Some(*w),
@@ -238,16 +287,80 @@ impl BuyerBook {
             self.current = Some(keys);
             self.prune();
         }
-        (Some(w), moved)
+        (Some(w), moved || rezoned)
     }
 
-    /// Drops windows older than the current one that hold no reservation.
+    /// The caller's zone is not the one the keys are in (the buyer's `timezone` changed,
+    /// or the book was filled without one): moves the book to `tz` at `max(now, latest)`.
+    /// In each period, the new current window gets, besides what it holds, the leads and
+    /// money of the old zone's current window (whatever their time: they may lie in the
+    /// new window) and of every other kept window with a lead taken at or after the new
+    /// window began; held leads and money are carried as sold and spent (the hold may yet
+    /// sell, and a carried count is never taken back). A window carried is merged into the
+    /// current one (dropped unless it holds a reservation), so a zone that flips back and
+    /// forth does not count the same leads again and again. Over-counts, never
+    /// under-counts. Returns
+    /// whether the book changed; `false` (nothing changed) when the moment is off the
+    /// calendar.
+    fn rezone(&mut self, tz: Tz, now: UnixMs) -> bool {
+        let now = self.latest_now.map_or(now, |latest| latest.max(now));
+        let Some(w) = Windows::at(tz, now) else {
+            return false;
+        };
+        let Some(starts) = window_starts(tz, now, &w) else {
+            return false;
+        };
+        self.zone = Some(tz);
+        if self.windows.iter().all(Vec::is_empty) {
+            self.latest_now = Some(now);
+            self.current = Some(w.keys());
+            return true;
+        }
+        let old = self.current;
+        let keys = w.keys();
+        for (period, (key, start)) in keys.into_iter().zip(starts).enumerate() {
+            let old_key = old.and_then(|o| o.get(period).copied());
+            let Some(list) = self.windows.get_mut(period) else {
+                continue;
+            };
+            let mut carried = Counter::default();
+            let is_carried =
+                |k: i64, c: &Counter| k != key && (Some(k) == old_key || c.last_ms >= start);
+            for (_, c) in list.iter().filter(|(k, c)| is_carried(*k, c)) {
+                carried.sold = carried
+                    .sold
+                    .saturating_add(c.sold)
+                    .saturating_add(c.reserved);
+                carried.spent = carried
+                    .spent
+                    .saturating_add(c.spent)
+                    .saturating_add(c.reserved_micros);
+                carried.last_ms = carried.last_ms.max(c.last_ms);
+            }
+            list.retain(|(k, c)| !is_carried(*k, c) || c.reserved > 0);
+            if let Some(c) = self.counter_mut(period, key) {
+                c.sold = c.sold.saturating_add(carried.sold);
+                c.spent = c.spent.saturating_add(carried.spent);
+                c.last_ms = c.last_ms.max(carried.last_ms);
+            }
+        }
+        self.latest_now = Some(now);
+        self.current = Some(keys);
+        self.prune();
+        true
+    }
+
+    /// Drops windows older than the current one that hold no reservation, but the newest
+    /// of them: a zone change may find some of its leads inside the new zone's window
+    /// (zones are at most 26 hours apart, so a window of another zone reaches back into
+    /// the previous one at most).
     fn prune(&mut self) {
         let Some(current) = self.current else {
             return;
         };
         for (list, cur) in self.windows.iter_mut().zip(current) {
-            list.retain(|(key, c)| *key >= cur || c.reserved > 0);
+            let previous = list.iter().map(|(k, _)| *k).filter(|k| *k < cur).max();
+            list.retain(|(key, c)| *key >= cur || c.reserved > 0 || Some(*key) == previous);
         }
     }
 
@@ -439,10 +552,12 @@ impl CapBook {
             let keys = w.keys();
             b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
             version.fetch_add(1, Ordering::AcqRel);
+            let at = b.latest_now.map_or(now, |latest| latest.max(now));
             for (period, k) in keys.into_iter().enumerate() {
                 if let Some(c) = b.counter_mut(period, k) {
                     c.reserved = c.reserved.saturating_add(1);
                     c.reserved_micros = c.reserved_micros.saturating_add(price);
+                    c.last_ms = c.last_ms.max(at);
                 }
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -496,6 +611,9 @@ impl CapBook {
     /// Recovery at start: counts one lead sold at `price` in `windows` (a sale, or a
     /// delivery whose outcome is unknown, replayed from the ledger) without checking any
     /// cap: what the ledger says was delivered counts, whatever the caps are now.
+    /// `windows` may be of a zone the buyer no longer has (or of one not known: a buyer
+    /// not configured now); the first caller that names the zone carries the lead into
+    /// that zone's windows if its hour reaches into them (see `BuyerBook::rezone`).
     /// Returns false for an unknown key.
     pub fn restore_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool {
         let price = Micros(price.0.max(0));
@@ -505,6 +623,7 @@ impl CapBook {
                 if let Some(c) = b.counter_mut(period, k) {
                     c.sold = c.sold.saturating_add(1);
                     c.spent = c.spent.saturating_add(price);
+                    c.last_ms = c.last_ms.max(windows.latest_ms());
                 }
             }
             b.prune();
@@ -530,6 +649,7 @@ impl CapBook {
                 if let Some(c) = b.counter_mut(period, k) {
                     c.reserved = c.reserved.saturating_add(1);
                     c.reserved_micros = c.reserved_micros.saturating_add(price);
+                    c.last_ms = c.last_ms.max(windows.latest_ms());
                 }
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -865,14 +985,14 @@ mod tests {
                 .unwrap();
             assert!(book.commit(&r));
         }
-        // Current hour/day/week/month plus the held reservation's hour/day/week/month.
+        // Current and previous hour/day/week/month plus the held reservation's.
         assert!(
-            book.windows_of(BuyerKey(0)).len() <= 2 * PERIODS,
+            book.windows_of(BuyerKey(0)).len() <= 3 * PERIODS,
             "{:?}",
             book.windows_of(BuyerKey(0))
         );
         assert!(book.release(&held));
-        assert!(book.windows_of(BuyerKey(0)).len() <= PERIODS);
+        assert!(book.windows_of(BuyerKey(0)).len() <= 2 * PERIODS);
     }
 
     #[test]
@@ -916,6 +1036,149 @@ mod tests {
         });
         assert_eq!(won.load(Ordering::Relaxed), 10);
         assert_eq!(book.usage(BuyerKey(0), &b, t + 1000).sold_day, 10);
+    }
+
+    fn zoned(tz: Tz, caps: Caps) -> Buyer {
+        Buyer {
+            timezone: tz,
+            ..capped(caps)
+        }
+    }
+
+    #[test]
+    fn a_zone_change_and_back_never_gives_a_fresh_day() {
+        // The tester's repro: UTC, daily 2, 2 sold; Kiritimati (UTC+14) is already the
+        // next local day; then back to UTC. The UTC day must stay at 2.
+        let caps = Caps {
+            daily: Some(2),
+            budget_daily: Some(m(100)),
+            ..Caps::default()
+        };
+        let (utc, kiri) = (
+            zoned(Tz::UTC, caps),
+            zoned(chrono_tz::Pacific::Kiritimati, caps),
+        );
+        let book = CapBook::new(1);
+        let t = utc_ms(2024, 1, 15, 11, 0); // Kiritimati: 2024-01-16 01:00
+        for i in 0..2 {
+            let r = book.reserve(BuyerKey(0), &utc, m(1), t + i).unwrap();
+            assert!(book.commit(&r));
+        }
+        assert!(book.reserve(BuyerKey(0), &utc, m(1), t + 2).is_err());
+        assert_ne!(
+            Windows::at(Tz::UTC, t).unwrap().day,
+            Windows::at(kiri.timezone, t).unwrap().day
+        );
+        assert!(!book.has_headroom(BuyerKey(0), &kiri, t + MIN_MS));
+        assert_eq!(
+            book.reserve(BuyerKey(0), &kiri, m(1), t + MIN_MS)
+                .unwrap_err()
+                .limit,
+            CapLimit::Daily
+        );
+        assert_eq!(book.usage(BuyerKey(0), &kiri, t + MIN_MS).sold_day, 2);
+        // Back to UTC, and flipping a few times more (requests of the old and the new
+        // runtime interleave during a reload): still 2, never a fresh day, never more.
+        for i in 0..5 {
+            let b = if i % 2 == 0 { &utc } else { &kiri };
+            assert!(book
+                .reserve(BuyerKey(0), b, m(1), t + 2 * MIN_MS + i)
+                .is_err());
+            let u = book.usage(BuyerKey(0), b, t + 2 * MIN_MS + i);
+            // The money is carried too.
+            assert_eq!((u.sold_day, u.spent_day), (2, m(2)));
+        }
+        // Back in UTC (the loop ended there), the next UTC day is a fresh one.
+        assert!(book
+            .reserve(BuyerKey(0), &utc, m(1), utc_ms(2024, 1, 16, 0, 1))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_zone_change_finds_the_old_previous_days_leads_in_the_new_day() {
+        // UTC, daily 5: 3 sold on the 14th at 20:00 UTC, 2 on the 15th at 02:00 UTC. At
+        // 05:00 UTC on the 15th it is 19:00 on the 15th in Kiritimati, a day that began at
+        // 10:00 UTC on the 14th: all 5 leads are in it.
+        let caps = Caps {
+            daily: Some(5),
+            ..Caps::default()
+        };
+        let utc = zoned(Tz::UTC, caps);
+        let kiri = zoned(chrono_tz::Pacific::Kiritimati, caps);
+        let book = CapBook::new(1);
+        for (at, n) in [
+            (utc_ms(2024, 1, 14, 20, 0), 3),
+            (utc_ms(2024, 1, 15, 2, 0), 2),
+        ] {
+            for i in 0..n {
+                let r = book.reserve(BuyerKey(0), &utc, m(1), at + i).unwrap();
+                assert!(book.commit(&r));
+            }
+        }
+        let t = utc_ms(2024, 1, 15, 5, 0);
+        assert_eq!(book.usage(BuyerKey(0), &kiri, t).sold_day, 5);
+        assert!(book.reserve(BuyerKey(0), &kiri, m(1), t).is_err());
+    }
+
+    #[test]
+    fn restored_leads_count_in_the_zone_configured_now() {
+        // A restart: two leads sold at 16:00 UTC (windows of UTC's 15th) are read back;
+        // the buyer is now in Tokyo, where 17:00 UTC is 02:00 on the 16th, a day that
+        // began at 15:00 UTC: both leads are in it.
+        let tokyo = zoned(
+            chrono_tz::Asia::Tokyo,
+            Caps {
+                daily: Some(2),
+                ..Caps::default()
+            },
+        );
+        let book = CapBook::new(1);
+        let sold = Windows::at(Tz::UTC, utc_ms(2024, 1, 15, 16, 0)).unwrap();
+        assert!(book.restore_sold(BuyerKey(0), &sold, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), &sold, m(1)));
+        let t = utc_ms(2024, 1, 15, 17, 0);
+        assert_eq!(book.usage(BuyerKey(0), &tokyo, t).sold_day, 2);
+        assert!(book.reserve(BuyerKey(0), &tokyo, m(1), t).is_err());
+    }
+
+    #[test]
+    fn restored_leads_in_the_same_zone_count_exactly() {
+        // Yesterday's leads (the last one in its final hour) do not fill today.
+        let ny = zoned(
+            chrono_tz::America::New_York,
+            Caps {
+                daily: Some(2),
+                ..Caps::default()
+            },
+        );
+        let book = CapBook::new(1);
+        let yesterday = Windows::at(ny.timezone, utc_ms(2024, 1, 16, 4, 50)).unwrap(); // 23:50 EST
+        let today = Windows::at(ny.timezone, utc_ms(2024, 1, 16, 5, 10)).unwrap(); // 00:10 EST
+        assert!(book.restore_sold(BuyerKey(0), &yesterday, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), &yesterday, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), &today, m(1)));
+        let t = utc_ms(2024, 1, 16, 5, 20);
+        let u = book.usage(BuyerKey(0), &ny, t);
+        assert_eq!((u.sold_day, u.sold_week), (1, 3));
+        assert!(book.reserve(BuyerKey(0), &ny, m(1), t).is_ok());
+        assert!(book.reserve(BuyerKey(0), &ny, m(1), t).is_err());
+    }
+
+    #[test]
+    fn a_hold_made_before_a_zone_change_is_counted_after_it() {
+        let caps = Caps {
+            daily: Some(1),
+            ..Caps::default()
+        };
+        let utc = zoned(Tz::UTC, caps);
+        let kiri = zoned(chrono_tz::Pacific::Kiritimati, caps);
+        let book = CapBook::new(1);
+        let t = utc_ms(2024, 1, 15, 11, 0);
+        let r = book.reserve(BuyerKey(0), &utc, m(1), t).unwrap();
+        assert!(book.reserve(BuyerKey(0), &kiri, m(1), t + 1).is_err());
+        assert!(book.commit(&r));
+        assert!(book.reserve(BuyerKey(0), &kiri, m(1), t + 2).is_err());
+        assert_eq!(book.outstanding(BuyerKey(0)), 0);
     }
 
     #[derive(Debug, Clone)]

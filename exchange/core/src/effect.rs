@@ -66,6 +66,11 @@ pub enum Effect<'a> {
         buyer: BuyerIdx,
         outcome: PostKind,
         p_model_ppm: Option<u32>,
+        /// Whether the outcome teaches the buyer's cold-start rates and drift guard: a
+        /// real lead (not a test lead) that reached the buyer (not capped, not unsent).
+        /// Exactly the posts a restart's ledger replay counts (`recovery::Scan`), so the
+        /// live rates and the rebuilt ones agree.
+        teaches: bool,
     },
     /// An auction ended: `None` is a bid (metric).
     Auction { no_bid: Option<NoBidReason> },

@@ -99,6 +99,19 @@ impl IdRegistry {
         self.inner.lock().0.get(id).map(BuyerKey)
     }
 
+    /// The key of buyer `id`, giving it one if it has none yet, though no configuration
+    /// has it: recovery keys every buyer its ledger counts against, so a buyer missing
+    /// from the configuration at a restart keeps its counts for when a reload brings it
+    /// back. `None` (nothing interned) when a new key would pass [`KEYS_MAX`].
+    pub fn intern_buyer(&self, id: &str) -> Option<BuyerKey> {
+        let mut g = self.inner.lock();
+        let buyers = &mut g.0;
+        if buyers.get(id).is_none() && buyers.ids.len() >= KEYS_MAX {
+            return None;
+        }
+        Some(BuyerKey(buyers.intern(id)))
+    }
+
     /// The key of seller `id`, if any configuration so far had it.
     pub fn seller_key(&self, id: &str) -> Option<SellerKey> {
         self.inner.lock().1.get(id).map(SellerKey)
@@ -147,5 +160,19 @@ mod tests {
         assert_eq!(key(&c, "b1"), k1);
         assert_eq!(reg.buyer_count(), 4);
         assert_eq!(reg.buyer_id(k3).as_deref(), Some("b3"));
+    }
+
+    #[test]
+    fn a_buyer_keyed_before_it_is_configured_keeps_its_key() {
+        let reg = IdRegistry::new();
+        let mut a = config(vec![buyer(0)]);
+        reg.assign(&mut a).unwrap();
+        let gone = reg.intern_buyer("b1").unwrap();
+        assert_eq!(reg.intern_buyer("b1"), Some(gone));
+        assert_eq!(reg.buyer_key("b1"), Some(gone));
+        let mut b = config(vec![buyer(1), buyer(0)]);
+        reg.assign(&mut b).unwrap();
+        assert_eq!(b.buyers.iter().find(|x| x.id == "b1").unwrap().key, gone);
+        assert_eq!(reg.buyer_count(), 2);
     }
 }

@@ -73,6 +73,10 @@ pub struct PostParams<'a> {
     pub test: bool,
     /// The seller price already quoted: what the seller is paid on a sale.
     pub quoted: Micros,
+    /// The currency of the quote (the vertical's when the auction ran): the sale is
+    /// recorded in it. A reload that changed the vertical's currency since never
+    /// relabels a quote: the buyer bid and the seller was quoted in this one.
+    pub currency: &'a str,
     pub auction_id: &'a str,
     pub ping_id: &'a str,
     pub lead_id: &'a str,
@@ -374,6 +378,7 @@ impl<'a> PostPlan<'a> {
                                 buyer: b,
                                 outcome: PostKind::Capped,
                                 p_model_ppm: None,
+                                teaches: false,
                             });
                             self.attempt_record(a, "capped", None, now);
                             continue;
@@ -423,6 +428,7 @@ impl<'a> PostPlan<'a> {
                     buyer: a.buyer,
                     outcome: PostKind::Accepted,
                     p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
+                    teaches: !self.p.test,
                 });
                 let cfg = self.p.config;
                 let bid = self
@@ -438,7 +444,7 @@ impl<'a> PostPlan<'a> {
                     seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
                     buyer: self.buyer_id(a.buyer),
                     vertical: v.map_or("", |v| v.name.as_str()),
-                    currency: v.map_or("", |v| v.currency.as_str()),
+                    currency: self.p.currency,
                     test: self.p.test,
                     bid_micros: bid.0,
                     seller_price_micros: self.p.quoted.0,
@@ -461,6 +467,8 @@ impl<'a> PostPlan<'a> {
             buyer: a.buyer,
             outcome: kind,
             p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
+            // An unsent delivery never reached the buyer; a test lead teaches nothing.
+            teaches: !self.p.test && outcome != "not_sent",
         });
         let why = if now >= self.deadline {
             release_reason::POST_DEADLINE

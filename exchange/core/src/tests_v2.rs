@@ -515,6 +515,7 @@ fn plan_on<'a>(
             vertical: 0,
             test: false,
             quoted,
+            currency: "USD",
             auction_id: "au_t",
             ping_id: "pg_t",
             lead_id: "ld_t",
@@ -806,6 +807,7 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
         buyer: 1,
         outcome: PostKind::Capped,
         p_model_ppm: None,
+        teaches: false,
     }));
     assert_eq!(
         f.held(),
@@ -895,6 +897,40 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
         (0, 0)
     );
     book.insert_limited(q("e", 0), 2).unwrap();
+}
+
+// A reload changed the vertical's currency between the quote and the post
+
+#[test]
+fn a_sale_is_recorded_in_the_quotes_currency_not_one_a_reload_set_since() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let award = f.award([None; 4]);
+    // The quote was made in USD; the configuration serving at post time says JPY.
+    let mut after = f.cfg.clone();
+    after.verticals[0].currency = "JPY".into();
+    let mut plan = plan_on(&after, award, T + 1_000, &[]);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(
+        AttemptResult::Accepted {
+            buyer_lead_id: None,
+        },
+        T + 1_010,
+    );
+    assert!(matches!(plan.next(&s, T + 1_010), PostStep::Sold(_)));
+    let effects = run(&s, plan.effects());
+    let sale = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Record(Record::Sale(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a sale record");
+    assert_eq!(
+        sale.currency, "USD",
+        "the quote's currency, never relabelled"
+    );
+    assert_eq!(sale.seller_price_micros, 16_000_000);
 }
 
 // A reload removed the winner between the quote and the post

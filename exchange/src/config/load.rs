@@ -139,6 +139,15 @@ pub fn load_str_with_env(
     let admin = read_admin(admin_section, env, &mut p);
     let learning_section = top.section_or_empty(&mut p, "learning");
     let learning = learning::read_learning(learning_section, &mut p);
+    let (a, l) = (admin.listen, server.listen);
+    let overlap = a.ip() == l.ip() || a.ip().is_unspecified() || l.ip().is_unspecified();
+    if admin.token.is_some() && a.port() == l.port() && a.port() != 0 && overlap {
+        // Both would bind it and the second would fail at start, naming no other process.
+        p.at(
+            "admin.listen",
+            format!("is the seller listener's port too (server.listen = \"{l}\"): give the admin listener its own"),
+        );
+    }
     if !admin.listen.ip().is_loopback() && server.listener.tls.is_none() {
         // The admin token and the metrics would cross the network in cleartext.
         p.at(

@@ -98,6 +98,16 @@ pub fn columns(kind: &str) -> Option<&'static [&'static str]> {
             "reason",
         ],
         "flush" => &["seq", "at", "generation"],
+        "model_decision" => &[
+            "seq",
+            "at",
+            "generation",
+            "vertical",
+            "challenger",
+            "champion",
+            "promoted",
+            "reason",
+        ],
         "disposition" => &[
             "seq",
             "at",

@@ -18,6 +18,18 @@
 //!   lines leaves it alone. Every `disposition`: its lead has a sale to
 //!   the same buyer, and no other disposition of the same outcome. The totals are net of
 //!   refunds (revenue, payouts and margin), as the report's are.
+//! - The payout re-check (with a configuration) uses the configuration given, i.e.
+//!   today's rules. Records carry the `generation` that decided them, and a generation
+//!   changes on every reload (and starts again at a restart), so the re-check knows which
+//!   sales were decided by the configuration serving now: those whose auction is in the
+//!   ledger's last run of one generation (no generation change and no `flush`, a
+//!   shutdown, after it). A sale decided earlier whose payout differs from today's rule is
+//!   listed (`PAYOUT NOT RE-CHECKED`, with its generation), not failed: a reload may have
+//!   changed the seller's payout since, and the sale was paid what it was quoted then
+//!   (the quote check above still holds for it).
+//! - Records of a newer format version than this pingpost knows are skipped and the
+//!   reconciliation is then incomplete: it says so and never claims the money reconciles
+//!   (`verify` exits 1).
 //! - Every delivery has an outcome: a sale with `attempt` k has the `post_attempt`
 //!   records of attempts 0..k; an `unsold` post's `attempts` deliveries each have one; a
 //!   pre-send record (see [`super::PRE_SEND_TYPES`]) without a `post_attempt`, `sale` or
@@ -56,6 +68,15 @@ pub struct Reconciliation {
     pub dispositions: u64,
     /// Whether payouts were checked against a configuration.
     pub payouts_checked: bool,
+    /// Sales decided before the ledger's last run of one generation whose payout differs
+    /// from the configuration given (a reload may have changed it): listed, not failed.
+    pub payout_not_rechecked: Vec<String>,
+    /// The ledger's last run of one generation: its generation and where it begins
+    /// (segment and seq). Payouts are re-checked against the configuration for the
+    /// auctions from there on.
+    pub current: Option<(u64, String)>,
+    /// Sales decided under an earlier generation (or before a restart), by generation.
+    pub earlier_sales: BTreeMap<u64, u64>,
     pub stats: ReadStats,
 }
 
@@ -73,6 +94,9 @@ struct Sale {
     margin: i64,
     attempt: u64,
     buyer: String,
+    /// Position in the ledger (0-based, records read) and `generation`.
+    ordinal: usize,
+    generation: u64,
 }
 
 struct Refund {
@@ -99,6 +123,9 @@ fn at_ms(e: &Entry) -> i64 {
 struct Auction {
     winner_bid: Option<i64>,
     seller_price: Option<i64>,
+    /// Position in the ledger (0-based, records read) and `generation`.
+    ordinal: usize,
+    generation: u64,
 }
 
 /// Reconciles the ledger in `dir`; `cfg` enables the payout checks.
@@ -115,7 +142,26 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
     let mut dispositions: Vec<(String, String, String, String)> = Vec::new();
     // lead_id -> the sale's `at` (ms).
     let mut sold_at: HashMap<String, i64> = HashMap::new();
+    // The ledger's runs of one generation: a new run begins where the generation
+    // changes (a reload, or a restart: generations start again at 1) or after a `flush`
+    // (a shutdown; a restart follows).
+    let mut ordinal = 0usize;
+    let mut last_gen: Option<u64> = None;
+    let mut after_flush = false;
+    let mut run_start = (0usize, String::new());
     let stats = for_each_unverified(dir, |e: Entry| {
+        let generation = e
+            .value
+            .get("generation")
+            .and_then(|g| g.as_u64())
+            .unwrap_or(0);
+        if last_gen != Some(generation) || after_flush {
+            run_start = (ordinal, e.place());
+        }
+        last_gen = Some(generation);
+        after_flush = e.kind == "flush";
+        let here = ordinal;
+        ordinal += 1;
         match e.kind.as_str() {
             "refund" => refunds.push(Refund {
                 place: e.place(),
@@ -147,6 +193,8 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                     Auction {
                         winner_bid: e.i64("bid_micros"),
                         seller_price: e.i64("seller_price_micros"),
+                        ordinal: here,
+                        generation,
                     },
                 );
             }
@@ -172,6 +220,8 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                     margin: e.i64("margin_micros").unwrap_or(0),
                     attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
                     buyer: e.str("buyer").to_string(),
+                    ordinal: here,
+                    generation,
                 })
             }
             "post_attempt" => attempts
@@ -205,6 +255,7 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
     })?;
     let mut out = Reconciliation {
         payouts_checked: cfg.is_some(),
+        current: last_gen.map(|g| (g, run_start.1.clone())),
         stats,
         ..Reconciliation::default()
     };
@@ -282,19 +333,39 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                     } else {
                         auction.and_then(|a| a.winner_bid)
                     };
+                    // The payout was decided by the auction (a quote's post may come after a
+                    // reload): its generation and place say which configuration decided it.
+                    let (decided_at, decided_gen) =
+                        auction.map_or((s.ordinal, s.generation), |a| (a.ordinal, a.generation));
+                    let current = decided_at >= run_start.0;
+                    if !current {
+                        *out.earlier_sales.entry(decided_gen).or_default() += 1;
+                    }
                     if let Some(wb) = winner_bid {
                         let expected = seller.payout.seller_price(Micros(wb)).min(Micros(wb)).0;
                         if expected != s.price {
-                            m.push(format!(
-                                "{}: seller_price_micros {} but seller {}'s payout model ({}) on the winning bid {} gives {} ({})",
+                            let what = format!(
+                                "{}: seller_price_micros {} but seller {}'s payout model in the configuration given ({}) on the winning bid {} gives {}; the auction ran under generation {decided_gen}",
                                 s.place,
                                 s.price,
                                 s.seller,
                                 payout_text(seller.payout),
                                 wb,
                                 expected,
-                                s.ids
-                            ));
+                            );
+                            if current {
+                                m.push(format!(
+                                    "{what}, the ledger's latest (if the configuration was reloaded since, the rule checked may not be the one that decided it) ({})",
+                                    s.ids
+                                ));
+                            } else {
+                                out.payout_not_rechecked.push(format!(
+                                    "{what}, before a reload or restart (the ledger's latest run is generation {} from {}): not a mismatch, the rule may have changed since ({})",
+                                    last_gen.unwrap_or(0),
+                                    run_start.1,
+                                    s.ids
+                                ));
+                            }
                         }
                     }
                 }
@@ -492,6 +563,12 @@ impl Reconciliation {
         !self.mismatches.is_empty()
     }
 
+    /// Were records skipped (a newer format version) whose money the figures leave out?
+    /// Then nothing is claimed to reconcile and `verify` exits 1.
+    pub fn incomplete(&self) -> bool {
+        !self.stats.newer.is_empty()
+    }
+
     /// The reconciliation part of `verify`'s output.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -522,6 +599,24 @@ impl Reconciliation {
                 out,
                 "  payouts not checked against the payout models: that needs --config (the sellers' payout models)"
             );
+        } else {
+            let (g, from) = self.current.clone().unwrap_or((0, "-".into()));
+            let _ = writeln!(
+                out,
+                "  payouts re-checked against the configuration given (today's payout models, not the ones of earlier generations): a mismatch fails for auctions of the ledger's latest run, generation {g} from {from}"
+            );
+            if !self.earlier_sales.is_empty() {
+                let gens: Vec<String> = self
+                    .earlier_sales
+                    .iter()
+                    .map(|(g, n)| format!("{n} of generation {g}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  sales decided before it ({}; a reload or restart came between): a payout that differs from today's rule is listed as PAYOUT NOT RE-CHECKED, not failed",
+                    gens.join(", ")
+                );
+            }
         }
         for n in self.stats.notes() {
             let _ = writeln!(out, "  note: {n}");
@@ -530,6 +625,7 @@ impl Reconciliation {
             ("MISMATCH", &self.mismatches),
             ("OUTCOME UNKNOWN", &self.outcome_unknown),
             ("DISPOSITION LINE MISSING", &self.return_line_missing),
+            ("PAYOUT NOT RE-CHECKED", &self.payout_not_rechecked),
         ] {
             for m in list.iter().take(SHOWN_MAX) {
                 let _ = writeln!(out, "{title}: {m}");
@@ -544,6 +640,20 @@ impl Reconciliation {
                 "RECONCILIATION FAILED: {} mismatch(es), {} delivery(ies) with outcome unknown",
                 self.mismatches.len(),
                 self.outcome_unknown.len()
+            );
+        } else if self.incomplete() {
+            let skipped: Vec<String> = self
+                .stats
+                .newer
+                .iter()
+                .map(|(v, n)| format!("{n} of format version {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "NOT RECONCILED: {} record(s) skipped ({}; this pingpost reads versions up to {}): their sales and refunds are not in the figures above, so the money cannot be said to reconcile; verify with a pingpost that reads them",
+                self.stats.newer.values().sum::<u64>(),
+                skipped.join(", "),
+                crate::core::record::RECORD_VERSION
             );
         } else {
             let mut outcomes = if self.outcome_unknown.is_empty() {

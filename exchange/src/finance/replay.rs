@@ -3,12 +3,17 @@
 //! it in plain words.
 //!
 //! The award is re-derived with the core's own functions (`award::reserve_price`,
-//! `award::rank` with the price ranker, the payout model of the seller): the recorded
-//! bids (`bid` and `fixed_price` lines) are ranked under the seller's payout model
-//! against the recorded reserve, and the first ranked bid whose buyer was not refused at
-//! award (`capped_at_award`) wins (a test lead takes the first, as the exchange does).
-//! Buyer keys for the tie-break are configuration positions, as in an exchange that has
-//! not reloaded since it started.
+//! `award::rank`, the payout model of the seller): the recorded bids (`bid` and
+//! `fixed_price` lines) are priced under the seller's payout model against the recorded
+//! reserve and ranked as the auction ranked them: by expected value (`award::
+//! expected_value` of the bid and the `p_ppm` the record carries for each ranked bid:
+//! `routing.award = "ev"`, the default) or, when no bid line carries a `p_ppm`, by seller
+//! price. Ties go as in the core (`award::rank`): the higher bid, then the buyer's key.
+//! The first ranked bid whose buyer was not refused at award (`capped_at_award`) wins (a
+//! test lead takes the first, as the exchange does). Each loser is explained by what it
+//! was ranked by. Buyer keys for the tie-break are configuration positions, as in an
+//! exchange that has not reloaded since it started. Without a configuration an
+//! expected-value auction is still ranked from the record (bid x p), not re-derived.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -37,6 +42,33 @@ impl Ranker for RecordedRanker {
             r.p_ppm = Some(p);
             r.value = award::expected_value(r.bid.price, p);
         }
+    }
+}
+
+/// One ranked bid, as the replay explains it.
+#[derive(Debug, Clone)]
+struct Rk {
+    buyer: String,
+    bid: i64,
+    /// Its seller price (known with a configuration).
+    seller_price: Option<i64>,
+    /// What it was ranked by: the seller price, or the expected value under `ev`.
+    value: i64,
+    /// The recorded probability, under expected value.
+    p_ppm: Option<u32>,
+}
+
+/// A probability in parts per million as an exact percentage: `812000` -> `81.2%`.
+fn percent(p_ppm: u32) -> String {
+    let whole = p_ppm / 10_000;
+    let mut frac = format!("{:04}", p_ppm % 10_000);
+    while frac.ends_with('0') {
+        frac.pop();
+    }
+    if frac.is_empty() {
+        format!("{whole}%")
+    } else {
+        format!("{whole}.{frac}%")
     }
 }
 
@@ -91,10 +123,14 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
     let seller_id = a.str("seller");
     let vertical_id = a.str("vertical");
     let generation = a.i64("generation").unwrap_or(0);
+    // The auction's currency as recorded (its sale's, else its quote's): a reload may
+    // have changed the vertical's since.
     let currency = posts
         .iter()
         .find(|p| p.kind == "sale")
+        .or_else(|| posts.iter().find(|p| p.kind == "quote_opened"))
         .map(|p| p.str("currency").to_string())
+        .filter(|c| !c.is_empty())
         .or_else(|| {
             cfg.and_then(|c| c.vertical(vertical_id))
                 .map(|(_, v)| v.currency.clone())
@@ -151,16 +187,58 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
         .filter(|l| s(l, "outcome") == "capped_at_award")
         .map(|l| s(l, "buyer"))
         .collect();
+    // Under expected value (`routing.award = "ev"`, the default) every bid the award
+    // ranked carries the probability it used (`p_ppm`); under the price auction none does.
+    let ev = lines
+        .iter()
+        .any(|l| l.get("p_ppm").and_then(Value::as_u64).is_some());
+    let is_bid_line = |l: &Value| matches!(s(l, "outcome"), "bid" | "fixed_price");
+    let bid_lines = lines.iter().filter(|l| is_bid_line(l)).count();
     let mut derived: Option<(String, i64, i64)> = None;
-    let mut ranks: Vec<(String, i64, i64)> = Vec::new();
+    // The ranked bids, best first (re-derived with a configuration; without one, under
+    // expected value, from the recorded probabilities).
+    let mut ranks: Vec<Rk> = Vec::new();
     let mut below: Vec<(String, i64, i64)> = Vec::new();
     let mut payout_used = None;
+    // Bidders the configuration does not have (a reload removed them since).
+    let mut unknown_buyers: Vec<String> = Vec::new();
     match cfg {
         None => {
             let _ = writeln!(
                 out,
                 "not re-derived: replaying the award needs --config (the sellers' payout models, the reserves and floors)"
             );
+            if ev {
+                // Expected value needs no configuration: bid x the recorded p. A bid line
+                // without a p was not ranked (its seller price was below the reserve).
+                for l in &lines {
+                    if !is_bid_line(l) {
+                        continue;
+                    }
+                    let (Some(bid), Some(p)) = (
+                        l.get("bid_micros").and_then(Value::as_i64),
+                        l.get("p_ppm")
+                            .and_then(Value::as_u64)
+                            .and_then(|p| u32::try_from(p).ok()),
+                    ) else {
+                        continue;
+                    };
+                    ranks.push(Rk {
+                        buyer: s(l, "buyer").to_string(),
+                        bid,
+                        seller_price: None,
+                        value: award::expected_value(Micros(bid), p),
+                        p_ppm: Some(p),
+                    });
+                }
+                // The core's order: value, then the higher bid (then the buyer's key,
+                // which needs the configuration: the record's order stands in).
+                ranks.sort_by(|a, b| b.value.cmp(&a.value).then(b.bid.cmp(&a.bid)));
+                let _ = writeln!(
+                    out,
+                    "ranked by expected value from the record: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm); ties go to the higher bid, then to the buyer's key (its configuration position)"
+                );
+            }
         }
         Some(cfg) => {
             let seller = cfg.sellers.iter().find(|x| x.id == seller_id);
@@ -206,7 +284,7 @@ so if the exchange reloaded its configuration since it started, the file may not
                     }
                     let mut bids = Vec::new();
                     for l in &lines {
-                        if !matches!(s(l, "outcome"), "bid" | "fixed_price") {
+                        if !is_bid_line(l) {
                             continue;
                         }
                         let buyer = s(l, "buyer");
@@ -223,7 +301,8 @@ so if the exchange reloaded its configuration since it started, the file may not
                             }),
                             None => {
                                 mismatch = true;
-                                let _ = writeln!(out, "MISMATCH: buyer {buyer} bid but is not in the configuration: its bid is left out");
+                                unknown_buyers.push(buyer.to_string());
+                                let _ = writeln!(out, "MISMATCH: buyer {buyer} bid but is no longer in the configuration (a reload removed it since this auction): its bid is left out of the re-derivation");
                             }
                         }
                     }
@@ -239,7 +318,7 @@ so if the exchange reloaded its configuration since it started, the file may not
                             Some((b.key, p))
                         })
                         .collect();
-                    let ranking = if recorded_p.is_empty() {
+                    let ranking = if !ev {
                         award::rank(bids, seller.payout, Micros(reserve), &PriceRanker, score)
                     } else {
                         let _ = writeln!(
@@ -260,7 +339,13 @@ so if the exchange reloaded its configuration since it started, the file may not
                             .unwrap_or_default()
                     };
                     for r in &ranking.ranked {
-                        ranks.push((name(r.bid.buyer), r.bid.price.0, r.seller_price.0));
+                        ranks.push(Rk {
+                            buyer: name(r.bid.buyer),
+                            bid: r.bid.price.0,
+                            seller_price: Some(r.seller_price.0),
+                            value: r.value,
+                            p_ppm: r.p_ppm,
+                        });
                     }
                     for b in &all {
                         if !ranking.ranked.iter().any(|r| r.bid.buyer == b.buyer)
@@ -272,8 +357,8 @@ so if the exchange reloaded its configuration since it started, the file may not
                     }
                     derived = ranks
                         .iter()
-                        .find(|(id, _, _)| a.bool("test") || !capped.contains(&id.as_str()))
-                        .cloned();
+                        .find(|r| a.bool("test") || !capped.contains(&r.buyer.as_str()))
+                        .map(|r| (r.buyer.clone(), r.bid, r.seller_price.unwrap_or(0)));
                     let recorded = (!winner.is_empty()).then(|| {
                         (
                             winner.to_string(),
@@ -281,10 +366,15 @@ so if the exchange reloaded its configuration since it started, the file may not
                             won_price.unwrap_or(0),
                         )
                     });
+                    let ranking_words = if ev {
+                        "ranking by expected value (bid x the recorded p), ties by the higher bid then configuration order"
+                    } else {
+                        "ranking by seller price, ties by the higher bid then configuration order"
+                    };
                     if derived == recorded {
                         let _ = writeln!(
                             out,
-                            "re-derived under the configuration ({} for seller {seller_id}, ranking by seller price, ties by the higher bid then configuration order): {}",
+                            "re-derived under the configuration ({} for seller {seller_id}, {ranking_words}): {}",
                             payout_text(seller.payout),
                             match &derived {
                                 Some((w, b, p)) => format!("{w}, bid {}, seller price {} — MATCHES the record", m(*b), m(*p)),
@@ -295,7 +385,7 @@ so if the exchange reloaded its configuration since it started, the file may not
                         mismatch = true;
                         let _ = writeln!(
                             out,
-                            "MISMATCH: re-derived under the configuration ({}): {}, but the record says {}",
+                            "MISMATCH: re-derived under the configuration ({}, {ranking_words}): {}, but the record says {}",
                             payout_text(seller.payout),
                             derived.as_ref().map_or("no winner".into(), |(w, b, p)| format!("{w} (bid {}, seller price {})", m(*b), m(*p))),
                             recorded.as_ref().map_or("no winner".into(), |(w, b, p)| format!("{w} (bid {}, seller price {})", m(*b), m(*p))),
@@ -320,7 +410,16 @@ so if the exchange reloaded its configuration since it started, the file may not
                 )
             })
         });
-    let position = |id: &str| ranks.iter().position(|(b, _, _)| b == id);
+    let position = |id: &str| ranks.iter().position(|r| r.buyer == id);
+    // An expected value in words: `9.60 USD (bid 12.00 USD x p 80%)`.
+    let ev_words = |r: &Rk| {
+        format!(
+            "{} (bid {} x p {})",
+            m(r.value),
+            m(r.bid),
+            r.p_ppm.map_or("?".into(), percent)
+        )
+    };
     for l in &lines {
         let buyer = s(l, "buyer");
         let outcome = s(l, "outcome");
@@ -341,15 +440,32 @@ so if the exchange reloaded its configuration since it started, the file may not
                     format!("fixed price {} (not pinged)", m(b))
                 };
                 match (&win, position(buyer)) {
+                    (_, None) if unknown_buyers.iter().any(|u| u == buyer) => format!(
+                        "{kind}: not re-ranked: {buyer} is no longer in the configuration (a reload removed it since this auction){}",
+                        if buyer == winner { "; the record names it the winner" } else { "" }
+                    ),
                     (Some((w, _, _)), pos) if w == buyer => {
                         let n = ranks.len();
+                        let won = pos.map(|i| &ranks[i]);
                         let why = match pos {
                             Some(i) if i > 0 => format!(
                                 "ranked #{} of {n}: the bids above it were refused at award (their caps were full)",
                                 i + 1
                             ),
-                            _ if n > 1 => format!("the highest seller price of {n} ranked bids"),
-                            _ => "the only bid".to_string(),
+                            Some(_) if n > 1 && ev => format!(
+                                "the highest expected value of {n} ranked bids: {}",
+                                won.map_or(String::new(), ev_words)
+                            ),
+                            Some(_) if n > 1 => format!("the highest seller price of {n} ranked bids"),
+                            Some(_) if ev => format!(
+                                "the only bid at or above the reserve (expected value {})",
+                                won.map_or(String::new(), ev_words)
+                            ),
+                            Some(_) => "the only bid at or above the reserve".to_string(),
+                            None if bid_lines > 1 => format!(
+                                "one of {bid_lines} bids recorded (ranking them by seller price needs --config)"
+                            ),
+                            None => "the only bid".to_string(),
                         };
                         format!(
                             "WON: {kind}; the seller is paid {}{}, {why}, at or above the reserve {}",
@@ -366,14 +482,36 @@ so if the exchange reloaded its configuration since it started, the file may not
                             format!("lost: {kind}, the seller would get {}, below the reserve {}", m(sp), m(reserve))
                         }
                     }
+                    (_, None) if ev && b > 0 && l.get("p_ppm").is_none() => format!(
+                        "lost: {kind}, not ranked: its seller price was below the reserve {} (no probability recorded for it)",
+                        m(reserve)
+                    ),
                     (Some((w, wb, wp)), Some(i)) => {
-                        let (_, _, sp) = ranks[i].clone();
-                        let beaten = if sp < *wp {
-                            format!("its seller price {} is lower than {w}'s {}", m(sp), m(*wp))
-                        } else if b < *wb {
-                            format!("same seller price {} as {w}, and the tie goes to the higher bid ({w} bid {})", m(sp), m(*wb))
-                        } else {
-                            format!("same seller price {} and bid as {w}: the tie goes to the buyer configured first", m(sp))
+                        let me = &ranks[i];
+                        let beaten = match position(w).map(|wi| &ranks[wi]) {
+                            Some(top) if ev => {
+                                if me.value < top.value {
+                                    format!("its expected value {} is lower than {w}'s {}", ev_words(me), ev_words(top))
+                                } else if me.value == top.value && me.bid < top.bid {
+                                    format!("same expected value {} as {w}, and the tie goes to the higher bid ({w} bid {})", m(me.value), m(top.bid))
+                                } else if me.value == top.value && me.bid == top.bid {
+                                    format!("same expected value {} and bid as {w}: the tie goes to the buyer configured first", m(me.value))
+                                } else {
+                                    format!("its expected value {} is higher than {w}'s {}, but it was not awarded", ev_words(me), ev_words(top))
+                                }
+                            }
+                            _ => {
+                                let sp = me.seller_price.unwrap_or(0);
+                                if sp < *wp {
+                                    format!("its seller price {} is lower than {w}'s {}", m(sp), m(*wp))
+                                } else if sp == *wp && b < *wb {
+                                    format!("same seller price {} as {w}, and the tie goes to the higher bid ({w} bid {})", m(sp), m(*wb))
+                                } else if sp == *wp && b == *wb {
+                                    format!("same seller price {} and bid as {w}: the tie goes to the buyer configured first", m(sp))
+                                } else {
+                                    format!("its seller price {} is higher than {w}'s {}, but it was not awarded", m(sp), m(*wp))
+                                }
+                            }
                         };
                         if capped.contains(&buyer) {
                             format!("{kind}, ranked #{}: its cap was full when the award tried to reserve it", i + 1)
@@ -497,6 +635,12 @@ so if the exchange reloaded its configuration since it started, the file may not
                 m(p.i64("margin_reversed_micros").unwrap_or(0)),
                 p.place()
             ),
+            "quote_opened" => format!(
+                "QUOTED: the seller was quoted {} in {}, firm until its expiry ({})",
+                money(p.i64("price_micros").unwrap_or(0)),
+                p.str("currency"),
+                p.place()
+            ),
             k => format!("{k} ({})", p.place()),
         };
         let _ = writeln!(out, "{line}");
@@ -521,5 +665,127 @@ fn reason_words(r: &str) -> String {
         "score_floor" => "the lead scored below its score_floor".into(),
         "capped" => "its caps or budget were full".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(buyers: &[&str]) -> Config {
+        let mut t = String::from(
+            r#"
+[server]
+
+[verticals.v]
+floor = 1.0
+[verticals.v.fields]
+state = { type = "state", required = true, ping = true }
+
+[sellers.s]
+key_sha256 = "19891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176"
+verticals = ["v"]
+payout = { model = "revenue_share", share_pct = 80 }
+"#,
+        );
+        for b in buyers {
+            t.push_str(&format!(
+                "\n[buyers.{b}]\nping_url = \"http://127.0.0.1:9101/ping\"\npost_url = \"http://127.0.0.1:9101/post\"\nsecret_env = \"S\"\nverticals = [\"v\"]\n"
+            ));
+        }
+        crate::config::load_str_with_env(&t, &|_| Some("a-secret-long-enough-for-any-check".into()))
+            .unwrap()
+    }
+
+    /// An expected-value auction: coast wins on expected value (15.00 x 95% = 14.25)
+    /// though empire's bid gives the seller more (13.60 against 12.00).
+    fn auction(winner: &str, bid: i64, price: i64) -> Entry {
+        let raw = format!(
+            r#"{{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"empire","outcome":"bid","bid_micros":17000000,"took_us":800,"p_ppm":700000}},{{"buyer":"coast","outcome":"bid","bid_micros":15000000,"took_us":700,"p_ppm":950000}},{{"buyer":"lone","outcome":"bid","bid_micros":10000000,"took_us":900,"p_ppm":900000}},{{"buyer":"direct","outcome":"fixed_price","bid_micros":4000000,"p_ppm":900000}}],"winner":"{winner}","bid_micros":{bid},"seller_price_micros":{price},"took_us":1058}}"#
+        );
+        Entry {
+            segment: "seg-00000001.jsonl".into(),
+            line: 1,
+            seq: 1,
+            kind: "auction".into(),
+            day: None,
+            value: serde_json::from_str(&raw).unwrap(),
+            raw,
+        }
+    }
+
+    #[test]
+    fn an_expected_value_auction_is_rederived_and_explained_by_expected_value() {
+        let cfg = config(&["empire", "coast", "lone", "direct"]);
+        let r = replay(&auction("coast", 15_000_000, 12_000_000), &[], Some(&cfg));
+        let t = &r.text;
+        assert!(!r.mismatch, "{t}");
+        assert!(t.contains("ranking by expected value"), "{t}");
+        assert!(t.contains("— MATCHES the record"), "{t}");
+        assert!(
+            t.contains("coast: WON: bid 15.00 USD in 0.7 ms; the seller is paid 12.00 USD under revenue_share 80%, the highest expected value of 4 ranked bids: 14.25 USD (bid 15.00 USD x p 95%)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("empire: lost: bid 17.00 USD in 0.8 ms, ranked #2: its expected value 11.90 USD (bid 17.00 USD x p 70%) is lower than coast's 14.25 USD (bid 15.00 USD x p 95%)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("direct: lost: fixed price 4.00 USD (not pinged), ranked #4: its expected value 3.60 USD"),
+            "{t}"
+        );
+        for wrong in [
+            "ranking by seller price",
+            "same seller price",
+            "highest seller price",
+            "the only bid",
+        ] {
+            assert!(!t.contains(wrong), "{wrong}: {t}");
+        }
+
+        // Without a configuration: ranked from the record all the same, never "the only bid".
+        let r = replay(&auction("coast", 15_000_000, 12_000_000), &[], None);
+        let t = &r.text;
+        assert!(!r.mismatch, "{t}");
+        assert!(
+            t.contains("not re-derived: replaying the award needs --config"),
+            "{t}"
+        );
+        assert!(
+            t.contains("the highest expected value of 4 ranked bids: 14.25 (bid 15.00 x p 95%)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("empire: lost: bid 17.00 in 0.8 ms, ranked #2: its expected value 11.90"),
+            "{t}"
+        );
+        assert!(!t.contains("the only bid"), "{t}");
+
+        // A record naming the higher seller price as the winner does not match the
+        // expected-value re-derivation.
+        let r = replay(&auction("empire", 17_000_000, 13_600_000), &[], Some(&cfg));
+        assert!(r.mismatch, "{}", r.text);
+        assert!(r.text.contains("MISMATCH: re-derived under the configuration (revenue_share 80%, ranking by expected value"), "{}", r.text);
+    }
+
+    #[test]
+    fn a_winner_a_reload_removed_is_named_not_said_below_the_reserve() {
+        let cfg = config(&["empire", "lone", "direct"]);
+        let r = replay(&auction("coast", 15_000_000, 12_000_000), &[], Some(&cfg));
+        let t = &r.text;
+        assert!(r.mismatch, "{t}");
+        assert!(
+            t.contains("coast: bid 15.00 USD in 0.7 ms: not re-ranked: coast is no longer in the configuration (a reload removed it since this auction); the record names it the winner"),
+            "{t}"
+        );
+        assert!(!t.contains("below the reserve"), "{t}");
+    }
+
+    #[test]
+    fn probabilities_read_as_exact_percentages() {
+        assert_eq!(percent(950_000), "95%");
+        assert_eq!(percent(812_345), "81.2345%");
+        assert_eq!(percent(5), "0.0005%");
+        assert_eq!(percent(0), "0%");
     }
 }

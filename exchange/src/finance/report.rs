@@ -12,7 +12,11 @@
 //!   `seller_clawback_micros` off payouts and its `margin_reversed_micros` off margin, in
 //!   the refund's day, seller, buyer and vertical (so revenue = payouts + margin still).
 //!
-//! Rows are per key and currency: money of different currencies is never added.
+//! Rows are per key and currency: money of different currencies is never added. A sale
+//! or refund counts in the currency **recorded on it** (a vertical whose currency a reload
+//! changed has rows in both); pings, bids and quotes (counts, no money) count in the
+//! currency the vertical had at that point of the ledger (its latest quote, sale or
+//! refund before them; before any, the first one after, else the configuration's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -86,7 +90,7 @@ impl Row {
     }
 }
 
-/// Figures before the currency is known (keyed by vertical).
+/// The figures of one cell (one grouping key, vertical and currency).
 #[derive(Debug, Clone, Copy, Default)]
 struct Figures {
     pings: u64,
@@ -128,24 +132,55 @@ pub struct Reports {
     pub stats: ReadStats,
 }
 
+/// A cell: (grouping, key, vertical, currency). The currency is the one recorded on a
+/// sale or refund; `None` for counts (pings, bids, quotes) of a vertical no currency was
+/// seen for yet, resolved at the end.
+type CellKey = (By, String, String, Option<String>);
+
 #[derive(Default)]
 struct Acc {
-    /// (grouping, key, vertical) -> figures.
-    cells: BTreeMap<(By, String, String), Figures>,
-    /// The currency of each vertical, from its sales.
-    currency: HashMap<String, String>,
-    /// ping_id -> (seller, vertical, test) of auctions, to place quote holds.
-    pings: HashMap<String, (String, String, bool)>,
+    cells: BTreeMap<CellKey, Figures>,
+    /// The latest currency recorded for each vertical (quotes, sales, refunds), in ledger
+    /// order: the currency its pings, bids and quotes count in.
+    latest: HashMap<String, String>,
+    /// The first currency recorded for each vertical: for counts seen before any.
+    first: HashMap<String, String>,
+    /// ping_id -> (seller, vertical, test, currency) of auctions, to place quote holds.
+    pings: HashMap<String, (String, String, bool, Option<String>)>,
     /// Quote holds: (ping_id, buyer, day).
     quotes: Vec<(String, String, String)>,
     excluded: Excluded,
 }
 
 impl Acc {
-    fn cell(&mut self, by: By, key: &str, vertical: &str) -> &mut Figures {
+    fn cell(&mut self, by: By, key: &str, vertical: &str, currency: Option<&str>) -> &mut Figures {
         self.cells
-            .entry((by, key.to_string(), vertical.to_string()))
+            .entry((
+                by,
+                key.to_string(),
+                vertical.to_string(),
+                currency.map(str::to_string),
+            ))
             .or_default()
+    }
+
+    /// Notes the currency a record carries (every record, in range or not), so counts
+    /// are placed in the currency their vertical had at that point of the ledger.
+    fn observe(&mut self, e: &Entry) {
+        if matches!(e.kind.as_str(), "quote_opened" | "sale" | "refund") {
+            let (vertical, currency) = (e.str("vertical"), e.str("currency"));
+            if currency.is_empty() {
+                return;
+            }
+            if self.latest.get(vertical).map(String::as_str) != Some(currency) {
+                self.latest
+                    .insert(vertical.to_string(), currency.to_string());
+            }
+            if !self.first.contains_key(vertical) {
+                self.first
+                    .insert(vertical.to_string(), currency.to_string());
+            }
+        }
     }
 
     fn take(&mut self, e: &Entry) {
@@ -154,10 +189,17 @@ impl Acc {
             "auction" => {
                 let (seller, vertical) = (e.str("seller"), e.str("vertical"));
                 let test = e.bool("test");
+                let currency = self.latest.get(vertical).cloned();
                 self.pings.insert(
                     e.str("ping_id").to_string(),
-                    (seller.to_string(), vertical.to_string(), test),
+                    (
+                        seller.to_string(),
+                        vertical.to_string(),
+                        test,
+                        currency.clone(),
+                    ),
                 );
+                let currency = currency.as_deref();
                 if test {
                     self.excluded.test_auctions += 1;
                     return;
@@ -174,7 +216,7 @@ impl Acc {
                     (By::Seller, seller),
                     (By::Vertical, vertical),
                 ] {
-                    let c = self.cell(by, key, vertical);
+                    let c = self.cell(by, key, vertical, currency);
                     c.pings += 1;
                     c.bids += bids;
                 }
@@ -196,7 +238,7 @@ impl Acc {
                         continue;
                     }
                     seen.push(buyer);
-                    let c = self.cell(By::Buyer, buyer, vertical);
+                    let c = self.cell(By::Buyer, buyer, vertical, currency);
                     c.pings += u64::from(pinged);
                     c.bids += u64::from(is_bid(l));
                 }
@@ -207,9 +249,9 @@ impl Acc {
                     return;
                 }
                 let vertical = e.str("vertical").to_string();
-                self.currency
-                    .entry(vertical.clone())
-                    .or_insert_with(|| e.str("currency").to_string());
+                // The currency recorded on the sale, never the vertical's (a reload may
+                // have changed it): money of different currencies is never added.
+                let currency = e.str("currency").to_string();
                 let (bid, price, margin) = (
                     e.i64("bid_micros").unwrap_or(0),
                     e.i64("seller_price_micros").unwrap_or(0),
@@ -221,7 +263,7 @@ impl Acc {
                     (By::Buyer, e.str("buyer")),
                     (By::Vertical, vertical.as_str()),
                 ] {
-                    let c = self.cell(by, key, &vertical);
+                    let c = self.cell(by, key, &vertical, Some(&currency));
                     c.sales += 1;
                     c.revenue = c.revenue.saturating_add(bid);
                     c.payouts = c.payouts.saturating_add(price);
@@ -230,9 +272,7 @@ impl Acc {
             }
             "refund" => {
                 let vertical = e.str("vertical").to_string();
-                self.currency
-                    .entry(vertical.clone())
-                    .or_insert_with(|| e.str("currency").to_string());
+                let currency = e.str("currency").to_string();
                 let (refund, clawback, reversed) = (
                     e.i64("buyer_refund_micros").unwrap_or(0),
                     e.i64("seller_clawback_micros").unwrap_or(0),
@@ -244,7 +284,7 @@ impl Acc {
                     (By::Buyer, e.str("buyer")),
                     (By::Vertical, vertical.as_str()),
                 ] {
-                    let c = self.cell(by, key, &vertical);
+                    let c = self.cell(by, key, &vertical, Some(&currency));
                     c.returns += 1;
                     c.refunds = c.refunds.saturating_add(refund);
                     c.revenue = c.revenue.saturating_sub(refund);
@@ -268,11 +308,11 @@ impl Acc {
         currencies: &HashMap<String, String>,
     ) -> Reports {
         for (ping, buyer, day) in std::mem::take(&mut self.quotes) {
-            let Some((seller, vertical, test)) = self.pings.get(&ping).cloned() else {
+            let Some((seller, vertical, test, currency)) = self.pings.get(&ping).cloned() else {
                 // A hold whose auction is outside the range or missing: counted by day
                 // and buyer only.
-                self.cell(By::Day, &day, "").quotes += 1;
-                self.cell(By::Buyer, &buyer, "").quotes += 1;
+                self.cell(By::Day, &day, "", None).quotes += 1;
+                self.cell(By::Buyer, &buyer, "", None).quotes += 1;
                 continue;
             };
             if test {
@@ -284,19 +324,22 @@ impl Acc {
                 (By::Buyer, buyer.as_str()),
                 (By::Vertical, vertical.as_str()),
             ] {
-                self.cell(by, key, &vertical).quotes += 1;
+                self.cell(by, key, &vertical, currency.as_deref()).quotes += 1;
             }
         }
-        let currency_of = |vertical: &str| -> String {
-            self.currency
-                .get(vertical)
+        // Counts of a vertical before any currency was recorded for it: the first one
+        // recorded after, else the configuration's.
+        let currency_of = |vertical: &str, recorded: &Option<String>| -> String {
+            recorded
+                .as_ref()
+                .or_else(|| self.first.get(vertical))
                 .or_else(|| currencies.get(vertical))
                 .cloned()
                 .unwrap_or_default()
         };
         let mut rows: BTreeMap<(By, String, String), Row> = BTreeMap::new();
-        for ((by, key, vertical), f) in &self.cells {
-            let currency = currency_of(vertical);
+        for ((by, key, vertical, recorded), f) in &self.cells {
+            let currency = currency_of(vertical, recorded);
             rows.entry((*by, key.clone(), currency.clone()))
                 .or_insert_with(|| Row {
                     key: key.clone(),
@@ -384,6 +427,7 @@ fn build_from(
 ) -> Result<Reports, String> {
     let mut acc = Acc::default();
     let take = |e: Entry| {
+        acc.observe(&e);
         if range.contains(e.day) {
             acc.take(&e);
         }
@@ -553,5 +597,97 @@ mod csv_tests {
             assert_eq!(csv_field(plain), plain);
         }
         assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
+}
+
+#[cfg(test)]
+mod currency_tests {
+    use super::*;
+    use crate::ledger::segments;
+
+    fn ledger(records: &[String]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let mut prev = segments::GENESIS;
+        for (i, r) in records.iter().enumerate() {
+            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
+        }
+        std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
+        dir
+    }
+
+    fn auction(n: u32, day: &str) -> String {
+        format!(
+            r#"{{"type":"auction","v":5,"generation":1,"at":"{day}T10:00:00.000Z","auction_id":"au_{n}","ping_id":"pg_{n}","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"b","outcome":"bid","bid_micros":15000000}}],"winner":"b","bid_micros":15000000,"seller_price_micros":12000000,"took_us":5}}"#
+        )
+    }
+
+    fn sale(n: u32, day: &str, currency: &str, bid: i64, price: i64) -> String {
+        format!(
+            r#"{{"type":"sale","v":5,"generation":2,"at":"{day}T10:00:01.000Z","lead_id":"ld_{n}","ping_id":"pg_{n}","auction_id":"au_{n}","seller":"s","buyer":"b","vertical":"v","currency":"{currency}","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{}}}"#,
+            bid - price
+        )
+    }
+
+    /// A vertical whose currency a reload changed from USD to JPY: its USD sale and its
+    /// JPY sale are never added, in any grouping or format.
+    #[test]
+    fn sales_count_in_the_currency_recorded_on_them_never_the_verticals_first() {
+        let dir = ledger(&[
+            auction(1, "2026-11-29"),
+            sale(1, "2026-11-29", "USD", 15_000_000, 12_000_000),
+            auction(2, "2026-11-29"),
+            sale(2, "2026-11-29", "JPY", 30_000_000, 24_000_000),
+        ]);
+        let usd_only: HashMap<String, String> = [("v".to_string(), "USD".to_string())].into();
+        let reports = build(dir.path(), DateRange::default(), &usd_only).unwrap();
+        for by in By::ALL {
+            let r = &reports.by[&by];
+            let totals: Vec<(&str, u64, i64, i64, i64)> = r
+                .totals
+                .iter()
+                .map(|t| {
+                    (
+                        t.currency.as_str(),
+                        t.sales,
+                        t.revenue_micros,
+                        t.payouts_micros,
+                        t.margin_micros,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                totals,
+                [
+                    ("JPY", 1, 30_000_000, 24_000_000, 6_000_000),
+                    ("USD", 1, 15_000_000, 12_000_000, 3_000_000)
+                ],
+                "by {}: {}",
+                by.as_str(),
+                r.table()
+            );
+            for row in &r.rows {
+                let money = (row.revenue_micros, row.currency.as_str());
+                assert!(
+                    matches!(money, (0 | 15_000_000, "USD") | (0 | 30_000_000, "JPY")),
+                    "by {}: a row adds currencies: {row:?}",
+                    by.as_str()
+                );
+            }
+            let csv = r.csv();
+            assert!(csv.contains(",JPY,") && csv.contains(",USD,"), "{csv}");
+            assert!(!csv.contains("45000000"), "{csv}");
+            let json = r.json();
+            assert!(!json.contains("45000000"), "{json}");
+            assert!(!r.table().contains("45.00"), "{}", r.table());
+        }
+        // Each auction's ping counts in the currency the vertical had then.
+        let by_day = &reports.by[&By::Day];
+        let pings: Vec<(&str, u64)> = by_day
+            .rows
+            .iter()
+            .map(|r| (r.currency.as_str(), r.pings))
+            .collect();
+        assert_eq!(pings, [("JPY", 0), ("USD", 2)], "{}", by_day.table());
     }
 }

@@ -59,7 +59,21 @@ pub fn train(
     };
     if names.is_empty() {
         eprintln!("pingpost train: no vertical declares [verticals.NAME.features]; see docs/AI.md");
-        return 1;
+        return 2;
+    }
+    // Unusable arguments and inputs (exit 2) before anything is trained; 1 is kept for a
+    // training refused for its data.
+    let mut bad = false;
+    for name in &names {
+        if let Err(e) =
+            crate::models::train::check_inputs(&cfg, &cfg.server.ledger_path, name, version)
+        {
+            eprintln!("pingpost train: {e}");
+            bad = true;
+        }
+    }
+    if bad {
+        return 2;
     }
     let mut status = 0;
     for name in names {
@@ -252,6 +266,17 @@ pub fn import(
         match XgbModel::from_json(&json) {
             Err(e) => errors.push(format!("{}: {e}", path.display())),
             Ok(m) => {
+                let bound = m.margin_bound();
+                if bound.is_nan() || bound >= crate::models::MARGIN_BOUND_MAX {
+                    errors.push(format!(
+                        "{}: the leaf values are too large: the margin can reach {bound:e}, \
+                         past {:e}, where the float sum could overflow to an infinite or NaN \
+                         output",
+                        path.display(),
+                        crate::models::MARGIN_BOUND_MAX
+                    ));
+                    continue;
+                }
                 let want = kind.expected_features(spec).len();
                 if m.num_features() != want {
                     errors.push(format!(

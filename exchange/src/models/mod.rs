@@ -54,14 +54,14 @@ impl ModelSet {
         }
     }
 
-    /// The lead's 0-100 score from the lead-score model over `lead_x`.
+    /// The lead's 0-100 score from the lead-score model over `lead_x`: the output
+    /// clamped to [0, 1] (`+inf` scores 100, `-inf` 0), then `round(100 p)`. A served
+    /// model's output cannot be NaN ([`MARGIN_BOUND_MAX`] is checked at load); were it
+    /// NaN anyway, the lead scores 0, so every buyer's `score_floor` above 0 keeps it out
+    /// (never `None`, which would skip the floors).
     pub fn score(&self, lead_x: &[f32]) -> Option<u8> {
         let s = self.lead_score.as_ref()?;
-        let p = s.model.predict(lead_x);
-        if !p.is_finite() {
-            return None;
-        }
-        Some((f64::from(p).clamp(0.0, 1.0) * 100.0).round() as u8)
+        Some(score_of(s.model.predict(lead_x)))
     }
 
     /// Every way this set no longer fits `vertical` (after a configuration reload).
@@ -87,6 +87,19 @@ impl ModelSet {
         out
     }
 }
+
+/// The 0-100 score of a lead-score model's output (see [`ModelSet::score`]).
+pub fn score_of(p: f32) -> u8 {
+    if p.is_nan() {
+        return 0;
+    }
+    (f64::from(p).clamp(0.0, 1.0) * 100.0).round() as u8
+}
+
+/// Largest [`XgbModel::margin_bound`] a served model may have: below it no input can make
+/// the `f32` sum of its leaves overflow, so its output is always finite (never `±inf`,
+/// never NaN). A model past it is refused at import, swap and start.
+pub const MARGIN_BOUND_MAX: f64 = 1e37;
 
 /// `<models_dir>/<vertical>`.
 pub fn vertical_dir(learning: &LearningConfig, vertical: &str) -> PathBuf {
@@ -120,60 +133,82 @@ pub fn load_served(
 ) -> Result<Option<Served>, Vec<String>> {
     let model_path = dir.join(format!("{}.json", kind.as_str()));
     let manifest_path = dir.join(format!("{}.manifest.json", kind.as_str()));
-    match (model_path.exists(), manifest_path.exists()) {
-        (false, false) => return Ok(None),
-        (true, false) => {
-            return Err(vec![format!(
-                "{}: missing (every model needs its manifest)",
-                manifest_path.display()
-            )])
-        }
-        (false, true) => return Err(vec![format!("{}: missing", model_path.display())]),
-        (true, true) => {}
+    let (has_model, has_manifest) = (model_path.exists(), manifest_path.exists());
+    if !has_model && !has_manifest {
+        return Ok(None);
     }
+    // Every check that does not depend on a failed one runs, so a refusal lists every
+    // problem at once: a broken or missing model file does not hide its manifest's
+    // mismatches, nor a broken or missing manifest the model's.
     let mut errors = Vec::new();
-    let manifest = read_bounded(&manifest_path, MANIFEST_BYTES_MAX).and_then(|b| {
-        Manifest::from_json(&b).map_err(|e| format!("{}: {e}", manifest_path.display()))
-    });
-    let model = read_bounded(&model_path, MODEL_BYTES_MAX).and_then(|b| {
-        XgbModel::from_json(&b).map_err(|e| format!("{}: {e}", model_path.display()))
-    });
-    let (manifest, model) = match (manifest, model) {
-        (Ok(m), Ok(x)) => (m, x),
-        (a, b) => {
-            errors.extend(a.err());
-            errors.extend(b.err());
-            return Err(errors);
-        }
+    let manifest = if has_manifest {
+        read_bounded(&manifest_path, MANIFEST_BYTES_MAX).and_then(|b| {
+            Manifest::from_json(&b).map_err(|e| format!("{}: {e}", manifest_path.display()))
+        })
+    } else {
+        Err(format!(
+            "{}: missing (every model needs its manifest)",
+            manifest_path.display()
+        ))
     };
-    let Some(spec) = vertical.features.as_ref() else {
-        return Err(vec![format!(
+    let model = if has_model {
+        read_bounded(&model_path, MODEL_BYTES_MAX).and_then(|b| {
+            XgbModel::from_json(&b).map_err(|e| format!("{}: {e}", model_path.display()))
+        })
+    } else {
+        Err(format!("{}: missing", model_path.display()))
+    };
+    let spec = vertical.features.as_ref();
+    if spec.is_none() {
+        errors.push(format!(
             "vertical {} declares no [verticals.{}.features], so no model can serve it",
             vertical.name, vertical.name
-        )]);
-    };
-    for m in manifest.mismatches(kind, &vertical.name, spec) {
-        errors.push(format!("{}: the model {m}", manifest_path.display()));
-    }
-    if manifest.version != version {
-        errors.push(format!(
-            "{}: names version {:?}, but lives in directory {version:?}",
-            manifest_path.display(),
-            manifest.version
         ));
     }
-    let want = kind.expected_features(spec).len();
-    if model.num_features() != want {
-        errors.push(format!(
-            "{}: the model takes {} features, the configuration gives {want}",
-            model_path.display(),
-            model.num_features()
-        ));
+    match &manifest {
+        Ok(manifest) => {
+            if let Some(spec) = spec {
+                for m in manifest.mismatches(kind, &vertical.name, spec) {
+                    errors.push(format!("{}: the model {m}", manifest_path.display()));
+                }
+            }
+            if manifest.version != version {
+                errors.push(format!(
+                    "{}: names version {:?}, but lives in directory {version:?}",
+                    manifest_path.display(),
+                    manifest.version
+                ));
+            }
+        }
+        Err(e) => errors.push(e.clone()),
     }
-    if errors.is_empty() {
-        Ok(Some(Served { model, manifest }))
-    } else {
-        Err(errors)
+    match &model {
+        Ok(model) => {
+            if let Some(spec) = spec {
+                let want = kind.expected_features(spec).len();
+                if model.num_features() != want {
+                    errors.push(format!(
+                        "{}: the model takes {} features, the configuration gives {want}",
+                        model_path.display(),
+                        model.num_features()
+                    ));
+                }
+            }
+            let bound = model.margin_bound();
+            if bound.is_nan() || bound >= MARGIN_BOUND_MAX {
+                errors.push(format!(
+                    "{}: the leaf values are too large: the margin can reach {bound:e}, \
+                     past {MARGIN_BOUND_MAX:e}, where the float sum could overflow to an \
+                     infinite or NaN output",
+                    model_path.display()
+                ));
+            }
+        }
+        Err(e) => errors.push(e.clone()),
+    }
+    match (manifest, model, errors.is_empty()) {
+        (Ok(manifest), Ok(model), true) => Ok(Some(Served { model, manifest })),
+        _ => Err(errors),
     }
 }
 
@@ -210,6 +245,9 @@ pub fn load_set(
         ));
     }
     if !errors.is_empty() {
+        // One problem of the vertical (no features) is found for each model: once.
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|e| seen.insert(e.clone()));
         return Err(errors);
     }
     Ok(ModelSet {
@@ -331,4 +369,21 @@ pub fn list_versions(learning: &LearningConfig, vertical: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_score_is_clamped_and_never_dropped() {
+        assert_eq!(score_of(0.424), 42);
+        // Out of range (a raw-margin model): clamped, infinities included.
+        assert_eq!(score_of(50.0), 100);
+        assert_eq!(score_of(f32::INFINITY), 100);
+        assert_eq!(score_of(-2.0), 0);
+        assert_eq!(score_of(f32::NEG_INFINITY), 0);
+        // NaN (refused at load, see MARGIN_BOUND_MAX) would fail every floor above 0.
+        assert_eq!(score_of(f32::NAN), 0);
+    }
 }

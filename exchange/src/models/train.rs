@@ -350,6 +350,49 @@ pub struct Heldout {
     pub realization: Vec<Example>,
 }
 
+/// The inputs of a training of `vertical` that are unusable whatever the ledger holds:
+/// an unknown vertical or one without features, a version name that is not a plain name
+/// or already exists, a ledger directory that is missing or cannot be read. `pingpost
+/// train` exits 2 on these (a bad argument), and 1 only when training itself is refused.
+pub fn check_inputs(
+    config: &Config,
+    ledger_dir: &Path,
+    vertical: &str,
+    version: Option<&str>,
+) -> Result<(), String> {
+    let Some(&vi) = config.vertical_by_name.get(vertical) else {
+        return Err(format!("unknown vertical {vertical:?}"));
+    };
+    if config.verticals[vi].features.is_none() {
+        return Err(format!(
+            "vertical {vertical} declares no [verticals.{vertical}.features]: there is nothing to train on"
+        ));
+    }
+    if let Some(version) = version {
+        if !valid_version(version) {
+            return Err(format!(
+                "{:?} is not a model version name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)",
+                crate::server::truncate(version, 80)
+            ));
+        }
+        let dir = crate::models::set_dir(&config.learning, vertical, version);
+        if dir.exists() {
+            return Err(format!("{} already exists", dir.display()));
+        }
+    }
+    let entries = std::fs::read_dir(ledger_dir)
+        .map_err(|e| format!("the ledger directory {}: {e}", ledger_dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("the ledger directory {}: {e}", ledger_dir.display()))?
+            .path();
+        if path.is_file() {
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Trains both models of `vertical` and writes the model set (not yet serving). Errors
 /// when neither model could be trained, with every count.
 pub fn train_vertical(

@@ -71,12 +71,29 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         ("metrics", &Method::GET) => metrics(&state),
         ("reload", &Method::POST) => {
             let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
-            if let Err(e) = read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
-                return error_response(&state, &e);
+            // No body is needed; one that is sent must be JSON, as everywhere.
+            let media = super::seller::json_body_problem(&req);
+            match read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
+                Err(e) => return error_response(&state, &e),
+                Ok(body) if !body.is_empty() => {
+                    if let Some(problem) = media {
+                        return error_response(
+                            &state,
+                            &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
+                        );
+                    }
+                }
+                Ok(_) => {}
             }
             admin_reload(&state).await
         }
         ("models", &Method::POST) => {
+            if let Some(problem) = super::seller::json_body_problem(&req) {
+                return error_response(
+                    &state,
+                    &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
+                );
+            }
             let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
             let body = match read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
                 Ok(b) => b,
@@ -148,7 +165,16 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
             problems.push(proto::FieldProblem::new(truncate(k, 64), "unknown field"));
         }
     }
+    // Every problem of the body at once: unknown fields, and each known field's own.
+    let known_vertical = |s: &str| state.runtime.load().config.vertical_by_name.contains_key(s);
     let vertical = match obj.get("vertical") {
+        Some(serde_json::Value::String(s)) if !known_vertical(s) => {
+            problems.push(proto::FieldProblem::new(
+                "vertical",
+                format!("unknown vertical {:?}", truncate(s, 64)),
+            ));
+            None
+        }
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(_) => {
             problems.push(proto::FieldProblem::new("vertical", "must be a string"));
@@ -160,6 +186,17 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
         }
     };
     let version = match obj.get("version") {
+        Some(serde_json::Value::String(s)) if !crate::core::model::manifest::valid_version(s) => {
+            problems.push(proto::FieldProblem::new(
+                "version",
+                format!(
+                    "version {:?} is not a model version: 1-64 of A-Z a-z 0-9 . _ - (not \
+                     starting with a dot)",
+                    truncate(s, 80)
+                ),
+            ));
+            None
+        }
         Some(serde_json::Value::String(s)) => Some(Some(s.clone())),
         Some(serde_json::Value::Null) => Some(None),
         Some(_) => {

@@ -158,6 +158,12 @@ async fn record(
                 "the same disposition is still being recorded",
             ))
         }
+        Claim::Returned => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this lead was returned: no outcome is recorded after a return",
+            ))
+        }
     };
     let now = state.clock.now_ms();
     let decision =

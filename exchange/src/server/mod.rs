@@ -329,10 +329,42 @@ pub fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).filter(|c| !c.is_control()).collect()
 }
 
-/// Ready while the ledger is healthy. After a ledger failure (fail-stop) it answers 503
-/// with the reason until the exchange is restarted.
+/// Ready while the ledger is healthy and every vertical's champion model loaded. After a
+/// ledger failure (fail-stop) it answers 503 with the reason until the exchange is
+/// restarted; while a vertical's `CHAMPION` names a model that failed to load and no
+/// model serves that vertical, 503 naming it, until a model (or none, on purpose) is
+/// served for it (`POST /admin/models`, or a `CHAMPION` the directory watch can serve).
 fn readyz(state: &AppState) -> Response<Body> {
+    let unserved = state.unserved_champions();
     match state.ledger.failure() {
+        None if !unserved.is_empty() => {
+            // The reason names the vertical and version only: the problems (with paths)
+            // are in the log, and this probe needs no authentication.
+            let failed: serde_json::Map<String, serde_json::Value> = unserved
+                .iter()
+                .map(|(v, f)| (v.clone(), truncate(&f.version, 64).into()))
+                .collect();
+            let reason = unserved
+                .iter()
+                .map(|(v, f)| {
+                    format!(
+                        "vertical {v}: the champion model {:?} failed to load ({} problem(s), \
+                         in the log), so no model serves it; POST /admin/models serves one",
+                        truncate(&f.version, 64),
+                        f.problems.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            json_response(
+                503,
+                to_json(&serde_json::json!({
+                    "status": "not_ready",
+                    "reason": reason,
+                    "models_failed": failed,
+                })),
+            )
+        }
         None => {
             // Which model version serves each vertical that declares features (null: none
             // yet, so cold-start rates).

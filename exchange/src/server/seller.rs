@@ -667,6 +667,7 @@ async fn direct_post(
                 consent: &req.consent,
                 test: req.test,
                 quoted,
+                currency: &cfg.verticals[vertical].currency,
                 ranked: award.ranked,
                 reservation: award.reservation,
                 auction_started_ms: award.arrival,
@@ -780,6 +781,9 @@ async fn post(
             consent: &env.consent,
             test: quote.test,
             quoted: quote.price,
+            // The quote keeps the currency it was made in (a reload may have changed the
+            // vertical's since): the buyer bid and the seller was quoted in it.
+            currency: &quote.currency,
             ranked: quote.ranked.clone(),
             reservation: quote.reservation.clone(),
             auction_started_ms: quote.auctioned_at,

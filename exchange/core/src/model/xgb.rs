@@ -226,6 +226,28 @@ impl XgbModel {
         self.base_margin
     }
 
+    /// An upper bound of `|margin|` over every possible row: `|base_margin|` plus, per
+    /// tree, its largest `|leaf value|`, summed in `f64`. While it stays well below
+    /// `f32::MAX` no row's `f32` sum can overflow, so every output is finite (never
+    /// `±inf`, never NaN from `inf - inf`), whatever the input.
+    pub fn margin_bound(&self) -> f64 {
+        let mut bound = f64::from(self.base_margin).abs();
+        for (i, &start) in self.roots.iter().enumerate() {
+            let end = self
+                .roots
+                .get(i + 1)
+                .map_or(self.nodes.len(), |&e| e as usize);
+            let tree = self.nodes.get(start as usize..end).unwrap_or(&[]);
+            let largest = tree
+                .iter()
+                .filter(|n| n.meta & LEAF != 0)
+                .map(|n| f64::from(n.value).abs())
+                .fold(0.0, f64::max);
+            bound += largest;
+        }
+        bound
+    }
+
     /// The raw margin of one row. NaN (or a column past the end of `row`) is missing.
     pub fn predict_margin(&self, row: &[f32]) -> f32 {
         if let Some(c) = &self.compact {
@@ -1168,6 +1190,22 @@ mod tests {
 
     fn logit(p: f32) -> f32 {
         -((1.0f32 / p - 1.0f32).ln())
+    }
+
+    #[test]
+    fn the_margin_bound_sums_each_trees_largest_leaf() {
+        let m = load(&tiny("binary:logitraw", "0")).unwrap();
+        // |base margin 0| + max(|0.25|, |-0.5|, |0.75|) + |0.125|.
+        assert_eq!(m.margin_bound(), 0.875);
+        let m = load(&tiny("binary:logitraw", "0.5")).unwrap();
+        assert_eq!(m.margin_bound(), 1.375);
+        // Leaves that are finite alone but overflow a float when summed.
+        let big = tiny("binary:logistic", "5E-1")
+            .replace("-0.5,0.75]", "-0.5,3e38]")
+            .replace("[0.125]", "[3e38]");
+        let m = load(&big).unwrap();
+        assert!(m.margin_bound() > 5e38);
+        assert_eq!(m.predict_margin(&[1.0, 0.0]), f32::INFINITY);
     }
 
     #[test]

@@ -72,18 +72,18 @@ pub(super) fn read_vertical(
         .into_iter()
         .map(|(field, section)| read_field(field, section, p))
         .collect();
-    let (features, routing) = if fields.iter().all(Option::is_some) {
+    let features = if fields.iter().all(Option::is_some) {
         let schema = VerticalSchema {
             fields: fields.iter().flatten().cloned().collect(),
         };
-        let features = super::features::read_features(&mut s, &schema, p);
-        (features, super::features::read_routing(&mut s, p))
+        super::features::read_features(&mut s, &schema, p)
     } else {
         // Field problems are reported; features name fields, so they wait for a clean schema.
         s.opt("features");
-        s.opt("routing");
-        (None, Default::default())
+        None
     };
+    // Routing names no field: its problems are reported with the fields' ones.
+    let routing = super::features::read_routing(&mut s, p);
     s.finish(p);
 
     if p.len() > before {

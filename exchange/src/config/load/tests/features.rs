@@ -166,6 +166,13 @@ fn bad_routing_and_learning_are_named() {
         ("routing = { colour = 1 }", "unknown key"),
     ] {
         has(&errors(&[("#VERTICAL", line)]), needle);
+        // A broken field does not hide them: every problem at once.
+        let both = errors(&[
+            ("#VERTICAL", line),
+            ("#FIELD", "type = \"number\"\nmin = 5\nmax = 1"),
+        ]);
+        has(&both, needle);
+        has(&both, "verticals.auto.fields.extra");
     }
     for (line, needle) in [
         ("heldout_pct = 90", "heldout_pct"),

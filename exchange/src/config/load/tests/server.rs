@@ -101,6 +101,29 @@ fn a_non_loopback_admin_listener_needs_tls() {
 }
 
 #[test]
+fn the_admin_listener_cannot_share_the_seller_port() {
+    let admin =
+        |listen: &str| format!("\n[admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"{listen}\"");
+    for listen in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+        let server = ("#SERVER", "listen = \"127.0.0.1:8080\"");
+        let e = errors(&[server, ("#BUYER", &admin(listen))]);
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("admin.listen: is the seller listener's port too")),
+            "{listen}: {e:?}"
+        );
+    }
+    // Another port, or another address on the same port, loads.
+    for listen in ["127.0.0.1:8081", "127.0.0.2:8080"] {
+        let c = ok(&[
+            ("#SERVER", "listen = \"127.0.0.1:8080\""),
+            ("#BUYER", &admin(listen)),
+        ]);
+        assert!(c.admin.token.is_some());
+    }
+}
+
+#[test]
 fn a_secret_pasted_where_a_variable_name_belongs_is_never_printed() {
     // A `whsec_` secret (and many tokens) are letters, digits and `_`: a valid-looking
     // variable name. The message names the key, not the secret.
