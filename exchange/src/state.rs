@@ -801,16 +801,16 @@ impl AppState {
     /// calls this on a timer.
     pub fn sweep(&self) {
         let now = self.clock.now_ms();
-        let expired = self.quotes.sweep(now);
+        let expired = self.quotes.sweep_named(now);
         if !expired.is_empty() {
             let rt = self.runtime.load();
-            for r in expired {
+            for (r, ping_id) in expired {
                 let former = self.ids.buyer_id(r.buyer);
                 let drop = drop_hold(
                     &rt.config,
                     rt.generation,
                     r,
-                    None,
+                    Some(&ping_id),
                     None,
                     former.as_deref(),
                     now,

@@ -658,3 +658,64 @@ async fn a_threaded_stop_waits_for_a_late_post_answer() {
         .iter()
         .any(|r| r["type"] == "post_attempt" && r["outcome"] == "late_accept"));
 }
+
+/// A quote the sweeper expired answers a post `expired` after a restart too: the
+/// sweeper's `quote_expired` names the ping (it did not, and the post was `404 unknown
+/// ping_id` after a restart, though `expired` before it).
+#[tokio::test]
+async fn a_quote_the_sweeper_expired_is_still_expired_after_a_restart() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.caps_daily(5))
+        .with(|c| c.quote_ttl_ms = 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    // Past the quote's expiry, with the sweeper's tick run (virtual time, nothing in
+    // flight), then back to real time.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(
+        pingpost::server::SWEEP_INTERVAL_MS * 3,
+    ))
+    .await;
+    tokio::time::resume();
+    assert_eq!(first.state.quotes.open_count(), 0, "the sweeper expired it");
+    let now = first.state.clock.now_ms();
+    first.shutdown().await.unwrap();
+    let expired: Vec<Value> = records(&ledger)
+        .into_iter()
+        .filter(|r| r["type"] == "quote_expired")
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["ping_id"], quote.ping_id.as_str());
+
+    // The same instant after the restart: the quote is not open again, and a post is
+    // answered `expired` as it was before the restart.
+    let config = config_in(&cfg, &ledger, &noon_zone());
+    let second = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            match app::start(config.clone(), Clock::at(now)).await {
+                Ok(r) => return r,
+                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the exchange starts");
+    assert_eq!(second.state.quotes.open_count(), 0);
+    let answer = SellerClient::new(second.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(
+        answer.status,
+        proto::seller::PostStatus::Expired,
+        "{answer:?}"
+    );
+    assert_eq!(*a.posts.lock().unwrap(), 0);
+    second.shutdown().await.unwrap();
+}

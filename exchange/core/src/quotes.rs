@@ -470,6 +470,13 @@ impl QuoteBook {
     /// returns their reservations for the caller to release; forgets finished entries
     /// `done_ttl_ms` old. A posting quote is left to its post.
     pub fn sweep(&self, now: UnixMs) -> Vec<Reservation> {
+        self.sweep_named(now).into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// [`sweep`](QuoteBook::sweep), with each reservation's ping id, for its
+    /// `quote_expired` record: recovery reads it to answer a post of that ping
+    /// `expired` after a restart, as before it.
+    pub fn sweep_named(&self, now: UnixMs) -> Vec<(Reservation, String)> {
         let mut reservations = Vec::new();
         loop {
             let due: Vec<(UnixMs, CompactId)> = {
@@ -503,8 +510,11 @@ impl QuoteBook {
                 if now < q.expires_at || at != q.expires_at {
                     continue;
                 }
-                reservations.extend(q.reservation.take());
+                let held = q.reservation.take();
                 let seller = e.seller;
+                if let Some(r) = held {
+                    reservations.push((r, o.key().to_string_exact()));
+                }
                 self.done.lock().push(o.key(), seller, now, None);
                 o.remove();
                 self.open.fetch_sub(1, Ordering::AcqRel);

@@ -525,7 +525,8 @@ pub struct HoldLine<'a> {
 pub struct QuoteHoldRecord<'a> {
     #[serde(flatten)]
     pub head: Head,
-    /// The quote's ping id, when known (the sweeper sees only the hold).
+    /// The quote's ping id (the sweeper's `quote_expired` has it too, so recovery can
+    /// answer a later post of that ping `expired`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping_id: Option<&'a str>,
     pub buyer: &'a str,
