@@ -556,6 +556,11 @@ fn main() -> anyhow::Result<()> {
         }?;
         if let Some(l) = listen {
             cfg.server.listen = l;
+            if let Some(problem) = config::shared_listener_problem(&cfg.admin, l) {
+                return Err(config::ConfigErrors(vec![format!(
+                    "admin.listen: {problem} (from --listen)"
+                )]));
+            }
         }
         if let Some(p) = &ledger {
             cfg.server.ledger_path = p.clone();

@@ -140,6 +140,9 @@ fn target_slots(config: &Config) -> Arc<Vec<OnceLock<Option<Box<Target>>>>> {
 /// overrides and environment.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
 
+/// The version a [`ChampionFailure`] names when `CHAMPION` itself cannot be read.
+pub const UNREADABLE_CHAMPION: &str = "(CHAMPION unreadable)";
+
 /// A vertical's `CHAMPION` that could not be served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChampionFailure {
@@ -718,7 +721,33 @@ impl AppState {
             if v.features.is_none() {
                 continue;
             }
-            let want = crate::models::read_champion(&rt.config.learning, &v.name);
+            let want = match crate::models::read_champion_checked(&rt.config.learning, &v.name) {
+                Ok(want) => want,
+                Err(problem) => {
+                    // Not "no model": the operator named something that cannot be read.
+                    let mut failures = self.champion_failures.lock();
+                    let known = failures
+                        .get(&v.name)
+                        .is_some_and(|f| f.version == UNREADABLE_CHAMPION);
+                    if !known {
+                        tracing::error!(
+                            vertical = %v.name,
+                            error = %problem,
+                            "CHAMPION cannot be read; what serves stays (no model at the \
+                             start: cold-start rates, and /readyz answers 503 until a model \
+                             is served)"
+                        );
+                        failures.insert(
+                            v.name.clone(),
+                            ChampionFailure {
+                                version: UNREADABLE_CHAMPION.into(),
+                                problems: vec![problem],
+                            },
+                        );
+                    }
+                    continue;
+                }
+            };
             let have = rt
                 .models
                 .get(vi)

@@ -264,3 +264,46 @@ async fn admin_bodies_must_be_json_or_absent() {
     let r = send("/admin/reload", Some("application/json"), b"{}".to_vec()).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// `--listen` onto the admin listener's port is refused like the same clash in the file
+/// (`--check-config` said OK, and the start then failed with "Address already in use").
+#[test]
+fn a_listen_override_onto_the_admin_port_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestConfig::new();
+    let toml = cfg.toml(&dir.path().join("ledger")).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:19999\"",
+    );
+    assert!(
+        toml.contains("127.0.0.1:19999"),
+        "the admin address was set"
+    );
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, toml).unwrap();
+    let check = |listen: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&file)
+            .args(["--listen", listen, "--check-config"])
+            .envs(cfg.env_vars())
+            .output()
+            .unwrap()
+    };
+    for clash in ["127.0.0.1:19999", "0.0.0.0:19999"] {
+        let out = check(clash);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{clash}: {err}");
+        assert!(
+            err.contains("admin.listen: is the seller listener's port too")
+                && err.contains("--listen"),
+            "{clash}: {err}"
+        );
+    }
+    let out = check("127.0.0.1:19998");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

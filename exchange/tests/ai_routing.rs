@@ -741,6 +741,25 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    // A ledger that does not verify (one changed byte) is unusable, not too little data.
+    let changed = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&ex.ledger_path).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            if let Some(at) = text.find(r#""type":"auction""#) {
+                bytes[at + 14] = b'N'; // "auctioN": same length, another checksum
+            }
+            std::fs::write(changed.path().join(name), bytes).unwrap();
+        }
+    }
+    let changed_dir = changed.path().to_string_lossy().to_string();
+    let out = run(&["train", "--config", &cfg, "--ledger", &changed_dir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not verify"), "{err}");
     // The first became the champion (none served); the second only if it beat it.
     assert_eq!(versions[0]["promoted"], true, "{}", versions[0]);
     let champion_file = ex
@@ -958,4 +977,26 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
     let r = client.get("/readyz").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["models"][VERTICAL], Value::Null);
+
+    // A CHAMPION that exists but cannot be read (over its 4 KiB bound, or a directory)
+    // is a failed champion too, never "no model".
+    for unreadable in ["too big", "a directory"] {
+        if unreadable == "too big" {
+            std::fs::write(&champion, format!("nope{}", " ".repeat(5_000))).unwrap();
+        } else {
+            std::fs::remove_file(&champion).unwrap();
+            std::fs::create_dir(&champion).unwrap();
+        }
+        running.state.sync_champions();
+        let r = client.get("/readyz").await;
+        assert_eq!(r.status, 503, "{unreadable}: {}", r.text());
+        assert_eq!(
+            r.json()["models_failed"][VERTICAL],
+            pingpost::state::UNREADABLE_CHAMPION,
+            "{unreadable}"
+        );
+    }
+    std::fs::remove_dir(&champion).unwrap();
+    running.state.sync_champions();
+    assert_eq!(client.get("/readyz").await.status, 200);
 }

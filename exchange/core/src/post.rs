@@ -318,6 +318,8 @@ impl<'a> PostPlan<'a> {
                     (true, _) => UnsoldReason::NoBids,
                     (false, 0) if self.removed > 0 => UnsoldReason::BuyerRemoved,
                     (false, 0) => UnsoldReason::NoBuyerAvailable,
+                    // The deadline cut the last attempt short: it ended the post.
+                    (false, _) if now >= self.deadline => UnsoldReason::PostDeadline,
                     (false, _) => UnsoldReason::AllBuyersRejected,
                 };
                 return self.unsold(reason, now);

@@ -700,6 +700,56 @@ fn an_expired_fallback_bid_is_skipped_and_a_huge_expiry_is_not_expired() {
     );
 }
 
+/// The deadline cut the last candidate's attempt short: the post ended on the deadline,
+/// and says so (`post_deadline`), not `all_buyers_rejected`; when every buyer answered
+/// no in time it is `all_buyers_rejected`.
+#[test]
+fn a_post_the_deadline_ends_on_its_last_candidate_says_post_deadline() {
+    for (last, want) in [
+        (AttemptResult::Timeout, UnsoldReason::PostDeadline),
+        (
+            AttemptResult::Rejected { reason: None },
+            UnsoldReason::AllBuyersRejected,
+        ),
+    ] {
+        let f = Fixture::new(1_000);
+        let s = Settlement::new(&f.caps);
+        let start = T + 1_000;
+        let mut plan = f.plan(f.award([None; 4]), start);
+        let mut now = start;
+        for i in 0..4 {
+            let PostStep::Deliver(a) = plan.next(&s, now) else {
+                panic!("delivery {i}")
+            };
+            run(&s, plan.effects());
+            if i < 3 {
+                now += 10;
+                plan.on_result(AttemptResult::Rejected { reason: None }, now);
+            } else {
+                // The last fallback: its bound is what the deadline left.
+                assert_eq!(a.timeout_ms, 1_000 - 30);
+                now = if matches!(last, AttemptResult::Timeout) {
+                    start + 1_000
+                } else {
+                    now + 10
+                };
+                plan.on_result(last.clone(), now);
+            }
+            if let Some(late) = plan.take_late_hold() {
+                run(&s, [crate::post::settle_late(late, false)].into_iter());
+            }
+        }
+        let step = plan.next(&s, now);
+        let effects = run(&s, plan.effects());
+        assert_eq!(step, PostStep::Unsold(want));
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::Record(Record::Unsold(u)) if u.reason == want.as_str() && u.attempts == 4
+        )));
+        assert_eq!(f.held(), [0, 0, 0, 0]);
+    }
+}
+
 #[test]
 fn the_post_deadline_bounds_every_attempt_and_ends_the_post() {
     let f = Fixture::new(300);

@@ -27,7 +27,9 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::{Buyer, BuyerKey, Config, Seller, SellerIdx, SellerKey, Vertical, VerticalIdx};
+use super::{
+    AdminConfig, Buyer, BuyerKey, Config, Seller, SellerIdx, SellerKey, Vertical, VerticalIdx,
+};
 
 use admin::read_admin;
 use buyers::read_buyer;
@@ -121,6 +123,22 @@ pub fn load_file_with_env(
     load_str_with_env(&text, env)
 }
 
+/// Why the admin listener cannot start beside a seller listener on `listen`, if it
+/// cannot: both would bind the same port, and the second would fail at start naming no
+/// other process. Also checked after a `--listen` override.
+pub fn shared_listener_problem(
+    admin: &AdminConfig,
+    listen: std::net::SocketAddr,
+) -> Option<String> {
+    let a = admin.listen;
+    let overlap = a.ip() == listen.ip() || a.ip().is_unspecified() || listen.ip().is_unspecified();
+    (admin.token.is_some() && a.port() == listen.port() && a.port() != 0 && overlap).then(|| {
+        format!(
+            "is the seller listener's port too (server.listen = \"{listen}\"): give the admin listener its own"
+        )
+    })
+}
+
 /// [`load_str`] with the environment given as a lookup function: `env(name)` is the value
 /// of the variable `name` if it is set. Buyer secrets are read through it and nothing else.
 pub fn load_str_with_env(
@@ -139,14 +157,8 @@ pub fn load_str_with_env(
     let admin = read_admin(admin_section, env, &mut p);
     let learning_section = top.section_or_empty(&mut p, "learning");
     let learning = learning::read_learning(learning_section, &mut p);
-    let (a, l) = (admin.listen, server.listen);
-    let overlap = a.ip() == l.ip() || a.ip().is_unspecified() || l.ip().is_unspecified();
-    if admin.token.is_some() && a.port() == l.port() && a.port() != 0 && overlap {
-        // Both would bind it and the second would fail at start, naming no other process.
-        p.at(
-            "admin.listen",
-            format!("is the seller listener's port too (server.listen = \"{l}\"): give the admin listener its own"),
-        );
+    if let Some(problem) = shared_listener_problem(&admin, server.listen) {
+        p.at("admin.listen", problem);
     }
     if !admin.listen.ip().is_loopback() && server.listener.tls.is_none() {
         // The admin token and the metrics would cross the network in cleartext.

@@ -24,7 +24,8 @@
 mod load;
 
 pub use load::{
-    load_file, load_file_with_env, load_str, load_str_with_env, ConfigErrors, BUYERS_MAX,
+    load_file, load_file_with_env, load_str, load_str_with_env, shared_listener_problem,
+    ConfigErrors, BUYERS_MAX,
 };
 pub use pingpost_core::config::*;
 

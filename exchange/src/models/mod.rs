@@ -258,11 +258,32 @@ pub fn load_set(
     })
 }
 
-/// The version `CHAMPION` names (`None`: no file, or empty).
+/// Longest `CHAMPION` file read (a version name is at most 64 characters).
+pub const CHAMPION_BYTES_MAX: usize = 4096;
+
+/// The version `CHAMPION` names (`None`: no file, an unreadable one, or empty). The
+/// serving path uses [`read_champion_checked`], which tells an unreadable file apart.
 pub fn read_champion(learning: &LearningConfig, vertical: &str) -> Option<String> {
-    let text = read_bounded(&vertical_dir(learning, vertical).join(CHAMPION), 4096).ok()?;
+    read_champion_checked(learning, vertical).ok().flatten()
+}
+
+/// The version `CHAMPION` names: `Ok(None)` when there is no file or it is empty (no
+/// model, on purpose); `Err` when it exists but cannot be read as one (a directory, over
+/// [`CHAMPION_BYTES_MAX`], unreadable), which is a failed champion, not "no model".
+pub fn read_champion_checked(
+    learning: &LearningConfig,
+    vertical: &str,
+) -> Result<Option<String>, String> {
+    let path = vertical_dir(learning, vertical).join(CHAMPION);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Ok(m) if m.is_dir() => return Err(format!("{}: is a directory", path.display())),
+        Ok(_) => {}
+    }
+    let text = read_bounded(&path, CHAMPION_BYTES_MAX)?;
     let v = String::from_utf8_lossy(&text).trim().to_string();
-    (!v.is_empty()).then_some(v)
+    Ok((!v.is_empty()).then_some(v))
 }
 
 /// The versions that served, oldest first.

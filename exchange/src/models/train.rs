@@ -390,6 +390,19 @@ pub fn check_inputs(
             std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
+    // A ledger that does not verify (a changed line, a missing segment) is an unusable
+    // input, not too little data: waiting for more would never help.
+    let check = crate::ledger::segments::verify(ledger_dir)
+        .map_err(|e| format!("{}: {e}", ledger_dir.display()))?;
+    if let Some(p) = check
+        .problem
+        .as_ref()
+        .filter(|p| !p.is_torn_tail(ledger_dir))
+    {
+        return Err(format!(
+            "the ledger does not verify: {p} (`pingpost ledger verify` shows what is wrong)"
+        ));
+    }
     Ok(())
 }
 
