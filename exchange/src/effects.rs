@@ -25,10 +25,14 @@ pub fn health(state: &AppState) -> &dyn BuyerHealth {
     &state.breakers
 }
 
-fn ping_label(o: BuyerOutcome) -> Option<PingOutcome> {
+/// The metric label of a buyer's ping outcome. `breaker` is what the breaker learns: a
+/// timeout it learns nothing from is a buyer never pinged for want of time (the core's
+/// `no_time_left`, the seller's request was late), counted apart from buyer timeouts.
+fn ping_label(o: BuyerOutcome, breaker: Option<bool>) -> Option<PingOutcome> {
     Some(match o {
         BuyerOutcome::SkippedFanout => PingOutcome::SkippedFanout,
         BuyerOutcome::SkippedBreaker => PingOutcome::SkippedBreaker,
+        BuyerOutcome::Timeout if breaker.is_none() => PingOutcome::NoTimeLeft,
         BuyerOutcome::Timeout => PingOutcome::Timeout,
         BuyerOutcome::Bid => PingOutcome::Bid,
         BuyerOutcome::NoBid => PingOutcome::NoBid,
@@ -90,7 +94,7 @@ pub async fn execute<'a>(
                 breaker,
             } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
-                    if let Some(label) = ping_label(outcome) {
+                    if let Some(label) = ping_label(outcome, breaker) {
                         m.ping(label);
                     }
                     if let Some(us) = took_us {
@@ -204,5 +208,26 @@ pub fn late_answer(state: &AppState, rt: &Runtime, buyer: usize) {
 pub async fn record(state: &AppState, rec: &Record<'_>) {
     if let Err(e) = state.ledger.write(rec).await {
         tracing::error!(error = %e, kind = rec.kind(), "ledger append failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buyer_not_pinged_for_want_of_time_is_not_counted_a_timeout() {
+        // What the core's `no_time_left` line carries: a timeout the breaker learns
+        // nothing from (the seller's request was late, not the buyer).
+        assert_eq!(
+            ping_label(BuyerOutcome::Timeout, None),
+            Some(PingOutcome::NoTimeLeft)
+        );
+        assert_eq!(
+            ping_label(BuyerOutcome::Timeout, BuyerOutcome::Timeout.breaker_ok()),
+            Some(PingOutcome::Timeout)
+        );
+        assert_eq!(PingOutcome::NoTimeLeft.as_str(), "no_time_left");
+        assert!(PingOutcome::ALL.contains(&PingOutcome::NoTimeLeft));
     }
 }

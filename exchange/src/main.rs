@@ -475,7 +475,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "pingpost=info".into()),
+                // The shared listener (bidder_sdk::listener) logs `accept failed` and
+                // `drain timed out`, lines OPERATIONS.md says to alert on.
+                .unwrap_or_else(|_| "pingpost=info,bidder_sdk=info".into()),
         )
         // Colour codes only for a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

@@ -27,6 +27,9 @@ pub enum PingOutcome {
     Bid,
     NoBid,
     Timeout,
+    /// Not pinged: the auction had no time left for it (a seller's request arrived or was
+    /// read late). Not the buyer's doing, so not a `timeout`.
+    NoTimeLeft,
     Error,
     /// Answered, but not a valid answer (garbage, wrong content type, non-200).
     Invalid,
@@ -39,10 +42,11 @@ pub enum PingOutcome {
 }
 
 impl PingOutcome {
-    pub const ALL: [PingOutcome; 9] = [
+    pub const ALL: [PingOutcome; 10] = [
         PingOutcome::Bid,
         PingOutcome::NoBid,
         PingOutcome::Timeout,
+        PingOutcome::NoTimeLeft,
         PingOutcome::Error,
         PingOutcome::Invalid,
         PingOutcome::SkippedBreaker,
@@ -56,6 +60,7 @@ impl PingOutcome {
             PingOutcome::Bid => "bid",
             PingOutcome::NoBid => "no_bid",
             PingOutcome::Timeout => "timeout",
+            PingOutcome::NoTimeLeft => "no_time_left",
             PingOutcome::Error => "error",
             PingOutcome::Invalid => "invalid",
             PingOutcome::SkippedBreaker => "skipped_breaker",

@@ -49,9 +49,20 @@ pub struct Runtime {
     /// ten thousand configured buyers cost a pointer each until they are pinged). Shared
     /// by the runtimes of one configuration (a model swap keeps them).
     pub ping_targets: Arc<Vec<OnceLock<Option<Box<Target>>>>>,
+    /// `GET /openapi.json` for this configuration, made on first use and shared by every
+    /// answer (one buffer, however many clients are slow to read it). Shared by the
+    /// runtimes of one configuration (a model swap keeps it).
+    pub openapi: Arc<OnceLock<bytes::Bytes>>,
 }
 
 impl Runtime {
+    /// The seller API document of this runtime's configuration (see [`Runtime::openapi`]).
+    pub fn openapi_document(&self) -> bytes::Bytes {
+        self.openapi
+            .get_or_init(|| bytes::Bytes::from(crate::openapi::document(&self.config)))
+            .clone()
+    }
+
     /// Buyer `idx`'s series, resolved on first use.
     pub fn buyer_metrics(&self, metrics: &Metrics, idx: usize) -> Option<&BuyerMetrics> {
         let slot = self.buyer_metrics.get(idx)?;
@@ -536,6 +547,7 @@ impl AppState {
                 models: vec![None; vertical_count],
                 buyer_metrics,
                 ping_targets,
+                openapi: Arc::default(),
             }),
             ids,
             ledger,
@@ -629,6 +641,7 @@ impl AppState {
             generation,
             models,
             buyer_metrics,
+            openapi: Arc::default(),
         }));
         tls.apply(self);
         self.metrics.config_generation.set(generation as i64);
@@ -693,6 +706,7 @@ impl AppState {
             models,
             buyer_metrics: metric_slots(&old.config, Some(&old)),
             ping_targets: Arc::clone(&old.ping_targets),
+            openapi: Arc::clone(&old.openapi),
         }));
         self.metrics.config_generation.set(generation as i64);
         // Whatever failed to load for this vertical before no longer matters: it serves

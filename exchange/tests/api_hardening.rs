@@ -422,6 +422,12 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
         )
         .await;
     wrong.assert_error(405, "method_not_allowed");
+    // One buffer per configuration, shared by every answer (a client that never reads
+    // holds no copy of its own), and the same bytes each time.
+    let rt = ex.state.runtime.load();
+    let (a, b) = (rt.openapi_document(), rt.openapi_document());
+    assert_eq!(a.as_ptr(), b.as_ptr(), "made once, shared");
+    assert_eq!(ex.client.get("/openapi.json").await.body, a);
 }
 
 /// Distinctive PII values: if any shows up in an answer or the ledger, it was echoed.

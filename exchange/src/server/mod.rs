@@ -319,10 +319,17 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     resp
 }
 
-/// `GET /openapi.json`: this exchange's seller API, built from the running configuration.
+/// `GET /openapi.json`: this exchange's seller API, built from the running configuration
+/// once per configuration: every answer shares the one buffer, so a client that never
+/// reads its answers (an HTTP/2 window of 0, many streams) holds no copy of its own.
 fn openapi_json(state: &AppState) -> Response<Body> {
     let rt = state.runtime.load();
-    json_response(200, crate::openapi::document(&rt.config))
+    let mut resp = Response::new(Full::new(rt.openapi_document()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 pub fn truncate(s: &str, n: usize) -> String {
