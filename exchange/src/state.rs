@@ -87,7 +87,10 @@ impl Runtime {
 
 /// The old runtime's model sets for the new configuration, by vertical name; a set that
 /// no longer fits its vertical refuses the reload.
-fn carry_models(old: &Runtime, config: &Config) -> Result<Vec<Option<Arc<ModelSet>>>, ReloadError> {
+fn carry_models(
+    old: &Runtime,
+    config: &Config,
+) -> Result<Vec<Option<Arc<ModelSet>>>, Vec<FieldProblem>> {
     let mut problems = Vec::new();
     let models = config
         .verticals
@@ -111,7 +114,7 @@ fn carry_models(old: &Runtime, config: &Config) -> Result<Vec<Option<Arc<ModelSe
     if problems.is_empty() {
         Ok(models)
     } else {
-        Err(ReloadError::Invalid(problems))
+        Err(problems)
     }
 }
 
@@ -595,13 +598,21 @@ impl AppState {
 
     fn apply_locked(&self, mut config: Config) -> Result<u64, ReloadError> {
         let old = self.runtime.load_full();
-        let problems = fixed_setting_changes(&old.config, &config);
-        if !problems.is_empty() {
-            return Err(ReloadError::Invalid(problems));
-        }
+        // Every problem at once: settings that need a restart, the TLS files and the
+        // models the new configuration would carry. Nothing has changed yet.
+        let mut problems = fixed_setting_changes(&old.config, &config);
         // Certificate, key and buyer CA files are read now: a broken one changes nothing.
-        let tls = crate::tls::TlsReload::prepare(self, &config.server.listener)
-            .map_err(|e| ReloadError::Invalid(vec![FieldProblem::new("server.tls", e)]))?;
+        // (TLS switched on or off is already the restart problem at `server.tls`.)
+        let tls = if problems.iter().any(|p| p.field == "server.tls") {
+            Err(())
+        } else {
+            crate::tls::TlsReload::prepare(self, &config.server.listener)
+                .map_err(|e| problems.push(FieldProblem::new("server.tls", e)))
+        };
+        let models = carry_models(&old, &config).map_err(|mut more| problems.append(&mut more));
+        let (Ok(tls), Ok(models), true) = (tls, models, problems.is_empty()) else {
+            return Err(ReloadError::Invalid(problems));
+        };
         self.ids.assign(&mut config).map_err(|e| {
             ReloadError::Invalid(vec![FieldProblem::new(
                 if e.kind == "buyer" {
@@ -633,7 +644,6 @@ impl AppState {
                     .remove_label_values(&[&gone.id, window]);
             }
         }
-        let models = carry_models(&old, &config)?;
         let generation = old.generation.saturating_add(1);
         self.runtime.store(Arc::new(Runtime {
             ping_targets: target_slots(&config),

@@ -530,6 +530,28 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
     let reply = ex.reload().await;
     refused(&reply, "features");
     assert_eq!(ex.state.generation(), gen0 + 1);
+    // With a setting that needs a restart as well: both problems in the one answer.
+    let both = text
+        .replace("version = 1\nlead", "version = 2\nlead")
+        .replace(
+            "header_read_timeout_ms = 5000",
+            "header_read_timeout_ms = 4000",
+        );
+    assert_ne!(both, text);
+    ex.write_config_text(&both);
+    let body = ex.reload().await.assert_error(400, "invalid_request");
+    let fields: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"server.header_read_timeout_ms")
+            && fields.iter().any(|f| f.ends_with(".features")),
+        "every problem at once: {body}"
+    );
+    assert_eq!(ex.state.generation(), gen0 + 1);
 
     // Version null: no model, cold start again.
     let reply = swap(&ex, json!({"vertical": VERTICAL, "version": null})).await;

@@ -270,6 +270,15 @@ fn cases() -> Vec<Case> {
             "lead.credit",
         ]),
         row(
+            "ping: integers past 64 bits get their fields' range errors, not malformed JSON (added)",
+            ping().bytes(
+                br#"{"vertical": "auto_insurance", "lead": {"state": "TX", "zip": "75001", "age": 100000000000000000000000}, "min_price": 18446744073709551616}"#,
+            ),
+            400,
+            "invalid_request",
+        )
+        .fields(&["min_price", "lead.age"]),
+        row(
             "ping: required lead fields missing",
             ping().json(json!({"vertical": VERTICAL, "lead": {"age": 42}})),
             400,

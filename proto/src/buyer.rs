@@ -416,6 +416,9 @@ mod tests {
             ("60000", Some(60_000)),
             ("null", None),
             ("1e30", Some(u64::MAX)),
+            // Past 64 bits as an integer: huge, not malformed.
+            ("18446744073709551616", Some(u64::MAX)),
+            ("99999999999999999999999999999999", Some(u64::MAX)),
         ] {
             match with(ok) {
                 BidOutcome::Bid { expires_in_ms, .. } => assert_eq!(expires_in_ms, want, "{ok}"),
