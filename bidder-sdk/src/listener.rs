@@ -27,6 +27,14 @@
 //!   2 ms to 1 s; after [`Limits::accept_errors_max`] failures in a row the loop stops
 //!   (0: never). Errors that concern one peer only (it reset before we accepted) are
 //!   skipped without back-off.
+//! - **Unread bodies** (HTTP/1.x): an answer sent before the service read the request's
+//!   body to its end carries `Connection: close`, and hyper closes the connection once
+//!   it is written: the rest of that body may still be on its way, so the connection
+//!   cannot carry another request, and the client is told so instead of finding it shut
+//!   when it sends the next one. A service says it read a body with [`BodyRead::mark`].
+//! - **Closing on request**: a response carrying [`CloseConnection`] in its extensions
+//!   closes its connection after it (HTTP/1.x: `Connection: close`; HTTP/2: GOAWAY, the
+//!   open streams finish). No `connection` header is ever put on an HTTP/2 answer.
 //! - **Shutdown**: when the shutdown future resolves the listener is closed, every
 //!   connection is asked to finish (HTTP/1.1 after its current request, HTTP/2 with
 //!   GOAWAY), and connections still open after [`Limits::drain_timeout_ms`] are dropped.
@@ -48,7 +56,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::Service;
@@ -57,7 +65,7 @@ use hyper_util::server::conn::auto;
 use proto::{ApiError, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -279,9 +287,26 @@ pub enum TlsError {
     /// The key PEM holds no private key or does not parse.
     #[error("no PEM private key (PKCS#8, PKCS#1 or SEC1) found in {0}")]
     NoKey(String),
-    /// rustls refused the pair (key does not match, unsupported algorithm...).
+    /// rustls refused the pair (unsupported algorithm...).
     #[error("certificate and key rejected: {0}")]
     Rejected(String),
+    /// The private key is not the certificate's.
+    #[error("the private key in {key} does not match the certificate in {cert}")]
+    KeyMismatch {
+        /// The key file.
+        key: String,
+        /// The certificate file.
+        cert: String,
+    },
+}
+
+/// Which of a certificate and key pair's files a [`TlsError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The certificate chain.
+    Cert,
+    /// The private key (a key that does not match the certificate counts here).
+    Key,
 }
 
 /// The largest PEM file read: certificate chains and keys are a few KB, a bundle of every
@@ -367,15 +392,76 @@ pub fn server_config_from_pem(
     Ok(config)
 }
 
-/// [`server_config_from_pem`] from two files.
+/// [`server_config_from_pem`] from two files (the first problem of
+/// [`server_config_from_files_checked`]).
 pub fn server_config_from_files(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let cert = read_pem(cert_path)?;
-    let key = read_pem(key_path)?;
-    let label = format!("{} / {}", cert_path.display(), key_path.display());
-    server_config_from_pem(&cert, &key, &label)
+    server_config_from_files_checked(cert_path, key_path).map_err(|problems| {
+        // Never empty; the certificate's problem comes first.
+        problems.into_iter().next().map_or_else(
+            || TlsError::Rejected("the certificate and key were refused".into()),
+            |(_, e)| e,
+        )
+    })
+}
+
+/// [`server_config_from_files`] with every problem at once, each with the file it is
+/// about: both files are read and parsed whatever the other's fate, and a key that is
+/// not the certificate's is the key's problem ([`TlsError::KeyMismatch`]). The
+/// certificate's problems come first; the list is never empty.
+pub fn server_config_from_files_checked(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<rustls::ServerConfig, Vec<(TlsFile, TlsError)>> {
+    use rustls::pki_types::pem::PemObject;
+    let cert_name = cert_path.display().to_string();
+    let key_name = key_path.display().to_string();
+    let mut problems = Vec::new();
+    let certs = read_pem(cert_path)
+        .and_then(|pem| certificates_from_pem(&pem, &cert_name))
+        .map_err(|e| problems.push((TlsFile::Cert, e)))
+        .ok();
+    let key = read_pem(key_path)
+        .and_then(|pem| {
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|_| TlsError::NoKey(key_name.clone()))
+        })
+        .map_err(|e| problems.push((TlsFile::Key, e)))
+        .ok();
+    let (Some(certs), Some(key)) = (certs, key) else {
+        return Err(problems);
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A key rustls cannot use is the key's problem, not the pair's.
+    if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
+        return Err(vec![(
+            TlsFile::Key,
+            TlsError::Rejected(format!("{key_name}: {e}")),
+        )]);
+    }
+    let built = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key));
+    match built {
+        Ok(mut config) => {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok(config)
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(vec![(
+            TlsFile::Key,
+            TlsError::KeyMismatch {
+                key: key_name,
+                cert: cert_name,
+            },
+        )]),
+        // The key loaded: what is left is the certificate (one rustls cannot parse).
+        Err(e) => Err(vec![(
+            TlsFile::Cert,
+            TlsError::Rejected(format!("{cert_name}: {e}")),
+        )]),
+    }
 }
 
 /// The TLS side of a listener: a rustls server configuration behind an `ArcSwap`, read
@@ -467,6 +553,37 @@ impl fmt::Debug for ListenerConfig {
     }
 }
 
+/// In the extensions of every HTTP/1.x request that has a body: the service marks it
+/// ([`BodyRead::mark`]) once it has read the body to its end. An answer to a request
+/// whose body was not read to its end carries `Connection: close` (see the module docs),
+/// so a service that answers without reading a body (a `401` before the body, a `413` on
+/// `Content-Length`) needs to do nothing.
+#[derive(Debug, Clone, Default)]
+pub struct BodyRead(Arc<AtomicBool>);
+
+impl BodyRead {
+    /// Records that the request whose extensions these are had its body read to its end
+    /// (call it after the body's last frame, with the extensions of the request's parts).
+    /// Nothing happens for a request that has no marker (one not from this listener, an
+    /// HTTP/2 request, a request without a body).
+    pub fn mark(extensions: &http::Extensions) {
+        if let Some(read) = extensions.get::<BodyRead>() {
+            read.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_read(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Put in a response's extensions to close its connection once the response is sent:
+/// over HTTP/1.x the response carries `Connection: close` (hyper closes the connection
+/// after writing it); over HTTP/2 the connection is sent GOAWAY (streams already open
+/// finish, no new one is taken). The marker itself is removed from the response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloseConnection;
+
 /// What a connection did, read by its supervisor.
 #[derive(Debug, Default)]
 struct Activity {
@@ -481,6 +598,8 @@ struct Activity {
     bytes_at_finish: AtomicU64,
     /// Whether a request came over HTTP/2.
     h2: AtomicBool,
+    /// Woken when an HTTP/2 answer asked to close its connection ([`CloseConnection`]).
+    close: Notify,
 }
 
 /// Counts a finished request when dropped (answered, or dropped by hyper).
@@ -553,12 +672,21 @@ where
     type Error = S::Error;
     type Future = BoxFuture<Result<Response<B>, S::Error>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        use hyper::body::Body as _;
         if req.version() == Version::HTTP_2 {
             self.activity.h2.store(true, Ordering::Relaxed);
         }
         self.activity.started.fetch_add(1, Ordering::Relaxed);
         let finished = Finished(Arc::clone(&self.activity));
+        let h1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+        // An HTTP/1.x body not read to its end leaves the connection unusable for another
+        // request: the answer must say `Connection: close`.
+        let body_read = (h1 && !req.body().is_end_stream()).then(|| {
+            let read = BodyRead::default();
+            req.extensions_mut().insert(read.clone());
+            read
+        });
         if let Some(error) = check_head_limits(&req, &self.limits) {
             if let Some(hook) = &self.on_refused {
                 hook();
@@ -568,12 +696,34 @@ where
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if body_read.is_some() {
+                // The body is not read.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             drop(finished);
             return Box::pin(std::future::ready(Ok(response)));
         }
         let future = self.inner.call(req);
+        let activity = Arc::clone(&self.activity);
         Box::pin(async move {
-            let result = future.await;
+            let mut result = future.await;
+            if let Ok(response) = &mut result {
+                let asked = response
+                    .extensions_mut()
+                    .remove::<CloseConnection>()
+                    .is_some();
+                let unread = body_read.as_ref().is_some_and(|read| !read.is_read());
+                if h1 && (asked || unread) {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                } else if asked && !h1 {
+                    // HTTP/2 has no `connection` header: the supervisor sends GOAWAY.
+                    activity.close.notify_one();
+                }
+            }
             drop(finished);
             result
         })
@@ -899,6 +1049,9 @@ impl Conn {
         // not finished by the next check.
         let mut closing = false;
         let mut stopping = false;
+        // Set once an answer asked to close an HTTP/2 connection and GOAWAY was sent; the
+        // idle timeout still bounds a client that keeps the connection open after it.
+        let mut goaway = false;
         let mut seen_started = 0_u64;
         let mut quiet_for = Duration::ZERO;
         let mut partial_for: Option<Duration> = None;
@@ -910,6 +1063,12 @@ impl Conn {
                         tracing::debug!(error = %e, listener = self.name, "connection ended with an error");
                     }
                     return;
+                }
+                () = activity.close.notified(), if !goaway && !closing => {
+                    // An answer asked to close (`CloseConnection`) over HTTP/2: GOAWAY,
+                    // the streams already open finish.
+                    goaway = true;
+                    conn.as_mut().graceful_shutdown();
                 }
                 _ = stop.wait_for(|s| *s), if !stopping => {
                     // Server shutdown: finish what is in flight, then close. The drain

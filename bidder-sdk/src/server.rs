@@ -417,6 +417,8 @@ impl<B: Bidder> Shared<B> {
         )?;
         let (parts, body) = request.into_parts();
         let body = read_body(body, options).await?;
+        // Read to its end: the connection can take the next request.
+        crate::listener::BodyRead::mark(&parts.extensions);
         let json = match decode(options, endpoint, &parts.headers, body, unix_now_s())? {
             Message::Ping(ping) => match catch_panic(self.bidder.answer_ping(ping)).await? {
                 PingAnswer::Reply(reply) => {

@@ -173,3 +173,141 @@ async fn oversized_heads_get_431_with_the_json_body() {
     );
     handle.shutdown().await.unwrap();
 }
+
+/// A listener whose service answers `/read` after reading the body to its end (marking
+/// it read), `/unread` without reading it, and `/close` with [`CloseConnection`].
+async fn marking_listener() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use bidder_sdk::listener::{serve_connections, BodyRead, CloseConnection, ListenerConfig};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_connections(
+        listener,
+        ListenerConfig::default(),
+        |_info: &bidder_sdk::listener::ConnInfo| {
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let path = req.uri().path().to_string();
+                let mut resp = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                match path.as_str() {
+                    "/read" => {
+                        let (parts, body) = req.into_parts();
+                        body.collect().await.unwrap();
+                        BodyRead::mark(&parts.extensions);
+                    }
+                    "/close" => {
+                        resp.extensions_mut().insert(CloseConnection);
+                    }
+                    _ => {}
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            })
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
+/// Reads one answer (head and a 2-byte body) from `stream`.
+async fn answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT_MAX, async {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") || !seen.ends_with(b"ok") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    String::from_utf8_lossy(&seen).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_says_connection_close() {
+    let (addr, _stop) = marking_listener().await;
+    let head = |path: &str| format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n");
+    // Answered before the body came: `Connection: close`, then the server closes.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head("/unread").as_bytes()).await.unwrap();
+    let a = answer(&mut s).await;
+    assert!(
+        a.starts_with("http/1.1 200") && a.contains("\r\nconnection: close\r\n"),
+        "{a}"
+    );
+    let _ = s.write_all(b"hello").await;
+    closed_at(s).await;
+    // The body read to its end: the connection carries the next request.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head("/read").as_bytes()).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let a = answer(&mut s).await;
+    assert!(
+        a.starts_with("http/1.1 200") && !a.contains("connection:"),
+        "{a}"
+    );
+    s.write_all(b"GET /other HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let a = answer(&mut s).await;
+    assert!(
+        a.starts_with("http/1.1 200") && !a.contains("connection:"),
+        "{a}"
+    );
+    // No body at all: nothing to read, the connection is kept.
+    s.write_all(b"GET /unread HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let a = answer(&mut s).await;
+    assert!(
+        a.starts_with("http/1.1 200") && !a.contains("connection:"),
+        "{a}"
+    );
+    // Asked by the service: `Connection: close`, then closed.
+    s.write_all(b"GET /close HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let a = answer(&mut s).await;
+    assert!(a.contains("\r\nconnection: close\r\n"), "{a}");
+    closed_at(s).await;
+}
+
+#[tokio::test]
+async fn close_connection_over_http2_sends_goaway_and_no_connection_header() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    let (addr, _stop) = marking_listener().await;
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // An ordinary answer keeps the connection for the next stream.
+    let r = send.send_request(get("/unread")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("connection").is_none());
+    let r = send.send_request(get("/close")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers().get("connection").is_none(),
+        "no connection header on HTTP/2"
+    );
+    // GOAWAY: the connection ends (the client did nothing to end it).
+    tokio::time::timeout(WAIT_MAX, conn)
+        .await
+        .expect("the server ends the connection in time")
+        .unwrap()
+        .unwrap();
+}

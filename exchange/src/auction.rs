@@ -129,6 +129,9 @@ pub struct AuctionInput<'a> {
     pub arrival: Instant,
     /// A direct post (`/v1/leads`) rather than a ping.
     pub direct: bool,
+    /// A keyed ping's key and body as hex SHA-256, for its auction record (direct posts'
+    /// keys go in their `post_sent` records instead).
+    pub idempotency: Option<(&'a str, &'a str)>,
 }
 
 /// Runs one auction for a validated request: the core decides, this drives the I/O.
@@ -199,6 +202,7 @@ pub async fn run_auction(
                 .map(|m| m.version.as_str()),
         },
         lead_fingerprint: Some(&fingerprint),
+        idempotency: input.idempotency,
     };
     let mut auction = Auction::new(
         params,

@@ -586,6 +586,14 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // The main thread's runtime, and SIGHUP's handler, before anything slow: the start
+    // (ledger check and replay) can take seconds, and a SIGHUP's default action would
+    // end the process. One that arrives during the start is kept and reloads once the
+    // exchange serves.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let hup = hangup_signal(&runtime);
     let workers = app::worker_count(&cfg);
     let server = match app::start_threaded(cfg, Clock::system()) {
         Ok(s) => s,
@@ -616,15 +624,12 @@ fn main() -> anyhow::Result<()> {
         });
     // The main thread only waits for a signal (and runs the demo's bidders and leads);
     // the workers serve.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let addr = server.addr;
     let state = server.state.clone();
     runtime.block_on(async move {
         // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
         // into one more, and reloads are serialized inside.
-        let reloader = tokio::spawn(reload_on_sighup(state));
+        let reloader = tokio::spawn(reload_on_sighup(state, hup));
         if args.demo {
             let demo = tokio::spawn(pingpost::demo::run(
                 addr,
@@ -651,17 +656,36 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGHUP's handler (unix), installed from now on: the signal no longer ends the process.
+/// `None` (logged) when it cannot be installed.
+#[cfg(unix)]
+fn hangup_signal(runtime: &tokio::runtime::Runtime) -> Option<tokio::signal::unix::Signal> {
+    let _in_runtime = runtime.enter();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal(_runtime: &tokio::runtime::Runtime) -> Option<()> {
+    None
+}
+
 /// Reloads the configuration on every SIGHUP (unix), logging the new generation or every
-/// problem (the running configuration stays).
-async fn reload_on_sighup(state: std::sync::Arc<pingpost::state::AppState>) {
-    #[cfg(unix)]
+/// problem (the running configuration stays). A SIGHUP that came during the start
+/// reloads once now.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    state: std::sync::Arc<pingpost::state::AppState>,
+    hup: Option<tokio::signal::unix::Signal>,
+) {
     {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
-                return;
-            }
+        let Some(mut hup) = hup else {
+            return;
         };
         while hup.recv().await.is_some() {
             let st = state.clone();
@@ -679,10 +703,11 @@ async fn reload_on_sighup(state: std::sync::Arc<pingpost::state::AppState>) {
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = state;
-    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(state: std::sync::Arc<pingpost::state::AppState>, _hup: Option<()>) {
+    let _ = state;
 }
 
 async fn shutdown_signal() {

@@ -434,7 +434,7 @@ fn responses() -> Value {
         ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
         ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight."),
         ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
-        ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, a charset other than UTF-8, or a `Content-Encoding`."),
+        ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding`."),
         ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),
     ];
     for (name, d) in plain {

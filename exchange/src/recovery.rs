@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use proto::error::{ApiError, ErrorCode};
-use proto::seller::{PostAnswer, PostStatus};
+use proto::seller::{NoBidReason, PingAnswer, PingStatus, PostAnswer, PostStatus};
 use proto::Micros;
 use serde_json::Value;
 
@@ -78,12 +78,29 @@ pub struct Sale {
     pub windows: Option<Windows>,
 }
 
+/// A keyed ping's `auction` record (what recovery needs of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedPing {
+    pub at: UnixMs,
+    pub ping_id: String,
+    pub seller: String,
+    /// `(key, body)` hex SHA-256.
+    pub key: (String, String),
+    /// Whether the auction had a winner (a quote; no `quote_opened` then means the quote
+    /// was refused, an error that kept no key).
+    pub won: bool,
+    pub no_bid: Option<String>,
+    pub score: Option<u8>,
+}
+
 /// What replaying a ledger found.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Records read.
     pub records: u64,
     pub sent: Vec<Sent>,
+    /// Pings that carried an `Idempotency-Key`, in ledger order.
+    pub keyed_pings: Vec<KeyedPing>,
     pub sales: Vec<Sale>,
     /// Unsold posts by lead id: `(reason, ping_id)`.
     pub unsold: HashMap<String, (String, String)>,
@@ -209,6 +226,24 @@ impl Scan {
                     scan.opened.insert(text(&v, "ping_id"), v);
                     continue;
                 }
+                "auction" => {
+                    let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
+                    let body = v.get("body_sha256").and_then(Value::as_str);
+                    if let Some((k, b)) = key.zip(body) {
+                        scan.keyed_pings.push(KeyedPing {
+                            at: at_of(&v),
+                            ping_id: text(&v, "ping_id"),
+                            seller: text(&v, "seller"),
+                            key: (k.to_string(), b.to_string()),
+                            won: v.get("winner").is_some_and(|w| !w.is_null()),
+                            no_bid: v.get("no_bid").and_then(Value::as_str).map(String::from),
+                            score: v
+                                .get("score")
+                                .and_then(Value::as_u64)
+                                .and_then(|s| u8::try_from(s).ok()),
+                        });
+                    }
+                }
                 "post_sent" => {
                     let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
                     let body = v.get("body_sha256").and_then(Value::as_str);
@@ -322,6 +357,40 @@ fn sold_answer(s: &Sale, buyer_names: &HashMap<&str, &str>) -> PostAnswer {
         reason: None,
         changed_fields: Vec::new(),
     }
+}
+
+/// The answer a keyed ping got, as the seller API wrote it: a `bid` from its
+/// `quote_opened`, or a `no_bid` from its auction. `None` for an auction with a winner and
+/// no quote (the quote was refused: an error answer, whose key was not kept).
+fn ping_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PingAnswer> {
+    if let Some(q) = scan.opened.get(&p.ping_id) {
+        return Some(PingAnswer {
+            ping_id: p.ping_id.clone(),
+            status: PingStatus::Bid,
+            price: Some(Micros(q.get("price_micros")?.as_i64()?)),
+            currency: Some(text(q, "currency")),
+            expires_at: Some(crate::clock::rfc3339(q.get("expires_at_ms")?.as_i64()?)),
+            reason: None,
+            score: p.score,
+        });
+    }
+    if p.won {
+        return None;
+    }
+    let reason = p
+        .no_bid
+        .as_deref()
+        .and_then(|r| serde_json::from_value(Value::String(r.to_string())).ok())
+        .unwrap_or(NoBidReason::NoBids);
+    Some(PingAnswer {
+        ping_id: p.ping_id.clone(),
+        status: PingStatus::NoBid,
+        price: None,
+        currency: None,
+        expires_at: None,
+        reason: Some(reason),
+        score: p.score,
+    })
 }
 
 /// The `unsold` answer of a post that delivered and did not sell.
@@ -482,6 +551,32 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
     for s in &scan.sent {
         if let Some((k, _)) = &s.idempotency {
             last.insert((s.seller.as_str(), k.as_str()), s);
+        }
+    }
+    // Keyed pings: the answer they got, rebuilt from the auction and its quote. A retry
+    // after a restart gets it again, and opens no second quote.
+    let mut last_ping: HashMap<(&str, &str), &KeyedPing> = HashMap::new();
+    for p in &scan.keyed_pings {
+        last_ping.insert((p.seller.as_str(), p.key.0.as_str()), p);
+    }
+    for ((seller, _), p) in last_ping {
+        let Some(seller) = cfg.sellers.iter().find(|x| x.id == seller) else {
+            continue;
+        };
+        let (Some(key), Some(body), Some(answer)) =
+            (digest(&p.key.0), digest(&p.key.1), ping_answer_of(scan, p))
+        else {
+            continue;
+        };
+        let answer = (
+            200,
+            Bytes::from(serde_json::to_vec(&answer).unwrap_or_default()),
+        );
+        if state
+            .idempotency
+            .restore(seller.key, key, body, p.at, now, answer)
+        {
+            out.keys += 1;
         }
     }
     for ((seller, key), s) in last {

@@ -606,8 +606,13 @@ impl AppState {
         let tls = if problems.iter().any(|p| p.field == "server.tls") {
             Err(())
         } else {
-            crate::tls::TlsReload::prepare(self, &config.server.listener)
-                .map_err(|e| problems.push(FieldProblem::new("server.tls", e)))
+            crate::tls::TlsReload::prepare(self, &config.server.listener).map_err(|errors| {
+                // Each at the key it names (`server.tls.key_path: …`), else `server.tls`.
+                problems.extend(errors.iter().map(|m| match field_problem(m) {
+                    p if p.field == "config" => FieldProblem::new("server.tls", m.as_str()),
+                    p => p,
+                }))
+            })
         };
         let models = carry_models(&old, &config).map_err(|mut more| problems.append(&mut more));
         let (Ok(tls), Ok(models), true) = (tls, models, problems.is_empty()) else {

@@ -69,14 +69,36 @@ pub fn buyer_trust_for(
     }
 }
 
+/// The seller listener's rustls configuration from `[server.tls]`'s files, or every
+/// problem of both files, each at its key (`server.tls.cert_path: …`,
+/// `server.tls.key_path: …`; a key that is not the certificate's at `key_path`).
+pub fn seller_server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<rustls::ServerConfig, Vec<String>> {
+    use bidder_sdk::listener::TlsFile;
+    bidder_sdk::listener::server_config_from_files_checked(cert_path, key_path).map_err(
+        |problems| {
+            problems
+                .into_iter()
+                .map(|(file, e)| match file {
+                    TlsFile::Cert => format!("server.tls.cert_path: {e}"),
+                    TlsFile::Key => format!("server.tls.key_path: {e}"),
+                })
+                .collect()
+        },
+    )
+}
+
 /// The seller listener's acceptor for `[server.tls]`, or `None` for cleartext.
 pub fn seller_acceptor(settings: &ListenerSettings) -> Result<Option<TlsAcceptor>, String> {
     settings
         .tls
         .as_ref()
         .map(|files| {
-            TlsAcceptor::from_pem_files(&files.cert_path, &files.key_path)
-                .map_err(|e| format!("server.tls: {e}"))
+            seller_server_config(&files.cert_path, &files.key_path)
+                .map(TlsAcceptor::new)
+                .map_err(|problems| problems.join("; "))
         })
         .transpose()
 }
@@ -104,7 +126,9 @@ pub fn install(state: &mut AppState) -> Result<(), String> {
 /// now has `[server.tls]` (or the reverse) this is an error, and nothing changes.
 pub fn reload_tls(state: &AppState) -> Result<(), String> {
     let rt = state.runtime.load_full();
-    TlsReload::prepare(state, &rt.config.server.listener)?.apply(state);
+    TlsReload::prepare(state, &rt.config.server.listener)
+        .map_err(|problems| problems.join("; "))?
+        .apply(state);
     Ok(())
 }
 
@@ -118,27 +142,37 @@ pub struct TlsReload {
 }
 
 impl TlsReload {
-    /// Reads `settings`' certificate, key and buyer CA files; an error names the file.
-    pub fn prepare(state: &AppState, settings: &ListenerSettings) -> Result<TlsReload, String> {
-        let (buyer, buyer_source) = buyer_trust_for(settings)?;
+    /// Reads `settings`' certificate, key and buyer CA files; every problem at once, each
+    /// naming its key and file (the certificate's and the key's at
+    /// `server.tls.cert_path` and `server.tls.key_path`).
+    pub fn prepare(
+        state: &AppState,
+        settings: &ListenerSettings,
+    ) -> Result<TlsReload, Vec<String>> {
+        let mut problems = Vec::new();
+        let buyer = buyer_trust_for(settings).map_err(|e| problems.push(e));
         let seller = match (&state.tls, &settings.tls) {
-            (Some(_), Some(files)) => Some(
-                bidder_sdk::listener::server_config_from_files(&files.cert_path, &files.key_path)
-                    .map_err(|e| format!("server.tls: {e}"))?,
-            ),
-            (None, None) => None,
+            (Some(_), Some(files)) => seller_server_config(&files.cert_path, &files.key_path)
+                .map(Some)
+                .map_err(|mut more| problems.append(&mut more)),
+            (None, None) => Ok(None),
             (Some(_), None) => {
-                return Err("server.tls was removed: switching TLS off needs a restart".into())
+                problems.push("server.tls was removed: switching TLS off needs a restart".into());
+                Err(())
             }
             (None, Some(_)) => {
-                return Err("server.tls was added: switching TLS on needs a restart".into())
+                problems.push("server.tls was added: switching TLS on needs a restart".into());
+                Err(())
             }
         };
-        Ok(TlsReload {
-            buyer,
-            buyer_source,
-            seller,
-        })
+        match (buyer, seller) {
+            (Ok((buyer, buyer_source)), Ok(seller)) => Ok(TlsReload {
+                buyer,
+                buyer_source,
+                seller,
+            }),
+            _ => Err(problems),
+        }
     }
 
     /// Swaps the prepared material in (new connections and new buyer calls use it).

@@ -1,6 +1,10 @@
 //! The admin listener: its own address and bearer token; `/metrics` only there; probes on
 //! both listeners; without the right token nothing is served and nothing changes.
 
+// A helper failing is the test failing (clippy's test allowance covers only `#[test]`
+// bodies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bytes::Bytes;
@@ -257,12 +261,141 @@ async fn admin_bodies_must_be_json_or_absent() {
             .await
             .assert_error(415, "unsupported_media_type");
     }
+    // Two Content-Type headers, in either order, are refused alike (the first one was
+    // read alone: application/json then text/plain passed).
+    for (first, second) in [
+        ("application/json", "text/plain"),
+        ("text/plain", "application/json"),
+        ("application/json", "application/json"),
+    ] {
+        for (path, body) in [
+            ("/admin/models", body.clone()),
+            ("/admin/reload", b"{}".to_vec()),
+        ] {
+            let r = ex
+                .admin
+                .send(
+                    Method::POST,
+                    path,
+                    Some(ADMIN_TOKEN),
+                    Some(first),
+                    &[("content-type", second)],
+                    body,
+                )
+                .await;
+            let e = r.assert_error(415, "unsupported_media_type");
+            assert!(e.to_string().contains("one Content-Type"), "{path}: {e}");
+        }
+    }
     assert_eq!(ex.state.generation(), 1, "nothing changed");
     // A reload needs no body, and so no Content-Type.
     let r = send("/admin/reload", None, Vec::new()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = send("/admin/reload", Some("application/json"), b"{}".to_vec()).await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_malformed_reload_body_is_400_and_reloads_nothing() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig::new().buyer(ab.clone()).start().await;
+    // A changed configuration waits in the file: a reload would apply it.
+    ex.write_config(&TestConfig::new().buyer(ab.clone()).buyer(bb.clone()));
+    let reload = |body: &'static [u8]| {
+        let ex = &ex;
+        async move {
+            ex.admin
+                .send(
+                    Method::POST,
+                    "/admin/reload",
+                    Some(ADMIN_TOKEN),
+                    Some("application/json"),
+                    &[],
+                    body,
+                )
+                .await
+        }
+    };
+    for body in [&b"not json{"[..], b"{", b"{\"a\":1,}", b" "] {
+        let e = reload(body).await.assert_error(400, "invalid_request");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("malformed JSON")),
+            "{}: {e}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_eq!(ex.state.generation(), 1, "nothing was reloaded");
+    assert_eq!(ex.state.runtime.load().config.buyers.len(), 1);
+    // Well-formed JSON is read no further (no body is needed), and the reload applies.
+    let r = reload(b"{}").await;
+    assert_eq!((r.status, r.json()["generation"].as_u64()), (200, Some(2)));
+    assert_eq!(ex.state.runtime.load().config.buyers.len(), 2);
+}
+
+/// Writes `request` on a new admin connection, reads its answer and returns it with the
+/// connection (still open on the client's side).
+async fn admin_raw(ex: &Exchange, request: &str) -> (String, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(ex.admin_addr)
+        .await
+        .expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    (answer, s)
+}
+
+#[tokio::test]
+async fn clients_without_the_token_cannot_hold_the_admin_connection_slots() {
+    let ex = TestConfig::new().start().await;
+    let max = pingpost::state::ADMIN_CONNECTIONS_MAX;
+    // Every admin slot taken by a client that probes (or is refused) and then keeps its
+    // connection open, idle, as a keep-alive client does.
+    let mut held = Vec::new();
+    for i in 0..max {
+        let (request, status) = match i % 3 {
+            0 => ("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", "200"),
+            1 => ("GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n", "200"),
+            _ => (
+                "POST /admin/reload HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+                "401",
+            ),
+        };
+        let (answer, s) = admin_raw(&ex, request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{i}: {answer}"
+        );
+        assert_eq!(
+            head_value(&answer, "connection").as_deref(),
+            Some("close"),
+            "{i}: {answer}"
+        );
+        held.push(s);
+    }
+    // An authorized reload is still answered (it waited for the idle timeout, 60 s).
+    let r = ex.reload().await;
+    assert_eq!((r.status, r.json()["generation"].as_u64()), (200, Some(2)));
+    // The exchange closed every one of them, though their clients never did.
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(closed_within(s, EVENT_WAIT_MAX).await, "{i} still open");
+    }
+    // A token holder's connection is kept for its next request.
+    let metrics =
+        format!("GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\r\n");
+    let (answer, mut s) = admin_raw(&ex, &metrics).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(head_value(&answer, "connection"), None, "{answer}");
+    {
+        use tokio::io::AsyncWriteExt;
+        s.write_all(metrics.as_bytes()).await.unwrap();
+    }
+    let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 /// `--listen` onto the admin listener's port is refused like the same clash in the file

@@ -314,6 +314,25 @@ async fn every_bad_disposition_gets_its_error_and_writes_nothing() {
     raw(Some(ACME_KEY), Some("text/plain"), r#"{"lead_id":"ld_1"}"#)
         .await
         .assert_error(415, "unsupported_media_type");
+    // Two Content-Type headers, in either order, are refused alike (the first one was
+    // read alone: application/json then text/plain passed).
+    for (first, second) in [
+        ("application/json", "text/plain"),
+        ("text/plain", "application/json"),
+    ] {
+        let e = c
+            .send(
+                Method::POST,
+                "/v1/dispositions",
+                Some(ACME_KEY),
+                Some(first),
+                &[("content-type", second)],
+                Bytes::from(ok_body.to_string()),
+            )
+            .await
+            .assert_error(415, "unsupported_media_type");
+        assert!(e.to_string().contains("one Content-Type"), "{e}");
+    }
     raw(Some(ACME_KEY), Some("application/json"), "{not json")
         .await
         .assert_error(400, "invalid_request");

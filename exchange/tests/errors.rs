@@ -118,7 +118,8 @@ enum Wire {
 enum Setup {
     /// The exchange shared by the stateless rows; nothing before the request.
     Shared,
-    /// A fresh exchange; these requests go first and must each be answered 200.
+    /// A fresh exchange; these requests go first and must each be answered 200. In the
+    /// row's body, [`PING_ID`] becomes the `ping_id` the last of them was answered with.
     After(Vec<Req>),
     /// A fresh exchange whose buyer holds its answers, with one `/v1/ping` (main seller,
     /// these extra headers) in flight at the buyer. `one_slot` lets the exchange take one
@@ -159,6 +160,9 @@ struct Case {
     then: Vec<Req>,
 }
 
+/// Stands for the `ping_id` of the quote an [`Setup::After`] ping opened.
+const PING_ID: &str = "$PING_ID";
+
 fn row(name: &'static str, req: Req, status: u16, code: &'static str) -> Case {
     Case {
         name,
@@ -196,6 +200,17 @@ impl Case {
     fn then(mut self, r: Req) -> Case {
         self.then.push(r);
         self
+    }
+
+    /// The row with [`PING_ID`] in its request's body replaced by `ping_id`.
+    fn with_ping_id(&self, ping_id: &str) -> Case {
+        let mut case = self.clone();
+        if let Wire::Http(r) = &mut case.wire {
+            if let Ok(text) = std::str::from_utf8(&r.body) {
+                r.body = text.replace(PING_ID, ping_id).into_bytes();
+            }
+        }
+        case
     }
 }
 
@@ -299,6 +314,48 @@ fn cases() -> Vec<Case> {
             "invalid_request",
         )
         .fields(&["ping_id"]),
+        row(
+            "post: an unknown field and the lead's problems, all listed (added)",
+            Req::post("/v1/post").json(json!({
+                "ping_id": PING_ID,
+                "lead": {"state": "TX", "zip": "76180", "phone": "555", "email": "bad",
+                         "birth_date": "2020-02-30"},
+                "x": 1,
+            })),
+            400,
+            "invalid_request",
+        )
+        .setup(Setup::After(vec![ping_tx()]))
+        .fields(&[
+            "x",
+            "lead.first_name",
+            "lead.last_name",
+            "lead.phone",
+            "lead.email",
+            "lead.birth_date",
+        ]),
+        row(
+            "post: an unknown field and a lead that is not an object (added)",
+            Req::post("/v1/post").json(json!({"ping_id": PING_ID, "lead": "x", "x": 1})),
+            400,
+            "invalid_request",
+        )
+        .setup(Setup::After(vec![ping_tx()]))
+        .fields(&["x", "lead"]),
+        row(
+            "ping: unknown vertical and a lead that is not an object (added)",
+            ping().json(json!({"vertical": "boats", "lead": "x"})),
+            400,
+            "invalid_request",
+        )
+        .fields(&["vertical", "lead"]),
+        row(
+            "ping: vertical not a string and a lead that is not an object (added)",
+            ping().json(json!({"vertical": 5, "lead": "x"})),
+            400,
+            "invalid_request",
+        )
+        .fields(&["vertical", "lead"]),
         row(
             "post: malformed JSON (added)",
             Req::post("/v1/post").bytes(b"{\"ping_id\": "),
@@ -491,6 +548,45 @@ fn cases() -> Vec<Case> {
             "unsupported_media_type",
         ),
         row(
+            "ping: Content-Type application/json, then text/plain (added)",
+            ping_tx().header("content-type", "text/plain"),
+            415,
+            "unsupported_media_type",
+        )
+        .check(Check::MessageMentions("one Content-Type")),
+        row(
+            "ping: Content-Type text/plain, then application/json (added)",
+            ping_tx()
+                .content_type(Some("text/plain"))
+                .header("content-type", "application/json"),
+            415,
+            "unsupported_media_type",
+        )
+        .check(Check::MessageMentions("one Content-Type")),
+        row(
+            "ping: Content-Type application/json twice (added)",
+            ping_tx().header("content-type", "application/json"),
+            415,
+            "unsupported_media_type",
+        ),
+        row(
+            "post: two Content-Type headers (added)",
+            Req::post("/v1/post")
+                .json(post_body(PING_ID, "TX"))
+                .header("content-type", "text/plain"),
+            415,
+            "unsupported_media_type",
+        )
+        .setup(Setup::After(vec![ping_tx()])),
+        row(
+            "leads: two Content-Type headers (added)",
+            Req::post("/v1/leads")
+                .json(direct_body("TX"))
+                .header("content-type", "text/plain"),
+            415,
+            "unsupported_media_type",
+        ),
+        row(
             "leads: text/plain (added)",
             Req::post("/v1/leads")
                 .json(direct_body("TX"))
@@ -658,6 +754,7 @@ async fn run_case(shared: Arc<Fixture>, case: Case) -> Vec<String> {
         Setup::Shared => refuse(&shared, &case, true, &mut problems).await,
         Setup::After(before) => {
             let f = Fixture::start(Fixture::config(false)).await;
+            let mut last_ping_id = None;
             for r in before {
                 let reply = r.send(&f.ex.client).await;
                 if reply.status != 200 {
@@ -671,9 +768,14 @@ async fn run_case(shared: Arc<Fixture>, case: Case) -> Vec<String> {
                     return problems;
                 }
                 if let Ok(a) = serde_json::from_slice::<PingAnswer>(&reply.body) {
+                    last_ping_id = Some(a.ping_id.clone());
                     ping_ids.insert(a.ping_id);
                 }
             }
+            let case = match &last_ping_id {
+                Some(id) => case.with_ping_id(id),
+                None => case.clone(),
+            };
             refuse(&f, &case, false, &mut problems).await;
             then(&f, &case, &mut ping_ids, &mut problems).await;
         }

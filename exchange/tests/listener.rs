@@ -332,3 +332,87 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(closed - t0 >= Duration::from_millis(300));
     ex.shutdown().await.unwrap();
 }
+
+/// A `POST /v1/ping` head announcing a body of `len` bytes, written alone: the body
+/// follows in a second write, as Python's http.client sends it.
+fn ping_head(key: &str, content_type: &str, len: usize) -> String {
+    format!(
+        "POST /v1/ping HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+         content-type: {content_type}\r\ncontent-length: {len}\r\n\r\n"
+    )
+}
+
+/// Writes `head`, reads the answer the exchange gives before the body is sent, checks
+/// its status and `Connection: close`, then sends the body and checks the exchange closes
+/// the connection (cleanly: the client was told).
+async fn answered_before_the_body(addr: SocketAddr, head: &str, body: &[u8], status: &str) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (answer, _) = common::read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")),
+        "{status}: {answer}"
+    );
+    assert_eq!(
+        common::head_value(&answer, "connection").as_deref(),
+        Some("close"),
+        "an answer sent before the body was read says the connection closes: {answer}"
+    );
+    // The body arrives after the answer; the connection is not reused.
+    let _ = s.write_all(body).await;
+    assert!(
+        common::closed_within(&mut s, EVENT_WAIT_MAX).await,
+        "{status}: the exchange closes the connection it said it would close"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_sent_before_the_body_is_read_says_connection_close() {
+    let mut ex = TestConfig::new().start().await;
+    let body = serde_json::to_vec(&common::ping_body("TX")).unwrap();
+    let json = "application/json";
+    // 401: an unknown key, answered from the head alone.
+    answered_before_the_body(
+        ex.addr,
+        &ping_head("nobody", json, body.len()),
+        &body,
+        "401",
+    )
+    .await;
+    // 415: not JSON.
+    let head = ping_head(common::SELLER_KEY, "text/plain", body.len());
+    answered_before_the_body(ex.addr, &head, &body, "415").await;
+    // 429: the throttled seller (1 request a second) right after its one request.
+    let first = ex
+        .client
+        .post_json_with(
+            "/v1/ping",
+            common::THROTTLED_KEY,
+            &[],
+            &common::ping_body("TX"),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let head = ping_head(common::THROTTLED_KEY, json, body.len());
+    answered_before_the_body(ex.addr, &head, &body, "429").await;
+
+    // A body read to its end keeps the connection: the head, then the body in a second
+    // write, the answer (400 for the body) without `Connection: close`, then the next
+    // request on the same connection is answered.
+    let bad = b"not json{";
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    s.write_all(ping_head(common::SELLER_KEY, json, bad.len()).as_bytes())
+        .await
+        .unwrap();
+    s.write_all(bad).await.unwrap();
+    let (answer, closed) = common::read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(common::head_value(&answer, "connection"), None, "{answer}");
+    assert!(!closed);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = common::read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    ex.shutdown().await;
+}

@@ -210,6 +210,89 @@ async fn caps_and_idempotency_keys_survive_a_restart() {
     assert!(!keyed[0].to_string().contains("Ana"), "no PII");
 }
 
+fn reserved_now(r: &Running, id: &str) -> u32 {
+    let rt = r.state.runtime.load();
+    let b = rt.config.buyers.iter().find(|b| b.id == id).unwrap();
+    r.state
+        .caps
+        .usage(b.key, b, r.state.clock.now_ms())
+        .reserved
+}
+
+/// A keyed ping retried after a restart gets the answer it got, byte for byte, and
+/// opens no second quote. Before, the key was forgotten: the retry ran a new auction
+/// and held the winner's cap and budget a second time.
+#[tokio::test]
+async fn a_keyed_ping_retried_after_a_restart_gets_its_answer_and_holds_nothing_twice() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(5));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let bid_key = [("idempotency-key", "ping-1")];
+    let none_key = [("idempotency-key", "ping-2")];
+    let bid = client
+        .post_json_with("/v1/ping", SELLER_KEY, &bid_key, &ping_body("TX"))
+        .await;
+    assert_eq!(bid.json()["status"], "bid", "{}", bid.text());
+    // No buyer takes CA.
+    let none = client
+        .post_json_with("/v1/ping", SELLER_KEY, &none_key, &ping_body("CA"))
+        .await;
+    assert_eq!(none.json()["status"], "no_bid", "{}", none.text());
+    assert_eq!(reserved_now(&first, "a"), 1);
+    first.shutdown().await.unwrap();
+
+    let second = start(&cfg, &ledger).await;
+    assert_eq!(
+        reserved_now(&second, "a"),
+        1,
+        "the open quote's hold is back"
+    );
+    let client = SellerClient::new(second.addr);
+    for (key, body, first_answer) in [
+        (&bid_key, ping_body("TX"), &bid),
+        (&none_key, ping_body("CA"), &none),
+    ] {
+        let again = client
+            .post_json_with("/v1/ping", SELLER_KEY, key, &body)
+            .await;
+        assert_eq!(again.status, 200);
+        assert_eq!(
+            again.body, first_answer.body,
+            "the stored answer, byte for byte"
+        );
+    }
+    assert_eq!(reserved_now(&second, "a"), 1, "no second hold");
+    // The same key with another body is a conflict, as before the restart.
+    client
+        .post_json_with("/v1/ping", SELLER_KEY, &bid_key, &ping_body("OK"))
+        .await
+        .assert_error(409, "conflict");
+    // The first answer's quote is the one that sells.
+    let ping_id = bid.json()["ping_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        client.post(&ping_id, "TX").await.status,
+        proto::seller::PostStatus::Sold
+    );
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    assert_eq!(
+        (sold_today(&second, "a"), reserved_now(&second, "a")),
+        (1, 0)
+    );
+    second.shutdown().await.unwrap();
+
+    let recs = records(&ledger);
+    let auctions: Vec<_> = recs.iter().filter(|r| r["type"] == "auction").collect();
+    assert_eq!(auctions.len(), 2, "the retries ran no auction");
+    for r in auctions {
+        assert!(r["idempotency_key_sha256"].is_string(), "{r}");
+        assert!(!r.to_string().contains("ping-1"), "the key is hashed: {r}");
+    }
+}
+
 #[tokio::test]
 async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     // a answers its post after 400 ms with a 100 ms timeout; b (whose bid covers the

@@ -4,6 +4,8 @@
 //! request; every auction record carries its generation. Real sockets on 127.0.0.1:0, the
 //! configuration reloaded from the file the exchange started from.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -448,11 +450,108 @@ fn plain(line: &str) -> String {
     out
 }
 
+/// Starts this tree's binary on `config`, its log lines (plain text) sent to the
+/// receiver as they come: the child, its pid, the lines.
+#[cfg(unix)]
+fn spawn_logging(
+    config: &std::path::Path,
+    envs: std::collections::BTreeMap<String, String>,
+) -> (
+    std::process::Child,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(config)
+        .envs(envs)
+        .env("RUST_LOG", "pingpost=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(plain(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    (child, pid, line_rx)
+}
+
+/// The next log line containing `needle` (bounded wait; the binary exiting first fails).
+async fn wait_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> String {
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            let line = lines.recv().await.unwrap_or_else(|| {
+                panic!("the binary exited before logging {needle:?} (is it this tree's build?)")
+            });
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+}
+
+/// A SIGHUP that arrives while the exchange is starting (checking and replaying its
+/// ledger) does not end the process: it is kept, and reloads once the exchange serves.
+/// Before, SIGHUP's default action killed the process anywhere before the reload task
+/// ran (exit 129, nothing logged).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_during_the_start_is_kept_and_reloads_once_serving() {
+    use std::process::Command;
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let path = dir.path().join("config.toml");
+    let cfg = TestConfig::new().buyer(ab.clone());
+    std::fs::write(&path, cfg.toml(&ledger)).unwrap();
+    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    // The replay's line comes before the listeners and the reload task exist.
+    wait_line(&mut lines, "ledger replayed").await;
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "SIGHUP sent");
+    wait_line(&mut lines, "pingpost listening").await;
+    let reloaded = wait_line(&mut lines, "SIGHUP: configuration reloaded").await;
+    assert!(reloaded.contains("generation=2"), "{reloaded}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let a = ScriptedBidder::bidding(30.0);
     let b = ScriptedBidder::bidding(20.0);
@@ -465,42 +564,9 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     let second = TestConfig::new().buyer(bb.clone()).buyer(ab.clone());
     std::fs::write(&path, first.toml(&ledger)).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&path)
-        .envs(second.env_vars())
-        .env("RUST_LOG", "pingpost=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let pid = child.id().to_string();
-    let stdout = child.stdout.take().unwrap();
+    let (mut child, pid, mut line_rx) = spawn_logging(&path, second.env_vars());
     // The first log line names both addresses.
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line_tx.send(plain(&line)).is_err() {
-                break;
-            }
-        }
-    });
-    let listening = tokio::time::timeout(EVENT_WAIT_MAX, async {
-        loop {
-            let line = line_rx
-                .recv()
-                .await
-                .expect("the binary exited before listening (is it this tree's build?)");
-            if line.contains("pingpost listening") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("the binary starts listening");
+    let listening = wait_line(&mut line_rx, "pingpost listening").await;
     let field = |name: &str| -> std::net::SocketAddr {
         let rest = listening
             .split(&format!("{name}="))
@@ -557,16 +623,7 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     // A broken file: SIGHUP changes nothing and the process keeps serving.
     std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
     hup();
-    let refused = tokio::time::timeout(EVENT_WAIT_MAX, async {
-        loop {
-            let line = line_rx.recv().await.expect("the binary logs");
-            if line.contains("reload refused") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("the refusal is logged");
+    let refused = wait_line(&mut line_rx, "reload refused").await;
     assert!(refused.contains("server.listen"), "{refused}");
     assert_eq!(generation().await, 1.0);
     assert_eq!(seller.ping("TX").await.status, PingStatus::Bid);

@@ -329,6 +329,49 @@ async fn every_buyer_rejecting_is_unsold_and_releases_every_cap() {
     assert_eq!((a.posts(), b.posts()), (1, 1));
 }
 
+/// `pingpost_posts_total` counts every post answered `200` as what it answered: the
+/// first post of a quote the sweeper had already expired (it was answered `expired` but
+/// not counted: only a post that found the quote still open was), and a repeated post of
+/// a finished `ping_id`, answered again from the finished posts.
+#[tokio::test]
+async fn every_post_answered_200_is_counted_by_the_status_it_answered() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ttl_ms = 1_000;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .with(|c| c.quote_ttl_ms = ttl_ms)
+        .start()
+        .await;
+    let count = |text: &str, status: &str| {
+        metric_value(text, "pingpost_posts_total", &[("status", status)])
+    };
+
+    let stale = ex.client.ping("TX").await;
+    assert_eq!(stale.status, PingStatus::Bid, "{stale:?}");
+    jump_past(ttl_ms).await;
+    assert_eq!(ex.quotes_open(), 0, "the sweeper expired the quote");
+    for n in 1..=2 {
+        let answer = ex.client.post(&stale.ping_id, "TX").await;
+        assert_eq!(answer.status, PostStatus::Expired, "{answer:?}");
+        let text = ex.metrics().await;
+        assert_eq!(count(&text, "expired"), f64::from(n), "post {n}: {text}");
+    }
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(count(&ex.metrics().await, "sold"), 1.0);
+    let again = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(again, sold, "the first outcome again");
+    assert_eq!(a.posts(), 1, "delivered once");
+    let text = ex.metrics().await;
+    assert_eq!(count(&text, "sold"), 2.0, "{text}");
+    assert_eq!(count(&text, "expired"), 2.0, "{text}");
+    assert_eq!(ex.ledger_of("sale").len(), 1, "one sale all the same");
+}
+
 #[tokio::test]
 async fn an_expired_quote_is_refused_and_its_reservation_released() {
     let a = ScriptedBidder::bidding(10.0);

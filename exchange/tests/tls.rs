@@ -347,8 +347,13 @@ fn bad_tls_files_are_configuration_errors() {
     let err = pingpost::config::load_str_with_env(&text, &|_| None)
         .unwrap_err()
         .to_string();
+    // Each file's problem at its own key, both at once.
     assert!(
-        err.contains("server.tls.cert_path: cannot read /nonexistent/key.pem"),
+        err.contains("server.tls.key_path: cannot read /nonexistent/key.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.tls.cert_path: no PEM certificate found"),
         "{err}"
     );
     let text = text.replace("/nonexistent/key.pem", &junk.display().to_string());
@@ -357,6 +362,10 @@ fn bad_tls_files_are_configuration_errors() {
         .to_string();
     assert!(
         err.contains("server.tls.cert_path: no PEM certificate found"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.tls.key_path: no PEM private key"),
         "{err}"
     );
     assert!(

@@ -372,9 +372,14 @@ impl Relay {
         if request.method() != Method::POST {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
         }
-        let limited = Limited::new(request.into_body(), RELAY_BODY_BYTES_MAX);
+        let (parts, body) = request.into_parts();
+        let limited = Limited::new(body, RELAY_BODY_BYTES_MAX);
         let body = match tokio::time::timeout_at(deadline, limited.collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Ok(collected)) => {
+                // Read to its end: the connection stays open for the next request.
+                bidder_sdk::listener::BodyRead::mark(&parts.extensions);
+                collected.to_bytes()
+            }
             Ok(Err(_)) => return text_response(StatusCode::BAD_REQUEST, "unreadable body\n"),
             Err(_) => return text_response(StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
         };

@@ -349,6 +349,67 @@ mod tests {
         parse_bid_answer(status, ct, &mut body.as_bytes().to_vec())
     }
 
+    /// The `properties` and `required` of one schema of docs/openapi.yaml, read from the
+    /// text (the block under `    NAME:` up to the next schema).
+    fn openapi_schema_fields(name: &str) -> (Vec<String>, Vec<String>) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let head = format!("\n    {name}:\n");
+        let start = text.find(&head).unwrap() + head.len();
+        let block: Vec<&str> = text[start..]
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("      "))
+            .collect();
+        let required = block
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("required: ["))
+            .unwrap()
+            .trim_end_matches(']')
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        // Properties are the lines at 8 spaces, `name:` or `name: {...}`.
+        let properties = block
+            .iter()
+            .filter(|l| l.starts_with("        ") && !l.starts_with("         "))
+            .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k.to_string()))
+            .collect();
+        (properties, required)
+    }
+
+    /// docs/openapi.yaml's `BuyerPost` names every field the exchange sends a buyer, and
+    /// requires every one it always sends (`lead_id` was missing from it).
+    #[test]
+    fn the_openapi_buyer_post_lists_what_a_buyer_is_sent() {
+        let schema = crate::schema::tests::auto_schema();
+        let lead = crate::Lead::default();
+        let consent = BTreeMap::new();
+        let post = |bid_id| BuyerPost {
+            auction_id: "au_1",
+            lead_id: "ld_1",
+            bid_id,
+            price: Micros(1),
+            vertical: "auto_insurance",
+            lead: lead.json(&schema),
+            consent: &consent,
+            test: false,
+        };
+        let keys = |p: &BuyerPost<'_>| -> Vec<String> {
+            match serde_json::to_value(p).unwrap() {
+                serde_json::Value::Object(o) => o.keys().cloned().collect(),
+                other => panic!("{other}"),
+            }
+        };
+        let (properties, required) = openapi_schema_fields("BuyerPost");
+        for key in keys(&post(Some("b-1"))) {
+            assert!(properties.contains(&key), "{key} not in {properties:?}");
+        }
+        for key in keys(&post(None)) {
+            assert!(required.contains(&key), "{key} not in {required:?}");
+        }
+        assert!(required.contains(&"lead_id".to_string()));
+    }
+
     #[test]
     fn a_post_answers_reason_and_lead_id_keep_codes_and_drop_text() {
         let post = |body: &str| parse_post_answer(200, JSON, &mut body.as_bytes().to_vec());

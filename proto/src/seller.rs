@@ -62,14 +62,20 @@ pub fn parse_ping<'s>(
         None => None,
     };
     let mut lead = None;
-    if let (Some(schema), Some(lv)) = (schema, lead_value) {
-        match schema.validate(lv, mode, "lead") {
+    match (schema, lead_value) {
+        (Some(schema), Some(lv)) => match schema.validate(lv, mode, "lead") {
             Ok(l) => lead = Some(l),
             Err(e) => {
                 pii = e.pii;
                 problems.extend(e.problems);
             }
+        },
+        // No schema to check the lead against (the vertical is unknown, missing or not a
+        // string), but a lead that is not an object is a problem whatever the vertical.
+        (None, Some(lv)) if !matches!(lv, OwnedValue::Object(_)) => {
+            problems.push(FieldProblem::new("lead", "must be an object"));
         }
+        _ => {}
     }
     match (vertical, lead) {
         (Some(vertical), Some(lead)) if problems.is_empty() => Ok(PingRequest {
@@ -123,21 +129,52 @@ pub struct PostEnvelope {
 }
 
 impl PostEnvelope {
+    /// Parses the envelope: `ping_id`, `lead` (an object), `consent`, no other field.
     pub fn parse(buf: &mut [u8]) -> Result<PostEnvelope, ApiError> {
+        Self::parse_listing_lead(buf, |_| None)
+    }
+
+    /// [`parse`](PostEnvelope::parse), and when the envelope has problems, the lead's
+    /// problems with them (every field problem at once): a `lead` that is not an object,
+    /// or the problems against the schema `schema_of` finds for the `ping_id` (the quote's
+    /// vertical; `None`: none checked). `schema_of` is called only for an envelope with
+    /// problems whose `ping_id` and `lead` object were read. A valid envelope's lead, object
+    /// or not, is checked by [`validate_lead`](PostEnvelope::validate_lead) once the quote
+    /// is taken.
+    pub fn parse_listing_lead<'s>(
+        buf: &mut [u8],
+        schema_of: impl FnOnce(&str) -> Option<&'s VerticalSchema>,
+    ) -> Result<PostEnvelope, ApiError> {
         let value = parse_value(buf)?;
         let mut r = ObjectReader::new(&value);
         let ping_id = r.string("ping_id", PING_ID_LEN_MAX);
-        let lead = r.value("lead").cloned();
+        let lead = r.value("lead");
         let consent = r.string_map("consent");
         r.finish_unknown();
         reject_nulls(&value, &["consent"], &mut r.problems);
+        let mut problems = std::mem::take(&mut r.problems);
+        match lead {
+            // A valid envelope's lead is checked once the quote is taken, as before.
+            Some(_) if problems.is_empty() => {}
+            Some(l) if !matches!(l, OwnedValue::Object(_)) => {
+                problems.push(FieldProblem::new("lead", "must be an object"));
+            }
+            Some(l) => {
+                if let Some(schema) = ping_id.as_deref().and_then(schema_of) {
+                    if let Err(e) = schema.validate(l, LeadMode::Full, "lead") {
+                        problems.extend(e.problems);
+                    }
+                }
+            }
+            None => {}
+        }
         match (ping_id, lead) {
-            (Some(ping_id), Some(lead)) if r.problems.is_empty() => Ok(PostEnvelope {
+            (Some(ping_id), Some(lead)) if problems.is_empty() => Ok(PostEnvelope {
                 ping_id,
-                lead,
+                lead: lead.clone(),
                 consent,
             }),
-            _ => Err(ApiError::from_fields(ErrorCode::InvalidRequest, r.problems)),
+            _ => Err(ApiError::from_fields(ErrorCode::InvalidRequest, problems)),
         }
     }
 
@@ -407,6 +444,60 @@ mod tests {
         )
         .unwrap();
         assert!(!p.test);
+    }
+
+    #[test]
+    fn a_lead_not_an_object_is_listed_beside_a_vertical_problem() {
+        for body in [
+            r#"{"vertical":"boats","lead":"x"}"#,
+            r#"{"vertical":5,"lead":"x"}"#,
+            r#"{"lead":[]}"#,
+        ] {
+            let e = ping(body, LeadMode::Ping).unwrap_err();
+            let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, ["vertical", "lead"], "{body}");
+            assert_eq!(e.fields[1].problem, "must be an object");
+        }
+        // An object lead cannot be checked without the vertical's schema.
+        let e = ping(r#"{"vertical":"boats","lead":{"x":1}}"#, LeadMode::Full).unwrap_err();
+        assert_eq!(e.fields.len(), 1);
+    }
+
+    #[test]
+    fn a_post_envelope_with_problems_lists_the_leads_too() {
+        let schema = auto_schema();
+        let body = r#"{"ping_id":"pg_1","x":1,"lead":{"state":"TX","zip":"1"}}"#;
+        let mut b = body.as_bytes().to_vec();
+        let mut asked = None;
+        let e = PostEnvelope::parse_listing_lead(&mut b, |id| {
+            asked = Some(id.to_string());
+            Some(&schema)
+        })
+        .unwrap_err();
+        assert_eq!(asked.as_deref(), Some("pg_1"));
+        let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields[0], "x");
+        assert!(fields.contains(&"lead.zip"), "{fields:?}");
+        assert!(fields.contains(&"lead.phone"), "{fields:?}");
+        // Without a schema (an unknown ping), the envelope's problems only.
+        let mut b = body.as_bytes().to_vec();
+        let e = PostEnvelope::parse(&mut b).unwrap_err();
+        assert_eq!(e.fields.len(), 1);
+        // A valid envelope does not ask: its lead is checked once the quote is taken.
+        let mut b = br#"{"ping_id":"pg_1","lead":{"zip":"1"}}"#.to_vec();
+        assert!(PostEnvelope::parse_listing_lead(&mut b, |_| panic!("asked")).is_ok());
+        // A lead that is not an object is listed beside the envelope's problems, schema or
+        // not; alone, it is the lead's check (after the quote is taken).
+        let mut b = br#"{"ping_id":"pg_1","lead":"x","y":2}"#.to_vec();
+        let e = PostEnvelope::parse(&mut b).unwrap_err();
+        let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["y", "lead"]);
+        let mut b = br#"{"ping_id":"pg_1","lead":"x"}"#.to_vec();
+        let env = PostEnvelope::parse(&mut b).unwrap();
+        assert_eq!(
+            env.validate_lead(&schema).unwrap_err().fields[0].field,
+            "lead"
+        );
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct AuctionParams<'a> {
     pub models: ModelVersions<'a>,
     /// The lead's keyed fingerprint (never the lead itself).
     pub lead_fingerprint: Option<&'a str>,
+    /// A keyed ping's `Idempotency-Key` and body, as hex SHA-256 (never the key), so a
+    /// retry after a restart gets the stored answer (see the shell's recovery).
+    pub idempotency: Option<(&'a str, &'a str)>,
 }
 
 /// Which model versions decided an auction (written in its record).
@@ -578,6 +581,8 @@ impl<'a> Auction<'a> {
             models: p.models,
             explore: p.ranker.explored(),
             lead_fingerprint: p.lead_fingerprint,
+            idempotency_key_sha256: p.idempotency.map(|(k, _)| k),
+            body_sha256: p.idempotency.map(|(_, b)| b),
         };
         self.effects.push(Effect::Record(Record::Auction(record)));
         self.effects.push(Effect::Auction { no_bid });

@@ -401,6 +401,17 @@ impl QuoteBook {
         }
     }
 
+    /// The vertical name of `seller`'s quote `ping_id` while it is open (not posting,
+    /// finished or another seller's: `None`, as for an unknown id). Changes nothing, so
+    /// the shell can check a refused post's lead against the quote's vertical.
+    pub fn open_vertical(&self, ping_id: &str, seller: SellerKey) -> Option<Arc<str>> {
+        let e = self.entries.get(&CompactId::new(ping_id))?;
+        match &e.state {
+            State::Open(q) if e.seller == seller => Some(Arc::clone(&q.vertical_name)),
+            _ => None,
+        }
+    }
+
     /// Ends a post with its outcome (`Posting -> Done`); later posts get `answer` again.
     /// Returns false, changing nothing, if the ping was not posting (a first outcome is
     /// never replaced).
@@ -621,6 +632,25 @@ mod tests {
             BeginPost::NotFound
         ));
         assert_eq!(book.open_count(), 0);
+    }
+
+    #[test]
+    fn the_open_vertical_is_told_only_to_its_seller_while_open() {
+        let book = QuoteBook::new(10, 1_000);
+        book.insert(quote("p1", 0, None)).unwrap();
+        assert_eq!(
+            book.open_vertical("p1", SellerKey(0)).as_deref(),
+            Some("auto")
+        );
+        assert_eq!(book.open_vertical("p1", SellerKey(1)), None);
+        assert_eq!(book.open_vertical("p2", SellerKey(0)), None);
+        let BeginPost::Post(_) = book.begin_post("p1", SellerKey(0), T0) else {
+            panic!()
+        };
+        assert_eq!(book.open_vertical("p1", SellerKey(0)), None, "posting");
+        assert!(book.finish("p1", sold("p1"), T0));
+        assert_eq!(book.open_vertical("p1", SellerKey(0)), None, "finished");
+        assert_eq!((book.open_count(), book.len()), (0, 1));
     }
 
     #[test]

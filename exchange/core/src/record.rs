@@ -355,6 +355,13 @@ pub struct AuctionRecord<'a> {
     /// has the same fingerprint, and it reveals nothing of the lead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lead_fingerprint: Option<&'a str>,
+    /// A keyed ping's `Idempotency-Key`, as hex SHA-256 (never the key itself), and its
+    /// body's: recovery restores the key with the ping's answer (rebuilt from this record
+    /// and the ping's `quote_opened`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<&'a str>,
 }
 
 /// `type: "post_sent"`: written and fsynced before the lead leaves for `buyer`, so a
@@ -629,6 +636,8 @@ mod tests {
             },
             explore: true,
             lead_fingerprint: Some("0123456789abcdef0123456789abcdef"),
+            idempotency_key_sha256: None,
+            body_sha256: None,
         });
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["type"], "auction");

@@ -42,6 +42,7 @@ fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
         features_version: None,
         models: Default::default(),
         lead_fingerprint: None,
+        idempotency: None,
     }
 }
 

@@ -37,9 +37,19 @@ fn admin_authorized(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ApiErro
     }
 }
 
+/// `resp`, closing its connection after it (`Connection: close` over HTTP/1.x, GOAWAY
+/// over HTTP/2): the admin listener keeps a connection open only for token holders, so
+/// clients that probe or lack the token cannot hold its few connection slots.
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.extensions_mut()
+        .insert(bidder_sdk::listener::CloseConnection);
+    resp
+}
+
 /// Routes one admin request: `GET /healthz` and `GET /readyz` (open, as on the seller
 /// listener), and, with the admin token, `GET /metrics` and `POST /admin/reload`. Without
 /// the token every other path is `401` (the admin routes are not revealed). Never panics.
+/// Probes and `401`s close their connection (see [`closing`]).
 pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let route: &'static str = match req.uri().path() {
         "/healthz" => "healthz",
@@ -50,13 +60,15 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         _ => "unknown",
     };
     match (route, req.method()) {
-        ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
-        ("readyz", &Method::GET) => return readyz(&state),
+        ("healthz", &Method::GET) => {
+            return closing(json_response(200, br#"{"status":"ok"}"#.to_vec()))
+        }
+        ("readyz", &Method::GET) => return closing(readyz(&state)),
         _ => {}
     }
     let rt = state.runtime.load_full();
     if let Err(e) = admin_authorized(&rt, &req) {
-        return error_response(&state, &e);
+        return closing(error_response(&state, &e));
     }
     let Ok(_permit) = state.admin_in_flight.try_acquire() else {
         return error_response(
@@ -71,7 +83,8 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         ("metrics", &Method::GET) => metrics(&state),
         ("reload", &Method::POST) => {
             let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
-            // No body is needed; one that is sent must be JSON, as everywhere.
+            // No body is needed; one that is sent must be JSON, as everywhere (well-formed:
+            // malformed JSON is `400` and reloads nothing; its content is not read).
             let media = super::seller::json_body_problem(&req);
             match read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
                 Err(e) => return error_response(&state, &e),
@@ -81,6 +94,10 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
                             &state,
                             &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
                         );
+                    }
+                    let mut body = body.to_vec();
+                    if let Err(e) = proto::json::parse_value(&mut body) {
+                        return error_response(&state, &e);
                     }
                 }
                 Ok(_) => {}

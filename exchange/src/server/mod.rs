@@ -55,6 +55,11 @@ type Body = Full<Bytes>;
 pub const SWEEP_INTERVAL_MS: u64 = 100;
 /// Concurrent HTTP/2 streams per seller connection.
 const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// The admin listener's idle timeout (`server.idle_timeout_ms` when that is shorter): its
+/// connection slots are few ([`ADMIN_CONNECTIONS_MAX`]), so a token holder's idle
+/// keep-alive connection gives its slot back soon. (Probes and `401`s close their
+/// connection at once.)
+pub const ADMIN_IDLE_TIMEOUT_MS: u64 = 5_000;
 
 /// `Retry-After` (seconds) for a seller over its idempotency key quota: keys free up only
 /// as they expire, so retrying within the second is pointless.
@@ -202,7 +207,11 @@ where
             connections_per_ip_max: if admin { 0 } else { l.connections_per_ip_max },
             connections_per_ip_exempt_loopback: l.connections_per_ip_exempt_loopback,
             header_read_timeout_ms: server_cfg.header_read_timeout_ms,
-            idle_timeout_ms: l.idle_timeout_ms,
+            idle_timeout_ms: if admin {
+                l.idle_timeout_ms.min(ADMIN_IDLE_TIMEOUT_MS)
+            } else {
+                l.idle_timeout_ms
+            },
             h2_keepalive_interval_ms: l.h2_keepalive_interval_ms,
             h2_keepalive_timeout_ms: l.h2_keepalive_timeout_ms,
             header_bytes_max: l.header_bytes_max,

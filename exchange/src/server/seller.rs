@@ -139,7 +139,8 @@ pub(super) async fn read_body(
             return Err(too_large());
         }
     }
-    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ApiError::new(
             ErrorCode::InvalidRequest,
             "the body did not arrive in time",
@@ -154,15 +155,29 @@ pub(super) async fn read_body(
             ErrorCode::InvalidRequest,
             "the body could not be read",
         )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(c)) => {
+            // Read to its end: the connection may carry the next request (an answer
+            // sent before this says `Connection: close`, bidder_sdk::listener).
+            bidder_sdk::listener::BodyRead::mark(&parts.extensions);
+            Ok(c.to_bytes())
+        }
     }
 }
 
 /// Why the body is not one this API reads, for a `415`: a `Content-Type` other than
-/// `application/json`, a `charset` other than UTF-8, or a `Content-Encoding` (the body
-/// would be read as if it were not compressed).
+/// `application/json`, more than one `Content-Type` header (readers disagree on which
+/// one counts, as with a repeated `Authorization`), a `charset` other than UTF-8, or a
+/// `Content-Encoding` (the body would be read as if it were not compressed).
 pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str> {
     let headers = req.headers();
+    if headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Some("send one Content-Type header, not several");
+    }
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -349,7 +364,7 @@ pub(super) async fn seller_request(
         let mut buf = body.to_vec();
         let idem = idem_tag.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
         let result = match route {
-            "ping" => ping(&st, &rt2, seller, &mut buf, arrival).await,
+            "ping" => ping(&st, &rt2, seller, &mut buf, arrival, idem).await,
             "leads" => direct_post(&st, &rt2, seller, &mut buf, arrival, idem).await,
             _ => post(&st, &rt2, seller, &mut buf, idem).await,
         };
@@ -412,6 +427,7 @@ async fn ping(
     seller: SellerIdx,
     buf: &mut [u8],
     arrival: Instant,
+    idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Ping)?;
@@ -433,6 +449,7 @@ async fn ping(
             lead: &req.lead,
             arrival,
             direct: false,
+            idempotency,
         },
     )
     .await;
@@ -652,6 +669,7 @@ async fn direct_post(
             lead: &projection,
             arrival,
             direct: true,
+            idempotency: None,
         },
     )
     .await;
@@ -697,10 +715,16 @@ async fn post(
     idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
-    let env = PostEnvelope::parse(buf)?;
+    let seller_key = cfg.sellers[seller].key;
+    // An envelope with problems lists the lead's too, checked against the vertical of the
+    // seller's open quote it names (every field problem at once; another seller's ping,
+    // or a finished one, gets the envelope's problems only, as an unknown one does).
+    let env = PostEnvelope::parse_listing_lead(buf, |ping_id| {
+        let name = state.quotes.open_vertical(ping_id, seller_key)?;
+        cfg.vertical(&name).map(|(_, v)| &v.schema)
+    })?;
     ledger_gate(state)?;
     let now = state.clock.now_ms();
-    let seller_key = cfg.sellers[seller].key;
     let quote = match state.quotes.begin_post(&env.ping_id, seller_key, now) {
         BeginPost::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "unknown ping_id")),
         BeginPost::InFlight => {
@@ -709,7 +733,9 @@ async fn post(
                 "a post for this ping_id is still in flight",
             ))
         }
-        BeginPost::Done(answer) => return Ok(to_json(&answer)),
+        // Counted as what it answers, like every post answered 200: the first post of a
+        // quote the sweeper expired is answered from here, and so is a repeated post.
+        BeginPost::Done(answer) => return Ok(post_answer(state, &answer)),
         BeginPost::Expired(reservation) => {
             if let Some(r) = reservation {
                 release_hold(state, rt, r, Some(&env.ping_id), None, now).await;
@@ -840,7 +866,9 @@ async fn release_hold(
     let _ = effects::execute(state, rt, drop.into_iter()).await;
 }
 
-/// A post's (or direct post's) answer as JSON, counted in `pingpost_posts_total` by status.
+/// A post's (or direct post's) answer as JSON, counted in `pingpost_posts_total` by status:
+/// every `200` answer of `/v1/post` and `/v1/leads` goes through here, a repeated post of a
+/// finished `ping_id` included (only idempotency-key replays are not counted).
 fn post_answer(state: &AppState, answer: &PostAnswer) -> Vec<u8> {
     state
         .metrics

@@ -226,6 +226,58 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> (
     (String::from_utf8_lossy(&answer).into_owned(), closed)
 }
 
+/// Reads one answer from `stream` (an open connection the caller keeps): until a whole
+/// answer (head and `Content-Length` body) has arrived, the server closes the
+/// connection, or `wait` passes. Returns what was read and whether the server closed.
+pub async fn read_answer(stream: &mut TcpStream, wait: Duration) -> (String, bool) {
+    let mut answer = Vec::new();
+    let mut closed = false;
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    closed = true;
+                    return;
+                }
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if is_complete_answer(&answer) {
+                return;
+            }
+        }
+    })
+    .await;
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+/// Whether the server closes `stream` within `wait` (it reads and drops any bytes that
+/// come first).
+pub async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// The value of header `name` in a raw answer's head (`name` in lower case), if any.
+pub fn head_value(answer: &str, name: &str) -> Option<String> {
+    let head = answer.split("\r\n\r\n").next().unwrap_or("");
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_ascii_lowercase())
+    })
+}
+
 fn is_complete_answer(bytes: &[u8]) -> bool {
     let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;

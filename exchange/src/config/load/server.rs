@@ -253,7 +253,8 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
         let mut t = s.section_or_empty(p, "tls");
         let cert = t.str_req(p, "cert_path");
         let key = t.str_req(p, "key_path");
-        let path = t.path_of("cert_path");
+        let cert_key = t.path_of("cert_path");
+        let key_key = t.path_of("key_path");
         t.finish(p);
         match (cert, key) {
             (Some(cert), Some(key)) => {
@@ -261,13 +262,21 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
                     cert_path: PathBuf::from(cert),
                     key_path: PathBuf::from(key),
                 };
-                match bidder_sdk::listener::server_config_from_files(
+                // Each file's problems at its own key, both at once; a key that is not
+                // the certificate's at `key_path`.
+                match bidder_sdk::listener::server_config_from_files_checked(
                     &files.cert_path,
                     &files.key_path,
                 ) {
                     Ok(_) => Some(files),
-                    Err(e) => {
-                        p.at(&path, e);
+                    Err(problems) => {
+                        for (file, e) in problems {
+                            let at = match file {
+                                bidder_sdk::listener::TlsFile::Cert => &cert_key,
+                                bidder_sdk::listener::TlsFile::Key => &key_key,
+                            };
+                            p.at(at, e);
+                        }
                         None
                     }
                 }

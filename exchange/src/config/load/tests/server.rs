@@ -180,3 +180,102 @@ fn files_a_configuration_names_are_read_bounded_and_only_if_regular() {
     let e = load_file_with_env(std::path::Path::new("/dev/zero"), &|_| None).unwrap_err();
     assert!(e.to_string().contains("not a regular file"), "{e}");
 }
+
+/// A self-signed certificate for `localhost` and its key, in PEM.
+fn self_signed() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The problems of a configuration whose `[server.tls]` names `cert` and `key`.
+fn tls_errors(cert: &std::path::Path, key: &std::path::Path) -> Vec<String> {
+    let line = format!(
+        "tls = {{ cert_path = {:?}, key_path = {:?} }}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    errors(&[("#SERVER", &line)])
+}
+
+#[test]
+fn each_tls_file_is_reported_at_its_own_key_and_both_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = self_signed();
+    let (_, other_key_pem) = self_signed();
+    let cert = dir.path().join("tcert.pem");
+    let key = dir.path().join("tkey.pem");
+    let other_key = dir.path().join("other-key.pem");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    std::fs::write(&other_key, &other_key_pem).unwrap();
+    std::fs::write(&junk, "not PEM").unwrap();
+    let missing_cert = dir.path().join("gone-cert.pem");
+    let missing_key = dir.path().join("gone-key.pem");
+    let at = |e: &[String], key: &str| -> Vec<String> {
+        e.iter()
+            .filter(|m| m.starts_with(&format!("{key}: ")))
+            .cloned()
+            .collect()
+    };
+
+    // The pair loads.
+    assert_eq!(tls_errors(&cert, &key), Vec::<String>::new());
+
+    // Both files gone: both listed, each at its key.
+    let e = tls_errors(&missing_cert, &missing_key);
+    let (c, k) = (
+        at(&e, "server.tls.cert_path"),
+        at(&e, "server.tls.key_path"),
+    );
+    assert!(
+        c.len() == 1 && c[0].contains(&format!("cannot read {}", missing_cert.display())),
+        "{e:?}"
+    );
+    assert!(
+        k.len() == 1 && k[0].contains(&format!("cannot read {}", missing_key.display())),
+        "{e:?}"
+    );
+
+    // Only the key gone: at key_path, nothing at cert_path.
+    let e = tls_errors(&cert, &missing_key);
+    assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
+    let k = at(&e, "server.tls.key_path");
+    assert!(
+        k.len() == 1 && k[0].contains(&format!("cannot read {}", missing_key.display())),
+        "{e:?}"
+    );
+
+    // Only the certificate gone: at cert_path, nothing at key_path.
+    let e = tls_errors(&missing_cert, &key);
+    assert!(at(&e, "server.tls.key_path").is_empty(), "{e:?}");
+    assert_eq!(at(&e, "server.tls.cert_path").len(), 1, "{e:?}");
+
+    // Neither file holds what it should: both, each at its key.
+    let e = tls_errors(&junk, &junk);
+    let (c, k) = (
+        at(&e, "server.tls.cert_path"),
+        at(&e, "server.tls.key_path"),
+    );
+    assert!(
+        c.len() == 1 && c[0].contains("no PEM certificate found"),
+        "{e:?}"
+    );
+    assert!(k.len() == 1 && k[0].contains("no PEM private key"), "{e:?}");
+
+    // A certificate where the key belongs: the key's problem.
+    let e = tls_errors(&cert, &cert);
+    assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
+    assert_eq!(at(&e, "server.tls.key_path").len(), 1, "{e:?}");
+
+    // A key that is not the certificate's: at key_path, saying so.
+    let e = tls_errors(&cert, &other_key);
+    assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
+    let k = at(&e, "server.tls.key_path");
+    assert!(
+        k.len() == 1 && k[0].contains("does not match the certificate"),
+        "{e:?}"
+    );
+}
