@@ -216,6 +216,59 @@ pub fn refund_decision(lead: &SoldLead, window_days: u16, now: UnixMs) -> Result
     Ok(())
 }
 
+/// A refund as a disposition's answer names it (the `refund` record's figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundLine<'a> {
+    pub currency: &'a str,
+    pub buyer_refund_micros: i64,
+    pub seller_clawback_micros: i64,
+}
+
+/// The `200` answer of a recorded disposition, as JSON. The live answer and the answer
+/// recovery restores with a buyer's `Idempotency-Key` (from the `disposition` record and
+/// its lead's `refund`) are both built here, so a retry after a restart gets the same
+/// bytes. `refund` is the refund a `returned` made; a `returned` that refunded nothing
+/// was of a test lead (a return outside the window is refused, never answered 200), and
+/// says so in `no_refund`.
+pub fn answer_json(
+    lead_id: &str,
+    outcome: &str,
+    test: bool,
+    refund: Option<RefundLine>,
+) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        lead_id: &'a str,
+        outcome: &'a str,
+        recorded: bool,
+        /// The refund a `returned` made, else `null`.
+        refund: Option<RefundAnswer<'a>>,
+        /// Why a `returned` refunded nothing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        no_refund: Option<&'static str>,
+    }
+    #[derive(serde::Serialize)]
+    struct RefundAnswer<'a> {
+        currency: &'a str,
+        buyer_refund: proto::Micros,
+        seller_clawback: proto::Micros,
+    }
+    let returned = outcome == RETURNED;
+    let refund = refund.filter(|_| returned);
+    let answer = Answer {
+        lead_id,
+        outcome,
+        recorded: true,
+        no_refund: (returned && refund.is_none() && test).then_some(NoRefund::TestLead.as_str()),
+        refund: refund.map(|r| RefundAnswer {
+            currency: r.currency,
+            buyer_refund: proto::Micros(r.buyer_refund_micros),
+            seller_clawback: proto::Micros(r.seller_clawback_micros),
+        }),
+    };
+    serde_json::to_vec(&answer).unwrap_or_default()
+}
+
 /// What [`SoldLeads::claim`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

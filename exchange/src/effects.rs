@@ -30,7 +30,6 @@ pub fn health(state: &AppState) -> &dyn BuyerHealth {
 /// `no_time_left`, the seller's request was late), counted apart from buyer timeouts.
 fn ping_label(o: BuyerOutcome, breaker: Option<bool>) -> Option<PingOutcome> {
     Some(match o {
-        BuyerOutcome::SkippedFanout => PingOutcome::SkippedFanout,
         BuyerOutcome::SkippedBreaker => PingOutcome::SkippedBreaker,
         BuyerOutcome::Timeout if breaker.is_none() => PingOutcome::NoTimeLeft,
         BuyerOutcome::Timeout => PingOutcome::Timeout,
@@ -109,6 +108,7 @@ pub async fn execute<'a>(
                 }
             }
             Effect::Skipped { counts } => state.metrics.count_skips(&counts),
+            Effect::FanoutLimited { count } => state.metrics.count_fanout_limited(count),
             Effect::LateAnswer { buyer } => late_answer(state, rt, buyer),
             Effect::Post {
                 buyer,
@@ -189,6 +189,7 @@ pub fn execute_now<'a>(state: &AppState, effects: impl Iterator<Item = Effect<'a
             },
             Effect::Ping { .. }
             | Effect::Skipped { .. }
+            | Effect::FanoutLimited { .. }
             | Effect::LateAnswer { .. }
             | Effect::Post { .. }
             | Effect::Auction { .. } => {}

@@ -6,6 +6,11 @@
 //! unaffected) and in all (`idempotency_keys_max`; past it `503`). Live keys are never
 //! evicted to make room: an evicted key would let a retry sell a lead twice.
 //!
+//! The store is generic over the party that owns the keys: sellers on the seller routes
+//! ([`SellerKey`], the default), buyers on `POST /v1/dispositions` (`BuyerKey`, a store
+//! of its own with the same TTL and bounds; its per-party quota is
+//! `idempotency_keys_per_seller_max`, applied per buyer there).
+//!
 //! Every key that `begin` answered `Proceed` must be settled with `complete` or `forget`
 //! by the request's own task (server.rs), whether or not the client is still connected;
 //! an unsettled key would answer `409` until it expires.
@@ -14,6 +19,8 @@ use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
+
+use std::hash::Hash;
 
 use crate::config::SellerKey;
 use crate::core::UnixMs;
@@ -57,7 +64,7 @@ pub enum Begin {
     InFlight,
     /// The store is full.
     Full,
-    /// This seller holds its quota of keys already.
+    /// This seller (or buyer, in a buyer-keyed store) holds its quota of keys already.
     SellerFull,
 }
 
@@ -67,19 +74,19 @@ fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Remembered keys, per seller.
+/// Remembered keys, per party `P` (a seller by default; a buyer for dispositions).
 #[derive(Debug)]
-pub struct IdempotencyStore {
-    map: DashMap<(SellerKey, [u8; 32]), Slot>,
-    /// Keys held per seller (in `map`), for the per-seller quota. Lock order: an entry of
+pub struct IdempotencyStore<P: Eq + Hash = SellerKey> {
+    map: DashMap<(P, [u8; 32]), Slot>,
+    /// Keys held per party (in `map`), for the per-party quota. Lock order: an entry of
     /// `map`, then one of `per_seller`, never the other way.
-    per_seller: DashMap<SellerKey, usize>,
+    per_seller: DashMap<P, usize>,
     ttl_ms: u64,
     keys_max: usize,
 }
 
-impl IdempotencyStore {
-    pub fn new(ttl_ms: u64, keys_max: usize) -> IdempotencyStore {
+impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
+    pub fn new(ttl_ms: u64, keys_max: usize) -> IdempotencyStore<P> {
         IdempotencyStore {
             map: DashMap::new(),
             per_seller: DashMap::new(),
@@ -89,7 +96,7 @@ impl IdempotencyStore {
     }
 
     /// [`IdempotencyStore::begin_within`] without a per-seller quota.
-    pub fn begin(&self, seller: SellerKey, key: &str, body: &[u8], now: UnixMs) -> Begin {
+    pub fn begin(&self, seller: P, key: &str, body: &[u8], now: UnixMs) -> Begin {
         self.begin_within(seller, "", key, body, now, usize::MAX)
     }
 
@@ -97,7 +104,7 @@ impl IdempotencyStore {
     /// than `seller_keys_max` keys and the store fewer than `keys_max`.
     pub fn begin_within(
         &self,
-        seller: SellerKey,
+        seller: P,
         route: &'static str,
         key: &str,
         body: &[u8],
@@ -151,14 +158,14 @@ impl IdempotencyStore {
     }
 
     /// Stores the answer for later replays.
-    pub fn complete(&self, seller: SellerKey, key: &str, status: u16, body: Bytes) {
+    pub fn complete(&self, seller: P, key: &str, status: u16, body: Bytes) {
         if let Some(mut slot) = self.map.get_mut(&(seller, key_digest(key))) {
             slot.state = State::Done { status, body };
         }
     }
 
     /// Forgets a key whose request changed nothing (a refused request may be retried).
-    pub fn forget(&self, seller: SellerKey, key: &str) {
+    pub fn forget(&self, seller: P, key: &str) {
         if self.map.remove(&(seller, key_digest(key))).is_some() {
             self.release(seller);
         }
@@ -169,7 +176,7 @@ impl IdempotencyStore {
     /// full store changes nothing (returns false).
     pub fn restore(
         &self,
-        seller: SellerKey,
+        seller: P,
         key_sha256: [u8; 32],
         body_sha256: [u8; 32],
         at: UnixMs,
@@ -210,11 +217,11 @@ impl IdempotencyStore {
     }
 
     /// Keys `seller` holds now.
-    pub fn held_by(&self, seller: SellerKey) -> usize {
+    pub fn held_by(&self, seller: P) -> usize {
         self.per_seller.get(&seller).map_or(0, |n| *n)
     }
 
-    fn release(&self, seller: SellerKey) {
+    fn release(&self, seller: P) {
         if let Some(mut n) = self.per_seller.get_mut(&seller) {
             *n = n.saturating_sub(1);
         }

@@ -34,7 +34,6 @@ pub enum PingOutcome {
     /// Answered, but not a valid answer (garbage, wrong content type, non-200).
     Invalid,
     SkippedBreaker,
-    SkippedFanout,
     /// A bid above the vertical's `bid_max`: refused as a no-bid.
     BidAboveMax,
     /// A bid whose own expiry had passed by the award: it neither wins nor falls back.
@@ -42,7 +41,7 @@ pub enum PingOutcome {
 }
 
 impl PingOutcome {
-    pub const ALL: [PingOutcome; 10] = [
+    pub const ALL: [PingOutcome; 9] = [
         PingOutcome::Bid,
         PingOutcome::NoBid,
         PingOutcome::Timeout,
@@ -50,7 +49,6 @@ impl PingOutcome {
         PingOutcome::Error,
         PingOutcome::Invalid,
         PingOutcome::SkippedBreaker,
-        PingOutcome::SkippedFanout,
         PingOutcome::BidAboveMax,
         PingOutcome::BidExpired,
     ];
@@ -64,7 +62,6 @@ impl PingOutcome {
             PingOutcome::Error => "error",
             PingOutcome::Invalid => "invalid",
             PingOutcome::SkippedBreaker => "skipped_breaker",
-            PingOutcome::SkippedFanout => "skipped_fanout",
             PingOutcome::BidAboveMax => "bid_above_max",
             PingOutcome::BidExpired => "bid_expired",
         }
@@ -142,6 +139,8 @@ pub struct Metrics {
     pub cap_utilisation: IntGaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
     pub eligibility_skips: IntCounterVec,
+    /// Eligible buyers not pinged for the fan-out limit (one series, not per buyer).
+    pub fanout_limited: IntCounter,
     pub quotes_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
@@ -289,6 +288,14 @@ impl Metrics {
                     &["reason"],
                 ),
             ),
+            fanout_limited: reg(
+                &r,
+                IntCounter::new(
+                    "pingpost_fanout_limited_total",
+                    "Eligible buyers not pinged because their auction had pinged server.buyers_per_auction_max buyers already.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
             quotes_open: reg(
                 &r,
                 IntGauge::new(
@@ -383,6 +390,11 @@ impl Metrics {
                 c.inc_by(u64::from(*n));
             }
         }
+    }
+
+    /// Counts one auction's buyers not pinged for the fan-out limit.
+    pub fn count_fanout_limited(&self, count: u32) {
+        self.fanout_limited.inc_by(u64::from(count));
     }
 
     /// Records a seller request's latency.

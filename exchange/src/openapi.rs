@@ -432,7 +432,7 @@ fn responses() -> Value {
         ("Forbidden", "`forbidden`: the key is valid but not for this vertical or endpoint (a seller may not sell in the vertical; a buyer's key on the seller API, a seller's key on `/v1/dispositions`; a disposition for a lead sold to another buyer)."),
         ("NotFound", "`not_found`: unknown route or unknown `ping_id`."),
         ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
-        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight."),
+        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight; on `/v1/dispositions`, a repeated (lead, outcome) or a refused return."),
         ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
         ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding`."),
         ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),
@@ -443,7 +443,7 @@ fn responses() -> Value {
     for (name, d) in [
         (
             "RateLimited",
-            "`rate_limited`: the seller is over its request rate or its idempotency key quota.",
+            "`rate_limited`: the seller (on `/v1/dispositions`: the buyer) is over its request rate or its idempotency key quota.",
         ),
         (
             "Overloaded",
@@ -494,7 +494,8 @@ fn seller_operation(id: &str, summary: &str, request: &str, answer: &str) -> Val
     })
 }
 
-/// `POST /v1/dispositions`: the buyer key, no Idempotency-Key (a repeat is `409`).
+/// `POST /v1/dispositions`: the buyer key and the same optional Idempotency-Key (a
+/// keyless repeat is `409`).
 fn disposition_operation() -> Value {
     let mut op = seller_operation(
         "disposition",
@@ -503,9 +504,11 @@ fn disposition_operation() -> Value {
         "DispositionAnswer",
     );
     op["security"] = json!([{"buyerKey": []}]);
-    op["parameters"] = json!([]);
     op["description"] = json!(
-        "One disposition per (lead, outcome): a repeat is 409 and changes nothing. A `returned` \
+        "One disposition per (lead, outcome): a repeat is 409 and changes nothing; with an \
+         `Idempotency-Key` (per buyer, quota `server.idempotency_keys_per_seller_max` per buyer, \
+         kept across restarts) a retry with the same key and body gets the first 200 again, byte \
+         for byte, and records nothing. A `returned` \
          inside the buyer's `return_window_days` refunds the sale's bid to the buyer and claws \
          back the seller's price (`refund`); outside the window (or with no window) it is 409 and \
          nothing is recorded; a test lead's is recorded with `refund` null and `no_refund`. \

@@ -17,6 +17,10 @@
 //! - the sold-lead index (`POST /v1/dispositions`): every `sale` (the newest
 //!   `server.sold_leads_max`), with the outcomes its `disposition` records took and its
 //!   `refund`, so a repeat after a restart is still refused;
+//! - buyers' idempotency keys (`POST /v1/dispositions`): a `disposition` record names its
+//!   request's key and body (as SHA-256); a retry with that key gets the `200` it was
+//!   given, rebuilt from the record and its lead's `refund` by the function that built it
+//!   ([`crate::dispositions::answer_json`]), and writes nothing;
 //! - deliveries whose outcome is unknown (a `post_sent` with no `sale` or `post_attempt`
 //!   of the same lead and attempt): counted, logged at start, listed by
 //!   `pingpost ledger verify`.
@@ -93,6 +97,18 @@ pub struct KeyedPing {
     pub score: Option<u8>,
 }
 
+/// A keyed disposition's `disposition` record (what recovery needs of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedDisposition {
+    pub at: UnixMs,
+    pub lead_id: String,
+    pub buyer: String,
+    pub outcome: String,
+    pub test: bool,
+    /// `(key, body)` hex SHA-256.
+    pub key: (String, String),
+}
+
 /// What replaying a ledger found.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -128,6 +144,11 @@ pub struct Scan {
     pub dispositions: Vec<(String, String)>,
     /// `lead_id` of every `refund` record, in order.
     pub refunds: Vec<String>,
+    /// Dispositions that carried an `Idempotency-Key`, in ledger order.
+    pub keyed_dispositions: Vec<KeyedDisposition>,
+    /// The refund of each refunded lead, as its answer names it: `(currency,
+    /// buyer_refund_micros, seller_clawback_micros)` by lead id.
+    refund_lines: HashMap<String, (String, i64, i64)>,
 }
 
 /// A buyer's deed that teaches its smoothed rates.
@@ -157,6 +178,14 @@ fn windows_of(v: &Value) -> Option<Windows> {
         week: w.get("week")?.as_i64()?,
         month: w.get("month")?.as_i64()?,
     })
+}
+
+/// The `Idempotency-Key` a record names: `(key, body)` hex SHA-256 (`auction`,
+/// `post_sent` and `disposition` records carry both, or neither).
+fn idempotency_of(v: &Value) -> Option<(String, String)> {
+    let key = v.get("idempotency_key_sha256").and_then(Value::as_str)?;
+    let body = v.get("body_sha256").and_then(Value::as_str)?;
+    Some((key.to_string(), body.to_string()))
 }
 
 /// A `sale` record as the sold-lead index keeps it (its buyer keyed at [`apply`]).
@@ -227,14 +256,12 @@ impl Scan {
                     continue;
                 }
                 "auction" => {
-                    let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
-                    let body = v.get("body_sha256").and_then(Value::as_str);
-                    if let Some((k, b)) = key.zip(body) {
+                    if let Some(key) = idempotency_of(&v) {
                         scan.keyed_pings.push(KeyedPing {
                             at: at_of(&v),
                             ping_id: text(&v, "ping_id"),
                             seller: text(&v, "seller"),
-                            key: (k.to_string(), b.to_string()),
+                            key,
                             won: v.get("winner").is_some_and(|w| !w.is_null()),
                             no_bid: v.get("no_bid").and_then(Value::as_str).map(String::from),
                             score: v
@@ -245,8 +272,6 @@ impl Scan {
                     }
                 }
                 "post_sent" => {
-                    let key = v.get("idempotency_key_sha256").and_then(Value::as_str);
-                    let body = v.get("body_sha256").and_then(Value::as_str);
                     scan.sent.push(Sent {
                         at: at_of(&v),
                         lead_id: text(&v, "lead_id"),
@@ -258,7 +283,7 @@ impl Scan {
                         price_micros: v.get("price_micros").and_then(Value::as_i64).unwrap_or(0),
                         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
                         windows: windows_of(&v),
-                        idempotency: key.zip(body).map(|(k, b)| (k.to_string(), b.to_string())),
+                        idempotency: idempotency_of(&v),
                     });
                 }
                 "post_attempt" => {
@@ -290,8 +315,29 @@ impl Scan {
                 "disposition" => {
                     scan.dispositions
                         .push((text(&v, "lead_id"), text(&v, "outcome")));
+                    if let Some(key) = idempotency_of(&v) {
+                        scan.keyed_dispositions.push(KeyedDisposition {
+                            at: at_of(&v),
+                            lead_id: text(&v, "lead_id"),
+                            buyer: text(&v, "buyer"),
+                            outcome: text(&v, "outcome"),
+                            test,
+                            key,
+                        });
+                    }
                 }
-                "refund" => scan.refunds.push(text(&v, "lead_id")),
+                "refund" => {
+                    let micros = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+                    scan.refund_lines.insert(
+                        text(&v, "lead_id"),
+                        (
+                            text(&v, "currency"),
+                            micros("buyer_refund_micros"),
+                            micros("seller_clawback_micros"),
+                        ),
+                    );
+                    scan.refunds.push(text(&v, "lead_id"));
+                }
                 "unsold" => {
                     scan.unsold.insert(
                         text(&v, "lead_id"),
@@ -433,14 +479,21 @@ fn may_count_now(w: &Windows, now_utc: &Windows) -> bool {
 }
 
 /// The windows a lead of a configured buyer counts in: the ones it was written with, if
-/// they are the windows of their own hour in the buyer's zone now; otherwise (a record
-/// written before format 4, or in a zone the buyer had before) the windows of its time
-/// `at` in the zone configured now, so a zone changed across a restart never starts the
-/// buyer's day afresh.
-fn windows_in(tz: chrono_tz::Tz, windows: Option<Windows>, at: UnixMs) -> Option<Windows> {
+/// they are the windows of their own hour in the buyer's zone now; written in a zone the
+/// buyer had before, the current windows of the zone now that its old windows may still
+/// be running in, and otherwise the windows of its time `at` ([`Windows::carried`]), so a
+/// zone changed across a restart never sells past a cap in either zone's windows; a
+/// record written before format 4 (no windows), the windows of `at` in the zone now.
+fn windows_in(
+    tz: chrono_tz::Tz,
+    windows: Option<Windows>,
+    at: UnixMs,
+    now: UnixMs,
+) -> Option<Windows> {
     match windows {
         Some(w) if Windows::at(tz, w.hour_start_ms) == Some(w) => Some(w),
-        _ => Windows::at(tz, at),
+        Some(old) => Windows::carried(tz, &old, at, now),
+        None => Windows::at(tz, at),
     }
 }
 
@@ -491,7 +544,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             return key_of_unconfigured(state, buyer)
                 .is_some_and(|key| state.caps.restore_sold(key, &w, Micros(price)));
         };
-        let Some(w) = windows_in(b.timezone, windows, at) else {
+        let Some(w) = windows_in(b.timezone, windows, at, now) else {
             return false;
         };
         match Windows::at(b.timezone, now) {
@@ -595,7 +648,50 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.keys += 1;
         }
     }
+    out.keys += restore_disposition_keys(state, scan, &buyers, now);
     out
+}
+
+/// Buyers' keys on `POST /v1/dispositions`: the last disposition each key recorded, with
+/// the `200` it was answered (only a `200` is ever recorded with its key). A buyer not
+/// configured now has no key to retry with, and is skipped.
+fn restore_disposition_keys(
+    state: &AppState,
+    scan: &Scan,
+    buyers: &HashMap<&str, &crate::config::Buyer>,
+    now: UnixMs,
+) -> u64 {
+    let mut last: HashMap<(&str, &str), &KeyedDisposition> = HashMap::new();
+    for d in &scan.keyed_dispositions {
+        last.insert((d.buyer.as_str(), d.key.0.as_str()), d);
+    }
+    let mut restored = 0;
+    for ((buyer, _), d) in last {
+        let Some(b) = buyers.get(buyer) else {
+            continue;
+        };
+        let (Some(key), Some(body)) = (digest(&d.key.0), digest(&d.key.1)) else {
+            continue;
+        };
+        let refund = scan
+            .refund_lines
+            .get(&d.lead_id)
+            .map(
+                |(currency, refund, clawback)| crate::dispositions::RefundLine {
+                    currency,
+                    buyer_refund_micros: *refund,
+                    seller_clawback_micros: *clawback,
+                },
+            );
+        let answer = crate::dispositions::answer_json(&d.lead_id, &d.outcome, d.test, refund);
+        if state
+            .disposition_keys
+            .restore(b.key, key, body, d.at, now, (200, Bytes::from(answer)))
+        {
+            restored += 1;
+        }
+    }
+    restored
 }
 
 /// Puts the quotes that were posted (sold or unsold) or expired back in the book as

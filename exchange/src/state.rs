@@ -356,6 +356,10 @@ pub struct AppState {
     pub sold_leads: crate::dispositions::SoldLeads,
     /// Per-buyer bound on disposition requests.
     pub disposition_rate: crate::dispositions::BuyerRate,
+    /// Buyers' `Idempotency-Key`s on `POST /v1/dispositions` (the seller routes' TTL and
+    /// global bound; `idempotency_keys_per_seller_max` keys per buyer); swept with the
+    /// sellers' keys, restored from `disposition` records at start.
+    pub disposition_keys: IdempotencyStore<crate::config::BuyerKey>,
     /// The late-post watches still hearing a buyer out ([`crate::auction::LATE_POST_WAIT_MS`]):
     /// shutdown waits for them before the ledger's tail is made durable, so a late accept
     /// the buyer already has is recorded and counted.
@@ -541,6 +545,7 @@ impl AppState {
             rate_limits: RateLimiter::new(ids.seller_count()),
             sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
             disposition_rate: crate::dispositions::BuyerRate::default(),
+            disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
             admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX)),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_REQUESTS_IN_FLIGHT_MAX),
@@ -877,6 +882,7 @@ impl AppState {
             }
         }
         self.idempotency.sweep(now);
+        self.disposition_keys.sweep(now);
         self.metrics
             .quotes_open
             .set(self.quotes.open_count() as i64);

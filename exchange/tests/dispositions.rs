@@ -770,3 +770,245 @@ async fn a_buyer_without_a_return_window_cannot_return() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// POSTs a disposition with acme's key and `headers` (an `Idempotency-Key`, or several).
+async fn dispose_keyed(client: &SellerClient, headers: &[(&str, &str)], body: &Value) -> Reply {
+    client
+        .post_json_with("/v1/dispositions", ACME_KEY, headers, body)
+        .await
+}
+
+/// Hex SHA-256 of `body` as the client sends it.
+fn body_digest(body: &Value) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(body).unwrap()))
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_and_writes_once() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let lead = sell(&ex.client).await;
+    let c = &ex.client;
+    let key = "disp-retry-Qx7";
+    let body = json!({"lead_id": lead, "outcome": "contacted"});
+
+    let first = dispose_keyed(c, &[("Idempotency-Key", key)], &body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.json(),
+        json!({"lead_id": lead, "outcome": "contacted", "recorded": true, "refund": null})
+    );
+    // The retry gets the same bytes (not 409 "already recorded"), and writes nothing.
+    for _ in 0..2 {
+        let again = dispose_keyed(c, &[("Idempotency-Key", key)], &body).await;
+        assert_eq!(
+            (again.status, &again.body),
+            (200, &first.body),
+            "{}",
+            again.text()
+        );
+    }
+    let disp = records(&ex.ledger_path, "disposition");
+    assert_eq!(disp.len(), 1, "{disp:?}");
+    // The record names the key and the body by their SHA-256, never the key itself.
+    assert_eq!(disp[0]["idempotency_key_sha256"], digest(key));
+    assert_eq!(disp[0]["body_sha256"], body_digest(&body));
+    let all = pingpost::ledger::segments::read_all(&ex.ledger_path).unwrap();
+    assert!(!all.contains(key), "the key itself is never written");
+
+    // The same key with another body: 409, nothing written.
+    let other = json!({"lead_id": lead, "outcome": "quoted"});
+    dispose_keyed(c, &[("Idempotency-Key", key)], &other)
+        .await
+        .assert_error(409, "conflict");
+    // A key whose request failed is forgotten: its retry runs (here with a good body).
+    let unknown = json!({"lead_id": "ld_00000000000000000000000000000000", "outcome": "quoted"});
+    dispose_keyed(c, &[("Idempotency-Key", "k-failed")], &unknown)
+        .await
+        .assert_error(404, "not_found");
+    let r = dispose_keyed(c, &[("Idempotency-Key", "k-failed")], &other).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A keyless disposition still works, and its record names no key.
+    let keyless = json!({"lead_id": lead, "outcome": "sold"});
+    assert_eq!(dispose(c, ACME_KEY, &keyless).await.status, 200);
+    let disp = records(&ex.ledger_path, "disposition");
+    assert_eq!(disp.len(), 3, "{disp:?}");
+    assert!(
+        disp[2].get("idempotency_key_sha256").is_none(),
+        "{}",
+        disp[2]
+    );
+    assert!(disp[2].get("body_sha256").is_none(), "{}", disp[2]);
+}
+
+#[tokio::test]
+async fn a_malformed_or_repeated_idempotency_key_is_refused_and_writes_nothing() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let lead = sell(&ex.client).await;
+    let c = &ex.client;
+    let body = json!({"lead_id": lead, "outcome": "contacted"});
+    let long = "k".repeat(256);
+    for key in ["has space", "tab\there", "", long.as_str()] {
+        let e = dispose_keyed(c, &[("Idempotency-Key", key)], &body)
+            .await
+            .assert_error(400, "invalid_request");
+        assert!(e.to_string().contains("Idempotency-Key"), "{key:?}: {e}");
+    }
+    let e = dispose_keyed(
+        c,
+        &[("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
+        &body,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    assert!(e.to_string().contains("one Idempotency-Key"), "{e}");
+    ex.state.ledger.flush().await.unwrap();
+    assert!(records(&ex.ledger_path, "disposition").is_empty());
+    // The longest key is fine.
+    let ok = "k".repeat(255);
+    let r = dispose_keyed(c, &[("Idempotency-Key", &ok)], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(records(&ex.ledger_path, "disposition").len(), 1);
+}
+
+#[tokio::test]
+async fn a_keyed_return_replays_its_refund_and_refunds_once() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let lead = sell(&ex.client).await;
+    let c = &ex.client;
+    let body = json!({"lead_id": lead, "outcome": "returned", "reason": "disconnected_number"});
+    let first = dispose_keyed(c, &[("Idempotency-Key", "return-1")], &body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.json()["refund"],
+        json!({"currency": "USD", "buyer_refund": 18.0, "seller_clawback": 14.4})
+    );
+    let again = dispose_keyed(c, &[("Idempotency-Key", "return-1")], &body).await;
+    assert_eq!(
+        (again.status, &again.body),
+        (200, &first.body),
+        "{}",
+        again.text()
+    );
+    // Without the key, the repeat is still refused.
+    dispose(c, ACME_KEY, &body)
+        .await
+        .assert_error(409, "conflict");
+    assert_eq!(records(&ex.ledger_path, "refund").len(), 1);
+    assert_eq!(records(&ex.ledger_path, "disposition").len(), 1);
+}
+
+#[tokio::test]
+async fn a_buyer_holds_at_most_its_quota_of_disposition_keys() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .start_edited(|t| {
+            with_keys(t).replacen(
+                "[server]\n",
+                "[server]\nidempotency_keys_per_seller_max = 1\n",
+                1,
+            )
+        })
+        .await;
+    let lead = sell(&ex.client).await;
+    let c = &ex.client;
+    let contacted = json!({"lead_id": lead, "outcome": "contacted"});
+    let quoted = json!({"lead_id": lead, "outcome": "quoted"});
+    let a = dispose_keyed(c, &[("Idempotency-Key", "a")], &contacted).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let over = dispose_keyed(c, &[("Idempotency-Key", "b")], &quoted).await;
+    over.assert_error(429, "rate_limited");
+    assert!(
+        over.headers.contains_key("retry-after"),
+        "{:?}",
+        over.headers
+    );
+    // The held key still replays; a request without a key still runs.
+    let replay = dispose_keyed(c, &[("Idempotency-Key", "a")], &contacted).await;
+    assert_eq!((replay.status, &replay.body), (200, &a.body));
+    assert_eq!(dispose(c, ACME_KEY, &quoted).await.status, 200);
+    // The sellers' keys are another store: the seller's key quota is untouched.
+    let ping = c
+        .post_json_with(
+            "/v1/ping",
+            SELLER_KEY,
+            &[("Idempotency-Key", "a")],
+            &ping_body("TX"),
+        )
+        .await;
+    assert_eq!(ping.status, 200, "{}", ping.text());
+}
+
+#[tokio::test]
+async fn a_disposition_key_survives_a_restart() {
+    let (cfg, _h) = bidders().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger, Clock::system()).await;
+    let client = SellerClient::new(first.addr);
+    let (l1, l2) = (sell(&client).await, sell(&client).await);
+    let mut test_body = direct_body("TX");
+    test_body["test"] = json!(true);
+    let sold = client
+        .post_json("/v1/leads", &test_body)
+        .await
+        .post_answer();
+    let l3 = sold.lead_id.expect("the test lead is sold");
+    let cases = [
+        (
+            "key-contacted",
+            json!({"lead_id": l1, "outcome": "contacted"}),
+        ),
+        (
+            "key-returned",
+            json!({"lead_id": l2, "outcome": "returned", "reason": "wrong_number"}),
+        ),
+        ("key-test", json!({"lead_id": l3, "outcome": "returned"})),
+    ];
+    let mut answers = Vec::new();
+    for (key, body) in &cases {
+        let r = dispose_keyed(&client, &[("Idempotency-Key", key)], body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        answers.push(r.body);
+    }
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answers[2]).unwrap()["no_refund"],
+        "test_lead"
+    );
+    first.shutdown().await.unwrap();
+    let before = (
+        records(&ledger, "disposition").len(),
+        records(&ledger, "refund").len(),
+    );
+    assert_eq!(before, (3, 1));
+
+    let second = start(&cfg, &ledger, Clock::system()).await;
+    let client = SellerClient::new(second.addr);
+    // Each retry gets the bytes it got before the restart and writes nothing.
+    for ((key, body), answer) in cases.iter().zip(&answers) {
+        let r = dispose_keyed(&client, &[("Idempotency-Key", key)], body).await;
+        assert_eq!((r.status, &r.body), (200, answer), "{key}: {}", r.text());
+    }
+    // The same key with another body is still a conflict.
+    dispose_keyed(
+        &client,
+        &[("Idempotency-Key", "key-contacted")],
+        &json!({"lead_id": l1, "outcome": "sold"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    second.state.ledger.flush().await.unwrap();
+    assert_eq!(
+        (
+            records(&ledger, "disposition").len(),
+            records(&ledger, "refund").len()
+        ),
+        before
+    );
+    second.shutdown().await.unwrap();
+    let (ok, out) = run(&["ledger", "verify", "--dir", ledger.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}

@@ -61,6 +61,17 @@ async fn buyer(
     price: f64,
     post_delay_ms: u64,
 ) -> (Arc<SlowBuyer>, TestBuyer, ServerHandle) {
+    buyer_checking(id, price, post_delay_ms, true).await
+}
+
+/// [`buyer`], checking the exchange's webhook signatures or not (not: for an exchange on
+/// a clock set to another day, whose timestamps are far from this one's).
+async fn buyer_checking(
+    id: &str,
+    price: f64,
+    post_delay_ms: u64,
+    verify_signatures: bool,
+) -> (Arc<SlowBuyer>, TestBuyer, ServerHandle) {
     let b = Arc::new(SlowBuyer {
         price: usd(price),
         post_delay: Duration::from_millis(post_delay_ms),
@@ -68,12 +79,11 @@ async fn buyer(
         accept: std::sync::atomic::AtomicBool::new(true),
     });
     let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0)));
-    let (addr, handle) = spawn(
-        b.clone(),
-        ServeOptions::new(Secret::new(&probe.secret).unwrap()),
-    )
-    .await
-    .unwrap();
+    let options = ServeOptions {
+        verify_signatures,
+        ..ServeOptions::new(Secret::new(&probe.secret).unwrap())
+    };
+    let (addr, handle) = spawn(b.clone(), options).await.unwrap();
     (b, TestBuyer { addr, ..probe }, handle)
 }
 
@@ -116,11 +126,16 @@ async fn start(cfg: &TestConfig, ledger: &Path) -> Running {
 
 /// [`start`] with every buyer in `zone`.
 async fn start_in(cfg: &TestConfig, ledger: &Path, zone: &str) -> Running {
+    start_at(cfg, ledger, zone, Clock::system()).await
+}
+
+/// [`start_in`] on `clock`.
+async fn start_at(cfg: &TestConfig, ledger: &Path, zone: &str, clock: Clock) -> Running {
     let config = config_in(cfg, ledger, zone);
     // The previous exchange's ledger writer ends once its last handle is gone.
     tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
-            match app::start(config.clone(), Clock::system()).await {
+            match app::start(config.clone(), clock).await {
                 Ok(r) => return r,
                 Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
                 Err(e) => panic!("{e}"),
@@ -709,6 +724,36 @@ async fn a_zone_change_never_gives_a_fresh_daily_cap() {
     assert_eq!(sold_today(&second, "a"), 2, "in {other} after a restart");
     assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
     assert_eq!(*a.posts.lock().unwrap(), 2, "a lead went to a past its cap");
+    second.shutdown().await.unwrap();
+}
+
+/// A zone changed across a restart while the old zone's day is still running: the
+/// black-box case. a (daily cap 1, in UTC) sells at 02:39 UTC; the exchange restarts at
+/// 03:00:30 UTC with a in UTC-3, where a new day began at 03:00 UTC. The sale's own time
+/// lies in the previous day there, but UTC's day is still running, so it counts in the
+/// new day as well and the next lead goes to b. Before, a got a second lead that day.
+#[tokio::test]
+async fn a_zone_changed_across_a_restart_never_sells_past_a_cap_of_the_old_zone() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(1)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-11-30T02:39:00Z and 2026-11-30T03:00:30Z.
+    let (sold_at, restart_at) = (1_796_006_340_000, 1_796_007_630_000);
+    let first = start_at(&cfg, &ledger, "UTC", Clock::at(sold_at)).await;
+    assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer a"));
+    assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer b"));
+    first.shutdown().await.unwrap();
+
+    let second = start_at(&cfg, &ledger, "Etc/GMT+3", Clock::at(restart_at)).await;
+    assert_eq!(
+        sold_today(&second, "a"),
+        1,
+        "the sale counts in the new zone's day"
+    );
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
     second.shutdown().await.unwrap();
 }
 

@@ -31,7 +31,8 @@ use super::caps::Reservation;
 use super::effect::Effect;
 use super::eligibility::{self, SkipSummary};
 use super::record::{
-    AuctionRecord, BuyerLine, BuyerOutcome, Head, QuoteHoldRecord, Record, SkippedRecord,
+    AuctionRecord, BuyerLine, BuyerOutcome, FanoutLimitedRecord, Head, QuoteHoldRecord, Record,
+    SkippedRecord,
 };
 use super::settlement::{BuyerHealth, Settlement};
 use super::UnixMs;
@@ -144,6 +145,10 @@ pub struct Auction<'a> {
     all_capped: bool,
     /// The buyers that failed a filter (counts, and the first few by name).
     skipped: SkipSummary,
+    /// Eligible buyers past `server.buyers_per_auction_max`: how many, and the first
+    /// [`eligibility::SKIP_NAMES_MAX`] (a summary, not a line each: with thousands of
+    /// eligible buyers a line and a metric series each would be the auction's cost).
+    fanout_limited: (u32, Vec<BuyerIdx>),
     pending: usize,
     effects: Vec<Effect<'a>>,
 }
@@ -225,6 +230,7 @@ impl<'a> Auction<'a> {
             fixed: elig.fixed,
             all_capped,
             skipped: elig.skipped,
+            fanout_limited: (0, Vec::new()),
             pending: 0,
             effects: Vec::with_capacity(n + 5),
         };
@@ -248,13 +254,11 @@ impl<'a> Auction<'a> {
                 continue;
             };
             if admitted >= cfg.server.buyers_per_auction_max {
-                a.line(
-                    b,
-                    BuyerOutcome::SkippedFanout,
-                    None,
-                    Some("fanout_limit"),
-                    None,
-                );
+                let (count, first) = &mut a.fanout_limited;
+                *count = count.saturating_add(1);
+                if first.len() < eligibility::SKIP_NAMES_MAX {
+                    first.push(b);
+                }
                 continue;
             }
             let bound = collect_until.min(now.saturating_add(ms(buyer.ping_timeout_ms)));
@@ -282,6 +286,11 @@ impl<'a> Auction<'a> {
                 bound,
                 tmax_ms,
                 answer: Answer::Pending,
+            });
+        }
+        if a.fanout_limited.0 > 0 {
+            a.effects.push(Effect::FanoutLimited {
+                count: a.fanout_limited.0,
             });
         }
         a.pending = a.slots.len();
@@ -469,12 +478,10 @@ impl<'a> Auction<'a> {
                 });
             }
         }
-        let pinged_or_fixed = self.lines.iter().any(|l| {
-            !matches!(
-                l.outcome,
-                BuyerOutcome::SkippedFanout | BuyerOutcome::SkippedBreaker
-            )
-        });
+        let pinged_or_fixed = self
+            .lines
+            .iter()
+            .any(|l| !matches!(l.outcome, BuyerOutcome::SkippedBreaker));
 
         let (seller_payout, seller_reserve, seller_id) = match cfg.sellers.get(p.seller) {
             Some(s) => (s.payout, s.reserve, s.id.as_str()),
@@ -568,6 +575,15 @@ impl<'a> Auction<'a> {
             score: p.score,
             reserve_micros: reserve.0,
             skipped: SkippedRecord::new(&self.skipped, cfg),
+            fanout_limited: (self.fanout_limited.0 > 0).then(|| FanoutLimitedRecord {
+                total: self.fanout_limited.0,
+                first: self
+                    .fanout_limited
+                    .1
+                    .iter()
+                    .filter_map(|&b| cfg.buyers.get(b).map(|x| x.id.as_str()))
+                    .collect(),
+            }),
             buyers: std::mem::take(&mut self.lines),
             winner: winner
                 .and_then(|w| cfg.buyer_by_key(w.bid.buyer))

@@ -49,6 +49,10 @@ const HOUR_MS: i64 = 3_600_000;
 /// the same wall time in UTC, so a window's start is never taken too late.
 const ZONE_AHEAD_MAX_MS: i64 = 15 * HOUR_MS;
 
+/// The most any zone is behind UTC (Etc/GMT+12, -12:00), plus an hour of slack: a local
+/// day, week or month ends at most this long after the same calendar boundary in UTC.
+const ZONE_BEHIND_MAX_MS: i64 = 13 * HOUR_MS;
+
 /// The count windows, in the order of [`Windows::keys`].
 const HOUR: usize = 0;
 const DAY: usize = 1;
@@ -105,6 +109,56 @@ impl Windows {
 
     fn keys(&self) -> [i64; PERIODS] {
         [self.hour_start_ms, self.day, self.week, self.month]
+    }
+
+    /// The windows a lead taken at `at` and written with windows `old` of another zone (a
+    /// buyer whose zone changed across a restart) counts in for a buyer in `tz` at `now`:
+    /// the window of `tz` current at `now` where the old window may still be running at
+    /// `now` (a sale now would fall in it too: an hour's end is known exactly; a day, week
+    /// or month of an unknown zone ends at most [`ZONE_BEHIND_MAX_MS`] after the same
+    /// calendar boundary in UTC), and otherwise the window of `at` in `tz` (current if
+    /// `at` lies in it). Over-counts, never under-counts: as with a zone changed by
+    /// a reload ([`CapBook`] carries the old current windows), a zone change across a
+    /// restart cannot sell a buyer past a cap in either zone's windows. `None` when a
+    /// moment is off the calendar.
+    pub fn carried(tz: Tz, old: &Windows, at: UnixMs, now: UnixMs) -> Option<Windows> {
+        let of_at = Windows::at(tz, at)?;
+        let current = Windows::at(tz, now)?;
+        let utc_start = |days_from_ce: i64| -> Option<i64> {
+            let d = NaiveDate::from_num_days_from_ce_opt(i32::try_from(days_from_ce).ok()?)?;
+            Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
+        };
+        let next_month = {
+            let (year, month0) = (old.month.div_euclid(12), old.month.rem_euclid(12));
+            let (y, m0) = if month0 == 11 {
+                (year + 1, 0)
+            } else {
+                (year, month0 + 1)
+            };
+            let first =
+                NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, u32::try_from(m0 + 1).ok()?, 1)?;
+            i64::from(first.num_days_from_ce())
+        };
+        let old_ends = [
+            old.hour_start_ms.saturating_add(HOUR_MS),
+            utc_start(old.day + 1)?.saturating_add(ZONE_BEHIND_MAX_MS),
+            utc_start(old.week + 7)?.saturating_add(ZONE_BEHIND_MAX_MS),
+            utc_start(next_month)?.saturating_add(ZONE_BEHIND_MAX_MS),
+        ];
+        let (cur, at_keys) = (current.keys(), of_at.keys());
+        let key = |p: usize| {
+            if old_ends[p] > now {
+                cur[p]
+            } else {
+                at_keys[p]
+            }
+        };
+        Some(Windows {
+            hour_start_ms: key(HOUR),
+            day: key(DAY),
+            week: key(WEEK),
+            month: key(MONTH),
+        })
     }
 
     /// The latest instant a lead counted in these windows can have been taken at: the end
@@ -722,6 +776,58 @@ mod tests {
 
     fn m(units: i64) -> Micros {
         Micros(units * 1_000_000)
+    }
+
+    /// A zone changed across a restart: a lead counts in every current window of the new
+    /// zone its old window reaches into, and only there (the black-box case: Kolkata's
+    /// hour [02:30, 03:30) UTC reaches into UTC's [03:00, 04:00); UTC's day reaches into
+    /// the first hours of the next day at UTC-3).
+    #[test]
+    fn a_lead_of_another_zone_counts_in_the_new_zone_windows_its_old_ones_reach() {
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let minus3: Tz = "Etc/GMT+3".parse().unwrap();
+        let at = utc_ms(2026, 11, 30, 2, 37);
+        let now = utc_ms(2026, 11, 30, 3, 0) + 30_000;
+        let old = Windows::at(kolkata, at).unwrap();
+        let carried = Windows::carried(Tz::UTC, &old, at, now).unwrap();
+        assert_eq!(
+            carried,
+            Windows::at(Tz::UTC, now).unwrap(),
+            "every window current"
+        );
+        // Before, the lead counted in the windows of its own time in the new zone: an
+        // hour already past.
+        assert_ne!(
+            Windows::at(Tz::UTC, at).unwrap().hour_start_ms,
+            carried.hour_start_ms
+        );
+
+        let old = Windows::at(Tz::UTC, utc_ms(2026, 11, 30, 2, 39)).unwrap();
+        let c = Windows::carried(minus3, &old, utc_ms(2026, 11, 30, 2, 39), now).unwrap();
+        let cur = Windows::at(minus3, now).unwrap();
+        assert_eq!((c.day, c.week, c.month), (cur.day, cur.week, cur.month));
+        // Its hour (02:00-03:00 UTC) ended before the current one began.
+        assert_eq!(c.hour_start_ms, utc_ms(2026, 11, 30, 2, 0));
+
+        // Two days later the old day is past in any zone: the lead keeps its own day.
+        let later = utc_ms(2026, 12, 2, 3, 0);
+        let c = Windows::carried(minus3, &old, utc_ms(2026, 11, 30, 2, 39), later).unwrap();
+        let of_at = Windows::at(minus3, utc_ms(2026, 11, 30, 2, 39)).unwrap();
+        assert_eq!(c.day, of_at.day);
+        assert!(c.day < Windows::at(minus3, later).unwrap().day);
+        // A month boundary: the old zone is not known, and its November may run until
+        // December 1st, 12:00 UTC (UTC-12): until then the lead counts in December's
+        // monthly cap (UTC-3) too; after it, no longer.
+        let dec1 = utc_ms(2026, 12, 1, 3, 0) + 1;
+        let c = Windows::carried(minus3, &old, utc_ms(2026, 11, 30, 2, 39), dec1).unwrap();
+        assert_eq!(
+            c.month,
+            Windows::at(minus3, dec1).unwrap().month,
+            "may reach December"
+        );
+        let noon = utc_ms(2026, 12, 1, 14, 0);
+        let c = Windows::carried(minus3, &old, utc_ms(2026, 11, 30, 2, 39), noon).unwrap();
+        assert_eq!(c.month, of_at.month, "November's lead stays in November");
     }
 
     #[test]

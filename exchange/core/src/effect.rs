@@ -58,6 +58,9 @@ pub enum Effect<'a> {
     /// [`SkipReason::ALL`](super::eligibility::SkipReason::ALL) order (one metric per
     /// reason, not per buyer).
     Skipped { counts: [u32; 5] },
+    /// Eligible buyers not pinged for the fan-out limit (`server.buyers_per_auction_max`):
+    /// one count, not a metric per buyer.
+    FanoutLimited { count: u32 },
     /// A buyer answered after its bound: counted, never used.
     LateAnswer { buyer: BuyerIdx },
     /// A post attempt's outcome at a buyer (metric, cold-start rates, drift guard), with

@@ -135,10 +135,13 @@ impl Eligibility {
         self.ping.is_empty() && self.fixed.is_empty()
     }
 
-    /// True when some buyers passed every filter but their caps: the `capped` no-bid reason.
+    /// True when no buyer is eligible and some passed every filter but their caps (the
+    /// cap is the last filter, so a buyer counted `Capped` passed all the others): the
+    /// `capped` no-bid reason. Buyers skipped by other filters would not take the lead
+    /// anyway, so they do not turn it into `no_eligible_buyers` (with thousands of buyers
+    /// some always fail the geography).
     pub fn all_capped(&self) -> bool {
-        let total = self.skipped.total();
-        self.is_empty() && total > 0 && self.skipped.count(SkipReason::Capped) == total
+        self.is_empty() && self.skipped.count(SkipReason::Capped) > 0
     }
 
     fn pass(&mut self, idx: BuyerIdx, buyer: &Buyer) {
@@ -528,6 +531,30 @@ mod tests {
             [(0, SkipReason::Capped), (1, SkipReason::Capped)]
         );
         assert!(e.all_capped());
+        // With a buyer that does not take Texas beside them, still `capped`: the buyers
+        // that would take the lead are full (before, any other skip made it
+        // `no_eligible_buyers`).
+        let mut elsewhere = buyer(2);
+        elsewhere.states_include = vec!["CA".into()];
+        let mut cfg = cfg;
+        cfg.buyers.push(elsewhere);
+        cfg.index_buyers();
+        let caps3 = CapBook::new(3);
+        caps3
+            .reserve(cfg.buyers[0].key, &cfg.buyers[0], Micros(1), 0)
+            .unwrap();
+        caps3
+            .reserve(cfg.buyers[1].key, &cfg.buyers[1], Micros(5_000_000), 0)
+            .unwrap();
+        let e = select(&cfg, 0, &l, None, 0, &caps3);
+        assert_eq!(e.skipped.count(SkipReason::State), 1);
+        assert!(e.all_capped());
+        // No buyer capped, none eligible: not `capped`.
+        let mut only = buyer(0);
+        only.states_include = vec!["CA".into()];
+        let cfg = config_with(vec![only]);
+        let e = select(&cfg, 0, &l, None, 0, &CapBook::new(1));
+        assert!(e.is_empty() && !e.all_capped());
     }
 
     #[test]

@@ -164,8 +164,6 @@ impl Record<'_> {
 /// What happened to one buyer in one auction (the `outcome` of its line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuyerOutcome {
-    /// Past `buyers_per_auction_max`.
-    SkippedFanout,
     /// Its breaker is open.
     SkippedBreaker,
     /// No answer within its bound (or no time left to ping it).
@@ -190,11 +188,12 @@ pub enum BuyerOutcome {
 }
 
 impl BuyerOutcome {
-    /// The `outcome` written in the record (the two skips are both `skipped`, with the
-    /// reason in `detail`).
+    /// The `outcome` written in the record (a skip for an open breaker is `skipped`, with
+    /// the reason in `detail`; buyers past the fan-out limit are counted in the record's
+    /// `fanout_limited`, not given a line).
     pub fn as_str(self) -> &'static str {
         match self {
-            BuyerOutcome::SkippedFanout | BuyerOutcome::SkippedBreaker => "skipped",
+            BuyerOutcome::SkippedBreaker => "skipped",
             BuyerOutcome::Timeout => "timeout",
             BuyerOutcome::Bid => "bid",
             BuyerOutcome::NoBid => "no_bid",
@@ -265,6 +264,14 @@ pub struct SkippedRecord<'a> {
     pub first: Vec<SkippedBuyer<'a>>,
 }
 
+/// The eligible buyers an auction did not ping for its fan-out limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FanoutLimitedRecord<'a> {
+    pub total: u32,
+    /// The first [`SKIP_NAMES_MAX`](crate::eligibility::SKIP_NAMES_MAX), by id.
+    pub first: Vec<&'a str>,
+}
+
 /// One named skipped buyer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SkippedBuyer<'a> {
@@ -326,6 +333,10 @@ pub struct AuctionRecord<'a> {
     /// The buyers of the vertical that failed a filter, bounded: counts per reason and
     /// the first few by name.
     pub skipped: SkippedRecord<'a>,
+    /// Eligible buyers not pinged for the fan-out limit (`server.buyers_per_auction_max`),
+    /// bounded like `skipped`: how many, and the first few (configuration order) by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_limited: Option<FanoutLimitedRecord<'a>>,
     /// Every other buyer of the vertical: the ones not pinged for the fan-out limit or an
     /// open breaker, then pinged ones, fixed-price ones and award-time cap refusals.
     pub buyers: Vec<BuyerLine<'a>>,
@@ -562,6 +573,14 @@ pub struct DispositionRecord<'a> {
     pub reason: Option<&'a str>,
     /// The lead was a test lead (nothing was paid, nothing is refunded).
     pub test: bool,
+    /// The buyer's `Idempotency-Key`, as hex SHA-256 (never the key itself), when the
+    /// request carried one: recovery restores the key with this disposition's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key_sha256: Option<&'a str>,
+    /// Hex SHA-256 of the request body that carried the key (a retry with another body
+    /// is a conflict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<&'a str>,
 }
 
 /// `type: "refund"`: a `returned` lead inside the buyer's return window. The buyer gets
@@ -613,6 +632,7 @@ mod tests {
                     reason: "state",
                 }],
             },
+            fanout_limited: None,
             buyers: vec![BuyerLine {
                 idx: 3,
                 buyer: "b",

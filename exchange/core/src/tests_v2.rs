@@ -1043,3 +1043,46 @@ fn when_every_bidder_was_removed_the_post_is_unsold_buyer_removed_and_holds_noth
     run(&s, plan.effects());
     assert_eq!(f.held(), [0, 0, 0, 0]);
 }
+
+/// Eligible buyers past `server.buyers_per_auction_max` are a bounded summary in the
+/// record (how many, and the first few by id) and one metric count, never a line (and a
+/// metric series) each: with 10,000 eligible buyers a line each made a 621 KB record.
+#[test]
+fn buyers_past_the_fan_out_limit_are_counted_not_listed() {
+    let n = crate::eligibility::SKIP_NAMES_MAX + 10;
+    let mut cfg = cfg_timeouts(&vec![100; n]);
+    cfg.server.buyers_per_auction_max = 2;
+    let caps = CapBook::new(n);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(n, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    let pinged: Vec<usize> = a.pings().map(|o| o.buyer).collect();
+    assert_eq!(pinged, [0, 1]);
+    a.on_answer(0, bid(m(10), None), 5, T + 5);
+    a.on_answer(1, bid(m(20), None), 5, T + 5);
+    let award = a.finish(&s, T + 5, 5_000);
+    assert!(award.winner().is_some());
+    let effects = run(&s, a.effects());
+    let r = auction_record(&effects);
+    assert_eq!(r.buyers.len(), 2, "a line for each pinged buyer only");
+    let f = r.fanout_limited.as_ref().expect("the fan-out summary");
+    assert_eq!(f.total as usize, n - 2);
+    let want: Vec<String> = (2..2 + crate::eligibility::SKIP_NAMES_MAX)
+        .map(|i| cfg.buyers[i].id.clone())
+        .collect();
+    assert_eq!(f.first, want.iter().map(String::as_str).collect::<Vec<_>>());
+    let counted: Vec<u32> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::FanoutLimited { count } => Some(*count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counted, [(n - 2) as u32]);
+    // Under the limit: no summary at all.
+    cfg.server.buyers_per_auction_max = n;
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    let _ = a.finish(&s, T + 200, 200_000);
+    let effects = run(&s, a.effects());
+    assert!(auction_record(&effects).fanout_limited.is_none());
+}

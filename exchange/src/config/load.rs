@@ -239,6 +239,7 @@ pub fn load_str_with_env(
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))
         .collect();
     let buyer_by_key_sha256 = index_buyer_keys(&buyers, &seller_by_key_sha256, &sellers, &mut p);
+    geography_problems(&buyers, &verticals, &mut p);
 
     top.finish(&mut p);
     if !p.0.is_empty() {
@@ -297,6 +298,71 @@ pub fn load_str_with_env(
         },
     );
     Ok(config)
+}
+
+/// Geography filters read the lead's ping fields named `state` and `zip`
+/// (`eligibility::STATE_FIELD`, `ZIP_FIELD`): a buyer that filters on one its vertical
+/// does not have, as a ping field of that type, would never be offered a lead (an
+/// include filter) or would get the leads it excludes: a problem at the filter's key.
+fn geography_problems(buyers: &[Option<Buyer>], verticals: &[Option<Vertical>], p: &mut Problems) {
+    use pingpost_core::eligibility::{STATE_FIELD, ZIP_FIELD};
+    use proto::schema::FieldKind;
+    for b in buyers.iter().flatten() {
+        for v in b
+            .verticals
+            .iter()
+            .filter_map(|&vi| verticals.get(vi)?.as_ref())
+        {
+            let has = |name: &str, state: bool| {
+                v.schema.fields.iter().any(|f| {
+                    f.name == name
+                        && f.ping
+                        && !f.pii
+                        && if state {
+                            matches!(f.kind, FieldKind::State)
+                        } else {
+                            matches!(f.kind, FieldKind::Zip)
+                        }
+                })
+            };
+            let filters = [
+                (
+                    "states_include",
+                    !b.states_include.is_empty(),
+                    STATE_FIELD,
+                    "state",
+                    true,
+                ),
+                (
+                    "states_exclude",
+                    !b.states_exclude.is_empty(),
+                    STATE_FIELD,
+                    "state",
+                    true,
+                ),
+                (
+                    "zip_prefixes",
+                    !b.zip_prefixes.is_empty(),
+                    ZIP_FIELD,
+                    "zip",
+                    false,
+                ),
+            ];
+            for (key, set, field, kind, state) in filters {
+                if set && !has(field, state) {
+                    p.at(
+                        &join(&join("buyers", &b.id), key),
+                        format!(
+                            "vertical {} has no ping field named `{field}` of type \"{kind}\", \
+                             which this filter reads, so it could never apply; name the field \
+                             `{field}` with `ping = true`, or drop the filter",
+                            v.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The buyers' bearer key digests (`key_sha256`, `key_sha256_next`) by buyer position. A

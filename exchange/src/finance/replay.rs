@@ -582,6 +582,24 @@ so if the exchange reloaded its configuration since it started, the file may not
             }
         }
     }
+    if let Some(f) = v.get("fanout_limited") {
+        let total = f.get("total").and_then(Value::as_u64).unwrap_or(0);
+        let first: Vec<&str> = f
+            .get("first")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "not pinged, past the auction's buyers_per_auction_max: {total} eligible buyer(s), in configuration order from {}{}",
+            first.join(", "),
+            if total > first.len() as u64 {
+                format!(" ... ({} more not named)", total - first.len() as u64)
+            } else {
+                String::new()
+            }
+        );
+    }
     // What the post did.
     let mut posted = false;
     for p in posts {

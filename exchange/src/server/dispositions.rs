@@ -1,16 +1,21 @@
 //! `POST /v1/dispositions` on the seller listener: a buyer reports what became of a lead
 //! it bought (buyer bearer key). Checks in order, each answered with its contract error
 //! and changing nothing: the key (401; a seller's key 403), the buyer's request rate
-//! (429), the content type (415), the body size (413) and its fields (400), the ledger's
-//! health (503), the lead (404 unknown or forgotten, 403 sold to another buyer), a repeat
-//! (409), a `returned` outside the buyer's return window (409). A valid one is written to
-//! the ledger (a `refund` for a `returned`, then the `disposition`), and answered only
-//! after both are on disk.
+//! (429), the content type (415), the `Idempotency-Key` header (400), the body size (413),
+//! the key's earlier use (its stored answer again; 409 another body or still in flight;
+//! 429 the buyer's key quota), its fields (400), the ledger's health (503), the lead (404
+//! unknown or forgotten, 403 sold to another buyer), a repeat (409), a `returned` outside
+//! the buyer's return window (409). A valid one is written to the ledger (a `refund` for
+//! a `returned`, then the `disposition`, which names the key's and body's SHA-256 when
+//! the request had a key), and answered only after both are on disk; a keyed `200` is
+//! stored for replays (and restored from the ledger at start), a keyed error forgets the
+//! key.
 
+use super::seller::{claim_key, idempotency_key, KeyStore};
 use super::*;
-use crate::config::BuyerIdx;
+use crate::config::{BuyerIdx, BuyerKey};
 use crate::core::record::{DispositionRecord, Head, LedgerSink, Record, RefundRecord};
-use crate::dispositions::{self, refund_decision, Claim, NoRefund, RETURNED};
+use crate::dispositions::{self, refund_decision, Claim, NoRefund, RefundLine, RETURNED};
 
 /// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
 /// rules, `seller::buyer_of`): an unknown key is 401, a seller's key 403.
@@ -27,24 +32,17 @@ fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx,
     })
 }
 
-/// The answer of a recorded disposition.
-#[derive(serde::Serialize)]
-struct Answer<'a> {
-    lead_id: &'a str,
-    outcome: &'a str,
-    recorded: bool,
-    /// The refund a `returned` made, else `null`.
-    refund: Option<RefundAnswer<'a>>,
-    /// Why a `returned` refunded nothing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    no_refund: Option<&'static str>,
+/// How a disposition request ends without a new record: an error, or an answer its
+/// `Idempotency-Key` gives at once (the stored answer, or the key's refusal).
+enum Refusal {
+    Error(ApiError),
+    Answer(Box<Response<Body>>),
 }
 
-#[derive(serde::Serialize)]
-struct RefundAnswer<'a> {
-    currency: &'a str,
-    buyer_refund: proto::Micros,
-    seller_clawback: proto::Micros,
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        Refusal::Error(e)
+    }
 }
 
 pub(super) async fn disposition_request(
@@ -54,7 +52,8 @@ pub(super) async fn disposition_request(
 ) -> Response<Body> {
     match disposition(state, req, permit).await {
         Ok(bytes) => json_response(200, bytes),
-        Err(e) => error_response(state, &e),
+        Err(Refusal::Error(e)) => error_response(state, &e),
+        Err(Refusal::Answer(resp)) => *resp,
     }
 }
 
@@ -62,7 +61,7 @@ async fn disposition(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     permit: InFlight,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, Refusal> {
     let rt = state.runtime.load_full();
     let idx = authenticate_buyer(&rt, &req)?;
     let buyer = &rt.config.buyers[idx];
@@ -76,11 +75,13 @@ async fn disposition(
                 "over {} dispositions per second",
                 dispositions::DISPOSITIONS_PER_BUYER_PER_S
             ),
-        ));
+        )
+        .into());
     }
     if let Some(problem) = super::seller::json_body_problem(&req) {
-        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, problem));
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, problem).into());
     }
+    let idem_key = idempotency_key(&req)?;
     let server = &rt.config.server;
     let body = read_body(
         req,
@@ -88,17 +89,43 @@ async fn disposition(
         Duration::from_millis(server.header_read_timeout_ms),
     )
     .await?;
+    // A key is looked up once the body is read (the seller routes' rules; the per-buyer
+    // quota is `server.idempotency_keys_per_seller_max`). A claimed key is settled in the
+    // task below: a `200` is stored, an error forgets the key (it changed nothing).
+    let claim = match idem_key {
+        None => None,
+        Some(key) => {
+            let store: KeyStore<BuyerKey> = |s| &s.disposition_keys;
+            let quota = server.idempotency_keys_per_seller_max;
+            Some(
+                claim_key(
+                    state,
+                    store,
+                    buyer.key,
+                    "buyer",
+                    "dispositions",
+                    key,
+                    &body,
+                    quota,
+                )
+                .map_err(Refusal::Answer)?,
+            )
+        }
+    };
+    let idem_tag = claim.as_ref().map(|c| c.digests(&body));
     let mut buf = body.to_vec();
     let d = dispositions::parse(&mut buf)?;
     if !state.ledger.is_healthy() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
             "the exchange cannot record dispositions until it is restarted",
-        ));
+        )
+        .into());
     }
     // The rest runs in its own task, which holds the request's in-flight place: a client
     // that disconnects cannot leave a claim pending or a written record unsettled, nor
-    // free its place while the work still runs (the seller routes do the same).
+    // free its place while the work still runs, nor leave its key unsettled (the seller
+    // routes do the same).
     let st = state.clone();
     let buyer_key = buyer.key;
     let buyer_id = buyer.id.clone();
@@ -106,7 +133,14 @@ async fn disposition(
     let generation = rt.generation;
     tokio::spawn(async move {
         let _permit = permit;
-        record(&st, d, buyer_key, &buyer_id, window, generation).await
+        let idem = idem_tag.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
+        let result = record(&st, d, buyer_key, &buyer_id, window, generation, idem).await;
+        match (claim, &result) {
+            (Some(claim), Ok(bytes)) => claim.settle(200, bytes),
+            // An error recorded nothing: the key is forgotten (dropped) and may be retried.
+            (claim, _) => drop(claim),
+        }
+        result
     })
     .await
     .unwrap_or_else(|_| {
@@ -115,16 +149,19 @@ async fn disposition(
             "the request failed inside the exchange",
         ))
     })
+    .map_err(Refusal::Error)
 }
 
-/// Claims (lead, outcome), writes the records and settles the claim.
+/// Claims (lead, outcome), writes the records and settles the claim. `idempotency` is the
+/// request's key and body as hex SHA-256, for the `disposition` record.
 async fn record(
     state: &Arc<AppState>,
     d: dispositions::Disposition,
-    buyer_key: crate::config::BuyerKey,
+    buyer_key: BuyerKey,
     buyer_id: &str,
     return_window_days: u16,
     generation: u64,
+    idempotency: Option<(&str, &str)>,
 ) -> Result<Vec<u8>, ApiError> {
     let lead = match state
         .sold_leads
@@ -185,6 +222,8 @@ async fn record(
         outcome: d.outcome_str(),
         reason: d.reason.as_deref(),
         test: lead.test,
+        idempotency_key_sha256: idempotency.map(|(k, _)| k),
+        body_sha256: idempotency.map(|(_, b)| b),
     });
     let refund = matches!(decision, Some(Ok(()))).then(|| {
         Record::Refund(RefundRecord {
@@ -242,21 +281,18 @@ async fn record(
     state
         .dispositions_since_train
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let answer = Answer {
-        lead_id: &d.lead_id,
-        outcome: d.outcome_str(),
-        recorded: true,
-        refund: refund.is_some().then_some(RefundAnswer {
+    // The refund named as its record has it; a test lead's `returned` (the only return
+    // answered 200 without a refund) says `no_refund`.
+    Ok(dispositions::answer_json(
+        &d.lead_id,
+        d.outcome_str(),
+        lead.test,
+        refund.is_some().then_some(RefundLine {
             currency: &lead.currency,
-            buyer_refund: proto::Micros(lead.bid_micros),
-            seller_clawback: proto::Micros(lead.seller_price_micros),
+            buyer_refund_micros: lead.bid_micros,
+            seller_clawback_micros: lead.seller_price_micros,
         }),
-        no_refund: match decision {
-            Some(Err(why)) => Some(why.as_str()),
-            _ => None,
-        },
-    };
-    Ok(to_json(&answer))
+    ))
 }
 
 /// The error of a `returned` the buyer's window does not cover (409: the lead's state,

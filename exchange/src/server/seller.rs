@@ -2,7 +2,10 @@
 //! (both owned by the work, so a disconnect never tears it), body limits, and the three
 //! routes `ping`, `post` and `direct_post`, which drive the core's auction and post.
 
+use std::hash::Hash;
+
 use super::*;
+use crate::idempotency::IdempotencyStore;
 
 /// One request's place under `server.requests_in_flight_max`. It is owned, not borrowed
 /// from the handler: a seller request's work moves it into its own task, so a client that
@@ -33,33 +36,128 @@ impl Drop for InFlight {
 
 /// An `Idempotency-Key` that `begin` let through: unless `settle` stores an answer, it is
 /// forgotten when dropped (an error, or a panic inside the work), so a retry runs again
-/// instead of meeting `409` until the key expires.
-struct KeyClaim {
+/// instead of meeting `409` until the key expires. `P` is the party owning the key: a
+/// seller (`AppState::idempotency`) or a buyer (`AppState::disposition_keys`).
+pub(super) struct KeyClaim<P: Copy + Eq + Hash = SellerKey> {
     state: Arc<AppState>,
-    seller: SellerKey,
+    store: KeyStore<P>,
+    party: P,
     key: String,
     settled: bool,
 }
 
-impl KeyClaim {
+/// Which of `AppState`'s idempotency stores a route's keys live in.
+pub(super) type KeyStore<P> = fn(&AppState) -> &IdempotencyStore<P>;
+
+impl<P: Copy + Eq + Hash> KeyClaim<P> {
     /// Stores the answer for replays.
-    fn settle(mut self, status: u16, body: &[u8]) {
-        self.state.idempotency.complete(
-            self.seller,
+    pub(super) fn settle(mut self, status: u16, body: &[u8]) {
+        (self.store)(&self.state).complete(
+            self.party,
             &self.key,
             status,
             Bytes::copy_from_slice(body),
         );
         self.settled = true;
     }
+
+    /// The key and the body that carried it as ledger records name them: hex SHA-256
+    /// each, never the key itself.
+    pub(super) fn digests(&self, body: &[u8]) -> (String, String) {
+        (
+            hex::encode(Sha256::digest(self.key.as_bytes())),
+            hex::encode(Sha256::digest(body)),
+        )
+    }
 }
 
-impl Drop for KeyClaim {
+impl<P: Copy + Eq + Hash> Drop for KeyClaim<P> {
     fn drop(&mut self) {
         if !self.settled {
-            self.state.idempotency.forget(self.seller, &self.key);
+            (self.store)(&self.state).forget(self.party, &self.key);
         }
     }
+}
+
+/// The request's `Idempotency-Key`, if it has one: more than one such header, or a key
+/// that is not 1 to 255 visible ASCII characters, is `400 invalid_request`.
+pub(super) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let mut keys = req.headers().get_all("idempotency-key").iter();
+    let first = keys.next();
+    if keys.next().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "send one Idempotency-Key header, not several",
+        ));
+    }
+    match first.map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(k)) if idempotency::is_valid_key(k) => Ok(Some(k.to_string())),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Looks `key` up for `party` (a `who`: `seller` or `buyer`, for the messages) in
+/// `store` once the body is read: a first use is claimed (`Ok`; the claim must be settled
+/// or dropped), anything else is answered at once (`Err`): the stored answer replayed, a
+/// different body or a request still in flight `409`, the party's quota `429` with
+/// `Retry-After`, a full store `503`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn claim_key<P: Copy + Eq + Hash>(
+    state: &Arc<AppState>,
+    store: KeyStore<P>,
+    party: P,
+    who: &str,
+    route: &'static str,
+    key: String,
+    body: &[u8],
+    quota: usize,
+) -> Result<KeyClaim<P>, Box<Response<Body>>> {
+    let begin = store(state).begin_within(party, route, &key, body, state.clock.now_ms(), quota);
+    let e = match begin {
+        Begin::Proceed => {
+            return Ok(KeyClaim {
+                state: state.clone(),
+                store,
+                party,
+                key,
+                settled: false,
+            })
+        }
+        Begin::Replay { status, body } => {
+            return Err(Box::new(json_response(status, body.to_vec())))
+        }
+        Begin::BodyMismatch => ApiError::new(
+            ErrorCode::Conflict,
+            "Idempotency-Key was used with a different body or on another route",
+        ),
+        Begin::InFlight => ApiError::new(
+            ErrorCode::Conflict,
+            "a request with this Idempotency-Key is still in flight",
+        ),
+        Begin::SellerFull => {
+            let mut resp = error_response(
+                state,
+                &ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this {who} holds {quota} idempotency keys already; \
+                         keys are freed as they expire, or send requests without one"
+                    ),
+                ),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(KEY_QUOTA_RETRY_AFTER_S),
+            );
+            return Err(Box::new(resp));
+        }
+        Begin::Full => ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
+    };
+    Err(Box::new(error_response(state, &e)))
 }
 
 /// The SHA-256 of the bearer key in `Authorization: Bearer <key>`, for a party called
@@ -247,31 +345,9 @@ pub(super) async fn seller_request(
             &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
         );
     }
-    let mut idem_keys = req.headers().get_all("idempotency-key").iter();
-    let first_key = idem_keys.next();
-    if idem_keys.next().is_some() {
-        return error_response(
-            state,
-            &ApiError::new(
-                ErrorCode::InvalidRequest,
-                "send one Idempotency-Key header, not several",
-            ),
-        );
-    }
-    let idem_key = match first_key {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
-            _ => {
-                return error_response(
-                    state,
-                    &ApiError::new(
-                        ErrorCode::InvalidRequest,
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    ),
-                )
-            }
-        },
+    let idem_key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(e) => return error_response(state, &e),
     };
     let server = &rt.config.server;
     let body = match read_body(
@@ -284,68 +360,17 @@ pub(super) async fn seller_request(
         Ok(b) => b,
         Err(e) => return error_response(state, &e),
     };
-    let claim =
-        match idem_key {
-            None => None,
-            Some(key) => {
-                let quota = rt.config.idempotency_keys_max_of(seller);
-                match state.idempotency.begin_within(
-                    seller_key,
-                    route,
-                    &key,
-                    &body,
-                    state.clock.now_ms(),
-                    quota,
-                ) {
-                    Begin::Proceed => Some(KeyClaim {
-                        state: state.clone(),
-                        seller: seller_key,
-                        key,
-                        settled: false,
-                    }),
-                    Begin::Replay { status, body } => return json_response(status, body.to_vec()),
-                    Begin::BodyMismatch => return error_response(
-                        state,
-                        &ApiError::new(
-                            ErrorCode::Conflict,
-                            "Idempotency-Key was used with a different body or on another route",
-                        ),
-                    ),
-                    Begin::InFlight => {
-                        return error_response(
-                            state,
-                            &ApiError::new(
-                                ErrorCode::Conflict,
-                                "a request with this Idempotency-Key is still in flight",
-                            ),
-                        )
-                    }
-                    Begin::SellerFull => {
-                        let mut resp = error_response(
-                            state,
-                            &ApiError::new(
-                                ErrorCode::RateLimited,
-                                format!(
-                                    "this seller holds {quota} idempotency keys already; \
-                                 keys are freed as they expire, or send requests without one"
-                                ),
-                            ),
-                        );
-                        resp.headers_mut().insert(
-                            header::RETRY_AFTER,
-                            HeaderValue::from_static(KEY_QUOTA_RETRY_AFTER_S),
-                        );
-                        return resp;
-                    }
-                    Begin::Full => {
-                        return error_response(
-                            state,
-                            &ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
-                        )
-                    }
-                }
+    let claim = match idem_key {
+        None => None,
+        Some(key) => {
+            let quota = rt.config.idempotency_keys_max_of(seller);
+            let store: KeyStore<SellerKey> = |s| &s.idempotency;
+            match claim_key(state, store, seller_key, "seller", route, key, &body, quota) {
+                Ok(c) => Some(c),
+                Err(resp) => return *resp,
             }
-        };
+        }
+    };
     // The work runs in its own task, which also owns the in-flight permit and the
     // idempotency key: a client that disconnects mid-auction or mid-post cancels nothing,
     // so reservations, quotes, deliveries and the ledger reach a final state, the key is
@@ -353,12 +378,7 @@ pub(super) async fn seller_request(
     let st = state.clone();
     let rt2 = rt.clone();
     // The key and body as the `post_sent` records carry them (hashes, never the key).
-    let idem_tag = claim.as_ref().map(|c| {
-        (
-            hex::encode(Sha256::digest(c.key.as_bytes())),
-            hex::encode(Sha256::digest(&body)),
-        )
-    });
+    let idem_tag = claim.as_ref().map(|c| c.digests(&body));
     let task = tokio::spawn(async move {
         let _permit = permit;
         let mut buf = body.to_vec();

@@ -41,6 +41,9 @@ state = { type = "state", required = true, ping = true }
 phone = { type = "phone", required = true, pii = true }
 [verticals.auto.fields.extra]
 #FIELD
+[verticals.auto.fields.zip]
+type = "zip"
+ping = true
 
 [sellers.s1]
 key_sha256 = "19891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176"

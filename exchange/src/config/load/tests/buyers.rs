@@ -93,6 +93,54 @@ fn a_full_list_of_zip_prefixes_loads_and_its_repeats_are_each_named() {
     );
 }
 
+/// A geography filter on a field the vertical does not send in pings (renamed, not a
+/// ping field, or of another type) could never apply: refused at the filter's key.
+#[test]
+fn geography_filters_need_the_ping_fields_they_read() {
+    let filters = "states_include = [\"TX\"]\nstates_exclude = [\"CA\"]\nzip_prefixes = [\"761\"]";
+    assert!(errors(&[("#BUYER", filters)]).is_empty());
+    let state = "state = { type = \"state\", required = true, ping = true }";
+    let zip = "[verticals.auto.fields.zip]\ntype = \"zip\"\nping = true";
+    for (case, state_to, zip_to) in [
+        (
+            "renamed",
+            "st = { type = \"state\", required = true, ping = true }",
+            "[verticals.auto.fields.postal]\ntype = \"zip\"\nping = true",
+        ),
+        (
+            "not ping fields",
+            "state = { type = \"state\", required = true }",
+            "[verticals.auto.fields.zip]\ntype = \"zip\"",
+        ),
+        (
+            "of another type",
+            "state = { type = \"string\", required = true, ping = true }",
+            "[verticals.auto.fields.zip]\ntype = \"integer\"\nping = true",
+        ),
+    ] {
+        let text = doc(&[("#BUYER", filters)])
+            .replace(state, state_to)
+            .replace(zip, zip_to);
+        assert!(text.contains(state_to) && text.contains(zip_to), "{case}");
+        let errs = load_str_with_env(&text, &test_env).unwrap_err().0;
+        for key in ["states_include", "states_exclude", "zip_prefixes"] {
+            let want = format!("buyers.acme.{key}: vertical auto has no ping field");
+            assert!(
+                errs.iter().any(|e| e.starts_with(&want)),
+                "{case}: {key} in {errs:?}"
+            );
+        }
+    }
+    // A buyer without geography filters needs neither field.
+    let text = doc(&[])
+        .replace(
+            state,
+            "st = { type = \"state\", required = true, ping = true }",
+        )
+        .replace(zip, "");
+    assert!(load_str_with_env(&text, &test_env).is_ok());
+}
+
 #[test]
 fn buyer_urls() {
     let with_ping = |url: &str| {
