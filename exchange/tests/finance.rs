@@ -780,6 +780,35 @@ async fn a_quote_keeps_its_currency_across_a_reload_and_currencies_are_never_add
 
     let dir = ex.ledger_path.to_str().unwrap();
     assert_report_per_currency(dir, &[("JPY", 1, ACME_BID), ("USD", 1, ACME_BID)]);
+    // The auction after the reload counts its ping, bid and quote in JPY, the currency
+    // it ran in (its record says so), not in the vertical's currency before it.
+    let o = run(&[
+        "ledger", "report", "--dir", dir, "--by", "vertical", "--format", "json",
+    ]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let counts: Vec<(String, u64, u64, u64)> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["currency"].as_str().unwrap().to_string(),
+                row["pings"].as_u64().unwrap(),
+                row["bids"].as_u64().unwrap(),
+                row["quotes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [("JPY".to_string(), 1, 1, 1), ("USD".to_string(), 1, 1, 1)],
+        "{r}"
+    );
+    assert!(ex
+        .ledger_of("auction")
+        .iter()
+        .map(|a| a["currency"].as_str().unwrap())
+        .eq(["USD", "JPY"]));
     let o = run(&["ledger", "verify", "--dir", dir]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");

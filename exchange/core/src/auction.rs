@@ -491,10 +491,12 @@ impl<'a> Auction<'a> {
                 "",
             ),
         };
-        let (floor, vertical_name) = cfg
+        let (floor, vertical_name, currency) = cfg
             .verticals
             .get(p.vertical)
-            .map_or((Micros::ZERO, ""), |v| (v.floor, v.name.as_str()));
+            .map_or((Micros::ZERO, "", ""), |v| {
+                (v.floor, v.name.as_str(), v.currency.as_str())
+            });
         let reserve = award::reserve_price(p.min_price, seller_reserve, floor);
         let any_bid = !bids.is_empty();
         let ranking = award::rank(bids, seller_payout, reserve, p.ranker, p.score);
@@ -570,6 +572,7 @@ impl<'a> Auction<'a> {
             ping_id: p.ping_id,
             seller: seller_id,
             vertical: vertical_name,
+            currency,
             test: p.test,
             direct: p.direct,
             score: p.score,

@@ -325,6 +325,9 @@ pub struct AuctionRecord<'a> {
     pub ping_id: &'a str,
     pub seller: &'a str,
     pub vertical: &'a str,
+    /// The vertical's currency when the auction ran: its bids and quote are in it (a
+    /// reload may change the vertical's currency; finance counts the auction in this one).
+    pub currency: &'a str,
     pub test: bool,
     pub direct: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -620,6 +623,7 @@ mod tests {
             ping_id: "pg_1",
             seller: "s",
             vertical: "v",
+            currency: "USD",
             test: false,
             direct: false,
             score: None,

@@ -15,8 +15,10 @@
 //! Rows are per key and currency: money of different currencies is never added. A sale
 //! or refund counts in the currency **recorded on it** (a vertical whose currency a reload
 //! changed has rows in both); pings, bids and quotes (counts, no money) count in the
-//! currency the vertical had at that point of the ledger (its latest quote, sale or
-//! refund before them; before any, the first one after, else the configuration's).
+//! currency recorded on their auction, or for an auction record without one (written
+//! before 2026-12-01) the currency the vertical had at that point of the ledger (its
+//! latest record naming one before them; before any, the first one after, else the
+//! configuration's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -167,7 +169,10 @@ impl Acc {
     /// Notes the currency a record carries (every record, in range or not), so counts
     /// are placed in the currency their vertical had at that point of the ledger.
     fn observe(&mut self, e: &Entry) {
-        if matches!(e.kind.as_str(), "quote_opened" | "sale" | "refund") {
+        if matches!(
+            e.kind.as_str(),
+            "auction" | "quote_opened" | "sale" | "refund"
+        ) {
             let (vertical, currency) = (e.str("vertical"), e.str("currency"));
             if currency.is_empty() {
                 return;
@@ -189,7 +194,12 @@ impl Acc {
             "auction" => {
                 let (seller, vertical) = (e.str("seller"), e.str("vertical"));
                 let test = e.bool("test");
-                let currency = self.latest.get(vertical).cloned();
+                // The currency the auction ran in (recorded since 2026-12-01); for an
+                // older record, the one its vertical had at that point of the ledger.
+                let currency = Some(e.str("currency"))
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .or_else(|| self.latest.get(vertical).cloned());
                 self.pings.insert(
                     e.str("ping_id").to_string(),
                     (
