@@ -488,6 +488,28 @@ fn spawn_logging(
     (child, pid, line_rx)
 }
 
+/// Sends `sig` (`-HUP`, `-TERM`) to process `pid`.
+#[cfg(unix)]
+fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "{sig} sent");
+}
+
+/// SIGTERM, then the exit status must be success (a graceful stop).
+#[cfg(unix)]
+async fn stop_gracefully(mut child: std::process::Child, pid: &str) {
+    signal(pid, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// The next log line containing `needle` (bounded wait; the binary exiting first fails).
 async fn wait_line(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -514,7 +536,6 @@ async fn wait_line(
 #[cfg(unix)]
 #[tokio::test]
 async fn a_sighup_during_the_start_is_kept_and_reloads_once_serving() {
-    use std::process::Command;
     let a = ScriptedBidder::bidding(30.0);
     let (ab, _ha) = serve("a", &a).await;
     let dir = tempfile::tempdir().unwrap();
@@ -525,34 +546,17 @@ async fn a_sighup_during_the_start_is_kept_and_reloads_once_serving() {
     let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
     // The replay's line comes before the listeners and the reload task exist.
     wait_line(&mut lines, "ledger replayed").await;
-    let ok = Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok, "SIGHUP sent");
+    signal(&pid, "-HUP");
     wait_line(&mut lines, "pingpost listening").await;
     let reloaded = wait_line(&mut lines, "SIGHUP: configuration reloaded").await;
     assert!(reloaded.contains("generation=2"), "{reloaded}");
     assert!(child.try_wait().unwrap().is_none(), "still running");
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    stop_gracefully(child, &pid).await;
 }
 
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
-    use std::process::Command;
-
     let a = ScriptedBidder::bidding(30.0);
     let b = ScriptedBidder::bidding(20.0);
     let (ab, _ha) = serve("a", &a).await;
@@ -564,7 +568,7 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     let second = TestConfig::new().buyer(bb.clone()).buyer(ab.clone());
     std::fs::write(&path, first.toml(&ledger)).unwrap();
 
-    let (mut child, pid, mut line_rx) = spawn_logging(&path, second.env_vars());
+    let (child, pid, mut line_rx) = spawn_logging(&path, second.env_vars());
     // The first log line names both addresses.
     let listening = wait_line(&mut line_rx, "pingpost listening").await;
     let field = |name: &str| -> std::net::SocketAddr {
@@ -595,14 +599,7 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
             .await;
         metric_value(&r.text(), "pingpost_config_generation", &[])
     };
-    let hup = || {
-        let ok = Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "SIGHUP sent");
-    };
+    let hup = || signal(&pid, "-HUP");
     let wait_generation = |want: f64| async move {
         let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
         loop {
@@ -636,15 +633,5 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     assert_eq!(q.price, Some(seller_price(usd(30.0))));
     assert_eq!(b.pings(), 1, "the added buyer is pinged");
 
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    stop_gracefully(child, &pid).await;
 }

@@ -205,25 +205,7 @@ impl SellerClient {
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> (String, bool) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
-    let mut answer = Vec::new();
-    let mut closed = false;
-    let _ = tokio::time::timeout(wait, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    closed = true;
-                    return;
-                }
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            if is_complete_answer(&answer) {
-                return;
-            }
-        }
-    })
-    .await;
-    (String::from_utf8_lossy(&answer).into_owned(), closed)
+    read_answer(&mut stream, wait).await
 }
 
 /// Reads one answer from `stream` (an open connection the caller keeps): until a whole
