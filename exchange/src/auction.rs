@@ -21,14 +21,18 @@ use proto::{Lead, Micros};
 use tokio::time::Instant;
 
 use crate::buyers::{BuyerClient, BuyerTransport, CallResult, Endpoint, Ping, Post};
+use crate::clock::Clock;
 use crate::config::{BuyerIdx, BuyerKey, SellerIdx, VerticalIdx};
 use crate::core::auction::{Auction, AuctionParams, Award, ModelVersions};
 use crate::core::award::Ranked;
 use crate::core::caps::Reservation;
 use crate::core::model::features::LeadContext;
 use crate::core::model::routing::{splitmix, EvRanker, Predictor};
-use crate::core::post::{settle_late, AttemptResult, PostParams, PostPlan, PostStep};
+use crate::core::post::{
+    settle_late_answer, AttemptResult, LateAnswer, PostParams, PostPlan, PostStep,
+};
 use crate::core::UnixMs;
+use crate::deadline::Deadline;
 use crate::effects;
 use crate::models::stats::AuctionSignals;
 use crate::state::{AppState, Runtime};
@@ -144,7 +148,10 @@ pub async fn run_auction(
     let vertical = &cfg.verticals[input.vertical];
     let auction_id = new_id("au_");
     let ping_id = new_id("pg_");
-    let now_ms = state.clock.now_ms();
+    // The instant the auction counts its bounds from (the core counts whole milliseconds;
+    // the timer adds back the fraction, so a buyer gets its whole timeout).
+    let made_at = Instant::now();
+    let now_ms = state.clock.unix_ms_of(made_at);
     // The lead's features, its score, and the ranker: expected value under the serving
     // realization model or the cold-start rates, or price.
     let models = rt.models.get(input.vertical).and_then(|m| m.as_deref());
@@ -209,7 +216,7 @@ pub async fn run_auction(
         input.lead,
         &settlement,
         effects::health(state),
-        state.clock.now_ms(),
+        now_ms,
     );
 
     let mut futs = FuturesUnordered::new();
@@ -251,8 +258,17 @@ pub async fn run_auction(
             });
         }
     }
+    let mut bound: Option<Deadline> = None;
     while let Some(until) = auction.poll_timeout() {
-        let wake = state.clock.instant_of(until);
+        // `now_ms` read at `made_at`, and so `until` at `wake` (whole milliseconds later).
+        let wake = Clock::after_ms(made_at, until.saturating_sub(now_ms));
+        let deadline = match &mut bound {
+            Some(d) => {
+                d.reset(wake);
+                d
+            }
+            None => bound.insert(Deadline::new(wake)),
+        };
         tokio::select! {
             biased;
             Some((slot, r, took)) = futs.next() => {
@@ -262,7 +278,7 @@ pub async fn run_auction(
                 };
                 auction.on_answer(slot, answer, took.as_micros() as u64, state.clock.now_ms());
             }
-            _ = tokio::time::sleep_until(wake) => auction.handle_timeout(state.clock.now_ms()),
+            () = deadline.elapsed() => auction.handle_timeout(state.clock.now_ms()),
         }
     }
     if !futs.is_empty() {
@@ -564,48 +580,35 @@ impl LateWatch {
             answer,
             Ok(Ok(CallResult::Answer(PostOutcome::Accepted { .. })))
         );
+        // The core decides what the answer comes to (a buyer this runtime no longer has
+        // is not counted): the record and the cap operation, or the hold's release.
         let buyer = self.rt.config.buyers.get(self.buyer);
-        let (true, Some(buyer)) = (accepted, buyer) else {
-            // No accept in time (or a buyer this runtime no longer has): the place the
-            // hold kept is free again.
-            if let Some(hold) = self.hold {
-                effects::execute_now(&self.state, std::iter::once(settle_late(hold, false)));
-            }
-            return;
-        };
         let now = self.state.clock.now_ms();
-        let rec =
-            crate::core::record::Record::PostAttempt(crate::core::record::PostAttemptRecord {
-                head: crate::core::record::Head::new(self.rt.generation, now),
+        let settled = settle_late_answer(
+            LateAnswer {
+                generation: self.rt.generation,
                 lead_id: &self.lead_id,
                 auction_id: &self.auction_id,
-                buyer: &buyer.id,
                 attempt: self.attempt,
-                outcome: crate::core::record::LATE_ACCEPT,
-                reason: None,
-            });
-        tracing::warn!(
-            lead_id = %self.lead_id,
-            buyer = %buyer.id,
-            "a buyer accepted after its post timeout: counted against its caps"
+                buyer,
+                price: self.price,
+                windows: self.windows,
+                test: self.test,
+                hold: self.hold,
+            },
+            accepted,
+            now,
         );
-        if let Err(e) = self.state.ledger.write(&rec).await {
+        if let (true, Some(buyer)) = (settled.sold, buyer) {
+            tracing::warn!(
+                lead_id = %self.lead_id,
+                buyer = %buyer.id,
+                "a buyer accepted after its post timeout: counted against its caps"
+            );
+        }
+        // The record first, then the count (carried out even when the record failed).
+        if let Err(e) = effects::execute(&self.state, &self.rt, settled.effects.into_iter()).await {
             tracing::error!(error = %e, "ledger append failed (late accept)");
-        }
-        // Counted after the record is written (or has failed: counted all the same).
-        if let Some(hold) = self.hold {
-            // In the place kept for it: never past a cap or budget.
-            effects::execute_now(&self.state, std::iter::once(settle_late(hold, true)));
-            return;
-        }
-        if self.test {
-            return;
-        }
-        if let Some(w) = self
-            .windows
-            .or_else(|| crate::core::caps::Windows::at(buyer.timezone, now))
-        {
-            self.state.caps.restore_sold(buyer.key, &w, self.price);
         }
     }
 }

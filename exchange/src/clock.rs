@@ -51,6 +51,14 @@ impl Clock {
         }
     }
 
+    /// The instant `ms` milliseconds after `t` (none before it; a bound years away is as
+    /// good as never, and must not overflow).
+    pub fn after_ms(t: Instant, ms: i64) -> Instant {
+        let far = std::time::Duration::from_secs(365 * 24 * 3600);
+        let d = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(far);
+        t.checked_add(d).unwrap_or(t + far)
+    }
+
     /// The wall-clock time of a tokio instant.
     pub fn unix_ms_of(&self, t: Instant) -> UnixMs {
         if t >= self.anchor {

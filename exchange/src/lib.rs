@@ -11,6 +11,7 @@ pub mod auction;
 pub mod buyers;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub use pingpost_core as core;
 pub mod demo;
 pub mod dispositions;

@@ -5,7 +5,7 @@
 //!
 //! Rules:
 //! - The winner goes first, on the reservation its quote holds. Then fallbacks in rank
-//!   order whose own bid covers the quoted price ([`award::fallback_order`]), at most
+//!   order whose own bid covers the quoted price ([`award::may_fall_back_to`]), at most
 //!   `server.post_attempts_max` candidates in all.
 //! - A fallback whose bid has expired (counted from the auction's start; a huge
 //!   `expires_in_ms` saturates, never wraps) is skipped; so is one whose cap is full
@@ -20,16 +20,20 @@
 //!   does not commit it, including a delivery the shell never reported (the shell asked
 //!   for the next attempt without reporting this one): no hold is ever overwritten.
 
+use proto::seller::{PostAnswer, PostStatus};
 use proto::Micros;
 
 use super::auction::{bid_expires_at, ms};
 use super::award::{self, Ranked};
-use super::caps::Reservation;
+use super::caps::{Reservation, Windows};
 use super::effect::{Effect, PostKind};
-use super::record::{Head, PostAttemptRecord, PostSentRecord, Record, SaleRecord, UnsoldRecord};
+use super::quotes::EXPIRED_REASON;
+use super::record::{
+    Head, PostAttemptRecord, PostSentRecord, Record, SaleRecord, UnsoldRecord, LATE_ACCEPT,
+};
 use super::settlement::{drop_hold, release_reason, CapOp, Settlement};
 use super::UnixMs;
-use crate::config::{BuyerIdx, BuyerKey, Config, SellerIdx, VerticalIdx};
+use crate::config::{Buyer, BuyerIdx, BuyerKey, Config, SellerIdx, VerticalIdx};
 
 /// Why a post sold to nobody (the `reason` of an `unsold` answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,5 +511,416 @@ pub fn settle_late(hold: Reservation, accepted: bool) -> Effect<'static> {
         Effect::Cap(CapOp::Commit(hold))
     } else {
         Effect::Cap(CapOp::Release(hold))
+    }
+}
+
+/// What the shell's watch over a timed-out post attempt knows once the buyer's late
+/// answer is in (or the wait is over): see [`settle_late_answer`].
+#[derive(Debug, Clone)]
+pub struct LateAnswer<'a> {
+    /// The runtime generation (written in the record).
+    pub generation: u64,
+    pub lead_id: &'a str,
+    pub auction_id: &'a str,
+    /// The attempt's number ([`Attempt::attempt`]).
+    pub attempt: usize,
+    /// The attempt's buyer in the current configuration; `None` when a reload removed it
+    /// (its late accept is not counted: only the hold, if any, is released).
+    pub buyer: Option<&'a Buyer>,
+    /// What the buyer pays for the lead.
+    pub price: Micros,
+    /// The windows of the hold the post had when the attempt timed out, if it had one.
+    pub windows: Option<Windows>,
+    /// A test lead: counted in no cap.
+    pub test: bool,
+    /// The attempt's hold, kept for its late answer ([`PostPlan::take_late_hold`]).
+    pub hold: Option<Reservation>,
+}
+
+/// What a late answer comes to ([`settle_late_answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateSettlement<'a> {
+    /// The buyer accepted late and has the lead: a `late_accept` is recorded and counted.
+    pub sold: bool,
+    /// For the shell to carry out, in order: the (durable) `post_attempt` record with
+    /// outcome `late_accept` first, then the cap operation. The cap operation is carried
+    /// out even when the record could not be written (the buyer has the lead all the
+    /// same).
+    pub effects: Vec<Effect<'a>>,
+}
+
+/// Settles a post attempt that timed out once its late answer is in (`accepted`) or the
+/// wait for it is over, at `now`.
+///
+/// - An accept by a buyer still configured is a delivery: the `post_attempt` record with
+///   outcome [`LATE_ACCEPT`] (durable), then the sale counted against the buyer's caps and
+///   budget: in the place its hold kept ([`settle_late`], never past a cap), or with no
+///   hold (the attempt held none) in the hold's windows, else the windows of `now` in the
+///   buyer's zone, whatever the headroom ([`CapOp::CountSold`]). A test lead with no hold
+///   counts in no cap; `now` off the calendar counts nowhere.
+/// - Anything else (a refusal, no answer, a buyer a reload removed): the hold, if any,
+///   is released; nothing is recorded.
+pub fn settle_late_answer<'a>(
+    late: LateAnswer<'a>,
+    accepted: bool,
+    now: UnixMs,
+) -> LateSettlement<'a> {
+    let (true, Some(buyer)) = (accepted, late.buyer) else {
+        return LateSettlement {
+            sold: false,
+            effects: late
+                .hold
+                .map(|h| settle_late(h, false))
+                .into_iter()
+                .collect(),
+        };
+    };
+    let mut effects = Vec::with_capacity(2);
+    effects.push(Effect::Record(Record::PostAttempt(PostAttemptRecord {
+        head: Head::new(late.generation, now),
+        lead_id: late.lead_id,
+        auction_id: late.auction_id,
+        buyer: &buyer.id,
+        attempt: late.attempt,
+        outcome: LATE_ACCEPT,
+        reason: None,
+    })));
+    if let Some(hold) = late.hold {
+        // In the place kept for it: never past a cap or budget.
+        effects.push(settle_late(hold, true));
+    } else if !late.test {
+        if let Some(windows) = late.windows.or_else(|| Windows::at(buyer.timezone, now)) {
+            effects.push(Effect::Cap(CapOp::CountSold {
+                buyer: buyer.key,
+                windows,
+                price: late.price,
+            }));
+        }
+    }
+    LateSettlement {
+        sold: true,
+        effects,
+    }
+}
+
+/// A quote's hold to drop without a sale, and why: `None` records it `quote_expired`,
+/// a reason `quote_released` (see [`drop_hold`]).
+pub type HoldRelease = (Reservation, Option<&'static str>);
+
+/// Why a post of a quote is refused before anything is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeDelivery {
+    /// The quote expired before its post.
+    Expired,
+    /// A reload removed the quote's vertical: nothing can be delivered.
+    VerticalRemoved,
+    /// The posted lead changed ping fields the buyers bid on.
+    Mismatch,
+}
+
+/// A post refused before delivery: its answer, and what becomes of the quote's hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: PostStatus,
+    pub reason: &'static str,
+    /// The hold to drop (through [`drop_hold`]), and why; `None` when the quote held none.
+    pub release: Option<HoldRelease>,
+}
+
+impl Refusal {
+    /// The answer to the seller for `ping_id` (a mismatch adds its changed fields).
+    pub fn answer(&self, ping_id: &str) -> PostAnswer {
+        let mut a = PostAnswer::status_only(self.status, Some(self.reason));
+        a.ping_id = Some(ping_id.to_string());
+        a
+    }
+}
+
+/// The answer to a post refused for `kind` before delivery, and the release of the
+/// quote's `hold`: an expired quote's hold expires (`quote_expired`, answered `expired`);
+/// a removed vertical's is released for [`release_reason::VERTICAL_REMOVED`] (answered
+/// `unsold`, `vertical_removed`); a mismatch's for [`release_reason::MISMATCH`]
+/// (answered `mismatch`, `ping_fields_changed`).
+pub fn refuse_before_delivery(kind: BeforeDelivery, hold: Option<Reservation>) -> Refusal {
+    let (status, reason, why) = match kind {
+        BeforeDelivery::Expired => (PostStatus::Expired, EXPIRED_REASON, None),
+        BeforeDelivery::VerticalRemoved => (
+            PostStatus::Unsold,
+            UnsoldReason::VerticalRemoved.as_str(),
+            Some(release_reason::VERTICAL_REMOVED),
+        ),
+        BeforeDelivery::Mismatch => (
+            PostStatus::Mismatch,
+            "ping_fields_changed",
+            Some(release_reason::MISMATCH),
+        ),
+    };
+    Refusal {
+        status,
+        reason,
+        release: hold.map(|r| (r, why)),
+    }
+}
+
+/// The release of an auction's hold when its quote could not be kept (the quote book or
+/// the seller's open-quote limit was full): [`release_reason::QUOTE_REFUSED`].
+pub fn quote_refused(hold: Option<Reservation>) -> Option<HoldRelease> {
+    hold.map(|r| (r, Some(release_reason::QUOTE_REFUSED)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::caps::CapBook;
+    use crate::config::Caps;
+    use crate::testutil::{buyer, utc_ms};
+
+    fn m(units: i64) -> Micros {
+        Micros(units * 1_000_000)
+    }
+
+    /// A buyer that may take one lead an hour.
+    fn one_an_hour() -> Buyer {
+        Buyer {
+            caps: Caps {
+                hourly: Some(1),
+                ..Caps::default()
+            },
+            ..buyer(0)
+        }
+    }
+
+    fn late<'a>(b: Option<&'a Buyer>, hold: Option<Reservation>, test: bool) -> LateAnswer<'a> {
+        LateAnswer {
+            generation: 7,
+            lead_id: "ld_1",
+            auction_id: "au_1",
+            attempt: 2,
+            buyer: b,
+            price: m(5),
+            windows: hold.as_ref().map(|r| r.windows),
+            test,
+            hold,
+        }
+    }
+
+    /// Carries out the cap effects as the shell does (through the settlement).
+    fn carry_out(book: &CapBook, effects: &[Effect<'_>]) {
+        let s = Settlement::new(book);
+        for e in effects {
+            if let Effect::Cap(op) = e {
+                assert!(s.settle(op), "{op:?} changed nothing");
+            }
+        }
+    }
+
+    fn late_accept_record(e: &Effect<'_>, at: UnixMs) {
+        let Effect::Record(rec @ Record::PostAttempt(a)) = e else {
+            panic!("not a post attempt record: {e:?}");
+        };
+        assert!(rec.is_durable(), "a late accept is durable");
+        assert_eq!(a.head, Head::new(7, at));
+        assert_eq!(
+            (a.lead_id, a.auction_id, a.buyer, a.attempt, a.outcome),
+            ("ld_1", "au_1", "b0", 2, LATE_ACCEPT)
+        );
+        assert_eq!(a.reason, None);
+    }
+
+    #[test]
+    fn a_late_accept_with_a_hold_is_recorded_then_commits_the_hold() {
+        let b = one_an_hour();
+        let book = CapBook::new(1);
+        let t = utc_ms(2026, 11, 30, 10, 5);
+        let hold = book.reserve(b.key, &b, m(5), t).unwrap();
+        let now = t + 3_000;
+        let s = settle_late_answer(late(Some(&b), Some(hold.clone()), false), true, now);
+        assert!(s.sold);
+        assert_eq!(s.effects.len(), 2, "{:?}", s.effects);
+        late_accept_record(&s.effects[0], now);
+        assert_eq!(s.effects[1], Effect::Cap(CapOp::Commit(hold)));
+        carry_out(&book, &s.effects);
+        let u = book.usage(b.key, &b, now);
+        assert_eq!((u.sold_hour, u.reserved, u.spent_day), (1, 0, m(5)));
+    }
+
+    #[test]
+    fn a_late_accept_with_no_hold_counts_in_the_windows_of_now_whatever_the_headroom() {
+        let b = Buyer {
+            timezone: chrono_tz::America::Chicago,
+            ..one_an_hour()
+        };
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 11, 30, 10, 5);
+        // The hour's one lead is taken already.
+        let sold = book.reserve(b.key, &b, m(1), now).unwrap();
+        assert!(book.commit(&sold));
+        assert!(
+            book.reserve(b.key, &b, m(1), now).is_err(),
+            "the cap is full"
+        );
+        let s = settle_late_answer(late(Some(&b), None, false), true, now);
+        assert!(s.sold);
+        assert_eq!(s.effects.len(), 2, "{:?}", s.effects);
+        late_accept_record(&s.effects[0], now);
+        let windows = Windows::at(chrono_tz::America::Chicago, now).unwrap();
+        assert_eq!(
+            s.effects[1],
+            Effect::Cap(CapOp::CountSold {
+                buyer: b.key,
+                windows,
+                price: m(5),
+            })
+        );
+        carry_out(&book, &s.effects);
+        let u = book.usage(b.key, &b, now);
+        assert_eq!(
+            (u.sold_hour, u.spent_day),
+            (2, m(6)),
+            "counted past the cap"
+        );
+    }
+
+    #[test]
+    fn a_late_accept_with_no_hold_counts_in_the_windows_the_post_knew() {
+        let b = buyer(0);
+        let quoted = utc_ms(2026, 11, 30, 23, 59);
+        let now = utc_ms(2026, 12, 1, 0, 1);
+        let known = Windows::at(b.timezone, quoted).unwrap();
+        let mut l = late(Some(&b), None, false);
+        l.windows = Some(known);
+        let s = settle_late_answer(l, true, now);
+        assert_eq!(
+            s.effects[1],
+            Effect::Cap(CapOp::CountSold {
+                buyer: b.key,
+                windows: known,
+                price: m(5),
+            }),
+            "the day it was quoted, not the day of the answer"
+        );
+        let book = CapBook::new(1);
+        carry_out(&book, &s.effects);
+        assert_eq!(book.usage(b.key, &b, quoted).sold_day, 1);
+        assert_eq!(book.usage(b.key, &b, now).sold_day, 0);
+        // A buyer the cap store does not know: nothing is counted.
+        let Effect::Cap(op) = &s.effects[1] else {
+            panic!("not a cap operation");
+        };
+        assert!(!Settlement::new(&CapBook::new(0)).settle(op));
+    }
+
+    #[test]
+    fn a_test_lead_accepted_late_is_recorded_and_counted_in_no_cap() {
+        let b = buyer(0);
+        let now = utc_ms(2026, 11, 30, 10, 5);
+        let s = settle_late_answer(late(Some(&b), None, true), true, now);
+        assert!(s.sold);
+        assert_eq!(s.effects.len(), 1, "{:?}", s.effects);
+        late_accept_record(&s.effects[0], now);
+    }
+
+    #[test]
+    fn a_late_accept_off_the_calendar_is_recorded_and_counted_nowhere() {
+        let b = buyer(0);
+        let now = UnixMs::MAX;
+        assert_eq!(Windows::at(b.timezone, now), None);
+        let s = settle_late_answer(late(Some(&b), None, false), true, now);
+        assert!(s.sold);
+        assert_eq!(s.effects.len(), 1, "{:?}", s.effects);
+        late_accept_record(&s.effects[0], now);
+    }
+
+    #[test]
+    fn no_late_accept_releases_the_hold_and_records_nothing() {
+        let b = one_an_hour();
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 11, 30, 10, 5);
+        let hold = book.reserve(b.key, &b, m(5), now).unwrap();
+        let s = settle_late_answer(late(Some(&b), Some(hold.clone()), false), false, now);
+        assert!(!s.sold);
+        assert_eq!(s.effects, vec![Effect::Cap(CapOp::Release(hold))]);
+        carry_out(&book, &s.effects);
+        let u = book.usage(b.key, &b, now);
+        assert_eq!((u.sold_hour, u.reserved), (0, 0));
+        // No hold (a test lead's attempt): nothing at all.
+        for test in [false, true] {
+            let s = settle_late_answer(late(Some(&b), None, test), false, now);
+            assert!(!s.sold);
+            assert!(s.effects.is_empty(), "{:?}", s.effects);
+        }
+    }
+
+    #[test]
+    fn a_late_accept_by_a_buyer_a_reload_removed_only_releases_the_hold() {
+        let b = buyer(0);
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 11, 30, 10, 5);
+        let hold = book.reserve(b.key, &b, m(5), now).unwrap();
+        let s = settle_late_answer(late(None, Some(hold.clone()), false), true, now);
+        assert!(!s.sold);
+        assert_eq!(s.effects, vec![Effect::Cap(CapOp::Release(hold))]);
+        let s = settle_late_answer(late(None, None, false), true, now);
+        assert!(!s.sold);
+        assert!(s.effects.is_empty(), "{:?}", s.effects);
+    }
+
+    #[test]
+    fn refusals_before_delivery_answer_and_release_as_before() {
+        let b = buyer(0);
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 11, 30, 10, 5);
+        let hold = book.reserve(b.key, &b, m(5), now).unwrap();
+        let cases = [
+            (
+                BeforeDelivery::Expired,
+                PostStatus::Expired,
+                "quote_expired",
+                None,
+            ),
+            (
+                BeforeDelivery::VerticalRemoved,
+                PostStatus::Unsold,
+                "vertical_removed",
+                Some("vertical_removed"),
+            ),
+            (
+                BeforeDelivery::Mismatch,
+                PostStatus::Mismatch,
+                "ping_fields_changed",
+                Some("mismatch"),
+            ),
+        ];
+        for (kind, status, reason, why) in cases {
+            let r = refuse_before_delivery(kind, Some(hold.clone()));
+            assert_eq!((r.status, r.reason), (status, reason), "{kind:?}");
+            assert_eq!(r.release, Some((hold.clone(), why)), "{kind:?}");
+            let a = r.answer("pg_1");
+            assert_eq!(a.status, status);
+            assert_eq!(a.reason.as_deref(), Some(reason));
+            assert_eq!(a.ping_id.as_deref(), Some("pg_1"));
+            assert_eq!(
+                (a.lead_id, a.price, a.currency, a.buyer),
+                (None, None, None, None)
+            );
+            assert!(a.changed_fields.is_empty());
+            // No hold (a test lead's quote): the same answer, nothing to release.
+            let r = refuse_before_delivery(kind, None);
+            assert_eq!((r.status, r.reason, r.release), (status, reason, None));
+        }
+    }
+
+    #[test]
+    fn a_quote_not_kept_releases_its_hold_for_quote_refused() {
+        let b = buyer(0);
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 11, 30, 10, 5);
+        let hold = book.reserve(b.key, &b, m(5), now).unwrap();
+        assert_eq!(
+            quote_refused(Some(hold.clone())),
+            Some((hold, Some("quote_refused")))
+        );
+        assert_eq!(quote_refused(None), None);
     }
 }

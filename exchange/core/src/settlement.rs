@@ -3,7 +3,8 @@
 //! Owns: the interface to the cap store ([`CapStore`], the in-memory
 //! [`CapBook`](super::caps::CapBook) today, a shared store later) and the breaker book
 //! ([`BuyerHealth`]), and the four things that can happen to a hold on a buyer's caps:
-//! reserve it, commit it (sold), release it (not sold), expire it (the quote ran out).
+//! reserve it, commit it (sold), release it (not sold), expire it (the quote ran out);
+//! and the count of a sale that had no hold (a late accept, [`CapOp::CountSold`]).
 //! The state machines ([`auction`](super::auction), [`post`](super::post)) emit
 //! [`CapOp`]s and the shell carries each out through [`Settlement::settle`]; the only
 //! reservation made inline is the award's (it must know at once whether a cap held, to
@@ -51,6 +52,9 @@ pub trait CapStore: Send + Sync {
     fn commit(&self, r: &Reservation) -> bool;
     /// Not sold: the hold is dropped. False if it was already settled.
     fn release(&self, r: &Reservation) -> bool;
+    /// A lead sold with no hold behind it: one lead and `price` counted in `windows`
+    /// whatever the headroom (the buyer has the lead already). False for an unknown key.
+    fn count_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool;
 }
 
 impl CapStore for CapBook {
@@ -72,6 +76,9 @@ impl CapStore for CapBook {
     fn release(&self, r: &Reservation) -> bool {
         CapBook::release(self, r)
     }
+    fn count_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool {
+        CapBook::restore_sold(self, key, windows, price)
+    }
 }
 
 /// Which buyers are healthy enough to ping (the circuit breakers).
@@ -91,7 +98,8 @@ impl BuyerHealth for BreakerBook {
     }
 }
 
-/// What to do with a hold on a buyer's caps.
+/// What to do with a hold on a buyer's caps (or, for [`CapOp::CountSold`], with a sale
+/// that had none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CapOp {
     /// The lead was sold to the holder: reserved becomes sold.
@@ -101,13 +109,22 @@ pub enum CapOp {
     Release(Reservation),
     /// The quote expired unposted (the sweeper, or a post after expiry): dropped.
     Expire(Reservation),
+    /// A lead sold with no hold to settle (a buyer that accepted after its post timeout
+    /// on an attempt that held none): one lead and `price` counted in `windows`,
+    /// whatever the headroom, since the buyer has the lead already.
+    CountSold {
+        buyer: BuyerKey,
+        windows: Windows,
+        price: Micros,
+    },
 }
 
 impl CapOp {
-    /// The reservation the operation settles.
-    pub fn reservation(&self) -> &Reservation {
+    /// The reservation the operation settles (`None` for [`CapOp::CountSold`]).
+    pub fn reservation(&self) -> Option<&Reservation> {
         match self {
-            CapOp::Commit(r) | CapOp::Release(r) | CapOp::Expire(r) => r,
+            CapOp::Commit(r) | CapOp::Release(r) | CapOp::Expire(r) => Some(r),
+            CapOp::CountSold { .. } => None,
         }
     }
 }
@@ -151,11 +168,16 @@ impl<'c> Settlement<'c> {
     }
 
     /// Carries out `op`; false when the reservation had already been settled (a second
-    /// settle changes nothing).
+    /// settle changes nothing), or a [`CapOp::CountSold`]'s buyer is unknown to the store.
     pub fn settle(&self, op: &CapOp) -> bool {
         match op {
             CapOp::Commit(r) => self.caps.commit(r),
             CapOp::Release(r) | CapOp::Expire(r) => self.caps.release(r),
+            CapOp::CountSold {
+                buyer,
+                windows,
+                price,
+            } => self.caps.count_sold(*buyer, windows, *price),
         }
     }
 }

@@ -236,7 +236,7 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
                 ranks.sort_by(|a, b| b.value.cmp(&a.value).then(b.bid.cmp(&a.bid)));
                 let _ = writeln!(
                     out,
-                    "ranked by expected value from the record: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm); ties go to the higher bid, then to the buyer's key (its configuration position)"
+                    "ranked by expected value from the record: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm); ties go to the higher bid, then to the buyer listed first in the record (the core's last tie-break, the buyer's key, needs --config)"
                 );
             }
         }

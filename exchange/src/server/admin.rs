@@ -47,7 +47,8 @@ fn closing(mut resp: Response<Body>) -> Response<Body> {
 }
 
 /// Routes one admin request: `GET /healthz` and `GET /readyz` (open, as on the seller
-/// listener), and, with the admin token, `GET /metrics` and `POST /admin/reload`. Without
+/// listener), and, with the admin token, `GET /metrics`, `POST /admin/reload` and
+/// `POST /admin/models`. Without
 /// the token every other path is `401` (the admin routes are not revealed). Never panics.
 /// Probes and `401`s close their connection (see [`closing`]).
 pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {

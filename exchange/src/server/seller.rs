@@ -5,6 +5,7 @@
 use std::hash::Hash;
 
 use super::*;
+use crate::core::post::{quote_refused, refuse_before_delivery, BeforeDelivery, Refusal};
 use crate::idempotency::IdempotencyStore;
 
 /// One request's place under `server.requests_in_flight_max`. It is owned, not borrowed
@@ -505,16 +506,8 @@ async fn ping(
                 if let Some(rec) = &reserved {
                     effects::record(state, rec).await;
                 }
-                if let Some(r) = award.reservation {
-                    release_hold(
-                        state,
-                        rt,
-                        r,
-                        Some(&result.ping_id),
-                        Some(release_reason::QUOTE_REFUSED),
-                        now,
-                    )
-                    .await;
+                if let Some((r, why)) = quote_refused(award.reservation) {
+                    release_hold(state, rt, r, Some(&result.ping_id), why, now).await;
                 }
                 return Err(match refused {
                     QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
@@ -757,11 +750,8 @@ async fn post(
         // quote the sweeper expired is answered from here, and so is a repeated post.
         BeginPost::Done(answer) => return Ok(post_answer(state, &answer)),
         BeginPost::Expired(reservation) => {
-            if let Some(r) = reservation {
-                release_hold(state, rt, r, Some(&env.ping_id), None, now).await;
-            }
-            let mut a = PostAnswer::status_only(PostStatus::Expired, Some(EXPIRED_REASON));
-            a.ping_id = Some(env.ping_id.clone());
+            let refusal = refuse_before_delivery(BeforeDelivery::Expired, reservation);
+            let a = refuse(state, rt, refusal, &env.ping_id, now).await;
             return Ok(post_answer(state, &a));
         }
         BeginPost::Post(q) => q,
@@ -774,20 +764,9 @@ async fn post(
     let Some(vertical) = vertical else {
         // The vertical left the configuration: nothing can be delivered, and the quote's
         // hold is released (recorded) through the one settlement path.
-        if let Some(r) = quote.reservation.clone() {
-            release_hold(
-                state,
-                rt,
-                r,
-                Some(&quote.ping_id),
-                Some(release_reason::VERTICAL_REMOVED),
-                now,
-            )
-            .await;
-        }
-        let reason = UnsoldReason::VerticalRemoved.as_str();
-        let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
-        a.ping_id = Some(quote.ping_id.clone());
+        let refusal =
+            refuse_before_delivery(BeforeDelivery::VerticalRemoved, quote.reservation.clone());
+        let a = refuse(state, rt, refusal, &quote.ping_id, now).await;
         state.quotes.finish(&quote.ping_id, a.clone(), now);
         return Ok(post_answer(state, &a));
     };
@@ -802,19 +781,9 @@ async fn post(
     };
     let changed = quote.lead.ping_field_changes(&lead, schema);
     let answer = if !changed.is_empty() {
-        if let Some(r) = quote.reservation.clone() {
-            release_hold(
-                state,
-                rt,
-                r,
-                Some(&quote.ping_id),
-                Some(release_reason::MISMATCH),
-                state.clock.now_ms(),
-            )
-            .await;
-        }
-        let mut a = PostAnswer::status_only(PostStatus::Mismatch, Some("ping_fields_changed"));
-        a.ping_id = Some(quote.ping_id.clone());
+        let refusal = refuse_before_delivery(BeforeDelivery::Mismatch, quote.reservation.clone());
+        let now = state.clock.now_ms();
+        let mut a = refuse(state, rt, refusal, &quote.ping_id, now).await;
         a.changed_fields = changed.iter().map(|s| s.to_string()).collect();
         a
     } else {
@@ -860,6 +829,22 @@ async fn post(
         .quotes
         .finish(&quote.ping_id, answer.clone(), state.clock.now_ms());
     Ok(post_answer(state, &answer))
+}
+
+/// Carries out the core's refusal of a post before delivery ([`refuse_before_delivery`]):
+/// drops the quote's hold as it says, at `now`, and returns its answer for `ping_id`.
+async fn refuse(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    refusal: Refusal,
+    ping_id: &str,
+    now: crate::core::UnixMs,
+) -> PostAnswer {
+    let answer = refusal.answer(ping_id);
+    if let Some((r, why)) = refusal.release {
+        release_hold(state, rt, r, Some(ping_id), why, now).await;
+    }
+    answer
 }
 
 /// Drops a quote's hold without a sale through the core's settlement (`drop_hold`: the cap
