@@ -38,7 +38,7 @@
 //!   latency (measured here: p50 1.1 ms), enough to fail a `T + 2 ms` target on its own.
 //!   The scheduler instead wakes up to [`SEND_EARLY_MAX`] (1 ms) before a request's planned
 //!   time and starts every request due within that millisecond. Its latency counts from
-//!   `max(planned, actual start)`: a request that went out late is measured from its
+//!   `min(planned, actual start)` ([`run::latency_origin`]): a request that went out late is measured from its
 //!   planned time (the coordinated-omission correction), one that went out early from
 //!   when it actually went (never flattering it). The rate is unchanged, the pattern
 //!   shifts by under 1 ms.

@@ -66,9 +66,7 @@ pub async fn run_with(
                     if planned > now + SEND_EARLY_MAX {
                         break;
                     }
-                    // Latency counts from the planned time, or from the actual start if
-                    // the request went out early (module docs).
-                    let origin = planned.max(now);
+                    let origin = latency_origin(planned, now);
                     let measured = offset_s >= schedule.warmup_s;
                     let op = ctx.op(&mix, &mut rng);
                     if inflight.len() >= plan.in_flight_max {
@@ -140,4 +138,38 @@ pub async fn run_with(
     drop(inflight);
     let measure_s = (stop_s - schedule.warmup_s).max(0.0);
     Ok(rec.into_result(measure_s))
+}
+
+/// Where a request's latency counts from (module docs): its planned time, so a late start
+/// (the generator's own lag) counts against the target as a stall would; or, if it went
+/// out early, the moment it went, so an early start never flatters it. The earlier of the
+/// two. (Until 2026-12-01 this was the later of the two, which measured an early request
+/// from its planned time, up to [`SEND_EARLY_MAX`] less than it
+/// took, and a late one from when it went, leaving out the generator's lag.)
+pub(crate) fn latency_origin(planned: Instant, now: Instant) -> Instant {
+    planned.min(now)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_counts_from_the_earlier_of_the_planned_and_the_actual_start() {
+        let planned = Instant::now() + Duration::from_secs(1);
+        let early = planned - Duration::from_micros(700);
+        let late = planned + Duration::from_millis(3);
+        assert_eq!(
+            latency_origin(planned, early),
+            early,
+            "sent early: from when it went"
+        );
+        assert_eq!(
+            latency_origin(planned, late),
+            planned,
+            "sent late: from the plan"
+        );
+        assert_eq!(latency_origin(planned, planned), planned);
+    }
 }
