@@ -97,6 +97,40 @@ async fn a_late_bid_never_wins() {
     assert_eq!(auction["winner"], "prompt", "{auction}");
 }
 
+/// The per-buyer bound ends on time (a timerfd, not tokio's 1 ms wheel) but never early:
+/// counted from the instant the auction started, sub-millisecond fraction included, a
+/// hanging buyer gets its whole `ping_timeout_ms`.
+#[tokio::test]
+async fn a_hanging_buyer_gets_its_whole_timeout_and_not_a_moment_less() {
+    const TIMEOUT_MS: u64 = 80;
+    let hang = RawBuyer::start(Behaviour::Hang).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    let mut ex = TestConfig::new()
+        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(TIMEOUT_MS))
+        .buyer(gb.clone())
+        .start()
+        .await;
+    for _ in 0..5 {
+        let sent = Instant::now();
+        let quote = ex.client.ping("TX").await;
+        assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+        assert!(
+            sent.elapsed() >= Duration::from_millis(TIMEOUT_MS),
+            "answered {:?} after the ping, before the hanging buyer's timeout",
+            sent.elapsed()
+        );
+    }
+    ex.shutdown().await;
+    let auctions = ex.ledger_of("auction");
+    assert_eq!(auctions.len(), 5);
+    for a in &auctions {
+        let took_us = a["took_us"].as_u64().expect("took_us");
+        assert!(took_us >= TIMEOUT_MS * 1000, "cut early: {a}");
+        assert_eq!(a["buyers"][0]["outcome"], "timeout", "{a}");
+    }
+}
+
 #[tokio::test]
 async fn misbehaving_buyers_are_no_bids_never_errors_and_show_in_metrics() {
     let garbage = RawBuyer::start(Behaviour::Garbage).await;
