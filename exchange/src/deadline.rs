@@ -8,23 +8,31 @@
 //! carried that lateness (P3: p99 <= T + 2 ms with hanging buyers).
 //!
 //! [`Deadline`] waits in two steps: tokio's timer until [`LEAD`] before the instant (cheap,
-//! and most auctions end before it: every buyer answered), then a one-shot Linux
-//! `timerfd` armed for what is left, read through the runtime's own event loop. So only
-//! an auction still waiting in its last [`LEAD`] pays for the fine step (a timerfd made,
-//! armed, registered and closed: five system calls). If the timerfd cannot be made, the
-//! rest is waited with tokio's timer, as before. It never reports the instant passed
-//! before [`Instant::now`] reaches it.
+//! and most auctions end before it: every buyer answered), then the thread's wheel:
+//! one Linux `timerfd` per thread and runtime, armed for the earliest instant waited for,
+//! read by a task of its own through the runtime's event loop. So an auction still
+//! waiting in its last [`LEAD`] costs a lock and at most one `timerfd_settime`, not a
+//! descriptor of its own. While in the fine step the deadline keeps tokio's timer as a
+//! safety net at `LEAD` past the instant; if no timerfd can be made, it waits on tokio's
+//! timer alone, as before. It never reports the instant passed before [`Instant::now`]
+//! reaches it.
 //!
-//! Under tokio's paused time (tests), the coarse step follows the virtual clock; the fine
-//! step then waits at most [`LEAD`] of real time, finds the virtual clock has not moved,
-//! and finishes on tokio's timer.
+//! Under tokio's paused time (tests), the coarse step follows the virtual clock; the
+//! wheel's real-time wake-up then finds the virtual clock has not moved, and the safety
+//! net, on the virtual clock, ends the wait.
 
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rustix::time::{
     timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
     Timespec,
@@ -40,9 +48,10 @@ pub const LEAD: Duration = Duration::from_millis(3);
 enum Step {
     /// tokio's timer, until `LEAD` before the instant.
     Coarse,
-    /// A timerfd armed for the rest.
-    Fine(AsyncFd<OwnedFd>),
-    /// tokio's timer until the instant itself (no timerfd could be made).
+    /// Registered with the thread's wheel (tokio's timer, `LEAD` past the instant, is the
+    /// safety net).
+    Fine { wheel: Arc<Wheel>, id: u64 },
+    /// tokio's timer until the instant itself (no wheel could be made).
     Exact,
 }
 
@@ -95,6 +104,7 @@ impl Deadline {
         if at == self.at {
             return;
         }
+        self.leave_wheel();
         self.at = at;
         if self.fine_allowed {
             self.step = Step::Coarse;
@@ -108,34 +118,42 @@ impl Deadline {
     /// Ready once [`Instant::now`] has reached the instant.
     pub fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
+            if Instant::now() >= self.at {
+                self.leave_wheel();
+                return Poll::Ready(());
+            }
             match &self.step {
-                Step::Coarse | Step::Exact => {
+                Step::Coarse => {
                     if self.coarse.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
+                    // Within LEAD of the instant: the wheel for the rest.
+                    match Wheel::current() {
+                        Some(wheel) => {
+                            let id = wheel.register(self.at, cx.waker());
+                            self.step = Step::Fine { wheel, id };
+                            self.coarse.as_mut().reset(self.at + LEAD);
+                        }
+                        None => self.exact(),
+                    }
                 }
-                Step::Fine(fd) => match fd.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(_)) => {}
-                    // The event loop lost the descriptor: finish on tokio's timer.
-                    Poll::Ready(Err(_)) => self.exact(),
-                },
-            }
-            let left = self.at.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Poll::Ready(());
-            }
-            match self.step {
-                // The coarse step is done: a timerfd for the rest.
-                Step::Coarse => match arm(left) {
-                    Ok(fd) => self.step = Step::Fine(fd),
-                    Err(_) => self.exact(),
-                },
-                // A monotonic timerfd armed for `left` after a reading of the clock does
-                // not fire before it; the clock is behind only when tokio's time is
-                // paused (tests), and then tokio's timer follows it. tokio's own timer
-                // does not fire early either, but if it did it waits again.
-                Step::Fine(_) | Step::Exact => self.exact(),
+                Step::Fine { wheel, id } => {
+                    wheel.update(*id, cx.waker());
+                    if self.coarse.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The safety net fired: the wheel did not (or time is paused). The
+                    // instant has passed on tokio's clock; the check above says so.
+                    self.leave_wheel();
+                    self.exact();
+                }
+                Step::Exact => {
+                    if self.coarse.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // tokio's timer for the instant itself has fired.
+                    return Poll::Ready(());
+                }
             }
         }
     }
@@ -149,37 +167,172 @@ impl Deadline {
         self.step = Step::Exact;
         self.coarse.as_mut().reset(self.at);
     }
+
+    fn leave_wheel(&mut self) {
+        if let Step::Fine { wheel, id } = &self.step {
+            wheel.forget(*id);
+            self.step = Step::Coarse;
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.leave_wheel();
+    }
 }
 
 fn early(at: Instant) -> Instant {
     at.checked_sub(LEAD).unwrap_or(at)
 }
 
-/// A one-shot monotonic timerfd that becomes readable `after` from now, registered with the
-/// current runtime's event loop.
-fn arm(after: Duration) -> std::io::Result<AsyncFd<OwnedFd>> {
-    let fd = timerfd_create(
-        TimerfdClockId::Monotonic,
-        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
-    )?;
-    // A zero value disarms a timerfd: at least a nanosecond.
-    let after = after.max(Duration::from_nanos(1));
-    let spec = Itimerspec {
-        it_interval: Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: Timespec {
-            tv_sec: i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(after.subsec_nanos()),
-        },
-    };
-    timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
-    // Deprecated because a wrapper could close its descriptor while registered (tokio
-    // #8587); an `OwnedFd` owned by the `AsyncFd` is closed only after it deregisters. The
-    // replacement is `unsafe`, which this workspace forbids.
-    #[allow(deprecated)]
-    AsyncFd::with_interest(fd, Interest::READABLE)
+thread_local! {
+    /// This thread's wheel, and the runtime it belongs to.
+    static WHEEL: RefCell<Option<(tokio::runtime::Id, Arc<Wheel>)>> = const { RefCell::new(None) };
+}
+
+/// One timerfd for the deadlines of one thread's runtime in their fine step: armed for the
+/// earliest instant registered, read by its own task ([`drive`]), which wakes the
+/// deadlines whose instant has come.
+struct Wheel {
+    fd: AsyncFd<OwnedFd>,
+    inner: Mutex<WheelInner>,
+    /// Set when its task ended (the runtime is going away): a new wheel is made.
+    stopped: AtomicBool,
+}
+
+#[derive(Default)]
+struct WheelInner {
+    /// Instants waited for (an entry whose id left `wakers` is skipped when reached).
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    wakers: HashMap<u64, Waker>,
+    /// The instant the timerfd is armed for.
+    armed: Option<Instant>,
+    next_id: u64,
+}
+
+impl Wheel {
+    /// This thread's wheel for the current runtime, made (with its task) on first use;
+    /// `None` outside a runtime or if no timerfd can be made.
+    fn current() -> Option<Arc<Wheel>> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let rt = handle.id();
+        WHEEL.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some((id, wheel)) = cell.as_ref() {
+                if *id == rt && !wheel.stopped.load(Ordering::Acquire) {
+                    return Some(wheel.clone());
+                }
+            }
+            let wheel = Arc::new(Wheel::new().ok()?);
+            handle.spawn(drive(wheel.clone()));
+            *cell = Some((rt, wheel.clone()));
+            Some(wheel)
+        })
+    }
+
+    fn new() -> std::io::Result<Wheel> {
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // Deprecated because a wrapper could close its descriptor while registered (tokio
+        // #8587); an `OwnedFd` owned by the `AsyncFd` is closed only after it deregisters.
+        // The replacement is `unsafe`, which this workspace forbids.
+        #[allow(deprecated)]
+        let fd = AsyncFd::with_interest(fd, Interest::READABLE)?;
+        Ok(Wheel {
+            fd,
+            inner: Mutex::new(WheelInner::default()),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    fn register(&self, at: Instant, waker: &Waker) -> u64 {
+        let mut inner = self.inner.lock();
+        let id = inner.next_id;
+        inner.next_id = inner.next_id.wrapping_add(1);
+        inner.due.push(Reverse((at, id)));
+        inner.wakers.insert(id, waker.clone());
+        if inner.armed.is_none_or(|armed| at < armed) {
+            self.arm(&mut inner, at);
+        }
+        id
+    }
+
+    fn update(&self, id: u64, waker: &Waker) {
+        let mut inner = self.inner.lock();
+        if let Some(w) = inner.wakers.get_mut(&id) {
+            if !w.will_wake(waker) {
+                w.clone_from(waker);
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.inner.lock().wakers.remove(&id);
+    }
+
+    /// Arms the timerfd for `at` (relative to now: a monotonic timerfd does not fire before).
+    fn arm(&self, inner: &mut WheelInner, at: Instant) {
+        // A zero value disarms a timerfd: at least a nanosecond.
+        let after = at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(after.subsec_nanos()),
+            },
+        };
+        // If it cannot be armed, the deadlines' safety net ends their wait.
+        inner.armed = timerfd_settime(self.fd.get_ref(), TimerfdTimerFlags::empty(), &spec)
+            .ok()
+            .map(|_| at);
+    }
+
+    /// After the timerfd fired: the wakers whose instant has come, and the timerfd armed
+    /// for the next instant still waited for.
+    fn due_now(&self) -> Vec<Waker> {
+        let mut inner = self.inner.lock();
+        inner.armed = None;
+        let now = Instant::now();
+        let mut woken = Vec::new();
+        while let Some(&Reverse((at, id))) = inner.due.peek() {
+            let waited = inner.wakers.contains_key(&id);
+            if waited && at > now {
+                self.arm(&mut inner, at);
+                break;
+            }
+            inner.due.pop();
+            if let Some(w) = inner.wakers.remove(&id) {
+                woken.push(w);
+            }
+        }
+        woken
+    }
+}
+
+/// The wheel's task: waits for its timerfd, clears it, wakes the deadlines that are due
+/// and arms it for the next. Ends (and marks the wheel stopped) if the event loop fails.
+async fn drive(wheel: Arc<Wheel>) {
+    loop {
+        let Ok(mut ready) = wheel.fd.readable().await else {
+            break;
+        };
+        // The expiration count; reading it makes the descriptor not readable again.
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(ready.get_inner(), &mut count);
+        ready.clear_ready();
+        for w in wheel.due_now() {
+            w.wake();
+        }
+    }
+    wheel.stopped.store(true, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -223,7 +376,10 @@ mod tests {
             // A slow machine got here after the instant.
             assert!(Instant::now() >= at);
         } else {
-            assert!(matches!(d.step, Step::Fine(_)), "the rest is a timerfd's");
+            assert!(
+                matches!(d.step, Step::Fine { .. }),
+                "the rest is a timerfd's"
+            );
             assert!(Instant::now() < at);
         }
         d.elapsed().await;
@@ -260,6 +416,56 @@ mod tests {
         assert!(matches!(d.step, Step::Exact));
         d.reset(Instant::now() + Duration::from_millis(1));
         d.elapsed().await;
+    }
+
+    #[tokio::test]
+    async fn many_deadlines_share_one_wheel_and_each_wakes_on_its_own_instant() {
+        let base = Instant::now() + Duration::from_millis(1);
+        // Registered out of order, some dropped before their instant.
+        let offsets_us = [2_500u64, 300, 1_700, 900, 2_100, 50, 1_200];
+        let mut waits = Vec::new();
+        for (i, us) in offsets_us.iter().enumerate() {
+            let at = base + Duration::from_micros(*us);
+            let mut d = Deadline::new(at);
+            let keep = i % 3 != 1;
+            waits.push(tokio::spawn(async move {
+                if keep {
+                    d.elapsed().await;
+                    assert!(Instant::now() >= at, "woke before its instant");
+                } else {
+                    // Polled into the wheel, then dropped: its entry is skipped.
+                    let waker = futures_util::task::noop_waker();
+                    let _ = d.poll_elapsed(&mut Context::from_waker(&waker));
+                    drop(d);
+                }
+            }));
+        }
+        for w in waits {
+            w.await.unwrap();
+        }
+        let wheel = Wheel::current().expect("a wheel on Linux");
+        let inner = wheel.inner.lock();
+        assert!(inner.wakers.is_empty(), "nothing left waiting");
+    }
+
+    #[test]
+    fn each_runtime_on_a_thread_gets_its_own_wheel() {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let at = Instant::now() + Duration::from_millis(2);
+                let mut d = Deadline::new(at);
+                d.elapsed().await;
+                assert!(Instant::now() >= at);
+                let wheel = Wheel::current().expect("a wheel");
+                seen.push(Arc::as_ptr(&wheel) as usize);
+            });
+        }
+        assert_ne!(seen[0], seen[1], "the second runtime made its own wheel");
     }
 
     #[tokio::test(start_paused = true)]

@@ -529,6 +529,18 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    // The main thread's runtime, and SIGHUP's handler, before anything slow: reading the
+    // configuration (seconds for 100,000 buyers) and the start (ledger check and replay)
+    // can take seconds, and a SIGHUP's default action would end the process. One that
+    // arrives meanwhile is kept and reloads once the exchange serves. (`--check-config`
+    // gets the handler too: a SIGHUP never ends it early either.)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let hup = hangup_signal(&runtime);
+    if !args.check_config {
+        tracing::info!("reading the configuration");
+    }
     let demo = args.demo;
     // In demo mode the example bidders' secrets default to fixed demo values, and the
     // admin token (when its variable is unset) to a fresh random one, printed below.
@@ -586,14 +598,6 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // The main thread's runtime, and SIGHUP's handler, before anything slow: the start
-    // (ledger check and replay) can take seconds, and a SIGHUP's default action would
-    // end the process. One that arrives during the start is kept and reloads once the
-    // exchange serves.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let hup = hangup_signal(&runtime);
     let workers = app::worker_count(&cfg);
     let server = match app::start_threaded(cfg, Clock::system()) {
         Ok(s) => s,

@@ -554,6 +554,30 @@ async fn a_sighup_during_the_start_is_kept_and_reloads_once_serving() {
     stop_gracefully(child, &pid).await;
 }
 
+/// A SIGHUP while the configuration is being read (seconds with 100,000 buyers) is kept
+/// too: the handler comes before the read. It used to come after it, and a SIGHUP then
+/// ended the process (exit 129, nothing logged).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_while_the_configuration_is_read_is_kept() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let path = dir.path().join("config.toml");
+    let cfg = TestConfig::new().buyer(ab.clone());
+    std::fs::write(&path, cfg.toml(&ledger)).unwrap();
+    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    // The first line, logged just before the file is read.
+    wait_line(&mut lines, "reading the configuration").await;
+    signal(&pid, "-HUP");
+    wait_line(&mut lines, "pingpost listening").await;
+    let reloaded = wait_line(&mut lines, "SIGHUP: configuration reloaded").await;
+    assert!(reloaded.contains("generation=2"), "{reloaded}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    stop_gracefully(child, &pid).await;
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
