@@ -1367,15 +1367,23 @@ async fn sweep(
     if let (Some(ex), Some(rl)) = (report.knees.get("exchange"), report.knees.get("relay")) {
         if *rl > 0.0 {
             report.notes.push(format!(
-                "knee ratio exchange/relay = {:.2} (target >= 0.9)",
+                "knee ratio exchange/relay = {:.2} (P2: >= 1.0)",
                 ex / rl
             ));
         }
     }
-    for (t, c) in cpu_at {
-        report.notes.push(format!(
-            "{t}: {c:.1} us CPU per buyer ping (target <= 15 us for the exchange)"
-        ));
+    for (t, c) in &cpu_at {
+        report
+            .notes
+            .push(format!("{t}: {c:.1} us CPU per buyer ping"));
+    }
+    if let (Some(ex), Some(rl)) = (cpu_at.get("exchange"), cpu_at.get("relay")) {
+        if *rl > 0.0 {
+            report.notes.push(format!(
+                "CPU per buyer ping ratio exchange/relay = {:.2} (P2: <= 1.1)",
+                ex / rl
+            ));
+        }
     }
     Ok(())
 }
