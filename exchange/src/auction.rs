@@ -148,10 +148,14 @@ pub async fn run_auction(
     let vertical = &cfg.verticals[input.vertical];
     let auction_id = new_id("au_");
     let ping_id = new_id("pg_");
-    // The instant the auction counts its bounds from (the core counts whole milliseconds;
-    // the timer adds back the fraction, so a buyer gets its whole timeout).
+    // The auction's own millisecond grid, from the instant it starts: the core counts
+    // whole milliseconds, and on this grid a bound is an exact instant (see `Grid`).
     let made_at = Instant::now();
     let now_ms = state.clock.unix_ms_of(made_at);
+    let grid = Grid {
+        origin: made_at,
+        origin_ms: now_ms,
+    };
     // The lead's features, its score, and the ranker: expected value under the serving
     // realization model or the cold-start rates, or price.
     let models = rt.models.get(input.vertical).and_then(|m| m.as_deref());
@@ -197,7 +201,7 @@ pub async fn run_auction(
         direct: input.direct,
         auction_id: &auction_id,
         ping_id: &ping_id,
-        arrival: state.clock.unix_ms_of(input.arrival),
+        arrival: grid.arrival(input.arrival),
         lead_x: &lead_x,
         features_version: vertical.features.as_ref().map(|f| f.version),
         models: ModelVersions {
@@ -260,8 +264,7 @@ pub async fn run_auction(
     }
     let mut bound: Option<Deadline> = None;
     while let Some(until) = auction.poll_timeout() {
-        // `now_ms` read at `made_at`, and so `until` at `wake` (whole milliseconds later).
-        let wake = Clock::after_ms(made_at, until.saturating_sub(now_ms));
+        let wake = grid.instant(until);
         let deadline = match &mut bound {
             Some(d) => {
                 d.reset(wake);
@@ -276,9 +279,9 @@ pub async fn run_auction(
                     CallResult::Answer(o) => Some(o),
                     CallResult::Failed(_) => None,
                 };
-                auction.on_answer(slot, answer, took.as_micros() as u64, state.clock.now_ms());
+                auction.on_answer(slot, answer, took.as_micros() as u64, grid.ms(Instant::now()));
             }
-            () = deadline.elapsed() => auction.handle_timeout(state.clock.now_ms()),
+            () = deadline.elapsed() => auction.handle_timeout(grid.ms(Instant::now())),
         }
     }
     if !futs.is_empty() {
@@ -314,6 +317,44 @@ pub async fn run_auction(
         ping_id,
         score,
         award,
+    }
+}
+
+/// An auction's millisecond grid: whole milliseconds from the instant it started
+/// (`origin`, which is `origin_ms` on the shell's clock). The core takes a bound as a whole
+/// millisecond `b`, an answer at `now <= b` as in time, and times out at `now >= b`; on
+/// this grid `b` is the exact instant `origin + (b - origin_ms)` ms, so a buyer gets its
+/// whole timeout from the auction's start, not a moment less, and an answer after that
+/// instant is late, not a moment more. (On the shell's clock, whose milliseconds begin
+/// elsewhere, a bound could fall up to 1 ms either side.)
+#[derive(Debug, Clone, Copy)]
+pub struct Grid {
+    pub origin: Instant,
+    pub origin_ms: UnixMs,
+}
+
+impl Grid {
+    /// `t` on the grid, rounded up: an instant past `origin + k` ms is `origin_ms + k + 1`,
+    /// so it is after bound `origin_ms + k`.
+    pub fn ms(&self, t: Instant) -> UnixMs {
+        let nanos = t.saturating_duration_since(self.origin).as_nanos();
+        let whole = nanos.div_ceil(1_000_000);
+        self.origin_ms
+            .saturating_add(i64::try_from(whole).unwrap_or(i64::MAX))
+    }
+
+    /// An instant before the origin (the request's arrival), rounded toward the origin
+    /// (a deadline counted from it then ends at most that fraction later, never earlier
+    /// than it would from the origin).
+    pub fn arrival(&self, t: Instant) -> UnixMs {
+        let before = self.origin.saturating_duration_since(t).as_millis();
+        self.origin_ms
+            .saturating_sub(i64::try_from(before).unwrap_or(i64::MAX))
+    }
+
+    /// The instant of bound `b`.
+    pub fn instant(&self, b: UnixMs) -> Instant {
+        Clock::after_ms(self.origin, b.saturating_sub(self.origin_ms))
     }
 }
 
@@ -617,6 +658,42 @@ impl LateWatch {
 mod tests {
     use super::*;
     use proto::schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema};
+
+    #[test]
+    fn on_an_auction_s_grid_a_bound_is_an_exact_instant() {
+        let origin = Instant::now();
+        let grid = Grid {
+            origin,
+            origin_ms: 1_000,
+        };
+        let bound = 1_100; // a 100 ms timeout
+        let at = grid.instant(bound);
+        assert_eq!(at, origin + Duration::from_millis(100));
+        // In time up to the instant itself, late from the next nanosecond: the core's
+        // `now <= bound` and `bound <= now` rules meet exactly there.
+        for (t, ms) in [
+            (origin, 1_000),
+            (origin + Duration::from_nanos(1), 1_001),
+            (origin + Duration::from_micros(99_999), 1_100),
+            (at, 1_100),
+            (at + Duration::from_nanos(1), 1_101),
+            (at + Duration::from_micros(600), 1_101),
+        ] {
+            assert_eq!(grid.ms(t), ms, "{:?}", t - origin);
+        }
+        assert!(
+            grid.ms(at + Duration::from_micros(600)) > bound,
+            "an answer 0.6 ms late is late"
+        );
+        // The arrival, a fraction before the start, is the start's millisecond: a deadline
+        // counted from it ends at most that fraction after the arrival's, never before.
+        let arrived = origin - Duration::from_micros(300);
+        assert_eq!(grid.arrival(arrived), 1_000);
+        assert_eq!(grid.arrival(origin - Duration::from_micros(1_200)), 999);
+        assert_eq!(grid.arrival(origin), 1_000);
+        // A bound years away does not overflow.
+        let _ = grid.instant(i64::MAX);
+    }
 
     #[test]
     fn ids_are_what_format_would_build() {
