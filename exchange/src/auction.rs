@@ -21,7 +21,6 @@ use proto::{Lead, Micros};
 use tokio::time::Instant;
 
 use crate::buyers::{BuyerClient, BuyerTransport, CallResult, Endpoint, Ping, Post};
-use crate::clock::Clock;
 use crate::config::{BuyerIdx, BuyerKey, SellerIdx, VerticalIdx};
 use crate::core::auction::{Auction, AuctionParams, Award, ModelVersions};
 use crate::core::award::Ranked;
@@ -352,9 +351,12 @@ impl Grid {
             .saturating_sub(i64::try_from(before).unwrap_or(i64::MAX))
     }
 
-    /// The instant of bound `b`.
+    /// The instant of bound `b` (none before the origin; a bound years away is as good
+    /// as never, and must not overflow).
     pub fn instant(&self, b: UnixMs) -> Instant {
-        Clock::after_ms(self.origin, b.saturating_sub(self.origin_ms))
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let ms = u64::try_from(b.saturating_sub(self.origin_ms)).unwrap_or(0);
+        self.origin + Duration::from_millis(ms).min(far)
     }
 }
 

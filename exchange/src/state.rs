@@ -180,14 +180,23 @@ impl std::fmt::Display for ReloadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReloadError::NoSource => f.write_str("no configuration source to reload from"),
-            ReloadError::Invalid(problems) => {
-                write!(f, "the configuration has {} problem(s):", problems.len())?;
-                for p in problems {
-                    write!(f, " {}: {};", p.field, p.problem)?;
-                }
-                Ok(())
-            }
+            ReloadError::Invalid(problems) => Problems(problems).fmt(f),
         }
+    }
+}
+
+/// Every problem of a refused reload or model swap, for its log line: "the configuration
+/// has N problem(s): field: problem; ..." (SIGHUP's and the admin routes' alike).
+#[derive(Debug, Clone, Copy)]
+pub struct Problems<'a>(pub &'a [FieldProblem]);
+
+impl std::fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for p in self.0 {
+            write!(f, " {}: {};", p.field, p.problem)?;
+        }
+        Ok(())
     }
 }
 

@@ -536,22 +536,8 @@ async fn wait_line(
 #[cfg(unix)]
 #[tokio::test]
 async fn a_sighup_during_the_start_is_kept_and_reloads_once_serving() {
-    let a = ScriptedBidder::bidding(30.0);
-    let (ab, _ha) = serve("a", &a).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger");
-    let path = dir.path().join("config.toml");
-    let cfg = TestConfig::new().buyer(ab.clone());
-    std::fs::write(&path, cfg.toml(&ledger)).unwrap();
-    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
     // The replay's line comes before the listeners and the reload task exist.
-    wait_line(&mut lines, "ledger replayed").await;
-    signal(&pid, "-HUP");
-    wait_line(&mut lines, "pingpost listening").await;
-    let reloaded = wait_line(&mut lines, "SIGHUP: configuration reloaded").await;
-    assert!(reloaded.contains("generation=2"), "{reloaded}");
-    assert!(child.try_wait().unwrap().is_none(), "still running");
-    stop_gracefully(child, &pid).await;
+    sighup_at_start_is_kept("ledger replayed").await;
 }
 
 /// A SIGHUP while the configuration is being read (seconds with 100,000 buyers) is kept
@@ -560,6 +546,14 @@ async fn a_sighup_during_the_start_is_kept_and_reloads_once_serving() {
 #[cfg(unix)]
 #[tokio::test]
 async fn a_sighup_while_the_configuration_is_read_is_kept() {
+    // The first line, logged just before the file is read.
+    sighup_at_start_is_kept("reading the configuration").await;
+}
+
+/// Starts the binary, sends SIGHUP once it logs `line`, and checks that it keeps running
+/// and reloads once serving.
+#[cfg(unix)]
+async fn sighup_at_start_is_kept(line: &str) {
     let a = ScriptedBidder::bidding(30.0);
     let (ab, _ha) = serve("a", &a).await;
     let dir = tempfile::tempdir().unwrap();
@@ -568,8 +562,7 @@ async fn a_sighup_while_the_configuration_is_read_is_kept() {
     let cfg = TestConfig::new().buyer(ab.clone());
     std::fs::write(&path, cfg.toml(&ledger)).unwrap();
     let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
-    // The first line, logged just before the file is read.
-    wait_line(&mut lines, "reading the configuration").await;
+    wait_line(&mut lines, line).await;
     signal(&pid, "-HUP");
     wait_line(&mut lines, "pingpost listening").await;
     let reloaded = wait_line(&mut lines, "SIGHUP: configuration reloaded").await;

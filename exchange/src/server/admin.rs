@@ -282,7 +282,7 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
                 .inc();
             tracing::warn!(
                 problems = fields.len(),
-                error = %listed(&fields),
+                error = %crate::state::Problems(&fields),
                 "model swap refused; the serving model stays"
             );
             error_response(
@@ -295,17 +295,6 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
             &ApiError::new(ErrorCode::Conflict, "no model source"),
         ),
     }
-}
-
-/// Every problem as `field: problem`, `; `-separated, for the log line of a refused
-/// reload or swap (as a SIGHUP's refusal logs them; configuration problems name keys and
-/// environment variables, never their values).
-fn listed(fields: &[proto::FieldProblem]) -> String {
-    fields
-        .iter()
-        .map(|f| format!("{}: {}", f.field, f.problem))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// The HTTP answer for a reload result (also logs and counts it).
@@ -331,7 +320,7 @@ pub fn reload_answer(state: &AppState, result: Result<u64, ReloadError>) -> Resp
             tracing::warn!(
                 problems = fields.len(),
                 generation = state.generation(),
-                error = %listed(&fields),
+                error = %crate::state::Problems(&fields),
                 "configuration reload refused; the running configuration stays"
             );
             error_response(
