@@ -41,7 +41,9 @@
 //!   when it has none. The body must arrive within [`ServeOptions::body_read_timeout_ms`].
 //! - **Signatures** (Standard Webhooks): `webhook-id`, `webhook-timestamp` and
 //!   `webhook-signature` are checked against the raw body with your secret, and the
-//!   timestamp must be within 300 s of your clock; otherwise `401 unauthorized`.
+//!   timestamp must be within 300 s of your clock; otherwise `401 unauthorized` (an
+//!   empty `webhook-id` counts as missing). Replays within those 300 s are not detected:
+//!   reject a second post for the same `auction_id` in your bidder (SECURITY.md N6).
 //! - **Parsing**: the body must parse (simd-json) into [`PingMessage`] / [`PostMessage`];
 //!   otherwise `400 invalid_request`. A `Content-Type` other than JSON gets `415`.
 //! - **Robustness**: no input makes the server panic; a panic inside your bidder becomes

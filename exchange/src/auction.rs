@@ -225,9 +225,9 @@ pub async fn run_auction(
     let mut futs = FuturesUnordered::new();
     if auction.ping_count() > 0 {
         let now_s = state.clock.now_ms() / 1000;
-        // Shared by the auction's pings (one reference count each, not a copy of the
-        // client's pools and connectors).
-        let client = Arc::new(BuyerClient::local_for(&state.buyer_tls.load_full()));
+        // This thread's client, shared by the auction's pings (one reference count each,
+        // not a copy of the client's pools and connectors).
+        let client = BuyerClient::local_for(&state.buyer_tls.load());
         // The lead is serialized once per auction; each buyer's body differs only in tmax_ms.
         let template = PingTemplate::new(&BuyerPing {
             auction_id: &auction_id,
@@ -452,7 +452,7 @@ pub async fn deliver(
         d.reservation,
         state.clock.now_ms(),
     );
-    let client = BuyerClient::local_for(&state.buyer_tls.load_full());
+    let client = BuyerClient::local_for(&state.buyer_tls.load());
     // Fail-stop: once the ledger has failed no lead leaves, not even to a fallback; every
     // remaining attempt is reported as not sent, so the plan releases its holds and ends.
     let mut stopped = false;

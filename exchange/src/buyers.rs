@@ -4,6 +4,12 @@
 //!
 //! What this module never does: decide anything about the auction. It sends one message
 //! and reports what came back, with how long it took.
+//!
+//! HTTP/1.1 connections are pooled here ([`H1Pool`]), not by hyper-util's client: its
+//! pool is shared across threads behind a lock, hashes its key byte by byte on every
+//! checkout and return, races a new connection against every checkout, and spawns a task
+//! per request to put the connection back; with a client per thread none of that is
+//! needed. HTTP/2 buyers keep hyper-util's client (one multiplexed connection per host).
 
 use std::time::Duration;
 
@@ -49,6 +55,11 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static(HEADER_SIGNATURE);
 #[derive(Debug, Clone)]
 pub struct Target {
     uri: Uri,
+    /// `uri` in origin form, for HTTP/1.1's request line.
+    origin: Uri,
+    /// The authority (`host[:port]`) as written: the connection pool's key.
+    authority: Box<str>,
+    https: bool,
     host: HeaderValue,
 }
 
@@ -65,7 +76,13 @@ impl Target {
             None => HeaderValue::from_str(hostname),
         }
         .ok()?;
-        Some(Target { uri, host })
+        Some(Target {
+            origin: origin_form(&uri),
+            authority: uri.authority()?.as_str().into(),
+            https: secure,
+            uri,
+            host,
+        })
     }
 }
 
@@ -83,8 +100,193 @@ pub enum CallError {
 /// Pooled clients shared by every auction.
 #[derive(Clone, Debug)]
 pub struct BuyerClient {
-    h1: Client<Connector, Full<Bytes>>,
+    h1: std::sync::Arc<H1Pool>,
     h2: Client<Connector, Full<Bytes>>,
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Idle HTTP/1.1 keep-alive connections to buyers, by scheme and authority (`host:port`),
+/// newest last. A connection is taken for one request and put back once its answer has
+/// been read to the end; one whose request was dropped (a timeout) or whose answer was
+/// not read whole is closed instead. At most [`IDLE_PER_HOST_MAX`] are kept per host, none
+/// longer than [`IDLE_TIMEOUT_S`], and closed ones are thrown away when met (and every
+/// [`SWEEP_EVERY_S`] for all hosts, so a host no longer called keeps nothing).
+#[derive(Debug)]
+pub struct H1Pool {
+    connector: Connector,
+    idle: std::sync::Mutex<H1Idle>,
+}
+
+/// How often [`H1Pool`] drops the closed and expired connections of every host.
+const SWEEP_EVERY_S: u64 = 10;
+
+#[derive(Debug, Default)]
+struct H1Idle {
+    /// `[http, https]`: authority -> idle connections.
+    by_host: [std::collections::HashMap<Box<str>, Vec<IdleConn>>; 2],
+    swept_at: Option<tokio::time::Instant>,
+}
+
+impl H1Idle {
+    /// Drops the closed and expired connections of every host, and hosts left with none.
+    fn sweep(&mut self, now: tokio::time::Instant) {
+        self.swept_at = Some(now);
+        for hosts in &mut self.by_host {
+            hosts.retain(|_, list| {
+                list.retain(|c| {
+                    !c.tx.is_closed()
+                        && now.saturating_duration_since(c.since) < H1Pool::idle_timeout()
+                });
+                !list.is_empty()
+            });
+        }
+    }
+}
+
+/// Sweeps `pool` every [`SWEEP_EVERY_S`] until it is dropped, so connections left idle
+/// when calls stop are closed after [`IDLE_TIMEOUT_S`] (give or take a sweep).
+async fn reap(pool: std::sync::Weak<H1Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(SWEEP_EVERY_S));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        if let Ok(mut idle) = pool.idle.lock() {
+            idle.sweep(tokio::time::Instant::now());
+        };
+    }
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    tx: H1Sender,
+    since: tokio::time::Instant,
+}
+
+impl H1Pool {
+    fn new(connector: Connector) -> H1Pool {
+        H1Pool {
+            connector,
+            idle: std::sync::Mutex::new(H1Idle::default()),
+        }
+    }
+
+    fn idle_timeout() -> Duration {
+        Duration::from_secs(IDLE_TIMEOUT_S)
+    }
+
+    /// The newest live idle connection to `authority`, if any.
+    fn take(&self, https: bool, authority: &str) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.by_host[usize::from(https)].get_mut(authority)?;
+        let now = tokio::time::Instant::now();
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && now.saturating_duration_since(c.since) < Self::idle_timeout() {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    /// Keeps `tx` for the next request to `authority` (unless it is closed or the host
+    /// has its fill).
+    fn put(&self, https: bool, authority: &str, tx: H1Sender) {
+        if tx.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if idle
+            .swept_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(SWEEP_EVERY_S))
+        {
+            idle.sweep(now);
+        }
+        let hosts = &mut idle.by_host[usize::from(https)];
+        let list = match hosts.get_mut(authority) {
+            Some(list) => list,
+            None => hosts.entry(authority.into()).or_default(),
+        };
+        if list.len() < IDLE_PER_HOST_MAX {
+            list.push(IdleConn { tx, since: now });
+        }
+    }
+
+    /// How many idle connections are kept for `authority` (tests).
+    #[cfg(test)]
+    fn idle_count(&self, https: bool, authority: &str) -> usize {
+        self.idle.lock().map_or(0, |i| {
+            i.by_host[usize::from(https)]
+                .get(authority)
+                .map_or(0, Vec::len)
+        })
+    }
+
+    /// A new connection to `uri`'s host (TLS for `https://`), its connection task spawned.
+    async fn connect(&self, uri: &Uri) -> Result<H1Sender, CallError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|_| CallError::Transport)?;
+        let io = tower_service::Service::call(&mut connector, uri.clone())
+            .await
+            .map_err(|_| CallError::Transport)?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|_| CallError::Transport)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+
+    /// Sends `req` (whose URI is absolute) on an idle connection to its host, or on a new
+    /// one; returns the answer with the connection it came on. A request that a reused
+    /// connection never started (it closed while idle) is sent again on the next one.
+    async fn send(
+        &self,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, H1Sender), CallError> {
+        while let Some(mut tx) = self.take(https, authority) {
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, tx)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(CallError::Transport),
+                },
+            }
+        }
+        let mut tx = self.connect(uri).await?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|_| CallError::Transport)?;
+        Ok((resp, tx))
+    }
+}
+
+/// `uri` in origin form (`/path?query`), as an HTTP/1.1 request line carries it.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    }
 }
 
 fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
@@ -144,10 +346,11 @@ impl BuyerClient {
     }
 
     fn build(tls: Option<&rustls::ClientConfig>) -> BuyerClient {
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
-            .pool_max_idle_per_host(IDLE_PER_HOST_MAX)
-            .build(connector(false, tls));
+        let h1 = std::sync::Arc::new(H1Pool::new(connector(false, tls)));
+        // Made on a worker (a runtime is there): its idle connections are reaped there.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(reap(std::sync::Arc::downgrade(&h1)));
+        }
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
             .http2_only(true)
@@ -173,9 +376,13 @@ impl BuyerClient {
         // Built by hand rather than with `Request::builder()`: the builder parses every
         // header name and copies every value, which cost about 5,000 instructions a ping.
         // The request on the wire is the same (same headers, same order).
-        let (uri, host) = match target {
-            Some(t) => (t.uri.clone(), Some(&t.host)),
-            None => (Uri::try_from(url).map_err(|_| CallError::Request)?, None),
+        let parsed;
+        let t = match target {
+            Some(t) => t,
+            None => {
+                parsed = Target::parse(url).ok_or(CallError::Request)?;
+                &parsed
+            }
         };
         let (Ok(id), Ok(signature)) = (
             HeaderValue::from_str(msg_id),
@@ -185,7 +392,10 @@ impl BuyerClient {
         };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = match http {
+            HttpVersion::Http1 => t.origin.clone(),
+            HttpVersion::Http2 => t.uri.clone(),
+        };
         let headers = req.headers_mut();
         // Room for these five and the two hyper adds (Host, Content-Length): a map sized
         // for five grows (rehashes) on the seventh, once per ping.
@@ -198,19 +408,23 @@ impl BuyerClient {
         headers.insert(WEBHOOK_ID, id);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now_s));
         headers.insert(WEBHOOK_SIGNATURE, signature);
-        // HTTP/1.1 only (HTTP/2 carries `:authority` instead): the `Host` that hyper-util
-        // would otherwise format on every request, in the same place (after the others).
-        if let (HttpVersion::Http1, Some(host)) = (http, host) {
-            headers.insert(header::HOST, host.clone());
-        }
-        let client = match http {
-            HttpVersion::Http1 => &self.h1,
-            HttpVersion::Http2 => &self.h2,
+        // HTTP/1.1 only (HTTP/2 carries `:authority` instead): `Host`, made once per
+        // target, where hyper-util's client put it (after the others).
+        let (resp, conn) = match http {
+            HttpVersion::Http1 => {
+                headers.insert(header::HOST, t.host.clone());
+                let (resp, tx) = self.h1.send(t.https, &t.authority, &t.uri, req).await?;
+                (resp, Some(tx))
+            }
+            HttpVersion::Http2 => {
+                let resp = self
+                    .h2
+                    .request(req)
+                    .await
+                    .map_err(|_| CallError::Transport)?;
+                (resp, None)
+            }
         };
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|_| CallError::Transport)?;
         let status = resp.status().as_u16();
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
@@ -225,6 +439,10 @@ impl BuyerClient {
                     CallError::Transport
                 }
             })?;
+        // Read to its end: the connection can carry the next request.
+        if let Some(tx) = conn {
+            self.h1.put(t.https, &t.authority, tx);
+        }
         Ok((status, content_type, collected.to_bytes().to_vec()))
     }
 }
@@ -322,7 +540,9 @@ thread_local! {
     /// This thread's clients for trust stores other than the default, by the identity of
     /// the `Arc` holding the configuration ([`AppState::buyer_tls`](crate::state::AppState)).
     /// A reload that swaps the trust store makes a new entry; the oldest are dropped.
-    static LOCAL_WITH_TLS: std::cell::RefCell<Vec<(std::sync::Arc<rustls::ClientConfig>, BuyerClient)>> =
+    /// Shared by reference: an auction's pings hold the `Arc`, not a copy of the pools'
+    /// and connectors' handles.
+    static LOCAL_WITH_TLS: std::cell::RefCell<Vec<(std::sync::Arc<rustls::ClientConfig>, std::sync::Arc<BuyerClient>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -337,20 +557,20 @@ impl BuyerClient {
 
     /// This thread's client for the trust store `tls` (the exchange's
     /// `AppState::buyer_tls`, which adds `server.buyer_ca_path` to the WebPKI roots).
-    pub fn local_for(tls: &std::sync::Arc<rustls::ClientConfig>) -> BuyerClient {
+    pub fn local_for(tls: &std::sync::Arc<rustls::ClientConfig>) -> std::sync::Arc<BuyerClient> {
         LOCAL_WITH_TLS.with(|cell| {
             let mut clients = cell.borrow_mut();
             if let Some((_, client)) = clients
                 .iter()
                 .find(|(config, _)| std::sync::Arc::ptr_eq(config, tls))
             {
-                return client.clone();
+                return std::sync::Arc::clone(client);
             }
             if clients.len() >= LOCAL_TLS_CLIENTS_MAX {
                 clients.remove(0);
             }
-            let client = BuyerClient::with_tls(tls);
-            clients.push((std::sync::Arc::clone(tls), client.clone()));
+            let client = std::sync::Arc::new(BuyerClient::with_tls(tls));
+            clients.push((std::sync::Arc::clone(tls), std::sync::Arc::clone(&client)));
             client
         })
     }
@@ -425,6 +645,189 @@ mod tests {
             .await
             .unwrap();
         buf
+    }
+
+    /// Reads one HTTP/1.1 request (head and `content-length` body) from `sock`; `false` at
+    /// end of input.
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A buyer on `127.0.0.1:0` that answers every request on a connection with `answer`
+    /// (and, with `close`, closes the connection after each answer; with `hang`, never
+    /// answers). Returns its URL and a counter of the connections it accepted.
+    async fn buyer(
+        answer: &'static [u8],
+        close: bool,
+        hang: bool,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ping", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while read_request(&mut sock).await {
+                        if hang {
+                            // Hold the request unanswered until the client goes away.
+                            let mut b = [0u8; 1];
+                            let _ = sock.read(&mut b).await;
+                            return;
+                        }
+                        if sock.write_all(answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    const NO_BID: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 14\r\n\r\n{\"no_bid\":\"x\"}";
+
+    fn passed() -> PingResult {
+        CallResult::Answer(BidOutcome::NoBid {
+            reason: Some("x".into()),
+        })
+    }
+
+    async fn ping(client: &BuyerClient, url: &str) -> PingResult {
+        let secret = Secret::new("test-secret").unwrap();
+        let to = Endpoint {
+            url,
+            target: None,
+            http: HttpVersion::Http1,
+            secret: &secret,
+        };
+        client
+            .call::<Ping>(to, "au_1.1", 1_790_000_000, Bytes::from_static(b"{}"))
+            .await
+    }
+
+    fn authority(url: &str) -> String {
+        Target::parse(url).unwrap().authority.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_carries_the_next_request() {
+        let (url, accepted) = buyer(NO_BID, false, false).await;
+        let client = BuyerClient::new();
+        for _ in 0..5 {
+            let r = ping(&client, &url).await;
+            assert_eq!(r, passed());
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(client.h1.idle_count(false, &authority(&url)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_buyer_closed_is_not_used_again() {
+        let (url, accepted) = buyer(NO_BID, true, false).await;
+        let client = BuyerClient::new();
+        for _ in 0..3 {
+            let r = ping(&client, &url).await;
+            assert_eq!(r, passed());
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_closes_its_connection() {
+        let (url, accepted) = buyer(NO_BID, false, true).await;
+        let client = BuyerClient::new();
+        // The buyer never answers; the caller gives up (its own deadline).
+        let gave_up = tokio::select! {
+            _ = ping(&client, &url) => false,
+            () = async {
+                while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                for _ in 0..50 { tokio::task::yield_now().await; }
+            } => true,
+        };
+        assert!(gave_up);
+        assert_eq!(client.h1.idle_count(false, &authority(&url)), 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_is_read_no_further_and_its_connection_not_kept() {
+        // Says 100 KB, more than ANSWER_BYTES_MAX: the read stops at the limit.
+        let big: &'static [u8] = Box::leak(
+            [
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 102400\r\n\r\n"
+                    .as_slice(),
+                &vec![b' '; 102_400],
+            ]
+            .concat()
+            .into_boxed_slice(),
+        );
+        let (url, _) = buyer(big, false, false).await;
+        let client = BuyerClient::new();
+        let r = ping(&client, &url).await;
+        assert_eq!(r, CallResult::Answer(BidOutcome::Invalid("too_large")));
+        assert_eq!(client.h1.idle_count(false, &authority(&url)), 0);
+    }
+
+    #[tokio::test]
+    async fn at_most_idle_per_host_max_connections_are_kept_for_a_host() {
+        let (url, accepted) = buyer(NO_BID, false, false).await;
+        let client = BuyerClient::new();
+        // More calls at once than the pool keeps: each needs a connection of its own.
+        let n = IDLE_PER_HOST_MAX + 8;
+        let calls: Vec<_> = (0..n).map(|_| ping(&client, &url)).collect();
+        for r in futures_util::future::join_all(calls).await {
+            assert_eq!(r, passed());
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n);
+        assert_eq!(
+            client.h1.idle_count(false, &authority(&url)),
+            IDLE_PER_HOST_MAX
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_past_the_idle_timeout_is_not_used() {
+        let (url, accepted) = buyer(NO_BID, false, false).await;
+        let client = BuyerClient::new();
+        assert_eq!(ping(&client, &url).await, passed());
+        tokio::time::advance(Duration::from_secs(IDLE_TIMEOUT_S + 1)).await;
+        assert_eq!(ping(&client, &url).await, passed());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_left_idle_when_calls_stop_are_closed() {
+        let (url, _) = buyer(NO_BID, false, false).await;
+        let client = BuyerClient::new();
+        assert_eq!(ping(&client, &url).await, passed());
+        let host = authority(&url);
+        assert_eq!(client.h1.idle_count(false, &host), 1);
+        // No call comes: the reaper closes it within a sweep of the idle timeout.
+        tokio::time::sleep(Duration::from_secs(IDLE_TIMEOUT_S + SWEEP_EVERY_S + 1)).await;
+        assert_eq!(client.h1.idle_count(false, &host), 0);
     }
 
     #[tokio::test]

@@ -88,7 +88,50 @@ pub struct PostMessage {
 fn parse_message<T: DeserializeOwned>(buf: &mut [u8]) -> Result<T, String> {
     check_depth(buf, EXCHANGE_MESSAGE_DEPTH_MAX).map_err(|e| format!("body: {e}"))?;
     check_surrogates(buf).map_err(|e| e.to_string())?;
-    simd_json::serde::from_slice(buf).map_err(|e| e.to_string())
+    use simd_json::ErrorType as T;
+    simd_json::serde::from_slice(buf).map_err(|e| match e.error() {
+        // A field missing or unknown: serde's words, with any quoted value taken out (a
+        // post's lead holds PII).
+        T::Serde(m) => format!("body: {}", unquoted(m)),
+        // Valid JSON, but a field of the wrong type.
+        T::Unexpected(..)
+        | T::BadKeyType
+        | T::ExpectedArray
+        | T::ExpectedBoolean
+        | T::ExpectedEnum
+        | T::ExpectedFloat
+        | T::ExpectedInteger
+        | T::ExpectedMap
+        | T::ExpectedNull
+        | T::ExpectedTrue
+        | T::ExpectedFalse
+        | T::ExpectedNumber
+        | T::ExpectedSigned
+        | T::ExpectedString
+        | T::ExpectedUnsigned => {
+            "body: a field has a value of the wrong type for this message".to_string()
+        }
+        _ => crate::json::syntax_error_message(&e),
+    })
+}
+
+/// `text` with every quoted part (`"..."`) but field names in backquotes replaced by
+/// `"…"`: serde's messages quote the value they refused.
+fn unquoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for c in text.chars() {
+        match (c, inside) {
+            ('"', false) => {
+                inside = true;
+                out.push_str("\"…\"");
+            }
+            ('"', true) => inside = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 impl PingMessage {
@@ -225,13 +268,35 @@ fn reason_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
     short_string(v, BUYER_REASON_LEN_MAX).filter(|s| !s.is_empty() && reason_problem(s).is_none())
 }
 
-/// A buyer's own id for a lead, or nothing: letters, digits, `_`, `-`, `.` and `:` only
-/// (an id, not text: an email or a `+1...` phone number is dropped before the ledger).
+/// Most digits in a row a buyer's lead id may hold, separators (`_`, `-`, `.`, `:`)
+/// included in the row: enough for an id's counter, too few for a phone number (7 digits
+/// or more), a birth date (8) or a Social Security number (9).
+pub const LEAD_ID_DIGIT_RUN_MAX: usize = 6;
+
+/// The longest run of digits in `s`, where the separators `_`, `-`, `.` and `:` do not
+/// end a run (`817-555-0199` is one run of 10) and anything else does.
+pub fn digit_run(s: &str) -> usize {
+    let (mut run, mut longest) = (0usize, 0usize);
+    for b in s.bytes() {
+        if b.is_ascii_digit() {
+            run += 1;
+            longest = longest.max(run);
+        } else if !matches!(b, b'_' | b'-' | b'.' | b':') {
+            run = 0;
+        }
+    }
+    longest
+}
+
+/// A buyer's own id for a lead, or nothing: letters, digits, `_`, `-`, `.` and `:` only,
+/// with no run of more than [`LEAD_ID_DIGIT_RUN_MAX`] digits (an id, not text: an email,
+/// a phone number in any spelling, a date or an SSN is dropped before the ledger).
 fn lead_id_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
     let s = short_string(v, BUYER_ID_LEN_MAX)?;
     let id = !s.is_empty()
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && digit_run(&s) <= LEAD_ID_DIGIT_RUN_MAX;
     id.then_some(s)
 }
 
@@ -296,9 +361,18 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
                 _ => return BidOutcome::Invalid("expires_in_ms"),
             },
         };
+        // Optional; when given, a string or an integer (echoed in the post as a string).
+        let bid_id = match obj.get("bid_id") {
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
+            v @ Some(
+                BorrowedValue::String(_)
+                | BorrowedValue::Static(StaticNode::I64(_) | StaticNode::U64(_)),
+            ) => short_string(v, BUYER_ID_LEN_MAX),
+            Some(_) => return BidOutcome::Invalid("bid_id"),
+        };
         return BidOutcome::Bid {
             price,
-            bid_id: short_string(obj.get("bid_id"), BUYER_ID_LEN_MAX),
+            bid_id,
             expires_in_ms,
         };
     }
@@ -432,12 +506,16 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(
-            post(r#"{"accepted": true, "buyer_lead_id": "L-2026:000123456789"}"#),
-            PostOutcome::Accepted {
-                buyer_lead_id: Some("L-2026:000123456789".into())
-            }
-        );
+        for kept in ["crm-55", "L-2026:A-001234", "0193a4c2-e5d8-7b2f", "x123456"] {
+            let body = serde_json::json!({"accepted": true, "buyer_lead_id": kept}).to_string();
+            assert_eq!(
+                post(&body),
+                PostOutcome::Accepted {
+                    buyer_lead_id: Some(kept.into())
+                },
+                "{kept}"
+            );
+        }
         assert_eq!(
             post(r#"{"accepted": true, "buyer_lead_id": 991}"#),
             PostOutcome::Accepted {
@@ -448,6 +526,17 @@ mod tests {
             "ana@example.com|+18175551463",
             "=HYPERLINK(\"http://evil\")",
             "a b",
+            // Phone numbers, a birth date and an SSN, however spelt (digits in a row,
+            // separators included, past LEAD_ID_DIGIT_RUN_MAX).
+            "8175550199",
+            "18175550199",
+            "817-555-0199",
+            "817.555.0199",
+            "tel:8175550199",
+            "5550199",
+            "1984-03-09",
+            "123-45-6789",
+            "L-2026:000123456789",
         ] {
             let body = serde_json::json!({"accepted": true, "buyer_lead_id": text}).to_string();
             assert_eq!(
@@ -457,6 +546,45 @@ mod tests {
                 },
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_message_refused_by_a_buyer_is_told_in_words_and_never_quotes_its_values() {
+        let err = |body: &str| PostMessage::from_json(&mut body.as_bytes().to_vec()).unwrap_err();
+        let e = err(r#"{"auction_id": "au_1", "lead": {"phone": "+18175551463"}, "price": 1"#);
+        assert!(e.starts_with("malformed JSON"), "{e}");
+        assert!(!e.contains("Tape") && !e.contains("Internal"), "{e}");
+        let e = err(r#"{"auction_id": "+18175551463", "lead_id": 5}"#);
+        assert!(e.starts_with("body: "), "{e}");
+        assert!(!e.contains("8175551463"), "{e}");
+        let e = err(r#"{"auction_id": "au_1", "lead_id": "ld_1", "price": "+18175551463"}"#);
+        assert!(e.starts_with("body: "), "{e}");
+        assert!(!e.contains("8175551463"), "{e}");
+        let e = err(r#"{"auction_id": 7}"#);
+        assert!(e.starts_with("body: ") && !e.contains("Serde"), "{e}");
+    }
+
+    #[test]
+    fn a_bid_id_is_a_string_or_an_integer_or_the_answer_is_invalid() {
+        let with = |id: &str| bid(200, JSON, &format!(r#"{{"bid": 18, "bid_id": {id}}}"#));
+        let id_of = |o: BidOutcome| match o {
+            BidOutcome::Bid { bid_id, .. } => bid_id,
+            other => panic!("not a bid: {other:?}"),
+        };
+        assert_eq!(id_of(with(r#""b-991""#)), Some("b-991".into()));
+        assert_eq!(id_of(with("991")), Some("991".into()));
+        assert_eq!(id_of(with("-7")), Some("-7".into()));
+        assert_eq!(id_of(with("null")), None);
+        for bad in [
+            "1.5",
+            "1e3",
+            "18446744073709551616",
+            "true",
+            "[\"b\"]",
+            "{\"id\": 1}",
+        ] {
+            assert_eq!(with(bad), BidOutcome::Invalid("bid_id"), "{bad}");
         }
     }
 

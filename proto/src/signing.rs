@@ -33,7 +33,7 @@ impl std::fmt::Debug for Secret {
 pub enum SignatureError {
     #[error("the secret is empty or not valid base64 after whsec_")]
     BadSecret,
-    #[error("a webhook header is missing")]
+    #[error("a webhook header is missing or empty")]
     MissingHeader,
     #[error("a webhook header appears more than once")]
     RepeatedHeader,
@@ -109,6 +109,11 @@ impl Secret {
         if now_s.abs_diff(ts) > TIMESTAMP_TOLERANCE_S.unsigned_abs() {
             return Err(SignatureError::TimestampOutOfTolerance);
         }
+        // An empty `webhook-id` is no id: a buyer keying its de-duplication on it would
+        // take every such message for one.
+        if id.is_empty() {
+            return Err(SignatureError::MissingHeader);
+        }
         let mut mac = self.keyed.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
@@ -179,6 +184,12 @@ mod tests {
         );
         assert_eq!(
             s.verify(None, Some("1000"), Some(&sig), b"body", 1000),
+            Err(SignatureError::MissingHeader)
+        );
+        // An empty id, even signed as such, is no id.
+        let empty_id_sig = s.sign("", 1000, b"body");
+        assert_eq!(
+            s.verify(Some(""), Some("1000"), Some(&empty_id_sig), b"body", 1000),
             Err(SignatureError::MissingHeader)
         );
         assert_eq!(

@@ -478,10 +478,10 @@ impl<'a> Auction<'a> {
                 });
             }
         }
-        let pinged_or_fixed = self
-            .lines
-            .iter()
-            .any(|l| !matches!(l.outcome, BuyerOutcome::SkippedBreaker));
+        // A buyer skipped (breaker open) or left out for want of time was never pinged.
+        let pinged_or_fixed = self.lines.iter().any(|l| {
+            !matches!(l.outcome, BuyerOutcome::SkippedBreaker) && l.detail != Some(NO_TIME_LEFT)
+        });
 
         let (seller_payout, seller_reserve, seller_id) = match cfg.sellers.get(p.seller) {
             Some(s) => (s.payout, s.reserve, s.id.as_str()),

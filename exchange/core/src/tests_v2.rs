@@ -201,7 +201,8 @@ fn no_time_left_means_not_pinged_and_no_breaker_penalty() {
     assert_eq!(a.ping_count(), 0);
     assert_eq!(a.poll_timeout(), None);
     let award = a.finish(&s, T + 148, 0);
-    assert_eq!(award.no_bid, Some(NoBidReason::NoBids));
+    // Nobody was pinged, so it is not `no_bids` ("buyers were pinged and none bid").
+    assert_eq!(award.no_bid, Some(NoBidReason::NoEligibleBuyers));
     let effects = run(&s, a.effects());
     let rec = auction_record(&effects);
     assert_eq!(rec.buyers[0].detail, Some(NO_TIME_LEFT));
