@@ -27,8 +27,18 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
         move |n| batch.observe(n as f64),
     )?;
     let mut state = AppState::new(config, ledger, metrics, clock);
-    // The lead fingerprint's key, kept beside the ledger (made at the first start).
-    state.fingerprint = crate::fingerprint::Fingerprinter::open(state.ledger.dir())?;
+    // The lead fingerprint's key, kept beside the ledger (made at the first start). Made
+    // anew beside a ledger that has records, it was lost: say so, once, loudly.
+    let dir = state.ledger.dir();
+    let lost_key = !dir.join(crate::fingerprint::KEY_FILE).exists()
+        && crate::fingerprint::ledger_has_records(dir);
+    state.fingerprint = crate::fingerprint::Fingerprinter::open(dir)?;
+    if lost_key {
+        tracing::warn!(
+            key = %dir.join(crate::fingerprint::KEY_FILE).display(),
+            "lead fingerprint key missing beside a ledger that has records: a new key was made, so lead fingerprints from now on cannot be compared with the earlier ones; restore the old key from a backup (and restart) to keep them comparable"
+        );
+    }
     // The seller certificate and the buyer CA bundle (checked by the loader already).
     crate::tls::install(&mut state).map_err(std::io::Error::other)?;
     // Caps, budgets and idempotency keys from the ledger, before anything is served.

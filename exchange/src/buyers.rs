@@ -268,7 +268,10 @@ impl H1Pool {
                 },
             }
         }
-        let mut tx = self.connect(uri).await?;
+        // Boxed: the connect and handshake futures are large, and every ping's future
+        // would carry their room (moved when the auction pushes it) for the rare call
+        // that needs a new connection.
+        let mut tx = Box::pin(self.connect(uri)).await?;
         let resp = tx
             .send_request(req)
             .await
@@ -729,6 +732,23 @@ mod tests {
 
     fn authority(url: &str) -> String {
         Target::parse(url).unwrap().authority.to_string()
+    }
+
+    #[test]
+    fn a_call_s_future_stays_small() {
+        // Every ping's future is moved into the auction's FuturesUnordered; its size is
+        // copied each time. Connecting is boxed so it does not weigh on every call.
+        let client = BuyerClient::new();
+        let secret = Secret::new("test-secret").unwrap();
+        let to = Endpoint {
+            url: "http://127.0.0.1:1/ping",
+            target: None,
+            http: HttpVersion::Http1,
+            secret: &secret,
+        };
+        let fut = client.call::<Ping>(to, "au_1.1", 1, Bytes::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 2048, "{size} bytes");
     }
 
     #[tokio::test]

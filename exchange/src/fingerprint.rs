@@ -118,9 +118,37 @@ impl Fingerprinter {
     }
 }
 
+/// Whether the ledger directory `dir` holds any record (a segment file that is not
+/// empty): a fingerprint key made there now replaces a lost one.
+pub fn ledger_has_records(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("seg-")
+                && name.ends_with(".jsonl")
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_has_records_once_a_segment_holds_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!ledger_has_records(dir.path()));
+        std::fs::write(dir.path().join("seg-00000001.jsonl"), b"").unwrap();
+        std::fs::write(dir.path().join("torn-seg-00000001.jsonl-0.bin"), b"x").unwrap();
+        assert!(
+            !ledger_has_records(dir.path()),
+            "empty segments and torn tails are no records"
+        );
+        std::fs::write(dir.path().join("seg-00000001.jsonl"), b"{}\n").unwrap();
+        assert!(ledger_has_records(dir.path()));
+    }
 
     #[test]
     fn the_key_is_made_once_kept_and_refused_when_malformed() {

@@ -758,10 +758,22 @@ fn keep_torn_tail(dir: &Path, segment: &Path, offset: u64) -> std::io::Result<Pa
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let out = dir.join(format!("torn-{name}-{offset}.bin"));
+    // A name of its own: an earlier crash may have left a tail at the same offset, whose
+    // file must not be overwritten (`torn-<segment>-<offset>.<n>.bin` then).
+    let mut n = 0u32;
+    let (out, mut to) = loop {
+        let out = match n {
+            0 => dir.join(format!("torn-{name}-{offset}.bin")),
+            n => dir.join(format!("torn-{name}-{offset}.{n}.bin")),
+        };
+        match File::create_new(&out) {
+            Ok(f) => break (out, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let mut from = File::open(segment)?;
     from.seek(SeekFrom::Start(offset))?;
-    let mut to = File::create(&out)?;
     std::io::copy(&mut from, &mut to)?;
     to.sync_all()?;
     Ok(out)
@@ -771,6 +783,23 @@ fn keep_torn_tail(dir: &Path, segment: &Path, offset: u64) -> std::io::Result<Pa
 mod tests {
     use super::*;
     use crate::core::record::QuoteHoldRecord;
+
+    #[test]
+    fn a_torn_tail_kept_at_an_offset_already_kept_gets_a_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("seg-00000001.jsonl");
+        std::fs::write(&seg, b"{\"a\":1}\nfirst crash").unwrap();
+        let first = keep_torn_tail(dir.path(), &seg, 8).unwrap();
+        std::fs::write(&seg, b"{\"a\":1}\nsecond").unwrap();
+        let second = keep_torn_tail(dir.path(), &seg, 8).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(&first).unwrap(), b"first crash");
+        assert_eq!(std::fs::read(&second).unwrap(), b"second");
+        assert!(
+            second.ends_with("torn-seg-00000001.jsonl-8.1.bin"),
+            "{second:?}"
+        );
+    }
 
     fn plain() -> Record<'static> {
         Record::QuoteExpired(QuoteHoldRecord {

@@ -240,11 +240,8 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             print!("{}", report.render(&dir));
-            if report
-                .problem
-                .as_ref()
-                .is_some_and(|p| !p.is_torn_tail(&dir))
-            {
+            let verifies = report.problem.as_ref().is_none_or(|p| p.is_torn_tail(&dir));
+            if !verifies {
                 // Its records cannot be trusted (and a line may be any size): the money is
                 // still reconciled below, line by line, to name what is wrong with it.
                 println!("deliveries with no outcome: not listed (the ledger does not verify)");
@@ -258,7 +255,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
                     return 2;
                 }
             };
-            print!("{}", reconciled.render());
+            print!("{}", reconciled.render_with(verifies));
             // Records skipped (a newer format version) are money not read: never `OK`.
             if report.problem.is_some() || reconciled.failed() || reconciled.incomplete() {
                 1

@@ -928,3 +928,22 @@ async fn verify_config_does_not_fail_sales_decided_before_a_payout_reload() {
     );
     assert!(out.contains("OK: the money reconciles"), "{out}");
 }
+
+/// Black-box round 8: with its chain broken, verify exited 1 but its last line said
+/// "OK: the money reconciles and every delivery has an outcome".
+#[test]
+fn verify_of_a_broken_chain_never_ends_with_ok() {
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1]);
+    let seg = tmp.path().join(pingpost::ledger::segments::segment_name(1));
+    // The first line's checksum changed (one hex digit), the money untouched: the
+    // sale still reconciles with its auction.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"\"sum\":\"").unwrap() + 7;
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&seg, bytes).unwrap();
+    let o = run(&["ledger", "verify", "--dir", tmp.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("OK: ")), "{out}");
+    assert!(out.contains("NOT OK: the ledger does not verify"), "{out}");
+}

@@ -573,6 +573,12 @@ impl Reconciliation {
 
     /// The reconciliation part of `verify`'s output.
     pub fn render(&self) -> String {
+        self.render_with(true)
+    }
+
+    /// [`render`](Self::render), for a ledger whose chain does (`ledger_verifies`) or does
+    /// not verify: if it does not, the last line never says `OK`.
+    pub fn render_with(&self, ledger_verifies: bool) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -663,6 +669,11 @@ impl Reconciliation {
                     + self.stats.unknown_types.values().sum::<u64>(),
                 skipped.join(", "),
                 crate::core::record::RECORD_VERSION
+            );
+        } else if !ledger_verifies {
+            let _ = writeln!(
+                out,
+                "NOT OK: the ledger does not verify (above); read line by line, its money reconciles, but its records cannot be trusted and deliveries with no outcome are not listed"
             );
         } else {
             let mut outcomes = if self.outcome_unknown.is_empty() {
