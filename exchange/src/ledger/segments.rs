@@ -72,6 +72,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
         )));
     }
     for (i, w) in segs.windows(2).enumerate() {
+        // Two names of one number (`seg-00000002.jsonl`, `seg-000000002.jsonl`).
+        if w[1].0 == w[0].0 {
+            return Err(io::Error::other(format!(
+                "two files are segment {}: {} and {} (keep the ledger's one, move the other away)",
+                w[0].0,
+                w[0].1.display(),
+                w[1].1.display()
+            )));
+        }
         if w[1].0 != w[0].0 + 1 {
             return Err(io::Error::other(format!(
                 "segment {} is missing (after {}, segment #{} of the directory)",
@@ -457,6 +466,25 @@ mod tests {
         let mut out = Vec::new();
         let sum = frame(&mut out, record.as_bytes(), seq, prev);
         (out, sum)
+    }
+
+    #[test]
+    fn two_files_of_one_segment_number_are_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "seg-00000001.jsonl",
+            "seg-00000002.jsonl",
+            "seg-000000002.jsonl",
+            "seg-00000003.jsonl",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let e = list(dir.path()).unwrap_err().to_string();
+        assert!(e.starts_with("two files are segment 2: "), "{e}");
+        assert!(
+            e.contains("seg-000000002.jsonl") && !e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]
