@@ -110,8 +110,9 @@ type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 /// newest last. A connection is taken for one request and put back once its answer has
 /// been read to the end; one whose request was dropped (a timeout) or whose answer was
 /// not read whole is closed instead. At most [`IDLE_PER_HOST_MAX`] are kept per host, none
-/// longer than [`IDLE_TIMEOUT_S`], and closed ones are thrown away when met (and every
-/// [`SWEEP_EVERY_S`] for all hosts, so a host no longer called keeps nothing).
+/// longer than [`IDLE_TIMEOUT_S`]; closed and expired ones are thrown away when met, and
+/// by [`reap`] every [`SWEEP_EVERY_S`] for all hosts (so a host no longer called keeps
+/// nothing).
 #[derive(Debug)]
 pub struct H1Pool {
     connector: Connector,
@@ -125,19 +126,14 @@ const SWEEP_EVERY_S: u64 = 10;
 struct H1Idle {
     /// `[http, https]`: authority -> idle connections.
     by_host: [std::collections::HashMap<Box<str>, Vec<IdleConn>>; 2],
-    swept_at: Option<tokio::time::Instant>,
 }
 
 impl H1Idle {
     /// Drops the closed and expired connections of every host, and hosts left with none.
     fn sweep(&mut self, now: tokio::time::Instant) {
-        self.swept_at = Some(now);
         for hosts in &mut self.by_host {
             hosts.retain(|_, list| {
-                list.retain(|c| {
-                    !c.tx.is_closed()
-                        && now.saturating_duration_since(c.since) < H1Pool::idle_timeout()
-                });
+                list.retain(|c| c.usable(now));
                 !list.is_empty()
             });
         }
@@ -167,6 +163,14 @@ struct IdleConn {
     since: tokio::time::Instant,
 }
 
+impl IdleConn {
+    /// Still open, and idle for less than [`IDLE_TIMEOUT_S`].
+    fn usable(&self, now: tokio::time::Instant) -> bool {
+        !self.tx.is_closed()
+            && now.saturating_duration_since(self.since) < Duration::from_secs(IDLE_TIMEOUT_S)
+    }
+}
+
 impl H1Pool {
     fn new(connector: Connector) -> H1Pool {
         H1Pool {
@@ -175,17 +179,13 @@ impl H1Pool {
         }
     }
 
-    fn idle_timeout() -> Duration {
-        Duration::from_secs(IDLE_TIMEOUT_S)
-    }
-
     /// The newest live idle connection to `authority`, if any.
     fn take(&self, https: bool, authority: &str) -> Option<H1Sender> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.by_host[usize::from(https)].get_mut(authority)?;
         let now = tokio::time::Instant::now();
         while let Some(c) = list.pop() {
-            if !c.tx.is_closed() && now.saturating_duration_since(c.since) < Self::idle_timeout() {
+            if c.usable(now) {
                 return Some(c.tx);
             }
         }
@@ -202,12 +202,6 @@ impl H1Pool {
             return;
         };
         let now = tokio::time::Instant::now();
-        if idle
-            .swept_at
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(SWEEP_EVERY_S))
-        {
-            idle.sweep(now);
-        }
         let hosts = &mut idle.by_host[usize::from(https)];
         let list = match hosts.get_mut(authority) {
             Some(list) => list,
@@ -751,27 +745,26 @@ mod tests {
         assert!(size <= 2048, "{size} bytes");
     }
 
+    /// A connection read to its end carries the next request; one the buyer closed is
+    /// not used again (and no call fails for it).
     #[tokio::test]
-    async fn a_connection_read_to_its_end_carries_the_next_request() {
-        let (url, accepted) = buyer(NO_BID, false, false).await;
-        let client = BuyerClient::new();
-        for _ in 0..5 {
-            let r = ping(&client, &url).await;
-            assert_eq!(r, passed());
+    async fn a_connection_is_reused_until_the_buyer_closes_it() {
+        // (the buyer closes after each answer, calls, connections accepted)
+        for (close, calls, connections) in [(false, 5, 1), (true, 3, 3)] {
+            let (url, accepted) = buyer(NO_BID, close, false).await;
+            let client = BuyerClient::new();
+            for _ in 0..calls {
+                assert_eq!(ping(&client, &url).await, passed());
+            }
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                connections,
+                "close {close}"
+            );
+            if !close {
+                assert_eq!(client.h1.idle_count(false, &authority(&url)), 1);
+            }
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(client.h1.idle_count(false, &authority(&url)), 1);
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_buyer_closed_is_not_used_again() {
-        let (url, accepted) = buyer(NO_BID, true, false).await;
-        let client = BuyerClient::new();
-        for _ in 0..3 {
-            let r = ping(&client, &url).await;
-            assert_eq!(r, passed());
-        }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
@@ -846,7 +839,10 @@ mod tests {
         let host = authority(&url);
         assert_eq!(client.h1.idle_count(false, &host), 1);
         // No call comes: the reaper closes it within a sweep of the idle timeout.
-        tokio::time::sleep(Duration::from_secs(IDLE_TIMEOUT_S + SWEEP_EVERY_S + 1)).await;
+        tokio::time::advance(Duration::from_secs(IDLE_TIMEOUT_S + SWEEP_EVERY_S + 1)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert_eq!(client.h1.idle_count(false, &host), 0);
     }
 

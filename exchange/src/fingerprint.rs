@@ -123,10 +123,10 @@ impl Fingerprinter {
 pub fn ledger_has_records(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.filter_map(Result::ok).any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("seg-")
-                && name.ends_with(".jsonl")
+            e.file_name()
+                .to_str()
+                .and_then(crate::ledger::segments::segment_no)
+                .is_some()
                 && e.metadata().is_ok_and(|m| m.len() > 0)
         })
     })
