@@ -138,7 +138,7 @@ pub enum LedgerError {
     #[error("ledger write failed: {0}")]
     Io(#[from] io::Error),
     #[error("ledger record could not be encoded: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(#[from] proto::json_out::Error),
     /// The ledger failed earlier (fail-stop): nothing more is written until a restart.
     #[error("the ledger failed and accepts no records until a restart: {0}")]
     Failed(String),
@@ -303,7 +303,7 @@ impl LedgerSink for Ledger {
         // Sized for the record up front: grown from empty, an auction's line was
         // reallocated about eight times.
         let mut line = Vec::with_capacity(line_capacity(record));
-        if let Err(e) = serde_json::to_writer(&mut line, record) {
+        if let Err(e) = proto::json_out::write(&mut line, record) {
             return Receipt::Failed(LedgerError::Encode(e));
         }
         let (ack, done) = if record.is_durable() {

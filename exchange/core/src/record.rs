@@ -27,13 +27,61 @@ pub const RECORD_VERSION: u16 = 5;
 
 /// RFC 3339 UTC with milliseconds, as the ledger has always written times.
 pub fn rfc3339(unix_ms: UnixMs) -> String {
+    match rfc3339_short(unix_ms) {
+        Some(b) => String::from_utf8_lossy(&b).into_owned(),
+        None => rfc3339_chrono(unix_ms),
+    }
+}
+
+/// chrono's RFC 3339 with milliseconds (`""` past its range).
+fn rfc3339_chrono(unix_ms: UnixMs) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in the years 0000-9999, the bytes chrono
+/// writes, without its formatting machinery or an allocation (every ledger record has
+/// one); `None` outside those years.
+fn rfc3339_short(unix_ms: UnixMs) -> Option<[u8; 24]> {
+    // Days to a civil date: Howard Hinnant's `civil_from_days`.
+    let days = unix_ms.div_euclid(86_400_000);
+    let ms_of_day = unix_ms.rem_euclid(86_400_000);
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, ms_of_day / 3_600_000);
+    put(14, 2, ms_of_day / 60_000 % 60);
+    put(17, 2, ms_of_day / 1_000 % 60);
+    put(20, 3, ms_of_day % 1_000);
+    Some(out)
+}
+
 fn ser_rfc3339<S: Serializer>(at: &UnixMs, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*at))
+    match rfc3339_short(*at) {
+        // Always ASCII digits and separators.
+        Some(b) => s.serialize_str(std::str::from_utf8(&b).unwrap_or_default()),
+        None => s.serialize_str(&rfc3339_chrono(*at)),
+    }
 }
 
 /// What every record starts with.
@@ -663,7 +711,13 @@ mod tests {
             idempotency_key_sha256: None,
             body_sha256: None,
         });
-        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        // The ledger writes records with `json_out`: the bytes serde_json would write.
+        let line = proto::json_out::to_vec(&r).unwrap();
+        assert_eq!(
+            String::from_utf8(line.clone()).unwrap(),
+            serde_json::to_string(&r).unwrap()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "auction");
         assert_eq!(v["v"], RECORD_VERSION);
         assert_eq!(v["generation"], 7);
@@ -690,8 +744,44 @@ mod tests {
             price_micros: 5,
             reason: None,
         });
-        let v: serde_json::Value = serde_json::to_value(&q).unwrap();
+        let line = proto::json_out::to_vec(&q).unwrap();
+        assert_eq!(line, serde_json::to_vec(&q).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["type"], "quote_expired");
         assert!(!q.is_durable());
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them_at_the_edges_of_its_range_and_past_them() {
+        let edges = [
+            0,
+            -1,
+            1,
+            86_399_999,
+            -86_400_000,
+            951_782_400_000,     // 2000-02-29
+            4_107_542_399_999,   // 2100-02-28T23:59:59.999
+            -62_167_219_200_000, // 0000-01-01
+            -62_167_219_200_001, // one ms before: year -1
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01
+            i64::MIN,
+            i64::MAX,
+        ];
+        for ms in edges {
+            assert_eq!(rfc3339(ms), rfc3339_chrono(ms), "{ms}");
+        }
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_time_is_written_as_chrono_writes_it(
+            ms in -70_000_000_000_000i64..260_000_000_000_000,
+            any in proptest::prelude::any::<i64>()
+        ) {
+            proptest::prop_assert_eq!(rfc3339(ms), rfc3339_chrono(ms));
+            proptest::prop_assert_eq!(rfc3339(any), rfc3339_chrono(any));
+        }
     }
 }

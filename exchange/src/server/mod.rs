@@ -130,7 +130,7 @@ pub(super) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
+    proto::json_out::to_vec(v).unwrap_or_default()
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace
