@@ -135,6 +135,8 @@ impl std::fmt::Debug for Ledger {
 pub enum LedgerError {
     #[error("ledger writer has stopped")]
     Stopped,
+    #[error("the ledger's queue is full")]
+    Full,
     #[error("ledger write failed: {0}")]
     Io(#[from] io::Error),
     #[error("ledger record could not be encoded: {0}")]
@@ -249,8 +251,27 @@ impl Ledger {
     pub async fn flush_at(&self, generation: u64, now: UnixMs) -> Result<(), LedgerError> {
         self.write(&Record::Flush(FlushRecord {
             head: Head::new(generation, now),
+            start: false,
         }))
         .await
+    }
+
+    /// Queues the `flush` that marks a start (`start`: the run before it ended here,
+    /// shut down or not), written before any record of the new run. Does not wait: a
+    /// crash before it is on disk leaves no record of the new run either.
+    pub fn mark_start(&self, generation: u64, now: UnixMs) -> Result<(), LedgerError> {
+        match LedgerSink::append(
+            self,
+            &Record::Flush(FlushRecord {
+                head: Head::new(generation, now),
+                start: true,
+            }),
+        ) {
+            Receipt::Failed(e) => Err(e),
+            // Not queued (never at a start: nothing was appended before it).
+            Receipt::Full(..) => Err(LedgerError::Full),
+            Receipt::Queued | Receipt::Durable(_) => Ok(()),
+        }
     }
 }
 

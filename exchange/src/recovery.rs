@@ -41,6 +41,7 @@ use proto::seller::{NoBidReason, PingAnswer, PingStatus, PostAnswer, PostStatus}
 use proto::Micros;
 use serde_json::Value;
 
+use crate::auction::LATE_POST_WAIT_MS;
 use crate::core::caps::Windows;
 use crate::core::record::LATE_ACCEPT;
 use crate::core::UnixMs;
@@ -149,6 +150,15 @@ pub struct Scan {
     /// The refund of each refunded lead, as its answer names it: `(currency,
     /// buyer_refund_micros, seller_clawback_micros)` by lead id.
     refund_lines: HashMap<String, (String, i64, i64)>,
+    /// Timed-out deliveries of the run being read, by `(lead_id, attempt)`, with when
+    /// they timed out: each buyer was still being heard out for `LATE_POST_WAIT_MS`.
+    hearing: HashMap<(String, u64), UnixMs>,
+    /// The newest record time of the run being read.
+    run_last_at: UnixMs,
+    /// Timed-out deliveries whose buyer was still being heard out when the run ended
+    /// without a shutdown (a crash or SIGKILL): the buyer may have accepted late, so
+    /// the buyer may have the lead ("delivered, outcome unknown").
+    cut_short: HashSet<(String, u64)>,
 }
 
 /// A buyer's deed that teaches its smoothed rates.
@@ -210,6 +220,19 @@ fn sold_lead_of(v: &Value) -> crate::dispositions::SoldLead {
 }
 
 impl Scan {
+    /// A run ended with no shutdown `flush` (the next start's `flush` follows it, or the
+    /// ledger ends): a buyer still being heard out after its post timeout then, whose
+    /// late answer could have come after the last record, may have accepted.
+    fn end_run_cut_short(&mut self) {
+        let last = self.run_last_at;
+        for (key, at) in self.hearing.drain() {
+            if at.saturating_add(LATE_POST_WAIT_MS as UnixMs) > last {
+                self.cut_short.insert(key);
+            }
+        }
+        self.run_last_at = 0;
+    }
+
     /// Reads the ledger's lines (as [`crate::ledger::segments::read_all`] returns them).
     pub fn of_text(ledger: &str) -> Scan {
         let mut scan = Scan::default();
@@ -220,6 +243,17 @@ impl Scan {
             scan.records += 1;
             let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
             let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            // Runs: a shutdown's `flush` comes after every late post answer was heard
+            // out; a start's `flush` (`start`) begins a run, ending the one before.
+            if kind == "flush" {
+                if v.get("start").and_then(Value::as_bool) == Some(true) {
+                    scan.end_run_cut_short();
+                } else {
+                    scan.hearing.clear();
+                }
+                continue;
+            }
+            scan.run_last_at = scan.run_last_at.max(at_of(&v));
             let test = v.get("test").and_then(Value::as_bool).unwrap_or(false);
             if kind == "post_sent" && test {
                 scan.test_leads.insert(text(&v, "lead_id"));
@@ -287,8 +321,16 @@ impl Scan {
                     });
                 }
                 "post_attempt" => {
-                    if v.get("outcome").and_then(Value::as_str) == Some(LATE_ACCEPT) {
-                        scan.late.insert((text(&v, "lead_id"), attempt));
+                    match v.get("outcome").and_then(Value::as_str) {
+                        Some(LATE_ACCEPT) => {
+                            scan.hearing.remove(&(text(&v, "lead_id"), attempt));
+                            scan.late.insert((text(&v, "lead_id"), attempt));
+                        }
+                        Some("timeout") => {
+                            scan.hearing
+                                .insert((text(&v, "lead_id"), attempt), at_of(&v));
+                        }
+                        _ => {}
                     }
                     scan.outcomes.insert((text(&v, "lead_id"), attempt));
                 }
@@ -347,7 +389,17 @@ impl Scan {
                 _ => {}
             }
         }
+        // The ledger's last run is the one this start follows.
+        scan.end_run_cut_short();
         scan
+    }
+
+    /// Timed-out deliveries whose buyer was still being heard out when the exchange
+    /// died (see [`Scan::of_text`]): it may have accepted, so it may have the lead.
+    pub fn cut_short(&self) -> impl Iterator<Item = &Sent> {
+        self.sent
+            .iter()
+            .filter(|s| self.cut_short.contains(&(s.lead_id.clone(), s.attempt)))
     }
 
     /// Deliveries with a `post_sent` record and no outcome: the buyer may have the lead
@@ -379,6 +431,9 @@ pub struct Recovered {
     pub unknown_counted: u64,
     /// Late accepts counted in caps.
     pub late_counted: u64,
+    /// Timed-out deliveries still being heard out when the exchange died, counted in
+    /// caps (the buyer may have accepted late).
+    pub late_unknown_counted: u64,
     /// Idempotency keys restored.
     pub keys: u64,
     /// Open quotes restored (firm again, their holds re-reserved).
@@ -566,6 +621,11 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
     for s in scan.late_accepts().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_counted += 1;
+        }
+    }
+    for s in scan.cut_short().filter(|s| !s.test) {
+        if count(&s.buyer, s.windows, s.at, s.price_micros) {
+            out.late_unknown_counted += 1;
         }
     }
     // The sold-lead index: every sale, then what its dispositions and refunds took.
@@ -899,6 +959,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         unknown_outcomes = r.unknown,
         unknown_counted = r.unknown_counted,
         late_accepts_counted = r.late_counted,
+        late_unknown_counted = r.late_unknown_counted,
         idempotency_keys = r.keys,
         open_quotes = r.quotes,
         finished_posts = r.finished_posts,
@@ -938,5 +999,116 @@ mod tests {
         assert_eq!(scan.sent[0].at, 1_795_953_600_000);
         assert_eq!(scan.sent[0].windows.map(|w| w.month), Some(2));
         assert_eq!(scan.sales.len(), 1);
+    }
+
+    /// A ledger line of `kind` at `s` seconds past 12:00, with `extra` fields.
+    fn at(kind: &str, s: u32, extra: &str) -> String {
+        format!(
+            r#"{{"type":"{kind}","at":"2026-11-29T12:{:02}:{:02}.000Z"{extra}}}"#,
+            s / 60,
+            s % 60
+        )
+    }
+
+    fn timed_out(lead: &str, s: u32) -> [String; 2] {
+        [
+            at(
+                "post_sent",
+                s,
+                &format!(r#","lead_id":"{lead}","attempt":0,"buyer":"a","price_micros":5"#),
+            ),
+            at(
+                "post_attempt",
+                s,
+                &format!(r#","lead_id":"{lead}","attempt":0,"outcome":"timeout""#),
+            ),
+        ]
+    }
+
+    fn cut_short(lines: &[String]) -> Vec<String> {
+        let scan = Scan::of_text(&lines.join("\n"));
+        scan.cut_short().map(|s| s.lead_id.clone()).collect()
+    }
+
+    /// A buyer that timed out is heard out for `LATE_POST_WAIT_MS` (10 s) and may accept
+    /// late: when its run ended in a crash within that time, the buyer may have the lead.
+    #[test]
+    fn a_timed_out_delivery_still_heard_out_when_its_run_crashed_may_have_been_accepted() {
+        let start = at("flush", 0, r#","start":true"#);
+        let shutdown = at("flush", 30, "");
+        let [sent1, timeout1] = timed_out("l1", 1);
+        let [sent2, timeout2] = timed_out("l2", 40);
+        let later = |s| at("auction", s, "");
+        let late_accept = at(
+            "post_attempt",
+            2,
+            r#","lead_id":"l1","attempt":0,"outcome":"late_accept""#,
+        );
+        let cases: [(&str, Vec<String>, &[&str]); 7] = [
+            (
+                "the ledger ends 1 s after the timeout",
+                vec![start.clone(), sent1.clone(), timeout1.clone(), later(2)],
+                &["l1"],
+            ),
+            (
+                "the run went on 10 s past the timeout: the buyer was heard out",
+                vec![start.clone(), sent1.clone(), timeout1.clone(), later(11)],
+                &[],
+            ),
+            (
+                "a shutdown heard every late answer out",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    shutdown.clone(),
+                ],
+                &[],
+            ),
+            (
+                "the late accept is in the ledger (counted as one)",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    late_accept.clone(),
+                ],
+                &[],
+            ),
+            (
+                "a crash, then a later run: the next start ends the run at its last record",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    later(3),
+                    at("flush", 100, r#","start":true"#),
+                    later(200),
+                ],
+                &["l1"],
+            ),
+            (
+                "every run of the ledger is judged on its own",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    shutdown.clone(),
+                    start.clone(),
+                    sent2.clone(),
+                    timeout2.clone(),
+                    at("flush", 45, r#","start":true"#),
+                ],
+                &["l2"],
+            ),
+            (
+                "a ledger written before start marks: its one run ends at its end",
+                vec![sent1.clone(), timeout1.clone(), later(12), sent2, timeout2],
+                &["l2"],
+            ),
+        ];
+        for (name, lines, want) in cases {
+            assert_eq!(cut_short(&lines), want, "{name}");
+        }
     }
 }

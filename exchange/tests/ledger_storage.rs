@@ -53,6 +53,7 @@ async fn write_ledger(dir: &Path, n: u64, segment_bytes_max: u64) {
         let rec = if i % 2 == 0 {
             Record::Flush(FlushRecord {
                 head: Head::new(i, 1_700_000_000_000),
+                start: false,
             })
         } else {
             Record::QuoteExpired(QuoteHoldRecord {

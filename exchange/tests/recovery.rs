@@ -342,6 +342,59 @@ async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     second.shutdown().await.unwrap();
 }
 
+/// A copy of the ledger directory as it is now on disk: what a restart after a SIGKILL
+/// at this moment would find.
+fn crash_copy(ledger: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for entry in std::fs::read_dir(ledger).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A crash (SIGKILL) while a timed-out buyer is still heard out: the buyer has the lead
+/// and may accept it, so after the restart it still counts in the buyer's caps. Before
+/// the fix the replay saw only the `timeout`, freed the place, and a buyer with a daily
+/// cap of 1 got a second lead (black-box round 9).
+#[tokio::test]
+async fn a_crash_while_a_late_buyer_is_heard_out_keeps_its_place_in_its_caps() {
+    let (a, ab, _ha) = buyer("a", 30.0, 400).await;
+    let (b, bb, _hb) = buyer("b", 29.0, 0).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.post_timeout_ms(100).caps_daily(1))
+        .buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let crashed = dir.path().join("crashed");
+
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    // `sold` is on disk, and so the `timeout` before it; a's late answer is not in yet.
+    crash_copy(&ledger, &crashed);
+    assert!(!records(&crashed)
+        .iter()
+        .any(|r| r["outcome"] == "late_accept"));
+    first.shutdown().await.unwrap();
+
+    for run in ["after the crash", "and after the next restart"] {
+        let ex = start(&cfg, &crashed).await;
+        assert_eq!(sold_today(&ex, "a"), 1, "{run}: a's one place is taken");
+        let client = SellerClient::new(ex.addr);
+        assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+        assert_eq!(
+            *a.posts.lock().unwrap(),
+            1,
+            "{run}: a got a lead past its cap"
+        );
+        ex.shutdown().await.unwrap();
+    }
+    assert_eq!(*b.posts.lock().unwrap(), 3);
+}
+
 /// A buyer that accepts after its post timeout keeps its place in its caps while its
 /// answer is awaited: with a daily cap of 1, a second lead in that time cannot go to it
 /// (before the fix the timeout released the hold, and every later lead was delivered

@@ -155,11 +155,16 @@ pub struct ModelDecisionRecord<'a> {
     pub reason: &'a str,
 }
 
-/// `type: "flush"`.
+/// `type: "flush"`: a durable marker. Written at a shutdown, once every buyer still
+/// answering a post late was heard out; and with `start` when the exchange starts
+/// (after replaying the ledger, before serving), so a run that ended without a shutdown
+/// (a crash) is told from the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FlushRecord {
     #[serde(flatten)]
     pub head: Head,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub start: bool,
 }
 
 /// Where records go: the ledger's directory of JSON-lines segments today. Synchronous:

@@ -400,7 +400,7 @@ mod tests {
             promoted: false,
             reason: "r",
         });
-        for r in [Record::Flush(FlushRecord { head }), decision] {
+        for r in [Record::Flush(FlushRecord { head, start: false }), decision] {
             assert_eq!(written_type(&r), r.kind());
             assert!(written.contains(&r.kind()));
         }
