@@ -1,7 +1,6 @@
-//! The ledger's hot record: serializing one auction record (8 buyers answered, the shape
-//! of a `p1-latency` auction) and one quote hold, with serde_json and with
-//! `proto::json_out`, which the ledger uses. Both write the same bytes (asserted here
-//! and in `proto::json_out`'s tests).
+//! The ledger's hot records: serializing one auction record (8 buyers answered, the shape
+//! of a `p1-latency` auction, about 1.2 KB) and one quote hold, as `Ledger::append` does
+//! (serde_json into a buffer sized up front). See BENCHMARKS.md, "Ledger records".
 //! Run: `cargo bench -p pingpost --bench records`.
 
 #![allow(clippy::unwrap_used)]
@@ -91,20 +90,11 @@ fn hold() -> Record<'static> {
 fn records(c: &mut Criterion) {
     let mut g = c.benchmark_group("record");
     for (name, record) in [("auction", auction()), ("quote_reserved", hold())] {
-        let theirs = serde_json::to_vec(&record).unwrap();
-        assert_eq!(proto::json_out::to_vec(&record).unwrap(), theirs);
-        let mut line = Vec::with_capacity(2 * theirs.len());
-        g.bench_function(format!("{name}/serde_json"), |b| {
+        let mut line = Vec::with_capacity(2 * serde_json::to_vec(&record).unwrap().len());
+        g.bench_function(name, |b| {
             b.iter(|| {
                 line.clear();
                 serde_json::to_writer(&mut line, black_box(&record)).unwrap();
-                black_box(line.len())
-            })
-        });
-        g.bench_function(format!("{name}/json_out"), |b| {
-            b.iter(|| {
-                line.clear();
-                proto::json_out::write(&mut line, black_box(&record)).unwrap();
                 black_box(line.len())
             })
         });

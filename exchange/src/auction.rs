@@ -100,7 +100,7 @@ impl PingTemplate {
 
     /// Serializes `msg` (its `tmax_ms` must be 0: the placeholder).
     pub fn new(msg: &BuyerPing<'_>) -> PingTemplate {
-        let json = proto::json_out::to_vec(msg).unwrap_or_default();
+        let json = serde_json::to_vec(msg).unwrap_or_default();
         // Keys are never inside string values unescaped, so the last match is the field.
         let tmax_at = json
             .windows(Self::KEY.len())

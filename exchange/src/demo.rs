@@ -186,11 +186,16 @@ async fn call(
     ))
 }
 
-/// Where the demo's admin listener is, and its token.
+/// Where the demo's admin listener is, and its token: the one the demo made up, printed;
+/// or, when the operator set the token's variable, only that variable's name (its value
+/// is never printed or logged).
 #[derive(Debug, Clone)]
 pub struct DemoAdmin {
     pub addr: SocketAddr,
-    pub token: String,
+    /// The token the demo made up; `None` when the operator's variable holds it.
+    pub made_up: Option<String>,
+    /// The variable the token is read from (`admin.token_env`).
+    pub token_env: String,
 }
 
 fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
@@ -203,14 +208,25 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
         "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\",\"first_name\":\"Ana\",\"last_name\":\"Diaz\",\"phone\":\"+18175550123\"}}}}'"
     );
     match admin {
-        Some(DemoAdmin { addr: admin, token }) => {
-            println!("Admin listener (metrics, reload) on {admin}, token `{token}`:");
-            println!(
-                "  curl -s http://{admin}/metrics -H 'Authorization: Bearer {token}' | grep pingpost_auctions_total"
-            );
-            println!(
-                "  curl -s -X POST http://{admin}/admin/reload -H 'Authorization: Bearer {token}'"
-            );
+        Some(DemoAdmin {
+            addr: admin,
+            made_up,
+            token_env,
+        }) => {
+            // The operator's own token stays in its variable: the commands name it.
+            let (said, header) = match made_up {
+                Some(token) => (
+                    format!("token `{token}` (made up for this run)"),
+                    format!("'Authorization: Bearer {token}'"),
+                ),
+                None => (
+                    format!("token in ${token_env}"),
+                    format!("\"Authorization: Bearer ${token_env}\""),
+                ),
+            };
+            println!("Admin listener (metrics, reload) on {admin}, {said}:");
+            println!("  curl -s http://{admin}/metrics -H {header} | grep pingpost_auctions_total");
+            println!("  curl -s -X POST http://{admin}/admin/reload -H {header}");
         }
         None => println!("(the admin listener is off: no admin token)"),
     }

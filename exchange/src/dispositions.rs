@@ -117,7 +117,7 @@ pub fn parse(buf: &mut [u8]) -> Result<Disposition, ApiError> {
         if !well_formed {
             problems.push(FieldProblem::new(
                 "lead_id",
-                "must be a lead id as /v1/post answered it (ld_ then letters and digits)",
+                "must be a lead id as /v1/post answered it (ld_ then letters, digits, _ and -)",
             ));
         }
     }

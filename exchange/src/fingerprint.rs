@@ -103,7 +103,7 @@ impl Fingerprinter {
         for (name, value) in lead.iter(schema) {
             part(name.as_bytes());
             json.clear();
-            let _ = proto::json_out::write(&mut json, value);
+            let _ = serde_json::to_writer(&mut json, value);
             part(&json);
         }
         part(b"dedup");

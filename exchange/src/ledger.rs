@@ -140,7 +140,7 @@ pub enum LedgerError {
     #[error("ledger write failed: {0}")]
     Io(#[from] io::Error),
     #[error("ledger record could not be encoded: {0}")]
-    Encode(#[from] proto::json_out::Error),
+    Encode(#[from] serde_json::Error),
     /// The ledger failed earlier (fail-stop): nothing more is written until a restart.
     #[error("the ledger failed and accepts no records until a restart: {0}")]
     Failed(String),
@@ -324,7 +324,7 @@ impl LedgerSink for Ledger {
         // Sized for the record up front: grown from empty, an auction's line was
         // reallocated about eight times.
         let mut line = Vec::with_capacity(line_capacity(record));
-        if let Err(e) = proto::json_out::write(&mut line, record) {
+        if let Err(e) = serde_json::to_writer(&mut line, record) {
             return Receipt::Failed(LedgerError::Encode(e));
         }
         let (ack, done) = if record.is_durable() {

@@ -46,10 +46,10 @@ struct Args {
     #[arg(long)]
     demo: bool,
     /// With --demo: milliseconds between sample leads.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1500, requires = "demo")]
     demo_interval_ms: u64,
     /// With --demo: stop after this many sample leads (0 = until Ctrl-C).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "demo")]
     demo_leads: u64,
 }
 
@@ -239,12 +239,17 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
     }
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
-            print!("{}", report.render(&dir));
+            pingpost::cli_out::emit("ledger verify", format_args!("{}", report.render(&dir)));
             let verifies = report.problem.as_ref().is_none_or(|p| p.is_torn_tail(&dir));
             if !verifies {
                 // Its records cannot be trusted (and a line may be any size): the money is
                 // still reconciled below, line by line, to name what is wrong with it.
-                println!("deliveries with no outcome: not listed (the ledger does not verify)");
+                pingpost::cli_out::emit(
+                    "ledger verify",
+                    format_args!(
+                        "deliveries with no outcome: not listed (the ledger does not verify)\n"
+                    ),
+                );
             } else {
                 print_unknown_outcomes(&dir);
             }
@@ -255,7 +260,10 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
                     return 2;
                 }
             };
-            print!("{}", reconciled.render_with(verifies));
+            pingpost::cli_out::emit(
+                "ledger verify",
+                format_args!("{}", reconciled.render_with(verifies)),
+            );
             // Records skipped (a newer format version) are money not read: never `OK`.
             if report.problem.is_some() || reconciled.failed() || reconciled.incomplete() {
                 1
@@ -278,19 +286,25 @@ fn print_unknown_outcomes(dir: &std::path::Path) {
     };
     let scan = pingpost::recovery::Scan::of_text(&text);
     let unknown: Vec<_> = scan.unknown().collect();
-    println!(
-        "deliveries with no outcome (delivered, outcome unknown): {}",
-        unknown.len()
+    pingpost::cli_out::emit(
+        "ledger verify",
+        format_args!(
+            "deliveries with no outcome (delivered, outcome unknown): {}\n",
+            unknown.len()
+        ),
     );
     for s in unknown.iter().take(1_000) {
-        println!(
-            "  lead {} auction {} buyer {} attempt {} price_micros {} at {}",
-            s.lead_id,
-            s.auction_id,
-            s.buyer,
-            s.attempt,
-            s.price_micros,
-            pingpost::core::record::rfc3339(s.at)
+        pingpost::cli_out::emit(
+            "ledger verify",
+            format_args!(
+                "  lead {} auction {} buyer {} attempt {} price_micros {} at {}\n",
+                s.lead_id,
+                s.auction_id,
+                s.buyer,
+                s.attempt,
+                s.price_micros,
+                pingpost::core::record::rfc3339(s.at)
+            ),
         );
     }
 }
@@ -369,15 +383,15 @@ fn finance_command(command: LedgerCommand) -> i32 {
             };
             match format.as_str() {
                 "csv" => {
-                    print!("{}", r.csv());
+                    pingpost::cli_out::emit("ledger report", format_args!("{}", r.csv()));
                     // CSV has no place for notes: what the read skipped (records of a
                     // newer format version, unknown types) goes to stderr, as export's.
                     for note in &r.notes {
                         eprintln!("pingpost ledger report: note: {note}");
                     }
                 }
-                "json" => print!("{}", r.json()),
-                _ => print!("{}", r.table()),
+                "json" => pingpost::cli_out::emit("ledger report", format_args!("{}", r.json())),
+                _ => pingpost::cli_out::emit("ledger report", format_args!("{}", r.table())),
             }
             0
         }
@@ -394,7 +408,7 @@ fn finance_command(command: LedgerCommand) -> i32 {
                 Err(e) => fail("replay", e),
                 Ok((a, posts)) => {
                     let r = replay::replay(&a, &posts, cfg.as_ref());
-                    print!("{}", r.text);
+                    pingpost::cli_out::emit("ledger replay", format_args!("{}", r.text));
                     i32::from(r.mismatch)
                 }
             }
@@ -617,11 +631,11 @@ fn main() -> anyhow::Result<()> {
         .zip(demo_cfg.admin.token.as_ref())
         .map(|(addr, _)| pingpost::demo::DemoAdmin {
             addr,
-            token: std::env::var(&demo_cfg.admin.token_env)
-                .ok()
-                .filter(|t| !t.is_empty())
-                .or_else(|| demo_token_print.clone())
-                .unwrap_or_default(),
+            made_up: match std::env::var(&demo_cfg.admin.token_env) {
+                Ok(t) if !t.is_empty() => None,
+                _ => demo_token_print.clone(),
+            },
+            token_env: demo_cfg.admin.token_env.clone(),
         });
     // The main thread only waits for a signal (and runs the demo's bidders and leads);
     // the workers serve.

@@ -338,7 +338,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "pingpost_config_generation",
-                    "The runtime generation serving now (1 at start, +1 per applied reload).",
+                    "The runtime generation serving now (1 at start, +1 per applied reload or model swap).",
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
@@ -379,6 +379,15 @@ impl Metrics {
             .iter()
             .map(|r| self.eligibility_skips.with_label_values(&[r.as_str()]))
             .collect();
+        // Counters a dashboard sums are there at 0 from the start, not from their first
+        // event (a rate of a missing series is no data, not zero).
+        for status in ["sold", "unsold", "expired", "mismatch"] {
+            self.posts.with_label_values(&[status]);
+        }
+        for result in ["applied", "refused"] {
+            self.reloads.with_label_values(&[result]);
+            self.model_swaps.with_label_values(&[result]);
+        }
         self.config_generation.set(1);
         self
     }

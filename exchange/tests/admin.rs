@@ -114,6 +114,21 @@ async fn metrics_are_on_the_admin_listener_only() {
         1.0
     );
     assert_eq!(metric_value(&text, "pingpost_config_generation", &[]), 1.0);
+    // Counters are there at 0 before their first event (black-box round 9: no series).
+    for (name, label, value) in [
+        ("pingpost_posts_total", "status", "sold"),
+        ("pingpost_posts_total", "status", "unsold"),
+        ("pingpost_reloads_total", "result", "applied"),
+        ("pingpost_reloads_total", "result", "refused"),
+        ("pingpost_model_swaps_total", "result", "applied"),
+        ("pingpost_model_swaps_total", "result", "refused"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l == format!("{name}{{{label}=\"{value}\"}} 0")),
+            "{name} {value}: {text}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -347,6 +362,36 @@ async fn admin_raw(ex: &Exchange, request: &str) -> (String, tokio::net::TcpStre
     s.write_all(request.as_bytes()).await.expect("write");
     let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
     (answer, s)
+}
+
+/// HEAD on a probe is its GET without the body, on both listeners; another method on a
+/// probe is `405` with `Allow`, on the admin listener too, without a token (before, the
+/// admin listener answered `401`: black-box round 9).
+#[tokio::test]
+async fn probes_answer_head_and_refuse_other_methods_on_both_listeners() {
+    use tokio::io::AsyncWriteExt;
+    let ex = TestConfig::new().start().await;
+    for addr in [ex.addr, ex.admin_addr] {
+        for path in ["/healthz", "/readyz"] {
+            for (method, status) in [("HEAD", "200"), ("POST", "405"), ("PUT", "405")] {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let request = format!(
+                    "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                s.write_all(request.as_bytes()).await.unwrap();
+                let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+                let what = format!("{method} {path} on {addr}: {answer}");
+                assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{what}");
+                if method == "HEAD" {
+                    assert!(answer.ends_with("\r\n\r\n"), "no body: {what}");
+                    assert!(head_value(&answer, "content-length").is_some(), "{what}");
+                } else {
+                    assert_eq!(head_value(&answer, "allow").as_deref(), Some("get, head"));
+                    assert!(answer.contains("method_not_allowed"), "{what}");
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]

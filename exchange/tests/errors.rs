@@ -511,7 +511,28 @@ fn cases() -> Vec<Case> {
             405,
             "method_not_allowed",
         )
-        .check(Check::Header("allow", "GET")),
+        .check(Check::Header("allow", "GET, HEAD")),
+        // RFC 9112 3.2: an HTTP/1.1 request carries exactly one Host (black-box round 9).
+        raw_row(
+            "ping: HTTP/1.1 without Host (added)",
+            format!(
+                "POST /v1/ping HTTP/1.1\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        raw_row(
+            "ping: HTTP/1.1 with two Host headers (added)",
+            format!(
+                "POST /v1/ping HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "invalid_request",
+        ),
         // 413, refused from the Content-Length alone: only the head is ever sent.
         raw_row(
             "ping: Content-Length over the limit",

@@ -947,3 +947,41 @@ fn verify_of_a_broken_chain_never_ends_with_ok() {
     assert!(!out.lines().any(|l| l.starts_with("OK: ")), "{out}");
     assert!(out.contains("NOT OK: the ledger does not verify"), "{out}");
 }
+
+/// `pingpost ledger verify | head -1` panicked ("failed printing to stdout: Broken
+/// pipe", exit 101; black-box round 9): a reader that goes away ends every ledger
+/// command with status 2 and one line on stderr, as `ledger export` did.
+#[test]
+fn a_reader_that_goes_away_ends_a_ledger_command_with_2_not_a_panic() {
+    use std::process::Stdio;
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1]);
+    let dir = tmp.path().to_str().unwrap();
+    for args in [
+        vec!["ledger", "verify", "--dir", dir],
+        vec!["ledger", "report", "--dir", dir],
+        vec![
+            "ledger",
+            "export",
+            "--dir",
+            dir,
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+        ],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end closes before a byte is read, as `head -1` closes it early.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("writing:"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

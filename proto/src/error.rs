@@ -80,7 +80,24 @@ impl FieldProblem {
     }
 }
 
-/// An error answer. `fields` lists every field problem found, not just the first.
+/// Whether `c` is invisible or reorders text when printed: a control character, or a
+/// Unicode format character (bidirectional overrides and isolates such as U+202E, marks,
+/// zero-width characters, the byte order mark). Names from the network that an error
+/// echoes have these replaced, so a message reads as it is.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// The most field problems an error lists: past it, the message counts the rest (a body
+/// of thousands of unknown names must not get an answer larger than itself).
+pub const FIELDS_LISTED_MAX: usize = 100;
+
+/// An error answer. `fields` lists every field problem found, not just the first (at most
+/// [`FIELDS_LISTED_MAX`] of them; the message counts them all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -110,9 +127,10 @@ impl ApiError {
         }
     }
 
-    /// An error built from field problems; the message names the first one and counts the rest.
-    pub fn from_fields(code: ErrorCode, fields: Vec<FieldProblem>) -> ApiError {
-        let message = match fields.as_slice() {
+    /// An error built from field problems; the message names the first one and counts the
+    /// rest. The first [`FIELDS_LISTED_MAX`] are listed.
+    pub fn from_fields(code: ErrorCode, mut fields: Vec<FieldProblem>) -> ApiError {
+        let mut message = match fields.as_slice() {
             [] => "invalid request".to_string(),
             [one] => format!("{}: {}", one.field, one.problem),
             [first, rest @ ..] => {
@@ -124,6 +142,10 @@ impl ApiError {
                 )
             }
         };
+        if fields.len() > FIELDS_LISTED_MAX {
+            fields.truncate(FIELDS_LISTED_MAX);
+            message.push_str(&format!("; the first {FIELDS_LISTED_MAX} are listed"));
+        }
         ApiError {
             code,
             message,
@@ -173,5 +195,42 @@ mod tests {
         assert_eq!(v["error"]["message"], "lead.zip: must be 5 digits");
         assert_eq!(v["error"]["fields"][0]["field"], "lead.zip");
         assert_eq!(e.status(), 400);
+    }
+
+    /// 5,000 unknown names got a 219 KB answer (black-box round 9): the first 100 are
+    /// listed and the message counts them all.
+    #[test]
+    fn an_error_lists_at_most_a_hundred_problems_and_counts_them_all() {
+        let many = (0..5000)
+            .map(|i| FieldProblem::new(format!("lead.f{i}"), "unknown field"))
+            .collect();
+        let e = ApiError::from_fields(ErrorCode::InvalidRequest, many);
+        assert_eq!(e.fields.len(), FIELDS_LISTED_MAX);
+        assert_eq!(e.fields[99].field, "lead.f99");
+        assert_eq!(
+            e.message,
+            "lead.f0: unknown field (and 4999 more problems); the first 100 are listed"
+        );
+        assert!(e.to_json().len() < 8 * 1024);
+        let few: Vec<_> = (0..3)
+            .map(|i| FieldProblem::new(format!("f{i}"), "x"))
+            .collect();
+        let e = ApiError::from_fields(ErrorCode::InvalidRequest, few);
+        assert_eq!(
+            (e.fields.len(), e.message.as_str()),
+            (3, "f0: x (and 2 more problems)")
+        );
+    }
+
+    #[test]
+    fn bidirectional_overrides_and_invisible_characters_are_hidden() {
+        for c in [
+            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200F}', '\u{FEFF}', '\u{7}', '\u{85}',
+        ] {
+            assert!(is_hidden(c), "{:?}", c);
+        }
+        for c in ['a', 'é', '字', ' ', '-', '\u{2010}'] {
+            assert!(!is_hidden(c), "{:?}", c);
+        }
     }
 }

@@ -228,6 +228,17 @@ pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedV
         )
     })?;
     check_surrogates(buf).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    // UTF-8 is checked before the parser writes to the buffer: an error's position
+    // inside a string is the string's own, so find the byte in the body.
+    if let Err(e) = std::str::from_utf8(buf) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "malformed JSON at byte {}: bytes that are not UTF-8",
+                e.valid_up_to()
+            ),
+        ));
+    }
     let value = simd_json::to_owned_value(buf)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, syntax_error_message(&e)))?;
     check_duplicate_names(&value).map_err(|e| {
@@ -246,18 +257,22 @@ pub fn syntax_error_message(e: &simd_json::Error) -> String {
     let what = match e.error() {
         // Found before parsing, with no position.
         T::Syntax => {
-            return "malformed JSON: a string, object or array is not closed, or brackets do not match"
+            return "malformed JSON: a string, object or array is not closed, brackets do not match, or a string holds a raw control character (escape it: \\n, \\u0001)"
                 .into()
         }
         T::Eof | T::UnterminatedString => "the body ends before the JSON value does",
         T::ExpectedObjectContent => "a name, ',' or '}' expected in an object",
         T::ExpectedArrayContent => "a value, ',' or ']' expected in an array",
         T::TrailingData => "more text after the JSON value",
-        T::InvalidNumber | T::InvalidExponent | T::Overflow => "a number that is not valid JSON",
-        T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
-            "a backslash escape that is not valid JSON"
+        T::InvalidNumber | T::InvalidExponent | T::Overflow => {
+            "a number that is not valid JSON or is out of a double's range (past about 1.8e308)"
         }
-        T::InvalidUtf8 => "bytes that are not UTF-8",
+        // Found inside a string, whose own offset the parser gives: no byte.
+        T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
+            return "malformed JSON: a string holds a backslash escape that is not valid JSON"
+                .into()
+        }
+        T::InvalidUtf8 => return "malformed JSON: bytes that are not UTF-8".into(),
         T::ExpectedObjectColon => "a ':' expected after a name",
         T::ExpectedMapComma | T::ExpectedArrayComma => "a ',' expected between values",
         T::ExpectedObjectKey | T::KeyMustBeAString => "a quoted name expected",
@@ -441,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_syntax_error_is_told_in_words_with_its_byte_and_never_echoes_the_body() {
-        let cases: [(&str, &str); 7] = [
+        let cases: [(&str, &str); 11] = [
             (r#"{"email": "janedoe"#, "is not closed"),
             (
                 r#"{"email": janedoe}"#,
@@ -455,7 +470,30 @@ mod tests {
             (r#"{"zip": 0janedoe}"#, "at byte 9: a number"),
             (r#"{"email": "janedoe"} janedoe"#, "at byte 19"),
             (r#"{janedoe: 1}"#, "at byte 1: a name, ','"),
+            // Inside a string: no byte of the string's own (black-box round 9).
+            (
+                r#"{"zip": "1", "email": "janedoe\x"}"#,
+                "a string holds a backslash escape",
+            ),
+            (
+                r#"{"email": "janedoe\u12G4"}"#,
+                "a string holds a backslash escape",
+            ),
+            ("{\"email\": \"jane\u{1}doe\"}", "a raw control character"),
+            (
+                r#"{"zip": 1e400, "email": "janedoe"}"#,
+                "at byte 8: a number that is not valid JSON or is out of",
+            ),
         ];
+        // Bytes that are not UTF-8 are named at their byte in the body, not the string.
+        let mut b = br#"{"zip": "1", "email": "jane"#.to_vec();
+        b.push(0xff);
+        b.extend_from_slice(br#"doe"}"#);
+        let e = parse_value(&mut b).unwrap_err();
+        assert_eq!(
+            e.message,
+            "malformed JSON at byte 27: bytes that are not UTF-8"
+        );
         for (body, words) in cases {
             let mut b = body.as_bytes().to_vec();
             let e = parse_value(&mut b).unwrap_err();

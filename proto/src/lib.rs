@@ -10,7 +10,6 @@
 pub mod buyer;
 pub mod error;
 pub mod json;
-pub mod json_out;
 pub mod lead;
 pub mod money;
 pub mod schema;

@@ -158,9 +158,14 @@ impl VerticalSchema {
         let mut fields = Vec::with_capacity(obj.len());
         for (index, spec) in self.fields.iter().enumerate() {
             let fpath = || format!("{path}.{}", spec.name);
-            let present = obj
-                .get(spec.name.as_str())
-                .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)));
+            let given = obj.get(spec.name.as_str());
+            let present = given.filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)));
+            // A ping names no field that is not a ping field, not even as `null` (the
+            // ping's schema in /openapi.json has no such property).
+            let present = match (given, mode) {
+                (Some(v), LeadMode::Ping) if spec.pii || !spec.ping => Some(v),
+                _ => present,
+            };
             match (present, mode) {
                 (Some(_), LeadMode::Ping) if spec.pii => {
                     out.pii = true;
@@ -200,7 +205,7 @@ impl VerticalSchema {
 fn sanitize_key(k: &str) -> String {
     k.chars()
         .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if crate::error::is_hidden(c) { '?' } else { c })
         .collect()
 }
 
@@ -444,6 +449,42 @@ pub(crate) mod tests {
             .map(|(n, _)| n.to_string())
             .collect();
         assert_eq!(names, ["state", "zip", "age"]);
+    }
+
+    /// A ping names no post-only or personal field, not even as `null` (black-box round
+    /// 9: `"email": null` and `"city": null` were taken as absent and the ping bid, though
+    /// the ping's schema has no such property); a ping field given `null` is absent, and
+    /// a full lead may name any field `null`.
+    #[test]
+    fn a_ping_names_no_post_only_or_personal_field_even_as_null() {
+        let err = auto_schema()
+            .validate(
+                &parse(r#"{"state":"TX","zip":"76180","age":null,"email":null,"city":null}"#),
+                LeadMode::Ping,
+                "lead",
+            )
+            .unwrap_err();
+        let problems: Vec<_> = err
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.problem.as_str()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                (
+                    "lead.city",
+                    "is not allowed in a ping; send it with the post"
+                ),
+                ("lead.email", "is personal data and not allowed in a ping"),
+            ]
+        );
+        assert!(err.pii);
+        let full = r#"{"state":"TX","zip":"76180","first_name":"A","last_name":"B",
+            "phone":"+18175550123","email":null,"city":null}"#;
+        assert!(auto_schema()
+            .validate(&parse(full), LeadMode::Full, "lead")
+            .is_ok());
     }
 
     #[test]

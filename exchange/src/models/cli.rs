@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::cli_out::emit;
 use crate::config::Config;
 use crate::core::model::manifest::{valid_version, Manifest, ModelKind, MANIFEST_FORMAT};
 use crate::core::model::xgb::{XgbModel, MODEL_BYTES_MAX};
@@ -123,7 +124,7 @@ pub fn train(
                         }
                     }
                 }
-                println!("{line}");
+                emit("train", format_args!("{line}\n"));
             }
         }
     }
@@ -142,12 +143,15 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
     for v in &cfg.verticals {
         let champion = crate::models::read_champion(&cfg.learning, &v.name);
         let versions = crate::models::list_versions(&cfg.learning, &v.name);
-        println!(
-            "{}: champion {} ({} version(s) in {})",
-            v.name,
-            champion.as_deref().unwrap_or("none"),
-            versions.len(),
-            crate::models::vertical_dir(&cfg.learning, &v.name).display()
+        emit(
+            "models list",
+            format_args!(
+                "{}: champion {} ({} version(s) in {})\n",
+                v.name,
+                champion.as_deref().unwrap_or("none"),
+                versions.len(),
+                crate::models::vertical_dir(&cfg.learning, &v.name).display()
+            ),
         );
         for ver in versions {
             let mark = if Some(&ver) == champion.as_ref() {
@@ -178,7 +182,10 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                     Err(e) => parts.push(format!("{}: unreadable manifest: {e}", kind.as_str())),
                 }
             }
-            println!("  {mark} {ver}  {}", parts.join("; "));
+            emit(
+                "models list",
+                format_args!("  {mark} {ver}  {}\n", parts.join("; ")),
+            );
         }
     }
     0
@@ -199,7 +206,7 @@ pub fn rollback(config_path: Option<&Path>, ledger: Option<&Path>, vertical: &st
     };
     match crate::models::rollback(&cfg.learning, &cfg.verticals[vi]) {
         Ok(v) => {
-            println!("{vertical}: champion is now {v} (a running exchange serves it at its next model-directory check, every learning.watch_ms)");
+            emit("models rollback", format_args!("{vertical}: champion is now {v} (a running exchange serves it at its next model-directory check, every learning.watch_ms)\n"));
             0
         }
         Err(e) => {
@@ -322,7 +329,7 @@ pub fn import(
     }
     match crate::models::train::write_set(&dir, &made) {
         Ok(()) => {
-            println!("{}", dir.display());
+            emit("models import", format_args!("{}\n", dir.display()));
             0
         }
         Err(e) => {

@@ -60,12 +60,20 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         "/admin/models" => "models",
         _ => "unknown",
     };
+    // The probes are open, as on the seller listener (HEAD is GET without the body);
+    // another method on them is `405`, token or not.
     match (route, req.method()) {
-        ("healthz", &Method::GET) => {
+        ("healthz", &Method::GET | &Method::HEAD) => {
             return closing(json_response(200, br#"{"status":"ok"}"#.to_vec()))
         }
-        ("readyz", &Method::GET) => return closing(readyz(&state)),
+        ("readyz", &Method::GET | &Method::HEAD) => return closing(readyz(&state)),
+        ("healthz" | "readyz", m) => {
+            return closing(method_not_allowed(&state, m, req.uri().path(), "GET, HEAD"))
+        }
         _ => {}
+    }
+    if let Some(e) = super::host_problem(&req) {
+        return closing(error_response(&state, &e));
     }
     let rt = state.runtime.load_full();
     if let Err(e) = admin_authorized(&rt, &req) {
@@ -81,7 +89,7 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         );
     };
     match (route, req.method()) {
-        ("metrics", &Method::GET) => metrics(&state),
+        ("metrics", &Method::GET | &Method::HEAD) => metrics(&state),
         ("reload", &Method::POST) => {
             let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
             // No body is needed; one that is sent must be JSON, as everywhere (well-formed:
@@ -130,7 +138,7 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             let allow = if matches!(route, "reload" | "models") {
                 "POST"
             } else {
-                "GET"
+                "GET, HEAD"
             };
             method_not_allowed(&state, m, req.uri().path(), allow)
         }

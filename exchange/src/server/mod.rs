@@ -85,12 +85,36 @@ fn method_not_allowed(
         state,
         &ApiError::new(
             ErrorCode::MethodNotAllowed,
-            format!("{method} is not allowed on {path}; use {allow}"),
+            format!(
+                "{} is not allowed on {}; use {allow}",
+                truncate(method.as_str(), 16),
+                truncate(path, 64)
+            ),
         ),
     );
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
+}
+
+/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112, 3.2): without one, or
+/// with two, it is `400`. HTTP/2 names its authority in the request line; HTTP/1.0 may
+/// omit it.
+fn host_problem<B>(req: &Request<B>) -> Option<ApiError> {
+    if req.version() != hyper::Version::HTTP_11 {
+        return None;
+    }
+    match req.headers().get_all(header::HOST).iter().count() {
+        1 => None,
+        0 => Some(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        _ => Some(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "an HTTP/1.1 request has one Host header, not several",
+        )),
+    }
 }
 
 fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
@@ -130,7 +154,7 @@ pub(super) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    proto::json_out::to_vec(v).unwrap_or_default()
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to the grace
@@ -282,11 +306,17 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         _ => "unknown",
     };
     // Probes are cheap and must keep answering when sellers overload us, or an
-    // orchestrator would restart a busy but healthy exchange.
+    // orchestrator would restart a busy but healthy exchange. HEAD is GET without the
+    // body (hyper sends none).
     match (route, req.method()) {
-        ("healthz", &Method::GET) => return json_response(200, br#"{"status":"ok"}"#.to_vec()),
-        ("readyz", &Method::GET) => return readyz(&state),
+        ("healthz", &Method::GET | &Method::HEAD) => {
+            return json_response(200, br#"{"status":"ok"}"#.to_vec())
+        }
+        ("readyz", &Method::GET | &Method::HEAD) => return readyz(&state),
         _ => {}
+    }
+    if let Some(e) = host_problem(&req) {
+        return error_response(&state, &e);
     }
     let Some(permit) = InFlight::try_acquire(&state) else {
         return error_response(
@@ -304,7 +334,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         ("dispositions", &Method::POST) => {
             dispositions::disposition_request(&state, req, permit).await
         }
-        ("openapi", &Method::GET) => openapi_json(&state),
+        ("openapi", &Method::GET | &Method::HEAD) => openapi_json(&state),
         ("unknown", _) => error_response(
             &state,
             &ApiError::new(
@@ -316,7 +346,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             let allow = if matches!(route, "ping" | "post" | "leads" | "dispositions") {
                 "POST"
             } else {
-                "GET"
+                "GET, HEAD"
             };
             method_not_allowed(&state, m, req.uri().path(), allow)
         }
@@ -341,7 +371,10 @@ fn openapi_json(state: &AppState) -> Response<Body> {
 }
 
 pub fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).filter(|c| !c.is_control()).collect()
+    s.chars()
+        .take(n)
+        .filter(|&c| !proto::error::is_hidden(c))
+        .collect()
 }
 
 /// Ready while the ledger is healthy and every vertical's champion model loaded. After a

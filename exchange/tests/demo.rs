@@ -1,0 +1,126 @@
+//! The README's main command: `pingpost --demo` on the embedded default configuration
+//! (here with its ports moved to free ones), end to end on real sockets: the example
+//! bidders start, sample leads are pinged, posted and sold, and the process ends after
+//! `--demo-leads`. What it prints of the admin token: the one it made up, never the
+//! operator's own (black-box round 9: a token set in `PINGPOST_ADMIN_TOKEN` was printed
+//! three times).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+/// Long enough for the demo's start, two leads and its stop on a loaded CI machine.
+const DEMO_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// The default configuration with every port moved to a free one and its files in `dir`.
+fn demo_config(dir: &std::path::Path) -> String {
+    let ports: Vec<u16> = (0..7)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let mut text = pingpost::app::DEFAULT_CONFIG
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", ports[1]))
+        .replace(
+            "ledger_path = \"pingpost-ledger\"",
+            &format!("ledger_path = {:?}", dir.join("ledger")),
+        )
+        .replace(
+            "models_dir = \"pingpost-models\"",
+            &format!("models_dir = {:?}", dir.join("models")),
+        );
+    for (i, port) in ports[2..].iter().enumerate() {
+        text = text.replace(
+            &format!("127.0.0.1:{}", 9101 + i),
+            &format!("127.0.0.1:{port}"),
+        );
+    }
+    text
+}
+
+/// Runs the demo for two leads with `token` (or none) in the admin token's variable;
+/// returns what it printed.
+async fn run_demo(token: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, demo_config(dir.path())).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--demo", "--demo-leads", "2", "--demo-interval-ms", "50"])
+        .env_remove("PINGPOST_ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    if let Some(t) = token {
+        cmd.env("PINGPOST_ADMIN_TOKEN", t);
+    }
+    let out = tokio::time::timeout(DEMO_WAIT_MAX, cmd.output())
+        .await
+        .expect("the demo ends after its leads")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    if let Some(t) = token {
+        assert!(
+            !stderr.contains(t),
+            "the operator's token was logged: {stderr}"
+        );
+    }
+    stdout
+}
+
+#[tokio::test]
+async fn the_demo_sells_its_leads_and_never_prints_the_operators_admin_token() {
+    let token = "operator-own-token-3f9a1c2e7b5d4068";
+    let stdout = run_demo(Some(token)).await;
+    assert!(
+        !stdout.contains(token),
+        "the operator's token was printed: {stdout}"
+    );
+    assert!(
+        stdout.contains("-H \"Authorization: Bearer $PINGPOST_ADMIN_TOKEN\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("token in $PINGPOST_ADMIN_TOKEN"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sold"),
+        "an auction is seen to happen: {stdout}"
+    );
+
+    // Without the variable, the demo makes a token up and prints it, so the commands work.
+    let stdout = run_demo(None).await;
+    let made_up = stdout
+        .split("token `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .expect("the made-up token is printed");
+    assert!(made_up.starts_with("demo-"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("'Authorization: Bearer {made_up}'")),
+        "{stdout}"
+    );
+}
+
+/// `--demo-leads 1` without `--demo` started a plain exchange that never ended (black-box
+/// round 9): the demo's flags need `--demo`.
+#[test]
+fn the_demo_flags_without_demo_are_refused() {
+    for args in [["--demo-leads", "1"], ["--demo-interval-ms", "10"]] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--demo"), "{args:?}: {err}");
+    }
+}
