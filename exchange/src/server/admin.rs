@@ -63,10 +63,15 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
     // The probes are open, as on the seller listener (HEAD is GET without the body);
     // another method on them is `405`, token or not.
     match (route, req.method()) {
-        ("healthz", &Method::GET | &Method::HEAD) => {
-            return closing(json_response(200, br#"{"status":"ok"}"#.to_vec()))
+        ("healthz", m @ (&Method::GET | &Method::HEAD)) => {
+            return closing(answer_to(
+                m,
+                json_response(200, br#"{"status":"ok"}"#.to_vec()),
+            ))
         }
-        ("readyz", &Method::GET | &Method::HEAD) => return closing(readyz(&state)),
+        ("readyz", m @ (&Method::GET | &Method::HEAD)) => {
+            return closing(answer_to(m, readyz(&state)))
+        }
         ("healthz" | "readyz", m) => {
             return closing(method_not_allowed(&state, m, req.uri().path(), "GET, HEAD"))
         }
@@ -89,7 +94,7 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         );
     };
     match (route, req.method()) {
-        ("metrics", &Method::GET | &Method::HEAD) => metrics(&state),
+        ("metrics", m @ (&Method::GET | &Method::HEAD)) => answer_to(m, metrics(&state)),
         ("reload", &Method::POST) => {
             let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
             // No body is needed; one that is sent must be JSON, as everywhere (well-formed:

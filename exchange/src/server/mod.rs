@@ -97,6 +97,28 @@ fn method_not_allowed(
     resp
 }
 
+/// The answer to a `HEAD`: the `GET`'s status and headers, its length in
+/// `Content-Length`, and no body (HTTP/2 sends whatever body it is given; a HEAD answer
+/// has none).
+fn head_only(mut resp: Response<Body>) -> Response<Body> {
+    use hyper::body::Body as _;
+    if let Some(n) = resp.body().size_hint().exact() {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    *resp.body_mut() = Full::new(Bytes::new());
+    resp
+}
+
+/// `resp`, or for a `HEAD` its [`head_only`] form.
+fn answer_to(method: &Method, resp: Response<Body>) -> Response<Body> {
+    if method == Method::HEAD {
+        head_only(resp)
+    } else {
+        resp
+    }
+}
+
 /// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112, 3.2): without one, or
 /// with two, it is `400`. HTTP/2 names its authority in the request line; HTTP/1.0 may
 /// omit it.
@@ -307,12 +329,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     };
     // Probes are cheap and must keep answering when sellers overload us, or an
     // orchestrator would restart a busy but healthy exchange. HEAD is GET without the
-    // body (hyper sends none).
+    // body.
     match (route, req.method()) {
-        ("healthz", &Method::GET | &Method::HEAD) => {
-            return json_response(200, br#"{"status":"ok"}"#.to_vec())
+        ("healthz", m @ (&Method::GET | &Method::HEAD)) => {
+            return answer_to(m, json_response(200, br#"{"status":"ok"}"#.to_vec()))
         }
-        ("readyz", &Method::GET | &Method::HEAD) => return readyz(&state),
+        ("readyz", m @ (&Method::GET | &Method::HEAD)) => return answer_to(m, readyz(&state)),
         _ => {}
     }
     if let Some(e) = host_problem(&req) {
@@ -334,7 +356,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         ("dispositions", &Method::POST) => {
             dispositions::disposition_request(&state, req, permit).await
         }
-        ("openapi", &Method::GET | &Method::HEAD) => openapi_json(&state),
+        ("openapi", m @ (&Method::GET | &Method::HEAD)) => answer_to(m, openapi_json(&state)),
         ("unknown", _) => error_response(
             &state,
             &ApiError::new(
