@@ -228,19 +228,19 @@ pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedV
         )
     })?;
     check_surrogates(buf).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    // UTF-8 is checked before the parser writes to the buffer: an error's position
-    // inside a string is the string's own, so find the byte in the body.
-    if let Err(e) = std::str::from_utf8(buf) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "malformed JSON at byte {}: bytes that are not UTF-8",
-                e.valid_up_to()
-            ),
-        ));
-    }
-    let value = simd_json::to_owned_value(buf)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, syntax_error_message(&e)))?;
+    let value = simd_json::to_owned_value(buf).map_err(|e| {
+        // The parser checks UTF-8 before it writes to the buffer, and gives an error's
+        // position inside a string as the string's own: find the byte in the body.
+        let at = match (e.error(), std::str::from_utf8(buf)) {
+            (simd_json::ErrorType::InvalidUtf8, Err(bad)) => Some(bad.valid_up_to()),
+            _ => None,
+        };
+        let message = match at {
+            Some(at) => format!("malformed JSON at byte {at}: bytes that are not UTF-8"),
+            None => syntax_error_message(&e),
+        };
+        ApiError::new(ErrorCode::InvalidRequest, message)
+    })?;
     check_duplicate_names(&value).map_err(|e| {
         ApiError::from_fields(
             ErrorCode::InvalidRequest,
