@@ -375,6 +375,9 @@ pub struct AppState {
     pub late_watches: Arc<BackgroundTasks>,
     /// Serializes reloads: one at a time, in arrival order.
     reload_lock: Mutex<()>,
+    /// Whether retraining was on at start (the learning thread runs only then; a reload
+    /// may pause it and turn it on again, but not start it).
+    retrains_at_start: bool,
     /// What [`AppState::reload`] reads.
     source: Mutex<Option<Arc<ConfigSource>>>,
 }
@@ -394,7 +397,7 @@ pub const ADMIN_REQUESTS_IN_FLIGHT_MAX: usize = 16;
 
 /// Settings read once at start (listeners, thread and table sizes, the ledger file): a
 /// reload that changes one is refused with one problem per setting.
-fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
+fn fixed_setting_changes(old: &Config, new: &Config, retrains_at_start: bool) -> Vec<FieldProblem> {
     let (o, n) = (&old.server, &new.server);
     let mut out = Vec::new();
     let mut check = |changed: bool, path: &str| {
@@ -443,7 +446,15 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
         o.ledger_segment_bytes_max != n.ledger_segment_bytes_max,
         "server.ledger_segment_bytes_max",
     );
-    check(o.breaker != n.breaker, "server.breaker");
+    // Each breaker key by its own path (they are read at start into every buyer's breaker).
+    let (ob, nb) = (&o.breaker, &n.breaker);
+    check(ob.enabled != nb.enabled, "server.breaker.enabled");
+    check(ob.failures != nb.failures, "server.breaker.failures");
+    check(ob.open_ms != nb.open_ms, "server.breaker.open_ms");
+    check(
+        ob.probe_interval_ms != nb.probe_interval_ms,
+        "server.breaker.probe_interval_ms",
+    );
     check(
         o.sold_leads_max != n.sold_leads_max,
         "server.sold_leads_max",
@@ -488,7 +499,9 @@ fn fixed_setting_changes(old: &Config, new: &Config) -> Vec<FieldProblem> {
     // running thread applies live).
     let (ol, nl) = (&old.learning, &new.learning);
     check(ol.watch_ms != nl.watch_ms, "learning.watch_ms");
-    if !ol.retrains() && nl.retrains() {
+    // Against the start, not the running configuration: a reload that paused retraining
+    // (0 and 0) may resume it (black-box round 10 found that refused).
+    if !retrains_at_start && nl.retrains() {
         let path = if nl.retrain_every_s > 0 {
             "learning.retrain_every_s"
         } else {
@@ -519,6 +532,7 @@ impl AppState {
         if let Err(e) = ids.assign(&mut config) {
             tracing::error!(error = %e, "stable keys");
         }
+        let retrains_at_start = config.learning.retrains();
         let s = &config.server;
         let buyer_metrics = metric_slots(&config, None);
         let ping_targets = target_slots(&config);
@@ -571,6 +585,7 @@ impl AppState {
             metrics,
             clock,
             reload_lock: Mutex::new(()),
+            retrains_at_start,
             stats: BuyerStats::new(),
             buyer_trust: Mutex::new([0; 32]),
             fingerprint: crate::fingerprint::Fingerprinter::ephemeral(),
@@ -614,7 +629,7 @@ impl AppState {
         let old = self.runtime.load_full();
         // Every problem at once: settings that need a restart, the TLS files and the
         // models the new configuration would carry. Nothing has changed yet.
-        let mut problems = fixed_setting_changes(&old.config, &config);
+        let mut problems = fixed_setting_changes(&old.config, &config, self.retrains_at_start);
         // Certificate, key and buyer CA files are read now: a broken one changes nothing.
         // (TLS switched on or off is already the restart problem at `server.tls`.)
         let tls = if problems.iter().any(|p| p.field == "server.tls") {

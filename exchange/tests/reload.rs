@@ -652,3 +652,54 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
 
     stop_gracefully(child, &pid).await;
 }
+
+/// Retraining on at start may be paused by a reload (0 and 0) and resumed by the next:
+/// the "cannot be switched on" rule is about the start, not the running configuration
+/// (black-box round 10: the resume was refused, naming the start).
+#[tokio::test]
+async fn retraining_paused_by_a_reload_is_resumed_by_the_next() {
+    let ex = TestConfig::new()
+        .start_edited(|t| t.replace("[learning]\n", "[learning]\nretrain_every_s = 3600\n"))
+        .await;
+    let on = std::fs::read_to_string(&ex.config_path).unwrap();
+    let paused = on.replace("retrain_every_s = 3600", "retrain_every_s = 0");
+    assert_ne!(on, paused);
+    for (text, generation) in [(&paused, 2), (&on, 3), (&paused, 4), (&on, 5)] {
+        ex.write_config_text(text);
+        let reply = ex.reload().await;
+        assert_eq!(generation_of(&reply), generation, "{}", reply.text());
+    }
+    let after = on.replace("retrain_every_s = 3600", "retrain_after_dispositions = 50");
+    ex.write_config_text(&after);
+    assert_eq!(generation_of(&ex.reload().await), 6);
+}
+
+/// Each restart-only breaker key is named by its own path, all at once (black-box round
+/// 10: two changed keys were one problem at `server.breaker`).
+#[tokio::test]
+async fn changed_breaker_keys_are_each_named() {
+    let ex = TestConfig::new().start().await;
+    let good = std::fs::read_to_string(&ex.config_path).unwrap();
+    let changed = good
+        .replace("failures = 1000\n", "failures = 9\n")
+        .replace("open_ms = 60000\n", "open_ms = 999\n");
+    assert!(
+        good.contains("\nfailures = 1000\n") && good.contains("\nopen_ms = 60000\n"),
+        "{good}"
+    );
+    ex.write_config_text(&changed);
+    let reply = ex.reload().await;
+    let err = reply.assert_error(400, "invalid_request");
+    let fields: Vec<&str> = err["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        ["server.breaker.failures", "server.breaker.open_ms"],
+        "{err}"
+    );
+    assert_eq!(ex.state.generation(), 1);
+}

@@ -26,6 +26,8 @@ pub(super) fn read_features(
         return None;
     }
     let mut f = s.section_or_empty(p, "features");
+    // Problems before the lists: an entry refused is not also "no feature declared".
+    let problems_before = p.len();
     let version = f
         .int_opt(p, "version", 1, i64::from(u32::MAX))
         .and_then(|v| u32::try_from(v).ok())
@@ -71,7 +73,7 @@ pub(super) fn read_features(
         &BuyerFeature::ALL,
     );
     let total = lead.len() + context.len() + buyer.len();
-    if total == 0 {
+    if total == 0 && p.len() == problems_before {
         p.at(
             &f.path_of("lead"),
             "declares no feature: list at least one under lead, context or buyer",

@@ -141,6 +141,17 @@ fn every_bad_feature_is_named() {
         assert!(!errs.is_empty(), "{inline} loaded");
         has(&errs, needle);
     }
+    // The one entry refused is its only problem, not also "declares no feature" at
+    // `lead` (black-box round 10).
+    for inline in [r#"{ buyer = ["bid"] }"#, r#"{ context = ["weather"] }"#] {
+        let (m, f) = feats(inline);
+        let errs = errors(&[(m, &f)]);
+        assert_eq!(errs.len(), 1, "{inline}: {errs:?}");
+        assert!(
+            !errs[0].contains("declares no feature"),
+            "{inline}: {errs:?}"
+        );
+    }
     // A number field a float cannot hold is no numeric feature (it would be infinite).
     let (m, f) = feats(r#"{ lead = [{ field = "extra", kind = "numeric" }] }"#);
     let errs = errors(&[(m, &f), ("#FIELD", "type = \"number\"\nping = true")]);
