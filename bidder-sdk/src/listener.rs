@@ -584,6 +584,11 @@ impl BodyRead {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CloseConnection;
 
+/// How long an HTTP/2 connection asked to close ([`CloseConnection`]) is kept after its
+/// GOAWAY once nothing is in flight: long enough for the answer to leave, not for the
+/// client to hold the connection.
+pub const GOAWAY_LINGER: Duration = Duration::from_millis(500);
+
 /// What a connection did, read by its supervisor.
 #[derive(Debug, Default)]
 struct Activity {
@@ -1066,9 +1071,14 @@ impl Conn {
                 }
                 () = activity.close.notified(), if !goaway && !closing => {
                     // An answer asked to close (`CloseConnection`) over HTTP/2: GOAWAY,
-                    // the streams already open finish.
+                    // the streams already open finish. hyper then waits for the client
+                    // to answer its PING, which a client need never do: once nothing is
+                    // in flight, the connection is dropped at the next check, at most
+                    // `GOAWAY_LINGER` on (before, such a client held its slot until the
+                    // HTTP/2 keep-alive timeout, 10 s).
                     goaway = true;
                     conn.as_mut().graceful_shutdown();
+                    next_check = next_check.min(Instant::now() + GOAWAY_LINGER);
                 }
                 _ = stop.wait_for(|s| *s), if !stopping => {
                     // Server shutdown: finish what is in flight, then close. The drain
@@ -1094,6 +1104,10 @@ impl Conn {
                     let started = activity.started.load(Ordering::Relaxed);
                     let finished = activity.finished.load(Ordering::Relaxed);
                     let bytes_in = activity.bytes_in.load(Ordering::Relaxed);
+                    if goaway && started == finished {
+                        tracing::debug!(listener = self.name, "closed after GOAWAY, nothing in flight");
+                        return;
+                    }
                     if started == 0 {
                         if now >= head_deadline {
                             // No complete head within the budget from accept: close now.
