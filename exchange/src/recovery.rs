@@ -41,9 +41,8 @@ use proto::seller::{NoBidReason, PingAnswer, PingStatus, PostAnswer, PostStatus}
 use proto::Micros;
 use serde_json::Value;
 
-use crate::auction::LATE_POST_WAIT_MS;
 use crate::core::caps::Windows;
-use crate::core::record::LATE_ACCEPT;
+use crate::core::record::{LATE_ACCEPT, LATE_NO_ACCEPT};
 use crate::core::UnixMs;
 use crate::state::AppState;
 
@@ -150,11 +149,9 @@ pub struct Scan {
     /// The refund of each refunded lead, as its answer names it: `(currency,
     /// buyer_refund_micros, seller_clawback_micros)` by lead id.
     refund_lines: HashMap<String, (String, i64, i64)>,
-    /// Timed-out deliveries of the run being read, by `(lead_id, attempt)`, with when
-    /// they timed out: each buyer was still being heard out for `LATE_POST_WAIT_MS`.
-    hearing: HashMap<(String, u64), UnixMs>,
-    /// The newest record time of the run being read.
-    run_last_at: UnixMs,
+    /// Timed-out deliveries of the run being read whose late answer is not recorded yet
+    /// (`late_accept` or `late_no_accept`), by `(lead_id, attempt)`.
+    hearing: HashSet<(String, u64)>,
     /// Timed-out deliveries whose buyer was still being heard out when the run ended
     /// without a shutdown (a crash or SIGKILL): the buyer may have accepted late, so
     /// the buyer may have the lead ("delivered, outcome unknown").
@@ -221,16 +218,10 @@ fn sold_lead_of(v: &Value) -> crate::dispositions::SoldLead {
 
 impl Scan {
     /// A run ended with no shutdown `flush` (the next start's `flush` follows it, or the
-    /// ledger ends): a buyer still being heard out after its post timeout then, whose
-    /// late answer could have come after the last record, may have accepted.
+    /// ledger ends): a buyer still being heard out after its post timeout then (its late
+    /// answer, accept or not, is not recorded) may have accepted.
     fn end_run_cut_short(&mut self) {
-        let last = self.run_last_at;
-        for (key, at) in self.hearing.drain() {
-            if at.saturating_add(LATE_POST_WAIT_MS as UnixMs) > last {
-                self.cut_short.insert(key);
-            }
-        }
-        self.run_last_at = 0;
+        self.cut_short.extend(self.hearing.drain());
     }
 
     /// Reads the ledger's lines (as [`crate::ledger::segments::read_all`] returns them).
@@ -253,7 +244,6 @@ impl Scan {
                 }
                 continue;
             }
-            scan.run_last_at = scan.run_last_at.max(at_of(&v));
             let test = v.get("test").and_then(Value::as_bool).unwrap_or(false);
             if kind == "post_sent" && test {
                 scan.test_leads.insert(text(&v, "lead_id"));
@@ -326,9 +316,11 @@ impl Scan {
                             scan.hearing.remove(&(text(&v, "lead_id"), attempt));
                             scan.late.insert((text(&v, "lead_id"), attempt));
                         }
+                        Some(LATE_NO_ACCEPT) => {
+                            scan.hearing.remove(&(text(&v, "lead_id"), attempt));
+                        }
                         Some("timeout") => {
-                            scan.hearing
-                                .insert((text(&v, "lead_id"), attempt), at_of(&v));
+                            scan.hearing.insert((text(&v, "lead_id"), attempt));
                         }
                         _ => {}
                     }
@@ -1031,7 +1023,11 @@ mod tests {
     }
 
     /// A buyer that timed out is heard out for `LATE_POST_WAIT_MS` (10 s) and may accept
-    /// late: when its run ended in a crash within that time, the buyer may have the lead.
+    /// late; its answer, accept or not, is recorded (`late_accept`, `late_no_accept`).
+    /// When its run ended in a crash before that record, the buyer may have the lead.
+    /// Before round 10 the rule looked at the time of the run's last record instead: a
+    /// late refusal before the crash still counted, and so did a timeout long before a
+    /// crash on a quiet exchange.
     #[test]
     fn a_timed_out_delivery_still_heard_out_when_its_run_crashed_may_have_been_accepted() {
         let start = at("flush", 0, r#","start":true"#);
@@ -1039,20 +1035,42 @@ mod tests {
         let [sent1, timeout1] = timed_out("l1", 1);
         let [sent2, timeout2] = timed_out("l2", 40);
         let later = |s| at("auction", s, "");
-        let late_accept = at(
-            "post_attempt",
-            2,
-            r#","lead_id":"l1","attempt":0,"outcome":"late_accept""#,
-        );
-        let cases: [(&str, Vec<String>, &[&str]); 7] = [
+        let answer = |outcome: &str| {
+            at(
+                "post_attempt",
+                2,
+                &format!(r#","lead_id":"l1","attempt":0,"outcome":"{outcome}""#),
+            )
+        };
+        let cases: [(&str, Vec<String>, &[&str]); 9] = [
             (
-                "the ledger ends 1 s after the timeout",
+                "the ledger ends while the buyer is heard out",
                 vec![start.clone(), sent1.clone(), timeout1.clone(), later(2)],
                 &["l1"],
             ),
             (
-                "the run went on 10 s past the timeout: the buyer was heard out",
-                vec![start.clone(), sent1.clone(), timeout1.clone(), later(11)],
+                "a quiet exchange: the crash came long after, the answer never recorded",
+                vec![start.clone(), sent1.clone(), timeout1.clone(), later(100)],
+                &["l1"],
+            ),
+            (
+                "a late refusal recorded before the crash",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    answer("late_no_accept"),
+                ],
+                &[],
+            ),
+            (
+                "the late accept is in the ledger (counted as one)",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    answer("late_accept"),
+                ],
                 &[],
             ),
             (
@@ -1066,17 +1084,7 @@ mod tests {
                 &[],
             ),
             (
-                "the late accept is in the ledger (counted as one)",
-                vec![
-                    start.clone(),
-                    sent1.clone(),
-                    timeout1.clone(),
-                    late_accept.clone(),
-                ],
-                &[],
-            ),
-            (
-                "a crash, then a later run: the next start ends the run at its last record",
+                "a crash, then a later run: the next start ends the run",
                 vec![
                     start.clone(),
                     sent1.clone(),
@@ -1102,8 +1110,28 @@ mod tests {
                 &["l2"],
             ),
             (
+                "an answer of another attempt settles nothing",
+                vec![
+                    start.clone(),
+                    sent1.clone(),
+                    timeout1.clone(),
+                    at(
+                        "post_attempt",
+                        2,
+                        r#","lead_id":"l1","attempt":1,"outcome":"late_no_accept""#,
+                    ),
+                ],
+                &["l1"],
+            ),
+            (
                 "a ledger written before start marks: its one run ends at its end",
-                vec![sent1.clone(), timeout1.clone(), later(12), sent2, timeout2],
+                vec![
+                    sent1.clone(),
+                    timeout1.clone(),
+                    answer("late_no_accept"),
+                    sent2,
+                    timeout2,
+                ],
                 &["l2"],
             ),
         ];

@@ -985,3 +985,75 @@ fn a_reader_that_goes_away_ends_a_ledger_command_with_2_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Black-box round 10: a sale, a crash, a restart under another payout model, and verify
+/// (before any new auction) failed the sale as a MISMATCH: with no shutdown `flush` and
+/// the same generation, the restart was not seen as a new run. Every start now writes a
+/// `flush` with `start`, and a run begins there.
+#[tokio::test]
+async fn verify_config_does_not_fail_a_sale_decided_before_a_crash_and_restart() {
+    let acme = ScriptedBidder::bidding(20.0);
+    let (a, _ha) = serve("acme", &acme).await;
+    let mut first = TestConfig::new().buyer(a.clone()).start().await;
+    let p = first.client.ping("TX").await;
+    assert_eq!(
+        first.client.post(&p.ping_id, "TX").await.status,
+        PostStatus::Sold
+    );
+    // A SIGKILL now: the sale is on disk, no shutdown flush.
+    let tmp = tempfile::tempdir().unwrap();
+    let crashed = tmp.path().join("crashed");
+    std::fs::create_dir(&crashed).unwrap();
+    for entry in std::fs::read_dir(&first.ledger_path).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), crashed.join(entry.file_name())).unwrap();
+        }
+    }
+    first.shutdown().await;
+    let ledger_line = format!("ledger_path = {:?}", crashed.to_str().unwrap());
+    let mut second = TestConfig::new()
+        .buyer(a)
+        .start_edited(move |t| {
+            let t = t.replace("share_pct = 80", "share_pct = 70");
+            t.lines()
+                .map(|l| {
+                    if l.starts_with("ledger_path = ") {
+                        ledger_line.clone()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .await;
+    // Verified while the restarted exchange runs (reading only is safe then), once its
+    // start is on disk (queued before serving, written at once).
+    let starts = || {
+        pingpost::ledger::segments::read_all(&crashed)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(r#""type":"flush""#) && l.contains(r#""start":true"#))
+            .count()
+    };
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while starts() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the restart's flush is written");
+    let config = second.config_path.clone();
+    let o = run(&["ledger", "verify", "--config", config.to_str().unwrap()]);
+    second.shutdown().await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains("MISMATCH"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("PAYOUT NOT RE-CHECKED: ")
+            && l.contains("seller_price_micros 16000000")
+            && l.contains("before a reload or restart")),
+        "{out}"
+    );
+}

@@ -395,6 +395,45 @@ async fn a_crash_while_a_late_buyer_is_heard_out_keeps_its_place_in_its_caps() {
     assert_eq!(*b.posts.lock().unwrap(), 3);
 }
 
+/// The other side (black-box round 10): a buyer that refused late before the crash does
+/// not have the lead, and its refusal is recorded (`late_no_accept`), so after the
+/// restart its place is free again. Before, a crash within 10 s of the timeout counted
+/// it, and a buyer was counted 6 of 6 having had 2 leads.
+#[tokio::test]
+async fn a_late_refusal_recorded_before_a_crash_frees_the_place_after_it() {
+    let (a, ab, _ha) = buyer("a", 30.0, 300).await;
+    let (_b, bb, _hb) = buyer("b", 29.0, 0).await;
+    a.accept.store(false, std::sync::atomic::Ordering::SeqCst);
+    let cfg = TestConfig::new()
+        .buyer(ab.post_timeout_ms(100).caps_daily(1))
+        .buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let crashed = dir.path().join("crashed");
+
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while !records(&ledger)
+            .iter()
+            .any(|r| r["outcome"] == "late_no_accept" && r["buyer"] == "a")
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a's late refusal is recorded");
+    crash_copy(&ledger, &crashed);
+    first.shutdown().await.unwrap();
+
+    a.accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = start(&cfg, &crashed).await;
+    assert_eq!(sold_today(&second, "a"), 0, "a does not have the lead");
+    second.shutdown().await.unwrap();
+}
+
 /// A buyer that accepts after its post timeout keeps its place in its caps while its
 /// answer is awaited: with a daily cap of 1, a second lead in that time cannot go to it
 /// (before the fix the timeout released the hold, and every later lead was delivered

@@ -30,6 +30,7 @@ use super::effect::{Effect, PostKind};
 use super::quotes::EXPIRED_REASON;
 use super::record::{
     Head, PostAttemptRecord, PostSentRecord, Record, SaleRecord, UnsoldRecord, LATE_ACCEPT,
+    LATE_NO_ACCEPT,
 };
 use super::settlement::{drop_hold, release_reason, CapOp, Settlement};
 use super::UnixMs;
@@ -558,20 +559,32 @@ pub struct LateSettlement<'a> {
 ///   hold (the attempt held none) in the hold's windows, else the windows of `now` in the
 ///   buyer's zone, whatever the headroom ([`CapOp::CountSold`]). A test lead with no hold
 ///   counts in no cap; `now` off the calendar counts nowhere.
-/// - Anything else (a refusal, no answer, a buyer a reload removed): the hold, if any,
-///   is released; nothing is recorded.
+/// - Anything else (a refusal, no answer, a buyer a reload removed): the `post_attempt`
+///   record with outcome [`LATE_NO_ACCEPT`] (not durable: lost in a crash, the replay
+///   counts the delivery, erring on the safe side; none for a buyer this runtime does not
+///   have, whose id is unknown), then the hold, if any, released.
 pub fn settle_late_answer<'a>(
     late: LateAnswer<'a>,
     accepted: bool,
     now: UnixMs,
 ) -> LateSettlement<'a> {
     let (true, Some(buyer)) = (accepted, late.buyer) else {
+        let record = (!accepted).then_some(late.buyer).flatten().map(|buyer| {
+            Effect::Record(Record::PostAttempt(PostAttemptRecord {
+                head: Head::new(late.generation, now),
+                lead_id: late.lead_id,
+                auction_id: late.auction_id,
+                buyer: &buyer.id,
+                attempt: late.attempt,
+                outcome: LATE_NO_ACCEPT,
+                reason: None,
+            }))
+        });
         return LateSettlement {
             sold: false,
-            effects: late
-                .hold
-                .map(|h| settle_late(h, false))
+            effects: record
                 .into_iter()
+                .chain(late.hold.map(|h| settle_late(h, false)))
                 .collect(),
         };
     };
@@ -832,23 +845,40 @@ mod tests {
         late_accept_record(&s.effects[0], now);
     }
 
+    /// No accept: recorded (`late_no_accept`, so a replay after a crash knows the buyer
+    /// does not have the lead: black-box round 10), then the hold released.
     #[test]
-    fn no_late_accept_releases_the_hold_and_records_nothing() {
+    fn no_late_accept_is_recorded_and_releases_the_hold() {
         let b = one_an_hour();
         let book = CapBook::new(1);
         let now = utc_ms(2026, 11, 30, 10, 5);
         let hold = book.reserve(b.key, &b, m(5), now).unwrap();
         let s = settle_late_answer(late(Some(&b), Some(hold.clone()), false), false, now);
         assert!(!s.sold);
-        assert_eq!(s.effects, vec![Effect::Cap(CapOp::Release(hold))]);
+        fn recorded(e: &Effect<'_>) -> Option<(String, String, usize, &'static str)> {
+            match e {
+                Effect::Record(Record::PostAttempt(a)) => {
+                    assert!(!Record::PostAttempt(a.clone()).is_durable());
+                    Some((a.lead_id.into(), a.buyer.into(), a.attempt, a.outcome))
+                }
+                _ => None,
+            }
+        }
+        assert_eq!(s.effects.len(), 2, "{:?}", s.effects);
+        assert_eq!(
+            recorded(&s.effects[0]),
+            Some(("ld_1".into(), b.id.clone(), 2, LATE_NO_ACCEPT))
+        );
+        assert_eq!(s.effects[1], Effect::Cap(CapOp::Release(hold)));
         carry_out(&book, &s.effects);
         let u = book.usage(b.key, &b, now);
         assert_eq!((u.sold_hour, u.reserved), (0, 0));
-        // No hold (a test lead's attempt): nothing at all.
+        // No hold (a test lead's attempt): the record only.
         for test in [false, true] {
             let s = settle_late_answer(late(Some(&b), None, test), false, now);
             assert!(!s.sold);
-            assert!(s.effects.is_empty(), "{:?}", s.effects);
+            assert_eq!(s.effects.len(), 1, "{:?}", s.effects);
+            assert_eq!(recorded(&s.effects[0]).map(|r| r.3), Some(LATE_NO_ACCEPT));
         }
     }
 

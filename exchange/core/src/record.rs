@@ -485,6 +485,12 @@ pub struct PostAttemptRecord<'a> {
 /// The `post_attempt` outcome of a buyer that accepted after its post timeout.
 pub const LATE_ACCEPT: &str = "late_accept";
 
+/// The `post_attempt` outcome of a buyer heard out after its post timeout that did not
+/// accept: it refused, failed, or said nothing within the wait. Written so a replay
+/// after a crash knows the buyer does not have the lead (a timeout with neither record
+/// may have been accepted).
+pub const LATE_NO_ACCEPT: &str = "late_no_accept";
+
 /// `type: "sale"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SaleRecord<'a> {

@@ -160,6 +160,11 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
         }
         last_gen = Some(generation);
         after_flush = e.kind == "flush";
+        if after_flush && e.value.get("start").and_then(|s| s.as_bool()) == Some(true) {
+            // A start (its flush marks it, after a shutdown or a crash) begins a run: a
+            // ledger that ends with one has an empty latest run, not the one before it.
+            run_start = (ordinal + 1, e.place());
+        }
         let here = ordinal;
         ordinal += 1;
         match e.kind.as_str() {
