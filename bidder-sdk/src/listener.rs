@@ -701,11 +701,16 @@ where
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if body_read.is_some() {
-                // The body is not read.
+            // Its connection is closed after it (HTTP/1.x `Connection: close`, HTTP/2
+            // GOAWAY): the body is not read, and a client that keeps sending heads over
+            // the limits must not keep a connection slot by it (black-box round 11: 64
+            // such connections held every admin slot).
+            if h1 {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
+            } else {
+                self.activity.close.notify_one();
             }
             drop(finished);
             return Box::pin(std::future::ready(Ok(response)));

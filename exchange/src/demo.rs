@@ -3,6 +3,7 @@
 //! leads through the exchange, printing each ping, bid, post and sale. The sample leads
 //! are made up; nothing here is ever pointed at anything but loopback.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,17 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+
+/// Prints a line of the demo; when stdout is gone (`pingpost --demo | head`) the demo
+/// stops there (the enclosing function returns), and the exchange with it, instead of a
+/// panic that left the server running without its demo.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            return;
+        }
+    };
+}
 
 /// The demo seller's key (config/default.toml stores only its SHA-256).
 pub const DEMO_SELLER_KEY: &str = "demo-seller-key";
@@ -111,7 +123,9 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
                 shutdown,
             ))
         };
-        println!(
+        // Output gone: the demo's next line stops it (`run`).
+        let _ = writeln!(
+            std::io::stdout().lock(),
             "demo bidder  {:<10} {kind:<9} listening on http://{addr}",
             b.id
         );
@@ -199,12 +213,12 @@ pub struct DemoAdmin {
 }
 
 fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
-    println!();
-    println!("Try it yourself (the demo seller key is `{DEMO_SELLER_KEY}`):");
-    println!(
+    say!("");
+    say!("Try it yourself (the demo seller key is `{DEMO_SELLER_KEY}`):");
+    say!(
         "  curl -s http://{addr}/v1/ping -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"vertical\":\"auto_insurance\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\"}}}}'"
     );
-    println!(
+    say!(
         "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\",\"first_name\":\"Ana\",\"last_name\":\"Diaz\",\"phone\":\"+18175550123\"}}}}'"
     );
     match admin {
@@ -224,13 +238,13 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
                     format!("\"Authorization: Bearer ${token_env}\""),
                 ),
             };
-            println!("Admin listener (metrics, reload) on {admin}, {said}:");
-            println!("  curl -s http://{admin}/metrics -H {header} | grep pingpost_auctions_total");
-            println!("  curl -s -X POST http://{admin}/admin/reload -H {header}");
+            say!("Admin listener (metrics, reload) on {admin}, {said}:");
+            say!("  curl -s http://{admin}/metrics -H {header} | grep pingpost_auctions_total");
+            say!("  curl -s -X POST http://{admin}/admin/reload -H {header}");
         }
-        None => println!("(the admin listener is off: no admin token)"),
+        None => say!("(the admin listener is off: no admin token)"),
     }
-    println!();
+    say!("");
 }
 
 /// Starts the bidders, then sends `count` sample leads (0 = until the task is dropped),
@@ -277,19 +291,19 @@ pub async fn run(
         )
         .await
         else {
-            println!("lead {sent:>3}  ping failed: exchange unreachable");
+            say!("lead {sent:>3}  ping failed: exchange unreachable");
             continue;
         };
         let took = t0.elapsed();
         if status != 200 || answer["status"] != "bid" {
-            println!(
+            say!(
                 "lead {sent:>3}  PING {summary:<34} -> no bid ({}) in {:.1} ms",
                 answer["reason"].as_str().unwrap_or("?"),
                 took.as_secs_f64() * 1e3
             );
             continue;
         }
-        println!(
+        say!(
             "lead {sent:>3}  PING {summary:<34} -> BID {:.2} {} firm until {} ({:.1} ms)",
             answer["price"].as_f64().unwrap_or(0.0),
             answer["currency"].as_str().unwrap_or(""),
@@ -299,15 +313,15 @@ pub async fn run(
         let post = json!({"ping_id": answer["ping_id"], "lead": full});
         match call(&client, addr, "/v1/post", &post).await {
             Some((200, a)) if a["status"] == "sold" => {
-                println!(
+                say!(
                     "          POST full lead -> SOLD to {} for {:.2} (lead {})",
                     a["buyer"].as_str().unwrap_or("?"),
                     a["price"].as_f64().unwrap_or(0.0),
                     a["lead_id"].as_str().unwrap_or("?")
                 );
             }
-            Some((s, a)) => println!("          POST full lead -> {s} {a}"),
-            None => println!("          POST failed: exchange unreachable"),
+            Some((s, a)) => say!("          POST full lead -> {s} {a}"),
+            None => say!("          POST failed: exchange unreachable"),
         }
     }
     for b in bidders {

@@ -601,11 +601,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if args.check_config {
-        println!(
-            "configuration OK: {} verticals, {} sellers, {} buyers",
-            cfg.verticals.len(),
-            cfg.sellers.len(),
-            cfg.buyers.len()
+        pingpost::cli_out::emit(
+            "--check-config",
+            format_args!(
+                "configuration OK: {} verticals, {} sellers, {} buyers\n",
+                cfg.verticals.len(),
+                cfg.sellers.len(),
+                cfg.buyers.len()
+            ),
         );
         return Ok(());
     }
@@ -653,14 +656,14 @@ fn main() -> anyhow::Result<()> {
                 args.demo_interval_ms,
                 args.demo_leads,
             ));
-            if args.demo_leads > 0 {
-                tokio::select! {
-                    _ = demo => {}
-                    _ = shutdown_signal() => {}
-                }
-                reloader.abort();
-                return;
+            // The demo ends after its leads, or when its output is gone (`| head`): the
+            // exchange stops with it.
+            tokio::select! {
+                _ = demo => {}
+                _ = shutdown_signal() => {}
             }
+            reloader.abort();
+            return;
         }
         shutdown_signal().await;
         reloader.abort();

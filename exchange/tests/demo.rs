@@ -124,3 +124,31 @@ fn the_demo_flags_without_demo_are_refused() {
         assert!(err.contains("--demo"), "{args:?}: {err}");
     }
 }
+
+/// `pingpost --demo | head -1` panicked on the closed pipe and left the exchange serving
+/// without its demo (black-box round 11): the demo stops at its next line, and the
+/// exchange with it.
+#[tokio::test]
+async fn the_demo_and_the_exchange_stop_when_their_output_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, demo_config(dir.path())).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--demo", "--demo-interval-ms", "50"])
+        .env_remove("PINGPOST_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(DEMO_WAIT_MAX, child.wait_with_output())
+        .await
+        .expect("the exchange stops once its demo's output is gone")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}

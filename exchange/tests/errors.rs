@@ -524,6 +524,16 @@ fn cases() -> Vec<Case> {
             "invalid_request",
         ),
         raw_row(
+            "ping: a Host that is not a host and port (added)",
+            format!(
+                "POST /v1/ping HTTP/1.1\r\nHost: a@b:99999\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        raw_row(
             "ping: HTTP/1.1 with two Host headers (added)",
             format!(
                 "POST /v1/ping HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {SELLER_KEY}\r\n\

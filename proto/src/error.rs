@@ -87,9 +87,25 @@ impl FieldProblem {
 pub fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}')
+            // Format characters (Unicode category Cf), line and paragraph separators.
+            '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
+            | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}'
+            // Characters shown as nothing: fillers, joiners of scripts, variation selectors.
+            | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}'
+            | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// A name from the network as an error echoes it: its first 64 characters, each hidden
+/// one ([`is_hidden`]) as `?`.
+pub fn printable_name(name: &str) -> String {
+    name.chars()
+        .take(64)
+        .map(|c| if is_hidden(c) { '?' } else { c })
+        .collect()
 }
 
 /// The most field problems an error lists: past it, the message counts the rest (a body
@@ -130,6 +146,12 @@ impl ApiError {
     /// An error built from field problems; the message names the first one and counts the
     /// rest. The first [`FIELDS_LISTED_MAX`] are listed.
     pub fn from_fields(code: ErrorCode, mut fields: Vec<FieldProblem>) -> ApiError {
+        if fields.len() > FIELDS_LISTED_MAX {
+            // Known fields' problems (a personal field in a ping among them) before the
+            // unknown names, so the ones listed explain the answer (black-box round 11: a
+            // `pii_in_ping` listed 100 unknown names and not the personal field).
+            fields.sort_by_key(|f| f.problem == "unknown field");
+        }
         let mut message = match fields.as_slice() {
             [] => "invalid request".to_string(),
             [one] => format!("{}: {}", one.field, one.problem),
@@ -212,6 +234,22 @@ mod tests {
             "lead.f0: unknown field (and 4999 more problems); the first 100 are listed"
         );
         assert!(e.to_json().len() < 8 * 1024);
+        // Past the limit, known fields' problems are listed before unknown names.
+        let mut many: Vec<_> = (0..150)
+            .map(|i| FieldProblem::new(format!("lead.f{i:03}"), "unknown field"))
+            .collect();
+        many.push(FieldProblem::new(
+            "lead.first_name",
+            "is personal data and not allowed in a ping",
+        ));
+        let e = ApiError::from_fields(ErrorCode::PiiInPing, many);
+        assert_eq!(e.fields[0].field, "lead.first_name");
+        assert!(
+            e.message.starts_with("lead.first_name: is personal data"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.fields.len(), FIELDS_LISTED_MAX);
         let few: Vec<_> = (0..3)
             .map(|i| FieldProblem::new(format!("f{i}"), "x"))
             .collect();
@@ -225,12 +263,29 @@ mod tests {
     #[test]
     fn bidirectional_overrides_and_invisible_characters_are_hidden() {
         for c in [
-            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200F}', '\u{FEFF}', '\u{7}', '\u{85}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{200B}',
+            '\u{200F}',
+            '\u{FEFF}',
+            '\u{7}',
+            '\u{85}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{E0001}',
+            '\u{E0041}',
+            '\u{FE0F}',
+            '\u{E0100}',
+            '\u{3164}',
+            '\u{0600}',
+            '\u{1D173}',
         ] {
             assert!(is_hidden(c), "{:?}", c);
         }
         for c in ['a', 'é', '字', ' ', '-', '\u{2010}'] {
             assert!(!is_hidden(c), "{:?}", c);
         }
+        assert_eq!(printable_name("x\u{202E}evil\u{1b}[31m"), "x?evil?[31m");
+        assert_eq!(printable_name(&"n".repeat(100)).len(), 64);
     }
 }

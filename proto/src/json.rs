@@ -416,10 +416,8 @@ impl<'a> ObjectReader<'a> {
                 {
                     out.insert(k.to_string(), s.to_string());
                 }
-                OwnedValue::String(_) => {
-                    bad.push((k.chars().take(64).collect::<String>(), "is too long"))
-                }
-                _ => bad.push((k.chars().take(64).collect::<String>(), "must be a string")),
+                OwnedValue::String(_) => bad.push((crate::error::printable_name(k), "is too long")),
+                _ => bad.push((crate::error::printable_name(k), "must be a string")),
             }
         }
         bad.sort();
@@ -435,7 +433,7 @@ impl<'a> ObjectReader<'a> {
         let mut unknown: Vec<String> = obj
             .keys()
             .filter(|k| !self.taken.contains(&k.as_str()))
-            .map(|k| k.chars().take(64).collect())
+            .map(|k| crate::error::printable_name(k))
             .collect();
         unknown.sort();
         for k in unknown {

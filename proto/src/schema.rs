@@ -150,7 +150,7 @@ impl VerticalSchema {
             unknown.sort_unstable();
             for k in unknown {
                 out.problems.push(FieldProblem::new(
-                    format!("{path}.{}", sanitize_key(k)),
+                    format!("{path}.{}", crate::error::printable_name(k)),
                     "unknown field",
                 ));
             }
@@ -199,14 +199,6 @@ impl VerticalSchema {
             Err(out)
         }
     }
-}
-
-/// Keys come from the network: keep problem paths printable and short.
-fn sanitize_key(k: &str) -> String {
-    k.chars()
-        .take(64)
-        .map(|c| if crate::error::is_hidden(c) { '?' } else { c })
-        .collect()
 }
 
 fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {

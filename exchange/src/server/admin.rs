@@ -193,7 +193,10 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
     let mut problems = Vec::new();
     for k in obj.keys() {
         if k != "vertical" && k != "version" {
-            problems.push(proto::FieldProblem::new(truncate(k, 64), "unknown field"));
+            problems.push(proto::FieldProblem::new(
+                proto::error::printable_name(k),
+                "unknown field",
+            ));
         }
     }
     // Every problem of the body at once: unknown fields, and each known field's own.

@@ -119,16 +119,36 @@ fn answer_to(method: &Method, resp: Response<Body>) -> Response<Body> {
     }
 }
 
-/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112, 3.2): without one, or
-/// with two, it is `400`. HTTP/2 names its authority in the request line; HTTP/1.0 may
-/// omit it.
+/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112, 3.2), a host and an
+/// optional port (empty allowed): without one, with two, or with a value that is not
+/// that (`a b`, `a@b`, `a:99999`), it is `400`. HTTP/2 names its authority in the
+/// request line; HTTP/1.0 may omit it.
 fn host_problem<B>(req: &Request<B>) -> Option<ApiError> {
     if req.version() != hyper::Version::HTTP_11 {
         return None;
     }
-    match req.headers().get_all(header::HOST).iter().count() {
-        1 => None,
-        0 => Some(ApiError::new(
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => {
+            let valid = host.is_empty()
+                || http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|a| {
+                    // After the host: nothing, or `:` and a port that fits 16 bits.
+                    let port_ok = a.as_str().strip_prefix(a.host()).is_some_and(|rest| {
+                        rest.is_empty()
+                            || rest
+                                .strip_prefix(':')
+                                .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok())
+                    });
+                    !a.as_str().contains('@') && !a.host().is_empty() && port_ok
+                });
+            (!valid).then(|| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "the Host header is not a host and port",
+                )
+            })
+        }
+        (None, _) => Some(ApiError::new(
             ErrorCode::InvalidRequest,
             "an HTTP/1.1 request needs a Host header",
         )),
@@ -516,7 +536,39 @@ fn metrics(state: &AppState) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, host_problem};
+
+    /// RFC 9112 3.2: one Host, a host and an optional port (black-box round 11: `a b`,
+    /// `a/b`, `a@b`, `[::1` and `a:99999` were served).
+    #[test]
+    fn an_http11_host_is_one_host_and_port() {
+        let req = |hosts: &[&str], version| {
+            let mut r = http::Request::builder().version(version).uri("/v1/ping");
+            for h in hosts {
+                r = r.header(http::header::HOST, *h);
+            }
+            r.body(()).expect("a request")
+        };
+        let v11 = http::Version::HTTP_11;
+        for ok in [
+            "pingpost",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::1]",
+            "a.b-c",
+            "",
+        ] {
+            assert!(host_problem(&req(&[ok], v11)).is_none(), "{ok:?}");
+        }
+        for bad in ["a b", "a/b", "a@b", "[::1", "a:99999", ":80"] {
+            assert!(host_problem(&req(&[bad], v11)).is_some(), "{bad:?}");
+        }
+        assert!(host_problem(&req(&[], v11)).is_some());
+        assert!(host_problem(&req(&["a", "a"], v11)).is_some());
+        for v in [http::Version::HTTP_10, http::Version::HTTP_2] {
+            assert!(host_problem(&req(&[], v)).is_none());
+        }
+    }
 
     fn headers(values: &[&str]) -> hyper::HeaderMap {
         let mut h = hyper::HeaderMap::new();
