@@ -379,6 +379,19 @@ async fn a_crash_while_a_late_buyer_is_heard_out_keeps_its_place_in_its_caps() {
         .iter()
         .any(|r| r["outcome"] == "late_accept"));
     first.shutdown().await.unwrap();
+    // Finance can find it: verify lists it (without failing; black-box round 11).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(["ledger", "verify", "--dir"])
+        .arg(&crashed)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("timed-out deliveries whose late answer is not recorded")
+            && report.contains("buyer a attempt 0"),
+        "{report}"
+    );
 
     for run in ["after the crash", "and after the next restart"] {
         let ex = start(&cfg, &crashed).await;
