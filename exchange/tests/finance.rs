@@ -1003,13 +1003,7 @@ async fn verify_config_does_not_fail_a_sale_decided_before_a_crash_and_restart()
     // A SIGKILL now: the sale is on disk, no shutdown flush.
     let tmp = tempfile::tempdir().unwrap();
     let crashed = tmp.path().join("crashed");
-    std::fs::create_dir(&crashed).unwrap();
-    for entry in std::fs::read_dir(&first.ledger_path).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), crashed.join(entry.file_name())).unwrap();
-        }
-    }
+    crash_copy(&first.ledger_path, &crashed);
     first.shutdown().await;
     let ledger_line = format!("ledger_path = {:?}", crashed.to_str().unwrap());
     let mut second = TestConfig::new()

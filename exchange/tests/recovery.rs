@@ -342,18 +342,6 @@ async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     second.shutdown().await.unwrap();
 }
 
-/// A copy of the ledger directory as it is now on disk: what a restart after a SIGKILL
-/// at this moment would find.
-fn crash_copy(ledger: &Path, to: &Path) {
-    std::fs::create_dir(to).unwrap();
-    for entry in std::fs::read_dir(ledger).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 /// A crash (SIGKILL) while a timed-out buyer is still heard out: the buyer has the lead
 /// and may accept it, so after the restart it still counts in the buyer's caps. Before
 /// the fix the replay saw only the `timeout`, freed the place, and a buyer with a daily

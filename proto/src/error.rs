@@ -108,6 +108,10 @@ pub fn printable_name(name: &str) -> String {
         .collect()
 }
 
+/// The problem of a name the body should not have: one text wherever a body is read, so
+/// [`ApiError::from_fields`] can list the known fields' problems first.
+pub const UNKNOWN_FIELD: &str = "unknown field";
+
 /// The most field problems an error lists: past it, the message counts the rest (a body
 /// of thousands of unknown names must not get an answer larger than itself).
 pub const FIELDS_LISTED_MAX: usize = 100;
@@ -150,7 +154,7 @@ impl ApiError {
             // Known fields' problems (a personal field in a ping among them) before the
             // unknown names, so the ones listed explain the answer (black-box round 11: a
             // `pii_in_ping` listed 100 unknown names and not the personal field).
-            fields.sort_by_key(|f| f.problem == "unknown field");
+            fields.sort_by_key(|f| f.problem == UNKNOWN_FIELD);
         }
         let mut message = match fields.as_slice() {
             [] => "invalid request".to_string(),

@@ -437,7 +437,8 @@ impl<'a> ObjectReader<'a> {
             .collect();
         unknown.sort();
         for k in unknown {
-            self.problems.push(FieldProblem::new(k, "unknown field"));
+            self.problems
+                .push(FieldProblem::new(k, crate::error::UNKNOWN_FIELD));
         }
     }
 }

@@ -151,7 +151,7 @@ impl VerticalSchema {
             for k in unknown {
                 out.problems.push(FieldProblem::new(
                     format!("{path}.{}", crate::error::printable_name(k)),
-                    "unknown field",
+                    crate::error::UNKNOWN_FIELD,
                 ));
             }
         }

@@ -195,7 +195,7 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
         if k != "vertical" && k != "version" {
             problems.push(proto::FieldProblem::new(
                 proto::error::printable_name(k),
-                "unknown field",
+                proto::error::UNKNOWN_FIELD,
             ));
         }
     }

@@ -222,6 +222,18 @@ impl Exchange {
     }
 }
 
+/// A copy of the ledger directory as it is now on disk: what a restart after a SIGKILL
+/// at this moment would find.
+pub fn crash_copy(ledger: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir(to).unwrap();
+    for entry in std::fs::read_dir(ledger).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 /// The value of one Prometheus sample in `text` whose labels include `labels` (0 if none).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     for line in text.lines() {
