@@ -520,7 +520,7 @@ pub async fn deliver(
                                 auction_id: d.auction_id.to_string(),
                                 attempt: attempt.attempt,
                                 price: bid.price,
-                                windows: plan.holds().map(|r| r.windows),
+                                windows: plan.holds().map(|r| r.counted_windows()),
                                 test: d.test,
                                 hold: None,
                             },

@@ -213,7 +213,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
         Some(file) => match pingpost::finance::load_config(file) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("pingpost ledger verify: {e}");
+                pingpost::say_err!("pingpost ledger verify: {e}");
                 return 2;
             }
         },
@@ -224,14 +224,14 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
         (None, Some(file)) => match ledger_dir_of(&file) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("pingpost ledger verify: {e}");
+                pingpost::say_err!("pingpost ledger verify: {e}");
                 return 2;
             }
         },
         (None, None) => PathBuf::from(config::defaults::LEDGER_PATH),
     };
     if !dir.is_dir() {
-        eprintln!(
+        pingpost::say_err!(
             "pingpost ledger verify: {} is not a ledger directory",
             dir.display()
         );
@@ -256,7 +256,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
             let reconciled = match pingpost::finance::reconcile::reconcile(&dir, cfg.as_ref()) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("pingpost ledger verify: {}: {e}", dir.display());
+                    pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
                     return 2;
                 }
             };
@@ -272,7 +272,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
             }
         }
         Err(e) => {
-            eprintln!("pingpost ledger verify: {}: {e}", dir.display());
+            pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
             2
         }
     }
@@ -334,7 +334,7 @@ fn finance_place(
 fn finance_command(command: LedgerCommand) -> i32 {
     use pingpost::finance::{export, replay, report, DateRange};
     let fail = |name: &str, e: String| {
-        eprintln!("pingpost ledger {name}: {e}");
+        pingpost::say_err!("pingpost ledger {name}: {e}");
         2
     };
     match command {
@@ -392,7 +392,7 @@ fn finance_command(command: LedgerCommand) -> i32 {
                     // CSV has no place for notes: what the read skipped (records of a
                     // newer format version, unknown types) goes to stderr, as export's.
                     for note in &r.notes {
-                        eprintln!("pingpost ledger report: note: {note}");
+                        pingpost::say_err!("pingpost ledger report: note: {note}");
                     }
                 }
                 "json" => pingpost::cli_out::emit("ledger report", format_args!("{}", r.json())),
@@ -456,9 +456,9 @@ fn finance_command(command: LedgerCommand) -> i32 {
                     if let Err(e) = out.flush() {
                         return fail("export", format!("writing: {e}"));
                     }
-                    eprintln!("pingpost ledger export: {n} record(s)");
+                    pingpost::say_err!("pingpost ledger export: {n} record(s)");
                     for note in stats.notes() {
-                        eprintln!("pingpost ledger export: note: {note}");
+                        pingpost::say_err!("pingpost ledger export: note: {note}");
                     }
                     0
                 }
@@ -600,8 +600,11 @@ fn main() -> anyhow::Result<()> {
     let cfg = match source() {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("configuration has {} error(s):", errors.0.len());
-            eprint!("{errors}");
+            pingpost::say_err!(
+                "configuration has {} error(s):\n{}",
+                errors.0.len(),
+                errors.to_string().trim_end()
+            );
             std::process::exit(2);
         }
     };
@@ -623,7 +626,7 @@ fn main() -> anyhow::Result<()> {
         Err(e) => {
             // One line, no backtrace: what is wrong and where (a ledger directory that is
             // missing, not writable or corrupt; an address in use).
-            eprintln!("pingpost: cannot start: {e}");
+            pingpost::say_err!("pingpost: cannot start: {e}");
             std::process::exit(1);
         }
     };

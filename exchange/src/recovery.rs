@@ -852,10 +852,22 @@ fn restore_quote(
     let reservation = match v.get("hold") {
         None => None,
         Some(h) => {
-            let key = key_of(state, h.get("buyer")?.as_str()?)?;
+            let buyer = h.get("buyer")?.as_str()?;
+            let key = key_of(state, buyer)?;
             let w = windows_of(h)?;
             let price = Micros(h.get("price_micros")?.as_i64()?);
-            Some(state.caps.restore_reservation(key, &w, price)?)
+            // Held in the windows of the quote's end too, when it runs into the next
+            // hour (as `CapBook::reserve_until` held it): its buyer's zone now.
+            let later = cfg
+                .buyers
+                .iter()
+                .find(|b| b.id == buyer)
+                .and_then(|b| {
+                    let until = expires_at.saturating_add(crate::core::auction::DELIVERY_SLACK_MS);
+                    Windows::at(b.timezone, until)
+                })
+                .filter(|l| l.hour_start_ms > w.hour_start_ms);
+            Some(state.caps.restore_reservation(key, &w, later.as_ref(), price)?)
         }
     };
     let quote = Quote {

@@ -986,6 +986,51 @@ fn a_reader_that_goes_away_ends_a_ledger_command_with_2_not_a_panic() {
     }
 }
 
+/// Black-box round 12: a configuration error written to a stderr whose reader went away
+/// (`2>&1 | head -3`) panicked with 101; it ends with 2. The secrets are not read by the
+/// tools, so a token variable set to a value the exchange would refuse stops nothing.
+#[test]
+fn a_config_error_to_a_closed_stderr_is_status_2_and_bad_secrets_stop_no_report() {
+    use std::process::Stdio;
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1]);
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let broken = cfg_dir.path().join("broken.toml");
+    std::fs::write(&broken, "[server]\nno_such_key = 1\n").unwrap();
+    for _ in 0..3 {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args(["ledger", "report", "--config", broken.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(writer)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2));
+    }
+    // The default configuration names its token and secret variables; set them to
+    // values the exchange refuses.
+    let default = cfg_dir.path().join("default.toml");
+    std::fs::write(&default, pingpost::app::DEFAULT_CONFIG).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args([
+            "ledger",
+            "report",
+            "--config",
+            default.to_str().unwrap(),
+            "--dir",
+            tmp.path().to_str().unwrap(),
+        ])
+        .env("PINGPOST_ADMIN_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Black-box round 10: a sale, a crash, a restart under another payout model, and verify
 /// (before any new auction) failed the sale as a MISMATCH: with no shutdown `flush` and
 /// the same generation, the restart was not seen as a new run. Every start now writes a

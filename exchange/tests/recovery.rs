@@ -850,6 +850,60 @@ async fn a_zone_changed_across_a_restart_never_sells_past_a_cap_of_the_old_zone(
     second.shutdown().await.unwrap();
 }
 
+/// A quote made just before midnight stays firm into the next day, so its hold is in
+/// both days: a buyer with a daily cap of 1 quoted at 23:59:50 and posted after midnight
+/// gets that one lead on the new day and no other, across a restart too (the restored
+/// quote holds the new day again). Before, the hold was in the old day only: the new day
+/// sold a's one lead to another seller, and the post delivered a second one.
+#[tokio::test]
+async fn a_quote_firm_past_midnight_holds_the_new_days_cap() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(1)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-12-01T00:00:00Z; the quote TTL is 60 s.
+    let midnight = 1_796_083_200_000;
+    let first = start_at(&cfg, &ledger, "UTC", Clock::at(midnight - 10_000)).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    let a_key = first.state.ids.buyer_key("a").unwrap();
+    assert_eq!(first.state.caps.outstanding(a_key), 1);
+    first.shutdown().await.unwrap();
+
+    let second = start_at(&cfg, &ledger, "UTC", Clock::at(midnight + 10_000)).await;
+    assert_eq!(second.state.quotes.open_count(), 1, "the quote is back");
+    assert_eq!(
+        client_direct(&second).await.as_deref(),
+        Some("Buyer b"),
+        "the new day's one lead of a is held by the quote"
+    );
+    let sold = SellerClient::new(second.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer a"));
+    assert_eq!(sold_today(&second, "a"), 1, "counted in the day it was delivered");
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
+    second.shutdown().await.unwrap();
+    let sale = records(&ledger)
+        .into_iter()
+        .find(|r| r["type"] == "sale" && r["buyer"] == "a")
+        .unwrap();
+    assert_eq!(
+        sale["windows"]["hour_start_ms"], midnight,
+        "the sale names the windows it counts in"
+    );
+
+    // And the day's count is rebuilt from the ledger after another restart.
+    let third = start_at(&cfg, &ledger, "UTC", Clock::at(midnight + 60_000)).await;
+    assert_eq!(sold_today(&third, "a"), 1);
+    assert_eq!(client_direct(&third).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1);
+    third.shutdown().await.unwrap();
+}
+
 /// The thread-per-core server (the binary's) waits for a late post answer too: each
 /// worker's event loop runs its watches, and stops only once they are done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

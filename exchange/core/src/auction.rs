@@ -54,6 +54,23 @@ pub fn bid_expires_at(arrival: UnixMs, expires_in_ms: Option<u64>) -> Option<Uni
     expires_in_ms.map(|e| arrival.saturating_add(ms(e)))
 }
 
+/// When a quote on a bid of an auction that started at `arrival` stops being firm: the
+/// quote TTL or the bid's own expiry, whichever is sooner, and never before `now`.
+pub fn quote_end(
+    arrival: UnixMs,
+    expires_in_ms: Option<u64>,
+    quote_ttl_ms: u64,
+    now: UnixMs,
+) -> UnixMs {
+    let ttl = expires_in_ms.unwrap_or(u64::MAX).min(quote_ttl_ms);
+    arrival.saturating_add(ms(ttl)).max(now)
+}
+
+/// How long after a quote's expiry (or a post's deadline) its lead may still be sent to
+/// the buyer: a post accepted at the last moment is sent a little later. A hold stays
+/// firm this much longer in the caps' windows ([`crate::caps::CapBook::reserve_until`]).
+pub const DELIVERY_SLACK_MS: i64 = 1_000;
+
 /// Everything an auction is decided from, besides the lead and `now`.
 #[derive(Debug, Clone, Copy)]
 pub struct AuctionParams<'a> {
@@ -180,12 +197,12 @@ impl Award {
     /// When the quote stops being firm: the quote TTL or the winning bid's own expiry,
     /// whichever is sooner, counted from the auction's start, and never before `now`.
     pub fn quote_expires_at(&self, quote_ttl_ms: u64, now: UnixMs) -> UnixMs {
-        let ttl = self
-            .winner()
-            .and_then(|w| w.bid.expires_in_ms)
-            .unwrap_or(u64::MAX)
-            .min(quote_ttl_ms);
-        self.arrival.saturating_add(ms(ttl)).max(now)
+        quote_end(
+            self.arrival,
+            self.winner().and_then(|w| w.bid.expires_in_ms),
+            quote_ttl_ms,
+            now,
+        )
     }
 
     /// The `quote_reserved` record of a quote kept in the book (none for a test lead).
@@ -515,7 +532,10 @@ impl<'a> Auction<'a> {
             let Some((idx, buyer)) = cfg.buyer_by_key(r.bid.buyer) else {
                 continue;
             };
-            match settlement.reserve(buyer, r.bid.price, now) {
+            // Firm until the quote's end: its lead may be delivered in the next hour.
+            let until = quote_end(p.arrival, r.bid.expires_in_ms, cfg.server.quote_ttl_ms, now)
+                .saturating_add(DELIVERY_SLACK_MS);
+            match settlement.reserve(buyer, r.bid.price, now, until) {
                 Ok(res) => {
                     reservation = Some(res);
                     winner_pos = Some(i);

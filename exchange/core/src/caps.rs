@@ -3,8 +3,11 @@
 //! Owns: how many leads each buyer has bought (and has reserved by a firm quote) in each
 //! window of its own local calendar (hour, day, ISO week starting Monday, month), and how
 //! much money it spent and has reserved per local day. A quote reserves one lead and its
-//! price in every current window; the post commits the reservation (reserved becomes
-//! sold) or releases it (reserved becomes nothing), always in the windows it was made in.
+//! price in every current window, and, when the quote stays firm past the start of the
+//! next local hour, in the windows of its last firm moment as well (a quote made at 23:59
+//! and posted at 00:01 must fit both days' caps: the buyer gets the lead in the new day).
+//! The post commits the reservation (reserved becomes sold) in the windows the lead was
+//! delivered in and drops the other hold, or releases it (reserved becomes nothing).
 //!
 //! Architecture invariant: in every window, `sold + reserved <= cap` for every cap the
 //! buyer had when each reservation was made, and per local day `spent + reserved money <=
@@ -189,6 +192,18 @@ fn window_starts(tz: Tz, now: UnixMs, w: &Windows) -> Option<[i64; PERIODS]> {
     Some([w.hour_start_ms, start(date)?, start(monday)?, start(first)?])
 }
 
+/// The windows of `until` in `tz` when they are not `w` (the windows of the hold's first
+/// moment): `Ok(None)` when they are the same, `Err` when `until` is off the calendar.
+/// Every window begins at the start of a local hour, and no local hour is shorter than
+/// half an hour, so within half an hour of `w`'s hour start nothing is converted.
+fn later_windows(tz: Tz, w: &Windows, until: UnixMs) -> Result<Option<Windows>, ()> {
+    if until < w.hour_start_ms.saturating_add(HOUR_MS / 2) {
+        return Ok(None);
+    }
+    let l = Windows::at(tz, until).ok_or(())?;
+    Ok((l.keys() != w.keys() && l.hour_start_ms > w.hour_start_ms).then_some(l))
+}
+
 /// A firm quote's hold on one lead and `price` of a buyer's caps and budget. Hand it back
 /// to [`CapBook::commit`] or [`CapBook::release`] exactly once; the book ignores a second
 /// hand-back, so a retried settle can never count twice.
@@ -198,11 +213,36 @@ pub struct Reservation {
     pub buyer: BuyerKey,
     /// The money held against the buyer's daily budget (what the buyer would pay).
     pub price: Micros,
-    /// The windows the lead counts in, fixed when the quote was made: a quote taken at
-    /// 23:59 and sold at 00:01 counts in the day it was quoted.
+    /// The windows of the moment the hold was made.
     pub windows: Windows,
+    /// The windows of the hold's last moment (the quote's expiry, a post's deadline) when
+    /// they are not `windows`: the hold runs across the start of a local hour, and holds
+    /// one lead and `price` there too, so a lead delivered after that start counts in
+    /// the new hour, day, week and month without passing their caps.
+    pub later: Option<Windows>,
+    /// When the lead was sent to the buyer ([`Reservation::delivered_at`]): a commit
+    /// counts the sale in the windows of that moment (`windows` if it is not known).
+    delivered: Option<UnixMs>,
     /// The book's own handle; private so a reservation cannot be forged.
     id: u64,
+}
+
+impl Reservation {
+    /// The same hold, noting that the lead was sent to the buyer at `at`: its sale counts
+    /// in the held windows of that moment ([`Reservation::counted_windows`]).
+    pub fn delivered_at(mut self, at: UnixMs) -> Reservation {
+        self.delivered = Some(at);
+        self
+    }
+
+    /// The windows a sale of this hold counts in: `later` when the lead was sent at or
+    /// after they began, else `windows` (the hold's own: a caller cannot pick others).
+    pub fn counted_windows(&self) -> Windows {
+        match (self.later, self.delivered) {
+            (Some(later), Some(at)) if at >= later.hour_start_ms => later,
+            _ => self.windows,
+        }
+    }
 }
 
 /// Which limit refused a reservation.
@@ -283,6 +323,21 @@ struct Counter {
 struct Held {
     price: Micros,
     keys: [i64; PERIODS],
+    /// The later windows' keys and the instant they begin, if the hold has them.
+    later: Option<([i64; PERIODS], i64)>,
+}
+
+impl Held {
+    /// Per period: the key the hold is in, and the other key it is in, if any.
+    fn pairs(&self) -> [(i64, Option<i64>); PERIODS] {
+        let mut out = [(0, None); PERIODS];
+        for (p, o) in out.iter_mut().enumerate() {
+            let k = self.keys[p];
+            let other = self.later.map(|(l, _)| l[p]).filter(|l| *l != k);
+            *o = (k, other);
+        }
+        out
+    }
 }
 
 /// One buyer's windows; guarded by its own mutex.
@@ -437,6 +492,21 @@ impl BuyerBook {
         list.get_mut(pos).map(|(_, c)| c)
     }
 
+    /// Counts `held` as reserved in each of its windows; `at` is when the lead was taken
+    /// (for a later window, no earlier than the window's start).
+    fn hold(&mut self, held: &Held, at: i64) {
+        let later_start = held.later.map_or(at, |(_, start)| start.max(at));
+        for (period, (key, other)) in held.pairs().into_iter().enumerate() {
+            for (k, taken) in std::iter::once((key, at)).chain(other.map(|o| (o, later_start))) {
+                if let Some(c) = self.counter_mut(period, k) {
+                    c.reserved = c.reserved.saturating_add(1);
+                    c.reserved_micros = c.reserved_micros.saturating_add(held.price);
+                    c.last_ms = c.last_ms.max(taken);
+                }
+            }
+        }
+    }
+
     /// Is there room for one more lead (and, with `price`, that much money)? Without a
     /// price, money headroom means strictly under budget.
     fn check(
@@ -587,13 +657,31 @@ impl CapBook {
 
     /// Atomically checks every cap and `budget_daily` (`spent + reserved + price <=
     /// budget`) and, if they allow it, holds one lead and `price` in each current window.
-    /// A negative price is held as zero: money held never goes below nothing.
+    /// A negative price is held as zero: money held never goes below nothing. The hold is
+    /// for `now` only; see [`CapBook::reserve_until`] for one that stays firm.
     pub fn reserve(
         &self,
         key: BuyerKey,
         buyer: &Buyer,
         price: Micros,
         now: UnixMs,
+    ) -> Result<Reservation, Capped> {
+        self.reserve_until(key, buyer, price, now, now)
+    }
+
+    /// [`CapBook::reserve`] for a hold that stays firm until `until` (a quote's expiry, a
+    /// post's deadline): when `until` falls in other windows than `now` (the start of a
+    /// local hour lies between them), every cap and the budget must have room in those
+    /// windows too, and the hold takes one lead and `price` there as well
+    /// ([`Reservation::later`]). Its commit counts the lead in the windows it was
+    /// delivered in, and drops the other hold.
+    pub fn reserve_until(
+        &self,
+        key: BuyerKey,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+        until: UnixMs,
     ) -> Result<Reservation, Capped> {
         let capped = |limit| Capped { buyer: key, limit };
         let price = Micros(price.0.max(0));
@@ -604,22 +692,29 @@ impl CapBook {
             }
             let w = w.ok_or(capped(CapLimit::Unavailable))?;
             let keys = w.keys();
+            let later = later_windows(buyer.timezone, &w, until)
+                .map_err(|()| capped(CapLimit::Unavailable))?;
             b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
+            if let Some(l) = &later {
+                b.check(l.keys(), &buyer.caps, Some(price))
+                    .map_err(capped)?;
+            }
             version.fetch_add(1, Ordering::AcqRel);
             let at = b.latest_now.map_or(now, |latest| latest.max(now));
-            for (period, k) in keys.into_iter().enumerate() {
-                if let Some(c) = b.counter_mut(period, k) {
-                    c.reserved = c.reserved.saturating_add(1);
-                    c.reserved_micros = c.reserved_micros.saturating_add(price);
-                    c.last_ms = c.last_ms.max(at);
-                }
-            }
+            let held = Held {
+                price,
+                keys,
+                later: later.map(|l| (l.keys(), l.hour_start_ms)),
+            };
+            b.hold(&held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            b.outstanding.insert(id, Held { price, keys });
+            b.outstanding.insert(id, held);
             Ok(Reservation {
                 buyer: key,
                 price,
                 windows: w,
+                later,
+                delivered: None,
                 id,
             })
         })
@@ -645,14 +740,21 @@ impl CapBook {
                 return false;
             };
             version.fetch_add(1, Ordering::AcqRel);
-            for (period, key) in held.keys.into_iter().enumerate() {
-                // The window exists: a window holding a reservation is never pruned.
-                if let Some(c) = b.counter_mut(period, key) {
-                    c.reserved = c.reserved.saturating_sub(1);
-                    c.reserved_micros = c.reserved_micros.saturating_sub(held.price);
-                    if sold {
-                        c.sold = c.sold.saturating_add(1);
-                        c.spent = c.spent.saturating_add(held.price);
+            // Sold after the later windows began: the sale counts there.
+            let in_later = held
+                .later
+                .is_some_and(|(_, start)| r.delivered.is_some_and(|at| at >= start));
+            for (period, (key, other)) in held.pairs().into_iter().enumerate() {
+                let counted = if in_later { other.unwrap_or(key) } else { key };
+                for k in std::iter::once(key).chain(other) {
+                    // The window exists: a window holding a reservation is never pruned.
+                    if let Some(c) = b.counter_mut(period, k) {
+                        c.reserved = c.reserved.saturating_sub(1);
+                        c.reserved_micros = c.reserved_micros.saturating_sub(held.price);
+                        if sold && k == counted {
+                            c.sold = c.sold.saturating_add(1);
+                            c.spent = c.spent.saturating_add(held.price);
+                        }
                     }
                 }
             }
@@ -686,32 +788,35 @@ impl CapBook {
         .unwrap_or(false)
     }
 
-    /// Recovery at start: holds one lead and `price` in `windows` for an open quote read
-    /// back from the ledger, without checking any cap (the hold existed before the
-    /// restart). `None` for an unknown key.
+    /// Recovery at start: holds one lead and `price` in `windows` (and in `later`, the
+    /// windows of the quote's expiry when they differ: see [`CapBook::reserve_until`])
+    /// for an open quote read back from the ledger, without checking any cap (the hold
+    /// existed before the restart). `None` for an unknown key.
     pub fn restore_reservation(
         &self,
         key: BuyerKey,
         windows: &Windows,
+        later: Option<&Windows>,
         price: Micros,
     ) -> Option<Reservation> {
         let price = Micros(price.0.max(0));
+        let later = later.filter(|l| l.keys() != windows.keys()).copied();
         self.with_version(key, |b, version| {
             version.fetch_add(1, Ordering::AcqRel);
-            let keys = windows.keys();
-            for (period, k) in keys.into_iter().enumerate() {
-                if let Some(c) = b.counter_mut(period, k) {
-                    c.reserved = c.reserved.saturating_add(1);
-                    c.reserved_micros = c.reserved_micros.saturating_add(price);
-                    c.last_ms = c.last_ms.max(windows.latest_ms());
-                }
-            }
+            let held = Held {
+                price,
+                keys: windows.keys(),
+                later: later.map(|l| (l.keys(), l.hour_start_ms)),
+            };
+            b.hold(&held, windows.latest_ms());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            b.outstanding.insert(id, Held { price, keys });
+            b.outstanding.insert(id, held);
             Reservation {
                 buyer: key,
                 price,
                 windows: *windows,
+                later,
+                delivered: None,
                 id,
             }
         })
@@ -1008,31 +1113,135 @@ mod tests {
         assert_eq!(book.outstanding(BuyerKey(0)), 0);
     }
 
-    #[test]
-    fn quoted_before_midnight_counts_in_the_quoted_day() {
-        // New York buyer, daily cap 1. Quote at 23:59 local on Monday, sold at 00:01 Tuesday.
-        let ny = chrono_tz::America::New_York;
+    /// A New York buyer with a daily cap of 1, and a quote made on Monday at 23:59 local
+    /// that stays firm into Tuesday.
+    fn across_midnight() -> (Buyer, i64, i64) {
         let b = Buyer {
-            timezone: ny,
+            timezone: chrono_tz::America::New_York,
             ..capped(Caps {
                 daily: Some(1),
                 weekly: Some(5),
                 ..Caps::default()
             })
         };
-        let book = CapBook::new(1);
         let monday_2359 = utc_ms(2024, 1, 16, 4, 59); // Monday 23:59 EST
-        let tuesday_0001 = monday_2359 + 2 * MIN_MS;
-        let r = book.reserve(BuyerKey(0), &b, m(1), monday_2359).unwrap();
+        (b, monday_2359, monday_2359 + MIN_MS)
+    }
+
+    #[test]
+    fn a_quote_firm_past_midnight_holds_both_days() {
+        let (b, monday_2359, midnight) = across_midnight();
+        let book = CapBook::new(1);
+        let r = book
+            .reserve_until(BuyerKey(0), &b, m(1), monday_2359, midnight + 30_000)
+            .unwrap();
+        let later = r.later.expect("firm into Tuesday");
+        assert_eq!(later.day, r.windows.day + 1);
+        assert_eq!(later.hour_start_ms, midnight);
         assert!(!book.has_headroom(BuyerKey(0), &b, monday_2359 + 30_000));
-        // Tuesday has its own daily cap while Monday's quote is still open.
-        assert!(book.has_headroom(BuyerKey(0), &b, tuesday_0001));
+        // Tuesday's only lead is held by the quote: nothing else can take it.
+        assert!(!book.has_headroom(BuyerKey(0), &b, midnight + 1_000));
+        let u = book.usage(BuyerKey(0), &b, midnight + 1_000);
+        assert_eq!((u.sold_day, u.reserved, u.reserved_micros), (0, 1, m(1)));
+        // Released: both days are free again.
+        assert!(book.release(&r));
+        assert!(book.has_headroom(BuyerKey(0), &b, midnight + 2_000));
+        assert_eq!(book.outstanding(BuyerKey(0)), 0);
+        for (_, _, c) in book.windows_of(BuyerKey(0)) {
+            assert_eq!((c.reserved, c.reserved_micros), (0, Micros::ZERO));
+        }
+    }
+
+    #[test]
+    fn a_quote_delivered_after_midnight_counts_in_the_new_day() {
+        // Before, the sale counted in Monday and Tuesday's cap sold a second lead.
+        let (b, monday_2359, midnight) = across_midnight();
+        let book = CapBook::new(1);
+        let r = book
+            .reserve_until(BuyerKey(0), &b, m(1), monday_2359, midnight + 30_000)
+            .unwrap();
+        let r = r.delivered_at(midnight + 10_000);
+        assert_eq!(r.counted_windows(), r.later.unwrap());
         assert!(book.commit(&r));
-        let u = book.usage(BuyerKey(0), &b, tuesday_0001);
-        assert_eq!((u.sold_day, u.sold_week, u.reserved), (0, 1, 0));
-        let r2 = book.reserve(BuyerKey(0), &b, m(1), tuesday_0001).unwrap();
+        let u = book.usage(BuyerKey(0), &b, midnight + 20_000);
+        assert_eq!(
+            (u.sold_day, u.sold_week, u.reserved, u.spent_day),
+            (1, 1, 0, m(1))
+        );
+        assert_eq!(
+            book.reserve(BuyerKey(0), &b, m(1), midnight + 20_000),
+            Err(Capped {
+                buyer: BuyerKey(0),
+                limit: CapLimit::Daily
+            })
+        );
+    }
+
+    #[test]
+    fn a_quote_delivered_before_midnight_counts_in_its_own_day() {
+        let (b, monday_2359, midnight) = across_midnight();
+        let book = CapBook::new(1);
+        let r = book
+            .reserve_until(BuyerKey(0), &b, m(1), monday_2359, midnight + 30_000)
+            .unwrap()
+            .delivered_at(midnight - 1);
+        assert_eq!(r.counted_windows(), r.windows);
+        assert!(book.commit(&r));
+        // Tuesday's hold is dropped: it has its own lead to sell.
+        let r2 = book.reserve(BuyerKey(0), &b, m(1), midnight + 1_000).unwrap();
         assert_eq!(r2.windows.day, r.windows.day + 1);
         assert_eq!(r2.windows.week, r.windows.week);
+        let u = book.usage(BuyerKey(0), &b, midnight + 1_000);
+        assert_eq!((u.sold_day, u.sold_week, u.reserved), (0, 1, 1));
+    }
+
+    #[test]
+    fn a_quote_cannot_be_firm_into_an_hour_that_is_full() {
+        let b = capped(Caps {
+            hourly: Some(1),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let eleven = utc_ms(2026, 11, 30, 11, 0);
+        // Held in 10:00 and 11:00, sold at 11:00:05: 11:00 is full, 10:00 free.
+        let first = book
+            .reserve_until(BuyerKey(0), &b, m(1), eleven - 2 * MIN_MS, eleven + 30_000)
+            .unwrap()
+            .delivered_at(eleven + 5_000);
+        assert!(book.commit(&first));
+        assert!(book.has_headroom(BuyerKey(0), &b, eleven - MIN_MS));
+        // A hold for 10:59 alone fits; one firm until 11:00:30 does not.
+        assert_eq!(
+            book.reserve_until(BuyerKey(0), &b, m(1), eleven - MIN_MS, eleven + 30_000),
+            Err(Capped {
+                buyer: BuyerKey(0),
+                limit: CapLimit::Hourly
+            })
+        );
+        assert_eq!(book.outstanding(BuyerKey(0)), 0, "a refusal holds nothing");
+        let short = book
+            .reserve_until(BuyerKey(0), &b, m(1), eleven - MIN_MS, eleven - 1)
+            .unwrap();
+        assert_eq!(short.later, None);
+    }
+
+    #[test]
+    fn a_restored_quote_holds_the_windows_of_its_end_too() {
+        let (b, monday_2359, midnight) = across_midnight();
+        let book = CapBook::new(1);
+        let w = Windows::at(b.timezone, monday_2359).unwrap();
+        let later = Windows::at(b.timezone, midnight + 30_000).unwrap();
+        let r = book
+            .restore_reservation(BuyerKey(0), &w, Some(&later), m(1))
+            .unwrap();
+        assert_eq!(r.later, Some(later));
+        assert!(!book.has_headroom(BuyerKey(0), &b, midnight + 1_000));
+        assert!(book.commit(&r.delivered_at(midnight + 2_000)));
+        let u = book.usage(BuyerKey(0), &b, midnight + 3_000);
+        assert_eq!((u.sold_day, u.reserved), (1, 0));
+        // The same windows twice are one hold.
+        let again = book.restore_reservation(BuyerKey(0), &w, Some(&w), m(1)).unwrap();
+        assert_eq!(again.later, None);
     }
 
     #[test]
@@ -1289,15 +1498,16 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Reserve { price_units: i64, advance_ms: i64 },
-        Commit(usize),
+        Reserve { price_units: i64, advance_ms: i64, firm_ms: i64 },
+        /// Commits an open hold, delivered at a point (per mille) of its firm span.
+        Commit(usize, i64),
         Release(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0i64..8, 0i64..3 * HOUR_MS).prop_map(|(price_units, advance_ms)| Op::Reserve { price_units, advance_ms }),
-            1 => any::<usize>().prop_map(Op::Commit),
+            3 => (0i64..8, 0i64..3 * HOUR_MS, prop_oneof![Just(0i64), 0i64..=HOUR_MS]).prop_map(|(price_units, advance_ms, firm_ms)| Op::Reserve { price_units, advance_ms, firm_ms }),
+            1 => (any::<usize>(), 0i64..=1_000).prop_map(|(i, at)| Op::Commit(i, at)),
             1 => any::<usize>().prop_map(Op::Release),
         ]
     }
@@ -1336,28 +1546,30 @@ mod tests {
             let b = Buyer { timezone: tz, ..capped(caps) };
             let book = CapBook::new(1);
             let mut now = utc_ms(2024, 1, 1, 0, 0) + start;
-            let mut open: Vec<Reservation> = Vec::new();
+            let mut open: Vec<(Reservation, i64, i64)> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Reserve { price_units, advance_ms } => {
+                    Op::Reserve { price_units, advance_ms, firm_ms } => {
                         now += advance_ms;
-                        if let Ok(r) = book.reserve(BuyerKey(0), &b, m(price_units), now) {
-                            open.push(r);
+                        let until = now + firm_ms;
+                        if let Ok(r) = book.reserve_until(BuyerKey(0), &b, m(price_units), now, until) {
+                            open.push((r, now, until));
                         }
                     }
-                    Op::Commit(i) if !open.is_empty() => {
-                        let r = open.swap_remove(i % open.len());
+                    Op::Commit(i, at) if !open.is_empty() => {
+                        let (r, made, until) = open.swap_remove(i % open.len());
+                        let r = r.delivered_at(made + (until - made) * at / 1_000);
                         prop_assert!(book.commit(&r));
                     }
                     Op::Release(i) if !open.is_empty() => {
-                        let r = open.swap_remove(i % open.len());
+                        let (r, _, _) = open.swap_remove(i % open.len());
                         prop_assert!(book.release(&r));
                     }
                     _ => {}
                 }
                 assert_within_caps(&book, &caps);
             }
-            for r in &open {
+            for (r, _, _) in &open {
                 prop_assert!(book.release(r));
             }
             prop_assert_eq!(book.outstanding(BuyerKey(0)), 0);

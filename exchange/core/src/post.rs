@@ -23,7 +23,7 @@
 use proto::seller::{PostAnswer, PostStatus};
 use proto::Micros;
 
-use super::auction::{bid_expires_at, ms};
+use super::auction::{bid_expires_at, ms, DELIVERY_SLACK_MS};
 use super::award::{self, Ranked};
 use super::caps::{Reservation, Windows};
 use super::effect::{Effect, PostKind};
@@ -374,7 +374,8 @@ impl<'a> PostPlan<'a> {
                     continue;
                 }
                 if !self.p.test {
-                    match settlement.reserve(buyer, price, now) {
+                    let until = self.deadline.saturating_add(DELIVERY_SLACK_MS);
+                    match settlement.reserve(buyer, price, now, until) {
                         Ok(res) => {
                             // Never overwrite a hold: the previous one is settled first.
                             self.release(release_reason::POST_FAILED, now);
@@ -395,6 +396,8 @@ impl<'a> PostPlan<'a> {
             }
             self.sent += 1;
             self.current = Some(a);
+            // Sent now: a sale counts in the held windows of this moment.
+            self.reservation = self.reservation.take().map(|r| r.delivered_at(now));
             // Write-ahead: the shell sends nothing until this record is on disk.
             let cfg = self.p.config;
             let rec = PostSentRecord {
@@ -407,7 +410,7 @@ impl<'a> PostPlan<'a> {
                 attempt: attempt_no,
                 price_micros: price.0,
                 test: self.p.test,
-                windows: self.reservation.as_ref().map(|r| r.windows),
+                windows: self.reservation.as_ref().map(Reservation::counted_windows),
                 idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
                 body_sha256: self.p.idempotency.map(|(_, b)| b),
             };
@@ -428,7 +431,7 @@ impl<'a> PostPlan<'a> {
                 let mut windows = None;
                 if let Some(r) = self.reservation.take() {
                     self.quote_hold = false;
-                    windows = Some(r.windows);
+                    windows = Some(r.counted_windows());
                     self.effects.push(Effect::Cap(CapOp::Commit(r)));
                 }
                 self.effects.push(Effect::Post {

@@ -46,8 +46,16 @@ pub trait CapStore: Send + Sync {
         let _ = key;
         None
     }
-    /// Holds one lead and `price` of the buyer's caps and budget, or says which cap is full.
-    fn reserve(&self, buyer: &Buyer, price: Micros, now: UnixMs) -> Result<Reservation, Capped>;
+    /// Holds one lead and `price` of the buyer's caps and budget from `now` until `until`
+    /// (in the windows of both moments: [`CapBook::reserve_until`]), or says which cap
+    /// is full.
+    fn reserve(
+        &self,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<Reservation, Capped>;
     /// Sold: the hold becomes a sale. False if it was already settled.
     fn commit(&self, r: &Reservation) -> bool;
     /// Not sold: the hold is dropped. False if it was already settled.
@@ -67,8 +75,14 @@ impl CapStore for CapBook {
     fn version(&self, key: BuyerKey) -> Option<u32> {
         CapBook::version(self, key)
     }
-    fn reserve(&self, buyer: &Buyer, price: Micros, now: UnixMs) -> Result<Reservation, Capped> {
-        CapBook::reserve(self, buyer.key, buyer, price, now)
+    fn reserve(
+        &self,
+        buyer: &Buyer,
+        price: Micros,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<Reservation, Capped> {
+        CapBook::reserve_until(self, buyer.key, buyer, price, now, until)
     }
     fn commit(&self, r: &Reservation) -> bool {
         CapBook::commit(self, r)
@@ -157,14 +171,16 @@ impl<'c> Settlement<'c> {
         self.caps.has_headroom(buyer, now)
     }
 
-    /// Holds one lead and `price` of `buyer`'s caps, or says which cap is full.
+    /// Holds one lead and `price` of `buyer`'s caps from `now` until `until` (when the
+    /// lead may be delivered last), or says which cap is full.
     pub fn reserve(
         &self,
         buyer: &Buyer,
         price: Micros,
         now: UnixMs,
+        until: UnixMs,
     ) -> Result<Reservation, Capped> {
-        self.caps.reserve(buyer, price, now)
+        self.caps.reserve(buyer, price, now, until)
     }
 
     /// Carries out `op`; false when the reservation had already been settled (a second

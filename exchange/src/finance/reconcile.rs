@@ -634,11 +634,18 @@ impl Reconciliation {
         for n in self.stats.notes() {
             let _ = writeln!(out, "  note: {n}");
         }
+        // A ledger that does not verify has no list of deliveries with no outcome (its
+        // records cannot be trusted to say which ones are open).
+        let unknown_listed: &[String] = if ledger_verifies {
+            &self.outcome_unknown
+        } else {
+            &[]
+        };
         for (title, list) in [
-            ("MISMATCH", &self.mismatches),
-            ("OUTCOME UNKNOWN", &self.outcome_unknown),
-            ("DISPOSITION LINE MISSING", &self.return_line_missing),
-            ("PAYOUT NOT RE-CHECKED", &self.payout_not_rechecked),
+            ("MISMATCH", &self.mismatches[..]),
+            ("OUTCOME UNKNOWN", unknown_listed),
+            ("DISPOSITION LINE MISSING", &self.return_line_missing[..]),
+            ("PAYOUT NOT RE-CHECKED", &self.payout_not_rechecked[..]),
         ] {
             for m in list.iter().take(SHOWN_MAX) {
                 let _ = writeln!(out, "{title}: {m}");
@@ -647,14 +654,9 @@ impl Reconciliation {
                 let _ = writeln!(out, "{title}: ... and {} more", list.len() - SHOWN_MAX);
             }
         }
-        if self.failed() {
-            let _ = writeln!(
-                out,
-                "RECONCILIATION FAILED: {} mismatch(es), {} delivery(ies) with outcome unknown",
-                self.mismatches.len(),
-                self.outcome_unknown.len()
-            );
-        } else if self.incomplete() {
+        let skipped_n = self.stats.newer.values().sum::<u64>()
+            + self.stats.unknown_types.values().sum::<u64>();
+        if self.incomplete() {
             let skipped: Vec<String> = self
                 .stats
                 .newer
@@ -669,16 +671,49 @@ impl Reconciliation {
                 .collect();
             let _ = writeln!(
                 out,
-                "NOT RECONCILED: {} record(s) skipped ({}; this pingpost reads versions up to {}): their sales and refunds are not in the figures above, so the money cannot be said to reconcile; verify with a pingpost that reads them",
-                self.stats.newer.values().sum::<u64>()
-                    + self.stats.unknown_types.values().sum::<u64>(),
+                "NOT RECONCILED: {skipped_n} record(s) skipped ({}; this pingpost reads versions up to {}): their sales and refunds are not in the figures above, so the money cannot be said to reconcile; verify with a pingpost that reads them",
                 skipped.join(", "),
                 crate::core::record::RECORD_VERSION
             );
-        } else if !ledger_verifies {
+        }
+        let unreadable = self.stats.unreadable.len();
+        if self.failed() {
+            let mut cause = String::new();
+            if skipped_n > 0 {
+                let _ = write!(
+                    cause,
+                    "; some may come from the {skipped_n} record(s) skipped (above)"
+                );
+            }
+            if unreadable > 0 {
+                let _ = write!(
+                    cause,
+                    "; some may come from the {unreadable} line(s) that could not be read (above)"
+                );
+            }
+            let unknown = if ledger_verifies {
+                format!("{} delivery(ies) with outcome unknown", self.outcome_unknown.len())
+            } else {
+                "deliveries with no outcome not listed (the ledger does not verify)".to_string()
+            };
             let _ = writeln!(
                 out,
-                "NOT OK: the ledger does not verify (above); read line by line, its money reconciles, but its records cannot be trusted and deliveries with no outcome are not listed"
+                "RECONCILIATION FAILED: {} mismatch(es), {unknown}{cause}",
+                self.mismatches.len(),
+            );
+        } else if self.incomplete() {
+            // Said above.
+        } else if !ledger_verifies {
+            let read = if unreadable > 0 {
+                format!(
+                    "read line by line, {unreadable} line(s) could not be read (their money is not in the figures) and the rest reconciles"
+                )
+            } else {
+                "read line by line, its money reconciles".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "NOT OK: the ledger does not verify (above); {read}, but its records cannot be trusted and deliveries with no outcome are not listed"
             );
         } else {
             let mut outcomes = if self.outcome_unknown.is_empty() {
@@ -746,6 +781,47 @@ mod tests {
         assert!(!r.failed());
         assert!(r.render().contains("OUTCOME UNKNOWN: "));
         assert!(r.render().contains("1 delivery(ies) with outcome unknown"));
+    }
+
+    /// Black-box round 12: a skipped sale (a newer version) that a refund depends on made
+    /// the refund a mismatch, and the output said RECONCILIATION FAILED without the
+    /// NOT RECONCILED line that names the skipped record.
+    #[test]
+    fn a_failure_with_skipped_records_names_them_too() {
+        let newer_sale = SALE.replace(r#""v":3"#, r#""v":99"#);
+        let refund = r#"{"type":"refund","v":4,"generation":1,"at":"2026-11-29T11:00:00.000Z","lead_id":"ld_b","auction_id":"au_1","buyer":"b","seller":"s","vertical":"v","currency":"USD","buyer_refund_micros":10000000,"seller_clawback_micros":8000000,"margin_reversed_micros":2000000,"sold_at_ms":0,"return_window_days":7}"#;
+        let dir = ledger(&[AUCTION, &newer_sale, refund]);
+        let r = reconcile(dir.path(), None).unwrap();
+        let text = r.render();
+        assert!(r.incomplete(), "{text}");
+        assert!(text.contains("NOT RECONCILED: 1 record(s) skipped"), "{text}");
+        assert!(r.failed(), "a refund of a sale not read: {text}");
+        assert!(
+            text.contains("some may come from the 1 record(s) skipped"),
+            "{text}"
+        );
+    }
+
+    /// Black-box round 12: with a line that cannot be read, verify said deliveries with no
+    /// outcome were "not listed" and then listed one, and that the money reconciled
+    /// though the unreadable line's sale was missing from it.
+    #[test]
+    fn a_ledger_that_does_not_verify_lists_no_open_delivery_and_names_unread_lines() {
+        let dir = ledger(&[
+            AUCTION,
+            r#"{"type":"pre_send","v":3,"generation":1,"at":"2026-11-29T10:00:02.000Z","lead_id":"ld_a","auction_id":"au_2","buyer":"b","attempt":0}"#,
+            r#"{"type":"sale","v":3, not json"#,
+        ]);
+        let r = reconcile(dir.path(), None).unwrap();
+        let text = r.render_with(false);
+        assert!(!text.contains("OUTCOME UNKNOWN: "), "{text}");
+        assert!(
+            text.contains("NOT OK: the ledger does not verify (above); read line by line, 1 line(s) could not be read"),
+            "{text}"
+        );
+        assert!(!text.contains("its money reconciles"), "{text}");
+        // The same ledger read as verified lists the open delivery.
+        assert!(r.render().contains("OUTCOME UNKNOWN: "));
     }
 
     #[test]

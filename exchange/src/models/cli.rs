@@ -41,14 +41,14 @@ pub fn train(
     let cfg = match config(config_path, ledger) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pingpost train: {e}");
+            crate::say_err!("pingpost train: {e}");
             return 2;
         }
     };
     let names: Vec<String> = match vertical {
         Some(v) if cfg.vertical_by_name.contains_key(v) => vec![v.to_string()],
         Some(v) => {
-            eprintln!("pingpost train: unknown vertical {v:?}");
+            crate::say_err!("pingpost train: unknown vertical {v:?}");
             return 2;
         }
         None => cfg
@@ -59,7 +59,7 @@ pub fn train(
             .collect(),
     };
     if names.is_empty() {
-        eprintln!("pingpost train: no vertical declares [verticals.NAME.features]; see docs/AI.md");
+        crate::say_err!("pingpost train: no vertical declares [verticals.NAME.features]; see docs/AI.md");
         return 2;
     }
     // Unusable arguments and inputs (exit 2) before anything is trained; 1 is kept for a
@@ -69,7 +69,7 @@ pub fn train(
         if let Err(e) =
             crate::models::train::check_inputs(&cfg, &cfg.server.ledger_path, name, version)
         {
-            eprintln!("pingpost train: {e}");
+            crate::say_err!("pingpost train: {e}");
             bad = true;
         }
     }
@@ -87,7 +87,7 @@ pub fn train(
             version,
         ) {
             Err(e) => {
-                eprintln!("pingpost train: {e}");
+                crate::say_err!("pingpost train: {e}");
                 status = 1;
             }
             Ok((outcome, heldout)) => {
@@ -108,7 +108,7 @@ pub fn train(
                                     &name,
                                     Some(&outcome.version),
                                 ) {
-                                    eprintln!("pingpost train: could not write the champion: {e}");
+                                    crate::say_err!("pingpost train: could not write the champion: {e}");
                                     status = 1;
                                 }
                             }
@@ -116,7 +116,7 @@ pub fn train(
                             line["decision"] = reason.into();
                         }
                         Err(e) => {
-                            eprintln!(
+                            crate::say_err!(
                                 "pingpost train: the new set does not load: {}",
                                 e.join("; ")
                             );
@@ -136,7 +136,7 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
     let cfg = match config(config_path, ledger) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pingpost models: {e}");
+            crate::say_err!("pingpost models: {e}");
             return 2;
         }
     };
@@ -196,12 +196,12 @@ pub fn rollback(config_path: Option<&Path>, ledger: Option<&Path>, vertical: &st
     let cfg = match config(config_path, ledger) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pingpost models rollback: {e}");
+            crate::say_err!("pingpost models rollback: {e}");
             return 2;
         }
     };
     let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
-        eprintln!("pingpost models rollback: unknown vertical {vertical:?}");
+        crate::say_err!("pingpost models rollback: unknown vertical {vertical:?}");
         return 2;
     };
     match crate::models::rollback(&cfg.learning, &cfg.verticals[vi]) {
@@ -210,7 +210,7 @@ pub fn rollback(config_path: Option<&Path>, ledger: Option<&Path>, vertical: &st
             0
         }
         Err(e) => {
-            eprintln!("pingpost models rollback: {}", e.join("; "));
+            crate::say_err!("pingpost models rollback: {}", e.join("; "));
             1
         }
     }
@@ -228,32 +228,32 @@ pub fn import(
     let cfg = match config(config_path, ledger) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pingpost models import: {e}");
+            crate::say_err!("pingpost models import: {e}");
             return 2;
         }
     };
     let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
-        eprintln!("pingpost models import: unknown vertical {vertical:?}");
+        crate::say_err!("pingpost models import: unknown vertical {vertical:?}");
         return 2;
     };
     let v = &cfg.verticals[vi];
     let Some(spec) = v.features.as_ref() else {
-        eprintln!("pingpost models import: vertical {vertical} declares no [verticals.{vertical}.features]");
+        crate::say_err!("pingpost models import: vertical {vertical} declares no [verticals.{vertical}.features]");
         return 2;
     };
     if !valid_version(version) {
-        eprintln!(
+        crate::say_err!(
             "pingpost models import: {version:?} is not a version name (1-64 of A-Z a-z 0-9 . _ -)"
         );
         return 2;
     }
     if realization.is_none() && lead_score.is_none() {
-        eprintln!("pingpost models import: give --realization and/or --lead-score");
+        crate::say_err!("pingpost models import: give --realization and/or --lead-score");
         return 2;
     }
     let dir = crate::models::set_dir(&cfg.learning, vertical, version);
     if dir.exists() {
-        eprintln!("pingpost models import: {} already exists", dir.display());
+        crate::say_err!("pingpost models import: {} already exists", dir.display());
         return 1;
     }
     let mut made = Vec::new();
@@ -323,7 +323,7 @@ pub fn import(
     }
     if !errors.is_empty() {
         for e in errors {
-            eprintln!("pingpost models import: {e}");
+            crate::say_err!("pingpost models import: {e}");
         }
         return 1;
     }
@@ -333,7 +333,7 @@ pub fn import(
             0
         }
         Err(e) => {
-            eprintln!("pingpost models import: {e}");
+            crate::say_err!("pingpost models import: {e}");
             1
         }
     }
