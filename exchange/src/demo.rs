@@ -259,7 +259,9 @@ pub async fn run(
     let bidders = match start_bidders(&cfg).await {
         Ok(b) => b,
         Err(e) => {
-            crate::say_err!("demo: could not start the example bidders ({e}); are ports 9101-9105 free?");
+            crate::say_err!(
+                "demo: could not start the example bidders ({e}); are ports 9101-9105 free?"
+            );
             return;
         }
     };

@@ -432,6 +432,9 @@ pub struct Recovered {
     pub quotes: u64,
     /// Finished posts of quotes restored (a repeat gets the first answer again).
     pub finished_posts: u64,
+    /// Open quotes that expired while the exchange was down: closed with a
+    /// `quote_expired` record, and answered `expired` to a post as before the stop.
+    pub expired_while_down: u64,
     /// Sold leads put back in the sold-lead index (the newest `server.sold_leads_max`).
     pub sold_leads: u64,
     /// Dispositions and refunds applied to them (a repeat stays refused).
@@ -651,6 +654,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         .map(|b| (b.id.as_str(), b.name.as_str()))
         .collect();
     out.finished_posts = restore_finished(state, cfg, scan, &names, now);
+    out.expired_while_down = close_expired_while_down(state, cfg, scan, now);
     // Idempotency keys: the last lead each key started.
     let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
     for s in &scan.sent {
@@ -793,6 +797,66 @@ fn restore_finished(
     restored
 }
 
+/// Open quotes (a `quote_opened` with nothing that ended it) whose `expires_at` passed
+/// while the exchange was down: the sweeper never saw them expire. Each one with a hold
+/// gets the `quote_expired` record the sweeper would have written (with its `ping_id`, so
+/// the next replay finds it ended), and each is put in the quote book as finished and
+/// expired, so a post of it is answered `expired` as it would have been before the stop
+/// (it was `404 unknown ping_id`). Their holds were never re-reserved. Returns how many.
+fn close_expired_while_down(
+    state: &AppState,
+    cfg: &crate::config::Config,
+    scan: &Scan,
+    now: UnixMs,
+) -> u64 {
+    use crate::core::record::LedgerSink as _;
+    use crate::core::record::{Head, QuoteHoldRecord, Record};
+    let mut ended: Vec<(UnixMs, &str, &Value)> = scan
+        .opened
+        .iter()
+        .filter(|(ping_id, _)| !scan.closed_pings.contains(*ping_id))
+        .filter_map(|(ping_id, v)| {
+            let at = v.get("expires_at_ms")?.as_i64()?;
+            (at <= now).then_some((at, ping_id.as_str(), v))
+        })
+        .collect();
+    ended.sort_by_key(|e| e.0);
+    let generation = state.generation();
+    let mut closed = 0;
+    for (at, ping_id, v) in ended {
+        if let Some(h) = v.get("hold") {
+            let hold = (
+                h.get("buyer").and_then(Value::as_str),
+                h.get("price_micros").and_then(Value::as_i64),
+            );
+            if let (Some(buyer), Some(price_micros)) = hold {
+                let record = Record::QuoteExpired(QuoteHoldRecord {
+                    head: Head::new(generation, now),
+                    ping_id: Some(ping_id),
+                    buyer,
+                    price_micros,
+                    reason: None,
+                });
+                // Not durable (as the sweeper's): lost in a crash, the next start writes
+                // it again.
+                if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {
+                    tracing::warn!(error = %e, "ledger: a quote_expired for a quote that expired while the exchange was down was not written");
+                }
+            }
+        }
+        let Some(seller) = cfg.sellers.iter().find(|s| s.id == text(v, "seller")) else {
+            continue;
+        };
+        if state
+            .quotes
+            .restore_done(ping_id, seller.key, None, at, now)
+        {
+            closed += 1;
+        }
+    }
+    closed
+}
+
 /// Puts the quote of a `quote_opened` record back in the book, re-reserving its hold;
 /// `None` (nothing changed) when it has expired or no longer fits the configuration.
 fn restore_quote(
@@ -867,7 +931,11 @@ fn restore_quote(
                     Windows::at(b.timezone, until)
                 })
                 .filter(|l| l.hour_start_ms > w.hour_start_ms);
-            Some(state.caps.restore_reservation(key, &w, later.as_ref(), price)?)
+            Some(
+                state
+                    .caps
+                    .restore_reservation(key, &w, later.as_ref(), price)?,
+            )
         }
     };
     let quote = Quote {
@@ -967,6 +1035,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         idempotency_keys = r.keys,
         open_quotes = r.quotes,
         finished_posts = r.finished_posts,
+        quotes_expired_while_down = r.expired_while_down,
         sold_leads = r.sold_leads,
         dispositions = r.dispositions,
         "ledger replayed: caps, budgets, open quotes, idempotency keys and sold leads rebuilt"

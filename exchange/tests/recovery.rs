@@ -883,7 +883,11 @@ async fn a_quote_firm_past_midnight_holds_the_new_days_cap() {
         .await;
     assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
     assert_eq!(sold.buyer.as_deref(), Some("Buyer a"));
-    assert_eq!(sold_today(&second, "a"), 1, "counted in the day it was delivered");
+    assert_eq!(
+        sold_today(&second, "a"),
+        1,
+        "counted in the day it was delivered"
+    );
     assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
     assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
     second.shutdown().await.unwrap();
@@ -902,6 +906,54 @@ async fn a_quote_firm_past_midnight_holds_the_new_days_cap() {
     assert_eq!(client_direct(&third).await.as_deref(), Some("Buyer b"));
     assert_eq!(*a.posts.lock().unwrap(), 1);
     third.shutdown().await.unwrap();
+}
+
+/// A quote that expires while the exchange is down is answered `expired` after the
+/// restart, as it would have been before the stop (black-box round 10: it was `404
+/// unknown ping_id`), and the start closes its hold in the ledger with the
+/// `quote_expired` the sweeper would have written, once.
+#[tokio::test]
+async fn a_quote_that_expired_while_the_exchange_was_down_is_expired_after_it() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.caps_daily(5))
+        .with(|c| c.quote_ttl_ms = 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    let later = first.state.clock.now_ms() + 5_000;
+    first.shutdown().await.unwrap();
+    let expired = |ledger: &Path| {
+        records(ledger)
+            .into_iter()
+            .filter(|r| r["type"] == "quote_expired")
+            .collect::<Vec<Value>>()
+    };
+    assert!(expired(&ledger).is_empty(), "open at the stop");
+
+    for round in 0..2 {
+        let again = start_at(&cfg, &ledger, &noon_zone(), Clock::at(later)).await;
+        assert_eq!(again.state.quotes.open_count(), 0, "round {round}");
+        let a_key = again.state.ids.buyer_key("a").unwrap();
+        assert_eq!(again.state.caps.outstanding(a_key), 0, "round {round}");
+        let answer = SellerClient::new(again.addr)
+            .post(&quote.ping_id, "TX")
+            .await;
+        assert_eq!(
+            answer.status,
+            proto::seller::PostStatus::Expired,
+            "round {round}: {answer:?}"
+        );
+        again.shutdown().await.unwrap();
+        let closed = expired(&ledger);
+        assert_eq!(closed.len(), 1, "round {round}: written once");
+        assert_eq!(closed[0]["ping_id"], quote.ping_id.as_str());
+        assert_eq!(closed[0]["buyer"], "a");
+    }
+    assert_eq!(*a.posts.lock().unwrap(), 0);
 }
 
 /// The thread-per-core server (the binary's) waits for a late post answer too: each

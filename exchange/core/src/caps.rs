@@ -1188,7 +1188,9 @@ mod tests {
         assert_eq!(r.counted_windows(), r.windows);
         assert!(book.commit(&r));
         // Tuesday's hold is dropped: it has its own lead to sell.
-        let r2 = book.reserve(BuyerKey(0), &b, m(1), midnight + 1_000).unwrap();
+        let r2 = book
+            .reserve(BuyerKey(0), &b, m(1), midnight + 1_000)
+            .unwrap();
         assert_eq!(r2.windows.day, r.windows.day + 1);
         assert_eq!(r2.windows.week, r.windows.week);
         let u = book.usage(BuyerKey(0), &b, midnight + 1_000);
@@ -1240,7 +1242,9 @@ mod tests {
         let u = book.usage(BuyerKey(0), &b, midnight + 3_000);
         assert_eq!((u.sold_day, u.reserved), (1, 0));
         // The same windows twice are one hold.
-        let again = book.restore_reservation(BuyerKey(0), &w, Some(&w), m(1)).unwrap();
+        let again = book
+            .restore_reservation(BuyerKey(0), &w, Some(&w), m(1))
+            .unwrap();
         assert_eq!(again.later, None);
     }
 
@@ -1498,7 +1502,11 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Reserve { price_units: i64, advance_ms: i64, firm_ms: i64 },
+        Reserve {
+            price_units: i64,
+            advance_ms: i64,
+            firm_ms: i64,
+        },
         /// Commits an open hold, delivered at a point (per mille) of its firm span.
         Commit(usize, i64),
         Release(usize),

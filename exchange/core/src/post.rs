@@ -814,7 +814,7 @@ mod tests {
                 windows: known,
                 price: m(5),
             }),
-            "the day it was quoted, not the day of the answer"
+            "the day it was sent in, not the day of the answer"
         );
         let book = CapBook::new(1);
         carry_out(&book, &s.effects);

@@ -654,8 +654,8 @@ impl Reconciliation {
                 let _ = writeln!(out, "{title}: ... and {} more", list.len() - SHOWN_MAX);
             }
         }
-        let skipped_n = self.stats.newer.values().sum::<u64>()
-            + self.stats.unknown_types.values().sum::<u64>();
+        let skipped_n =
+            self.stats.newer.values().sum::<u64>() + self.stats.unknown_types.values().sum::<u64>();
         if self.incomplete() {
             let skipped: Vec<String> = self
                 .stats
@@ -692,7 +692,10 @@ impl Reconciliation {
                 );
             }
             let unknown = if ledger_verifies {
-                format!("{} delivery(ies) with outcome unknown", self.outcome_unknown.len())
+                format!(
+                    "{} delivery(ies) with outcome unknown",
+                    self.outcome_unknown.len()
+                )
             } else {
                 "deliveries with no outcome not listed (the ledger does not verify)".to_string()
             };
@@ -794,7 +797,10 @@ mod tests {
         let r = reconcile(dir.path(), None).unwrap();
         let text = r.render();
         assert!(r.incomplete(), "{text}");
-        assert!(text.contains("NOT RECONCILED: 1 record(s) skipped"), "{text}");
+        assert!(
+            text.contains("NOT RECONCILED: 1 record(s) skipped"),
+            "{text}"
+        );
         assert!(r.failed(), "a refund of a sale not read: {text}");
         assert!(
             text.contains("some may come from the 1 record(s) skipped"),

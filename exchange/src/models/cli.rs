@@ -59,7 +59,9 @@ pub fn train(
             .collect(),
     };
     if names.is_empty() {
-        crate::say_err!("pingpost train: no vertical declares [verticals.NAME.features]; see docs/AI.md");
+        crate::say_err!(
+            "pingpost train: no vertical declares [verticals.NAME.features]; see docs/AI.md"
+        );
         return 2;
     }
     // Unusable arguments and inputs (exit 2) before anything is trained; 1 is kept for a
@@ -108,7 +110,9 @@ pub fn train(
                                     &name,
                                     Some(&outcome.version),
                                 ) {
-                                    crate::say_err!("pingpost train: could not write the champion: {e}");
+                                    crate::say_err!(
+                                        "pingpost train: could not write the champion: {e}"
+                                    );
                                     status = 1;
                                 }
                             }
