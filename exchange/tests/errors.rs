@@ -244,6 +244,9 @@ fn cases() -> Vec<Case> {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
+    // A valid ping, chunked: refused for its framing alone.
+    let valid = ping_body("TX").to_string();
+    let valid_chunked = format!("{:x}\r\n{valid}\r\n0\r\n\r\n", valid.len());
 
     vec![
         // 400 invalid_request: malformed JSON, wrong types, several problems at once.
@@ -538,6 +541,28 @@ fn cases() -> Vec<Case> {
             format!(
                 "POST /v1/ping HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
                  Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        // RFC 9112 6.1: the one transfer coding taken is chunked, once; hyper read
+        // `gzip, chunked` as chunked and took `chunked, chunked` (black-box round 12).
+        raw_row(
+            "ping: Transfer-Encoding gzip, chunked (added)",
+            format!(
+                "POST /v1/ping HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n{valid_chunked}"
+            )
+            .into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        raw_row(
+            "ping: Transfer-Encoding chunked twice (added)",
+            format!(
+                "POST /v1/ping HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {SELLER_KEY}\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{valid_chunked}"
             )
             .into_bytes(),
             400,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{metric_value, raw_exchange, TestConfig, EVENT_WAIT_MAX};
+use common::{closed_within, metric_value, raw_exchange, read_answer, TestConfig, EVENT_WAIT_MAX};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -168,6 +168,44 @@ fn assert_431_json(answer: &str) {
     assert!(answer
         .to_ascii_lowercase()
         .contains("content-type: application/json"));
+}
+
+/// An answer that closes its connection, to an HTTP/1.0 request that asked to keep it
+/// alive: `Connection: close` alone, in an HTTP/1.0 answer, and the connection closes
+/// (black-box round 10: `connection: close, keep-alive`).
+#[tokio::test]
+async fn a_closing_answer_to_http10_keep_alive_says_close_only() {
+    let (ex, _dir) = start(5_000, "headers_max = 100").await;
+    let mut many = String::from("GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let mut stream = TcpStream::connect(ex.addr).await.expect("connect");
+    stream.write_all(many.as_bytes()).await.unwrap();
+    let (answer, _) = read_answer(&mut stream, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.0 431"), "{answer:?}");
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    let connection: Vec<&str> = head
+        .lines()
+        .filter(|l| l.starts_with("connection:"))
+        .collect();
+    assert_eq!(connection, ["connection: close"], "{head}");
+    assert!(closed_within(&mut stream, EVENT_WAIT_MAX).await);
+    // A kept-alive HTTP/1.0 request that is answered normally stays HTTP/1.0 keep-alive.
+    let (answer, _) = raw_exchange(
+        ex.addr,
+        b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+        EVENT_WAIT_MAX,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
+    assert!(!answer.to_ascii_lowercase().contains("close"), "{answer:?}");
+    ex.shutdown().await.unwrap();
 }
 
 #[tokio::test]
