@@ -85,21 +85,24 @@ pub const LATE_WATCH_DRAIN_MS: u64 = crate::auction::LATE_POST_WAIT_MS + 5_000;
 
 /// Waits (bounded) for the late-post watches still hearing buyers out, so a late accept
 /// is written (`late_accept`) and counted before the ledger's tail is made durable and
-/// the event loops stop; logs what it waited for.
-pub async fn drain_late_watches(state: &AppState) {
+/// the event loops stop; logs what it waited for when `log` (one caller of several:
+/// every worker of the threaded server waits, and the line was logged once per worker).
+pub async fn drain_late_watches(state: &AppState, log: bool) {
     let running = state.late_watches.running();
     if running == 0 {
         return;
     }
-    tracing::info!(
-        late_watches = running,
-        "shutdown: waiting for buyers answering a post late"
-    );
+    if log {
+        tracing::info!(
+            late_watches = running,
+            "shutdown: waiting for buyers answering a post late"
+        );
+    }
     let left = state
         .late_watches
         .wait_idle(std::time::Duration::from_millis(LATE_WATCH_DRAIN_MS))
         .await;
-    if left > 0 {
+    if left > 0 && log {
         tracing::warn!(
             late_watches = left,
             "shutdown: late-post watches still running were dropped"
@@ -196,7 +199,7 @@ impl Running {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         // A buyer that answers a post late may have accepted it: hear it out first.
-        drain_late_watches(&self.state).await;
+        drain_late_watches(&self.state, true).await;
         // Auction and attempt records ride along with durable ones; make the tail durable.
         if let Err(e) = self
             .state
@@ -351,7 +354,7 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                     );
                     // Each worker's event loop runs the late-post watches it spawned: it
                     // stops only once every worker's are done (or the bound is reached).
-                    drain_late_watches(&st).await;
+                    drain_late_watches(&st, i == 0).await;
                     served.and(admin)
                 })
             })?;

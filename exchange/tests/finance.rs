@@ -1096,3 +1096,48 @@ async fn verify_config_does_not_fail_a_sale_decided_before_a_crash_and_restart()
         "{out}"
     );
 }
+
+/// The CSV export of `flush` records says which are a start's (black-box round 10: the
+/// column was missing; the JSON-lines export had it).
+#[test]
+fn the_csv_export_of_flushes_has_the_start_column() {
+    let tmp = framed_ledger(&[
+        r#"{"type":"flush","v":5,"generation":1,"at":"2026-11-29T09:00:00.000Z","start":true}"#,
+        AUCTION_1,
+        r#"{"type":"flush","v":5,"generation":1,"at":"2026-11-29T11:00:00.000Z"}"#,
+    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args([
+            "ledger",
+            "export",
+            "--dir",
+            tmp.path().to_str().unwrap(),
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+            "--format",
+            "csv",
+            "--type",
+            "flush",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let csv = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "seq,at,generation,start",
+            "1,2026-11-29T09:00:00.000Z,1,true",
+            "3,2026-11-29T11:00:00.000Z,1,false"
+        ],
+        "{csv}"
+    );
+}

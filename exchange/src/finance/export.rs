@@ -97,7 +97,7 @@ pub fn columns(kind: &str) -> Option<&'static [&'static str]> {
             "price_micros",
             "reason",
         ],
-        "flush" => &["seq", "at", "generation"],
+        "flush" => &["seq", "at", "generation", "start"],
         "model_decision" => &[
             "seq",
             "at",
@@ -210,6 +210,12 @@ fn cell(e: &Entry, col: &str) -> String {
                 Some("bid" | "fixed_price")
             )
         }),
+        // A shutdown's flush has no `start`: written `false`, a start's `true`.
+        ("flush", "start") => v
+            .get("start")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+            .to_string(),
         ("auction", "skipped_total") => v
             .get("skipped")
             .and_then(|s| s.get("total"))

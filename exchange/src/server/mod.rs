@@ -124,6 +124,30 @@ fn answer_to(method: &Method, resp: Response<Body>) -> Response<Body> {
 /// that (`a b`, `a@b`, `a:99999`), it is `400`. HTTP/2 names its authority in the
 /// request line; HTTP/1.0 may omit it.
 fn host_problem<B>(req: &Request<B>) -> Option<ApiError> {
+    if req.version() == hyper::Version::HTTP_2 {
+        // RFC 9113 8.3.1: a `host` that names another entity than `:authority` makes the
+        // request malformed (black-box round 11: it was accepted).
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let (first, second) = (hosts.next(), hosts.next());
+        if second.is_some() {
+            return Some(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "a request has one host header, not several",
+            ));
+        }
+        let differs = match (first, req.uri().authority()) {
+            (Some(host), Some(authority)) => !host
+                .to_str()
+                .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str())),
+            _ => false,
+        };
+        return differs.then(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the host header differs from the :authority of the request",
+            )
+        });
+    }
     if req.version() != hyper::Version::HTTP_11 {
         return None;
     }
@@ -568,6 +592,26 @@ mod tests {
         for v in [http::Version::HTTP_10, http::Version::HTTP_2] {
             assert!(host_problem(&req(&[], v)).is_none());
         }
+    }
+
+    #[test]
+    fn an_http2_host_names_the_authority() {
+        let req = |authority: Option<&str>, hosts: &[&str]| {
+            let uri = authority.map_or("/v1/ping".to_string(), |a| format!("http://{a}/v1/ping"));
+            let mut r = http::Request::builder()
+                .version(http::Version::HTTP_2)
+                .uri(uri);
+            for h in hosts {
+                r = r.header(http::header::HOST, *h);
+            }
+            r.body(()).expect("a request")
+        };
+        assert!(host_problem(&req(Some("127.0.0.1:8080"), &[])).is_none());
+        assert!(host_problem(&req(None, &["127.0.0.1:8080"])).is_none());
+        assert!(host_problem(&req(Some("Exchange:8080"), &["exchange:8080"])).is_none());
+        assert!(host_problem(&req(Some("127.0.0.1:8080"), &["evil.example"])).is_some());
+        assert!(host_problem(&req(Some("a:1"), &["a:1", "a:1"])).is_some());
+        assert!(host_problem(&req(None, &["a", "b"])).is_some());
     }
 
     fn headers(values: &[&str]) -> hyper::HeaderMap {
