@@ -425,8 +425,42 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> String {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: invalid TOML: {message}")
+            let key = key_at(text, line)
+                .map(|k| format!(" (at {k})"))
+                .unwrap_or_default();
+            format!("line {line}, column {column}{key}: invalid TOML: {message}")
         }
         None => format!("invalid TOML: {message}"),
     }
+}
+
+/// The dotted key that a `key = value` line `line` (1-based) of `text` sets, with the
+/// table header above it (`server.quote_ttl_ms`), so a syntax error in a value (a number
+/// too large for 64 bits) names its key; `None` when the line sets no key this simple
+/// reading recognises (the error's line and column still say where it is). Names are
+/// shown as written, sanitized and cut to 64 characters.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let this = lines.get(line.checked_sub(1)?)?;
+    let (key, _) = this.split_once('=')?;
+    let key = key.trim();
+    let simple = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 64
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    if !simple(key) {
+        return None;
+    }
+    let table = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?.strip_suffix(']')?;
+        let inner = inner.trim_start_matches('[').trim_end_matches(']').trim();
+        Some(inner.to_string())
+    });
+    Some(match table {
+        Some(t) if simple(&t) => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
 }

@@ -367,9 +367,17 @@ pub(super) fn decimal_text(v: &Value) -> Option<String> {
 }
 
 /// Money, written as a TOML integer, float or decimal string (`12.5`, `12`, `"12.50"`).
+/// Zero is zero however it is signed (`-0` and `-0.0` alike); a string is the digits
+/// alone (`" 4"` is refused as `"+4"` is: black-box round 10 found the one taken and
+/// the other not).
 pub(super) fn money(p: &mut Problems, path: &str, v: &Value) -> Option<Micros> {
     const SHAPE: &str = "must be an amount of money such as 12.50";
-    let Some(text) = decimal_text(v) else {
+    let text = match v {
+        Value::Float(f) if *f == 0.0 => Some("0".to_string()),
+        Value::String(s) if s.trim() != s => None,
+        _ => decimal_text(v),
+    };
+    let Some(text) = text else {
         p.at(path, SHAPE);
         return None;
     };

@@ -312,6 +312,32 @@ fn syntax_error_is_one_error_with_its_line() {
     assert!(!err.0[0].contains('\n'), "{}", err.0[0]);
 }
 
+/// Black-box round 10: a number too large for 64 bits was a syntax error that did not
+/// name its key.
+#[test]
+fn a_syntax_error_in_a_value_names_its_key() {
+    let err = load_str_with_env(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nquote_ttl_ms = 99999999999999999999\n",
+        &test_env,
+    )
+    .unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(
+        err.0[0].starts_with("line 3, column 16 (at server.quote_ttl_ms): invalid TOML"),
+        "{}",
+        err.0[0]
+    );
+    let err = load_str_with_env("[buyers.acme.caps]\ndaily = 1e999999\n", &test_env).unwrap_err();
+    assert!(
+        err.0[0].contains("(at buyers.acme.caps.daily)"),
+        "{}",
+        err.0[0]
+    );
+    // A line that sets no simple key: the line and column alone.
+    let err = load_str_with_env("[server\n", &test_env).unwrap_err();
+    assert!(!err.0[0].contains("(at "), "{}", err.0[0]);
+}
+
 #[test]
 fn missing_sections_and_keys() {
     assert_eq!(

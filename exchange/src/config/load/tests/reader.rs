@@ -14,6 +14,12 @@ fn money_forms_are_exact() {
     assert_eq!(floor("3"), Ok(Micros(3_000_000)));
     assert_eq!(floor("\"12.50\""), Ok(Micros(12_500_000)));
     assert_eq!(floor("0.000001"), Ok(Micros(1)));
+    // Zero is zero, however signed; a string is the digits alone, without padding.
+    assert_eq!(floor("-0"), Ok(Micros(0)));
+    assert_eq!(floor("-0.0"), Ok(Micros(0)));
+    for padded in ["\"  4\"", "\"4 \"", "\"+4\""] {
+        assert!(floor(padded).is_err(), "{padded}");
+    }
     let shape = ["verticals.auto.floor: must be an amount of money such as 12.50"];
     assert_eq!(floor("\"twelve\"").unwrap_err().0, shape);
     assert_eq!(floor("true").unwrap_err().0, shape);
