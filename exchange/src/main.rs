@@ -285,10 +285,14 @@ fn print_unknown_outcomes(dir: &std::path::Path) {
         return;
     };
     let scan = pingpost::recovery::Scan::of_text(&text);
-    let lists: [(&str, Vec<&pingpost::recovery::Sent>); 2] = [
+    let lists: [(&str, Vec<&pingpost::recovery::Sent>); 3] = [
         (
             "deliveries with no outcome (delivered, outcome unknown)",
             scan.unknown().collect(),
+        ),
+        (
+            "late accepts (the buyer accepted after its post timeout and has the lead, counted in its caps; not billed: no sale record, the post went on without it; to settle with the buyer)",
+            scan.late_accepts().collect(),
         ),
         (
             "timed-out deliveries whose late answer is not recorded (the exchange stopped without a shutdown while hearing the buyer out, or is hearing it out now: the buyer may have accepted; counted in its caps at a start)",

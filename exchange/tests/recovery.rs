@@ -340,6 +340,23 @@ async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     let second = start(&cfg, &ledger).await;
     assert_eq!(sold_today(&second, "a"), 1, "and again after a restart");
     second.shutdown().await.unwrap();
+    // Finance finds it: verify lists the late accept, not billed (black-box round 12:
+    // it showed in no report).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(["ledger", "verify", "--dir"])
+        .arg(&ledger)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{report}");
+    let listed = report
+        .split_once("late accepts (")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    assert!(
+        listed.contains("): 1\n  lead ") && listed.contains("buyer a attempt 0"),
+        "{report}"
+    );
 }
 
 /// A crash (SIGKILL) while a timed-out buyer is still heard out: the buyer has the lead
