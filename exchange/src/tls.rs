@@ -108,6 +108,7 @@ pub fn install(state: &mut AppState) -> Result<(), String> {
     let rt = state.runtime.load_full();
     let settings = &rt.config.server.listener;
     state.tls = seller_acceptor(settings)?;
+    warn_of_expiry(settings, state.clock.now_ms());
     let (config, source) = buyer_trust_for(settings)?;
     state.buyer_tls.store(Arc::new(config));
     *state.buyer_trust.lock() = source;
@@ -179,6 +180,10 @@ impl TlsReload {
     pub fn apply(self, state: &AppState) {
         if let (Some(acceptor), Some(config)) = (&state.tls, self.seller) {
             acceptor.replace(config);
+            warn_of_expiry(
+                &state.runtime.load().config.server.listener,
+                state.clock.now_ms(),
+            );
         }
         // The same trust store as before: keep the buyer client, whose pooled connections
         // every worker reuses (a new one would reconnect to every buyer at once).
@@ -190,6 +195,116 @@ impl TlsReload {
     }
 }
 
+/// How close to its end a seller certificate is warned about at a start or reload.
+pub const CERT_EXPIRY_WARN_MS: i64 = 14 * 24 * 3_600_000;
+
+/// Logs a warning when the seller certificate (`[server.tls]`, its first certificate)
+/// is not valid at `now` (expired, or not yet valid) or ends within
+/// [`CERT_EXPIRY_WARN_MS`]: clients refuse an expired certificate, so the exchange
+/// serves it but says so, at every start and reload (black-box round 10: an expired one
+/// was taken without a word).
+pub fn warn_of_expiry(settings: &ListenerSettings, now: crate::core::UnixMs) {
+    let Some(files) = &settings.tls else {
+        return;
+    };
+    let validity = read_certificates(&files.cert_path)
+        .ok()
+        .and_then(|certs| certs.first().and_then(|c| validity_ms(c.as_ref())));
+    if let Some(problem) = validity.and_then(|v| expiry_problem(v, now)) {
+        tracing::warn!(cert = %files.cert_path.display(), "server.tls.cert_path: {problem}");
+    }
+}
+
+/// What is wrong with a certificate valid from `not_before` to `not_after` (Unix ms) at
+/// `now`, if anything.
+pub fn expiry_problem(
+    (not_before, not_after): (i64, i64),
+    now: crate::core::UnixMs,
+) -> Option<String> {
+    let at = crate::core::record::rfc3339;
+    if now > not_after {
+        Some(format!(
+            "the certificate expired at {}: clients will refuse it; renew it and reload",
+            at(not_after)
+        ))
+    } else if now < not_before {
+        Some(format!(
+            "the certificate is not valid before {}: clients will refuse it until then",
+            at(not_before)
+        ))
+    } else if not_after - now < CERT_EXPIRY_WARN_MS {
+        Some(format!(
+            "the certificate expires at {} (in {} hour(s)); renew it and reload",
+            at(not_after),
+            (not_after - now) / 3_600_000
+        ))
+    } else {
+        None
+    }
+}
+
+/// The validity of a DER X.509 certificate, `(notBefore, notAfter)` in Unix ms, read by
+/// walking the DER: Certificate, TBSCertificate, then past the version, serial number,
+/// signature algorithm and issuer to the validity's two times (UTCTime or
+/// GeneralizedTime). `None` when the bytes are not shaped so.
+pub fn validity_ms(der: &[u8]) -> Option<(i64, i64)> {
+    /// One DER element: its tag, its content and what follows it.
+    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    fn time_ms(tag: u8, content: &[u8]) -> Option<i64> {
+        let text = std::str::from_utf8(content).ok()?;
+        let full = match tag {
+            // UTCTime, YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280 4.1.2.5.1).
+            0x17 => {
+                let yy: u32 = text.get(..2)?.parse().ok()?;
+                format!("{}{text}", if yy >= 50 { "19" } else { "20" })
+            }
+            0x18 => text.to_string(),
+            _ => return None,
+        };
+        let t =
+            chrono::NaiveDateTime::parse_from_str(full.strip_suffix('Z')?, "%Y%m%d%H%M%S").ok()?;
+        Some(t.and_utc().timestamp_millis())
+    }
+    let (0x30, cert, _) = element(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = element(cert)? else {
+        return None;
+    };
+    let (tag, _, after) = element(tbs)?;
+    let mut rest = if tag == 0xA0 { after } else { tbs };
+    // Serial number, signature algorithm, issuer.
+    for want in [0x02, 0x30, 0x30] {
+        let (tag, _, after) = element(rest)?;
+        if tag != want {
+            return None;
+        }
+        rest = after;
+    }
+    let (0x30, validity, _) = element(rest)? else {
+        return None;
+    };
+    let (t1, c1, after) = element(validity)?;
+    let (t2, c2, _) = element(after)?;
+    Some((time_ms(t1, c1)?, time_ms(t2, c2)?))
+}
+
 /// Reads a PEM file's certificates (for tools and tests).
 pub fn read_certificates(
     path: &Path,
@@ -198,4 +313,63 @@ pub fn read_certificates(
         bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod validity_tests {
+    use super::*;
+
+    fn cert(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn ms(y: i32, m: u32, d: u32) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn the_validity_of_a_certificate_is_read_from_its_der() {
+        // UTCTime (before 2050) and GeneralizedTime (from 2050) both.
+        for (nb, na) in [((2020, 1, 2), (2021, 3, 4)), ((2024, 5, 6), (2051, 7, 8))] {
+            let der = cert(nb, na);
+            assert_eq!(
+                validity_ms(&der),
+                Some((
+                    ms(nb.0, u32::from(nb.1), u32::from(nb.2)),
+                    ms(na.0, u32::from(na.1), u32::from(na.2))
+                ))
+            );
+        }
+        // Not a certificate: nothing, never a panic.
+        let der = cert((2020, 1, 2), (2021, 3, 4));
+        for cut in [0, 1, 2, 10, der.len() / 2, der.len() - 1] {
+            let _ = validity_ms(&der[..cut]);
+        }
+        assert_eq!(validity_ms(b"not der"), None);
+        assert_eq!(validity_ms(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn an_expired_or_ending_certificate_is_a_problem() {
+        let v = (ms(2026, 1, 1), ms(2026, 12, 1));
+        assert!(expiry_problem(v, ms(2026, 6, 1)).is_none());
+        assert!(expiry_problem(v, ms(2026, 12, 2))
+            .unwrap()
+            .contains("expired at 2026-12-01T00:00:00.000Z"));
+        assert!(expiry_problem(v, ms(2025, 12, 31))
+            .unwrap()
+            .contains("not valid before"));
+        assert!(expiry_problem(v, ms(2026, 11, 25))
+            .unwrap()
+            .contains("expires at 2026-12-01T00:00:00.000Z (in 144 hour(s))"));
+    }
 }
