@@ -42,8 +42,12 @@
 //! - **Signatures** (Standard Webhooks): `webhook-id`, `webhook-timestamp` and
 //!   `webhook-signature` are checked against the raw body with your secret, and the
 //!   timestamp must be within 300 s of your clock; otherwise `401 unauthorized` (an
-//!   empty `webhook-id` counts as missing). Replays within those 300 s are not detected:
-//!   reject a second post for the same `auction_id` in your bidder (SECURITY.md N6).
+//!   empty `webhook-id` counts as missing). A signed request whose `webhook-id` was
+//!   already taken while its timestamp is within those 300 s is a replay: `409
+//!   conflict`, before your bidder sees it (SECURITY.md N6). The ids are remembered in
+//!   memory only (up to [`ServeOptions::replay_ids_max`], the oldest forgotten first):
+//!   across a restart of your server, or past that bound, reject a second post for the
+//!   same `auction_id` in your bidder as well.
 //! - **Parsing**: the body must parse (simd-json) into [`PingMessage`] / [`PostMessage`];
 //!   otherwise `400 invalid_request`. A `Content-Type` other than JSON gets `415`.
 //! - **Robustness**: no input makes the server panic; a panic inside your bidder becomes

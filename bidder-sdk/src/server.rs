@@ -49,6 +49,9 @@ pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1_024;
 /// Default time shutdown waits for in-flight requests before dropping them, in ms.
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The default [`ServeOptions::replay_ids_max`]: about 24 MB at most, enough for every
+/// request of 1,600 requests/s within the signature tolerance.
+pub const REPLAY_IDS_MAX_DEFAULT: usize = 500_000;
 /// Concurrent HTTP/2 streams per connection.
 const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Consecutive failed accepts before `serve` gives up: never (0). Running out of file
@@ -102,6 +105,10 @@ pub struct ServeOptions {
     /// Serve HTTPS with this certificate (ALPN `h2` and `http/1.1`) instead of
     /// cleartext. Build it with [`TlsAcceptor::from_pem_files`]; `None` by default.
     pub tls: Option<TlsAcceptor>,
+    /// Most `webhook-id`s remembered to refuse a replayed signed request (`409`) while
+    /// its timestamp is within tolerance; 0 remembers none. Past it the oldest are
+    /// forgotten first (a replay of one of those is then taken).
+    pub replay_ids_max: usize,
 }
 
 impl ServeOptions {
@@ -125,6 +132,7 @@ impl ServeOptions {
             header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
             headers_max: HEADERS_MAX_DEFAULT,
             tls: None,
+            replay_ids_max: REPLAY_IDS_MAX_DEFAULT,
         }
     }
 
@@ -183,6 +191,11 @@ pub enum Refusal {
     /// The body is not the JSON message this endpoint takes (400).
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A signed request whose `webhook-id` was already taken within the signature
+    /// tolerance: a replay (409). Checked after the signature, so only the exchange's own
+    /// ids are remembered.
+    #[error("this webhook-id was already received: a replayed request")]
+    Replayed,
     /// The bidder panicked while answering (500).
     #[error("the bidder panicked")]
     BidderPanicked,
@@ -216,6 +229,7 @@ impl Refusal {
                 ErrorCode::Internal
             }
             Refusal::HeadersTooLarge => ErrorCode::HeadersTooLarge,
+            Refusal::Replayed => ErrorCode::Conflict,
         }
     }
 
@@ -291,13 +305,26 @@ fn check_head(
 }
 
 /// Verifies the signature over the raw body at `now_s` (Unix seconds), then parses it.
+#[cfg(test)]
 fn decode(
     options: &ServeOptions,
     endpoint: Endpoint,
     headers: &HeaderMap,
-    mut body: Vec<u8>,
+    body: Vec<u8>,
     now_s: i64,
 ) -> Result<Message, Refusal> {
+    verify(options, headers, &body, now_s)?;
+    parse(endpoint, body)
+}
+
+/// Verifies the signature over the raw body at `now_s` (Unix seconds), when the options
+/// say to.
+fn verify(
+    options: &ServeOptions,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_s: i64,
+) -> Result<(), Refusal> {
     if options.verify_signatures {
         // Two of a webhook header: which one was signed is anyone's guess.
         let names = [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE];
@@ -315,11 +342,16 @@ fn decode(
                 header(HEADER_ID),
                 header(HEADER_TIMESTAMP),
                 header(HEADER_SIGNATURE),
-                &body,
+                body,
                 now_s,
             )
             .map_err(Refusal::Unauthorized)?;
     }
+    Ok(())
+}
+
+/// Parses the body as the message `endpoint` takes.
+fn parse(endpoint: Endpoint, mut body: Vec<u8>) -> Result<Message, Refusal> {
     // Both parsers refuse nesting deeper than proto's EXCHANGE_MESSAGE_DEPTH_MAX first.
     match endpoint {
         Endpoint::Ping => PingMessage::from_json(&mut body)
@@ -372,6 +404,8 @@ async fn catch_panic<F: Future>(future: F) -> Result<F::Output, Refusal> {
 struct Shared<B> {
     bidder: Arc<B>,
     options: ServeOptions,
+    /// The `webhook-id`s of the signed requests taken ([`ServeOptions::replay_ids_max`]).
+    seen: SeenIds,
     /// Becomes `true` when shutdown starts, releasing requests held by [`PingAnswer::Hang`].
     stopping: watch::Receiver<bool>,
 }
@@ -381,6 +415,65 @@ struct Shared<B> {
 #[derive(Debug, thiserror::Error)]
 #[error("request dropped without an answer at shutdown")]
 struct Dropped;
+
+/// The `webhook-id`s of the signed requests taken, each kept until its timestamp leaves
+/// the tolerance ([`proto::signing::TIMESTAMP_TOLERANCE_S`]), so a captured request
+/// replayed within it is refused (SECURITY.md N6). Bounded: at most `max` ids (kept as
+/// 64-bit keyed hashes), the oldest forgotten first.
+struct SeenIds {
+    max: usize,
+    hasher: std::collections::hash_map::RandomState,
+    inner: std::sync::Mutex<SeenInner>,
+}
+
+#[derive(Default)]
+struct SeenInner {
+    /// Id hash to the last second (Unix) a request with it can be in tolerance.
+    until: std::collections::HashMap<u64, i64>,
+    /// In the order taken.
+    order: std::collections::VecDeque<(i64, u64)>,
+}
+
+impl SeenIds {
+    fn new(max: usize) -> SeenIds {
+        SeenIds {
+            max,
+            hasher: std::collections::hash_map::RandomState::new(),
+            inner: std::sync::Mutex::new(SeenInner::default()),
+        }
+    }
+
+    /// Takes `id` (of a request stamped `ts`, verified) at `now`: false when it was
+    /// taken before and is still within its tolerance (a replay).
+    fn first_time(&self, id: &str, ts: i64, now: i64) -> bool {
+        use std::hash::BuildHasher as _;
+        if self.max == 0 {
+            return true;
+        }
+        let key = self.hasher.hash_one(id);
+        let until = ts.saturating_add(proto::signing::TIMESTAMP_TOLERANCE_S);
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget the oldest: those out of tolerance, and any past the bound.
+        while let Some(&(u, k)) = g.order.front() {
+            if u >= now && g.order.len() < self.max {
+                break;
+            }
+            g.order.pop_front();
+            if g.until.get(&k) == Some(&u) {
+                g.until.remove(&k);
+            }
+        }
+        if g.until.get(&key).is_some_and(|u| *u >= now) {
+            return false;
+        }
+        g.until.insert(key, until);
+        g.order.push_back((until, key));
+        true
+    }
+}
 
 /// What the server does with a request that passed routing.
 enum Outcome {
@@ -419,7 +512,19 @@ impl<B: Bidder> Shared<B> {
         let body = read_body(body, options).await?;
         // Read to its end: the connection can take the next request.
         crate::listener::BodyRead::mark(&parts.extensions);
-        let json = match decode(options, endpoint, &parts.headers, body, unix_now_s())? {
+        let now_s = unix_now_s();
+        verify(options, &parts.headers, &body, now_s)?;
+        if options.verify_signatures {
+            // Verified: the id and timestamp are the exchange's own.
+            let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+            let ts = header(HEADER_TIMESTAMP).and_then(|t| t.parse::<i64>().ok());
+            if let (Some(id), Some(ts)) = (header(HEADER_ID), ts) {
+                if !self.seen.first_time(id, ts, now_s) {
+                    return Err(Refusal::Replayed);
+                }
+            }
+        }
+        let json = match parse(endpoint, body)? {
             Message::Ping(ping) => match catch_panic(self.bidder.answer_ping(ping)).await? {
                 PingAnswer::Reply(reply) => {
                     check_bid(&reply)?;
@@ -527,6 +632,7 @@ pub async fn serve<B: Bidder>(
     };
     let shared = Arc::new(Shared {
         bidder,
+        seen: SeenIds::new(options.replay_ids_max),
         options,
         stopping,
     });
@@ -983,5 +1089,29 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::Relaxed), 3);
         handle.shutdown().await.unwrap();
+    }
+    #[test]
+    fn a_webhook_id_is_taken_once_within_its_tolerance_and_the_memory_is_bounded() {
+        let seen = SeenIds::new(3);
+        let t = 1_800_000_000;
+        assert!(seen.first_time("a", t, t));
+        assert!(!seen.first_time("a", t, t + 1), "a replay");
+        assert!(!seen.first_time("a", t, t + 300), "at the tolerance's end");
+        // Past its tolerance the id is forgotten (its request would be refused as stale).
+        assert!(seen.first_time("a", t + 301, t + 301));
+        // Bounded: the oldest id is forgotten first.
+        for id in ["b", "c", "d"] {
+            assert!(seen.first_time(id, t + 301, t + 301));
+        }
+        let len = seen.inner.lock().unwrap().order.len();
+        assert!(len <= 3, "{len}");
+        assert!(
+            seen.first_time("a", t + 301, t + 302),
+            "evicted past the bound"
+        );
+        assert!(!seen.first_time("d", t + 301, t + 302));
+        // 0 remembers nothing.
+        let off = SeenIds::new(0);
+        assert!(off.first_time("a", t, t) && off.first_time("a", t, t));
     }
 }

@@ -81,6 +81,14 @@ pub enum Signing {
     WrongSecret,
     /// No webhook headers at all.
     Unsigned,
+    /// Signed with the client's secret with this `webhook-id` and timestamp: send it
+    /// twice to check that a replay is refused.
+    WithId {
+        /// The `webhook-id` written and signed.
+        id: String,
+        /// The `webhook-timestamp` written and signed.
+        timestamp_s: i64,
+    },
 }
 
 /// A raw HTTP answer.
@@ -234,8 +242,15 @@ impl TestClient {
             .method(method)
             .uri(uri)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let id = format!("msg_{:016x}", rand::random::<u64>());
+        let mut id = format!("msg_{:016x}", rand::random::<u64>());
         let signed = match signing {
+            Signing::WithId {
+                id: given,
+                timestamp_s,
+            } => {
+                id = given;
+                Some((self.secret.clone(), timestamp_s))
+            }
             Signing::Valid => Some((self.secret.clone(), unix_now_s())),
             Signing::At { timestamp_s } => Some((self.secret.clone(), timestamp_s)),
             Signing::WrongSecret => Secret::new("not-the-secret-you-are-looking-for")

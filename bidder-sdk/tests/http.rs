@@ -142,6 +142,44 @@ async fn bad_signatures_are_refused_before_the_bidder() {
     handle.shutdown().await.unwrap();
 }
 
+/// A captured signed request sent again within the signature tolerance is a replay:
+/// `409 conflict`, and the bidder never sees it (SECURITY.md N6; before, the SDK took it).
+#[tokio::test]
+async fn a_replayed_request_is_refused_before_the_bidder() {
+    let bidder = flat();
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let captured = Signing::WithId {
+        id: "msg_captured".into(),
+        timestamp_s: now_s,
+    };
+    let first = client
+        .send(Method::POST, "/ping", ping_body(), captured.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    for path in ["/ping", "/ping", "/post"] {
+        let again = client
+            .send(Method::POST, path, ping_body(), captured.clone())
+            .await
+            .unwrap();
+        assert_eq!(again.status, StatusCode::CONFLICT, "{path}");
+        assert_eq!(again.error_code().as_deref(), Some("conflict"));
+    }
+    // A request with another id is taken; one with a bad signature and a taken id is
+    // refused for its signature, and poisons nothing.
+    let other = client
+        .send(Method::POST, "/ping", ping_body(), Signing::Valid)
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(bidder.pings_received(), 2);
+    handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn malformed_bodies_get_400() {
     let bidder = flat();
