@@ -423,7 +423,7 @@ impl BuyerClient {
             }
         };
         let status = resp.status().as_u16();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let content_type = answer_content_type(resp.headers());
         let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
             .collect()
             .await
@@ -441,6 +441,24 @@ impl BuyerClient {
             self.h1.put(t.https, &t.authority, tx);
         }
         Ok((status, content_type, collected.to_bytes().to_vec()))
+    }
+}
+
+/// The `Content-Type` a buyer's answer is read by: none (so the answer is `invalid`,
+/// `content_type`) when it has two, or a `Content-Encoding` other than `identity`: the
+/// body would be read as something the buyer did not send (black-box round 13: the
+/// first of two types was taken, and a gzip encoding ignored; the seller side refuses
+/// both).
+fn answer_content_type(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let (first, second) = (types.next(), types.next());
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    match (first, second, encoded) {
+        (Some(t), None, false) => Some(t.clone()),
+        _ => None,
     }
 }
 
@@ -880,5 +898,29 @@ mod tests {
             text.contains(&format!("\r\nhost: {}\r\n", listener.local_addr().unwrap())),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_answer_with_two_types_or_an_encoding_has_no_type() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            answer_content_type(&h)
+        };
+        let json = "application/json";
+        assert_eq!(with(&[("content-type", json)]).unwrap(), json);
+        assert_eq!(
+            with(&[("content-type", json), ("content-encoding", "identity")]).unwrap(),
+            json
+        );
+        assert!(with(&[("content-type", json), ("content-type", "text/html")]).is_none());
+        assert!(with(&[("content-type", "text/html"), ("content-type", json)]).is_none());
+        assert!(with(&[("content-type", json), ("content-encoding", "gzip")]).is_none());
+        assert!(with(&[]).is_none());
     }
 }

@@ -96,7 +96,10 @@ pub async fn execute<'a>(
                     if let Some(label) = ping_label(outcome, breaker) {
                         m.ping(label);
                     }
-                    if let Some(us) = took_us {
+                    // Answers received in time only: a call that failed (refused, reset)
+                    // got no answer, and its few microseconds would make a buyer that is
+                    // down look like the fastest (black-box round 13).
+                    if let (Some(us), false) = (took_us, outcome == BuyerOutcome::Error) {
                         m.ping_latency.observe(us as f64 / 1e6);
                     }
                 }

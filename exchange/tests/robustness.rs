@@ -174,6 +174,20 @@ async fn misbehaving_buyers_are_no_bids_never_errors_and_show_in_metrics() {
     for b in [&garbage, &html, &failing, &closing] {
         assert_eq!(b.requests(), 1);
     }
+    // The round-trip histogram has the answers received in time (an invalid answer is
+    // one), not the call that failed or timed out (black-box round 13: a failed call
+    // counted, so a buyer that is down looked fastest).
+    for (id, answers) in [("garbage", 1.0), ("closing", 0.0), ("hanging", 0.0)] {
+        assert_eq!(
+            ex.metric(
+                "pingpost_buyer_ping_duration_seconds_count",
+                &[("buyer", id)]
+            )
+            .await,
+            answers,
+            "{id}"
+        );
+    }
     hanging.wait_requests(1).await;
     let sold = ex.client.post(&quote.ping_id, "TX").await;
     assert_eq!(sold.buyer.as_deref(), Some(gb.name().as_str()), "{sold:?}");

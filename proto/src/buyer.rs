@@ -205,8 +205,17 @@ pub enum PostOutcome {
 
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let mime = ct.split(';').next().unwrap_or("").trim();
-        mime.eq_ignore_ascii_case("application/json")
+        let mut parts = ct.split(';');
+        let mime = parts.next().unwrap_or("").trim();
+        // JSON is UTF-8 (RFC 8259): a charset, if given, says so (black-box round 13: an
+        // answer in iso-8859-1 was read as UTF-8, as the seller side refuses it).
+        let utf8 = parts.all(|param| match param.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            }
+            _ => true,
+        });
+        mime.eq_ignore_ascii_case("application/json") && utf8
     })
 }
 
@@ -288,16 +297,32 @@ pub fn digit_run(s: &str) -> usize {
     longest
 }
 
-/// A buyer's own id for a lead, or nothing: letters, digits, `_`, `-`, `.` and `:` only,
-/// with no run of more than [`LEAD_ID_DIGIT_RUN_MAX`] digits (an id, not text: an email,
-/// a phone number in any spelling, a date or an SSN is dropped before the ledger).
+/// A buyer's own id for a lead (or for a bid), or nothing: a UUID in its canonical
+/// form (8-4-4-4-12 hex digits), or letters, digits, `_`, `-`, `.` and `:` only, with no
+/// run of more than [`LEAD_ID_DIGIT_RUN_MAX`] digits (an id, not text: an email, a phone
+/// number in any spelling, a date or an SSN is dropped before the ledger).
 fn lead_id_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
     let s = short_string(v, BUYER_ID_LEN_MAX)?;
-    let id = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-        && digit_run(&s) <= LEAD_ID_DIGIT_RUN_MAX;
-    id.then_some(s)
+    is_id_code(&s).then_some(s)
+}
+
+/// Whether `s` is an id as [`lead_id_code`] takes it.
+pub fn is_id_code(s: &str) -> bool {
+    is_uuid(s)
+        || (!s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+            && digit_run(s) <= LEAD_ID_DIGIT_RUN_MAX)
+}
+
+/// A UUID in its canonical text form: 8-4-4-4-12 hex digits.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 // Answers are read as borrowed values: object keys and strings point into the body
@@ -364,12 +389,20 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
         // Optional; when given, a string or an integer (echoed in the post as a string).
         let bid_id = match obj.get("bid_id") {
             None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
+            // Kept when it is an id ([`lead_id_code`]): it is written to the ledger and
+            // posted back, so free text (a lead's email or phone) is dropped (black-box
+            // round 13), and the bid stands without it.
             v @ Some(
                 BorrowedValue::String(_)
                 | BorrowedValue::Static(StaticNode::I64(_) | StaticNode::U64(_)),
-            ) => short_string(v, BUYER_ID_LEN_MAX),
+            ) => lead_id_code(v),
             Some(_) => return BidOutcome::Invalid("bid_id"),
         };
+        // A bid and a no-bid at once says nothing (black-box round 13: it counted as the
+        // bid).
+        if obj.contains_key("no_bid") {
+            return BidOutcome::Invalid("bid_and_no_bid");
+        }
         return BidOutcome::Bid {
             price,
             bid_id,
@@ -377,8 +410,9 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
         };
     }
     if obj.contains_key("no_bid") {
+        // A reason code, or nothing (free text could carry a lead's personal data).
         return BidOutcome::NoBid {
-            reason: short_string(obj.get("no_bid"), BUYER_REASON_LEN_MAX),
+            reason: reason_code(obj.get("no_bid")),
         };
     }
     BidOutcome::Invalid("no_bid_field")
@@ -563,6 +597,68 @@ mod tests {
         assert!(!e.contains("8175551463"), "{e}");
         let e = err(r#"{"auction_id": 7}"#);
         assert!(e.starts_with("body: ") && !e.contains("Serde"), "{e}");
+    }
+
+    /// Black-box round 13: a `bid_id` (written to the ledger, posted back) carried a
+    /// lead's email and phone as sent; a bid with `no_bid` too counted as the bid; an
+    /// answer in another charset was read as UTF-8.
+    #[test]
+    fn ids_are_ids_and_ambiguous_answers_are_invalid() {
+        let with = |id: &str| bid(200, JSON, &format!(r#"{{"bid": 18, "bid_id": {id}}}"#));
+        let id_of = |o: BidOutcome| match o {
+            BidOutcome::Bid { bid_id, .. } => bid_id,
+            other => panic!("not a bid: {other:?}"),
+        };
+        for text in [
+            r#""ana.diaz@example.com +18175550123""#,
+            r#""817-555-0199""#,
+            r#""call me""#,
+            "18175550123",
+        ] {
+            assert_eq!(id_of(with(text)), None, "{text}");
+        }
+        for kept in [
+            "550e8400-e29b-41d4-a716-446655440000",
+            "b-991",
+            "bid:2026:abc",
+        ] {
+            assert_eq!(
+                id_of(with(&format!("\"{kept}\""))),
+                Some(kept.into()),
+                "{kept}"
+            );
+        }
+        assert_eq!(
+            bid(200, JSON, r#"{"bid": 9, "no_bid": "outside_criteria"}"#),
+            BidOutcome::Invalid("bid_and_no_bid")
+        );
+        assert_eq!(
+            bid(200, JSON, r#"{"no_bid": "ana@example.com"}"#),
+            BidOutcome::NoBid { reason: None }
+        );
+        for latin in [
+            "application/json; charset=iso-8859-1",
+            "application/json;charset=\"latin1\"",
+        ] {
+            assert_eq!(
+                bid(200, Some(latin), r#"{"bid": 9}"#),
+                BidOutcome::Invalid("content_type"),
+                "{latin}"
+            );
+        }
+        for utf8 in [
+            "application/json",
+            "application/json; charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+        ] {
+            assert!(
+                matches!(
+                    bid(200, Some(utf8), r#"{"bid": 9}"#),
+                    BidOutcome::Bid { .. }
+                ),
+                "{utf8}"
+            );
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum SignatureError {
     MissingHeader,
     #[error("a webhook header appears more than once")]
     RepeatedHeader,
-    #[error("webhook-timestamp is not a whole number of seconds (digits only)")]
+    #[error("webhook-timestamp is not Unix seconds: digits only, at most 12 (a millisecond timestamp is too long)")]
     BadTimestamp,
     #[error("webhook-timestamp is more than 300 s from now")]
     TimestampOutOfTolerance,

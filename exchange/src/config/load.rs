@@ -200,27 +200,10 @@ pub fn load_str_with_env(
         .into_iter()
         .map(|(id, section)| read_seller(id, section, &vertical_by_name, &mut p))
         .collect();
-    let mut seller_by_key_sha256: HashMap<[u8; 32], SellerIdx> = HashMap::new();
-    for (idx, seller) in sellers.iter().enumerate() {
-        let Some(seller) = seller else { continue };
-        // Both keys of every seller are in one index: a key is valid for one seller only.
-        let keys = std::iter::once(("key_sha256", seller.key_sha256))
-            .chain(seller.key_sha256_next.map(|k| ("key_sha256_next", k)));
-        for (name, digest) in keys {
-            if let Some(&first) = seller_by_key_sha256.get(&digest) {
-                let first_id = sellers
-                    .get(first)
-                    .and_then(Option::as_ref)
-                    .map_or("", |s| s.id.as_str());
-                p.at(
-                    &join(&join("sellers", &seller.id), name),
-                    format!("the same key as {}", join("sellers", first_id)),
-                );
-            } else {
-                seller_by_key_sha256.insert(digest, idx);
-            }
-        }
-    }
+    // Every party's keys, read from the file itself: a key shared by two parties is found
+    // even when one of them has another problem (black-box round 13: a seller with a bad
+    // payout hid the duplicate key, and the buyer key's message named the wrong seller).
+    let seller_by_key_sha256 = shared_key_problems(&root, &sellers, &mut p);
 
     let buyer_entries = top.entries(&mut p, "buyers");
     // Refused before any buyer is read: a file past the limit costs no more than parsing.
@@ -238,8 +221,8 @@ pub fn load_str_with_env(
         .into_iter()
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))
         .collect();
-    let buyer_by_key_sha256 = index_buyer_keys(&buyers, &seller_by_key_sha256, &sellers, &mut p);
-    geography_problems(&buyers, &verticals, &mut p);
+    let buyer_by_key_sha256 = buyer_key_index(&buyers);
+    geography_problems(&root, &mut p);
 
     top.finish(&mut p);
     if !p.0.is_empty() {
@@ -304,59 +287,56 @@ pub fn load_str_with_env(
 /// (`eligibility::STATE_FIELD`, `ZIP_FIELD`): a buyer that filters on one its vertical
 /// does not have, as a ping field of that type, would never be offered a lead (an
 /// include filter) or would get the leads it excludes: a problem at the filter's key.
-fn geography_problems(buyers: &[Option<Buyer>], verticals: &[Option<Vertical>], p: &mut Problems) {
+fn geography_problems(root: &Table, p: &mut Problems) {
     use pingpost_core::eligibility::{STATE_FIELD, ZIP_FIELD};
-    use proto::schema::FieldKind;
-    for b in buyers.iter().flatten() {
-        for v in b
-            .verticals
-            .iter()
-            .filter_map(|&vi| verticals.get(vi)?.as_ref())
-        {
-            let has = |name: &str, state: bool| {
-                v.schema.fields.iter().any(|f| {
-                    f.name == name
-                        && f.ping
-                        && !f.pii
-                        && if state {
-                            matches!(f.kind, FieldKind::State)
-                        } else {
-                            matches!(f.kind, FieldKind::Zip)
-                        }
+    // Read from the file's own tables, so a buyer's filter is checked even when its
+    // vertical (or the buyer) has another problem (black-box round 13: a field's bad
+    // `len_max` hid this one).
+    fn table(v: Option<&Value>) -> Option<&Table> {
+        v.and_then(Value::as_table)
+    }
+    let (Some(buyers), Some(verticals)) = (table(root.get("buyers")), table(root.get("verticals")))
+    else {
+        return;
+    };
+    for (id, buyer) in buyers {
+        let Some(buyer) = buyer.as_table() else {
+            continue;
+        };
+        let names = buyer
+            .get("verticals")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for name in names {
+            let Some(fields) = verticals.get(name).and_then(|v| table(v.get("fields"))) else {
+                continue;
+            };
+            let has = |field: &str, kind: &str| {
+                table(fields.get(field)).is_some_and(|f| {
+                    f.get("type").and_then(Value::as_str) == Some(kind)
+                        && f.get("ping").and_then(Value::as_bool) == Some(true)
+                        && f.get("pii").and_then(Value::as_bool) != Some(true)
                 })
             };
-            let filters = [
-                (
-                    "states_include",
-                    !b.states_include.is_empty(),
-                    STATE_FIELD,
-                    "state",
-                    true,
-                ),
-                (
-                    "states_exclude",
-                    !b.states_exclude.is_empty(),
-                    STATE_FIELD,
-                    "state",
-                    true,
-                ),
-                (
-                    "zip_prefixes",
-                    !b.zip_prefixes.is_empty(),
-                    ZIP_FIELD,
-                    "zip",
-                    false,
-                ),
-            ];
-            for (key, set, field, kind, state) in filters {
-                if set && !has(field, state) {
+            let set = |key: &str| {
+                buyer
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+            };
+            for (key, field, kind) in [
+                ("states_include", STATE_FIELD, "state"),
+                ("states_exclude", STATE_FIELD, "state"),
+                ("zip_prefixes", ZIP_FIELD, "zip"),
+            ] {
+                if set(key) && !has(field, kind) {
                     p.at(
-                        &join(&join("buyers", &b.id), key),
+                        &join(&join("buyers", id), key),
                         format!(
-                            "vertical {} has no ping field named `{field}` of type \"{kind}\", \
+                            "vertical {name} has no ping field named `{field}` of type \"{kind}\", \
                              which this filter reads, so it could never apply; name the field \
-                             `{field}` with `ping = true`, or drop the filter",
-                            v.name
+                             `{field}` with `ping = true`, or drop the filter"
                         ),
                     );
                 }
@@ -365,46 +345,68 @@ fn geography_problems(buyers: &[Option<Buyer>], verticals: &[Option<Vertical>], 
     }
 }
 
-/// The buyers' bearer key digests (`key_sha256`, `key_sha256_next`) by buyer position. A
-/// digest may name one party only: one shared by two buyers, or by a buyer and a seller,
-/// is a problem at the later one (a key must say who is calling).
-fn index_buyer_keys(
-    buyers: &[Option<Buyer>],
-    seller_by_key_sha256: &HashMap<[u8; 32], SellerIdx>,
+/// The key digests of every seller (`key_sha256`, `key_sha256_next`) and buyer, read
+/// from the file's own tables, so a key shared by two parties is found whatever else is
+/// wrong with either: a seller's or buyer's second use of a key already taken (by any
+/// seller or buyer) is a problem at the later one (a key must say who is calling).
+/// Returns the sellers' index, by digest to the position of the seller read (only for
+/// sellers that read cleanly).
+fn shared_key_problems(
+    root: &Table,
     sellers: &[Option<Seller>],
     p: &mut Problems,
-) -> HashMap<[u8; 32], usize> {
-    let mut by_digest: HashMap<[u8; 32], usize> = HashMap::new();
+) -> HashMap<[u8; 32], SellerIdx> {
+    let digest = |v: &Value| -> Option<[u8; 32]> {
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(v.as_str()?, &mut d).ok()?;
+        Some(d)
+    };
+    let mut owner: HashMap<[u8; 32], String> = HashMap::new();
+    let mut seller_index: HashMap<[u8; 32], SellerIdx> = HashMap::new();
+    let seller_pos: HashMap<&str, SellerIdx> = sellers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.as_ref()?.id.as_str(), i)))
+        .collect();
+    for kind in ["sellers", "buyers"] {
+        let Some(parties) = root.get(kind).and_then(Value::as_table) else {
+            continue;
+        };
+        for (id, party) in parties {
+            let Some(table) = party.as_table() else {
+                continue;
+            };
+            for name in ["key_sha256", "key_sha256_next"] {
+                let Some(d) = table.get(name).and_then(digest) else {
+                    continue;
+                };
+                let here = join(kind, id);
+                match owner.get(&d) {
+                    // The party's own two keys: its reader says they must differ.
+                    Some(first) if *first == here => {}
+                    Some(first) => p.at(&join(&here, name), format!("the same key as {first}")),
+                    None => {
+                        owner.insert(d, here);
+                        if let (true, Some(&pos)) = (kind == "sellers", seller_pos.get(id.as_str()))
+                        {
+                            seller_index.insert(d, pos);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    seller_index
+}
+
+/// The buyers' key digests, by digest to the buyer's position (duplicates are refused
+/// by [`shared_key_problems`], so each digest has one buyer).
+fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {
+    let mut by_digest = HashMap::new();
     for (idx, buyer) in buyers.iter().enumerate() {
         let Some(buyer) = buyer else { continue };
-        let keys = buyer
-            .key_sha256
-            .map(|k| ("key_sha256", k))
-            .into_iter()
-            .chain(buyer.key_sha256_next.map(|k| ("key_sha256_next", k)));
-        for (name, digest) in keys {
-            let path = join(&join("buyers", &buyer.id), name);
-            if let Some(&seller) = seller_by_key_sha256.get(&digest) {
-                let seller_id = sellers
-                    .get(seller)
-                    .and_then(Option::as_ref)
-                    .map_or("", |s| s.id.as_str());
-                p.at(
-                    &path,
-                    format!("the same key as {}", join("sellers", seller_id)),
-                );
-            } else if let Some(&first) = by_digest.get(&digest) {
-                let first_id = buyers
-                    .get(first)
-                    .and_then(Option::as_ref)
-                    .map_or("", |b| b.id.as_str());
-                p.at(
-                    &path,
-                    format!("the same key as {}", join("buyers", first_id)),
-                );
-            } else {
-                by_digest.insert(digest, idx);
-            }
+        for digest in buyer.key_sha256.iter().chain(buyer.key_sha256_next.iter()) {
+            by_digest.entry(*digest).or_insert(idx);
         }
     }
     by_digest

@@ -104,3 +104,35 @@ fn duplicate_seller_keys() {
         ["sellers.s2.key_sha256: the same key as sellers.s1"]
     );
 }
+
+/// Black-box round 13: the checks between parties ran on the parties that read cleanly
+/// only, so a seller's bad payout hid the key another seller repeats (and a buyer's
+/// repeat of it was said to be another seller's), and a vertical's bad field hid a
+/// buyer's filter on a field the vertical does not have. Every problem is listed at once.
+#[test]
+fn problems_between_parties_are_found_beside_the_parties_own() {
+    let text = doc(&[
+        ("#FIELD", "type = \"string\"\nlen_max = 0"),
+        ("#BUYER", &format!("key_sha256 = \"{KEY}\"\nstates_include = [\"TX\"]")),
+    ])
+    .replace("share_pct = 80", "share_pct = 101")
+    .replace(
+        "state = { type = \"state\", required = true, ping = true }",
+        "state = { type = \"string\", required = true, ping = true }",
+    ) + &format!(
+        "\n[sellers.s2]\nkey_sha256 = \"{KEY}\"\nverticals = [\"auto\"]\npayout = {{ model = \"fixed_margin\", margin = 1 }}\n"
+    );
+    let errors = load_str_with_env(&text, &test_env).unwrap_err().0;
+    for expected in [
+        "sellers.s1.payout.share_pct: must be a percentage",
+        "verticals.auto.fields.extra.len_max: must be a whole number",
+        "sellers.s2.key_sha256: the same key as sellers.s1",
+        "buyers.acme.key_sha256: the same key as sellers.s1",
+        "buyers.acme.states_include: vertical auto has no ping field named `state` of type \"state\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected}: {errors:#?}"
+        );
+    }
+}
