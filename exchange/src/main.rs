@@ -140,6 +140,11 @@ enum LedgerCommand {
         /// default configuration's directory (`pingpost-ledger`), no payout checks.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A record kept outside the exchange host, `SEQ:SUM` as verify printed it
+        /// (`last record: seq N, sum …`): the ledger must still have that record with
+        /// that sum, else it was changed at or before it, or shortened. Repeatable.
+        #[arg(long = "anchor", value_name = "SEQ:SUM")]
+        anchors: Vec<String>,
     },
     /// Profit and loss by day, seller, buyer or vertical: pings, bids, quotes, sales,
     /// revenue, payouts, margin, returns and refunds (test leads left out). Exit status 2
@@ -208,7 +213,18 @@ enum LedgerCommand {
 }
 
 /// `pingpost ledger verify`: the exit status.
-fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
+fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[String]) -> i32 {
+    let anchors = match anchors
+        .iter()
+        .map(|a| pingpost::ledger::segments::Anchor::parse(a))
+        .collect::<Result<Vec<_>, String>>()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            pingpost::say_err!("pingpost ledger verify: --anchor {e}");
+            return 2;
+        }
+    };
     let cfg = match &config {
         Some(file) => match pingpost::finance::load_config(file) {
             Ok(c) => Some(c),
@@ -264,8 +280,27 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
                 "ledger verify",
                 format_args!("{}", reconciled.render_with(verifies)),
             );
+            let mut anchored = true;
+            if !anchors.is_empty() {
+                match pingpost::ledger::segments::check_anchors(&dir, &anchors) {
+                    Ok(lines) => {
+                        for (ok, line) in lines {
+                            anchored &= ok;
+                            pingpost::cli_out::emit("ledger verify", format_args!("{line}\n"));
+                        }
+                    }
+                    Err(e) => {
+                        pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
+                        return 2;
+                    }
+                }
+            }
             // Records skipped (a newer format version) are money not read: never `OK`.
-            if report.problem.is_some() || reconciled.failed() || reconciled.incomplete() {
+            if report.problem.is_some()
+                || reconciled.failed()
+                || reconciled.incomplete()
+                || !anchored
+            {
                 1
             } else {
                 0
@@ -342,7 +377,11 @@ fn finance_command(command: LedgerCommand) -> i32 {
         2
     };
     match command {
-        LedgerCommand::Verify { dir, config } => ledger_verify(dir, config),
+        LedgerCommand::Verify {
+            dir,
+            config,
+            anchors,
+        } => ledger_verify(dir, config, &anchors),
         LedgerCommand::Report {
             dir,
             config,
@@ -505,7 +544,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Some(Command::Ledger { command }) => match command {
-            LedgerCommand::Verify { dir, config } => std::process::exit(ledger_verify(dir, config)),
+            LedgerCommand::Verify {
+                dir,
+                config,
+                anchors,
+            } => std::process::exit(ledger_verify(dir, config, &anchors)),
             other => std::process::exit(finance_command(other)),
         },
         Some(Command::Train {

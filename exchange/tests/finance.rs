@@ -1141,3 +1141,74 @@ fn the_csv_export_of_flushes_has_the_start_column() {
         "{csv}"
     );
 }
+
+/// `ledger verify --anchor SEQ:SUM` checks the ledger against a record kept outside the
+/// exchange host: a record changed and the chain recomputed after it, or records removed
+/// from the end, verify on their own, and fail against the anchor.
+#[test]
+fn verify_checks_anchors_kept_outside() {
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1]);
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let verify = |dir: &str, anchors: &[String]| {
+        let mut args = vec![
+            "ledger".to_string(),
+            "verify".into(),
+            "--dir".into(),
+            dir.into(),
+        ];
+        for a in anchors {
+            args.push("--anchor".into());
+            args.push(a.clone());
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let (code, out) = verify(&dir, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let last = out
+        .lines()
+        .find_map(|l| l.strip_prefix("last record: seq 2, sum "))
+        .unwrap()
+        .to_string();
+    let anchor = format!("2:{last}");
+    let (code, out) = verify(&dir, std::slice::from_ref(&anchor));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("anchor seq 2: matches"), "{out}");
+
+    // The sale's money changed and the chain recomputed: verifies alone, not anchored.
+    let forged = framed_ledger(&[AUCTION_1, &SALE_1.replace("10000000", "10000001")]);
+    let forged_dir = forged.path().to_str().unwrap().to_string();
+    let (code, out) = verify(&forged_dir, &[]);
+    assert!(
+        out.contains("OK: every checksum and the chain verify"),
+        "{out}"
+    );
+    let _ = code;
+    let (code, out) = verify(&forged_dir, std::slice::from_ref(&anchor));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("ANCHOR FAILED: seq 2 has sum"), "{out}");
+
+    // The last record removed: verifies alone, not anchored.
+    let short = framed_ledger(&[AUCTION_1]);
+    let (code, out) = verify(
+        short.path().to_str().unwrap(),
+        std::slice::from_ref(&anchor),
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("ANCHOR FAILED: the ledger ends at seq 1, before seq 2"),
+        "{out}"
+    );
+
+    // A bad anchor is a bad argument.
+    for bad in ["2", "x:y", "0:abc", "2:1234"] {
+        let (code, _) = verify(&dir, &[bad.to_string()]);
+        assert_eq!(code, Some(2), "{bad}");
+    }
+}

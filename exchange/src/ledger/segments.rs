@@ -444,6 +444,93 @@ pub fn verify(dir: &Path) -> io::Result<Report> {
     Ok(report)
 }
 
+/// A record kept outside the exchange host: its `seq` and `sum` (`ledger verify
+/// --anchor SEQ:SUM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub sum: String,
+}
+
+impl Anchor {
+    /// `SEQ:SUM`, the sum as 64 lower-case hex digits (as verify prints it).
+    pub fn parse(text: &str) -> Result<Anchor, String> {
+        let shown: String = text.chars().take(80).collect();
+        let bad = || {
+            format!("{shown:?}: must be SEQ:SUM, a record number and its 64-hex-digit sum, as `ledger verify` prints them")
+        };
+        let (seq, sum) = text.trim().split_once(':').ok_or_else(bad)?;
+        let seq: u64 = seq.trim().parse().map_err(|_| bad())?;
+        let sum = sum.trim().to_ascii_lowercase();
+        if seq == 0 || sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Anchor { seq, sum })
+    }
+}
+
+/// Checks each anchor against the ledger in `dir` (read line by line: the `n`th line is
+/// record `n` of a ledger that verifies): `(true, "anchor seq N: matches")`, or `false`
+/// with what is wrong (the ledger ends before it: shortened; another sum: a record at or
+/// before it was changed, and the chain recomputed).
+pub fn check_anchors(dir: &Path, anchors: &[Anchor]) -> io::Result<Vec<(bool, String)>> {
+    let mut wanted: BTreeMap<u64, Vec<&Anchor>> = BTreeMap::new();
+    for a in anchors {
+        wanted.entry(a.seq).or_default().push(a);
+    }
+    let mut found: BTreeMap<u64, String> = BTreeMap::new();
+    let last = wanted.keys().next_back().copied().unwrap_or(0);
+    let mut n = 0u64;
+    'segments: for (_, path) in list(dir)? {
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        let mut line = Vec::with_capacity(4096);
+        loop {
+            line.clear();
+            if read_line_bounded(&mut reader, &mut line)? == 0 {
+                break;
+            }
+            if !line.ends_with(b"\n") {
+                break 'segments;
+            }
+            n += 1;
+            if wanted.contains_key(&n) {
+                let text = String::from_utf8_lossy(&line);
+                let sum = text
+                    .trim_end()
+                    .strip_suffix("\"}")
+                    .and_then(|t| t.rsplit_once(",\"sum\":\""))
+                    .map_or(String::new(), |(_, s)| s.to_string());
+                found.insert(n, sum);
+            }
+            if n >= last {
+                break 'segments;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (seq, list) in wanted {
+        for a in list {
+            out.push(match found.get(&seq) {
+                Some(sum) if *sum == a.sum => (true, format!("anchor seq {seq}: matches")),
+                Some(sum) => (
+                    false,
+                    format!(
+                        "ANCHOR FAILED: seq {seq} has sum {sum}, not {}: a record at or before it was changed and the chain recomputed",
+                        a.sum
+                    ),
+                ),
+                None => (
+                    false,
+                    format!(
+                        "ANCHOR FAILED: the ledger ends at seq {n}, before seq {seq}: records were removed from its end"
+                    ),
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Every record of the ledger in `dir`, as text: the segments' lines in order. For tests
 /// and tools that read the ledger as one stream of JSON lines (`jq` works on each
 /// segment the same way). A missing directory reads as empty.
