@@ -928,14 +928,10 @@ fn restore_quote(
                 .find(|b| b.id == buyer)
                 .and_then(|b| {
                     let until = expires_at.saturating_add(crate::core::auction::DELIVERY_SLACK_MS);
-                    Windows::at(b.timezone, until)
+                    Windows::later_until(b.timezone, &w, until)
                 })
-                .filter(|l| l.hour_start_ms > w.hour_start_ms);
-            Some(
-                state
-                    .caps
-                    .restore_reservation(key, &w, later.as_ref(), price)?,
-            )
+                .unwrap_or_default();
+            Some(state.caps.restore_reservation(key, &w, &later, price)?)
         }
     };
     let quote = Quote {

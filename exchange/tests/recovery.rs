@@ -973,6 +973,52 @@ async fn a_quote_that_expired_while_the_exchange_was_down_is_expired_after_it() 
     assert_eq!(*a.posts.lock().unwrap(), 0);
 }
 
+/// Black-box round 13: a quote made in an hour's last second with `quote_ttl_ms` an
+/// hour stays firm into the hour after next. The hour between was not held, and the
+/// lead, sent in it, counted in the hour before: a buyer with an hourly cap of 1 got two
+/// leads in one hour (after a restart too). Every hour it runs into is held now.
+#[tokio::test]
+async fn a_quote_firm_for_an_hour_holds_the_hour_between_too() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.caps_hourly(1))
+        .buyer(bb)
+        .with(|c| c.quote_ttl_ms = 3_600_000);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-12-01T17:00:00Z.
+    let seventeen = 1_796_144_400_000;
+    let first = start_at(&cfg, &ledger, "UTC", Clock::at(seventeen - 500)).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    first.shutdown().await.unwrap();
+
+    let second = start_at(&cfg, &ledger, "UTC", Clock::at(seventeen + 3_000)).await;
+    assert_eq!(
+        client_direct(&second).await.as_deref(),
+        Some("Buyer b"),
+        "17:00's one lead of a is held by the quote"
+    );
+    let sold = SellerClient::new(second.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer a"), "{sold:?}");
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    second.shutdown().await.unwrap();
+    let sale = records(&ledger)
+        .into_iter()
+        .find(|r| r["type"] == "sale" && r["buyer"] == "a")
+        .unwrap();
+    assert_eq!(sale["windows"]["hour_start_ms"], seventeen);
+
+    // Rebuilt from the ledger after a restart: still full for this hour.
+    let third = start_at(&cfg, &ledger, "UTC", Clock::at(seventeen + 30_000)).await;
+    assert_eq!(client_direct(&third).await.as_deref(), Some("Buyer b"));
+    assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
+    third.shutdown().await.unwrap();
+}
+
 /// The thread-per-core server (the binary's) waits for a late post answer too: each
 /// worker's event loop runs its watches, and stops only once they are done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,10 @@
 //! window of its own local calendar (hour, day, ISO week starting Monday, month), and how
 //! much money it spent and has reserved per local day. A quote reserves one lead and its
 //! price in every current window, and, when the quote stays firm past the start of the
-//! next local hour, in the windows of its last firm moment as well (a quote made at 23:59
-//! and posted at 00:01 must fit both days' caps: the buyer gets the lead in the new day).
-//! The post commits the reservation (reserved becomes sold) in the windows the lead was
-//! delivered in and drops the other hold, or releases it (reserved becomes nothing).
+//! next local hour, in the windows of every hour it runs into as well (a quote made at
+//! 23:59 and posted at 00:01 must fit both days' caps: the buyer gets the lead in the new
+//! day). The post commits the reservation (reserved becomes sold) in the windows the lead
+//! was delivered in and drops the other holds, or releases it (reserved becomes nothing).
 //!
 //! Architecture invariant: in every window, `sold + reserved <= cap` for every cap the
 //! buyer had when each reservation was made, and per local day `spent + reserved money <=
@@ -192,16 +192,30 @@ fn window_starts(tz: Tz, now: UnixMs, w: &Windows) -> Option<[i64; PERIODS]> {
     Some([w.hour_start_ms, start(date)?, start(monday)?, start(first)?])
 }
 
-/// The windows of `until` in `tz` when they are not `w` (the windows of the hold's first
-/// moment): `Ok(None)` when they are the same, `Err` when `until` is off the calendar.
-/// Every window begins at the start of a local hour, and no local hour is shorter than
-/// half an hour, so within half an hour of `w`'s hour start nothing is converted.
-fn later_windows(tz: Tz, w: &Windows, until: UnixMs) -> Result<Option<Windows>, ()> {
-    if until < w.hour_start_ms.saturating_add(HOUR_MS / 2) {
-        return Ok(None);
+/// Most local hours after the first a hold may run into: a quote is firm at most an hour
+/// (`server.quote_ttl_ms`) plus the delivery slack, so it can reach two more hours (one
+/// made in an hour's last second and firm for the hour runs into the hour after next).
+const LATER_HOURS_MAX: usize = 3;
+
+impl Windows {
+    /// The windows of every local hour that begins after the hour of `w` and by `until`,
+    /// in order: a hold made at `w` and firm until `until` holds these too. Empty when
+    /// `until` is in `w`'s hour. `None` when a moment is off the calendar.
+    pub fn later_until(tz: Tz, w: &Windows, until: UnixMs) -> Option<Vec<Windows>> {
+        let mut out = Vec::new();
+        let mut cur = *w;
+        // A local hour ends an hour after it began (a DST change moves the wall clock,
+        // not the length of the hour it ends).
+        while cur.hour_start_ms.saturating_add(HOUR_MS) <= until && out.len() < LATER_HOURS_MAX {
+            let next = Windows::at(tz, cur.hour_start_ms.saturating_add(HOUR_MS))?;
+            if next.hour_start_ms <= cur.hour_start_ms {
+                break;
+            }
+            out.push(next);
+            cur = next;
+        }
+        Some(out)
     }
-    let l = Windows::at(tz, until).ok_or(())?;
-    Ok((l.keys() != w.keys() && l.hour_start_ms > w.hour_start_ms).then_some(l))
 }
 
 /// A firm quote's hold on one lead and `price` of a buyer's caps and budget. Hand it back
@@ -215,11 +229,11 @@ pub struct Reservation {
     pub price: Micros,
     /// The windows of the moment the hold was made.
     pub windows: Windows,
-    /// The windows of the hold's last moment (the quote's expiry, a post's deadline) when
-    /// they are not `windows`: the hold runs across the start of a local hour, and holds
-    /// one lead and `price` there too, so a lead delivered after that start counts in
-    /// the new hour, day, week and month without passing their caps.
-    pub later: Option<Windows>,
+    /// The windows of each local hour the hold runs into after its first (up to its last
+    /// moment: the quote's expiry, a post's deadline), in order: it holds one lead and
+    /// `price` there too, so a lead delivered after such an hour began counts in that
+    /// hour, day, week and month without passing their caps. Usually empty.
+    pub later: Vec<Windows>,
     /// When the lead was sent to the buyer ([`Reservation::delivered_at`]): a commit
     /// counts the sale in the windows of that moment (`windows` if it is not known).
     delivered: Option<UnixMs>,
@@ -235,13 +249,17 @@ impl Reservation {
         self
     }
 
-    /// The windows a sale of this hold counts in: `later` when the lead was sent at or
-    /// after they began, else `windows` (the hold's own: a caller cannot pick others).
+    /// The windows a sale of this hold counts in: those of the hour the lead was sent
+    /// in, of `windows` and `later` (the hold's own: a caller cannot pick others);
+    /// `windows` when the moment is not known.
     pub fn counted_windows(&self) -> Windows {
-        match (self.later, self.delivered) {
-            (Some(later), Some(at)) if at >= later.hour_start_ms => later,
-            _ => self.windows,
-        }
+        let at = self.delivered.unwrap_or(i64::MIN);
+        self.later
+            .iter()
+            .rev()
+            .find(|l| at >= l.hour_start_ms)
+            .copied()
+            .unwrap_or(self.windows)
     }
 }
 
@@ -319,24 +337,36 @@ struct Counter {
 }
 
 /// An outstanding reservation as the book recorded it (the caller's copy is not trusted).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     price: Micros,
     keys: [i64; PERIODS],
-    /// The later windows' keys and the instant they begin, if the hold has them.
-    later: Option<([i64; PERIODS], i64)>,
+    /// The later windows' keys and the instant each begins, in order.
+    later: Vec<([i64; PERIODS], i64)>,
 }
 
 impl Held {
-    /// Per period: the key the hold is in, and the other key it is in, if any.
-    fn pairs(&self) -> [(i64, Option<i64>); PERIODS] {
-        let mut out = [(0, None); PERIODS];
-        for (p, o) in out.iter_mut().enumerate() {
-            let k = self.keys[p];
-            let other = self.later.map(|(l, _)| l[p]).filter(|l| *l != k);
-            *o = (k, other);
+    /// Per period, every window the hold is in: `(key, the instant the lead is first
+    /// taken there)`, each key once (hours differ; a day, week or month often repeats).
+    fn windows_of(&self, period: usize, at: i64) -> Vec<(i64, i64)> {
+        let mut out = vec![(self.keys[period], at)];
+        for (keys, start) in &self.later {
+            let k = keys[period];
+            if !out.iter().any(|(o, _)| *o == k) {
+                out.push((k, (*start).max(at)));
+            }
         }
         out
+    }
+
+    /// The key of each period the sale counts in when the lead was sent at `delivered`.
+    fn counted(&self, delivered: Option<UnixMs>) -> [i64; PERIODS] {
+        let at = delivered.unwrap_or(i64::MIN);
+        self.later
+            .iter()
+            .rev()
+            .find(|(_, start)| at >= *start)
+            .map_or(self.keys, |(keys, _)| *keys)
     }
 }
 
@@ -495,9 +525,8 @@ impl BuyerBook {
     /// Counts `held` as reserved in each of its windows; `at` is when the lead was taken
     /// (for a later window, no earlier than the window's start).
     fn hold(&mut self, held: &Held, at: i64) {
-        let later_start = held.later.map_or(at, |(_, start)| start.max(at));
-        for (period, (key, other)) in held.pairs().into_iter().enumerate() {
-            for (k, taken) in std::iter::once((key, at)).chain(other.map(|o| (o, later_start))) {
+        for period in 0..PERIODS {
+            for (k, taken) in held.windows_of(period, at) {
                 if let Some(c) = self.counter_mut(period, k) {
                     c.reserved = c.reserved.saturating_add(1);
                     c.reserved_micros = c.reserved_micros.saturating_add(held.price);
@@ -670,11 +699,11 @@ impl CapBook {
     }
 
     /// [`CapBook::reserve`] for a hold that stays firm until `until` (a quote's expiry, a
-    /// post's deadline): when `until` falls in other windows than `now` (the start of a
-    /// local hour lies between them), every cap and the budget must have room in those
-    /// windows too, and the hold takes one lead and `price` there as well
+    /// post's deadline): for every local hour that begins after `now`'s and by `until`
+    /// ([`Windows::later_until`]), every cap and the budget must have room in its windows
+    /// too, and the hold takes one lead and `price` there as well
     /// ([`Reservation::later`]). Its commit counts the lead in the windows it was
-    /// delivered in, and drops the other hold.
+    /// delivered in, and drops the other holds.
     pub fn reserve_until(
         &self,
         key: BuyerKey,
@@ -692,10 +721,10 @@ impl CapBook {
             }
             let w = w.ok_or(capped(CapLimit::Unavailable))?;
             let keys = w.keys();
-            let later = later_windows(buyer.timezone, &w, until)
-                .map_err(|()| capped(CapLimit::Unavailable))?;
+            let later = Windows::later_until(buyer.timezone, &w, until)
+                .ok_or(capped(CapLimit::Unavailable))?;
             b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
-            if let Some(l) = &later {
+            for l in &later {
                 b.check(l.keys(), &buyer.caps, Some(price))
                     .map_err(capped)?;
             }
@@ -704,7 +733,7 @@ impl CapBook {
             let held = Held {
                 price,
                 keys,
-                later: later.map(|l| (l.keys(), l.hour_start_ms)),
+                later: later.iter().map(|l| (l.keys(), l.hour_start_ms)).collect(),
             };
             b.hold(&held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -740,13 +769,10 @@ impl CapBook {
                 return false;
             };
             version.fetch_add(1, Ordering::AcqRel);
-            // Sold after the later windows began: the sale counts there.
-            let in_later = held
-                .later
-                .is_some_and(|(_, start)| r.delivered.is_some_and(|at| at >= start));
-            for (period, (key, other)) in held.pairs().into_iter().enumerate() {
-                let counted = if in_later { other.unwrap_or(key) } else { key };
-                for k in std::iter::once(key).chain(other) {
+            // The sale counts in the hour the lead was sent in; every other hold is dropped.
+            let counted = held.counted(r.delivered);
+            for (period, counted) in counted.into_iter().enumerate() {
+                for (k, _) in held.windows_of(period, 0) {
                     // The window exists: a window holding a reservation is never pruned.
                     if let Some(c) = b.counter_mut(period, k) {
                         c.reserved = c.reserved.saturating_sub(1);
@@ -796,17 +822,21 @@ impl CapBook {
         &self,
         key: BuyerKey,
         windows: &Windows,
-        later: Option<&Windows>,
+        later: &[Windows],
         price: Micros,
     ) -> Option<Reservation> {
         let price = Micros(price.0.max(0));
-        let later = later.filter(|l| l.keys() != windows.keys()).copied();
+        let later: Vec<Windows> = later
+            .iter()
+            .filter(|l| l.hour_start_ms > windows.hour_start_ms)
+            .copied()
+            .collect();
         self.with_version(key, |b, version| {
             version.fetch_add(1, Ordering::AcqRel);
             let held = Held {
                 price,
                 keys: windows.keys(),
-                later: later.map(|l| (l.keys(), l.hour_start_ms)),
+                later: later.iter().map(|l| (l.keys(), l.hour_start_ms)).collect(),
             };
             b.hold(&held, windows.latest_ms());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1135,7 +1165,8 @@ mod tests {
         let r = book
             .reserve_until(BuyerKey(0), &b, m(1), monday_2359, midnight + 30_000)
             .unwrap();
-        let later = r.later.expect("firm into Tuesday");
+        assert_eq!(r.later.len(), 1, "firm into Tuesday");
+        let later = r.later[0];
         assert_eq!(later.day, r.windows.day + 1);
         assert_eq!(later.hour_start_ms, midnight);
         assert!(!book.has_headroom(BuyerKey(0), &b, monday_2359 + 30_000));
@@ -1161,7 +1192,7 @@ mod tests {
             .reserve_until(BuyerKey(0), &b, m(1), monday_2359, midnight + 30_000)
             .unwrap();
         let r = r.delivered_at(midnight + 10_000);
-        assert_eq!(r.counted_windows(), r.later.unwrap());
+        assert_eq!(r.counted_windows(), r.later[0]);
         assert!(book.commit(&r));
         let u = book.usage(BuyerKey(0), &b, midnight + 20_000);
         assert_eq!(
@@ -1224,7 +1255,64 @@ mod tests {
         let short = book
             .reserve_until(BuyerKey(0), &b, m(1), eleven - MIN_MS, eleven - 1)
             .unwrap();
-        assert_eq!(short.later, None);
+        assert!(short.later.is_empty());
+    }
+
+    /// Black-box round 13: a quote made in an hour's last second and firm for an hour
+    /// (plus the delivery slack) runs into the hour after next; the middle hour was not
+    /// held, and its lead counted in the first hour, so the middle one sold its cap again.
+    #[test]
+    fn a_quote_firm_for_an_hour_holds_every_hour_it_runs_into() {
+        let b = capped(Caps {
+            hourly: Some(1),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let seventeen = utc_ms(2026, 12, 1, 17, 0);
+        let made = seventeen - 500;
+        let r = book
+            .reserve_until(BuyerKey(0), &b, m(1), made, made + HOUR_MS + 1_000)
+            .unwrap();
+        assert_eq!(
+            r.later.iter().map(|l| l.hour_start_ms).collect::<Vec<_>>(),
+            [seventeen, seventeen + HOUR_MS]
+        );
+        // Both later hours are held (the book's clock only moves forward: 18:00 is seen
+        // through its counts).
+        assert!(!book.has_headroom(BuyerKey(0), &b, seventeen + 2_000));
+        let held: Vec<(i64, u32)> = book
+            .windows_of(BuyerKey(0))
+            .into_iter()
+            .filter(|(p, _, _)| *p == HOUR)
+            .map(|(_, k, c)| (k, c.reserved))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (seventeen - HOUR_MS, 1),
+                (seventeen, 1),
+                (seventeen + HOUR_MS, 1)
+            ]
+        );
+        // Sent at 17:00:03: it counts in 17:00, and the other hours are free again.
+        let r = r.delivered_at(seventeen + 3_000);
+        assert_eq!(r.counted_windows().hour_start_ms, seventeen);
+        assert!(book.commit(&r));
+        let u = book.usage(BuyerKey(0), &b, seventeen + 5_000);
+        assert_eq!((u.sold_hour, u.reserved), (1, 0));
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), seventeen + 6_000)
+            .is_err());
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), seventeen + HOUR_MS + 1)
+            .is_ok());
+        for (_, _, c) in book
+            .windows_of(BuyerKey(0))
+            .into_iter()
+            .filter(|(p, _, _)| *p == HOUR)
+        {
+            assert!(c.sold + c.reserved <= 1, "{c:?}");
+        }
     }
 
     #[test]
@@ -1234,18 +1322,18 @@ mod tests {
         let w = Windows::at(b.timezone, monday_2359).unwrap();
         let later = Windows::at(b.timezone, midnight + 30_000).unwrap();
         let r = book
-            .restore_reservation(BuyerKey(0), &w, Some(&later), m(1))
+            .restore_reservation(BuyerKey(0), &w, &[later], m(1))
             .unwrap();
-        assert_eq!(r.later, Some(later));
+        assert_eq!(r.later, [later]);
         assert!(!book.has_headroom(BuyerKey(0), &b, midnight + 1_000));
         assert!(book.commit(&r.delivered_at(midnight + 2_000)));
         let u = book.usage(BuyerKey(0), &b, midnight + 3_000);
         assert_eq!((u.sold_day, u.reserved), (1, 0));
         // The same windows twice are one hold.
         let again = book
-            .restore_reservation(BuyerKey(0), &w, Some(&w), m(1))
+            .restore_reservation(BuyerKey(0), &w, &[w], m(1))
             .unwrap();
-        assert_eq!(again.later, None);
+        assert!(again.later.is_empty());
     }
 
     #[test]
@@ -1514,7 +1602,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0i64..8, 0i64..3 * HOUR_MS, prop_oneof![Just(0i64), 0i64..=HOUR_MS]).prop_map(|(price_units, advance_ms, firm_ms)| Op::Reserve { price_units, advance_ms, firm_ms }),
+            3 => (0i64..8, 0i64..3 * HOUR_MS, prop_oneof![Just(0i64), 0i64..=HOUR_MS + 1_000]).prop_map(|(price_units, advance_ms, firm_ms)| Op::Reserve { price_units, advance_ms, firm_ms }),
             1 => (any::<usize>(), 0i64..=1_000).prop_map(|(i, at)| Op::Commit(i, at)),
             1 => any::<usize>().prop_map(Op::Release),
         ]

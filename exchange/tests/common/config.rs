@@ -20,6 +20,7 @@ pub struct TestBuyer {
     pub ping_timeout_ms: u64,
     pub post_timeout_ms: u64,
     pub caps_daily: Option<u32>,
+    pub caps_hourly: Option<u32>,
 }
 
 impl TestBuyer {
@@ -34,6 +35,7 @@ impl TestBuyer {
             ping_timeout_ms: 150,
             post_timeout_ms: 1_000,
             caps_daily: None,
+            caps_hourly: None,
         }
     }
 
@@ -54,6 +56,11 @@ impl TestBuyer {
 
     pub fn caps_daily(mut self, n: u32) -> Self {
         self.caps_daily = Some(n);
+        self
+    }
+
+    pub fn caps_hourly(mut self, n: u32) -> Self {
+        self.caps_hourly = Some(n);
         self
     }
 
@@ -230,8 +237,12 @@ states_include = [{states}]
                 post = b.post_timeout_ms,
                 states = states.join(", "),
             ));
-            if let Some(daily) = b.caps_daily {
-                t.push_str(&format!("caps = {{ daily = {daily} }}\n"));
+            let caps: Vec<String> = [("daily", b.caps_daily), ("hourly", b.caps_hourly)]
+                .into_iter()
+                .filter_map(|(name, n)| Some(format!("{name} = {}", n?)))
+                .collect();
+            if !caps.is_empty() {
+                t.push_str(&format!("caps = {{ {} }}\n", caps.join(", ")));
             }
         }
         t
