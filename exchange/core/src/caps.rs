@@ -348,15 +348,19 @@ struct Held {
 impl Held {
     /// Per period, every window the hold is in: `(key, the instant the lead is first
     /// taken there)`, each key once (hours differ; a day, week or month often repeats).
-    fn windows_of(&self, period: usize, at: i64) -> Vec<(i64, i64)> {
-        let mut out = vec![(self.keys[period], at)];
-        for (keys, start) in &self.later {
-            let k = keys[period];
-            if !out.iter().any(|(o, _)| *o == k) {
-                out.push((k, (*start).max(at)));
-            }
-        }
-        out
+    /// Allocates nothing: it runs for every reservation and settle on the award's path.
+    fn windows_of(&self, period: usize, at: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let first = self.keys[period];
+        let later = self
+            .later
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, (keys, start))| {
+                let k = keys[period];
+                let seen = k == first || self.later[..i].iter().any(|(ks, _)| ks[period] == k);
+                (!seen).then_some((k, (*start).max(at)))
+            });
+        std::iter::once((first, at)).chain(later)
     }
 
     /// The key of each period the sale counts in when the lead was sent at `delivered`.
