@@ -367,6 +367,11 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
         Err(reason) => return BidOutcome::Invalid(reason),
     };
     if let Some(v) = obj.get("bid") {
+        // A bid and a no-bid at once says nothing, whatever the bid (black-box rounds 13
+        // and 14: it counted as the bid, then as a no-bid when the bid was 0).
+        if obj.contains_key("no_bid") {
+            return BidOutcome::Invalid("bid_and_no_bid");
+        }
         let Some(f) = number(v) else {
             return BidOutcome::Invalid("bid_not_a_number");
         };
@@ -398,11 +403,6 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
             ) => lead_id_code(v),
             Some(_) => return BidOutcome::Invalid("bid_id"),
         };
-        // A bid and a no-bid at once says nothing (black-box round 13: it counted as the
-        // bid).
-        if obj.contains_key("no_bid") {
-            return BidOutcome::Invalid("bid_and_no_bid");
-        }
         return BidOutcome::Bid {
             price,
             bid_id,
@@ -628,10 +628,18 @@ mod tests {
                 "{kept}"
             );
         }
-        assert_eq!(
-            bid(200, JSON, r#"{"bid": 9, "no_bid": "outside_criteria"}"#),
-            BidOutcome::Invalid("bid_and_no_bid")
-        );
+        for both in [
+            r#"{"bid": 9, "no_bid": "outside_criteria"}"#,
+            r#"{"bid": 0, "no_bid": "x"}"#,
+            r#"{"no_bid": "x", "bid": -0}"#,
+            r#"{"bid": "nine", "no_bid": null}"#,
+        ] {
+            assert_eq!(
+                bid(200, JSON, both),
+                BidOutcome::Invalid("bid_and_no_bid"),
+                "{both}"
+            );
+        }
         assert_eq!(
             bid(200, JSON, r#"{"no_bid": "ana@example.com"}"#),
             BidOutcome::NoBid { reason: None }

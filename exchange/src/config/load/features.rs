@@ -19,6 +19,7 @@ const F32_RANGE: f64 = f32::MAX as f64;
 pub(super) fn read_features(
     s: &mut Section<'_>,
     schema: &VerticalSchema,
+    refused: &[&str],
     p: &mut Problems,
 ) -> Option<FeatureSpec> {
     if !s.has("features") {
@@ -42,7 +43,7 @@ pub(super) fn read_features(
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{path}[{i}]");
-                    if let Some(feature) = read_lead_feature(&item_path, item, schema, p) {
+                    if let Some(feature) = read_lead_feature(&item_path, item, schema, refused, p) {
                         if lead.iter().any(|l: &LeadFeature| l.field == feature.field) {
                             p.at(
                                 &item_path,
@@ -126,6 +127,7 @@ fn read_lead_feature(
     path: &str,
     item: &Value,
     schema: &VerticalSchema,
+    refused: &[&str],
     p: &mut Problems,
 ) -> Option<LeadFeature> {
     let Some(t) = item.as_table() else {
@@ -142,6 +144,10 @@ fn read_lead_feature(
     let categories = s.opt("categories");
     s.finish(p);
     let (field, kind_name) = (field?, kind_name?);
+    // A field whose own definition was refused: its problems are reported there.
+    if refused.contains(&field) {
+        return None;
+    }
     let Some(field_idx) = schema.field_index(field) else {
         p.at(
             &format!("{path}.field"),

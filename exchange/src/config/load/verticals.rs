@@ -68,20 +68,24 @@ pub(super) fn read_vertical(
             format!("must define at most {LEAD_FIELDS_MAX} fields"),
         );
     }
+    let names: Vec<&str> = field_entries.iter().map(|(name, _)| *name).collect();
     let fields: Vec<Option<FieldSpec>> = field_entries
         .into_iter()
         .map(|(field, section)| read_field(field, section, p))
         .collect();
-    let features = if fields.iter().all(Option::is_some) {
-        let schema = VerticalSchema {
-            fields: fields.iter().flatten().cloned().collect(),
-        };
-        super::features::read_features(&mut s, &schema, p)
-    } else {
-        // Field problems are reported; features name fields, so they wait for a clean schema.
-        s.opt("features");
-        None
+    // Read against the fields that read cleanly, beside their problems (black-box round
+    // 14: a field's problem hid every feature's); a feature of a refused field is left to
+    // that field's problem.
+    let refused: Vec<&str> = names
+        .iter()
+        .zip(&fields)
+        .filter(|(_, f)| f.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    let schema = VerticalSchema {
+        fields: fields.iter().flatten().cloned().collect(),
     };
+    let features = super::features::read_features(&mut s, &schema, &refused, p);
     // Routing names no field: its problems are reported with the fields' ones.
     let routing = super::features::read_routing(&mut s, p);
     s.finish(p);

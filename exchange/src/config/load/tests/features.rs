@@ -201,3 +201,28 @@ fn bad_routing_and_learning_are_named() {
         );
     }
 }
+
+/// Black-box round 14: a field's problem hid every problem of the vertical's features.
+/// They are read against the fields that read cleanly; a feature naming the refused
+/// field is left to that field's problem.
+#[test]
+fn feature_problems_are_listed_beside_a_fields_problems() {
+    let (m, f) = feats(
+        r#"{ version = 0, lead = [{ field = "extra", kind = "numeric" }, { field = "ssn", kind = "numeric" }], context = ["moon_phase"] }"#,
+    );
+    let errs = errors(&[(m, &f), ("#FIELD", "type = \"integer\"\nmin = 5\nmax = 1")]);
+    has(
+        &errs,
+        "verticals.auto.fields.extra.max: must be at least min",
+    );
+    has(&errs, "verticals.auto.features.version");
+    has(
+        &errs,
+        "verticals.auto.features.lead[1].field: unknown lead field \"ssn\"",
+    );
+    has(&errs, "verticals.auto.features.context[0]");
+    assert!(
+        !errs.iter().any(|e| e.contains("lead[0]")),
+        "the refused field's feature is left to it: {errs:#?}"
+    );
+}

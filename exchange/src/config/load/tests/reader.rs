@@ -15,8 +15,10 @@ fn money_forms_are_exact() {
     assert_eq!(floor("\"12.50\""), Ok(Micros(12_500_000)));
     assert_eq!(floor("0.000001"), Ok(Micros(1)));
     // Zero is zero, however signed; a string is the digits alone, without padding.
-    assert_eq!(floor("-0"), Ok(Micros(0)));
-    assert_eq!(floor("-0.0"), Ok(Micros(0)));
+    for zero in ["-0", "-0.0", "\"-0\"", "\"-0.00\""] {
+        assert_eq!(floor(zero), Ok(Micros(0)), "{zero}");
+    }
+    assert!(floor("\"-1\"").is_err());
     for padded in ["\"  4\"", "\"4 \"", "\"+4\""] {
         assert!(floor(padded).is_err(), "{padded}");
     }

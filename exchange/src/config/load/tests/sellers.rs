@@ -58,6 +58,27 @@ fn seller_keys() {
             .0,
         [pct]
     );
+    // One reading with money (black-box round 14): zero however signed, no padding.
+    for zero in ["-0", "-0.0", "\"-0\""] {
+        assert_eq!(
+            payout(&format!(
+                "{{ model = \"revenue_share\", share_pct = {zero} }}"
+            )),
+            Ok(PayoutModel::RevenueShare { share_bp: 0 }),
+            "{zero}"
+        );
+    }
+    for padded in ["\" 80\"", "\"80 \"", "\"\\t80\""] {
+        assert_eq!(
+            payout(&format!(
+                "{{ model = \"revenue_share\", share_pct = {padded} }}"
+            ))
+            .unwrap_err()
+            .0,
+            [pct],
+            "{padded}"
+        );
+    }
     assert_eq!(
         payout("{ model = \"revenue_share\", margin = 1 }")
             .unwrap_err()
