@@ -253,14 +253,20 @@ impl Reservation {
     /// in, of `windows` and `later` (the hold's own: a caller cannot pick others);
     /// `windows` when the moment is not known.
     pub fn counted_windows(&self) -> Windows {
-        let at = self.delivered.unwrap_or(i64::MIN);
-        self.later
-            .iter()
-            .rev()
-            .find(|l| at >= l.hour_start_ms)
-            .copied()
-            .unwrap_or(self.windows)
+        counted_in(&self.windows, &self.later, self.delivered)
     }
+}
+
+/// Of a hold's windows (`first`, then `later`, in order), those of the hour a lead sent
+/// at `delivered` falls in; `first` when the moment is not known.
+fn counted_in(first: &Windows, later: &[Windows], delivered: Option<UnixMs>) -> Windows {
+    let at = delivered.unwrap_or(i64::MIN);
+    later
+        .iter()
+        .rev()
+        .find(|l| at >= l.hour_start_ms)
+        .copied()
+        .unwrap_or(*first)
 }
 
 /// Which limit refused a reservation.
@@ -340,9 +346,9 @@ struct Counter {
 #[derive(Debug, Clone)]
 struct Held {
     price: Micros,
-    keys: [i64; PERIODS],
-    /// The later windows' keys and the instant each begins, in order.
-    later: Vec<([i64; PERIODS], i64)>,
+    windows: Windows,
+    /// The later hours' windows, in order ([`Reservation::later`]).
+    later: Vec<Windows>,
 }
 
 impl Held {
@@ -350,27 +356,14 @@ impl Held {
     /// taken there)`, each key once (hours differ; a day, week or month often repeats).
     /// Allocates nothing: it runs for every reservation and settle on the award's path.
     fn windows_of(&self, period: usize, at: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
-        let first = self.keys[period];
-        let later = self
-            .later
-            .iter()
-            .enumerate()
-            .filter_map(move |(i, (keys, start))| {
-                let k = keys[period];
-                let seen = k == first || self.later[..i].iter().any(|(ks, _)| ks[period] == k);
-                (!seen).then_some((k, (*start).max(at)))
-            });
+        let key = move |w: &Windows| w.keys()[period];
+        let first = key(&self.windows);
+        let later = self.later.iter().enumerate().filter_map(move |(i, l)| {
+            let k = key(l);
+            let seen = k == first || self.later[..i].iter().any(|e| key(e) == k);
+            (!seen).then_some((k, l.hour_start_ms.max(at)))
+        });
         std::iter::once((first, at)).chain(later)
-    }
-
-    /// The key of each period the sale counts in when the lead was sent at `delivered`.
-    fn counted(&self, delivered: Option<UnixMs>) -> [i64; PERIODS] {
-        let at = delivered.unwrap_or(i64::MIN);
-        self.later
-            .iter()
-            .rev()
-            .find(|(_, start)| at >= *start)
-            .map_or(self.keys, |(keys, _)| *keys)
     }
 }
 
@@ -736,8 +729,8 @@ impl CapBook {
             let at = b.latest_now.map_or(now, |latest| latest.max(now));
             let held = Held {
                 price,
-                keys,
-                later: later.iter().map(|l| (l.keys(), l.hour_start_ms)).collect(),
+                windows: w,
+                later: later.clone(),
             };
             b.hold(&held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -774,7 +767,7 @@ impl CapBook {
             };
             version.fetch_add(1, Ordering::AcqRel);
             // The sale counts in the hour the lead was sent in; every other hold is dropped.
-            let counted = held.counted(r.delivered);
+            let counted = counted_in(&held.windows, &held.later, r.delivered).keys();
             for (period, counted) in counted.into_iter().enumerate() {
                 for (k, _) in held.windows_of(period, 0) {
                     // The window exists: a window holding a reservation is never pruned.
@@ -839,8 +832,8 @@ impl CapBook {
             version.fetch_add(1, Ordering::AcqRel);
             let held = Held {
                 price,
-                keys: windows.keys(),
-                later: later.iter().map(|l| (l.keys(), l.hour_start_ms)).collect(),
+                windows: *windows,
+                later: later.clone(),
             };
             b.hold(&held, windows.latest_ms());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
