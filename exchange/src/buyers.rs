@@ -444,21 +444,40 @@ impl BuyerClient {
     }
 }
 
-/// The `Content-Type` a buyer's answer is read by: none (so the answer is `invalid`,
-/// `content_type`) when it has two, or a `Content-Encoding` other than `identity`: the
-/// body would be read as something the buyer did not send (black-box round 13: the
-/// first of two types was taken, and a gzip encoding ignored; the seller side refuses
-/// both).
-fn answer_content_type(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+/// Why a message's headers do not describe a JSON body this project reads, if they do
+/// not: more than one `Content-Type` header (readers disagree on which one counts), a
+/// type other than JSON ([`proto::json::media_type_problem`]: the media type and the
+/// charset), or a `Content-Encoding` other than `identity` (the body would be read as if
+/// it were not compressed). One rule for seller requests (`415`) and buyer answers.
+pub fn json_headers_problem(headers: &http::HeaderMap) -> Option<&'static str> {
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let (first, second) = (types.next(), types.next());
-    let encoded = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
-    match (first, second, encoded) {
-        (Some(t), None, false) => Some(t.clone()),
-        _ => None,
+    if second.is_some() {
+        return Some("send one Content-Type header, not several");
+    }
+    let Some(ct) = first.and_then(|v| v.to_str().ok()) else {
+        return Some("Content-Type must be application/json");
+    };
+    if let Some(problem) = proto::json::media_type_problem(ct) {
+        return Some(problem);
+    }
+    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
+        })
+    });
+    encoded.then_some("Content-Encoding is not supported: send the body uncompressed")
+}
+
+/// The `Content-Type` a buyer's answer is read by: none (so the answer is `invalid`,
+/// `content_type`) when its headers do not describe a JSON body
+/// ([`json_headers_problem`]; black-box round 13: the first of two types was taken, and
+/// a gzip encoding ignored).
+fn answer_content_type(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    match json_headers_problem(headers) {
+        None => headers.get(header::CONTENT_TYPE).cloned(),
+        Some(_) => None,
     }
 }
 

@@ -203,20 +203,10 @@ pub enum PostOutcome {
     Invalid(&'static str),
 }
 
+/// JSON by [`crate::json::media_type_problem`] (a non-UTF-8 `charset` included: black-box
+/// round 13 found an iso-8859-1 answer read as UTF-8).
 fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| {
-        let mut parts = ct.split(';');
-        let mime = parts.next().unwrap_or("").trim();
-        // JSON is UTF-8 (RFC 8259): a charset, if given, says so (black-box round 13: an
-        // answer in iso-8859-1 was read as UTF-8, as the seller side refuses it).
-        let utf8 = parts.all(|param| match param.split_once('=') {
-            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
-                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-            }
-            _ => true,
-        });
-        mime.eq_ignore_ascii_case("application/json") && utf8
-    })
+    content_type.is_some_and(|ct| crate::json::media_type_problem(ct).is_none())
 }
 
 thread_local! {

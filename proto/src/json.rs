@@ -36,6 +36,33 @@ pub struct TooDeep {
     pub depth_max: usize,
 }
 
+/// Why a `Content-Type` value is not JSON this project reads, if it is not: the media
+/// type must be `application/json`, and a `charset`, if given, UTF-8 (RFC 8259). One
+/// rule for the bodies sellers send and the answers buyers send.
+pub fn media_type_problem(content_type: &str) -> Option<&'static str> {
+    let mut parts = content_type.split(';');
+    if !parts
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        return Some("Content-Type must be application/json");
+    }
+    for param in parts {
+        if let Some((name, value)) = param.split_once('=') {
+            let value = value.trim().trim_matches('"');
+            if name.trim().eq_ignore_ascii_case("charset")
+                && !value.eq_ignore_ascii_case("utf-8")
+                && !value.eq_ignore_ascii_case("utf8")
+            {
+                return Some("the body must be UTF-8 (charset=utf-8, or no charset)");
+            }
+        }
+    }
+    None
+}
+
 /// Checks that `bytes` never nests arrays and objects deeper than `depth_max` levels,
 /// without parsing them: one pass, no recursion, no allocation. Brackets inside strings
 /// (with their `\"` and `\\` escapes) do not count. Invalid JSON that is not too deep

@@ -299,13 +299,18 @@ pub fn money(micros: i64) -> String {
 /// buyer or serve the admin listener, so secrets and the admin token are not needed.
 const PLACEHOLDER_SECRET: &str = "finance-tools-placeholder-never-used";
 
+/// The environment the tools load a configuration with: a placeholder for every secret
+/// and token variable, whatever is set.
+pub fn placeholder_env(_: &str) -> Option<String> {
+    Some(PLACEHOLDER_SECRET.to_string())
+}
+
 /// Loads a configuration file for the finance and model tools: the real loader and
 /// validation, with a placeholder for every secret and token. The environment is not
 /// read: these tools call no buyer and serve nothing, so a secret that is unset, or set
 /// to a value the exchange would refuse, does not stop a report.
 pub fn load_config(path: &Path) -> Result<crate::config::Config, String> {
-    let env = |_: &str| -> Option<String> { Some(PLACEHOLDER_SECRET.to_string()) };
-    crate::config::load_file_with_env(path, &env).map_err(|e| {
+    crate::config::load_file_with_env(path, &placeholder_env).map_err(|e| {
         format!(
             "{} does not load ({} error(s)):\n{e}",
             path.display(),

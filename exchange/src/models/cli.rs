@@ -15,9 +15,10 @@ use crate::core::record::rfc3339;
 fn config(path: Option<&Path>, ledger: Option<&Path>) -> Result<Config, String> {
     let mut cfg = match path {
         Some(p) => crate::finance::load_config(p)?,
-        None => crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &|_| {
-            Some("model-tools-placeholder-never-used".into())
-        })
+        None => crate::config::load_str_with_env(
+            crate::app::DEFAULT_CONFIG,
+            &crate::finance::placeholder_env,
+        )
         .map_err(|e| format!("the default configuration does not load: {e}"))?,
     };
     if let Some(l) = ledger {

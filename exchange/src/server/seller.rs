@@ -268,48 +268,7 @@ pub(super) async fn read_body(
 /// one counts, as with a repeated `Authorization`), a `charset` other than UTF-8, or a
 /// `Content-Encoding` (the body would be read as if it were not compressed).
 pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str> {
-    let headers = req.headers();
-    if headers
-        .get_all(header::CONTENT_TYPE)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return Some("send one Content-Type header, not several");
-    }
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Some("Content-Type must be application/json");
-    };
-    let mut parts = ct.split(';');
-    if !parts
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Some("Content-Type must be application/json");
-    }
-    for param in parts {
-        if let Some((name, value)) = param.split_once('=') {
-            let value = value.trim().trim_matches('"');
-            if name.trim().eq_ignore_ascii_case("charset")
-                && !value.eq_ignore_ascii_case("utf-8")
-                && !value.eq_ignore_ascii_case("utf8")
-            {
-                return Some("the body must be UTF-8 (charset=utf-8, or no charset)");
-            }
-        }
-    }
-    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split(',')
-                .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
-        })
-    });
-    encoded.then_some("Content-Encoding is not supported: send the body uncompressed")
+    crate::buyers::json_headers_problem(req.headers())
 }
 
 pub(super) async fn seller_request(
