@@ -312,6 +312,18 @@ impl Bidder for ScorecardBidder {
     }
 }
 
+/// 16 letters from `n`: a bid id with no digits, which the exchange always keeps (16
+/// random hex digits may hold a run of 7 digits, dropped as a possible phone number).
+fn letters_id(mut n: u64) -> String {
+    (0..16)
+        .map(|_| {
+            let c = char::from(b'a' + (n % 16) as u8);
+            n /= 16;
+            c
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,16 +378,4 @@ mod tests {
         assert!(!seen.insert("3".into()));
         assert_eq!(phone_key("+1 (817) 555-0123"), "18175550123");
     }
-}
-
-/// 16 letters from `n`: a bid id with no digits, which the exchange always keeps (16
-/// random hex digits may hold a run of 7 digits, dropped as a possible phone number).
-fn letters_id(mut n: u64) -> String {
-    (0..16)
-        .map(|_| {
-            let c = char::from(b'a' + (n % 16) as u8);
-            n /= 16;
-            c
-        })
-        .collect()
 }
