@@ -21,8 +21,11 @@
 //! - **Header limits**: a request whose head is over [`Limits::header_bytes_max`] bytes
 //!   or carries more than [`Limits::headers_max`] fields is answered `431` with the
 //!   contract's JSON error (`headers_too_large`) and never reaches the service. hyper is
-//!   configured so that its own, empty-bodied 431 only happens past much larger hard caps
+//!   configured so that its own 431 only happens past much larger hard caps
 //!   ([`hard_head_bytes`], [`hard_header_count`]).
+//! - **hyper's own answers** (HTTP/1.x): the empty-bodied `400`, `414` and `431` hyper
+//!   writes for a head it cannot read get the contract's JSON body on their way out
+//!   (`400 invalid_request`, `431 headers_too_large`), so every bad input has one.
 //! - **Accept errors** (out of file descriptors and the like): exponential back-off from
 //!   2 ms to 1 s; after [`Limits::accept_errors_max`] failures in a row the loop stops
 //!   (0: never). Errors that concern one peer only (it reset before we accepted) are
@@ -92,7 +95,8 @@ pub const ACCEPT_ERRORS_MAX_DEFAULT: u32 = 100;
 /// Longest pause between failed accepts, in ms.
 pub const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
 /// hyper's own HTTP/1.1 read buffer (its default, 8 KiB + 100 × 4 KiB): a request head
-/// longer than this gets hyper's 431 with an empty body, and the connection is closed.
+/// longer than this gets hyper's own 431 (given the JSON body on its way out), and the
+/// connection is closed.
 const HYPER_H1_BUF_BYTES: usize = 8_192 + 4_096 * 100;
 
 /// The limits of one listener. [`Limits::default`] holds the `*_DEFAULT` constants.
@@ -146,15 +150,15 @@ impl Default for Limits {
     }
 }
 
-/// The request-head size past which hyper answers by itself (431, empty body): the larger
+/// The request-head size past which hyper answers by itself (431): the larger
 /// of hyper's HTTP/1.1 read buffer (408 KiB) and 4 × `header_bytes_max`. Also the
 /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` advertised.
 pub fn hard_head_bytes(limits: &Limits) -> usize {
     HYPER_H1_BUF_BYTES.max(limits.header_bytes_max.saturating_mul(4))
 }
 
-/// The header count past which hyper answers an HTTP/1.1 request by itself (431, empty
-/// body): 4 × `headers_max`, at least 100 (hyper's default).
+/// The header count past which hyper answers an HTTP/1.1 request by itself (431): 4 ×
+/// `headers_max`, at least 100 (hyper's default).
 pub fn hard_header_count(limits: &Limits) -> usize {
     limits.headers_max.saturating_mul(4).max(100)
 }
@@ -778,10 +782,148 @@ fn closing_h1<B>(response: &mut Response<B>, h10: bool) {
     }
 }
 
-/// A stream that counts the bytes read from it.
+/// A stream that counts the bytes read from it, and gives hyper's own error answers the
+/// contract's JSON body ([`bare_answer_replacement`]).
 struct Counted<I> {
     inner: I,
     activity: Arc<Activity>,
+    limits: Arc<Limits>,
+    on_refused: Option<RefusedHook>,
+    /// An answer being written in place of one of hyper's bare ones.
+    replacing: Option<Replacing>,
+}
+
+/// The bytes written in place of hyper's, how many are out, and the length of hyper's
+/// buffer they stand for (reported written once all of them are).
+struct Replacing {
+    bytes: Vec<u8>,
+    sent: usize,
+    stands_for: usize,
+}
+
+/// The largest head hyper writes for an answer of its own (status line, `connection`,
+/// `content-length`, `date`): anything longer is not one.
+const BARE_HEAD_MAX: usize = 256;
+
+/// What goes on the wire instead of hyper's own answer to a head it could not read, if
+/// `head` is one: hyper answers a request line or header field that does not parse with
+/// `400`, a target over the `http` crate's 64 KiB with `414`, and a head over its read
+/// buffer or field count (both well past `header_bytes_max` and `headers_max`) with
+/// `431`, each with an empty body and `connection: close`. The contract gives every bad
+/// input its JSON error body, so the same answer goes out with one: `400
+/// invalid_request`, or `431 headers_too_large` for both of the last (a target that long
+/// is a head over `header_bytes_max`, which counts the request line). An answer of the
+/// service always has a `content-type`, so it is never taken for one of these; the
+/// status and the other fields (`connection: close`, `date`) are kept.
+fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(Vec<u8>, bool)> {
+    if head.len() > BARE_HEAD_MAX
+        || head.len() < 13
+        || !(head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.0 4"))
+        || !head.ends_with(b"\r\n\r\n")
+    {
+        return None;
+    }
+    let (version, status) = (&head[..9], &head[9..12]);
+    let too_large = match status {
+        b"400" => false,
+        b"414" | b"431" => true,
+        _ => return None,
+    };
+    let text = std::str::from_utf8(&head[..head.len() - 4]).ok()?;
+    let mut lines = text.split("\r\n");
+    lines.next()?;
+    let mut kept = Vec::new();
+    let mut empty_body = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        if name.eq_ignore_ascii_case("content-type") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            if value.trim() != "0" {
+                return None;
+            }
+            empty_body = true;
+            continue;
+        }
+        kept.push(line);
+    }
+    if !empty_body {
+        return None;
+    }
+    let error = if too_large {
+        ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the request head is over {} bytes or has more than {} header fields",
+                limits.header_bytes_max, limits.headers_max
+            ),
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request head could not be read as HTTP/1.1 (its request line or a header field is malformed, or its Content-Length is invalid or repeated)",
+        )
+    };
+    let body = error.to_json();
+    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    out.extend_from_slice(version);
+    out.extend_from_slice(if too_large {
+        b"431 Request Header Fields Too Large\r\n".as_slice()
+    } else {
+        b"400 Bad Request\r\n".as_slice()
+    });
+    for line in kept {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    Some((out, too_large))
+}
+
+impl<I: AsyncWrite + Unpin> Counted<I> {
+    /// Starts replacing `buf` if it is one of hyper's bare answers (HTTP/1.x only).
+    fn check_bare(&mut self, buf: &[u8]) {
+        if self.replacing.is_some()
+            || buf.len() > BARE_HEAD_MAX
+            || !buf.starts_with(b"HTTP/1.")
+            || self.activity.h2.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        if let Some((bytes, too_large)) = bare_answer_replacement(buf, &self.limits) {
+            if too_large {
+                if let Some(hook) = &self.on_refused {
+                    hook();
+                }
+            }
+            self.replacing = Some(Replacing {
+                bytes,
+                sent: 0,
+                stands_for: buf.len(),
+            });
+        }
+    }
+
+    /// Writes the replacement out; ready with the length of hyper's buffer once it is.
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<usize>>> {
+        let replacing = self.replacing.as_mut()?;
+        while replacing.sent < replacing.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &replacing.bytes[replacing.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => replacing.sent += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        let written = replacing.stands_for;
+        self.replacing = None;
+        Some(Poll::Ready(Ok(written)))
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
@@ -809,7 +951,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.check_bare(buf);
+        if let Some(polled) = this.poll_replacing(cx) {
+            return polled;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -825,7 +972,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            this.check_bare(only);
+        }
+        if let Some(polled) = this.poll_replacing(cx) {
+            return polled;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1081,6 +1236,9 @@ impl Conn {
         let io = TokioIo::new(Counted {
             inner: io,
             activity: Arc::clone(&activity),
+            limits: Arc::clone(&self.limits),
+            on_refused: service.on_refused.clone(),
+            replacing: None,
         });
         let conn = self.builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
@@ -1199,6 +1357,136 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that takes at most `step` bytes per call and is not ready every other call.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        ready: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.ready = !this.ready;
+            if !this.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(this.step);
+            this.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn counted(step: usize) -> Counted<Trickle> {
+        Counted {
+            inner: Trickle {
+                out: Vec::new(),
+                step,
+                ready: false,
+            },
+            activity: Arc::new(Activity::default()),
+            limits: Arc::new(Limits::default()),
+            on_refused: None,
+            replacing: None,
+        }
+    }
+
+    /// Writes `buf` whole, as hyper does (again after `Pending` or a short write), and
+    /// returns what reached the wire.
+    async fn write_like_hyper(c: &mut Counted<Trickle>, buf: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncWriteExt;
+        c.write_all(buf).await.expect("write");
+        std::mem::take(&mut c.inner.out)
+    }
+
+    const BARE_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 20:00:21 GMT\r\n\r\n";
+
+    #[tokio::test]
+    async fn hypers_bare_answers_get_the_json_body_even_through_short_writes() {
+        for step in [1, 7, 4096] {
+            let mut c = counted(step);
+            let wire = write_like_hyper(&mut c, BARE_400).await;
+            let text = String::from_utf8(wire).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text:?}");
+            assert!(head.contains("\r\nconnection: close\r\n"), "{text:?}");
+            assert!(
+                head.contains("\r\ndate: Tue, 01 Dec 2026 20:00:21 GMT"),
+                "{text:?}"
+            );
+            assert!(
+                head.contains("\r\ncontent-type: application/json"),
+                "{text:?}"
+            );
+            assert!(
+                head.ends_with(&format!("content-length: {}", body.len())),
+                "{text:?}"
+            );
+            assert!(!head.contains("content-length: 0"), "{text:?}");
+            assert!(
+                body.starts_with(r#"{"error":{"code":"invalid_request""#),
+                "{body}"
+            );
+            // The next write on the connection goes through untouched.
+            assert_eq!(write_like_hyper(&mut c, b"more").await, b"more");
+        }
+        for status in ["414 URI Too Long", "431 Request Header Fields Too Large"] {
+            let head =
+                format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+            let (wire, counted_as_refused) =
+                bare_answer_replacement(head.as_bytes(), &Limits::default()).unwrap();
+            let text = String::from_utf8(wire).unwrap();
+            assert!(
+                text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"{"error":{"code":"headers_too_large""#),
+                "{text}"
+            );
+            assert!(counted_as_refused);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_services_own_answers_are_never_rewritten() {
+        let kept: [&[u8]; 6] = [
+            // A service's error: it has a content type.
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+            // A head with a body to come.
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n",
+            // Other statuses.
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            // Not a whole head, or a head and more.
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+        ];
+        for head in kept {
+            assert!(
+                bare_answer_replacement(head, &Limits::default()).is_none(),
+                "{head:?}"
+            );
+            let mut c = counted(5);
+            assert_eq!(write_like_hyper(&mut c, head).await, head);
+        }
+        // Over HTTP/2 nothing is looked at.
+        let mut c = counted(4096);
+        c.activity.h2.store(true, Ordering::Relaxed);
+        assert_eq!(write_like_hyper(&mut c, BARE_400).await, BARE_400);
+    }
 
     #[test]
     fn head_limits() {

@@ -364,6 +364,19 @@ async fn admin_raw(ex: &Exchange, request: &str) -> (String, tokio::net::TcpStre
     (answer, s)
 }
 
+/// A head the admin listener cannot read gets the contract's JSON error too, as on the
+/// seller port (`listener.rs` `heads_hyper_cannot_read_get_the_contracts_json_error`).
+#[tokio::test]
+async fn an_unreadable_admin_head_gets_the_contracts_json_error() {
+    let ex = TestConfig::new().start().await;
+    let (answer, _) = admin_raw(&ex, "GARBAGE\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    assert!(
+        answer.contains(r#"{"error":{"code":"invalid_request""#),
+        "{answer:?}"
+    );
+}
+
 /// HEAD on a probe is its GET without the body, on both listeners; another method on a
 /// probe is `405` with `Allow`, on the admin listener too, without a token (before, the
 /// admin listener answered `401`: black-box round 9).

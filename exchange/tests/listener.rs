@@ -242,14 +242,116 @@ async fn oversized_heads_get_431_with_the_json_body() {
         ),
         2.0
     );
-    // Past hyper's own read buffer (about 408 KiB) hyper answers by itself: 431 with an
-    // empty body, and closes (documented in OPERATIONS.md).
+    // Past hyper's own read buffer (about 408 KiB) hyper answers by itself; the listener
+    // gives that answer the contract's body too, counts it, and the connection closes.
     let huge = format!(
         "GET /healthz HTTP/1.1\r\nhost: x\r\nx-huge: {}\r\n\r\n",
         "a".repeat(600 * 1024)
     );
-    let (answer, _) = raw_exchange(ex.addr, huge.as_bytes(), EVENT_WAIT_MAX).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let (answer, closed) = answer_and_close(ex.addr, huge.as_bytes()).await;
+    assert_431_json(&answer);
+    assert!(closed, "{answer:?}");
+    let metrics = String::from_utf8(ex.state.metrics.render()).unwrap();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "pingpost_http_errors_total",
+            &[("code", "headers_too_large")]
+        ),
+        3.0
+    );
+    ex.shutdown().await.unwrap();
+}
+
+/// The answer to `request` on a new connection, and whether the server then closed it.
+async fn answer_and_close(addr: std::net::SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let (answer, closed) = read_answer(&mut stream, EVENT_WAIT_MAX).await;
+    (
+        answer,
+        closed || closed_within(&mut stream, EVENT_WAIT_MAX).await,
+    )
+}
+
+/// Heads hyper cannot read at all (a malformed request line or header field, a repeated
+/// `Content-Length`, a target over the `http` crate's 64 KiB, more fields than hyper
+/// parses) are answered by hyper itself, with an empty body: the listener puts the
+/// contract's JSON error on each (before: a bare `400`, `414` or `431`), and closes.
+#[tokio::test]
+async fn heads_hyper_cannot_read_get_the_contracts_json_error() {
+    let (ex, _dir) = start(5_000, "headers_max = 100").await;
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..500 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "a header line without a colon",
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+            "invalid_request",
+        ),
+        (
+            "not HTTP at all",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+            "invalid_request",
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /v1/ping HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nabcdef"
+                .to_vec(),
+            "HTTP/1.1 400 ",
+            "invalid_request",
+        ),
+        (
+            "an unknown HTTP version",
+            b"GET /healthz HTTP/9.1\r\nhost: x\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+            "invalid_request",
+        ),
+        (
+            "a 70 KiB target (hyper's 414)",
+            format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70 * 1024)).into_bytes(),
+            "HTTP/1.1 431 ",
+            "headers_too_large",
+        ),
+        (
+            "500 fields, past hyper's own count",
+            many.into_bytes(),
+            "HTTP/1.1 431 ",
+            "headers_too_large",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, request, status, code) in cases {
+        let (answer, closed) = answer_and_close(ex.addr, &request).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let lower = head.to_ascii_lowercase();
+        let parsed: Option<Value> = serde_json::from_str(body).ok();
+        let ok = answer.starts_with(status)
+            && lower.contains("\r\ncontent-type: application/json")
+            && lower.contains(&format!("\r\ncontent-length: {}", body.len()))
+            && lower.contains("\r\nconnection: close")
+            && closed
+            && parsed
+                .as_ref()
+                .is_some_and(|v| v["error"]["code"] == code && v["error"]["message"].is_string());
+        if !ok {
+            failures.push(format!("{name}: closed={closed} {answer:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // A good request afterwards is served as before.
+    let (answer, _) = raw_exchange(
+        ex.addr,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        EVENT_WAIT_MAX,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     ex.shutdown().await.unwrap();
 }
 
