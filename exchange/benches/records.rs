@@ -39,6 +39,7 @@ fn auction() -> Record<'static> {
             },
             bid_micros: (i != 3).then_some(8_910_000 + i as i64 * 1_000_000),
             detail: None,
+            reason: None,
             took_us: Some(429_186 - i as u64 * 1_000),
             p_ppm: (i != 3).then_some(450_000),
             bx: None,

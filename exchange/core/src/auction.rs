@@ -329,6 +329,7 @@ impl<'a> Auction<'a> {
             outcome,
             bid_micros,
             detail,
+            reason: None,
             took_us,
             p_ppm: None,
             bx: None,
@@ -435,8 +436,11 @@ impl<'a> Auction<'a> {
                 Answer::InTime(None, took) => {
                     self.line(b, BuyerOutcome::Error, None, None, Some(took));
                 }
-                Answer::InTime(Some(BidOutcome::NoBid { .. }), took) => {
+                Answer::InTime(Some(BidOutcome::NoBid { reason }), took) => {
                     self.line(b, BuyerOutcome::NoBid, None, None, Some(took));
+                    if let Some(line) = self.lines.last_mut() {
+                        line.reason = reason;
+                    }
                 }
                 Answer::InTime(Some(BidOutcome::Invalid(why)), took) => {
                     self.line(b, BuyerOutcome::Invalid, None, Some(why), Some(took));
@@ -549,6 +553,7 @@ impl<'a> Auction<'a> {
                         outcome: BuyerOutcome::CappedAtAward,
                         bid_micros: Some(price),
                         detail: None,
+                        reason: None,
                         took_us: None,
                         p_ppm: r.p_ppm,
                         bx: None,

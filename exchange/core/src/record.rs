@@ -292,6 +292,10 @@ pub struct BuyerLine<'a> {
     pub bid_micros: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'static str>,
+    /// A pass's reason as the buyer gave it (`{"no_bid": "outside_criteria"}`), when it
+    /// is a code (`proto::buyer::reason_code`: short, no personal data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// How long the buyer took to answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub took_us: Option<u64>,
@@ -702,6 +706,7 @@ mod tests {
                 outcome: BuyerOutcome::BidAboveMax,
                 bid_micros: Some(1_850_000_000),
                 detail: None,
+                reason: None,
                 took_us: Some(5),
                 p_ppm: Some(250_000),
                 bx: Some(vec![1.5, f32::NAN]),

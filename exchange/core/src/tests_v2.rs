@@ -190,6 +190,39 @@ fn everyone_answering_early_ends_collection() {
     assert_eq!(caps.outstanding(BuyerKey(0)), 1, "the winner's cap is held");
 }
 
+/// A pass's reason, when the buyer gave one as a code, is on its line of the auction
+/// record (before: dropped, so an operator could not see why buyers pass).
+#[test]
+fn a_pass_keeps_its_reason_on_the_buyers_line() {
+    let cfg = cfg_timeouts(&[100, 100]);
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    let reason = Some("outside_criteria".to_string());
+    a.on_answer(0, Some(BidOutcome::NoBid { reason }), 5_000, T + 5);
+    a.on_answer(1, Some(BidOutcome::NoBid { reason: None }), 6_000, T + 6);
+    let award = a.finish(&s, T + 6, 6_000);
+    assert_eq!(award.no_bid, Some(NoBidReason::NoBids));
+    let effects = run(&s, a.effects());
+    let rec = auction_record(&effects);
+    let reasons: Vec<_> = rec
+        .buyers
+        .iter()
+        .map(|l| (l.outcome, l.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (BuyerOutcome::NoBid, Some("outside_criteria")),
+            (BuyerOutcome::NoBid, None)
+        ]
+    );
+    let json = serde_json::to_value(&rec.buyers).unwrap();
+    assert_eq!(json[0]["reason"], "outside_criteria");
+    assert!(json[1].get("reason").is_none(), "{json}");
+}
+
 #[test]
 fn no_time_left_means_not_pinged_and_no_breaker_penalty() {
     let cfg = cfg_timeouts(&[100]);

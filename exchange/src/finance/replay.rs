@@ -545,7 +545,10 @@ so if the exchange reloaded its configuration since it started, the file may not
                 }
             }
             "capped_at_award" => "refused at award: its bid ranked above the winner's, but its cap or budget was full when the award tried to reserve it".into(),
-            "no_bid" => format!("passed (no bid){took}"),
+            "no_bid" => match l.get("reason").and_then(Value::as_str) {
+                Some(reason) => format!("passed (no bid: {reason}){took}"),
+                None => format!("passed (no bid){took}"),
+            },
             "bid_above_max" => format!(
                 "lost: bid {} is above the vertical's bid_max, so it counts as a pass{took}",
                 m(bid.unwrap_or(0))
