@@ -51,7 +51,7 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
         .map_err(|e| std::io::Error::other(format!("marking the start in the ledger: {e}")))?;
     // Each vertical's champion model, if the model directory names one (a broken one is
     // logged and the vertical starts on the cold-start rates).
-    state.sync_champions();
+    state.sync_champions_at_start();
     Ok(Arc::new(state))
 }
 

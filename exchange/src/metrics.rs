@@ -147,7 +147,7 @@ pub struct Metrics {
     /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
     /// sale's record on disk (P8).
     pub sale_after_accept: Histogram,
-    /// The runtime generation serving now (1 at start, +1 per applied reload).
+    /// The runtime generation serving now (1 at start, +1 per applied reload or model swap).
     pub config_generation: IntGauge,
     /// Reloads by result (`applied`, `refused`).
     pub reloads: IntCounterVec,

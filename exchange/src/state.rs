@@ -699,9 +699,27 @@ impl AppState {
     /// vertical's champion on disk too, so a restart (and the directory watch) keep it.
     /// A new runtime (generation + 1) carries it; on any problem nothing changes and every
     /// problem is returned. Blocking (reads files): call it off the event loop.
+    /// The problems of model set `version` of `vertical`, read as a swap would read it,
+    /// without serving it or writing anything: for an admin request refused for another
+    /// reason, so that its answer lists these too.
+    pub fn model_set_problems(&self, vertical: &str, version: &str) -> Vec<FieldProblem> {
+        let rt = self.runtime.load_full();
+        let cfg = &rt.config;
+        let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
+            return Vec::new();
+        };
+        match crate::models::load_set(&cfg.learning, &cfg.verticals[vi], version) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs
+                .into_iter()
+                .map(|e| FieldProblem::new("version", e))
+                .collect(),
+        }
+    }
+
     pub fn swap_models(&self, vertical: &str, version: Option<&str>) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock();
-        self.swap_models_locked(vertical, version, true)
+        self.swap_models_locked(vertical, version, true, true)
     }
 
     fn swap_models_locked(
@@ -709,6 +727,7 @@ impl AppState {
         vertical: &str,
         version: Option<&str>,
         write_champion: bool,
+        next_generation: bool,
     ) -> Result<u64, ReloadError> {
         let old = self.runtime.load_full();
         let cfg = &old.config;
@@ -743,7 +762,14 @@ impl AppState {
         if let Some(slot) = models.get_mut(vi) {
             *slot = set;
         }
-        let generation = old.generation.saturating_add(1);
+        // The models the start serves are part of its first generation: nothing has been
+        // served under the runtime without them (black-box round 15: a start with a
+        // `CHAMPION` began at generation 2).
+        let generation = if next_generation {
+            old.generation.saturating_add(1)
+        } else {
+            old.generation
+        };
         self.runtime.store(Arc::new(Runtime {
             config: old.config.clone(),
             generation,
@@ -772,6 +798,16 @@ impl AppState {
     /// Serves each vertical's champion if it differs from what serves (the model
     /// directory watch, and the start). Problems are logged, and the serving model stays.
     pub fn sync_champions(&self) -> Vec<(String, Result<u64, ReloadError>)> {
+        self.sync_champions_as(true)
+    }
+
+    /// [`AppState::sync_champions`] at the start, before anything is served: the models
+    /// loaded join generation 1 instead of making a new one each.
+    pub fn sync_champions_at_start(&self) -> Vec<(String, Result<u64, ReloadError>)> {
+        self.sync_champions_as(false)
+    }
+
+    fn sync_champions_as(&self, next_generation: bool) -> Vec<(String, Result<u64, ReloadError>)> {
         let _one_at_a_time = self.reload_lock.lock();
         let rt = self.runtime.load_full();
         let mut out = Vec::new();
@@ -825,7 +861,7 @@ impl AppState {
                 continue;
             }
             // On success this clears the vertical's failure.
-            let r = self.swap_models_locked(&v.name, want.as_deref(), false);
+            let r = self.swap_models_locked(&v.name, want.as_deref(), false, next_generation);
             if let Err(e) = &r {
                 let problems = match e {
                     ReloadError::Invalid(fields) => {

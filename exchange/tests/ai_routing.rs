@@ -440,6 +440,32 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
     for needle in ["lead_score.manifest.json: missing", "lead_score.json: "] {
         assert!(body.contains(needle), "{needle}: {body}");
     }
+    // An unknown field does not hide the set's own problems (black-box round 15: the
+    // answer listed only the unknown field).
+    let reply = swap(
+        &ex,
+        json!({"vertical": VERTICAL, "version": "many", "zz": 1}),
+    )
+    .await;
+    let body = reply.assert_error(400, "invalid_request").to_string();
+    for needle in ["zz", "realization.json", "encoding version 7", "boats"] {
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    // A name twice in one object is refused, as on every route, and serves nothing (before:
+    // the last one counted, and the champion was rewritten to it).
+    let reply = ex
+        .admin
+        .send(
+            hyper::Method::POST,
+            "/admin/models",
+            Some(ADMIN_TOKEN),
+            Some("application/json"),
+            &[],
+            format!(r#"{{"vertical":"{VERTICAL}","version":"nope","version":"m1"}}"#),
+        )
+        .await;
+    let body = reply.assert_error(400, "invalid_request").to_string();
+    assert!(body.contains("appears more than once"), "{body}");
     // A body with several problems lists each.
     let reply = swap(
         &ex,
@@ -1021,4 +1047,57 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
     std::fs::remove_dir(&champion).unwrap();
     running.state.sync_champions();
     assert_eq!(client.get("/readyz").await.status, 200);
+}
+
+/// A start that serves a `CHAMPION` serves it in generation 1, as documented ("1 at
+/// start"): the models a start loads join its first runtime (black-box round 15: the
+/// start's load was a swap, and the first auctions said generation 2).
+#[tokio::test]
+async fn a_start_with_a_champion_serves_it_in_generation_1() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let cfg = TestConfig::new().buyer(ba);
+    let ex = cfg.start_edited(with_features("watch_ms = 0")).await;
+    assert_eq!(import(&ex, "m1", Some(model_json(ALL_LEN, 0)), None), 0);
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "m1"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        ex.state.generation(),
+        2,
+        "a swap while serving is a new generation"
+    );
+    // Another exchange on a copy of that model directory (its CHAMPION names m1).
+    let models = ex.ledger_path.with_file_name("models");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("models").join(VERTICAL);
+    std::fs::create_dir_all(&copy).unwrap();
+    let mut stack = vec![(models.join(VERTICAL), copy)];
+    while let Some((from, to)) = stack.pop() {
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push((e.path(), to.join(e.file_name())));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let config = cfg.load_edited(&dir.path().join("ledger"), with_features("watch_ms = 0"));
+    let running = pingpost::app::start(config, pingpost::clock::Clock::system())
+        .await
+        .unwrap();
+    assert_eq!(running.state.generation(), 1);
+    let client = SellerClient::new(running.addr);
+    client.ping("TX").await;
+    running.state.ledger.flush().await.unwrap();
+    let text = pingpost::ledger::segments::read_all(&dir.path().join("ledger")).unwrap();
+    let auction: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["type"] == "auction")
+        .expect("an auction record");
+    assert_eq!(auction["generation"], 1, "{auction}");
+    assert_eq!(auction["models"]["realization"], "m1", "{auction}");
+    running.shutdown().await.unwrap();
 }
