@@ -405,7 +405,10 @@ async fn replay_rederives_the_award_and_explains_it() {
     assert!(out.contains("ranked #2: its expected value "), "{out}");
     assert!(out.contains("is lower than acme's "), "{out}");
     assert!(!out.contains("ranking by seller price"), "{out}");
-    assert!(out.contains("nobid: passed (no bid)"), "{out}");
+    assert!(
+        out.contains("nobid: passed (no bid: outside_criteria)"),
+        "{out}"
+    );
     assert!(out.contains("post attempt 0 to acme: rejected"), "{out}");
     assert!(out.contains("SOLD to bravo at attempt 1"), "{out}");
     assert!(

@@ -174,7 +174,7 @@ pub struct Auction<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Award {
     /// The winner first (its cap reserved unless test), then the lower bids a post may
-    /// fall back to, in rank order, at most `server.post_attempts_max` in all
+    /// fall back to, in rank order, at most `2 × server.post_attempts_max` in all
     /// ([`award::post_candidates`]). Empty with a no-bid.
     pub ranked: Vec<Ranked>,
     /// The winner's hold on its cap (`None` for a test lead or a no-bid).

@@ -147,7 +147,7 @@ fn rank_order(a: &Ranked, b: &Ranked) -> Ordering {
 /// The fallbacks after the winner (`ranking[0]`), in rank order: only bids whose own price
 /// still covers the seller price already quoted (`bid.price >= quoted`), so the seller is
 /// paid what it was promised and the exchange's margin shrinks at worst to zero, never
-/// below. The shell takes at most `post_attempts_max - 1` of them.
+/// below. A post delivers to at most `post_attempts_max - 1` of them.
 pub fn fallback_order(ranking: &[Ranked], quoted: Micros) -> impl Iterator<Item = &Ranked> + '_ {
     ranking
         .iter()
@@ -155,13 +155,24 @@ pub fn fallback_order(ranking: &[Ranked], quoted: Micros) -> impl Iterator<Item 
         .filter(move |r| may_fall_back_to(r, quoted))
 }
 
+/// How many candidates (the winner included) a quote keeps for a post that may deliver
+/// to `attempts_max` buyers: twice as many, so that fallbacks skipped without a delivery
+/// (a bid expired, a cap or budget full, a buyer a reload removed) do not use up the
+/// post's deliveries (black-box round 15: four expired fallbacks left a post that could
+/// deliver to five buyers with one, and a sale was lost), while a quote's size stays
+/// bounded whatever the number of bidders.
+pub fn candidates_max(attempts_max: usize) -> usize {
+    attempts_max.saturating_mul(2)
+}
+
 /// The bids a post can ever try, in rank order: the winner (first) and the first
-/// `attempts_max - 1` others that [`may_fall_back_to`] the winner's seller price (the
-/// price quoted). A post considers at most `attempts_max` candidates from exactly this
-/// order, so nothing dropped here could ever be tried; a quote keeps only these, and its
-/// size does not grow with the number of bidders. A quote made under one configuration
-/// keeps that configuration's `server.post_attempts_max`.
+/// `candidates_max(attempts_max) - 1` others that [`may_fall_back_to`] the winner's
+/// seller price (the price quoted). A post delivers to at most `attempts_max` of exactly
+/// these, in this order, so nothing dropped here could ever be tried; a quote keeps only
+/// these, and its size does not grow with the number of bidders. A quote made under one
+/// configuration keeps that configuration's `server.post_attempts_max`.
 pub fn post_candidates(mut ranked: Vec<Ranked>, attempts_max: usize) -> Vec<Ranked> {
+    let kept_max = candidates_max(attempts_max);
     let Some(quoted) = ranked.first().map(|w| w.seller_price) else {
         return ranked;
     };
@@ -169,7 +180,7 @@ pub fn post_candidates(mut ranked: Vec<Ranked>, attempts_max: usize) -> Vec<Rank
     let mut fallbacks = 0usize;
     ranked.retain(|r| {
         let keep = position == 0
-            || (fallbacks.saturating_add(1) < attempts_max && may_fall_back_to(r, quoted));
+            || (fallbacks.saturating_add(1) < kept_max && may_fall_back_to(r, quoted));
         if position > 0 && keep {
             fallbacks += 1;
         }
@@ -225,18 +236,19 @@ mod tests {
                 .map(|x| x.bid.buyer.0)
                 .collect()
         };
+        // Twice the deliveries: room for fallbacks skipped without one.
         assert_eq!(kept(5), [0, 1, 3, 4]);
-        assert_eq!(kept(3), [0, 1, 3]);
-        assert_eq!(kept(1), [0]);
+        assert_eq!(kept(2), [0, 1, 3, 4]);
+        assert_eq!(kept(1), [0, 1]);
         assert_eq!(kept(0), [0]);
         assert!(post_candidates(Vec::new(), 5).is_empty());
         // The same candidates, in the same order, as the fallback rule gives.
         let full: Vec<u32> = std::iter::once(&ranked[0])
             .chain(fallback_order(&ranked, m(16)))
-            .take(3)
+            .take(2)
             .map(|x| x.bid.buyer.0)
             .collect();
-        assert_eq!(kept(3), full);
+        assert_eq!(kept(1), full);
     }
 
     fn m(units: i64) -> Micros {

@@ -5,8 +5,10 @@
 //!
 //! Rules:
 //! - The winner goes first, on the reservation its quote holds. Then fallbacks in rank
-//!   order whose own bid covers the quoted price ([`award::may_fall_back_to`]), at most
-//!   `server.post_attempts_max` candidates in all.
+//!   order whose own bid covers the quoted price ([`award::may_fall_back_to`]): at most
+//!   `server.post_attempts_max` deliveries in all, from the candidates the quote kept
+//!   ([`award::post_candidates`]). A candidate skipped without a delivery (below) does
+//!   not count as one.
 //! - A fallback whose bid has expired (counted from the auction's start; a huge
 //!   `expires_in_ms` saturates, never wraps) is skipped; so is one whose cap is full
 //!   (reserved through the settlement; test leads reserve nothing).
@@ -152,7 +154,7 @@ pub struct PostPlan<'a> {
     deadline: UnixMs,
     /// Next rank index to consider.
     cursor: usize,
-    /// Candidates considered (delivered or skipped), at most `post_attempts_max`.
+    /// Candidates considered (delivered or skipped): the next one's attempt number.
     considered: usize,
     /// Deliveries actually sent.
     sent: usize,
@@ -209,7 +211,8 @@ impl<'a> PostPlan<'a> {
 
     /// The next candidate's rank index, without taking it.
     fn peek(&self) -> Option<usize> {
-        if self.considered >= self.p.config.server.post_attempts_max {
+        // Deliveries are what the limit counts: a skipped candidate was not tried.
+        if self.sent >= self.p.config.server.post_attempts_max {
             return None;
         }
         if self.cursor == 0 {

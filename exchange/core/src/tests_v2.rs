@@ -735,6 +735,51 @@ fn an_expired_fallback_bid_is_skipped_and_a_huge_expiry_is_not_expired() {
     );
 }
 
+/// `server.post_attempts_max` counts deliveries: a fallback skipped without one (its bid
+/// expired, its cap full) does not use one up (black-box round 15: with 5 attempts, a
+/// rejecting winner and four expired fallbacks ended the post `all_buyers_rejected`
+/// although a sixth bidder would have bought).
+#[test]
+fn skipped_fallbacks_do_not_use_up_the_posts_attempts() {
+    let mut f = Fixture::new(60_000);
+    f.cfg.server.post_attempts_max = 2;
+    let s = Settlement::new(&f.caps);
+    // Buyer 1's bid held 500 ms: expired at the post.
+    let award = f.award([None, Some(500), None, None]);
+    assert_eq!(award.ranked.len(), 4, "a quote keeps twice the deliveries");
+    let mut plan = f.plan(award, T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_010);
+    assert_eq!(
+        deliver_to(plan.next(&s, T + 1_010)),
+        2,
+        "1 is skipped, and 2 is the second delivery"
+    );
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_020);
+    assert_eq!(
+        plan.next(&s, T + 1_020),
+        PostStep::Unsold(UnsoldReason::AllBuyersRejected),
+        "two deliveries: buyer 3 is not tried"
+    );
+    let effects = run(&s, plan.effects());
+    let outcomes: Vec<(&str, &str)> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(Record::PostAttempt(p)) => Some((p.buyer, p.outcome)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("b0", "rejected"),
+            ("b1", "bid_expired"),
+            ("b2", "rejected")
+        ]
+    );
+    assert_eq!(f.held(), [0, 0, 0, 0], "every hold released");
+}
+
 /// The deadline cut the last candidate's attempt short: the post ended on the deadline,
 /// and says so (`post_deadline`), not `all_buyers_rejected`; when every buyer answered
 /// no in time it is `all_buyers_rejected`.
