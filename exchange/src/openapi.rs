@@ -465,7 +465,7 @@ fn responses() -> Value {
 
 fn seller_operation(id: &str, summary: &str, request: &str, answer: &str) -> Value {
     let resp = |name: &str| json!({"$ref": format!("#/components/responses/{name}")});
-    json!({
+    let mut op = json!({
         "operationId": id,
         "summary": summary,
         "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
@@ -491,7 +491,15 @@ fn seller_operation(id: &str, summary: &str, request: &str, answer: &str) -> Val
             "500": resp("Internal"),
             "503": resp("Overloaded"),
         },
-    })
+    });
+    // Only a post (an unknown `ping_id`) and a disposition (an unknown lead) can be 404 on
+    // their own route (black-box round 15: the ping and the direct post said they could).
+    if !matches!(id, "post" | "disposition") {
+        if let Some(responses) = op["responses"].as_object_mut() {
+            responses.remove("404");
+        }
+    }
+    op
 }
 
 /// `POST /v1/dispositions`: the buyer key and the same optional Idempotency-Key (a

@@ -614,7 +614,7 @@ fn ledger_unavailable() -> ApiError {
 fn seller_quotes_limited(max: usize) -> ApiError {
     ApiError::new(
         ErrorCode::RateLimited,
-        format!("over {max} open quotes; post or let some expire first"),
+        format!("the seller already holds {max} open quotes, its quotes_open_max; post or let some expire first"),
     )
 }
 
