@@ -643,6 +643,14 @@ fn check_head_limits<B>(req: &Request<B>, limits: &Limits) -> Option<ApiError> {
     if let Some(problem) = transfer_coding_problem(req) {
         return Some(ApiError::new(ErrorCode::InvalidRequest, problem));
     }
+    // An HTTP/2 request without `:path` is malformed (RFC 9113 8.3.1); the h2 layer lets
+    // some through with an empty path (black-box round 16: routed, and answered 404).
+    if req.uri().path().is_empty() {
+        return Some(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request has no path (:path)",
+        ));
+    }
     let count = req.headers().len();
     if count > limits.headers_max {
         return Some(ApiError::new(
@@ -834,10 +842,14 @@ fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(Vec<u8>, boo
     lines.next()?;
     let mut kept = Vec::new();
     let mut empty_body = false;
+    let mut says_close = false;
     for line in lines {
         let (name, value) = line.split_once(':')?;
         if name.eq_ignore_ascii_case("content-type") {
             return None;
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            says_close |= value.trim().eq_ignore_ascii_case("close");
         }
         if name.eq_ignore_ascii_case("content-length") {
             if value.trim() != "0" {
@@ -876,6 +888,13 @@ fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(Vec<u8>, boo
     for line in kept {
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // hyper closes the connection after these, and says so, except in an answer it
+    // writes as HTTP/1.0 (after an HTTP/1.0 keep-alive request on the connection), where
+    // closing is the default: the answer says it anyway, as every closing answer of the
+    // listener does (black-box round 16).
+    if !says_close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"content-type: application/json\r\n");
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
@@ -1200,7 +1219,7 @@ impl Conn {
         let head_deadline =
             self.accepted_at + Duration::from_millis(self.limits.header_read_timeout_ms);
         match tls {
-            None => self.drive(stream, service, head_deadline).await,
+            None => self.drive(stream, service, head_deadline, None).await,
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let mut stop = self.stop.clone();
@@ -1210,7 +1229,18 @@ impl Conn {
                     r = tokio::time::timeout_at(head_deadline, acceptor.accept(stream)) => r,
                 };
                 match handshake {
-                    Ok(Ok(tls_stream)) => self.drive(tls_stream, service, head_deadline).await,
+                    Ok(Ok(tls_stream)) => {
+                        // The protocol ALPN chose is the one spoken (RFC 7301, RFC 9113
+                        // 3.2): HTTP/1.1 bytes on an `h2` connection are not served as
+                        // HTTP/1.1, nor a preface on an `http/1.1` one as HTTP/2 (black-box
+                        // round 16). No ALPN: either, told apart by the preface.
+                        let alpn = match tls_stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Some(Version::HTTP_2),
+                            Some(b"http/1.1") => Some(Version::HTTP_11),
+                            _ => None,
+                        };
+                        self.drive(tls_stream, service, head_deadline, alpn).await;
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, listener = self.name, "TLS handshake failed");
                     }
@@ -1222,8 +1252,13 @@ impl Conn {
         }
     }
 
-    async fn drive<I, S, B>(self, io: I, service: Guarded<S>, head_deadline: Instant)
-    where
+    async fn drive<I, S, B>(
+        self,
+        io: I,
+        service: Guarded<S>,
+        head_deadline: Instant,
+        alpn: Option<Version>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -1240,7 +1275,19 @@ impl Conn {
             on_refused: service.on_refused.clone(),
             replacing: None,
         });
-        let conn = self.builder.serve_connection(io, service);
+        let only;
+        let builder: &auto::Builder<TokioExecutor> = match alpn {
+            Some(Version::HTTP_2) => {
+                only = (*self.builder).clone().http2_only();
+                &only
+            }
+            Some(_) => {
+                only = (*self.builder).clone().http1_only();
+                &only
+            }
+            None => &self.builder,
+        };
+        let conn = builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
         let head = Duration::from_millis(self.limits.header_read_timeout_ms.max(1));
         let idle = Duration::from_millis(self.limits.idle_timeout_ms.max(1));
@@ -1457,6 +1504,35 @@ mod tests {
                 "{text}"
             );
             assert!(counted_as_refused);
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_path_is_refused() {
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        assert_eq!(req.uri().path(), "");
+        let e = check_head_limits(&req, &Limits::default()).expect("refused");
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let ok = Request::get("/healthz").body(()).unwrap();
+        assert!(check_head_limits(&ok, &Limits::default()).is_none());
+    }
+
+    /// An answer hyper writes as HTTP/1.0 has no `connection` field: the replacement says
+    /// `close` anyway, once.
+    #[test]
+    fn a_replacement_always_says_connection_close_once() {
+        for head in [
+            "HTTP/1.0 400 Bad Request\r\ndate: x\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let (wire, _) = bare_answer_replacement(head.as_bytes(), &Limits::default()).unwrap();
+            let text = String::from_utf8(wire).unwrap();
+            assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
+            assert!(text.starts_with(&head[..9]), "{text}");
         }
     }
 

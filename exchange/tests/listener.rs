@@ -344,6 +344,24 @@ async fn heads_hyper_cannot_read_get_the_contracts_json_error() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    // After an HTTP/1.0 keep-alive request, hyper writes its answer to a bad head as
+    // HTTP/1.0 without a `connection` field: it says `close` all the same.
+    let mut stream = TcpStream::connect(ex.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGARBAGE\r\n\r\n")
+        .await
+        .unwrap();
+    let mut both = Vec::new();
+    let _ = tokio::time::timeout(EVENT_WAIT_MAX, stream.read_to_end(&mut both)).await;
+    let both = String::from_utf8_lossy(&both);
+    assert!(both.starts_with("HTTP/1.0 200 "), "{both:?}");
+    let second = both
+        .find("}HTTP/1.")
+        .map(|at| &both[at + 1..])
+        .unwrap_or_default();
+    assert!(second.starts_with("HTTP/1.0 400 "), "{both:?}");
+    assert!(second.contains("\r\nconnection: close\r\n"), "{both:?}");
+    assert!(second.contains(r#""code":"invalid_request""#), "{both:?}");
     // A good request afterwards is served as before.
     let (answer, _) = raw_exchange(
         ex.addr,

@@ -202,6 +202,88 @@ async fn sellers_get_https_with_alpn_h2_and_the_certificate_reloads() {
     ex.shutdown().await.unwrap();
 }
 
+/// Writes `bytes` on a TLS connection to `port` that offered `alpn`, and returns what the
+/// server sent back until it closed (or 2 s passed).
+async fn tls_raw(ca_pem: &str, port: u16, alpn: &[u8], bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in bidder_sdk::listener::certificates_from_pem(ca_pem.as_bytes(), "ca").unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(EVENT_WAIT_MAX, tls.read_to_end(&mut out)).await;
+    out
+}
+
+/// The protocol ALPN chose is the one served (RFC 7301; RFC 9113 3.2): HTTP/1.1 text on
+/// an `h2` connection is not answered as HTTP/1.1, and an HTTP/2 preface on an `http/1.1`
+/// connection gets the HTTP/1.1 `400` (black-box round 16: each was served as the other
+/// protocol).
+#[tokio::test]
+async fn the_protocol_alpn_chose_is_the_one_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("alpn");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let text = with_server_tls(
+        &TestConfig::new().toml(&dir.path().join("ledger")),
+        "",
+        &cert,
+        &key,
+    );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None).unwrap();
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let port = ex.addr.port();
+    let h1 = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    // The same request is served when ALPN chose HTTP/1.1 ...
+    let answer = tls_raw(&ca.ca_pem, port, b"http/1.1", h1).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // ... and not when it chose h2: the server speaks HTTP/2 (its SETTINGS frame, then a
+    // GOAWAY for the bad preface), never an HTTP/1.1 answer.
+    let answer = tls_raw(&ca.ca_pem, port, b"h2", h1).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        answer.get(3),
+        Some(&4),
+        "a SETTINGS frame first: {answer:?}"
+    );
+    // An HTTP/2 preface where ALPN chose HTTP/1.1 is not served as HTTP/2: hyper's
+    // HTTP/1.1 side closes the connection on it (no SETTINGS frame).
+    let answer = tls_raw(
+        &ca.ca_pem,
+        port,
+        b"http/1.1",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    .await;
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    ex.shutdown().await.unwrap();
+}
+
 const BUYER_SECRET: &str = "secret-of-tls-buyer";
 const BUYER_ENV: &str = "PINGPOST_TEST_SECRET_TLSB";
 
