@@ -579,7 +579,11 @@ pub async fn deliver(
         }
         PostStep::Unsold(reason) => {
             let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason.as_str()));
-            a.lead_id = Some(lead_id);
+            // The lead id names a lead some buyer was sent; with no delivery there is none
+            // to name (black-box round 16: given all the same).
+            if plan.sent() > 0 {
+                a.lead_id = Some(lead_id);
+            }
             a.ping_id = Some(d.ping_id.to_string());
             a
         }

@@ -118,8 +118,8 @@ pub struct Scan {
     /// Pings that carried an `Idempotency-Key`, in ledger order.
     pub keyed_pings: Vec<KeyedPing>,
     pub sales: Vec<Sale>,
-    /// Unsold posts by lead id: `(reason, ping_id)`.
-    pub unsold: HashMap<String, (String, String)>,
+    /// Unsold posts by lead id: `(reason, ping_id, deliveries)`.
+    pub unsold: HashMap<String, (String, String, u64)>,
     /// `(lead_id, attempt)` of every recorded outcome (sale or post attempt).
     outcomes: HashSet<(String, u64)>,
     /// `(lead_id, attempt)` of every late accept (a buyer that accepted after its
@@ -375,7 +375,11 @@ impl Scan {
                 "unsold" => {
                     scan.unsold.insert(
                         text(&v, "lead_id"),
-                        (text(&v, "reason"), text(&v, "ping_id")),
+                        (
+                            text(&v, "reason"),
+                            text(&v, "ping_id"),
+                            v.get("attempts").and_then(Value::as_u64).unwrap_or(1),
+                        ),
                     );
                 }
                 _ => {}
@@ -489,10 +493,13 @@ fn ping_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PingAnswer> {
     })
 }
 
-/// The `unsold` answer of a post that delivered and did not sell.
-fn unsold_answer(lead_id: &str, reason: &str, ping_id: &str) -> PostAnswer {
+/// The `unsold` answer of a post that did not sell, as it was given: its lead id only if
+/// the lead went out to a buyer (`deliveries`, the record's `attempts`).
+fn unsold_answer(lead_id: &str, reason: &str, ping_id: &str, deliveries: u64) -> PostAnswer {
     let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason));
-    a.lead_id = Some(lead_id.to_string());
+    if deliveries > 0 {
+        a.lead_id = Some(lead_id.to_string());
+    }
     a.ping_id = Some(ping_id.to_string());
     a
 }
@@ -503,8 +510,8 @@ fn answer_of(scan: &Scan, lead_id: &str, buyer_names: &HashMap<&str, &str>) -> (
         let a = sold_answer(s, buyer_names);
         return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
     }
-    if let Some((reason, ping_id)) = scan.unsold.get(lead_id) {
-        let a = unsold_answer(lead_id, reason, ping_id);
+    if let Some((reason, ping_id, sent)) = scan.unsold.get(lead_id) {
+        let a = unsold_answer(lead_id, reason, ping_id, *sent);
         return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
     }
     let e = ApiError::new(
@@ -763,10 +770,12 @@ fn restore_finished(
     now: UnixMs,
 ) -> u64 {
     let sold: HashMap<&str, &Sale> = scan.sales.iter().map(|s| (s.ping_id.as_str(), s)).collect();
-    let unsold: HashMap<&str, (&str, &str)> = scan
+    let unsold: HashMap<&str, (&str, &str, u64)> = scan
         .unsold
         .iter()
-        .map(|(lead, (reason, ping))| (ping.as_str(), (lead.as_str(), reason.as_str())))
+        .map(|(lead, (reason, ping, sent))| {
+            (ping.as_str(), (lead.as_str(), reason.as_str(), *sent))
+        })
         .collect();
     let mut done: Vec<(UnixMs, &str, crate::config::SellerKey, Option<PostAnswer>)> = Vec::new();
     for (ping_id, v) in &scan.opened {
@@ -778,8 +787,8 @@ fn restore_finished(
         };
         let (at, answer) = if let Some(s) = sold.get(ping_id.as_str()) {
             (s.at, Some(sold_answer(s, names)))
-        } else if let Some((lead, reason)) = unsold.get(ping_id.as_str()) {
-            (at_of(v), Some(unsold_answer(lead, reason, ping_id)))
+        } else if let Some((lead, reason, sent)) = unsold.get(ping_id.as_str()) {
+            (at_of(v), Some(unsold_answer(lead, reason, ping_id, *sent)))
         } else if let Some(at) = scan.expired_pings.get(ping_id) {
             (*at, None)
         } else {

@@ -670,6 +670,7 @@ async fn finished_posts_answer_the_same_after_a_restart() {
         proto::seller::PostStatus::Unsold,
         "{unsold:?}"
     );
+    assert!(unsold.lead_id.is_some(), "delivered, so named: {unsold:?}");
     let posts = *a.posts.lock().unwrap();
     assert_eq!(posts, 2);
     first.shutdown().await.unwrap();
@@ -695,6 +696,48 @@ async fn finished_posts_answer_the_same_after_a_restart() {
         .await;
     unknown.assert_error(404, "not_found");
     second.shutdown().await.unwrap();
+}
+
+/// An `unsold` answer names a lead id only when the lead went out to a buyer, and its
+/// repeat after a restart (rebuilt from the `unsold` record's `attempts`) is the same
+/// answer (black-box round 16: a post no buyer was sent answered with a lead id).
+#[tokio::test]
+async fn an_unsold_post_names_a_lead_only_if_it_went_out_across_a_restart_too() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let (_b, bb, _hb) = buyer("b", 10.0, 0).await;
+    let with_a = TestConfig::new().buyer(ab).buyer(bb.clone());
+    let without_a = TestConfig::new().buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&with_a, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    // b's bid (10) is below a's quoted price (24): no fallback.
+    let quote = client.ping("TX").await;
+    assert!(quote.price.is_some(), "{quote:?}");
+    first.shutdown().await.unwrap();
+    // a is gone at the restart: the post reaches nobody.
+    let second = start(&without_a, &ledger).await;
+    let client = SellerClient::new(second.addr);
+    let unsold = client.post(&quote.ping_id, "TX").await;
+    assert_eq!(
+        unsold.status,
+        proto::seller::PostStatus::Unsold,
+        "{unsold:?}"
+    );
+    assert_eq!(
+        unsold.reason.as_deref(),
+        Some("buyer_removed"),
+        "{unsold:?}"
+    );
+    assert_eq!(unsold.lead_id, None, "{unsold:?}");
+    assert_eq!(*a.posts.lock().unwrap(), 0);
+    second.shutdown().await.unwrap();
+    let third = start(&without_a, &ledger).await;
+    let again = SellerClient::new(third.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(again, unsold);
+    third.shutdown().await.unwrap();
 }
 
 /// A buyer missing from the configuration at a restart (left out of the file) keeps its

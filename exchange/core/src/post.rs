@@ -160,6 +160,8 @@ pub struct PostPlan<'a> {
     sent: usize,
     /// Candidates skipped because a reload removed their buyer.
     removed: usize,
+    /// Candidates skipped for another reason (a bid expired, a cap or budget full).
+    skipped: usize,
     current: Option<Attempt>,
     done: Option<PostStep>,
     effects: Vec<Effect<'a>>,
@@ -187,11 +189,17 @@ impl<'a> PostPlan<'a> {
             considered: 0,
             sent: 0,
             removed: 0,
+            skipped: 0,
             current: None,
             late_hold: None,
             done: None,
             effects: Vec::with_capacity(8),
         }
+    }
+
+    /// How many deliveries were sent (the lead went out to that many buyers).
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// The bids, best first ([`Attempt::rank`] indexes this).
@@ -324,7 +332,12 @@ impl<'a> PostPlan<'a> {
             let Some(i) = self.peek() else {
                 let reason = match (self.ranked.is_empty(), self.sent) {
                     (true, _) => UnsoldReason::NoBids,
-                    (false, 0) if self.removed > 0 => UnsoldReason::BuyerRemoved,
+                    // `buyer_removed` only when the reload is why no buyer was tried: a
+                    // fallback still configured but skipped (expired, capped) makes it
+                    // `no_buyer_available` (black-box round 16).
+                    (false, 0) if self.removed > 0 && self.skipped == 0 => {
+                        UnsoldReason::BuyerRemoved
+                    }
                     (false, 0) => UnsoldReason::NoBuyerAvailable,
                     // The deadline cut the last attempt short: it ended the post.
                     (false, _) if now >= self.deadline => UnsoldReason::PostDeadline,
@@ -374,6 +387,7 @@ impl<'a> PostPlan<'a> {
                     .is_some_and(|at| at < now)
                 {
                     self.attempt_record(a, "bid_expired", None, now);
+                    self.skipped += 1;
                     continue;
                 }
                 if !self.p.test {
@@ -392,6 +406,7 @@ impl<'a> PostPlan<'a> {
                                 teaches: false,
                             });
                             self.attempt_record(a, "capped", None, now);
+                            self.skipped += 1;
                             continue;
                         }
                     }

@@ -1123,6 +1123,30 @@ fn when_every_bidder_was_removed_the_post_is_unsold_buyer_removed_and_holds_noth
     assert_eq!(f.held(), [0, 0, 0, 0]);
 }
 
+/// A reload removed the winner and the fallbacks still configured were skipped (their
+/// bids expired): no buyer was tried, and not because of the reload alone, so the post
+/// is `no_buyer_available`, not `buyer_removed` (black-box round 16).
+#[test]
+fn a_removed_winner_and_skipped_fallbacks_are_no_buyer_available() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    // Every fallback's bid held 500 ms: expired at the post.
+    let award = f.award([None, Some(500), Some(500), Some(500)]);
+    let mut buyers = f.cfg.buyers.clone();
+    buyers.remove(0);
+    let mut after = config_with(buyers);
+    after.server = f.cfg.server.clone();
+    let removed = [(BuyerKey(0), "b0".to_string())];
+    let mut plan = plan_on(&after, award, T + 1_000, &removed);
+    assert_eq!(
+        plan.next(&s, T + 1_000),
+        PostStep::Unsold(UnsoldReason::NoBuyerAvailable)
+    );
+    assert_eq!(plan.sent(), 0);
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+}
+
 /// Eligible buyers past `server.buyers_per_auction_max` are a bounded summary in the
 /// record (how many, and the first few by id) and one metric count, never a line (and a
 /// metric series) each: with 10,000 eligible buyers a line each made a 621 KB record.
