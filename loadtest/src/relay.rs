@@ -363,6 +363,9 @@ struct Relay {
     deadline: Duration,
     /// Numbers the relayed requests (their message ids); shared by the workers.
     requests: Arc<AtomicU64>,
+    /// Random, per relay process: message ids never repeat across relays serving the same
+    /// buyers, which take a `webhook-id` once (the SDK refuses a replay with 409).
+    tag: u64,
 }
 
 impl Relay {
@@ -384,7 +387,7 @@ impl Relay {
             Err(_) => return text_response(StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let id_prefix = format!("relay_{n}");
+        let id_prefix = format!("relay_{:016x}_{n}", self.tag);
         let result = self
             .fanout
             .ping_prepared(&self.targets, body, &id_prefix, deadline)
@@ -432,6 +435,7 @@ pub async fn serve_relay(
         targets: prepared,
         deadline: Duration::from_millis(deadline_ms),
         requests: Arc::new(AtomicU64::new(0)),
+        tag: rand::random(),
     };
     serve_relay_on(listener, Arc::new(relay), shutdown).await
 }
@@ -553,6 +557,7 @@ pub fn run_relay_process(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("relay target: {e}"))?;
     let requests = Arc::new(AtomicU64::new(0));
+    let tag: u64 = rand::random();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut workers = Vec::new();
@@ -564,6 +569,7 @@ pub fn run_relay_process(
             targets: prepared.clone(),
             deadline: Duration::from_millis(deadline_ms),
             requests: Arc::clone(&requests),
+            tag,
         });
         let mut stop_rx = stop_rx.clone();
         let bind_to = addr;

@@ -476,6 +476,14 @@ async fn relay_and_direct_targets_fan_out_to_the_buyers() {
         .map(|b| FanoutTarget::for_sim_buyer(b, 100))
         .collect();
     let (relay_addr, relay) = spawn_relay(targets.clone(), 100).await.unwrap();
+    let (second_addr, second) = spawn_relay(targets.clone(), 100).await.unwrap();
+    let direct = Target::Direct {
+        targets,
+        deadline_ms: 100,
+    };
+    // Each run again against the same buyers, which take a message id once (a replay is
+    // 409): the ids of a second run, and of a second relay, must be new (they were not,
+    // and every call of a second baseline failed).
     let results: Vec<RunResult> = vec![
         run(
             &plan(200.0, 0.1, 0.5),
@@ -485,19 +493,26 @@ async fn relay_and_direct_targets_fan_out_to_the_buyers() {
         )
         .await
         .unwrap(),
+        run(&plan(200.0, 0.1, 0.5), &direct, "direct", None)
+            .await
+            .unwrap(),
+        run(&plan(200.0, 0.1, 0.5), &direct, "direct again", None)
+            .await
+            .unwrap(),
         run(
             &plan(200.0, 0.1, 0.5),
-            &Target::Direct {
-                targets,
-                deadline_ms: 100,
-            },
-            "direct",
+            &Target::Relay { addr: second_addr },
+            "another relay",
             None,
         )
         .await
         .unwrap(),
     ];
-    for (r, key) in results.iter().zip(["relayed", "fanned_out"]) {
+    second.shutdown().await.unwrap();
+    for (r, key) in results
+        .iter()
+        .zip(["relayed", "fanned_out", "fanned_out", "relayed"])
+    {
         assert!(r.errors.is_empty(), "{}: {:?}", r.label, r.errors);
         assert_eq!(
             r.outcomes.get(key),

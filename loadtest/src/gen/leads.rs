@@ -89,7 +89,7 @@ pub fn buyer_ping_body(lead: &Value, auction_id: &str, tmax_ms: u64) -> Bytes {
 }
 
 /// [`buyer_ping_body`] from a lead already serialized; `auction_id` must need no JSON
-/// escaping (the generator's ids are `au_lt<digits>`).
+/// escaping (the generator's ids are `au_lt` and hex digits, `_` and digits).
 pub(super) fn buyer_ping_bytes(lead_json: &[u8], auction_id: &str, tmax_ms: u64) -> Bytes {
     let mut b = BytesMut::with_capacity(lead_json.len() + 96);
     b.put_slice(b"{\"auction_id\":\"");

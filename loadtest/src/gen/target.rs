@@ -70,6 +70,10 @@ enum Wire {
         /// Parsed once, as the relay does, so the baseline costs what the relay costs.
         targets: Vec<PreparedTarget>,
         deadline_ms: u64,
+        /// Random, per run: the baseline's message ids never repeat across runs against
+        /// the same buyers, which take a `webhook-id` once (the SDK refuses a replay with
+        /// 409: a second rate of `p2-knee` failed every call of its baseline).
+        tag: u64,
     },
 }
 
@@ -290,6 +294,7 @@ impl Ctx {
                     fanout: Fanout::new(),
                     targets: prepared,
                     deadline_ms: *deadline_ms,
+                    tag: rand::random(),
                 };
                 (wire, BUYER_PING_VERTICAL)
             }
@@ -416,10 +421,11 @@ impl Ctx {
                     fanout,
                     targets,
                     deadline_ms,
+                    tag,
                 },
                 Job::First { index, .. },
             ) => {
-                let id = format!("au_lt{index}");
+                let id = format!("au_lt{tag:016x}_{index}");
                 let body = buyer_ping_bytes(&lead.ping_lead, &id, *deadline_ms);
                 *wire_at = Instant::now();
                 let deadline = *wire_at + Duration::from_millis(*deadline_ms);
