@@ -291,6 +291,18 @@ pub enum TlsError {
     /// The key PEM holds no private key or does not parse.
     #[error("no PEM private key (PKCS#8, PKCS#1 or SEC1) found in {0}")]
     NoKey(String),
+    /// A certificate in the PEM is not an X.509 certificate that parses.
+    #[error("{file}: certificate {n} of {of} is not a valid X.509 certificate ({why})")]
+    BadCertificate {
+        /// The file (or what names it).
+        file: String,
+        /// Its position, from 1.
+        n: usize,
+        /// How many the file holds.
+        of: usize,
+        /// What the parser said.
+        why: String,
+    },
     /// rustls refused the pair (unsupported algorithm...).
     #[error("certificate and key rejected: {0}")]
     Rejected(String),
@@ -358,7 +370,34 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Every certificate in a PEM document (`label` names it in errors).
+/// Every certificate in a PEM document, each checked to parse as an X.509 certificate
+/// (`label` names the document in errors). Base64 that decodes is not enough: a block
+/// with a line missing decodes to DER that does not parse, and rustls takes such a chain
+/// and sends it, so that every client's handshake fails (black-box round 17: a reload
+/// took one, and locked the admin listener out too).
+pub fn checked_certificates_from_pem(
+    pem: &[u8],
+    label: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let certs = certificates_from_pem(pem, label)?;
+    let of = certs.len();
+    for (i, cert) in certs.iter().enumerate() {
+        // Parsing a certificate as a trust anchor reads its whole structure (names, key,
+        // extensions), and trusts nothing: the store is dropped.
+        if let Err(e) = rustls::RootCertStore::empty().add(cert.clone()) {
+            return Err(TlsError::BadCertificate {
+                file: label.to_string(),
+                n: i + 1,
+                of,
+                why: e.to_string(),
+            });
+        }
+    }
+    Ok(certs)
+}
+
+/// Every certificate in a PEM document (`label` names it in errors), as PEM blocks: see
+/// [`checked_certificates_from_pem`] for certificates that parse.
 pub fn certificates_from_pem(
     pem: &[u8],
     label: &str,
@@ -381,7 +420,7 @@ pub fn server_config_from_pem(
     label: &str,
 ) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::pem::PemObject;
-    let certs = certificates_from_pem(cert_pem, label)?;
+    let certs = checked_certificates_from_pem(cert_pem, label)?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|_| TlsError::NoKey(label.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -424,7 +463,7 @@ pub fn server_config_from_files_checked(
     let key_name = key_path.display().to_string();
     let mut problems = Vec::new();
     let certs = read_pem(cert_path)
-        .and_then(|pem| certificates_from_pem(&pem, &cert_name))
+        .and_then(|pem| checked_certificates_from_pem(&pem, &cert_name))
         .map_err(|e| problems.push((TlsFile::Cert, e)))
         .ok();
     let key = read_pem(key_path)

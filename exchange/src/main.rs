@@ -656,6 +656,12 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if args.check_config {
+        // What a start would warn of (black-box round 17: only the start said it).
+        if let Some((_, problem)) =
+            pingpost::tls::expiry_warning(&cfg.server.listener, Clock::system().now_ms())
+        {
+            pingpost::say_err!("warning: server.tls.cert_path: {problem}");
+        }
         pingpost::cli_out::emit(
             "--check-config",
             format_args!(

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bidder_sdk::listener::{certificates_from_pem, TlsAcceptor};
+use bidder_sdk::listener::{checked_certificates_from_pem, TlsAcceptor};
 
 use crate::config::ListenerSettings;
 use crate::state::AppState;
@@ -18,15 +18,23 @@ use crate::state::AppState;
 /// A rustls client configuration trusting the WebPKI roots and every certificate in
 /// `extra_ca_pem` (ring provider, TLS 1.2 and 1.3, no ALPN: the buyer connector sets it).
 pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    buyer_client_config_from(extra_ca_pem, "server.buyer_ca_path")
+}
+
+/// [`buyer_client_config`], naming the bundle `label` (its file) in errors.
+fn buyer_client_config_from(
+    extra_ca_pem: Option<&[u8]>,
+    label: &str,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca_pem {
-        let certs =
-            certificates_from_pem(pem, "server.buyer_ca_path").map_err(|e| e.to_string())?;
+        let certs = checked_certificates_from_pem(pem, label)
+            .map_err(|e| format!("server.buyer_ca_path: {e}"))?;
         for cert in certs {
-            roots.add(cert).map_err(|e| {
-                format!("server.buyer_ca_path: a certificate is not a usable CA: {e}")
-            })?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("server.buyer_ca_path: {label}: not a usable CA: {e}"))?;
         }
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -64,7 +72,8 @@ pub fn buyer_trust_for(
             )
             .map_err(|e| format!("server.buyer_ca_path: cannot read {}: {e}", path.display()))?;
             let source: TrustSource = sha2::Sha256::digest(&pem).into();
-            Ok((buyer_client_config(Some(&pem))?, source))
+            let label = path.display().to_string();
+            Ok((buyer_client_config_from(Some(&pem), &label)?, source))
         }
     }
 }
@@ -204,15 +213,22 @@ pub const CERT_EXPIRY_WARN_MS: i64 = 14 * 24 * 3_600_000;
 /// serves it but says so, at every start and reload (black-box round 10: an expired one
 /// was taken without a word).
 pub fn warn_of_expiry(settings: &ListenerSettings, now: crate::core::UnixMs) {
-    let Some(files) = &settings.tls else {
-        return;
-    };
+    if let Some((path, problem)) = expiry_warning(settings, now) {
+        tracing::warn!(cert = %path.display(), "server.tls.cert_path: {problem}");
+    }
+}
+
+/// The seller certificate's file and what [`expiry_problem`] finds in it at `now`, if
+/// anything (also for `--check-config`, which prints it as a warning).
+pub fn expiry_warning(
+    settings: &ListenerSettings,
+    now: crate::core::UnixMs,
+) -> Option<(&Path, String)> {
+    let files = settings.tls.as_ref()?;
     let validity = read_certificates(&files.cert_path)
         .ok()
-        .and_then(|certs| certs.first().and_then(|c| validity_ms(c.as_ref())));
-    if let Some(problem) = validity.and_then(|v| expiry_problem(v, now)) {
-        tracing::warn!(cert = %files.cert_path.display(), "server.tls.cert_path: {problem}");
-    }
+        .and_then(|certs| certs.first().and_then(|c| validity_ms(c.as_ref())))?;
+    expiry_problem(validity, now).map(|p| (files.cert_path.as_path(), p))
 }
 
 /// What is wrong with a certificate valid from `not_before` to `not_after` (Unix ms) at
@@ -312,7 +328,7 @@ pub fn read_certificates(
     let pem =
         bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
+    checked_certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -284,6 +284,102 @@ async fn the_protocol_alpn_chose_is_the_one_served() {
     ex.shutdown().await.unwrap();
 }
 
+/// `pem` with its `line`-th line (from 0) left out: base64 that still decodes, to DER
+/// that does not parse.
+fn without_line(pem: &str, line: usize) -> String {
+    pem.lines()
+        .enumerate()
+        .filter(|(i, _)| *i != line)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect()
+}
+
+/// A certificate whose DER does not parse (a PEM line missing) is refused where the
+/// configuration is read (`--check-config`, start, reload), naming the file and the
+/// certificate; before, a chain with a broken second certificate was taken, and every
+/// handshake then failed, the admin listener's too (black-box round 17). The same for a
+/// buyer CA bundle, which `--check-config` passed and the start refused.
+#[tokio::test]
+async fn certificates_that_do_not_parse_are_refused_where_the_configuration_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("broken");
+    let broken_chain = format!("{}{}", ca.leaf_pem, without_line(&ca.ca_pem, 3));
+    let cert = write(dir.path(), "cert.pem", &broken_chain);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let ledger = dir.path().join("ledger");
+    let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
+    let err = pingpost::config::load_str_with_env(&text, &|_| None)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("server.tls.cert_path"), "{err}");
+    assert!(
+        err.contains("certificate 2 of 2 is not a valid X.509 certificate"),
+        "{err}"
+    );
+    // A good chain starts; the broken one on reload is refused and the good one serves.
+    write(
+        dir.path(),
+        "cert.pem",
+        &format!("{}{}", ca.leaf_pem, ca.ca_pem),
+    );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None).unwrap();
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let client = https_client(&ca.ca_pem, true);
+    assert_eq!(get(&client, &url).await.unwrap().0, StatusCode::OK);
+    write(dir.path(), "cert.pem", &broken_chain);
+    let err = pingpost::tls::reload_tls(&ex.state).unwrap_err();
+    assert!(err.contains("certificate 2 of 2"), "{err}");
+    assert_eq!(get(&client, &url).await.unwrap().0, StatusCode::OK);
+    ex.shutdown().await.unwrap();
+    // A buyer CA bundle that does not parse is a configuration error naming its file.
+    let bundle = write(dir.path(), "buyer-ca.pem", &without_line(&ca.ca_pem, 3));
+    let text = TestConfig::new().toml(&ledger).replacen(
+        "[server.breaker]\n",
+        &format!(
+            "buyer_ca_path = {:?}\n\n[server.breaker]\n",
+            bundle.display().to_string()
+        ),
+        1,
+    );
+    let err = pingpost::config::load_str_with_env(&text, &|_| None)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("server.buyer_ca_path"), "{err}");
+    assert!(err.contains("buyer-ca.pem: certificate 1 of 1"), "{err}");
+}
+
+/// `--check-config` warns of an expired seller certificate as a start does, on stderr,
+/// and still exits 0 (black-box round 17: only the start said it).
+#[test]
+fn check_config_warns_of_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_pair = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&key_pair).unwrap();
+    let cert = write(dir.path(), "cert.pem", &expired.pem());
+    let key = write(dir.path(), "key.pem", &key_pair.serialize_pem());
+    let cfg = TestConfig::new();
+    let text = with_server_tls(&cfg.toml(&dir.path().join("ledger")), "", &cert, &key);
+    let file = write(dir.path(), "pingpost.toml", &text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .envs(cfg.env_vars())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: server.tls.cert_path: the certificate expired at 2021-01-01"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
 const BUYER_SECRET: &str = "secret-of-tls-buyer";
 const BUYER_ENV: &str = "PINGPOST_TEST_SECRET_TLSB";
 
