@@ -49,7 +49,10 @@
 //!   across a restart of your server, or past that bound, reject a second post for the
 //!   same `auction_id` in your bidder as well.
 //! - **Parsing**: the body must parse (simd-json) into [`PingMessage`] / [`PostMessage`];
-//!   otherwise `400 invalid_request`. A `Content-Type` other than JSON gets `415`.
+//!   otherwise `400 invalid_request`. A `Content-Type` other than JSON, more than one,
+//!   a `charset` other than UTF-8, or a `Content-Encoding` other than `identity` gets
+//!   `415` (the exchange's own rule, `listener::json_headers_problem`); a request with no
+//!   `Content-Type` at all is read as JSON (its signature already says who sent it).
 //! - **Robustness**: no input makes the server panic; a panic inside your bidder becomes
 //!   `500 internal` for that one request. Connections are bounded
 //!   ([`ServeOptions::connections_max`], optionally per client IP) and served through the

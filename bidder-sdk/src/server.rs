@@ -291,15 +291,14 @@ fn check_head(
             body_bytes_max: options.body_bytes_max,
         });
     }
-    // A missing Content-Type is tolerated: the signature already proves who sent it.
-    if let Some(content_type) = headers.get(CONTENT_TYPE) {
-        let is_json = content_type.to_str().ok().is_some_and(|ct| {
-            let mime = ct.split(';').next().unwrap_or_default().trim();
-            mime.eq_ignore_ascii_case("application/json")
-        });
-        if !is_json {
-            return Err(Refusal::UnsupportedMediaType);
-        }
+    // A missing Content-Type is tolerated: the signature already proves who sent it. Any
+    // other header that does not describe a plain JSON body is refused, by the rule the
+    // exchange reads its own messages by (black-box round 17: two types, a Latin-1
+    // charset and a gzip encoding were taken).
+    let described =
+        headers.contains_key(CONTENT_TYPE) || headers.contains_key(http::header::CONTENT_ENCODING);
+    if described && crate::listener::json_headers_problem(headers).is_some() {
+        return Err(Refusal::UnsupportedMediaType);
     }
     Ok(())
 }
@@ -766,6 +765,33 @@ mod tests {
             check_head(&o, &headers, 10),
             Err(Refusal::UnsupportedMediaType)
         );
+        // The exchange's own rule (black-box round 17: these were taken): a charset other
+        // than UTF-8, two types, an encoding, with or without a type.
+        let refused = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(*name, HeaderValue::from_static(value));
+            }
+            check_head(&o, &h, 10) == Err(Refusal::UnsupportedMediaType)
+        };
+        assert!(refused(&[(
+            "content-type",
+            "application/json; charset=latin1"
+        )]));
+        assert!(refused(&[
+            ("content-type", "application/json"),
+            ("content-type", "application/json")
+        ]));
+        assert!(refused(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip")
+        ]));
+        assert!(refused(&[("content-encoding", "gzip")]));
+        assert!(!refused(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "identity")
+        ]));
+        assert!(!refused(&[]), "no type at all is read as JSON");
     }
 
     #[test]

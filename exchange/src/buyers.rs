@@ -444,31 +444,7 @@ impl BuyerClient {
     }
 }
 
-/// Why a message's headers do not describe a JSON body this project reads, if they do
-/// not: more than one `Content-Type` header (readers disagree on which one counts), a
-/// type other than JSON ([`proto::json::media_type_problem`]: the media type and the
-/// charset), or a `Content-Encoding` other than `identity` (the body would be read as if
-/// it were not compressed). One rule for seller requests (`415`) and buyer answers.
-pub fn json_headers_problem(headers: &http::HeaderMap) -> Option<&'static str> {
-    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
-    let (first, second) = (types.next(), types.next());
-    if second.is_some() {
-        return Some("send one Content-Type header, not several");
-    }
-    let Some(ct) = first.and_then(|v| v.to_str().ok()) else {
-        return Some("Content-Type must be application/json");
-    };
-    if let Some(problem) = proto::json::media_type_problem(ct) {
-        return Some(problem);
-    }
-    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split(',')
-                .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
-        })
-    });
-    encoded.then_some("Content-Encoding is not supported: send the body uncompressed")
-}
+pub use bidder_sdk::listener::json_headers_problem;
 
 /// The `Content-Type` a buyer's answer is read by: none (so the answer is `invalid`,
 /// `content_type`) when its headers do not describe a JSON body

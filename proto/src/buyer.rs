@@ -292,6 +292,13 @@ pub fn digit_run(s: &str) -> usize {
 /// run of more than [`LEAD_ID_DIGIT_RUN_MAX`] digits (an id, not text: an email, a phone
 /// number in any spelling, a date or an SSN is dropped before the ledger).
 fn lead_id_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
+    // An id longer than the limit is dropped, never cut: a cut id is one the buyer never
+    // issued, and the post would echo it (black-box round 17).
+    if let Some(BorrowedValue::String(s)) = v {
+        if s.chars().count() > BUYER_ID_LEN_MAX {
+            return None;
+        }
+    }
     let s = short_string(v, BUYER_ID_LEN_MAX)?;
     is_id_code(&s).then_some(s)
 }
@@ -618,6 +625,10 @@ mod tests {
                 "{kept}"
             );
         }
+        // At the limit kept; past it dropped, never cut to an id the buyer did not issue.
+        let limit = "a".repeat(BUYER_ID_LEN_MAX);
+        assert_eq!(id_of(with(&format!("\"{limit}\""))), Some(limit.clone()));
+        assert_eq!(id_of(with(&format!("\"{limit}b\""))), None);
         for both in [
             r#"{"bid": 9, "no_bid": "outside_criteria"}"#,
             r#"{"bid": 0, "no_bid": "x"}"#,
