@@ -375,11 +375,17 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// with a line missing decodes to DER that does not parse, and rustls takes such a chain
 /// and sends it, so that every client's handshake fails (black-box round 17: a reload
 /// took one, and locked the admin listener out too).
-pub fn checked_certificates_from_pem(
+pub fn certificates_from_pem(
     pem: &[u8],
     label: &str,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let certs = certificates_from_pem(pem, label)?;
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::NoCertificate(label.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(label.to_string()));
+    }
     let of = certs.len();
     for (i, cert) in certs.iter().enumerate() {
         // Parsing a certificate as a trust anchor reads its whole structure (names, key,
@@ -396,22 +402,6 @@ pub fn checked_certificates_from_pem(
     Ok(certs)
 }
 
-/// Every certificate in a PEM document (`label` names it in errors), as PEM blocks: see
-/// [`checked_certificates_from_pem`] for certificates that parse.
-pub fn certificates_from_pem(
-    pem: &[u8],
-    label: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| TlsError::NoCertificate(label.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(label.to_string()));
-    }
-    Ok(certs)
-}
-
 /// A rustls server configuration from a PEM certificate chain and private key, with the
 /// ring provider, TLS 1.2 and 1.3, and ALPN `h2` then `http/1.1`.
 pub fn server_config_from_pem(
@@ -420,7 +410,7 @@ pub fn server_config_from_pem(
     label: &str,
 ) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::pem::PemObject;
-    let certs = checked_certificates_from_pem(cert_pem, label)?;
+    let certs = certificates_from_pem(cert_pem, label)?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|_| TlsError::NoKey(label.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -463,7 +453,7 @@ pub fn server_config_from_files_checked(
     let key_name = key_path.display().to_string();
     let mut problems = Vec::new();
     let certs = read_pem(cert_path)
-        .and_then(|pem| checked_certificates_from_pem(&pem, &cert_name))
+        .and_then(|pem| certificates_from_pem(&pem, &cert_name))
         .map_err(|e| problems.push((TlsFile::Cert, e)))
         .ok();
     let key = read_pem(key_path)

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bidder_sdk::listener::{checked_certificates_from_pem, TlsAcceptor};
+use bidder_sdk::listener::{certificates_from_pem, TlsAcceptor};
 
 use crate::config::ListenerSettings;
 use crate::state::AppState;
@@ -29,8 +29,8 @@ fn buyer_client_config_from(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca_pem {
-        let certs = checked_certificates_from_pem(pem, label)
-            .map_err(|e| format!("server.buyer_ca_path: {e}"))?;
+        let certs =
+            certificates_from_pem(pem, label).map_err(|e| format!("server.buyer_ca_path: {e}"))?;
         for cert in certs {
             roots
                 .add(cert)
@@ -328,7 +328,7 @@ pub fn read_certificates(
     let pem =
         bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    checked_certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
+    certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
