@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use bidder_sdk::connect::ResetOnClose;
+use bidder_sdk::listener::json_headers_problem;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -443,8 +444,6 @@ impl BuyerClient {
         Ok((status, content_type, collected.to_bytes().to_vec()))
     }
 }
-
-pub use bidder_sdk::listener::json_headers_problem;
 
 /// The `Content-Type` a buyer's answer is read by: none (so the answer is `invalid`,
 /// `content_type`) when its headers do not describe a JSON body

@@ -268,7 +268,7 @@ pub(super) async fn read_body(
 /// one counts, as with a repeated `Authorization`), a `charset` other than UTF-8, or a
 /// `Content-Encoding` (the body would be read as if it were not compressed).
 pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str> {
-    crate::buyers::json_headers_problem(req.headers())
+    bidder_sdk::listener::json_headers_problem(req.headers())
 }
 
 pub(super) async fn seller_request(
