@@ -160,6 +160,16 @@ async fn loopback_is_exempt_from_the_per_ip_limit_by_default() {
     ex.shutdown().await.unwrap();
 }
 
+/// A whole request head: `start` (its request line and fields) and `n` more fields.
+fn with_fields(start: &str, n: usize) -> String {
+    let mut head = String::from(start);
+    for i in 0..n {
+        head.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
 fn assert_431_json(answer: &str) {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -176,11 +186,7 @@ fn assert_431_json(answer: &str) {
 #[tokio::test]
 async fn a_closing_answer_to_http10_keep_alive_says_close_only() {
     let (ex, _dir) = start(5_000, "headers_max = 100").await;
-    let mut many = String::from("GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n");
-    for i in 0..150 {
-        many.push_str(&format!("x-h{i}: v\r\n"));
-    }
-    many.push_str("\r\n");
+    let many = with_fields("GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n", 150);
     let mut stream = TcpStream::connect(ex.addr).await.expect("connect");
     stream.write_all(many.as_bytes()).await.unwrap();
     let (answer, _) = read_answer(&mut stream, EVENT_WAIT_MAX).await;
@@ -219,11 +225,7 @@ async fn oversized_heads_get_431_with_the_json_body() {
     let (answer, _) = raw_exchange(ex.addr, big.as_bytes(), EVENT_WAIT_MAX).await;
     assert_431_json(&answer);
     // 150 header fields (the limit is 100), on a probe route.
-    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
-    for i in 0..150 {
-        many.push_str(&format!("x-h{i}: v\r\n"));
-    }
-    many.push_str("\r\n");
+    let many = with_fields("GET /healthz HTTP/1.1\r\nhost: x\r\n", 150);
     let (answer, _) = raw_exchange(ex.addr, many.as_bytes(), EVENT_WAIT_MAX).await;
     assert_431_json(&answer);
     // Just under the limits is fine.
@@ -281,11 +283,7 @@ async fn answer_and_close(addr: std::net::SocketAddr, request: &[u8]) -> (String
 #[tokio::test]
 async fn heads_hyper_cannot_read_get_the_contracts_json_error() {
     let (ex, _dir) = start(5_000, "headers_max = 100").await;
-    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
-    for i in 0..500 {
-        many.push_str(&format!("x-h{i}: v\r\n"));
-    }
-    many.push_str("\r\n");
+    let many = with_fields("GET /healthz HTTP/1.1\r\nhost: x\r\n", 500);
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         (
             "a header line without a colon",
