@@ -291,6 +291,13 @@ pub enum TlsError {
     /// The key PEM holds no private key or does not parse.
     #[error("no PEM private key (PKCS#8, PKCS#1 or SEC1) found in {0}")]
     NoKey(String),
+    /// The key PEM holds only a passphrase-protected key, which the exchange cannot use.
+    #[error(
+        "{0} holds an encrypted private key, which is not supported: give an unencrypted \
+         one (`openssl pkey -in ENCRYPTED.pem -out KEY.pem` decrypts it), readable only by \
+         the exchange's user"
+    )]
+    EncryptedKey(String),
     /// A certificate in the PEM is not an X.509 certificate that parses.
     #[error("{file}: certificate {n} of {of} is not a valid X.509 certificate ({why})")]
     BadCertificate {
@@ -402,6 +409,26 @@ pub fn certificates_from_pem(
     Ok(certs)
 }
 
+/// The first private key of a PEM file. A file that holds only an encrypted key (PKCS#8
+/// `ENCRYPTED PRIVATE KEY`, or a legacy OpenSSL key with `Proc-Type: 4,ENCRYPTED`) is
+/// [`TlsError::EncryptedKey`], not "no key".
+pub fn private_key_from_pem(
+    pem: &[u8],
+    label: &str,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|_| {
+        let encrypted = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+        if encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || encrypted(b"Proc-Type: 4,ENCRYPTED")
+        {
+            TlsError::EncryptedKey(label.to_string())
+        } else {
+            TlsError::NoKey(label.to_string())
+        }
+    })
+}
+
 /// A rustls server configuration from a PEM certificate chain and private key, with the
 /// ring provider, TLS 1.2 and 1.3, and ALPN `h2` then `http/1.1`.
 pub fn server_config_from_pem(
@@ -409,10 +436,8 @@ pub fn server_config_from_pem(
     key_pem: &[u8],
     label: &str,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    use rustls::pki_types::pem::PemObject;
     let certs = certificates_from_pem(cert_pem, label)?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|_| TlsError::NoKey(label.to_string()))?;
+    let key = private_key_from_pem(key_pem, label)?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -448,7 +473,6 @@ pub fn server_config_from_files_checked(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<rustls::ServerConfig, Vec<(TlsFile, TlsError)>> {
-    use rustls::pki_types::pem::PemObject;
     let cert_name = cert_path.display().to_string();
     let key_name = key_path.display().to_string();
     let mut problems = Vec::new();
@@ -457,10 +481,7 @@ pub fn server_config_from_files_checked(
         .map_err(|e| problems.push((TlsFile::Cert, e)))
         .ok();
     let key = read_pem(key_path)
-        .and_then(|pem| {
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|_| TlsError::NoKey(key_name.clone()))
-        })
+        .and_then(|pem| private_key_from_pem(&pem, &key_name))
         .map_err(|e| problems.push((TlsFile::Key, e)))
         .ok();
     let (Some(certs), Some(key)) = (certs, key) else {

@@ -270,6 +270,25 @@ fn each_tls_file_is_reported_at_its_own_key_and_both_at_once() {
     assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
     assert_eq!(at(&e, "server.tls.key_path").len(), 1, "{e:?}");
 
+    // A passphrase-protected key (PKCS#8 or legacy OpenSSL): said so, with how to
+    // decrypt it, not "no key".
+    for encrypted_pem in [
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,0F0E\n\nMIIBvTBXBgkqhkiG9w0BBQ0w\n-----END RSA PRIVATE KEY-----\n",
+    ] {
+        let encrypted = dir.path().join("encrypted-key.pem");
+        std::fs::write(&encrypted, encrypted_pem).unwrap();
+        let e = tls_errors(&cert, &encrypted);
+        assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
+        let k = at(&e, "server.tls.key_path");
+        assert!(
+            k.len() == 1
+                && k[0].contains("holds an encrypted private key, which is not supported")
+                && k[0].contains("openssl pkey"),
+            "{e:?}"
+        );
+    }
+
     // A key that is not the certificate's: at key_path, saying so.
     let e = tls_errors(&cert, &other_key);
     assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
