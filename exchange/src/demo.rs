@@ -200,6 +200,38 @@ async fn call(
     ))
 }
 
+/// The vertical of the demo's sample leads.
+pub const DEMO_VERTICAL: &str = "auto_insurance";
+
+/// Why `cfg` cannot take the demo's sample leads (an `auto_insurance` vertical, and a
+/// seller whose key is [`DEMO_SELLER_KEY`] and who sells in it), if it cannot.
+pub fn sample_leads_problem(cfg: &Config) -> Option<String> {
+    use sha2::Digest as _;
+    let Some(&vertical) = cfg.vertical_by_name.get(DEMO_VERTICAL) else {
+        return Some(format!(
+            "the sample leads are `{DEMO_VERTICAL}` leads, and this configuration has no \
+             `{DEMO_VERTICAL}` vertical"
+        ));
+    };
+    let digest: [u8; 32] = sha2::Sha256::digest(DEMO_SELLER_KEY.as_bytes()).into();
+    let seller = cfg
+        .sellers
+        .iter()
+        .find(|s| s.key_sha256 == digest || s.key_sha256_next == Some(digest));
+    match seller {
+        None => Some(format!(
+            "the sample leads come from the demo seller (key `{DEMO_SELLER_KEY}`), and no \
+             seller of this configuration has that key"
+        )),
+        Some(s) if !s.verticals.contains(&vertical) => Some(format!(
+            "the demo seller (key `{DEMO_SELLER_KEY}`) is seller `{}`, which does not sell \
+             in `{DEMO_VERTICAL}`",
+            s.id
+        )),
+        Some(_) => None,
+    }
+}
+
 /// Where the demo's admin listener is, and its token: the one the demo made up, printed;
 /// or, when the operator set the token's variable, only that variable's name (its value
 /// is never printed or logged).
@@ -248,7 +280,9 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
 }
 
 /// Starts the bidders, then sends `count` sample leads (0 = until the task is dropped),
-/// one every `interval_ms`, printing what happens to each.
+/// one every `interval_ms`, printing what happens to each. The caller checks
+/// [`sample_leads_problem`] first: with a configuration that cannot take the sample
+/// leads, every one of them would be refused.
 pub async fn run(
     addr: SocketAddr,
     admin: Option<DemoAdmin>,
@@ -289,7 +323,7 @@ pub async fn run(
             &client,
             addr,
             "/v1/ping",
-            &json!({"vertical": "auto_insurance", "lead": ping_lead}),
+            &json!({"vertical": DEMO_VERTICAL, "lead": ping_lead}),
         )
         .await
         else {
@@ -297,7 +331,16 @@ pub async fn run(
             continue;
         };
         let took = t0.elapsed();
-        if status != 200 || answer["status"] != "bid" {
+        if status != 200 {
+            // Refused: say why (the contract's error body), not "no bid".
+            say!(
+                "lead {sent:>3}  PING {summary:<34} -> refused {status} {}: {}",
+                answer["error"]["code"].as_str().unwrap_or("?"),
+                answer["error"]["message"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
+        if answer["status"] != "bid" {
             say!(
                 "lead {sent:>3}  PING {summary:<34} -> no bid ({}) in {:.1} ms",
                 answer["reason"].as_str().unwrap_or("?"),

@@ -41,8 +41,10 @@ struct Args {
     /// Validate the configuration, print every error, and exit.
     #[arg(long)]
     check_config: bool,
-    /// Also start the example bidders the default configuration points at, and send a
-    /// small stream of sample leads, printing each ping, bid, post and sale.
+    /// Also start example bidders on the loopback ports the configuration's buyers point
+    /// at, and send a small stream of sample `auto_insurance` leads from the demo seller
+    /// (key `demo-seller-key`), printing each ping, bid, post and sale. A configuration
+    /// without that vertical and seller (the default has both) is refused.
     #[arg(long)]
     demo: bool,
     /// With --demo: milliseconds between sample leads.
@@ -672,6 +674,17 @@ fn main() -> anyhow::Result<()> {
             ),
         );
         return Ok(());
+    }
+    if demo {
+        // Every sample lead would be refused (black-box round 18): say so before starting.
+        if let Some(problem) = pingpost::demo::sample_leads_problem(&cfg) {
+            pingpost::say_err!(
+                "pingpost --demo: {problem}. Run the demo on a configuration that has both \
+                 (config/default.toml does), or run without --demo and ping with your own \
+                 seller key and vertical."
+            );
+            std::process::exit(2);
+        }
     }
     let workers = app::worker_count(&cfg);
     let server = match app::start_threaded(cfg, Clock::system()) {

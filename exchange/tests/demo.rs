@@ -125,6 +125,61 @@ fn the_demo_flags_without_demo_are_refused() {
     }
 }
 
+/// `--demo` on a configuration without the sample leads' vertical or seller printed a
+/// `no bid (?)` line for every lead, each of them refused `400 unknown vertical`
+/// (black-box round 18): it is refused before the exchange starts, saying why.
+#[test]
+fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_key_sha256 = "19891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176";
+    let base = demo_config(dir.path());
+    assert!(base.contains(demo_key_sha256));
+    for (text, why) in [
+        (
+            base.replace("auto_insurance", "auto"),
+            "this configuration has no `auto_insurance` vertical",
+        ),
+        (
+            base.replace(demo_key_sha256, &"ab".repeat(32)),
+            "no seller of this configuration has that key",
+        ),
+    ] {
+        let config = dir.path().join("other.toml");
+        std::fs::write(&config, &text).unwrap();
+        // The configuration itself is fine: only the demo cannot use it.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--check-config")
+            .envs((1..=5).map(|n| (format!("PINGPOST_DEMO_SECRET_{n}"), "s".repeat(32))))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--demo", "--demo-leads", "1"])
+            .env_remove("PINGPOST_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("pingpost --demo: ") && err.contains(why),
+            "{err}"
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !out.contains("demo bidder") && !out.contains("listening"),
+            "nothing started: {out}"
+        );
+        assert!(
+            !dir.path().join("ledger").exists(),
+            "refused before the start"
+        );
+    }
+}
+
 /// `pingpost --demo | head -1` panicked on the closed pipe and left the exchange serving
 /// without its demo (black-box round 11): the demo stops at its next line, and the
 /// exchange with it.
