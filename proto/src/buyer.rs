@@ -292,13 +292,6 @@ pub fn digit_run(s: &str) -> usize {
 /// run of more than [`LEAD_ID_DIGIT_RUN_MAX`] digits (an id, not text: an email, a phone
 /// number in any spelling, a date or an SSN is dropped before the ledger).
 fn lead_id_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
-    // An id longer than the limit is dropped, never cut: a cut id is one the buyer never
-    // issued, and the post would echo it (black-box round 17).
-    if let Some(BorrowedValue::String(s)) = v {
-        if s.chars().count() > BUYER_ID_LEN_MAX {
-            return None;
-        }
-    }
     let s = short_string(v, BUYER_ID_LEN_MAX)?;
     is_id_code(&s).then_some(s)
 }
@@ -324,9 +317,13 @@ fn is_uuid(s: &str) -> bool {
 
 // Answers are read as borrowed values: object keys and strings point into the body
 // instead of each being allocated (the same values, with the same duplicate-key rule).
+/// A string (or whole number) of at most `len_max` characters, or nothing. A longer one
+/// is dropped, never cut: a cut id is one the buyer never issued (black-box round 17),
+/// and a cut reason can pass the code rules its whole did not, `…ana.diaz@example.com`
+/// cut to `…ana.diaz` (round 18).
 fn short_string(v: Option<&BorrowedValue<'_>>, len_max: usize) -> Option<String> {
     match v {
-        Some(BorrowedValue::String(s)) => Some(s.chars().take(len_max).collect()),
+        Some(BorrowedValue::String(s)) if s.chars().count() <= len_max => Some(s.to_string()),
         Some(BorrowedValue::Static(StaticNode::I64(i))) => Some(i.to_string()),
         Some(BorrowedValue::Static(StaticNode::U64(i))) => Some(i.to_string()),
         _ => None,
@@ -524,11 +521,18 @@ mod tests {
                 reason: Some("dup_30d".into())
             }
         );
+        // Past the limit, a reason is dropped whole: cut, its head passed the code rules
+        // (black-box round 18), an email's user part or a phone number's first 4 digits.
+        let pad = |c: &str, n: usize| c.repeat(n);
+        let email_tail = format!("{}ana.diaz@example.com", pad("y", 120));
+        let phone_tail = format!("{}8175550123", pad("x", 124));
         for text in [
             "dup of zq.echo0@example.com +18175551463",
             "call 8175551463",
             "1984-06-02",
             "",
+            email_tail.as_str(),
+            phone_tail.as_str(),
         ] {
             let body = serde_json::json!({"accepted": false, "reason": text}).to_string();
             assert_eq!(
@@ -536,7 +540,21 @@ mod tests {
                 PostOutcome::Rejected { reason: None },
                 "{text}"
             );
+            let body = serde_json::json!({"no_bid": text}).to_string();
+            assert_eq!(
+                parse_bid_answer(200, JSON, &mut body.into_bytes()),
+                BidOutcome::NoBid { reason: None },
+                "{text}"
+            );
         }
+        let limit = pad("r", BUYER_REASON_LEN_MAX);
+        let body = serde_json::json!({"accepted": false, "reason": limit}).to_string();
+        assert_eq!(
+            post(&body),
+            PostOutcome::Rejected {
+                reason: Some(limit.clone())
+            }
+        );
         for kept in ["crm-55", "L-2026:A-001234", "0193a4c2-e5d8-7b2f", "x123456"] {
             let body = serde_json::json!({"accepted": true, "buyer_lead_id": kept}).to_string();
             assert_eq!(
