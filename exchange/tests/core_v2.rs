@@ -118,6 +118,60 @@ async fn past_the_open_quote_limit_a_ping_is_429_with_retry_after_and_reserves_n
     assert_eq!(q3.status, PingStatus::Bid, "{q3:?}");
 }
 
+/// Pings sent together by a seller one quote short of its limit each passed a look at the
+/// count, ran an auction (every buyer pinged, the winner's cap held) and were refused only
+/// at the quote (black-box round 18): a ping now takes its quote's place before its
+/// auction, so exactly one runs. A ping whose auction ends without a bid gives the place
+/// back.
+#[tokio::test]
+async fn pings_sent_together_cannot_run_past_the_open_quote_limit() {
+    let a = ScriptedBidder::bidding(10.0);
+    // Slow enough that the pings' auctions overlap.
+    a.set(|s| s.ping_delay = Duration::from_millis(100));
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .start_edited(under("sellers.main", "quotes_open_max = 2"))
+        .await;
+    let q1 = ex.client.ping("TX").await;
+    assert_eq!(q1.status, PingStatus::Bid, "{q1:?}");
+
+    let body = ping_body("TX");
+    let replies =
+        futures_util::future::join_all((0..20).map(|_| ex.client.post_json("/v1/ping", &body)))
+            .await;
+    let bids = replies.iter().filter(|r| r.status == 200).count();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_error(429, "rate_limited");
+    }
+    assert_eq!(bids, 1, "one place was left");
+    assert_eq!(a.pings(), 2, "the refused pings reached no buyer");
+    assert_eq!(ex.reserved("a"), 2, "the refused pings reserved nothing");
+    assert_eq!(ex.quotes_open(), 2);
+
+    // A sale makes every earlier record durable: two auctions, two holds, none released.
+    let sold = ex.client.post(&q1.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(ex.ledger_of("auction").len(), 2);
+    assert_eq!(ex.ledger_of("quote_reserved").len(), 2);
+    assert!(ex.ledger_of("quote_released").is_empty());
+
+    // An auction without a bid gives its place back: the buyer passes, then bids again,
+    // and the freed place (the sale's) is there for it.
+    a.set(|s| {
+        s.bid = None;
+        s.ping_delay = Duration::ZERO;
+    });
+    let none = ex.client.ping("TX").await;
+    assert_eq!(none.status, PingStatus::NoBid, "{none:?}");
+    a.set(|s| s.bid = Some(usd(10.0)));
+    let again = ex.client.ping("TX").await;
+    assert_eq!(again.status, PingStatus::Bid, "{again:?}");
+    assert_eq!(ex.quotes_open(), 2);
+    let full = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    full.assert_error(429, "rate_limited");
+}
+
 /// Bids on every ping; takes `post_delay` to answer a post (its own behaviour).
 #[derive(Debug)]
 struct SlowPoster {

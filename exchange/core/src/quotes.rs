@@ -115,7 +115,7 @@ pub struct Quote {
 #[error("the quote book is full or already holds this ping_id")]
 pub struct BookFull;
 
-/// Why [`QuoteBook::insert_limited`] refused a quote.
+/// Why [`QuoteBook::claim`] (or [`QuoteBook::insert_limited`]) refused a quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QuoteRefused {
     /// `open_max` quotes are open, or the ping id is already in the book (shed: 503).
@@ -124,6 +124,36 @@ pub enum QuoteRefused {
     /// The seller holds its `quotes_open_max` open quotes (429 `rate_limited`).
     #[error("the seller holds its most open quotes")]
     SellerLimit,
+}
+
+/// One place among the open quotes (the book's, `server.quotes_open_max`, and the
+/// seller's, `sellers.ID.quotes_open_max`), taken by [`QuoteBook::claim`] before a ping's
+/// auction: a ping past either limit is refused before any buyer is pinged or anything
+/// is reserved, however many pings race (black-box round 18: pings sent together by a
+/// seller at its limit all passed a look at the count, ran their auctions and held caps,
+/// and only then were refused). [`QuoteBook::insert_claimed`] turns it into the quote;
+/// dropped unused (no winner, or the request gone), it gives the place back.
+#[derive(Debug)]
+#[must_use = "a claim gives its place back when dropped"]
+pub struct QuoteClaim<'a> {
+    book: &'a QuoteBook,
+    seller: SellerKey,
+    /// The seller's count was raised (the seller has a slot).
+    seller_counted: bool,
+    /// Still holding its place (not yet turned into a quote).
+    live: bool,
+}
+
+impl Drop for QuoteClaim<'_> {
+    fn drop(&mut self) {
+        if self.live {
+            self.book.claimed.fetch_sub(1, Ordering::AcqRel);
+            self.book.open.fetch_sub(1, Ordering::AcqRel);
+            if self.seller_counted {
+                self.book.seller_done(self.seller);
+            }
+        }
+    }
 }
 
 /// What a post of a ping id may do.
@@ -238,10 +268,14 @@ pub struct QuoteBook {
     /// Open and posting quotes by ping id (inline for the exchange's own ids, so the
     /// copies in the expiry heap cost no allocation).
     entries: DashMap<CompactId, Entry>,
-    /// Entries `Open` or `Posting`; checked against `open_max` on insert.
+    /// Entries `Open` or `Posting`, and live [`QuoteClaim`]s; checked against `open_max`
+    /// when a place is claimed.
     open: AtomicUsize,
+    /// Live [`QuoteClaim`]s (counted in `open` and in their seller's count, but not
+    /// quotes yet).
+    claimed: AtomicUsize,
     open_max: usize,
-    /// Entries `Open` or `Posting` per seller (by stable key), for
+    /// Entries `Open` or `Posting`, and live claims, per seller (by stable key), for
     /// `sellers.ID.quotes_open_max`; a seller without a slot is not counted (no limit).
     open_by_seller: Slots<AtomicUsize>,
     done_ttl_ms: u64,
@@ -271,6 +305,7 @@ impl QuoteBook {
         QuoteBook {
             entries: DashMap::new(),
             open: AtomicUsize::new(0),
+            claimed: AtomicUsize::new(0),
             open_max,
             open_by_seller: Slots::with_len(0),
             done_ttl_ms,
@@ -307,7 +342,7 @@ impl QuoteBook {
         self.open_by_seller.grow(seller_count);
     }
 
-    /// Quotes of `seller` open or posting now.
+    /// Quotes of `seller` open or posting now, and its live claims.
     pub fn seller_open_count(&self, seller: SellerKey) -> usize {
         self.open_by_seller
             .get(seller.slot())
@@ -327,20 +362,48 @@ impl QuoteBook {
     }
 
     /// [`insert`](QuoteBook::insert), also refused when the quote's seller already has
-    /// `seller_open_max` quotes open or posting.
+    /// `seller_open_max` quotes open or posting: [`claim`](QuoteBook::claim) then
+    /// [`insert_claimed`](QuoteBook::insert_claimed).
     pub fn insert_limited(&self, q: Quote, seller_open_max: usize) -> Result<(), QuoteRefused> {
+        let claim = self.claim(q.seller, seller_open_max)?;
+        self.insert_claimed(claim, q)
+    }
+
+    /// Takes a place for a quote of `seller` ([`QuoteClaim`]): refused when `open_max`
+    /// quotes are open, posting or claimed ([`QuoteRefused::BookFull`]), or when the
+    /// seller already has `seller_open_max` of them ([`QuoteRefused::SellerLimit`]).
+    pub fn claim(
+        &self,
+        seller: SellerKey,
+        seller_open_max: usize,
+    ) -> Result<QuoteClaim<'_>, QuoteRefused> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.open_max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(QuoteRefused::BookFull);
         }
-        let seller = q.seller;
+        let mut seller_counted = false;
         if let Some(c) = self.open_by_seller.get(seller.slot()) {
             if c.fetch_add(1, Ordering::AcqRel) >= seller_open_max {
                 c.fetch_sub(1, Ordering::AcqRel);
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 return Err(QuoteRefused::SellerLimit);
             }
+            seller_counted = true;
         }
+        self.claimed.fetch_add(1, Ordering::AcqRel);
+        Ok(QuoteClaim {
+            book: self,
+            seller,
+            seller_counted,
+            live: true,
+        })
+    }
+
+    /// Puts quote `q` in the place `claim` took (the claim must be this book's and the
+    /// quote's seller's). Refused ([`QuoteRefused::BookFull`]) only when the ping id is
+    /// already in the book; the place is then given back.
+    pub fn insert_claimed(&self, mut claim: QuoteClaim<'_>, q: Quote) -> Result<(), QuoteRefused> {
+        debug_assert!(std::ptr::eq(claim.book, self) && claim.seller == q.seller);
         let key = CompactId::new(&q.ping_id);
         let expiry = (q.expires_at, key.clone());
         let inserted = match self.entries.entry(key) {
@@ -359,10 +422,11 @@ impl QuoteBook {
             }
         };
         if !inserted {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.seller_done(seller);
+            // Dropped live: the claim gives its place back.
             return Err(QuoteRefused::BookFull);
         }
+        claim.live = false;
+        self.claimed.fetch_sub(1, Ordering::AcqRel);
         self.expiries.lock().push(Reverse(expiry));
         Ok(())
     }
@@ -545,7 +609,10 @@ impl QuoteBook {
 
     /// Quotes open or posting (the `open_max` gauge).
     pub fn open_count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        // Claims are counted in `open` too: leave them out (a gauge; a claim taken or
+        // given back while this reads can make it off by that one).
+        let open = self.open.load(Ordering::Acquire);
+        open.saturating_sub(self.claimed.load(Ordering::Acquire))
     }
 
     /// Every entry, finished ones included.
@@ -602,6 +669,53 @@ mod tests {
         a.ping_id = Some(id.into());
         a.buyer = Some("Buyer 0".into());
         a
+    }
+
+    /// A place is taken before the auction (black-box round 18): claims count against
+    /// both limits like quotes, a dropped claim gives its place back, and the gauge
+    /// counts quotes only.
+    #[test]
+    fn claims_take_places_before_the_auction_and_give_them_back_unused() {
+        let book = QuoteBook::new(3, 1_000).with_sellers(2);
+        // Seller 0 may hold 2: two claims in flight leave no place for a third.
+        let c1 = book.claim(SellerKey(0), 2).unwrap();
+        let c2 = book.claim(SellerKey(0), 2).unwrap();
+        assert_eq!(
+            book.claim(SellerKey(0), 2).map(|_| ()),
+            Err(QuoteRefused::SellerLimit)
+        );
+        assert_eq!(book.seller_open_count(SellerKey(0)), 2);
+        assert_eq!(book.open_count(), 0, "claims are not quotes");
+        // The book's own limit (3) counts claims too.
+        let c3 = book.claim(SellerKey(1), 5).unwrap();
+        assert_eq!(
+            book.claim(SellerKey(1), 5).map(|_| ()),
+            Err(QuoteRefused::BookFull)
+        );
+        // One claim becomes a quote; one ends without a bid and gives its place back.
+        book.insert_claimed(c1, quote("p1", 0, None)).unwrap();
+        assert_eq!(book.open_count(), 1);
+        drop(c2);
+        assert_eq!(book.seller_open_count(SellerKey(0)), 1);
+        let c4 = book.claim(SellerKey(0), 2).unwrap();
+        // A ping id already in the book: refused, and the place is given back.
+        assert_eq!(
+            book.insert_claimed(c4, quote("p1", 0, None)),
+            Err(QuoteRefused::BookFull)
+        );
+        assert_eq!(book.seller_open_count(SellerKey(0)), 1);
+        drop(c3);
+        assert_eq!(
+            (book.open_count(), book.seller_open_count(SellerKey(1))),
+            (1, 0)
+        );
+        // insert_limited is a claim and an insert.
+        book.insert_limited(quote("p2", 0, None), 2).unwrap();
+        assert_eq!(
+            book.insert_limited(quote("p3", 0, None), 2),
+            Err(QuoteRefused::SellerLimit)
+        );
+        assert_eq!(book.open_count(), 2);
     }
 
     #[test]

@@ -412,13 +412,14 @@ async fn ping(
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Ping)?;
     ledger_gate(state)?;
-    if state.quotes.open_count() >= cfg.server.quotes_open_max {
-        return Err(ApiError::new(ErrorCode::Overloaded, "too many open quotes"));
-    }
+    // The quote's place, taken before any buyer is pinged: a ping past the book's or the
+    // seller's open-quote limit is refused here, however many race (given back below
+    // when the auction has no winner, or if this request is dropped).
     let seller_open_max = cfg.sellers[seller].quotes_open_max;
-    if state.quotes.seller_open_count(cfg.sellers[seller].key) >= seller_open_max {
-        return Err(seller_quotes_limited(seller_open_max));
-    }
+    let claim = state
+        .quotes
+        .claim(cfg.sellers[seller].key, seller_open_max)
+        .map_err(|refused| quote_refusal(refused, seller_open_max))?;
     let result = run_auction(
         state,
         rt,
@@ -460,7 +461,7 @@ async fn ping(
                 ranked: award.ranked,
                 score: result.score,
             };
-            if let Err(refused) = state.quotes.insert_limited(quote, seller_open_max) {
+            if let Err(refused) = state.quotes.insert_claimed(claim, quote) {
                 // The hold existed: the ledger gets it and its release as a pair.
                 if let Some(rec) = &reserved {
                     effects::record(state, rec).await;
@@ -468,12 +469,7 @@ async fn ping(
                 if let Some((r, why)) = quote_refused(award.reservation) {
                     release_hold(state, rt, r, Some(&result.ping_id), why, now).await;
                 }
-                return Err(match refused {
-                    QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
-                    QuoteRefused::BookFull => {
-                        ApiError::new(ErrorCode::Overloaded, "too many open quotes")
-                    }
-                });
+                return Err(quote_refusal(refused, seller_open_max));
             }
             if let Some(rec) = reserved {
                 effects::record(state, &rec).await;
@@ -610,11 +606,20 @@ fn ledger_unavailable() -> ApiError {
     )
 }
 
+/// A quote the book refused: the seller's limit is 429 ([`seller_quotes_limited`]), a full
+/// book (or a ping id already in it) 503.
+fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
+    match refused {
+        QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
+        QuoteRefused::BookFull => ApiError::new(ErrorCode::Overloaded, "too many open quotes"),
+    }
+}
+
 /// A seller holding its `sellers.ID.quotes_open_max` open quotes: 429 with `Retry-After`.
 fn seller_quotes_limited(max: usize) -> ApiError {
     ApiError::new(
         ErrorCode::RateLimited,
-        format!("the seller already holds {max} open quotes, its quotes_open_max; post or let some expire first"),
+        format!("the seller already holds {max} open quotes and pings in flight, its quotes_open_max; post or let some expire first"),
     )
 }
 
