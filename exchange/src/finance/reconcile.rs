@@ -325,9 +325,27 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
             }
         }
         if let Some(cfg) = cfg {
+            // The payout was decided by the auction (a quote's post may come after a
+            // reload): its generation and place say which configuration decided it.
+            let (decided_at, decided_gen) =
+                auction.map_or((s.ordinal, s.generation), |a| (a.ordinal, a.generation));
+            let current = decided_at >= run_start.0;
             match cfg.sellers.iter().find(|x| x.id == s.seller) {
+                // A seller of an earlier run may have been removed since (black-box round
+                // 18): like a payout rule that changed, listed, not failed.
+                None if !current => {
+                    *out.earlier_sales.entry(decided_gen).or_default() += 1;
+                    out.payout_not_rechecked.push(format!(
+                        "{}: seller {:?} is not in the configuration given; the auction ran under generation {decided_gen}, before a reload or restart (the ledger's latest run is generation {} from {}): not a mismatch, the seller may have been removed since ({})",
+                        s.place,
+                        s.seller,
+                        last_gen.unwrap_or(0),
+                        run_start.1,
+                        s.ids
+                    ));
+                }
                 None => m.push(format!(
-                    "{}: seller {:?} is not in the configuration: its payout cannot be checked ({})",
+                    "{}: seller {:?} is not in the configuration, and the auction ran under generation {decided_gen}, the ledger's latest: its payout cannot be checked ({})",
                     s.place, s.seller, s.ids
                 )),
                 Some(seller) => {
@@ -338,11 +356,6 @@ pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, Str
                     } else {
                         auction.and_then(|a| a.winner_bid)
                     };
-                    // The payout was decided by the auction (a quote's post may come after a
-                    // reload): its generation and place say which configuration decided it.
-                    let (decided_at, decided_gen) =
-                        auction.map_or((s.ordinal, s.generation), |a| (a.ordinal, a.generation));
-                    let current = decided_at >= run_start.0;
                     if !current {
                         *out.earlier_sales.entry(decided_gen).or_default() += 1;
                     }
