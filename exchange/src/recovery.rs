@@ -965,7 +965,8 @@ fn restore_quote(
             .and_then(Value::as_u64)
             .and_then(|s| u8::try_from(s).ok()),
     };
-    if state.quotes.insert(quote).is_err() {
+    // Whatever the open-quote limits are now: a firm quote stays firm (`restore`).
+    if state.quotes.restore(quote).is_err() {
         if let Some(r) = reservation {
             state.caps.release(&r);
         }

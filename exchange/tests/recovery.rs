@@ -131,7 +131,11 @@ async fn start_in(cfg: &TestConfig, ledger: &Path, zone: &str) -> Running {
 
 /// [`start_in`] on `clock`.
 async fn start_at(cfg: &TestConfig, ledger: &Path, zone: &str, clock: Clock) -> Running {
-    let config = config_in(cfg, ledger, zone);
+    start_config(config_in(cfg, ledger, zone), clock).await
+}
+
+/// Starts an exchange on `config` (its ledger: a restart when it holds records already).
+async fn start_config(config: pingpost::config::Config, clock: Clock) -> Running {
     // The previous exchange's ledger writer ends once its last handle is gone.
     tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
@@ -774,6 +778,65 @@ async fn a_buyer_missing_at_a_restart_keeps_its_counts_for_a_reload() {
 
 async fn client_direct(r: &Running) -> Option<String> {
     SellerClient::new(r.addr).direct("TX").await.buyer
+}
+
+/// A start with a lower `server.quotes_open_max` (a restart-only setting) dropped the
+/// restored quotes past it, firm quotes, without a record, and gave their buyer's cap
+/// back; a later start brought them back, and the buyer got leads past its cap
+/// (black-box round 19). Every firm quote is restored now; new pings wait (503) until
+/// the count falls under the limit.
+#[tokio::test]
+async fn a_start_with_a_lower_open_quote_limit_keeps_every_firm_quote() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(4));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let mut quotes = Vec::new();
+    for _ in 0..4 {
+        let q = SellerClient::new(first.addr).ping("TX").await;
+        assert_eq!(q.status, proto::seller::PingStatus::Bid, "{q:?}");
+        quotes.push(q);
+    }
+    first.shutdown().await.unwrap();
+
+    let mut lower = config_in(&cfg, &ledger, &noon_zone());
+    lower.server.quotes_open_max = 2;
+    let second = start_config(lower, Clock::system()).await;
+    assert_eq!(
+        second.state.quotes.open_count(),
+        4,
+        "every firm quote is back"
+    );
+    let r = SellerClient::new(second.addr)
+        .post_json("/v1/ping", &ping_body("TX"))
+        .await;
+    r.assert_error(503, "overloaded");
+    for q in &quotes {
+        let sold = SellerClient::new(second.addr).post(&q.ping_id, "TX").await;
+        assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+        assert_eq!(sold.price, q.price);
+    }
+    assert_eq!(*a.posts.lock().unwrap(), 4);
+    assert_eq!(sold_today(&second, "a"), 4);
+    // Under the limit again: pings run, and the cap is full.
+    let q = SellerClient::new(second.addr).ping("TX").await;
+    assert_eq!(q.status, proto::seller::PingStatus::NoBid, "{q:?}");
+    second.shutdown().await.unwrap();
+
+    // Nothing comes back at the next start: every quote ended in the ledger.
+    let third = start(&cfg, &ledger).await;
+    assert_eq!(third.state.quotes.open_count(), 0);
+    assert_eq!(sold_today(&third, "a"), 4);
+    let q = SellerClient::new(third.addr).ping("TX").await;
+    assert_eq!(
+        q.status,
+        proto::seller::PingStatus::NoBid,
+        "the cap is full: {q:?}"
+    );
+    third.shutdown().await.unwrap();
+    assert_eq!(*a.posts.lock().unwrap(), 4, "no lead past the cap");
 }
 
 /// A quote restored at a restart keeps its bids though a losing bidder is no longer

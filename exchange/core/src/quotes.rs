@@ -369,6 +369,32 @@ impl QuoteBook {
         self.insert_claimed(claim, q)
     }
 
+    /// Puts back a quote rebuilt from the ledger at a start: counted like any quote, but
+    /// never refused for `open_max` or its seller's limit, which may be lower now than
+    /// when it was made (black-box round 19: a start with a lower
+    /// `server.quotes_open_max` dropped the quotes past it, firm quotes, without a
+    /// record, so a later start brought them back past their buyer's cap). New pings are
+    /// refused until the count falls under the limits. Refused only when the ping id is
+    /// already in the book.
+    pub fn restore(&self, q: Quote) -> Result<(), BookFull> {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let seller_counted = match self.open_by_seller.get(q.seller.slot()) {
+            Some(c) => {
+                c.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            None => false,
+        };
+        self.claimed.fetch_add(1, Ordering::AcqRel);
+        let claim = QuoteClaim {
+            book: self,
+            seller: q.seller,
+            seller_counted,
+            live: true,
+        };
+        self.insert_claimed(claim, q).map_err(|_| BookFull)
+    }
+
     /// Takes a place for a quote of `seller` ([`QuoteClaim`]): refused when `open_max`
     /// quotes are open, posting or claimed ([`QuoteRefused::BookFull`]), or when the
     /// seller already has `seller_open_max` of them ([`QuoteRefused::SellerLimit`]).
@@ -716,6 +742,19 @@ mod tests {
             Err(QuoteRefused::SellerLimit)
         );
         assert_eq!(book.open_count(), 2);
+        // A restored quote is kept past both limits, and is counted: claims wait.
+        book.restore(quote("p4", 0, None)).unwrap();
+        book.restore(quote("p5", 1, None)).unwrap();
+        assert_eq!(
+            (book.open_count(), book.seller_open_count(SellerKey(0))),
+            (4, 3)
+        );
+        assert_eq!(
+            book.claim(SellerKey(1), 5).map(|_| ()),
+            Err(QuoteRefused::BookFull)
+        );
+        assert_eq!(book.restore(quote("p4", 0, None)), Err(BookFull));
+        assert_eq!(book.open_count(), 4);
     }
 
     #[test]
