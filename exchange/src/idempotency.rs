@@ -172,8 +172,10 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
     }
 
     /// Recovery at start: remembers the answer of a key the ledger names (by its digest
-    /// and its body's), as of `at`. A key already held, one past the TTL at `now`, or a
-    /// full store changes nothing (returns false).
+    /// and its body's), as of `at`. A key already held, or one past the TTL at `now`,
+    /// changes nothing (returns false). A full store takes it all the same: the limit may
+    /// be lower now than when the key was taken, and a key dropped here would let its
+    /// retry run again, a second sale (new keys wait until the count falls under it).
     pub fn restore(
         &self,
         seller: P,
@@ -183,7 +185,7 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
         now: UnixMs,
         answer: (u16, Bytes),
     ) -> bool {
-        if now - at >= self.ttl_ms as i64 || self.map.len() >= self.keys_max {
+        if now - at >= self.ttl_ms as i64 {
             return false;
         }
         match self.map.entry((seller, key_sha256)) {

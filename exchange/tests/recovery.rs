@@ -229,6 +229,65 @@ async fn caps_and_idempotency_keys_survive_a_restart() {
     assert!(!keyed[0].to_string().contains("Ana"), "no PII");
 }
 
+/// A start with a lower `server.idempotency_keys_max` (restart-only) dropped the keys
+/// past it: a keyed direct post retried after it ran again and sold the lead a second
+/// time (found beside black-box round 19's open quotes). Every key within its TTL is
+/// restored now.
+#[tokio::test]
+async fn a_start_with_a_lower_key_limit_keeps_every_key() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let mut sold = Vec::new();
+    for n in 0..3 {
+        let key = format!("lead-{n}");
+        let r = client
+            .post_json_with(
+                "/v1/leads",
+                SELLER_KEY,
+                &[("idempotency-key", key.as_str())],
+                &direct_body("TX"),
+            )
+            .await;
+        assert_eq!(r.json()["status"], "sold", "{}", r.text());
+        sold.push((key, r.json()));
+    }
+    first.shutdown().await.unwrap();
+
+    let mut lower = config_in(&cfg, &ledger, &noon_zone());
+    lower.server.idempotency_keys_max = 1;
+    let second = start_config(lower, Clock::system()).await;
+    let client = SellerClient::new(second.addr);
+    for (key, answer) in &sold {
+        let again = client
+            .post_json_with(
+                "/v1/leads",
+                SELLER_KEY,
+                &[("idempotency-key", key.as_str())],
+                &direct_body("TX"),
+            )
+            .await;
+        assert_eq!(again.status, 200, "{key}: {}", again.text());
+        assert_eq!(&again.json(), answer, "{key}: the stored answer");
+    }
+    assert_eq!(*a.posts.lock().unwrap(), 3, "no lead sold twice");
+    // The store is over its limit: a new key waits until keys expire.
+    let new = client
+        .post_json_with(
+            "/v1/leads",
+            SELLER_KEY,
+            &[("idempotency-key", "lead-new")],
+            &direct_body("TX"),
+        )
+        .await;
+    new.assert_error(503, "overloaded");
+    second.shutdown().await.unwrap();
+}
+
 fn reserved_now(r: &Running, id: &str) -> u32 {
     let rt = r.state.runtime.load();
     let b = rt.config.buyers.iter().find(|b| b.id == id).unwrap();
