@@ -269,15 +269,19 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                     ),
                 );
             } else {
-                print_unknown_outcomes(&dir);
+                print_unknown_outcomes(&dir, report.last_seq);
             }
-            let reconciled = match pingpost::finance::reconcile::reconcile(&dir, cfg.as_ref()) {
-                Ok(r) => r,
-                Err(e) => {
-                    pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
-                    return 2;
-                }
-            };
+            // A running exchange appends meanwhile: every later reading stops at the last
+            // record the chain check saw (a ledger that does not verify: read it all).
+            let upto = verifies.then_some(report.last_seq);
+            let reconciled =
+                match pingpost::finance::reconcile::reconcile_upto(&dir, cfg.as_ref(), upto) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
+                        return 2;
+                    }
+                };
             pingpost::cli_out::emit(
                 "ledger verify",
                 format_args!("{}", reconciled.render_with(verifies)),
@@ -317,11 +321,11 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
 
 /// Deliveries with a `post_sent` record and no outcome, for finance (see docs/LEDGER.md,
 /// Recovery): their count, then each one (the first 1,000).
-fn print_unknown_outcomes(dir: &std::path::Path) {
+fn print_unknown_outcomes(dir: &std::path::Path, upto: u64) {
     let Ok(text) = pingpost::ledger::segments::read_all(dir) else {
         return;
     };
-    let scan = pingpost::recovery::Scan::of_text(&text);
+    let scan = pingpost::recovery::Scan::of_text(pingpost::ledger::segments::upto_seq(&text, upto));
     let lists: [(&str, Vec<&pingpost::recovery::Sent>); 3] = [
         (
             "deliveries with no outcome (delivered, outcome unknown)",

@@ -416,7 +416,7 @@ pub fn build(
     range: DateRange,
     currencies: &HashMap<String, String>,
 ) -> Result<Reports, String> {
-    build_from(dir, range, currencies, true)
+    build_from(dir, range, currencies, true, None)
 }
 
 /// [`build`] on a ledger whose chain may not verify, for `pingpost ledger verify`'s
@@ -425,8 +425,9 @@ pub fn build_unverified(
     dir: &Path,
     range: DateRange,
     currencies: &HashMap<String, String>,
+    upto: Option<u64>,
 ) -> Result<Reports, String> {
-    build_from(dir, range, currencies, false)
+    build_from(dir, range, currencies, false, upto)
 }
 
 fn build_from(
@@ -434,6 +435,7 @@ fn build_from(
     range: DateRange,
     currencies: &HashMap<String, String>,
     verified: bool,
+    upto: Option<u64>,
 ) -> Result<Reports, String> {
     let mut acc = Acc::default();
     let take = |e: Entry| {
@@ -446,7 +448,7 @@ fn build_from(
     let stats = if verified {
         for_each(dir, take)?
     } else {
-        super::for_each_unverified(dir, take)?
+        super::for_each_unverified_upto(dir, upto, take)?
     };
     Ok(acc.finish(range, stats, currencies))
 }

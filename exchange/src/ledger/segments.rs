@@ -534,6 +534,30 @@ pub fn check_anchors(dir: &Path, anchors: &[Anchor]) -> io::Result<Vec<(bool, St
 /// Every record of the ledger in `dir`, as text: the segments' lines in order. For tests
 /// and tools that read the ledger as one stream of JSON lines (`jq` works on each
 /// segment the same way). A missing directory reads as empty.
+/// The records of `text` (whole lines, in order) up to and including the one with
+/// sequence number `upto`: what a reader that first checked the chain up to `upto` may
+/// read of a ledger the running exchange keeps appending to (`ledger verify` reads it
+/// several times). Lines without a readable `seq` are kept.
+pub fn upto_seq(text: &str, upto: u64) -> &str {
+    let mut end = 0;
+    for line in text.split_inclusive('\n') {
+        if line_seq(line).is_some_and(|s| s > upto) {
+            break;
+        }
+        end += line.len();
+    }
+    &text[..end]
+}
+
+/// The sequence number a framed line carries (`…,"seq":N,"sum":"…"}`), if readable.
+pub fn line_seq(line: &str) -> Option<u64> {
+    let seq = std::str::from_utf8(SEQ_FIELD).ok()?;
+    let at = line.rfind(seq)? + seq.len();
+    let digits = &line[at..];
+    let len = digits.bytes().take_while(u8::is_ascii_digit).count();
+    digits[..len].parse().ok()
+}
+
 pub fn read_all(dir: &Path) -> io::Result<String> {
     if !dir.exists() {
         return Ok(String::new());
