@@ -1240,3 +1240,31 @@ fn verify_checks_anchors_kept_outside() {
         assert_eq!(code, Some(2), "{bad}");
     }
 }
+
+/// `ledger replay` of a quote that ended unposted stopped at "firm until its expiry", as
+/// if it were still open (black-box round 19): its end names only the ping id, and is
+/// now shown.
+#[test]
+fn replay_shows_how_an_unposted_quote_ended() {
+    const OPENED: &str = r#"{"type":"quote_opened","v":5,"generation":1,"at":"2026-11-29T10:00:00.001Z","ping_id":"pg_1","auction_id":"au_1","seller":"s","vertical":"v","price_micros":8000000,"currency":"USD","expires_at_ms":1764410460000}"#;
+    for (end, says) in [
+        (
+            r#"{"type":"quote_expired","v":5,"generation":1,"at":"2026-11-29T10:01:00.050Z","ping_id":"pg_1","buyer":"b","price_micros":10000000}"#,
+            "QUOTE EXPIRED unposted at 2026-11-29T10:01:00.050Z: the hold on b's cap and budget was released",
+        ),
+        (
+            r#"{"type":"quote_released","v":5,"generation":1,"at":"2026-11-29T10:00:30.000Z","ping_id":"pg_1","buyer":"b","price_micros":10000000,"reason":"mismatch"}"#,
+            "QUOTE ENDED (mismatch) at 2026-11-29T10:00:30.000Z",
+        ),
+    ] {
+        // Another ping's end is not this quote's.
+        let other = end.replace("pg_1", "pg_2");
+        let tmp = framed_ledger(&[AUCTION_1, OPENED, &other, end]);
+        let o = run(&["ledger", "replay", "au_1", "--dir", tmp.path().to_str().unwrap()]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        assert!(out.contains("QUOTED: the seller was quoted"), "{out}");
+        assert_eq!(out.matches("QUOTE E").count(), 1, "{out}");
+        assert!(out.contains(says), "{out}");
+    }
+}

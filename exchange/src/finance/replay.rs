@@ -88,13 +88,23 @@ pub fn find(dir: &Path, auction_id: &str) -> Result<(Entry, Vec<Entry>), String>
     let mut auction = None;
     let mut posts = Vec::new();
     let mut restart_seen = false;
+    // The quote's ping id: its end (`quote_expired`, `quote_released`) names only that.
+    let mut ping_id = String::new();
     let stats = for_each(dir, |e| {
         if e.str("auction_id") == auction_id {
             match e.kind.as_str() {
-                "auction" if auction.is_none() => auction = Some(e),
+                "auction" if auction.is_none() => {
+                    ping_id = e.str("ping_id").to_string();
+                    auction = Some(e);
+                }
                 "auction" => {}
                 _ => posts.push(e),
             }
+        } else if !ping_id.is_empty()
+            && matches!(e.kind.as_str(), "quote_expired" | "quote_released")
+            && e.str("ping_id") == ping_id
+        {
+            posts.push(e);
         } else if e.kind == "flush" && e.bool("start") && auction.is_some() && !restart_seen {
             // The first start after the auction: the exchange restarted since it ran.
             restart_seen = true;
@@ -690,6 +700,19 @@ so if the exchange reloaded its configuration since it started, the file may not
                 p.str("currency"),
                 p.place()
             ),
+            "quote_expired" => format!(
+                "QUOTE EXPIRED unposted at {}: the hold on {}'s cap and budget was released ({})",
+                p.str("at"),
+                p.str("buyer"),
+                p.place()
+            ),
+            "quote_released" => format!(
+                "QUOTE ENDED ({}) at {}: the hold on {}'s cap and budget was released ({})",
+                p.str("reason"),
+                p.str("at"),
+                p.str("buyer"),
+                p.place()
+            ),
             k => format!("{k} ({})", p.place()),
         };
         let _ = writeln!(out, "{line}");
@@ -711,7 +734,10 @@ so if the exchange reloaded its configuration since it started, the file may not
             );
         }
     }
-    if !posted {
+    let ended = posts
+        .iter()
+        .any(|p| matches!(p.kind.as_str(), "quote_expired" | "quote_released"));
+    if !posted && !ended {
         let _ = writeln!(
             out,
             "no post of this auction is recorded (not posted yet, the quote expired, or no winner)"
