@@ -898,6 +898,71 @@ async fn a_start_with_a_lower_open_quote_limit_keeps_every_firm_quote() {
     assert_eq!(*a.posts.lock().unwrap(), 4, "no lead past the cap");
 }
 
+/// An open quote whose seller a restart's configuration no longer has is not restored,
+/// and its hold is not re-reserved. Nothing closed it in the ledger, so a later start
+/// with the seller back restored it with its hold, on a buyer whose cap had been filled
+/// meanwhile, and its post sold past the cap. It is closed at the start that cannot
+/// restore it (`quote_released`, `seller_removed`).
+#[tokio::test]
+async fn a_quote_not_restored_is_closed_and_never_comes_back_past_a_cap() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(1));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let zone = noon_zone();
+    let with_zone = |t: String| {
+        t.replace(
+            "\nstates_include",
+            &format!("\ntimezone = \"{zone}\"\nstates_include"),
+        )
+    };
+
+    let first = start(&cfg, &ledger).await;
+    let old = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(old.status, proto::seller::PingStatus::Bid, "{old:?}");
+    first.shutdown().await.unwrap();
+
+    // The seller is gone (renamed: its key now belongs to seller `other`).
+    let renamed = cfg.load_edited(&ledger, |t| {
+        with_zone(t).replace("[sellers.main]", "[sellers.other]")
+    });
+    let second = start_config(renamed, Clock::system()).await;
+    assert_eq!(second.state.quotes.open_count(), 0);
+    let r = SellerClient::new(second.addr)
+        .post_json("/v1/post", &post_body(&old.ping_id, "TX"))
+        .await;
+    r.assert_error(404, "not_found");
+    // a's cap is free again: another quote takes it, and sells.
+    let new = SellerClient::new(second.addr).ping("TX").await;
+    assert_eq!(new.status, proto::seller::PingStatus::Bid, "{new:?}");
+    let sold = SellerClient::new(second.addr)
+        .post(&new.ping_id, "TX")
+        .await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    second.shutdown().await.unwrap();
+    let released: Vec<_> = records(&ledger)
+        .into_iter()
+        .filter(|r| r["type"] == "quote_released" && r["ping_id"] == old.ping_id.as_str())
+        .collect();
+    assert_eq!(released.len(), 1, "closed once");
+    assert_eq!(released[0]["reason"], "seller_removed");
+    assert_eq!(released[0]["buyer"], "a");
+
+    // The seller is back: the old quote stays closed.
+    let third = start(&cfg, &ledger).await;
+    assert_eq!(
+        third.state.quotes.open_count(),
+        0,
+        "the old quote is not back"
+    );
+    let r = SellerClient::new(third.addr)
+        .post_json("/v1/post", &post_body(&old.ping_id, "TX"))
+        .await;
+    r.assert_error(404, "not_found");
+    third.shutdown().await.unwrap();
+    assert_eq!(*a.posts.lock().unwrap(), 1, "no lead past a's cap of 1");
+}
+
 /// A quote restored at a restart keeps its bids though a losing bidder is no longer
 /// configured (before the fix the whole quote was dropped and its post was `404`).
 #[tokio::test]
