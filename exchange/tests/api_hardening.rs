@@ -219,6 +219,13 @@ async fn idempotency_keys_have_a_per_seller_quota() {
     assert_eq!(ping("b", SELLER_KEY, ping_body("TX")).await.status, 200);
     let over = ping("c", SELLER_KEY, ping_body("TX")).await;
     over.assert_error(429, "rate_limited");
+    // The quota, not a count (black-box round 20: a restart keeps more keys than it).
+    assert!(
+        over.text()
+            .contains("this seller already holds its quota of 2 idempotency keys"),
+        "{}",
+        over.text()
+    );
     let retry_after: u64 = over.headers["retry-after"]
         .to_str()
         .unwrap()

@@ -145,8 +145,9 @@ pub(super) fn claim_key<P: Copy + Eq + Hash>(
                 &ApiError::new(
                     ErrorCode::RateLimited,
                     format!(
-                        "this {who} holds {quota} idempotency keys already; \
-                         keys are freed as they expire, or send requests without one"
+                        "this {who} already holds its quota of {quota} idempotency keys \
+                         (or more, kept from before a restart); keys are freed as they \
+                         expire, or send requests without one"
                     ),
                 ),
             );
