@@ -1246,11 +1246,11 @@ fn verify_checks_anchors_kept_outside() {
 /// now shown.
 #[test]
 fn replay_shows_how_an_unposted_quote_ended() {
-    const OPENED: &str = r#"{"type":"quote_opened","v":5,"generation":1,"at":"2026-11-29T10:00:00.001Z","ping_id":"pg_1","auction_id":"au_1","seller":"s","vertical":"v","price_micros":8000000,"currency":"USD","expires_at_ms":1764410460000}"#;
+    const OPENED: &str = r#"{"type":"quote_opened","v":5,"generation":1,"at":"2026-11-29T10:00:00.001Z","ping_id":"pg_1","auction_id":"au_1","seller":"s","vertical":"v","price_micros":8000000,"currency":"USD","expires_at_ms":1795946460000}"#;
     for (end, says) in [
         (
             r#"{"type":"quote_expired","v":5,"generation":1,"at":"2026-11-29T10:01:00.050Z","ping_id":"pg_1","buyer":"b","price_micros":10000000}"#,
-            "QUOTE EXPIRED unposted at 2026-11-29T10:01:00.050Z: the hold on b's cap and budget was released",
+            "QUOTE EXPIRED: not posted before its expiry (a post after it is answered `expired`); the hold on b's cap and budget was released at 2026-11-29T10:01:00.050Z",
         ),
         (
             r#"{"type":"quote_released","v":5,"generation":1,"at":"2026-11-29T10:00:30.000Z","ping_id":"pg_1","buyer":"b","price_micros":10000000,"reason":"mismatch"}"#,
@@ -1263,8 +1263,46 @@ fn replay_shows_how_an_unposted_quote_ended() {
         let o = run(&["ledger", "replay", "au_1", "--dir", tmp.path().to_str().unwrap()]);
         let out = text(&o);
         assert_eq!(o.status.code(), Some(0), "{out}");
-        assert!(out.contains("QUOTED: the seller was quoted"), "{out}");
+        assert!(
+            out.contains("QUOTED: the seller was quoted 8.00 in USD, firm until 2026-11-29T10:01:00.000Z"),
+            "{out}"
+        );
         assert_eq!(out.matches("QUOTE E").count(), 1, "{out}");
         assert!(out.contains(says), "{out}");
+        assert!(!out.contains("no post of this"), "{out}");
     }
+
+    // A failed delivery releases the winner's hold, and the post goes on: not the
+    // quote's end (black-box round 20: it said QUOTE ENDED before a fallback's sale).
+    let failed = r#"{"type":"quote_released","v":5,"generation":1,"at":"2026-11-29T10:00:10.000Z","ping_id":"pg_1","buyer":"b","price_micros":10000000,"reason":"post_failed"}"#;
+    let tmp = framed_ledger(&[AUCTION_1, OPENED, failed]);
+    let out = text(&run(&[
+        "ledger",
+        "replay",
+        "au_1",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]));
+    assert!(!out.contains("QUOTE E"), "{out}");
+    assert!(
+        out.contains("hold on b's cap and budget released (post_failed) at 2026-11-29T10:00:10.000Z: the post moves on to the next bid while time and bids remain"),
+        "{out}"
+    );
+
+    // A quote with nothing after it (a test lead's writes no record when it expires).
+    let tmp = framed_ledger(&[AUCTION_1, OPENED]);
+    let out = text(&run(&[
+        "ledger",
+        "replay",
+        "au_1",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]));
+    assert!(out.contains("firm until 2026-11-29T10:01:00.000Z"), "{out}");
+    assert!(
+        out.contains(
+            "no post of this quote is recorded: not posted yet, or not before its expiry above"
+        ),
+        "{out}"
+    );
 }

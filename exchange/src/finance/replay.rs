@@ -633,7 +633,10 @@ so if the exchange reloaded its configuration since it started, the file may not
     // What the post did.
     let mut posted = false;
     for p in posts {
-        posted |= p.kind != "flush";
+        posted |= matches!(
+            p.kind.as_str(),
+            "sale" | "unsold" | "post_sent" | "post_attempt"
+        );
         let line = match p.kind.as_str() {
             "sale" => format!(
                 "SOLD to {} at attempt {} ({}): lead {}, the buyer pays {}, the seller gets {}, margin {}{}",
@@ -695,17 +698,41 @@ so if the exchange reloaded its configuration since it started, the file may not
                 p.place()
             ),
             "quote_opened" => format!(
-                "QUOTED: the seller was quoted {} in {}, firm until its expiry ({})",
+                "QUOTED: the seller was quoted {} in {}, firm until {} ({})",
                 money(p.i64("price_micros").unwrap_or(0)),
                 p.str("currency"),
+                p.i64("expires_at_ms")
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map_or_else(
+                        || "its expiry".to_string(),
+                        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
                 p.place()
             ),
+            // Written by the sweeper, or by a post that came after `expires_at` (answered
+            // `expired`): the record does not say which.
             "quote_expired" => format!(
-                "QUOTE EXPIRED unposted at {}: the hold on {}'s cap and budget was released ({})",
-                p.str("at"),
+                "QUOTE EXPIRED: not posted before its expiry (a post after it is answered `expired`); the hold on {}'s cap and budget was released at {} ({})",
                 p.str("buyer"),
+                p.str("at"),
                 p.place()
             ),
+            // A failed or late delivery releases the winner's hold and the post goes on
+            // to the fallbacks: the quote itself has not ended.
+            "quote_released"
+                if matches!(
+                    p.str("reason"),
+                    "post_failed" | "post_deadline" | "buyer_removed"
+                ) =>
+            {
+                format!(
+                    "hold on {}'s cap and budget released ({}) at {}: the post moves on to the next bid while time and bids remain ({})",
+                    p.str("buyer"),
+                    p.str("reason"),
+                    p.str("at"),
+                    p.place()
+                )
+            }
             "quote_released" => format!(
                 "QUOTE ENDED ({}) at {}: the hold on {}'s cap and budget was released ({})",
                 p.str("reason"),
@@ -737,10 +764,17 @@ so if the exchange reloaded its configuration since it started, the file may not
     let ended = posts
         .iter()
         .any(|p| matches!(p.kind.as_str(), "quote_expired" | "quote_released"));
+    let quoted = posts.iter().any(|p| p.kind == "quote_opened");
     if !posted && !ended {
         let _ = writeln!(
             out,
-            "no post of this auction is recorded (not posted yet, the quote expired, or no winner)"
+            "{}",
+            if quoted {
+                // A quote without a hold (a test lead's) writes no record when it expires.
+                "no post of this quote is recorded: not posted yet, or not before its expiry above (a test lead's quote holds nothing and writes no record when it expires)"
+            } else {
+                "no post of this auction is recorded (not posted yet, the quote expired, or no winner)"
+            }
         );
     }
     Replay {
