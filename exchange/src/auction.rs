@@ -196,6 +196,7 @@ pub async fn run_auction(
         vertical: input.vertical,
         score,
         min_price: input.req.min_price,
+        consent: &input.req.consent,
         test: input.req.test,
         direct: input.direct,
         auction_id: &auction_id,

@@ -15,7 +15,7 @@ use proto::schema::{FieldKind, FieldSpec, LeadMode, VerticalSchema, US_STATES};
 use proto::seller::{PING_ID_LEN_MAX, VERTICAL_LEN_MAX};
 use serde_json::{json, Map, Value};
 
-use crate::config::Config;
+use crate::config::{Config, Vertical};
 use crate::idempotency::KEY_LEN_MAX;
 
 /// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
@@ -67,15 +67,11 @@ pub fn build(config: &Config) -> Value {
         );
         schemas.insert(
             ping_req.clone(),
-            envelope(
-                &v.name,
-                &ping_lead,
-                "Ping fields only; no PII (`pii_in_ping`).",
-            ),
+            envelope(v, &ping_lead, "Ping fields only; no PII (`pii_in_ping`)."),
         );
         schemas.insert(
             direct_req.clone(),
-            envelope(&v.name, &full_lead, "The full lead, PII included."),
+            envelope(v, &full_lead, "The full lead, PII included."),
         );
         ping_variants.push(reference(&ping_req));
         direct_variants.push(reference(&direct_req));
@@ -125,7 +121,7 @@ pub fn build(config: &Config) -> Value {
                     "description": "The full lead of the ping's vertical, PII included; ping fields must equal the ping's.",
                     "anyOf": full_leads,
                 },
-                "consent": {"$ref": "#/components/schemas/StringMap", "description": "Forwarded to the buyer with the post."},
+                "consent": {"$ref": "#/components/schemas/StringMap", "description": "Forwarded to the buyer with the post. A vertical's `consent_required` keys must be here (non-blank): a post without one is answered 400 `invalid_request` naming it, and the quote stays open."},
             },
         }),
     );
@@ -198,7 +194,21 @@ fn reference(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn envelope(vertical: &str, lead: &str, lead_description: &str) -> Value {
+fn envelope(v: &Vertical, lead: &str, lead_description: &str) -> Value {
+    let vertical = v.name.as_str();
+    // A request without a required consent key is still valid: it is answered `no_bid`
+    // (`unsold` for a direct post) with the reason `consent_required`.
+    let consent = if v.consent_required.is_empty() {
+        json!({"$ref": "#/components/schemas/StringMap"})
+    } else {
+        json!({
+            "$ref": "#/components/schemas/StringMap",
+            "description": format!(
+                "This vertical requires the consent keys {} (non-blank): without them the answer is `consent_required` and no buyer is pinged.",
+                v.consent_required.join(", ")
+            ),
+        })
+    };
     json!({
         "type": "object",
         "required": ["vertical", "lead"],
@@ -208,7 +218,7 @@ fn envelope(vertical: &str, lead: &str, lead_description: &str) -> Value {
             "lead": {"$ref": format!("#/components/schemas/{lead}"), "description": lead_description},
             "source": {"$ref": "#/components/schemas/StringMap"},
             "dedup": {"$ref": "#/components/schemas/StringMap"},
-            "consent": {"$ref": "#/components/schemas/StringMap"},
+            "consent": consent,
             "min_price": {"$ref": "#/components/schemas/Money", "description": "The least the seller takes for this lead, after margin."},
             "test": {"type": "boolean", "default": false},
         },

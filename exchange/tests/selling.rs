@@ -662,3 +662,94 @@ async fn a_seller_that_half_closes_after_its_request_still_gets_the_answer() {
     assert!(answer.contains(r#""status":"bid""#), "{answer:?}");
     assert!(answer.contains(r#""ping_id":"pg_"#), "{answer:?}");
 }
+
+/// A vertical's `consent_required`: a ping or direct post without the key (or with a
+/// blank value) is answered `consent_required`, pings no buyer and holds nothing; a post
+/// without it is refused with `invalid_request` naming it, and the quote stays open for
+/// a post that carries it, which the buyer receives.
+#[tokio::test]
+async fn a_vertical_that_requires_consent_gets_it_at_the_ping_and_the_post() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (b, _h) = serve("b", &bidder).await;
+    let ex = TestConfig::new()
+        .buyer(b)
+        .start_edited(|t| {
+            t.replacen(
+                "[verticals.auto_insurance]\n",
+                "[verticals.auto_insurance]\nconsent_required = [\"trustedform_cert_url\"]\n",
+                1,
+            )
+        })
+        .await;
+    let cert = "https://cert.trustedform.com/abc";
+
+    for consent in [
+        json!({}),
+        json!({"trustedform_cert_url": "  "}),
+        json!({"jornaya_leadid": "x"}),
+    ] {
+        let mut body = ping_body("TX");
+        body["consent"] = consent.clone();
+        let a = ex.client.post_json("/v1/ping", &body).await.ping_answer();
+        assert_eq!(a.status, PingStatus::NoBid, "{consent}: {a:?}");
+        assert_eq!(a.reason, Some(NoBidReason::ConsentRequired));
+        let mut direct = direct_body("TX");
+        direct["consent"] = consent.clone();
+        let d = ex
+            .client
+            .post_json("/v1/leads", &direct)
+            .await
+            .post_answer();
+        assert_eq!(d.status, PostStatus::Unsold, "{consent}: {d:?}");
+        assert_eq!(d.reason.as_deref(), Some("consent_required"));
+    }
+    assert_eq!(
+        bidder.pings(),
+        0,
+        "a lead without the required consent pings no buyer"
+    );
+    assert_eq!(ex.reserved("b"), 0);
+    assert_eq!(ex.quotes_open(), 0);
+    let records = ex.ledger_of("auction");
+    assert_eq!(records.len(), 6, "each is an auction on record");
+    assert!(
+        records.iter().all(|r| r["no_bid"] == "consent_required"),
+        "{records:?}"
+    );
+
+    let mut body = ping_body("TX");
+    body["consent"] = json!({"trustedform_cert_url": cert});
+    let quote = ex.client.post_json("/v1/ping", &body).await.ping_answer();
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert_eq!(bidder.pings(), 1);
+    assert_eq!(ex.reserved("b"), 1);
+
+    // post_body carries only a Jornaya id: refused, naming the key; nothing changes.
+    let refused = ex
+        .client
+        .post_json("/v1/post", &post_body(&quote.ping_id, "TX"))
+        .await;
+    let err = refused.assert_error(400, "invalid_request");
+    assert_eq!(
+        err["fields"][0]["field"], "consent.trustedform_cert_url",
+        "{err}"
+    );
+    assert_eq!(bidder.posts(), 0);
+    assert_eq!(ex.reserved("b"), 1, "the quote still holds its cap");
+    assert_eq!(ex.quotes_open(), 1);
+
+    let mut post = post_body(&quote.ping_id, "TX");
+    post["consent"]["trustedform_cert_url"] = json!(cert);
+    let sold = ex.client.post_json("/v1/post", &post).await.post_answer();
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    let delivered = bidder.post_log();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0]
+            .consent
+            .get("trustedform_cert_url")
+            .map(String::as_str),
+        Some(cert),
+        "the buyer receives the consent it requires"
+    );
+}

@@ -86,6 +86,8 @@ pub struct AuctionParams<'a> {
     pub score: Option<u8>,
     /// The seller's `min_price` for this lead.
     pub min_price: Option<Micros>,
+    /// The request's `consent` map, checked against the vertical's `consent_required`.
+    pub consent: &'a std::collections::BTreeMap<String, String>,
     /// A test lead: buyers see `test: true` and no cap is reserved.
     pub test: bool,
     /// A direct post (`/v1/leads`) rather than a ping.
@@ -160,6 +162,8 @@ pub struct Auction<'a> {
     fixed: Vec<BuyerIdx>,
     /// Every buyer failed a filter, each on its cap.
     all_capped: bool,
+    /// The request lacks a consent key its vertical requires: no buyer is pinged.
+    consent_missing: bool,
     /// The buyers that failed a filter (counts, and the first few by name).
     skipped: SkipSummary,
     /// Eligible buyers past `server.buyers_per_auction_max`: how many, and the first
@@ -237,6 +241,26 @@ impl<'a> Auction<'a> {
         now: UnixMs,
     ) -> Auction<'a> {
         let cfg = p.config;
+        // A lead without the consent its vertical requires goes to no buyer: it is
+        // answered `consent_required` before any filter or cap is looked at.
+        if cfg
+            .verticals
+            .get(p.vertical)
+            .is_some_and(|v| v.consent_missing(p.consent).is_some())
+        {
+            return Auction {
+                p,
+                slots: Vec::new(),
+                lines: Vec::new(),
+                fixed: Vec::new(),
+                all_capped: false,
+                consent_missing: true,
+                skipped: SkipSummary::default(),
+                fanout_limited: (0, Vec::new()),
+                pending: 0,
+                effects: Vec::new(),
+            };
+        }
         let elig = eligibility::select(cfg, p.vertical, lead, p.score, now, settlement.store());
         let all_capped = elig.all_capped();
         let n = elig.ping.len() + elig.fixed.len();
@@ -246,6 +270,7 @@ impl<'a> Auction<'a> {
             lines: Vec::with_capacity(n + 1),
             fixed: elig.fixed,
             all_capped,
+            consent_missing: false,
             skipped: elig.skipped,
             fanout_limited: (0, Vec::new()),
             pending: 0,
@@ -563,6 +588,7 @@ impl<'a> Auction<'a> {
         }
         let no_bid = match winner_pos {
             Some(_) => None,
+            None if self.consent_missing => Some(NoBidReason::ConsentRequired),
             None if !ranking.ranked.is_empty() => Some(NoBidReason::Capped),
             None if ranking.below_reserve > 0 => Some(NoBidReason::BelowReserve),
             None if any_bid => Some(NoBidReason::NoBids),

@@ -355,6 +355,24 @@ pub struct Vertical {
     pub features: Option<crate::model::features::FeatureSpec>,
     /// `[verticals.NAME.routing]`: what the award ranks by.
     pub routing: crate::model::routing::Routing,
+    /// `consent_required`: the `consent` keys every ping, direct post and post of this
+    /// vertical must carry with a non-blank value (a TrustedForm certificate, a Jornaya
+    /// LeadiD). A ping without one is answered `no_bid` `consent_required` and pings no
+    /// buyer ([`Vertical::consent_missing`]).
+    pub consent_required: Vec<String>,
+}
+
+impl Vertical {
+    /// The first required consent key that `consent` lacks, or holds only blanks.
+    pub fn consent_missing(
+        &self,
+        consent: &std::collections::BTreeMap<String, String>,
+    ) -> Option<&str> {
+        self.consent_required
+            .iter()
+            .find(|k| consent.get(k.as_str()).is_none_or(|v| v.trim().is_empty()))
+            .map(String::as_str)
+    }
 }
 
 /// How the exchange takes its margin from a winning bid.

@@ -24,6 +24,8 @@ fn m(units: i64) -> Micros {
     Micros(units * 1_000_000)
 }
 
+static NO_CONSENT: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
 fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
     AuctionParams {
         config: cfg,
@@ -33,6 +35,7 @@ fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
         vertical: 0,
         score: None,
         min_price: None,
+        consent: &NO_CONSENT,
         test: false,
         direct: false,
         auction_id: "au_t",
@@ -221,6 +224,48 @@ fn a_pass_keeps_its_reason_on_the_buyers_line() {
     let json = serde_json::to_value(&rec.buyers).unwrap();
     assert_eq!(json[0]["reason"], "outside_criteria");
     assert!(json[1].get("reason").is_none(), "{json}");
+}
+
+/// A vertical's `consent_required`: without the key (or with it blank) no buyer is
+/// pinged, no cap is looked at or held, and the no-bid reason says why; with it, the
+/// auction runs as usual.
+#[test]
+fn a_lead_without_required_consent_pings_nobody_and_says_consent_required() {
+    let mut cfg = cfg_timeouts(&[100, 100]);
+    cfg.verticals[0].consent_required = vec!["trustedform_cert_url".into()];
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let blank: std::collections::BTreeMap<String, String> =
+        [("trustedform_cert_url".to_string(), " ".to_string())].into();
+    for consent in [&NO_CONSENT, &blank] {
+        let mut p = params(&cfg, T);
+        p.consent = consent;
+        let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+        assert_eq!(a.ping_count(), 0, "{consent:?}");
+        assert_eq!(a.poll_timeout(), None);
+        let award = a.finish(&s, T, 0);
+        assert_eq!(award.no_bid, Some(NoBidReason::ConsentRequired));
+        assert_eq!(award.reservation, None);
+        let effects = run(&s, a.effects());
+        let rec = auction_record(&effects);
+        assert_eq!(rec.no_bid, Some("consent_required"));
+        assert!(rec.buyers.is_empty(), "no buyer line: nobody was pinged");
+    }
+    let given: std::collections::BTreeMap<String, String> = [(
+        "trustedform_cert_url".to_string(),
+        "https://cert".to_string(),
+    )]
+    .into();
+    let mut p = params(&cfg, T);
+    p.consent = &given;
+    let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+    assert_eq!(a.ping_count(), 2);
+    a.on_answer(0, bid(m(12), None), 1_000, T + 1);
+    a.on_answer(1, bid(m(10), None), 1_000, T + 1);
+    let award = a.finish(&s, T + 1, 1_000);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(0)));
+    assert_eq!(caps.outstanding(BuyerKey(0)), 1);
 }
 
 #[test]

@@ -119,6 +119,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         schema: schema(),
         features: None,
         routing: Default::default(),
+        consent_required: Vec::new(),
     };
     let seller = Seller {
         id: "s0".into(),

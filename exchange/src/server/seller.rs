@@ -744,6 +744,13 @@ async fn post(
             return Err(e);
         }
     };
+    // The consent the vertical requires travels with the lead to the buyer: a post
+    // without it is refused, and the quote stays open for one that carries it.
+    if let Some(key) = cfg.verticals[vertical].consent_missing(&env.consent) {
+        let e = consent_refusal(key, &cfg.verticals[vertical].name);
+        state.quotes.abandon(&env.ping_id, quote);
+        return Err(e);
+    }
     let changed = quote.lead.ping_field_changes(&lead, schema);
     let answer = if !changed.is_empty() {
         let refusal = refuse_before_delivery(BeforeDelivery::Mismatch, quote.reservation.clone());
@@ -794,6 +801,20 @@ async fn post(
         .quotes
         .finish(&quote.ping_id, answer.clone(), state.clock.now_ms());
     Ok(post_answer(state, &answer))
+}
+
+/// A post without a consent key its vertical requires (`consent_required`): 400
+/// `invalid_request` naming the key (an operator's name, never the seller's value).
+fn consent_refusal(key: &str, vertical: &str) -> ApiError {
+    ApiError::from_fields(
+        ErrorCode::InvalidRequest,
+        vec![proto::error::FieldProblem::new(
+            format!("consent.{key}"),
+            format!(
+                "is required by vertical {vertical} (consent_required): the post must carry it, non-blank; the quote stays open"
+            ),
+        )],
+    )
 }
 
 /// Carries out the core's refusal of a post before delivery ([`refuse_before_delivery`]):

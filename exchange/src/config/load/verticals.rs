@@ -1,5 +1,6 @@
 //! `[verticals.NAME]` and their field schemas (`[verticals.NAME.fields]`).
 
+use proto::json::{STRING_MAP_ENTRIES_MAX, STRING_MAP_KEY_LEN_MAX};
 use proto::schema::{LEAD_FIELDS_MAX, STRING_LEN_MAX_DEFAULT};
 use proto::{FieldKind, FieldSpec, Micros, VerticalSchema};
 use toml::{Table, Value};
@@ -47,6 +48,7 @@ pub(super) fn read_vertical(
     if bid_max.is_some_and(|m| m <= Micros::ZERO) {
         p.at(&s.path_of("bid_max"), "must be more than 0");
     }
+    let consent_required = read_consent_required(&mut s, p);
 
     if !s.has("fields") {
         p.at(
@@ -103,7 +105,37 @@ pub(super) fn read_vertical(
         schema: VerticalSchema { fields },
         features,
         routing,
+        consent_required,
     })
+}
+
+/// `consent_required`: consent keys, each as a seller's `consent` map may hold one
+/// (1-64 characters, at most [`STRING_MAP_ENTRIES_MAX`] keys, none twice).
+fn read_consent_required(s: &mut Section<'_>, p: &mut Problems) -> Vec<String> {
+    let items = s.str_list(p, "consent_required");
+    if items.len() > STRING_MAP_ENTRIES_MAX {
+        p.at(
+            &s.path_of("consent_required"),
+            format!(
+                "must list at most {STRING_MAP_ENTRIES_MAX} keys (a request's consent holds at most {STRING_MAP_ENTRIES_MAX})"
+            ),
+        );
+        return Vec::new();
+    }
+    no_duplicates(p, &items);
+    let mut out = Vec::with_capacity(items.len());
+    for (path, key) in items {
+        let n = key.chars().count();
+        if n == 0 || n > STRING_MAP_KEY_LEN_MAX || key.trim() != key {
+            p.at(
+                &path,
+                format!("must be a consent key of 1 to {STRING_MAP_KEY_LEN_MAX} characters without surrounding spaces, such as \"trustedform_cert_url\""),
+            );
+        } else {
+            out.push(key.to_string());
+        }
+    }
+    out
 }
 
 /// Keys that belong to one field type only.

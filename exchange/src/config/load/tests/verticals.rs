@@ -25,6 +25,42 @@ fn vertical_keys() {
 }
 
 #[test]
+fn consent_required_keys() {
+    let c = ok(&[(
+        "#VERTICAL",
+        "consent_required = [\"trustedform_cert_url\", \"jornaya_leadid\"]",
+    )]);
+    assert_eq!(
+        c.verticals[0].consent_required,
+        ["trustedform_cert_url", "jornaya_leadid"]
+    );
+    assert!(ok(&[]).verticals[0].consent_required.is_empty());
+    let long = "k".repeat(65);
+    assert_eq!(
+        errors(&[(
+            "#VERTICAL",
+            &format!("consent_required = [\"a\", \"\", \" b\", \"{long}\", \"a\", 3]"),
+        )]),
+        [
+            "verticals.auto.consent_required[5]: must be a string",
+            "verticals.auto.consent_required[4]: \"a\" is listed twice",
+            "verticals.auto.consent_required[1]: must be a consent key of 1 to 64 characters without surrounding spaces, such as \"trustedform_cert_url\"",
+            "verticals.auto.consent_required[2]: must be a consent key of 1 to 64 characters without surrounding spaces, such as \"trustedform_cert_url\"",
+            "verticals.auto.consent_required[3]: must be a consent key of 1 to 64 characters without surrounding spaces, such as \"trustedform_cert_url\"",
+        ]
+    );
+    let many: Vec<String> = (0..33).map(|i| format!("\"k{i}\"")).collect();
+    assert_eq!(
+        errors(&[("#VERTICAL", &format!("consent_required = [{}]", many.join(", ")))]),
+        ["verticals.auto.consent_required: must list at most 32 keys (a request's consent holds at most 32)"]
+    );
+    assert_eq!(
+        errors(&[("#VERTICAL", "consent_required = \"trustedform_cert_url\"")]),
+        ["verticals.auto.consent_required: must be a list of strings"]
+    );
+}
+
+#[test]
 fn field_types_and_their_checks() {
     let field = |lines: &str| errors(&[("#FIELD", lines)]);
     let kind = |lines: &str| {
