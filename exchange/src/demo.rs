@@ -86,7 +86,14 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
             continue;
         }
         seen.push(port);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("127.0.0.1:{port} (buyer {}'s url): {e}", b.id),
+                )
+            })?;
         let addr = listener.local_addr()?;
         let options = ServeOptions::new(b.secret.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -282,23 +289,34 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
 /// Starts the bidders, then sends `count` sample leads (0 = until the task is dropped),
 /// one every `interval_ms`, printing what happens to each. The caller checks
 /// [`sample_leads_problem`] first: with a configuration that cannot take the sample
-/// leads, every one of them would be refused.
+/// leads, every one of them would be refused. Returns `false` when the bidders could not
+/// start (the port is named; the demo then exits 1).
 pub async fn run(
     addr: SocketAddr,
     admin: Option<DemoAdmin>,
     cfg: std::sync::Arc<Config>,
     interval_ms: u64,
     count: u64,
-) {
+) -> bool {
     let bidders = match start_bidders(&cfg).await {
         Ok(b) => b,
         Err(e) => {
             crate::say_err!(
-                "demo: could not start the example bidders ({e}); are ports 9101-9105 free?"
+                "demo: could not start the example bidders on the ports the configuration's buyers name: {e}"
             );
-            return;
+            return false;
         }
     };
+    leads(addr, admin, interval_ms, count).await;
+    for b in bidders {
+        b.shutdown().await;
+    }
+    true
+}
+
+/// Sends the sample leads and prints what happens to each (returns early when stdout
+/// is gone).
+async fn leads(addr: SocketAddr, admin: Option<DemoAdmin>, interval_ms: u64, count: u64) {
     print_curl(addr, admin.as_ref());
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
@@ -368,8 +386,5 @@ pub async fn run(
             Some((s, a)) => say!("          POST full lead -> {s} {a}"),
             None => say!("          POST failed: exchange unreachable"),
         }
-    }
-    for b in bidders {
-        b.shutdown().await;
     }
 }

@@ -81,7 +81,8 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
         /// Make the new set the champion if it beats the serving one on the newest
-        /// held-out window (a running exchange serves it at its next model-directory check).
+        /// held-out window (a running exchange serves it at its next model-directory check;
+        /// with `learning.watch_ms = 0`, only after `POST /admin/models` or a restart).
         #[arg(long)]
         promote: bool,
     },
@@ -661,6 +662,18 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    // Every sample lead would be refused (black-box round 18): say so before starting,
+    // and to `--check-config --demo` too (black-box round 21: it said OK).
+    if demo {
+        if let Some(problem) = pingpost::demo::sample_leads_problem(&cfg) {
+            pingpost::say_err!(
+                "pingpost --demo: {problem}. Run the demo on a configuration that has both \
+                 (config/default.toml does), or run without --demo and ping with your own \
+                 seller key and vertical."
+            );
+            std::process::exit(2);
+        }
+    }
     if args.check_config {
         // What a start would warn of (black-box round 17: only the start said it).
         if let Some((_, problem)) =
@@ -678,17 +691,6 @@ fn main() -> anyhow::Result<()> {
             ),
         );
         return Ok(());
-    }
-    if demo {
-        // Every sample lead would be refused (black-box round 18): say so before starting.
-        if let Some(problem) = pingpost::demo::sample_leads_problem(&cfg) {
-            pingpost::say_err!(
-                "pingpost --demo: {problem}. Run the demo on a configuration that has both \
-                 (config/default.toml does), or run without --demo and ping with your own \
-                 seller key and vertical."
-            );
-            std::process::exit(2);
-        }
     }
     let workers = app::worker_count(&cfg);
     let server = match app::start_threaded(cfg, Clock::system()) {
@@ -722,7 +724,7 @@ fn main() -> anyhow::Result<()> {
     // the workers serve.
     let addr = server.addr;
     let state = server.state.clone();
-    runtime.block_on(async move {
+    let demo_ok = runtime.block_on(async move {
         // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
         // into one more, and reloads are serialized inside.
         let reloader = tokio::spawn(reload_on_sighup(state, hup));
@@ -736,19 +738,24 @@ fn main() -> anyhow::Result<()> {
             ));
             // The demo ends after its leads, or when its output is gone (`| head`): the
             // exchange stops with it.
-            tokio::select! {
-                _ = demo => {}
-                _ = shutdown_signal() => {}
-            }
+            let ok = tokio::select! {
+                r = demo => r.unwrap_or(true),
+                _ = shutdown_signal() => true,
+            };
             reloader.abort();
-            return;
+            return ok;
         }
         shutdown_signal().await;
         reloader.abort();
+        true
     });
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().context("server")?;
     drop(runtime);
+    if !demo_ok {
+        // The example bidders could not start (the port was named above).
+        std::process::exit(1);
+    }
     Ok(())
 }
 

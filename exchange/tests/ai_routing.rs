@@ -717,6 +717,15 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("too little data: 0 examples"), "{err}");
+    // stdout says so too, one JSON line for the vertical.
+    let line: Value = serde_json::from_slice(&out.stdout).expect("one JSON line on stdout");
+    assert_eq!(line["vertical"], VERTICAL, "{line}");
+    assert!(
+        line["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("too little data: 0 examples")),
+        "{line}"
+    );
     // A bad argument or an unusable input: exit 2 (1 is only for too little data).
     let out = run(&["train", "--config", &cfg, "--vertical", "mortgage"]);
     assert_eq!(out.status.code(), Some(2));
@@ -1100,4 +1109,78 @@ async fn a_start_with_a_champion_serves_it_in_generation_1() {
     assert_eq!(auction["generation"], 1, "{auction}");
     assert_eq!(auction["models"]["realization"], "m1", "{auction}");
     running.shutdown().await.unwrap();
+}
+
+/// Rollbacks run at once by separate processes, beside a swap: each rollback goes back
+/// its own step (the model directory's lock orders them), none fails on another's
+/// temporary file, and `CHAMPION` ends naming what `HISTORY` ends with (black-box round
+/// 21: two rollbacks both went back the same one step, or one failed with a bare ENOENT
+/// and still changed `CHAMPION`).
+#[tokio::test]
+async fn concurrent_rollbacks_each_go_back_one_step() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ba)
+        .start_edited(with_features("watch_ms = 0"))
+        .await;
+    let versions = ["m1", "m2", "m3", "m4", "m5", "m6"];
+    for v in versions {
+        assert_eq!(import(&ex, v, Some(model_json(ALL_LEN, 0)), None), 0);
+        let reply = swap(&ex, json!({"vertical": VERTICAL, "version": v})).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let dir = ex.ledger_path.with_file_name("models").join(VERTICAL);
+    let bin = env!("CARGO_BIN_EXE_pingpost");
+    let cfg = ex.config_path.to_string_lossy().to_string();
+    let env = TestConfig::new().env_vars();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new(bin)
+                .args([
+                    "models",
+                    "rollback",
+                    "--config",
+                    &cfg,
+                    "--vertical",
+                    VERTICAL,
+                ])
+                .envs(env.clone())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut now_serving = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let v = said
+            .split("champion is now ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        now_serving.push(v);
+    }
+    now_serving.sort();
+    assert_eq!(
+        now_serving,
+        ["m2", "m3", "m4", "m5"],
+        "each went back its own step"
+    );
+    let champion = std::fs::read_to_string(dir.join("CHAMPION")).unwrap();
+    assert_eq!(champion, "m2");
+    let history = std::fs::read_to_string(dir.join("HISTORY")).unwrap();
+    assert_eq!(history.lines().collect::<Vec<_>>(), ["m1", "m2"]);
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

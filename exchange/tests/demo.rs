@@ -155,6 +155,17 @@ fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why(
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // `--check-config --demo` checks what the demo needs too.
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--check-config", "--demo"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(why), "{err}");
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
             .arg("--config")
             .arg(&config)
@@ -206,4 +217,44 @@ async fn the_demo_and_the_exchange_stop_when_their_output_is_gone() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
+/// A demo bidder's port already taken: the demo names that port and its buyer (not the
+/// default 9101-9105) and exits 1, not 0 (black-box round 21).
+#[tokio::test]
+async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_config(dir.path());
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, &text).unwrap();
+    // Hold the port of the config's fourth bidder (the replacement of 9104).
+    let cfg = pingpost::config::load_str_with_env(&text, &|n: &str| {
+        pingpost::demo::demo_secret(n).or_else(|| Some("t".repeat(32)))
+    })
+    .unwrap();
+    let url = cfg.buyers[3].post_url.clone();
+    let port: u16 = url
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a loopback port");
+    let _held = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let o = tokio::time::timeout(
+        DEMO_WAIT_MAX,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--demo", "--demo-leads", "1"])
+            .env_remove("PINGPOST_ADMIN_TOKEN")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the demo ends")
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("9101-9105"), "{err}");
 }

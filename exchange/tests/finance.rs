@@ -1289,6 +1289,33 @@ fn replay_shows_how_an_unposted_quote_ended() {
         "{out}"
     );
 
+    // An exploration auction says so: its p is a draw, not the estimate (black-box round
+    // 21: a lower bid's win read as the model's call); an auction that did not explore
+    // does not.
+    let ev = AUCTION_1.replace(
+        r#""bid_micros":10000000}]"#,
+        r#""bid_micros":10000000,"p_ppm":648000}]"#,
+    );
+    assert_ne!(ev, AUCTION_1);
+    for (auction, explored) in [
+        (
+            ev.replace(r#""took_us":5"#, r#""took_us":5,"explore":true"#),
+            true,
+        ),
+        (ev.clone(), false),
+    ] {
+        let tmp = framed_ledger(&[&auction]);
+        let out = text(&run(&[
+            "ledger",
+            "replay",
+            "au_1",
+            "--dir",
+            tmp.path().to_str().unwrap(),
+        ]));
+        assert!(out.contains("ranked by expected value"), "{out}");
+        assert_eq!(out.contains("EXPLORATION auction"), explored, "{out}");
+    }
+
     // A quote with nothing after it (a test lead's writes no record when it expires).
     let tmp = framed_ledger(&[AUCTION_1, OPENED]);
     let out = text(&run(&[

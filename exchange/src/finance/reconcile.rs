@@ -746,7 +746,7 @@ impl Reconciliation {
                 " and every delivery has an outcome".to_string()
             } else {
                 format!(
-                    "; {} delivery(ies) with outcome unknown (listed above; counted against the buyers' caps, to settle with the buyers)",
+                    "; {} delivery(ies) with outcome unknown (listed above; counted against the buyers' caps, to settle with the buyers; on a running exchange's ledger a delivery still in flight is listed too: run verify again after server.post_deadline_ms)",
                     self.outcome_unknown.len()
                 )
             };

@@ -205,6 +205,15 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
         }
     }
 
+    // An exploration auction's p is a random draw, not the estimate: say so, or a lower
+    // bid's win reads as the model's call (black-box round 21).
+    if a.bool("explore") {
+        let _ = writeln!(
+            out,
+            "EXPLORATION auction (routing.explore_share): each p below is a random Thompson draw from the buyer's acceptance record, times its keep rate, not its estimate; a lower bid can win by its draw, so the buyers' wide estimates get tested (docs/AI.md)"
+        );
+    }
+
     // Re-derive.
     let capped: Vec<&str> = lines
         .iter()
@@ -352,6 +361,7 @@ so if the exchange reloaded its configuration since it started, the file may not
                             out,
                             "ranked by expected value: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm)"
                         );
+
                         award::rank(
                             bids,
                             seller.payout,

@@ -91,6 +91,10 @@ pub fn train(
         ) {
             Err(e) => {
                 crate::say_err!("pingpost train: {e}");
+                // The vertical's line says it too, so a script reading stdout sees every
+                // vertical it asked for (black-box round 21: nothing on stdout).
+                let line = serde_json::json!({"vertical": name, "refused": e});
+                emit("train", format_args!("{line}\n"));
                 status = 1;
             }
             Ok((outcome, heldout)) => {
@@ -211,13 +215,27 @@ pub fn rollback(config_path: Option<&Path>, ledger: Option<&Path>, vertical: &st
     };
     match crate::models::rollback(&cfg.learning, &cfg.verticals[vi]) {
         Ok(v) => {
-            emit("models rollback", format_args!("{vertical}: champion is now {v} (a running exchange serves it at its next model-directory check, every learning.watch_ms)\n"));
+            let when = served_when(cfg.learning.watch_ms);
+            emit(
+                "models rollback",
+                format_args!("{vertical}: champion is now {v} ({when})\n"),
+            );
             0
         }
         Err(e) => {
             crate::say_err!("pingpost models rollback: {}", e.join("; "));
             1
         }
+    }
+}
+
+/// When a running exchange serves a champion written on disk: at its next directory
+/// check, or, with `learning.watch_ms = 0` (no checks), only at a swap or a start.
+pub fn served_when(watch_ms: u64) -> String {
+    if watch_ms == 0 {
+        "learning.watch_ms is 0, so a running exchange does not look: serve it with POST /admin/models or a restart".to_string()
+    } else {
+        format!("a running exchange serves it at its next model-directory check, within learning.watch_ms = {watch_ms} ms")
     }
 }
 

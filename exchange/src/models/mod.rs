@@ -300,10 +300,37 @@ pub fn history(learning: &LearningConfig, vertical: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Writes `file` atomically (a temporary file, fsynced, renamed over it).
+/// The lock file of a vertical's model directory (see [`lock_vertical`]).
+pub const LOCK: &str = ".lock";
+
+/// Takes the vertical's model-directory lock (an exclusive `flock` on `LOCK`, released
+/// when the file is dropped): every read-modify-write of `CHAMPION` and `HISTORY` (a
+/// swap, a promotion, a rollback, by the exchange or a command) holds it, so two never
+/// interleave (black-box round 21: a rollback racing `POST /admin/models` left
+/// `CHAMPION` naming another version than the one the answer said, and two rollbacks
+/// both went back the same one step).
+fn lock_vertical(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// Writes `file` atomically (a temporary file of this process and call, fsynced, renamed
+/// over it: two writers never share a temporary file).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -326,7 +353,7 @@ pub fn write_champion(
     version: Option<&str>,
 ) -> std::io::Result<()> {
     let dir = vertical_dir(learning, vertical);
-    std::fs::create_dir_all(&dir)?;
+    let _lock = lock_vertical(&dir)?;
     write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes())?;
     if let Some(v) = version {
         let mut h = history(learning, vertical);
@@ -358,6 +385,11 @@ pub fn rollback_target(learning: &LearningConfig, vertical: &str) -> Option<(Str
 /// Goes back one version: the previous entry of `HISTORY` becomes the champion and the
 /// current one leaves the history. Returns the version now serving.
 pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String, Vec<String>> {
+    let dir = vertical_dir(learning, &vertical.name);
+    // Held from reading HISTORY to writing CHAMPION: a concurrent swap or rollback
+    // waits, then reads what this one wrote.
+    let _lock =
+        lock_vertical(&dir).map_err(|e| vec![format!("{}: {e}", dir.join(LOCK).display())])?;
     let Some((target, h)) = rollback_target(learning, &vertical.name) else {
         return Err(vec![format!(
             "vertical {}: no earlier model version in {}",
@@ -369,11 +401,13 @@ pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String
     };
     // The target must still load under today's configuration.
     load_set(learning, vertical, &target)?;
-    let dir = vertical_dir(learning, &vertical.name);
     let mut text = h.join("\n");
     text.push('\n');
-    write_atomic(&dir.join(HISTORY), text.as_bytes()).map_err(|e| vec![e.to_string()])?;
-    write_atomic(&dir.join(CHAMPION), target.as_bytes()).map_err(|e| vec![e.to_string()])?;
+    let name = |f: &str| dir.join(f).display().to_string();
+    write_atomic(&dir.join(HISTORY), text.as_bytes())
+        .map_err(|e| vec![format!("{}: {e}", name(HISTORY))])?;
+    write_atomic(&dir.join(CHAMPION), target.as_bytes())
+        .map_err(|e| vec![format!("{}: {e}", name(CHAMPION))])?;
     Ok(target)
 }
 
