@@ -132,8 +132,8 @@ pub struct AuctionInput<'a> {
     pub arrival: Instant,
     /// A direct post (`/v1/leads`) rather than a ping.
     pub direct: bool,
-    /// A keyed ping's key and body as hex SHA-256, for its auction record (direct posts'
-    /// keys go in their `post_sent` records instead).
+    /// A keyed ping's or direct post's key and body as hex SHA-256, for its auction
+    /// record (a direct post's that delivers goes in its `post_sent` records too).
     pub idempotency: Option<(&'a str, &'a str)>,
 }
 

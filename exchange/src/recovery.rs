@@ -95,6 +95,8 @@ pub struct KeyedPing {
     pub won: bool,
     pub no_bid: Option<String>,
     pub score: Option<u8>,
+    /// A direct post (`/v1/leads`): its answer is a post's ([`direct_answer_of`]).
+    pub direct: bool,
 }
 
 /// A keyed disposition's `disposition` record (what recovery needs of it).
@@ -292,6 +294,7 @@ impl Scan {
                                 .get("score")
                                 .and_then(Value::as_u64)
                                 .and_then(|s| u8::try_from(s).ok()),
+                            direct: v.get("direct").and_then(Value::as_bool) == Some(true),
                         });
                     }
                 }
@@ -496,6 +499,28 @@ fn ping_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PingAnswer> {
     })
 }
 
+/// The answer a keyed direct post got when no lead of it went out to a buyer: `unsold`
+/// with its no-bid reason, or, with a winner, its `unsold` record's (every candidate
+/// expired or capped). `None` when a lead went out (its `post_sent` names the key and
+/// [`answer_of`] rebuilds it) or the post ended in an error (whose key was not kept).
+fn direct_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PostAnswer> {
+    if !p.won {
+        let mut a = PostAnswer::status_only(
+            PostStatus::Unsold,
+            Some(p.no_bid.as_deref().unwrap_or(NoBidReason::NoBids.as_str())),
+        );
+        a.ping_id = Some(p.ping_id.clone());
+        return Some(a);
+    }
+    if scan.sent.iter().any(|s| s.ping_id == p.ping_id) {
+        return None;
+    }
+    scan.unsold
+        .iter()
+        .find(|(_, (_, ping, _))| *ping == p.ping_id)
+        .map(|(lead, (reason, ping, sent))| unsold_answer(lead, reason, ping, *sent))
+}
+
 /// The `unsold` answer of a post that did not sell, as it was given: its lead id only if
 /// the lead went out to a buyer (`deliveries`, the record's `attempts`).
 fn unsold_answer(lead_id: &str, reason: &str, ping_id: &str, deliveries: u64) -> PostAnswer {
@@ -505,6 +530,21 @@ fn unsold_answer(lead_id: &str, reason: &str, ping_id: &str, deliveries: u64) ->
     }
     a.ping_id = Some(ping_id.to_string());
     a
+}
+
+/// The reason a restored finished post carries when its delivery was cut off by the
+/// stop: never sent to a seller as such; a repeat of that post is answered
+/// [`outcome_unknown`] instead.
+pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
+
+/// The answer to a post (keyed retry or repeat) whose delivery the exchange's stop cut
+/// off: `500`, and nothing is delivered again.
+pub fn outcome_unknown() -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        "the exchange stopped while this post was being delivered; its outcome is unknown \
+         and it is not delivered again",
+    )
 }
 
 /// The stored answer of a post whose key the ledger names.
@@ -517,11 +557,7 @@ fn answer_of(scan: &Scan, lead_id: &str, buyer_names: &HashMap<&str, &str>) -> (
         let a = unsold_answer(lead_id, reason, ping_id, *sent);
         return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
     }
-    let e = ApiError::new(
-        ErrorCode::Internal,
-        "the exchange stopped while this post was being delivered; its outcome is unknown \
-         and it is not delivered again",
-    );
+    let e = outcome_unknown();
     (e.status(), Bytes::from(e.to_json()))
 }
 
@@ -684,15 +720,15 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         let Some(seller) = cfg.sellers.iter().find(|x| x.id == seller) else {
             continue;
         };
-        let (Some(key), Some(body), Some(answer)) =
-            (digest(&p.key.0), digest(&p.key.1), ping_answer_of(scan, p))
-        else {
+        let json = if p.direct {
+            direct_answer_of(scan, p).and_then(|a| serde_json::to_vec(&a).ok())
+        } else {
+            ping_answer_of(scan, p).and_then(|a| serde_json::to_vec(&a).ok())
+        };
+        let (Some(key), Some(body), Some(json)) = (digest(&p.key.0), digest(&p.key.1), json) else {
             continue;
         };
-        let answer = (
-            200,
-            Bytes::from(serde_json::to_vec(&answer).unwrap_or_default()),
-        );
+        let answer = (200, Bytes::from(json));
         if state
             .idempotency
             .restore(seller.key, key, body, p.at, now, answer)
@@ -796,6 +832,13 @@ fn restore_finished(
             (at_of(v), Some(unsold_answer(lead, reason, ping_id, *sent)))
         } else if let Some(at) = scan.expired_pings.get(ping_id) {
             (*at, None)
+        } else if let Some(s) = scan.unknown().find(|s| s.ping_id == *ping_id) {
+            // Its delivery was cut off: a repeat gets what a keyed retry gets (the `500`
+            // of [`answer_of`]), not `404 unknown ping_id` (black-box round 21).
+            let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(OUTCOME_UNKNOWN));
+            a.lead_id = Some(s.lead_id.clone());
+            a.ping_id = Some(ping_id.clone());
+            (s.at, Some(a))
         } else {
             continue;
         };

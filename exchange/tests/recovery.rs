@@ -229,6 +229,116 @@ async fn caps_and_idempotency_keys_survive_a_restart() {
     assert!(!keyed[0].to_string().contains("Ana"), "no PII");
 }
 
+/// A keyed direct post answered `unsold` without delivering (every buyer capped) gets
+/// the same answer after a restart, even with the cap raised meanwhile, and delivers
+/// nothing (black-box round 21: its key was in memory only, so the retry ran a new
+/// auction and sold the lead).
+#[tokio::test]
+async fn a_keyed_direct_post_that_delivered_nothing_answers_the_same_after_a_restart() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&TestConfig::new().buyer(ab.clone().caps_daily(1)), &ledger).await;
+    let client = SellerClient::new(first.addr);
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer a"));
+    let key = [("idempotency-key", "lead-capped")];
+    let capped = client
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("TX"))
+        .await;
+    assert_eq!(capped.status, 200);
+    assert_eq!(capped.json()["status"], "unsold", "{}", capped.text());
+    assert_eq!(capped.json()["reason"], "capped");
+    first.shutdown().await.unwrap();
+
+    let second = start(&TestConfig::new().buyer(ab.caps_daily(5)), &ledger).await;
+    let client = SellerClient::new(second.addr);
+    let again = client
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("TX"))
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.text(),
+        capped.text(),
+        "the stored answer, byte for byte"
+    );
+    assert_eq!(*a.posts.lock().unwrap(), 1, "nothing delivered again");
+    let other = client
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("OK"))
+        .await;
+    other.assert_error(409, "conflict");
+    // Without the key the same lead runs again and sells (the cap was raised).
+    assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer a"));
+    second.shutdown().await.unwrap();
+}
+
+/// A quote whose delivery a crash cut off (its `post_sent` and nothing after): posted
+/// again after the restart, it is answered as a keyed retry is (`500`, its outcome is
+/// unknown, nothing is delivered again), not `404 unknown ping_id` as if it had never
+/// been issued (black-box round 21).
+#[tokio::test]
+async fn a_quote_whose_delivery_was_cut_off_answers_outcome_unknown_after_a_restart() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(5));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let quote = client.ping("TX").await;
+    assert_eq!(
+        client.post(&quote.ping_id, "TX").await.status,
+        proto::seller::PostStatus::Sold
+    );
+    first.shutdown().await.unwrap();
+    // The ledger up to and including the `post_sent`, re-framed: what a crash during
+    // the delivery leaves.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    let mut out = Vec::new();
+    let mut prev = pingpost::ledger::segments::GENESIS;
+    let mut seq = 0;
+    for r in records(&ledger) {
+        let mut rec = r.as_object().unwrap().clone();
+        rec.remove("seq");
+        rec.remove("sum");
+        seq += 1;
+        prev = pingpost::ledger::segments::frame(
+            &mut out,
+            &serde_json::to_vec(&rec).unwrap(),
+            seq,
+            &prev,
+        );
+        if r["type"] == "post_sent" {
+            break;
+        }
+    }
+    std::fs::write(cut.join(pingpost::ledger::segments::segment_name(1)), &out).unwrap();
+    let second = start(&cfg, &cut).await;
+    let client = SellerClient::new(second.addr);
+    let again = client
+        .post_json("/v1/post", &post_body(&quote.ping_id, "TX"))
+        .await;
+    let e = again.assert_error(500, "internal");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("its outcome is unknown"),
+        "{e}"
+    );
+    assert_eq!(*a.posts.lock().unwrap(), 1, "nothing delivered again");
+    // Another seller's post of it is still an unknown ping.
+    let other = client
+        .post_json_with(
+            "/v1/post",
+            THROTTLED_KEY,
+            &[],
+            &post_body(&quote.ping_id, "TX"),
+        )
+        .await;
+    other.assert_error(404, "not_found");
+    second.shutdown().await.unwrap();
+}
+
 /// A start with a lower `server.idempotency_keys_max` (restart-only) dropped the keys
 /// past it: a keyed direct post retried after it ran again and sold the lead a second
 /// time (found beside black-box round 19's open quotes). Every key within its TTL is

@@ -647,7 +647,9 @@ async fn direct_post(
             lead: &projection,
             arrival,
             direct: true,
-            idempotency: None,
+            // In the auction record too, so a start rebuilds the key of a direct post
+            // that delivered nothing (black-box round 21: its retry ran again and sold).
+            idempotency,
         },
     )
     .await;
@@ -713,6 +715,11 @@ async fn post(
         }
         // Counted as what it answers, like every post answered 200: the first post of a
         // quote the sweeper expired is answered from here, and so is a repeated post.
+        BeginPost::Done(answer)
+            if answer.reason.as_deref() == Some(crate::recovery::OUTCOME_UNKNOWN) =>
+        {
+            return Err(crate::recovery::outcome_unknown())
+        }
         BeginPost::Done(answer) => return Ok(post_answer(state, &answer)),
         BeginPost::Expired(reservation) => {
             let refusal = refuse_before_delivery(BeforeDelivery::Expired, reservation);
