@@ -1184,3 +1184,64 @@ async fn concurrent_rollbacks_each_go_back_one_step() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A vertical ranked by price (`routing.award = "price"`) still records each bid's
+/// buyer features (`bx`, and no `p_ppm`), so its ledger trains a realization model for
+/// a later switch to `ev` (black-box round 21: 0 examples from 32 deliveries).
+#[tokio::test]
+async fn a_price_ranked_vertical_records_buyer_features_and_trains_a_realization_model() {
+    let greedy = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let steady = ScriptedBidder::bidding(19.0);
+    let (bg, _hg) = serve("greedy", &greedy).await;
+    let (bs, _hs) = serve("steady", &steady).await;
+    let ex = TestConfig::new()
+        .buyer(bg)
+        .buyer(bs)
+        .start_edited(|t| {
+            with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5")(t)
+                .replace("explore_share = 0", "explore_share = 0\naward = \"price\"")
+        })
+        .await;
+    for _ in 0..30 {
+        let q = ex.client.ping("TX").await;
+        // Greedy's higher bid always wins by price; it rejects, and steady's bid covers
+        // the seller's quote (80 % of 20), so it takes the lead.
+        assert_eq!(
+            ex.client.post(&q.ping_id, "TX").await.buyer.as_deref(),
+            Some("Buyer steady")
+        );
+    }
+    let recs = auctions(&ex).await;
+    assert_eq!(recs.len(), 30);
+    for r in &recs {
+        assert_eq!(r["winner"], "greedy", "{r}");
+        for line in r["buyers"].as_array().unwrap() {
+            assert!(line.get("p_ppm").is_none(), "ranked by price: {line}");
+            assert_eq!(
+                line["bx"].as_array().map(Vec::len),
+                Some(4),
+                "the buyer features it would be ranked with: {line}"
+            );
+        }
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(["train", "--config"])
+        .arg(&ex.config_path)
+        .arg("--ledger")
+        .arg(&ex.ledger_path)
+        .envs(TestConfig::new().env_vars())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let realization = line["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == "realization")
+        .expect("a realization model")
+        .clone();
+    assert_eq!(realization["examples"], 60, "{line}");
+    assert!(realization.get("refused").is_none(), "{line}");
+}

@@ -238,6 +238,43 @@ impl<'a> EvRanker<'a> {
     pub fn take_seen(&self) -> Vec<(BuyerKey, Vec<f32>)> {
         std::mem::take(&mut *self.seen.lock())
     }
+
+    /// Each bid's model row: the lead's features, then its buyer's (empty without a
+    /// feature spec).
+    fn rows(&self, bids: &[Ranked], views: &[BuyerView]) -> Vec<f32> {
+        let Some(spec) = self.spec else {
+            return Vec::new();
+        };
+        let top = bids.iter().map(|r| r.bid.price.0).max().unwrap_or(0);
+        let mut rows: Vec<f32> = Vec::with_capacity(spec.len() * bids.len());
+        for (r, v) in bids.iter().zip(views) {
+            rows.extend_from_slice(self.lead_x);
+            rows.resize(rows.len() - self.lead_x.len() + spec.lead_len(), f32::NAN);
+            let ratio = if top > 0 {
+                (r.bid.price.0 as f64 / top as f64) as f32
+            } else {
+                f32::NAN
+            };
+            spec.encode_buyer(&v.signals, ratio, &mut rows);
+        }
+        rows
+    }
+
+    /// Keeps each bid's buyer features for the record ([`Ranker::buyer_features`]).
+    fn remember(&self, bids: &[Ranked], rows: &[f32]) {
+        let Some(spec) = self.spec else {
+            return;
+        };
+        let width = spec.len();
+        let mut seen = self.seen.lock();
+        seen.clear();
+        for (i, r) in bids.iter().enumerate() {
+            let buyer_part = rows
+                .get(i * width + spec.lead_len()..(i + 1) * width)
+                .unwrap_or(&[]);
+            seen.push((r.bid.buyer, buyer_part.to_vec()));
+        }
+    }
 }
 
 /// A 64-bit mix (SplitMix64's finalizer): spreads a seed over all bits.
@@ -255,30 +292,19 @@ pub fn to_ppm(p: f64) -> u32 {
 
 impl Ranker for EvRanker<'_> {
     fn rank_values(&self, bids: &mut [Ranked], _score: Option<u8>) {
+        let views: Vec<BuyerView> = bids.iter().map(|r| self.source.view(r.bid.buyer)).collect();
+        // The buyer features of every bid, for the model and the record.
+        let rows = self.rows(bids, &views);
         if self.routing.award == AwardMode::Price {
+            // Ranked by price alone, but the record still carries each bid's buyer
+            // features, so a ledger of price auctions trains a realization model for a
+            // later switch to `ev` (black-box round 21: it had 0 examples).
             crate::award::PriceRanker.rank_values(bids, None);
+            self.remember(bids, &rows);
             return;
         }
         let prior = self.source.priors();
         let w = f64::from(self.routing.prior_weight);
-        let views: Vec<BuyerView> = bids.iter().map(|r| self.source.view(r.bid.buyer)).collect();
-        let top = bids.iter().map(|r| r.bid.price.0).max().unwrap_or(0);
-        // The buyer features of every bid, for the model and the record.
-        let mut rows: Vec<f32> = Vec::new();
-        if let Some(spec) = self.spec {
-            let width = spec.len();
-            rows.reserve(width * bids.len());
-            for (r, v) in bids.iter().zip(&views) {
-                rows.extend_from_slice(self.lead_x);
-                rows.resize(rows.len() - self.lead_x.len() + spec.lead_len(), f32::NAN);
-                let ratio = if top > 0 {
-                    (r.bid.price.0 as f64 / top as f64) as f32
-                } else {
-                    f32::NAN
-                };
-                spec.encode_buyer(&v.signals, ratio, &mut rows);
-            }
-        }
         let mut p: Vec<f64> = views
             .iter()
             .map(|v| v.outcomes.realization(&prior, w))
@@ -318,17 +344,7 @@ impl Ranker for EvRanker<'_> {
             r.p_model_ppm = Some(*est);
             r.value = expected_value(r.bid.price, ppm);
         }
-        if let Some(spec) = self.spec {
-            let width = spec.len();
-            let mut seen = self.seen.lock();
-            seen.clear();
-            for (i, r) in bids.iter().enumerate() {
-                let buyer_part = rows
-                    .get(i * width + spec.lead_len()..(i + 1) * width)
-                    .unwrap_or(&[]);
-                seen.push((r.bid.buyer, buyer_part.to_vec()));
-            }
-        }
+        self.remember(bids, &rows);
     }
 
     fn explored(&self) -> bool {
