@@ -75,7 +75,8 @@ async fn signed_ping_gets_a_bid() {
         BidOutcome::Bid {
             price: PRICE,
             bid_id: None,
-            expires_in_ms: None
+            expires_in_ms: None,
+            currency: None,
         }
     );
 
@@ -324,7 +325,8 @@ async fn http2_prior_knowledge_works() {
             BidOutcome::Bid {
                 price: PRICE,
                 bid_id: None,
-                expires_in_ms: None
+                expires_in_ms: None,
+                currency: None,
             }
         );
     }
@@ -355,6 +357,7 @@ async fn post_accepts_then_rejects_the_duplicate() {
         price,
         bid_id: Some(bid_id),
         expires_in_ms: Some(60_000),
+        currency: None,
     } = answer.outcome
     else {
         panic!("expected a bid: {:?}", answer.outcome);
@@ -456,7 +459,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
         BidOutcome::Bid {
             price: PRICE,
             bid_id: None,
-            expires_in_ms: None
+            expires_in_ms: None,
+            currency: None,
         }
     );
     shutdown.await.unwrap().unwrap();

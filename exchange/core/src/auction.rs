@@ -450,6 +450,7 @@ impl<'a> Auction<'a> {
         let p = self.p;
         let cfg = p.config;
         let bid_max = cfg.verticals.get(p.vertical).and_then(|v| v.bid_max);
+        let vertical_currency = cfg.verticals.get(p.vertical).map(|v| v.currency.as_bytes());
         let mut bids: Vec<Bid> = Vec::with_capacity(self.slots.len() + self.fixed.len());
         let slots = std::mem::take(&mut self.slots);
         for s in slots {
@@ -475,9 +476,16 @@ impl<'a> Auction<'a> {
                         price,
                         bid_id,
                         expires_in_ms,
+                        currency,
                     }),
                     took,
                 ) => {
+                    // A bid in another currency than the vertical's is no bid: its
+                    // amount means something else (black-box round 21).
+                    if currency.is_some_and(|c| Some(&c[..]) != vertical_currency) {
+                        self.line(b, BuyerOutcome::Invalid, None, Some("currency"), Some(took));
+                        continue;
+                    }
                     if bid_max.is_some_and(|max| price > max) {
                         self.line(
                             b,

@@ -54,6 +54,7 @@ fn bid(price: Micros, expires_in_ms: Option<u64>) -> Option<BidOutcome> {
         price,
         bid_id: Some("b".into()),
         expires_in_ms,
+        currency: None,
     })
 }
 
@@ -266,6 +267,40 @@ fn a_lead_without_required_consent_pings_nobody_and_says_consent_required() {
     let award = a.finish(&s, T + 1, 1_000);
     assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(0)));
     assert_eq!(caps.outstanding(BuyerKey(0)), 1);
+}
+
+/// A bid that names a currency other than the vertical's is no bid (`invalid`,
+/// `currency`): its amount means something else. Naming the vertical's is a bid.
+#[test]
+fn a_bid_in_another_currency_is_invalid() {
+    let cfg = cfg_timeouts(&[100, 100]);
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    let in_currency = |c: &[u8; 3], price| {
+        Some(BidOutcome::Bid {
+            price,
+            bid_id: None,
+            expires_in_ms: None,
+            currency: Some(*c),
+        })
+    };
+    assert_eq!(cfg.verticals[0].currency, "USD");
+    a.on_answer(0, in_currency(b"EUR", m(20)), 1_000, T + 1);
+    a.on_answer(1, in_currency(b"USD", m(10)), 1_000, T + 1);
+    let award = a.finish(&s, T + 1, 1_000);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(1)));
+    let effects = run(&s, a.effects());
+    let rec = auction_record(&effects);
+    let eur = rec
+        .buyers
+        .iter()
+        .find(|l| l.idx == 0)
+        .expect("buyer 0's line");
+    assert_eq!(eur.outcome, BuyerOutcome::Invalid);
+    assert_eq!(eur.detail, Some("currency"));
+    assert_eq!(eur.bid_micros, None);
 }
 
 #[test]

@@ -152,6 +152,7 @@ pub fn buyer_answer(data: &[u8]) {
             price,
             bid_id,
             expires_in_ms: _,
+            currency: _,
         } => {
             assert!(!too_deep, "a too-deep answer was a bid");
             assert!(price > Micros::ZERO, "bid {price:?}");
