@@ -42,7 +42,9 @@ use proto::Micros;
 use serde_json::Value;
 
 use crate::core::caps::Windows;
+use crate::core::post::{refuse_before_delivery, BeforeDelivery};
 use crate::core::record::{LATE_ACCEPT, LATE_NO_ACCEPT};
+use crate::core::settlement::release_reason;
 use crate::core::UnixMs;
 use crate::state::AppState;
 
@@ -134,6 +136,9 @@ pub struct Scan {
     closed_pings: HashSet<String>,
     /// Ping ids whose quote expired unposted (`quote_expired`), with when.
     expired_pings: HashMap<String, UnixMs>,
+    /// Ping ids whose post was refused before delivery and answered (`quote_released`
+    /// for `mismatch` or `vertical_removed`), with the reason and when.
+    refused_posts: HashMap<String, (String, UnixMs)>,
     /// What buyers did with delivered leads, in ledger order, for the cold-start rates:
     /// `(buyer id, event)`.
     pub buyer_events: Vec<(String, BuyerEvent)>,
@@ -275,6 +280,14 @@ impl Scan {
             }
             if kind == "quote_expired" {
                 scan.expired_pings.insert(text(&v, "ping_id"), at_of(&v));
+            }
+            if kind == "quote_released" {
+                let reason = text(&v, "reason");
+                if reason == release_reason::MISMATCH || reason == release_reason::VERTICAL_REMOVED
+                {
+                    scan.refused_posts
+                        .insert(text(&v, "ping_id"), (reason, at_of(&v)));
+                }
             }
             match kind {
                 "quote_opened" => {
@@ -832,6 +845,18 @@ fn restore_finished(
             (at_of(v), Some(unsold_answer(lead, reason, ping_id, *sent)))
         } else if let Some(at) = scan.expired_pings.get(ping_id) {
             (*at, None)
+        } else if let Some((reason, at)) = scan.refused_posts.get(ping_id) {
+            // A post refused before delivery, answered by the core's refusal (a mismatch
+            // without its `changed_fields`, which the record does not keep).
+            let kind = if reason == release_reason::MISMATCH {
+                BeforeDelivery::Mismatch
+            } else {
+                BeforeDelivery::VerticalRemoved
+            };
+            (
+                *at,
+                Some(refuse_before_delivery(kind, None).answer(ping_id)),
+            )
         } else if let Some(s) = scan.unknown().find(|s| s.ping_id == *ping_id) {
             // Its delivery was cut off: a repeat gets what a keyed retry gets (the `500`
             // of [`answer_of`]), not `404 unknown ping_id` (black-box round 21).

@@ -871,6 +871,46 @@ async fn finished_posts_answer_the_same_after_a_restart() {
     second.shutdown().await.unwrap();
 }
 
+/// A post answered `mismatch` (ping fields changed) is a finished post after a restart
+/// too: its repeat gets `mismatch` again (without `changed_fields`, which the ledger does
+/// not keep), not `404 unknown ping_id`, and nothing is delivered or held (the contract:
+/// a post of a `ping_id` already posted returns the first outcome again).
+#[tokio::test]
+async fn a_mismatched_post_is_still_mismatched_after_a_restart() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(50));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let q = client.ping("TX").await;
+    let changed = client.post(&q.ping_id, "OK").await;
+    assert_eq!(
+        changed.status,
+        proto::seller::PostStatus::Mismatch,
+        "{changed:?}"
+    );
+    assert!(!changed.changed_fields.is_empty());
+    first.shutdown().await.unwrap();
+
+    let second = start(&cfg, &ledger).await;
+    let client = SellerClient::new(second.addr);
+    assert_eq!(second.state.quotes.open_count(), 0);
+    assert_eq!(reserved_now(&second, "a"), 0, "its hold is not restored");
+    for state in ["TX", "OK"] {
+        let again = client.post(&q.ping_id, state).await;
+        assert_eq!(
+            again.status,
+            proto::seller::PostStatus::Mismatch,
+            "{again:?}"
+        );
+        assert_eq!(again.reason, changed.reason);
+        assert_eq!(again.ping_id, changed.ping_id);
+    }
+    assert_eq!(*a.posts.lock().unwrap(), 0, "nothing delivered");
+    second.shutdown().await.unwrap();
+}
+
 /// An `unsold` answer names a lead id only when the lead went out to a buyer, and its
 /// repeat after a restart (rebuilt from the `unsold` record's `attempts`) is the same
 /// answer (black-box round 16: a post no buyer was sent answered with a lead id).
