@@ -710,6 +710,7 @@ async fn a_vertical_that_requires_consent_gets_it_at_the_ping_and_the_post() {
     );
     assert_eq!(ex.reserved("b"), 0);
     assert_eq!(ex.quotes_open(), 0);
+    ex.state.ledger.flush().await.unwrap();
     let records = ex.ledger_of("auction");
     assert_eq!(records.len(), 6, "each is an auction on record");
     assert!(
