@@ -76,6 +76,8 @@ pub struct Sale {
     pub lead_id: String,
     pub ping_id: String,
     pub buyer: String,
+    /// The display name the `sold` answer gave (`buyer_name`; absent in older records).
+    pub buyer_name: Option<String>,
     pub attempt: u64,
     pub bid_micros: i64,
     pub seller_price_micros: i64,
@@ -351,6 +353,10 @@ impl Scan {
                         lead_id,
                         ping_id: text(&v, "ping_id"),
                         buyer: text(&v, "buyer"),
+                        buyer_name: v
+                            .get("buyer_name")
+                            .and_then(Value::as_str)
+                            .map(String::from),
                         attempt,
                         bid_micros: v.get("bid_micros").and_then(Value::as_i64).unwrap_or(0),
                         seller_price_micros: v
@@ -472,7 +478,12 @@ fn sold_answer(s: &Sale, buyer_names: &HashMap<&str, &str>) -> PostAnswer {
         ping_id: Some(s.ping_id.clone()),
         price: Some(Micros(s.seller_price_micros)),
         currency: Some(s.currency.clone()),
-        buyer: buyer_names.get(s.buyer.as_str()).map(|n| n.to_string()),
+        // The name the answer gave, as recorded; an older record's from today's
+        // configuration.
+        buyer: s
+            .buyer_name
+            .clone()
+            .or_else(|| buyer_names.get(s.buyer.as_str()).map(|n| n.to_string())),
         reason: None,
         changed_fields: Vec::new(),
     }

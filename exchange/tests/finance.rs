@@ -473,7 +473,7 @@ async fn export_writes_a_date_range_as_csv_or_json_lines() {
     assert!(o.status.success(), "{}", text(&o));
     let csv = String::from_utf8(o.stdout).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "seq,at,generation,lead_id,ping_id,auction_id,seller,buyer,vertical,currency,test,bid_micros,seller_price_micros,margin_micros,attempt,buyer_lead_id");
+    assert_eq!(lines[0], "seq,at,generation,lead_id,ping_id,auction_id,seller,buyer,vertical,currency,test,bid_micros,seller_price_micros,margin_micros,attempt,buyer_lead_id,buyer_name");
     assert_eq!(lines.len(), 6, "{csv}");
     assert!(
         lines.iter().any(
@@ -1315,6 +1315,22 @@ fn replay_shows_how_an_unposted_quote_ended() {
         assert!(out.contains("ranked by expected value"), "{out}");
         assert_eq!(out.contains("EXPLORATION auction"), explored, "{out}");
     }
+
+    // An auction refused for its consent names that, not the filters (black-box round 22).
+    let refused = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"buyers":[],"no_bid":"consent_required","took_us":5}"#;
+    let tmp = framed_ledger(&[refused]);
+    let out = text(&run(&[
+        "ledger",
+        "replay",
+        "au_1",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("consent_required, so no filter was run"),
+        "{out}"
+    );
+    assert!(!out.contains("no buyer passed the filters"), "{out}");
 
     // A quote with nothing after it (a test lead's writes no record when it expires).
     let tmp = framed_ledger(&[AUCTION_1, OPENED]);

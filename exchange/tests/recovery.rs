@@ -271,6 +271,55 @@ async fn a_keyed_direct_post_that_delivered_nothing_answers_the_same_after_a_res
     second.shutdown().await.unwrap();
 }
 
+/// A keyed `sold` answer replayed after a restart names the buyer as it did, byte for
+/// byte, though the buyer was renamed meanwhile (and a repeat of the post says the same):
+/// the sale records the name (black-box round 22: it was looked up in the new
+/// configuration, or left out for a removed buyer).
+#[tokio::test]
+async fn a_sold_answer_after_a_restart_keeps_the_buyer_name_it_gave() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(5));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let key = [("idempotency-key", "lead-named")];
+    let sold = client
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("TX"))
+        .await;
+    assert_eq!(sold.json()["buyer"], "Buyer a", "{}", sold.text());
+    let q = client.ping("TX").await;
+    let posted = client
+        .post_json("/v1/post", &post_body(&q.ping_id, "TX"))
+        .await;
+    assert_eq!(posted.json()["buyer"], "Buyer a", "{}", posted.text());
+    first.shutdown().await.unwrap();
+
+    let mut renamed = config_in(&cfg, &ledger, &noon_zone());
+    renamed.buyers[0].name = "Buyer a, renamed".into();
+    let second = start_config(renamed, Clock::system()).await;
+    let client = SellerClient::new(second.addr);
+    let again = client
+        .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("TX"))
+        .await;
+    assert_eq!(
+        again.text(),
+        sold.text(),
+        "the stored answer, byte for byte"
+    );
+    let reposted = client
+        .post_json("/v1/post", &post_body(&q.ping_id, "TX"))
+        .await;
+    assert_eq!(reposted.text(), posted.text());
+    assert_eq!(*a.posts.lock().unwrap(), 2, "nothing delivered again");
+    // A new sale names the buyer as it is called now.
+    assert_eq!(
+        client.direct("TX").await.buyer.as_deref(),
+        Some("Buyer a, renamed")
+    );
+    second.shutdown().await.unwrap();
+}
+
 /// A quote whose delivery a crash cut off (its `post_sent` and nothing after): posted
 /// again after the restart, it is answered as a keyed retry is (`500`, its outcome is
 /// unknown, nothing is delivered again), not `404 unknown ping_id` as if it had never

@@ -471,6 +471,7 @@ impl<'a> PostPlan<'a> {
                     auction_id: self.p.auction_id,
                     seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
                     buyer: self.buyer_id(a.buyer),
+                    buyer_name: cfg.buyers.get(a.buyer).map(|b| b.name.as_str()),
                     vertical: v.map_or("", |v| v.name.as_str()),
                     currency: self.p.currency,
                     test: self.p.test,

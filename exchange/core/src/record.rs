@@ -505,6 +505,11 @@ pub struct SaleRecord<'a> {
     pub auction_id: &'a str,
     pub seller: &'a str,
     pub buyer: &'a str,
+    /// The buyer's display name the seller's `sold` answer gave, so a keyed retry after
+    /// a restart gets it again byte for byte, whatever a reload renamed or removed since
+    /// (absent in records written before it was added: recovery then looks the id up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buyer_name: Option<&'a str>,
     pub vertical: &'a str,
     pub currency: &'a str,
     pub test: bool,

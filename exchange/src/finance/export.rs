@@ -43,6 +43,8 @@ pub fn columns(kind: &str) -> Option<&'static [&'static str]> {
             "margin_micros",
             "attempt",
             "buyer_lead_id",
+            // Last: added after the others, so a reader by position keeps working.
+            "buyer_name",
         ],
         "auction" => &[
             "seq",

@@ -584,7 +584,16 @@ so if the exchange reloaded its configuration since it started, the file may not
         let _ = writeln!(out, "  {buyer}: {why}");
     }
     if lines.is_empty() {
-        let _ = writeln!(out, "  (no buyer passed the filters)");
+        if a.str("no_bid") == "consent_required" {
+            // Refused before any filter was looked at (black-box round 22: this said
+            // no buyer passed the filters).
+            let _ = writeln!(
+                out,
+                "  (none considered: the request lacked a consent key the vertical requires, consent_required, so no filter was run and no buyer pinged)"
+            );
+        } else {
+            let _ = writeln!(out, "  (no buyer passed the filters)");
+        }
     }
     if let Some(sk) = v.get("skipped") {
         let total = sk.get("total").and_then(Value::as_u64).unwrap_or(0);
