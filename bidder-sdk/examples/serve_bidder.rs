@@ -59,6 +59,14 @@ fn parse_args() -> anyhow::Result<Args> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
+    // Checked before anything starts or is printed (black-box round 22: an unknown kind
+    // was announced as listening, then refused).
+    if !matches!(args.kind.as_str(), "flat" | "scorecard") {
+        bail!("unknown --kind {}: flat or scorecard\n{USAGE}", args.kind);
+    }
+    if let Some(bad) = args.states.iter().find(|s| !proto::schema::is_us_state(s)) {
+        bail!("--states: {bad:?} is not a US state or territory code (such as TX)");
+    }
     Ok(args)
 }
 

@@ -1012,3 +1012,44 @@ async fn a_disposition_key_survives_a_restart() {
     let (ok, out) = run(&["ledger", "verify", "--dir", ledger.to_str().unwrap()]);
     assert!(ok, "{out}");
 }
+
+/// A buyer left out of the configuration at a restart keeps its disposition keys under
+/// its id, as it keeps its counts: a reload that brings it back finds them, and its
+/// retry gets its stored refund, not `409` (black-box round 22).
+#[tokio::test]
+async fn a_buyer_missing_at_a_restart_keeps_its_disposition_keys_for_a_reload() {
+    let acme = ScriptedBidder::bidding(18.0);
+    let other = ScriptedBidder::bidding(10.0);
+    let (a, _ha) = serve("acme", &acme).await;
+    let (o, _ho) = serve("other", &other).await;
+    let both = TestConfig::new().buyer(a).buyer(o.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&both, &ledger, Clock::system()).await;
+    let client = SellerClient::new(first.addr);
+    let lead = sell(&client).await;
+    let body = json!({"lead_id": lead, "outcome": "returned", "reason": "wrong_number"});
+    let key = [("Idempotency-Key", "key-away")];
+    let returned = dispose_keyed(&client, &key, &body).await;
+    assert_eq!(returned.status, 200, "{}", returned.text());
+    first.shutdown().await.unwrap();
+
+    let without_acme = TestConfig::new().buyer(o);
+    let second = start(&without_acme, &ledger, Clock::system()).await;
+    second
+        .state
+        .apply_config(both.load_edited(&ledger, with_keys))
+        .expect("the reload brings acme back");
+    let client = SellerClient::new(second.addr);
+    let again = dispose_keyed(&client, &key, &body).await;
+    assert_eq!(
+        (again.status, &again.body),
+        (200, &returned.body),
+        "{}",
+        again.text()
+    );
+    second.state.ledger.flush().await.unwrap();
+    assert_eq!(records(&ledger, "refund").len(), 1, "refunded once");
+    second.shutdown().await.unwrap();
+}
