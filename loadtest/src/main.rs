@@ -696,14 +696,24 @@ fn median_percentiles(v: &[Percentiles]) -> Percentiles {
     }
 }
 
+/// The commit of the checkout the run is started in; outside one (binaries copied
+/// elsewhere), says so rather than leaving it empty (black-box round 22).
 fn git_commit() -> String {
     Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
         .output()
         .ok()
+        .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "unknown: not run in a git checkout; loadtest {}",
+                env!("CARGO_PKG_VERSION")
+            )
+        })
 }
 
 fn new_report(name: &str) -> ScenarioReport {
@@ -793,7 +803,60 @@ async fn compare_targets(
     Ok(by_target)
 }
 
+/// Every bound a run needs, checked before anything starts (black-box round 22: a rate
+/// or duration of 0 started the processes, then failed or reported figures of nothing;
+/// `--timeout-ms 0` made a configuration the exchange refused; `--repeat 0` and
+/// `--buyers 0` were taken as 1).
+fn check_args(args: &RunArgs) -> anyhow::Result<()> {
+    let positive = |flag: &str, v: f64| -> anyhow::Result<()> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            bail!("{flag} {v}: must be a number above 0")
+        }
+    };
+    if args.repeat == 0 {
+        bail!("--repeat 0: must be at least 1");
+    }
+    if args.buyers == 0 {
+        bail!("--buyers 0: must be at least 1");
+    }
+    if let Some(d) = args.duration_s {
+        positive("--duration-s", d)?;
+    }
+    if !(args.warmup_s.is_finite() && args.warmup_s >= 0.0) {
+        bail!("--warmup-s {}: must be 0 or more", args.warmup_s);
+    }
+    if let Some(r) = args.rate {
+        positive("--rate", r)?;
+    }
+    for r in args.rates.iter().flatten() {
+        positive("--rates", *r)?;
+    }
+    if !(1..=60_000).contains(&args.timeout_ms) {
+        bail!(
+            "--timeout-ms {}: must be between 1 and 60000 (the exchange's ping_timeout_ms)",
+            args.timeout_ms
+        );
+    }
+    if !(args.buyer_latency_ms.is_finite() && args.buyer_latency_ms >= 0.0) {
+        bail!(
+            "--buyer-latency-ms {}: must be 0 or more",
+            args.buyer_latency_ms
+        );
+    }
+    if args.scenario == Scenario::P3Hang && args.hanging > args.buyers {
+        bail!(
+            "--hanging {}: more than the {} buyers",
+            args.hanging,
+            args.buyers
+        );
+    }
+    Ok(())
+}
+
 async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
     if args.scenario == Scenario::ManyBuyers {
         // Compared with the direct baseline only: the relay has no configuration to size.
         args.targets.retain(|t| t != "relay");

@@ -286,7 +286,19 @@ impl<'a> Section<'a> {
                 .iter()
                 .map(|known| (edit_distance(known, key), *known))
                 .filter(|&(d, _)| d <= 2 && d * 3 <= key.chars().count())
-                .min();
+                .min()
+                .or_else(|| {
+                    // A key cut short, such as a unit suffix left off (`quote_ttl` for
+                    // `quote_ttl_ms`, `hour` for `hourly`: black-box round 22), when one
+                    // known key alone starts with it.
+                    let mut longer = self.read.iter().filter(|known| {
+                        key.chars().count() >= 3 && known.starts_with(key.as_str())
+                    });
+                    match (longer.next(), longer.next()) {
+                        (Some(known), None) => Some((0, *known)),
+                        _ => None,
+                    }
+                });
             match close {
                 Some((_, known)) => p.at(&path, format!("unknown key (did you mean {known}?)")),
                 None if !hint.is_empty() => p.at(&path, format!("unknown key ({hint})")),

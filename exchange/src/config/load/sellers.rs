@@ -92,7 +92,12 @@ fn read_payout(p: &mut Problems, path: String, v: &Value) -> Option<PayoutModel>
     };
     let mut s = Section::new(path, Some(table));
     let payout = match s.str_req(p, "model") {
-        None => None,
+        None => {
+            // No model: its keys are not unknown, just unread (black-box round 22).
+            s.opt("share_pct");
+            s.opt("margin");
+            None
+        }
         Some("revenue_share") => match s.req(p, "share_pct") {
             None => None,
             Some((pct_path, pct)) => {
@@ -114,6 +119,10 @@ fn read_payout(p: &mut Problems, path: String, v: &Value) -> Option<PayoutModel>
                 &s.path_of("model"),
                 format!("unknown payout model {other:?} (revenue_share or fixed_margin)"),
             );
+            // A model's own keys are not unknown: the model is (black-box round 22: a
+            // misspelt model also flagged `margin`).
+            s.opt("share_pct");
+            s.opt("margin");
             None
         }
     };

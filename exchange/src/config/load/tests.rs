@@ -413,6 +413,23 @@ fn unknown_keys_at_every_level() {
         .0,
         ["extra: unknown key"]
     );
+    // A key cut short (a unit suffix left off) is pointed at the one key it starts
+    // (black-box round 22); a stem of several keys is not guessed.
+    assert_eq!(
+        errors(&[
+            ("#SERVER", "quote_ttl = 5000"),
+            (
+                "#BUYER",
+                "caps = { hour = 3 }
+ping_timeout = 5"
+            ),
+        ]),
+        [
+            "server.quote_ttl: unknown key (did you mean quote_ttl_ms?)",
+            "buyers.acme.caps.hour: unknown key (did you mean hourly?)",
+            "buyers.acme.ping_timeout: unknown key (did you mean ping_timeout_ms?)",
+        ]
+    );
 }
 
 #[test]

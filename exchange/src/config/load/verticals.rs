@@ -138,6 +138,16 @@ fn read_consent_required(s: &mut Section<'_>, p: &mut Problems) -> Vec<String> {
     out
 }
 
+/// "a string", "an email", "an enum", "an integer": the article a field type takes.
+fn with_article(t: &str) -> String {
+    let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {t}")
+}
+
 /// Keys that belong to one field type only.
 const TYPED_FIELD_KEYS: [&str; 5] = ["len_max", "pattern", "min", "max", "values"];
 
@@ -234,11 +244,14 @@ fn read_field(name: &str, mut s: Section<'_>, p: &mut Problems) -> Option<FieldS
         // The contract names e-mail addresses and phone numbers as personal data.
         p.at(
             &s.path_of("pii"),
-            format!("must be true for a {t} field: it is personal data"),
+            format!(
+                "must be true for {} field: it is personal data",
+                with_article(t)
+            ),
         );
     }
     if let Some(t) = type_name.filter(|_| kind.is_some()) {
-        s.reject(p, &TYPED_FIELD_KEYS, &format!("a {t} field"));
+        s.reject(p, &TYPED_FIELD_KEYS, &format!("{} field", with_article(t)));
     }
     s.finish(p);
 

@@ -92,6 +92,11 @@ fn seller_keys() {
         payout("{ model = \"cpa\" }").unwrap_err().0,
         ["sellers.s1.payout.model: unknown payout model \"cpa\" (revenue_share or fixed_margin)"]
     );
+    // A misspelt model: its margin is not also called unknown (black-box round 22).
+    assert_eq!(
+        payout("{ model = \"fixed\", margin = 2.5 }").unwrap_err().0,
+        ["sellers.s1.payout.model: unknown payout model \"fixed\" (revenue_share or fixed_margin)"]
+    );
     assert_eq!(
             payout("\"80%\"").unwrap_err().0,
             ["sellers.s1.payout: must be a table such as { model = \"revenue_share\", share_pct = 80 }"]

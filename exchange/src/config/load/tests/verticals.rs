@@ -163,6 +163,13 @@ fn field_types_and_their_checks() {
         ]
     );
     assert_eq!(
+        field("type = \"email\"\nmin = 3"),
+        [
+            format!("{p}.pii: must be true for an email field: it is personal data"),
+            format!("{p}.min: does not apply to an email field")
+        ]
+    );
+    assert_eq!(
         field("type = \"phone\"\nping = true"),
         [format!(
             "{p}.pii: must be true for a phone field: it is personal data"

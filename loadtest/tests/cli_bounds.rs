@@ -1,0 +1,49 @@
+//! `loadtest run` refuses a run it cannot bound or measure before it starts anything
+//! (black-box round 22: `--rate 0` or `--duration-s 0` started the processes and then
+//! failed or reported figures of no samples; `--repeat 0` ran once).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[test]
+fn bad_bounds_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, says) in [
+        (&["--rate", "0"][..], "--rate 0: must be a number above 0"),
+        (&["--rate=-5"][..], "--rate -5: must be a number above 0"),
+        (
+            &["--duration-s", "0"][..],
+            "--duration-s 0: must be a number above 0",
+        ),
+        (&["--warmup-s=-1"][..], "--warmup-s -1: must be 0 or more"),
+        (
+            &["--timeout-ms", "0"][..],
+            "--timeout-ms 0: must be between 1 and 60000",
+        ),
+        (&["--repeat", "0"][..], "--repeat 0: must be at least 1"),
+        (&["--buyers", "0"][..], "--buyers 0: must be at least 1"),
+        (
+            &["--rates", "100,0"][..],
+            "--rates 0: must be a number above 0",
+        ),
+    ] {
+        let out_dir = dir.path().join("out");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["run", "p1-latency", "--out"])
+            .arg(&out_dir)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert!(!out_dir.exists(), "{flags:?}: nothing written");
+    }
+    // p3-hang: more hanging buyers than buyers.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["run", "p3-hang", "--buyers", "2", "--hanging", "3", "--out"])
+        .arg(dir.path().join("p3"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--hanging 3: more than the 2 buyers"));
+}
