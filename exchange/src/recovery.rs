@@ -523,11 +523,45 @@ fn ping_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PingAnswer> {
     })
 }
 
+/// Lookups over a [`Scan`] by ping and lead id, built once: recovery answers each key
+/// and finished post from them, so a start stays linear in the ledger (a search of the
+/// scan per key was quadratic: 100,000 keys over 1,000,000 deliveries).
+struct Lookup<'s> {
+    /// Ping ids with a delivery (`post_sent`).
+    sent_pings: HashSet<&'s str>,
+    /// Deliveries with no outcome, by ping id.
+    unknown_by_ping: HashMap<&'s str, &'s Sent>,
+    /// `unsold` records by ping id: (lead id, reason, deliveries).
+    unsold_by_ping: HashMap<&'s str, (&'s str, &'s str, u64)>,
+    /// The last sale of each lead.
+    sale_by_lead: HashMap<&'s str, &'s Sale>,
+    /// The last sale of each ping.
+    sale_by_ping: HashMap<&'s str, &'s Sale>,
+}
+
+impl<'s> Lookup<'s> {
+    fn of(scan: &'s Scan) -> Lookup<'s> {
+        Lookup {
+            sent_pings: scan.sent.iter().map(|s| s.ping_id.as_str()).collect(),
+            unknown_by_ping: scan.unknown().map(|s| (s.ping_id.as_str(), s)).collect(),
+            unsold_by_ping: scan
+                .unsold
+                .iter()
+                .map(|(lead, (reason, ping, sent))| {
+                    (ping.as_str(), (lead.as_str(), reason.as_str(), *sent))
+                })
+                .collect(),
+            sale_by_lead: scan.sales.iter().map(|s| (s.lead_id.as_str(), s)).collect(),
+            sale_by_ping: scan.sales.iter().map(|s| (s.ping_id.as_str(), s)).collect(),
+        }
+    }
+}
+
 /// The answer a keyed direct post got when no lead of it went out to a buyer: `unsold`
 /// with its no-bid reason, or, with a winner, its `unsold` record's (every candidate
 /// expired or capped). `None` when a lead went out (its `post_sent` names the key and
 /// [`answer_of`] rebuilds it) or the post ended in an error (whose key was not kept).
-fn direct_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PostAnswer> {
+fn direct_answer_of(look: &Lookup<'_>, p: &KeyedPing) -> Option<PostAnswer> {
     if !p.won {
         let mut a = PostAnswer::status_only(
             PostStatus::Unsold,
@@ -536,13 +570,12 @@ fn direct_answer_of(scan: &Scan, p: &KeyedPing) -> Option<PostAnswer> {
         a.ping_id = Some(p.ping_id.clone());
         return Some(a);
     }
-    if scan.sent.iter().any(|s| s.ping_id == p.ping_id) {
+    if look.sent_pings.contains(p.ping_id.as_str()) {
         return None;
     }
-    scan.unsold
-        .iter()
-        .find(|(_, (_, ping, _))| *ping == p.ping_id)
-        .map(|(lead, (reason, ping, sent))| unsold_answer(lead, reason, ping, *sent))
+    look.unsold_by_ping
+        .get(p.ping_id.as_str())
+        .map(|(lead, reason, sent)| unsold_answer(lead, reason, &p.ping_id, *sent))
 }
 
 /// The `unsold` answer of a post that did not sell, as it was given: its lead id only if
@@ -572,8 +605,13 @@ pub fn outcome_unknown() -> ApiError {
 }
 
 /// The stored answer of a post whose key the ledger names.
-fn answer_of(scan: &Scan, lead_id: &str, buyer_names: &HashMap<&str, &str>) -> (u16, Bytes) {
-    if let Some(s) = scan.sales.iter().rev().find(|s| s.lead_id == lead_id) {
+fn answer_of(
+    scan: &Scan,
+    look: &Lookup<'_>,
+    lead_id: &str,
+    buyer_names: &HashMap<&str, &str>,
+) -> (u16, Bytes) {
+    if let Some(s) = look.sale_by_lead.get(lead_id) {
         let a = sold_answer(s, buyer_names);
         return (200, Bytes::from(serde_json::to_vec(&a).unwrap_or_default()));
     }
@@ -725,7 +763,10 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         .iter()
         .map(|b| (b.id.as_str(), b.name.as_str()))
         .collect();
-    out.finished_posts = restore_finished(state, cfg, scan, &names, now);
+    let look = Lookup::of(scan);
+    let sellers: HashMap<&str, &crate::config::Seller> =
+        cfg.sellers.iter().map(|x| (x.id.as_str(), x)).collect();
+    out.finished_posts = restore_finished(state, cfg, scan, &look, &names, now);
     out.expired_while_down = close_expired_while_down(state, cfg, scan, now);
     // Idempotency keys: the last lead each key started.
     let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
@@ -741,11 +782,11 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         last_ping.insert((p.seller.as_str(), p.key.0.as_str()), p);
     }
     for ((seller, _), p) in last_ping {
-        let Some(seller) = cfg.sellers.iter().find(|x| x.id == seller) else {
+        let Some(seller) = sellers.get(seller) else {
             continue;
         };
         let json = if p.direct {
-            direct_answer_of(scan, p).and_then(|a| serde_json::to_vec(&a).ok())
+            direct_answer_of(&look, p).and_then(|a| serde_json::to_vec(&a).ok())
         } else {
             ping_answer_of(scan, p).and_then(|a| serde_json::to_vec(&a).ok())
         };
@@ -761,14 +802,14 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         }
     }
     for ((seller, key), s) in last {
-        let Some(seller) = cfg.sellers.iter().find(|x| x.id == seller) else {
+        let Some(seller) = sellers.get(seller) else {
             continue;
         };
         let body = s.idempotency.as_ref().map_or("", |(_, b)| b.as_str());
         let (Some(key), Some(body)) = (digest(key), digest(body)) else {
             continue;
         };
-        let answer = answer_of(scan, &s.lead_id, &names);
+        let answer = answer_of(scan, &look, &s.lead_id, &names);
         if state
             .idempotency
             .restore(seller.key, key, body, s.at, now, answer)
@@ -838,17 +879,12 @@ fn restore_finished(
     state: &AppState,
     cfg: &crate::config::Config,
     scan: &Scan,
+    look: &Lookup<'_>,
     names: &HashMap<&str, &str>,
     now: UnixMs,
 ) -> u64 {
-    let sold: HashMap<&str, &Sale> = scan.sales.iter().map(|s| (s.ping_id.as_str(), s)).collect();
-    let unsold: HashMap<&str, (&str, &str, u64)> = scan
-        .unsold
-        .iter()
-        .map(|(lead, (reason, ping, sent))| {
-            (ping.as_str(), (lead.as_str(), reason.as_str(), *sent))
-        })
-        .collect();
+    let sold = &look.sale_by_ping;
+    let unsold = &look.unsold_by_ping;
     let mut done: Vec<(UnixMs, &str, crate::config::SellerKey, Option<PostAnswer>)> = Vec::new();
     for (ping_id, v) in &scan.opened {
         if !scan.closed_pings.contains(ping_id) {
@@ -875,7 +911,7 @@ fn restore_finished(
                 *at,
                 Some(refuse_before_delivery(kind, None).answer(ping_id)),
             )
-        } else if let Some(s) = scan.unknown().find(|s| s.ping_id == *ping_id) {
+        } else if let Some(s) = look.unknown_by_ping.get(ping_id.as_str()) {
             // Its delivery was cut off: a repeat gets what a keyed retry gets (the `500`
             // of [`answer_of`]), not `404 unknown ping_id` (black-box round 21).
             let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(OUTCOME_UNKNOWN));
