@@ -58,6 +58,8 @@ pub struct Reconciliation {
     pub mismatches: Vec<String>,
     /// Deliveries with no outcome ("delivered, outcome unknown").
     pub outcome_unknown: Vec<String>,
+    /// Of those, the ones recent enough to be still in flight on a running exchange.
+    pub possibly_in_flight: usize,
     /// Refunds whose `returned` disposition line is missing (a crash between the refund
     /// and its disposition, which follows it in the same batch): listed, not a failure.
     pub return_line_missing: Vec<String>,
@@ -146,7 +148,10 @@ pub fn reconcile_upto(
     let mut attempts: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut unsold: Vec<(String, String, u64, String)> = Vec::new();
     let mut unsold_leads: HashMap<String, ()> = HashMap::new();
-    let mut pre_sends: Vec<(String, String, String, u64)> = Vec::new();
+    // (place, lead_id, buyer, attempt, at ms, after the ledger's last flush).
+    let mut pre_sends: Vec<(String, String, String, u64, i64, bool)> = Vec::new();
+    // The newest `at` read, and whether a `flush` came after every pre-send so far.
+    let mut last_at = 0i64;
     let mut refunds: Vec<Refund> = Vec::new();
     // (place, lead_id, buyer, outcome) of every disposition.
     let mut dispositions: Vec<(String, String, String, String)> = Vec::new();
@@ -177,6 +182,13 @@ pub fn reconcile_upto(
         }
         let here = ordinal;
         ordinal += 1;
+        last_at = last_at.max(at_ms(&e));
+        if e.kind == "flush" {
+            // A flush (a stop, or a start after one) ends what was in flight before it.
+            for p in pre_sends.iter_mut() {
+                p.5 = false;
+            }
+        }
         match e.kind.as_str() {
             "refund" => refunds.push(Refund {
                 place: e.place(),
@@ -263,6 +275,8 @@ pub fn reconcile_upto(
                 e.str("lead_id").to_string(),
                 e.str("buyer").to_string(),
                 e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
+                at_ms(&e),
+                true,
             )),
             _ => {}
         }
@@ -428,15 +442,36 @@ pub fn reconcile_upto(
             ));
         }
     }
-    for (place, lead, buyer, attempt) in &pre_sends {
+    // A delivery of the ledger's running stretch (no flush after it) sent within a post's
+    // whole life of the last record may still be waiting for its buyer on a running
+    // exchange (black-box round 21: verify on a live ledger told finance to settle one).
+    let in_flight_ms = i64::try_from(
+        cfg.map_or(crate::config::defaults::POST_DEADLINE_MS, |c| {
+            c.server.post_deadline_ms
+        })
+        .saturating_add(crate::auction::LATE_POST_WAIT_MS)
+        .saturating_add(1_000),
+    )
+    .unwrap_or(i64::MAX);
+    for (place, lead, buyer, attempt, at, running) in &pre_sends {
         let done = attempts
             .get(lead)
             .is_some_and(|v| v.iter().any(|(a, _)| a == attempt))
             || sold_attempt.get(lead.as_str()) == Some(attempt)
             || unsold_leads.contains_key(lead);
         if !done {
+            let age = last_at.saturating_sub(*at);
+            let note = if *running && age <= in_flight_ms {
+                out.possibly_in_flight += 1;
+                format!(
+                    " (sent {:.1} s before the ledger's last record: on a running exchange it may still be in flight; run verify again later)",
+                    age as f64 / 1000.0
+                )
+            } else {
+                String::new()
+            };
             out.outcome_unknown.push(format!(
-                "{place}: lead_id {lead} attempt {attempt} to buyer {buyer}: delivered, outcome unknown"
+                "{place}: lead_id {lead} attempt {attempt} to buyer {buyer}: delivered, outcome unknown{note}"
             ));
         }
     }
@@ -746,8 +781,16 @@ impl Reconciliation {
                 " and every delivery has an outcome".to_string()
             } else {
                 format!(
-                    "; {} delivery(ies) with outcome unknown (listed above; counted against the buyers' caps, to settle with the buyers; on a running exchange's ledger a delivery still in flight is listed too: run verify again after server.post_deadline_ms)",
-                    self.outcome_unknown.len()
+                    "; {} delivery(ies) with outcome unknown (listed above; counted against the buyers' caps, to settle with the buyers{})",
+                    self.outcome_unknown.len(),
+                    if self.possibly_in_flight > 0 {
+                        format!(
+                            "; {} of them sent so recently that on a running exchange they may still be in flight: run verify again later",
+                            self.possibly_in_flight
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             };
             if !self.return_line_missing.is_empty() {
@@ -834,6 +877,42 @@ mod tests {
         assert!(!r.failed());
         assert!(r.render().contains("OUTCOME UNKNOWN: "));
         assert!(r.render().contains("1 delivery(ies) with outcome unknown"));
+        // The last record: on a running exchange it may be waiting for its buyer.
+        assert!(
+            r.outcome_unknown[0].contains("sent 0.0 s before the ledger's last record"),
+            "{:?}",
+            r.outcome_unknown
+        );
+        assert_eq!(r.possibly_in_flight, 1);
+        assert!(r.render().contains("1 of them sent so recently"));
+    }
+
+    /// Black-box round 21: `verify` on a running exchange's ledger told finance to settle a
+    /// delivery that was only in flight. One sent within a post's life of the ledger's
+    /// last record, with no stop (`flush`) after it, is said to be possibly in flight; an
+    /// older one, or one a stop or start followed, is not.
+    #[test]
+    fn a_recent_delivery_without_an_outcome_may_be_in_flight() {
+        let send = |lead: &str, at: &str| {
+            format!(
+                r#"{{"type":"post_sent","v":5,"generation":1,"at":"{at}","lead_id":"{lead}","auction_id":"au_1","ping_id":"pg_1","seller":"s","buyer":"b","attempt":0,"price_micros":1,"test":false}}"#
+            )
+        };
+        let old = send("ld_old", "2026-11-29T10:00:00.000Z");
+        let recent = send("ld_new", "2026-11-29T10:05:00.000Z");
+        let last = AUCTION.replace("10:00:00.000Z", "10:05:03.000Z");
+        let dir = ledger(&[&old, &recent, &last]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert_eq!(r.outcome_unknown.len(), 2, "{:?}", r.outcome_unknown);
+        assert_eq!(r.possibly_in_flight, 1);
+        assert!(r.outcome_unknown[0].ends_with("delivered, outcome unknown"));
+        assert!(r.outcome_unknown[1].contains("sent 3.0 s before the ledger's last record"));
+        // A stop after it: not in flight, whatever its age.
+        let flush = r#"{"type":"flush","v":5,"generation":1,"at":"2026-11-29T10:05:04.000Z","start":false}"#;
+        let dir = ledger(&[&old, &recent, &last, flush]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert_eq!(r.outcome_unknown.len(), 2);
+        assert_eq!(r.possibly_in_flight, 0, "{:?}", r.outcome_unknown);
     }
 
     /// Black-box round 12: a skipped sale (a newer version) that a refund depends on made
