@@ -330,8 +330,10 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
                 "type": "number",
                 "minimum": 0,
                 "maximum": 1_000_000_000,
-                "multipleOf": 0.000001,
-                "description": "An amount in the vertical's currency, at most 6 decimals.",
+                // Not `multipleOf: 0.000001`: validators test it in floating point and
+                // refuse ordinary prices such as 1.1 (black-box round 23).
+                "x-decimal-places": 6,
+                "description": "An amount in the vertical's currency, at most 6 decimals (more is `400 invalid_request`). The bound is `x-decimal-places`, not a JSON Schema `multipleOf`, which validators check in floating point and would refuse ordinary prices such as 1.1 with.",
             }),
         ),
         (

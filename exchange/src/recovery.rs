@@ -657,6 +657,33 @@ fn windows_in(
 
 /// The stable key of a buyer the ledger names but the configuration does not, interned
 /// now (the cap book grown to cover it); `None` past the registry's bound (logged).
+/// The stable key of seller `id`: its configured one, or, for a seller the configuration
+/// does not have now, its id's (interned now), so its idempotency keys and finished posts
+/// wait for a reload that brings it back (black-box round 23: they were dropped, and the
+/// re-added seller's retries sold leads a second time). `None` for an empty id or past
+/// the registry's bound.
+fn seller_key_of(
+    state: &AppState,
+    configured: &HashMap<&str, crate::config::SellerKey>,
+    id: &str,
+) -> Option<crate::config::SellerKey> {
+    if let Some(k) = configured.get(id) {
+        return Some(*k);
+    }
+    if id.is_empty() {
+        return None;
+    }
+    let key = state.ids.intern_seller(id);
+    if key.is_none() {
+        tracing::warn!(
+            seller = %crate::server::truncate(id, 64),
+            "ledger: a seller not configured now could not be keyed (too many seller ids); \
+             its idempotency keys and finished posts are not restored"
+        );
+    }
+    key
+}
+
 fn key_of_unconfigured(state: &AppState, buyer: &str) -> Option<crate::config::BuyerKey> {
     if buyer.is_empty() {
         return None;
@@ -764,10 +791,12 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         .map(|b| (b.id.as_str(), b.name.as_str()))
         .collect();
     let look = Lookup::of(scan);
-    let sellers: HashMap<&str, &crate::config::Seller> =
-        cfg.sellers.iter().map(|x| (x.id.as_str(), x)).collect();
-    out.finished_posts = restore_finished(state, cfg, scan, &look, &names, now);
-    out.expired_while_down = close_expired_while_down(state, cfg, scan, now);
+    // Sellers by id; one the configuration does not have now is keyed by its id
+    // ([`seller_key_of`]).
+    let sellers: HashMap<&str, crate::config::SellerKey> =
+        cfg.sellers.iter().map(|x| (x.id.as_str(), x.key)).collect();
+    out.finished_posts = restore_finished(state, &sellers, scan, &look, &names, now);
+    out.expired_while_down = close_expired_while_down(state, &sellers, scan, now);
     // Idempotency keys: the last lead each key started.
     let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
     for s in &scan.sent {
@@ -782,7 +811,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         last_ping.insert((p.seller.as_str(), p.key.0.as_str()), p);
     }
     for ((seller, _), p) in last_ping {
-        let Some(seller) = sellers.get(seller) else {
+        let Some(seller) = seller_key_of(state, &sellers, seller) else {
             continue;
         };
         let json = if p.direct {
@@ -796,13 +825,13 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         let answer = (200, Bytes::from(json));
         if state
             .idempotency
-            .restore(seller.key, key, body, p.at, now, answer)
+            .restore(seller, key, body, p.at, now, answer)
         {
             out.keys += 1;
         }
     }
     for ((seller, key), s) in last {
-        let Some(seller) = sellers.get(seller) else {
+        let Some(seller) = seller_key_of(state, &sellers, seller) else {
             continue;
         };
         let body = s.idempotency.as_ref().map_or("", |(_, b)| b.as_str());
@@ -812,7 +841,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         let answer = answer_of(scan, &look, &s.lead_id, &names);
         if state
             .idempotency
-            .restore(seller.key, key, body, s.at, now, answer)
+            .restore(seller, key, body, s.at, now, answer)
         {
             out.keys += 1;
         }
@@ -877,7 +906,7 @@ fn restore_disposition_keys(
 /// recorded answer, is not restored (its repeat is `404` and delivers nothing).
 fn restore_finished(
     state: &AppState,
-    cfg: &crate::config::Config,
+    sellers: &HashMap<&str, crate::config::SellerKey>,
     scan: &Scan,
     look: &Lookup<'_>,
     names: &HashMap<&str, &str>,
@@ -890,7 +919,7 @@ fn restore_finished(
         if !scan.closed_pings.contains(ping_id) {
             continue;
         }
-        let Some(seller) = cfg.sellers.iter().find(|s| s.id == text(v, "seller")) else {
+        let Some(seller) = seller_key_of(state, sellers, text(v, "seller").as_str()) else {
             continue;
         };
         let (at, answer) = if let Some(s) = sold.get(ping_id.as_str()) {
@@ -921,7 +950,7 @@ fn restore_finished(
         } else {
             continue;
         };
-        done.push((at, ping_id, seller.key, answer));
+        done.push((at, ping_id, seller, answer));
     }
     done.sort_by_key(|d| d.0);
     let mut restored = 0;
@@ -941,7 +970,7 @@ fn restore_finished(
 /// (it was `404 unknown ping_id`). Their holds were never re-reserved. Returns how many.
 fn close_expired_while_down(
     state: &AppState,
-    cfg: &crate::config::Config,
+    sellers: &HashMap<&str, crate::config::SellerKey>,
     scan: &Scan,
     now: UnixMs,
 ) -> u64 {
@@ -980,13 +1009,10 @@ fn close_expired_while_down(
                 }
             }
         }
-        let Some(seller) = cfg.sellers.iter().find(|s| s.id == text(v, "seller")) else {
+        let Some(seller) = seller_key_of(state, sellers, text(v, "seller").as_str()) else {
             continue;
         };
-        if state
-            .quotes
-            .restore_done(ping_id, seller.key, None, at, now)
-        {
+        if state.quotes.restore_done(ping_id, seller, None, at, now) {
             closed += 1;
         }
     }

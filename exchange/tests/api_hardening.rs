@@ -356,6 +356,12 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
         .starts_with("application/json"));
     let doc = r.json();
     assert_eq!(doc["openapi"], "3.1.0");
+    // Money carries its 6 decimals as `x-decimal-places`, not as a `multipleOf` that
+    // validators check in floating point (black-box round 23: 1.1 failed the schema of
+    // answers the exchange itself gave).
+    let money = &doc["components"]["schemas"]["Money"];
+    assert_eq!(money["x-decimal-places"], 6, "{money}");
+    assert!(!doc.to_string().contains("\"multipleOf\":"), "{money}");
     // Every route it shares with the published contract (docs/openapi.yaml) lists the
     // same statuses (black-box round 15: the ping and the direct post listed a 404 they
     // cannot answer; the yaml lacked the admin routes' 415).

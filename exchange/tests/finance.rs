@@ -448,6 +448,38 @@ async fn replay_rederives_the_award_and_explains_it() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("MISMATCH: re-derived under the configuration (revenue_share 70%, ranking by expected value (bid x the recorded p), ties by the higher bid then configuration order): acme (bid 20.00 USD, seller price 14.00 USD), but the record says acme (bid 20.00 USD, seller price 16.00 USD)"), "{out}");
+
+    // Every bid under the seller's min_price: nothing was ranked, and the replay says so
+    // rather than naming a ranking the auction did not use; the reserve is in the
+    // auction's recorded currency, not the configuration's (black-box round 23).
+    let below = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_below","ping_id":"pg_below","seller":"main","vertical":"auto_insurance","currency":"EUR","test":false,"direct":false,"reserve_micros":1000000000,"buyers":[{"buyer":"acme","outcome":"bid","bid_micros":20000000},{"buyer":"bravo","outcome":"bid","bid_micros":18000000}],"no_bid":"below_reserve","took_us":5}"#;
+    let tmp = framed_ledger(&[below]);
+    for with_config in [true, false] {
+        let mut args = vec![
+            "ledger",
+            "replay",
+            "au_below",
+            "--dir",
+            tmp.path().to_str().unwrap(),
+        ];
+        if with_config {
+            args.extend(["--config", s.config()]);
+        }
+        let o = run(&args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        assert!(
+            out.contains("recorded award: none (below_reserve); reserve 1000.00 EUR"),
+            "{out}"
+        );
+        assert!(!out.contains("ranking by seller price"), "{out}");
+        if with_config {
+            assert!(
+                out.contains("no bid reached the reserve, so none was ranked"),
+                "{out}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -320,6 +320,75 @@ async fn a_sold_answer_after_a_restart_keeps_the_buyer_name_it_gave() {
     second.shutdown().await.unwrap();
 }
 
+/// A seller left out of the configuration at a restart and brought back by a reload
+/// keeps what the ledger says it was answered: a keyed direct post's `sold` or `unsold`,
+/// a keyed ping's `bid`, and a repeated post's first outcome, byte for byte, with
+/// nothing delivered again (black-box round 23, high: its state was dropped, and its
+/// retries sold the same leads again, one it had been told was unsold).
+#[tokio::test]
+async fn a_seller_missing_at_a_restart_keeps_its_answers_for_a_reload() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.clone().caps_daily(1));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let sold_key = [("idempotency-key", "s-sold")];
+    let sold = client
+        .post_json_with("/v1/leads", SELLER_KEY, &sold_key, &direct_body("TX"))
+        .await;
+    assert_eq!(sold.json()["status"], "sold", "{}", sold.text());
+    let unsold_key = [("idempotency-key", "s-unsold")];
+    let unsold = client
+        .post_json_with("/v1/leads", SELLER_KEY, &unsold_key, &direct_body("TX"))
+        .await;
+    assert_eq!(unsold.json()["reason"], "capped", "{}", unsold.text());
+    let ping_key = [("idempotency-key", "s-ping")];
+    let ping = client
+        .post_json_with("/v1/ping", SELLER_KEY, &ping_key, &ping_body("TX"))
+        .await;
+    assert_eq!(ping.status, 200);
+    first.shutdown().await.unwrap();
+    let delivered = *a.posts.lock().unwrap();
+
+    // Restarted without the seller, then a reload brings it back (and raises the cap,
+    // so anything run again would sell).
+    let raised = TestConfig::new().buyer(ab.caps_daily(50));
+    let without = raised.load_edited(&ledger, |t| {
+        let t = t.replace(
+            "\nstates_include",
+            &format!("\ntimezone = \"{}\"\nstates_include", noon_zone()),
+        );
+        let start = t.find("[sellers.main]").expect("the main seller");
+        let end = t[start + 1..]
+            .find("\n[")
+            .map_or(t.len(), |i| start + 1 + i);
+        format!("{}{}", &t[..start], &t[end + 1..])
+    });
+    assert!(without.sellers.iter().all(|s| s.id != "main"));
+    let second = start_config(without, Clock::system()).await;
+    second
+        .state
+        .apply_config(config_in(&raised, &ledger, &noon_zone()))
+        .expect("the reload brings the seller back");
+    let client = SellerClient::new(second.addr);
+    for (key, path, body, first) in [
+        (&sold_key, "/v1/leads", direct_body("TX"), &sold),
+        (&unsold_key, "/v1/leads", direct_body("TX"), &unsold),
+        (&ping_key, "/v1/ping", ping_body("TX"), &ping),
+    ] {
+        let again = client.post_json_with(path, SELLER_KEY, key, &body).await;
+        assert_eq!(again.text(), first.text(), "{key:?}: the stored answer");
+    }
+    assert_eq!(
+        *a.posts.lock().unwrap(),
+        delivered,
+        "nothing delivered again"
+    );
+    assert_eq!(second.state.quotes.open_count(), 0, "no second quote");
+    second.shutdown().await.unwrap();
+}
+
 /// A quote whose delivery a crash cut off (its `post_sent` and nothing after): posted
 /// again after the restart, it is answered as a keyed retry is (`500`, its outcome is
 /// unknown, nothing is delivered again), not `404 unknown ping_id` as if it had never

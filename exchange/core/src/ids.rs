@@ -117,6 +117,19 @@ impl IdRegistry {
         self.inner.lock().1.get(id).map(SellerKey)
     }
 
+    /// The key of seller `id`, giving it one if it has none yet, though no configuration
+    /// has it: recovery keys the idempotency keys and finished posts of every seller its
+    /// ledger names, so a seller missing from the configuration at a restart finds them
+    /// when a reload brings it back. `None` (nothing interned) past [`KEYS_MAX`].
+    pub fn intern_seller(&self, id: &str) -> Option<SellerKey> {
+        let mut g = self.inner.lock();
+        let sellers = &mut g.1;
+        if sellers.get(id).is_none() && sellers.ids.len() >= KEYS_MAX {
+            return None;
+        }
+        Some(SellerKey(sellers.intern(id)))
+    }
+
     /// The id that has buyer key `key` (for records about a buyer no longer configured).
     pub fn buyer_id(&self, key: BuyerKey) -> Option<Arc<str>> {
         self.inner.lock().0.ids.get(key.slot()).cloned()

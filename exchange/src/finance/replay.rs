@@ -147,13 +147,18 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
     let seller_id = a.str("seller");
     let vertical_id = a.str("vertical");
     let generation = a.i64("generation").unwrap_or(0);
-    // The auction's currency as recorded (its sale's, else its quote's): a reload may
-    // have changed the vertical's since.
-    let currency = posts
-        .iter()
-        .find(|p| p.kind == "sale")
-        .or_else(|| posts.iter().find(|p| p.kind == "quote_opened"))
-        .map(|p| p.str("currency").to_string())
+    // The auction's currency as recorded (its own, else its sale's or its quote's): a
+    // reload may have changed the vertical's since (black-box round 23: an auction with
+    // no winner took the configuration's, or none).
+    let currency = Some(a.str("currency").to_string())
+        .filter(|c| !c.is_empty())
+        .or_else(|| {
+            posts
+                .iter()
+                .find(|p| p.kind == "sale")
+                .or_else(|| posts.iter().find(|p| p.kind == "quote_opened"))
+                .map(|p| p.str("currency").to_string())
+        })
         .filter(|c| !c.is_empty())
         .or_else(|| {
             cfg.and_then(|c| c.vertical(vertical_id))
@@ -210,7 +215,7 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
     if a.bool("explore") {
         let _ = writeln!(
             out,
-            "EXPLORATION auction (routing.explore_share): each p below is a random Thompson draw from the buyer's acceptance record, times its keep rate, not its estimate; a lower bid can win by its draw, so the buyers' wide estimates get tested (docs/AI.md)"
+            "EXPLORATION auction (routing.explore_share): each bid's p is a random Thompson draw from its buyer's acceptance record, times its keep rate, not its estimate; a lower bid can win by its draw, so the buyers' wide estimates get tested (docs/AI.md)"
         );
     }
 
@@ -403,7 +408,12 @@ so if the exchange reloaded its configuration since it started, the file may not
                             won_price.unwrap_or(0),
                         )
                     });
-                    let ranking_words = if ev {
+                    let ranking_words = if ranks.is_empty() {
+                        // Nothing reached the reserve: how bids would be ranked does not
+                        // show in the record (black-box round 23: an EV auction was said
+                        // to rank by seller price).
+                        "no bid reached the reserve, so none was ranked"
+                    } else if ev {
                         "ranking by expected value (bid x the recorded p), ties by the higher bid then configuration order"
                     } else {
                         "ranking by seller price, ties by the higher bid then configuration order"
