@@ -85,6 +85,7 @@ fn hold() -> Record<'static> {
         buyer: "sim2_sim2",
         price_micros: 21_620_000,
         reason: None,
+        changed_fields: &[],
     })
 }
 

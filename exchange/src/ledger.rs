@@ -829,6 +829,7 @@ mod tests {
             buyer: "b",
             price_micros: 1,
             reason: None,
+            changed_fields: &[],
         })
     }
 

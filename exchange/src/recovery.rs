@@ -140,7 +140,7 @@ pub struct Scan {
     expired_pings: HashMap<String, UnixMs>,
     /// Ping ids whose post was refused before delivery and answered (`quote_released`
     /// for `mismatch` or `vertical_removed`), with the reason and when.
-    refused_posts: HashMap<String, (String, UnixMs)>,
+    refused_posts: HashMap<String, (String, UnixMs, Vec<String>)>,
     /// What buyers did with delivered leads, in ledger order, for the cold-start rates:
     /// `(buyer id, event)`.
     pub buyer_events: Vec<(String, BuyerEvent)>,
@@ -287,8 +287,18 @@ impl Scan {
                 let reason = text(&v, "reason");
                 if reason == release_reason::MISMATCH || reason == release_reason::VERTICAL_REMOVED
                 {
+                    let changed = v
+                        .get("changed_fields")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     scan.refused_posts
-                        .insert(text(&v, "ping_id"), (reason, at_of(&v)));
+                        .insert(text(&v, "ping_id"), (reason, at_of(&v), changed));
                 }
             }
             match kind {
@@ -928,18 +938,18 @@ fn restore_finished(
             (at_of(v), Some(unsold_answer(lead, reason, ping_id, *sent)))
         } else if let Some(at) = scan.expired_pings.get(ping_id) {
             (*at, None)
-        } else if let Some((reason, at)) = scan.refused_posts.get(ping_id) {
+        } else if let Some((reason, at, changed)) = scan.refused_posts.get(ping_id) {
             // A post refused before delivery, answered by the core's refusal (a mismatch
-            // without its `changed_fields`, which the record does not keep).
+            // with the `changed_fields` its record keeps; one written before they were
+            // kept has none).
             let kind = if reason == release_reason::MISMATCH {
                 BeforeDelivery::Mismatch
             } else {
                 BeforeDelivery::VerticalRemoved
             };
-            (
-                *at,
-                Some(refuse_before_delivery(kind, None).answer(ping_id)),
-            )
+            let mut a = refuse_before_delivery(kind, None).answer(ping_id);
+            a.changed_fields = changed.clone();
+            (*at, Some(a))
         } else if let Some(s) = look.unknown_by_ping.get(ping_id.as_str()) {
             // Its delivery was cut off: a repeat gets what a keyed retry gets (the `500`
             // of [`answer_of`]), not `404 unknown ping_id` (black-box round 21).
@@ -1001,6 +1011,7 @@ fn close_expired_while_down(
                     buyer,
                     price_micros,
                     reason: None,
+                    changed_fields: &[],
                 });
                 // Not durable (as the sweeper's): lost in a crash, the next start writes
                 // it again.
@@ -1060,6 +1071,7 @@ fn close_not_restored(
             buyer,
             price_micros,
             reason: Some(reason),
+            changed_fields: &[],
         });
         // Not durable: lost in a crash, the next start writes it again.
         if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {

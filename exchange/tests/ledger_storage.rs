@@ -62,6 +62,7 @@ async fn write_ledger(dir: &Path, n: u64, segment_bytes_max: u64) {
                 buyer: "acme",
                 price_micros: 12_500_000,
                 reason: None,
+                changed_fields: &[],
             })
         };
         LedgerSink::append(&ledger, &rec)

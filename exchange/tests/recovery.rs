@@ -990,9 +990,10 @@ async fn finished_posts_answer_the_same_after_a_restart() {
 }
 
 /// A post answered `mismatch` (ping fields changed) is a finished post after a restart
-/// too: its repeat gets `mismatch` again (without `changed_fields`, which the ledger does
-/// not keep), not `404 unknown ping_id`, and nothing is delivered or held (the contract:
-/// a post of a `ping_id` already posted returns the first outcome again).
+/// too: its repeat gets the same `mismatch`, its `changed_fields` included (the
+/// `quote_released` record keeps them), and a keyed retry the same bytes; not `404
+/// unknown ping_id`, and nothing is delivered or held (the contract: a post of a
+/// `ping_id` already posted returns the first outcome again; black-box rounds 22-23).
 #[tokio::test]
 async fn a_mismatched_post_is_still_mismatched_after_a_restart() {
     let (a, ab, _ha) = buyer("a", 30.0, 0).await;
@@ -1002,13 +1003,17 @@ async fn a_mismatched_post_is_still_mismatched_after_a_restart() {
     let first = start(&cfg, &ledger).await;
     let client = SellerClient::new(first.addr);
     let q = client.ping("TX").await;
-    let changed = client.post(&q.ping_id, "OK").await;
+    let key = [("idempotency-key", "mismatched")];
+    let keyed = client
+        .post_json_with("/v1/post", SELLER_KEY, &key, &post_body(&q.ping_id, "OK"))
+        .await;
+    let changed = keyed.post_answer();
     assert_eq!(
         changed.status,
         proto::seller::PostStatus::Mismatch,
         "{changed:?}"
     );
-    assert!(!changed.changed_fields.is_empty());
+    assert!(!changed.changed_fields.is_empty(), "{changed:?}");
     first.shutdown().await.unwrap();
 
     let second = start(&cfg, &ledger).await;
@@ -1017,14 +1022,16 @@ async fn a_mismatched_post_is_still_mismatched_after_a_restart() {
     assert_eq!(reserved_now(&second, "a"), 0, "its hold is not restored");
     for state in ["TX", "OK"] {
         let again = client.post(&q.ping_id, state).await;
-        assert_eq!(
-            again.status,
-            proto::seller::PostStatus::Mismatch,
-            "{again:?}"
-        );
-        assert_eq!(again.reason, changed.reason);
-        assert_eq!(again.ping_id, changed.ping_id);
+        assert_eq!(again, changed, "the first outcome again");
     }
+    let retried = client
+        .post_json_with("/v1/post", SELLER_KEY, &key, &post_body(&q.ping_id, "OK"))
+        .await;
+    assert_eq!(
+        retried.text(),
+        keyed.text(),
+        "the keyed retry, byte for byte"
+    );
     assert_eq!(*a.posts.lock().unwrap(), 0, "nothing delivered");
     second.shutdown().await.unwrap();
 }

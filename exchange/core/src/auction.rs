@@ -226,6 +226,7 @@ impl Award {
                 .map_or("", |(_, b)| b.id.as_str()),
             price_micros: r.price.0,
             reason: None,
+            changed_fields: &[],
         }))
     }
 }

@@ -623,6 +623,10 @@ pub struct QuoteHoldRecord<'a> {
     /// Why a hold was released (`post_failed`, `mismatch`, `quote_refused`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// A `mismatch`'s changed ping fields (field names, never values), so a start
+    /// answers its repeat as the seller was answered, byte for byte.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub changed_fields: &'a [String],
 }
 
 /// `type: "disposition"`: what became of a sold lead, reported by the buyer that bought
@@ -758,6 +762,7 @@ mod tests {
             buyer: "b",
             price_micros: 5,
             reason: None,
+            changed_fields: &[],
         });
         let v: serde_json::Value = serde_json::to_value(&q).unwrap();
         assert_eq!(v["type"], "quote_expired");

@@ -239,6 +239,7 @@ pub fn drop_hold<'c>(
             .unwrap_or(""),
         price_micros: r.price.0,
         reason,
+        changed_fields: &[],
     };
     if expired {
         [

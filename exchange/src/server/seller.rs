@@ -468,7 +468,7 @@ async fn ping(
                     effects::record(state, rec).await;
                 }
                 if let Some((r, why)) = quote_refused(award.reservation) {
-                    release_hold(state, rt, r, Some(&result.ping_id), why, now).await;
+                    release_hold(state, rt, r, Some(&result.ping_id), why, &[], now).await;
                 }
                 return Err(quote_refusal(refused, seller_open_max));
             }
@@ -723,7 +723,7 @@ async fn post(
         BeginPost::Done(answer) => return Ok(post_answer(state, &answer)),
         BeginPost::Expired(reservation) => {
             let refusal = refuse_before_delivery(BeforeDelivery::Expired, reservation);
-            let a = refuse(state, rt, refusal, &env.ping_id, now).await;
+            let a = refuse(state, rt, refusal, &env.ping_id, &[], now).await;
             return Ok(post_answer(state, &a));
         }
         BeginPost::Post(q) => q,
@@ -738,7 +738,7 @@ async fn post(
         // hold is released (recorded) through the one settlement path.
         let refusal =
             refuse_before_delivery(BeforeDelivery::VerticalRemoved, quote.reservation.clone());
-        let a = refuse(state, rt, refusal, &quote.ping_id, now).await;
+        let a = refuse(state, rt, refusal, &quote.ping_id, &[], now).await;
         state.quotes.finish(&quote.ping_id, a.clone(), now);
         return Ok(post_answer(state, &a));
     };
@@ -762,8 +762,10 @@ async fn post(
     let answer = if !changed.is_empty() {
         let refusal = refuse_before_delivery(BeforeDelivery::Mismatch, quote.reservation.clone());
         let now = state.clock.now_ms();
-        let mut a = refuse(state, rt, refusal, &quote.ping_id, now).await;
-        a.changed_fields = changed.iter().map(|s| s.to_string()).collect();
+        let changed: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
+        // The record keeps the changed fields, so a start answers a repeat the same.
+        let mut a = refuse(state, rt, refusal, &quote.ping_id, &changed, now).await;
+        a.changed_fields = changed;
         a
     } else {
         let d = Delivery {
@@ -831,11 +833,12 @@ async fn refuse(
     rt: &Arc<Runtime>,
     refusal: Refusal,
     ping_id: &str,
+    changed_fields: &[String],
     now: crate::core::UnixMs,
 ) -> PostAnswer {
     let answer = refusal.answer(ping_id);
     if let Some((r, why)) = refusal.release {
-        release_hold(state, rt, r, Some(ping_id), why, now).await;
+        release_hold(state, rt, r, Some(ping_id), why, changed_fields, now).await;
     }
     answer
 }
@@ -848,10 +851,11 @@ async fn release_hold(
     r: crate::core::caps::Reservation,
     ping_id: Option<&str>,
     reason: Option<&'static str>,
+    changed_fields: &[String],
     now: crate::core::UnixMs,
 ) {
     let former = state.ids.buyer_id(r.buyer);
-    let drop = drop_hold(
+    let mut drop = drop_hold(
         &rt.config,
         rt.generation,
         r,
@@ -860,6 +864,11 @@ async fn release_hold(
         former.as_deref(),
         now,
     );
+    if let crate::core::effect::Effect::Record(crate::core::record::Record::QuoteReleased(h)) =
+        &mut drop[1]
+    {
+        h.changed_fields = changed_fields;
+    }
     // Only durable records can fail, and hold records are not durable.
     let _ = effects::execute(state, rt, drop.into_iter()).await;
 }
