@@ -667,6 +667,23 @@ fn windows_in(
 
 /// The stable key of a buyer the ledger names but the configuration does not, interned
 /// now (the cap book grown to cover it); `None` past the registry's bound (logged).
+fn key_of_unconfigured(state: &AppState, buyer: &str) -> Option<crate::config::BuyerKey> {
+    if buyer.is_empty() {
+        return None;
+    }
+    let Some(key) = state.ids.intern_buyer(buyer) else {
+        tracing::warn!(
+            buyer = %crate::server::truncate(buyer, 64),
+            "ledger: a buyer not configured now could not be keyed (too many buyer ids); its \
+             leads are not counted"
+        );
+        return None;
+    };
+    state.caps.grow(state.ids.buyer_count());
+    state.breakers.grow(state.ids.buyer_count());
+    Some(key)
+}
+
 /// The stable key of seller `id`: its configured one, or, for a seller the configuration
 /// does not have now, its id's (interned now), so its idempotency keys and finished posts
 /// wait for a reload that brings it back (black-box round 23: they were dropped, and the
@@ -692,23 +709,6 @@ fn seller_key_of(
         );
     }
     key
-}
-
-fn key_of_unconfigured(state: &AppState, buyer: &str) -> Option<crate::config::BuyerKey> {
-    if buyer.is_empty() {
-        return None;
-    }
-    let Some(key) = state.ids.intern_buyer(buyer) else {
-        tracing::warn!(
-            buyer = %crate::server::truncate(buyer, 64),
-            "ledger: a buyer not configured now could not be keyed (too many buyer ids); its \
-             leads are not counted"
-        );
-        return None;
-    };
-    state.caps.grow(state.ids.buyer_count());
-    state.breakers.grow(state.ids.buyer_count());
-    Some(key)
 }
 
 /// Replays `scan` into `state`'s cap book and idempotency store (see the module

@@ -148,10 +148,12 @@ pub fn reconcile_upto(
     let mut attempts: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     let mut unsold: Vec<(String, String, u64, String)> = Vec::new();
     let mut unsold_leads: HashMap<String, ()> = HashMap::new();
-    // (place, lead_id, buyer, attempt, at ms, after the ledger's last flush).
-    let mut pre_sends: Vec<(String, String, String, u64, i64, bool)> = Vec::new();
-    // The newest `at` read, and whether a `flush` came after every pre-send so far.
+    // (place, lead_id, buyer, attempt, at ms, ordinal).
+    let mut pre_sends: Vec<(String, String, String, u64, i64, usize)> = Vec::new();
+    // The newest `at` read, and the ordinal of the last `flush` (a stop, or a start after
+    // one): a delivery before it is not in flight.
     let mut last_at = 0i64;
+    let mut last_flush: Option<usize> = None;
     let mut refunds: Vec<Refund> = Vec::new();
     // (place, lead_id, buyer, outcome) of every disposition.
     let mut dispositions: Vec<(String, String, String, String)> = Vec::new();
@@ -184,10 +186,7 @@ pub fn reconcile_upto(
         ordinal += 1;
         last_at = last_at.max(at_ms(&e));
         if e.kind == "flush" {
-            // A flush (a stop, or a start after one) ends what was in flight before it.
-            for p in pre_sends.iter_mut() {
-                p.5 = false;
-            }
+            last_flush = Some(here);
         }
         match e.kind.as_str() {
             "refund" => refunds.push(Refund {
@@ -276,7 +275,7 @@ pub fn reconcile_upto(
                 e.str("buyer").to_string(),
                 e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
                 at_ms(&e),
-                true,
+                here,
             )),
             _ => {}
         }
@@ -453,7 +452,8 @@ pub fn reconcile_upto(
         .saturating_add(1_000),
     )
     .unwrap_or(i64::MAX);
-    for (place, lead, buyer, attempt, at, running) in &pre_sends {
+    for (place, lead, buyer, attempt, at, ordinal) in &pre_sends {
+        let running = last_flush.is_none_or(|f| *ordinal > f);
         let done = attempts
             .get(lead)
             .is_some_and(|v| v.iter().any(|(a, _)| a == attempt))
@@ -461,7 +461,7 @@ pub fn reconcile_upto(
             || unsold_leads.contains_key(lead);
         if !done {
             let age = last_at.saturating_sub(*at);
-            let note = if *running && age <= in_flight_ms {
+            let note = if running && age <= in_flight_ms {
                 out.possibly_in_flight += 1;
                 format!(
                     " (sent {:.1} s before the ledger's last record: on a running exchange it may still be in flight; run verify again later)",

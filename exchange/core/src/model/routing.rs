@@ -292,17 +292,24 @@ pub fn to_ppm(p: f64) -> u32 {
 
 impl Ranker for EvRanker<'_> {
     fn rank_values(&self, bids: &mut [Ranked], _score: Option<u8>) {
-        let views: Vec<BuyerView> = bids.iter().map(|r| self.source.view(r.bid.buyer)).collect();
-        // The buyer features of every bid, for the model and the record.
-        let rows = self.rows(bids, &views);
+        let views = |bids: &[Ranked]| -> Vec<BuyerView> {
+            bids.iter().map(|r| self.source.view(r.bid.buyer)).collect()
+        };
         if self.routing.award == AwardMode::Price {
             // Ranked by price alone, but the record still carries each bid's buyer
             // features, so a ledger of price auctions trains a realization model for a
-            // later switch to `ev` (black-box round 21: it had 0 examples).
+            // later switch to `ev` (black-box round 21: it had 0 examples). Without a
+            // feature spec there are none, and the buyers' signals are not read.
             crate::award::PriceRanker.rank_values(bids, None);
-            self.remember(bids, &rows);
+            if self.spec.is_some() {
+                let rows = self.rows(bids, &views(bids));
+                self.remember(bids, &rows);
+            }
             return;
         }
+        let views = views(bids);
+        // The buyer features of every bid, for the model and the record.
+        let rows = self.rows(bids, &views);
         let prior = self.source.priors();
         let w = f64::from(self.routing.prior_weight);
         let mut p: Vec<f64> = views
