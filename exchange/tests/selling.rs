@@ -294,6 +294,69 @@ async fn the_post_falls_back_to_the_runner_up_when_the_winner_rejects() {
 }
 
 #[tokio::test]
+async fn a_high_bid_that_expires_before_the_seller_could_post_does_not_win_the_quote() {
+    // Black-box round 26 (high): a buyer bidding high with a bid that held 150 ms won
+    // every quote, which then expired before the seller posted; nothing sold, at no cost
+    // to that buyer. A ping's bid must now hold `server.quote_min_ms` (10 s by default).
+    let short = ScriptedBidder::bidding(50.0).scripted(|s| s.bid_expires_in_ms = Some(150));
+    let honest = ScriptedBidder::bidding(20.0);
+    let (sb, _h1) = serve("short", &short).await;
+    let (hb, _h2) = serve("honest", &honest).await;
+    let ex = TestConfig::new()
+        .buyer(sb.clone())
+        .buyer(hb.clone())
+        .start()
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    assert_eq!(
+        quote.price,
+        Some(usd(16.0)),
+        "the honest bid's price: {quote:?}"
+    );
+    assert_eq!((short.pings(), honest.pings()), (1, 1));
+    assert_eq!((ex.reserved("short"), ex.reserved("honest")), (0, 1));
+    ex.state.ledger.flush().await.unwrap();
+    let auctions = ex.ledger_of("auction");
+    assert_eq!(auctions[0]["winner"], "honest", "{auctions:?}");
+    let line = auctions[0]["buyers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["buyer"] == "short"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(line["outcome"], "bid_expired", "{line}");
+    assert_eq!(line["detail"], "quote_min_ms", "{line}");
+    assert_eq!(line["bid_micros"].as_i64(), Some(50_000_000), "{line}");
+    // `ledger replay` re-derives the award and says why the high bid lost.
+    let cfg_now = ex.state.runtime.load().config.clone();
+    let id = auctions[0]["auction_id"].as_str().unwrap_or_default();
+    let (a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+    let rep = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now));
+    assert!(!rep.mismatch, "{}", rep.text);
+    assert!(
+        rep.text.contains("held for less than server.quote_min_ms"),
+        "{}",
+        rep.text
+    );
+
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some(hb.name().as_str()));
+    assert_eq!(short.posts(), 0, "the short bid is no fallback either");
+
+    // A direct post delivers at once: the same short bid wins it.
+    let direct = ex
+        .client
+        .post_json("/v1/leads", &direct_body("TX"))
+        .await
+        .post_answer();
+    assert_eq!(direct.status, PostStatus::Sold, "{direct:?}");
+    assert_eq!(direct.buyer.as_deref(), Some(sb.name().as_str()));
+    assert_eq!(short.posts(), 1);
+}
+
+#[tokio::test]
 async fn every_buyer_rejecting_is_unsold_and_releases_every_cap() {
     let a = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
     let b = ScriptedBidder::bidding(18.0).scripted(|s| s.accept = false);

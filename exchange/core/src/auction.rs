@@ -41,6 +41,10 @@ use crate::config::{BuyerIdx, Config, SellerIdx, VerticalIdx};
 /// `"detail"` of a buyer that was not pinged because no time was left.
 pub const NO_TIME_LEFT: &str = "no_time_left";
 
+/// `"detail"` of a ping's bid that holds for less than `server.quote_min_ms` (recorded
+/// `bid_expired`: it cannot back a firm quote).
+pub const SHORTER_THAN_QUOTE_MIN: &str = "quote_min_ms";
+
 /// A duration in ms as a `UnixMs` difference, saturating (a huge duration never wraps to
 /// a negative one).
 pub fn ms(d: u64) -> i64 {
@@ -452,6 +456,13 @@ impl<'a> Auction<'a> {
         let cfg = p.config;
         let bid_max = cfg.verticals.get(p.vertical).and_then(|v| v.bid_max);
         let vertical_currency = cfg.verticals.get(p.vertical).map(|v| v.currency.as_bytes());
+        // The least life a ping's winning bid must give its quote; a direct post delivers
+        // at once and needs none.
+        let quote_min_ms = if p.direct {
+            0
+        } else {
+            cfg.server.quote_min_ms.min(cfg.server.quote_ttl_ms)
+        };
         let mut bids: Vec<Bid> = Vec::with_capacity(self.slots.len() + self.fixed.len());
         let slots = std::mem::take(&mut self.slots);
         for s in slots {
@@ -501,6 +512,20 @@ impl<'a> Auction<'a> {
                     // quote (`expires_in_ms: 0`, or shorter than the auction took).
                     if bid_expires_at(p.arrival, expires_in_ms).is_some_and(|t| t <= now) {
                         self.line(b, BuyerOutcome::BidExpired, Some(price.0), None, Some(took));
+                        continue;
+                    }
+                    // Nor can a ping's bid that holds for less than the quote's least life:
+                    // its quote would expire before the seller could post, and a high bid
+                    // that expires at once would block every sale at no cost to its buyer
+                    // (black-box round 26).
+                    if expires_in_ms.is_some_and(|e| e < quote_min_ms) {
+                        self.line(
+                            b,
+                            BuyerOutcome::BidExpired,
+                            Some(price.0),
+                            Some(SHORTER_THAN_QUOTE_MIN),
+                            Some(took),
+                        );
                         continue;
                     }
                     self.line(b, BuyerOutcome::Bid, Some(price.0), None, Some(took));

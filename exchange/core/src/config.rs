@@ -64,6 +64,8 @@ pub mod defaults {
     pub const WORKER_THREADS: usize = 0;
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     pub const QUOTE_TTL_MS: u64 = 60_000;
+    /// A bid must hold at least this long to win a ping's quote (`server.quote_min_ms`).
+    pub const QUOTE_MIN_MS: u64 = 10_000;
     pub const QUOTES_OPEN_MAX: usize = 1_000_000;
     pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
     pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
@@ -248,6 +250,10 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// How long a quote (a `bid` answer) stays firm, unless the winning bid expires sooner.
     pub quote_ttl_ms: u64,
+    /// A ping's bid whose `expires_in_ms` is shorter than this (or than `quote_ttl_ms`,
+    /// whichever is less) cannot win: its quote would expire before the seller could post
+    /// (black-box round 26: a high bid that expires at once made every quote expire).
+    pub quote_min_ms: u64,
     /// Most quotes held at once; past it pings are answered 503.
     pub quotes_open_max: usize,
     /// How long an `Idempotency-Key` and a finished post are remembered.

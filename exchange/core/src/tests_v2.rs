@@ -425,6 +425,66 @@ fn a_bid_expired_by_the_award_neither_wins_nor_falls_back() {
 }
 
 #[test]
+fn a_ping_s_bid_shorter_than_the_quote_minimum_cannot_win_but_a_direct_post_s_can() {
+    let mut cfg = cfg_timeouts(&[100, 100]);
+    cfg.server.quote_min_ms = 5_000;
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    // The highest bid holds 4,999 ms: one short of the quote's least life.
+    let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(30), Some(4_999)), 5, T + 5);
+    a.on_answer(1, bid(m(10), Some(5_000)), 5, T + 5);
+    let award = a.finish(&s, T + 5, 0);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(1)));
+    assert_eq!(award.ranked.len(), 1, "a short bid is no fallback either");
+    assert_eq!(award.quote_expires_at(60_000, T + 5), T + 5_000);
+    let effects = run(&s, a.effects());
+    let rec = auction_record(&effects);
+    assert_eq!(rec.buyers[0].outcome.as_str(), "bid_expired");
+    assert_eq!(rec.buyers[0].detail, Some("quote_min_ms"));
+    assert_eq!(rec.buyers[0].bid_micros, Some(m(30).0));
+    assert!(effects.contains(&Effect::Ping {
+        buyer: 0,
+        outcome: BuyerOutcome::BidExpired,
+        took_us: Some(5),
+        breaker: Some(true)
+    }));
+
+    // A direct post delivers at once: the same bid wins it.
+    let mut direct = params(&cfg, T);
+    direct.direct = true;
+    let mut a = Auction::new(direct, &lead(TX), &s, &br, T);
+    a.on_answer(0, bid(m(30), Some(4_999)), 5, T + 5);
+    a.on_answer(1, bid(m(10), Some(5_000)), 5, T + 5);
+    let award = a.finish(&s, T + 5, 0);
+    assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(0)));
+    run(&s, a.effects());
+
+    // The least life is never more than the quote TTL; 0 turns it off.
+    for (ttl, min, expires, wins) in [
+        (1_000, 5_000, 999, false),
+        (1_000, 5_000, 1_000, true),
+        (60_000, 0, 1, true),
+    ] {
+        cfg.server.quote_ttl_ms = ttl;
+        cfg.server.quote_min_ms = min;
+        let caps = CapBook::new(2);
+        let s = Settlement::new(&caps);
+        let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+        a.on_answer(0, bid(m(30), Some(expires)), 0, T);
+        a.on_answer(1, Some(BidOutcome::NoBid { reason: None }), 0, T);
+        let award = a.finish(&s, T, 0);
+        assert_eq!(
+            award.winner().is_some(),
+            wins,
+            "ttl {ttl}, min {min}, expires {expires}"
+        );
+        run(&s, a.effects());
+    }
+}
+
+#[test]
 fn the_award_walks_down_while_reservations_fail() {
     let mut cfg = cfg_timeouts(&[100, 100, 100]);
     for b in &mut cfg.buyers {
@@ -580,6 +640,9 @@ impl Fixture {
     fn new(post_deadline_ms: u64) -> Fixture {
         let mut cfg = cfg_timeouts(&[100, 100, 100, 100]);
         cfg.server.post_deadline_ms = post_deadline_ms;
+        // Short-lived fallback bids are what some of these tests are about: no least
+        // quote life keeps them out of the award.
+        cfg.server.quote_min_ms = 0;
         for b in &mut cfg.buyers {
             b.post_timeout_ms = 2_000;
         }

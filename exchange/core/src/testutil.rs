@@ -144,6 +144,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             worker_threads: 1,
             shutdown_grace_ms: defaults::SHUTDOWN_GRACE_MS,
             quote_ttl_ms: defaults::QUOTE_TTL_MS,
+            quote_min_ms: defaults::QUOTE_MIN_MS,
             quotes_open_max: defaults::QUOTES_OPEN_MAX,
             idempotency_ttl_ms: defaults::IDEMPOTENCY_TTL_MS,
             idempotency_keys_max: defaults::IDEMPOTENCY_KEYS_MAX,

@@ -583,6 +583,14 @@ so if the exchange reloaded its configuration since it started, the file may not
                 "lost: bid {} is above the vertical's bid_max, so it counts as a pass{took}",
                 m(bid.unwrap_or(0))
             ),
+            "bid_expired" if detail == "quote_min_ms" => format!(
+                "lost: bid {} held for less than server.quote_min_ms, too short to back a quote the seller could post{took}",
+                m(bid.unwrap_or(0))
+            ),
+            "bid_expired" => format!(
+                "lost: bid {} had expired (its own expires_in_ms) by the award{took}",
+                m(bid.unwrap_or(0))
+            ),
             "timeout" if detail == "no_time_left" => "not pinged: no time was left before the auction's deadline".into(),
             "timeout" => "lost: did not answer within its ping timeout".into(),
             "error" => "lost: the ping failed (connection or transport error)".into(),

@@ -66,6 +66,7 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         defaults::SHUTDOWN_GRACE_MS,
     );
     let quote_ttl_ms = s.u64_or(p, "quote_ttl_ms", 1, HOUR_MS, defaults::QUOTE_TTL_MS);
+    let quote_min_ms = s.u64_or(p, "quote_min_ms", 0, HOUR_MS, defaults::QUOTE_MIN_MS);
     let quotes_open_max = s.usize_or(
         p,
         "quotes_open_max",
@@ -175,6 +176,7 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         worker_threads,
         shutdown_grace_ms,
         quote_ttl_ms,
+        quote_min_ms,
         quotes_open_max,
         idempotency_ttl_ms,
         idempotency_keys_max,

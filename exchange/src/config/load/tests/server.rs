@@ -10,7 +10,7 @@ fn server_keys() {
     let c = ok(&[(
             "#SERVER",
             "listen = \"0.0.0.0:9000\"\nbody_bytes_max = 2048\nheader_read_timeout_ms = 7\nrequests_in_flight_max = 8\n\
-             connections_max = 9\nshutdown_grace_ms = 0\nquote_ttl_ms = 11\nquotes_open_max = 12\nidempotency_ttl_ms = 86400013\n\
+             connections_max = 9\nshutdown_grace_ms = 0\nquote_ttl_ms = 11\nquote_min_ms = 10\nquotes_open_max = 12\nidempotency_ttl_ms = 86400013\n\
              idempotency_keys_max = 14\nledger_path = \"/tmp/l.jsonl\"\nbuyers_per_auction_max = 15\nresponse_reserve_ms = 16\n\
              post_attempts_max = 17\nbreaker = { failures = 18, open_ms = 19, probe_interval_ms = 20 }",
         )]);
@@ -29,6 +29,7 @@ fn server_keys() {
         (s.shutdown_grace_ms, s.quote_ttl_ms, s.quotes_open_max),
         (0, 11, 12)
     );
+    assert_eq!(s.quote_min_ms, 10);
     assert_eq!(
         (s.idempotency_ttl_ms, s.idempotency_keys_max),
         (86_400_013, 14)
