@@ -354,6 +354,26 @@ async fn a_high_bid_that_expires_before_the_seller_could_post_does_not_win_the_q
     assert_eq!(direct.status, PostStatus::Sold, "{direct:?}");
     assert_eq!(direct.buyer.as_deref(), Some(sb.name().as_str()));
     assert_eq!(short.posts(), 1);
+
+    // Alone, the short bid leaves the ping with no bid; replay does not blame the reserve
+    // (black-box round 27).
+    honest.set(|s| s.bid = None);
+    let none = ex.client.ping("TX").await;
+    assert_eq!(none.status, PingStatus::NoBid, "{none:?}");
+    assert_eq!(none.reason, Some(NoBidReason::NoBids), "{none:?}");
+    ex.state.ledger.flush().await.unwrap();
+    let auctions = ex.ledger_of("auction");
+    let last = auctions.last().cloned().unwrap_or_default();
+    let id = last["auction_id"].as_str().unwrap_or_default();
+    let (a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+    let rep = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now));
+    assert!(!rep.mismatch, "{}", rep.text);
+    assert!(
+        rep.text.contains("no bid stood at the award"),
+        "{}",
+        rep.text
+    );
+    assert!(!rep.text.contains("reserve, so none"), "{}", rep.text);
 }
 
 #[tokio::test]

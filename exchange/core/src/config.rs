@@ -376,9 +376,39 @@ impl Vertical {
     ) -> Option<&str> {
         self.consent_required
             .iter()
-            .find(|k| consent.get(k.as_str()).is_none_or(|v| v.trim().is_empty()))
+            .find(|k| consent.get(k.as_str()).is_none_or(|v| says_nothing(v)))
             .map(String::as_str)
     }
+}
+
+/// Whether a consent value says nothing: empty, or only white space and characters that
+/// print as nothing (zero-width spaces and joiners, direction marks, the word joiner and
+/// its kin, the byte-order mark, the soft hyphen, variation selectors, Hangul fillers and
+/// tag characters), which a copy-paste can carry (a value of one zero-width space counted
+/// as consent given).
+pub fn says_nothing(v: &str) -> bool {
+    v.chars().all(|c| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{034F}'
+                    | '\u{061C}'
+                    | '\u{115F}'
+                    | '\u{1160}'
+                    | '\u{17B4}'
+                    | '\u{17B5}'
+                    | '\u{180B}'..='\u{180F}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{3164}'
+                    | '\u{FE00}'..='\u{FE0F}'
+                    | '\u{FEFF}'
+                    | '\u{FFA0}'
+                    | '\u{E0000}'..='\u{E007F}'
+            )
+    })
 }
 
 /// How the exchange takes its margin from a winning bid.

@@ -239,7 +239,13 @@ fn a_lead_without_required_consent_pings_nobody_and_says_consent_required() {
     let br = BreakerBook::new(2, breaker_cfg());
     let blank: std::collections::BTreeMap<String, String> =
         [("trustedform_cert_url".to_string(), " ".to_string())].into();
-    for consent in [&NO_CONSENT, &blank] {
+    // Characters that print as nothing are no consent either (one zero-width space was).
+    let invisible: std::collections::BTreeMap<String, String> = [(
+        "trustedform_cert_url".to_string(),
+        "\u{200B}\u{FEFF} \u{2060}\u{00AD}".to_string(),
+    )]
+    .into();
+    for consent in [&NO_CONSENT, &blank, &invisible] {
         let mut p = params(&cfg, T);
         p.consent = consent;
         let mut a = Auction::new(p, &lead(TX), &s, &br, T);

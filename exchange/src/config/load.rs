@@ -203,7 +203,7 @@ pub fn load_str_with_env(
     // Every party's keys, read from the file itself: a key shared by two parties is found
     // even when one of them has another problem (black-box round 13: a seller with a bad
     // payout hid the duplicate key, and the buyer key's message named the wrong seller).
-    let seller_by_key_sha256 = shared_key_problems(&root, &sellers, &mut p);
+    let seller_by_key_sha256 = shared_key_problems(&root, &sellers, &admin, &mut p);
 
     let buyer_entries = top.entries(&mut p, "buyers");
     // Refused before any buyer is read: a file past the limit costs no more than parsing.
@@ -351,9 +351,12 @@ fn geography_problems(root: &Table, p: &mut Problems) {
 /// seller or buyer) is a problem at the later one (a key must say who is calling).
 /// Returns the sellers' index, by digest to the position of the seller read (only for
 /// sellers that read cleanly).
+/// The admin token must not be one of those keys either: whoever holds that key would
+/// hold the admin listener too.
 fn shared_key_problems(
     root: &Table,
     sellers: &[Option<Seller>],
+    admin: &crate::config::AdminConfig,
     p: &mut Problems,
 ) -> HashMap<[u8; 32], SellerIdx> {
     let digest = |v: &Value| -> Option<[u8; 32]> {
@@ -394,6 +397,20 @@ fn shared_key_problems(
                     }
                 }
             }
+        }
+    }
+    if let Some(token) = &admin.token {
+        use sha2::Digest;
+        let d: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(party) = owner.get(&d) {
+            let shown = crate::config::shown_env_name(&admin.token_env);
+            p.at(
+                "admin.token_env",
+                format!(
+                    "the token in ${shown} is also the key of {party}: give the admin \
+                     listener a token of its own"
+                ),
+            );
         }
     }
     seller_index

@@ -408,7 +408,12 @@ so if the exchange reloaded its configuration since it started, the file may not
                             won_price.unwrap_or(0),
                         )
                     });
-                    let ranking_words = if ranks.is_empty() {
+                    let ranking_words = if all.is_empty() {
+                        // No bid stood at all (expired, too short for a quote, above
+                        // bid_max, invalid): the reserve played no part (black-box round
+                        // 27 found this blamed on the reserve).
+                        "no bid stood at the award (each buyer's line below says why), so none was ranked"
+                    } else if ranks.is_empty() {
                         // Nothing reached the reserve: how bids would be ranked does not
                         // show in the record (black-box round 23: an EV auction was said
                         // to rank by seller price).

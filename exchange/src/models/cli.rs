@@ -98,6 +98,15 @@ pub fn train(
                 status = 1;
             }
             Ok((outcome, heldout)) => {
+                for m in &outcome.models {
+                    if let Some(w) = &m.warning {
+                        crate::say_err!(
+                            "pingpost train: vertical {name}, {} model {}: {w}",
+                            m.kind,
+                            outcome.version
+                        );
+                    }
+                }
                 let mut line = serde_json::to_value(&outcome).unwrap_or_default();
                 if promote {
                     let v = &cfg.verticals[cfg.vertical_by_name[&name]];
@@ -105,7 +114,12 @@ pub fn train(
                         .and_then(|c| crate::models::load_set(&cfg.learning, v, &c).ok());
                     let decision =
                         crate::models::load_set(&cfg.learning, v, &outcome.version).map(|new| {
-                            crate::models::train::challenger_wins(champion.as_ref(), &new, &heldout)
+                            crate::models::train::promotion(
+                                &outcome.models,
+                                champion.as_ref(),
+                                &new,
+                                &heldout,
+                            )
                         });
                     match decision {
                         Ok((wins, reason)) => {

@@ -195,8 +195,12 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
                 continue;
             }
         };
-        let (wins, reason) =
-            crate::models::train::challenger_wins(champion.as_deref(), &challenger, &heldout);
+        let (wins, reason) = crate::models::train::promotion(
+            &outcome.models,
+            champion.as_deref(),
+            &challenger,
+            &heldout,
+        );
         let mut promoted = false;
         if wins {
             match state.swap_models(&v.name, Some(&outcome.version)) {

@@ -261,6 +261,50 @@ pub struct ModelReport {
     /// Why it was not trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// A trained model that predicts its held-out rows no better than no model would:
+    /// its log loss is not under that of a constant guess at the training rate, or its
+    /// AUC is not over 0.5. The set is still written; serving it is the operator's call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// The warning of a model whose held-out figures are no better than no model
+/// ([`ModelReport::warning`]): `train_rate` is the training rows' positive share.
+pub fn no_better_than_a_constant(
+    train_rate: f64,
+    heldout_y: &[f32],
+    logloss: f64,
+    auc: Option<f64>,
+) -> Option<String> {
+    let n = heldout_y.len();
+    if n == 0 {
+        return None;
+    }
+    let b = train_rate.clamp(1e-6, 1.0 - 1e-6);
+    let constant = heldout_y
+        .iter()
+        .map(|&y| if y > 0.5 { -b.ln() } else { -(1.0 - b).ln() })
+        .sum::<f64>()
+        / n as f64;
+    let mut why = Vec::new();
+    if logloss >= constant {
+        why.push(format!(
+            "its held-out log loss {logloss:.4} is no better than {constant:.4}, a constant \
+             guess at the training rate {train_rate:.4}"
+        ));
+    }
+    if let Some(a) = auc.filter(|a| *a <= 0.5) {
+        why.push(format!(
+            "its held-out AUC {a:.4} is no better than chance (0.5)"
+        ));
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "{}: this model predicts no better than no model; more or better data may help \
+             (the set is written; do not promote it)",
+            why.join(" and ")
+        )
+    })
 }
 
 /// What a training run made.
@@ -458,6 +502,7 @@ pub fn train_vertical(
             auc: None,
             logloss: None,
             refused: None,
+            warning: None,
         };
         let refuse = if train.len() < learning.min_rows || test.len() < heldout_min {
             Some(format!(
@@ -500,6 +545,13 @@ pub fn train_vertical(
         let eval = evaluate(&model, test);
         report.auc = eval.auc;
         report.logloss = Some(eval.logloss);
+        let heldout_y: Vec<f32> = test.iter().map(|e| e.y).collect();
+        report.warning = no_better_than_a_constant(
+            pos(train) as f64 / train.len() as f64,
+            &heldout_y,
+            eval.logloss,
+            eval.auc,
+        );
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             kind,
@@ -579,6 +631,35 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
 /// Champion or challenger: the challenger serves if its realization model (or, without
 /// one, its lead-score model) has a lower log loss on the newest held-out window than the
 /// champion's on the same examples. Returns (challenger wins, a one-line reason).
+/// Whether a freshly trained set should serve: never when the model the decision compares
+/// (the realization model, or the lead-score model when no realization model was trained)
+/// predicts no better than no model ([`ModelReport::warning`]), otherwise
+/// [`challenger_wins`]. A warning on the other model is printed, not a veto.
+pub fn promotion(
+    reports: &[ModelReport],
+    champion: Option<&crate::models::ModelSet>,
+    challenger: &crate::models::ModelSet,
+    heldout: &Heldout,
+) -> (bool, String) {
+    let trained = |kind: &str| {
+        reports
+            .iter()
+            .find(|r| r.kind == kind && r.refused.is_none())
+    };
+    let compared =
+        trained(ModelKind::Realization.as_str()).or_else(|| trained(ModelKind::LeadScore.as_str()));
+    if let Some(r) = compared.filter(|r| r.warning.is_some()) {
+        return (
+            false,
+            format!(
+                "the challenger's {} model predicts its held-out rows no better than no model",
+                r.kind
+            ),
+        );
+    }
+    challenger_wins(champion, challenger, heldout)
+}
+
 pub fn challenger_wins(
     champion: Option<&crate::models::ModelSet>,
     challenger: &crate::models::ModelSet,
@@ -618,6 +699,63 @@ pub fn challenger_wins(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_no_better_than_a_constant_is_warned_about_and_never_promoted() {
+        let y = [1.0, 0.0, 1.0, 0.0];
+        // A constant 0.5 scores ln 2 = 0.6931 on these rows.
+        let w = no_better_than_a_constant(0.5, &y, 0.80, Some(0.7)).unwrap_or_default();
+        assert!(
+            w.contains("log loss 0.8000 is no better than 0.6931"),
+            "{w}"
+        );
+        assert!(!w.contains("AUC"), "{w}");
+        let w = no_better_than_a_constant(0.5, &y, 0.50, Some(0.45)).unwrap_or_default();
+        assert!(w.contains("AUC 0.4500 is no better than chance"), "{w}");
+        assert!(!w.contains("log loss"), "{w}");
+        assert_eq!(no_better_than_a_constant(0.5, &y, 0.50, Some(0.8)), None);
+        assert_eq!(no_better_than_a_constant(0.5, &y, 0.50, None), None);
+        assert_eq!(no_better_than_a_constant(0.5, &[], 9.0, Some(0.1)), None);
+        // A training rate of 0 or 1 is clamped: the constant's loss stays finite.
+        let w = no_better_than_a_constant(0.0, &y, 50.0, None).unwrap_or_default();
+        assert!(w.contains("constant"), "{w}");
+
+        let warned = ModelReport {
+            kind: "realization",
+            examples: 4,
+            train_rows: 2,
+            heldout_rows: 2,
+            auc: Some(0.4),
+            logloss: Some(0.8),
+            refused: None,
+            warning: Some("no better".into()),
+        };
+        let empty = crate::models::ModelSet {
+            vertical: "v".into(),
+            version: "v1".into(),
+            lead_score: None,
+            realization: None,
+        };
+        let (wins, why) = promotion(
+            std::slice::from_ref(&warned),
+            None,
+            &empty,
+            &Heldout::default(),
+        );
+        assert!(!wins, "{why}");
+        assert!(why.contains("realization model predicts"), "{why}");
+        // A useless lead-score model beside a good realization model is no veto.
+        let good = ModelReport {
+            warning: None,
+            ..warned.clone()
+        };
+        let weak_score = ModelReport {
+            kind: "lead_score",
+            ..warned
+        };
+        let (wins, why) = promotion(&[weak_score, good], None, &empty, &Heldout::default());
+        assert!(wins, "{why}");
+    }
 
     #[test]
     fn the_held_out_window_is_a_share_capped_in_rows() {

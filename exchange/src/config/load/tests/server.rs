@@ -125,6 +125,30 @@ fn the_admin_listener_cannot_share_the_seller_port() {
 }
 
 #[test]
+fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
+    use sha2::Digest;
+    // ACME_SECRET's value, "top-secret-value", is the admin token and a seller's key.
+    let digest = hex::encode(sha2::Sha256::digest(b"top-secret-value"));
+    let shared = format!(
+        "\n[sellers.s2]\nkey_sha256 = \"{digest}\"\nverticals = [\"auto\"]\n\
+         payout = {{ model = \"revenue_share\", share_pct = 80 }}\n\
+         [admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"127.0.0.1:8081\""
+    );
+    let e = errors(&[("#BUYER", &shared)]);
+    assert!(
+        e.iter().any(|m| m
+            == "admin.token_env: the token in $ACME_SECRET is also the key of sellers.s2: \
+                give the admin listener a token of its own"),
+        "{e:?}"
+    );
+    assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
+    // Another seller key loads.
+    let other = shared.replace(&digest, &"ab".repeat(32));
+    let c = ok(&[("#BUYER", &other)]);
+    assert!(c.admin.token.is_some());
+}
+
+#[test]
 fn a_secret_pasted_where_a_variable_name_belongs_is_never_printed() {
     // A `whsec_` secret (and many tokens) are letters, digits and `_`: a valid-looking
     // variable name. The message names the key, not the secret.
