@@ -14,6 +14,7 @@
 //!
 //! Every load run is bounded in count and time and only ever targets loopback.
 
+pub mod children;
 pub mod gen;
 pub mod market;
 pub mod p8;

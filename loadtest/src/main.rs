@@ -198,6 +198,12 @@ struct RunArgs {
 fn main() {
     // One clear line, not a backtrace, and a non-zero exit.
     if let Err(e) = real_main() {
+        if let Some(code) = loadtest::children::signalled() {
+            // A signal stopped the run (its handler exits the process, normally before
+            // this): the error is the stop's doing.
+            std::thread::sleep(loadtest::children::STOP_GRACE);
+            std::process::exit(code);
+        }
         eprintln!("loadtest: {e:#}");
         std::process::exit(1);
     }
@@ -235,7 +241,11 @@ fn real_main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(run_scenario(*args))
+            rt.block_on(async {
+                // A signal to loadtest alone stops the processes it started, too.
+                tokio::spawn(loadtest::children::stop_on_signal()?);
+                run_scenario(*args).await
+            })
         }
     }
 }
@@ -244,6 +254,8 @@ fn real_main() -> anyhow::Result<()> {
 struct ChildGuard {
     name: &'static str,
     child: Child,
+    /// Stopped by a signal to loadtest alone ([`loadtest::children`]).
+    _registered: loadtest::children::Registered,
     stdin: Option<ChildStdin>,
     /// How many 50 ms waits `stop` allows before it kills.
     stop_waits: u32,
@@ -321,6 +333,7 @@ fn spawn_self(
     Ok((
         ChildGuard {
             name,
+            _registered: loadtest::children::register(child.id()),
             child,
             stdin,
             stop_waits: stop_waits(wrap),
@@ -357,8 +370,23 @@ fn free_loopback_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn wait_healthy(addr: SocketAddr, tries: u32) -> anyhow::Result<()> {
+async fn wait_healthy(
+    addr: SocketAddr,
+    tries: u32,
+    mut child: Option<&mut ChildGuard>,
+) -> anyhow::Result<()> {
     for _ in 0..tries {
+        // An exchange that exits at start (a configuration it refuses, a busy port) is
+        // said so at once, with its status, not after the whole wait as "not healthy"
+        // (black-box round 27).
+        if let Some(g) = child.as_deref_mut() {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                bail!(
+                    "the {} exited ({status}) before it was healthy at {addr}: its own message is above",
+                    g.name
+                );
+            }
+        }
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let _ = s
@@ -476,12 +504,19 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         let stdin = child.stdin.take();
         let guard = ChildGuard {
             name: "exchange",
+            _registered: loadtest::children::register(child.id()),
             child,
             stdin,
             stop_waits: stop_waits(o.wrap),
         };
         // A wrapper (valgrind) starts slowly.
-        wait_healthy(listen, if o.wrap.is_empty() { 200 } else { 2_400 }).await?;
+        let mut guard = guard;
+        wait_healthy(
+            listen,
+            if o.wrap.is_empty() { 200 } else { 2_400 },
+            Some(&mut guard),
+        )
+        .await?;
         Some((guard, listen))
     } else {
         None
@@ -1538,7 +1573,7 @@ async fn p6_legs(
     n: usize,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<Option<String>> {
-    wait_healthy(admin, 200).await?;
+    wait_healthy(admin, 200, None).await?;
     let client = AdminClient::new(admin, token)?;
     let p = plan(args, rate, secs, PINGS_ONLY);
     let every = Duration::from_millis(args.swap_every_ms.max(1));

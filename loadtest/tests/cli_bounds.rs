@@ -47,3 +47,33 @@ fn bad_bounds_are_refused_before_anything_starts() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--hanging 3: more than the 2 buyers"));
 }
+
+/// An exchange that exits at start is said so, with its status, not after the whole wait
+/// as "did not become healthy" (black-box round 27).
+#[test]
+fn an_exchange_that_exits_at_start_is_named_with_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p1-latency",
+            "--targets",
+            "exchange",
+            "--rate",
+            "10",
+            "--duration-s",
+            "1",
+            "--exchange-bin",
+            "/bin/false",
+            "--out",
+        ])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the exchange exited (exit status: 1) before it was healthy"),
+        "{err}"
+    );
+}

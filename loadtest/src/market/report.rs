@@ -227,7 +227,9 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
     MarketReport {
         scenario: "market".into(),
         date: cmd_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        commit: cmd_line("git", &["rev-parse", "--short", "HEAD"]),
+        commit: Some(cmd_line("git", &["rev-parse", "--short", "HEAD"]))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "unknown: not run in a git checkout".into()),
         opts: o.clone(),
         buyers: world.buyers.clone(),
         buyer_ids: world.ids.clone(),

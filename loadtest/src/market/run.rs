@@ -98,6 +98,8 @@ fn free_port() -> anyhow::Result<u16> {
 /// A `pingpost` exchange child, stopped (SIGTERM, then kill) when dropped.
 struct ExchangeProc {
     child: tokio::process::Child,
+    /// Stopped by a signal to loadtest alone ([`crate::children`]).
+    _registered: Option<crate::children::Registered>,
 }
 
 impl ExchangeProc {
@@ -124,7 +126,8 @@ impl ExchangeProc {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut p = ExchangeProc { child };
+        let _registered = child.id().map(crate::children::register);
+        let mut p = ExchangeProc { child, _registered };
         let c = client();
         for _ in 0..HEALTHY_TRIES {
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -188,6 +191,7 @@ async fn pingpost_cmd(
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))?;
+    let _registered = child.id().map(crate::children::register);
     let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| {

@@ -1,0 +1,171 @@
+//! The processes a run starts (simulated buyers, the relay, the exchange, `pingpost`
+//! commands), so that a signal to `loadtest` alone stops them too.
+//!
+//! A Ctrl-C in a terminal reaches the whole process group, but `kill -INT <pid>`,
+//! `timeout`, a CI runner or a supervisor signals `loadtest` only. Its simulated buyers
+//! and relay exit when their stdin closes with it; the exchange does not, and was left
+//! running, listening and holding its ledger (black-box round 27). Every child is
+//! registered here while it runs; [`stop_on_signal`] stops them all on SIGINT, SIGTERM
+//! or SIGHUP, then exits with 128 + the signal's number.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+static RUNNING: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// The exit status a signal asked for (0: none yet).
+static SIGNALLED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The exit status of the signal being handled, if one arrived: the run's own error
+/// (a child it was waiting for has just been stopped) is then not the news.
+pub fn signalled() -> Option<i32> {
+    match SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        code => Some(code),
+    }
+}
+
+/// How long the children get to stop after SIGTERM before they are killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A registered child: unregistered when dropped.
+#[derive(Debug)]
+pub struct Registered(u32);
+
+/// Registers a child process by its pid until the returned value is dropped.
+pub fn register(pid: u32) -> Registered {
+    if let Ok(mut r) = RUNNING.lock() {
+        r.insert(pid);
+    }
+    Registered(pid)
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.remove(&self.0);
+        }
+    }
+}
+
+/// The children registered now.
+pub fn running() -> Vec<u32> {
+    RUNNING
+        .lock()
+        .map(|r| r.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Whether `pid` has ended: no longer in `/proc`, or a zombie waiting to be reaped.
+pub fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Stops every registered child ([`stop`]). Returns how many there were.
+pub fn stop_all(grace: Duration) -> usize {
+    let pids = running();
+    stop(&pids, grace);
+    pids.len()
+}
+
+/// Stops `pids`: SIGTERM, then SIGKILL for any still running after `grace`.
+pub fn stop(pids: &[u32], grace: Duration) {
+    for &pid in pids {
+        signal(pid, "-TERM");
+    }
+    let polls = grace.as_millis() / 50;
+    for _ in 0..polls {
+        if pids.iter().all(|&p| ended(p)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids {
+        if !ended(pid) {
+            signal(pid, "-KILL");
+        }
+    }
+}
+
+/// Installs the handlers for SIGINT, SIGTERM and SIGHUP at once (so no signal is missed
+/// once it returns) and gives the task to spawn on the run's runtime: on the first of
+/// them it stops every registered child and exits with 128 + the signal's number (130,
+/// 143, 129). Call it from within the runtime.
+pub fn stop_on_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move { stop_when_signalled(&mut int, &mut term, &mut hup).await })
+}
+
+async fn stop_when_signalled(
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+    hup: &mut tokio::signal::unix::Signal,
+) {
+    let code = tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
+        _ = hup.recv() => 129,
+    };
+    SIGNALLED.store(code, std::sync::atomic::Ordering::SeqCst);
+    // Stopped and exited on a blocking thread: the runtime, if the run ends meanwhile,
+    // waits for it instead of cancelling it.
+    let _ = tokio::task::spawn_blocking(move || {
+        let n = stop_all(STOP_GRACE);
+        eprintln!("loadtest: interrupted; stopped the {n} process(es) it had started");
+        std::process::exit(code);
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_children_are_stopped_and_unregistered_ones_left_alone() {
+        let mut kept = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("sleep");
+        let mut stopped = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("sleep");
+        let gone = register(stopped.id());
+        {
+            let _dropped = register(kept.id());
+        }
+        // Other tests of this process may register children of their own.
+        assert!(running().contains(&stopped.id()));
+        assert!(!running().contains(&kept.id()));
+        stop(&[stopped.id()], STOP_GRACE);
+        let status = stopped.wait().expect("wait");
+        assert!(!status.success(), "{status:?}");
+        assert!(!ended(kept.id()), "an unregistered child is left alone");
+        let _ = kept.kill();
+        let _ = kept.wait();
+        let pid = stopped.id();
+        drop(gone);
+        assert!(!running().contains(&pid));
+        assert!(ended(u32::MAX), "no such process");
+    }
+}
