@@ -132,7 +132,7 @@ pub async fn execute<'a>(
                 ) {
                     state
                         .stats
-                        .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm);
+                        .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm, now);
                 }
             }
             Effect::Auction { no_bid } => state

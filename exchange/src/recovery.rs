@@ -170,8 +170,10 @@ pub struct Scan {
 /// A buyer's deed that teaches its smoothed rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuyerEvent {
-    Accepted,
-    Rejected,
+    /// Accepted at (the record's time).
+    Accepted(UnixMs),
+    /// Rejected (or timed out, failed, answered invalidly) at.
+    Rejected(UnixMs),
     Returned,
 }
 
@@ -260,11 +262,11 @@ impl Scan {
             // Exactly what the live rates count (`Effect::Post`'s `teaches`): real leads'
             // sales, rejections and failed deliveries, and real leads' returns.
             let event = match (kind, v.get("outcome").and_then(Value::as_str)) {
-                ("sale", _) if !test => Some(BuyerEvent::Accepted),
+                ("sale", _) if !test => Some(BuyerEvent::Accepted(at_of(&v))),
                 ("post_attempt", Some("rejected" | "timeout" | "error" | "invalid"))
                     if !scan.test_leads.contains(&text(&v, "lead_id")) =>
                 {
-                    Some(BuyerEvent::Rejected)
+                    Some(BuyerEvent::Rejected(at_of(&v)))
                 }
                 ("disposition", Some("returned")) if !test => Some(BuyerEvent::Returned),
                 _ => None,
@@ -1236,8 +1238,8 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
             continue;
         };
         match event {
-            BuyerEvent::Accepted => state.stats.on_post(key, true, None),
-            BuyerEvent::Rejected => state.stats.on_post(key, false, None),
+            BuyerEvent::Accepted(at) => state.stats.on_post(key, true, None, *at),
+            BuyerEvent::Rejected(at) => state.stats.on_post(key, false, None, *at),
             BuyerEvent::Returned => state.stats.on_return(key),
         }
     }

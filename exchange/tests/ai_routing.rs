@@ -13,6 +13,7 @@ use common::*;
 use pingpost::ai::train::{train_binary, Dataset, TrainParams};
 use pingpost::core::model::manifest::ModelKind;
 use pingpost::core::model::xgb::XgbModel;
+use proto::seller::PostStatus;
 use serde_json::{json, Value};
 
 /// Lead features (age, credit) and context (hour, weekday, seller), then buyer features.
@@ -193,6 +194,70 @@ async fn cold_start_moves_the_award_to_the_buyer_that_keeps_its_leads() {
     assert_eq!(after.accepts, 0.0);
     let steady_after = again.state.stats.outcomes(key(&again.state, "steady"));
     assert!((steady_after.accepts - steady_before.accepts).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn a_buyer_that_leaves_its_posts_unaccepted_is_paused_and_a_restart_keeps_the_streak() {
+    // Black-box round 25: a buyer bidding far above the others and rejecting every post
+    // won lead after lead (no fallback covers its price) until its estimate fell, which
+    // takes hundreds of posts. With `reject_streak_max = 3`, three in a row pause it.
+    let greedy = ScriptedBidder::bidding(500.0).scripted(|s| s.accept = false);
+    let steady = ScriptedBidder::bidding(10.0);
+    let (bg, _hg) = serve("greedy", &greedy).await;
+    let (bs, _hs) = serve("steady", &steady).await;
+    let cfg = TestConfig::new().buyer(bg).buyer(bs);
+    let ex = cfg
+        .start_edited(|t| {
+            t.replacen(
+                "explore_share = 0\n",
+                "explore_share = 0\nreject_streak_max = 3\n",
+                1,
+            )
+        })
+        .await;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let q = ex.client.ping("TX").await;
+        answers.push(ex.client.post(&q.ping_id, "TX").await);
+    }
+    assert_eq!(greedy.posts(), 3, "three rejections, then paused");
+    for a in &answers[..3] {
+        assert_eq!(a.status, PostStatus::Unsold, "{a:?}");
+    }
+    for a in &answers[3..] {
+        assert_eq!(a.status, PostStatus::Sold, "{a:?}");
+    }
+    assert_eq!(steady.posts(), 2);
+    let recs = auctions(&ex).await;
+    let line = |r: &Value, b: &str| {
+        r["buyers"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["buyer"] == b))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(recs[2]["winner"], "greedy");
+    assert_eq!(recs[3]["winner"], "steady", "{}", recs[3]);
+    assert_eq!(line(&recs[3], "greedy")["p_ppm"], 0, "{}", recs[3]);
+    assert_eq!(line(&recs[3], "greedy")["outcome"], "bid");
+    // The award replays from the recorded probabilities.
+    let cfg_now = ex.state.runtime.load().config.clone();
+    let id = recs[3]["auction_id"].as_str().unwrap_or_default();
+    let (a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+    let rep = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now));
+    assert!(!rep.mismatch, "{}", rep.text);
+
+    // A restart rebuilds the streak from the ledger, with the time of its latest post.
+    let key = |st: &pingpost::state::AppState, id: &str| st.ids.buyer_key(id).unwrap();
+    let before = ex.state.stats.streak(key(&ex.state, "greedy"));
+    assert_eq!(before.0, 3);
+    assert!(before.1 > 0);
+    assert_eq!(ex.state.stats.streak(key(&ex.state, "steady")).0, 0);
+    let (_copy, again) = restart_on_copy(&cfg, &ex).await;
+    assert_eq!(
+        again.state.stats.streak(key(&again.state, "greedy")),
+        before
+    );
 }
 
 /// Starts a second exchange on a copy of `ex`'s ledger (the first still holds its lock).

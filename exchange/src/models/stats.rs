@@ -27,6 +27,9 @@ struct BuyerStat {
     outcomes: Outcomes,
     guard: Guard,
     response_ms: Option<f64>,
+    /// Delivered posts left unaccepted in a row, and when the latest of them was.
+    streak: u32,
+    streak_at: UnixMs,
 }
 
 /// Per-buyer outcome counts and the pooled counts every buyer is smoothed towards.
@@ -48,11 +51,18 @@ impl BuyerStats {
         BuyerStats::default()
     }
 
-    /// A post was delivered to `buyer` (or tried): it accepted it or not (a rejection, a
-    /// timeout, an error or an invalid answer). `p_model_ppm`: the award's estimate of the
-    /// chance the buyer keeps the lead, for the drift guard (`None`: not counted there).
-    pub fn on_post(&self, buyer: BuyerKey, accepted: bool, p_model_ppm: Option<u32>) {
+    /// A post was delivered to `buyer` (or tried) at `at`: it accepted it or not (a
+    /// rejection, a timeout, an error or an invalid answer). `p_model_ppm`: the award's
+    /// estimate of the chance the buyer keeps the lead, for the drift guard (`None`: not
+    /// counted there).
+    pub fn on_post(&self, buyer: BuyerKey, accepted: bool, p_model_ppm: Option<u32>, at: UnixMs) {
         let mut e = self.by_buyer.entry(buyer).or_default();
+        if accepted {
+            e.streak = 0;
+        } else {
+            e.streak = e.streak.saturating_add(1);
+            e.streak_at = e.streak_at.max(at);
+        }
         decay(&mut e.outcomes);
         e.outcomes.posts += 1.0;
         if accepted {
@@ -120,12 +130,19 @@ impl BuyerStats {
             .unwrap_or_default()
     }
 
-    /// `buyer`'s counts and recent response time (ms), in one lookup.
-    fn snapshot(&self, buyer: BuyerKey) -> (Outcomes, Guard, Option<f64>) {
+    /// `buyer`'s unaccepted posts in a row, and when the latest was.
+    pub fn streak(&self, buyer: BuyerKey) -> (u32, UnixMs) {
         self.by_buyer
             .get(&buyer)
-            .map_or((Outcomes::default(), Guard::default(), None), |e| {
-                (e.outcomes, e.guard, e.response_ms)
+            .map_or((0, 0), |e| (e.streak, e.streak_at))
+    }
+
+    /// `buyer`'s counts, recent response time (ms) and streak, in one lookup.
+    fn snapshot(&self, buyer: BuyerKey) -> (Outcomes, Guard, Option<f64>, (u32, UnixMs)) {
+        self.by_buyer
+            .get(&buyer)
+            .map_or((Outcomes::default(), Guard::default(), None, (0, 0)), |e| {
+                (e.outcomes, e.guard, e.response_ms, (e.streak, e.streak_at))
             })
     }
 
@@ -221,7 +238,12 @@ fn cap_utilisation(caps: &CapBook, key: BuyerKey, b: &Buyer, now: UnixMs) -> Opt
 
 impl SignalSource for AuctionSignals<'_> {
     fn view(&self, buyer: BuyerKey) -> BuyerView {
-        let (outcomes, guard, response_ms) = self.stats.snapshot(buyer);
+        let (outcomes, guard, response_ms, (streak, streak_at)) = self.stats.snapshot(buyer);
+        let paused = self
+            .config
+            .verticals
+            .get(self.vertical)
+            .is_some_and(|v| v.routing.paused(streak, streak_at, self.now));
         let response_ms = response_ms.map_or(f32::NAN, |m| m as f32);
         let found = self.config.buyer_by_key(buyer);
         let buyer_hash = found.map_or(f32::NAN, |(_, b)| id_hash(&b.id));
@@ -243,6 +265,7 @@ impl SignalSource for AuctionSignals<'_> {
                 cap_utilisation,
             },
             guard,
+            paused,
         }
     }
 
@@ -260,8 +283,8 @@ mod tests {
         let s = BuyerStats::new();
         let (a, b) = (BuyerKey(1), BuyerKey(2));
         for i in 0..100 {
-            s.on_post(a, i % 10 != 0, None); // 90 % accepted
-            s.on_post(b, i % 2 == 0, None); // 50 %
+            s.on_post(a, i % 10 != 0, None, 0); // 90 % accepted
+            s.on_post(b, i % 2 == 0, None, 0); // 50 %
         }
         s.on_return(a);
         let pa = s.outcomes(a);
@@ -287,11 +310,11 @@ mod tests {
         let s = BuyerStats::new();
         let a = BuyerKey(1);
         // Posts without an estimate (a restart's replay) are not the guard's.
-        s.on_post(a, true, None);
+        s.on_post(a, true, None, 0);
         assert_eq!(s.guard(a), Guard::default());
         // Ten posts estimated at 0.9: 9 accepted, then one of them returned.
         for i in 0..10 {
-            s.on_post(a, i != 0, Some(900_000));
+            s.on_post(a, i != 0, Some(900_000), 0);
         }
         s.on_return(a);
         let g = s.guard(a);
@@ -302,7 +325,7 @@ mod tests {
         assert!((g.variance - 0.09 * n).abs() < 1e-9, "{g:?}");
         assert!(g.kept > 7.5 && g.kept < 8.0, "{g:?}");
         // Out-of-range estimates are clamped, never a negative variance.
-        s.on_post(BuyerKey(2), true, Some(u32::MAX));
+        s.on_post(BuyerKey(2), true, Some(u32::MAX), 0);
         assert_eq!(s.guard(BuyerKey(2)).variance, 0.0);
         // A new model: every guard starts again; the cold-start counts stay.
         let before = s.outcomes(a);

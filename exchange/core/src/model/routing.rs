@@ -19,6 +19,7 @@ use rand_distr::{Beta, Distribution};
 use super::features::{BuyerSignals, FeatureSpec};
 use crate::award::{expected_value, Ranked, Ranker};
 use crate::config::BuyerKey;
+use crate::UnixMs;
 
 /// `routing.award`: what the award ranks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +45,13 @@ pub struct Routing {
     /// posts by more than this many standard deviations, its estimates are scaled by the
     /// observed / predicted ratio until a new model serves or the difference fades.
     pub drift_guard_milli: u32,
+    /// A buyer that left this many delivered posts in a row unaccepted (rejected, timed
+    /// out, failed) is paused: its bids are ranked at p = 0 for `reject_pause_ms` after
+    /// the last of them (0: off). Black-box round 25: a buyer bidding `bid_max` and
+    /// rejecting every post won a hundred leads in a row before its estimate fell enough.
+    pub reject_streak_max: u32,
+    /// How long a pause lasts after the streak's latest post.
+    pub reject_pause_ms: u64,
 }
 
 impl Default for Routing {
@@ -53,7 +61,21 @@ impl Default for Routing {
             explore_ppm: 30_000,
             prior_weight: 20,
             drift_guard_milli: 3_000,
+            reject_streak_max: 20,
+            reject_pause_ms: 300_000,
         }
+    }
+}
+
+impl Routing {
+    /// Whether a buyer whose latest `streak` delivered posts were all unaccepted, the last
+    /// of them at `last_at`, is paused at `now`: ranked at p = 0 (it wins only when no
+    /// other bid stands). After the pause it may win again; one more unaccepted post
+    /// pauses it again, and an accepted one ends the streak.
+    pub fn paused(&self, streak: u32, last_at: UnixMs, now: UnixMs) -> bool {
+        self.reject_streak_max > 0
+            && streak >= self.reject_streak_max
+            && now < last_at.saturating_add(i64::try_from(self.reject_pause_ms).unwrap_or(i64::MAX))
     }
 }
 
@@ -158,6 +180,8 @@ pub struct BuyerView {
     pub signals: BuyerSignals,
     /// The drift guard's recent counts.
     pub guard: Guard,
+    /// Paused for a streak of unaccepted posts ([`Routing::paused`]): ranked at p = 0.
+    pub paused: bool,
 }
 
 /// The shell's per-buyer statistics, read once per bid.
@@ -345,6 +369,13 @@ impl Ranker for EvRanker<'_> {
                 *pi = draw * (1.0 - o.return_rate(&prior, w));
             }
         }
+        // A buyer paused for a streak of unaccepted posts wins only when no other bid
+        // stands, exploring or not.
+        for (pi, v) in p.iter_mut().zip(&views) {
+            if v.paused {
+                *pi = 0.0;
+            }
+        }
         for ((r, pi), est) in bids.iter_mut().zip(&p).zip(&estimates) {
             let ppm = to_ppm(*pi);
             r.p_ppm = Some(ppm);
@@ -379,7 +410,11 @@ mod tests {
     use crate::model::features::{BuyerFeature, ContextFeature};
 
     #[derive(Debug, Default)]
-    struct Stats(HashMap<u32, Outcomes>, HashMap<u32, Guard>);
+    struct Stats(
+        HashMap<u32, Outcomes>,
+        HashMap<u32, Guard>,
+        std::collections::HashSet<u32>,
+    );
     impl SignalSource for Stats {
         fn view(&self, buyer: BuyerKey) -> BuyerView {
             BuyerView {
@@ -392,6 +427,7 @@ mod tests {
                     cap_utilisation: f32::NAN,
                 },
                 guard: self.1.get(&buyer.0).copied().unwrap_or_default(),
+                paused: self.2.contains(&buyer.0),
             }
         }
         fn priors(&self) -> Priors {
@@ -435,6 +471,50 @@ mod tests {
             drift_guard_milli: 0,
             ..Routing::default()
         }
+    }
+
+    #[test]
+    fn a_buyer_paused_for_unaccepted_posts_ranks_last_even_when_exploring() {
+        let r = Routing::default();
+        // 20 unaccepted in a row, the last at 1,000: paused for 300 s after it.
+        assert!(!r.paused(19, 1_000, 1_001));
+        assert!(r.paused(20, 1_000, 1_001));
+        assert!(r.paused(25, 1_000, 300_999));
+        assert!(!r.paused(25, 1_000, 301_000), "the pause ends");
+        let off = Routing {
+            reject_streak_max: 0,
+            ..r
+        };
+        assert!(!off.paused(1_000, 1_000, 1_001));
+        assert!(!r.paused(u32::MAX, i64::MAX, i64::MAX), "no overflow");
+
+        // Buyer 1 bids 50 times buyer 2 and is paused: it ranks last, at p = 0, and
+        // still stands behind the others (it wins when nobody else bids).
+        let mut stats = Stats::default();
+        stats.2.insert(1);
+        for routing in [
+            no_explore(),
+            Routing {
+                explore_ppm: 500_000,
+                ..no_explore()
+            },
+        ] {
+            for seed in 0..20 {
+                let ranker = EvRanker::new(None, None, &[], &stats, routing, seed);
+                let ranked = rank(
+                    vec![bid(1, 500), bid(2, 10)],
+                    PAYOUT,
+                    Micros::ZERO,
+                    &ranker,
+                    None,
+                );
+                assert_eq!(order(&ranked), [2, 1], "seed {seed}");
+                assert_eq!(ranked.ranked[1].p_ppm, Some(0));
+            }
+        }
+        let ranker = EvRanker::new(None, None, &[], &stats, no_explore(), 7);
+        let alone = rank(vec![bid(1, 500)], PAYOUT, Micros::ZERO, &ranker, None);
+        assert_eq!(order(&alone), [1]);
     }
 
     #[test]

@@ -292,6 +292,16 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
             None => {}
         }
     }
+    if let Some((path, v)) = r.opt("reject_streak_max") {
+        if let Some(n) = whole(p, &path, v, 0, 1_000_000) {
+            out.reject_streak_max = n as u32;
+        }
+    }
+    if let Some((path, v)) = r.opt("reject_pause_ms") {
+        if let Some(ms) = whole(p, &path, v, 1, 7 * 24 * 3_600_000) {
+            out.reject_pause_ms = ms as u64;
+        }
+    }
     r.finish(p);
     out
 }
