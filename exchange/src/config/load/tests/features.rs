@@ -23,7 +23,7 @@ fn features_routing_and_learning_load() {
     let c = ok(&[
         (
             m,
-            &(f + "\nrouting = { award = \"price\", explore_share = 0.2, prior_weight = 50, drift_guard = 2.5 }"),
+            &(f + "\nrouting = { award = \"price\", explore_share = 0.2, prior_weight = 50, drift_guard = 2.5, reject_streak_max = 7, reject_pause_ms = 9000 }"),
         ),
         (
             "#FIELD",
@@ -59,6 +59,10 @@ fn features_routing_and_learning_load() {
     assert_eq!(v.routing.explore_ppm, 200_000);
     assert_eq!(v.routing.prior_weight, 50);
     assert_eq!(v.routing.drift_guard_milli, 2_500);
+    assert_eq!(
+        (v.routing.reject_streak_max, v.routing.reject_pause_ms),
+        (7, 9_000)
+    );
     assert_eq!(c.learning.heldout_max_rows, 300);
     assert_eq!(c.learning.half_life_rows, 0);
     assert_eq!(c.learning.models_dir, PathBuf::from("/tmp/m"));
@@ -174,6 +178,9 @@ fn bad_routing_and_learning_are_named() {
         ("routing = { explore_share = 0.9 }", "between 0 and 0.5"),
         ("routing = { prior_weight = 0 }", "prior_weight"),
         ("routing = { drift_guard = -1 }", "between 0 and 100"),
+        ("routing = { reject_streak_max = -1 }", "reject_streak_max"),
+        ("routing = { reject_pause_ms = 0 }", "reject_pause_ms"),
+        ("routing = { reject_pause_ms = 1.5 }", "reject_pause_ms"),
         ("routing = { colour = 1 }", "unknown key"),
     ] {
         has(&errors(&[("#VERTICAL", line)]), needle);
