@@ -263,8 +263,13 @@ impl Scan {
             // sales, rejections and failed deliveries, and real leads' returns.
             let event = match (kind, v.get("outcome").and_then(Value::as_str)) {
                 ("sale", _) if !test => Some(BuyerEvent::Accepted(at_of(&v))),
-                ("post_attempt", Some("rejected" | "timeout" | "error" | "invalid"))
-                    if !scan.test_leads.contains(&text(&v, "lead_id")) =>
+                ("post_attempt", Some(o @ ("rejected" | "timeout" | "error" | "invalid")))
+                    if !scan.test_leads.contains(&text(&v, "lead_id"))
+                        // A timeout the post deadline cut short taught nothing live
+                        // (only a timeout's reason is the exchange's own, never a buyer's).
+                        && (o != "timeout"
+                            || v.get("reason").and_then(Value::as_str)
+                                != Some(crate::core::post::TIMEOUT_CUT_BY_DEADLINE)) =>
                 {
                     Some(BuyerEvent::Rejected(at_of(&v)))
                 }
@@ -1301,6 +1306,41 @@ mod tests {
         assert_eq!(scan.sent[0].at, 1_795_953_600_000);
         assert_eq!(scan.sent[0].windows.map(|w| w.month), Some(2));
         assert_eq!(scan.sales.len(), 1);
+    }
+
+    #[test]
+    fn only_the_buyer_s_own_unaccepted_posts_teach_the_rates_at_a_restart() {
+        let attempt = |lead: &str, outcome: &str, reason: &str| {
+            at(
+                "post_attempt",
+                1,
+                &format!(
+                    r#","lead_id":"{lead}","attempt":0,"buyer":"a","outcome":"{outcome}","reason":"{reason}""#
+                ),
+            )
+        };
+        let text = [
+            // The post deadline cut this timeout short: the exchange's doing.
+            attempt("l1", "timeout", "post_deadline"),
+            // A buyer cannot hide a rejection behind the same word.
+            attempt("l2", "rejected", "post_deadline"),
+            attempt("l3", "timeout", ""),
+        ]
+        .join("\n");
+        let scan = Scan::of_text(&text);
+        let events: Vec<_> = scan
+            .buyer_events
+            .iter()
+            .map(|(b, e)| (b.as_str(), *e))
+            .collect();
+        let t = at_of(&serde_json::from_str(&attempt("x", "timeout", "")).unwrap());
+        assert_eq!(
+            events,
+            [
+                ("a", BuyerEvent::Rejected(t)),
+                ("a", BuyerEvent::Rejected(t))
+            ]
+        );
     }
 
     /// A ledger line of `kind` at `s` seconds past 12:00, with `extra` fields.

@@ -38,6 +38,11 @@ use super::settlement::{drop_hold, release_reason, CapOp, Settlement};
 use super::UnixMs;
 use crate::config::{Buyer, BuyerIdx, BuyerKey, Config, SellerIdx, VerticalIdx};
 
+/// The `reason` of a `timeout` post attempt whose timeout the post deadline cut below the
+/// buyer's own `post_timeout_ms`: not the buyer's doing, so it teaches the rates (and the
+/// pause's streak) nothing, live and at a restart.
+pub const TIMEOUT_CUT_BY_DEADLINE: &str = "post_deadline";
+
 /// Why a post sold to nobody (the `reason` of an `unsold` answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsoldReason {
@@ -488,16 +493,34 @@ impl<'a> PostPlan<'a> {
             }
             AttemptResult::Rejected { reason } => (PostKind::Rejected, "rejected", reason),
             AttemptResult::Invalid(why) => (PostKind::Invalid, "invalid", Some(why.to_string())),
-            AttemptResult::Timeout => (PostKind::Timeout, "timeout", None),
+            // A timeout of an attempt the post deadline cut short (earlier attempts used
+            // up the time) says nothing of the buyer: its reason says so, and it teaches
+            // nothing (black-box round 28: a buyer ahead of an honest fallback stalled
+            // until the deadline, and the fallback's forced timeouts paused it).
+            AttemptResult::Timeout => {
+                let cut = self
+                    .p
+                    .config
+                    .buyers
+                    .get(a.buyer)
+                    .is_some_and(|b| a.timeout_ms < b.post_timeout_ms);
+                (
+                    PostKind::Timeout,
+                    "timeout",
+                    cut.then(|| TIMEOUT_CUT_BY_DEADLINE.to_string()),
+                )
+            }
             AttemptResult::Error => (PostKind::Error, "error", None),
             AttemptResult::NotSent => (PostKind::Error, "not_sent", None),
         };
+        let cut_short = outcome == "timeout" && reason.as_deref() == Some(TIMEOUT_CUT_BY_DEADLINE);
         self.effects.push(Effect::Post {
             buyer: a.buyer,
             outcome: kind,
             p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
-            // An unsent delivery never reached the buyer; a test lead teaches nothing.
-            teaches: !self.p.test && outcome != "not_sent",
+            // An unsent delivery never reached the buyer, a timeout the deadline cut short
+            // is not the buyer's doing, and a test lead teaches nothing.
+            teaches: !self.p.test && outcome != "not_sent" && !cut_short,
         });
         let why = if now >= self.deadline {
             release_reason::POST_DEADLINE

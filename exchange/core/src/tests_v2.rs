@@ -1022,6 +1022,52 @@ fn the_post_deadline_bounds_every_attempt_and_ends_the_post() {
 }
 
 #[test]
+fn a_timeout_the_post_deadline_cut_short_teaches_nothing_and_says_so() {
+    // Black-box round 28: a buyer ahead of an honest fallback stalled until the post
+    // deadline; the fallback's timeout, forced by the time left, paused it.
+    let attempt = |effects: &[Effect<'_>]| -> (Option<bool>, Option<String>) {
+        let teaches = effects.iter().find_map(|e| match e {
+            Effect::Post { teaches, .. } => Some(*teaches),
+            _ => None,
+        });
+        let reason = effects.iter().find_map(|e| match e {
+            Effect::Record(Record::PostAttempt(p)) if p.outcome == "timeout" => {
+                Some(p.reason.clone())
+            }
+            _ => None,
+        });
+        (teaches, reason.flatten())
+    };
+    // 300 ms left, the buyer's own timeout 2,000: cut short.
+    let f = Fixture::new(300);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    plan.next(&s, T + 1_000);
+    plan.on_result(AttemptResult::Timeout, T + 1_300);
+    let late = plan.take_late_hold();
+    let effects = run(&s, plan.effects());
+    assert_eq!(
+        attempt(&effects),
+        (Some(false), Some("post_deadline".to_string()))
+    );
+    if let Some(l) = late {
+        run(&s, [crate::post::settle_late(l, false)].into_iter());
+    }
+    // Its whole own timeout: the buyer's doing, it teaches.
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    plan.next(&s, T + 1_000);
+    plan.on_result(AttemptResult::Timeout, T + 3_000);
+    let late = plan.take_late_hold();
+    let effects = run(&s, plan.effects());
+    assert_eq!(attempt(&effects), (Some(true), None));
+    if let Some(l) = late {
+        run(&s, [crate::post::settle_late(l, false)].into_iter());
+    }
+}
+
+#[test]
 fn a_shell_failure_during_fallback_never_leaks_or_overwrites_a_hold() {
     // The old fallback loop reserved a fallback's cap, then on a failure before delivery
     // (`continue`) reserved the next one over it: the first hold leaked for good.
