@@ -239,13 +239,21 @@ fn a_lead_without_required_consent_pings_nobody_and_says_consent_required() {
     let br = BreakerBook::new(2, breaker_cfg());
     let blank: std::collections::BTreeMap<String, String> =
         [("trustedform_cert_url".to_string(), " ".to_string())].into();
-    // Characters that print as nothing are no consent either (one zero-width space was).
-    let invisible: std::collections::BTreeMap<String, String> = [(
-        "trustedform_cert_url".to_string(),
-        "\u{200B}\u{FEFF} \u{2060}\u{00AD}".to_string(),
-    )]
-    .into();
-    for consent in [&NO_CONSENT, &blank, &invisible] {
+    // Characters that print as nothing are no consent either (one zero-width space was,
+    // then one control character, a musical format control, a variation selector 17).
+    let invisible: Vec<std::collections::BTreeMap<String, String>> = [
+        "\u{200B}\u{FEFF} \u{2060}\u{00AD}",
+        "\u{0001}",
+        "\u{007F}\u{0085}\u{009F}",
+        "\u{FFF9}\u{FFFB}\u{FFF0}",
+        "\u{1BCA0}\u{1D173}",
+        "\u{E0100}\u{E01EF}\u{E0FFF}",
+        "\u{2800}",
+    ]
+    .iter()
+    .map(|v| [("trustedform_cert_url".to_string(), v.to_string())].into())
+    .collect();
+    for consent in [&NO_CONSENT, &blank].into_iter().chain(&invisible) {
         let mut p = params(&cfg, T);
         p.consent = consent;
         let mut a = Auction::new(p, &lead(TX), &s, &br, T);

@@ -126,10 +126,15 @@ fn read_consent_required(s: &mut Section<'_>, p: &mut Problems) -> Vec<String> {
     let mut out = Vec::with_capacity(items.len());
     for (path, key) in items {
         let n = key.chars().count();
-        if n == 0 || n > STRING_MAP_KEY_LEN_MAX || key.trim() != key {
+        // An invisible character pasted into a key makes every request of the vertical
+        // lack it, and nobody can see why (black-box round 28).
+        let hidden = key
+            .chars()
+            .any(|c| c != ' ' && crate::core::config::invisible(c));
+        if n == 0 || n > STRING_MAP_KEY_LEN_MAX || key.trim() != key || hidden {
             p.at(
                 &path,
-                format!("must be a consent key of 1 to {STRING_MAP_KEY_LEN_MAX} characters without surrounding spaces, such as \"trustedform_cert_url\""),
+                format!("must be a consent key of 1 to {STRING_MAP_KEY_LEN_MAX} characters without surrounding spaces or invisible characters, such as \"trustedform_cert_url\""),
             );
         } else {
             out.push(key.to_string());

@@ -44,11 +44,18 @@ fn consent_required_keys() {
         [
             "verticals.auto.consent_required[5]: must be a string",
             "verticals.auto.consent_required[4]: \"a\" is listed twice",
-            "verticals.auto.consent_required[1]: must be a consent key of 1 to 64 characters without surrounding spaces, such as \"trustedform_cert_url\"",
-            "verticals.auto.consent_required[2]: must be a consent key of 1 to 64 characters without surrounding spaces, such as \"trustedform_cert_url\"",
-            "verticals.auto.consent_required[3]: must be a consent key of 1 to 64 characters without surrounding spaces, such as \"trustedform_cert_url\"",
+            "verticals.auto.consent_required[1]: must be a consent key of 1 to 64 characters without surrounding spaces or invisible characters, such as \"trustedform_cert_url\"",
+            "verticals.auto.consent_required[2]: must be a consent key of 1 to 64 characters without surrounding spaces or invisible characters, such as \"trustedform_cert_url\"",
+            "verticals.auto.consent_required[3]: must be a consent key of 1 to 64 characters without surrounding spaces or invisible characters, such as \"trustedform_cert_url\"",
         ]
     );
+    for hidden in ["\\u200b", "tf\\u200b", "\\ufefftf", "a\\u0001b"] {
+        assert_eq!(
+            errors(&[("#VERTICAL", &format!("consent_required = [\"{hidden}\"]"))]),
+            ["verticals.auto.consent_required[0]: must be a consent key of 1 to 64 characters without surrounding spaces or invisible characters, such as \"trustedform_cert_url\""],
+            "{hidden}"
+        );
+    }
     let many: Vec<String> = (0..33).map(|i| format!("\"k{i}\"")).collect();
     assert_eq!(
         errors(&[("#VERTICAL", &format!("consent_required = [{}]", many.join(", ")))]),
