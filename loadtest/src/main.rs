@@ -199,9 +199,9 @@ fn main() {
     // One clear line, not a backtrace, and a non-zero exit.
     if let Err(e) = real_main() {
         if let Some(code) = loadtest::children::signalled() {
-            // A signal stopped the run (its handler exits the process, normally before
-            // this): the error is the stop's doing.
-            std::thread::sleep(loadtest::children::STOP_GRACE);
+            // A signal stopped the run: the error is the stop's doing. (Its handler exits
+            // the process first: the runtime waits for it. The children were stopped by
+            // their guards on the way out.)
             std::process::exit(code);
         }
         eprintln!("loadtest: {e:#}");

@@ -6,40 +6,38 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
-/// The children of `parent` whose command name is `comm`.
-fn children_named(parent: u32, comm: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = &stat[open + 1..close];
-        let ppid = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if name == comm && ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
+/// How long one case may take before the watchdog ends it (it never waits this long
+/// when loadtest behaves).
+const CASE_MAX: Duration = Duration::from_secs(30);
+
+fn kill(sig: &str, pid: u32) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
 }
 
 #[test]
 fn a_signal_to_loadtest_alone_stops_the_exchange_it_started() {
     let dir = tempfile::tempdir().unwrap();
-    // An "exchange" that never becomes healthy and ignores its stdin closing: loadtest
-    // waits for it (10 s at most) while the test signals loadtest alone.
+    // An "exchange" that says its pid through a FIFO, then never becomes healthy and
+    // ignores its stdin closing: loadtest waits for it (10 s at most) while the test
+    // signals loadtest alone.
+    let fifo = dir.path().join("ready");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let fake = dir.path().join("fake-exchange");
-    std::fs::write(&fake, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 300\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
         let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
@@ -64,56 +62,33 @@ fn a_signal_to_loadtest_alone_stops_the_exchange_it_started() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait (bounded) for the fake exchange to be running under loadtest.
-        let mut exchange = Vec::new();
-        for _ in 0..400 {
-            exchange = children_named(lt.id(), "sleep");
-            if !exchange.is_empty() {
-                break;
+        // A watchdog bounds the case: if loadtest never starts the fake, or never exits,
+        // it kills loadtest and unblocks the FIFO, and the assertions below fail.
+        let (done, watch) = mpsc::channel::<()>();
+        let (lt_pid, fifo_w) = (lt.id(), fifo.clone());
+        let watchdog = std::thread::spawn(move || {
+            if watch.recv_timeout(CASE_MAX).is_err() {
+                kill("-KILL", lt_pid);
+                let _ = std::fs::write(&fifo_w, "0\n");
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(exchange.len(), 1, "the fake exchange runs under loadtest");
-        let ex = exchange[0];
-        let sent = Command::new("kill")
-            .arg(signal)
-            .arg(lt.id().to_string())
-            .status()
+        });
+        // Blocks until the fake exchange, started by loadtest, writes its pid.
+        let ex: u32 = std::fs::read_to_string(&fifo)
+            .unwrap()
+            .trim()
+            .parse()
             .unwrap();
-        assert!(sent.success());
-        let mut status = None;
-        for _ in 0..500 {
-            status = lt.try_wait().unwrap();
-            if status.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let Some(status) = status else {
-            let _ = lt.kill();
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(ex.to_string())
-                .status();
-            panic!("{signal}: loadtest did not exit within 10 s");
-        };
-        // Once loadtest is gone its stopped child is reaped by init: it is no more. (It is
-        // checked, and killed if it still runs, before stderr is read: it holds the pipe.)
-        let mut gone = false;
-        for _ in 0..250 {
-            if !std::path::Path::new(&format!("/proc/{ex}")).exists()
-                || loadtest::children::ended(ex)
-            {
-                gone = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert_ne!(ex, 0, "{signal}: loadtest never started the exchange");
+        kill(signal, lt.id());
+        let status = lt.wait().unwrap();
+        let _ = done.send(());
+        watchdog.join().unwrap();
+        // loadtest waited for the exchange to end before it exited: it is reaped or a
+        // zombie now. (Checked, and killed if it still runs, before stderr is read: it
+        // holds the pipe.)
+        let gone = loadtest::children::ended(ex);
         if !gone {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(ex.to_string())
-                .status();
+            kill("-KILL", ex);
         }
         let err = std::io::read_to_string(lt.stderr.take().unwrap()).unwrap();
         assert_eq!(status.code(), Some(code), "{signal}: {err}");
