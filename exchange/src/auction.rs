@@ -135,6 +135,8 @@ pub struct AuctionInput<'a> {
     /// A keyed ping's or direct post's key and body as hex SHA-256, for its auction
     /// record (a direct post's that delivers goes in its `post_sent` records too).
     pub idempotency: Option<(&'a str, &'a str)>,
+    /// The lead was screened out before any buyer (`duplicate`).
+    pub screen: Option<proto::seller::NoBidReason>,
 }
 
 /// Runs one auction for a validated request: the core decides, this drives the I/O.
@@ -197,6 +199,7 @@ pub async fn run_auction(
         score,
         min_price: input.req.min_price,
         consent: &input.req.consent,
+        screen: input.screen,
         test: input.req.test,
         direct: input.direct,
         auction_id: &auction_id,
@@ -396,6 +399,9 @@ pub struct Delivery<'a> {
     /// The request's `Idempotency-Key` and body, hex SHA-256 each, when it had a key
     /// (written in every `post_sent` record: see docs/LEDGER.md, Recovery).
     pub idempotency: Option<(&'a str, &'a str)>,
+    /// The lead's dedup keys (claimed by the caller for this post): written with its
+    /// sale, and stamped if a buyer accepts it after its timeout.
+    pub dedup: &'a [crate::core::dedup::DedupKey],
 }
 
 /// Why a delivery could not be answered.
@@ -422,6 +428,7 @@ pub async fn deliver(
     let vertical = &cfg.verticals[d.vertical];
     let lead_id = new_id("ld_");
     let settlement = effects::settlement(state);
+    let dedup_hex = crate::fingerprint::dedup_hex(d.dedup);
     // Bidders a reload removed since the quote, with their former ids for the records.
     let removed: Vec<(BuyerKey, String)> = d
         .ranked
@@ -448,6 +455,7 @@ pub async fn deliver(
             from_quote: d.from_quote,
             removed: &removed,
             idempotency: d.idempotency,
+            dedup: &dedup_hex,
         },
         d.ranked,
         d.reservation,
@@ -524,6 +532,7 @@ pub async fn deliver(
                                 windows: plan.holds().map(|r| r.counted_windows()),
                                 test: d.test,
                                 hold: None,
+                                dedup: d.dedup.to_vec(),
                             },
                             call,
                         ));
@@ -613,6 +622,8 @@ struct LateWatch {
     test: bool,
     /// The attempt's hold, kept until the answer is in (`None` for a test lead).
     hold: Option<crate::core::caps::Reservation>,
+    /// The lead's dedup keys: a late accept sold it, so they are stamped.
+    dedup: Vec<crate::core::dedup::DedupKey>,
 }
 
 impl LateWatch {
@@ -647,6 +658,12 @@ impl LateWatch {
             accepted,
             now,
         );
+        if settled.sold {
+            // The buyer has the lead: it is a duplicate from now on (not at a restart:
+            // see docs/OPERATIONS.md, De-duplication).
+            self.state.dedup.restore(&self.dedup, now, now);
+            self.state.metrics.dedup_gauges(&self.state.dedup);
+        }
         if let (true, Some(buyer)) = (settled.sold, buyer) {
             tracing::warn!(
                 lead_id = %self.lead_id,

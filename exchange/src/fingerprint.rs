@@ -81,6 +81,77 @@ impl Fingerprinter {
         }
     }
 
+    /// The dedup keys of a lead of vertical `v` (none when the vertical does not
+    /// de-duplicate): the seller's hash for each key the vertical names (`dedup`, 64 hex
+    /// digits in either case; an empty value is as if absent) and, given the full lead,
+    /// the hash of each key's field made here ([`field_hash`]). Sorted, each once. A
+    /// seller's value that is not a SHA-256 is a problem naming `dedup.KEY` (never the
+    /// value).
+    pub fn dedup_keys(
+        &self,
+        v: &crate::config::Vertical,
+        dedup: &std::collections::BTreeMap<String, String>,
+        full: Option<&Lead>,
+    ) -> Result<Vec<crate::core::dedup::DedupKey>, Vec<proto::error::FieldProblem>> {
+        let Some(cfg) = &v.dedup else {
+            return Ok(Vec::new());
+        };
+        let mut keys = Vec::with_capacity(cfg.keys.len() * 2);
+        let mut problems = Vec::new();
+        for spec in &cfg.keys {
+            match dedup.get(&spec.name).map(String::as_str) {
+                None | Some("") => {}
+                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    keys.push(self.dedup_key(&v.name, &spec.name, &h.to_ascii_lowercase()));
+                }
+                Some(_) => problems.push(proto::error::FieldProblem::new(
+                    format!("dedup.{}", spec.name),
+                    "must be a SHA-256 as 64 hex digits (of the consumer's value, normalized as docs/API.md says)",
+                )),
+            }
+            let value = full
+                .zip(spec.field.as_deref())
+                .and_then(|(lead, f)| Some((lead.get(&v.schema, f)?, v.schema.field(f)?)));
+            if let Some((proto::FieldValue::Str(text), field)) = value {
+                if let Some(h) = field_hash(&field.kind, text) {
+                    keys.push(self.dedup_key(&v.name, &spec.name, &h));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// One dedup key: the HMAC of the vertical, the key's name and the hash (64
+    /// lower-case hex digits), cut to 128 bits.
+    fn dedup_key(
+        &self,
+        vertical: &str,
+        name: &str,
+        hash_hex: &str,
+    ) -> crate::core::dedup::DedupKey {
+        let mut out = [0u8; 16];
+        let Some(mut mac) = self.keyed.clone() else {
+            return out;
+        };
+        for b in [
+            b"dedup".as_slice(),
+            vertical.as_bytes(),
+            name.as_bytes(),
+            hash_hex.as_bytes(),
+        ] {
+            mac.update(&(b.len() as u64).to_le_bytes());
+            mac.update(b);
+        }
+        let digest = mac.finalize().into_bytes();
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+
     /// The fingerprint of a lead as pinged: 32 hex digits.
     pub fn of(
         &self,
@@ -130,6 +201,39 @@ pub fn ledger_has_records(dir: &Path) -> bool {
                 && e.metadata().is_ok_and(|m| m.len() > 0)
         })
     })
+}
+
+/// The hash a post's own field is keyed by, as a seller would make it for its `dedup`
+/// map: SHA-256, 64 lower-case hex digits, of the value normalized: a phone as the
+/// lead carries it (E.164, `+18175550123`), an e-mail address or any other text trimmed
+/// and lower-cased. `None` for a blank value.
+pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<String> {
+    use sha2::Digest;
+    let normalized = match kind {
+        proto::FieldKind::Phone => value.trim().to_string(),
+        _ => value.trim().to_lowercase(),
+    };
+    if normalized.is_empty() {
+        return None;
+    }
+    Some(hex::encode(Sha256::digest(normalized.as_bytes())))
+}
+
+/// Dedup keys as a record writes them: 32 hex digits each.
+pub fn dedup_hex(keys: &[crate::core::dedup::DedupKey]) -> Vec<String> {
+    keys.iter().map(hex::encode).collect()
+}
+
+/// Dedup keys read back from a record (malformed entries are skipped).
+pub fn dedup_of_hex<'a>(
+    hex_keys: impl Iterator<Item = &'a str>,
+) -> Vec<crate::core::dedup::DedupKey> {
+    hex_keys
+        .filter_map(|h| {
+            let mut k = [0u8; 16];
+            hex::decode_to_slice(h, &mut k).ok().map(|()| k)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -142,6 +142,10 @@ pub struct Metrics {
     /// Eligible buyers not pinged for the fan-out limit (one series, not per buyer).
     pub fanout_limited: IntCounter,
     pub quotes_open: IntGauge,
+    /// Dedup keys held (sold within a window, or being posted).
+    pub dedup_keys: IntGauge,
+    /// Sold dedup keys forgotten before their window ended (`server.dedup_keys_max`).
+    pub dedup_evicted: IntCounter,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
     /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
@@ -191,6 +195,14 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 }
 
 impl Metrics {
+    /// Brings the dedup gauges up to the book.
+    pub fn dedup_gauges(&self, book: &crate::core::dedup::DedupBook) {
+        self.dedup_keys.set(book.len() as i64);
+        let evicted = book.evicted();
+        self.dedup_evicted
+            .inc_by(evicted.saturating_sub(self.dedup_evicted.get()));
+    }
+
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -301,6 +313,22 @@ impl Metrics {
                 IntGauge::new(
                     "pingpost_quotes_open",
                     "Firm quotes not yet posted or expired.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            dedup_keys: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_dedup_keys",
+                    "Dedup keys held: consumers sold within their vertical's window, or being posted.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            dedup_evicted: reg(
+                &r,
+                IntCounter::new(
+                    "pingpost_dedup_keys_evicted_total",
+                    "Sold dedup keys forgotten before their window ended because server.dedup_keys_max was reached.",
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),

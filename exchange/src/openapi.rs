@@ -209,6 +209,34 @@ fn envelope(v: &Vertical, lead: &str, lead_description: &str) -> Value {
             ),
         })
     };
+    // The dedup keys the vertical names must each hold a SHA-256 (or nothing).
+    let dedup = match &v.dedup {
+        None => json!({"$ref": "#/components/schemas/StringMap"}),
+        Some(d) => {
+            let keys: Map<String, Value> = d
+                .keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.name.clone(),
+                        json!({"type": "string", "pattern": "^([0-9a-fA-F]{64})?$"}),
+                    )
+                })
+                .collect();
+            let names: Vec<&str> = d.keys.iter().map(|k| k.name.as_str()).collect();
+            json!({
+                "allOf": [
+                    {"$ref": "#/components/schemas/StringMap"},
+                    {"type": "object", "properties": keys},
+                ],
+                "description": format!(
+                    "This vertical de-duplicates over {} days: {} each hold the SHA-256 of the consumer's normalized value as 64 hex digits (or \"\"). A consumer sold within the window is answered `duplicate` and no buyer is pinged.",
+                    d.window_ms / crate::core::dedup::DAY_MS,
+                    names.join(", ")
+                ),
+            })
+        }
+    };
     json!({
         "type": "object",
         "required": ["vertical", "lead"],
@@ -217,7 +245,7 @@ fn envelope(v: &Vertical, lead: &str, lead_description: &str) -> Value {
             "vertical": {"type": "string", "const": vertical, "maxLength": VERTICAL_LEN_MAX},
             "lead": {"$ref": format!("#/components/schemas/{lead}"), "description": lead_description},
             "source": {"$ref": "#/components/schemas/StringMap"},
-            "dedup": {"$ref": "#/components/schemas/StringMap"},
+            "dedup": dedup,
             "consent": consent,
             "min_price": {"$ref": "#/components/schemas/Money", "description": "The least the seller takes for this lead, after margin."},
             "test": {"type": "boolean", "default": false},

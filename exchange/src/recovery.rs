@@ -67,6 +67,8 @@ pub struct Sent {
     pub windows: Option<Windows>,
     /// `(key, body)` hex SHA-256, when the request carried an `Idempotency-Key`.
     pub idempotency: Option<(String, String)>,
+    /// The lead's dedup keys (`dedup`; absent in older records).
+    pub dedup: Vec<crate::core::dedup::DedupKey>,
 }
 
 /// One `sale` record (what recovery needs of it).
@@ -84,6 +86,16 @@ pub struct Sale {
     pub currency: String,
     pub test: bool,
     pub windows: Option<Windows>,
+    /// The lead's dedup keys (`dedup`; absent in older records).
+    pub dedup: Vec<crate::core::dedup::DedupKey>,
+}
+
+/// A record's `dedup` keys (32 hex digits each).
+fn dedup_of(v: &Value) -> Vec<crate::core::dedup::DedupKey> {
+    v.get("dedup")
+        .and_then(Value::as_array)
+        .map(|a| crate::fingerprint::dedup_of_hex(a.iter().filter_map(Value::as_str)))
+        .unwrap_or_default()
 }
 
 /// A keyed ping's `auction` record (what recovery needs of it).
@@ -292,7 +304,9 @@ impl Scan {
             }
             if kind == "quote_released" {
                 let reason = text(&v, "reason");
-                if reason == release_reason::MISMATCH || reason == release_reason::VERTICAL_REMOVED
+                if reason == release_reason::MISMATCH
+                    || reason == release_reason::VERTICAL_REMOVED
+                    || reason == release_reason::DUPLICATE
                 {
                     let changed = v
                         .get("changed_fields")
@@ -343,6 +357,7 @@ impl Scan {
                         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
                         windows: windows_of(&v),
                         idempotency: idempotency_of(&v),
+                        dedup: dedup_of(&v),
                     });
                 }
                 "post_attempt" => {
@@ -383,6 +398,7 @@ impl Scan {
                         currency: text(&v, "currency"),
                         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
                         windows: windows_of(&v),
+                        dedup: dedup_of(&v),
                     });
                 }
                 "disposition" => {
@@ -580,10 +596,12 @@ impl<'s> Lookup<'s> {
 /// [`answer_of`] rebuilds it) or the post ended in an error (whose key was not kept).
 fn direct_answer_of(look: &Lookup<'_>, p: &KeyedPing) -> Option<PostAnswer> {
     if !p.won {
-        let mut a = PostAnswer::status_only(
-            PostStatus::Unsold,
-            Some(p.no_bid.as_deref().unwrap_or(NoBidReason::NoBids.as_str())),
-        );
+        let no_bid = p.no_bid.as_deref().unwrap_or(NoBidReason::NoBids.as_str());
+        let mut a = if no_bid == NoBidReason::Duplicate.as_str() {
+            crate::server::direct_no_bid_answer(NoBidReason::Duplicate)
+        } else {
+            PostAnswer::status_only(PostStatus::Unsold, Some(no_bid))
+        };
         a.ping_id = Some(p.ping_id.clone());
         return Some(a);
     }
@@ -754,27 +772,36 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             _ => state.caps.restore_sold(b.key, &w, Micros(price)),
         }
     };
+    // A lead sold, or delivered with its outcome unknown, stays a duplicate for its
+    // vertical's window (the book keeps only what is inside the longest one).
     for s in scan.sales.iter().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.bid_micros) {
             out.sales_counted += 1;
         }
+        state.dedup.restore(&s.dedup, s.at, now);
     }
     for s in scan.unknown() {
         out.unknown += 1;
         if !s.test && count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.unknown_counted += 1;
         }
+        if !s.test {
+            state.dedup.restore(&s.dedup, s.at, now);
+        }
     }
     for s in scan.late_accepts().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_counted += 1;
         }
+        state.dedup.restore(&s.dedup, s.at, now);
     }
     for s in scan.cut_short().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_unknown_counted += 1;
         }
+        state.dedup.restore(&s.dedup, s.at, now);
     }
+    state.metrics.dedup_gauges(&state.dedup);
     // The sold-lead index: every sale, then what its dispositions and refunds took.
     let keep = scan.sold.len().saturating_sub(cfg.server.sold_leads_max);
     for (lead_id, lead) in scan.sold.iter().skip(keep) {
@@ -951,6 +978,8 @@ fn restore_finished(
             // kept has none).
             let kind = if reason == release_reason::MISMATCH {
                 BeforeDelivery::Mismatch
+            } else if reason == release_reason::DUPLICATE {
+                BeforeDelivery::Duplicate
             } else {
                 BeforeDelivery::VerticalRemoved
             };
@@ -1191,6 +1220,7 @@ fn restore_quote(
             .get("score")
             .and_then(Value::as_u64)
             .and_then(|s| u8::try_from(s).ok()),
+        dedup: dedup_of(v),
     };
     // Whatever the open-quote limits are now: a firm quote stays firm (`restore`).
     if state.quotes.restore(quote).is_err() {

@@ -317,6 +317,16 @@ impl BackgroundTasks {
 }
 
 /// Shared state of one running exchange.
+/// How long the dedup book keeps a sale: the longest window of any vertical.
+pub fn dedup_keep_ms(config: &Config) -> u64 {
+    config
+        .verticals
+        .iter()
+        .filter_map(|v| v.dedup.as_ref().map(|d| d.window_ms))
+        .max()
+        .unwrap_or(0)
+}
+
 pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
     /// What each buyer did lately: the cold-start rates and buyer features.
@@ -336,6 +346,8 @@ pub struct AppState {
     pub ids: IdRegistry,
     pub caps: CapBook,
     pub quotes: QuoteBook,
+    /// The consumers sold within their vertical's dedup window, and those being posted.
+    pub dedup: crate::core::dedup::DedupBook,
     pub breakers: BreakerBook,
     /// Open connections across every worker, bounded by `server.connections_max` (taken
     /// before `accept`).
@@ -459,6 +471,10 @@ fn fixed_setting_changes(old: &Config, new: &Config, retrains_at_start: bool) ->
         o.sold_leads_max != n.sold_leads_max,
         "server.sold_leads_max",
     );
+    check(
+        o.dedup_keys_max != n.dedup_keys_max,
+        "server.dedup_keys_max",
+    );
     // The listeners' limits are read when they start; certificates and the buyer CA
     // bundle are re-read by every reload.
     let (ol, nl) = (&o.listener, &n.listener);
@@ -562,6 +578,7 @@ impl AppState {
             caps: CapBook::new(ids.buyer_count()),
             quotes: QuoteBook::new(s.quotes_open_max, s.idempotency_ttl_ms)
                 .with_sellers(ids.seller_count()),
+            dedup: crate::core::dedup::DedupBook::new(s.dedup_keys_max, dedup_keep_ms(&config)),
             breakers: BreakerBook::new(ids.buyer_count(), s.breaker),
             connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
@@ -679,6 +696,7 @@ impl AppState {
             }
         }
         let generation = old.generation.saturating_add(1);
+        self.dedup.set_keep_ms(dedup_keep_ms(&config));
         self.runtime.store(Arc::new(Runtime {
             ping_targets: target_slots(&config),
             config: Arc::new(config),

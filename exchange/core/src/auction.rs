@@ -92,6 +92,10 @@ pub struct AuctionParams<'a> {
     pub min_price: Option<Micros>,
     /// The request's `consent` map, checked against the vertical's `consent_required`.
     pub consent: &'a std::collections::BTreeMap<String, String>,
+    /// The lead was screened out before any buyer: `duplicate` (one of its dedup keys
+    /// was sold within the vertical's window, [`crate::dedup::DedupBook::sold_within`]).
+    /// It pings no buyer and is answered with this reason.
+    pub screen: Option<NoBidReason>,
     /// A test lead: buyers see `test: true` and no cap is reserved.
     pub test: bool,
     /// A direct post (`/v1/leads`) rather than a ping.
@@ -167,7 +171,8 @@ pub struct Auction<'a> {
     /// Every buyer failed a filter, each on its cap.
     all_capped: bool,
     /// The request lacks a consent key its vertical requires: no buyer is pinged.
-    consent_missing: bool,
+    /// Why the lead pings nobody: screened out, or without the consent it needs.
+    screened: Option<NoBidReason>,
     /// The buyers that failed a filter (counts, and the first few by name).
     skipped: SkipSummary,
     /// Eligible buyers past `server.buyers_per_auction_max`: how many, and the first
@@ -246,20 +251,23 @@ impl<'a> Auction<'a> {
         now: UnixMs,
     ) -> Auction<'a> {
         let cfg = p.config;
-        // A lead without the consent its vertical requires goes to no buyer: it is
-        // answered `consent_required` before any filter or cap is looked at.
-        if cfg
-            .verticals
-            .get(p.vertical)
-            .is_some_and(|v| v.consent_missing(p.consent).is_some())
-        {
+        // A screened-out lead (a duplicate), or one without the consent its vertical
+        // requires, goes to no buyer: it is answered so before any filter or cap is
+        // looked at.
+        let screened = p.screen.or_else(|| {
+            cfg.verticals
+                .get(p.vertical)
+                .and_then(|v| v.consent_missing(p.consent))
+                .map(|_| NoBidReason::ConsentRequired)
+        });
+        if screened.is_some() {
             return Auction {
                 p,
                 slots: Vec::new(),
                 lines: Vec::new(),
                 fixed: Vec::new(),
                 all_capped: false,
-                consent_missing: true,
+                screened,
                 skipped: SkipSummary::default(),
                 fanout_limited: (0, Vec::new()),
                 pending: 0,
@@ -275,7 +283,7 @@ impl<'a> Auction<'a> {
             lines: Vec::with_capacity(n + 1),
             fixed: elig.fixed,
             all_capped,
-            consent_missing: false,
+            screened: None,
             skipped: elig.skipped,
             fanout_limited: (0, Vec::new()),
             pending: 0,
@@ -622,7 +630,7 @@ impl<'a> Auction<'a> {
         }
         let no_bid = match winner_pos {
             Some(_) => None,
-            None if self.consent_missing => Some(NoBidReason::ConsentRequired),
+            None if self.screened.is_some() => self.screened,
             None if !ranking.ranked.is_empty() => Some(NoBidReason::Capped),
             None if ranking.below_reserve > 0 => Some(NoBidReason::BelowReserve),
             None if any_bid => Some(NoBidReason::NoBids),

@@ -67,6 +67,9 @@ pub mod defaults {
     /// A bid must hold at least this long to win a ping's quote (`server.quote_min_ms`).
     pub const QUOTE_MIN_MS: u64 = 10_000;
     pub const QUOTES_OPEN_MAX: usize = 1_000_000;
+    /// Dedup keys remembered at once (`server.dedup_keys_max`): two keys a sale for a
+    /// million sales a window, about 100 MB.
+    pub const DEDUP_KEYS_MAX: usize = 2_000_000;
     pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
     pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
     /// Keys one seller may hold at once unless `sellers.ID.idempotency_keys_max` says
@@ -256,6 +259,9 @@ pub struct ServerConfig {
     pub quote_min_ms: u64,
     /// Most quotes held at once; past it pings are answered 503.
     pub quotes_open_max: usize,
+    /// Most dedup keys remembered at once (sold within a window, or being posted); past
+    /// it the oldest sales are forgotten first. Read at start.
+    pub dedup_keys_max: usize,
     /// How long an `Idempotency-Key` and a finished post are remembered.
     pub idempotency_ttl_ms: u64,
     /// Keys held at once by all sellers together (past it: 503 `overloaded`).
@@ -366,6 +372,8 @@ pub struct Vertical {
     /// LeadiD). A ping without one is answered `no_bid` `consent_required` and pings no
     /// buyer ([`Vertical::consent_missing`]).
     pub consent_required: Vec<String>,
+    /// `[verticals.NAME.dedup]`: de-duplication of sold leads (`None`: off).
+    pub dedup: Option<crate::dedup::DedupConfig>,
 }
 
 impl Vertical {

@@ -12,6 +12,8 @@
 //! - [`award`]: seller price under the payout model, reserve, rank order, fallback order.
 //! - [`quotes`]: the firm quotes and the post state machine (a ping is posted once).
 //! - [`breaker`]: which buyers are failing and when to probe them.
+//! - [`dedup`]: which consumers were sold within their vertical's window, and which are
+//!   being posted now (`duplicate`).
 //! - [`auction`]: one auction as a state machine (who to ping until when, which answers
 //!   count, the award), and [`post`]: one post as a state machine (who to deliver to
 //!   next, with which cap hold, and what each outcome means).
@@ -41,6 +43,7 @@ pub mod buyer_index;
 pub mod caps;
 pub mod compact;
 pub mod config;
+pub mod dedup;
 pub mod effect;
 pub mod eligibility;
 pub mod ids;

@@ -104,6 +104,9 @@ pub struct PostParams<'a> {
     /// request carried a key: written in every `post_sent` record, so a retry after a
     /// restart finds the post's outcome.
     pub idempotency: Option<(&'a str, &'a str)>,
+    /// The lead's dedup keys as the sale record writes them (see
+    /// [`crate::record::SaleRecord::dedup`]).
+    pub dedup: &'a [String],
 }
 
 /// One delivery to make.
@@ -436,6 +439,7 @@ impl<'a> PostPlan<'a> {
                 windows: self.reservation.as_ref().map(Reservation::counted_windows),
                 idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
                 body_sha256: self.p.idempotency.map(|(_, b)| b),
+                dedup: self.p.dedup,
             };
             self.effects.push(Effect::Record(Record::PostSent(rec)));
             return PostStep::Deliver(a);
@@ -486,6 +490,7 @@ impl<'a> PostPlan<'a> {
                     attempt: a.attempt,
                     buyer_lead_id,
                     windows,
+                    dedup: self.p.dedup,
                 };
                 self.effects.push(Effect::Record(Record::Sale(rec)));
                 self.done = Some(PostStep::Sold(a));
@@ -674,7 +679,12 @@ pub enum BeforeDelivery {
     VerticalRemoved,
     /// The posted lead changed ping fields the buyers bid on.
     Mismatch,
+    /// A lead with one of its dedup keys was sold within the vertical's window.
+    Duplicate,
 }
+
+/// The `reason` of a post or direct post answered `duplicate`.
+pub const DUPLICATE_REASON: &str = "sold_within_window";
 
 /// A post refused before delivery: its answer, and what becomes of the quote's hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -711,6 +721,11 @@ pub fn refuse_before_delivery(kind: BeforeDelivery, hold: Option<Reservation>) -
             PostStatus::Mismatch,
             "ping_fields_changed",
             Some(release_reason::MISMATCH),
+        ),
+        BeforeDelivery::Duplicate => (
+            PostStatus::Duplicate,
+            DUPLICATE_REASON,
+            Some(release_reason::DUPLICATE),
         ),
     };
     Refusal {

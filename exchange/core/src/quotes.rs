@@ -107,6 +107,9 @@ pub struct Quote {
     pub reservation: Option<Reservation>,
     /// The lead's score at ping (for the ledger and the ranker's view of fallbacks).
     pub score: Option<u8>,
+    /// The ping's dedup keys (the seller's hashes; empty unless its vertical
+    /// de-duplicates): its post claims them with the posted lead's own.
+    pub dedup: Vec<crate::dedup::DedupKey>,
 }
 
 /// A quote was refused: `open_max` quotes are open (shed the ping with 503), or the
@@ -189,6 +192,7 @@ struct KeptQuote {
     auctioned_at: UnixMs,
     score: Option<u8>,
     test: bool,
+    dedup: Box<[crate::dedup::DedupKey]>,
 }
 
 impl KeptQuote {
@@ -206,6 +210,7 @@ impl KeptQuote {
             auctioned_at: q.auctioned_at,
             score: q.score,
             test: q.test,
+            dedup: q.dedup.into_boxed_slice(),
         }
     }
 
@@ -226,6 +231,7 @@ impl KeptQuote {
             ranked: self.ranked.into_vec(),
             reservation: self.reservation,
             score: self.score,
+            dedup: self.dedup.into_vec(),
         }
     }
 }
@@ -677,6 +683,7 @@ mod tests {
             ranked: Vec::new(),
             reservation,
             score: Some(70),
+            dedup: Vec::new(),
         }
     }
 

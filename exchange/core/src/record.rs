@@ -466,6 +466,10 @@ pub struct PostSentRecord<'a> {
     /// is a conflict).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<&'a str>,
+    /// The lead's dedup keys (as the `sale` record's): a start counts a delivery whose
+    /// outcome is unknown, or a late accept, as a sale of them.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub dedup: &'a [String],
 }
 
 /// `type: "post_attempt"`.
@@ -522,6 +526,11 @@ pub struct SaleRecord<'a> {
     /// The cap windows the sale counts in (absent for a test lead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<Windows>,
+    /// The lead's dedup keys (keyed digests, 32 hex digits each; never a hash of the
+    /// consumer's data): a start reads them back, so the lead stays a duplicate for its
+    /// vertical's window.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub dedup: &'a [String],
 }
 
 /// `type: "unsold"`.
@@ -566,6 +575,10 @@ pub struct QuoteOpenedRecord<'a> {
     /// The winner's hold, if the quote holds one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldLine<'a>>,
+    /// The ping's dedup keys (keyed digests, 32 hex digits each; never the seller's
+    /// hashes): a post after a restart claims them again.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub dedup: &'a [String],
 }
 
 /// A lead's fields by name, written as a JSON object.

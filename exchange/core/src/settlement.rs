@@ -212,6 +212,8 @@ pub mod release_reason {
     pub const BUYER_REMOVED: &str = "buyer_removed";
     /// A reload removed the quote's vertical before the post.
     pub const VERTICAL_REMOVED: &str = "vertical_removed";
+    /// A lead with one of the post's dedup keys was sold within the window (`duplicate`).
+    pub const DUPLICATE: &str = "duplicate";
 }
 
 /// The effects of dropping a quote's hold `r` without a sale: the cap operation and its

@@ -36,6 +36,7 @@ fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
         score: None,
         min_price: None,
         consent: &NO_CONSENT,
+        screen: None,
         test: false,
         direct: false,
         auction_id: "au_t",
@@ -281,6 +282,42 @@ fn a_lead_without_required_consent_pings_nobody_and_says_consent_required() {
     let award = a.finish(&s, T + 1, 1_000);
     assert_eq!(award.winner().map(|w| w.bid.buyer), Some(BuyerKey(0)));
     assert_eq!(caps.outstanding(BuyerKey(0)), 1);
+}
+
+/// A lead screened out as a duplicate pings nobody, holds no cap and says `duplicate`,
+/// even with consent missing too (the screen is the first reason); a post of a quote
+/// found to be a duplicate is answered `duplicate` and its hold released for it.
+#[test]
+fn a_duplicate_pings_nobody_and_its_post_releases_the_hold() {
+    let mut cfg = cfg_timeouts(&[100, 100]);
+    cfg.verticals[0].consent_required = vec!["trustedform_cert_url".into()];
+    let caps = CapBook::new(2);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(2, breaker_cfg());
+    let mut p = params(&cfg, T);
+    p.screen = Some(NoBidReason::Duplicate);
+    let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+    assert_eq!(a.ping_count(), 0);
+    assert_eq!(a.poll_timeout(), None);
+    let award = a.finish(&s, T, 0);
+    assert_eq!(award.no_bid, Some(NoBidReason::Duplicate));
+    assert_eq!(award.reservation, None);
+    let effects = run(&s, a.effects());
+    let rec = auction_record(&effects);
+    assert_eq!(rec.no_bid, Some("duplicate"));
+    assert!(rec.buyers.is_empty());
+    assert_eq!(caps.outstanding(BuyerKey(0)), 0);
+
+    let hold = caps.reserve(BuyerKey(0), &cfg.buyers[0], m(10), T).unwrap();
+    let r = crate::post::refuse_before_delivery(crate::post::BeforeDelivery::Duplicate, Some(hold));
+    let answer = r.answer("pg_1");
+    assert_eq!(answer.status, proto::seller::PostStatus::Duplicate);
+    assert_eq!(
+        answer.reason.as_deref(),
+        Some(crate::post::DUPLICATE_REASON)
+    );
+    let (_, why) = r.release.unwrap();
+    assert_eq!(why, Some(crate::settlement::release_reason::DUPLICATE));
 }
 
 /// A bid that names a currency other than the vertical's is no bid (`invalid`,
@@ -715,6 +752,7 @@ fn plan_on<'a>(
             from_quote: true,
             removed,
             idempotency: None,
+            dedup: &[],
         },
         award.ranked,
         award.reservation,
@@ -1188,6 +1226,7 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
         ranked: Vec::new(),
         reservation: None,
         score: None,
+        dedup: Vec::new(),
     };
     let book = QuoteBook::new(100, 10_000).with_sellers(2);
     book.insert_limited(q("a", 0), 2).unwrap();

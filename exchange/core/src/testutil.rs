@@ -120,6 +120,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         features: None,
         routing: Default::default(),
         consent_required: Vec::new(),
+        dedup: None,
     };
     let seller = Seller {
         id: "s0".into(),
@@ -146,6 +147,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             quote_ttl_ms: defaults::QUOTE_TTL_MS,
             quote_min_ms: defaults::QUOTE_MIN_MS,
             quotes_open_max: defaults::QUOTES_OPEN_MAX,
+            dedup_keys_max: defaults::DEDUP_KEYS_MAX,
             idempotency_ttl_ms: defaults::IDEMPOTENCY_TTL_MS,
             idempotency_keys_max: defaults::IDEMPOTENCY_KEYS_MAX,
             idempotency_keys_per_seller_max: defaults::IDEMPOTENCY_KEYS_PER_SELLER_MAX,

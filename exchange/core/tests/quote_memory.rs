@@ -144,6 +144,7 @@ fn quote(schema: &VerticalSchema, i: usize) -> Quote {
         ranked: ranked(5),
         reservation: None,
         score: Some(70),
+        dedup: Vec::new(),
     }
 }
 

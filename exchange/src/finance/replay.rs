@@ -614,6 +614,11 @@ so if the exchange reloaded its configuration since it started, the file may not
                 out,
                 "  (none considered: the request lacked a consent key the vertical requires, consent_required, so no filter was run and no buyer pinged)"
             );
+        } else if a.str("no_bid") == "duplicate" {
+            let _ = writeln!(
+                out,
+                "  (none considered: a lead with one of this lead's dedup keys was sold within the vertical's dedup window, so no filter was run and no buyer pinged)"
+            );
         } else {
             let _ = writeln!(out, "  (no buyer passed the filters)");
         }

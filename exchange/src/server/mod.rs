@@ -46,6 +46,7 @@ mod dispositions;
 mod seller;
 
 pub use admin::{handle_admin, reload_answer, ADMIN_BODY_BYTES_MAX};
+pub use seller::direct_no_bid_answer;
 use seller::{read_body, seller_request, InFlight};
 
 type Body = Full<Bytes>;

@@ -5,6 +5,7 @@
 use std::hash::Hash;
 
 use super::*;
+use crate::core::dedup::{DedupKey, Seen};
 use crate::core::post::{quote_refused, refuse_before_delivery, BeforeDelivery, Refusal};
 use crate::idempotency::IdempotencyStore;
 
@@ -402,6 +403,71 @@ fn parse_seller_lead(
     Ok((req, vertical))
 }
 
+/// A request's dedup keys ([`crate::fingerprint::Fingerprinter::dedup_keys`]; given
+/// `full`, the posted lead's own too). A seller's hash that is not one is `400
+/// invalid_request` naming it. A test lead has none: it is never a duplicate, nor makes
+/// one.
+fn dedup_keys(
+    state: &AppState,
+    v: &crate::config::Vertical,
+    req: &proto::seller::PingRequest,
+    full: Option<&proto::Lead>,
+) -> Result<Vec<DedupKey>, ApiError> {
+    let keys = state
+        .fingerprint
+        .dedup_keys(v, &req.dedup, full)
+        .map_err(|p| ApiError::from_fields(ErrorCode::InvalidRequest, p))?;
+    Ok(if req.test { Vec::new() } else { keys })
+}
+
+/// A post's claim on its lead's dedup keys ([`crate::core::dedup::DedupBook::begin_post`]):
+/// let go when dropped, stamped with the sale's time by [`DedupClaim::sold`].
+struct DedupClaim<'s> {
+    state: &'s AppState,
+    keys: Vec<DedupKey>,
+    sold_at: Option<crate::core::UnixMs>,
+}
+
+impl<'s> DedupClaim<'s> {
+    /// Claims `keys` under vertical `v`'s window: `Err` says why not.
+    fn begin(
+        state: &'s AppState,
+        v: &crate::config::Vertical,
+        keys: Vec<DedupKey>,
+    ) -> Result<DedupClaim<'s>, Seen> {
+        let window = v.dedup.as_ref().map_or(0, |d| d.window_ms);
+        state
+            .dedup
+            .begin_post(&keys, window, state.clock.now_ms())?;
+        Ok(DedupClaim {
+            state,
+            keys,
+            sold_at: None,
+        })
+    }
+
+    fn sold(&mut self) {
+        self.sold_at = Some(self.state.clock.now_ms());
+    }
+}
+
+impl Drop for DedupClaim<'_> {
+    fn drop(&mut self) {
+        let now = self.state.clock.now_ms();
+        self.state.dedup.end_post(&self.keys, self.sold_at, now);
+        self.state.metrics.dedup_gauges(&self.state.dedup);
+    }
+}
+
+/// Another post is delivering a lead with one of this one's dedup keys: `409`, and
+/// nothing changes (a quote stays open for a retry).
+fn dedup_in_flight() -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        "a post of a lead with the same dedup key (the same consumer) is in flight; retry when it has ended",
+    )
+}
+
 async fn ping(
     state: &Arc<AppState>,
     rt: &Arc<Runtime>,
@@ -412,7 +478,15 @@ async fn ping(
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Ping)?;
+    let v = &cfg.verticals[vertical];
+    let dedup = dedup_keys(state, v, &req, None)?;
     ledger_gate(state)?;
+    // A consumer sold within the window is a duplicate: no buyer is pinged.
+    let window = v.dedup.as_ref().map_or(0, |d| d.window_ms);
+    let screen = state
+        .dedup
+        .sold_within(&dedup, window, state.clock.now_ms())
+        .then_some(NoBidReason::Duplicate);
     // The quote's place, taken before any buyer is pinged: a ping past the book's or the
     // seller's open-quote limit is refused here, however many race (given back below
     // when the auction has no winner, or if this request is dropped).
@@ -432,10 +506,10 @@ async fn ping(
             arrival,
             direct: false,
             idempotency,
+            screen,
         },
     )
     .await;
-    let v = &cfg.verticals[vertical];
     let award = result.award;
     let answer = match award.winner() {
         Some(winner) => {
@@ -445,6 +519,7 @@ async fn ping(
             let reserved = award.quote_reserved(cfg, rt.generation, &result.ping_id, now);
             // What the `quote_opened` record needs once the quote is in the book.
             let (lead_copy, ranked_copy) = (req.lead.clone(), award.ranked.clone());
+            let dedup_hex = crate::fingerprint::dedup_hex(&dedup);
             let quote = Quote {
                 ping_id: result.ping_id.clone(),
                 auction_id: result.auction_id.clone(),
@@ -461,6 +536,7 @@ async fn ping(
                 reservation: award.reservation.clone(),
                 ranked: award.ranked,
                 score: result.score,
+                dedup,
             };
             if let Err(refused) = state.quotes.insert_claimed(claim, quote) {
                 // The hold existed: the ledger gets it and its release as a pair.
@@ -490,6 +566,7 @@ async fn ping(
                     lead: &lead_copy,
                     ranked: &ranked_copy,
                     hold: award.reservation.as_ref(),
+                    dedup: &dedup_hex,
                 },
                 now,
             );
@@ -531,6 +608,7 @@ struct QuoteSnapshot<'a> {
     lead: &'a proto::Lead,
     ranked: &'a [crate::core::award::Ranked],
     hold: Option<&'a crate::core::caps::Reservation>,
+    dedup: &'a [String],
 }
 
 /// The `quote_opened` record of a quote just put in the book: what a post of it needs
@@ -586,6 +664,7 @@ fn quote_opened_record<'a>(
             price_micros: h.price.0,
             windows: h.windows,
         }),
+        dedup: q.dedup,
     })
 }
 
@@ -634,8 +713,17 @@ async fn direct_post(
 ) -> Result<Vec<u8>, ApiError> {
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Full)?;
+    let v = &cfg.verticals[vertical];
+    let keys = dedup_keys(state, v, &req, Some(&req.lead))?;
     ledger_gate(state)?;
-    let schema = &cfg.verticals[vertical].schema;
+    // The lead's dedup keys are claimed for the whole direct post: a consumer sold within
+    // the window is a duplicate (no buyer is pinged), one being posted now waits.
+    let (mut claim, screen) = match DedupClaim::begin(state, v, keys) {
+        Ok(c) => (Some(c), None),
+        Err(Seen::Sold) => (None, Some(NoBidReason::Duplicate)),
+        Err(Seen::Posting) => return Err(dedup_in_flight()),
+    };
+    let schema = &v.schema;
     let projection = req.lead.ping_projection(schema);
     let result = run_auction(
         state,
@@ -650,6 +738,7 @@ async fn direct_post(
             // In the auction record too, so a start rebuilds the key of a direct post
             // that delivered nothing (black-box round 21: its retry ran again and sold).
             idempotency,
+            screen,
         },
     )
     .await;
@@ -671,20 +760,40 @@ async fn direct_post(
                 auction_started_ms: award.arrival,
                 from_quote: false,
                 idempotency,
+                dedup: claim.as_ref().map_or(&[], |c| c.keys.as_slice()),
             };
-            deliver(state, rt, d).await.map_err(|e| match e {
+            let a = deliver(state, rt, d).await.map_err(|e| match e {
                 DeliveryError::Unavailable => ledger_unavailable(),
                 e => ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold")),
-            })?
+            })?;
+            if a.status == PostStatus::Sold {
+                if let Some(c) = &mut claim {
+                    c.sold();
+                }
+            }
+            a
         }
         None => {
             let reason = award.no_bid.unwrap_or(NoBidReason::NoBids);
-            let mut a = PostAnswer::status_only(PostStatus::Unsold, Some(reason.as_str()));
+            let mut a = direct_no_bid_answer(reason);
             a.ping_id = Some(result.ping_id);
             a
         }
     };
+    drop(claim);
     Ok(post_answer(state, &answer))
+}
+
+/// A direct post's answer when its auction found no buyer: `unsold` with the no-bid
+/// reason, or `duplicate` for a consumer sold within the window.
+pub fn direct_no_bid_answer(reason: NoBidReason) -> PostAnswer {
+    match reason {
+        NoBidReason::Duplicate => PostAnswer::status_only(
+            PostStatus::Duplicate,
+            Some(crate::core::post::DUPLICATE_REASON),
+        ),
+        r => PostAnswer::status_only(PostStatus::Unsold, Some(r.as_str())),
+    }
 }
 
 async fn post(
@@ -768,6 +877,36 @@ async fn post(
         a.changed_fields = changed;
         a
     } else {
+        // The ping's dedup keys with the posted lead's own, claimed while it is delivered:
+        // a consumer sold within the window is a duplicate (the hold is released), one
+        // being posted now waits (the quote stays open).
+        let v = &cfg.verticals[vertical];
+        let mut keys = quote.dedup.clone();
+        if !quote.test {
+            keys.extend(
+                state
+                    .fingerprint
+                    .dedup_keys(v, &std::collections::BTreeMap::new(), Some(&lead))
+                    .unwrap_or_default(),
+            );
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        let mut claim = match DedupClaim::begin(state, v, keys) {
+            Ok(c) => c,
+            Err(Seen::Posting) => {
+                state.quotes.abandon(&env.ping_id, quote);
+                return Err(dedup_in_flight());
+            }
+            Err(Seen::Sold) => {
+                let refusal =
+                    refuse_before_delivery(BeforeDelivery::Duplicate, quote.reservation.clone());
+                let now = state.clock.now_ms();
+                let a = refuse(state, rt, refusal, &quote.ping_id, &[], now).await;
+                state.quotes.finish(&quote.ping_id, a.clone(), now);
+                return Ok(post_answer(state, &a));
+            }
+        };
         let d = Delivery {
             auction_id: &quote.auction_id,
             ping_id: &quote.ping_id,
@@ -785,9 +924,15 @@ async fn post(
             auction_started_ms: quote.auctioned_at,
             from_quote: true,
             idempotency,
+            dedup: &claim.keys,
         };
         match deliver(state, rt, d).await {
-            Ok(a) => a,
+            Ok(a) => {
+                if a.status == PostStatus::Sold {
+                    claim.sold();
+                }
+                a
+            }
             Err(e) => {
                 // The reservation was committed or released inside; the post's outcome is
                 // unknown to the seller, so the ping stays in flight-safe Done with an error.

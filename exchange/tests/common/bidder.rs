@@ -35,6 +35,8 @@ pub struct ScriptedBidder {
     post_count: watch::Sender<u64>,
     /// While closed (`false`), pings wait for it to open before answering.
     gate: watch::Sender<bool>,
+    /// While closed, posts wait for it to open before answering.
+    post_gate: watch::Sender<bool>,
 }
 
 impl ScriptedBidder {
@@ -46,6 +48,7 @@ impl ScriptedBidder {
             ping_count: watch::Sender::new(0),
             post_count: watch::Sender::new(0),
             gate: watch::Sender::new(true),
+            post_gate: watch::Sender::new(true),
         })
     }
 
@@ -122,6 +125,24 @@ impl ScriptedBidder {
     }
 
     /// Waits until this buyer has received at least `n` pings.
+    /// Posts wait until [`ScriptedBidder::open_posts`] before answering.
+    pub fn close_posts(&self) {
+        self.post_gate.send_replace(false);
+    }
+
+    pub fn open_posts(&self) {
+        self.post_gate.send_replace(true);
+    }
+
+    /// Waits until the bidder has received `n` posts.
+    pub async fn wait_posts(&self, n: u64) {
+        let mut rx = self.post_count.subscribe();
+        tokio::time::timeout(EVENT_WAIT_MAX, rx.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("bidder saw {} posts, waited for {n}", self.posts()))
+            .expect("the bidder is alive");
+    }
+
     pub async fn wait_pings(&self, n: u64) {
         let mut rx = self.ping_count.subscribe();
         tokio::time::timeout(EVENT_WAIT_MAX, rx.wait_for(|c| *c >= n))
@@ -166,6 +187,8 @@ impl Bidder for ScriptedBidder {
     async fn post(&self, post: PostMessage) -> PostReply {
         self.posts.lock().unwrap().push(post);
         self.post_count.send_modify(|c| *c += 1);
+        let mut gate = self.post_gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
         if self.script.lock().unwrap().accept {
             PostReply {
                 accepted: true,

@@ -67,6 +67,13 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
     );
     let quote_ttl_ms = s.u64_or(p, "quote_ttl_ms", 1, HOUR_MS, defaults::QUOTE_TTL_MS);
     let quote_min_ms = s.u64_or(p, "quote_min_ms", 0, HOUR_MS, defaults::QUOTE_MIN_MS);
+    let dedup_keys_max = s.usize_or(
+        p,
+        "dedup_keys_max",
+        1,
+        TABLE_ENTRIES_LIMIT,
+        defaults::DEDUP_KEYS_MAX,
+    );
     let quotes_open_max = s.usize_or(
         p,
         "quotes_open_max",
@@ -178,6 +185,7 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         quote_ttl_ms,
         quote_min_ms,
         quotes_open_max,
+        dedup_keys_max,
         idempotency_ttl_ms,
         idempotency_keys_max,
         idempotency_keys_per_seller_max,

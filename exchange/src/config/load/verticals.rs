@@ -90,6 +90,7 @@ pub(super) fn read_vertical(
     let features = super::features::read_features(&mut s, &schema, &refused, p);
     // Routing names no field: its problems are reported with the fields' ones.
     let routing = super::features::read_routing(&mut s, p);
+    let dedup = read_dedup(&mut s, &schema, &refused, p);
     s.finish(p);
 
     if p.len() > before {
@@ -106,6 +107,122 @@ pub(super) fn read_vertical(
         features,
         routing,
         consent_required,
+        dedup,
+    })
+}
+
+/// Most dedup keys one vertical names.
+pub const DEDUP_KEYS_MAX: usize = 8;
+/// The longest dedup window, in days.
+pub const DEDUP_WINDOW_DAYS_MAX: i64 = 365;
+
+/// `[verticals.NAME.dedup]`: `window_days` (30 unless set; 0 turns it off) and `keys`, a
+/// table from each dedup key a seller's `dedup` map may hold to the lead field a post's
+/// own hash of it is made from (`""`: the seller's hash only). Without `keys`, every
+/// `phone` and `email` field is a key named after it (`phone_sha256` for `phone`).
+fn read_dedup(
+    s: &mut Section<'_>,
+    schema: &VerticalSchema,
+    refused: &[&str],
+    p: &mut Problems,
+) -> Option<crate::core::dedup::DedupConfig> {
+    use crate::core::dedup::{DedupConfig, DedupKeySpec, DAY_MS};
+    if !s.has("dedup") {
+        let _ = s.opt("dedup");
+        return None;
+    }
+    let mut d = s.section_or_empty(p, "dedup");
+    d.table?;
+    let days = match d.opt("window_days") {
+        None => 30,
+        Some((path, v)) => whole(p, &path, v, 0, DEDUP_WINDOW_DAYS_MAX)?,
+    };
+    let keys_path = d.path_of("keys");
+    let mut keys: Vec<DedupKeySpec> = Vec::new();
+    match d.opt("keys") {
+        None => {
+            for f in &schema.fields {
+                if matches!(f.kind, FieldKind::Phone | FieldKind::Email) {
+                    keys.push(DedupKeySpec {
+                        name: format!("{}_sha256", f.name),
+                        field: Some(f.name.clone()),
+                    });
+                }
+            }
+            if keys.is_empty() && days > 0 {
+                p.at(
+                    &keys_path,
+                    "is required: the vertical has no phone or email field to make keys from; name the seller's dedup keys, such as keys = { phone_sha256 = \"\" }",
+                );
+            }
+        }
+        Some((path, v)) => {
+            let Some(table) = v.as_table() else {
+                p.at(
+                    &path,
+                    "must be a table from dedup key to lead field, such as { phone_sha256 = \"phone\" }",
+                );
+                return None;
+            };
+            if table.is_empty() || table.len() > DEDUP_KEYS_MAX {
+                p.at(&path, format!("must name 1 to {DEDUP_KEYS_MAX} keys"));
+            }
+            for (name, value) in table {
+                let key_path = super::reader::join(&path, name);
+                let n = name.chars().count();
+                if n == 0
+                    || n > STRING_MAP_KEY_LEN_MAX
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    p.at(
+                        &key_path,
+                        format!("the key must be 1 to {STRING_MAP_KEY_LEN_MAX} letters, digits, '_' or '-', such as phone_sha256"),
+                    );
+                    continue;
+                }
+                let Some(field) = as_str(p, &key_path, value) else {
+                    continue;
+                };
+                if field.is_empty() {
+                    keys.push(DedupKeySpec {
+                        name: name.clone(),
+                        field: None,
+                    });
+                    continue;
+                }
+                if refused.contains(&field) {
+                    continue;
+                }
+                match schema.field(field) {
+                    None => p.at(
+                        &key_path,
+                        format!("names {field:?}, which is not a field of the vertical (\"\": the seller's hash only)"),
+                    ),
+                    Some(f) if !matches!(f.kind, FieldKind::Phone | FieldKind::Email | FieldKind::String { .. }) => p.at(
+                        &key_path,
+                        format!("names {field:?}, which is not a phone, email or string field"),
+                    ),
+                    Some(f) if f.ping => p.at(
+                        &key_path,
+                        format!("names {field:?}, a ping field: a key identifies a consumer, so it is made from a field only a post carries (pii = true)"),
+                    ),
+                    Some(_) => keys.push(DedupKeySpec {
+                        name: name.clone(),
+                        field: Some(field.to_string()),
+                    }),
+                }
+            }
+        }
+    }
+    d.finish(p);
+    if days == 0 {
+        return None;
+    }
+    Some(DedupConfig {
+        window_ms: days as u64 * DAY_MS,
+        keys,
     })
 }
 

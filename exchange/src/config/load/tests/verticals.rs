@@ -217,3 +217,104 @@ fn field_order_is_file_order() {
         .collect();
     assert_eq!(names, ["zz", "aa", "mm"]);
 }
+
+#[test]
+fn dedup_window_and_keys() {
+    use crate::core::dedup::{DedupKeySpec, DAY_MS};
+    assert!(ok(&[]).verticals[0].dedup.is_none(), "off without [dedup]");
+    let c = ok(&[("#VERTICAL", "dedup = {}")]);
+    let d = c.verticals[0].dedup.as_ref().unwrap();
+    assert_eq!(d.window_ms, 30 * DAY_MS, "30 days unless set");
+    assert_eq!(
+        d.keys,
+        [DedupKeySpec {
+            name: "phone_sha256".into(),
+            field: Some("phone".into()),
+        }],
+        "every phone and email field, by default"
+    );
+    let c = ok(&[
+        (
+            "#VERTICAL",
+            "dedup = { window_days = 7, keys = { phone_sha256 = \"phone\", ssn_sha256 = \"\", note_sha256 = \"extra\" } }",
+        ),
+        ("#FIELD", "type = \"string\"\npii = true"),
+    ]);
+    let d = c.verticals[0].dedup.as_ref().unwrap();
+    assert_eq!(d.window_ms, 7 * DAY_MS);
+    let keys: Vec<(&str, Option<&str>)> = d
+        .keys
+        .iter()
+        .map(|k| (k.name.as_str(), k.field.as_deref()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("phone_sha256", Some("phone")),
+            ("ssn_sha256", None),
+            ("note_sha256", Some("extra")),
+        ],
+        "in file order"
+    );
+    assert!(
+        ok(&[("#VERTICAL", "dedup = { window_days = 0 }")]).verticals[0]
+            .dedup
+            .is_none(),
+        "0 turns it off"
+    );
+}
+
+#[test]
+fn bad_dedup_is_named() {
+    for (line, field, needle) in [
+        (
+            "dedup = { window_days = 366 }",
+            None,
+            "verticals.auto.dedup.window_days: must be a whole number between 0 and 365",
+        ),
+        ("dedup = { window_days = 1.5 }", None, "dedup.window_days"),
+        ("dedup = 3", None, "verticals.auto.dedup: must be a table"),
+        (
+            "dedup = { keys = { phone_sha256 = \"fax\" } }",
+            None,
+            "verticals.auto.dedup.keys.phone_sha256: names \"fax\", which is not a field",
+        ),
+        (
+            "dedup = { keys = { state_sha256 = \"state\" } }",
+            None,
+            "not a phone, email or string field",
+        ),
+        (
+            "dedup = { keys = { x_sha256 = \"extra\" } }",
+            Some("type = \"string\"\nping = true"),
+            "a ping field",
+        ),
+        (
+            "dedup = { keys = { \"a b\" = \"phone\" } }",
+            None,
+            "the key must be 1 to 64 letters",
+        ),
+        ("dedup = { keys = {} }", None, "must name 1 to 8 keys"),
+        (
+            "dedup = { keys = [\"phone\"] }",
+            None,
+            "must be a table from dedup key to lead field",
+        ),
+        (
+            "dedup = { keys = { phone_sha256 = 3 } }",
+            None,
+            "dedup.keys.phone_sha256: must be a string",
+        ),
+        ("dedup = { window = 30 }", None, "unknown key"),
+    ] {
+        let mut edits = vec![("#VERTICAL", line)];
+        if let Some(f) = field {
+            edits.push(("#FIELD", f));
+        }
+        let errs = errors(&edits);
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "{line}: no error containing {needle:?} in {errs:#?}"
+        );
+    }
+}
