@@ -532,7 +532,13 @@ pub async fn deliver(
                                 windows: plan.holds().map(|r| r.counted_windows()),
                                 test: d.test,
                                 hold: None,
-                                dedup: d.dedup.to_vec(),
+                                dedup: {
+                                    // Claimed until its answer is in: another post of
+                                    // the consumer waits (409) while it may accept.
+                                    state.dedup.hold(d.dedup);
+                                    d.dedup.to_vec()
+                                },
+                                seller: cfg.sellers[d.seller].key,
                             },
                             call,
                         ));
@@ -622,8 +628,11 @@ struct LateWatch {
     test: bool,
     /// The attempt's hold, kept until the answer is in (`None` for a test lead).
     hold: Option<crate::core::caps::Reservation>,
-    /// The lead's dedup keys: a late accept sold it, so they are stamped.
+    /// The lead's dedup keys, claimed ([`crate::core::dedup::DedupBook::hold`]) until
+    /// the answer is in; a late accept stamps them as sold.
     dedup: Vec<crate::core::dedup::DedupKey>,
+    /// The seller of the lead (the sale's, for de-duplication).
+    seller: crate::config::SellerKey,
 }
 
 impl LateWatch {
@@ -658,12 +667,12 @@ impl LateWatch {
             accepted,
             now,
         );
-        if settled.sold {
-            // The buyer has the lead: it is a duplicate from now on (not at a restart:
-            // see docs/OPERATIONS.md, De-duplication).
-            self.state.dedup.restore(&self.dedup, now, now);
-            self.state.metrics.dedup_gauges(&self.state.dedup);
-        }
+        // The claim held for this answer ends: the buyer has the lead (its consumer is a
+        // duplicate from now on), or the consumer is free again.
+        self.state
+            .dedup
+            .end_post(&self.dedup, accepted.then_some((now, self.seller)), now);
+        self.state.metrics.dedup_gauges(&self.state.dedup);
         if let (true, Some(buyer)) = (settled.sold, buyer) {
             tracing::warn!(
                 lead_id = %self.lead_id,

@@ -171,13 +171,23 @@ fn sample_lead(rng: &mut impl Rng) -> (Value, Value) {
             "last_name".into(),
             json!(LAST[rng.gen_range(0..LAST.len())]),
         );
+        // Fictional numbers (the 555 exchange) in many area codes, and addresses at
+        // example.com: sample consumers seldom repeat, so few are `duplicate` (the demo
+        // vertical de-duplicates for 30 days, over restarts too).
         m.insert(
             "phone".into(),
-            json!(format!("+1817555{:04}", rng.gen_range(0..10000))),
+            json!(format!(
+                "+1{}555{:04}",
+                rng.gen_range(201..990),
+                rng.gen_range(0..10000)
+            )),
         );
         m.insert(
             "email".into(),
-            json!(format!("demo{}@example.com", rng.gen_range(0..100000))),
+            json!(format!(
+                "demo{}@example.com",
+                rng.gen_range(0..1_000_000_000u64)
+            )),
         );
     }
     (ping, full)
@@ -260,6 +270,8 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
     say!(
         "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\",\"first_name\":\"Ana\",\"last_name\":\"Diaz\",\"phone\":\"+18175550123\"}}}}'"
     );
+    say!("  (the demo vertical sells a consumer once per 30 days: posting Ana again answers");
+    say!("   \"duplicate\"; change the phone to sell another, see docs/API.md, De-duplication)");
     match admin {
         Some(DemoAdmin {
             addr: admin,
@@ -383,6 +395,11 @@ async fn leads(addr: SocketAddr, admin: Option<DemoAdmin>, interval_ms: u64, cou
                     a["lead_id"].as_str().unwrap_or("?")
                 );
             }
+            Some((200, a)) if a["status"].is_string() => say!(
+                "          POST full lead -> {} ({})",
+                a["status"].as_str().unwrap_or("?").to_uppercase(),
+                a["reason"].as_str().unwrap_or("no reason given")
+            ),
             Some((s, a)) => say!("          POST full lead -> {s} {a}"),
             None => say!("          POST failed: exchange unreachable"),
         }

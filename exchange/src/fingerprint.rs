@@ -81,63 +81,80 @@ impl Fingerprinter {
         }
     }
 
-    /// The dedup keys of a lead of vertical `v` (none when the vertical does not
-    /// de-duplicate): the seller's hash for each key the vertical names (`dedup`, 64 hex
-    /// digits in either case; an empty value is as if absent) and, given the full lead,
-    /// the hash of each key's field made here ([`field_hash`]). Sorted, each once. A
-    /// seller's value that is not a SHA-256 is a problem naming `dedup.KEY` (never the
-    /// value).
-    pub fn dedup_keys(
+    /// The keys of a lead's consumer in vertical `v` (none for a vertical that neither
+    /// de-duplicates nor, with `suppression_on`, checks the suppression list): the
+    /// seller's hash for each of the vertical's `dedup_keys` (`dedup`, 64 hex digits in
+    /// either case; an empty value is as if absent) and, given the full lead, the hash of
+    /// each key's field made here ([`field_hash`]). A seller's value that is not a SHA-256
+    /// is a problem naming `dedup.KEY` (never the value).
+    pub fn consumer_keys(
         &self,
         v: &crate::config::Vertical,
+        suppression_on: bool,
         dedup: &std::collections::BTreeMap<String, String>,
         full: Option<&Lead>,
-    ) -> Result<Vec<crate::core::dedup::DedupKey>, Vec<proto::error::FieldProblem>> {
-        let Some(cfg) = &v.dedup else {
-            return Ok(Vec::new());
-        };
-        let mut keys = Vec::with_capacity(cfg.keys.len() * 2);
+    ) -> Result<ConsumerKeys, Vec<proto::error::FieldProblem>> {
+        let dedup_on = v.dedup.is_some();
+        let mut out = ConsumerKeys::default();
+        if !dedup_on && !suppression_on {
+            return Ok(out);
+        }
         let mut problems = Vec::new();
-        for spec in &cfg.keys {
+        let mut add = |name: &str, h: [u8; 32]| {
+            if dedup_on {
+                out.digests.push(self.dedup_key(&v.name, name, &h));
+            }
+            if suppression_on {
+                out.hashes.push(h);
+            }
+        };
+        for spec in &v.dedup_keys {
             match dedup.get(&spec.name).map(String::as_str) {
                 None | Some("") => {}
-                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    keys.push(self.dedup_key(&v.name, &spec.name, &h.to_ascii_lowercase()));
+                Some(text) => {
+                    let mut h = [0u8; 32];
+                    if text.len() == 64 && hex::decode_to_slice(text, &mut h).is_ok() {
+                        add(&spec.name, h);
+                    } else {
+                        problems.push(proto::error::FieldProblem::new(
+                            format!("dedup.{}", spec.name),
+                            "must be a SHA-256 as 64 hex digits (of the consumer's value, normalized as docs/API.md says)",
+                        ));
+                    }
                 }
-                Some(_) => problems.push(proto::error::FieldProblem::new(
-                    format!("dedup.{}", spec.name),
-                    "must be a SHA-256 as 64 hex digits (of the consumer's value, normalized as docs/API.md says)",
-                )),
             }
             let value = full
                 .zip(spec.field.as_deref())
                 .and_then(|(lead, f)| Some((lead.get(&v.schema, f)?, v.schema.field(f)?)));
             if let Some((proto::FieldValue::Str(text), field)) = value {
                 if let Some(h) = field_hash(&field.kind, text) {
-                    keys.push(self.dedup_key(&v.name, &spec.name, &h));
+                    add(&spec.name, h);
                 }
             }
         }
         if !problems.is_empty() {
             return Err(problems);
         }
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
+        out.digests.sort_unstable();
+        out.hashes.sort_unstable();
+        out.digests.dedup();
+        out.hashes.dedup();
+        Ok(out)
     }
 
-    /// One dedup key: the HMAC of the vertical, the key's name and the hash (64
+    /// One dedup key: the HMAC of the vertical, the key's name and the hash (as 64
     /// lower-case hex digits), cut to 128 bits.
     fn dedup_key(
         &self,
         vertical: &str,
         name: &str,
-        hash_hex: &str,
+        hash: &[u8; 32],
     ) -> crate::core::dedup::DedupKey {
         let mut out = [0u8; 16];
         let Some(mut mac) = self.keyed.clone() else {
             return out;
         };
+        let hash_hex = hex::encode(hash);
         for b in [
             b"dedup".as_slice(),
             vertical.as_bytes(),
@@ -203,11 +220,21 @@ pub fn ledger_has_records(dir: &Path) -> bool {
     })
 }
 
+/// A lead's consumer keys ([`Fingerprinter::consumer_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerKeys {
+    /// The dedup keys, keyed digests (when the vertical de-duplicates): sorted, each once.
+    pub digests: Vec<crate::core::dedup::DedupKey>,
+    /// The SHA-256 hashes themselves (when the suppression list is on), checked against
+    /// it and never kept: sorted, each once.
+    pub hashes: Vec<[u8; 32]>,
+}
+
 /// The hash a post's own field is keyed by, as a seller would make it for its `dedup`
-/// map: SHA-256, 64 lower-case hex digits, of the value normalized: a phone as the
-/// lead carries it (E.164, `+18175550123`), an e-mail address or any other text trimmed
-/// and lower-cased. `None` for a blank value.
-pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<String> {
+/// map: SHA-256 of the value normalized: a phone as the lead carries it (E.164,
+/// `+18175550123`), an e-mail address or any other text trimmed and lower-cased. `None`
+/// for a blank value.
+pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<[u8; 32]> {
     use sha2::Digest;
     let normalized = match kind {
         proto::FieldKind::Phone => value.trim().to_string(),
@@ -216,7 +243,7 @@ pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<String> {
     if normalized.is_empty() {
         return None;
     }
-    Some(hex::encode(Sha256::digest(normalized.as_bytes())))
+    Some(Sha256::digest(normalized.as_bytes()).into())
 }
 
 /// Dedup keys as a record writes them: 32 hex digits each.

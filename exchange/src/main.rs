@@ -684,10 +684,15 @@ fn main() -> anyhow::Result<()> {
         pingpost::cli_out::emit(
             "--check-config",
             format_args!(
-                "configuration OK: {} verticals, {} sellers, {} buyers\n",
+                "configuration OK: {} verticals, {} sellers, {} buyers{}\n",
                 cfg.verticals.len(),
                 cfg.sellers.len(),
-                cfg.buyers.len()
+                cfg.buyers.len(),
+                if cfg.suppression.is_on() {
+                    format!(", {} suppressed hashes", cfg.suppression.len())
+                } else {
+                    String::new()
+                }
             ),
         );
         return Ok(());

@@ -144,6 +144,8 @@ pub struct Metrics {
     pub quotes_open: IntGauge,
     /// Dedup keys held (sold within a window, or being posted).
     pub dedup_keys: IntGauge,
+    /// Hashes on the suppression list serving now.
+    pub suppression_hashes: IntGauge,
     /// Sold dedup keys forgotten before their window ended (`server.dedup_keys_max`).
     pub dedup_evicted: IntCounter,
     pub requests_in_flight: IntGauge,
@@ -324,6 +326,14 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
+            suppression_hashes: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_suppression_hashes",
+                    "Hashes on the suppression list ([suppression] path) serving now: read at start and at every reload.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
             dedup_evicted: reg(
                 &r,
                 IntCounter::new(
@@ -409,7 +419,14 @@ impl Metrics {
             .collect();
         // Counters a dashboard sums are there at 0 from the start, not from their first
         // event (a rate of a missing series is no data, not zero).
-        for status in ["sold", "unsold", "expired", "mismatch"] {
+        for status in [
+            "sold",
+            "unsold",
+            "expired",
+            "mismatch",
+            "duplicate",
+            "suppressed",
+        ] {
             self.posts.with_label_values(&[status]);
         }
         for result in ["applied", "refused"] {

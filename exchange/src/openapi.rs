@@ -67,11 +67,21 @@ pub fn build(config: &Config) -> Value {
         );
         schemas.insert(
             ping_req.clone(),
-            envelope(v, &ping_lead, "Ping fields only; no PII (`pii_in_ping`)."),
+            envelope(
+                v,
+                config.suppression.is_on(),
+                &ping_lead,
+                "Ping fields only; no PII (`pii_in_ping`).",
+            ),
         );
         schemas.insert(
             direct_req.clone(),
-            envelope(v, &full_lead, "The full lead, PII included."),
+            envelope(
+                v,
+                config.suppression.is_on(),
+                &full_lead,
+                "The full lead, PII included.",
+            ),
         );
         ping_variants.push(reference(&ping_req));
         direct_variants.push(reference(&direct_req));
@@ -194,7 +204,7 @@ fn reference(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn envelope(v: &Vertical, lead: &str, lead_description: &str) -> Value {
+fn envelope(v: &Vertical, suppression_on: bool, lead: &str, lead_description: &str) -> Value {
     let vertical = v.name.as_str();
     // A request without a required consent key is still valid: it is answered `no_bid`
     // (`unsold` for a direct post) with the reason `consent_required`.
@@ -210,11 +220,11 @@ fn envelope(v: &Vertical, lead: &str, lead_description: &str) -> Value {
         })
     };
     // The dedup keys the vertical names must each hold a SHA-256 (or nothing).
-    let dedup = match &v.dedup {
-        None => json!({"$ref": "#/components/schemas/StringMap"}),
-        Some(d) => {
-            let keys: Map<String, Value> = d
-                .keys
+    let dedup = match (&v.dedup, suppression_on) {
+        (None, false) => json!({"$ref": "#/components/schemas/StringMap"}),
+        (d, _) => {
+            let keys: Map<String, Value> = v
+                .dedup_keys
                 .iter()
                 .map(|k| {
                     (
@@ -223,16 +233,26 @@ fn envelope(v: &Vertical, lead: &str, lead_description: &str) -> Value {
                     )
                 })
                 .collect();
-            let names: Vec<&str> = d.keys.iter().map(|k| k.name.as_str()).collect();
+            let names: Vec<&str> = v.dedup_keys.iter().map(|k| k.name.as_str()).collect();
+            let mut what = Vec::new();
+            if let Some(d) = d {
+                what.push(format!(
+                    "a consumer sold within {} days is answered `duplicate`",
+                    d.window_ms / crate::core::dedup::DAY_MS
+                ));
+            }
+            if suppression_on {
+                what.push("one on the suppression list `suppressed`".to_string());
+            }
             json!({
                 "allOf": [
                     {"$ref": "#/components/schemas/StringMap"},
                     {"type": "object", "properties": keys},
                 ],
                 "description": format!(
-                    "This vertical de-duplicates over {} days: {} each hold the SHA-256 of the consumer's normalized value as 64 hex digits (or \"\"). A consumer sold within the window is answered `duplicate` and no buyer is pinged.",
-                    d.window_ms / crate::core::dedup::DAY_MS,
-                    names.join(", ")
+                    "{} each hold the SHA-256 of the consumer's normalized value as 64 hex digits (or \"\"): {}, and no buyer is pinged.",
+                    names.join(", "),
+                    what.join("; ")
                 ),
             })
         }

@@ -88,6 +88,8 @@ pub struct Sale {
     pub windows: Option<Windows>,
     /// The lead's dedup keys (`dedup`; absent in older records).
     pub dedup: Vec<crate::core::dedup::DedupKey>,
+    /// The seller's id.
+    pub seller: String,
 }
 
 /// A record's `dedup` keys (32 hex digits each).
@@ -307,6 +309,7 @@ impl Scan {
                 if reason == release_reason::MISMATCH
                     || reason == release_reason::VERTICAL_REMOVED
                     || reason == release_reason::DUPLICATE
+                    || reason == release_reason::SUPPRESSED
                 {
                     let changed = v
                         .get("changed_fields")
@@ -399,6 +402,7 @@ impl Scan {
                         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
                         windows: windows_of(&v),
                         dedup: dedup_of(&v),
+                        seller: text(&v, "seller"),
                     });
                 }
                 "disposition" => {
@@ -599,6 +603,8 @@ fn direct_answer_of(look: &Lookup<'_>, p: &KeyedPing) -> Option<PostAnswer> {
         let no_bid = p.no_bid.as_deref().unwrap_or(NoBidReason::NoBids.as_str());
         let mut a = if no_bid == NoBidReason::Duplicate.as_str() {
             crate::server::direct_no_bid_answer(NoBidReason::Duplicate)
+        } else if no_bid == NoBidReason::Suppressed.as_str() {
+            crate::server::direct_no_bid_answer(NoBidReason::Suppressed)
         } else {
             PostAnswer::status_only(PostStatus::Unsold, Some(no_bid))
         };
@@ -773,12 +779,21 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         }
     };
     // A lead sold, or delivered with its outcome unknown, stays a duplicate for its
-    // vertical's window (the book keeps only what is inside the longest one).
+    // vertical's window (the book keeps only what is inside the longest one), as its
+    // seller's sale (one the exchange does not know is nobody's).
+    let seller_of = |id: &str| {
+        state
+            .ids
+            .seller_key(id)
+            .unwrap_or(crate::config::SellerKey(u32::MAX))
+    };
     for s in scan.sales.iter().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.bid_micros) {
             out.sales_counted += 1;
         }
-        state.dedup.restore(&s.dedup, s.at, now);
+        state
+            .dedup
+            .restore(&s.dedup, (s.at, seller_of(&s.seller)), now);
     }
     for s in scan.unknown() {
         out.unknown += 1;
@@ -786,20 +801,26 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.unknown_counted += 1;
         }
         if !s.test {
-            state.dedup.restore(&s.dedup, s.at, now);
+            state
+                .dedup
+                .restore(&s.dedup, (s.at, seller_of(&s.seller)), now);
         }
     }
     for s in scan.late_accepts().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_counted += 1;
         }
-        state.dedup.restore(&s.dedup, s.at, now);
+        state
+            .dedup
+            .restore(&s.dedup, (s.at, seller_of(&s.seller)), now);
     }
     for s in scan.cut_short().filter(|s| !s.test) {
         if count(&s.buyer, s.windows, s.at, s.price_micros) {
             out.late_unknown_counted += 1;
         }
-        state.dedup.restore(&s.dedup, s.at, now);
+        state
+            .dedup
+            .restore(&s.dedup, (s.at, seller_of(&s.seller)), now);
     }
     state.metrics.dedup_gauges(&state.dedup);
     // The sold-lead index: every sale, then what its dispositions and refunds took.
@@ -980,6 +1001,8 @@ fn restore_finished(
                 BeforeDelivery::Mismatch
             } else if reason == release_reason::DUPLICATE {
                 BeforeDelivery::Duplicate
+            } else if reason == release_reason::SUPPRESSED {
+                BeforeDelivery::Suppressed
             } else {
                 BeforeDelivery::VerticalRemoved
             };

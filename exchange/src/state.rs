@@ -551,6 +551,9 @@ impl AppState {
         let retrains_at_start = config.learning.retrains();
         let s = &config.server;
         let buyer_metrics = metric_slots(&config, None);
+        metrics
+            .suppression_hashes
+            .set(config.suppression.len() as i64);
         let ping_targets = target_slots(&config);
         let vertical_count = config.verticals.len();
         let connections = Arc::new(tokio::sync::Semaphore::new(s.connections_max));
@@ -697,6 +700,9 @@ impl AppState {
         }
         let generation = old.generation.saturating_add(1);
         self.dedup.set_keep_ms(dedup_keep_ms(&config));
+        self.metrics
+            .suppression_hashes
+            .set(config.suppression.len() as i64);
         self.runtime.store(Arc::new(Runtime {
             ping_targets: target_slots(&config),
             config: Arc::new(config),

@@ -1,7 +1,7 @@
 //! De-duplication end to end: a consumer sold once is a `duplicate` at a later ping,
 //! post or direct post within the vertical's window, across a restart too; a post of the
 //! same consumer still in flight makes another wait (`409`); a seller's hash that is not
-//! one is refused naming its key.
+//! one is refused naming its key. And the suppression list (`suppressed`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -357,9 +357,9 @@ async fn a_restart_keeps_the_window_and_a_start_after_it_forgets_the_sale() {
     third.shutdown().await.unwrap();
 }
 
-/// A buyer that accepts after its post timeout has the consumer: a duplicate from then
-/// on, and after a restart (from the delivery's `post_sent`), though the post was
-/// answered `unsold`.
+/// A buyer that accepts after its post timeout has the consumer: claimed while it may
+/// still accept, a duplicate from then on, and after a restart (from the delivery's
+/// `post_sent`), though the post was answered `unsold`.
 #[tokio::test]
 async fn a_late_accept_makes_a_duplicate_live_and_after_a_restart() {
     let a = ScriptedBidder::bidding(10.0);
@@ -373,6 +373,11 @@ async fn a_late_accept_makes_a_duplicate_live_and_after_a_restart() {
     a.close_posts();
     let d = client.direct("TX").await;
     assert_eq!(d.status, PostStatus::Unsold, "{d:?}");
+    // The buyer that timed out may still accept: the consumer stays claimed meanwhile,
+    // so another post of it waits rather than selling it to a second buyer (black-box
+    // round 29: it sold).
+    let r = client.post_json("/v1/leads", &direct_body("TX")).await;
+    r.assert_error(409, "conflict");
     a.open_posts();
     let b = first.state.runtime.load().config.buyers[0].clone();
     tokio::time::timeout(EVENT_WAIT_MAX, async {
@@ -396,4 +401,224 @@ async fn a_late_accept_makes_a_duplicate_live_and_after_a_restart() {
     assert_eq!(client.direct("TX").await.status, PostStatus::Duplicate);
     assert_eq!(a.posts(), 1);
     second.shutdown().await.unwrap();
+}
+
+/// `[suppression]`: a consumer whose phone or e-mail hash is on the list is never sold,
+/// in a vertical without `[dedup]` too (its phone and e-mail fields are its keys): a
+/// ping is `no_bid` `suppressed`, a post `suppressed` with its hold released, a direct
+/// post `suppressed`; the list is read again at a reload.
+#[tokio::test]
+async fn a_consumer_on_the_suppression_list_is_never_sold_and_a_reload_reads_the_list_again() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let list_dir = tempfile::tempdir().unwrap();
+    let list = list_dir.path().join("dnc.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# do not contact\n\n{}\n{}\n",
+            sha("+18175550123").to_uppercase(),
+            sha("zed@example.com")
+        ),
+    )
+    .unwrap();
+    let with_list = |t: String| {
+        format!(
+            "{t}\n[suppression]\npath = {:?}\n",
+            list.display().to_string()
+        )
+    };
+    let ex = TestConfig::new().buyer(ab).start_edited(with_list).await;
+    assert_eq!(ex.metric("pingpost_suppression_hashes", &[]).await, 2.0);
+
+    let r = ex
+        .client
+        .post_json(
+            "/v1/ping",
+            &ping_with(json!({"phone_sha256": sha("+18175550123")})),
+        )
+        .await
+        .ping_answer();
+    assert_eq!(r.reason, Some(NoBidReason::Suppressed), "{r:?}");
+    let r = ex
+        .client
+        .post_json("/v1/ping", &ping_with(json!({"phone_sha256": "x"})))
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert_eq!(a.pings(), 0, "nobody pinged");
+
+    // Pinged without hashes: quoted; its post, with the listed phone, is suppressed.
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid);
+    for _ in 0..2 {
+        let p = ex.client.post(&q.ping_id, "TX").await;
+        assert_eq!(p.status, PostStatus::Suppressed, "{p:?}");
+        assert_eq!(p.reason.as_deref(), Some("suppression_list"));
+    }
+    assert_eq!(ex.reserved("a"), 0);
+    assert_eq!(a.posts(), 0);
+    // A direct post by the listed e-mail alone, in another case.
+    let body = json!({"vertical": VERTICAL, "lead": lead_of("+18175550999", "Zed@Example.com")});
+    let d = ex.client.post_json("/v1/leads", &body).await.post_answer();
+    assert_eq!(d.status, PostStatus::Suppressed, "{d:?}");
+    // Another consumer sells.
+    let body = json!({"vertical": VERTICAL, "lead": lead_of("+18175550999", "amy@example.com")});
+    assert_eq!(
+        ex.client
+            .post_json("/v1/leads", &body)
+            .await
+            .post_answer()
+            .status,
+        PostStatus::Sold
+    );
+
+    // The list edited and reloaded: the first consumer may be sold now.
+    std::fs::write(&list, format!("{}\n", sha("zed@example.com"))).unwrap();
+    assert_eq!(ex.reload().await.status, 200);
+    assert_eq!(ex.metric("pingpost_suppression_hashes", &[]).await, 1.0);
+    assert_eq!(ex.client.direct("TX").await.status, PostStatus::Sold);
+    // A broken list is refused by the reload, naming the line, and the old one serves.
+    std::fs::write(&list, "0123\n").unwrap();
+    let r = ex.reload().await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("line 1: not a SHA-256"), "{}", r.text());
+    assert_eq!(ex.metric("pingpost_suppression_hashes", &[]).await, 1.0);
+    assert_eq!(
+        ex.client
+            .post_json("/v1/leads", &body)
+            .await
+            .post_answer()
+            .status,
+        PostStatus::Sold,
+        "amy is not listed"
+    );
+
+    assert_eq!(
+        ex.metric("pingpost_auctions_total", &[("outcome", "suppressed")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        ex.metric("pingpost_posts_total", &[("status", "suppressed")])
+            .await,
+        3.0
+    );
+    ex.state.ledger.flush().await.unwrap();
+    let released = ex
+        .ledger_of("quote_released")
+        .into_iter()
+        .filter(|r| r["reason"] == "suppressed")
+        .count();
+    assert_eq!(released, 1);
+    // Nothing of the list or the lead is written.
+    let text = ex
+        .ledger()
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<String>();
+    assert!(!text.contains(&sha("+18175550123")[..16]), "{text}");
+}
+
+const OTHER_KEY: &str = "seller-other-key";
+
+/// [`with_dedup`] and a second seller of the vertical (`other`, [`OTHER_KEY`]), the
+/// vertical's `ping_scope` set to `scope`.
+fn two_sellers(scope: &'static str) -> impl FnOnce(String) -> String {
+    move |t| {
+        let t = with_dedup(t).replace(
+            "window_days = 30\n",
+            &format!("window_days = 30\nping_scope = \"{scope}\"\n"),
+        );
+        format!(
+            "{t}\n[sellers.other]\nkey_sha256 = \"{}\"\nverticals = [\"auto_insurance\"]\npayout = {{ model = \"revenue_share\", share_pct = 80 }}\n",
+            sha(OTHER_KEY)
+        )
+    }
+}
+
+/// Black-box round 29: a ping answered `duplicate` for another seller's sale let any
+/// seller test guessed phone numbers for free (`min_price` above every bid: no quote, no
+/// cost). By default (`ping_scope = "seller"`) a ping or direct post is screened only
+/// against the seller's own sales; another seller's sale is found when the lead would
+/// be delivered (the post, or a direct post's award), so learning it means having a
+/// lead a buyer takes. `ping_scope = "all"` screens every sale at the ping.
+#[tokio::test]
+async fn another_seller_s_sale_is_found_at_the_post_not_the_ping_unless_the_scope_is_all() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone())
+        .start_edited(two_sellers("seller"))
+        .await;
+    let phone = json!({"phone_sha256": sha("+18175550123")});
+    assert_eq!(ex.client.direct("TX").await.status, PostStatus::Sold);
+
+    // The seller that sold it: screened at the ping.
+    let mine = ex
+        .client
+        .post_json("/v1/ping", &ping_with(phone.clone()))
+        .await
+        .ping_answer();
+    assert_eq!(mine.reason, Some(NoBidReason::Duplicate));
+    // Another seller, priced out of every bid: the same answer as for a consumer never sold.
+    let mut probe = ping_with(phone.clone());
+    probe["min_price"] = json!(400);
+    let r = ex
+        .client
+        .post_json_with("/v1/ping", OTHER_KEY, &[], &probe)
+        .await
+        .ping_answer();
+    assert_eq!(r.reason, Some(NoBidReason::BelowReserve), "{r:?}");
+    let mut probe = direct_body("TX");
+    probe["min_price"] = json!(400);
+    let d = ex
+        .client
+        .post_json_with("/v1/leads", OTHER_KEY, &[], &probe)
+        .await
+        .post_answer();
+    assert_eq!(d.reason.as_deref(), Some("below_reserve"), "{d:?}");
+    // With a bid: the quote is made; its post is the duplicate, delivering nothing.
+    let q = ex
+        .client
+        .post_json_with("/v1/ping", OTHER_KEY, &[], &ping_with(phone.clone()))
+        .await
+        .ping_answer();
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    let p = ex
+        .client
+        .post_json_with("/v1/post", OTHER_KEY, &[], &post_body(&q.ping_id, "TX"))
+        .await
+        .post_answer();
+    assert_eq!(p.status, PostStatus::Duplicate, "{p:?}");
+    // A direct post with a winner: refused after the award, its hold released.
+    let d = ex
+        .client
+        .post_json_with("/v1/leads", OTHER_KEY, &[], &direct_body("TX"))
+        .await
+        .post_answer();
+    assert_eq!(d.status, PostStatus::Duplicate, "{d:?}");
+    assert_eq!(a.posts(), 1, "only the first sale was delivered");
+    assert_eq!(ex.reserved("a"), 0);
+    assert_eq!(ex.sold_today("a"), 1);
+
+    // `ping_scope = "all"`: another seller's ping is screened too.
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .start_edited(two_sellers("all"))
+        .await;
+    assert_eq!(ex.client.direct("TX").await.status, PostStatus::Sold);
+    let pings = a.pings();
+    let r = ex
+        .client
+        .post_json_with("/v1/ping", OTHER_KEY, &[], &ping_with(phone))
+        .await
+        .ping_answer();
+    assert_eq!(r.reason, Some(NoBidReason::Duplicate));
+    let d = ex
+        .client
+        .post_json_with("/v1/leads", OTHER_KEY, &[], &direct_body("TX"))
+        .await
+        .post_answer();
+    assert_eq!(d.status, PostStatus::Duplicate);
+    assert_eq!(a.pings(), pings, "nobody pinged");
 }

@@ -139,6 +139,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[learning]`: where models live and when they are retrained.
     pub learning: LearningConfig,
+    /// `[suppression]`: the do-not-contact list (shared by clones; empty and off without
+    /// the table).
+    pub suppression: Arc<crate::dedup::Suppression>,
 }
 
 /// `[learning]`: the model directory, training parameters and continuous retraining.
@@ -374,6 +377,9 @@ pub struct Vertical {
     pub consent_required: Vec<String>,
     /// `[verticals.NAME.dedup]`: de-duplication of sold leads (`None`: off).
     pub dedup: Option<crate::dedup::DedupConfig>,
+    /// The keys that identify a consumer (`[verticals.NAME.dedup] keys`, or every phone
+    /// and e-mail field): what de-duplication and the suppression list look at.
+    pub dedup_keys: Vec<crate::dedup::DedupKeySpec>,
 }
 
 impl Vertical {

@@ -681,10 +681,15 @@ pub enum BeforeDelivery {
     Mismatch,
     /// A lead with one of its dedup keys was sold within the vertical's window.
     Duplicate,
+    /// The posted lead's consumer is on the suppression list.
+    Suppressed,
 }
 
 /// The `reason` of a post or direct post answered `duplicate`.
 pub const DUPLICATE_REASON: &str = "sold_within_window";
+
+/// The `reason` of a post or direct post answered `suppressed`.
+pub const SUPPRESSED_REASON: &str = "suppression_list";
 
 /// A post refused before delivery: its answer, and what becomes of the quote's hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -726,6 +731,11 @@ pub fn refuse_before_delivery(kind: BeforeDelivery, hold: Option<Reservation>) -
             PostStatus::Duplicate,
             DUPLICATE_REASON,
             Some(release_reason::DUPLICATE),
+        ),
+        BeforeDelivery::Suppressed => (
+            PostStatus::Suppressed,
+            SUPPRESSED_REASON,
+            Some(release_reason::SUPPRESSED),
         ),
     };
     Refusal {

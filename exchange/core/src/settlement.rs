@@ -214,6 +214,8 @@ pub mod release_reason {
     pub const VERTICAL_REMOVED: &str = "vertical_removed";
     /// A lead with one of the post's dedup keys was sold within the window (`duplicate`).
     pub const DUPLICATE: &str = "duplicate";
+    /// The posted lead's consumer is on the suppression list (`suppressed`).
+    pub const SUPPRESSED: &str = "suppressed";
 }
 
 /// The effects of dropping a quote's hold `r` without a sale: the cap operation and its

@@ -316,8 +316,26 @@ fn a_duplicate_pings_nobody_and_its_post_releases_the_hold() {
         answer.reason.as_deref(),
         Some(crate::post::DUPLICATE_REASON)
     );
-    let (_, why) = r.release.unwrap();
+    let (hold, why) = r.release.unwrap();
     assert_eq!(why, Some(crate::settlement::release_reason::DUPLICATE));
+    // A consumer on the suppression list: answered `suppressed`, the hold released for it.
+    let r =
+        crate::post::refuse_before_delivery(crate::post::BeforeDelivery::Suppressed, Some(hold));
+    let answer = r.answer("pg_1");
+    assert_eq!(answer.status, proto::seller::PostStatus::Suppressed);
+    assert_eq!(
+        answer.reason.as_deref(),
+        Some(crate::post::SUPPRESSED_REASON)
+    );
+    assert_eq!(
+        r.release.map(|(_, why)| why),
+        Some(Some(crate::settlement::release_reason::SUPPRESSED))
+    );
+    let mut p = params(&cfg, T);
+    p.screen = Some(NoBidReason::Suppressed);
+    let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+    assert_eq!(a.ping_count(), 0);
+    assert_eq!(a.finish(&s, T, 0).no_bid, Some(NoBidReason::Suppressed));
 }
 
 /// A bid that names a currency other than the vertical's is no bid (`invalid`,

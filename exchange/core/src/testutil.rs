@@ -121,6 +121,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         routing: Default::default(),
         consent_required: Vec::new(),
         dedup: None,
+        dedup_keys: Vec::new(),
     };
     let seller = Seller {
         id: "s0".into(),
@@ -177,6 +178,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             token: None,
         },
         learning: Default::default(),
+        suppression: Default::default(),
     };
     cfg.index_buyers();
     cfg.set_keys(

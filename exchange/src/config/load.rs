@@ -139,6 +139,103 @@ pub fn shared_listener_problem(
     })
 }
 
+/// The longest suppression file read, in bytes (10 million hashes with their newlines
+/// take 650 MB).
+pub const SUPPRESSION_FILE_BYTES_MAX: u64 = 1 << 30;
+/// The most hashes a suppression file may list.
+pub const SUPPRESSION_ENTRIES_MAX: usize = 10_000_000;
+/// Bad lines of a suppression file named one by one (the rest are counted).
+const SUPPRESSION_PROBLEMS_NAMED_MAX: usize = 10;
+
+/// `[suppression]`: `path`, a text file of SHA-256 hashes (64 hex digits, either case),
+/// one per line; blank lines and lines starting with `#` are skipped. Read at every load,
+/// so a reload picks up an edited file. A bad line is a problem naming its number, never
+/// its text.
+fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup::Suppression {
+    use std::io::Read;
+    let Some(path_text) = s.str_opt(p, "path") else {
+        if s.table.is_some() && !s.has("path") {
+            p.at(
+                &s.path_of("path"),
+                "is required: the file of SHA-256 hashes, one per line",
+            );
+        }
+        s.finish(p);
+        return Default::default();
+    };
+    let at = s.path_of("path");
+    s.finish(p);
+    if path_text.is_empty() {
+        p.at(&at, "must name a file");
+        return Default::default();
+    }
+    let path = std::path::PathBuf::from(path_text);
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(&path).and_then(|f| {
+        f.take(SUPPRESSION_FILE_BYTES_MAX + 1)
+            .read_to_end(&mut bytes)
+    });
+    if let Err(e) = read {
+        p.at(&at, format!("{}: {e}", path.display()));
+        return Default::default();
+    }
+    if bytes.len() as u64 > SUPPRESSION_FILE_BYTES_MAX {
+        p.at(
+            &at,
+            format!(
+                "{}: longer than {SUPPRESSION_FILE_BYTES_MAX} bytes",
+                path.display()
+            ),
+        );
+        return Default::default();
+    }
+    let mut hashes = std::collections::HashSet::new();
+    let mut bad = 0usize;
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with(b"#") {
+            continue;
+        }
+        let mut h = [0u8; 32];
+        if line.len() != 64 || hex::decode_to_slice(line, &mut h).is_err() {
+            bad += 1;
+            if bad <= SUPPRESSION_PROBLEMS_NAMED_MAX {
+                p.at(
+                    &at,
+                    format!(
+                        "{} line {}: not a SHA-256 (64 hex digits)",
+                        path.display(),
+                        n + 1
+                    ),
+                );
+            }
+            continue;
+        }
+        hashes.insert(h);
+        if hashes.len() > SUPPRESSION_ENTRIES_MAX {
+            p.at(
+                &at,
+                format!(
+                    "{}: more than {SUPPRESSION_ENTRIES_MAX} hashes",
+                    path.display()
+                ),
+            );
+            return Default::default();
+        }
+    }
+    if bad > SUPPRESSION_PROBLEMS_NAMED_MAX {
+        p.at(
+            &at,
+            format!(
+                "{}: {} more lines that are not SHA-256 hashes",
+                path.display(),
+                bad - SUPPRESSION_PROBLEMS_NAMED_MAX
+            ),
+        );
+    }
+    crate::core::dedup::Suppression::new(hashes, path)
+}
+
 /// [`load_str`] with the environment given as a lookup function: `env(name)` is the value
 /// of the variable `name` if it is set. Buyer secrets are read through it and nothing else.
 pub fn load_str_with_env(
@@ -157,6 +254,8 @@ pub fn load_str_with_env(
     let admin = read_admin(admin_section, env, &mut p);
     let learning_section = top.section_or_empty(&mut p, "learning");
     let learning = learning::read_learning(learning_section, &mut p);
+    let suppression_section = top.section_or_empty(&mut p, "suppression");
+    let suppression = read_suppression(suppression_section, &mut p);
     if let Some(problem) = shared_listener_problem(&admin, server.listen) {
         p.at("admin.listen", problem);
     }
@@ -263,6 +362,7 @@ pub fn load_str_with_env(
         seller_by_key: HashMap::new(),
         admin,
         learning,
+        suppression: std::sync::Arc::new(suppression),
     };
     // The eligibility index is built here, on the loading thread (a reload runs off the
     // auction threads), and swapped in with the configuration.

@@ -614,6 +614,11 @@ so if the exchange reloaded its configuration since it started, the file may not
                 out,
                 "  (none considered: the request lacked a consent key the vertical requires, consent_required, so no filter was run and no buyer pinged)"
             );
+        } else if a.str("no_bid") == "suppressed" {
+            let _ = writeln!(
+                out,
+                "  (none considered: one of the lead's dedup hashes is on the suppression list, so no filter was run and no buyer pinged)"
+            );
         } else if a.str("no_bid") == "duplicate" {
             let _ = writeln!(
                 out,
@@ -819,6 +824,16 @@ so if the exchange reloaded its configuration since it started, the file may not
             if quoted {
                 // A quote without a hold (a test lead's) writes no record when it expires.
                 "no post of this quote is recorded: not posted yet, or not before its expiry above (a test lead's quote holds nothing and writes no record when it expires)"
+            } else if a.bool("direct") {
+                // A direct post delivers at once or not at all (black-box round 29: this
+                // said "not posted yet" of one).
+                match a.str("no_bid") {
+                    "duplicate" | "suppressed" => {
+                        "nothing was delivered: the direct post was answered as the no-bid reason above says, before any buyer was pinged"
+                    }
+                    "" => "nothing was delivered: the direct post's winner was not posted to (a consumer another seller sold within the dedup window is answered duplicate after the award, and the winner's hold released)",
+                    _ => "nothing was delivered: the direct post had no winner and was answered unsold with the no-bid reason above",
+                }
             } else {
                 "no post of this auction is recorded (not posted yet, the quote expired, or no winner)"
             }

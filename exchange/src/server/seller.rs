@@ -7,6 +7,7 @@ use std::hash::Hash;
 use super::*;
 use crate::core::dedup::{DedupKey, Seen};
 use crate::core::post::{quote_refused, refuse_before_delivery, BeforeDelivery, Refusal};
+use crate::fingerprint::ConsumerKeys;
 use crate::idempotency::IdempotencyStore;
 
 /// One request's place under `server.requests_in_flight_max`. It is owned, not borrowed
@@ -403,21 +404,26 @@ fn parse_seller_lead(
     Ok((req, vertical))
 }
 
-/// A request's dedup keys ([`crate::fingerprint::Fingerprinter::dedup_keys`]; given
-/// `full`, the posted lead's own too). A seller's hash that is not one is `400
+/// A request's consumer keys ([`crate::fingerprint::Fingerprinter::consumer_keys`];
+/// given `full`, the posted lead's own too). A seller's hash that is not one is `400
 /// invalid_request` naming it. A test lead has none: it is never a duplicate, nor makes
-/// one.
-fn dedup_keys(
+/// one, nor is it suppressed.
+fn consumer_keys(
     state: &AppState,
+    rt: &Runtime,
     v: &crate::config::Vertical,
     req: &proto::seller::PingRequest,
     full: Option<&proto::Lead>,
-) -> Result<Vec<DedupKey>, ApiError> {
+) -> Result<ConsumerKeys, ApiError> {
     let keys = state
         .fingerprint
-        .dedup_keys(v, &req.dedup, full)
+        .consumer_keys(v, rt.config.suppression.is_on(), &req.dedup, full)
         .map_err(|p| ApiError::from_fields(ErrorCode::InvalidRequest, p))?;
-    Ok(if req.test { Vec::new() } else { keys })
+    Ok(if req.test {
+        ConsumerKeys::default()
+    } else {
+        keys
+    })
 }
 
 /// A post's claim on its lead's dedup keys ([`crate::core::dedup::DedupBook::begin_post`]):
@@ -425,7 +431,9 @@ fn dedup_keys(
 struct DedupClaim<'s> {
     state: &'s AppState,
     keys: Vec<DedupKey>,
-    sold_at: Option<crate::core::UnixMs>,
+    /// The seller posting (the sale's, if it sells).
+    seller: crate::config::SellerKey,
+    sold: Option<crate::core::dedup::Sold>,
 }
 
 impl<'s> DedupClaim<'s> {
@@ -433,6 +441,7 @@ impl<'s> DedupClaim<'s> {
     fn begin(
         state: &'s AppState,
         v: &crate::config::Vertical,
+        seller: crate::config::SellerKey,
         keys: Vec<DedupKey>,
     ) -> Result<DedupClaim<'s>, Seen> {
         let window = v.dedup.as_ref().map_or(0, |d| d.window_ms);
@@ -442,19 +451,20 @@ impl<'s> DedupClaim<'s> {
         Ok(DedupClaim {
             state,
             keys,
-            sold_at: None,
+            seller,
+            sold: None,
         })
     }
 
     fn sold(&mut self) {
-        self.sold_at = Some(self.state.clock.now_ms());
+        self.sold = Some((self.state.clock.now_ms(), self.seller));
     }
 }
 
 impl Drop for DedupClaim<'_> {
     fn drop(&mut self) {
         let now = self.state.clock.now_ms();
-        self.state.dedup.end_post(&self.keys, self.sold_at, now);
+        self.state.dedup.end_post(&self.keys, self.sold, now);
         self.state.metrics.dedup_gauges(&self.state.dedup);
     }
 }
@@ -479,14 +489,27 @@ async fn ping(
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Ping)?;
     let v = &cfg.verticals[vertical];
-    let dedup = dedup_keys(state, v, &req, None)?;
+    let keys = consumer_keys(state, rt, v, &req, None)?;
     ledger_gate(state)?;
-    // A consumer sold within the window is a duplicate: no buyer is pinged.
+    // A consumer on the suppression list, or sold within the window, is screened out: no
+    // buyer is pinged.
     let window = v.dedup.as_ref().map_or(0, |d| d.window_ms);
-    let screen = state
-        .dedup
-        .sold_within(&dedup, window, state.clock.now_ms())
-        .then_some(NoBidReason::Duplicate);
+    // Another seller's sale is found at the post unless `ping_scope = "all"`: an
+    // answer here would let any seller test guessed phone numbers for free (black-box
+    // round 29).
+    let by = match &v.dedup {
+        Some(d) if d.ping_scope_all => None,
+        _ => Some(cfg.sellers[seller].key),
+    };
+    let screen = if cfg.suppression.lists_any(&keys.hashes) {
+        Some(NoBidReason::Suppressed)
+    } else {
+        state
+            .dedup
+            .sold_within(&keys.digests, window, state.clock.now_ms(), by)
+            .then_some(NoBidReason::Duplicate)
+    };
+    let dedup = keys.digests;
     // The quote's place, taken before any buyer is pinged: a ping past the book's or the
     // seller's open-quote limit is refused here, however many race (given back below
     // when the auction has no winner, or if this request is dropped).
@@ -714,14 +737,41 @@ async fn direct_post(
     let cfg = &rt.config;
     let (req, vertical) = parse_seller_lead(rt, seller, buf, LeadMode::Full)?;
     let v = &cfg.verticals[vertical];
-    let keys = dedup_keys(state, v, &req, Some(&req.lead))?;
+    let keys = consumer_keys(state, rt, v, &req, Some(&req.lead))?;
     ledger_gate(state)?;
-    // The lead's dedup keys are claimed for the whole direct post: a consumer sold within
-    // the window is a duplicate (no buyer is pinged), one being posted now waits.
-    let (mut claim, screen) = match DedupClaim::begin(state, v, keys) {
-        Ok(c) => (Some(c), None),
-        Err(Seen::Sold) => (None, Some(NoBidReason::Duplicate)),
-        Err(Seen::Posting) => return Err(dedup_in_flight()),
+    // A consumer on the suppression list is screened out. Otherwise the lead's dedup keys
+    // are claimed for the whole direct post: a consumer sold within the window is a
+    // duplicate (no buyer is pinged), one being posted now waits.
+    // A consumer another seller sold is screened out only under `ping_scope = "all"`;
+    // otherwise the auction runs and a winner is refused after the award (`cross_seller`),
+    // so the answer tells a seller nothing it could not learn by selling the lead.
+    let seller_key = cfg.sellers[seller].key;
+    let mut cross_seller = false;
+    let (mut claim, screen) = if cfg.suppression.lists_any(&keys.hashes) {
+        (None, Some(NoBidReason::Suppressed))
+    } else {
+        let window = v.dedup.as_ref().map_or(0, |d| d.window_ms);
+        let scope_all = v.dedup.as_ref().is_some_and(|d| d.ping_scope_all);
+        let digests = keys.digests.clone();
+        match DedupClaim::begin(state, v, seller_key, keys.digests) {
+            Ok(c) => (Some(c), None),
+            Err(Seen::Sold)
+                if scope_all
+                    || state.dedup.sold_within(
+                        &digests,
+                        window,
+                        state.clock.now_ms(),
+                        Some(seller_key),
+                    ) =>
+            {
+                (None, Some(NoBidReason::Duplicate))
+            }
+            Err(Seen::Sold) => {
+                cross_seller = true;
+                (None, None)
+            }
+            Err(Seen::Posting) => return Err(dedup_in_flight()),
+        }
     };
     let schema = &v.schema;
     let projection = req.lead.ping_projection(schema);
@@ -744,6 +794,16 @@ async fn direct_post(
     .await;
     let award = result.award;
     let answer = match award.winner().map(|w| w.seller_price) {
+        Some(_) if cross_seller => {
+            // Another seller sold this consumer within the window: the winner's hold is
+            // released and nothing is delivered.
+            if let Some(r) = award.reservation {
+                effects::settlement(state).settle(&crate::core::settlement::CapOp::Release(r));
+            }
+            let mut a = direct_no_bid_answer(NoBidReason::Duplicate);
+            a.ping_id = Some(result.ping_id);
+            a
+        }
         Some(quoted) => {
             let d = Delivery {
                 auction_id: &result.auction_id,
@@ -791,6 +851,10 @@ pub fn direct_no_bid_answer(reason: NoBidReason) -> PostAnswer {
         NoBidReason::Duplicate => PostAnswer::status_only(
             PostStatus::Duplicate,
             Some(crate::core::post::DUPLICATE_REASON),
+        ),
+        NoBidReason::Suppressed => PostAnswer::status_only(
+            PostStatus::Suppressed,
+            Some(crate::core::post::SUPPRESSED_REASON),
         ),
         r => PostAnswer::status_only(PostStatus::Unsold, Some(r.as_str())),
     }
@@ -881,18 +945,34 @@ async fn post(
         // a consumer sold within the window is a duplicate (the hold is released), one
         // being posted now waits (the quote stays open).
         let v = &cfg.verticals[vertical];
-        let mut keys = quote.dedup.clone();
-        if !quote.test {
-            keys.extend(
-                state
-                    .fingerprint
-                    .dedup_keys(v, &std::collections::BTreeMap::new(), Some(&lead))
-                    .unwrap_or_default(),
-            );
-            keys.sort_unstable();
-            keys.dedup();
+        let own = if quote.test {
+            ConsumerKeys::default()
+        } else {
+            state
+                .fingerprint
+                .consumer_keys(
+                    v,
+                    cfg.suppression.is_on(),
+                    &std::collections::BTreeMap::new(),
+                    Some(&lead),
+                )
+                .unwrap_or_default()
+        };
+        // The posted consumer on the suppression list (as it is now): nothing is
+        // delivered and the hold is released.
+        if cfg.suppression.lists_any(&own.hashes) {
+            let refusal =
+                refuse_before_delivery(BeforeDelivery::Suppressed, quote.reservation.clone());
+            let now = state.clock.now_ms();
+            let a = refuse(state, rt, refusal, &quote.ping_id, &[], now).await;
+            state.quotes.finish(&quote.ping_id, a.clone(), now);
+            return Ok(post_answer(state, &a));
         }
-        let mut claim = match DedupClaim::begin(state, v, keys) {
+        let mut keys = quote.dedup.clone();
+        keys.extend(own.digests);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut claim = match DedupClaim::begin(state, v, seller_key, keys) {
             Ok(c) => c,
             Err(Seen::Posting) => {
                 state.quotes.abandon(&env.ping_id, quote);

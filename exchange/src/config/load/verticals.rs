@@ -90,7 +90,7 @@ pub(super) fn read_vertical(
     let features = super::features::read_features(&mut s, &schema, &refused, p);
     // Routing names no field: its problems are reported with the fields' ones.
     let routing = super::features::read_routing(&mut s, p);
-    let dedup = read_dedup(&mut s, &schema, &refused, p);
+    let (dedup, dedup_keys) = read_dedup(&mut s, &schema, &refused, p);
     s.finish(p);
 
     if p.len() > before {
@@ -108,6 +108,7 @@ pub(super) fn read_vertical(
         routing,
         consent_required,
         dedup,
+        dedup_keys,
     })
 }
 
@@ -116,40 +117,64 @@ pub const DEDUP_KEYS_MAX: usize = 8;
 /// The longest dedup window, in days.
 pub const DEDUP_WINDOW_DAYS_MAX: i64 = 365;
 
+/// The keys that identify a consumer without `[dedup] keys`: every `phone` and `email`
+/// field, named after it (`phone_sha256` for `phone`).
+fn default_dedup_keys(schema: &VerticalSchema) -> Vec<crate::core::dedup::DedupKeySpec> {
+    schema
+        .fields
+        .iter()
+        .filter(|f| matches!(f.kind, FieldKind::Phone | FieldKind::Email))
+        .map(|f| crate::core::dedup::DedupKeySpec {
+            name: format!("{}_sha256", f.name),
+            field: Some(f.name.clone()),
+        })
+        .collect()
+}
+
 /// `[verticals.NAME.dedup]`: `window_days` (30 unless set; 0 turns it off) and `keys`, a
 /// table from each dedup key a seller's `dedup` map may hold to the lead field a post's
 /// own hash of it is made from (`""`: the seller's hash only). Without `keys`, every
-/// `phone` and `email` field is a key named after it (`phone_sha256` for `phone`).
+/// `phone` and `email` field is a key named after it (`phone_sha256` for `phone`). The
+/// keys serve the suppression list too, with or without a window.
 fn read_dedup(
     s: &mut Section<'_>,
     schema: &VerticalSchema,
     refused: &[&str],
     p: &mut Problems,
-) -> Option<crate::core::dedup::DedupConfig> {
+) -> (
+    Option<crate::core::dedup::DedupConfig>,
+    Vec<crate::core::dedup::DedupKeySpec>,
+) {
     use crate::core::dedup::{DedupConfig, DedupKeySpec, DAY_MS};
     if !s.has("dedup") {
         let _ = s.opt("dedup");
-        return None;
+        return (None, default_dedup_keys(schema));
     }
     let mut d = s.section_or_empty(p, "dedup");
-    d.table?;
+    if d.table.is_none() {
+        return (None, Vec::new());
+    }
     let days = match d.opt("window_days") {
-        None => 30,
-        Some((path, v)) => whole(p, &path, v, 0, DEDUP_WINDOW_DAYS_MAX)?,
+        None => Some(30),
+        Some((path, v)) => whole(p, &path, v, 0, DEDUP_WINDOW_DAYS_MAX),
+    };
+    let ping_scope_all = match d.str_opt(p, "ping_scope") {
+        None | Some("seller") => false,
+        Some("all") => true,
+        Some(other) => {
+            p.at(
+                &d.path_of("ping_scope"),
+                format!("unknown scope {other:?} (\"seller\": a ping is a duplicate of the seller's own sales only, or \"all\")"),
+            );
+            false
+        }
     };
     let keys_path = d.path_of("keys");
     let mut keys: Vec<DedupKeySpec> = Vec::new();
     match d.opt("keys") {
         None => {
-            for f in &schema.fields {
-                if matches!(f.kind, FieldKind::Phone | FieldKind::Email) {
-                    keys.push(DedupKeySpec {
-                        name: format!("{}_sha256", f.name),
-                        field: Some(f.name.clone()),
-                    });
-                }
-            }
-            if keys.is_empty() && days > 0 {
+            keys = default_dedup_keys(schema);
+            if keys.is_empty() && days.unwrap_or(0) > 0 {
                 p.at(
                     &keys_path,
                     "is required: the vertical has no phone or email field to make keys from; name the seller's dedup keys, such as keys = { phone_sha256 = \"\" }",
@@ -162,7 +187,7 @@ fn read_dedup(
                     &path,
                     "must be a table from dedup key to lead field, such as { phone_sha256 = \"phone\" }",
                 );
-                return None;
+                return (None, Vec::new());
             };
             if table.is_empty() || table.len() > DEDUP_KEYS_MAX {
                 p.at(&path, format!("must name 1 to {DEDUP_KEYS_MAX} keys"));
@@ -217,13 +242,11 @@ fn read_dedup(
         }
     }
     d.finish(p);
-    if days == 0 {
-        return None;
-    }
-    Some(DedupConfig {
+    let dedup = days.filter(|d| *d > 0).map(|days| DedupConfig {
         window_ms: days as u64 * DAY_MS,
-        keys,
-    })
+        ping_scope_all,
+    });
+    (dedup, keys)
 }
 
 /// `consent_required`: consent keys, each as a seller's `consent` map may hold one

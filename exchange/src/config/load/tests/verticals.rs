@@ -221,12 +221,18 @@ fn field_order_is_file_order() {
 #[test]
 fn dedup_window_and_keys() {
     use crate::core::dedup::{DedupKeySpec, DAY_MS};
-    assert!(ok(&[]).verticals[0].dedup.is_none(), "off without [dedup]");
+    let plain = ok(&[]);
+    assert!(plain.verticals[0].dedup.is_none(), "off without [dedup]");
+    assert_eq!(
+        plain.verticals[0].dedup_keys.len(),
+        1,
+        "the phone field is a key all the same (for the suppression list)"
+    );
     let c = ok(&[("#VERTICAL", "dedup = {}")]);
     let d = c.verticals[0].dedup.as_ref().unwrap();
     assert_eq!(d.window_ms, 30 * DAY_MS, "30 days unless set");
     assert_eq!(
-        d.keys,
+        c.verticals[0].dedup_keys,
         [DedupKeySpec {
             name: "phone_sha256".into(),
             field: Some("phone".into()),
@@ -242,8 +248,8 @@ fn dedup_window_and_keys() {
     ]);
     let d = c.verticals[0].dedup.as_ref().unwrap();
     assert_eq!(d.window_ms, 7 * DAY_MS);
-    let keys: Vec<(&str, Option<&str>)> = d
-        .keys
+    let keys: Vec<(&str, Option<&str>)> = c.verticals[0]
+        .dedup_keys
         .iter()
         .map(|k| (k.name.as_str(), k.field.as_deref()))
         .collect();
@@ -256,11 +262,14 @@ fn dedup_window_and_keys() {
         ],
         "in file order"
     );
-    assert!(
-        ok(&[("#VERTICAL", "dedup = { window_days = 0 }")]).verticals[0]
-            .dedup
-            .is_none(),
-        "0 turns it off"
+    let off = ok(&[(
+        "#VERTICAL",
+        "dedup = { window_days = 0, keys = { ssn_sha256 = \"\" } }",
+    )]);
+    assert!(off.verticals[0].dedup.is_none(), "0 turns it off");
+    assert_eq!(
+        off.verticals[0].dedup_keys[0].name, "ssn_sha256",
+        "its keys stay"
     );
 }
 
@@ -306,6 +315,11 @@ fn bad_dedup_is_named() {
             "dedup.keys.phone_sha256: must be a string",
         ),
         ("dedup = { window = 30 }", None, "unknown key"),
+        (
+            "dedup = { ping_scope = \"world\" }",
+            None,
+            "verticals.auto.dedup.ping_scope: unknown scope \"world\"",
+        ),
     ] {
         let mut edits = vec![("#VERTICAL", line)];
         if let Some(f) = field {
@@ -317,4 +331,95 @@ fn bad_dedup_is_named() {
             "{line}: no error containing {needle:?} in {errs:#?}"
         );
     }
+}
+
+#[test]
+fn suppression_list_loads_and_bad_lines_are_named_by_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("dnc.txt");
+    let h = |c: char| c.to_string().repeat(64);
+    std::fs::write(
+        &list,
+        format!("# comment\n\n  {}  \n{}\r\n{}\n", h('a'), h('B'), h('a')),
+    )
+    .unwrap();
+    let table = |path: &str| format!("\n[suppression]\npath = {path:?}");
+    let c = ok(&[("#BUYER", &table(&list.display().to_string()))]);
+    assert!(c.suppression.is_on());
+    assert_eq!(
+        c.suppression.len(),
+        2,
+        "a repeat counts once; case is ignored"
+    );
+    let mut b = [0u8; 32];
+    hex::decode_to_slice(h('b'), &mut b).unwrap();
+    assert!(c.suppression.lists_any(&[[0; 32], b]));
+    assert!(!ok(&[]).suppression.is_on(), "off without the table");
+
+    // Bad lines by number (never their text), the first ten, then a count.
+    let secret = "+18175550123";
+    let mut text = format!("{}\n{secret}\n", h('c'));
+    for _ in 0..11 {
+        text.push_str("zz\n");
+    }
+    std::fs::write(&list, &text).unwrap();
+    let errs = errors(&[("#BUYER", &table(&list.display().to_string()))]);
+    assert_eq!(errs.len(), 11, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("suppression.path: ")
+            && errs[0].ends_with("line 2: not a SHA-256 (64 hex digits)"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[10].ends_with("2 more lines that are not SHA-256 hashes"),
+        "{errs:#?}"
+    );
+    assert!(!errs.iter().any(|e| e.contains(secret)));
+
+    let missing = dir.path().join("nope.txt");
+    for (edit, needle) in [
+        (
+            table(&missing.display().to_string()),
+            "nope.txt: No such file",
+        ),
+        (table(""), "suppression.path: must name a file"),
+        (
+            "\n[suppression]\nfile = \"x\"".to_string(),
+            "suppression.path: is required",
+        ),
+        (
+            "\n[suppression]\npath = 3".to_string(),
+            "suppression.path: must be a string",
+        ),
+    ] {
+        let errs = errors(&[("#BUYER", &edit)]);
+        assert!(errs.iter().any(|e| e.contains(needle)), "{edit}: {errs:#?}");
+    }
+}
+
+/// Black-box round 29: a bad `window_days` hid every other problem of `[dedup]`.
+#[test]
+fn a_bad_window_does_not_hide_the_other_dedup_problems() {
+    let errs = errors(&[(
+        "#VERTICAL",
+        "dedup = { window_days = 400, windw = 1, keys = { \"bad key!\" = \"phone\", e = \"state\" } }",
+    )]);
+    for needle in [
+        "dedup.window_days: must be a whole number between 0 and 365",
+        "dedup.windw: unknown key",
+        "the key must be 1 to 64 letters",
+        "dedup.keys.e: names \"state\", which is not a phone, email or string field",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "no {needle:?} in {errs:#?}"
+        );
+    }
+    let c = ok(&[("#VERTICAL", "dedup = { ping_scope = \"all\" }")]);
+    assert!(c.verticals[0].dedup.as_ref().unwrap().ping_scope_all);
+    let c = ok(&[("#VERTICAL", "dedup = {}")]);
+    assert!(
+        !c.verticals[0].dedup.as_ref().unwrap().ping_scope_all,
+        "\"seller\" by default"
+    );
 }
