@@ -135,8 +135,10 @@ pub struct AuctionInput<'a> {
     /// A keyed ping's or direct post's key and body as hex SHA-256, for its auction
     /// record (a direct post's that delivers goes in its `post_sent` records too).
     pub idempotency: Option<(&'a str, &'a str)>,
-    /// The lead was screened out before any buyer (`duplicate`).
+    /// The lead was screened out before any buyer (`duplicate`, `suppressed`).
     pub screen: Option<proto::seller::NoBidReason>,
+    /// The lead may run its auction but not be sold ([`AuctionParams::refuse_award`]).
+    pub refuse_award: Option<proto::seller::NoBidReason>,
 }
 
 /// Runs one auction for a validated request: the core decides, this drives the I/O.
@@ -200,6 +202,7 @@ pub async fn run_auction(
         min_price: input.req.min_price,
         consent: &input.req.consent,
         screen: input.screen,
+        refuse_award: input.refuse_award,
         test: input.req.test,
         direct: input.direct,
         auction_id: &auction_id,

@@ -118,6 +118,7 @@ pub async fn execute<'a>(
                 outcome,
                 p_model_ppm,
                 teaches,
+                at,
             } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
@@ -132,7 +133,7 @@ pub async fn execute<'a>(
                 ) {
                     state
                         .stats
-                        .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm, now);
+                        .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm, at);
                 }
             }
             Effect::Auction { no_bid } => state

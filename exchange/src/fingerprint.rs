@@ -197,7 +197,13 @@ impl Fingerprinter {
         part(b"dedup");
         for (k, v) in dedup {
             part(k.as_bytes());
-            part(v.as_bytes());
+            // A SHA-256 in upper-case hex is the same hash (black-box round 30: the
+            // fingerprint changed with the case).
+            if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                part(v.to_ascii_lowercase().as_bytes());
+            } else {
+                part(v.as_bytes());
+            }
         }
         let digest = mac.finalize().into_bytes();
         let mut out = hex::encode(digest);
@@ -295,5 +301,22 @@ mod tests {
         let e = Fingerprinter::open(dir.path()).unwrap_err();
         assert!(e.to_string().contains(KEY_FILE), "{e}");
         assert!(!format!("{a:?}").contains(&hex::encode(a.key)));
+    }
+
+    /// Black-box round 30: the same hash in upper-case hex made another fingerprint.
+    #[test]
+    fn a_dedup_hash_s_case_does_not_change_the_fingerprint() {
+        let f = Fingerprinter::ephemeral();
+        let schema = VerticalSchema { fields: Vec::new() };
+        let lead = Lead::default();
+        let h = hex::encode([0xab; 32]);
+        let of = |v: &str| {
+            let map = [("phone_sha256".to_string(), v.to_string())].into();
+            f.of("auto", &schema, &lead, &map)
+        };
+        assert_eq!(of(&h), of(&h.to_uppercase()));
+        assert_ne!(of(&h), of(&hex::encode([0xac; 32])));
+        // Not a SHA-256: taken as it is.
+        assert_ne!(of("AbC"), of("abc"));
     }
 }

@@ -282,7 +282,16 @@ async fn an_unsold_post_is_no_duplicate() {
 }
 
 async fn start_on(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
-    let config = cfg.load_edited(ledger, with_dedup);
+    start_with(cfg, ledger, clock, with_dedup).await
+}
+
+async fn start_with(
+    cfg: &TestConfig,
+    ledger: &Path,
+    clock: Clock,
+    edit: impl FnOnce(String) -> String,
+) -> Running {
+    let config = cfg.load_edited(ledger, edit);
     tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
             match app::start(config.clone(), clock).await {
@@ -447,6 +456,36 @@ async fn a_consumer_on_the_suppression_list_is_never_sold_and_a_reload_reads_the
     r.assert_error(400, "invalid_request");
     assert_eq!(a.pings(), 0, "nobody pinged");
 
+    // A test lead of a listed consumer reaches no buyer either (black-box round 30: a
+    // test direct post sent its PII to one).
+    let mut test_ping = ping_with(json!({"phone_sha256": sha("+18175550123")}));
+    test_ping["test"] = json!(true);
+    let r = ex
+        .client
+        .post_json("/v1/ping", &test_ping)
+        .await
+        .ping_answer();
+    assert_eq!(r.reason, Some(NoBidReason::Suppressed), "{r:?}");
+    let mut test_direct = direct_body("TX");
+    test_direct["test"] = json!(true);
+    let d = ex
+        .client
+        .post_json("/v1/leads", &test_direct)
+        .await
+        .post_answer();
+    assert_eq!(d.status, PostStatus::Suppressed, "{d:?}");
+    let mut plain_test = ping_body("TX");
+    plain_test["test"] = json!(true);
+    let q = ex
+        .client
+        .post_json("/v1/ping", &plain_test)
+        .await
+        .ping_answer();
+    assert_eq!(q.status, PingStatus::Bid);
+    let p = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(p.status, PostStatus::Suppressed, "{p:?}");
+    assert_eq!(a.posts(), 0, "no buyer was sent the lead");
+
     // Pinged without hashes: quoted; its post, with the listed phone, is suppressed.
     let q = ex.client.ping("TX").await;
     assert_eq!(q.status, PingStatus::Bid);
@@ -496,12 +535,12 @@ async fn a_consumer_on_the_suppression_list_is_never_sold_and_a_reload_reads_the
     assert_eq!(
         ex.metric("pingpost_auctions_total", &[("outcome", "suppressed")])
             .await,
-        2.0
+        4.0
     );
     assert_eq!(
         ex.metric("pingpost_posts_total", &[("status", "suppressed")])
             .await,
-        3.0
+        5.0
     );
     ex.state.ledger.flush().await.unwrap();
     let released = ex
@@ -509,7 +548,7 @@ async fn a_consumer_on_the_suppression_list_is_never_sold_and_a_reload_reads_the
         .into_iter()
         .filter(|r| r["reason"] == "suppressed")
         .count();
-    assert_eq!(released, 1);
+    assert_eq!(released, 1, "a test quote holds nothing to release");
     // Nothing of the list or the lead is written.
     let text = ex
         .ledger()
@@ -621,4 +660,42 @@ async fn another_seller_s_sale_is_found_at_the_post_not_the_ping_unless_the_scop
         .post_answer();
     assert_eq!(d.status, PostStatus::Duplicate);
     assert_eq!(a.pings(), pings, "nobody pinged");
+}
+
+/// Black-box round 30: a keyed direct post of another seller's consumer, answered
+/// `duplicate` after its award, left no record to rebuild its answer from, so its retry
+/// after a restart ran a second auction (and answered `unsold` once buyers stopped
+/// bidding). The award is the core's now: its auction record says `duplicate`.
+#[tokio::test]
+async fn a_keyed_direct_post_of_another_seller_s_consumer_answers_the_same_after_a_restart() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start_with(&cfg, &ledger, Clock::system(), two_sellers("seller")).await;
+    let client = SellerClient::new(first.addr);
+    assert_eq!(client.direct("TX").await.status, PostStatus::Sold);
+    let keyed = [("Idempotency-Key", "retry-me-1")];
+    let r = client
+        .post_json_with("/v1/leads", OTHER_KEY, &keyed, &direct_body("TX"))
+        .await;
+    assert_eq!(r.post_answer().status, PostStatus::Duplicate);
+    let answer = r.text();
+    first.state.ledger.flush().await.unwrap();
+    first.shutdown().await.unwrap();
+
+    a.set(|s| s.bid = None);
+    let pings = a.pings();
+    let second = start_with(&cfg, &ledger, Clock::system(), two_sellers("seller")).await;
+    let client = SellerClient::new(second.addr);
+    let r = client
+        .post_json_with("/v1/leads", OTHER_KEY, &keyed, &direct_body("TX"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), answer, "the stored answer, byte for byte");
+    assert_eq!(a.pings(), pings, "no second auction");
+    assert_eq!(a.posts(), 1);
+    second.shutdown().await.unwrap();
 }

@@ -96,6 +96,12 @@ pub struct AuctionParams<'a> {
     /// was sold within the vertical's window, [`crate::dedup::DedupBook::sold_within`]).
     /// It pings no buyer and is answered with this reason.
     pub screen: Option<NoBidReason>,
+    /// A lead that may run its auction but not be sold: a direct post of a consumer
+    /// another seller sold within the dedup window (`duplicate`). Buyers are pinged as
+    /// usual; when a bid clears the reserve the award is this reason instead (nothing
+    /// held), and otherwise the auction's own no-bid reason, so the answer tells the
+    /// seller nothing a priced-out probe could learn (black-box round 29).
+    pub refuse_award: Option<NoBidReason>,
     /// A test lead: buyers see `test: true` and no cap is reserved.
     pub test: bool,
     /// A direct post (`/v1/leads`) rather than a ping.
@@ -595,7 +601,12 @@ impl<'a> Auction<'a> {
             .collect();
         let mut reservation = None;
         let mut winner_pos = None;
+        let mut refused = None;
         for (i, r) in ranking.ranked.iter().enumerate() {
+            if p.refuse_award.is_some() {
+                refused = p.refuse_award;
+                break;
+            }
             if p.test {
                 winner_pos = Some(i);
                 break;
@@ -631,6 +642,7 @@ impl<'a> Auction<'a> {
         let no_bid = match winner_pos {
             Some(_) => None,
             None if self.screened.is_some() => self.screened,
+            None if refused.is_some() => refused,
             None if !ranking.ranked.is_empty() => Some(NoBidReason::Capped),
             None if ranking.below_reserve > 0 => Some(NoBidReason::BelowReserve),
             None if any_bid => Some(NoBidReason::NoBids),

@@ -74,6 +74,9 @@ pub enum Effect<'a> {
         /// Exactly the posts a restart's ledger replay counts (`recovery::Scan`), so the
         /// live rates and the rebuilt ones agree.
         teaches: bool,
+        /// When (the time its record carries, so the streak a restart rebuilds from the
+        /// ledger is the live one to the millisecond).
+        at: crate::UnixMs,
     },
     /// An auction ended: `None` is a bid (metric).
     Auction { no_bid: Option<NoBidReason> },

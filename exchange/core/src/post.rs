@@ -412,6 +412,7 @@ impl<'a> PostPlan<'a> {
                                 outcome: PostKind::Capped,
                                 p_model_ppm: None,
                                 teaches: false,
+                                at: now,
                             });
                             self.attempt_record(a, "capped", None, now);
                             self.skipped += 1;
@@ -466,6 +467,7 @@ impl<'a> PostPlan<'a> {
                     outcome: PostKind::Accepted,
                     p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
                     teaches: !self.p.test,
+                    at: now,
                 });
                 let cfg = self.p.config;
                 let bid = self
@@ -526,6 +528,7 @@ impl<'a> PostPlan<'a> {
             // An unsent delivery never reached the buyer, a timeout the deadline cut short
             // is not the buyer's doing, and a test lead teaches nothing.
             teaches: !self.p.test && outcome != "not_sent" && !cut_short,
+            at: now,
         });
         let why = if now >= self.deadline {
             release_reason::POST_DEADLINE

@@ -37,6 +37,7 @@ fn params(cfg: &Config, arrival: UnixMs) -> AuctionParams<'_> {
         min_price: None,
         consent: &NO_CONSENT,
         screen: None,
+        refuse_award: None,
         test: false,
         direct: false,
         auction_id: "au_t",
@@ -309,6 +310,8 @@ fn a_duplicate_pings_nobody_and_its_post_releases_the_hold() {
     assert_eq!(caps.outstanding(BuyerKey(0)), 0);
 
     let hold = caps.reserve(BuyerKey(0), &cfg.buyers[0], m(10), T).unwrap();
+    // The refusals below say what to release; nothing here carries it out.
+    let held = caps.outstanding(BuyerKey(0));
     let r = crate::post::refuse_before_delivery(crate::post::BeforeDelivery::Duplicate, Some(hold));
     let answer = r.answer("pg_1");
     assert_eq!(answer.status, proto::seller::PostStatus::Duplicate);
@@ -336,6 +339,25 @@ fn a_duplicate_pings_nobody_and_its_post_releases_the_hold() {
     let mut a = Auction::new(p, &lead(TX), &s, &br, T);
     assert_eq!(a.ping_count(), 0);
     assert_eq!(a.finish(&s, T, 0).no_bid, Some(NoBidReason::Suppressed));
+
+    // Another seller's consumer on a direct post: the auction runs; a bid that clears
+    // the reserve makes the answer `duplicate`, holding nothing; none, its own reason.
+    let cfg = cfg_timeouts(&[100, 100]);
+    for (price, want) in [(12, NoBidReason::Duplicate), (0, NoBidReason::BelowReserve)] {
+        let mut p = params(&cfg, T);
+        p.refuse_award = Some(NoBidReason::Duplicate);
+        p.min_price = Some(m(5));
+        let mut a = Auction::new(p, &lead(TX), &s, &br, T);
+        assert_eq!(a.ping_count(), 2, "buyers are pinged");
+        a.on_answer(0, bid(m(price.max(1)), None), 1_000, T + 1);
+        a.on_answer(1, bid(m(1), None), 1_000, T + 1);
+        let award = a.finish(&s, T + 1, 1_000);
+        assert_eq!(award.no_bid, Some(want), "{price}");
+        assert!(award.winner().is_none() && award.reservation.is_none());
+        assert_eq!(caps.outstanding(BuyerKey(0)), held, "nothing more held");
+        let effects = run(&s, a.effects());
+        assert_eq!(auction_record(&effects).no_bid, Some(want.as_str()));
+    }
 }
 
 /// A bid that names a currency other than the vertical's is no bid (`invalid`,
@@ -1197,6 +1219,7 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
         outcome: PostKind::Capped,
         p_model_ppm: None,
         teaches: false,
+        at: T + 1_001,
     }));
     assert_eq!(
         f.held(),

@@ -170,6 +170,19 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
         return Default::default();
     }
     let path = std::path::PathBuf::from(path_text);
+    // Only a regular file: reading a FIFO or a device could block the load, and with it
+    // every reload (black-box round 30: a FIFO hung them and filled the admin slots).
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            p.at(&at, format!("{}: not a regular file", path.display()));
+            return Default::default();
+        }
+        Err(e) => {
+            p.at(&at, format!("{}: {e}", path.display()));
+            return Default::default();
+        }
+    }
     let mut bytes = Vec::new();
     let read = std::fs::File::open(&path).and_then(|f| {
         f.take(SUPPRESSION_FILE_BYTES_MAX + 1)
@@ -191,7 +204,9 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
     }
     let mut hashes = std::collections::HashSet::new();
     let mut bad = 0usize;
-    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+    // A byte-order mark (as some editors save text) is not part of the first line.
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    for (n, line) in text.split(|b| *b == b'\n').enumerate() {
         let line = line.trim_ascii();
         if line.is_empty() || line.starts_with(b"#") {
             continue;

@@ -406,8 +406,9 @@ fn parse_seller_lead(
 
 /// A request's consumer keys ([`crate::fingerprint::Fingerprinter::consumer_keys`];
 /// given `full`, the posted lead's own too). A seller's hash that is not one is `400
-/// invalid_request` naming it. A test lead has none: it is never a duplicate, nor makes
-/// one, nor is it suppressed.
+/// invalid_request` naming it. A test lead has no dedup keys (it is never a duplicate,
+/// nor makes one) but keeps its hashes: a listed consumer's PII reaches no buyer, test
+/// or not (black-box round 30: `"test": true` sent it to one).
 fn consumer_keys(
     state: &AppState,
     rt: &Runtime,
@@ -420,7 +421,10 @@ fn consumer_keys(
         .consumer_keys(v, rt.config.suppression.is_on(), &req.dedup, full)
         .map_err(|p| ApiError::from_fields(ErrorCode::InvalidRequest, p))?;
     Ok(if req.test {
-        ConsumerKeys::default()
+        ConsumerKeys {
+            digests: Vec::new(),
+            hashes: keys.hashes,
+        }
     } else {
         keys
     })
@@ -530,6 +534,7 @@ async fn ping(
             direct: false,
             idempotency,
             screen,
+            refuse_award: None,
         },
     )
     .await;
@@ -789,21 +794,15 @@ async fn direct_post(
             // that delivered nothing (black-box round 21: its retry ran again and sold).
             idempotency,
             screen,
+            // Another seller sold this consumer within the window: the auction runs, and
+            // its award is `duplicate` if a bid clears the reserve (decided and recorded
+            // by the core, so a keyed retry gets it again after a restart: round 30).
+            refuse_award: cross_seller.then_some(NoBidReason::Duplicate),
         },
     )
     .await;
     let award = result.award;
     let answer = match award.winner().map(|w| w.seller_price) {
-        Some(_) if cross_seller => {
-            // Another seller sold this consumer within the window: the winner's hold is
-            // released and nothing is delivered.
-            if let Some(r) = award.reservation {
-                effects::settlement(state).settle(&crate::core::settlement::CapOp::Release(r));
-            }
-            let mut a = direct_no_bid_answer(NoBidReason::Duplicate);
-            a.ping_id = Some(result.ping_id);
-            a
-        }
         Some(quoted) => {
             let d = Delivery {
                 auction_id: &result.auction_id,
@@ -945,19 +944,19 @@ async fn post(
         // a consumer sold within the window is a duplicate (the hold is released), one
         // being posted now waits (the quote stays open).
         let v = &cfg.verticals[vertical];
-        let own = if quote.test {
-            ConsumerKeys::default()
-        } else {
-            state
-                .fingerprint
-                .consumer_keys(
-                    v,
-                    cfg.suppression.is_on(),
-                    &std::collections::BTreeMap::new(),
-                    Some(&lead),
-                )
-                .unwrap_or_default()
-        };
+        let mut own = state
+            .fingerprint
+            .consumer_keys(
+                v,
+                cfg.suppression.is_on(),
+                &std::collections::BTreeMap::new(),
+                Some(&lead),
+            )
+            .unwrap_or_default();
+        if quote.test {
+            // A test lead is checked against the suppression list, never de-duplicated.
+            own.digests.clear();
+        }
         // The posted consumer on the suppression list (as it is now): nothing is
         // delivered and the hold is released.
         if cfg.suppression.lists_any(&own.hashes) {

@@ -376,8 +376,27 @@ fn suppression_list_loads_and_bad_lines_are_named_by_number() {
     );
     assert!(!errs.iter().any(|e| e.contains(secret)));
 
+    // A byte-order mark before the first line is skipped.
+    std::fs::write(&list, format!("\u{feff}{}\n", h('d'))).unwrap();
+    let c = ok(&[("#BUYER", &table(&list.display().to_string()))]);
+    assert_eq!(c.suppression.len(), 1);
+    // Only a regular file is read: a FIFO would block every reload (black-box round 30).
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
     let missing = dir.path().join("nope.txt");
     for (edit, needle) in [
+        (
+            table(&fifo.display().to_string()),
+            "fifo: not a regular file",
+        ),
+        (
+            table(&dir.path().display().to_string()),
+            ": not a regular file",
+        ),
         (
             table(&missing.display().to_string()),
             "nope.txt: No such file",
