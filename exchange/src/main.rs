@@ -327,20 +327,35 @@ fn print_unknown_outcomes(dir: &std::path::Path, upto: u64) {
         return;
     };
     let scan = pingpost::recovery::Scan::of_text(pingpost::ledger::segments::upto_seq(&text, upto));
+    // Test leads count in no cap and are never billed: nothing to settle (black-box
+    // round 31: they were listed as counted and to settle). They are counted apart.
+    let real = |s: &&pingpost::recovery::Sent| !s.test;
+    let tests = scan
+        .unknown()
+        .chain(scan.late_accepts())
+        .chain(scan.cut_short())
+        .filter(|s| s.test)
+        .count();
     let lists: [(&str, Vec<&pingpost::recovery::Sent>); 3] = [
         (
             "deliveries with no outcome (delivered, outcome unknown)",
-            scan.unknown().collect(),
+            scan.unknown().filter(real).collect(),
         ),
         (
             "late accepts (the buyer accepted after its post timeout and has the lead, counted in its caps; not billed: no sale record, the post went on without it; to settle with the buyer)",
-            scan.late_accepts().collect(),
+            scan.late_accepts().filter(real).collect(),
         ),
         (
             "timed-out deliveries whose late answer is not recorded (the exchange stopped without a shutdown while hearing the buyer out, or is hearing it out now: the buyer may have accepted; counted in its caps at a start)",
-            scan.cut_short().collect(),
+            scan.cut_short().filter(real).collect(),
         ),
     ];
+    if tests > 0 {
+        pingpost::cli_out::emit(
+            "ledger verify",
+            format_args!("test leads among such deliveries: {tests} (in no cap and never billed: nothing to settle; not listed)\n"),
+        );
+    }
     for (what, list) in lists {
         pingpost::cli_out::emit("ledger verify", format_args!("{what}: {}\n", list.len()));
         for s in list.iter().take(1_000) {

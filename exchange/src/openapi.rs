@@ -237,8 +237,18 @@ fn envelope(v: &Vertical, suppression_on: bool, lead: &str, lead_description: &s
             let mut what = Vec::new();
             if let Some(d) = d {
                 what.push(format!(
-                    "a consumer sold within {} days is answered `duplicate`",
-                    d.window_ms / crate::core::dedup::DAY_MS
+                    "a consumer {} sold within {} days is answered `duplicate`{}",
+                    if d.ping_scope_all {
+                        "any seller"
+                    } else {
+                        "this seller"
+                    },
+                    d.window_ms / crate::core::dedup::DAY_MS,
+                    if d.ping_scope_all {
+                        ""
+                    } else {
+                        " (another seller's sale is found at the post: ping_scope \"seller\")"
+                    }
                 ));
             }
             if suppression_on {

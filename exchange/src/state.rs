@@ -317,7 +317,14 @@ impl BackgroundTasks {
 }
 
 /// Shared state of one running exchange.
-/// How long the dedup book keeps a sale: the longest window of any vertical.
+/// The least time the dedup book keeps a sale, whatever is configured: the default
+/// window, so a start (or reload) with de-duplication paused does not forget the
+/// history a later reload turns back on (black-box round 31: a start with every window at
+/// 0 forgot it, and the consumers sold again).
+pub const DEDUP_KEEP_MIN_MS: u64 = 30 * crate::core::dedup::DAY_MS;
+
+/// How long the dedup book keeps a sale: the longest window of any vertical, and at
+/// least [`DEDUP_KEEP_MIN_MS`].
 pub fn dedup_keep_ms(config: &Config) -> u64 {
     config
         .verticals
@@ -325,6 +332,7 @@ pub fn dedup_keep_ms(config: &Config) -> u64 {
         .filter_map(|v| v.dedup.as_ref().map(|d| d.window_ms))
         .max()
         .unwrap_or(0)
+        .max(DEDUP_KEEP_MIN_MS)
 }
 
 pub struct AppState {

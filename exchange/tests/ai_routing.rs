@@ -920,6 +920,24 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     assert!(list.contains("champion b3"), "{list}");
     assert!(list.contains("* b3"), "{list}");
     assert!(list.contains("b1") && list.contains("auc"), "{list}");
+    assert!(!list.contains("DOES NOT LOAD"), "{list}");
+    // A set whose model file is broken is listed as one that cannot serve (black-box
+    // round 31: it was listed like a good one).
+    let sets = champion_file.parent().unwrap();
+    std::fs::create_dir(sets.join("b9")).unwrap();
+    for entry in std::fs::read_dir(sets.join("b3")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), sets.join("b9").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(sets.join("b9").join("realization.json"), "{\"learner\": 7}").unwrap();
+    let out = run(&["models", "list", "--config", &cfg]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    let b9 = list
+        .lines()
+        .find(|l| l.contains(" b9 "))
+        .unwrap_or_default();
+    assert!(b9.contains("DOES NOT LOAD: "), "{list}");
+    std::fs::remove_dir_all(sets.join("b9")).unwrap();
     let out = run(&[
         "models",
         "rollback",

@@ -699,3 +699,54 @@ async fn a_keyed_direct_post_of_another_seller_s_consumer_answers_the_same_after
     assert_eq!(a.posts(), 1);
     second.shutdown().await.unwrap();
 }
+
+/// Black-box round 31: a start with every window at 0 (de-duplication paused) forgot the
+/// history, so once a reload turned it back on the consumers sold before sold again. The
+/// book keeps at least 30 days of sales whatever the windows.
+#[tokio::test]
+async fn a_start_with_de_duplication_paused_keeps_the_history_for_a_reload_that_resumes_it() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let paused = |t: String| with_dedup(t).replace("window_days = 30", "window_days = 0");
+
+    let first = start_on(&cfg, &ledger, Clock::system()).await;
+    let client = SellerClient::new(first.addr);
+    assert_eq!(client.direct("TX").await.status, PostStatus::Sold);
+    // A quote of another consumer, by its ping hash, open over the restart.
+    let other = sha("+18175550177");
+    let q = client
+        .post_json("/v1/ping", &ping_with(json!({"phone_sha256": other})))
+        .await
+        .ping_answer();
+    assert_eq!(q.status, PingStatus::Bid);
+    first.shutdown().await.unwrap();
+
+    let second = start_with(&cfg, &ledger, Clock::system(), paused).await;
+    assert!(second.state.dedup.len() >= 2, "the sale's keys are kept");
+    // The same sale made by another quote now (paused: no check), then resumed.
+    second
+        .state
+        .apply_config(cfg.load_edited(&ledger, with_dedup))
+        .unwrap();
+    let client = SellerClient::new(second.addr);
+    assert_eq!(client.direct("TX").await.status, PostStatus::Duplicate);
+    // The restored quote kept its ping hash: sold under it, that consumer is a duplicate.
+    let body = json!({"ping_id": q.ping_id, "lead": lead_of("+18175550178", "cy@example.com")});
+    assert_eq!(
+        client
+            .post_json("/v1/post", &body)
+            .await
+            .post_answer()
+            .status,
+        PostStatus::Sold
+    );
+    let r = client
+        .post_json("/v1/ping", &ping_with(json!({"phone_sha256": other})))
+        .await
+        .ping_answer();
+    assert_eq!(r.reason, Some(NoBidReason::Duplicate));
+    second.shutdown().await.unwrap();
+}

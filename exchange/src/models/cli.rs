@@ -205,6 +205,14 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                     Err(e) => parts.push(format!("{}: unreadable manifest: {e}", kind.as_str())),
                 }
             }
+            // A set is loaded as a swap would load it, so one that cannot serve says so
+            // here rather than at the swap (black-box round 31).
+            if let Err(e) = crate::models::load_set(&cfg.learning, v, &ver) {
+                parts.push(format!(
+                    "DOES NOT LOAD: {}",
+                    e.first().map_or("", String::as_str)
+                ));
+            }
             emit(
                 "models list",
                 format_args!("  {mark} {ver}  {}\n", parts.join("; ")),
