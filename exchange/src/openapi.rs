@@ -502,7 +502,7 @@ fn responses() -> Value {
         ("Forbidden", "`forbidden`: the key is valid but not for this vertical or endpoint (a seller may not sell in the vertical; a buyer's key on the seller API, a seller's key on `/v1/dispositions`; a disposition for a lead sold to another buyer)."),
         ("NotFound", "`not_found`: unknown route or unknown `ping_id`."),
         ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
-        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight; on `/v1/dispositions`, a repeated (lead, outcome) or a refused return."),
+        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight; a post or direct post of a consumer (a dedup key in common) another post is delivering now (retry once it has ended); on `/v1/dispositions`, a repeated (lead, outcome) or a refused return."),
         ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
         ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding`."),
         ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),

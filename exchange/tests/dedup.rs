@@ -639,6 +639,25 @@ async fn another_seller_s_sale_is_found_at_the_post_not_the_ping_unless_the_scop
     assert_eq!(a.posts(), 1, "only the first sale was delivered");
     assert_eq!(ex.reserved("a"), 0);
     assert_eq!(ex.sold_today("a"), 1);
+    // `ledger replay` explains the refused award and matches it (black-box round 32:
+    // MISMATCH, and "no buyer was pinged").
+    ex.state.ledger.flush().await.unwrap();
+    let refused = ex
+        .ledger_of("auction")
+        .into_iter()
+        .find(|r| r["direct"] == true && r["no_bid"] == "duplicate")
+        .unwrap();
+    let id = refused["auction_id"].as_str().unwrap();
+    let (rec, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+    let cfg_now = ex.state.runtime.load().config.clone();
+    let rep = pingpost::finance::replay::replay(&rec, &posts, Some(&cfg_now));
+    assert!(!rep.mismatch, "{}", rep.text);
+    assert!(rep.text.contains("the award was refused"), "{}", rep.text);
+    assert!(
+        !rep.text.contains("before any buyer was pinged"),
+        "{}",
+        rep.text
+    );
 
     // `ping_scope = "all"`: another seller's ping is screened too.
     let ex = TestConfig::new()

@@ -232,6 +232,17 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
         .any(|l| l.get("p_ppm").and_then(Value::as_u64).is_some());
     let is_bid_line = |l: &Value| matches!(s(l, "outcome"), "bid" | "fixed_price");
     let bid_lines = lines.iter().filter(|l| is_bid_line(l)).count();
+    // A direct post of a consumer another seller sold within the dedup window runs its
+    // auction, and the core refuses the award that a clearing bid would make
+    // (`duplicate`): the re-derived winner is one that would have won (black-box round
+    // 32: replay called it a mismatch, and said no buyer was pinged).
+    let refused = a.bool("direct") && a.str("no_bid") == "duplicate" && bid_lines > 0;
+    if refused {
+        let _ = writeln!(
+            out,
+            "buyers were pinged: another seller sold this consumer within the vertical's dedup window, so the award a bid clearing the reserve would make was refused (duplicate; ping_scope \"seller\": docs/API.md, De-duplication)"
+        );
+    }
     let mut derived: Option<(String, i64, i64)> = None;
     // The ranked bids, best first (re-derived with a configuration; without one, under
     // expected value, from the recorded probabilities).
@@ -423,7 +434,14 @@ so if the exchange reloaded its configuration since it started, the file may not
                     } else {
                         "ranking by seller price, ties by the higher bid then configuration order"
                     };
-                    if derived == recorded {
+                    if refused && recorded.is_none() && derived.is_some() {
+                        let _ = writeln!(
+                            out,
+                            "re-derived under the configuration ({} for seller {seller_id}, {ranking_words}): {}, but the award was refused: another seller sold this consumer within the vertical's dedup window (duplicate), so nothing was held — MATCHES the record",
+                            payout_text(seller.payout),
+                            derived.as_ref().map_or(String::new(), |(w, b, p)| format!("{w} would have won (bid {}, seller price {})", m(*b), m(*p))),
+                        );
+                    } else if derived == recorded {
                         let _ = writeln!(
                             out,
                             "re-derived under the configuration ({} for seller {seller_id}, {ranking_words}): {}",
@@ -520,7 +538,12 @@ so if the exchange reloaded its configuration since it started, the file may not
                             None => "the only bid".to_string(),
                         };
                         format!(
-                            "WON: {kind}; the seller is paid {}{}, {why}, at or above the reserve {}",
+                            "{}: {kind}; the seller is paid {}{}, {why}, at or above the reserve {}",
+                            if refused {
+                                "WOULD HAVE WON (the award was refused: duplicate)"
+                            } else {
+                                "WON"
+                            },
                             m(win.as_ref().map_or(0, |x| x.2)),
                             payout_used.map_or(String::new(), |p| format!(" under {}", payout_text(p))),
                             m(reserve)
@@ -828,6 +851,9 @@ so if the exchange reloaded its configuration since it started, the file may not
                 // A direct post delivers at once or not at all (black-box round 29: this
                 // said "not posted yet" of one).
                 match a.str("no_bid") {
+                    "duplicate" if refused => {
+                        "nothing was delivered: another seller sold this consumer within the dedup window, so the direct post's award was refused (duplicate) and nothing was held"
+                    }
                     "duplicate" | "suppressed" => {
                         "nothing was delivered: the direct post was answered as the no-bid reason above says, before any buyer was pinged"
                     }
