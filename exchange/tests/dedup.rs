@@ -548,7 +548,10 @@ async fn a_consumer_on_the_suppression_list_is_never_sold_and_a_reload_reads_the
         .into_iter()
         .filter(|r| r["reason"] == "suppressed")
         .count();
-    assert_eq!(released, 1, "a test quote holds nothing to release");
+    assert_eq!(
+        released, 2,
+        "the quote's hold, and the test quote's end (no buyer, no money)"
+    );
     // Nothing of the list or the lead is written.
     let text = ex
         .ledger()
@@ -767,5 +770,60 @@ async fn a_start_with_de_duplication_paused_keeps_the_history_for_a_reload_that_
         .await
         .ping_answer();
     assert_eq!(r.reason, Some(NoBidReason::Duplicate));
+    second.shutdown().await.unwrap();
+}
+
+/// Black-box round 32: a test quote (which holds nothing) answered `suppressed` wrote no
+/// record, so a restart brought it back open and a repeat of its post was answered
+/// `expired`, or `sold` once the list no longer named the consumer. It is closed by a
+/// `quote_released` with no buyer now, and a repeat gets the first answer.
+#[tokio::test]
+async fn a_test_quote_refused_at_its_post_stays_refused_after_a_restart() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let list = dir.path().join("dnc.txt");
+    std::fs::write(&list, format!("{}\n", sha("+18175550123"))).unwrap();
+    let listed = |t: String| {
+        format!(
+            "{}\n[suppression]\npath = {:?}\n",
+            with_dedup(t),
+            list.display().to_string()
+        )
+    };
+
+    let first = start_with(&cfg, &ledger, Clock::system(), listed).await;
+    let client = SellerClient::new(first.addr);
+    let mut ping = ping_body("TX");
+    ping["test"] = json!(true);
+    let q = client.post_json("/v1/ping", &ping).await.ping_answer();
+    assert_eq!(q.status, PingStatus::Bid);
+    let keyed = [("Idempotency-Key", "test-post-1")];
+    let r = client
+        .post_json_with("/v1/post", SELLER_KEY, &keyed, &post_body(&q.ping_id, "TX"))
+        .await;
+    assert_eq!(r.post_answer().status, PostStatus::Suppressed);
+    let answer = r.text();
+    first.state.ledger.flush().await.unwrap();
+    first.shutdown().await.unwrap();
+
+    // The list no longer names the consumer: the refusal stands all the same.
+    std::fs::write(&list, "").unwrap();
+    let second = start_with(&cfg, &ledger, Clock::system(), listed).await;
+    assert_eq!(
+        second.state.quotes.open_count(),
+        0,
+        "the quote stays closed"
+    );
+    let client = SellerClient::new(second.addr);
+    let r = client
+        .post_json_with("/v1/post", SELLER_KEY, &keyed, &post_body(&q.ping_id, "TX"))
+        .await;
+    assert_eq!(r.text(), answer);
+    let r = client.post(&q.ping_id, "TX").await;
+    assert_eq!(r.status, PostStatus::Suppressed);
+    assert_eq!(a.posts(), 0);
     second.shutdown().await.unwrap();
 }

@@ -701,6 +701,10 @@ pub struct Refusal {
     pub reason: &'static str,
     /// The hold to drop (through [`drop_hold`]), and why; `None` when the quote held none.
     pub release: Option<HoldRelease>,
+    /// Why the quote ended (the release reason), hold or not: a quote that held nothing
+    /// (a test lead's) is closed by [`Refusal::holdless_end`] so a restart answers its
+    /// repeat the same (black-box round 32: it came back open). `None` for an expiry.
+    pub why: Option<&'static str>,
 }
 
 impl Refusal {
@@ -709,6 +713,30 @@ impl Refusal {
         let mut a = PostAnswer::status_only(self.status, Some(self.reason));
         a.ping_id = Some(ping_id.to_string());
         a
+    }
+
+    /// The record that closes a refused quote that held nothing: a `quote_released` with
+    /// no buyer and no money, its reason and changed fields (`None` when the quote held
+    /// a hold, whose release records it, or for an expiry).
+    pub fn holdless_end<'a>(
+        &self,
+        generation: u64,
+        ping_id: &'a str,
+        changed_fields: &'a [String],
+        now: UnixMs,
+    ) -> Option<Record<'a>> {
+        if self.release.is_some() {
+            return None;
+        }
+        let why = self.why?;
+        Some(Record::QuoteReleased(crate::record::QuoteHoldRecord {
+            head: Head::new(generation, now),
+            ping_id: Some(ping_id),
+            buyer: "",
+            price_micros: 0,
+            reason: Some(why),
+            changed_fields,
+        }))
     }
 }
 
@@ -745,6 +773,7 @@ pub fn refuse_before_delivery(kind: BeforeDelivery, hold: Option<Reservation>) -
         status,
         reason,
         release: hold.map(|r| (r, why)),
+        why,
     }
 }
 

@@ -319,8 +319,27 @@ fn a_duplicate_pings_nobody_and_its_post_releases_the_hold() {
         answer.reason.as_deref(),
         Some(crate::post::DUPLICATE_REASON)
     );
+    assert_eq!(
+        r.holdless_end(7, "pg_1", &[], T),
+        None,
+        "its hold's release records it"
+    );
     let (hold, why) = r.release.unwrap();
     assert_eq!(why, Some(crate::settlement::release_reason::DUPLICATE));
+    // A quote that held nothing (a test lead's) is closed by a record of its own.
+    let holdless =
+        crate::post::refuse_before_delivery(crate::post::BeforeDelivery::Suppressed, None);
+    match holdless.holdless_end(7, "pg_2", &[], T) {
+        Some(crate::record::Record::QuoteReleased(h)) => {
+            assert_eq!(
+                (h.ping_id, h.buyer, h.price_micros, h.reason),
+                (Some("pg_2"), "", 0, Some("suppressed"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let expired = crate::post::refuse_before_delivery(crate::post::BeforeDelivery::Expired, None);
+    assert_eq!(expired.holdless_end(7, "pg_3", &[], T), None);
     // A consumer on the suppression list: answered `suppressed`, the hold released for it.
     let r =
         crate::post::refuse_before_delivery(crate::post::BeforeDelivery::Suppressed, Some(hold));

@@ -808,6 +808,12 @@ so if the exchange reloaded its configuration since it started, the file may not
                     p.place()
                 )
             }
+            "quote_released" if p.str("buyer").is_empty() => format!(
+                "QUOTE ENDED ({}) at {}: the quote held nothing (a test lead's) ({})",
+                p.str("reason"),
+                p.str("at"),
+                p.place()
+            ),
             "quote_released" => format!(
                 "QUOTE ENDED ({}) at {}: the hold on {}'s cap and budget was released ({})",
                 p.str("reason"),

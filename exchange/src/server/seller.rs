@@ -1061,6 +1061,9 @@ async fn refuse(
     now: crate::core::UnixMs,
 ) -> PostAnswer {
     let answer = refusal.answer(ping_id);
+    if let Some(rec) = refusal.holdless_end(rt.generation, ping_id, changed_fields, now) {
+        effects::record(state, &rec).await;
+    }
     if let Some((r, why)) = refusal.release {
         release_hold(state, rt, r, Some(ping_id), why, changed_fields, now).await;
     }
