@@ -242,9 +242,16 @@ pub struct ConsumerKeys {
 /// for a blank value.
 pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<[u8; 32]> {
     use sha2::Digest;
+    // Characters that print as nothing (a zero-width space, a word joiner, a byte-order
+    // mark, a soft hyphen, a direction override, a variation selector...) are dropped:
+    // with one, a listed or sold e-mail address passed as another (black-box round 33).
+    let visible: String = value
+        .chars()
+        .filter(|c| !crate::core::config::invisible(*c))
+        .collect();
     let normalized = match kind {
-        proto::FieldKind::Phone => value.trim().to_string(),
-        _ => value.trim().to_lowercase(),
+        proto::FieldKind::Phone => visible,
+        _ => visible.to_lowercase(),
     };
     if normalized.is_empty() {
         return None;
@@ -301,6 +308,25 @@ mod tests {
         let e = Fingerprinter::open(dir.path()).unwrap_err();
         assert!(e.to_string().contains(KEY_FILE), "{e}");
         assert!(!format!("{a:?}").contains(&hex::encode(a.key)));
+    }
+
+    /// Black-box round 33: an e-mail with a character that prints as nothing hashed as
+    /// another consumer, past the suppression list and de-duplication.
+    #[test]
+    fn characters_that_print_as_nothing_do_not_change_a_field_hash() {
+        let email = proto::FieldKind::Email;
+        let plain = field_hash(&email, "ana@example.com");
+        for v in [
+            "ana@example.com\u{200b}",
+            "\u{feff}Ana@Example.com",
+            "an\u{00ad}a@exam\u{2060}ple.com",
+            "ana@example.com\u{fe0f}\u{e0041}",
+            " ana@example.com\u{202e} ",
+        ] {
+            assert_eq!(field_hash(&email, v), plain, "{v:?}");
+        }
+        assert_ne!(field_hash(&email, "anna@example.com"), plain);
+        assert_eq!(field_hash(&email, "\u{200b} "), None);
     }
 
     /// Black-box round 30: the same hash in upper-case hex made another fingerprint.

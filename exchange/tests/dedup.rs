@@ -827,3 +827,47 @@ async fn a_test_quote_refused_at_its_post_stays_refused_after_a_restart() {
     assert_eq!(a.posts(), 0);
     second.shutdown().await.unwrap();
 }
+
+/// Black-box round 33: a test quote (no hold) that a start could not restore (its seller
+/// gone) was closed by no record, so a later start with the seller back reopened it and
+/// it sold. It is closed by a `quote_released` with no buyer now.
+#[tokio::test]
+async fn a_test_quote_a_start_cannot_restore_stays_closed_at_the_next_start() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start_with(&cfg, &ledger, Clock::system(), |t| t).await;
+    let client = SellerClient::new(first.addr);
+    let mut ping = ping_body("TX");
+    ping["test"] = json!(true);
+    let q = client
+        .post_json_with("/v1/ping", THROTTLED_KEY, &[], &ping)
+        .await
+        .ping_answer();
+    assert_eq!(q.status, PingStatus::Bid);
+    first.state.ledger.flush().await.unwrap();
+    first.shutdown().await.unwrap();
+
+    // The seller is gone: the quote is not restored.
+    let without = |t: String| {
+        let start = t.find("[sellers.throttled]").unwrap();
+        let end = t[start..].find("rate_per_s = 1\n").unwrap() + start + "rate_per_s = 1\n".len();
+        format!("{}{}", &t[..start], &t[end..])
+    };
+    let second = start_with(&cfg, &ledger, Clock::system(), without).await;
+    second.state.ledger.flush().await.unwrap();
+    second.shutdown().await.unwrap();
+
+    // Back: the quote stays closed, and its post sells nothing.
+    let third = start_with(&cfg, &ledger, Clock::system(), |t| t).await;
+    assert_eq!(third.state.quotes.open_count(), 0);
+    let client = SellerClient::new(third.addr);
+    let r = client
+        .post_json_with("/v1/post", THROTTLED_KEY, &[], &post_body(&q.ping_id, "TX"))
+        .await;
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert_eq!(a.posts(), 0);
+    third.shutdown().await.unwrap();
+}
