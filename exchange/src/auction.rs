@@ -523,6 +523,9 @@ pub async fn deliver(
                     Err(_) => {
                         // Heard out in the background once the plan has handed over the
                         // attempt's hold (below).
+                        // The consumer stays claimed until its answer is in: another
+                        // post of it waits (409) while this buyer may accept.
+                        state.dedup.hold(d.dedup);
                         late = Some((
                             LateWatch {
                                 state: state.clone(),
@@ -535,12 +538,7 @@ pub async fn deliver(
                                 windows: plan.holds().map(|r| r.counted_windows()),
                                 test: d.test,
                                 hold: None,
-                                dedup: {
-                                    // Claimed until its answer is in: another post of
-                                    // the consumer waits (409) while it may accept.
-                                    state.dedup.hold(d.dedup);
-                                    d.dedup.to_vec()
-                                },
+                                dedup: d.dedup.to_vec(),
                                 seller: cfg.sellers[d.seller].key,
                             },
                             call,

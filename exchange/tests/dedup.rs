@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use pingpost::app::{self, Running};
+use pingpost::app::Running;
 use pingpost::clock::Clock;
 use proto::seller::{NoBidReason, PingStatus, PostStatus};
 use serde_json::{json, Value};
@@ -291,18 +291,7 @@ async fn start_with(
     clock: Clock,
     edit: impl FnOnce(String) -> String,
 ) -> Running {
-    let config = cfg.load_edited(ledger, edit);
-    tokio::time::timeout(EVENT_WAIT_MAX, async {
-        loop {
-            match app::start(config.clone(), clock).await {
-                Ok(r) => return r,
-                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("the exchange starts")
+    start_config(cfg.load_edited(ledger, edit), clock).await
 }
 
 #[tokio::test]

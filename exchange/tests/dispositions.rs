@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Method;
-use pingpost::app::{self, Running};
+use pingpost::app::Running;
 use pingpost::clock::Clock;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -426,18 +426,7 @@ async fn every_bad_disposition_gets_its_error_and_writes_nothing() {
 
 /// Starts an exchange on `ledger` with `clock` (a restart when it holds records).
 async fn start(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
-    let config = cfg.load_edited(ledger, with_keys);
-    tokio::time::timeout(EVENT_WAIT_MAX, async {
-        loop {
-            match app::start(config.clone(), clock).await {
-                Ok(r) => return r,
-                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("the exchange starts")
+    start_config(cfg.load_edited(ledger, with_keys), clock).await
 }
 
 #[tokio::test]

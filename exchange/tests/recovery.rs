@@ -134,22 +134,6 @@ async fn start_at(cfg: &TestConfig, ledger: &Path, zone: &str, clock: Clock) -> 
     start_config(config_in(cfg, ledger, zone), clock).await
 }
 
-/// Starts an exchange on `config` (its ledger: a restart when it holds records already).
-async fn start_config(config: pingpost::config::Config, clock: Clock) -> Running {
-    // The previous exchange's ledger writer ends once its last handle is gone.
-    tokio::time::timeout(EVENT_WAIT_MAX, async {
-        loop {
-            match app::start(config.clone(), clock).await {
-                Ok(r) => return r,
-                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("the exchange starts")
-}
-
 fn sold_today(r: &Running, id: &str) -> u32 {
     let rt = r.state.runtime.load();
     let b = rt.config.buyers.iter().find(|b| b.id == id).unwrap();

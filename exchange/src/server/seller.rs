@@ -467,6 +467,10 @@ impl<'s> DedupClaim<'s> {
 
 impl Drop for DedupClaim<'_> {
     fn drop(&mut self) {
+        // Nothing was claimed (no dedup keys): no lock, no gauge to move.
+        if self.keys.is_empty() {
+            return;
+        }
         let now = self.state.clock.now_ms();
         self.state.dedup.end_post(&self.keys, self.sold, now);
         self.state.metrics.dedup_gauges(&self.state.dedup);
@@ -910,9 +914,7 @@ async fn post(
         // hold is released (recorded) through the one settlement path.
         let refusal =
             refuse_before_delivery(BeforeDelivery::VerticalRemoved, quote.reservation.clone());
-        let a = refuse(state, rt, refusal, &quote.ping_id, &[], now).await;
-        state.quotes.finish(&quote.ping_id, a.clone(), now);
-        return Ok(post_answer(state, &a));
+        return Ok(refuse_quote(state, rt, refusal, &quote.ping_id, now).await);
     };
     let schema = &cfg.verticals[vertical].schema;
     let lead = match env.validate_lead(schema) {
@@ -963,9 +965,7 @@ async fn post(
             let refusal =
                 refuse_before_delivery(BeforeDelivery::Suppressed, quote.reservation.clone());
             let now = state.clock.now_ms();
-            let a = refuse(state, rt, refusal, &quote.ping_id, &[], now).await;
-            state.quotes.finish(&quote.ping_id, a.clone(), now);
-            return Ok(post_answer(state, &a));
+            return Ok(refuse_quote(state, rt, refusal, &quote.ping_id, now).await);
         }
         let mut keys = quote.dedup.clone();
         keys.extend(own.digests);
@@ -981,9 +981,7 @@ async fn post(
                 let refusal =
                     refuse_before_delivery(BeforeDelivery::Duplicate, quote.reservation.clone());
                 let now = state.clock.now_ms();
-                let a = refuse(state, rt, refusal, &quote.ping_id, &[], now).await;
-                state.quotes.finish(&quote.ping_id, a.clone(), now);
-                return Ok(post_answer(state, &a));
+                return Ok(refuse_quote(state, rt, refusal, &quote.ping_id, now).await);
             }
         };
         let d = Delivery {
@@ -1068,6 +1066,20 @@ async fn refuse(
         release_hold(state, rt, r, Some(ping_id), why, changed_fields, now).await;
     }
     answer
+}
+
+/// [`refuse`] for a quote taken for its post: the book remembers the answer for a
+/// repeat, and the answer is returned as the `200` body.
+async fn refuse_quote(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    refusal: Refusal,
+    ping_id: &str,
+    now: crate::core::UnixMs,
+) -> Vec<u8> {
+    let a = refuse(state, rt, refusal, ping_id, &[], now).await;
+    state.quotes.finish(ping_id, a.clone(), now);
+    post_answer(state, &a)
 }
 
 /// Drops a quote's hold without a sale through the core's settlement (`drop_hold`: the cap

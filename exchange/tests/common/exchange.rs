@@ -64,6 +64,22 @@ impl TestConfig {
     }
 }
 
+/// Starts an exchange on `config` with `clock` (a restart when its ledger holds records),
+/// waiting while the previous exchange's ledger writer still holds the directory.
+pub async fn start_config(config: pingpost::config::Config, clock: Clock) -> Running {
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            match app::start(config.clone(), clock).await {
+                Ok(r) => return r,
+                Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the exchange starts")
+}
+
 /// A running exchange with its temp dir (kept alive as long as this).
 #[derive(Debug)]
 pub struct Exchange {
