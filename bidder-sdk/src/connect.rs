@@ -62,22 +62,26 @@ mod tests {
     use super::*;
     use tower_service::Service;
 
-    /// `TIME_WAIT` sockets whose local port is `local_port` (Linux, `/proc/net/tcp`).
-    fn time_wait(local_port: u16) -> usize {
+    /// `TIME_WAIT` sockets from local port `local_port` to remote port `remote_port`
+    /// (Linux, `/proc/net/tcp`). Both ports are matched: other tests running alongside
+    /// may leave `TIME_WAIT` sockets on the same ephemeral port towards other servers.
+    fn time_wait(local_port: u16, remote_port: u16) -> usize {
+        let port_of = |col: &str| {
+            col.rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
         table
             .lines()
             .skip(1)
             .filter(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();
-                // local address "0100007F:PORT", state 06 = TIME_WAIT
+                // local and remote address "0100007F:PORT", state 06 = TIME_WAIT
                 cols.len() > 3
                     && cols[3] == "06"
-                    && cols[1]
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| u16::from_str_radix(p, 16).ok())
-                        == Some(local_port)
+                    && port_of(cols[1]) == Some(local_port)
+                    && port_of(cols[2]) == Some(remote_port)
             })
             .count()
     }
@@ -106,12 +110,12 @@ mod tests {
         // machine the kernel may do it a little later: look again until it shows, for at
         // most 5 s (a bound on the wait, not a timing check: a failure means no
         // TIME_WAIT ever came).
-        let mut left = time_wait(local);
+        let mut left = time_wait(local, addr.port());
         let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
         while left == 0 && !reset && tokio::time::Instant::now() < give_up {
             tokio::task::yield_now().await;
             std::thread::yield_now();
-            left = time_wait(local);
+            left = time_wait(local, addr.port());
         }
         (local, left)
     }
