@@ -86,6 +86,7 @@ fn hold() -> Record<'static> {
         price_micros: 21_620_000,
         reason: None,
         changed_fields: &[],
+        test: false,
     })
 }
 

@@ -830,6 +830,7 @@ mod tests {
             price_micros: 1,
             reason: None,
             changed_fields: &[],
+            test: false,
         })
     }
 

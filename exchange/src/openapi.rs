@@ -229,7 +229,7 @@ fn envelope(v: &Vertical, suppression_on: bool, lead: &str, lead_description: &s
                 .map(|k| {
                     (
                         k.name.clone(),
-                        json!({"type": "string", "pattern": "^([0-9a-fA-F]{64})?$"}),
+                        json!({"type": "string", "maxLength": 64, "pattern": "^([0-9a-fA-F]{64})?$"}),
                     )
                 })
                 .collect();

@@ -1071,6 +1071,7 @@ fn close_expired_while_down(
                     price_micros,
                     reason: None,
                     changed_fields: &[],
+                    test: false,
                 });
                 // Not durable (as the sweeper's): lost in a crash, the next start writes
                 // it again.
@@ -1133,6 +1134,8 @@ fn close_not_restored(
             price_micros,
             reason: Some(reason),
             changed_fields: &[],
+            // A test quote (it holds nothing) says so, as its post's refusal would.
+            test: hold.is_none() && v.get("test").and_then(Value::as_bool) == Some(true),
         });
         // Not durable: lost in a crash, the next start writes it again.
         if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {

@@ -320,3 +320,45 @@ async fn a_fallback_whose_bid_holds_for_a_huge_time_is_not_taken_as_expired() {
     assert_eq!((ex.reserved("winner"), ex.reserved("fallback")), (0, 0));
     assert_eq!(ex.sold_today("fallback"), 1);
 }
+
+/// Black-box round 33 (low): a test lead's `post_attempt` and `unsold` records did not
+/// say they were a test lead's, so finance had to join them to the auction to leave them
+/// out. They carry `"test": true` now; a real lead's carry no `test` at all.
+#[tokio::test]
+async fn a_test_lead_s_post_attempts_and_unsold_say_test_and_a_real_lead_s_do_not() {
+    let a = ScriptedBidder::bidding(10.0).scripted(|s| s.accept = false);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+
+    let mut ping = ping_body("TX");
+    ping["test"] = serde_json::json!(true);
+    let test_q = ex.client.post_json("/v1/ping", &ping).await.ping_answer();
+    assert_eq!(test_q.status, PingStatus::Bid, "{test_q:?}");
+    let real_q = ex.client.ping("TX").await;
+    assert_eq!(real_q.status, PingStatus::Bid, "{real_q:?}");
+    for q in [&test_q, &real_q] {
+        let r = ex.client.post(&q.ping_id, "TX").await;
+        assert_eq!(r.status, PostStatus::Unsold, "{r:?}");
+    }
+    ex.state.ledger.flush().await.unwrap();
+    let lead_of = |kind: &str, ping_id: &str| -> Vec<serde_json::Value> {
+        let auction_id = ex
+            .ledger_of("auction")
+            .into_iter()
+            .find(|r| r["ping_id"] == ping_id)
+            .map(|r| r["auction_id"].clone())
+            .unwrap();
+        ex.ledger_of(kind)
+            .into_iter()
+            .filter(|r| r["auction_id"] == auction_id)
+            .collect()
+    };
+    for kind in ["post_attempt", "unsold"] {
+        let test = lead_of(kind, &test_q.ping_id);
+        assert_eq!(test.len(), 1, "{kind}: {test:?}");
+        assert_eq!(test[0]["test"], true, "{kind}: {}", test[0]);
+        let real = lead_of(kind, &real_q.ping_id);
+        assert_eq!(real.len(), 1, "{kind}: {real:?}");
+        assert!(real[0].get("test").is_none(), "{kind}: {}", real[0]);
+    }
+}

@@ -285,6 +285,16 @@ async fn start_on(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
     start_with(cfg, ledger, clock, with_dedup).await
 }
 
+/// The records of one `type` in the ledger directory `ledger`.
+fn ledger_of(ledger: &Path, kind: &str) -> Vec<Value> {
+    pingpost::ledger::segments::read_all(ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == kind)
+        .collect()
+}
+
 async fn start_with(
     cfg: &TestConfig,
     ledger: &Path,
@@ -796,6 +806,21 @@ async fn a_test_quote_refused_at_its_post_stays_refused_after_a_restart() {
     assert_eq!(r.post_answer().status, PostStatus::Suppressed);
     let answer = r.text();
     first.state.ledger.flush().await.unwrap();
+    // The closing record says it is a test lead's, with no buyer and no money.
+    let closed: Vec<Value> = ledger_of(&ledger, "quote_released")
+        .into_iter()
+        .filter(|r| r["ping_id"] == q.ping_id.as_str())
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(
+        (
+            &closed[0]["buyer"],
+            &closed[0]["price_micros"],
+            &closed[0]["reason"],
+            &closed[0]["test"]
+        ),
+        (&json!(""), &json!(0), &json!("suppressed"), &json!(true))
+    );
     first.shutdown().await.unwrap();
 
     // The list no longer names the consumer: the refusal stands all the same.
@@ -847,6 +872,19 @@ async fn a_test_quote_a_start_cannot_restore_stays_closed_at_the_next_start() {
     };
     let second = start_with(&cfg, &ledger, Clock::system(), without).await;
     second.state.ledger.flush().await.unwrap();
+    let closed: Vec<Value> = ledger_of(&ledger, "quote_released")
+        .into_iter()
+        .filter(|r| r["ping_id"] == q.ping_id.as_str())
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(
+        (
+            &closed[0]["buyer"],
+            &closed[0]["reason"],
+            &closed[0]["test"]
+        ),
+        (&json!(""), &json!("seller_removed"), &json!(true))
+    );
     second.shutdown().await.unwrap();
 
     // Back: the quote stays closed, and its post sells nothing.

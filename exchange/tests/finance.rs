@@ -1202,6 +1202,77 @@ fn the_csv_export_of_flushes_has_the_start_column() {
     );
 }
 
+/// The CSV export of `post_attempt`, `unsold` and quote hold records says which are a
+/// test lead's (black-box round 33: only the JSON lines of some records said so): `true`
+/// where the record carries it, `false` where it does not (a real lead's, or one written
+/// before the field was added).
+#[test]
+fn the_csv_export_of_attempts_unsold_and_holds_has_a_test_column() {
+    let tmp = framed_ledger(&[
+        r#"{"type":"post_attempt","v":5,"generation":1,"at":"2026-11-29T09:00:00.000Z","lead_id":"ld_t","auction_id":"au_t","buyer":"a","attempt":0,"outcome":"rejected","test":true}"#,
+        r#"{"type":"post_attempt","v":5,"generation":1,"at":"2026-11-29T09:00:01.000Z","lead_id":"ld_r","auction_id":"au_r","buyer":"a","attempt":0,"outcome":"rejected"}"#,
+        r#"{"type":"unsold","v":5,"generation":1,"at":"2026-11-29T09:00:02.000Z","lead_id":"ld_t","ping_id":"pg_t","auction_id":"au_t","seller":"s","reason":"all_rejected","attempts":1,"test":true}"#,
+        r#"{"type":"quote_released","v":5,"generation":1,"at":"2026-11-29T09:00:03.000Z","ping_id":"pg_u","buyer":"","price_micros":0,"reason":"suppressed","test":true}"#,
+        r#"{"type":"quote_released","v":5,"generation":1,"at":"2026-11-29T09:00:04.000Z","ping_id":"pg_v","buyer":"a","price_micros":5000000,"reason":"mismatch"}"#,
+    ]);
+    let export = |kind: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args([
+                "ledger",
+                "export",
+                "--dir",
+                tmp.path().to_str().unwrap(),
+                "--from",
+                "2026-11-29",
+                "--to",
+                "2026-11-29",
+                "--format",
+                "csv",
+                "--type",
+                kind,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let csv = export("post_attempt");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "seq,at,generation,lead_id,auction_id,buyer,attempt,outcome,reason,test",
+            "1,2026-11-29T09:00:00.000Z,1,ld_t,au_t,a,0,rejected,,true",
+            "2,2026-11-29T09:00:01.000Z,1,ld_r,au_r,a,0,rejected,,false",
+        ],
+        "{csv}"
+    );
+    let csv = export("unsold");
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        [
+            "seq,at,generation,lead_id,ping_id,auction_id,seller,reason,attempts,test",
+            "3,2026-11-29T09:00:02.000Z,1,ld_t,pg_t,au_t,s,all_rejected,1,true",
+        ],
+        "{csv}"
+    );
+    let csv = export("quote_released");
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        [
+            "seq,at,generation,type,ping_id,buyer,price_micros,reason,test",
+            "4,2026-11-29T09:00:03.000Z,1,quote_released,pg_u,,0,suppressed,true",
+            "5,2026-11-29T09:00:04.000Z,1,quote_released,pg_v,a,5000000,mismatch,false",
+        ],
+        "{csv}"
+    );
+}
+
 /// `ledger verify --anchor SEQ:SUM` checks the ledger against a record kept outside the
 /// exchange host: a record changed and the chain recomputed after it, or records removed
 /// from the end, verify on their own, and fail against the anchor.

@@ -63,6 +63,7 @@ async fn write_ledger(dir: &Path, n: u64, segment_bytes_max: u64) {
                 price_micros: 12_500_000,
                 reason: None,
                 changed_fields: &[],
+                test: false,
             })
         };
         LedgerSink::append(&ledger, &rec)

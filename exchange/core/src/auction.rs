@@ -242,6 +242,7 @@ impl Award {
             price_micros: r.price.0,
             reason: None,
             changed_fields: &[],
+            test: false,
         }))
     }
 }

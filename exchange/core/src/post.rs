@@ -257,6 +257,7 @@ impl<'a> PostPlan<'a> {
             attempt: a.attempt,
             outcome,
             reason,
+            test: self.p.test,
         };
         self.effects.push(Effect::Record(Record::PostAttempt(rec)));
     }
@@ -319,6 +320,7 @@ impl<'a> PostPlan<'a> {
                 seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
                 reason: reason.as_str(),
                 attempts: self.sent,
+                test: self.p.test,
             };
             self.effects.push(Effect::Record(Record::Unsold(rec)));
         }
@@ -378,6 +380,7 @@ impl<'a> PostPlan<'a> {
                     attempt: attempt_no,
                     outcome: "buyer_removed",
                     reason: None,
+                    test: self.p.test,
                 };
                 self.effects.push(Effect::Record(Record::PostAttempt(rec)));
                 continue;
@@ -631,6 +634,7 @@ pub fn settle_late_answer<'a>(
                 attempt: late.attempt,
                 outcome: LATE_NO_ACCEPT,
                 reason: None,
+                test: late.test,
             }))
         });
         return LateSettlement {
@@ -650,6 +654,7 @@ pub fn settle_late_answer<'a>(
         attempt: late.attempt,
         outcome: LATE_ACCEPT,
         reason: None,
+        test: late.test,
     })));
     if let Some(hold) = late.hold {
         // In the place kept for it: never past a cap or budget.
@@ -736,6 +741,8 @@ impl Refusal {
             price_micros: 0,
             reason: Some(why),
             changed_fields,
+            // Only a test lead's quote holds nothing (a real award reserves its cap).
+            test: true,
         }))
     }
 }

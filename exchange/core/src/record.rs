@@ -488,6 +488,9 @@ pub struct PostAttemptRecord<'a> {
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A test lead's record (`"test": true`); absent for a real lead.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 /// The `post_attempt` outcome of a buyer that accepted after its post timeout.
@@ -545,6 +548,9 @@ pub struct UnsoldRecord<'a> {
     pub reason: &'static str,
     /// Deliveries actually sent.
     pub attempts: usize,
+    /// A test lead's record (`"test": true`); absent for a real lead.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 /// `type: "quote_opened"`: a firm quote (a `bid` answer to a ping), with what its post
@@ -640,6 +646,10 @@ pub struct QuoteHoldRecord<'a> {
     /// answers its repeat as the seller was answered, byte for byte.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub changed_fields: &'a [String],
+    /// A test quote's end (`"test": true`: the `quote_released` with no buyer that
+    /// closes a quote that held nothing); absent otherwise (a hold is never a test lead's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 /// `type: "disposition"`: what became of a sold lead, reported by the buyer that bought
@@ -776,9 +786,12 @@ mod tests {
             price_micros: 5,
             reason: None,
             changed_fields: &[],
+            test: false,
         });
         let v: serde_json::Value = serde_json::to_value(&q).unwrap();
         assert_eq!(v["type"], "quote_expired");
+        // `test` is written only for a test lead's record.
+        assert!(v.get("test").is_none());
         assert!(!q.is_durable());
     }
 

@@ -244,6 +244,7 @@ pub fn drop_hold<'c>(
         price_micros: r.price.0,
         reason,
         changed_fields: &[],
+        test: false,
     };
     if expired {
         [

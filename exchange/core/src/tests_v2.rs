@@ -332,8 +332,8 @@ fn a_duplicate_pings_nobody_and_its_post_releases_the_hold() {
     match holdless.holdless_end(7, "pg_2", &[], T) {
         Some(crate::record::Record::QuoteReleased(h)) => {
             assert_eq!(
-                (h.ping_id, h.buyer, h.price_micros, h.reason),
-                (Some("pg_2"), "", 0, Some("suppressed"))
+                (h.ping_id, h.buyer, h.price_micros, h.reason, h.test),
+                (Some("pg_2"), "", 0, Some("suppressed"), true)
             );
         }
         other => panic!("{other:?}"),

@@ -77,6 +77,8 @@ pub fn columns(kind: &str) -> Option<&'static [&'static str]> {
             "attempt",
             "outcome",
             "reason",
+            // Last: added after the others, so a reader by position keeps working.
+            "test",
         ],
         "unsold" => &[
             "seq",
@@ -88,6 +90,8 @@ pub fn columns(kind: &str) -> Option<&'static [&'static str]> {
             "seller",
             "reason",
             "attempts",
+            // Last: added after the others.
+            "test",
         ],
         "quote_reserved" | "quote_released" | "quote_expired" => &[
             "seq",
@@ -98,6 +102,8 @@ pub fn columns(kind: &str) -> Option<&'static [&'static str]> {
             "buyer",
             "price_micros",
             "reason",
+            // Last: added after the others (`true` only for a test quote's holdless end).
+            "test",
         ],
         "flush" => &["seq", "at", "generation", "start"],
         "model_decision" => &[
@@ -215,6 +221,16 @@ fn cell(e: &Entry, col: &str) -> String {
         // A shutdown's flush has no `start`: written `false`, a start's `true`.
         ("flush", "start") => v
             .get("start")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+            .to_string(),
+        // These records carry `test` only for a test lead's (and did not before): `false`
+        // when absent.
+        (
+            "post_attempt" | "unsold" | "quote_reserved" | "quote_released" | "quote_expired",
+            "test",
+        ) => v
+            .get("test")
             .and_then(Value::as_bool)
             .unwrap_or(false)
             .to_string(),
