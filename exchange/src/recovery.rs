@@ -840,14 +840,20 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         state.sold_leads.mark_refunded(lead_id);
     }
     // Open quotes: firm again, with their holds (after the sales, which they add to).
+    // Those closed here because their vertical is gone are answered as a later start
+    // answers them ([`restore_finished`]).
+    let mut vertical_gone: HashMap<&str, UnixMs> = HashMap::new();
     for (ping_id, v) in &scan.opened {
         if scan.closed_pings.contains(ping_id) {
             continue;
         }
         if restore_quote(state, cfg, v, now).is_some() {
             out.quotes += 1;
-        } else if close_not_restored(state, cfg, ping_id, v, now) {
+        } else if let Some(reason) = close_not_restored(state, cfg, ping_id, v, now) {
             out.quotes_not_restored += 1;
+            if reason == release_reason::VERTICAL_REMOVED {
+                vertical_gone.insert(ping_id.as_str(), now);
+            }
         }
     }
     let names: HashMap<&str, &str> = cfg
@@ -860,7 +866,8 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
     // ([`seller_key_of`]).
     let sellers: HashMap<&str, crate::config::SellerKey> =
         cfg.sellers.iter().map(|x| (x.id.as_str(), x.key)).collect();
-    out.finished_posts = restore_finished(state, &sellers, scan, &look, &names, now);
+    out.finished_posts =
+        restore_finished(state, &sellers, scan, &look, &names, &vertical_gone, now);
     out.expired_while_down = close_expired_while_down(state, &sellers, scan, now);
     // Idempotency keys: the last lead each key started.
     let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
@@ -968,20 +975,25 @@ fn restore_disposition_keys(
 /// finished, oldest first, so a repeated `/v1/post` of their `ping_id` gets the first
 /// answer again and delivers nothing (within the book's TTL and bound for finished
 /// entries). A quote whose post's outcome is unknown, or that was released without a
-/// recorded answer, is not restored (its repeat is `404` and delivers nothing).
+/// recorded answer, is not restored (its repeat is `404` and delivers nothing). A quote
+/// this start closed because its vertical is gone (`vertical_gone`) is answered `unsold`
+/// `vertical_removed` now, as every later start answers it from its `quote_released`
+/// (it was `404` at this start only: black-box round 33).
 fn restore_finished(
     state: &AppState,
     sellers: &HashMap<&str, crate::config::SellerKey>,
     scan: &Scan,
     look: &Lookup<'_>,
     names: &HashMap<&str, &str>,
+    vertical_gone: &HashMap<&str, UnixMs>,
     now: UnixMs,
 ) -> u64 {
     let sold = &look.sale_by_ping;
     let unsold = &look.unsold_by_ping;
     let mut done: Vec<(UnixMs, &str, crate::config::SellerKey, Option<PostAnswer>)> = Vec::new();
     for (ping_id, v) in &scan.opened {
-        if !scan.closed_pings.contains(ping_id) {
+        let gone = vertical_gone.get(ping_id.as_str());
+        if !scan.closed_pings.contains(ping_id) && gone.is_none() {
             continue;
         }
         let Some(seller) = seller_key_of(state, sellers, text(v, "seller").as_str()) else {
@@ -993,6 +1005,9 @@ fn restore_finished(
             (at_of(v), Some(unsold_answer(lead, reason, ping_id, *sent)))
         } else if let Some(at) = scan.expired_pings.get(ping_id) {
             (*at, None)
+        } else if let Some(at) = gone {
+            let a = refuse_before_delivery(BeforeDelivery::VerticalRemoved, None).answer(ping_id);
+            (*at, Some(a))
         } else if let Some((reason, at, changed)) = scan.refused_posts.get(ping_id) {
             // A post refused before delivery, answered by the core's refusal (a mismatch
             // with the `changed_fields` its record keeps; one written before they were
@@ -1096,27 +1111,27 @@ fn close_expired_while_down(
 /// `seller_removed`, `vertical_removed` or `not_restored`) and logged. Before, nothing
 /// closed it, and a later start whose configuration had its seller and vertical again
 /// brought it back with its hold, on a buyer whose cap others had filled meanwhile
-/// (found beside black-box round 19's open quotes). True when it was closed (not
-/// expired: expired quotes are [`close_expired_while_down`]'s).
+/// (found beside black-box round 19's open quotes). `Some` when it was closed (not
+/// expired: expired quotes are [`close_expired_while_down`]'s), with the reason.
 fn close_not_restored(
     state: &AppState,
     cfg: &crate::config::Config,
     ping_id: &str,
     v: &Value,
     now: UnixMs,
-) -> bool {
+) -> Option<&'static str> {
     use crate::core::record::LedgerSink as _;
     use crate::core::record::{Head, QuoteHoldRecord, Record};
     if v.get("expires_at_ms")
         .and_then(Value::as_i64)
         .is_none_or(|at| at <= now)
     {
-        return false;
+        return None;
     }
     let reason = if !cfg.sellers.iter().any(|s| s.id == text(v, "seller")) {
         "seller_removed"
     } else if cfg.vertical(&text(v, "vertical")).is_none() {
-        "vertical_removed"
+        release_reason::VERTICAL_REMOVED
     } else {
         "not_restored"
     };
@@ -1145,9 +1160,9 @@ fn close_not_restored(
     tracing::warn!(
         ping_id = %ping_id,
         reason,
-        "ledger: an open quote was not restored (it no longer fits the configuration): closed with quote_released; its post answers 404"
+        "ledger: an open quote was not restored (it no longer fits the configuration): closed with quote_released; its post answers unsold vertical_removed if its vertical is gone, 404 otherwise"
     );
-    true
+    Some(reason)
 }
 
 /// Puts the quote of a `quote_opened` record back in the book, re-reserving its hold;

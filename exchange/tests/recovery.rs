@@ -1222,6 +1222,66 @@ async fn a_quote_not_restored_is_closed_and_never_comes_back_past_a_cap() {
     assert_eq!(*a.posts.lock().unwrap(), 1, "no lead past a's cap of 1");
 }
 
+/// An open quote whose vertical a restart's configuration no longer has is closed at that
+/// start (`quote_released`, `vertical_removed`). Its post was answered `404` at that start
+/// and `unsold` `vertical_removed` at every later one (from the record), whether or not
+/// the vertical came back (black-box round 33): it is `unsold` `vertical_removed` at
+/// each, and nothing is delivered.
+#[tokio::test]
+async fn a_quote_closed_because_its_vertical_is_gone_answers_the_same_at_every_start() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+
+    let first = start(&cfg, &ledger).await;
+    let old = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(old.status, proto::seller::PingStatus::Bid, "{old:?}");
+    first.shutdown().await.unwrap();
+
+    let expect_vertical_removed = |r: &Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let answer = r.post_answer();
+        assert_eq!(
+            answer.status,
+            proto::seller::PostStatus::Unsold,
+            "{answer:?}"
+        );
+        assert_eq!(
+            answer.reason.as_deref(),
+            Some("vertical_removed"),
+            "{answer:?}"
+        );
+    };
+    // The vertical is gone (renamed): the quote is closed at this start.
+    let renamed = cfg.load_edited(&ledger, |t| t.replace("auto_insurance", "home_insurance"));
+    let second = start_config(renamed, Clock::system()).await;
+    assert_eq!(second.state.quotes.open_count(), 0);
+    let r = SellerClient::new(second.addr)
+        .post_json("/v1/post", &post_body(&old.ping_id, "TX"))
+        .await;
+    expect_vertical_removed(&r);
+    let first_answer = r.text();
+    second.shutdown().await.unwrap();
+    let released: Vec<_> = records(&ledger)
+        .into_iter()
+        .filter(|r| r["type"] == "quote_released" && r["ping_id"] == old.ping_id.as_str())
+        .collect();
+    assert_eq!(released.len(), 1, "closed once: {released:?}");
+    assert_eq!(released[0]["reason"], "vertical_removed");
+
+    // The vertical is back: the same answer, byte for byte.
+    let third = start(&cfg, &ledger).await;
+    assert_eq!(third.state.quotes.open_count(), 0);
+    let r = SellerClient::new(third.addr)
+        .post_json("/v1/post", &post_body(&old.ping_id, "TX"))
+        .await;
+    expect_vertical_removed(&r);
+    assert_eq!(r.text(), first_answer);
+    third.shutdown().await.unwrap();
+    assert_eq!(*a.posts.lock().unwrap(), 0, "nothing delivered");
+}
+
 /// A quote restored at a restart keeps its bids though a losing bidder is no longer
 /// configured (before the fix the whole quote was dropped and its post was `404`).
 #[tokio::test]
