@@ -298,32 +298,34 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
     say!("");
 }
 
-/// Starts the bidders, then sends `count` sample leads (0 = until the task is dropped),
-/// one every `interval_ms`, printing what happens to each. The caller checks
-/// [`sample_leads_problem`] first: with a configuration that cannot take the sample
-/// leads, every one of them would be refused. Returns `false` when the bidders could not
-/// start (the port is named; the demo then exits 1).
+/// Sends `count` sample leads (0 = until the task is dropped), one every `interval_ms`,
+/// printing what happens to each, then stops the `bidders` ([`start_bidders`], started
+/// before the exchange so a port that is taken stops the demo before the exchange
+/// listens or writes its ledger). The caller checks [`sample_leads_problem`] first: with
+/// a configuration that cannot take the sample leads, every one of them would be refused.
 pub async fn run(
     addr: SocketAddr,
     admin: Option<DemoAdmin>,
-    cfg: std::sync::Arc<Config>,
+    bidders: Vec<DemoBidder>,
     interval_ms: u64,
     count: u64,
-) -> bool {
-    let bidders = match start_bidders(&cfg).await {
-        Ok(b) => b,
-        Err(e) => {
-            crate::say_err!(
-                "demo: could not start the example bidders on the ports the configuration's buyers name: {e}"
-            );
-            return false;
-        }
-    };
+) {
     leads(addr, admin, interval_ms, count).await;
     for b in bidders {
         b.shutdown().await;
     }
-    true
+}
+
+/// [`start_bidders`], or the message (naming the taken port and its buyer) that the demo
+/// exits 1 with.
+pub async fn start_bidders_or_say(cfg: &Config) -> Result<Vec<DemoBidder>, String> {
+    start_bidders(cfg).await.map_err(|e| {
+        format!(
+            "demo: could not start the example bidders on the ports the configuration's buyers name: {e} \
+             (--demo starts an example bidder on every loopback port a buyer's url names: \
+             run a configuration with buyers of your own without --demo)"
+        )
+    })
 }
 
 /// Sends the sample leads and prints what happens to each (returns early when stdout

@@ -251,7 +251,22 @@ pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<[u8; 32]> {
         .collect();
     let normalized = match kind {
         proto::FieldKind::Phone => visible,
-        _ => visible.to_lowercase(),
+        // Unicode compatibility folding (NFKC) around the lower-casing: a full-width
+        // `ｅ`, a mathematical `𝐞` or a ligature is the letter it stands for, as a buyer's
+        // CRM that folds text would see it (black-box round 34: `ｅvil@example.com` passed
+        // the suppression list of `evil@example.com`). Letters of other scripts that
+        // merely look alike (Cyrillic `а`) are not folded: SECURITY.md.
+        _ => {
+            use unicode_normalization::UnicodeNormalization;
+            let folded: String = visible.nfkc().collect::<String>().to_lowercase();
+            let folded: String = folded.nfkc().collect();
+            // Folding may make characters that print as nothing (a compatibility form
+            // of one): dropped again.
+            folded
+                .chars()
+                .filter(|c| !crate::core::config::invisible(*c))
+                .collect()
+        }
     };
     if normalized.is_empty() {
         return None;
@@ -327,6 +342,39 @@ mod tests {
         }
         assert_ne!(field_hash(&email, "anna@example.com"), plain);
         assert_eq!(field_hash(&email, "\u{200b} "), None);
+    }
+
+    /// Black-box round 34: a full-width letter (`ｅvil@example.com`) hashed as another
+    /// consumer, past the suppression list and de-duplication. Compatibility forms fold
+    /// to the letters they stand for (NFKC); distinct addresses stay distinct.
+    #[test]
+    fn compatibility_forms_of_letters_do_not_change_a_field_hash() {
+        let email = proto::FieldKind::Email;
+        let plain = field_hash(&email, "evil@example.com");
+        for v in [
+            "\u{ff45}vil@example.com",               // full-width e
+            "\u{ff25}VIL@\u{ff25}XAMPLE\u{ff0e}COM", // full-width E and dot, upper case
+            "\u{1d41e}vil@example.com",              // mathematical bold e
+            "\u{24d4}vil@example.com",               // circled e
+        ] {
+            assert_eq!(field_hash(&email, v), plain, "{v:?}");
+        }
+        // A ligature folds too: `ﬁ` is `fi`.
+        assert_eq!(
+            field_hash(&email, "\u{fb01}@example.com"),
+            field_hash(&email, "fi@example.com")
+        );
+        // Distinct ASCII addresses stay distinct (no look-alike folding: `rn` is not `m`).
+        assert_ne!(
+            field_hash(&email, "rn@example.com"),
+            field_hash(&email, "m@example.com")
+        );
+        assert_ne!(field_hash(&email, "evil@example.org"), plain);
+        // A phone is hashed as given (it is E.164 ASCII digits by then).
+        assert_ne!(
+            field_hash(&proto::FieldKind::Phone, "+18175550123"),
+            field_hash(&proto::FieldKind::Phone, "+1817555012\u{ff13}")
+        );
     }
 
     /// Black-box round 30: the same hash in upper-case hex made another fingerprint.

@@ -712,6 +712,20 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // The demo's bidders first: a port that is taken stops the demo before the exchange
+    // listens or writes its ledger (black-box round 34: it started, wrote a start and a
+    // shutdown flush, then stopped).
+    let bidders = if demo {
+        match runtime.block_on(pingpost::demo::start_bidders_or_say(&cfg)) {
+            Ok(b) => b,
+            Err(e) => {
+                pingpost::say_err!("{e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let workers = app::worker_count(&cfg);
     let server = match app::start_threaded(cfg, Clock::system()) {
         Ok(s) => s,
@@ -744,7 +758,7 @@ fn main() -> anyhow::Result<()> {
     // the workers serve.
     let addr = server.addr;
     let state = server.state.clone();
-    let demo_ok = runtime.block_on(async move {
+    runtime.block_on(async move {
         // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
         // into one more, and reloads are serialized inside.
         let reloader = tokio::spawn(reload_on_sighup(state, hup));
@@ -752,22 +766,21 @@ fn main() -> anyhow::Result<()> {
             let demo = tokio::spawn(pingpost::demo::run(
                 addr,
                 demo_admin,
-                demo_cfg,
+                bidders,
                 args.demo_interval_ms,
                 args.demo_leads,
             ));
             // The demo ends after its leads, or when its output is gone (`| head`): the
             // exchange stops with it.
-            let ok = tokio::select! {
-                r = demo => r.unwrap_or(true),
-                _ = shutdown_signal() => true,
+            tokio::select! {
+                _ = demo => {}
+                _ = shutdown_signal() => {}
             };
             reloader.abort();
-            return ok;
+            return;
         }
         shutdown_signal().await;
         reloader.abort();
-        true
     });
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().context("server")?;
@@ -775,10 +788,6 @@ fn main() -> anyhow::Result<()> {
     // The last line of a clean stop (black-box round 22: a stop that died in the drain
     // looked the same in the log).
     tracing::info!("stopped: the in-flight requests finished");
-    if !demo_ok {
-        // The example bidders could not start (the port was named above).
-        std::process::exit(1);
-    }
     Ok(())
 }
 

@@ -285,14 +285,19 @@ async fn start_on(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
     start_with(cfg, ledger, clock, with_dedup).await
 }
 
-/// The records of one `type` in the ledger directory `ledger`.
-fn ledger_of(ledger: &Path, kind: &str) -> Vec<Value> {
-    pingpost::ledger::segments::read_all(ledger)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["type"] == kind)
-        .collect()
+/// `ping_id`'s test quote is closed by one `quote_released` for `reason`, with no buyer,
+/// no money, and `"test": true`.
+fn assert_test_quote_closed(ledger: &Path, ping_id: &str, reason: &str) {
+    let closed: Vec<Value> = ledger_at_of(ledger, "quote_released")
+        .into_iter()
+        .filter(|r| r["ping_id"] == ping_id)
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let r = &closed[0];
+    assert_eq!(
+        (&r["buyer"], &r["price_micros"], &r["reason"], &r["test"]),
+        (&json!(""), &json!(0), &json!(reason), &json!(true))
+    );
 }
 
 async fn start_with(
@@ -807,20 +812,7 @@ async fn a_test_quote_refused_at_its_post_stays_refused_after_a_restart() {
     let answer = r.text();
     first.state.ledger.flush().await.unwrap();
     // The closing record says it is a test lead's, with no buyer and no money.
-    let closed: Vec<Value> = ledger_of(&ledger, "quote_released")
-        .into_iter()
-        .filter(|r| r["ping_id"] == q.ping_id.as_str())
-        .collect();
-    assert_eq!(closed.len(), 1, "{closed:?}");
-    assert_eq!(
-        (
-            &closed[0]["buyer"],
-            &closed[0]["price_micros"],
-            &closed[0]["reason"],
-            &closed[0]["test"]
-        ),
-        (&json!(""), &json!(0), &json!("suppressed"), &json!(true))
-    );
+    assert_test_quote_closed(&ledger, &q.ping_id, "suppressed");
     first.shutdown().await.unwrap();
 
     // The list no longer names the consumer: the refusal stands all the same.
@@ -872,19 +864,7 @@ async fn a_test_quote_a_start_cannot_restore_stays_closed_at_the_next_start() {
     };
     let second = start_with(&cfg, &ledger, Clock::system(), without).await;
     second.state.ledger.flush().await.unwrap();
-    let closed: Vec<Value> = ledger_of(&ledger, "quote_released")
-        .into_iter()
-        .filter(|r| r["ping_id"] == q.ping_id.as_str())
-        .collect();
-    assert_eq!(closed.len(), 1, "{closed:?}");
-    assert_eq!(
-        (
-            &closed[0]["buyer"],
-            &closed[0]["reason"],
-            &closed[0]["test"]
-        ),
-        (&json!(""), &json!("seller_removed"), &json!(true))
-    );
+    assert_test_quote_closed(&ledger, &q.ping_id, "seller_removed");
     second.shutdown().await.unwrap();
 
     // Back: the quote stays closed, and its post sells nothing.

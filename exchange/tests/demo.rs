@@ -240,7 +240,8 @@ async fn the_demo_and_the_exchange_stop_when_their_output_is_gone() {
 }
 
 /// A demo bidder's port already taken: the demo names that port and its buyer (not the
-/// default 9101-9105) and exits 1, not 0 (black-box round 21).
+/// default 9101-9105) and exits 1, not 0 (black-box round 21), before the exchange
+/// listens or writes anything (round 34).
 #[tokio::test]
 async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -277,4 +278,11 @@ async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(!err.contains("9101-9105"), "{err}");
+    // Found before the exchange starts (black-box round 34: it listened, wrote a start and
+    // a shutdown flush to the ledger, then stopped).
+    assert!(!err.contains("pingpost listening"), "{err}");
+    let segments = std::fs::read_dir(dir.path().join("ledger"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(segments, 0, "nothing is written to the ledger: {err}");
 }

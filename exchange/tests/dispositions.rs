@@ -77,12 +77,7 @@ async fn dispose(client: &SellerClient, key: &str, body: &Value) -> Reply {
 }
 
 fn records(ledger: &Path, kind: &str) -> Vec<Value> {
-    pingpost::ledger::segments::read_all(ledger)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["type"] == kind)
-        .collect()
+    ledger_at_of(ledger, kind)
 }
 
 fn run(args: &[&str]) -> (bool, String) {

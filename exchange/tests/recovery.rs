@@ -144,11 +144,7 @@ fn sold_today(r: &Running, id: &str) -> u32 {
 }
 
 fn records(ledger: &Path) -> Vec<Value> {
-    pingpost::ledger::segments::read_all(ledger)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    ledger_at(ledger)
 }
 
 #[tokio::test]

@@ -77,9 +77,18 @@ pub struct Reconciliation {
     /// (segment and seq). Payouts are re-checked against the configuration for the
     /// auctions from there on.
     pub current: Option<(u64, String)>,
-    /// Sales decided under an earlier generation (or before a restart), by generation.
-    pub earlier_sales: BTreeMap<u64, u64>,
+    /// Sales decided under an earlier generation (or before a restart), by generation:
+    /// how many, and how many of them are test sales.
+    pub earlier_sales: BTreeMap<u64, (u64, u64)>,
     pub stats: ReadStats,
+}
+
+/// Counts a sale decided under generation `g` before the ledger's latest run (`test`:
+/// a test sale, counted apart too: the money lines leave them out).
+fn count_earlier(earlier: &mut BTreeMap<u64, (u64, u64)>, g: u64, test: bool) {
+    let e = earlier.entry(g).or_default();
+    e.0 += 1;
+    e.1 += u64::from(test);
 }
 
 struct Sale {
@@ -358,7 +367,7 @@ pub fn reconcile_upto(
                 // A seller of an earlier run may have been removed since (black-box round
                 // 18): like a payout rule that changed, listed, not failed.
                 None if !current => {
-                    *out.earlier_sales.entry(decided_gen).or_default() += 1;
+                    count_earlier(&mut out.earlier_sales, decided_gen, s.test);
                     out.payout_not_rechecked.push(format!(
                         "{}: seller {:?} is not in the configuration given; the auction ran under generation {decided_gen}, before a reload or restart (the ledger's latest run is generation {} from {}): not a mismatch, the seller may have been removed since ({})",
                         s.place,
@@ -381,7 +390,7 @@ pub fn reconcile_upto(
                         auction.and_then(|a| a.winner_bid)
                     };
                     if !current {
-                        *out.earlier_sales.entry(decided_gen).or_default() += 1;
+                        count_earlier(&mut out.earlier_sales, decided_gen, s.test);
                     }
                     if let Some(wb) = winner_bid {
                         let expected = seller.payout.seller_price(Micros(wb)).min(Micros(wb)).0;
@@ -682,7 +691,10 @@ impl Reconciliation {
                 let gens: Vec<String> = self
                     .earlier_sales
                     .iter()
-                    .map(|(g, n)| format!("{n} of generation {g}"))
+                    .map(|(g, (n, test))| match test {
+                        0 => format!("{n} of generation {g}"),
+                        t => format!("{n} of generation {g}, {t} of them test"),
+                    })
                     .collect();
                 let _ = writeln!(
                     out,

@@ -18,6 +18,24 @@ use tokio::time::Instant;
 
 use super::{Reply, SellerClient, TestConfig, ADMIN_TOKEN, EVENT_WAIT_MAX};
 
+/// Every record of the ledger directory `dir` (none while it has no segment).
+pub fn ledger_at(dir: &std::path::Path) -> Vec<Value> {
+    let text = pingpost::ledger::segments::read_all(dir).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("ledger line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The records of one `type` in the ledger directory `dir`.
+pub fn ledger_at_of(dir: &std::path::Path, kind: &str) -> Vec<Value> {
+    ledger_at(dir)
+        .into_iter()
+        .filter(|r| r["type"] == kind)
+        .collect()
+}
+
 impl TestConfig {
     /// Starts an exchange with this configuration and a fresh ledger in a temp dir.
     pub async fn start(&self) -> Exchange {
@@ -102,13 +120,7 @@ pub struct Exchange {
 impl Exchange {
     /// Every ledger record so far (what is on disk now).
     pub fn ledger(&self) -> Vec<Value> {
-        let text = pingpost::ledger::segments::read_all(&self.ledger_path).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("ledger line is not JSON ({e}): {l}"))
-            })
-            .collect()
+        ledger_at(&self.ledger_path)
     }
 
     /// Ledger records of one `type`.
