@@ -185,14 +185,16 @@ impl std::fmt::Display for ReloadError {
     }
 }
 
-/// Every problem of a refused reload or model swap, for its log line: "the configuration
-/// has N problem(s): field: problem; ..." (SIGHUP's and the admin routes' alike).
+/// Every problem of a refused reload or model swap, for its log line: "N problem(s):
+/// field: problem; ..." (SIGHUP's, the model directory's and the admin routes' alike; the
+/// line says which was refused: black-box round 35, a model swap's said "the
+/// configuration has").
 #[derive(Debug, Clone, Copy)]
 pub struct Problems<'a>(pub &'a [FieldProblem]);
 
 impl std::fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the configuration has {} problem(s):", self.0.len())?;
+        write!(f, "{} problem(s):", self.0.len())?;
         for p in self.0 {
             write!(f, " {}: {};", p.field, p.problem)?;
         }

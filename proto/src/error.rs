@@ -161,10 +161,11 @@ impl ApiError {
             [one] => format!("{}: {}", one.field, one.problem),
             [first, rest @ ..] => {
                 format!(
-                    "{}: {} (and {} more problems)",
+                    "{}: {} (and {} more problem{})",
                     first.field,
                     first.problem,
-                    rest.len()
+                    rest.len(),
+                    if rest.len() == 1 { "" } else { "s" }
                 )
             }
         };
@@ -262,6 +263,12 @@ mod tests {
             (e.fields.len(), e.message.as_str()),
             (3, "f0: x (and 2 more problems)")
         );
+        // One more is "problem" (black-box round 35: "(and 1 more problems)").
+        let two: Vec<_> = (0..2)
+            .map(|i| FieldProblem::new(format!("f{i}"), "x"))
+            .collect();
+        let e = ApiError::from_fields(ErrorCode::InvalidRequest, two);
+        assert_eq!(e.message, "f0: x (and 1 more problem)");
     }
 
     #[test]
