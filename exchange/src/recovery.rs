@@ -683,16 +683,23 @@ fn may_count_now(w: &Windows, now_utc: &Windows) -> bool {
 /// be running in, and otherwise the windows of its time `at` ([`Windows::carried`]), so a
 /// zone changed across a restart never sells past a cap in either zone's windows; a
 /// record written before format 4 (no windows), the windows of `at` in the zone now.
+/// With the windows, the latest ends of the old zone's windows when they were of another
+/// zone ([`Windows::ends_in_any_zone`]): until then the lead counts in them, and holds
+/// must fit their caps too ([`CapBook::restore_former_zone`]).
 fn windows_in(
     tz: chrono_tz::Tz,
     windows: Option<Windows>,
     at: UnixMs,
     now: UnixMs,
-) -> Option<Windows> {
+) -> Option<(Windows, Option<[i64; crate::core::caps::PERIODS]>)> {
     match windows {
-        Some(w) if Windows::at(tz, w.hour_start_ms) == Some(w) => Some(w),
-        Some(old) => Windows::carried(tz, &old, at, now),
-        None => Windows::at(tz, at),
+        Some(w) if Windows::at(tz, w.hour_start_ms) == Some(w) => Some((w, None)),
+        Some(old) => Some((
+            Windows::carried(tz, &old, at, now)?,
+            old.ends_in_any_zone()
+                .filter(|ends| ends.iter().any(|&e| e > now)),
+        )),
+        None => Windows::at(tz, at).map(|w| (w, None)),
     }
 }
 
@@ -770,9 +777,14 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             return key_of_unconfigured(state, buyer)
                 .is_some_and(|key| state.caps.restore_sold(key, &w, Micros(price)));
         };
-        let Some(w) = windows_in(b.timezone, windows, at, now) else {
+        let Some((w, former_ends)) = windows_in(b.timezone, windows, at, now) else {
             return false;
         };
+        if let Some(ends) = former_ends {
+            state
+                .caps
+                .restore_former_zone(b.key, ends, Micros(price), now);
+        }
         match Windows::at(b.timezone, now) {
             Some(cur) if !counts_now(&w, &cur) => false,
             _ => state.caps.restore_sold(b.key, &w, Micros(price)),

@@ -21,10 +21,10 @@
 //! everything the old zone's current window held and every lead of another kept window
 //! that falls inside the new window (see `BuyerBook::rezone`). That over-counts for the
 //! rest of the new window (a lead may be counted in both zones' days) and never
-//! under-counts in the new zone's current windows. Not covered yet (black-box round 35):
-//! the new zone's *next* window starts at 0 even where the old zone's window still runs
-//! (zones whose hours begin at different minutes), so in that overlap a buyer can get up
-//! to one more cap's worth in the old zone's window (docs/OPERATIONS.md).
+//! under-counts. And until each old current window ends it stays a limit of its own
+//! (`BuyerBook::former`): every hold made before its end counts in it and must fit its
+//! caps, so the new zone's next window, which may begin first, cannot sell past the old
+//! window's cap (black-box round 35). A cap can never be passed by changing the zone.
 //!
 //! Never: reads a clock (time is `now`), panics on any input, or grows without bound: a
 //! window that is past and holds no reservation is dropped (but the newest past one, kept
@@ -65,7 +65,7 @@ const DAY: usize = 1;
 const WEEK: usize = 2;
 const MONTH: usize = 3;
 /// How many kinds of window there are.
-const PERIODS: usize = 4;
+pub const PERIODS: usize = 4;
 
 /// Where one moment falls in a buyer's local calendar: the key of each window it counts
 /// in. Every key grows with time, so "older than the current key" means "past".
@@ -130,6 +130,29 @@ impl Windows {
     pub fn carried(tz: Tz, old: &Windows, at: UnixMs, now: UnixMs) -> Option<Windows> {
         let of_at = Windows::at(tz, at)?;
         let current = Windows::at(tz, now)?;
+        let old_ends = old.ends_in_any_zone()?;
+        let (cur, at_keys) = (current.keys(), of_at.keys());
+        let key = |p: usize| {
+            if old_ends[p] > now {
+                cur[p]
+            } else {
+                at_keys[p]
+            }
+        };
+        Some(Windows {
+            hour_start_ms: key(HOUR),
+            day: key(DAY),
+            week: key(WEEK),
+            month: key(MONTH),
+        })
+    }
+
+    /// The latest instant each of these windows (hour, day, week, month) can end, in
+    /// whatever zone they were made: an hour's end is exact; a day, week or month ends at
+    /// most [`ZONE_BEHIND_MAX_MS`] after the same calendar boundary in UTC. `None` off
+    /// the calendar.
+    pub fn ends_in_any_zone(&self) -> Option<[i64; PERIODS]> {
+        let old = self;
         let utc_start = |days_from_ce: i64| -> Option<i64> {
             let d = NaiveDate::from_num_days_from_ce_opt(i32::try_from(days_from_ce).ok()?)?;
             Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
@@ -145,26 +168,44 @@ impl Windows {
                 NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, u32::try_from(m0 + 1).ok()?, 1)?;
             i64::from(first.num_days_from_ce())
         };
-        let old_ends = [
+        Some([
             old.hour_start_ms.saturating_add(HOUR_MS),
             utc_start(old.day + 1)?.saturating_add(ZONE_BEHIND_MAX_MS),
             utc_start(old.week + 7)?.saturating_add(ZONE_BEHIND_MAX_MS),
             utc_start(next_month)?.saturating_add(ZONE_BEHIND_MAX_MS),
-        ];
-        let (cur, at_keys) = (current.keys(), of_at.keys());
-        let key = |p: usize| {
-            if old_ends[p] > now {
-                cur[p]
-            } else {
-                at_keys[p]
-            }
+        ])
+    }
+
+    /// When each of these windows of `tz` (hour, day, week, month) ends, or a later
+    /// instant where a local midnight does not exist (a DST gap): never an earlier one.
+    /// `None` off the calendar.
+    fn ends_in(&self, tz: Tz) -> Option<[i64; PERIODS]> {
+        let approx = self.ends_in_any_zone()?;
+        let date = |days_from_ce: i64| {
+            NaiveDate::from_num_days_from_ce_opt(i32::try_from(days_from_ce).ok()?)
         };
-        Some(Windows {
-            hour_start_ms: key(HOUR),
-            day: key(DAY),
-            week: key(WEEK),
-            month: key(MONTH),
-        })
+        let end = |d: Option<NaiveDate>, fallback: i64| -> i64 {
+            d.and_then(|d| d.and_hms_opt(0, 0, 0))
+                .and_then(|m| tz.from_local_datetime(&m).latest())
+                .map_or(fallback, |t| t.timestamp_millis())
+        };
+        let next_month = {
+            let (year, month0) = (self.month.div_euclid(12), self.month.rem_euclid(12));
+            let (y, m0) = if month0 == 11 {
+                (year + 1, 0)
+            } else {
+                (year, month0 + 1)
+            };
+            i32::try_from(y)
+                .ok()
+                .and_then(|y| NaiveDate::from_ymd_opt(y, u32::try_from(m0 + 1).ok()?, 1))
+        };
+        Some([
+            approx[HOUR],
+            end(date(self.day + 1), approx[DAY]),
+            end(date(self.week + 7), approx[WEEK]),
+            end(next_month, approx[MONTH]),
+        ])
     }
 
     /// The latest instant a lead counted in these windows can have been taken at: the end
@@ -385,6 +426,39 @@ struct BuyerBook {
     windows: [Vec<(i64, Counter)>; PERIODS],
     /// Reservations not yet committed or released, by id.
     outstanding: HashMap<u64, Held>,
+    /// Per period, the window of another zone the buyer had (before a reload or a
+    /// restart changed its `timezone`) while it may still be running: every hold made
+    /// before it ends counts in it too, and must fit its cap (black-box round 35: the new
+    /// zone's next hour started at 0 while the old zone's hour, at its cap, still ran).
+    former: [Former; PERIODS],
+}
+
+/// A window of a zone the buyer no longer has, still running: what it holds (held leads
+/// and money as sold and spent: a hold may yet sell, and is never taken back here) and
+/// the latest instant it may end (0: none).
+#[derive(Debug, Clone, Copy, Default)]
+struct Former {
+    until: i64,
+    sold: u32,
+    spent: Micros,
+}
+
+impl Former {
+    /// Adds a window of a former zone that may run until `until` and holds `sold` leads
+    /// and `spent`: one still running (a zone changed twice within a window) is merged
+    /// by the larger of each figure, which over-counts, never under-counts.
+    fn merge(&mut self, until: i64, sold: u32, spent: Micros, now: i64) {
+        if until <= now {
+            return;
+        }
+        if self.until <= now {
+            *self = Former { until, sold, spent };
+        } else {
+            self.until = self.until.max(until);
+            self.sold = self.sold.max(sold);
+            self.spent = self.spent.max(spent);
+        }
+    }
 }
 
 impl BuyerBook {
@@ -449,6 +523,27 @@ impl BuyerBook {
         let Some(starts) = window_starts(tz, now, &w) else {
             return false;
         };
+        // The old zone's current windows run on until their own ends, which may be after
+        // the new zone's windows turn: until then each hold counts in them too.
+        if let (Some(old_tz), Some(old_keys)) = (self.zone, self.current) {
+            let [hour_start_ms, day, week, month] = old_keys;
+            let old = Windows {
+                hour_start_ms,
+                day,
+                week,
+                month,
+            };
+            if let Some(ends) = old.ends_in(old_tz) {
+                for (period, (key, end)) in old_keys.into_iter().zip(ends).enumerate() {
+                    let c = self.counter(period, key);
+                    let sold = c.sold.saturating_add(c.reserved);
+                    let spent = c.spent.saturating_add(c.reserved_micros);
+                    if let Some(f) = self.former.get_mut(period) {
+                        f.merge(end, sold, spent, now);
+                    }
+                }
+            }
+        }
         self.zone = Some(tz);
         if self.windows.iter().all(Vec::is_empty) {
             self.latest_now = Some(now);
@@ -534,6 +629,12 @@ impl BuyerBook {
                 }
             }
         }
+        // A former zone's window still running holds it too (for good: a release does
+        // not take it back, an over-count bounded by that window's end).
+        for f in self.former.iter_mut().filter(|f| f.until > at) {
+            f.sold = f.sold.saturating_add(1);
+            f.spent = f.spent.saturating_add(held.price);
+        }
     }
 
     /// Is there room for one more lead (and, with `price`, that much money)? Without a
@@ -543,6 +644,7 @@ impl BuyerBook {
         keys: [i64; PERIODS],
         caps: &Caps,
         price: Option<Micros>,
+        now: i64,
     ) -> Result<(), CapLimit> {
         let counts = [
             (caps.hourly, CapLimit::Hourly),
@@ -550,10 +652,14 @@ impl BuyerBook {
             (caps.weekly, CapLimit::Weekly),
             (caps.monthly, CapLimit::Monthly),
         ];
+        let former = |period: usize| self.former.get(period).filter(|f| f.until > now);
         for (period, ((cap, limit), key)) in counts.into_iter().zip(keys).enumerate() {
             if let Some(cap) = cap {
                 let c = self.counter(period, key);
                 if c.sold.saturating_add(c.reserved) >= cap {
+                    return Err(limit);
+                }
+                if former(period).is_some_and(|f| f.sold >= cap) {
                     return Err(limit);
                 }
             }
@@ -561,11 +667,11 @@ impl BuyerBook {
         if let Some(budget) = caps.budget_daily {
             let c = self.counter(DAY, keys[DAY]);
             let committed = c.spent.saturating_add(c.reserved_micros);
-            let fits = match price {
+            let fits = |committed: Micros| match price {
                 None => committed < budget,
                 Some(p) => committed.saturating_add(p) <= budget,
             };
-            if !fits {
+            if !fits(committed) || former(DAY).is_some_and(|f| !fits(f.spent)) {
                 return Err(CapLimit::BudgetDaily);
             }
         }
@@ -674,7 +780,7 @@ impl CapBook {
                 version.fetch_add(1, Ordering::AcqRel);
             }
             match w {
-                Some(w) if b.check(w.keys(), &buyer.caps, None).is_ok() => Headroom::Yes,
+                Some(w) if b.check(w.keys(), &buyer.caps, None, now).is_ok() => Headroom::Yes,
                 Some(_) => Headroom::Full {
                     version: Some(version.load(Ordering::Acquire)),
                 },
@@ -723,13 +829,14 @@ impl CapBook {
             let keys = w.keys();
             let later = Windows::later_until(buyer.timezone, &w, until)
                 .ok_or(capped(CapLimit::Unavailable))?;
-            b.check(keys, &buyer.caps, Some(price)).map_err(capped)?;
+            let at = b.latest_now.map_or(now, |latest| latest.max(now));
+            b.check(keys, &buyer.caps, Some(price), at)
+                .map_err(capped)?;
             for l in &later {
-                b.check(l.keys(), &buyer.caps, Some(price))
+                b.check(l.keys(), &buyer.caps, Some(price), at)
                     .map_err(capped)?;
             }
             version.fetch_add(1, Ordering::AcqRel);
-            let at = b.latest_now.map_or(now, |latest| latest.max(now));
             let held = Held {
                 price,
                 windows: w,
@@ -809,6 +916,38 @@ impl CapBook {
                 }
             }
             b.prune();
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Recovery at start: a lead of `key` sold at `price` was written in windows of
+    /// another zone than the buyer's now (its `timezone` changed across the restart) that
+    /// may run until `ends` (per period, [`Windows::ends_in_any_zone`]). Until then it
+    /// counts in that window, and every hold made before it ends must fit the window's
+    /// caps as well as the zone now's (the leads of every such window still running are
+    /// counted together: an over-count, never an under-count). Returns false for an
+    /// unknown key.
+    pub fn restore_former_zone(
+        &self,
+        key: BuyerKey,
+        ends: [i64; PERIODS],
+        price: Micros,
+        now: UnixMs,
+    ) -> bool {
+        let price = Micros(price.0.max(0));
+        self.with(key, |b| {
+            for (f, end) in b.former.iter_mut().zip(ends) {
+                if end <= now {
+                    continue;
+                }
+                if f.until <= now {
+                    *f = Former::default();
+                }
+                f.until = f.until.max(end);
+                f.sold = f.sold.saturating_add(1);
+                f.spent = f.spent.saturating_add(price);
+            }
             true
         })
         .unwrap_or(false)
@@ -963,6 +1102,107 @@ mod tests {
         let noon = utc_ms(2026, 12, 1, 14, 0);
         let c = Windows::carried(minus3, &old, utc_ms(2026, 11, 30, 2, 39), noon).unwrap();
         assert_eq!(c.month, of_at.month, "November's lead stays in November");
+    }
+
+    /// Black-box round 35: a buyer at its hourly cap in Asia/Kolkata (hour 10:30-11:30
+    /// UTC) moved by reload to Asia/Kathmandu (hours begin at :15 UTC): the new zone's
+    /// next hour began at 11:15 with no count, and a third lead sold inside the Kolkata
+    /// hour. Until the old hour ends it must fit there too; after it, the new hour's own
+    /// count is all that matters. The daily budget works the same way.
+    #[test]
+    fn a_zone_change_cannot_pass_a_cap_of_the_old_zone_s_window_still_running() {
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let kathmandu = chrono_tz::Asia::Kathmandu;
+        let mut b = capped(Caps {
+            hourly: Some(2),
+            ..Caps::default()
+        });
+        b.timezone = kolkata;
+        let book = CapBook::new(1);
+        let t = utc_ms(2026, 12, 2, 11, 1);
+        for i in 0..2 {
+            let r = book.reserve(BuyerKey(0), &b, m(1), t + i).unwrap();
+            assert!(book.commit(&r));
+        }
+        assert!(book.reserve(BuyerKey(0), &b, m(1), t + 2).is_err());
+        b.timezone = kathmandu;
+        // Kathmandu's hour 10:15-11:15 holds the two (carried).
+        assert!(book.reserve(BuyerKey(0), &b, m(1), t + 3).is_err());
+        // 11:15:17: Kathmandu's next hour, Kolkata's hour still running: still capped.
+        let next = utc_ms(2026, 12, 2, 11, 15) + 17_000;
+        assert_eq!(
+            book.reserve(BuyerKey(0), &b, m(1), next),
+            Err(Capped {
+                buyer: BuyerKey(0),
+                limit: CapLimit::Hourly
+            })
+        );
+        assert!(!book.has_headroom(BuyerKey(0), &b, next + 1));
+        // 11:30: the Kolkata hour has ended: two more fit in Kathmandu's hour, not three.
+        let after = utc_ms(2026, 12, 2, 11, 30);
+        assert!(book.has_headroom(BuyerKey(0), &b, after));
+        assert!(book.reserve(BuyerKey(0), &b, m(1), after).is_ok());
+        assert!(book.reserve(BuyerKey(0), &b, m(1), after + 1).is_ok());
+        assert!(book.reserve(BuyerKey(0), &b, m(1), after + 2).is_err());
+
+        // The daily budget: 10 of 10 spent on a UTC day, then the zone moves to UTC-3,
+        // whose next day begins at 03:00 UTC while the UTC day runs to midnight... the
+        // other way round: UTC+3's next day begins at 21:00 UTC, before UTC's ends.
+        let mut b = capped(Caps {
+            budget_daily: Some(m(10)),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let t = utc_ms(2026, 12, 2, 20, 0);
+        let r = book.reserve(BuyerKey(0), &b, m(10), t).unwrap();
+        assert!(book.commit(&r));
+        b.timezone = "Etc/GMT-3".parse().unwrap();
+        assert!(book.reserve(BuyerKey(0), &b, m(1), t + 1).is_err());
+        let next_day = utc_ms(2026, 12, 2, 21, 0) + 1;
+        assert_eq!(
+            book.reserve(BuyerKey(0), &b, m(1), next_day),
+            Err(Capped {
+                buyer: BuyerKey(0),
+                limit: CapLimit::BudgetDaily
+            }),
+            "the UTC day, spent to its budget, runs until midnight"
+        );
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2026, 12, 3, 0, 0))
+            .is_ok());
+    }
+
+    /// The same across a restart: recovery names the old zone's windows' latest ends
+    /// ([`Windows::ends_in_any_zone`]) and the leads in them.
+    #[test]
+    fn a_lead_of_a_former_zone_restored_at_a_start_holds_its_window_s_cap_until_it_ends() {
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let mut b = capped(Caps {
+            hourly: Some(2),
+            ..Caps::default()
+        });
+        b.timezone = chrono_tz::Asia::Kathmandu;
+        let book = CapBook::new(1);
+        let at = utc_ms(2026, 12, 2, 11, 1);
+        let now = at + 60_000;
+        let old = Windows::at(kolkata, at).unwrap();
+        for _ in 0..2 {
+            let w = Windows::carried(b.timezone, &old, at, now).unwrap();
+            assert!(book.restore_sold(BuyerKey(0), &w, m(1)));
+            let ends = old.ends_in_any_zone().unwrap();
+            assert!(book.restore_former_zone(BuyerKey(0), ends, m(1), now));
+        }
+        assert!(book.reserve(BuyerKey(0), &b, m(1), now).is_err());
+        let next = utc_ms(2026, 12, 2, 11, 15) + 17_000;
+        assert!(
+            book.reserve(BuyerKey(0), &b, m(1), next).is_err(),
+            "Kolkata's hour runs until 11:30"
+        );
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2026, 12, 2, 11, 30))
+            .is_ok());
+        // An unknown key changes nothing.
+        assert!(!book.restore_former_zone(BuyerKey(7), old.ends_in_any_zone().unwrap(), m(1), now));
     }
 
     #[test]
@@ -1495,9 +1735,17 @@ mod tests {
             // The money is carried too.
             assert_eq!((u.sold_day, u.spent_day), (2, m(2)));
         }
-        // Back in UTC (the loop ended there), the next UTC day is a fresh one.
+        // Back in UTC (the loop ended there), the next UTC day begins while Kiritimati's
+        // 16th, which holds the two leads, runs until 10:00 UTC: a lead then would be a
+        // third in that day (black-box round 35), so it waits for that day's end.
+        assert_eq!(
+            book.reserve(BuyerKey(0), &utc, m(1), utc_ms(2024, 1, 16, 0, 1))
+                .unwrap_err()
+                .limit,
+            CapLimit::Daily
+        );
         assert!(book
-            .reserve(BuyerKey(0), &utc, m(1), utc_ms(2024, 1, 16, 0, 1))
+            .reserve(BuyerKey(0), &utc, m(1), utc_ms(2024, 1, 16, 10, 0))
             .is_ok());
     }
 
