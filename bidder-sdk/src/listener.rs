@@ -622,6 +622,9 @@ pub struct ListenerConfig {
     pub connections_accepted: Option<Arc<AtomicU64>>,
     /// Called each time a request is answered 431 by the listener.
     pub on_headers_too_large: Option<RefusedHook>,
+    /// Increased by the connections still open when the drain at the end timed out (they
+    /// are dropped, their requests unanswered), so the caller's last log line can say so.
+    pub connections_dropped: Option<Arc<AtomicU64>>,
     /// A name for log lines (`"exchange"`, `"bidder-sdk"`, `"relay"`).
     pub name: &'static str,
 }
@@ -1262,8 +1265,12 @@ where
         tracing::warn!(
             listener = name,
             drain_timeout_ms = limits.drain_timeout_ms,
+            connections = connections.len(),
             "drain timed out, dropping connections"
         );
+        if let Some(dropped) = &config.connections_dropped {
+            dropped.fetch_add(connections.len() as u64, Ordering::Relaxed);
+        }
     }
     connections.shutdown().await;
     failure.map_or(Ok(()), Err)

@@ -627,6 +627,7 @@ pub async fn serve<B: Bidder>(
         on_headers_too_large: Some(Arc::new(move || {
             refused_bidder.on_refused(&Refusal::HeadersTooLarge);
         })),
+        connections_dropped: None,
         name: "bidder-sdk",
     };
     let shared = Arc::new(Shared {

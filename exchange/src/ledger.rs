@@ -793,10 +793,20 @@ fn keep_torn_tail(dir: &Path, segment: &Path, offset: u64) -> std::io::Result<Pa
             Err(e) => return Err(e),
         }
     };
-    let mut from = File::open(segment)?;
-    from.seek(SeekFrom::Start(offset))?;
-    std::io::copy(&mut from, &mut to)?;
-    to.sync_all()?;
+    let copied = (|| {
+        let mut from = File::open(segment)?;
+        from.seek(SeekFrom::Start(offset))?;
+        std::io::copy(&mut from, &mut to)?;
+        to.sync_all()
+    })();
+    if let Err(e) = copied {
+        // A copy that failed (a full disk) leaves no file: an empty or partial one would
+        // pass for the tail kept, and the next start's copy would get another name
+        // (black-box round 35: an empty torn-*.bin beside the real one).
+        drop(to);
+        let _ = std::fs::remove_file(&out);
+        return Err(e);
+    }
     Ok(out)
 }
 
@@ -804,6 +814,26 @@ fn keep_torn_tail(dir: &Path, segment: &Path, offset: u64) -> std::io::Result<Pa
 mod tests {
     use super::*;
     use crate::core::record::QuoteHoldRecord;
+
+    /// Black-box round 35: a start whose copy of the torn tail failed (a full disk) left an
+    /// empty `torn-*.bin`, and the next start kept the real tail under another name.
+    #[test]
+    fn a_torn_tail_copy_that_fails_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The segment cannot be read: the copy fails after the file was made.
+        let missing = dir.path().join("seg-00000009.jsonl");
+        assert!(keep_torn_tail(dir.path(), &missing, 8).is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A later copy that works takes the plain name.
+        let seg = dir.path().join("seg-00000001.jsonl");
+        std::fs::write(&seg, b"{\"a\":1}\ntail").unwrap();
+        let kept = keep_torn_tail(dir.path(), &seg, 8).unwrap();
+        assert!(kept.ends_with("torn-seg-00000001.jsonl-8.bin"), "{kept:?}");
+    }
 
     #[test]
     fn a_torn_tail_kept_at_an_offset_already_kept_gets_a_file_of_its_own() {

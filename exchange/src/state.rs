@@ -402,6 +402,9 @@ pub struct AppState {
     retrains_at_start: bool,
     /// What [`AppState::reload`] reads.
     source: Mutex<Option<Arc<ConfigSource>>>,
+    /// Connections the listeners dropped at a stop because `server.shutdown_grace_ms` ran
+    /// out with requests still running (the stop's last log line says how many).
+    pub connections_dropped_at_stop: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -585,6 +588,7 @@ impl AppState {
             .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
         });
         AppState {
+            connections_dropped_at_stop: Arc::default(),
             conn_gate,
             tls: None,
             buyer_tls: ArcSwap::from_pointee(buyer_tls),

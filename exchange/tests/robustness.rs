@@ -340,6 +340,41 @@ async fn a_ping_in_flight_at_shutdown_still_gets_its_answer() {
         .expect("clean shutdown");
 }
 
+/// A request still running when `server.shutdown_grace_ms` runs out is dropped, and the
+/// stop counts its connection (the last log line said "the in-flight requests finished"
+/// all the same: black-box round 35). One that finishes in time counts nothing (above).
+#[tokio::test]
+async fn a_request_dropped_at_the_grace_period_is_counted_for_the_last_log_line() {
+    let slow = ScriptedBidder::bidding(10.0);
+    slow.close();
+    let (sb, _h) = serve("slow", &slow).await;
+    let mut ex = TestConfig::new()
+        .buyer(sb.ping_timeout_ms(5_000))
+        .with(|c| {
+            c.auction_deadline_ms = 6_000;
+            c.shutdown_grace_ms = 100;
+        })
+        .start()
+        .await;
+    let client = ex.client.clone();
+    let in_flight = tokio::spawn(async move { client.ping("TX").await });
+    slow.wait_pings(1).await;
+    let running = ex.running.take().unwrap();
+    let dropped = std::sync::Arc::clone(&running.state.connections_dropped_at_stop);
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    tokio::time::timeout(EVENT_WAIT_MAX, running.shutdown())
+        .await
+        .expect("the stop ends at its grace period")
+        .expect("clean shutdown");
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    slow.open();
+    // Its client got no answer.
+    assert!(
+        in_flight.await.is_err(),
+        "the dropped request was not answered"
+    );
+}
+
 #[tokio::test]
 async fn healthz_readyz_and_metrics_answer() {
     let a = ScriptedBidder::bidding(10.0);

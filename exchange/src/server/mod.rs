@@ -323,6 +323,7 @@ where
                 .with_label_values(&[ErrorCode::HeadersTooLarge.as_str()])
                 .inc();
         })),
+        connections_dropped: Some(Arc::clone(&state.connections_dropped_at_stop)),
         name: if admin { "admin" } else { "exchange" },
     };
     let sweeper = sweeper.then(|| {
