@@ -781,6 +781,11 @@ impl CapBook {
             }
             match w {
                 Some(w) if b.check(w.keys(), &buyer.caps, None, now).is_ok() => Headroom::Yes,
+                // A former zone's window still running may end within the hour, making
+                // room with no new version: not an answer to remember.
+                Some(_) if b.former.iter().any(|f| f.until > now) => {
+                    Headroom::Full { version: None }
+                }
                 Some(_) => Headroom::Full {
                     version: Some(version.load(Ordering::Acquire)),
                 },
@@ -1138,6 +1143,12 @@ mod tests {
             })
         );
         assert!(!book.has_headroom(BuyerKey(0), &b, next + 1));
+        // Full until 11:30 only, within Kathmandu's hour: not to be remembered for the
+        // hour (eligibility's hint would keep the buyer out until 12:15).
+        assert_eq!(
+            book.headroom_at(BuyerKey(0), &b, next + 2, None),
+            Headroom::Full { version: None }
+        );
         // 11:30: the Kolkata hour has ended: two more fit in Kathmandu's hour, not three.
         let after = utc_ms(2026, 12, 2, 11, 30);
         assert!(book.has_headroom(BuyerKey(0), &b, after));
