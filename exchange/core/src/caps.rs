@@ -1156,9 +1156,8 @@ mod tests {
         assert!(book.reserve(BuyerKey(0), &b, m(1), after + 1).is_ok());
         assert!(book.reserve(BuyerKey(0), &b, m(1), after + 2).is_err());
 
-        // The daily budget: 10 of 10 spent on a UTC day, then the zone moves to UTC-3,
-        // whose next day begins at 03:00 UTC while the UTC day runs to midnight... the
-        // other way round: UTC+3's next day begins at 21:00 UTC, before UTC's ends.
+        // The daily budget: 10 of 10 spent on a UTC day, then the zone moves to UTC+3,
+        // whose next day begins at 21:00 UTC, while the UTC day runs until midnight.
         let mut b = capped(Caps {
             budget_daily: Some(m(10)),
             ..Caps::default()
