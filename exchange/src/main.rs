@@ -50,7 +50,7 @@ struct Args {
     /// With --demo: milliseconds between sample leads.
     #[arg(long, default_value_t = 1500, requires = "demo")]
     demo_interval_ms: u64,
-    /// With --demo: stop after this many sample leads (0 = until Ctrl-C).
+    /// With --demo: stop the exchange (and its bidders) after this many sample leads (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0, requires = "demo")]
     demo_leads: u64,
 }

@@ -21,7 +21,7 @@ use crate::idempotency::KEY_LEN_MAX;
 /// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
 /// non-empty local part, a domain with a dot that neither starts nor ends with one, no
 /// white space or control character anywhere.
-const EMAIL_PATTERN: &str = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]([^@\s\x00-\x1f\x7f-\x9f]*\.[^@\s\x00-\x1f\x7f-\x9f]*)[^@\s.\x00-\x1f\x7f-\x9f]$";
+const EMAIL_PATTERN: &str = r"^[^@\s\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s.\x00-\x1f\x7f-\x9f\uFEFF]([^@\s\x00-\x1f\x7f-\x9f\uFEFF]*\.[^@\s\x00-\x1f\x7f-\x9f\uFEFF]*)[^@\s.\x00-\x1f\x7f-\x9f\uFEFF]$";
 /// Longest e-mail address the validator accepts.
 const EMAIL_LEN_MAX: usize = 254;
 /// An E.164 phone number: `+`, no leading zero, 8 to 15 digits.
@@ -504,7 +504,7 @@ fn responses() -> Value {
         ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
         ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight; a post or direct post of a consumer (a dedup key in common) another post is delivering now (retry once it has ended); on `/v1/dispositions`, a repeated (lead, outcome) or a refused return."),
         ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
-        ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding`."),
+        ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding` other than `identity`."),
         ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),
     ];
     for (name, d) in plain {
@@ -764,6 +764,33 @@ mod tests {
         }
         for bad in ["a@b", "@b.co", "a@.b.co", "a@b.co.", "a b@c.de", "a@b@c.de"] {
             assert!(!email.is_match(bad), "{bad}");
+        }
+        // The pattern and the validator agree on what ECMA-262's `\s` (the served
+        // schema's) holds beyond Rust's: U+FEFF (black-box round 36: the validator took
+        // it, the schema refused it).
+        let schema = proto::schema::VerticalSchema {
+            fields: vec![proto::schema::FieldSpec {
+                name: "email".into(),
+                kind: proto::schema::FieldKind::Email,
+                required: true,
+                ping: false,
+                pii: true,
+            }],
+        };
+        for v in [
+            "a\u{feff}@b.com",
+            "a@b\u{feff}.com",
+            "\u{feff}a@b.com",
+            "a@b.co",
+            "jos\u{e9}@b.co",
+            "a\u{a0}@b.co",
+        ] {
+            let mut body = format!("{{\"email\":{}}}", serde_json::json!(v)).into_bytes();
+            let json = simd_json::to_owned_value(&mut body).unwrap();
+            let valid = schema
+                .validate(&json, proto::schema::LeadMode::Full, "lead")
+                .is_ok();
+            assert_eq!(email.is_match(v), valid, "{v:?}");
         }
     }
 }

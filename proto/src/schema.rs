@@ -126,12 +126,15 @@ impl VerticalSchema {
                 return Err(out);
             }
         };
-        if obj.len() > LEAD_FIELDS_MAX {
+        // Too many fields: said once, and the stray names are not listed one by one; the
+        // schema's own fields are still checked below, so a personal field in a ping is
+        // still `pii_in_ping` (black-box round 36: it was hidden behind the count).
+        let too_many = obj.len() > LEAD_FIELDS_MAX;
+        if too_many {
             out.problems.push(FieldProblem::new(
                 path,
                 format!("must have at most {LEAD_FIELDS_MAX} fields"),
             ));
-            return Err(out);
         }
         // Unknown fields first, so the answer names every stray key. Schema field names
         // are unique, so when every key of the object is a schema field (the common case,
@@ -141,7 +144,7 @@ impl VerticalSchema {
             .iter()
             .filter(|f| obj.contains_key(f.name.as_str()))
             .count();
-        if known < obj.len() {
+        if known < obj.len() && !too_many {
             let mut unknown: Vec<&str> = obj
                 .keys()
                 .map(|k| k.as_str())
@@ -281,7 +284,11 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
                             && domain.contains('.')
                             && !domain.starts_with('.')
                             && !domain.ends_with('.')
-                            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+                            // White space as Rust and ECMA-262 (the served
+                            // schema's `\s`) both see it: ECMA's includes U+FEFF.
+                            && !s
+                                .chars()
+                                .any(|c| c.is_whitespace() || c.is_control() || c == '\u{feff}')
                     }
                     None => false,
                 };
@@ -514,6 +521,30 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(err.pii);
         assert_eq!(err.problems[0].field, "lead.phone");
+    }
+
+    /// Black-box round 36: past 256 fields the answer was the count alone, hiding a
+    /// personal field in a ping (not `pii_in_ping`) and the schema fields' problems.
+    #[test]
+    fn too_many_fields_still_finds_pii_and_the_schema_fields_problems() {
+        let mut text = String::from(r#"{"zip":"7","state":"TX","phone":"+18175550123""#);
+        for i in 0..LEAD_FIELDS_MAX {
+            text.push_str(&format!(r#","f{i}":1"#));
+        }
+        text.push('}');
+        let err = auto_schema()
+            .validate(&parse(&text), LeadMode::Ping, "lead")
+            .unwrap_err();
+        assert!(err.pii);
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        // The count, then the schema's fields; the stray names are not listed one by one.
+        assert_eq!(
+            fields,
+            ["lead", "lead.zip", "lead.phone"],
+            "{:?}",
+            err.problems
+        );
+        assert_eq!(err.problems[0].problem, "must have at most 256 fields");
     }
 
     #[test]
