@@ -774,8 +774,17 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
                     return false;
                 }
             }
-            return key_of_unconfigured(state, buyer)
-                .is_some_and(|key| state.caps.restore_sold(key, &w, Micros(price)));
+            // Its zone is not known: if a reload brings it back in another zone, the
+            // windows it was sold in stay limits until they may end (black-box round 36:
+            // back in UTC, its Kolkata hour took twice its cap).
+            return key_of_unconfigured(state, buyer).is_some_and(|key| {
+                if let Some(ends) = w.ends_in_any_zone().filter(|e| e.iter().any(|&e| e > now)) {
+                    state
+                        .caps
+                        .restore_former_zone(key, ends, Micros(price), now);
+                }
+                state.caps.restore_sold(key, &w, Micros(price))
+            });
         };
         let Some((w, former_ends)) = windows_in(b.timezone, windows, at, now) else {
             return false;
@@ -1238,20 +1247,35 @@ fn restore_quote(
         Some(h) => {
             let buyer = h.get("buyer")?.as_str()?;
             let key = key_of(state, buyer)?;
-            let w = windows_of(h)?;
+            let mut w = windows_of(h)?;
             let price = Micros(h.get("price_micros")?.as_i64()?);
-            // Held in the windows of the quote's end too, when it runs into the next
-            // hour (as `CapBook::reserve_until` held it): its buyer's zone now.
-            let later = cfg
+            let until = expires_at.saturating_add(crate::core::auction::DELIVERY_SLACK_MS);
+            let zone = cfg
                 .buyers
                 .iter()
                 .find(|b| b.id == buyer)
-                .and_then(|b| {
-                    let until = expires_at.saturating_add(crate::core::auction::DELIVERY_SLACK_MS);
-                    Windows::later_until(b.timezone, &w, until)
-                })
+                .map(|b| b.timezone);
+            // Held in windows of a zone the buyer no longer has (its `timezone` changed
+            // across the restart): the old windows stay limits until they may end, and
+            // the hold is made again in the zone now's windows, from now to the quote's
+            // end, where its lead will be delivered (black-box round 36: held only in the
+            // old hour, it let the new zone's hour take a second lead past `hourly = 1`).
+            let mut former_ends = None;
+            if let Some(tz) = zone.filter(|tz| Windows::at(*tz, w.hour_start_ms) != Some(w)) {
+                former_ends = w.ends_in_any_zone().filter(|e| e.iter().any(|&e| e > now));
+                w = Windows::at(tz, now)?;
+            }
+            // Held in the windows of the quote's end too, when it runs into the next
+            // hour (as `CapBook::reserve_until` held it): its buyer's zone now.
+            let later = zone
+                .and_then(|tz| Windows::later_until(tz, &w, until))
                 .unwrap_or_default();
-            Some(state.caps.restore_reservation(key, &w, &later, price)?)
+            let r = state.caps.restore_reservation(key, &w, &later, price)?;
+            // After the hold, so the old windows count it once.
+            if let Some(ends) = former_ends {
+                state.caps.restore_former_zone(key, ends, price, now);
+            }
+            Some(r)
         }
     };
     let quote = Quote {

@@ -1215,6 +1215,45 @@ mod tests {
         assert!(!book.restore_former_zone(BuyerKey(7), old.ends_in_any_zone().unwrap(), m(1), now));
     }
 
+    /// Black-box round 36: an open quote held in UTC's hour 12:00-13:00, restored at a
+    /// restart (12:29:50) that moved its buyer (`hourly = 1`) to Asia/Kolkata. Recovery
+    /// holds it again in the zone now's windows up to the quote's end, and keeps the UTC
+    /// hour as a limit: the quote's post at 12:30:10 sells, and nothing else does until
+    /// both that UTC hour and the Kolkata hour the lead was delivered in have ended.
+    #[test]
+    fn a_quote_restored_into_another_zone_holds_both_zones_windows() {
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let mut b = capped(Caps {
+            hourly: Some(1),
+            ..Caps::default()
+        });
+        b.timezone = kolkata;
+        let book = CapBook::new(1);
+        let held_in = Windows::at(Tz::UTC, utc_ms(2026, 12, 2, 12, 29) + 40_000).unwrap();
+        let restart = utc_ms(2026, 12, 2, 12, 29) + 50_000;
+        let until = utc_ms(2026, 12, 2, 12, 30) + 40_000;
+        // What recovery does (`restore_quote`): the hold in the zone now, then the old
+        // windows as limits.
+        let w = Windows::at(kolkata, restart).unwrap();
+        let later = Windows::later_until(kolkata, &w, until).unwrap();
+        let r = book
+            .restore_reservation(BuyerKey(0), &w, &later, m(1))
+            .unwrap();
+        let ends = held_in.ends_in_any_zone().unwrap();
+        assert!(book.restore_former_zone(BuyerKey(0), ends, m(1), restart));
+        let posted = utc_ms(2026, 12, 2, 12, 30) + 10_000;
+        assert!(book.reserve(BuyerKey(0), &b, m(1), posted).is_err());
+        assert!(book.commit(&r.delivered_at(posted)));
+        assert!(book.reserve(BuyerKey(0), &b, m(1), posted + 170).is_err());
+        // 13:05: UTC's hour is over, but the lead is in Kolkata's 12:30-13:30.
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2026, 12, 2, 13, 5))
+            .is_err());
+        assert!(book
+            .reserve(BuyerKey(0), &b, m(1), utc_ms(2026, 12, 2, 13, 30))
+            .is_ok());
+    }
+
     #[test]
     fn windows_new_york_fall_back_hour_is_two_windows() {
         let ny = chrono_tz::America::New_York;
