@@ -694,11 +694,7 @@ fn windows_in(
 ) -> Option<(Windows, Option<[i64; crate::core::caps::PERIODS]>)> {
     match windows {
         Some(w) if Windows::at(tz, w.hour_start_ms) == Some(w) => Some((w, None)),
-        Some(old) => Some((
-            Windows::carried(tz, &old, at, now)?,
-            old.ends_in_any_zone()
-                .filter(|ends| ends.iter().any(|&e| e > now)),
-        )),
+        Some(old) => Some((Windows::carried(tz, &old, at, now)?, old.ends_after(now))),
         None => Windows::at(tz, at).map(|w| (w, None)),
     }
 }
@@ -778,7 +774,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             // windows it was sold in stay limits until they may end (black-box round 36:
             // back in UTC, its Kolkata hour took twice its cap).
             return key_of_unconfigured(state, buyer).is_some_and(|key| {
-                if let Some(ends) = w.ends_in_any_zone().filter(|e| e.iter().any(|&e| e > now)) {
+                if let Some(ends) = w.ends_after(now) {
                     state
                         .caps
                         .restore_former_zone(key, ends, Micros(price), now);
@@ -1262,7 +1258,7 @@ fn restore_quote(
             // old hour, it let the new zone's hour take a second lead past `hourly = 1`).
             let mut former_ends = None;
             if let Some(tz) = zone.filter(|tz| Windows::at(*tz, w.hour_start_ms) != Some(w)) {
-                former_ends = w.ends_in_any_zone().filter(|e| e.iter().any(|&e| e > now));
+                former_ends = w.ends_after(now);
                 w = Windows::at(tz, now)?;
             }
             // Held in the windows of the quote's end too, when it runs into the next

@@ -152,28 +152,22 @@ impl Windows {
     /// most [`ZONE_BEHIND_MAX_MS`] after the same calendar boundary in UTC. `None` off
     /// the calendar.
     pub fn ends_in_any_zone(&self) -> Option<[i64; PERIODS]> {
-        let old = self;
-        let utc_start = |days_from_ce: i64| -> Option<i64> {
-            let d = NaiveDate::from_num_days_from_ce_opt(i32::try_from(days_from_ce).ok()?)?;
+        let utc_start = |d: NaiveDate| -> Option<i64> {
             Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
         };
-        let next_month = {
-            let (year, month0) = (old.month.div_euclid(12), old.month.rem_euclid(12));
-            let (y, m0) = if month0 == 11 {
-                (year + 1, 0)
-            } else {
-                (year, month0 + 1)
-            };
-            let first =
-                NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, u32::try_from(m0 + 1).ok()?, 1)?;
-            i64::from(first.num_days_from_ce())
-        };
         Some([
-            old.hour_start_ms.saturating_add(HOUR_MS),
-            utc_start(old.day + 1)?.saturating_add(ZONE_BEHIND_MAX_MS),
-            utc_start(old.week + 7)?.saturating_add(ZONE_BEHIND_MAX_MS),
-            utc_start(next_month)?.saturating_add(ZONE_BEHIND_MAX_MS),
+            self.hour_start_ms.saturating_add(HOUR_MS),
+            utc_start(date_of(self.day + 1)?)?.saturating_add(ZONE_BEHIND_MAX_MS),
+            utc_start(date_of(self.week + 7)?)?.saturating_add(ZONE_BEHIND_MAX_MS),
+            utc_start(next_month_first(self.month)?)?.saturating_add(ZONE_BEHIND_MAX_MS),
         ])
+    }
+
+    /// [`Windows::ends_in_any_zone`] when one of these windows may still be running at
+    /// `now`; `None` once every one has ended (or off the calendar).
+    pub fn ends_after(&self, now: UnixMs) -> Option<[i64; PERIODS]> {
+        self.ends_in_any_zone()
+            .filter(|e| e.iter().any(|&e| e > now))
     }
 
     /// When each of these windows of `tz` (hour, day, week, month) ends, or a later
@@ -181,30 +175,16 @@ impl Windows {
     /// `None` off the calendar.
     fn ends_in(&self, tz: Tz) -> Option<[i64; PERIODS]> {
         let approx = self.ends_in_any_zone()?;
-        let date = |days_from_ce: i64| {
-            NaiveDate::from_num_days_from_ce_opt(i32::try_from(days_from_ce).ok()?)
-        };
         let end = |d: Option<NaiveDate>, fallback: i64| -> i64 {
             d.and_then(|d| d.and_hms_opt(0, 0, 0))
                 .and_then(|m| tz.from_local_datetime(&m).latest())
                 .map_or(fallback, |t| t.timestamp_millis())
         };
-        let next_month = {
-            let (year, month0) = (self.month.div_euclid(12), self.month.rem_euclid(12));
-            let (y, m0) = if month0 == 11 {
-                (year + 1, 0)
-            } else {
-                (year, month0 + 1)
-            };
-            i32::try_from(y)
-                .ok()
-                .and_then(|y| NaiveDate::from_ymd_opt(y, u32::try_from(m0 + 1).ok()?, 1))
-        };
         Some([
             approx[HOUR],
-            end(date(self.day + 1), approx[DAY]),
-            end(date(self.week + 7), approx[WEEK]),
-            end(next_month, approx[MONTH]),
+            end(date_of(self.day + 1), approx[DAY]),
+            end(date_of(self.week + 7), approx[WEEK]),
+            end(next_month_first(self.month), approx[MONTH]),
         ])
     }
 
@@ -213,6 +193,22 @@ impl Windows {
     fn latest_ms(&self) -> i64 {
         self.hour_start_ms.saturating_add(HOUR_MS - 1)
     }
+}
+
+/// The date of a day key (days since 0001-01-01, as [`Windows::day`] counts them).
+fn date_of(days_from_ce: i64) -> Option<NaiveDate> {
+    NaiveDate::from_num_days_from_ce_opt(i32::try_from(days_from_ce).ok()?)
+}
+
+/// The first day of the month after the month key `month` (`year * 12 + month - 1`).
+fn next_month_first(month: i64) -> Option<NaiveDate> {
+    let next = month.checked_add(1)?;
+    let (year, month0) = (next.div_euclid(12), next.rem_euclid(12));
+    NaiveDate::from_ymd_opt(
+        i32::try_from(year).ok()?,
+        u32::try_from(month0 + 1).ok()?,
+        1,
+    )
 }
 
 /// The instant each of the windows of `now` in `tz` began (hour, day, week, month), or
@@ -942,14 +938,8 @@ impl CapBook {
     ) -> bool {
         let price = Micros(price.0.max(0));
         self.with(key, |b| {
-            for (f, end) in b.former.iter_mut().zip(ends) {
-                if end <= now {
-                    continue;
-                }
-                if f.until <= now {
-                    *f = Former::default();
-                }
-                f.until = f.until.max(end);
+            for (f, end) in b.former.iter_mut().zip(ends).filter(|(_, end)| *end > now) {
+                f.merge(end, 0, Micros(0), now);
                 f.sold = f.sold.saturating_add(1);
                 f.spent = f.spent.saturating_add(price);
             }
