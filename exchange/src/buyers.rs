@@ -816,6 +816,55 @@ mod tests {
         assert_eq!(client.h1.idle_count(false, &authority(&url)), 0);
     }
 
+    /// An HTTP/2 answer whose stream is reset with an error code after part of its body
+    /// (`RST_STREAM(INTERNAL_ERROR)`, no `END_STREAM`) is a transport error, as a
+    /// connection closed mid-answer is over HTTP/1.1: not a body read as sent
+    /// (`malformed`). A body the buyer ends (`END_STREAM`) is read as sent, reset after
+    /// it or not. Black-box round 37.
+    #[tokio::test]
+    async fn an_http2_answer_reset_mid_body_is_a_transport_error() {
+        use futures_util::stream;
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ping", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|_req| async {
+                    // Part of a bid, then an error: hyper resets the stream with
+                    // INTERNAL_ERROR instead of ending it.
+                    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"{\"bid\": 2"))),
+                        Err(std::io::Error::other("cut off")),
+                    ];
+                    let body = StreamBody::new(stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc),
+                );
+            }
+        });
+        let client = BuyerClient::new();
+        let secret = Secret::new("test-secret").unwrap();
+        let to = Endpoint {
+            url: &url,
+            target: None,
+            http: HttpVersion::Http2,
+            secret: &secret,
+        };
+        let r = client
+            .call::<Ping>(to, "au_1.1", 1_790_000_000, Bytes::from_static(b"{}"))
+            .await;
+        assert_eq!(r, CallResult::Failed(CallError::Transport));
+    }
+
     #[tokio::test]
     async fn at_most_idle_per_host_max_connections_are_kept_for_a_host() {
         let (url, accepted) = buyer(NO_BID, false, false).await;

@@ -1412,6 +1412,50 @@ async fn a_zone_changed_across_a_restart_never_sells_past_a_cap_of_the_old_zone(
     second.shutdown().await.unwrap();
 }
 
+/// Black-box round 36 (high), end to end: a buyer with `hourly = 1` in UTC holds a
+/// quote firm for a minute; the exchange restarts with the buyer in Asia/Kolkata (hours
+/// from :30 UTC) just before Kolkata's next hour, and the quote is posted in that hour.
+/// The restored quote holds Kolkata's next hour too, and UTC's hour stays a limit, so
+/// the lead after it goes to b: a gets one lead in each zone's hour. Before, the quote
+/// was held in the windows it was made in only, and the next lead sold to a as well.
+#[tokio::test]
+async fn a_quote_restored_in_another_zone_holds_the_new_zone_s_next_hour() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new()
+        .buyer(ab.caps_hourly(1))
+        .buyer(bb)
+        .with(|c| c.quote_ttl_ms = 60_000);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // Kolkata's hour 10:30-11:30 UTC begins at 2026-12-01T10:30:00Z, inside UTC's hour
+    // 10:00-11:00.
+    let kolkata_hour = 1_796_121_000_000;
+    let first = start_at(&cfg, &ledger, "UTC", Clock::at(kolkata_hour - 2_000)).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    first.shutdown().await.unwrap();
+
+    let second = start_at(&cfg, &ledger, "Asia/Kolkata", Clock::at(kolkata_hour - 300)).await;
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    // Until Kolkata's hour has begun on the exchange's clock.
+    let left = kolkata_hour + 5 - second.state.clock.now_ms();
+    if left > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(left as u64)).await;
+    }
+    let sold = SellerClient::new(second.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer a"), "{sold:?}");
+    assert_eq!(
+        client_direct(&second).await.as_deref(),
+        Some("Buyer b"),
+        "a's one lead in Kolkata's hour (and in UTC's) is the quote's"
+    );
+    second.shutdown().await.unwrap();
+    assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
+}
+
 /// A quote made just before midnight stays firm into the next day, so its hold is in
 /// both days: a buyer with a daily cap of 1 quoted at 23:59:50 and posted after midnight
 /// gets that one lead on the new day and no other, across a restart too (the restored
