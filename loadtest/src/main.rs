@@ -96,7 +96,8 @@ struct RunArgs {
     /// Where the JSON and SVG go (default target/loadtest/<scenario>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Repetitions; the report gives the median of each figure.
+    /// Repetitions; the report gives the median of each figure, then each repetition's
+    /// p99, p99.9, errors and CPU per buyer ping (a collapsed one marked).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Seconds measured per run (after warm-up).
@@ -773,6 +774,7 @@ fn new_report(name: &str) -> ScenarioReport {
         relay_added_latency_us: None,
         sweep: Vec::new(),
         knees: BTreeMap::new(),
+        repetitions: Vec::new(),
         proc_samples: Vec::new(),
         extra: BTreeMap::new(),
     }
@@ -809,6 +811,11 @@ async fn compare_targets(
                     eprintln!("{note}");
                     report.notes.push(note);
                 }
+            }
+            if args.repeat > 1 {
+                report
+                    .repetitions
+                    .push(report::Repetition::of(&run, rep + 1));
             }
             by_target.entry(t.clone()).or_default().push(run);
         }

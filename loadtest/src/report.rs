@@ -264,6 +264,39 @@ pub struct ScenarioReport {
     pub knees: BTreeMap<String, f64>,
     pub proc_samples: Vec<ProcSample>,
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Each repetition of each target under `--repeat N` (N > 1), in the order run: the
+    /// summary rows are medians, so a repetition that stalled shows here.
+    #[serde(default)]
+    pub repetitions: Vec<Repetition>,
+}
+
+/// One repetition of one target: its own figures, beside the medians.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repetition {
+    pub label: String,
+    /// 1-based.
+    pub repetition: usize,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    /// Errors of every class.
+    pub errors: u64,
+    pub cpu_us_per_buyer_ping: Option<f64>,
+    /// Why the repetition measured a backlog rather than the target, if it did.
+    pub fell_behind: Option<String>,
+}
+
+impl Repetition {
+    pub fn of(s: &TargetSummary, repetition: usize) -> Repetition {
+        Repetition {
+            label: s.label.clone(),
+            repetition,
+            p99_us: s.latency.p99_us,
+            p999_us: s.latency.p999_us,
+            errors: s.errors.values().sum(),
+            cpu_us_per_buyer_ping: s.cpu_us_per_buyer_ping,
+            fell_behind: s.fell_behind(),
+        }
+    }
 }
 
 fn ms(us: u64) -> String {
@@ -370,6 +403,27 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
     }
     if let Some(p) = &r.relay_added_latency_us {
         row(&mut s, "relay added (vs direct)", p, "-", none(), "");
+    }
+    if !r.repetitions.is_empty() {
+        let _ = writeln!(
+            s,
+            "each repetition (the rows above are their medians): p99 / p99.9 ms, errors, cpu/ping µs"
+        );
+    }
+    for rep in &r.repetitions {
+        let _ = writeln!(
+            s,
+            "  {} #{}: {} / {}, {} errors, {}{}",
+            rep.label,
+            rep.repetition,
+            ms(rep.p99_us),
+            ms(rep.p999_us),
+            rep.errors,
+            opt_us(rep.cpu_us_per_buyer_ping),
+            rep.fell_behind
+                .as_deref()
+                .map_or_else(String::new, |why| format!("  COLLAPSED: {why}"))
+        );
     }
     for (label, rate) in &r.knees {
         let _ = writeln!(

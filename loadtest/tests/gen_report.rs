@@ -414,6 +414,18 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
         targets: vec![summary.clone(), direct],
         proc_samples: vec![loadtest::report::proc_sample(std::process::id(), 0.0).unwrap()],
         extra: BTreeMap::new(),
+        repetitions: vec![
+            loadtest::report::Repetition::of(&summary, 1),
+            loadtest::report::Repetition {
+                label: "exchange".into(),
+                repetition: 2,
+                p99_us: 6_789_123,
+                p999_us: 7_000_000,
+                errors: 12,
+                cpu_us_per_buyer_ping: Some(31.5),
+                fell_behind: Some("a stalled run".into()),
+            },
+        ],
     };
 
     let mut table = Vec::new();
@@ -430,6 +442,14 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
     assert!(table.contains("exchange post"), "{table}");
     assert!(table.contains("exchange added"), "{table}");
     assert!(table.contains("knee exchange: 2000"), "{table}");
+    // Each repetition is shown beside the medians, a collapsed one said so.
+    assert!(
+        table.contains(
+            "  exchange #2: 6789.123 / 7000.000, 12 errors, 31.5  COLLAPSED: a stalled run"
+        ),
+        "{table}"
+    );
+    assert!(table.contains("  exchange #1: "), "{table}");
 
     let dir = std::env::temp_dir().join(format!("pingpost-gen-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -447,6 +467,7 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
     assert_eq!(back.added_latency_us, report.added_latency_us);
     assert_eq!(back.sweep.len(), report.sweep.len());
     assert_eq!(back.knees, report.knees);
+    assert_eq!(back.repetitions, report.repetitions);
     assert!((back.targets[0].achieved_rate_per_s - summary.achieved_rate_per_s).abs() < 1e-9);
     let svg_path = dir.join("report.svg");
     write_svg(&report, &svg_path).unwrap();
