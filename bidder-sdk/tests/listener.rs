@@ -125,6 +125,71 @@ async fn idle_connections_are_closed() {
     handle.shutdown().await.unwrap();
 }
 
+/// The idle timeout and a later head's budget end when they run out, counted from the end
+/// of the request before, not up to two looks of the supervisor later (black-box round
+/// 37: idle 4 s with a 3 s head budget closed at 6.0 s over HTTP/1.1 and 7.0 s over
+/// HTTP/2). On tokio's paused clock, so the instants are exact: the clock moves only
+/// when every task waits.
+#[tokio::test(start_paused = true)]
+async fn idle_and_later_head_budgets_end_on_time() {
+    let options = ServeOptions {
+        header_read_timeout_ms: 3_000,
+        idle_timeout_ms: 4_000,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(Arc::new(Flat::default()), options).await.unwrap();
+    let request = b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+    // (what the client sends after the answer, when the server must close)
+    for (after, budget) in [(&b""[..], 4_000), (&b"GET /hea"[..], 3_000)] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+        let answered = Instant::now();
+        s.write_all(after).await.unwrap();
+        let (at, _) = closed_at(s).await;
+        let held = at - answered;
+        assert!(
+            held >= Duration::from_millis(budget) && held <= Duration::from_millis(budget + 20),
+            "{:?} after the answer, budget {budget} ms",
+            held
+        );
+    }
+    // HTTP/2: GOAWAY once idle for the idle timeout.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let resp = send
+        .send_request(
+            http::Request::post(format!("http://{addr}/nowhere"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let answered = Instant::now();
+    let closed = tokio::time::timeout(WAIT_MAX, ended)
+        .await
+        .unwrap()
+        .unwrap();
+    let held = closed - answered;
+    assert!(
+        held >= Duration::from_millis(4_000) && held <= Duration::from_millis(4_020),
+        "{held:?} after the HTTP/2 answer"
+    );
+    handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn oversized_heads_get_431_with_the_json_body() {
     let bidder = Arc::new(Flat::default());

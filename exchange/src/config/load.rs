@@ -25,10 +25,12 @@ mod verticals;
 use std::collections::HashMap;
 use std::path::Path;
 
+use proto::Micros;
 use toml::{Table, Value};
 
 use super::{
-    AdminConfig, Buyer, BuyerKey, Config, Seller, SellerIdx, SellerKey, Vertical, VerticalIdx,
+    AdminConfig, Buyer, BuyerKey, Config, PayoutModel, Seller, SellerIdx, SellerKey, Vertical,
+    VerticalIdx,
 };
 
 use admin::read_admin;
@@ -337,6 +339,7 @@ pub fn load_str_with_env(
         .collect();
     let buyer_by_key_sha256 = buyer_key_index(&buyers);
     geography_problems(&root, &mut p);
+    price_problems(&verticals, &sellers, &buyers, &mut p);
 
     top.finish(&mut p);
     if !p.0.is_empty() {
@@ -396,6 +399,83 @@ pub fn load_str_with_env(
         },
     );
     Ok(config)
+}
+
+/// Prices that can never sell, found across sections (black-box round 37: each passed
+/// the check and quietly sold nothing, or sold at a price the guard was for). With a
+/// `bid_max`, the highest bid a vertical takes:
+/// - a `floor` above it: no bid could clear the floor;
+/// - a seller whose payout on `bid_max` is nothing, or under its `reserve` or the floor:
+///   none of its leads in that vertical could ever be quoted;
+/// - a fixed-price buyer whose `fixed_price` is above it: its standing bid would win at
+///   a price that `bid_max` exists to refuse.
+fn price_problems(
+    verticals: &[Option<Vertical>],
+    sellers: &[Option<Seller>],
+    buyers: &[Option<Buyer>],
+    p: &mut Problems,
+) {
+    let bid_max_of = |v: usize| {
+        verticals
+            .get(v)
+            .and_then(Option::as_ref)
+            .and_then(|v| v.bid_max.map(|m| (v, m)))
+    };
+    for v in verticals.iter().flatten() {
+        if let Some(max) = v.bid_max.filter(|m| v.floor > *m) {
+            p.at(
+                &format!("verticals.{}.floor", v.name),
+                format!(
+                    "{} is above bid_max ({max}): no bid could ever clear it",
+                    v.floor
+                ),
+            );
+        }
+    }
+    for s in sellers.iter().flatten() {
+        // A share of 0 % never sells whatever the bids: documented, and a way to stop a
+        // seller without removing it.
+        if matches!(s.payout, PayoutModel::RevenueShare { share_bp: 0 }) {
+            continue;
+        }
+        for (v, max) in s.verticals.iter().filter_map(|v| bid_max_of(*v)) {
+            if v.floor > max {
+                continue; // said at the floor
+            }
+            let best = s.payout.seller_price(max);
+            let reserve = s.reserve.unwrap_or(Micros::ZERO).max(v.floor);
+            if best <= Micros::ZERO || best < reserve {
+                let (key, why) = if best <= Micros::ZERO {
+                    ("payout", "nothing".to_string())
+                } else {
+                    ("reserve", format!("{best}, under the reserve of {reserve}"))
+                };
+                p.at(
+                    &format!("sellers.{}.{key}", s.id),
+                    format!(
+                        "in vertical {}, the highest bid it takes (bid_max {max}) would pay this seller {why}: none of its leads there could ever be quoted",
+                        v.name
+                    ),
+                );
+            }
+        }
+    }
+    for b in buyers.iter().flatten() {
+        let Some(price) = b.fixed_price else {
+            continue;
+        };
+        for (v, max) in b.verticals.iter().filter_map(|v| bid_max_of(*v)) {
+            if price > max {
+                p.at(
+                    &format!("buyers.{}.fixed_price", b.id),
+                    format!(
+                        "{price} is above verticals.{}.bid_max ({max}), the highest bid that vertical takes",
+                        v.name
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Geography filters read the lead's ping fields named `state` and `zip`

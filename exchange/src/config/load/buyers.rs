@@ -255,6 +255,20 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
         p.at(path, "must name a host");
         return None;
     }
+    // `http::Uri` takes any digits as a port (black-box round 37: `:99999`, `:65536` and
+    // `:0` passed the check, and every call to the buyer failed).
+    // (`Uri::port` is `None` for a port that does not fit 16 bits, so read the authority.)
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if let Some((_, port)) = host_port
+        .rsplit_once(':')
+        .filter(|_| !host_port.ends_with(']'))
+    {
+        if !port.is_empty() && port.parse::<u16>().map_or(true, |n| n == 0) {
+            p.at(path, format!("port {port}: must be 1 to 65535"));
+            return None;
+        }
+    }
     Some(url.to_string())
 }
 

@@ -451,6 +451,27 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
             );
             id.to_string()
         }
+        // Names go back to sellers (`sold`), into the ledger and onto the demo's lines:
+        // no line breaks or other control characters, nor the marks that reorder or hide
+        // text (black-box round 37: `"Acme\nINFO fake"` passed).
+        Some(name) if name.chars().any(is_hidden_or_control) => {
+            p.at(
+                &s.path_of("name"),
+                "must not contain control characters (line breaks, tabs) or invisible direction and format marks",
+            );
+            id.to_string()
+        }
         Some(name) => name.to_string(),
     }
+}
+
+/// A control character (C0, DEL, C1), a line or paragraph separator, or an invisible
+/// format mark (zero-width characters, direction marks, embeddings, overrides and
+/// isolates, the byte-order mark).
+fn is_hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
 }

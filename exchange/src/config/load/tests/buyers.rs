@@ -161,6 +161,70 @@ fn buyer_urls() {
     ] {
         assert_eq!(with_ping(bad).unwrap_err().0, [scheme], "{bad}");
     }
+    // A port past 16 bits, or 0 (black-box round 37: they passed, and every call failed).
+    for (bad, port) in [
+        ("http://127.0.0.1:99999/ping", "99999"),
+        ("http://127.0.0.1:65536/ping", "65536"),
+        ("http://127.0.0.1:0/ping", "0"),
+        ("https://x.example:99999/p", "99999"),
+        ("http://[::1]:70000/ping", "70000"),
+        ("http://user@127.0.0.1:65536/ping", "65536"),
+    ] {
+        assert_eq!(
+            with_ping(bad).unwrap_err().0,
+            [format!(
+                "buyers.acme.ping_url: port {port}: must be 1 to 65535"
+            )],
+            "{bad}"
+        );
+    }
+    for good in [
+        "http://127.0.0.1:1/ping",
+        "http://127.0.0.1:65535/ping",
+        "http://[::1]:8080/ping",
+        "http://[::1]/ping",
+    ] {
+        assert_eq!(with_ping(good), Ok(Some(good.into())));
+    }
+}
+
+/// Display names go back to sellers and into the ledger: no control characters or
+/// invisible marks (black-box round 37); other letters, accents and symbols are kept.
+#[test]
+fn display_names_refuse_control_characters_and_invisible_marks() {
+    let named = |name: &str| {
+        let text = doc(&[("#BUYER", &format!("name = {}", toml::Value::from(name)))]);
+        load_str_with_env(&text, &test_env).map(|c| c.buyers[0].name.clone())
+    };
+    for bad in [
+        "Acme\nINFO fake",
+        "Acme\u{7}",
+        "Acme\tInc",
+        "Acme\u{85}",
+        "Acme\u{2028}",
+        "Acme\u{202E}cnI",
+        "Ac\u{200B}me",
+        "Acme\u{2066}",
+        "\u{FEFF}Acme",
+    ] {
+        assert_eq!(
+            named(bad).unwrap_err().0,
+            ["buyers.acme.name: must not contain control characters (line breaks, tabs) or invisible direction and format marks"],
+            "{bad:?}"
+        );
+    }
+    for good in [
+        "Acme Insurance LLC",
+        "Société Générale",
+        "Acme & Co. (TX) – 日本",
+    ] {
+        assert_eq!(named(good), Ok(good.to_string()));
+    }
+    let seller = doc(&[("#SELLER", "name = \"S\\r\\nX-Injected: 1\"")]);
+    assert_eq!(
+        load_str_with_env(&seller, &test_env).unwrap_err().0,
+        ["sellers.s1.name: must not contain control characters (line breaks, tabs) or invisible direction and format marks"]
+    );
 }
 
 #[test]
@@ -176,6 +240,73 @@ fn fixed_price_buyers() {
             errors(&[("#BUYER", "fixed_price = 4")]),
             ["buyers.acme.fixed_price: applies only to a buyer without ping_url; a pinged buyer's price is its bid"]
         );
+    // Above the vertical's bid_max, the guard its standing bid would pass (black-box
+    // round 37: a fixed price of 600 under bid_max 500 won at 600); at it, it loads.
+    let over = doc(&[
+        ("#BUYER", "fixed_price = 600"),
+        ("#VERTICAL", "bid_max = 500"),
+    ])
+    .replace("ping_url = \"http://127.0.0.1:9101/ping\"\n", "");
+    assert_eq!(
+        load_str_with_env(&over, &test_env).unwrap_err().0,
+        ["buyers.acme.fixed_price: 600.00 is above verticals.auto.bid_max (500.00), the highest bid that vertical takes"]
+    );
+    let at = over.replace("fixed_price = 600", "fixed_price = 500");
+    assert!(load_str_with_env(&at, &test_env).is_ok());
+}
+
+/// Prices that could never sell are refused, each at its key (black-box round 37).
+#[test]
+fn prices_that_could_never_sell_are_refused() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case<'_>; 6] = [
+        (
+            &[("#VERTICAL", "floor = 10\nbid_max = 5")],
+            &["verticals.auto.floor: 10.00 is above bid_max (5.00): no bid could ever clear it"],
+        ),
+        (
+            // 80 % of 5 is 4, under a reserve of 6.
+            &[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = 6")],
+            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the reserve of 6.00: none of its leads there could ever be quoted"],
+        ),
+        (
+            // The floor is compared with the seller's price too: 80 % of 5 is under 4.5.
+            &[("#VERTICAL", "bid_max = 5\nfloor = 4.5")],
+            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the reserve of 4.50: none of its leads there could ever be quoted"],
+        ),
+        (
+            &[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = 4")],
+            &[],
+        ),
+        (
+            &[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = 4.000001")],
+            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the reserve of 4.000001: none of its leads there could ever be quoted"],
+        ),
+        (
+            &[("#VERTICAL", "floor = 1\nbid_max = 100"), ("#SELLER", "reserve = 80")],
+            &[],
+        ),
+    ];
+    for (edits, want) in cases {
+        assert_eq!(errors(edits), want, "{edits:?}");
+    }
+    // A fixed margin that takes the whole highest bid pays the seller nothing.
+    let margin = doc(&[("#VERTICAL", "bid_max = 5")]).replace(
+        "payout = { model = \"revenue_share\", share_pct = 80 }",
+        "payout = { model = \"fixed_margin\", margin = 5 }",
+    );
+    assert_eq!(
+        load_str_with_env(&margin, &test_env).unwrap_err().0,
+        ["sellers.s1.payout: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller nothing: none of its leads there could ever be quoted"]
+    );
+    assert!(load_str_with_env(
+        &margin.replace("margin = 5 }", "margin = 4.99 }"),
+        &test_env
+    )
+    .is_ok());
+    // A share of 0 % is the documented way to stop a seller: it loads.
+    let stopped = doc(&[("#VERTICAL", "bid_max = 5")]).replace("share_pct = 80", "share_pct = 0");
+    assert!(load_str_with_env(&stopped, &test_env).is_ok());
 }
 
 #[test]
