@@ -13,7 +13,8 @@
 //!   preface, is closed when the budget runs out.
 //! - **Later heads** (HTTP/1.1 keep-alive): once bytes of a new head have arrived on an
 //!   otherwise quiet connection, the rest must follow within the same budget, counted
-//!   from the end of the request before (closed when it runs out, to within a few ms).
+//!   from those first bytes (closed when it runs out, to within a few ms; the idle
+//!   timeout does not cut a head that is arriving).
 //! - **Idle**: a connection with no request in flight and no new request for
 //!   [`Limits::idle_timeout_ms`] from the end of its last request is shut down gracefully (HTTP/1.1 closes, HTTP/2 sends
 //!   GOAWAY); HTTP/2 connections also get keep-alive PINGs and are closed when a PING is
@@ -694,9 +695,12 @@ struct Activity {
     close: Notify,
     /// When the connection was accepted: the origin of `finished_at_us`.
     accepted_at: OnceLock<Instant>,
-    /// When the last request finished, in µs from `accepted_at`: idleness, and a later
-    /// head's budget, count from it (not from the supervisor's next look).
+    /// When the last request finished, in µs from `accepted_at`: idleness counts from it
+    /// (not from the supervisor's next look).
     finished_at_us: AtomicU64,
+    /// When the first bytes of a head after the last finished request arrived, in µs from
+    /// `accepted_at`: that head's budget counts from it.
+    head_started_at_us: AtomicU64,
 }
 
 impl Activity {
@@ -710,6 +714,21 @@ impl Activity {
     fn finished_at(&self, accepted_at: Instant) -> Instant {
         accepted_at + Duration::from_micros(self.finished_at_us.load(Ordering::Acquire))
     }
+
+    /// When the bytes of the head being read began to arrive (see `head_started_at_us`).
+    fn head_started_at(&self, accepted_at: Instant) -> Instant {
+        accepted_at + Duration::from_micros(self.head_started_at_us.load(Ordering::Acquire))
+    }
+
+    /// µs from `accepted_at` to now (0 when it is not set).
+    fn now_us(&self) -> u64 {
+        self.accepted_at.get().map_or(0, |origin| {
+            let us = Instant::now()
+                .saturating_duration_since(*origin)
+                .as_micros();
+            u64::try_from(us).unwrap_or(u64::MAX)
+        })
+    }
 }
 
 /// Counts a finished request when dropped (answered, or dropped by hyper).
@@ -719,14 +738,9 @@ impl Drop for Finished {
     fn drop(&mut self) {
         let bytes = self.0.bytes_in.load(Ordering::Relaxed);
         self.0.bytes_at_finish.store(bytes, Ordering::Relaxed);
-        if let Some(origin) = self.0.accepted_at.get() {
-            let us = Instant::now()
-                .saturating_duration_since(*origin)
-                .as_micros();
-            self.0
-                .finished_at_us
-                .store(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Release);
-        }
+        self.0
+            .finished_at_us
+            .store(self.0.now_us(), Ordering::Release);
         self.0.finished.fetch_add(1, Ordering::Release);
     }
 }
@@ -1065,9 +1079,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);
         if read > 0 {
-            this.activity
-                .bytes_in
-                .fetch_add(read as u64, Ordering::Relaxed);
+            let a = &this.activity;
+            let before = a.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
+            // The first bytes after the last finished request: a new head starts, and its
+            // budget counts from now (not from the end of the request before, which may
+            // lie a long, legitimate idle time back).
+            if before == a.bytes_at_finish.load(Ordering::Relaxed)
+                && a.finished.load(Ordering::Relaxed) > 0
+            {
+                a.head_started_at_us.store(a.now_us(), Ordering::Release);
+            }
         }
         polled
     }
@@ -1479,9 +1500,7 @@ impl Conn {
                         // Busy.
                         continue;
                     }
-                    // Quiet since the last request finished. (Its end, not this look: a
-                    // byte that came between the two is a new head's, and a stalled head
-                    // is held no longer than the budget from that end.)
+                    // Quiet since the last request finished (its end, not this look).
                     let quiet_since = activity.finished_at(self.accepted_at);
                     let quiet_for = now.saturating_duration_since(quiet_since);
                     let mark = activity.bytes_at_finish.load(Ordering::Relaxed);
@@ -1489,12 +1508,21 @@ impl Conn {
                     if h2 {
                         next_check = now + h2_tick;
                     } else if bytes_in > mark {
-                        // Part of a new HTTP/1.1 head arrived and has not completed.
-                        if quiet_for >= head {
+                        // Part of a new HTTP/1.1 head arrived and has not completed: it
+                        // has the head budget from its first bytes, and the idle timeout
+                        // does not cut it (black-box round 38: counted from the end of the
+                        // request before, a head sent in two pieces after a long idle
+                        // time was closed unanswered between them; with an idle timeout
+                        // shorter than the budget, a head still arriving was cut by it).
+                        let since = activity
+                            .head_started_at(self.accepted_at)
+                            .max(quiet_since);
+                        if now.saturating_duration_since(since) >= head {
                             tracing::debug!(listener = self.name, "request head not completed in time, closing");
                             return;
                         }
-                        next_check = next_check.min(quiet_since + head);
+                        next_check = next_check.min(since + head);
+                        continue;
                     }
                     if quiet_for >= idle {
                         tracing::debug!(listener = self.name, h2, "idle connection closed");

@@ -190,6 +190,67 @@ async fn idle_and_later_head_budgets_end_on_time() {
     handle.shutdown().await.unwrap();
 }
 
+/// A later HTTP/1.1 head has the head budget from its own first bytes, whatever idle time
+/// came before it, and the idle timeout does not cut a head that is arriving (black-box
+/// round 38: counted from the end of the request before, a head sent in two pieces after
+/// more than the budget of idle time was closed unanswered between them; an idle timeout
+/// shorter than the budget cut a head still arriving). Real time (tokio's paused clock
+/// jumps past a socket's bytes in flight): each case leaves 270 ms or more of margin, and
+/// the stalled head's close is bounded below (it may not come before the budget ends).
+#[tokio::test]
+async fn a_later_head_has_its_budget_from_its_first_bytes() {
+    const HEAD: &[u8] = b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+    // (head budget, idle timeout, idle time before the next head, gap between its halves)
+    let cases = [
+        (300, 1_200, 600, 30),    // past the budget, well inside the idle timeout
+        (600, 1_200, 1_100, 300), // the second half after the idle timeout has ended
+        (900, 300, 150, 450),     // an idle timeout shorter than the budget
+    ];
+    let runs = cases.map(|(head_ms, idle_ms, before_ms, gap_ms)| async move {
+        let options = ServeOptions {
+            header_read_timeout_ms: head_ms,
+            idle_timeout_ms: idle_ms,
+            ..ServeOptions::new(secret())
+        };
+        let (addr, handle) = spawn(Arc::new(Flat::default()), options).await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let case =
+            format!("budget {head_ms}, idle {idle_ms}, {before_ms} ms idle, {gap_ms} ms gap");
+        for round in 0..2 {
+            if round == 1 {
+                tokio::time::sleep(Duration::from_millis(before_ms)).await;
+                let (first, rest) = HEAD.split_at(20);
+                s.write_all(first).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+                s.write_all(rest).await.unwrap();
+            } else {
+                s.write_all(HEAD).await.unwrap();
+            }
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"),
+                "{case}, request {round}: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        // A head that starts and stalls is closed by its budget from its first bytes: not
+        // before it (nor by an idle timeout shorter than it).
+        tokio::time::sleep(Duration::from_millis(before_ms)).await;
+        s.write_all(b"GET /hea").await.unwrap();
+        let started = Instant::now();
+        let (at, _) = closed_at(s).await;
+        let held = at - started;
+        assert!(
+            held >= Duration::from_millis(head_ms),
+            "{case}: a stalled head closed after {held:?}"
+        );
+        handle.shutdown().await.unwrap();
+    });
+    let [a, b, c] = runs;
+    tokio::join!(a, b, c);
+}
+
 #[tokio::test]
 async fn oversized_heads_get_431_with_the_json_body() {
     let bidder = Arc::new(Flat::default());

@@ -113,6 +113,11 @@ pub async fn execute<'a>(
             Effect::Skipped { counts } => state.metrics.count_skips(&counts),
             Effect::FanoutLimited { count } => state.metrics.count_fanout_limited(count),
             Effect::LateAnswer { buyer } => late_answer(state, rt, buyer),
+            Effect::CappedAtAward { buyer } => {
+                if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
+                    m.capped_at_award.inc();
+                }
+            }
             Effect::Post {
                 buyer,
                 outcome,
@@ -195,6 +200,7 @@ pub fn execute_now<'a>(state: &AppState, effects: impl Iterator<Item = Effect<'a
             | Effect::Skipped { .. }
             | Effect::FanoutLimited { .. }
             | Effect::LateAnswer { .. }
+            | Effect::CappedAtAward { .. }
             | Effect::Post { .. }
             | Effect::Auction { .. } => {}
         }

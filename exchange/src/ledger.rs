@@ -363,8 +363,10 @@ fn line_capacity(record: &Record<'_>) -> usize {
 #[derive(Debug)]
 struct Writer {
     dir: PathBuf,
-    /// Holds the directory's lock while the writer lives.
+    /// Holds the `LOCK` file's lock while the writer lives.
     _lock: File,
+    /// Holds the lock on the directory itself (see [`Writer::recover`]).
+    _dir_lock: File,
     segment_bytes_max: u64,
     seg_no: u32,
     seg_path: PathBuf,
@@ -430,6 +432,19 @@ impl Writer {
     /// tail of the last one (see the module documentation).
     fn recover(dir: &Path, segment_bytes_max: u64) -> io::Result<Writer> {
         prepare_dir(dir)?;
+        // The directory itself is locked first: the `LOCK` file's lock holds only while
+        // that file is the one in the directory, and a `LOCK` deleted as stale (it stays,
+        // empty, after every stop) let a second exchange write the same ledger, each
+        // chaining its own records (black-box round 38).
+        let dir_lock = File::open(dir).map_err(|e| ctx("opening", dir, e))?;
+        match dir_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(other(format!(
+                "ledger directory {} is in use by another process (it holds the directory's lock)",
+                dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", dir, e)),
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -519,6 +534,7 @@ impl Writer {
         Ok(Writer {
             dir: dir.to_path_buf(),
             _lock: lock,
+            _dir_lock: dir_lock,
             segment_bytes_max,
             seg_no,
             seg_path,
@@ -996,6 +1012,11 @@ mod tests {
     async fn a_second_writer_on_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Ledger::open(dir.path(), 4096, |_| {}).unwrap();
+        let e = Ledger::open(dir.path(), 4096, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        // Deleting `LOCK` (it stays, empty, after every stop, so it looks stale) does not
+        // let a second writer in: the directory itself is locked (black-box round 38).
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
         let e = Ledger::open(dir.path(), 4096, |_| {}).unwrap_err();
         assert!(e.to_string().contains("in use by another process"), "{e}");
     }

@@ -108,6 +108,7 @@ pub struct BuyerMetrics {
     posts: Vec<IntCounter>,
     pub ping_latency: Histogram,
     pub late_answers: IntCounter,
+    pub capped_at_award: IntCounter,
 }
 
 impl BuyerMetrics {
@@ -136,6 +137,8 @@ pub struct Metrics {
     pub buyer_posts: IntCounterVec,
     pub buyer_ping_latency: HistogramVec,
     pub late_answers: IntCounterVec,
+    /// Bids refused at award for want of room in the buyer's cap or budget.
+    pub capped_at_award: IntCounterVec,
     pub cap_utilisation: IntGaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
     pub eligibility_skips: IntCounterVec,
@@ -280,6 +283,14 @@ impl Metrics {
                 counter_vec(
                     "pingpost_buyer_late_answers_total",
                     "Answers that arrived after the buyer's deadline (never used).",
+                    &["buyer"],
+                ),
+            ),
+            capped_at_award: reg(
+                &r,
+                counter_vec(
+                    "pingpost_buyer_capped_at_award_total",
+                    "Bids that ranked above the winner's but found no room in the buyer's cap or budget at award (capped_at_award).",
                     &["buyer"],
                 ),
             ),
@@ -483,6 +494,7 @@ impl Metrics {
                 .collect(),
             ping_latency: self.buyer_ping_latency.with_label_values(&[id]),
             late_answers: self.late_answers.with_label_values(&[id]),
+            capped_at_award: self.capped_at_award.with_label_values(&[id]),
         }
     }
 

@@ -837,3 +837,45 @@ async fn a_vertical_that_requires_consent_gets_it_at_the_ping_and_the_post() {
         "the buyer receives the consent it requires"
     );
 }
+
+/// A buyer with budget left, but less than its bid, is still pinged (its bid is not known
+/// before it answers); its bid is refused at award (`capped_at_award`) and counted in
+/// `pingpost_buyer_capped_at_award_total`, so an operator sees a buyer bidding past its
+/// budget (black-box round 38: thousands of such bids showed only as `bid`).
+#[tokio::test]
+async fn a_bid_past_the_budget_left_is_refused_at_award_and_counted() {
+    let a = ScriptedBidder::bidding(30.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone())
+        .buyer(bb.clone())
+        .start_edited(|t| t.replacen("[buyers.a]\n", "[buyers.a]\nbudget_daily = 50\n", 1))
+        .await;
+    const CAPPED: &str = "pingpost_buyer_capped_at_award_total";
+    // 30.00 of 50.00 spent: 20.00 left, under a's bid of 30.00.
+    assert_eq!(
+        ex.client.direct("TX").await.buyer.as_deref(),
+        Some(ab.name().as_str())
+    );
+    assert_eq!(ex.metric(CAPPED, &[("buyer", "a")]).await, 0.0);
+    let second = ex.client.direct("TX").await;
+    assert_eq!(
+        second.buyer.as_deref(),
+        Some(bb.name().as_str()),
+        "{second:?}"
+    );
+    assert_eq!(a.pings(), 2, "a is still pinged: it has budget left");
+    assert_eq!(ex.metric(CAPPED, &[("buyer", "a")]).await, 1.0);
+    assert_eq!(ex.metric(CAPPED, &[("buyer", "b")]).await, 0.0);
+    let auction = &ex.ledger_of("auction")[1];
+    assert!(
+        auction["buyers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["buyer"] == "a" && l["outcome"] == "capped_at_award"),
+        "{auction}"
+    );
+}

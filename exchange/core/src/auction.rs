@@ -626,6 +626,7 @@ impl<'a> Auction<'a> {
                 }
                 Err(_) => {
                     let price = r.bid.price.0;
+                    self.effects.push(Effect::CappedAtAward { buyer: idx });
                     self.lines.push(BuyerLine {
                         idx,
                         buyer: buyer.id.as_str(),

@@ -63,6 +63,10 @@ pub enum Effect<'a> {
     FanoutLimited { count: u32 },
     /// A buyer answered after its bound: counted, never used.
     LateAnswer { buyer: BuyerIdx },
+    /// A buyer's bid ranked above the winner's but its cap or budget had no room for it
+    /// when the award tried to reserve it (`capped_at_award`): counted, so a buyer that
+    /// keeps bidding past what its budget has left shows (black-box round 38).
+    CappedAtAward { buyer: BuyerIdx },
     /// A post attempt's outcome at a buyer (metric, cold-start rates, drift guard), with
     /// the model's estimate of the chance it is kept when the award had one.
     Post {

@@ -625,6 +625,15 @@ fn the_award_walks_down_while_reservations_fail() {
         .map(|l| l.buyer)
         .collect();
     assert_eq!(capped, ["b0", "b1"]);
+    // Each is counted (`pingpost_buyer_capped_at_award_total`, black-box round 38).
+    let counted: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CappedAtAward { buyer } => Some(*buyer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counted, [0, 1]);
 
     // Every bid capped: `capped`.
     caps.release(&other0);

@@ -443,12 +443,19 @@ fn price_problems(
                 continue; // said at the floor
             }
             let best = s.payout.seller_price(max);
-            let reserve = s.reserve.unwrap_or(Micros::ZERO).max(v.floor);
-            if best <= Micros::ZERO || best < reserve {
+            let own = s.reserve.unwrap_or(Micros::ZERO);
+            if best <= Micros::ZERO || best < own.max(v.floor) {
+                // At the key to change: the payout when it pays nothing or only the
+                // vertical's floor is out of reach, else the seller's own reserve.
                 let (key, why) = if best <= Micros::ZERO {
                     ("payout", "nothing".to_string())
+                } else if own >= v.floor {
+                    ("reserve", format!("{best}, under its reserve of {own}"))
                 } else {
-                    ("reserve", format!("{best}, under the reserve of {reserve}"))
+                    (
+                        "payout",
+                        format!("{best}, under the vertical's floor of {}", v.floor),
+                    )
                 };
                 p.at(
                     &format!("sellers.{}.{key}", s.id),

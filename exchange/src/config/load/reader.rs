@@ -452,12 +452,12 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
             id.to_string()
         }
         // Names go back to sellers (`sold`), into the ledger and onto the demo's lines:
-        // no line breaks or other control characters, nor the marks that reorder or hide
-        // text (black-box round 37: `"Acme\nINFO fake"` passed).
-        Some(name) if name.chars().any(is_hidden_or_control) => {
+        // each character must print (black-box rounds 37-38: `"Acme\nINFO fake"` passed,
+        // and so did direction marks, fillers and a name of one Hangul filler).
+        Some(name) if !prints_as_written(name) => {
             p.at(
                 &s.path_of("name"),
-                "must not contain control characters (line breaks, tabs) or invisible direction and format marks",
+                "must not contain control characters (line breaks, tabs) or characters that print as nothing (zero-width and direction marks, fillers, tags); a zero-width joiner or non-joiner may join two characters",
             );
             id.to_string()
         }
@@ -465,13 +465,51 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
     }
 }
 
-/// A control character (C0, DEL, C1), a line or paragraph separator, or an invisible
-/// format mark (zero-width characters, direction marks, embeddings, overrides and
-/// isolates, the byte-order mark).
-fn is_hidden_or_control(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-        )
+/// Whether every character of `name` prints: no control character, line or paragraph
+/// separator, or character that prints as nothing (Unicode's default-ignorable code
+/// points and the other format characters: zero-width spaces, direction marks and
+/// overrides, the soft hyphen, fillers, the byte-order mark, tags), except the marks that
+/// join or vary the character before them, where a name needs them: a zero-width joiner or
+/// non-joiner between two printing characters (Persian `می‌خواهم`, emoji sequences), and a
+/// variation selector or tag after one (emoji presentation, subdivision flags). Spaces
+/// other than line breaks and tabs are fine inside a name.
+fn prints_as_written(name: &str) -> bool {
+    use pingpost_core::config::invisible;
+    let mut after_printing = false;
+    let mut joining = false;
+    let mut prev = '\0';
+    for c in name.chars() {
+        let before = std::mem::replace(&mut prev, c);
+        let space = c.is_whitespace() && !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}');
+        let joiner = matches!(c, '\u{200C}' | '\u{200D}');
+        let selector = matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}');
+        let tag = matches!(c, '\u{E0020}'..='\u{E007F}');
+        if tag {
+            // Only in a flag's tag sequence: after the black flag or another tag.
+            if !(before == '\u{1F3F4}' || matches!(before, '\u{E0020}'..='\u{E007F}')) {
+                return false;
+            }
+            continue;
+        }
+        if joiner || selector {
+            if !after_printing {
+                return false;
+            }
+            joining |= joiner;
+            continue;
+        }
+        if space {
+            if joining {
+                return false;
+            }
+            after_printing = false;
+            continue;
+        }
+        if invisible(c) || proto::error::is_hidden(c) {
+            return false;
+        }
+        after_printing = true;
+        joining = false;
+    }
+    !joining
 }

@@ -196,6 +196,7 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         let text = doc(&[("#BUYER", &format!("name = {}", toml::Value::from(name)))]);
         load_str_with_env(&text, &test_env).map(|c| c.buyers[0].name.clone())
     };
+    let message = "buyers.acme.name: must not contain control characters (line breaks, tabs) or characters that print as nothing (zero-width and direction marks, fillers, tags); a zero-width joiner or non-joiner may join two characters";
     for bad in [
         "Acme\nINFO fake",
         "Acme\u{7}",
@@ -206,24 +207,43 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         "Ac\u{200B}me",
         "Acme\u{2066}",
         "\u{FEFF}Acme",
+        // Round 38: direction marks, fillers and other characters that print as nothing.
+        "Acme\u{061C}",
+        "Ac\u{00AD}me",
+        "Acme\u{180E}",
+        "Acme\u{FFF9}",
+        "Acme\u{E0041}",
+        "\u{E0100}Acme",
+        "Ac\u{034F}me",
+        "Acme\u{17B4}",
+        "\u{3164}",
+        "Acme \u{3164}",
+        // A joiner that joins nothing.
+        "\u{200C}Acme",
+        "Acme\u{200D}",
+        "Acme \u{200D} Inc",
     ] {
-        assert_eq!(
-            named(bad).unwrap_err().0,
-            ["buyers.acme.name: must not contain control characters (line breaks, tabs) or invisible direction and format marks"],
-            "{bad:?}"
-        );
+        assert_eq!(named(bad).unwrap_err().0, [message], "{bad:?}");
     }
     for good in [
         "Acme Insurance LLC",
         "Société Générale",
         "Acme & Co. (TX) – 日本",
+        // A Persian word that needs its zero-width non-joiner, an emoji family (ZWJ), a
+        // heart with its emoji presentation selector, Scotland's flag (tags), a
+        // no-break space.
+        "\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}",
+        "Family \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+        "Love \u{2764}\u{FE0F}",
+        "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F} Leads",
+        "Acme\u{A0}Inc",
     ] {
-        assert_eq!(named(good), Ok(good.to_string()));
+        assert_eq!(named(good), Ok(good.to_string()), "{good:?}");
     }
     let seller = doc(&[("#SELLER", "name = \"S\\r\\nX-Injected: 1\"")]);
     assert_eq!(
         load_str_with_env(&seller, &test_env).unwrap_err().0,
-        ["sellers.s1.name: must not contain control characters (line breaks, tabs) or invisible direction and format marks"]
+        [message.replace("buyers.acme", "sellers.s1")]
     );
 }
 
@@ -267,12 +287,12 @@ fn prices_that_could_never_sell_are_refused() {
         (
             // 80 % of 5 is 4, under a reserve of 6.
             &[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = 6")],
-            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the reserve of 6.00: none of its leads there could ever be quoted"],
+            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under its reserve of 6.00: none of its leads there could ever be quoted"],
         ),
         (
             // The floor is compared with the seller's price too: 80 % of 5 is under 4.5.
             &[("#VERTICAL", "bid_max = 5\nfloor = 4.5")],
-            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the reserve of 4.50: none of its leads there could ever be quoted"],
+            &["sellers.s1.payout: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the vertical's floor of 4.50: none of its leads there could ever be quoted"],
         ),
         (
             &[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = 4")],
@@ -280,7 +300,7 @@ fn prices_that_could_never_sell_are_refused() {
         ),
         (
             &[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = 4.000001")],
-            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under the reserve of 4.000001: none of its leads there could ever be quoted"],
+            &["sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under its reserve of 4.000001: none of its leads there could ever be quoted"],
         ),
         (
             &[("#VERTICAL", "floor = 1\nbid_max = 100"), ("#SELLER", "reserve = 80")],
