@@ -689,6 +689,11 @@ struct Activity {
     /// `bytes_in` when the last request finished: on a quiet HTTP/1.1 connection, any
     /// byte past it is the start of the next head.
     bytes_at_finish: AtomicU64,
+    /// Over TLS, bytes read from the socket (before decryption), and their count when the
+    /// last request finished: a record still arriving is a head arriving, though none of
+    /// its bytes is readable yet.
+    raw_in: AtomicU64,
+    raw_at_finish: AtomicU64,
     /// Whether a request came over HTTP/2.
     h2: AtomicBool,
     /// Woken when an HTTP/2 answer asked to close its connection ([`CloseConnection`]).
@@ -720,6 +725,20 @@ impl Activity {
         accepted_at + Duration::from_micros(self.head_started_at_us.load(Ordering::Acquire))
     }
 
+    /// The first bytes of a head after the last finished request arrived now (kept if an
+    /// earlier look, below TLS, saw them first).
+    fn head_starts(&self) {
+        if self.finished.load(Ordering::Relaxed) == 0 {
+            return; // the first head has its budget from accept
+        }
+        if self.head_started_at_us.load(Ordering::Acquire)
+            < self.finished_at_us.load(Ordering::Acquire)
+        {
+            self.head_started_at_us
+                .store(self.now_us(), Ordering::Release);
+        }
+    }
+
     /// µs from `accepted_at` to now (0 when it is not set).
     fn now_us(&self) -> u64 {
         self.accepted_at.get().map_or(0, |origin| {
@@ -738,6 +757,8 @@ impl Drop for Finished {
     fn drop(&mut self) {
         let bytes = self.0.bytes_in.load(Ordering::Relaxed);
         self.0.bytes_at_finish.store(bytes, Ordering::Relaxed);
+        let raw = self.0.raw_in.load(Ordering::Relaxed);
+        self.0.raw_at_finish.store(raw, Ordering::Relaxed);
         self.0
             .finished_at_us
             .store(self.0.now_us(), Ordering::Release);
@@ -915,6 +936,65 @@ fn closing_h1<B>(response: &mut Response<B>, h10: bool) {
 
 /// A stream that counts the bytes read from it, and gives hyper's own error answers the
 /// contract's JSON body ([`bare_answer_replacement`]).
+/// The socket under TLS: counts the bytes that arrive before they are decrypted
+/// (`Activity::raw_in`), so a head whose first TLS record is still arriving has begun
+/// (black-box round 39: a record split across the idle timeout was cut by it).
+struct RawCounted<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for RawCounted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            let a = &this.activity;
+            let was = a.raw_in.fetch_add(read as u64, Ordering::Relaxed);
+            if was == a.raw_at_finish.load(Ordering::Relaxed) {
+                a.head_starts();
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for RawCounted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 struct Counted<I> {
     inner: I,
     activity: Arc<Activity>,
@@ -1084,10 +1164,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             // The first bytes after the last finished request: a new head starts, and its
             // budget counts from now (not from the end of the request before, which may
             // lie a long, legitimate idle time back).
-            if before == a.bytes_at_finish.load(Ordering::Relaxed)
-                && a.finished.load(Ordering::Relaxed) > 0
-            {
-                a.head_started_at_us.store(a.now_us(), Ordering::Release);
+            if before == a.bytes_at_finish.load(Ordering::Relaxed) {
+                a.head_starts();
             }
         }
         polled
@@ -1360,7 +1438,10 @@ impl Conn {
                 let handshake = tokio::select! {
                     biased;
                     _ = stop.wait_for(|s| *s) => return,
-                    r = tokio::time::timeout_at(head_deadline, acceptor.accept(stream)) => r,
+                    r = tokio::time::timeout_at(head_deadline, acceptor.accept(RawCounted {
+                        inner: stream,
+                        activity: Arc::clone(&self.activity),
+                    })) => r,
                 };
                 match handshake {
                     Ok(Ok(tls_stream)) => {
@@ -1507,7 +1588,10 @@ impl Conn {
                     let h2 = activity.h2.load(Ordering::Relaxed);
                     if h2 {
                         next_check = now + h2_tick;
-                    } else if bytes_in > mark {
+                    } else if bytes_in > mark
+                        || activity.raw_in.load(Ordering::Relaxed)
+                            > activity.raw_at_finish.load(Ordering::Relaxed)
+                    {
                         // Part of a new HTTP/1.1 head arrived and has not completed: it
                         // has the head budget from its first bytes, and the idle timeout
                         // does not cut it (black-box round 38: counted from the end of the

@@ -439,10 +439,12 @@ impl Writer {
         let dir_lock = File::open(dir).map_err(|e| ctx("opening", dir, e))?;
         match dir_lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(other(format!(
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(other(format!(
                 "ledger directory {} is in use by another process (it holds the directory's lock)",
                 dir.display()
-            ))),
+            )))
+            }
             Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", dir, e)),
         }
         let lock_path = dir.join(LOCK_FILE);
@@ -602,6 +604,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether `dir` still names the directory this writer holds locked.
+    fn check_same_dir(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let locked = self
+            ._dir_lock
+            .metadata()
+            .map_err(|e| ctx("reading", &self.dir, e))?;
+        let now = std::fs::metadata(&self.dir);
+        match now {
+            Ok(m) if m.dev() == locked.dev() && m.ino() == locked.ino() => Ok(()),
+            _ => Err(other(format!(
+                "ledger directory {} was moved or replaced while the exchange ran: it no longer names the directory this exchange locked at start",
+                self.dir.display()
+            ))),
+        }
+    }
+
     /// Seals the current segment (fsync) and starts the next one.
     fn rotate(&mut self) -> io::Result<()> {
         self.file
@@ -611,6 +630,11 @@ impl Writer {
             .seg_no
             .checked_add(1)
             .ok_or_else(|| other("the ledger has used every segment number".into()))?;
+        // The next segment is made by path: the path must still name the directory this
+        // writer locked. Moved or replaced while the exchange ran (black-box round 39: a
+        // second exchange started on the old path, and both wrote there), it does not:
+        // stop writing (fail-stop) rather than write into another directory.
+        self.check_same_dir()?;
         let path = self.dir.join(segments::segment_name(no));
         let file = create_segment(&path)?;
         sync_dir(&self.dir)?;
@@ -1019,6 +1043,45 @@ mod tests {
         std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
         let e = Ledger::open(dir.path(), 4096, |_| {}).unwrap_err();
         assert!(e.to_string().contains("in use by another process"), "{e}");
+    }
+
+    /// A ledger directory renamed while the exchange runs, and another made at its old
+    /// path (a second exchange could lock that one), is never written by path: the next
+    /// segment is refused and the ledger stops (fail-stop), so the moved ledger ends
+    /// whole and the new directory gets nothing of this writer's (black-box round 39).
+    #[tokio::test]
+    async fn a_directory_moved_while_writing_stops_the_ledger_at_its_next_segment() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let moved = root.path().join("moved");
+        let mut w = Writer::recover(&dir, 64).unwrap();
+        let mut buf = Vec::new();
+        let rec = |line: &str| Pending {
+            line: line.as_bytes().to_vec(),
+            ack: None,
+        };
+        assert!(w
+            .write_batch(&[rec(r#"{"type":"flush"}"#)], true, &mut buf)
+            .1
+            .is_ok());
+        std::fs::rename(&dir, &moved).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        // Past the 64-byte segment limit: a rotation, refused.
+        let (_, r) = w.write_batch(
+            &[rec(&format!(
+                r#"{{"type":"flush","x":"{}"}}"#,
+                "y".repeat(80)
+            ))],
+            true,
+            &mut buf,
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("was moved or replaced"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "nothing written by path"
+        );
     }
 
     /// A write error (a full disk: the segment's file is swapped for /dev/full) stops the

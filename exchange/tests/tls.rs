@@ -677,3 +677,71 @@ async fn a_configuration_reload_rereads_the_seller_certificate_or_changes_nothin
     assert_eq!(status, StatusCode::OK);
     ex.shutdown().await;
 }
+
+/// Over TLS, a later head whose first record has begun to arrive is arriving, though no
+/// byte of it can be decrypted yet: it has the head budget from those first bytes, and
+/// the idle timeout does not cut it (black-box round 39: a record whose first bytes came
+/// just before the idle timeout and the rest just after was cut, unanswered). A plain
+/// rustls client on a blocking socket, so the record can be split by hand; the waits are
+/// the scenario's idle time and gap, with 300 ms of margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("split");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let ledger = dir.path().join("ledger");
+    let text = with_server_tls(
+        &TestConfig::new()
+            .with(|c| c.header_read_timeout_ms = 600)
+            .toml(&ledger),
+        "idle_timeout_ms = 800\n",
+        &cert,
+        &key,
+    );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None)
+        .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let (port, ca_pem) = (ex.addr.port(), ca.ca_pem.clone());
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut config = client_config(&ca_pem);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        const REQ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
+        let mut answers = Vec::new();
+        for round in 0..2 {
+            if round == 1 {
+                // Idle for 700 ms (the idle timeout is 800), then one record: its first
+                // 10 bytes now, the rest 300 ms later, after the idle timeout's end.
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                conn.writer().write_all(REQ).unwrap();
+                let mut record = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut record).unwrap();
+                }
+                sock.write_all(&record[..10]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                sock.write_all(&record[10..]).unwrap();
+            } else {
+                let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+                tls.write_all(REQ).unwrap();
+            }
+            let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+            let mut buf = [0u8; 4096];
+            let n = tls.read(&mut buf).unwrap_or(0);
+            answers.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        assert!(a.starts_with("HTTP/1.1 200"), "request {i}: {a:?}");
+    }
+    ex.shutdown().await.unwrap();
+}

@@ -469,47 +469,64 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
 /// separator, or character that prints as nothing (Unicode's default-ignorable code
 /// points and the other format characters: zero-width spaces, direction marks and
 /// overrides, the soft hyphen, fillers, the byte-order mark, tags), except the marks that
-/// join or vary the character before them, where a name needs them: a zero-width joiner or
-/// non-joiner between two printing characters (Persian `می‌خواهم`, emoji sequences), and a
-/// variation selector or tag after one (emoji presentation, subdivision flags). Spaces
-/// other than line breaks and tabs are fine inside a name.
+/// join or vary the character before them, where a name needs them, one at a time: a
+/// zero-width joiner or non-joiner between two printing characters (Persian `می‌خواهم`,
+/// emoji sequences), a variation selector after one (emoji presentation, ideographic
+/// variants), and a subdivision flag's tags (2 to 6 lower-case tag letters or digits and
+/// the cancel tag, after the black flag; black-box round 39: runs of joiners and
+/// selectors, and tags spelling hidden text, passed). Spaces other than line breaks and
+/// tabs are fine inside a name.
 fn prints_as_written(name: &str) -> bool {
     use pingpost_core::config::invisible;
-    let mut after_printing = false;
-    let mut joining = false;
-    let mut prev = '\0';
-    for c in name.chars() {
-        let before = std::mem::replace(&mut prev, c);
-        let space = c.is_whitespace() && !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}');
-        let joiner = matches!(c, '\u{200C}' | '\u{200D}');
-        let selector = matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}');
-        let tag = matches!(c, '\u{E0020}'..='\u{E007F}');
-        if tag {
-            // Only in a flag's tag sequence: after the black flag or another tag.
-            if !(before == '\u{1F3F4}' || matches!(before, '\u{E0020}'..='\u{E007F}')) {
-                return false;
-            }
-            continue;
-        }
-        if joiner || selector {
-            if !after_printing {
-                return false;
-            }
-            joining |= joiner;
-            continue;
-        }
-        if space {
-            if joining {
-                return false;
-            }
-            after_printing = false;
-            continue;
-        }
-        if invisible(c) || proto::error::is_hidden(c) {
-            return false;
-        }
-        after_printing = true;
-        joining = false;
+    /// What came last.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Last {
+        Start,
+        Space,
+        Printing,
+        /// A variation selector after a printing character.
+        Selector,
+        Joiner,
+        /// The black flag (U+1F3F4), which a subdivision's tags may follow.
+        Flag,
+        /// So many tag letters or digits after the flag, the cancel tag not yet seen.
+        Tags(u8),
     }
-    !joining
+    let mut last = Last::Start;
+    for c in name.chars() {
+        let tag_letter = matches!(c, '\u{E0061}'..='\u{E007A}' | '\u{E0030}'..='\u{E0039}');
+        last = match (last, c) {
+            // A subdivision flag: the black flag, 2 to 6 lower-case tag letters or digits
+            // (`gbsct`), the cancel tag; nothing else hides in tags.
+            (Last::Flag | Last::Tags(_), _) if tag_letter => match last {
+                Last::Tags(n) if n >= 6 => return false,
+                Last::Tags(n) => Last::Tags(n + 1),
+                _ => Last::Tags(1),
+            },
+            (Last::Tags(n), '\u{E007F}') if n >= 2 => Last::Printing,
+            (Last::Tags(_), _) => return false,
+            (_, '\u{E0000}'..='\u{E007F}') => return false,
+            // One joiner between two printing characters (an emoji may end in its
+            // selector).
+            (Last::Printing | Last::Flag | Last::Selector, '\u{200C}' | '\u{200D}') => Last::Joiner,
+            (_, '\u{200C}' | '\u{200D}') => return false,
+            // One variation selector after a printing character.
+            (Last::Printing | Last::Flag, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}') => {
+                Last::Selector
+            }
+            (_, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}') => return false,
+            (Last::Joiner, c) if c.is_whitespace() => return false,
+            (_, c)
+                if c.is_whitespace()
+                    && !c.is_control()
+                    && !matches!(c, '\u{2028}' | '\u{2029}') =>
+            {
+                Last::Space
+            }
+            (_, c) if invisible(c) || proto::error::is_hidden(c) => return false,
+            (_, '\u{1F3F4}') => Last::Flag,
+            _ => Last::Printing,
+        };
+    }
+    !matches!(last, Last::Joiner | Last::Tags(_))
 }

@@ -222,6 +222,19 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         "\u{200C}Acme",
         "Acme\u{200D}",
         "Acme \u{200D} Inc",
+        // Round 39: runs of joiners or selectors, and tags that are not a flag's.
+        "A\u{200D}\u{200D}B",
+        "A\u{200C}\u{200D}B",
+        "\u{1F468}\u{200D}\u{200D}\u{1F469}",
+        "\u{2764}\u{FE0F}\u{FE0F}",
+        "\u{2764}\u{FE0E}\u{FE0F}",
+        "A\u{E0100}\u{E0100}",
+        "\u{1F3F4}\u{E0068}\u{E0065}\u{E006C}\u{E006C}\u{E006F}\u{E0020}\u{E0068}\u{E0069}\u{E007F}",
+        "\u{1F3F4}\u{E0047}\u{E0042}\u{E007F}",
+        "\u{1F3F4}\u{E0067}\u{E0062}",
+        "\u{1F3F4}\u{E007F}",
+        "\u{1F3F4}\u{E0067}\u{E0062}\u{E007F}\u{E007F}",
+        "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E0078}\u{E0079}\u{E007F}",
     ] {
         assert_eq!(named(bad).unwrap_err().0, [message], "{bad:?}");
     }
@@ -237,6 +250,10 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         "Love \u{2764}\u{FE0F}",
         "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F} Leads",
         "Acme\u{A0}Inc",
+        // A heart on fire (a selector, then a joiner), a rainbow flag, England's flag.
+        "\u{2764}\u{FE0F}\u{200D}\u{1F525}",
+        "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",
+        "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
     ] {
         assert_eq!(named(good), Ok(good.to_string()), "{good:?}");
     }
