@@ -29,10 +29,12 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     let mut state = AppState::new(config, ledger, metrics, clock);
     // The lead fingerprint's key, kept beside the ledger (made at the first start). Made
     // anew beside a ledger that has records, it was lost: say so, once, loudly.
-    let dir = state.ledger.dir();
-    let lost_key = !dir.join(crate::fingerprint::KEY_FILE).exists()
-        && crate::fingerprint::ledger_has_records(dir);
-    state.fingerprint = crate::fingerprint::Fingerprinter::open(dir)?;
+    // Through the directory the ledger locked, not by path (see `Ledger::locked_dir`).
+    let dir = state.ledger.dir().to_path_buf();
+    let locked = state.ledger.locked_dir();
+    let lost_key = !locked.join(crate::fingerprint::KEY_FILE).exists()
+        && crate::fingerprint::ledger_has_records(&locked);
+    state.fingerprint = crate::fingerprint::Fingerprinter::open_in(&locked, &dir)?;
     if lost_key {
         tracing::warn!(
             key = %dir.join(crate::fingerprint::KEY_FILE).display(),

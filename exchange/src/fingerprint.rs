@@ -50,8 +50,15 @@ impl Fingerprinter {
     /// The key kept in `dir` (made on first use). An unreadable or malformed key file is
     /// an error naming it: the exchange does not start and silently change keys.
     pub fn open(dir: &Path) -> std::io::Result<Fingerprinter> {
-        let path = dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
+        Fingerprinter::open_in(dir, dir)
+    }
+
+    /// [`Fingerprinter::open`] with the key file opened in `dir` (the ledger's locked
+    /// directory) and named in messages as in `shown`.
+    pub fn open_in(dir: &Path, shown: &Path) -> std::io::Result<Fingerprinter> {
+        let path = shown.join(KEY_FILE);
+        let at = dir.join(KEY_FILE);
+        match std::fs::read_to_string(&at) {
             Ok(text) => {
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(text.trim(), &mut key).map_err(|_| {
@@ -69,7 +76,10 @@ impl Fingerprinter {
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)?;
+                    .open(&at)
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                    })?;
                 file.write_all(hex::encode(f.key).as_bytes())?;
                 file.sync_all()?;
                 Ok(f)
@@ -307,6 +317,32 @@ mod tests {
         );
         std::fs::write(dir.path().join("seg-00000001.jsonl"), b"{}\n").unwrap();
         assert!(ledger_has_records(dir.path()));
+    }
+
+    /// The key is made in the directory the ledger locked, even when the path the ledger
+    /// was opened by (a symlink) names another directory by then (black-box round 40: a
+    /// symlink swapped during start put the key in one directory and the ledger in the
+    /// other).
+    #[tokio::test]
+    async fn the_key_is_made_in_the_directory_the_ledger_locked() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b, link) = (
+            root.path().join("a"),
+            root.path().join("b"),
+            root.path().join("l"),
+        );
+        for d in [&a, &b] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::os::unix::fs::symlink(&a, &link).unwrap_or_else(|e| panic!("{e}"));
+        let ledger =
+            crate::ledger::Ledger::open(&link, 4096, |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(&link).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&b, &link).unwrap_or_else(|e| panic!("{e}"));
+        Fingerprinter::open_in(&ledger.locked_dir(), ledger.dir())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(a.join(KEY_FILE).exists(), "beside the locked ledger");
+        assert!(!b.join(KEY_FILE).exists(), "not where the path points now");
     }
 
     #[test]

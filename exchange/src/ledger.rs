@@ -121,6 +121,10 @@ pub struct Ledger {
     tx: mpsc::Sender<Pending>,
     health: Arc<Health>,
     dir: Arc<PathBuf>,
+    /// The directory the writer locked, open (a second descriptor of it): files beside the
+    /// ledger are opened through it ([`Ledger::locked_dir`]), never by `dir`'s path, which
+    /// a rename or a symlink swap may point elsewhere.
+    locked: Arc<File>,
     /// After `tx`: dropped after it, so the writer it wakes finds the queue closed.
     wake: Arc<Wake>,
 }
@@ -166,6 +170,7 @@ impl Ledger {
         let health = Arc::new(Health::default());
         let h = health.clone();
         let dir = Arc::new(w.dir.clone());
+        let locked = Arc::new(w._dir_lock.try_clone()?);
         let asleep = Arc::new(AtomicBool::new(false));
         let writer_asleep = asleep.clone();
         let writer = std::thread::Builder::new()
@@ -207,6 +212,7 @@ impl Ledger {
             tx,
             health,
             dir,
+            locked,
             wake,
         })
     }
@@ -214,6 +220,16 @@ impl Ledger {
     /// The ledger directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A path that names the directory this ledger locked, whatever its own path names
+    /// now (`/proc/self/fd/N`, Linux): what files kept beside the ledger are opened
+    /// through (black-box round 40: opened by path, the fingerprint key could be made in,
+    /// or read from, another directory while a symlink to the ledger was swapped at
+    /// start).
+    pub fn locked_dir(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.locked.as_raw_fd()))
     }
 
     /// Is the writer alive and has nothing ever failed?

@@ -825,9 +825,14 @@ async fn direct_post(
                 idempotency,
                 dedup: claim.as_ref().map_or(&[], |c| c.keys.as_slice()),
             };
-            let a = deliver(state, rt, d).await.map_err(|e| match e {
-                DeliveryError::Unavailable => ledger_unavailable(),
-                e => ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold")),
+            let a = deliver(state, rt, d).await.map_err(|e| {
+                // The line OPERATIONS.md says to alert on, as a post's failure logs it
+                // (black-box round 40: a direct post's was not logged).
+                tracing::error!(error = %e, "sale not recorded");
+                match e {
+                    DeliveryError::Unavailable => ledger_unavailable(),
+                    e => ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold")),
+                }
             })?;
             if a.status == PostStatus::Sold {
                 if let Some(c) = &mut claim {

@@ -472,10 +472,11 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
 /// join or vary the character before them, where a name needs them, one at a time: a
 /// zero-width joiner or non-joiner between two printing characters (Persian `می‌خواهم`,
 /// emoji sequences), a variation selector after one (emoji presentation, ideographic
-/// variants), and a subdivision flag's tags (2 to 6 lower-case tag letters or digits and
-/// the cancel tag, after the black flag; black-box round 39: runs of joiners and
-/// selectors, and tags spelling hidden text, passed). Spaces other than line breaks and
-/// tabs are fine inside a name.
+/// variants, Mongolian's free variation selectors), up to four combining marks on a
+/// printing character, and the tags of a subdivision flag that displays (England,
+/// Scotland, Wales; black-box rounds 39-40: runs of joiners and selectors, and tags
+/// spelling hidden text, passed). Noncharacters and private-use characters, which have no
+/// look of their own, are refused. Spaces other than line breaks and tabs are fine.
 fn prints_as_written(name: &str) -> bool {
     use pingpost_core::config::invisible;
     /// What came last.
@@ -491,30 +492,63 @@ fn prints_as_written(name: &str) -> bool {
         Flag,
         /// So many tag letters or digits after the flag, the cancel tag not yet seen.
         Tags(u8),
+        /// So many combining marks after a printing character.
+        Marks(u8),
     }
+    /// The subdivision flags that display (Unicode's recommended set): any other tag
+    /// sequence shows as a bare black flag with its text hidden (black-box round 40).
+    const FLAGS: [&str; 3] = ["gbeng", "gbsct", "gbwls"];
     let mut last = Last::Start;
+    let mut tags = String::new();
     for c in name.chars() {
         let tag_letter = matches!(c, '\u{E0061}'..='\u{E007A}' | '\u{E0030}'..='\u{E0039}');
+        // Characters with no look of their own: noncharacters and private use.
+        if matches!(c, '\u{FDD0}'..='\u{FDEF}' | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..)
+            || (c as u32) & 0xFFFE == 0xFFFE
+        {
+            return false;
+        }
         last = match (last, c) {
-            // A subdivision flag: the black flag, 2 to 6 lower-case tag letters or digits
-            // (`gbsct`), the cancel tag; nothing else hides in tags.
-            (Last::Flag | Last::Tags(_), _) if tag_letter => match last {
-                Last::Tags(n) if n >= 6 => return false,
-                Last::Tags(n) => Last::Tags(n + 1),
-                _ => Last::Tags(1),
-            },
-            (Last::Tags(n), '\u{E007F}') if n >= 2 => Last::Printing,
+            // A subdivision flag that displays: the black flag, its tag letters, the
+            // cancel tag; nothing else hides in tags.
+            (Last::Flag | Last::Tags(_), _) if tag_letter => {
+                let n = match last {
+                    Last::Tags(n) if n >= 6 => return false,
+                    Last::Tags(n) => n + 1,
+                    _ => {
+                        tags.clear();
+                        1
+                    }
+                };
+                tags.push(char::from_u32(c as u32 - 0xE0000).unwrap_or('?'));
+                Last::Tags(n)
+            }
+            (Last::Tags(_), '\u{E007F}') if FLAGS.contains(&tags.as_str()) => Last::Printing,
             (Last::Tags(_), _) => return false,
             (_, '\u{E0000}'..='\u{E007F}') => return false,
             // One joiner between two printing characters (an emoji may end in its
             // selector).
-            (Last::Printing | Last::Flag | Last::Selector, '\u{200C}' | '\u{200D}') => Last::Joiner,
+            (
+                Last::Printing | Last::Flag | Last::Selector | Last::Marks(_),
+                '\u{200C}' | '\u{200D}',
+            ) => Last::Joiner,
             (_, '\u{200C}' | '\u{200D}') => return false,
-            // One variation selector after a printing character.
-            (Last::Printing | Last::Flag, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}') => {
-                Last::Selector
-            }
-            (_, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}') => return false,
+            // One variation selector after a printing character (Mongolian's free
+            // variation selectors too).
+            (
+                Last::Printing | Last::Flag | Last::Marks(_),
+                '\u{FE00}'..='\u{FE0F}'
+                | '\u{E0100}'..='\u{E01EF}'
+                | '\u{180B}'..='\u{180D}'
+                | '\u{180F}',
+            ) => Last::Selector,
+            (
+                _,
+                '\u{FE00}'..='\u{FE0F}'
+                | '\u{E0100}'..='\u{E01EF}'
+                | '\u{180B}'..='\u{180D}'
+                | '\u{180F}',
+            ) => return false,
             (Last::Joiner, c) if c.is_whitespace() => return false,
             (_, c)
                 if c.is_whitespace()
@@ -524,6 +558,20 @@ fn prints_as_written(name: &str) -> bool {
                 Last::Space
             }
             (_, c) if invisible(c) || proto::error::is_hidden(c) => return false,
+            // Combining marks on a printing character, at most four (accents, not a
+            // stack that spills over its neighbours, nor a mark on nothing).
+            (Last::Printing | Last::Flag | Last::Selector, c)
+                if unicode_normalization::char::is_combining_mark(c) =>
+            {
+                Last::Marks(1)
+            }
+            (Last::Marks(n), c) if unicode_normalization::char::is_combining_mark(c) => {
+                if n >= 4 {
+                    return false;
+                }
+                Last::Marks(n + 1)
+            }
+            (_, c) if unicode_normalization::char::is_combining_mark(c) => return false,
             (_, '\u{1F3F4}') => Last::Flag,
             _ => Last::Printing,
         };

@@ -235,6 +235,15 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         "\u{1F3F4}\u{E007F}",
         "\u{1F3F4}\u{E0067}\u{E0062}\u{E007F}\u{E007F}",
         "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E0078}\u{E0079}\u{E007F}",
+        // Round 40: a flag shape that hides text, no look of its own, marks on nothing
+        // or stacked past four.
+        "Acme \u{1F3F4}\u{E0070}\u{E0061}\u{E0079}\u{E007F}",
+        "\u{1F3F4}\u{E0075}\u{E0073}\u{E007F}",
+        "Acme\u{FFFF}",
+        "Acme\u{FDD0}",
+        "Acme\u{E000}",
+        "\u{301}",
+        "a\u{301}\u{301}\u{301}\u{301}\u{301}",
     ] {
         assert_eq!(named(bad).unwrap_err().0, [message], "{bad:?}");
     }
@@ -254,6 +263,13 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         "\u{2764}\u{FE0F}\u{200D}\u{1F525}",
         "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",
         "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        // A keycap (selector, then an enclosing mark), accents, Hindi with a virama and a
+        // joiner, Mongolian with a free variation selector, a skin tone.
+        "Call 1\u{FE0F}\u{20E3}",
+        "Cafe\u{301} Re\u{301}sume\u{301}",
+        "\u{915}\u{94D}\u{200D}\u{937}",
+        "\u{1820}\u{180B}\u{1821}",
+        "\u{1F44D}\u{1F3FD}",
     ] {
         assert_eq!(named(good), Ok(good.to_string()), "{good:?}");
     }
