@@ -24,6 +24,7 @@
 //! Architecture invariant: records never carry PII; they name leads by id and carry only
 //! prices, buyers, sellers and outcomes.
 
+mod encode;
 pub mod segments;
 
 use std::fs::{File, OpenOptions};
@@ -340,8 +341,10 @@ impl LedgerSink for Ledger {
         // Sized for the record up front: grown from empty, an auction's line was
         // reallocated about eight times.
         let mut line = Vec::with_capacity(line_capacity(record));
-        if let Err(e) = serde_json::to_writer(&mut line, record) {
-            return Receipt::Failed(LedgerError::Encode(e));
+        if !encode::encode(record, &mut line) {
+            if let Err(e) = serde_json::to_writer(&mut line, record) {
+                return Receipt::Failed(LedgerError::Encode(e));
+            }
         }
         let (ack, done) = if record.is_durable() {
             let (a, d) = oneshot::channel();
@@ -371,6 +374,9 @@ fn line_capacity(record: &Record<'_>) -> usize {
     const LINE_CAPACITY_MAX: usize = 64 * 1024;
     match record {
         Record::Auction(a) => (384 + 128 * a.buyers.len()).min(LINE_CAPACITY_MAX),
+        Record::QuoteOpened(q) => {
+            (384 + 128 * q.ranked.len() + 32 * q.lead.0.len()).min(LINE_CAPACITY_MAX)
+        }
         _ => 256,
     }
 }

@@ -5,8 +5,8 @@
 //! reason, not per buyer.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 100 µs up to 10 s.
@@ -139,7 +139,8 @@ pub struct Metrics {
     pub late_answers: IntCounterVec,
     /// Bids refused at award for want of room in the buyer's cap or budget.
     pub capped_at_award: IntCounterVec,
-    pub cap_utilisation: IntGaugeVec,
+    /// Sold plus reserved over each cap, in percent (fractional: 3 of 600 is 0.5).
+    pub cap_utilisation: GaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
     pub eligibility_skips: IntCounterVec,
     /// Eligible buyers not pinged for the fan-out limit (one series, not per buyer).
@@ -296,7 +297,7 @@ impl Metrics {
             ),
             cap_utilisation: reg(
                 &r,
-                IntGaugeVec::new(
+                GaugeVec::new(
                     Opts::new(
                         "pingpost_cap_utilisation_percent",
                         "Sold plus reserved as a percentage of each cap, per window.",

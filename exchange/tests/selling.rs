@@ -879,3 +879,22 @@ async fn a_bid_past_the_budget_left_is_refused_at_award_and_counted() {
         "{auction}"
     );
 }
+
+/// Black-box round 41: the cap gauge was a whole percent, so 3 leads of an hourly 600
+/// read 0, the value of a window with nothing sold.
+#[tokio::test]
+async fn the_cap_gauge_is_not_rounded_to_whole_percents() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab.caps_daily(3)).start().await;
+    const GAUGE: &str = "pingpost_cap_utilisation_percent";
+    assert_eq!(
+        ex.client.direct("TX").await.buyer.as_deref(),
+        Some("Buyer a")
+    );
+    let day = ex.metric(GAUGE, &[("buyer", "a"), ("window", "day")]).await;
+    assert!((day - 100.0 / 3.0).abs() < 1e-9, "1 of 3: {day}");
+    ex.client.direct("TX").await;
+    let day = ex.metric(GAUGE, &[("buyer", "a"), ("window", "day")]).await;
+    assert!((day - 200.0 / 3.0).abs() < 1e-9, "2 of 3: {day}");
+}

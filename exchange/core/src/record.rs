@@ -76,6 +76,14 @@ fn rfc3339_short(unix_ms: UnixMs) -> Option<[u8; 24]> {
     Some(out)
 }
 
+/// Appends [`rfc3339`]'s text for `unix_ms` to `out` (the ledger's hand-written lines).
+pub fn write_rfc3339(unix_ms: UnixMs, out: &mut Vec<u8>) {
+    match rfc3339_short(unix_ms) {
+        Some(b) => out.extend_from_slice(&b),
+        None => out.extend_from_slice(rfc3339_chrono(unix_ms).as_bytes()),
+    }
+}
+
 fn ser_rfc3339<S: Serializer>(at: &UnixMs, s: S) -> Result<S::Ok, S::Error> {
     match rfc3339_short(*at) {
         // Always ASCII digits and separators.

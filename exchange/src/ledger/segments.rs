@@ -100,7 +100,7 @@ pub fn frame(out: &mut Vec<u8>, record: &[u8], seq: u64, prev: &[u8; 64]) -> [u8
     let body = record.strip_suffix(b"}").unwrap_or(record);
     out.extend_from_slice(body);
     out.extend_from_slice(SEQ_FIELD);
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.push(b'}');
     let sum = sum_of(prev, &out[start..]);
     out.pop();

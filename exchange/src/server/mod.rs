@@ -543,7 +543,8 @@ fn metrics(state: &AppState) -> Response<Body> {
                     let _ = gauge.remove_label_values(&[&b.id, w]);
                     continue;
                 }
-                let pct = (used * 100 / u64::from(cap.max(1))) as i64;
+                // Not rounded: a window in use never reads as the 0 of one unused.
+                let pct = used as f64 * 100.0 / f64::from(cap.max(1));
                 gauge.with_label_values(&[&b.id, w]).set(pct);
             }
         }
