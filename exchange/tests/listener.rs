@@ -396,6 +396,63 @@ async fn too_many_headers_over_http2_get_431_with_the_json_body() {
     ex.shutdown().await.unwrap();
 }
 
+/// The frames a raw HTTP/2 client read, as (type, stream id), in order.
+fn h2_frames(got: &[u8]) -> Vec<(u8, u32)> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+        frames.push((got[at + 3], stream & 0x7fff_ffff));
+        at += 9 + len;
+    }
+    frames
+}
+
+/// Black-box round 42: a head over the limits over HTTP/2 is answered `431` and its
+/// connection closed with GOAWAY; the GOAWAY went out before the answer's frames, and
+/// curl 7.88 then closed without reading the answer (4 times in 20). The answer now
+/// leaves first.
+#[tokio::test]
+async fn an_http2_431_leaves_before_its_goaway() {
+    const HEADERS: u8 = 1;
+    const GOAWAY: u8 = 7;
+    let (ex, _dir) = start(5_000, "headers_max = 20").await;
+    for round in 0..5 {
+        let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+        let mut out = Vec::new();
+        out.extend_from_slice(H2_PREFACE);
+        out.extend_from_slice(H2_SETTINGS);
+        out.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]); // SETTINGS ack
+                                                             // HEADERS, stream 1, END_STREAM | END_HEADERS: GET http x /healthz and 30 more
+                                                             // fields (literal, new names).
+        let mut block = vec![0x82, 0x86, 0x44, 8];
+        block.extend_from_slice(b"/healthz");
+        block.extend_from_slice(&[0x41, 0x01, b'x']);
+        for i in 0..30 {
+            let name = format!("x-h{i:02}");
+            block.extend_from_slice(&[0x00, name.len() as u8]);
+            block.extend_from_slice(name.as_bytes());
+            block.extend_from_slice(&[0x01, b'v']);
+        }
+        let len = block.len();
+        out.extend_from_slice(&[0, (len >> 8) as u8, len as u8, HEADERS, 5, 0, 0, 0, 1]);
+        out.extend_from_slice(&block);
+        s.write_all(&out).await.expect("write");
+        let (_, got) = closed_at(s).await;
+        let frames = h2_frames(&got);
+        let answer = frames.iter().position(|f| *f == (HEADERS, 1));
+        let goaway = frames.iter().position(|f| f.0 == GOAWAY);
+        assert!(answer.is_some() && goaway.is_some(), "{round}: {frames:?}");
+        assert!(
+            answer < goaway,
+            "{round}: GOAWAY before the answer: {frames:?}"
+        );
+    }
+    ex.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
     let (ex, _dir) = start(5_000, "idle_timeout_ms = 400").await;
