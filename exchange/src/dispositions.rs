@@ -201,8 +201,7 @@ impl NoRefund {
 }
 
 /// Does a `returned` reported at `now` refund `lead` under a window of `window_days`?
-/// Inside the window means `now - sold_at <= window_days` whole days (a return at exactly
-/// the end still counts).
+/// Inside the window: see [`inside_return_window`].
 pub fn refund_decision(lead: &SoldLead, window_days: u16, now: UnixMs) -> Result<(), NoRefund> {
     if lead.test {
         return Err(NoRefund::TestLead);
@@ -210,10 +209,23 @@ pub fn refund_decision(lead: &SoldLead, window_days: u16, now: UnixMs) -> Result
     if window_days == 0 {
         return Err(NoRefund::NoReturnWindow);
     }
-    if now.saturating_sub(lead.sold_at) > i64::from(window_days) * DAY_MS {
+    if !inside_return_window(lead.sold_at, i64::from(window_days), now) {
         return Err(NoRefund::OutsideReturnWindow);
     }
     Ok(())
+}
+
+/// Is a return at `now` inside a return window of `window_days` whole days from a sale
+/// at `sold_at`? The one rule of the live refund ([`refund_decision`]) and of `ledger
+/// verify`'s check of a `refund` record: the time elapsed since the sale is at most
+/// `window_days` x 24 h (a return at exactly the end still counts), and is clamped at 0:
+/// a sale dated after the return (the clock was stepped back between them) is inside,
+/// since the sale came first (the exchange only refunds a sale it has; in the ledger the
+/// sale's `seq` is lower) and refusing a return for a clock step would wrong the buyer.
+/// A window of 0 days or less has no inside. Exact for any times (`i128`).
+pub fn inside_return_window(sold_at: UnixMs, window_days: i64, now: UnixMs) -> bool {
+    let elapsed = (i128::from(now) - i128::from(sold_at)).max(0);
+    window_days > 0 && elapsed <= i128::from(window_days) * i128::from(DAY_MS)
 }
 
 /// A refund as a disposition's answer names it (the `refund` record's figures).
@@ -949,6 +961,46 @@ mod tests {
             refund_decision(&lead(true, sold), 7, sold),
             Err(NoRefund::TestLead)
         );
+    }
+
+    /// Black-box round 41: the exchange refunded a return whose sale was dated after it
+    /// (the clock was stepped back), and `ledger verify` then failed that refund. One rule
+    /// decides both: the time since the sale is clamped at 0.
+    #[test]
+    fn a_sale_dated_after_its_return_is_inside_the_window_live_and_in_verify() {
+        let sold = 1_000 * DAY_MS;
+        let stepped_back = sold - 3_595_210;
+        assert_eq!(refund_decision(&lead(false, sold), 7, stepped_back), Ok(()));
+        assert!(inside_return_window(sold, 7, stepped_back));
+        assert!(inside_return_window(sold, 1, i64::MIN));
+        assert!(inside_return_window(sold, 7, sold + 7 * DAY_MS));
+        assert!(!inside_return_window(sold, 7, sold + 7 * DAY_MS + 1));
+        assert!(!inside_return_window(i64::MIN, 7, i64::MAX));
+        assert!(inside_return_window(0, i64::MAX, i64::MAX));
+        for window in [0, -1, i64::MIN] {
+            assert!(!inside_return_window(sold, window, sold), "{window}");
+            assert!(
+                !inside_return_window(sold, window, stepped_back),
+                "{window}"
+            );
+        }
+        // The same answers as the live rule for every window it takes.
+        for window in [1u16, 7, u16::MAX] {
+            for now in [
+                i64::MIN,
+                stepped_back,
+                sold,
+                sold + i64::from(window) * DAY_MS,
+                sold + i64::from(window) * DAY_MS + 1,
+                i64::MAX,
+            ] {
+                assert_eq!(
+                    refund_decision(&lead(false, sold), window, now).is_ok(),
+                    inside_return_window(sold, i64::from(window), now),
+                    "window {window} now {now}"
+                );
+            }
+        }
     }
 
     #[test]

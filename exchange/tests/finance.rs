@@ -1017,6 +1017,126 @@ fn verify_of_a_broken_chain_never_ends_with_ok() {
     assert!(out.contains("NOT OK: the ledger does not verify"), "{out}");
 }
 
+/// An auction and its sale of `n` (`au_n`, `pg_n`, `ld_n`) to `buyer`, in USD: the buyer
+/// pays `bid`, the seller is paid `price`.
+fn sold(n: u32, buyer: &str, bid: i64, price: i64) -> [String; 2] {
+    [
+        format!(
+            r#"{{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_{n}","ping_id":"pg_{n}","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"{buyer}","outcome":"bid","bid_micros":{bid}}}],"winner":"{buyer}","bid_micros":{bid},"seller_price_micros":{price},"took_us":5}}"#
+        ),
+        format!(
+            r#"{{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_{n}","ping_id":"pg_{n}","auction_id":"au_{n}","seller":"s","buyer":"{buyer}","vertical":"v","currency":"USD","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{},"attempt":0}}"#,
+            bid - price
+        ),
+    ]
+}
+
+/// Black-box round 41: on a genuine ledger whose revenue is 9.4e18 micros (each sale
+/// far from `i64::MAX`), `report` saturated revenue at 9223372036854.775807 with exit 0
+/// (its row then broke revenue = payouts + margin) and `verify` called the untouched
+/// ledger a MISMATCH; a sale of `i64::MAX` made the by-buyer total wrap negative. Every
+/// sum is exact, in the table, CSV and JSON.
+#[test]
+fn money_past_i64_max_is_reported_exactly_and_reconciles() {
+    // Ten sales of 940,000,000,000.00 (seller paid 80%): 9.4e18 micros of revenue.
+    let (bid, price) = (940_000_000_000_000_000i64, 752_000_000_000_000_000i64);
+    let records: Vec<String> = (1..=10).flat_map(|n| sold(n, "b", bid, price)).collect();
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    let tmp = framed_ledger(&refs);
+    let dir = tmp.path().to_str().unwrap();
+    let o = run(&["ledger", "report", "--dir", dir, "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json = String::from_utf8(o.stdout).unwrap();
+    for exact in [
+        r#""revenue_micros": 9400000000000000000,"#,
+        r#""payouts_micros": 7520000000000000000,"#,
+        r#""margin_micros": 1880000000000000000,"#,
+    ] {
+        assert!(json.contains(exact), "{exact}: {json}");
+    }
+    let o = run(&["ledger", "report", "--dir", dir]);
+    let table = text(&o);
+    assert!(o.status.success(), "{table}");
+    let total: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        total.get(6..9),
+        Some(&["9400000000000.00", "7520000000000.00", "1880000000000.00"][..]),
+        "{table}"
+    );
+    let o = run(&["ledger", "verify", "--dir", dir]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains("MISMATCH"), "{out}");
+    assert!(
+        out.contains("USD: 10 sale(s), revenue 9400000000000.00 - refunds 0.00 = sales 9400000000000.00; payouts 7520000000000.00, margin 1880000000000.00"),
+        "{out}"
+    );
+
+    // One sale of i64::MAX among others: the by-buyer total is exact and positive.
+    let mut records: Vec<String> = sold(1, "b", i64::MAX, i64::MAX - 1).into();
+    records.extend(sold(2, "b", 20_000_000, 16_000_000));
+    records.extend(sold(3, "c", 20_000_000, 16_000_000));
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    let tmp = framed_ledger(&refs);
+    let dir = tmp.path().to_str().unwrap();
+    let o = run(&[
+        "ledger", "report", "--dir", dir, "--by", "buyer", "--format", "csv",
+    ]);
+    let csv = text(&o);
+    assert!(o.status.success(), "{csv}");
+    assert!(
+        csv.contains("\nb,USD,2,2,0,2,9223372036874775807,9223372036870775806,4000001,0,0\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("\ntotal,USD,3,3,0,3,9223372036894775807,9223372036886775806,8000001,0,0\n"),
+        "{csv}"
+    );
+    let o = run(&["ledger", "verify", "--dir", dir]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+/// Black-box round 41: a money field that is not an integer fitting i64 was read as 0,
+/// and report exited 0 without that money. report, export and replay refuse the ledger
+/// with status 2 (nothing on stdout), verify lists it as a PROBLEM and exits 1.
+#[test]
+fn a_malformed_money_field_stops_report_export_and_replay_and_fails_verify() {
+    let [auction, sale] = sold(1, "b", 20_000_000, 16_000_000);
+    let sale = sale.replace(r#""bid_micros":20000000"#, r#""bid_micros":1e22"#);
+    let tmp = framed_ledger(&[&auction, &sale]);
+    let dir = tmp.path().to_str().unwrap();
+    let named = "seg-00000001.jsonl seq 2: sale record: bid_micros is 1e+22";
+    for args in [
+        &["ledger", "report", "--dir", dir][..],
+        &[
+            "ledger",
+            "export",
+            "--dir",
+            dir,
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+        ],
+        &["ledger", "replay", "au_1", "--dir", dir],
+    ] {
+        let o = run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(o.stdout.is_empty(), "{args:?}: {out}");
+        assert!(out.contains(named), "{args:?}: {out}");
+    }
+    let o = run(&["ledger", "verify", "--dir", dir]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("PROBLEM: {named}")), "{out}");
+    assert!(!out.contains("bid_micros 0"), "{out}");
+}
+
 /// `pingpost ledger verify | head -1` panicked ("failed printing to stdout: Broken
 /// pipe", exit 101; black-box round 9): a reader that goes away ends every ledger
 /// command with status 2 and one line on stderr, as `ledger export` did.

@@ -5,6 +5,9 @@
 //!   `seq` is a stable row id (load idempotently on it) and the lines still chain.
 //! - `csv`: one record type per file (`--type`, default `sale`), with a fixed column set
 //!   per type ([`columns`]); money in integer micros.
+//!
+//! Nothing is summed. A ledger whose chain does not verify, or with a malformed money
+//! field anywhere (see [`super::money_problems`]), is refused before anything is written.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +15,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::report::csv_field;
-use super::{for_each, DateRange, Entry, ReadStats, KNOWN_TYPES, PRE_SEND_TYPES};
+use super::{
+    check_money, read_records, verified_upto, DateRange, Entry, MoneyFields, ReadStats,
+    KNOWN_TYPES, PRE_SEND_TYPES,
+};
 
 /// The output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,12 +278,17 @@ pub fn export(
     };
     let mut written = 0u64;
     let mut failed: Option<String> = None;
+    // The ledger is refused before anything is written (the chain, then every money
+    // field: records stream out as they are read, and a refused ledger leaves stdout
+    // empty).
+    let upto = verified_upto(dir)?;
+    check_money(dir, upto)?;
     if let Some(cols) = cols {
         if let Err(e) = writeln!(out, "{}", cols.join(",")) {
             return Err(format!("writing: {e}"));
         }
     }
-    let stats = for_each(dir, |e| {
+    let stats = read_records(dir, Some(upto), MoneyFields::Refuse, |e| {
         if !range.contains(e.day) {
             return true;
         }

@@ -194,8 +194,8 @@ aria-label=\"revenue and margin by {b} in {cur}\">",
         b = by.as_str()
     );
     // Axis with 4 gridlines.
-    for i in 0..=4 {
-        let v = max * i / 4;
+    for i in 0..=4i64 {
+        let v = max * i128::from(i) / 4;
         let y = TOP + plot_h - plot_h * i / 4;
         let _ = writeln!(
             out,
@@ -217,7 +217,8 @@ aria-label=\"revenue and margin by {b} in {cur}\">",
         .into_iter()
         .enumerate()
         {
-            let h = (i128::from(v.max(0)) * i128::from(plot_h) / i128::from(max)) as i64;
+            // At most `plot_h`: the cast cannot truncate.
+            let h = (v.max(0) * i128::from(plot_h) / max) as i64;
             let x = x0 + bar * j as i64;
             let _ = writeln!(
                 out,

@@ -3,11 +3,15 @@
 //!
 //! Owns: reading the ledger's records tolerantly (any field or record type it does not
 //! know is ignored; a record of a newer format version than [`RECORD_VERSION`] is skipped
-//! and counted, never misread), UTC date ranges, money as decimal text, and loading a
-//! configuration without its secrets.
+//! and counted, never misread), the money fields' check ([`money_problems`]: a `*_micros`
+//! field that is not an integer fitting `i64` is refused by `report`, `export` and
+//! `replay`, and listed and skipped by `verify`, never read as 0), UTC date ranges, money
+//! as decimal text, and loading a configuration without its secrets.
 //!
-//! Never: changes the ledger, reads lead fields (records carry none), or uses floats for
-//! money (integer micros throughout).
+//! Never: changes the ledger, reads lead fields (records carry none), uses floats for
+//! money (integer micros throughout), or adds money in `i64`: each field is an `i64` as
+//! the ledger writes it, and every sum is an exact `i128` (9,400 sales of 10^15 micros
+//! already pass `i64::MAX`; no sum saturates or wraps).
 
 pub mod export;
 mod html;
@@ -89,12 +93,118 @@ impl Entry {
     pub fn place(&self) -> String {
         format!("{} seq {}", self.segment, self.seq)
     }
+
+    /// What is wrong with the record's money fields ([`money_problems`]), naming the
+    /// record (segment and seq), its type and each field; `None` when nothing is.
+    pub fn money_problem(&self) -> Option<String> {
+        let bad = money_problems(&self.value);
+        if bad.is_empty() {
+            return None;
+        }
+        let kind = if self.kind.is_empty() {
+            "untyped"
+        } else {
+            &self.kind
+        };
+        Some(format!(
+            "{}: {kind} record: {}: a money field must be a whole number of micros from {} to {}, as the exchange writes it",
+            self.place(),
+            bad.join(", "),
+            i64::MIN,
+            i64::MAX
+        ))
+    }
+}
+
+/// Money fields named in one message at most (the rest are counted).
+const MONEY_PROBLEMS_NAMED_MAX: usize = 5;
+
+/// The money fields of a record (`value`) that are present but not an integer that fits
+/// `i64`, each as `bid_micros is 1e22` (a float, a string, `null`, or an integer out of
+/// range). A money field is any field named `*_micros`: at the top level and in the
+/// record's nested lines (an auction's `buyers`, a quote's `ranked` bids and `hold`),
+/// but not in a quote's `lead` (the ping's own fields, named by the configuration). A
+/// field that is absent is not a problem here (the record type says whether it may be).
+pub fn money_problems(value: &Value) -> Vec<String> {
+    enum Part<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    fn path(parts: &[Part<'_>]) -> String {
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Key(k) if out.is_empty() => out.push_str(k),
+                Part::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Part::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    }
+    fn walk<'a>(v: &'a Value, parts: &mut Vec<Part<'a>>, out: &mut Vec<String>, more: &mut usize) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if parts.is_empty() && k == "lead" {
+                        continue;
+                    }
+                    parts.push(Part::Key(k));
+                    if k.ends_with("_micros") && x.as_i64().is_none() {
+                        if out.len() < MONEY_PROBLEMS_NAMED_MAX {
+                            let shown: String = x.to_string().chars().take(40).collect();
+                            out.push(format!("{} is {shown}", path(parts)));
+                        } else {
+                            *more += 1;
+                        }
+                    } else {
+                        walk(x, parts, out, more);
+                    }
+                    parts.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    if x.is_object() || x.is_array() {
+                        parts.push(Part::Index(i));
+                        walk(x, parts, out, more);
+                        parts.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut more = 0usize;
+    walk(value, &mut Vec::new(), &mut out, &mut more);
+    if more > 0 {
+        out.push(format!("{more} more"));
+    }
+    out
+}
+
+/// What a reading does with a record whose money field is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MoneyFields {
+    /// Refuse the ledger (`report`, `export`, `replay`): the money would be misread.
+    Refuse,
+    /// Skip the record and list it in [`ReadStats::malformed_money`] (`verify`, which
+    /// names every such record as a `PROBLEM` and fails).
+    Skip,
+    /// Not checked (a reader that takes no money from the records: `models train`).
+    Unchecked,
 }
 
 /// What a read skipped.
 #[derive(Debug, Clone, Default)]
 pub struct ReadStats {
     pub records: u64,
+    /// Records with a malformed money field ([`Entry::money_problem`]), skipped: by
+    /// `verify`'s readings only (the other readings refuse the ledger at the first).
+    pub malformed_money: Vec<String>,
     /// Records of a format version newer than this tool knows, by version: skipped.
     pub newer: BTreeMap<u64, u64>,
     /// Records of a type this tool does not know, by type: passed on, ignored by the
@@ -131,8 +241,34 @@ impl ReadStats {
 
 /// Calls `f` with every readable record of the ledger in `dir`, in order, and returns
 /// what was skipped. `f` returns `false` to stop. Errors: the directory or a segment
-/// cannot be read, or the segment numbering has a gap.
+/// cannot be read, the segment numbering has a gap, the chain does not verify, or a
+/// record has a malformed money field ([`Entry::money_problem`]; `f` may have had the
+/// records before it: see [`check_money`]).
 pub fn for_each(dir: &Path, f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
+    let upto = verified_upto(dir)?;
+    read_records(dir, Some(upto), MoneyFields::Refuse, f)
+}
+
+/// [`for_each`] without the money fields' check: for a reader that takes no money from
+/// the records (`models train`).
+pub fn for_each_ignoring_money(
+    dir: &Path,
+    f: impl FnMut(Entry) -> bool,
+) -> Result<ReadStats, String> {
+    let upto = verified_upto(dir)?;
+    read_records(dir, Some(upto), MoneyFields::Unchecked, f)
+}
+
+/// Checks every money field of the records up to `upto` (from [`verified_upto`]) before
+/// anything is written: `export` streams its records, and refuses a ledger with nothing
+/// on stdout.
+fn check_money(dir: &Path, upto: u64) -> Result<(), String> {
+    read_records(dir, Some(upto), MoneyFields::Refuse, |_| true).map(|_| ())
+}
+
+/// Checks the chain of the ledger in `dir` and returns the sequence number of the last
+/// record it checked: what a reading may count.
+fn verified_upto(dir: &Path) -> Result<u64, String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a ledger directory", dir.display()));
     }
@@ -152,12 +288,14 @@ pub fn for_each(dir: &Path, f: impl FnMut(Entry) -> bool) -> Result<ReadStats, S
     // Only what the check saw: a running exchange appends meanwhile, and a line appended
     // after the check is not verified (black-box round 20: a forged line appended then
     // was counted as money).
-    read_records(dir, Some(check.last_seq), f)
+    Ok(check.last_seq)
 }
 
 /// [`for_each`] without the chain check first: for `pingpost ledger verify`, which
 /// reports the chain's problem itself and then reconciles whatever it can read, to name
-/// what is wrong with the money too.
+/// what is wrong with the money too. A record with a malformed money field is not
+/// refused either: it is skipped and listed in [`ReadStats::malformed_money`] (verify
+/// names each as a `PROBLEM` and fails).
 pub fn for_each_unverified(dir: &Path, f: impl FnMut(Entry) -> bool) -> Result<ReadStats, String> {
     for_each_unverified_upto(dir, None, f)
 }
@@ -174,13 +312,14 @@ pub fn for_each_unverified_upto(
     if !dir.is_dir() {
         return Err(format!("{} is not a ledger directory", dir.display()));
     }
-    read_records(dir, upto, f)
+    read_records(dir, upto, MoneyFields::Skip, f)
 }
 
-/// The reading both share, once the directory is known to be one.
+/// The reading they all share, once the directory is known to be one.
 fn read_records(
     dir: &Path,
     upto: Option<u64>,
+    money: MoneyFields,
     mut f: impl FnMut(Entry) -> bool,
 ) -> Result<ReadStats, String> {
     let segs = segments::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -230,10 +369,6 @@ fn read_records(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            if !KNOWN_TYPES.contains(&kind.as_str()) && !PRE_SEND_TYPES.contains(&kind.as_str()) {
-                *stats.unknown_types.entry(kind.clone()).or_default() += 1;
-            }
-            stats.records += 1;
             let day = value
                 .get("at")
                 .and_then(Value::as_str)
@@ -248,6 +383,26 @@ fn read_records(
                 raw: text.to_string(),
                 value,
             };
+            // A money field that is not an integer of micros would be read as 0 (black-box
+            // round 41: a sale of `1e22` left the report, exit 0, without its money).
+            if money != MoneyFields::Unchecked {
+                if let Some(p) = entry.money_problem() {
+                    if money == MoneyFields::Refuse {
+                        return Err(format!(
+                            "the ledger {} has a malformed money field: {p}; report, export and replay refuse such a ledger (`pingpost ledger verify` lists every such record)",
+                            dir.display()
+                        ));
+                    }
+                    stats.malformed_money.push(p);
+                    continue;
+                }
+            }
+            if !KNOWN_TYPES.contains(&entry.kind.as_str())
+                && !PRE_SEND_TYPES.contains(&entry.kind.as_str())
+            {
+                *stats.unknown_types.entry(entry.kind.clone()).or_default() += 1;
+            }
+            stats.records += 1;
             if !f(entry) {
                 return Ok(stats);
             }
@@ -309,8 +464,9 @@ pub fn parse_date(flag: &str, text: &str) -> Result<NaiveDate, String> {
 }
 
 /// Micros as a decimal amount: `14400000` -> `14.40`, `1` -> `0.000001` (at least two
-/// decimals, more only when needed).
-pub fn money(micros: i64) -> String {
+/// decimals, more only when needed). Takes a field (`i64`) or a sum (`i128`), exactly.
+pub fn money(micros: impl Into<i128>) -> String {
+    let micros: i128 = micros.into();
     let sign = if micros < 0 { "-" } else { "" };
     let abs = micros.unsigned_abs();
     let units = abs / 1_000_000;
@@ -458,5 +614,110 @@ mod tests {
         assert_eq!(money(1), "0.000001");
         assert_eq!(money(-2_500_000), "-2.50");
         assert_eq!(money(12_345_670), "12.34567");
+        // Fields (i64) and sums (i128), to the last micro.
+        assert_eq!(money(i64::MAX), "9223372036854.775807");
+        assert_eq!(money(i64::MIN), "-9223372036854.775808");
+        assert_eq!(money(i128::from(i64::MAX) * 2 + 1), "18446744073709.551615");
+        assert_eq!(
+            money(i128::MIN),
+            "-170141183460469231731687303715884.105728"
+        );
+    }
+
+    /// Writes `records` as a framed segment in a fresh directory.
+    fn ledger(records: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let mut prev = segments::GENESIS;
+        for (i, r) in records.iter().enumerate() {
+            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
+        }
+        std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
+        dir
+    }
+
+    #[test]
+    fn money_fields_must_be_integers_that_fit_i64() {
+        let problems = |text: &str| money_problems(&serde_json::from_str(text).unwrap());
+        assert!(problems(
+            r#"{"type":"sale","bid_micros":-9223372036854775808,"seller_price_micros":9223372036854775807,"margin_micros":0}"#
+        )
+        .is_empty());
+        // Absent is not malformed; other fields are not money.
+        assert!(problems(r#"{"type":"auction","took_us":1.5,"x":[0.5,1.5]}"#).is_empty());
+        assert_eq!(
+            problems(
+                r#"{"bid_micros":1e22,"seller_price_micros":20000000.5,"margin_micros":"3","price_micros":null,"refund_micros":9223372036854775808}"#
+            ),
+            [
+                "bid_micros is 1e+22",
+                "margin_micros is \"3\"",
+                "price_micros is null",
+                "refund_micros is 9223372036854775808",
+                "seller_price_micros is 20000000.5"
+            ]
+        );
+        // Nested lines count, a quote's lead fields (named by the configuration) do not.
+        assert_eq!(
+            problems(
+                r#"{"buyers":[{"bid_micros":1},{"bid_micros":[1]}],"hold":{"price_micros":true},"lead":{"income_micros":"high"}}"#
+            ),
+            ["buyers[1].bid_micros is [1]", "hold.price_micros is true"]
+        );
+        // A long value is cut, many fields are counted.
+        let many: Vec<String> = (0..8).map(|i| format!(r#""f{i}_micros":0.5"#)).collect();
+        let p = problems(&format!("{{{}}}", many.join(",")));
+        assert_eq!(p.len(), MONEY_PROBLEMS_NAMED_MAX + 1);
+        assert_eq!(p.last().map(String::as_str), Some("3 more"));
+        let long = problems(&format!(r#"{{"bid_micros":"{}"}}"#, "9".repeat(100)));
+        assert_eq!(long[0].chars().count(), "bid_micros is ".len() + 40);
+    }
+
+    /// Black-box round 41: a sale whose `bid_micros` is `1e22`, `20000000.5` or
+    /// `"20000000"` was read as 0: the report dropped its money with exit 0. `report`,
+    /// `export` and `replay` refuse the ledger, naming the record's seq, type and field;
+    /// `export` writes nothing first.
+    #[test]
+    fn report_export_and_replay_refuse_a_malformed_money_field() {
+        use std::collections::HashMap;
+        let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":20000000}],"winner":"b","bid_micros":20000000,"seller_price_micros":16000000,"took_us":5}"#;
+        let sale = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":20000000,"seller_price_micros":16000000,"margin_micros":4000000,"attempt":0}"#;
+        // The same ledger, well formed, is read.
+        let dir = ledger(&[auction, sale]);
+        assert!(report::build(dir.path(), DateRange::default(), &HashMap::new()).is_ok());
+        for (bad, shown) in [
+            ("1e22", "1e+22"),
+            ("20000000.5", "20000000.5"),
+            (r#""20000000""#, r#""20000000""#),
+        ] {
+            let forged = sale.replace(
+                r#""bid_micros":20000000"#,
+                &format!(r#""bid_micros":{bad}"#),
+            );
+            let dir = ledger(&[auction, &forged]);
+            let named = format!("seg-00000001.jsonl seq 2: sale record: bid_micros is {shown}");
+            let e = report::build(dir.path(), DateRange::default(), &HashMap::new()).unwrap_err();
+            assert!(e.contains(&named), "{e}");
+            assert!(e.contains("has a malformed money field"), "{e}");
+            let mut out = Vec::new();
+            let range = DateRange::default();
+            for (format, types) in [
+                (export::Format::Jsonl, vec![]),
+                (export::Format::Csv, vec!["auction".to_string()]),
+            ] {
+                let e = export::export(dir.path(), range, format, &types, &mut out).unwrap_err();
+                assert!(e.contains(&named), "{e}");
+                assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+            }
+            let e = replay::find(dir.path(), "au_1").unwrap_err();
+            assert!(e.contains(&named), "{e}");
+            // The reading that takes no money from the records is not stopped.
+            assert_eq!(
+                for_each_ignoring_money(dir.path(), |_| true)
+                    .unwrap()
+                    .records,
+                2
+            );
+        }
     }
 }

@@ -3,21 +3,28 @@
 //! - Per currency, revenue minus refunds (from the report's figures, grouped by buyer)
 //!   equals the sum of the non-test sales' `bid_micros`; payouts and margin likewise;
 //!   and revenue = payouts + margin.
+//! - Every record's money fields are integers that fit `i64` (a `*_micros` field that is
+//!   a float, a string or out of range is a `PROBLEM` naming the record and the field,
+//!   and the record is left out of every figure, as an unreadable line is).
 //! - Every sale: `margin_micros = bid_micros - seller_price_micros`, never negative; at
 //!   most one sale per `lead_id` and per `ping_id`; its auction record is there and
-//!   quoted the same seller price; with a configuration, the seller price is the seller's
+//!   quoted the same seller price; it is in the currency its auction ran in and its quote
+//!   (`quote_opened`) was made in; with a configuration, the seller price is the seller's
 //!   payout model applied to the winning bid (`pingpost_core::award`'s rule: the model's
 //!   price, capped at the bid). A fallback's sale (`attempt > 0`) pays the seller the price
 //!   quoted for the winner's bid.
 //! - Every refund (`refund` record): its lead has a non-test sale to the same buyer and
 //!   seller, a `returned` disposition, amounts equal to the sale's (`buyer_refund_micros`
 //!   = `bid_micros`, `seller_clawback_micros` = `seller_price_micros`,
-//!   `margin_reversed_micros` = `margin_micros`), lies within its `return_window_days` of
-//!   the sale, and is the lead's only refund. A refund with no `returned` disposition at
-//!   all is listed, not failed: the refund is written first, and a crash between the two
-//!   lines leaves it alone. Every `disposition`: its lead has a sale to
-//!   the same buyer, and no other disposition of the same outcome. The totals are net of
-//!   refunds (revenue, payouts and margin), as the report's are.
+//!   `margin_reversed_micros` = `margin_micros`), comes after the sale in the ledger and
+//!   lies within its `return_window_days` of it by the exchange's own rule
+//!   ([`crate::dispositions::inside_return_window`]: a sale dated after its refund, a
+//!   clock stepped back, counts as 0 ms before it), and is the lead's only refund. A
+//!   refund with no `returned` disposition at all is listed, not failed: the refund is
+//!   written first, and a crash between the two lines leaves it alone. Every
+//!   `disposition`: its lead has a sale to the same buyer, and no other disposition of
+//!   the same outcome. The totals are net of refunds (revenue, payouts and margin), as
+//!   the report's are. Every sum is an exact `i128`.
 //! - The payout re-check (with a configuration) uses the configuration given, i.e.
 //!   today's rules. Records carry the `generation` that decided them, and a generation
 //!   changes on every reload (and starts again at a restart), so the re-check knows which
@@ -52,8 +59,8 @@ pub const SHOWN_MAX: usize = 200;
 pub struct Reconciliation {
     pub sales: u64,
     pub test_sales: u64,
-    /// Per currency: (sales, revenue, payouts, margin) of non-test sales.
-    pub totals: BTreeMap<String, (u64, i64, i64, i64)>,
+    /// Per currency: (sales, revenue, payouts, margin) of non-test sales (exact sums).
+    pub totals: BTreeMap<String, (u64, i128, i128, i128)>,
     /// Each mismatch: where (segment, seq) and what, with the record's ids.
     pub mismatches: Vec<String>,
     /// Deliveries with no outcome ("delivered, outcome unknown").
@@ -65,7 +72,7 @@ pub struct Reconciliation {
     pub return_line_missing: Vec<String>,
     /// Per currency: (refunds, Σ `buyer_refund_micros`) of the refund records (the
     /// totals above are net of them).
-    pub refunds: BTreeMap<String, (u64, i64)>,
+    pub refunds: BTreeMap<String, (u64, i128)>,
     /// Disposition records read.
     pub dispositions: u64,
     /// Whether payouts were checked against a configuration.
@@ -122,10 +129,9 @@ struct Refund {
     reversed: i64,
     at_ms: i64,
     window_days: i64,
+    /// Position in the ledger (0-based, records read).
+    ordinal: usize,
 }
-
-/// One day in milliseconds.
-const DAY_MS: i64 = 86_400_000;
 
 fn at_ms(e: &Entry) -> i64 {
     chrono::DateTime::parse_from_rfc3339(e.str("at")).map_or(0, |t| t.timestamp_millis())
@@ -134,6 +140,8 @@ fn at_ms(e: &Entry) -> i64 {
 struct Auction {
     winner_bid: Option<i64>,
     seller_price: Option<i64>,
+    /// The currency it ran in (empty in a record written before auctions carried one).
+    currency: String,
     /// Position in the ledger (0-based, records read) and `generation`.
     ordinal: usize,
     generation: u64,
@@ -168,6 +176,8 @@ pub fn reconcile_upto(
     let mut dispositions: Vec<(String, String, String, String)> = Vec::new();
     // lead_id -> the sale's `at` (ms).
     let mut sold_at: HashMap<String, i64> = HashMap::new();
+    // auction_id -> (currency, place) of its quote (`quote_opened`).
+    let mut quoted_in: HashMap<String, (String, String)> = HashMap::new();
     // The ledger's runs of one generation: a new run begins where the generation
     // changes (a reload, or a restart: generations start again at 1) or after a `flush`
     // (a shutdown; a restart follows).
@@ -215,6 +225,7 @@ pub fn reconcile_upto(
                 reversed: e.i64("margin_reversed_micros").unwrap_or(0),
                 at_ms: at_ms(&e),
                 window_days: e.i64("return_window_days").unwrap_or(0),
+                ordinal: here,
             }),
             "disposition" => dispositions.push((
                 e.place(),
@@ -228,10 +239,16 @@ pub fn reconcile_upto(
                     Auction {
                         winner_bid: e.i64("bid_micros"),
                         seller_price: e.i64("seller_price_micros"),
+                        currency: e.str("currency").to_string(),
                         ordinal: here,
                         generation,
                     },
                 );
+            }
+            "quote_opened" => {
+                quoted_in
+                    .entry(e.str("auction_id").to_string())
+                    .or_insert_with(|| (e.str("currency").to_string(), e.place()));
             }
             "sale" => {
                 sold_at.insert(e.str("lead_id").to_string(), at_ms(&e));
@@ -307,12 +324,12 @@ pub fn reconcile_upto(
         } else {
             let t = out.totals.entry(s.currency.clone()).or_default();
             t.0 += 1;
-            t.1 = t.1.saturating_add(s.bid);
-            t.2 = t.2.saturating_add(s.price);
-            t.3 = t.3.saturating_add(s.margin);
+            t.1 += i128::from(s.bid);
+            t.2 += i128::from(s.price);
+            t.3 += i128::from(s.margin);
         }
         out.sales += 1;
-        if s.bid.checked_sub(s.price) != Some(s.margin) {
+        if i128::from(s.bid) - i128::from(s.price) != i128::from(s.margin) {
             m.push(format!(
                 "{}: margin_micros {} is not bid_micros {} - seller_price_micros {} ({})",
                 s.place, s.margin, s.bid, s.price, s.ids
@@ -356,6 +373,28 @@ pub fn reconcile_upto(
                     ));
                 }
             }
+        }
+        // The sale is recorded in the currency it was quoted in (its auction's, its
+        // quote's), whatever a reload made the vertical's since: another one counts the
+        // money in the wrong currency (black-box round 41).
+        let mut other_currency: Vec<String> = Vec::new();
+        if let Some(a) = auction.filter(|a| !a.currency.is_empty() && a.currency != s.currency) {
+            other_currency.push(format!("its auction ran in {}", a.currency));
+        }
+        if let Some((c, at)) = quoted_in
+            .get(&s.auction)
+            .filter(|(c, _)| !c.is_empty() && *c != s.currency)
+        {
+            other_currency.push(format!("its quote (quote_opened at {at}) was in {c}"));
+        }
+        if !other_currency.is_empty() {
+            m.push(format!(
+                "{}: the sale is in currency {} but {} ({})",
+                s.place,
+                s.currency,
+                other_currency.join(" and "),
+                s.ids
+            ));
         }
         if let Some(cfg) = cfg {
             // The payout was decided by the auction (a quote's post may come after a
@@ -561,24 +600,33 @@ pub fn reconcile_upto(
                 r.place, r.refund, r.clawback, r.reversed, s.bid, s.price, s.margin, r.ids
             ));
         }
+        // The ledger's order says the refund followed the sale; its time is then checked
+        // by the exchange's own rule, so a clock stepped back between the two (the sale
+        // dated after its refund) does not fail a refund the exchange made (black-box
+        // round 41).
+        if r.ordinal < s.ordinal {
+            m.push(format!(
+                "{}: a refund written before its sale (at {}) ({})",
+                r.place, s.place, r.ids
+            ));
+        }
         let sold = sold_at.get(r.lead.as_str()).copied().unwrap_or(0);
-        let late = r.at_ms.saturating_sub(sold) > r.window_days.saturating_mul(DAY_MS);
-        if r.window_days <= 0 || late || r.at_ms < sold {
+        if !crate::dispositions::inside_return_window(sold, r.window_days, r.at_ms) {
             m.push(format!(
                 "{}: refunded {} ms after the sale, outside its return window of {} day(s) ({})",
                 r.place,
-                r.at_ms.saturating_sub(sold),
+                i128::from(r.at_ms) - i128::from(sold),
                 r.window_days,
                 r.ids
             ));
         }
         let t = out.totals.entry(r.currency.clone()).or_default();
-        t.1 = t.1.saturating_sub(r.refund);
-        t.2 = t.2.saturating_sub(r.clawback);
-        t.3 = t.3.saturating_sub(r.reversed);
+        t.1 -= i128::from(r.refund);
+        t.2 -= i128::from(r.clawback);
+        t.3 -= i128::from(r.reversed);
         let f = out.refunds.entry(r.currency.clone()).or_default();
         f.0 += 1;
-        f.1 = f.1.saturating_add(r.refund);
+        f.1 += i128::from(r.refund);
     }
     // The report's figures (grouped by buyer) against the sales themselves.
     let reports = report::build_unverified(dir, DateRange::default(), &HashMap::new(), upto)?;
@@ -607,7 +655,7 @@ pub fn reconcile_upto(
         }
     }
     for (cur, (_, rev, pay, mar)) in &out.totals {
-        if pay.checked_add(*mar) != Some(*rev) {
+        if pay + mar != *rev {
             out.mismatches.push(format!(
                 "{cur}: revenue {rev} is not payouts {pay} + margin {mar}"
             ));
@@ -634,7 +682,7 @@ impl Reconciliation {
     /// was never heard), counted against the buyers' caps at the next start, and settled
     /// with the buyers by finance.
     pub fn failed(&self) -> bool {
-        !self.mismatches.is_empty()
+        !self.mismatches.is_empty() || !self.stats.malformed_money.is_empty()
     }
 
     /// Were records skipped (a newer format version, or a type this pingpost does not
@@ -664,7 +712,7 @@ impl Reconciliation {
             let _ = writeln!(
                 out,
                 "  {cur}: {n} sale(s), revenue {} - refunds {} = sales {}; payouts {}, margin {}{}",
-                money(rev.saturating_add(refunded)),
+                money(rev + refunded),
                 money(refunded),
                 money(*rev),
                 money(*pay),
@@ -714,6 +762,7 @@ impl Reconciliation {
             &[]
         };
         for (title, list) in [
+            ("PROBLEM", &self.stats.malformed_money[..]),
             ("MISMATCH", &self.mismatches[..]),
             ("OUTCOME UNKNOWN", unknown_listed),
             ("DISPOSITION LINE MISSING", &self.return_line_missing[..]),
@@ -749,8 +798,15 @@ impl Reconciliation {
             );
         }
         let unreadable = self.stats.unreadable.len();
+        let malformed = self.stats.malformed_money.len();
         if self.failed() {
             let mut cause = String::new();
+            if malformed > 0 && !self.mismatches.is_empty() {
+                let _ = write!(
+                    cause,
+                    "; some may come from the {malformed} record(s) with a malformed money field, left out (above)"
+                );
+            }
             if skipped_n > 0 {
                 let _ = write!(
                     cause,
@@ -771,9 +827,14 @@ impl Reconciliation {
             } else {
                 "deliveries with no outcome not listed (the ledger does not verify)".to_string()
             };
+            let problems = if malformed > 0 {
+                format!("{malformed} record(s) with a malformed money field (PROBLEM), ")
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "RECONCILIATION FAILED: {} mismatch(es), {unknown}{cause}",
+                "RECONCILIATION FAILED: {problems}{} mismatch(es), {unknown}{cause}",
                 self.mismatches.len(),
             );
         } else if self.incomplete() {
@@ -1008,6 +1069,264 @@ mod tests {
         assert!(
             notes.contains("1 record(s) of type \"model_swapped\" ignored"),
             "{notes}"
+        );
+    }
+
+    /// An auction (with its currency) and its sale, of `lead` (`au_<lead>`, `pg_<lead>`),
+    /// sold to `b` at `bid` with the seller paid `price`, `sold_at` the sale's `at`.
+    fn sold(lead: &str, currency: &str, bid: i64, price: i64, sold_at: &str) -> [String; 2] {
+        let margin = i128::from(bid) - i128::from(price);
+        [
+            format!(
+                r#"{{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_{lead}","ping_id":"pg_{lead}","seller":"s","vertical":"v","currency":"{currency}","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"b","outcome":"bid","bid_micros":{bid}}}],"winner":"b","bid_micros":{bid},"seller_price_micros":{price},"took_us":5}}"#
+            ),
+            format!(
+                r#"{{"type":"sale","v":5,"generation":1,"at":"{sold_at}","lead_id":"ld_{lead}","ping_id":"pg_{lead}","auction_id":"au_{lead}","seller":"s","buyer":"b","vertical":"v","currency":"{currency}","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{margin},"attempt":0}}"#
+            ),
+        ]
+    }
+
+    /// The `returned` disposition and `refund` of a sale made by [`sold`], at `at`.
+    fn refunded(lead: &str, bid: i64, price: i64, at: &str) -> [String; 2] {
+        [
+            format!(
+                r#"{{"type":"refund","v":5,"generation":1,"at":"{at}","lead_id":"ld_{lead}","auction_id":"au_{lead}","buyer":"b","seller":"s","vertical":"v","currency":"USD","buyer_refund_micros":{bid},"seller_clawback_micros":{price},"margin_reversed_micros":{},"sold_at_ms":0,"return_window_days":7}}"#,
+                bid - price
+            ),
+            format!(
+                r#"{{"type":"disposition","v":5,"generation":1,"at":"{at}","lead_id":"ld_{lead}","auction_id":"au_{lead}","buyer":"b","seller":"s","vertical":"v","outcome":"returned","test":false}}"#
+            ),
+        ]
+    }
+
+    fn ledger_of(records: &[String]) -> tempfile::TempDir {
+        let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+        ledger(&refs)
+    }
+
+    /// Black-box round 41: two sales whose revenue passes `i64::MAX` (no field does) made
+    /// the report saturate at `i64::MAX`, and verify then called the untouched ledger a
+    /// MISMATCH (revenue is not payouts + margin). Every sum is exact now.
+    #[test]
+    fn sums_past_i64_max_are_exact_and_an_untouched_ledger_reconciles() {
+        let big = 5_000_000_000_000_000_000i64;
+        let mut records = Vec::new();
+        records.extend(sold(
+            "1",
+            "USD",
+            big,
+            big - 1_000_000,
+            "2026-11-29T10:00:01.000Z",
+        ));
+        records.extend(sold(
+            "2",
+            "USD",
+            big,
+            big - 2_000_000,
+            "2026-11-29T10:00:02.000Z",
+        ));
+        // A sale at i64::MAX, refunded: the refunds' sum and the net figures stay exact.
+        records.extend(sold(
+            "3",
+            "USD",
+            i64::MAX,
+            i64::MAX - 3,
+            "2026-11-29T10:00:03.000Z",
+        ));
+        records.extend(refunded(
+            "3",
+            i64::MAX,
+            i64::MAX - 3,
+            "2026-11-29T11:00:00.000Z",
+        ));
+        let dir = ledger_of(&records);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(!r.failed(), "{}", r.render());
+        let revenue = 2 * i128::from(big);
+        assert_eq!(
+            r.totals["USD"],
+            (3, revenue, revenue - 3_000_000, 3_000_000),
+            "{}",
+            r.render()
+        );
+        assert_eq!(r.refunds["USD"], (1, i128::from(i64::MAX)));
+        let text = r.render();
+        assert!(
+            text.contains("USD: 3 sale(s), revenue 19223372036854.775807 - refunds 9223372036854.775807 = sales 10000000000000.00; payouts 9999999999997.00, margin 3.00"),
+            "{text}"
+        );
+        assert!(text.contains("OK: the money reconciles"), "{text}");
+    }
+
+    /// Black-box round 41: a money field that is not an integer fitting `i64` was read as
+    /// 0 (a sale of `1e22` dropped out of the money, and verify's message quoted 0). It is
+    /// a PROBLEM naming the record's seq, type and field, and verify fails.
+    #[test]
+    fn a_malformed_money_field_is_a_problem_naming_the_record_and_the_field() {
+        for (bad, shown) in [
+            ("1e22", "1e+22"),
+            ("10000000000000000000000", "1e+22"),
+            ("20000000.5", "20000000.5"),
+            (r#""20000000""#, r#""20000000""#),
+            ("9223372036854775808", "9223372036854775808"),
+            ("null", "null"),
+        ] {
+            let [auction, sale] = sold(
+                "1",
+                "USD",
+                20_000_000,
+                16_000_000,
+                "2026-11-29T10:00:01.000Z",
+            );
+            let sale = sale.replace(
+                r#""bid_micros":20000000"#,
+                &format!(r#""bid_micros":{bad}"#),
+            );
+            let dir = ledger_of(&[auction, sale]);
+            let r = reconcile(dir.path(), None).unwrap();
+            let text = r.render();
+            assert!(r.failed(), "{bad}: {text}");
+            assert!(
+                text.contains(&format!("PROBLEM: seg-00000001.jsonl seq 2: sale record: bid_micros is {shown}: a money field must be a whole number of micros")),
+                "{bad}: {text}"
+            );
+            assert!(
+                text.contains("RECONCILIATION FAILED: 1 record(s) with a malformed money field (PROBLEM), 0 mismatch(es)"),
+                "{bad}: {text}"
+            );
+            // Left out of the money, never counted as 0.
+            assert!(!text.contains("bid_micros 0"), "{bad}: {text}");
+            assert!(r.totals.is_empty(), "{bad}: {text}");
+        }
+        // In a refund and in an auction's buyer line too; a missing optional field (an
+        // auction without a winner has no bid_micros) is no problem.
+        let [auction, sale] = sold(
+            "1",
+            "USD",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T10:00:01.000Z",
+        );
+        let [refund, returned] = refunded("1", 20_000_000, 16_000_000, "2026-11-29T11:00:00.000Z");
+        let refund = refund.replace(
+            r#""seller_clawback_micros":16000000"#,
+            r#""seller_clawback_micros":1.6e7"#,
+        );
+        let unsold = AUCTION
+            .replace("au_1", "au_9")
+            .replace(r#""bid_micros":10000000}]"#, r#""bid_micros":"10"}]"#)
+            .replace(
+                r#","winner":"b","bid_micros":10000000,"seller_price_micros":8000000"#,
+                "",
+            );
+        let dir = ledger_of(&[auction, sale, refund, returned, unsold]);
+        let r = reconcile(dir.path(), None).unwrap();
+        let text = r.render();
+        assert!(text.contains("PROBLEM: seg-00000001.jsonl seq 3: refund record: seller_clawback_micros is 16000000.0"), "{text}");
+        assert!(
+            text.contains(
+                r#"PROBLEM: seg-00000001.jsonl seq 5: auction record: buyers[0].bid_micros is "10""#
+            ),
+            "{text}"
+        );
+        assert_eq!(r.stats.malformed_money.len(), 2, "{text}");
+    }
+
+    /// Black-box round 41: a sale in another currency than its auction ran in and its
+    /// quote was made in reconciled, its money counted in the wrong currency.
+    #[test]
+    fn a_sale_in_another_currency_than_its_auction_and_quote_is_a_mismatch() {
+        let [auction, sale] = sold(
+            "1",
+            "USD",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T10:00:01.000Z",
+        );
+        let quote = r#"{"type":"quote_opened","v":5,"generation":1,"at":"2026-11-29T10:00:00.500Z","ping_id":"pg_1","auction_id":"au_1","seller":"s","vertical":"v","test":false,"price_micros":16000000,"currency":"USD","expires_at_ms":1,"auctioned_at_ms":0,"lead":{"state":"TX","income_micros":"high"},"ranked":[]}"#.to_string();
+        let dir = ledger_of(&[auction.clone(), quote.clone(), sale.clone()]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(!r.failed(), "{}", r.render());
+        let eur = sale.replace(r#""currency":"USD""#, r#""currency":"EUR""#);
+        let dir = ledger_of(&[auction.clone(), quote, eur.clone()]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert_eq!(r.mismatches.len(), 1, "{}", r.render());
+        assert!(
+            r.mismatches[0].contains("seg-00000001.jsonl seq 3: the sale is in currency EUR but its auction ran in USD and its quote (quote_opened at seg-00000001.jsonl seq 2) was in USD (lead_id ld_1"),
+            "{}",
+            r.render()
+        );
+        // An auction written before auctions carried their currency, and no quote:
+        // nothing to compare with.
+        let old = auction.replace(r#""currency":"USD","#, "");
+        let dir = ledger_of(&[old, eur]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(!r.failed(), "{}", r.render());
+    }
+
+    /// Black-box round 41: the exchange refunded a return whose sale was dated after it
+    /// (the clock was stepped back) and verify failed the refund, "refunded -3595210 ms
+    /// after the sale". The ledger's order proves the sale came first: the time since it
+    /// is clamped at 0, as the live rule does. A refund before its sale in the ledger is a
+    /// mismatch.
+    #[test]
+    fn a_refund_dated_before_its_sale_is_inside_the_window_if_the_sale_comes_first() {
+        let mut records = Vec::new();
+        records.extend(sold(
+            "1",
+            "USD",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T11:00:00.000Z",
+        ));
+        records.extend(refunded(
+            "1",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T10:00:04.790Z",
+        ));
+        let dir = ledger_of(&records);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(!r.failed(), "{}", r.render());
+        assert_eq!(r.refunds["USD"], (1, 20_000_000));
+        // Past the window it still fails, and a refund written before its sale fails.
+        let mut records = Vec::new();
+        records.extend(sold(
+            "1",
+            "USD",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T11:00:00.000Z",
+        ));
+        records.extend(refunded(
+            "1",
+            20_000_000,
+            16_000_000,
+            "2026-12-06T11:00:00.001Z",
+        ));
+        let dir = ledger_of(&records);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(
+            r.mismatches.iter().any(|m| m.contains(
+                "refunded 604800001 ms after the sale, outside its return window of 7 day(s)"
+            )),
+            "{}",
+            r.render()
+        );
+        let [auction, sale] = sold(
+            "1",
+            "USD",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T11:00:00.000Z",
+        );
+        let [refund, returned] = refunded("1", 20_000_000, 16_000_000, "2026-11-29T12:00:00.000Z");
+        let dir = ledger_of(&[auction, refund, returned, sale]);
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(
+            r.mismatches.iter().any(|m| m.contains("seg-00000001.jsonl seq 2: a refund written before its sale (at seg-00000001.jsonl seq 4)")),
+            "{}",
+            r.render()
         );
     }
 

@@ -165,7 +165,8 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
                 .map(|(_, v)| v.currency.clone())
         })
         .unwrap_or_default();
-    let m = |x: i64| format!("{} {currency}", money(x)).trim_end().to_string();
+    let amount = |x: i128| format!("{} {currency}", money(x)).trim_end().to_string();
+    let m = |x: i64| amount(i128::from(x));
     let _ = writeln!(
         out,
         "auction {} (ping {}), {} at {}, in {}: seller {seller_id}, vertical {vertical_id}{}{}, generation {generation}",
@@ -193,7 +194,8 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
                 "recorded award: {winner} with a bid of {}; the seller was quoted {} (margin {}); reserve {}",
                 m(b),
                 m(p),
-                m(b - p),
+                // Exact: a bid and a seller price far apart do not fit an `i64` difference.
+                amount(i128::from(b) - i128::from(p)),
                 m(reserve)
             );
         }

@@ -62,7 +62,9 @@ impl By {
     }
 }
 
-/// One row: the figures of one key in one currency.
+/// One row: the figures of one key in one currency. Money sums are exact `i128` (each
+/// field added is an `i64`; a sum passes `i64::MAX` on a large enough ledger) and are
+/// written exactly: JSON and CSV as integers, the table and HTML as decimals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Row {
     pub key: String,
@@ -71,11 +73,11 @@ pub struct Row {
     pub bids: u64,
     pub quotes: u64,
     pub sales: u64,
-    pub revenue_micros: i64,
-    pub payouts_micros: i64,
-    pub margin_micros: i64,
+    pub revenue_micros: i128,
+    pub payouts_micros: i128,
+    pub margin_micros: i128,
     pub returns: u64,
-    pub refunds_micros: i64,
+    pub refunds_micros: i128,
 }
 
 impl Row {
@@ -84,11 +86,11 @@ impl Row {
         self.bids += o.bids;
         self.quotes += o.quotes;
         self.sales += o.sales;
-        self.revenue_micros = self.revenue_micros.saturating_add(o.revenue);
-        self.payouts_micros = self.payouts_micros.saturating_add(o.payouts);
-        self.margin_micros = self.margin_micros.saturating_add(o.margin);
+        self.revenue_micros += o.revenue;
+        self.payouts_micros += o.payouts;
+        self.margin_micros += o.margin;
         self.returns += o.returns;
-        self.refunds_micros = self.refunds_micros.saturating_add(o.refunds);
+        self.refunds_micros += o.refunds;
     }
 }
 
@@ -99,11 +101,11 @@ struct Figures {
     bids: u64,
     quotes: u64,
     sales: u64,
-    revenue: i64,
-    payouts: i64,
-    margin: i64,
+    revenue: i128,
+    payouts: i128,
+    margin: i128,
     returns: u64,
-    refunds: i64,
+    refunds: i128,
 }
 
 /// Test leads left out.
@@ -262,10 +264,12 @@ impl Acc {
                 // The currency recorded on the sale, never the vertical's (a reload may
                 // have changed it): money of different currencies is never added.
                 let currency = e.str("currency").to_string();
+                // Each field is an integer or absent: a malformed one stopped the reading
+                // (`super::MoneyFields`).
                 let (bid, price, margin) = (
-                    e.i64("bid_micros").unwrap_or(0),
-                    e.i64("seller_price_micros").unwrap_or(0),
-                    e.i64("margin_micros").unwrap_or(0),
+                    i128::from(e.i64("bid_micros").unwrap_or(0)),
+                    i128::from(e.i64("seller_price_micros").unwrap_or(0)),
+                    i128::from(e.i64("margin_micros").unwrap_or(0)),
                 );
                 for (by, key) in [
                     (By::Day, day.as_str()),
@@ -275,18 +279,18 @@ impl Acc {
                 ] {
                     let c = self.cell(by, key, &vertical, Some(&currency));
                     c.sales += 1;
-                    c.revenue = c.revenue.saturating_add(bid);
-                    c.payouts = c.payouts.saturating_add(price);
-                    c.margin = c.margin.saturating_add(margin);
+                    c.revenue += bid;
+                    c.payouts += price;
+                    c.margin += margin;
                 }
             }
             "refund" => {
                 let vertical = e.str("vertical").to_string();
                 let currency = e.str("currency").to_string();
                 let (refund, clawback, reversed) = (
-                    e.i64("buyer_refund_micros").unwrap_or(0),
-                    e.i64("seller_clawback_micros").unwrap_or(0),
-                    e.i64("margin_reversed_micros").unwrap_or(0),
+                    i128::from(e.i64("buyer_refund_micros").unwrap_or(0)),
+                    i128::from(e.i64("seller_clawback_micros").unwrap_or(0)),
+                    i128::from(e.i64("margin_reversed_micros").unwrap_or(0)),
                 );
                 for (by, key) in [
                     (By::Day, day.as_str()),
@@ -296,10 +300,10 @@ impl Acc {
                 ] {
                     let c = self.cell(by, key, &vertical, Some(&currency));
                     c.returns += 1;
-                    c.refunds = c.refunds.saturating_add(refund);
-                    c.revenue = c.revenue.saturating_sub(refund);
-                    c.payouts = c.payouts.saturating_sub(clawback);
-                    c.margin = c.margin.saturating_sub(reversed);
+                    c.refunds += refund;
+                    c.revenue -= refund;
+                    c.payouts -= clawback;
+                    c.margin -= reversed;
                 }
             }
             "quote_reserved" => self.quotes.push((
@@ -459,7 +463,7 @@ const COLUMNS: [&str; 11] = [
 ];
 
 fn cells(r: &Row, micros_as_units: bool) -> Vec<String> {
-    let m = |v: i64| {
+    let m = |v: i128| {
         if micros_as_units {
             money(v)
         } else {
@@ -641,6 +645,93 @@ mod currency_tests {
         )
     }
 
+    /// Black-box round 41: a revenue past `i64::MAX` (9.4e18 micros, no field near it)
+    /// was saturated at `i64::MAX` in every row, breaking revenue = payouts + margin, with
+    /// exit 0; with a sale at `i64::MAX` the by-buyer total wrapped negative. Sums are
+    /// exact `i128` in every grouping and format.
+    #[test]
+    fn sums_past_i64_max_are_exact_in_every_grouping_and_format() {
+        let big = 5_000_000_000_000_000_000i64;
+        let dir = ledger(&[
+            auction(1, "2026-11-29"),
+            sale(1, "2026-11-29", "USD", big, big - 1_000_000),
+            auction(2, "2026-11-30"),
+            sale(2, "2026-11-30", "USD", big, big - 2_000_000),
+        ]);
+        let reports = build(dir.path(), DateRange::default(), &HashMap::new()).unwrap();
+        for by in By::ALL {
+            let r = &reports.by[&by];
+            let t = &r.totals[0];
+            assert_eq!(
+                (t.sales, t.revenue_micros, t.payouts_micros, t.margin_micros),
+                (
+                    2,
+                    10_000_000_000_000_000_000,
+                    9_999_999_999_997_000_000,
+                    3_000_000
+                ),
+                "by {}: {}",
+                by.as_str(),
+                r.table()
+            );
+            for row in r.rows.iter().chain(&r.totals) {
+                assert_eq!(row.revenue_micros, row.payouts_micros + row.margin_micros);
+            }
+            let json = r.json();
+            assert!(
+                json.contains(r#""revenue_micros": 10000000000000000000,"#)
+                    && json.contains(r#""payouts_micros": 9999999999997000000,"#),
+                "{json}"
+            );
+            let csv = r.csv();
+            assert!(
+                csv.contains("\ntotal,USD,")
+                    && csv.contains(",2,10000000000000000000,9999999999997000000,3000000,0,0\n"),
+                "{csv}"
+            );
+            let table = r.table();
+            let total: Vec<&str> = table
+                .lines()
+                .find(|l| l.starts_with("total"))
+                .map(|l| l.split_whitespace().collect())
+                .unwrap_or_default();
+            assert_eq!(
+                total.get(6..9),
+                Some(&["10000000000000.00", "9999999999997.00", "3.00"][..]),
+                "{table}"
+            );
+        }
+        let page = html(&reports, dir.path());
+        assert!(
+            page.contains(
+                r#"id="total-revenue-USD" data-value="10000000000000000000">10000000000000.00<"#
+            ),
+            "{page}"
+        );
+
+        // A sale at i64::MAX and another to the same buyer: the buyer's row and the total
+        // are exact and positive.
+        let dir = ledger(&[
+            auction(1, "2026-11-29"),
+            sale(1, "2026-11-29", "USD", i64::MAX, i64::MAX - 1),
+            auction(2, "2026-11-30"),
+            sale(2, "2026-11-30", "USD", 15_000_000, 12_000_000),
+        ]);
+        let reports = build(dir.path(), DateRange::default(), &HashMap::new()).unwrap();
+        let by_buyer = &reports.by[&By::Buyer];
+        let expected = i128::from(i64::MAX) + 15_000_000;
+        assert_eq!(by_buyer.rows[0].revenue_micros, expected);
+        assert_eq!(by_buyer.totals[0].revenue_micros, expected);
+        assert_eq!(by_buyer.totals[0].margin_micros, 3_000_001);
+        assert!(
+            by_buyer.table().contains("9223372036869.775807"),
+            "{}",
+            by_buyer.table()
+        );
+        let by_day = &reports.by[&By::Day];
+        assert_eq!(by_day.totals[0].revenue_micros, expected);
+    }
+
     /// A vertical whose currency a reload changed from USD to JPY: its USD sale and its
     /// JPY sale are never added, in any grouping or format.
     #[test]
@@ -655,7 +746,7 @@ mod currency_tests {
         let reports = build(dir.path(), DateRange::default(), &usd_only).unwrap();
         for by in By::ALL {
             let r = &reports.by[&by];
-            let totals: Vec<(&str, u64, i64, i64, i64)> = r
+            let totals: Vec<(&str, u64, i128, i128, i128)> = r
                 .totals
                 .iter()
                 .map(|t| {

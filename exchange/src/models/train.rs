@@ -110,7 +110,7 @@ pub fn read_examples(
     let mut sold_auction: HashMap<String, String> = HashMap::new();
     let mut returned: HashSet<String> = HashSet::new();
     let mut kept: HashSet<String> = HashSet::new();
-    crate::finance::for_each(dir, |e| {
+    crate::finance::for_each_ignoring_money(dir, |e| {
         let v = &e.value;
         match e.kind.as_str() {
             "auction" => {
