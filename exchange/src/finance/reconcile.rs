@@ -682,7 +682,9 @@ impl Reconciliation {
     /// was never heard), counted against the buyers' caps at the next start, and settled
     /// with the buyers by finance.
     pub fn failed(&self) -> bool {
-        !self.mismatches.is_empty() || !self.stats.malformed_money.is_empty()
+        !self.mismatches.is_empty()
+            || !self.stats.malformed_money.is_empty()
+            || !self.stats.malformed_lines.is_empty()
     }
 
     /// Were records skipped (a newer format version, or a type this pingpost does not
@@ -762,6 +764,7 @@ impl Reconciliation {
             &[]
         };
         for (title, list) in [
+            ("PROBLEM", &self.stats.malformed_lines[..]),
             ("PROBLEM", &self.stats.malformed_money[..]),
             ("MISMATCH", &self.mismatches[..]),
             ("OUTCOME UNKNOWN", unknown_listed),
@@ -813,10 +816,11 @@ impl Reconciliation {
                     "; some may come from the {skipped_n} record(s) skipped (above)"
                 );
             }
-            if unreadable > 0 {
+            let lines = self.stats.malformed_lines.len() + unreadable;
+            if lines > 0 {
                 let _ = write!(
                     cause,
-                    "; some may come from the {unreadable} line(s) that could not be read (above)"
+                    "; some may come from the {lines} line(s) that could not be read (above)"
                 );
             }
             let unknown = if ledger_verifies {
@@ -827,11 +831,20 @@ impl Reconciliation {
             } else {
                 "deliveries with no outcome not listed (the ledger does not verify)".to_string()
             };
-            let problems = if malformed > 0 {
-                format!("{malformed} record(s) with a malformed money field (PROBLEM), ")
-            } else {
-                String::new()
-            };
+            let mut problems = String::new();
+            let lines = self.stats.malformed_lines.len();
+            if lines > 0 {
+                let _ = write!(
+                    problems,
+                    "{lines} line(s) that are not readable records (PROBLEM), "
+                );
+            }
+            if malformed > 0 {
+                let _ = write!(
+                    problems,
+                    "{malformed} record(s) with a malformed money field (PROBLEM), "
+                );
+            }
             let _ = writeln!(
                 out,
                 "RECONCILIATION FAILED: {problems}{} mismatch(es), {unknown}{cause}",
@@ -1034,8 +1047,14 @@ mod tests {
         let r = reconcile(dir.path(), None).unwrap();
         let text = r.render_with(false);
         assert!(!text.contains("OUTCOME UNKNOWN: "), "{text}");
+        // A whole line that is not a record is a problem in its own right (black-box
+        // round 43), named with why.
         assert!(
-            text.contains("NOT OK: the ledger does not verify (above); read line by line, 1 line(s) could not be read"),
+            text.contains("PROBLEM: seg-00000001.jsonl:3: not a readable record: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("RECONCILIATION FAILED: 1 line(s) that are not readable records (PROBLEM), 0 mismatch(es), deliveries with no outcome not listed (the ledger does not verify)"),
             "{text}"
         );
         assert!(!text.contains("its money reconciles"), "{text}");
@@ -1230,6 +1249,62 @@ mod tests {
             "{text}"
         );
         assert_eq!(r.stats.malformed_money.len(), 2, "{text}");
+    }
+
+    /// Black-box round 43: a sale's line made unparseable by one field (`1e400`, past a
+    /// double), its chain recomputed, was skipped as "not readable" and verify passed.
+    /// Such a whole line is a `PROBLEM` and fails; only a last line cut short (no
+    /// newline) is skipped.
+    #[test]
+    fn a_whole_line_that_is_not_a_readable_record_fails_verify() {
+        for (bad, why) in [
+            (r#""bid_micros":1e400"#, "number out of range"),
+            (r#""bid_micros":20000000,"x":1e999"#, "number out of range"),
+            (
+                r#""bid_micros":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"#,
+                "recursion limit",
+            ),
+        ] {
+            let [auction, sale] = sold(
+                "1",
+                "USD",
+                20_000_000,
+                16_000_000,
+                "2026-11-29T10:00:01.000Z",
+            );
+            let sale = sale.replace(r#""bid_micros":20000000"#, bad);
+            let dir = ledger_of(&[auction, sale]);
+            let r = reconcile(dir.path(), None).unwrap();
+            let text = r.render();
+            assert!(r.failed(), "{bad}: {text}");
+            assert!(
+                text.contains("PROBLEM: seg-00000001.jsonl:2: not a readable record: ")
+                    && text.contains(why),
+                "{bad}: {text}"
+            );
+            assert!(
+                text.contains(
+                    "RECONCILIATION FAILED: 1 line(s) that are not readable records (PROBLEM)"
+                ),
+                "{bad}: {text}"
+            );
+        }
+        // A last line cut short is a torn write: skipped, not a problem.
+        let [auction, sale] = sold(
+            "1",
+            "USD",
+            20_000_000,
+            16_000_000,
+            "2026-11-29T10:00:01.000Z",
+        );
+        let dir = ledger_of(&[auction]);
+        let seg = dir.path().join(segments::segment_name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes.extend_from_slice(&sale.as_bytes()[..40]);
+        std::fs::write(&seg, bytes).unwrap();
+        let r = reconcile(dir.path(), None).unwrap();
+        assert!(r.stats.malformed_lines.is_empty(), "{}", r.render());
+        assert_eq!(r.stats.unreadable.len(), 1, "{}", r.render());
     }
 
     /// Black-box round 41: a sale in another currency than its auction ran in and its
