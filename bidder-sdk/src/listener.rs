@@ -677,6 +677,9 @@ pub struct CloseConnection;
 /// client to hold the connection.
 pub const GOAWAY_LINGER: Duration = Duration::from_millis(500);
 
+/// How often a connection sent GOAWAY looks whether its last requests are answered.
+pub const GOAWAY_RECHECK: Duration = Duration::from_millis(100);
+
 /// How long after an HTTP/2 answer asked to close its connection the GOAWAY is sent: the
 /// answer's frames go out first. h2 writes a pending GOAWAY ahead of stream frames, and
 /// each stream's answer is written from a task of its own, so a GOAWAY asked for at once
@@ -1577,9 +1580,16 @@ impl Conn {
                     let finished = activity.finished.load(Ordering::Acquire);
                     let started = activity.started.load(Ordering::Relaxed);
                     let bytes_in = activity.bytes_in.load(Ordering::Relaxed);
-                    if goaway && started == finished {
-                        tracing::debug!(listener = self.name, "closed after GOAWAY, nothing in flight");
-                        return;
+                    if goaway {
+                        if started == finished {
+                            tracing::debug!(listener = self.name, "closed after GOAWAY, nothing in flight");
+                            return;
+                        }
+                        // Requests still in flight: look again soon, so the connection
+                        // is dropped within `GOAWAY_RECHECK` of the last one's answer
+                        // (black-box round 43: a whole `tick` later, about 1 s).
+                        next_check = now + GOAWAY_RECHECK;
+                        continue;
                     }
                     if started == 0 {
                         if now >= head_deadline {
