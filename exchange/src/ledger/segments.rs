@@ -564,7 +564,9 @@ pub fn read_all(dir: &Path) -> io::Result<String> {
     }
     let mut text = String::new();
     for (_, path) in list(dir)? {
-        text.push_str(&std::fs::read_to_string(path)?);
+        let segment =
+            std::fs::read_to_string(&path).map_err(|e| crate::ledger::ctx("reading", &path, e))?;
+        text.push_str(&segment);
     }
     Ok(text)
 }
