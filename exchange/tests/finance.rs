@@ -855,11 +855,7 @@ async fn a_quote_keeps_its_currency_across_a_reload_and_currencies_are_never_add
 fn framed_ledger(records: &[&str]) -> tempfile::TempDir {
     use pingpost::ledger::segments;
     let dir = tempfile::tempdir().unwrap();
-    let mut out = Vec::new();
-    let mut prev = segments::GENESIS;
-    for (i, r) in records.iter().enumerate() {
-        prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
-    }
+    let out = segments::frame_all(records);
     std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
     dir
 }

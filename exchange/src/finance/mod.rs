@@ -631,19 +631,10 @@ mod tests {
             assert!(written.contains(&r.kind()));
         }
         // A ledger with model_decision records reads without an "unknown type" note.
-        let dir = tempfile::tempdir().unwrap();
-        let mut out = Vec::new();
-        let mut prev = segments::GENESIS;
-        for (i, r) in [
+        let dir = ledger(&[
             r#"{"type":"model_decision","v":5,"generation":7,"at":"2026-11-30T03:00:00.000Z","vertical":"v","challenger":"c","promoted":true,"reason":"r"}"#,
             r#"{"type":"flush","v":5,"generation":7,"at":"2026-11-30T03:00:01.000Z"}"#,
-        ]
-        .iter()
-        .enumerate()
-        {
-            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
-        }
-        std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
+        ]);
         let stats = for_each(dir.path(), |_| true).unwrap();
         assert_eq!(stats.records, 2);
         assert!(stats.notes().is_empty(), "{:?}", stats.notes());
@@ -669,11 +660,7 @@ mod tests {
     /// Writes `records` as a framed segment in a fresh directory.
     fn ledger(records: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = Vec::new();
-        let mut prev = segments::GENESIS;
-        for (i, r) in records.iter().enumerate() {
-            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
-        }
+        let out = segments::frame_all(records);
         std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
         dir
     }

@@ -910,11 +910,7 @@ mod tests {
     /// Writes `records` as a framed segment in a fresh directory.
     fn ledger(records: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = Vec::new();
-        let mut prev = segments::GENESIS;
-        for (i, r) in records.iter().enumerate() {
-            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
-        }
+        let out = segments::frame_all(records);
         std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
         dir
     }

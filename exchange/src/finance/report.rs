@@ -623,11 +623,7 @@ mod currency_tests {
 
     fn ledger(records: &[String]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = Vec::new();
-        let mut prev = segments::GENESIS;
-        for (i, r) in records.iter().enumerate() {
-            prev = segments::frame(&mut out, r.as_bytes(), i as u64 + 1, &prev);
-        }
+        let out = segments::frame_all(records);
         std::fs::write(dir.path().join(segments::segment_name(1)), out).unwrap();
         dir
     }

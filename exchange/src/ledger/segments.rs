@@ -110,6 +110,17 @@ pub fn frame(out: &mut Vec<u8>, record: &[u8], seq: u64, prev: &[u8; 64]) -> [u8
     sum
 }
 
+/// Frames `records` as the lines of a new ledger, seq 1 on, chained from [`GENESIS`]
+/// (tests and tools that build a ledger by hand).
+pub fn frame_all<R: AsRef<[u8]>>(records: impl IntoIterator<Item = R>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut prev = GENESIS;
+    for (i, r) in records.into_iter().enumerate() {
+        prev = frame(&mut out, r.as_ref(), i as u64 + 1, &prev);
+    }
+    out
+}
+
 /// Hex SHA-256 of `prev` then `body`.
 fn sum_of(prev: &[u8; 64], body: &[u8]) -> [u8; 64] {
     let mut h = Sha256::new();
