@@ -36,9 +36,6 @@ use crate::effects;
 use crate::models::stats::AuctionSignals;
 use crate::state::{AppState, Runtime};
 
-/// How long a late answer is still waited for in the background before the request is
-/// dropped, as a multiple of the buyer's ping timeout.
-pub const LATE_DRAIN_TIMEOUTS: u32 = 2;
 /// How long a post that timed out is still heard out, so a late accept is recorded and
 /// counted (see [`LateWatch`]); after it, the call is dropped.
 pub const LATE_POST_WAIT_MS: u64 = 10_000;
@@ -252,7 +249,7 @@ pub async fn run_auction(
             let client = client.clone();
             let rt2 = rt.clone();
             let msg_id = message_id(&auction_id, rt.config.buyers[order.buyer].key.slot());
-            futs.push(async move {
+            futs.push(Call::new(order.slot, async move {
                 let t0 = Instant::now();
                 let buyer = &rt2.config.buyers[order.buyer];
                 let to = Endpoint {
@@ -264,8 +261,8 @@ pub async fn run_auction(
                 let r = client
                     .call::<Ping>(to, &msg_id, now_s, Bytes::from(body))
                     .await;
-                (order.slot, r, t0.elapsed())
-            });
+                (r, t0.elapsed())
+            }));
         }
     }
     let mut bound: Option<Deadline> = None;
@@ -280,7 +277,7 @@ pub async fn run_auction(
         };
         tokio::select! {
             biased;
-            Some((slot, r, took)) = futs.next() => {
+            Some((slot, (r, took))) = futs.next() => {
                 let answer = match r {
                     CallResult::Answer(o) => Some(o),
                     CallResult::Failed(_) => None,
@@ -291,26 +288,9 @@ pub async fn run_auction(
         }
     }
     if !futs.is_empty() {
-        // Late answers: count them, never use them; bounded in time.
+        // Late calls: heard out in the background within limits (see `late`), never used.
         let owners: Vec<BuyerIdx> = auction.pings().map(|o| o.buyer).collect();
-        let drain_for = owners
-            .iter()
-            .map(|b| cfg.buyers[*b].ping_timeout_ms)
-            .max()
-            .unwrap_or(0)
-            .saturating_mul(u64::from(LATE_DRAIN_TIMEOUTS));
-        let rt2 = rt.clone();
-        let state2 = Arc::clone(state);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_millis(drain_for), async {
-                while let Some((slot, _, _)) = futs.next().await {
-                    if let Some(b) = owners.get(slot) {
-                        effects::late_answer(&state2, &rt2, *b);
-                    }
-                }
-            })
-            .await;
-        });
+        hear_out_late(state, rt, &owners, futs);
     }
 
     let took_us = input.arrival.elapsed().as_micros() as u64;
@@ -323,6 +303,98 @@ pub async fn run_auction(
         ping_id,
         score,
         award,
+    }
+}
+
+/// One buyer call of an auction, tagged with its slot (the call's place in the auction's
+/// list of pings): a call still running when collection ends can then be told apart from
+/// the others (see [`hear_out_late`]). Boxed so that it can be taken out of the
+/// auction's `FuturesUnordered` again.
+struct Call<F> {
+    slot: usize,
+    fut: std::pin::Pin<Box<F>>,
+    /// Held while the call is heard out late (given back when the call ends or is dropped).
+    permit: Option<crate::late::LatePermit>,
+}
+
+impl<F: std::future::Future> Call<F> {
+    fn new(slot: usize, fut: F) -> Call<F> {
+        Call {
+            slot,
+            fut: Box::pin(fut),
+            permit: None,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Call<F> {
+    /// The call's slot, and what it gave.
+    type Output = (usize, F::Output);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(usize, F::Output)> {
+        let slot = self.slot;
+        self.fut.as_mut().poll(cx).map(|out| (slot, out))
+    }
+}
+
+/// The calls still running when an auction's collection ended: each is heard out in the
+/// background for [`crate::late::LATE_DRAIN_TIMEOUTS`] times its own buyer's ping
+/// timeout from now (the end of collection), and counted as a late answer if it ends by then; one
+/// past its buyer's or the exchange's limit of late calls is dropped at once (its
+/// connection closed). The calls are grouped by that bound (one background task each;
+/// most auctions have one group).
+fn hear_out_late<F>(
+    state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
+    owners: &[BuyerIdx],
+    futs: FuturesUnordered<Call<F>>,
+) where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    let cfg = &rt.config;
+    let mut groups: Vec<(u64, FuturesUnordered<Call<F>>)> = Vec::new();
+    for mut call in futs {
+        let Some(buyer) = owners.get(call.slot).and_then(|b| cfg.buyers.get(*b)) else {
+            continue;
+        };
+        call.permit = state.late_calls.admit(buyer.key);
+        if call.permit.is_none() {
+            if let Some(m) = rt.buyer_metrics(&state.metrics, owners[call.slot]) {
+                m.late_calls_dropped.inc();
+            }
+            continue;
+        }
+        let bound_ms = buyer
+            .ping_timeout_ms
+            .saturating_mul(u64::from(crate::late::LATE_DRAIN_TIMEOUTS));
+        match groups.iter_mut().find(|(ms, _)| *ms == bound_ms) {
+            Some((_, g)) => g.push(call),
+            None => {
+                let g = FuturesUnordered::new();
+                g.push(call);
+                groups.push((bound_ms, g));
+            }
+        }
+    }
+    for (bound_ms, mut group) in groups {
+        let rt2 = Arc::clone(rt);
+        let state2 = Arc::clone(state);
+        let owners: Vec<BuyerIdx> = owners.to_vec();
+        let until = Instant::now() + Duration::from_millis(bound_ms);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout_at(until, async {
+                while let Some((slot, _)) = group.next().await {
+                    if let Some(b) = owners.get(slot) {
+                        effects::late_answer(&state2, &rt2, *b);
+                    }
+                }
+            })
+            .await;
+        });
     }
 }
 

@@ -21,6 +21,7 @@ pub mod fdlimit;
 pub mod finance;
 pub mod fingerprint;
 pub mod idempotency;
+pub mod late;
 pub mod ledger;
 pub mod metrics;
 pub mod models;

@@ -108,6 +108,7 @@ pub struct BuyerMetrics {
     posts: Vec<IntCounter>,
     pub ping_latency: Histogram,
     pub late_answers: IntCounter,
+    pub late_calls_dropped: IntCounter,
     pub capped_at_award: IntCounter,
 }
 
@@ -137,6 +138,8 @@ pub struct Metrics {
     pub buyer_posts: IntCounterVec,
     pub buyer_ping_latency: HistogramVec,
     pub late_answers: IntCounterVec,
+    /// Calls still running when their auction ended, dropped rather than heard out.
+    pub late_calls_dropped: IntCounterVec,
     /// Bids refused at award for want of room in the buyer's cap or budget.
     pub capped_at_award: IntCounterVec,
     /// Sold plus reserved over each cap, in percent (fractional: 3 of 600 is 0.5).
@@ -284,6 +287,14 @@ impl Metrics {
                 counter_vec(
                     "pingpost_buyer_late_answers_total",
                     "Answers that arrived after the buyer's deadline (never used).",
+                    &["buyer"],
+                ),
+            ),
+            late_calls_dropped: reg(
+                &r,
+                counter_vec(
+                    "pingpost_buyer_late_calls_dropped_total",
+                    "Calls still running when their auction ended that were dropped (connection closed) rather than heard out: the buyer or the exchange already had as many late calls as it hears out at once.",
                     &["buyer"],
                 ),
             ),
@@ -495,6 +506,7 @@ impl Metrics {
                 .collect(),
             ping_latency: self.buyer_ping_latency.with_label_values(&[id]),
             late_answers: self.late_answers.with_label_values(&[id]),
+            late_calls_dropped: self.late_calls_dropped.with_label_values(&[id]),
             capped_at_award: self.capped_at_award.with_label_values(&[id]),
         }
     }

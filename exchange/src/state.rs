@@ -359,6 +359,8 @@ pub struct AppState {
     /// The consumers sold within their vertical's dedup window, and those being posted.
     pub dedup: crate::core::dedup::DedupBook,
     pub breakers: BreakerBook,
+    /// Buyer calls still heard out after their auction ended, per buyer and in all.
+    pub late_calls: Arc<crate::late::LateCalls>,
     /// Open connections across every worker, bounded by `server.connections_max` (taken
     /// before `accept`).
     pub connections: Arc<tokio::sync::Semaphore>,
@@ -597,6 +599,7 @@ impl AppState {
                 .with_sellers(ids.seller_count()),
             dedup: crate::core::dedup::DedupBook::new(s.dedup_keys_max, dedup_keep_ms(&config)),
             breakers: BreakerBook::new(ids.buyer_count(), s.breaker),
+            late_calls: crate::late::LateCalls::new(ids.buyer_count()),
             connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
@@ -694,6 +697,7 @@ impl AppState {
         // New keys get their slots before any request can see the new runtime.
         self.caps.grow(self.ids.buyer_count());
         self.breakers.grow(self.ids.buyer_count());
+        self.late_calls.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = metric_slots(&config, Some(&old));

@@ -422,3 +422,81 @@ async fn healthz_readyz_and_metrics_answer() {
         "{text}"
     );
 }
+
+/// Round 45: a ping still running when its auction ends is heard out for twice its own
+/// buyer's `ping_timeout_ms`, never for another buyer's longer one: a hanging buyer with a
+/// short timeout beside an honest one with a long timeout gets its connections closed
+/// soon after each auction (the old drain held them for twice the longest timeout among
+/// the auction's buyers, here 120 s).
+#[tokio::test]
+async fn a_late_call_is_heard_out_for_its_own_buyers_timeout_not_the_longest() {
+    let hang = RawBuyer::start(Behaviour::Hang).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    let ex = TestConfig::new()
+        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(40))
+        .buyer(gb.clone().ping_timeout_ms(60_000))
+        .with(|c| c.auction_deadline_ms = 100)
+        .start()
+        .await;
+    for _ in 0..3 {
+        let quote = ex.client.ping("TX").await;
+        assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    }
+    hang.wait_requests(3).await;
+    // Heard out for 80 ms after each auction's collection, then closed: well within 5 s.
+    assert!(
+        hang.wait_open_at_most(0, Duration::from_secs(5)).await,
+        "the exchange still holds {} connections to the hanging buyer",
+        hang.open()
+    );
+    assert_eq!(
+        ex.metric(
+            "pingpost_buyer_late_calls_dropped_total",
+            &[("buyer", "hang")]
+        )
+        .await,
+        0.0,
+        "heard out, not dropped"
+    );
+}
+
+/// Round 45: at most `late::LATE_CALLS_PER_BUYER_MAX` (64) late calls of one buyer are
+/// heard out at once; past that a call is dropped when its auction ends (its connection
+/// closed, counted in `pingpost_buyer_late_calls_dropped_total`), so a buyer that hangs
+/// with a long timeout cannot make the exchange hold a connection per ping.
+#[tokio::test]
+async fn late_calls_past_the_per_buyer_limit_are_dropped_and_counted() {
+    const AUCTIONS: u64 = 72;
+    let hang = RawBuyer::start(Behaviour::Hang).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    // The hanging buyer's calls would be heard out for 120 s; the test configuration's
+    // breaker (1,000 failures) stays closed.
+    let ex = TestConfig::new()
+        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(60_000))
+        .buyer(gb.clone())
+        .with(|c| c.auction_deadline_ms = 20)
+        .start()
+        .await;
+    for _ in 0..AUCTIONS {
+        let quote = ex.client.ping("TX").await;
+        assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    }
+    hang.wait_requests(AUCTIONS).await;
+    let dropped = ex
+        .wait_metric(
+            "pingpost_buyer_late_calls_dropped_total",
+            &[("buyer", "hang")],
+            (AUCTIONS - 64) as f64,
+        )
+        .await;
+    assert_eq!(dropped, (AUCTIONS - 64) as f64);
+    // The dropped ones are closed; the 64 heard out stay open (for 120 s).
+    assert!(
+        hang.wait_open_at_most(64, Duration::from_secs(5)).await,
+        "the exchange holds {} connections to the hanging buyer",
+        hang.open()
+    );
+    assert_eq!(hang.open(), 64);
+}

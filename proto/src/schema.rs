@@ -219,18 +219,24 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             Ok(FieldValue::Str(s.to_string()))
         }
         FieldKind::Integer { min, max } => {
+            // A whole number past what an i64 (or a double, exactly) holds is out of the
+            // range, not "not a whole number" (black-box round 45).
+            let out_of_range = || format!("must be between {min} and {max}");
             let i = match v {
                 OwnedValue::Static(StaticNode::I64(i)) => *i,
                 OwnedValue::Static(StaticNode::U64(u)) => {
-                    i64::try_from(*u).map_err(|_| "is too large".to_string())?
+                    i64::try_from(*u).map_err(|_| out_of_range())?
                 }
-                OwnedValue::Static(StaticNode::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                OwnedValue::Static(StaticNode::F64(f)) if f.is_finite() && f.fract() == 0.0 => {
+                    if f.abs() >= 9.0e15 {
+                        return Err(out_of_range());
+                    }
                     *f as i64
                 }
                 _ => return Err("must be a whole number".into()),
             };
             if i < *min || i > *max {
-                return Err(format!("must be between {min} and {max}"));
+                return Err(out_of_range());
             }
             Ok(FieldValue::Int(i))
         }
@@ -508,6 +514,33 @@ pub(crate) mod tests {
         );
         assert!(!err.pii);
         assert_eq!(err.problems[2].problem, "must be 5 digits");
+    }
+
+    /// A whole number past an i64 or past a double's exact range is out of the field's
+    /// range, not "not a whole number" (black-box round 45: `"age": 2^64`); a fraction
+    /// is still not a whole number.
+    #[test]
+    fn a_whole_number_too_large_is_out_of_range_and_a_fraction_is_not_whole() {
+        for (age, problem) in [
+            ("18446744073709551616", "must be between 16 and 120"),
+            ("9223372036854775808", "must be between 16 and 120"),
+            ("1e300", "must be between 16 and 120"),
+            ("-1e20", "must be between 16 and 120"),
+            ("121", "must be between 16 and 120"),
+            ("42.5", "must be a whole number"),
+            ("\"42\"", "must be a whole number"),
+        ] {
+            let err = auto_schema()
+                .validate(
+                    &parse(&format!(r#"{{"zip":"76180","state":"TX","age":{age}}}"#)),
+                    LeadMode::Ping,
+                    "lead",
+                )
+                .unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{age}");
+            assert_eq!(err.problems[0].field, "lead.age", "{age}");
+            assert_eq!(err.problems[0].problem, problem, "{age}");
+        }
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub enum Behaviour {
     ServerError,
     /// Reads the request, then closes the connection without a word.
     Close,
-    /// Reads the request and never answers.
+    /// Reads the request and never answers (on the raw socket: the connection stays
+    /// open until the exchange closes it, which [`RawBuyer::open`] counts).
     Hang,
     /// A well-behaved buyer: bids this many micros on `/ping`, accepts on `/post`.
     Bid(i64),
@@ -39,9 +40,27 @@ pub enum Behaviour {
 pub struct RawBuyer {
     pub addr: SocketAddr,
     requests: Arc<watch::Sender<u64>>,
+    /// Connections open now (accepted, not yet closed by the exchange).
+    open: Arc<watch::Sender<u64>>,
     versions: Arc<Mutex<Vec<Version>>>,
     paths: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a connection open while it lives.
+struct OpenConn(Arc<watch::Sender<u64>>);
+
+impl OpenConn {
+    fn new(open: &Arc<watch::Sender<u64>>) -> OpenConn {
+        open.send_modify(|c| *c += 1);
+        OpenConn(open.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.send_modify(|c| *c -= 1);
+    }
 }
 
 impl Drop for RawBuyer {
@@ -57,26 +76,42 @@ impl RawBuyer {
         let requests = Arc::new(watch::Sender::new(0u64));
         let versions = Arc::new(Mutex::new(Vec::new()));
         let paths = Arc::new(Mutex::new(Vec::new()));
-        let (r, v, p) = (requests.clone(), versions.clone(), paths.clone());
+        let open = Arc::new(watch::Sender::new(0u64));
+        let (r, v, p, o) = (
+            requests.clone(),
+            versions.clone(),
+            paths.clone(),
+            open.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (r, v, p) = (r.clone(), v.clone(), p.clone());
+                let conn = OpenConn::new(&o);
                 tokio::spawn(async move {
-                    if behaviour == Behaviour::Close {
-                        // Read the head, then hang up without answering.
+                    let _conn = conn;
+                    if matches!(behaviour, Behaviour::Close | Behaviour::Hang) {
+                        // Read the head; then hang up without answering (Close), or read
+                        // on, never answering, until the exchange closes (Hang).
                         let mut buf = vec![0u8; 64 * 1024];
                         let mut seen = Vec::new();
+                        let mut counted = false;
                         while let Ok(n) = stream.read(&mut buf).await {
                             if n == 0 {
                                 break;
                             }
+                            if counted {
+                                continue;
+                            }
                             seen.extend_from_slice(&buf[..n]);
                             if seen.windows(4).any(|w| w == b"\r\n\r\n") {
                                 r.send_modify(|c| *c += 1);
-                                break;
+                                counted = true;
+                                if behaviour == Behaviour::Close {
+                                    break;
+                                }
                             }
                         }
                         drop(stream);
@@ -102,6 +137,7 @@ impl RawBuyer {
         RawBuyer {
             addr,
             requests,
+            open,
             versions,
             paths,
             task,
@@ -110,6 +146,19 @@ impl RawBuyer {
 
     pub fn requests(&self) -> u64 {
         *self.requests.borrow()
+    }
+
+    /// Connections the exchange holds open to this buyer now.
+    pub fn open(&self) -> u64 {
+        *self.open.borrow()
+    }
+
+    /// Waits until the exchange holds at most `n` connections open to this buyer; `false`
+    /// if that did not happen within `within`.
+    pub async fn wait_open_at_most(&self, n: u64, within: std::time::Duration) -> bool {
+        let mut rx = self.open.subscribe();
+        let seen = tokio::time::timeout(within, rx.wait_for(|c| *c <= n)).await;
+        matches!(seen, Ok(Ok(_)))
     }
 
     pub fn versions(&self) -> Vec<Version> {
@@ -145,8 +194,7 @@ async fn raw_answer(behaviour: Behaviour, path: &str) -> http::Response<Full<Byt
             b"<html><body>{\"bid\": 50}</body></html>".to_vec(),
         ),
         Behaviour::ServerError => (500, "application/json", br#"{"error":"boom"}"#.to_vec()),
-        Behaviour::Hang => std::future::pending().await,
-        Behaviour::Close => unreachable!("answered on the socket"),
+        Behaviour::Hang | Behaviour::Close => unreachable!("handled on the socket"),
         Behaviour::Bid(micros) if path.ends_with("/ping") => (
             200,
             "application/json",
