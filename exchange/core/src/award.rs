@@ -95,7 +95,8 @@ pub fn expected_value(price: Micros, p_ppm: u32) -> i64 {
 /// seller hears `below_reserve` rather than `no_bids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ranking {
-    /// Best first: value desc, then bid price desc, then buyer key asc.
+    /// Best first: value desc, then a bid at probability 0 (a paused buyer's) after the
+    /// others of its value, then bid price desc, then buyer key asc.
     pub ranked: Vec<Ranked>,
     /// Bids whose seller price fell below the reserve (or to nothing).
     pub below_reserve: usize,
@@ -104,8 +105,9 @@ pub struct Ranking {
 /// Ranks `bids`. Each bid's seller price is `payout.seller_price(bid.price)`, capped at the
 /// bid price; bids of zero or less are passes and are dropped silently; bids whose seller
 /// price is below `reserve`, or zero, are dropped and counted in `below_reserve`. The order
-/// is total and independent of the input order: value desc, bid price desc (the buyer that
-/// pays more, so more margin), buyer key asc.
+/// is total and independent of the input order: value desc, a bid at `p_ppm` 0 (a paused
+/// buyer's) after the others of the same value, bid price desc (the buyer that pays more,
+/// so more margin), buyer key asc.
 pub fn rank(
     bids: Vec<Bid>,
     payout: PayoutModel,
@@ -140,8 +142,15 @@ pub fn rank(
 fn rank_order(a: &Ranked, b: &Ranked) -> Ordering {
     b.value
         .cmp(&a.value)
+        .then_with(|| no_chance(a).cmp(&no_chance(b)))
         .then_with(|| b.bid.price.cmp(&a.bid.price))
         .then_with(|| a.bid.buyer.cmp(&b.bid.buyer))
+}
+
+/// A bid ranked at probability 0 (`p_ppm` 0: under expected value only a buyer paused
+/// for a streak of unaccepted posts has it): after every other bid of the same value.
+fn no_chance(r: &Ranked) -> bool {
+    r.p_ppm == Some(0)
 }
 
 /// The fallbacks after the winner (`ranking[0]`), in rank order: only bids whose own price
@@ -346,6 +355,27 @@ mod tests {
                 r.value = 7;
             }
         }
+    }
+
+    /// Value 0 for all; buyer 1 at p 0 (paused), the others with a chance.
+    #[derive(Debug)]
+    struct ZeroValues;
+    impl Ranker for ZeroValues {
+        fn rank_values(&self, bids: &mut [Ranked], _: Option<u8>) {
+            for r in bids {
+                r.value = 0;
+                r.p_ppm = Some(if r.bid.buyer == BuyerKey(1) { 0 } else { 1 });
+            }
+        }
+    }
+
+    /// Black-box round 46: on a tie of value, a bid at probability 0 (a paused buyer's)
+    /// ranks after the others, whatever its price; the rest by price as before.
+    #[test]
+    fn a_bid_at_probability_zero_ranks_after_the_others_of_its_value() {
+        let bids = vec![bid(1, m(30)), bid(2, Micros(500_000)), bid(3, m(10))];
+        let r = rank(bids, SHARE_80, Micros::ZERO, &ZeroValues, None);
+        assert_eq!(buyers(&r), [3, 2, 1]);
     }
 
     #[test]

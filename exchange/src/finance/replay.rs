@@ -284,10 +284,15 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
                 }
                 // The core's order: value, then the higher bid (then the buyer's key,
                 // which needs the configuration: the record's order stands in).
-                ranks.sort_by(|a, b| b.value.cmp(&a.value).then(b.bid.cmp(&a.bid)));
+                ranks.sort_by(|a, b| {
+                    b.value
+                        .cmp(&a.value)
+                        .then((a.p_ppm == Some(0)).cmp(&(b.p_ppm == Some(0))))
+                        .then(b.bid.cmp(&a.bid))
+                });
                 let _ = writeln!(
                     out,
-                    "ranked by expected value from the record: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm); ties go to the higher bid, then to the buyer listed first in the record (the core's last tie-break, the buyer's key, needs --config)"
+                    "ranked by expected value from the record: bid x the recorded probability that the buyer accepts and keeps the lead (p_ppm); ties go to a bid with a chance (p_ppm above 0) before a paused buyer's (p_ppm 0), then to the higher bid, then to the buyer listed first in the record (the core's last tie-break, the buyer's key, needs --config)"
                 );
             }
         }
@@ -569,6 +574,8 @@ so if the exchange reloaded its configuration since it started, the file may not
                             Some(top) if ev => {
                                 if me.value < top.value {
                                     format!("its expected value {} is lower than {w}'s {}", ev_words(me), ev_words(top))
+                                } else if me.value == top.value && me.p_ppm == Some(0) && top.p_ppm != Some(0) {
+                                    format!("same expected value {} as {w}, but at probability 0 (a buyer paused for a streak of unaccepted posts): the tie goes to a bid with a chance", m(me.value))
                                 } else if me.value == top.value && me.bid < top.bid {
                                     format!("same expected value {} as {w}, and the tie goes to the higher bid ({w} bid {})", m(me.value), m(top.bid))
                                 } else if me.value == top.value && me.bid == top.bid {

@@ -376,8 +376,13 @@ impl Ranker for EvRanker<'_> {
                 *pi = 0.0;
             }
         }
-        for ((r, pi), est) in bids.iter_mut().zip(&p).zip(&estimates) {
-            let ppm = to_ppm(*pi);
+        for (((r, pi), est), v) in bids.iter_mut().zip(&p).zip(&estimates).zip(&views) {
+            // A buyer not paused has at least 1 ppm, however small its chance: p_ppm 0
+            // is a paused buyer's alone, and the rank order puts it after every bid of
+            // the same (zero) value (black-box round 46: a model that gave the only
+            // other bid about 2e-9 made both 0, and the paused buyer won on its higher
+            // bid).
+            let ppm = if v.paused { 0 } else { to_ppm(*pi).max(1) };
             r.p_ppm = Some(ppm);
             r.p_model_ppm = Some(*est);
             r.value = expected_value(r.bid.price, ppm);
@@ -515,6 +520,36 @@ mod tests {
         let ranker = EvRanker::new(None, None, &[], &stats, no_explore(), 7);
         let alone = rank(vec![bid(1, 500)], PAYOUT, Micros::ZERO, &ranker, None);
         assert_eq!(order(&alone), [1]);
+    }
+
+    /// Black-box round 46: a buyer the rates (or a model) give next to no chance is
+    /// still ranked at 1 ppm, never 0, so a paused buyer's higher bid (also value 0)
+    /// does not win the tie; the paused buyer stands behind it.
+    #[test]
+    fn a_paused_buyer_loses_the_tie_to_a_bid_with_next_to_no_chance() {
+        let mut stats = Stats::default();
+        stats.2.insert(1);
+        stats.0.insert(
+            2,
+            Outcomes {
+                posts: 1e12,
+                accepts: 0.0,
+                returns: 0.0,
+            },
+        );
+        for seed in 0..5 {
+            let ranker = EvRanker::new(None, None, &[], &stats, no_explore(), seed);
+            let ranked = rank(
+                vec![bid(1, 30), bid(2, 10)],
+                PAYOUT,
+                Micros::ZERO,
+                &ranker,
+                None,
+            );
+            assert_eq!(order(&ranked), [2, 1], "seed {seed}: {ranked:?}");
+            assert_eq!(ranked.ranked[0].p_ppm, Some(1), "at least 1 ppm");
+            assert_eq!(ranked.ranked[1].p_ppm, Some(0), "paused");
+        }
     }
 
     #[test]
