@@ -797,8 +797,11 @@ impl AppState {
             )),
         };
         if write_champion {
-            crate::models::write_champion(&cfg.learning, vertical, version)
-                .map_err(|e| problem(format!("could not write the champion file: {e}")))?;
+            crate::models::write_champion(&cfg.learning, vertical, version).map_err(|e| {
+                problem(format!(
+                    "could not record the champion, so the serving model stays: {e}"
+                ))
+            })?;
         }
         let mut models = old.models.clone();
         if let Some(slot) = models.get_mut(vi) {

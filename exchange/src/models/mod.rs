@@ -111,9 +111,29 @@ pub fn set_dir(learning: &LearningConfig, vertical: &str, version: &str) -> Path
     vertical_dir(learning, vertical).join(version)
 }
 
-/// Reads at most `max` bytes of `path`; a longer file is an error (never read whole).
+/// Reads at most `max` bytes of `path`; a longer file is an error (never read whole), and
+/// so is anything but a regular file (a symlink is followed to what it names). It is
+/// opened without blocking, so a FIFO without a writer is refused at once rather than
+/// holding the caller (black-box round 46: a model file that was a FIFO froze the model
+/// loader, every admin request queued behind it, and the start).
 pub fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let regular = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .is_file();
+    if !regular {
+        return Err(format!(
+            "{}: not a regular file (a FIFO, a device or a directory is not read)",
+            path.display()
+        ));
+    }
     let mut buf = Vec::new();
     f.take(max as u64 + 1)
         .read_to_end(&mut buf)
@@ -354,20 +374,43 @@ pub fn write_champion(
 ) -> std::io::Result<()> {
     let dir = vertical_dir(learning, vertical);
     let _lock = lock_vertical(&dir)?;
-    write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes())?;
+    // `HISTORY` first: if it cannot be written, `CHAMPION` is left as it was, so the
+    // directory watch never serves a swap that was refused (black-box round 46: with
+    // `HISTORY` made a directory, the refused swap's `CHAMPION` was served 2 s later).
+    // If `CHAMPION` then cannot be written, `HISTORY` is put back.
+    let mut restore = None;
     if let Some(v) = version {
         let mut h = history(learning, vertical);
         if h.last().map(String::as_str) != Some(v) {
+            let before = std::fs::read(dir.join(HISTORY)).ok();
             h.push(v.to_string());
             if h.len() > HISTORY_MAX {
                 h.drain(..h.len() - HISTORY_MAX);
             }
             let mut text = h.join("\n");
             text.push('\n');
-            write_atomic(&dir.join(HISTORY), text.as_bytes())?;
+            write_atomic(&dir.join(HISTORY), text.as_bytes()).map_err(|e| named(HISTORY, e))?;
+            restore = Some(before);
         }
     }
+    if let Err(e) = write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes()) {
+        match restore {
+            Some(Some(before)) => {
+                let _ = write_atomic(&dir.join(HISTORY), &before);
+            }
+            Some(None) => {
+                let _ = std::fs::remove_file(dir.join(HISTORY));
+            }
+            None => {}
+        }
+        return Err(named(CHAMPION, e));
+    }
     Ok(())
+}
+
+/// `e`, saying which file of the vertical's model directory it is about.
+fn named(file: &str, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{file}: {e}"))
 }
 
 /// The version before the champion in `HISTORY` (what a rollback goes back to), and the
@@ -429,6 +472,66 @@ pub fn list_versions(learning: &LearningConfig, vertical: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Black-box round 46: a model file that is a FIFO with no writer is refused at
+    /// once (not a regular file), never waited on; so is a directory.
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_at_once_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("realization.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_bounded(&path, 1024));
+        });
+        let read = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO waited for a writer");
+        let e = read.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = read_bounded(dir.path(), 1024).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        // A regular file is read, and a symlink to one.
+        let file = dir.path().join("m.json");
+        std::fs::write(&file, b"{}").unwrap();
+        assert_eq!(read_bounded(&file, 1024).unwrap(), b"{}");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_bounded(&link, 1024).unwrap(), b"{}");
+    }
+
+    /// Black-box round 46: a swap whose `HISTORY` cannot be written (here a directory)
+    /// fails without touching `CHAMPION`, so the directory watch never serves it; the
+    /// error names the file.
+    #[test]
+    fn a_champion_that_cannot_be_recorded_leaves_champion_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let learning = LearningConfig {
+            models_dir: dir.path().to_path_buf(),
+            ..LearningConfig::default()
+        };
+        write_champion(&learning, "auto", Some("v1")).unwrap();
+        let vdir = vertical_dir(&learning, "auto");
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
+        std::fs::remove_file(vdir.join(HISTORY)).unwrap();
+        std::fs::create_dir(vdir.join(HISTORY)).unwrap();
+        let e = write_champion(&learning, "auto", Some("v2")).unwrap_err();
+        assert!(e.to_string().starts_with("HISTORY: "), "{e}");
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
+        // Put right, the swap goes through and both files say so.
+        std::fs::remove_dir(vdir.join(HISTORY)).unwrap();
+        write_champion(&learning, "auto", Some("v2")).unwrap();
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v2");
+        assert_eq!(history(&learning, "auto"), ["v2"]);
+    }
 
     #[test]
     fn a_score_is_clamped_and_never_dropped() {
