@@ -342,18 +342,19 @@ impl<F: std::future::Future> std::future::Future for Call<F> {
 
 /// The calls still running when an auction's collection ended: each is heard out in the
 /// background for [`crate::late::LATE_DRAIN_TIMEOUTS`] times its own buyer's ping
-/// timeout from now (the end of collection), and counted as a late answer if it ends by then; one
+/// timeout from now (the end of collection), and counted as a late answer if the buyer
+/// answers by then (a transport failure is not an answer); one
 /// past its buyer's or the exchange's limit of late calls is dropped at once (its
 /// connection closed). The calls are grouped by that bound (one background task each;
 /// most auctions have one group).
-fn hear_out_late<F>(
+fn hear_out_late<F, O>(
     state: &Arc<AppState>,
     rt: &Arc<Runtime>,
     owners: &[BuyerIdx],
     futs: FuturesUnordered<Call<F>>,
 ) where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send,
+    F: std::future::Future<Output = (CallResult<O>, Duration)> + Send + 'static,
+    O: Send + 'static,
 {
     let cfg = &rt.config;
     let mut groups: Vec<(u64, FuturesUnordered<Call<F>>)> = Vec::new();
@@ -387,8 +388,10 @@ fn hear_out_late<F>(
         let until = Instant::now() + Duration::from_millis(bound_ms);
         tokio::spawn(async move {
             let _ = tokio::time::timeout_at(until, async {
-                while let Some((slot, _)) = group.next().await {
-                    if let Some(b) = owners.get(slot) {
+                while let Some((slot, (r, _))) = group.next().await {
+                    // An answer, not a transport failure after the bound (round 46: a
+                    // buyer that never answered was counted as answering late).
+                    if let (CallResult::Answer(_), Some(b)) = (r, owners.get(slot)) {
                         effects::late_answer(&state2, &rt2, *b);
                     }
                 }

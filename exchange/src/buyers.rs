@@ -429,6 +429,13 @@ impl BuyerClient {
         if hyper::body::Body::size_hint(resp.body()).lower() > ANSWER_BYTES_MAX as u64 {
             return Err(CallError::TooLarge);
         }
+        // A transfer coding other than plain chunked is not read at all: hyper would
+        // read `gzip, chunked` as chunked (the gzip undone), and `chunked, gzip` to the
+        // connection's close, waiting out the deadline on a kept-alive one (round 46).
+        // Not described as JSON: `invalid`, `content_type`; the connection is not kept.
+        if transfer_coded(resp.headers()) {
+            return Ok((status, None, Vec::new()));
+        }
         let content_type = answer_content_type(resp.headers());
         let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
             .collect()
@@ -455,9 +462,6 @@ impl BuyerClient {
 /// ([`json_headers_problem`]; black-box round 13: the first of two types was taken, and
 /// a gzip encoding ignored).
 fn answer_content_type(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
-    if transfer_coded(headers) {
-        return None;
-    }
     match json_headers_problem(headers) {
         None => headers.get(header::CONTENT_TYPE).cloned(),
         Some(_) => None,
@@ -465,9 +469,10 @@ fn answer_content_type(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
 }
 
 /// Whether an answer names a `Transfer-Encoding` other than one plain `chunked`: hyper's
-/// client reads `gzip, chunked` as plain chunked, the gzip left undone, so such an answer
-/// is read as not described as JSON (`invalid`, `content_type`), as the seller listener
-/// refuses the same header (black-box round 45).
+/// client reads `gzip, chunked` as plain chunked, the gzip left undone, and `chunked,
+/// gzip` as ending at the connection's close, so such an answer is read as not described
+/// as JSON (`invalid`, `content_type`), as the seller listener refuses the same header
+/// (black-box rounds 45 and 46).
 fn transfer_coded(headers: &http::HeaderMap) -> bool {
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     match (codings.next(), codings.next()) {
@@ -868,6 +873,14 @@ mod tests {
             ping(&client, &url).await,
             CallResult::Answer(BidOutcome::Invalid("content_type"))
         );
+        // `chunked, gzip` on a connection kept open: hyper would read to the close.
+        const CHUNKED_GZIP: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked, gzip\r\n\r\na\r\n{\"bid\": 2}\r\n0\r\n\r\n";
+        let (url, _) = buyer(CHUNKED_GZIP, false, false).await;
+        let r = tokio::time::timeout(Duration::from_secs(10), ping(&client, &url))
+            .await
+            .expect("the call waited for the connection to close");
+        assert_eq!(r, CallResult::Answer(BidOutcome::Invalid("content_type")));
+        assert_eq!(client.h1.idle_count(false, &authority(&url)), 0);
         let (url, _) = buyer(CHUNKED, false, false).await;
         let r = ping(&client, &url).await;
         assert!(

@@ -286,7 +286,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "pingpost_buyer_late_answers_total",
-                    "Answers that arrived after the buyer's deadline (never used).",
+                    "Answers that arrived after the buyer's deadline (never used); a call that failed after it without an answer is not counted.",
                     &["buyer"],
                 ),
             ),

@@ -500,3 +500,43 @@ async fn late_calls_past_the_per_buyer_limit_are_dropped_and_counted() {
     );
     assert_eq!(hang.open(), 64);
 }
+
+/// Round 46: a call that fails after its bound (the buyer closes the connection without a
+/// word) is not a late answer: `pingpost_buyer_late_answers_total` counts answers only.
+/// The buyer that does answer late, in the same auction and after the failure, is.
+#[tokio::test]
+async fn a_late_failure_is_not_counted_as_a_late_answer() {
+    let closer = RawBuyer::start(Behaviour::CloseAfterMs(150)).await;
+    let late =
+        ScriptedBidder::bidding(20.0).scripted(|s| s.ping_delay = Duration::from_millis(250));
+    let good = ScriptedBidder::bidding(10.0);
+    let (lb, _h1) = serve("late", &late).await;
+    let (gb, _h2) = serve("good", &good).await;
+    // Both are heard out until 200 ms after their 100 ms bound.
+    let ex = TestConfig::new()
+        .buyer(TestBuyer::new("closer", closer.addr).ping_timeout_ms(100))
+        .buyer(lb.ping_timeout_ms(100))
+        .buyer(gb.clone().ping_timeout_ms(100))
+        .with(|c| c.auction_deadline_ms = 500)
+        .start()
+        .await;
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    ex.wait_metric(
+        "pingpost_buyer_late_answers_total",
+        &[("buyer", "late")],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        ex.metric("pingpost_buyer_late_answers_total", &[("buyer", "closer")])
+            .await,
+        0.0,
+        "the closed connection was counted as a late answer"
+    );
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "closer"), ("outcome", "timeout")])
+            .await,
+        1.0
+    );
+}

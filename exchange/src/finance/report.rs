@@ -243,7 +243,7 @@ impl Acc {
                     }
                     let pinged = matches!(
                         outcome,
-                        "bid" | "no_bid" | "bid_above_max" | "invalid" | "error"
+                        "bid" | "no_bid" | "bid_above_max" | "bid_expired" | "invalid" | "error"
                     ) || (outcome == "timeout"
                         && l.get("detail").and_then(|d| d.as_str()) != Some("no_time_left"));
                     if !pinged && !is_bid(l) {
@@ -726,6 +726,38 @@ mod currency_tests {
         );
         let by_day = &reports.by[&By::Day];
         assert_eq!(by_day.totals[0].revenue_micros, expected);
+    }
+
+    /// Black-box round 45: a buyer pinged whose bid came back `bid_expired` (its
+    /// `expires_in_ms` under `quote_min_ms`) was left out of the by-buyer pings (no row
+    /// at all when that was all it did). Every pinged outcome counts; a buyer never
+    /// pinged (breaker, no time left) does not.
+    #[test]
+    fn every_pinged_buyer_counts_in_the_by_buyer_pings() {
+        let lines = r#"[{"buyer":"b","outcome":"bid","bid_micros":15000000},{"buyer":"x","outcome":"bid_expired","detail":"quote_min_ms","bid_micros":20000000},{"buyer":"m","outcome":"bid_above_max","bid_micros":900000000},{"buyer":"t","outcome":"timeout"},{"buyer":"n","outcome":"timeout","detail":"no_time_left"},{"buyer":"k","outcome":"skipped_breaker"}]"#;
+        let records: Vec<String> = (1..=3)
+            .map(|n| {
+                auction(n, "2026-11-29").replace(
+                    r#"[{"buyer":"b","outcome":"bid","bid_micros":15000000}]"#,
+                    lines,
+                )
+            })
+            .collect();
+        let dir = ledger(&records);
+        let reports = build(dir.path(), DateRange::default(), &HashMap::new()).unwrap();
+        let by_buyer = &reports.by[&By::Buyer];
+        let pings: HashMap<&str, u64> = by_buyer
+            .rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.pings))
+            .collect();
+        assert_eq!(
+            pings,
+            HashMap::from([("b", 3), ("x", 3), ("m", 3), ("t", 3)]),
+            "{}",
+            by_buyer.table()
+        );
+        assert_eq!(by_buyer.totals[0].pings, 12);
     }
 
     /// A vertical whose currency a reload changed from USD to JPY: its USD sale and its

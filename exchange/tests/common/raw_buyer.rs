@@ -31,6 +31,9 @@ pub enum Behaviour {
     /// Reads the request and never answers (on the raw socket: the connection stays
     /// open until the exchange closes it, which [`RawBuyer::open`] counts).
     Hang,
+    /// Reads the request, waits this many ms (a scenario time), then closes the
+    /// connection without a word.
+    CloseAfterMs(u64),
     /// A well-behaved buyer: bids this many micros on `/ping`, accepts on `/post`.
     Bid(i64),
 }
@@ -92,7 +95,10 @@ impl RawBuyer {
                 let conn = OpenConn::new(&o);
                 tokio::spawn(async move {
                     let _conn = conn;
-                    if matches!(behaviour, Behaviour::Close | Behaviour::Hang) {
+                    if matches!(
+                        behaviour,
+                        Behaviour::Close | Behaviour::Hang | Behaviour::CloseAfterMs(_)
+                    ) {
                         // Read the head; then hang up without answering (Close), or read
                         // on, never answering, until the exchange closes (Hang).
                         let mut buf = vec![0u8; 64 * 1024];
@@ -109,8 +115,14 @@ impl RawBuyer {
                             if seen.windows(4).any(|w| w == b"\r\n\r\n") {
                                 r.send_modify(|c| *c += 1);
                                 counted = true;
-                                if behaviour == Behaviour::Close {
-                                    break;
+                                match behaviour {
+                                    Behaviour::Close => break,
+                                    Behaviour::CloseAfterMs(ms) => {
+                                        tokio::time::sleep(std::time::Duration::from_millis(ms))
+                                            .await;
+                                        break;
+                                    }
+                                    _ => {}
                                 }
                             }
                         }
@@ -194,7 +206,9 @@ async fn raw_answer(behaviour: Behaviour, path: &str) -> http::Response<Full<Byt
             b"<html><body>{\"bid\": 50}</body></html>".to_vec(),
         ),
         Behaviour::ServerError => (500, "application/json", br#"{"error":"boom"}"#.to_vec()),
-        Behaviour::Hang | Behaviour::Close => unreachable!("handled on the socket"),
+        Behaviour::Hang | Behaviour::Close | Behaviour::CloseAfterMs(_) => {
+            unreachable!("handled on the socket")
+        }
         Behaviour::Bid(micros) if path.ends_with("/ping") => (
             200,
             "application/json",
