@@ -547,6 +547,22 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
     for f in ["extra", "vertical", "version"] {
         assert!(fields.contains(&f), "{f}: {body}");
     }
+    // A control character in a version is echoed as `?`, never dropped (black-box round
+    // 46: "v\u0000x" was echoed as "vx", a valid name), and at most 64 characters of it.
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "v\u{0}x"})).await;
+    let body = reply.assert_error(400, "invalid_request").to_string();
+    assert!(
+        body.contains(r#"version \"v?x\" is not a model version"#),
+        "{body}"
+    );
+    let reply = swap(
+        &ex,
+        json!({"vertical": VERTICAL, "version": "w".repeat(300)}),
+    )
+    .await;
+    let body = reply.assert_error(400, "invalid_request").to_string();
+    assert!(body.contains(&"w".repeat(64)), "{body}");
+    assert!(!body.contains(&"w".repeat(65)), "{body}");
     // A lead-score model whose leaves can sum past a float's range (an infinite or NaN
     // score) is refused at swap and at import.
     let mut huge: Value = serde_json::from_slice(&lead).unwrap();

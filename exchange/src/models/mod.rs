@@ -241,7 +241,7 @@ pub fn load_set(
     if !valid_version(version) {
         return Err(vec![format!(
             "version {:?} is not a model version: 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)",
-            crate::server::truncate(version, 80)
+            crate::server::truncate(version, 64)
         )]);
     }
     let dir = set_dir(learning, &vertical.name, version);

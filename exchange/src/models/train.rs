@@ -416,7 +416,7 @@ pub fn check_inputs(
         if !valid_version(version) {
             return Err(format!(
                 "{:?} is not a model version name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)",
-                crate::server::truncate(version, 80)
+                crate::server::truncate(version, 64)
             ));
         }
         let dir = crate::models::set_dir(&config.learning, vertical, version);

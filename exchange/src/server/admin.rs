@@ -231,7 +231,7 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
                 format!(
                     "version {:?} is not a model version: 1-64 of A-Z a-z 0-9 . _ - (not \
                      starting with a dot)",
-                    truncate(s, 80)
+                    truncate(s, 64)
                 ),
             ));
             None

@@ -439,9 +439,11 @@ fn openapi_json(state: &AppState) -> Response<Body> {
 }
 
 pub fn truncate(s: &str, n: usize) -> String {
+    // Hidden characters shown as `?`, never dropped: a name with one dropped could read
+    // as another, valid one (black-box round 46: `v\u0000x` was echoed as "vx").
     s.chars()
         .take(n)
-        .filter(|&c| !proto::error::is_hidden(c))
+        .map(|c| if proto::error::is_hidden(c) { '?' } else { c })
         .collect()
 }
 

@@ -124,8 +124,12 @@ impl Manifest {
                 bytes.len()
             ));
         }
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid: {e}"))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+            format!(
+                "manifest is not valid: {}",
+                super::shorten_quotes(&e.to_string())
+            )
+        })?;
         if m.format != MANIFEST_FORMAT {
             return Err(format!(
                 "manifest format {} is not supported (this build reads format {MANIFEST_FORMAT})",
@@ -155,7 +159,7 @@ impl Manifest {
         if self.vertical != vertical {
             out.push(format!(
                 "was trained for vertical {:?}, not {vertical:?}",
-                self.vertical
+                super::excerpt(&self.vertical)
             ));
         }
         if self.features_version != spec.version {
@@ -166,11 +170,19 @@ impl Manifest {
         }
         let want = kind.expected_features(spec);
         if self.features != want {
+            // Each name cut to 40 characters, at most 64 of them (the file's side may
+            // hold anything).
             let names = |f: &[FeatureDesc]| {
-                f.iter()
-                    .map(|d| d.name.as_str())
+                let mut s = f
+                    .iter()
+                    .take(64)
+                    .map(|d| super::excerpt(&d.name))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", ");
+                if f.len() > 64 {
+                    s.push_str(&format!(", and {} more", f.len() - 64));
+                }
+                s
             };
             if self.features.len() != want.len()
                 || self
@@ -185,12 +197,12 @@ impl Manifest {
                     names(&want)
                 ));
             } else {
-                let differ: Vec<&str> = self
+                let differ: Vec<String> = self
                     .features
                     .iter()
                     .zip(&want)
                     .filter(|(a, b)| a != b)
-                    .map(|(a, _)| a.name.as_str())
+                    .map(|(a, _)| super::excerpt(&a.name))
                     .collect();
                 out.push(format!(
                     "encodes features [{}] differently from the configuration",

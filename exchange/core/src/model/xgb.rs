@@ -192,10 +192,11 @@ impl XgbModel {
         }
         let file: File = serde_json::from_slice(bytes).map_err(|e| {
             use serde_json::error::Category;
+            let msg = super::shorten_quotes(&e.to_string());
             match e.classify() {
-                Category::Eof => ModelError::Truncated(e.to_string()),
-                Category::Syntax | Category::Io => ModelError::NotJson(e.to_string()),
-                Category::Data => ModelError::Shape(e.to_string()),
+                Category::Eof => ModelError::Truncated(msg),
+                Category::Syntax | Category::Io => ModelError::NotJson(msg),
+                Category::Data => ModelError::Shape(msg),
             }
         })?;
         build(file.learner)
@@ -786,7 +787,7 @@ fn parse_param<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<
 
 /// Error messages quote at most 40 characters of a value from the file.
 fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
+    super::excerpt(s)
 }
 
 fn build(learner: Learner) -> Result<XgbModel, ModelError> {
