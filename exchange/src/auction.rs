@@ -343,10 +343,9 @@ impl<F: std::future::Future> std::future::Future for Call<F> {
 /// The calls still running when an auction's collection ended: each is heard out in the
 /// background for [`crate::late::LATE_DRAIN_TIMEOUTS`] times its own buyer's ping
 /// timeout from now (the end of collection), and counted as a late answer if the buyer
-/// answers by then (a transport failure is not an answer); one
-/// past its buyer's or the exchange's limit of late calls is dropped at once (its
-/// connection closed). The calls are grouped by that bound (one background task each;
-/// most auctions have one group).
+/// answers by then (a transport failure is not an answer); one past its buyer's or the
+/// exchange's limit of late calls is dropped at once (its connection closed). The calls
+/// are grouped by that bound (one background task each; most auctions have one group).
 fn hear_out_late<F, O>(
     state: &Arc<AppState>,
     rt: &Arc<Runtime>,
