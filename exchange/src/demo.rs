@@ -221,9 +221,18 @@ async fn call(
 pub const DEMO_VERTICAL: &str = "auto_insurance";
 
 /// Why `cfg` cannot take the demo's sample leads (an `auto_insurance` vertical, and a
-/// seller whose key is [`DEMO_SELLER_KEY`] and who sells in it), if it cannot.
+/// seller whose key is [`DEMO_SELLER_KEY`] and who sells in it; a plain-HTTP seller
+/// listener), if it cannot.
 pub fn sample_leads_problem(cfg: &Config) -> Option<String> {
     use sha2::Digest as _;
+    // The demo's sample leads and the commands it prints speak plain HTTP (black-box round
+    // 47: with `[server.tls]` every sample lead failed as "exchange unreachable").
+    if cfg.server.listener.tls.is_some() {
+        return Some(
+            "the demo sends its sample leads, and prints its commands, over plain HTTP, and              this configuration's listeners speak HTTPS only ([server.tls]); run the demo              without [server.tls]"
+                .into(),
+        );
+    }
     let Some(&vertical) = cfg.vertical_by_name.get(DEMO_VERTICAL) else {
         return Some(format!(
             "the sample leads are `{DEMO_VERTICAL}` leads, and this configuration has no \

@@ -154,7 +154,32 @@ fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why(
     let demo_key_sha256 = "19891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176";
     let base = demo_config(dir.path());
     assert!(base.contains(demo_key_sha256));
+    // A valid certificate, so that only the demo refuses the TLS configuration.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    assert!(base.contains("\n[server.breaker]\n"));
+    let with_tls = base.replacen(
+        "\n[server.breaker]\n",
+        &format!(
+            "\n[server.tls]\ncert_path = {:?}\nkey_path = {:?}\n\n[server.breaker]\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        1,
+    );
     for (text, why) in [
+        // Black-box round 47: with `[server.tls]` every sample lead failed as "exchange
+        // unreachable" (the demo speaks plain HTTP).
+        (
+            with_tls,
+            "this configuration's listeners speak HTTPS only ([server.tls])",
+        ),
         (
             base.replace("auto_insurance", "auto"),
             "this configuration has no `auto_insurance` vertical",

@@ -449,13 +449,21 @@ so if the exchange reloaded its configuration since it started, the file may not
                             derived.as_ref().map_or(String::new(), |(w, b, p)| format!("{w} would have won (bid {}, seller price {})", m(*b), m(*p))),
                         );
                     } else if derived == recorded {
+                        // Without a removed buyer's bid the re-derivation is partial: the
+                        // same winner is not a full match (black-box round 47: "MISMATCH"
+                        // above, then "MATCHES the record").
+                        let verdict = if unknown_buyers.is_empty() {
+                            "MATCHES the record"
+                        } else {
+                            "the same winner as the record, re-derived without the bids of buyers no longer configured (see above): not a full match"
+                        };
                         let _ = writeln!(
                             out,
                             "re-derived under the configuration ({} for seller {seller_id}, {ranking_words}): {}",
                             payout_text(seller.payout),
                             match &derived {
-                                Some((w, b, p)) => format!("{w}, bid {}, seller price {} — MATCHES the record", m(*b), m(*p)),
-                                None => "no winner — MATCHES the record".into(),
+                                Some((w, b, p)) => format!("{w}, bid {}, seller price {} — {verdict}", m(*b), m(*p)),
+                                None => format!("no winner — {verdict}"),
                             }
                         );
                     } else {
@@ -1074,6 +1082,32 @@ payout = { model = "revenue_share", share_pct = 80 }
             "{t}"
         );
         assert!(!t.contains("below the reserve"), "{t}");
+    }
+
+    /// Black-box round 47: a losing bidder a reload removed made replay print "MISMATCH"
+    /// and then "MATCHES the record" for the same auction. The re-derivation without
+    /// its bid names the same winner, and says it is not a full match.
+    #[test]
+    fn a_loser_a_reload_removed_is_not_followed_by_matches_the_record() {
+        let full = replay(
+            &auction("coast", 15_000_000, 12_000_000),
+            &[],
+            Some(&config(&["empire", "coast", "lone", "direct"])),
+        );
+        assert!(full.text.contains("— MATCHES the record"), "{}", full.text);
+        let r = replay(
+            &auction("coast", 15_000_000, 12_000_000),
+            &[],
+            Some(&config(&["empire", "coast", "direct"])),
+        );
+        let t = &r.text;
+        assert!(r.mismatch, "{t}");
+        assert!(
+            t.contains("buyer lone bid but is no longer in the configuration"),
+            "{t}"
+        );
+        assert!(!t.contains("MATCHES the record"), "{t}");
+        assert!(t.contains("coast, bid 15.00 USD, seller price 12.00 USD — the same winner as the record, re-derived without the bids of buyers no longer configured (see above): not a full match"), "{t}");
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub fn train(
                         });
                     match decision {
                         Ok((wins, reason)) => {
+                            // `promoted` says what happened, not what was decided
+                            // (black-box round 47: true when the write failed).
+                            let mut promoted = wins;
                             if wins {
                                 if let Err(e) = crate::models::write_champion(
                                     &cfg.learning,
@@ -133,9 +136,10 @@ pub fn train(
                                         "pingpost train: could not write the champion: {e}"
                                     );
                                     status = 1;
+                                    promoted = false;
                                 }
                             }
-                            line["promoted"] = wins.into();
+                            line["promoted"] = promoted.into();
                             line["decision"] = reason.into();
                         }
                         Err(e) => {

@@ -29,6 +29,8 @@ pub const CHAMPION: &str = "CHAMPION";
 pub const HISTORY: &str = "HISTORY";
 /// Most lines `HISTORY` keeps.
 pub const HISTORY_MAX: usize = 1_000;
+/// Longest `HISTORY` file read.
+pub const HISTORY_BYTES_MAX: usize = 1 << 20;
 
 /// One loaded model and its manifest.
 #[derive(Debug)]
@@ -308,16 +310,19 @@ pub fn read_champion_checked(
 
 /// The versions that served, oldest first.
 pub fn history(learning: &LearningConfig, vertical: &str) -> Vec<String> {
-    read_bounded(&vertical_dir(learning, vertical).join(HISTORY), 1 << 20)
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
+    read_bounded(
+        &vertical_dir(learning, vertical).join(HISTORY),
+        HISTORY_BYTES_MAX,
+    )
+    .map(|b| {
+        String::from_utf8_lossy(&b)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The lock file of a vertical's model directory (see [`lock_vertical`]).
@@ -351,12 +356,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    {
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // No temporary file is left behind (black-box round 47).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {
         if let Ok(d) = std::fs::File::open(parent) {
             let _ = d.sync_all();
@@ -380,9 +390,11 @@ pub fn write_champion(
     // If `CHAMPION` then cannot be written, `HISTORY` is put back.
     let mut restore = None;
     if let Some(v) = version {
+        // Read without blocking: a `HISTORY` that is a FIFO or a directory refuses the
+        // swap here (black-box round 47: a FIFO held the loader thread for good).
+        let before = read_history_file(&dir)?;
         let mut h = history(learning, vertical);
         if h.last().map(String::as_str) != Some(v) {
-            let before = std::fs::read(dir.join(HISTORY)).ok();
             h.push(v.to_string());
             if h.len() > HISTORY_MAX {
                 h.drain(..h.len() - HISTORY_MAX);
@@ -406,6 +418,19 @@ pub fn write_champion(
         return Err(named(CHAMPION, e));
     }
     Ok(())
+}
+
+/// `HISTORY`'s bytes (`None`: there is none), read as [`read_bounded`] reads: never
+/// waiting on a FIFO; anything but a regular file is an error naming it.
+fn read_history_file(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let path = dir.join(HISTORY);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(named(HISTORY, e)),
+        Ok(_) => read_bounded(&path, HISTORY_BYTES_MAX)
+            .map(Some)
+            .map_err(|e| named(HISTORY, std::io::Error::other(e))),
+    }
 }
 
 /// `e`, saying which file of the vertical's model directory it is about.
@@ -433,6 +458,15 @@ pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String
     // waits, then reads what this one wrote.
     let _lock =
         lock_vertical(&dir).map_err(|e| vec![format!("{}: {e}", dir.join(LOCK).display())])?;
+    // A `HISTORY` that cannot be read says so (black-box round 47: a FIFO or a directory
+    // read as "no earlier model version"); its bytes are put back if `CHAMPION` fails.
+    let before = read_history_file(&dir).map_err(|e| {
+        vec![format!(
+            "vertical {}: {} cannot be read: {e}",
+            vertical.name,
+            dir.display()
+        )]
+    })?;
     let Some((target, h)) = rollback_target(learning, &vertical.name) else {
         return Err(vec![format!(
             "vertical {}: no earlier model version in {}",
@@ -449,8 +483,14 @@ pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String
     let name = |f: &str| dir.join(f).display().to_string();
     write_atomic(&dir.join(HISTORY), text.as_bytes())
         .map_err(|e| vec![format!("{}: {e}", name(HISTORY))])?;
-    write_atomic(&dir.join(CHAMPION), target.as_bytes())
-        .map_err(|e| vec![format!("{}: {e}", name(CHAMPION))])?;
+    if let Err(e) = write_atomic(&dir.join(CHAMPION), target.as_bytes()) {
+        // A failed rollback changes nothing (black-box round 47: `HISTORY` lost the
+        // version `CHAMPION` still named).
+        if let Some(before) = before {
+            let _ = write_atomic(&dir.join(HISTORY), &before);
+        }
+        return Err(vec![format!("{}: {e}", name(CHAMPION))]);
+    }
     Ok(target)
 }
 
@@ -463,7 +503,7 @@ pub fn list_versions(learning: &LearningConfig, vertical: &str) -> Vec<String> {
         .flatten()
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().to_str().map(String::from))
-        .filter(|v| valid_version(v))
+        .filter(|v| valid_version(v) && v != CHAMPION && v != HISTORY)
         .collect();
     out.sort();
     out
@@ -508,6 +548,51 @@ mod tests {
         assert_eq!(read_bounded(&link, 1024).unwrap(), b"{}");
     }
 
+    /// Black-box round 47: a `HISTORY` that is a FIFO refuses the swap at once, naming
+    /// it (it held the loader thread for good: a blocking read of the FIFO), with
+    /// `CHAMPION` as it was and no temporary file left behind.
+    #[test]
+    fn a_history_that_is_a_fifo_refuses_the_swap_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let learning = LearningConfig {
+            models_dir: dir.path().to_path_buf(),
+            ..LearningConfig::default()
+        };
+        write_champion(&learning, "auto", Some("v1")).unwrap();
+        let vdir = vertical_dir(&learning, "auto");
+        std::fs::remove_file(vdir.join(HISTORY)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            vdir.join(HISTORY),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = learning.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(write_champion(&l, "auto", Some("v2")).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the swap waited on the FIFO")
+            .unwrap_err();
+        assert!(
+            e.starts_with("HISTORY: ") && e.contains("not a regular file"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
+        let left: Vec<String> = std::fs::read_dir(&vdir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!list_versions(&learning, "auto").contains(&HISTORY.to_string()));
+    }
+
     /// Black-box round 46: a swap whose `HISTORY` cannot be written (here a directory)
     /// fails without touching `CHAMPION`, so the directory watch never serves it; the
     /// error names the file.
@@ -526,6 +611,16 @@ mod tests {
         let e = write_champion(&learning, "auto", Some("v2")).unwrap_err();
         assert!(e.to_string().starts_with("HISTORY: "), "{e}");
         assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
+        // No temporary file left behind (black-box round 47), and `HISTORY`, a
+        // directory, is not listed as a version.
+        assert!(
+            !std::fs::read_dir(&vdir)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp.")),
+            "a temporary file was left"
+        );
+        assert!(!list_versions(&learning, "auto").contains(&HISTORY.to_string()));
         // Put right, the swap goes through and both files say so.
         std::fs::remove_dir(vdir.join(HISTORY)).unwrap();
         write_champion(&learning, "auto", Some("v2")).unwrap();

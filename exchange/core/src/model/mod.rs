@@ -11,12 +11,13 @@ pub mod xgb;
 pub const QUOTE_CHARS_MAX: usize = 40;
 
 /// `s` as an error message may quote it: at most [`QUOTE_CHARS_MAX`] characters (then
-/// `…`), each control character as `?`.
+/// `…`), each hidden one (control, bidirectional, invisible: [`proto::error::is_hidden`])
+/// as `?`, as the API's echoes show them.
 pub fn excerpt(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(QUOTE_CHARS_MAX)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if proto::error::is_hidden(c) { '?' } else { c })
         .collect();
     if s.chars().nth(QUOTE_CHARS_MAX).is_some() {
         out.push('…');
@@ -56,7 +57,7 @@ pub fn shorten_quotes(msg: &str) -> String {
                 }
                 inside += 1;
                 if inside <= QUOTE_CHARS_MAX {
-                    out.push(if c.is_control() { '?' } else { c });
+                    out.push(if proto::error::is_hidden(c) { '?' } else { c });
                 }
             }
         }
@@ -92,7 +93,7 @@ mod quote_tests {
         // Short quotes are untouched.
         assert_eq!(shorten_quotes("bad \"x\" at `y`"), "bad \"x\" at `y`");
         assert_eq!(excerpt(&long).chars().count(), 41);
-        assert_eq!(excerpt("a\u{0}b"), "a?b");
+        assert_eq!(excerpt("a\u{0}b\u{202e}c\u{200b}"), "a?b?c?");
     }
 
     /// Black-box round 46: a model or manifest file holding a long string where a number

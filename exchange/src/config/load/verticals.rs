@@ -34,15 +34,19 @@ pub(super) fn read_vertical(
         TIMEOUT_MS_LIMIT,
         defaults::AUCTION_DEADLINE_MS,
     );
-    if auction_deadline_ms <= server.response_reserve_ms {
-        p.at(
-            &s.path_of("auction_deadline_ms"),
+    // Reported after the vertical is built (below): a well-formed vertical whose deadline
+    // only disagrees with the server's reserve still goes through the checks across
+    // sections, so their problems are listed with it (black-box round 47: a `floor` above
+    // `bid_max` showed only once the deadline was fixed).
+    let deadline_problem = (auction_deadline_ms <= server.response_reserve_ms).then(|| {
+        (
+            s.path_of("auction_deadline_ms"),
             format!(
                 "must be more than server.response_reserve_ms ({} ms), which is kept back to answer the seller",
                 server.response_reserve_ms
             ),
-        );
-    }
+        )
+    });
     let floor = s.money_opt(p, "floor").unwrap_or(Micros::ZERO);
     let bid_max = s.money_opt(p, "bid_max");
     if bid_max.is_some_and(|m| m <= Micros::ZERO) {
@@ -94,7 +98,13 @@ pub(super) fn read_vertical(
     s.finish(p);
 
     if p.len() > before {
+        if let Some((path, problem)) = deadline_problem {
+            p.at(&path, problem);
+        }
         return None;
+    }
+    if let Some((path, problem)) = deadline_problem {
+        p.at(&path, problem);
     }
     let fields = fields.into_iter().collect::<Option<Vec<_>>>()?;
     Some(Vertical {

@@ -308,6 +308,28 @@ fn fixed_price_buyers() {
     assert!(load_str_with_env(&at, &test_env).is_ok());
 }
 
+/// A deadline that only disagrees with the server's reserve does not hide the checks
+/// across sections: both problems are listed at once (black-box round 47: the floor
+/// above `bid_max` showed only once the deadline was fixed).
+#[test]
+fn a_deadline_under_the_reserve_does_not_hide_a_floor_above_bid_max() {
+    let mut found = errors(&[
+        ("#SERVER", "response_reserve_ms = 10"),
+        (
+            "#VERTICAL",
+            "floor = 6\nbid_max = 5\nauction_deadline_ms = 1",
+        ),
+    ]);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "verticals.auto.auction_deadline_ms: must be more than server.response_reserve_ms (10 ms), which is kept back to answer the seller",
+            "verticals.auto.floor: 6.00 is above bid_max (5.00): no bid could ever clear it",
+        ]
+    );
+}
+
 /// Prices that could never sell are refused, each at its key (black-box round 37).
 #[test]
 fn prices_that_could_never_sell_are_refused() {
