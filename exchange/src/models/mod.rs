@@ -335,12 +335,20 @@ pub const LOCK: &str = ".lock";
 /// `CHAMPION` naming another version than the one the answer said, and two rollbacks
 /// both went back the same one step).
 fn lock_vertical(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
+    // Opened without blocking and only as a regular file, as `HISTORY` is read: a `.lock`
+    // that is a FIFO would otherwise hold the opener until a reader came.
+    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(nonblock)
         .open(dir.join(LOCK))?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!("{LOCK}: not a regular file")));
+    }
     f.lock()?;
     Ok(f)
 }
@@ -591,6 +599,28 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         assert!(!list_versions(&learning, "auto").contains(&HISTORY.to_string()));
+        // A `.lock` that is a FIFO is refused at once too, never waited on.
+        std::fs::remove_file(vdir.join(HISTORY)).unwrap();
+        std::fs::remove_file(vdir.join(LOCK)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &vdir.join(LOCK),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = learning.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(write_champion(&l, "auto", Some("v2")).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the swap waited on the FIFO lock")
+            .unwrap_err();
+        assert!(e.contains(".lock") || e.contains("No such device"), "{e}");
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
     }
 
     /// Black-box round 46: a swap whose `HISTORY` cannot be written (here a directory)
