@@ -604,7 +604,7 @@ mod tests {
         std::fs::remove_file(vdir.join(LOCK)).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &vdir.join(LOCK),
+            vdir.join(LOCK),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
