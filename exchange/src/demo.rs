@@ -229,7 +229,9 @@ pub fn sample_leads_problem(cfg: &Config) -> Option<String> {
     // 47: with `[server.tls]` every sample lead failed as "exchange unreachable").
     if cfg.server.listener.tls.is_some() {
         return Some(
-            "the demo sends its sample leads, and prints its commands, over plain HTTP, and              this configuration's listeners speak HTTPS only ([server.tls]); run the demo              without [server.tls]"
+            "the demo sends its sample leads, and prints its commands, over plain HTTP, and \
+             this configuration's listeners speak HTTPS only ([server.tls]); run the demo \
+             without [server.tls]"
                 .into(),
         );
     }
