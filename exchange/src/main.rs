@@ -682,8 +682,8 @@ fn main() -> anyhow::Result<()> {
     if demo {
         if let Some(problem) = pingpost::demo::sample_leads_problem(&cfg) {
             pingpost::say_err!(
-                "pingpost --demo: {problem}. Run the demo on a configuration that has both \
-                 (config/default.toml does), or run without --demo and ping with your own \
+                "pingpost --demo: {problem}. Run the demo on a configuration it can use \
+                 (config/default.toml is one), or run without --demo and ping with your own \
                  seller key and vertical."
             );
             std::process::exit(2);

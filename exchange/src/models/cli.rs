@@ -108,10 +108,33 @@ pub fn train(
                     }
                 }
                 let mut line = serde_json::to_value(&outcome).unwrap_or_default();
-                if promote {
-                    let v = &cfg.verticals[cfg.vertical_by_name[&name]];
-                    let champion = crate::models::read_champion(&cfg.learning, &name)
-                        .and_then(|c| crate::models::load_set(&cfg.learning, v, &c).ok());
+                // The set to beat: what `CHAMPION` names. One that cannot be read, or
+                // names a set that does not load, stops the promotion: what serves is
+                // then unknown, and a new set must not win by default (black-box round
+                // 48: "no champion serves", promoted).
+                let v = &cfg.verticals[cfg.vertical_by_name[&name]];
+                let champion = if promote {
+                    match crate::models::read_champion_checked(&cfg.learning, &name) {
+                        Ok(None) => Ok(None),
+                        Ok(Some(c)) => crate::models::load_set(&cfg.learning, v, &c)
+                            .map(Some)
+                            .map_err(|e| {
+                                format!("the champion {c} does not load: {}", e.join("; "))
+                            }),
+                        Err(e) => Err(format!("CHAMPION cannot be read: {e}")),
+                    }
+                } else {
+                    Ok(None)
+                };
+                if let (true, Err(why)) = (promote, &champion) {
+                    crate::say_err!(
+                        "pingpost train: not promoted: {why}; swap or fix the champion first"
+                    );
+                    line["promoted"] = false.into();
+                    line["decision"] = format!("not promoted: {why}").into();
+                    status = 1;
+                }
+                if let (true, Ok(champion)) = (promote, champion) {
                     let decision =
                         crate::models::load_set(&cfg.learning, v, &outcome.version).map(|new| {
                             crate::models::train::promotion(

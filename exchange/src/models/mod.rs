@@ -336,6 +336,8 @@ pub const LOCK: &str = ".lock";
 /// both went back the same one step).
 fn lock_vertical(dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK);
+    let at = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     std::fs::create_dir_all(dir)?;
     // Opened without blocking and only as a regular file, as `HISTORY` is read: a `.lock`
     // that is a FIFO would otherwise hold the opener until a reader came.
@@ -345,13 +347,41 @@ fn lock_vertical(dir: &Path) -> std::io::Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .custom_flags(nonblock)
-        .open(dir.join(LOCK))?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other(format!("{LOCK}: not a regular file")));
+        .open(&path)
+        .map_err(at)?;
+    if !f.metadata().map_err(at)?.is_file() {
+        return Err(at(std::io::Error::other("not a regular file")));
     }
-    f.lock()?;
-    Ok(f)
+    // Another swap, rollback or promotion holds it for milliseconds; a holder that keeps
+    // it longer (any process that can open the file can lock it) gets the caller an error
+    // after `LOCK_WAIT_MS`, not a wait without end (black-box round 48: a `flock` held
+    // from outside stalled every swap, and the swap applied after its caller had gone).
+    for _ in 0..LOCK_WAIT_MS / LOCK_RETRY_MS {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(at(e)),
+        }
+    }
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(at(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "held by another process for over {} s (another swap, rollback or promotion, or a lock taken from outside)",
+                LOCK_WAIT_MS / 1000
+            ),
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(at(e)),
+    }
 }
+
+/// How long a swap, rollback or promotion waits for the vertical's `.lock`.
+pub const LOCK_WAIT_MS: u64 = 5_000;
+/// How often it looks again meanwhile.
+const LOCK_RETRY_MS: u64 = 20;
 
 /// Writes `file` atomically (a temporary file of this process and call, fsynced, renamed
 /// over it: two writers never share a temporary file).
@@ -621,6 +651,41 @@ mod tests {
             .unwrap_err();
         assert!(e.contains(".lock") || e.contains("No such device"), "{e}");
         assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
+    }
+
+    /// Black-box round 48: a `.lock` held by another holder (any process that can open
+    /// it) makes a swap fail after `LOCK_WAIT_MS`, naming the file, rather than wait
+    /// without end; `CHAMPION` stays as it was.
+    #[test]
+    fn a_lock_held_elsewhere_fails_the_swap_after_a_bounded_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let learning = LearningConfig {
+            models_dir: dir.path().to_path_buf(),
+            ..LearningConfig::default()
+        };
+        write_champion(&learning, "auto", Some("v1")).unwrap();
+        let vdir = vertical_dir(&learning, "auto");
+        // Another open of the file: flock locks belong to the open file, so this one
+        // conflicts with the swap's own open, as another process's would.
+        let holder = std::fs::File::open(vdir.join(LOCK)).unwrap();
+        holder.lock_shared().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = learning.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(write_champion(&l, "auto", Some("v2")).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_millis(LOCK_WAIT_MS * 4))
+            .expect("the swap waited on the lock without end")
+            .unwrap_err();
+        assert!(
+            e.contains(".lock") && e.contains("held by another process"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
+        drop(holder);
+        write_champion(&learning, "auto", Some("v2")).unwrap();
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v2");
     }
 
     /// Black-box round 46: a swap whose `HISTORY` cannot be written (here a directory)
