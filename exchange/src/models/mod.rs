@@ -113,6 +113,12 @@ pub fn set_dir(learning: &LearningConfig, vertical: &str, version: &str) -> Path
     vertical_dir(learning, vertical).join(version)
 }
 
+/// `O_NONBLOCK`, for `OpenOptionsExt::custom_flags`: opening a FIFO never waits for
+/// the other end.
+fn nonblocking() -> i32 {
+    i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0)
+}
+
 /// Reads at most `max` bytes of `path`; a longer file is an error (never read whole), and
 /// so is anything but a regular file (a symlink is followed to what it names). It is
 /// opened without blocking, so a FIFO without a writer is refused at once rather than
@@ -120,10 +126,9 @@ pub fn set_dir(learning: &LearningConfig, vertical: &str, version: &str) -> Path
 /// loader, every admin request queued behind it, and the start).
 pub fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nonblock)
+        .custom_flags(nonblocking())
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let regular = f
@@ -341,12 +346,11 @@ fn lock_vertical(dir: &Path) -> std::io::Result<std::fs::File> {
     std::fs::create_dir_all(dir)?;
     // Opened without blocking and only as a regular file, as `HISTORY` is read: a `.lock`
     // that is a FIFO would otherwise hold the opener until a reader came.
-    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .custom_flags(nonblock)
+        .custom_flags(nonblocking())
         .open(&path)
         .map_err(at)?;
     if !f.metadata().map_err(at)?.is_file() {
@@ -551,29 +555,57 @@ pub fn list_versions(learning: &LearningConfig, vertical: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn learning_in(dir: &Path) -> LearningConfig {
+        LearningConfig {
+            models_dir: dir.to_path_buf(),
+            ..LearningConfig::default()
+        }
+    }
+
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    /// `f`'s result, run on a thread of its own, or `None` if it took longer than
+    /// `ms` (a call that waits without end fails the test rather than hangs it).
+    fn within<T: Send + 'static>(ms: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_millis(ms)).ok()
+    }
+
+    /// Makes `version` the champion of vertical `auto` within `ms`.
+    fn swap_within(
+        learning: &LearningConfig,
+        version: &'static str,
+        ms: u64,
+    ) -> Option<Result<(), String>> {
+        let l = learning.clone();
+        within(ms, move || {
+            write_champion(&l, "auto", Some(version)).map_err(|e| e.to_string())
+        })
+    }
+
     /// Black-box round 46: a model file that is a FIFO with no writer is refused at
     /// once (not a regular file), never waited on; so is a directory.
     #[test]
     fn a_fifo_or_a_directory_is_refused_at_once_not_waited_on() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("realization.json");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        mkfifo(&fifo);
         let path = fifo.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(read_bounded(&path, 1024));
-        });
-        let read = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("reading a FIFO waited for a writer");
-        let e = read.unwrap_err();
+        let e = within(10_000, move || read_bounded(&path, 1024))
+            .expect("reading a FIFO waited for a writer")
+            .unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
         let e = read_bounded(dir.path(), 1024).unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
@@ -592,28 +624,12 @@ mod tests {
     #[test]
     fn a_history_that_is_a_fifo_refuses_the_swap_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let learning = LearningConfig {
-            models_dir: dir.path().to_path_buf(),
-            ..LearningConfig::default()
-        };
+        let learning = learning_in(dir.path());
         write_champion(&learning, "auto", Some("v1")).unwrap();
         let vdir = vertical_dir(&learning, "auto");
         std::fs::remove_file(vdir.join(HISTORY)).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            vdir.join(HISTORY),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l = learning.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(write_champion(&l, "auto", Some("v2")).map_err(|e| e.to_string()));
-        });
-        let e = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
+        mkfifo(&vdir.join(HISTORY));
+        let e = swap_within(&learning, "v2", 10_000)
             .expect("the swap waited on the FIFO")
             .unwrap_err();
         assert!(
@@ -632,21 +648,8 @@ mod tests {
         // A `.lock` that is a FIFO is refused at once too, never waited on.
         std::fs::remove_file(vdir.join(HISTORY)).unwrap();
         std::fs::remove_file(vdir.join(LOCK)).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            vdir.join(LOCK),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l = learning.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(write_champion(&l, "auto", Some("v2")).map_err(|e| e.to_string()));
-        });
-        let e = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
+        mkfifo(&vdir.join(LOCK));
+        let e = swap_within(&learning, "v2", 10_000)
             .expect("the swap waited on the FIFO lock")
             .unwrap_err();
         assert!(e.contains(".lock") || e.contains("No such device"), "{e}");
@@ -659,23 +662,14 @@ mod tests {
     #[test]
     fn a_lock_held_elsewhere_fails_the_swap_after_a_bounded_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let learning = LearningConfig {
-            models_dir: dir.path().to_path_buf(),
-            ..LearningConfig::default()
-        };
+        let learning = learning_in(dir.path());
         write_champion(&learning, "auto", Some("v1")).unwrap();
         let vdir = vertical_dir(&learning, "auto");
         // Another open of the file: flock locks belong to the open file, so this one
         // conflicts with the swap's own open, as another process's would.
         let holder = std::fs::File::open(vdir.join(LOCK)).unwrap();
         holder.lock_shared().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l = learning.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(write_champion(&l, "auto", Some("v2")).map_err(|e| e.to_string()));
-        });
-        let e = rx
-            .recv_timeout(std::time::Duration::from_millis(LOCK_WAIT_MS * 4))
+        let e = swap_within(&learning, "v2", LOCK_WAIT_MS * 4)
             .expect("the swap waited on the lock without end")
             .unwrap_err();
         assert!(
@@ -694,10 +688,7 @@ mod tests {
     #[test]
     fn a_champion_that_cannot_be_recorded_leaves_champion_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let learning = LearningConfig {
-            models_dir: dir.path().to_path_buf(),
-            ..LearningConfig::default()
-        };
+        let learning = learning_in(dir.path());
         write_champion(&learning, "auto", Some("v1")).unwrap();
         let vdir = vertical_dir(&learning, "auto");
         assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "v1");
