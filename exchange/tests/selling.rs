@@ -880,6 +880,54 @@ async fn a_bid_past_the_budget_left_is_refused_at_award_and_counted() {
     );
 }
 
+/// A buyer with less of its budget left than the vertical's floor is not pinged at all:
+/// no bid under the floor is quoted and a buyer pays its bid, so it could win nothing,
+/// and a ping would only show it a lead it cannot buy. It is skipped as `capped`.
+#[tokio::test]
+async fn a_buyer_with_less_budget_left_than_the_floor_is_not_pinged() {
+    let a = ScriptedBidder::bidding(45.0);
+    let b = ScriptedBidder::bidding(20.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let (bb, _hb) = serve("b", &b).await;
+    let ex = TestConfig {
+        floor: 10.0,
+        ..TestConfig::new()
+    }
+    .buyer(ab.clone())
+    .buyer(bb.clone())
+    .start_edited(|t| t.replacen("[buyers.a]\n", "[buyers.a]\nbudget_daily = 50\n", 1))
+    .await;
+    // 45.00 of 50.00 spent: 5.00 left, under the floor of 10.00.
+    assert_eq!(
+        ex.client.direct("TX").await.buyer.as_deref(),
+        Some(ab.name().as_str())
+    );
+    assert_eq!(a.pings(), 1);
+    let second = ex.client.direct("TX").await;
+    assert_eq!(
+        second.buyer.as_deref(),
+        Some(bb.name().as_str()),
+        "{second:?}"
+    );
+    assert_eq!(
+        a.pings(),
+        1,
+        "a is not pinged: what it has left buys nothing"
+    );
+    let auction = &ex.ledger_of("auction")[1];
+    assert_eq!(
+        auction["skipped"],
+        serde_json::json!({"total": 1, "by_reason": {"capped": 1},
+            "first": [{"buyer": "a", "reason": "capped"}]}),
+        "{auction}"
+    );
+    assert_eq!(
+        ex.metric("pingpost_buyer_capped_at_award_total", &[("buyer", "a")])
+            .await,
+        0.0
+    );
+}
+
 /// Black-box round 41: the cap gauge was a whole percent, so 3 leads of an hourly 600
 /// read 0, the value of a window with nothing sold.
 #[tokio::test]

@@ -757,26 +757,30 @@ impl CapBook {
     /// [`reserve`](CapBook::reserve)s, because another auction may have won the last slot
     /// in between. An unknown key is no headroom.
     pub fn has_headroom(&self, key: BuyerKey, buyer: &Buyer, now: UnixMs) -> bool {
-        self.headroom_at(key, buyer, now, None) == Headroom::Yes
+        self.headroom_at(key, buyer, now, None, Micros(0)) == Headroom::Yes
     }
 
-    /// [`CapBook::has_headroom`] with `at`, the windows of `now` in the buyer's zone when
-    /// the caller has them (eligibility computes them once per zone per auction), and the
-    /// book's version when the buyer is full.
+    /// [`CapBook::has_headroom`] for a lead that costs the buyer at least `least` (with a
+    /// budget, `spent + reserved money + least <= budget_daily`; zero asks for something
+    /// left), with `at`, the windows of `now` in the buyer's zone when the caller has them
+    /// (eligibility computes them once per zone per auction), and the book's version when
+    /// the buyer is full.
     pub fn headroom_at(
         &self,
         key: BuyerKey,
         buyer: &Buyer,
         now: UnixMs,
         at: Option<&Windows>,
+        least: Micros,
     ) -> Headroom {
+        let least = (least.0 > 0).then_some(least);
         self.with_version(key, |b, version| {
             let (w, moved) = b.advance_with(buyer.timezone, now, at);
             if moved {
                 version.fetch_add(1, Ordering::AcqRel);
             }
             match w {
-                Some(w) if b.check(w.keys(), &buyer.caps, None, now).is_ok() => Headroom::Yes,
+                Some(w) if b.check(w.keys(), &buyer.caps, least, now).is_ok() => Headroom::Yes,
                 // A former zone's window still running may end within the hour, making
                 // room with no new version: not an answer to remember.
                 Some(_) if b.former.iter().any(|f| f.until > now) => {
@@ -1136,7 +1140,7 @@ mod tests {
         // Full until 11:30 only, within Kathmandu's hour: not to be remembered for the
         // hour (eligibility's hint would keep the buyer out until 12:15).
         assert_eq!(
-            book.headroom_at(BuyerKey(0), &b, next + 2, None),
+            book.headroom_at(BuyerKey(0), &b, next + 2, None, Micros(0)),
             Headroom::Full { version: None }
         );
         // 11:30: the Kolkata hour has ended: two more fit in Kathmandu's hour, not three.

@@ -32,6 +32,7 @@ use super::UnixMs;
 use crate::buyer_index::VerticalIndex;
 use crate::caps::{Headroom, Windows};
 use crate::config::{Buyer, BuyerIdx, Config, VerticalIdx};
+use proto::Micros;
 
 /// The lead field that carries the US state (a `State` field in the schema).
 pub const STATE_FIELD: &str = "state";
@@ -206,6 +207,11 @@ pub fn select(
     // Reasons of the candidates that fail a later filter, ascending by position.
     let mut later: Vec<(usize, SkipReason)> = Vec::new();
     let mut zones: Vec<Option<LocalNow>> = vec![None; vi.zones.len()];
+    let room = Room {
+        caps,
+        now,
+        least: v.floor,
+    };
     for j in candidates.iter() {
         let (Some(&idx), Some(&zone)) = (vi.buyers.get(j), vi.zone_of.get(j)) else {
             continue;
@@ -218,7 +224,7 @@ pub fn select(
             Some(slot) => *slot.insert(LocalNow::at(buyer.timezone, now)),
             None => LocalNow::at(buyer.timezone, now),
         };
-        match later_reason(vi, j, buyer, &local, score, now, caps) {
+        match later_reason(vi, j, buyer, &local, score, &room) {
             Some(reason) => {
                 counts[reason as usize] += 1;
                 later.push((j, reason));
@@ -258,8 +264,7 @@ fn later_reason(
     buyer: &Buyer,
     local: &LocalNow,
     score: Option<u8>,
-    now: UnixMs,
-    caps: &dyn CapStore,
+    room: &Room<'_>,
 ) -> Option<SkipReason> {
     if !schedule::is_open_at(buyer.schedule.as_ref(), local.open_at) {
         return Some(SkipReason::Schedule);
@@ -269,7 +274,7 @@ fn later_reason(
             return Some(SkipReason::ScoreFloor);
         }
     }
-    if is_full(vi, j, buyer, local.windows.as_ref(), now, caps) {
+    if is_full(vi, j, buyer, local.windows.as_ref(), room) {
         return Some(SkipReason::Capped);
     }
     None
@@ -280,18 +285,28 @@ fn hint(version: u32, hour_tag: u32) -> u64 {
     (u64::from(version) << 32) | u64::from(hour_tag)
 }
 
-/// Is the buyer at a cap or its budget? A hint "full at version v in hour h" answers
-/// without the store's lock while the version is still `v` and `now` is still in hour
-/// `h`: nothing that could make room (a release, a new window, a reload: a new
-/// configuration has new hints) can happen without changing one of them.
+/// What the cap filter asks the store: at `now`, room for one lead costing at least
+/// `least`, the vertical's floor (no bid under it is quoted, and a buyer pays its bid, so
+/// a buyer with less of its budget left could win nothing and is not pinged).
+struct Room<'c> {
+    caps: &'c dyn CapStore,
+    now: UnixMs,
+    least: Micros,
+}
+
+/// Is the buyer at a cap, or with less budget left than the floor? A hint "full at
+/// version v in hour h" answers without the store's lock while the version is still `v`
+/// and `now` is still in hour `h`: nothing that could make room (a release, a new
+/// window, a reload: a new configuration has new hints, and the floor is the
+/// configuration's) can happen without changing one of them.
 fn is_full(
     vi: &VerticalIndex,
     j: usize,
     buyer: &Buyer,
     at: Option<&Windows>,
-    now: UnixMs,
-    caps: &dyn CapStore,
+    room: &Room<'_>,
 ) -> bool {
+    let Room { caps, now, least } = *room;
     let slot = vi.hints.get(j);
     if let (Some(w), Some(slot)) = (at, slot) {
         let h = slot.load(Ordering::Relaxed);
@@ -299,7 +314,7 @@ fn is_full(
             return true;
         }
     }
-    match caps.headroom_at(buyer, now, at) {
+    match caps.headroom_at(buyer, now, at, least) {
         Headroom::Yes => false,
         Headroom::Full { version } => {
             if let (Some(v), Some(w), Some(slot)) = (version, at, slot) {
@@ -330,11 +345,16 @@ pub fn select_scan(
     let state = lead.get(&v.schema, STATE_FIELD).and_then(|f| f.as_str());
     let zip = lead.get(&v.schema, ZIP_FIELD).and_then(|f| f.as_str());
     let mut skipped = Vec::new();
+    let room = Room {
+        caps,
+        now,
+        least: v.floor,
+    };
     for &idx in buyers {
         let Some(buyer) = cfg.buyers.get(idx) else {
             continue;
         };
-        match skip_reason(buyer, state, zip, score, now, caps) {
+        match skip_reason(buyer, state, zip, score, &room) {
             Some(reason) => skipped.push((idx, reason)),
             None => out.pass(idx, buyer),
         }
@@ -349,9 +369,9 @@ fn skip_reason(
     state: Option<&str>,
     zip: Option<&str>,
     score: Option<u8>,
-    now: UnixMs,
-    caps: &dyn CapStore,
+    room: &Room<'_>,
 ) -> Option<SkipReason> {
+    let Room { caps, now, least } = *room;
     if !state_ok(buyer, state) {
         return Some(SkipReason::State);
     }
@@ -366,7 +386,7 @@ fn skip_reason(
             return Some(SkipReason::ScoreFloor);
         }
     }
-    if !caps.has_headroom(buyer, now) {
+    if !caps.has_headroom(buyer, now, least) {
         return Some(SkipReason::Capped);
     }
     None
@@ -503,6 +523,57 @@ mod tests {
         );
         assert_eq!(run(&cfg, TX, Some(60), 0).ping, [0]);
         assert_eq!(run(&cfg, TX, None, 0).ping, [0]);
+    }
+
+    #[test]
+    fn a_budget_with_less_left_than_the_floor_is_not_pinged() {
+        let mut b = buyer(0);
+        b.caps = Caps {
+            budget_daily: Some(Micros(5_000_000)),
+            ..Caps::default()
+        };
+        let cfg = config_with(vec![b.clone()]);
+        assert_eq!(cfg.verticals[0].floor, Micros(1_000_000));
+        let l = lead(TX);
+        let pinged = |cfg: &Config, caps: &CapBook| {
+            let fast = select(cfg, 0, &l, None, 0, caps);
+            let scan = select_scan(cfg, 0, &l, None, 0, caps);
+            assert_eq!(fast.ping, scan.ping);
+            assert_eq!(fast.skipped.first, scan.skipped.first);
+            !fast.ping.is_empty()
+        };
+        // 1.00 left, the floor: a bid at the floor could still be quoted and paid.
+        let caps = CapBook::new(1);
+        let held = caps
+            .reserve(cfg.buyers[0].key, &cfg.buyers[0], Micros(4_000_000), 0)
+            .unwrap();
+        assert!(pinged(&cfg, &caps));
+        // 0.99 left: any bid it could win costs more than that; not pinged, `capped`.
+        let caps = CapBook::new(1);
+        let short = caps
+            .reserve(cfg.buyers[0].key, &cfg.buyers[0], Micros(4_010_000), 0)
+            .unwrap();
+        let e = select(&cfg, 0, &l, None, 0, &caps);
+        assert!(e.ping.is_empty());
+        assert_eq!(e.skipped.first, [(0, SkipReason::Capped)]);
+        assert!(!pinged(&cfg, &caps), "asked again (the hint)");
+        // Released, it has room again (the hint does not outlive the release).
+        assert!(caps.release(&short));
+        assert!(pinged(&cfg, &caps));
+        drop(held);
+        // With no floor, any money left is enough; none left is not. (A configuration of
+        // its own: the hints belong to a configuration and its one cap store.)
+        let mut cfg = config_with(vec![b]);
+        cfg.verticals[0].floor = Micros(0);
+        let caps = CapBook::new(1);
+        let most = caps
+            .reserve(cfg.buyers[0].key, &cfg.buyers[0], Micros(4_999_999), 0)
+            .unwrap();
+        assert!(pinged(&cfg, &caps));
+        assert!(caps.release(&most));
+        caps.reserve(cfg.buyers[0].key, &cfg.buyers[0], Micros(5_000_000), 0)
+            .unwrap();
+        assert!(!pinged(&cfg, &caps));
     }
 
     #[test]

@@ -26,14 +26,23 @@ use crate::config::{Buyer, BuyerKey, Config};
 /// Where buyers' caps and budgets are counted. Synchronous: a lookup or a tiny lock; an
 /// implementation over the network would answer from a local lease.
 pub trait CapStore: Send + Sync {
-    /// Could the buyer take one more lead at `now`? (Eligibility; no hold is taken.)
-    fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool;
+    /// Could the buyer take one more lead at `now`, costing it at least `least`? Every
+    /// count cap needs room for one, and a budget needs `least` left (something left when
+    /// `least` is zero). Eligibility asks with the vertical's floor, below which no bid
+    /// is quoted; no hold is taken.
+    fn has_headroom(&self, buyer: &Buyer, now: UnixMs, least: Micros) -> bool;
     /// [`CapStore::has_headroom`] given `at`, the windows of `now` in the buyer's zone
     /// (eligibility computes them once per zone per auction); when full, the store's
     /// version of the buyer then, if it keeps one ([`CapStore::version`]).
-    fn headroom_at(&self, buyer: &Buyer, now: UnixMs, at: Option<&Windows>) -> Headroom {
+    fn headroom_at(
+        &self,
+        buyer: &Buyer,
+        now: UnixMs,
+        at: Option<&Windows>,
+        least: Micros,
+    ) -> Headroom {
         let _ = at;
-        if self.has_headroom(buyer, now) {
+        if self.has_headroom(buyer, now, least) {
             Headroom::Yes
         } else {
             Headroom::Full { version: None }
@@ -66,11 +75,17 @@ pub trait CapStore: Send + Sync {
 }
 
 impl CapStore for CapBook {
-    fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool {
-        CapBook::has_headroom(self, buyer.key, buyer, now)
+    fn has_headroom(&self, buyer: &Buyer, now: UnixMs, least: Micros) -> bool {
+        CapBook::headroom_at(self, buyer.key, buyer, now, None, least) == Headroom::Yes
     }
-    fn headroom_at(&self, buyer: &Buyer, now: UnixMs, at: Option<&Windows>) -> Headroom {
-        CapBook::headroom_at(self, buyer.key, buyer, now, at)
+    fn headroom_at(
+        &self,
+        buyer: &Buyer,
+        now: UnixMs,
+        at: Option<&Windows>,
+        least: Micros,
+    ) -> Headroom {
+        CapBook::headroom_at(self, buyer.key, buyer, now, at, least)
     }
     fn version(&self, key: BuyerKey) -> Option<u32> {
         CapBook::version(self, key)
@@ -164,11 +179,6 @@ impl<'c> Settlement<'c> {
     /// The cap store, for eligibility's headroom checks (reads only).
     pub fn store(&self) -> &'c dyn CapStore {
         self.caps
-    }
-
-    /// Could `buyer` take one more lead at `now`?
-    pub fn has_headroom(&self, buyer: &Buyer, now: UnixMs) -> bool {
-        self.caps.has_headroom(buyer, now)
     }
 
     /// Holds one lead and `price` of `buyer`'s caps from `now` until `until` (when the
