@@ -929,12 +929,35 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same version again is a bad argument (exit 2), as `train --version` of one.
+    let again = run(&[
+        "models",
+        "import",
+        "--config",
+        &cfg,
+        "--vertical",
+        VERTICAL,
+        "--version",
+        "b3",
+        "--realization",
+        &realization.path().to_string_lossy(),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "b3"})).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let out = run(&["models", "list", "--config", &cfg]);
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(list.contains("champion b3"), "{list}");
     assert!(list.contains("* b3"), "{list}");
+    let b3 = list
+        .lines()
+        .find(|l| l.contains("* b3 "))
+        .unwrap_or_default();
+    assert!(
+        b3.contains("logloss -, - train rows"),
+        "imported: rows unknown: {b3}"
+    );
     assert!(list.contains("b1") && list.contains("auc"), "{list}");
     assert!(!list.contains("DOES NOT LOAD"), "{list}");
     // A set whose model file is broken is listed as one that cannot serve (black-box
@@ -953,6 +976,21 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         .find(|l| l.contains(" b9 "))
         .unwrap_or_default();
     assert!(b9.contains("DOES NOT LOAD: "), "{list}");
+    // A model's file that is a symlink to itself is refused with the system's reason,
+    // never reported as missing (round 47a).
+    let manifest = sets.join("b9").join("realization.manifest.json");
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("realization.manifest.json", &manifest).unwrap();
+    let out = run(&["models", "list", "--config", &cfg]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    let b9 = list
+        .lines()
+        .find(|l| l.contains(" b9 "))
+        .unwrap_or_default();
+    assert!(
+        b9.contains("DOES NOT LOAD: ") && b9.contains("symbolic links") && !b9.contains("missing"),
+        "{list}"
+    );
     std::fs::remove_dir_all(sets.join("b9")).unwrap();
     let out = run(&[
         "models",
@@ -1029,6 +1067,31 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         .join(VERTICAL)
         .join("b4")
         .exists());
+    // A `CHAMPION` that cannot be read (a directory) is said by the listing (exit 1), not
+    // shown as "none"; a rollback refuses, changing nothing (round 48: it "went back"
+    // to HISTORY's last entry, the version already serving).
+    let history_before = std::fs::read_to_string(&history).unwrap();
+    std::fs::remove_file(&champion_file).unwrap();
+    std::fs::create_dir(&champion_file).unwrap();
+    let out = run(&["models", "list", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("champion UNREADABLE"), "{list}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CHAMPION cannot be read"), "{err}");
+    let out = run(&[
+        "models",
+        "rollback",
+        "--config",
+        &cfg,
+        "--vertical",
+        VERTICAL,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serving version is not known"), "{err}");
+    assert!(champion_file.is_dir());
+    assert_eq!(std::fs::read_to_string(&history).unwrap(), history_before);
 }
 
 #[tokio::test]

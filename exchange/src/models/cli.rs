@@ -190,15 +190,29 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
             return 2;
         }
     };
+    let mut status = 0;
     for v in &cfg.verticals {
-        let champion = crate::models::read_champion(&cfg.learning, &v.name);
+        // A `CHAMPION` that cannot be read is said, never shown as "none" (round 48);
+        // the listing goes on, and the command exits 1.
+        let (champion, label) = match crate::models::read_champion_checked(&cfg.learning, &v.name) {
+            Ok(Some(c)) => (Some(c.clone()), c),
+            Ok(None) => (None, "none".to_string()),
+            Err(e) => {
+                crate::say_err!(
+                    "pingpost models: vertical {}: CHAMPION cannot be read: {e}",
+                    v.name
+                );
+                status = 1;
+                (None, "UNREADABLE".to_string())
+            }
+        };
         let versions = crate::models::list_versions(&cfg.learning, &v.name);
         emit(
             "models list",
             format_args!(
                 "{}: champion {} ({} version(s) in {})\n",
                 v.name,
-                champion.as_deref().unwrap_or("none"),
+                label,
                 versions.len(),
                 crate::models::vertical_dir(&cfg.learning, &v.name).display()
             ),
@@ -226,7 +240,8 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                             h.and_then(|h| h.auc)
                                 .map_or("-".into(), |a| format!("{a:.4}")),
                             h.map_or("-".into(), |h| format!("{:.4}", h.logloss)),
-                            m.train_rows.unwrap_or(0)
+                            // An imported model's rows are not known: "-", never 0.
+                            m.train_rows.map_or("-".into(), |n| n.to_string())
                         ));
                     }
                     Err(e) => parts.push(format!("{}: unreadable manifest: {e}", kind.as_str())),
@@ -246,7 +261,7 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
             );
         }
     }
-    0
+    status
 }
 
 /// `pingpost models rollback`.
@@ -325,8 +340,9 @@ pub fn import(
     }
     let dir = crate::models::set_dir(&cfg.learning, vertical, version);
     if dir.exists() {
+        // A bad argument, as `train --version` of an existing one (exit 2).
         crate::say_err!("pingpost models import: {} already exists", dir.display());
-        return 1;
+        return 2;
     }
     let mut made = Vec::new();
     let mut errors = Vec::new();

@@ -160,7 +160,10 @@ pub fn load_served(
 ) -> Result<Option<Served>, Vec<String>> {
     let model_path = dir.join(format!("{}.json", kind.as_str()));
     let manifest_path = dir.join(format!("{}.manifest.json", kind.as_str()));
-    let (has_model, has_manifest) = (model_path.exists(), manifest_path.exists());
+    // Present as a name, whatever it is: a symlink that loops or leads nowhere is read
+    // (and refused with the system's reason), never taken for a missing file.
+    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let (has_model, has_manifest) = (present(&model_path), present(&manifest_path));
     if !has_model && !has_manifest {
         return Ok(None);
     }
@@ -481,15 +484,18 @@ fn named(file: &str, e: std::io::Error) -> std::io::Error {
 }
 
 /// The version before the champion in `HISTORY` (what a rollback goes back to), and the
-/// history without the champion's last entry.
-pub fn rollback_target(learning: &LearningConfig, vertical: &str) -> Option<(String, Vec<String>)> {
+/// history without the champion's last entry; `Err` when `CHAMPION` cannot be read (a
+/// FIFO, a directory): what serves is not known, so neither is what came before it.
+pub fn rollback_target(
+    learning: &LearningConfig,
+    vertical: &str,
+) -> Result<Option<(String, Vec<String>)>, String> {
     let mut h = history(learning, vertical);
-    let champion = read_champion(learning, vertical);
+    let champion = read_champion_checked(learning, vertical)?;
     if h.last() == champion.as_ref() {
         h.pop();
     }
-    let target = h.last()?.clone();
-    Some((target, h))
+    Ok(h.last().cloned().map(|target| (target, h)))
 }
 
 /// Goes back one version: the previous entry of `HISTORY` becomes the champion and the
@@ -509,7 +515,13 @@ pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String
             dir.display()
         )]
     })?;
-    let Some((target, h)) = rollback_target(learning, &vertical.name) else {
+    let target = rollback_target(learning, &vertical.name).map_err(|e| {
+        vec![format!(
+            "vertical {}: the serving version is not known, so neither is the one before it: {e}",
+            vertical.name
+        )]
+    })?;
+    let Some((target, h)) = target else {
         return Err(vec![format!(
             "vertical {}: no earlier model version in {}",
             vertical.name,
