@@ -38,7 +38,7 @@ use buyers::read_buyer;
 use reader::{join, Problems, Section};
 use sellers::read_seller;
 use server::read_server;
-use verticals::read_vertical;
+use verticals::{read_vertical, VerticalPrices};
 
 // Bounds on what the file may ask for. A value outside them is a mistake, not a tuning.
 /// The largest configuration file read (10,000 buyers at ~1 KB each fit well within).
@@ -306,10 +306,11 @@ pub fn load_str_with_env(
         .enumerate()
         .map(|(i, (name, _))| (name.to_string(), i))
         .collect();
-    let verticals: Vec<Option<Vertical>> = vertical_entries
-        .into_iter()
-        .map(|(name, section)| read_vertical(name, section, &server, &mut p))
-        .collect();
+    let (verticals, vertical_prices): (Vec<Option<Vertical>>, Vec<Option<VerticalPrices>>) =
+        vertical_entries
+            .into_iter()
+            .map(|(name, section)| read_vertical(name, section, &server, &mut p))
+            .unzip();
 
     let sellers: Vec<Option<Seller>> = top
         .entries(&mut p, "sellers")
@@ -339,7 +340,7 @@ pub fn load_str_with_env(
         .collect();
     let buyer_by_key_sha256 = buyer_key_index(&buyers);
     geography_problems(&root, &mut p);
-    price_problems(&verticals, &sellers, &buyers, &mut p);
+    price_problems(&vertical_prices, &sellers, &buyers, &mut p);
 
     top.finish(&mut p);
     if !p.0.is_empty() {
@@ -410,7 +411,7 @@ pub fn load_str_with_env(
 /// - a fixed-price buyer whose `fixed_price` is above it: its standing bid would win at
 ///   a price that `bid_max` exists to refuse.
 fn price_problems(
-    verticals: &[Option<Vertical>],
+    verticals: &[Option<VerticalPrices>],
     sellers: &[Option<Seller>],
     buyers: &[Option<Buyer>],
     p: &mut Problems,

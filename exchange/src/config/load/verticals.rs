@@ -9,12 +9,23 @@ use super::reader::{as_str, no_duplicates, number, str_list, whole, Problems, Se
 use super::{FIELD_TYPES, PATTERN_SIZE_MAX_BYTES, TIMEOUT_MS_LIMIT};
 use crate::config::{defaults, ServerConfig, Vertical};
 
+/// A vertical's prices, kept when they read cleanly even if the rest of the vertical
+/// did not, so the checks across sections (`price_problems`) still run on them (black-box
+/// round 48: a field's problem hid a `floor` above `bid_max`).
+#[derive(Debug, Clone)]
+pub(super) struct VerticalPrices {
+    pub name: String,
+    pub floor: Micros,
+    pub bid_max: Option<Micros>,
+}
+
+/// The vertical, when every part of it reads cleanly, and its prices, when they do.
 pub(super) fn read_vertical(
     name: &str,
     mut s: Section<'_>,
     server: &ServerConfig,
     p: &mut Problems,
-) -> Option<Vertical> {
+) -> (Option<Vertical>, Option<VerticalPrices>) {
     let before = p.len();
     let currency = match s.str_opt(p, "currency") {
         None => defaults::CURRENCY.to_string(),
@@ -47,11 +58,17 @@ pub(super) fn read_vertical(
             ),
         )
     });
+    let before_prices = p.len();
     let floor = s.money_opt(p, "floor").unwrap_or(Micros::ZERO);
     let bid_max = s.money_opt(p, "bid_max");
     if bid_max.is_some_and(|m| m <= Micros::ZERO) {
         p.at(&s.path_of("bid_max"), "must be more than 0");
     }
+    let prices = (p.len() == before_prices).then(|| VerticalPrices {
+        name: name.to_string(),
+        floor,
+        bid_max,
+    });
     let consent_required = read_consent_required(&mut s, p);
 
     if !s.has("fields") {
@@ -97,17 +114,15 @@ pub(super) fn read_vertical(
     let (dedup, dedup_keys) = read_dedup(&mut s, &schema, &refused, p);
     s.finish(p);
 
-    if p.len() > before {
-        if let Some((path, problem)) = deadline_problem {
-            p.at(&path, problem);
-        }
-        return None;
-    }
+    let failed = p.len() > before;
     if let Some((path, problem)) = deadline_problem {
         p.at(&path, problem);
     }
-    let fields = fields.into_iter().collect::<Option<Vec<_>>>()?;
-    Some(Vertical {
+    let fields = match fields.into_iter().collect::<Option<Vec<_>>>() {
+        Some(fields) if !failed => fields,
+        _ => return (None, prices),
+    };
+    let vertical = Vertical {
         name: name.to_string(),
         currency,
         auction_deadline_ms,
@@ -119,7 +134,8 @@ pub(super) fn read_vertical(
         consent_required,
         dedup,
         dedup_keys,
-    })
+    };
+    (Some(vertical), prices)
 }
 
 /// Most dedup keys one vertical names.

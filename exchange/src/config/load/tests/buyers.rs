@@ -330,6 +330,26 @@ fn a_deadline_under_the_reserve_does_not_hide_a_floor_above_bid_max() {
     );
 }
 
+/// Any other problem of the vertical does not hide the checks across sections on its
+/// prices: both are listed at once (black-box round 48: a field's problem hid a `floor`
+/// above `bid_max`).
+#[test]
+fn another_problem_of_the_vertical_does_not_hide_a_floor_above_bid_max() {
+    let mut found = errors(&[("#VERTICAL", "floor = 6\nbid_max = 5\ncurrency = \"usd\"")]);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "verticals.auto.currency: must be three upper-case letters such as \"USD\"",
+            "verticals.auto.floor: 6.00 is above bid_max (5.00): no bid could ever clear it",
+        ]
+    );
+    // Prices that do not read are not checked across sections: only their own problem.
+    let found = errors(&[("#VERTICAL", "floor = -1\nbid_max = 5")]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("verticals.auto.floor: "), "{found:?}");
+}
+
 /// Prices that could never sell are refused, each at its key (black-box round 37).
 #[test]
 fn prices_that_could_never_sell_are_refused() {
