@@ -256,8 +256,68 @@ pub fn sample_leads_problem(cfg: &Config) -> Option<String> {
              in `{DEMO_VERTICAL}`",
             s.id
         )),
-        Some(_) => None,
+        Some(_) => cfg.verticals.get(vertical).and_then(sample_fields_problem),
     }
+}
+
+/// How many made-up leads [`sample_fields_problem`] checks (each field's values vary).
+const SAMPLES_CHECKED: u64 = 64;
+
+/// Why `v`'s fields cannot take the demo's leads (the sample leads, ping and full, and
+/// the ones its printed commands send), if they cannot (black-box round 49: a vertical
+/// of that name without the default's fields let the demo start, and every lead was
+/// refused).
+fn sample_fields_problem(v: &crate::config::Vertical) -> Option<String> {
+    use proto::schema::LeadMode;
+    if !v.consent_required.is_empty() {
+        return Some(format!(
+            "the `{DEMO_VERTICAL}` vertical requires consent ({}), which the sample leads do \
+             not carry",
+            v.consent_required.join(", ")
+        ));
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(49);
+    let mut leads: Vec<(&str, String, LeadMode)> = vec![
+        ("printed ping", CURL_PING_LEAD.to_string(), LeadMode::Ping),
+        ("printed post", CURL_POST_LEAD.to_string(), LeadMode::Full),
+    ];
+    for _ in 0..SAMPLES_CHECKED {
+        let (ping, full) = sample_lead(&mut rng);
+        leads.push(("sample ping", ping.to_string(), LeadMode::Ping));
+        leads.push(("sample full lead", full.to_string(), LeadMode::Full));
+    }
+    for (what, text, mode) in leads {
+        let mut bytes = text.into_bytes();
+        let problems = match proto::json::parse_value(&mut bytes) {
+            Ok(value) => match v.schema.validate(&value, mode, "lead") {
+                Ok(_) => continue,
+                Err(p) => p.problems,
+            },
+            Err(e) => vec![proto::error::FieldProblem::new("lead", e.to_string())],
+        };
+        let first = problems
+            .first()
+            .map_or_else(String::new, |p| format!("{}: {}", p.field, p.problem));
+        let more = match problems.len() {
+            0 | 1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        return Some(format!(
+            "the `{DEMO_VERTICAL}` vertical's fields do not take the demo's leads (a {what} \
+             is refused: {first}{more}); the demo's leads are made for the fields of \
+             config/default.toml's `{DEMO_VERTICAL}`"
+        ));
+    }
+    None
+}
+
+/// The demo vertical's de-duplication window, when it de-duplicates (for the note the
+/// demo prints).
+pub fn dedup_window_ms(cfg: &Config) -> Option<u64> {
+    let v = cfg
+        .verticals
+        .get(*cfg.vertical_by_name.get(DEMO_VERTICAL)?)?;
+    v.dedup.as_ref().map(|d| d.window_ms)
 }
 
 /// Where the demo's admin listener is, and its token: the one the demo made up, printed;
@@ -272,17 +332,34 @@ pub struct DemoAdmin {
     pub token_env: String,
 }
 
-fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>) {
+/// The lead of the ping the demo prints for the reader to try.
+const CURL_PING_LEAD: &str =
+    r#"{"state":"TX","zip":"76180","age":42,"homeowner":true,"credit":"good"}"#;
+/// The full lead of the post the demo prints.
+const CURL_POST_LEAD: &str = r#"{"state":"TX","zip":"76180","age":42,"homeowner":true,"credit":"good","first_name":"Ana","last_name":"Diaz","phone":"+18175550123"}"#;
+
+fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>, dedup_window_ms: Option<u64>) {
     say!("");
     say!("Try it yourself (the demo seller key is `{DEMO_SELLER_KEY}`):");
     say!(
-        "  curl -s http://{addr}/v1/ping -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"vertical\":\"auto_insurance\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\"}}}}'"
+        "  curl -s http://{addr}/v1/ping -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"vertical\":\"{DEMO_VERTICAL}\",\"lead\":{CURL_PING_LEAD}}}'"
     );
     say!(
-        "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{{\"state\":\"TX\",\"zip\":\"76180\",\"age\":42,\"homeowner\":true,\"credit\":\"good\",\"first_name\":\"Ana\",\"last_name\":\"Diaz\",\"phone\":\"+18175550123\"}}}}'"
+        "  curl -s http://{addr}/v1/post -H 'Authorization: Bearer {DEMO_SELLER_KEY}' -H 'Content-Type: application/json' \\\n    -d '{{\"ping_id\":\"<ping_id from above>\",\"lead\":{CURL_POST_LEAD}}}'"
     );
-    say!("  (the demo vertical sells a consumer once per 30 days: posting Ana again answers");
-    say!("   \"duplicate\"; change the phone to sell another, see docs/API.md, De-duplication)");
+    // Said only when the vertical de-duplicates, with its own window (black-box round
+    // 49: said of a vertical without `[dedup]`).
+    if let Some(ms) = dedup_window_ms {
+        let window = if ms % 86_400_000 == 0 {
+            format!("{} days", ms / 86_400_000)
+        } else {
+            format!("{} hours", ms.div_ceil(3_600_000))
+        };
+        say!("  (the demo vertical sells a consumer once per {window}: posting Ana again answers");
+        say!(
+            "   \"duplicate\"; change the phone to sell another, see docs/API.md, De-duplication)"
+        );
+    }
     match admin {
         Some(DemoAdmin {
             addr: admin,
@@ -320,8 +397,9 @@ pub async fn run(
     bidders: Vec<DemoBidder>,
     interval_ms: u64,
     count: u64,
+    dedup_window_ms: Option<u64>,
 ) {
-    leads(addr, admin, interval_ms, count).await;
+    leads(addr, admin, interval_ms, count, dedup_window_ms).await;
     for b in bidders {
         b.shutdown().await;
     }
@@ -341,8 +419,14 @@ pub async fn start_bidders_or_say(cfg: &Config) -> Result<Vec<DemoBidder>, Strin
 
 /// Sends the sample leads and prints what happens to each (returns early when stdout
 /// is gone).
-async fn leads(addr: SocketAddr, admin: Option<DemoAdmin>, interval_ms: u64, count: u64) {
-    print_curl(addr, admin.as_ref());
+async fn leads(
+    addr: SocketAddr,
+    admin: Option<DemoAdmin>,
+    interval_ms: u64,
+    count: u64,
+    dedup_window_ms: Option<u64>,
+) {
+    print_curl(addr, admin.as_ref(), dedup_window_ms);
     let client: DemoClient = Client::builder(TokioExecutor::new()).build_http();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     let mut sent = 0u64;

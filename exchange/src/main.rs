@@ -44,7 +44,8 @@ struct Args {
     /// Also start example bidders on the loopback ports the configuration's buyers point
     /// at, and send a small stream of sample `auto_insurance` leads from the demo seller
     /// (key `demo-seller-key`), printing each ping, bid, post and sale. A configuration
-    /// without that vertical and seller (the default has both) is refused.
+    /// without that vertical and seller (the default has both), or whose vertical's fields
+    /// would refuse the sample leads, is refused.
     #[arg(long)]
     demo: bool,
     /// With --demo: milliseconds between sample leads.
@@ -769,6 +770,7 @@ fn main() -> anyhow::Result<()> {
                 bidders,
                 args.demo_interval_ms,
                 args.demo_leads,
+                pingpost::demo::dedup_window_ms(&demo_cfg),
             ));
             // The demo ends after its leads, or when its output is gone (`| head`): the
             // exchange stops with it.

@@ -115,6 +115,11 @@ async fn the_demo_sells_its_leads_and_never_prints_the_operators_admin_token() {
         stdout.contains("sold"),
         "an auction is seen to happen: {stdout}"
     );
+    // The default vertical de-duplicates for 30 days, and the demo says so.
+    assert!(
+        stdout.contains("sells a consumer once per 30 days"),
+        "{stdout}"
+    );
 
     // Without the variable, the demo makes a token up and prints it, so the commands work.
     let stdout = run_demo(None).await;
@@ -188,7 +193,27 @@ fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why(
             base.replace(demo_key_sha256, &"ab".repeat(32)),
             "no seller of this configuration has that key",
         ),
+        // Black-box round 49: a vertical of that name whose fields refuse the sample
+        // leads (here a field they do not send made required) let the demo start, and
+        // every lead was refused.
+        (
+            base.replacen(
+                "city = { type = \"string\", len_max = 64 }",
+                "city = { type = \"string\", len_max = 64, required = true }",
+                1,
+            ),
+            "the `auto_insurance` vertical's fields do not take the demo's leads (a printed post is refused: lead.city:",
+        ),
+        (
+            base.replacen(
+                "# consent_required = [\"trustedform_cert_url\"]",
+                "consent_required = [\"trustedform_cert_url\"]",
+                1,
+            ),
+            "the `auto_insurance` vertical requires consent (trustedform_cert_url)",
+        ),
     ] {
+        assert_ne!(text, base, "{why}");
         let config = dir.path().join("other.toml");
         std::fs::write(&config, &text).unwrap();
         // The configuration itself is fine: only the demo cannot use it.
