@@ -424,6 +424,17 @@ fn prepare_dir(dir: &Path) -> io::Result<()> {
                  directory of segment files; move an old single-file ledger aside)"
             )))
         }
+        // A symlink that leads nowhere: creating the directory would fail with "File
+        // exists" (black-box round 49); say what it is.
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                && std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            return Err(other(format!(
+                "ledger directory {shown} is a symlink to {}, which does not exist",
+                std::fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string())
+            )));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = match dir.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -1147,6 +1158,14 @@ mod tests {
         std::fs::write(&file, "{}\n").unwrap();
         let e = Ledger::open(&file, 4096, |_| {}).unwrap_err();
         assert!(e.to_string().contains("is not a directory"), "{e}");
+        // A symlink that leads nowhere says so (black-box round 49: "File exists").
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let e = Ledger::open(&dangling, 4096, |_| {}).unwrap_err();
+        assert!(
+            e.to_string().contains("is a symlink to") && e.to_string().contains("nowhere"),
+            "{e}"
+        );
         // /proc refuses new files even to root.
         let e = Ledger::open(Path::new("/proc"), 4096, |_| {}).unwrap_err();
         assert!(e.to_string().contains("is not writable"), "{e}");

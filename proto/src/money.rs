@@ -81,6 +81,11 @@ impl Micros {
         {
             return Err(MoneyError::NotFinite);
         }
+        // Zeros that change nothing are not precision or size: `"1.0000000"` is 1, as the
+        // number `1.0000000` is, and `"04"` is 4 (black-box round 49: the string form was
+        // refused as too precise where the number was read).
+        let frac = frac.trim_end_matches('0');
+        let int = int.trim_start_matches('0');
         if frac.len() > 6 {
             return Err(MoneyError::TooPrecise);
         }
@@ -224,6 +229,21 @@ mod tests {
             Err(MoneyError::TooPrecise)
         );
         assert_eq!(Micros::parse_decimal("-1"), Err(MoneyError::Negative));
+        // Zeros that change nothing are neither precision nor size.
+        assert_eq!(Micros::parse_decimal("1.0000000"), Ok(Micros(1_000_000)));
+        assert_eq!(Micros::parse_decimal("0.12345600000"), Ok(Micros(123_456)));
+        assert_eq!(
+            Micros::parse_decimal("000000000000004.50"),
+            Ok(Micros(4_500_000))
+        );
+        assert_eq!(
+            Micros::parse_decimal("0.12345610"),
+            Err(MoneyError::TooPrecise)
+        );
+        assert_eq!(
+            Micros::parse_decimal("00010000000000"),
+            Err(MoneyError::TooLarge)
+        );
         assert_eq!(Micros::parse_decimal("x"), Err(MoneyError::NotFinite));
         assert_eq!(Micros(12_500_000).to_string(), "12.50");
         assert_eq!(Micros(125_000).to_string(), "0.125");

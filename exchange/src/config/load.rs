@@ -339,6 +339,23 @@ pub fn load_str_with_env(
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))
         .collect();
     let buyer_by_key_sha256 = buyer_key_index(&buyers);
+    // Nor a buyer's signing secret: that buyer would hold the admin listener (black-box
+    // round 49: accepted).
+    if let Some(token) = &admin.token {
+        for b in buyers.iter().flatten() {
+            if env(&b.secret_env).is_some_and(|s| s.as_bytes() == token.as_bytes()) {
+                let shown = crate::config::shown_env_name(&admin.token_env);
+                p.at(
+                    "admin.token_env",
+                    format!(
+                        "the token in ${shown} is also the signing secret of buyers.{} \
+                         (buyers.{}.secret_env): give the admin listener a token of its own",
+                        b.id, b.id
+                    ),
+                );
+            }
+        }
+    }
     geography_problems(&root, &mut p);
     price_problems(&vertical_prices, &sellers, &buyers, &mut p);
 

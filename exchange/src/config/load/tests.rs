@@ -62,6 +62,7 @@ verticals = ["auto"]
 fn test_env(name: &str) -> Option<String> {
     match name {
         "ACME_SECRET" => Some("top-secret-value".into()),
+        "ADMIN_TOKEN" => Some("admin-token-value-0123".into()),
         "BAD_SECRET" => Some("whsec_!!!not-base64".into()),
         "EMPTY_SECRET" => Some(String::new()),
         _ => None,

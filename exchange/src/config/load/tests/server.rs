@@ -104,7 +104,7 @@ fn a_non_loopback_admin_listener_needs_tls() {
 #[test]
 fn the_admin_listener_cannot_share_the_seller_port() {
     let admin =
-        |listen: &str| format!("\n[admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"{listen}\"");
+        |listen: &str| format!("\n[admin]\ntoken_env = \"ADMIN_TOKEN\"\nlisten = \"{listen}\"");
     for listen in ["127.0.0.1:8080", "0.0.0.0:8080"] {
         let server = ("#SERVER", "listen = \"127.0.0.1:8080\"");
         let e = errors(&[server, ("#BUYER", &admin(listen))]);
@@ -127,25 +127,39 @@ fn the_admin_listener_cannot_share_the_seller_port() {
 #[test]
 fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
     use sha2::Digest;
-    // ACME_SECRET's value, "top-secret-value", is the admin token and a seller's key.
-    let digest = hex::encode(sha2::Sha256::digest(b"top-secret-value"));
+    // ADMIN_TOKEN's value is the admin token and a seller's key.
+    let digest = hex::encode(sha2::Sha256::digest(b"admin-token-value-0123"));
     let shared = format!(
         "\n[sellers.s2]\nkey_sha256 = \"{digest}\"\nverticals = [\"auto\"]\n\
          payout = {{ model = \"revenue_share\", share_pct = 80 }}\n\
-         [admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"127.0.0.1:8081\""
+         [admin]\ntoken_env = \"ADMIN_TOKEN\"\nlisten = \"127.0.0.1:8081\""
     );
     let e = errors(&[("#BUYER", &shared)]);
     assert!(
         e.iter().any(|m| m
-            == "admin.token_env: the token in $ACME_SECRET is also the key of sellers.s2: \
+            == "admin.token_env: the token in $ADMIN_TOKEN is also the key of sellers.s2: \
                 give the admin listener a token of its own"),
         "{e:?}"
     );
-    assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
+    assert!(e.iter().all(|m| !m.contains("admin-token-value")), "{e:?}");
     // Another seller key loads.
     let other = shared.replace(&digest, &"ab".repeat(32));
     let c = ok(&[("#BUYER", &other)]);
     assert!(c.admin.token.is_some());
+    // Nor may the token be a buyer's signing secret: that buyer would hold the admin
+    // listener (black-box round 49). Buyer acme signs with $ACME_SECRET.
+    let e = errors(&[(
+        "#BUYER",
+        "\n[admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"127.0.0.1:8081\"",
+    )]);
+    assert_eq!(
+        e,
+        [
+            "admin.token_env: the token in $ACME_SECRET is also the signing secret of \
+          buyers.acme (buyers.acme.secret_env): give the admin listener a token of its own"
+        ]
+    );
+    assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
 }
 
 #[test]
