@@ -234,21 +234,20 @@ fn plaintext_allowed(url: &str) -> bool {
 
 /// An `http://` or `https://` URL with a host.
 fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
-    let uri = match url.parse::<http::Uri>() {
-        Ok(uri) => uri,
-        Err(_) => {
-            p.at(
-                path,
-                "must be an http:// or https:// URL such as \"https://buyer.example/ping\"",
-            );
-            return None;
-        }
+    // The example is of the key's own kind (a ping URL for `ping_url`, a post URL for
+    // `post_url`; black-box round 49: a post URL was shown a ping URL).
+    let example = if path.ends_with("post_url") {
+        "https://buyer.example/post"
+    } else {
+        "https://buyer.example/ping"
+    };
+    let shape = format!("must be an http:// or https:// URL such as \"{example}\"");
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        p.at(path, shape);
+        return None;
     };
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        p.at(
-            path,
-            "must be an http:// or https:// URL such as \"https://buyer.example/ping\"",
-        );
+        p.at(path, shape);
         return None;
     }
     if uri.host().is_none_or(str::is_empty) {

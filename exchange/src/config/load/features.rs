@@ -27,12 +27,13 @@ pub(super) fn read_features(
         return None;
     }
     let mut f = s.section_or_empty(p, "features");
-    // Problems before the lists: an entry refused is not also "no feature declared".
-    let problems_before = p.len();
     let version = f
         .int_opt(p, "version", 1, i64::from(u32::MAX))
         .and_then(|v| u32::try_from(v).ok())
         .unwrap_or(1);
+    // Problems of the lists: an entry refused is not also "no feature declared" (but a
+    // bad `version` does not hide that none is; black-box round 49).
+    let problems_before = p.len();
     let mut lead = Vec::new();
     if let Some((path, v)) = f.opt("lead") {
         match v.as_array() {

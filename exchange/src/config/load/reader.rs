@@ -457,7 +457,7 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
         Some(name) if !prints_as_written(name) => {
             p.at(
                 &s.path_of("name"),
-                "must not contain control characters (line breaks, tabs) or characters that print as nothing (zero-width and direction marks, fillers, tags); a zero-width joiner or non-joiner may join two characters",
+                "must not contain control characters (line breaks, tabs) or characters that print as nothing (zero-width and direction marks, fillers, tags); a zero-width joiner or non-joiner may join two characters, and at most four combining marks may sit on one character (none on nothing)",
             );
             id.to_string()
         }

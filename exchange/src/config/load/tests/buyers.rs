@@ -161,6 +161,15 @@ fn buyer_urls() {
     ] {
         assert_eq!(with_ping(bad).unwrap_err().0, [scheme], "{bad}");
     }
+    // A post URL is shown a post URL's example (black-box round 49: a ping URL's).
+    let text = doc(&[]).replace(
+        "post_url = \"http://127.0.0.1:9101/post\"",
+        "post_url = \"ftp://127.0.0.1:9101/post\"",
+    );
+    assert_eq!(
+        load_str_with_env(&text, &test_env).unwrap_err().0,
+        ["buyers.acme.post_url: must be an http:// or https:// URL such as \"https://buyer.example/post\""]
+    );
     // A port past 16 bits, or 0 (black-box round 37: they passed, and every call failed).
     for (bad, port) in [
         ("http://127.0.0.1:99999/ping", "99999"),
@@ -196,7 +205,7 @@ fn display_names_refuse_control_characters_and_invisible_marks() {
         let text = doc(&[("#BUYER", &format!("name = {}", toml::Value::from(name)))]);
         load_str_with_env(&text, &test_env).map(|c| c.buyers[0].name.clone())
     };
-    let message = "buyers.acme.name: must not contain control characters (line breaks, tabs) or characters that print as nothing (zero-width and direction marks, fillers, tags); a zero-width joiner or non-joiner may join two characters";
+    let message = "buyers.acme.name: must not contain control characters (line breaks, tabs) or characters that print as nothing (zero-width and direction marks, fillers, tags); a zero-width joiner or non-joiner may join two characters, and at most four combining marks may sit on one character (none on nothing)";
     for bad in [
         "Acme\nINFO fake",
         "Acme\u{7}",

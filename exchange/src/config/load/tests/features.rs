@@ -156,6 +156,12 @@ fn every_bad_feature_is_named() {
             "{inline}: {errs:?}"
         );
     }
+    // A bad `version` does not hide that no feature is declared (black-box round 49).
+    let (m, f) = feats(r#"{ version = 4294967296 }"#);
+    let errs = errors(&[(m, &f)]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    has(&errs, "version");
+    has(&errs, "declares no feature");
     // A number field a float cannot hold is no numeric feature (it would be infinite).
     let (m, f) = feats(r#"{ lead = [{ field = "extra", kind = "numeric" }] }"#);
     let errs = errors(&[(m, &f), ("#FIELD", "type = \"number\"\nping = true")]);
