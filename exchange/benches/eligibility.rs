@@ -28,8 +28,10 @@ fn setup(total: usize, texas: usize) -> (Config, CapBook, Lead) {
         texas,
         secret_env: "SYNTH_SECRET".into(),
     });
-    let cfg = load_str_with_env(&toml, &|_| Some("synthetic-secret".into()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = load_str_with_env(&toml, &|name: &str| {
+        Some(format!("synthetic-secret-{name}"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let caps = CapBook::new(cfg.buyers.len());
     let mut json = br#"{"state":"TX","zip":"76180","age":42,"homeowner":true,"credit":"good","vehicle_year":2019}"#.to_vec();
     let value = proto::json::parse_value(&mut json).unwrap();

@@ -311,13 +311,19 @@ fn sample_fields_problem(v: &crate::config::Vertical) -> Option<String> {
     None
 }
 
-/// The demo vertical's de-duplication window, when it de-duplicates (for the note the
-/// demo prints).
+/// The demo vertical's de-duplication window, when posting the printed lead again would
+/// be found a duplicate: the vertical de-duplicates, and on the lead's `phone` (for the
+/// note the demo prints; black-box round 50: said with keys on the e-mail only, which
+/// the printed post does not carry).
 pub fn dedup_window_ms(cfg: &Config) -> Option<u64> {
     let v = cfg
         .verticals
         .get(*cfg.vertical_by_name.get(DEMO_VERTICAL)?)?;
-    v.dedup.as_ref().map(|d| d.window_ms)
+    let on_phone = v
+        .dedup_keys
+        .iter()
+        .any(|k| k.field.as_deref() == Some("phone"));
+    v.dedup.as_ref().filter(|_| on_phone).map(|d| d.window_ms)
 }
 
 /// Where the demo's admin listener is, and its token: the one the demo made up, printed;
@@ -500,5 +506,38 @@ async fn leads(
             Some((s, a)) => say!("          POST full lead -> {s} {a}"),
             None => say!("          POST failed: exchange unreachable"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_with(edit: impl Fn(&str) -> String) -> Config {
+        let text = edit(crate::app::DEFAULT_CONFIG);
+        crate::config::load_str_with_env(&text, &|n: &str| Some(format!("demo-test-secret-{n}")))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The note "posting Ana again answers duplicate" is given only when it would: the
+    /// vertical de-duplicates on the printed post's phone (black-box rounds 49-50: said
+    /// without `[dedup]`, and with keys on the e-mail only).
+    #[test]
+    fn the_dedup_note_is_given_only_when_the_printed_post_would_be_a_duplicate() {
+        let day = 86_400_000;
+        assert_eq!(
+            dedup_window_ms(&default_with(str::to_string)),
+            Some(30 * day)
+        );
+        let keys = "keys = { phone_sha256 = \"phone\", email_sha256 = \"email\" }";
+        let email_only = default_with(|t| {
+            assert!(t.contains(keys));
+            t.replacen(keys, "keys = { email_sha256 = \"email\" }", 1)
+        });
+        assert_eq!(dedup_window_ms(&email_only), None);
+        let sellers_hash = default_with(|t| t.replacen(keys, "keys = { phone_sha256 = \"\" }", 1));
+        assert_eq!(dedup_window_ms(&sellers_hash), None);
+        let week = default_with(|t| t.replacen("window_days = 30", "window_days = 7", 1));
+        assert_eq!(dedup_window_ms(&week), Some(7 * day));
     }
 }

@@ -110,8 +110,8 @@ mod tests {
             texas: 3,
             secret_env: "SYNTH_SECRET".into(),
         };
-        let cfg = crate::config::load_str_with_env(&many_buyers_toml(&m), &|_| {
-            Some("synthetic-secret".into())
+        let cfg = crate::config::load_str_with_env(&many_buyers_toml(&m), &|name: &str| {
+            Some(format!("synthetic-secret-{name}"))
         })
         .unwrap();
         assert_eq!(cfg.buyers.len(), 120);

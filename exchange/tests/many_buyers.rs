@@ -110,8 +110,10 @@ fn one_hundred_thousand_buyers_load_and_the_index_finds_the_one_texan() {
         texas: 1,
         secret_env: "SYNTH".into(),
     });
-    let cfg = pingpost::config::load_str_with_env(&toml, &|_| Some("synthetic-secret".into()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = pingpost::config::load_str_with_env(&toml, &|name: &str| {
+        Some(format!("synthetic-secret-{name}"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.buyers.len(), 100_000);
     let caps = pingpost::core::caps::CapBook::new(cfg.buyers.len());
     let mut json = br#"{"state":"TX","zip":"76180"}"#.to_vec();

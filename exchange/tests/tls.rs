@@ -463,9 +463,16 @@ verticals = ["auto_insurance"]
 {extra}
 "#
         );
-    pingpost::config::load_str_with_env(&text, &|_| Some(BUYER_SECRET.to_string()))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    pingpost::config::load_str_with_env(&text, &|name: &str| {
+        // The admin token may not be a buyer's signing secret.
+        Some(if name == common::ADMIN_TOKEN_ENV {
+            format!("{BUYER_SECRET}-admin")
+        } else {
+            BUYER_SECRET.to_string()
+        })
+    })
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 #[test]

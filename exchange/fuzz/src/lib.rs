@@ -24,8 +24,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
 pub fn default_config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| {
-        match pingpost::config::load_str_with_env(DEFAULT_CONFIG, &|_| {
-            Some("fuzz-secret-of-at-least-16-chars".to_string())
+        // A value per variable: the admin token may not be a buyer's signing secret.
+        match pingpost::config::load_str_with_env(DEFAULT_CONFIG, &|name: &str| {
+            Some(format!("fuzz-secret-of-at-least-16-chars-{name}"))
         }) {
             Ok(c) => c,
             Err(e) => panic!("config/default.toml does not load: {e}"),

@@ -525,9 +525,11 @@ pub fn money(micros: impl Into<i128>) -> String {
 const PLACEHOLDER_SECRET: &str = "finance-tools-placeholder-never-used";
 
 /// The environment the tools load a configuration with: a placeholder for every secret
-/// and token variable, whatever is set.
-pub fn placeholder_env(_: &str) -> Option<String> {
-    Some(PLACEHOLDER_SECRET.to_string())
+/// and token variable, whatever is set; one of its own per variable, so that the admin
+/// token is a buyer's signing secret only where the configuration names one variable
+/// for both (which the exchange refuses too).
+pub fn placeholder_env(name: &str) -> Option<String> {
+    Some(format!("{PLACEHOLDER_SECRET}-{name}"))
 }
 
 /// Loads a configuration file for the finance and model tools: the real loader and

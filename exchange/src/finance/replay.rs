@@ -930,8 +930,10 @@ payout = { model = "revenue_share", share_pct = 80 }
                 "\n[buyers.{b}]\nping_url = \"http://127.0.0.1:9101/ping\"\npost_url = \"http://127.0.0.1:9101/post\"\nsecret_env = \"S\"\nverticals = [\"v\"]\n"
             ));
         }
-        crate::config::load_str_with_env(&t, &|_| Some("a-secret-long-enough-for-any-check".into()))
-            .unwrap()
+        crate::config::load_str_with_env(&t, &|name: &str| {
+            Some(format!("a-secret-long-enough-for-any-check-{name}"))
+        })
+        .unwrap()
     }
 
     /// An expected-value auction: coast wins on expected value (15.00 x 95% = 14.25)
