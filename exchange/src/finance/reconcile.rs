@@ -8,7 +8,8 @@
 //!   and the record is left out of every figure, as an unreadable line is).
 //! - Every sale: `margin_micros = bid_micros - seller_price_micros`, never negative; at
 //!   most one sale per `lead_id` and per `ping_id`; its auction record is there and
-//!   quoted the same seller price; it is in the currency its auction ran in and its quote
+//!   quoted the same seller price; it charges the bid its delivery was sent at
+//!   (`post_sent`'s price, and the auction's winning bid for attempt 0); it is in the currency its auction ran in and its quote
 //!   (`quote_opened`) was made in; with a configuration, the seller price is the seller's
 //!   payout model applied to the winning bid (`pingpost_core::award`'s rule: the model's
 //!   price, capped at the bid). A fallback's sale (`attempt > 0`) pays the seller the price
@@ -178,6 +179,9 @@ pub fn reconcile_upto(
     let mut sold_at: HashMap<String, i64> = HashMap::new();
     // auction_id -> (currency, place) of its quote (`quote_opened`).
     let mut quoted_in: HashMap<String, (String, String)> = HashMap::new();
+    // The price each delivery was sent at (`post_sent`, by lead and attempt): the buyer's
+    // bid, which its sale must charge.
+    let mut sent_price: HashMap<(String, u64), i64> = HashMap::new();
     // The ledger's runs of one generation: a new run begins where the generation
     // changes (a reload, or a restart: generations start again at 1) or after a `flush`
     // (a shutdown; a restart follows).
@@ -295,15 +299,21 @@ pub fn reconcile_upto(
                     e.str("auction_id").to_string(),
                 ));
             }
-            k if PRE_SEND_TYPES.contains(&k) => pre_sends.push((
-                e.place(),
-                e.str("lead_id").to_string(),
-                e.str("buyer").to_string(),
-                e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
-                at_ms(&e),
-                here,
-                e.bool("test"),
-            )),
+            k if PRE_SEND_TYPES.contains(&k) => {
+                let attempt = e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0);
+                if let Some(price) = e.i64("price_micros") {
+                    sent_price.insert((e.str("lead_id").to_string(), attempt), price);
+                }
+                pre_sends.push((
+                    e.place(),
+                    e.str("lead_id").to_string(),
+                    e.str("buyer").to_string(),
+                    attempt,
+                    at_ms(&e),
+                    here,
+                    e.bool("test"),
+                ));
+            }
             _ => {}
         }
         true
@@ -356,6 +366,15 @@ pub fn reconcile_upto(
             }
         }
         sold_attempt.insert(&s.lead, s.attempt);
+        if let Some(&sent) = sent_price
+            .get(&(s.lead.clone(), s.attempt))
+            .filter(|p| **p != s.bid)
+        {
+            m.push(format!(
+                "{}: bid_micros {} differs from the price its delivery was sent at (post_sent, attempt {}: {sent}) ({})",
+                s.place, s.bid, s.attempt, s.ids
+            ));
+        }
         let auction = auctions.get(&s.auction);
         match auction {
             None => m.push(format!(
@@ -363,6 +382,15 @@ pub fn reconcile_upto(
                 s.place, s.ids
             )),
             Some(a) => {
+                // The buyer is charged its bid: the winner's, as the auction recorded it
+                // (black-box round 50: a sale's bid changed, its chain rewritten, passed
+                // while the auction and post_sent still held the true price).
+                if let Some(wb) = a.winner_bid.filter(|wb| s.attempt == 0 && *wb != s.bid) {
+                    m.push(format!(
+                        "{}: bid_micros {} differs from the winning bid the auction recorded ({wb}) ({})",
+                        s.place, s.bid, s.ids
+                    ));
+                }
                 if a.seller_price != Some(s.price) {
                     m.push(format!(
                         "{}: seller_price_micros {} differs from the price the auction quoted ({}) ({})",
@@ -943,6 +971,31 @@ mod tests {
         assert_eq!(upto.lines().last().and_then(segments::line_seq), Some(2));
         assert_eq!(segments::upto_seq(&text, 9), text);
         assert_eq!(segments::upto_seq(&text, 0), "");
+    }
+
+    /// Black-box round 50: a sale's `bid_micros` (and its margin) changed and the chain
+    /// rewritten passed, though its auction and its `post_sent` held the true price.
+    #[test]
+    fn a_sale_charging_other_than_the_bid_it_was_sent_at_is_a_mismatch() {
+        let sent = r#"{"type":"post_sent","v":5,"generation":1,"at":"2026-11-29T10:00:00.500Z","lead_id":"ld_b","auction_id":"au_1","ping_id":"pg_1","seller":"s","buyer":"b","attempt":0,"price_micros":10000000,"test":false}"#;
+        let r = reconcile(ledger(&[AUCTION, sent, SALE]).path(), None).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        let more = SALE
+            .replace(r#""bid_micros":10000000"#, r#""bid_micros":11000000"#)
+            .replace(r#""margin_micros":2000000"#, r#""margin_micros":3000000"#);
+        let r = reconcile(ledger(&[AUCTION, sent, &more]).path(), None).unwrap();
+        assert_eq!(r.mismatches.len(), 2, "{:?}", r.mismatches);
+        assert!(r.mismatches[0].contains(
+            "bid_micros 11000000 differs from the price its delivery was sent at (post_sent, attempt 0: 10000000)"
+        ), "{:?}", r.mismatches);
+        assert!(
+            r.mismatches[1].contains(
+                "bid_micros 11000000 differs from the winning bid the auction recorded (10000000)"
+            ),
+            "{:?}",
+            r.mismatches
+        );
+        assert!(r.failed());
     }
 
     #[test]
