@@ -340,9 +340,35 @@ pub fn load_str_with_env(
         .collect();
     let buyer_by_key_sha256 = buyer_key_index(&buyers);
     // Nor a buyer's signing secret: that buyer would hold the admin listener (black-box
-    // round 49: accepted).
+    // round 49: accepted). One variable named for both is said whatever it holds, set
+    // or not (round 51: an unset one showed only once set).
+    let same_variable: Vec<&str> = root
+        .get("buyers")
+        .and_then(Value::as_table)
+        .into_iter()
+        .flatten()
+        .filter(|(_, b)| {
+            b.get("secret_env").and_then(Value::as_str) == Some(admin.token_env.as_str())
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    for id in &same_variable {
+        let shown = crate::config::shown_env_name(&admin.token_env);
+        p.at(
+            "admin.token_env",
+            format!(
+                "names ${shown}, the variable buyers.{id}.secret_env names too: the admin \
+                 token would be that buyer's signing secret; give the admin listener a \
+                 variable of its own"
+            ),
+        );
+    }
     if let Some(token) = &admin.token {
-        for b in buyers.iter().flatten() {
+        for b in buyers
+            .iter()
+            .flatten()
+            .filter(|b| !same_variable.contains(&b.id.as_str()))
+        {
             if env(&b.secret_env).is_some_and(|s| s.as_bytes() == token.as_bytes()) {
                 let shown = crate::config::shown_env_name(&admin.token_env);
                 p.at(

@@ -9,7 +9,8 @@
 //! - Every sale: `margin_micros = bid_micros - seller_price_micros`, never negative; at
 //!   most one sale per `lead_id` and per `ping_id`; its auction record is there and
 //!   quoted the same seller price; it charges the bid its delivery was sent at
-//!   (`post_sent`'s price, and the auction's winning bid for attempt 0); it is in the currency its auction ran in and its quote
+//!   (`post_sent`'s, to the same buyer), which is the buyer's bid in the auction, and
+//!   attempt 0 is the auction's winner's, at the winning bid; it is in the currency its auction ran in and its quote
 //!   (`quote_opened`) was made in; with a configuration, the seller price is the seller's
 //!   payout model applied to the winning bid (`pingpost_core::award`'s rule: the model's
 //!   price, capped at the bid). A fallback's sale (`attempt > 0`) pays the seller the price
@@ -140,6 +141,10 @@ fn at_ms(e: &Entry) -> i64 {
 
 struct Auction {
     winner_bid: Option<i64>,
+    /// The winner's buyer id (empty when none is recorded).
+    winner: String,
+    /// Each buyer's bid as the auction recorded it (its `buyers` lines with an amount).
+    bids: HashMap<String, i64>,
     seller_price: Option<i64>,
     /// The currency it ran in (empty in a record written before auctions carried one).
     currency: String,
@@ -179,9 +184,9 @@ pub fn reconcile_upto(
     let mut sold_at: HashMap<String, i64> = HashMap::new();
     // auction_id -> (currency, place) of its quote (`quote_opened`).
     let mut quoted_in: HashMap<String, (String, String)> = HashMap::new();
-    // The price each delivery was sent at (`post_sent`, by lead and attempt): the buyer's
-    // bid, which its sale must charge.
-    let mut sent_price: HashMap<(String, u64), i64> = HashMap::new();
+    // Each delivery's buyer and the price it was sent at (`post_sent`, by lead and
+    // attempt): the buyer's bid, which its sale must charge.
+    let mut sent_to: HashMap<(String, u64), (String, Option<i64>)> = HashMap::new();
     // The ledger's runs of one generation: a new run begins where the generation
     // changes (a reload, or a restart: generations start again at 1) or after a `flush`
     // (a shutdown; a restart follows).
@@ -242,6 +247,23 @@ pub fn reconcile_upto(
                     e.str("auction_id").to_string(),
                     Auction {
                         winner_bid: e.i64("bid_micros"),
+                        winner: e.str("winner").to_string(),
+                        bids: e
+                            .value
+                            .get("buyers")
+                            .and_then(serde_json::Value::as_array)
+                            .map(|lines| {
+                                lines
+                                    .iter()
+                                    .filter_map(|l| {
+                                        Some((
+                                            l.get("buyer")?.as_str()?.to_string(),
+                                            l.get("bid_micros")?.as_i64()?,
+                                        ))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                         seller_price: e.i64("seller_price_micros"),
                         currency: e.str("currency").to_string(),
                         ordinal: here,
@@ -301,9 +323,10 @@ pub fn reconcile_upto(
             }
             k if PRE_SEND_TYPES.contains(&k) => {
                 let attempt = e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0);
-                if let Some(price) = e.i64("price_micros") {
-                    sent_price.insert((e.str("lead_id").to_string(), attempt), price);
-                }
+                sent_to.insert(
+                    (e.str("lead_id").to_string(), attempt),
+                    (e.str("buyer").to_string(), e.i64("price_micros")),
+                );
                 pre_sends.push((
                     e.place(),
                     e.str("lead_id").to_string(),
@@ -366,14 +389,19 @@ pub fn reconcile_upto(
             }
         }
         sold_attempt.insert(&s.lead, s.attempt);
-        if let Some(&sent) = sent_price
-            .get(&(s.lead.clone(), s.attempt))
-            .filter(|p| **p != s.bid)
-        {
-            m.push(format!(
+        // The delivery it was sold on (black-box rounds 50-51: a sale's bid changed, or a
+        // fallback's sale relabelled the winner's attempt at the winner's bid, or its
+        // `post_sent` removed, each with the chain rewritten, passed).
+        match sent_to.get(&(s.lead.clone(), s.attempt)) {
+            Some((buyer, _)) if *buyer != s.buyer => m.push(format!(
+                "{}: attempt {} was sent to buyer {buyer} (post_sent), not to the buyer the sale charges ({})",
+                s.place, s.attempt, s.ids
+            )),
+            Some((_, Some(sent))) if *sent != s.bid => m.push(format!(
                 "{}: bid_micros {} differs from the price its delivery was sent at (post_sent, attempt {}: {sent}) ({})",
                 s.place, s.bid, s.attempt, s.ids
-            ));
+            )),
+            _ => {}
         }
         let auction = auctions.get(&s.auction);
         match auction {
@@ -385,11 +413,27 @@ pub fn reconcile_upto(
                 // The buyer is charged its bid: the winner's, as the auction recorded it
                 // (black-box round 50: a sale's bid changed, its chain rewritten, passed
                 // while the auction and post_sent still held the true price).
-                if let Some(wb) = a.winner_bid.filter(|wb| s.attempt == 0 && *wb != s.bid) {
+                if s.attempt == 0 && !a.winner.is_empty() && a.winner != s.buyer {
+                    m.push(format!(
+                        "{}: attempt 0 is the winner's, and the auction's winner is buyer {}, not the buyer the sale charges ({})",
+                        s.place, a.winner, s.ids
+                    ));
+                } else if let Some(wb) = a.winner_bid.filter(|wb| s.attempt == 0 && *wb != s.bid) {
                     m.push(format!(
                         "{}: bid_micros {} differs from the winning bid the auction recorded ({wb}) ({})",
                         s.place, s.bid, s.ids
                     ));
+                }
+                match a.bids.get(&s.buyer) {
+                    Some(&b) if b != s.bid => m.push(format!(
+                        "{}: bid_micros {} differs from the buyer's bid in its auction ({b}) ({})",
+                        s.place, s.bid, s.ids
+                    )),
+                    None if !a.bids.is_empty() => m.push(format!(
+                        "{}: its auction recorded no bid from buyer {} ({})",
+                        s.place, s.buyer, s.ids
+                    )),
+                    _ => {}
                 }
                 if a.seller_price != Some(s.price) {
                     m.push(format!(
@@ -984,7 +1028,7 @@ mod tests {
             .replace(r#""bid_micros":10000000"#, r#""bid_micros":11000000"#)
             .replace(r#""margin_micros":2000000"#, r#""margin_micros":3000000"#);
         let r = reconcile(ledger(&[AUCTION, sent, &more]).path(), None).unwrap();
-        assert_eq!(r.mismatches.len(), 2, "{:?}", r.mismatches);
+        assert_eq!(r.mismatches.len(), 3, "{:?}", r.mismatches);
         assert!(r.mismatches[0].contains(
             "bid_micros 11000000 differs from the price its delivery was sent at (post_sent, attempt 0: 10000000)"
         ), "{:?}", r.mismatches);
@@ -995,7 +1039,72 @@ mod tests {
             "{:?}",
             r.mismatches
         );
+        assert!(
+            r.mismatches[2].contains(
+                "bid_micros 11000000 differs from the buyer's bid in its auction (10000000)"
+            ),
+            "{:?}",
+            r.mismatches
+        );
         assert!(r.failed());
+    }
+
+    /// Black-box round 51: a fallback's sale relabelled as the winner's attempt at the
+    /// winner's bid, and a fallback's sale with its bid forged and its `post_sent`
+    /// removed (each with the chain rewritten), passed. A sale is checked against the
+    /// delivery's buyer, the auction's winner (attempt 0), and the buyer's own bid in
+    /// the auction, whatever its attempt.
+    #[test]
+    fn a_fallback_sale_forged_as_the_winner_or_without_its_delivery_is_a_mismatch() {
+        let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"w","outcome":"bid","bid_micros":6000000},{"buyer":"f","outcome":"bid","bid_micros":5800000}],"winner":"w","bid_micros":6000000,"seller_price_micros":4800000,"took_us":5}"#;
+        let sent = |buyer: &str, attempt: u32, price: i64| {
+            format!(
+                r#"{{"type":"post_sent","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","auction_id":"au_1","ping_id":"pg_1","seller":"s","buyer":"{buyer}","attempt":{attempt},"price_micros":{price},"test":false}}"#
+            )
+        };
+        let rejected = r#"{"type":"post_attempt","v":5,"generation":1,"at":"2026-11-29T10:00:01.100Z","lead_id":"ld_1","auction_id":"au_1","buyer":"w","attempt":0,"outcome":"rejected"}"#;
+        let sale = |attempt: u32, bid: i64| {
+            format!(
+                r#"{{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:02.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"f","vertical":"v","currency":"USD","test":false,"bid_micros":{bid},"seller_price_micros":4800000,"margin_micros":{},"attempt":{attempt}}}"#,
+                bid - 4_800_000
+            )
+        };
+        let (w0, f1) = (sent("w", 0, 6_000_000), sent("f", 1, 5_800_000));
+        // The honest fallback sale reconciles.
+        let honest = sale(1, 5_800_000);
+        let r = reconcile(ledger(&[auction, &w0, rejected, &f1, &honest]).path(), None).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        // Relabelled as attempt 0 at the winner's bid.
+        let relabelled = sale(0, 6_000_000);
+        let r = reconcile(
+            ledger(&[auction, &w0, rejected, &f1, &relabelled]).path(),
+            None,
+        )
+        .unwrap();
+        let all = r.mismatches.join("\n");
+        assert!(
+            all.contains(
+                "attempt 0 was sent to buyer w (post_sent), not to the buyer the sale charges"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("the auction's winner is buyer w"), "{all}");
+        assert!(
+            all.contains(
+                "bid_micros 6000000 differs from the buyer's bid in its auction (5800000)"
+            ),
+            "{all}"
+        );
+        // Its bid forged and its delivery's record removed.
+        let forged = sale(1, 7_000_000);
+        let r = reconcile(ledger(&[auction, &w0, rejected, &forged]).path(), None).unwrap();
+        let all = r.mismatches.join("\n");
+        assert!(
+            all.contains(
+                "bid_micros 7000000 differs from the buyer's bid in its auction (5800000)"
+            ),
+            "{all}"
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ fn test_env(name: &str) -> Option<String> {
     match name {
         "ACME_SECRET" => Some("top-secret-value".into()),
         "ADMIN_TOKEN" => Some("admin-token-value-0123".into()),
+        "SAME_AS_ACME" => Some("top-secret-value".into()),
         "BAD_SECRET" => Some("whsec_!!!not-base64".into()),
         "EMPTY_SECRET" => Some(String::new()),
         _ => None,

@@ -147,18 +147,42 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
     let c = ok(&[("#BUYER", &other)]);
     assert!(c.admin.token.is_some());
     // Nor may the token be a buyer's signing secret: that buyer would hold the admin
-    // listener (black-box round 49). Buyer acme signs with $ACME_SECRET.
+    // listener (black-box round 49). Buyer acme signs with $ACME_SECRET, whose value
+    // $SAME_AS_ACME holds too.
     let e = errors(&[(
         "#BUYER",
-        "\n[admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"127.0.0.1:8081\"",
+        "\n[admin]\ntoken_env = \"SAME_AS_ACME\"\nlisten = \"127.0.0.1:8081\"",
     )]);
     assert_eq!(
         e,
         [
-            "admin.token_env: the token in $ACME_SECRET is also the signing secret of \
+            "admin.token_env: the token in $SAME_AS_ACME is also the signing secret of \
           buyers.acme (buyers.acme.secret_env): give the admin listener a token of its own"
         ]
     );
+    assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
+    // One variable named for both is said by name, set or not (round 51: unset, it
+    // showed only once set).
+    for env in [test_env as fn(&str) -> Option<String>, |_: &str| None] {
+        let text = doc(&[(
+            "#BUYER",
+            "\n[admin]\ntoken_env = \"ACME_SECRET\"\nlisten = \"127.0.0.1:8081\"",
+        )]);
+        let e = load_str_with_env(&text, &env).unwrap_err().0;
+        assert!(
+            e.contains(
+                &"admin.token_env: names $ACME_SECRET, the variable buyers.acme.secret_env \
+                  names too: the admin token would be that buyer's signing secret; give the \
+                  admin listener a variable of its own"
+                    .to_string()
+            ),
+            "{e:?}"
+        );
+        assert!(
+            !e.iter().any(|m| m.contains("is also the signing secret")),
+            "{e:?}"
+        );
+    }
     assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
 }
 
