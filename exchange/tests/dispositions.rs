@@ -623,7 +623,8 @@ async fn a_buyer_without_a_key_cannot_report_and_keys_are_checked_at_load() {
 #[test]
 fn verify_refuses_refunds_that_do_not_match_their_sale() {
     const AUCTION: &str = r#"{"type":"auction","v":4,"generation":1,"at":"2026-11-20T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"skipped":{"total":0,"by_reason":{}},"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
-    const SALE: &str = r#"{"type":"sale","v":4,"generation":1,"at":"2026-11-20T10:00:01.000Z","lead_id":"ld_b","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+    // Format 3, before `post_sent` (a sale of format 4 or later needs its delivery's).
+    const SALE: &str = r#"{"type":"sale","v":3,"generation":1,"at":"2026-11-20T10:00:01.000Z","lead_id":"ld_b","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
     let returned = r#"{"type":"disposition","v":4,"generation":1,"at":"2026-11-21T10:00:00.000Z","lead_id":"ld_b","auction_id":"au_1","buyer":"b","seller":"s","vertical":"v","outcome":"returned","test":false}"#;
     let refund = |at: &str, refund: i64, days: u16| {
         format!(

@@ -861,7 +861,9 @@ fn framed_ledger(records: &[&str]) -> tempfile::TempDir {
 }
 
 const AUCTION_1: &str = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
-const SALE_1: &str = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
+/// A sale of format 3, before `post_sent` (a sale of format 4 or later needs its
+/// delivery's record): these ledgers are about reading and the money.
+const SALE_1: &str = r#"{"type":"sale","v":3,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0}"#;
 const SALE_V99: &str = r#"{"type":"sale","v":99,"generation":1,"at":"2026-11-29T10:00:02.000Z","lead_id":"ld_2","ping_id":"pg_2","auction_id":"au_2","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":50000000,"seller_price_micros":40000000,"margin_micros":10000000,"attempt":0}"#;
 const DECISION: &str = r#"{"type":"model_decision","v":5,"generation":1,"at":"2026-11-29T10:00:03.000Z","vertical":"v","challenger":"v20261129T100000000Z","promoted":false,"reason":"realization log loss: challenger 0.5, champion 0.4"}"#;
 
@@ -1014,14 +1016,14 @@ fn verify_of_a_broken_chain_never_ends_with_ok() {
 }
 
 /// An auction and its sale of `n` (`au_n`, `pg_n`, `ld_n`) to `buyer`, in USD: the buyer
-/// pays `bid`, the seller is paid `price`.
+/// pays `bid`, the seller is paid `price`. The sale is of format 3 (before `post_sent`).
 fn sold(n: u32, buyer: &str, bid: i64, price: i64) -> [String; 2] {
     [
         format!(
             r#"{{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_{n}","ping_id":"pg_{n}","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"{buyer}","outcome":"bid","bid_micros":{bid}}}],"winner":"{buyer}","bid_micros":{bid},"seller_price_micros":{price},"took_us":5}}"#
         ),
         format!(
-            r#"{{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_{n}","ping_id":"pg_{n}","auction_id":"au_{n}","seller":"s","buyer":"{buyer}","vertical":"v","currency":"USD","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{},"attempt":0}}"#,
+            r#"{{"type":"sale","v":3,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_{n}","ping_id":"pg_{n}","auction_id":"au_{n}","seller":"s","buyer":"{buyer}","vertical":"v","currency":"USD","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{},"attempt":0}}"#,
             bid - price
         ),
     ]

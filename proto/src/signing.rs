@@ -45,17 +45,24 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// The key bytes a secret's text stands for: base64 after `whsec_`, else the text itself.
+/// (Two texts that stand for the same key sign alike.)
+pub fn key_bytes(text: &str) -> Result<Vec<u8>, SignatureError> {
+    let bytes = match text.strip_prefix("whsec_") {
+        Some(b64) => STANDARD
+            .decode(b64)
+            .map_err(|_| SignatureError::BadSecret)?,
+        None => text.as_bytes().to_vec(),
+    };
+    if bytes.is_empty() {
+        return Err(SignatureError::BadSecret);
+    }
+    Ok(bytes)
+}
+
 impl Secret {
     pub fn new(text: &str) -> Result<Secret, SignatureError> {
-        let bytes = match text.strip_prefix("whsec_") {
-            Some(b64) => STANDARD
-                .decode(b64)
-                .map_err(|_| SignatureError::BadSecret)?,
-            None => text.as_bytes().to_vec(),
-        };
-        if bytes.is_empty() {
-            return Err(SignatureError::BadSecret);
-        }
+        let bytes = key_bytes(text)?;
         let keyed =
             <Hmac<Sha256> as Mac>::new_from_slice(&bytes).map_err(|_| SignatureError::BadSecret)?;
         Ok(Secret { keyed })

@@ -369,7 +369,18 @@ pub fn load_str_with_env(
             .flatten()
             .filter(|b| !same_variable.contains(&b.id.as_str()))
         {
-            if env(&b.secret_env).is_some_and(|s| s.as_bytes() == token.as_bytes()) {
+            // The same key, however each is written (round 52: `whsec_` and base64 of
+            // the token's bytes signed alike and passed).
+            let same_key = |s: &str| {
+                s.as_bytes() == token.as_bytes()
+                    || proto::signing::key_bytes(s).ok().is_some_and(|k| {
+                        std::str::from_utf8(token.as_bytes())
+                            .ok()
+                            .and_then(|t| proto::signing::key_bytes(t).ok())
+                            == Some(k)
+                    })
+            };
+            if env(&b.secret_env).is_some_and(|s| same_key(&s)) {
                 let shown = crate::config::shown_env_name(&admin.token_env);
                 p.at(
                     "admin.token_env",

@@ -9,8 +9,10 @@
 //! - Every sale: `margin_micros = bid_micros - seller_price_micros`, never negative; at
 //!   most one sale per `lead_id` and per `ping_id`; its auction record is there and
 //!   quoted the same seller price; it charges the bid its delivery was sent at
-//!   (`post_sent`'s, to the same buyer), which is the buyer's bid in the auction, and
-//!   attempt 0 is the auction's winner's, at the winning bid; it is in the currency its auction ran in and its quote
+//!   (`post_sent`'s, to the same buyer; from format 4 on a sale needs one), which is the
+//!   buyer's bid in the auction (a `bid` or `fixed_price` line), and attempt 0 is the
+//!   auction's winner's, at the winning bid; no `post_attempt` says the sold attempt
+//!   failed; it is in the currency its auction ran in and its quote
 //!   (`quote_opened`) was made in; with a configuration, the seller price is the seller's
 //!   payout model applied to the winning bid (`pingpost_core::award`'s rule: the model's
 //!   price, capped at the bid). A fallback's sale (`attempt > 0`) pays the seller the price
@@ -114,6 +116,8 @@ struct Sale {
     margin: i64,
     attempt: u64,
     buyer: String,
+    /// The record's format version (`v`): from 4 on, every delivery has its `post_sent`.
+    version: u64,
     /// Position in the ledger (0-based, records read) and `generation`.
     ordinal: usize,
     generation: u64,
@@ -255,6 +259,14 @@ pub fn reconcile_upto(
                             .map(|lines| {
                                 lines
                                     .iter()
+                                    // Lines that are bids a lead may be sold on:
+                                    // a valid bid, a fixed price (round 52: a
+                                    // `timeout` line's amount was taken).
+                                    .filter(|l| {
+                                        l.get("outcome")
+                                            .and_then(|o| o.as_str())
+                                            .is_none_or(|o| matches!(o, "bid" | "fixed_price"))
+                                    })
                                     .filter_map(|l| {
                                         Some((
                                             l.get("buyer")?.as_str()?.to_string(),
@@ -298,6 +310,11 @@ pub fn reconcile_upto(
                     margin: e.i64("margin_micros").unwrap_or(0),
                     attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
                     buyer: e.str("buyer").to_string(),
+                    version: e
+                        .value
+                        .get("v")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(1),
                     ordinal: here,
                     generation,
                 })
@@ -401,7 +418,25 @@ pub fn reconcile_upto(
                 "{}: bid_micros {} differs from the price its delivery was sent at (post_sent, attempt {}: {sent}) ({})",
                 s.place, s.bid, s.attempt, s.ids
             )),
-            _ => {}
+            Some(_) => {}
+            // Every delivery is written before it leaves, since format version 4 (round
+            // 52: a sale with its `post_sent` removed passed).
+            None if s.version >= 4 => m.push(format!(
+                "{}: no post_sent for attempt {}: every delivery is recorded before it leaves ({})",
+                s.place, s.attempt, s.ids
+            )),
+            None => {}
+        }
+        // A failed attempt has a `post_attempt`; a sold one has none (round 52: an
+        // `unsold` replaced by a sale on an attempt recorded `rejected` passed).
+        if let Some((_, outcome)) = attempts
+            .get(&s.lead)
+            .and_then(|v| v.iter().find(|(a, _)| *a == s.attempt))
+        {
+            m.push(format!(
+                "{}: sold at attempt {}, which the ledger records as {outcome} (post_attempt) ({})",
+                s.place, s.attempt, s.ids
+            ));
         }
         let auction = auctions.get(&s.auction);
         match auction {
@@ -1099,6 +1134,34 @@ mod tests {
         let forged = sale(1, 7_000_000);
         let r = reconcile(ledger(&[auction, &w0, rejected, &forged]).path(), None).unwrap();
         let all = r.mismatches.join("\n");
+        // Round 52: the missing record is named too, and so is a sale on an attempt the
+        // ledger records as failed, and one to a buyer whose line is no bid.
+        assert!(
+            all.contains("no post_sent for attempt 1: every delivery is recorded before it leaves"),
+            "{all}"
+        );
+        let winner = sale(0, 6_000_000).replace(r#""buyer":"f""#, r#""buyer":"w""#);
+        let r = reconcile(ledger(&[auction, &w0, rejected, &winner]).path(), None).unwrap();
+        let said = r.mismatches.join("\n");
+        assert!(
+            said.contains("sold at attempt 0, which the ledger records as rejected (post_attempt)"),
+            "{said}"
+        );
+        let timed_out = auction.replace(
+            r#"{"buyer":"f","outcome":"bid""#,
+            r#"{"buyer":"f","outcome":"timeout""#,
+        );
+        assert_ne!(timed_out, auction);
+        let r = reconcile(
+            ledger(&[&timed_out, &w0, rejected, &f1, &honest]).path(),
+            None,
+        )
+        .unwrap();
+        let said = r.mismatches.join("\n");
+        assert!(
+            said.contains("its auction recorded no bid from buyer f"),
+            "{said}"
+        );
         assert!(
             all.contains(
                 "bid_micros 7000000 differs from the buyer's bid in its auction (5800000)"
@@ -1250,7 +1313,9 @@ mod tests {
     }
 
     /// An auction (with its currency) and its sale, of `lead` (`au_<lead>`, `pg_<lead>`),
-    /// sold to `b` at `bid` with the seller paid `price`, `sold_at` the sale's `at`.
+    /// sold to `b` at `bid` with the seller paid `price`, `sold_at` the sale's `at`. The
+    /// sale is of format 3, before `post_sent`: these ledgers are about the money, and a
+    /// sale of format 4 or later needs its delivery's record too.
     fn sold(lead: &str, currency: &str, bid: i64, price: i64, sold_at: &str) -> [String; 2] {
         let margin = i128::from(bid) - i128::from(price);
         [
@@ -1258,7 +1323,7 @@ mod tests {
                 r#"{{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_{lead}","ping_id":"pg_{lead}","seller":"s","vertical":"v","currency":"{currency}","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"b","outcome":"bid","bid_micros":{bid}}}],"winner":"b","bid_micros":{bid},"seller_price_micros":{price},"took_us":5}}"#
             ),
             format!(
-                r#"{{"type":"sale","v":5,"generation":1,"at":"{sold_at}","lead_id":"ld_{lead}","ping_id":"pg_{lead}","auction_id":"au_{lead}","seller":"s","buyer":"b","vertical":"v","currency":"{currency}","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{margin},"attempt":0}}"#
+                r#"{{"type":"sale","v":3,"generation":1,"at":"{sold_at}","lead_id":"ld_{lead}","ping_id":"pg_{lead}","auction_id":"au_{lead}","seller":"s","buyer":"b","vertical":"v","currency":"{currency}","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{margin},"attempt":0}}"#
             ),
         ]
     }

@@ -291,12 +291,6 @@ pub fn load_set(
 /// Longest `CHAMPION` file read (a version name is at most 64 characters).
 pub const CHAMPION_BYTES_MAX: usize = 4096;
 
-/// The version `CHAMPION` names (`None`: no file, an unreadable one, or empty). The
-/// serving path uses [`read_champion_checked`], which tells an unreadable file apart.
-pub fn read_champion(learning: &LearningConfig, vertical: &str) -> Option<String> {
-    read_champion_checked(learning, vertical).ok().flatten()
-}
-
 /// The version `CHAMPION` names: `Ok(None)` when there is no file or it is empty (no
 /// model, on purpose); `Err` when it exists but cannot be read as one (a directory, over
 /// [`CHAMPION_BYTES_MAX`], unreadable), which is a failed champion, not "no model".

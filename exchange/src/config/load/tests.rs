@@ -64,6 +64,7 @@ fn test_env(name: &str) -> Option<String> {
         "ACME_SECRET" => Some("top-secret-value".into()),
         "ADMIN_TOKEN" => Some("admin-token-value-0123".into()),
         "SAME_AS_ACME" => Some("top-secret-value".into()),
+        "ACME_KEY_AS_WHSEC" => Some("whsec_dG9wLXNlY3JldC12YWx1ZQ==".into()),
         "BAD_SECRET" => Some("whsec_!!!not-base64".into()),
         "EMPTY_SECRET" => Some(String::new()),
         _ => None,

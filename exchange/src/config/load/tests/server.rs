@@ -161,6 +161,19 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
         ]
     );
     assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
+    // The same key written another way (`whsec_` and the base64 of the secret's bytes)
+    // is the same signing key (round 52: passed).
+    let e = errors(&[(
+        "#BUYER",
+        "\n[admin]\ntoken_env = \"ACME_KEY_AS_WHSEC\"\nlisten = \"127.0.0.1:8081\"",
+    )]);
+    assert_eq!(
+        e,
+        [
+            "admin.token_env: the token in $ACME_KEY_AS_WHSEC is also the signing secret of \
+          buyers.acme (buyers.acme.secret_env): give the admin listener a token of its own"
+        ]
+    );
     // One variable named for both is said by name, set or not (round 51: unset, it
     // showed only once set).
     for env in [test_env as fn(&str) -> Option<String>, |_: &str| None] {
