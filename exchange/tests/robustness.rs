@@ -436,7 +436,7 @@ async fn a_late_call_is_heard_out_for_its_own_buyers_timeout_not_the_longest() {
     let ex = TestConfig::new()
         .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(40))
         .buyer(gb.clone().ping_timeout_ms(60_000))
-        .with(|c| c.auction_deadline_ms = 100)
+        .with(|c| c.auction_deadline_ms = 400)
         .start()
         .await;
     for _ in 0..3 {
@@ -469,19 +469,18 @@ async fn a_late_call_is_heard_out_for_its_own_buyers_timeout_not_the_longest() {
 async fn late_calls_past_the_per_buyer_limit_are_dropped_and_counted() {
     const AUCTIONS: u64 = 72;
     let hang = RawBuyer::start(Behaviour::Hang).await;
-    let good = ScriptedBidder::bidding(10.0);
-    let (gb, _h) = serve("good", &good).await;
     // The hanging buyer's calls would be heard out for 120 s; the test configuration's
-    // breaker (1,000 failures) stays closed.
+    // breaker (1,000 failures) stays closed. It is the only buyer, so every auction ends
+    // at its deadline with no bid, however slow the machine (a second, bidding buyer made
+    // the test depend on that buyer answering within the 20 ms deadline under CI load).
     let ex = TestConfig::new()
         .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(60_000))
-        .buyer(gb.clone())
         .with(|c| c.auction_deadline_ms = 20)
         .start()
         .await;
     for _ in 0..AUCTIONS {
         let quote = ex.client.ping("TX").await;
-        assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+        assert_eq!(quote.status, PingStatus::NoBid, "{quote:?}");
     }
     hang.wait_requests(AUCTIONS).await;
     let dropped = ex
