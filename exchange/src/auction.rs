@@ -546,7 +546,11 @@ pub async fn deliver(
     // When the last accept was read (P8: the sale must be durable and answered soon after).
     let mut accepted_at: Option<Instant> = None;
     let step = loop {
-        let attempt = match plan.next(&settlement, state.clock.now_ms()) {
+        // A buyer with too many deliveries still unanswered after their timeout is sent
+        // no more (the core skips it as `busy`).
+        let bound = cfg.server.late_posts_per_buyer_max;
+        let mut has_room = |key: BuyerKey| state.late_posts.of(key) < bound;
+        let attempt = match plan.next_admitting(&settlement, state.clock.now_ms(), &mut has_room) {
             PostStep::Deliver(a) => a,
             done => break done,
         };
@@ -614,6 +618,7 @@ pub async fn deliver(
                                 hold: None,
                                 dedup: d.dedup.to_vec(),
                                 seller: cfg.sellers[d.seller].key,
+                                _counted: state.late_posts.admit(buyer.key),
                             },
                             call,
                         ));
@@ -708,6 +713,8 @@ struct LateWatch {
     dedup: Vec<crate::core::dedup::DedupKey>,
     /// The seller of the lead (the sale's, for de-duplication).
     seller: crate::config::SellerKey,
+    /// Counts the watch in [`AppState::late_posts`] while it lasts.
+    _counted: Option<crate::late::LatePermit>,
 }
 
 impl LateWatch {

@@ -51,6 +51,7 @@ fn post_label(o: PostKind) -> PostOutcomeKind {
         PostKind::Error => PostOutcomeKind::Error,
         PostKind::Invalid => PostOutcomeKind::Invalid,
         PostKind::Capped => PostOutcomeKind::Capped,
+        PostKind::Busy => PostOutcomeKind::Busy,
     }
 }
 
@@ -133,7 +134,7 @@ pub async fn execute<'a>(
                 // teaches nothing, as the ledger replay at a restart leaves it out).
                 if let (true, false, Some(b)) = (
                     teaches,
-                    outcome == PostKind::Capped,
+                    matches!(outcome, PostKind::Capped | PostKind::Busy),
                     rt.config.buyers.get(buyer),
                 ) {
                     state

@@ -52,6 +52,15 @@ impl LateCalls {
         })
     }
 
+    /// Counts without refusing: the late posts. A delivery is not dropped once sent (the
+    /// buyer has the lead and may accept it), so `server.late_posts_per_buyer_max` is
+    /// checked with [`LateCalls::of`] before a lead leaves, never when its answer is late:
+    /// at the bound the buyer is skipped as `busy` and the post falls back to the next
+    /// bid. The count may pass the bound by the deliveries in flight when it is reached.
+    pub fn counting(buyer_count: usize) -> Arc<LateCalls> {
+        LateCalls::with_limits(buyer_count, u32::MAX, usize::MAX)
+    }
+
     /// Makes room for buyer keys `0..buyer_count`; never shrinks.
     pub fn grow(&self, buyer_count: usize) {
         self.per_buyer.grow(buyer_count);

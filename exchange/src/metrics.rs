@@ -77,16 +77,18 @@ pub enum PostOutcomeKind {
     Error,
     Invalid,
     Capped,
+    Busy,
 }
 
 impl PostOutcomeKind {
-    pub const ALL: [PostOutcomeKind; 6] = [
+    pub const ALL: [PostOutcomeKind; 7] = [
         PostOutcomeKind::Accepted,
         PostOutcomeKind::Rejected,
         PostOutcomeKind::Timeout,
         PostOutcomeKind::Error,
         PostOutcomeKind::Invalid,
         PostOutcomeKind::Capped,
+        PostOutcomeKind::Busy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +99,7 @@ impl PostOutcomeKind {
             PostOutcomeKind::Error => "error",
             PostOutcomeKind::Invalid => "invalid",
             PostOutcomeKind::Capped => "capped",
+            PostOutcomeKind::Busy => "busy",
         }
     }
 }

@@ -727,6 +727,7 @@ fn key_of_unconfigured(state: &AppState, buyer: &str) -> Option<crate::config::B
     state.caps.grow(state.ids.buyer_count());
     state.breakers.grow(state.ids.buyer_count());
     state.late_calls.grow(state.ids.buyer_count());
+    state.late_posts.grow(state.ids.buyer_count());
     Some(key)
 }
 

@@ -361,6 +361,9 @@ pub struct AppState {
     pub breakers: BreakerBook,
     /// Buyer calls still heard out after their auction ended, per buyer and in all.
     pub late_calls: Arc<crate::late::LateCalls>,
+    /// Deliveries still heard out after their post timeout, per buyer: a buyer with
+    /// `server.late_posts_per_buyer_max` of them is sent no more leads (`busy`).
+    pub late_posts: Arc<crate::late::LateCalls>,
     /// Open connections across every worker, bounded by `server.connections_max` (taken
     /// before `accept`).
     pub connections: Arc<tokio::sync::Semaphore>,
@@ -600,6 +603,7 @@ impl AppState {
             dedup: crate::core::dedup::DedupBook::new(s.dedup_keys_max, dedup_keep_ms(&config)),
             breakers: BreakerBook::new(ids.buyer_count(), s.breaker),
             late_calls: crate::late::LateCalls::new(ids.buyer_count()),
+            late_posts: crate::late::LateCalls::counting(ids.buyer_count()),
             connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
@@ -698,6 +702,7 @@ impl AppState {
         self.caps.grow(self.ids.buyer_count());
         self.breakers.grow(self.ids.buyer_count());
         self.late_calls.grow(self.ids.buyer_count());
+        self.late_posts.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = metric_slots(&config, Some(&old));

@@ -271,6 +271,76 @@ async fn the_post_deadline_answers_unsold_within_it_and_keeps_only_the_late_answ
     assert_eq!(a.posts.load(Ordering::Relaxed), 1);
 }
 
+/// `server.late_posts_per_buyer_max`: a buyer that bids but hangs on its deliveries is
+/// heard out for 10 s after each timeout (each holding a connection and a cap hold).
+/// Once it has this many unanswered, the next post that names it skips it as `busy`
+/// (nothing sent, its hold released as `buyer_busy`) and delivers to the next bid.
+#[tokio::test]
+async fn a_buyer_with_too_many_deliveries_unanswered_is_skipped_as_busy() {
+    let probe = TestBuyer::new("hangs", SocketAddr::from(([127, 0, 0, 1], 0)));
+    let hangs = Arc::new(SlowPoster {
+        price: 20.0,
+        // Longer than the 10 s the exchange hears a late delivery out.
+        post_delay: Duration::from_secs(60),
+        posts: AtomicU64::new(0),
+    });
+    let (addr, _h1) = spawn(
+        hangs.clone(),
+        ServeOptions::new(Secret::new(&probe.secret).unwrap()),
+    )
+    .await
+    .unwrap();
+    let fair = ScriptedBidder::bidding(19.5);
+    let (fb, _h2) = serve("fair", &fair).await;
+    let ex = TestConfig::new()
+        .buyer(TestBuyer { addr, ..probe }.post_timeout_ms(100))
+        .buyer(fb)
+        .start_edited(|toml| {
+            // Ranked by price, so the timeouts do not move the award to the other buyer.
+            let toml = under("server", "late_posts_per_buyer_max = 2")(toml);
+            under("verticals.auto_insurance.routing", "award = \"price\"")(toml)
+        })
+        .await;
+    let busy = [("buyer", "hangs"), ("outcome", "busy")];
+
+    for n in 1..=3u64 {
+        let quote = ex.client.ping("TX").await;
+        assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+        // Its quote's hold, beside one for each delivery still heard out.
+        assert_eq!(ex.reserved("hangs"), n as u32, "post {n}: the winner won");
+        let answer = ex.client.post(&quote.ping_id, "TX").await;
+        assert_eq!(answer.status, PostStatus::Sold, "post {n}: {answer:?}");
+        assert_eq!(answer.buyer.as_deref(), Some("Buyer fair"), "post {n}");
+    }
+    // The first two posts reached it and timed out; the third was not sent.
+    assert_eq!(hangs.posts.load(Ordering::Relaxed), 2);
+    assert_eq!(ex.metric("pingpost_buyer_posts_total", &busy).await, 1.0);
+    // Two holds stay for the two deliveries still heard out; the busy one was released.
+    assert_eq!(ex.reserved("hangs"), 2);
+    let attempts = ex.ledger_of("post_attempt");
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .filter(|a| a["buyer"] == "hangs")
+        .map(|a| a["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, ["timeout", "timeout", "busy"], "{attempts:?}");
+    let released = ex.ledger_of("quote_released");
+    assert_eq!(
+        released
+            .iter()
+            .filter(|r| r["reason"] == "buyer_busy")
+            .count(),
+        1,
+        "{released:?}"
+    );
+    let sent = ex.ledger_of("post_sent");
+    assert_eq!(
+        sent.iter().filter(|r| r["buyer"] == "hangs").count(),
+        2,
+        "nothing is recorded as sent to the busy buyer"
+    );
+}
+
 #[test]
 fn the_new_keys_load_with_their_defaults_and_refuse_bad_values() {
     let path = std::path::Path::new("/tmp/unused-ledger");
@@ -278,24 +348,33 @@ fn the_new_keys_load_with_their_defaults_and_refuse_bad_values() {
     let load = |text: &str| pingpost::config::load_str_with_env(text, &|_: &str| None);
     let c = load(&base).expect("the base config loads");
     assert_eq!(c.server.post_deadline_ms, 5_000);
+    assert_eq!(c.server.late_posts_per_buyer_max, 256);
     assert_eq!(c.verticals[0].bid_max, None);
     assert!(c.sellers.iter().all(|s| s.quotes_open_max == 1_000));
 
     let edited = under("verticals.auto_insurance", "bid_max = 18.50")(base.clone());
-    let edited = under("server", "post_deadline_ms = 250")(edited);
+    let edited = under(
+        "server",
+        "post_deadline_ms = 250\nlate_posts_per_buyer_max = 9",
+    )(edited);
     let edited = under("sellers.main", "quotes_open_max = 3")(edited);
     let c = load(&edited).expect("edited config loads");
     assert_eq!(c.verticals[0].bid_max, Some(usd(18.5)));
     assert_eq!(c.server.post_deadline_ms, 250);
+    assert_eq!(c.server.late_posts_per_buyer_max, 9);
     assert_eq!(c.sellers[0].quotes_open_max, 3);
 
     let bad = under("verticals.auto_insurance", "bid_max = 0")(base.clone());
-    let bad = under("server", "post_deadline_ms = 0")(bad);
+    let bad = under(
+        "server",
+        "post_deadline_ms = 0\nlate_posts_per_buyer_max = 0",
+    )(bad);
     let bad = under("sellers.main", "quotes_open_max = 0")(bad);
     let errors = load(&bad).expect_err("bad values are refused").to_string();
     for key in [
         "verticals.auto_insurance.bid_max",
         "server.post_deadline_ms",
+        "server.late_posts_per_buyer_max",
         "sellers.main.quotes_open_max",
     ] {
         assert!(errors.contains(key), "no error for {key}:\n{errors}");

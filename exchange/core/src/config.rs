@@ -66,6 +66,9 @@ pub mod defaults {
     pub const QUOTE_TTL_MS: u64 = 60_000;
     /// A bid must hold at least this long to win a ping's quote (`server.quote_min_ms`).
     pub const QUOTE_MIN_MS: u64 = 10_000;
+    /// Deliveries of one buyer heard out after their timeout at which it is sent no more
+    /// (`server.late_posts_per_buyer_max`).
+    pub const LATE_POSTS_PER_BUYER_MAX: u32 = 256;
     pub const QUOTES_OPEN_MAX: usize = 1_000_000;
     /// Dedup keys remembered at once (`server.dedup_keys_max`): two keys a sale for a
     /// million sales a window, about 100 MB.
@@ -287,6 +290,9 @@ pub struct ServerConfig {
     pub post_deadline_ms: u64,
     /// Sold leads remembered for `POST /v1/dispositions` (oldest forgotten first).
     pub sold_leads_max: usize,
+    /// A buyer with this many deliveries still heard out after their post timeout is sent
+    /// no more leads (skipped as `busy`) until some of them are settled.
+    pub late_posts_per_buyer_max: u32,
     pub breaker: BreakerConfig,
     /// Connection limits and TLS of the seller listener (flat keys in `[server]`).
     pub listener: ListenerSettings,

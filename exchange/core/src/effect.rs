@@ -17,6 +17,8 @@ pub enum PostKind {
     Invalid,
     /// The fallback's cap was full: not delivered.
     Capped,
+    /// The buyer had too many deliveries unanswered after their timeout: not delivered.
+    Busy,
 }
 
 impl PostKind {
@@ -29,6 +31,7 @@ impl PostKind {
             PostKind::Error => "error",
             PostKind::Invalid => "invalid",
             PostKind::Capped => "capped",
+            PostKind::Busy => "busy",
         }
     }
 }

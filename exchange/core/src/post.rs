@@ -331,6 +331,20 @@ impl<'a> PostPlan<'a> {
 
     /// What to do next at `now`. Reserves a fallback's cap through `settlement`.
     pub fn next(&mut self, settlement: &Settlement<'_>, now: UnixMs) -> PostStep {
+        self.next_admitting(settlement, now, &mut |_| true)
+    }
+
+    /// As [`PostPlan::next`], asking `admit` before delivering to a buyer whether it may
+    /// be sent one more lead now (the shell's bound on a buyer's deliveries still heard
+    /// out after their timeout). A buyer refused is not sent the lead: it is skipped as
+    /// `busy` (a post attempt record, a post metric; a winner's hold is released with
+    /// reason `buyer_busy`), and the post goes on to the next bid.
+    pub fn next_admitting(
+        &mut self,
+        settlement: &Settlement<'_>,
+        now: UnixMs,
+        admit: &mut dyn FnMut(BuyerKey) -> bool,
+    ) -> PostStep {
         if let Some(done) = self.done {
             return done;
         }
@@ -393,34 +407,52 @@ impl<'a> PostPlan<'a> {
                     .post_timeout_ms
                     .min(u64::try_from(self.deadline.saturating_sub(now)).unwrap_or(0)),
             };
-            if i > 0 {
-                if bid_expires_at(self.p.auction_arrival, bid.expires_in_ms)
+            if i > 0
+                && bid_expires_at(self.p.auction_arrival, bid.expires_in_ms)
                     .is_some_and(|at| at < now)
-                {
-                    self.attempt_record(a, "bid_expired", None, now);
-                    self.skipped += 1;
-                    continue;
+            {
+                self.attempt_record(a, "bid_expired", None, now);
+                self.skipped += 1;
+                continue;
+            }
+            if !admit(buyer.key) {
+                // Too many of this buyer's deliveries are still unanswered: it is sent
+                // nothing more until they are settled. The winner's hold goes back; a
+                // fallback holds none yet.
+                if i == 0 {
+                    self.release(release_reason::BUYER_BUSY, now);
                 }
-                if !self.p.test {
-                    let until = self.deadline.saturating_add(DELIVERY_SLACK_MS);
-                    match settlement.reserve(buyer, price, now, until) {
-                        Ok(res) => {
-                            // Never overwrite a hold: the previous one is settled first.
-                            self.release(release_reason::POST_FAILED, now);
-                            self.reservation = Some(res);
-                        }
-                        Err(_) => {
-                            self.effects.push(Effect::Post {
-                                buyer: b,
-                                outcome: PostKind::Capped,
-                                p_model_ppm: None,
-                                teaches: false,
-                                at: now,
-                            });
-                            self.attempt_record(a, "capped", None, now);
-                            self.skipped += 1;
-                            continue;
-                        }
+                self.effects.push(Effect::Post {
+                    buyer: b,
+                    outcome: PostKind::Busy,
+                    p_model_ppm: None,
+                    teaches: false,
+                    at: now,
+                });
+                self.attempt_record(a, "busy", None, now);
+                self.skipped += 1;
+                continue;
+            }
+            // A fallback is reserved now (a test lead counts in no cap).
+            if i > 0 && !self.p.test {
+                let until = self.deadline.saturating_add(DELIVERY_SLACK_MS);
+                match settlement.reserve(buyer, price, now, until) {
+                    Ok(res) => {
+                        // Never overwrite a hold: the previous one is settled first.
+                        self.release(release_reason::POST_FAILED, now);
+                        self.reservation = Some(res);
+                    }
+                    Err(_) => {
+                        self.effects.push(Effect::Post {
+                            buyer: b,
+                            outcome: PostKind::Capped,
+                            p_model_ppm: None,
+                            teaches: false,
+                            at: now,
+                        });
+                        self.attempt_record(a, "capped", None, now);
+                        self.skipped += 1;
+                        continue;
                     }
                 }
             }

@@ -220,6 +220,9 @@ pub mod release_reason {
     pub const POST_DEADLINE: &str = "post_deadline";
     /// A reload removed the quote's buyer before the post.
     pub const BUYER_REMOVED: &str = "buyer_removed";
+    /// The quote's buyer had too many deliveries still unanswered after their timeout
+    /// to be sent another; the post went on to the fallbacks.
+    pub const BUYER_BUSY: &str = "buyer_busy";
     /// A reload removed the quote's vertical before the post.
     pub const VERTICAL_REMOVED: &str = "vertical_removed";
     /// A lead with one of the post's dedup keys was sold within the window (`duplicate`).

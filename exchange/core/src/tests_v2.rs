@@ -1257,6 +1257,78 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
     f.caps.release(&other);
 }
 
+/// Buyers the shell says are busy (too many deliveries still heard out after their
+/// timeout) are not delivered to: the winner's hold goes back as `buyer_busy`, a busy
+/// fallback is never reserved, each is recorded `busy`, and the post goes on.
+#[test]
+fn a_busy_winner_and_a_busy_fallback_are_skipped_and_hold_nothing() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(f.held(), [1, 0, 0, 0], "the winner's quote hold");
+    let mut asked = Vec::new();
+    let mut admit = |k: BuyerKey| {
+        asked.push(k.0);
+        k.0 >= 2
+    };
+    let a = match plan.next_admitting(&s, T + 1_000, &mut admit) {
+        PostStep::Deliver(a) => a,
+        other => panic!("expected a delivery, got {other:?}"),
+    };
+    assert_eq!(
+        (a.buyer, a.attempt),
+        (2, 2),
+        "buyers 0 and 1 were candidates 0 and 1"
+    );
+    assert_eq!(asked, [0, 1, 2]);
+    let effects = run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 1, 0], "nothing held for a busy buyer");
+    for (buyer, attempt) in [("b0", 0), ("b1", 1)] {
+        assert!(
+            effects.iter().any(|e| matches!(
+                e,
+                Effect::Record(Record::PostAttempt(p))
+                    if p.buyer == buyer && p.attempt == attempt && p.outcome == "busy"
+            )),
+            "{buyer}: {effects:?}"
+        );
+    }
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Record(Record::QuoteReleased(q)) if q.buyer == "b0" && q.reason == Some("buyer_busy")
+    )));
+    for buyer in [0, 1] {
+        assert!(effects.contains(&Effect::Post {
+            buyer,
+            outcome: PostKind::Busy,
+            p_model_ppm: None,
+            teaches: false,
+            at: T + 1_000,
+        }));
+    }
+    // Buyer 2 rejects; buyer 3 is busy too: nobody is left who was tried and accepted.
+    plan.on_result(AttemptResult::Rejected { reason: None }, T + 1_001);
+    let step = plan.next_admitting(&s, T + 1_001, &mut |k: BuyerKey| k.0 == 2);
+    assert_eq!(step, PostStep::Unsold(UnsoldReason::AllBuyersRejected));
+    run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+}
+
+/// Every candidate busy: nothing was sent, `no_buyer_available`, every hold back.
+#[test]
+fn every_candidate_busy_is_unsold_no_buyer_available() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    let step = plan.next_admitting(&s, T + 1_000, &mut |_| false);
+    assert_eq!(step, PostStep::Unsold(UnsoldReason::NoBuyerAvailable));
+    let effects = run(&s, plan.effects());
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(Record::PostSent(_)))));
+}
+
 #[test]
 fn nothing_to_deliver_is_unsold_no_bids() {
     let f = Fixture::new(60_000);

@@ -159,6 +159,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             post_attempts_max: defaults::POST_ATTEMPTS_MAX,
             post_deadline_ms: defaults::POST_DEADLINE_MS,
             sold_leads_max: defaults::SOLD_LEADS_MAX,
+            late_posts_per_buyer_max: defaults::LATE_POSTS_PER_BUYER_MAX,
             breaker: breaker_cfg(),
             listener: ListenerSettings::default(),
         },

@@ -814,7 +814,7 @@ so if the exchange reloaded its configuration since it started, the file may not
             "quote_released"
                 if matches!(
                     p.str("reason"),
-                    "post_failed" | "post_deadline" | "buyer_removed"
+                    "post_failed" | "post_deadline" | "buyer_removed" | "buyer_busy"
                 ) =>
             {
                 format!(

@@ -155,6 +155,12 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         defaults::SOLD_LEADS_MAX,
     );
 
+    // Deliveries of one buyer heard out after their timeout (each holds a connection and a
+    // cap hold) at which it is sent no more leads.
+    let late_posts_per_buyer_max = s
+        .u32_opt(p, "late_posts_per_buyer_max", 1, LATE_POSTS_PER_BUYER_LIMIT)
+        .unwrap_or(defaults::LATE_POSTS_PER_BUYER_MAX);
+
     let mut b = s.section_or_empty(p, "breaker");
     let breaker = BreakerConfig {
         enabled: b.bool_or(p, "enabled", true),
@@ -196,11 +202,14 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         post_attempts_max,
         post_deadline_ms,
         sold_leads_max,
+        late_posts_per_buyer_max,
         breaker,
         listener,
     }
 }
 
+/// Largest `server.late_posts_per_buyer_max`.
+const LATE_POSTS_PER_BUYER_LIMIT: i64 = 100_000;
 /// Largest `server.sold_leads_max` (about 775 MB of sold-lead index, reserved at start:
 /// 64 bytes a slot and a 128 MiB index).
 const SOLD_LEADS_LIMIT: i64 = crate::dispositions::SOLD_LEADS_MAX_LIMIT as i64;
