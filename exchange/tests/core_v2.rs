@@ -129,8 +129,10 @@ async fn pings_sent_together_cannot_run_past_the_open_quote_limit() {
     // Slow enough that the pings' auctions overlap.
     a.set(|s| s.ping_delay = Duration::from_millis(100));
     let (ab, _h) = serve("a", &a).await;
+    // Bounds far above the 100 ms it takes, so that it bids on a loaded machine too.
     let ex = TestConfig::new()
-        .buyer(ab)
+        .buyer(ab.ping_timeout_ms(2_000))
+        .with(|c| c.auction_deadline_ms = 3_000)
         .start_edited(under("sellers.main", "quotes_open_max = 2"))
         .await;
     let q1 = ex.client.ping("TX").await;

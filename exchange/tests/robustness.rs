@@ -18,10 +18,12 @@ async fn a_hanging_buyer_does_not_hold_the_answer_past_the_deadline() {
     let good = ScriptedBidder::bidding(10.0);
     let (gb, _h) = serve("good", &good).await;
     // The hanging buyer's own timeout is longer than the auction: the deadline must win.
+    // (A 1 s deadline, so that the good buyer answers within it on a loaded machine too;
+    // 60 s timeouts, so that an answer within 5 s can only be the deadline's doing.)
     let ex = TestConfig::new()
-        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(5_000))
-        .buyer(gb.clone().ping_timeout_ms(5_000))
-        .with(|c| c.auction_deadline_ms = 200)
+        .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(60_000))
+        .buyer(gb.clone().ping_timeout_ms(60_000))
+        .with(|c| c.auction_deadline_ms = 1_000)
         .start()
         .await;
 
@@ -31,8 +33,8 @@ async fn a_hanging_buyer_does_not_hold_the_answer_past_the_deadline() {
     assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
     assert_eq!(quote.price, Some(seller_price(usd(10.0))));
     assert!(
-        took < Duration::from_millis(1_000),
-        "a 200 ms auction took {took:?}"
+        took < Duration::from_millis(5_000),
+        "a 1 s auction took {took:?}"
     );
     hang.wait_requests(1).await;
     assert_eq!(
@@ -53,16 +55,17 @@ async fn a_hanging_buyer_does_not_hold_the_answer_past_the_deadline() {
 
 #[tokio::test]
 async fn a_late_bid_never_wins() {
-    // `late` bids 500.00, but only after 200 ms, past its 100 ms ping timeout.
+    // `late` bids 500.00, but only after 600 ms, past its 300 ms ping timeout (and within
+    // the 600 ms it is heard out after it).
     let late =
-        ScriptedBidder::bidding(500.0).scripted(|s| s.ping_delay = Duration::from_millis(200));
+        ScriptedBidder::bidding(500.0).scripted(|s| s.ping_delay = Duration::from_millis(600));
     let prompt = ScriptedBidder::bidding(10.0);
     let (lb, _h1) = serve("late", &late).await;
     let (pb, _h2) = serve("prompt", &prompt).await;
     let ex = TestConfig::new()
-        .buyer(lb.ping_timeout_ms(100))
-        .buyer(pb.clone().ping_timeout_ms(400))
-        .with(|c| c.auction_deadline_ms = 600)
+        .buyer(lb.ping_timeout_ms(300))
+        .buyer(pb.clone().ping_timeout_ms(1_000))
+        .with(|c| c.auction_deadline_ms = 1_500)
         .start()
         .await;
 
@@ -472,10 +475,10 @@ async fn late_calls_past_the_per_buyer_limit_are_dropped_and_counted() {
     // The hanging buyer's calls would be heard out for 120 s; the test configuration's
     // breaker (1,000 failures) stays closed. It is the only buyer, so every auction ends
     // at its deadline with no bid, however slow the machine (a second, bidding buyer made
-    // the test depend on that buyer answering within the 20 ms deadline under CI load).
+    // the test depend on that buyer answering within a 20 ms deadline under CI load).
     let ex = TestConfig::new()
         .buyer(TestBuyer::new("hang", hang.addr).ping_timeout_ms(60_000))
-        .with(|c| c.auction_deadline_ms = 20)
+        .with(|c| c.auction_deadline_ms = 50)
         .start()
         .await;
     for _ in 0..AUCTIONS {
@@ -505,18 +508,20 @@ async fn late_calls_past_the_per_buyer_limit_are_dropped_and_counted() {
 /// The buyer that does answer late, in the same auction and after the failure, is.
 #[tokio::test]
 async fn a_late_failure_is_not_counted_as_a_late_answer() {
-    let closer = RawBuyer::start(Behaviour::CloseAfterMs(150)).await;
+    let closer = RawBuyer::start(Behaviour::CloseAfterMs(700)).await;
     let late =
-        ScriptedBidder::bidding(20.0).scripted(|s| s.ping_delay = Duration::from_millis(250));
+        ScriptedBidder::bidding(20.0).scripted(|s| s.ping_delay = Duration::from_millis(1_000));
     let good = ScriptedBidder::bidding(10.0);
     let (lb, _h1) = serve("late", &late).await;
     let (gb, _h2) = serve("good", &good).await;
-    // Both are heard out until 200 ms after their 100 ms bound.
+    // Both are heard out until 1,000 ms after their 500 ms bound: the closer fails at
+    // 700 ms, `late` answers at 1,000 ms (margins of hundreds of ms, for a loaded CI
+    // machine).
     let ex = TestConfig::new()
-        .buyer(TestBuyer::new("closer", closer.addr).ping_timeout_ms(100))
-        .buyer(lb.ping_timeout_ms(100))
-        .buyer(gb.clone().ping_timeout_ms(100))
-        .with(|c| c.auction_deadline_ms = 500)
+        .buyer(TestBuyer::new("closer", closer.addr).ping_timeout_ms(500))
+        .buyer(lb.ping_timeout_ms(500))
+        .buyer(gb.clone().ping_timeout_ms(500))
+        .with(|c| c.auction_deadline_ms = 1_000)
         .start()
         .await;
     let quote = ex.client.ping("TX").await;

@@ -494,13 +494,15 @@ async fn relay_and_direct_targets_fan_out_to_the_buyers() {
     let targets: Vec<FanoutTarget> = fleet
         .buyers()
         .iter()
-        .map(|b| FanoutTarget::for_sim_buyer(b, 100))
+        .map(|b| FanoutTarget::for_sim_buyer(b, 1_000))
         .collect();
-    let (relay_addr, relay) = spawn_relay(targets.clone(), 100).await.unwrap();
-    let (second_addr, second) = spawn_relay(targets.clone(), 100).await.unwrap();
+    // Bounds far above the buyers' 1-2 ms, so that every call is answered on a loaded CI
+    // machine too (the test counts answers).
+    let (relay_addr, relay) = spawn_relay(targets.clone(), 1_000).await.unwrap();
+    let (second_addr, second) = spawn_relay(targets.clone(), 1_000).await.unwrap();
     let direct = Target::Direct {
         targets,
-        deadline_ms: 100,
+        deadline_ms: 1_000,
     };
     // Each run again against the same buyers, which take a message id once (a replay is
     // 409): the ids of a second run, and of a second relay, must be new (they were not,

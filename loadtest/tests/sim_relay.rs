@@ -22,7 +22,7 @@ use loadtest::sim::{
 use tokio::time::Instant;
 
 /// Slack allowed above a deadline before an answer counts as late, on a busy machine.
-const LATE_SLACK: Duration = Duration::from_millis(250);
+const LATE_SLACK: Duration = Duration::from_millis(1_000);
 
 fn fixed(ms: f64) -> Latency {
     Latency::Fixed { ms }
@@ -112,8 +112,10 @@ async fn a_hanging_buyer_is_a_timeout_at_the_deadline_not_later() {
         .await
         .unwrap();
     // Per-buyer timeout far beyond the relay's deadline: the deadline bounds the answer.
-    let deadline = Duration::from_millis(120);
-    let (addr, relay) = spawn_relay(targets(&fleet, 5_000), 120).await.unwrap();
+    // (Bounds of hundreds of ms, so that the healthy buyers answer within them on a
+    // loaded CI machine too.)
+    let deadline = Duration::from_millis(500);
+    let (addr, relay) = spawn_relay(targets(&fleet, 5_000), 500).await.unwrap();
 
     let start = Instant::now();
     let result = ask_relay(addr, ping_body()).await;
@@ -134,7 +136,7 @@ async fn a_hanging_buyer_is_a_timeout_at_the_deadline_not_later() {
     let start = Instant::now();
     let result = fanout
         .ping_all(
-            &targets(&fleet, 80),
+            &targets(&fleet, 400),
             ping_body(),
             "direct",
             start + Duration::from_secs(5),
@@ -142,8 +144,8 @@ async fn a_hanging_buyer_is_a_timeout_at_the_deadline_not_later() {
         .await;
     let took = start.elapsed();
     assert_eq!((result.answered, result.timeouts), (2, 1), "{result:?}");
-    assert!(took >= Duration::from_millis(80), "{took:?}");
-    assert!(took < Duration::from_millis(80) + LATE_SLACK, "{took:?}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_millis(400) + LATE_SLACK, "{took:?}");
 
     let stats = fleet.stats();
     assert_eq!(stats[2].hangs, 2, "{stats:?}");
@@ -227,7 +229,7 @@ async fn fault_fractions_behave() {
     // Through the fan-out: a 500 is an error, garbage is an answer (never parsed).
     let result = Fanout::new()
         .ping_all(
-            &targets(&fleet, 100)[1..3],
+            &targets(&fleet, 2_000)[1..3],
             ping_body(),
             "f",
             Instant::now() + Duration::from_secs(5),
@@ -356,7 +358,9 @@ async fn connections_are_counted_and_a_timed_out_http1_call_costs_one() {
     let fleet = start_fleet(&[healthy("ok", 0.0), hanging("h1 hang"), h2_hang], 4)
         .await
         .unwrap();
-    let all = targets(&fleet, 30);
+    // The healthy buyer must answer within the timeout on a loaded CI machine too; the
+    // connection counts do not depend on it.
+    let all = targets(&fleet, 500);
     let fanout = Fanout::new();
     for i in 0..3 {
         let result = fanout
