@@ -420,7 +420,8 @@ async fn every_buyer_rejecting_is_unsold_and_releases_every_cap() {
 async fn every_post_answered_200_is_counted_by_the_status_it_answered() {
     let a = ScriptedBidder::bidding(10.0);
     let (ab, _h) = serve("a", &a).await;
-    let ttl_ms = 1_000;
+    // Long enough that the auctions before the jump all run within it on a loaded machine.
+    let ttl_ms = 10_000;
     let ex = TestConfig::new()
         .buyer(ab)
         .with(|c| c.quote_ttl_ms = ttl_ms)
@@ -459,7 +460,8 @@ async fn every_post_answered_200_is_counted_by_the_status_it_answered() {
 async fn an_expired_quote_is_refused_and_its_reservation_released() {
     let a = ScriptedBidder::bidding(10.0);
     let (ab, _h) = serve("a", &a).await;
-    let ttl_ms = 1_000;
+    // Long enough that the auctions before the jump all run within it on a loaded machine.
+    let ttl_ms = 10_000;
     let ex = TestConfig::new()
         .buyer(ab)
         .with(|c| c.quote_ttl_ms = ttl_ms)
@@ -644,7 +646,8 @@ async fn a_daily_cap_of_10_holds_under_30_concurrent_pings() {
 async fn quotes_that_expire_unposted_give_their_cap_back() {
     let a = ScriptedBidder::bidding(10.0);
     let (ab, _h) = serve("a", &a).await;
-    let ttl_ms = 1_000;
+    // Long enough that the auctions before the jump all run within it on a loaded machine.
+    let ttl_ms = 10_000;
     let ex = TestConfig::new()
         .buyer(ab.caps_daily(10))
         .with(|c| c.quote_ttl_ms = ttl_ms)

@@ -690,7 +690,7 @@ async fn a_configuration_reload_rereads_the_seller_certificate_or_changes_nothin
 /// the idle timeout does not cut it (black-box round 39: a record whose first bytes came
 /// just before the idle timeout and the rest just after was cut, unanswered). A plain
 /// rustls client on a blocking socket, so the record can be split by hand; the waits are
-/// the scenario's idle time and gap, with 300 ms of margin.
+/// the scenario's idle time and gap, with 500 ms of margin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
     use std::io::{Read, Write};
@@ -701,9 +701,9 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
     let ledger = dir.path().join("ledger");
     let text = with_server_tls(
         &TestConfig::new()
-            .with(|c| c.header_read_timeout_ms = 600)
+            .with(|c| c.header_read_timeout_ms = 2_000)
             .toml(&ledger),
-        "idle_timeout_ms = 800\n",
+        "idle_timeout_ms = 1500\n",
         &cert,
         &key,
     );
@@ -723,16 +723,17 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
         let mut answers = Vec::new();
         for round in 0..2 {
             if round == 1 {
-                // Idle for 700 ms (the idle timeout is 800), then one record: its first
-                // 10 bytes now, the rest 300 ms later, after the idle timeout's end.
-                std::thread::sleep(std::time::Duration::from_millis(700));
+                // Idle for 1,000 ms (the idle timeout is 1,500), then one record: its
+                // first 10 bytes now, the rest 700 ms later, after the idle timeout's end
+                // (and within the 2,000 ms head budget).
+                std::thread::sleep(std::time::Duration::from_millis(1_000));
                 conn.writer().write_all(REQ).unwrap();
                 let mut record = Vec::new();
                 while conn.wants_write() {
                     conn.write_tls(&mut record).unwrap();
                 }
                 sock.write_all(&record[..10]).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::thread::sleep(std::time::Duration::from_millis(700));
                 sock.write_all(&record[10..]).unwrap();
             } else {
                 let mut tls = rustls::Stream::new(&mut conn, &mut sock);
