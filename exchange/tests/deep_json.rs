@@ -114,9 +114,12 @@ async fn a_buyer_answer_30000_levels_deep_is_a_no_bid_and_the_auction_completes(
     let (deep_addr, deep_task) = deep_buyer().await;
     let good = ScriptedBidder::bidding(10.0);
     let (gb, _h) = serve("good", &good).await;
+    // 2 s to answer (a 30,000-level body on a loaded machine), so the outcome is the
+    // body's, never a timeout.
     let ex = TestConfig::new()
-        .buyer(TestBuyer::new("deep", deep_addr))
-        .buyer(gb.clone())
+        .buyer(TestBuyer::new("deep", deep_addr).ping_timeout_ms(2_000))
+        .buyer(gb.clone().ping_timeout_ms(2_000))
+        .with(|c| c.auction_deadline_ms = 3_000)
         .start()
         .await;
 

@@ -143,13 +143,16 @@ async fn misbehaving_buyers_are_no_bids_never_errors_and_show_in_metrics() {
     let hanging = RawBuyer::start(Behaviour::Hang).await;
     let good = ScriptedBidder::bidding(10.0);
     let (gb, _h) = serve("good", &good).await;
+    // Every buyer but the hanging one has 2 s to answer, so that a loaded machine cannot
+    // turn its answer into a timeout; the hanging one's 100 ms ends each auction.
     let ex = TestConfig::new()
-        .buyer(TestBuyer::new("garbage", garbage.addr))
-        .buyer(TestBuyer::new("html", html.addr))
-        .buyer(TestBuyer::new("failing", failing.addr))
-        .buyer(TestBuyer::new("closing", closing.addr))
+        .buyer(TestBuyer::new("garbage", garbage.addr).ping_timeout_ms(2_000))
+        .buyer(TestBuyer::new("html", html.addr).ping_timeout_ms(2_000))
+        .buyer(TestBuyer::new("failing", failing.addr).ping_timeout_ms(2_000))
+        .buyer(TestBuyer::new("closing", closing.addr).ping_timeout_ms(2_000))
         .buyer(TestBuyer::new("hanging", hanging.addr).ping_timeout_ms(100))
-        .buyer(gb.clone())
+        .buyer(gb.clone().ping_timeout_ms(2_000))
+        .with(|c| c.auction_deadline_ms = 3_000)
         .start()
         .await;
 

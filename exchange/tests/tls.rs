@@ -138,11 +138,12 @@ async fn get(
 /// `[server]` and `buyers` (TOML) appended; `secrets` are the environment.
 async fn start(dir: &Path, server_extra: &str, buyers: &str, secrets: &[(&str, &str)]) -> Running {
     let ledger = dir.join("ledger");
-    let text = TestConfig::new().toml(&ledger).replacen(
-        "[server]\n",
-        &format!("[server]\n{server_extra}\n"),
-        1,
-    ) + buyers;
+    // A 3 s deadline: a first call's TLS handshake answers within it on a loaded machine.
+    let text = TestConfig::new()
+        .with(|c| c.auction_deadline_ms = 3_000)
+        .toml(&ledger)
+        .replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1)
+        + buyers;
     let env: BTreeMap<String, String> = secrets
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -384,8 +385,8 @@ name = "TLS Buyer"
 ping_url = "https://127.0.0.1:{port}/ping"
 post_url = "https://127.0.0.1:{port}/post"
 secret_env = "{BUYER_ENV}"
-ping_timeout_ms = 300
-post_timeout_ms = 1000
+ping_timeout_ms = 2000
+post_timeout_ms = 2000
 verticals = ["auto_insurance"]
 states_include = ["TX"]
 "#

@@ -188,7 +188,9 @@ async fn a_stall_shows_in_p99_where_a_closed_loop_hides_it() {
     assert_eq!(open.count, 1000);
     assert!(open.p99_us >= 150_000, "open-loop p99 {open:?}");
     assert!(open.max_us >= 250_000, "open-loop max {open:?}");
-    assert!(open.p50_us < 50_000, "open-loop p50 {open:?}");
+    // Most requests are not held up (bounds well clear of the 300 ms stall, for a loaded
+    // CI machine).
+    assert!(open.p50_us < 100_000, "open-loop p50 {open:?}");
     // The timeline shows the stall in the window it ended in.
     assert!(
         r.timeline.iter().any(|w| w.p99_us >= 150_000),
@@ -219,7 +221,7 @@ async fn a_stall_shows_in_p99_where_a_closed_loop_hides_it() {
         closed.max_us >= 250_000,
         "the closed loop did see the stall: {closed:?}"
     );
-    assert!(closed.p99_us < 50_000, "closed-loop p99 {closed:?}");
+    assert!(closed.p99_us < 100_000, "closed-loop p99 {closed:?}");
     assert!(open.p99_us > 3 * closed.p99_us);
 }
 
@@ -259,7 +261,7 @@ async fn the_rate_holds() {
     assert_eq!(arrivals.len(), 700);
     let span_s = (arrivals[arrivals.len() - 1] - arrivals[0]).as_secs_f64();
     let seen = (arrivals.len() - 1) as f64 / span_s;
-    assert!((seen - rate).abs() / rate < 0.05, "target saw {seen:.1}/s");
+    assert!((seen - rate).abs() / rate < 0.10, "target saw {seen:.1}/s");
     // The generator kept up with its own plan.
     let lag = Percentiles::of(&r.send_lag_us);
     assert!(lag.p50_us < 20_000, "generator lag {lag:?}");
