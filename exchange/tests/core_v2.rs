@@ -204,11 +204,15 @@ impl Bidder for SlowPoster {
 
 /// A helper failing is the test failing.
 #[allow(clippy::unwrap_used)]
-async fn slow(id: &str, price: f64) -> (TestBuyer, Arc<SlowPoster>, bidder_sdk::ServerHandle) {
+async fn slow(
+    id: &str,
+    price: f64,
+    post_delay: Duration,
+) -> (TestBuyer, Arc<SlowPoster>, bidder_sdk::ServerHandle) {
     let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0)));
     let bidder = Arc::new(SlowPoster {
         price,
-        post_delay: Duration::from_secs(5),
+        post_delay,
         posts: AtomicU64::new(0),
     });
     let (addr, handle) = spawn(
@@ -227,8 +231,8 @@ async fn slow(id: &str, price: f64) -> (TestBuyer, Arc<SlowPoster>, bidder_sdk::
 
 #[tokio::test]
 async fn the_post_deadline_answers_unsold_within_it_and_keeps_only_the_late_answers_hold() {
-    let (ab, a, _h1) = slow("a", 20.0).await;
-    let (bb, b, _h2) = slow("b", 18.0).await;
+    let (ab, a, _h1) = slow("a", 20.0, Duration::from_secs(5)).await;
+    let (bb, b, _h2) = slow("b", 18.0, Duration::from_secs(5)).await;
     let ex = TestConfig::new()
         .buyer(ab)
         .buyer(bb)
@@ -279,23 +283,12 @@ async fn the_post_deadline_answers_unsold_within_it_and_keeps_only_the_late_answ
 /// (nothing sent, its hold released as `buyer_busy`) and delivers to the next bid.
 #[tokio::test]
 async fn a_buyer_with_too_many_deliveries_unanswered_is_skipped_as_busy() {
-    let probe = TestBuyer::new("hangs", SocketAddr::from(([127, 0, 0, 1], 0)));
-    let hangs = Arc::new(SlowPoster {
-        price: 20.0,
-        // Longer than the 10 s the exchange hears a late delivery out.
-        post_delay: Duration::from_secs(60),
-        posts: AtomicU64::new(0),
-    });
-    let (addr, _h1) = spawn(
-        hangs.clone(),
-        ServeOptions::new(Secret::new(&probe.secret).unwrap()),
-    )
-    .await
-    .unwrap();
+    // Answers its posts after longer than the 10 s the exchange hears a late one out.
+    let (hb, hangs, _h1) = slow("hangs", 20.0, Duration::from_secs(60)).await;
     let fair = ScriptedBidder::bidding(19.5);
     let (fb, _h2) = serve("fair", &fair).await;
     let ex = TestConfig::new()
-        .buyer(TestBuyer { addr, ..probe }.post_timeout_ms(100))
+        .buyer(hb.post_timeout_ms(100))
         .buyer(fb)
         .start_edited(|toml| {
             // Ranked by price, so the timeouts do not move the award to the other buyer.

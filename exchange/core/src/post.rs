@@ -262,6 +262,20 @@ impl<'a> PostPlan<'a> {
         self.effects.push(Effect::Record(Record::PostAttempt(rec)));
     }
 
+    /// Records a candidate passed over without a delivery (`Capped`, `Busy`): its post
+    /// metric (it teaches nothing) and its attempt record, whose outcome is the label.
+    fn skip_undelivered(&mut self, a: Attempt, kind: PostKind, now: UnixMs) {
+        self.effects.push(Effect::Post {
+            buyer: a.buyer,
+            outcome: kind,
+            p_model_ppm: None,
+            teaches: false,
+            at: now,
+        });
+        self.attempt_record(a, kind.as_str(), None, now);
+        self.skipped += 1;
+    }
+
     /// Drops the plan's hold, if any, recording a quote hold's release.
     fn release(&mut self, why: &'static str, now: UnixMs) {
         self.release_or_keep(why, now, false);
@@ -422,15 +436,7 @@ impl<'a> PostPlan<'a> {
                 if i == 0 {
                     self.release(release_reason::BUYER_BUSY, now);
                 }
-                self.effects.push(Effect::Post {
-                    buyer: b,
-                    outcome: PostKind::Busy,
-                    p_model_ppm: None,
-                    teaches: false,
-                    at: now,
-                });
-                self.attempt_record(a, "busy", None, now);
-                self.skipped += 1;
+                self.skip_undelivered(a, PostKind::Busy, now);
                 continue;
             }
             // A fallback is reserved now (a test lead counts in no cap).
@@ -443,15 +449,7 @@ impl<'a> PostPlan<'a> {
                         self.reservation = Some(res);
                     }
                     Err(_) => {
-                        self.effects.push(Effect::Post {
-                            buyer: b,
-                            outcome: PostKind::Capped,
-                            p_model_ppm: None,
-                            teaches: false,
-                            at: now,
-                        });
-                        self.attempt_record(a, "capped", None, now);
-                        self.skipped += 1;
+                        self.skip_undelivered(a, PostKind::Capped, now);
                         continue;
                     }
                 }
