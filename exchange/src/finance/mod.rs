@@ -97,7 +97,18 @@ impl Entry {
     /// What is wrong with the record's money fields ([`money_problems`]), naming the
     /// record (segment and seq), its type and each field; `None` when nothing is.
     pub fn money_problem(&self) -> Option<String> {
-        let bad = money_problems(&self.value);
+        // The malformed ones first, then the missing ones, within the same bound.
+        let (mut bad, mut more) = malformed_money(&self.value);
+        for f in missing_money(&self.kind, &self.value) {
+            if bad.len() < MONEY_PROBLEMS_NAMED_MAX {
+                bad.push(format!("{f} is missing"));
+            } else {
+                more += 1;
+            }
+        }
+        if more > 0 {
+            bad.push(format!("{more} more"));
+        }
         if bad.is_empty() {
             return None;
         }
@@ -107,13 +118,63 @@ impl Entry {
             &self.kind
         };
         Some(format!(
-            "{}: {kind} record: {}: a money field must be a whole number of micros from {} to {}, as the exchange writes it",
+            "{}: {kind} record: {}: a money field must be a whole number of micros from {} to {}, as the exchange writes it, and a {kind} record has each of its money fields",
             self.place(),
             bad.join(", "),
             i64::MIN,
             i64::MAX
         ))
     }
+}
+
+/// The money fields a record of type `kind` always has, as the exchange writes it (every
+/// record format version: each type has had them since it was added), that `value`
+/// lacks: read as 0, a sale without its `bid_micros` would leave the figures without its
+/// money. Top level: an auction's `reserve_micros` (and, when it has a `winner`, its
+/// `bid_micros` and `seller_price_micros`); `post_sent`'s and a quote hold's
+/// `price_micros`; a sale's `bid_micros`, `seller_price_micros` and `margin_micros`; a
+/// refund's three amounts; `quote_opened`'s `price_micros`, each `ranked` bid's
+/// `price_micros` and `seller_price_micros`, and its `hold`'s `price_micros`. A field that
+/// is present but malformed is [`money_problems`]'s.
+pub fn missing_money(kind: &str, value: &Value) -> Vec<String> {
+    let top: &[&str] = match kind {
+        "auction" if value.get("winner").is_some_and(|w| !w.is_null()) => {
+            &["reserve_micros", "bid_micros", "seller_price_micros"]
+        }
+        "auction" => &["reserve_micros"],
+        "post_sent" | "quote_opened" | "quote_reserved" | "quote_released" | "quote_expired" => {
+            &["price_micros"]
+        }
+        "sale" => &["bid_micros", "seller_price_micros", "margin_micros"],
+        "refund" => &[
+            "buyer_refund_micros",
+            "seller_clawback_micros",
+            "margin_reversed_micros",
+        ],
+        _ => &[],
+    };
+    let mut out: Vec<String> = top
+        .iter()
+        .filter(|f| value.get(**f).is_none())
+        .map(|f| f.to_string())
+        .collect();
+    if kind == "quote_opened" {
+        if let Some(ranked) = value.get("ranked").and_then(Value::as_array) {
+            for (i, bid) in ranked.iter().enumerate() {
+                for f in ["price_micros", "seller_price_micros"] {
+                    if bid.is_object() && bid.get(f).is_none() {
+                        out.push(format!("ranked[{i}].{f}"));
+                    }
+                }
+            }
+        }
+        if let Some(hold) = value.get("hold").filter(|h| h.is_object()) {
+            if hold.get("price_micros").is_none() {
+                out.push("hold.price_micros".to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Money fields named in one message at most (the rest are counted).
@@ -124,8 +185,17 @@ const MONEY_PROBLEMS_NAMED_MAX: usize = 5;
 /// range). A money field is any field named `*_micros`: at the top level and in the
 /// record's nested lines (an auction's `buyers`, a quote's `ranked` bids and `hold`),
 /// but not in a quote's `lead` (the ping's own fields, named by the configuration). A
-/// field that is absent is not a problem here (the record type says whether it may be).
+/// field that is absent is not a problem here ([`missing_money`] says which a type has).
 pub fn money_problems(value: &Value) -> Vec<String> {
+    let (mut out, more) = malformed_money(value);
+    if more > 0 {
+        out.push(format!("{more} more"));
+    }
+    out
+}
+
+/// [`money_problems`]: the first [`MONEY_PROBLEMS_NAMED_MAX`] named, and how many more.
+fn malformed_money(value: &Value) -> (Vec<String>, usize) {
     enum Part<'a> {
         Key(&'a str),
         Index(usize),
@@ -180,10 +250,7 @@ pub fn money_problems(value: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let mut more = 0usize;
     walk(value, &mut Vec::new(), &mut out, &mut more);
-    if more > 0 {
-        out.push(format!("{more} more"));
-    }
-    out
+    (out, more)
 }
 
 /// What a reading does with a record whose money field is malformed.
@@ -913,6 +980,103 @@ mod tests {
                     .records,
                 2
             );
+        }
+    }
+
+    /// A money field the record type always has, missing (a sale without its
+    /// `bid_micros`, the chain recomputed), was read as 0: the report counted the sale
+    /// at no money, exit 0. It is refused as a malformed one is; `verify`'s reading
+    /// lists it.
+    #[test]
+    fn a_missing_money_field_is_refused_not_read_as_0() {
+        use std::collections::HashMap;
+        let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":20000000}],"winner":"b","bid_micros":20000000,"seller_price_micros":16000000,"took_us":5}"#;
+        let sale = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":20000000,"seller_price_micros":16000000,"margin_micros":4000000,"attempt":0}"#;
+        for (forged_auction, forged_sale, named) in [
+            (
+                auction.to_string(),
+                sale.replace(r#""bid_micros":20000000,"#, ""),
+                "seg-00000001.jsonl seq 2: sale record: bid_micros is missing",
+            ),
+            (
+                auction.to_string(),
+                sale.replace(r#""margin_micros":4000000,"#, ""),
+                "seg-00000001.jsonl seq 2: sale record: margin_micros is missing",
+            ),
+            (
+                auction.replace(r#""seller_price_micros":16000000,"#, ""),
+                sale.to_string(),
+                "seg-00000001.jsonl seq 1: auction record: seller_price_micros is missing",
+            ),
+        ] {
+            let dir = ledger(&[&forged_auction, &forged_sale]);
+            let e = report::build(dir.path(), DateRange::default(), &HashMap::new()).unwrap_err();
+            assert!(e.contains(named), "{e}");
+            let mut out = Vec::new();
+            let e = export::export(
+                dir.path(),
+                DateRange::default(),
+                export::Format::Jsonl,
+                &[],
+                &mut out,
+            )
+            .unwrap_err();
+            assert!(e.contains(named), "{e}");
+            assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+            let e = replay::find(dir.path(), "au_1").unwrap_err();
+            assert!(e.contains(named), "{e}");
+            let stats = for_each_unverified(dir.path(), |_| true).unwrap();
+            assert_eq!(
+                stats.malformed_money.len(),
+                1,
+                "{:?}",
+                stats.malformed_money
+            );
+            assert!(stats.malformed_money[0].contains(named));
+        }
+    }
+
+    #[test]
+    fn the_money_fields_each_type_always_has() {
+        let missing =
+            |kind: &str, text: &str| missing_money(kind, &serde_json::from_str(text).unwrap());
+        // An auction without a winner has no bid; with one it has both amounts.
+        assert!(missing("auction", r#"{"reserve_micros":1}"#).is_empty());
+        assert!(missing("auction", r#"{"reserve_micros":1,"winner":null}"#).is_empty());
+        assert_eq!(
+            missing("auction", r#"{"winner":"b"}"#),
+            ["reserve_micros", "bid_micros", "seller_price_micros"]
+        );
+        assert_eq!(
+            missing("refund", r#"{"buyer_refund_micros":1}"#),
+            ["seller_clawback_micros", "margin_reversed_micros"]
+        );
+        for kind in [
+            "post_sent",
+            "quote_reserved",
+            "quote_released",
+            "quote_expired",
+        ] {
+            assert_eq!(missing(kind, "{}"), ["price_micros"], "{kind}");
+            assert!(missing(kind, r#"{"price_micros":0}"#).is_empty(), "{kind}");
+        }
+        assert_eq!(
+            missing(
+                "quote_opened",
+                r#"{"price_micros":1,"ranked":[{"price_micros":2,"seller_price_micros":1},{"price_micros":2}],"hold":{"buyer":"b"}}"#
+            ),
+            ["ranked[1].seller_price_micros", "hold.price_micros"]
+        );
+        // Types without money fields, and types this tool does not know.
+        for kind in [
+            "post_attempt",
+            "unsold",
+            "disposition",
+            "flush",
+            "model_decision",
+            "future",
+        ] {
+            assert!(missing(kind, "{}").is_empty(), "{kind}");
         }
     }
 }
