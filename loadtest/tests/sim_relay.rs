@@ -256,13 +256,13 @@ async fn exchange_config_loads_in_the_exchange() {
         SimBuyerInfo {
             name: "fast \"one\"".into(),
             addr: "127.0.0.1:40001".parse().unwrap(),
-            secret: "sim-secret-1".into(),
+            secret: "sim-secret-of-buyer-1".into(),
             http2: false,
         },
         SimBuyerInfo {
             name: "h2".into(),
             addr: "127.0.0.1:40002".parse().unwrap(),
-            secret: "sim-secret-2".into(),
+            secret: "sim-secret-of-buyer-2".into(),
             http2: true,
         },
     ];

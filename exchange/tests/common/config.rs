@@ -29,7 +29,7 @@ impl TestBuyer {
         TestBuyer {
             id: id.to_string(),
             addr,
-            secret: format!("secret-of-{id}"),
+            secret: format!("secret-of-buyer-{id}"),
             http2: false,
             states: vec!["TX".into(), "OK".into()],
             ping_timeout_ms: 150,

@@ -271,6 +271,12 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
     Some(url.to_string())
 }
 
+/// The fewest key bytes a buyer's signing secret may stand for (the text itself, or the
+/// base64 after `whsec_`): as the admin token's 16 characters (black-box round 49b: a
+/// one-character secret was accepted, and a short key can be guessed from one signed
+/// request).
+pub const SECRET_BYTES_MIN: usize = 16;
+
 /// Reads the signing secret from the environment. Messages name the variable, never its value.
 fn read_secret(
     p: &mut Problems,
@@ -294,6 +300,18 @@ fn read_secret(
         return None;
     };
     match Secret::new(&text) {
+        Ok(_) if proto::signing::key_bytes(&text).map_or(0, |k| k.len()) < SECRET_BYTES_MIN => {
+            let var = crate::config::shown_env_name(var);
+            p.at(
+                path,
+                format!(
+                    "environment variable {var} holds a secret shorter than {SECRET_BYTES_MIN} bytes: \
+                     a short key can be guessed; use at least {SECRET_BYTES_MIN} random bytes \
+                     (`whsec_` and 24 to 64 bytes in base64, as Standard Webhooks suggests)"
+                ),
+            );
+            None
+        }
         Ok(secret) => Some(secret),
         Err(_) => {
             let var = crate::config::shown_env_name(var);

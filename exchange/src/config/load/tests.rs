@@ -23,7 +23,7 @@ const DEFAULT_TOML: &str = include_str!("../../../../config/default.toml");
 
 fn demo_env(name: &str) -> Option<String> {
     name.strip_prefix("PINGPOST_DEMO_SECRET_")
-        .map(|n| format!("demo-secret-{n}"))
+        .map(|n| format!("demo-secret-of-buyer-{n}"))
 }
 
 const KEY: &str = "19891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176";
@@ -67,6 +67,9 @@ fn test_env(name: &str) -> Option<String> {
         "ACME_KEY_AS_WHSEC" => Some("whsec_dG9wLXNlY3JldC12YWx1ZQ==".into()),
         "BAD_SECRET" => Some("whsec_!!!not-base64".into()),
         "EMPTY_SECRET" => Some(String::new()),
+        "SHORT_SECRET" => Some("fifteen-chars-x".into()),
+        "SHORT_WHSEC" => Some("whsec_MTIzNDU2Nzg5MDEyMzQ1".into()),
+        "ONE_CHAR" => Some("x".into()),
         _ => None,
     }
 }
@@ -212,7 +215,7 @@ fn the_minimal_file_in_the_docs_loads() {
         .split("```")
         .next()
         .unwrap();
-    let env = |name: &str| (name == "ACME_WEBHOOK_SECRET").then(|| "s".to_string());
+    let env = |name: &str| (name == "ACME_WEBHOOK_SECRET").then(|| "s".repeat(32));
     let c = load_str_with_env(toml, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (c.verticals.len(), c.sellers.len(), c.buyers.len()),

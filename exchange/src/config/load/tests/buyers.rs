@@ -431,13 +431,29 @@ fn secrets_are_checked_and_never_shown() {
             run("EMPTY_SECRET"),
             ["buyers.acme.secret_env: environment variable EMPTY_SECRET does not hold a valid secret (empty, or not base64 after whsec_)"]
         );
+    // Black-box round 49b: a one-character secret was accepted. Fewer than 16 key
+    // bytes (the text itself, or the base64 after `whsec_`: 15 bytes here) are refused.
+    for var in ["ONE_CHAR", "SHORT_SECRET", "SHORT_WHSEC"] {
+        assert_eq!(
+            run(var),
+            [format!(
+                "buyers.acme.secret_env: environment variable {var} holds a secret shorter \
+                 than 16 bytes: a short key can be guessed; use at least 16 random bytes \
+                 (`whsec_` and 24 to 64 bytes in base64, as Standard Webhooks suggests)"
+            )],
+        );
+    }
     assert_eq!(
         run("A=B"),
         ["buyers.acme.secret_env: must be an environment variable name (letters, digits and _)"]
     );
-    for e in run("BAD_SECRET").iter().chain(&run("NOPE")) {
+    for e in run("BAD_SECRET")
+        .iter()
+        .chain(&run("NOPE"))
+        .chain(&run("SHORT_SECRET"))
+    {
         assert!(
-            !e.contains("not-base64") && !e.contains("top-secret"),
+            !e.contains("not-base64") && !e.contains("top-secret") && !e.contains("fifteen"),
             "{e}"
         );
     }
