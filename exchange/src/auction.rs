@@ -48,6 +48,10 @@ pub struct AuctionResult {
     pub score: Option<u8>,
     /// The core's award: winner first (its reservation taken), or the no-bid reason.
     pub award: Award,
+    /// Whether the auction's durable records are on disk: a direct post's auction that
+    /// found no buyer is its answer (`Record::is_durable`); a ping's auction writes
+    /// none that is durable.
+    pub recorded: Result<(), crate::ledger::LedgerError>,
 }
 
 /// `prefix` and a UUIDv7 in lowercase hex without hyphens (built without `format!`).
@@ -295,14 +299,16 @@ pub async fn run_auction(
 
     let took_us = input.arrival.elapsed().as_micros() as u64;
     let award = auction.finish(&settlement, state.clock.now_ms(), took_us);
-    // Only durable records can fail the call, and an auction writes none.
-    let _ = effects::execute(state, rt, auction.effects()).await;
+    // Only durable records can fail the call: a direct post's auction that found no
+    // buyer (its record is the seller's answer).
+    let recorded = effects::execute(state, rt, auction.effects()).await;
     drop(auction);
     AuctionResult {
         auction_id,
         ping_id,
         score,
         award,
+        recorded,
     }
 }
 

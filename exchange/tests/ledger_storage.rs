@@ -490,6 +490,55 @@ async fn a_ledger_failure_stops_selling_until_a_restart() {
     assert!(report.counts.get("sale").copied().unwrap_or(0) >= 1);
 }
 
+/// A direct post that found no buyer is answered by its auction record (a start rebuilds
+/// a keyed retry's answer from it). Black-box round 55a: that record was not waited for,
+/// so after a crash a retry ran a second auction that could sell the lead the seller was
+/// told was `unsold`. Here the write of one such record fails (a rotation into a segment
+/// that cannot be created): that post is answered 503 `unavailable`, never `unsold`, and
+/// every `unsold` answered before it has its auction on disk.
+#[tokio::test]
+async fn a_direct_post_that_found_no_buyer_is_answered_only_once_its_auction_is_on_disk() {
+    let bidder = ScriptedBidder::passing();
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let mut ex = TestConfig::new()
+        .buyer(buyer)
+        .start_edited(with_server("ledger_segment_bytes_max = 12288"))
+        .await;
+    let next = ex.ledger_path.join(segments::segment_name(2));
+    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+
+    let mut unsold = Vec::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = ex.client.post_json("/v1/leads", &direct_body("TX")).await;
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+        let a = r.post_answer();
+        assert_eq!(a.status, PostStatus::Unsold, "{a:?}");
+        unsold.push(a.ping_id.expect("an unsold direct post names its ping"));
+    }
+    let refused = refused.expect("the rotation failed within 200 posts");
+    refused.assert_error(503, "unavailable");
+    assert!(!ex.state.ledger.is_healthy());
+    assert!(unsold.len() >= 5, "a few posts fit the first segment");
+    std::fs::remove_file(&next).unwrap();
+    ex.shutdown().await;
+
+    let on_disk: std::collections::HashSet<String> = records(&ex.ledger_path)
+        .iter()
+        .filter(|r| r["type"] == "auction" && r["direct"] == true)
+        .map(|r| r["ping_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    for ping_id in &unsold {
+        assert!(
+            on_disk.contains(ping_id),
+            "{ping_id} answered unsold, not on disk"
+        );
+    }
+}
+
 #[test]
 fn the_segment_size_key_loads_and_refuses_bad_values() {
     let base = TestConfig::new().toml(Path::new("/tmp/unused-ledger"));

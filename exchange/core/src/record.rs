@@ -207,7 +207,10 @@ impl Record<'_> {
 
     /// Must the record be on disk before the exchange answers (or, for `post_sent`,
     /// before the lead leaves)? A sale and an unsold post, both outcomes a seller is
-    /// told; a delivery about to start; a flush marker.
+    /// told; the auction of a direct post that found no buyer, whose answer (`unsold`,
+    /// `duplicate`, `suppressed`) it is, and from which a start rebuilds a keyed retry's
+    /// answer (black-box round 55a: a retry after a crash ran a second auction); a
+    /// delivery about to start; a flush marker.
     pub fn is_durable(&self) -> bool {
         matches!(
             self,
@@ -219,6 +222,7 @@ impl Record<'_> {
                 | Record::Disposition(_)
                 | Record::Refund(_)
         ) || matches!(self, Record::PostAttempt(a) if a.outcome == LATE_ACCEPT)
+            || matches!(self, Record::Auction(a) if a.direct && a.winner.is_none())
     }
 }
 
@@ -787,6 +791,24 @@ mod tests {
         );
         assert!(v["buyers"][0].get("idx").is_none());
         assert_eq!(r.kind(), "auction");
+        // A ping's auction is not waited for; a direct post's that found no buyer is the
+        // seller's answer, and is (one with a winner is followed by its durable
+        // `post_sent` or `unsold`).
+        assert!(!r.is_durable());
+        let Record::Auction(a) = &r else {
+            unreachable!()
+        };
+        let direct = Record::Auction(AuctionRecord {
+            direct: true,
+            ..a.clone()
+        });
+        assert!(direct.is_durable());
+        let direct_won = Record::Auction(AuctionRecord {
+            direct: true,
+            winner: Some("b"),
+            ..a.clone()
+        });
+        assert!(!direct_won.is_durable());
         let q = Record::QuoteExpired(QuoteHoldRecord {
             head: Head::new(0, 0),
             ping_id: None,

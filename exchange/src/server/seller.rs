@@ -842,6 +842,12 @@ async fn direct_post(
             a
         }
         None => {
+            // The auction record is this answer, and a keyed retry after a restart gets
+            // it from there: it is on disk before the seller hears it.
+            result.recorded.map_err(|e| {
+                tracing::error!(error = %e, "direct post's answer not recorded");
+                ledger_unavailable()
+            })?;
             let reason = award.no_bid.unwrap_or(NoBidReason::NoBids);
             let mut a = direct_no_bid_answer(reason);
             a.ping_id = Some(result.ping_id);
