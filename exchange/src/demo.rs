@@ -78,6 +78,14 @@ impl DemoBidder {
 pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
     let mut handles = Vec::new();
     let mut seen = Vec::new();
+    // The ids' column as wide as the longest (round 55b: long ids broke the alignment).
+    let width = cfg
+        .buyers
+        .iter()
+        .map(|b| b.id.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     for (i, b) in cfg.buyers.iter().enumerate() {
         let Some(port) = loopback_port(b.ping_url.as_deref().unwrap_or(&b.post_url)) else {
             continue;
@@ -133,7 +141,7 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
         // Output gone: the demo's next line stops it (`run`).
         let _ = writeln!(
             std::io::stdout().lock(),
-            "demo bidder  {:<10} {kind:<9} listening on http://{addr}",
+            "demo bidder  {:<width$} {kind:<9} listening on http://{addr}",
             b.id
         );
         handles.push(DemoBidder { stop: tx, join });
@@ -154,6 +162,9 @@ fn sample_lead(rng: &mut impl Rng) -> (Value, Value) {
         "CA" => format!("90{:03}", rng.gen_range(0..1000)),
         "FL" => format!("33{:03}", rng.gen_range(0..1000)),
         "NY" => format!("10{:03}", rng.gen_range(0..1000)),
+        "IL" => format!("60{:03}", rng.gen_range(0..1000)),
+        "OH" => format!("44{:03}", rng.gen_range(0..1000)),
+        "GA" => format!("30{:03}", rng.gen_range(0..1000)),
         _ => format!("{:05}", rng.gen_range(30000..70000)),
     };
     let ping = json!({
