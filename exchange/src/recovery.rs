@@ -267,9 +267,31 @@ impl Scan {
                     continue;
                 }
             };
+            let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            // A money field malformed or missing (the exchange writes neither: damage or
+            // an edit whose chain was recomputed) is not read as 0: the record is skipped
+            // as an unreadable line is (black-box round 55a: a sale without `bid_micros`
+            // counted 0 against its buyer's budget). Its delivery, if any, then counts as
+            // outcome unknown, at its `post_sent`'s price.
+            let mut bad = crate::finance::money_problems(&v);
+            bad.extend(
+                crate::finance::missing_money(kind, &v)
+                    .into_iter()
+                    .map(|f| format!("{f} is missing")),
+            );
+            if !bad.is_empty() {
+                let kind = if kind.is_empty() { "untyped" } else { kind };
+                scan.unreadable.push((
+                    i + 1,
+                    format!(
+                        "{kind} record: {}: not a whole number of micros",
+                        bad.join(", ")
+                    ),
+                ));
+                continue;
+            }
             scan.records += 1;
             let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
-            let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
             // Runs: a shutdown's `flush` comes after every late post answer was heard
             // out; a start's `flush` (`start`) begins a run, ending the one before.
             if kind == "flush" {
@@ -1434,6 +1456,48 @@ mod tests {
 
     use super::*;
 
+    /// Black-box round 55a: a sale whose `bid_micros` was removed (the chain recomputed)
+    /// was replayed at start as a sale of 0, so its buyer's budget had room it had spent.
+    /// A record with a money field missing or malformed is skipped as an unreadable line
+    /// (named in the start's warning), and its delivery counts as outcome unknown at its
+    /// `post_sent`'s price.
+    #[test]
+    fn a_record_whose_money_is_missing_or_malformed_is_skipped_and_its_delivery_unknown() {
+        let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
+        let sent = format!(
+            r#"{{"type":"post_sent","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{w}}}"#
+        );
+        for sale in [
+            r#"{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","seller_price_micros":3,"margin_micros":2}"#,
+            r#"{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","bid_micros":1e22,"seller_price_micros":3,"margin_micros":2}"#,
+        ] {
+            let scan = Scan::of_text(&format!("{sent}\n{sale}\n"));
+            assert_eq!(scan.records, 1, "{sale}");
+            assert!(scan.sales.is_empty(), "{sale}");
+            assert_eq!(scan.unreadable.len(), 1, "{sale}");
+            assert_eq!(scan.unreadable[0].0, 2);
+            assert!(
+                scan.unreadable[0]
+                    .1
+                    .starts_with("sale record: bid_micros is "),
+                "{:?}",
+                scan.unreadable
+            );
+            let unknown: Vec<_> = scan
+                .unknown()
+                .map(|s| (s.lead_id.as_str(), s.price_micros))
+                .collect();
+            assert_eq!(unknown, [("l1", 5)], "{sale}");
+        }
+        // Whole, it is a sale.
+        let sale = r#"{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","bid_micros":5,"seller_price_micros":3,"margin_micros":2}"#;
+        let scan = Scan::of_text(&format!("{sent}\n{sale}\n"));
+        assert_eq!(
+            (scan.records, scan.sales.len(), scan.unknown().count()),
+            (2, 1, 0)
+        );
+    }
+
     #[test]
     fn deliveries_without_an_outcome_and_late_accepts_are_found() {
         let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
@@ -1441,7 +1505,7 @@ mod tests {
             format!(r#"{{"type":"post_sent","at":"2026-11-29T12:00:00.000Z","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{w},"seq":1}}"#),
             r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"timeout"}"#.to_string(),
             format!(r#"{{"type":"post_sent","lead_id":"l1","attempt":1,"buyer":"b","price_micros":4,"test":false,{w}}}"#),
-            r#"{"type":"sale","lead_id":"l1","attempt":1,"buyer":"b","bid_micros":4}"#.to_string(),
+            r#"{"type":"sale","lead_id":"l1","attempt":1,"buyer":"b","bid_micros":4,"seller_price_micros":3,"margin_micros":1}"#.to_string(),
             r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"late_accept"}"#.to_string(),
             format!(r#"{{"type":"post_sent","lead_id":"l2","attempt":0,"buyer":"a","price_micros":5,"test":false,{w}}}"#),
             "not a record".to_string(),
