@@ -609,6 +609,15 @@ so if the exchange reloaded its configuration since it started, the file may not
                             format!("{kind}, ranked #{}: its cap was full when the award tried to reserve it", i + 1)
                         } else if position(w).is_some_and(|wi| i < wi) {
                             format!("{kind}, ranked #{} above the winner but refused at award (cap)", i + 1)
+                        } else if b < *wp {
+                            // API.md: a fallback's own price must cover the price quoted
+                            // to the seller (round 55b: an unsold post looked as if this
+                            // buyer had rejected it too).
+                            format!(
+                                "lost: {kind}, ranked #{}: {beaten}; no fallback either: its bid is under the {} quoted to the seller",
+                                i + 1,
+                                m(*wp)
+                            )
                         } else {
                             format!("lost: {kind}, ranked #{}: {beaten}", i + 1)
                         }
@@ -973,6 +982,13 @@ payout = { model = "revenue_share", share_pct = 80 }
             t.contains("direct: lost: fixed price 4.00 USD (not pinged), ranked #4: its expected value 3.60 USD"),
             "{t}"
         );
+        // A bid under the quoted price is no fallback (round 55b); empire's 17.00 is one.
+        assert!(
+            t.contains("lone: lost: bid 10.00 USD in 0.9 ms, ranked #3: its expected value 9.00 USD (bid 10.00 USD x p 90%) is lower than coast's 14.25 USD (bid 15.00 USD x p 95%); no fallback either: its bid is under the 12.00 USD quoted to the seller"),
+            "{t}"
+        );
+        let empire = t.lines().find(|l| l.contains("empire: lost")).unwrap_or("");
+        assert!(!empire.contains("no fallback"), "{t}");
         for wrong in [
             "ranking by seller price",
             "same seller price",
