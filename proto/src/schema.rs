@@ -321,7 +321,11 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             if is_date(s) {
                 Ok(FieldValue::Str(s.to_string()))
             } else {
-                Err("must be a date as YYYY-MM-DD".into())
+                // The whole rule (round 56b: `1899-12-31` was told only the format).
+                Err(
+                    "must be a real calendar date as YYYY-MM-DD, from 1900-01-01 to 2200-12-31"
+                        .into(),
+                )
             }
         }
     }
@@ -599,5 +603,11 @@ pub(crate) mod tests {
         assert!(!is_date("2023-02-29"));
         assert!(!is_date("2023-13-01"));
         assert!(!is_date("2023-1-01"));
+        assert!(is_date("1900-01-01") && is_date("2200-12-31"));
+        assert!(!is_date("1899-12-31") && !is_date("2201-01-01"));
+        // Out of range in the right format: the message says the range (round 56b).
+        let v = OwnedValue::from("1899-12-31");
+        let e = check_value(&FieldKind::Date, &v).unwrap_err();
+        assert!(e.contains("from 1900-01-01 to 2200-12-31"), "{e}");
     }
 }
