@@ -153,6 +153,41 @@ fn the_demo_flags_without_demo_are_refused() {
 /// `--demo` on a configuration without the sample leads' vertical or seller printed a
 /// `no bid (?)` line for every lead, each of them refused `400 unknown vertical`
 /// (black-box round 18): it is refused before the exchange starts, saying why.
+/// `--check-config` on the embedded default with its buyers' secrets from the real
+/// environment: one not UTF-8 text is said to be so (round 56a: it was "not set"), one
+/// under 16 bytes is refused (round 49b: one character was accepted), neither shown.
+#[test]
+fn check_config_names_a_secret_that_is_not_text_or_too_short() {
+    use std::os::unix::ffi::OsStrExt;
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--check-config")
+        .envs((3..=5).map(|n| (format!("PINGPOST_DEMO_SECRET_{n}"), "s".repeat(32))))
+        .env(
+            "PINGPOST_DEMO_SECRET_1",
+            std::ffi::OsStr::from_bytes(b"\xff\xfeSECRETVALUEXYZ12345"),
+        )
+        .env("PINGPOST_DEMO_SECRET_2", "SHORTSECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("environment variable PINGPOST_DEMO_SECRET_1 is set but is not UTF-8 text"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "environment variable PINGPOST_DEMO_SECRET_2 holds a secret shorter than 16 bytes"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("configuration has 2 error(s)"), "{err}");
+    assert!(
+        !err.contains("SECRETVALUE") && !err.contains("SHORTSECRET"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why() {
     let dir = tempfile::tempdir().unwrap();

@@ -134,8 +134,10 @@ impl Entry {
 /// `bid_micros` and `seller_price_micros`); `post_sent`'s and a quote hold's
 /// `price_micros`; a sale's `bid_micros`, `seller_price_micros` and `margin_micros`; a
 /// refund's three amounts; `quote_opened`'s `price_micros`, each `ranked` bid's
-/// `price_micros` and `seller_price_micros`, and its `hold`'s `price_micros`. A field that
-/// is present but malformed is [`money_problems`]'s.
+/// `price_micros` and `seller_price_micros`, and its `hold`'s `price_micros`; the
+/// `bid_micros` of an auction's buyer line whose outcome carries an amount (`bid`,
+/// `fixed_price`, `capped_at_award`, `bid_above_max`, `bid_expired`). A field that is
+/// present but malformed is [`money_problems`]'s.
 pub fn missing_money(kind: &str, value: &Value) -> Vec<String> {
     let top: &[&str] = match kind {
         "auction" if value.get("winner").is_some_and(|w| !w.is_null()) => {
@@ -158,6 +160,30 @@ pub fn missing_money(kind: &str, value: &Value) -> Vec<String> {
         .filter(|f| value.get(**f).is_none())
         .map(|f| f.to_string())
         .collect();
+    if kind == "auction" {
+        // A buyer line that bid carries its amount (round 56a: one without it was read
+        // as a pass of 0, and replay re-derived the award without it).
+        if let Some(lines) = value.get("buyers").and_then(Value::as_array) {
+            for (i, line) in lines.iter().enumerate() {
+                let bid = line
+                    .get("outcome")
+                    .and_then(Value::as_str)
+                    .is_some_and(|o| {
+                        matches!(
+                            o,
+                            "bid"
+                                | "fixed_price"
+                                | "capped_at_award"
+                                | "bid_above_max"
+                                | "bid_expired"
+                        )
+                    });
+                if bid && line.get("bid_micros").is_none() {
+                    out.push(format!("buyers[{i}].bid_micros"));
+                }
+            }
+        }
+    }
     if kind == "quote_opened" {
         if let Some(ranked) = value.get("ranked").and_then(Value::as_array) {
             for (i, bid) in ranked.iter().enumerate() {
@@ -1008,6 +1034,15 @@ mod tests {
                 sale.to_string(),
                 "seg-00000001.jsonl seq 1: auction record: seller_price_micros is missing",
             ),
+            // Round 56a: a buyer line that bid, without its amount.
+            (
+                auction.replace(
+                    r#""outcome":"bid","bid_micros":20000000"#,
+                    r#""outcome":"bid""#,
+                ),
+                sale.to_string(),
+                "seg-00000001.jsonl seq 1: auction record: buyers[0].bid_micros is missing",
+            ),
         ] {
             let dir = ledger(&[&forged_auction, &forged_sale]);
             let e = report::build(dir.path(), DateRange::default(), &HashMap::new()).unwrap_err();
@@ -1066,6 +1101,19 @@ mod tests {
                 r#"{"price_micros":1,"ranked":[{"price_micros":2,"seller_price_micros":1},{"price_micros":2}],"hold":{"buyer":"b"}}"#
             ),
             ["ranked[1].seller_price_micros", "hold.price_micros"]
+        );
+        // An auction's buyer lines that carry an amount; a pass or a timeout has none.
+        assert_eq!(
+            missing(
+                "auction",
+                r#"{"reserve_micros":1,"buyers":[{"outcome":"no_bid"},{"outcome":"bid"},{"outcome":"timeout"},{"outcome":"bid_expired","bid_micros":5},{"outcome":"fixed_price"},{"outcome":"capped_at_award"},{"outcome":"bid_above_max"}]}"#
+            ),
+            [
+                "buyers[1].bid_micros",
+                "buyers[4].bid_micros",
+                "buyers[5].bid_micros",
+                "buyers[6].bid_micros"
+            ]
         );
         // Types without money fields, and types this tool does not know.
         for kind in [

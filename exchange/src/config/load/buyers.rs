@@ -295,8 +295,21 @@ fn read_secret(
         return None;
     }
     let Some(text) = env(var) else {
+        // Set, but not text (round 56a: told "not set", which sent the operator looking
+        // in the wrong place). Only the real environment can hold such a value.
+        let not_text = std::env::var_os(var).is_some_and(|v| v.to_str().is_none());
         let var = crate::config::shown_env_name(var);
-        p.at(path, format!("environment variable {var} is not set"));
+        if not_text {
+            p.at(
+                path,
+                format!(
+                    "environment variable {var} is set but is not UTF-8 text \
+                     (a binary key goes as whsec_ and its base64)"
+                ),
+            );
+        } else {
+            p.at(path, format!("environment variable {var} is not set"));
+        }
         return None;
     };
     match Secret::new(&text) {
