@@ -157,6 +157,10 @@ pub fn check_surrogates(bytes: &[u8]) -> Result<(), LoneSurrogate> {
 pub struct DuplicateName {
     /// The repeated name: at most 64 characters, control characters as `?`.
     pub name: String,
+    /// Where it is, as a field path (`lead.state`, `x[1].k`; at the top level the name
+    /// alone); each name in it shown as `name` is. Empty for a buyer's answer, whose
+    /// problem is reported without a path.
+    pub path: String,
 }
 
 /// Names per object up to which repeats are found by comparing every pair; larger
@@ -197,13 +201,17 @@ fn repeated_name<'a>(names: impl Iterator<Item = &'a str>, len: usize) -> Option
     adjacent(&mut names.collect::<Vec<_>>())
 }
 
+fn shown_name(name: &str) -> String {
+    name.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn duplicate(name: &str) -> DuplicateName {
     DuplicateName {
-        name: name
-            .chars()
-            .take(64)
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
+        name: shown_name(name),
+        path: String::new(),
     }
 }
 
@@ -213,11 +221,27 @@ pub fn check_duplicate_names(value: &OwnedValue) -> Result<(), DuplicateName> {
     match value {
         OwnedValue::Object(o) => {
             if let Some(name) = repeated_name(o.keys().map(String::as_str), o.len()) {
-                return Err(duplicate(name));
+                let mut d = duplicate(name);
+                d.path = d.name.clone();
+                return Err(d);
             }
-            o.values().try_for_each(check_duplicate_names)
+            // The path is built on the way out, only for the one found (round 56b: the
+            // problem was under `body`, whatever object held the name).
+            o.iter().try_for_each(|(k, v)| {
+                check_duplicate_names(v).map_err(|mut d| {
+                    let sep = if d.path.starts_with('[') { "" } else { "." };
+                    d.path = format!("{}{sep}{}", shown_name(k), d.path);
+                    d
+                })
+            })
         }
-        OwnedValue::Array(a) => a.iter().try_for_each(check_duplicate_names),
+        OwnedValue::Array(a) => a.iter().enumerate().try_for_each(|(i, v)| {
+            check_duplicate_names(v).map_err(|mut d| {
+                let sep = if d.path.starts_with('[') { "" } else { "." };
+                d.path = format!("[{i}]{sep}{}", d.path);
+                d
+            })
+        }),
         OwnedValue::Static(_) | OwnedValue::String(_) => Ok(()),
     }
 }
@@ -271,7 +295,7 @@ pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedV
     check_duplicate_names(&value).map_err(|e| {
         ApiError::from_fields(
             ErrorCode::InvalidRequest,
-            vec![FieldProblem::new("body", e.to_string())],
+            vec![FieldProblem::new(e.path.as_str(), e.to_string())],
         )
     })?;
     Ok(value)
@@ -551,7 +575,13 @@ mod tests {
             let e = parse_value(&mut b).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidRequest, "{body}");
             assert_eq!(e.fields.len(), 1, "{body}");
-            assert_eq!(e.fields[0].field, "body");
+            // Named where it is (round 56b: always `body`).
+            let path = match name {
+                "state" => "lead.state",
+                "k" => "x[1].k",
+                other => other,
+            };
+            assert_eq!(e.fields[0].field, path, "{body}");
             assert_eq!(
                 e.fields[0].problem,
                 format!("the name \"{name}\" appears more than once in one object"),
