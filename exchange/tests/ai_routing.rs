@@ -1092,6 +1092,19 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     assert!(err.contains("serving version is not known"), "{err}");
     assert!(champion_file.is_dir());
     assert_eq!(std::fs::read_to_string(&history).unwrap(), history_before);
+    // A `CHAMPION` naming no set here is said too, with exit 1 (round 57b: it was
+    // listed as if it were fine, exit 0, though the exchange refuses to serve it).
+    std::fs::remove_dir(&champion_file).unwrap();
+    std::fs::write(&champion_file, "ghost\n").unwrap();
+    let out = run(&["models", "list", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("champion ghost MISSING"), "{list}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CHAMPION names ghost, which is not a model set"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -116,6 +116,8 @@ struct Sale {
     margin: i64,
     attempt: u64,
     buyer: String,
+    /// The cap windows it counts in (absent for a test lead, and before format 4).
+    windows: Option<serde_json::Value>,
     /// The record's format version (`v`): from 4 on, every delivery has its `post_sent`.
     version: u64,
     /// Position in the ledger (0-based, records read) and `generation`.
@@ -143,7 +145,19 @@ fn at_ms(e: &Entry) -> i64 {
     chrono::DateTime::parse_from_rfc3339(e.str("at")).map_or(0, |t| t.timestamp_millis())
 }
 
+/// What a delivery's `post_sent` says, which its sale must say too.
+struct SentTo {
+    buyer: String,
+    price: Option<i64>,
+    seller: String,
+    test: Option<bool>,
+    windows: Option<serde_json::Value>,
+}
+
 struct Auction {
+    /// The seller and whether it was a test lead, as the auction recorded them.
+    seller: String,
+    test: Option<bool>,
     winner_bid: Option<i64>,
     /// The winner's buyer id (empty when none is recorded).
     winner: String,
@@ -190,7 +204,7 @@ pub fn reconcile_upto(
     let mut quoted_in: HashMap<String, (String, String)> = HashMap::new();
     // Each delivery's buyer and the price it was sent at (`post_sent`, by lead and
     // attempt): the buyer's bid, which its sale must charge.
-    let mut sent_to: HashMap<(String, u64), (String, Option<i64>)> = HashMap::new();
+    let mut sent_to: HashMap<(String, u64), SentTo> = HashMap::new();
     // The ledger's runs of one generation: a new run begins where the generation
     // changes (a reload, or a restart: generations start again at 1) or after a `flush`
     // (a shutdown; a restart follows).
@@ -250,6 +264,8 @@ pub fn reconcile_upto(
                 auctions.insert(
                     e.str("auction_id").to_string(),
                     Auction {
+                        seller: e.str("seller").to_string(),
+                        test: e.value.get("test").and_then(|t| t.as_bool()),
                         winner_bid: e.i64("bid_micros"),
                         winner: e.str("winner").to_string(),
                         bids: e
@@ -310,6 +326,7 @@ pub fn reconcile_upto(
                     margin: e.i64("margin_micros").unwrap_or(0),
                     attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
                     buyer: e.str("buyer").to_string(),
+                    windows: e.value.get("windows").cloned(),
                     version: e
                         .value
                         .get("v")
@@ -342,7 +359,13 @@ pub fn reconcile_upto(
                 let attempt = e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0);
                 sent_to.insert(
                     (e.str("lead_id").to_string(), attempt),
-                    (e.str("buyer").to_string(), e.i64("price_micros")),
+                    SentTo {
+                        buyer: e.str("buyer").to_string(),
+                        price: e.i64("price_micros"),
+                        seller: e.str("seller").to_string(),
+                        test: e.value.get("test").and_then(|t| t.as_bool()),
+                        windows: e.value.get("windows").cloned(),
+                    },
                 );
                 pre_sends.push((
                     e.place(),
@@ -410,15 +433,43 @@ pub fn reconcile_upto(
         // fallback's sale relabelled the winner's attempt at the winner's bid, or its
         // `post_sent` removed, each with the chain rewritten, passed).
         match sent_to.get(&(s.lead.clone(), s.attempt)) {
-            Some((buyer, _)) if *buyer != s.buyer => m.push(format!(
-                "{}: attempt {} was sent to buyer {buyer} (post_sent), not to the buyer the sale charges ({})",
-                s.place, s.attempt, s.ids
+            Some(sent) if sent.buyer != s.buyer => m.push(format!(
+                "{}: attempt {} was sent to buyer {} (post_sent), not to the buyer the sale charges ({})",
+                s.place, s.attempt, sent.buyer, s.ids
             )),
-            Some((_, Some(sent))) if *sent != s.bid => m.push(format!(
-                "{}: bid_micros {} differs from the price its delivery was sent at (post_sent, attempt {}: {sent}) ({})",
+            Some(SentTo {
+                price: Some(price), ..
+            }) if *price != s.bid => m.push(format!(
+                "{}: bid_micros {} differs from the price its delivery was sent at (post_sent, attempt {}: {price}) ({})",
                 s.place, s.bid, s.attempt, s.ids
             )),
-            Some(_) => {}
+            // Black-box round 57a: a sale's `test`, `seller` or `windows` changed, the
+            // chain rewritten, passed (a test sale leaves the money and the caps; a sale
+            // in yesterday's windows frees today's budget).
+            Some(sent) => {
+                if sent.test.is_some_and(|t| t != s.test) {
+                    m.push(format!(
+                        "{}: test is {}, but its delivery (post_sent, attempt {}) was {}a test lead's ({})",
+                        s.place,
+                        s.test,
+                        s.attempt,
+                        if s.test { "not " } else { "" },
+                        s.ids
+                    ));
+                }
+                if !sent.seller.is_empty() && sent.seller != s.seller {
+                    m.push(format!(
+                        "{}: its delivery (post_sent, attempt {}) was of seller {}'s lead, not of the seller the sale pays ({})",
+                        s.place, s.attempt, sent.seller, s.ids
+                    ));
+                }
+                if sent.windows.is_some() && s.windows.is_some() && sent.windows != s.windows {
+                    m.push(format!(
+                        "{}: its cap windows differ from those its delivery was sent in (post_sent, attempt {}) ({})",
+                        s.place, s.attempt, s.ids
+                    ));
+                }
+            }
             // Every delivery is written before it leaves, since format version 4 (round
             // 52: a sale with its `post_sent` removed passed).
             None if s.version >= 4 => m.push(format!(
@@ -445,6 +496,21 @@ pub fn reconcile_upto(
                 s.place, s.ids
             )),
             Some(a) => {
+                if !a.seller.is_empty() && a.seller != s.seller {
+                    m.push(format!(
+                        "{}: its auction was seller {}'s, not the seller the sale pays ({})",
+                        s.place, a.seller, s.ids
+                    ));
+                }
+                if a.test.is_some_and(|t| t != s.test) {
+                    m.push(format!(
+                        "{}: test is {}, but its auction was {}a test lead's ({})",
+                        s.place,
+                        s.test,
+                        if s.test { "not " } else { "" },
+                        s.ids
+                    ));
+                }
                 // The buyer is charged its bid: the winner's, as the auction recorded it
                 // (black-box round 50: a sale's bid changed, its chain rewritten, passed
                 // while the auction and post_sent still held the true price).
@@ -1089,6 +1155,52 @@ mod tests {
     /// removed (each with the chain rewritten), passed. A sale is checked against the
     /// delivery's buyer, the auction's winner (attempt 0), and the buyer's own bid in
     /// the auction, whatever its attempt.
+    /// Black-box round 57a: a sale's `test` flipped (its money left the report, and the
+    /// start left it out of the caps), its `seller` changed to another seller, or its
+    /// `windows` moved to yesterday (freeing today's budget), each with the chain
+    /// rewritten, passed `verify`. The sale must say what its delivery and its auction
+    /// say.
+    #[test]
+    fn a_sale_whose_test_seller_or_windows_differ_from_its_delivery_is_a_mismatch() {
+        let w =
+            r#""windows":{"hour_start_ms":1796288400000,"day":739953,"week":105707,"month":24291}"#;
+        let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":10000000}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}"#;
+        let sent = format!(
+            r#"{{"type":"post_sent","v":5,"generation":1,"at":"2026-11-29T10:00:00.500Z","lead_id":"ld_1","auction_id":"au_1","ping_id":"pg_1","seller":"s","buyer":"b","attempt":0,"price_micros":10000000,"test":false,{w}}}"#
+        );
+        let sale = format!(
+            r#"{{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0,{w}}}"#
+        );
+        let r = reconcile(ledger(&[auction, &sent, &sale]).path(), None).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        for (forged, said) in [
+            (
+                sale.replace(r#""test":false"#, r#""test":true"#),
+                vec![
+                    "test is true, but its delivery (post_sent, attempt 0) was not a test lead's",
+                    "test is true, but its auction was not a test lead's",
+                ],
+            ),
+            (
+                sale.replace(r#""seller":"s""#, r#""seller":"s2""#),
+                vec![
+                    "its delivery (post_sent, attempt 0) was of seller s's lead, not of the seller the sale pays",
+                    "its auction was seller s's, not the seller the sale pays",
+                ],
+            ),
+            (
+                sale.replace(r#""day":739953"#, r#""day":739952"#),
+                vec!["its cap windows differ from those its delivery was sent in (post_sent, attempt 0)"],
+            ),
+        ] {
+            let r = reconcile(ledger(&[auction, &sent, &forged]).path(), None).unwrap();
+            let all = r.mismatches.join("\n");
+            for s in said {
+                assert!(all.contains(s), "{s}: {all}");
+            }
+        }
+    }
+
     #[test]
     fn a_fallback_sale_forged_as_the_winner_or_without_its_delivery_is_a_mismatch() {
         let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"w","outcome":"bid","bid_micros":6000000},{"buyer":"f","outcome":"bid","bid_micros":5800000}],"winner":"w","bid_micros":6000000,"seller_price_micros":4800000,"took_us":5}"#;

@@ -207,6 +207,22 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
             }
         };
         let versions = crate::models::list_versions(&cfg.learning, &v.name);
+        // A `CHAMPION` naming no set here (a missing one, or a name that is not a set's)
+        // is said too: the exchange refuses to serve it (black-box round 57b: it was
+        // listed as if it were fine, exit 0).
+        let label = match &champion {
+            Some(c) if !versions.contains(c) => {
+                crate::say_err!(
+                    "pingpost models: vertical {}: CHAMPION names {}, which is not a model set in {}: the exchange will not serve it",
+                    v.name,
+                    shown_version(c),
+                    crate::models::vertical_dir(&cfg.learning, &v.name).display()
+                );
+                status = 1;
+                format!("{} MISSING", shown_version(c))
+            }
+            _ => label,
+        };
         emit(
             "models list",
             format_args!(
@@ -262,6 +278,14 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
         }
     }
     status
+}
+
+/// A `CHAMPION`'s text as shown: at most 64 characters, control characters as `?`.
+fn shown_version(text: &str) -> String {
+    text.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// `pingpost models rollback`.
