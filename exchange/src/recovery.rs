@@ -137,6 +137,9 @@ pub struct Scan {
     /// Whole lines that are not a readable record (1-based, counted across the
     /// segments in order), each with why: skipped, and named in the start's log.
     pub unreadable: Vec<(usize, String)>,
+    /// Records of a format version newer than this pingpost writes: read as their type
+    /// says (counting what they count is the safe side), and said in a warning.
+    pub newer: u64,
     pub sent: Vec<Sent>,
     /// Pings that carried an `Idempotency-Key`, in ledger order.
     pub keyed_pings: Vec<KeyedPing>,
@@ -268,6 +271,19 @@ impl Scan {
                 }
             };
             let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+            // A format version that is not a whole number is no record the exchange
+            // wrote (round 57a: `"v":"5"` was read; the finance tools refuse it).
+            match v.get("v").map(Value::as_u64) {
+                None => {}
+                Some(Some(n)) => {
+                    scan.newer += u64::from(n > u64::from(crate::core::record::RECORD_VERSION));
+                }
+                Some(None) => {
+                    scan.unreadable
+                        .push((i + 1, "its format version `v` is not a whole number".into()));
+                    continue;
+                }
+            }
             // A money field malformed or missing (the exchange writes neither: damage or
             // an edit whose chain was recomputed) is not read as 0: the record is skipped
             // as an unreadable line is (black-box round 55a: a sale without `bid_micros`
@@ -279,12 +295,21 @@ impl Scan {
                     .into_iter()
                     .map(|f| format!("{f} is missing")),
             );
+            // A sale or delivery whose buyer or lead is not a string would be counted
+            // for nobody (round 57a: `"buyer": 7` freed the buyer's budget): unreadable.
+            if matches!(kind, "sale" | "post_sent") {
+                for f in ["buyer", "lead_id"] {
+                    if !v.get(f).is_some_and(Value::is_string) {
+                        bad.push(format!("{f} is not a string"));
+                    }
+                }
+            }
             if !bad.is_empty() {
                 let kind = if kind.is_empty() { "untyped" } else { kind };
                 scan.unreadable.push((
                     i + 1,
                     format!(
-                        "{kind} record: {}: not a whole number of micros",
+                        "{kind} record: {}: not as the exchange writes it",
                         bad.join(", ")
                     ),
                 ));
@@ -479,7 +504,41 @@ impl Scan {
         }
         // The ledger's last run is the one this start follows.
         scan.end_run_cut_short();
+        scan.hold_sales_to_their_deliveries();
         scan
+    }
+
+    /// A sale says what its delivery's `post_sent` says: the exchange writes both from
+    /// one reservation. Where a forged ledger (its chain rewritten) makes them differ, the
+    /// start counts what counts more (black-box round 57a: a sale flipped to `test`, moved
+    /// to yesterday's windows or to another buyer freed its buyer's budget): a real
+    /// delivery stays real, the delivery's windows are the ones counted, and a sale
+    /// charged to another buyer leaves the delivery's own buyer with the lead as outcome
+    /// unknown. `ledger verify` names each such sale.
+    fn hold_sales_to_their_deliveries(&mut self) {
+        let by_delivery: HashMap<(&str, u64), &Sent> = self
+            .sent
+            .iter()
+            .map(|s| ((s.lead_id.as_str(), s.attempt), s))
+            .collect();
+        let mut unsettled = Vec::new();
+        for sale in &mut self.sales {
+            let Some(sent) = by_delivery.get(&(sale.lead_id.as_str(), sale.attempt)) else {
+                continue;
+            };
+            if sale.test && !sent.test {
+                sale.test = false;
+            }
+            if sent.windows.is_some() && sale.windows != sent.windows {
+                sale.windows = sent.windows;
+            }
+            if sent.buyer != sale.buyer {
+                unsettled.push((sale.lead_id.clone(), sale.attempt));
+            }
+        }
+        for key in unsettled {
+            self.outcomes.remove(&key);
+        }
     }
 
     /// Timed-out deliveries whose buyer was still being heard out when the exchange
@@ -1381,6 +1440,14 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
             "ledger: more lines that are not readable records were skipped at start"
         );
     }
+    if scan.newer > 0 {
+        tracing::warn!(
+            records = scan.newer,
+            reads_up_to = crate::core::record::RECORD_VERSION,
+            dir = %state.ledger.dir().display(),
+            "ledger: records of a format version newer than this pingpost writes were read as their type says (a newer pingpost wrote them: run that one)"
+        );
+    }
     let r = apply(state, &scan);
     // The cold-start rates: what each buyer did, replayed in order.
     let configured: HashSet<crate::config::BuyerKey> = state
@@ -1452,6 +1519,19 @@ mod tests {
             "{:?}",
             scan.unreadable
         );
+        // Round 57a: a version that is not a whole number is no record (the finance
+        // tools refuse it too); a newer one is read, and counted for the warning.
+        let text = "{\"type\":\"flush\",\"v\":\"5\"}\n{\"type\":\"flush\",\"v\":6}\n{\"type\":\"flush\",\"v\":5}\n";
+        let scan = super::Scan::of_text(text);
+        assert_eq!(scan.records, 2);
+        assert_eq!(
+            scan.unreadable,
+            [(
+                1,
+                "its format version `v` is not a whole number".to_string()
+            )]
+        );
+        assert_eq!(scan.newer, 1);
     }
 
     use super::*;
@@ -1496,6 +1576,65 @@ mod tests {
             (scan.records, scan.sales.len(), scan.unknown().count()),
             (2, 1, 0)
         );
+    }
+
+    /// Black-box round 57a: a sale flipped to `test`, moved to yesterday's windows,
+    /// charged to another buyer, or with a buyer that is not a string (each with the
+    /// chain rewritten) freed its buyer's budget at the next start. The start holds a
+    /// sale to its delivery's `post_sent`.
+    #[test]
+    fn a_sale_that_differs_from_its_delivery_is_counted_as_the_delivery_says() {
+        let w =
+            |day: u32| format!(r#""windows":{{"hour_start_ms":0,"day":{day},"week":1,"month":2}}"#);
+        let sent = format!(
+            r#"{{"type":"post_sent","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{}}}"#,
+            w(9)
+        );
+        let sale = |extra: &str| {
+            format!(
+                r#"{{"type":"sale","lead_id":"l1","attempt":0,"bid_micros":5,"seller_price_micros":4,"margin_micros":1,{extra}}}"#
+            )
+        };
+        // As written: one real sale of `a`'s, in the delivery's windows, settled.
+        let honest = Scan::of_text(&format!(
+            "{sent}\n{}\n",
+            sale(&format!(r#""buyer":"a","test":false,{}"#, w(9)))
+        ));
+        assert_eq!(honest.unknown().count(), 0);
+        assert!(!honest.sales[0].test);
+        // Flipped to a test lead: still counted as the real delivery it was.
+        let flipped = Scan::of_text(&format!(
+            "{sent}\n{}\n",
+            sale(&format!(r#""buyer":"a","test":true,{}"#, w(9)))
+        ));
+        assert!(!flipped.sales[0].test);
+        // Moved to yesterday: counted in the delivery's windows.
+        let moved = Scan::of_text(&format!(
+            "{sent}\n{}\n",
+            sale(&format!(r#""buyer":"a","test":false,{}"#, w(8)))
+        ));
+        assert_eq!(moved.sales[0].windows, honest.sales[0].windows);
+        // Charged to `b`: counted for `b`, and `a`'s delivery stays outcome unknown.
+        let other = Scan::of_text(&format!(
+            "{sent}\n{}\n",
+            sale(&format!(r#""buyer":"b","test":false,{}"#, w(9)))
+        ));
+        assert_eq!(other.sales[0].buyer, "b");
+        let unknown: Vec<_> = other.unknown().map(|s| s.buyer.as_str()).collect();
+        assert_eq!(unknown, ["a"]);
+        // A buyer that is not a string: the sale is unreadable, the delivery unknown.
+        let numeric = Scan::of_text(&format!(
+            "{sent}\n{}\n",
+            sale(&format!(r#""buyer":7,"test":false,{}"#, w(9)))
+        ));
+        assert!(numeric.sales.is_empty());
+        assert_eq!(numeric.unreadable.len(), 1);
+        assert!(
+            numeric.unreadable[0].1.contains("buyer is not a string"),
+            "{:?}",
+            numeric.unreadable
+        );
+        assert_eq!(numeric.unknown().count(), 1);
     }
 
     #[test]

@@ -155,7 +155,8 @@ fn the_demo_flags_without_demo_are_refused() {
 /// (black-box round 18): it is refused before the exchange starts, saying why.
 /// `--check-config` on the embedded default with its buyers' secrets from the real
 /// environment: one not UTF-8 text is said to be so (round 56a: it was "not set"), one
-/// under 16 bytes is refused (round 49b: one character was accepted), neither shown.
+/// under 16 bytes is refused (round 49b: one character was accepted), neither shown; an
+/// admin token that is not text is refused, not taken as unset.
 #[test]
 fn check_config_names_a_secret_that_is_not_text_or_too_short() {
     use std::os::unix::ffi::OsStrExt;
@@ -167,6 +168,11 @@ fn check_config_names_a_secret_that_is_not_text_or_too_short() {
             std::ffi::OsStr::from_bytes(b"\xff\xfeSECRETVALUEXYZ12345"),
         )
         .env("PINGPOST_DEMO_SECRET_2", "SHORTSECRET")
+        // Round 57a: an admin token that is not text was taken as unset.
+        .env(
+            "PINGPOST_ADMIN_TOKEN",
+            std::ffi::OsStr::from_bytes(b"adm\xffintoken-0123456789"),
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -181,7 +187,11 @@ fn check_config_names_a_secret_that_is_not_text_or_too_short() {
         ),
         "{err}"
     );
-    assert!(err.contains("configuration has 2 error(s)"), "{err}");
+    assert!(
+        err.contains("the token in $PINGPOST_ADMIN_TOKEN must be visible ASCII characters"),
+        "{err}"
+    );
+    assert!(err.contains("configuration has 3 error(s)"), "{err}");
     assert!(
         !err.contains("SECRETVALUE") && !err.contains("SHORTSECRET"),
         "{err}"

@@ -118,7 +118,7 @@ impl Entry {
             &self.kind
         };
         Some(format!(
-            "{}: {kind} record: {}: a money field must be a whole number of micros from {} to {}, as the exchange writes it, and a {kind} record has each of its money fields",
+            "{}: {kind} record: {}: a money field must be a whole number of micros from {} to {}, as the exchange writes it, and every {kind} record has each of its money fields",
             self.place(),
             bad.join(", "),
             i64::MIN,

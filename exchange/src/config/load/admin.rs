@@ -52,6 +52,15 @@ pub(super) fn read_admin(
     // The token's value never appears in a message, only the variable's name.
     let shown = crate::config::shown_env_name(&token_env);
     let token = match env(&token_env).filter(|t| !t.is_empty()) {
+        // Set, but not text: refused as a token that is not visible ASCII is (round
+        // 57a: it was taken as unset, and the listener stayed off without a word).
+        None if std::env::var_os(&token_env).is_some_and(|v| v.to_str().is_none()) => {
+            p.at(
+                &s.path_of("token_env"),
+                format!("the token in ${shown} must be visible ASCII characters"),
+            );
+            None
+        }
         None => None,
         Some(t) if t.len() < ADMIN_TOKEN_LEN_MIN || t.len() > ADMIN_TOKEN_LEN_MAX => {
             p.at(
