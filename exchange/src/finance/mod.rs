@@ -127,6 +127,30 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// A record of a type this tool knows without a readable `at` (missing, or not an
+    /// RFC 3339 time): the exchange writes one on every record, so this is damage or an
+    /// edit (black-box round 57a: a sale with `"at":"yesterday"` was counted by `report`
+    /// on a blank day, left out of `export --from/--to`, and `verify` passed).
+    pub fn time_problem(&self) -> Option<String> {
+        if self.day.is_some()
+            || !(KNOWN_TYPES.contains(&self.kind.as_str())
+                || PRE_SEND_TYPES.contains(&self.kind.as_str()))
+        {
+            return None;
+        }
+        let shown = match self.value.get("at") {
+            None => "missing".to_string(),
+            Some(v) => v.to_string().chars().take(40).collect::<String>(),
+        };
+        Some(format!(
+            "{}: {} record: at is {shown}: every record carries its time as RFC 3339 UTC, as the exchange writes it",
+            self.place(),
+            self.kind
+        ))
+    }
+}
+
 /// The money fields a record of type `kind` always has, as the exchange writes it (every
 /// record format version: each type has had them since it was added), that `value`
 /// lacks: read as 0, a sale without its `bid_micros` would leave the figures without its
@@ -295,7 +319,8 @@ enum MoneyFields {
 #[derive(Debug, Clone, Default)]
 pub struct ReadStats {
     pub records: u64,
-    /// Records with a malformed money field ([`Entry::money_problem`]), skipped: by
+    /// Records with a malformed money field ([`Entry::money_problem`]) or time
+    /// ([`Entry::time_problem`]), skipped: by
     /// `verify`'s readings only (the other readings refuse the ledger at the first).
     pub malformed_money: Vec<String>,
     /// Records of a format version newer than this tool knows, by version: skipped.
@@ -572,10 +597,18 @@ fn read_records(
             // A money field that is not an integer of micros would be read as 0 (black-box
             // round 41: a sale of `1e22` left the report, exit 0, without its money).
             if money != MoneyFields::Unchecked {
-                if let Some(p) = entry.money_problem() {
+                let problem = entry
+                    .money_problem()
+                    .map(|p| ("a malformed money field", p))
+                    .or_else(|| {
+                        entry
+                            .time_problem()
+                            .map(|p| ("a record without a readable time", p))
+                    });
+                if let Some((what, p)) = problem {
                     if money == MoneyFields::Refuse {
                         return Err(format!(
-                            "the ledger {} has a malformed money field: {p}; report, export and replay refuse such a ledger (`pingpost ledger verify` lists every such record)",
+                            "the ledger {} has {what}: {p}; report, export and replay refuse such a ledger (`pingpost ledger verify` lists every such record)",
                             dir.display()
                         ));
                     }
@@ -1069,6 +1102,57 @@ mod tests {
             );
             assert!(stats.malformed_money[0].contains(named));
         }
+    }
+
+    /// Black-box round 57a: a sale with `"at":"yesterday"` (or none), the chain
+    /// recomputed, was counted by `report` on a blank day and left out of `export
+    /// --from/--to` without a word, and `verify` passed. It is refused like a malformed
+    /// money field.
+    #[test]
+    fn a_record_without_a_readable_time_is_refused() {
+        use std::collections::HashMap;
+        let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[],"took_us":5}"#;
+        let sale = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":20000000,"seller_price_micros":16000000,"margin_micros":4000000,"attempt":0}"#;
+        for (forged, shown) in [
+            (
+                sale.replace("2026-11-29T10:00:01.000Z", "yesterday"),
+                "\"yesterday\"",
+            ),
+            (
+                sale.replace(r#""at":"2026-11-29T10:00:01.000Z","#, ""),
+                "missing",
+            ),
+        ] {
+            let dir = ledger(&[auction, &forged]);
+            let named = format!("seg-00000001.jsonl seq 2: sale record: at is {shown}");
+            let e = report::build(dir.path(), DateRange::default(), &HashMap::new()).unwrap_err();
+            assert!(
+                e.contains(&named) && e.contains("a record without a readable time"),
+                "{e}"
+            );
+            let mut out = Vec::new();
+            let e = export::export(
+                dir.path(),
+                DateRange::default(),
+                export::Format::Jsonl,
+                &[],
+                &mut out,
+            )
+            .unwrap_err();
+            assert!(e.contains(&named), "{e}");
+            let stats = for_each_unverified(dir.path(), |_| true).unwrap();
+            assert_eq!(stats.malformed_money.len(), 1);
+        }
+        // A type this tool does not know is not judged by its time.
+        let other = r#"{"type":"future_thing","v":5,"at":"later"}"#;
+        let dir = ledger(&[auction, other]);
+        assert_eq!(
+            for_each_unverified(dir.path(), |_| true)
+                .unwrap()
+                .malformed_money
+                .len(),
+            0
+        );
     }
 
     #[test]

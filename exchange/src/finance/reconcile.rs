@@ -980,7 +980,7 @@ impl Reconciliation {
             if malformed > 0 && !self.mismatches.is_empty() {
                 let _ = write!(
                     cause,
-                    "; some may come from the {malformed} record(s) with a malformed money field, left out (above)"
+                    "; some may come from the {malformed} record(s) with a malformed money field or time, left out (above)"
                 );
             }
             if skipped_n > 0 {
@@ -1015,7 +1015,7 @@ impl Reconciliation {
             if malformed > 0 {
                 let _ = write!(
                     problems,
-                    "{malformed} record(s) with a malformed money field (PROBLEM), "
+                    "{malformed} record(s) with a malformed money field or time (PROBLEM), "
                 );
             }
             let _ = writeln!(
@@ -1545,7 +1545,7 @@ mod tests {
                 "{bad}: {text}"
             );
             assert!(
-                text.contains("RECONCILIATION FAILED: 1 record(s) with a malformed money field (PROBLEM), 0 mismatch(es)"),
+                text.contains("RECONCILIATION FAILED: 1 record(s) with a malformed money field or time (PROBLEM), 0 mismatch(es)"),
                 "{bad}: {text}"
             );
             // Left out of the money, never counted as 0.
