@@ -327,11 +327,19 @@ pub fn reconcile_upto(
                     attempt: e.value.get("attempt").and_then(|a| a.as_u64()).unwrap_or(0),
                     buyer: e.str("buyer").to_string(),
                     windows: e.value.get("windows").cloned(),
+                    // A sale with `windows` is of format 4 or later whatever its `v`
+                    // says (round 57a: a sale's `v` set to 3 with its `post_sent` removed
+                    // passed, as a sale from before `post_sent`).
                     version: e
                         .value
                         .get("v")
                         .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(1),
+                        .unwrap_or(1)
+                        .max(if e.value.get("windows").is_some() {
+                            4
+                        } else {
+                            0
+                        }),
                     ordinal: here,
                     generation,
                 })
@@ -1251,6 +1259,21 @@ mod tests {
         assert!(
             all.contains("no post_sent for attempt 1: every delivery is recorded before it leaves"),
             "{all}"
+        );
+        // Round 57a: the same sale relabelled format 3 (before `post_sent`) still
+        // carries a field of format 4 (`windows`), and is held to it.
+        let v3 = sale(1, 5_800_000).replace(r#""v":5"#, r#""v":3"#).replace(
+            r#""attempt":1}"#,
+            r#""attempt":1,"windows":{"hour_start_ms":0,"day":1,"week":1,"month":1}}"#,
+        );
+        assert!(v3.contains(r#""v":3"#) && v3.contains("windows"), "{v3}");
+        let r = reconcile(ledger(&[auction, &w0, rejected, &v3]).path(), None).unwrap();
+        assert!(
+            r.mismatches.join("\n").contains(
+                "no post_sent for attempt 1: every delivery is recorded before it leaves"
+            ),
+            "{:?}",
+            r.mismatches
         );
         let winner = sale(0, 6_000_000).replace(r#""buyer":"f""#, r#""buyer":"w""#);
         let r = reconcile(ledger(&[auction, &w0, rejected, &winner]).path(), None).unwrap();
