@@ -289,12 +289,7 @@ impl Scan {
             // as an unreadable line is (black-box round 55a: a sale without `bid_micros`
             // counted 0 against its buyer's budget). Its delivery, if any, then counts as
             // outcome unknown, at its `post_sent`'s price.
-            let mut bad = crate::finance::money_problems(&v);
-            bad.extend(
-                crate::finance::missing_money(kind, &v)
-                    .into_iter()
-                    .map(|f| format!("{f} is missing")),
-            );
+            let mut bad = crate::finance::record_money_problems(kind, &v);
             // A sale or delivery whose buyer or lead is not a string would be counted
             // for nobody (round 57a: `"buyer": 7` freed the buyer's budget): unreadable.
             if matches!(kind, "sale" | "post_sent") {

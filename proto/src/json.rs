@@ -158,8 +158,9 @@ pub struct DuplicateName {
     /// The repeated name: at most 64 characters, control characters as `?`.
     pub name: String,
     /// Where it is, as a field path (`lead.state`, `x[1].k`; at the top level the name
-    /// alone); each name in it shown as `name` is. Empty for a buyer's answer, whose
-    /// problem is reported without a path.
+    /// alone), each name in it as a field path shows one
+    /// ([`crate::error::printable_name`]). Empty for a buyer's answer, whose problem is
+    /// reported without a path.
     pub path: String,
 }
 
@@ -201,16 +202,13 @@ fn repeated_name<'a>(names: impl Iterator<Item = &'a str>, len: usize) -> Option
     adjacent(&mut names.collect::<Vec<_>>())
 }
 
-fn shown_name(name: &str) -> String {
-    name.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 fn duplicate(name: &str) -> DuplicateName {
     DuplicateName {
-        name: shown_name(name),
+        name: name
+            .chars()
+            .take(64)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
         path: String::new(),
     }
 }
@@ -222,7 +220,7 @@ pub fn check_duplicate_names(value: &OwnedValue) -> Result<(), DuplicateName> {
         OwnedValue::Object(o) => {
             if let Some(name) = repeated_name(o.keys().map(String::as_str), o.len()) {
                 let mut d = duplicate(name);
-                d.path = d.name.clone();
+                d.path = crate::error::printable_name(name);
                 return Err(d);
             }
             // The path is built on the way out, only for the one found (round 56b: the
@@ -230,7 +228,7 @@ pub fn check_duplicate_names(value: &OwnedValue) -> Result<(), DuplicateName> {
             o.iter().try_for_each(|(k, v)| {
                 check_duplicate_names(v).map_err(|mut d| {
                     let sep = if d.path.starts_with('[') { "" } else { "." };
-                    d.path = format!("{}{sep}{}", shown_name(k), d.path);
+                    d.path = format!("{}{sep}{}", crate::error::printable_name(k), d.path);
                     d
                 })
             })

@@ -29,6 +29,14 @@ pub use load::{
 };
 pub use pingpost_core::config::*;
 
+/// Is the variable `name` set in the process's environment to bytes that are not UTF-8
+/// text? The loader's environment reader (`Option<String>`) gives `None` for it, as for
+/// an unset one; a secret or token set so is refused as such, not said to be unset
+/// (black-box rounds 56a and 57a).
+pub fn env_is_not_text(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v.to_str().is_none())
+}
+
 /// An environment variable's name as messages and logs may show it. Conventional names
 /// (`UPPER_CASE`, digits, `_`) are shown; anything else is not, because an operator who
 /// pasted a secret where its variable's name belongs would otherwise see the secret

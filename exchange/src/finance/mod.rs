@@ -97,18 +97,7 @@ impl Entry {
     /// What is wrong with the record's money fields ([`money_problems`]), naming the
     /// record (segment and seq), its type and each field; `None` when nothing is.
     pub fn money_problem(&self) -> Option<String> {
-        // The malformed ones first, then the missing ones, within the same bound.
-        let (mut bad, mut more) = malformed_money(&self.value);
-        for f in missing_money(&self.kind, &self.value) {
-            if bad.len() < MONEY_PROBLEMS_NAMED_MAX {
-                bad.push(format!("{f} is missing"));
-            } else {
-                more += 1;
-            }
-        }
-        if more > 0 {
-            bad.push(format!("{more} more"));
-        }
+        let bad = record_money_problems(&self.kind, &self.value);
         if bad.is_empty() {
             return None;
         }
@@ -149,6 +138,25 @@ impl Entry {
             self.kind
         ))
     }
+}
+
+/// What is wrong with the money fields of a record of type `kind`: the malformed ones
+/// ([`money_problems`]) first, then the missing ones ([`missing_money`], `… is missing`),
+/// at most [`MONEY_PROBLEMS_NAMED_MAX`] named and the rest counted. The finance tools
+/// ([`Entry::money_problem`]) and the exchange's start (`recovery`) read records by it.
+pub fn record_money_problems(kind: &str, value: &Value) -> Vec<String> {
+    let (mut bad, mut more) = malformed_money(value);
+    for f in missing_money(kind, value) {
+        if bad.len() < MONEY_PROBLEMS_NAMED_MAX {
+            bad.push(format!("{f} is missing"));
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        bad.push(format!("{more} more"));
+    }
+    bad
 }
 
 /// The money fields a record of type `kind` always has, as the exchange writes it (every
@@ -837,6 +845,27 @@ mod tests {
     }
 
     /// Writes `records` as a framed segment in a fresh directory.
+    /// `report`, `export` (writing nothing) and `replay` of `au_1` each refuse the
+    /// ledger in `dir`, naming `named`.
+    fn refused_by_report_export_and_replay(dir: &Path, named: &str) {
+        let e = report::build(dir, DateRange::default(), &std::collections::HashMap::new())
+            .unwrap_err();
+        assert!(e.contains(named), "{e}");
+        let mut out = Vec::new();
+        let e = export::export(
+            dir,
+            DateRange::default(),
+            export::Format::Jsonl,
+            &[],
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(e.contains(named), "{e}");
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        let e = replay::find(dir, "au_1").unwrap_err();
+        assert!(e.contains(named), "{e}");
+    }
+
     fn ledger(records: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let out = segments::frame_all(records);
@@ -886,27 +915,14 @@ mod tests {
     /// replay with exit 0, the sale left out of the money. They refuse such a ledger.
     #[test]
     fn report_export_and_replay_refuse_a_line_that_is_not_a_readable_record() {
-        use std::collections::HashMap;
         let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":20000000}],"winner":"b","bid_micros":20000000,"seller_price_micros":16000000,"took_us":5}"#;
         let sale = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":1e400,"seller_price_micros":16000000,"margin_micros":4000000,"attempt":0}"#;
         for forged in [sale, &sale.replace("1e400", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]")] {
             let dir = ledger(&[auction, forged]);
-            let named = "seg-00000001.jsonl:2: not a readable record";
-            let e = report::build(dir.path(), DateRange::default(), &HashMap::new()).unwrap_err();
-            assert!(e.contains(named), "{e}");
-            let mut out = Vec::new();
-            let e = export::export(
+            refused_by_report_export_and_replay(
                 dir.path(),
-                DateRange::default(),
-                export::Format::Jsonl,
-                &[],
-                &mut out,
-            )
-            .unwrap_err();
-            assert!(e.contains(named), "{e}");
-            assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
-            let e = replay::find(dir.path(), "au_1").unwrap_err();
-            assert!(e.contains(named), "{e}");
+                "seg-00000001.jsonl:2: not a readable record",
+            );
         }
     }
 
@@ -1048,7 +1064,6 @@ mod tests {
     /// lists it.
     #[test]
     fn a_missing_money_field_is_refused_not_read_as_0() {
-        use std::collections::HashMap;
         let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"b","outcome":"bid","bid_micros":20000000}],"winner":"b","bid_micros":20000000,"seller_price_micros":16000000,"took_us":5}"#;
         let sale = r#"{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":false,"bid_micros":20000000,"seller_price_micros":16000000,"margin_micros":4000000,"attempt":0}"#;
         for (forged_auction, forged_sale, named) in [
@@ -1078,21 +1093,7 @@ mod tests {
             ),
         ] {
             let dir = ledger(&[&forged_auction, &forged_sale]);
-            let e = report::build(dir.path(), DateRange::default(), &HashMap::new()).unwrap_err();
-            assert!(e.contains(named), "{e}");
-            let mut out = Vec::new();
-            let e = export::export(
-                dir.path(),
-                DateRange::default(),
-                export::Format::Jsonl,
-                &[],
-                &mut out,
-            )
-            .unwrap_err();
-            assert!(e.contains(named), "{e}");
-            assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
-            let e = replay::find(dir.path(), "au_1").unwrap_err();
-            assert!(e.contains(named), "{e}");
+            refused_by_report_export_and_replay(dir.path(), named);
             let stats = for_each_unverified(dir.path(), |_| true).unwrap();
             assert_eq!(
                 stats.malformed_money.len(),

@@ -215,11 +215,11 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                 crate::say_err!(
                     "pingpost models: vertical {}: CHAMPION names {}, which is not a model set in {}: the exchange will not serve it",
                     v.name,
-                    shown_version(c),
+                    proto::error::printable_name(c),
                     crate::models::vertical_dir(&cfg.learning, &v.name).display()
                 );
                 status = 1;
-                format!("{} MISSING", shown_version(c))
+                format!("{} MISSING", proto::error::printable_name(c))
             }
             _ => label,
         };
@@ -278,14 +278,6 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
         }
     }
     status
-}
-
-/// A `CHAMPION`'s text as shown: at most 64 characters, control characters as `?`.
-fn shown_version(text: &str) -> String {
-    text.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// `pingpost models rollback`.

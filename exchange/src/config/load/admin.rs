@@ -54,7 +54,7 @@ pub(super) fn read_admin(
     let token = match env(&token_env).filter(|t| !t.is_empty()) {
         // Set, but not text: refused as a token that is not visible ASCII is (round
         // 57a: it was taken as unset, and the listener stayed off without a word).
-        None if std::env::var_os(&token_env).is_some_and(|v| v.to_str().is_none()) => {
+        None if crate::config::env_is_not_text(&token_env) => {
             p.at(
                 &s.path_of("token_env"),
                 format!("the token in ${shown} must be visible ASCII characters"),

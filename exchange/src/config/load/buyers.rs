@@ -296,8 +296,8 @@ fn read_secret(
     }
     let Some(text) = env(var) else {
         // Set, but not text (round 56a: told "not set", which sent the operator looking
-        // in the wrong place). Only the real environment can hold such a value.
-        let not_text = std::env::var_os(var).is_some_and(|v| v.to_str().is_none());
+        // in the wrong place).
+        let not_text = crate::config::env_is_not_text(var);
         let var = crate::config::shown_env_name(var);
         if not_text {
             p.at(
