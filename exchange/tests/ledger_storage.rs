@@ -393,6 +393,23 @@ fn verify_exit_codes_and_start_errors_from_the_binary() {
     }
 }
 
+/// An exchange with one buyer served by `bidder` and 12 KiB segments, whose next segment
+/// cannot be created (a symlink to /dev/full already has its name): the write that
+/// rotates into it fails. Also the symlink's path (remove it before reading the ledger)
+/// and the buyer's server handle.
+async fn with_a_next_segment_that_cannot_be_created(
+    bidder: &std::sync::Arc<ScriptedBidder>,
+) -> (Exchange, PathBuf, bidder_sdk::ServerHandle) {
+    let (buyer, handle) = serve("acme", bidder).await;
+    let ex = TestConfig::new()
+        .buyer(buyer)
+        .start_edited(with_server("ledger_segment_bytes_max = 12288"))
+        .await;
+    let next = ex.ledger_path.join(segments::segment_name(2));
+    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+    (ex, next, handle)
+}
+
 /// A ledger write that fails (rotation into a segment that cannot be created: a
 /// symlink to /dev/full already has the next segment's name) stops the exchange from
 /// selling for the life of the process: `/readyz` 503 with the reason, pings, posts
@@ -401,15 +418,9 @@ fn verify_exit_codes_and_start_errors_from_the_binary() {
 #[tokio::test]
 async fn a_ledger_failure_stops_selling_until_a_restart() {
     let bidder = ScriptedBidder::bidding(20.0);
-    let (buyer, _h) = serve("acme", &bidder).await;
     // Room for a few sales before the rotation (a sale's post also writes `post_sent`,
     // its ping `quote_opened`).
-    let mut ex = TestConfig::new()
-        .buyer(buyer)
-        .start_edited(with_server("ledger_segment_bytes_max = 12288"))
-        .await;
-    let next = ex.ledger_path.join(segments::segment_name(2));
-    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+    let (mut ex, next, _h) = with_a_next_segment_that_cannot_be_created(&bidder).await;
     assert_eq!(ex.client.get("/readyz").await.status, 200);
 
     // Sell until the first segment is full and the rotation fails, always keeping the
@@ -499,13 +510,7 @@ async fn a_ledger_failure_stops_selling_until_a_restart() {
 #[tokio::test]
 async fn a_direct_post_that_found_no_buyer_is_answered_only_once_its_auction_is_on_disk() {
     let bidder = ScriptedBidder::passing();
-    let (buyer, _h) = serve("acme", &bidder).await;
-    let mut ex = TestConfig::new()
-        .buyer(buyer)
-        .start_edited(with_server("ledger_segment_bytes_max = 12288"))
-        .await;
-    let next = ex.ledger_path.join(segments::segment_name(2));
-    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+    let (mut ex, next, _h) = with_a_next_segment_that_cannot_be_created(&bidder).await;
 
     let mut unsold = Vec::new();
     let mut refused = None;
