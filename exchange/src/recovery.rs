@@ -868,7 +868,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
                         .caps
                         .restore_former_zone(key, ends, Micros(price), now);
                 }
-                state.caps.restore_sold(key, &w, Micros(price))
+                state.caps.restore_sold(key, None, &w, Micros(price))
             });
         };
         let Some((w, former_ends)) = windows_in(b.timezone, windows, at, now) else {
@@ -881,7 +881,9 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         }
         match Windows::at(b.timezone, now) {
             Some(cur) if !counts_now(&w, &cur) => false,
-            _ => state.caps.restore_sold(b.key, &w, Micros(price)),
+            _ => state
+                .caps
+                .restore_sold(b.key, Some(b.timezone), &w, Micros(price)),
         }
     };
     // A lead sold, or delivered with its outcome unknown, stays a duplicate for its
@@ -1355,7 +1357,9 @@ fn restore_quote(
             let later = zone
                 .and_then(|tz| Windows::later_until(tz, &w, until))
                 .unwrap_or_default();
-            let r = state.caps.restore_reservation(key, &w, &later, price)?;
+            let r = state
+                .caps
+                .restore_reservation(key, zone, &w, &later, price)?;
             // After the hold, so the old windows count it once.
             if let Some(ends) = former_ends {
                 state.caps.restore_former_zone(key, ends, price, now);

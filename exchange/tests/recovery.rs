@@ -1515,6 +1515,49 @@ async fn a_quote_firm_past_midnight_holds_the_new_days_cap() {
     third.shutdown().await.unwrap();
 }
 
+/// Black-box round 58a: a restart with the clock set back across an hour. The two leads
+/// the ledger has in the hour that is not here yet count in that hour when it comes (they
+/// were carried into the hour of the restart, which refused a lead it had room for, and
+/// the next hour started from 0 and took two more past `hourly = 2`).
+#[tokio::test]
+async fn a_restart_with_the_clock_set_back_counts_each_lead_in_its_own_hour() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new().buyer(ab.caps_hourly(2)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-12-01T08:00:00Z.
+    let eight = 1_796_083_200_000 + 8 * 3_600_000;
+    let first = start_at(&cfg, &ledger, "UTC", Clock::at(eight + 2_000)).await;
+    for _ in 0..2 {
+        assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer a"));
+    }
+    assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer b"));
+    first.shutdown().await.unwrap();
+
+    let second = start_at(&cfg, &ledger, "UTC", Clock::at(eight - 600_000)).await;
+    let rt = second.state.runtime.load();
+    let b = rt.config.buyers.iter().find(|b| b.id == "a").unwrap();
+    let caps = &second.state.caps;
+    assert!(
+        caps.has_headroom(b.key, b, eight - 599_000),
+        "the hour before holds no lead of a"
+    );
+    assert_eq!(
+        client_direct(&second).await.as_deref(),
+        Some("Buyer a"),
+        "ten minutes before the full hour, a has room"
+    );
+    assert!(
+        !caps.has_headroom(b.key, b, eight + 1_000),
+        "the hour of the two leads is at its cap when it comes"
+    );
+    assert_eq!(caps.usage(b.key, b, eight + 1_000).sold_hour, 2);
+    assert!(caps.has_headroom(b.key, b, eight + 3_600_000));
+    assert_eq!(*a.posts.lock().unwrap(), 3);
+    second.shutdown().await.unwrap();
+}
+
 /// A quote that expires while the exchange is down is answered `expired` after the
 /// restart, as it would have been before the stop (black-box round 10: it was `404
 /// unknown ping_id`), and the start closes its hold in the ledger with the

@@ -567,7 +567,13 @@ impl BuyerBook {
                     .saturating_add(c.reserved_micros);
                 carried.last_ms = carried.last_ms.max(c.last_ms);
             }
-            list.retain(|(k, c)| !is_carried(*k, c) || c.reserved > 0);
+            // A window later than the new current one with a lead taken at a time the
+            // clock has not reached (it was set back across a restart) is kept for when
+            // it comes, as well as carried: an over-count until then, never a window
+            // that forgets its leads.
+            list.retain(|(k, c)| {
+                !is_carried(*k, c) || c.reserved > 0 || (*k > key && c.last_ms > now)
+            });
             if let Some(c) = self.counter_mut(period, key) {
                 c.sold = c.sold.saturating_add(carried.sold);
                 c.spent = c.spent.saturating_add(carried.spent);
@@ -578,6 +584,15 @@ impl BuyerBook {
         self.current = Some(keys);
         self.prune();
         true
+    }
+
+    /// Recovery: the zone the restored windows are in, when known, for a book that has not
+    /// been named one yet (and has no current windows): its windows are then this zone's
+    /// own, never carried by [`BuyerBook::rezone`].
+    fn name_zone(&mut self, zone: Option<Tz>) {
+        if self.zone.is_none() && self.current.is_none() {
+            self.zone = zone;
+        }
     }
 
     /// Drops windows older than the current one that hold no reservation, but the newest
@@ -908,11 +923,23 @@ impl CapBook {
     /// `windows` may be of a zone the buyer no longer has (or of one not known: a buyer
     /// not configured now); the first caller that names the zone carries the lead into
     /// that zone's windows if its hour reaches into them (see `BuyerBook::rezone`).
+    /// `zone` is the zone `windows` are in when the caller knows it (a configured buyer's):
+    /// a book that has no zone yet takes it, so its windows are never carried as another
+    /// zone's, and a window later than the first caller's `now` (the clock set back across
+    /// a restart) keeps its leads for when it comes (black-box round 58a: carried into the
+    /// hour of `now`, they left their own hour empty, and it sold past its cap).
     /// Returns false for an unknown key.
-    pub fn restore_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool {
+    pub fn restore_sold(
+        &self,
+        key: BuyerKey,
+        zone: Option<Tz>,
+        windows: &Windows,
+        price: Micros,
+    ) -> bool {
         let price = Micros(price.0.max(0));
         self.with_version(key, |b, version| {
             version.fetch_add(1, Ordering::AcqRel);
+            b.name_zone(zone);
             for (period, k) in windows.keys().into_iter().enumerate() {
                 if let Some(c) = b.counter_mut(period, k) {
                     c.sold = c.sold.saturating_add(1);
@@ -959,6 +986,7 @@ impl CapBook {
     pub fn restore_reservation(
         &self,
         key: BuyerKey,
+        zone: Option<Tz>,
         windows: &Windows,
         later: &[Windows],
         price: Micros,
@@ -971,6 +999,7 @@ impl CapBook {
             .collect();
         self.with_version(key, |b, version| {
             version.fetch_add(1, Ordering::AcqRel);
+            b.name_zone(zone);
             let held = Held {
                 price,
                 windows: *windows,
@@ -1192,7 +1221,7 @@ mod tests {
         let old = Windows::at(kolkata, at).unwrap();
         for _ in 0..2 {
             let w = Windows::carried(b.timezone, &old, at, now).unwrap();
-            assert!(book.restore_sold(BuyerKey(0), &w, m(1)));
+            assert!(book.restore_sold(BuyerKey(0), None, &w, m(1)));
             let ends = old.ends_in_any_zone().unwrap();
             assert!(book.restore_former_zone(BuyerKey(0), ends, m(1), now));
         }
@@ -1231,7 +1260,7 @@ mod tests {
         let w = Windows::at(kolkata, restart).unwrap();
         let later = Windows::later_until(kolkata, &w, until).unwrap();
         let r = book
-            .restore_reservation(BuyerKey(0), &w, &later, m(1))
+            .restore_reservation(BuyerKey(0), None, &w, &later, m(1))
             .unwrap();
         let ends = held_in.ends_in_any_zone().unwrap();
         assert!(book.restore_former_zone(BuyerKey(0), ends, m(1), restart));
@@ -1605,7 +1634,7 @@ mod tests {
         let w = Windows::at(b.timezone, monday_2359).unwrap();
         let later = Windows::at(b.timezone, midnight + 30_000).unwrap();
         let r = book
-            .restore_reservation(BuyerKey(0), &w, &[later], m(1))
+            .restore_reservation(BuyerKey(0), None, &w, &[later], m(1))
             .unwrap();
         assert_eq!(r.later, [later]);
         assert!(!book.has_headroom(BuyerKey(0), &b, midnight + 1_000));
@@ -1614,7 +1643,7 @@ mod tests {
         assert_eq!((u.sold_day, u.reserved), (1, 0));
         // The same windows twice are one hold.
         let again = book
-            .restore_reservation(BuyerKey(0), &w, &[w], m(1))
+            .restore_reservation(BuyerKey(0), None, &w, &[w], m(1))
             .unwrap();
         assert!(again.later.is_empty());
     }
@@ -1832,11 +1861,72 @@ mod tests {
         );
         let book = CapBook::new(1);
         let sold = Windows::at(Tz::UTC, utc_ms(2024, 1, 15, 16, 0)).unwrap();
-        assert!(book.restore_sold(BuyerKey(0), &sold, m(1)));
-        assert!(book.restore_sold(BuyerKey(0), &sold, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), None, &sold, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), None, &sold, m(1)));
         let t = utc_ms(2024, 1, 15, 17, 0);
         assert_eq!(book.usage(BuyerKey(0), &tokyo, t).sold_day, 2);
         assert!(book.reserve(BuyerKey(0), &tokyo, m(1), t).is_err());
+    }
+
+    /// Black-box round 58a: the clock set back across a restart. Leads the ledger has in
+    /// the next hour (and the next day's budget) are not counted in the hour of the
+    /// restart's `now`, and are there when that hour comes: the hour never takes more than
+    /// its cap, nor the day more than its budget. With the zone known (a configured
+    /// buyer), the hour of `now` is free; without it (a buyer not configured now), it may
+    /// be over-counted, but the later hour still holds its leads.
+    #[test]
+    fn leads_restored_in_a_window_the_clock_has_not_reached_count_when_it_comes() {
+        let caps = Caps {
+            hourly: Some(2),
+            budget_daily: Some(m(20)),
+            ..Caps::default()
+        };
+        for zone in [chrono_tz::America::New_York, Tz::UTC] {
+            let b = zoned(zone, caps);
+            // 00:00:02 local on a day; the restart's clock is 7 s earlier, the day before.
+            let midnight = zone
+                .with_ymd_and_hms(2026, 10, 20, 0, 0, 0)
+                .single()
+                .unwrap()
+                .timestamp_millis();
+            let sold = Windows::at(zone, midnight + 2_000).unwrap();
+            let before = midnight - 5_000;
+            for named in [Some(zone), None] {
+                let book = CapBook::new(1);
+                assert!(book.restore_sold(BuyerKey(0), named, &sold, m(10)));
+                assert!(book.restore_sold(BuyerKey(0), named, &sold, m(10)));
+                if named.is_some() {
+                    assert!(
+                        book.reserve(BuyerKey(0), &b, m(10), before).is_ok(),
+                        "{zone}: the hour and day before have nothing sold"
+                    );
+                    assert!(book.reserve(BuyerKey(0), &b, m(10), before).is_ok());
+                } else {
+                    // The zone is learnt at `before`: an over-count there is allowed.
+                    book.has_headroom(BuyerKey(0), &b, before);
+                }
+                let after = midnight + 1_000;
+                assert!(
+                    !book.has_headroom(BuyerKey(0), &b, after),
+                    "{zone} {named:?}"
+                );
+                assert!(
+                    book.reserve(BuyerKey(0), &b, m(10), after).is_err(),
+                    "{zone} {named:?}: the hour of the restored leads is at its cap"
+                );
+                let u = book.usage(BuyerKey(0), &b, after);
+                assert_eq!((u.sold_hour, u.spent_day), (2, m(20)), "{zone} {named:?}");
+                // The next hour has room again, and the day's budget is spent.
+                let next = midnight + HOUR_MS;
+                assert_eq!(
+                    book.reserve(BuyerKey(0), &b, m(10), next),
+                    Err(Capped {
+                        buyer: BuyerKey(0),
+                        limit: CapLimit::BudgetDaily
+                    })
+                );
+            }
+        }
     }
 
     #[test]
@@ -1852,9 +1942,9 @@ mod tests {
         let book = CapBook::new(1);
         let yesterday = Windows::at(ny.timezone, utc_ms(2024, 1, 16, 4, 50)).unwrap(); // 23:50 EST
         let today = Windows::at(ny.timezone, utc_ms(2024, 1, 16, 5, 10)).unwrap(); // 00:10 EST
-        assert!(book.restore_sold(BuyerKey(0), &yesterday, m(1)));
-        assert!(book.restore_sold(BuyerKey(0), &yesterday, m(1)));
-        assert!(book.restore_sold(BuyerKey(0), &today, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), None, &yesterday, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), None, &yesterday, m(1)));
+        assert!(book.restore_sold(BuyerKey(0), None, &today, m(1)));
         let t = utc_ms(2024, 1, 16, 5, 20);
         let u = book.usage(BuyerKey(0), &ny, t);
         assert_eq!((u.sold_day, u.sold_week), (1, 3));

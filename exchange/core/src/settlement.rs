@@ -106,7 +106,7 @@ impl CapStore for CapBook {
         CapBook::release(self, r)
     }
     fn count_sold(&self, key: BuyerKey, windows: &Windows, price: Micros) -> bool {
-        CapBook::restore_sold(self, key, windows, price)
+        CapBook::restore_sold(self, key, None, windows, price)
     }
 }
 
