@@ -617,16 +617,35 @@ impl Writer {
             return (on_disk, Err(e));
         }
         if sync {
-            if let Err(e) = self
-                .file
-                .sync_data()
-                .map_err(|e| ctx("fsyncing", &self.seg_path, e))
-            {
+            if let Err(e) = self.check_linked().and_then(|()| {
+                self.file
+                    .sync_data()
+                    .map_err(|e| ctx("fsyncing", &self.seg_path, e))
+            }) {
                 return (on_disk, Err(e));
             }
             on_disk = batch.len();
         }
         (on_disk, Ok(()))
+    }
+
+    /// Whether the segment being written is still in a directory: deleted (its directory
+    /// removed while the exchange ran), writes and syncs still succeed, into a file that
+    /// no path reaches and that is gone at the stop (black-box round 58b: four sales
+    /// answered `sold` were lost, `/readyz` said ready). One `fstat` per sync.
+    fn check_linked(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self
+            .file
+            .metadata()
+            .map_err(|e| ctx("reading", &self.seg_path, e))?;
+        if m.nlink() == 0 {
+            return Err(other(format!(
+                "ledger segment {} was deleted while the exchange ran (its directory removed?): what was written to it since is not on disk",
+                self.seg_path.display()
+            )));
+        }
+        Ok(())
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -1115,6 +1134,25 @@ mod tests {
             0,
             "nothing written by path"
         );
+    }
+
+    /// A ledger directory removed while the exchange runs fails the next sync (the batch
+    /// it would make durable is not acknowledged), rather than acknowledging records
+    /// written into a deleted file (black-box round 58b), and a directory made again at
+    /// the path changes nothing.
+    #[tokio::test]
+    async fn a_ledger_directory_removed_while_writing_stops_the_ledger() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let w = Writer::recover(&dir, 64 << 20).unwrap();
+        let ledger = Ledger::start(w, |_| {}).unwrap();
+        ledger.flush_at(1, 0).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let e = ledger.flush_at(2, 0).await.unwrap_err().to_string();
+        assert!(e.contains("was deleted while the exchange ran"), "{e}");
+        assert!(!ledger.is_healthy());
+        assert!(ledger.flush_at(3, 0).await.is_err());
     }
 
     /// A write error (a full disk: the segment's file is swapped for /dev/full) stops the
