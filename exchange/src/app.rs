@@ -81,6 +81,45 @@ pub fn spawn_model_watch(state: &Arc<AppState>) {
     });
 }
 
+/// Every second, moves the exchange's clock forward by a forward step of the system
+/// clock, and says so; a step back is said once per step (the clock keeps its time).
+/// Only for a clock that follows the system's (the binary's). Ends when the exchange is
+/// dropped.
+pub fn spawn_clock_follow(state: &Arc<AppState>) {
+    if !state.clock.follows_system() {
+        return;
+    }
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut behind_said: i64 = 0;
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            match st.clock.follow_system() {
+                crate::clock::Step::Forward(ms) => {
+                    behind_said = 0;
+                    tracing::warn!(
+                        step_ms = ms,
+                        "the system clock stepped forward: the exchange's clock follows it"
+                    );
+                }
+                crate::clock::Step::Behind(ms) => {
+                    if ms > behind_said.saturating_add(crate::clock::STEP_TOLERANCE_MS) {
+                        behind_said = ms;
+                        tracing::warn!(
+                            behind_ms = ms,
+                            "the system clock is behind the exchange's (stepped back?): the exchange keeps its own time, which never goes back, until it is restarted; buyers that check webhook timestamps against the system's time may refuse its requests"
+                        );
+                    }
+                }
+                crate::clock::Step::None => behind_said = 0,
+            }
+        }
+    });
+}
+
 /// The most shutdown waits for late-post watches: each ends within its own wait
 /// ([`crate::auction::LATE_POST_WAIT_MS`]) plus the durable write of its record.
 pub const LATE_WATCH_DRAIN_MS: u64 = crate::auction::LATE_POST_WAIT_MS + 5_000;
@@ -317,6 +356,7 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                     .build()?;
                 rt.block_on(async move {
                     if i == 0 {
+                        spawn_clock_follow(&st);
                         spawn_model_watch(&st);
                         crate::models::learning::spawn(&st);
                     }

@@ -395,6 +395,17 @@ struct Writer {
     file: File,
     seg_len: u64,
     chain: Chain,
+    /// A file descriptor kept in reserve (`/dev/null`) and given up just before a new
+    /// segment is created, so a process out of descriptors (idle connections held up to
+    /// the open-file limit) can still rotate: a rotation refused for `EMFILE` stopped the
+    /// ledger for the life of the process (black-box round 58b). `None` while it could
+    /// not be opened again (retried at every batch).
+    spare: Option<File>,
+}
+
+/// Opens the spare descriptor (see [`Writer::spare`]).
+fn open_spare() -> Option<File> {
+    File::open("/dev/null").ok()
 }
 
 /// An I/O error with what was being done to which file, for the one-line reason.
@@ -576,6 +587,7 @@ impl Writer {
             file,
             seg_len: last_len,
             chain,
+            spare: open_spare(),
         })
     }
 
@@ -590,6 +602,9 @@ impl Writer {
         buf: &mut Vec<u8>,
     ) -> (usize, io::Result<()>) {
         buf.clear();
+        if self.spare.is_none() {
+            self.spare = open_spare();
+        }
         let mut on_disk = 0;
         for (i, p) in batch.iter().enumerate() {
             if p.line.is_empty() {
@@ -688,12 +703,20 @@ impl Writer {
         // stop writing (fail-stop) rather than write into another directory.
         self.check_same_dir()?;
         let path = self.dir.join(segments::segment_name(no));
+        // The spare descriptor makes room for the new segment's; the directory is synced
+        // through the descriptor that locks it (the same directory: checked above), so a
+        // rotation needs no other.
+        drop(self.spare.take());
         let file = create_segment(&path)?;
-        sync_dir(&self.dir)?;
+        self._dir_lock
+            .sync_all()
+            .map_err(|e| ctx("syncing the directory", &self.dir, e))?;
         tracing::info!(segment = %path.display(), seq = self.chain.seq + 1, "ledger: new segment");
         self.seg_no = no;
         self.seg_path = path;
+        // The sealed segment's descriptor closes here, and the spare takes its place.
         self.file = file;
+        self.spare = open_spare();
         self.seg_len = 0;
         Ok(())
     }
@@ -1153,6 +1176,70 @@ mod tests {
         assert!(e.contains("was deleted while the exchange ran"), "{e}");
         assert!(!ledger.is_healthy());
         assert!(ledger.flush_at(3, 0).await.is_err());
+    }
+
+    /// A process out of file descriptors (idle connections held up to the open-file
+    /// limit) still rotates its ledger: the writer's spare descriptor makes room for the
+    /// new segment (black-box round 58b: `EMFILE` stopped the ledger for good).
+    #[test]
+    fn a_rotation_out_of_file_descriptors_uses_the_spare_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        // The descriptors are used up in a process of its own (this test binary run again
+        // for this test alone): `cargo test` runs the other tests beside it, in threads.
+        const CHILD: &str = "PINGPOST_TEST_FD_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "ledger::tests::a_rotation_out_of_file_descriptors_uses_the_spare_one",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut w = Writer::recover(&dir, 64).unwrap();
+        let mut buf = Vec::new();
+        let rec = |n: usize| Pending {
+            line: format!(r#"{{"type":"flush","x":"{}"}}"#, "y".repeat(n)).into_bytes(),
+            ack: None,
+        };
+        // This test's process only (nextest runs each test in its own): every descriptor
+        // under a low limit is taken.
+        let old = getrlimit(Resource::Nofile);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(256),
+                maximum: old.maximum,
+            },
+        )
+        .unwrap();
+        let mut held = Vec::new();
+        while let Ok(f) = File::open("/dev/null") {
+            held.push(f);
+            assert!(held.len() <= 256, "the limit holds");
+        }
+        for i in 0..3 {
+            let (n, r) = w.write_batch(&[rec(80), rec(80)], true, &mut buf);
+            assert!(r.is_ok(), "rotation {i}: {r:?}");
+            assert_eq!(n, 2);
+        }
+        assert!(w.seg_no >= 4, "{}", w.seg_no);
+        drop(held);
+        setrlimit(Resource::Nofile, old).unwrap();
+        assert_eq!(segments::verify(&dir).unwrap().records, 6);
     }
 
     /// A write error (a full disk: the segment's file is swapped for /dev/full) stops the

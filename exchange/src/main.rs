@@ -728,7 +728,7 @@ fn main() -> anyhow::Result<()> {
         Vec::new()
     };
     let workers = app::worker_count(&cfg);
-    let server = match app::start_threaded(cfg, Clock::system()) {
+    let server = match app::start_threaded(cfg, Clock::following_system()) {
         Ok(s) => s,
         Err(e) => {
             // One line, no backtrace: what is wrong and where (a ledger directory that is

@@ -87,7 +87,7 @@ impl TestConfig {
 pub async fn start_config(config: pingpost::config::Config, clock: Clock) -> Running {
     tokio::time::timeout(EVENT_WAIT_MAX, async {
         loop {
-            match app::start(config.clone(), clock).await {
+            match app::start(config.clone(), clock.clone()).await {
                 Ok(r) => return r,
                 Err(e) if e.to_string().contains("in use") => tokio::task::yield_now().await,
                 Err(e) => panic!("{e}"),
