@@ -422,12 +422,19 @@ struct BuyerBook {
     windows: [Vec<(i64, Counter)>; PERIODS],
     /// Reservations not yet committed or released, by id.
     outstanding: HashMap<u64, Held>,
-    /// Per period, the window of another zone the buyer had (before a reload or a
-    /// restart changed its `timezone`) while it may still be running: every hold made
-    /// before it ends counts in it too, and must fit its cap (black-box round 35: the new
+    /// Per period, the windows of another zone the buyer had (before a reload or a
+    /// restart changed its `timezone`) while they may still be running: every hold made
+    /// before one ends counts in it too, and must fit its cap (black-box round 35: the new
     /// zone's next hour started at 0 while the old zone's hour, at its cap, still ran).
-    former: [Former; PERIODS],
+    /// Each window is its own limit until its own end (black-box round 59a: last week's
+    /// leads, merged into this week's window, kept a buyer at its weekly cap all week).
+    former: [Formers; PERIODS],
 }
+
+/// The most windows of former zones kept per period: past it, the two that end first
+/// become one (an over-count until the later end). Zone changes are rare, and a window
+/// is dropped once it has ended.
+const FORMER_MAX: usize = 4;
 
 /// A window of a zone the buyer no longer has, still running: what it holds (held leads
 /// and money as sold and spent: a hold may yet sell, and is never taken back here) and
@@ -439,20 +446,53 @@ struct Former {
     spent: Micros,
 }
 
-impl Former {
+/// One period's windows of former zones, each with its own end.
+#[derive(Debug, Clone, Default)]
+struct Formers(Vec<Former>);
+
+impl Formers {
+    /// The windows still running at `now`.
+    fn running(&self, now: i64) -> impl Iterator<Item = &Former> {
+        self.0.iter().filter(move |f| f.until > now)
+    }
+
+    /// The window that ends at `until` (made, holding nothing, if it is not kept), the
+    /// ended ones dropped first; `None` if it has ended.
+    fn window(&mut self, until: i64, now: i64) -> Option<&mut Former> {
+        if until <= now {
+            return None;
+        }
+        self.0.retain(|f| f.until > now);
+        let pos = match self.0.iter().position(|f| f.until == until) {
+            Some(pos) => pos,
+            None => {
+                self.0.push(Former {
+                    until,
+                    ..Former::default()
+                });
+                if self.0.len() > FORMER_MAX {
+                    // The two that end first become one: it ends with the later of them
+                    // and holds both's leads and money (an over-count, never an under-).
+                    self.0.sort_by_key(|f| f.until);
+                    let first = self.0.remove(0);
+                    if let Some(next) = self.0.first_mut() {
+                        next.sold = next.sold.saturating_add(first.sold);
+                        next.spent = next.spent.saturating_add(first.spent);
+                    }
+                }
+                self.0.iter().position(|f| f.until == until)?
+            }
+        };
+        self.0.get_mut(pos)
+    }
+
     /// Adds a window of a former zone that may run until `until` and holds `sold` leads
-    /// and `spent`: one still running (a zone changed twice within a window) is merged
+    /// and `spent`: the same window seen again (a zone changed twice within it) is merged
     /// by the larger of each figure, which over-counts, never under-counts.
     fn merge(&mut self, until: i64, sold: u32, spent: Micros, now: i64) {
-        if until <= now {
-            return;
-        }
-        if self.until <= now {
-            *self = Former { until, sold, spent };
-        } else {
-            self.until = self.until.max(until);
-            self.sold = self.sold.max(sold);
-            self.spent = self.spent.max(spent);
+        if let Some(f) = self.window(until, now) {
+            f.sold = f.sold.max(sold);
+            f.spent = f.spent.max(spent);
         }
     }
 }
@@ -642,7 +682,12 @@ impl BuyerBook {
         }
         // A former zone's window still running holds it too (for good: a release does
         // not take it back, an over-count bounded by that window's end).
-        for f in self.former.iter_mut().filter(|f| f.until > at) {
+        for f in self
+            .former
+            .iter_mut()
+            .flat_map(|fs| fs.0.iter_mut())
+            .filter(|f| f.until > at)
+        {
             f.sold = f.sold.saturating_add(1);
             f.spent = f.spent.saturating_add(held.price);
         }
@@ -663,14 +708,19 @@ impl BuyerBook {
             (caps.weekly, CapLimit::Weekly),
             (caps.monthly, CapLimit::Monthly),
         ];
-        let former = |period: usize| self.former.get(period).filter(|f| f.until > now);
+        let former = |period: usize| {
+            self.former
+                .get(period)
+                .into_iter()
+                .flat_map(move |fs| fs.running(now))
+        };
         for (period, ((cap, limit), key)) in counts.into_iter().zip(keys).enumerate() {
             if let Some(cap) = cap {
                 let c = self.counter(period, key);
                 if c.sold.saturating_add(c.reserved) >= cap {
                     return Err(limit);
                 }
-                if former(period).is_some_and(|f| f.sold >= cap) {
+                if former(period).any(|f| f.sold >= cap) {
                     return Err(limit);
                 }
             }
@@ -682,7 +732,7 @@ impl BuyerBook {
                 None => committed < budget,
                 Some(p) => committed.saturating_add(p) <= budget,
             };
-            if !fits(committed) || former(DAY).is_some_and(|f| !fits(f.spent)) {
+            if !fits(committed) || former(DAY).any(|f| !fits(f.spent)) {
                 return Err(CapLimit::BudgetDaily);
             }
         }
@@ -798,7 +848,7 @@ impl CapBook {
                 Some(w) if b.check(w.keys(), &buyer.caps, least, now).is_ok() => Headroom::Yes,
                 // A former zone's window still running may end within the hour, making
                 // room with no new version: not an answer to remember.
-                Some(_) if b.former.iter().any(|f| f.until > now) => {
+                Some(_) if b.former.iter().any(|fs| fs.running(now).next().is_some()) => {
                     Headroom::Full { version: None }
                 }
                 Some(_) => Headroom::Full {
@@ -957,9 +1007,10 @@ impl CapBook {
     /// another zone than the buyer's now (its `timezone` changed across the restart) that
     /// may run until `ends` (per period, [`Windows::ends_in_any_zone`]). Until then it
     /// counts in that window, and every hold made before it ends must fit the window's
-    /// caps as well as the zone now's (the leads of every such window still running are
-    /// counted together: an over-count, never an under-count). Returns false for an
-    /// unknown key.
+    /// caps as well as the zone now's. Each such window (told apart by its end) is a
+    /// limit of its own until its own end, with only its own leads (black-box round 59a);
+    /// past [`FORMER_MAX`] per period, the two that end first are counted together.
+    /// Returns false for an unknown key.
     pub fn restore_former_zone(
         &self,
         key: BuyerKey,
@@ -969,10 +1020,11 @@ impl CapBook {
     ) -> bool {
         let price = Micros(price.0.max(0));
         self.with(key, |b| {
-            for (f, end) in b.former.iter_mut().zip(ends).filter(|(_, end)| *end > now) {
-                f.merge(end, 0, Micros(0), now);
-                f.sold = f.sold.saturating_add(1);
-                f.spent = f.spent.saturating_add(price);
+            for (fs, end) in b.former.iter_mut().zip(ends) {
+                if let Some(f) = fs.window(end, now) {
+                    f.sold = f.sold.saturating_add(1);
+                    f.spent = f.spent.saturating_add(price);
+                }
             }
             true
         })
@@ -1236,6 +1288,75 @@ mod tests {
             .is_ok());
         // An unknown key changes nothing.
         assert!(!book.restore_former_zone(BuyerKey(7), old.ends_in_any_zone().unwrap(), m(1), now));
+    }
+
+    /// Black-box round 59a: a buyer moved from New York to Los Angeles at a restart early
+    /// on a Monday (UTC), with two leads in New York's week before and two in the week
+    /// that just began, `weekly = 3`. Each old week is a limit until its own end, and only
+    /// its own leads count in it: last week's two do not make this week's window full
+    /// (merged into one, the four kept the buyer at its cap until this week's end).
+    #[test]
+    fn each_window_of_a_former_zone_is_a_limit_of_its_own_until_its_own_end() {
+        let ny = chrono_tz::America::New_York;
+        let la = zoned(
+            chrono_tz::America::Los_Angeles,
+            Caps {
+                weekly: Some(3),
+                ..Caps::default()
+            },
+        );
+        let book = CapBook::new(1);
+        let last_week = Windows::at(ny, utc_ms(2026, 12, 1, 5, 0)).unwrap();
+        let this_week = Windows::at(ny, utc_ms(2026, 12, 7, 5, 10)).unwrap();
+        assert_ne!(last_week.week, this_week.week);
+        let restart = utc_ms(2026, 12, 7, 5, 15);
+        for w in [last_week, last_week, this_week, this_week] {
+            let ends = w.ends_after(restart).unwrap();
+            assert!(book.restore_former_zone(BuyerKey(0), ends, m(1), restart));
+        }
+        // Neither New York week holds 3: there is room (the lead then counts in both).
+        assert!(book.has_headroom(BuyerKey(0), &la, restart + 1_000));
+        assert!(book
+            .reserve(BuyerKey(0), &la, m(1), restart + 1_000)
+            .is_ok());
+        assert!(!book.has_headroom(BuyerKey(0), &la, restart + 2_000));
+        // Last week's window has ended (13 h after the UTC boundary, at the latest); this
+        // week's holds 3 until its own end, and then the buyer has room again.
+        let tuesday = utc_ms(2026, 12, 8, 12, 0);
+        assert!(!book.has_headroom(BuyerKey(0), &la, tuesday));
+        let next_week = utc_ms(2026, 12, 14, 13, 0);
+        assert!(book.has_headroom(BuyerKey(0), &la, next_week + 1_000));
+        assert!(book
+            .reserve(BuyerKey(0), &la, m(1), next_week + 1_000)
+            .is_ok());
+    }
+
+    /// Past [`FORMER_MAX`] windows of former zones in a period, the two that end first
+    /// become one, holding both's leads until the later end: an over-count, never a lead
+    /// forgotten.
+    #[test]
+    fn former_windows_past_the_bound_are_merged_never_forgotten() {
+        let b = capped(Caps {
+            hourly: Some(2),
+            ..Caps::default()
+        });
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 12, 7, 5, 0);
+        let ends = |h: i64| {
+            let mut e = Windows::at(Tz::UTC, now)
+                .unwrap()
+                .ends_in_any_zone()
+                .unwrap();
+            e[HOUR] = now + h * HOUR_MS;
+            e
+        };
+        for h in 1..=6 {
+            assert!(book.restore_former_zone(BuyerKey(0), ends(h), m(1), now));
+        }
+        // Hours 1 and 2 went into 2, then 2 into 3: three leads until hour 3's end.
+        assert!(!book.has_headroom(BuyerKey(0), &b, now + 1_000));
+        assert!(!book.has_headroom(BuyerKey(0), &b, now + 3 * HOUR_MS - 1));
+        assert!(book.has_headroom(BuyerKey(0), &b, now + 3 * HOUR_MS));
     }
 
     /// Black-box round 36: an open quote held in UTC's hour 12:00-13:00, restored at a
