@@ -50,6 +50,11 @@ pub const LOCK_FILE: &str = "LOCK";
 /// within about this long even when no durable record comes to carry them: a timer
 /// asks the writer for a sync when written lines are waiting for one.
 pub const SYNC_DELAY_MS: u64 = 1_000;
+
+/// How many ticks of the sync timer (every `SYNC_DELAY_MS / 2`) between two checks of the
+/// segment when nothing is written (see `Writer::check_segment`).
+const CHECK_EVERY_TICKS: u64 = 4;
+
 /// While records come quickly (see [`BUSY_RECORDS`]), how long the writer waits after a
 /// batch before it takes the next one, unless a durable record wakes it sooner: records
 /// that nobody waits for then leave in batches of several, at one wake-up of the writer
@@ -191,21 +196,29 @@ impl Ledger {
         let h = health.clone();
         std::thread::Builder::new()
             .name("pingpost-ledger-sync".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(SYNC_DELAY_MS / 2));
-                let Some(tx) = weak.upgrade() else {
-                    return;
-                };
-                if h.unsynced.load(Ordering::Relaxed) && h.failure.get().is_none() {
-                    // A full queue will carry a durable record soon enough.
-                    if tx
-                        .try_send(Pending {
-                            line: Vec::new(),
-                            ack: None,
-                        })
-                        .is_ok()
-                    {
-                        writer.unpark();
+            .spawn(move || {
+                let mut ticks: u64 = 0;
+                loop {
+                    std::thread::sleep(Duration::from_millis(SYNC_DELAY_MS / 2));
+                    let Some(tx) = weak.upgrade() else {
+                        return;
+                    };
+                    ticks = ticks.wrapping_add(1);
+                    // Every `CHECK_EVERY_TICKS` the segment is checked (a sync of nothing new)
+                    // even when idle: a directory removed while nothing is written fails the
+                    // ledger, and `/readyz`, within seconds (black-box round 59b).
+                    let check = ticks.is_multiple_of(CHECK_EVERY_TICKS);
+                    if (check || h.unsynced.load(Ordering::Relaxed)) && h.failure.get().is_none() {
+                        // A full queue will carry a durable record soon enough.
+                        if tx
+                            .try_send(Pending {
+                                line: Vec::new(),
+                                ack: None,
+                            })
+                            .is_ok()
+                        {
+                            writer.unpark();
+                        }
                     }
                 }
             })?;
@@ -632,7 +645,7 @@ impl Writer {
             return (on_disk, Err(e));
         }
         if sync {
-            if let Err(e) = self.check_linked().and_then(|()| {
+            if let Err(e) = self.check_segment().and_then(|()| {
                 self.file
                     .sync_data()
                     .map_err(|e| ctx("fsyncing", &self.seg_path, e))
@@ -644,11 +657,14 @@ impl Writer {
         (on_disk, Ok(()))
     }
 
-    /// Whether the segment being written is still in a directory: deleted (its directory
-    /// removed while the exchange ran), writes and syncs still succeed, into a file that
-    /// no path reaches and that is gone at the stop (black-box round 58b: four sales
-    /// answered `sold` were lost, `/readyz` said ready). One `fstat` per sync.
-    fn check_linked(&self) -> io::Result<()> {
+    /// Whether the segment being written is still in a directory and holds what this
+    /// writer wrote, no more and no less. Deleted (its directory removed while the
+    /// exchange ran), writes and syncs still succeed, into a file that no path reaches and
+    /// that is gone at the stop (black-box round 58b: four sales answered `sold` were
+    /// lost, `/readyz` said ready); truncated or appended to by another process, the
+    /// chain is broken and the next start refuses the ledger (round 59b: 79 sales were
+    /// answered `sold` after a `truncate`). One `fstat` per sync.
+    fn check_segment(&self) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let m = self
             .file
@@ -658,6 +674,14 @@ impl Writer {
             return Err(other(format!(
                 "ledger segment {} was deleted while the exchange ran (its directory removed?): what was written to it since is not on disk",
                 self.seg_path.display()
+            )));
+        }
+        if m.len() != self.seg_len {
+            return Err(other(format!(
+                "ledger segment {} was changed by another process while the exchange ran (it holds {} bytes, the exchange wrote {}): what was written to it since is not acknowledged; check it with `pingpost ledger verify`",
+                self.seg_path.display(),
+                m.len(),
+                self.seg_len
             )));
         }
         Ok(())
@@ -1176,6 +1200,36 @@ mod tests {
         assert!(e.contains("was deleted while the exchange ran"), "{e}");
         assert!(!ledger.is_healthy());
         assert!(ledger.flush_at(3, 0).await.is_err());
+    }
+
+    /// A segment truncated or appended to by another process while the exchange writes it
+    /// fails the next sync: the batch is not acknowledged (black-box round 59b: sales were
+    /// answered `sold` into a segment whose chain a `truncate` had broken).
+    #[test]
+    fn a_segment_changed_by_another_process_fails_the_next_sync() {
+        for change in ["truncate", "append"] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("ledger");
+            let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+            let mut buf = Vec::new();
+            let rec = || Pending {
+                line: br#"{"type":"flush"}"#.to_vec(),
+                ack: None,
+            };
+            assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
+            let other = OpenOptions::new().append(true).open(&w.seg_path).unwrap();
+            match change {
+                "truncate" => other.set_len(10).unwrap(),
+                _ => (&other).write_all(b"{}\n").map(|_| ()).unwrap(),
+            }
+            let (n, r) = w.write_batch(&[rec()], true, &mut buf);
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains("was changed by another process"),
+                "{change}: {e}"
+            );
+            assert_eq!(n, 0, "{change}: nothing of the batch is acknowledged");
+        }
     }
 
     /// A process out of file descriptors (idle connections held up to the open-file
