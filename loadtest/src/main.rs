@@ -802,6 +802,9 @@ async fn compare_targets(
             );
             let (r, cpu) = measure(rig, t, plan).await?;
             let run = summary(&r, cpu, buyers_per_auction);
+            // Every buyer answers in time in P1 and P2; in P3 some hang by design.
+            let every_buyer_answers =
+                matches!(args.scenario, Scenario::P1Latency | Scenario::P2Knee);
             if args.scenario == Scenario::P1Latency {
                 if let Some(why) = run.fell_behind() {
                     let note = format!(
@@ -815,7 +818,7 @@ async fn compare_targets(
             if args.repeat > 1 {
                 report
                     .repetitions
-                    .push(report::Repetition::of(&run, rep + 1));
+                    .push(report::Repetition::of(&run, rep + 1, every_buyer_answers));
             }
             by_target.entry(t.clone()).or_default().push(run);
         }

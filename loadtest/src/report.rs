@@ -286,7 +286,10 @@ pub struct Repetition {
 }
 
 impl Repetition {
-    pub fn of(s: &TargetSummary, repetition: usize) -> Repetition {
+    /// `every_buyer_answers`: whether the scenario's buyers all answer in time, so a run
+    /// whose calls time out fell behind ([`TargetSummary::fell_behind`]); with buyers that
+    /// hang by design (P3) their timeouts are the scenario, not a collapse.
+    pub fn of(s: &TargetSummary, repetition: usize, every_buyer_answers: bool) -> Repetition {
         Repetition {
             label: s.label.clone(),
             repetition,
@@ -294,7 +297,7 @@ impl Repetition {
             p999_us: s.latency.p999_us,
             errors: s.errors.values().sum(),
             cpu_us_per_buyer_ping: s.cpu_us_per_buyer_ping,
-            fell_behind: s.fell_behind(),
+            fell_behind: every_buyer_answers.then(|| s.fell_behind()).flatten(),
         }
     }
 }
@@ -784,6 +787,11 @@ mod tests {
         assert!(with_outcomes(&[("no_bid", 5)]).fell_behind().is_some());
         // Nothing recorded: nothing to say.
         assert_eq!(with_outcomes(&[]).fell_behind(), None);
+        // A repetition is marked only where every buyer answers in time: in P3 two of
+        // eight buyers hang by design, and their 25 % of timeouts is no collapse.
+        let p3 = with_outcomes(&[("buyer_answered", 60_000), ("buyer_timeout", 20_000)]);
+        assert!(Repetition::of(&p3, 1, true).fell_behind.is_some());
+        assert_eq!(Repetition::of(&p3, 1, false).fell_behind, None);
     }
 
     #[test]

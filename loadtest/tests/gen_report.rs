@@ -417,7 +417,7 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
         proc_samples: vec![loadtest::report::proc_sample(std::process::id(), 0.0).unwrap()],
         extra: BTreeMap::new(),
         repetitions: vec![
-            loadtest::report::Repetition::of(&summary, 1),
+            loadtest::report::Repetition::of(&summary, 1, true),
             loadtest::report::Repetition {
                 label: "exchange".into(),
                 repetition: 2,
