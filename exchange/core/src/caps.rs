@@ -480,7 +480,9 @@ impl Formers {
                         next.spent = next.spent.saturating_add(first.spent);
                     }
                 }
-                self.0.iter().position(|f| f.until == until)?
+                // The new window may be the one merged: then its leads count in the
+                // window it became part of.
+                self.0.iter().position(|f| f.until == until).unwrap_or(0)
             }
         };
         self.0.get_mut(pos)
@@ -1357,6 +1359,20 @@ mod tests {
         assert!(!book.has_headroom(BuyerKey(0), &b, now + 1_000));
         assert!(!book.has_headroom(BuyerKey(0), &b, now + 3 * HOUR_MS - 1));
         assert!(book.has_headroom(BuyerKey(0), &b, now + 3 * HOUR_MS));
+
+        // A new window that ends before every kept one is the one merged: its lead
+        // counts in the window it became part of, never nowhere.
+        let book = CapBook::new(1);
+        for h in [5, 6, 7, 8] {
+            assert!(book.restore_former_zone(BuyerKey(0), ends(h), m(1), now));
+        }
+        assert!(book.restore_former_zone(BuyerKey(0), ends(1), m(1), now));
+        assert!(book.restore_former_zone(BuyerKey(0), ends(1), m(1), now));
+        assert!(
+            !book.has_headroom(BuyerKey(0), &b, now + 4 * HOUR_MS),
+            "hour 1's two leads count in hour 5's window"
+        );
+        assert!(book.has_headroom(BuyerKey(0), &b, now + 5 * HOUR_MS));
     }
 
     /// Black-box round 36: an open quote held in UTC's hour 12:00-13:00, restored at a
