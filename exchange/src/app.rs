@@ -24,7 +24,13 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     let ledger = Ledger::open(
         &config.server.ledger_path,
         config.server.ledger_segment_bytes_max,
-        move |n| batch.observe(n as f64),
+        // A sync that carried no record (the timer's, or the idle check's) is not a
+        // batch of the metric.
+        move |n| {
+            if n > 0 {
+                batch.observe(n as f64)
+            }
+        },
     )?;
     let mut state = AppState::new(config, ledger, metrics, clock);
     // The lead fingerprint's key, kept beside the ledger (made at the first start). Made
