@@ -430,6 +430,23 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
+/// Why `dir` is a ledger whose segments are all gone, if it is: no segment, but the lead
+/// fingerprint key that the first start makes beside the first segment (black-box round
+/// 60b: the live segment deleted, a restart began an empty ledger without a word, and
+/// keyed retries of leads answered `sold` were sold again).
+pub fn segments_lost(dir: &Path) -> Option<String> {
+    let key = dir.join(crate::fingerprint::KEY_FILE);
+    let none = segments::list(dir).is_ok_and(|segs| segs.is_empty());
+    (none && key.exists()).then(|| {
+        format!(
+            "ledger directory {} has no segment but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} aside to begin an empty ledger",
+            dir.display(),
+            crate::fingerprint::KEY_FILE,
+            crate::fingerprint::KEY_FILE
+        )
+    })
+}
+
 /// `fsync`s a directory, so a file created or removed in it is durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)
@@ -520,6 +537,9 @@ impl Writer {
                 )))
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", &lock_path, e)),
+        }
+        if let Some(why) = segments_lost(dir) {
+            return Err(other(why));
         }
         let segs = segments::list(dir)
             .map_err(|e| other(format!("ledger directory {}: {e}", dir.display())))?;
@@ -617,6 +637,12 @@ impl Writer {
         buf.clear();
         if self.spare.is_none() {
             self.spare = open_spare();
+        }
+        // Checked before writing too: a segment another process changed gets none of this
+        // batch's records after its foreign bytes (round 60b: a post answered 503 left
+        // its `post_sent` there, a delivery of unknown outcome at the next start).
+        if let Err(e) = self.check_segment() {
+            return (0, Err(e));
         }
         let mut on_disk = 0;
         for (i, p) in batch.iter().enumerate() {
@@ -1222,6 +1248,7 @@ mod tests {
                 "truncate" => other.set_len(10).unwrap(),
                 _ => (&other).write_all(b"{}\n").map(|_| ()).unwrap(),
             }
+            let before = std::fs::read(&w.seg_path).unwrap();
             let (n, r) = w.write_batch(&[rec()], true, &mut buf);
             let e = r.unwrap_err().to_string();
             assert!(
@@ -1229,7 +1256,39 @@ mod tests {
                 "{change}: {e}"
             );
             assert_eq!(n, 0, "{change}: nothing of the batch is acknowledged");
+            assert_eq!(
+                std::fs::read(&w.seg_path).unwrap(),
+                before,
+                "{change}: nothing of the batch is written after the foreign change"
+            );
         }
+    }
+
+    /// A ledger directory whose segments were all removed (the fingerprint key the first
+    /// start made is still there) is refused at start, never begun again empty (black-box
+    /// round 60b: keyed retries of leads answered `sold` were sold a second time); a new
+    /// directory, or one holding only other files, starts.
+    #[test]
+    fn a_ledger_whose_segments_were_removed_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        drop(Writer::recover(&dir, 64 << 20).unwrap());
+        assert_eq!(segments_lost(&dir), None, "a new ledger");
+        std::fs::write(dir.join(crate::fingerprint::KEY_FILE), b"k").unwrap();
+        assert_eq!(segments_lost(&dir), None, "its segment is there");
+        for (_, seg) in segments::list(&dir).unwrap() {
+            std::fs::remove_file(seg).unwrap();
+        }
+        let why = segments_lost(&dir).unwrap();
+        assert!(
+            why.contains("has no segment but holds FINGERPRINT_KEY"),
+            "{why}"
+        );
+        let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
+        assert_eq!(e, why);
+        assert!(segments::list(&dir).unwrap().is_empty(), "no segment made");
+        std::fs::remove_file(dir.join(crate::fingerprint::KEY_FILE)).unwrap();
+        assert!(Writer::recover(&dir, 64 << 20).is_ok());
     }
 
     /// A process out of file descriptors (idle connections held up to the open-file

@@ -257,6 +257,10 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
         );
         return 2;
     }
+    if let Some(why) = pingpost::ledger::segments_lost(&dir) {
+        pingpost::cli_out::emit("ledger verify", format_args!("PROBLEM: {why}\n"));
+        return 1;
+    }
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             pingpost::cli_out::emit("ledger verify", format_args!("{}", report.render(&dir)));

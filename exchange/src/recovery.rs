@@ -65,6 +65,8 @@ pub struct Sent {
     pub price_micros: i64,
     pub test: bool,
     pub windows: Option<Windows>,
+    /// The zone `windows` are in (`tz`; absent in older records).
+    pub tz: Option<String>,
     /// `(key, body)` hex SHA-256, when the request carried an `Idempotency-Key`.
     pub idempotency: Option<(String, String)>,
     /// The lead's dedup keys (`dedup`; absent in older records).
@@ -86,6 +88,8 @@ pub struct Sale {
     pub currency: String,
     pub test: bool,
     pub windows: Option<Windows>,
+    /// The zone `windows` are in (`tz`; absent in older records).
+    pub tz: Option<String>,
     /// The lead's dedup keys (`dedup`; absent in older records).
     pub dedup: Vec<crate::core::dedup::DedupKey>,
     /// The seller's id.
@@ -412,6 +416,7 @@ impl Scan {
                         price_micros: v.get("price_micros").and_then(Value::as_i64).unwrap_or(0),
                         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
                         windows: windows_of(&v),
+                        tz: v.get("tz").and_then(Value::as_str).map(String::from),
                         idempotency: idempotency_of(&v),
                         dedup: dedup_of(&v),
                     });
@@ -454,6 +459,7 @@ impl Scan {
                         currency: text(&v, "currency"),
                         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
                         windows: windows_of(&v),
+                        tz: v.get("tz").and_then(Value::as_str).map(String::from),
                         dedup: dedup_of(&v),
                         seller: text(&v, "seller"),
                     });
@@ -526,6 +532,7 @@ impl Scan {
             }
             if sent.windows.is_some() && sale.windows != sent.windows {
                 sale.windows = sent.windows;
+                sale.tz = sent.tz.clone();
             }
             if sent.buyer != sale.buyer {
                 unsettled.push((sale.lead_id.clone(), sale.attempt));
@@ -776,11 +783,15 @@ fn may_count_now(w: &Windows, now_utc: &Windows) -> bool {
 fn windows_in(
     tz: chrono_tz::Tz,
     windows: Option<Windows>,
+    written_in: Option<&str>,
     at: UnixMs,
     now: UnixMs,
 ) -> Option<(Windows, Option<[i64; crate::core::caps::PERIODS]>)> {
+    // The record names its zone (`tz`): another zone is another zone, even where the
+    // window numbers read the same in both (black-box round 60a).
+    let same_zone = written_in.is_none_or(|z| z == tz.name());
     match windows {
-        Some(w) if Windows::at(tz, w.hour_start_ms) == Some(w) => Some((w, None)),
+        Some(w) if same_zone && Windows::at(tz, w.hour_start_ms) == Some(w) => Some((w, None)),
         Some(old) => Some((Windows::carried(tz, &old, at, now)?, old.ends_after(now))),
         None => Windows::at(tz, at).map(|w| (w, None)),
     }
@@ -846,7 +857,12 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         records: scan.records,
         ..Recovered::default()
     };
-    let count = |buyer: &str, windows: Option<Windows>, at: UnixMs, price: i64| -> bool {
+    let count = |buyer: &str,
+                 windows: Option<Windows>,
+                 written_in: Option<&str>,
+                 at: UnixMs,
+                 price: i64|
+     -> bool {
         let Some(b) = buyers.get(buyer) else {
             // Not configured now (removed before the restart, or left out of the file):
             // counted under its id's key all the same, so a reload that brings it back
@@ -871,7 +887,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
                 state.caps.restore_sold(key, None, &w, Micros(price))
             });
         };
-        let Some((w, former_ends)) = windows_in(b.timezone, windows, at, now) else {
+        let Some((w, former_ends)) = windows_in(b.timezone, windows, written_in, at, now) else {
             return false;
         };
         if let Some(ends) = former_ends {
@@ -896,7 +912,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             .unwrap_or(crate::config::SellerKey(u32::MAX))
     };
     for s in scan.sales.iter().filter(|s| !s.test) {
-        if count(&s.buyer, s.windows, s.at, s.bid_micros) {
+        if count(&s.buyer, s.windows, s.tz.as_deref(), s.at, s.bid_micros) {
             out.sales_counted += 1;
         }
         state
@@ -905,7 +921,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
     }
     for s in scan.unknown() {
         out.unknown += 1;
-        if !s.test && count(&s.buyer, s.windows, s.at, s.price_micros) {
+        if !s.test && count(&s.buyer, s.windows, s.tz.as_deref(), s.at, s.price_micros) {
             out.unknown_counted += 1;
         }
         if !s.test {
@@ -915,7 +931,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         }
     }
     for s in scan.late_accepts().filter(|s| !s.test) {
-        if count(&s.buyer, s.windows, s.at, s.price_micros) {
+        if count(&s.buyer, s.windows, s.tz.as_deref(), s.at, s.price_micros) {
             out.late_counted += 1;
         }
         state
@@ -923,7 +939,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             .restore(&s.dedup, (s.at, seller_of(&s.seller)), now);
     }
     for s in scan.cut_short().filter(|s| !s.test) {
-        if count(&s.buyer, s.windows, s.at, s.price_micros) {
+        if count(&s.buyer, s.windows, s.tz.as_deref(), s.at, s.price_micros) {
             out.late_unknown_counted += 1;
         }
         state

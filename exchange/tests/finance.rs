@@ -851,6 +851,28 @@ async fn a_quote_keeps_its_currency_across_a_reload_and_currencies_are_never_add
     assert!(out.contains("USD: 1 sale(s), revenue 20.00"), "{out}");
 }
 
+/// Black-box round 60b: a ledger directory whose segments were removed (its fingerprint
+/// key is still there) is a problem for `verify`, not an empty ledger that verifies.
+#[test]
+fn verify_fails_a_ledger_whose_segments_were_removed() {
+    let dir = framed_ledger(&[AUCTION_1]);
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("FINGERPRINT_KEY"), b"k").unwrap();
+    assert_eq!(
+        run(&["ledger", "verify", "--dir", d]).status.code(),
+        Some(0)
+    );
+    std::fs::remove_file(dir.path().join(pingpost::ledger::segments::segment_name(1))).unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("PROBLEM: ledger directory"), "{out}");
+    assert!(
+        out.contains("has no segment but holds FINGERPRINT_KEY"),
+        "{out}"
+    );
+}
+
 /// A framed ledger of `records` in a fresh directory.
 fn framed_ledger(records: &[&str]) -> tempfile::TempDir {
     use pingpost::ledger::segments;

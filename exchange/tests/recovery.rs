@@ -1558,6 +1558,42 @@ async fn a_restart_with_the_clock_set_back_counts_each_lead_in_its_own_hour() {
     second.shutdown().await.unwrap();
 }
 
+/// Black-box round 60a: a buyer moved from Los Angeles to UTC at a restart, where the two
+/// zones' window numbers of the leads read the same (23:00 UTC on the 9th is the 9th in
+/// both): the records name their zone (`tz`), so Los Angeles's day, which runs until
+/// 08:00 UTC on the 10th, stays a limit, and a restart at 01:00 UTC does not sell a third
+/// lead in it past `daily = 2` (it did: the leads counted in UTC's past day only).
+#[tokio::test]
+async fn a_zone_change_at_a_restart_is_seen_where_the_window_numbers_agree() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(2)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-12-09T23:00:00Z, and 01:00 the next day.
+    let eleven = 1_796_083_200_000 + 8 * 86_400_000 + 23 * 3_600_000;
+    let first = start_at(&cfg, &ledger, "America/Los_Angeles", Clock::at(eleven)).await;
+    for _ in 0..2 {
+        assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer a"));
+    }
+    assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer b"));
+    first.shutdown().await.unwrap();
+    let sale = records(&ledger)
+        .into_iter()
+        .find(|r| r["type"] == "sale" && r["buyer"] == "a")
+        .unwrap();
+    assert_eq!(sale["tz"], "America/Los_Angeles", "{sale}");
+
+    let second = start_at(&cfg, &ledger, "UTC", Clock::at(eleven + 2 * 3_600_000)).await;
+    assert_eq!(
+        client_direct(&second).await.as_deref(),
+        Some("Buyer b"),
+        "Los Angeles's 9th still runs and holds a's two leads"
+    );
+    assert_eq!(*a.posts.lock().unwrap(), 2);
+    second.shutdown().await.unwrap();
+}
+
 /// A quote that expires while the exchange is down is answered `expired` after the
 /// restart, as it would have been before the stop (black-box round 10: it was `404
 /// unknown ping_id`), and the start closes its hold in the ledger with the

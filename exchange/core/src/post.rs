@@ -471,6 +471,10 @@ impl<'a> PostPlan<'a> {
                 price_micros: price.0,
                 test: self.p.test,
                 windows: self.reservation.as_ref().map(Reservation::counted_windows),
+                tz: zone_of(
+                    self.reservation.as_ref().map(Reservation::counted_windows),
+                    Some(buyer),
+                ),
                 idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
                 body_sha256: self.p.idempotency.map(|(_, b)| b),
                 dedup: self.p.dedup,
@@ -525,6 +529,7 @@ impl<'a> PostPlan<'a> {
                     attempt: a.attempt,
                     buyer_lead_id,
                     windows,
+                    tz: zone_of(windows, cfg.buyers.get(a.buyer)),
                     dedup: self.p.dedup,
                 };
                 self.effects.push(Effect::Record(Record::Sale(rec)));
@@ -818,6 +823,13 @@ pub fn refuse_before_delivery(kind: BeforeDelivery, hold: Option<Reservation>) -
 /// the seller's open-quote limit was full): [`release_reason::QUOTE_REFUSED`].
 pub fn quote_refused(hold: Option<Reservation>) -> Option<HoldRelease> {
     hold.map(|r| (r, Some(release_reason::QUOTE_REFUSED)))
+}
+
+/// The name of `buyer`'s zone when `windows` are its windows (those of their own hour in
+/// that zone), for a record's `tz`; `None` otherwise, or without windows.
+fn zone_of(windows: Option<Windows>, buyer: Option<&crate::config::Buyer>) -> Option<&'static str> {
+    let (w, b) = (windows?, buyer?);
+    (Windows::at(b.timezone, w.hour_start_ms) == Some(w)).then(|| b.timezone.name())
 }
 
 #[cfg(test)]

@@ -470,6 +470,14 @@ pub struct PostSentRecord<'a> {
     /// which counts in no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<Windows>,
+    /// The buyer's time zone that `windows` are in (absent for a test lead, in records
+    /// before it was written, and when the windows are not of the buyer's zone now): a
+    /// start that finds the buyer in another zone holds the lead to this zone's windows
+    /// still running, even where their numbers read the same in both zones (black-box
+    /// round 60a: Los Angeles's week and UTC's had the same keys, and a restart in UTC
+    /// sold a fourth lead in Los Angeles's week capped at 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tz: Option<&'a str>,
     /// The seller's `Idempotency-Key`, as hex SHA-256 (never the key itself), when the
     /// request carried one: a retry after a restart finds its answer from this.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -541,6 +549,14 @@ pub struct SaleRecord<'a> {
     /// The cap windows the sale counts in (absent for a test lead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<Windows>,
+    /// The buyer's time zone that `windows` are in (absent for a test lead, in records
+    /// before it was written, and when the windows are not of the buyer's zone now): a
+    /// start that finds the buyer in another zone holds the lead to this zone's windows
+    /// still running, even where their numbers read the same in both zones (black-box
+    /// round 60a: Los Angeles's week and UTC's had the same keys, and a restart in UTC
+    /// sold a fourth lead in Los Angeles's week capped at 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tz: Option<&'a str>,
     /// The lead's dedup keys (keyed digests, 32 hex digits each; never a hash of the
     /// consumer's data): a start reads them back, so the lead stays a duplicate for its
     /// vertical's window.
