@@ -792,7 +792,16 @@ fn windows_in(
     let same_zone = written_in.is_none_or(|z| z == tz.name());
     match windows {
         Some(w) if same_zone && Windows::at(tz, w.hour_start_ms) == Some(w) => Some((w, None)),
-        Some(old) => Some((Windows::carried(tz, &old, at, now)?, old.ends_after(now))),
+        Some(old) => {
+            // In the zone the record names, the old windows end exactly (round 61b: taken
+            // to end 13 hours after the UTC boundary, a Los Angeles day held its cap until
+            // 13:00 UTC, 5 hours past its end); in an unknown zone, at the latest.
+            let ends = match written_in.and_then(|z| z.parse::<chrono_tz::Tz>().ok()) {
+                Some(old_tz) => old.ends_in(old_tz).filter(|e| e.iter().any(|&e| e > now)),
+                None => old.ends_after(now),
+            };
+            Some((Windows::carried(tz, &old, at, now)?, ends))
+        }
         None => Windows::at(tz, at).map(|w| (w, None)),
     }
 }

@@ -1592,6 +1592,25 @@ async fn a_zone_change_at_a_restart_is_seen_where_the_window_numbers_agree() {
     );
     assert_eq!(*a.posts.lock().unwrap(), 2);
     second.shutdown().await.unwrap();
+
+    // Restarted in UTC half an hour after the sales, on the same UTC day (round 61b):
+    // from 00:00 UTC only Los Angeles's 9th holds the two leads, and it ends at 08:00
+    // UTC, exactly, in the zone the records name (not 13:00, the latest any zone's 9th
+    // can end).
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start_at(&cfg, &ledger, "America/Los_Angeles", Clock::at(eleven)).await;
+    for _ in 0..2 {
+        assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer a"));
+    }
+    first.shutdown().await.unwrap();
+    let third = start_at(&cfg, &ledger, "UTC", Clock::at(eleven + 1_800_000)).await;
+    let rt = third.state.runtime.load();
+    let b = rt.config.buyers.iter().find(|b| b.id == "a").unwrap();
+    let la_end = eleven + 9 * 3_600_000;
+    assert!(!third.state.caps.has_headroom(b.key, b, la_end - 60_000));
+    assert!(third.state.caps.has_headroom(b.key, b, la_end + 1_000));
+    third.shutdown().await.unwrap();
 }
 
 /// A quote that expires while the exchange is down is answered `expired` after the

@@ -173,7 +173,7 @@ impl Windows {
     /// When each of these windows of `tz` (hour, day, week, month) ends, or a later
     /// instant where a local midnight does not exist (a DST gap): never an earlier one.
     /// `None` off the calendar.
-    fn ends_in(&self, tz: Tz) -> Option<[i64; PERIODS]> {
+    pub fn ends_in(&self, tz: Tz) -> Option<[i64; PERIODS]> {
         let approx = self.ends_in_any_zone()?;
         let end = |d: Option<NaiveDate>, fallback: i64| -> i64 {
             d.and_then(|d| d.and_hms_opt(0, 0, 0))
