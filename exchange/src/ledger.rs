@@ -25,6 +25,7 @@
 //! prices, buyers, sellers and outcomes.
 
 mod encode;
+pub mod head;
 pub mod segments;
 
 use std::fs::{File, OpenOptions};
@@ -414,6 +415,39 @@ struct Writer {
     /// ledger for the life of the process (black-box round 58b). `None` while it could
     /// not be opened again (retried at every batch).
     spare: Option<File>,
+    /// The `HEAD` file (see [`head`]), open for the writer's life.
+    head: File,
+    /// The sequence number `head` holds.
+    head_seq: u64,
+}
+
+/// Opens (making it if need be) the ledger's `HEAD` file and writes `seq` into it, synced:
+/// `said` is what it held (`None`: no file, or empty). A ledger with segments and no head
+/// is one from before heads, or one whose head was removed: said once, in the log.
+fn open_head(dir: &Path, said: Option<u64>, seq: u64, has_segments: bool) -> io::Result<File> {
+    let path = dir.join(head::HEAD_FILE);
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ctx("opening", &path, e))?;
+    head::write(&file, seq)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ctx("writing", &path, e))?;
+    if !existed {
+        sync_dir(dir)?;
+    }
+    if said.is_none() && has_segments {
+        tracing::warn!(
+            head = %path.display(),
+            last_seq = seq,
+            "ledger: no head was found (a ledger from before heads, or its HEAD file was removed), so this start could not check that no record was removed from its end; it holds one now"
+        );
+    }
+    Ok(file)
 }
 
 /// Opens the spare descriptor (see [`Writer::spare`]).
@@ -541,9 +575,12 @@ impl Writer {
         if let Some(why) = segments_lost(dir) {
             return Err(other(why));
         }
+        // Read before the segments (as `verify` does): what it names was synced before.
+        let head_said = head::read(dir).map_err(other)?;
         let segs = segments::list(dir)
             .map_err(|e| other(format!("ledger directory {}: {e}", dir.display())))?;
         let mut chain = Chain::START;
+        let mut torn: Option<(PathBuf, segments::Problem, u64)> = None;
         let mut records = 0u64;
         let mut last_len = 0u64;
         for (i, (_, path)) in segs.iter().enumerate() {
@@ -554,39 +591,49 @@ impl Writer {
                 // Only a last line cut short (no `\n`) is a torn write: a whole line that
                 // does not verify was changed after it was written, and may be a sale
                 // that was acknowledged, so it is never removed here.
-                let torn = last && p.at_tail && p.what == segments::LineProblem::Incomplete;
-                if !torn {
+                let torn_write = last && p.at_tail && p.what == segments::LineProblem::Incomplete;
+                if !torn_write {
                     let sealed = if last { "" } else { " (a sealed segment)" };
                     return Err(other(format!(
                         "ledger is corrupt: {p}{sealed}; the exchange does not start on a \
                          corrupt ledger (check it with `pingpost ledger verify`)"
                     )));
                 }
-                // The removed bytes are kept beside the ledger, for whoever looks into it.
-                let kept = keep_torn_tail(dir, path, p.offset)
-                    .map_err(|e| ctx("keeping the torn tail of", path, e))?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| ctx("opening", path, e))?;
-                file.set_len(p.offset)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| ctx("truncating", path, e))?;
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset = p.offset,
-                    removed_bytes = s.len - p.offset,
-                    kept_in = %kept.display(),
-                    problem = %p.what,
-                    "ledger: torn tail truncated (a write the crash or failure cut short \
-                     before its newline; a durable record is acknowledged only once written \
-                     whole, so this one never was)"
-                );
                 last_len = p.offset;
+                torn = Some((path.clone(), p, s.len));
             }
             chain = s.chain;
             records += s.records;
         }
+        // Records the head says were synced and no segment holds: refused before anything
+        // is changed (a torn tail is cut only after this).
+        if let Some(why) = head::removed(dir, head_said, chain.seq) {
+            return Err(other(why));
+        }
+        if let Some((path, p, len)) = torn {
+            let path = &path;
+            // The removed bytes are kept beside the ledger, for whoever looks into it.
+            let kept = keep_torn_tail(dir, path, p.offset)
+                .map_err(|e| ctx("keeping the torn tail of", path, e))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| ctx("opening", path, e))?;
+            file.set_len(p.offset)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| ctx("truncating", path, e))?;
+            tracing::warn!(
+                segment = %path.display(),
+                offset = p.offset,
+                removed_bytes = len - p.offset,
+                kept_in = %kept.display(),
+                problem = %p.what,
+                "ledger: torn tail truncated (a write the crash or failure cut short \
+                 before its newline; a durable record is acknowledged only once written \
+                 whole, so this one never was)"
+            );
+        }
+        let head_file = open_head(dir, head_said, chain.seq, !segs.is_empty())?;
         let (seg_no, seg_path, file) = match segs.last() {
             Some((no, path)) => {
                 let file = OpenOptions::new()
@@ -621,6 +668,8 @@ impl Writer {
             seg_len: last_len,
             chain,
             spare: open_spare(),
+            head: head_file,
+            head_seq: chain.seq,
         })
     }
 
@@ -679,6 +728,16 @@ impl Writer {
                 return (on_disk, Err(e));
             }
             on_disk = batch.len();
+            // The records are durable: the head may name the last of them.
+            if self.head_seq != self.chain.seq {
+                if let Err(e) = head::write(&self.head, self.chain.seq) {
+                    return (
+                        on_disk,
+                        Err(ctx("writing", &self.dir.join(head::HEAD_FILE), e)),
+                    );
+                }
+                self.head_seq = self.chain.seq;
+            }
         }
         (on_disk, Ok(()))
     }
@@ -931,6 +990,8 @@ fn run(
     if health.failure.get().is_none() {
         if let Err(e) = w.file.sync_data() {
             health.fail(ctx("fsyncing", &w.seg_path, e).to_string());
+        } else if let Err(e) = head::write(&w.head, w.chain.seq).and_then(|()| w.head.sync_data()) {
+            health.fail(ctx("writing", &w.dir.join(head::HEAD_FILE), e).to_string());
         }
     }
 }
@@ -1289,6 +1350,96 @@ mod tests {
         assert!(segments::list(&dir).unwrap().is_empty(), "no segment made");
         std::fs::remove_file(dir.join(crate::fingerprint::KEY_FILE)).unwrap();
         assert!(Writer::recover(&dir, 64 << 20).is_ok());
+    }
+
+    /// Black-box round 61b: a ledger whose last segment was deleted while earlier ones
+    /// remained verified, and a restart sold again what it recorded. The head names the
+    /// last record synced: a start refuses a ledger that ends before it (its newest
+    /// segment deleted, or cut at a line boundary), changing nothing, and still recovers
+    /// a torn tail, which only ever holds records not yet synced.
+    #[test]
+    fn a_ledger_whose_last_records_were_removed_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut buf = Vec::new();
+        let rec = || Pending {
+            line: br#"{"type":"flush","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_vec(),
+            ack: None,
+        };
+        {
+            // Segments of about two lines each: five batches of two make five segments.
+            let mut w = Writer::recover(&dir, 250).unwrap();
+            for _ in 0..5 {
+                let (n, r) = w.write_batch(&[rec(), rec()], true, &mut buf);
+                assert!(r.is_ok() && n == 2);
+            }
+            assert_eq!(
+                head::read(&dir),
+                Ok(Some(10)),
+                "the head follows every sync"
+            );
+            // Records not synced are not named.
+            assert!(w.write_batch(&[rec()], false, &mut buf).1.is_ok());
+            assert_eq!(head::read(&dir), Ok(Some(10)));
+            // A sync the timer asks for names them.
+            let sync = Pending {
+                line: Vec::new(),
+                ack: None,
+            };
+            assert!(w.write_batch(&[sync], true, &mut buf).1.is_ok());
+            assert_eq!(head::read(&dir), Ok(Some(11)));
+        }
+        let segs = segments::list(&dir).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        // A clean reopen is fine, and a torn tail (bytes of a line never synced) still
+        // recovers: the head never names them.
+        drop(Writer::recover(&dir, 250).unwrap());
+        let last = segs.last().unwrap().1.clone();
+        let whole = std::fs::read(&last).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap()
+            .write_all(b"{\"type\":\"fl")
+            .unwrap();
+        drop(Writer::recover(&dir, 250).unwrap());
+        assert_eq!(std::fs::read(&last).unwrap(), whole, "the torn tail is cut");
+
+        // The newest segment removed: refused, and nothing is changed or made.
+        let saved = root.path().join("saved");
+        std::fs::rename(&last, &saved).unwrap();
+        let names = |d: &Path| {
+            let mut n: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            n.sort();
+            n
+        };
+        let before = names(&dir);
+        let e = Writer::recover(&dir, 250).err().unwrap().to_string();
+        assert!(e.contains("ends at record"), "{e}");
+        assert!(e.contains("says record 11 was written and synced"), "{e}");
+        assert_eq!(names(&dir), before, "no segment made");
+        assert_eq!(head::read(&dir), Ok(Some(11)), "the head is kept");
+        // Cut at a line boundary (its last whole line removed): refused too.
+        let cut = whole[..whole[..whole.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)]
+            .to_vec();
+        std::fs::write(&last, &cut).unwrap();
+        let e = Writer::recover(&dir, 250).err().unwrap().to_string();
+        assert!(e.contains("records 11..=11 were removed"), "{e}");
+        assert_eq!(std::fs::read(&last).unwrap(), cut, "nothing cut further");
+        // Restored: it starts again.
+        std::fs::rename(&saved, &last).unwrap();
+        drop(Writer::recover(&dir, 250).unwrap());
+        // An older backup restored on purpose starts once its head is removed.
+        std::fs::remove_file(&last).unwrap();
+        std::fs::remove_file(dir.join(head::HEAD_FILE)).unwrap();
+        let w = Writer::recover(&dir, 250).unwrap();
+        assert_eq!(head::read(&dir), Ok(Some(w.chain.seq)), "a new head");
     }
 
     /// A process out of file descriptors (idle connections held up to the open-file

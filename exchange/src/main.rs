@@ -261,9 +261,19 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
         pingpost::cli_out::emit("ledger verify", format_args!("PROBLEM: {why}\n"));
         return 1;
     }
+    // The head is read before the segments: what it names was synced before they are read,
+    // even while an exchange appends.
+    let head = pingpost::ledger::head::read(&dir);
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             pingpost::cli_out::emit("ledger verify", format_args!("{}", report.render(&dir)));
+            let head_problem = match head {
+                Ok(said) => pingpost::ledger::head::removed(&dir, said, report.last_seq),
+                Err(why) => Some(why),
+            };
+            if let Some(why) = &head_problem {
+                pingpost::cli_out::emit("ledger verify", format_args!("PROBLEM: {why}\n"));
+            }
             let verifies = report.problem.as_ref().is_none_or(|p| p.is_torn_tail(&dir));
             if !verifies {
                 // Its records cannot be trusted (and a line may be any size): the money is
@@ -290,7 +300,12 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                 };
             pingpost::cli_out::emit(
                 "ledger verify",
-                format_args!("{}", reconciled.render_with(verifies)),
+                // Records removed from the end (the head): what is left is not the whole
+                // ledger, so its money is never called OK.
+                format_args!(
+                    "{}",
+                    reconciled.render_with(verifies && head_problem.is_none())
+                ),
             );
             let mut anchored = true;
             if !anchors.is_empty() {
@@ -309,6 +324,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
             }
             // Records skipped (a newer format version) are money not read: never `OK`.
             if report.problem.is_some()
+                || head_problem.is_some()
                 || reconciled.failed()
                 || reconciled.incomplete()
                 || !anchored

@@ -873,6 +873,37 @@ fn verify_fails_a_ledger_whose_segments_were_removed() {
     );
 }
 
+/// Black-box round 61b: with the newest segment of a ledger removed, `verify` said OK.
+/// The head names the last record synced; a ledger that ends before it is a problem.
+#[test]
+fn verify_fails_a_ledger_whose_last_segment_was_removed() {
+    use pingpost::ledger::{head, segments};
+    let dir = framed_ledger(&[AUCTION_1]);
+    let d = dir.path().to_str().unwrap();
+    // A second segment, chained to the first, holding record 2.
+    let both = segments::frame_all([AUCTION_1, AUCTION_1]);
+    let first = segments::frame_all([AUCTION_1]);
+    let second = dir.path().join(segments::segment_name(2));
+    std::fs::write(&second, &both[first.len()..]).unwrap();
+    std::fs::write(dir.path().join(head::HEAD_FILE), head::line(2)).unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::remove_file(&second).unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("PROBLEM: ledger directory"), "{out}");
+    assert!(out.contains("records 2..=2 were removed"), "{out}");
+    assert!(!out.contains("OK: the money reconciles"), "{out}");
+    assert!(out.contains("NOT OK"), "{out}");
+    // A head that is not one the exchange writes is a problem too, never ignored.
+    std::fs::write(dir.path().join(head::HEAD_FILE), b"seq 1\n").unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("is not a ledger head"), "{out}");
+}
+
 /// A framed ledger of `records` in a fresh directory.
 fn framed_ledger(records: &[&str]) -> tempfile::TempDir {
     use pingpost::ledger::segments;

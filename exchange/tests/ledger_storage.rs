@@ -200,10 +200,17 @@ async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
         let original = std::fs::read(&seg).expect("segment");
         let len = original.len() as u64;
         match garbage {
-            // A write cut short: the last line stops half-way.
+            // A write cut short: the last line stops half-way. It was never synced (a
+            // crash during its write), so the head does not name it.
             None => {
+                let last_seq = segments::verify(&dir).unwrap().last_seq;
                 let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
                 f.set_len(last + (len - last) / 2).unwrap();
+                std::fs::write(
+                    dir.join(pingpost::ledger::head::HEAD_FILE),
+                    pingpost::ledger::head::line(last_seq - 1),
+                )
+                .unwrap();
             }
             Some(g) => {
                 let mut bytes = std::fs::read(&seg).unwrap();
