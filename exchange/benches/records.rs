@@ -42,6 +42,7 @@ fn auction() -> Record<'static> {
             reason: None,
             took_us: Some(429_186 - i as u64 * 1_000),
             p_ppm: (i != 3).then_some(450_000),
+            p_est_ppm: None,
             bx: None,
         })
         .collect();

@@ -147,7 +147,7 @@ enum LedgerCommand {
         /// A record kept outside the exchange host, `SEQ:SUM` as verify printed it
         /// (`last record: seq N, sum …`): the ledger must still have that record with
         /// that sum, else it was changed at or before it, or shortened. Repeatable.
-        #[arg(long = "anchor", value_name = "SEQ:SUM")]
+        #[arg(long = "anchor", value_name = "SEQ:SUM", allow_hyphen_values = true)]
         anchors: Vec<String>,
     },
     /// Profit and loss by day, seller, buyer or vertical: pings, bids, quotes, sales,

@@ -240,12 +240,28 @@ async fn a_buyer_that_leaves_its_posts_unaccepted_is_paused_and_a_restart_keeps_
     assert_eq!(recs[3]["winner"], "steady", "{}", recs[3]);
     assert_eq!(line(&recs[3], "greedy")["p_ppm"], 0, "{}", recs[3]);
     assert_eq!(line(&recs[3], "greedy")["outcome"], "bid");
-    // The award replays from the recorded probabilities.
+    // The estimate the pause set aside is recorded beside it (black-box round 62a: a p
+    // the award changed could not be told from an estimate); a p that is the estimate
+    // has none.
+    let est = line(&recs[3], "greedy")["p_est_ppm"].as_u64();
+    assert!(est.is_some_and(|e| e > 0), "{}", recs[3]);
+    assert!(
+        line(&recs[3], "steady").get("p_est_ppm").is_none(),
+        "{}",
+        recs[3]
+    );
+    // The award replays from the recorded probabilities, and says why greedy's is 0.
     let cfg_now = ex.state.runtime.load().config.clone();
     let id = recs[3]["auction_id"].as_str().unwrap_or_default();
     let (a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
     let rep = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now));
     assert!(!rep.mismatch, "{}", rep.text);
+    assert!(
+        rep.text
+            .contains("its buyer is paused for a streak of posts not accepted"),
+        "{}",
+        rep.text
+    );
 
     // A restart rebuilds the streak from the ledger, with the time of its latest post.
     let key = |st: &pingpost::state::AppState, id: &str| st.ids.buyer_key(id).unwrap();

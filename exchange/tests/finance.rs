@@ -1487,11 +1487,38 @@ fn verify_checks_anchors_kept_outside() {
         "{out}"
     );
 
-    // A bad anchor is a bad argument.
-    for bad in ["2", "x:y", "0:abc", "2:1234"] {
-        let (code, _) = verify(&dir, &[bad.to_string()]);
-        assert_eq!(code, Some(2), "{bad}");
+    // A bad anchor is a bad argument, named as one (black-box round 62b: `-1:…` was
+    // taken for an unknown option).
+    for bad in [
+        "2",
+        "x:y",
+        "0:abc",
+        "2:1234",
+        "-1:abc",
+        &format!("-2:{last}"),
+    ] {
+        let o = run(&["ledger", "verify", "--dir", &dir, "--anchor", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.contains("--anchor"), "{bad}: {err}");
+        assert!(!err.contains("unexpected argument"), "{bad}: {err}");
     }
+}
+
+/// Black-box round 62b: a JSON line that is not a record (no `type`) was reported as a
+/// record of a type a newer pingpost writes ("verify with a pingpost that reads them").
+#[test]
+fn a_line_without_a_type_is_not_a_record() {
+    let dir = framed_ledger(&[AUCTION_1, r#"{"hello":1}"#]);
+    let d = dir.path().to_str().unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("it has no \"type\""), "{out}");
+    assert!(!out.contains("NOT RECONCILED"), "{out}");
+    assert!(!out.contains("does not know"), "{out}");
+    let o = run(&["ledger", "report", "--dir", d]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 /// `ledger replay` of a quote that ended unposted stopped at "firm until its expiry", as

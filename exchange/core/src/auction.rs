@@ -377,6 +377,7 @@ impl<'a> Auction<'a> {
             reason: None,
             took_us,
             p_ppm: None,
+            p_est_ppm: None,
             bx: None,
         });
         // A buyer not pinged for want of time did nothing wrong: its breaker learns nothing.
@@ -595,10 +596,10 @@ impl<'a> Auction<'a> {
         let reserve = award::reserve_price(p.min_price, seller_reserve, floor);
         let any_bid = !bids.is_empty();
         let ranking = award::rank(bids, seller_payout, reserve, p.ranker, p.score);
-        let ranking_p: Vec<(crate::config::BuyerKey, Option<u32>)> = ranking
+        let ranking_p: Vec<(crate::config::BuyerKey, Option<u32>, Option<u32>)> = ranking
             .ranked
             .iter()
-            .map(|r| (r.bid.buyer, r.p_ppm))
+            .map(|r| (r.bid.buyer, r.p_ppm, r.p_model_ppm))
             .collect();
         let mut reservation = None;
         let mut winner_pos = None;
@@ -636,6 +637,7 @@ impl<'a> Auction<'a> {
                         reason: None,
                         took_us: None,
                         p_ppm: r.p_ppm,
+                        p_est_ppm: estimate_if_other(r.p_ppm, r.p_model_ppm),
                         bx: None,
                     });
                 }
@@ -667,8 +669,9 @@ impl<'a> Auction<'a> {
             let Some(key) = cfg.buyers.get(l.idx).map(|b| b.key) else {
                 continue;
             };
-            if let Some(r) = ranking_p.iter().find(|(k, _)| *k == key) {
+            if let Some(r) = ranking_p.iter().find(|(k, _, _)| *k == key) {
                 l.p_ppm = r.1;
+                l.p_est_ppm = estimate_if_other(r.1, r.2);
             }
             l.bx = p.ranker.buyer_features(key);
         }
@@ -723,5 +726,14 @@ impl<'a> Auction<'a> {
     /// The effects so far, in order, for the shell to carry out.
     pub fn effects(&mut self) -> std::vec::Drain<'_, Effect<'a>> {
         self.effects.drain(..)
+    }
+}
+
+/// The estimate a bid's `p_ppm` came from, when the award used another figure (see
+/// [`BuyerLine::p_est_ppm`]).
+fn estimate_if_other(p_ppm: Option<u32>, estimate: Option<u32>) -> Option<u32> {
+    match (p_ppm, estimate) {
+        (Some(p), Some(e)) if p != e => Some(e),
+        _ => None,
     }
 }

@@ -315,6 +315,12 @@ pub struct BuyerLine<'a> {
     /// as the award used it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p_ppm: Option<u32>,
+    /// The estimate `p_ppm` came from (the model's, or the cold-start rates'), when the
+    /// award used another figure: scaled by the drift guard, drawn in an exploring
+    /// auction, raised to the 1 ppm floor or set to 0 for a paused buyer (black-box round
+    /// 62a: a guard-scaled `p_ppm` could not be told from an estimate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_est_ppm: Option<u32>,
     /// The buyer features the bid was ranked with (a missing value is `null`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bx: Option<Vec<f32>>,
@@ -769,6 +775,7 @@ mod tests {
                 reason: None,
                 took_us: Some(5),
                 p_ppm: Some(250_000),
+                p_est_ppm: None,
                 bx: Some(vec![1.5, f32::NAN]),
             }],
             winner: None,

@@ -551,6 +551,11 @@ fn read_records(
                             .map(|x| x.to_string().chars().take(40).collect::<String>())
                             .unwrap_or_default()
                     )),
+                    // Every record names its type (black-box round 62b: a foreign JSON
+                    // line was called a record of a type a newer pingpost writes).
+                    Ok(v) if v.is_object() && !v.get("type").is_some_and(Value::is_string) => {
+                        Err("it has no \"type\" (a string): not a ledger record".to_string())
+                    }
                     Ok(v) if v.is_object() => Ok((t, v)),
                     Ok(_) => Err("not a JSON object".to_string()),
                     Err(e) => Err(e.to_string()),

@@ -56,6 +56,8 @@ struct Rk {
     value: i64,
     /// The recorded probability, under expected value.
     p_ppm: Option<u32>,
+    /// The estimate it came from, when the award used another figure (`p_est_ppm`).
+    p_est_ppm: Option<u32>,
 }
 
 /// A probability in parts per million as an exact percentage: `812000` -> `81.2%`.
@@ -70,6 +72,38 @@ fn percent(p_ppm: u32) -> String {
     } else {
         format!("{whole}.{frac}%")
     }
+}
+
+/// A bid line's `p_est_ppm` (see [`estimate_words`]), by buyer.
+fn estimate_of(lines: &[Value], buyer: &str) -> Option<u32> {
+    lines
+        .iter()
+        .find(|l| l.get("buyer").and_then(Value::as_str) == Some(buyer))
+        .and_then(|l| l.get("p_est_ppm"))
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+/// Why a bid's probability `p` is not its estimate `e` (black-box round 62a: a
+/// guard-scaled p looked like an estimate): `; the drift guard scaled the estimate 75.4%
+/// by 0.527`.
+fn estimate_words(p: u32, e: u32, explore: bool) -> String {
+    let why = if explore {
+        "a Thompson draw, not the estimate".to_string()
+    } else if p == 0 {
+        "its buyer is paused for a streak of posts not accepted".to_string()
+    } else if p == 1 && e == 0 {
+        "raised to the floor of 1 ppm a buyer not paused has".to_string()
+    } else if e == 0 {
+        "the drift guard's doing".to_string()
+    } else {
+        format!(
+            "the drift guard scaled it by {:.3} (the buyer kept {} than estimated lately)",
+            f64::from(p) / f64::from(e),
+            if p < e { "fewer" } else { "more" }
+        )
+    };
+    format!("; its estimate was {}: {why}", percent(e))
 }
 
 /// What a replay found.
@@ -280,6 +314,7 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
                         seller_price: None,
                         value: award::expected_value(Micros(bid), p),
                         p_ppm: Some(p),
+                        p_est_ppm: estimate_of(&lines, s(l, "buyer")),
                     });
                 }
                 // The core's order: value, then the higher bid (then the buyer's key,
@@ -303,7 +338,8 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
                 let _ = writeln!(
                     out,
                     "note: the auction ran under generation {generation}; a configuration file read now is generation 1 of a fresh start, \
-so if the exchange reloaded its configuration since it started, the file may not be what decided this auction"
+and the generation counts every applied configuration reload and model swap since the start: if one of them was a reload, \
+the file may not be what decided this auction (a model swap alone changes no configuration)"
                 );
             }
             match (seller, vertical) {
@@ -405,6 +441,7 @@ so if the exchange reloaded its configuration since it started, the file may not
                             seller_price: Some(r.seller_price.0),
                             value: r.value,
                             p_ppm: r.p_ppm,
+                            p_est_ppm: estimate_of(&lines, &name(r.bid.buyer)),
                         });
                     }
                     for b in &all {
@@ -497,12 +534,16 @@ so if the exchange reloaded its configuration since it started, the file may not
         });
     let position = |id: &str| ranks.iter().position(|r| r.buyer == id);
     // An expected value in words: `9.60 USD (bid 12.00 USD x p 80%)`.
+    let explore = a.bool("explore");
     let ev_words = |r: &Rk| {
         format!(
-            "{} (bid {} x p {})",
+            "{} (bid {} x p {}{})",
             m(r.value),
             m(r.bid),
-            r.p_ppm.map_or("?".into(), percent)
+            r.p_ppm.map_or("?".into(), percent),
+            r.p_ppm
+                .zip(r.p_est_ppm)
+                .map_or(String::new(), |(p, e)| estimate_words(p, e, explore))
         )
     };
     for l in &lines {
@@ -960,6 +1001,31 @@ payout = { model = "revenue_share", share_pct = 80 }
             value: serde_json::from_str(&raw).unwrap(),
             raw,
         }
+    }
+
+    /// Black-box round 62a: a p the drift guard had scaled read like an estimate.
+    #[test]
+    fn a_probability_that_is_not_the_estimate_says_why() {
+        assert_eq!(
+            estimate_words(397_634, 754_460, false),
+            "; its estimate was 75.446%: the drift guard scaled it by 0.527 (the buyer kept fewer than estimated lately)"
+        );
+        assert!(estimate_words(900_000, 600_000, false).contains("by 1.500 (the buyer kept more"));
+        assert!(estimate_words(0, 500_000, false).contains("paused"));
+        assert!(estimate_words(1, 0, false).contains("floor of 1 ppm"));
+        assert!(estimate_words(420_000, 500_000, true).contains("Thompson draw"));
+        // In a replay, from the record's line.
+        let mut a = auction("coast", 15_000_000, 12_000_000);
+        a.value["buyers"][2]["p_ppm"] = 397_634.into();
+        a.value["buyers"][2]["p_est_ppm"] = 754_460.into();
+        let rep = replay(&a, &[], None);
+        assert!(
+            rep.text.contains(
+                "x p 39.7634%; its estimate was 75.446%: the drift guard scaled it by 0.527"
+            ),
+            "{}",
+            rep.text
+        );
     }
 
     #[test]

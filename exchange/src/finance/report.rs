@@ -462,6 +462,9 @@ const COLUMNS: [&str; 11] = [
     "returns", "refunds",
 ];
 
+/// The columns of [`COLUMNS`] that hold money.
+const MONEY_COLUMNS: [usize; 4] = [6, 7, 8, 10];
+
 fn cells(r: &Row, micros_as_units: bool) -> Vec<String> {
     let m = |v: i128| {
         if micros_as_units {
@@ -497,6 +500,22 @@ impl Report {
         lines[0][0] = self.by.to_string();
         for r in self.rows.iter().chain(&self.totals) {
             lines.push(cells(r, true));
+        }
+        // Each money column shows one number of decimals (the most any of its cells
+        // needs), so its decimal points line up and `-6.59888` reads `-6.598880` (black-box
+        // round 62b: `0.00`, `0.000007` and `3345.09523` in one column).
+        for col in MONEY_COLUMNS {
+            let decimals = lines[1..]
+                .iter()
+                .filter_map(|l| l[col].split_once('.').map(|(_, f)| f.len()))
+                .max()
+                .unwrap_or(0);
+            for l in &mut lines[1..] {
+                if let Some((_, f)) = l[col].split_once('.') {
+                    let pad = decimals.saturating_sub(f.len());
+                    l[col].push_str(&"0".repeat(pad));
+                }
+            }
         }
         let widths: Vec<usize> = (0..COLUMNS.len())
             .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
@@ -726,6 +745,51 @@ mod currency_tests {
         );
         let by_day = &reports.by[&By::Day];
         assert_eq!(by_day.totals[0].revenue_micros, expected);
+    }
+
+    /// Black-box round 62b: one money column showed `0.00`, `0.000007` and `-6.59888`.
+    /// Each column now has one number of decimals, the most any of its cells needs.
+    #[test]
+    fn a_money_column_has_one_number_of_decimals() {
+        let dir = ledger(&[
+            auction(1, "2026-11-29"),
+            sale(1, "2026-11-29", "USD", 15_000_000, 12_000_000),
+            auction(2, "2026-11-30"),
+            sale(2, "2026-11-30", "USD", 7, 2),
+            auction(3, "2026-12-01"),
+            sale(3, "2026-12-01", "USD", 6_598_880, 5_000_000),
+        ]);
+        let reports = build(dir.path(), DateRange::default(), &HashMap::new()).unwrap();
+        let table = reports.by[&By::Day].table();
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .filter(|l| l.starts_with("2026-") || l.starts_with("total"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let revenue: Vec<&str> = rows.iter().map(|r| r[6]).collect();
+        assert_eq!(
+            revenue,
+            ["15.000000", "0.000007", "6.598880", "21.598887"],
+            "{table}"
+        );
+        // The decimal points line up (the revenue's is the first `.` of a row).
+        let at: Vec<Option<usize>> = table
+            .lines()
+            .filter(|l| l.starts_with("2026-") || l.starts_with("total"))
+            .map(|l| l.find('.'))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] == w[1]), "{table}");
+        // Whole cents everywhere: two decimals, as before.
+        let dir = ledger(&[
+            auction(1, "2026-11-29"),
+            sale(1, "2026-11-29", "USD", 15_000_000, 12_000_000),
+        ]);
+        let reports = build(dir.path(), DateRange::default(), &HashMap::new()).unwrap();
+        assert!(
+            reports.by[&By::Day].table().contains(" 15.00 "),
+            "{}",
+            reports.by[&By::Day].table()
+        );
     }
 
     /// Black-box round 45: a buyer pinged whose bid came back `bid_expired` (its

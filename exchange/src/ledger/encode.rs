@@ -206,6 +206,7 @@ fn buyer_line(l: &BuyerLine<'_>, out: &mut Vec<u8>) {
         reason,
         took_us,
         p_ppm,
+        p_est_ppm,
         bx,
     } = l;
     field_str(b"{\"buyer\":", buyer, out);
@@ -226,6 +227,10 @@ fn buyer_line(l: &BuyerLine<'_>, out: &mut Vec<u8>) {
     }
     if let Some(p) = p_ppm {
         out.extend_from_slice(b",\"p_ppm\":");
+        int(*p, out);
+    }
+    if let Some(p) = p_est_ppm {
+        out.extend_from_slice(b",\"p_est_ppm\":");
         int(*p, out);
     }
     if let Some(bx) = bx {
@@ -675,6 +680,7 @@ mod tests {
                         reason: opt(g[2], w.s[14 + i].clone()),
                         took_us: opt(g[3], w.uints[3 + i % 4]),
                         p_ppm: opt(g[4], w.uints[4] as u32),
+                        p_est_ppm: opt(g[4] && g[3], w.uints[2] as u32),
                         bx: w.bx.get(i).cloned(),
                     }
                 })

@@ -843,7 +843,17 @@ fn build(learner: Learner) -> Result<XgbModel, ModelError> {
                     why: "must be in (0, 1) for a logistic objective".into(),
                 });
             }
-            -((1.0f32 / base_score - 1.0f32).ln())
+            let margin = -((1.0f32 / base_score - 1.0f32).ln());
+            // So close to 0 that 1/base_score overflows `f32` (black-box round 62a: a
+            // base_score of 1e-45 was refused for its leaves, which were small).
+            if !margin.is_finite() {
+                return Err(ModelError::BadParam {
+                    name: "base_score",
+                    value: truncate(&p.base_score),
+                    why: "too close to 0: its margin, -ln(1/base_score - 1), is infinite in 32-bit floats".into(),
+                });
+            }
+            margin
         }
         // LogisticRaw::ProbToMargin is the identity.
         Objective::RawMargin => {
@@ -1483,7 +1493,7 @@ mod tests {
                 "{nf}: {e}"
             );
         }
-        for bs in ["0", "1", "1.5", "-0.1", "nan", "x"] {
+        for bs in ["0", "1", "1.5", "-0.1", "nan", "x", "1e-45"] {
             let e = load(&tiny("binary:logistic", bs)).unwrap_err();
             assert!(
                 matches!(
