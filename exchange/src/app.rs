@@ -55,7 +55,11 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     // This run begins here: the next replay tells a crash of it from a shutdown.
     state
         .ledger
-        .mark_start(state.generation(), state.clock.now_ms())
+        .mark_start(
+            state.generation(),
+            state.clock.now_ms(),
+            &state.fingerprint.key_id(),
+        )
         .map_err(|e| std::io::Error::other(format!("marking the start in the ledger: {e}")))?;
     // Each vertical's champion model, if the model directory names one (a broken one is
     // logged and the vertical starts on the cold-start rates).

@@ -26,6 +26,8 @@ pub struct Fingerprinter {
     key: [u8; 32],
     /// The HMAC keyed once (its inner and outer pads hashed): each fingerprint clones it.
     keyed: Option<Hmac<Sha256>>,
+    /// The key file was made by this open (there was none).
+    made: bool,
 }
 
 impl std::fmt::Debug for Fingerprinter {
@@ -44,7 +46,25 @@ impl Fingerprinter {
         Fingerprinter {
             key,
             keyed: Hmac::<Sha256>::new_from_slice(&key).ok(),
+            made: false,
         }
+    }
+
+    /// The key's id: 16 hex digits of an HMAC under the key of a fixed text. It names the
+    /// key (another key has another id) and reveals nothing of it; every start records it
+    /// (`flush` with `start`), so the next start can tell a key swapped between runs.
+    pub fn key_id(&self) -> String {
+        let mut mac = match self.keyed.clone() {
+            Some(m) => m,
+            None => return String::new(),
+        };
+        mac.update(b"pingpost fingerprint key id v1");
+        hex::encode(&mac.finalize().into_bytes()[..8])
+    }
+
+    /// Whether the key file was made by this open (there was none before).
+    pub fn made(&self) -> bool {
+        self.made
     }
 
     /// The key kept in `dir` (made on first use). An unreadable or malformed key file is
@@ -71,7 +91,8 @@ impl Fingerprinter {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::os::unix::fs::OpenOptionsExt;
-                let f = Fingerprinter::ephemeral();
+                let mut f = Fingerprinter::ephemeral();
+                f.made = true;
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

@@ -283,19 +283,27 @@ impl Ledger {
         self.write(&Record::Flush(FlushRecord {
             head: Head::new(generation, now),
             start: false,
+            key_id: None,
         }))
         .await
     }
 
     /// Queues the `flush` that marks a start (`start`: the run before it ended here,
     /// shut down or not), written before any record of the new run. Does not wait: a
-    /// crash before it is on disk leaves no record of the new run either.
-    pub fn mark_start(&self, generation: u64, now: UnixMs) -> Result<(), LedgerError> {
+    /// crash before it is on disk leaves no record of the new run either. `key_id`: the
+    /// fingerprint key's id (see [`FlushRecord::key_id`]).
+    pub fn mark_start(
+        &self,
+        generation: u64,
+        now: UnixMs,
+        key_id: &str,
+    ) -> Result<(), LedgerError> {
         match LedgerSink::append(
             self,
             &Record::Flush(FlushRecord {
                 head: Head::new(generation, now),
                 start: true,
+                key_id: Some(key_id),
             }),
         ) {
             Receipt::Failed(e) => Err(e),
@@ -421,25 +429,19 @@ struct Writer {
     head_seq: u64,
 }
 
-/// Opens (making it if need be) the ledger's `HEAD` file and writes `seq` into it, synced:
-/// `said` is what it held (`None`: no file, or empty). A ledger with segments and no head
-/// is one from before heads, or one whose head was removed: said once, in the log.
-fn open_head(dir: &Path, said: Option<u64>, seq: u64, has_segments: bool) -> io::Result<File> {
+/// Makes the ledger's `HEAD` file hold `seq`, whole and synced ([`head::create_in`], in
+/// the directory open as `locked`): `said` is what it held (`None`: no file). A ledger
+/// with records and no head is one from before heads, or one whose head was removed:
+/// said once, in the log.
+fn open_head(
+    dir: &Path,
+    locked: &File,
+    said: Option<u64>,
+    seq: u64,
+    has_segments: bool,
+) -> io::Result<File> {
     let path = dir.join(head::HEAD_FILE);
-    let existed = path.exists();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ctx("opening", &path, e))?;
-    head::write(&file, seq)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ctx("writing", &path, e))?;
-    if !existed {
-        sync_dir(dir)?;
-    }
+    let file = head::create_in(locked, seq).map_err(|e| ctx("writing", &path, e))?;
     if said.is_none() && has_segments {
         tracing::warn!(
             head = %path.display(),
@@ -470,13 +472,20 @@ fn other(msg: String) -> io::Error {
 /// keyed retries of leads answered `sold` were sold again).
 pub fn segments_lost(dir: &Path) -> Option<String> {
     let key = dir.join(crate::fingerprint::KEY_FILE);
-    let none = segments::list(dir).is_ok_and(|segs| segs.is_empty());
+    // No segment, or only empty ones (black-box round 62c: an empty first segment put in
+    // place of the removed ones passed). Every start records a `flush` before it serves,
+    // after the key is made, so a ledger with the key has a record.
+    let none = segments::list(dir).is_ok_and(|segs| {
+        segs.iter()
+            .all(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.len() == 0))
+    });
     (none && key.exists()).then(|| {
         format!(
-            "ledger directory {} has no segment but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} aside to begin an empty ledger",
+            "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
             dir.display(),
             crate::fingerprint::KEY_FILE,
-            crate::fingerprint::KEY_FILE
+            crate::fingerprint::KEY_FILE,
+            head::HEAD_FILE
         )
     })
 }
@@ -633,7 +642,7 @@ impl Writer {
                  whole, so this one never was)"
             );
         }
-        let head_file = open_head(dir, head_said, chain.seq, !segs.is_empty())?;
+        let head_file = open_head(dir, &dir_lock, head_said, chain.seq, records > 0)?;
         let (seg_no, seg_path, file) = match segs.last() {
             Some((no, path)) => {
                 let file = OpenOptions::new()
@@ -729,14 +738,11 @@ impl Writer {
             }
             on_disk = batch.len();
             // The records are durable: the head may name the last of them.
-            if self.head_seq != self.chain.seq {
-                if let Err(e) = head::write(&self.head, self.chain.seq) {
-                    return (
-                        on_disk,
-                        Err(ctx("writing", &self.dir.join(head::HEAD_FILE), e)),
-                    );
-                }
-                self.head_seq = self.chain.seq;
+            if let Err(e) = self.keep_head() {
+                return (
+                    on_disk,
+                    Err(ctx("writing", &self.dir.join(head::HEAD_FILE), e)),
+                );
             }
         }
         (on_disk, Ok(()))
@@ -768,6 +774,35 @@ impl Writer {
                 m.len(),
                 self.seg_len
             )));
+        }
+        Ok(())
+    }
+
+    /// Makes `HEAD` name the last record synced: rewritten in place when it moved on, and
+    /// made again (whole, [`head::create_in`]) when another process removed, replaced or
+    /// resized it (black-box round 62c: after `mv`, `sed -i` or `rm` of `HEAD` the
+    /// exchange went on writing the file no path reached, and the check of removed records
+    /// was off from then on). One `fstat` per sync.
+    fn keep_head(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.head.metadata()?;
+        if m.nlink() == 0 || m.len() != head::LEN as u64 {
+            tracing::warn!(
+                head = %self.dir.join(head::HEAD_FILE).display(),
+                last_seq = self.chain.seq,
+                "ledger: HEAD was removed, replaced or changed by another process while the exchange ran: it is made again"
+            );
+            // The spare descriptor makes room for the new file's, as at a rotation.
+            drop(self.spare.take());
+            let made = head::create_in(&self._dir_lock, self.chain.seq);
+            self.spare = open_spare();
+            self.head = made?;
+            self.head_seq = self.chain.seq;
+            return Ok(());
+        }
+        if self.head_seq != self.chain.seq {
+            head::write(&self.head, self.chain.seq)?;
+            self.head_seq = self.chain.seq;
         }
         Ok(())
     }
@@ -990,7 +1025,7 @@ fn run(
     if health.failure.get().is_none() {
         if let Err(e) = w.file.sync_data() {
             health.fail(ctx("fsyncing", &w.seg_path, e).to_string());
-        } else if let Err(e) = head::write(&w.head, w.chain.seq).and_then(|()| w.head.sync_data()) {
+        } else if let Err(e) = w.keep_head().and_then(|()| w.head.sync_data()) {
             health.fail(ctx("writing", &w.dir.join(head::HEAD_FILE), e).to_string());
         }
     }
@@ -1333,22 +1368,45 @@ mod tests {
     fn a_ledger_whose_segments_were_removed_is_refused() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ledger");
-        drop(Writer::recover(&dir, 64 << 20).unwrap());
-        assert_eq!(segments_lost(&dir), None, "a new ledger");
+        {
+            let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+            assert_eq!(segments_lost(&dir), None, "a new ledger");
+            let rec = Pending {
+                line: br#"{"type":"flush"}"#.to_vec(),
+                ack: None,
+            };
+            assert!(w.write_batch(&[rec], true, &mut Vec::new()).1.is_ok());
+        }
         std::fs::write(dir.join(crate::fingerprint::KEY_FILE), b"k").unwrap();
         assert_eq!(segments_lost(&dir), None, "its segment is there");
-        for (_, seg) in segments::list(&dir).unwrap() {
+        let segs = segments::list(&dir).unwrap();
+        // An empty segment in the removed one's place holds no record either (round
+        // 62c: it passed).
+        let (_, first) = &segs[0];
+        std::fs::write(first, b"").unwrap();
+        let why = segments_lost(&dir).unwrap();
+        assert!(
+            why.contains("has no record but holds FINGERPRINT_KEY"),
+            "{why}"
+        );
+        for (_, seg) in segs {
             std::fs::remove_file(seg).unwrap();
         }
         let why = segments_lost(&dir).unwrap();
         assert!(
-            why.contains("has no segment but holds FINGERPRINT_KEY"),
+            why.contains("has no record but holds FINGERPRINT_KEY"),
             "{why}"
         );
         let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
         assert_eq!(e, why);
         assert!(segments::list(&dir).unwrap().is_empty(), "no segment made");
+        // Begun empty on purpose: the key and the head moved aside, as the message says.
         std::fs::remove_file(dir.join(crate::fingerprint::KEY_FILE)).unwrap();
+        assert!(
+            Writer::recover(&dir, 64 << 20).is_err(),
+            "the head still names a record"
+        );
+        std::fs::remove_file(dir.join(head::HEAD_FILE)).unwrap();
         assert!(Writer::recover(&dir, 64 << 20).is_ok());
     }
 
@@ -1440,6 +1498,55 @@ mod tests {
         std::fs::remove_file(dir.join(head::HEAD_FILE)).unwrap();
         let w = Writer::recover(&dir, 250).unwrap();
         assert_eq!(head::read(&dir), Ok(Some(w.chain.seq)), "a new head");
+    }
+
+    /// Black-box round 62c: after `mv`, `sed -i` or `rm` of `HEAD` while the exchange ran,
+    /// it went on writing the file no path reached (until and at its stop), so the head
+    /// stayed at the other process's value and the check of removed records was off.
+    #[test]
+    fn a_head_removed_or_replaced_while_running_is_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut buf = Vec::new();
+        let rec = || Pending {
+            line: br#"{"type":"flush"}"#.to_vec(),
+            ack: None,
+        };
+        let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+        assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(2)));
+        let path = dir.join(head::HEAD_FILE);
+        // Replaced (`mv`, `sed -i`, an editor) by a file that names an earlier record.
+        let other = root.path().join("other");
+        std::fs::write(&other, head::line(1)).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(w.write_batch(&[rec()], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(3)));
+        // Removed: made again at the next sync, even one with no new record (the idle
+        // check every 2 s).
+        std::fs::remove_file(&path).unwrap();
+        let tick = Pending {
+            line: Vec::new(),
+            ack: None,
+        };
+        assert!(w.write_batch(&[tick], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(3)));
+        // Changed in place to another length: made again whole.
+        std::fs::write(&path, b"x").unwrap();
+        assert!(w.write_batch(&[rec()], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(4)));
+        // The head it keeps writing is the one the path names.
+        assert!(w.write_batch(&[rec()], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(5)));
+        drop(w);
+        // A symlink put in its place while stopped refuses the start, and nothing is
+        // made through it.
+        std::fs::remove_file(&path).unwrap();
+        let outside = root.path().join("outside");
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
+        assert!(e.contains("is a symlink"), "{e}");
+        assert!(!outside.exists());
     }
 
     /// A process out of file descriptors (idle connections held up to the open-file

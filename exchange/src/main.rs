@@ -267,10 +267,20 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             pingpost::cli_out::emit("ledger verify", format_args!("{}", report.render(&dir)));
+            let no_head = matches!(head, Ok(None));
             let head_problem = match head {
                 Ok(said) => pingpost::ledger::head::removed(&dir, said, report.last_seq),
                 Err(why) => Some(why),
             };
+            if no_head && report.last_seq > 0 {
+                // Said, not failed: a ledger from before heads has none (round 62c).
+                pingpost::cli_out::emit(
+                    "ledger verify",
+                    format_args!(
+                        "note: no HEAD file (a ledger from before heads, or it was removed): whether records were removed from the end of this ledger cannot be checked without an anchor\n"
+                    ),
+                );
+            }
             if let Some(why) = &head_problem {
                 pingpost::cli_out::emit("ledger verify", format_args!("PROBLEM: {why}\n"));
             }

@@ -138,6 +138,9 @@ pub struct KeyedDisposition {
 pub struct Scan {
     /// Records read.
     pub records: u64,
+    /// The fingerprint key id the last start recorded (`flush` with `start` and
+    /// `key_id`; `None` when it recorded none).
+    pub key_id: Option<String>,
     /// Whole lines that are not a readable record (1-based, counted across the
     /// segments in order), each with why: skipped, and named in the start's log.
     pub unreadable: Vec<(usize, String)>,
@@ -320,6 +323,7 @@ impl Scan {
             // out; a start's `flush` (`start`) begins a run, ending the one before.
             if kind == "flush" {
                 if v.get("start").and_then(Value::as_bool) == Some(true) {
+                    scan.key_id = v.get("key_id").and_then(Value::as_str).map(String::from);
                     scan.end_run_cut_short();
                 } else {
                     scan.hearing.clear();
@@ -1446,6 +1450,21 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
     let text = crate::ledger::segments::read_all(state.ledger.dir())?;
     let scan = Scan::of_text(&text);
     drop(text);
+    // The key the last run used, if it said: another one (restored from the wrong backup,
+    // or made by hand) would leave every consumer sold within the window unknown to
+    // de-duplication, and sold again (black-box round 62c). A key made by this start
+    // (there was none) was warned about already.
+    if let Some(recorded) = &scan.key_id {
+        let now = state.fingerprint.key_id();
+        if !state.fingerprint.made() && *recorded != now {
+            return Err(std::io::Error::other(format!(
+                "{} in {} is not the key this ledger's last run used (its id is {now}; the last start recorded {recorded}): de-duplication would not know the consumers sold before, and lead fingerprints would not compare; restore the key from a backup, or, to begin with a new key on purpose, move {} aside (a new one is made, with a warning)",
+                crate::fingerprint::KEY_FILE,
+                state.ledger.dir().display(),
+                crate::fingerprint::KEY_FILE
+            )));
+        }
+    }
     // The exchange writes none (its torn tail was truncated before this): damage or an
     // edit. Skipped, so a delivery it would have settled counts as outcome unknown
     // (against the buyer's caps); named, so the operator can look (black-box round 44:

@@ -54,6 +54,7 @@ async fn write_ledger(dir: &Path, n: u64, segment_bytes_max: u64) {
             Record::Flush(FlushRecord {
                 head: Head::new(i, 1_700_000_000_000),
                 start: false,
+                key_id: None,
             })
         } else {
             Record::QuoteExpired(QuoteHoldRecord {
@@ -258,6 +259,69 @@ async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
         assert_eq!(report.counts.get("sale"), Some(&1));
         assert_eq!(verify_bin(&["--dir", &path_arg(&dir)]).0, 0);
     }
+}
+
+/// Black-box round 62c: another valid `FINGERPRINT_KEY` (restored from the wrong backup)
+/// was taken in silence, and a consumer sold within the dedup window was sold again.
+/// Every start records its key's id; the next start refuses another key, changing
+/// nothing; moving the key aside begins a new one on purpose.
+#[tokio::test]
+async fn a_fingerprint_key_swapped_between_runs_refuses_the_start() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("ledger");
+    let key_path = dir.join("FINGERPRINT_KEY");
+    let running = start_on(&TestConfig::new(), &dir).await.expect("starts");
+    running.shutdown().await.unwrap();
+    wait_unlocked(&dir).await;
+    let starts: Vec<Value> = records(&dir)
+        .into_iter()
+        .filter(|r| r["type"] == "flush" && r["start"] == true)
+        .collect();
+    let id = starts[0]["key_id"]
+        .as_str()
+        .expect("the start names its key")
+        .to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    assert!(!key.contains(&id), "the id is not the key");
+    // The same key: starts.
+    let running = start_on(&TestConfig::new(), &dir).await.expect("restarts");
+    running.shutdown().await.unwrap();
+    wait_unlocked(&dir).await;
+    // Another valid key: refused, and nothing written.
+    std::fs::write(&key_path, "ab".repeat(32)).unwrap();
+    let before = records(&dir).len();
+    let Err(e) = start_on(&TestConfig::new(), &dir).await else {
+        panic!("another key is refused");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("is not the key this ledger's last run used"),
+        "{e}"
+    );
+    assert!(e.contains(&id), "{e}");
+    assert!(!e.contains(&"ab".repeat(32)), "the key is never shown: {e}");
+    wait_unlocked(&dir).await;
+    assert_eq!(records(&dir).len(), before, "nothing written");
+    // The right key back: starts.
+    std::fs::write(&key_path, &key).unwrap();
+    let running = start_on(&TestConfig::new(), &dir)
+        .await
+        .expect("the key restored");
+    running.shutdown().await.unwrap();
+    wait_unlocked(&dir).await;
+    // The key moved aside: a new one is made (warned), and from then on it is the one.
+    std::fs::remove_file(&key_path).unwrap();
+    let running = start_on(&TestConfig::new(), &dir)
+        .await
+        .expect("a new key on purpose");
+    running.shutdown().await.unwrap();
+    wait_unlocked(&dir).await;
+    assert_ne!(std::fs::read_to_string(&key_path).unwrap(), key);
+    let running = start_on(&TestConfig::new(), &dir)
+        .await
+        .expect("the new key kept");
+    running.shutdown().await.unwrap();
 }
 
 /// A whole last line (it ends with its newline) that does not verify was changed after it

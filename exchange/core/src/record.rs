@@ -138,7 +138,7 @@ pub enum Record<'a> {
     /// A quote expired unposted and its hold was dropped.
     QuoteExpired(QuoteHoldRecord<'a>),
     /// A durable marker: everything before it is on disk (shutdown, tests).
-    Flush(FlushRecord),
+    Flush(FlushRecord<'a>),
     /// Continuous learning compared a retrained challenger with the champion.
     ModelDecision(ModelDecisionRecord<'a>),
     /// What became of a sold lead, as its buyer reported it (durable).
@@ -168,11 +168,17 @@ pub struct ModelDecisionRecord<'a> {
 /// (after replaying the ledger, before serving), so a run that ended without a shutdown
 /// (a crash) is told from the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct FlushRecord {
+pub struct FlushRecord<'a> {
     #[serde(flatten)]
     pub head: Head,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub start: bool,
+    /// On a start's: the id of the key the run fingerprints and de-duplicates with (a
+    /// keyed hash of the key, which reveals nothing of it), so the next start can tell a
+    /// key swapped between runs (black-box round 62c: another valid key was taken in
+    /// silence, and consumers sold within the window were sold again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<&'a str>,
 }
 
 /// Where records go: the ledger's directory of JSON-lines segments today. Synchronous:

@@ -818,7 +818,14 @@ mod tests {
             promoted: false,
             reason: "r",
         });
-        for r in [Record::Flush(FlushRecord { head, start: false }), decision] {
+        for r in [
+            Record::Flush(FlushRecord {
+                head,
+                start: false,
+                key_id: None,
+            }),
+            decision,
+        ] {
             assert_eq!(written_type(&r), r.kind());
             assert!(written.contains(&r.kind()));
         }

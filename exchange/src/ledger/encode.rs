@@ -816,6 +816,7 @@ mod tests {
         let flush = Record::Flush(crate::core::record::FlushRecord {
             head: Head::new(1, 0),
             start: true,
+            key_id: Some("0123456789abcdef"),
         });
         assert!(!encode(&flush, &mut out));
         assert!(out.is_empty());

@@ -11,18 +11,47 @@
 //! seconds), so after a crash it may name an earlier record than the last one synced,
 //! never a later one: it is written only after the records it names are durable. It is
 //! fsynced at a clean stop and when it is made.
+//!
+//! It is made whole or not at all ([`create_in`]: written and synced as `HEAD.new`, then
+//! renamed over `HEAD`), so an empty or partial `HEAD` is never the exchange's and is
+//! refused like any other line it does not write (black-box round 62c: an empty one was
+//! taken for none). It is opened through the locked directory's descriptor and never
+//! through a symlink (round 62c: a dangling `HEAD` symlink made the exchange create a
+//! file outside the ledger).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use rustix::fs::{Mode, OFlags};
+
 /// The file's name in the ledger directory.
 pub const HEAD_FILE: &str = "HEAD";
 
 const PREFIX: &str = "pingpost-ledger-head v1 seq ";
 /// The length of the line: the prefix, 20 digits and a newline.
-const LEN: usize = PREFIX.len() + 20 + 1;
+pub const LEN: usize = PREFIX.len() + 20 + 1;
+/// The name `HEAD` is written under before it is renamed into place.
+const NEW_FILE: &str = "HEAD.new";
+
+/// Makes `HEAD` in the directory open as `dir` hold `seq`, whole: written and synced
+/// under another name, renamed over `HEAD` (a symlink there is replaced, never
+/// followed), and the directory synced. Returns the file, open for later writes.
+pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        NEW_FILE,
+        OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    let file = File::from(fd);
+    write(&file, seq)?;
+    file.sync_all()?;
+    rustix::fs::renameat(dir, NEW_FILE, dir, HEAD_FILE)?;
+    dir.sync_all()?;
+    Ok(file)
+}
 
 /// The line for `seq`.
 pub fn line(seq: u64) -> String {
@@ -38,14 +67,36 @@ pub fn write(file: &File, seq: u64) -> io::Result<()> {
 /// but never written before a crash), `Ok(Some(seq))`, or an error saying what is wrong
 /// with it (unreadable, or not a line this exchange writes).
 pub fn read(dir: &Path) -> Result<Option<u64>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(HEAD_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    // Never through a symlink, and never more than a line's worth (a FIFO or a huge
+    // file is not a head either).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(&path);
+    let mut bytes = Vec::new();
+    match file {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {
+            f.take(LEN as u64 + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a regular file; the exchange writes its ledger head there (remove it)",
+                path.display()
+            ))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(format!(
+                "{} is a symlink; the exchange writes its ledger head there itself (remove it)",
+                path.display()
+            ))
+        }
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    if bytes.is_empty() {
-        return Ok(None);
     }
     let bad = || {
         format!(
@@ -91,16 +142,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()), Ok(None), "no file");
         let path = dir.path().join(HEAD_FILE);
-        std::fs::write(&path, b"").unwrap();
-        assert_eq!(read(dir.path()), Ok(None), "made, never written");
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        write(&f, 12_345).unwrap();
+        let d = File::open(dir.path()).unwrap();
+        let f = create_in(&d, 12_345).unwrap();
+        assert!(!dir.path().join(NEW_FILE).exists(), "renamed into place");
         assert_eq!(read(dir.path()), Ok(Some(12_345)));
         write(&f, 7).unwrap();
         assert_eq!(read(dir.path()), Ok(Some(7)), "overwritten in place");
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, LEN);
         for bad in [
-            &b"garbage"[..],
+            // Made whole or not at all: an empty one is not the exchange's (round 62c).
+            &b""[..],
+            b"garbage",
             b"pingpost-ledger-head v1 seq 0000000000000000001x\n",
             b"pingpost-ledger-head v1 seq 00000000000000000001",
             b"pingpost-ledger-head v1 seq 99999999999999999999\n",
@@ -110,6 +162,19 @@ mod tests {
             let e = read(dir.path()).unwrap_err();
             assert!(e.contains("is not a ledger head"), "{e}");
         }
+        // A symlink is never followed: not read, and replaced (not written through) when
+        // the head is made.
+        std::fs::remove_file(&path).unwrap();
+        let outside = dir.path().join("outside");
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("is a symlink"));
+        drop(create_in(&d, 3).unwrap());
+        assert!(!outside.exists(), "nothing made through the link");
+        assert_eq!(read(dir.path()), Ok(Some(3)));
+        // Nor a directory (or anything else that is not a file).
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("not a regular file"));
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub fn segment_name(no: u32) -> String {
     format!("seg-{no:08}.jsonl")
 }
 
+/// Whether `name` has a segment's form (`seg-`, 8 or more digits, `.jsonl`), whatever its
+/// number.
+fn looks_like_segment(name: &str) -> bool {
+    name.strip_prefix("seg-")
+        .and_then(|n| n.strip_suffix(".jsonl"))
+        .is_some_and(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The number of a segment file name, if it is one.
 pub fn segment_no(name: &str) -> Option<u32> {
     let digits = name.strip_prefix("seg-")?.strip_suffix(".jsonl")?;
@@ -52,6 +60,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(no) = name.to_str().and_then(segment_no) else {
+            // Named like a segment, with a number no segment has (0, or past u32): never
+            // passed over in silence (black-box round 62c: its records were left out).
+            if name.to_str().is_some_and(looks_like_segment) {
+                return Err(io::Error::other(format!(
+                    "{} is named like a segment, but its number is not one a segment has (1 to {}): move it away",
+                    entry.path().display(),
+                    u32::MAX
+                )));
+            }
             continue;
         };
         if !entry.file_type()?.is_file() {
@@ -609,6 +626,37 @@ mod tests {
             e.contains("seg-000000002.jsonl") && !e.contains("missing"),
             "{e}"
         );
+    }
+
+    /// Black-box round 62c: `seg-00000000.jsonl` and numbers past `u32` were passed over
+    /// in silence, their records left out.
+    #[test]
+    fn a_file_named_like_a_segment_with_no_segment_number_is_refused() {
+        for odd in [
+            "seg-00000000.jsonl",
+            "seg-4294967296.jsonl",
+            "seg-99999999999.jsonl",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("seg-00000001.jsonl"), b"").unwrap();
+            std::fs::write(dir.path().join(odd), b"").unwrap();
+            let e = list(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains(odd) && e.contains("is named like a segment"),
+                "{e}"
+            );
+        }
+        // Other names are not segments and are left alone.
+        let dir = tempfile::tempdir().unwrap();
+        for other in [
+            "seg-1.jsonl",
+            "seg-0000000x.jsonl",
+            "torn-seg-00000001.jsonl-8.bin",
+            "HEAD",
+        ] {
+            std::fs::write(dir.path().join(other), b"").unwrap();
+        }
+        assert!(list(dir.path()).unwrap().is_empty());
     }
 
     #[test]
