@@ -261,6 +261,7 @@ pub async fn run_auction(
                     target: rt2.ping_target(order.buyer),
                     http: buyer.http,
                     secret: &buyer.secret,
+                    secret_next: buyer.secret_next.as_ref(),
                 };
                 let r = client
                     .call::<Ping>(to, &msg_id, now_s, Bytes::from(body))
@@ -597,6 +598,7 @@ pub async fn deliver(
                         target: None,
                         http: buyer.http,
                         secret: &buyer.secret,
+                        secret_next: buyer.secret_next.as_ref(),
                     };
                     client2
                         .call::<Post>(to, &msg_id, now_s, Bytes::from(body))

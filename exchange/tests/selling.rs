@@ -949,3 +949,38 @@ async fn the_cap_gauge_is_not_rounded_to_whole_percents() {
     let day = ex.metric(GAUGE, &[("buyer", "a"), ("window", "day")]).await;
     assert!((day - 200.0 / 3.0).abs() < 1e-9, "2 of 3: {day}");
 }
+
+/// A buyer moving to a new signing secret (`secret_env_next`): every ping and post is
+/// signed with both secrets, so a buyer verifying with either one takes it, and the
+/// operator can move it over without a hard cut-over; without the next secret, a buyer
+/// already verifying with the new one refuses the ping (no bid).
+#[tokio::test]
+async fn a_buyer_moving_to_its_next_secret_verifies_with_either() {
+    const OLD: &str = "the-old-secret-of-buyer-rot";
+    const NEW: &str = "whsec_dGhlLW5ldy1zZWNyZXQtb2YtYnV5ZXItcm90";
+    for (verifies_with, next, sells) in [
+        (OLD, Some(NEW), true),
+        (NEW, Some(NEW), true),
+        (NEW, None, false),
+    ] {
+        let bidder = ScriptedBidder::bidding(20.0);
+        let (addr, _h) = bidder.serve(verifies_with).await;
+        let mut buyer = TestBuyer::new("rot", addr);
+        buyer.secret = OLD.to_string();
+        if let Some(n) = next {
+            buyer = buyer.secret_next(n);
+        }
+        let ex = TestConfig::new().buyer(buyer).start().await;
+        let quote = ex.client.ping("TX").await;
+        let case = format!("verifies with {verifies_with}, next {next:?}");
+        if !sells {
+            assert_eq!(quote.status, PingStatus::NoBid, "{case}: {quote:?}");
+            assert_eq!(bidder.posts(), 0, "{case}");
+            continue;
+        }
+        assert_eq!(quote.status, PingStatus::Bid, "{case}: {quote:?}");
+        let answer = ex.client.post(&quote.ping_id, "TX").await;
+        assert_eq!(answer.status, PostStatus::Sold, "{case}: {answer:?}");
+        assert_eq!(bidder.posts(), 1, "{case}");
+    }
+}

@@ -511,6 +511,10 @@ pub struct Buyer {
     /// Name of the environment variable that held the signing secret.
     pub secret_env: String,
     pub secret: proto::signing::Secret,
+    /// The next signing secret, while the buyer moves to it (`secret_env_next`): every
+    /// message is signed with both, so the buyer can switch its verification at any time,
+    /// and the operator then makes it `secret_env` and drops this.
+    pub secret_next: Option<proto::signing::Secret>,
     pub ping_timeout_ms: u64,
     pub post_timeout_ms: u64,
     pub verticals: Vec<VerticalIdx>,

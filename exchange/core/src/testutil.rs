@@ -73,6 +73,7 @@ pub(crate) fn buyer(i: usize) -> Buyer {
         http: HttpVersion::Http1,
         secret_env: format!("B{i}_SECRET"),
         secret: proto::signing::Secret::new("x").unwrap(),
+        secret_next: None,
         ping_timeout_ms: defaults::PING_TIMEOUT_MS,
         post_timeout_ms: defaults::POST_TIMEOUT_MS,
         verticals: vec![0],

@@ -342,22 +342,30 @@ pub fn load_str_with_env(
     // Nor a buyer's signing secret: that buyer would hold the admin listener (black-box
     // round 49: accepted). One variable named for both is said whatever it holds, set
     // or not (round 51: an unset one showed only once set).
-    let same_variable: Vec<&str> = root
+    let secret_vars = |b: &Value| -> Vec<(&'static str, String)> {
+        ["secret_env", "secret_env_next"]
+            .into_iter()
+            .filter_map(|k| Some((k, b.get(k)?.as_str()?.to_string())))
+            .collect()
+    };
+    let same_variable: Vec<(&str, &'static str)> = root
         .get("buyers")
         .and_then(Value::as_table)
         .into_iter()
         .flatten()
-        .filter(|(_, b)| {
-            b.get("secret_env").and_then(Value::as_str) == Some(admin.token_env.as_str())
+        .flat_map(|(id, b)| {
+            secret_vars(b)
+                .into_iter()
+                .filter(|(_, var)| *var == admin.token_env)
+                .map(move |(k, _)| (id.as_str(), k))
         })
-        .map(|(id, _)| id.as_str())
         .collect();
-    for id in &same_variable {
+    for (id, key) in &same_variable {
         let shown = crate::config::shown_env_name(&admin.token_env);
         p.at(
             "admin.token_env",
             format!(
-                "names ${shown}, the variable buyers.{id}.secret_env names too: the admin \
+                "names ${shown}, the variable buyers.{id}.{key} names too: the admin \
                  token would be that buyer's signing secret; give the admin listener a \
                  variable of its own"
             ),
@@ -367,7 +375,7 @@ pub fn load_str_with_env(
         for b in buyers
             .iter()
             .flatten()
-            .filter(|b| !same_variable.contains(&b.id.as_str()))
+            .filter(|b| !same_variable.iter().any(|(id, _)| *id == b.id.as_str()))
         {
             // The same key, however each is written (round 52: `whsec_` and base64 of
             // the token's bytes signed alike and passed).
@@ -380,16 +388,23 @@ pub fn load_str_with_env(
                             == Some(k)
                     })
             };
-            if env(&b.secret_env).is_some_and(|s| same_key(&s)) {
-                let shown = crate::config::shown_env_name(&admin.token_env);
-                p.at(
-                    "admin.token_env",
-                    format!(
-                        "the token in ${shown} is also the signing secret of buyers.{} \
-                         (buyers.{}.secret_env): give the admin listener a token of its own",
-                        b.id, b.id
-                    ),
-                );
+            let vars = root
+                .get("buyers")
+                .and_then(|t| t.get(b.id.as_str()))
+                .map(secret_vars)
+                .unwrap_or_default();
+            for (key, var) in vars {
+                if env(&var).is_some_and(|s| same_key(&s)) {
+                    let shown = crate::config::shown_env_name(&admin.token_env);
+                    p.at(
+                        "admin.token_env",
+                        format!(
+                            "the token in ${shown} is also a signing secret of buyers.{} \
+                             (buyers.{}.{key}): give the admin listener a token of its own",
+                            b.id, b.id
+                        ),
+                    );
+                }
             }
         }
     }

@@ -15,6 +15,8 @@ pub struct TestBuyer {
     pub id: String,
     pub addr: SocketAddr,
     pub secret: String,
+    /// The next signing secret (`secret_env_next`), if any.
+    pub secret_next: Option<String>,
     pub http2: bool,
     pub states: Vec<String>,
     pub ping_timeout_ms: u64,
@@ -30,6 +32,7 @@ impl TestBuyer {
             id: id.to_string(),
             addr,
             secret: format!("secret-of-buyer-{id}"),
+            secret_next: None,
             http2: false,
             states: vec!["TX".into(), "OK".into()],
             ping_timeout_ms: 150,
@@ -74,6 +77,16 @@ impl TestBuyer {
             "PINGPOST_TEST_SECRET_{}",
             self.id.to_uppercase().replace('-', "_")
         )
+    }
+
+    /// Signs with `next` as well (`secret_env_next`).
+    pub fn secret_next(mut self, next: &str) -> Self {
+        self.secret_next = Some(next.to_string());
+        self
+    }
+
+    fn secret_env_next(&self) -> String {
+        format!("{}_NEXT", self.secret_env())
     }
 }
 
@@ -237,6 +250,9 @@ states_include = [{states}]
                 post = b.post_timeout_ms,
                 states = states.join(", "),
             ));
+            if b.secret_next.is_some() {
+                t.push_str(&format!("secret_env_next = \"{}\"\n", b.secret_env_next()));
+            }
             let caps: Vec<String> = [("daily", b.caps_daily), ("hourly", b.caps_hourly)]
                 .into_iter()
                 .filter_map(|(name, n)| Some(format!("{name} = {}", n?)))
@@ -279,6 +295,11 @@ states_include = [{states}]
             .iter()
             .map(|b| (b.secret_env(), b.secret.clone()))
             .collect();
+        for b in &self.buyers {
+            if let Some(next) = &b.secret_next {
+                vars.insert(b.secret_env_next(), next.clone());
+            }
+        }
         vars.insert(ADMIN_TOKEN_ENV.into(), ADMIN_TOKEN.into());
         vars
     }

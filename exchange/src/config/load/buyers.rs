@@ -38,6 +38,33 @@ pub(super) fn read_buyer(
     };
     let secret_env = s.str_req(p, "secret_env");
     let secret = secret_env.and_then(|var| read_secret(p, &s.path_of("secret_env"), var, env));
+    // The next secret while the buyer moves to it: both sign every message.
+    let next_env = s.str_opt(p, "secret_env_next");
+    let secret_next = next_env.and_then(|var| {
+        let path = s.path_of("secret_env_next");
+        if Some(var) == secret_env {
+            p.at(
+                &path,
+                "names the variable secret_env names: the next secret is another one",
+            );
+            return None;
+        }
+        let next = read_secret(p, &path, var, env)?;
+        let same = secret_env
+            .and_then(env)
+            .zip(env(var))
+            .is_some_and(|(a, b)| {
+                proto::signing::key_bytes(&a).ok() == proto::signing::key_bytes(&b).ok()
+            });
+        if same {
+            p.at(
+                &path,
+                "holds the same key as secret_env: the next secret is another one",
+            );
+            return None;
+        }
+        Some(next)
+    });
     let ping_timeout_ms = s.u64_or(
         p,
         "ping_timeout_ms",
@@ -160,6 +187,7 @@ pub(super) fn read_buyer(
         http,
         secret_env: secret_env?.to_string(),
         secret: secret?,
+        secret_next,
         ping_timeout_ms,
         post_timeout_ms,
         verticals,

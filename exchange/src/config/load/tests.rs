@@ -70,6 +70,7 @@ fn test_env(name: &str) -> Option<String> {
         "SHORT_SECRET" => Some("fifteen-chars-x".into()),
         "SHORT_WHSEC" => Some("whsec_MTIzNDU2Nzg5MDEyMzQ1".into()),
         "ONE_CHAR" => Some("x".into()),
+        "ACME_NEXT" => Some("the-next-secret-value".into()),
         _ => None,
     }
 }

@@ -39,6 +39,7 @@ fn buyer_keys() {
         Secret::new("top-secret-value").unwrap().sign("id", 1, b"x")
     );
     assert_eq!(c.buyers_by_vertical, [vec![0]]);
+    assert!(b.secret_next.is_none());
 
     let p = "buyers.acme";
     assert_eq!(
@@ -523,5 +524,53 @@ fn clock_and_range_parsing() {
             end: 1440
         }),
         "01:05-24:00"
+    );
+}
+
+/// A buyer moving to a new signing secret: `secret_env_next` signs every message too.
+/// The same variable or the same key as `secret_env`, an unset or short one, are errors
+/// naming the key, never the value; nor may the admin token be either secret.
+#[test]
+fn the_next_signing_secret_loads_and_refuses_bad_values() {
+    let c = ok(&[("#BUYER", "secret_env_next = \"ACME_NEXT\"")]);
+    let next = c.buyers[0].secret_next.as_ref().expect("the next secret");
+    assert_eq!(
+        next.sign("id", 1, b"x"),
+        Secret::new("the-next-secret-value")
+            .unwrap()
+            .sign("id", 1, b"x")
+    );
+    let p = "buyers.acme.secret_env_next";
+    for (value, says) in [
+        ("ACME_SECRET", "names the variable secret_env names"),
+        ("SAME_AS_ACME", "holds the same key as secret_env"),
+        ("ACME_KEY_AS_WHSEC", "holds the same key as secret_env"),
+        (
+            "NOT_SET_ANYWHERE",
+            "environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        ("SHORT_SECRET", "holds a secret shorter than 16 bytes"),
+        ("not a name", "must be an environment variable name"),
+    ] {
+        let e = errors(&[("#BUYER", &format!("secret_env_next = \"{value}\""))]);
+        assert!(
+            e.len() == 1 && e[0].starts_with(p) && e[0].contains(says),
+            "{value}: {e:?}"
+        );
+        assert!(
+            e.iter()
+                .all(|m| !m.contains("top-secret-value") && !m.contains("fifteen")),
+            "{e:?}"
+        );
+    }
+    // The admin token may not be the next secret either.
+    let e = errors(&[(
+        "#BUYER",
+        "secret_env_next = \"ACME_NEXT\"\n[admin]\ntoken_env = \"ACME_NEXT\"\nlisten = \"127.0.0.1:8081\"",
+    )]);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("the variable buyers.acme.secret_env_next names too")),
+        "{e:?}"
     );
 }
