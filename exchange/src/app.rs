@@ -40,18 +40,21 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     let locked = state.ledger.locked_dir();
     let lost_key = !locked.join(crate::fingerprint::KEY_FILE).exists()
         && crate::fingerprint::ledger_has_records(&locked);
-    state.fingerprint = crate::fingerprint::Fingerprinter::open_in(&locked, &dir)?;
+    // Read, or made in memory only: the replay decides whether a new key may be begun
+    // beside this ledger, and only then is it written.
+    state.fingerprint = crate::fingerprint::Fingerprinter::load_in(&locked, &dir)?;
+    // The seller certificate and the buyer CA bundle (checked by the loader already).
+    crate::tls::install(&mut state).map_err(std::io::Error::other)?;
+    // Caps, budgets and idempotency keys from the ledger, before anything is served.
+    crate::recovery::recover(&state)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("replaying the ledger: {e}")))?;
+    state.fingerprint.persist_in(&locked, &dir)?;
     if lost_key {
         tracing::warn!(
             key = %dir.join(crate::fingerprint::KEY_FILE).display(),
             "lead fingerprint key missing beside a ledger that has records: a new key was made, so lead fingerprints from now on cannot be compared with the earlier ones; restore the old key from a backup (and restart) to keep them comparable"
         );
     }
-    // The seller certificate and the buyer CA bundle (checked by the loader already).
-    crate::tls::install(&mut state).map_err(std::io::Error::other)?;
-    // Caps, budgets and idempotency keys from the ledger, before anything is served.
-    crate::recovery::recover(&state)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("replaying the ledger: {e}")))?;
     // This run begins here: the next replay tells a crash of it from a shutdown.
     state
         .ledger

@@ -76,10 +76,30 @@ impl Fingerprinter {
     /// [`Fingerprinter::open`] with the key file opened in `dir` (the ledger's locked
     /// directory) and named in messages as in `shown`.
     pub fn open_in(dir: &Path, shown: &Path) -> std::io::Result<Fingerprinter> {
+        let f = Fingerprinter::load_in(dir, shown)?;
+        f.persist_in(dir, shown)?;
+        Ok(f)
+    }
+
+    /// The key kept in `dir`, or, when there is none, a new one that is not written yet
+    /// ([`made`](Self::made); [`persist_in`](Self::persist_in) writes it): the start
+    /// decides first whether a new key may be begun (black-box round 63a).
+    pub fn load_in(dir: &Path, shown: &Path) -> std::io::Result<Fingerprinter> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let path = shown.join(KEY_FILE);
         let at = dir.join(KEY_FILE);
-        match std::fs::read_to_string(&at) {
-            Ok(text) => {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&at);
+        match opened {
+            Ok(f) => {
+                // A key file is 64 hex digits (and perhaps a newline): never read more.
+                let mut text = String::new();
+                f.take(1024).read_to_string(&mut text).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?;
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(text.trim(), &mut key).map_err(|_| {
                     std::io::Error::other(format!(
@@ -90,19 +110,8 @@ impl Fingerprinter {
                 Ok(Fingerprinter::with_key(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::os::unix::fs::OpenOptionsExt;
                 let mut f = Fingerprinter::ephemeral();
                 f.made = true;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&at)
-                    .map_err(|e| {
-                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-                    })?;
-                file.write_all(hex::encode(f.key).as_bytes())?;
-                file.sync_all()?;
                 Ok(f)
             }
             Err(e) => Err(std::io::Error::new(
@@ -110,6 +119,25 @@ impl Fingerprinter {
                 format!("{}: {e}", path.display()),
             )),
         }
+    }
+
+    /// Writes a key [`load_in`](Self::load_in) made (owner-only, synced); nothing for a
+    /// key that was read.
+    pub fn persist_in(&self, dir: &Path, shown: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !self.made {
+            return Ok(());
+        }
+        let path = shown.join(KEY_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(KEY_FILE))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        file.write_all(hex::encode(self.key).as_bytes())?;
+        file.sync_all()?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all())
     }
 
     /// The keys of a lead's consumer in vertical `v` (none for a vertical that neither
@@ -255,6 +283,62 @@ pub fn ledger_has_records(dir: &Path) -> bool {
                 && e.metadata().is_ok_and(|m| m.len() > 0)
         })
     })
+}
+
+/// What `pingpost ledger verify` says of the ledger `dir`'s `FINGERPRINT_KEY` against
+/// the key ids its starts recorded (black-box round 63a: verify said nothing of a key a
+/// start refuses): `Some((true, why))` when a start would refuse it (missing, or not a key
+/// any run used), `Some((false, note))` when it is an earlier run's key, `None` when it is
+/// the last run's or the ledger recorded no key id.
+pub fn check_against_ledger(dir: &Path, upto: Option<u64>) -> Option<(bool, String)> {
+    use serde_json::Value;
+    let mut ids: Vec<String> = Vec::new();
+    let mut last: Option<String> = None;
+    let _ = crate::finance::for_each_unverified_upto(dir, upto, |e| {
+        if e.kind == "flush" && e.value.get("start").and_then(Value::as_bool) == Some(true) {
+            last = e
+                .value
+                .get("key_id")
+                .and_then(Value::as_str)
+                .map(String::from);
+            if let Some(id) = &last {
+                if !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+        true
+    });
+    let last = last?;
+    match Fingerprinter::load_in(dir, dir) {
+        Err(e) => Some((true, e.to_string())),
+        Ok(f) if f.made() => Some((
+            true,
+            format!(
+                "{KEY_FILE} is missing, beside a ledger whose runs used one (the last start recorded id {last}): a start refuses this directory (restore the key, or start with --new-fingerprint-key)"
+            ),
+        )),
+        Ok(f) => {
+            let id = f.key_id();
+            if id == last {
+                None
+            } else if ids.contains(&id) {
+                Some((
+                    false,
+                    format!(
+                        "{KEY_FILE} is the key of an earlier run (id {id}), not the last one's ({last}): de-duplication does not know the consumers sold under the other keys"
+                    ),
+                ))
+            } else {
+                Some((
+                    true,
+                    format!(
+                        "{KEY_FILE} is not a key this ledger's runs used (its id is {id}; the last start recorded {last}): a start refuses this directory (restore the key, or start with --new-fingerprint-key)"
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 /// A lead's consumer keys ([`Fingerprinter::consumer_keys`]).

@@ -565,12 +565,23 @@ impl Writer {
             Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", dir, e)),
         }
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| ctx("opening", &lock_path, e))?;
+        // Never through a symlink (black-box round 63a: one made a file outside the ledger).
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&lock_path)
+        }
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => other(format!(
+                "{} is a symlink; the exchange makes its own {LOCK_FILE} there (remove the link)",
+                lock_path.display()
+            )),
+            _ => ctx("opening", &lock_path, e),
+        })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -737,8 +748,11 @@ impl Writer {
                 return (on_disk, Err(e));
             }
             on_disk = batch.len();
-            // The records are durable: the head may name the last of them.
-            if let Err(e) = self.keep_head() {
+            // The records are durable: the head may name the last of them. A sync with no
+            // record (the idle check every 2 s) writes it again anyway, so an edit in place
+            // is undone within seconds (black-box round 63a).
+            let idle = batch.iter().all(|p| p.line.is_empty());
+            if let Err(e) = self.keep_head(idle) {
                 return (
                     on_disk,
                     Err(ctx("writing", &self.dir.join(head::HEAD_FILE), e)),
@@ -783,7 +797,7 @@ impl Writer {
     /// resized it (black-box round 62c: after `mv`, `sed -i` or `rm` of `HEAD` the
     /// exchange went on writing the file no path reached, and the check of removed records
     /// was off from then on). One `fstat` per sync.
-    fn keep_head(&mut self) -> io::Result<()> {
+    fn keep_head(&mut self, rewrite: bool) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let m = self.head.metadata()?;
         if m.nlink() == 0 || m.len() != head::LEN as u64 {
@@ -800,7 +814,7 @@ impl Writer {
             self.head_seq = self.chain.seq;
             return Ok(());
         }
-        if self.head_seq != self.chain.seq {
+        if rewrite || self.head_seq != self.chain.seq {
             head::write(&self.head, self.chain.seq)?;
             self.head_seq = self.chain.seq;
         }
@@ -1025,7 +1039,7 @@ fn run(
     if health.failure.get().is_none() {
         if let Err(e) = w.file.sync_data() {
             health.fail(ctx("fsyncing", &w.seg_path, e).to_string());
-        } else if let Err(e) = w.keep_head().and_then(|()| w.head.sync_data()) {
+        } else if let Err(e) = w.keep_head(true).and_then(|()| w.head.sync_data()) {
             health.fail(ctx("writing", &w.dir.join(head::HEAD_FILE), e).to_string());
         }
     }
@@ -1535,6 +1549,16 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         assert!(w.write_batch(&[rec()], true, &mut buf).1.is_ok());
         assert_eq!(head::read(&dir), Ok(Some(4)));
+        // Rewritten in place to the same length (a shell's `>`, `dd conv=notrunc`): the
+        // next sync writes it again, a sync of nothing new too (round 63a: it stayed
+        // until the next record).
+        std::fs::write(&path, head::line(1)).unwrap();
+        let tick = Pending {
+            line: Vec::new(),
+            ack: None,
+        };
+        assert!(w.write_batch(&[tick], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(4)));
         // The head it keeps writing is the one the path names.
         assert!(w.write_batch(&[rec()], true, &mut buf).1.is_ok());
         assert_eq!(head::read(&dir), Ok(Some(5)));
@@ -1546,6 +1570,14 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &path).unwrap();
         let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
         assert!(e.contains("is a symlink"), "{e}");
+        assert!(!outside.exists());
+        // Nor is LOCK followed (round 63a: a LOCK symlink made a file outside).
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, head::line(5)).unwrap();
+        std::fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join(LOCK_FILE)).unwrap();
+        let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
+        assert!(e.contains("LOCK is a symlink"), "{e}");
         assert!(!outside.exists());
     }
 

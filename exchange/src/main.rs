@@ -54,6 +54,11 @@ struct Args {
     /// With --demo: stop the exchange (and its bidders) after this many sample leads (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0, requires = "demo")]
     demo_leads: u64,
+    /// Lets this start begin a new lead fingerprint key beside a ledger whose runs used
+    /// another (its FINGERPRINT_KEY missing or replaced): de-duplication then forgets the
+    /// consumers sold before. Without it, such a start is refused (docs/LEDGER.md).
+    #[arg(long)]
+    new_fingerprint_key: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +277,19 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                 Ok(said) => pingpost::ledger::head::removed(&dir, said, report.last_seq),
                 Err(why) => Some(why),
             };
+            // The fingerprint key against the ids the ledger's starts recorded.
+            let key_problem =
+                match pingpost::fingerprint::check_against_ledger(&dir, Some(report.last_seq)) {
+                    Some((true, why)) => {
+                        pingpost::cli_out::emit("ledger verify", format_args!("PROBLEM: {why}\n"));
+                        true
+                    }
+                    Some((false, note)) => {
+                        pingpost::cli_out::emit("ledger verify", format_args!("note: {note}\n"));
+                        false
+                    }
+                    None => false,
+                };
             if no_head && report.last_seq > 0 {
                 // Said, not failed: a ledger from before heads has none (round 62c).
                 pingpost::cli_out::emit(
@@ -335,6 +353,7 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
             // Records skipped (a newer format version) are money not read: never `OK`.
             if report.problem.is_some()
                 || head_problem.is_some()
+                || key_problem
                 || reconciled.failed()
                 || reconciled.incomplete()
                 || !anchored
@@ -679,6 +698,7 @@ fn main() -> anyhow::Result<()> {
     // cannot change, so a reload of it re-applies the same configuration), the same
     // environment and the same command-line overrides.
     let (path, listen, ledger) = (args.config.clone(), args.listen, args.ledger.clone());
+    let new_fingerprint_key = args.new_fingerprint_key;
     let source = move || -> Result<config::Config, config::ConfigErrors> {
         let mut cfg = match &path {
             Some(path) => config::load_file_with_env(path, &env),
@@ -695,6 +715,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(p) = &ledger {
             cfg.server.ledger_path = p.clone();
         }
+        cfg.server.new_fingerprint_key = new_fingerprint_key;
         Ok(cfg)
     };
     let cfg = match source() {

@@ -141,6 +141,8 @@ pub struct Scan {
     /// The fingerprint key id the last start recorded (`flush` with `start` and
     /// `key_id`; `None` when it recorded none).
     pub key_id: Option<String>,
+    /// Every key id a start recorded, each once, in the order first seen.
+    pub key_ids: Vec<String>,
     /// Whole lines that are not a readable record (1-based, counted across the
     /// segments in order), each with why: skipped, and named in the start's log.
     pub unreadable: Vec<(usize, String)>,
@@ -324,6 +326,11 @@ impl Scan {
             if kind == "flush" {
                 if v.get("start").and_then(Value::as_bool) == Some(true) {
                     scan.key_id = v.get("key_id").and_then(Value::as_str).map(String::from);
+                    if let Some(id) = &scan.key_id {
+                        if !scan.key_ids.contains(id) {
+                            scan.key_ids.push(id.clone());
+                        }
+                    }
                     scan.end_run_cut_short();
                 } else {
                     scan.hearing.clear();
@@ -1446,29 +1453,72 @@ fn digest(hex_text: &str) -> Option<[u8; 32]> {
 
 /// Reads the ledger in `state`'s directory and replays it ([`apply`]), logging what was
 /// rebuilt and every delivery whose outcome is unknown.
+/// Whether the fingerprint key may serve this ledger (black-box rounds 62c and 63a):
+/// another valid key (restored from the wrong backup, made by hand), or a missing one
+/// beside a ledger whose runs recorded theirs, would leave every consumer sold within the
+/// dedup window unknown to de-duplication, and sold again. Refused unless the start says
+/// `--new-fingerprint-key`. A key an earlier run used (not the last one: say, the old key
+/// put back after a start made a new one) is taken, with a warning naming what it does
+/// not know. A ledger whose starts recorded no key id (from before key ids) is taken as
+/// it is.
+fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
+    let Some(last) = &scan.key_id else {
+        return Ok(());
+    };
+    let new_allowed = state.runtime.load().config.server.new_fingerprint_key;
+    let fp = &state.fingerprint;
+    let dir = state.ledger.dir().display();
+    let key = crate::fingerprint::KEY_FILE;
+    if fp.made() {
+        if new_allowed {
+            tracing::warn!(
+                last_key_id = %last,
+                new_key_id = %fp.key_id(),
+                "{key} was missing and a new key is begun (--new-fingerprint-key): de-duplication does not know the consumers sold before, and lead fingerprints do not compare with earlier ones"
+            );
+            return Ok(());
+        }
+        return Err(std::io::Error::other(format!(
+            "{key} is missing in {dir}, beside a ledger whose runs used one (the last start recorded id {last}): de-duplication would not know the consumers sold before, and lead fingerprints would not compare; restore the key from a backup, or, to begin a new key on purpose, start once with --new-fingerprint-key"
+        )));
+    }
+    let now = fp.key_id();
+    if now == *last {
+        return Ok(());
+    }
+    if scan.key_ids.contains(&now) {
+        let others: Vec<&str> = scan
+            .key_ids
+            .iter()
+            .filter(|id| **id != now)
+            .map(String::as_str)
+            .collect();
+        tracing::warn!(
+            key_id = %now,
+            last_key_id = %last,
+            other_key_ids = %others.join(","),
+            "{key} is the key of an earlier run, not the last one's: the consumers sold in runs under the other keys are not known to de-duplication"
+        );
+        return Ok(());
+    }
+    if new_allowed {
+        tracing::warn!(
+            key_id = %now,
+            last_key_id = %last,
+            "{key} is not a key this ledger's runs used, and is taken (--new-fingerprint-key): de-duplication does not know the consumers sold before"
+        );
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "{key} in {dir} is not a key this ledger's runs used (its id is {now}; the last start recorded {last}): de-duplication would not know the consumers sold before, and lead fingerprints would not compare; restore the key from a backup, or, to begin with this key on purpose, start once with --new-fingerprint-key"
+    )))
+}
+
 pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
     let text = crate::ledger::segments::read_all(state.ledger.dir())?;
     let scan = Scan::of_text(&text);
     drop(text);
-    // The key the last run used, if it said: another one (restored from the wrong backup,
-    // or made by hand) would leave every consumer sold within the window unknown to
-    // de-duplication, and sold again (black-box round 62c). A key made by this start
-    // (there was none) was warned about already.
-    if let Some(recorded) = &scan.key_id {
-        let now = state.fingerprint.key_id();
-        if !state.fingerprint.made() && *recorded != now {
-            return Err(std::io::Error::other(format!(
-                "{} in {} is not the key this ledger's last run used (its id is {now}; the last start recorded {recorded}): de-duplication would not know the consumers sold before, and lead fingerprints would not compare; restore the key from a backup, or, to begin with a new key on purpose, move {} aside (a new one is made, with a warning)",
-                crate::fingerprint::KEY_FILE,
-                state.ledger.dir().display(),
-                crate::fingerprint::KEY_FILE
-            )));
-        }
-    }
-    // The exchange writes none (its torn tail was truncated before this): damage or an
-    // edit. Skipped, so a delivery it would have settled counts as outcome unknown
-    // (against the buyer's caps); named, so the operator can look (black-box round 44:
-    // such a line was skipped without a word).
+    check_fingerprint_key(state, &scan)?;
     for (line, why) in scan.unreadable.iter().take(10) {
         tracing::warn!(
             line,

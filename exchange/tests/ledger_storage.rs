@@ -261,18 +261,33 @@ async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
     }
 }
 
-/// Black-box round 62c: another valid `FINGERPRINT_KEY` (restored from the wrong backup)
-/// was taken in silence, and a consumer sold within the dedup window was sold again.
-/// Every start records its key's id; the next start refuses another key, changing
-/// nothing; moving the key aside begins a new one on purpose.
+/// Black-box rounds 62c and 63a: another valid `FINGERPRINT_KEY` (restored from the wrong
+/// backup), or none (deleted), was taken with at most a warning, and a consumer sold
+/// within the dedup window was sold again; and after a start had made a new key, the old
+/// one put back was refused. Every start records its key's id; a start refuses a key no
+/// run used, and a missing one, unless told `--new-fingerprint-key`; a key an earlier run
+/// used is taken.
 #[tokio::test]
-async fn a_fingerprint_key_swapped_between_runs_refuses_the_start() {
+async fn a_fingerprint_key_swapped_or_removed_between_runs_refuses_the_start() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("ledger");
     let key_path = dir.join("FINGERPRINT_KEY");
-    let running = start_on(&TestConfig::new(), &dir).await.expect("starts");
-    running.shutdown().await.unwrap();
-    wait_unlocked(&dir).await;
+    let start = |new_key: bool| {
+        let dir = dir.clone();
+        async move {
+            let mut config = TestConfig::new().load_edited(&dir, with_server(SMALL_SEGMENTS));
+            config.server.new_fingerprint_key = new_key;
+            app::start(config, Clock::system()).await
+        }
+    };
+    let stop = |running: app::Running| {
+        let dir = dir.clone();
+        async move {
+            running.shutdown().await.unwrap();
+            wait_unlocked(&dir).await;
+        }
+    };
+    stop(start(false).await.expect("starts")).await;
     let starts: Vec<Value> = records(&dir)
         .into_iter()
         .filter(|r| r["type"] == "flush" && r["start"] == true)
@@ -285,43 +300,59 @@ async fn a_fingerprint_key_swapped_between_runs_refuses_the_start() {
     let key = std::fs::read_to_string(&key_path).unwrap();
     assert!(!key.contains(&id), "the id is not the key");
     // The same key: starts.
-    let running = start_on(&TestConfig::new(), &dir).await.expect("restarts");
-    running.shutdown().await.unwrap();
-    wait_unlocked(&dir).await;
+    stop(start(false).await.expect("restarts")).await;
     // Another valid key: refused, and nothing written.
     std::fs::write(&key_path, "ab".repeat(32)).unwrap();
     let before = records(&dir).len();
-    let Err(e) = start_on(&TestConfig::new(), &dir).await else {
+    let Err(e) = start(false).await else {
         panic!("another key is refused");
     };
     let e = e.to_string();
+    assert!(e.contains("is not a key this ledger's runs used"), "{e}");
     assert!(
-        e.contains("is not the key this ledger's last run used"),
+        e.contains(&id) && e.contains("--new-fingerprint-key"),
         "{e}"
     );
-    assert!(e.contains(&id), "{e}");
     assert!(!e.contains(&"ab".repeat(32)), "the key is never shown: {e}");
     wait_unlocked(&dir).await;
     assert_eq!(records(&dir).len(), before, "nothing written");
-    // The right key back: starts.
-    std::fs::write(&key_path, &key).unwrap();
-    let running = start_on(&TestConfig::new(), &dir)
-        .await
-        .expect("the key restored");
-    running.shutdown().await.unwrap();
-    wait_unlocked(&dir).await;
-    // The key moved aside: a new one is made (warned), and from then on it is the one.
+    // And verify says so (round 63a: it said nothing).
+    let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("PROBLEM: FINGERPRINT_KEY is not a key this ledger's runs used"),
+        "{out}"
+    );
+    // No key at all: refused too, and no key is made.
     std::fs::remove_file(&key_path).unwrap();
-    let running = start_on(&TestConfig::new(), &dir)
-        .await
-        .expect("a new key on purpose");
-    running.shutdown().await.unwrap();
+    let Err(e) = start(false).await else {
+        panic!("a missing key is refused");
+    };
+    assert!(e.to_string().contains("FINGERPRINT_KEY is missing"), "{e}");
     wait_unlocked(&dir).await;
-    assert_ne!(std::fs::read_to_string(&key_path).unwrap(), key);
-    let running = start_on(&TestConfig::new(), &dir)
-        .await
-        .expect("the new key kept");
-    running.shutdown().await.unwrap();
+    assert!(!key_path.exists(), "no key made by a refused start");
+    assert_eq!(records(&dir).len(), before, "nothing written");
+    let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("PROBLEM: FINGERPRINT_KEY is missing"), "{out}");
+    assert!(!key_path.exists(), "verify makes no key");
+    // Told to: a new key is begun, and from then on it is the one.
+    stop(start(true).await.expect("a new key on purpose")).await;
+    let new_key = std::fs::read_to_string(&key_path).unwrap();
+    assert_ne!(new_key, key);
+    stop(start(false).await.expect("the new key kept")).await;
+    // The old key put back (an earlier run's): taken, with a warning.
+    std::fs::write(&key_path, &key).unwrap();
+    stop(start(false).await.expect("an earlier run's key")).await;
+    let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("FINGERPRINT_KEY"),
+        "the last run's key now: {out}"
+    );
+    // A key no run used is still refused.
+    std::fs::write(&key_path, "cd".repeat(32)).unwrap();
+    assert!(start(false).await.is_err(), "a key no run used");
 }
 
 /// A whole last line (it ends with its newline) that does not verify was changed after it

@@ -410,6 +410,8 @@ async fn a_quote_whose_delivery_was_cut_off_answers_outcome_unknown_after_a_rest
         }
     }
     std::fs::write(cut.join(pingpost::ledger::segments::segment_name(1)), &out).unwrap();
+    // With the ledger's key beside it, as a crash leaves it.
+    std::fs::copy(ledger.join("FINGERPRINT_KEY"), cut.join("FINGERPRINT_KEY")).unwrap();
     let second = start(&cfg, &cut).await;
     let client = SellerClient::new(second.addr);
     let again = client

@@ -733,7 +733,29 @@ impl<'a> Auction<'a> {
 /// [`BuyerLine::p_est_ppm`]).
 fn estimate_if_other(p_ppm: Option<u32>, estimate: Option<u32>) -> Option<u32> {
     match (p_ppm, estimate) {
-        (Some(p), Some(e)) if p != e => Some(e),
+        // A paused buyer's 0 (only a pause gives 0) is recorded with its estimate even
+        // when that is 0 too, so a replay can say it was paused (black-box round 63c).
+        (Some(p), Some(e)) if p != e || p == 0 => Some(e),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::estimate_if_other;
+
+    /// The estimate is kept where the award used another figure, and for every paused
+    /// buyer (p 0), even one whose estimate was 0 (black-box round 63c).
+    #[test]
+    fn the_estimate_is_kept_where_the_award_used_another_figure_or_a_pause() {
+        assert_eq!(
+            estimate_if_other(Some(397_634), Some(754_460)),
+            Some(754_460)
+        );
+        assert_eq!(estimate_if_other(Some(500_000), Some(500_000)), None);
+        assert_eq!(estimate_if_other(Some(0), Some(508_783)), Some(508_783));
+        assert_eq!(estimate_if_other(Some(0), Some(0)), Some(0));
+        assert_eq!(estimate_if_other(Some(1), Some(0)), Some(0));
+        assert_eq!(estimate_if_other(None, Some(5)), None);
     }
 }

@@ -279,6 +279,9 @@ pub struct ServerConfig {
     pub ledger_path: std::path::PathBuf,
     /// A segment is sealed and the next one started before it would grow past this.
     pub ledger_segment_bytes_max: u64,
+    /// Set by the command line (`--new-fingerprint-key`), never by the file: this start
+    /// may begin a new fingerprint key beside a ledger whose runs used another one.
+    pub new_fingerprint_key: bool,
     /// Most buyers pinged in one auction (the fan-out limit).
     pub buyers_per_auction_max: usize,
     /// Time kept back from the auction deadline to answer the seller.

@@ -155,6 +155,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
             idempotency_keys_per_seller_max: defaults::IDEMPOTENCY_KEYS_PER_SELLER_MAX,
             ledger_path: defaults::LEDGER_PATH.into(),
             ledger_segment_bytes_max: defaults::LEDGER_SEGMENT_BYTES_MAX,
+            new_fingerprint_key: false,
             buyers_per_auction_max: defaults::BUYERS_PER_AUCTION_MAX,
             response_reserve_ms: defaults::RESPONSE_RESERVE_MS,
             post_attempts_max: defaults::POST_ATTEMPTS_MAX,

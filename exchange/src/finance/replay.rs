@@ -88,12 +88,18 @@ fn estimate_of(lines: &[Value], buyer: &str) -> Option<u32> {
 /// guard-scaled p looked like an estimate): `; the drift guard scaled the estimate 75.4%
 /// by 0.527`.
 fn estimate_words(p: u32, e: u32, explore: bool) -> String {
-    let why = if explore {
-        "a Thompson draw, not the estimate".to_string()
-    } else if p == 0 {
+    // A pause first: only a paused buyer has 0, exploring or not (black-box round 63c:
+    // an exploring auction called it a draw).
+    let why = if p == 0 {
         "its buyer is paused for a streak of posts not accepted".to_string()
+    } else if explore {
+        "a Thompson draw, not the estimate".to_string()
     } else if p == 1 && e == 0 {
         "raised to the floor of 1 ppm a buyer not paused has".to_string()
+    } else if p == 1 {
+        // The guard took it under 1 ppm, and the floor raised it (round 63c: named the
+        // guard alone, "by 0.000").
+        "the drift guard scaled it below 1 ppm (the buyer kept far fewer than estimated lately), and the floor of 1 ppm a buyer not paused has raised it".to_string()
     } else if e == 0 {
         "the drift guard's doing".to_string()
     } else {
@@ -1012,6 +1018,18 @@ payout = { model = "revenue_share", share_pct = 80 }
         );
         assert!(estimate_words(900_000, 600_000, false).contains("by 1.500 (the buyer kept more"));
         assert!(estimate_words(0, 500_000, false).contains("paused"));
+        // Paused in an exploring auction is still paused (round 63c).
+        assert!(estimate_words(0, 500_000, true).contains("paused"));
+        assert!(!estimate_words(0, 500_000, true).contains("Thompson"));
+        // The guard and the floor together name both (round 63c).
+        let both = estimate_words(1, 537_112, false);
+        assert!(
+            both.contains("drift guard") && both.contains("floor of 1 ppm"),
+            "{both}"
+        );
+        assert!(!both.contains("0.000 ("), "{both}");
+        // A paused buyer whose estimate was 0 too.
+        assert!(estimate_words(0, 0, false).contains("paused"));
         assert!(estimate_words(1, 0, false).contains("floor of 1 ppm"));
         assert!(estimate_words(420_000, 500_000, true).contains("Thompson draw"));
         // In a replay, from the record's line.

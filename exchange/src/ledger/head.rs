@@ -39,12 +39,24 @@ const NEW_FILE: &str = "HEAD.new";
 /// under another name, renamed over `HEAD` (a symlink there is replaced, never
 /// followed), and the directory synced. Returns the file, open for later writes.
 pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
+    let named = |e: rustix::io::Errno| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("{NEW_FILE}: {e}"))
+    };
+    // A stale one (a crash between its write and its rename, or put there by another
+    // process: a file or a symlink) is removed, never followed; a directory there is an
+    // error naming it (black-box round 63a: the error named HEAD).
+    match rustix::fs::unlinkat(dir, NEW_FILE, rustix::fs::AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(named(e)),
+    }
     let fd = rustix::fs::openat(
         dir,
         NEW_FILE,
-        OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
-    )?;
+    )
+    .map_err(named)?;
     let file = File::from(fd);
     write(&file, seq)?;
     file.sync_all()?;
@@ -171,6 +183,21 @@ mod tests {
         drop(create_in(&d, 3).unwrap());
         assert!(!outside.exists(), "nothing made through the link");
         assert_eq!(read(dir.path()), Ok(Some(3)));
+        // A stale HEAD.new, file or symlink, is removed, never followed; a directory
+        // there is an error naming it (round 63a: the error named HEAD).
+        let new = dir.path().join(NEW_FILE);
+        std::os::unix::fs::symlink(&outside, &new).unwrap();
+        drop(create_in(&d, 4).unwrap());
+        assert!(!outside.exists(), "nothing made through the link");
+        assert_eq!(read(dir.path()), Ok(Some(4)));
+        std::fs::write(&new, b"stale").unwrap();
+        drop(create_in(&d, 5).unwrap());
+        assert_eq!(read(dir.path()), Ok(Some(5)));
+        std::fs::create_dir(&new).unwrap();
+        let e = create_in(&d, 6).unwrap_err().to_string();
+        assert!(e.contains("HEAD.new"), "{e}");
+        assert_eq!(read(dir.path()), Ok(Some(5)), "the head is left as it was");
+        std::fs::remove_dir(&new).unwrap();
         // Nor a directory (or anything else that is not a file).
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();

@@ -837,10 +837,19 @@ fn build(learner: Learner) -> Result<XgbModel, ModelError> {
         Objective::Logistic => {
             // LogisticRegression::ProbToMargin, operation for operation.
             if !(base_score > 0.0 && base_score < 1.0) {
+                // In (0, 1) as written, but 0 or 1 in `f32` (black-box round 63c: told
+                // "must be in (0, 1)" of 0.9999999999).
+                let written: Option<f64> = p.base_score.trim().parse().ok();
+                let why = match written {
+                    Some(w) if w > 0.0 && w < 1.0 => format!(
+                        "it is {base_score} in 32-bit floats, where the margin is computed: it must be in (0, 1) there for a logistic objective"
+                    ),
+                    _ => "must be in (0, 1) for a logistic objective".to_string(),
+                };
                 return Err(ModelError::BadParam {
                     name: "base_score",
                     value: truncate(&p.base_score),
-                    why: "must be in (0, 1) for a logistic objective".into(),
+                    why,
                 });
             }
             let margin = -((1.0f32 / base_score - 1.0f32).ln());
@@ -1492,6 +1501,11 @@ mod tests {
                 ),
                 "{nf}: {e}"
             );
+        }
+        // In (0, 1) as written, 0 or 1 in f32: the message says so (round 63c).
+        for bs in ["0.9999999999", "1e-46"] {
+            let e = load(&tiny("binary:logistic", bs)).unwrap_err().to_string();
+            assert!(e.contains("in 32-bit floats"), "{bs}: {e}");
         }
         for bs in ["0", "1", "1.5", "-0.1", "nan", "x", "1e-45"] {
             let e = load(&tiny("binary:logistic", bs)).unwrap_err();

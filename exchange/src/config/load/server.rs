@@ -197,6 +197,7 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         idempotency_keys_per_seller_max,
         ledger_path,
         ledger_segment_bytes_max,
+        new_fingerprint_key: false,
         buyers_per_auction_max,
         response_reserve_ms,
         post_attempts_max,
