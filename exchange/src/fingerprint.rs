@@ -93,8 +93,22 @@ impl Fingerprinter {
             .read(true)
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(&at);
+        // Every refusal says the way out (black-box round 64a).
+        const WAY_OUT: &str = "restore the key from a backup, or move it aside and start once with --new-fingerprint-key (de-duplication then forgets the consumers sold before)";
         match opened {
+            Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => Err(std::io::Error::other(
+                format!("{}: not a regular file; {WAY_OUT}", path.display()),
+            )),
             Ok(f) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                // Readable by others, it lets them test guesses against the digests
+                // (round 64a: a key restored with mode 644 was used in silence).
+                if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                    tracing::warn!(
+                        key = %path.display(),
+                        "the lead fingerprint key is readable by other users than the exchange's: with it, anyone can test a guessed phone number against the ledger's digests; make it owner-only (chmod 600)"
+                    );
+                }
                 // A key file is 64 hex digits (and perhaps a newline): never read more.
                 let mut text = String::new();
                 f.take(1024).read_to_string(&mut text).map_err(|e| {
@@ -103,11 +117,22 @@ impl Fingerprinter {
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(text.trim(), &mut key).map_err(|_| {
                     std::io::Error::other(format!(
-                        "{}: not a 64-hex-digit fingerprint key",
+                        "{}: not a 64-hex-digit fingerprint key; {WAY_OUT}",
                         path.display()
                     ))
                 })?;
                 Ok(Fingerprinter::with_key(key))
+            }
+            // A symlink to nothing is not a missing key: a new one could not be written
+            // there (round 64a: `--new-fingerprint-key` then failed with `File exists`).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&at).is_ok() =>
+            {
+                Err(std::io::Error::other(format!(
+                    "{} is a symlink to a file that does not exist: put the key there, or remove the link and start once with --new-fingerprint-key (de-duplication then forgets the consumers sold before)",
+                    path.display()
+                )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut f = Fingerprinter::ephemeral();
@@ -463,7 +488,35 @@ mod tests {
         std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap_or_else(|e| panic!("{e}"));
         let e = Fingerprinter::open(dir.path()).unwrap_err();
         assert!(e.to_string().contains(KEY_FILE), "{e}");
+        // Each refusal says the way out (black-box round 64a), and none blocks or is
+        // taken for a missing key.
+        assert!(e.to_string().contains("--new-fingerprint-key"), "{e}");
         assert!(!format!("{a:?}").contains(&hex::encode(a.key)));
+        let key = dir.path().join(KEY_FILE);
+        std::fs::remove_file(&key).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(&key).unwrap_or_else(|e| panic!("{e}"));
+        let e = Fingerprinter::load_in(dir.path(), dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::remove_dir(&key).unwrap_or_else(|e| panic!("{e}"));
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &key,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let e = Fingerprinter::load_in(dir.path(), dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::remove_file(&key).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &key)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = Fingerprinter::load_in(dir.path(), dir.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is a symlink to a file that does not exist"),
+            "{e}"
+        );
     }
 
     /// Black-box round 33: an e-mail with a character that prints as nothing hashed as

@@ -572,7 +572,8 @@ impl Writer {
                 .create(true)
                 .truncate(false)
                 .write(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                // Nor blocking on a FIFO (round 64a: the start hung, silent).
+                .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
                 .open(&lock_path)
         }
         .map_err(|e| match e.raw_os_error() {
@@ -580,8 +581,23 @@ impl Writer {
                 "{} is a symlink; the exchange makes its own {LOCK_FILE} there (remove the link)",
                 lock_path.display()
             )),
+            Some(code)
+                if code == rustix::io::Errno::NXIO.raw_os_error()
+                    || code == rustix::io::Errno::ISDIR.raw_os_error() =>
+            {
+                other(format!(
+                    "{} is not a regular file; the exchange makes its own {LOCK_FILE} there (remove it)",
+                    lock_path.display()
+                ))
+            }
             _ => ctx("opening", &lock_path, e),
         })?;
+        if !lock.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(other(format!(
+                "{} is not a regular file; the exchange makes its own {LOCK_FILE} there (remove it)",
+                lock_path.display()
+            )));
+        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -611,7 +627,12 @@ impl Writer {
                 // Only a last line cut short (no `\n`) is a torn write: a whole line that
                 // does not verify was changed after it was written, and may be a sale
                 // that was acknowledged, so it is never removed here.
-                let torn_write = last && p.at_tail && p.what == segments::LineProblem::Incomplete;
+                let torn_write = last
+                    && p.at_tail
+                    && matches!(
+                        p.what,
+                        segments::LineProblem::Incomplete | segments::LineProblem::NoNewline
+                    );
                 if !torn_write {
                     let sealed = if last { "" } else { " (a sealed segment)" };
                     return Err(other(format!(
@@ -619,7 +640,12 @@ impl Writer {
                          corrupt ledger (check it with `pingpost ledger verify`)"
                     )));
                 }
-                last_len = p.offset;
+                last_len = if p.what == segments::LineProblem::NoNewline {
+                    // Completed below: the newline is added.
+                    s.len + 1
+                } else {
+                    p.offset
+                };
                 torn = Some((path.clone(), p, s.len));
             }
             chain = s.chain;
@@ -629,6 +655,28 @@ impl Writer {
         // is changed (a torn tail is cut only after this).
         if let Some(why) = head::removed(dir, head_said, chain.seq) {
             return Err(other(why));
+        }
+        if let Some((path, p, _)) = torn
+            .as_ref()
+            .filter(|(_, p, _)| p.what == segments::LineProblem::NoNewline)
+        {
+            // A whole record that lacks only its newline (whatever took it off, an editor
+            // or a shell's `$(cat)`): completed, never cut (black-box round 64a: cut, a sale
+            // answered `sold` left the ledger).
+            let file = OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| ctx("opening", path, e))?;
+            (&file)
+                .write_all(b"\n")
+                .and_then(|()| file.sync_all())
+                .map_err(|e| ctx("completing the last line of", path, e))?;
+            tracing::warn!(
+                segment = %path.display(),
+                offset = p.offset,
+                "ledger: the last record was whole but had no newline at the end: the newline was added"
+            );
+            torn = None;
         }
         if let Some((path, p, len)) = torn {
             let path = &path;
@@ -1514,6 +1562,57 @@ mod tests {
         assert_eq!(head::read(&dir), Ok(Some(w.chain.seq)), "a new head");
     }
 
+    /// Black-box round 64a: a last record whole but for its newline (taken off by an editor
+    /// or `x=$(cat f); printf %s "$x" > f`) was taken for a torn write: the start was
+    /// refused as records removed, and with HEAD removed as advised, the sale was cut.
+    /// It is counted, and the start completes it.
+    #[test]
+    fn a_last_record_without_its_newline_is_completed_not_cut() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let rec = || Pending {
+            line: br#"{"type":"sale","pad":"x"}"#.to_vec(),
+            ack: None,
+        };
+        {
+            let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+            assert!(w
+                .write_batch(&[rec(), rec(), rec()], true, &mut Vec::new())
+                .1
+                .is_ok());
+        }
+        let (_, seg) = segments::list(&dir).unwrap().pop().unwrap();
+        let whole = std::fs::read(&seg).unwrap();
+        std::fs::write(&seg, &whole[..whole.len() - 1]).unwrap();
+        // verify counts it, and says the start completes it.
+        let report = segments::verify(&dir).unwrap();
+        assert_eq!(report.last_seq, 3);
+        let p = report.problem.as_ref().unwrap();
+        assert_eq!(p.what, segments::LineProblem::NoNewline);
+        assert!(p.is_torn_tail(&dir));
+        assert!(
+            report.render(&dir).contains("adds the newline"),
+            "{}",
+            report.render(&dir)
+        );
+        // The start completes it: nothing cut, nothing kept aside, the head agrees.
+        let w = Writer::recover(&dir, 64 << 20).unwrap();
+        assert_eq!(w.chain.seq, 3);
+        drop(w);
+        assert_eq!(std::fs::read(&seg).unwrap(), whole);
+        assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("torn-")));
+        assert_eq!(segments::verify(&dir).unwrap().problem, None);
+        // A line cut inside it is still a torn write, cut at start.
+        std::fs::write(&seg, &whole[..whole.len() - 5]).unwrap();
+        std::fs::write(dir.join(head::HEAD_FILE), head::line(2)).unwrap();
+        let w = Writer::recover(&dir, 64 << 20).unwrap();
+        assert_eq!(w.chain.seq, 2);
+    }
+
     /// Black-box round 62c: after `mv`, `sed -i` or `rm` of `HEAD` while the exchange ran,
     /// it went on writing the file no path reached (until and at its stop), so the head
     /// stayed at the other process's value and the check of removed records was off.
@@ -1571,6 +1670,37 @@ mod tests {
         let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
         assert!(e.contains("is a symlink"), "{e}");
         assert!(!outside.exists());
+        // Nor does a FIFO or a directory named LOCK hang or stop the start without a way
+        // out (round 64a: a FIFO hung it, silent).
+        for odd in ["fifo", "dir"] {
+            let lock = dir.join(LOCK_FILE);
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, head::line(5)).unwrap();
+            std::fs::remove_file(&lock).unwrap();
+            if odd == "fifo" {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &lock,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            } else {
+                std::fs::create_dir(&lock).unwrap();
+            }
+            let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
+            assert!(
+                e.contains("LOCK is not a regular file") && e.contains("remove it"),
+                "{odd}: {e}"
+            );
+            if odd == "dir" {
+                std::fs::remove_dir(&lock).unwrap();
+            } else {
+                std::fs::remove_file(&lock).unwrap();
+            }
+            std::fs::write(&lock, b"").unwrap();
+        }
         // Nor is LOCK followed (round 63a: a LOCK symlink made a file outside).
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, head::line(5)).unwrap();

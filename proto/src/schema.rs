@@ -11,6 +11,9 @@ use simd_json::{OwnedValue, StaticNode};
 use crate::error::FieldProblem;
 use crate::lead::{FieldValue, Lead};
 
+/// A personal field's problem in a ping: what a `pii_in_ping` answer leads with.
+pub const PII_IN_PING_PROBLEM: &str = "is personal data and not allowed in a ping";
+
 /// Longest string value accepted in any lead field unless the schema says less.
 pub const STRING_LEN_MAX_DEFAULT: usize = 1024;
 /// Most fields a lead may carry, whatever the schema says.
@@ -172,10 +175,8 @@ impl VerticalSchema {
             match (present, mode) {
                 (Some(_), LeadMode::Ping) if spec.pii => {
                     out.pii = true;
-                    out.problems.push(FieldProblem::new(
-                        fpath(),
-                        "is personal data and not allowed in a ping",
-                    ));
+                    out.problems
+                        .push(FieldProblem::new(fpath(), PII_IN_PING_PROBLEM));
                 }
                 (Some(_), LeadMode::Ping) if !spec.ping => {
                     out.problems.push(FieldProblem::new(

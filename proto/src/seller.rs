@@ -87,14 +87,22 @@ pub fn parse_ping<'s>(
             min_price,
             test,
         }),
-        _ => Err(ApiError::from_fields(
+        _ => {
             if pii {
-                ErrorCode::PiiInPing
-            } else {
-                ErrorCode::InvalidRequest
-            },
-            problems,
-        )),
+                // The code says personal data: so does the message's first problem
+                // (black-box round 64c: it led with a non-personal field's). Stable: the
+                // rest keep their order.
+                problems.sort_by_key(|p| p.problem != crate::schema::PII_IN_PING_PROBLEM);
+            }
+            Err(ApiError::from_fields(
+                if pii {
+                    ErrorCode::PiiInPing
+                } else {
+                    ErrorCode::InvalidRequest
+                },
+                problems,
+            ))
+        }
     }
 }
 
@@ -353,6 +361,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::PiiInPing);
+        // The message leads with the personal field, whatever came before it (black-box
+        // round 64c: it led with `lead.city`, not personal, under `pii_in_ping`).
+        let e = ping(
+            r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180","extra":"x","email":"a@b.co"}}"#,
+            LeadMode::Ping,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::PiiInPing);
+        assert!(
+            e.message.starts_with("lead.email: is personal data"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.fields.len(), 2, "{:?}", e.fields);
     }
 
     #[test]
