@@ -38,8 +38,6 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     // Through the directory the ledger locked, not by path (see `Ledger::locked_dir`).
     let dir = state.ledger.dir().to_path_buf();
     let locked = state.ledger.locked_dir();
-    let lost_key = !locked.join(crate::fingerprint::KEY_FILE).exists()
-        && crate::fingerprint::ledger_has_records(&locked);
     // Read, or made in memory only: the replay decides whether a new key may be begun
     // beside this ledger, and only then is it written.
     state.fingerprint = crate::fingerprint::Fingerprinter::load_in(&locked, &dir)?;
@@ -49,12 +47,10 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     crate::recovery::recover(&state)
         .map_err(|e| std::io::Error::new(e.kind(), format!("replaying the ledger: {e}")))?;
     state.fingerprint.persist_in(&locked, &dir)?;
-    if lost_key {
-        tracing::warn!(
-            key = %dir.join(crate::fingerprint::KEY_FILE).display(),
-            "lead fingerprint key missing beside a ledger that has records: a new key was made, so lead fingerprints from now on cannot be compared with the earlier ones; restore the old key from a backup (and restart) to keep them comparable"
-        );
-    }
+    // Readable by others, the key lets them test guesses against the digests (black-box
+    // round 64a: a key restored with mode 644 was used in silence). Said here, at the
+    // start, not by the tools that read it.
+    crate::fingerprint::warn_if_readable_by_others(&locked, &dir);
     // This run begins here: the next replay tells a crash of it from a shutdown.
     state
         .ledger

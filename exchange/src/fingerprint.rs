@@ -100,15 +100,6 @@ impl Fingerprinter {
                 format!("{}: not a regular file; {WAY_OUT}", path.display()),
             )),
             Ok(f) => {
-                use std::os::unix::fs::PermissionsExt as _;
-                // Readable by others, it lets them test guesses against the digests
-                // (round 64a: a key restored with mode 644 was used in silence).
-                if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-                    tracing::warn!(
-                        key = %path.display(),
-                        "the lead fingerprint key is readable by other users than the exchange's: with it, anyone can test a guessed phone number against the ledger's digests; make it owner-only (chmod 600)"
-                    );
-                }
                 // A key file is 64 hex digits (and perhaps a newline): never read more.
                 let mut text = String::new();
                 f.take(1024).read_to_string(&mut text).map_err(|e| {
@@ -138,6 +129,15 @@ impl Fingerprinter {
                 let mut f = Fingerprinter::ephemeral();
                 f.made = true;
                 Ok(f)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {e}: the exchange's user must be able to read it (chown or chmod it: owner-only, readable by that user)",
+                        path.display()
+                    ),
+                ))
             }
             Err(e) => Err(std::io::Error::new(
                 e.kind(),
@@ -308,6 +308,18 @@ pub fn ledger_has_records(dir: &Path) -> bool {
                 && e.metadata().is_ok_and(|m| m.len() > 0)
         })
     })
+}
+
+/// Warns when the key file in `dir` (named as in `shown`) can be read by other users
+/// than its owner (black-box round 64a).
+pub fn warn_if_readable_by_others(dir: &Path, shown: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::fs::metadata(dir.join(KEY_FILE)).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        tracing::warn!(
+            key = %shown.join(KEY_FILE).display(),
+            "the lead fingerprint key is readable by other users than its owner: with it, anyone can test a guessed phone number against the ledger's digests; make it owner-only (chmod 600)"
+        );
+    }
 }
 
 /// What `pingpost ledger verify` says of the ledger `dir`'s `FINGERPRINT_KEY` against

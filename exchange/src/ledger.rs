@@ -637,7 +637,9 @@ impl Writer {
                     let sealed = if last { "" } else { " (a sealed segment)" };
                     return Err(other(format!(
                         "ledger is corrupt: {p}{sealed}; the exchange does not start on a \
-                         corrupt ledger (check it with `pingpost ledger verify`)"
+                         corrupt ledger (check it with `pingpost ledger verify`): restore the \
+                         segment from a backup, or, knowingly, move it and the segments after \
+                         it aside (docs/LEDGER.md, start-up recovery)"
                     )));
                 }
                 last_len = if p.what == segments::LineProblem::NoNewline {
@@ -1595,6 +1597,15 @@ mod tests {
             "{}",
             report.render(&dir)
         );
+        // The finance tools read it as the record it is (round 65a: dropped as torn).
+        let mut read = 0;
+        let stats = crate::finance::for_each_ignoring_money(&dir, |_| {
+            read += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(read, 3);
+        assert!(stats.unreadable.is_empty(), "{stats:?}");
         // The start completes it: nothing cut, nothing kept aside, the head agrees.
         let w = Writer::recover(&dir, 64 << 20).unwrap();
         assert_eq!(w.chain.seq, 3);

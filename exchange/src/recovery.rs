@@ -1463,6 +1463,13 @@ fn digest(hex_text: &str) -> Option<[u8; 32]> {
 /// it is.
 fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
     let Some(last) = &scan.key_id else {
+        // A ledger from before key ids: a missing key is made anew, and said once.
+        if state.fingerprint.made() && scan.records > 0 {
+            tracing::warn!(
+                key = %state.ledger.dir().join(crate::fingerprint::KEY_FILE).display(),
+                "lead fingerprint key missing beside a ledger that has records (from before key ids): a new key was made, so de-duplication does not know the consumers sold before and lead fingerprints from now on cannot be compared with the earlier ones; restore the old key from a backup (and restart) at once, before anything is sold under the new one"
+            );
+        }
         return Ok(());
     };
     let new_allowed = state.runtime.load().config.server.new_fingerprint_key;
@@ -1474,7 +1481,7 @@ fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
             tracing::warn!(
                 last_key_id = %last,
                 new_key_id = %fp.key_id(),
-                "{key} was missing and a new key is begun (--new-fingerprint-key): de-duplication does not know the consumers sold before, and lead fingerprints do not compare with earlier ones"
+                "{key} was missing and a new key is begun (--new-fingerprint-key): de-duplication does not know the consumers sold before, and lead fingerprints do not compare with earlier ones; keep this key from now on (putting the old one back later would forget, in turn, the consumers sold under this one)"
             );
             return Ok(());
         }
@@ -1497,7 +1504,7 @@ fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
             key_id = %now,
             last_key_id = %last,
             other_key_ids = %others.join(","),
-            "{key} is the key of an earlier run, not the last one's: the consumers sold in runs under the other keys are not known to de-duplication"
+            "{key} is the key of an earlier run, not the last one's: the consumers sold in runs under the other keys are not known to de-duplication, and can be sold again within their window"
         );
         return Ok(());
     }

@@ -372,6 +372,8 @@ pub struct AppState {
     pub idempotency: IdempotencyStore,
     pub clock: Clock,
     pub rate_limits: RateLimiter,
+    /// Each seller's requests being processed, for `sellers.ID.requests_in_flight_max`.
+    pub seller_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,
     /// The connection slots (`connections`) with the per-IP limit, shared by every
@@ -607,6 +609,7 @@ impl AppState {
             connections,
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
+            seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
             sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
             disposition_rate: crate::dispositions::BuyerRate::default(),
             disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
@@ -704,6 +707,7 @@ impl AppState {
         self.late_calls.grow(self.ids.buyer_count());
         self.late_posts.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
+        self.seller_in_flight.grow(self.ids.seller_count());
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = metric_slots(&config, Some(&old));
         // A removed buyer's cap gauges would otherwise show its last utilisation forever;

@@ -742,3 +742,55 @@ fn yaml_statuses(
     }
     out
 }
+
+/// Black-box round 62d: one seller whose posts waited on a slow buyer held every place of
+/// `server.requests_in_flight_max`, and every other seller's pings were refused `503`.
+/// `sellers.ID.requests_in_flight_max` bounds one seller's share: past it, that seller
+/// gets `429 rate_limited` (with `Retry-After`), the others are served, and its places
+/// come back as its requests are answered.
+#[tokio::test]
+async fn a_seller_over_its_own_in_flight_limit_is_refused_and_the_others_are_served() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let ex = TestConfig::new()
+        .buyer(buyer)
+        .start_edited(|t| {
+            t.replacen(
+                "[sellers.main]\n",
+                "[sellers.main]\nrequests_in_flight_max = 1\n",
+                1,
+            )
+            .replacen("rate_per_s = 1\n", "", 1)
+        })
+        .await;
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    // The main seller's post waits on the buyer: its one place is taken.
+    bidder.close_posts();
+    let client = ex.client.clone();
+    let ping_id = quote.ping_id.clone();
+    let post = tokio::spawn(async move { client.post(&ping_id, "TX").await });
+    bidder.wait_posts(1).await;
+    let refused = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    let e = refused.assert_error(429, "rate_limited");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("this seller has 1 request(s) in flight")),
+        "{e}"
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+    // Another seller is served meanwhile.
+    let other = ex
+        .client
+        .post_json_with("/v1/ping", THROTTLED_KEY, &[], &ping_body("TX"))
+        .await
+        .ping_answer();
+    assert_eq!(other.status, proto::seller::PingStatus::Bid, "{other:?}");
+    // Answered, the place comes back.
+    bidder.open_posts();
+    let sold = post.await.unwrap();
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    let again = ex.client.ping("TX").await;
+    assert_eq!(again.status, proto::seller::PingStatus::Bid, "{again:?}");
+}

@@ -488,6 +488,10 @@ pub struct Seller {
     /// Idempotency keys this seller may hold at once; `None` takes
     /// `server.idempotency_keys_per_seller_max`.
     pub idempotency_keys_max: Option<usize>,
+    /// Most of this seller's requests being processed at once (of the server's
+    /// `requests_in_flight_max`); past it, `429 rate_limited`. `None`: only the server's
+    /// limit, shared by every seller.
+    pub requests_in_flight_max: Option<usize>,
 }
 
 /// Whether the buyer's endpoints speak HTTP/2.

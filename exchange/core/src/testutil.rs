@@ -136,6 +136,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         rate_per_s: None,
         quotes_open_max: defaults::SELLER_QUOTES_OPEN_MAX,
         idempotency_keys_max: None,
+        requests_in_flight_max: None,
     };
     let mut cfg = Config {
         server: ServerConfig {

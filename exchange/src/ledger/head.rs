@@ -41,7 +41,10 @@ const NEW_FILE: &str = "HEAD.new";
 pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
     let named = |e: rustix::io::Errno| {
         let e = io::Error::from(e);
-        io::Error::new(e.kind(), format!("{NEW_FILE}: {e}"))
+        io::Error::new(
+            e.kind(),
+            format!("{NEW_FILE}: {e} (remove it: the exchange writes its HEAD through that name)"),
+        )
     };
     // A stale one (a crash between its write and its rename, or put there by another
     // process: a file or a symlink) is removed, never followed; a directory there is an

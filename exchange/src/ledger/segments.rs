@@ -448,7 +448,8 @@ impl Report {
                          it at its next start (or a write still in flight, if it runs)"
                     } else {
                         "  the exchange refuses to start on this ledger; records after this \
-                         point were not checked"
+                         point were not checked (restore the segment from a backup, or, \
+                         knowingly, move it and the segments after it aside)"
                     }
                 );
             }

@@ -16,6 +16,9 @@ use crate::idempotency::IdempotencyStore;
 /// counts the work actually running.
 pub(super) struct InFlight {
     state: Arc<AppState>,
+    /// The seller whose own count this request holds a place in, once it is known
+    /// (`sellers.ID.requests_in_flight_max`).
+    seller: Option<SellerKey>,
 }
 
 impl InFlight {
@@ -26,12 +29,38 @@ impl InFlight {
         state.metrics.requests_in_flight.inc();
         Some(InFlight {
             state: state.clone(),
+            seller: None,
         })
+    }
+
+    /// Takes a place among `seller`'s requests, of at most `max` (black-box round 62d: one
+    /// seller's slow work held every place of the server's limit, and the others' pings
+    /// were refused); false when it has none left. Given back with the server's place.
+    fn take_seller_place(&mut self, seller: SellerKey, max: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(count) = self.state.seller_in_flight.get(seller.slot()) else {
+            return true;
+        };
+        let taken = count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            self.seller = Some(seller);
+        }
+        taken
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(count) = self
+            .seller
+            .and_then(|s| self.state.seller_in_flight.get(s.slot()))
+        {
+            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
         self.state.in_flight.add_permits(1);
         self.state.metrics.requests_in_flight.dec();
     }
@@ -279,7 +308,7 @@ pub(super) async fn seller_request(
     route: &'static str,
     req: Request<Incoming>,
     arrival: Instant,
-    permit: InFlight,
+    mut permit: InFlight,
 ) -> Response<Body> {
     let rt = state.runtime.load_full();
     let seller = match authenticate(&rt, &req) {
@@ -288,6 +317,17 @@ pub(super) async fn seller_request(
     };
     // Per-seller state (rate, idempotency keys, quotes) is keyed by the stable key.
     let seller_key = rt.config.sellers[seller].key;
+    if let Some(max) = rt.config.sellers[seller].requests_in_flight_max {
+        if !permit.take_seller_place(seller_key, max) {
+            return error_response(
+                state,
+                &ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!("this seller has {max} request(s) in flight, its requests_in_flight_max; retry when one has been answered"),
+                ),
+            );
+        }
+    }
     if let Some(rate) = rt.config.sellers[seller].rate_per_s {
         if !state
             .rate_limits

@@ -46,6 +46,9 @@ pub(super) fn read_seller(
     let idempotency_keys_max = s
         .int_opt(p, "idempotency_keys_max", 1, TABLE_ENTRIES_LIMIT)
         .and_then(|i| usize::try_from(i).ok());
+    let requests_in_flight_max = s
+        .int_opt(p, "requests_in_flight_max", 1, TABLE_ENTRIES_LIMIT)
+        .and_then(|i| usize::try_from(i).ok());
     s.finish(p);
 
     if p.len() > before {
@@ -63,6 +66,7 @@ pub(super) fn read_seller(
         rate_per_s,
         quotes_open_max,
         idempotency_keys_max,
+        requests_in_flight_max,
     })
 }
 

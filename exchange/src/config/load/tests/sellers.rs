@@ -162,3 +162,20 @@ fn problems_between_parties_are_found_beside_the_parties_own() {
         );
     }
 }
+
+/// `sellers.ID.requests_in_flight_max` (black-box round 62d): one seller's share of the
+/// server's places, a whole number from 1; absent, only the server's limit.
+#[test]
+fn a_sellers_in_flight_limit_loads_and_refuses_bad_values() {
+    let c = ok(&[("#SELLER", "requests_in_flight_max = 7")]);
+    assert_eq!(c.sellers[0].requests_in_flight_max, Some(7));
+    let c = ok(&[]);
+    assert_eq!(c.sellers[0].requests_in_flight_max, None);
+    for bad in ["0", "-1", "1.5", "\"7\""] {
+        let e = errors(&[("#SELLER", &format!("requests_in_flight_max = {bad}"))]);
+        assert!(
+            e.len() == 1 && e[0].contains("requests_in_flight_max"),
+            "{bad}: {e:?}"
+        );
+    }
+}
