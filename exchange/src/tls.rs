@@ -22,28 +22,237 @@ pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::Client
 }
 
 /// [`buyer_client_config`], naming the bundle `label` (its file) in errors.
+///
+/// A CA's certificate in the bundle (BasicConstraints `cA`) is a trust anchor, as the
+/// WebPKI roots are. Any other certificate is **pinned**: trusted only as the very
+/// certificate a buyer presents (its name and dates checked), never as an issuer
+/// (black-box round 65b: a pinned self-signed certificate was a trust anchor, so anything
+/// its key signed was trusted for any host, and a full lead went to such a host). A
+/// certificate that is neither a CA's nor self-signed is refused: it can trust nothing.
 fn buyer_client_config_from(
     extra_ca_pem: Option<&[u8]>,
     label: &str,
 ) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut pinned = Vec::new();
     if let Some(pem) = extra_ca_pem {
         let certs =
             certificates_from_pem(pem, label).map_err(|e| format!("server.buyer_ca_path: {e}"))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("server.buyer_ca_path: {label}: not a usable CA: {e}"))?;
+        for (i, cert) in certs.into_iter().enumerate() {
+            let n = i + 1;
+            let kind = x509::kind(cert.as_ref()).ok_or_else(|| {
+                format!("server.buyer_ca_path: {label}: certificate {n} is not a readable X.509 certificate")
+            })?;
+            match kind {
+                x509::Kind::Ca => roots.add(cert).map_err(|e| {
+                    format!("server.buyer_ca_path: {label}: certificate {n} is not a usable CA: {e}")
+                })?,
+                x509::Kind::SelfSigned => {
+                    let mut own = rustls::RootCertStore::empty();
+                    own.add(cert.clone()).map_err(|e| {
+                        format!("server.buyer_ca_path: {label}: certificate {n} cannot be pinned: {e}")
+                    })?;
+                    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(own),
+                        provider.clone(),
+                    )
+                    .build()
+                    .map_err(|e| format!("server.buyer_ca_path: {label}: certificate {n}: {e}"))?;
+                    pinned.push((cert, verifier));
+                }
+                x509::Kind::Issued => {
+                    return Err(format!(
+                        "server.buyer_ca_path: {label}: certificate {n} is neither a CA's certificate nor self-signed (a certificate a CA issued to a server), so it can trust nothing: put its CA's certificate there instead"
+                    ))
+                }
+            }
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    let anchors = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("server.buyer_ca_path: {e}"))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if pinned.is_empty() {
+        anchors
+    } else {
+        Arc::new(PinningVerifier { anchors, pinned })
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// Buyer certificates: the pinned ones by exact match (checked against themselves alone,
+/// so their name and dates still count), everything else by the CA anchors.
+#[derive(Debug)]
+struct PinningVerifier {
+    anchors: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<(
+        rustls::pki_types::CertificateDer<'static>,
+        Arc<rustls::client::WebPkiServerVerifier>,
+    )>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .pinned
+            .iter()
+            .find(|(cert, _)| cert.as_ref() == end_entity.as_ref())
+        {
+            // The pinned certificate itself, with no issuer but itself.
+            Some((_, own)) => {
+                own.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+            }
+            None => self.anchors.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.anchors.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.anchors.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.anchors.supported_verify_schemes()
+    }
+}
+
+/// Just enough X.509 (DER) to tell a CA's certificate from a self-signed one and from
+/// one a CA issued: BasicConstraints `cA`, and the issuer against the subject.
+mod x509 {
+    /// What a certificate of the buyer CA bundle is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// BasicConstraints with `cA` true: an issuer.
+        Ca,
+        /// Not a CA, issued by itself: pinned.
+        SelfSigned,
+        /// Not a CA, issued by another.
+        Issued,
+    }
+
+    /// One DER element: its tag, its content, and the rest of the input after it.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    /// The elements of a constructed element's content.
+    fn elements(mut content: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+        let mut out = Vec::new();
+        while !content.is_empty() {
+            let (tag, value, rest) = element(content)?;
+            out.push((tag, value));
+            content = rest;
+        }
+        Some(out)
+    }
+
+    const SEQUENCE: u8 = 0x30;
+    const BOOLEAN: u8 = 0x01;
+    const OID: u8 = 0x06;
+    const OCTET_STRING: u8 = 0x04;
+    /// `[0]` (the version) and `[3]` (the extensions) of a TBSCertificate.
+    const VERSION: u8 = 0xa0;
+    const EXTENSIONS: u8 = 0xa3;
+    /// id-ce-basicConstraints, 2.5.29.19.
+    const BASIC_CONSTRAINTS: [u8; 3] = [0x55, 0x1d, 0x13];
+
+    /// What the certificate `der` is, or `None` when it is not DER this reads.
+    pub fn kind(der: &[u8]) -> Option<Kind> {
+        let (tag, cert, _) = element(der)?;
+        if tag != SEQUENCE {
+            return None;
+        }
+        let (tag, tbs, _) = element(cert)?;
+        if tag != SEQUENCE {
+            return None;
+        }
+        let fields = elements(tbs)?;
+        // [version], serial, signature, issuer, validity, subject, key, ..., [3] ext.
+        let skip = usize::from(fields.first()?.0 == VERSION);
+        let issuer = fields.get(skip + 2)?;
+        let subject = fields.get(skip + 4)?;
+        let mut ca = false;
+        if let Some((_, exts)) = fields.iter().find(|(t, _)| *t == EXTENSIONS) {
+            let (tag, list, _) = element(exts)?;
+            if tag != SEQUENCE {
+                return None;
+            }
+            for (tag, ext) in elements(list)? {
+                if tag != SEQUENCE {
+                    return None;
+                }
+                let parts = elements(ext)?;
+                if parts.first() != Some(&(OID, &BASIC_CONSTRAINTS[..])) {
+                    continue;
+                }
+                let (tag, value) = *parts.last()?;
+                if tag != OCTET_STRING {
+                    return None;
+                }
+                let (tag, bc, _) = element(value)?;
+                if tag != SEQUENCE {
+                    return None;
+                }
+                ca = matches!(elements(bc)?.first(), Some((BOOLEAN, v)) if v.first().is_some_and(|&b| b != 0));
+            }
+        }
+        Some(if ca {
+            Kind::Ca
+        } else if issuer == subject {
+            Kind::SelfSigned
+        } else {
+            Kind::Issued
+        })
+    }
 }
 
 /// [`buyer_client_config`] for a configuration's `server.buyer_ca_path`.

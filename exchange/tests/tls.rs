@@ -754,3 +754,78 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
     }
     ex.shutdown().await.unwrap();
 }
+
+/// Black-box round 65b: a pinned self-signed buyer certificate (not a CA) was a trust
+/// anchor, so a certificate its key signed for another host was trusted, and a full lead
+/// went to that host. A pinned certificate is trusted only as itself; a CA's certificate
+/// is an issuer; a certificate a CA issued is refused in the bundle (it can trust nothing).
+#[tokio::test]
+async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    // The pinned one: self-signed, not a CA (with and without BasicConstraints), for
+    // 127.0.0.1.
+    let self_signed = |names: Vec<String>, is_ca: IsCa| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.is_ca = is_ca;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "pinned buyer");
+        let cert = params.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    for is_ca in [IsCa::ExplicitNoCa, IsCa::NoCa] {
+        let (pinned, pinned_key) = self_signed(vec!["127.0.0.1".to_string()], is_ca.clone());
+        let ca_path = write(dir.path(), "pinned.pem", &pinned.pem());
+        // A certificate the pinned key signs, for the same host.
+        let minted_key = KeyPair::generate().unwrap();
+        let mut minted = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        minted.distinguished_name.push(DnType::CommonName, "minted");
+        let minted = minted.signed_by(&minted_key, &pinned, &pinned_key).unwrap();
+        for (served, served_key, trusted) in [
+            (pinned.pem(), pinned_key.serialize_pem(), true),
+            (minted.pem(), minted_key.serialize_pem(), false),
+        ] {
+            let bidder = ScriptedBidder::bidding(10.0);
+            let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
+            options.tls = Some(TlsAcceptor::new(
+                server_config_from_pem(served.as_bytes(), served_key.as_bytes(), "buyer").unwrap(),
+            ));
+            let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
+            let ledger = tempfile::tempdir().unwrap();
+            let ex = start(
+                ledger.path(),
+                &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
+                &tls_buyer(addr.port()),
+                &[(BUYER_ENV, BUYER_SECRET)],
+            )
+            .await;
+            let answer = SellerClient::new(ex.addr).ping("TX").await;
+            let want = if trusted {
+                PingStatus::Bid
+            } else {
+                PingStatus::NoBid
+            };
+            assert_eq!(
+                answer.status, want,
+                "{is_ca:?} trusted {trusted}: {answer:?}"
+            );
+            if !trusted {
+                assert_eq!(bidder.pings(), 0, "the minted host saw nothing");
+            }
+            ex.shutdown().await.unwrap();
+            handle.shutdown().await.unwrap();
+        }
+    }
+    // A CA's certificate is an issuer; a certificate a CA issued is refused, named.
+    let ca = local_ca("issuer");
+    assert!(pingpost::tls::buyer_client_config(Some(ca.ca_pem.as_bytes())).is_ok());
+    let e = pingpost::tls::buyer_client_config(Some(ca.leaf_pem.as_bytes())).unwrap_err();
+    assert!(
+        e.contains("neither a CA's certificate nor self-signed"),
+        "{e}"
+    );
+    let both = format!("{}{}", ca.ca_pem, ca.leaf_pem);
+    let e = pingpost::tls::buyer_client_config(Some(both.as_bytes())).unwrap_err();
+    assert!(e.contains("certificate 2 is neither"), "{e}");
+}

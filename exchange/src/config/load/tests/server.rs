@@ -96,6 +96,17 @@ fn a_non_loopback_admin_listener_needs_tls() {
             .starts_with("admin.listen: is not a loopback address, so [server.tls] must be set")),
         "{e:?}"
     );
+    // A `[server.tls]` that is there but refused is said by its own errors, not as
+    // missing (black-box round 65b).
+    let e = errors(&[
+        (
+            "#SERVER",
+            "[server.tls]\ncert_path = \"/nonexistent/cert.pem\"\nkey_path = \"/nonexistent/key.pem\"",
+        ),
+        ("#BUYER", "\n[admin]\nlisten = \"0.0.0.0:8081\""),
+    ]);
+    assert!(e.iter().any(|m| m.starts_with("server.tls")), "{e:?}");
+    assert!(!e.iter().any(|m| m.contains("must be set")), "{e:?}");
     // On loopback it loads (the admin listener stays off without a token).
     let c = ok(&[("#BUYER", "\n[admin]\nlisten = \"127.0.0.1:8081\"")]);
     assert!(c.admin.token.is_none());
