@@ -140,7 +140,7 @@ pub fn removed(dir: &Path, head: Option<u64>, last_seq: u64) -> Option<String> {
     let head = head?;
     (head > last_seq).then(|| {
         format!(
-            "ledger directory {} ends at record {last_seq}, but its {HEAD_FILE} file says record {head} was written and synced: records {}..={head} were removed (its newest segment(s) deleted or cut); restore them from a backup (an exchange started on it would sell again what they record), or, if this is an older backup restored on purpose, remove {HEAD_FILE}",
+            "ledger directory {} ends at record {last_seq}, but its {HEAD_FILE} file says record {head} was written and synced: records {}..={head} were removed (its newest segment(s) deleted or cut); restore them from a backup (an exchange started on it would sell again what they record), or, if this is an older backup restored on purpose, remove {HEAD_FILE} (not otherwise: a start without it cuts a last line it cannot read, so keep a copy of the last segment first)",
             dir.display(),
             last_seq + 1
         )
