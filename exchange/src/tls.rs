@@ -21,14 +21,25 @@ pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::Client
     buyer_client_config_from(extra_ca_pem, "server.buyer_ca_path")
 }
 
+/// [`buyer_client_config`], naming the bundle `label` (its file) in errors: what the
+/// configuration's loader checks, so `--check-config` judges a bundle as the start does.
+pub fn buyer_client_config_labelled(
+    extra_ca_pem: Option<&[u8]>,
+    label: &str,
+) -> Result<rustls::ClientConfig, String> {
+    buyer_client_config_from(extra_ca_pem, label)
+}
+
 /// [`buyer_client_config`], naming the bundle `label` (its file) in errors.
 ///
-/// A CA's certificate in the bundle (BasicConstraints `cA`) is a trust anchor, as the
-/// WebPKI roots are. Any other certificate is **pinned**: trusted only as the very
-/// certificate a buyer presents (its name and dates checked), never as an issuer
-/// (black-box round 65b: a pinned self-signed certificate was a trust anchor, so anything
-/// its key signed was trusted for any host, and a full lead went to such a host). A
-/// certificate that is neither a CA's nor self-signed is refused: it can trust nothing.
+/// A CA's certificate in the bundle (BasicConstraints `cA`, no server name of its own,
+/// and a keyUsage, if any, that allows signing certificates) is a trust anchor, as the
+/// WebPKI roots are. A self-signed certificate that is not such a CA's, a server's own
+/// (it names a host: OpenSSL's `req -x509` marks those `CA:TRUE` too, black-box round
+/// 66a), is **pinned**: trusted only as the very certificate a buyer presents (its name
+/// and dates checked), never as an issuer (round 65b: a pinned self-signed certificate
+/// was a trust anchor, so anything its key signed was trusted for any host, and a full
+/// lead went to such a host). Any other certificate is refused: it can trust nothing.
 fn buyer_client_config_from(
     extra_ca_pem: Option<&[u8]>,
     label: &str,
@@ -37,18 +48,32 @@ fn buyer_client_config_from(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let mut pinned = Vec::new();
+    let mut trust_anchors: Vec<rustls::pki_types::TrustAnchor<'static>> =
+        webpki_roots::TLS_SERVER_ROOTS.to_vec();
+    let mut path_limits: Vec<(Vec<u8>, usize)> = Vec::new();
     if let Some(pem) = extra_ca_pem {
         let certs =
             certificates_from_pem(pem, label).map_err(|e| format!("server.buyer_ca_path: {e}"))?;
         for (i, cert) in certs.into_iter().enumerate() {
             let n = i + 1;
-            let kind = x509::kind(cert.as_ref()).ok_or_else(|| {
+            let info = x509::info(cert.as_ref()).ok_or_else(|| {
                 format!("server.buyer_ca_path: {label}: certificate {n} is not a readable X.509 certificate")
             })?;
-            match kind {
-                x509::Kind::Ca => roots.add(cert).map_err(|e| {
-                    format!("server.buyer_ca_path: {label}: certificate {n} is not a usable CA: {e}")
-                })?,
+            match info.kind {
+                x509::Kind::Ca => {
+                    let anchor = webpki::anchor_from_trusted_cert(&cert)
+                        .map_err(|e| {
+                            format!("server.buyer_ca_path: {label}: certificate {n} is not a usable CA: {e}")
+                        })?
+                        .to_owned();
+                    if let Some(limit) = info.path_len {
+                        path_limits.push((anchor.subject_public_key_info.to_vec(), limit));
+                    }
+                    trust_anchors.push(anchor);
+                    roots.add(cert).map_err(|e| {
+                        format!("server.buyer_ca_path: {label}: certificate {n} is not a usable CA: {e}")
+                    })?
+                }
                 x509::Kind::SelfSigned => {
                     let mut own = rustls::RootCertStore::empty();
                     own.add(cert.clone()).map_err(|e| {
@@ -76,11 +101,13 @@ fn buyer_client_config_from(
     )
     .build()
     .map_err(|e| format!("server.buyer_ca_path: {e}"))?;
-    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if pinned.is_empty() {
-        anchors
-    } else {
-        Arc::new(PinningVerifier { anchors, pinned })
-    };
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = Arc::new(PinningVerifier {
+        anchors,
+        pinned,
+        trust_anchors,
+        path_limits,
+        algs: provider.signature_verification_algorithms.all,
+    });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -90,7 +117,10 @@ fn buyer_client_config_from(
 }
 
 /// Buyer certificates: the pinned ones by exact match (checked against themselves alone,
-/// so their name and dates still count), everything else by the CA anchors.
+/// so their name and dates still count), everything else by the CA anchors, and then by
+/// what rustls's verifier leaves out (black-box round 66a): a bundle CA's
+/// pathLenConstraint (an anchor keeps none of its extensions there) and every CA's
+/// keyUsage in the chain (`keyCertSign`, when it has a keyUsage).
 #[derive(Debug)]
 struct PinningVerifier {
     anchors: Arc<rustls::client::WebPkiServerVerifier>,
@@ -98,6 +128,57 @@ struct PinningVerifier {
         rustls::pki_types::CertificateDer<'static>,
         Arc<rustls::client::WebPkiServerVerifier>,
     )>,
+    /// The same anchors as `anchors`, for [`webpki`] called directly.
+    trust_anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    /// A bundle CA's pathLenConstraint, by its subject public key info.
+    path_limits: Vec<(Vec<u8>, usize)>,
+    algs: &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm],
+}
+
+impl PinningVerifier {
+    /// Whether a chain to a trust anchor exists in which every CA certificate may sign
+    /// certificates and no bundle CA has more CAs below it than its pathLenConstraint
+    /// allows.
+    fn constraints_hold(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let refused = |why: &str| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(std::io::Error::other(why.to_string())),
+            )))
+        };
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| refused("the certificate does not parse"))?;
+        let check = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+            let mut cas = 0usize;
+            for c in path.intermediate_certificates() {
+                cas += 1;
+                let signs = x509::info(c.der().as_ref()).is_some_and(|i| i.may_sign_certificates);
+                if !signs {
+                    return Err(webpki::Error::EndEntityUsedAsCa);
+                }
+            }
+            let spki = path.anchor().subject_public_key_info.as_ref();
+            match self.path_limits.iter().find(|(k, _)| k.as_slice() == spki) {
+                Some((_, limit)) if cas > *limit => Err(webpki::Error::PathLenConstraintViolated),
+                _ => Ok(()),
+            }
+        };
+        ee.verify_for_usage(
+            self.algs,
+            &self.trust_anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            Some(&check),
+        )
+        .map(|_| ())
+        .map_err(|e| refused(&format!("the chain breaks a CA's constraints: {e}")))
+    }
 }
 
 impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
@@ -118,13 +199,17 @@ impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
             Some((_, own)) => {
                 own.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
             }
-            None => self.anchors.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ),
+            None => {
+                let verified = self.anchors.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                )?;
+                self.constraints_hold(end_entity, intermediates, now)?;
+                Ok(verified)
+            }
         }
     }
 
@@ -157,11 +242,12 @@ mod x509 {
     /// What a certificate of the buyer CA bundle is.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Kind {
-        /// BasicConstraints with `cA` true: an issuer.
+        /// BasicConstraints with `cA` true, no subjectAltName, and a keyUsage (if any)
+        /// with `keyCertSign`: an issuer.
         Ca,
-        /// Not a CA, issued by itself: pinned.
+        /// Issued by itself and not an issuer (a server's own certificate): pinned.
         SelfSigned,
-        /// Not a CA, issued by another.
+        /// Not an issuer, issued by another.
         Issued,
     }
 
@@ -204,9 +290,25 @@ mod x509 {
     const EXTENSIONS: u8 = 0xa3;
     /// id-ce-basicConstraints, 2.5.29.19.
     const BASIC_CONSTRAINTS: [u8; 3] = [0x55, 0x1d, 0x13];
+    /// id-ce-subjectAltName, 2.5.29.17.
+    const SUBJECT_ALT_NAME: [u8; 3] = [0x55, 0x1d, 0x11];
+    /// id-ce-keyUsage, 2.5.29.15.
+    const KEY_USAGE: [u8; 3] = [0x55, 0x1d, 0x0f];
+    const BIT_STRING: u8 = 0x03;
+    const INTEGER: u8 = 0x02;
 
-    /// What the certificate `der` is, or `None` when it is not DER this reads.
-    pub fn kind(der: &[u8]) -> Option<Kind> {
+    /// What the bundle needs to know of a certificate.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Info {
+        pub kind: Kind,
+        /// BasicConstraints' pathLenConstraint, on a CA's certificate.
+        pub path_len: Option<usize>,
+        /// No keyUsage, or one with `keyCertSign`.
+        pub may_sign_certificates: bool,
+    }
+
+    /// [`Info`] of the certificate `der`, or `None` when it is not DER this reads.
+    pub fn info(der: &[u8]) -> Option<Info> {
         let (tag, cert, _) = element(der)?;
         if tag != SEQUENCE {
             return None;
@@ -221,6 +323,9 @@ mod x509 {
         let issuer = fields.get(skip + 2)?;
         let subject = fields.get(skip + 4)?;
         let mut ca = false;
+        let mut path_len = None;
+        let mut names_a_host = false;
+        let mut may_sign_certificates = true;
         if let Some((_, exts)) = fields.iter().find(|(t, _)| *t == EXTENSIONS) {
             let (tag, list, _) = element(exts)?;
             if tag != SEQUENCE {
@@ -231,26 +336,49 @@ mod x509 {
                     return None;
                 }
                 let parts = elements(ext)?;
-                if parts.first() != Some(&(OID, &BASIC_CONSTRAINTS[..])) {
-                    continue;
-                }
+                let Some(&(OID, oid)) = parts.first() else {
+                    return None;
+                };
                 let (tag, value) = *parts.last()?;
                 if tag != OCTET_STRING {
                     return None;
                 }
-                let (tag, bc, _) = element(value)?;
-                if tag != SEQUENCE {
-                    return None;
+                if oid == BASIC_CONSTRAINTS {
+                    let (tag, bc, _) = element(value)?;
+                    if tag != SEQUENCE {
+                        return None;
+                    }
+                    let items = elements(bc)?;
+                    ca = matches!(items.first(), Some((BOOLEAN, v)) if v.first().is_some_and(|&b| b != 0));
+                    path_len = items
+                        .iter()
+                        .find(|(t, _)| *t == INTEGER)
+                        .filter(|(_, v)| !v.is_empty() && v.len() <= 4)
+                        .map(|(_, v)| v.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b)));
+                } else if oid == SUBJECT_ALT_NAME {
+                    names_a_host = true;
+                } else if oid == KEY_USAGE {
+                    // BIT STRING: unused-bits count, then the bits; keyCertSign is bit 5
+                    // of the first byte (0x04).
+                    let (tag, bits, _) = element(value)?;
+                    if tag != BIT_STRING {
+                        return None;
+                    }
+                    may_sign_certificates = bits.get(1).is_some_and(|&b| b & 0x04 != 0);
                 }
-                ca = matches!(elements(bc)?.first(), Some((BOOLEAN, v)) if v.first().is_some_and(|&b| b != 0));
             }
         }
-        Some(if ca {
-            Kind::Ca
-        } else if issuer == subject {
-            Kind::SelfSigned
-        } else {
-            Kind::Issued
+        let issuer_ca = ca && !names_a_host && may_sign_certificates;
+        Some(Info {
+            kind: if issuer_ca {
+                Kind::Ca
+            } else if issuer == subject {
+                Kind::SelfSigned
+            } else {
+                Kind::Issued
+            },
+            path_len,
+            may_sign_certificates,
         })
     }
 }

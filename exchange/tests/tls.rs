@@ -774,7 +774,13 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
         let cert = params.self_signed(&key).unwrap();
         (cert, key)
     };
-    for is_ca in [IsCa::ExplicitNoCa, IsCa::NoCa] {
+    // `IsCa::Ca` with a host name: what OpenSSL's `req -x509` makes (round 66a): pinned
+    // too, never an issuer.
+    for is_ca in [
+        IsCa::ExplicitNoCa,
+        IsCa::NoCa,
+        IsCa::Ca(BasicConstraints::Unconstrained),
+    ] {
         let (pinned, pinned_key) = self_signed(vec!["127.0.0.1".to_string()], is_ca.clone());
         let ca_path = write(dir.path(), "pinned.pem", &pinned.pem());
         // A certificate the pinned key signs, for the same host.
@@ -782,8 +788,12 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
         let mut minted = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
         minted.distinguished_name.push(DnType::CommonName, "minted");
         let minted = minted.signed_by(&minted_key, &pinned, &pinned_key).unwrap();
+        // A certificate marked CA is never taken as a server's own (WebPKI refuses it as
+        // an end entity): pinned or not, it serves no buyer; a buyer makes its own with
+        // `CA:FALSE` (CONFIGURATION.md).
+        let serves = !matches!(is_ca, IsCa::Ca(_));
         for (served, served_key, trusted) in [
-            (pinned.pem(), pinned_key.serialize_pem(), true),
+            (pinned.pem(), pinned_key.serialize_pem(), serves),
             (minted.pem(), minted_key.serialize_pem(), false),
         ] {
             let bidder = ScriptedBidder::bidding(10.0);
@@ -828,4 +838,104 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
     let both = format!("{}{}", ca.ca_pem, ca.leaf_pem);
     let e = pingpost::tls::buyer_client_config(Some(both.as_bytes())).unwrap_err();
     assert!(e.contains("certificate 2 is neither"), "{e}");
+    // And `--check-config` judges the bundle as the start does (round 66a: it said OK).
+    let leaf_path = write(dir.path(), "issued.pem", &ca.leaf_pem);
+    let text = TestConfig::new().toml(&dir.path().join("ledger")).replacen(
+        "[server]\n",
+        &format!(
+            "[server]\nbuyer_ca_path = {:?}\n",
+            leaf_path.display().to_string()
+        ),
+        1,
+    );
+    let e = pingpost::config::load_str_with_env(&text, &|_: &str| Some(BUYER_SECRET.to_string()))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.buyer_ca_path") && e.contains("neither a CA's certificate"),
+        "{e}"
+    );
+}
+
+/// Black-box round 66a: rustls's verifier keeps none of a bundle CA's extensions, so a
+/// sub-CA the CA signed against its own `pathlen:0`, or a CA whose keyUsage does not allow
+/// signing certificates, vouched for a buyer, and a full lead went to it. Both are refused
+/// now; the same chain under a CA without those limits is trusted.
+#[tokio::test]
+async fn a_bundle_cas_path_length_and_a_cas_key_usage_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_of = |constraints: BasicConstraints| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(constraints);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "bundle CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        (params.self_signed(&key).unwrap(), key)
+    };
+    for (root_limit, sub_usages, trusted) in [
+        (
+            BasicConstraints::Unconstrained,
+            vec![KeyUsagePurpose::KeyCertSign],
+            true,
+        ),
+        (
+            BasicConstraints::Constrained(0),
+            vec![KeyUsagePurpose::KeyCertSign],
+            false,
+        ),
+        (
+            BasicConstraints::Unconstrained,
+            vec![KeyUsagePurpose::DigitalSignature],
+            false,
+        ),
+    ] {
+        let case = format!("{root_limit:?} {sub_usages:?}");
+        let (root, root_key) = ca_of(root_limit);
+        let sub_key = KeyPair::generate().unwrap();
+        let mut sub = CertificateParams::new(Vec::<String>::new()).unwrap();
+        sub.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        sub.distinguished_name.push(DnType::CommonName, "sub CA");
+        sub.key_usages = sub_usages;
+        let sub = sub.signed_by(&sub_key, &root, &root_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, "buyer");
+        let leaf = leaf.signed_by(&leaf_key, &sub, &sub_key).unwrap();
+        let ca_path = write(dir.path(), "bundle.pem", &root.pem());
+        let chain = format!("{}{}", leaf.pem(), sub.pem());
+        let bidder = ScriptedBidder::bidding(10.0);
+        let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
+        options.tls = Some(TlsAcceptor::new(
+            server_config_from_pem(
+                chain.as_bytes(),
+                leaf_key.serialize_pem().as_bytes(),
+                "buyer",
+            )
+            .unwrap(),
+        ));
+        let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
+        let ledger = tempfile::tempdir().unwrap();
+        let ex = start(
+            ledger.path(),
+            &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
+            &tls_buyer(addr.port()),
+            &[(BUYER_ENV, BUYER_SECRET)],
+        )
+        .await;
+        let answer = SellerClient::new(ex.addr).ping("TX").await;
+        let want = if trusted {
+            PingStatus::Bid
+        } else {
+            PingStatus::NoBid
+        };
+        assert_eq!(answer.status, want, "{case}: {answer:?}");
+        if !trusted {
+            assert_eq!(bidder.pings(), 0, "{case}: the host saw nothing");
+        }
+        ex.shutdown().await.unwrap();
+        handle.shutdown().await.unwrap();
+    }
 }

@@ -318,8 +318,21 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
             }
             // Each certificate parsed as the start will parse it (black-box round 17: a
             // bundle `--check-config` passed was refused at the start).
+            // and judged as the start will judge it (round 66a: a certificate a CA issued
+            // passed `--check-config` and was refused at the start).
             Ok(pem) => match bidder_sdk::listener::certificates_from_pem(&pem, path) {
-                Ok(_) => Some(PathBuf::from(path)),
+                Ok(_) => match crate::tls::buyer_client_config_labelled(Some(&pem), path) {
+                    Ok(_) => Some(PathBuf::from(path)),
+                    Err(e) => {
+                        p.at(
+                            &key,
+                            e.strip_prefix("server.buyer_ca_path: ")
+                                .unwrap_or(&e)
+                                .to_string(),
+                        );
+                        None
+                    }
+                },
                 Err(e) => {
                     p.at(&key, e);
                     None
