@@ -92,6 +92,16 @@ fn buyer_client_config_from(
                         "server.buyer_ca_path: {label}: certificate {n} is neither a CA's certificate nor self-signed (a certificate a CA issued to a server), so it can trust nothing: put its CA's certificate there instead"
                     ))
                 }
+                x509::Kind::NotSigning => {
+                    return Err(format!(
+                        "server.buyer_ca_path: {label}: certificate {n} is marked CA:TRUE but may not sign certificates (its keyUsage lacks keyCertSign, or it names a host) and is not self-signed, so it can trust nothing: put the CA that signs buyers' certificates there instead"
+                    ))
+                }
+                x509::Kind::Ambiguous => {
+                    return Err(format!(
+                        "server.buyer_ca_path: {label}: certificate {n} is self-signed and marked CA:TRUE with neither a keyUsage nor a subjectAltName, as OpenSSL's plain `req -x509` makes it for a CA and for a server alike, so nothing says which it is: a CA's needs keyUsage keyCertSign (-addext keyUsage=critical,keyCertSign,cRLSign), a buyer's own (pinned) needs CA:FALSE and its host in a subjectAltName (docs/CONFIGURATION.md)"
+                    ))
+                }
             }
         }
     }
@@ -249,6 +259,12 @@ mod x509 {
         SelfSigned,
         /// Not an issuer, issued by another.
         Issued,
+        /// A CA's certificate issued by another whose keyUsage forbids signing
+        /// certificates (or that names a host): it can vouch for nothing.
+        NotSigning,
+        /// Self-signed, `CA:TRUE`, with neither a keyUsage nor a host name: a CA's or a
+        /// server's, nothing says which.
+        Ambiguous,
     }
 
     /// One DER element: its tag, its content, and the rest of the input after it.
@@ -326,6 +342,7 @@ mod x509 {
         let mut path_len = None;
         let mut names_a_host = false;
         let mut may_sign_certificates = true;
+        let mut key_usage_given = false;
         if let Some((_, exts)) = fields.iter().find(|(t, _)| *t == EXTENSIONS) {
             let (tag, list, _) = element(exts)?;
             if tag != SEQUENCE {
@@ -365,15 +382,30 @@ mod x509 {
                         return None;
                     }
                     may_sign_certificates = bits.get(1).is_some_and(|&b| b & 0x04 != 0);
+                    key_usage_given = true;
                 }
             }
+        }
+        let self_signed = issuer == subject;
+        // A self-signed `CA:TRUE` certificate with neither a keyUsage nor a host name is
+        // what OpenSSL's plain `req -x509` makes, for a CA as for a server (black-box round
+        // 66c: a buyer's own made so was an issuer): told by nothing, it is refused, and
+        // the message says how to mark it either way.
+        if ca && self_signed && !names_a_host && !key_usage_given {
+            return Some(Info {
+                kind: Kind::Ambiguous,
+                path_len,
+                may_sign_certificates,
+            });
         }
         let issuer_ca = ca && !names_a_host && may_sign_certificates;
         Some(Info {
             kind: if issuer_ca {
                 Kind::Ca
-            } else if issuer == subject {
+            } else if self_signed {
                 Kind::SelfSigned
+            } else if ca {
+                Kind::NotSigning
             } else {
                 Kind::Issued
             },

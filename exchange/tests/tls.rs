@@ -838,6 +838,21 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
     let both = format!("{}{}", ca.ca_pem, ca.leaf_pem);
     let e = pingpost::tls::buyer_client_config(Some(both.as_bytes())).unwrap_err();
     assert!(e.contains("certificate 2 is neither"), "{e}");
+    // Self-signed, CA:TRUE, neither keyUsage nor a host name (OpenSSL's plain
+    // `req -x509 -subj /CN=host`): a CA's or a buyer's own, nothing says which, so it is
+    // refused with how to mark it (round 66c: a buyer's own made so was an issuer).
+    let key = KeyPair::generate().unwrap();
+    let mut plain = CertificateParams::new(Vec::<String>::new()).unwrap();
+    plain.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    plain
+        .distinguished_name
+        .push(DnType::CommonName, "bids.buyer.example");
+    let plain = plain.self_signed(&key).unwrap();
+    let e = pingpost::tls::buyer_client_config(Some(plain.pem().as_bytes())).unwrap_err();
+    assert!(
+        e.contains("neither a keyUsage nor a subjectAltName") && e.contains("keyCertSign"),
+        "{e}"
+    );
     // And `--check-config` judges the bundle as the start does (round 66a: it said OK).
     let leaf_path = write(dir.path(), "issued.pem", &ca.leaf_pem);
     let text = TestConfig::new().toml(&dir.path().join("ledger")).replacen(
