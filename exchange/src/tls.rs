@@ -268,7 +268,7 @@ mod x509 {
     }
 
     /// One DER element: its tag, its content, and the rest of the input after it.
-    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    pub(super) fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let (&tag, rest) = input.split_first()?;
         let (&first, rest) = rest.split_first()?;
         let (len, rest) = if first < 0x80 {
@@ -633,24 +633,7 @@ pub fn expiry_problem(
 /// signature algorithm and issuer to the validity's two times (UTCTime or
 /// GeneralizedTime). `None` when the bytes are not shaped so.
 pub fn validity_ms(der: &[u8]) -> Option<(i64, i64)> {
-    /// One DER element: its tag, its content and what follows it.
-    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = b.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
+    use x509::element;
     fn time_ms(tag: u8, content: &[u8]) -> Option<i64> {
         let text = std::str::from_utf8(content).ok()?;
         let full = match tag {

@@ -796,35 +796,8 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
             (pinned.pem(), pinned_key.serialize_pem(), serves),
             (minted.pem(), minted_key.serialize_pem(), false),
         ] {
-            let bidder = ScriptedBidder::bidding(10.0);
-            let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
-            options.tls = Some(TlsAcceptor::new(
-                server_config_from_pem(served.as_bytes(), served_key.as_bytes(), "buyer").unwrap(),
-            ));
-            let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
-            let ledger = tempfile::tempdir().unwrap();
-            let ex = start(
-                ledger.path(),
-                &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
-                &tls_buyer(addr.port()),
-                &[(BUYER_ENV, BUYER_SECRET)],
-            )
-            .await;
-            let answer = SellerClient::new(ex.addr).ping("TX").await;
-            let want = if trusted {
-                PingStatus::Bid
-            } else {
-                PingStatus::NoBid
-            };
-            assert_eq!(
-                answer.status, want,
-                "{is_ca:?} trusted {trusted}: {answer:?}"
-            );
-            if !trusted {
-                assert_eq!(bidder.pings(), 0, "the minted host saw nothing");
-            }
-            ex.shutdown().await.unwrap();
-            handle.shutdown().await.unwrap();
+            let case = format!("{is_ca:?} trusted {trusted}");
+            ping_a_tls_buyer(&ca_path, &served, &served_key, trusted, &case).await;
         }
     }
     // A CA's certificate is an issuer; a certificate a CA issued is refused, named.
@@ -921,36 +894,44 @@ async fn a_bundle_cas_path_length_and_a_cas_key_usage_are_enforced() {
         let leaf = leaf.signed_by(&leaf_key, &sub, &sub_key).unwrap();
         let ca_path = write(dir.path(), "bundle.pem", &root.pem());
         let chain = format!("{}{}", leaf.pem(), sub.pem());
-        let bidder = ScriptedBidder::bidding(10.0);
-        let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
-        options.tls = Some(TlsAcceptor::new(
-            server_config_from_pem(
-                chain.as_bytes(),
-                leaf_key.serialize_pem().as_bytes(),
-                "buyer",
-            )
-            .unwrap(),
-        ));
-        let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
-        let ledger = tempfile::tempdir().unwrap();
-        let ex = start(
-            ledger.path(),
-            &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
-            &tls_buyer(addr.port()),
-            &[(BUYER_ENV, BUYER_SECRET)],
-        )
-        .await;
-        let answer = SellerClient::new(ex.addr).ping("TX").await;
-        let want = if trusted {
-            PingStatus::Bid
-        } else {
-            PingStatus::NoBid
-        };
-        assert_eq!(answer.status, want, "{case}: {answer:?}");
-        if !trusted {
-            assert_eq!(bidder.pings(), 0, "{case}: the host saw nothing");
-        }
-        ex.shutdown().await.unwrap();
-        handle.shutdown().await.unwrap();
+        ping_a_tls_buyer(&ca_path, &chain, &leaf_key.serialize_pem(), trusted, &case).await;
     }
+}
+
+/// Starts an exchange trusting the bundle at `ca_path`, and a bidder serving `cert_pem`
+/// (a chain, leaf first) with `key_pem` over TLS; pings once and checks that the buyer
+/// bid when `trusted`, and otherwise was never reached.
+async fn ping_a_tls_buyer(
+    ca_path: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    trusted: bool,
+    case: &str,
+) {
+    let bidder = ScriptedBidder::bidding(10.0);
+    let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
+    options.tls = Some(TlsAcceptor::new(
+        server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes(), "buyer").unwrap(),
+    ));
+    let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let ex = start(
+        ledger.path(),
+        &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
+        &tls_buyer(addr.port()),
+        &[(BUYER_ENV, BUYER_SECRET)],
+    )
+    .await;
+    let answer = SellerClient::new(ex.addr).ping("TX").await;
+    let want = if trusted {
+        PingStatus::Bid
+    } else {
+        PingStatus::NoBid
+    };
+    assert_eq!(answer.status, want, "{case}: {answer:?}");
+    if !trusted {
+        assert_eq!(bidder.pings(), 0, "{case}: the host saw nothing");
+    }
+    ex.shutdown().await.unwrap();
+    handle.shutdown().await.unwrap();
 }
