@@ -296,20 +296,6 @@ impl Fingerprinter {
     }
 }
 
-/// Whether the ledger directory `dir` holds any record (a segment file that is not
-/// empty): a fingerprint key made there now replaces a lost one.
-pub fn ledger_has_records(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.filter_map(Result::ok).any(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(crate::ledger::segments::segment_no)
-                .is_some()
-                && e.metadata().is_ok_and(|m| m.len() > 0)
-        })
-    })
-}
-
 /// Warns when the key file in `dir` (named as in `shown`) can be read by other users
 /// than its owner (black-box round 64a).
 pub fn warn_if_readable_by_others(dir: &Path, shown: &Path) {
@@ -446,20 +432,6 @@ pub fn dedup_of_hex<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_ledger_has_records_once_a_segment_holds_a_line() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!ledger_has_records(dir.path()));
-        std::fs::write(dir.path().join("seg-00000001.jsonl"), b"").unwrap();
-        std::fs::write(dir.path().join("torn-seg-00000001.jsonl-0.bin"), b"x").unwrap();
-        assert!(
-            !ledger_has_records(dir.path()),
-            "empty segments and torn tails are no records"
-        );
-        std::fs::write(dir.path().join("seg-00000001.jsonl"), b"{}\n").unwrap();
-        assert!(ledger_has_records(dir.path()));
-    }
 
     /// The key is made in the directory the ledger locked, even when the path the ledger
     /// was opened by (a symlink) names another directory by then (black-box round 40: a

@@ -466,6 +466,20 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
+/// Whether the ledger directory `dir` holds any record (a segment file that is not
+/// empty; torn tails kept aside are not segments).
+pub fn has_records(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(segments::segment_no)
+                .is_some()
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    })
+}
+
 /// Why `dir` is a ledger whose segments are all gone, if it is: no segment, but the lead
 /// fingerprint key that the first start makes beside the first segment (black-box round
 /// 60b: the live segment deleted, a restart began an empty ledger without a word, and
@@ -475,11 +489,7 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     // No segment, or only empty ones (black-box round 62c: an empty first segment put in
     // place of the removed ones passed). Every start records a `flush` before it serves,
     // after the key is made, so a ledger with the key has a record.
-    let none = segments::list(dir).is_ok_and(|segs| {
-        segs.iter()
-            .all(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.len() == 0))
-    });
-    (none && key.exists()).then(|| {
+    (!has_records(dir) && key.exists()).then(|| {
         format!(
             "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
             dir.display(),
@@ -1428,6 +1438,20 @@ mod tests {
     /// start made is still there) is refused at start, never begun again empty (black-box
     /// round 60b: keyed retries of leads answered `sold` were sold a second time); a new
     /// directory, or one holding only other files, starts.
+    #[test]
+    fn a_ledger_has_records_once_a_segment_holds_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!has_records(dir.path()));
+        std::fs::write(dir.path().join("seg-00000001.jsonl"), b"").unwrap();
+        std::fs::write(dir.path().join("torn-seg-00000001.jsonl-0.bin"), b"x").unwrap();
+        assert!(
+            !has_records(dir.path()),
+            "empty segments and torn tails are no records"
+        );
+        std::fs::write(dir.path().join("seg-00000001.jsonl"), b"{}\n").unwrap();
+        assert!(has_records(dir.path()));
+    }
+
     #[test]
     fn a_ledger_whose_segments_were_removed_is_refused() {
         let root = tempfile::tempdir().unwrap();
