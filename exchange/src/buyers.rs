@@ -231,7 +231,10 @@ impl H1Pool {
             .map_err(|_| CallError::Transport)?;
         let io = tower_service::Service::call(&mut connector, uri.clone())
             .await
-            .map_err(|_| CallError::Transport)?;
+            .map_err(|e| {
+                connect_failed(uri, &*e);
+                CallError::Transport
+            })?;
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|_| CallError::Transport)?;
@@ -273,6 +276,78 @@ impl H1Pool {
             .map_err(|_| CallError::Transport)?;
         Ok((resp, tx))
     }
+}
+
+/// Per buyer host (at most [`CONNECT_FAILED_HOSTS_MAX`]): when its last connection
+/// failure was logged (Unix seconds), and how many were not logged since.
+static CONNECT_FAILED: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> =
+    std::sync::Mutex::new(None);
+/// Hosts [`CONNECT_FAILED`] keeps; past it, it starts again empty.
+const CONNECT_FAILED_HOSTS_MAX: usize = 1024;
+
+/// Logs why a connection to a buyer's host could not be made (refused, timed out, its
+/// TLS certificate not trusted: a call's outcome is only `error`), at most once a second
+/// per host with the count of those not logged since, so a host that refuses every call
+/// cannot flood the log and one host's failures do not hide another's. The message is the
+/// error's chain (the host and the TLS library's words: no lead data is in it), cut to
+/// 400 characters.
+fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let host = uri.authority().map_or("", |a| a.as_str());
+    let unlogged = {
+        let mut guard = CONNECT_FAILED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match to_log(guard.get_or_insert_with(Default::default), host, now) {
+            Some(unlogged) => unlogged,
+            None => return,
+        }
+    };
+    let mut why = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !why.contains(&text) {
+            why.push_str(": ");
+            why.push_str(&text);
+        }
+        source = inner.source();
+    }
+    if let Some((cut, _)) = why.char_indices().nth(400) {
+        why.truncate(cut);
+        why.push('…');
+    }
+    let why: String = why
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    tracing::warn!(
+        host,
+        failures_not_logged = unlogged,
+        "cannot connect to a buyer's host: {why}"
+    );
+}
+
+/// Whether a connection failure to `host` at `now` (Unix seconds) is logged: with the
+/// count of that host's failures not logged since its last line, or `None` when one was
+/// logged this second (counted).
+fn to_log(
+    hosts: &mut std::collections::HashMap<String, (u64, u64)>,
+    host: &str,
+    now: u64,
+) -> Option<u64> {
+    if hosts.len() >= CONNECT_FAILED_HOSTS_MAX && !hosts.contains_key(host) {
+        hosts.clear();
+    }
+    let (logged_s, unlogged) = hosts.entry(host.to_string()).or_insert((0, 0));
+    if now <= *logged_s {
+        *unlogged += 1;
+        return None;
+    }
+    *logged_s = now;
+    Some(std::mem::take(unlogged))
 }
 
 /// `uri` in origin form (`/path?query`), as an HTTP/1.1 request line carries it.
@@ -421,11 +496,12 @@ impl BuyerClient {
                 (resp, Some(tx))
             }
             HttpVersion::Http2 => {
-                let resp = self
-                    .h2
-                    .request(req)
-                    .await
-                    .map_err(|_| CallError::Transport)?;
+                let resp = self.h2.request(req).await.map_err(|e| {
+                    if e.is_connect() {
+                        connect_failed(&t.uri, &e);
+                    }
+                    CallError::Transport
+                })?;
                 (resp, None)
             }
         };
@@ -643,6 +719,26 @@ pub type PostResult = CallResult<PostOutcome>;
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn connection_failures_are_logged_once_a_second_per_host_with_the_count_left_out() {
+        let mut hosts = std::collections::HashMap::new();
+        assert_eq!(to_log(&mut hosts, "a:1", 100), Some(0));
+        assert_eq!(to_log(&mut hosts, "a:1", 100), None);
+        assert_eq!(to_log(&mut hosts, "a:1", 100), None);
+        // Another host is not hidden by the first.
+        assert_eq!(to_log(&mut hosts, "b:1", 100), Some(0));
+        assert_eq!(to_log(&mut hosts, "a:1", 101), Some(2));
+        assert_eq!(to_log(&mut hosts, "a:1", 101), None);
+        // A clock stepped back logs nothing until it passes the last line.
+        assert_eq!(to_log(&mut hosts, "a:1", 50), None);
+        assert_eq!(to_log(&mut hosts, "a:1", 102), Some(2));
+        // Bounded: past the limit the map starts again.
+        for i in 0..(CONNECT_FAILED_HOSTS_MAX * 2) {
+            let _ = to_log(&mut hosts, &format!("h{i}:1"), 200);
+            assert!(hosts.len() <= CONNECT_FAILED_HOSTS_MAX);
+        }
+    }
 
     #[test]
     fn a_target_carries_the_host_hyper_util_would_send() {

@@ -50,7 +50,7 @@ fn buyer_client_config_from(
     let mut pinned = Vec::new();
     let mut trust_anchors: Vec<rustls::pki_types::TrustAnchor<'static>> =
         webpki_roots::TLS_SERVER_ROOTS.to_vec();
-    let mut path_limits: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut bundle_cas: Vec<BundleCa> = Vec::new();
     if let Some(pem) = extra_ca_pem {
         let certs =
             certificates_from_pem(pem, label).map_err(|e| format!("server.buyer_ca_path: {e}"))?;
@@ -66,9 +66,16 @@ fn buyer_client_config_from(
                             format!("server.buyer_ca_path: {label}: certificate {n} is not a usable CA: {e}")
                         })?
                         .to_owned();
-                    if let Some(limit) = info.path_len {
-                        path_limits.push((anchor.subject_public_key_info.to_vec(), limit));
+                    let validity = validity_ms(cert.as_ref());
+                    if let Some(problem) = validity.and_then(|v| anchor_date_problem(v, now_ms()))
+                    {
+                        tracing::warn!("server.buyer_ca_path: {label}: certificate {n} {problem}");
                     }
+                    bundle_cas.push(BundleCa {
+                        spki: anchor.subject_public_key_info.to_vec(),
+                        path_len: info.path_len,
+                        validity,
+                    });
                     trust_anchors.push(anchor);
                     roots.add(cert).map_err(|e| {
                         format!("server.buyer_ca_path: {label}: certificate {n} is not a usable CA: {e}")
@@ -115,7 +122,7 @@ fn buyer_client_config_from(
         anchors,
         pinned,
         trust_anchors,
-        path_limits,
+        bundle_cas,
         algs: provider.signature_verification_algorithms.all,
     });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
@@ -124,6 +131,44 @@ fn buyer_client_config_from(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
+}
+
+/// A CA certificate of `server.buyer_ca_path`, by what a [`webpki`] trust anchor leaves
+/// out of it.
+#[derive(Debug)]
+struct BundleCa {
+    /// Its subject public key info, which names its anchor.
+    spki: Vec<u8>,
+    /// Its pathLenConstraint: how many CAs may stand below it.
+    path_len: Option<usize>,
+    /// Its validity (Unix ms), when readable: a chain through it is refused outside it
+    /// (black-box round 66a: an expired bundle CA still vouched, as OpenSSL would not).
+    validity: Option<(i64, i64)>,
+}
+
+/// Now, in Unix ms, for the warning of a bundle CA's dates at load.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a bundle CA's dates say at `now` (Unix ms), if they keep it from vouching.
+fn anchor_date_problem((not_before, not_after): (i64, i64), now: i64) -> Option<String> {
+    let at = crate::core::record::rfc3339;
+    if now > not_after {
+        Some(format!(
+            "is a CA's certificate that expired at {}: no buyer certificate it issued is trusted; renew it and reload",
+            at(not_after)
+        ))
+    } else if now < not_before {
+        Some(format!(
+            "is a CA's certificate not valid before {}: no buyer certificate it issued is trusted until then",
+            at(not_before)
+        ))
+    } else {
+        None
+    }
 }
 
 /// Buyer certificates: the pinned ones by exact match (checked against themselves alone,
@@ -140,15 +185,15 @@ struct PinningVerifier {
     )>,
     /// The same anchors as `anchors`, for [`webpki`] called directly.
     trust_anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
-    /// A bundle CA's pathLenConstraint, by its subject public key info.
-    path_limits: Vec<(Vec<u8>, usize)>,
+    /// What a bundle CA's anchor does not keep: its pathLenConstraint and its dates.
+    bundle_cas: Vec<BundleCa>,
     algs: &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm],
 }
 
 impl PinningVerifier {
     /// Whether a chain to a trust anchor exists in which every CA certificate may sign
-    /// certificates and no bundle CA has more CAs below it than its pathLenConstraint
-    /// allows.
+    /// certificates, no bundle CA has more CAs below it than its pathLenConstraint
+    /// allows, and the bundle CA is valid at `now`.
     fn constraints_hold(
         &self,
         end_entity: &rustls::pki_types::CertificateDer<'_>,
@@ -162,6 +207,7 @@ impl PinningVerifier {
         };
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|_| refused("the certificate does not parse"))?;
+        let now_ms = i64::try_from(now.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX);
         let check = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
             let mut cas = 0usize;
             for c in path.intermediate_certificates() {
@@ -172,8 +218,28 @@ impl PinningVerifier {
                 }
             }
             let spki = path.anchor().subject_public_key_info.as_ref();
-            match self.path_limits.iter().find(|(k, _)| k.as_slice() == spki) {
-                Some((_, limit)) if cas > *limit => Err(webpki::Error::PathLenConstraintViolated),
+            let Some(ca) = self.bundle_cas.iter().find(|c| c.spki.as_slice() == spki) else {
+                return Ok(());
+            };
+            if ca.path_len.is_some_and(|limit| cas > limit) {
+                return Err(webpki::Error::PathLenConstraintViolated);
+            }
+            let at = |ms: i64| {
+                rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(
+                    u64::try_from(ms).unwrap_or(0),
+                ))
+            };
+            match ca.validity {
+                Some((_, not_after)) if now_ms > not_after => Err(webpki::Error::CertExpired {
+                    time: now,
+                    not_after: at(not_after),
+                }),
+                Some((not_before, _)) if now_ms < not_before => {
+                    Err(webpki::Error::CertNotValidYet {
+                        time: now,
+                        not_before: at(not_before),
+                    })
+                }
                 _ => Ok(()),
             }
         };
@@ -187,7 +253,15 @@ impl PinningVerifier {
             Some(&check),
         )
         .map(|_| ())
-        .map_err(|e| refused(&format!("the chain breaks a CA's constraints: {e}")))
+        .map_err(|e| match e {
+            webpki::Error::CertExpired { .. } => {
+                refused("the CA in server.buyer_ca_path that issued it has expired")
+            }
+            webpki::Error::CertNotValidYet { .. } => {
+                refused("the CA in server.buyer_ca_path that issued it is not valid yet")
+            }
+            e => refused(&format!("the chain breaks a CA's constraints: {e}")),
+        })
     }
 }
 

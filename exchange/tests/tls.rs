@@ -898,6 +898,42 @@ async fn a_bundle_cas_path_length_and_a_cas_key_usage_are_enforced() {
     }
 }
 
+/// Black-box round 66a: a bundle CA's certificate that had expired still vouched for the
+/// buyers it issued (a trust anchor keeps no dates), where OpenSSL refuses such a chain.
+/// A chain through a bundle CA is trusted only while that CA is valid.
+#[tokio::test]
+async fn a_bundle_ca_vouches_only_while_it_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, until, trusted) in [
+        ((2020, 1, 1), (2021, 1, 1), false),
+        ((2090, 1, 1), (2091, 1, 1), false),
+        ((2020, 1, 1), (2090, 1, 1), true),
+    ] {
+        let case = format!("CA valid {from:?} to {until:?}");
+        let key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "dated CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        ca.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let ca = ca.self_signed(&key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, "buyer");
+        let leaf = leaf.signed_by(&leaf_key, &ca, &key).unwrap();
+        let ca_path = write(dir.path(), "dated.pem", &ca.pem());
+        ping_a_tls_buyer(
+            &ca_path,
+            &leaf.pem(),
+            &leaf_key.serialize_pem(),
+            trusted,
+            &case,
+        )
+        .await;
+    }
+}
+
 /// Starts an exchange trusting the bundle at `ca_path`, and a bidder serving `cert_pem`
 /// (a chain, leaf first) with `key_pem` over TLS; pings once and checks that the buyer
 /// bid when `trusted`, and otherwise was never reached.
