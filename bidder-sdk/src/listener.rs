@@ -287,8 +287,13 @@ pub enum TlsError {
         source: io::Error,
     },
     /// The certificate PEM holds no certificate or does not parse.
-    #[error("no PEM certificate found in {0}")]
-    NoCertificate(String),
+    #[error("no PEM certificate found in {file}{hint}")]
+    NoCertificate {
+        /// The file (or what names it).
+        file: String,
+        /// What the file seems to hold instead, and what to do, or nothing.
+        hint: &'static str,
+    },
     /// The key PEM holds no private key or does not parse.
     #[error("no PEM private key (PKCS#8, PKCS#1 or SEC1) found in {0}")]
     NoKey(String),
@@ -388,26 +393,55 @@ pub fn certificates_from_pem(
     label: &str,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
+    // A byte-order mark before the first line (an editor's) is not part of the PEM.
+    let pem = pem.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(pem);
+    let none = |parse_failed: bool| TlsError::NoCertificate {
+        file: label.to_string(),
+        hint: pem_hint(pem, parse_failed),
+    };
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| TlsError::NoCertificate(label.to_string()))?;
+        .map_err(|_| none(true))?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate(label.to_string()));
+        return Err(none(false));
     }
     let of = certs.len();
     for (i, cert) in certs.iter().enumerate() {
         // Parsing a certificate as a trust anchor reads its whole structure (names, key,
         // extensions), and trusts nothing: the store is dropped.
         if let Err(e) = rustls::RootCertStore::empty().add(cert.clone()) {
+            let why = e.to_string();
             return Err(TlsError::BadCertificate {
                 file: label.to_string(),
                 n: i + 1,
                 of,
-                why: e.to_string(),
+                // Not a peer's: a file's.
+                why: why
+                    .strip_prefix("invalid peer certificate: ")
+                    .unwrap_or(&why)
+                    .to_string(),
             });
         }
     }
     Ok(certs)
+}
+
+/// What a certificate file that yields no PEM certificate seems to hold instead, and
+/// what to do (black-box round 67a: DER, a cut-off block and OpenSSL's `TRUSTED
+/// CERTIFICATE` were all told as "no PEM certificate found").
+fn pem_hint(pem: &[u8], parse_failed: bool) -> &'static str {
+    let holds = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    if pem.first() == Some(&0x30) {
+        ": the file is DER, not PEM (`openssl x509 -inform DER -in FILE -out FILE.pem` converts it)"
+    } else if parse_failed {
+        ": a block is cut off (a BEGIN line without its END line) or its base64 does not decode; every block must be whole"
+    } else if holds(b"-----BEGIN TRUSTED CERTIFICATE-----") {
+        ": it holds an OpenSSL `TRUSTED CERTIFICATE` (made with `-trustout`); write the certificate without `-trustout`"
+    } else if holds(b"-----BEGIN X509 CERTIFICATE-----") {
+        ": its block is labelled `X509 CERTIFICATE`; the label must be `CERTIFICATE`"
+    } else {
+        " (a certificate is a block from `-----BEGIN CERTIFICATE-----` to `-----END CERTIFICATE-----`)"
+    }
 }
 
 /// The first private key of a PEM file. A file that holds only an encrypted key (PKCS#8

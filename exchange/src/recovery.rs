@@ -603,6 +603,11 @@ pub struct Recovered {
     /// Open quotes that expired while the exchange was down: closed with a
     /// `quote_expired` record, and answered `expired` to a post as before the stop.
     pub expired_while_down: u64,
+    /// Test leads' quotes past their `expires_at` (they hold nothing and no record ends
+    /// them, so nothing tells whether they expired before the stop or while down):
+    /// answered `expired` to a post, as before the stop. Not in `expired_while_down`
+    /// (black-box round 67c: they were counted there, whenever they expired).
+    pub test_quotes_expired: u64,
     /// Open quotes not expired that no longer fit the configuration, closed at this
     /// start ([`close_not_restored`]).
     pub quotes_not_restored: u64,
@@ -1012,7 +1017,8 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         cfg.sellers.iter().map(|x| (x.id.as_str(), x.key)).collect();
     out.finished_posts =
         restore_finished(state, &sellers, scan, &look, &names, &vertical_gone, now);
-    out.expired_while_down = close_expired_while_down(state, &sellers, scan, now);
+    (out.expired_while_down, out.test_quotes_expired) =
+        close_expired_while_down(state, &sellers, scan, now);
     // Idempotency keys: the last lead each key started.
     let mut last: HashMap<(&str, &str), &Sent> = HashMap::new();
     for s in &scan.sent {
@@ -1195,13 +1201,14 @@ fn restore_finished(
 /// gets the `quote_expired` record the sweeper would have written (with its `ping_id`, so
 /// the next replay finds it ended), and each is put in the quote book as finished and
 /// expired, so a post of it is answered `expired` as it would have been before the stop
-/// (it was `404 unknown ping_id`). Their holds were never re-reserved. Returns how many.
+/// (it was `404 unknown ping_id`). Their holds were never re-reserved. Returns how many
+/// with a hold, and how many test leads' quotes (no hold, no record).
 fn close_expired_while_down(
     state: &AppState,
     sellers: &HashMap<&str, crate::config::SellerKey>,
     scan: &Scan,
     now: UnixMs,
-) -> u64 {
+) -> (u64, u64) {
     use crate::core::record::LedgerSink as _;
     use crate::core::record::{Head, QuoteHoldRecord, Record};
     let mut ended: Vec<(UnixMs, &str, &Value)> = scan
@@ -1215,8 +1222,10 @@ fn close_expired_while_down(
         .collect();
     ended.sort_by_key(|e| e.0);
     let generation = state.generation();
-    let mut closed = 0;
+    let (mut closed, mut test) = (0, 0);
     for (at, ping_id, v) in ended {
+        let test_lead =
+            v.get("hold").is_none() && v.get("test").and_then(Value::as_bool) == Some(true);
         if let Some(h) = v.get("hold") {
             let hold = (
                 h.get("buyer").and_then(Value::as_str),
@@ -1243,10 +1252,14 @@ fn close_expired_while_down(
             continue;
         };
         if state.quotes.restore_done(ping_id, seller, None, at, now) {
-            closed += 1;
+            if test_lead {
+                test += 1;
+            } else {
+                closed += 1;
+            }
         }
     }
-    closed
+    (closed, test)
 }
 
 /// An open quote, not expired, that [`restore_quote`] could not put back (its seller or
@@ -1594,6 +1607,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         open_quotes = r.quotes,
         finished_posts = r.finished_posts,
         quotes_expired_while_down = r.expired_while_down,
+        test_quotes_expired = r.test_quotes_expired,
         quotes_not_restored = r.quotes_not_restored,
         sold_leads = r.sold_leads,
         dispositions = r.dispositions,

@@ -82,6 +82,11 @@ fn buyer_client_config_from(
                     })?
                 }
                 x509::Kind::SelfSigned => {
+                    if let Some(problem) = pin_problem(&cert, info.alt_names, &provider)
+                        .map_err(|e| format!("server.buyer_ca_path: {label}: certificate {n} {e}"))?
+                    {
+                        tracing::warn!("server.buyer_ca_path: {label}: certificate {n} {problem}");
+                    }
                     let mut own = rustls::RootCertStore::empty();
                     own.add(cert.clone()).map_err(|e| {
                         format!("server.buyer_ca_path: {label}: certificate {n} cannot be pinned: {e}")
@@ -131,6 +136,71 @@ fn buyer_client_config_from(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
+}
+
+/// Whether a buyer could ever present the self-signed `cert` and be trusted: checked as
+/// a call checks it (against itself alone, for a server), with no name. `Err` when it
+/// never could (black-box round 67a: such a pin was taken without a word, and every call
+/// to its buyer failed): its own key did not sign it, it is a CA's (marked `CA:TRUE` and
+/// naming a host), it is not for servers, or it has no subjectAltName; `Ok(Some)` when
+/// only its dates keep it from being trusted now (a warning: time may fix it).
+fn pin_problem(
+    cert: &rustls::pki_types::CertificateDer<'static>,
+    alt_names: bool,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Option<String>, String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "is self-signed, so it would be pinned (trusted only as the certificate a buyer presents), but {why}"
+        ))
+    };
+    let (Ok(anchor), Ok(ee)) = (
+        webpki::anchor_from_trusted_cert(cert),
+        webpki::EndEntityCert::try_from(cert),
+    ) else {
+        return refuse("it does not parse as a certificate");
+    };
+    let anchors = [anchor];
+    let checked = ee.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        &anchors,
+        &[],
+        rustls::pki_types::UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    );
+    match checked.map(|_| ()) {
+        Ok(()) if !alt_names => refuse(
+            "it has no subjectAltName, the only names a buyer's URL is matched against (a host in the subject's CN is not read): make it with -addext subjectAltName=DNS:host (or IP:address)",
+        ),
+        Ok(()) => Ok(None),
+        Err(webpki::Error::CertExpired { not_after, .. }) => Ok(Some(format!(
+            "is a pinned certificate that expired at {}: its buyer is refused until it presents a renewed one (and the bundle holds it)",
+            crate::core::record::rfc3339(unix_ms(not_after))
+        ))),
+        Err(webpki::Error::CertNotValidYet { not_before, .. }) => Ok(Some(format!(
+            "is a pinned certificate not valid before {}: its buyer is refused until then",
+            crate::core::record::rfc3339(unix_ms(not_before))
+        ))),
+        Err(webpki::Error::CaUsedAsEndEntity) => refuse(
+            "it is marked CA:TRUE and names a host, and a buyer cannot present a CA's certificate as its own: make a buyer's own with CA:FALSE (-addext basicConstraints=critical,CA:FALSE), or a CA's without a subjectAltName",
+        ),
+        Err(webpki::Error::RequiredEkuNotFoundContext(_)) => {
+            refuse("its extendedKeyUsage does not allow serverAuth")
+        }
+        Err(
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey,
+        ) => refuse(
+            "its own key did not sign it (its issuer's name is its subject's, but another key signed it): put the certificate of the CA that signed it there instead",
+        ),
+        Err(e) => refuse(&format!("a buyer presenting it would be refused: {e}")),
+    }
+}
+
+/// A webpki time in Unix ms.
+fn unix_ms(t: rustls::pki_types::UnixTime) -> i64 {
+    i64::try_from(t.as_secs().saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// A CA certificate of `server.buyer_ca_path`, by what a [`webpki`] trust anchor leaves
@@ -395,6 +465,8 @@ mod x509 {
         pub path_len: Option<usize>,
         /// No keyUsage, or one with `keyCertSign`.
         pub may_sign_certificates: bool,
+        /// It has a subjectAltName (the only names a buyer's URL is matched against).
+        pub alt_names: bool,
     }
 
     /// [`Info`] of the certificate `der`, or `None` when it is not DER this reads.
@@ -470,6 +542,7 @@ mod x509 {
                 kind: Kind::Ambiguous,
                 path_len,
                 may_sign_certificates,
+                alt_names: names_a_host,
             });
         }
         let issuer_ca = ca && !names_a_host && may_sign_certificates;
@@ -485,6 +558,7 @@ mod x509 {
             },
             path_len,
             may_sign_certificates,
+            alt_names: names_a_host,
         })
     }
 }

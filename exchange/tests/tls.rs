@@ -774,13 +774,22 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
         let cert = params.self_signed(&key).unwrap();
         (cert, key)
     };
-    // `IsCa::Ca` with a host name: what OpenSSL's `req -x509` makes (round 66a): pinned
-    // too, never an issuer.
-    for is_ca in [
-        IsCa::ExplicitNoCa,
-        IsCa::NoCa,
+    // `IsCa::Ca` with a host name (what OpenSSL's `req -x509` makes, round 66a) is never
+    // an issuer; and since WebPKI never takes a CA's certificate as a server's own, it
+    // could serve no buyer either: refused at load, saying how to make a buyer's own
+    // (round 67a: it was pinned in silence, and every call to its buyer failed).
+    let (ca_named, _) = self_signed(
+        vec!["127.0.0.1".to_string()],
         IsCa::Ca(BasicConstraints::Unconstrained),
-    ] {
+    );
+    let e = pingpost::tls::buyer_client_config(Some(ca_named.pem().as_bytes())).unwrap_err();
+    assert!(
+        e.contains("certificate 1")
+            && e.contains("CA:TRUE and names a host")
+            && e.contains("CA:FALSE"),
+        "{e}"
+    );
+    for is_ca in [IsCa::ExplicitNoCa, IsCa::NoCa] {
         let (pinned, pinned_key) = self_signed(vec!["127.0.0.1".to_string()], is_ca.clone());
         let ca_path = write(dir.path(), "pinned.pem", &pinned.pem());
         // A certificate the pinned key signs, for the same host.
@@ -788,12 +797,8 @@ async fn a_pinned_certificate_is_trusted_as_itself_never_as_an_issuer() {
         let mut minted = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
         minted.distinguished_name.push(DnType::CommonName, "minted");
         let minted = minted.signed_by(&minted_key, &pinned, &pinned_key).unwrap();
-        // A certificate marked CA is never taken as a server's own (WebPKI refuses it as
-        // an end entity): pinned or not, it serves no buyer; a buyer makes its own with
-        // `CA:FALSE` (CONFIGURATION.md).
-        let serves = !matches!(is_ca, IsCa::Ca(_));
         for (served, served_key, trusted) in [
-            (pinned.pem(), pinned_key.serialize_pem(), serves),
+            (pinned.pem(), pinned_key.serialize_pem(), true),
             (minted.pem(), minted_key.serialize_pem(), false),
         ] {
             let case = format!("{is_ca:?} trusted {trusted}");
@@ -896,6 +901,122 @@ async fn a_bundle_cas_path_length_and_a_cas_key_usage_are_enforced() {
         let chain = format!("{}{}", leaf.pem(), sub.pem());
         ping_a_tls_buyer(&ca_path, &chain, &leaf_key.serialize_pem(), trusted, &case).await;
     }
+}
+
+/// Black-box round 67a: a self-signed certificate no buyer could ever present and be
+/// trusted with was pinned without a word (every call to its buyer then failed). Now
+/// one without a subjectAltName, one whose own key did not sign it, and one not for
+/// servers are refused at load with the reason; one whose dates alone keep it from
+/// being trusted is loaded (time may fix it), and its buyer is refused while they do.
+#[tokio::test]
+async fn a_pin_no_buyer_could_ever_present_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |pem: &str, why: &str| {
+        let e = pingpost::tls::buyer_client_config(Some(pem.as_bytes())).unwrap_err();
+        assert!(
+            e.contains("certificate 1 is self-signed") && e.contains(why),
+            "{e}"
+        );
+    };
+    // No subjectAltName: the host in its CN is never matched.
+    let key = KeyPair::generate().unwrap();
+    let mut no_san = CertificateParams::new(Vec::<String>::new()).unwrap();
+    no_san.is_ca = IsCa::ExplicitNoCa;
+    no_san
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    refused(
+        &no_san.self_signed(&key).unwrap().pem(),
+        "no subjectAltName",
+    );
+    // Its issuer's name is its own, but another key signed it.
+    let other_key = KeyPair::generate().unwrap();
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    other
+        .distinguished_name
+        .push(DnType::CommonName, "same name");
+    other.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let other = other.self_signed(&other_key).unwrap();
+    let mut named_alike = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    named_alike.is_ca = IsCa::ExplicitNoCa;
+    named_alike
+        .distinguished_name
+        .push(DnType::CommonName, "same name");
+    let named_alike = named_alike.signed_by(&key, &other, &other_key).unwrap();
+    refused(&named_alike.pem(), "its own key did not sign it");
+    // For clients only.
+    let mut client = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    client.is_ca = IsCa::ExplicitNoCa;
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    refused(&client.self_signed(&key).unwrap().pem(), "serverAuth");
+    // Expired: loaded, and its buyer refused.
+    let mut expired = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    expired.is_ca = IsCa::ExplicitNoCa;
+    expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    expired.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = expired.self_signed(&key).unwrap();
+    let ca_path = write(dir.path(), "expired-pin.pem", &expired.pem());
+    ping_a_tls_buyer(
+        &ca_path,
+        &expired.pem(),
+        &key.serialize_pem(),
+        false,
+        "expired pin",
+    )
+    .await;
+}
+
+/// Black-box round 67a: a certificate file in DER, with a block cut off, with OpenSSL's
+/// `TRUSTED CERTIFICATE` or another label were all "no PEM certificate found", and a
+/// byte-order mark hid a good one. Each says what it holds and what to do; a BOM is
+/// skipped.
+#[test]
+fn a_certificate_file_that_is_not_pem_says_what_it_holds() {
+    let ca = local_ca("files");
+    let pem = ca.ca_pem.clone();
+    let der = bidder_sdk::listener::certificates_from_pem(pem.as_bytes(), "f").unwrap()[0].to_vec();
+    let relabel = |label: &str| {
+        pem.replace("BEGIN CERTIFICATE", &format!("BEGIN {label}"))
+            .replace("END CERTIFICATE", &format!("END {label}"))
+    };
+    let err = |bytes: &[u8]| {
+        bidder_sdk::listener::certificates_from_pem(bytes, "f.pem")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let cut = format!("{pem}-----BEGIN CERTIFICATE-----\nAAAA\n");
+    for (bytes, want) in [
+        (der.clone(), "the file is DER"),
+        (cut.into_bytes(), "cut off"),
+        (relabel("TRUSTED CERTIFICATE").into_bytes(), "-trustout"),
+        (
+            relabel("X509 CERTIFICATE").into_bytes(),
+            "must be `CERTIFICATE`",
+        ),
+        (b"hello".to_vec(), "-----BEGIN CERTIFICATE-----"),
+    ] {
+        let e = err(&bytes);
+        assert!(
+            e.contains("no PEM certificate found in f.pem") && e.contains(want),
+            "{want}: {e}"
+        );
+    }
+    let with_bom = [b"\xEF\xBB\xBF".as_slice(), pem.as_bytes()].concat();
+    assert_eq!(
+        bidder_sdk::listener::certificates_from_pem(&with_bom, "f")
+            .unwrap()
+            .len(),
+        1
+    );
+    // A block that decodes but is no certificate: the file's, not a "peer" certificate.
+    let junk = format!("{pem}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let e = err(junk.as_bytes());
+    assert!(
+        e.contains("certificate 2 of 2") && !e.contains("peer"),
+        "{e}"
+    );
 }
 
 /// Black-box round 66a: a bundle CA's certificate that had expired still vouched for the
