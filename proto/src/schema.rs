@@ -212,6 +212,16 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             if s.chars().count() > *len_max {
                 return Err(format!("must be at most {len_max} characters"));
             }
+            // A NUL cuts the value short in a buyer's C-string code, and a direction
+            // override shows a buyer's staff another text than the one stored (black-box
+            // round 67c: `"Ana\u202e\u0000"` was sold as a first name). Tabs and line
+            // breaks stay allowed (free text).
+            if s.chars().any(|c| {
+                (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            }) {
+                return Err("must not contain control characters (other than tabs and line breaks) or text-direction overrides and isolates (U+202A to U+202E, U+2066 to U+2069)".into());
+            }
             if let Some(re) = pattern {
                 if !re.is_match(s) {
                     return Err(format!("must match {}", re.as_str()));
@@ -443,6 +453,30 @@ pub(crate) mod tests {
     fn parse(s: &str) -> OwnedValue {
         let mut b = s.as_bytes().to_vec();
         simd_json::to_owned_value(&mut b).unwrap()
+    }
+
+    /// Black-box round 67c: a NUL and a direction override were sold in a first name.
+    /// Control characters other than tabs and line breaks, and the direction overrides
+    /// and isolates, are refused in a string field, naming the field, never echoing it.
+    #[test]
+    fn a_string_field_refuses_control_characters_and_direction_overrides() {
+        let full = |first: &str| {
+            let body = serde_json::json!({"state": "TX", "zip": "76180", "first_name": first,
+                "last_name": "Diaz", "phone": "+18175550123"})
+            .to_string();
+            auto_schema().validate(&parse(&body), LeadMode::Full, "lead")
+        };
+        for bad in ["Ana\u{0}", "Ana\u{202E}", "A\u{1B}[31m", "Ana\u{2066}x", "Ana\u{85}", "Ana\u{7F}"] {
+            let e = full(bad).unwrap_err();
+            let p = &e.problems;
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert_eq!(p[0].field, "lead.first_name");
+            assert!(p[0].problem.contains("control characters"), "{p:?}");
+            assert!(!p[0].problem.contains("Ana"), "{p:?}");
+        }
+        for good in ["Ana", "Ana\tMaría", "line one\r\nline two", "زهرا\u{200C}ی", "👩\u{200D}💻"] {
+            assert!(full(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
