@@ -303,6 +303,14 @@ async fn admin_bodies_must_be_json_or_absent() {
             assert!(e.to_string().contains("one Content-Type"), "{path}: {e}");
         }
     }
+    // A model swap without a body: the body is missing, whatever its type (round 67d:
+    // `415`, which did not say so).
+    for ct in [None, Some("text/plain"), Some("application/json")] {
+        let e = send("/admin/models", ct, Vec::new())
+            .await
+            .assert_error(400, "invalid_request");
+        assert!(e.to_string().contains("is required"), "{ct:?}: {e}");
+    }
     assert_eq!(ex.state.generation(), 1, "nothing changed");
     // A reload needs no body, and so no Content-Type.
     let r = send("/admin/reload", None, Vec::new()).await;

@@ -466,7 +466,14 @@ pub(crate) mod tests {
             .to_string();
             auto_schema().validate(&parse(&body), LeadMode::Full, "lead")
         };
-        for bad in ["Ana\u{0}", "Ana\u{202E}", "A\u{1B}[31m", "Ana\u{2066}x", "Ana\u{85}", "Ana\u{7F}"] {
+        for bad in [
+            "Ana\u{0}",
+            "Ana\u{202E}",
+            "A\u{1B}[31m",
+            "Ana\u{2066}x",
+            "Ana\u{85}",
+            "Ana\u{7F}",
+        ] {
             let e = full(bad).unwrap_err();
             let p = &e.problems;
             assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
@@ -474,7 +481,13 @@ pub(crate) mod tests {
             assert!(p[0].problem.contains("control characters"), "{p:?}");
             assert!(!p[0].problem.contains("Ana"), "{p:?}");
         }
-        for good in ["Ana", "Ana\tMaría", "line one\r\nline two", "زهرا\u{200C}ی", "👩\u{200D}💻"] {
+        for good in [
+            "Ana",
+            "Ana\tMaría",
+            "line one\r\nline two",
+            "زهرا\u{200C}ی",
+            "👩\u{200D}💻",
+        ] {
             assert!(full(good).is_ok(), "{good:?}");
         }
     }

@@ -374,7 +374,7 @@ impl ReadStats {
             .collect();
         if let Some(first) = torn.first() {
             out.push(format!(
-                "{} line(s) cut short were skipped (first: {first}): a torn last write, which the exchange removes at its next start",
+                "{} line(s) cut short were skipped (first: {first}): a torn last write, which the exchange removes at its next start, unless the ledger's HEAD file says a record there was synced (then the start is refused, and verify says so above)",
                 torn.len(),
             ));
         }

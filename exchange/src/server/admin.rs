@@ -119,17 +119,32 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             admin_reload(&state).await
         }
         ("models", &Method::POST) => {
-            if let Some(problem) = super::seller::json_body_problem(&req) {
-                return error_response(
-                    &state,
-                    &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
-                );
-            }
+            let media = super::seller::json_body_problem(&req);
             let timeout = Duration::from_millis(rt.config.server.header_read_timeout_ms);
             let body = match read_body(req, ADMIN_BODY_BYTES_MAX, timeout).await {
                 Ok(b) => b,
                 Err(e) => return error_response(&state, &e),
             };
+            // No body at all is a missing body, whatever its (missing) type says
+            // (black-box round 67d: it was `415`, which did not say the body is needed).
+            if body.is_empty() {
+                return error_response(
+                    &state,
+                    &ApiError::from_fields(
+                        ErrorCode::InvalidRequest,
+                        vec![proto::FieldProblem::new(
+                            "body",
+                            "is required: a JSON object {\"vertical\": \"...\", \"version\": \"...\" | null}",
+                        )],
+                    ),
+                );
+            }
+            if let Some(problem) = media {
+                return error_response(
+                    &state,
+                    &ApiError::new(ErrorCode::UnsupportedMediaType, problem),
+                );
+            }
             admin_models(&state, &body).await
         }
         ("unknown", _) => error_response(

@@ -286,7 +286,17 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
     // `:0` passed the check, and every call to the buyer failed).
     // (`Uri::port` is `None` for a port that does not fit 16 bits, so read the authority.)
     let authority = uri.authority().map_or("", |a| a.as_str());
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    // Credentials in the URL would never be sent (black-box round 67d: `user:pw@` was
+    // taken and dropped, and every request went out without them); buyers authenticate
+    // the exchange by its signature.
+    if authority.contains('@') {
+        p.at(
+            path,
+            "must not carry credentials (user:password@): the exchange does not send them; a buyer checks each request's Standard Webhooks signature (secret_env) instead",
+        );
+        return None;
+    }
+    let host_port = authority;
     if let Some((_, port)) = host_port
         .rsplit_once(':')
         .filter(|_| !host_port.ends_with(']'))

@@ -178,7 +178,6 @@ fn buyer_urls() {
         ("http://127.0.0.1:0/ping", "0"),
         ("https://x.example:99999/p", "99999"),
         ("http://[::1]:70000/ping", "70000"),
-        ("http://user@127.0.0.1:65536/ping", "65536"),
     ] {
         assert_eq!(
             with_ping(bad).unwrap_err().0,
@@ -187,6 +186,20 @@ fn buyer_urls() {
             )],
             "{bad}"
         );
+    }
+    // Credentials in the URL would never be sent (black-box round 67d).
+    for bad in [
+        "http://user:s3cretpw@127.0.0.1:28318/ping",
+        "https://user@buyer.example/ping",
+        "http://user@127.0.0.1:65536/ping",
+    ] {
+        let e = with_ping(bad).unwrap_err().0;
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with("buyers.acme.ping_url: must not carry credentials"),
+            "{e:?}"
+        );
+        assert!(!e[0].contains("s3cretpw"), "{e:?}");
     }
     for good in [
         "http://127.0.0.1:1/ping",
