@@ -524,11 +524,35 @@ pub fn server_config_from_files_checked(
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // A key rustls cannot use is the key's problem, not the pair's.
-    if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
-        return Err(vec![(
-            TlsFile::Key,
-            TlsError::Rejected(format!("{key_name}: {e}")),
-        )]);
+    let signing_key = match provider.key_provider.load_private_key(key.clone_key()) {
+        Ok(k) => k,
+        Err(e) => {
+            return Err(vec![(
+                TlsFile::Key,
+                TlsError::Rejected(format!(
+                    "{key_name}: the key cannot be used ({e}): the supported keys are RSA of 2048 to 8192 bits, ECDSA on P-256 or P-384, and Ed25519"
+                )),
+            )])
+        }
+    };
+    // The key is another certificate's of the file: the chain is out of order (black-box
+    // round 65b: told as a key that matches nothing).
+    let own = |cert: &rustls::pki_types::CertificateDer<'static>| {
+        rustls::sign::CertifiedKey::new(vec![cert.clone()], signing_key.clone())
+            .keys_match()
+            .is_ok()
+    };
+    if !certs.first().is_some_and(own) {
+        if let Some(n) = certs.iter().position(own) {
+            return Err(vec![(
+                TlsFile::Cert,
+                TlsError::Rejected(format!(
+                    "{cert_name}: the key is certificate {}'s of {}, not the first's: the file must list the server's own certificate first, then each issuer in turn",
+                    n + 1,
+                    certs.len()
+                )),
+            )]);
+        }
     }
     let built = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

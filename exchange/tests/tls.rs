@@ -553,6 +553,63 @@ fn bad_tls_files_are_configuration_errors() {
     );
 }
 
+/// Black-box round 65b: a key of a type the TLS library cannot use was "unexpected
+/// error: failed to parse private key", and a chain listed issuer first was told as a
+/// key that matches nothing. Each now says what is wrong and what to do.
+#[test]
+fn a_seller_key_of_an_unsupported_type_and_a_chain_out_of_order_say_so() {
+    use bidder_sdk::listener::{server_config_from_files_checked, TlsFile};
+    // An ECDSA key on P-521, which the TLS library does not sign with.
+    const P521: &str = "-----BEGIN PRIVATE KEY-----
+MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIBVdSFylUJkAzYBgXm
+18DPkkXopRhTKcYU3UstygNDP8yXmqvgl0b6JpY56iVkXkI/EAAWl/Arb5Yfgo3I
+7bohNdqhgYkDgYYABAAB3KxYLi01bnWh1Ii4LMOnnulCHoeV9Hc48U6fRVBu/17K
+GKOJvs0IbG0E2RFxXIh0AwqzWlEC6gpCILTvPI6a5wGWgm74inpfcGJ622ZGESbS
+1GALv+F7LTco8DAOG2lb8Sulvvl1bP4Fu+/jmcbmLc68UPdZuRfIal9nKgdYd9bq
+vQ==
+-----END PRIVATE KEY-----
+";
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("order");
+    let chain = write(
+        dir.path(),
+        "chain.pem",
+        &format!("{}{}", ca.leaf_pem, ca.ca_pem),
+    );
+    let reversed = write(
+        dir.path(),
+        "reversed.pem",
+        &format!("{}{}", ca.ca_pem, ca.leaf_pem),
+    );
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let p521 = write(dir.path(), "p521.pem", P521);
+    assert!(server_config_from_files_checked(&chain, &key).is_ok());
+    let problems = |cert: &Path, key: &Path| {
+        server_config_from_files_checked(cert, key)
+            .map(|_| ())
+            .unwrap_err()
+            .into_iter()
+            .map(|(file, e)| (file, e.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let p = problems(&reversed, &key);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, TlsFile::Cert, "{p:?}");
+    assert!(
+        p[0].1.contains("certificate 2's of 2") && p[0].1.contains("first"),
+        "{p:?}"
+    );
+    let p = problems(&chain, &p521);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, TlsFile::Key, "{p:?}");
+    assert!(p[0].1.contains("P-256 or P-384"), "{p:?}");
+    // A key that is no certificate's of the file is still a mismatch.
+    let other = local_ca("other");
+    let other_key = write(dir.path(), "other.pem", &other.leaf_key_pem);
+    let p = problems(&chain, &other_key);
+    assert!(p[0].1.contains("does not match"), "{p:?}");
+}
+
 #[tokio::test]
 async fn a_stalled_tls_handshake_counts_against_the_head_budget() {
     let dir = tempfile::tempdir().unwrap();
