@@ -437,6 +437,12 @@ fn pem_hint(pem: &[u8], parse_failed: bool) -> &'static str {
         ": a block is cut off (a BEGIN line without its END line) or its base64 does not decode; every block must be whole"
     } else if holds(b"-----BEGIN TRUSTED CERTIFICATE-----") {
         ": it holds an OpenSSL `TRUSTED CERTIFICATE` (made with `-trustout`); write the certificate without `-trustout`"
+    } else if holds(b"PRIVATE KEY-----") {
+        ": it holds a private key; give the certificate's file (a key never goes in a certificate file)"
+    } else if holds(b"-----BEGIN CERTIFICATE REQUEST-----")
+        || holds(b"-----BEGIN NEW CERTIFICATE REQUEST-----")
+    {
+        ": it holds a certificate request (CSR), not the certificate a CA issued for it"
     } else if holds(b"-----BEGIN X509 CERTIFICATE-----") {
         ": its block is labelled `X509 CERTIFICATE`; the label must be `CERTIFICATE`"
     } else {

@@ -41,7 +41,8 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// Buyer connections end with a reset, so one dropped with its request unanswered leaves
 /// no `TIME_WAIT` port behind (`bidder_sdk::connect`).
-type Connector = hyper_rustls::HttpsConnector<ResetOnClose>;
+/// TLS connections end with the certificates they were trusted on (`cert_bound`).
+type Connector = crate::cert_bound::CertBound;
 
 /// The Standard Webhooks header names, made once: inserting a `&str` name parses it and
 /// copies it into a new allocation on every request.
@@ -315,6 +316,7 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
         }
         source = inner.source();
     }
+    let mut why = tidy(&why);
     if let Some((cut, _)) = why.char_indices().nth(400) {
         why.truncate(cut);
         why.push('…');
@@ -328,6 +330,27 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
         failures_not_logged = unlogged,
         "cannot connect to a buyer's host: {why}"
     );
+}
+
+/// A connection error's words as a reader wants them: without hyper-util's `client
+/// error (Connect): ` (HTTP/2 calls have it, HTTP/1.1 calls not), and with a reason the
+/// exchange gave rustls shown as itself, not in Rust's debug form (`Other(OtherError(
+/// Custom { kind: Other, error: "…" }))`, black-box round 68a).
+fn tidy(why: &str) -> String {
+    let why = why.strip_prefix("client error (Connect): ").unwrap_or(why);
+    let Some(at) = why.find("Other(OtherError(") else {
+        return why.to_string();
+    };
+    let (head, inner) = why.split_at(at);
+    let inner = &inner["Other(OtherError(".len()..];
+    let words = match inner.find("error: \"") {
+        Some(q) => inner[q + "error: \"".len()..]
+            .split('"')
+            .next()
+            .unwrap_or(inner),
+        None => inner.split(')').next().unwrap_or(inner),
+    };
+    format!("{head}{words}")
 }
 
 /// Whether a connection failure to `host` at `now` (Unix seconds) is logged: with the
@@ -381,15 +404,18 @@ fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
             let b = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
                 .https_or_http();
-            if h2 {
+            crate::cert_bound::CertBound(if h2 {
                 b.enable_http2().wrap_connector(http)
             } else {
                 b.enable_http1().wrap_connector(http)
-            }
+            })
         }
         // The ring provider supports rustls' default protocol versions; this cannot fail,
         // but fall back to a connector that trusts nothing rather than panic.
-        Err(_) => hyper_rustls::HttpsConnector::from((http, rustls_fallback_config())),
+        Err(_) => crate::cert_bound::CertBound(hyper_rustls::HttpsConnector::from((
+            http,
+            rustls_fallback_config(),
+        ))),
     }
 }
 
@@ -719,6 +745,22 @@ pub type PostResult = CallResult<PostOutcome>;
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_connection_error_reads_as_words() {
+        assert_eq!(
+            tidy("client error (Connect): invalid peer certificate: Other(OtherError(Custom { kind: Other, error: \"the CA in server.buyer_ca_path that issued it has expired\" }))"),
+            "invalid peer certificate: the CA in server.buyer_ca_path that issued it has expired"
+        );
+        assert_eq!(
+            tidy("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))"),
+            "invalid peer certificate: CaUsedAsEndEntity"
+        );
+        assert_eq!(
+            tidy("tcp connect error: Connection refused (os error 111)"),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     #[test]
     fn connection_failures_are_logged_once_a_second_per_host_with_the_count_left_out() {

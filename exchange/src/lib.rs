@@ -9,6 +9,7 @@ pub mod ai;
 pub mod app;
 pub mod auction;
 pub mod buyers;
+pub mod cert_bound;
 pub mod cli_out;
 pub mod clock;
 pub mod config;

@@ -257,8 +257,8 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
     };
     if !dir.is_dir() {
         pingpost::say_err!(
-            "pingpost ledger verify: {} is not a ledger directory",
-            dir.display()
+            "pingpost ledger verify: {}",
+            pingpost::finance::not_a_ledger_directory(&dir)
         );
         return 2;
     }

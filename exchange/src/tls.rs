@@ -330,6 +330,12 @@ impl PinningVerifier {
             webpki::Error::CertNotValidYet { .. } => {
                 refused("the CA in server.buyer_ca_path that issued it is not valid yet")
             }
+            webpki::Error::EndEntityUsedAsCa => refused(
+                "a certificate in the chain signed another but may not sign certificates (it is not a CA's, or its keyUsage lacks keyCertSign)",
+            ),
+            webpki::Error::PathLenConstraintViolated => refused(
+                "the chain has more CAs below a bundle CA than its pathLenConstraint allows",
+            ),
             e => refused(&format!("the chain breaks a CA's constraints: {e}")),
         })
     }

@@ -290,13 +290,43 @@ async fn bad_arguments_are_clear_errors_with_exit_2() {
             text(&o)
         );
     }
-    let o = run(&["ledger", "report", "--dir", "/nonexistent/ledger"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("is not a ledger directory"),
-        "{}",
-        text(&o)
-    );
+    // A directory that does not exist, or a file: said as it is, with the way to name
+    // the ledger (black-box round 68d), by every tool.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let file = file.path().to_str().unwrap();
+    for (tool, dir, says) in [
+        (
+            "report",
+            "/nonexistent/ledger",
+            "/nonexistent/ledger does not exist",
+        ),
+        (
+            "verify",
+            "/nonexistent/ledger",
+            "/nonexistent/ledger does not exist",
+        ),
+        (
+            "replay",
+            "/nonexistent/ledger",
+            "/nonexistent/ledger does not exist",
+        ),
+        ("report", file, "is not a directory"),
+        ("verify", file, "is not a directory"),
+    ] {
+        let mut args = vec!["ledger", tool, "--dir", dir];
+        if tool == "replay" {
+            args.push("au_1");
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{tool}: {}", text(&o));
+        assert!(
+            text(&o).contains(says)
+                && text(&o).contains("--dir DIR")
+                && text(&o).contains("--config FILE"),
+            "{tool}: {}",
+            text(&o)
+        );
+    }
 }
 
 #[tokio::test]

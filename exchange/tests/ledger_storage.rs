@@ -454,7 +454,10 @@ fn verify_exit_codes_and_start_errors_from_the_binary() {
     let missing = tmp.path().join("nowhere");
     let (code, out) = verify_bin(&["--dir", &path_arg(&missing)]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("not a ledger directory"), "{out}");
+    assert!(
+        out.contains("nowhere does not exist") && out.contains("--dir DIR"),
+        "{out}"
+    );
     // An empty directory is a clean, empty ledger.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

@@ -1053,6 +1053,11 @@ fn a_certificate_file_that_is_not_pem_says_what_it_holds() {
             "must be `CERTIFICATE`",
         ),
         (b"hello".to_vec(), "-----BEGIN CERTIFICATE-----"),
+        (ca.leaf_key_pem.clone().into_bytes(), "holds a private key"),
+        (
+            relabel("CERTIFICATE REQUEST").into_bytes(),
+            "certificate request",
+        ),
     ] {
         let e = err(&bytes);
         assert!(

@@ -415,11 +415,27 @@ fn check_money(dir: &Path, upto: u64) -> Result<(), String> {
     read_records(dir, Some(upto), MoneyFields::Refuse, |_| true).map(|_| ())
 }
 
+/// Why `dir` (not a directory) cannot be read as a ledger, and what to give instead
+/// (black-box round 68d: "is not a ledger directory" for a path that does not exist,
+/// with no word of `--dir` or `--config`).
+pub fn not_a_ledger_directory(dir: &Path) -> String {
+    let what = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(_) => "cannot be read",
+        Ok(_) => "is not a directory (a ledger is a directory of segment files)",
+    };
+    format!(
+        "{} {what}: give the ledger's directory with --dir DIR, or the configuration that names it (ledger_path) with --config FILE; without either, the tools read ./{}",
+        dir.display(),
+        crate::config::defaults::LEDGER_PATH
+    )
+}
+
 /// Checks the chain of the ledger in `dir` and returns the sequence number of the last
 /// record it checked: what a reading may count.
 fn verified_upto(dir: &Path) -> Result<u64, String> {
     if !dir.is_dir() {
-        return Err(format!("{} is not a ledger directory", dir.display()));
+        return Err(not_a_ledger_directory(dir));
     }
     // Only a ledger whose checksums and chain verify is read: a changed, inserted or
     // forged line would otherwise be counted as money. A last line cut short (a torn
@@ -459,7 +475,7 @@ pub fn for_each_unverified_upto(
     f: impl FnMut(Entry) -> bool,
 ) -> Result<ReadStats, String> {
     if !dir.is_dir() {
-        return Err(format!("{} is not a ledger directory", dir.display()));
+        return Err(not_a_ledger_directory(dir));
     }
     read_records(dir, upto, MoneyFields::Skip, f)
 }

@@ -101,7 +101,9 @@ fn estimate_words(p: u32, e: u32, explore: bool) -> String {
         // guard alone, "by 0.000").
         "the drift guard scaled it below 1 ppm (the buyer kept far fewer than estimated lately), and the floor of 1 ppm a buyer not paused has raised it".to_string()
     } else if e == 0 {
-        "the drift guard's doing".to_string()
+        format!(
+            "under 1 ppm, taken at the floor of 1 ppm, which the drift guard scaled by {p} (the buyer kept more than estimated lately)"
+        )
     } else {
         format!(
             "the drift guard scaled it by {:.3} (the buyer kept {} than estimated lately)",
@@ -555,6 +557,16 @@ the file may not be what decided this auction (a model swap alone changes no con
     for l in &lines {
         let buyer = s(l, "buyer");
         let outcome = s(l, "outcome");
+        // The record keeps a bidder refused at award twice (its bid, then
+        // `capped_at_award`); its bid's line says so already (black-box round 68d: the
+        // buyer was listed twice).
+        if outcome == "capped_at_award"
+            && lines
+                .iter()
+                .any(|o| s(o, "buyer") == buyer && matches!(s(o, "outcome"), "bid" | "fixed_price"))
+        {
+            continue;
+        }
         let detail = s(l, "detail");
         let bid = l.get("bid_micros").and_then(Value::as_i64);
         let took = l
@@ -581,7 +593,7 @@ the file may not be what decided this auction (a model swap alone changes no con
                         let won = pos.map(|i| &ranks[i]);
                         let why = match pos {
                             Some(i) if i > 0 => format!(
-                                "ranked #{} of {n}: the bids above it were refused at award (their caps were full)",
+                                "ranked #{} of {n}: the bids above it were refused at award (their caps or budgets were full)",
                                 i + 1
                             ),
                             Some(_) if n > 1 && ev => format!(
@@ -653,9 +665,9 @@ the file may not be what decided this auction (a model swap alone changes no con
                             }
                         };
                         if capped.contains(&buyer) {
-                            format!("{kind}, ranked #{}: its cap was full when the award tried to reserve it", i + 1)
+                            format!("{kind}, ranked #{}: its cap or budget was full when the award tried to reserve it (the record does not say which)", i + 1)
                         } else if position(w).is_some_and(|wi| i < wi) {
-                            format!("{kind}, ranked #{} above the winner but refused at award (cap)", i + 1)
+                            format!("{kind}, ranked #{} above the winner but refused at award (cap or budget)", i + 1)
                         } else if b < *wp {
                             // API.md: a fallback's own price must cover the price quoted
                             // to the seller (round 55b: an unsold post looked as if this
@@ -670,7 +682,7 @@ the file may not be what decided this auction (a model swap alone changes no con
                         }
                     }
                     (None, Some(i)) if capped.contains(&buyer) => {
-                        format!("{kind}, ranked #{}: its cap was full when the award tried to reserve it", i + 1)
+                        format!("{kind}, ranked #{}: its cap or budget was full when the award tried to reserve it (the record does not say which)", i + 1)
                     }
                     _ => format!("lost: {kind}"),
                 }
@@ -1044,6 +1056,26 @@ payout = { model = "revenue_share", share_pct = 80 }
             "{}",
             rep.text
         );
+    }
+
+    /// Black-box round 68d: a bid refused at award by its budget was said refused by a
+    /// full cap, and its buyer was listed twice (its bid, then `capped_at_award`).
+    #[test]
+    fn a_bid_refused_at_award_is_listed_once_and_blames_cap_or_budget() {
+        let mut a = auction("coast", 15_000_000, 12_000_000);
+        a.value["buyers"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"buyer": "empire", "outcome": "capped_at_award"}));
+        let rep = replay(&a, &[], None);
+        let empire: Vec<&str> = rep
+            .text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("empire:"))
+            .collect();
+        assert_eq!(empire.len(), 1, "{}", rep.text);
+        assert!(empire[0].contains("cap or budget"), "{}", rep.text);
+        assert!(!rep.text.contains("cap was full"), "{}", rep.text);
     }
 
     #[test]

@@ -69,7 +69,10 @@ impl BuyerStats {
             e.outcomes.accepts += 1.0;
         }
         if let Some(ppm) = p_model_ppm {
-            let p = f64::from(ppm.min(1_000_000)) / 1e6;
+            // At least the award's floor of 1 ppm: an estimate that rounded to 0 ppm
+            // predicted nothing, so the guard could never act on it (black-box round
+            // 68b: a buyer that kept 20 of 110 leads estimated at 0 stayed at 1 ppm).
+            let p = f64::from(ppm.clamp(1, 1_000_000)) / 1e6;
             let g = &mut e.guard;
             let k = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
             g.posts = g.posts * k + 1.0;
@@ -303,6 +306,22 @@ mod tests {
             .and_then(|e| e.response_ms)
             .unwrap_or(0.0);
         assert!((ms - 10.5).abs() < 1e-9, "{ms}");
+    }
+
+    /// Black-box round 68b: a model whose estimates rounded to 0 ppm predicted nothing,
+    /// so the guard never acted on a buyer that kept 20 of 110 such leads. Each estimate
+    /// counts at the award's floor of 1 ppm.
+    #[test]
+    fn an_estimate_under_the_floor_counts_at_the_floor_and_the_guard_acts_on_it() {
+        let s = BuyerStats::new();
+        let a = BuyerKey(1);
+        for i in 0..110 {
+            s.on_post(a, i % 11 < 2, Some(0), 0);
+        }
+        let g = s.guard(a);
+        assert!(g.predicted > 0.0 && g.predicted < 110e-6 + 1e-12, "{g:?}");
+        let f = g.factor(3.0);
+        assert!(f > 100_000.0, "the guard acts: {f} {g:?}");
     }
 
     #[test]

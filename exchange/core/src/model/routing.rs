@@ -93,6 +93,10 @@ pub struct Guard {
     pub kept: f64,
 }
 
+/// The least chance a buyer not paused is given (1 ppm): the award's floor, and what
+/// the drift guard counts an estimate under it as.
+pub const P_FLOOR: f64 = 1e-6;
+
 /// Fewest recent posts with an estimate before the drift guard may act.
 pub const GUARD_MIN_POSTS: f64 = 10.0;
 
@@ -354,7 +358,13 @@ impl Ranker for EvRanker<'_> {
         let z = f64::from(self.routing.drift_guard_milli) / 1000.0;
         if z > 0.0 {
             for (pi, v) in p.iter_mut().zip(&views) {
-                *pi = clamp01(*pi * v.guard.factor(z));
+                let f = v.guard.factor(z);
+                // An estimate under the 1 ppm floor is taken at the floor, as the award
+                // takes it and as the guard counted it (black-box round 68b: estimates
+                // that rounded to 0 ppm predicted nothing, and the guard never acted).
+                if (f - 1.0).abs() > f64::EPSILON {
+                    *pi = clamp01(pi.max(P_FLOOR) * f);
+                }
             }
         }
         if self.explores() {
@@ -703,6 +713,42 @@ mod tests {
         let rb = rank(vec![bid(1, 10), bid(2, 10)], PAYOUT, Micros::ZERO, &b, None);
         assert_eq!(ra, rb);
         assert!(a.explored());
+    }
+
+    /// Black-box round 68b: the guard scales an estimate under the 1 ppm floor from the
+    /// floor (a model that says about 0 for a buyer that keeps a fifth of its leads).
+    #[test]
+    fn the_drift_guard_scales_an_estimate_under_the_floor_from_the_floor() {
+        let spec = FeatureSpec {
+            version: 1,
+            lead: Vec::new(),
+            context: Vec::new(),
+            buyer: vec![BuyerFeature::Buyer],
+        };
+        // p = buyer / 10: buyer 0's estimate is 0.
+        let model = ByBuyer(spec.len());
+        let routing = Routing {
+            explore_ppm: 0,
+            ..Routing::default()
+        };
+        let rank_0 = |guard: Guard| {
+            let mut stats = Stats::default();
+            stats.1.insert(0, guard);
+            let ranker = EvRanker::new(Some(&spec), Some(&model), &[], &stats, routing, 1);
+            let r = rank(vec![bid(0, 10)], PAYOUT, Micros::ZERO, &ranker, None);
+            (r.ranked[0].p_ppm, r.ranked[0].p_model_ppm)
+        };
+        // No drift: the floor.
+        assert_eq!(rank_0(Guard::default()), (Some(1), Some(0)));
+        // 110 posts counted at the floor, 20 kept: scaled from the floor.
+        let (p, est) = rank_0(Guard {
+            posts: 110.0,
+            predicted: 110e-6,
+            variance: 110e-6,
+            kept: 20.0,
+        });
+        assert_eq!(est, Some(0));
+        assert!(p.is_some_and(|p| p > 100_000), "{p:?}");
     }
 
     #[test]
