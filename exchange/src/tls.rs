@@ -130,12 +130,18 @@ fn buyer_client_config_from(
         bundle_cas,
         algs: provider.signature_verification_algorithms.all,
     });
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    // No session resumption: a resumed handshake presents no certificate and verifies
+    // none, so a buyer trusted once stayed trusted on new connections after its
+    // certificate expired (found checking black-box round 68a's fix). Every new buyer
+    // connection is verified in full; pooled connections make them rare.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// Whether a buyer could ever present the self-signed `cert` and be trusted: checked as
