@@ -733,6 +733,13 @@ fn main() -> anyhow::Result<()> {
                 errors.0.len(),
                 errors.to_string().trim_end()
             );
+            // The embedded configuration's buyers are the demo's (black-box round 68d:
+            // the message did not say how to run it).
+            if !demo && errors.0.iter().any(|e| e.contains("PINGPOST_DEMO_SECRET_")) {
+                pingpost::say_err!(
+                    "the PINGPOST_DEMO_SECRET_* variables are the demo buyers' secrets: add --demo (it sets them for the run), or give your own configuration with --config FILE"
+                );
+            }
             std::process::exit(2);
         }
     };

@@ -150,6 +150,36 @@ fn the_demo_flags_without_demo_are_refused() {
     }
 }
 
+/// `--check-config` (or a start) on the embedded default without the demo's secrets
+/// says how to run it (black-box round 68d: the missing variables were listed alone).
+#[test]
+fn the_embedded_configuration_without_the_demo_says_to_add_demo() {
+    let run = |demo: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"));
+        c.arg("--check-config");
+        if demo {
+            c.arg("--demo");
+        }
+        for n in 1..=5 {
+            c.env_remove(format!("PINGPOST_DEMO_SECRET_{n}"));
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(false);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("PINGPOST_DEMO_SECRET_1 is not set") && err.contains("add --demo"),
+        "{err}"
+    );
+    let (code, err) = run(true);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("add --demo"), "{err}");
+}
+
 /// `--demo` on a configuration without the sample leads' vertical or seller printed a
 /// `no bid (?)` line for every lead, each of them refused `400 unknown vertical`
 /// (black-box round 18): it is refused before the exchange starts, saying why.
