@@ -1583,7 +1583,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         match event {
             BuyerEvent::Accepted(at) => state.stats.on_post(key, true, None, *at),
             BuyerEvent::Rejected(at) => state.stats.on_post(key, false, None, *at),
-            BuyerEvent::Returned => state.stats.on_return(key),
+            BuyerEvent::Returned => state.stats.on_return(key, None),
         }
     }
     for s in scan.unknown().take(UNKNOWN_LOGGED_MAX) {

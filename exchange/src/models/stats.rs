@@ -19,13 +19,24 @@ use crate::core::UnixMs;
 pub const HORIZON_POSTS: f64 = 500.0;
 /// About how many recent posts with an estimate the drift guard remembers.
 pub const GUARD_HORIZON_POSTS: f64 = 100.0;
+/// Kept leads the guard remembers per buyer, to take one back when it is returned:
+/// older ones weigh under 0.99^1024, about 3e-5 of a lead.
+const GUARD_KEPT_REMEMBERED: usize = 1024;
 /// Weight of the newest response time in its moving average.
 const RESPONSE_ALPHA: f64 = 0.05;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct BuyerStat {
     outcomes: Outcomes,
     guard: Guard,
+    /// Posts the guard counted since it last started again (a new model, a start).
+    guard_posts: u64,
+    /// The guard's kept leads, newest last (at most [`GUARD_KEPT_REMEMBERED`]): each
+    /// one's time (its sale's) and its post number, so a return takes back exactly the
+    /// weight the lead has now, and a lead the guard never counted (sold before it
+    /// started again, or longer ago than this remembers) takes back nothing (black-box
+    /// round 69b: every return took a whole lead off the current count, however old).
+    guard_kept: std::collections::VecDeque<(UnixMs, u64)>,
     response_ms: Option<f64>,
     /// Delivered posts left unaccepted in a row, and when the latest of them was.
     streak: u32,
@@ -79,6 +90,14 @@ impl BuyerStats {
             g.predicted = g.predicted * k + p;
             g.variance = g.variance * k + p * (1.0 - p);
             g.kept = g.kept * k + if accepted { 1.0 } else { 0.0 };
+            e.guard_posts += 1;
+            if accepted {
+                let n = e.guard_posts;
+                if e.guard_kept.len() >= GUARD_KEPT_REMEMBERED {
+                    e.guard_kept.pop_front();
+                }
+                e.guard_kept.push_back((at, n));
+            }
         }
         drop(e);
         let mut p = self.pooled.lock();
@@ -89,11 +108,21 @@ impl BuyerStats {
         }
     }
 
-    /// `buyer` returned a lead it had accepted.
-    pub fn on_return(&self, buyer: BuyerKey) {
+    /// `buyer` returned a lead it had accepted, sold at `sold_at` (`None`: a restart's
+    /// replay, which the guard never counted).
+    pub fn on_return(&self, buyer: BuyerKey, sold_at: Option<UnixMs>) {
         let mut e = self.by_buyer.entry(buyer).or_default();
         e.outcomes.returns = (e.outcomes.returns + 1.0).min(e.outcomes.accepts.max(1.0));
-        e.guard.kept = (e.guard.kept - 1.0).max(0.0);
+        // The guard takes back the lead's weight now, if it counted the lead.
+        if let Some(sold_at) = sold_at {
+            if let Some(i) = e.guard_kept.iter().position(|(at, _)| *at == sold_at) {
+                let (_, n) = e.guard_kept.remove(i).unwrap_or_default();
+                let age = e.guard_posts.saturating_sub(n);
+                let k = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
+                let weight = k.powi(i32::try_from(age).unwrap_or(i32::MAX));
+                e.guard.kept = (e.guard.kept - weight).max(0.0);
+            }
+        }
         drop(e);
         let mut p = self.pooled.lock();
         p.returns = (p.returns + 1.0).min(p.accepts.max(1.0));
@@ -114,6 +143,8 @@ impl BuyerStats {
     pub fn reset_guards(&self) {
         for mut e in self.by_buyer.iter_mut() {
             e.guard = Guard::default();
+            e.guard_posts = 0;
+            e.guard_kept.clear();
         }
     }
 
@@ -289,7 +320,7 @@ mod tests {
             s.on_post(a, i % 10 != 0, None, 0); // 90 % accepted
             s.on_post(b, i % 2 == 0, None, 0); // 50 %
         }
-        s.on_return(a);
+        s.on_return(a, None);
         let pa = s.outcomes(a);
         assert!(pa.posts < 100.0 && pa.posts > 85.0, "decayed: {}", pa.posts);
         assert!((pa.accepts / pa.posts - 0.9).abs() < 0.01);
@@ -324,6 +355,47 @@ mod tests {
         assert!(f > 100_000.0, "the guard acts: {f} {g:?}");
     }
 
+    /// Black-box round 69b: a return took a whole lead off the guard's kept count, even
+    /// for a lead sold before the guard started again (a restart, a new model), so a
+    /// buyer that kept every lead since was cut to the floor. A return now takes back the
+    /// weight the lead has in the guard now, and nothing for a lead it never counted.
+    #[test]
+    fn a_return_takes_back_only_what_the_guard_counted_of_the_lead() {
+        let s = BuyerStats::new();
+        let a = BuyerKey(1);
+        let k: f64 = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
+        // Sold under the old model: at 1..=20.
+        for at in 1..=20 {
+            s.on_post(a, true, Some(900_000), at);
+        }
+        s.reset_guards();
+        // Under the new one: at 101..=112, all kept.
+        for at in 101..=112 {
+            s.on_post(a, true, Some(900_000), at);
+        }
+        let before = s.guard(a);
+        // The old leads come back: the new guard never counted them.
+        for at in 1..=20 {
+            s.on_return(a, Some(at));
+        }
+        assert_eq!(s.guard(a), before);
+        // Neither did a restart's replay (no time).
+        s.on_return(a, None);
+        assert_eq!(s.guard(a), before);
+        // A lead of this guard, 12 posts old (the first of 12): its weight now, k^11.
+        s.on_return(a, Some(101));
+        let after = s.guard(a);
+        assert!(
+            (before.kept - after.kept - k.powi(11)).abs() < 1e-12,
+            "{before:?} {after:?}"
+        );
+        // Returned twice, taken back once.
+        s.on_return(a, Some(101));
+        assert_eq!(s.guard(a), after);
+        // The rates still count every return.
+        assert!(s.outcomes(a).returns > 20.0, "{:?}", s.outcomes(a));
+    }
+
     #[test]
     fn the_drift_guard_counts_estimated_posts_and_starts_again_with_a_new_model() {
         let s = BuyerStats::new();
@@ -335,7 +407,7 @@ mod tests {
         for i in 0..10 {
             s.on_post(a, i != 0, Some(900_000), 0);
         }
-        s.on_return(a);
+        s.on_return(a, Some(0));
         let g = s.guard(a);
         let k: f64 = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
         let n: f64 = (0..10).map(|i| k.powi(i)).sum();
@@ -357,7 +429,7 @@ mod tests {
     fn returns_never_exceed_acceptances() {
         let s = BuyerStats::new();
         for _ in 0..5 {
-            s.on_return(BuyerKey(3));
+            s.on_return(BuyerKey(3), None);
         }
         assert!(s.outcomes(BuyerKey(3)).returns <= 1.0);
     }

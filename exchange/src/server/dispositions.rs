@@ -276,7 +276,7 @@ async fn record(
         lead.test,
         lead.buyer_key,
     ) {
-        state.stats.on_return(key);
+        state.stats.on_return(key, Some(lead.sold_at));
     }
     state
         .dispositions_since_train
