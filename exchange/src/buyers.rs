@@ -163,15 +163,24 @@ async fn reap(pool: std::sync::Weak<H1Pool>) {
 struct IdleConn {
     tx: H1Sender,
     since: tokio::time::Instant,
+    /// When its buyer's certificates stop being valid (Unix ms; TLS only).
+    trusted_until: Option<i64>,
 }
 
 impl IdleConn {
-    /// Still open, and idle for less than [`IDLE_TIMEOUT_S`].
+    /// Still open, idle for less than [`IDLE_TIMEOUT_S`], and its certificates still
+    /// valid (`cert_bound`: never a request over a connection whose trust has ended).
     fn usable(&self, now: tokio::time::Instant) -> bool {
         !self.tx.is_closed()
             && now.saturating_duration_since(self.since) < Duration::from_secs(IDLE_TIMEOUT_S)
+            && self
+                .trusted_until
+                .is_none_or(|until| crate::cert_bound::now_ms() < until)
     }
 }
+
+/// A pooled HTTP/1.1 connection and when its certificates stop being valid.
+type H1Conn = (H1Sender, Option<i64>);
 
 impl H1Pool {
     fn new(connector: Connector) -> H1Pool {
@@ -182,13 +191,13 @@ impl H1Pool {
     }
 
     /// The newest live idle connection to `authority`, if any.
-    fn take(&self, https: bool, authority: &str) -> Option<H1Sender> {
+    fn take(&self, https: bool, authority: &str) -> Option<H1Conn> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.by_host[usize::from(https)].get_mut(authority)?;
         let now = tokio::time::Instant::now();
         while let Some(c) = list.pop() {
             if c.usable(now) {
-                return Some(c.tx);
+                return Some((c.tx, c.trusted_until));
             }
         }
         None
@@ -196,7 +205,7 @@ impl H1Pool {
 
     /// Keeps `tx` for the next request to `authority` (unless it is closed or the host
     /// has its fill).
-    fn put(&self, https: bool, authority: &str, tx: H1Sender) {
+    fn put(&self, https: bool, authority: &str, (tx, trusted_until): H1Conn) {
         if tx.is_closed() {
             return;
         }
@@ -210,7 +219,11 @@ impl H1Pool {
             None => hosts.entry(authority.into()).or_default(),
         };
         if list.len() < IDLE_PER_HOST_MAX {
-            list.push(IdleConn { tx, since: now });
+            list.push(IdleConn {
+                tx,
+                since: now,
+                trusted_until,
+            });
         }
     }
 
@@ -225,7 +238,7 @@ impl H1Pool {
     }
 
     /// A new connection to `uri`'s host (TLS for `https://`), its connection task spawned.
-    async fn connect(&self, uri: &Uri) -> Result<H1Sender, CallError> {
+    async fn connect(&self, uri: &Uri) -> Result<H1Conn, CallError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
             .await
@@ -236,13 +249,14 @@ impl H1Pool {
                 connect_failed(uri, &*e);
                 CallError::Transport
             })?;
+        let trusted_until = io.trusted_until();
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|_| CallError::Transport)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(tx)
+        Ok((tx, trusted_until))
     }
 
     /// Sends `req` (whose URI is absolute) on an idle connection to its host, or on a new
@@ -254,13 +268,13 @@ impl H1Pool {
         authority: &str,
         uri: &Uri,
         mut req: Request<Full<Bytes>>,
-    ) -> Result<(http::Response<hyper::body::Incoming>, H1Sender), CallError> {
-        while let Some(mut tx) = self.take(https, authority) {
+    ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), CallError> {
+        while let Some((mut tx, until)) = self.take(https, authority) {
             if tx.ready().await.is_err() {
                 continue;
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, tx)),
+                Ok(resp) => return Ok((resp, (tx, until))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(CallError::Transport),
@@ -270,17 +284,17 @@ impl H1Pool {
         // Boxed: the connect and handshake futures are large, and every ping's future
         // would carry their room (moved when the auction pushes it) for the rare call
         // that needs a new connection.
-        let mut tx = Box::pin(self.connect(uri)).await?;
+        let (mut tx, until) = Box::pin(self.connect(uri)).await?;
         let resp = tx
             .send_request(req)
             .await
             .map_err(|_| CallError::Transport)?;
-        Ok((resp, tx))
+        Ok((resp, (tx, until)))
     }
 }
 
 /// Per buyer host (at most [`CONNECT_FAILED_HOSTS_MAX`]): when its last connection
-/// failure was logged (Unix seconds), and how many were not logged since.
+/// failure was logged (Unix ms), and how many were not logged since.
 static CONNECT_FAILED: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> =
     std::sync::Mutex::new(None);
 /// Hosts [`CONNECT_FAILED`] keeps; past it, it starts again empty.
@@ -293,9 +307,7 @@ const CONNECT_FAILED_HOSTS_MAX: usize = 1024;
 /// error's chain (the host and the TLS library's words: no lead data is in it), cut to
 /// 400 characters.
 fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = u64::try_from(crate::cert_bound::now_ms()).unwrap_or(0);
     let host = uri.authority().map_or("", |a| a.as_str());
     let unlogged = {
         let mut guard = CONNECT_FAILED
@@ -353,9 +365,10 @@ fn tidy(why: &str) -> String {
     format!("{head}{words}")
 }
 
-/// Whether a connection failure to `host` at `now` (Unix seconds) is logged: with the
-/// count of that host's failures not logged since its last line, or `None` when one was
-/// logged this second (counted).
+/// Whether a connection failure to `host` at `now` (Unix ms) is logged: with the count
+/// of that host's failures not logged since its last line, or `None` when one was logged
+/// less than a second before (counted; round 69a: two lines 0.43 s apart, in two
+/// calendar seconds).
 fn to_log(
     hosts: &mut std::collections::HashMap<String, (u64, u64)>,
     host: &str,
@@ -365,11 +378,11 @@ fn to_log(
         hosts.clear();
     }
     let (logged_s, unlogged) = hosts.entry(host.to_string()).or_insert((0, 0));
-    if now <= *logged_s {
+    if *logged_s != 0 && now.saturating_sub(*logged_s) < 1_000 {
         *unlogged += 1;
         return None;
     }
-    *logged_s = now;
+    *logged_s = now.max(1);
     Some(std::mem::take(unlogged))
 }
 
@@ -404,18 +417,21 @@ fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
             let b = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
                 .https_or_http();
-            crate::cert_bound::CertBound(if h2 {
-                b.enable_http2().wrap_connector(http)
-            } else {
-                b.enable_http1().wrap_connector(http)
-            })
+            crate::cert_bound::CertBound {
+                inner: if h2 {
+                    b.enable_http2().wrap_connector(http)
+                } else {
+                    b.enable_http1().wrap_connector(http)
+                },
+                closes: h2,
+            }
         }
         // The ring provider supports rustls' default protocol versions; this cannot fail,
         // but fall back to a connector that trusts nothing rather than panic.
-        Err(_) => crate::cert_bound::CertBound(hyper_rustls::HttpsConnector::from((
-            http,
-            rustls_fallback_config(),
-        ))),
+        Err(_) => crate::cert_bound::CertBound {
+            inner: hyper_rustls::HttpsConnector::from((http, rustls_fallback_config())),
+            closes: h2,
+        },
     }
 }
 
@@ -765,19 +781,21 @@ mod tests {
     #[test]
     fn connection_failures_are_logged_once_a_second_per_host_with_the_count_left_out() {
         let mut hosts = std::collections::HashMap::new();
-        assert_eq!(to_log(&mut hosts, "a:1", 100), Some(0));
-        assert_eq!(to_log(&mut hosts, "a:1", 100), None);
-        assert_eq!(to_log(&mut hosts, "a:1", 100), None);
+        assert_eq!(to_log(&mut hosts, "a:1", 100_900), Some(0));
+        assert_eq!(to_log(&mut hosts, "a:1", 100_950), None);
+        // Within a second of the last line, though in the next calendar second
+        // (round 69a).
+        assert_eq!(to_log(&mut hosts, "a:1", 101_330), None);
         // Another host is not hidden by the first.
-        assert_eq!(to_log(&mut hosts, "b:1", 100), Some(0));
-        assert_eq!(to_log(&mut hosts, "a:1", 101), Some(2));
-        assert_eq!(to_log(&mut hosts, "a:1", 101), None);
-        // A clock stepped back logs nothing until it passes the last line.
-        assert_eq!(to_log(&mut hosts, "a:1", 50), None);
-        assert_eq!(to_log(&mut hosts, "a:1", 102), Some(2));
+        assert_eq!(to_log(&mut hosts, "b:1", 101_000), Some(0));
+        assert_eq!(to_log(&mut hosts, "a:1", 101_900), Some(2));
+        assert_eq!(to_log(&mut hosts, "a:1", 102_000), None);
+        // A clock stepped back logs nothing until a second has passed.
+        assert_eq!(to_log(&mut hosts, "a:1", 50_000), None);
+        assert_eq!(to_log(&mut hosts, "a:1", 102_900), Some(2));
         // Bounded: past the limit the map starts again.
         for i in 0..(CONNECT_FAILED_HOSTS_MAX * 2) {
-            let _ = to_log(&mut hosts, &format!("h{i}:1"), 200);
+            let _ = to_log(&mut hosts, &format!("h{i}:1"), 200_000);
             assert!(hosts.len() <= CONNECT_FAILED_HOSTS_MAX);
         }
     }

@@ -3,11 +3,15 @@
 //! A TLS buyer is trusted at the handshake, and a pooled keep-alive connection carries
 //! later calls without another: black-box round 68a sent a full lead to a pinned buyer
 //! whose certificate had expired since, over a connection opened while it was valid
-//! (CONFIGURATION.md promises such a buyer is refused while its dates say so). Each TLS
-//! connection here is closed when the earliest `notAfter` of the certificates its buyer
-//! presented passes: its read side fails at that moment (a timer, so an idle pooled
-//! connection is closed too), the pools drop it as closed, and the next call connects
-//! again and is verified again (refused, or trusted on a renewed certificate). Plain
+//! (CONFIGURATION.md promises such a buyer is refused while its dates say so). A TLS
+//! connection's trust ends when the earliest certificate its buyer presented stops being
+//! valid: at the end of its `notAfter` second (RFC 5280's `notAfter` is inclusive, to the
+//! second, and a new handshake is refused from then on: round 69a found connections
+//! closed a second before new ones were refused). No request is sent over a connection
+//! past that moment: `buyers::H1Pool` never hands one out (a call in flight
+//! finishes), and an HTTP/2 connection, pooled by hyper-util, is closed then (its read
+//! and write sides fail: a timer, so an idle one is closed too). The next call connects
+//! again and is verified again: refused, or trusted on a renewed certificate. Plain
 //! `http://` connections are passed through untouched.
 
 use std::future::Future;
@@ -31,9 +35,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// and a connection that lives this long is simply made again.
 const BOUND_MAX: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-/// [`Inner`], whose TLS connections end with their certificates (module docs).
+/// [`Inner`], whose TLS connections end with their certificates (module docs);
+/// `closes` sets the timer that closes a connection then (HTTP/2: hyper-util's pool
+/// cannot be told; HTTP/1.1's pool checks [`Bounded::trusted_until`] itself).
 #[derive(Clone, Debug)]
-pub struct CertBound(pub Inner);
+pub struct CertBound {
+    pub inner: Inner,
+    pub closes: bool,
+}
 
 impl tower_service::Service<Uri> for CertBound {
     type Response = Bounded;
@@ -41,24 +50,32 @@ impl tower_service::Service<Uri> for CertBound {
     type Future = Pin<Box<dyn Future<Output = Result<Bounded, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.0, cx)
+        tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = tower_service::Service::<Uri>::call(&mut self.0, uri);
+        let connecting = tower_service::Service::<Uri>::call(&mut self.inner, uri);
+        let closes = self.closes;
         Box::pin(async move {
             let io = connecting.await?;
-            let ends = match &io {
+            let trusted_until = match &io {
                 MaybeHttpsStream::Https(tls) => tls
                     .inner()
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(chain_ends_ms)
-                    .map(|ms| Box::pin(tokio::time::sleep(until(ms, now_ms())))),
+                    .map(|not_after| not_after.saturating_add(1_000)),
                 MaybeHttpsStream::Http(_) => None,
             };
-            Ok(Bounded { io, ends })
+            let ends = trusted_until
+                .filter(|_| closes)
+                .map(|ms| Box::pin(tokio::time::sleep(until(ms, now_ms()))));
+            Ok(Bounded {
+                io,
+                trusted_until,
+                ends,
+            })
         })
     }
 }
@@ -78,7 +95,8 @@ pub fn until(ends: i64, now: i64) -> std::time::Duration {
     std::time::Duration::from_millis(ms).min(BOUND_MAX)
 }
 
-fn now_ms() -> i64 {
+/// Now, in Unix ms.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -87,6 +105,9 @@ fn now_ms() -> i64 {
 /// A buyer connection, with the timer of its certificates' end (TLS only).
 pub struct Bounded {
     io: Stream,
+    /// When its certificates stop being valid (Unix ms): the end of the earliest
+    /// `notAfter` second.
+    trusted_until: Option<i64>,
     ends: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -99,6 +120,12 @@ impl std::fmt::Debug for Bounded {
 }
 
 impl Bounded {
+    /// When its certificates stop being valid (Unix ms; `None`: plain HTTP, or no date
+    /// readable).
+    pub fn trusted_until(&self) -> Option<i64> {
+        self.trusted_until
+    }
+
     /// Whether its certificates have ended (and, if not, the timer is set to wake the
     /// caller when they do).
     fn ended(&mut self, cx: &mut Context<'_>) -> bool {
