@@ -18,6 +18,12 @@ use serde_json::{json, Map, Value};
 use crate::config::{Config, Vertical};
 use crate::idempotency::KEY_LEN_MAX;
 
+/// JSON-Schema pattern of the text a lead's strings, `source` and `consent` may hold: no
+/// control character but a tab or a line break, no direction override or isolate
+/// (`proto::error::has_unsafe_text`).
+const SAFE_TEXT_PATTERN: &str =
+    "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*$";
+
 /// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
 /// non-empty local part, a domain with a dot that neither starts nor ends with one, no
 /// white space or control character anywhere.
@@ -333,10 +339,12 @@ fn lead_schema(schema: &VerticalSchema, mode: LeadMode, vertical: &str) -> Value
 fn field_schema(kind: &FieldKind, nullable: bool) -> Value {
     let (ty, mut s) = match kind {
         FieldKind::String { len_max, pattern } => {
-            let mut s = json!({"maxLength": len_max});
+            let mut s = json!({"maxLength": len_max, "pattern": SAFE_TEXT_PATTERN});
             if let Some(re) = pattern {
-                // The loader anchors patterns as `^(?:...)$`.
+                // The loader anchors patterns as `^(?:...)$`; the value must match both
+                // (JSON Schema has one `pattern` per schema).
                 s["pattern"] = json!(re.as_str());
+                s["allOf"] = json!([{"pattern": SAFE_TEXT_PATTERN}]);
             }
             ("string", s)
         }
@@ -399,8 +407,8 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
             json!({
                 "type": "object",
                 "maxProperties": STRING_MAP_ENTRIES_MAX,
-                "propertyNames": {"maxLength": STRING_MAP_KEY_LEN_MAX},
-                "additionalProperties": {"type": "string", "maxLength": STRING_MAP_VALUE_LEN_MAX},
+                "propertyNames": {"maxLength": STRING_MAP_KEY_LEN_MAX, "pattern": SAFE_TEXT_PATTERN},
+                "additionalProperties": {"type": "string", "maxLength": STRING_MAP_VALUE_LEN_MAX, "pattern": SAFE_TEXT_PATTERN},
             }),
         ),
         (

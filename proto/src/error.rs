@@ -99,6 +99,20 @@ pub fn is_hidden(c: char) -> bool {
             | '\u{E0100}'..='\u{E01EF}')
 }
 
+/// Whether `text` holds a control character other than a tab or a line break, or a
+/// text-direction override or isolate (U+202A to U+202E, U+2066 to U+2069): what a lead's
+/// strings may not carry (a NUL cuts a value short in a buyer's C code; an override shows
+/// a buyer's staff another text than the one stored).
+pub fn has_unsafe_text(text: &str) -> bool {
+    text.chars().any(|c| {
+        (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+/// The problem [`has_unsafe_text`] finds, in words.
+pub const UNSAFE_TEXT: &str = "must not contain control characters (other than tabs and line breaks) or text-direction overrides and isolates (U+202A to U+202E, U+2066 to U+2069)";
+
 /// A name from the network as an error echoes it: its first 64 characters, each hidden
 /// one ([`is_hidden`]) as `?`.
 pub fn printable_name(name: &str) -> String {

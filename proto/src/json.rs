@@ -460,12 +460,21 @@ impl<'a> ObjectReader<'a> {
             match v {
                 // Characters, as JSON Schema's maxLength counts them (the OpenAPI documents).
                 OwnedValue::String(s)
-                    if s.chars().count() <= STRING_MAP_VALUE_LEN_MAX
-                        && k.chars().count() <= STRING_MAP_KEY_LEN_MAX =>
+                    if s.chars().count() > STRING_MAP_VALUE_LEN_MAX
+                        || k.chars().count() > STRING_MAP_KEY_LEN_MAX =>
                 {
+                    bad.push((crate::error::printable_name(k), "is too long"));
+                }
+                // As a lead's strings (black-box round 69c: a NUL and an override in a
+                // consent token went to the buyer).
+                OwnedValue::String(s)
+                    if crate::error::has_unsafe_text(s) || crate::error::has_unsafe_text(k) =>
+                {
+                    bad.push((crate::error::printable_name(k), crate::error::UNSAFE_TEXT));
+                }
+                OwnedValue::String(s) => {
                     out.insert(k.to_string(), s.to_string());
                 }
-                OwnedValue::String(_) => bad.push((crate::error::printable_name(k), "is too long")),
                 _ => bad.push((crate::error::printable_name(k), "must be a string")),
             }
         }

@@ -216,11 +216,8 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             // override shows a buyer's staff another text than the one stored (black-box
             // round 67c: `"Ana\u202e\u0000"` was sold as a first name). Tabs and line
             // breaks stay allowed (free text).
-            if s.chars().any(|c| {
-                (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-            }) {
-                return Err("must not contain control characters (other than tabs and line breaks) or text-direction overrides and isolates (U+202A to U+202E, U+2066 to U+2069)".into());
+            if crate::error::has_unsafe_text(s) {
+                return Err(crate::error::UNSAFE_TEXT.into());
             }
             if let Some(re) = pattern {
                 if !re.is_match(s) {

@@ -437,6 +437,23 @@ mod tests {
         assert!(PostEnvelope::parse(&mut b).is_ok());
     }
 
+    /// Black-box round 69c: a NUL and a direction override in `source` and `consent`
+    /// went to the buyer; they are refused as in a lead's strings, naming the entry.
+    #[test]
+    fn source_and_consent_refuse_control_characters_and_overrides() {
+        let body = r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180"},"source":{"sub_id":"a\u0000b"},"consent":{"x":"\u202etoken","ok":"fine\ttoo"}}"#;
+        let e = ping(body, LeadMode::Ping).unwrap_err();
+        let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["source.sub_id", "consent.x"], "{e:?}");
+        assert!(e
+            .fields
+            .iter()
+            .all(|p| p.problem.contains("control characters")));
+        assert!(!format!("{e:?}").contains("token"), "{e:?}");
+        let fine = r#"{"vertical":"auto_insurance","lead":{"state":"TX","zip":"76180"},"source":{"sub_id":"fb-123"},"consent":{"ok":"line\none"}}"#;
+        assert!(ping(fine, LeadMode::Ping).is_ok());
+    }
+
     #[test]
     fn null_optional_fields_are_refused() {
         let e = ping(
