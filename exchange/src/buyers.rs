@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use proto::buyer::{parse_bid_answer, parse_post_answer, BidOutcome, PostOutcome};
 use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
@@ -103,7 +102,129 @@ pub enum CallError {
 #[derive(Clone, Debug)]
 pub struct BuyerClient {
     h1: std::sync::Arc<H1Pool>,
-    h2: Client<Connector, Full<Bytes>>,
+    h2: std::sync::Arc<H2Pool>,
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// One multiplexed HTTP/2 connection per buyer host (scheme and authority), with when
+/// its buyer's certificates stop being valid and when it was last used. A connection
+/// past its trust end (`cert_bound`), closed, or idle for [`IDLE_TIMEOUT_S`] is no
+/// longer handed out: the pool drops its handle, so the connection ends once its calls
+/// in flight have finished (hyper sends GOAWAY when the last handle goes), and the next
+/// call connects again (black-box round 70a: hyper-util's pool could not be told, so
+/// such a connection was closed under its calls in flight, and posts the buyer had
+/// received were recorded unsold).
+#[derive(Debug)]
+pub struct H2Pool {
+    connector: Connector,
+    conns: std::sync::Mutex<std::collections::HashMap<(bool, Box<str>), H2Conn>>,
+}
+
+#[derive(Debug)]
+struct H2Conn {
+    tx: H2Sender,
+    trusted_until: Option<i64>,
+    used: tokio::time::Instant,
+}
+
+impl H2Conn {
+    fn usable(&self, now: tokio::time::Instant) -> bool {
+        !self.tx.is_closed()
+            && now.saturating_duration_since(self.used) < Duration::from_secs(IDLE_TIMEOUT_S)
+            && self
+                .trusted_until
+                .is_none_or(|until| crate::cert_bound::now_ms() < until)
+    }
+}
+
+impl H2Pool {
+    fn new(connector: Connector) -> H2Pool {
+        H2Pool {
+            connector,
+            conns: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Drops the connections no longer handed out.
+    fn sweep(&self, now: tokio::time::Instant) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.retain(|_, c| c.usable(now));
+        }
+    }
+
+    /// The host's connection, if it may still be used.
+    fn take(&self, https: bool, authority: &str) -> Option<H2Sender> {
+        let mut conns = self.conns.lock().ok()?;
+        let key = (https, Box::<str>::from(authority));
+        let now = tokio::time::Instant::now();
+        match conns.get_mut(&key) {
+            Some(c) if c.usable(now) => {
+                c.used = now;
+                Some(c.tx.clone())
+            }
+            Some(_) => {
+                conns.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Sends `req` (whose URI is absolute) on the host's connection, or on a new one.
+    async fn send(
+        &self,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
+        let mut tx = match self.take(https, authority) {
+            Some(tx) => tx,
+            None => Box::pin(self.connect(https, authority, uri)).await?,
+        };
+        tx.ready().await.map_err(|_| CallError::Transport)?;
+        tx.send_request(req).await.map_err(|_| CallError::Transport)
+    }
+
+    /// A new connection to `uri`'s host, kept as the host's connection.
+    async fn connect(
+        &self,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+    ) -> Result<H2Sender, CallError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|_| CallError::Transport)?;
+        let io = tower_service::Service::call(&mut connector, uri.clone())
+            .await
+            .map_err(|e| {
+                connect_failed(uri, &*e);
+                CallError::Transport
+            })?;
+        let trusted_until = io.trusted_until();
+        let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|_| CallError::Transport)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(
+                (https, authority.into()),
+                H2Conn {
+                    tx: tx.clone(),
+                    trusted_until,
+                    used: tokio::time::Instant::now(),
+                },
+            );
+        }
+        Ok(tx)
+    }
 }
 
 type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -144,18 +265,19 @@ impl H1Idle {
 
 /// Sweeps `pool` every [`SWEEP_EVERY_S`] until it is dropped, so connections left idle
 /// when calls stop are closed after [`IDLE_TIMEOUT_S`] (give or take a sweep).
-async fn reap(pool: std::sync::Weak<H1Pool>) {
+async fn reap(pool: std::sync::Weak<H1Pool>, h2: std::sync::Weak<H2Pool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(SWEEP_EVERY_S));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Some(pool) = pool.upgrade() else {
+        let (Some(pool), Some(h2)) = (pool.upgrade(), h2.upgrade()) else {
             return;
         };
         if let Ok(mut idle) = pool.idle.lock() {
             idle.sweep(tokio::time::Instant::now());
         };
+        h2.sweep(tokio::time::Instant::now());
     }
 }
 
@@ -417,21 +539,18 @@ fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
             let b = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
                 .https_or_http();
-            crate::cert_bound::CertBound {
-                inner: if h2 {
-                    b.enable_http2().wrap_connector(http)
-                } else {
-                    b.enable_http1().wrap_connector(http)
-                },
-                closes: h2,
-            }
+            crate::cert_bound::CertBound(if h2 {
+                b.enable_http2().wrap_connector(http)
+            } else {
+                b.enable_http1().wrap_connector(http)
+            })
         }
         // The ring provider supports rustls' default protocol versions; this cannot fail,
         // but fall back to a connector that trusts nothing rather than panic.
-        Err(_) => crate::cert_bound::CertBound {
-            inner: hyper_rustls::HttpsConnector::from((http, rustls_fallback_config())),
-            closes: h2,
-        },
+        Err(_) => crate::cert_bound::CertBound(hyper_rustls::HttpsConnector::from((
+            http,
+            rustls_fallback_config(),
+        ))),
     }
 }
 
@@ -462,14 +581,14 @@ impl BuyerClient {
 
     fn build(tls: Option<&rustls::ClientConfig>) -> BuyerClient {
         let h1 = std::sync::Arc::new(H1Pool::new(connector(false, tls)));
+        let h2 = std::sync::Arc::new(H2Pool::new(connector(true, tls)));
         // Made on a worker (a runtime is there): its idle connections are reaped there.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(reap(std::sync::Arc::downgrade(&h1)));
+            rt.spawn(reap(
+                std::sync::Arc::downgrade(&h1),
+                std::sync::Arc::downgrade(&h2),
+            ));
         }
-        let h2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(IDLE_TIMEOUT_S))
-            .http2_only(true)
-            .build(connector(true, tls));
         BuyerClient { h1, h2 }
     }
 
@@ -538,12 +657,7 @@ impl BuyerClient {
                 (resp, Some(tx))
             }
             HttpVersion::Http2 => {
-                let resp = self.h2.request(req).await.map_err(|e| {
-                    if e.is_connect() {
-                        connect_failed(&t.uri, &e);
-                    }
-                    CallError::Transport
-                })?;
+                let resp = self.h2.send(t.https, &t.authority, &t.uri, req).await?;
                 (resp, None)
             }
         };
