@@ -40,8 +40,7 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// Buyer connections end with a reset, so one dropped with its request unanswered leaves
 /// no `TIME_WAIT` port behind (`bidder_sdk::connect`).
-/// TLS connections end with the certificates they were trusted on (`cert_bound`).
-type Connector = crate::cert_bound::CertBound;
+type Connector = hyper_rustls::HttpsConnector<ResetOnClose>;
 
 /// The Standard Webhooks header names, made once: inserting a `&str` name parses it and
 /// copies it into a new allocation on every request.
@@ -118,7 +117,8 @@ type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 #[derive(Debug)]
 pub struct H2Pool {
     connector: Connector,
-    conns: std::sync::Mutex<std::collections::HashMap<(bool, Box<str>), H2Conn>>,
+    /// `[http, https]`: authority -> connection.
+    conns: std::sync::Mutex<[std::collections::HashMap<Box<str>, H2Conn>; 2]>,
 }
 
 #[derive(Debug)]
@@ -132,9 +132,7 @@ impl H2Conn {
     fn usable(&self, now: tokio::time::Instant) -> bool {
         !self.tx.is_closed()
             && now.saturating_duration_since(self.used) < Duration::from_secs(IDLE_TIMEOUT_S)
-            && self
-                .trusted_until
-                .is_none_or(|until| crate::cert_bound::now_ms() < until)
+            && crate::cert_bound::still_trusted(self.trusted_until)
     }
 }
 
@@ -142,29 +140,31 @@ impl H2Pool {
     fn new(connector: Connector) -> H2Pool {
         H2Pool {
             connector,
-            conns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            conns: std::sync::Mutex::new(Default::default()),
         }
     }
 
     /// Drops the connections no longer handed out.
     fn sweep(&self, now: tokio::time::Instant) {
         if let Ok(mut conns) = self.conns.lock() {
-            conns.retain(|_, c| c.usable(now));
+            for hosts in conns.iter_mut() {
+                hosts.retain(|_, c| c.usable(now));
+            }
         }
     }
 
     /// The host's connection, if it may still be used.
     fn take(&self, https: bool, authority: &str) -> Option<H2Sender> {
         let mut conns = self.conns.lock().ok()?;
-        let key = (https, Box::<str>::from(authority));
+        let hosts = &mut conns[usize::from(https)];
         let now = tokio::time::Instant::now();
-        match conns.get_mut(&key) {
+        match hosts.get_mut(authority) {
             Some(c) if c.usable(now) => {
                 c.used = now;
                 Some(c.tx.clone())
             }
             Some(_) => {
-                conns.remove(&key);
+                hosts.remove(authority);
                 None
             }
             None => None,
@@ -194,17 +194,8 @@ impl H2Pool {
         authority: &str,
         uri: &Uri,
     ) -> Result<H2Sender, CallError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
-            .await
-            .map_err(|_| CallError::Transport)?;
-        let io = tower_service::Service::call(&mut connector, uri.clone())
-            .await
-            .map_err(|e| {
-                connect_failed(uri, &*e);
-                CallError::Transport
-            })?;
-        let trusted_until = io.trusted_until();
+        let io = open(&self.connector, uri).await?;
+        let trusted_until = crate::cert_bound::trusted_until(&io);
         let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(io)
@@ -214,8 +205,8 @@ impl H2Pool {
             let _ = conn.await;
         });
         if let Ok(mut conns) = self.conns.lock() {
-            conns.insert(
-                (https, authority.into()),
+            conns[usize::from(https)].insert(
+                authority.into(),
                 H2Conn {
                     tx: tx.clone(),
                     trusted_until,
@@ -295,9 +286,7 @@ impl IdleConn {
     fn usable(&self, now: tokio::time::Instant) -> bool {
         !self.tx.is_closed()
             && now.saturating_duration_since(self.since) < Duration::from_secs(IDLE_TIMEOUT_S)
-            && self
-                .trusted_until
-                .is_none_or(|until| crate::cert_bound::now_ms() < until)
+            && crate::cert_bound::still_trusted(self.trusted_until)
     }
 }
 
@@ -361,17 +350,8 @@ impl H1Pool {
 
     /// A new connection to `uri`'s host (TLS for `https://`), its connection task spawned.
     async fn connect(&self, uri: &Uri) -> Result<H1Conn, CallError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
-            .await
-            .map_err(|_| CallError::Transport)?;
-        let io = tower_service::Service::call(&mut connector, uri.clone())
-            .await
-            .map_err(|e| {
-                connect_failed(uri, &*e);
-                CallError::Transport
-            })?;
-        let trusted_until = io.trusted_until();
+        let io = open(&self.connector, uri).await?;
+        let trusted_until = crate::cert_bound::trusted_until(&io);
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|_| CallError::Transport)?;
@@ -508,6 +488,24 @@ fn to_log(
     Some(std::mem::take(unlogged))
 }
 
+/// A new connection (TCP, and TLS for `https://`) to `uri`'s host, for either pool;
+/// one that cannot be made is logged ([`connect_failed`]).
+async fn open(
+    connector: &Connector,
+    uri: &Uri,
+) -> Result<<Connector as tower_service::Service<Uri>>::Response, CallError> {
+    let mut connector = connector.clone();
+    std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
+        .await
+        .map_err(|_| CallError::Transport)?;
+    tower_service::Service::call(&mut connector, uri.clone())
+        .await
+        .map_err(|e| {
+            connect_failed(uri, &*e);
+            CallError::Transport
+        })
+}
+
 /// `uri` in origin form (`/path?query`), as an HTTP/1.1 request line carries it.
 fn origin_form(uri: &Uri) -> Uri {
     match uri.path_and_query() {
@@ -539,18 +537,15 @@ fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
             let b = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
                 .https_or_http();
-            crate::cert_bound::CertBound(if h2 {
+            if h2 {
                 b.enable_http2().wrap_connector(http)
             } else {
                 b.enable_http1().wrap_connector(http)
-            })
+            }
         }
         // The ring provider supports rustls' default protocol versions; this cannot fail,
         // but fall back to a connector that trusts nothing rather than panic.
-        Err(_) => crate::cert_bound::CertBound(hyper_rustls::HttpsConnector::from((
-            http,
-            rustls_fallback_config(),
-        ))),
+        Err(_) => hyper_rustls::HttpsConnector::from((http, rustls_fallback_config())),
     }
 }
 

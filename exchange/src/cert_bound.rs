@@ -3,8 +3,8 @@
 //! A TLS buyer is trusted at the handshake, and a pooled keep-alive connection carries
 //! later calls without another: black-box round 68a sent a full lead to a pinned buyer
 //! whose certificate had expired since, over a connection opened while it was valid
-//! (CONFIGURATION.md promises such a buyer is refused while its dates say so). The
-//! connector here records, for each TLS connection, when its trust ends: when the
+//! (CONFIGURATION.md promises such a buyer is refused while its dates say so). Each TLS
+//! connection's trust end is read from it when it is made ([`trusted_until`]): when the
 //! earliest certificate its buyer presented stops being valid, at the end of its
 //! `notAfter` second (RFC 5280's `notAfter` is inclusive, to the second, and a new
 //! handshake is refused from then on: round 69a found connections closed a second before
@@ -14,51 +14,21 @@
 //! next call connects again and is verified again: refused, or trusted on a renewed
 //! certificate. Plain `http://` connections have no end.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use http::Uri;
 use hyper_rustls::MaybeHttpsStream;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use bidder_sdk::connect::ResetOnClose;
-
-/// The TLS-or-plain connector under [`CertBound`].
-pub type Inner = hyper_rustls::HttpsConnector<ResetOnClose>;
-type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// [`Inner`], whose TLS connections carry when their trust ends (module docs).
-#[derive(Clone, Debug)]
-pub struct CertBound(pub Inner);
-
-impl tower_service::Service<Uri> for CertBound {
-    type Response = Bounded;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Bounded, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.0, cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = tower_service::Service::<Uri>::call(&mut self.0, uri);
-        Box::pin(async move {
-            let io = connecting.await?;
-            let trusted_until = match &io {
-                MaybeHttpsStream::Https(tls) => tls
-                    .inner()
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(chain_ends_ms)
-                    .map(|not_after| not_after.saturating_add(1_000)),
-                MaybeHttpsStream::Http(_) => None,
-            };
-            Ok(Bounded { io, trusted_until })
-        })
+/// When the connection `io` stops being trusted (Unix ms): the end of the `notAfter`
+/// second of the earliest certificate its buyer presented. `None` for plain HTTP, or
+/// when no date can be read.
+pub fn trusted_until<T>(io: &MaybeHttpsStream<T>) -> Option<i64> {
+    match io {
+        MaybeHttpsStream::Https(tls) => tls
+            .inner()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(chain_ends_ms)
+            .map(|not_after| not_after.saturating_add(1_000)),
+        MaybeHttpsStream::Http(_) => None,
     }
 }
 
@@ -77,68 +47,11 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A buyer connection, with when its trust ends (TLS only).
-pub struct Bounded {
-    io: Stream,
-    /// When its certificates stop being valid (Unix ms): the end of the earliest
-    /// `notAfter` second.
-    trusted_until: Option<i64>,
-}
-
-impl std::fmt::Debug for Bounded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bounded")
-            .field("trusted_until", &self.trusted_until)
-            .finish()
-    }
-}
-
-impl Bounded {
-    /// When its certificates stop being valid (Unix ms; `None`: plain HTTP, or no date
-    /// readable).
-    pub fn trusted_until(&self) -> Option<i64> {
-        self.trusted_until
-    }
-}
-
-impl hyper::rt::Read for Bounded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Bounded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+/// Whether a connection whose trust ends at `trusted_until` (Unix ms; `None`: never,
+/// plain HTTP) may still carry a request: what both buyer pools ask before handing one
+/// out. The clock is read only for a TLS connection.
+pub fn still_trusted(trusted_until: Option<i64>) -> bool {
+    trusted_until.is_none_or(|until| now_ms() < until)
 }
 
 #[cfg(test)]

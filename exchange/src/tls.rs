@@ -67,7 +67,7 @@ fn buyer_client_config_from(
                         })?
                         .to_owned();
                     let validity = validity_ms(cert.as_ref());
-                    if let Some(problem) = validity.and_then(|v| anchor_date_problem(v, now_ms()))
+                    if let Some(problem) = validity.and_then(|v| anchor_date_problem(v, crate::cert_bound::now_ms()))
                     {
                         tracing::warn!("server.buyer_ca_path: {label}: certificate {n} {problem}");
                     }
@@ -220,13 +220,6 @@ struct BundleCa {
     /// Its validity (Unix ms), when readable: a chain through it is refused outside it
     /// (black-box round 66a: an expired bundle CA still vouched, as OpenSSL would not).
     validity: Option<(i64, i64)>,
-}
-
-/// Now, in Unix ms, for the warning of a bundle CA's dates at load.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// What a bundle CA's dates say at `now` (Unix ms), if they keep it from vouching.
