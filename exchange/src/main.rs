@@ -339,7 +339,10 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                 // ledger, so its money is never called OK.
                 format_args!(
                     "{}",
-                    reconciled.render_with(verifies && head_problem.is_none())
+                    reconciled.render_with(
+                        verifies && head_problem.is_none(),
+                        report.problem.is_some() && verifies
+                    )
                 ),
             );
             let mut anchored = true;

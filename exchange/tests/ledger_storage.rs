@@ -224,6 +224,12 @@ async fn a_torn_tail_is_truncated_at_start_and_the_next_sale_appends_cleanly() {
         let (code, out) = verify_bin(&["--dir", &path_arg(&dir)]);
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("truncates it at its next start"), "{out}");
+        // Exit 1, so the last line is no `OK` (it was, above exit status 1).
+        let last_line = out.lines().last().unwrap_or_default();
+        assert!(
+            !last_line.starts_with("OK") && last_line.contains("torn tail"),
+            "{out}"
+        );
         let torn = std::fs::read(&seg).unwrap();
 
         let bidder = ScriptedBidder::bidding(20.0);

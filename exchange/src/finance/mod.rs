@@ -510,15 +510,11 @@ fn read_records(
             line_no += 1;
             // A last line without its newline is whole when the chain's check counted it
             // (its seq is within `upto`: framing, sequence and sum verified); the start
-            // completes it (black-box round 65a: the tools dropped such a sale as torn).
+            // completes it (black-box round 65a: the tools dropped such a sale as torn). A
+            // line cut short is not, though what is left may read as a `seq` within `upto`.
             let complete = buf.ends_with(b"\n")
                 || (buf.len() <= segments::LINE_BYTES_MAX
-                    && upto.is_some_and(|u| {
-                        std::str::from_utf8(&buf)
-                            .ok()
-                            .and_then(crate::ledger::segments::line_seq)
-                            .is_some_and(|s| s <= u)
-                    }));
+                    && upto.is_some_and(|u| segments::framed_seq(&buf).is_some_and(|s| s <= u)));
             if !complete && buf.len() > segments::LINE_BYTES_MAX {
                 // One line over the limit, not a line cut short and another after it
                 // (black-box round 50): the rest of it is passed over, unread.

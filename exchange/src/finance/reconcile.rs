@@ -878,12 +878,13 @@ impl Reconciliation {
 
     /// The reconciliation part of `verify`'s output.
     pub fn render(&self) -> String {
-        self.render_with(true)
+        self.render_with(true, false)
     }
 
     /// [`render`](Self::render), for a ledger whose chain does (`ledger_verifies`) or does
-    /// not verify: if it does not, the last line never says `OK`.
-    pub fn render_with(&self, ledger_verifies: bool) -> String {
+    /// not verify: if it does not, the last line never says `OK`. Nor does it for a ledger
+    /// that verifies up to a torn tail (`torn_tail`: `verify`'s exit status is 1 then).
+    pub fn render_with(&self, ledger_verifies: bool, torn_tail: bool) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -1069,9 +1070,16 @@ impl Reconciliation {
                     self.return_line_missing.len()
                 );
             }
+            // A torn tail is a problem until the next start truncates it (exit status 1), so
+            // the last line does not say plain `OK` (black-box round 69: `OK` with exit 1).
+            let verdict = if torn_tail {
+                "NOT OK until the exchange's next start truncates the torn tail (above): up to it, the money reconciles"
+            } else {
+                "OK: the money reconciles"
+            };
             let _ = writeln!(
                 out,
-                "OK: the money reconciles{outcomes}{}",
+                "{verdict}{outcomes}{}",
                 if self.payouts_checked {
                     " (payouts checked against the configuration)"
                 } else {
@@ -1401,7 +1409,7 @@ mod tests {
             r#"{"type":"sale","v":3, not json"#,
         ]);
         let r = reconcile(dir.path(), None).unwrap();
-        let text = r.render_with(false);
+        let text = r.render_with(false, false);
         assert!(!text.contains("OUTCOME UNKNOWN: "), "{text}");
         // A whole line that is not a record is a problem in its own right (black-box
         // round 43), named with why.

@@ -234,6 +234,25 @@ pub fn check_line(line: &[u8], seq: u64, prev: &[u8; 64]) -> Result<[u8; 64], Li
     Ok(sum)
 }
 
+/// The `seq` of a line (without its `\n`) framed as the ledger writes them (`{...,"seq":N,
+/// "sum":"<64 hex>"}`), its sum not checked; `None` for a line cut short, even where what
+/// is left reads as a `seq` (a torn `"seq":10` reads as 1).
+pub fn framed_seq(line: &[u8]) -> Option<u64> {
+    let n = line.len();
+    if n < SUM_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") || !line.starts_with(b"{") {
+        return None;
+    }
+    let suffix = &line[n - SUM_SUFFIX_LEN..];
+    let stored = suffix.strip_prefix(SUM_FIELD)?;
+    if !stored[..64]
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    parse_seq(&line[..n - SUM_SUFFIX_LEN])
+}
+
 /// The `seq` of a line's body (`{...,"seq":N`).
 fn parse_seq(body: &[u8]) -> Option<u64> {
     let at = body
