@@ -765,6 +765,9 @@ fn main() -> anyhow::Result<()> {
         {
             pingpost::say_err!("warning: server.tls.cert_path: {problem}");
         }
+        for w in pingpost::tls::buyer_ca_warnings(&cfg.server.listener) {
+            pingpost::say_err!("warning: {w}");
+        }
         pingpost::cli_out::emit(
             "--check-config",
             format_args!(

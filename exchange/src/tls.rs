@@ -18,16 +18,27 @@ use crate::state::AppState;
 /// A rustls client configuration trusting the WebPKI roots and every certificate in
 /// `extra_ca_pem` (ring provider, TLS 1.2 and 1.3, no ALPN: the buyer connector sets it).
 pub fn buyer_client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
-    buyer_client_config_from(extra_ca_pem, "server.buyer_ca_path")
+    buyer_client_config_from(extra_ca_pem, "server.buyer_ca_path").map(logged)
 }
 
 /// [`buyer_client_config`], naming the bundle `label` (its file) in errors: what the
 /// configuration's loader checks, so `--check-config` judges a bundle as the start does.
+/// Its warnings (a CA or pin whose dates make it untrusted now) are returned, not logged:
+/// the start and a reload log them once, when they build the trust store they use
+/// (black-box round 69a: every warning was logged twice at a start).
 pub fn buyer_client_config_labelled(
     extra_ca_pem: Option<&[u8]>,
     label: &str,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<(rustls::ClientConfig, Vec<String>), String> {
     buyer_client_config_from(extra_ca_pem, label)
+}
+
+/// Logs a built trust store's warnings; returns the store.
+fn logged((config, warnings): (rustls::ClientConfig, Vec<String>)) -> rustls::ClientConfig {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    config
 }
 
 /// [`buyer_client_config`], naming the bundle `label` (its file) in errors.
@@ -43,7 +54,8 @@ pub fn buyer_client_config_labelled(
 fn buyer_client_config_from(
     extra_ca_pem: Option<&[u8]>,
     label: &str,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<(rustls::ClientConfig, Vec<String>), String> {
+    let mut warnings = Vec::new();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -69,7 +81,7 @@ fn buyer_client_config_from(
                     let validity = validity_ms(cert.as_ref());
                     if let Some(problem) = validity.and_then(|v| anchor_date_problem(v, crate::cert_bound::now_ms()))
                     {
-                        tracing::warn!("server.buyer_ca_path: {label}: certificate {n} {problem}");
+                        warnings.push(format!("server.buyer_ca_path: {label}: certificate {n} {problem}"));
                     }
                     bundle_cas.push(BundleCa {
                         spki: anchor.subject_public_key_info.to_vec(),
@@ -85,7 +97,7 @@ fn buyer_client_config_from(
                     if let Some(problem) = pin_problem(&cert, info.alt_names, &provider)
                         .map_err(|e| format!("server.buyer_ca_path: {label}: certificate {n} {e}"))?
                     {
-                        tracing::warn!("server.buyer_ca_path: {label}: certificate {n} {problem}");
+                        warnings.push(format!("server.buyer_ca_path: {label}: certificate {n} {problem}"));
                     }
                     let mut own = rustls::RootCertStore::empty();
                     own.add(cert.clone()).map_err(|e| {
@@ -141,7 +153,7 @@ fn buyer_client_config_from(
     // certificate expired (found checking black-box round 68a's fix). Every new buyer
     // connection is verified in full; pooled connections make them rare.
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(config)
+    Ok((config, warnings))
 }
 
 /// Whether a buyer could ever present the self-signed `cert` and be trusted: checked as
@@ -568,6 +580,20 @@ mod x509 {
     }
 }
 
+/// What a start would warn of in a configuration's `server.buyer_ca_path` (a CA or a pin
+/// whose dates make it untrusted now), for `--check-config`; nothing when there is no
+/// bundle or it cannot be read (the configuration's check says so).
+pub fn buyer_ca_warnings(settings: &ListenerSettings) -> Vec<String> {
+    let Some(path) = &settings.buyer_ca_path else {
+        return Vec::new();
+    };
+    bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
+        .ok()
+        .and_then(|pem| buyer_client_config_from(Some(&pem), &path.display().to_string()).ok())
+        .map(|(_, warnings)| warnings)
+        .unwrap_or_default()
+}
+
 /// [`buyer_client_config`] for a configuration's `server.buyer_ca_path`.
 pub fn buyer_client_config_for(
     settings: &ListenerSettings,
@@ -595,7 +621,10 @@ pub fn buyer_trust_for(
             .map_err(|e| format!("server.buyer_ca_path: cannot read {}: {e}", path.display()))?;
             let source: TrustSource = sha2::Sha256::digest(&pem).into();
             let label = path.display().to_string();
-            Ok((buyer_client_config_from(Some(&pem), &label)?, source))
+            Ok((
+                logged(buyer_client_config_from(Some(&pem), &label)?),
+                source,
+            ))
         }
     }
 }

@@ -374,6 +374,51 @@ fn check_config_warns_of_an_expired_certificate() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
 
+/// `--check-config` warns of a bundle CA that has expired, once, on stderr, as a start
+/// does (black-box round 69a: a start logged each such warning twice; `--check-config`
+/// printed it as a log line).
+#[test]
+fn check_config_warns_once_of_an_expired_bundle_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "old CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    ca.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let ca = ca.self_signed(&key).unwrap();
+    let ca_path = write(dir.path(), "old-ca.pem", &ca.pem());
+    let cfg = TestConfig::new();
+    let text = cfg.toml(&dir.path().join("ledger")).replacen(
+        "[server]\n",
+        &format!(
+            "[server]\nbuyer_ca_path = {:?}\n",
+            ca_path.display().to_string()
+        ),
+        1,
+    );
+    let file = write(dir.path(), "pingpost.toml", &text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .envs(cfg.env_vars())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let warning = "warning: server.buyer_ca_path: ";
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+    assert!(
+        err.contains("old-ca.pem: certificate 1") && err.contains("2021-01-01"),
+        "{err}"
+    );
+    assert!(!stdout.contains("buyer_ca_path"), "{stdout}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+}
+
 const BUYER_SECRET: &str = "secret-of-tls-buyer";
 const BUYER_ENV: &str = "PINGPOST_TEST_SECRET_TLSB";
 

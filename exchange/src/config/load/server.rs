@@ -322,7 +322,7 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
             // passed `--check-config` and was refused at the start).
             Ok(pem) => match bidder_sdk::listener::certificates_from_pem(&pem, path) {
                 Ok(_) => match crate::tls::buyer_client_config_labelled(Some(&pem), path) {
-                    Ok(_) => Some(PathBuf::from(path)),
+                    Ok(_warnings) => Some(PathBuf::from(path)),
                     Err(e) => {
                         p.at(
                             &key,
