@@ -452,6 +452,7 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
 /// Custom { kind: Other, error: "…" }))`, black-box round 68a).
 fn tidy(why: &str) -> String {
     let why = why.strip_prefix("client error (Connect): ").unwrap_or(why);
+    let why = &unix_times_as_dates(why);
     let Some(at) = why.find("Other(OtherError(") else {
         return why.to_string();
     };
@@ -465,6 +466,33 @@ fn tidy(why: &str) -> String {
         None => inner.split(')').next().unwrap_or(inner),
     };
     format!("{head}{words}")
+}
+
+/// rustls's date errors give times in Unix seconds (`certificate expired: verification
+/// time 1764806400 (UNIX), but certificate is not valid after 1764806399 (1 seconds
+/// ago)`): each such time as a UTC date, as the exchange's other messages give them
+/// (black-box round 69a).
+fn unix_times_as_dates(why: &str) -> String {
+    let mut out = why.replace(" (UNIX)", "");
+    for lead in [
+        "verification time ",
+        "not valid after ",
+        "not valid before ",
+    ] {
+        let Some(at) = out.find(lead).map(|a| a + lead.len()) else {
+            continue;
+        };
+        let digits = out[at..].bytes().take_while(u8::is_ascii_digit).count();
+        let date = out[at..at + digits]
+            .parse::<i64>()
+            .ok()
+            .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        if let Some(date) = date {
+            out.replace_range(at..at + digits, &date);
+        }
+    }
+    out
 }
 
 /// Whether a connection failure to `host` at `now` (Unix ms) is logged: with the count
@@ -880,6 +908,14 @@ mod tests {
         assert_eq!(
             tidy("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))"),
             "invalid peer certificate: CaUsedAsEndEntity"
+        );
+        assert_eq!(
+            tidy("client error (Connect): invalid peer certificate: certificate expired: verification time 1764806401 (UNIX), but certificate is not valid after 1764806399 (2 seconds ago)"),
+            "invalid peer certificate: certificate expired: verification time 2025-12-04T00:00:01Z, but certificate is not valid after 2025-12-03T23:59:59Z (2 seconds ago)"
+        );
+        assert_eq!(
+            tidy("invalid peer certificate: certificate not valid yet: verification time 1764806401 (UNIX), but certificate is not valid before 1764806461 (60 seconds in future)"),
+            "invalid peer certificate: certificate not valid yet: verification time 2025-12-04T00:00:01Z, but certificate is not valid before 2025-12-04T00:01:01Z (60 seconds in future)"
         );
         assert_eq!(
             tidy("tcp connect error: Connection refused (os error 111)"),
