@@ -266,6 +266,11 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
         pingpost::cli_out::emit("ledger verify", format_args!("PROBLEM: {why}\n"));
         return 1;
     }
+    // Then a directory with no segment (and no key): not a ledger at all.
+    if let Some(why) = pingpost::finance::no_ledger_in(&dir) {
+        pingpost::say_err!("pingpost ledger verify: {why}");
+        return 2;
+    }
     // The head is read before the segments: what it names was synced before they are read,
     // even while an exchange appends.
     let head = pingpost::ledger::head::read(&dir);

@@ -927,6 +927,31 @@ fn verify_fails_a_ledger_whose_last_segment_was_removed() {
     assert!(out.contains("records 2..=2 were removed"), "{out}");
     assert!(!out.contains("OK: the money reconciles"), "{out}");
     assert!(out.contains("NOT OK"), "{out}");
+    // Nor do report, export and replay count what is left (black-box round 71a: exit 0,
+    // a refund among the removed records left out of the figures).
+    for args in [
+        &["ledger", "report", "--dir", d][..],
+        &[
+            "ledger",
+            "export",
+            "--dir",
+            d,
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+        ],
+        &["ledger", "replay", "--dir", d, "au_1"],
+    ] {
+        let o = run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(
+            out.contains("records 2..=2 were removed"),
+            "{args:?}: {out}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}: {out}");
+    }
     // Segment 2 back, and a byte of record 1 changed: the chain stops there, which is not
     // the ledger's end, so nothing is said to be removed (black-box round 64c).
     std::fs::write(&second, &both[first.len()..]).unwrap();
@@ -947,6 +972,10 @@ fn verify_fails_a_ledger_whose_last_segment_was_removed() {
     let o = run(&["ledger", "verify", "--dir", d]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("note: no HEAD file"), "{}", text(&o));
+    assert_eq!(
+        run(&["ledger", "report", "--dir", d]).status.code(),
+        Some(0)
+    );
     // A head that is not one the exchange writes is a problem too, never ignored.
     std::fs::write(dir.path().join(head::HEAD_FILE), b"seq 1\n").unwrap();
     let o = run(&["ledger", "verify", "--dir", d]);

@@ -472,12 +472,21 @@ fn verify_exit_codes_and_start_errors_from_the_binary() {
         out.contains("nowhere does not exist") && out.contains("--dir DIR"),
         "{out}"
     );
-    // An empty directory is a clean, empty ledger.
+    // A directory with no segment is no ledger (black-box round 71a: it verified OK, a
+    // mistyped --dir read as a clean, empty ledger); nor does report read it.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "not a ledger").unwrap();
     let (code, out) = verify_bin(&["--dir", &path_arg(&empty)]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("0 record(s)"), "{out}");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("holds no ledger") && out.contains("--dir DIR"),
+        "{out}"
+    );
+    let (code, out) = ledger_bin("report", &["--dir", &path_arg(&empty)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("holds no ledger"), "{out}");
+    std::fs::remove_file(empty.join("readme.txt")).unwrap();
     // A gap in the segment numbers: the ledger cannot be read as a chain.
     std::fs::write(empty.join(segments::segment_name(2)), "").unwrap();
     let (code, out) = verify_bin(&["--dir", &path_arg(&empty)]);

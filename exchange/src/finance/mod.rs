@@ -431,24 +431,54 @@ pub fn not_a_ledger_directory(dir: &Path) -> String {
     )
 }
 
+/// Why the directory `dir` is not a ledger: it holds no segment file (a mistyped `--dir`;
+/// black-box round 71a: such a directory was read as a clean, empty ledger). The
+/// exchange's first start makes the first segment.
+pub fn no_ledger_in(dir: &Path) -> Option<String> {
+    match segments::list(dir) {
+        Ok(segs) if segs.is_empty() => Some(format!(
+            "{} holds no ledger (no {} segment file): give the ledger's directory with --dir DIR, or the configuration that names it (ledger_path) with --config FILE; without either, the tools read ./{}",
+            dir.display(),
+            segments::segment_name(1),
+            crate::config::defaults::LEDGER_PATH
+        )),
+        _ => None,
+    }
+}
+
 /// Checks the chain of the ledger in `dir` and returns the sequence number of the last
 /// record it checked: what a reading may count.
 fn verified_upto(dir: &Path) -> Result<u64, String> {
     if !dir.is_dir() {
         return Err(not_a_ledger_directory(dir));
     }
+    if let Some(why) = no_ledger_in(dir) {
+        return Err(why);
+    }
+    let refuse = |p: &dyn std::fmt::Display| {
+        format!(
+            "the ledger does not verify: {p}; report, export and replay read only a \
+             ledger whose checksums and chain verify (`pingpost ledger verify` shows \
+             what is wrong)"
+        )
+    };
+    // Records removed from the end (`HEAD` names a later one), as a start and `verify`
+    // refuse them (black-box round 71a: report, export and replay counted such a ledger,
+    // a refund short). The head is read before the segments: what it names was synced
+    // before they are read, so a running exchange's appends are never taken for it.
+    let head = crate::ledger::head::read(dir);
     // Only a ledger whose checksums and chain verify is read: a changed, inserted or
     // forged line would otherwise be counted as money. A last line cut short (a torn
     // write the exchange truncates at its next start) is skipped and reported.
     let check = segments::verify(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Some(p) = &check.problem {
         if !p.is_torn_tail(dir) {
-            return Err(format!(
-                "the ledger does not verify: {p}; report, export and replay read only a \
-                 ledger whose checksums and chain verify (`pingpost ledger verify` shows \
-                 what is wrong)"
-            ));
+            return Err(refuse(p));
         }
+    }
+    let said = head.map_err(|why| refuse(&why))?;
+    if let Some(why) = crate::ledger::head::removed(dir, said, check.last_seq) {
+        return Err(refuse(&why));
     }
     // Only what the check saw: a running exchange appends meanwhile, and a line appended
     // after the check is not verified (black-box round 20: a forged line appended then
