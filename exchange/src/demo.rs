@@ -155,6 +155,14 @@ const FIRST: &[&str] = &["Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace"
 const LAST: &[&str] = &["Diaz", "Nguyen", "Okafor", "Smith", "Kowalski", "Ito"];
 
 /// A made-up lead: the ping part and the full lead.
+/// A JSON price as the API gave it, to the micro (`20.2125`, `20.00`): black-box round
+/// 71a saw `20.21` for a sale of 20.2125.
+fn price(v: &Value) -> String {
+    v.as_f64()
+        .and_then(|p| Micros::from_decimal_f64(p).ok())
+        .map_or_else(|| "?".to_string(), |m| crate::finance::money(m.0))
+}
+
 fn sample_lead(rng: &mut impl Rng) -> (Value, Value) {
     let state = STATES[rng.gen_range(0..STATES.len())];
     let zip = match state {
@@ -493,8 +501,8 @@ async fn leads(
             continue;
         }
         say!(
-            "lead {sent:>3}  PING {summary:<34} -> BID {:.2} {} firm until {} ({:.1} ms)",
-            answer["price"].as_f64().unwrap_or(0.0),
+            "lead {sent:>3}  PING {summary:<34} -> BID {} {} firm until {} ({:.1} ms)",
+            price(&answer["price"]),
             answer["currency"].as_str().unwrap_or(""),
             answer["expires_at"].as_str().unwrap_or("?"),
             took.as_secs_f64() * 1e3
@@ -503,9 +511,9 @@ async fn leads(
         match call(&client, addr, "/v1/post", &post).await {
             Some((200, a)) if a["status"] == "sold" => {
                 say!(
-                    "          POST full lead -> SOLD to {} for {:.2} (lead {})",
+                    "          POST full lead -> SOLD to {} for {} (lead {})",
                     a["buyer"].as_str().unwrap_or("?"),
-                    a["price"].as_f64().unwrap_or(0.0),
+                    price(&a["price"]),
                     a["lead_id"].as_str().unwrap_or("?")
                 );
             }
@@ -523,6 +531,15 @@ async fn leads(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_price_is_shown_to_the_micro() {
+        assert_eq!(price(&json!(20.2125)), "20.2125");
+        assert_eq!(price(&json!(20)), "20.00");
+        assert_eq!(price(&json!(16.9)), "16.90");
+        assert_eq!(price(&json!(0.000001)), "0.000001");
+        assert_eq!(price(&json!("x")), "?");
+    }
 
     fn default_with(edit: impl Fn(&str) -> String) -> Config {
         let text = edit(crate::app::DEFAULT_CONFIG);

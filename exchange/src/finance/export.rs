@@ -189,7 +189,15 @@ pub fn parse_types(text: Option<&str>) -> Result<Vec<String>, String> {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+    // An empty name between commas is refused, as `--type ""` is (black-box round 71a:
+    // `sale,` ran as `sale`).
+    if text.split(',').any(|t| t.trim().is_empty()) {
+        return Err(format!(
+            "--type {:?}: an empty record type (give types separated by commas, as in --type sale,refund)",
+            text.chars().take(40).collect::<String>()
+        ));
+    }
+    for t in text.split(',').map(str::trim) {
         if !KNOWN_TYPES.contains(&t) && !PRE_SEND_TYPES.contains(&t) {
             return Err(format!(
                 "--type {:?}: unknown record type (known: {}, {})",
@@ -201,9 +209,6 @@ pub fn parse_types(text: Option<&str>) -> Result<Vec<String>, String> {
         if !out.iter().any(|x| x == t) {
             out.push(t.to_string());
         }
-    }
-    if out.is_empty() {
-        return Err("--type: no record type given".into());
     }
     Ok(out)
 }
@@ -317,4 +322,24 @@ pub fn export(
         return Err(e);
     }
     Ok((written, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_lists_refuse_empty_and_unknown_names() {
+        assert_eq!(
+            parse_types(Some("sale, refund,sale")).unwrap(),
+            ["sale", "refund"]
+        );
+        assert!(parse_types(None).unwrap().is_empty());
+        for bad in ["", "sale,", ",sale", "sale,,refund", " "] {
+            let e = parse_types(Some(bad)).unwrap_err();
+            assert!(e.contains("an empty record type"), "{bad:?}: {e}");
+        }
+        let e = parse_types(Some("sale,nope")).unwrap_err();
+        assert!(e.contains("unknown record type"), "{e}");
+    }
 }
