@@ -27,6 +27,18 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+/// A seller's request whose answer keeps its connection (`400`: a ping without its
+/// fields), in HTTP `version`: the probes and every other answer to a request without a
+/// key close theirs (black-box round 71d).
+fn kept(version: &str) -> String {
+    format!(
+        "POST /v1/ping {version}\r\nhost: x\r\nconnection: keep-alive\r\n\
+         authorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         content-length: 2\r\n\r\n{{}}",
+        common::SELLER_KEY
+    )
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty HTTP/2 SETTINGS frame.
 const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
@@ -203,6 +215,10 @@ async fn a_closing_answer_to_http10_keep_alive_says_close_only() {
     assert_eq!(connection, ["connection: close"], "{head}");
     assert!(closed_within(&mut stream, EVENT_WAIT_MAX).await);
     // A kept-alive HTTP/1.0 request that is answered normally stays HTTP/1.0 keep-alive.
+    let (answer, _) = raw_exchange(ex.addr, kept("HTTP/1.0").as_bytes(), EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer:?}");
+    assert!(!answer.to_ascii_lowercase().contains("close"), "{answer:?}");
+    // A probe closes its connection, keep-alive asked or not.
     let (answer, _) = raw_exchange(
         ex.addr,
         b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
@@ -210,7 +226,10 @@ async fn a_closing_answer_to_http10_keep_alive_says_close_only() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
-    assert!(!answer.to_ascii_lowercase().contains("close"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
     ex.shutdown().await.unwrap();
 }
 
@@ -346,13 +365,13 @@ async fn heads_hyper_cannot_read_get_the_contracts_json_error() {
     // HTTP/1.0 without a `connection` field: it says `close` all the same.
     let mut stream = TcpStream::connect(ex.addr).await.expect("connect");
     stream
-        .write_all(b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGARBAGE\r\n\r\n")
+        .write_all(format!("{}GARBAGE\r\n\r\n", kept("HTTP/1.0")).as_bytes())
         .await
         .unwrap();
     let mut both = Vec::new();
     let _ = tokio::time::timeout(EVENT_WAIT_MAX, stream.read_to_end(&mut both)).await;
     let both = String::from_utf8_lossy(&both);
-    assert!(both.starts_with("HTTP/1.0 200 "), "{both:?}");
+    assert!(both.starts_with("HTTP/1.0 400 "), "{both:?}");
     let second = both
         .find("}HTTP/1.")
         .map(|at| &both[at + 1..])
@@ -469,13 +488,15 @@ async fn idle_http2_connections_are_closed() {
     let asked = Instant::now();
     let resp = send
         .send_request(
-            Request::get(format!("http://{}/healthz", ex.addr))
-                .body(Empty::<Bytes>::new())
+            Request::post(format!("http://{}/v1/ping", ex.addr))
+                .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
                 .unwrap(),
         )
         .await
         .expect("answer");
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let closed = tokio::time::timeout(EVENT_WAIT_MAX, ended)
         .await
         .expect("the idle HTTP/2 connection is closed")
@@ -496,12 +517,10 @@ async fn idle_http2_connections_are_closed() {
 async fn a_stalled_second_head_is_closed_by_the_head_budget_not_the_idle_timeout() {
     let (ex, _dir) = start(300, "idle_timeout_ms = 3000").await;
     let mut s = TcpStream::connect(ex.addr).await.expect("connect");
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(kept("HTTP/1.1").as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
     // At once after the answer: one byte of the next head, then nothing.
     s.write_all(b"P").await.unwrap();
     let sent = Instant::now();
@@ -523,13 +542,11 @@ async fn idle_keep_alive_connections_are_closed() {
     // is before this side reads the answer: an instant taken after the read could be
     // late by a loaded machine's stall, and the test fail with the server right).
     let asked = Instant::now();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(kept("HTTP/1.1").as_bytes()).await.unwrap();
     // Kept alive well past the head budget (300 ms) while idle...
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
     let (closed, _) = closed_at(s).await;
     // ...and closed once idle for the idle timeout.
     assert!(
@@ -540,12 +557,12 @@ async fn idle_keep_alive_connections_are_closed() {
 
     // A second head that starts and never completes is closed after the head budget.
     let mut s = TcpStream::connect(ex.addr).await.expect("connect");
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /hea")
+    s.write_all(format!("{}GET /hea", kept("HTTP/1.1")).as_bytes())
         .await
         .unwrap();
     let t0 = Instant::now();
     let (closed, seen) = closed_at(s).await;
-    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 400"));
     assert!(closed - t0 >= Duration::from_millis(300));
     ex.shutdown().await.unwrap();
 }
@@ -626,10 +643,80 @@ async fn an_answer_sent_before_the_body_is_read_says_connection_close() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(common::head_value(&answer, "connection"), None, "{answer}");
     assert!(!closed);
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(kept("HTTP/1.1").as_bytes()).await.unwrap();
     let (answer, _) = common::read_answer(&mut s, EVENT_WAIT_MAX).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     ex.shutdown().await;
+}
+
+/// Black-box round 71d: one `GET /healthz` kept its connection for the idle timeout, so
+/// clients with no key, 299 of them, held every seller connection slot and honest pings
+/// waited in the backlog. An answer to a request that carries no key closes its
+/// connection, over HTTP/1.1 and HTTP/2; a seller's request keeps it.
+#[tokio::test]
+async fn answers_to_requests_without_a_key_close_their_connection() {
+    let (ex, _dir) = start(5_000, "idle_timeout_ms = 60000").await;
+    for (request, status) in [
+        ("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", "200"),
+        ("HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n", "200"),
+        ("GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n", "200"),
+        ("GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n", "200"),
+        ("GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n", "404"),
+        ("GET /v1/ping HTTP/1.1\r\nhost: x\r\n\r\n", "405"),
+        ("POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", "405"),
+        ("GET /healthz HTTP/1.1\r\n\r\n", "200"),
+        ("GET /openapi.json HTTP/1.1\r\n\r\n", "400"),
+        (
+            "POST /v1/ping HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+            "401",
+        ),
+    ] {
+        let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (answer, closed) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:?}: {answer}"
+        );
+        assert_eq!(
+            common::head_value(&answer, "connection").as_deref(),
+            Some("close"),
+            "{request:?}: {answer}"
+        );
+        assert!(
+            closed || closed_within(&mut s, EVENT_WAIT_MAX).await,
+            "{request:?}: still open"
+        );
+    }
+    // A seller's request keeps its connection for the next one.
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    for _ in 0..2 {
+        s.write_all(kept("HTTP/1.1").as_bytes()).await.unwrap();
+        let (answer, closed) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert_eq!(common::head_value(&answer, "connection"), None, "{answer}");
+        assert!(!closed);
+    }
+    // Over HTTP/2, a probe ends the connection (GOAWAY) once answered.
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let ended = tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get(format!("http://{}/healthz", ex.addr))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::timeout(EVENT_WAIT_MAX, ended)
+        .await
+        .expect("the HTTP/2 connection is ended after the probe")
+        .unwrap()
+        .unwrap();
+    ex.shutdown().await.unwrap();
 }

@@ -822,7 +822,14 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
         let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        const REQ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
+        // A seller's request (a ping without its fields: `400`), whose connection is
+        // kept (a probe's is closed).
+        let req = format!(
+            "POST /v1/ping HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
+            common::SELLER_KEY
+        );
+        let req = req.as_bytes();
         let mut answers = Vec::new();
         for round in 0..2 {
             if round == 1 {
@@ -830,7 +837,7 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
                 // first 10 bytes now, the rest 700 ms later, after the idle timeout's end
                 // (and within the 2,000 ms head budget).
                 std::thread::sleep(std::time::Duration::from_millis(1_000));
-                conn.writer().write_all(REQ).unwrap();
+                conn.writer().write_all(req).unwrap();
                 let mut record = Vec::new();
                 while conn.wants_write() {
                     conn.write_tls(&mut record).unwrap();
@@ -840,7 +847,7 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
                 sock.write_all(&record[10..]).unwrap();
             } else {
                 let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-                tls.write_all(REQ).unwrap();
+                tls.write_all(req).unwrap();
             }
             let mut tls = rustls::Stream::new(&mut conn, &mut sock);
             let mut buf = [0u8; 4096];
@@ -852,7 +859,7 @@ async fn a_tls_record_split_across_the_idle_timeout_is_answered() {
     .await
     .unwrap();
     for (i, a) in answers.iter().enumerate() {
-        assert!(a.starts_with("HTTP/1.1 200"), "request {i}: {a:?}");
+        assert!(a.starts_with("HTTP/1.1 400"), "request {i}: {a:?}");
     }
     ex.shutdown().await.unwrap();
 }

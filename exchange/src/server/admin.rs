@@ -37,15 +37,6 @@ fn admin_authorized(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ApiErro
     }
 }
 
-/// `resp`, closing its connection after it (`Connection: close` over HTTP/1.x, GOAWAY
-/// over HTTP/2): the admin listener keeps a connection open only for token holders, so
-/// clients that probe or lack the token cannot hold its few connection slots.
-fn closing(mut resp: Response<Body>) -> Response<Body> {
-    resp.extensions_mut()
-        .insert(bidder_sdk::listener::CloseConnection);
-    resp
-}
-
 /// Routes one admin request: `GET /healthz` and `GET /readyz` (open, as on the seller
 /// listener), and, with the admin token, `GET /metrics`, `POST /admin/reload` and
 /// `POST /admin/models`. Without

@@ -359,7 +359,20 @@ where
     served
 }
 
-/// Routes one request. Never panics; every failure is a contract error.
+/// `resp`, closing its connection after it (`Connection: close` over HTTP/1.x, GOAWAY
+/// over HTTP/2, calls in flight finishing): a listener keeps a connection open only for
+/// the parties it serves (a seller's or buyer's key, the admin token), so clients that
+/// probe or hold no key cannot keep its connection slots for the idle timeout.
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.extensions_mut()
+        .insert(bidder_sdk::listener::CloseConnection);
+    resp
+}
+
+/// Routes one request. Never panics; every failure is a contract error. An answer to a
+/// request that carries no key (the probes, `/openapi.json`, `404`, `405`, a bad `Host`;
+/// a `401` already does) closes its connection (black-box round 71d: one `GET /healthz`
+/// held a connection slot for the whole idle timeout, 299 of them every slot).
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let arrival = Instant::now();
     let route: &'static str = match req.uri().path() {
@@ -378,13 +391,18 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     // body.
     match (route, req.method()) {
         ("healthz", m @ (&Method::GET | &Method::HEAD)) => {
-            return answer_to(m, json_response(200, br#"{"status":"ok"}"#.to_vec()))
+            return closing(answer_to(
+                m,
+                json_response(200, br#"{"status":"ok"}"#.to_vec()),
+            ))
         }
-        ("readyz", m @ (&Method::GET | &Method::HEAD)) => return answer_to(m, readyz(&state)),
+        ("readyz", m @ (&Method::GET | &Method::HEAD)) => {
+            return closing(answer_to(m, readyz(&state)))
+        }
         _ => {}
     }
     if let Some(e) = host_problem(&req) {
-        return error_response(&state, &e);
+        return closing(error_response(&state, &e));
     }
     let Some(permit) = InFlight::try_acquire(&state) else {
         return error_response(
@@ -402,21 +420,23 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         ("dispositions", &Method::POST) => {
             dispositions::disposition_request(&state, req, permit).await
         }
-        ("openapi", m @ (&Method::GET | &Method::HEAD)) => answer_to(m, openapi_json(&state)),
-        ("unknown", _) => error_response(
+        ("openapi", m @ (&Method::GET | &Method::HEAD)) => {
+            closing(answer_to(m, openapi_json(&state)))
+        }
+        ("unknown", _) => closing(error_response(
             &state,
             &ApiError::new(
                 ErrorCode::NotFound,
                 format!("no route {}", truncate(req.uri().path(), 64)),
             ),
-        ),
+        )),
         (_, m) => {
             let allow = if matches!(route, "ping" | "post" | "leads" | "dispositions") {
                 "POST"
             } else {
                 "GET, HEAD"
             };
-            method_not_allowed(&state, m, req.uri().path(), allow)
+            closing(method_not_allowed(&state, m, req.uri().path(), allow))
         }
     };
     state
