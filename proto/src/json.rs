@@ -68,7 +68,15 @@ pub fn media_type_problem(content_type: &str) -> Option<&'static str> {
 /// (with their `\"` and `\\` escapes) do not count. Invalid JSON that is not too deep
 /// passes, to be refused by the parser; unbalanced closers never make the depth negative.
 pub fn check_depth(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
+    check_depth_to_end(bytes, depth_max).map(|_| ())
+}
+
+/// [`check_depth`], returning also where the first array or object of `bytes` closes
+/// (the offset past its last bracket), when it does: what follows it, but white space, is
+/// text after the JSON value.
+fn check_depth_to_end(bytes: &[u8], depth_max: usize) -> Result<Option<usize>, TooDeep> {
     let mut depth = 0usize;
+    let mut end = None;
     let mut i = 0usize;
     while let Some(&b) = bytes.get(i) {
         i += 1;
@@ -80,7 +88,7 @@ pub fn check_depth(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
                     let Some(at) = memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or_default())
                     else {
                         // An unterminated string: no structure follows.
-                        return Ok(());
+                        return Ok(end);
                     };
                     let found = bytes.get(i + at).copied();
                     // Past the `"` (string over) or past the escaped byte.
@@ -96,11 +104,30 @@ pub fn check_depth(bytes: &[u8], depth_max: usize) -> Result<(), TooDeep> {
                     return Err(TooDeep { depth_max });
                 }
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            b']' | b'}' => {
+                if depth == 1 && end.is_none() {
+                    end = Some(i);
+                }
+                depth = depth.saturating_sub(1);
+            }
             _ => {}
         }
     }
-    Ok(())
+    Ok(end)
+}
+
+/// Where text after a body's first array or object begins (white space skipped), if
+/// any: `{} x` has it at byte 3.
+fn text_after_value(bytes: &[u8], end: Option<usize>) -> Option<usize> {
+    let first = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    if !matches!(bytes[first], b'{' | b'[') {
+        return None;
+    }
+    let end = end?;
+    let rest = bytes.get(end..)?;
+    rest.iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .map(|at| end + at)
 }
 
 /// A `\u` escape of a UTF-16 surrogate that is not half of a pair.
@@ -270,13 +297,20 @@ pub fn parse_value(buf: &mut [u8]) -> Result<OwnedValue, ApiError> {
 
 /// [`parse_value`] with another depth limit.
 pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedValue, ApiError> {
-    check_depth(buf, depth_max).map_err(|e| {
+    let end = check_depth_to_end(buf, depth_max).map_err(|e| {
         ApiError::from_fields(
             ErrorCode::InvalidRequest,
             vec![FieldProblem::new("body", e.to_string())],
         )
     })?;
     check_surrogates(buf).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    // Text after the value: the value alone is parsed, to name its own error first, and
+    // then the text is named where it begins (black-box round 71b: `{} x` was "a
+    // character that cannot start or continue a JSON value" at byte 1, the `}`).
+    let (buf, after) = match (text_after_value(buf, end), end) {
+        (Some(at), Some(end)) => (&mut buf[..end], Some(at)),
+        _ => (buf, None),
+    };
     let value = simd_json::to_owned_value(buf).map_err(|e| {
         // The parser checks UTF-8 before it writes to the buffer, and gives an error's
         // position inside a string as the string's own: find the byte in the body.
@@ -290,6 +324,12 @@ pub fn parse_value_with_depth(buf: &mut [u8], depth_max: usize) -> Result<OwnedV
         };
         ApiError::new(ErrorCode::InvalidRequest, message)
     })?;
+    if let Some(at) = after {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("malformed JSON at byte {at}: more text after the JSON value"),
+        ));
+    }
     check_duplicate_names(&value).map_err(|e| {
         ApiError::from_fields(
             ErrorCode::InvalidRequest,
@@ -513,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_syntax_error_is_told_in_words_with_its_byte_and_never_echoes_the_body() {
-        let cases: [(&str, &str); 11] = [
+        let cases: [(&str, &str); 15] = [
             (r#"{"email": "janedoe"#, "is not closed"),
             (
                 r#"{"email": janedoe}"#,
@@ -525,7 +565,17 @@ mod tests {
                 "at byte 20: a name, ','",
             ),
             (r#"{"zip": 0janedoe}"#, "at byte 9: a number"),
-            (r#"{"email": "janedoe"} janedoe"#, "at byte 19"),
+            // Text after the value, named where it begins (black-box round 71b: at the
+            // value's last byte, as a character that cannot start a value).
+            (
+                r#"{"email": "janedoe"} janedoe"#,
+                "at byte 21: more text after the JSON value",
+            ),
+            ("{} x", "at byte 3: more text after the JSON value"),
+            ("[1,2]   junk", "at byte 8: more text after the JSON value"),
+            ("{}}", "at byte 2: more text after the JSON value"),
+            // An error inside the value comes first.
+            ("{\"a\":tru} x", "at byte 5: a character that cannot"),
             (r#"{janedoe: 1}"#, "at byte 1: a name, ','"),
             // Inside a string: no byte of the string's own (black-box round 9).
             (
