@@ -199,22 +199,7 @@ impl std::fmt::Display for LineProblem {
 /// Checks one line (without its `\n`) that should follow `prev` with sequence `seq`;
 /// returns its sum.
 pub fn check_line(line: &[u8], seq: u64, prev: &[u8; 64]) -> Result<[u8; 64], LineProblem> {
-    let n = line.len();
-    if n < SUM_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") || !line.starts_with(b"{") {
-        return Err(LineProblem::NotFramed);
-    }
-    let suffix = &line[n - SUM_SUFFIX_LEN..];
-    if !suffix.starts_with(SUM_FIELD) {
-        return Err(LineProblem::NotFramed);
-    }
-    let stored = &suffix[SUM_FIELD.len()..SUM_FIELD.len() + 64];
-    if !stored
-        .iter()
-        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return Err(LineProblem::NotFramed);
-    }
-    let body = &line[..n - SUM_SUFFIX_LEN];
+    let (body, stored) = split_frame(line).ok_or(LineProblem::NotFramed)?;
     let found = parse_seq(body).ok_or(LineProblem::NotFramed)?;
     let mut h = Sha256::new();
     h.update(prev);
@@ -238,19 +223,23 @@ pub fn check_line(line: &[u8], seq: u64, prev: &[u8; 64]) -> Result<[u8; 64], Li
 /// "sum":"<64 hex>"}`), its sum not checked; `None` for a line cut short, even where what
 /// is left reads as a `seq` (a torn `"seq":10` reads as 1).
 pub fn framed_seq(line: &[u8]) -> Option<u64> {
+    split_frame(line).and_then(|(body, _)| parse_seq(body))
+}
+
+/// A line (without its `\n`) as the ledger frames it, `{...,"sum":"<64 hex>"}`: its body
+/// (up to the sum) and the sum it stores.
+fn split_frame(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let n = line.len();
     if n < SUM_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") || !line.starts_with(b"{") {
         return None;
     }
-    let suffix = &line[n - SUM_SUFFIX_LEN..];
-    let stored = suffix.strip_prefix(SUM_FIELD)?;
-    if !stored[..64]
+    let stored = line[n - SUM_SUFFIX_LEN..]
+        .strip_prefix(SUM_FIELD)?
+        .get(..64)?;
+    stored
         .iter()
         .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return None;
-    }
-    parse_seq(&line[..n - SUM_SUFFIX_LEN])
+        .then_some((&line[..n - SUM_SUFFIX_LEN], stored))
 }
 
 /// The `seq` of a line's body (`{...,"seq":N`).
