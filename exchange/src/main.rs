@@ -346,7 +346,15 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                     "{}",
                     reconciled.render_with(
                         verifies && head_problem.is_none(),
-                        report.problem.is_some() && verifies
+                        report.problem.as_ref().filter(|_| verifies).map(|p| {
+                            // A whole last record without its newline is completed, not cut
+                            // (black-box round 72a: verify said it would be truncated).
+                            if p.what == pingpost::ledger::segments::LineProblem::NoNewline {
+                                "adds the last record's missing newline (the record counts)"
+                            } else {
+                                "truncates the torn tail"
+                            }
+                        })
                     )
                 ),
             );

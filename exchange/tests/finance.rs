@@ -881,6 +881,59 @@ async fn a_quote_keeps_its_currency_across_a_reload_and_currencies_are_never_add
     assert!(out.contains("USD: 1 sale(s), revenue 20.00"), "{out}");
 }
 
+/// Black-box round 72a: a last record whole but without its newline is completed by the
+/// next start, and counted; verify's last line said the start would truncate it.
+#[test]
+fn verify_says_a_last_record_without_its_newline_is_completed_not_cut() {
+    let dir = framed_ledger(&[AUCTION_1, SALE_1]);
+    let d = dir.path().to_str().unwrap();
+    let seg = dir.path().join(pingpost::ledger::segments::segment_name(1));
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() - 1]).unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "NOT OK until the exchange's next start adds the last record's missing newline"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("truncates the torn tail"), "{out}");
+    assert!(out.contains("1 sale(s)"), "{out}");
+}
+
+/// A directory holding a fingerprint key and no segment: every tool says its records
+/// were removed (black-box round 72a: report said it held no ledger).
+#[test]
+fn the_finance_tools_say_a_key_without_segments_lost_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("FINGERPRINT_KEY"), b"k").unwrap();
+    for args in [
+        &["ledger", "report", "--dir", d][..],
+        &[
+            "ledger",
+            "export",
+            "--dir",
+            d,
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+        ],
+    ] {
+        let o = run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(
+            out.contains("has no record but holds FINGERPRINT_KEY"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
 /// Black-box round 60b: a ledger directory whose segments were removed (its fingerprint
 /// key is still there) is a problem for `verify`, not an empty ledger that verifies.
 #[test]

@@ -878,13 +878,14 @@ impl Reconciliation {
 
     /// The reconciliation part of `verify`'s output.
     pub fn render(&self) -> String {
-        self.render_with(true, false)
+        self.render_with(true, None)
     }
 
     /// [`render`](Self::render), for a ledger whose chain does (`ledger_verifies`) or does
     /// not verify: if it does not, the last line never says `OK`. Nor does it for a ledger
-    /// that verifies up to a torn tail (`torn_tail`: `verify`'s exit status is 1 then).
-    pub fn render_with(&self, ledger_verifies: bool, torn_tail: bool) -> String {
+    /// that verifies up to a torn tail (`torn_tail`: what the exchange's next start does
+    /// with it, as "truncates the torn tail"; `verify`'s exit status is 1 then).
+    pub fn render_with(&self, ledger_verifies: bool, torn_tail: Option<&str>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -1072,10 +1073,11 @@ impl Reconciliation {
             }
             // A torn tail is a problem until the next start truncates it (exit status 1), so
             // the last line does not say plain `OK` (black-box round 69: `OK` with exit 1).
-            let verdict = if torn_tail {
-                "NOT OK until the exchange's next start truncates the torn tail (above): up to it, the money reconciles"
-            } else {
-                "OK: the money reconciles"
+            let verdict = match torn_tail {
+                Some(start_does) => format!(
+                    "NOT OK until the exchange's next start {start_does} (above): up to it, the money reconciles"
+                ),
+                None => "OK: the money reconciles".to_string(),
             };
             let _ = writeln!(
                 out,
@@ -1409,7 +1411,7 @@ mod tests {
             r#"{"type":"sale","v":3, not json"#,
         ]);
         let r = reconcile(dir.path(), None).unwrap();
-        let text = r.render_with(false, false);
+        let text = r.render_with(false, None);
         assert!(!text.contains("OUTCOME UNKNOWN: "), "{text}");
         // A whole line that is not a record is a problem in its own right (black-box
         // round 43), named with why.
