@@ -697,26 +697,44 @@ async fn answers_to_requests_without_a_key_close_their_connection() {
         assert_eq!(common::head_value(&answer, "connection"), None, "{answer}");
         assert!(!closed);
     }
-    // Over HTTP/2, a probe ends the connection (GOAWAY) once answered.
-    let stream = TcpStream::connect(ex.addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    let ended = tokio::spawn(conn);
-    let resp = send
-        .send_request(
+    // Over HTTP/2, a probe or a `401` ends the connection (GOAWAY) once answered (black-box
+    // round 72b: a `401` kept it, and 20 such connections held every slot).
+    for (request, status) in [
+        (
             Request::get(format!("http://{}/healthz", ex.addr))
-                .body(Empty::<Bytes>::new())
+                .body(http_body_util::Full::new(Bytes::new()))
                 .unwrap(),
-        )
-        .await
-        .expect("answer");
-    assert_eq!(resp.status(), StatusCode::OK);
-    tokio::time::timeout(EVENT_WAIT_MAX, ended)
-        .await
-        .expect("the HTTP/2 connection is ended after the probe")
-        .unwrap()
-        .unwrap();
+            StatusCode::OK,
+        ),
+        (
+            Request::post(format!("http://{}/v1/ping", ex.addr))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Request::post(format!("http://{}/v1/ping", ex.addr))
+                .header("authorization", "Bearer not-a-key-of-anyone")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let stream = TcpStream::connect(ex.addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        let ended = tokio::spawn(conn);
+        let resp = send.send_request(request).await.expect("answer");
+        assert_eq!(resp.status(), status);
+        tokio::time::timeout(EVENT_WAIT_MAX, ended)
+            .await
+            .unwrap_or_else(|_| panic!("the HTTP/2 connection is ended after its {status}"))
+            .unwrap()
+            .unwrap();
+    }
     ex.shutdown().await.unwrap();
 }

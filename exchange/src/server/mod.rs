@@ -442,6 +442,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     state
         .metrics
         .observe_route(route, arrival.elapsed().as_secs_f64());
+    // A `401` carried no valid key: its connection is closed over HTTP/2 too (black-box
+    // round 72b: 20 keyless HTTP/2 connections answered `401` held every slot; over
+    // HTTP/1.1 an answer before the body closes already).
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        return closing(resp);
+    }
     resp
 }
 
