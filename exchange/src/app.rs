@@ -41,6 +41,12 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     // Read, or made in memory only: the replay decides whether a new key may be begun
     // beside this ledger, and only then is it written.
     state.fingerprint = crate::fingerprint::Fingerprinter::load_in(&locked, &dir)?;
+    // Idempotency keys and their bodies are named in the ledger by digests under the
+    // same key (SECURITY.md S15c).
+    if let Some(mac) = state.fingerprint.mac() {
+        state.idempotency.set_key(mac.clone());
+        state.disposition_keys.set_key(mac);
+    }
     // The seller certificate and the buyer CA bundle (checked by the loader already).
     crate::tls::install(&mut state).map_err(std::io::Error::other)?;
     // Caps, budgets and idempotency keys from the ledger, before anything is served.

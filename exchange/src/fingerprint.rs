@@ -62,6 +62,12 @@ impl Fingerprinter {
         hex::encode(&mac.finalize().into_bytes()[..8])
     }
 
+    /// An HMAC-SHA256 keyed with this key, for other keyed digests of the ledger (the
+    /// idempotency keys'), `None` only if the key could not key one.
+    pub fn mac(&self) -> Option<Hmac<Sha256>> {
+        self.keyed.clone()
+    }
+
     /// Whether the key file was made by this open (there was none before).
     pub fn made(&self) -> bool {
         self.made

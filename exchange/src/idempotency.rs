@@ -18,9 +18,11 @@
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::config::SellerKey;
 use crate::core::UnixMs;
@@ -68,11 +70,17 @@ pub enum Begin {
     SellerFull,
 }
 
-/// A key as the store holds it: its SHA-256 (the key itself is never kept, so the ledger
-/// can record it as the same digest and a restart can restore it).
-fn key_digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+/// A key and its request's body as ledgers before 2026-12-03 named them: plain SHA-256.
+fn plain_digests(key: &str, body: &[u8]) -> ([u8; 32], [u8; 32]) {
+    (
+        Sha256::digest(key.as_bytes()).into(),
+        Sha256::digest(body).into(),
+    )
 }
+
+/// Labels that keep a key's digest and a body's apart under one HMAC key.
+const KEY_LABEL: &[u8] = b"pingpost idempotency key v1\0";
+const BODY_LABEL: &[u8] = b"pingpost idempotency body v1\0";
 
 /// Remembered keys, per party `P` (a seller by default; a buyer for dispositions).
 #[derive(Debug)]
@@ -83,6 +91,15 @@ pub struct IdempotencyStore<P: Eq + Hash = SellerKey> {
     per_seller: DashMap<P, usize>,
     ttl_ms: u64,
     keys_max: usize,
+    /// The HMAC keyed with the ledger's fingerprint key ([`Self::set_key`]): keys and
+    /// bodies are held, and named in the ledger, by keyed digests, so a ledger reader
+    /// cannot test a guessed key or body (black-box round 72d: a plain SHA-256 of a post's
+    /// body, the full lead, or of a key that was a phone number, gave them back by
+    /// guessing). Without one (a store made in a test): plain SHA-256.
+    keyed: Option<Hmac<Sha256>>,
+    /// Until when (Unix ms) a key may still be held by its plain SHA-256, restored from a
+    /// ledger written before keyed digests: the last such entry's end of life.
+    plain_until: AtomicI64,
 }
 
 impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
@@ -92,7 +109,60 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
             per_seller: DashMap::new(),
             ttl_ms,
             keys_max,
+            keyed: None,
+            plain_until: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Keys and bodies are digested with `mac` (an HMAC keyed with the ledger's
+    /// fingerprint key) from now on: set once at the start, before any key is taken or
+    /// restored.
+    pub fn set_key(&mut self, mac: Hmac<Sha256>) {
+        self.keyed = Some(mac);
+    }
+
+    /// A key's digest, as the store holds it and the ledger names it.
+    pub fn key_digest(&self, key: &str) -> [u8; 32] {
+        self.digest(KEY_LABEL, key.as_bytes())
+    }
+
+    /// A request body's digest, as the store holds it and the ledger names it.
+    pub fn body_digest(&self, body: &[u8]) -> [u8; 32] {
+        self.digest(BODY_LABEL, body)
+    }
+
+    fn digest(&self, label: &[u8], bytes: &[u8]) -> [u8; 32] {
+        match &self.keyed {
+            Some(mac) => {
+                let mut mac = mac.clone();
+                mac.update(label);
+                mac.update(bytes);
+                mac.finalize().into_bytes().into()
+            }
+            None => Sha256::digest(bytes).into(),
+        }
+    }
+
+    /// A key restored by its plain SHA-256 (a ledger from before keyed digests), still
+    /// alive at `now`: its answer again, or `409` for another body. The key's entry is
+    /// looked at before the keyed one is taken, never while holding it.
+    fn plain_hit(&self, seller: P, key: &str, body: &[u8], now: UnixMs) -> Option<Begin> {
+        if self.keyed.is_none() || now >= self.plain_until.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (key, body) = plain_digests(key, body);
+        let slot = self.map.get(&(seller, key))?;
+        if now - slot.at >= self.ttl_ms as i64 {
+            return None;
+        }
+        Some(match &slot.state {
+            _ if slot.body_sha256 != body => Begin::BodyMismatch,
+            State::InFlight => Begin::InFlight,
+            State::Done { status, body } => Begin::Replay {
+                status: *status,
+                body: body.clone(),
+            },
+        })
     }
 
     /// [`IdempotencyStore::begin_within`] without a per-seller quota.
@@ -111,9 +181,12 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
         now: UnixMs,
         seller_keys_max: usize,
     ) -> Begin {
-        let digest: [u8; 32] = Sha256::digest(body).into();
+        if let Some(begin) = self.plain_hit(seller, key, body, now) {
+            return begin;
+        }
+        let digest = self.body_digest(body);
         let full = self.map.len() >= self.keys_max;
-        match self.map.entry((seller, key_digest(key))) {
+        match self.map.entry((seller, self.key_digest(key))) {
             Entry::Occupied(mut e) => {
                 let slot = e.get();
                 if now - slot.at >= self.ttl_ms as i64 {
@@ -159,20 +232,21 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
 
     /// Stores the answer for later replays.
     pub fn complete(&self, seller: P, key: &str, status: u16, body: Bytes) {
-        if let Some(mut slot) = self.map.get_mut(&(seller, key_digest(key))) {
+        if let Some(mut slot) = self.map.get_mut(&(seller, self.key_digest(key))) {
             slot.state = State::Done { status, body };
         }
     }
 
     /// Forgets a key whose request changed nothing (a refused request may be retried).
     pub fn forget(&self, seller: P, key: &str) {
-        if self.map.remove(&(seller, key_digest(key))).is_some() {
+        if self.map.remove(&(seller, self.key_digest(key))).is_some() {
             self.release(seller);
         }
     }
 
     /// Recovery at start: remembers the answer of a key the ledger names (by its digest
-    /// and its body's), as of `at`. A key already held, or one past the TTL at `now`,
+    /// and its body's: keyed, or a plain SHA-256 in a ledger from before keyed digests,
+    /// which is still found), as of `at`. A key already held, or one past the TTL at `now`,
     /// changes nothing (returns false). A full store takes it all the same: the limit may
     /// be lower now than when the key was taken, and a key dropped here would let its
     /// retry run again, a second sale (new keys wait until the count falls under it).
@@ -191,6 +265,10 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
         match self.map.entry((seller, key_sha256)) {
             Entry::Occupied(_) => false,
             Entry::Vacant(v) => {
+                // It may be a plain SHA-256 (a ledger from before keyed digests): until it
+                // expires, a new key is looked up by that too.
+                self.plain_until
+                    .fetch_max(at.saturating_add(self.ttl_ms as i64), Ordering::Relaxed);
                 *self.per_seller.entry(seller).or_insert(0) += 1;
                 v.insert(Slot {
                     body_sha256,
@@ -241,6 +319,71 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keyed_store() -> IdempotencyStore {
+        let mut s = IdempotencyStore::new(1000, 10);
+        s.set_key(Hmac::<Sha256>::new_from_slice(&[7u8; 32]).unwrap());
+        s
+    }
+
+    /// Black-box round 72d: keys and bodies are held (and written to the ledger) by
+    /// digests keyed with the fingerprint key, never their plain SHA-256, which a ledger
+    /// reader could test guesses against.
+    #[test]
+    fn a_keyed_store_digests_keys_and_bodies_with_its_key() {
+        let s = keyed_store();
+        let (plain_key, plain_body) = plain_digests("+17135554321", b"{}");
+        assert_ne!(s.key_digest("+17135554321"), plain_key);
+        assert_ne!(s.body_digest(b"{}"), plain_body);
+        // Key and body digests are told apart, and another key makes others.
+        assert_ne!(s.key_digest("x"), s.body_digest(b"x"));
+        assert_ne!(s.key_digest("x"), keyed_store().key_digest("y"));
+        let mut other = IdempotencyStore::<SellerKey>::new(1000, 10);
+        other.set_key(Hmac::<Sha256>::new_from_slice(&[8u8; 32]).unwrap());
+        assert_ne!(s.key_digest("x"), other.key_digest("x"));
+        // A key restored by its keyed digests is found by the same key and body.
+        let answer = (200, Bytes::from_static(b"{\"status\":\"sold\"}"));
+        assert!(s.restore(
+            SellerKey(0),
+            s.key_digest("k"),
+            s.body_digest(b"b"),
+            0,
+            10,
+            answer.clone()
+        ));
+        assert_eq!(
+            s.begin(SellerKey(0), "k", b"b", 20),
+            Begin::Replay {
+                status: 200,
+                body: answer.1
+            }
+        );
+    }
+
+    /// A ledger written before keyed digests names a key by its plain SHA-256: restored,
+    /// it is still found until it expires, so a retry across the upgrade is not run again.
+    #[test]
+    fn a_key_restored_by_its_plain_digest_is_found_until_it_expires() {
+        let s = keyed_store();
+        let answer = (200, Bytes::from_static(b"{\"status\":\"sold\"}"));
+        let (key, body) = plain_digests("k", b"b");
+        assert!(s.restore(SellerKey(0), key, body, 500, 600, answer.clone()));
+        assert_eq!(
+            s.begin(SellerKey(0), "k", b"b", 700),
+            Begin::Replay {
+                status: 200,
+                body: answer.1
+            }
+        );
+        assert_eq!(
+            s.begin(SellerKey(0), "k", b"other", 700),
+            Begin::BodyMismatch
+        );
+        // Another seller's same key is its own.
+        assert_eq!(s.begin(SellerKey(1), "k", b"b", 700), Begin::Proceed);
+        // Past its TTL (500 + 1000) the key is new again.
+        assert_eq!(s.begin(SellerKey(0), "k", b"b", 1500), Begin::Proceed);
+    }
 
     #[test]
     fn replay_mismatch_inflight_expiry() {

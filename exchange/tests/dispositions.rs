@@ -795,9 +795,31 @@ async fn an_idempotency_key_replays_the_first_answer_and_writes_once() {
     }
     let disp = records(&ex.ledger_path, "disposition");
     assert_eq!(disp.len(), 1, "{disp:?}");
-    // The record names the key and the body by their SHA-256, never the key itself.
-    assert_eq!(disp[0]["idempotency_key_sha256"], digest(key));
-    assert_eq!(disp[0]["body_sha256"], body_digest(&body));
+    // The record names the key and the body by digests keyed with the ledger's
+    // FINGERPRINT_KEY, never the key itself, nor a plain SHA-256 a reader could test
+    // guesses against (black-box round 72d).
+    assert_ne!(disp[0]["idempotency_key_sha256"], digest(key));
+    assert_ne!(disp[0]["body_sha256"], body_digest(&body));
+    let keyed = |label: &[u8], bytes: &[u8]| {
+        use hmac::Mac;
+        let file = std::fs::read_to_string(ex.ledger_path.join("FINGERPRINT_KEY")).unwrap();
+        let secret = hex::decode(file.trim()).unwrap();
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(label);
+        mac.update(bytes);
+        hex::encode(mac.finalize().into_bytes())
+    };
+    assert_eq!(
+        disp[0]["idempotency_key_sha256"],
+        keyed(b"pingpost idempotency key v1\0", key.as_bytes())
+    );
+    assert_eq!(
+        disp[0]["body_sha256"],
+        keyed(
+            b"pingpost idempotency body v1\0",
+            &serde_json::to_vec(&body).unwrap()
+        )
+    );
     let all = pingpost::ledger::segments::read_all(&ex.ledger_path).unwrap();
     assert!(!all.contains(key), "the key itself is never written");
 

@@ -142,7 +142,9 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             &state,
             &ApiError::new(
                 ErrorCode::NotFound,
-                format!("no route {}", truncate(req.uri().path(), 64)),
+                // Not the path itself (black-box round 72d), as on the seller listener.
+                "no such route (the admin listener serves GET /metrics, /healthz and \
+                 /readyz, POST /admin/reload and /admin/models)",
             ),
         ),
         (_, m) => {

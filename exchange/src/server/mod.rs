@@ -427,7 +427,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             &state,
             &ApiError::new(
                 ErrorCode::NotFound,
-                format!("no route {}", truncate(req.uri().path(), 64)),
+                // The path is not echoed: it may carry anything, PII too (black-box
+                // round 72d); the routes are named instead.
+                "no such route (the seller listener serves POST /v1/ping, /v1/post, \
+                 /v1/leads and /v1/dispositions, GET /healthz, /readyz and /openapi.json)",
             ),
         )),
         (_, m) => {

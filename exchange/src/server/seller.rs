@@ -93,12 +93,14 @@ impl<P: Copy + Eq + Hash> KeyClaim<P> {
         self.settled = true;
     }
 
-    /// The key and the body that carried it as ledger records name them: hex SHA-256
-    /// each, never the key itself.
+    /// The key and the body that carried it as ledger records name them: hex digests,
+    /// keyed with the ledger's fingerprint key ([`IdempotencyStore::key_digest`]), never
+    /// the key itself.
     pub(super) fn digests(&self, body: &[u8]) -> (String, String) {
+        let store = (self.store)(&self.state);
         (
-            hex::encode(Sha256::digest(self.key.as_bytes())),
-            hex::encode(Sha256::digest(body)),
+            hex::encode(store.key_digest(&self.key)),
+            hex::encode(store.body_digest(body)),
         )
     }
 }
