@@ -45,9 +45,10 @@ enum State {
 #[derive(Debug, Clone)]
 struct Slot {
     body_sha256: [u8; 32],
-    /// The route the key was first used on (`""` for a key restored from the ledger,
-    /// which names only the body): a key is scoped to its route, so the same key and
-    /// body on another route is a conflict, not a replay of another request's answer.
+    /// The route the key was first used on (for a key restored from the ledger, the
+    /// routes its record can come from, `|`-separated, as `post|leads`; `""` for any): a
+    /// key is scoped to its route, so the same key and body on another route is a
+    /// conflict, not a replay of another request's answer.
     route: &'static str,
     at: UnixMs,
     state: State,
@@ -76,6 +77,12 @@ fn plain_digests(key: &str, body: &[u8]) -> ([u8; 32], [u8; 32]) {
         Sha256::digest(key.as_bytes()).into(),
         Sha256::digest(body).into(),
     )
+}
+
+/// Whether a key first used on `first` (`|`-separated routes; `""` for any) may be used
+/// on `route` (`""`: any) without a conflict.
+fn route_allows(first: &str, route: &str) -> bool {
+    first.is_empty() || route.is_empty() || first.split('|').any(|r| r == route)
 }
 
 /// Labels that keep a key's digest and a body's apart under one HMAC key.
@@ -146,7 +153,14 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
     /// A key restored by its plain SHA-256 (a ledger from before keyed digests), still
     /// alive at `now`: its answer again, or `409` for another body. The key's entry is
     /// looked at before the keyed one is taken, never while holding it.
-    fn plain_hit(&self, seller: P, key: &str, body: &[u8], now: UnixMs) -> Option<Begin> {
+    fn plain_hit(
+        &self,
+        seller: P,
+        route: &'static str,
+        key: &str,
+        body: &[u8],
+        now: UnixMs,
+    ) -> Option<Begin> {
         if self.keyed.is_none() || now >= self.plain_until.load(Ordering::Relaxed) {
             return None;
         }
@@ -156,7 +170,9 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
             return None;
         }
         Some(match &slot.state {
-            _ if slot.body_sha256 != body => Begin::BodyMismatch,
+            _ if slot.body_sha256 != body || !route_allows(slot.route, route) => {
+                Begin::BodyMismatch
+            }
             State::InFlight => Begin::InFlight,
             State::Done { status, body } => Begin::Replay {
                 status: *status,
@@ -181,7 +197,7 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
         now: UnixMs,
         seller_keys_max: usize,
     ) -> Begin {
-        if let Some(begin) = self.plain_hit(seller, key, body, now) {
+        if let Some(begin) = self.plain_hit(seller, route, key, body, now) {
             return begin;
         }
         let digest = self.body_digest(body);
@@ -198,8 +214,7 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
                     });
                     return Begin::Proceed;
                 }
-                let other_route =
-                    !slot.route.is_empty() && !route.is_empty() && slot.route != route;
+                let other_route = !route_allows(slot.route, route);
                 if slot.body_sha256 != digest || other_route {
                     return Begin::BodyMismatch;
                 }
@@ -250,9 +265,11 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
     /// changes nothing (returns false). A full store takes it all the same: the limit may
     /// be lower now than when the key was taken, and a key dropped here would let its
     /// retry run again, a second sale (new keys wait until the count falls under it).
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &self,
         seller: P,
+        route: &'static str,
         key_sha256: [u8; 32],
         body_sha256: [u8; 32],
         at: UnixMs,
@@ -272,7 +289,7 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
                 *self.per_seller.entry(seller).or_insert(0) += 1;
                 v.insert(Slot {
                     body_sha256,
-                    route: "",
+                    route,
                     at,
                     state: State::Done {
                         status: answer.0,
@@ -345,6 +362,7 @@ mod tests {
         let answer = (200, Bytes::from_static(b"{\"status\":\"sold\"}"));
         assert!(s.restore(
             SellerKey(0),
+            "",
             s.key_digest("k"),
             s.body_digest(b"b"),
             0,
@@ -360,6 +378,57 @@ mod tests {
         );
     }
 
+    /// Black-box round 73a: a key restored at a start answered on every route (its
+    /// route was not kept), so a ping got a post's `sold`. A restored key keeps the
+    /// routes its record comes from.
+    #[test]
+    fn a_restored_key_answers_only_on_its_own_routes() {
+        let s = keyed_store();
+        let answer = (200, Bytes::from_static(b"{\"status\":\"sold\"}"));
+        let restore = |route, key: &str| {
+            assert!(s.restore(
+                SellerKey(0),
+                route,
+                s.key_digest(key),
+                s.body_digest(b"b"),
+                0,
+                10,
+                answer.clone()
+            ))
+        };
+        restore("post|leads", "sent");
+        restore("ping", "pinged");
+        let replay = Begin::Replay {
+            status: 200,
+            body: answer.1.clone(),
+        };
+        for (route, key, want) in [
+            ("post", "sent", &replay),
+            ("leads", "sent", &replay),
+            ("ping", "sent", &Begin::BodyMismatch),
+            ("ping", "pinged", &replay),
+            ("post", "pinged", &Begin::BodyMismatch),
+            ("leads", "pinged", &Begin::BodyMismatch),
+        ] {
+            assert_eq!(
+                &s.begin_within(SellerKey(0), route, key, b"b", 20, usize::MAX),
+                want,
+                "{route} {key}"
+            );
+        }
+        // And one restored by its plain digest (an older ledger) the same.
+        let (key, body) = plain_digests("old", b"b");
+        assert!(s.restore(SellerKey(0), "ping", key, body, 0, 10, answer.clone()));
+        assert_eq!(
+            s.begin_within(SellerKey(0), "post", "old", b"b", 20, usize::MAX),
+            Begin::BodyMismatch
+        );
+        assert_eq!(
+            s.begin_within(SellerKey(0), "ping", "old", b"b", 20, usize::MAX),
+            replay
+        );
+    }
+
     /// A ledger written before keyed digests names a key by its plain SHA-256: restored,
     /// it is still found until it expires, so a retry across the upgrade is not run again.
     #[test]
@@ -367,7 +436,7 @@ mod tests {
         let s = keyed_store();
         let answer = (200, Bytes::from_static(b"{\"status\":\"sold\"}"));
         let (key, body) = plain_digests("k", b"b");
-        assert!(s.restore(SellerKey(0), key, body, 500, 600, answer.clone()));
+        assert!(s.restore(SellerKey(0), "", key, body, 500, 600, answer.clone()));
         assert_eq!(
             s.begin(SellerKey(0), "k", b"b", 700),
             Begin::Replay {
@@ -419,10 +488,10 @@ mod tests {
         let key: [u8; 32] = Sha256::digest(b"k").into();
         let body: [u8; 32] = Sha256::digest(b"a").into();
         let answer = (200, Bytes::from_static(b"ok"));
-        assert!(!s.restore(SellerKey(0), key, body, 0, 1000, answer.clone()));
-        assert!(s.restore(SellerKey(0), key, body, 500, 1000, answer.clone()));
+        assert!(!s.restore(SellerKey(0), "", key, body, 0, 1000, answer.clone()));
+        assert!(s.restore(SellerKey(0), "", key, body, 500, 1000, answer.clone()));
         assert!(
-            !s.restore(SellerKey(0), key, body, 500, 1000, answer),
+            !s.restore(SellerKey(0), "", key, body, 500, 1000, answer),
             "held once"
         );
         assert_eq!(

@@ -1045,9 +1045,12 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             continue;
         };
         let answer = (200, Bytes::from(json));
+        // The key answers on its own route only (black-box round 73a: any route got
+        // the stored answer after a restart).
+        let route = if p.direct { "leads" } else { "ping" };
         if state
             .idempotency
-            .restore(seller, key, body, p.at, now, answer)
+            .restore(seller, route, key, body, p.at, now, answer)
         {
             out.keys += 1;
         }
@@ -1061,9 +1064,11 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             continue;
         };
         let answer = answer_of(scan, &look, &s.lead_id, &names);
+        // A delivery's record is a post's or a direct post's (whose `auction` record,
+        // not waited for, may be lost): either route, never a ping's.
         if state
             .idempotency
-            .restore(seller, key, body, s.at, now, answer)
+            .restore(seller, "post|leads", key, body, s.at, now, answer)
         {
             out.keys += 1;
         }
@@ -1111,10 +1116,15 @@ fn restore_disposition_keys(
                 },
             );
         let answer = crate::dispositions::answer_json(&d.lead_id, &d.outcome, d.test, refund);
-        if state
-            .disposition_keys
-            .restore(party, key, body, d.at, now, (200, Bytes::from(answer)))
-        {
+        if state.disposition_keys.restore(
+            party,
+            "dispositions",
+            key,
+            body,
+            d.at,
+            now,
+            (200, Bytes::from(answer)),
+        ) {
             restored += 1;
         }
     }

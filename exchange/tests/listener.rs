@@ -664,6 +664,8 @@ async fn answers_to_requests_without_a_key_close_their_connection() {
         ("GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n", "404"),
         ("GET /v1/ping HTTP/1.1\r\nhost: x\r\n\r\n", "405"),
         ("POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", "405"),
+        // A method is any token, a phone number too: it is not echoed (round 73a).
+        ("+12145559876 /v1/ping HTTP/1.1\r\nhost: x\r\n\r\n", "405"),
         ("GET /healthz HTTP/1.1\r\n\r\n", "200"),
         ("GET /openapi.json HTTP/1.1\r\n\r\n", "400"),
         (
@@ -690,6 +692,7 @@ async fn answers_to_requests_without_a_key_close_their_connection() {
         // A `404` names the routes, not the path it was asked (which may carry PII:
         // black-box round 72d).
         assert!(!answer.contains("nowhere"), "{answer}");
+        assert!(!answer.contains("2145559876"), "{answer}");
     }
     // A seller's request keeps its connection for the next one.
     let mut s = TcpStream::connect(ex.addr).await.expect("connect");

@@ -183,6 +183,12 @@ async fn caps_and_idempotency_keys_survive_a_restart() {
         .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("OK"))
         .await;
     other.assert_error(409, "conflict");
+    // And on a ping, the same key and body are a conflict too: a key answers on its own
+    // route (black-box round 73a: after a restart a ping got the direct post's `sold`).
+    client
+        .post_json_with("/v1/ping", SELLER_KEY, &key, &direct_body("TX"))
+        .await
+        .assert_error(409, "conflict");
     // a is full for the day, across the restart: the next lead goes to b.
     assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
     assert_eq!(*a.posts.lock().unwrap(), 2);
@@ -559,6 +565,14 @@ async fn a_keyed_ping_retried_after_a_restart_gets_its_answer_and_holds_nothing_
         .post_json_with("/v1/ping", SELLER_KEY, &bid_key, &ping_body("OK"))
         .await
         .assert_error(409, "conflict");
+    // So are the same key and body on another route (black-box round 73a: they got the
+    // ping's `bid` after a restart).
+    for route in ["/v1/leads", "/v1/post"] {
+        client
+            .post_json_with(route, SELLER_KEY, &bid_key, &ping_body("TX"))
+            .await
+            .assert_error(409, "conflict");
+    }
     // The first answer's quote is the one that sells.
     let ping_id = bid.json()["ping_id"].as_str().unwrap().to_string();
     assert_eq!(
