@@ -154,7 +154,6 @@ const CREDIT: &[&str] = &["poor", "fair", "good", "good", "excellent"];
 const FIRST: &[&str] = &["Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace"];
 const LAST: &[&str] = &["Diaz", "Nguyen", "Okafor", "Smith", "Kowalski", "Ito"];
 
-/// A made-up lead: the ping part and the full lead.
 /// A JSON price as the API gave it, to the micro (`20.2125`, `20.00`): black-box round
 /// 71a saw `20.21` for a sale of 20.2125.
 fn price(v: &Value) -> String {
@@ -163,6 +162,7 @@ fn price(v: &Value) -> String {
         .map_or_else(|| "?".to_string(), |m| crate::finance::money(m.0))
 }
 
+/// A made-up lead: the ping part and the full lead.
 fn sample_lead(rng: &mut impl Rng) -> (Value, Value) {
     let state = STATES[rng.gen_range(0..STATES.len())];
     let zip = match state {

@@ -1071,8 +1071,9 @@ impl Reconciliation {
                     self.return_line_missing.len()
                 );
             }
-            // A torn tail is a problem until the next start truncates it (exit status 1), so
-            // the last line does not say plain `OK` (black-box round 69: `OK` with exit 1).
+            // A torn tail is a problem until the next start mends it (exit status 1), so the
+            // last line does not say plain `OK` (left in session 39's note: `OK` with exit
+            // status 1).
             let verdict = match torn_tail {
                 Some(start_does) => format!(
                     "NOT OK until the exchange's next start {start_does} (above): up to it, the money reconciles"

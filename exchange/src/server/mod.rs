@@ -392,9 +392,9 @@ fn closing(mut resp: Response<Body>) -> Response<Body> {
 }
 
 /// Routes one request. Never panics; every failure is a contract error. An answer to a
-/// request that carries no key (the probes, `/openapi.json`, `404`, `405`, a bad `Host`;
-/// a `401` already does) closes its connection (black-box round 71d: one `GET /healthz`
-/// held a connection slot for the whole idle timeout, 299 of them every slot).
+/// request that carries no valid key (the probes, `/openapi.json`, `404`, `405`, a bad
+/// `Host`, `401`) closes its connection (black-box round 71d: one `GET /healthz` held a
+/// connection slot for the whole idle timeout, 299 of them every slot).
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let arrival = Instant::now();
     let route: &'static str = match req.uri().path() {
