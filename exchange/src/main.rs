@@ -781,6 +781,13 @@ fn main() -> anyhow::Result<()> {
         for w in pingpost::tls::buyer_ca_warnings(&cfg.server.listener) {
             pingpost::say_err!("warning: {w}");
         }
+        // As the start warns (black-box round 74b: --check-config said nothing of it).
+        if cfg.admin.token.is_none() {
+            pingpost::say_err!(
+                "warning: admin.token_env: {} is not set, so the admin listener will be off (no /metrics, no POST /admin/reload; SIGHUP still reloads)",
+                config::shown_env_name(&cfg.admin.token_env)
+            );
+        }
         pingpost::cli_out::emit(
             "--check-config",
             format_args!(

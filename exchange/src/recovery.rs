@@ -1026,6 +1026,15 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             last.insert((s.seller.as_str(), k.as_str()), s);
         }
     }
+    // The keys of direct posts: their `auction` record says so (written before their
+    // `post_sent`, by the one ordered writer), and a delivery's key is a direct post's or
+    // a post's by it (black-box round 74a: both routes answered after a restart).
+    let direct_keys: std::collections::HashSet<(&str, &str)> = scan
+        .keyed_pings
+        .iter()
+        .filter(|p| p.direct)
+        .map(|p| (p.seller.as_str(), p.key.0.as_str()))
+        .collect();
     // Keyed pings: the answer they got, rebuilt from the auction and its quote. A retry
     // after a restart gets it again, and opens no second quote.
     let mut last_ping: HashMap<(&str, &str), &KeyedPing> = HashMap::new();
@@ -1055,8 +1064,13 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.keys += 1;
         }
     }
-    for ((seller, key), s) in last {
-        let Some(seller) = seller_key_of(state, &sellers, seller) else {
+    for ((seller_id, key), s) in last {
+        let route = if direct_keys.contains(&(seller_id, key)) {
+            "leads"
+        } else {
+            "post"
+        };
+        let Some(seller) = seller_key_of(state, &sellers, seller_id) else {
             continue;
         };
         let body = s.idempotency.as_ref().map_or("", |(_, b)| b.as_str());
@@ -1064,11 +1078,9 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             continue;
         };
         let answer = answer_of(scan, &look, &s.lead_id, &names);
-        // A delivery's record is a post's or a direct post's (whose `auction` record,
-        // not waited for, may be lost): either route, never a ping's.
         if state
             .idempotency
-            .restore(seller, "post|leads", key, body, s.at, now, answer)
+            .restore(seller, route, key, body, s.at, now, answer)
         {
             out.keys += 1;
         }

@@ -206,6 +206,21 @@ impl std::error::Error for ReloadError {}
 
 /// A loader message `path: problem` as a field problem (a message without a path is put
 /// under `config`).
+/// A configuration problem as a reload tells it: a variable that is not set is read
+/// from the environment the exchange started with, which a reload cannot change
+/// (black-box round 74b: the message read as if exporting it and reloading would do).
+fn in_reload(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.contains(": environment variable ") && message.ends_with(" is not set") {
+        format!(
+            "{message} in the exchange's environment, which is the one it started with: \
+             a reload cannot add a variable; set it and restart"
+        )
+        .into()
+    } else {
+        message.into()
+    }
+}
+
 pub fn field_problem(message: &str) -> FieldProblem {
     match message.split_once(": ") {
         Some((path, problem)) if !path.is_empty() && !path.contains(' ') => {
@@ -655,8 +670,9 @@ impl AppState {
     pub fn reload(&self) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock();
         let source = self.source.lock().clone().ok_or(ReloadError::NoSource)?;
-        let config = source()
-            .map_err(|e| ReloadError::Invalid(e.0.iter().map(|m| field_problem(m)).collect()))?;
+        let config = source().map_err(|e| {
+            ReloadError::Invalid(e.0.iter().map(|m| field_problem(&in_reload(m))).collect())
+        })?;
         self.apply_locked(config)
     }
 

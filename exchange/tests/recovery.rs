@@ -183,12 +183,15 @@ async fn caps_and_idempotency_keys_survive_a_restart() {
         .post_json_with("/v1/leads", SELLER_KEY, &key, &direct_body("OK"))
         .await;
     other.assert_error(409, "conflict");
-    // And on a ping, the same key and body are a conflict too: a key answers on its own
-    // route (black-box round 73a: after a restart a ping got the direct post's `sold`).
-    client
-        .post_json_with("/v1/ping", SELLER_KEY, &key, &direct_body("TX"))
-        .await
-        .assert_error(409, "conflict");
+    // And on a ping or a post, the same key and body are a conflict too: a key answers on
+    // its own route (black-box rounds 73a and 74a: after a restart a ping, then a post,
+    // got the direct post's `sold`).
+    for route in ["/v1/ping", "/v1/post"] {
+        client
+            .post_json_with(route, SELLER_KEY, &key, &direct_body("TX"))
+            .await
+            .assert_error(409, "conflict");
+    }
     // a is full for the day, across the restart: the next lead goes to b.
     assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
     assert_eq!(*a.posts.lock().unwrap(), 2);
@@ -958,8 +961,18 @@ async fn finished_posts_answer_the_same_after_a_restart() {
         "{unsold:?}"
     );
     assert!(unsold.lead_id.is_some(), "delivered, so named: {unsold:?}");
+    // A keyed post: after the restart its key answers on /v1/post only (black-box round
+    // 74a: a direct post with the same key and body got the post's `sold`).
+    a.accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    let q_keyed = client.ping("TX").await;
+    let key = [("idempotency-key", "post-keyed")];
+    let keyed_body = post_body(&q_keyed.ping_id, "TX");
+    let keyed = client
+        .post_json_with("/v1/post", SELLER_KEY, &key, &keyed_body)
+        .await;
+    assert_eq!(keyed.json()["status"], "sold", "{}", keyed.text());
     let posts = *a.posts.lock().unwrap();
-    assert_eq!(posts, 2);
+    assert_eq!(posts, 3);
     first.shutdown().await.unwrap();
 
     let second = start(&cfg, &ledger).await;
@@ -967,6 +980,16 @@ async fn finished_posts_answer_the_same_after_a_restart() {
     assert_eq!(second.state.quotes.open_count(), 0);
     assert_eq!(client.post(&q_sold.ping_id, "TX").await, sold);
     assert_eq!(client.post(&q_unsold.ping_id, "TX").await, unsold);
+    let again = client
+        .post_json_with("/v1/post", SELLER_KEY, &key, &keyed_body)
+        .await;
+    assert_eq!((again.status, &again.body), (200, &keyed.body));
+    for route in ["/v1/leads", "/v1/ping"] {
+        client
+            .post_json_with(route, SELLER_KEY, &key, &keyed_body)
+            .await
+            .assert_error(409, "conflict");
+    }
     assert_eq!(*a.posts.lock().unwrap(), posts, "nothing delivered again");
     // Another seller cannot learn of them; an unknown ping is still 404.
     let other = client

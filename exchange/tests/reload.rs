@@ -321,6 +321,31 @@ async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_ke
         assert_eq!(ex.state.generation(), 1, "{extra}");
     }
 
+    // A secret variable the exchange's environment does not have: a reload cannot add
+    // it, and says to restart (black-box round 74b).
+    let unset: String = good
+        .lines()
+        .map(|l| {
+            if l.starts_with("secret_env = ") {
+                "secret_env = \"PINGPOST_TEST_NEVER_SET\"\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(unset, good);
+    ex.write_config_text(&unset);
+    let err = ex.reload().await.assert_error(400, "invalid_request");
+    assert_eq!(err["fields"][0]["field"], "buyers.a.secret_env", "{err}");
+    assert!(
+        err["fields"][0]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("PINGPOST_TEST_NEVER_SET is not set")
+                && p.contains("set it and restart")),
+        "{err}"
+    );
+    assert_eq!(ex.state.generation(), 1);
+
     // Not a TOML document at all.
     ex.write_config_text("this is [not toml");
     ex.reload().await.assert_error(400, "invalid_request");
@@ -332,7 +357,7 @@ async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_ke
     assert_eq!(
         ex.metric("pingpost_reloads_total", &[("result", "refused")])
             .await,
-        6.0
+        7.0
     );
     assert_eq!(
         ex.metric("pingpost_reloads_total", &[("result", "applied")])
