@@ -6,6 +6,11 @@
 //! - **Slots before accept**: a connection permit ([`ConnectionGate`]) is taken *before*
 //!   `accept`, so a flood waits in the kernel's backlog, not in memory. A per-client-IP
 //!   limit closes a connection at once when its address already holds that many.
+//! - **Eviction**: when every slot is taken, the next connection is accepted and waits
+//!   for a slot; it makes room by closing the oldest connection that has held its slot
+//!   for [`eviction_grace`] (a quarter of the head budget) without sending a complete
+//!   request head. A connection that has sent a head is never evicted. Counted in
+//!   [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks
 //!   (HTTP/1.1, h2c prior knowledge, TLS: the handshake counts against the same budget)
@@ -46,7 +51,7 @@
 //! TLS is optional ([`TlsAcceptor`], rustls with the ring provider, ALPN `h2` and
 //! `http/1.1`); its certificate can be swapped at run time for new connections.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -172,6 +177,12 @@ pub struct ConnectionGate {
     exempt_loopback: bool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     refused_per_ip: AtomicU64,
+    /// Connections that have not yet sent a complete request head, by accept order: when
+    /// every slot is taken and a new connection waits, the oldest of them past its grace
+    /// is closed to make room ([`ConnectionGate::evict_headless`]).
+    headless: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    next_conn: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl fmt::Debug for ConnectionGate {
@@ -207,7 +218,61 @@ impl ConnectionGate {
             exempt_loopback,
             per_ip: Mutex::new(HashMap::new()),
             refused_per_ip: AtomicU64::new(0),
+            headless: Mutex::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         })
+    }
+
+    /// Connections closed to make room for a new one, since start: each had held its slot
+    /// for at least its grace ([`eviction_grace`]) without sending a complete request
+    /// head, while every slot was taken and a new connection waited.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    fn headless(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {
+        // Plain entries: a panic elsewhere cannot leave the map inconsistent.
+        self.headless.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists a new connection as one that may be evicted until it sends a head; it leaves
+    /// the list when the returned entry is dropped (its connection ended).
+    fn register(self: &Arc<Self>, activity: &Arc<Activity>) -> Listed {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.headless().insert(id, Arc::clone(activity));
+        Listed(Arc::clone(self), id)
+    }
+
+    /// Closes the oldest listed connection that has held its slot for `grace` (from its
+    /// accept) without sending a complete request head, and says whether there was one.
+    /// Connections that have sent a head leave the list here: they are never evicted.
+    fn evict_headless(&self, now: Instant, grace: Duration) -> bool {
+        let mut list = self.headless();
+        let mut served = Vec::new();
+        let mut victim = None;
+        for (&id, activity) in list.iter() {
+            if activity.started.load(Ordering::Relaxed) > 0 {
+                served.push(id);
+                continue;
+            }
+            let accepted_at = activity.accepted_at.get().copied().unwrap_or(now);
+            if now.saturating_duration_since(accepted_at) >= grace {
+                victim = Some(id);
+            }
+            // Listed in accept order: the first one still in its grace ends the search.
+            break;
+        }
+        for id in served {
+            list.remove(&id);
+        }
+        let Some(activity) = victim.and_then(|id| list.remove(&id)) else {
+            return false;
+        };
+        drop(list);
+        activity.evicted.store(true, Ordering::Release);
+        activity.evict.notify_one();
+        true
     }
 
     /// Free connection slots.
@@ -248,6 +313,25 @@ impl ConnectionGate {
         *held += 1;
         Some(IpSlot(Some((Arc::clone(self), ip))))
     }
+}
+
+/// A connection's place in its gate's list of connections without a head; leaves it on
+/// drop.
+struct Listed(Arc<ConnectionGate>, u64);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.0.headless().remove(&self.1);
+    }
+}
+
+/// How long a connection may hold its slot without a complete request head before a new
+/// connection, waiting for a slot when all are taken, may close it: a quarter of the head
+/// budget (1.25 s of the default 5 s), at least 1 ms. An honest client sends its head
+/// within a few round trips; a silent or trickling one that would have held its slot for
+/// the whole head budget makes room for the next client after this grace instead.
+pub fn eviction_grace(limits: &Limits) -> Duration {
+    Duration::from_millis((limits.header_read_timeout_ms / 4).max(1))
 }
 
 /// An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
@@ -772,6 +856,10 @@ struct Activity {
     h2: AtomicBool,
     /// Woken when an HTTP/2 answer asked to close its connection ([`CloseConnection`]).
     close: Notify,
+    /// Woken when the connection is evicted (no head within its grace, every slot taken,
+    /// a new connection waiting); `evicted` says it was.
+    evict: Notify,
+    evicted: AtomicBool,
     /// When the connection was accepted: the origin of `finished_at_us`.
     accepted_at: OnceLock<Instant>,
     /// When the last request finished, in µs from `accepted_at`: idleness counts from it
@@ -1377,20 +1465,26 @@ where
     let mut shutdown = std::pin::pin!(shutdown);
     let mut accept_errors: u32 = 0;
     let mut failure = None;
-    loop {
-        // The slot before the accept: a flood waits in the kernel's backlog.
-        let permit = tokio::select! {
+    let grace = eviction_grace(&limits);
+    'accept: loop {
+        // The slot before the accept: a flood waits in the kernel's backlog. When every
+        // slot is taken, the next connection is accepted all the same, and waits (below)
+        // for the slot that a connection without a head past its grace makes room for.
+        let (permit, accepted) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             permit = Arc::clone(&gate.permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
+                Ok(permit) => {
+                    let accepted = tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        accepted = listener.accept() => accepted,
+                    };
+                    (Some(permit), accepted)
+                }
                 Err(_closed) => break,
             },
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => (None, accepted),
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
@@ -1414,7 +1508,6 @@ where
                 }
             }
         };
-        let accepted_at = Instant::now();
         if let Some(counter) = &config.connections_accepted {
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -1425,6 +1518,36 @@ where
             drop(stream);
             continue;
         };
+        let permit = match permit {
+            Some(permit) => permit,
+            None => {
+                // Every slot is taken: close the oldest connection that has sent no head
+                // within its grace, and take the slot it frees. With none to close, wait
+                // for a slot as before, looking again as connections pass their grace
+                // (this one connection waits here; the next ones in the backlog).
+                let look = (grace / 4).max(Duration::from_millis(1));
+                loop {
+                    if gate.evict_headless(Instant::now(), grace) {
+                        tracing::debug!(
+                            listener = name,
+                            "slots full: closed the oldest connection without a head past its grace"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break 'accept,
+                        permit = Arc::clone(&gate.permits).acquire_owned() => match permit {
+                            Ok(permit) => break permit,
+                            Err(_closed) => break 'accept,
+                        },
+                        () = tokio::time::sleep(look) => {}
+                    }
+                }
+            }
+        };
+        // The head budget counts from here: a connection that waited for its slot has
+        // its whole budget once it has one.
+        let accepted_at = Instant::now();
         // Requests are small and latency-bound.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, listener = name, "set_nodelay failed");
@@ -1440,6 +1563,7 @@ where
             limits: Arc::clone(&limits),
             on_refused: config.on_headers_too_large.clone(),
         };
+        let listed = gate.register(&activity);
         let conn = Conn {
             builder: Arc::clone(&builder),
             limits: Arc::clone(&limits),
@@ -1447,6 +1571,7 @@ where
             accepted_at,
             stop: stop_rx.clone(),
             name,
+            listed,
             _permit: permit,
             _ip_slot: ip_slot,
         };
@@ -1484,6 +1609,9 @@ struct Conn {
     accepted_at: Instant,
     stop: watch::Receiver<bool>,
     name: &'static str,
+    // Dropped before the permit: an evicted connection is off the list when its slot
+    // frees.
+    listed: Listed,
     _permit: OwnedSemaphorePermit,
     _ip_slot: IpSlot,
 }
@@ -1512,6 +1640,11 @@ impl Conn {
                 let handshake = tokio::select! {
                     biased;
                     _ = stop.wait_for(|s| *s) => return,
+                    () = self.activity.evict.notified() => {
+                        self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, "evicted during the TLS handshake: slots full, no head within its grace");
+                        return;
+                    }
                     r = tokio::time::timeout_at(head_deadline, acceptor.accept(RawCounted {
                         inner: stream,
                         activity: Arc::clone(&self.activity),
@@ -1606,6 +1739,16 @@ impl Conn {
                         tracing::debug!(error = %e, listener = self.name, "connection ended with an error");
                     }
                     return;
+                }
+                () = activity.evict.notified() => {
+                    // Every slot taken, a new connection waiting, and this one had sent no
+                    // head within its grace (`evict_headless`). A head that completed
+                    // since that look is served: the waiting connection looks again.
+                    if activity.started.load(Ordering::Relaxed) == 0 {
+                        self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, "evicted: slots full, no head within its grace");
+                        return;
+                    }
                 }
                 () = activity.close.notified(), if goaway_at.is_none() && !closing => {
                     // An answer asked to close (`CloseConnection`) over HTTP/2: GOAWAY
@@ -1903,6 +2046,56 @@ mod tests {
         assert!(check_head_limits(&big, &limits).is_some());
         assert!(hard_head_bytes(&limits) > 100 * 1024);
         assert!(hard_header_count(&limits) >= 100);
+    }
+
+    #[test]
+    fn the_oldest_connection_without_a_head_past_its_grace_is_evicted() {
+        let gate = ConnectionGate::new(&Limits::default());
+        let grace = Duration::from_millis(1_000);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let conn = |accepted_ms: u64| Arc::new(Activity::new(at(accepted_ms)));
+        // Accepted in this order: one that has sent a head, two silent ones, a young one.
+        let served = conn(0);
+        served.started.store(1, Ordering::Relaxed);
+        let silent_a = conn(100);
+        let silent_b = conn(200);
+        let young = conn(1_500);
+        let listed: Vec<Listed> = [&served, &silent_a, &silent_b, &young]
+            .iter()
+            .map(|a| gate.register(a))
+            .collect();
+        let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+        // Nobody past the grace yet: the oldest silent one is 1,000 ms old at 1,100.
+        assert!(!gate.evict_headless(at(1_099), grace));
+        assert!(!evicted(&silent_a));
+        // The one that sent a head is never taken, however old; the oldest silent is.
+        assert!(gate.evict_headless(at(1_100), grace));
+        assert!(evicted(&silent_a) && !evicted(&served) && !evicted(&silent_b));
+        // Each is taken once; the next is the next oldest, once past its own grace.
+        assert!(!gate.evict_headless(at(1_150), grace));
+        assert!(gate.evict_headless(at(1_200), grace));
+        assert!(evicted(&silent_b));
+        // A head that arrived takes a connection off the list for good.
+        young.started.store(1, Ordering::Relaxed);
+        assert!(!gate.evict_headless(at(60_000), grace));
+        assert!(!evicted(&young) && !evicted(&served));
+        assert!(
+            gate.headless().is_empty(),
+            "served connections leave the list"
+        );
+        // A connection that ended is off the list too.
+        let late = conn(2_000);
+        let entry = gate.register(&late);
+        drop(entry);
+        assert!(!gate.evict_headless(at(60_000), grace));
+        drop(listed);
+        let head = |ms| Limits {
+            header_read_timeout_ms: ms,
+            ..Limits::default()
+        };
+        assert_eq!(eviction_grace(&head(5_000)), Duration::from_millis(1_250));
+        assert_eq!(eviction_grace(&head(2)), Duration::from_millis(1));
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct Metrics {
     pub suppression_hashes: IntGauge,
     /// Sold dedup keys forgotten before their window ended (`server.dedup_keys_max`).
     pub dedup_evicted: IntCounter,
+    /// Seller connections closed to make room for a new one: no head within their grace
+    /// while every slot was taken (brought up to the listener's count at each scrape).
+    pub connections_evicted: IntCounter,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
     /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
@@ -365,6 +368,14 @@ impl Metrics {
                 IntCounter::new(
                     "pingpost_dedup_keys_evicted_total",
                     "Sold dedup keys forgotten before their window ended because server.dedup_keys_max was reached.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            connections_evicted: reg(
+                &r,
+                IntCounter::new(
+                    "pingpost_connections_evicted_total",
+                    "Seller connections closed to make room for a new one: every slot (server.connections_max) was taken and they had sent no complete request head within a quarter of server.header_read_timeout_ms.",
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),

@@ -86,8 +86,10 @@ async fn healthz_answers(addr: SocketAddr) {
 }
 
 /// Opens `n` connections that each send `bytes` and then nothing; checks that
-/// `/healthz` answers while they are held (as soon as the head budget frees the slots)
-/// and that the server closed every one of them, none before the budget.
+/// `/healthz` answers while they are held (the one connection it waits for makes room by
+/// evicting the oldest of them once it has held its slot for a quarter of the head
+/// budget) and that the server closed every one of them unserved: one evicted, no
+/// earlier than that grace, the others not before the head budget.
 async fn lockout_is_broken(addr: SocketAddr, n: usize, bytes: &[u8], head_ms: u64) {
     let t0 = Instant::now();
     let mut held = Vec::new();
@@ -97,18 +99,26 @@ async fn lockout_is_broken(addr: SocketAddr, n: usize, bytes: &[u8], head_ms: u6
         held.push(s);
     }
     healthz_answers(addr).await;
+    let mut early = 0;
     for s in held {
         let (at, sent) = closed_at(s).await;
         assert!(
-            at - t0 >= Duration::from_millis(head_ms),
-            "closed before the head budget: {:?}",
+            at - t0 >= Duration::from_millis(head_ms / 4),
+            "closed before the eviction grace: {:?}",
             at - t0
         );
+        if at - t0 < Duration::from_millis(head_ms) {
+            early += 1;
+        }
         assert!(
             !String::from_utf8_lossy(&sent).contains(" 200 "),
             "a lockout connection was served"
         );
     }
+    assert!(
+        early <= 1,
+        "{early} connections closed before the head budget"
+    );
     healthz_answers(addr).await;
 }
 
@@ -128,6 +138,62 @@ async fn idle_http2_prefaces_cannot_hold_every_slot() {
     lockout_is_broken(ex.addr, 20, &preface, 300).await;
     // Half a preface, too.
     lockout_is_broken(ex.addr, 20, &H2_PREFACE[..10], 300).await;
+    ex.shutdown().await.unwrap();
+}
+
+/// Sends a seller's request on `stream` and checks that it is answered and the
+/// connection kept.
+async fn served_and_kept(stream: &mut TcpStream) {
+    stream
+        .write_all(kept("HTTP/1.1").as_bytes())
+        .await
+        .expect("write");
+    let (answer, closed) = read_answer(stream, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && !closed, "{answer}");
+}
+
+/// Black-box round 73b: silent sockets that reconnect as soon as they are closed, more
+/// of them than slots, kept an honest client in the backlog for several head budgets.
+/// Now a new connection that finds every slot taken evicts the oldest connection that has
+/// sent no head within its grace (a quarter of the budget): the honest request is
+/// answered long before the budget, the silent sockets are closed unserved, and a
+/// connection that sent its head is never evicted.
+#[tokio::test]
+async fn a_new_connection_evicts_the_oldest_silent_one_when_the_slots_are_full() {
+    let head_ms = 8_000;
+    let (ex, _dir) = start(head_ms, "connections_max = 4\nconnections_per_ip_max = 0").await;
+    // One slot holds a served keep-alive connection.
+    let mut kept_alive = TcpStream::connect(ex.addr).await.expect("connect");
+    served_and_kept(&mut kept_alive).await;
+    let t0 = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+        s.write_all(b"P").await.expect("write");
+        silent.push(s);
+    }
+    // Every slot is taken: this request waits for the oldest silent socket's grace
+    // (2 s), not for its head budget (8 s).
+    healthz_answers(ex.addr).await;
+    let answered = Instant::now() - t0;
+    assert!(
+        answered < Duration::from_millis(head_ms),
+        "answered only after the head budget: {answered:?}"
+    );
+    let (at, sent) = closed_at(silent.remove(0)).await;
+    assert!(
+        sent.is_empty(),
+        "the evicted socket got an answer: {sent:?}"
+    );
+    assert!(
+        at - t0 >= Duration::from_millis(head_ms / 4) && at - t0 < Duration::from_millis(head_ms),
+        "the oldest silent socket closed at {:?}",
+        at - t0
+    );
+    // The served keep-alive connection, accepted first, was not taken, and still serves.
+    served_and_kept(&mut kept_alive).await;
+    assert_eq!(ex.state.conn_gate.evicted(), 1);
+    drop(silent);
     ex.shutdown().await.unwrap();
 }
 

@@ -606,6 +606,8 @@ fn metrics(state: &AppState) -> Response<Body> {
         .metrics
         .quotes_open
         .set(state.quotes.open_count() as i64);
+    let evicted = &state.metrics.connections_evicted;
+    evicted.inc_by(state.conn_gate.evicted().saturating_sub(evicted.get()));
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
