@@ -174,7 +174,14 @@ pub async fn run_auction(
         spec.encode_lead(&vertical.schema, input.lead, &ctx, &mut lead_x);
     }
     let score = models.and_then(|m| m.score(&lead_x));
-    let signals = AuctionSignals::new(&state.stats, cfg, &state.caps, now_ms, input.vertical);
+    let signals = AuctionSignals::new(
+        &state.stats,
+        cfg,
+        &state.caps,
+        now_ms,
+        input.vertical,
+        rt.guard_epoch,
+    );
     let realization = models
         .and_then(|m| m.realization.as_ref())
         .map(|s| &s.model as &dyn Predictor);

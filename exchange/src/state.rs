@@ -41,6 +41,9 @@ pub struct Runtime {
     /// The model set serving each vertical (by position in `config.verticals`; `None`:
     /// no model, so no lead score and cold-start rates in the award).
     pub models: Vec<Option<Arc<ModelSet>>>,
+    /// The drift guards' epoch for these models: the generation of the runtime whose model
+    /// swap last started the guards again (0 at start). A reload keeps it.
+    pub guard_epoch: u64,
     /// Metric series by position in `config.buyers`, resolved the first time the buyer is
     /// pinged or posted to (each series is labelled by the buyer's id, so a buyer keeps
     /// its series across reloads). A buyer never pinged has none.
@@ -635,6 +638,7 @@ impl AppState {
                 config: Arc::new(config),
                 generation: 1,
                 models: vec![None; vertical_count],
+                guard_epoch: 0,
                 buyer_metrics,
                 ping_targets,
                 openapi: Arc::default(),
@@ -751,6 +755,7 @@ impl AppState {
             config: Arc::new(config),
             generation,
             models,
+            guard_epoch: old.guard_epoch,
             buyer_metrics,
             openapi: Arc::default(),
         }));
@@ -844,6 +849,7 @@ impl AppState {
             config: old.config.clone(),
             generation,
             models,
+            guard_epoch: generation,
             buyer_metrics: metric_slots(&old.config, Some(&old)),
             ping_targets: Arc::clone(&old.ping_targets),
             openapi: Arc::clone(&old.openapi),
@@ -853,7 +859,7 @@ impl AppState {
         // what it was just asked to.
         self.champion_failures.lock().remove(vertical);
         // The drift guard compared the old model's estimates: it starts again.
-        self.stats.reset_guards();
+        self.stats.reset_guards(generation);
         tracing::info!(
             generation,
             vertical,

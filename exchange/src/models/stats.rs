@@ -37,10 +37,43 @@ struct BuyerStat {
     /// started again, or longer ago than this remembers) takes back nothing (black-box
     /// round 69b: every return took a whole lead off the current count, however old).
     guard_kept: std::collections::VecDeque<(UnixMs, u64)>,
+    /// The guard epoch `guard` counts for (see [`BuyerStats::reset_guards`]).
+    guard_epoch: u64,
+    /// The guard as it stood when a new model started it again, and the epoch it
+    /// belonged to: an auction scored by the model before (in flight across the swap) is
+    /// ranked with it (black-box round 73c: it got the new model's empty guard, so the
+    /// old model's estimates went unscaled).
+    prev_guard: Guard,
+    prev_epoch: u64,
     response_ms: Option<f64>,
     /// Delivered posts left unaccepted in a row, and when the latest of them was.
     streak: u32,
     streak_at: UnixMs,
+}
+
+/// The guard of `e` for guard epoch `epoch`: its counts, those a new model set aside, or
+/// none (a model whose guard has not counted anything yet, or one older than that).
+fn pick_guard(e: &BuyerStat, epoch: u64) -> Guard {
+    if epoch == e.guard_epoch {
+        e.guard
+    } else if epoch == e.prev_epoch {
+        e.prev_guard
+    } else {
+        Guard::default()
+    }
+}
+
+/// Starts `e`'s guard again for guard epoch `epoch` if it counts for another, keeping
+/// its counts for auctions of the models before.
+fn roll(e: &mut BuyerStat, epoch: u64) {
+    if e.guard_epoch != epoch {
+        e.prev_guard = e.guard;
+        e.prev_epoch = e.guard_epoch;
+        e.guard = Guard::default();
+        e.guard_posts = 0;
+        e.guard_kept.clear();
+        e.guard_epoch = epoch;
+    }
 }
 
 /// Per-buyer outcome counts and the pooled counts every buyer is smoothed towards.
@@ -48,6 +81,10 @@ struct BuyerStat {
 pub struct BuyerStats {
     by_buyer: DashMap<BuyerKey, BuyerStat>,
     pooled: Mutex<Outcomes>,
+    /// The guards' epoch: the runtime generation whose model swap last started them again
+    /// (0 until one did), the `guard_epoch` of the runtime that serves those models. An
+    /// entry not touched since starts again when it next counts (`roll`).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 fn decay(o: &mut Outcomes) {
@@ -68,6 +105,10 @@ impl BuyerStats {
     /// counted there).
     pub fn on_post(&self, buyer: BuyerKey, accepted: bool, p_model_ppm: Option<u32>, at: UnixMs) {
         let mut e = self.by_buyer.entry(buyer).or_default();
+        roll(
+            &mut e,
+            self.epoch.load(std::sync::atomic::Ordering::Acquire),
+        );
         if accepted {
             e.streak = 0;
         } else {
@@ -112,6 +153,10 @@ impl BuyerStats {
     /// replay, which the guard never counted).
     pub fn on_return(&self, buyer: BuyerKey, sold_at: Option<UnixMs>) {
         let mut e = self.by_buyer.entry(buyer).or_default();
+        roll(
+            &mut e,
+            self.epoch.load(std::sync::atomic::Ordering::Acquire),
+        );
         e.outcomes.returns = (e.outcomes.returns + 1.0).min(e.outcomes.accepts.max(1.0));
         // The guard takes back the lead's weight now, if it counted the lead.
         if let Some(sold_at) = sold_at {
@@ -138,21 +183,30 @@ impl BuyerStats {
         });
     }
 
-    /// A new model serves: the drift guard's counts compared the old one's estimates, so
-    /// every buyer's start again.
-    pub fn reset_guards(&self) {
+    /// A new model serves from the runtime of generation `epoch`: the drift guard's counts
+    /// compared the old one's estimates, so every buyer's start again. The old counts are
+    /// kept for auctions still in flight with the old model ([`Self::guard_at`]).
+    pub fn reset_guards(&self, epoch: u64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
         for mut e in self.by_buyer.iter_mut() {
-            e.guard = Guard::default();
-            e.guard_posts = 0;
-            e.guard_kept.clear();
+            roll(&mut e, epoch);
         }
     }
 
     /// `buyer`'s drift-guard counts now.
     pub fn guard(&self, buyer: BuyerKey) -> Guard {
+        self.guard_at(buyer, self.epoch.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// `buyer`'s drift-guard counts for the models of guard epoch `epoch`: the current
+    /// counts, the ones the last swap set aside if `epoch` is theirs, or none (models
+    /// older than that, or newer than the counts: a swap between storing its runtime and
+    /// starting the guards again).
+    pub fn guard_at(&self, buyer: BuyerKey, epoch: u64) -> Guard {
         self.by_buyer
             .get(&buyer)
-            .map(|e| e.guard)
+            .map(|e| pick_guard(&e, epoch))
             .unwrap_or_default()
     }
 
@@ -171,13 +225,24 @@ impl BuyerStats {
             .map_or((0, 0), |e| (e.streak, e.streak_at))
     }
 
-    /// `buyer`'s counts, recent response time (ms) and streak, in one lookup.
-    fn snapshot(&self, buyer: BuyerKey) -> (Outcomes, Guard, Option<f64>, (u32, UnixMs)) {
-        self.by_buyer
-            .get(&buyer)
-            .map_or((Outcomes::default(), Guard::default(), None, (0, 0)), |e| {
-                (e.outcomes, e.guard, e.response_ms, (e.streak, e.streak_at))
-            })
+    /// `buyer`'s counts, drift guard for the models of guard epoch `epoch`, recent
+    /// response time (ms) and streak, in one lookup.
+    fn snapshot(
+        &self,
+        buyer: BuyerKey,
+        epoch: u64,
+    ) -> (Outcomes, Guard, Option<f64>, (u32, UnixMs)) {
+        self.by_buyer.get(&buyer).map_or(
+            (Outcomes::default(), Guard::default(), None, (0, 0)),
+            |e| {
+                (
+                    e.outcomes,
+                    pick_guard(&e, epoch),
+                    e.response_ms,
+                    (e.streak, e.streak_at),
+                )
+            },
+        )
     }
 
     /// The pooled rates: the prior (Laplace-smoothed, so an empty exchange starts at 0.5
@@ -202,6 +267,8 @@ pub struct AuctionSignals<'a> {
     /// feature asks for it.
     pub want_caps: bool,
     pub vertical: VerticalIdx,
+    /// The guard epoch of the models this auction scores with.
+    pub guard_epoch: u64,
     /// The pooled rates, read (under their lock) only when an auction ranks by EV.
     priors: std::sync::OnceLock<Priors>,
 }
@@ -213,6 +280,7 @@ impl<'a> AuctionSignals<'a> {
         caps: &'a CapBook,
         now: UnixMs,
         vertical: VerticalIdx,
+        guard_epoch: u64,
     ) -> AuctionSignals<'a> {
         let v = config.verticals.get(vertical);
         let want_caps = v.and_then(|v| v.features.as_ref()).is_some_and(|f| {
@@ -227,6 +295,7 @@ impl<'a> AuctionSignals<'a> {
             prior_weight: f64::from(v.map_or(20, |v| v.routing.prior_weight)),
             want_caps,
             vertical,
+            guard_epoch,
             priors: std::sync::OnceLock::new(),
         }
     }
@@ -272,7 +341,8 @@ fn cap_utilisation(caps: &CapBook, key: BuyerKey, b: &Buyer, now: UnixMs) -> Opt
 
 impl SignalSource for AuctionSignals<'_> {
     fn view(&self, buyer: BuyerKey) -> BuyerView {
-        let (outcomes, guard, response_ms, (streak, streak_at)) = self.stats.snapshot(buyer);
+        let (outcomes, guard, response_ms, (streak, streak_at)) =
+            self.stats.snapshot(buyer, self.guard_epoch);
         let paused = self
             .config
             .verticals
@@ -368,7 +438,7 @@ mod tests {
         for at in 1..=20 {
             s.on_post(a, true, Some(900_000), at);
         }
-        s.reset_guards();
+        s.reset_guards(2);
         // Under the new one: at 101..=112, all kept.
         for at in 101..=112 {
             s.on_post(a, true, Some(900_000), at);
@@ -420,9 +490,46 @@ mod tests {
         assert_eq!(s.guard(BuyerKey(2)).variance, 0.0);
         // A new model: every guard starts again; the cold-start counts stay.
         let before = s.outcomes(a);
-        s.reset_guards();
+        s.reset_guards(3);
         assert_eq!(s.guard(a), Guard::default());
         assert_eq!(s.outcomes(a), before);
+    }
+
+    /// Black-box round 73c: an auction scored by the old model and ranked after a swap
+    /// read the new model's empty guard, so the old estimates went unscaled. It now reads
+    /// the guard of its own models' epoch; auctions of the new model read the new guard.
+    #[test]
+    fn an_auction_in_flight_across_a_swap_reads_its_own_models_guard() {
+        let s = BuyerStats::new();
+        let (a, fresh) = (BuyerKey(1), BuyerKey(2));
+        // Under the models of epoch 0: ten posts estimated at 0.9, two kept.
+        for i in 0..10 {
+            s.on_post(a, i < 2, Some(900_000), i);
+        }
+        let old = s.guard(a);
+        assert!(old.posts > 9.0 && old.kept < 2.0, "{old:?}");
+        // A swap at generation 4: the old auction keeps the old counts; the new model's
+        // auctions start from none, and so does one whose runtime is newer than the
+        // counts (stored before the guards were started again).
+        s.reset_guards(4);
+        assert_eq!(s.guard_at(a, 0), old);
+        assert_eq!(s.guard_at(a, 4), Guard::default());
+        assert_eq!(s.guard_at(a, 5), Guard::default());
+        let (_, in_flight, _, _) = s.snapshot(a, 0);
+        assert_eq!(in_flight, old);
+        // The new model counts apart from the old counts.
+        s.on_post(a, true, Some(500_000), 20);
+        assert!((s.guard_at(a, 4).posts - 1.0).abs() < 1e-12);
+        assert_eq!(s.guard_at(a, 0), old);
+        // A second swap: epoch 0's counts are gone, epoch 4's set aside.
+        let four = s.guard_at(a, 4);
+        s.reset_guards(7);
+        assert_eq!(s.guard_at(a, 0), Guard::default());
+        assert_eq!(s.guard_at(a, 4), four);
+        // A buyer first seen after a swap counts for the serving epoch.
+        s.on_post(fresh, true, Some(500_000), 30);
+        assert!((s.guard_at(fresh, 7).posts - 1.0).abs() < 1e-12);
+        assert_eq!(s.guard_at(fresh, 4), Guard::default());
     }
 
     #[test]
