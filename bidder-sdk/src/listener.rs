@@ -3,14 +3,15 @@
 //! [`serve_connections`], so their limits cannot drift apart.
 //!
 //! What it enforces, per connection, from the moment it is accepted:
-//! - **Slots before accept**: a connection permit ([`ConnectionGate`]) is taken *before*
-//!   `accept`, so a flood waits in the kernel's backlog, not in memory. A per-client-IP
-//!   limit closes a connection at once when its address already holds that many.
-//! - **Eviction**: when every slot is taken, the next connection is accepted and waits
-//!   for a slot; it makes room by closing the oldest connection that has held its slot
-//!   for [`eviction_grace`] (a quarter of the head budget) without sending a complete
-//!   request head. A connection that has sent a head is never evicted. Counted in
-//!   [`ConnectionGate::evicted`].
+//! - **Slots**: each accepted connection takes a permit ([`ConnectionGate`]); while a
+//!   listener's connection waits for one, it accepts no other, so a flood waits in the
+//!   kernel's backlog, not in memory (at most one accepted connection per listener
+//!   waits). No slot is held while waiting for a connection. A per-client-IP limit
+//!   closes a connection at once when its address already holds that many.
+//! - **Eviction**: when every slot is taken, the waiting connection makes room by
+//!   closing the oldest connection that has held its slot for [`eviction_grace`] (a
+//!   quarter of the head budget) without sending a complete request head. A connection
+//!   that has sent a head is never evicted. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks
 //!   (HTTP/1.1, h2c prior knowledge, TLS: the handshake counts against the same budget)
@@ -170,7 +171,7 @@ pub fn hard_header_count(limits: &Limits) -> usize {
 }
 
 /// Connection slots, shared by every listener of one server (the exchange's workers
-/// share one): a global limit taken before `accept`, and a per-client-IP count.
+/// share one): a global limit (one permit per accepted connection), and a per-client-IP count.
 pub struct ConnectionGate {
     permits: Arc<Semaphore>,
     per_ip_max: usize,
@@ -1467,24 +1468,17 @@ where
     let mut failure = None;
     let grace = eviction_grace(&limits);
     'accept: loop {
-        // The slot before the accept: a flood waits in the kernel's backlog. When every
-        // slot is taken, the next connection is accepted all the same, and waits (below)
-        // for the slot that a connection without a head past its grace makes room for.
-        let (permit, accepted) = tokio::select! {
+        // One connection at a time, then its slot: with none free, this loop accepts
+        // nothing more until it has one (below), so a flood waits in the kernel's backlog.
+        // A slot is never held while waiting for a connection: with several listeners on
+        // one gate (the exchange's workers, SO_REUSEPORT), a listener holding the last
+        // free slot while the kernel gave the next connection to another kept that
+        // connection waiting until some other slot freed (black-box round 75a: 8.5 s,
+        // with 19 of 20 slots taken).
+        let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            permit = Arc::clone(&gate.permits).acquire_owned() => match permit {
-                Ok(permit) => {
-                    let accepted = tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        accepted = listener.accept() => accepted,
-                    };
-                    (Some(permit), accepted)
-                }
-                Err(_closed) => break,
-            },
-            accepted = listener.accept() => (None, accepted),
+            accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
@@ -1518,13 +1512,14 @@ where
             drop(stream);
             continue;
         };
-        let permit = match permit {
-            Some(permit) => permit,
-            None => {
+        let permit = match Arc::clone(&gate.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
                 // Every slot is taken: close the oldest connection that has sent no head
                 // within its grace, and take the slot it frees. With none to close, wait
-                // for a slot as before, looking again as connections pass their grace
-                // (this one connection waits here; the next ones in the backlog).
+                // for a slot, looking again as connections pass their grace (this one
+                // connection waits here; the next ones in the backlog).
                 let look = (grace / 4).max(Duration::from_millis(1));
                 loop {
                     if gate.evict_headless(Instant::now(), grace) {

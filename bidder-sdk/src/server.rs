@@ -599,7 +599,7 @@ async fn read_body(body: Incoming, options: &ServeOptions) -> Result<Vec<u8>, Re
 /// Serves `bidder` on `listener` until `shutdown` resolves, over HTTP/1.1 (keep-alive)
 /// and HTTP/2 (h2c with prior knowledge, or ALPN `h2` with [`ServeOptions::tls`]) on the
 /// same port, through the shared accept loop ([`crate::listener`]): connection slots
-/// taken before accept, a head budget from accept, an idle timeout, HTTP/2 keep-alive,
+/// (one per accepted connection, the oldest without a head evicted when they run out), a head budget from accept, an idle timeout, HTTP/2 keep-alive,
 /// header limits (431).
 ///
 /// When `shutdown` resolves it stops accepting, closes the listener, lets in-flight

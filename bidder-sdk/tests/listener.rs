@@ -439,3 +439,64 @@ async fn close_connection_over_http2_sends_goaway_and_no_connection_header() {
         .unwrap()
         .unwrap();
 }
+
+/// Black-box round 75a: with two listeners on one gate (the exchange's workers), the one
+/// holding the last free slot while waiting for a connection kept the other's new
+/// connection waiting until some other slot freed (8.5 s with 19 of 20 slots taken). A
+/// slot is now taken only for a connection that has been accepted: the free slot serves
+/// whichever listener the connection came to.
+#[tokio::test]
+async fn the_last_free_slot_serves_a_connection_on_any_listener_of_the_gate() {
+    use bidder_sdk::listener::{serve_connections, ConnectionGate, Limits, ListenerConfig};
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let limits = Limits {
+        connections_max: 2,
+        connections_per_ip_max: 0,
+        ..Limits::default()
+    };
+    let gate = ConnectionGate::new(&limits);
+    let mut addrs = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        let config = ListenerConfig {
+            limits: limits.clone(),
+            gate: Some(Arc::clone(&gate)),
+            ..ListenerConfig::default()
+        };
+        tokio::spawn(serve_connections(
+            listener,
+            config,
+            |_info: &bidder_sdk::listener::ConnInfo| {
+                hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                })
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+    }
+    let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    // A kept-alive connection on the first listener holds one slot; one is free.
+    let mut kept = TcpStream::connect(addrs[0]).await.unwrap();
+    kept.write_all(get).await.unwrap();
+    assert!(answer(&mut kept).await.starts_with("http/1.1 200"));
+    assert_eq!(gate.available(), 1);
+    // A new connection on the second listener gets the free slot, while the first one
+    // is kept.
+    let mut second = TcpStream::connect(addrs[1]).await.unwrap();
+    second.write_all(get).await.unwrap();
+    assert!(answer(&mut second).await.starts_with("http/1.1 200"));
+    kept.write_all(get).await.unwrap();
+    assert!(answer(&mut kept).await.starts_with("http/1.1 200"));
+    for stop in stops {
+        let _ = stop.send(());
+    }
+}

@@ -412,22 +412,19 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>, dedup_window_ms: Opti
 }
 
 /// Sends `count` sample leads (0 = until the task is dropped), one every `interval_ms`,
-/// printing what happens to each, then stops the `bidders` ([`start_bidders`], started
-/// before the exchange so a port that is taken stops the demo before the exchange
-/// listens or writes its ledger). The caller checks [`sample_leads_problem`] first: with
-/// a configuration that cannot take the sample leads, every one of them would be refused.
+/// printing what happens to each. The caller starts the bidders ([`start_bidders`],
+/// before the exchange, so a port that is taken stops the demo before the exchange
+/// listens or writes its ledger) and stops them after the exchange has drained, so they
+/// answer the posts still in flight. It checks [`sample_leads_problem`] first: with a
+/// configuration that cannot take the sample leads, every one of them would be refused.
 pub async fn run(
     addr: SocketAddr,
     admin: Option<DemoAdmin>,
-    bidders: Vec<DemoBidder>,
     interval_ms: u64,
     count: u64,
     dedup_window_ms: Option<u64>,
 ) {
     leads(addr, admin, interval_ms, count, dedup_window_ms).await;
-    for b in bidders {
-        b.shutdown().await;
-    }
 }
 
 /// [`start_bidders`], or the message (naming the taken port and its buyer) that the demo

@@ -830,7 +830,22 @@ fn main() -> anyhow::Result<()> {
     };
     // The serving configuration itself, not a copy (with 10,000 buyers a copy is ~10 MB).
     let demo_cfg = server.state.runtime.load().config.clone();
-    server.state.set_config_source(Box::new(source));
+    // A running demo refuses a reload that its sample leads could not use, as its start
+    // does (black-box round 75b: a reload without the demo seller was applied, and every
+    // sample lead after it was refused `401`).
+    if demo {
+        server.state.set_config_source(Box::new(move || {
+            let cfg = source()?;
+            match pingpost::demo::sample_leads_problem(&cfg) {
+                None => Ok(cfg),
+                Some(problem) => Err(config::ConfigErrors(vec![format!(
+                    "this exchange runs --demo, which needs what its sample leads use: {problem}"
+                )])),
+            }
+        }));
+    } else {
+        server.state.set_config_source(Box::new(source));
+    }
     let admin = server
         .admin_addr
         .map_or_else(|| "off".to_string(), |a| a.to_string());
@@ -850,15 +865,15 @@ fn main() -> anyhow::Result<()> {
     // the workers serve.
     let addr = server.addr;
     let state = server.state.clone();
-    runtime.block_on(async move {
+    let dropped = std::sync::Arc::clone(&server.state.connections_dropped_at_stop);
+    let stopped = runtime.block_on(async move {
         // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
         // into one more, and reloads are serialized inside.
         let reloader = tokio::spawn(reload_on_sighup(state, hup));
         if args.demo {
-            let demo = tokio::spawn(pingpost::demo::run(
+            let mut leads = tokio::spawn(pingpost::demo::run(
                 addr,
                 demo_admin,
-                bidders,
                 args.demo_interval_ms,
                 args.demo_leads,
                 pingpost::demo::dedup_window_ms(&demo_cfg),
@@ -866,18 +881,29 @@ fn main() -> anyhow::Result<()> {
             // The demo ends after its leads, or when its output is gone (`| head`): the
             // exchange stops with it.
             tokio::select! {
-                _ = demo => {}
-                _ = shutdown_signal() => {}
+                _ = &mut leads => {}
+                _ = shutdown_signal() => leads.abort(),
             };
             reloader.abort();
-            return;
+            tracing::info!("shutting down: finishing in-flight requests");
+            // The demo's bidders run on this thread: they go on answering the posts still
+            // in flight while the exchange drains on another, and stop after it (black-box
+            // round 75c: stopped first, they let 20 of 25 posts in flight time out unsold).
+            let stopped = tokio::task::spawn_blocking(move || server.shutdown()).await;
+            for b in bidders {
+                b.shutdown().await;
+            }
+            return stopped.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         }
         shutdown_signal().await;
         reloader.abort();
+        tracing::info!("shutting down: finishing in-flight requests");
+        // Off the runtime: the shutdown makes its own to flush the ledger.
+        tokio::task::spawn_blocking(move || server.shutdown())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     });
-    tracing::info!("shutting down: finishing in-flight requests");
-    let dropped = std::sync::Arc::clone(&server.state.connections_dropped_at_stop);
-    server.shutdown().context("server")?;
+    stopped.context("server")?;
     drop(runtime);
     // The last line of a clean stop (black-box round 22: a stop that died in the drain
     // looked the same in the log); it says so when the grace period ran out with requests

@@ -158,9 +158,10 @@ pub struct Metrics {
     pub suppression_hashes: IntGauge,
     /// Sold dedup keys forgotten before their window ended (`server.dedup_keys_max`).
     pub dedup_evicted: IntCounter,
-    /// Seller connections closed to make room for a new one: no head within their grace
-    /// while every slot was taken (brought up to the listener's count at each scrape).
-    pub connections_evicted: IntCounter,
+    /// Connections closed to make room for a new one, by listener (`seller`, `admin`): no
+    /// head within their grace while every slot was taken (brought up to the listeners'
+    /// counts at each scrape).
+    pub connections_evicted: IntCounterVec,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
     /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
@@ -373,11 +374,11 @@ impl Metrics {
             ),
             connections_evicted: reg(
                 &r,
-                IntCounter::new(
+                counter_vec(
                     "pingpost_connections_evicted_total",
-                    "Seller connections closed to make room for a new one: every slot (server.connections_max) was taken and they had sent no complete request head within a quarter of server.header_read_timeout_ms.",
-                )
-                .unwrap_or_else(|_| unreachable!()),
+                    "Connections closed to make room for a new one, by listener (seller, admin): every slot (server.connections_max; the admin listener's 64) was taken and they had sent no complete request head within a quarter of server.header_read_timeout_ms.",
+                    &["listener"],
+                ),
             ),
             requests_in_flight: reg(
                 &r,

@@ -382,8 +382,8 @@ pub struct AppState {
     /// Deliveries still heard out after their post timeout, per buyer: a buyer with
     /// `server.late_posts_per_buyer_max` of them is sent no more leads (`busy`).
     pub late_posts: Arc<crate::late::LateCalls>,
-    /// Open connections across every worker, bounded by `server.connections_max` (taken
-    /// before `accept`).
+    /// Open connections across every worker, bounded by `server.connections_max` (one
+    /// permit per accepted connection).
     pub connections: Arc<tokio::sync::Semaphore>,
     pub ledger: Ledger,
     pub metrics: Metrics,
@@ -403,8 +403,9 @@ pub struct AppState {
     /// What buyer `https://` calls trust (WebPKI roots plus `server.buyer_ca_path`);
     /// swapped by [`crate::tls::reload_tls`].
     pub buyer_tls: ArcSwap<rustls::ClientConfig>,
-    /// Open admin connections (its own bound, so sellers can never crowd it out).
-    pub admin_connections: Arc<tokio::sync::Semaphore>,
+    /// The admin listener's connection slots (its own bound, so sellers can never crowd it
+    /// out; no per-IP limit).
+    pub admin_gate: Arc<bidder_sdk::listener::ConnectionGate>,
     /// Admin requests being processed.
     pub admin_in_flight: tokio::sync::Semaphore,
     /// Every sale by lead id, for `POST /v1/dispositions` (bounded by
@@ -632,7 +633,11 @@ impl AppState {
             disposition_rate: crate::dispositions::BuyerRate::default(),
             disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             in_flight: tokio::sync::Semaphore::new(s.requests_in_flight_max),
-            admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX)),
+            admin_gate: bidder_sdk::listener::ConnectionGate::with_permits(
+                Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX)),
+                0,
+                true,
+            ),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_REQUESTS_IN_FLIGHT_MAX),
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),

@@ -411,3 +411,178 @@ async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
         .unwrap_or(0);
     assert_eq!(segments, 0, "nothing is written to the ledger: {err}");
 }
+
+/// One HTTP/1.1 request on a new connection, written whole; the stream to read its answer.
+async fn send(port: u16, method: &str, path: &str, body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         authorization: Bearer demo-seller-key\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// What the server sent on `s` until it closed it (empty if it closed without an answer).
+async fn answer(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEMO_WAIT_MAX, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A demo started with one sample lead at its start and none after, the admin token
+/// `token`, and its ports and files in `dir`; returns it when `/healthz` answers, with its
+/// seller and admin ports and its configuration file.
+async fn start_demo(
+    dir: &std::path::Path,
+    token: &str,
+) -> (tokio::process::Child, u16, u16, std::path::PathBuf) {
+    let text = demo_config(dir);
+    let ports: Vec<u16> = text
+        .split("listen = \"127.0.0.1:")
+        .skip(1)
+        .take(2)
+        .filter_map(|s| s.split('"').next().and_then(|p| p.parse().ok()))
+        .collect();
+    let (port, admin) = (ports[0], ports[1]);
+    let config = dir.join("demo.toml");
+    std::fs::write(&config, &text).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--demo", "--demo-interval-ms", "3600000"])
+        .env("PINGPOST_ADMIN_TOKEN", token)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Up when /healthz answers (an event with an upper bound, looked for every 20 ms).
+    let up = tokio::time::timeout(DEMO_WAIT_MAX, async {
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                let a = answer(send(port, "GET", "/healthz", "").await).await;
+                if a.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(up.is_ok(), "the demo's exchange did not start");
+    (child, port, admin, config)
+}
+
+/// Black-box round 75c: a clean stop of the demo (SIGTERM) stopped its bidders before the
+/// exchange drained, so the posts in flight timed out and were answered `unsold` (20 of
+/// 25). The bidders now answer until the exchange has drained: every post answered is
+/// `sold`.
+#[tokio::test]
+async fn a_clean_stop_of_the_demo_sells_the_posts_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port, _, _) = start_demo(dir.path(), "demo-test-admin-token-5d2c9a7e").await;
+    const N: usize = 40;
+    let mut pings = Vec::new();
+    for i in 0..N {
+        let lead = serde_json::json!({"vertical": "auto_insurance", "lead": {
+            "state": "TX", "zip": format!("76{:03}", i), "age": 40, "homeowner": true,
+            "credit": "good", "insured": true, "vehicle_year": 2020}});
+        let a = answer(send(port, "POST", "/v1/ping", &lead.to_string()).await).await;
+        let body: serde_json::Value =
+            serde_json::from_str(a.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default();
+        if body["status"] == "bid" {
+            pings.push((i, body["ping_id"].as_str().unwrap().to_string()));
+        }
+    }
+    assert!(pings.len() > N / 2, "{} bids of {N}", pings.len());
+    // Every post written whole, then SIGTERM at once: most are in flight when it lands.
+    let mut posts = Vec::new();
+    for (i, ping_id) in &pings {
+        let post = serde_json::json!({"ping_id": ping_id, "lead": {
+            "state": "TX", "zip": format!("76{:03}", i), "age": 40, "homeowner": true,
+            "credit": "good", "insured": true, "vehicle_year": 2020,
+            "first_name": "Ana", "last_name": "Diaz",
+            "phone": format!("+1817555{:04}", 1000 + i),
+            "email": format!("stop{i}@example.com")}});
+        posts.push(send(port, "POST", "/v1/post", &post.to_string()).await);
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut sold = 0;
+    for s in posts {
+        let a = answer(s).await;
+        assert!(
+            !a.contains("\"unsold\""),
+            "a post in flight went unsold: {a}"
+        );
+        if a.contains("\"sold\"") {
+            sold += 1;
+        }
+    }
+    assert!(sold > 0, "no post was answered");
+    let status = tokio::time::timeout(DEMO_WAIT_MAX, child.wait())
+        .await
+        .expect("the demo stops")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Black-box round 75b: a reload of a running demo without the demo seller was applied,
+/// and every sample lead after it was refused `401`. The demo refuses such a reload as its
+/// start refuses such a configuration; the running configuration stays.
+#[tokio::test]
+async fn a_running_demo_refuses_a_reload_its_sample_leads_could_not_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "demo-test-admin-token-5d2c9a7e";
+    let (_child, port, admin, config) = start_demo(dir.path(), token).await;
+    let reload = |token: &'static str| async move {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /admin/reload HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+             authorization: Bearer {token}\r\ncontent-length: 0\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        answer(s).await
+    };
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (from, to) = (
+        text.find("[sellers.demo]").unwrap(),
+        text.find("[buyers.lone_star]").unwrap(),
+    );
+    let cut = format!("{}{}", &text[..from], &text[to..]);
+    std::fs::write(&config, cut).unwrap();
+    let refused = reload(token).await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(
+        refused.contains("runs --demo") && refused.contains("demo-seller-key"),
+        "{refused}"
+    );
+    // The demo seller still pings.
+    let lead = serde_json::json!({"vertical": "auto_insurance", "lead": {
+        "state": "TX", "zip": "76001", "age": 40, "homeowner": true,
+        "credit": "good", "insured": true, "vehicle_year": 2020}});
+    let a = answer(send(port, "POST", "/v1/ping", &lead.to_string()).await).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // The configuration as it was reloads.
+    std::fs::write(&config, &text).unwrap();
+    let applied = reload(token).await;
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+}

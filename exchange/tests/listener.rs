@@ -48,11 +48,11 @@ const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 async fn start(head_ms: u64, extra: &str) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = dir.path().join("ledger");
-    let text = TestConfig::new()
-        .with(|c| c.header_read_timeout_ms = head_ms)
+    let test_config = TestConfig::new().with(|c| c.header_read_timeout_ms = head_ms);
+    let text = test_config
         .toml(&ledger)
         .replacen("[server]\n", &format!("[server]\n{extra}\n"), 1);
-    let config = pingpost::config::load_str_with_env(&text, &|_| None)
+    let config = pingpost::config::load_str_with_env(&text, &test_config.env())
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
     let running = app::start(config, Clock::system())
         .await
@@ -193,6 +193,26 @@ async fn a_new_connection_evicts_the_oldest_silent_one_when_the_slots_are_full()
     // The served keep-alive connection, accepted first, was not taken, and still serves.
     served_and_kept(&mut kept_alive).await;
     assert_eq!(ex.state.conn_gate.evicted(), 1);
+    // Counted in the metric, by listener.
+    let scrape = format!(
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        common::ADMIN_TOKEN
+    );
+    let admin = ex.admin_addr.expect("the admin listener");
+    let (metrics, _) = raw_exchange(admin, scrape.as_bytes(), EVENT_WAIT_MAX).await;
+    let evicted = |listener| {
+        metric_value(
+            &metrics,
+            "pingpost_connections_evicted_total",
+            &[("listener", listener)],
+        )
+    };
+    assert_eq!(
+        (evicted("seller"), evicted("admin")),
+        (1.0, 0.0),
+        "{metrics}"
+    );
     drop(silent);
     ex.shutdown().await.unwrap();
 }

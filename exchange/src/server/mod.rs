@@ -278,7 +278,7 @@ pub async fn serve_admin(
 }
 
 /// The seller or (`admin`) the admin listener on the shared accept loop
-/// (`bidder_sdk::listener`): connection slots before `accept` (the admin listener has its
+/// (`bidder_sdk::listener`): connection slots (one per accepted connection) (the admin listener has its
 /// own), the head budget, idle timeout, header limits, graceful shutdown, and `handler`
 /// for each request.
 pub async fn serve_routes<H, F>(
@@ -296,11 +296,7 @@ where
     let rt = state.runtime.load_full();
     let server_cfg = rt.config.server.clone();
     let (gate, tls, connections_max) = if admin {
-        let gate = bidder_sdk::listener::ConnectionGate::with_permits(
-            state.admin_connections.clone(),
-            0,
-            true,
-        );
+        let gate = state.admin_gate.clone();
         // With `[server.tls]` the admin listener speaks HTTPS too (same certificate): its
         // bearer token and the metrics never cross a network in cleartext.
         (gate, state.tls.clone(), ADMIN_CONNECTIONS_MAX)
@@ -606,8 +602,13 @@ fn metrics(state: &AppState) -> Response<Body> {
         .metrics
         .quotes_open
         .set(state.quotes.open_count() as i64);
-    let evicted = &state.metrics.connections_evicted;
-    evicted.inc_by(state.conn_gate.evicted().saturating_sub(evicted.get()));
+    for (listener, gate) in [("seller", &state.conn_gate), ("admin", &state.admin_gate)] {
+        let evicted = state
+            .metrics
+            .connections_evicted
+            .with_label_values(&[listener]);
+        evicted.inc_by(gate.evicted().saturating_sub(evicted.get()));
+    }
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
