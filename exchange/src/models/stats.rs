@@ -85,6 +85,9 @@ pub struct BuyerStats {
     /// (0 until one did), the `guard_epoch` of the runtime that serves those models. An
     /// entry not touched since starts again when it next counts (`roll`).
     epoch: std::sync::atomic::AtomicU64,
+    /// When the guards last started again (the swap, on the exchange's clock; 0 until one
+    /// did): an auction that started by then was scored by the models before.
+    epoch_at: std::sync::atomic::AtomicI64,
 }
 
 fn decay(o: &mut Outcomes) {
@@ -186,12 +189,23 @@ impl BuyerStats {
     /// A new model serves from the runtime of generation `epoch`: the drift guard's counts
     /// compared the old one's estimates, so every buyer's start again. The old counts are
     /// kept for auctions still in flight with the old model ([`Self::guard_at`]).
-    pub fn reset_guards(&self, epoch: u64) {
+    pub fn reset_guards(&self, epoch: u64, at: UnixMs) {
+        self.epoch_at
+            .store(at, std::sync::atomic::Ordering::Release);
         self.epoch
             .store(epoch, std::sync::atomic::Ordering::Release);
         for mut e in self.by_buyer.iter_mut() {
             roll(&mut e, epoch);
         }
+    }
+
+    /// Whether the estimates of an auction that started at `auction_started` count in the
+    /// guards now: not if a new model has served since (they are the models' before, and
+    /// the new guards judge the new model's estimates only; black-box round 76c: posts of
+    /// auctions scored by the old model, settled after a swap, made the new guard act
+    /// after 6 posts of its own and changed a winner).
+    pub fn estimate_counts(&self, auction_started: UnixMs) -> bool {
+        auction_started > self.epoch_at.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `buyer`'s drift-guard counts now.
@@ -438,7 +452,7 @@ mod tests {
         for at in 1..=20 {
             s.on_post(a, true, Some(900_000), at);
         }
-        s.reset_guards(2);
+        s.reset_guards(2, 50);
         // Under the new one: at 101..=112, all kept.
         for at in 101..=112 {
             s.on_post(a, true, Some(900_000), at);
@@ -490,7 +504,7 @@ mod tests {
         assert_eq!(s.guard(BuyerKey(2)).variance, 0.0);
         // A new model: every guard starts again; the cold-start counts stay.
         let before = s.outcomes(a);
-        s.reset_guards(3);
+        s.reset_guards(3, 50);
         assert_eq!(s.guard(a), Guard::default());
         assert_eq!(s.outcomes(a), before);
     }
@@ -511,7 +525,7 @@ mod tests {
         // A swap at generation 4: the old auction keeps the old counts; the new model's
         // auctions start from none, and so does one whose runtime is newer than the
         // counts (stored before the guards were started again).
-        s.reset_guards(4);
+        s.reset_guards(4, 1_000);
         assert_eq!(s.guard_at(a, 0), old);
         assert_eq!(s.guard_at(a, 4), Guard::default());
         assert_eq!(s.guard_at(a, 5), Guard::default());
@@ -523,13 +537,17 @@ mod tests {
         assert_eq!(s.guard_at(a, 0), old);
         // A second swap: epoch 0's counts are gone, epoch 4's set aside.
         let four = s.guard_at(a, 4);
-        s.reset_guards(7);
+        s.reset_guards(7, 2_000);
         assert_eq!(s.guard_at(a, 0), Guard::default());
         assert_eq!(s.guard_at(a, 4), four);
         // A buyer first seen after a swap counts for the serving epoch.
         s.on_post(fresh, true, Some(500_000), 30);
         assert!((s.guard_at(fresh, 7).posts - 1.0).abs() < 1e-12);
         assert_eq!(s.guard_at(fresh, 4), Guard::default());
+        // Round 76c: only auctions started after the last swap count their estimates.
+        assert!(!s.estimate_counts(1_999) && !s.estimate_counts(2_000));
+        assert!(s.estimate_counts(2_001));
+        assert!(BuyerStats::new().estimate_counts(1));
     }
 
     #[test]

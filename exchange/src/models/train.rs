@@ -520,7 +520,9 @@ pub fn train_vertical(
             ))
         } else if pos(train) == 0 || pos(train) == train.len() {
             Some(format!(
-                "the {} training examples are all of one class ({} positive): nothing to learn",
+                "the {} training examples are all of one class ({} positive): nothing to learn \
+                 (a model needs leads kept and leads not kept: wait for rejected posts, or \
+                 record returns with `returned` dispositions)",
                 train.len(),
                 pos(train)
             ))
