@@ -475,12 +475,14 @@ fn for_the_guard<'a>(
             p_model_ppm: Some(_),
             teaches,
             at,
+            lead_id,
         } if !counts => Effect::Post {
             buyer,
             outcome,
             p_model_ppm: None,
             teaches,
             at,
+            lead_id,
         },
         effect => effect,
     })

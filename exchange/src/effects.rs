@@ -125,6 +125,7 @@ pub async fn execute<'a>(
                 p_model_ppm,
                 teaches,
                 at,
+                lead_id,
             } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
@@ -137,9 +138,13 @@ pub async fn execute<'a>(
                     matches!(outcome, PostKind::Capped | PostKind::Busy),
                     rt.config.buyers.get(buyer),
                 ) {
-                    state
-                        .stats
-                        .on_post(b.key, outcome == PostKind::Accepted, p_model_ppm, at);
+                    state.stats.on_post(
+                        b.key,
+                        outcome == PostKind::Accepted,
+                        p_model_ppm,
+                        at,
+                        crate::models::stats::lead_key(lead_id),
+                    );
                 }
             }
             Effect::Auction { no_bid } => state

@@ -1603,8 +1603,8 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
             continue;
         };
         match event {
-            BuyerEvent::Accepted(at) => state.stats.on_post(key, true, None, *at),
-            BuyerEvent::Rejected(at) => state.stats.on_post(key, false, None, *at),
+            BuyerEvent::Accepted(at) => state.stats.on_post(key, true, None, *at, 0),
+            BuyerEvent::Rejected(at) => state.stats.on_post(key, false, None, *at, 0),
             BuyerEvent::Returned => state.stats.on_return(key, None),
         }
     }

@@ -84,6 +84,11 @@ pub enum Effect<'a> {
         /// When (the time its record carries, so the streak a restart rebuilds from the
         /// ledger is the live one to the millisecond).
         at: crate::UnixMs,
+        /// The lead: a return names it, and takes back from the drift guard exactly what
+        /// the guard counted of it (black-box round 77a: matched by the sale's
+        /// millisecond, the return of a lead the guard never counted took off another
+        /// lead sold in the same millisecond).
+        lead_id: &'a str,
     },
     /// An auction ended: `None` is a bid (metric).
     Auction { no_bid: Option<NoBidReason> },

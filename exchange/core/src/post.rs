@@ -271,6 +271,7 @@ impl<'a> PostPlan<'a> {
             p_model_ppm: None,
             teaches: false,
             at: now,
+            lead_id: self.p.lead_id,
         });
         self.attempt_record(a, kind.as_str(), None, now);
         self.skipped += 1;
@@ -505,6 +506,7 @@ impl<'a> PostPlan<'a> {
                     p_model_ppm: self.ranked.get(a.rank).and_then(|r| r.p_model_ppm),
                     teaches: !self.p.test,
                     at: now,
+                    lead_id: self.p.lead_id,
                 });
                 let cfg = self.p.config;
                 let bid = self
@@ -567,6 +569,7 @@ impl<'a> PostPlan<'a> {
             // is not the buyer's doing, and a test lead teaches nothing.
             teaches: !self.p.test && outcome != "not_sent" && !cut_short,
             at: now,
+            lead_id: self.p.lead_id,
         });
         let why = if now >= self.deadline {
             release_reason::POST_DEADLINE

@@ -1248,6 +1248,7 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
         p_model_ppm: None,
         teaches: false,
         at: T + 1_001,
+        lead_id: "ld_t",
     }));
     assert_eq!(
         f.held(),
@@ -1304,6 +1305,7 @@ fn a_busy_winner_and_a_busy_fallback_are_skipped_and_hold_nothing() {
             p_model_ppm: None,
             teaches: false,
             at: T + 1_000,
+            lead_id: "ld_t",
         }));
     }
     // Buyer 2 rejects; buyer 3 is busy too: nobody is left who was tried and accepted.

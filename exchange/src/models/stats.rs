@@ -32,11 +32,11 @@ struct BuyerStat {
     /// Posts the guard counted since it last started again (a new model, a start).
     guard_posts: u64,
     /// The guard's kept leads, newest last (at most [`GUARD_KEPT_REMEMBERED`]): each
-    /// one's time (its sale's) and its post number, so a return takes back exactly the
+    /// one's [`lead_key`] and its post number, so a return takes back exactly the
     /// weight the lead has now, and a lead the guard never counted (sold before it
     /// started again, or longer ago than this remembers) takes back nothing (black-box
     /// round 69b: every return took a whole lead off the current count, however old).
-    guard_kept: std::collections::VecDeque<(UnixMs, u64)>,
+    guard_kept: std::collections::VecDeque<(u64, u64)>,
     /// The guard epoch `guard` counts for (see [`BuyerStats::reset_guards`]).
     guard_epoch: u64,
     /// The guard as it stood when a new model started it again, and the epoch it
@@ -49,6 +49,15 @@ struct BuyerStat {
     /// Delivered posts left unaccepted in a row, and when the latest of them was.
     streak: u32,
     streak_at: UnixMs,
+}
+
+/// A lead id as the drift guard remembers its kept leads (a return names the lead, and
+/// takes back exactly what the guard counted of it).
+pub fn lead_key(lead_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lead_id.hash(&mut h);
+    h.finish()
 }
 
 /// The guard of `e` for guard epoch `epoch`: its counts, those a new model set aside, or
@@ -106,7 +115,14 @@ impl BuyerStats {
     /// rejection, a timeout, an error or an invalid answer). `p_model_ppm`: the award's
     /// estimate of the chance the buyer keeps the lead, for the drift guard (`None`: not
     /// counted there).
-    pub fn on_post(&self, buyer: BuyerKey, accepted: bool, p_model_ppm: Option<u32>, at: UnixMs) {
+    pub fn on_post(
+        &self,
+        buyer: BuyerKey,
+        accepted: bool,
+        p_model_ppm: Option<u32>,
+        at: UnixMs,
+        lead: u64,
+    ) {
         let mut e = self.by_buyer.entry(buyer).or_default();
         roll(
             &mut e,
@@ -140,7 +156,7 @@ impl BuyerStats {
                 if e.guard_kept.len() >= GUARD_KEPT_REMEMBERED {
                     e.guard_kept.pop_front();
                 }
-                e.guard_kept.push_back((at, n));
+                e.guard_kept.push_back((lead, n));
             }
         }
         drop(e);
@@ -152,9 +168,9 @@ impl BuyerStats {
         }
     }
 
-    /// `buyer` returned a lead it had accepted, sold at `sold_at` (`None`: a restart's
-    /// replay, which the guard never counted).
-    pub fn on_return(&self, buyer: BuyerKey, sold_at: Option<UnixMs>) {
+    /// `buyer` returned a lead it had accepted, `lead` ([`lead_key`] of its id; `None`: a
+    /// restart's replay, which the guard never counted).
+    pub fn on_return(&self, buyer: BuyerKey, lead: Option<u64>) {
         let mut e = self.by_buyer.entry(buyer).or_default();
         roll(
             &mut e,
@@ -162,8 +178,8 @@ impl BuyerStats {
         );
         e.outcomes.returns = (e.outcomes.returns + 1.0).min(e.outcomes.accepts.max(1.0));
         // The guard takes back the lead's weight now, if it counted the lead.
-        if let Some(sold_at) = sold_at {
-            if let Some(i) = e.guard_kept.iter().position(|(at, _)| *at == sold_at) {
+        if let Some(lead) = lead {
+            if let Some(i) = e.guard_kept.iter().position(|(kept, _)| *kept == lead) {
                 let (_, n) = e.guard_kept.remove(i).unwrap_or_default();
                 let age = e.guard_posts.saturating_sub(n);
                 let k = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
@@ -401,8 +417,8 @@ mod tests {
         let s = BuyerStats::new();
         let (a, b) = (BuyerKey(1), BuyerKey(2));
         for i in 0..100 {
-            s.on_post(a, i % 10 != 0, None, 0); // 90 % accepted
-            s.on_post(b, i % 2 == 0, None, 0); // 50 %
+            s.on_post(a, i % 10 != 0, None, 0, 0); // 90 % accepted
+            s.on_post(b, i % 2 == 0, None, 0, 0); // 50 %
         }
         s.on_return(a, None);
         let pa = s.outcomes(a);
@@ -431,7 +447,7 @@ mod tests {
         let s = BuyerStats::new();
         let a = BuyerKey(1);
         for i in 0..110 {
-            s.on_post(a, i % 11 < 2, Some(0), 0);
+            s.on_post(a, i % 11 < 2, Some(0), 0, 0);
         }
         let g = s.guard(a);
         assert!(g.predicted > 0.0 && g.predicted < 110e-6 + 1e-12, "{g:?}");
@@ -450,17 +466,17 @@ mod tests {
         let k: f64 = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
         // Sold under the old model: at 1..=20.
         for at in 1..=20 {
-            s.on_post(a, true, Some(900_000), at);
+            s.on_post(a, true, Some(900_000), at, at as u64);
         }
         s.reset_guards(2, 50);
         // Under the new one: at 101..=112, all kept.
         for at in 101..=112 {
-            s.on_post(a, true, Some(900_000), at);
+            s.on_post(a, true, Some(900_000), at, at as u64);
         }
         let before = s.guard(a);
         // The old leads come back: the new guard never counted them.
         for at in 1..=20 {
-            s.on_return(a, Some(at));
+            s.on_return(a, Some(at as u64));
         }
         assert_eq!(s.guard(a), before);
         // Neither did a restart's replay (no time).
@@ -485,11 +501,11 @@ mod tests {
         let s = BuyerStats::new();
         let a = BuyerKey(1);
         // Posts without an estimate (a restart's replay) are not the guard's.
-        s.on_post(a, true, None, 0);
+        s.on_post(a, true, None, 0, 0);
         assert_eq!(s.guard(a), Guard::default());
         // Ten posts estimated at 0.9: 9 accepted, then one of them returned.
         for i in 0..10 {
-            s.on_post(a, i != 0, Some(900_000), 0);
+            s.on_post(a, i != 0, Some(900_000), 0, 0);
         }
         s.on_return(a, Some(0));
         let g = s.guard(a);
@@ -500,7 +516,7 @@ mod tests {
         assert!((g.variance - 0.09 * n).abs() < 1e-9, "{g:?}");
         assert!(g.kept > 7.5 && g.kept < 8.0, "{g:?}");
         // Out-of-range estimates are clamped, never a negative variance.
-        s.on_post(BuyerKey(2), true, Some(u32::MAX), 0);
+        s.on_post(BuyerKey(2), true, Some(u32::MAX), 0, 0);
         assert_eq!(s.guard(BuyerKey(2)).variance, 0.0);
         // A new model: every guard starts again; the cold-start counts stay.
         let before = s.outcomes(a);
@@ -518,7 +534,7 @@ mod tests {
         let (a, fresh) = (BuyerKey(1), BuyerKey(2));
         // Under the models of epoch 0: ten posts estimated at 0.9, two kept.
         for i in 0..10 {
-            s.on_post(a, i < 2, Some(900_000), i);
+            s.on_post(a, i < 2, Some(900_000), i, i as u64);
         }
         let old = s.guard(a);
         assert!(old.posts > 9.0 && old.kept < 2.0, "{old:?}");
@@ -532,7 +548,7 @@ mod tests {
         let (_, in_flight, _, _) = s.snapshot(a, 0);
         assert_eq!(in_flight, old);
         // The new model counts apart from the old counts.
-        s.on_post(a, true, Some(500_000), 20);
+        s.on_post(a, true, Some(500_000), 20, 20);
         assert!((s.guard_at(a, 4).posts - 1.0).abs() < 1e-12);
         assert_eq!(s.guard_at(a, 0), old);
         // A second swap: epoch 0's counts are gone, epoch 4's set aside.
@@ -541,13 +557,34 @@ mod tests {
         assert_eq!(s.guard_at(a, 0), Guard::default());
         assert_eq!(s.guard_at(a, 4), four);
         // A buyer first seen after a swap counts for the serving epoch.
-        s.on_post(fresh, true, Some(500_000), 30);
+        s.on_post(fresh, true, Some(500_000), 30, 30);
         assert!((s.guard_at(fresh, 7).posts - 1.0).abs() < 1e-12);
         assert_eq!(s.guard_at(fresh, 4), Guard::default());
         // Round 76c: only auctions started after the last swap count their estimates.
         assert!(!s.estimate_counts(1_999) && !s.estimate_counts(2_000));
         assert!(s.estimate_counts(2_001));
         assert!(BuyerStats::new().estimate_counts(1));
+    }
+
+    /// Black-box round 77a: a return was matched to the guard's kept leads by its sale's
+    /// millisecond, so the return of a lead the guard never counted (an old model's
+    /// auction settled after a swap) took off another lead sold in the same millisecond.
+    /// A return now names its lead.
+    #[test]
+    fn a_return_takes_back_only_its_own_lead_even_sold_in_the_same_millisecond() {
+        let s = BuyerStats::new();
+        let a = BuyerKey(1);
+        let (counted, uncounted) = (lead_key("ld_counted"), lead_key("ld_uncounted"));
+        assert_ne!(counted, uncounted);
+        // Both sold at 500: one with the serving model's estimate, one without.
+        s.on_post(a, true, Some(800_000), 500, counted);
+        s.on_post(a, true, None, 500, uncounted);
+        let before = s.guard(a);
+        assert!((before.kept - 1.0).abs() < 1e-12, "{before:?}");
+        s.on_return(a, Some(uncounted));
+        assert_eq!(s.guard(a), before, "the guard never counted that lead");
+        s.on_return(a, Some(counted));
+        assert!(s.guard(a).kept.abs() < 1e-12, "{:?}", s.guard(a));
     }
 
     #[test]

@@ -276,7 +276,9 @@ async fn record(
         lead.test,
         lead.buyer_key,
     ) {
-        state.stats.on_return(key, Some(lead.sold_at));
+        state
+            .stats
+            .on_return(key, Some(crate::models::stats::lead_key(&d.lead_id)));
     }
     state
         .dispositions_since_train
