@@ -696,6 +696,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let hup = hangup_signal(&runtime);
+    // SIGTERM's and SIGINT's too (not for `--check-config`, which they simply end): one
+    // that arrives during the start no longer kills the process without its `stopped:`
+    // line (black-box round 77b: exit 143 within the first ~70 ms); the exchange stops
+    // cleanly as soon as it serves.
+    let mut stop = (!args.check_config).then(|| StopSignals::install(&runtime));
     if !args.check_config {
         tracing::info!("reading the configuration");
     }
@@ -882,7 +887,7 @@ fn main() -> anyhow::Result<()> {
             // exchange stops with it.
             tokio::select! {
                 _ = &mut leads => {}
-                _ = shutdown_signal() => leads.abort(),
+                () = StopSignals::recv(&mut stop) => leads.abort(),
             };
             reloader.abort();
             tracing::info!("shutting down: finishing in-flight requests");
@@ -895,7 +900,7 @@ fn main() -> anyhow::Result<()> {
             }
             return stopped.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         }
-        shutdown_signal().await;
+        StopSignals::recv(&mut stop).await;
         reloader.abort();
         tracing::info!("shutting down: finishing in-flight requests");
         // Off the runtime: the shutdown makes its own to flush the ledger.
@@ -972,24 +977,71 @@ async fn reload_on_sighup(state: std::sync::Arc<pingpost::state::AppState>, _hup
     let _ = state;
 }
 
-async fn shutdown_signal() {
+/// SIGTERM's and SIGINT's handlers, installed from the start (a signal that comes before
+/// the exchange serves is kept, and stops it once it does).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install(runtime: &tokio::runtime::Runtime) -> StopSignals {
+        let _in_runtime = runtime.enter();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let install = |kind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot listen for the signal");
+                    None
                 }
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            StopSignals {
+                term: install(SignalKind::terminate(), "SIGTERM"),
+                int: install(SignalKind::interrupt(), "SIGINT"),
+            }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves at the first SIGTERM or SIGINT (Ctrl-C), or one that came since install.
+    async fn recv(stop: &mut Option<StopSignals>) {
+        let Some(s) = stop else {
+            return std::future::pending().await;
+        };
+        #[cfg(unix)]
+        {
+            let term = async {
+                match &mut s.term {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let int = async {
+                match &mut s.int {
+                    Some(i) => {
+                        i.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = term => {}
+                () = int => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = s;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

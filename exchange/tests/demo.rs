@@ -336,19 +336,26 @@ fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why(
     }
 }
 
+/// `pingpost --config CONFIG --demo --demo-interval-ms INTERVAL`, without the operator's
+/// admin token. The configuration is [`demo_config`], written in `dir`.
+fn demo_command(dir: &std::path::Path, interval_ms: &str) -> tokio::process::Command {
+    let config = dir.join("demo.toml");
+    std::fs::write(&config, demo_config(dir)).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--demo", "--demo-interval-ms", interval_ms])
+        .env_remove("PINGPOST_ADMIN_TOKEN");
+    cmd
+}
+
 /// `pingpost --demo | head -1` panicked on the closed pipe and left the exchange serving
 /// without its demo (black-box round 11): the demo stops at its next line, and the
 /// exchange with it.
 #[tokio::test]
 async fn the_demo_and_the_exchange_stop_when_their_output_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("demo.toml");
-    std::fs::write(&config, demo_config(dir.path())).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--demo", "--demo-interval-ms", "50"])
-        .env_remove("PINGPOST_ADMIN_TOKEN")
+    let mut child = demo_command(dir.path(), "50")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -410,6 +417,16 @@ async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(segments, 0, "nothing is written to the ledger: {err}");
+}
+
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// One HTTP/1.1 request on a new connection, written whole; the stream to read its answer.
@@ -517,12 +534,7 @@ async fn a_clean_stop_of_the_demo_sells_the_posts_in_flight() {
             "email": format!("stop{i}@example.com")}});
         posts.push(send(port, "POST", "/v1/post", &post.to_string()).await);
     }
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     let mut sold = 0;
     for s in posts {
         let a = answer(s).await;
@@ -585,4 +597,53 @@ async fn a_running_demo_refuses_a_reload_its_sample_leads_could_not_use() {
     std::fs::write(&config, &text).unwrap();
     let applied = reload(token).await;
     assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+}
+
+/// Black-box round 77b: a SIGTERM in the first tens of milliseconds of a start (before
+/// the exchange served) killed the process, exit 143 and no `stopped:` line. The stop
+/// signals are now handled from the start: one that comes during it stops the exchange
+/// cleanly once it serves.
+#[tokio::test]
+async fn a_sigterm_during_the_start_stops_the_exchange_cleanly() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo_command(dir.path(), "3600000")
+        .env("RUST_LOG", "info")
+        // The log is on stdout, with the demo's lines.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    // The first line of the start: the configuration is about to be read.
+    let started = tokio::time::timeout(DEMO_WAIT_MAX, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let first = line.contains("reading the configuration");
+            log.push(line);
+            if first {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(started, "{log:?}");
+    sigterm(&child);
+    let rest = tokio::time::timeout(DEMO_WAIT_MAX, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push(line);
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the exchange did not stop: {log:?}");
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{status:?}: {log:#?}");
+    assert!(
+        log.last()
+            .is_some_and(|l| l.contains("stopped: the in-flight requests finished")),
+        "{log:#?}"
+    );
 }
