@@ -10,8 +10,10 @@
 //!   closes a connection at once when its address already holds that many.
 //! - **Eviction**: when every slot is taken, the waiting connection makes room by
 //!   closing the oldest connection that has held its slot for [`eviction_grace`] (a
-//!   quarter of the head budget) without sending a complete request head. A connection
-//!   that has sent a head is never evicted. Counted in [`ConnectionGate::evicted`].
+//!   quarter of the head budget) without sending a complete request head; with none,
+//!   the served connection idle the longest (nothing in flight for at least the grace),
+//!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request in flight
+//!   is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks
 //!   (HTTP/1.1, h2c prior knowledge, TLS: the handshake counts against the same budget)
@@ -178,8 +180,8 @@ pub struct ConnectionGate {
     exempt_loopback: bool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     refused_per_ip: AtomicU64,
-    /// Connections that have not yet sent a complete request head, by accept order: when
-    /// every slot is taken and a new connection waits, the oldest of them past its grace
+    /// Every live connection, by accept order: when every slot is taken and a new
+    /// connection waits, the oldest without a head past its grace, else the longest idle,
     /// is closed to make room ([`ConnectionGate::evict_headless`]).
     headless: Mutex<BTreeMap<u64, Arc<Activity>>>,
     next_conn: AtomicU64,
@@ -227,7 +229,8 @@ impl ConnectionGate {
 
     /// Connections closed to make room for a new one, since start: each had held its slot
     /// for at least its grace ([`eviction_grace`]) without sending a complete request
-    /// head, while every slot was taken and a new connection waited.
+    /// head, or had been idle that long with none so, while every slot was taken and a
+    /// new connection waited.
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
     }
@@ -246,31 +249,51 @@ impl ConnectionGate {
     }
 
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
-    /// accept) without sending a complete request head, and says whether there was one.
-    /// Connections that have sent a head leave the list here: they are never evicted.
+    /// accept) without sending a complete request head, or with none, the served one idle
+    /// the longest (at least `grace`), and says whether there was one. A connection with
+    /// a request in flight is never taken; none is while an evicted one has not ended.
     fn evict_headless(&self, now: Instant, grace: Duration) -> bool {
-        let mut list = self.headless();
-        let mut served = Vec::new();
-        let mut victim = None;
+        let list = self.headless();
+        let mut headless = None;
+        // The served connection idle the longest (nothing in flight), and since when.
+        let mut idle: Option<(u64, Instant)> = None;
         for (&id, activity) in list.iter() {
-            if activity.started.load(Ordering::Relaxed) > 0 {
-                served.push(id);
-                continue;
+            if activity.evicted.load(Ordering::Acquire) {
+                // One eviction at a time: the slot it frees is on its way.
+                return false;
             }
             let accepted_at = activity.accepted_at.get().copied().unwrap_or(now);
-            if now.saturating_duration_since(accepted_at) >= grace {
-                victim = Some(id);
+            let started = activity.started.load(Ordering::Relaxed);
+            if started == 0 {
+                if headless.is_none() && now.saturating_duration_since(accepted_at) >= grace {
+                    headless = Some(id);
+                }
+                continue;
             }
-            // Listed in accept order: the first one still in its grace ends the search.
-            break;
+            // Nothing in flight, and over HTTP/1.1 no next head arriving (over HTTP/2,
+            // control frames such as PING acknowledgements are not requests).
+            if started == activity.finished.load(Ordering::Acquire)
+                && (activity.h2.load(Ordering::Relaxed)
+                    || activity.bytes_in.load(Ordering::Relaxed)
+                        <= activity.bytes_at_finish.load(Ordering::Relaxed))
+            {
+                let since = activity.finished_at(accepted_at);
+                if now.saturating_duration_since(since) >= grace
+                    && idle.is_none_or(|(_, at)| since < at)
+                {
+                    idle = Some((id, since));
+                }
+            }
         }
-        for id in served {
-            list.remove(&id);
-        }
-        let Some(activity) = victim.and_then(|id| list.remove(&id)) else {
+        // A connection that never sent a head first; else the longest-idle served one
+        // (black-box round 78b: one seller's idle kept-alive connections held every slot
+        // for the idle timeout).
+        let Some(activity) = headless
+            .or(idle.map(|(id, _)| id))
+            .and_then(|id| list.get(&id))
+        else {
             return false;
         };
-        drop(list);
         activity.evicted.store(true, Ordering::Release);
         activity.evict.notify_one();
         true
@@ -1737,12 +1760,24 @@ impl Conn {
                 }
                 () = activity.evict.notified() => {
                     // Every slot taken, a new connection waiting, and this one had sent no
-                    // head within its grace (`evict_headless`). A head that completed
-                    // since that look is served: the waiting connection looks again.
-                    if activity.started.load(Ordering::Relaxed) == 0 {
+                    // head within its grace, or was the longest idle (`evict_headless`).
+                    let started = activity.started.load(Ordering::Relaxed);
+                    if started == 0 {
                         self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(listener = self.name, "evicted: slots full, no head within its grace");
                         return;
+                    }
+                    if started == activity.finished.load(Ordering::Acquire) && !goaway && !closing {
+                        // Idle: closed gracefully (HTTP/1.1 at once, HTTP/2 with GOAWAY), and
+                        // dropped once nothing is in flight, as after any GOAWAY.
+                        self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, h2 = activity.h2.load(Ordering::Relaxed), "evicted: slots full, the longest idle connection");
+                        goaway = true;
+                        conn.as_mut().graceful_shutdown();
+                        next_check = next_check.min(Instant::now() + GOAWAY_LINGER);
+                    } else if !goaway && !closing {
+                        // A request came since that look: served, and not evicted.
+                        activity.evicted.store(false, Ordering::Release);
                     }
                 }
                 () = activity.close.notified(), if goaway_at.is_none() && !closing => {
@@ -2050,41 +2085,52 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let conn = |accepted_ms: u64| Arc::new(Activity::new(at(accepted_ms)));
-        // Accepted in this order: one that has sent a head, two silent ones, a young one.
-        let served = conn(0);
-        served.started.store(1, Ordering::Relaxed);
+        // Accepted in this order: one busy with a request, two silent ones, a young one.
+        let busy = conn(0);
+        busy.started.store(1, Ordering::Relaxed);
         let silent_a = conn(100);
         let silent_b = conn(200);
         let young = conn(1_500);
-        let listed: Vec<Listed> = [&served, &silent_a, &silent_b, &young]
+        let mut listed: Vec<Option<Listed>> = [&busy, &silent_a, &silent_b, &young]
             .iter()
-            .map(|a| gate.register(a))
+            .map(|a| Some(gate.register(a)))
             .collect();
         let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
         // Nobody past the grace yet: the oldest silent one is 1,000 ms old at 1,100.
         assert!(!gate.evict_headless(at(1_099), grace));
         assert!(!evicted(&silent_a));
-        // The one that sent a head is never taken, however old; the oldest silent is.
+        // A busy connection is never taken, however old; the oldest silent one is.
         assert!(gate.evict_headless(at(1_100), grace));
-        assert!(evicted(&silent_a) && !evicted(&served) && !evicted(&silent_b));
-        // Each is taken once; the next is the next oldest, once past its own grace.
-        assert!(!gate.evict_headless(at(1_150), grace));
-        assert!(gate.evict_headless(at(1_200), grace));
+        assert!(evicted(&silent_a) && !evicted(&busy) && !evicted(&silent_b));
+        // One at a time: none more until the evicted one has ended.
+        assert!(!gate.evict_headless(at(1_300), grace));
+        listed[1] = None;
+        assert!(gate.evict_headless(at(1_300), grace));
         assert!(evicted(&silent_b));
-        // A head that arrived takes a connection off the list for good.
+        listed[2] = None;
+        // A head that arrived and was answered: no head-less one is left, so the
+        // longest-idle served connection is next (black-box round 78b), once idle for the
+        // grace; a busy one never.
         young.started.store(1, Ordering::Relaxed);
+        young.finished.store(1, Ordering::Relaxed);
+        young.finished_at_us.store(500_000, Ordering::Release); // idle since 2,000
+        assert!(!gate.evict_headless(at(2_999), grace));
+        assert!(gate.evict_headless(at(3_000), grace));
+        assert!(evicted(&young) && !evicted(&busy));
+        listed[3] = None;
+        assert!(!gate.evict_headless(at(60_000), grace), "busy: never");
+        assert!(!evicted(&busy));
+        // An idle connection whose next HTTP/1.1 head is arriving is not idle.
+        busy.finished.store(1, Ordering::Relaxed);
+        busy.bytes_in.store(10, Ordering::Relaxed);
         assert!(!gate.evict_headless(at(60_000), grace));
-        assert!(!evicted(&young) && !evicted(&served));
+        busy.bytes_at_finish.store(10, Ordering::Relaxed);
+        assert!(gate.evict_headless(at(60_000), grace));
+        drop(listed);
         assert!(
             gate.headless().is_empty(),
-            "served connections leave the list"
+            "ended connections leave the list"
         );
-        // A connection that ended is off the list too.
-        let late = conn(2_000);
-        let entry = gate.register(&late);
-        drop(entry);
-        assert!(!gate.evict_headless(at(60_000), grace));
-        drop(listed);
         let head = |ms| Limits {
             header_read_timeout_ms: ms,
             ..Limits::default()

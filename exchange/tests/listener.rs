@@ -217,6 +217,33 @@ async fn a_new_connection_evicts_the_oldest_silent_one_when_the_slots_are_full()
     ex.shutdown().await.unwrap();
 }
 
+/// Black-box round 78b: one seller's idle kept-alive connections held every slot for the
+/// idle timeout (another seller's ping waited 58 s). With no connection without a head
+/// to evict, a new connection now closes the longest-idle served one (gracefully); a
+/// connection with a request in flight is never taken.
+#[tokio::test]
+async fn with_every_slot_idle_a_new_connection_closes_the_longest_idle_one() {
+    let head_ms = 2_000;
+    let (ex, _dir) = start(head_ms, "connections_max = 2\nconnections_per_ip_max = 0").await;
+    let mut first = TcpStream::connect(ex.addr).await.expect("connect");
+    served_and_kept(&mut first).await;
+    let mut second = TcpStream::connect(ex.addr).await.expect("connect");
+    served_and_kept(&mut second).await;
+    let t0 = Instant::now();
+    // Both slots idle: the new connection waits for the grace (500 ms), then the first
+    // (idle the longest) is closed for it.
+    healthz_answers(ex.addr).await;
+    assert!(
+        closed_within(&mut first, EVENT_WAIT_MAX).await,
+        "the longest-idle connection was not closed"
+    );
+    assert!(Instant::now() - t0 >= Duration::from_millis(head_ms / 4));
+    assert_eq!(ex.state.conn_gate.evicted(), 1);
+    // The other is still served on its connection.
+    served_and_kept(&mut second).await;
+    ex.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn connections_per_ip_are_limited() {
     let (ex, _dir) = start(

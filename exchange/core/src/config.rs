@@ -251,7 +251,8 @@ pub struct ServerConfig {
     /// Past this many requests in flight the exchange answers 503 instead of queueing.
     pub requests_in_flight_max: usize,
     /// Connection slots; when all are taken, a new connection evicts the oldest without a
-    /// request head past a quarter of `header_read_timeout_ms`, or waits in the accept queue.
+    /// request head past a quarter of `header_read_timeout_ms`, else the longest idle,
+    /// or waits in the accept queue.
     pub connections_max: usize,
     /// Worker threads, each with its own event loop, listener (SO_REUSEPORT) and buyer
     /// connection pools; 0 means one per available core.
