@@ -182,8 +182,8 @@ pub struct ConnectionGate {
     refused_per_ip: AtomicU64,
     /// Every live connection, by accept order: when every slot is taken and a new
     /// connection waits, the oldest without a head past its grace, else the longest idle,
-    /// is closed to make room ([`ConnectionGate::evict_headless`]).
-    headless: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    /// is closed to make room ([`ConnectionGate::evict_one`]).
+    live: Mutex<BTreeMap<u64, Arc<Activity>>>,
     next_conn: AtomicU64,
     evicted: AtomicU64,
 }
@@ -221,7 +221,7 @@ impl ConnectionGate {
             exempt_loopback,
             per_ip: Mutex::new(HashMap::new()),
             refused_per_ip: AtomicU64::new(0),
-            headless: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
         })
@@ -235,16 +235,16 @@ impl ConnectionGate {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    fn headless(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {
         // Plain entries: a panic elsewhere cannot leave the map inconsistent.
-        self.headless.lock().unwrap_or_else(|e| e.into_inner())
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lists a new connection as one that may be evicted until it sends a head; it leaves
+    /// Lists a new connection (for [`Self::evict_one`]); it leaves
     /// the list when the returned entry is dropped (its connection ended).
     fn register(self: &Arc<Self>, activity: &Arc<Activity>) -> Listed {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.headless().insert(id, Arc::clone(activity));
+        self.live().insert(id, Arc::clone(activity));
         Listed(Arc::clone(self), id)
     }
 
@@ -252,8 +252,8 @@ impl ConnectionGate {
     /// accept) without sending a complete request head, or with none, the served one idle
     /// the longest (at least `grace`), and says whether there was one. A connection with
     /// a request in flight is never taken; none is while an evicted one has not ended.
-    fn evict_headless(&self, now: Instant, grace: Duration) -> bool {
-        let list = self.headless();
+    fn evict_one(&self, now: Instant, grace: Duration) -> bool {
+        let list = self.live();
         let mut headless = None;
         // The served connection idle the longest (nothing in flight), and since when.
         let mut idle: Option<(u64, Instant)> = None;
@@ -339,13 +339,13 @@ impl ConnectionGate {
     }
 }
 
-/// A connection's place in its gate's list of connections without a head; leaves it on
+/// A connection's place in its gate's list of live connections; leaves it on
 /// drop.
 struct Listed(Arc<ConnectionGate>, u64);
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.0.headless().remove(&self.1);
+        self.0.live().remove(&self.1);
     }
 }
 
@@ -1545,7 +1545,7 @@ where
                 // connection waits here; the next ones in the backlog).
                 let look = (grace / 4).max(Duration::from_millis(1));
                 loop {
-                    if gate.evict_headless(Instant::now(), grace) {
+                    if gate.evict_one(Instant::now(), grace) {
                         tracing::debug!(
                             listener = name,
                             "slots full: closed the oldest connection without a head past its grace"
@@ -1760,7 +1760,7 @@ impl Conn {
                 }
                 () = activity.evict.notified() => {
                     // Every slot taken, a new connection waiting, and this one had sent no
-                    // head within its grace, or was the longest idle (`evict_headless`).
+                    // head within its grace, or was the longest idle (`evict_one`).
                     let started = activity.started.load(Ordering::Relaxed);
                     if started == 0 {
                         self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
@@ -2097,15 +2097,15 @@ mod tests {
             .collect();
         let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
         // Nobody past the grace yet: the oldest silent one is 1,000 ms old at 1,100.
-        assert!(!gate.evict_headless(at(1_099), grace));
+        assert!(!gate.evict_one(at(1_099), grace));
         assert!(!evicted(&silent_a));
         // A busy connection is never taken, however old; the oldest silent one is.
-        assert!(gate.evict_headless(at(1_100), grace));
+        assert!(gate.evict_one(at(1_100), grace));
         assert!(evicted(&silent_a) && !evicted(&busy) && !evicted(&silent_b));
         // One at a time: none more until the evicted one has ended.
-        assert!(!gate.evict_headless(at(1_300), grace));
+        assert!(!gate.evict_one(at(1_300), grace));
         listed[1] = None;
-        assert!(gate.evict_headless(at(1_300), grace));
+        assert!(gate.evict_one(at(1_300), grace));
         assert!(evicted(&silent_b));
         listed[2] = None;
         // A head that arrived and was answered: no head-less one is left, so the
@@ -2114,23 +2114,20 @@ mod tests {
         young.started.store(1, Ordering::Relaxed);
         young.finished.store(1, Ordering::Relaxed);
         young.finished_at_us.store(500_000, Ordering::Release); // idle since 2,000
-        assert!(!gate.evict_headless(at(2_999), grace));
-        assert!(gate.evict_headless(at(3_000), grace));
+        assert!(!gate.evict_one(at(2_999), grace));
+        assert!(gate.evict_one(at(3_000), grace));
         assert!(evicted(&young) && !evicted(&busy));
         listed[3] = None;
-        assert!(!gate.evict_headless(at(60_000), grace), "busy: never");
+        assert!(!gate.evict_one(at(60_000), grace), "busy: never");
         assert!(!evicted(&busy));
         // An idle connection whose next HTTP/1.1 head is arriving is not idle.
         busy.finished.store(1, Ordering::Relaxed);
         busy.bytes_in.store(10, Ordering::Relaxed);
-        assert!(!gate.evict_headless(at(60_000), grace));
+        assert!(!gate.evict_one(at(60_000), grace));
         busy.bytes_at_finish.store(10, Ordering::Relaxed);
-        assert!(gate.evict_headless(at(60_000), grace));
+        assert!(gate.evict_one(at(60_000), grace));
         drop(listed);
-        assert!(
-            gate.headless().is_empty(),
-            "ended connections leave the list"
-        );
+        assert!(gate.live().is_empty(), "ended connections leave the list");
         let head = |ms| Limits {
             header_read_timeout_ms: ms,
             ..Limits::default()

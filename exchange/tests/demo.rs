@@ -454,51 +454,46 @@ async fn answer(mut s: tokio::net::TcpStream) -> String {
 }
 
 /// A demo started with one sample lead at its start and none after, the admin token
-/// `token`, and its ports and files in `dir`; returns it when `/healthz` answers, with its
-/// seller and admin ports and its configuration file.
+/// `token`, and its ports and files in `dir`; returns it once it logs that it listens,
+/// with its seller and admin ports and its configuration file.
 async fn start_demo(
     dir: &std::path::Path,
     token: &str,
 ) -> (tokio::process::Child, u16, u16, std::path::PathBuf) {
-    let text = demo_config(dir);
+    use tokio::io::AsyncBufReadExt;
+    let mut child = demo_command(dir, "3600000")
+        .env("PINGPOST_ADMIN_TOKEN", token)
+        .env("RUST_LOG", "info")
+        // The log is on stdout, with the demo's lines.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let config = dir.join("demo.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
     let ports: Vec<u16> = text
         .split("listen = \"127.0.0.1:")
         .skip(1)
         .take(2)
         .filter_map(|s| s.split('"').next().and_then(|p| p.parse().ok()))
         .collect();
-    let (port, admin) = (ports[0], ports[1]);
-    let config = dir.join("demo.toml");
-    std::fs::write(&config, &text).unwrap();
-    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--demo", "--demo-interval-ms", "3600000"])
-        .env("PINGPOST_ADMIN_TOKEN", token)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Up when /healthz answers (an event with an upper bound, looked for every 20 ms).
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Up when the exchange logs that it listens.
     let up = tokio::time::timeout(DEMO_WAIT_MAX, async {
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                let a = answer(send(port, "GET", "/healthz", "").await).await;
-                if a.starts_with("HTTP/1.1 200") {
-                    return;
-                }
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("pingpost listening") {
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
     })
-    .await;
-    assert!(up.is_ok(), "the demo's exchange did not start");
-    (child, port, admin, config)
+    .await
+    .unwrap_or(false);
+    assert!(up, "the demo's exchange did not start");
+    // The rest of its output is read and dropped, so it never waits on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, ports[0], ports[1], config)
 }
 
 /// Black-box round 75c: a clean stop of the demo (SIGTERM) stopped its bidders before the
