@@ -25,7 +25,6 @@ use crate::config::{BuyerIdx, BuyerKey, SellerIdx, VerticalIdx};
 use crate::core::auction::{Auction, AuctionParams, Award, ModelVersions};
 use crate::core::award::Ranked;
 use crate::core::caps::Reservation;
-use crate::core::effect::Effect;
 use crate::core::model::features::LeadContext;
 use crate::core::model::routing::{splitmix, EvRanker, Predictor};
 use crate::core::post::{
@@ -458,36 +457,6 @@ impl Grid {
 
 /// The seed of an auction's exploration draws: a hash of its id, so a replay of the
 /// auction draws the same.
-/// A post's effects, with the model's estimates left out of the drift guard when a new
-/// model has served since the auction started (its estimates were the old model's:
-/// [`crate::models::stats::BuyerStats::estimate_counts`]); the outcome still teaches the
-/// cold-start rates.
-fn for_the_guard<'a>(
-    state: &AppState,
-    auction_started: UnixMs,
-    effects: impl Iterator<Item = Effect<'a>>,
-) -> impl Iterator<Item = Effect<'a>> {
-    let counts = state.stats.estimate_counts(auction_started);
-    effects.map(move |effect| match effect {
-        Effect::Post {
-            buyer,
-            outcome,
-            p_model_ppm: Some(_),
-            teaches,
-            at,
-            lead_id,
-        } if !counts => Effect::Post {
-            buyer,
-            outcome,
-            p_model_ppm: None,
-            teaches,
-            at,
-            lead_id,
-        },
-        effect => effect,
-    })
-}
-
 pub fn auction_seed(auction_id: &str) -> u64 {
     auction_id
         .bytes()
@@ -516,6 +485,9 @@ pub struct Delivery<'a> {
     pub ranked: Vec<Ranked>,
     pub reservation: Option<Reservation>,
     pub auction_started_ms: UnixMs,
+    /// The guard epoch of the runtime that ran the auction (its models' estimates count
+    /// in the drift guard only while they serve: [`crate::models::stats::BuyerStats::on_post`]).
+    pub guard_epoch: u64,
     /// The reservation is a ping's quote hold (recorded as `quote_reserved`).
     pub from_quote: bool,
     /// The request's `Idempotency-Key` and body, hex SHA-256 each, when it had a key
@@ -551,7 +523,6 @@ pub async fn deliver(
     let lead_id = new_id("ld_");
     let settlement = effects::settlement(state);
     let dedup_hex = crate::fingerprint::dedup_hex(d.dedup);
-    let auction_started = d.auction_started_ms;
     // Bidders a reload removed since the quote, with their former ids for the records.
     let removed: Vec<(BuyerKey, String)> = d
         .ranked
@@ -579,6 +550,7 @@ pub async fn deliver(
             removed: &removed,
             idempotency: d.idempotency,
             dedup: &dedup_hex,
+            guard_epoch: d.guard_epoch,
         },
         d.ranked,
         d.reservation,
@@ -602,12 +574,7 @@ pub async fn deliver(
         };
         // The attempt's `post_sent` record is among these effects and is durable: the
         // lead leaves only once it is on disk; if it could not be written, nothing is sent.
-        let written = effects::execute(
-            state,
-            rt,
-            for_the_guard(state, auction_started, plan.effects()),
-        )
-        .await;
+        let written = effects::execute(state, rt, plan.effects()).await;
         if stopped || written.is_err() || !state.ledger.is_healthy() {
             stopped = true;
             plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
@@ -701,12 +668,7 @@ pub async fn deliver(
                 .spawn(watch.watch(call, Duration::from_millis(LATE_POST_WAIT_MS)));
         }
     };
-    let recorded = effects::execute(
-        state,
-        rt,
-        for_the_guard(state, auction_started, plan.effects()),
-    )
-    .await;
+    let recorded = effects::execute(state, rt, plan.effects()).await;
     if stopped && sent == 0 {
         return Err(DeliveryError::Unavailable);
     }

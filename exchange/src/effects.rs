@@ -126,6 +126,7 @@ pub async fn execute<'a>(
                 teaches,
                 at,
                 lead_id,
+                guard_epoch,
             } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
                     m.post(post_label(outcome));
@@ -141,7 +142,7 @@ pub async fn execute<'a>(
                     state.stats.on_post(
                         b.key,
                         outcome == PostKind::Accepted,
-                        p_model_ppm,
+                        p_model_ppm.map(|p| (p, guard_epoch)),
                         at,
                         crate::models::stats::lead_key(lead_id),
                     );

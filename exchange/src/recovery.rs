@@ -1460,6 +1460,9 @@ fn restore_quote(
             .and_then(Value::as_u64)
             .and_then(|s| u8::try_from(s).ok()),
         dedup: dedup_of(v),
+        // Its bids carry no estimate (`p_model_ppm` is not recorded): the guard, which
+        // starts empty at every start, counts nothing of it whatever the epoch.
+        guard_epoch: 0,
     };
     // Whatever the open-quote limits are now: a firm quote stays firm (`restore`).
     if state.quotes.restore(quote).is_err() {

@@ -864,7 +864,7 @@ impl AppState {
         // what it was just asked to.
         self.champion_failures.lock().remove(vertical);
         // The drift guard compared the old model's estimates: it starts again.
-        self.stats.reset_guards(generation, self.clock.now_ms());
+        self.stats.reset_guards(generation);
         tracing::info!(
             generation,
             vertical,

@@ -89,6 +89,12 @@ pub enum Effect<'a> {
         /// millisecond, the return of a lead the guard never counted took off another
         /// lead sold in the same millisecond).
         lead_id: &'a str,
+        /// The guard epoch of the models that made `p_model_ppm`, as the shell gave it in
+        /// [`crate::post::PostParams::guard_epoch`] (opaque to the core): the drift guard
+        /// counts the estimate only while those models still serve (black-box round 78a:
+        /// judged by the auction's start against the swap's millisecond, an auction in
+        /// the swap's own millisecond was counted in neither guard).
+        guard_epoch: u64,
     },
     /// An auction ended: `None` is a bid (metric).
     Auction { no_bid: Option<NoBidReason> },

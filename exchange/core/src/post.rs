@@ -107,6 +107,9 @@ pub struct PostParams<'a> {
     /// The lead's dedup keys as the sale record writes them (see
     /// [`crate::record::SaleRecord::dedup`]).
     pub dedup: &'a [String],
+    /// The guard epoch of the models that scored the auction (the shell's; the quote
+    /// carries it to the post): copied into every [`Effect::Post`].
+    pub guard_epoch: u64,
 }
 
 /// One delivery to make.
@@ -272,6 +275,7 @@ impl<'a> PostPlan<'a> {
             teaches: false,
             at: now,
             lead_id: self.p.lead_id,
+            guard_epoch: self.p.guard_epoch,
         });
         self.attempt_record(a, kind.as_str(), None, now);
         self.skipped += 1;
@@ -507,6 +511,7 @@ impl<'a> PostPlan<'a> {
                     teaches: !self.p.test,
                     at: now,
                     lead_id: self.p.lead_id,
+                    guard_epoch: self.p.guard_epoch,
                 });
                 let cfg = self.p.config;
                 let bid = self
@@ -570,6 +575,7 @@ impl<'a> PostPlan<'a> {
             teaches: !self.p.test && outcome != "not_sent" && !cut_short,
             at: now,
             lead_id: self.p.lead_id,
+            guard_epoch: self.p.guard_epoch,
         });
         let why = if now >= self.deadline {
             release_reason::POST_DEADLINE

@@ -110,6 +110,10 @@ pub struct Quote {
     /// The ping's dedup keys (the seller's hashes; empty unless its vertical
     /// de-duplicates): its post claims them with the posted lead's own.
     pub dedup: Vec<crate::dedup::DedupKey>,
+    /// The guard epoch of the models that scored the auction (the shell's, opaque here):
+    /// its post counts their estimates in the drift guard only while they still serve
+    /// ([`crate::post::PostParams::guard_epoch`]).
+    pub guard_epoch: u64,
 }
 
 /// A quote was refused: `open_max` quotes are open (shed the ping with 503), or the
@@ -193,6 +197,7 @@ struct KeptQuote {
     score: Option<u8>,
     test: bool,
     dedup: Box<[crate::dedup::DedupKey]>,
+    guard_epoch: u64,
 }
 
 impl KeptQuote {
@@ -211,6 +216,7 @@ impl KeptQuote {
             score: q.score,
             test: q.test,
             dedup: q.dedup.into_boxed_slice(),
+            guard_epoch: q.guard_epoch,
         }
     }
 
@@ -232,6 +238,7 @@ impl KeptQuote {
             reservation: self.reservation,
             score: self.score,
             dedup: self.dedup.into_vec(),
+            guard_epoch: self.guard_epoch,
         }
     }
 }
@@ -684,6 +691,7 @@ mod tests {
             reservation,
             score: Some(70),
             dedup: Vec::new(),
+            guard_epoch: 3,
         }
     }
 

@@ -821,6 +821,7 @@ fn plan_on<'a>(
             removed,
             idempotency: None,
             dedup: &[],
+            guard_epoch: 9,
         },
         award.ranked,
         award.reservation,
@@ -1249,6 +1250,7 @@ fn a_capped_fallback_is_skipped_and_nothing_is_held_for_it() {
         teaches: false,
         at: T + 1_001,
         lead_id: "ld_t",
+        guard_epoch: 9,
     }));
     assert_eq!(
         f.held(),
@@ -1306,6 +1308,7 @@ fn a_busy_winner_and_a_busy_fallback_are_skipped_and_hold_nothing() {
             teaches: false,
             at: T + 1_000,
             lead_id: "ld_t",
+            guard_epoch: 9,
         }));
     }
     // Buyer 2 rejects; buyer 3 is busy too: nobody is left who was tried and accepted.
@@ -1370,6 +1373,7 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
         reservation: None,
         score: None,
         dedup: Vec::new(),
+        guard_epoch: 0,
     };
     let book = QuoteBook::new(100, 10_000).with_sellers(2);
     book.insert_limited(q("a", 0), 2).unwrap();

@@ -145,6 +145,7 @@ fn quote(schema: &VerticalSchema, i: usize) -> Quote {
         reservation: None,
         score: Some(70),
         dedup: Vec::new(),
+        guard_epoch: 1,
     }
 }
 

@@ -94,9 +94,6 @@ pub struct BuyerStats {
     /// (0 until one did), the `guard_epoch` of the runtime that serves those models. An
     /// entry not touched since starts again when it next counts (`roll`).
     epoch: std::sync::atomic::AtomicU64,
-    /// When the guards last started again (the swap, on the exchange's clock; 0 until one
-    /// did): an auction that started by then was scored by the models before.
-    epoch_at: std::sync::atomic::AtomicI64,
 }
 
 fn decay(o: &mut Outcomes) {
@@ -112,22 +109,30 @@ impl BuyerStats {
     }
 
     /// A post was delivered to `buyer` (or tried) at `at`: it accepted it or not (a
-    /// rejection, a timeout, an error or an invalid answer). `p_model_ppm`: the award's
-    /// estimate of the chance the buyer keeps the lead, for the drift guard (`None`: not
-    /// counted there).
+    /// rejection, a timeout, an error or an invalid answer). `estimate`: the award's
+    /// estimate of the chance the buyer keeps the lead, in ppm, and the guard epoch of
+    /// the models that made it, for the drift guard (`None`: not counted there). The
+    /// guard counts it only if those models still serve: the estimate of an auction
+    /// scored by a model a swap has replaced since teaches the cold-start rates but not
+    /// the new model's guard, which judges the new model's estimates only (black-box
+    /// round 76c: such posts made the new guard act after 6 posts of its own and changed
+    /// a winner; round 78a: judged by milliseconds, an auction that started in the
+    /// swap's own millisecond was counted in neither guard).
     pub fn on_post(
         &self,
         buyer: BuyerKey,
         accepted: bool,
-        p_model_ppm: Option<u32>,
+        estimate: Option<(u32, u64)>,
         at: UnixMs,
         lead: u64,
     ) {
         let mut e = self.by_buyer.entry(buyer).or_default();
-        roll(
-            &mut e,
-            self.epoch.load(std::sync::atomic::Ordering::Acquire),
-        );
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        roll(&mut e, epoch);
+        // Read under the entry's lock: a swap that starts the guards again rolls this
+        // entry under it too, so the estimate is counted in the guard of its own models
+        // or in none.
+        let p_model_ppm = estimate.and_then(|(ppm, of)| (of == epoch).then_some(ppm));
         if accepted {
             e.streak = 0;
         } else {
@@ -205,23 +210,12 @@ impl BuyerStats {
     /// A new model serves from the runtime of generation `epoch`: the drift guard's counts
     /// compared the old one's estimates, so every buyer's start again. The old counts are
     /// kept for auctions still in flight with the old model ([`Self::guard_at`]).
-    pub fn reset_guards(&self, epoch: u64, at: UnixMs) {
-        self.epoch_at
-            .store(at, std::sync::atomic::Ordering::Release);
+    pub fn reset_guards(&self, epoch: u64) {
         self.epoch
             .store(epoch, std::sync::atomic::Ordering::Release);
         for mut e in self.by_buyer.iter_mut() {
             roll(&mut e, epoch);
         }
-    }
-
-    /// Whether the estimates of an auction that started at `auction_started` count in the
-    /// guards now: not if a new model has served since (they are the models' before, and
-    /// the new guards judge the new model's estimates only; black-box round 76c: posts of
-    /// auctions scored by the old model, settled after a swap, made the new guard act
-    /// after 6 posts of its own and changed a winner).
-    pub fn estimate_counts(&self, auction_started: UnixMs) -> bool {
-        auction_started > self.epoch_at.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `buyer`'s drift-guard counts now.
@@ -447,7 +441,7 @@ mod tests {
         let s = BuyerStats::new();
         let a = BuyerKey(1);
         for i in 0..110 {
-            s.on_post(a, i % 11 < 2, Some(0), 0, 0);
+            s.on_post(a, i % 11 < 2, Some((0, 0)), 0, 0);
         }
         let g = s.guard(a);
         assert!(g.predicted > 0.0 && g.predicted < 110e-6 + 1e-12, "{g:?}");
@@ -466,12 +460,12 @@ mod tests {
         let k: f64 = 1.0 - 1.0 / GUARD_HORIZON_POSTS;
         // Sold under the old model: at 1..=20.
         for at in 1..=20 {
-            s.on_post(a, true, Some(900_000), at, at as u64);
+            s.on_post(a, true, Some((900_000, 0)), at, at as u64);
         }
-        s.reset_guards(2, 50);
+        s.reset_guards(2);
         // Under the new one: at 101..=112, all kept.
         for at in 101..=112 {
-            s.on_post(a, true, Some(900_000), at, at as u64);
+            s.on_post(a, true, Some((900_000, 2)), at, at as u64);
         }
         let before = s.guard(a);
         // The old leads come back: the new guard never counted them.
@@ -505,7 +499,7 @@ mod tests {
         assert_eq!(s.guard(a), Guard::default());
         // Ten posts estimated at 0.9: 9 accepted, then one of them returned.
         for i in 0..10 {
-            s.on_post(a, i != 0, Some(900_000), 0, 0);
+            s.on_post(a, i != 0, Some((900_000, 0)), 0, 0);
         }
         s.on_return(a, Some(0));
         let g = s.guard(a);
@@ -516,11 +510,11 @@ mod tests {
         assert!((g.variance - 0.09 * n).abs() < 1e-9, "{g:?}");
         assert!(g.kept > 7.5 && g.kept < 8.0, "{g:?}");
         // Out-of-range estimates are clamped, never a negative variance.
-        s.on_post(BuyerKey(2), true, Some(u32::MAX), 0, 0);
+        s.on_post(BuyerKey(2), true, Some((u32::MAX, 0)), 0, 0);
         assert_eq!(s.guard(BuyerKey(2)).variance, 0.0);
         // A new model: every guard starts again; the cold-start counts stay.
         let before = s.outcomes(a);
-        s.reset_guards(3, 50);
+        s.reset_guards(3);
         assert_eq!(s.guard(a), Guard::default());
         assert_eq!(s.outcomes(a), before);
     }
@@ -534,36 +528,63 @@ mod tests {
         let (a, fresh) = (BuyerKey(1), BuyerKey(2));
         // Under the models of epoch 0: ten posts estimated at 0.9, two kept.
         for i in 0..10 {
-            s.on_post(a, i < 2, Some(900_000), i, i as u64);
+            s.on_post(a, i < 2, Some((900_000, 0)), i, i as u64);
         }
         let old = s.guard(a);
         assert!(old.posts > 9.0 && old.kept < 2.0, "{old:?}");
         // A swap at generation 4: the old auction keeps the old counts; the new model's
         // auctions start from none, and so does one whose runtime is newer than the
         // counts (stored before the guards were started again).
-        s.reset_guards(4, 1_000);
+        s.reset_guards(4);
         assert_eq!(s.guard_at(a, 0), old);
         assert_eq!(s.guard_at(a, 4), Guard::default());
         assert_eq!(s.guard_at(a, 5), Guard::default());
         let (_, in_flight, _, _) = s.snapshot(a, 0);
         assert_eq!(in_flight, old);
         // The new model counts apart from the old counts.
-        s.on_post(a, true, Some(500_000), 20, 20);
+        s.on_post(a, true, Some((500_000, 4)), 20, 20);
         assert!((s.guard_at(a, 4).posts - 1.0).abs() < 1e-12);
         assert_eq!(s.guard_at(a, 0), old);
         // A second swap: epoch 0's counts are gone, epoch 4's set aside.
         let four = s.guard_at(a, 4);
-        s.reset_guards(7, 2_000);
+        s.reset_guards(7);
         assert_eq!(s.guard_at(a, 0), Guard::default());
         assert_eq!(s.guard_at(a, 4), four);
         // A buyer first seen after a swap counts for the serving epoch.
-        s.on_post(fresh, true, Some(500_000), 30, 30);
+        s.on_post(fresh, true, Some((500_000, 7)), 30, 30);
         assert!((s.guard_at(fresh, 7).posts - 1.0).abs() < 1e-12);
         assert_eq!(s.guard_at(fresh, 4), Guard::default());
-        // Round 76c: only auctions started after the last swap count their estimates.
-        assert!(!s.estimate_counts(1_999) && !s.estimate_counts(2_000));
-        assert!(s.estimate_counts(2_001));
-        assert!(BuyerStats::new().estimate_counts(1));
+    }
+
+    /// Black-box rounds 76c and 78a: a post settled after a swap, of an auction the old
+    /// model scored, counted its estimate in the new model's guard (76c); judged by the
+    /// auction's start against the swap's millisecond instead, an auction that started in
+    /// that millisecond was counted in neither guard (78a). An estimate now carries the
+    /// epoch of the models that made it, and counts in their guard while they serve, and
+    /// in none after.
+    #[test]
+    fn an_estimate_counts_in_the_guard_of_its_own_models_or_in_none() {
+        let s = BuyerStats::new();
+        let a = BuyerKey(1);
+        s.reset_guards(4);
+        // The new models' estimate counts, whenever its auction started.
+        s.on_post(a, true, Some((500_000, 4)), 1_000, 1);
+        assert!((s.guard_at(a, 4).posts - 1.0).abs() < 1e-12);
+        // The old models' estimate, settled after the swap, teaches the rates only.
+        let rates = s.outcomes(a).posts;
+        s.on_post(a, false, Some((900_000, 0)), 1_000, 2);
+        assert!((s.guard_at(a, 4).posts - 1.0).abs() < 1e-12);
+        assert_eq!(s.guard_at(a, 0), Guard::default());
+        assert!(s.outcomes(a).posts > rates);
+        // A runtime newer than the guards (stored before they started again): its
+        // estimate waits for no guard, and counts in none.
+        s.on_post(a, true, Some((500_000, 5)), 1_000, 3);
+        assert!((s.guard_at(a, 4).posts - 1.0).abs() < 1e-12);
+        assert_eq!(s.guard_at(a, 5), Guard::default());
+        // The kept lead of an estimate not counted is not the guard's to take back.
+        let before = s.guard(a);
+        s.on_return(a, Some(3));
+        assert_eq!(s.guard(a), before);
     }
 
     /// Black-box round 77a: a return was matched to the guard's kept leads by its sale's
@@ -577,7 +598,7 @@ mod tests {
         let (counted, uncounted) = (lead_key("ld_counted"), lead_key("ld_uncounted"));
         assert_ne!(counted, uncounted);
         // Both sold at 500: one with the serving model's estimate, one without.
-        s.on_post(a, true, Some(800_000), 500, counted);
+        s.on_post(a, true, Some((800_000, 0)), 500, counted);
         s.on_post(a, true, None, 500, uncounted);
         let before = s.guard(a);
         assert!((before.kept - 1.0).abs() < 1e-12, "{before:?}");

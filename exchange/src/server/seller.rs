@@ -611,6 +611,7 @@ async fn ping(
                 ranked: award.ranked,
                 score: result.score,
                 dedup,
+                guard_epoch: rt.guard_epoch,
             };
             if let Err(refused) = state.quotes.insert_claimed(claim, quote) {
                 // The hold existed: the ledger gets it and its release as a pair.
@@ -863,6 +864,7 @@ async fn direct_post(
                 ranked: award.ranked,
                 reservation: award.reservation,
                 auction_started_ms: award.arrival,
+                guard_epoch: rt.guard_epoch,
                 from_quote: false,
                 idempotency,
                 dedup: claim.as_ref().map_or(&[], |c| c.keys.as_slice()),
@@ -1052,6 +1054,7 @@ async fn post(
             ranked: quote.ranked.clone(),
             reservation: quote.reservation.clone(),
             auction_started_ms: quote.auctioned_at,
+            guard_epoch: quote.guard_epoch,
             from_quote: true,
             idempotency,
             dedup: &claim.keys,
