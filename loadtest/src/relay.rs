@@ -8,14 +8,19 @@
 //!
 //! Must never: authenticate, parse the lead or the buyers' answers, score, filter, cap or
 //! write a ledger. Any logic here would make the reference slower and every ratio to it
-//! flattering. It also never retries, and a timed-out HTTP/1.1 call costs its connection,
-//! exactly as it does for the exchange.
+//! flattering. It also never retries. A call still running at its bound is heard out in
+//! the background within limits, as the exchange's late calls are
+//! (`exchange/src/late.rs`: for twice its timeout, at most 64 per target and 1,024 in
+//! all), so that its keep-alive connection survives: before, a timed-out call cost its
+//! connection here while the exchange kept its own, and at 2,000/s on a slow host the
+//! relay and the direct baseline fell into reconnecting (every call timing out) where the
+//! exchange did not.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +67,14 @@ const H2_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
 const ACCEPT_ERRORS_CONSECUTIVE_MAX: u32 = 100;
 /// A client connection with no request for this long is closed, in ms.
 const IDLE_TIMEOUT_MS: u64 = 120_000;
+/// How long a call still running at its bound is heard out, as a multiple of its
+/// timeout (the exchange's `LATE_DRAIN_TIMEOUTS`).
+pub const LATE_DRAIN_TIMEOUTS: u32 = 2;
+/// Late calls heard out at once per target (per prepared target; the exchange's
+/// `LATE_CALLS_PER_BUYER_MAX`); past it a late call is dropped, its connection closed.
+pub const LATE_CALLS_PER_TARGET_MAX: u32 = 64;
+/// Late calls heard out at once by one [`Fanout`] (the exchange's `LATE_CALLS_MAX`).
+pub const LATE_CALLS_MAX: usize = 1_024;
 
 /// A buyer to ping.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +117,8 @@ pub struct PreparedTarget {
     secret: Secret,
     http2: bool,
     timeout: Duration,
+    /// This target's calls being heard out late (shared by the target's clones).
+    late: Arc<AtomicU32>,
 }
 
 impl FanoutTarget {
@@ -133,6 +148,7 @@ impl FanoutTarget {
             secret,
             http2: self.http2,
             timeout: Duration::from_millis(self.timeout_ms),
+            late: Arc::default(),
         })
     }
 }
@@ -163,6 +179,41 @@ enum CallEnd {
 pub struct Fanout {
     h1: Client<ResetOnClose, Full<Bytes>>,
     h2: Client<ResetOnClose, Full<Bytes>>,
+    /// Calls being heard out late, in all.
+    late: Arc<AtomicUsize>,
+}
+
+/// One late call's place among those heard out (given back when dropped).
+#[derive(Debug)]
+struct LatePermit {
+    total: Arc<AtomicUsize>,
+    target: Arc<AtomicU32>,
+}
+
+impl LatePermit {
+    /// A place for a late call of `target`, if neither it nor the fan-out is at its limit.
+    fn admit(total: &Arc<AtomicUsize>, target: &Arc<AtomicU32>) -> Option<LatePermit> {
+        if target.fetch_add(1, Ordering::AcqRel) >= LATE_CALLS_PER_TARGET_MAX {
+            target.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        if total.fetch_add(1, Ordering::AcqRel) >= LATE_CALLS_MAX {
+            total.fetch_sub(1, Ordering::AcqRel);
+            target.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(LatePermit {
+            total: Arc::clone(total),
+            target: Arc::clone(target),
+        })
+    }
+}
+
+impl Drop for LatePermit {
+    fn drop(&mut self) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        self.target.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for Fanout {
@@ -202,7 +253,11 @@ impl Fanout {
             .pool_timer(TokioTimer::new())
             .http2_only(true)
             .build(connector());
-        Fanout { h1, h2 }
+        Fanout {
+            h1,
+            h2,
+            late: Arc::default(),
+        }
     }
 
     /// Sends `body` to every target in parallel (signed per Standard Webhooks, message id
@@ -297,8 +352,10 @@ impl Fanout {
         headers.insert(HEADER_TIMESTAMP, timestamp.header.clone());
         headers.insert(HEADER_SIGNATURE, signature);
         let client = if target.http2 { &self.h2 } else { &self.h1 };
-        let exchange = async {
-            let response = client.request(request).await.map_err(|_| ())?;
+        // The response future owns what it needs, so a late call can outlive this one.
+        let response = client.request(request);
+        let exchange = async move {
+            let response = response.await.map_err(|_| ())?;
             let ok = response.status().is_success();
             // Read (and drop) the whole answer, so the connection can be reused.
             let mut body = response.into_body();
@@ -314,10 +371,23 @@ impl Fanout {
             }
             Ok(ok)
         };
-        match tokio::time::timeout_at(until, exchange).await {
+        // Boxed, as the exchange boxes each call, so that it can be handed over late.
+        let mut exchange = Box::pin(exchange);
+        match tokio::time::timeout_at(until, exchange.as_mut()).await {
             Ok(Ok(true)) => CallEnd::Answered,
             Ok(Ok(false) | Err(())) => CallEnd::Failed,
-            Err(_) => CallEnd::TimedOut,
+            Err(_) => {
+                // Heard out in the background within limits; past them, dropped here
+                // (its connection reset).
+                if let Some(permit) = LatePermit::admit(&self.late, &target.late) {
+                    let bound = target.timeout * LATE_DRAIN_TIMEOUTS;
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(bound, exchange).await;
+                        drop(permit);
+                    });
+                }
+                CallEnd::TimedOut
+            }
         }
     }
 }

@@ -376,10 +376,45 @@ async fn connections_are_counted_and_a_timed_out_http1_call_costs_one() {
     let stats = fleet.stats();
     // Keep-alive: one connection for three pings.
     assert_eq!(stats[0].connections_accepted, 1, "{stats:?}");
-    // HTTP/1.1: each abandoned request took its connection with it.
+    // HTTP/1.1: each request still hanging holds its connection while it is heard out
+    // (twice its timeout), and then takes it with it: each ping needed another.
     assert_eq!(stats[1].connections_accepted, 3, "{stats:?}");
     // HTTP/2: the stream is reset, the connection stays.
     assert_eq!(stats[2].connections_accepted, 1, "{stats:?}");
+    fleet.shutdown().await;
+}
+
+/// A call still running at its timeout is heard out (as the exchange hears out its late
+/// calls), so an HTTP/1.1 buyer that answers late keeps its keep-alive connection: before,
+/// every timed-out call reset its connection and the next ping opened a new one, and at
+/// 2,000/s on a slow host the relay and the direct baseline fell into reconnecting while
+/// the exchange did not. Here each answer comes 100 ms after its 200 ms bound, in the
+/// middle of the next ping, which takes the other connection: two connections serve every
+/// ping (one per ping before).
+#[tokio::test]
+async fn a_call_answered_after_its_timeout_is_heard_out_and_keeps_its_connection() {
+    let fleet = start_fleet(&[healthy("late", 300.0)], 4).await.unwrap();
+    let all = targets(&fleet, 200);
+    let fanout = Fanout::new();
+    const PINGS: u32 = 6;
+    for i in 0..PINGS {
+        let result = fanout
+            .ping_all(
+                &all,
+                ping_body(),
+                &format!("l{i}"),
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!((result.answered, result.timeouts), (0, 1), "{result:?}");
+    }
+    let stats = fleet.stats();
+    assert_eq!(stats[0].pings, u64::from(PINGS), "{stats:?}");
+    // Two alternate; a slow machine may need a third now and then, never one per ping.
+    assert!(
+        stats[0].connections_accepted <= u64::from(PINGS / 2),
+        "{stats:?}"
+    );
     fleet.shutdown().await;
 }
 
