@@ -674,6 +674,68 @@ impl AppState {
         self.runtime.load().generation
     }
 
+    /// Loads the `CHAMPION` of each vertical of `new` that `old` does not have (by name)
+    /// into its slot of `models`, and returns the (vertical, version) pairs loaded. One
+    /// that cannot be read or loaded leaves its vertical without a model, is logged and
+    /// remembered as the directory watch does (which then does not try it again), and
+    /// does not refuse the reload. Blocking (reads files).
+    fn added_champions(
+        &self,
+        old: &Config,
+        new: &Config,
+        models: &mut [Option<Arc<ModelSet>>],
+    ) -> Vec<(String, String)> {
+        let mut loaded = Vec::new();
+        for (vi, v) in new.verticals.iter().enumerate() {
+            if v.features.is_none() || old.vertical_by_name.contains_key(&v.name) {
+                continue;
+            }
+            let version = match crate::models::read_champion_checked(&new.learning, &v.name) {
+                Ok(Some(version)) => version,
+                Ok(None) => continue,
+                Err(problem) => {
+                    tracing::error!(
+                        vertical = %v.name,
+                        error = %problem,
+                        "CHAMPION cannot be read; the vertical the reload added serves no \
+                         model (cold-start rates)"
+                    );
+                    self.champion_failures.lock().insert(
+                        v.name.clone(),
+                        ChampionFailure {
+                            version: UNREADABLE_CHAMPION.into(),
+                            problems: vec![problem],
+                        },
+                    );
+                    continue;
+                }
+            };
+            match crate::models::load_set(&new.learning, v, &version) {
+                Ok(set) => {
+                    if let Some(slot) = models.get_mut(vi) {
+                        *slot = Some(Arc::new(set));
+                    }
+                    self.champion_failures.lock().remove(&v.name);
+                    loaded.push((v.name.clone(), version));
+                }
+                Err(problems) => {
+                    tracing::error!(
+                        vertical = %v.name,
+                        version = %version,
+                        error = %problems.join("; "),
+                        "the champion model failed to load; the vertical the reload added \
+                         serves no model (cold-start rates) and /readyz answers 503 until a \
+                         model is served"
+                    );
+                    self.champion_failures
+                        .lock()
+                        .insert(v.name.clone(), ChampionFailure { version, problems });
+                }
+            }
+        }
+        loaded
+    }
+
     /// Reads the configuration again from its source and applies it
     /// ([`AppState::apply_config`]). Blocking (reads a file): call it off the event loop.
     pub fn reload(&self) -> Result<u64, ReloadError> {
@@ -713,9 +775,13 @@ impl AppState {
             })
         };
         let models = carry_models(&old, &config).map_err(|mut more| problems.append(&mut more));
-        let (Ok(tls), Ok(models), true) = (tls, models, problems.is_empty()) else {
+        let (Ok(tls), Ok(mut models), true) = (tls, models, problems.is_empty()) else {
             return Err(ReloadError::Invalid(problems));
         };
+        // A vertical the reload adds (or puts back) serves its `CHAMPION` from this
+        // generation on, as a start would (black-box round 79b: it served no model until
+        // the directory watch's next look, up to `learning.watch_ms` later).
+        let champions = self.added_champions(&old.config, &config, &mut models);
         self.ids.assign(&mut config).map_err(|e| {
             ReloadError::Invalid(vec![FieldProblem::new(
                 if e.kind == "buyer" {
@@ -760,10 +826,26 @@ impl AppState {
             config: Arc::new(config),
             generation,
             models,
-            guard_epoch: old.guard_epoch,
+            // A model that starts serving starts every drift guard again, as a swap does.
+            guard_epoch: if champions.is_empty() {
+                old.guard_epoch
+            } else {
+                generation
+            },
             buyer_metrics,
             openapi: Arc::default(),
         }));
+        if !champions.is_empty() {
+            self.stats.reset_guards(generation);
+        }
+        for (vertical, version) in &champions {
+            tracing::info!(
+                generation,
+                vertical = %vertical,
+                version = %version,
+                "models swapped (the vertical the reload added serves its CHAMPION)"
+            );
+        }
         tls.apply(self);
         self.metrics.config_generation.set(generation as i64);
         // Freed off the auction threads once the requests running on it finish.

@@ -1487,3 +1487,73 @@ async fn a_post_settled_after_a_model_swap_does_not_count_in_the_new_models_guar
     assert_eq!(sold.status, PostStatus::Sold);
     assert!((guard_posts() - 1.0).abs() < 1e-9, "{}", guard_posts());
 }
+
+/// Black-box round 79b: a vertical that a reload put back (or added) served no model until
+/// the directory watch's next look, though its `CHAMPION` named one; auctions in between
+/// ranked on the cold-start rates. The reload now serves it in its own generation, and the
+/// drift guards start again as with any model that starts serving.
+#[tokio::test]
+async fn a_vertical_a_reload_adds_serves_its_champion_from_that_generation() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    // No directory watch: only the reload can serve the model.
+    let ex = TestConfig::new()
+        .buyer(ba)
+        .start_edited(with_features("watch_ms = 0"))
+        .await;
+    assert_eq!(
+        import(&ex, "m1", Some(model_json(ALL_LEN, LEAD_LEN + 3)), None),
+        0
+    );
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "m1"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let serving = |ex: &Exchange| {
+        let rt = ex.state.runtime.load();
+        let vi = rt.config.vertical_by_name.get(VERTICAL).copied();
+        let version = vi
+            .and_then(|vi| rt.models.get(vi).cloned().flatten())
+            .map(|m| m.version.clone());
+        (rt.generation, rt.guard_epoch, version)
+    };
+    let original = std::fs::read_to_string(&ex.config_path).unwrap();
+
+    // Renamed away: the vertical is gone, its CHAMPION stays on disk. The new name's
+    // CHAMPION names a model that is not there: the reload applies, the vertical serves
+    // no model, and /readyz says why (as at a start).
+    let learning = ex.state.runtime.load().config.learning.clone();
+    let renamed = pingpost::models::vertical_dir(&learning, "auto_renamed");
+    std::fs::create_dir_all(&renamed).unwrap();
+    std::fs::write(renamed.join(pingpost::models::CHAMPION), "missing\n").unwrap();
+    ex.write_config_text(&original.replace(VERTICAL, "auto_renamed"));
+    let reply = ex.reload().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (gone_at, epoch_before, none) = serving(&ex);
+    assert_eq!(none, None);
+    assert!(epoch_before < gone_at, "nothing started serving");
+    let ready = ex.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("missing"), "{}", ready.text());
+
+    // Put back: served by the reload's own generation, and /readyz says so.
+    ex.write_config_text(&original);
+    let reply = ex.reload().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (generation, epoch, version) = serving(&ex);
+    assert_eq!(generation, gone_at + 1);
+    assert_eq!(version.as_deref(), Some("m1"));
+    assert_eq!(
+        epoch, generation,
+        "a model that starts serving starts the guards again"
+    );
+    let ready = ex.admin_get("/readyz").await;
+    assert_eq!(ready.json()["models"][VERTICAL], "m1", "{}", ready.text());
+    ex.client.ping("TX").await;
+    let auction = auctions(&ex).await.pop().unwrap();
+    assert_eq!(auction["models"]["realization"], "m1", "{auction}");
+
+    // A reload that keeps the vertical changes nothing of its model or guards.
+    let reply = ex.reload().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (_, kept_epoch, kept) = serving(&ex);
+    assert_eq!((kept_epoch, kept.as_deref()), (epoch, Some("m1")));
+}
