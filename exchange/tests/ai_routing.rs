@@ -1557,3 +1557,91 @@ async fn a_vertical_a_reload_adds_serves_its_champion_from_that_generation() {
     let (_, kept_epoch, kept) = serving(&ex);
     assert_eq!((kept_epoch, kept.as_deref()), (epoch, Some("m1")));
 }
+
+/// Black-box round 79a: `ledger verify` began a new run at every generation, model swaps
+/// included, so after 185 swaps (and no reload) it re-checked the payouts of 3 sales of
+/// 9,503. Generations that model swaps joined are one run; a reload still begins one.
+#[tokio::test]
+async fn verify_rechecks_payouts_across_model_swaps_and_starts_a_run_at_a_reload() {
+    let a = ScriptedBidder::bidding(20.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let mut ex = TestConfig::new()
+        .buyer(ba)
+        .start_edited(with_features("watch_ms = 0"))
+        .await;
+    let realization = model_json(ALL_LEN, LEAD_LEN + 3);
+    for version in ["m1", "m2"] {
+        assert_eq!(import(&ex, version, Some(realization.clone()), None), 0);
+    }
+    let sell = |ex: &Exchange| {
+        let ex = ex.client.clone();
+        async move {
+            let q = ex.ping("TX").await;
+            assert_eq!(ex.post(&q.ping_id, "TX").await.status, PostStatus::Sold);
+        }
+    };
+    // Generation 1 (no model), 2 (m1), 3 (m2), 4 (m1 again): one sale each.
+    sell(&ex).await;
+    for version in ["m1", "m2", "m1"] {
+        let reply = swap(&ex, json!({"vertical": VERTICAL, "version": version})).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        sell(&ex).await;
+    }
+    let original = std::fs::read_to_string(&ex.config_path).unwrap();
+    let changed = ex.config_path.with_file_name("share-70.toml");
+    assert!(original.contains("share_pct = 80"));
+    std::fs::write(
+        &changed,
+        original.replace("share_pct = 80", "share_pct = 70"),
+    )
+    .unwrap();
+    let verify = |config: &std::path::Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .args(["ledger", "verify", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), out)
+    };
+    // On disk, under the serving generation (as a shutdown's flush is written).
+    let generation = ex.state.runtime.load().generation;
+    assert_eq!(generation, 4);
+    let now = ex.state.clock.now_ms();
+    ex.state.ledger.flush_at(generation, now).await.unwrap();
+    // Every sale is of the latest run: each fails against the changed rule.
+    let (code, out) = verify(&changed);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("latest run, generations 1 to 4 (model swaps only between them) from"),
+        "{out}"
+    );
+    let payout_mismatches = |out: &str| {
+        out.lines()
+            .filter(|l| l.starts_with("MISMATCH: ") && l.contains("payout model"))
+            .count()
+    };
+    assert_eq!(payout_mismatches(&out), 4, "{out}");
+    assert!(!out.contains("PAYOUT NOT RE-CHECKED"), "{out}");
+    assert_eq!(verify(&ex.config_path).0, Some(0));
+
+    // A reload (generation 5) begins a run: the sales before it are listed, not failed.
+    let reply = ex.reload().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    sell(&ex).await;
+    ex.shutdown().await;
+    let (code, out) = verify(&changed);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("latest run, generation 5 from"), "{out}");
+    assert_eq!(payout_mismatches(&out), 1, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("PAYOUT NOT RE-CHECKED: "))
+            .count(),
+        4,
+        "{out}"
+    );
+}

@@ -87,11 +87,73 @@ pub struct Reconciliation {
     /// The ledger's last run of one generation: its generation and where it begins
     /// (segment and seq). Payouts are re-checked against the configuration for the
     /// auctions from there on.
-    pub current: Option<(u64, String)>,
+    /// With the first generation of that run when model swaps joined earlier
+    /// generations to it (`(first, last, from)`).
+    pub current: Option<(u64, u64, String)>,
     /// Sales decided under an earlier generation (or before a restart), by generation:
     /// how many, and how many of them are test sales.
     pub earlier_sales: BTreeMap<u64, (u64, u64)>,
     pub stats: ReadStats,
+}
+
+/// A stretch of the ledger written under one generation (from a change of generation, a
+/// `flush` or a start to the next), and the serving models its auctions name, per
+/// vertical: the first and the last seen.
+struct Stretch {
+    start: (usize, String),
+    generation: u64,
+    /// It follows the stretch before directly (no flush or start between) with the next
+    /// generation: a reload or a model swap made it.
+    next: bool,
+    first_models: HashMap<String, String>,
+    last_models: HashMap<String, String>,
+}
+
+impl Stretch {
+    fn new(start: (usize, String), generation: u64, next: bool) -> Stretch {
+        Stretch {
+            start,
+            generation,
+            next,
+            first_models: HashMap::new(),
+            last_models: HashMap::new(),
+        }
+    }
+
+    /// An auction of `vertical` served by `models` (its record's `models`, if any).
+    fn saw(&mut self, vertical: &str, models: Option<&serde_json::Value>) {
+        let m = models.map_or_else(String::new, serde_json::Value::to_string);
+        if !self.first_models.contains_key(vertical) {
+            self.first_models.insert(vertical.to_string(), m.clone());
+        }
+        self.last_models.insert(vertical.to_string(), m);
+    }
+
+    /// Whether a model swap, not a reload, made this stretch out of `before`: the next
+    /// generation, directly after it, and a vertical whose auctions in both name other
+    /// models (a reload never changes the models of a vertical it keeps; a swap changes
+    /// nothing else). When the ledger cannot tell (no such vertical had auctions on both
+    /// sides, a swap to the same models), it counts as a reload: a new run.
+    fn continues(&self, before: &Stretch) -> bool {
+        self.next
+            && self.generation == before.generation.saturating_add(1)
+            && self
+                .first_models
+                .iter()
+                .any(|(v, m)| before.last_models.get(v).is_some_and(|b| b != m))
+    }
+}
+
+/// Where the ledger's latest run begins (ordinal and place) and its first generation:
+/// the last stretch, joined to those before it while model swaps made them.
+fn latest_run(stretches: &[Stretch]) -> ((usize, String), u64) {
+    let mut i = stretches.len().saturating_sub(1);
+    while i > 0 && stretches[i].continues(&stretches[i - 1]) {
+        i -= 1;
+    }
+    stretches
+        .get(i)
+        .map_or(((0, String::new()), 0), |s| (s.start.clone(), s.generation))
 }
 
 /// Counts a sale decided under generation `g` before the ledger's latest run (`test`:
@@ -208,10 +270,12 @@ pub fn reconcile_upto(
     // The ledger's runs of one generation: a new run begins where the generation
     // changes (a reload, or a restart: generations start again at 1) or after a `flush`
     // (a shutdown; a restart follows).
+    // A model swap makes a generation too, but changes no payout rule: stretches of one
+    // generation joined by swaps only are one run (see `Stretch::continues`).
     let mut ordinal = 0usize;
     let mut last_gen: Option<u64> = None;
     let mut after_flush = false;
-    let mut run_start = (0usize, String::new());
+    let mut stretches: Vec<Stretch> = vec![Stretch::new((0, String::new()), 0, false)];
     let stats = for_each_unverified_upto(dir, upto, |e: Entry| {
         let generation = e
             .value
@@ -219,14 +283,20 @@ pub fn reconcile_upto(
             .and_then(|g| g.as_u64())
             .unwrap_or(0);
         if last_gen != Some(generation) || after_flush {
-            run_start = (ordinal, e.place());
+            let next = !after_flush && last_gen.map(|g| g.saturating_add(1)) == Some(generation);
+            stretches.push(Stretch::new((ordinal, e.place()), generation, next));
         }
         last_gen = Some(generation);
         after_flush = e.kind == "flush";
         if after_flush && e.value.get("start").and_then(|s| s.as_bool()) == Some(true) {
             // A start (its flush marks it, after a shutdown or a crash) begins a run: a
             // ledger that ends with one has an empty latest run, not the one before it.
-            run_start = (ordinal + 1, e.place());
+            stretches.push(Stretch::new((ordinal + 1, e.place()), generation, false));
+        }
+        if e.kind == "auction" {
+            if let Some(last) = stretches.last_mut() {
+                last.saw(e.str("vertical"), e.value.get("models"));
+            }
         }
         let here = ordinal;
         ordinal += 1;
@@ -389,9 +459,10 @@ pub fn reconcile_upto(
         }
         true
     })?;
+    let (run_start, first_gen) = latest_run(&stretches);
     let mut out = Reconciliation {
         payouts_checked: cfg.is_some(),
-        current: last_gen.map(|g| (g, run_start.1.clone())),
+        current: last_gen.map(|g| (first_gen.min(g), g, run_start.1.clone())),
         stats,
         ..Reconciliation::default()
     };
@@ -915,10 +986,15 @@ impl Reconciliation {
                 "  payouts not checked against the payout models: that needs --config (the sellers' payout models)"
             );
         } else {
-            let (g, from) = self.current.clone().unwrap_or((0, "-".into()));
+            let (first, g, from) = self.current.clone().unwrap_or((0, 0, "-".into()));
+            let gens = if first < g {
+                format!("generations {first} to {g} (model swaps only between them)")
+            } else {
+                format!("generation {g}")
+            };
             let _ = writeln!(
                 out,
-                "  payouts re-checked against the configuration given (today's payout models, not the ones of earlier generations): a mismatch fails for auctions of the ledger's latest run, generation {g} from {from}"
+                "  payouts re-checked against the configuration given (today's payout models, not the ones of earlier generations): a mismatch fails for auctions of the ledger's latest run, {gens} from {from}"
             );
             if !self.earlier_sales.is_empty() {
                 let gens: Vec<String> = self
@@ -1098,6 +1174,70 @@ impl Reconciliation {
 mod tests {
     use super::*;
     use crate::ledger::segments;
+
+    /// A stretch of `generation` whose auctions of each `(vertical, models)` came in order.
+    fn stretch(at: usize, generation: u64, next: bool, seen: &[(&str, &str)]) -> Stretch {
+        let mut s = Stretch::new((at, format!("seq {at}")), generation, next);
+        for (v, m) in seen {
+            let models: serde_json::Value = serde_json::from_str(m).unwrap();
+            s.saw(v, Some(&models).filter(|m| !m.is_null()));
+        }
+        s
+    }
+
+    /// Round 79a: a run goes back over model swaps, and stops at anything the ledger
+    /// cannot tell from a reload.
+    #[test]
+    fn the_latest_run_goes_back_over_model_swaps_only() {
+        let m1 = r#"{"realization":"m1"}"#;
+        let m2 = r#"{"realization":"m2"}"#;
+        let at = |stretches: &[Stretch]| latest_run(stretches).0 .0;
+        // No model, then m1, then m2 (a vertical with auctions on both sides): one run.
+        let swaps = [
+            stretch(0, 1, false, &[("v", "null")]),
+            stretch(5, 2, true, &[("v", m1), ("v", m1)]),
+            stretch(9, 3, true, &[("v", m2)]),
+        ];
+        assert_eq!(latest_run(&swaps), ((0, "seq 0".into()), 1));
+        // The same models on both sides: a reload.
+        let reload = [
+            stretch(0, 1, false, &[("v", m1)]),
+            stretch(5, 2, true, &[("v", m1)]),
+        ];
+        assert_eq!(at(&reload), 5);
+        // A generation skipped (a reload or swap with no auction between): not joined.
+        let gap = [
+            stretch(0, 1, false, &[("v", m1)]),
+            stretch(5, 3, false, &[("v", m2)]),
+        ];
+        assert_eq!(at(&gap), 5);
+        // After a flush or a start (`next` false), or generations starting again.
+        let restart = [
+            stretch(0, 1, false, &[("v", m1)]),
+            stretch(5, 2, false, &[("v", m2)]),
+        ];
+        assert_eq!(at(&restart), 5);
+        // Other models only for a vertical without auctions before: cannot tell.
+        let other = [
+            stretch(0, 1, false, &[("u", m1)]),
+            stretch(5, 2, true, &[("v", m2), ("u", m1)]),
+        ];
+        assert_eq!(at(&other), 5);
+        // The swap is judged by the last auction before and the first after it.
+        let last_first = [
+            stretch(0, 1, false, &[("v", m2), ("v", m1)]),
+            stretch(5, 2, true, &[("v", m1), ("v", m2)]),
+        ];
+        assert_eq!(at(&last_first), 5);
+        // A run of swaps stops at the reload before it.
+        let chain = [
+            stretch(0, 1, false, &[("v", m1)]),
+            stretch(3, 2, true, &[("v", m1)]),
+            stretch(5, 3, true, &[("v", m2)]),
+            stretch(9, 4, true, &[("v", m1)]),
+        ];
+        assert_eq!(latest_run(&chain), ((3, "seq 3".into()), 2));
+    }
 
     /// Writes `records` as a framed segment in a fresh directory.
     fn ledger(records: &[&str]) -> tempfile::TempDir {
