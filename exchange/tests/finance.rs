@@ -1458,7 +1458,6 @@ async fn verify_config_does_not_fail_a_sale_decided_before_a_crash_and_restart()
     .expect("the restart's flush is written");
     let config = second.config_path.clone();
     let o = run(&["ledger", "verify", "--config", config.to_str().unwrap()]);
-    second.shutdown().await;
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(!out.contains("MISMATCH"), "{out}");
@@ -1466,6 +1465,33 @@ async fn verify_config_does_not_fail_a_sale_decided_before_a_crash_and_restart()
         out.lines().any(|l| l.starts_with("PAYOUT NOT RE-CHECKED: ")
             && l.contains("seller_price_micros 16000000")
             && l.contains("before a reload or restart")),
+        "{out}"
+    );
+    assert!(
+        out.contains("sales decided before it (1 of generation 1;"),
+        "{out}"
+    );
+
+    // Round 80a: generations start again at 1 at every start, and the summary added up
+    // the sales of generation 1 of both starts. A sale of this start's generation 1, a
+    // reload (generation 2) and an auction under it: both sales are earlier, each named
+    // by its start.
+    let p = second.client.ping("TX").await;
+    assert_eq!(
+        second.client.post(&p.ping_id, "TX").await.status,
+        PostStatus::Sold
+    );
+    let r = second.reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    second.client.ping("TX").await;
+    second.shutdown().await;
+    let o = run(&["ledger", "verify", "--config", config.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(
+            "sales decided before it (1 of generation 1 after start 1, 1 of generation 1 after start 2;"
+        ),
         "{out}"
     );
 }

@@ -92,7 +92,9 @@ pub struct Reconciliation {
     pub current: Option<(u64, u64, String)>,
     /// Sales decided under an earlier generation (or before a restart), by generation:
     /// how many, and how many of them are test sales.
-    pub earlier_sales: BTreeMap<u64, (u64, u64)>,
+    /// Keyed by the ledger's start they were decided after (0 before the first start
+    /// mark, 1 after it, ...) and generation: generations start again at 1 at every start.
+    pub earlier_sales: BTreeMap<(usize, u64), (u64, u64)>,
     pub stats: ReadStats,
 }
 
@@ -158,8 +160,13 @@ fn latest_run(stretches: &[Stretch]) -> ((usize, String), u64) {
 
 /// Counts a sale decided under generation `g` before the ledger's latest run (`test`:
 /// a test sale, counted apart too: the money lines leave them out).
-fn count_earlier(earlier: &mut BTreeMap<u64, (u64, u64)>, g: u64, test: bool) {
-    let e = earlier.entry(g).or_default();
+fn count_earlier(
+    earlier: &mut BTreeMap<(usize, u64), (u64, u64)>,
+    start: usize,
+    g: u64,
+    test: bool,
+) {
+    let e = earlier.entry((start, g)).or_default();
     e.0 += 1;
     e.1 += u64::from(test);
 }
@@ -276,6 +283,8 @@ pub fn reconcile_upto(
     let mut last_gen: Option<u64> = None;
     let mut after_flush = false;
     let mut stretches: Vec<Stretch> = vec![Stretch::new((0, String::new()), 0, false)];
+    // Where each start's mark is (ordinals, in order).
+    let mut starts: Vec<usize> = Vec::new();
     let stats = for_each_unverified_upto(dir, upto, |e: Entry| {
         let generation = e
             .value
@@ -292,6 +301,7 @@ pub fn reconcile_upto(
             // A start (its flush marks it, after a shutdown or a crash) begins a run: a
             // ledger that ends with one has an empty latest run, not the one before it.
             stretches.push(Stretch::new((ordinal + 1, e.place()), generation, false));
+            starts.push(ordinal);
         }
         if e.kind == "auction" {
             if let Some(last) = stretches.last_mut() {
@@ -460,6 +470,8 @@ pub fn reconcile_upto(
         true
     })?;
     let (run_start, first_gen) = latest_run(&stretches);
+    // How many starts came before the record at `ordinal`.
+    let start_of = |ordinal: usize| starts.partition_point(|&s| s < ordinal);
     let mut out = Reconciliation {
         payouts_checked: cfg.is_some(),
         current: last_gen.map(|g| (first_gen.min(g), g, run_start.1.clone())),
@@ -658,7 +670,7 @@ pub fn reconcile_upto(
                 // A seller of an earlier run may have been removed since (black-box round
                 // 18): like a payout rule that changed, listed, not failed.
                 None if !current => {
-                    count_earlier(&mut out.earlier_sales, decided_gen, s.test);
+                    count_earlier(&mut out.earlier_sales, start_of(decided_at), decided_gen, s.test);
                     out.payout_not_rechecked.push(format!(
                         "{}: seller {:?} is not in the configuration given; the auction ran under generation {decided_gen}, before a reload or restart (the ledger's latest run is generation {} from {}): not a mismatch, the seller may have been removed since ({})",
                         s.place,
@@ -681,7 +693,7 @@ pub fn reconcile_upto(
                         auction.and_then(|a| a.winner_bid)
                     };
                     if !current {
-                        count_earlier(&mut out.earlier_sales, decided_gen, s.test);
+                        count_earlier(&mut out.earlier_sales, start_of(decided_at), decided_gen, s.test);
                     }
                     if let Some(wb) = winner_bid {
                         let expected = seller.payout.seller_price(Micros(wb)).min(Micros(wb)).0;
@@ -997,12 +1009,28 @@ impl Reconciliation {
                 "  payouts re-checked against the configuration given (today's payout models, not the ones of earlier generations): a mismatch fails for auctions of the ledger's latest run, {gens} from {from}"
             );
             if !self.earlier_sales.is_empty() {
+                // Generations start again at 1 at every start (round 80a: one count per
+                // number mixed the runs): named by their start when there were several.
+                let several = self
+                    .earlier_sales
+                    .keys()
+                    .map(|(start, _)| start)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    > 1;
                 let gens: Vec<String> = self
                     .earlier_sales
                     .iter()
-                    .map(|(g, (n, test))| match test {
-                        0 => format!("{n} of generation {g}"),
-                        t => format!("{n} of generation {g}, {t} of them test"),
+                    .map(|((start, g), (n, test))| {
+                        let of = if several {
+                            format!("generation {g} after start {start}")
+                        } else {
+                            format!("generation {g}")
+                        };
+                        match test {
+                            0 => format!("{n} of {of}"),
+                            t => format!("{n} of {of}, {t} of them test"),
+                        }
                     })
                     .collect();
                 let _ = writeln!(
