@@ -778,10 +778,6 @@ impl AppState {
         let (Ok(tls), Ok(mut models), true) = (tls, models, problems.is_empty()) else {
             return Err(ReloadError::Invalid(problems));
         };
-        // A vertical the reload adds (or puts back) serves its `CHAMPION` from this
-        // generation on, as a start would (black-box round 79b: it served no model until
-        // the directory watch's next look, up to `learning.watch_ms` later).
-        let champions = self.added_champions(&old.config, &config, &mut models);
         self.ids.assign(&mut config).map_err(|e| {
             ReloadError::Invalid(vec![FieldProblem::new(
                 if e.kind == "buyer" {
@@ -792,6 +788,11 @@ impl AppState {
                 e.to_string(),
             )])
         })?;
+        // A vertical the reload adds (or puts back) serves its `CHAMPION` from this
+        // generation on, as a start would (black-box round 79b: it served no model until
+        // the directory watch's next look, up to `learning.watch_ms` later). Read once
+        // nothing can refuse the reload any more, so a refused one records nothing.
+        let champions = self.added_champions(&old.config, &config, &mut models);
         // New keys get their slots before any request can see the new runtime.
         self.caps.grow(self.ids.buyer_count());
         self.breakers.grow(self.ids.buyer_count());

@@ -125,25 +125,41 @@ impl Stretch {
     /// An auction of `vertical` served by `models` (its record's `models`, if any).
     fn saw(&mut self, vertical: &str, models: Option<&serde_json::Value>) {
         let m = models.map_or_else(String::new, serde_json::Value::to_string);
-        if !self.first_models.contains_key(vertical) {
-            self.first_models.insert(vertical.to_string(), m.clone());
+        match self.last_models.get_mut(vertical) {
+            Some(last) => *last = m,
+            None => {
+                self.first_models.insert(vertical.to_string(), m.clone());
+                self.last_models.insert(vertical.to_string(), m);
+            }
         }
-        self.last_models.insert(vertical.to_string(), m);
     }
 
-    /// Whether a model swap, not a reload, made this stretch out of `before`: the next
-    /// generation, directly after it, and a vertical whose auctions in both name other
-    /// models (a reload never changes the models of a vertical it keeps; a swap changes
-    /// nothing else). When the ledger cannot tell (no such vertical had auctions on both
-    /// sides, a swap to the same models), it counts as a reload: a new run.
+    /// Whether a model swap, not a reload, made this stretch out of `before` (the one
+    /// just before it): the next generation, directly after it (`next`), and a vertical
+    /// whose auctions in both name other models (a reload never changes the models of a
+    /// vertical it keeps; a swap changes nothing else). When the ledger cannot tell (no
+    /// such vertical had auctions on both sides, a swap to the same models), it counts
+    /// as a reload: a new run.
     fn continues(&self, before: &Stretch) -> bool {
         self.next
-            && self.generation == before.generation.saturating_add(1)
             && self
                 .first_models
                 .iter()
                 .any(|(v, m)| before.last_models.get(v).is_some_and(|b| b != m))
     }
+}
+
+/// Adds `next` after the ledger's stretches, keeping only those the latest run can still
+/// reach back to: once a stretch is complete (another follows it), one that does not
+/// continue the stretch before it ends any run through it, and the ones before are
+/// dropped (so a ledger of many reloads and swaps keeps a few).
+fn push_stretch(stretches: &mut Vec<Stretch>, next: Stretch) {
+    if let [.., before, last] = stretches.as_slice() {
+        if !last.continues(before) {
+            stretches.drain(..stretches.len() - 1);
+        }
+    }
+    stretches.push(next);
 }
 
 /// Where the ledger's latest run begins (ordinal and place) and its first generation:
@@ -293,14 +309,20 @@ pub fn reconcile_upto(
             .unwrap_or(0);
         if last_gen != Some(generation) || after_flush {
             let next = !after_flush && last_gen.map(|g| g.saturating_add(1)) == Some(generation);
-            stretches.push(Stretch::new((ordinal, e.place()), generation, next));
+            push_stretch(
+                &mut stretches,
+                Stretch::new((ordinal, e.place()), generation, next),
+            );
         }
         last_gen = Some(generation);
         after_flush = e.kind == "flush";
         if after_flush && e.value.get("start").and_then(|s| s.as_bool()) == Some(true) {
             // A start (its flush marks it, after a shutdown or a crash) begins a run: a
             // ledger that ends with one has an empty latest run, not the one before it.
-            stretches.push(Stretch::new((ordinal + 1, e.place()), generation, false));
+            push_stretch(
+                &mut stretches,
+                Stretch::new((ordinal + 1, e.place()), generation, false),
+            );
             starts.push(ordinal);
         }
         if e.kind == "auction" {
@@ -1265,6 +1287,13 @@ mod tests {
             stretch(9, 4, true, &[("v", m1)]),
         ];
         assert_eq!(latest_run(&chain), ((3, "seq 3".into()), 2));
+        // Kept as the pass keeps them: what the run cannot reach back to is dropped.
+        let mut kept = Vec::new();
+        for s in chain {
+            push_stretch(&mut kept, s);
+        }
+        assert_eq!(kept.len(), 3);
+        assert_eq!(latest_run(&kept), ((3, "seq 3".into()), 2));
     }
 
     /// Writes `records` as a framed segment in a fresh directory.
