@@ -124,6 +124,19 @@ fn carry_models(
 /// One metrics slot per buyer of `config`: already resolved for a buyer (by id) that
 /// `old` had resolved, so a swap does not make the next auctions resolve every pinged
 /// buyer's series again; empty for the others.
+/// The cap windows a buyer's `pingpost_cap_utilisation_percent` is labelled by, and
+/// whether `caps` caps each (a buyer not configured caps none).
+fn cap_windows(caps: Option<&crate::core::config::Caps>) -> [(&'static str, bool); 4] {
+    let capped =
+        |window: fn(&crate::core::config::Caps) -> Option<u32>| caps.and_then(window).is_some();
+    [
+        ("hour", capped(|c| c.hourly)),
+        ("day", capped(|c| c.daily)),
+        ("week", capped(|c| c.weekly)),
+        ("month", capped(|c| c.monthly)),
+    ]
+}
+
 fn metric_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<BuyerMetrics>> {
     let resolved: std::collections::HashMap<&str, &BuyerMetrics> = old
         .map(|rt| {
@@ -802,19 +815,19 @@ impl AppState {
         self.seller_in_flight.grow(self.ids.seller_count());
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = metric_slots(&config, Some(&old));
-        // A removed buyer's cap gauges would otherwise show its last utilisation forever;
-        // its counters stay (they only ever count what happened).
-        for gone in old
-            .config
-            .buyers
-            .iter()
-            .filter(|b| !config.buyer_by_key.contains_key(&b.key))
-        {
-            for window in ["hour", "day", "week", "month"] {
-                let _ = self
-                    .metrics
-                    .cap_utilisation
-                    .remove_label_values(&[&gone.id, window]);
+        // The cap gauges of a removed buyer, or of a window a kept buyer no longer caps,
+        // would otherwise show their last utilisation until a restart (a scrape computes
+        // only the windows configured now; black-box round 81a); counters stay (they only
+        // ever count what happened).
+        for was in old.config.buyers.iter() {
+            let now_caps = config.buyer_by_key(was.key).map(|(_, b)| &b.caps);
+            for (window, capped) in cap_windows(now_caps) {
+                if !capped {
+                    let _ = self
+                        .metrics
+                        .cap_utilisation
+                        .remove_label_values(&[&was.id, window]);
+                }
             }
         }
         let generation = old.generation.saturating_add(1);

@@ -39,6 +39,38 @@ async fn sell(ex: &Exchange) -> String {
     a.buyer.unwrap_or_default()
 }
 
+/// Black-box round 81a: a window a reload stops capping kept its utilisation gauge, frozen
+/// at its last value, until a restart; a scrape computes only the windows capped now.
+#[tokio::test]
+async fn a_cap_window_a_reload_removes_loses_its_utilisation_gauge() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone().caps_daily(10))
+        .start()
+        .await;
+    assert_eq!(sell(&ex).await, "Buyer a");
+    let day = "pingpost_cap_utilisation_percent{buyer=\"a\",window=\"day\"}";
+    let hour = "pingpost_cap_utilisation_percent{buyer=\"a\",window=\"hour\"}";
+    let scrape = ex.metrics().await;
+    assert!(scrape.contains(&format!("{day} 10\n")), "{scrape}");
+    assert!(!scrape.contains(hour), "{scrape}");
+
+    ex.write_config(&TestConfig::new().buyer(ab.clone().caps_hourly(4)));
+    assert_eq!(generation_of(&ex.reload().await), 2);
+    assert_eq!(sell(&ex).await, "Buyer a");
+    let scrape = ex.metrics().await;
+    assert!(!scrape.contains(day), "a window no longer capped: {scrape}");
+    assert!(scrape.contains(&format!("{hour} 50\n")), "{scrape}");
+
+    // Capped again: the series comes back, computed from the sales it counts.
+    ex.write_config(&TestConfig::new().buyer(ab.clone().caps_daily(20)));
+    assert_eq!(generation_of(&ex.reload().await), 3);
+    let scrape = ex.metrics().await;
+    assert!(scrape.contains(&format!("{day} 10\n")), "{scrape}");
+    assert!(!scrape.contains(hour), "{scrape}");
+}
+
 #[tokio::test]
 async fn a_reload_that_reorders_adds_and_removes_buyers_keeps_every_count_with_its_buyer() {
     let a = ScriptedBidder::bidding(30.0);
