@@ -1198,6 +1198,13 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
             "{reason}"
         );
         assert!(!reason.contains('/') || reason.contains("POST /admin/models"));
+        // In API.md's order (round 81b: a `json!` map wrote them alphabetically).
+        let text = r.text();
+        assert!(
+            text.starts_with("{\"status\":\"not_ready\",\"reason\":")
+                && text.ends_with(&format!(",\"models_failed\":{{\"{VERTICAL}\":\"nope\"}}}}")),
+            "{text}"
+        );
     };
     not_ready(&client.get("/readyz").await);
     not_ready(&admin.get("/readyz").await);
@@ -1222,9 +1229,21 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // Byte for byte as API.md shows it (round 81b: the keys came alphabetically).
+    let generation = r.json()["generation"].as_u64().unwrap();
+    assert_eq!(
+        r.text(),
+        format!("{{\"generation\":{generation},\"vertical\":\"{VERTICAL}\",\"version\":null}}")
+    );
     let r = client.get("/readyz").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["models"][VERTICAL], Value::Null);
+    assert_eq!(
+        r.text(),
+        format!(
+            "{{\"status\":\"ready\",\"generation\":{generation},\"models\":{{\"{VERTICAL}\":null}}}}"
+        )
+    );
 
     // A CHAMPION that exists but cannot be read (over its 4 KiB bound, or a directory)
     // is a failed champion too, never "no model".

@@ -402,8 +402,9 @@ pub fn load_str_with_env(
                     p.at(
                         "admin.token_env",
                         format!(
-                            "the token in ${shown} is also a signing secret of buyers.{} \
-                             (buyers.{}.{key}): give the admin listener a token of its own",
+                            "the admin token (${shown}, or the demo's made-up one) is also a \
+                             signing secret of buyers.{} (buyers.{}.{key}): give the admin \
+                             listener a token of its own",
                             b.id, b.id
                         ),
                     );
@@ -682,8 +683,8 @@ fn shared_key_problems(
             p.at(
                 "admin.token_env",
                 format!(
-                    "the token in ${shown} is also the key of {party}: give the admin \
-                     listener a token of its own"
+                    "the admin token (${shown}, or the demo's made-up one) is also the key \
+                     of {party}: give the admin listener a token of its own"
                 ),
             );
         }

@@ -311,12 +311,19 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
                 .model_swaps
                 .with_label_values(&["applied"])
                 .inc();
-            let body = serde_json::json!({
-                "generation": generation,
-                "vertical": vertical,
-                "version": version,
-            });
-            json_response(200, body.to_string().into_bytes())
+            /// In the order API.md shows (a `json!` map is alphabetical: round 81b).
+            #[derive(serde::Serialize)]
+            struct Swapped<'a> {
+                generation: u64,
+                vertical: &'a str,
+                version: Option<&'a str>,
+            }
+            let body = Swapped {
+                generation,
+                vertical: &vertical,
+                version: version.as_deref(),
+            };
+            json_response(200, serde_json::to_vec(&body).unwrap_or_default())
         }
         Err(ReloadError::Invalid(fields)) => {
             state

@@ -148,8 +148,8 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
     let e = errors(&[("#BUYER", &shared)]);
     assert!(
         e.iter().any(|m| m
-            == "admin.token_env: the token in $ADMIN_TOKEN is also the key of sellers.s2: \
-                give the admin listener a token of its own"),
+            == "admin.token_env: the admin token ($ADMIN_TOKEN, or the demo's made-up one) \
+                is also the key of sellers.s2: give the admin listener a token of its own"),
         "{e:?}"
     );
     assert!(e.iter().all(|m| !m.contains("admin-token-value")), "{e:?}");
@@ -169,9 +169,9 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
         assert_eq!(
             e,
             [format!(
-                "admin.token_env: the token in ${var} is also a signing secret of \
-                 buyers.acme (buyers.acme.secret_env): give the admin listener a token of \
-                 its own"
+                "admin.token_env: the admin token (${var}, or the demo's made-up one) is \
+                 also a signing secret of buyers.acme (buyers.acme.secret_env): give the \
+                 admin listener a token of its own"
             )]
         );
         assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
