@@ -7,12 +7,27 @@
 //! running, listening and holding its ledger (black-box round 27). Every child is
 //! registered here while it runs; [`stop_on_signal`] stops them all on SIGINT, SIGTERM
 //! or SIGHUP, then exits with 128 + the signal's number.
+//!
+//! The exchange is stopped first, and waited for, before the rest: signalled all at
+//! once, the simulated buyers exited while the exchange was still draining its auctions
+//! in flight, and its ledger ended with a false auction where every buyer was `error`
+//! (black-box round 82b).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-static RUNNING: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// What a registered child is: the exchange is stopped before the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An exchange: it drains its auctions in flight on SIGTERM, and needs its buyers
+    /// (and relay) meanwhile.
+    Exchange,
+    /// Anything else: simulated buyers, the relay, `pingpost` commands.
+    Other,
+}
+
+static RUNNING: Mutex<BTreeMap<u32, Kind>> = Mutex::new(BTreeMap::new());
 /// The exit status a signal asked for (0: none yet).
 static SIGNALLED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -34,8 +49,18 @@ pub struct Registered(u32);
 
 /// Registers a child process by its pid until the returned value is dropped.
 pub fn register(pid: u32) -> Registered {
+    register_as(pid, Kind::Other)
+}
+
+/// Registers an exchange by its pid until the returned value is dropped: on a signal it
+/// is stopped, and waited for, before the other children ([`stop_all`]).
+pub fn register_exchange(pid: u32) -> Registered {
+    register_as(pid, Kind::Exchange)
+}
+
+fn register_as(pid: u32, kind: Kind) -> Registered {
     if let Ok(mut r) = RUNNING.lock() {
-        r.insert(pid);
+        r.insert(pid, kind);
     }
     Registered(pid)
 }
@@ -50,10 +75,11 @@ impl Drop for Registered {
 
 /// The children registered now.
 pub fn running() -> Vec<u32> {
-    RUNNING
-        .lock()
-        .map(|r| r.iter().copied().collect())
-        .unwrap_or_default()
+    registered().into_keys().collect()
+}
+
+fn registered() -> BTreeMap<u32, Kind> {
+    RUNNING.lock().map(|r| r.clone()).unwrap_or_default()
 }
 
 /// Whether `pid` has ended: no longer in `/proc`, or a zombie waiting to be reaped.
@@ -77,11 +103,22 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Stops every registered child ([`stop`]). Returns how many there were.
+/// Stops every registered child ([`stop`]): the exchanges first, then, once they have
+/// ended (or been killed after `grace`), the others, with `grace` of their own. Returns
+/// how many there were.
 pub fn stop_all(grace: Duration) -> usize {
-    let pids = running();
-    stop(&pids, grace);
-    pids.len()
+    stop_in_order(&registered(), grace)
+}
+
+/// [`stop_all`] for `children`.
+fn stop_in_order(children: &BTreeMap<u32, Kind>, grace: Duration) -> usize {
+    let (exchanges, others): (Vec<u32>, Vec<u32>) = children
+        .keys()
+        .partition(|pid| children.get(pid) == Some(&Kind::Exchange));
+    // The buyers keep answering while the exchange drains its auctions in flight.
+    stop(&exchanges, grace);
+    stop(&others, grace);
+    children.len()
 }
 
 /// Stops `pids`: SIGTERM, then SIGKILL for any still running after `grace`.
@@ -167,5 +204,63 @@ mod tests {
         drop(gone);
         assert!(!running().contains(&pid));
         assert!(ended(u32::MAX), "no such process");
+    }
+
+    /// A shell child that says `ready` on stdout once its TERM trap is set, then waits
+    /// (30 s at most) until signalled.
+    fn trapping(trap: &str, args: &[&std::path::Path]) -> std::process::Child {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '{trap}' TERM; echo ready; sleep 30 >/dev/null & wait"
+            ))
+            .arg("sh")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        child
+    }
+
+    /// Black-box round 82b: the simulated buyers are signalled only once the exchange has
+    /// drained and exited, not at the same time.
+    #[test]
+    fn the_exchange_is_stopped_and_waited_for_before_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drained = dir.path().join("drained");
+        let seen = dir.path().join("seen");
+        // The "exchange" drains for 0.2 s on SIGTERM, then says so and exits.
+        let mut exchange = trapping(
+            r#"kill $! 2>/dev/null; sleep 0.2; touch "$1"; exit 0"#,
+            &[&drained],
+        );
+        // A "buyer" records, on SIGTERM, whether the exchange had finished draining.
+        let mut buyer = trapping(
+            r#"if [ -e "$1" ]; then echo drained > "$2"; else echo early > "$2"; fi; kill $! 2>/dev/null; exit 0"#,
+            &[&drained, &seen],
+        );
+        let _buyer = register(buyer.id());
+        let _exchange = register_exchange(exchange.id());
+        // Other tests of this process may register children of their own.
+        let ours: BTreeMap<u32, Kind> = registered()
+            .into_iter()
+            .filter(|(pid, _)| [exchange.id(), buyer.id()].contains(pid))
+            .collect();
+        assert_eq!(ours.len(), 2);
+        assert_eq!(stop_in_order(&ours, STOP_GRACE), 2);
+        let (ex, by) = (exchange.wait().expect("wait"), buyer.wait().expect("wait"));
+        assert!(ex.success() && by.success(), "{ex:?} {by:?}");
+        assert_eq!(
+            std::fs::read_to_string(&seen).expect("seen").trim(),
+            "drained",
+            "the buyer was signalled while the exchange was still draining"
+        );
     }
 }

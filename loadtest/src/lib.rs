@@ -7,6 +7,8 @@
 //! - `gen`: the open-loop load generator (latency from the planned send time, so
 //!   coordinated omission is corrected), HdrHistogram percentiles.
 //! - `report`: tables, JSON and SVG pictures of a run.
+//! - `p4`: P4, a failing buyer is isolated: the run's figures against its targets, and
+//!   the verdict.
 //! - `p8`: P8, the post path: the exchange's own timing of each sale, from the buyer's
 //!   accept to the seller's answer with the sale on disk, read from its histogram.
 //! - `swap`: P6, hot swap under load: synthetic XGBoost model sets, the configuration
@@ -17,6 +19,7 @@
 pub mod children;
 pub mod gen;
 pub mod market;
+pub mod p4;
 pub mod p8;
 pub mod relay;
 pub mod report;

@@ -87,6 +87,9 @@ enum Scenario {
     Market,
 }
 
+// Every number takes a leading `-` as its value, so that `--rate -5` is refused by the
+// bounds below (or the integer parser), not with clap's tip to write `-- -5`, which
+// would not work either (black-box round 82b).
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     scenario: Scenario,
@@ -98,41 +101,41 @@ struct RunArgs {
     out: Option<PathBuf>,
     /// Repetitions; the report gives the median of each figure, then each repetition's
     /// p99, p99.9, errors and CPU per buyer ping (a collapsed one marked).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     repeat: usize,
     /// Seconds measured per run (after warm-up).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     duration_s: Option<f64>,
     /// Warm-up seconds per run (not measured).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2.0)]
     warmup_s: f64,
     /// Auctions per second (P1, P3, P4, soak).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rate: Option<f64>,
-    /// Number of simulated buyers.
-    #[arg(long, default_value_t = 8)]
+    /// Number of simulated buyers (at most 1024, what the exchange pings per auction).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     buyers: usize,
     /// Fixed latency of each healthy simulated buyer, ms.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
     buyer_latency_ms: f64,
     /// Simulated buyers speak HTTP/2 (the exchange, relay and baseline then use it too).
     #[arg(long)]
     buyer_http2: bool,
     /// Per-buyer ping timeout T, ms.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 50)]
     timeout_ms: u64,
     /// p3-hang: how many buyers never answer.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2)]
     hanging: usize,
     /// p2-knee: comma-separated rates to sweep.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
     /// Buyers configured in the exchange in all: the simulated ones plus filler buyers
     /// that take only states the generator never picks (so the eligible set is the same).
     /// many-buyers: the comma-separated sizes to compare (default 1,1000,10000; the
     /// eligible set is `--buyers`, at most the smallest size). Other scenarios: the first
-    /// value (default: just the simulated buyers).
-    #[arg(long, value_delimiter = ',')]
+    /// value, at least `--buyers` (default: just the simulated buyers). At most 100000.
+    #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
     configured: Option<Vec<usize>>,
     /// Which targets to run (the direct baseline always runs).
     #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
@@ -140,9 +143,9 @@ struct RunArgs {
     /// Load-generator connections to the target.
     /// 0 (the default) sizes it to the load: twice the auctions in flight at the
     /// deadline (rate x deadline), at least 64, so the generator never queues.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     connections: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
     /// Start the exchange and the relay under this command (split on whitespace), e.g.
     /// `--wrap "valgrind --tool=callgrind"` to count their instructions; they are then
@@ -150,32 +153,32 @@ struct RunArgs {
     #[arg(long)]
     wrap: Option<String>,
     /// market: days of the learning period (EV exchange, no model yet).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     learn_days: u64,
     /// market: held-out days, the same leads on the price, EV and oracle exchanges.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 6)]
     test_days: u64,
     /// market: leads per simulated day.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 500)]
     leads_per_day: u64,
     /// market: the held-out lead (0-based) at which one buyer's truth drifts (default:
     /// the middle of the held-out leads).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     drift_at_lead: Option<u64>,
     /// market: no drift.
     #[arg(long)]
     no_drift: bool,
     /// market: which buyer drifts (0 apex, 1 steady, 2 premium, 3 volume, 4 flaky, 5 youth).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     drift_buyer: usize,
     /// market: the EV exchange's `[learning] retrain_after_dispositions` (0: unset).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 300)]
     retrain_after: u64,
     /// market: rolling window of the picture and the drift recovery, leads.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 250)]
     window: usize,
     /// market: the EV exchange's `routing.explore_share`.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.03)]
     explore_share: f64,
     /// market: the issue-8 pieces the exchange has, comma-separated: routing (award and
     /// features config), learning (`[learning]`, train, models import, POST /admin/models),
@@ -188,7 +191,7 @@ struct RunArgs {
     #[arg(long)]
     legacy: bool,
     /// p6-swap: milliseconds between two model swaps (`POST /admin/models`).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1000)]
     swap_every_ms: u64,
     /// p6-swap: swap models only, without the configuration reload (`POST /admin/reload`)
     /// after every second swap.
@@ -421,6 +424,13 @@ struct Rig {
 const SELLER_KEY: &str = "loadtest-seller-key";
 /// The most buyers `--configured` may ask for (the exchange's own limit).
 const CONFIGURED_MAX: usize = 100_000;
+/// The most simulated buyers `--buyers` may ask for: every one is eligible for every
+/// auction, and the exchange pings at most 1,024 buyers per auction (its
+/// `buyers_per_auction_max` limit, which the generated configuration raises to the
+/// buyers' number up to there), so past it the exchange would skip buyers that the relay
+/// and the direct baseline ping. Each also listens on a port of its own: 100,000 failed
+/// with a bare "Address already in use" (black-box round 82b).
+const BUYERS_MAX: usize = 1_024;
 
 /// What runs between writing the exchange's configuration and starting it.
 type BeforeExchange<'a> = dyn Fn(&Path) -> anyhow::Result<()> + 'a;
@@ -505,7 +515,8 @@ async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         let stdin = child.stdin.take();
         let guard = ChildGuard {
             name: "exchange",
-            _registered: loadtest::children::register(child.id()),
+            // Stopped before the buyers on a signal (black-box round 82b).
+            _registered: loadtest::children::register_exchange(child.id()),
             child,
             stdin,
             stop_waits: stop_waits(o.wrap),
@@ -652,11 +663,14 @@ async fn wait_for_free_ports(which: &str) {
     }
 }
 
-/// One measured run against one target, with the target process's CPU over the run.
+/// One measured run against one target, with the target process's CPU over the run:
+/// `None` if the target exited during it, when a note saying so (and when) goes to
+/// `notes` (black-box round 82b: a killed exchange read as 0.0 µs CPU per auction).
 async fn measure(
     rig: &Rig,
     which: &str,
     plan: &LoadPlan,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<(RunResult, Option<f64>)> {
     let (target, pid) = match which {
         "direct" => (
@@ -690,19 +704,32 @@ async fn measure(
         other => bail!("unknown target {other}"),
     };
     wait_for_free_ports(which).await;
-    let cpu0 = pid.and_then(|p| report::proc_sample(p, 0.0).ok());
+    let cpu0 = pid.and_then(|p| report::live_sample(p, 0.0));
+    // When the target was first seen ended, seconds into the run (checked once a second).
+    let exited_at = std::sync::Mutex::new(None::<f64>);
     let progress = |p: &gen::Progress| {
+        if pid.is_some_and(loadtest::children::ended) {
+            if let Ok(mut at) = exited_at.lock() {
+                at.get_or_insert(p.elapsed_s);
+            }
+        }
         eprint!("\r{}", report::progress_line(which, p));
         let _ = std::io::stderr().flush();
     };
     let result = gen::run(plan, &target, which, Some(&progress)).await;
     eprintln!();
     let result = result.map_err(|e| anyhow!("{which}: {e}"))?;
-    let cpu1 = pid.and_then(|p| report::proc_sample(p, 0.0).ok());
+    let cpu1 = pid.and_then(|p| report::live_sample(p, 0.0));
     let cpu_ns = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns) as f64),
         _ => None,
     };
+    if let Some(p) = pid.filter(|p| loadtest::children::ended(*p)) {
+        let at = exited_at.lock().ok().and_then(|at| *at);
+        let note = report::exited_note(which, p, at);
+        eprintln!("loadtest: {note}");
+        notes.push(note);
+    }
     Ok((result, cpu_ns))
 }
 
@@ -800,7 +827,7 @@ async fn compare_targets(
                 args.repeat.max(1),
                 plan.schedule
             );
-            let (r, cpu) = measure(rig, t, plan).await?;
+            let (r, cpu) = measure(rig, t, plan, &mut report.notes).await?;
             let run = summary(&r, cpu, buyers_per_auction);
             // Every buyer answers in time in P1 and P2; in P3 some hang by design.
             let every_buyer_answers =
@@ -865,6 +892,29 @@ fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.buyers == 0 {
         bail!("--buyers 0: must be at least 1");
+    }
+    if args.buyers > BUYERS_MAX {
+        bail!(
+            "--buyers {}: at most {BUYERS_MAX} (the buyers the exchange pings per auction)",
+            args.buyers
+        );
+    }
+    // Black-box round 82b: a size below the simulated buyers (or 0) was silently
+    // raised to them.
+    let sizes = args.configured.as_deref().unwrap_or_default();
+    if let Some(big) = sizes.iter().find(|s| **s > CONFIGURED_MAX) {
+        bail!("--configured {big}: at most {CONFIGURED_MAX} buyers");
+    }
+    if sizes.contains(&0) {
+        bail!("--configured 0: must be at least 1");
+    }
+    // many-buyers compares its sizes with the eligible set capped to the smallest.
+    let b = args.buyers;
+    if let Some(first) = sizes
+        .first()
+        .filter(|f| **f < b && args.scenario != Scenario::ManyBuyers)
+    {
+        bail!("--configured {first}: fewer than the {b} simulated buyers (--buyers {b}); it counts them plus the filler buyers, so it must be at least {b}");
     }
     if let Some(d) = args.duration_s {
         positive("--duration-s", d)?;
@@ -951,9 +1001,6 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         (_, Scenario::ManyBuyers) => vec![1, 1_000, 10_000],
         _ => Vec::new(),
     };
-    if let Some(big) = sizes.iter().find(|s| **s > CONFIGURED_MAX) {
-        bail!("--configured {big}: at most {CONFIGURED_MAX} buyers");
-    }
     let n = match args.scenario {
         Scenario::ManyBuyers => args
             .buyers
@@ -1037,7 +1084,7 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let rig = start_rig(rig_opts(healthy.clone(), true, false, true))
             .await?;
             let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
-            let before = measure(&rig, "exchange", &p).await;
+            let before = measure(&rig, "exchange", &p, &mut report.notes).await;
             rig.stop();
             let (before, cpu_b) = before?;
             let mut with_failing = healthy;
@@ -1052,7 +1099,7 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let rig = start_rig(rig_opts(with_failing, true, false, true))
             .await?;
             let failing_port = rig.buyers.last().map(|b| b.addr.port()).unwrap_or(0);
-            let after = measure(&rig, "exchange", &p).await;
+            let after = measure(&rig, "exchange", &p, &mut report.notes).await;
             let tw = report::time_wait_sockets(Some(failing_port)).unwrap_or(0);
             let stats = rig.stop();
             let (after, cpu_a) = after?;
@@ -1083,11 +1130,17 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             report
                 .extra
                 .insert("healthy_p99_moved_us".into(), serde_json::json!(moved));
-            report.notes.push(format!(
-                "failing buyer: {} pings in {secs:.0} s, {conns_per_s:.1} new connections/s, {tw} TIME_WAIT sockets to it at the end; healthy p99 moved by {:.3} ms (target <= 10 conn/s, |move| <= 0.5 ms)",
-                failing.pings,
-                moved as f64 / 1000.0
-            ));
+            let isolation = loadtest::p4::Isolation {
+                pings: failing.pings,
+                secs,
+                connections_per_s: conns_per_s,
+                time_wait: tw,
+                p99_moved_us: moved,
+            };
+            report
+                .extra
+                .insert("p4_met".into(), serde_json::json!(isolation.met()));
+            report.notes.push(isolation.note());
             report.targets.push(s_before);
             report.targets.push(s_after);
         }
@@ -1132,20 +1185,30 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
                 o.filler_buyers = size - n;
                 let rig = start_rig(o).await?;
                 let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
-                let idle = report::proc_sample(pid, 0.0).ok();
+                let idle = report::live_sample(pid, 0.0);
                 let mut part = new_report(&name);
                 let r = compare_targets(&rig, &args, &p, n, &mut part).await;
-                let after = report::proc_sample(pid, 0.0).ok();
+                let after = report::live_sample(pid, 0.0);
                 rig.stop();
+                // Its own notes (an exchange that exited) beside the rows taken from it.
+                for note in part.notes {
+                    if !report.notes.contains(&note) {
+                        report.notes.push(note);
+                    }
+                }
                 r?;
                 let added = part.added_latency_us.unwrap_or_default();
                 for mut t in part.targets {
                     t.label = format!("{}, {size} configured", t.label);
                     report.targets.push(t);
                 }
-                let rss = |s: &Option<report::ProcSample>| s.as_ref().map_or(0.0, |s| s.rss_bytes as f64 / 1e6);
+                // `-` for an exchange that had exited (black-box round 82b).
+                let rss = |s: &Option<report::ProcSample>| {
+                    s.as_ref()
+                        .map_or_else(|| "-".to_string(), |s| format!("{:.1}", s.rss_bytes as f64 / 1e6))
+                };
                 report.notes.push(format!(
-                    "{size} configured ({n} eligible): exchange adds p50 {:.3} ms, p99 {:.3} ms over direct; RSS {:.1} MB idle, {:.1} MB after the runs",
+                    "{size} configured ({n} eligible): exchange adds p50 {:.3} ms, p99 {:.3} ms over direct; RSS {} MB idle, {} MB after the runs",
                     added.p50_us as f64 / 1000.0,
                     added.p99_us as f64 / 1000.0,
                     rss(&idle),
@@ -1185,40 +1248,19 @@ async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
                     direct_post: 0.1,
                 },
             );
-            let sampler = tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let t0 = tokio::time::Instant::now();
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    match report::proc_sample(pid, t0.elapsed().as_secs_f64()) {
-                        Ok(s) => samples.push(s),
-                        Err(_) => break,
-                    }
-                    if samples.len() > 100_000 {
-                        break;
-                    }
-                }
-                samples
-            });
-            let r = measure(&rig, "exchange", &p).await;
+            // Sampled once a second until the measured run ends, or the exchange does
+            // (black-box round 82b: a killed one was sampled as 0 MB to the end).
+            let (stop_sampling, stopped) = tokio::sync::oneshot::channel();
+            let sampler =
+                tokio::spawn(report::sample_until(pid, Duration::from_secs(1), stopped));
+            let r = measure(&rig, "exchange", &p, &mut report.notes).await;
+            let _ = stop_sampling.send(());
+            let sampled = sampler.await.unwrap_or_default();
             rig.stop();
-            let samples = sampler.await.unwrap_or_default();
             let (r, cpu) = r?;
             report.targets.push(summary(&r, cpu, n));
-            if let (Some(first), Some(last)) = (
-                samples.get(samples.len().min(10).saturating_sub(1)),
-                samples.last(),
-            ) {
-                report.notes.push(format!(
-                    "RSS {:.1} MB after warm-up -> {:.1} MB at the end; open sockets {} -> {}",
-                    first.rss_bytes as f64 / 1e6,
-                    last.rss_bytes as f64 / 1e6,
-                    first.open_sockets,
-                    last.open_sockets
-                ));
-            }
-            report.proc_samples = samples;
+            report.notes.extend(report::memory_note(&sampled));
+            report.proc_samples = sampled.samples;
         }
     }
     Ok(())
@@ -1304,7 +1346,7 @@ async fn p8_runs(
             args.repeat.max(1)
         );
         let before = scrape().await?;
-        let (r, cpu) = measure(rig, "exchange", &p).await?;
+        let (r, cpu) = measure(rig, "exchange", &p, &mut report.notes).await?;
         let d = scrape().await?.minus(&before);
         let q = |x: f64| d.quantile(x);
         let (Some(p50), Some(p99), Some(p999)) = (q(0.5), q(0.99), q(0.999)) else {
@@ -1333,7 +1375,7 @@ async fn p8_runs(
             "mean_s": d.sum / d.count.max(1) as f64,
             "histogram": d,
         }));
-        runs.push(summary(&r, cpu, n));
+        runs.push(summary(&r, cpu, n).posts_only());
     }
     p99s.sort_by(f64::total_cmp);
     let median = p99s[p99s.len() / 2];
@@ -1438,7 +1480,7 @@ async fn sweep(
             let mut runs = Vec::new();
             for rep in 0..args.repeat.max(1) {
                 eprintln!("sweep: {t} at {rate}/s (run {})", rep + 1);
-                let (r, cpu) = measure(rig, t, &p).await?;
+                let (r, cpu) = measure(rig, t, &p, &mut report.notes).await?;
                 runs.push(summary(&r, cpu, n));
             }
             // The median run by p99 stands for this rate.
@@ -1603,7 +1645,7 @@ async fn p6_legs(
             let leg = if swapping { "swapping" } else { "no swaps" };
             eprintln!("run {}/{reps}: exchange, {leg}, at {rate}/s", rep + 1);
             if !swapping {
-                let (r, cpu) = measure(rig, "exchange", &p).await?;
+                let (r, cpu) = measure(rig, "exchange", &p, &mut report.notes).await?;
                 base_runs.push(summary(&r, cpu, n));
                 continue;
             }
@@ -1624,7 +1666,7 @@ async fn p6_legs(
                 let schedule = schedule.clone();
                 tokio::spawn(async move { client.run_schedule(&schedule).await })
             };
-            let measured = measure(rig, "exchange", &p).await;
+            let measured = measure(rig, "exchange", &p, &mut report.notes).await;
             let answers = task
                 .await
                 .map_err(|e| anyhow!("the swap task failed: {e}"))?;

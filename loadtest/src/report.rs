@@ -123,6 +123,94 @@ pub fn proc_sample(pid: u32, t_s: f64) -> std::io::Result<ProcSample> {
     })
 }
 
+/// [`proc_sample`] of a process that still runs once it has been read: `None` if it has
+/// ended ([`crate::children::ended`]). A zombie (a killed exchange not yet reaped) still
+/// reads, as 0 bytes, 0 sockets and only its main thread's CPU, and those figures were
+/// reported as the target's (black-box round 82b).
+pub fn live_sample(pid: u32, t_s: f64) -> Option<ProcSample> {
+    let sample = proc_sample(pid, t_s).ok();
+    if crate::children::ended(pid) {
+        None
+    } else {
+        sample
+    }
+}
+
+/// Most samples [`sample_until`] keeps.
+pub const PROC_SAMPLES_MAX: usize = 100_000;
+
+/// A process sampled over a run ([`sample_until`]).
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    /// Taken while it ran.
+    pub samples: Vec<ProcSample>,
+    /// When it was first seen ended, seconds since sampling started: it exited before
+    /// the sampling was stopped.
+    pub exited_at_s: Option<f64>,
+}
+
+/// Samples `pid` every `every` (the first at once) until `stop` fires (or its sender is
+/// dropped) or the process ends; keeps the samples taken before it ended and stops
+/// there, where sampling a zombie went on reading 0 MB and 0 sockets to the end of the
+/// run (black-box round 82b).
+pub async fn sample_until(
+    pid: u32,
+    every: std::time::Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Sampled {
+    let t0 = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(every);
+    let mut out = Sampled::default();
+    while out.samples.len() < PROC_SAMPLES_MAX {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let t_s = t0.elapsed().as_secs_f64();
+        match live_sample(pid, t_s) {
+            Some(sample) => out.samples.push(sample),
+            None => {
+                out.exited_at_s = Some(t_s);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The soak's memory and sockets note: from the sample after warm-up (the 10th, or the
+/// last if fewer) to the last; if the process exited during the run, the last is its last
+/// sample alive, said so with when it was taken. `None` without samples.
+pub fn memory_note(sampled: &Sampled) -> Option<String> {
+    let samples = &sampled.samples;
+    let first = samples.get(samples.len().min(10).saturating_sub(1))?;
+    let last = samples.last()?;
+    let end = match sampled.exited_at_s {
+        None => "at the end".to_string(),
+        Some(_) => format!("at its last sample ({:.0} s), before it exited", last.t_s),
+    };
+    Some(format!(
+        "RSS {:.1} MB after warm-up -> {:.1} MB {end}; open sockets {} -> {}",
+        first.rss_bytes as f64 / 1e6,
+        last.rss_bytes as f64 / 1e6,
+        first.open_sockets,
+        last.open_sockets
+    ))
+}
+
+/// The note for a target process that exited during its run (`at_s`: when it was first
+/// seen ended, seconds into the run, if known).
+pub fn exited_note(which: &str, pid: u32, at_s: Option<f64>) -> String {
+    let when = at_s.map_or_else(
+        || "before its end".to_string(),
+        |t| format!("about {t:.0} s into it (warm-up included)"),
+    );
+    format!(
+        "the {which} (pid {pid}) exited during its run, {when}: it was read no further, so its CPU is not given and its memory and sockets stop at its last sample; its requests from then on are its errors"
+    )
+}
+
 /// Sockets in TIME_WAIT (state `06`) whose remote port is `port` (`None`: any), from
 /// `/proc/net/tcp` and `/proc/net/tcp6` (a missing `tcp6` counts as none): the
 /// connections this machine closed towards a server on `port`.
@@ -188,6 +276,15 @@ impl TargetSummary {
             timeline: r.timeline.clone(),
             send_lag: (!r.send_lag_us.is_empty()).then(|| Percentiles::of(&r.send_lag_us)),
         }
+    }
+
+    /// The summary of a run whose every request is a direct post (P8): the posts'
+    /// percentiles are its latency, with no post row of their own. Its auction
+    /// histogram is empty, and its row printed 0.000 ms for every percentile above a
+    /// `post` row with the figures (black-box round 82b).
+    pub fn posts_only(mut self) -> Self {
+        self.latency = self.post_latency.take().unwrap_or_default();
+        self
     }
 
     /// Errors of every class.
@@ -802,6 +899,75 @@ mod tests {
         assert!(time_wait_sockets(Some(1)).is_ok());
         assert!(time_wait_sockets(None).is_ok());
         assert!(machine_description().contains(" x "));
+    }
+
+    /// Black-box round 82b: a target that dies mid-run is sampled no further; the
+    /// samples taken while it ran are kept (a zombie read as 0 MB and 0 sockets).
+    #[tokio::test]
+    async fn sampling_stops_when_the_process_ends_and_keeps_what_it_read() {
+        // Runs about 0.3 s (its RSS is read while it sleeps), then stays a zombie until
+        // waited for, as a killed exchange does under its guard.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3"])
+            .spawn()
+            .unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let sampled = sample_until(child.id(), std::time::Duration::from_millis(20), stopped).await;
+        assert!(crate::children::ended(child.id()), "read until it ended");
+        let at = sampled.exited_at_s.unwrap();
+        assert!(!sampled.samples.is_empty());
+        assert!(
+            sampled
+                .samples
+                .iter()
+                .all(|s| s.rss_bytes > 0 && s.t_s < at),
+            "{sampled:?}"
+        );
+        assert!(live_sample(child.id(), 0.0).is_none());
+        let note = memory_note(&sampled).unwrap();
+        assert!(note.contains("MB at its last sample ("), "{note}");
+        assert!(!note.contains(" 0.0 MB"), "{note}");
+        child.wait().unwrap();
+        // Stopped before the first tick: nothing read, nothing ended.
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        stop.send(()).unwrap();
+        let none = sample_until(
+            std::process::id(),
+            std::time::Duration::from_secs(1),
+            stopped,
+        )
+        .await;
+        assert!(none.samples.is_empty() && none.exited_at_s.is_none());
+        assert_eq!(memory_note(&none), None);
+    }
+
+    #[test]
+    fn the_memory_note_says_whether_the_process_lived_to_the_end() {
+        let at = |t_s: f64, mb: u64, sockets: u64| ProcSample {
+            t_s,
+            cpu_ns: 1,
+            rss_bytes: mb * 1_000_000,
+            open_sockets: sockets,
+        };
+        let mut sampled = Sampled {
+            samples: (0..12).map(|i| at(i as f64, 10 + i, 5 + i)).collect(),
+            exited_at_s: None,
+        };
+        assert_eq!(
+            memory_note(&sampled).unwrap(),
+            "RSS 19.0 MB after warm-up -> 21.0 MB at the end; open sockets 14 -> 16"
+        );
+        sampled.exited_at_s = Some(12.0);
+        assert_eq!(
+            memory_note(&sampled).unwrap(),
+            "RSS 19.0 MB after warm-up -> 21.0 MB at its last sample (11 s), before it exited; open sockets 14 -> 16"
+        );
+        let note = exited_note("exchange", 42, Some(12.4));
+        assert!(
+            note.starts_with("the exchange (pid 42) exited during its run, about 12 s into it"),
+            "{note}"
+        );
+        assert!(exited_note("relay", 7, None).contains("exited during its run, before its end"));
     }
 
     #[test]

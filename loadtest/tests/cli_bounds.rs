@@ -25,10 +25,37 @@ fn bad_bounds_are_refused_before_anything_starts() {
             &["--rates", "100,0"][..],
             "--rates 0: must be a number above 0",
         ),
+        // Black-box round 82b: a negative number after a space got clap's tip to write
+        // `-- -5`; a size below the simulated buyers, or 0, was raised to them; any
+        // number of buyers was tried, and 100,000 failed with "Address already in use".
+        (&["--rate", "-5"][..], "--rate -5: must be a number above 0"),
+        (
+            &["--warmup-s", "-1"][..],
+            "--warmup-s -1: must be 0 or more",
+        ),
+        (
+            &["--rates", "100,-5"][..],
+            "--rates -5: must be a number above 0",
+        ),
+        (
+            &["--configured", "4"][..],
+            "--configured 4: fewer than the 8 simulated buyers (--buyers 8)",
+        ),
+        (
+            &["--buyers", "3", "--configured", "2"][..],
+            "--configured 2: fewer than the 3 simulated buyers (--buyers 3)",
+        ),
+        (
+            &["--configured", "0"][..],
+            "--configured 0: must be at least 1",
+        ),
+        (&["--buyers", "1025"][..], "--buyers 1025: at most 1024"),
+        (&["--buyers", "100000"][..], "--buyers 100000: at most 1024"),
     ] {
         let out_dir = dir.path().join("out");
+        // An exchange that exits at once: a bound let through ends the run at its start.
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .args(["run", "p1-latency", "--out"])
+            .args(["run", "p1-latency", "--exchange-bin", "/bin/false", "--out"])
             .arg(&out_dir)
             .args(flags)
             .output()
@@ -46,6 +73,39 @@ fn bad_bounds_are_refused_before_anything_starts() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--hanging 3: more than the 2 buyers"));
+    // many-buyers: sizes below --buyers are its design (the eligible set is capped to the
+    // smallest), 0 is not; nor is a negative integer, said by the parser, without a tip.
+    for (flags, says) in [
+        (
+            &["--configured", "0,1000"][..],
+            "--configured 0: must be at least 1",
+        ),
+        (
+            &["--buyers", "-3"][..],
+            "invalid value '-3' for '--buyers <BUYERS>'",
+        ),
+    ] {
+        let out_dir = dir.path().join("many");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args([
+                "run",
+                "many-buyers",
+                "--exchange-bin",
+                "/bin/false",
+                "--out",
+            ])
+            .arg(&out_dir)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{flags:?}: {err}");
+        assert!(
+            err.contains(says) && !err.contains("tip:"),
+            "{flags:?}: {err}"
+        );
+        assert!(!out_dir.exists(), "{flags:?}: nothing written");
+    }
 }
 
 /// An exchange that exits at start is said so, with its status, not after the whole wait

@@ -485,6 +485,59 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
     }
 }
 
+/// P8's row (black-box round 82b): a run of direct posts only has every latency in its
+/// posts' histogram; the row shows those, not the empty auction histogram's 0.000 ms
+/// above a separate `post` row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_direct_posts_only_shows_them_on_its_row() {
+    let _serial = SERIAL.lock().await;
+    let server = start_server(0, 0).await;
+    let p = LoadPlan {
+        mix: Mix {
+            ping: 0.0,
+            ping_post: 0.0,
+            direct_post: 1.0,
+        },
+        ..plan(200.0, 0.1, 0.5)
+    };
+    let r = run(&p, &exchange(server.addr), "exchange", None)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let sold = r.outcomes.get("direct_sold").copied().unwrap_or(0);
+    assert!(sold > 0, "{:?}", r.outcomes);
+    let mut row = TargetSummary::from_run(&r).posts_only();
+    row.label = "exchange, direct posts".into();
+    assert_eq!(row.latency.count, sold);
+    assert!(row.latency.p50_us > 0 && row.latency.max_us >= row.latency.p99_us);
+    assert_eq!(row.post_latency, None);
+    let report = ScenarioReport {
+        scenario: "p8-post".into(),
+        date: "2026-12-04".into(),
+        commit: "test".into(),
+        machine: "test".into(),
+        notes: Vec::new(),
+        added_latency_us: None,
+        relay_added_latency_us: None,
+        knees: BTreeMap::new(),
+        sweep: Vec::new(),
+        targets: vec![row.clone()],
+        proc_samples: Vec::new(),
+        extra: BTreeMap::new(),
+        repetitions: Vec::new(),
+    };
+    let mut table = Vec::new();
+    print_table(&report, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("exchange, direct posts "))
+        .unwrap();
+    let p50 = format!("{:.3}", row.latency.p50_us as f64 / 1000.0);
+    assert!(line.contains(&p50) && !line.contains(" 0.000 "), "{table}");
+    assert!(!table.contains("direct posts post"), "{table}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_direct_targets_fan_out_to_the_buyers() {
     let _serial = SERIAL.lock().await;

@@ -126,7 +126,8 @@ impl ExchangeProc {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let _registered = child.id().map(crate::children::register);
+        // Stopped before the buyers on a signal (black-box round 82b).
+        let _registered = child.id().map(crate::children::register_exchange);
         let mut p = ExchangeProc { child, _registered };
         let c = client();
         for _ in 0..HEALTHY_TRIES {
