@@ -602,10 +602,10 @@ the file may not be what decided this auction (a model swap alone changes no con
                             ),
                             Some(_) if n > 1 => format!("the highest seller price of {n} ranked bids"),
                             Some(_) if ev => format!(
-                                "the only bid at or above the reserve (expected value {})",
+                                "the only ranked bid (expected value {})",
                                 won.map_or(String::new(), ev_words)
                             ),
-                            Some(_) => "the only bid at or above the reserve".to_string(),
+                            Some(_) => "the only ranked bid".to_string(),
                             None if bid_lines > 1 => format!(
                                 "one of {bid_lines} bids recorded (ranking them by seller price needs --config)"
                             ),
@@ -1076,6 +1076,28 @@ payout = { model = "revenue_share", share_pct = 80 }
         assert_eq!(empire.len(), 1, "{}", rep.text);
         assert!(empire[0].contains("cap or budget"), "{}", rep.text);
         assert!(!rep.text.contains("cap was full"), "{}", rep.text);
+    }
+
+    /// Black-box round 83b: the only bid read "the only bid at or above the reserve, at or
+    /// above the reserve 0.50 JPY".
+    #[test]
+    fn the_only_bid_is_said_once_to_be_above_the_reserve() {
+        let mut a = auction("coast", 15_000_000, 12_000_000);
+        a.value["buyers"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|b| b["buyer"] == "coast");
+        let cfg = config(&["coast"]);
+        let t = replay(&a, &[], Some(&cfg)).text;
+        let won = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("coast: WON"))
+            .unwrap_or_else(|| panic!("{t}"));
+        assert!(
+            won.contains(", the only ranked bid (expected value "),
+            "{won}"
+        );
+        assert_eq!(won.matches("at or above the reserve").count(), 1, "{won}");
     }
 
     #[test]
