@@ -101,7 +101,7 @@ struct RunArgs {
     out: Option<PathBuf>,
     /// Repetitions; the report gives the median of each figure, then each repetition's
     /// p99, p99.9, errors and CPU per buyer ping (a collapsed one marked).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 1)]
     repeat: usize,
     /// Seconds measured per run (after warm-up).
     #[arg(long, allow_negative_numbers = true)]
@@ -113,7 +113,7 @@ struct RunArgs {
     #[arg(long, allow_negative_numbers = true)]
     rate: Option<f64>,
     /// Number of simulated buyers (at most 1024, what the exchange pings per auction).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 8)]
     buyers: usize,
     /// Fixed latency of each healthy simulated buyer, ms.
     #[arg(long, allow_negative_numbers = true, default_value_t = 10.0)]
@@ -122,10 +122,10 @@ struct RunArgs {
     #[arg(long)]
     buyer_http2: bool,
     /// Per-buyer ping timeout T, ms.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 50)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 50)]
     timeout_ms: u64,
     /// p3-hang: how many buyers never answer.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 2)]
     hanging: usize,
     /// p2-knee: comma-separated rates to sweep.
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
@@ -135,7 +135,7 @@ struct RunArgs {
     /// many-buyers: the comma-separated sizes to compare (default 1,1000,10000; the
     /// eligible set is `--buyers`, at most the smallest size). Other scenarios: the first
     /// value, at least `--buyers` (default: just the simulated buyers). At most 100000.
-    #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, value_delimiter = ',')]
     configured: Option<Vec<usize>>,
     /// Which targets to run (the direct baseline always runs).
     #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
@@ -143,9 +143,9 @@ struct RunArgs {
     /// Load-generator connections to the target.
     /// 0 (the default) sizes it to the load: twice the auctions in flight at the
     /// deadline (rate x deadline), at least 64, so the generator never queues.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 0)]
     connections: usize,
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 1)]
     seed: u64,
     /// Start the exchange and the relay under this command (split on whitespace), e.g.
     /// `--wrap "valgrind --tool=callgrind"` to count their instructions; they are then
@@ -153,29 +153,29 @@ struct RunArgs {
     #[arg(long)]
     wrap: Option<String>,
     /// market: days of the learning period (EV exchange, no model yet).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 8)]
     learn_days: u64,
     /// market: held-out days, the same leads on the price, EV and oracle exchanges.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 6)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 6)]
     test_days: u64,
     /// market: leads per simulated day.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 500)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 500)]
     leads_per_day: u64,
     /// market: the held-out lead (0-based) at which one buyer's truth drifts (default:
     /// the middle of the held-out leads).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64)]
     drift_at_lead: Option<u64>,
     /// market: no drift.
     #[arg(long)]
     no_drift: bool,
     /// market: which buyer drifts (0 apex, 1 steady, 2 premium, 3 volume, 4 flaky, 5 youth).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 1)]
     drift_buyer: usize,
     /// market: the EV exchange's `[learning] retrain_after_dispositions` (0: unset).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 300)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 300)]
     retrain_after: u64,
     /// market: rolling window of the picture and the drift recovery, leads.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 250)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 250)]
     window: usize,
     /// market: the EV exchange's `routing.explore_share`.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.03)]
@@ -191,7 +191,7 @@ struct RunArgs {
     #[arg(long)]
     legacy: bool,
     /// p6-swap: milliseconds between two model swaps (`POST /admin/models`).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1000)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 1000)]
     swap_every_ms: u64,
     /// p6-swap: swap models only, without the configuration reload (`POST /admin/reload`)
     /// after every second swap.
@@ -875,6 +875,25 @@ async fn compare_targets(
     Ok(by_target)
 }
 
+/// A whole number flag's value: a negative one is refused saying so, where the integer
+/// parser said "invalid digit found in string" (black-box round 84a).
+fn whole_u64(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    match t.parse::<u64>() {
+        Ok(n) => Ok(n),
+        Err(_) if t.starts_with('-') && t[1..].bytes().all(|b| b.is_ascii_digit()) => {
+            Err("must be a whole number, 0 or more".into())
+        }
+        Err(_) => Err("not a whole number".into()),
+    }
+}
+
+/// [`whole_u64`] for a count.
+fn whole_usize(text: &str) -> Result<usize, String> {
+    let n = whole_u64(text)?;
+    usize::try_from(n).map_err(|_| "too large".to_string())
+}
+
 /// Every bound a run needs, checked before anything starts (black-box round 22: a rate
 /// or duration of 0 started the processes, then failed or reported figures of nothing;
 /// `--timeout-ms 0` made a configuration the exchange refused; `--repeat 0` and
@@ -884,7 +903,7 @@ fn check_args(args: &RunArgs) -> anyhow::Result<()> {
         if v.is_finite() && v > 0.0 {
             Ok(())
         } else {
-            bail!("{flag} {v}: must be a number above 0")
+            bail!("{flag} {v}: must be a finite number above 0")
         }
     };
     if args.repeat == 0 {
@@ -938,6 +957,16 @@ fn check_args(args: &RunArgs) -> anyhow::Result<()> {
         bail!(
             "--buyer-latency-ms {}: must be 0 or more",
             args.buyer_latency_ms
+        );
+    }
+    // Black-box round 84a: a latency at or past the timeout timed out every call, and
+    // the report called the run a collapse "though every buyer answers in time".
+    let in_time = matches!(args.scenario, Scenario::P1Latency | Scenario::P2Knee);
+    if in_time && args.buyer_latency_ms >= args.timeout_ms as f64 {
+        bail!(
+            "--buyer-latency-ms {}: not under --timeout-ms {}; in p1-latency and p2-knee every buyer answers within its timeout (p3-hang measures buyers that do not)",
+            args.buyer_latency_ms,
+            args.timeout_ms
         );
     }
     if args.scenario == Scenario::P3Hang && args.hanging > args.buyers {

@@ -8,11 +8,17 @@
 fn bad_bounds_are_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     for (flags, says) in [
-        (&["--rate", "0"][..], "--rate 0: must be a number above 0"),
-        (&["--rate=-5"][..], "--rate -5: must be a number above 0"),
+        (
+            &["--rate", "0"][..],
+            "--rate 0: must be a finite number above 0",
+        ),
+        (
+            &["--rate=-5"][..],
+            "--rate -5: must be a finite number above 0",
+        ),
         (
             &["--duration-s", "0"][..],
-            "--duration-s 0: must be a number above 0",
+            "--duration-s 0: must be a finite number above 0",
         ),
         (&["--warmup-s=-1"][..], "--warmup-s -1: must be 0 or more"),
         (
@@ -23,19 +29,22 @@ fn bad_bounds_are_refused_before_anything_starts() {
         (&["--buyers", "0"][..], "--buyers 0: must be at least 1"),
         (
             &["--rates", "100,0"][..],
-            "--rates 0: must be a number above 0",
+            "--rates 0: must be a finite number above 0",
         ),
         // Black-box round 82b: a negative number after a space got clap's tip to write
         // `-- -5`; a size below the simulated buyers, or 0, was raised to them; any
         // number of buyers was tried, and 100,000 failed with "Address already in use".
-        (&["--rate", "-5"][..], "--rate -5: must be a number above 0"),
+        (
+            &["--rate", "-5"][..],
+            "--rate -5: must be a finite number above 0",
+        ),
         (
             &["--warmup-s", "-1"][..],
             "--warmup-s -1: must be 0 or more",
         ),
         (
             &["--rates", "100,-5"][..],
-            "--rates -5: must be a number above 0",
+            "--rates -5: must be a finite number above 0",
         ),
         (
             &["--configured", "4"][..],
@@ -51,6 +60,21 @@ fn bad_bounds_are_refused_before_anything_starts() {
         ),
         (&["--buyers", "1025"][..], "--buyers 1025: at most 1024"),
         (&["--buyers", "100000"][..], "--buyers 100000: at most 1024"),
+        // Black-box round 84a: infinity was "not above 0"; buyers slower than their
+        // timeout made every call time out, reported as a collapse "though every buyer
+        // answers in time".
+        (
+            &["--rate", "inf"][..],
+            "--rate inf: must be a finite number above 0",
+        ),
+        (
+            &["--buyer-latency-ms", "100", "--timeout-ms", "50"][..],
+            "--buyer-latency-ms 100: not under --timeout-ms 50",
+        ),
+        (
+            &["--buyer-latency-ms", "50"][..],
+            "--buyer-latency-ms 50: not under --timeout-ms 50",
+        ),
     ] {
         let out_dir = dir.path().join("out");
         // An exchange that exits at once: a bound let through ends the run at its start.
@@ -80,9 +104,22 @@ fn bad_bounds_are_refused_before_anything_starts() {
             &["--configured", "0,1000"][..],
             "--configured 0: must be at least 1",
         ),
+        // Black-box round 84a: a negative integer was "invalid digit found in string".
         (
             &["--buyers", "-3"][..],
-            "invalid value '-3' for '--buyers <BUYERS>'",
+            "invalid value '-3' for '--buyers <BUYERS>': must be a whole number, 0 or more",
+        ),
+        (
+            &["--configured", "10,-5"][..],
+            "invalid value '-5' for '--configured <CONFIGURED>': must be a whole number, 0 or more",
+        ),
+        (
+            &["--timeout-ms", "-1"][..],
+            "invalid value '-1' for '--timeout-ms <TIMEOUT_MS>': must be a whole number, 0 or more",
+        ),
+        (
+            &["--repeat", "x"][..],
+            "invalid value 'x' for '--repeat <REPEAT>': not a whole number",
         ),
     ] {
         let out_dir = dir.path().join("many");
