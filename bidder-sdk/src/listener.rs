@@ -1744,6 +1744,8 @@ impl Conn {
         // not finished by the next check.
         let mut closing = false;
         let mut stopping = false;
+        // When the server's stop reached this connection.
+        let mut stopped_at = self.accepted_at;
         // Set once an answer asked to close an HTTP/2 connection and GOAWAY was sent; the
         // idle timeout still bounds a client that keeps the connection open after it.
         let mut goaway = false;
@@ -1803,6 +1805,8 @@ impl Conn {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
+                    stopped_at = Instant::now();
+                    next_check = next_check.min(stopped_at + GOAWAY_LINGER);
                 }
                 () = tokio::time::sleep_until(next_check) => {
                     if closing && !stopping {
@@ -1812,6 +1816,30 @@ impl Conn {
                     let now = Instant::now();
                     next_check = now + tick;
                     if stopping {
+                        // HTTP/2: after the stop's GOAWAY hyper waits for the client to
+                        // answer its PING, which an idle pooled client need never do
+                        // (httpx, python-h2): it held the stop for the whole drain
+                        // timeout, which then said requests were dropped unanswered
+                        // (black-box round 85a). Once nothing is in flight, it is dropped
+                        // `GOAWAY_LINGER` after the stop or its last answer, whichever is
+                        // later, as after any GOAWAY; so is a connection that has sent
+                        // no request yet (HTTP/2's preface and SETTINGS only, or a head
+                        // still coming). HTTP/1.x ends by itself once its answer is written.
+                        let started = activity.started.load(Ordering::Relaxed);
+                        if activity.h2.load(Ordering::Relaxed) || started == 0 {
+                            let finished = activity.finished.load(Ordering::Acquire);
+                            if started == finished {
+                                let quiet = activity.finished_at(self.accepted_at).max(stopped_at);
+                                let drop_at = quiet + GOAWAY_LINGER;
+                                if now >= drop_at {
+                                    tracing::debug!(listener = self.name, "closed at the stop, nothing in flight");
+                                    return;
+                                }
+                                next_check = drop_at;
+                            } else {
+                                next_check = now + GOAWAY_RECHECK;
+                            }
+                        }
                         continue;
                     }
                     let finished = activity.finished.load(Ordering::Acquire);

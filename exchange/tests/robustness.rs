@@ -381,6 +381,82 @@ async fn a_request_dropped_at_the_grace_period_is_counted_for_the_last_log_line(
     );
 }
 
+/// Black-box round 85a: an idle HTTP/2 seller connection whose client never answers the
+/// PING hyper sends after the stop's GOAWAY (httpx and python-h2 idling in their pools)
+/// held the stop for the whole `shutdown_grace_ms`, and the last log line then said
+/// requests were dropped unanswered, though none was running. It is now closed once
+/// nothing is in flight on it (after `GOAWAY_LINGER`), and the stop counts nothing.
+#[tokio::test]
+async fn an_idle_http2_client_that_never_answers_the_ping_does_not_hold_the_stop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let mut ex = TestConfig::new()
+        .buyer(ab)
+        .with(|c| c.shutdown_grace_ms = 30_000)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS
+    out.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]); // SETTINGS ack
+                                                         // HEADERS, stream 1, END_STREAM | END_HEADERS: GET http x /healthz.
+    let path = "/healthz";
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 0x01, b'x']);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    // Read frames (never answering a PING) until stream 1's answer has come: then idle.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = |got: &[u8]| {
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len = usize::from(got[at]) << 16
+                | usize::from(got[at + 1]) << 8
+                | usize::from(got[at + 2]);
+            let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+            if got[at + 3] == 1 && stream == 1 {
+                return true;
+            }
+            at += 9 + len;
+        }
+        false
+    };
+    tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while !answered(&got) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before its answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the /healthz answer");
+
+    let running = ex.running.take().unwrap();
+    let dropped = std::sync::Arc::clone(&running.state.connections_dropped_at_stop);
+    // Within EVENT_WAIT_MAX, far under the 30 s grace the old code waited out.
+    tokio::time::timeout(EVENT_WAIT_MAX, running.shutdown())
+        .await
+        .expect("the stop does not wait for an idle HTTP/2 client")
+        .expect("clean shutdown");
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The client's side: the exchange closed the connection.
+    let closed = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after the stop");
+}
+
 #[tokio::test]
 async fn healthz_readyz_and_metrics_answer() {
     let a = ScriptedBidder::bidding(10.0);
