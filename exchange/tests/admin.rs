@@ -435,17 +435,7 @@ async fn an_http2_client_that_never_answers_the_ping_does_not_keep_its_admin_slo
         .await;
     for path in ["/healthz", "/metrics"] {
         let mut s = tokio::net::TcpStream::connect(ex.admin_addr).await.unwrap();
-        let mut out = Vec::new();
-        out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS
-        out.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]); // SETTINGS ack
-                                                             // HEADERS, stream 1, END_STREAM | END_HEADERS: GET http x <path>, no token.
-        let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
-        block.extend_from_slice(path.as_bytes());
-        block.extend_from_slice(&[0x41, 0x01, b'x']);
-        out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
-        out.extend_from_slice(&block);
-        s.write_all(&out).await.unwrap();
+        s.write_all(&raw_h2_get(path)).await.unwrap();
         // Read (never answering a PING) until the exchange closes the connection.
         let mut got = Vec::new();
         let closed = tokio::time::timeout(EVENT_WAIT_MAX, async {
@@ -463,16 +453,7 @@ async fn an_http2_client_that_never_answers_the_ping_does_not_keep_its_admin_slo
             "{path}: still open after {EVENT_WAIT_MAX:?}"
         );
         // Its answer came first: a HEADERS frame (type 1) on stream 1.
-        let mut at = 0;
-        let mut answered = false;
-        while at + 9 <= got.len() {
-            let len = usize::from(got[at]) << 16
-                | usize::from(got[at + 1]) << 8
-                | usize::from(got[at + 2]);
-            let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
-            answered |= got[at + 3] == 1 && stream == 1;
-            at += 9 + len;
-        }
+        let answered = raw_h2_answered(&got);
         assert!(answered, "{path}: no answer before the close: {got:?}");
     }
 }

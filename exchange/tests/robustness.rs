@@ -397,37 +397,12 @@ async fn an_idle_http2_client_that_never_answers_the_ping_does_not_hold_the_stop
         .start()
         .await;
     let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
-    let mut out = Vec::new();
-    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS
-    out.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]); // SETTINGS ack
-                                                         // HEADERS, stream 1, END_STREAM | END_HEADERS: GET http x /healthz.
-    let path = "/healthz";
-    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x41, 0x01, b'x']);
-    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    s.write_all(&out).await.unwrap();
+    s.write_all(&raw_h2_get("/healthz")).await.unwrap();
     // Read frames (never answering a PING) until stream 1's answer has come: then idle.
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    let answered = |got: &[u8]| {
-        let mut at = 0;
-        while at + 9 <= got.len() {
-            let len = usize::from(got[at]) << 16
-                | usize::from(got[at + 1]) << 8
-                | usize::from(got[at + 2]);
-            let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
-            if got[at + 3] == 1 && stream == 1 {
-                return true;
-            }
-            at += 9 + len;
-        }
-        false
-    };
     tokio::time::timeout(EVENT_WAIT_MAX, async {
-        while !answered(&got) {
+        while !raw_h2_answered(&got) {
             let n = s.read(&mut buf).await.unwrap();
             assert!(n > 0, "closed before its answer");
             got.extend_from_slice(&buf[..n]);

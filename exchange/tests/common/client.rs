@@ -283,3 +283,34 @@ pub async fn wait_refused(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The bytes a bare HTTP/2 client sends to ask `GET path` on stream 1 over cleartext
+/// (prior knowledge, no token): the preface, an empty SETTINGS and its ack, and one
+/// HEADERS frame (END_STREAM | END_HEADERS). Such a client never answers a PING.
+pub fn raw_h2_get(path: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS
+    out.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]); // SETTINGS ack
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 0x01, b'x']);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Whether the HTTP/2 frames read in `got` hold a HEADERS frame on stream 1 (its answer).
+pub fn raw_h2_answered(got: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+        if got[at + 3] == 1 && stream == 1 {
+            return true;
+        }
+        at += 9 + len;
+    }
+    false
+}
