@@ -448,6 +448,27 @@ fn print_unknown_outcomes(dir: &std::path::Path, upto: u64) {
     }
 }
 
+impl LedgerCommand {
+    /// Fills a command's `--dir` and `--config` left out with the global `--ledger` and
+    /// `--config`.
+    fn default_places(
+        &mut self,
+        ledger: Option<&std::path::Path>,
+        config: Option<&std::path::Path>,
+    ) {
+        let (LedgerCommand::Verify { dir, config: c, .. }
+        | LedgerCommand::Report { dir, config: c, .. }
+        | LedgerCommand::Replay { dir, config: c, .. }
+        | LedgerCommand::Export { dir, config: c, .. }) = self;
+        if dir.is_none() {
+            *dir = ledger.map(std::path::Path::to_path_buf);
+        }
+        if c.is_none() {
+            *c = config.map(std::path::Path::to_path_buf);
+        }
+    }
+}
+
 /// The ledger directory and configuration of a finance command: `--dir` wins over the
 /// configuration's `server.ledger_path`; without either, `pingpost-ledger`.
 fn finance_place(
@@ -638,14 +659,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     match args.command {
-        Some(Command::Ledger { command }) => match command {
-            LedgerCommand::Verify {
-                dir,
-                config,
-                anchors,
-            } => std::process::exit(ledger_verify(dir, config, &anchors)),
-            other => std::process::exit(finance_command(other)),
-        },
+        // The global `--ledger` and `--config` serve the ledger commands too, as they serve
+        // `train` and `models` (black-box round 85a: `pingpost --ledger DIR ledger verify`
+        // read `pingpost-ledger`); a command's own `--dir` and `--config` win.
+        Some(Command::Ledger { mut command }) => {
+            command.default_places(args.ledger.as_deref(), args.config.as_deref());
+            match command {
+                LedgerCommand::Verify {
+                    dir,
+                    config,
+                    anchors,
+                } => std::process::exit(ledger_verify(dir, config, &anchors)),
+                other => std::process::exit(finance_command(other)),
+            }
+        }
         Some(Command::Train {
             config_file,
             ledger_dir,

@@ -347,6 +347,19 @@ async fn verify_reconciles_and_names_a_changed_seller_price() {
     let o = run(&["ledger", "verify", "--dir", s.dir()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("needs --config"), "{}", text(&o));
+    // Black-box round 85a: the global `--ledger` and `--config` serve the ledger commands
+    // too (`--ledger DIR ledger verify` read `pingpost-ledger`, which does not exist
+    // here); the same output as with the command's own flags.
+    let by_dir = text(&run(&["ledger", "verify", "--dir", s.dir()]));
+    let o = run(&["--ledger", s.dir(), "ledger", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(text(&o), by_dir);
+    let o = run(&["--config", s.config(), "ledger", "report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        text(&o),
+        text(&run(&["ledger", "report", "--config", s.config()]))
+    );
 
     // A copy whose first sale pays the seller 17.00 instead of the 16.00 of its payout.
     let tmp = tempfile::tempdir().unwrap();
