@@ -210,6 +210,18 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+/// The windows `pingpost_cap_utilisation_percent` is labelled by, each with its cap in
+/// `caps` (none for a buyer not configured): the scrape computes the capped ones, and a
+/// reload drops the series of the others.
+pub fn cap_windows(caps: Option<&crate::core::config::Caps>) -> [(&'static str, Option<u32>); 4] {
+    [
+        ("hour", caps.and_then(|c| c.hourly)),
+        ("day", caps.and_then(|c| c.daily)),
+        ("week", caps.and_then(|c| c.weekly)),
+        ("month", caps.and_then(|c| c.monthly)),
+    ]
+}
+
 impl Metrics {
     /// Brings the dedup gauges up to the book.
     pub fn dedup_gauges(&self, book: &crate::core::dedup::DedupBook) {

@@ -124,19 +124,6 @@ fn carry_models(
 /// One metrics slot per buyer of `config`: already resolved for a buyer (by id) that
 /// `old` had resolved, so a swap does not make the next auctions resolve every pinged
 /// buyer's series again; empty for the others.
-/// The cap windows a buyer's `pingpost_cap_utilisation_percent` is labelled by, and
-/// whether `caps` caps each (a buyer not configured caps none).
-fn cap_windows(caps: Option<&crate::core::config::Caps>) -> [(&'static str, bool); 4] {
-    let capped =
-        |window: fn(&crate::core::config::Caps) -> Option<u32>| caps.and_then(window).is_some();
-    [
-        ("hour", capped(|c| c.hourly)),
-        ("day", capped(|c| c.daily)),
-        ("week", capped(|c| c.weekly)),
-        ("month", capped(|c| c.monthly)),
-    ]
-}
-
 fn metric_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<BuyerMetrics>> {
     let resolved: std::collections::HashMap<&str, &BuyerMetrics> = old
         .map(|rt| {
@@ -821,8 +808,8 @@ impl AppState {
         // ever count what happened).
         for was in old.config.buyers.iter() {
             let now_caps = config.buyer_by_key(was.key).map(|(_, b)| &b.caps);
-            for (window, capped) in cap_windows(now_caps) {
-                if !capped {
+            for (window, cap) in crate::metrics::cap_windows(now_caps) {
+                if cap.is_none() {
                     let _ = self
                         .metrics
                         .cap_utilisation

@@ -594,13 +594,11 @@ fn metrics(state: &AppState) -> Response<Body> {
     let now = state.clock.now_ms();
     for b in rt.config.buyers.iter() {
         let u = state.caps.usage(b.key, b, now);
-        let windows = [
-            ("hour", b.caps.hourly, u.sold_hour),
-            ("day", b.caps.daily, u.sold_day),
-            ("week", b.caps.weekly, u.sold_week),
-            ("month", b.caps.monthly, u.sold_month),
-        ];
-        for (w, cap, sold) in windows {
+        let sold = [u.sold_hour, u.sold_day, u.sold_week, u.sold_month];
+        for ((w, cap), sold) in crate::metrics::cap_windows(Some(&b.caps))
+            .into_iter()
+            .zip(sold)
+        {
             if let Some(cap) = cap {
                 let used = u64::from(sold) + u64::from(u.reserved);
                 let gauge = &state.metrics.cap_utilisation;
