@@ -1,0 +1,380 @@
+//! One measured run against one target (with the target's CPU), the medians over
+//! repetitions, the comparison of the targets at one rate, and P2's sweep for the knee.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use loadtest::gen::{self, LoadPlan, Mix, RateSchedule, RunResult, Target};
+use loadtest::report::{self, Percentiles, ScenarioReport, SweepPoint, TargetSummary};
+
+use crate::{
+    args::{RunArgs, Scenario},
+    rig::{fanout_targets, Rig, SELLER_KEY},
+};
+
+pub(crate) fn plan(args: &RunArgs, rate: f64, measure_s: f64, mix: Mix) -> LoadPlan {
+    LoadPlan {
+        schedule: RateSchedule::Constant { rate_per_s: rate },
+        warmup_s: args.warmup_s,
+        measure_s,
+        count_max: ((args.warmup_s + measure_s) * rate * 1.1) as u64 + 10,
+        in_flight_max: 20_000,
+        request_timeout_ms: 5_000,
+        mix,
+        seed: args.seed,
+        connections: if args.connections > 0 {
+            args.connections
+        } else {
+            // Every auction may last the whole deadline (hanging buyers): keep enough
+            // connections that the generator itself never becomes the queue.
+            let deadline_s = (args.timeout_ms + 20) as f64 / 1000.0;
+            ((rate * deadline_s * 2.0).ceil() as usize).clamp(64, 4096)
+        },
+    }
+}
+
+pub(crate) const PINGS_ONLY: Mix = Mix {
+    ping: 1.0,
+    ping_post: 0.0,
+    direct_post: 0.0,
+};
+
+/// Past this many sockets in `TIME_WAIT` a leg waits before it starts.
+pub(crate) const TIME_WAIT_QUIET: u64 = 1_000;
+/// The longest a leg waits for them (Linux keeps a socket in `TIME_WAIT` for 60 s).
+pub(crate) const TIME_WAIT_WAIT_MAX_S: u64 = 65;
+
+/// Waits (at most [`TIME_WAIT_WAIT_MAX_S`]) until fewer than [`TIME_WAIT_QUIET`] sockets
+/// are in `TIME_WAIT`. Tens of thousands of them (left by a test suite, or by any client
+/// that closes connections normally) make every new connection search the local port
+/// range, and a leg started among them measures that rather than its target.
+pub(crate) async fn wait_for_free_ports(which: &str) {
+    let start = tokio::time::Instant::now();
+    let mut told = false;
+    while let Ok(n) = report::time_wait_sockets(None) {
+        if n < TIME_WAIT_QUIET || start.elapsed() >= Duration::from_secs(TIME_WAIT_WAIT_MAX_S) {
+            if told {
+                eprintln!("{which}: {n} sockets in TIME_WAIT now; starting");
+            }
+            return;
+        }
+        if !told {
+            eprintln!(
+                "{which}: {n} sockets in TIME_WAIT (at most {TIME_WAIT_QUIET} wanted): waiting up to {TIME_WAIT_WAIT_MAX_S} s for them to expire"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One measured run against one target, with the target process's CPU over the run:
+/// `None` if the target exited during it, when a note saying so (and when) goes to
+/// `notes` (black-box round 82b: a killed exchange read as 0.0 µs CPU per auction).
+pub(crate) async fn measure(
+    rig: &Rig,
+    which: &str,
+    plan: &LoadPlan,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<(RunResult, Option<f64>)> {
+    let (target, pid) = match which {
+        "direct" => (
+            Target::Direct {
+                targets: fanout_targets(&rig.buyers, rig.timeout_ms),
+                deadline_ms: rig.deadline_ms,
+            },
+            None,
+        ),
+        "relay" => {
+            let (g, addr) = rig
+                .relay
+                .as_ref()
+                .ok_or_else(|| anyhow!("relay not running"))?;
+            (Target::Relay { addr: *addr }, Some(g.pid()))
+        }
+        "exchange" => {
+            let (g, addr) = rig
+                .exchange
+                .as_ref()
+                .ok_or_else(|| anyhow!("exchange not running"))?;
+            (
+                Target::Exchange {
+                    addr: *addr,
+                    seller_key: SELLER_KEY.into(),
+                    vertical: "auto_insurance".into(),
+                },
+                Some(g.pid()),
+            )
+        }
+        other => bail!("unknown target {other}"),
+    };
+    wait_for_free_ports(which).await;
+    let cpu0 = pid.and_then(|p| report::live_sample(p, 0.0));
+    // When the target was first seen ended, seconds into the run (checked once a second).
+    let exited_at = std::sync::Mutex::new(None::<f64>);
+    let progress = |p: &gen::Progress| {
+        if pid.is_some_and(loadtest::children::ended) {
+            if let Ok(mut at) = exited_at.lock() {
+                at.get_or_insert(p.elapsed_s);
+            }
+        }
+        eprint!("\r{}", report::progress_line(which, p));
+        let _ = std::io::stderr().flush();
+    };
+    let result = gen::run(plan, &target, which, Some(&progress)).await;
+    eprintln!();
+    let result = result.map_err(|e| anyhow!("{which}: {e}"))?;
+    let cpu1 = pid.and_then(|p| report::live_sample(p, 0.0));
+    let cpu_ns = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns) as f64),
+        _ => None,
+    };
+    if let Some(p) = pid.filter(|p| loadtest::children::ended(*p)) {
+        let at = exited_at.lock().ok().and_then(|at| *at);
+        let note = report::exited_note(which, p, at);
+        eprintln!("loadtest: {note}");
+        notes.push(note);
+    }
+    Ok((result, cpu_ns))
+}
+
+pub(crate) fn summary(
+    r: &RunResult,
+    cpu_ns: Option<f64>,
+    buyers_per_auction: usize,
+) -> TargetSummary {
+    let mut s = TargetSummary::from_run(r);
+    if let Some(ns) = cpu_ns {
+        let auctions = r.completed.max(1) as f64;
+        s.cpu_us_per_auction = Some(ns / 1000.0 / auctions);
+        s.cpu_us_per_buyer_ping = Some(ns / 1000.0 / auctions / buyers_per_auction.max(1) as f64);
+    }
+    s
+}
+
+pub(crate) fn median_u64(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+pub(crate) fn median_percentiles(v: &[Percentiles]) -> Percentiles {
+    Percentiles {
+        p50_us: median_u64(v.iter().map(|p| p.p50_us).collect()),
+        p90_us: median_u64(v.iter().map(|p| p.p90_us).collect()),
+        p99_us: median_u64(v.iter().map(|p| p.p99_us).collect()),
+        p999_us: median_u64(v.iter().map(|p| p.p999_us).collect()),
+        max_us: median_u64(v.iter().map(|p| p.max_us).collect()),
+        count: v.iter().map(|p| p.count).sum(),
+    }
+}
+
+/// The commit of the checkout the run is started in; outside one (binaries copied
+/// elsewhere), says so rather than leaving it empty (black-box round 22).
+pub(crate) fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "unknown: not run in a git checkout; loadtest {}",
+                env!("CARGO_PKG_VERSION")
+            )
+        })
+}
+
+pub(crate) fn new_report(name: &str) -> ScenarioReport {
+    ScenarioReport {
+        scenario: name.to_string(),
+        date: Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%dT%H:%M:%SZ")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        commit: git_commit(),
+        machine: report::machine_description(),
+        notes: vec![
+            "load generator, simulated buyers, relay and exchange share this machine's cores"
+                .into(),
+        ],
+        targets: Vec::new(),
+        added_latency_us: None,
+        relay_added_latency_us: None,
+        sweep: Vec::new(),
+        knees: BTreeMap::new(),
+        repetitions: Vec::new(),
+        proc_samples: Vec::new(),
+        extra: BTreeMap::new(),
+    }
+}
+
+/// Runs direct, relay and exchange (those asked for) `repeat` times at one rate; returns
+/// per-target median summaries and the added latencies.
+pub(crate) async fn compare_targets(
+    rig: &Rig,
+    args: &RunArgs,
+    plan: &LoadPlan,
+    buyers_per_auction: usize,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<BTreeMap<String, Vec<TargetSummary>>> {
+    let mut by_target: BTreeMap<String, Vec<TargetSummary>> = BTreeMap::new();
+    let mut order = vec!["direct".to_string()];
+    order.extend(args.targets.iter().filter(|t| *t != "direct").cloned());
+    for rep in 0..args.repeat.max(1) {
+        for t in &order {
+            eprintln!(
+                "run {}/{}: {t} at {:?}",
+                rep + 1,
+                args.repeat.max(1),
+                plan.schedule
+            );
+            let (r, cpu) = measure(rig, t, plan, &mut report.notes).await?;
+            let run = summary(&r, cpu, buyers_per_auction);
+            // Every buyer answers in time in P1 and P2; in P3 some hang by design.
+            let every_buyer_answers =
+                matches!(args.scenario, Scenario::P1Latency | Scenario::P2Knee);
+            if args.scenario == Scenario::P1Latency {
+                if let Some(why) = run.fell_behind() {
+                    let note = format!(
+                        "{t}, repetition {}: fell behind the load and collapsed ({why}); that repetition measured a backlog, not the target",
+                        rep + 1
+                    );
+                    eprintln!("{note}");
+                    report.notes.push(note);
+                }
+            }
+            if args.repeat > 1 {
+                report
+                    .repetitions
+                    .push(report::Repetition::of(&run, rep + 1, every_buyer_answers));
+            }
+            by_target.entry(t.clone()).or_default().push(run);
+        }
+    }
+    let med = |t: &str| {
+        by_target
+            .get(t)
+            .map(|v| median_percentiles(&v.iter().map(|s| s.latency).collect::<Vec<_>>()))
+    };
+    if let (Some(ex), Some(d)) = (med("exchange"), med("direct")) {
+        report.added_latency_us = Some(ex.minus(&d));
+    }
+    if let (Some(rl), Some(d)) = (med("relay"), med("direct")) {
+        report.relay_added_latency_us = Some(rl.minus(&d));
+    }
+    for (t, runs) in &by_target {
+        // The reported summary is the median run (by p99) with the median percentiles.
+        let mut best = runs.clone();
+        best.sort_by_key(|s| s.latency.p99_us);
+        if let Some(mid) = best.get(best.len() / 2) {
+            let mut m = mid.clone();
+            m.latency = median_percentiles(&runs.iter().map(|s| s.latency).collect::<Vec<_>>());
+            m.label = t.clone();
+            report.targets.push(m);
+        }
+    }
+    Ok(by_target)
+}
+
+/// The knee: for each rate, direct then relay then exchange; the knee of a target is the
+/// highest rate whose p99 stays within 2.5 ms of the direct baseline at that rate with 0 errors.
+pub(crate) async fn sweep(
+    rig: &Rig,
+    args: &RunArgs,
+    rates: &[f64],
+    n: usize,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<()> {
+    let measure_s = args.duration_s.unwrap_or(5.0);
+    let mut cpu_at: BTreeMap<String, f64> = BTreeMap::new();
+    // The baseline at a rate is the direct fan-out's p99 there, but never more than at
+    // the lowest rate: once the direct path itself saturates (it shares the cores too), a
+    // target is no longer "within 2.5 ms" just because the baseline got slow.
+    let mut floor_p99: Option<u64> = None;
+    for &rate in rates {
+        let p = plan(args, rate, measure_s, PINGS_ONLY);
+        let mut baseline_p99 = 0u64;
+        let mut order = vec!["direct".to_string()];
+        order.extend(args.targets.iter().filter(|t| *t != "direct").cloned());
+        for t in &order {
+            let mut runs = Vec::new();
+            for rep in 0..args.repeat.max(1) {
+                eprintln!("sweep: {t} at {rate}/s (run {})", rep + 1);
+                let (r, cpu) = measure(rig, t, &p, &mut report.notes).await?;
+                runs.push(summary(&r, cpu, n));
+            }
+            // The median run by p99 stands for this rate.
+            runs.sort_by_key(|s| s.latency.p99_us);
+            let s = runs.swap_remove(runs.len() / 2);
+            let errors: u64 = s.errors.values().sum();
+            if t == "direct" {
+                let floor = *floor_p99.get_or_insert(s.latency.p99_us);
+                baseline_p99 = s.latency.p99_us.min(floor);
+            }
+            let within = errors == 0 && s.latency.p99_us <= baseline_p99 + report::KNEE_MARGIN_US;
+            if let Some(c) = s.cpu_us_per_buyer_ping {
+                if (rate - 2000.0).abs() < 1.0 || !cpu_at.contains_key(t) {
+                    cpu_at.insert(t.clone(), c);
+                }
+            }
+            report.sweep.push(SweepPoint {
+                label: t.clone(),
+                rate_per_s: rate,
+                p99_us: s.latency.p99_us,
+                errors,
+                within_target: within,
+            });
+            let mut s = s;
+            s.label = format!("{t} @ {rate}/s");
+            report.targets.push(s);
+        }
+    }
+    for t in &args.targets {
+        // Contiguous: the highest rate at which it and every lower rate were within.
+        let knee = report::knee(&report.sweep, t).unwrap_or(0.0);
+        report.knees.insert(t.clone(), knee);
+    }
+    if let (Some(ex), Some(rl)) = (report.knees.get("exchange"), report.knees.get("relay")) {
+        if *rl > 0.0 {
+            report.notes.push(format!(
+                "knee ratio exchange/relay = {:.2} (P2: >= 1.0)",
+                ex / rl
+            ));
+        }
+    }
+    for (t, c) in &cpu_at {
+        report
+            .notes
+            .push(format!("{t}: {c:.1} us CPU per buyer ping"));
+    }
+    if let (Some(ex), Some(rl)) = (cpu_at.get("exchange"), cpu_at.get("relay")) {
+        if *rl > 0.0 {
+            report.notes.push(format!(
+                "CPU per buyer ping ratio exchange/relay = {:.2} (P2: <= 1.1)",
+                ex / rl
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The median run (by p99) of `runs`, with the median of each percentile, as `label`.
+pub(crate) fn median_summary(runs: &[TargetSummary], label: &str) -> Option<TargetSummary> {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by_key(|s| s.latency.p99_us);
+    let mut m = sorted.get(sorted.len() / 2)?.clone();
+    m.latency = median_percentiles(&runs.iter().map(|s| s.latency).collect::<Vec<_>>());
+    m.label = label.to_string();
+    Some(m)
+}

@@ -1,0 +1,371 @@
+//! The processes a run needs (simulated buyers, the exchange, the relay), each stopped when
+//! its guard is dropped, and the exchange's generated configuration.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use loadtest::relay::FanoutTarget;
+use loadtest::sim::{self, ExchangeOpts, Latency, SimBuyerInfo, SimBuyerSpec, SimStats};
+
+use crate::args::RunArgs;
+
+/// A child process that is stopped when dropped (also on error paths).
+pub(crate) struct ChildGuard {
+    name: &'static str,
+    child: Child,
+    /// Stopped by a signal to loadtest alone ([`loadtest::children`]).
+    _registered: loadtest::children::Registered,
+    stdin: Option<ChildStdin>,
+    /// How many 50 ms waits `stop` allows before it kills.
+    stop_waits: u32,
+}
+
+impl ChildGuard {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes stdin (our children exit on EOF), sends SIGTERM, then waits a bounded time.
+    pub(crate) fn stop(&mut self) -> Option<String> {
+        self.stdin.take();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..self.stop_waits {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let mut out = String::new();
+                if let Some(mut s) = self.child.stdout.take() {
+                    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+                }
+                return Some(out);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!(
+            "loadtest: {} did not stop in {} s; killed",
+            self.name,
+            self.stop_waits / 20
+        );
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns `loadtest <args>` and reads its first stdout line.
+pub(crate) fn spawn_self(
+    name: &'static str,
+    args: &[&str],
+    wrap: &[String],
+) -> anyhow::Result<(ChildGuard, String, BufReader<std::process::ChildStdout>)> {
+    let exe = std::env::current_exe().context("finding the loadtest binary")?;
+    let mut child = wrapped(wrap, &exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdin = child.stdin.take();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{name}: no stdout"))?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .with_context(|| format!("{name}: reading its ready line"))?;
+    if line.trim().is_empty() {
+        bail!("{name} exited before it was ready");
+    }
+    Ok((
+        ChildGuard {
+            name,
+            _registered: loadtest::children::register(child.id()),
+            child,
+            stdin,
+            stop_waits: stop_waits(wrap),
+        },
+        line,
+        reader,
+    ))
+}
+
+/// `program` as a command, under the `--wrap` command if there is one.
+pub(crate) fn wrapped(wrap: &[String], program: &Path) -> Command {
+    match wrap.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(program);
+            cmd
+        }
+    }
+}
+
+/// 50 ms waits allowed at stop: 5 s, or 120 s under a wrapper (valgrind writes its
+/// output on exit).
+pub(crate) fn stop_waits(wrap: &[String]) -> u32 {
+    if wrap.is_empty() {
+        100
+    } else {
+        2_400
+    }
+}
+
+pub(crate) fn free_loopback_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+pub(crate) async fn wait_healthy(
+    addr: SocketAddr,
+    tries: u32,
+    mut child: Option<&mut ChildGuard>,
+) -> anyhow::Result<()> {
+    for _ in 0..tries {
+        // An exchange that exits at start (a configuration it refuses, a busy port) is
+        // said so at once, with its status, not after the whole wait as "not healthy"
+        // (black-box round 27).
+        if let Some(g) = child.as_deref_mut() {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                bail!(
+                    "the {} exited ({status}) before it was healthy at {addr}: its own message is above",
+                    g.name
+                );
+            }
+        }
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "the exchange at {addr} did not become healthy in {} s",
+        tries / 20
+    )
+}
+
+/// Everything one scenario run needs running.
+pub(crate) struct Rig {
+    pub(crate) sims: ChildGuard,
+    pub(crate) buyers: Vec<SimBuyerInfo>,
+    pub(crate) exchange: Option<(ChildGuard, SocketAddr)>,
+    pub(crate) relay: Option<(ChildGuard, SocketAddr)>,
+    pub(crate) sims_reader: BufReader<std::process::ChildStdout>,
+    pub(crate) deadline_ms: u64,
+    pub(crate) timeout_ms: u64,
+}
+
+pub(crate) const SELLER_KEY: &str = "loadtest-seller-key";
+
+/// What P6's and P8's measured legs share: the rig, the run's flags, the load (`rate`
+/// for `secs`), the exchange's admin listener and token, and the `n` simulated buyers.
+#[derive(Clone, Copy)]
+pub(crate) struct AdminLeg<'a> {
+    pub(crate) rig: &'a Rig,
+    pub(crate) args: &'a RunArgs,
+    pub(crate) rate: f64,
+    pub(crate) secs: f64,
+    pub(crate) admin: SocketAddr,
+    pub(crate) token: &'a str,
+    pub(crate) n: usize,
+}
+
+/// What runs between writing the exchange's configuration and starting it.
+pub(crate) type BeforeExchange<'a> = dyn Fn(&Path) -> anyhow::Result<()> + 'a;
+
+pub(crate) struct RigOpts<'a> {
+    pub(crate) specs: Vec<SimBuyerSpec>,
+    pub(crate) out: &'a Path,
+    pub(crate) exchange_bin: &'a Path,
+    /// `--wrap`, split on whitespace (empty: none).
+    pub(crate) wrap: &'a [String],
+    pub(crate) want_exchange: bool,
+    pub(crate) want_relay: bool,
+    pub(crate) deadline_ms: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) breaker_enabled: bool,
+    pub(crate) http2: bool,
+    pub(crate) seed: u64,
+    /// Filler buyers configured beside the simulated ones.
+    pub(crate) filler_buyers: usize,
+    /// TOML appended to the generated exchange configuration (p6-swap: features,
+    /// `[learning]`, `[admin]`).
+    pub(crate) extra_toml: String,
+    /// Environment for the exchange beyond the buyers' secrets.
+    pub(crate) extra_env: Vec<(String, String)>,
+    /// Called with the written configuration's path before the exchange starts (p6-swap:
+    /// makes the model sets).
+    pub(crate) before_exchange: Option<&'a BeforeExchange<'a>>,
+}
+
+pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
+    o.specs = with_http2(std::mem::take(&mut o.specs), o.http2);
+    let spec_path = o.out.join("sims.json");
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&o.specs)?)?;
+    let seed = o.seed.to_string();
+    let spec_arg = spec_path.to_string_lossy().to_string();
+    let (sims, line, sims_reader) =
+        spawn_self("sims", &["sims", "--spec", &spec_arg, "--seed", &seed], &[])?;
+    let buyers: Vec<SimBuyerInfo> = serde_json::from_str(line.trim()).context("sims ready line")?;
+    let exchange = if o.want_exchange {
+        let port = free_loopback_port()?;
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let opts = ExchangeOpts {
+            listen,
+            ledger_path: o.out.join("ledger"),
+            deadline_ms: o.deadline_ms,
+            ping_timeout_ms: o.timeout_ms,
+            post_timeout_ms: 1000,
+            seller_key: SELLER_KEY.to_string(),
+            requests_in_flight_max: 100_000,
+            breaker_failures: if o.breaker_enabled { 5 } else { 10_000 },
+            breaker_open_ms: 1000,
+            breaker_probe_interval_ms: 1000,
+            filler_buyers: o.filler_buyers,
+        };
+        let (mut toml, env) = sim::exchange_config(&buyers, &opts);
+        if !o.breaker_enabled {
+            if !toml.contains("[server.breaker]") {
+                bail!("the generated exchange config has no [server.breaker] table");
+            }
+            toml = toml.replacen("[server.breaker]", "[server.breaker]\nenabled = false", 1);
+        }
+        toml.push_str(&o.extra_toml);
+        let cfg_path = o.out.join("exchange.toml");
+        std::fs::write(&cfg_path, &toml)?;
+        let _ = std::fs::remove_dir_all(o.out.join("ledger"));
+        if let Some(prepare) = o.before_exchange {
+            prepare(&cfg_path)?;
+        }
+        let mut cmd = wrapped(o.wrap, o.exchange_bin);
+        cmd.arg("--config")
+            .arg(&cfg_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        cmd.env("RUST_LOG", "pingpost=warn");
+        for (k, v) in env.iter().chain(&o.extra_env) {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting the exchange {}", o.exchange_bin.display()))?;
+        let stdin = child.stdin.take();
+        let guard = ChildGuard {
+            name: "exchange",
+            // Stopped before the buyers on a signal (black-box round 82b).
+            _registered: loadtest::children::register_exchange(child.id()),
+            child,
+            stdin,
+            stop_waits: stop_waits(o.wrap),
+        };
+        // A wrapper (valgrind) starts slowly.
+        let mut guard = guard;
+        wait_healthy(
+            listen,
+            if o.wrap.is_empty() { 200 } else { 2_400 },
+            Some(&mut guard),
+        )
+        .await?;
+        Some((guard, listen))
+    } else {
+        None
+    };
+    let relay = if o.want_relay {
+        let targets = fanout_targets(&buyers, o.timeout_ms);
+        let path = o.out.join("relay-targets.json");
+        std::fs::write(&path, serde_json::to_vec(&targets)?)?;
+        let p = path.to_string_lossy().to_string();
+        let d = o.deadline_ms.to_string();
+        let (guard, line, _) = spawn_self(
+            "relay",
+            &["relay", "--targets", &p, "--deadline-ms", &d],
+            o.wrap,
+        )?;
+        let v: serde_json::Value = serde_json::from_str(line.trim()).context("relay ready line")?;
+        let addr: SocketAddr = v["addr"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .context("relay address")?;
+        Some((guard, addr))
+    } else {
+        None
+    };
+    Ok(Rig {
+        sims,
+        buyers,
+        exchange,
+        relay,
+        sims_reader,
+        deadline_ms: o.deadline_ms,
+        timeout_ms: o.timeout_ms,
+    })
+}
+
+pub(crate) fn fanout_targets(buyers: &[SimBuyerInfo], timeout_ms: u64) -> Vec<FanoutTarget> {
+    buyers
+        .iter()
+        .map(|b| FanoutTarget {
+            url: format!("http://{}/ping", b.addr),
+            secret: b.secret.clone(),
+            http2: b.http2,
+            timeout_ms,
+        })
+        .collect()
+}
+
+impl Rig {
+    /// Stops everything; returns the simulated buyers' final counters.
+    pub(crate) fn stop(mut self) -> Vec<SimStats> {
+        if let Some((mut g, _)) = self.exchange.take() {
+            g.stop();
+        }
+        if let Some((mut g, _)) = self.relay.take() {
+            g.stop();
+        }
+        self.sims.stdin.take();
+        let mut line = String::new();
+        let _ = self.sims_reader.read_line(&mut line);
+        self.sims.stop();
+        serde_json::from_str(line.trim()).unwrap_or_default()
+    }
+}
+
+pub(crate) fn healthy_specs(n: usize, latency_ms: f64) -> Vec<SimBuyerSpec> {
+    (0..n)
+        .map(|i| SimBuyerSpec::healthy(&format!("sim{i}"), Latency::Fixed { ms: latency_ms }))
+        .collect()
+}
+
+pub(crate) fn with_http2(mut specs: Vec<SimBuyerSpec>, http2: bool) -> Vec<SimBuyerSpec> {
+    for s in &mut specs {
+        s.http2 = http2;
+    }
+    specs
+}
