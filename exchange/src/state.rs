@@ -207,8 +207,6 @@ impl std::fmt::Display for Problems<'_> {
 
 impl std::error::Error for ReloadError {}
 
-/// A loader message `path: problem` as a field problem (a message without a path is put
-/// under `config`).
 /// A configuration problem as a reload tells it: a variable that is not set is read
 /// from the environment the exchange started with, which a reload cannot change
 /// (black-box round 74b: the message read as if exporting it and reloading would do).
@@ -224,12 +222,64 @@ fn in_reload(message: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A loader message `path: problem` as a field problem, with the same key path as at
+/// start (a message without a path is put under `config`). The path is read as the loader
+/// writes it: dotted keys, each bare or quoted as a Rust string (`buyers."bad name"`, with
+/// `\"` and `\\` escaped), each followed by any `[N]` indexes; a quoted key may hold a
+/// space or `: ` (black-box round 86b: such a problem was put under `config`).
 pub fn field_problem(message: &str) -> FieldProblem {
-    match message.split_once(": ") {
-        Some((path, problem)) if !path.is_empty() && !path.contains(' ') => {
-            FieldProblem::new(path, problem)
+    match key_path_len(message) {
+        Some(n) => FieldProblem::new(&message[..n], &message[n + 2..]),
+        None => FieldProblem::new("config", message),
+    }
+}
+
+/// The length of the key path that `message` starts with, if it starts with one followed
+/// by `: `.
+fn key_path_len(message: &str) -> Option<usize> {
+    let b = message.as_bytes();
+    let mut i = 0;
+    loop {
+        // One key, bare or quoted.
+        if b.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match b.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
+            i += 1;
+        } else {
+            let start = i;
+            while b
+                .get(i)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+            {
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
         }
-        _ => FieldProblem::new("config", message),
+        // Its indexes.
+        while b.get(i) == Some(&b'[') {
+            let start = i + 1;
+            i = start;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start || b.get(i) != Some(&b']') {
+                return None;
+            }
+            i += 1;
+        }
+        match (b.get(i), b.get(i + 1)) {
+            (Some(b'.'), _) => i += 1,
+            (Some(b':'), Some(b' ')) => return Some(i),
+            _ => return None,
+        }
     }
 }
 
@@ -1110,5 +1160,71 @@ impl AppState {
         self.metrics
             .quotes_open
             .set(self.quotes.open_count() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_problem;
+
+    fn split(message: &str) -> (String, String) {
+        let p = field_problem(message);
+        (p.field.to_string(), p.problem.to_string())
+    }
+
+    #[test]
+    fn a_problem_keeps_its_key_path_quoted_keys_and_indexes_included() {
+        let cases = [
+            (
+                "server.listen: not an address",
+                "server.listen",
+                "not an address",
+            ),
+            (
+                "buyers.\"bad name\": the name must be 1 to 64 letters",
+                "buyers.\"bad name\"",
+                "the name must be 1 to 64 letters",
+            ),
+            (
+                "verticals.auto.fields.\"a: b\".type: unknown",
+                "verticals.auto.fields.\"a: b\".type",
+                "unknown",
+            ),
+            (
+                "sellers.\"s \\\" 1\".key: too short",
+                "sellers.\"s \\\" 1\".key",
+                "too short",
+            ),
+            (
+                "buyers.b1.verticals[0]: unknown vertical",
+                "buyers.b1.verticals[0]",
+                "unknown vertical",
+            ),
+            ("buyers.b1: a: b", "buyers.b1", "a: b"),
+        ];
+        for (message, field, problem) in cases {
+            assert_eq!(split(message), (field.into(), problem.into()), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_message_without_a_key_path_goes_under_config() {
+        for message in [
+            "reading /etc/x.toml: No such file or directory",
+            "TOML parse error at line 3: expected `=`",
+            "buyers.\"unterminated: oops",
+            "buyers.b1[x]: bad index",
+            "buyers..b1: empty key",
+            ": nothing before",
+            "no colon at all",
+            "",
+        ] {
+            let p = field_problem(message);
+            assert_eq!(
+                (p.field.to_string(), p.problem.to_string()),
+                ("config".to_string(), message.to_string()),
+                "{message:?}"
+            );
+        }
     }
 }

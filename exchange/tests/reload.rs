@@ -300,7 +300,8 @@ async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_ke
     // Two problems at once: a value out of range and an unknown key.
     let broken = good
         .replace("ping_timeout_ms = 150", "ping_timeout_ms = 0")
-        .replace("[sellers.main]", "[sellers.main]\nnot_a_key = 1");
+        .replace("[sellers.main]", "[sellers.main]\nnot_a_key = 1")
+        + "\n[buyers.\"bad name\"]\nnot_a_key = 1\n";
     assert_ne!(broken, good);
     ex.write_config_text(&broken);
     let reply = ex.reload().await;
@@ -314,6 +315,12 @@ async fn a_broken_configuration_is_refused_with_every_problem_and_the_old_one_ke
     assert!(
         fields.contains(&"buyers.a.ping_timeout_ms") && fields.contains(&"sellers.main.not_a_key"),
         "every problem at once: {fields:?}"
+    );
+    // A quoted key keeps its path, as at start (black-box round 86b: it was put under
+    // `config`).
+    assert!(
+        fields.contains(&"buyers.\"bad name\"") && !fields.contains(&"config"),
+        "{fields:?}"
     );
     assert_eq!(ex.state.generation(), 1, "nothing changed");
     assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
