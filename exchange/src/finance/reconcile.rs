@@ -58,6 +58,56 @@ use crate::config::Config;
 /// Mismatches printed at most (the count is always complete).
 pub const SHOWN_MAX: usize = 200;
 
+/// Generations named one by one in the summary's count of sales decided before the
+/// latest run; the rest are counted together (black-box round 86b: after thousands of
+/// reloads the line named hundreds).
+pub const EARLIER_GENERATIONS_NAMED_MAX: usize = 8;
+
+/// The summary's count of sales decided before the latest run: the first
+/// [`EARLIER_GENERATIONS_NAMED_MAX`] generations named, then the rest counted.
+fn earlier_sales_named(earlier: &BTreeMap<(usize, u64), (u64, u64)>) -> String {
+    // Generations start again at 1 at every start (round 80a: one count per number mixed
+    // the runs): named by their start when there were several.
+    let several = earlier
+        .keys()
+        .map(|(start, _)| start)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
+    let mut parts: Vec<String> = earlier
+        .iter()
+        .take(EARLIER_GENERATIONS_NAMED_MAX)
+        .map(|((start, g), (n, test))| {
+            let of = if several {
+                format!("generation {g} after start {start}")
+            } else {
+                format!("generation {g}")
+            };
+            match test {
+                0 => format!("{n} of {of}"),
+                t => format!("{n} of {of}, {t} of them test"),
+            }
+        })
+        .collect();
+    let rest = earlier.len().saturating_sub(EARLIER_GENERATIONS_NAMED_MAX);
+    if rest > 0 {
+        let (n, test) = earlier
+            .values()
+            .skip(EARLIER_GENERATIONS_NAMED_MAX)
+            .fold((0u64, 0u64), |(n, t), (a, b)| (n + a, t + b));
+        let generations = if rest == 1 {
+            "generation"
+        } else {
+            "generations"
+        };
+        parts.push(match test {
+            0 => format!("and {n} of {rest} more {generations}"),
+            t => format!("and {n} of {rest} more {generations}, {t} of them test"),
+        });
+    }
+    parts.join(", ")
+}
+
 /// What reconciliation found.
 #[derive(Debug, Clone, Default)]
 pub struct Reconciliation {
@@ -1031,34 +1081,10 @@ impl Reconciliation {
                 "  payouts re-checked against the configuration given (today's payout models, not the ones of earlier generations): a mismatch fails for auctions of the ledger's latest run, {gens} from {from}"
             );
             if !self.earlier_sales.is_empty() {
-                // Generations start again at 1 at every start (round 80a: one count per
-                // number mixed the runs): named by their start when there were several.
-                let several = self
-                    .earlier_sales
-                    .keys()
-                    .map(|(start, _)| start)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len()
-                    > 1;
-                let gens: Vec<String> = self
-                    .earlier_sales
-                    .iter()
-                    .map(|((start, g), (n, test))| {
-                        let of = if several {
-                            format!("generation {g} after start {start}")
-                        } else {
-                            format!("generation {g}")
-                        };
-                        match test {
-                            0 => format!("{n} of {of}"),
-                            t => format!("{n} of {of}, {t} of them test"),
-                        }
-                    })
-                    .collect();
                 let _ = writeln!(
                     out,
                     "  sales decided before it ({}; a reload or restart came between): a payout that differs from today's rule is listed as PAYOUT NOT RE-CHECKED, not failed",
-                    gens.join(", ")
+                    earlier_sales_named(&self.earlier_sales)
                 );
             }
         }
@@ -1233,6 +1259,52 @@ mod tests {
             s.saw(v, Some(&models).filter(|m| !m.is_null()));
         }
         s
+    }
+
+    /// Round 86b: after thousands of reloads the summary named every generation.
+    #[test]
+    fn the_earlier_sales_name_a_bounded_number_of_generations_and_count_the_rest() {
+        let mut earlier = BTreeMap::new();
+        for g in 1..=400u64 {
+            earlier.insert((1, g), (2, u64::from(g % 2 == 0)));
+        }
+        let line = earlier_sales_named(&earlier);
+        assert!(
+            line.starts_with("2 of generation 1, 2 of generation 2, 1 of them test, "),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches(" of generation ").count(),
+            EARLIER_GENERATIONS_NAMED_MAX
+        );
+        // 392 generations more, 784 sales, half of the generations with a test sale.
+        assert!(
+            line.ends_with(", and 784 of 392 more generations, 196 of them test"),
+            "{line}"
+        );
+        assert!(line.len() < 300, "{} bytes: {line}", line.len());
+
+        // At the bound, every generation is named and nothing is counted together.
+        let few: BTreeMap<_, _> = earlier
+            .into_iter()
+            .take(EARLIER_GENERATIONS_NAMED_MAX)
+            .collect();
+        let line = earlier_sales_named(&few);
+        assert_eq!(
+            line.matches(" of generation ").count(),
+            EARLIER_GENERATIONS_NAMED_MAX
+        );
+        assert!(!line.contains("more"), "{line}");
+
+        // One past it, named by start when there were several.
+        let mut two_starts = few;
+        two_starts.insert((2, 1), (5, 0));
+        let line = earlier_sales_named(&two_starts);
+        assert!(
+            line.starts_with("2 of generation 1 after start 1, "),
+            "{line}"
+        );
+        assert!(line.ends_with(", and 5 of 1 more generation"), "{line}");
     }
 
     /// Round 79a: a run goes back over model swaps, and stops at anything the ledger
