@@ -1,0 +1,340 @@
+use super::scan::{at_of, BuyerEvent, Scan};
+
+/// Black-box round 44: a whole line that is not a readable record was skipped at start
+/// without a word. The scan keeps each one's line number and why, for the log.
+#[test]
+fn lines_that_are_not_records_are_counted_with_why() {
+    let text = "{\"type\":\"flush\",\"v\":5}\n[1,2]\n{\"type\":\"sale\",\"bid_micros\":1e400}\n{\"type\":\"flush\",\"v\":5}\n";
+    let scan = Scan::of_text(text);
+    assert_eq!(scan.records, 2);
+    assert_eq!(scan.unreadable.len(), 2, "{:?}", scan.unreadable);
+    assert_eq!(scan.unreadable[0], (2, "not a JSON object".to_string()));
+    assert_eq!(scan.unreadable[1].0, 3);
+    assert!(
+        scan.unreadable[1].1.contains("number out of range"),
+        "{:?}",
+        scan.unreadable
+    );
+    // Round 57a: a version that is not a whole number is no record (the finance
+    // tools refuse it too); a newer one is read, and counted for the warning.
+    let text = "{\"type\":\"flush\",\"v\":\"5\"}\n{\"type\":\"flush\",\"v\":6}\n{\"type\":\"flush\",\"v\":5}\n";
+    let scan = Scan::of_text(text);
+    assert_eq!(scan.records, 2);
+    assert_eq!(
+        scan.unreadable,
+        [(
+            1,
+            "its format version `v` is not a whole number".to_string()
+        )]
+    );
+    assert_eq!(scan.newer, 1);
+}
+
+/// Black-box round 55a: a sale whose `bid_micros` was removed (the chain recomputed)
+/// was replayed at start as a sale of 0, so its buyer's budget had room it had spent.
+/// A record with a money field missing or malformed is skipped as an unreadable line
+/// (named in the start's warning), and its delivery counts as outcome unknown at its
+/// `post_sent`'s price.
+#[test]
+fn a_record_whose_money_is_missing_or_malformed_is_skipped_and_its_delivery_unknown() {
+    let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
+    let sent = format!(
+        r#"{{"type":"post_sent","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{w}}}"#
+    );
+    for sale in [
+        r#"{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","seller_price_micros":3,"margin_micros":2}"#,
+        r#"{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","bid_micros":1e22,"seller_price_micros":3,"margin_micros":2}"#,
+    ] {
+        let scan = Scan::of_text(&format!("{sent}\n{sale}\n"));
+        assert_eq!(scan.records, 1, "{sale}");
+        assert!(scan.sales.is_empty(), "{sale}");
+        assert_eq!(scan.unreadable.len(), 1, "{sale}");
+        assert_eq!(scan.unreadable[0].0, 2);
+        assert!(
+            scan.unreadable[0]
+                .1
+                .starts_with("sale record: bid_micros is "),
+            "{:?}",
+            scan.unreadable
+        );
+        let unknown: Vec<_> = scan
+            .unknown()
+            .map(|s| (s.lead_id.as_str(), s.price_micros))
+            .collect();
+        assert_eq!(unknown, [("l1", 5)], "{sale}");
+    }
+    // Whole, it is a sale.
+    let sale = r#"{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","bid_micros":5,"seller_price_micros":3,"margin_micros":2}"#;
+    let scan = Scan::of_text(&format!("{sent}\n{sale}\n"));
+    assert_eq!(
+        (scan.records, scan.sales.len(), scan.unknown().count()),
+        (2, 1, 0)
+    );
+}
+
+/// Black-box round 57a: a sale flipped to `test`, moved to yesterday's windows,
+/// charged to another buyer, or with a buyer that is not a string (each with the
+/// chain rewritten) freed its buyer's budget at the next start. The start holds a
+/// sale to its delivery's `post_sent`.
+#[test]
+fn a_sale_that_differs_from_its_delivery_is_counted_as_the_delivery_says() {
+    let w = |day: u32| format!(r#""windows":{{"hour_start_ms":0,"day":{day},"week":1,"month":2}}"#);
+    let sent = format!(
+        r#"{{"type":"post_sent","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{}}}"#,
+        w(9)
+    );
+    let sale = |extra: &str| {
+        format!(
+            r#"{{"type":"sale","lead_id":"l1","attempt":0,"bid_micros":5,"seller_price_micros":4,"margin_micros":1,{extra}}}"#
+        )
+    };
+    // As written: one real sale of `a`'s, in the delivery's windows, settled.
+    let honest = Scan::of_text(&format!(
+        "{sent}\n{}\n",
+        sale(&format!(r#""buyer":"a","test":false,{}"#, w(9)))
+    ));
+    assert_eq!(honest.unknown().count(), 0);
+    assert!(!honest.sales[0].test);
+    // Flipped to a test lead: still counted as the real delivery it was.
+    let flipped = Scan::of_text(&format!(
+        "{sent}\n{}\n",
+        sale(&format!(r#""buyer":"a","test":true,{}"#, w(9)))
+    ));
+    assert!(!flipped.sales[0].test);
+    // Moved to yesterday: counted in the delivery's windows.
+    let moved = Scan::of_text(&format!(
+        "{sent}\n{}\n",
+        sale(&format!(r#""buyer":"a","test":false,{}"#, w(8)))
+    ));
+    assert_eq!(moved.sales[0].windows, honest.sales[0].windows);
+    // Charged to `b`: counted for `b`, and `a`'s delivery stays outcome unknown.
+    let other = Scan::of_text(&format!(
+        "{sent}\n{}\n",
+        sale(&format!(r#""buyer":"b","test":false,{}"#, w(9)))
+    ));
+    assert_eq!(other.sales[0].buyer, "b");
+    let unknown: Vec<_> = other.unknown().map(|s| s.buyer.as_str()).collect();
+    assert_eq!(unknown, ["a"]);
+    // A buyer that is not a string: the sale is unreadable, the delivery unknown.
+    let numeric = Scan::of_text(&format!(
+        "{sent}\n{}\n",
+        sale(&format!(r#""buyer":7,"test":false,{}"#, w(9)))
+    ));
+    assert!(numeric.sales.is_empty());
+    assert_eq!(numeric.unreadable.len(), 1);
+    assert!(
+        numeric.unreadable[0].1.contains("buyer is not a string"),
+        "{:?}",
+        numeric.unreadable
+    );
+    assert_eq!(numeric.unknown().count(), 1);
+}
+
+#[test]
+fn deliveries_without_an_outcome_and_late_accepts_are_found() {
+    let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
+    let text = [
+        format!(r#"{{"type":"post_sent","at":"2026-11-29T12:00:00.000Z","lead_id":"l1","attempt":0,"buyer":"a","price_micros":5,"test":false,{w},"seq":1}}"#),
+        r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"timeout"}"#.to_string(),
+        format!(r#"{{"type":"post_sent","lead_id":"l1","attempt":1,"buyer":"b","price_micros":4,"test":false,{w}}}"#),
+        r#"{"type":"sale","lead_id":"l1","attempt":1,"buyer":"b","bid_micros":4,"seller_price_micros":3,"margin_micros":1}"#.to_string(),
+        r#"{"type":"post_attempt","lead_id":"l1","attempt":0,"outcome":"late_accept"}"#.to_string(),
+        format!(r#"{{"type":"post_sent","lead_id":"l2","attempt":0,"buyer":"a","price_micros":5,"test":false,{w}}}"#),
+        "not a record".to_string(),
+    ]
+    .join("\n");
+    let scan = Scan::of_text(&text);
+    assert_eq!(scan.records, 6);
+    let unknown: Vec<_> = scan.unknown().map(|s| s.lead_id.as_str()).collect();
+    assert_eq!(unknown, ["l2"]);
+    let late: Vec<_> = scan
+        .late_accepts()
+        .map(|s| (s.lead_id.as_str(), s.attempt))
+        .collect();
+    assert_eq!(late, [("l1", 0)]);
+    assert_eq!(scan.sent[0].at, 1_795_953_600_000);
+    assert_eq!(scan.sent[0].windows.map(|w| w.month), Some(2));
+    assert_eq!(scan.sales.len(), 1);
+}
+
+#[test]
+fn only_the_buyer_s_own_unaccepted_posts_teach_the_rates_at_a_restart() {
+    let attempt = |lead: &str, outcome: &str, reason: &str| {
+        at(
+            "post_attempt",
+            1,
+            &format!(
+                r#","lead_id":"{lead}","attempt":0,"buyer":"a","outcome":"{outcome}","reason":"{reason}""#
+            ),
+        )
+    };
+    let text = [
+        // The post deadline cut this timeout short: the exchange's doing.
+        attempt("l1", "timeout", "post_deadline"),
+        // A buyer cannot hide a rejection behind the same word.
+        attempt("l2", "rejected", "post_deadline"),
+        attempt("l3", "timeout", ""),
+    ]
+    .join("\n");
+    let scan = Scan::of_text(&text);
+    let events: Vec<_> = scan
+        .buyer_events
+        .iter()
+        .map(|(b, e)| (b.as_str(), *e))
+        .collect();
+    let t = at_of(&serde_json::from_str(&attempt("x", "timeout", "")).unwrap());
+    assert_eq!(
+        events,
+        [
+            ("a", BuyerEvent::Rejected(t)),
+            ("a", BuyerEvent::Rejected(t))
+        ]
+    );
+}
+
+/// A ledger line of `kind` at `s` seconds past 12:00, with `extra` fields.
+fn at(kind: &str, s: u32, extra: &str) -> String {
+    format!(
+        r#"{{"type":"{kind}","at":"2026-11-29T12:{:02}:{:02}.000Z"{extra}}}"#,
+        s / 60,
+        s % 60
+    )
+}
+
+fn timed_out(lead: &str, s: u32) -> [String; 2] {
+    [
+        at(
+            "post_sent",
+            s,
+            &format!(r#","lead_id":"{lead}","attempt":0,"buyer":"a","price_micros":5"#),
+        ),
+        at(
+            "post_attempt",
+            s,
+            &format!(r#","lead_id":"{lead}","attempt":0,"outcome":"timeout""#),
+        ),
+    ]
+}
+
+fn cut_short(lines: &[String]) -> Vec<String> {
+    let scan = Scan::of_text(&lines.join("\n"));
+    scan.cut_short().map(|s| s.lead_id.clone()).collect()
+}
+
+/// A buyer that timed out is heard out for `LATE_POST_WAIT_MS` (10 s) and may accept
+/// late; its answer, accept or not, is recorded (`late_accept`, `late_no_accept`).
+/// When its run ended in a crash before that record, the buyer may have the lead.
+/// Before round 10 the rule looked at the time of the run's last record instead: a
+/// late refusal before the crash still counted, and so did a timeout long before a
+/// crash on a quiet exchange.
+#[test]
+fn a_timed_out_delivery_still_heard_out_when_its_run_crashed_may_have_been_accepted() {
+    let start = at("flush", 0, r#","start":true"#);
+    let shutdown = at("flush", 30, "");
+    let [sent1, timeout1] = timed_out("l1", 1);
+    let [sent2, timeout2] = timed_out("l2", 40);
+    let later = |s| at("auction", s, "");
+    let answer = |outcome: &str| {
+        at(
+            "post_attempt",
+            2,
+            &format!(r#","lead_id":"l1","attempt":0,"outcome":"{outcome}""#),
+        )
+    };
+    let cases: [(&str, Vec<String>, &[&str]); 9] = [
+        (
+            "the ledger ends while the buyer is heard out",
+            vec![start.clone(), sent1.clone(), timeout1.clone(), later(2)],
+            &["l1"],
+        ),
+        (
+            "a quiet exchange: the crash came long after, the answer never recorded",
+            vec![start.clone(), sent1.clone(), timeout1.clone(), later(100)],
+            &["l1"],
+        ),
+        (
+            "a late refusal recorded before the crash",
+            vec![
+                start.clone(),
+                sent1.clone(),
+                timeout1.clone(),
+                answer("late_no_accept"),
+            ],
+            &[],
+        ),
+        (
+            "the late accept is in the ledger (counted as one)",
+            vec![
+                start.clone(),
+                sent1.clone(),
+                timeout1.clone(),
+                answer("late_accept"),
+            ],
+            &[],
+        ),
+        (
+            "a shutdown heard every late answer out",
+            vec![
+                start.clone(),
+                sent1.clone(),
+                timeout1.clone(),
+                shutdown.clone(),
+            ],
+            &[],
+        ),
+        (
+            "a crash, then a later run: the next start ends the run",
+            vec![
+                start.clone(),
+                sent1.clone(),
+                timeout1.clone(),
+                later(3),
+                at("flush", 100, r#","start":true"#),
+                later(200),
+            ],
+            &["l1"],
+        ),
+        (
+            "every run of the ledger is judged on its own",
+            vec![
+                start.clone(),
+                sent1.clone(),
+                timeout1.clone(),
+                shutdown.clone(),
+                start.clone(),
+                sent2.clone(),
+                timeout2.clone(),
+                at("flush", 45, r#","start":true"#),
+            ],
+            &["l2"],
+        ),
+        (
+            "an answer of another attempt settles nothing",
+            vec![
+                start.clone(),
+                sent1.clone(),
+                timeout1.clone(),
+                at(
+                    "post_attempt",
+                    2,
+                    r#","lead_id":"l1","attempt":1,"outcome":"late_no_accept""#,
+                ),
+            ],
+            &["l1"],
+        ),
+        (
+            "a ledger written before start marks: its one run ends at its end",
+            vec![
+                sent1.clone(),
+                timeout1.clone(),
+                answer("late_no_accept"),
+                sent2,
+                timeout2,
+            ],
+            &["l2"],
+        ),
+    ];
+    for (name, lines, want) in cases {
+        assert_eq!(cut_short(&lines), want, "{name}");
+    }
+}
