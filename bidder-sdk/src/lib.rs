@@ -1,10 +1,19 @@
 //! # bidder-sdk: what a pingpost buyer implements
 //!
 //! A buyer implements [`Bidder`] (`ping` answers a bid or a pass, `post` accepts or
-//! rejects a lead) and hands it to [`serve`], which speaks the buyer protocol of
-//! `CONTRACT.md` over HTTP/1.1 (keep-alive) and HTTP/2 cleartext (prior knowledge) on one
-//! port. [`testkit`] signs and sends pings and posts so a buyer can test its own bidder;
-//! [`examples`] holds two bidders the exchange's demo and tests use.
+//! rejects a lead) and hands it to [`serve`], which speaks the buyer protocol (the
+//! pingpost repository's docs/API.md, "Buyer protocol") over HTTP/1.1 (keep-alive) and
+//! HTTP/2 cleartext (prior knowledge) on one port, or over TLS with
+//! [`ServeOptions::tls`]. [`testkit`] signs and sends pings and posts so a buyer can test
+//! its own bidder; [`examples`] holds two bidders the exchange's demo and tests use.
+//!
+//! The secret must stand for at least [`proto::signing::SECRET_BYTES_MIN`] (16) key
+//! bytes, as the exchange requires of a buyer's: [`serve`] refuses a shorter one. The
+//! SDK keeps a bidder's answers to what the exchange reads as meant: a bid under 0 or
+//! over 1e9 is refused (`500`, [`Refusal::InvalidBid`]), a `bid_id` over 128 characters
+//! is left out (the bid goes without it, as the exchange would drop it), and an answer
+//! over 64 KiB is refused ([`Refusal::ReplyTooLarge`]). A message's `lead` is a map
+//! sorted by field name, whatever the order on the wire (schema order).
 //!
 //! ```no_run
 //! use std::sync::Arc;

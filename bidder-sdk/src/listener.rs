@@ -717,14 +717,21 @@ impl TlsAcceptor {
     }
 
     /// An acceptor from PEM certificate chain and key files.
-    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
-        server_config_from_files(cert_path, key_path).map(TlsAcceptor::new)
+    pub fn from_pem_files(
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<TlsAcceptor, TlsError> {
+        server_config_from_files(cert_path.as_ref(), key_path.as_ref()).map(TlsAcceptor::new)
     }
 
     /// Re-reads the PEM files and swaps the configuration in for new connections. On
     /// error the current configuration stays.
-    pub fn reload_pem_files(&self, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
-        let config = server_config_from_files(cert_path, key_path)?;
+    pub fn reload_pem_files(
+        &self,
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<(), TlsError> {
+        let config = server_config_from_files(cert_path.as_ref(), key_path.as_ref())?;
         self.replace(config);
         Ok(())
     }

@@ -167,9 +167,11 @@ pub enum Refusal {
     /// The method is not POST (405).
     #[error("only POST is allowed")]
     MethodNotAllowed,
-    /// `Content-Type` is present and is not `application/json` (415).
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    /// The headers do not describe a plain JSON body (415): a `Content-Type` other than
+    /// `application/json`, a `charset` other than `utf-8`, two `Content-Type` headers, or
+    /// a `Content-Encoding` other than `identity`. The message says which.
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     /// The body is longer than the limit (413).
     #[error("body is over {body_bytes_max} bytes")]
     PayloadTooLarge {
@@ -203,10 +205,18 @@ pub enum Refusal {
     #[error("reply could not be serialized: {0}")]
     ReplyUnserializable(String),
     /// The bidder's bid is one the exchange would throw away (500, and nothing sent that
-    /// looks like a bid): a negative price or one over 1e9, or a `bid_id` over 128
-    /// characters (the exchange would cut it, and post back an id the bidder never made).
+    /// looks like a bid): a negative price or one over 1e9. (A `bid_id` over
+    /// [`proto::buyer::BUYER_ID_LEN_MAX`] characters is not a refusal: it is left out and
+    /// the bid sent without it, as the exchange would drop it, never cut it.)
     #[error("invalid bid reply: {0}")]
     InvalidBid(&'static str),
+    /// The bidder's reply, serialized, is over [`proto::buyer::ANSWER_BYTES_MAX`] bytes,
+    /// more than the exchange reads (500; the exchange would record it `too_large`).
+    #[error("the reply is {bytes} bytes, over the {max} the exchange reads", max = proto::buyer::ANSWER_BYTES_MAX)]
+    ReplyTooLarge {
+        /// The serialized reply's length.
+        bytes: usize,
+    },
     /// The request head is over [`ServeOptions::header_bytes_max`] or has more than
     /// [`ServeOptions::headers_max`] fields (431). Answered by the listener.
     #[error("request head over the limits")]
@@ -219,15 +229,16 @@ impl Refusal {
         match self {
             Refusal::NotFound => ErrorCode::NotFound,
             Refusal::MethodNotAllowed => ErrorCode::MethodNotAllowed,
-            Refusal::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Refusal::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             Refusal::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Refusal::BodyTimeout { .. } | Refusal::BodyUnreadable(_) | Refusal::Malformed(_) => {
                 ErrorCode::InvalidRequest
             }
             Refusal::Unauthorized(_) => ErrorCode::Unauthorized,
-            Refusal::BidderPanicked | Refusal::ReplyUnserializable(_) | Refusal::InvalidBid(_) => {
-                ErrorCode::Internal
-            }
+            Refusal::BidderPanicked
+            | Refusal::ReplyUnserializable(_)
+            | Refusal::InvalidBid(_)
+            | Refusal::ReplyTooLarge { .. } => ErrorCode::Internal,
             Refusal::HeadersTooLarge => ErrorCode::HeadersTooLarge,
             Refusal::Replayed => ErrorCode::Conflict,
         }
@@ -297,8 +308,10 @@ fn check_head(
     // charset and a gzip encoding were taken).
     let described =
         headers.contains_key(CONTENT_TYPE) || headers.contains_key(http::header::CONTENT_ENCODING);
-    if described && crate::listener::json_headers_problem(headers).is_some() {
-        return Err(Refusal::UnsupportedMediaType);
+    if described {
+        if let Some(problem) = crate::listener::json_headers_problem(headers) {
+            return Err(Refusal::UnsupportedMediaType(problem));
+        }
     }
     Ok(())
 }
@@ -525,8 +538,8 @@ impl<B: Bidder> Shared<B> {
         }
         let json = match parse(endpoint, body)? {
             Message::Ping(ping) => match catch_panic(self.bidder.answer_ping(ping)).await? {
-                PingAnswer::Reply(reply) => {
-                    check_bid(&reply)?;
+                PingAnswer::Reply(mut reply) => {
+                    check_bid(&mut reply)?;
                     serde_json::to_vec(&reply)
                 }
                 PingAnswer::Raw {
@@ -539,23 +552,36 @@ impl<B: Bidder> Shared<B> {
             Message::Post(post) => serde_json::to_vec(&catch_panic(self.bidder.post(post)).await?),
         };
         let json = json.map_err(|e| Refusal::ReplyUnserializable(e.to_string()))?;
+        // Black-box round 86a: a 100 KB reason went out, and the exchange recorded the
+        // answer `too_large`.
+        if json.len() > proto::buyer::ANSWER_BYTES_MAX {
+            return Err(Refusal::ReplyTooLarge { bytes: json.len() });
+        }
         Ok(Outcome::Respond(json_response(StatusCode::OK, json)))
     }
 }
 
-/// Refuses a bid the exchange would not take as the bidder meant it.
-fn check_bid(reply: &BidReply) -> Result<(), Refusal> {
+/// Refuses a bid the exchange would not take as the bidder meant it, and leaves out a
+/// `bid_id` it would drop for its length (black-box round 86a: such a bid was refused
+/// whole, though the exchange keeps the bid and drops only the id; API.md, "Ping").
+fn check_bid(reply: &mut BidReply) -> Result<(), Refusal> {
     let BidReply::Bid { bid, bid_id, .. } = reply else {
         return Ok(());
     };
     if bid.0 < 0 || bid.0 > proto::money::AMOUNT_MAX_MICROS {
         return Err(Refusal::InvalidBid("the bid must be 0 to 1e9"));
     }
-    if bid_id
+    if let Some(len) = bid_id
         .as_deref()
-        .is_some_and(|id| id.chars().count() > proto::buyer::BUYER_ID_LEN_MAX)
+        .map(|id| id.chars().count())
+        .filter(|len| *len > proto::buyer::BUYER_ID_LEN_MAX)
     {
-        return Err(Refusal::InvalidBid("bid_id is over 128 characters"));
+        tracing::warn!(
+            len,
+            max = proto::buyer::BUYER_ID_LEN_MAX,
+            "bidder-sdk: bid_id over the longest the exchange keeps; the bid is sent without it"
+        );
+        *bid_id = None;
     }
     Ok(())
 }
@@ -612,6 +638,7 @@ pub async fn serve<B: Bidder>(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    check_options(&options)?;
     if !options.verify_signatures {
         tracing::warn!(
             "bidder-sdk: signature verification is off; anyone can send pings and posts"
@@ -657,6 +684,23 @@ pub async fn serve<B: Bidder>(
     .await
 }
 
+/// Refuses options no exchange could serve: a secret shorter than
+/// [`proto::signing::SECRET_BYTES_MIN`] key bytes, which the exchange refuses for a buyer
+/// (black-box round 86a: the SDK served with a 3-byte secret).
+fn check_options(options: &ServeOptions) -> io::Result<()> {
+    let min = proto::signing::SECRET_BYTES_MIN;
+    if options.verify_signatures && options.secret.key_len() < min {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the secret stands for {} key bytes, fewer than the {min} the exchange requires of a buyer's secret: use at least {min} random bytes",
+                options.secret.key_len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A server started by [`spawn`]. Dropping it leaves the server running until the runtime
 /// stops; call [`ServerHandle::shutdown`] to stop it gracefully.
 #[derive(Debug)]
@@ -690,6 +734,7 @@ pub async fn spawn<B: Bidder>(
     bidder: Arc<B>,
     options: ServeOptions,
 ) -> io::Result<(SocketAddr, ServerHandle)> {
+    check_options(&options)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -715,7 +760,7 @@ mod tests {
     use super::*;
 
     fn options() -> ServeOptions {
-        ServeOptions::new(Secret::new("s3cret").unwrap())
+        ServeOptions::new(Secret::new("s3cret-0123456789").unwrap())
     }
 
     fn signed(options: &ServeOptions, body: &[u8], timestamp_s: i64) -> HeaderMap {
@@ -764,7 +809,9 @@ mod tests {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert_eq!(
             check_head(&o, &headers, 10),
-            Err(Refusal::UnsupportedMediaType)
+            Err(Refusal::UnsupportedMediaType(
+                "Content-Type must be application/json"
+            ))
         );
         // The exchange's own rule (black-box round 17: these were taken): a charset other
         // than UTF-8, two types, an encoding, with or without a type.
@@ -773,7 +820,10 @@ mod tests {
             for (name, value) in pairs {
                 h.append(*name, HeaderValue::from_static(value));
             }
-            check_head(&o, &h, 10) == Err(Refusal::UnsupportedMediaType)
+            matches!(
+                check_head(&o, &h, 10),
+                Err(Refusal::UnsupportedMediaType(_))
+            )
         };
         assert!(refused(&[(
             "content-type",
@@ -908,24 +958,37 @@ mod tests {
             bid_id: (id_len > 0).then(|| "x".repeat(id_len)),
             expires_in_ms: None,
         };
-        for (reply, ok) in [
-            (bid(18_000_000, 0), true),
-            (bid(0, 0), true),
-            (bid(AMOUNT_MAX_MICROS, 128), true),
-            (bid(-5_000_000, 0), false),
-            (bid(AMOUNT_MAX_MICROS + 1, 0), false),
-            (bid(1, 129), false),
+        // (reply, sent, the bid_id sent)
+        for (mut reply, ok, id_len) in [
+            (bid(18_000_000, 0), true, 0),
+            (bid(0, 0), true, 0),
+            (bid(AMOUNT_MAX_MICROS, 128), true, 128),
+            (bid(-5_000_000, 0), false, 0),
+            (bid(AMOUNT_MAX_MICROS + 1, 0), false, 0),
+            // Round 86a: the exchange drops such an id and keeps the bid; so does the SDK.
+            (bid(1, 129), true, 0),
+            (bid(1, 100_000), true, 0),
         ] {
-            let r = check_bid(&reply);
-            assert_eq!(r.is_ok(), ok, "{reply:?}: {r:?}");
+            let before = format!("{reply:?}");
+            let r = check_bid(&mut reply);
+            assert_eq!(r.is_ok(), ok, "{before}: {r:?}");
             if let Err(refusal) = r {
                 assert_eq!(refusal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            } else {
+                assert_eq!(reply, bid(reply_bid(&reply), id_len), "{before}");
             }
         }
-        assert!(check_bid(&BidReply::NoBid {
-            no_bid: "x".repeat(500)
-        })
-        .is_ok());
+        let mut no_bid = BidReply::NoBid {
+            no_bid: "x".repeat(500),
+        };
+        assert!(check_bid(&mut no_bid).is_ok());
+    }
+
+    fn reply_bid(reply: &BidReply) -> i64 {
+        match reply {
+            BidReply::Bid { bid, .. } => bid.0,
+            BidReply::NoBid { .. } => -1,
+        }
     }
 
     #[test]
@@ -1087,6 +1150,39 @@ mod tests {
             .unwrap();
         let dropped = held.await.unwrap();
         assert!(matches!(dropped, Err(TestError::Send(_))), "{dropped:?}");
+    }
+
+    /// Round 86a: the SDK served with a secret the exchange refuses for a buyer.
+    #[tokio::test]
+    async fn a_secret_shorter_than_the_exchange_allows_is_refused_at_start() {
+        for (text, refused) in [
+            ("abc", true),
+            ("0123456789abcde", true),
+            // 12 bytes after base64.
+            ("whsec_MDEyMzQ1Njc4OWFi", true),
+            ("0123456789abcdef", false),
+            ("whsec_MDEyMzQ1Njc4OWFiY2RlZg==", false),
+        ] {
+            let options = ServeOptions::new(Secret::new(text).unwrap());
+            match spawn(Arc::new(Faulty), options).await {
+                Err(e) => {
+                    assert!(refused, "{text}: {e}");
+                    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+                    assert!(e.to_string().contains("fewer than the 16"), "{e}");
+                }
+                Ok((_, handle)) => {
+                    assert!(!refused, "{text} was served");
+                    handle.shutdown().await.unwrap();
+                }
+            }
+        }
+        // Unsigned (tests, or behind a proxy that checked): no secret is used.
+        let options = ServeOptions {
+            verify_signatures: false,
+            ..ServeOptions::new(Secret::new("abc").unwrap())
+        };
+        let (_, handle) = spawn(Arc::new(Faulty), options).await.unwrap();
+        handle.shutdown().await.unwrap();
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! What a buyer uses to test its own bidder: a [`TestClient`] that signs and sends pings
 //! and posts the way the exchange does, over HTTP/1.1 or HTTP/2, and reads the answers the
 //! way the exchange does ([`proto::buyer::parse_bid_answer`] /
-//! [`parse_post_answer`](proto::buyer::parse_post_answer)); plus [`sample_ping`] and
+//! [`proto::buyer::parse_post_answer`]); plus [`sample_ping`] and
 //! [`sample_post`] for an auto-insurance lead.
 //!
 //! ```no_run
@@ -9,7 +9,7 @@
 //! use bidder_sdk::testkit::{sample_ping, SampleLead, TestClient};
 //! use bidder_sdk::{proto::buyer::BidOutcome, Secret};
 //!
-//! let client = TestClient::new("http://127.0.0.1:9101", Secret::new("my-secret")?);
+//! let client = TestClient::new("http://127.0.0.1:9101", Secret::new("my-secret-0123456789")?);
 //! let answer = client.ping(&sample_ping(&SampleLead::default())).await?;
 //! assert!(matches!(answer.outcome, BidOutcome::Bid { .. }));
 //! # Ok(()) }
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -31,6 +31,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::server::{PING_PATH_DEFAULT, POST_PATH_DEFAULT};
+
+/// The HTTP types [`TestClient::send`] takes and [`RawAnswer`] holds, so a bidder's tests
+/// need no `http` dependency of their own (black-box round 86a).
+pub use http::{Method, StatusCode, Version};
 
 /// Default time a [`TestClient`] waits for a whole answer, in ms.
 pub const TEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -337,8 +341,9 @@ impl Default for SampleLead {
     }
 }
 
+/// `au_` and 32 hex digits, as the exchange's (docs/API.md, "Ping").
 fn auction_id() -> String {
-    format!("au_test_{:016x}", rand::random::<u64>())
+    format!("au_{:032x}", rand::random::<u128>())
 }
 
 /// A ping for `lead` as the exchange sends it: the PII-free fields only, `tmax_ms: 150`,
@@ -361,10 +366,11 @@ pub fn sample_ping(lead: &SampleLead) -> Value {
 }
 
 /// A post of `lead` at `price` as the exchange sends it to the winner: the full lead,
-/// a fresh `auction_id`, a `bid_id` and a consent certificate.
+/// a fresh `auction_id` and `lead_id`, a `bid_id` and a consent certificate.
 pub fn sample_post(lead: &SampleLead, price: Micros) -> Value {
     json!({
         "auction_id": auction_id(),
+        "lead_id": format!("ld_{:032x}", rand::random::<u128>()),
         "bid_id": "b-test",
         "price": price,
         "vertical": "auto_insurance",

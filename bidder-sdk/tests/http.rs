@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-0123456789";
 const PRICE: Micros = Micros(12_500_000);
 
 fn secret() -> Secret {
@@ -544,5 +544,126 @@ async fn custom_paths_and_unverified_mode() {
         .unwrap();
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!((bidder.pings_received(), bidder.posts_received()), (1, 1));
+    handle.shutdown().await.unwrap();
+}
+
+/// A bidder whose answer is chosen by the lead's `state`: a reason too long for any
+/// answer (`LG`), a `bid_id` longer than the exchange keeps (`ID`), else a plain bid.
+#[derive(Default)]
+struct Oversized {
+    refusals: Mutex<Vec<Refusal>>,
+}
+
+impl Bidder for Oversized {
+    async fn ping(&self, ping: PingMessage) -> BidReply {
+        match ping.lead.get("state").and_then(|s| s.as_str()) {
+            Some("LG") => BidReply::NoBid {
+                no_bid: "x".repeat(100_000),
+            },
+            Some("ID") => BidReply::Bid {
+                bid: PRICE,
+                bid_id: Some("b".repeat(129)),
+                expires_in_ms: Some(60_000),
+            },
+            _ => BidReply::Bid {
+                bid: PRICE,
+                bid_id: Some("b".repeat(128)),
+                expires_in_ms: Some(60_000),
+            },
+        }
+    }
+
+    async fn post(&self, _post: PostMessage) -> PostReply {
+        PostReply {
+            accepted: true,
+            buyer_lead_id: None,
+            reason: None,
+        }
+    }
+
+    fn on_refused(&self, refusal: &Refusal) {
+        self.refusals.lock().unwrap().push(refusal.clone());
+    }
+}
+
+/// Black-box round 86a: a bid with a 129-character `bid_id` was refused whole (the
+/// exchange keeps the bid and drops the id), and a 100 KB reason went out as a `200` the
+/// exchange records `too_large` while the test kit read it as a plain no bid.
+#[tokio::test]
+async fn answers_the_exchange_would_not_read_as_meant_never_leave_as_such() {
+    let bidder = Arc::new(Oversized::default());
+    let (client, _, handle) = start(Arc::clone(&bidder)).await;
+    let ping_of = |state: &str| {
+        sample_ping(&SampleLead {
+            state: state.into(),
+            ..SampleLead::default()
+        })
+    };
+
+    // At the limit, the id goes out; past it, the bid goes out without it.
+    let answer = client.ping(&ping_of("TX")).await.unwrap();
+    assert!(
+        matches!(&answer.outcome, BidOutcome::Bid { bid_id: Some(id), .. } if id.len() == 128),
+        "{:?}",
+        answer.outcome
+    );
+    let answer = client.ping(&ping_of("ID")).await.unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+    assert_eq!(
+        answer.outcome,
+        BidOutcome::Bid {
+            price: PRICE,
+            bid_id: None,
+            expires_in_ms: Some(60_000),
+            currency: None,
+        }
+    );
+
+    // Past what the exchange reads: a 500 that says so, and the refusal reported.
+    let answer = client.ping(&ping_of("LG")).await.unwrap();
+    assert_eq!(answer.raw.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(answer.raw.error_code().as_deref(), Some("internal"));
+    let text = String::from_utf8_lossy(&answer.raw.body).into_owned();
+    assert!(text.contains("over the 65536 the exchange reads"), "{text}");
+    assert!(text.len() < 1_000, "{} bytes", text.len());
+    let refusals = bidder.refusals.lock().unwrap().clone();
+    assert!(
+        matches!(refusals.as_slice(), [Refusal::ReplyTooLarge { bytes }] if *bytes > 100_000),
+        "{refusals:?}"
+    );
+    handle.shutdown().await.unwrap();
+}
+
+/// Black-box round 86a: every 415 said "Content-Type must be application/json", also for
+/// a `Content-Encoding`, a charset or two types.
+#[tokio::test]
+async fn each_media_type_refusal_says_what_is_wrong() {
+    let (_, addr, handle) = start(flat()).await;
+    for (headers, says) in [
+        (
+            "Content-Type: text/plain\r\n",
+            "Content-Type must be application/json",
+        ),
+        (
+            "Content-Type: application/json; charset=iso-8859-1\r\n",
+            "the body must be UTF-8",
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Type: application/json\r\n",
+            "send one Content-Type header",
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+            "Content-Encoding is not supported",
+        ),
+    ] {
+        let request = format!(
+            "POST /ping HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let (status, text) = raw_http1(addr, request.as_bytes()).await;
+        assert_eq!(status, 415, "{headers}: {text}");
+        assert!(text.contains("\"unsupported_media_type\""), "{text}");
+        assert!(text.contains(says), "{headers}: {text}");
+    }
     handle.shutdown().await.unwrap();
 }

@@ -26,7 +26,7 @@ use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::config::HttpVersion;
 
 /// Largest buyer answer read; anything longer is an invalid answer.
-pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
+pub use proto::buyer::ANSWER_BYTES_MAX;
 /// Idle keep-alive connections kept per buyer host, per worker thread. It bounds only the
 /// surplus: connections in use are not counted, so a steady load keeps what it uses, and
 /// after a burst (a stall that queued many auctions at once, whose pings then all needed

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Largest buyer answer read; a longer one counts as an error.
-pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
+pub use proto::buyer::ANSWER_BYTES_MAX;
 /// Largest request body the relay accepts.
 pub const RELAY_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Connections the relay serves at once; the next accept waits for a free slot.

@@ -21,6 +21,9 @@ use crate::money::Micros;
 pub const BUYER_ID_LEN_MAX: usize = 128;
 /// Longest reason kept from a buyer.
 pub const BUYER_REASON_LEN_MAX: usize = 128;
+/// Largest buyer answer (ping or post) the exchange reads; a longer one is an invalid
+/// answer, `too_large`.
+pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
 
 /// The ping sent to a buyer. The lead is the PII-free projection, always.
 #[derive(Debug, Serialize)]
@@ -299,7 +302,9 @@ fn lead_id_code(v: Option<&BorrowedValue<'_>>) -> Option<String> {
     is_id_code(&s).then_some(s)
 }
 
-/// Whether `s` is an id as [`lead_id_code`] takes it.
+/// Whether `s` is an id as a `buyer_lead_id` or `bid_id` must be to be kept (docs/API.md,
+/// "Post"): a UUID, or letters, digits, `_`, `-`, `.` and `:` with no more than
+/// [`LEAD_ID_DIGIT_RUN_MAX`] digits in a row.
 pub fn is_id_code(s: &str) -> bool {
     is_uuid(s)
         || (!s.is_empty()
@@ -344,6 +349,9 @@ fn number(v: &BorrowedValue<'_>) -> Option<f64> {
 
 /// Reads a buyer's ping answer: HTTP status, `Content-Type`, body (used as scratch).
 pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]) -> BidOutcome {
+    if body.len() > ANSWER_BYTES_MAX {
+        return BidOutcome::Invalid("too_large");
+    }
     if status == 204 {
         return BidOutcome::NoBid { reason: None };
     }
@@ -429,6 +437,9 @@ pub fn parse_bid_answer(status: u16, content_type: Option<&str>, body: &mut [u8]
 
 /// Reads a buyer's post answer.
 pub fn parse_post_answer(status: u16, content_type: Option<&str>, body: &mut [u8]) -> PostOutcome {
+    if body.len() > ANSWER_BYTES_MAX {
+        return PostOutcome::Invalid("too_large");
+    }
     if status != 200 {
         return PostOutcome::Invalid("http_status");
     }
@@ -870,6 +881,44 @@ mod tests {
             ),
             BidOutcome::Bid { .. }
         ));
+    }
+
+    /// Round 86a: the bidder SDK's test kit read a 100 KB answer as a plain no bid, where
+    /// the exchange (which stops reading at the limit) records it `too_large`. The rule
+    /// is here now, for every reader of answers.
+    #[test]
+    fn answers_over_the_limit_are_too_large_whatever_they_say() {
+        let padded = |answer: &str, to: usize| {
+            let mut text = answer.trim_end_matches('}').to_string();
+            text.push_str(", \"pad\": \"");
+            let closing = "\"}";
+            text.push_str(&"x".repeat(to.saturating_sub(text.len() + closing.len())));
+            text.push_str(closing);
+            assert_eq!(text.len(), to);
+            text.into_bytes()
+        };
+        let at = ANSWER_BYTES_MAX;
+        assert!(matches!(
+            parse_bid_answer(200, JSON, &mut padded(r#"{"bid": 12.5}"#, at)),
+            BidOutcome::Bid { .. }
+        ));
+        assert_eq!(
+            parse_bid_answer(200, JSON, &mut padded(r#"{"bid": 12.5}"#, at + 1)),
+            BidOutcome::Invalid("too_large")
+        );
+        assert!(matches!(
+            parse_post_answer(200, JSON, &mut padded(r#"{"accepted": true}"#, at)),
+            PostOutcome::Accepted { .. }
+        ));
+        assert_eq!(
+            parse_post_answer(200, JSON, &mut padded(r#"{"accepted": true}"#, at + 1)),
+            PostOutcome::Invalid("too_large")
+        );
+        // Even a 204 (no body expected) or another status: the size comes first.
+        assert_eq!(
+            parse_bid_answer(204, JSON, &mut vec![b' '; at + 1]),
+            BidOutcome::Invalid("too_large")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-/// Every error code of CONTRACT.md, with its HTTP status.
+/// Every error code of the wire contract (docs/API.md, "Errors"), with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

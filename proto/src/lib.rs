@@ -1,6 +1,7 @@
 //! # proto: the pingpost wire contract in code
 //!
-//! Types for every message of `CONTRACT.md` (seller API, buyer protocol, errors), their
+//! Types for every message of the wire contract (docs/API.md: seller API, buyer protocol,
+//! errors), their
 //! parsing from untrusted bytes (simd-json) into typed, validated values, and the
 //! Standard Webhooks signatures both sides use.
 //!

@@ -202,7 +202,7 @@ pub enum PingStatus {
     NoBid,
 }
 
-/// Why a ping got no bid (CONTRACT.md; more may be added, each documented).
+/// Why a ping got no bid (docs/API.md; more may be added, each documented).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoBidReason {

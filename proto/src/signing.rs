@@ -12,6 +12,12 @@ use sha2::Sha256;
 /// How far a signed timestamp may be from the receiver's clock.
 pub const TIMESTAMP_TOLERANCE_S: i64 = 300;
 
+/// The fewest key bytes a buyer's signing secret may stand for (the text itself, or the
+/// base64 after `whsec_`): the exchange refuses a buyer whose secret is shorter, and the
+/// bidder SDK will not serve with one (black-box round 49b: a one-character secret was
+/// accepted, and a short key can be guessed from one signed request).
+pub const SECRET_BYTES_MIN: usize = 16;
+
 pub const HEADER_ID: &str = "webhook-id";
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
@@ -21,6 +27,7 @@ pub const HEADER_SIGNATURE: &str = "webhook-signature";
 #[derive(Clone)]
 pub struct Secret {
     keyed: Hmac<Sha256>,
+    key_len: usize,
 }
 
 impl std::fmt::Debug for Secret {
@@ -65,7 +72,16 @@ impl Secret {
         let bytes = key_bytes(text)?;
         let keyed =
             <Hmac<Sha256> as Mac>::new_from_slice(&bytes).map_err(|_| SignatureError::BadSecret)?;
-        Ok(Secret { keyed })
+        Ok(Secret {
+            keyed,
+            key_len: bytes.len(),
+        })
+    }
+
+    /// How many key bytes the secret stands for (at least [`SECRET_BYTES_MIN`] for a buyer
+    /// of the exchange).
+    pub fn key_len(&self) -> usize {
+        self.key_len
     }
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {

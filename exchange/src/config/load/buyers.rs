@@ -309,11 +309,7 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
     Some(url.to_string())
 }
 
-/// The fewest key bytes a buyer's signing secret may stand for (the text itself, or the
-/// base64 after `whsec_`): as the admin token's 16 characters (black-box round 49b: a
-/// one-character secret was accepted, and a short key can be guessed from one signed
-/// request).
-pub const SECRET_BYTES_MIN: usize = 16;
+pub use proto::signing::SECRET_BYTES_MIN;
 
 /// Reads the signing secret from the environment. Messages name the variable, never its value.
 fn read_secret(
