@@ -237,6 +237,9 @@ async fn a_post_of_a_consumer_being_posted_waits_with_409_and_its_quote_stays_op
     let ping_id = first.ping_id.clone();
     let posting = tokio::spawn(async move { client.post(&ping_id, "TX").await });
     a.wait_posts(1).await;
+    // The keys being delivered are held, and counted (black-box round 86c: the gauge
+    // moved only when a post ended).
+    assert_eq!(ex.metric("pingpost_dedup_keys", &[]).await, 2.0);
     // The same consumer, while the first post waits for the buyer.
     for path in ["/v1/post", "/v1/leads"] {
         let body = if path == "/v1/post" {
@@ -258,8 +261,11 @@ async fn a_post_of_a_consumer_being_posted_waits_with_409_and_its_quote_stays_op
     );
     assert_eq!(a.posts(), 1);
 
+    assert_eq!(ex.metric("pingpost_dedup_keys", &[]).await, 2.0);
+
     a.open_posts();
     assert_eq!(posting.await.unwrap().status, PostStatus::Sold);
+    assert_eq!(ex.metric("pingpost_dedup_keys", &[]).await, 2.0);
     // Posted again once the first has ended: now a duplicate.
     let again = ex.client.post(&second.ping_id, "TX").await;
     assert_eq!(again.status, PostStatus::Duplicate, "{again:?}");

@@ -494,6 +494,11 @@ impl<'s> DedupClaim<'s> {
         state
             .dedup
             .begin_post(&keys, window, state.clock.now_ms())?;
+        // The keys being delivered are counted from now (black-box round 86c: the gauge
+        // moved only when a post ended, so it never showed them).
+        if !keys.is_empty() {
+            state.metrics.dedup_gauges(&state.dedup);
+        }
         Ok(DedupClaim {
             state,
             keys,
