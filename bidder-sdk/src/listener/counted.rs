@@ -1,0 +1,309 @@
+//! The connection's byte stream as the supervisor watches it: when a head's first bytes
+//! arrive (before decryption over TLS), and hyper's own empty-bodied `400`/`414`/`431`
+//! answers given the contract's JSON body on their way out.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use proto::{ApiError, ErrorCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::service::Activity;
+use super::*;
+
+/// A stream that counts the bytes read from it, and gives hyper's own error answers the
+/// contract's JSON body ([`bare_answer_replacement`]).
+/// The socket under TLS: counts the bytes that arrive before they are decrypted
+/// (`Activity::raw_in`), so a head whose first TLS record is still arriving has begun
+/// (black-box round 39: a record split across the idle timeout was cut by it).
+pub(super) struct RawCounted<I> {
+    pub(super) inner: I,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for RawCounted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            let a = &this.activity;
+            let was = a.raw_in.fetch_add(read as u64, Ordering::Relaxed);
+            if was == a.raw_at_finish.load(Ordering::Relaxed) {
+                a.head_starts();
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for RawCounted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+pub(super) struct Counted<I> {
+    pub(super) inner: I,
+    pub(super) activity: Arc<Activity>,
+    pub(super) limits: Arc<Limits>,
+    pub(super) on_refused: Option<RefusedHook>,
+    /// An answer being written in place of one of hyper's bare ones.
+    pub(super) replacing: Option<Replacing>,
+}
+
+/// The bytes written in place of hyper's, how many are out, and the length of hyper's
+/// buffer they stand for (reported written once all of them are).
+pub(super) struct Replacing {
+    pub(super) bytes: Vec<u8>,
+    pub(super) sent: usize,
+    pub(super) stands_for: usize,
+}
+
+/// The largest head hyper writes for an answer of its own (status line, `connection`,
+/// `content-length`, `date`): anything longer is not one.
+pub(super) const BARE_HEAD_MAX: usize = 256;
+
+/// What goes on the wire instead of hyper's own answer to a head it could not read, if
+/// `head` is one: hyper answers a request line or header field that does not parse with
+/// `400`, a target over the `http` crate's 64 KiB with `414`, and a head over its read
+/// buffer or field count (both well past `header_bytes_max` and `headers_max`) with
+/// `431`, each with an empty body and `connection: close`. The contract gives every bad
+/// input its JSON error body, so the same answer goes out with one: `400
+/// invalid_request`, or `431 headers_too_large` for both of the last (a target that long
+/// is a head over `header_bytes_max`, which counts the request line). An answer of the
+/// service always has a `content-type`, so it is never taken for one of these; the
+/// status and the other fields (`connection: close`, `date`) are kept.
+pub(super) fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(Vec<u8>, bool)> {
+    if head.len() > BARE_HEAD_MAX
+        || head.len() < 13
+        || !(head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.0 4"))
+        || !head.ends_with(b"\r\n\r\n")
+    {
+        return None;
+    }
+    let (version, status) = (&head[..9], &head[9..12]);
+    let too_large = match status {
+        b"400" => false,
+        b"414" | b"431" => true,
+        _ => return None,
+    };
+    let text = std::str::from_utf8(&head[..head.len() - 4]).ok()?;
+    let mut lines = text.split("\r\n");
+    lines.next()?;
+    let mut kept = Vec::new();
+    let mut empty_body = false;
+    let mut says_close = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        if name.eq_ignore_ascii_case("content-type") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            says_close |= value.trim().eq_ignore_ascii_case("close");
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            if value.trim() != "0" {
+                return None;
+            }
+            empty_body = true;
+            continue;
+        }
+        kept.push(line);
+    }
+    if !empty_body {
+        return None;
+    }
+    let error = if too_large {
+        ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the request head is over {} bytes or has more than {} header fields",
+                limits.header_bytes_max, limits.headers_max
+            ),
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request head could not be read as HTTP/1.1 (its request line or a header field is malformed, or its Content-Length is invalid or repeated)",
+        )
+    };
+    let body = error.to_json();
+    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    out.extend_from_slice(version);
+    out.extend_from_slice(if too_large {
+        b"431 Request Header Fields Too Large\r\n".as_slice()
+    } else {
+        b"400 Bad Request\r\n".as_slice()
+    });
+    for line in kept {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // hyper closes the connection after these, and says so, except in an answer it
+    // writes as HTTP/1.0 (after an HTTP/1.0 keep-alive request on the connection), where
+    // closing is the default: the answer says it anyway, as every closing answer of the
+    // listener does (black-box round 16).
+    if !says_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    Some((out, too_large))
+}
+
+impl<I: AsyncWrite + Unpin> Counted<I> {
+    /// Starts replacing `buf` if it is one of hyper's bare answers (HTTP/1.x only).
+    pub(super) fn check_bare(&mut self, buf: &[u8]) {
+        if self.replacing.is_some()
+            || buf.len() > BARE_HEAD_MAX
+            || !buf.starts_with(b"HTTP/1.")
+            || self.activity.h2.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        if let Some((bytes, too_large)) = bare_answer_replacement(buf, &self.limits) {
+            if too_large {
+                if let Some(hook) = &self.on_refused {
+                    hook();
+                }
+            }
+            self.replacing = Some(Replacing {
+                bytes,
+                sent: 0,
+                stands_for: buf.len(),
+            });
+        }
+    }
+
+    /// Writes the replacement out; ready with the length of hyper's buffer once it is.
+    pub(super) fn poll_replacing(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<io::Result<usize>>> {
+        let replacing = self.replacing.as_mut()?;
+        while replacing.sent < replacing.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &replacing.bytes[replacing.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => replacing.sent += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        let written = replacing.stands_for;
+        self.replacing = None;
+        Some(Poll::Ready(Ok(written)))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            let a = &this.activity;
+            let before = a.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
+            // The first bytes after the last finished request: a new head starts, and its
+            // budget counts from now (not from the end of the request before, which may
+            // lie a long, legitimate idle time back).
+            if before == a.bytes_at_finish.load(Ordering::Relaxed) {
+                a.head_starts();
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check_bare(buf);
+        if let Some(polled) = this.poll_replacing(cx) {
+            return polled;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            this.check_bare(only);
+        }
+        if let Some(polled) = this.poll_replacing(cx) {
+            return polled;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accept errors that concern one peer only (it gave up before we accepted).
+pub(super) fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,225 @@
+//! Connection slots: the [`ConnectionGate`] every listener of a server shares, its
+//! per-client-IP count, and eviction when every slot is taken.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::service::Activity;
+use super::*;
+
+/// Connection slots, shared by every listener of one server (the exchange's workers
+/// share one): a global limit (one permit per accepted connection), and a per-client-IP count.
+pub struct ConnectionGate {
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) per_ip_max: usize,
+    pub(super) exempt_loopback: bool,
+    pub(super) per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub(super) refused_per_ip: AtomicU64,
+    /// Every live connection, by accept order: when every slot is taken and a new
+    /// connection waits, the oldest without a head past its grace, else the longest idle,
+    /// is closed to make room ([`ConnectionGate::evict_one`]).
+    pub(super) live: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    pub(super) next_conn: AtomicU64,
+    pub(super) evicted: AtomicU64,
+}
+
+impl fmt::Debug for ConnectionGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionGate")
+            .field("available", &self.permits.available_permits())
+            .field("per_ip_max", &self.per_ip_max)
+            .field("exempt_loopback", &self.exempt_loopback)
+            .finish()
+    }
+}
+
+impl ConnectionGate {
+    /// A gate with `connections_max` slots (at least one) and the per-IP limit of
+    /// `limits`.
+    pub fn new(limits: &Limits) -> Arc<ConnectionGate> {
+        ConnectionGate::with_permits(
+            Arc::new(Semaphore::new(limits.connections_max.max(1))),
+            limits.connections_per_ip_max,
+            limits.connections_per_ip_exempt_loopback,
+        )
+    }
+
+    /// A gate over an existing semaphore (one permit per connection).
+    pub fn with_permits(
+        permits: Arc<Semaphore>,
+        per_ip_max: usize,
+        exempt_loopback: bool,
+    ) -> Arc<ConnectionGate> {
+        Arc::new(ConnectionGate {
+            permits,
+            per_ip_max,
+            exempt_loopback,
+            per_ip: Mutex::new(HashMap::new()),
+            refused_per_ip: AtomicU64::new(0),
+            live: Mutex::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections closed to make room for a new one, since start: each had held its slot
+    /// for at least its grace ([`eviction_grace`]) without sending a complete request
+    /// head, or had been idle that long with none so, while every slot was taken and a
+    /// new connection waited.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {
+        // Plain entries: a panic elsewhere cannot leave the map inconsistent.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists a new connection (for [`Self::evict_one`]); it leaves
+    /// the list when the returned entry is dropped (its connection ended).
+    pub(super) fn register(self: &Arc<Self>, activity: &Arc<Activity>) -> Listed {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.live().insert(id, Arc::clone(activity));
+        Listed(Arc::clone(self), id)
+    }
+
+    /// Closes the oldest listed connection that has held its slot for `grace` (from its
+    /// accept) without sending a complete request head, or with none, the served one idle
+    /// the longest (at least `grace`), and says whether there was one. A connection with
+    /// a request in flight is never taken; none is while an evicted one has not ended.
+    pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
+        let list = self.live();
+        let mut headless = None;
+        // The served connection idle the longest (nothing in flight), and since when.
+        let mut idle: Option<(u64, Instant)> = None;
+        for (&id, activity) in list.iter() {
+            if activity.evicted.load(Ordering::Acquire) {
+                // One eviction at a time: the slot it frees is on its way.
+                return false;
+            }
+            let accepted_at = activity.accepted_at.get().copied().unwrap_or(now);
+            let started = activity.started.load(Ordering::Relaxed);
+            if started == 0 {
+                if headless.is_none() && now.saturating_duration_since(accepted_at) >= grace {
+                    headless = Some(id);
+                }
+                continue;
+            }
+            // Nothing in flight, and over HTTP/1.1 no next head arriving (over HTTP/2,
+            // control frames such as PING acknowledgements are not requests).
+            if started == activity.finished.load(Ordering::Acquire)
+                && (activity.h2.load(Ordering::Relaxed)
+                    || activity.bytes_in.load(Ordering::Relaxed)
+                        <= activity.bytes_at_finish.load(Ordering::Relaxed))
+            {
+                let since = activity.finished_at(accepted_at);
+                if now.saturating_duration_since(since) >= grace
+                    && idle.is_none_or(|(_, at)| since < at)
+                {
+                    idle = Some((id, since));
+                }
+            }
+        }
+        // A connection that never sent a head first; else the longest-idle served one
+        // (black-box round 78b: one seller's idle kept-alive connections held every slot
+        // for the idle timeout).
+        let Some(activity) = headless
+            .or(idle.map(|(id, _)| id))
+            .and_then(|id| list.get(&id))
+        else {
+            return false;
+        };
+        activity.evicted.store(true, Ordering::Release);
+        activity.evict.notify_one();
+        true
+    }
+
+    /// Free connection slots.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Connections closed at accept because their IP held its limit, since start.
+    pub fn refused_per_ip(&self) -> u64 {
+        self.refused_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// Connections `ip` holds now.
+    pub fn held_by(&self, ip: IpAddr) -> usize {
+        self.lock().get(&ip).copied().unwrap_or(0)
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // The map holds plain counts: a panic elsewhere cannot leave it inconsistent.
+        self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a connection from `ip`, or `None` when `ip` already holds its limit.
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        // An IPv4 peer on a dual-stack socket arrives as `::ffff:a.b.c.d`: counted, and
+        // exempt when loopback, as the IPv4 address it is.
+        let ip = canonical(ip);
+        if self.per_ip_max == 0 || (self.exempt_loopback && ip.is_loopback()) {
+            return Some(IpSlot(None));
+        }
+        let mut map = self.lock();
+        let held = map.entry(ip).or_insert(0);
+        if *held >= self.per_ip_max {
+            drop(map);
+            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *held += 1;
+        Some(IpSlot(Some((Arc::clone(self), ip))))
+    }
+}
+
+/// A connection's place in its gate's list of live connections; leaves it on
+/// drop.
+pub(super) struct Listed(pub(super) Arc<ConnectionGate>, pub(super) u64);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.0.live().remove(&self.1);
+    }
+}
+
+/// How long a connection may hold its slot without a complete request head before a new
+/// connection, waiting for a slot when all are taken, may close it: a quarter of the head
+/// budget (1.25 s of the default 5 s), at least 1 ms. An honest client sends its head
+/// within a few round trips; a silent or trickling one that would have held its slot for
+/// the whole head budget makes room for the next client after this grace instead.
+pub fn eviction_grace(limits: &Limits) -> Duration {
+    Duration::from_millis((limits.header_read_timeout_ms / 4).max(1))
+}
+
+/// An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
+pub(super) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One connection's place in its IP's count; released on drop.
+pub(super) struct IpSlot(pub(super) Option<(Arc<ConnectionGate>, IpAddr)>);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((gate, ip)) = self.0.take() {
+            let mut map = gate.lock();
+            if let Some(held) = map.get_mut(&ip) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! What every request passes through before its service: the header limits (`431`),
+//! the transfer codings, the activity a connection's supervisor reads, and the
+//! `Connection: close` an answer needs when its body was not read to its end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use proto::{ApiError, ErrorCode};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::*;
+
+/// Why a message's headers do not describe a JSON body this project reads, if they do
+/// not: more than one `Content-Type` header (readers disagree on which one counts), a
+/// type other than JSON ([`proto::json::media_type_problem`]: the media type and the
+/// charset), or a `Content-Encoding` other than `identity` (the body would be read as if
+/// it were not compressed). One rule for seller requests (`415`), buyer answers, and the
+/// requests the SDK serves (`415`).
+pub fn json_headers_problem(headers: &http::HeaderMap) -> Option<&'static str> {
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let (first, second) = (types.next(), types.next());
+    if second.is_some() {
+        return Some("send one Content-Type header, not several");
+    }
+    let Some(ct) = first.and_then(|v| v.to_str().ok()) else {
+        return Some("Content-Type must be application/json");
+    };
+    if let Some(problem) = proto::json::media_type_problem(ct) {
+        return Some(problem);
+    }
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split(',')
+                    .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
+            })
+        });
+    encoded.then_some("Content-Encoding is not supported: send the body uncompressed")
+}
+
+/// What a connection did, read by its supervisor.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    /// Requests whose head was complete (the service was called).
+    pub(super) started: AtomicU64,
+    /// Requests answered or dropped.
+    pub(super) finished: AtomicU64,
+    /// Bytes read from the client (after TLS).
+    pub(super) bytes_in: AtomicU64,
+    /// `bytes_in` when the last request finished: on a quiet HTTP/1.1 connection, any
+    /// byte past it is the start of the next head.
+    pub(super) bytes_at_finish: AtomicU64,
+    /// Over TLS, bytes read from the socket (before decryption), and their count when the
+    /// last request finished: a record still arriving is a head arriving, though none of
+    /// its bytes is readable yet.
+    pub(super) raw_in: AtomicU64,
+    pub(super) raw_at_finish: AtomicU64,
+    /// Whether a request came over HTTP/2.
+    pub(super) h2: AtomicBool,
+    /// Woken when an HTTP/2 answer asked to close its connection ([`CloseConnection`]).
+    pub(super) close: Notify,
+    /// Woken when the connection is evicted (no head within its grace, every slot taken,
+    /// a new connection waiting); `evicted` says it was.
+    pub(super) evict: Notify,
+    pub(super) evicted: AtomicBool,
+    /// When the connection was accepted: the origin of `finished_at_us`.
+    pub(super) accepted_at: OnceLock<Instant>,
+    /// When the last request finished, in µs from `accepted_at`: idleness counts from it
+    /// (not from the supervisor's next look).
+    pub(super) finished_at_us: AtomicU64,
+    /// When the first bytes of a head after the last finished request arrived, in µs from
+    /// `accepted_at`: that head's budget counts from it.
+    pub(super) head_started_at_us: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new(accepted_at: Instant) -> Activity {
+        let a = Activity::default();
+        let _ = a.accepted_at.set(accepted_at);
+        a
+    }
+
+    /// When the last request finished (`accepted_at` if none has).
+    pub(super) fn finished_at(&self, accepted_at: Instant) -> Instant {
+        accepted_at + Duration::from_micros(self.finished_at_us.load(Ordering::Acquire))
+    }
+
+    /// When the bytes of the head being read began to arrive (see `head_started_at_us`).
+    pub(super) fn head_started_at(&self, accepted_at: Instant) -> Instant {
+        accepted_at + Duration::from_micros(self.head_started_at_us.load(Ordering::Acquire))
+    }
+
+    /// The first bytes of a head after the last finished request arrived now (kept if an
+    /// earlier look, below TLS, saw them first).
+    pub(super) fn head_starts(&self) {
+        if self.finished.load(Ordering::Relaxed) == 0 {
+            return; // the first head has its budget from accept
+        }
+        if self.head_started_at_us.load(Ordering::Acquire)
+            < self.finished_at_us.load(Ordering::Acquire)
+        {
+            self.head_started_at_us
+                .store(self.now_us(), Ordering::Release);
+        }
+    }
+
+    /// µs from `accepted_at` to now (0 when it is not set).
+    pub(super) fn now_us(&self) -> u64 {
+        self.accepted_at.get().map_or(0, |origin| {
+            let us = Instant::now()
+                .saturating_duration_since(*origin)
+                .as_micros();
+            u64::try_from(us).unwrap_or(u64::MAX)
+        })
+    }
+}
+
+/// Counts a finished request when dropped (answered, or dropped by hyper).
+pub(super) struct Finished(pub(super) Arc<Activity>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let bytes = self.0.bytes_in.load(Ordering::Relaxed);
+        self.0.bytes_at_finish.store(bytes, Ordering::Relaxed);
+        let raw = self.0.raw_in.load(Ordering::Relaxed);
+        self.0.raw_at_finish.store(raw, Ordering::Relaxed);
+        self.0
+            .finished_at_us
+            .store(self.0.now_us(), Ordering::Release);
+        self.0.finished.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The head's size as counted against `header_bytes_max`: request line (method, target,
+/// version) and, per field, name, value and the 4 bytes of `: ` and CRLF.
+pub(super) fn head_bytes<B>(req: &Request<B>) -> usize {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len())
+        .saturating_add(req.uri().authority().map_or(0, |a| a.as_str().len()));
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    req.method().as_str().len() + target + 12 + fields
+}
+
+/// The 431 for a head over the limits, if it is.
+pub(super) fn check_head_limits<B>(req: &Request<B>, limits: &Limits) -> Option<ApiError> {
+    if let Some(problem) = transfer_coding_problem(req) {
+        return Some(ApiError::new(ErrorCode::InvalidRequest, problem));
+    }
+    // An HTTP/2 request without `:path` is malformed (RFC 9113 8.3.1); the h2 layer lets
+    // some through with an empty path (black-box round 16: routed, and answered 404).
+    if req.uri().path().is_empty() {
+        return Some(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request has no path (:path)",
+        ));
+    }
+    let count = req.headers().len();
+    if count > limits.headers_max {
+        return Some(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "{count} header fields; at most {} are accepted",
+                limits.headers_max
+            ),
+        ));
+    }
+    if head_bytes(req) > limits.header_bytes_max {
+        return Some(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("the request head is over {} bytes", limits.header_bytes_max),
+        ));
+    }
+    None
+}
+
+/// Why a request's `Transfer-Encoding` is refused, if it is: the one coding accepted is
+/// `chunked`, given once. hyper reads `gzip, chunked` as plain chunked (the gzip is not
+/// undone) and accepts `chunked, chunked` (black-box round 12): refused here, `400`,
+/// rather than read as something the client did not send.
+pub(super) fn transfer_coding_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut codings = 0usize;
+    for value in req.headers().get_all(TRANSFER_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Some("Transfer-Encoding must be chunked");
+        };
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            codings += 1;
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Some("Transfer-Encoding: only chunked is accepted (no other transfer coding; send Content-Encoding-free bodies)");
+            }
+        }
+    }
+    (codings > 1).then_some("Transfer-Encoding: chunked may be given once only")
+}
+
+/// The service around the caller's: counts requests for the supervisor and answers heads
+/// over the limits with 431 (and a transfer coding it does not take with 400).
+pub(super) struct Guarded<S> {
+    pub(super) inner: S,
+    pub(super) activity: Arc<Activity>,
+    pub(super) limits: Arc<Limits>,
+    pub(super) on_refused: Option<RefusedHook>,
+}
+
+pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<Incoming>> for Guarded<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: From<Bytes> + Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<B>, S::Error>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        use hyper::body::Body as _;
+        if req.version() == Version::HTTP_2 {
+            self.activity.h2.store(true, Ordering::Relaxed);
+        }
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        let finished = Finished(Arc::clone(&self.activity));
+        let h1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+        let h10 = req.version() == Version::HTTP_10;
+        // An HTTP/1.x body not read to its end leaves the connection unusable for another
+        // request: the answer must say `Connection: close`.
+        let body_read = (h1 && !req.body().is_end_stream()).then(|| {
+            let read = BodyRead::default();
+            req.extensions_mut().insert(read.clone());
+            read
+        });
+        if let Some(error) = check_head_limits(&req, &self.limits) {
+            let status = if error.code == ErrorCode::HeadersTooLarge {
+                if let Some(hook) = &self.on_refused {
+                    hook();
+                }
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let mut response = Response::new(B::from(Bytes::from(error.to_json())));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // Its connection is closed after it (HTTP/1.x `Connection: close`, HTTP/2
+            // GOAWAY): the body is not read, and a client that keeps sending heads over
+            // the limits must not keep a connection slot by it (black-box round 11: 64
+            // such connections held every admin slot).
+            if h1 {
+                closing_h1(&mut response, h10);
+            } else {
+                self.activity.close.notify_one();
+            }
+            drop(finished);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        let future = self.inner.call(req);
+        let activity = Arc::clone(&self.activity);
+        Box::pin(async move {
+            let mut result = future.await;
+            if let Ok(response) = &mut result {
+                let asked = response
+                    .extensions_mut()
+                    .remove::<CloseConnection>()
+                    .is_some();
+                let unread = body_read.as_ref().is_some_and(|read| !read.is_read());
+                if h1 && (asked || unread) {
+                    closing_h1(response, h10);
+                } else if asked && !h1 {
+                    // HTTP/2 has no `connection` header: the supervisor sends GOAWAY.
+                    activity.close.notify_one();
+                }
+            }
+            drop(finished);
+            result
+        })
+    }
+}
+
+/// Marks an HTTP/1.x answer as the last on its connection: `Connection: close`. To an
+/// HTTP/1.0 request the answer is also HTTP/1.0: hyper judges keep-alive by the answer's
+/// version before it downgrades it, and to an HTTP/1.1 answer of a keep-alive request it
+/// appends `keep-alive` (`connection: close, keep-alive`, black-box round 10).
+pub(super) fn closing_h1<B>(response: &mut Response<B>, h10: bool) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if h10 {
+        *response.version_mut() = Version::HTTP_10;
+    }
+}

@@ -1,0 +1,300 @@
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use proto::ErrorCode;
+use tokio::io::AsyncWrite;
+
+use super::*;
+use super::{
+    counted::{bare_answer_replacement, Counted},
+    gate::{eviction_grace, ConnectionGate, Listed},
+    service::{check_head_limits, Activity},
+};
+
+/// A writer that takes at most `step` bytes per call and is not ready every other call.
+struct Trickle {
+    out: Vec<u8>,
+    step: usize,
+    ready: bool,
+}
+
+impl AsyncWrite for Trickle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.ready = !this.ready;
+        if !this.ready {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let n = buf.len().min(this.step);
+        this.out.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn counted(step: usize) -> Counted<Trickle> {
+    Counted {
+        inner: Trickle {
+            out: Vec::new(),
+            step,
+            ready: false,
+        },
+        activity: Arc::new(Activity::default()),
+        limits: Arc::new(Limits::default()),
+        on_refused: None,
+        replacing: None,
+    }
+}
+
+/// Writes `buf` whole, as hyper does (again after `Pending` or a short write), and
+/// returns what reached the wire.
+async fn write_like_hyper(c: &mut Counted<Trickle>, buf: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    c.write_all(buf).await.expect("write");
+    std::mem::take(&mut c.inner.out)
+}
+
+const BARE_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 20:00:21 GMT\r\n\r\n";
+
+#[tokio::test]
+async fn hypers_bare_answers_get_the_json_body_even_through_short_writes() {
+    for step in [1, 7, 4096] {
+        let mut c = counted(step);
+        let wire = write_like_hyper(&mut c, BARE_400).await;
+        let text = String::from_utf8(wire).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text:?}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{text:?}");
+        assert!(
+            head.contains("\r\ndate: Tue, 01 Dec 2026 20:00:21 GMT"),
+            "{text:?}"
+        );
+        assert!(
+            head.contains("\r\ncontent-type: application/json"),
+            "{text:?}"
+        );
+        assert!(
+            head.ends_with(&format!("content-length: {}", body.len())),
+            "{text:?}"
+        );
+        assert!(!head.contains("content-length: 0"), "{text:?}");
+        assert!(
+            body.starts_with(r#"{"error":{"code":"invalid_request""#),
+            "{body}"
+        );
+        // The next write on the connection goes through untouched.
+        assert_eq!(write_like_hyper(&mut c, b"more").await, b"more");
+    }
+    for status in ["414 URI Too Long", "431 Request Header Fields Too Large"] {
+        let head = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        let (wire, counted_as_refused) =
+            bare_answer_replacement(head.as_bytes(), &Limits::default()).unwrap();
+        let text = String::from_utf8(wire).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{"error":{"code":"headers_too_large""#),
+            "{text}"
+        );
+        assert!(counted_as_refused);
+    }
+}
+
+#[test]
+fn a_request_without_a_path_is_refused() {
+    let req = Request::builder()
+        .method("CONNECT")
+        .uri("example.com:443")
+        .body(())
+        .unwrap();
+    assert_eq!(req.uri().path(), "");
+    let e = check_head_limits(&req, &Limits::default()).expect("refused");
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    let ok = Request::get("/healthz").body(()).unwrap();
+    assert!(check_head_limits(&ok, &Limits::default()).is_none());
+}
+
+/// An answer hyper writes as HTTP/1.0 has no `connection` field: the replacement says
+/// `close` anyway, once.
+#[test]
+fn a_replacement_always_says_connection_close_once() {
+    for head in [
+        "HTTP/1.0 400 Bad Request\r\ndate: x\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+    ] {
+        let (wire, _) = bare_answer_replacement(head.as_bytes(), &Limits::default()).unwrap();
+        let text = String::from_utf8(wire).unwrap();
+        assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
+        assert!(text.starts_with(&head[..9]), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_services_own_answers_are_never_rewritten() {
+    let kept: [&[u8]; 6] = [
+        // A service's error: it has a content type.
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+        // A head with a body to come.
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n",
+        // Other statuses.
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        // Not a whole head, or a head and more.
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+    ];
+    for head in kept {
+        assert!(
+            bare_answer_replacement(head, &Limits::default()).is_none(),
+            "{head:?}"
+        );
+        let mut c = counted(5);
+        assert_eq!(write_like_hyper(&mut c, head).await, head);
+    }
+    // Over HTTP/2 nothing is looked at.
+    let mut c = counted(4096);
+    c.activity.h2.store(true, Ordering::Relaxed);
+    assert_eq!(write_like_hyper(&mut c, BARE_400).await, BARE_400);
+}
+
+#[test]
+fn head_limits() {
+    let limits = Limits {
+        header_bytes_max: 200,
+        headers_max: 3,
+        ..Limits::default()
+    };
+    let ok = Request::builder()
+        .uri("/ping")
+        .header("a", "1")
+        .body(())
+        .unwrap();
+    assert!(check_head_limits(&ok, &limits).is_none());
+    let many = Request::builder()
+        .uri("/ping")
+        .header("a", "1")
+        .header("a", "2")
+        .header("b", "3")
+        .header("c", "4")
+        .body(())
+        .unwrap();
+    let e = check_head_limits(&many, &limits).unwrap();
+    assert_eq!(e.code, ErrorCode::HeadersTooLarge);
+    assert_eq!(e.status(), 431);
+    let big = Request::builder()
+        .uri("/ping")
+        .header("a", "x".repeat(200))
+        .body(())
+        .unwrap();
+    assert!(check_head_limits(&big, &limits).is_some());
+    assert!(hard_head_bytes(&limits) > 100 * 1024);
+    assert!(hard_header_count(&limits) >= 100);
+}
+
+#[test]
+fn the_oldest_connection_without_a_head_past_its_grace_is_evicted() {
+    let gate = ConnectionGate::new(&Limits::default());
+    let grace = Duration::from_millis(1_000);
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let conn = |accepted_ms: u64| Arc::new(Activity::new(at(accepted_ms)));
+    // Accepted in this order: one busy with a request, two silent ones, a young one.
+    let busy = conn(0);
+    busy.started.store(1, Ordering::Relaxed);
+    let silent_a = conn(100);
+    let silent_b = conn(200);
+    let young = conn(1_500);
+    let mut listed: Vec<Option<Listed>> = [&busy, &silent_a, &silent_b, &young]
+        .iter()
+        .map(|a| Some(gate.register(a)))
+        .collect();
+    let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+    // Nobody past the grace yet: the oldest silent one is 1,000 ms old at 1,100.
+    assert!(!gate.evict_one(at(1_099), grace));
+    assert!(!evicted(&silent_a));
+    // A busy connection is never taken, however old; the oldest silent one is.
+    assert!(gate.evict_one(at(1_100), grace));
+    assert!(evicted(&silent_a) && !evicted(&busy) && !evicted(&silent_b));
+    // One at a time: none more until the evicted one has ended.
+    assert!(!gate.evict_one(at(1_300), grace));
+    listed[1] = None;
+    assert!(gate.evict_one(at(1_300), grace));
+    assert!(evicted(&silent_b));
+    listed[2] = None;
+    // A head that arrived and was answered: no head-less one is left, so the
+    // longest-idle served connection is next (black-box round 78b), once idle for the
+    // grace; a busy one never.
+    young.started.store(1, Ordering::Relaxed);
+    young.finished.store(1, Ordering::Relaxed);
+    young.finished_at_us.store(500_000, Ordering::Release); // idle since 2,000
+    assert!(!gate.evict_one(at(2_999), grace));
+    assert!(gate.evict_one(at(3_000), grace));
+    assert!(evicted(&young) && !evicted(&busy));
+    listed[3] = None;
+    assert!(!gate.evict_one(at(60_000), grace), "busy: never");
+    assert!(!evicted(&busy));
+    // An idle connection whose next HTTP/1.1 head is arriving is not idle.
+    busy.finished.store(1, Ordering::Relaxed);
+    busy.bytes_in.store(10, Ordering::Relaxed);
+    assert!(!gate.evict_one(at(60_000), grace));
+    busy.bytes_at_finish.store(10, Ordering::Relaxed);
+    assert!(gate.evict_one(at(60_000), grace));
+    drop(listed);
+    assert!(gate.live().is_empty(), "ended connections leave the list");
+    let head = |ms| Limits {
+        header_read_timeout_ms: ms,
+        ..Limits::default()
+    };
+    assert_eq!(eviction_grace(&head(5_000)), Duration::from_millis(1_250));
+    assert_eq!(eviction_grace(&head(2)), Duration::from_millis(1));
+}
+
+#[test]
+fn per_ip_slots_are_counted_and_released() {
+    let limits = Limits {
+        connections_per_ip_max: 2,
+        connections_per_ip_exempt_loopback: false,
+        ..Limits::default()
+    };
+    let gate = ConnectionGate::new(&limits);
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let a = gate.admit(ip).unwrap();
+    let b = gate.admit(ip).unwrap();
+    assert!(gate.admit(ip).is_none());
+    assert_eq!(gate.refused_per_ip(), 1);
+    // The same client through an IPv6 socket.
+    assert!(gate.admit("::ffff:10.0.0.1".parse().unwrap()).is_none());
+    assert!(gate.admit("10.0.0.2".parse().unwrap()).is_some());
+    drop(a);
+    assert_eq!(gate.held_by(ip), 1);
+    let _c = gate.admit(ip).unwrap();
+    drop(b);
+    let exempt = ConnectionGate::new(&Limits {
+        connections_per_ip_max: 1,
+        ..Limits::default()
+    });
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    let _x = exempt.admit(loopback).unwrap();
+    assert!(exempt.admit(loopback).is_some());
+    // Loopback through a dual-stack socket is exempt too, and so is IPv6 loopback.
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    let _y = exempt.admit(mapped).unwrap();
+    assert!(exempt.admit(mapped).is_some());
+    let v6: IpAddr = "::1".parse().unwrap();
+    let _z = exempt.admit(v6).unwrap();
+    assert!(exempt.admit(v6).is_some());
+    assert_eq!(exempt.refused_per_ip(), 0);
+}
