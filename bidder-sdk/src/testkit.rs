@@ -386,6 +386,7 @@ pub fn sample_post(lead: &SampleLead, price: Micros) -> Value {
             "credit": lead.credit,
         },
         "consent": {"trustedform_cert_url": "https://cert.trustedform.com/0000000000000000000000000000000000000000"},
+        "tmax_ms": 2000,
         "test": true,
     })
 }

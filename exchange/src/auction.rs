@@ -591,6 +591,7 @@ pub async fn deliver(
             vertical: &vertical.name,
             lead: d.lead.json(&vertical.schema),
             consent: d.consent,
+            tmax_ms: attempt.timeout_ms,
             test: d.test,
         };
         let mut late = None;

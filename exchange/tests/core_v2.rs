@@ -180,6 +180,8 @@ struct SlowPoster {
     price: f64,
     post_delay: Duration,
     posts: AtomicU64,
+    /// The `tmax_ms` of the last post received (0: none, or none given).
+    post_tmax_ms: AtomicU64,
 }
 
 impl Bidder for SlowPoster {
@@ -191,7 +193,9 @@ impl Bidder for SlowPoster {
         }
     }
 
-    async fn post(&self, _post: PostMessage) -> PostReply {
+    async fn post(&self, post: PostMessage) -> PostReply {
+        self.post_tmax_ms
+            .store(post.tmax_ms.unwrap_or(0), Ordering::Relaxed);
         self.posts.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(self.post_delay).await;
         PostReply {
@@ -214,6 +218,7 @@ async fn slow(
         price,
         post_delay,
         posts: AtomicU64::new(0),
+        post_tmax_ms: AtomicU64::new(0),
     });
     let (addr, handle) = spawn(
         bidder.clone(),
@@ -257,6 +262,10 @@ async fn the_post_deadline_answers_unsold_within_it_and_keeps_only_the_late_answ
         "the post took {took:?}"
     );
     assert_eq!(a.posts.load(Ordering::Relaxed), 1);
+    // The post told the buyer how long it would be waited for: not its 1 s
+    // post_timeout_ms, but what was left of the post's 300 ms (black-box round 86a).
+    let told = a.post_tmax_ms.load(Ordering::Relaxed);
+    assert!((1..=300).contains(&told), "tmax_ms {told}");
     assert_eq!(
         b.posts.load(Ordering::Relaxed),
         0,

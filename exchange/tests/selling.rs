@@ -136,6 +136,9 @@ async fn ping_bid_post_sold_and_the_sale_is_on_disk_before_the_answer() {
         );
     }
     assert_eq!(post.price, usd(20.0), "the buyer pays its own bid");
+    // How long its answer is waited for: its post_timeout_ms, the post's deadline being
+    // further (black-box round 86a: a post carried no deadline).
+    assert_eq!(post.tmax_ms, Some(1_000));
     assert_eq!(post.vertical, VERTICAL);
     assert_eq!(
         post.lead_id.as_deref(),

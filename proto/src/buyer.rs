@@ -50,6 +50,10 @@ pub struct BuyerPost<'a> {
     pub vertical: &'a str,
     pub lead: LeadJson<'a>,
     pub consent: &'a BTreeMap<String, String>,
+    /// How long the exchange waits for this attempt's answer, in ms: the buyer's
+    /// `post_timeout_ms`, or less when the post's own deadline is nearer (black-box round
+    /// 86a: a post carried no deadline a buyer could plan by, where a ping has its own).
+    pub tmax_ms: u64,
     pub test: bool,
 }
 
@@ -82,6 +86,10 @@ pub struct PostMessage {
     pub lead: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub consent: BTreeMap<String, String>,
+    /// How long the exchange waits for the answer, in ms (absent from an exchange that
+    /// predates it): an accept after it is a late accept, not a sale.
+    #[serde(default)]
+    pub tmax_ms: Option<u64>,
     #[serde(default)]
     pub test: bool,
 }
@@ -520,6 +528,7 @@ mod tests {
             vertical: "auto_insurance",
             lead: lead.json(&schema),
             consent: &consent,
+            tmax_ms: 2_000,
             test: false,
         };
         let keys = |p: &BuyerPost<'_>| -> Vec<String> {
