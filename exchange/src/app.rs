@@ -24,7 +24,7 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     let ledger = Ledger::open(
         &config.server.ledger_path,
         config.server.ledger_segment_bytes_max,
-        // A sync that carried no record (the timer's, or the idle check's) is not a
+        // A sync that made no record durable (nothing new since the last one) is not a
         // batch of the metric.
         move |n| {
             if n > 0 {
