@@ -145,8 +145,26 @@ fn read_lead_feature(
     let categories = s.opt("categories");
     s.finish(p);
     let (field, kind_name) = (field?, kind_name?);
-    // A field whose own definition was refused: its problems are reported there.
+    // A field whose own definition was refused: its problems are reported there, and
+    // what does not depend on the field is checked here (black-box round 87a: an unknown
+    // kind hid behind the field's problem, to show up only once the field was fixed).
     if refused.contains(&field) {
+        match kind_name {
+            "numeric" | "boolean" if categories.is_some() => p.at(
+                &format!("{path}.categories"),
+                "applies only to kind = \"categorical\"",
+            ),
+            "numeric" | "boolean" => {}
+            "categorical" if categories.is_none() => p.at(
+                &format!("{path}.categories"),
+                "is required for a categorical feature: the fixed list whose positions are the encoding",
+            ),
+            "categorical" => {}
+            other => p.at(
+                &format!("{path}.kind"),
+                format!("unknown kind {other:?} (one of numeric, boolean, categorical)"),
+            ),
+        }
         return None;
     }
     let Some(field_idx) = schema.field_index(field) else {

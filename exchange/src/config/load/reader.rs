@@ -30,7 +30,7 @@ impl Problems {
     }
 }
 
-/// `parent.key`, quoting a key that is not a bare TOML key.
+/// `parent.key`, quoting a key that is not a bare TOML key ([`toml_quoted`]).
 pub(super) fn join(parent: &str, key: &str) -> String {
     let bare = !key.is_empty()
         && key
@@ -39,13 +39,46 @@ pub(super) fn join(parent: &str, key: &str) -> String {
     let key = if bare {
         key.to_string()
     } else {
-        format!("{key:?}")
+        toml_quoted(key)
     };
     if parent.is_empty() {
         key
     } else {
         format!("{parent}.{key}")
     }
+}
+
+/// `key` as a TOML basic string, so a path can be pasted back into the file (black-box
+/// round 87a: Rust's `\u{202e}` is not TOML). `"` and `\` are escaped, so are the
+/// control characters (`\n`, `\t`, `\u001B`) and every character Rust would not print
+/// as itself (a text-direction override, `\u202E`): nothing raw reaches a terminal.
+pub(super) fn toml_quoted(key: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(key.len() + 2);
+    out.push('"');
+    for c in key.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\'' => out.push('\''),
+            c if c.escape_debug().count() > 1 => {
+                let n = u32::from(c);
+                let _ = if n <= 0xFFFF {
+                    write!(out, "\\u{n:04X}")
+                } else {
+                    write!(out, "\\U{n:08X}")
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// One table of the document, with its path and the keys read from it so far. Whatever

@@ -221,7 +221,7 @@ fn bad_routing_and_learning_are_named() {
 #[test]
 fn feature_problems_are_listed_beside_a_fields_problems() {
     let (m, f) = feats(
-        r#"{ version = 0, lead = [{ field = "extra", kind = "numeric" }, { field = "ssn", kind = "numeric" }], context = ["moon_phase"] }"#,
+        r#"{ version = 0, lead = [{ field = "extra", kind = "numeric" }, { field = "ssn", kind = "numeric" }, { field = "extra", kind = "bogus" }, { field = "extra", kind = "categorical" }], context = ["moon_phase"] }"#,
     );
     let errs = errors(&[(m, &f), ("#FIELD", "type = \"integer\"\nmin = 5\nmax = 1")]);
     has(
@@ -237,5 +237,14 @@ fn feature_problems_are_listed_beside_a_fields_problems() {
     assert!(
         !errs.iter().any(|e| e.contains("lead[0]")),
         "the refused field's feature is left to it: {errs:#?}"
+    );
+    // What does not depend on the refused field is still said (black-box round 87a).
+    has(
+        &errs,
+        "verticals.auto.features.lead[2].kind: unknown kind \"bogus\"",
+    );
+    has(
+        &errs,
+        "verticals.auto.features.lead[3].categories: is required for a categorical feature",
     );
 }

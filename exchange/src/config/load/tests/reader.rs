@@ -45,3 +45,38 @@ fn keys_with_odd_names_are_quoted_in_paths() {
     assert_eq!(join("a", "b c"), "a.\"b c\"");
     assert_eq!(edit_distance("kitten", "sitting"), 3);
 }
+
+/// Black-box round 87a: a quoted key was written in Rust's form (`"r\u{202e}x"`), which
+/// is not TOML, so the path could not be pasted back into the file. Each key now reads
+/// back as itself, and no control or invisible character is printed raw.
+#[test]
+fn a_quoted_key_path_is_toml_that_reads_back_as_the_key() {
+    use crate::config::load::reader::toml_quoted;
+    for key in [
+        "bad name",
+        "a: b",
+        "q\"uote\\b",
+        "it's",
+        "a\nb\tc\rd",
+        "e\u{1b}[31mred",
+        "r\u{202e}x",
+        "zero\u{200b}width",
+        "\u{7f}del",
+        "é😀 ünï",
+        "",
+    ] {
+        let quoted = toml_quoted(key);
+        let table: toml::Table =
+            toml::from_str(&format!("{quoted} = 1")).unwrap_or_else(|e| panic!("{quoted}: {e}"));
+        assert_eq!(table.keys().collect::<Vec<_>>(), [key], "{quoted}");
+        assert!(
+            !quoted
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '\u{202e}' | '\u{200b}')),
+            "{quoted:?}"
+        );
+    }
+    assert_eq!(toml_quoted("r\u{202e}x"), "\"r\\u202Ex\"");
+    assert_eq!(toml_quoted("e\u{1b}["), "\"e\\u001B[\"");
+    assert_eq!(toml_quoted("a\"b"), "\"a\\\"b\"");
+}
