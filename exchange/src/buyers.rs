@@ -446,6 +446,34 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
     );
 }
 
+/// Hosts whose buyer refused a signed call, for [`signature_refused`] (as
+/// [`CONNECT_FAILED`]).
+static SIGNATURE_REFUSED: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> =
+    std::sync::Mutex::new(None);
+
+/// Logs that a buyer's host answered a signed call `401` or `403`, which the ledger
+/// records only as an `invalid` answer (`http_status`): almost always a secret that is
+/// not the buyer's (black-box round 86a). At most once a second per host, with the count
+/// of those not logged since; the host and the status only.
+fn signature_refused(host: &str, status: u16) {
+    let now = u64::try_from(crate::cert_bound::now_ms()).unwrap_or(0);
+    let unlogged = {
+        let mut guard = SIGNATURE_REFUSED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match to_log(guard.get_or_insert_with(Default::default), host, now) {
+            Some(unlogged) => unlogged,
+            None => return,
+        }
+    };
+    tracing::warn!(
+        host,
+        status,
+        refusals_not_logged = unlogged,
+        "a buyer's host refused a signed call ({status}): check that its secret is the one in buyers.ID.secret_env (and secret_env_next while rotating)"
+    );
+}
+
 /// A connection error's words as a reader wants them: without hyper-util's `client
 /// error (Connect): ` (HTTP/2 calls have it, HTTP/1.1 calls not), and with a reason the
 /// exchange gave rustls shown as itself, not in Rust's debug form (`Other(OtherError(
@@ -685,6 +713,9 @@ impl BuyerClient {
             }
         };
         let status = resp.status().as_u16();
+        if matches!(status, 401 | 403) {
+            signature_refused(&t.authority, status);
+        }
         // An answer that declares more than the limit (`Content-Length`) is too large
         // now, not a timeout after waiting for a body that may never come (round 45).
         if hyper::body::Body::size_hint(resp.body()).lower() > ANSWER_BYTES_MAX as u64 {
@@ -1094,6 +1125,49 @@ mod tests {
         let fut = client.call::<Ping>(to, "au_1.1", 1, Bytes::new());
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2048, "{size} bytes");
+    }
+
+    /// Round 86a: a buyer answering `401` (the exchange's signature refused) was only an
+    /// `invalid` answer in the ledger; the operator is now told, once a second per host.
+    #[tokio::test]
+    async fn a_buyer_refusing_the_signature_is_logged_once_a_second() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        const REFUSED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (url, _) = buyer(REFUSED, false, false).await;
+        let client = BuyerClient::new();
+        for _ in 0..3 {
+            assert_eq!(
+                ping(&client, &url).await,
+                CallResult::Answer(BidOutcome::Invalid("http_status"))
+            );
+        }
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("refused a signed call"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains("(401)"), "{text}");
+        assert!(lines[0].contains(&authority(&url)), "{text}");
+        assert!(lines[0].contains("refusals_not_logged=0"), "{text}");
+        assert!(!text.contains("test-secret"), "{text}");
     }
 
     /// A connection read to its end carries the next request; one the buyer closed is
