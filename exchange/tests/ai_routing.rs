@@ -849,6 +849,23 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A directory that holds no ledger is an unusable input too, and the way out names
+    // train's own flag (black-box round 88a: exit 1, and `--dir`).
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--ledger",
+        empty.path().to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("holds no ledger") && err.contains("with --ledger DIR"),
+        "{err}"
+    );
+    assert!(!err.contains("--dir"), "{err}");
 
     for i in 0..60 {
         fickle.set(|s| s.accept = i % 3 != 0);

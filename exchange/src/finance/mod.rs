@@ -435,9 +435,15 @@ pub fn not_a_ledger_directory(dir: &Path) -> String {
 /// black-box round 71a: such a directory was read as a clean, empty ledger). The
 /// exchange's first start makes the first segment.
 pub fn no_ledger_in(dir: &Path) -> Option<String> {
+    no_ledger_in_for(dir, "--dir")
+}
+
+/// [`no_ledger_in`] for a command whose ledger flag is `flag` (`pingpost train` takes
+/// `--ledger`; black-box round 88a: its message named `--dir`, which it refuses).
+pub fn no_ledger_in_for(dir: &Path, flag: &str) -> Option<String> {
     match segments::list(dir) {
         Ok(segs) if segs.is_empty() => Some(format!(
-            "{} holds no ledger (no {} segment file): give the ledger's directory with --dir DIR, or the configuration that names it (ledger_path) with --config FILE; without either, the tools read ./{}",
+            "{} holds no ledger (no {} segment file): give the ledger's directory with {flag} DIR, or the configuration that names it (ledger_path) with --config FILE; without either, the tools read ./{}",
             dir.display(),
             segments::segment_name(1),
             crate::config::defaults::LEDGER_PATH

@@ -434,6 +434,11 @@ pub fn check_inputs(
             std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
+    // A directory with no segment is not a ledger (a mistyped --ledger): an unusable
+    // input, exit 2, not "too little data" (black-box round 88a: exit 1).
+    if let Some(why) = crate::finance::no_ledger_in_for(ledger_dir, "--ledger") {
+        return Err(why);
+    }
     // A ledger that does not verify (a changed line, a missing segment) is an unusable
     // input, not too little data: waiting for more would never help.
     let check = crate::ledger::segments::verify(ledger_dir)
