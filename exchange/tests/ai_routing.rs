@@ -931,6 +931,41 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("does not verify"), "{err}");
+    // Records removed from the end, which only HEAD tells (the chain that is left
+    // verifies): unusable too (black-box round 88b: exit 1, as if too little data).
+    let cut = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&ex.ledger_path).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_owned();
+            let mut bytes = std::fs::read(&path).unwrap();
+            if name.to_string_lossy().starts_with("seg-") {
+                let lines = bytes.iter().filter(|b| **b == b'\n').count();
+                let keep = bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'\n')
+                    .nth(lines / 2)
+                    .map(|(i, _)| i + 1)
+                    .unwrap();
+                bytes.truncate(keep);
+            }
+            std::fs::write(cut.path().join(name), bytes).unwrap();
+        }
+    }
+    let out = run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--ledger",
+        cut.path().to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not verify") && err.contains("HEAD"),
+        "{err}"
+    );
     // The first became the champion (none served); the second only if it beat it.
     assert_eq!(versions[0]["promoted"], true, "{}", versions[0]);
     let champion_file = ex

@@ -439,8 +439,15 @@ pub fn check_inputs(
     if let Some(why) = crate::finance::no_ledger_in_for(ledger_dir, "--ledger") {
         return Err(why);
     }
-    // A ledger that does not verify (a changed line, a missing segment) is an unusable
-    // input, not too little data: waiting for more would never help.
+    // A ledger that does not verify (a changed line, a missing segment, records removed
+    // from its end) is an unusable input, not too little data: waiting for more would
+    // never help (black-box round 88b: records removed, which HEAD tells, exited 1). The
+    // head is read before the segments, as the ledger tools read it: what it names was
+    // synced before they are read, so a running exchange's appends are not taken for it.
+    let refuse = |p: &dyn std::fmt::Display| {
+        format!("the ledger does not verify: {p} (`pingpost ledger verify` shows what is wrong)")
+    };
+    let head = crate::ledger::head::read(ledger_dir);
     let check = crate::ledger::segments::verify(ledger_dir)
         .map_err(|e| format!("{}: {e}", ledger_dir.display()))?;
     if let Some(p) = check
@@ -448,9 +455,11 @@ pub fn check_inputs(
         .as_ref()
         .filter(|p| !p.is_torn_tail(ledger_dir))
     {
-        return Err(format!(
-            "the ledger does not verify: {p} (`pingpost ledger verify` shows what is wrong)"
-        ));
+        return Err(refuse(p));
+    }
+    let said = head.map_err(|why| refuse(&why))?;
+    if let Some(why) = crate::ledger::head::removed(ledger_dir, said, check.last_seq) {
+        return Err(refuse(&why));
     }
     Ok(())
 }
