@@ -42,15 +42,26 @@ pub(super) fn read_features(
                 "must be a list of { field = \"...\", kind = \"...\" } tables",
             ),
             Some(items) => {
+                // Every field named so far, a refused one's too, so that a field listed
+                // twice is said whatever its definition (black-box round 88b: a refused
+                // field's second entry was said only once the field was fixed).
+                let mut named: Vec<&str> = Vec::new();
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{path}[{i}]");
-                    if let Some(feature) = read_lead_feature(&item_path, item, schema, refused, p) {
-                        if lead.iter().any(|l: &LeadFeature| l.field == feature.field) {
-                            p.at(
-                                &item_path,
-                                format!("field {:?} is listed twice", feature.field),
-                            );
+                    let field = item
+                        .as_table()
+                        .and_then(|t| t.get("field"))
+                        .and_then(|f| f.as_str());
+                    let twice = field.is_some_and(|f| named.contains(&f));
+                    if let Some(field) = field {
+                        if twice {
+                            p.at(&item_path, format!("field {field:?} is listed twice"));
                         } else {
+                            named.push(field);
+                        }
+                    }
+                    if let Some(feature) = read_lead_feature(&item_path, item, schema, refused, p) {
+                        if !twice {
                             lead.push(feature);
                         }
                     }

@@ -247,4 +247,13 @@ fn feature_problems_are_listed_beside_a_fields_problems() {
         &errs,
         "verticals.auto.features.lead[3].categories: is required for a categorical feature",
     );
+    // ...and a refused field listed twice (black-box round 88b).
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "extra", kind = "numeric" }, { field = "extra", kind = "numeric" }] }"#,
+    );
+    let errs = errors(&[(m, &f), ("#FIELD", "type = \"integer\"\nmin = 5\nmax = 1")]);
+    has(
+        &errs,
+        "verticals.auto.features.lead[1]: field \"extra\" is listed twice",
+    );
 }
