@@ -686,6 +686,22 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
 }
 
 /// Points a copied set's manifests at its own directory name.
+/// A copy of the ledger files in `from` (one level, files only), each passed through
+/// `edit` (its file name, its bytes) on the way.
+fn copy_ledger(from: &Path, edit: impl Fn(&str, &mut Vec<u8>)) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let mut bytes = std::fs::read(&path).unwrap();
+            edit(&name, &mut bytes);
+            std::fs::write(to.path().join(&name), bytes).unwrap();
+        }
+    }
+    to
+}
+
 fn fix_manifest_version(dir: &Path, version: &str) {
     for kind in ModelKind::ALL {
         let p = dir.join(format!("{}.manifest.json", kind.as_str()));
@@ -809,6 +825,13 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
             .output()
             .unwrap()
     };
+    // An unusable input: exit 2, with what stderr says.
+    let refused = |dir: &Path| {
+        let out = run(&["train", "--config", &cfg, "--ledger", dir.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        err
+    };
     // Too little data: exit 1 with the counts.
     let out = run(&["train", "--config", &cfg, "--ledger", &ledger]);
     assert_eq!(out.status.code(), Some(1));
@@ -852,15 +875,7 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     // A directory that holds no ledger is an unusable input too, and the way out names
     // train's own flag (black-box round 88a: exit 1, and `--dir`).
     let empty = tempfile::tempdir().unwrap();
-    let out = run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--ledger",
-        empty.path().to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(empty.path());
     assert!(
         err.contains("holds no ledger") && err.contains("with --ledger DIR"),
         "{err}"
@@ -913,55 +928,30 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     // A ledger that does not verify (one changed byte) is unusable, not too little data.
-    let changed = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&ex.ledger_path).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let name = path.file_name().unwrap();
-            let mut bytes = std::fs::read(&path).unwrap();
-            let text = String::from_utf8_lossy(&bytes).to_string();
-            if let Some(at) = text.find(r#""type":"auction""#) {
-                bytes[at + 14] = b'N'; // "auctioN": same length, another checksum
-            }
-            std::fs::write(changed.path().join(name), bytes).unwrap();
+    let changed = copy_ledger(&ex.ledger_path, |_, bytes| {
+        let text = String::from_utf8_lossy(bytes).to_string();
+        if let Some(at) = text.find(r#""type":"auction""#) {
+            bytes[at + 14] = b'N'; // "auctioN": same length, another checksum
         }
-    }
-    let changed_dir = changed.path().to_string_lossy().to_string();
-    let out = run(&["train", "--config", &cfg, "--ledger", &changed_dir]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    });
+    let err = refused(changed.path());
     assert!(err.contains("does not verify"), "{err}");
     // Records removed from the end, which only HEAD tells (the chain that is left
     // verifies): unusable too (black-box round 88b: exit 1, as if too little data).
-    let cut = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&ex.ledger_path).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let name = path.file_name().unwrap().to_owned();
-            let mut bytes = std::fs::read(&path).unwrap();
-            if name.to_string_lossy().starts_with("seg-") {
-                let lines = bytes.iter().filter(|b| **b == b'\n').count();
-                let keep = bytes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| **b == b'\n')
-                    .nth(lines / 2)
-                    .map(|(i, _)| i + 1)
-                    .unwrap();
-                bytes.truncate(keep);
-            }
-            std::fs::write(cut.path().join(name), bytes).unwrap();
+    let cut = copy_ledger(&ex.ledger_path, |name, bytes| {
+        if name.starts_with("seg-") {
+            let half = bytes.iter().filter(|b| **b == b'\n').count() / 2;
+            let keep = bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(half)
+                .map(|(i, _)| i + 1)
+                .unwrap();
+            bytes.truncate(keep);
         }
-    }
-    let out = run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--ledger",
-        cut.path().to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    });
+    let err = refused(cut.path());
     assert!(
         err.contains("does not verify") && err.contains("HEAD"),
         "{err}"
