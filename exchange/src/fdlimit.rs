@@ -73,6 +73,23 @@ pub fn needed(connections_max: usize, admin_max: usize) -> u64 {
         .saturating_add(HEADROOM)
 }
 
+/// What a start would find short, without changing anything (for `--check-config`):
+/// the soft limit the start would raise to (the hard limit) and the descriptors the
+/// configuration needs, when the first is below the second.
+pub fn shortfall_at_start(connections_max: usize, admin_max: usize) -> Option<(u64, u64)> {
+    let now = getrlimit(Resource::Nofile);
+    let need = needed(connections_max, admin_max);
+    let would = OpenFiles {
+        before: now.current,
+        after: target(now.current, now.maximum),
+        hard: now.maximum,
+    };
+    match would.after {
+        Some(limit) if !would.covers(need) => Some((limit, need)),
+        _ => None,
+    }
+}
+
 /// [`raise`], then one log line: the raise (info), or what is short and how to fix it
 /// (warn). Never fails the start: a low limit makes connections past it fail, not the
 /// exchange.

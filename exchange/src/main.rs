@@ -813,6 +813,16 @@ fn main() -> anyhow::Result<()> {
         for w in pingpost::tls::buyer_ca_warnings(&cfg.server.listener) {
             pingpost::say_err!("warning: {w}");
         }
+        // As the start warns (black-box round 89a: --check-config said nothing of it).
+        if let Some((limit, need)) = pingpost::fdlimit::shortfall_at_start(
+            cfg.server.connections_max,
+            pingpost::state::ADMIN_CONNECTIONS_MAX,
+        ) {
+            pingpost::say_err!(
+                "warning: server.connections_max: the open-file limit would be {limit} at start, below the {need} descriptors this configuration needs (server.connections_max {} plus admin and buyer connections): connections past it will fail; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower server.connections_max",
+                cfg.server.connections_max
+            );
+        }
         // As the start warns (black-box round 74b: --check-config said nothing of it).
         if cfg.admin.token.is_none() {
             pingpost::say_err!(

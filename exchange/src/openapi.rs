@@ -532,6 +532,14 @@ fn responses() -> Value {
         e["headers"] = json!({"Retry-After": {"$ref": "#/components/headers/RetryAfter"}});
         r.insert(name.into(), e);
     }
+    // What any route answers to a request that is not well-formed HTTP (black-box round
+    // 89a: `/openapi.json` answered 400 for a missing `Host` and listed no 400).
+    r.insert(
+        "MalformedRequest".into(),
+        error_response(
+            "`invalid_request`: the request itself cannot be read as HTTP (a malformed head, a body whose framing is refused), on any route; on every route but the probes, also an HTTP/1.1 request without a `Host` header or with two.",
+        ),
+    );
     r.insert(
         "HeadersTooLarge".into(),
         error_response(
@@ -670,6 +678,7 @@ enum Unavailable {
 fn probe(id: &str, summary: &str, schema: Value, unavailable: Unavailable) -> Value {
     let mut responses = json!({
         "200": {"description": "OK.", "content": {"application/json": {"schema": schema.clone()}}},
+        "400": {"$ref": "#/components/responses/MalformedRequest"},
         "405": {"$ref": "#/components/responses/MethodNotAllowed"},
         "431": {"$ref": "#/components/responses/HeadersTooLarge"},
     });

@@ -457,6 +457,38 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
         )
         .await;
     wrong.assert_error(405, "method_not_allowed");
+    // A request that is not well-formed HTTP is 400 on every route, the probes and this
+    // document included, and both documents list it (black-box round 89a: they did not).
+    let (answer, _) = raw_exchange(
+        ex.addr,
+        b"GET /openapi.json HTTP/1.1\r\nConnection: close\r\n\r\n",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("needs a Host header"),
+        "{answer}"
+    );
+    for path in ["/openapi.json", "/healthz", "/readyz"] {
+        let (answer, _) = raw_exchange(
+            ex.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n").as_bytes(),
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("\"invalid_request\""),
+            "{path}: {answer}"
+        );
+        assert!(
+            doc["paths"][path]["get"]["responses"].get("400").is_some(),
+            "{path} lacks 400"
+        );
+        assert!(
+            yaml[&(path.to_string(), "get".to_string())].contains("400"),
+            "{path}"
+        );
+    }
     // One buffer per configuration, shared by every answer (a client that never reads
     // holds no copy of its own), and the same bytes each time.
     let rt = ex.state.runtime.load();

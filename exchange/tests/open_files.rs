@@ -108,3 +108,46 @@ fn a_hard_limit_below_the_configured_connections_is_reported_at_start() {
         "{log:#?}"
     );
 }
+
+/// `--check-config` warns of a hard limit below what the configuration needs, as a start
+/// does, and still says the configuration is OK (black-box round 89a: it said nothing).
+#[test]
+fn check_config_warns_of_a_hard_limit_below_the_configured_connections() {
+    let run = |ulimit: &str| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = TestConfig::new();
+        let path = dir.path().join("pingpost.toml");
+        std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).expect("config written");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(r#"ulimit {ulimit} && exec "$0" "$@""#))
+            .arg(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .envs(cfg.env_vars())
+            .output()
+            .expect("sh runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The default `server.connections_max` (10,000) needs 10,000 + 64 + 1,024.
+    let (code, stdout, stderr) = run("-n 512");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stderr.contains("warning: server.connections_max: the open-file limit would be 512 at start, below the 11088 descriptors"),
+        "{stderr}"
+    );
+    // A soft limit the start would raise is not short: no warning (if the hard limit here
+    // covers the configuration).
+    let (_, hard) = open_file_limits(std::process::id());
+    if hard.is_none_or(|h| h >= 11_088) {
+        let (code, stdout, stderr) = run("-Sn 256");
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        assert!(!stderr.contains("open-file limit"), "{stderr}");
+    }
+}

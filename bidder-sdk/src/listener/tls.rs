@@ -239,6 +239,19 @@ pub fn server_config_from_files(
     })
 }
 
+/// One file of a pair read and parsed alone, as [`server_config_from_files_checked`]
+/// reads it: for a configuration that names only one of the two, so that the file it
+/// names is still checked (black-box round 89a: a missing key hid an unreadable
+/// certificate).
+pub fn check_one_tls_file(path: &Path, file: TlsFile) -> Result<(), TlsError> {
+    let name = path.display().to_string();
+    let pem = read_pem(path)?;
+    match file {
+        TlsFile::Cert => certificates_from_pem(&pem, &name).map(|_| ()),
+        TlsFile::Key => private_key_from_pem(&pem, &name).map(|_| ()),
+    }
+}
+
 /// [`server_config_from_files`] with every problem at once, each with the file it is
 /// about: both files are read and parsed whatever the other's fate, and a key that is
 /// not the certificate's is the key's problem ([`TlsError::KeyMismatch`]). The

@@ -2,7 +2,7 @@
 //! `[server.tls]`, `buyer_ca_path`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::reader::{Problems, Section};
 use super::{
@@ -301,7 +301,24 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
                     }
                 }
             }
-            _ => None,
+            // The one named is still read and parsed, beside the other's `is required`
+            // (black-box round 89a: the missing key hid an unreadable certificate).
+            (cert, key) => {
+                let one = [
+                    (cert, bidder_sdk::listener::TlsFile::Cert, &cert_key),
+                    (key, bidder_sdk::listener::TlsFile::Key, &key_key),
+                ];
+                for (path, file, at) in one {
+                    if let Some(path) = path {
+                        if let Err(e) =
+                            bidder_sdk::listener::check_one_tls_file(Path::new(path), file)
+                        {
+                            p.at(at, e);
+                        }
+                    }
+                }
+                None
+            }
         }
     } else {
         None

@@ -375,4 +375,38 @@ fn each_tls_file_is_reported_at_its_own_key_and_both_at_once() {
         k.len() == 1 && k[0].contains("does not match the certificate"),
         "{e:?}"
     );
+    // Only one of the two named: the other is required, and the one named is still read
+    // (black-box round 89a: the missing key hid the unreadable certificate).
+    let one = |key: &str, path: &std::path::Path| {
+        errors(&[(
+            "#SERVER",
+            &format!("tls = {{ {key} = {:?} }}", path.display().to_string()),
+        )])
+    };
+    let e = one("cert_path", &missing_cert);
+    let c = at(&e, "server.tls.cert_path");
+    assert!(
+        c.len() == 1 && c[0].contains(&format!("cannot read {}", missing_cert.display())),
+        "{e:?}"
+    );
+    assert_eq!(
+        at(&e, "server.tls.key_path"),
+        vec!["server.tls.key_path: is required".to_string()],
+        "{e:?}"
+    );
+    let e = one("key_path", &junk);
+    let k = at(&e, "server.tls.key_path");
+    assert!(k.len() == 1 && k[0].contains("no PEM private key"), "{e:?}");
+    assert_eq!(
+        at(&e, "server.tls.cert_path"),
+        vec!["server.tls.cert_path: is required".to_string()],
+        "{e:?}"
+    );
+    // A good file named alone: only the other's `is required`.
+    let e = one("cert_path", &cert);
+    assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");
+    assert_eq!(at(&e, "server.tls.key_path").len(), 1, "{e:?}");
+    let e = one("key_path", &key);
+    assert!(at(&e, "server.tls.key_path").is_empty(), "{e:?}");
+    assert_eq!(at(&e, "server.tls.cert_path").len(), 1, "{e:?}");
 }

@@ -296,7 +296,8 @@ fn bad_dedup_is_named() {
         (
             "dedup = { keys = { x_sha256 = \"extra\" } }",
             Some("type = \"string\"\nping = true"),
-            "a ping field",
+            // What to change, not only `pii = true` (black-box round 89a).
+            "a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field, or mark it `pii = true`)",
         ),
         (
             "dedup = { keys = { \"a b\" = \"phone\" } }",
