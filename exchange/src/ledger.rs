@@ -775,6 +775,11 @@ impl Writer {
             return (0, Err(e));
         }
         let mut on_disk = 0;
+        // Where the current segment's records not yet known to be on disk begin: a batch
+        // that fails is cut back to it, so that no record refused to its writer (a post
+        // answered `500`, "not sold") is found at the next start (black-box round 90b:
+        // a sale refused that way was a sale after the restart).
+        let mut acked_len = self.seg_len;
         for (i, p) in batch.iter().enumerate() {
             if p.line.is_empty() {
                 // A sync request from the timer, not a record.
@@ -786,11 +791,18 @@ impl Writer {
             let before = self.seg_len + start as u64;
             if before > 0 && before + line_len > self.segment_bytes_max {
                 // Seal the segment with what came before this line, then go on in a new one.
-                if let Err(e) = self.append(&buf[..start]).and_then(|()| self.rotate()) {
+                if let Err(e) = self.append(&buf[..start]).and_then(|()| self.seal()) {
+                    self.cut_back(acked_len, acked_len + start as u64);
                     return (on_disk, Err(e));
                 }
+                // Sealed (fsynced): every record before this one is on disk, whatever
+                // happens to the next segment, and is acknowledged as such.
                 on_disk = i;
                 buf.drain(..start);
+                if let Err(e) = self.open_next() {
+                    return (on_disk, Err(e));
+                }
+                acked_len = 0;
             }
             self.chain = Chain {
                 seq: self.chain.seq + 1,
@@ -798,6 +810,7 @@ impl Writer {
             };
         }
         if let Err(e) = self.append(buf) {
+            self.cut_back(acked_len, acked_len + buf.len() as u64);
             return (on_disk, Err(e));
         }
         if sync {
@@ -806,6 +819,7 @@ impl Writer {
                     .sync_data()
                     .map_err(|e| ctx("fsyncing", &self.seg_path, e))
             }) {
+                self.cut_back(acked_len, self.seg_len);
                 return (on_disk, Err(e));
             }
             on_disk = batch.len();
@@ -907,11 +921,53 @@ impl Writer {
         }
     }
 
-    /// Seals the current segment (fsync) and starts the next one.
-    fn rotate(&mut self) -> io::Result<()> {
+    /// After a failed write or sync: cuts the segment back to `to` bytes (and syncs it),
+    /// removing the lines of the records the batch refuses, when the file holds nothing
+    /// but this writer's bytes up to `attempted` (a file another process changed is left
+    /// as it is: the next start judges it). Best effort: the ledger has failed either way,
+    /// and a cut that fails is logged.
+    fn cut_back(&mut self, to: u64, attempted: u64) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = self.file.metadata() else {
+            return;
+        };
+        let len = m.len();
+        if len <= to {
+            return;
+        }
+        if m.nlink() == 0 || len > attempted {
+            tracing::error!(
+                segment = %self.seg_path.display(),
+                "ledger: the records of the failed write may be in the segment (it changed beyond this exchange's writes): check it with `pingpost ledger verify` before the next start"
+            );
+            return;
+        }
+        match self.file.set_len(to).and_then(|()| self.file.sync_data()) {
+            Ok(()) => {
+                self.seg_len = to;
+                tracing::warn!(
+                    segment = %self.seg_path.display(),
+                    bytes = len - to,
+                    "ledger: the lines of the records refused by the failed write were removed from the segment"
+                );
+            }
+            Err(e) => tracing::error!(
+                segment = %self.seg_path.display(),
+                error = %e,
+                "ledger: the lines of the records refused by the failed write could not be removed: the next start may find them"
+            ),
+        }
+    }
+
+    /// Seals the current segment: fsyncs it, so that every line in it is on disk.
+    fn seal(&mut self) -> io::Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| ctx("fsyncing", &self.seg_path, e))?;
+            .map_err(|e| ctx("fsyncing", &self.seg_path, e))
+    }
+
+    /// Starts the next segment (the current one sealed).
+    fn open_next(&mut self) -> io::Result<()> {
         let no = self
             .seg_no
             .checked_add(1)
@@ -1385,6 +1441,80 @@ mod tests {
             0,
             "nothing written by path"
         );
+    }
+
+    /// A rotation that seals the segment and then cannot start the next one acknowledges
+    /// the records the seal made durable, and only refuses the ones after it, which are
+    /// in no file: a record refused to its writer (a post answered "not sold") is never
+    /// found at the next start (black-box round 90b: the batch was refused whole, and a
+    /// sale answered `500` was in the sealed segment, a sale after the restart).
+    #[tokio::test]
+    async fn a_rotation_that_fails_after_the_seal_acknowledges_what_the_seal_made_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut w = Writer::recover(&dir, 600).unwrap();
+        let mut buf = Vec::new();
+        let rec = |n: usize| Pending {
+            line: format!(r#"{{"type":"flush","n":{n}}}"#).into_bytes(),
+            ack: None,
+        };
+        let framed = {
+            let mut b = Vec::new();
+            segments::frame(&mut b, &rec(0).line, 1, &w.chain.sum);
+            b.len()
+        };
+        let fit = 600 / framed;
+        assert!(fit >= 2, "{framed}-byte lines");
+        // The next segment's name is taken: the rotation seals this one, then fails.
+        let next = dir.join(segments::segment_name(w.seg_no + 1));
+        std::fs::write(&next, b"").unwrap();
+        let batch: Vec<Pending> = (0..fit + 2).map(rec).collect();
+        let (on_disk, r) = w.write_batch(&batch, true, &mut buf);
+        assert!(r.is_err(), "the rotation is refused");
+        assert_eq!(on_disk, fit, "the sealed records are acknowledged");
+        drop(w);
+        std::fs::remove_file(&next).unwrap();
+        let on_file: Vec<u64> = lines(&dir)
+            .iter()
+            .map(|l| l["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(on_file, (0..fit as u64).collect::<Vec<_>>());
+        assert_eq!(segments::verify(&dir).unwrap().problem, None);
+    }
+
+    /// A failed write cuts the segment back to its acknowledged length, and leaves a
+    /// segment another process changed as it is.
+    #[test]
+    fn a_failed_write_is_cut_from_the_segment_unless_another_process_changed_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+        let mut buf = Vec::new();
+        let rec = |n: usize| Pending {
+            line: format!(r#"{{"type":"flush","n":{n}}}"#).into_bytes(),
+            ack: None,
+        };
+        assert!(w.write_batch(&[rec(0)], true, &mut buf).1.is_ok());
+        let acked = w.seg_len;
+        // Written, not synced: the lines a failed sync would leave.
+        assert!(w.write_batch(&[rec(1), rec(2)], false, &mut buf).1.is_ok());
+        let written = w.seg_len;
+        assert!(written > acked);
+        w.cut_back(acked, written);
+        assert_eq!(std::fs::metadata(&w.seg_path).unwrap().len(), acked);
+        assert_eq!(w.seg_len, acked);
+        assert_eq!(lines(&dir).len(), 1);
+        // Bytes past what this writer attempted (another process appended): left alone.
+        assert!(w.write_batch(&[rec(3)], false, &mut buf).1.is_ok());
+        let ours = w.seg_len;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&w.seg_path)
+            .unwrap()
+            .write_all(b"foreign\n")
+            .unwrap();
+        w.cut_back(acked, ours);
+        assert_eq!(std::fs::metadata(&w.seg_path).unwrap().len(), ours + 8);
     }
 
     /// A ledger directory removed while the exchange runs fails the next sync (the batch

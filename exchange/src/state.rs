@@ -177,6 +177,10 @@ pub enum ReloadError {
     /// Every problem with the new configuration (the loader's, and settings that cannot
     /// change without a restart), as key path and problem.
     Invalid(Vec<FieldProblem>),
+    /// The exchange itself failed (a file it must write, a task that ended): nothing in
+    /// the request was wrong, and nothing changed (`500 internal`; black-box round 90b: a
+    /// full disk was answered `400`, a request problem).
+    Failed(String),
 }
 
 impl std::fmt::Display for ReloadError {
@@ -184,6 +188,7 @@ impl std::fmt::Display for ReloadError {
         match self {
             ReloadError::NoSource => f.write_str("no configuration source to reload from"),
             ReloadError::Invalid(problems) => Problems(problems).fmt(f),
+            ReloadError::Failed(why) => f.write_str(why),
         }
     }
 }
@@ -941,7 +946,6 @@ impl AppState {
     ) -> Result<u64, ReloadError> {
         let old = self.runtime.load_full();
         let cfg = &old.config;
-        let problem = |m: String| ReloadError::Invalid(vec![FieldProblem::new("version", m)]);
         let Some(&vi) = cfg.vertical_by_name.get(vertical) else {
             return Err(ReloadError::Invalid(vec![FieldProblem::new(
                 "vertical",
@@ -966,7 +970,7 @@ impl AppState {
         };
         if write_champion {
             crate::models::write_champion(&cfg.learning, vertical, version).map_err(|e| {
-                problem(format!(
+                ReloadError::Failed(format!(
                     "could not record the champion, so the serving model stays: {e}"
                 ))
             })?;

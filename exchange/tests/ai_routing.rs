@@ -487,6 +487,28 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         "unknown field",
     );
     refused(&swap(&ex, json!([1])).await, "JSON object");
+    // A set that loads, but whose champion cannot be recorded (`HISTORY` is a directory,
+    // as a full disk would fail it): the exchange's failure, `500 internal`, not a
+    // problem of the request (black-box round 90b: answered `400`); m1 keeps serving.
+    let d = bad_dir("unrecorded");
+    fix_manifest_version(&d, "unrecorded");
+    let history = models_dir.join("HISTORY");
+    let kept = std::fs::read(&history).ok();
+    let _ = std::fs::remove_file(&history);
+    std::fs::create_dir(&history).unwrap();
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "unrecorded"})).await;
+    let body = reply.assert_error(500, "internal").to_string();
+    assert!(body.contains("could not record the champion"), "{body}");
+    std::fs::remove_dir(&history).unwrap();
+    if let Some(k) = kept {
+        std::fs::write(&history, k).unwrap();
+    }
+    assert_eq!(
+        ex.state.runtime.load().models[0]
+            .as_ref()
+            .map(|m| m.version.clone()),
+        Some("m1".to_string())
+    );
     // Truncated model file.
     let d = bad_dir("truncated");
     let text = std::fs::read(d.join("realization.json")).unwrap();

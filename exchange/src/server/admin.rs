@@ -166,10 +166,9 @@ async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
     let result = tokio::task::spawn_blocking(move || st.reload())
         .await
         .unwrap_or_else(|_| {
-            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
-                "config",
-                "the reload failed inside the exchange",
-            )]))
+            Err(ReloadError::Failed(
+                "the reload failed inside the exchange; the running configuration stays".into(),
+            ))
         });
     reload_answer(state, result)
 }
@@ -297,12 +296,9 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
         Err(e @ crate::models::learning::OffPathError::Busy) => {
             return error_response(state, &ApiError::new(ErrorCode::Overloaded, e.to_string()));
         }
-        Err(crate::models::learning::OffPathError::Failed) => {
-            Err(ReloadError::Invalid(vec![proto::FieldProblem::new(
-                "version",
-                "the swap failed inside the exchange",
-            )]))
-        }
+        Err(crate::models::learning::OffPathError::Failed) => Err(ReloadError::Failed(
+            "the swap failed inside the exchange; the serving model stays".into(),
+        )),
     };
     match result {
         Ok(generation) => {
@@ -345,6 +341,15 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
             state,
             &ApiError::new(ErrorCode::Conflict, "no model source"),
         ),
+        Err(ReloadError::Failed(why)) => {
+            state
+                .metrics
+                .model_swaps
+                .with_label_values(&["refused"])
+                .inc();
+            tracing::error!(error = %why, "model swap failed; the serving model stays");
+            error_response(state, &ApiError::new(ErrorCode::Internal, why))
+        }
     }
 }
 
@@ -365,6 +370,11 @@ pub fn reload_answer(state: &AppState, result: Result<u64, ReloadError>) -> Resp
                     "this exchange was not started from a configuration it can read again",
                 ),
             )
+        }
+        Err(ReloadError::Failed(why)) => {
+            state.metrics.reloads.with_label_values(&["refused"]).inc();
+            tracing::error!(error = %why, "configuration reload failed; the running configuration stays");
+            error_response(state, &ApiError::new(ErrorCode::Internal, why))
         }
         Err(ReloadError::Invalid(fields)) => {
             state.metrics.reloads.with_label_values(&["refused"]).inc();
