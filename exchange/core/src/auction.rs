@@ -616,9 +616,16 @@ impl<'a> Auction<'a> {
             let Some((idx, buyer)) = cfg.buyer_by_key(r.bid.buyer) else {
                 continue;
             };
-            // Firm until the quote's end: its lead may be delivered in the next hour.
-            let until = quote_end(p.arrival, r.bid.expires_in_ms, cfg.server.quote_ttl_ms, now)
-                .saturating_add(DELIVERY_SLACK_MS);
+            // Firm until the quote's end: its lead may be delivered in the next hour. A
+            // direct post holds no quote: its delivery starts now and ends by the post's
+            // deadline (black-box round 90a: held for the quote TTL, it was refused
+            // `capped` for a whole TTL before a window whose successor was full).
+            let until = if p.direct {
+                now.saturating_add(ms(cfg.server.post_deadline_ms))
+            } else {
+                quote_end(p.arrival, r.bid.expires_in_ms, cfg.server.quote_ttl_ms, now)
+            }
+            .saturating_add(DELIVERY_SLACK_MS);
             match settlement.reserve(buyer, r.bid.price, now, until) {
                 Ok(res) => {
                     reservation = Some(res);

@@ -594,6 +594,42 @@ fn a_ping_s_bid_shorter_than_the_quote_minimum_cannot_win_but_a_direct_post_s_ca
     }
 }
 
+/// A direct post's hold lasts until its post's deadline, not the quote TTL: in the last
+/// minute of an hour whose next hour is full (the clock set back across a restart), a
+/// ping is refused (its quote would be firm into the full hour) but a direct post, whose
+/// delivery ends within the hour, sells (black-box round 90a: refused `capped` for a
+/// whole `quote_ttl_ms` before the hour's end).
+#[test]
+fn a_direct_post_holds_its_buyer_until_its_post_deadline_not_the_quote_ttl() {
+    let mut cfg = cfg_timeouts(&[100]);
+    cfg.server.quote_ttl_ms = 60_000;
+    cfg.server.post_deadline_ms = 5_000;
+    cfg.buyers[0].caps = Caps {
+        hourly: Some(1),
+        ..Caps::default()
+    };
+    let hour = T - T % 3_600_000 + 3_600_000;
+    let tz = cfg.buyers[0].timezone;
+    let caps = CapBook::new(1);
+    // The next hour already holds its one lead.
+    let next = crate::caps::Windows::at(tz, hour + 10_000).unwrap();
+    assert!(caps.restore_sold(BuyerKey(0), Some(tz), &next, m(1)));
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(1, breaker_cfg());
+    let now = hour - 30_000;
+    for (direct, sells) in [(false, false), (true, true)] {
+        let mut p = params(&cfg, now);
+        p.direct = direct;
+        let mut a = Auction::new(p, &lead(TX), &s, &br, now);
+        a.on_answer(0, bid(m(30), None), 1, now + 1);
+        let award = a.finish(&s, now + 1, 0);
+        let sold = award.winner().is_some();
+        let effects = run(&s, a.effects());
+        let rec = auction_record(&effects);
+        assert_eq!(sold, sells, "direct {direct}: {:?}", rec.buyers);
+    }
+}
+
 #[test]
 fn the_award_walks_down_while_reservations_fail() {
     let mut cfg = cfg_timeouts(&[100, 100, 100]);
