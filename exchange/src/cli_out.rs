@@ -30,3 +30,51 @@ macro_rules! say_err {
         $crate::cli_out::err(format_args!($($arg)*))
     };
 }
+
+/// Writes `bytes` to `path` whole or not at all: a regular file (or a new one) is written
+/// beside it under a temporary name and renamed into place, so a write that fails (a full
+/// disk) leaves the file as it was, and no empty or partial file (black-box round 90b:
+/// `ledger report --html` left a 0-byte page). Anything else (`/dev/stdout`, a pipe) is
+/// written directly.
+pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let regular_or_new = match std::fs::metadata(path) {
+        Ok(m) => m.is_file(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    if !regular_or_new {
+        return std::fs::write(path, bytes);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_whole_write_replaces_a_file_or_leaves_it_as_it_was() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let page = dir.path().join("page.html");
+        super::write_whole(&page, b"one").expect("written");
+        assert_eq!(std::fs::read(&page).expect("read"), b"one");
+        super::write_whole(&page, b"two").expect("written");
+        assert_eq!(std::fs::read(&page).expect("read"), b"two");
+        // A write that cannot be made (its directory is gone) leaves nothing behind.
+        let gone = dir.path().join("gone").join("page.html");
+        assert!(super::write_whole(&gone, b"x").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("listed")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["page.html"]);
+        // Not a regular file: written directly.
+        super::write_whole(std::path::Path::new("/dev/null"), b"x").expect("written");
+    }
+}

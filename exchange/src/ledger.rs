@@ -31,7 +31,7 @@ pub mod segments;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -80,7 +80,26 @@ pub struct Pending {
 struct Health {
     failure: OnceLock<String>,
     unsynced: AtomicBool,
+    /// When the batch being written began ([`elapsed_ms`], at least 1), or 0 while the
+    /// writer waits for records: a write or fsync that never returns (a frozen or hung
+    /// filesystem) shows as a batch that began long ago ([`Ledger::stalled_for`]).
+    busy_since: AtomicU64,
 }
+
+/// Milliseconds since the first call in this process (a monotonic clock of its own).
+/// Real time, on purpose: it measures a system call on the writer's own thread (not a
+/// tokio task), and a test's paused tokio clock must not make a write look stalled.
+#[allow(clippy::disallowed_types)]
+fn elapsed_ms() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long a batch may take before `/readyz` says the ledger is stalled
+/// ([`Ledger::stalled_for`]): an fsync takes milliseconds; one still running after this
+/// long is a filesystem that does not answer.
+pub const STALL_MS: u64 = 5_000;
 
 impl Health {
     fn fail(&self, why: String) {
@@ -251,6 +270,16 @@ impl Ledger {
     /// Is the writer alive and has nothing ever failed?
     pub fn is_healthy(&self) -> bool {
         self.failure().is_none()
+    }
+
+    /// How long the batch being written has been running, if the writer is writing one:
+    /// past [`STALL_MS`], the filesystem is not answering (frozen, hung) and every sale
+    /// waits for it. Not a failure: it ends when the write returns.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        match self.health.busy_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(elapsed_ms().saturating_sub(since))),
+        }
     }
 
     /// Why the ledger accepts no records, if it does not: the first write, fsync or
@@ -1136,7 +1165,11 @@ fn run(
             continue;
         }
         let sync = batch.iter().any(|p| p.ack.is_some() || p.line.is_empty());
+        health
+            .busy_since
+            .store(elapsed_ms().max(1), Ordering::Relaxed);
         let (on_disk, result) = w.write_batch(&batch, sync, &mut buf);
+        health.busy_since.store(0, Ordering::Relaxed);
         if result.is_ok() {
             health.unsynced.store(!sync, Ordering::Relaxed);
             unsynced += batch.iter().filter(|p| !p.line.is_empty()).count();
@@ -1441,6 +1474,25 @@ mod tests {
             0,
             "nothing written by path"
         );
+    }
+
+    /// A batch the writer is in is seen from outside with how long it has run; none once
+    /// the write returned (black-box round 90b: a frozen filesystem held every post while
+    /// `/readyz` said ready).
+    #[tokio::test]
+    async fn a_batch_still_being_written_is_seen_with_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger"), 64 << 20, |_| {}).unwrap();
+        ledger.flush_at(1, 0).await.unwrap();
+        assert_eq!(ledger.stalled_for(), None, "idle after its write");
+        // As the writer marks a batch it began 6 s ago (a write that has not returned).
+        let began = elapsed_ms().saturating_sub(6_000).max(1);
+        ledger.health.busy_since.store(began, Ordering::Relaxed);
+        let d = ledger.stalled_for().unwrap();
+        assert!(d >= Duration::from_millis(6_000) || began == 1, "{d:?}");
+        // The writer's next batch ends it.
+        ledger.flush_at(2, 0).await.unwrap();
+        assert_eq!(ledger.stalled_for(), None);
     }
 
     /// A rotation that seals the segment and then cannot start the next one acknowledges

@@ -538,7 +538,9 @@ fn finance_command(command: LedgerCommand) -> i32 {
                 Err(e) => return fail("report", e),
             };
             if let Some(path) = html {
-                if let Err(e) = std::fs::write(&path, report::html(&reports, &dir)) {
+                if let Err(e) =
+                    pingpost::cli_out::write_whole(&path, report::html(&reports, &dir).as_bytes())
+                {
                     return fail("report", format!("{}: {e}", path.display()));
                 }
             }

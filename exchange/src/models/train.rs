@@ -632,16 +632,38 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    for (kind, json, manifest) in made {
-        let m = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
-        for (name, bytes) in [
-            (format!("{}.json", kind.as_str()), json.as_slice()),
-            (format!("{}.manifest.json", kind.as_str()), m.as_slice()),
-        ] {
-            std::fs::write(tmp.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
+    let written = (|| {
+        for (kind, json, manifest) in made {
+            let m = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
+            for (name, bytes) in [
+                (format!("{}.json", kind.as_str()), json.as_slice()),
+                (format!("{}.manifest.json", kind.as_str()), m.as_slice()),
+            ] {
+                let path = tmp.join(&name);
+                std::fs::write(&path, bytes).map_err(|e| {
+                    format!(
+                        "writing {} of model set {}: {e}",
+                        path.display(),
+                        dir.display()
+                    )
+                })?;
+            }
         }
+        std::fs::rename(&tmp, dir).map_err(|e| {
+            format!(
+                "moving {} into place as {}: {e}",
+                tmp.display(),
+                dir.display()
+            )
+        })
+    })();
+    // A set that could not be written whole leaves nothing behind (black-box round 90b:
+    // on a full disk, each failed train left its half-written `.tmp-*` directory, holding
+    // space on the disk that was already full).
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::rename(&tmp, dir).map_err(|e| format!("{}: {e}", dir.display()))
+    written
 }
 
 /// Champion or challenger: the challenger serves if its realization model (or, without
@@ -715,6 +737,50 @@ pub fn challenger_wins(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A set that cannot be written whole leaves no temporary directory behind, and the
+    /// error names the set (black-box round 90b: a full disk left `.tmp-*` directories).
+    #[test]
+    fn a_model_set_that_cannot_be_written_leaves_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let manifest = Manifest {
+            format: 1,
+            kind: ModelKind::LeadScore,
+            vertical: "v".into(),
+            version: "v1".into(),
+            features_version: 1,
+            features: Vec::new(),
+            source: "trained".into(),
+            created_at: "2026-12-04T00:00:00Z".into(),
+            window: None,
+            train_rows: None,
+            heldout: None,
+            xgboost: None,
+            params: None,
+        };
+        let made = [(ModelKind::LeadScore, b"{}".to_vec(), manifest)];
+        // The set's name is taken by a directory that is not empty: the rename fails.
+        let dir = root.path().join("v").join("v1");
+        std::fs::create_dir_all(dir.join("taken")).unwrap();
+        let e = write_set(&dir, &made).unwrap_err();
+        assert!(e.contains(&dir.display().to_string()), "{e}");
+        let left: Vec<_> = std::fs::read_dir(root.path().join("v"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["v1"], "no temporary directory is left");
+        // The same set written where nothing is in the way: whole, and no temporary left.
+        let dir2 = root.path().join("v").join("v2");
+        write_set(&dir2, &made).unwrap();
+        assert!(dir2.join("lead_score.json").is_file());
+        assert!(dir2.join("lead_score.manifest.json").is_file());
+        let mut left: Vec<_> = std::fs::read_dir(root.path().join("v"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["v1", "v2"]);
+    }
 
     #[test]
     fn a_model_no_better_than_a_constant_is_warned_about_and_never_promoted() {

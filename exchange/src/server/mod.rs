@@ -531,6 +531,14 @@ fn readyz(state: &AppState) -> Response<Body> {
                 }),
             )
         }
+        None if stall_reason(state.ledger.stalled_for()).is_some() => json_response(
+            503,
+            to_json(&Readiness {
+                status: "not_ready",
+                reason: stall_reason(state.ledger.stalled_for()),
+                ..Readiness::default()
+            }),
+        ),
         None => {
             // Which model version serves each vertical that declares features (null: none
             // yet, so cold-start rates).
@@ -572,6 +580,21 @@ fn readyz(state: &AppState) -> Response<Body> {
             }),
         ),
     }
+}
+
+/// `/readyz`'s reason when the ledger's write has been running for [`STALL_MS`] or more
+/// (black-box round 90b: a frozen filesystem held every post while `/readyz` said ready).
+/// It is ready again as soon as the write returns.
+///
+/// [`STALL_MS`]: crate::ledger::STALL_MS
+fn stall_reason(stalled: Option<std::time::Duration>) -> Option<String> {
+    let d = stalled?;
+    (d.as_millis() >= u128::from(crate::ledger::STALL_MS)).then(|| {
+        format!(
+            "ledger write stalled for {} s (a frozen or hung filesystem?): posts and sales wait for it",
+            d.as_secs()
+        )
+    })
 }
 
 /// `/readyz`'s answer, its fields in the order API.md shows them (a `json!` map is
@@ -635,7 +658,16 @@ fn metrics(state: &AppState) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, host_problem};
+    use super::{bearer_token, host_problem, stall_reason};
+
+    #[test]
+    fn a_ledger_write_running_for_the_stall_limit_makes_readyz_not_ready() {
+        use std::time::Duration;
+        assert_eq!(stall_reason(None), None);
+        assert_eq!(stall_reason(Some(Duration::from_millis(4_999))), None);
+        let r = stall_reason(Some(Duration::from_millis(7_200))).unwrap_or_default();
+        assert!(r.starts_with("ledger write stalled for 7 s"), "{r}");
+    }
 
     /// RFC 9112 3.2: one Host, a host and an optional port (black-box round 11: `a b`,
     /// `a/b`, `a@b`, `[::1` and `a:99999` were served).
