@@ -195,6 +195,18 @@ impl H2Pool {
         uri: &Uri,
     ) -> Result<H2Sender, CallError> {
         let io = open(&self.connector, uri).await?;
+        // A TLS server that did not select `h2` may not speak it: said, not sent HTTP/2
+        // frames it cannot read (black-box round 91b: the preface went to a server that
+        // had chosen HTTP/1.1).
+        if !crate::cert_bound::h2_negotiated(&io) {
+            connect_failed(
+                uri,
+                &std::io::Error::other(
+                    "its TLS server did not select HTTP/2 (ALPN \"h2\") but the buyer has http = \"2\": enable HTTP/2 on its server, or set its http to \"1.1\"",
+                ),
+            );
+            return Err(CallError::Transport);
+        }
         let trusted_until = crate::cert_bound::trusted_until(&io);
         let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())

@@ -32,6 +32,17 @@ pub fn trusted_until<T>(io: &MaybeHttpsStream<T>) -> Option<i64> {
     }
 }
 
+/// Whether HTTP/2 may be spoken on `io`: over TLS only when the server selected `h2` by
+/// ALPN (RFC 9113, 3.2); over plain TCP by prior knowledge, as configured.
+pub fn h2_negotiated<T>(io: &MaybeHttpsStream<T>) -> bool {
+    match io {
+        MaybeHttpsStream::Https(tls) => {
+            tls.inner().get_ref().1.alpn_protocol() == Some(b"h2".as_slice())
+        }
+        MaybeHttpsStream::Http(_) => true,
+    }
+}
+
 /// The earliest `notAfter` (Unix ms) of `chain`, or `None` when none can be read.
 pub fn chain_ends_ms(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<i64> {
     chain

@@ -824,13 +824,18 @@ impl Writer {
                     self.cut_back(acked_len, acked_len + start as u64);
                     return (on_disk, Err(e));
                 }
-                // Sealed (fsynced): every record before this one is on disk, whatever
-                // happens to the next segment, and is acknowledged as such.
-                on_disk = i;
-                buf.drain(..start);
+                // Sealed. A next segment that cannot be made fails the batch: its records
+                // in the sealed one are cut out with the rest (all or nothing), so that
+                // none of them is found by the next start, not even one the caller will
+                // never act on (black-box round 91a: a direct post's `post_sent` was
+                // sealed, the post answered `503` before any delivery, and the restart
+                // counted it as a delivery of unknown outcome).
                 if let Err(e) = self.open_next() {
+                    self.cut_back(acked_len, self.seg_len);
                     return (on_disk, Err(e));
                 }
+                on_disk = i;
+                buf.drain(..start);
                 acked_len = 0;
             }
             self.chain = Chain {
@@ -1495,13 +1500,14 @@ mod tests {
         assert_eq!(ledger.stalled_for(), None);
     }
 
-    /// A rotation that seals the segment and then cannot start the next one acknowledges
-    /// the records the seal made durable, and only refuses the ones after it, which are
-    /// in no file: a record refused to its writer (a post answered "not sold") is never
-    /// found at the next start (black-box round 90b: the batch was refused whole, and a
-    /// sale answered `500` was in the sealed segment, a sale after the restart).
+    /// A rotation that seals the segment and then cannot start the next one refuses the
+    /// whole batch and leaves none of it on disk: a record refused to its writer (a post
+    /// answered "not sold", a `post_sent` whose post answered `503`) is never found at the
+    /// next start (black-box round 90b: a sale answered `500` was in the sealed segment,
+    /// a sale after the restart; round 91a: a `post_sent` there was a delivery of unknown
+    /// outcome). The records of earlier batches stay.
     #[tokio::test]
-    async fn a_rotation_that_fails_after_the_seal_acknowledges_what_the_seal_made_durable() {
+    async fn a_rotation_that_fails_after_the_seal_leaves_none_of_its_batch_on_disk() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ledger");
         let mut w = Writer::recover(&dir, 600).unwrap();
@@ -1516,21 +1522,23 @@ mod tests {
             b.len()
         };
         let fit = 600 / framed;
-        assert!(fit >= 2, "{framed}-byte lines");
+        assert!(fit >= 3, "{framed}-byte lines");
+        // One record acknowledged before the batch.
+        assert!(w.write_batch(&[rec(100)], true, &mut buf).1.is_ok());
         // The next segment's name is taken: the rotation seals this one, then fails.
         let next = dir.join(segments::segment_name(w.seg_no + 1));
         std::fs::write(&next, b"").unwrap();
         let batch: Vec<Pending> = (0..fit + 2).map(rec).collect();
         let (on_disk, r) = w.write_batch(&batch, true, &mut buf);
         assert!(r.is_err(), "the rotation is refused");
-        assert_eq!(on_disk, fit, "the sealed records are acknowledged");
+        assert_eq!(on_disk, 0, "nothing of the batch is acknowledged");
         drop(w);
         std::fs::remove_file(&next).unwrap();
         let on_file: Vec<u64> = lines(&dir)
             .iter()
             .map(|l| l["n"].as_u64().unwrap())
             .collect();
-        assert_eq!(on_file, (0..fit as u64).collect::<Vec<_>>());
+        assert_eq!(on_file, [100], "only the earlier batch's record is on disk");
         assert_eq!(segments::verify(&dir).unwrap().problem, None);
     }
 

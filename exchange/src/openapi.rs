@@ -505,7 +505,7 @@ fn error_response(description: &str) -> Value {
 fn responses() -> Value {
     let mut r = Map::new();
     let plain = [
-        ("InvalidRequest", "`invalid_request` (or `pii_in_ping` on a ping): malformed JSON, wrong types, missing, unknown or invalid fields, unknown vertical; every problem listed at once."),
+        ("InvalidRequest", "`invalid_request` (or `pii_in_ping` on a ping): malformed JSON, wrong types, missing, unknown or invalid fields, unknown vertical; every problem listed at once. Or a request that cannot be read as HTTP, as for MalformedRequest (no `Host` header or two, a bad `Content-Length` or chunk)."),
         ("Unauthorized", "`unauthorized`: missing or unknown seller key (on `/v1/dispositions`: buyer key)."),
         ("Forbidden", "`forbidden`: the key is valid but not for this vertical or endpoint (a seller may not sell in the vertical; a buyer's key on the seller API, a seller's key on `/v1/dispositions`; a disposition for a lead sold to another buyer)."),
         ("NotFound", "`not_found`: unknown route or unknown `ping_id`."),

@@ -629,6 +629,72 @@ async fn a_ledger_failure_stops_selling_until_a_restart() {
     assert!(report.counts.get("sale").copied().unwrap_or(0) >= 1);
 }
 
+/// Concurrent direct posts when the ledger's rotation fails: what a start finds matches
+/// what the sellers were told. Every `sold` has its sale; a delivery record without an
+/// outcome is only one a `500` answered (a buyer had the lead), never one a `503` answered
+/// (nothing was delivered: black-box round 91a found a `post_sent` sealed in the segment
+/// before the failure, a "delivery of unknown outcome" after the restart); and a `500`
+/// tells the seller nothing of the ledger's files (round 91a: it named the segment path).
+#[tokio::test]
+async fn after_a_failed_rotation_the_ledger_holds_what_the_sellers_were_told() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (mut ex, next, _h) = with_a_next_segment_that_cannot_be_created(&bidder).await;
+    let (mut sold, mut internal) = (0usize, 0usize);
+    'rounds: for _ in 0..100 {
+        let mut posts = Vec::new();
+        for _ in 0..8 {
+            let client = ex.client.clone();
+            posts.push(tokio::spawn(async move {
+                client.post_json("/v1/leads", &direct_body("TX")).await
+            }));
+        }
+        let mut stopped = false;
+        for p in posts {
+            let r = p.await.unwrap();
+            match r.status {
+                200 => {
+                    if r.post_answer().status == PostStatus::Sold {
+                        sold += 1;
+                    }
+                }
+                500 => {
+                    let e = r.assert_error(500, "internal");
+                    assert!(!e.to_string().contains("seg-"), "{e}");
+                    internal += 1;
+                    stopped = true;
+                }
+                _ => {
+                    r.assert_error(503, "unavailable");
+                    stopped = true;
+                }
+            }
+        }
+        if stopped {
+            break 'rounds;
+        }
+    }
+    assert!(!ex.state.ledger.is_healthy(), "the rotation failed");
+    std::fs::remove_file(&next).unwrap();
+    ex.shutdown().await;
+    let recs = records(&ex.ledger_path);
+    let sales: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter(|r| r["type"] == "sale")
+        .filter_map(|r| r["lead_id"].as_str())
+        .collect();
+    assert_eq!(sales.len(), sold, "a sale for every sold answer, no other");
+    let unsettled = recs
+        .iter()
+        .filter(|r| r["type"] == "post_sent")
+        .filter(|r| !r["lead_id"].as_str().is_some_and(|l| sales.contains(l)))
+        .count();
+    assert!(
+        unsettled <= internal,
+        "{unsettled} deliveries without an outcome, {internal} answered 500"
+    );
+    assert_eq!(segments::verify(&ex.ledger_path).unwrap().problem, None);
+}
+
 /// A direct post that found no buyer is answered by its auction record (a start rebuilds
 /// a keyed retry's answer from it). Black-box round 55a: that record was not waited for,
 /// so after a crash a retry ran a second auction that could sell the lead the seller was

@@ -496,6 +496,49 @@ async fn a_tls_bidder_is_trusted_through_buyer_ca_path_only() {
     handle.shutdown().await.unwrap();
 }
 
+/// A buyer with `http = "2"` whose TLS server does not select `h2` by ALPN is not sent
+/// HTTP/2 (RFC 9113, 3.2): the call is an `error` and the bidder gets nothing; with `h2`
+/// selected it bids (black-box round 91b: the exchange sent the HTTP/2 preface whatever
+/// the server had chosen).
+#[tokio::test]
+async fn an_http2_buyer_over_tls_is_called_only_when_its_server_selects_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("buyers");
+    let ca_path = write(dir.path(), "buyer-ca.pem", &ca.ca_pem);
+    for (alpn, bids) in [(Vec::<Vec<u8>>::new(), false), (vec![b"h2".to_vec()], true)] {
+        let bidder = ScriptedBidder::bidding(10.0);
+        let mut options = ServeOptions::new(Secret::new(BUYER_SECRET).unwrap());
+        let mut config =
+            server_config_from_pem(ca.leaf_pem.as_bytes(), ca.leaf_key_pem.as_bytes(), "leaf")
+                .unwrap();
+        config.alpn_protocols = alpn.clone();
+        options.tls = Some(TlsAcceptor::new(config));
+        let (addr, handle) = spawn(bidder.clone(), options).await.unwrap();
+        let run_dir = tempfile::tempdir().unwrap();
+        let buyer = tls_buyer(addr.port()).replace(
+            "ping_timeout_ms = 2000",
+            "ping_timeout_ms = 2000\nhttp = \"2\"",
+        );
+        let ex = start(
+            run_dir.path(),
+            &format!("buyer_ca_path = {:?}", ca_path.display().to_string()),
+            &buyer,
+            &[(BUYER_ENV, BUYER_SECRET)],
+        )
+        .await;
+        let answer = SellerClient::new(ex.addr).ping("TX").await;
+        let expected = if bids {
+            PingStatus::Bid
+        } else {
+            PingStatus::NoBid
+        };
+        assert_eq!(answer.status, expected, "ALPN {alpn:?}: {answer:?}");
+        assert_eq!(bidder.pings(), u64::from(bids), "ALPN {alpn:?}");
+        ex.shutdown().await.unwrap();
+        handle.shutdown().await.unwrap();
+    }
+}
+
 fn load_with_buyer_urls(ping: &str, post: &str, extra: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let text = TestConfig::new().toml(&dir.path().join("ledger"))

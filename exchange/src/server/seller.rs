@@ -880,7 +880,12 @@ async fn direct_post(
                 tracing::error!(error = %e, "sale not recorded");
                 match e {
                     DeliveryError::Unavailable => ledger_unavailable(),
-                    e => ApiError::new(ErrorCode::Internal, format!("{e}; the lead was not sold")),
+                    // The ledger's own words (a path, an OS error) are the log's, not the
+                    // seller's: the same answer as a post's (black-box round 91a).
+                    DeliveryError::Ledger(_) => ApiError::new(
+                        ErrorCode::Internal,
+                        "the sale could not be recorded; the lead was not sold",
+                    ),
                 }
             })?;
             if a.status == PostStatus::Sold {

@@ -276,6 +276,15 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
         let cert_key = t.path_of("cert_path");
         let key_key = t.path_of("key_path");
         t.finish(p);
+        // An empty path names no file (black-box round 91a: "cannot read : …").
+        if cert == Some("") {
+            p.at(&cert_key, "must name a file, not be empty");
+        }
+        if key == Some("") {
+            p.at(&key_key, "must name a file, not be empty");
+        }
+        let cert = cert.filter(|c| !c.is_empty());
+        let key = key.filter(|k| !k.is_empty());
         match (cert, key) {
             (Some(cert), Some(key)) => {
                 let files = TlsFiles {

@@ -257,7 +257,7 @@ fn read_dedup(
                     ),
                     Some(f) if f.ping => p.at(
                         &key_path,
-                        format!("names {field:?}, a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field, or mark it `pii = true`)"),
+                        format!("names {field:?}, a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field: a PII field is never a ping field)"),
                     ),
                     Some(_) => keys.push(DedupKeySpec {
                         name: name.clone(),

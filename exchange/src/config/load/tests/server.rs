@@ -402,6 +402,14 @@ fn each_tls_file_is_reported_at_its_own_key_and_both_at_once() {
         vec!["server.tls.cert_path: is required".to_string()],
         "{e:?}"
     );
+    // An empty path names no file: said so, beside the other file's own problems.
+    let e = tls_errors(std::path::Path::new(""), &missing_key);
+    assert_eq!(
+        at(&e, "server.tls.cert_path"),
+        vec!["server.tls.cert_path: must name a file, not be empty".to_string()],
+        "{e:?}"
+    );
+    assert_eq!(at(&e, "server.tls.key_path").len(), 1, "{e:?}");
     // A good file named alone: only the other's `is required`.
     let e = one("cert_path", &cert);
     assert!(at(&e, "server.tls.cert_path").is_empty(), "{e:?}");

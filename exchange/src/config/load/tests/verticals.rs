@@ -296,8 +296,8 @@ fn bad_dedup_is_named() {
         (
             "dedup = { keys = { x_sha256 = \"extra\" } }",
             Some("type = \"string\"\nping = true"),
-            // What to change, not only `pii = true` (black-box round 89a).
-            "a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field, or mark it `pii = true`)",
+            // What to change (black-box rounds 89a and 91a: `pii = true` alone is refused too).
+            "a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field: a PII field is never a ping field)",
         ),
         (
             "dedup = { keys = { \"a b\" = \"phone\" } }",
