@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use proto::schema::is_us_state;
 use proto::signing::Secret;
+use proto::Micros;
 use toml::Value;
 
 use super::reader::{display_name, no_duplicates, str_list, Problems, Section};
@@ -162,6 +163,14 @@ pub(super) fn read_buyer(
         .and_then(|d| u16::try_from(d).ok())
         .unwrap_or(defaults::RETURN_WINDOW_DAYS);
     let fixed_price = s.money_opt(p, "fixed_price");
+    // A standing bid of 0 is a pass on every lead: a buyer that can never buy (black-box
+    // round 92b: accepted, and its 0 counted among the bids).
+    if fixed_price == Some(Micros::ZERO) {
+        p.at(
+            &s.path_of("fixed_price"),
+            "must be more than 0: a bid of 0 is a pass, so this buyer could never buy",
+        );
+    }
     match (s.has("ping_url"), s.has("fixed_price")) {
         (false, false) => p.at(
             &s.path_of("fixed_price"),

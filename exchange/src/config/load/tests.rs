@@ -487,6 +487,33 @@ verticals = ["a", "b"]
     assert_eq!(c.buyers[1].verticals, [1, 0]);
 }
 
+/// A fixed-price buyer whose price is 0 could never buy (a bid of 0 is a pass): refused
+/// (black-box round 92b: accepted, its 0 counted as a bid). One micro-unit is a price.
+#[test]
+fn a_fixed_price_of_zero_is_refused() {
+    let text = |price: &str| {
+        format!(
+            r#"
+[verticals.a.fields]
+x = {{ type = "zip" }}
+[buyers.one]
+post_url = "https://h/post"
+fixed_price = {price}
+secret_env = "ACME_SECRET"
+verticals = ["a"]
+"#
+        )
+    };
+    for zero in ["0", "0.0", "\"0.000000\""] {
+        assert_eq!(
+            load_str_with_env(&text(zero), &test_env).unwrap_err().0,
+            ["buyers.one.fixed_price: must be more than 0: a bid of 0 is a pass, so this buyer could never buy"],
+            "{zero}"
+        );
+    }
+    assert!(load_str_with_env(&text("0.000001"), &test_env).is_ok());
+}
+
 #[test]
 fn load_file_reports_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
