@@ -149,8 +149,8 @@ pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 pub fn outcome_unknown() -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
-        "the exchange stopped while this post was being delivered; its outcome is unknown \
-         and it is not delivered again",
+        "the exchange stopped (or its ledger failed) while this post was being delivered; \
+         its outcome is unknown and it is not delivered again",
     )
 }
 
