@@ -409,8 +409,7 @@ impl H1Pool {
 
 /// Per buyer host (at most [`CONNECT_FAILED_HOSTS_MAX`]): when its last connection
 /// failure was logged (Unix ms), and how many were not logged since.
-static CONNECT_FAILED: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> =
-    std::sync::Mutex::new(None);
+static CONNECT_FAILED: HostLines = std::sync::Mutex::new(None);
 /// Hosts [`CONNECT_FAILED`] keeps; past it, it starts again empty.
 const CONNECT_FAILED_HOSTS_MAX: usize = 1024;
 
@@ -421,16 +420,9 @@ const CONNECT_FAILED_HOSTS_MAX: usize = 1024;
 /// error's chain (the host and the TLS library's words: no lead data is in it), cut to
 /// 400 characters.
 fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
-    let now = u64::try_from(crate::cert_bound::now_ms()).unwrap_or(0);
     let host = uri.authority().map_or("", |a| a.as_str());
-    let unlogged = {
-        let mut guard = CONNECT_FAILED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match to_log(guard.get_or_insert_with(Default::default), host, now) {
-            Some(unlogged) => unlogged,
-            None => return,
-        }
+    let Some(unlogged) = due_to_log(&CONNECT_FAILED, host) else {
+        return;
     };
     let mut why = e.to_string();
     let mut source = e.source();
@@ -460,23 +452,15 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
 
 /// Hosts whose buyer refused a signed call, for [`signature_refused`] (as
 /// [`CONNECT_FAILED`]).
-static SIGNATURE_REFUSED: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> =
-    std::sync::Mutex::new(None);
+static SIGNATURE_REFUSED: HostLines = std::sync::Mutex::new(None);
 
 /// Logs that a buyer's host answered a signed call `401` or `403`, which the ledger
 /// records only as an `invalid` answer (`http_status`): almost always a secret that is
 /// not the buyer's (black-box round 86a). At most once a second per host, with the count
 /// of those not logged since; the host and the status only.
 fn signature_refused(host: &str, status: u16) {
-    let now = u64::try_from(crate::cert_bound::now_ms()).unwrap_or(0);
-    let unlogged = {
-        let mut guard = SIGNATURE_REFUSED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match to_log(guard.get_or_insert_with(Default::default), host, now) {
-            Some(unlogged) => unlogged,
-            None => return,
-        }
+    let Some(unlogged) = due_to_log(&SIGNATURE_REFUSED, host) else {
+        return;
     };
     tracing::warn!(
         host,
@@ -533,6 +517,18 @@ fn unix_times_as_dates(why: &str) -> String {
         }
     }
     out
+}
+
+/// Per-host log lines at most once a second ([`CONNECT_FAILED`], [`SIGNATURE_REFUSED`]).
+type HostLines = std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>>;
+
+/// [`to_log`] for `host` in `hosts`, now.
+fn due_to_log(hosts: &HostLines, host: &str) -> Option<u64> {
+    let now = u64::try_from(crate::cert_bound::now_ms()).unwrap_or(0);
+    let mut guard = hosts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    to_log(guard.get_or_insert_with(Default::default), host, now)
 }
 
 /// Whether a connection failure to `host` at `now` (Unix ms) is logged: with the count

@@ -501,6 +501,7 @@ pub fn truncate(s: &str, n: usize) -> String {
 /// served for it (`POST /admin/models`, or a `CHAMPION` the directory watch can serve).
 fn readyz(state: &AppState) -> Response<Body> {
     let unserved = state.unserved_champions();
+    let stalled = stall_reason(state.ledger.stalled_for());
     match state.ledger.failure() {
         None if !unserved.is_empty() => {
             // The reason names the vertical and version only: the problems (with paths)
@@ -531,11 +532,11 @@ fn readyz(state: &AppState) -> Response<Body> {
                 }),
             )
         }
-        None if stall_reason(state.ledger.stalled_for()).is_some() => json_response(
+        None if stalled.is_some() => json_response(
             503,
             to_json(&Readiness {
                 status: "not_ready",
-                reason: stall_reason(state.ledger.stalled_for()),
+                reason: stalled,
                 ..Readiness::default()
             }),
         ),

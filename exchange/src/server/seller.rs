@@ -766,6 +766,15 @@ fn ledger_unavailable() -> ApiError {
     )
 }
 
+/// A buyer may have accepted, but the sale could not be recorded: never `sold`. The
+/// ledger's own words (a path, an OS error) are the log's, not the seller's.
+fn sale_not_recorded() -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        "the sale could not be recorded; the lead was not sold",
+    )
+}
+
 /// A quote the book refused: the seller's limit is 429 ([`seller_quotes_limited`]), a full
 /// book (or a ping id already in it) 503.
 fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
@@ -880,12 +889,9 @@ async fn direct_post(
                 tracing::error!(error = %e, "sale not recorded");
                 match e {
                     DeliveryError::Unavailable => ledger_unavailable(),
-                    // The ledger's own words (a path, an OS error) are the log's, not the
-                    // seller's: the same answer as a post's (black-box round 91a).
-                    DeliveryError::Ledger(_) => ApiError::new(
-                        ErrorCode::Internal,
-                        "the sale could not be recorded; the lead was not sold",
-                    ),
+                    // The same answer as a post's (black-box round 91a: it named the
+                    // ledger's segment and the OS error).
+                    DeliveryError::Ledger(_) => sale_not_recorded(),
                 }
             })?;
             if a.status == PostStatus::Sold {
@@ -1087,10 +1093,7 @@ async fn post(
                     // The ledger failed before the lead left: nothing was delivered.
                     return Err(ledger_unavailable());
                 }
-                return Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "the sale could not be recorded; the lead was not sold",
-                ));
+                return Err(sale_not_recorded());
             }
         }
     };
