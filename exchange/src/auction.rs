@@ -20,7 +20,7 @@ use proto::seller::{PingRequest, PostAnswer, PostStatus};
 use proto::{Lead, Micros};
 use tokio::time::Instant;
 
-use crate::buyers::{BuyerClient, BuyerTransport, CallResult, Endpoint, Ping, Post};
+use crate::buyers::{BuyerClient, BuyerTransport, CallError, CallResult, Endpoint, Ping, Post};
 use crate::config::{BuyerIdx, BuyerKey, SellerIdx, VerticalIdx};
 use crate::core::auction::{Auction, AuctionParams, Award, ModelVersions};
 use crate::core::award::Ranked;
@@ -572,17 +572,17 @@ pub async fn deliver(
             PostStep::Deliver(a) => a,
             done => break done,
         };
-        // The attempt's `post_sent` record is among these effects and is durable: the
-        // lead leaves only once it is on disk; if it could not be written, nothing is sent.
+        // The effects before the attempt (holds, skipped candidates' records). Once the
+        // ledger has failed no lead leaves.
         let written = effects::execute(state, rt, plan.effects()).await;
         if stopped || written.is_err() || !state.ledger.is_healthy() {
             stopped = true;
             plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
             continue;
         }
-        sent += 1;
         let buyer = &cfg.buyers[attempt.buyer];
         let bid = &plan.ranked()[attempt.rank].bid;
+        let price = bid.price;
         let msg = BuyerPost {
             auction_id: d.auction_id,
             lead_id: &lead_id,
@@ -594,69 +594,101 @@ pub async fn deliver(
             tmax_ms: attempt.timeout_ms,
             test: d.test,
         };
-        let mut late = None;
-        let result = match serde_json::to_vec(&msg) {
-            Err(_) => AttemptResult::NotSent,
-            Ok(body) => {
-                let msg_id = format!("{}.post.{}", d.auction_id, buyer.key.0);
-                // The call runs in its own task, so a timed-out delivery is still heard
-                // out (bounded): a late accept is a delivery and is recorded.
-                let (rt2, client2, b) = (rt.clone(), client.clone(), attempt.buyer);
-                let now_s = state.clock.now_ms() / 1000;
-                let mut call = tokio::spawn(async move {
-                    let buyer = &rt2.config.buyers[b];
-                    let to = Endpoint {
-                        url: &buyer.post_url,
-                        target: None,
-                        http: buyer.http,
-                        secret: &buyer.secret,
-                        secret_next: buyer.secret_next.as_ref(),
-                    };
-                    client2
-                        .call::<Post>(to, &msg_id, now_s, Bytes::from(body))
-                        .await
-                });
-                let timeout = Duration::from_millis(attempt.timeout_ms);
-                match tokio::time::timeout(timeout, &mut call).await {
-                    Err(_) => {
-                        // Heard out in the background once the plan has handed over the
-                        // attempt's hold (below).
-                        // The consumer stays claimed until its answer is in: another
-                        // post of it waits (409) while this buyer may accept.
-                        state.dedup.hold(d.dedup);
-                        late = Some((
-                            LateWatch {
-                                state: state.clone(),
-                                rt: rt.clone(),
-                                buyer: attempt.buyer,
-                                lead_id: lead_id.clone(),
-                                auction_id: d.auction_id.to_string(),
-                                attempt: attempt.attempt,
-                                price: bid.price,
-                                windows: plan.holds().map(|r| r.counted_windows()),
-                                test: d.test,
-                                hold: None,
-                                dedup: d.dedup.to_vec(),
-                                seller: cfg.sellers[d.seller].key,
-                                _counted: state.late_posts.admit(buyer.key),
-                            },
-                            call,
-                        ));
-                        AttemptResult::Timeout
-                    }
-                    Ok(Err(_)) | Ok(Ok(CallResult::Failed(_))) => AttemptResult::Error,
-                    Ok(Ok(CallResult::Answer(PostOutcome::Accepted { buyer_lead_id }))) => {
-                        accepted_at = Some(Instant::now());
-                        AttemptResult::Accepted { buyer_lead_id }
-                    }
-                    Ok(Ok(CallResult::Answer(PostOutcome::Rejected { reason }))) => {
-                        AttemptResult::Rejected { reason }
-                    }
-                    Ok(Ok(CallResult::Answer(PostOutcome::Invalid(why)))) => {
-                        AttemptResult::Invalid(why)
-                    }
-                }
+        let Ok(body) = serde_json::to_vec(&msg) else {
+            plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
+            continue;
+        };
+        let msg_id = format!("{}.post.{}", d.auction_id, buyer.key.0);
+        // The call runs in its own task, so a timed-out delivery is still heard out
+        // (bounded): a late accept is a delivery and is recorded. It connects first and
+        // says so; the lead leaves only once told to, after its `post_sent` is on disk
+        // (write-ahead), so a buyer that cannot be reached leaves no delivery behind,
+        // even when the ledger fails meanwhile (black-box round 92a).
+        let (rt2, client2, b) = (rt.clone(), client.clone(), attempt.buyer);
+        let now_s = state.clock.now_ms() / 1000;
+        let (connected_tx, connected) = tokio::sync::oneshot::channel::<()>();
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut call = tokio::spawn(async move {
+            let buyer = &rt2.config.buyers[b];
+            let to = Endpoint {
+                url: &buyer.post_url,
+                target: None,
+                http: buyer.http,
+                secret: &buyer.secret,
+                secret_next: buyer.secret_next.as_ref(),
+            };
+            let conn = match client2.connect(to).await {
+                Ok(conn) => conn,
+                Err(e) => return CallResult::Failed(e),
+            };
+            // Told to send, or not (the delivery's record could not be written).
+            if connected_tx.send(()).is_err() || go_rx.await.is_err() {
+                return CallResult::Failed(CallError::Request);
             }
+            client2
+                .call_on::<Post>(conn, to, &msg_id, now_s, Bytes::from(body))
+                .await
+        });
+        let until = tokio::time::Instant::now() + Duration::from_millis(attempt.timeout_ms);
+        if !matches!(tokio::time::timeout_at(until, connected).await, Ok(Ok(()))) {
+            // Not reachable within the attempt's time, or not at all: nothing was sent.
+            call.abort();
+            plan.on_result(AttemptResult::NotConnected, state.clock.now_ms());
+            continue;
+        }
+        // Write-ahead: the attempt's durable `post_sent` record.
+        plan.sending(state.clock.now_ms());
+        if effects::execute(state, rt, plan.effects()).await.is_err() {
+            // Not on disk: the lead does not leave (the task ends unsent).
+            call.abort();
+            stopped = true;
+            plan.on_result(AttemptResult::NotSent, state.clock.now_ms());
+            continue;
+        }
+        if go.send(()).is_err() {
+            // The call task ended between connecting and sending (it cannot, short of
+            // a panic): the lead did not leave, but its `post_sent` is on disk.
+            plan.on_result(AttemptResult::Error, state.clock.now_ms());
+            continue;
+        }
+        sent += 1;
+        let mut late = None;
+        let result = match tokio::time::timeout_at(until, &mut call).await {
+            Err(_) => {
+                // Heard out in the background once the plan has handed over the
+                // attempt's hold (below).
+                // The consumer stays claimed until its answer is in: another
+                // post of it waits (409) while this buyer may accept.
+                state.dedup.hold(d.dedup);
+                late = Some((
+                    LateWatch {
+                        state: state.clone(),
+                        rt: rt.clone(),
+                        buyer: attempt.buyer,
+                        lead_id: lead_id.clone(),
+                        auction_id: d.auction_id.to_string(),
+                        attempt: attempt.attempt,
+                        price,
+                        windows: plan.holds().map(|r| r.counted_windows()),
+                        test: d.test,
+                        hold: None,
+                        dedup: d.dedup.to_vec(),
+                        seller: cfg.sellers[d.seller].key,
+                        _counted: state.late_posts.admit(buyer.key),
+                    },
+                    call,
+                ));
+                AttemptResult::Timeout
+            }
+            Ok(Err(_)) | Ok(Ok(CallResult::Failed(_))) => AttemptResult::Error,
+            Ok(Ok(CallResult::Answer(PostOutcome::Accepted { buyer_lead_id }))) => {
+                accepted_at = Some(Instant::now());
+                AttemptResult::Accepted { buyer_lead_id }
+            }
+            Ok(Ok(CallResult::Answer(PostOutcome::Rejected { reason }))) => {
+                AttemptResult::Rejected { reason }
+            }
+            Ok(Ok(CallResult::Answer(PostOutcome::Invalid(why)))) => AttemptResult::Invalid(why),
         };
         plan.on_result(result, state.clock.now_ms());
         if let Some((mut watch, call)) = late.take() {

@@ -171,17 +171,32 @@ impl H2Pool {
         }
     }
 
-    /// Sends `req` (whose URI is absolute) on the host's connection, or on a new one.
+    /// The host's connection, or a new one.
+    async fn checkout(
+        &self,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+    ) -> Result<H2Sender, CallError> {
+        match self.take(https, authority) {
+            Some(tx) => Ok(tx),
+            None => Box::pin(self.connect(https, authority, uri)).await,
+        }
+    }
+
+    /// Sends `req` (whose URI is absolute) on `first` (a connection checked out for it),
+    /// else on the host's connection, or on a new one.
     async fn send(
         &self,
         https: bool,
         authority: &str,
         uri: &Uri,
         req: Request<Full<Bytes>>,
+        first: Option<H2Sender>,
     ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
-        let mut tx = match self.take(https, authority) {
+        let mut tx = match first {
             Some(tx) => tx,
-            None => Box::pin(self.connect(https, authority, uri)).await?,
+            None => self.checkout(https, authority, uri).await?,
         };
         tx.ready().await.map_err(|_| CallError::Transport)?;
         tx.send_request(req).await.map_err(|_| CallError::Transport)
@@ -373,17 +388,29 @@ impl H1Pool {
         Ok((tx, trusted_until))
     }
 
-    /// Sends `req` (whose URI is absolute) on an idle connection to its host, or on a new
-    /// one; returns the answer with the connection it came on. A request that a reused
-    /// connection never started (it closed while idle) is sent again on the next one.
+    /// A live idle connection to the host, or a new one, for one request.
+    async fn checkout(&self, https: bool, authority: &str, uri: &Uri) -> Result<H1Conn, CallError> {
+        while let Some((mut tx, until)) = self.take(https, authority) {
+            if tx.ready().await.is_ok() {
+                return Ok((tx, until));
+            }
+        }
+        Box::pin(self.connect(uri)).await
+    }
+
+    /// Sends `req` (whose URI is absolute) on `first` (a connection checked out for it),
+    /// else on an idle connection to its host, or on a new one; returns the answer with
+    /// the connection it came on. A request that a reused connection never started (it
+    /// closed while idle) is sent again on the next one.
     async fn send(
         &self,
         https: bool,
         authority: &str,
         uri: &Uri,
         mut req: Request<Full<Bytes>>,
+        mut first: Option<H1Conn>,
     ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), CallError> {
-        while let Some((mut tx, until)) = self.take(https, authority) {
+        while let Some((mut tx, until)) = first.take().or_else(|| self.take(https, authority)) {
             if tx.ready().await.is_err() {
                 continue;
             }
@@ -651,13 +678,32 @@ impl BuyerClient {
         BuyerClient { h1, h2 }
     }
 
-    /// Sends one signed JSON message and returns `(status, content type, body)`.
+    /// A connection to `to`'s host, taken from the pool (checked live) or made, for one
+    /// request to be sent on it later with [`BuyerClient::exchange`].
+    async fn checkout(&self, to: Endpoint<'_>) -> Result<Connection, CallError> {
+        let parsed;
+        let t = match to.target {
+            Some(t) => t,
+            None => {
+                parsed = Target::parse(to.url).ok_or(CallError::Request)?;
+                &parsed
+            }
+        };
+        Ok(Connection(match to.http {
+            HttpVersion::Http1 => Conn::H1(self.h1.checkout(t.https, &t.authority, &t.uri).await?),
+            HttpVersion::Http2 => Conn::H2(self.h2.checkout(t.https, &t.authority, &t.uri).await?),
+        }))
+    }
+
+    /// Sends one signed JSON message (on `conn` when given, else on a pooled or new
+    /// connection) and returns `(status, content type, body)`.
     async fn exchange(
         &self,
         to: Endpoint<'_>,
         msg_id: &str,
         now_s: i64,
         body: Bytes,
+        conn: Option<Connection>,
     ) -> Result<(u16, Option<HeaderValue>, Vec<u8>), CallError> {
         let Endpoint {
             url,
@@ -709,17 +755,36 @@ impl BuyerClient {
         headers.insert(WEBHOOK_SIGNATURE, signature);
         // HTTP/1.1 only (HTTP/2 carries `:authority` instead): `Host`, made once per
         // target, where hyper-util's client put it (after the others).
+        let (first_h1, first_h2) = match conn {
+            Some(Connection(Conn::H1(c))) => (Some(c), None),
+            Some(Connection(Conn::H2(c))) => (None, Some(c)),
+            None => (None, None),
+        };
         let (resp, conn) = match http {
             HttpVersion::Http1 => {
                 headers.insert(header::HOST, t.host.clone());
-                let (resp, tx) = self.h1.send(t.https, &t.authority, &t.uri, req).await?;
+                let (resp, tx) = self
+                    .h1
+                    .send(t.https, &t.authority, &t.uri, req, first_h1)
+                    .await?;
                 (resp, Some(tx))
             }
             HttpVersion::Http2 => {
-                let resp = self.h2.send(t.https, &t.authority, &t.uri, req).await?;
+                let resp = self
+                    .h2
+                    .send(t.https, &t.authority, &t.uri, req, first_h2)
+                    .await?;
                 (resp, None)
             }
         };
+        // Both framings at once (RFC 9112 6.3: "ought to be handled as an error", a sign
+        // of response splitting): a transport error, the connection not kept, as API.md
+        // says (black-box round 93c: hyper read it as chunked and the bid counted).
+        if resp.headers().contains_key(header::TRANSFER_ENCODING)
+            && resp.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(CallError::Transport);
+        }
         let status = resp.status().as_u16();
         if matches!(status, 401 | 403) {
             signature_refused(&t.authority, status);
@@ -838,6 +903,9 @@ pub struct Endpoint<'a> {
 /// (HTTP/1.1 and HTTP/2 today, QUIC later). The same call carries pings and posts; the
 /// caller owns the deadline (it wraps the call in its own timeout).
 pub trait BuyerTransport {
+    /// A connection made (or taken from a pool) for one message, not yet used.
+    type Connection: Send;
+
     /// Sends `body` to `to` and reads the answer as an `M`. Never fails: every problem is
     /// an outcome.
     fn call<M: BuyerMessage>(
@@ -847,9 +915,57 @@ pub trait BuyerTransport {
         now_s: i64,
         body: Bytes,
     ) -> impl std::future::Future<Output = CallResult<M::Outcome>> + Send;
+
+    /// Connects to `to`'s host (or takes a live pooled connection) without sending
+    /// anything: a delivery writes its `post_sent` record once the buyer is reachable, so
+    /// a buyer that cannot be reached leaves no delivery behind (black-box round 92a).
+    fn connect(
+        &self,
+        to: Endpoint<'_>,
+    ) -> impl std::future::Future<Output = Result<Self::Connection, CallError>> + Send;
+
+    /// As [`call`](BuyerTransport::call), on `conn` (from [`connect`](BuyerTransport::connect)).
+    /// Should that connection be found closed before the request starts, the request goes
+    /// on the next one, as a pooled call's would.
+    fn call_on<M: BuyerMessage>(
+        &self,
+        conn: Self::Connection,
+        to: Endpoint<'_>,
+        msg_id: &str,
+        now_s: i64,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = CallResult<M::Outcome>> + Send;
+}
+
+/// A connection to a buyer's host, checked out for one request
+/// ([`BuyerTransport::connect`]). Dropped unused, an HTTP/1.1 one is closed; an HTTP/2
+/// one stays the host's.
+#[derive(Debug)]
+pub struct Connection(Conn);
+
+#[derive(Debug)]
+enum Conn {
+    H1(H1Conn),
+    H2(H2Sender),
+}
+
+/// What [`BuyerClient::exchange`] came to, as a call's result.
+fn call_result<M: BuyerMessage>(
+    answer: Result<(u16, Option<HeaderValue>, Vec<u8>), CallError>,
+) -> CallResult<M::Outcome> {
+    match answer {
+        Ok((status, ct, mut bytes)) => {
+            let ct = ct.as_ref().and_then(|v| v.to_str().ok());
+            CallResult::Answer(M::parse(status, ct, &mut bytes))
+        }
+        Err(CallError::TooLarge) => CallResult::Answer(M::too_large()),
+        Err(e) => CallResult::Failed(e),
+    }
 }
 
 impl BuyerTransport for BuyerClient {
+    type Connection = Connection;
+
     async fn call<M: BuyerMessage>(
         &self,
         to: Endpoint<'_>,
@@ -857,14 +973,22 @@ impl BuyerTransport for BuyerClient {
         now_s: i64,
         body: Bytes,
     ) -> CallResult<M::Outcome> {
-        match self.exchange(to, msg_id, now_s, body).await {
-            Ok((status, ct, mut bytes)) => {
-                let ct = ct.as_ref().and_then(|v| v.to_str().ok());
-                CallResult::Answer(M::parse(status, ct, &mut bytes))
-            }
-            Err(CallError::TooLarge) => CallResult::Answer(M::too_large()),
-            Err(e) => CallResult::Failed(e),
-        }
+        call_result::<M>(self.exchange(to, msg_id, now_s, body, None).await)
+    }
+
+    async fn connect(&self, to: Endpoint<'_>) -> Result<Connection, CallError> {
+        self.checkout(to).await
+    }
+
+    async fn call_on<M: BuyerMessage>(
+        &self,
+        conn: Connection,
+        to: Endpoint<'_>,
+        msg_id: &str,
+        now_s: i64,
+        body: Bytes,
+    ) -> CallResult<M::Outcome> {
+        call_result::<M>(self.exchange(to, msg_id, now_s, body, Some(conn)).await)
     }
 }
 
@@ -1280,6 +1404,27 @@ mod tests {
             matches!(&r, CallResult::Answer(BidOutcome::Bid { price, .. }) if *price == proto::Micros(2_000_000)),
             "{r:?}"
         );
+    }
+
+    /// An HTTP/1.1 answer framed both ways (`Transfer-Encoding: chunked` and a
+    /// `Content-Length`, in either order) is a transport error, as API.md says, and its
+    /// connection is not kept. Black-box round 93c: hyper read it as chunked and the bid
+    /// counted.
+    #[tokio::test]
+    async fn an_answer_with_both_transfer_encoding_and_content_length_is_an_error() {
+        const TE_CL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n9\r\n{\"bid\":7}\r\n0\r\n\r\n";
+        const CL_TE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n9\r\n{\"bid\":7}\r\n0\r\n\r\n";
+        let client = BuyerClient::new();
+        for answer in [TE_CL, CL_TE] {
+            let (url, _) = buyer(answer, false, false).await;
+            assert_eq!(
+                ping(&client, &url).await,
+                CallResult::Failed(CallError::Transport),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+            assert_eq!(client.h1.idle_count(false, &authority(&url)), 0);
+        }
     }
 
     /// An HTTP/2 answer whose stream is reset with an error code after part of its body

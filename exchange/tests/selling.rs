@@ -296,6 +296,76 @@ async fn the_post_falls_back_to_the_runner_up_when_the_winner_rejects() {
     );
 }
 
+/// A winner whose post URL cannot be reached (nothing listens there) is never sent the
+/// lead, so its attempt leaves no `post_sent`: the ledger says `error`, `not_connected`,
+/// and the runner-up buys. Black-box round 92a: the `post_sent` was written before the
+/// connection was tried, so when the ledger failed meanwhile the delivery that never left
+/// was "outcome unknown" after the restart, counted in the buyer's caps.
+#[tokio::test]
+async fn a_winner_that_cannot_be_reached_is_sent_nothing_and_leaves_no_delivery() {
+    let a = ScriptedBidder::bidding(20.0);
+    let b = ScriptedBidder::bidding(18.0);
+    let (ab, _h1) = serve("a", &a).await;
+    let (bb, _h2) = serve("b", &b).await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let winner_post = format!("post_url = \"http://{}/post\"", ab.addr);
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .buyer(bb.clone())
+        .start_edited(|t| {
+            assert!(t.contains(&winner_post), "{t}");
+            t.replacen(
+                &winner_post,
+                &format!("post_url = \"http://{closed}/post\""),
+                1,
+            )
+        })
+        .await;
+
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some(bb.name().as_str()), "{sold:?}");
+    assert_eq!((a.posts(), b.posts()), (0, 1));
+
+    let sent: Vec<(String, i64)> = ex
+        .ledger_of("post_sent")
+        .iter()
+        .map(|r| {
+            (
+                r["buyer"].as_str().unwrap().to_string(),
+                r["attempt"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [("b".to_string(), 1)],
+        "only the delivery that left is recorded as sent"
+    );
+    let attempts = ex.ledger_of("post_attempt");
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(
+        (
+            attempts[0]["buyer"].as_str(),
+            attempts[0]["attempt"].as_i64(),
+            attempts[0]["outcome"].as_str(),
+            attempts[0]["reason"].as_str()
+        ),
+        (Some("a"), Some(0), Some("error"), Some("not_connected")),
+        "{attempts:?}"
+    );
+    for id in ["a", "b"] {
+        assert_eq!(ex.reserved(id), 0, "no reservation left for {id}");
+    }
+    assert_eq!((ex.sold_today("a"), ex.sold_today("b")), (0, 1));
+}
+
 #[tokio::test]
 async fn a_high_bid_that_expires_before_the_seller_could_post_does_not_win_the_quote() {
     // Black-box round 26 (high): a buyer bidding high with a bid that held 150 ms won

@@ -42,6 +42,9 @@ use crate::config::{Buyer, BuyerIdx, BuyerKey, Config, SellerIdx, VerticalIdx};
 /// buyer's own `post_timeout_ms`: not the buyer's doing, so it teaches the rates (and the
 /// pause's streak) nothing, live and at a restart.
 pub const TIMEOUT_CUT_BY_DEADLINE: &str = "post_deadline";
+/// The reason of an `error` attempt whose buyer could not be reached: the lead never left
+/// (no `post_sent` was written for it).
+pub const NOT_CONNECTED: &str = "not_connected";
 
 /// Why a post sold to nobody (the `reason` of an `unsold` answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +138,12 @@ pub enum AttemptResult {
     },
     Invalid(&'static str),
     Timeout,
-    /// The call failed (connect, transport).
+    /// The call failed (transport) after the lead started to leave.
     Error,
+    /// The buyer could not be reached (its connection could not be made, or not within
+    /// the attempt's time): nothing was sent, and no `post_sent` was written. Recorded as
+    /// an `error` with reason [`NOT_CONNECTED`].
+    NotConnected,
     /// The delivery could not be sent at all (the message could not be built, the
     /// shell failed before sending): nothing reached the buyer.
     NotSent,
@@ -174,6 +181,8 @@ pub struct PostPlan<'a> {
     /// Candidates skipped for another reason (a bid expired, a cap or budget full).
     skipped: usize,
     current: Option<Attempt>,
+    /// The current attempt's `post_sent` is queued ([`PostPlan::sending`]).
+    announced: bool,
     done: Option<PostStep>,
     effects: Vec<Effect<'a>>,
     /// The hold of an attempt that timed out, kept for the buyer's late answer
@@ -202,6 +211,7 @@ impl<'a> PostPlan<'a> {
             removed: 0,
             skipped: 0,
             current: None,
+            announced: false,
             late_hold: None,
             done: None,
             effects: Vec::with_capacity(8),
@@ -461,38 +471,65 @@ impl<'a> PostPlan<'a> {
             }
             self.sent += 1;
             self.current = Some(a);
-            // Sent now: a sale counts in the held windows of this moment.
-            self.reservation = self.reservation.take().map(|r| r.delivered_at(now));
-            // Write-ahead: the shell sends nothing until this record is on disk.
-            let cfg = self.p.config;
-            let rec = PostSentRecord {
-                head: Head::new(self.p.generation, now),
-                lead_id: self.p.lead_id,
-                auction_id: self.p.auction_id,
-                ping_id: self.p.ping_id,
-                seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
-                buyer: buyer.id.as_str(),
-                attempt: attempt_no,
-                price_micros: price.0,
-                test: self.p.test,
-                windows: self.reservation.as_ref().map(Reservation::counted_windows),
-                tz: zone_of(
-                    self.reservation.as_ref().map(Reservation::counted_windows),
-                    Some(buyer),
-                ),
-                idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
-                body_sha256: self.p.idempotency.map(|(_, b)| b),
-                dedup: self.p.dedup,
-            };
-            self.effects.push(Effect::Record(Record::PostSent(rec)));
+            self.announced = false;
             return PostStep::Deliver(a);
         }
+    }
+
+    /// The buyer of the attempt [`next`](PostPlan::next) named is reachable (its
+    /// connection is made): queues the attempt's durable `post_sent` record, which the
+    /// shell writes before the first byte of the lead leaves (write-ahead). An attempt
+    /// whose buyer cannot be reached is reported [`AttemptResult::NotConnected`] instead,
+    /// and leaves no `post_sent`. Called twice, or with no attempt, it does nothing.
+    pub fn sending(&mut self, now: UnixMs) {
+        let Some(a) = self.current else {
+            return;
+        };
+        if std::mem::replace(&mut self.announced, true) {
+            return;
+        }
+        let price = self
+            .ranked
+            .get(a.rank)
+            .map_or(Micros::ZERO, |r| r.bid.price);
+        let Some(buyer) = self.p.config.buyers.get(a.buyer) else {
+            return;
+        };
+        // Sent now: a sale counts in the held windows of this moment.
+        self.reservation = self.reservation.take().map(|r| r.delivered_at(now));
+        // Write-ahead: the shell sends nothing until this record is on disk.
+        let cfg = self.p.config;
+        let rec = PostSentRecord {
+            head: Head::new(self.p.generation, now),
+            lead_id: self.p.lead_id,
+            auction_id: self.p.auction_id,
+            ping_id: self.p.ping_id,
+            seller: cfg.sellers.get(self.p.seller).map_or("", |s| s.id.as_str()),
+            buyer: buyer.id.as_str(),
+            attempt: a.attempt,
+            price_micros: price.0,
+            test: self.p.test,
+            windows: self.reservation.as_ref().map(Reservation::counted_windows),
+            tz: zone_of(
+                self.reservation.as_ref().map(Reservation::counted_windows),
+                Some(buyer),
+            ),
+            idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
+            body_sha256: self.p.idempotency.map(|(_, b)| b),
+            dedup: self.p.dedup,
+        };
+        self.effects.push(Effect::Record(Record::PostSent(rec)));
     }
 
     /// Takes the outcome of the attempt [`next`](PostPlan::next) named, at `now`. After
     /// [`AttemptResult::Timeout`] the attempt's hold is kept for the buyer's late answer:
     /// take it with [`PostPlan::take_late_hold`].
     pub fn on_result(&mut self, result: AttemptResult, now: UnixMs) {
+        // A result the buyer gave (or a failure once sending began) had its write-ahead
+        // record: queued now if the shell did not ask for it.
+        if !matches!(result, AttemptResult::NotSent | AttemptResult::NotConnected) {
+            self.sending(now);
+        }
         let Some(a) = self.current.take() else {
             return;
         };
@@ -564,6 +601,9 @@ impl<'a> PostPlan<'a> {
             }
             AttemptResult::Error => (PostKind::Error, "error", None),
             AttemptResult::NotSent => (PostKind::Error, "not_sent", None),
+            AttemptResult::NotConnected => {
+                (PostKind::Error, "error", Some(NOT_CONNECTED.to_string()))
+            }
         };
         let cut_short = outcome == "timeout" && reason.as_deref() == Some(TIMEOUT_CUT_BY_DEADLINE);
         self.effects.push(Effect::Post {

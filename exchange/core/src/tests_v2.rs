@@ -1614,3 +1614,62 @@ fn buyers_past_the_fan_out_limit_are_counted_not_listed() {
     let effects = run(&s, a.effects());
     assert!(auction_record(&effects).fanout_limited.is_none());
 }
+
+/// A buyer that cannot be reached is sent nothing: its attempt has no `post_sent` (the
+/// shell asks for that record with `sending` only once the connection is made), it is an
+/// `error` with reason `not_connected`, its hold goes back, and the post falls back.
+/// Black-box round 92a: the `post_sent` came with the attempt, before the connection was
+/// tried, so a connection that failed while the ledger failed left "outcome unknown".
+#[test]
+fn an_unreachable_buyer_leaves_no_post_sent_and_the_post_falls_back() {
+    let f = Fixture::new(60_000);
+    let s = Settlement::new(&f.caps);
+    let mut plan = f.plan(f.award([None; 4]), T + 1_000);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_000)), 0);
+    let before = run(&s, plan.effects());
+    assert!(
+        !before
+            .iter()
+            .any(|e| matches!(e, Effect::Record(Record::PostSent(_)))),
+        "no post_sent before the buyer is reached: {before:?}"
+    );
+    plan.on_result(AttemptResult::NotConnected, T + 1_001);
+    assert_eq!(deliver_to(plan.next(&s, T + 1_001)), 1);
+    let effects = run(&s, plan.effects());
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(Record::PostSent(_)))));
+    let attempt = effects.iter().find_map(|e| match e {
+        Effect::Record(Record::PostAttempt(r)) => Some(r),
+        _ => None,
+    });
+    assert!(
+        attempt.is_some_and(|r| r.attempt == 0
+            && r.outcome == "error"
+            && r.reason.as_deref() == Some(crate::post::NOT_CONNECTED)),
+        "{effects:?}"
+    );
+    assert_eq!(f.held(), [0, 1, 0, 0], "the winner's hold went back");
+    // The fallback is reached: its `post_sent` is queued, durable, once (a second call
+    // adds nothing), before its outcome.
+    plan.sending(T + 1_002);
+    plan.sending(T + 1_002);
+    plan.on_result(
+        AttemptResult::Accepted {
+            buyer_lead_id: None,
+        },
+        T + 1_003,
+    );
+    assert!(matches!(plan.next(&s, T + 1_003), PostStep::Sold(a) if a.buyer == 1));
+    let effects = run(&s, plan.effects());
+    let sent: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(r @ Record::PostSent(p)) => Some((r.is_durable(), p.attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [(true, 1)]);
+    assert!(matches!(&effects[0], Effect::Record(Record::PostSent(_))));
+    assert_eq!(f.held(), [0, 0, 0, 0]);
+}
