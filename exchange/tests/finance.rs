@@ -917,33 +917,62 @@ fn verify_says_a_last_record_without_its_newline_is_completed_not_cut() {
     assert!(out.contains("1 sale(s)"), "{out}");
 }
 
-/// A directory holding a fingerprint key and no segment: every tool says its records
-/// were removed (black-box round 72a: report said it held no ledger).
+/// A directory holding a fingerprint key and no record, with no segment file or only
+/// empty ones: every tool says its records were removed and refuses it (black-box round
+/// 72a: report said it held no ledger; round 93b: with an empty segment in place, report,
+/// export and `--html` gave an all-zero P&L with exit 0 and replay said "no auction").
 #[test]
 fn the_finance_tools_say_a_key_without_segments_lost_its_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    std::fs::write(dir.path().join("FINGERPRINT_KEY"), b"k").unwrap();
-    for args in [
-        &["ledger", "report", "--dir", d][..],
-        &[
-            "ledger",
-            "export",
-            "--dir",
-            d,
-            "--from",
-            "2026-11-29",
-            "--to",
-            "2026-11-29",
-        ],
-    ] {
-        let o = run(args);
-        let out = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
-        assert!(
-            out.contains("has no record but holds FINGERPRINT_KEY"),
-            "{args:?}: {out}"
-        );
+    for empty_segments in [0, 1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        std::fs::write(dir.path().join("FINGERPRINT_KEY"), b"k").unwrap();
+        for n in 1..=empty_segments {
+            std::fs::write(
+                dir.path().join(pingpost::ledger::segments::segment_name(n)),
+                b"",
+            )
+            .unwrap();
+        }
+        let html = dir.path().join("report.html");
+        let html = html.to_str().unwrap();
+        for args in [
+            &["ledger", "report", "--dir", d][..],
+            &["ledger", "report", "--dir", d, "--format", "json"],
+            &["ledger", "report", "--dir", d, "--html", html],
+            &[
+                "ledger",
+                "export",
+                "--dir",
+                d,
+                "--from",
+                "2026-11-29",
+                "--to",
+                "2026-11-29",
+            ],
+            &[
+                "ledger",
+                "export",
+                "--dir",
+                d,
+                "--from",
+                "2026-11-29",
+                "--to",
+                "2026-11-29",
+                "--format",
+                "csv",
+            ],
+            &["ledger", "replay", "--dir", d, "au_1"],
+        ] {
+            let o = run(args);
+            let out = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{empty_segments} {args:?}: {out}");
+            assert!(
+                out.contains("has no record but holds FINGERPRINT_KEY"),
+                "{empty_segments} {args:?}: {out}"
+            );
+        }
+        assert!(!dir.path().join("report.html").exists());
     }
 }
 

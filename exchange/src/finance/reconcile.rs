@@ -964,6 +964,21 @@ pub fn reconcile_upto(
         f.0 += 1;
         f.1 += i128::from(r.refund);
     }
+    // A paid lead's `returned` always refunded it (its refund is written just before it,
+    // in the same batch): one without its refund is an edit (black-box round 93b: a
+    // refund removed, the chain recomputed, verified and the report lost the return).
+    for (place, lead, buyer, outcome) in &dispositions {
+        if outcome == "returned"
+            && !refunded.contains_key(lead.as_str())
+            && sale_of
+                .get(lead.as_str())
+                .is_some_and(|s| !s.test && s.buyer == *buyer)
+        {
+            out.mismatches.push(format!(
+                "{place}: a returned disposition of a paid lead with no refund (the exchange writes a return's refund just before it) (lead_id {lead} buyer {buyer})"
+            ));
+        }
+    }
     // The report's figures (grouped by buyer) against the sales themselves.
     let reports = report::build_unverified(dir, DateRange::default(), &HashMap::new(), upto)?;
     if let Some(r) = reports.by.get(&report::By::Buyer) {
@@ -1754,6 +1769,35 @@ mod tests {
                 r#"{{"type":"disposition","v":5,"generation":1,"at":"{at}","lead_id":"ld_{lead}","auction_id":"au_{lead}","buyer":"b","seller":"s","vertical":"v","outcome":"returned","test":false}}"#
             ),
         ]
+    }
+
+    /// Black-box round 93b: a `returned` disposition whose refund was removed (the chain
+    /// recomputed) verified, and the report counted one return fewer.
+    #[test]
+    fn a_return_of_a_paid_lead_without_its_refund_is_a_mismatch() {
+        let mut records = Vec::new();
+        records.extend(sold(
+            "1",
+            "USD",
+            10_000_000,
+            8_000_000,
+            "2026-11-29T10:00:01.000Z",
+        ));
+        let [refund, returned] = refunded("1", 10_000_000, 8_000_000, "2026-11-29T11:00:00.000Z");
+        records.push(refund.clone());
+        records.push(returned.clone());
+        let whole = ledger_of(&records);
+        let r = reconcile(whole.path(), None).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        records.retain(|l| *l != refund);
+        let edited = ledger_of(&records);
+        let r = reconcile(edited.path(), None).unwrap();
+        assert_eq!(r.mismatches.len(), 1, "{:?}", r.mismatches);
+        assert!(
+            r.mismatches[0].contains("a returned disposition of a paid lead with no refund"),
+            "{:?}",
+            r.mismatches
+        );
     }
 
     fn ledger_of(records: &[String]) -> tempfile::TempDir {

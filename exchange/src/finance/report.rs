@@ -594,10 +594,14 @@ pub(super) fn range_text(from: Option<&str>, to: Option<&str>) -> String {
 /// One CSV field, quoted when it must be (RFC 4180). A text that a spreadsheet would
 /// run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a carriage return, and
 /// is not a number or the `-` placeholder) gets a leading `'`, so a buyer's
-/// `buyer_lead_id` of `=HYPERLINK(...)` is shown, not run.
+/// `buyer_lead_id` of `=HYPERLINK(...)` is shown, not run. A text that starts with `'`
+/// gets one too, so taking one leading `'` off any field that has one gives the value
+/// back exactly (black-box round 93b: `'=x` and a prefixed `=x` read the same).
 pub fn csv_field(s: &str) -> String {
-    let formula =
-        s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s != "-" && s.parse::<f64>().is_err();
+    let formula = s.starts_with('\'')
+        || (s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+            && s != "-"
+            && s.parse::<f64>().is_err());
     let s = if formula {
         std::borrow::Cow::Owned(format!("'{s}"))
     } else {
@@ -632,6 +636,10 @@ mod csv_tests {
             assert_eq!(csv_field(plain), plain);
         }
         assert_eq!(csv_field("a,b"), "\"a,b\"");
+        // A leading `'` is the value's own only if another follows it (round 93b).
+        assert_eq!(csv_field("'=x"), "''=x");
+        assert_eq!(csv_field("O'Brien"), "O'Brien");
+        assert_eq!(csv_field("-1-2"), "'-1-2");
     }
 }
 

@@ -225,6 +225,11 @@ impl Scan {
     pub fn of_text(ledger: &str) -> Scan {
         let mut scan = Scan::default();
         for (i, line) in ledger.lines().enumerate() {
+            if line == crate::ledger::segments::NOT_UTF8_LINE {
+                scan.unreadable
+                    .push((i + 1, "bytes that are not UTF-8".into()));
+                continue;
+            }
             let v = match serde_json::from_str::<Value>(line) {
                 Ok(v) if v.is_object() => v,
                 Ok(_) => {

@@ -30,6 +30,28 @@ fn lines_that_are_not_records_are_counted_with_why() {
     assert_eq!(scan.newer, 1);
 }
 
+/// Black-box round 93b: a byte that is not UTF-8 in a segment stopped the start
+/// ("stream did not contain valid UTF-8", naming no line). The line is read as one that is
+/// not a record, by its number across the segments; the lines around it are read.
+#[test]
+fn a_line_that_is_not_utf8_is_skipped_by_its_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = |n| dir.path().join(crate::ledger::segments::segment_name(n));
+    std::fs::write(seg(1), b"{\"type\":\"flush\",\"v\":5}\n").unwrap();
+    std::fs::write(
+        seg(2),
+        b"{\"type\":\"flush\",\"v\":5}\n{\"type\":\"auction\",\"vertical\":\"auto_\xffins\"}\n{\"type\":\"flush\",\"v\":5}\n",
+    )
+    .unwrap();
+    let text = crate::ledger::segments::read_all(dir.path()).unwrap();
+    let scan = Scan::of_text(&text);
+    assert_eq!(scan.records, 3);
+    assert_eq!(
+        scan.unreadable,
+        [(3, "bytes that are not UTF-8".to_string())]
+    );
+}
+
 /// Black-box round 55a: a sale whose `bid_micros` was removed (the chain recomputed)
 /// was replayed at start as a sale of 0, so its buyer's budget had room it had spent.
 /// A record with a money field missing or malformed is skipped as an unreadable line
