@@ -508,6 +508,11 @@ pub enum DeliveryError {
     /// delivered, and every hold was released.
     #[error("the ledger failed; nothing was delivered")]
     Unavailable,
+    /// No buyer accepted, but the lead reached one, and the post's outcome could not be
+    /// recorded: its outcome is unknown (the buyer may still accept late), and it is not
+    /// delivered again (black-box round 94a: answered as a sale not recorded).
+    #[error("the post's outcome could not be recorded after the lead reached a buyer: {0}")]
+    OutcomeUnknown(crate::ledger::LedgerError),
 }
 
 /// Delivers the full lead as the core's post plan says: the attempt it names, within the
@@ -705,7 +710,14 @@ pub async fn deliver(
     if stopped && sent == 0 {
         return Err(DeliveryError::Unavailable);
     }
-    recorded?;
+    if let Err(e) = recorded {
+        return Err(match step {
+            PostStep::Sold(_) => DeliveryError::Ledger(e),
+            // Nothing left for any buyer: nothing was delivered.
+            _ if sent == 0 => DeliveryError::Unavailable,
+            _ => DeliveryError::OutcomeUnknown(e),
+        });
+    }
     Ok(match step {
         PostStep::Sold(a) => {
             if let Some(t) = accepted_at {

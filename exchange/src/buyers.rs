@@ -777,14 +777,6 @@ impl BuyerClient {
                 (resp, None)
             }
         };
-        // Both framings at once (RFC 9112 6.3: "ought to be handled as an error", a sign
-        // of response splitting): a transport error, the connection not kept, as API.md
-        // says (black-box round 93c: hyper read it as chunked and the bid counted).
-        if resp.headers().contains_key(header::TRANSFER_ENCODING)
-            && resp.headers().contains_key(header::CONTENT_LENGTH)
-        {
-            return Err(CallError::Transport);
-        }
         let status = resp.status().as_u16();
         if matches!(status, 401 | 403) {
             signature_refused(&t.authority, status);
@@ -800,6 +792,16 @@ impl BuyerClient {
         // Not described as JSON: `invalid`, `content_type`; the connection is not kept.
         if transfer_coded(resp.headers()) {
             return Ok((status, None, Vec::new()));
+        }
+        // Both framings at once (RFC 9112 6.3: "ought to be handled as an error", a sign
+        // of response splitting): a transport error, the connection not kept, as API.md
+        // says (black-box round 93c: hyper read it as chunked and the bid counted). After
+        // the transfer-coding check: a coding other than chunked is `content_type`, with
+        // a `Content-Length` or without (round 94b).
+        if resp.headers().contains_key(header::TRANSFER_ENCODING)
+            && resp.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(CallError::Transport);
         }
         let content_type = answer_content_type(resp.headers());
         let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
@@ -1425,6 +1427,14 @@ mod tests {
             );
             assert_eq!(client.h1.idle_count(false, &authority(&url)), 0);
         }
+        // A coding other than chunked is `content_type`, `Content-Length` or not (round
+        // 94b: `identity` with one was a transport error).
+        const IDENTITY_CL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: identity\r\ncontent-length: 9\r\n\r\n{\"bid\":7}";
+        let (url, _) = buyer(IDENTITY_CL, false, false).await;
+        assert_eq!(
+            ping(&client, &url).await,
+            CallResult::Answer(BidOutcome::Invalid("content_type"))
+        );
     }
 
     /// An HTTP/2 answer whose stream is reset with an error code after part of its body

@@ -318,10 +318,14 @@ impl Ledger {
         .await
     }
 
-    /// Queues the `flush` that marks a start (`start`: the run before it ended here,
-    /// shut down or not), written before any record of the new run. Does not wait: a
-    /// crash before it is on disk leaves no record of the new run either. `key_id`: the
-    /// fingerprint key's id (see [`FlushRecord::key_id`]).
+    /// Writes the `flush` that marks a start (`start`: the run before it ended here,
+    /// shut down or not), before any record of the new run, and waits until it is on
+    /// disk (at most [`START_MARK_WAIT_MS`]): a ledger beside its fingerprint key then
+    /// always has a record, so one with none had its records removed (black-box round
+    /// 94b: the first start's mark was only queued, and a tool run at once, or a crash
+    /// before it was written, found the key and no record). `key_id`: the fingerprint
+    /// key's id (see [`FlushRecord::key_id`]). Blocks the calling thread (the writer is a
+    /// thread of its own), once, at the start.
     pub fn mark_start(
         &self,
         generation: u64,
@@ -339,10 +343,39 @@ impl Ledger {
             Receipt::Failed(e) => Err(e),
             // Not queued (never at a start: nothing was appended before it).
             Receipt::Full(..) => Err(LedgerError::Full),
-            Receipt::Queued | Receipt::Durable(_) => Ok(()),
+            Receipt::Queued => Ok(()),
+            Receipt::Durable(mut done) => {
+                let mut waited = 0u64;
+                loop {
+                    match done.try_recv() {
+                        Ok(written) => return Ok(written?),
+                        Err(oneshot::error::TryRecvError::Closed) => {
+                            return Err(LedgerError::Stopped)
+                        }
+                        Err(oneshot::error::TryRecvError::Empty)
+                            if waited >= START_MARK_WAIT_MS =>
+                        {
+                            return Err(LedgerError::Io(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "the start's record was not on disk within {} s",
+                                    START_MARK_WAIT_MS / 1000
+                                ),
+                            )))
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                            waited += 1;
+                        }
+                    }
+                }
+            }
         }
     }
 }
+
+/// How long a start waits for its `flush` record to be on disk ([`Ledger::mark_start`]).
+pub const START_MARK_WAIT_MS: u64 = 30_000;
 
 /// What [`Ledger`]'s [`LedgerSink::append`] hands back: wait on it.
 #[derive(Debug)]
@@ -496,8 +529,11 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
-/// Whether the ledger directory `dir` holds any record (a segment file that is not
-/// empty; torn tails kept aside are not segments).
+/// Whether the ledger directory `dir` holds any record: a segment file with a whole
+/// line in it (one that ends with its newline and holds more than white space). Empty
+/// segments, segments holding only a line cut short (black-box round 94b: a fragment
+/// with no newline, where every record had been, passed as a torn last write) and torn
+/// tails kept aside hold none.
 pub fn has_records(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.filter_map(Result::ok).any(|e| {
@@ -506,8 +542,35 @@ pub fn has_records(dir: &Path) -> bool {
                 .and_then(segments::segment_no)
                 .is_some()
                 && e.metadata().is_ok_and(|m| m.len() > 0)
+                && holds_a_whole_line(&e.path())
         })
     })
+}
+
+/// Whether the file at `path` has a line ending with a newline that holds more than
+/// white space. Reads up to its first such line (a segment is bounded by
+/// `server.ledger_segment_bytes_max`), in blocks; an unreadable file holds none.
+fn holds_a_whole_line(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut content = false;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            match b {
+                b'\n' if content => return true,
+                b'\n' => {}
+                b' ' | b'\t' | b'\r' => {}
+                _ => content = true,
+            }
+        }
+    }
 }
 
 /// Why `dir` is a ledger whose segments are all gone, if it is: no segment, but the lead
@@ -519,7 +582,9 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     // No segment, or only empty ones (black-box round 62c: an empty first segment put in
     // place of the removed ones passed). Every start records a `flush` before it serves,
     // after the key is made, so a ledger with the key has a record.
-    (!has_records(dir) && key.exists()).then(|| {
+    // A key that is a symlink to nothing is a key too (the start refuses it; black-box
+    // round 94b: the tools took it for none and called the emptied ledger clean).
+    (!has_records(dir) && std::fs::symlink_metadata(&key).is_ok()).then(|| {
         format!(
             "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
             dir.display(),
@@ -1307,6 +1372,34 @@ mod tests {
             .collect()
     }
 
+    /// A start's mark is on disk when `mark_start` returns, so a ledger beside its key
+    /// always has a record (black-box round 94b: it was only queued, and a tool run at
+    /// once, or a crash first, found the key and no record: "its records were removed").
+    /// Called from a runtime's thread too, as `app::start` does.
+    #[tokio::test]
+    async fn a_start_mark_is_on_disk_when_mark_start_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        let ledger = Ledger::open(&path, 64 << 20, |_| {}).unwrap();
+        assert!(!has_records(&path));
+        ledger.mark_start(3, 1_000, "k1").unwrap();
+        assert!(has_records(&path));
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (
+                &lines[0]["type"],
+                &lines[0]["start"],
+                &lines[0]["generation"]
+            ),
+            (
+                &serde_json::json!("flush"),
+                &serde_json::json!(true),
+                &serde_json::json!(3)
+            )
+        );
+    }
+
     #[tokio::test]
     async fn durable_records_are_on_disk_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -1646,7 +1739,21 @@ mod tests {
             !has_records(dir.path()),
             "empty segments and torn tails are no records"
         );
+        // Round 94b: a line cut short (no newline), or only white space, is no record.
+        for none in [&b"{\"type\":\"flush\",\"v\":5"[..], b"\n\n", b" \r\n\t"] {
+            std::fs::write(dir.path().join("seg-00000001.jsonl"), none).unwrap();
+            assert!(
+                !has_records(dir.path()),
+                "{}",
+                String::from_utf8_lossy(none)
+            );
+        }
         std::fs::write(dir.path().join("seg-00000001.jsonl"), b"{}\n").unwrap();
+        assert!(has_records(dir.path()));
+        // A whole line past a first block of white space.
+        let mut late = vec![b'\n'; 70_000];
+        late.extend_from_slice(b"{}\n");
+        std::fs::write(dir.path().join("seg-00000001.jsonl"), late).unwrap();
         assert!(has_records(dir.path()));
     }
 
@@ -1685,6 +1792,17 @@ mod tests {
         );
         let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
         assert_eq!(e, why);
+        // A key that is a symlink to nothing is a key all the same (round 94b).
+        #[cfg(unix)]
+        {
+            let key = dir.join(crate::fingerprint::KEY_FILE);
+            let kept = dir.join("key-kept");
+            std::fs::rename(&key, &kept).unwrap();
+            std::os::unix::fs::symlink(root.path().join("nothing-here"), &key).unwrap();
+            assert!(segments_lost(&dir).is_some_and(|w| w == why));
+            std::fs::remove_file(&key).unwrap();
+            std::fs::rename(&kept, &key).unwrap();
+        }
         assert!(segments::list(&dir).unwrap().is_empty(), "no segment made");
         // Begun empty on purpose: the key and the head moved aside, as the message says.
         std::fs::remove_file(dir.join(crate::fingerprint::KEY_FILE)).unwrap();

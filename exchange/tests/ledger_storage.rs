@@ -629,6 +629,45 @@ async fn a_ledger_failure_stops_selling_until_a_restart() {
     assert!(report.counts.get("sale").copied().unwrap_or(0) >= 1);
 }
 
+/// A post whose lead reached its buyer when the ledger failed, and that no buyer accepted:
+/// its outcome could not be recorded, so it is unknown (the buyer may yet accept late) and
+/// the seller is told so, with the words a keyed retry gets after the restart (black-box
+/// round 94a: it was answered "the sale could not be recorded", though nothing was sold).
+#[tokio::test]
+async fn a_post_whose_buyer_had_the_lead_when_the_ledger_failed_is_outcome_unknown() {
+    let bidder = ScriptedBidder::bidding(20.0).scripted(|s| s.accept = false);
+    let (ex, _next, _h) = with_a_next_segment_that_cannot_be_created(&bidder).await;
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    bidder.close_posts();
+    let client = ex.client.clone();
+    let ping_id = q.ping_id.clone();
+    let post = tokio::spawn(async move {
+        client
+            .post_json("/v1/post", &post_body(&ping_id, "TX"))
+            .await
+    });
+    // The lead is with the buyer; the ledger fails meanwhile (pings fill the segment,
+    // and the rotation into the next one fails).
+    bidder.wait_posts(1).await;
+    for _ in 0..500 {
+        if !ex.state.ledger.is_healthy() {
+            break;
+        }
+        let _ = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    }
+    assert!(!ex.state.ledger.is_healthy(), "the rotation failed");
+    bidder.open_posts();
+    let r = post.await.unwrap();
+    let e = r.assert_error(500, "internal");
+    assert_eq!(
+        e["message"],
+        "the exchange stopped (or its ledger failed) while this post was being delivered; its outcome is unknown and it is not delivered again",
+        "{e}"
+    );
+    assert_eq!(bidder.posts(), 1, "not delivered again");
+}
+
 /// Concurrent direct posts when the ledger's rotation fails: what a start finds matches
 /// what the sellers were told. Every `sold` has its sale; a delivery record without an
 /// outcome is only one a `500` answered (a buyer had the lead), never one a `503` answered

@@ -599,9 +599,7 @@ pub(super) fn range_text(from: Option<&str>, to: Option<&str>) -> String {
 /// back exactly (black-box round 93b: `'=x` and a prefixed `=x` read the same).
 pub fn csv_field(s: &str) -> String {
     let formula = s.starts_with('\'')
-        || (s.starts_with(['=', '+', '-', '@', '\t', '\r'])
-            && s != "-"
-            && s.parse::<f64>().is_err());
+        || (s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s != "-" && !plain_decimal(s));
     let s = if formula {
         std::borrow::Cow::Owned(format!("'{s}"))
     } else {
@@ -612,6 +610,19 @@ pub fn csv_field(s: &str) -> String {
     } else {
         s.into_owned()
     }
+}
+
+/// A number as the ledger's CSV writes them: an optional sign, digits, and a fraction
+/// of digits after a point. Anything else that starts with a sign is text to a
+/// spreadsheet's formula reader (black-box round 94b: `-inf`, `-nan` and `-1e5` were
+/// taken for numbers, as Rust's float parser reads them, and left bare).
+fn plain_decimal(s: &str) -> bool {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+    !whole.is_empty()
+        && !fraction.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The HTML page of every grouping (see [`super::html`]).
@@ -640,6 +651,20 @@ mod csv_tests {
         assert_eq!(csv_field("'=x"), "''=x");
         assert_eq!(csv_field("O'Brien"), "O'Brien");
         assert_eq!(csv_field("-1-2"), "'-1-2");
+        // Round 94b: what Rust's float parser takes for a number, a spreadsheet does not.
+        for text in [
+            "-inf",
+            "-nan",
+            "-NaN",
+            "-Infinity",
+            "-1e5",
+            "-1E5",
+            "-.5",
+            "-12.",
+            "+.5",
+        ] {
+            assert_eq!(csv_field(text), format!("'{text}"));
+        }
     }
 }
 

@@ -892,6 +892,7 @@ async fn direct_post(
                     // The same answer as a post's (black-box round 91a: it named the
                     // ledger's segment and the OS error).
                     DeliveryError::Ledger(_) => sale_not_recorded(),
+                    DeliveryError::OutcomeUnknown(_) => crate::recovery::outcome_unknown(),
                 }
             })?;
             if a.status == PostStatus::Sold {
@@ -1089,11 +1090,14 @@ async fn post(
                 let mut a = PostAnswer::status_only(PostStatus::Unsold, Some("ledger_unavailable"));
                 a.ping_id = Some(quote.ping_id.to_string());
                 state.quotes.finish(&quote.ping_id, a, state.clock.now_ms());
-                if matches!(e, DeliveryError::Unavailable) {
+                return Err(match e {
                     // The ledger failed before the lead left: nothing was delivered.
-                    return Err(ledger_unavailable());
-                }
-                return Err(sale_not_recorded());
+                    DeliveryError::Unavailable => ledger_unavailable(),
+                    DeliveryError::Ledger(_) => sale_not_recorded(),
+                    // The lead reached a buyer that did not accept (yet): the same
+                    // answer its keyed retry gets after the restart (round 94a).
+                    DeliveryError::OutcomeUnknown(_) => crate::recovery::outcome_unknown(),
+                });
             }
         }
     };

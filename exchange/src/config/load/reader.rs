@@ -241,6 +241,14 @@ impl<'a> Section<'a> {
                     &entry_path,
                     format!("the name must be 1 to {NAME_LEN_MAX} letters, digits, '_' or '-'"),
                 );
+            } else if key != "fields" && name.eq_ignore_ascii_case("total") {
+                // `ledger report` groups by day, seller, buyer and vertical and ends each
+                // grouping with its `total` line: a party of that name could not be told
+                // from it in CSV or in the table (black-box round 94b).
+                p.at(
+                    &entry_path,
+                    "the name total is reserved (the total line of `pingpost ledger report`): choose another",
+                );
             }
             match value.as_table() {
                 Some(t) => out.push((name.as_str(), Section::new(entry_path, Some(t)))),

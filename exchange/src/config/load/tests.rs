@@ -524,3 +524,28 @@ fn load_file_reports_unreadable_files() {
     std::fs::write(&path, doc(&[])).unwrap();
     assert!(load_file_with_env(&path, &test_env).is_ok());
 }
+
+/// Black-box round 94b: a buyer named `total` could not be told from the total line of
+/// `ledger report` (CSV and table). The name is reserved for buyers, sellers and
+/// verticals, in any case; a lead field may still be called so.
+#[test]
+fn total_is_no_party_name() {
+    for (from, to, path) in [
+        ("[buyers.acme]", "[buyers.total]", "buyers.total"),
+        ("[sellers.s1]", "[sellers.Total]", "sellers.Total"),
+    ] {
+        let text = doc(&[]).replace(from, to);
+        let e = load_str_with_env(&text, &test_env).unwrap_err().0;
+        assert!(
+            e.contains(&format!(
+                "{path}: the name total is reserved (the total line of `pingpost ledger report`): choose another"
+            )),
+            "{e:?}"
+        );
+    }
+    let text = doc(&[]).replace(
+        "[verticals.auto.fields.zip]",
+        "[verticals.auto.fields.total]",
+    );
+    assert!(load_str_with_env(&text, &test_env).is_ok());
+}
