@@ -852,7 +852,47 @@ impl Writer {
     /// limit (a segment is fsynced when it is sealed), and fsyncs at the end when a record
     /// waits for it (`sync`). Returns how many leading records are known to be on disk
     /// (all of them when the result is `Ok` and `sync` was asked) and the first error.
+    /// A batch that fails (the ledger then fails: fail-stop) leaves `HEAD` naming the last
+    /// record this writer synced ([`Writer::head_after_failure`]).
     fn write_batch(
+        &mut self,
+        batch: &[Pending],
+        sync: bool,
+        buf: &mut Vec<u8>,
+    ) -> (usize, io::Result<()>) {
+        let (on_disk, result) = self.write_batch_or_fail(batch, sync, buf);
+        if result.is_err() {
+            self.head_after_failure();
+        }
+        (on_disk, result)
+    }
+
+    /// After a failed write: makes `HEAD` name the last record this writer synced and
+    /// named there, whatever another process put in its place, so the next start and
+    /// `verify` refuse a ledger that lacks it (black-box round 94c: a backup's older
+    /// segment and `HEAD` copied in while the exchange ran failed the ledger, the older
+    /// `HEAD` stayed, and the restart took the older copy for the whole ledger). Every
+    /// record it names was acknowledged after its sync, and a failed batch is cut back only
+    /// to where its own records begin, so on an untouched ledger it is no change. Best
+    /// effort: the ledger has failed already.
+    fn head_after_failure(&mut self) {
+        if self.head_seq == 0 {
+            return;
+        }
+        drop(self.spare.take());
+        match head::create_in(&self._dir_lock, self.head_seq) {
+            Ok(made) => self.head = made,
+            Err(e) => tracing::warn!(
+                head = %self.dir.join(head::HEAD_FILE).display(),
+                last_seq = self.head_seq,
+                error = %e,
+                "ledger: HEAD could not be written after the ledger failed"
+            ),
+        }
+        self.spare = open_spare();
+    }
+
+    fn write_batch_or_fail(
         &mut self,
         batch: &[Pending],
         sync: bool,
@@ -1964,6 +2004,40 @@ mod tests {
         assert_eq!(w.chain.seq, 2);
     }
 
+    /// A `flush` record to write, nobody waiting for it.
+    fn flush_line() -> Pending {
+        Pending {
+            line: br#"{"type":"flush"}"#.to_vec(),
+            ack: None,
+        }
+    }
+
+    /// Black-box round 94c: a backup's older segment and `HEAD` copied over a running
+    /// exchange's (`cp`, in place) failed the ledger at its next write, and the older
+    /// `HEAD` stayed: the restart took the older copy for the whole ledger, and `verify`
+    /// said OK. After a failed write the head names the last record the writer synced.
+    #[test]
+    fn after_a_failed_write_the_head_names_the_last_record_synced() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut buf = Vec::new();
+        let rec = flush_line;
+        let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+        assert!(w.write_batch(&[rec()], true, &mut buf).1.is_ok());
+        let seg = w.seg_path.clone();
+        let older = std::fs::read(&seg).unwrap();
+        assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(3)));
+        // The older copy, written in place over both files.
+        std::fs::write(&seg, &older).unwrap();
+        std::fs::write(dir.join(head::HEAD_FILE), head::line(1)).unwrap();
+        assert!(w.write_batch(&[rec()], true, &mut buf).1.is_err());
+        assert_eq!(head::read(&dir), Ok(Some(3)));
+        drop(w);
+        let e = Writer::recover(&dir, 64 << 20).err().unwrap().to_string();
+        assert!(e.contains("were removed"), "{e}");
+    }
+
     /// Black-box round 62c: after `mv`, `sed -i` or `rm` of `HEAD` while the exchange ran,
     /// it went on writing the file no path reached (until and at its stop), so the head
     /// stayed at the other process's value and the check of removed records was off.
@@ -1972,10 +2046,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ledger");
         let mut buf = Vec::new();
-        let rec = || Pending {
-            line: br#"{"type":"flush"}"#.to_vec(),
-            ack: None,
-        };
+        let rec = flush_line;
         let mut w = Writer::recover(&dir, 64 << 20).unwrap();
         assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
         assert_eq!(head::read(&dir), Ok(Some(2)));

@@ -579,7 +579,7 @@ pub fn check_anchors(dir: &Path, anchors: &[Anchor]) -> io::Result<Vec<(bool, St
                 Some(sum) => (
                     false,
                     format!(
-                        "ANCHOR FAILED: seq {seq} has sum {sum}, not {}: a record at or before it was changed and the chain recomputed",
+                        "ANCHOR FAILED: seq {seq} has sum {sum}, not {}: a record at or before it differs from the one anchored (changed and the chain recomputed, or the ledger was restored from an older copy and written again since)",
                         a.sum
                     ),
                 ),

@@ -83,7 +83,7 @@ fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
             tracing::warn!(
                 last_key_id = %last,
                 new_key_id = %fp.key_id(),
-                "{key} was missing and a new key is begun (--new-fingerprint-key): de-duplication does not know the consumers sold before, and lead fingerprints do not compare with earlier ones; keep this key from now on (putting the old one back later would forget, in turn, the consumers sold under this one)"
+                "{key} was missing and a new key is begun (--new-fingerprint-key): de-duplication does not know the consumers sold before, the idempotency keys of the runs before (counted in the replay's idempotency_keys) match no retry, so their retries run again, and lead fingerprints do not compare with earlier ones; keep this key from now on (putting the old one back later would forget, in turn, the consumers sold under this one)"
             );
             return Ok(());
         }
@@ -114,7 +114,7 @@ fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
         tracing::warn!(
             key_id = %now,
             last_key_id = %last,
-            "{key} is not a key this ledger's runs used, and is taken (--new-fingerprint-key): de-duplication does not know the consumers sold before"
+            "{key} is not a key this ledger's runs used, and is taken (--new-fingerprint-key): de-duplication does not know the consumers sold before, and the idempotency keys of the runs before (counted in the replay's idempotency_keys) match no retry, so their retries run again"
         );
         return Ok(());
     }
