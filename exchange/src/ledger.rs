@@ -583,8 +583,13 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     // place of the removed ones passed). Every start records a `flush` before it serves,
     // after the key is made, so a ledger with the key has a record.
     // A key that is a symlink to nothing is a key too (the start refuses it; black-box
-    // round 94b: the tools took it for none and called the emptied ledger clean).
-    (!has_records(dir) && std::fs::symlink_metadata(&key).is_ok()).then(|| {
+    // round 94b: the tools took it for none and called the emptied ledger clean). A
+    // `HEAD` that still names record 0 says no record was ever synced here: a first start
+    // cut short between making the key and writing its mark (black-box round 95a: a crash
+    // then left a ledger refused as "its records were removed", and `verify` said so of a
+    // first start still under way).
+    let never_synced = head::read(dir) == Ok(Some(0));
+    (!has_records(dir) && !never_synced && std::fs::symlink_metadata(&key).is_ok()).then(|| {
         format!(
             "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
             dir.display(),
@@ -2010,6 +2015,23 @@ mod tests {
             line: br#"{"type":"flush"}"#.to_vec(),
             ack: None,
         }
+    }
+
+    /// Black-box round 95a: a first start killed between making the fingerprint key and
+    /// writing its start mark left the key, an empty segment and a `HEAD` naming record 0:
+    /// the restart was refused as "its records were removed". Such a ledger never synced
+    /// a record, and starts; one without its `HEAD` is still refused.
+    #[test]
+    fn a_first_start_cut_short_before_its_mark_starts_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        drop(Writer::recover(&dir, 64 << 20).unwrap());
+        assert_eq!(head::read(&dir), Ok(Some(0)));
+        std::fs::write(dir.join(crate::fingerprint::KEY_FILE), b"k").unwrap();
+        assert_eq!(segments_lost(&dir), None);
+        assert!(Writer::recover(&dir, 64 << 20).is_ok());
+        std::fs::remove_file(dir.join(head::HEAD_FILE)).unwrap();
+        assert!(segments_lost(&dir).is_some());
     }
 
     /// Black-box round 94c: a backup's older segment and `HEAD` copied over a running

@@ -894,6 +894,46 @@ async fn a_quote_keeps_its_currency_across_a_reload_and_currencies_are_never_add
     assert!(out.contains("USD: 1 sale(s), revenue 20.00"), "{out}");
 }
 
+/// Black-box round 93b: a sale with `"bid_micros"` twice (a forged first value inserted,
+/// the chain recomputed) verified, read by its last value, while an export reader taking
+/// the first saw a sale of 999,000. A record with a name twice is no readable record.
+#[test]
+fn a_record_with_a_name_twice_is_refused_by_the_tools() {
+    let forged = SALE_1.replace(
+        r#""bid_micros":10000000"#,
+        r#""bid_micros":999000000000,"bid_micros":10000000"#,
+    );
+    let dir = framed_ledger(&[AUCTION_1, &forged]);
+    let d = dir.path().to_str().unwrap();
+    let o = run(&["ledger", "verify", "--dir", d]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(
+            "not a readable record: the name \"bid_micros\" appears more than once in one object"
+        ),
+        "{out}"
+    );
+    for args in [
+        &["ledger", "report", "--dir", d][..],
+        &[
+            "ledger",
+            "export",
+            "--dir",
+            d,
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+        ],
+    ] {
+        let o = run(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains("appears more than once"), "{args:?}: {out}");
+    }
+}
+
 /// Black-box round 72a: a last record whole but without its newline is completed by the
 /// next start, and counted; verify's last line said the start would truncate it.
 #[test]

@@ -626,7 +626,14 @@ fn read_records(
                     Ok(v) if v.is_object() && !v.get("type").is_some_and(Value::is_string) => {
                         Err("it has no \"type\" (a string): not a ledger record".to_string())
                     }
-                    Ok(v) if v.is_object() => Ok((t, v)),
+                    Ok(v) if v.is_object() => {
+                        match crate::ledger::segments::repeated_name_in(t, &v) {
+                            None => Ok((t, v)),
+                            Some(name) => Err(format!(
+                                "the name \"{name}\" appears more than once in one object"
+                            )),
+                        }
+                    }
                     Ok(_) => Err("not a JSON object".to_string()),
                     Err(e) => Err(e.to_string()),
                 },

@@ -231,7 +231,17 @@ impl Scan {
                 continue;
             }
             let v = match serde_json::from_str::<Value>(line) {
-                Ok(v) if v.is_object() => v,
+                Ok(v) if v.is_object() => match crate::ledger::segments::repeated_name_in(line, &v)
+                {
+                    None => v,
+                    Some(name) => {
+                        scan.unreadable.push((
+                            i + 1,
+                            format!("the name \"{name}\" appears more than once in one object"),
+                        ));
+                        continue;
+                    }
+                },
                 Ok(_) => {
                     scan.unreadable.push((i + 1, "not a JSON object".into()));
                     continue;

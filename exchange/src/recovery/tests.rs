@@ -52,6 +52,29 @@ fn a_line_that_is_not_utf8_is_skipped_by_its_number() {
     );
 }
 
+/// Black-box round 93b: a record with a name twice (`"bid_micros"` inserted before the
+/// real one, the chain recomputed) was read by its last value, and an export reader
+/// taking the first saw another sale. It is no record at start, as for the tools.
+#[test]
+fn a_record_with_a_name_twice_is_not_read() {
+    let text = "{\"type\":\"flush\",\"v\":5}\n{\"type\":\"sale\",\"bid_micros\":999,\"bid_micros\":1}\n{\"type\":\"flush\",\"v\":5,\"x\":{\"a\":1,\"a\":2}}\n{\"type\":\"flush\",\"v\":5,\"x\":[{\"a\":1},{\"a\":2}]}\n";
+    let scan = Scan::of_text(text);
+    assert_eq!(scan.records, 2);
+    assert_eq!(
+        scan.unreadable,
+        [
+            (
+                2,
+                "the name \"bid_micros\" appears more than once in one object".to_string()
+            ),
+            (
+                3,
+                "the name \"a\" appears more than once in one object".to_string()
+            )
+        ]
+    );
+}
+
 /// Black-box round 55a: a sale whose `bid_micros` was removed (the chain recomputed)
 /// was replayed at start as a sale of 0, so its buyer's budget had room it had spent.
 /// A record with a money field missing or malformed is skipped as an unreadable line
