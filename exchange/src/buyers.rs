@@ -927,8 +927,9 @@ pub trait BuyerTransport {
     ) -> impl std::future::Future<Output = Result<Self::Connection, CallError>> + Send;
 
     /// As [`call`](BuyerTransport::call), on `conn` (from [`connect`](BuyerTransport::connect)).
-    /// Should that connection be found closed before the request starts, the request goes
-    /// on the next one, as a pooled call's would.
+    /// Should an HTTP/1.1 connection be found closed before the request starts, the
+    /// request goes on the next one, as a pooled call's would; an HTTP/2 connection
+    /// cannot say so (its library takes the request and reports only the failure).
     fn call_on<M: BuyerMessage>(
         &self,
         conn: Self::Connection,
