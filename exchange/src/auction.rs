@@ -634,16 +634,21 @@ pub async fn deliver(
                 .call_on::<Post>(conn, to, &msg_id, now_s, Bytes::from(body))
                 .await
         });
-        let until = tokio::time::Instant::now() + Duration::from_millis(attempt.timeout_ms);
+        let mut until = tokio::time::Instant::now() + Duration::from_millis(attempt.timeout_ms);
         if !matches!(tokio::time::timeout_at(until, connected).await, Ok(Ok(()))) {
             // Not reachable within the attempt's time, or not at all: nothing was sent.
             call.abort();
             plan.on_result(AttemptResult::NotConnected, state.clock.now_ms());
             continue;
         }
-        // Write-ahead: the attempt's durable `post_sent` record.
+        // Write-ahead: the attempt's durable `post_sent` record. Its fsync is not the
+        // buyer's time: the attempt's timeout is the connection's and the answer's, as
+        // when the record was written before the call began.
         plan.sending(state.clock.now_ms());
-        if effects::execute(state, rt, plan.effects()).await.is_err() {
+        let writing = tokio::time::Instant::now();
+        let written = effects::execute(state, rt, plan.effects()).await;
+        until += writing.elapsed();
+        if written.is_err() {
             // Not on disk: the lead does not leave (the task ends unsent).
             call.abort();
             stopped = true;
