@@ -380,6 +380,11 @@ pub struct Repetition {
     pub cpu_us_per_buyer_ping: Option<f64>,
     /// Why the repetition measured a backlog rather than the target, if it did.
     pub fell_behind: Option<String>,
+    /// The repetition's own outcomes (the target rows' are the median repetition's):
+    /// black-box round 96b found 6 auctions without a bid in a P3 repetition that no line
+    /// of the report showed.
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 impl Repetition {
@@ -395,6 +400,7 @@ impl Repetition {
             errors: s.errors.values().sum(),
             cpu_us_per_buyer_ping: s.cpu_us_per_buyer_ping,
             fell_behind: every_buyer_answers.then(|| s.fell_behind()).flatten(),
+            outcomes: s.outcomes.clone(),
         }
     }
 }
@@ -507,19 +513,20 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
     if !r.repetitions.is_empty() {
         let _ = writeln!(
             s,
-            "each repetition (the rows above are their medians): p99 / p99.9 ms, errors, cpu/ping µs"
+            "each repetition (the rows above are their medians): p99 / p99.9 ms, errors, cpu/ping µs, outcomes"
         );
     }
     for rep in &r.repetitions {
         let _ = writeln!(
             s,
-            "  {} #{}: {} / {}, {} errors, {}{}",
+            "  {} #{}: {} / {}, {} errors, {}, {}{}",
             rep.label,
             rep.repetition,
             ms(rep.p99_us),
             ms(rep.p999_us),
             rep.errors,
             opt_us(rep.cpu_us_per_buyer_ping),
+            classes(&rep.outcomes),
             rep.fell_behind
                 .as_deref()
                 .map_or_else(String::new, |why| format!("  COLLAPSED: {why}"))

@@ -75,6 +75,26 @@ fn bad_bounds_are_refused_before_anything_starts() {
             &["--buyer-latency-ms", "50"][..],
             "--buyer-latency-ms 50: not under --timeout-ms 50",
         ),
+        // Black-box round 96b: the load plan's own bounds were found once the processes
+        // had started (and the refused run overwrote the last report); any repeat count
+        // was taken.
+        (
+            &["--rate", "2000000"][..],
+            "--rate 2000000: at most 1000000/s",
+        ),
+        (
+            &["--rates", "100,2000000"][..],
+            "--rates 2000000: at most 1000000/s",
+        ),
+        (
+            &["--duration-s", "100000"][..],
+            "a run is at most 86400 s, warm-up included",
+        ),
+        (
+            &["--warmup-s", "86400", "--duration-s", "1"][..],
+            "a run is at most 86400 s, warm-up included",
+        ),
+        (&["--repeat", "101"][..], "--repeat 101: at most 100"),
     ] {
         let out_dir = dir.path().join("out");
         // An exchange that exits at once: a bound let through ends the run at its start.

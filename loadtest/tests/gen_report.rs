@@ -426,6 +426,7 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
                 errors: 12,
                 cpu_us_per_buyer_ping: Some(31.5),
                 fell_behind: Some("a stalled run".into()),
+                outcomes: BTreeMap::from([("bid".to_string(), 9_994), ("no_bid".to_string(), 6)]),
             },
         ],
     };
@@ -444,10 +445,11 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
     assert!(table.contains("exchange post"), "{table}");
     assert!(table.contains("exchange added"), "{table}");
     assert!(table.contains("knee exchange: 2000"), "{table}");
-    // Each repetition is shown beside the medians, a collapsed one said so.
+    // Each repetition is shown beside the medians with its own outcomes (black-box round
+    // 96b: a repetition's auctions without a bid were in no line), a collapsed one said so.
     assert!(
         table.contains(
-            "  exchange #2: 6789.123 / 7000.000, 12 errors, 31.5  COLLAPSED: a stalled run"
+            "  exchange #2: 6789.123 / 7000.000, 12 errors, 31.5, bid=9994 no_bid=6  COLLAPSED: a stalled run"
         ),
         "{table}"
     );

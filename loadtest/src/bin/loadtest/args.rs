@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::ValueEnum;
+use loadtest::gen::{RATE_PER_S_MAX, RUN_S_MAX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Scenario {
@@ -148,6 +149,9 @@ pub(crate) struct RunArgs {
 
 /// The most buyers `--configured` may ask for (the exchange's own limit).
 pub(crate) const CONFIGURED_MAX: usize = 100_000;
+/// The most repetitions `--repeat` may ask for: with the other bounds, a run ends within a
+/// bounded time (black-box round 96b: any count was taken).
+pub(crate) const REPEAT_MAX: usize = 100;
 /// The most simulated buyers `--buyers` may ask for: every one is eligible for every
 /// auction, and the exchange pings at most 1,024 buyers per auction (its
 /// `buyers_per_auction_max` limit, which the generated configuration raises to the
@@ -190,6 +194,10 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     if args.repeat == 0 {
         bail!("--repeat 0: must be at least 1");
     }
+    // Black-box round 96b: any count was taken, so a run was not bounded in time.
+    if args.repeat > REPEAT_MAX {
+        bail!("--repeat {}: at most {REPEAT_MAX}", args.repeat);
+    }
     if args.buyers == 0 {
         bail!("--buyers 0: must be at least 1");
     }
@@ -222,11 +230,28 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     if !(args.warmup_s.is_finite() && args.warmup_s >= 0.0) {
         bail!("--warmup-s {}: must be 0 or more", args.warmup_s);
     }
+    // The load plan's own bounds, said here (black-box round 96b: they were found only
+    // once the processes had started, and the refused run overwrote the last report).
+    let run_s = args.warmup_s + args.duration_s.unwrap_or(0.0);
+    if run_s > RUN_S_MAX {
+        bail!(
+            "--warmup-s {} with --duration-s {}: a run is at most {RUN_S_MAX} s, warm-up included",
+            args.warmup_s,
+            args.duration_s.unwrap_or(0.0)
+        );
+    }
+    let rate_ok = |flag: &str, r: f64| -> anyhow::Result<()> {
+        positive(flag, r)?;
+        if r > RATE_PER_S_MAX {
+            bail!("{flag} {r}: at most {RATE_PER_S_MAX}/s");
+        }
+        Ok(())
+    };
     if let Some(r) = args.rate {
-        positive("--rate", r)?;
+        rate_ok("--rate", r)?;
     }
     for r in args.rates.iter().flatten() {
-        positive("--rates", *r)?;
+        rate_ok("--rates", *r)?;
     }
     if !(1..=60_000).contains(&args.timeout_ms) {
         bail!(
