@@ -229,7 +229,10 @@ impl Ledger {
                     // even when idle: a directory removed while nothing is written fails the
                     // ledger, and `/readyz`, within seconds (black-box round 59b).
                     let check = ticks.is_multiple_of(CHECK_EVERY_TICKS);
-                    if (check || h.unsynced.load(Ordering::Relaxed)) && h.failure.get().is_none() {
+                    // After a failure only the checks: they keep `HEAD` naming the last
+                    // record synced (black-box round 96a).
+                    let failed = h.failure.get().is_some();
+                    if check || (h.unsynced.load(Ordering::Relaxed) && !failed) {
                         // A full queue will carry a durable record soon enough.
                         if tx
                             .try_send(Pending {
@@ -588,7 +591,10 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     // cut short between making the key and writing its mark (black-box round 95a: a crash
     // then left a ledger refused as "its records were removed", and `verify` said so of a
     // first start still under way).
-    let never_synced = head::read(dir) == Ok(Some(0));
+    // Only as a first start leaves it: its one segment, the first (black-box round 96a:
+    // eleven emptied segments beside a `HEAD` set to 0 were taken for one).
+    let never_synced = head::read(dir) == Ok(Some(0))
+        && segments::list(dir).is_ok_and(|s| matches!(s.as_slice(), [(1, _)]));
     (!has_records(dir) && !never_synced && std::fs::symlink_metadata(&key).is_ok()).then(|| {
         format!(
             "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
@@ -895,6 +901,14 @@ impl Writer {
             ),
         }
         self.spare = open_spare();
+    }
+
+    /// [`Writer::head_after_failure`] when the `HEAD` file no longer names the last record
+    /// this writer synced (read by its path: another process may have replaced it).
+    fn head_after_failure_if_changed(&mut self) {
+        if self.head_seq != 0 && head::read(&self.dir) != Ok(Some(self.head_seq)) {
+            self.head_after_failure();
+        }
     }
 
     fn write_batch_or_fail(
@@ -1272,6 +1286,11 @@ fn run(
     while next_batch(&mut rx, &mut batch, asleep, &pace, &mut lingered) {
         pace.wrote(batch.len());
         if let Some(why) = health.failure.get() {
+            // The timer's checks go on after a failure: a `HEAD` another process put in
+            // place since (an older copy's) is made to name the last record synced again.
+            if batch.iter().any(|p| p.line.is_empty()) {
+                w.head_after_failure_if_changed();
+            }
             for p in batch.drain(..) {
                 if let Some(ack) = p.ack {
                     let _ = ack.send(Err(io::Error::other(why.clone())));
@@ -1305,13 +1324,18 @@ fn run(
             }
         }
     }
-    // Every sender is gone: make the tail durable before the thread ends.
+    // Every sender is gone: make the tail durable before the thread ends. A failed
+    // ledger's `HEAD` still names the last record synced (black-box round 96a: an older
+    // copy's `HEAD` put in place after the failure stayed through the stop, and the next
+    // start took the older copy for the whole ledger).
     if health.failure.get().is_none() {
         if let Err(e) = w.file.sync_data() {
             health.fail(ctx("fsyncing", &w.seg_path, e).to_string());
         } else if let Err(e) = w.keep_head(true).and_then(|()| w.head.sync_data()) {
             health.fail(ctx("writing", &w.dir.join(head::HEAD_FILE), e).to_string());
         }
+    } else {
+        w.head_after_failure_if_changed();
     }
 }
 
@@ -2017,6 +2041,36 @@ mod tests {
         }
     }
 
+    /// Black-box round 96a: after the ledger failed, an older copy's `HEAD` put in place
+    /// stayed through the stop (the writer no longer looked at it), and the next start
+    /// took the older copy for the whole ledger. The writer's checks after a failure, and
+    /// its end, make the head name the last record synced again.
+    #[test]
+    fn a_head_put_in_place_after_a_failure_is_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut buf = Vec::new();
+        let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+        assert!(w
+            .write_batch(&[flush_line(), flush_line()], true, &mut buf)
+            .1
+            .is_ok());
+        assert_eq!(head::read(&dir), Ok(Some(2)));
+        let health = Arc::new(Health::default());
+        health.fail("the segment was changed by another process".into());
+        // An older copy's head, after the failure; then a timer check, and the end.
+        std::fs::write(dir.join(head::HEAD_FILE), head::line(1)).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Pending {
+            line: Vec::new(),
+            ack: None,
+        })
+        .unwrap();
+        drop(tx);
+        run(w, rx, health, &AtomicBool::new(false), |_| {});
+        assert_eq!(head::read(&dir), Ok(Some(2)));
+    }
+
     /// Black-box round 95a: a first start killed between making the fingerprint key and
     /// writing its start mark left the key, an empty segment and a `HEAD` naming record 0:
     /// the restart was refused as "its records were removed". Such a ledger never synced
@@ -2030,6 +2084,15 @@ mod tests {
         std::fs::write(dir.join(crate::fingerprint::KEY_FILE), b"k").unwrap();
         assert_eq!(segments_lost(&dir), None);
         assert!(Writer::recover(&dir, 64 << 20).is_ok());
+        // Round 96a: only as a first start leaves it, its one segment the first: more
+        // segments, or none, held records.
+        std::fs::write(dir.join(segments::segment_name(2)), b"").unwrap();
+        assert!(segments_lost(&dir).is_some());
+        std::fs::remove_file(dir.join(segments::segment_name(2))).unwrap();
+        std::fs::remove_file(dir.join(segments::segment_name(1))).unwrap();
+        assert!(segments_lost(&dir).is_some());
+        std::fs::write(dir.join(segments::segment_name(1)), b"").unwrap();
+        assert_eq!(segments_lost(&dir), None);
         std::fs::remove_file(dir.join(head::HEAD_FILE)).unwrap();
         assert!(segments_lost(&dir).is_some());
     }
