@@ -891,12 +891,17 @@ impl Writer {
             return;
         }
         drop(self.spare.take());
-        match head::create_in(&self._dir_lock, self.head_seq) {
-            Ok(made) => self.head = made,
-            Err(e) => tracing::warn!(
+        // A new file renamed into place, or, where none can be made (a read-only
+        // directory, a full disk), the file there written over (black-box round 97a).
+        match head::create_in(&self._dir_lock, self.head_seq).or_else(|made| {
+            head::overwrite_in(&self._dir_lock, self.head_seq).map_err(|over| (made, over))
+        }) {
+            Ok(file) => self.head = file,
+            Err((made, over)) => tracing::warn!(
                 head = %self.dir.join(head::HEAD_FILE).display(),
                 last_seq = self.head_seq,
-                error = %e,
+                error = %made,
+                in_place = %over,
                 "ledger: HEAD could not be written after the ledger failed"
             ),
         }
@@ -2041,20 +2046,24 @@ mod tests {
         }
     }
 
+    /// A new ledger's writer with two records synced (its `HEAD` names record 2), in a
+    /// temporary directory (kept while the first value lives).
+    fn two_records_synced() -> (tempfile::TempDir, PathBuf, Writer) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+        let written = w.write_batch(&[flush_line(), flush_line()], true, &mut Vec::new());
+        assert!(written.1.is_ok());
+        (root, dir, w)
+    }
+
     /// Black-box round 96a: after the ledger failed, an older copy's `HEAD` put in place
     /// stayed through the stop (the writer no longer looked at it), and the next start
     /// took the older copy for the whole ledger. The writer's checks after a failure, and
     /// its end, make the head name the last record synced again.
     #[test]
     fn a_head_put_in_place_after_a_failure_is_made_again() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("ledger");
-        let mut buf = Vec::new();
-        let mut w = Writer::recover(&dir, 64 << 20).unwrap();
-        assert!(w
-            .write_batch(&[flush_line(), flush_line()], true, &mut buf)
-            .1
-            .is_ok());
+        let (_root, dir, w) = two_records_synced();
         assert_eq!(head::read(&dir), Ok(Some(2)));
         let health = Arc::new(Health::default());
         health.fail("the segment was changed by another process".into());
@@ -2066,6 +2075,22 @@ mod tests {
             ack: None,
         })
         .unwrap();
+        drop(tx);
+        run(w, rx, health, &AtomicBool::new(false), |_| {});
+        assert_eq!(head::read(&dir), Ok(Some(2)));
+    }
+
+    /// Black-box round 97a: where no new file can be made (a read-only directory, a full
+    /// disk; here `HEAD.new` is a directory, which refuses it whoever runs the test), the
+    /// older `HEAD` stayed. It is written over in place instead.
+    #[test]
+    fn a_head_is_written_over_in_place_when_no_new_file_can_be_made() {
+        let (_root, dir, w) = two_records_synced();
+        std::fs::create_dir(dir.join("HEAD.new")).unwrap();
+        std::fs::write(dir.join(head::HEAD_FILE), head::line(1)).unwrap();
+        let health = Arc::new(Health::default());
+        health.fail("the disk is full".into());
+        let (tx, rx) = mpsc::channel(4);
         drop(tx);
         run(w, rx, health, &AtomicBool::new(false), |_| {});
         assert_eq!(head::read(&dir), Ok(Some(2)));

@@ -109,6 +109,30 @@ fn bad_bounds_are_refused_before_anything_starts() {
         assert!(err.contains(says), "{flags:?}: {err}");
         assert!(!out_dir.exists(), "{flags:?}: nothing written");
     }
+    // Round 97a: scenarios that run once said nothing of a --repeat they ignored.
+    for scenario in ["p4-failing-buyer", "soak", "market"] {
+        let out_dir = dir.path().join(scenario);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args([
+                "run",
+                scenario,
+                "--repeat",
+                "2",
+                "--exchange-bin",
+                "/bin/false",
+                "--out",
+            ])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{scenario}: {err}");
+        assert!(
+            err.contains(&format!("--repeat 2: {scenario} runs once")),
+            "{err}"
+        );
+        assert!(!out_dir.exists(), "{scenario}: nothing written");
+    }
     // p3-hang: more hanging buyers than buyers.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["run", "p3-hang", "--buyers", "2", "--hanging", "3", "--out"])

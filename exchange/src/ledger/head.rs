@@ -43,7 +43,7 @@ pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
         let e = io::Error::from(e);
         io::Error::new(
             e.kind(),
-            format!("{NEW_FILE}: {e} (remove it: the exchange writes its HEAD through that name)"),
+            format!("{NEW_FILE}: {e} (the exchange writes its HEAD through that name: remove a file of that name, and check the directory can be written)"),
         )
     };
     // A stale one (a crash between its write and its rename, or put there by another
@@ -65,6 +65,29 @@ pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
     file.sync_all()?;
     rustix::fs::renameat(dir, NEW_FILE, dir, HEAD_FILE)?;
     dir.sync_all()?;
+    Ok(file)
+}
+
+/// Writes `seq` over the `HEAD` file of the directory open as `dir` in place (opened by
+/// its name, never through a symlink, a regular file only), cut to its one line and
+/// synced: for when no new file can be made there (a read-only directory, a full disk),
+/// so [`create_in`] fails (black-box round 97a: an older copy's `HEAD` then stayed).
+pub fn overwrite_in(dir: &File, seq: u64) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        HEAD_FILE,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{HEAD_FILE} is not a regular file"
+        )));
+    }
+    write(&file, seq)?;
+    file.set_len(LEN as u64)?;
+    file.sync_all()?;
     Ok(file)
 }
 

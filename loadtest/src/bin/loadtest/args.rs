@@ -198,6 +198,16 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     if args.repeat > REPEAT_MAX {
         bail!("--repeat {}: at most {REPEAT_MAX}", args.repeat);
     }
+    // Black-box round 97a: these ran once whatever the count, without a word.
+    let once = match args.scenario {
+        Scenario::P4FailingBuyer => Some("p4-failing-buyer"),
+        Scenario::Soak => Some("soak"),
+        Scenario::Market => Some("market"),
+        _ => None,
+    };
+    if let (Some(name), true) = (once, args.repeat > 1) {
+        bail!("--repeat {}: {name} runs once", args.repeat);
+    }
     if args.buyers == 0 {
         bail!("--buyers 0: must be at least 1");
     }
