@@ -61,9 +61,17 @@ pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
     )
     .map_err(named)?;
     let file = File::from(fd);
-    write(&file, seq)?;
-    file.sync_all()?;
-    rustix::fs::renameat(dir, NEW_FILE, dir, HEAD_FILE)?;
+    let placed = write(&file, seq)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            rustix::fs::renameat(dir, NEW_FILE, dir, HEAD_FILE).map_err(io::Error::from)
+        });
+    if let Err(e) = placed {
+        // Not left behind (black-box round 98a: a full disk left an empty `HEAD.new`
+        // after every failed rewrite).
+        let _ = rustix::fs::unlinkat(dir, NEW_FILE, rustix::fs::AtFlags::empty());
+        return Err(e);
+    }
     dir.sync_all()?;
     Ok(file)
 }
@@ -174,6 +182,18 @@ pub fn removed(dir: &Path, head: Option<u64>, last_seq: u64) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Black-box round 98a: a rewrite that failed (a full disk) left an empty `HEAD.new`.
+    /// Here the rename fails (`HEAD` is a directory that is not empty).
+    #[test]
+    fn a_failed_rewrite_leaves_no_new_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(HEAD_FILE)).unwrap();
+        std::fs::write(dir.path().join(HEAD_FILE).join("x"), b"x").unwrap();
+        let d = File::open(dir.path()).unwrap();
+        assert!(create_in(&d, 5).is_err());
+        assert!(!dir.path().join(NEW_FILE).exists());
+    }
 
     #[test]
     fn a_head_reads_back_what_was_written_and_refuses_anything_else() {
