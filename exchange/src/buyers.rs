@@ -790,18 +790,16 @@ impl BuyerClient {
         // read `gzip, chunked` as chunked (the gzip undone), and `chunked, gzip` to the
         // connection's close, waiting out the deadline on a kept-alive one (round 46).
         // Not described as JSON: `invalid`, `content_type`; the connection is not kept.
-        if transfer_coded(resp.headers()) {
-            return Ok((status, None, Vec::new()));
-        }
-        // Both framings at once (RFC 9112 6.3: "ought to be handled as an error", a sign
-        // of response splitting): a transport error, the connection not kept, as API.md
-        // says (black-box round 93c: hyper read it as chunked and the bid counted). After
-        // the transfer-coding check: a coding other than chunked is `content_type`, with
-        // a `Content-Length` or without (round 94b).
-        if resp.headers().contains_key(header::TRANSFER_ENCODING)
-            && resp.headers().contains_key(header::CONTENT_LENGTH)
-        {
-            return Err(CallError::Transport);
+        // Plain chunked with a `Content-Length` too (RFC 9112 6.3: "ought to be handled as
+        // an error", a sign of response splitting) is a transport error, as API.md says
+        // (black-box round 93c: hyper read it as chunked and the bid counted); another
+        // coding is `content_type` with a `Content-Length` or without (round 94b).
+        match transfer_coding(resp.headers()) {
+            Some(Coding::Other) => return Ok((status, None, Vec::new())),
+            Some(Coding::Chunked) if resp.headers().contains_key(header::CONTENT_LENGTH) => {
+                return Err(CallError::Transport)
+            }
+            Some(Coding::Chunked) | None => {}
         }
         let content_type = answer_content_type(resp.headers());
         let collected = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
@@ -835,19 +833,28 @@ fn answer_content_type(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
     }
 }
 
-/// Whether an answer names a `Transfer-Encoding` other than one plain `chunked`: hyper's
-/// client reads `gzip, chunked` as plain chunked, the gzip left undone, and `chunked,
-/// gzip` as ending at the connection's close, so such an answer is read as not described
-/// as JSON (`invalid`, `content_type`), as the seller listener refuses the same header
-/// (black-box rounds 45 and 46).
-fn transfer_coded(headers: &http::HeaderMap) -> bool {
+/// An answer's `Transfer-Encoding`, read once.
+enum Coding {
+    /// One plain `chunked`.
+    Chunked,
+    /// Anything else: hyper's client reads `gzip, chunked` as plain chunked, the gzip
+    /// left undone, and `chunked, gzip` as ending at the connection's close, so such an
+    /// answer is read as not described as JSON (`invalid`, `content_type`), as the seller
+    /// listener refuses the same header (black-box rounds 45 and 46).
+    Other,
+}
+
+/// The answer's [`Coding`], `None` without a `Transfer-Encoding`.
+fn transfer_coding(headers: &http::HeaderMap) -> Option<Coding> {
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    match (codings.next(), codings.next()) {
-        (None, _) => false,
-        (Some(v), None) => !v
-            .to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")),
-        (Some(_), Some(_)) => true,
+    match (codings.next()?, codings.next()) {
+        (v, None)
+            if v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")) =>
+        {
+            Some(Coding::Chunked)
+        }
+        _ => Some(Coding::Other),
     }
 }
 

@@ -347,33 +347,47 @@ impl Ledger {
             // Not queued (never at a start: nothing was appended before it).
             Receipt::Full(..) => Err(LedgerError::Full),
             Receipt::Queued => Ok(()),
-            Receipt::Durable(mut done) => {
-                let mut waited = 0u64;
-                loop {
-                    match done.try_recv() {
-                        Ok(written) => return Ok(written?),
-                        Err(oneshot::error::TryRecvError::Closed) => {
-                            return Err(LedgerError::Stopped)
-                        }
-                        Err(oneshot::error::TryRecvError::Empty)
-                            if waited >= START_MARK_WAIT_MS =>
-                        {
-                            return Err(LedgerError::Io(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!(
-                                    "the start's record was not on disk within {} s",
-                                    START_MARK_WAIT_MS / 1000
-                                ),
-                            )))
-                        }
-                        Err(oneshot::error::TryRecvError::Empty) => {
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                            waited += 1;
-                        }
-                    }
-                }
-            }
+            Receipt::Durable(done) => match wait_on_this_thread(done, START_MARK_WAIT_MS) {
+                Some(Ok(written)) => Ok(written?),
+                Some(Err(_)) => Err(LedgerError::Stopped),
+                None => Err(LedgerError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the start's record was not on disk within {} s",
+                        START_MARK_WAIT_MS / 1000
+                    ),
+                ))),
+            },
         }
+    }
+}
+
+/// Waits on the calling thread, at most `max_ms`, for `rx` to be answered (by the writer,
+/// a thread of its own): the thread is parked and woken by the answer, not polled.
+/// `None` when the time ran out.
+fn wait_on_this_thread<T>(
+    mut rx: oneshot::Receiver<T>,
+    max_ms: u64,
+) -> Option<Result<T, oneshot::error::RecvError>> {
+    use std::future::Future;
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let until = elapsed_ms().saturating_add(max_ms);
+    loop {
+        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut rx).poll(&mut cx) {
+            return Some(r);
+        }
+        let now = elapsed_ms();
+        if now >= until {
+            return None;
+        }
+        std::thread::park_timeout(Duration::from_millis(until - now));
     }
 }
 
@@ -593,9 +607,11 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     // first start still under way).
     // Only as a first start leaves it: its one segment, the first (black-box round 96a:
     // eleven emptied segments beside a `HEAD` set to 0 were taken for one).
-    let never_synced = head::read(dir) == Ok(Some(0))
-        && segments::list(dir).is_ok_and(|s| matches!(s.as_slice(), [(1, _)]));
-    (!has_records(dir) && !never_synced && std::fs::symlink_metadata(&key).is_ok()).then(|| {
+    let never_synced = || {
+        head::read(dir) == Ok(Some(0))
+            && segments::list(dir).is_ok_and(|s| matches!(s.as_slice(), [(1, _)]))
+    };
+    (!has_records(dir) && std::fs::symlink_metadata(&key).is_ok() && !never_synced()).then(|| {
         format!(
             "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
             dir.display(),

@@ -667,9 +667,8 @@ pub fn repeated_name_in(line: &str, parsed: &serde_json::Value) -> Option<String
     }
     // Names are the strings followed by a `:` (outside strings, only names are).
     let bytes = line.as_bytes();
-    let (mut names, mut i, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    while i < bytes.len() {
-        let b = bytes[i];
+    let (mut names, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
@@ -686,7 +685,6 @@ pub fn repeated_name_in(line: &str, parsed: &serde_json::Value) -> Option<String
         } else if b == b'"' {
             in_string = true;
         }
-        i += 1;
     }
     if names == entries(parsed) {
         return None;
@@ -758,12 +756,7 @@ pub fn repeated_name(line: &str) -> Option<String> {
     let text = e.to_string();
     let mut parts = text.split('\u{1}');
     parts.next()?;
-    parts.next().map(|name| {
-        name.chars()
-            .take(64)
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect()
-    })
+    parts.next().map(proto::error::printable_name)
 }
 
 /// What [`read_all`] puts in place of a line that is not UTF-8 (no record is this text:
