@@ -140,6 +140,106 @@ pub fn stop(pids: &[u32], grace: Duration) {
     }
 }
 
+/// A `loadtest orphan-guard` process watching one exchange: it stops that exchange if
+/// `loadtest` dies without stopping it (a SIGKILL, an OOM kill), which no handler of
+/// `loadtest`'s own can catch. Dropped, it closes the guard's stdin and reaps it.
+#[derive(Debug)]
+pub struct OrphanGuard(Option<std::process::Child>);
+
+/// Starts `loadtest orphan-guard` (this binary) for the exchange `pid`, a child of this
+/// process, with its start time and this process's pid (read now: a child's pid cannot
+/// be reused before it is reaped, and the guard may start after `loadtest` has died). A
+/// guard that cannot start is reported on stderr and the run goes on without it (it only
+/// matters if `loadtest` is killed). None is started when this process is not the
+/// `loadtest` binary (a test that runs a scenario in-process).
+pub fn guard_against_orphaning(pid: u32) -> OrphanGuard {
+    let exe = match std::env::current_exe() {
+        Ok(exe) if exe.file_name().is_some_and(|n| n == "loadtest") => exe,
+        _ => return OrphanGuard(None),
+    };
+    let Some((_, _, started)) = stat_of(pid) else {
+        return OrphanGuard(None);
+    };
+    let spawned = std::process::Command::new(exe)
+        .arg("orphan-guard")
+        .args(["--pid", &pid.to_string()])
+        .args(["--start-time", &started.to_string()])
+        .args(["--parent", &std::process::id().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn();
+    match spawned {
+        Ok(child) => OrphanGuard(Some(child)),
+        Err(e) => {
+            eprintln!("loadtest: could not start the guard that stops the exchange (pid {pid}) if loadtest is killed: {e}");
+            OrphanGuard(None)
+        }
+    }
+}
+
+impl Drop for OrphanGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // EOF: the guard checks the exchange (ended, or still ours) and exits.
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How long the guard waits, after its stdin closed, for the exchange to be handed to
+/// another parent (the kernel does it as `loadtest` exits, after closing its files)
+/// before it concludes that `loadtest` is alive and closed it on purpose.
+const ORPHAN_WAIT: Duration = Duration::from_secs(2);
+
+/// The state, parent pid and start time (in clock ticks since boot) of `pid`, from
+/// `/proc/<pid>/stat`; `None` once it is gone.
+fn stat_of(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields follow the command name's closing parenthesis: state (3), ppid (4), …,
+    // starttime (22).
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((
+        (*rest.first()?).to_string(),
+        rest.get(1)?.parse().ok()?,
+        rest.get(19)?.parse().ok()?,
+    ))
+}
+
+/// `loadtest orphan-guard --pid <pid> --start-time <ticks> --parent <loadtest>`: waits for
+/// its stdin to close (it closes when `loadtest`, its parent, drops the guard or dies),
+/// then stops the exchange `pid` ([`stop`]) if it still runs, is the same process (its
+/// start time), and is no longer `loadtest`'s child: `loadtest` died without stopping
+/// it. When `loadtest` closed the guard itself, the exchange has ended or is still its
+/// child, and the guard exits.
+pub fn orphan_guard_main(pid: u32, started: u64, loadtest: u32) {
+    let mut stdin = std::io::stdin().lock();
+    let mut scratch = [0u8; 64];
+    while let Ok(n) = std::io::Read::read(&mut stdin, &mut scratch) {
+        if n == 0 {
+            break;
+        }
+    }
+    let polls = ORPHAN_WAIT.as_millis() / 20;
+    for _ in 0..polls {
+        match stat_of(pid) {
+            Some((state, parent, start)) if start == started && state != "Z" && state != "X" => {
+                if parent != loadtest {
+                    eprintln!(
+                        "loadtest orphan-guard: loadtest (pid {loadtest}) died without stopping the exchange (pid {pid}); stopping it"
+                    );
+                    stop(&[pid], STOP_GRACE);
+                    return;
+                }
+            }
+            // Ended, reaped, or another process under a reused pid: nothing to do.
+            _ => return,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Installs the handlers for SIGINT, SIGTERM and SIGHUP at once (so no signal is missed
 /// once it returns) and gives the task to spawn on the run's runtime: on the first of
 /// them it stops every registered child and exits with 128 + the signal's number (130,

@@ -99,3 +99,93 @@ fn a_signal_to_loadtest_alone_stops_the_exchange_it_started() {
         );
     }
 }
+
+/// Writes `line` into the FIFO at `path` without blocking: opened for reading and writing,
+/// a FIFO needs no reader to open, and a reader blocked on it gets the line.
+fn unblock(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// A SIGKILL of `loadtest` (`kill -9`, an OOM kill) cannot be handled, but the exchange it
+/// started is stopped all the same, by its `loadtest orphan-guard` (left alone since
+/// black-box round 27: the exchange kept running, listening and holding its ledger).
+#[test]
+fn a_sigkill_of_loadtest_still_stops_the_exchange_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, stopped) = (dir.path().join("ready"), dir.path().join("stopped"));
+    for fifo in [&ready, &stopped] {
+        assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
+    }
+    // An "exchange" that says its pid, never becomes healthy, ignores its stdin closing,
+    // and says so through the second FIFO when it is sent SIGTERM.
+    let fake = dir.path().join("fake-exchange");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ntrap 'kill $child 2>/dev/null; echo term > \"{}\"; exit 0' TERM\nsleep 300 &\nchild=$!\necho $$ > '{}'\nwait\n",
+            stopped.display(),
+            ready.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p1-latency",
+            "--targets",
+            "exchange",
+            "--rate",
+            "10",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+            "--exchange-bin",
+        ])
+        .arg(&fake)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A watchdog bounds the case: it unblocks both FIFOs, and the assertions fail.
+    let (done, watch) = mpsc::channel::<()>();
+    let (lt_pid, ready_w, stopped_w) = (lt.id(), ready.clone(), stopped.clone());
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(CASE_MAX).is_err() {
+            kill("-KILL", lt_pid);
+            unblock(&ready_w, "0\n");
+            unblock(&stopped_w, "watchdog\n");
+        }
+    });
+    let ex: u32 = std::fs::read_to_string(&ready)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(ex, 0, "loadtest never started the exchange");
+    kill("-KILL", lt.id());
+    let _ = lt.wait();
+    // Blocks until the fake exchange is sent SIGTERM (or the watchdog gives up).
+    let said = std::fs::read_to_string(&stopped).unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    if said.trim() != "term" {
+        kill("-KILL", ex);
+    }
+    assert_eq!(
+        said.trim(),
+        "term",
+        "the exchange was not stopped after loadtest was killed"
+    );
+}

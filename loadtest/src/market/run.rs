@@ -100,6 +100,8 @@ struct ExchangeProc {
     child: tokio::process::Child,
     /// Stopped by a signal to loadtest alone ([`crate::children`]).
     _registered: Option<crate::children::Registered>,
+    /// Stops it should loadtest die without doing so (a SIGKILL).
+    _orphan_guard: Option<crate::children::OrphanGuard>,
 }
 
 impl ExchangeProc {
@@ -128,7 +130,12 @@ impl ExchangeProc {
             .with_context(|| format!("starting {}", bin.display()))?;
         // Stopped before the buyers on a signal (black-box round 82b).
         let _registered = child.id().map(crate::children::register_exchange);
-        let mut p = ExchangeProc { child, _registered };
+        let _orphan_guard = child.id().map(crate::children::guard_against_orphaning);
+        let mut p = ExchangeProc {
+            child,
+            _registered,
+            _orphan_guard,
+        };
         let c = client();
         for _ in 0..HEALTHY_TRIES {
             if let Ok(Some(status)) = p.child.try_wait() {

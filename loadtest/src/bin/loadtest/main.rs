@@ -59,6 +59,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// (internal) Stop the exchange with this pid if loadtest dies without stopping it.
+    #[command(hide = true)]
+    OrphanGuard {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        start_time: u64,
+        #[arg(long)]
+        parent: u32,
+    },
     /// (internal) Serve the speed-of-light relay in front of the targets in a JSON file.
     Relay {
         #[arg(long)]
@@ -96,6 +106,14 @@ fn real_main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(sim::run_fleet_process(specs, seed))
+        }
+        Cmd::OrphanGuard {
+            pid,
+            start_time,
+            parent,
+        } => {
+            loadtest::children::orphan_guard_main(pid, start_time, parent);
+            Ok(())
         }
         Cmd::Relay {
             targets,

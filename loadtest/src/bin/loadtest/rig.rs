@@ -22,6 +22,8 @@ pub(crate) struct ChildGuard {
     stdin: Option<ChildStdin>,
     /// How many 50 ms waits `stop` allows before it kills.
     stop_waits: u32,
+    /// The exchange's: stops it should loadtest die without doing so (a SIGKILL).
+    _orphan_guard: Option<loadtest::children::OrphanGuard>,
 }
 
 impl ChildGuard {
@@ -100,6 +102,7 @@ pub(crate) fn spawn_self(
             child,
             stdin,
             stop_waits: stop_waits(wrap),
+            _orphan_guard: None,
         },
         line,
         reader,
@@ -280,6 +283,7 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             name: "exchange",
             // Stopped before the buyers on a signal (black-box round 82b).
             _registered: loadtest::children::register_exchange(child.id()),
+            _orphan_guard: Some(loadtest::children::guard_against_orphaning(child.id())),
             child,
             stdin,
             stop_waits: stop_waits(o.wrap),
