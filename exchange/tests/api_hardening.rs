@@ -251,6 +251,46 @@ async fn idempotency_keys_have_a_per_seller_quota() {
 }
 
 #[tokio::test]
+async fn a_full_idempotency_table_says_when_to_retry_and_that_keyless_requests_run() {
+    // Black-box round 99a: a table full of one seller's keys answered every other seller
+    // `503` with `Retry-After: 1`, though keys free up only as they expire.
+    let ex = start_edited(&TestConfig::new(), |t| {
+        t.replacen("[server]\n", "[server]\nidempotency_keys_max = 2\n", 1)
+    })
+    .await;
+    let ping = |key: &'static str, seller: &'static str, body: Value| {
+        let client = ex.client.clone();
+        async move {
+            client
+                .post_json_with("/v1/ping", seller, &[("Idempotency-Key", key)], &body)
+                .await
+        }
+    };
+    assert_eq!(ping("a", SELLER_KEY, ping_body("TX")).await.status, 200);
+    assert_eq!(ping("b", SELLER_KEY, ping_body("TX")).await.status, 200);
+    let solar = json!({"vertical": "solar", "lead": {"zip": "76180"}});
+    let full = ping("c", SOLAR_ONLY_KEY, solar.clone()).await;
+    full.assert_error(503, "overloaded");
+    assert_eq!(full.headers["retry-after"], "60", "{:?}", full.headers);
+    assert!(
+        full.text().contains("send requests without one"),
+        "{}",
+        full.text()
+    );
+    // Nothing about the seller holding the keys.
+    assert!(!full.text().contains("main"), "{}", full.text());
+    // A request without a key runs; a key already held still replays.
+    assert_eq!(
+        ex.client
+            .post_json_with("/v1/ping", SOLAR_ONLY_KEY, &[], &solar)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(ping("a", SELLER_KEY, ping_body("TX")).await.status, 200);
+}
+
+#[tokio::test]
 async fn a_seller_has_two_valid_keys_for_rotation() {
     let next = sha256_hex(NEXT_KEY);
     let ex = start_edited(&TestConfig::new(), |t| {

@@ -389,6 +389,11 @@ struct Held {
     windows: Windows,
     /// The later hours' windows, in order ([`Reservation::later`]).
     later: Vec<Windows>,
+    /// The windows, `(period, key)`, a zone change carried this hold out of (into the new
+    /// zone's window, as sold): dropped from the book, so the hold's settle leaves them
+    /// alone (black-box round 99b: kept with the hold, they counted its leads again when a
+    /// later zone change made their key current again).
+    carried: Vec<(usize, i64)>,
 }
 
 impl Held {
@@ -612,10 +617,19 @@ impl BuyerBook {
             // A window later than the new current one with a lead taken at a time the
             // clock has not reached (it was set back across a restart) is kept for when
             // it comes, as well as carried: an over-count until then, never a window
-            // that forgets its leads.
-            list.retain(|(k, c)| {
-                !is_carried(*k, c) || c.reserved > 0 || (*k > key && c.last_ms > now)
-            });
+            // that forgets its leads. Any other carried window is dropped, holds and all:
+            // its holds now count (as sold) in the current window only, and their settle
+            // skips it (`Held::carried`), so a later zone whose window has its key does
+            // not count them again.
+            let kept = |k: i64, c: &Counter| !is_carried(k, c) || (k > key && c.last_ms > now);
+            for (k, _) in list.iter().filter(|(k, c)| !kept(*k, c) && c.reserved > 0) {
+                for held in self.outstanding.values_mut() {
+                    if held.windows_of(period, 0).any(|(hk, _)| hk == *k) {
+                        held.carried.push((period, *k));
+                    }
+                }
+            }
+            list.retain(|(k, c)| kept(*k, c));
             if let Some(c) = self.counter_mut(period, key) {
                 c.sold = c.sold.saturating_add(carried.sold);
                 c.spent = c.spent.saturating_add(carried.spent);
@@ -913,6 +927,7 @@ impl CapBook {
                 price,
                 windows: w,
                 later: later.clone(),
+                carried: Vec::new(),
             };
             b.hold(&held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -952,6 +967,9 @@ impl CapBook {
             let counted = counted_in(&held.windows, &held.later, r.delivered).keys();
             for (period, counted) in counted.into_iter().enumerate() {
                 for (k, _) in held.windows_of(period, 0) {
+                    if held.carried.contains(&(period, k)) {
+                        continue;
+                    }
                     // The window exists: a window holding a reservation is never pruned.
                     if let Some(c) = b.counter_mut(period, k) {
                         c.reserved = c.reserved.saturating_sub(1);
@@ -1058,6 +1076,7 @@ impl CapBook {
                 price,
                 windows: *windows,
                 later: later.clone(),
+                carried: Vec::new(),
             };
             b.hold(&held, windows.latest_ms());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1899,6 +1918,58 @@ mod tests {
             timezone: tz,
             ..capped(caps)
         }
+    }
+
+    #[test]
+    fn a_hold_carried_by_two_zone_changes_counts_once() {
+        // Black-box round 99b: UTC, daily 20, 2 sold and 2 held (open quotes); the zone
+        // changed to Los Angeles (still the 4th there), then to Tokyo (the 5th again, the
+        // UTC day's key). The UTC window kept for its holds still counted its leads when
+        // Tokyo's day made it current again, on top of the copy carried through Los
+        // Angeles: 4 leads counted 8, and the buyer was capped at 16 real leads.
+        let caps = Caps {
+            daily: Some(20),
+            ..Caps::default()
+        };
+        let (utc, la, tokyo) = (
+            zoned(Tz::UTC, caps),
+            zoned(chrono_tz::America::Los_Angeles, caps),
+            zoned(chrono_tz::Asia::Tokyo, caps),
+        );
+        let book = CapBook::new(1);
+        let t = utc_ms(2026, 12, 5, 0, 20);
+        for i in 0..2 {
+            let r = book.reserve(BuyerKey(0), &utc, m(1), t + i).unwrap();
+            assert!(book.commit(&r));
+        }
+        let open: Vec<Reservation> = (0..2)
+            .map(|i| {
+                book.reserve_until(BuyerKey(0), &utc, m(1), t + 10 + i, t + 10 + i + 30_000)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(book.usage(BuyerKey(0), &utc, t + 20).sold_day, 2);
+        assert!(book.has_headroom(BuyerKey(0), &la, t + MIN_MS));
+        assert!(book.has_headroom(BuyerKey(0), &tokyo, t + 2 * MIN_MS));
+        for r in &open {
+            assert!(book.commit(r));
+        }
+        // 16 more leads fit in Tokyo's day, and no 17th.
+        let mut sold = 0;
+        for i in 0..40 {
+            match book.reserve(BuyerKey(0), &tokyo, m(1), t + 3 * MIN_MS + i) {
+                Ok(r) => {
+                    assert!(book.commit(&r));
+                    sold += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.limit, CapLimit::Daily);
+                    break;
+                }
+            }
+        }
+        assert_eq!(sold, 16);
+        assert_eq!(book.usage(BuyerKey(0), &tokyo, t + 4 * MIN_MS).sold_day, 20);
     }
 
     #[test]

@@ -190,7 +190,24 @@ pub(super) fn claim_key<P: Copy + Eq + Hash>(
             );
             return Err(Box::new(resp));
         }
-        Begin::Full => ApiError::new(ErrorCode::Overloaded, "too many idempotency keys held"),
+        Begin::Full => {
+            // Keys free up only as they expire (black-box round 99a: `Retry-After: 1` sent
+            // every seller back within the second, for hours, and did not say that a
+            // request without a key still runs).
+            let mut resp = error_response(
+                state,
+                &ApiError::new(
+                    ErrorCode::Overloaded,
+                    "the exchange holds as many idempotency keys as it may; keys are \
+                     freed as they expire, or send requests without one",
+                ),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(KEY_QUOTA_RETRY_AFTER_S),
+            );
+            return Err(Box::new(resp));
+        }
     };
     Err(Box::new(error_response(state, &e)))
 }
