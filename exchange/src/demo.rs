@@ -26,7 +26,13 @@ use crate::config::Config;
 /// panic that left the server running without its demo.
 macro_rules! say {
     ($($arg:tt)*) => {
-        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            // Said on stderr (black-box round 99c: the demo ended, exit 0, with nothing
+            // said but the log's own write errors).
+            let _ = writeln!(
+                std::io::stderr(),
+                "pingpost --demo: its output is closed ({e}); the demo stops, and the exchange with it"
+            );
             return;
         }
     };

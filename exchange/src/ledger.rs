@@ -507,6 +507,10 @@ struct Writer {
     head: File,
     /// The sequence number `head` holds.
     head_seq: u64,
+    /// The last warning that `HEAD` could not be written after a failure, so the check
+    /// every 2 s says it once, not every time (black-box round 99c: the same warning
+    /// every 2 s for a ledger directory that had been removed).
+    head_warned: Option<String>,
 }
 
 /// Makes the ledger's `HEAD` file hold `seq`, whole and synced ([`head::create_in`], in
@@ -872,6 +876,7 @@ impl Writer {
             spare: open_spare(),
             head: head_file,
             head_seq: chain.seq,
+            head_warned: None,
         })
     }
 
@@ -912,14 +917,23 @@ impl Writer {
         match head::create_in(&self._dir_lock, self.head_seq).or_else(|made| {
             head::overwrite_in(&self._dir_lock, self.head_seq).map_err(|over| (made, over))
         }) {
-            Ok(file) => self.head = file,
-            Err((made, over)) => tracing::warn!(
-                head = %self.dir.join(head::HEAD_FILE).display(),
-                last_seq = self.head_seq,
-                error = %made,
-                in_place = %over,
-                "ledger: HEAD could not be written after the ledger failed"
-            ),
+            Ok(file) => {
+                self.head = file;
+                self.head_warned = None;
+            }
+            Err((made, over)) => {
+                let said = format!("{made} / {over}");
+                if self.head_warned.as_deref() != Some(said.as_str()) {
+                    tracing::warn!(
+                        head = %self.dir.join(head::HEAD_FILE).display(),
+                        last_seq = self.head_seq,
+                        error = %made,
+                        in_place = %over,
+                        "ledger: HEAD could not be written after the ledger failed (said once while the reason stays the same)"
+                    );
+                    self.head_warned = Some(said);
+                }
+            }
         }
         self.spare = open_spare();
     }

@@ -725,6 +725,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let hup = hangup_signal(&runtime);
+    // SIGUSR1, SIGUSR2 and SIGXFSZ, whose default action ends the process at once, with no
+    // drain and no line said (black-box round 99c): caught from here on.
+    let other_signals = OtherSignals::install(&runtime);
     // SIGTERM's and SIGINT's too (not for `--check-config`, which they simply end): one
     // that arrives during the start no longer kills the process without its `stopped:`
     // line (black-box round 77b: exit 143 within the first ~70 ms); the exchange stops
@@ -868,7 +871,16 @@ fn main() -> anyhow::Result<()> {
         Err(e) => {
             // One line, no backtrace: what is wrong and where (a ledger directory that is
             // missing, not writable or corrupt; an address in use).
-            pingpost::say_err!("pingpost: cannot start: {e}");
+            // EAGAIN and ENOMEM name no file: they come from a thread or a memory map
+            // the limits refused (black-box round 99c: `ulimit -v 150000` said only
+            // "Resource temporarily unavailable").
+            let hint = match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::OutOfMemory => {
+                    " (a thread or memory the exchange needs was refused: check `ulimit -v` and `ulimit -u`, the memory free, and `server.worker_threads`)"
+                }
+                _ => "",
+            };
+            pingpost::say_err!("pingpost: cannot start: {e}{hint}");
             std::process::exit(1);
         }
     };
@@ -914,6 +926,7 @@ fn main() -> anyhow::Result<()> {
         // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
         // into one more, and reloads are serialized inside.
         let reloader = tokio::spawn(reload_on_sighup(state, hup));
+        let other_signals = tokio::spawn(other_signals.log());
         if args.demo {
             let mut leads = tokio::spawn(pingpost::demo::run(
                 addr,
@@ -929,6 +942,7 @@ fn main() -> anyhow::Result<()> {
                 () = StopSignals::recv(&mut stop) => leads.abort(),
             };
             reloader.abort();
+            other_signals.abort();
             tracing::info!("shutting down: finishing in-flight requests");
             // The demo's bidders run on this thread: they go on answering the posts still
             // in flight while the exchange drains on another, and stop after it (black-box
@@ -941,6 +955,7 @@ fn main() -> anyhow::Result<()> {
         }
         StopSignals::recv(&mut stop).await;
         reloader.abort();
+        other_signals.abort();
         tracing::info!("shutting down: finishing in-flight requests");
         // Off the runtime: the shutdown makes its own to flush the ledger.
         tokio::task::spawn_blocking(move || server.shutdown())
@@ -1014,6 +1029,69 @@ async fn reload_on_sighup(
 #[cfg(not(unix))]
 async fn reload_on_sighup(state: std::sync::Arc<pingpost::state::AppState>, _hup: Option<()>) {
     let _ = state;
+}
+
+/// The handlers of the signals that neither stop nor reload the exchange but whose default
+/// action would end it on the spot: SIGUSR1 and SIGUSR2 (an operator's habit from other
+/// daemons: logged and ignored), and SIGXFSZ (a ledger write past `ulimit -f`: caught, the
+/// write then fails with `EFBIG` and the ledger fails as for any write error, fail-stop,
+/// where the signal killed the process mid-line).
+struct OtherSignals {
+    #[cfg(unix)]
+    caught: Vec<(&'static str, tokio::signal::unix::Signal)>,
+}
+
+impl OtherSignals {
+    fn install(runtime: &tokio::runtime::Runtime) -> OtherSignals {
+        let _in_runtime = runtime.enter();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            /// SIGXFSZ's number on Linux (every architecture Rust supports there).
+            const SIGXFSZ: i32 = 25;
+            let caught = [
+                ("SIGUSR1", SignalKind::user_defined1()),
+                ("SIGUSR2", SignalKind::user_defined2()),
+                ("SIGXFSZ", SignalKind::from_raw(SIGXFSZ)),
+            ]
+            .into_iter()
+            .filter_map(|(name, kind)| match signal(kind) {
+                Ok(s) => Some((name, s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot catch the signal; it ends the process");
+                    None
+                }
+            })
+            .collect();
+            OtherSignals { caught }
+        }
+        #[cfg(not(unix))]
+        OtherSignals {}
+    }
+
+    /// Logs each of these signals as it comes (coalesced by the kernel and tokio: a burst
+    /// is one line or a few).
+    async fn log(self) {
+        #[cfg(unix)]
+        {
+            let waits = self.caught.into_iter().map(|(name, mut s)| async move {
+                while s.recv().await.is_some() {
+                    if name == "SIGXFSZ" {
+                        tracing::error!(
+                            signal = name,
+                            "a file passed the process's file size limit (ulimit -f): the write fails, and a ledger write that fails stops the selling (fail-stop)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            signal = name,
+                            "signal ignored: SIGHUP reloads the configuration, SIGTERM or SIGINT stops the exchange"
+                        );
+                    }
+                }
+            });
+            futures_util::future::join_all(waits).await;
+        }
+    }
 }
 
 /// SIGTERM's and SIGINT's handlers, installed from the start (a signal that comes before

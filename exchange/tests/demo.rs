@@ -369,6 +369,11 @@ async fn the_demo_and_the_exchange_stop_when_their_output_is_gone() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    // It says why it stopped (black-box round 99c: only the log's own write errors did).
+    assert!(
+        stderr.contains("pingpost --demo: its output is closed"),
+        "{stderr}"
+    );
 }
 
 /// A demo bidder's port already taken: the demo names that port and its buyer (not the

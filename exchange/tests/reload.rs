@@ -527,11 +527,24 @@ fn spawn_logging(
     String,
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"));
+    cmd.arg("--config").arg(config);
+    spawn_logging_cmd(cmd, envs)
+}
+
+/// [`spawn_logging`] for a command of the caller's (the binary under a shell's `ulimit`).
+#[cfg(unix)]
+fn spawn_logging_cmd(
+    mut cmd: std::process::Command,
+    envs: std::collections::BTreeMap<String, String>,
+) -> (
+    std::process::Child,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(config)
+    use std::process::Stdio;
+    let mut child = cmd
         .envs(envs)
         .env("RUST_LOG", "pingpost=info")
         .stdout(Stdio::piped())
@@ -637,6 +650,91 @@ async fn sighup_at_start_is_kept(line: &str) {
     stop_gracefully(child, &pid).await;
 }
 
+/// The address the `pingpost listening` line names as `name` (`addr`, `admin`).
+fn listening_addr(listening: &str, name: &str) -> std::net::SocketAddr {
+    let rest = listening
+        .split(&format!("{name}="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in {listening}"));
+    let rest = rest.trim_start_matches("Some(");
+    rest.split([' ', ')'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name} in {listening}: {e}"))
+}
+
+/// SIGUSR1 and SIGUSR2 are logged and ignored (black-box round 99c: their default action
+/// ended the exchange at once, exit 138 and 140, with no drain and nothing logged).
+#[cfg(unix)]
+#[tokio::test]
+async fn sigusr1_and_sigusr2_are_logged_and_ignored() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let cfg = TestConfig::new().buyer(ab.clone());
+    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
+    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    let listening = wait_line(&mut lines, "pingpost listening").await;
+    let seller = SellerClient::new(listening_addr(&listening, "addr"));
+    for sig in ["-USR1", "-USR2"] {
+        signal(&pid, sig);
+        let said = wait_line(&mut lines, "signal ignored").await;
+        assert!(said.contains(&sig[1..]), "{sig}: {said}");
+        assert!(child.try_wait().unwrap().is_none(), "{sig}: still running");
+        assert_eq!(seller.ping("TX").await.status, PingStatus::Bid, "{sig}");
+    }
+    stop_gracefully(child, &pid).await;
+}
+
+/// A ledger write past the process's file size limit (`ulimit -f`) fails the ledger
+/// (fail-stop: `503`, `/readyz` says why) and the exchange goes on answering and stops
+/// cleanly (black-box round 99c: SIGXFSZ killed it mid-line, exit 153, nothing logged).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_ledger_write_past_the_file_size_limit_fails_the_ledger_not_the_process() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let cfg = TestConfig::new().buyer(ab.clone());
+    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
+    // 16 blocks of 512 bytes (dash's unit; bash's is 1 KiB): a few auctions' records.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -f 16 && exec \"$0\" --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_pingpost"))
+        .arg(&path);
+    let (mut child, pid, mut lines) = spawn_logging_cmd(cmd, cfg.env_vars());
+    let listening = wait_line(&mut lines, "pingpost listening").await;
+    let seller = SellerClient::new(listening_addr(&listening, "addr"));
+    let mut refused = None;
+    for _ in 0..400 {
+        let r = seller.post_json("/v1/ping", &ping_body("TX")).await;
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("the ledger passed the file size limit within 400 pings");
+    refused.assert_error(503, "unavailable");
+    let failed = wait_line(&mut lines, "ledger failed").await;
+    assert!(failed.contains("too large"), "{failed}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let ready = seller
+        .send(
+            http::Method::GET,
+            "/readyz",
+            None,
+            None,
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    stop_gracefully(child, &pid).await;
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
@@ -654,19 +752,10 @@ async fn sighup_reloads_the_binary_and_a_broken_file_changes_nothing() {
     let (child, pid, mut line_rx) = spawn_logging(&path, second.env_vars());
     // The first log line names both addresses.
     let listening = wait_line(&mut line_rx, "pingpost listening").await;
-    let field = |name: &str| -> std::net::SocketAddr {
-        let rest = listening
-            .split(&format!("{name}="))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no {name} in {listening}"));
-        let rest = rest.trim_start_matches("Some(");
-        rest.split([' ', ')'])
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name} in {listening}: {e}"))
-    };
-    let (addr, admin_addr) = (field("addr"), field("admin"));
+    let (addr, admin_addr) = (
+        listening_addr(&listening, "addr"),
+        listening_addr(&listening, "admin"),
+    );
     let seller = SellerClient::new(addr);
     let admin = SellerClient::new(admin_addr);
     let generation = || async {

@@ -40,11 +40,15 @@ const NEW_FILE: &str = "HEAD.new";
 /// followed), and the directory synced. Returns the file, open for later writes.
 pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
     let named = |e: rustix::io::Errno| {
+        // Nothing can be created in a directory that was removed (black-box round 99c:
+        // the hint said to remove a file of that name).
+        let hint = if e == rustix::io::Errno::NOENT {
+            "the ledger directory itself is gone (removed or moved away)"
+        } else {
+            "the exchange writes its HEAD through that name: remove a file of that name, and check the directory can be written"
+        };
         let e = io::Error::from(e);
-        io::Error::new(
-            e.kind(),
-            format!("{NEW_FILE}: {e} (the exchange writes its HEAD through that name: remove a file of that name, and check the directory can be written)"),
-        )
+        io::Error::new(e.kind(), format!("{NEW_FILE}: {e} ({hint})"))
     };
     // A stale one (a crash between its write and its rename, or put there by another
     // process: a file or a symlink) is removed, never followed; a directory there is an
@@ -193,6 +197,20 @@ mod tests {
         let d = File::open(dir.path()).unwrap();
         assert!(create_in(&d, 5).is_err());
         assert!(!dir.path().join(NEW_FILE).exists());
+    }
+
+    /// Black-box round 99c: with the ledger directory removed, the error said to remove a
+    /// file named `HEAD.new`; it says the directory is gone.
+    #[test]
+    fn a_removed_directory_is_named_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger");
+        std::fs::create_dir(&ledger).unwrap();
+        let d = File::open(&ledger).unwrap();
+        std::fs::remove_dir(&ledger).unwrap();
+        let e = create_in(&d, 5).unwrap_err().to_string();
+        assert!(e.contains("the ledger directory itself is gone"), "{e}");
+        assert!(!e.contains("remove a file"), "{e}");
     }
 
     #[test]
