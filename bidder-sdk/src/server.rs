@@ -249,6 +249,32 @@ impl Refusal {
         StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// Whether the answer closes its connection: every refusal of a request not known to
+    /// come from the exchange (not signed with the secret, or signed and replayed), as the
+    /// exchange closes the connection of every answer to a request without a key
+    /// (SECURITY.md C5). Black-box round 100c: kept open for the idle timeout (120 s),
+    /// such connections held the bidder's slots, 1,000 of them with answers the client
+    /// never let out (an HTTP/2 flow-control window of 0). The refusals of a request that
+    /// verified (its JSON, the bidder's own failures) keep the exchange's connection.
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            Refusal::NotFound
+            | Refusal::MethodNotAllowed
+            | Refusal::UnsupportedMediaType(_)
+            | Refusal::PayloadTooLarge { .. }
+            | Refusal::BodyTimeout { .. }
+            | Refusal::BodyUnreadable(_)
+            | Refusal::Unauthorized(_)
+            | Refusal::Replayed
+            | Refusal::HeadersTooLarge => true,
+            Refusal::Malformed(_)
+            | Refusal::BidderPanicked
+            | Refusal::ReplyUnserializable(_)
+            | Refusal::InvalidBid(_)
+            | Refusal::ReplyTooLarge { .. } => false,
+        }
+    }
+
     fn response(&self) -> Response<Full<Bytes>> {
         let body = ApiError::new(self.code(), self.to_string()).to_json();
         let mut response = json_response(self.status(), body);
@@ -256,6 +282,11 @@ impl Refusal {
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        if self.closes_connection() {
+            response
+                .extensions_mut()
+                .insert(crate::listener::CloseConnection);
         }
         response
     }
@@ -879,6 +910,16 @@ mod tests {
             missing,
             Err(Refusal::Unauthorized(SignatureError::MissingHeader))
         ));
+        // A header that is there but not visible ASCII is named so (black-box round 100c:
+        // "missing or empty").
+        let mut odd = signed(&o, PING.as_bytes(), now);
+        odd.insert(HEADER_ID, HeaderValue::from_bytes(b"id-\xc3\xa9").unwrap());
+        let r = decode(&o, Endpoint::Ping, &odd, PING.into(), now);
+        let Err(refusal) = r else { panic!("{r:?}") };
+        assert!(
+            refusal.to_string().contains("not visible ASCII"),
+            "{refusal}"
+        );
         for name in [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE] {
             let mut twice = signed(&o, PING.as_bytes(), now);
             let first = twice.get(name).unwrap().clone();

@@ -667,3 +667,67 @@ async fn each_media_type_refusal_says_what_is_wrong() {
     }
     handle.shutdown().await.unwrap();
 }
+
+/// Black-box round 100c: a request that is not the exchange's (unsigned, another path or
+/// method, a replay) kept its connection open for the idle timeout (120 s), so 1,000 such
+/// connections, their answers stalled by an HTTP/2 flow-control window of 0, held every
+/// slot of the bidder. Its answer now closes the connection, as the exchange's answers to
+/// requests without a key do: `Connection: close` over HTTP/1.1, GOAWAY over HTTP/2.
+#[tokio::test]
+async fn answers_to_requests_not_from_the_exchange_close_their_connection() {
+    let (client, addr, handle) = start(flat()).await;
+    let body = ping_body();
+    for (what, head) in [
+        ("unsigned", "POST /ping HTTP/1.1"),
+        ("wrong path", "POST /nowhere HTTP/1.1"),
+        ("wrong method", "PUT /ping HTTP/1.1"),
+    ] {
+        // A keep-alive request (no `Connection: close`): the server must end it.
+        let request = format!(
+            "{head}\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut raw = request.into_bytes();
+        raw.extend_from_slice(&body);
+        let (status, text) = raw_http1(addr, &raw).await;
+        assert!(matches!(status, 401 | 404 | 405), "{what}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{what}: {text}"
+        );
+    }
+    // Over HTTP/2 (prior knowledge): the answer, then GOAWAY, and the connection ends
+    // though the client does nothing to end it.
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let unsigned = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/ping"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+        .unwrap();
+    let r = send.send_request(unsigned).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the bidder ends the connection after its 401")
+        .unwrap()
+        .unwrap();
+    // The exchange's own signed requests keep theirs: the keep-alive client's two pings.
+    let first = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(first.raw.status, StatusCode::OK);
+    let second = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(second.raw.status, StatusCode::OK);
+    handle.shutdown().await.unwrap();
+}

@@ -21,18 +21,24 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 
+/// Whether the demo has said that its output is gone ([`say!`]).
+static OUTPUT_GONE_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints a line of the demo; when stdout is gone (`pingpost --demo | head`) the demo
 /// stops there (the enclosing function returns), and the exchange with it, instead of a
 /// panic that left the server running without its demo.
 macro_rules! say {
     ($($arg:tt)*) => {
         if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            // Said on stderr (black-box round 99c: the demo ended, exit 0, with nothing
-            // said but the log's own write errors).
-            let _ = writeln!(
-                std::io::stderr(),
-                "pingpost --demo: its output is closed ({e}); the demo stops, and the exchange with it"
-            );
+            // Said on stderr, once (black-box round 99c: the demo ended, exit 0, with
+            // nothing said but the log's own write errors; round 100a: said twice, by the
+            // leads and by the lines printed beside them).
+            if !OUTPUT_GONE_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "pingpost --demo: its output is closed ({e}); the demo stops, and the exchange with it"
+                );
+            }
             return;
         }
     };

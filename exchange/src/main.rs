@@ -658,8 +658,22 @@ fn main() -> anyhow::Result<()> {
         )
         // Colour codes only for a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        // A line that cannot be written is lost, and nothing else: tracing-subscriber
+        // reports the failure with `eprintln!`, which panics when stderr fails too (a
+        // full disk under both): the panic ended the ledger writer thread, and the
+        // exchange stopped selling with no reason said (black-box round 100a).
+        .log_internal_errors(false)
         .init();
     let args = Args::parse();
+    // The commands (`ledger export > file`, `ledger report --html`, …) catch SIGXFSZ too:
+    // an output past `ulimit -f` then fails with "File too large", which they report,
+    // where the signal killed them with a file cut mid-line and nothing said (black-box
+    // round 100a). The handler stays installed for the process's life.
+    let _commands_signals = args
+        .command
+        .is_some()
+        .then(catch_file_size_signal)
+        .flatten();
     match args.command {
         // The global `--ledger` and `--config` serve the ledger commands too, as they serve
         // `train` and `models` (black-box round 85a: `pingpost --ledger DIR ledger verify`
@@ -1043,6 +1057,11 @@ struct OtherSignals {
 
 impl OtherSignals {
     fn install(runtime: &tokio::runtime::Runtime) -> OtherSignals {
+        OtherSignals::install_only(runtime, &["SIGUSR1", "SIGUSR2", "SIGXFSZ"])
+    }
+
+    /// [`OtherSignals::install`] for the named ones only.
+    fn install_only(runtime: &tokio::runtime::Runtime, names: &[&str]) -> OtherSignals {
         let _in_runtime = runtime.enter();
         #[cfg(unix)]
         {
@@ -1055,6 +1074,7 @@ impl OtherSignals {
                 ("SIGXFSZ", SignalKind::from_raw(SIGXFSZ)),
             ]
             .into_iter()
+            .filter(|(name, _)| names.contains(name))
             .filter_map(|(name, kind)| match signal(kind) {
                 Ok(s) => Some((name, s)),
                 Err(e) => {
@@ -1092,6 +1112,17 @@ impl OtherSignals {
             futures_util::future::join_all(waits).await;
         }
     }
+}
+
+/// SIGXFSZ caught for a command (see `main`): the runtime that registered it, kept while
+/// the command runs. `None` when it cannot be (the signal then keeps its default action).
+fn catch_file_size_signal() -> Option<(tokio::runtime::Runtime, OtherSignals)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let caught = OtherSignals::install_only(&runtime, &["SIGXFSZ"]);
+    Some((runtime, caught))
 }
 
 /// SIGTERM's and SIGINT's handlers, installed from the start (a signal that comes before

@@ -598,6 +598,25 @@ async fn export_writes_a_date_range_as_csv_or_json_lines() {
 
 /// The Chromium the browser check runs (Debian's `chromium`; `exchange/tests/chromium.sh`
 /// installs it, and the README's test command runs that first).
+/// An export past the file size limit (`ulimit -f`) says "File too large" and exits 2
+/// (black-box round 100a: SIGXFSZ killed it, exit 153, the file cut and nothing said).
+#[tokio::test]
+async fn an_export_past_the_file_size_limit_says_so() {
+    let s = sell().await;
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("export.jsonl");
+    // 1 block (512 bytes for dash, 1 KiB for bash): less than the export.
+    let o = Command::new("sh")
+        .args(["-c", "ulimit -f 1 && exec \"$0\" ledger export --dir \"$1\" --from 2000-01-01 --to 2099-12-31 > \"$2\""])
+        .arg(env!("CARGO_BIN_EXE_pingpost"))
+        .arg(s.dir())
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("File too large"), "{}", text(&o));
+}
+
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("PINGPOST_CHROMIUM")
         .map(PathBuf::from)

@@ -688,6 +688,81 @@ async fn sigusr1_and_sigusr2_are_logged_and_ignored() {
     stop_gracefully(child, &pid).await;
 }
 
+/// With stdout and stderr both failing (one full disk under both, as a unit's log file
+/// often is), the exchange loses its log lines and nothing else: it sells, and its ledger
+/// stays up (black-box round 100a: tracing-subscriber's `eprintln!` of the failed write
+/// panicked on the failing stderr, the ledger writer thread died with it, and the
+/// exchange stopped selling with no reason said; with both at start, exit 101).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_log_that_cannot_be_written_loses_lines_and_nothing_else() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let cfg = TestConfig::new().buyer(ab.clone());
+    // No log line to read the port from: one the kernel picked a moment before.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = cfg.toml(&dir.path().join("ledger")).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&path)
+        .envs(cfg.env_vars())
+        .env("RUST_LOG", "pingpost=debug")
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let seller = SellerClient::new(format!("127.0.0.1:{port}").parse().unwrap());
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the exchange exited");
+        assert!(tokio::time::Instant::now() < deadline, "never healthy");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let q = seller.ping("TX").await;
+        assert_eq!(q.status, PingStatus::Bid);
+        let sold = seller.post(&q.ping_id, "TX").await;
+        assert_eq!(sold.status, PostStatus::Sold);
+    }
+    let ready = seller
+        .send(
+            http::Method::GET,
+            "/readyz",
+            None,
+            None,
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    stop_gracefully(child, &pid).await;
+}
+
 /// A ledger write past the process's file size limit (`ulimit -f`) fails the ledger
 /// (fail-stop: `503`, `/readyz` says why) and the exchange goes on answering and stops
 /// cleanly (black-box round 99c: SIGXFSZ killed it mid-line, exit 153, nothing logged).

@@ -914,6 +914,45 @@ async fn a_vertical_that_requires_consent_gets_it_at_the_ping_and_the_post() {
     );
 }
 
+/// A post lacking several required consent keys names every one of them at once, as
+/// every other `400` lists its problems (black-box round 100b: only the first was named,
+/// the next one only after the seller had fixed it).
+#[tokio::test]
+async fn a_post_without_several_consent_keys_names_them_all() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (b, _h) = serve("b", &bidder).await;
+    let ex = TestConfig::new()
+        .buyer(b)
+        .start_edited(|t| {
+            t.replacen(
+                "[verticals.auto_insurance]\n",
+                "[verticals.auto_insurance]\nconsent_required = [\"tf\", \"jl\", \"xk\"]\n",
+                1,
+            )
+        })
+        .await;
+    let mut body = ping_body("TX");
+    body["consent"] = json!({"tf": "https://cert/1", "jl": "abc", "xk": "k"});
+    let quote = ex.client.post_json("/v1/ping", &body).await.ping_answer();
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    let mut post = post_body(&quote.ping_id, "TX");
+    post["consent"] = json!({"tf": " ", "xk": "given"});
+    let err = ex
+        .client
+        .post_json("/v1/post", &post)
+        .await
+        .assert_error(400, "invalid_request");
+    let fields: Vec<&str> = err["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["consent.tf", "consent.jl"], "{err}");
+    assert_eq!(bidder.posts(), 0);
+    assert_eq!(ex.quotes_open(), 1, "the quote stays open");
+}
+
 /// A buyer with budget left, but less than its bid, is still pinged (its bid is not known
 /// before it answers); its bid is refused at award (`capped_at_award`) and counted in
 /// `pingpost_buyer_capped_at_award_total`, so an operator sees a buyer bidding past its

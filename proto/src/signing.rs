@@ -40,7 +40,7 @@ impl std::fmt::Debug for Secret {
 pub enum SignatureError {
     #[error("the secret is empty or not valid base64 after whsec_")]
     BadSecret,
-    #[error("a webhook header is missing or empty")]
+    #[error("a webhook header is missing, empty, or not visible ASCII")]
     MissingHeader,
     #[error("a webhook header appears more than once")]
     RepeatedHeader,

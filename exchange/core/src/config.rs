@@ -395,13 +395,22 @@ pub struct Vertical {
 
 impl Vertical {
     /// The first required consent key that `consent` lacks, or holds only blanks.
-    pub fn consent_missing(
-        &self,
-        consent: &std::collections::BTreeMap<String, String>,
-    ) -> Option<&str> {
+    pub fn consent_missing<'a>(
+        &'a self,
+        consent: &'a std::collections::BTreeMap<String, String>,
+    ) -> Option<&'a str> {
+        self.consents_missing(consent).next()
+    }
+
+    /// Every required consent key that `consent` lacks, or holds only blanks, in the
+    /// configuration's order (a post's `400` names them all at once).
+    pub fn consents_missing<'a>(
+        &'a self,
+        consent: &'a std::collections::BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a str> + 'a {
         self.consent_required
             .iter()
-            .find(|k| consent.get(k.as_str()).is_none_or(|v| says_nothing(v)))
+            .filter(|k| consent.get(k.as_str()).is_none_or(|v| says_nothing(v)))
             .map(String::as_str)
     }
 }

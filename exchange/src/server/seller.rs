@@ -1016,8 +1016,11 @@ async fn post(
     };
     // The consent the vertical requires travels with the lead to the buyer: a post
     // without it is refused, and the quote stays open for one that carries it.
-    if let Some(key) = cfg.verticals[vertical].consent_missing(&env.consent) {
-        let e = consent_refusal(key, &cfg.verticals[vertical].name);
+    let missing: Vec<&str> = cfg.verticals[vertical]
+        .consents_missing(&env.consent)
+        .collect();
+    if !missing.is_empty() {
+        let e = consent_refusal(&missing, &cfg.verticals[vertical].name);
         state.quotes.abandon(&env.ping_id, quote);
         return Err(e);
     }
@@ -1124,17 +1127,22 @@ async fn post(
     Ok(post_answer(state, &answer))
 }
 
-/// A post without a consent key its vertical requires (`consent_required`): 400
-/// `invalid_request` naming the key (an operator's name, never the seller's value).
-fn consent_refusal(key: &str, vertical: &str) -> ApiError {
+/// A post without consent keys its vertical requires (`consent_required`): 400
+/// `invalid_request` naming every such key at once (operators' names, never the
+/// seller's values; black-box round 100b: only the first was named).
+fn consent_refusal(keys: &[&str], vertical: &str) -> ApiError {
     ApiError::from_fields(
         ErrorCode::InvalidRequest,
-        vec![proto::error::FieldProblem::new(
-            format!("consent.{key}"),
-            format!(
-                "is required by vertical {vertical} (consent_required): the post must carry it, non-blank; the quote stays open"
-            ),
-        )],
+        keys.iter()
+            .map(|key| {
+                proto::error::FieldProblem::new(
+                    format!("consent.{key}"),
+                    format!(
+                        "is required by vertical {vertical} (consent_required): the post must carry it, non-blank; the quote stays open"
+                    ),
+                )
+            })
+            .collect(),
     )
 }
 

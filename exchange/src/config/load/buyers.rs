@@ -437,10 +437,12 @@ fn read_day(p: &mut Problems, path: &str, v: &Value) -> Vec<MinuteRange> {
 pub(super) fn parse_range(text: &str) -> Result<MinuteRange, String> {
     let shape = || format!("{text:?} must be a range \"HH:MM-HH:MM\" such as \"08:00-20:00\"");
     let (start, end) = text.split_once('-').ok_or_else(shape)?;
-    let start = parse_clock(start.trim())
+    // Plain spaces around each time only (black-box round 100b: `trim` also took a
+    // no-break space or a tab, which CONFIGURATION.md does not allow).
+    let start = parse_clock(start.trim_matches(' '))
         .filter(|&m| m < MINUTES_PER_DAY)
         .ok_or_else(shape)?;
-    let end = parse_clock(end.trim()).ok_or_else(shape)?;
+    let end = parse_clock(end.trim_matches(' ')).ok_or_else(shape)?;
     if start >= end {
         return Err(format!(
             "{text:?} must end after it starts (split a range that crosses midnight in two)"

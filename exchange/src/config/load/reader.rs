@@ -401,8 +401,18 @@ pub(super) fn number(p: &mut Problems, path: &str, v: &Value) -> Option<f64> {
     match v {
         Value::Integer(i) => Some(*i as f64),
         Value::Float(f) if f.is_finite() => Some(*f),
-        _ => {
+        // Said for what it is (black-box round 100b: `explore_share = "0.1"` was told it
+        // "must be a finite number").
+        Value::Float(_) => {
             p.at(path, "must be a finite number");
+            None
+        }
+        Value::String(_) => {
+            p.at(path, "must be a number, written without quotes");
+            None
+        }
+        _ => {
+            p.at(path, "must be a number");
             None
         }
     }

@@ -272,6 +272,11 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         cmd.env("RUST_LOG", "pingpost=warn");
+        // The generated configuration has no `[admin]` table unless the scenario adds
+        // one (with its own port and token): the default admin listener (127.0.0.1:8081)
+        // must not start from an operator's token in loadtest's environment (black-box
+        // round 100a: a run listened on 8081, and failed when another did).
+        cmd.env_remove("PINGPOST_ADMIN_TOKEN");
         for (k, v) in env.iter().chain(&o.extra_env) {
             cmd.env(k, v);
         }

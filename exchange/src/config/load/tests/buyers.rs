@@ -531,6 +531,11 @@ fn clock_and_range_parsing() {
     );
     assert!(parse_range("08:00").is_err());
     assert!(parse_range("08:00-20:00-21:00").is_err());
+    // Plain spaces at either end too; no other white space (black-box round 100b).
+    assert!(parse_range(" 08:00-20:00 ").is_ok());
+    for bad in ["08:00\u{a0}-20:00", "\t08:00-20:00", "08:00-20:00\u{2003}"] {
+        assert!(parse_range(bad).is_err(), "{bad:?}");
+    }
     assert_eq!(
         show_range(MinuteRange {
             start: 65,

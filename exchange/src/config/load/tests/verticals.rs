@@ -138,7 +138,15 @@ fn field_types_and_their_checks() {
     );
     assert_eq!(
         field("type = \"number\"\nmin = \"x\""),
+        [format!("{p}.min: must be a number, written without quotes")]
+    );
+    assert_eq!(
+        field("type = \"number\"\nmin = nan"),
         [format!("{p}.min: must be a finite number")]
+    );
+    assert_eq!(
+        field("type = \"number\"\nmin = true"),
+        [format!("{p}.min: must be a number")]
     );
     assert_eq!(
         field("type = \"string\"\nlen_max = 0"),
