@@ -387,9 +387,16 @@ pub(super) fn whole(p: &mut Problems, path: &str, v: &Value, lo: i64, hi: i64) -
     match v {
         Value::Integer(i) if (lo..=hi).contains(i) => Some(*i),
         _ => {
+            // A quoted number is said to be one (black-box round 101a: `"20"` was told it
+            // must be a whole number between 1 and 1000000).
+            let quoted = if matches!(v, Value::String(_)) {
+                ", written without quotes"
+            } else {
+                ""
+            };
             p.at(
                 path,
-                format!("must be a whole number between {lo} and {hi}"),
+                format!("must be a whole number between {lo} and {hi}{quoted}"),
             );
             None
         }

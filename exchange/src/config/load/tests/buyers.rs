@@ -47,7 +47,7 @@ fn buyer_keys() {
                 "#BUYER",
                 "http = \"3\"\npost_timeout_ms = 60001\nstates_include = [\"TX\", \"tx\", \"TX\"]\nstates_exclude = [\"TX\", \"CA\"]\n\
                  zip_prefixes = [\"7618a\", \"\", \"123456\"]\ntimezone = \"Mars/Olympus\"\nscore_floor = 101\n\
-                 caps = { hourly = 0, daily = -1 }\nbudget_daily = 0.0000001"
+                 caps = { hourly = 0, daily = -1, weekly = \"600\" }\nbudget_daily = 0.0000001"
             )]),
             [
                 format!("{p}.http: must be \"1.1\" or \"2\""),
@@ -62,6 +62,7 @@ fn buyer_keys() {
                 format!("{p}.score_floor: must be a whole number between 0 and 100"),
                 format!("{p}.caps.hourly: must be a whole number between 1 and 4294967295"),
                 format!("{p}.caps.daily: must be a whole number between 1 and 4294967295"),
+                format!("{p}.caps.weekly: must be a whole number between 1 and 4294967295, written without quotes"),
                 format!("{p}.budget_daily: must have at most 6 decimal places"),
             ]
         );

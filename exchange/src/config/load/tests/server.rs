@@ -61,7 +61,7 @@ fn server_keys() {
         [
             "server.body_bytes_max: must be a whole number between 1024 and 16777216",
             "server.ledger_path: must not be empty",
-            "server.response_reserve_ms: must be a whole number between 0 and 10000",
+            "server.response_reserve_ms: must be a whole number between 0 and 10000, written without quotes",
             "server.breaker: must be a table",
         ]
     );
