@@ -157,6 +157,16 @@ fn target_slots(config: &Config) -> Arc<Vec<OnceLock<Option<Box<Target>>>>> {
 /// overrides and environment.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
 
+/// What the model directory watch last saw of a `CHAMPION` that names no model while a
+/// model serves ([`AppState::sync_champions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoneSeen {
+    /// The file is gone: the serving model stays (said once).
+    Removed,
+    /// The file is empty: served as "none" if still so at the next look.
+    Emptied,
+}
+
 /// The version a [`ChampionFailure`] names when `CHAMPION` itself cannot be read.
 pub const UNREADABLE_CHAMPION: &str = "(CHAMPION unreadable)";
 
@@ -425,6 +435,10 @@ pub struct AppState {
     /// the same broken version every tick, and `/readyz` can say so. Cleared when a swap
     /// of that vertical succeeds or its `CHAMPION` names what serves again.
     champion_failures: Mutex<std::collections::HashMap<String, ChampionFailure>>,
+    /// The watch's last look at a vertical whose `CHAMPION` names no model while one
+    /// serves ([`AppState::sync_champions`]): removed (said once, the model stays), or
+    /// emptied (served as "none" only when still empty at the next look).
+    champion_none_seen: Mutex<std::collections::HashMap<String, NoneSeen>>,
     /// Stable buyer and seller keys (never reused while the process lives).
     pub ids: IdRegistry,
     pub caps: CapBook,
@@ -715,6 +729,7 @@ impl AppState {
             dispositions_since_train: std::sync::atomic::AtomicU64::new(0),
             late_watches: Arc::new(BackgroundTasks::default()),
             champion_failures: Mutex::new(std::collections::HashMap::new()),
+            champion_none_seen: Mutex::new(std::collections::HashMap::new()),
             source: Mutex::new(None),
         }
     }
@@ -1065,6 +1080,35 @@ impl AppState {
                 .get(vi)
                 .and_then(|m| m.as_ref())
                 .map(|m| m.version.clone());
+            // The watch, while a model serves, finds `CHAMPION` naming none (black-box
+            // round 101b): removed, the serving model stays (a stray `rm` switched the
+            // routing off with one INFO line, `/readyz` ready); emptied, it is served as
+            // "none" once still empty at the next look (a rewrite with `>` empties the
+            // file first, and a slow writer's file was read empty in between).
+            if next_generation && want.is_none() && have.is_some() {
+                let removed = !crate::models::champion_exists(&rt.config.learning, &v.name);
+                let seen = if removed {
+                    NoneSeen::Removed
+                } else {
+                    NoneSeen::Emptied
+                };
+                let before = self.champion_none_seen.lock().insert(v.name.clone(), seen);
+                if removed {
+                    if before != Some(NoneSeen::Removed) {
+                        tracing::warn!(
+                            vertical = %v.name,
+                            serving = have.as_deref().unwrap_or(""),
+                            "CHAMPION was removed: the serving model stays (to serve no model, \
+                             empty the file, or POST /admin/models with \"version\": null)"
+                        );
+                    }
+                    continue;
+                }
+                if before != Some(NoneSeen::Emptied) {
+                    continue;
+                }
+            }
+            self.champion_none_seen.lock().remove(&v.name);
             if want == have {
                 // `CHAMPION` names what serves: an earlier failure no longer matters.
                 self.champion_failures.lock().remove(&v.name);

@@ -1385,6 +1385,85 @@ async fn a_start_with_a_champion_serves_it_in_generation_1() {
     running.shutdown().await.unwrap();
 }
 
+/// The model directory watch, while a model serves, and `CHAMPION` naming none (black-box
+/// round 101b): a removed file leaves the serving model in place (a stray `rm` switched
+/// the routing off, logged at INFO, `/readyz` ready); an emptied one is served as "none"
+/// only when still empty at the next look (a rewrite with `>` empties the file first, and
+/// a slow writer's was read empty in between).
+#[tokio::test]
+async fn a_removed_champion_keeps_the_model_and_an_emptied_one_is_read_twice() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ba, _ha) = serve("alpha", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ba)
+        .start_edited(with_features("watch_ms = 0"))
+        .await;
+    assert_eq!(import(&ex, "m1", Some(model_json(ALL_LEN, 0)), None), 0);
+    let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "m1"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let serving = || {
+        ex.state.runtime.load().models[0]
+            .as_ref()
+            .map(|m| m.version.clone())
+    };
+    let generation = ex.state.generation();
+    let champion = ex
+        .ledger_path
+        .with_file_name("models")
+        .join(VERTICAL)
+        .join("CHAMPION");
+    std::fs::remove_file(&champion).unwrap();
+    for _ in 0..3 {
+        ex.state.sync_champions();
+        assert_eq!(serving().as_deref(), Some("m1"), "a removed CHAMPION");
+        assert_eq!(ex.state.generation(), generation);
+    }
+    assert_eq!(ex.client.get("/readyz").await.status, 200);
+    // Emptied: the first look waits, the second serves none.
+    std::fs::write(&champion, "").unwrap();
+    ex.state.sync_champions();
+    assert_eq!(
+        serving().as_deref(),
+        Some("m1"),
+        "one look at an empty CHAMPION"
+    );
+    ex.state.sync_champions();
+    assert_eq!(serving(), None, "still empty at the next look");
+    assert_eq!(ex.state.generation(), generation + 1);
+    // And back: a version named is served at the first look.
+    std::fs::write(&champion, "m1").unwrap();
+    ex.state.sync_champions();
+    assert_eq!(serving().as_deref(), Some("m1"));
+
+    // `ledger replay` names the set that scored an auction, and says when it is gone
+    // (black-box round 101b: it named neither).
+    ex.client.ping("TX").await;
+    ex.state.ledger.flush().await.unwrap();
+    let scored = auctions(&ex)
+        .await
+        .into_iter()
+        .rfind(|r| r["models"]["realization"] == "m1")
+        .expect("an auction scored by m1");
+    let id = scored["auction_id"].as_str().unwrap();
+    let cfg_now = ex.state.runtime.load().config.clone();
+    let replayed = || {
+        let (a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+        pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now)).text
+    };
+    let text = replayed();
+    assert!(
+        text.contains("scored by the model sets: realization m1;"),
+        "{text}"
+    );
+    let set = champion.with_file_name("m1");
+    std::fs::rename(&set, set.with_file_name("m1-moved")).unwrap();
+    let text = replayed();
+    assert!(
+        text.contains("realization m1 (no longer in learning.models_dir)"),
+        "{text}"
+    );
+}
+
 /// Rollbacks run at once by separate processes, beside a swap: each rollback goes back
 /// its own step (the model directory's lock orders them), none fails on another's
 /// temporary file, and `CHAMPION` ends naming what `HISTORY` ends with (black-box round

@@ -263,6 +263,46 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
         );
     }
 
+    // The model sets that scored the auction, as recorded (black-box round 101b: replay
+    // never named them, nor said when one was gone); the probabilities below are the
+    // recorded ones, never recomputed, so a set since removed changes nothing here.
+    if let Some(models) = a.value.get("models").and_then(Value::as_object) {
+        let named: Vec<(&str, &str)> =
+            [("realization", "realization"), ("lead_score", "lead score")]
+                .into_iter()
+                .filter_map(|(key, words)| {
+                    models
+                        .get(key)
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| (words, v))
+                })
+                .collect();
+        if !named.is_empty() {
+            let sets = named
+                .iter()
+                .map(|(words, v)| {
+                    let gone = cfg.is_some_and(|c| {
+                        !crate::models::vertical_dir(&c.learning, vertical_id)
+                            .join(v)
+                            .is_dir()
+                    });
+                    let v = proto::error::printable_name(v);
+                    if gone {
+                        format!("{words} {v} (no longer in learning.models_dir)")
+                    } else {
+                        format!("{words} {v}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                out,
+                "scored by the model sets: {sets}; the probabilities are those recorded, not recomputed"
+            );
+        }
+    }
+
     // Re-derive.
     let capped: Vec<&str> = lines
         .iter()

@@ -315,6 +315,12 @@ pub fn read_champion_checked(
     Ok((!v.is_empty()).then_some(v))
 }
 
+/// Whether the vertical's `CHAMPION` file is there (as anything: a file, a symlink, a
+/// directory), as opposed to removed.
+pub fn champion_exists(learning: &LearningConfig, vertical: &str) -> bool {
+    std::fs::symlink_metadata(vertical_dir(learning, vertical).join(CHAMPION)).is_ok()
+}
+
 /// The versions that served, oldest first.
 pub fn history(learning: &LearningConfig, vertical: &str) -> Vec<String> {
     read_bounded(
