@@ -1099,7 +1099,7 @@ impl OtherSignals {
                     if name == "SIGXFSZ" {
                         tracing::error!(
                             signal = name,
-                            "a file passed the process's file size limit (ulimit -f): the write fails, and a ledger write that fails stops the selling (fail-stop)"
+                            "SIGXFSZ: a write past the process's file size limit (ulimit -f) fails with File too large; if it was the ledger's, the ledger has failed and /readyz says so (fail-stop)"
                         );
                     } else {
                         tracing::warn!(

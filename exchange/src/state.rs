@@ -157,14 +157,14 @@ fn target_slots(config: &Config) -> Arc<Vec<OnceLock<Option<Box<Target>>>>> {
 /// overrides and environment.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
 
-/// What the model directory watch last saw of a `CHAMPION` that names no model while a
-/// model serves ([`AppState::sync_champions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the model directory watch last saw of a `CHAMPION` that names another version
+/// than the one serving ([`AppState::sync_champions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum NoneSeen {
-    /// The file is gone: the serving model stays (said once).
+    /// The file is gone while a model serves: the model stays (said once).
     Removed,
-    /// The file is empty: served as "none" if still so at the next look.
-    Emptied,
+    /// The version it named (`None`: empty): served if it names the same at the next look.
+    Read(Option<String>),
 }
 
 /// The version a [`ChampionFailure`] names when `CHAMPION` itself cannot be read.
@@ -435,9 +435,9 @@ pub struct AppState {
     /// the same broken version every tick, and `/readyz` can say so. Cleared when a swap
     /// of that vertical succeeds or its `CHAMPION` names what serves again.
     champion_failures: Mutex<std::collections::HashMap<String, ChampionFailure>>,
-    /// The watch's last look at a vertical whose `CHAMPION` names no model while one
-    /// serves ([`AppState::sync_champions`]): removed (said once, the model stays), or
-    /// emptied (served as "none" only when still empty at the next look).
+    /// The watch's last look at a vertical whose `CHAMPION` names another version than
+    /// the one serving ([`AppState::sync_champions`]): removed while a model serves (said
+    /// once, the model stays), or what it read (served when the next look reads the same).
     champion_none_seen: Mutex<std::collections::HashMap<String, NoneSeen>>,
     /// Stable buyer and seller keys (never reused while the process lives).
     pub ids: IdRegistry,
@@ -1080,19 +1080,25 @@ impl AppState {
                 .get(vi)
                 .and_then(|m| m.as_ref())
                 .map(|m| m.version.clone());
-            // The watch, while a model serves, finds `CHAMPION` naming none (black-box
-            // round 101b): removed, the serving model stays (a stray `rm` switched the
-            // routing off with one INFO line, `/readyz` ready); emptied, it is served as
-            // "none" once still empty at the next look (a rewrite with `>` empties the
-            // file first, and a slow writer's file was read empty in between).
-            if next_generation && want.is_none() && have.is_some() {
-                let removed = !crate::models::champion_exists(&rt.config.learning, &v.name);
+            // The watch finds `CHAMPION` changed. Removed while a model serves: the model
+            // stays (black-box round 101b: a stray `rm` switched the routing off with one
+            // INFO line, `/readyz` ready). Anything else is served once it reads the same
+            // at two looks in a row: a rewrite with `>` empties the file first, and a slow
+            // writer's file was read empty (round 101b) or half written (round 102a: `m1`
+            // of `m10`, a set of its own, scored 11 auctions).
+            if next_generation && want != have {
+                let removed = want.is_none()
+                    && have.is_some()
+                    && !crate::models::champion_exists(&rt.config.learning, &v.name);
                 let seen = if removed {
                     NoneSeen::Removed
                 } else {
-                    NoneSeen::Emptied
+                    NoneSeen::Read(want.clone())
                 };
-                let before = self.champion_none_seen.lock().insert(v.name.clone(), seen);
+                let before = self
+                    .champion_none_seen
+                    .lock()
+                    .insert(v.name.clone(), seen.clone());
                 if removed {
                     if before != Some(NoneSeen::Removed) {
                         tracing::warn!(
@@ -1104,7 +1110,7 @@ impl AppState {
                     }
                     continue;
                 }
-                if before != Some(NoneSeen::Emptied) {
+                if before != Some(seen) {
                     continue;
                 }
             }

@@ -1089,6 +1089,8 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     let back = std::fs::read_to_string(&champion_file).unwrap();
     assert_eq!(back, champion, "rollback goes back one");
     // The exchange serves it at its next directory check.
+    // Two looks: the watch serves what CHAMPION names once it reads the same twice.
+    ex.state.sync_champions();
     ex.state.sync_champions();
     let rt = ex.state.runtime.load();
     assert_eq!(
@@ -1119,6 +1121,8 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
             );
             break;
         }
+        // Two looks: the watch serves what CHAMPION names once it reads the same twice.
+        ex.state.sync_champions();
         ex.state.sync_champions();
         assert!(!seen.contains(&now) && now != "b3", "{now} after {seen:?}");
         seen.push(now);
@@ -1277,11 +1281,15 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
 
     // CHAMPION emptied: what it names (none) serves, so ready again.
     std::fs::write(&champion, "").unwrap();
+    // Two looks: the watch serves what CHAMPION names once it reads the same twice.
+    running.state.sync_champions();
     running.state.sync_champions();
     assert_eq!(client.get("/readyz").await.status, 200);
     // Broken again while nothing serves: not ready; a model (here none, on purpose)
     // served through the admin API makes it ready.
     std::fs::write(&champion, "nope").unwrap();
+    // Two looks: the watch serves what CHAMPION names once it reads the same twice.
+    running.state.sync_champions();
     running.state.sync_champions();
     not_ready(&client.get("/readyz").await);
     let r = admin
@@ -1318,6 +1326,8 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
             std::fs::remove_file(&champion).unwrap();
             std::fs::create_dir(&champion).unwrap();
         }
+        // Two looks: the watch serves what CHAMPION names once it reads the same twice.
+        running.state.sync_champions();
         running.state.sync_champions();
         let r = client.get("/readyz").await;
         assert_eq!(r.status, 503, "{unreadable}: {}", r.text());
@@ -1328,6 +1338,8 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
         );
     }
     std::fs::remove_dir(&champion).unwrap();
+    // Two looks: the watch serves what CHAMPION names once it reads the same twice.
+    running.state.sync_champions();
     running.state.sync_champions();
     assert_eq!(client.get("/readyz").await.status, 200);
 }
@@ -1430,8 +1442,13 @@ async fn a_removed_champion_keeps_the_model_and_an_emptied_one_is_read_twice() {
     ex.state.sync_champions();
     assert_eq!(serving(), None, "still empty at the next look");
     assert_eq!(ex.state.generation(), generation + 1);
-    // And back: a version named is served at the first look.
+    // And back, the same: served when the next look reads the same name (a slow writer's
+    // half-written name, round 102a, is read once and changes before the next look).
+    std::fs::write(&champion, "m").unwrap();
+    ex.state.sync_champions();
     std::fs::write(&champion, "m1").unwrap();
+    ex.state.sync_champions();
+    assert_eq!(serving(), None, "one look at m1 (the look before read m)");
     ex.state.sync_champions();
     assert_eq!(serving().as_deref(), Some("m1"));
 
@@ -1462,6 +1479,20 @@ async fn a_removed_champion_keeps_the_model_and_an_emptied_one_is_read_twice() {
         text.contains("realization m1 (no longer in learning.models_dir)"),
         "{text}"
     );
+    // A name that is no model version (an altered record) is said to be one, and never
+    // looked up as a path (black-box round 102a: `/root` and `..` were, and printed as
+    // present).
+    let (mut a, posts) = pingpost::finance::replay::find(&ex.ledger_path, id).unwrap();
+    for odd in ["/root", "..", "m1/../m2"] {
+        a.value["models"]["realization"] = json!(odd);
+        let text = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now)).text;
+        assert!(
+            text.contains(&format!(
+                "realization {odd} (not a model version name: the record was altered)"
+            )),
+            "{odd}: {text}"
+        );
+    }
 }
 
 /// Rollbacks run at once by separate processes, beside a swap: each rollback goes back

@@ -282,13 +282,20 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
             let sets = named
                 .iter()
                 .map(|(words, v)| {
-                    let gone = cfg.is_some_and(|c| {
-                        !crate::models::vertical_dir(&c.learning, vertical_id)
-                            .join(v)
-                            .is_dir()
-                    });
+                    // Only a model version name is looked up, inside the models
+                    // directory (black-box round 102a: `/root` or `..` in an altered
+                    // record was looked up as a path, and printed as present).
+                    let valid = crate::core::model::manifest::valid_version(v);
+                    let gone = valid
+                        && cfg.is_some_and(|c| {
+                            !crate::models::vertical_dir(&c.learning, vertical_id)
+                                .join(v)
+                                .is_dir()
+                        });
                     let v = proto::error::printable_name(v);
-                    if gone {
+                    if !valid {
+                        format!("{words} {v} (not a model version name: the record was altered)")
+                    } else if gone {
                         format!("{words} {v} (no longer in learning.models_dir)")
                     } else {
                         format!("{words} {v}")
