@@ -160,7 +160,7 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sy
 /// What the model directory watch last saw of a `CHAMPION` that names another version
 /// than the one serving ([`AppState::sync_champions`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum NoneSeen {
+enum ChampionSeen {
     /// The file is gone while a model serves: the model stays (said once).
     Removed,
     /// The version it named (`None`: empty): served if it names the same at the next look.
@@ -438,7 +438,7 @@ pub struct AppState {
     /// The watch's last look at a vertical whose `CHAMPION` names another version than
     /// the one serving ([`AppState::sync_champions`]): removed while a model serves (said
     /// once, the model stays), or what it read (served when the next look reads the same).
-    champion_none_seen: Mutex<std::collections::HashMap<String, NoneSeen>>,
+    champion_seen: Mutex<std::collections::HashMap<String, ChampionSeen>>,
     /// Stable buyer and seller keys (never reused while the process lives).
     pub ids: IdRegistry,
     pub caps: CapBook,
@@ -729,7 +729,7 @@ impl AppState {
             dispositions_since_train: std::sync::atomic::AtomicU64::new(0),
             late_watches: Arc::new(BackgroundTasks::default()),
             champion_failures: Mutex::new(std::collections::HashMap::new()),
-            champion_none_seen: Mutex::new(std::collections::HashMap::new()),
+            champion_seen: Mutex::new(std::collections::HashMap::new()),
             source: Mutex::new(None),
         }
     }
@@ -1091,16 +1091,16 @@ impl AppState {
                     && have.is_some()
                     && !crate::models::champion_exists(&rt.config.learning, &v.name);
                 let seen = if removed {
-                    NoneSeen::Removed
+                    ChampionSeen::Removed
                 } else {
-                    NoneSeen::Read(want.clone())
+                    ChampionSeen::Read(want.clone())
                 };
                 let before = self
-                    .champion_none_seen
+                    .champion_seen
                     .lock()
                     .insert(v.name.clone(), seen.clone());
                 if removed {
-                    if before != Some(NoneSeen::Removed) {
+                    if before != Some(ChampionSeen::Removed) {
                         tracing::warn!(
                             vertical = %v.name,
                             serving = have.as_deref().unwrap_or(""),
@@ -1114,7 +1114,7 @@ impl AppState {
                     continue;
                 }
             }
-            self.champion_none_seen.lock().remove(&v.name);
+            self.champion_seen.lock().remove(&v.name);
             if want == have {
                 // `CHAMPION` names what serves: an earlier failure no longer matters.
                 self.champion_failures.lock().remove(&v.name);

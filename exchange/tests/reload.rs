@@ -629,18 +629,53 @@ async fn a_sighup_while_the_configuration_is_read_is_kept() {
     sighup_at_start_is_kept("reading the configuration").await;
 }
 
+/// A configuration file with one buyer bidding 30, for a test that runs the binary: the
+/// bidder's handle (kept while the test runs), the directory (its `ledger` beside the
+/// file), the file and its configuration.
+struct OneBidderFile {
+    _bidder: bidder_sdk::ServerHandle,
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    cfg: TestConfig,
+}
+
+impl OneBidderFile {
+    async fn new() -> OneBidderFile {
+        let a = ScriptedBidder::bidding(30.0);
+        let (ab, handle) = serve("a", &a).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let cfg = TestConfig::new().buyer(ab);
+        std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
+        OneBidderFile {
+            _bidder: handle,
+            dir,
+            path,
+            cfg,
+        }
+    }
+}
+
+/// `GET /readyz` on the seller listener.
+async fn readyz(seller: &SellerClient) -> Reply {
+    seller
+        .send(
+            http::Method::GET,
+            "/readyz",
+            None,
+            None,
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+}
+
 /// Starts the binary, sends SIGHUP once it logs `line`, and checks that it keeps running
 /// and reloads once serving.
 #[cfg(unix)]
 async fn sighup_at_start_is_kept(line: &str) {
-    let a = ScriptedBidder::bidding(30.0);
-    let (ab, _ha) = serve("a", &a).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger");
-    let path = dir.path().join("config.toml");
-    let cfg = TestConfig::new().buyer(ab.clone());
-    std::fs::write(&path, cfg.toml(&ledger)).unwrap();
-    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    let f = OneBidderFile::new().await;
+    let (mut child, pid, mut lines) = spawn_logging(&f.path, f.cfg.env_vars());
     wait_line(&mut lines, line).await;
     signal(&pid, "-HUP");
     wait_line(&mut lines, "pingpost listening").await;
@@ -669,13 +704,8 @@ fn listening_addr(listening: &str, name: &str) -> std::net::SocketAddr {
 #[cfg(unix)]
 #[tokio::test]
 async fn sigusr1_and_sigusr2_are_logged_and_ignored() {
-    let a = ScriptedBidder::bidding(30.0);
-    let (ab, _ha) = serve("a", &a).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    let cfg = TestConfig::new().buyer(ab.clone());
-    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
-    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    let f = OneBidderFile::new().await;
+    let (mut child, pid, mut lines) = spawn_logging(&f.path, f.cfg.env_vars());
     let listening = wait_line(&mut lines, "pingpost listening").await;
     let seller = SellerClient::new(listening_addr(&listening, "addr"));
     for sig in ["-USR1", "-USR2"] {
@@ -696,11 +726,8 @@ async fn sigusr1_and_sigusr2_are_logged_and_ignored() {
 #[cfg(unix)]
 #[tokio::test]
 async fn a_log_that_cannot_be_written_loses_lines_and_nothing_else() {
-    let a = ScriptedBidder::bidding(30.0);
-    let (ab, _ha) = serve("a", &a).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    let cfg = TestConfig::new().buyer(ab.clone());
+    let f = OneBidderFile::new().await;
+    let (dir, path, cfg) = (&f.dir, &f.path, &f.cfg);
     // No log line to read the port from: one the kernel picked a moment before.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -712,7 +739,7 @@ async fn a_log_that_cannot_be_written_loses_lines_and_nothing_else() {
         &format!("listen = \"127.0.0.1:{port}\""),
         1,
     );
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(path, text).unwrap();
     let full = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -721,7 +748,7 @@ async fn a_log_that_cannot_be_written_loses_lines_and_nothing_else() {
     };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
         .arg("--config")
-        .arg(&path)
+        .arg(path)
         .envs(cfg.env_vars())
         .env("RUST_LOG", "pingpost=debug")
         .stdout(full())
@@ -748,16 +775,7 @@ async fn a_log_that_cannot_be_written_loses_lines_and_nothing_else() {
         let sold = seller.post(&q.ping_id, "TX").await;
         assert_eq!(sold.status, PostStatus::Sold);
     }
-    let ready = seller
-        .send(
-            http::Method::GET,
-            "/readyz",
-            None,
-            None,
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await;
+    let ready = readyz(&seller).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert!(child.try_wait().unwrap().is_none(), "still running");
     stop_gracefully(child, &pid).await;
@@ -769,17 +787,13 @@ async fn a_log_that_cannot_be_written_loses_lines_and_nothing_else() {
 #[cfg(unix)]
 #[tokio::test]
 async fn a_ledger_write_past_the_file_size_limit_fails_the_ledger_not_the_process() {
-    let a = ScriptedBidder::bidding(30.0);
-    let (ab, _ha) = serve("a", &a).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    let cfg = TestConfig::new().buyer(ab.clone());
-    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
+    let f = OneBidderFile::new().await;
+    let (path, cfg) = (&f.path, &f.cfg);
     // 16 blocks of 512 bytes (dash's unit; bash's is 1 KiB): a few auctions' records.
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", "ulimit -f 16 && exec \"$0\" --config \"$1\""])
         .arg(env!("CARGO_BIN_EXE_pingpost"))
-        .arg(&path);
+        .arg(path);
     let (mut child, pid, mut lines) = spawn_logging_cmd(cmd, cfg.env_vars());
     let listening = wait_line(&mut lines, "pingpost listening").await;
     let seller = SellerClient::new(listening_addr(&listening, "addr"));
@@ -796,16 +810,7 @@ async fn a_ledger_write_past_the_file_size_limit_fails_the_ledger_not_the_proces
     let failed = wait_line(&mut lines, "ledger failed").await;
     assert!(failed.contains("too large"), "{failed}");
     assert!(child.try_wait().unwrap().is_none(), "still running");
-    let ready = seller
-        .send(
-            http::Method::GET,
-            "/readyz",
-            None,
-            None,
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await;
+    let ready = readyz(&seller).await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     stop_gracefully(child, &pid).await;
 }
