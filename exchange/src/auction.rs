@@ -753,7 +753,11 @@ pub async fn deliver(
             a
         }
         // `next` never breaks the loop with a delivery.
-        PostStep::Deliver(_) => PostAnswer::status_only(PostStatus::Unsold, Some("internal")),
+        PostStep::Deliver(_) => {
+            let mut a = PostAnswer::status_only(PostStatus::Unsold, Some("internal"));
+            a.ping_id = Some(d.ping_id.to_string());
+            a
+        }
     })
 }
 

@@ -392,10 +392,14 @@ fn print_curl(addr: SocketAddr, admin: Option<&DemoAdmin>, dedup_window_ms: Opti
         } else {
             format!("{} hours", ms.div_ceil(3_600_000))
         };
-        say!("  (the demo vertical sells a consumer once per {window}: posting Ana again answers");
+        // A new ping first: the same `ping_id` posted again gets its first answer again
+        // (black-box round 104c: re-running the post printed `sold` twice).
+        say!("  (the demo vertical sells a consumer once per {window}: ping again, then post Ana");
         say!(
-            "   \"duplicate\"; change the phone to sell another, see docs/API.md, De-duplication)"
+            "   with the new ping_id, and the post answers \"duplicate\" (the same ping_id posted"
         );
+        say!("   again gets its first answer again); change the phone to sell another, see");
+        say!("   docs/API.md, De-duplication)");
     }
     match admin {
         Some(DemoAdmin {
@@ -556,7 +560,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The note "posting Ana again answers duplicate" is given only when it would: the
+    /// The note that Ana posted again (after a new ping) answers duplicate is given only when it would: the
     /// vertical de-duplicates on the printed post's phone (black-box rounds 49-50: said
     /// without `[dedup]`, and with keys on the e-mail only).
     #[test]

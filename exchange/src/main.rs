@@ -109,14 +109,19 @@ enum ModelsCommand {
     List,
     /// Goes back one version: the previous champion in HISTORY serves again.
     Rollback {
+        /// The vertical whose champion goes back one version.
         #[arg(long)]
         vertical: String,
     },
     /// Writes a model set from XGBoost JSON models trained elsewhere (a manifest is made
     /// from the configuration's features; the models must take exactly those features).
     Import {
+        /// The vertical the set is for (its features and encoding version come from the
+        /// configuration).
         #[arg(long)]
         vertical: String,
+        /// The new set's version name: letters, digits, `_`, `-` and `.` (not first), at
+        /// most 64 characters, and not one that exists already.
         #[arg(long)]
         version: String,
         /// The realization model (XGBoost JSON).

@@ -434,7 +434,9 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
             "PostAnswer",
             json!({
                 "type": "object",
-                "required": ["status"],
+                // `ping_id` is in every post answer, as API.md says (black-box round 104a:
+                // this schema made it optional for generated clients).
+                "required": ["ping_id", "status"],
                 "properties": {
                     "status": {"type": "string", "enum": ["sold", "unsold", "expired", "mismatch", "duplicate", "suppressed"]},
                     "lead_id": {"type": "string"},

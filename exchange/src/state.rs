@@ -1053,9 +1053,12 @@ impl AppState {
                 Err(problem) => {
                     // Not "no model": the operator named something that cannot be read.
                     let mut failures = self.champion_failures.lock();
-                    let known = failures
-                        .get(&v.name)
-                        .is_some_and(|f| f.version == UNREADABLE_CHAMPION);
+                    // Said once per reason: a second, different one is said too (round
+                    // 101b: a file made a directory after being unreadable went unsaid).
+                    let known = failures.get(&v.name).is_some_and(|f| {
+                        f.version == UNREADABLE_CHAMPION
+                            && f.problems.as_slice() == std::slice::from_ref(&problem)
+                    });
                     if !known {
                         tracing::error!(
                             vertical = %v.name,

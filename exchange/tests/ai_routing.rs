@@ -1318,8 +1318,35 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
     );
 
     // A CHAMPION that exists but cannot be read (over its 4 KiB bound, or a directory)
-    // is a failed champion too, never "no model".
-    for unreadable in ["too big", "a directory"] {
+    // is a failed champion too, never "no model". Each reason is logged once, and a second,
+    // different one too (round 101b: only the first was).
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Captured::default();
+    let writer = log.clone();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let said = |log: &Captured| {
+        String::from_utf8(log.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("CHAMPION cannot be read"))
+            .count()
+    };
+    for (n, unreadable) in ["too big", "a directory"].into_iter().enumerate() {
         if unreadable == "too big" {
             std::fs::write(&champion, format!("nope{}", " ".repeat(5_000))).unwrap();
         } else {
@@ -1327,8 +1354,11 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
             std::fs::create_dir(&champion).unwrap();
         }
         // Two looks: the watch serves what CHAMPION names once it reads the same twice.
-        running.state.sync_champions();
-        running.state.sync_champions();
+        tracing::dispatcher::with_default(&dispatch, || {
+            running.state.sync_champions();
+            running.state.sync_champions();
+        });
+        assert_eq!(said(&log), n + 1, "{unreadable}: said once per reason");
         let r = client.get("/readyz").await;
         assert_eq!(r.status, 503, "{unreadable}: {}", r.text());
         assert_eq!(
@@ -1489,6 +1519,36 @@ async fn a_removed_champion_keeps_the_model_and_an_emptied_one_is_read_twice() {
         assert!(
             text.contains(&format!(
                 "realization {odd} (not a model version name: the record was altered)"
+            )),
+            "{odd}: {text}"
+        );
+    }
+    // A `models` field no ledger writes is said to be altered (round 102a: an empty name,
+    // a number or `{}` read as an auction no model scored, without a word); the one
+    // written is not.
+    assert!(!replayed().contains("malformed"), "{}", replayed());
+    for (odd, why) in [
+        (json!({}), "an empty object"),
+        (json!(7), "not an object"),
+        (json!("m1"), "not an object"),
+        (
+            json!({"realization": ""}),
+            "a version that is not a non-empty string",
+        ),
+        (
+            json!({"realization": 3}),
+            "a version that is not a non-empty string",
+        ),
+        (
+            json!({"champion": "m1"}),
+            "a field other than realization and lead_score",
+        ),
+    ] {
+        a.value["models"] = odd.clone();
+        let text = pingpost::finance::replay::replay(&a, &posts, Some(&cfg_now)).text;
+        assert!(
+            text.contains(&format!(
+                "the record's models field is malformed ({why}): the record was altered"
             )),
             "{odd}: {text}"
         );

@@ -345,6 +345,25 @@ fn cases() -> Vec<Case> {
         )
         .setup(Setup::After(vec![ping_tx()]))
         .fields(&["x", "lead"]),
+        // A lead that is not an object, alone, is the envelope's problem whatever the
+        // ping_id (black-box round 104a: for a ping_id of no open quote it was answered
+        // `404 unknown ping_id`, and the seller never heard its lead was wrong).
+        row(
+            "post: a lead that is not an object, alone, for an unknown ping_id (added)",
+            Req::post("/v1/post")
+                .json(json!({"ping_id": "pg_00000000000000000000000000000000", "lead": [1]})),
+            400,
+            "invalid_request",
+        )
+        .fields(&["lead"]),
+        row(
+            "post: a lead sent as a JSON string, for an open quote (added)",
+            Req::post("/v1/post").json(json!({"ping_id": PING_ID, "lead": "{\"zip\":\"76180\"}"})),
+            400,
+            "invalid_request",
+        )
+        .setup(Setup::After(vec![ping_tx()]))
+        .fields(&["lead"]),
         row(
             "ping: unknown vertical and a lead that is not an object (added)",
             ping().json(json!({"vertical": "boats", "lead": "x"})),

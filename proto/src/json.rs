@@ -495,27 +495,36 @@ impl<'a> ObjectReader<'a> {
             );
             return out;
         }
-        let mut bad = Vec::new();
+        let mut bad: Vec<(String, std::borrow::Cow<'static, str>)> = Vec::new();
         for (k, v) in o.iter() {
             match v {
                 // Characters, as JSON Schema's maxLength counts them (the OpenAPI documents).
-                OwnedValue::String(s)
-                    if s.chars().count() > STRING_MAP_VALUE_LEN_MAX
-                        || k.chars().count() > STRING_MAP_KEY_LEN_MAX =>
-                {
-                    bad.push((crate::error::printable_name(k), "is too long"));
+                // Which of the two, and its limit (black-box round 104a: "is too long" on a
+                // key echoed cut to 64 characters read as a value problem).
+                _ if k.chars().count() > STRING_MAP_KEY_LEN_MAX => bad.push((
+                    crate::error::printable_name(k),
+                    format!("the name must be at most {STRING_MAP_KEY_LEN_MAX} characters").into(),
+                )),
+                OwnedValue::String(s) if s.chars().count() > STRING_MAP_VALUE_LEN_MAX => {
+                    bad.push((
+                        crate::error::printable_name(k),
+                        format!("must be at most {STRING_MAP_VALUE_LEN_MAX} characters").into(),
+                    ));
                 }
                 // As a lead's strings (black-box round 69c: a NUL and an override in a
                 // consent token went to the buyer).
                 OwnedValue::String(s)
                     if crate::error::has_unsafe_text(s) || crate::error::has_unsafe_text(k) =>
                 {
-                    bad.push((crate::error::printable_name(k), crate::error::UNSAFE_TEXT));
+                    bad.push((
+                        crate::error::printable_name(k),
+                        crate::error::UNSAFE_TEXT.into(),
+                    ));
                 }
                 OwnedValue::String(s) => {
                     out.insert(k.to_string(), s.to_string());
                 }
-                _ => bad.push((crate::error::printable_name(k), "must be a string")),
+                _ => bad.push((crate::error::printable_name(k), "must be a string".into())),
             }
         }
         bad.sort();

@@ -188,11 +188,15 @@ impl VerticalSchema {
                     Ok(fv) => fields.push((index, fv)),
                     Err(problem) => out.problems.push(FieldProblem::new(fpath(), problem)),
                 },
+                // Sent as `null`, said so (black-box round 104a: "is required" read as if
+                // the field had not been sent).
                 (None, LeadMode::Ping) if spec.required && spec.ping => {
-                    out.problems.push(FieldProblem::new(fpath(), "is required"));
+                    out.problems
+                        .push(FieldProblem::new(fpath(), required_problem(given)));
                 }
                 (None, LeadMode::Full) if spec.required => {
-                    out.problems.push(FieldProblem::new(fpath(), "is required"));
+                    out.problems
+                        .push(FieldProblem::new(fpath(), required_problem(given)));
                 }
                 (None, _) => {}
             }
@@ -202,6 +206,15 @@ impl VerticalSchema {
         } else {
             Err(out)
         }
+    }
+}
+
+/// A required field's problem: missing, or sent as `null` (which counts as absent).
+fn required_problem(given: Option<&OwnedValue>) -> &'static str {
+    if given.is_some() {
+        "is required; null counts as not sent"
+    } else {
+        "is required"
     }
 }
 
@@ -539,6 +552,35 @@ pub(crate) mod tests {
         assert!(auto_schema()
             .validate(&parse(full), LeadMode::Full, "lead")
             .is_ok());
+    }
+
+    /// A required field sent as `null` is said to be null, not missing (black-box round
+    /// 104a: "is required" read as if it had not been sent), in a ping and a full lead.
+    #[test]
+    fn a_required_field_sent_as_null_is_said_to_be_null() {
+        let problems = |body: &str, mode| {
+            auto_schema()
+                .validate(&parse(body), mode, "lead")
+                .unwrap_err()
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.problem))
+                .collect::<Vec<_>>()
+        };
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            problems(r#"{"state":null}"#, LeadMode::Ping),
+            [
+                s("lead.state", "is required; null counts as not sent"),
+                s("lead.zip", "is required"),
+            ]
+        );
+        let full = r#"{"state":"TX","zip":"76180","first_name":null,"last_name":"B",
+            "phone":"+18175550123"}"#;
+        assert_eq!(
+            problems(full, LeadMode::Full),
+            [s("lead.first_name", "is required; null counts as not sent")]
+        );
     }
 
     #[test]

@@ -146,9 +146,9 @@ impl PostEnvelope {
     /// problems with them (every field problem at once): a `lead` that is not an object,
     /// or the problems against the schema `schema_of` finds for the `ping_id` (the quote's
     /// vertical; `None`: none checked). `schema_of` is called only for an envelope with
-    /// problems whose `ping_id` and `lead` object were read. A valid envelope's lead, object
-    /// or not, is checked by [`validate_lead`](PostEnvelope::validate_lead) once the quote
-    /// is taken.
+    /// problems whose `ping_id` and `lead` object were read. A `lead` that is not an object
+    /// is always an envelope problem; a valid envelope's lead object is checked by
+    /// [`validate_lead`](PostEnvelope::validate_lead) once the quote is taken.
     pub fn parse_listing_lead<'s>(
         buf: &mut [u8],
         schema_of: impl FnOnce(&str) -> Option<&'s VerticalSchema>,
@@ -162,11 +162,14 @@ impl PostEnvelope {
         reject_nulls(&value, &["consent"], &mut r.problems);
         let mut problems = std::mem::take(&mut r.problems);
         match lead {
-            // A valid envelope's lead is checked once the quote is taken, as before.
-            Some(_) if problems.is_empty() => {}
+            // A `lead` that is not an object is the envelope's problem, whatever the
+            // `ping_id` (black-box round 104a: alone, it was answered `404 unknown
+            // ping_id` for a ping_id of no open quote, and the seller never heard of it).
             Some(l) if !matches!(l, OwnedValue::Object(_)) => {
                 problems.push(FieldProblem::new("lead", "must be an object"));
             }
+            // A valid envelope's lead is checked once the quote is taken, as before.
+            Some(_) if problems.is_empty() => {}
             Some(l) => {
                 if let Some(schema) = ping_id.as_deref().and_then(schema_of) {
                     if let Err(e) = schema.validate(l, LeadMode::Full, "lead") {
@@ -434,7 +437,10 @@ mod tests {
             "]".repeat(63)
         )
         .into_bytes();
-        assert!(PostEnvelope::parse(&mut b).is_ok());
+        // Exactly at the limit the body parses: the lead is a plain field problem.
+        let e = PostEnvelope::parse(&mut b).unwrap_err();
+        assert_eq!(e.fields[0].field, "lead");
+        assert_eq!(e.fields[0].problem, "must be an object");
     }
 
     /// Black-box round 69c: a NUL and a direction override in `source` and `consent`
@@ -485,6 +491,42 @@ mod tests {
         assert!(!p.test);
     }
 
+    /// `source`, `dedup` and `consent` entries: a name or a value too long says which and
+    /// its limit (black-box round 104a: "is too long", on a name echoed cut to its legal
+    /// length); the value's limit counts characters, not bytes.
+    #[test]
+    fn a_string_map_entry_too_long_says_whether_its_name_or_value_and_the_limit() {
+        let lead = r#""lead":{"state":"TX","zip":"76180"}"#;
+        for map in ["source", "dedup", "consent"] {
+            let long_name = "k".repeat(65);
+            let body = format!(
+                r#"{{"vertical":"auto_insurance",{lead},"{map}":{{"a":"{}","{long_name}":"x","ok":"{}"}}}}"#,
+                "x".repeat(2049),
+                "é".repeat(2048),
+            );
+            let e = ping(&body, LeadMode::Ping).unwrap_err();
+            let got: Vec<_> = e
+                .fields
+                .iter()
+                .map(|p| (p.field.clone(), p.problem.clone()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (
+                        format!("{map}.a"),
+                        "must be at most 2048 characters".to_string()
+                    ),
+                    (
+                        format!("{map}.{}", "k".repeat(64)),
+                        "the name must be at most 64 characters".to_string()
+                    ),
+                ],
+                "{map}"
+            );
+        }
+    }
+
     #[test]
     fn a_lead_not_an_object_is_listed_beside_a_vertical_problem() {
         for body in [
@@ -526,17 +568,26 @@ mod tests {
         let mut b = br#"{"ping_id":"pg_1","lead":{"zip":"1"}}"#.to_vec();
         assert!(PostEnvelope::parse_listing_lead(&mut b, |_| panic!("asked")).is_ok());
         // A lead that is not an object is listed beside the envelope's problems, schema or
-        // not; alone, it is the lead's check (after the quote is taken).
+        // not, and alone too: it is the envelope's problem whatever the ping_id (black-box
+        // round 104a: alone, it was left to the quote's check, so a ping_id of no open
+        // quote was answered 404 and the seller never heard the lead was wrong).
         let mut b = br#"{"ping_id":"pg_1","lead":"x","y":2}"#.to_vec();
         let e = PostEnvelope::parse(&mut b).unwrap_err();
         let fields: Vec<_> = e.fields.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["y", "lead"]);
-        let mut b = br#"{"ping_id":"pg_1","lead":"x"}"#.to_vec();
-        let env = PostEnvelope::parse(&mut b).unwrap();
-        assert_eq!(
-            env.validate_lead(&schema).unwrap_err().fields[0].field,
-            "lead"
-        );
+        for lead in [r#""x""#, "[1]", "7", "true", r#""{\"zip\":\"1\"}""#] {
+            let mut b = format!(r#"{{"ping_id":"pg_1","lead":{lead}}}"#).into_bytes();
+            let e = PostEnvelope::parse_listing_lead(&mut b, |_| panic!("asked")).unwrap_err();
+            let fields: Vec<_> = e
+                .fields
+                .iter()
+                .map(|p| (p.field.as_str(), p.problem.as_str()))
+                .collect();
+            assert_eq!(fields, [("lead", "must be an object")], "{lead}");
+        }
+        // A null lead reads as no lead: the ping_id's check and "is required" as before.
+        let mut b = br#"{"ping_id":"pg_1","lead":null}"#.to_vec();
+        assert!(PostEnvelope::parse(&mut b).is_err());
     }
 
     #[test]

@@ -266,6 +266,15 @@ pub fn replay(a: &Entry, posts: &[Entry], cfg: Option<&Config>) -> Replay {
     // The model sets that scored the auction, as recorded (black-box round 101b: replay
     // never named them, nor said when one was gone); the probabilities below are the
     // recorded ones, never recomputed, so a set since removed changes nothing here.
+    // A record writes `models` only as an object of one or both of `realization` and
+    // `lead_score`, each a version name; anything else there was put by hand (black-box
+    // round 102a: an empty name, a number or `{}` read as an auction no model scored).
+    if let Some(why) = a.value.get("models").and_then(malformed_models) {
+        let _ = writeln!(
+            out,
+            "the record's models field is malformed ({why}): the record was altered; which model sets scored the auction is not known"
+        );
+    }
     if let Some(models) = a.value.get("models").and_then(Value::as_object) {
         let named: Vec<(&str, &str)> =
             [("realization", "realization"), ("lead_score", "lead score")]
@@ -689,11 +698,11 @@ the file may not be what decided this auction (a model swap alone changes no con
                                 if me.value < top.value {
                                     format!("its expected value {} is lower than {w}'s {}", ev_words(me), ev_words(top))
                                 } else if me.value == top.value && me.p_ppm == Some(0) && top.p_ppm != Some(0) {
-                                    format!("same expected value {} as {w}, but at probability 0 (a buyer paused for a streak of unaccepted posts): the tie goes to a bid with a chance", m(me.value))
+                                    format!("same expected value {} as {w}, but at probability 0 (a buyer paused for a streak of unaccepted posts): the tie goes to a bid with a chance", ev_words(me))
                                 } else if me.value == top.value && me.bid < top.bid {
-                                    format!("same expected value {} as {w}, and the tie goes to the higher bid ({w} bid {})", m(me.value), m(top.bid))
+                                    format!("same expected value {} as {w}, and the tie goes to the higher bid ({w} bid {})", ev_words(me), m(top.bid))
                                 } else if me.value == top.value && me.bid == top.bid {
-                                    format!("same expected value {} and bid as {w}: the tie goes to the buyer configured first", m(me.value))
+                                    format!("same expected value {} and bid as {w}: the tie goes to the buyer configured first", ev_words(me))
                                 } else {
                                     format!("its expected value {} is higher than {w}'s {}, but it was not awarded", ev_words(me), ev_words(top))
                                 }
@@ -1020,6 +1029,24 @@ fn reason_words(r: &str) -> String {
     }
 }
 
+/// Why an auction record's `models` field is not one a ledger writes (an object of
+/// `realization` and/or `lead_score`, each a non-empty string), or `None` when it is.
+fn malformed_models(models: &Value) -> Option<&'static str> {
+    let Some(m) = models.as_object() else {
+        return Some("not an object");
+    };
+    if m.is_empty() {
+        return Some("an empty object");
+    }
+    if m.keys().any(|k| k != "realization" && k != "lead_score") {
+        return Some("a field other than realization and lead_score");
+    }
+    if m.values().any(|v| v.as_str().is_none_or(str::is_empty)) {
+        return Some("a version that is not a non-empty string");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1100,6 +1127,42 @@ payout = { model = "revenue_share", share_pct = 80 }
             rep.text.contains(
                 "x p 39.7634%; its estimate was 75.446%: the drift guard scaled it by 0.527"
             ),
+            "{}",
+            rep.text
+        );
+    }
+
+    /// Black-box round 104b: two paused buyers' bids tie at expected value 0; the loser's
+    /// line said only "same expected value 0.00", never that its buyer was paused or what
+    /// its estimate was (the winner's line did).
+    #[test]
+    fn a_losing_bid_tied_at_probability_0_says_its_buyer_is_paused() {
+        let mut a = auction("coast", 30_000_000, 24_000_000);
+        let lines = a.value["buyers"].as_array_mut().unwrap();
+        lines.truncate(2);
+        lines[0] = serde_json::json!({"buyer": "empire", "outcome": "bid", "bid_micros": 29_000_000, "took_us": 800, "p_ppm": 0, "p_est_ppm": 432_729});
+        lines[1] = serde_json::json!({"buyer": "coast", "outcome": "bid", "bid_micros": 30_000_000, "took_us": 700, "p_ppm": 0, "p_est_ppm": 316_574});
+        let rep = replay(&a, &[], None);
+        let line = |who: &str| {
+            rep.text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{who}:")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let empire = line("empire");
+        assert!(
+            empire.contains("same expected value 0.00 (bid 29.00 x p 0%; its estimate was 43.2729%: its buyer is paused"),
+            "{}",
+            rep.text
+        );
+        assert!(
+            empire.contains("the tie goes to the higher bid"),
+            "{}",
+            rep.text
+        );
+        assert!(
+            line("coast").contains("its buyer is paused"),
             "{}",
             rep.text
         );

@@ -301,7 +301,8 @@ pub fn no_better_than_a_constant(
     (!why.is_empty()).then(|| {
         format!(
             "{}: this model predicts no better than no model; more or better data may help \
-             (the set is written; do not promote it)",
+             (the set is written; a promotion refuses it when this is the model it compares: \
+             the realization model, or the lead-score model of a set without one)",
             why.join(" and ")
         )
     })

@@ -389,10 +389,13 @@ pub(super) fn whole(p: &mut Problems, path: &str, v: &Value, lo: i64, hi: i64) -
         _ => {
             // A quoted number is said to be one (black-box round 101a: `"20"` was told it
             // must be a whole number between 1 and 1000000).
-            let quoted = if matches!(v, Value::String(_)) {
-                ", written without quotes"
-            } else {
-                ""
+            // Only when the quotes are all that is wrong (round 102a: `"2.5"` was told to
+            // drop them, and would be refused without them too).
+            let quoted = match v {
+                Value::String(s) if s.parse::<i64>().is_ok_and(|i| (lo..=hi).contains(&i)) => {
+                    ", written without quotes"
+                }
+                _ => "",
             };
             p.at(
                 path,
@@ -414,7 +417,7 @@ pub(super) fn number(p: &mut Problems, path: &str, v: &Value) -> Option<f64> {
             p.at(path, "must be a finite number");
             None
         }
-        Value::String(_) => {
+        Value::String(s) if s.parse::<f64>().is_ok_and(f64::is_finite) => {
             p.at(path, "must be a number, written without quotes");
             None
         }

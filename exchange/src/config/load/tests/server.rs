@@ -65,6 +65,15 @@ fn server_keys() {
             "server.breaker: must be a table",
         ]
     );
+    // "Without quotes" only when the quotes are all that is wrong (round 102a: `"2.5"`
+    // for a whole number was told to drop them).
+    for quoted in ["\"2.5\"", "\"20000\"", "\"-1\"", "\"two\""] {
+        assert_eq!(
+            errors(&[("#SERVER", &format!("response_reserve_ms = {quoted}"))]),
+            ["server.response_reserve_ms: must be a whole number between 0 and 10000"],
+            "{quoted}"
+        );
+    }
     assert_eq!(
             errors(&[("#SERVER", "response_reserve_ms = 200")]),
             ["verticals.auto.auction_deadline_ms: must be more than server.response_reserve_ms (200 ms), which is kept back to answer the seller"]

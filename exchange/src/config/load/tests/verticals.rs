@@ -137,8 +137,13 @@ fn field_types_and_their_checks() {
         [format!("{p}.max: must be at least min (5)")]
     );
     assert_eq!(
-        field("type = \"number\"\nmin = \"x\""),
+        field("type = \"number\"\nmin = \"2.5\""),
         [format!("{p}.min: must be a number, written without quotes")]
+    );
+    // Not a number in quotes either: the quotes are not all that is wrong.
+    assert_eq!(
+        field("type = \"number\"\nmin = \"x\""),
+        [format!("{p}.min: must be a number")]
     );
     assert_eq!(
         field("type = \"number\"\nmin = nan"),
