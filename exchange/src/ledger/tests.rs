@@ -221,6 +221,48 @@ async fn a_second_writer_on_the_same_directory_is_refused() {
     assert!(e.to_string().contains("in use by another process"), "{e}");
 }
 
+/// A ledger directory moved (`mv`) while the exchange runs stops the ledger at the
+/// timer's next check, within seconds, busy or idle, and before that batch's records are
+/// written (black-box round 100a: written on with no word until the next rotation);
+/// records without a check go on as before.
+#[tokio::test]
+async fn a_directory_moved_while_writing_stops_the_ledger_at_the_next_check() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ledger");
+    let moved = root.path().join("moved");
+    let mut w = Writer::recover(&dir, 1 << 20).unwrap();
+    let mut buf = Vec::new();
+    let rec = |line: &str| Pending {
+        line: line.as_bytes().to_vec(),
+        ack: None,
+    };
+    let check = || Pending {
+        line: Vec::new(),
+        ack: None,
+    };
+    assert!(w.write_batch(&[check()], true, &mut buf).1.is_ok());
+    assert!(w
+        .write_batch(&[rec(r#"{"type":"flush"}"#)], true, &mut buf)
+        .1
+        .is_ok());
+    std::fs::rename(&dir, &moved).unwrap();
+    let len = std::fs::metadata(moved.join(segments::segment_name(1)))
+        .unwrap()
+        .len();
+    // A batch with the timer's check in it, records too: refused whole.
+    let (on_disk, r) = w.write_batch(&[rec(r#"{"type":"flush"}"#), check()], true, &mut buf);
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("was moved or replaced"), "{e}");
+    assert_eq!(on_disk, 0);
+    assert_eq!(
+        std::fs::metadata(moved.join(segments::segment_name(1)))
+            .unwrap()
+            .len(),
+        len,
+        "nothing of the refused batch written"
+    );
+}
+
 /// A ledger directory renamed while the exchange runs, and another made at its old
 /// path (a second exchange could lock that one), is never written by path: the next
 /// segment is refused and the ledger stops (fail-stop), so the moved ledger ends

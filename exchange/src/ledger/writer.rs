@@ -411,6 +411,16 @@ impl Writer {
         if let Err(e) = self.check_segment() {
             return (0, Err(e));
         }
+        // At the timer's checks (every 2 s at most, busy or idle), the path must still name
+        // the directory locked at start: one moved (`mv`) or replaced while the exchange
+        // runs stops the ledger within seconds, as a removed one does, rather than at the
+        // next rotation, hours later, after writing on into a directory the operator
+        // thinks is elsewhere (black-box round 100a: written on with no word).
+        if batch.iter().any(|p| p.line.is_empty()) {
+            if let Err(e) = self.check_same_dir() {
+                return (0, Err(e));
+            }
+        }
         let mut on_disk = 0;
         // Where the current segment's records not yet known to be on disk begin: a batch
         // that fails is cut back to it, so that no record refused to its writer (a post

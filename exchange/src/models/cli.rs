@@ -294,7 +294,10 @@ pub fn rollback(config_path: Option<&Path>, ledger: Option<&Path>, vertical: &st
         return 2;
     };
     match crate::models::rollback(&cfg.learning, &cfg.verticals[vi]) {
-        Ok(v) => {
+        Ok((v, note)) => {
+            if let Some(note) = note {
+                crate::say_err!("pingpost models rollback: vertical {vertical}: {note}");
+            }
             let when = served_when(cfg.learning.watch_ms);
             emit(
                 "models rollback",

@@ -488,24 +488,73 @@ fn named(file: &str, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{file}: {e}"))
 }
 
+/// Where a rollback goes: the version before the champion in `HISTORY`, the history it
+/// leaves (without the champion's entry, nor any after it), and what it has to say when
+/// `HISTORY` and `CHAMPION` disagree (edited by hand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackTarget {
+    pub target: String,
+    pub history: Vec<String>,
+    pub note: Option<String>,
+}
+
 /// The version before the champion in `HISTORY` (what a rollback goes back to), and the
 /// history without the champion's last entry; `Err` when `CHAMPION` cannot be read (a
-/// FIFO, a directory): what serves is not known, so neither is what came before it.
+/// FIFO, a directory): what serves is not known, so neither is what came before it. A
+/// `HISTORY` that does not end with the champion (edited by hand) is said to, and the
+/// rollback goes back from the champion's last entry in it, dropping the entries after
+/// it (black-box round 101b: it went to `HISTORY`'s last line, which could be forward of
+/// what served, without a word); a champion not in it goes to its last line, saying so.
 pub fn rollback_target(
     learning: &LearningConfig,
     vertical: &str,
-) -> Result<Option<(String, Vec<String>)>, String> {
+) -> Result<Option<RollbackTarget>, String> {
     let mut h = history(learning, vertical);
     let champion = read_champion_checked(learning, vertical)?;
-    if h.last() == champion.as_ref() {
-        h.pop();
+    let mut note = None;
+    if let Some(champ) = champion.as_ref() {
+        // Names from files an operator edits: printed as safe text.
+        let c = proto::error::printable_name(champ);
+        match h.iter().rposition(|v| v == champ) {
+            Some(p) if p + 1 == h.len() => {
+                h.pop();
+            }
+            Some(p) => {
+                let dropped = h.split_off(p);
+                note = Some(format!(
+                    "HISTORY does not end with the champion {c} (edited by hand?): going back from its last entry of {c}, and dropping the {} entr{} after it ({})",
+                    dropped.len() - 1,
+                    if dropped.len() == 2 { "y" } else { "ies" },
+                    dropped
+                        .get(1..)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|v| proto::error::printable_name(v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            None => {
+                note = Some(format!(
+                    "the champion {c} is not in HISTORY (edited by hand?): going back to HISTORY's last entry"
+                ));
+            }
+        }
     }
-    Ok(h.last().cloned().map(|target| (target, h)))
+    Ok(h.last().cloned().map(|target| RollbackTarget {
+        target,
+        history: h,
+        note,
+    }))
 }
 
 /// Goes back one version: the previous entry of `HISTORY` becomes the champion and the
-/// current one leaves the history. Returns the version now serving.
-pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String, Vec<String>> {
+/// current one leaves the history. Returns the version now serving, and a note when
+/// `HISTORY` and `CHAMPION` disagreed ([`rollback_target`]).
+pub fn rollback(
+    learning: &LearningConfig,
+    vertical: &Vertical,
+) -> Result<(String, Option<String>), Vec<String>> {
     let dir = vertical_dir(learning, &vertical.name);
     // Held from reading HISTORY to writing CHAMPION: a concurrent swap or rollback
     // waits, then reads what this one wrote.
@@ -526,7 +575,12 @@ pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String
             vertical.name
         )]
     })?;
-    let Some((target, h)) = target else {
+    let Some(RollbackTarget {
+        target,
+        history: h,
+        note,
+    }) = target
+    else {
         return Err(vec![format!(
             "vertical {}: no earlier model version in {}",
             vertical.name,
@@ -550,7 +604,7 @@ pub fn rollback(learning: &LearningConfig, vertical: &Vertical) -> Result<String
         }
         return Err(vec![format!("{}: {e}", name(CHAMPION))]);
     }
-    Ok(target)
+    Ok((target, note))
 }
 
 /// The versions present for `vertical`, sorted by name.
@@ -610,6 +664,55 @@ mod tests {
         within(ms, move || {
             write_champion(&l, "auto", Some(version)).map_err(|e| e.to_string())
         })
+    }
+
+    /// A rollback goes back from the champion, wherever `HISTORY` has it, and says when
+    /// the two disagree (black-box round 101b: a hand-edited `HISTORY` that did not end
+    /// with the champion was followed to its last line, forward of what served, silently).
+    #[test]
+    fn a_rollback_goes_back_from_the_champion_and_says_when_history_disagrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let learning = learning_in(dir.path());
+        let vdir = vertical_dir(&learning, "auto");
+        std::fs::create_dir_all(&vdir).unwrap();
+        let set = |champion: &str, history: &str| {
+            std::fs::write(vdir.join(CHAMPION), champion).unwrap();
+            std::fs::write(vdir.join(HISTORY), history).unwrap();
+            rollback_target(&learning, "auto").unwrap()
+        };
+        let t = |target: &str, history: &[&str], note: Option<&str>| {
+            Some(RollbackTarget {
+                target: target.into(),
+                history: history.iter().map(|v| v.to_string()).collect(),
+                note: note.map(String::from),
+            })
+        };
+        // As written by swaps: the champion last.
+        assert_eq!(set("c", "a\nb\nc\n"), t("b", &["a", "b"], None));
+        // Edited: the champion is not last; back from it, the entries after it dropped.
+        assert_eq!(
+            set("b", "a\nb\nc\nd\n"),
+            t(
+                "a",
+                &["a"],
+                Some("HISTORY does not end with the champion b (edited by hand?): going back from its last entry of b, and dropping the 2 entries after it (c, d)")
+            )
+        );
+        assert_eq!(
+            set("b", "a\nb\nc\n").and_then(|r| r.note),
+            Some("HISTORY does not end with the champion b (edited by hand?): going back from its last entry of b, and dropping the 1 entry after it (c)".into())
+        );
+        // The champion is not in it at all: its last line, said.
+        assert_eq!(
+            set("x", "a\nb\n"),
+            t(
+                "b",
+                &["a", "b"],
+                Some("the champion x is not in HISTORY (edited by hand?): going back to HISTORY's last entry")
+            )
+        );
+        // Nothing before the champion: nothing to go back to.
+        assert_eq!(set("a", "a\nb\n").map(|r| r.target), None);
     }
 
     /// Black-box round 46: a model file that is a FIFO with no writer is refused at
