@@ -124,10 +124,12 @@ enum ModelsCommand {
         /// most 64 characters, and not one that exists already.
         #[arg(long)]
         version: String,
-        /// The realization model (XGBoost JSON).
+        /// The realization model (XGBoost JSON). At least one of --realization and
+        /// --lead-score is needed.
         #[arg(long)]
         realization: Option<PathBuf>,
-        /// The lead-score model (XGBoost JSON).
+        /// The lead-score model (XGBoost JSON). At least one of --realization and
+        /// --lead-score is needed.
         #[arg(long)]
         lead_score: Option<PathBuf>,
     },

@@ -126,6 +126,9 @@ pub fn printable_name(name: &str) -> String {
 /// [`ApiError::from_fields`] can list the known fields' problems first.
 pub const UNKNOWN_FIELD: &str = "unknown field";
 
+/// The problem of a required field sent as `null` (which counts as not sent).
+pub const REQUIRED_NULL: &str = "is required; null counts as not sent";
+
 /// The most field problems an error lists: past it, the message counts the rest (a body
 /// of thousands of unknown names must not get an answer larger than itself).
 pub const FIELDS_LISTED_MAX: usize = 100;

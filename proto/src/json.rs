@@ -410,8 +410,15 @@ impl<'a> ObjectReader<'a> {
     /// A required field of any type.
     pub fn value(&mut self, key: &'static str) -> Option<&'a OwnedValue> {
         let v = self.get(key);
-        if v.is_none() && self.obj.is_some() {
-            self.problem(key, "is required");
+        if let (None, Some(obj)) = (v, self.obj) {
+            // Sent as `null`, said so (black-box round 105a: "is required" read as if the
+            // field had not been sent), as a lead's required fields say it.
+            let problem = if obj.contains_key(key) {
+                crate::error::REQUIRED_NULL
+            } else {
+                "is required"
+            };
+            self.problem(key, problem);
         }
         v
     }

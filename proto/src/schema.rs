@@ -172,7 +172,15 @@ impl VerticalSchema {
                 (Some(v), LeadMode::Ping) if spec.pii || !spec.ping => Some(v),
                 _ => present,
             };
+            let null = matches!(given, Some(OwnedValue::Static(StaticNode::Null)));
             match (present, mode) {
+                // A personal field named as `null` carries no personal data: refused as a
+                // field a ping does not have, not as `pii_in_ping` (black-box round 105a:
+                // a seller could take that answer for a privacy incident).
+                (Some(_), LeadMode::Ping) if (spec.pii || !spec.ping) && null => {
+                    out.problems
+                        .push(FieldProblem::new(fpath(), NOT_A_PING_FIELD_NULL));
+                }
                 (Some(_), LeadMode::Ping) if spec.pii => {
                     out.pii = true;
                     out.problems
@@ -209,10 +217,15 @@ impl VerticalSchema {
     }
 }
 
+/// The problem of a field a ping does not have (personal, or sent only with the post)
+/// named in a ping as `null`.
+const NOT_A_PING_FIELD_NULL: &str =
+    "is not allowed in a ping, not even as null; send it with the post";
+
 /// A required field's problem: missing, or sent as `null` (which counts as absent).
 fn required_problem(given: Option<&OwnedValue>) -> &'static str {
     if given.is_some() {
-        "is required; null counts as not sent"
+        crate::error::REQUIRED_NULL
     } else {
         "is required"
     }
@@ -521,12 +534,33 @@ pub(crate) mod tests {
     /// A ping names no post-only or personal field, not even as `null` (black-box round
     /// 9: `"email": null` and `"city": null` were taken as absent and the ping bid, though
     /// the ping's schema has no such property); a ping field given `null` is absent, and
-    /// a full lead may name any field `null`.
+    /// a full lead may name any field `null`. A personal field named as `null` carries no
+    /// personal data: it is not `pii_in_ping` (black-box round 105a); with a value it is.
     #[test]
     fn a_ping_names_no_post_only_or_personal_field_even_as_null() {
         let err = auto_schema()
             .validate(
                 &parse(r#"{"state":"TX","zip":"76180","age":null,"email":null,"city":null}"#),
+                LeadMode::Ping,
+                "lead",
+            )
+            .unwrap_err();
+        let problems: Vec<_> = err
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.problem.as_str()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                ("lead.city", NOT_A_PING_FIELD_NULL),
+                ("lead.email", NOT_A_PING_FIELD_NULL),
+            ]
+        );
+        assert!(!err.pii, "a null is no personal data");
+        let err = auto_schema()
+            .validate(
+                &parse(r#"{"state":"TX","zip":"76180","email":"a@b.co","city":"X"}"#),
                 LeadMode::Ping,
                 "lead",
             )

@@ -527,6 +527,33 @@ mod tests {
         }
     }
 
+    /// The body's own required fields sent as `null` say so, as a lead's do (black-box
+    /// round 105a: "is required" read as if they had not been sent); left out, the same
+    /// as before.
+    #[test]
+    fn a_required_body_field_sent_as_null_is_said_to_be_null() {
+        let problems = |e: ApiError| {
+            e.fields
+                .into_iter()
+                .map(|p| (p.field, p.problem))
+                .collect::<Vec<_>>()
+        };
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let e = ping(r#"{"vertical":null,"lead":null}"#, LeadMode::Ping).unwrap_err();
+        assert_eq!(
+            problems(e),
+            [
+                s("vertical", crate::error::REQUIRED_NULL),
+                s("lead", crate::error::REQUIRED_NULL)
+            ]
+        );
+        let e = ping(r#"{"lead":{"state":"TX","zip":"76180"}}"#, LeadMode::Ping).unwrap_err();
+        assert_eq!(problems(e), [s("vertical", "is required")]);
+        let mut b = br#"{"ping_id":null,"lead":{}}"#.to_vec();
+        let e = PostEnvelope::parse(&mut b).unwrap_err();
+        assert_eq!(problems(e), [s("ping_id", crate::error::REQUIRED_NULL)]);
+    }
+
     #[test]
     fn a_lead_not_an_object_is_listed_beside_a_vertical_problem() {
         for body in [

@@ -104,6 +104,13 @@ fn estimate_words(p: u32, e: u32, explore: bool) -> String {
         format!(
             "under 1 ppm, taken at the floor of 1 ppm, which the drift guard scaled by {p} (the buyer kept more than estimated lately)"
         )
+    } else if p == 1_000_000 && p > e {
+        // Capped: p / e is a bound on the guard's factor, not the factor (black-box round
+        // 105c: "scaled it by 1.005" where the factor was 1.117 or more).
+        format!(
+            "the drift guard raised it (the buyer kept more than estimated lately), and the product is capped at 100%: the guard's factor was at least {:.3}",
+            f64::from(p) / f64::from(e)
+        )
     } else {
         format!(
             "the drift guard scaled it by {:.3} (the buyer kept {} than estimated lately)",
@@ -668,7 +675,10 @@ the file may not be what decided this auction (a model swap alone changes no con
                             None => "the only bid".to_string(),
                         };
                         format!(
-                            "{}: {kind}; the seller is paid {}{}, {why}, at or above the reserve {}",
+                            // The reserve bounds what the seller is paid, so it is said
+                            // beside that, never after an expected value (black-box round
+                            // 105a: "expected value 0.00 …, at or above the reserve 1.00").
+                            "{}: {kind}; the seller is paid {}{} (at or above the reserve {}), {why}",
                             if refused {
                                 "WOULD HAVE WON (the award was refused: duplicate)"
                             } else {
@@ -1103,6 +1113,13 @@ payout = { model = "revenue_share", share_pct = 80 }
             "; its estimate was 75.446%: the drift guard scaled it by 0.527 (the buyer kept fewer than estimated lately)"
         );
         assert!(estimate_words(900_000, 600_000, false).contains("by 1.500 (the buyer kept more"));
+        // At the cap of 100%, p / e bounds the guard's factor (round 105c).
+        let capped = estimate_words(1_000_000, 995_014, false);
+        assert!(
+            capped.contains("capped at 100%: the guard's factor was at least 1.005"),
+            "{capped}"
+        );
+        assert!(!capped.contains("scaled it by"), "{capped}");
         assert!(estimate_words(0, 500_000, false).contains("paused"));
         // Paused in an exploring auction is still paused (round 63c).
         assert!(estimate_words(0, 500_000, true).contains("paused"));
@@ -1166,6 +1183,15 @@ payout = { model = "revenue_share", share_pct = 80 }
             "{}",
             rep.text
         );
+        // The reserve is said beside the seller's price, not after the expected value of
+        // 0.00 (round 105a: "…expected value…: 0.00 (…), at or above the reserve 1.00").
+        assert!(
+            line("coast").contains(
+                "the seller is paid 24.00 (at or above the reserve 1.00), the highest expected value"
+            ),
+            "{}",
+            rep.text
+        );
     }
 
     /// Black-box round 68d: a bid refused at award by its budget was said refused by a
@@ -1219,7 +1245,7 @@ payout = { model = "revenue_share", share_pct = 80 }
         assert!(t.contains("ranking by expected value"), "{t}");
         assert!(t.contains("— MATCHES the record"), "{t}");
         assert!(
-            t.contains("coast: WON: bid 15.00 USD in 0.7 ms; the seller is paid 12.00 USD under revenue_share 80%, the highest expected value of 4 ranked bids: 14.25 USD (bid 15.00 USD x p 95%)"),
+            t.contains("coast: WON: bid 15.00 USD in 0.7 ms; the seller is paid 12.00 USD under revenue_share 80% (at or above the reserve 1.00 USD), the highest expected value of 4 ranked bids: 14.25 USD (bid 15.00 USD x p 95%)"),
             "{t}"
         );
         assert!(
