@@ -87,8 +87,9 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
         /// Make the new set the champion if it beats the serving one on the newest
-        /// held-out window (a running exchange serves it at its next model-directory check;
-        /// with `learning.watch_ms = 0`, only after `POST /admin/models` or a restart).
+        /// held-out window (a running exchange serves it once two model-directory checks
+        /// in a row read it, within twice `learning.watch_ms`; with `learning.watch_ms =
+        /// 0`, only after `POST /admin/models` or a restart).
         #[arg(long)]
         promote: bool,
     },
@@ -779,6 +780,7 @@ fn main() -> anyhow::Result<()> {
     // cannot change, so a reload of it re-applies the same configuration), the same
     // environment and the same command-line overrides.
     let (path, listen, ledger) = (args.config.clone(), args.listen, args.ledger.clone());
+    let config_given = path.is_some();
     let new_fingerprint_key = args.new_fingerprint_key;
     let source = move || -> Result<config::Config, config::ConfigErrors> {
         let mut cfg = match &path {
@@ -810,8 +812,16 @@ fn main() -> anyhow::Result<()> {
             // The embedded configuration's buyers are the demo's (black-box round 68d:
             // the message did not say how to run it).
             if !demo && errors.0.iter().any(|e| e.contains("PINGPOST_DEMO_SECRET_")) {
+                // A file given that names the demo's variables is the operator's: set
+                // them, or name its own (black-box round 106a: told to use --config FILE
+                // when it had).
+                let way = if config_given {
+                    "set them (at least 16 bytes each), add --demo (it sets them for the run), or name your buyers' own variables in the file's secret_env"
+                } else {
+                    "add --demo (it sets them for the run), or give your own configuration with --config FILE"
+                };
                 pingpost::say_err!(
-                    "the PINGPOST_DEMO_SECRET_* variables are the demo buyers' secrets: add --demo (it sets them for the run), or give your own configuration with --config FILE"
+                    "the PINGPOST_DEMO_SECRET_* variables are the demo buyers' secrets: {way}"
                 );
             }
             std::process::exit(2);

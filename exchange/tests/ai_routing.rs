@@ -482,6 +482,11 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         &swap(&ex, json!({"vertical": VERTICAL, "version": 3})).await,
         "string or null",
     );
+    // Sent as null, said so (black-box round 106a: "must be a string").
+    refused(
+        &swap(&ex, json!({"vertical": null, "version": "m1"})).await,
+        "vertical: is required; null counts as not sent",
+    );
     refused(
         &swap(&ex, json!({"vertical": VERTICAL, "version": "m1", "x": 1})).await,
         "unknown field",

@@ -1097,6 +1097,72 @@ async fn an_unsold_post_names_a_lead_only_if_it_went_out_across_a_restart_too() 
     third.shutdown().await.unwrap();
 }
 
+/// A buyer missing at a restart while it held an open quote: the post answers
+/// `buyer_removed` and its hold is released, so a reload that brings the buyer back finds
+/// its sales and no hold (black-box round 105b: the hold stayed until the next restart,
+/// and the buyer was sold one lead fewer than its cap per such quote).
+#[tokio::test]
+async fn a_hold_of_a_buyer_missing_at_a_restart_is_released_by_its_post() {
+    let (_a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let (_b, bb, _hb) = buyer("b", 10.0, 0).await;
+    let with_a = TestConfig::new().buyer(ab.caps_hourly(5)).buyer(bb.clone());
+    let without_a = TestConfig::new().buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&with_a, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    for _ in 0..2 {
+        let q = client.ping("TX").await;
+        let sold = client.post(&q.ping_id, "TX").await;
+        assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    }
+    let open = client.ping("TX").await;
+    assert!(open.price.is_some(), "{open:?}");
+    assert_eq!(reserved_now(&first, "a"), 1);
+    first.shutdown().await.unwrap();
+
+    let second = start(&without_a, &ledger).await;
+    let client = SellerClient::new(second.addr);
+    let unsold = client.post(&open.ping_id, "TX").await;
+    assert_eq!(
+        unsold.reason.as_deref(),
+        Some("buyer_removed"),
+        "{unsold:?}"
+    );
+    // a comes back by a reload: 2 sold, nothing held.
+    second
+        .state
+        .apply_config(config_in(&with_a, &ledger, &noon_zone()))
+        .unwrap();
+    let rt = second.state.runtime.load();
+    let a = rt.config.buyers.iter().find(|b| b.id == "a").unwrap();
+    let usage = second
+        .state
+        .caps
+        .usage(a.key, a, second.state.clock.now_ms());
+    assert_eq!((usage.sold_hour, usage.reserved), (2, 0), "{usage:?}");
+    assert_eq!(second.state.caps.outstanding(a.key), 0);
+    // Three more fit under the hourly cap of 5 (2 sold): the released hold counts nowhere.
+    let client = SellerClient::new(second.addr);
+    // a's bid (30) is quoted 24.00, b's (10) 8.00: a wins three, then b.
+    for n in 0..3 {
+        let q = client.ping("TX").await;
+        assert_eq!(q.price, Some(proto::Micros(24_000_000)), "ping {n}: {q:?}");
+    }
+    let q = client.ping("TX").await;
+    assert_eq!(
+        q.price,
+        Some(proto::Micros(8_000_000)),
+        "a is at its cap: {q:?}"
+    );
+    assert_eq!(
+        second.state.caps.outstanding(a.key),
+        3,
+        "its three new quotes"
+    );
+    second.shutdown().await.unwrap();
+}
+
 /// A buyer missing from the configuration at a restart (left out of the file) keeps its
 /// counts: a reload that brings it back the same day cannot sell it past its cap (before
 /// the fix its sales were skipped by the replay, and it sold its cap again).

@@ -394,6 +394,12 @@ struct Held {
     /// alone (black-box round 99b: kept with the hold, they counted its leads again when a
     /// later zone change made their key current again).
     carried: Vec<(usize, i64)>,
+    /// The former zones' windows, `(period, until)`, this hold was counted in
+    /// ([`BuyerBook::hold`]): a release takes it back from each still there, and a sale
+    /// leaves it (black-box round 105b: kept for good, a released hold of a buyer missing
+    /// at a restart, whose every window is a former one until it comes back, stayed
+    /// counted, and the buyer was sold one lead fewer than its cap per such quote).
+    former: Vec<(usize, i64)>,
 }
 
 impl Held {
@@ -685,8 +691,9 @@ impl BuyerBook {
     }
 
     /// Counts `held` as reserved in each of its windows; `at` is when the lead was taken
-    /// (for a later window, no earlier than the window's start).
-    fn hold(&mut self, held: &Held, at: i64) {
+    /// (for a later window, no earlier than the window's start). Notes in `held` the
+    /// former zones' windows it counted in.
+    fn hold(&mut self, held: &mut Held, at: i64) {
         for period in 0..PERIODS {
             for (k, taken) in held.windows_of(period, at) {
                 if let Some(c) = self.counter_mut(period, k) {
@@ -696,16 +703,29 @@ impl BuyerBook {
                 }
             }
         }
-        // A former zone's window still running holds it too (for good: a release does
-        // not take it back, an over-count bounded by that window's end).
-        for f in self
-            .former
-            .iter_mut()
-            .flat_map(|fs| fs.0.iter_mut())
-            .filter(|f| f.until > at)
-        {
-            f.sold = f.sold.saturating_add(1);
-            f.spent = f.spent.saturating_add(held.price);
+        // A former zone's window still running holds it too: a sale leaves it there, a
+        // release takes it back ([`Held::former`]).
+        for (period, fs) in self.former.iter_mut().enumerate() {
+            for f in fs.0.iter_mut().filter(|f| f.until > at) {
+                f.sold = f.sold.saturating_add(1);
+                f.spent = f.spent.saturating_add(held.price);
+                held.former.push((period, f.until));
+            }
+        }
+    }
+
+    /// Takes a released hold back from the former zones' windows it was counted in, where
+    /// each still is (one merged into another since, [`FORMER_MAX`], keeps it: an
+    /// over-count until that window's end, never an under-count).
+    fn unhold_former(&mut self, held: &Held) {
+        for (period, until) in &held.former {
+            let Some(fs) = self.former.get_mut(*period) else {
+                continue;
+            };
+            if let Some(f) = fs.0.iter_mut().find(|f| f.until == *until) {
+                f.sold = f.sold.saturating_sub(1);
+                f.spent = f.spent.saturating_sub(held.price);
+            }
         }
     }
 
@@ -923,13 +943,14 @@ impl CapBook {
                     .map_err(capped)?;
             }
             version.fetch_add(1, Ordering::AcqRel);
-            let held = Held {
+            let mut held = Held {
                 price,
                 windows: w,
                 later: later.clone(),
                 carried: Vec::new(),
+                former: Vec::new(),
             };
-            b.hold(&held, at);
+            b.hold(&mut held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             b.outstanding.insert(id, held);
             Ok(Reservation {
@@ -980,6 +1001,9 @@ impl CapBook {
                         }
                     }
                 }
+            }
+            if !sold {
+                b.unhold_former(&held);
             }
             b.prune();
             true
@@ -1072,13 +1096,14 @@ impl CapBook {
         self.with_version(key, |b, version| {
             version.fetch_add(1, Ordering::AcqRel);
             b.name_zone(zone);
-            let held = Held {
+            let mut held = Held {
                 price,
                 windows: *windows,
                 later: later.clone(),
                 carried: Vec::new(),
+                former: Vec::new(),
             };
-            b.hold(&held, windows.latest_ms());
+            b.hold(&mut held, windows.latest_ms());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             b.outstanding.insert(id, held);
             Reservation {

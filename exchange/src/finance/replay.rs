@@ -109,7 +109,8 @@ fn estimate_words(p: u32, e: u32, explore: bool) -> String {
         // 105c: "scaled it by 1.005" where the factor was 1.117 or more).
         format!(
             "the drift guard raised it (the buyer kept more than estimated lately), and the product is capped at 100%: the guard's factor was at least {:.3}",
-            f64::from(p) / f64::from(e)
+            // Rounded down: a bound (round 106a: 1/0.810698 = 1.23351 read "at least 1.234").
+            (f64::from(p) * 1000.0 / f64::from(e)).floor() / 1000.0
         )
     } else {
         format!(
@@ -1120,6 +1121,9 @@ payout = { model = "revenue_share", share_pct = 80 }
             "{capped}"
         );
         assert!(!capped.contains("scaled it by"), "{capped}");
+        // Rounded down, never up (round 106a).
+        let capped = estimate_words(1_000_000, 810_698, false);
+        assert!(capped.contains("at least 1.233"), "{capped}");
         assert!(estimate_words(0, 500_000, false).contains("paused"));
         // Paused in an exploring auction is still paused (round 63c).
         assert!(estimate_words(0, 500_000, true).contains("paused"));

@@ -113,6 +113,32 @@ pub fn write(file: &File, seq: u64) -> io::Result<()> {
     file.write_all_at(line(seq).as_bytes(), 0)
 }
 
+/// The `seq` the `HEAD` file of the directory open as `dir` names, read through that
+/// directory (never by a path, which a move or a replacement of the directory would make
+/// name another one: black-box round 106a), never through a symlink; `None` when it is
+/// missing, unreadable or not a line this exchange writes.
+pub fn read_in(dir: &File) -> Option<u64> {
+    use std::io::Read as _;
+    let fd = rustix::fs::openat(
+        dir,
+        HEAD_FILE,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let file = File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(LEN as u64 + 1).read_to_end(&mut bytes).ok()?;
+    let digits = bytes
+        .strip_prefix(PREFIX.as_bytes())?
+        .strip_suffix(b"\n")
+        .filter(|d| d.len() == 20 && d.iter().all(u8::is_ascii_digit))?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// What `HEAD` in `dir` says: `Ok(None)` when there is no such file or it is empty (made
 /// but never written before a crash), `Ok(Some(seq))`, or an error saying what is wrong
 /// with it (unreadable, or not a line this exchange writes).

@@ -261,6 +261,21 @@ async fn a_directory_moved_while_writing_stops_the_ledger_at_the_next_check() {
         len,
         "nothing of the refused batch written"
     );
+    // After the failure, HEAD in the moved directory names the last record synced, and
+    // the checks every 2 s leave it alone (round 106a: read by the old path, it was made
+    // again, a new file, at every check); one that names anything else is made again.
+    use std::os::unix::fs::MetadataExt;
+    let head_file = moved.join(head::HEAD_FILE);
+    let ino = std::fs::metadata(&head_file).unwrap().ino();
+    for _ in 0..3 {
+        w.head_after_failure_if_changed();
+    }
+    assert_eq!(std::fs::metadata(&head_file).unwrap().ino(), ino);
+    assert!(!dir.exists(), "nothing made at the old path");
+    let synced = head::read(&moved).unwrap().unwrap();
+    std::fs::write(&head_file, head::line(synced + 5)).unwrap();
+    w.head_after_failure_if_changed();
+    assert_eq!(head::read(&moved), Ok(Some(synced)));
 }
 
 /// A ledger directory renamed while the exchange runs, and another made at its old

@@ -388,9 +388,11 @@ impl Writer {
     }
 
     /// [`Writer::head_after_failure`] when the `HEAD` file no longer names the last record
-    /// this writer synced (read by its path: another process may have replaced it).
+    /// this writer synced (read by its name in the directory this writer locked: another
+    /// process may have replaced the file; read by the directory's path, a directory moved
+    /// away had its `HEAD` made again every 2 s, black-box round 106a).
     pub(super) fn head_after_failure_if_changed(&mut self) {
-        if self.head_seq != 0 && head::read(&self.dir) != Ok(Some(self.head_seq)) {
+        if self.head_seq != 0 && head::read_in(&self._dir_lock) != Some(self.head_seq) {
             self.head_after_failure();
         }
     }

@@ -589,8 +589,14 @@ pub fn rollback(
                 .display()
         )]);
     };
-    // The target must still load under today's configuration.
-    load_set(learning, vertical, &target)?;
+    // The target must still load under today's configuration. A refusal says too that
+    // HISTORY and CHAMPION disagreed (black-box round 106a: only the load's problem).
+    load_set(learning, vertical, &target).map_err(|mut e| {
+        if let Some(n) = &note {
+            e.insert(0, format!("vertical {}: {n}", vertical.name));
+        }
+        e
+    })?;
     let mut text = h.join("\n");
     text.push('\n');
     let name = |f: &str| dir.join(f).display().to_string();

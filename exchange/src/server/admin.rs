@@ -222,6 +222,14 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
             None
         }
         Some(serde_json::Value::String(s)) => Some(s.clone()),
+        // Sent as null, said so, as in the seller's bodies (black-box round 106a).
+        Some(serde_json::Value::Null) => {
+            problems.push(proto::FieldProblem::new(
+                "vertical",
+                proto::error::REQUIRED_NULL,
+            ));
+            None
+        }
         Some(_) => {
             problems.push(proto::FieldProblem::new("vertical", "must be a string"));
             None

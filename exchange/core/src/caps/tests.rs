@@ -1125,3 +1125,37 @@ proptest! {
         prop_assert_eq!((u.reserved, u.reserved_micros), (0, Micros::ZERO));
     }
 }
+
+/// A hold counted in a former zone's window is taken back from it when released, and
+/// stays when sold (black-box round 105b: kept for good, a released hold of a buyer
+/// missing at a restart, whose windows are all former ones until it comes back, cost
+/// it a lead of its cap, and its budget, per such quote).
+#[test]
+fn a_released_hold_is_taken_back_from_a_former_zone_s_window() {
+    let mut b = capped(Caps {
+        hourly: Some(3),
+        budget_daily: Some(m(30)),
+        ..Caps::default()
+    });
+    b.timezone = Tz::UTC;
+    let book = CapBook::new(1);
+    let now = utc_ms(2026, 12, 2, 12, 10);
+    let w = Windows::at(Tz::UTC, now - 60_000).unwrap();
+    // One sale restored for a buyer whose zone was not known: its windows are limits
+    // until they may end, as a former zone's.
+    assert!(book.restore_former_zone(BuyerKey(0), w.ends_after(now).unwrap(), m(10), now));
+    assert!(book.restore_sold(BuyerKey(0), None, &w, m(10)));
+    // Held and released, again and again: never counted for good.
+    for n in 0..5 {
+        let r = book
+            .reserve(BuyerKey(0), &b, m(10), now + n)
+            .unwrap_or_else(|e| panic!("hold {n}: {e:?}"));
+        assert!(book.release(&r));
+    }
+    // Two more fit the cap of 3 and the budget of 30 (one sold at 10), and are sold.
+    for n in 0..2 {
+        let r = book.reserve(BuyerKey(0), &b, m(10), now + 10 + n).unwrap();
+        assert!(book.commit(&r.delivered_at(now + 20)));
+    }
+    assert!(book.reserve(BuyerKey(0), &b, m(1), now + 30).is_err());
+}
