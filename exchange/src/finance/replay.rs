@@ -732,7 +732,15 @@ the file may not be what decided this auction (a model swap alone changes no con
                             }
                         };
                         if capped.contains(&buyer) {
-                            format!("{kind}, ranked #{}: its cap or budget was full when the award tried to reserve it (the record does not say which)", i + 1)
+                            // Its expected value too, as every other ranked line says it
+                            // (black-box round 106a: a capped bid's p, at the guard's cap
+                            // of 100%, went unexplained).
+                            let value = if ev {
+                                format!(", expected value {}", ev_words(me))
+                            } else {
+                                String::new()
+                            };
+                            format!("{kind}, ranked #{}{value}: its cap or budget was full when the award tried to reserve it (the record does not say which)", i + 1)
                         } else if position(w).is_some_and(|wi| i < wi) {
                             format!("{kind}, ranked #{} above the winner but refused at award (cap or budget)", i + 1)
                         } else if b < *wp {
@@ -1216,6 +1224,12 @@ payout = { model = "revenue_share", share_pct = 80 }
         assert_eq!(empire.len(), 1, "{}", rep.text);
         assert!(empire[0].contains("cap or budget"), "{}", rep.text);
         assert!(!rep.text.contains("cap was full"), "{}", rep.text);
+        // Its expected value is said too (round 106a: its p went unexplained).
+        assert!(
+            empire[0].contains("expected value 11.90 (bid 17.00 x p 70%)"),
+            "{}",
+            rep.text
+        );
     }
 
     /// Black-box round 83b: the only bid read "the only bid at or above the reserve, at or
