@@ -1163,6 +1163,40 @@ async fn a_hold_of_a_buyer_missing_at_a_restart_is_released_by_its_post() {
     second.shutdown().await.unwrap();
 }
 
+/// An open quote across a restart that changed its buyer's zone holds one place of the
+/// buyer's hourly cap, not two (black-box round 107a: its hold counted twice in the old
+/// zone's hour, which the buyer's restored sale had made a limit, and the buyer was sold
+/// one lead fewer than its cap until a later restart).
+#[tokio::test]
+async fn an_open_quote_across_a_zone_change_at_a_restart_holds_one_place() {
+    let (_a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let (_b, bb, _hb) = buyer("b", 10.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_hourly(3)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&cfg, &ledger).await;
+    let client = SellerClient::new(first.addr);
+    let q = client.ping("TX").await;
+    let sold = client.post(&q.ping_id, "TX").await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    let open = client.ping("TX").await;
+    assert_eq!(open.price, Some(proto::Micros(24_000_000)), "{open:?}");
+    first.shutdown().await.unwrap();
+
+    // A zone 13 hours away: the same hours, another day (so other windows).
+    let second = start_in(&cfg, &ledger, &other_day_zone()).await;
+    let client = SellerClient::new(second.addr);
+    // 1 sold and 1 held of 3: a wins one more (quoted 24.00), then b (8.00).
+    let more = client.ping("TX").await;
+    assert_eq!(more.price, Some(proto::Micros(24_000_000)), "{more:?}");
+    let then = client.ping("TX").await;
+    assert_eq!(then.price, Some(proto::Micros(8_000_000)), "{then:?}");
+    // The quote from before the restart still sells to a.
+    let sold = client.post(&open.ping_id, "TX").await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    second.shutdown().await.unwrap();
+}
+
 /// A buyer missing from the configuration at a restart (left out of the file) keeps its
 /// counts: a reload that brings it back the same day cannot sell it past its cap (before
 /// the fix its sales were skipped by the replay, and it sold its cap again).

@@ -1075,6 +1075,37 @@ impl CapBook {
         .unwrap_or(false)
     }
 
+    /// Recovery at start: the open quote `r` restored ([`CapBook::restore_reservation`])
+    /// was held in windows of another zone than the buyer's now, which may run until
+    /// `ends`: its hold counts in each of them, once (black-box round 107a: a former window
+    /// the buyer's restored sales had made already counted the hold, and this counted it
+    /// again, so the buyer was sold one lead fewer than its hourly cap), and a release
+    /// takes it back ([`Held::former`]). False for an unknown key or hold.
+    pub fn restore_former_hold(&self, r: &Reservation, ends: [i64; PERIODS], now: UnixMs) -> bool {
+        self.with(r.buyer, |b| {
+            let BuyerBook {
+                former,
+                outstanding,
+                ..
+            } = b;
+            let Some(held) = outstanding.get_mut(&r.id) else {
+                return false;
+            };
+            for (period, (fs, end)) in former.iter_mut().zip(ends).enumerate() {
+                if held.former.contains(&(period, end)) {
+                    continue;
+                }
+                if let Some(f) = fs.window(end, now) {
+                    f.sold = f.sold.saturating_add(1);
+                    f.spent = f.spent.saturating_add(held.price);
+                    held.former.push((period, end));
+                }
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
     /// Recovery at start: holds one lead and `price` in `windows` (and in `later`, the
     /// windows of the quote's expiry when they differ: see [`CapBook::reserve_until`])
     /// for an open quote read back from the ledger, without checking any cap (the hold

@@ -362,9 +362,10 @@ pub(super) fn restore_quote(
             let r = state
                 .caps
                 .restore_reservation(key, zone, &w, &later, price)?;
-            // After the hold, so the old windows count it once.
+            // After the hold: the old windows count it once, whether the hold counted in
+            // one already (the buyer's restored sales made it) or not.
             if let Some(ends) = former_ends {
-                state.caps.restore_former_zone(key, ends, price, now);
+                state.caps.restore_former_hold(&r, ends, now);
             }
             Some(r)
         }

@@ -1159,3 +1159,39 @@ fn a_released_hold_is_taken_back_from_a_former_zone_s_window() {
     }
     assert!(book.reserve(BuyerKey(0), &b, m(1), now + 30).is_err());
 }
+
+/// An open quote restored into another zone counts once in the old zone's windows, even
+/// when the buyer's restored sales made those windows first, and its release takes it
+/// back (black-box round 107a: counted twice, the buyer was sold one lead fewer than its
+/// hourly cap after a restart that changed its zone).
+#[test]
+fn a_quote_restored_into_another_zone_counts_once_in_the_old_windows() {
+    let (ny, tokyo) = (chrono_tz::America::New_York, chrono_tz::Asia::Tokyo);
+    let mut b = capped(Caps {
+        hourly: Some(3),
+        ..Caps::default()
+    });
+    b.timezone = tokyo;
+    let book = CapBook::new(1);
+    let now = utc_ms(2026, 12, 2, 12, 10);
+    let old = Windows::at(ny, now - 60_000).unwrap();
+    let ends = old.ends_after(now).unwrap();
+    // The sale, as the replay counts it: the old windows as limits, and the zone now's.
+    assert!(book.restore_former_zone(BuyerKey(0), ends, m(10), now));
+    let new = Windows::at(tokyo, now - 60_000).unwrap();
+    assert!(book.restore_sold(BuyerKey(0), Some(tokyo), &new, m(10)));
+    // The open quote, as the start restores it.
+    let w = Windows::at(tokyo, now).unwrap();
+    let r = book
+        .restore_reservation(BuyerKey(0), Some(tokyo), &w, &[], m(10))
+        .unwrap();
+    assert!(book.restore_former_hold(&r, ends, now));
+    // 1 sold and 1 held of 3: one more.
+    let more = book.reserve(BuyerKey(0), &b, m(10), now + 1).unwrap();
+    assert!(book.reserve(BuyerKey(0), &b, m(10), now + 2).is_err());
+    // The restored hold released: its place is free in both zones' windows.
+    assert!(book.release(&r));
+    assert!(book.reserve(BuyerKey(0), &b, m(10), now + 3).is_ok());
+    assert!(book.reserve(BuyerKey(0), &b, m(10), now + 4).is_err());
+    assert!(book.commit(&more.delivered_at(now + 5)));
+}
