@@ -593,7 +593,14 @@ pub fn rollback(
     // HISTORY and CHAMPION disagreed (black-box round 106a: only the load's problem).
     load_set(learning, vertical, &target).map_err(|mut e| {
         if let Some(n) = &note {
-            e.insert(0, format!("vertical {}: {n}", vertical.name));
+            // Nothing was changed: said, as the note reads as done (round 107a).
+            e.insert(
+                0,
+                format!(
+                    "vertical {}: {n} (not done: nothing was changed, the version it would go back to does not load)",
+                    vertical.name
+                ),
+            );
         }
         e
     })?;
