@@ -1596,6 +1596,40 @@ async fn a_quote_restored_in_another_zone_holds_the_new_zone_s_next_hour() {
     assert_eq!(*a.posts.lock().unwrap(), 1, "a lead went to a past its cap");
 }
 
+/// A lead sold in the zone a buyer has now counts, across a restart, in the windows of
+/// the zone it had before that still run (black-box round 108a: after Kathmandu became
+/// Kolkata, a lead sold in Kolkata's hour, also inside Kathmandu's, was counted in
+/// Kathmandu's hour in the running exchange but not after a restart, and once Kolkata's
+/// hour turned the buyer was sold a fourth lead in Kathmandu's hour under `hourly = 3`).
+#[tokio::test]
+async fn a_lead_sold_after_a_zone_change_counts_in_the_old_zone_s_window_across_a_restart() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new().buyer(ab.caps_hourly(3)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-12-01 04:21 UTC: Kathmandu's hour is 04:15-05:15, Kolkata's 03:30-04:30.
+    let at = 1_796_098_860_000;
+    let first = start_at(&cfg, &ledger, "Asia/Kathmandu", Clock::at(at)).await;
+    for _ in 0..2 {
+        assert_eq!(client_direct(&first).await.as_deref(), Some("Buyer a"));
+    }
+    first.shutdown().await.unwrap();
+    let second = start_at(&cfg, &ledger, "Asia/Kolkata", Clock::at(at + 20_000)).await;
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer a"));
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer b"));
+    second.shutdown().await.unwrap();
+    // 04:31 UTC: Kolkata's next hour, Kathmandu's same hour (3 sold in it).
+    let third = start_at(&cfg, &ledger, "Asia/Kolkata", Clock::at(at + 600_000)).await;
+    assert_eq!(
+        client_direct(&third).await.as_deref(),
+        Some("Buyer b"),
+        "a fourth lead in Kathmandu's hour"
+    );
+    third.shutdown().await.unwrap();
+    assert_eq!(*a.posts.lock().unwrap(), 3);
+}
+
 /// A quote made just before midnight stays firm into the next day, so its hold is in
 /// both days: a buyer with a daily cap of 1 quoted at 23:59:50 and posted after midnight
 /// gets that one lead on the new day and no other, across a restart too (the restored

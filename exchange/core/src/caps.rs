@@ -400,6 +400,11 @@ struct Held {
     /// at a restart, whose every window is a former one until it comes back, stayed
     /// counted, and the buyer was sold one lead fewer than its cap per such quote).
     former: Vec<(usize, i64)>,
+    /// The windows, `(period, key)`, of the zone the buyer has now that a zone change
+    /// carried this hold into, as sold: a release takes it back from each still kept, a
+    /// sale leaves it (black-box round 108a: an expired quote's place stayed taken there
+    /// after a zone change by reload).
+    carried_into: Vec<(usize, i64)>,
 }
 
 impl Held {
@@ -455,6 +460,10 @@ struct Former {
     until: i64,
     sold: u32,
     spent: Micros,
+    /// The zone the window is of, when known (`None`: not known, or windows of several
+    /// zones merged into one), so a restart can count in it the leads of the other zones
+    /// ([`CapBook::count_in_formers`]).
+    zone: Option<Tz>,
 }
 
 /// One period's windows of former zones, each with its own end.
@@ -469,16 +478,23 @@ impl Formers {
 
     /// The window that ends at `until` (made, holding nothing, if it is not kept), the
     /// ended ones dropped first; `None` if it has ended.
-    fn window(&mut self, until: i64, now: i64) -> Option<&mut Former> {
+    fn window(&mut self, until: i64, now: i64, zone: Option<Tz>) -> Option<&mut Former> {
         if until <= now {
             return None;
         }
         self.0.retain(|f| f.until > now);
         let pos = match self.0.iter().position(|f| f.until == until) {
-            Some(pos) => pos,
+            Some(pos) => {
+                // The same end in another zone's window: not one zone's any more.
+                if let Some(f) = self.0.get_mut(pos).filter(|f| f.zone != zone) {
+                    f.zone = None;
+                }
+                pos
+            }
             None => {
                 self.0.push(Former {
                     until,
+                    zone,
                     ..Former::default()
                 });
                 if self.0.len() > FORMER_MAX {
@@ -489,6 +505,9 @@ impl Formers {
                     if let Some(next) = self.0.first_mut() {
                         next.sold = next.sold.saturating_add(first.sold);
                         next.spent = next.spent.saturating_add(first.spent);
+                        if next.zone != first.zone {
+                            next.zone = None;
+                        }
                     }
                 }
                 // The new window may be the one merged: then its leads count in the
@@ -502,10 +521,16 @@ impl Formers {
     /// Adds a window of a former zone that may run until `until` and holds `sold` leads
     /// and `spent`: the same window seen again (a zone changed twice within it) is merged
     /// by the larger of each figure, which over-counts, never under-counts.
-    fn merge(&mut self, until: i64, sold: u32, spent: Micros, now: i64) {
-        if let Some(f) = self.window(until, now) {
-            f.sold = f.sold.max(sold);
-            f.spent = f.spent.max(spent);
+    /// Returns whether the window now holds `sold` and `spent` (it held no more).
+    fn merge(&mut self, until: i64, sold: u32, spent: Micros, now: i64, zone: Tz) -> bool {
+        match self.window(until, now, Some(zone)) {
+            Some(f) => {
+                let took = sold >= f.sold && spent >= f.spent;
+                f.sold = f.sold.max(sold);
+                f.spent = f.spent.max(spent);
+                took
+            }
+            None => false,
         }
     }
 }
@@ -587,8 +612,22 @@ impl BuyerBook {
                     let c = self.counter(period, key);
                     let sold = c.sold.saturating_add(c.reserved);
                     let spent = c.spent.saturating_add(c.reserved_micros);
-                    if let Some(f) = self.former.get_mut(period) {
-                        f.merge(end, sold, spent, now);
+                    // The holds in it are in the former window now: a release takes each
+                    // back (black-box round 108a: an expired quote's place stayed taken
+                    // after a zone change by reload), where the window holds what this
+                    // merge gave it (a window that held more keeps its count).
+                    let took = self
+                        .former
+                        .get_mut(period)
+                        .is_some_and(|f| f.merge(end, sold, spent, now, old_tz));
+                    if took && c.reserved > 0 {
+                        for held in self.outstanding.values_mut() {
+                            if held.windows_of(period, 0).any(|(hk, _)| hk == key)
+                                && !held.former.contains(&(period, end))
+                            {
+                                held.former.push((period, end));
+                            }
+                        }
                     }
                 }
             }
@@ -628,10 +667,20 @@ impl BuyerBook {
             // skips it (`Held::carried`), so a later zone whose window has its key does
             // not count them again.
             let kept = |k: i64, c: &Counter| !is_carried(k, c) || (k > key && c.last_ms > now);
-            for (k, _) in list.iter().filter(|(k, c)| !kept(*k, c) && c.reserved > 0) {
+            // Every carried hold is counted (as sold) in the current window: a release
+            // takes it back from there (`Held::carried_into`). A kept window keeps its
+            // holds too, so their settle still counts there.
+            for (k, c) in list
+                .iter()
+                .filter(|(k, c)| is_carried(*k, c) && c.reserved > 0)
+            {
+                let dropped = !kept(*k, c);
                 for held in self.outstanding.values_mut() {
                     if held.windows_of(period, 0).any(|(hk, _)| hk == *k) {
-                        held.carried.push((period, *k));
+                        if dropped {
+                            held.carried.push((period, *k));
+                        }
+                        held.carried_into.push((period, key));
                     }
                 }
             }
@@ -718,6 +767,16 @@ impl BuyerBook {
     /// each still is (one merged into another since, [`FORMER_MAX`], keeps it: an
     /// over-count until that window's end, never an under-count).
     fn unhold_former(&mut self, held: &Held) {
+        for (period, key) in &held.carried_into {
+            if let Some((_, c)) = self
+                .windows
+                .get_mut(*period)
+                .and_then(|list| list.iter_mut().find(|(k, _)| k == key))
+            {
+                c.sold = c.sold.saturating_sub(1);
+                c.spent = c.spent.saturating_sub(held.price);
+            }
+        }
         for (period, until) in &held.former {
             let Some(fs) = self.former.get_mut(*period) else {
                 continue;
@@ -949,6 +1008,7 @@ impl CapBook {
                 later: later.clone(),
                 carried: Vec::new(),
                 former: Vec::new(),
+                carried_into: Vec::new(),
             };
             b.hold(&mut held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1062,10 +1122,63 @@ impl CapBook {
         price: Micros,
         now: UnixMs,
     ) -> bool {
+        self.restore_former_zone_in(key, ends, price, now, None)
+    }
+
+    /// [`CapBook::restore_former_zone`] for a lead written in `zone`, when known: the
+    /// window is that zone's, and the leads of other zones can count in it
+    /// ([`CapBook::count_in_formers`]).
+    pub fn restore_former_zone_in(
+        &self,
+        key: BuyerKey,
+        ends: [i64; PERIODS],
+        price: Micros,
+        now: UnixMs,
+        zone: Option<Tz>,
+    ) -> bool {
         let price = Micros(price.0.max(0));
         self.with(key, |b| {
             for (fs, end) in b.former.iter_mut().zip(ends) {
-                if let Some(f) = fs.window(end, now) {
+                if let Some(f) = fs.window(end, now, zone) {
+                    f.sold = f.sold.saturating_add(1);
+                    f.spent = f.spent.saturating_add(price);
+                }
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Recovery at start, once every lead is replayed: a lead of `key` sold at `at` in
+    /// `zone` (the zone it was written in; `None`: not known) counts in every window of another zone still
+    /// running that ends after `at` (not in its own windows, which end at `own` when they
+    /// are former ones: they counted it already). Zones change forward in time, so a lead
+    /// of a later zone lies inside an earlier zone's window that ends after it; a lead
+    /// of an earlier zone may lie before a later zone's window began, and is counted in it
+    /// all the same (an over-count until that window ends, never an under-count).
+    /// Black-box round 108a: a lead sold in Kolkata's hour, after Kathmandu became
+    /// Kolkata, was counted in Kathmandu's hour by the running exchange but not after a
+    /// restart, and the buyer was sold a fourth lead there under `hourly = 3`. False for
+    /// an unknown key.
+    pub fn count_in_formers(
+        &self,
+        key: BuyerKey,
+        zone: Option<Tz>,
+        at: UnixMs,
+        own: Option<[i64; PERIODS]>,
+        price: Micros,
+        now: UnixMs,
+    ) -> bool {
+        let price = Micros(price.0.max(0));
+        self.with(key, |b| {
+            for (period, fs) in b.former.iter_mut().enumerate() {
+                let own = own.and_then(|e| e.get(period).copied());
+                for f in fs.0.iter_mut().filter(|f| {
+                    f.until > now
+                        && f.until > at
+                        && Some(f.until) != own
+                        && (zone.is_none() || f.zone != zone)
+                }) {
                     f.sold = f.sold.saturating_add(1);
                     f.spent = f.spent.saturating_add(price);
                 }
@@ -1095,7 +1208,7 @@ impl CapBook {
                 if held.former.contains(&(period, end)) {
                     continue;
                 }
-                if let Some(f) = fs.window(end, now) {
+                if let Some(f) = fs.window(end, now, None) {
                     f.sold = f.sold.saturating_add(1);
                     f.spent = f.spent.saturating_add(held.price);
                     held.former.push((period, end));
@@ -1133,6 +1246,7 @@ impl CapBook {
                 later: later.clone(),
                 carried: Vec::new(),
                 former: Vec::new(),
+                carried_into: Vec::new(),
             };
             b.hold(&mut held, windows.latest_ms());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -106,6 +106,15 @@ pub(super) fn windows_in(
     }
 }
 
+/// A configured buyer's lead as the replay counted it ([`CapBook::count_in_formers`]).
+struct Replayed {
+    key: crate::config::BuyerKey,
+    zone: Option<chrono_tz::Tz>,
+    at: UnixMs,
+    own: Option<[i64; crate::core::caps::PERIODS]>,
+    price: Micros,
+}
+
 /// The stable key of a buyer the ledger names but the configuration does not, interned
 /// now (the cap book grown to cover it); `None` past the registry's bound (logged).
 pub(super) fn key_of_unconfigured(
@@ -169,6 +178,9 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         records: scan.records,
         ..Recovered::default()
     };
+    // The leads of configured buyers as counted, for the windows of their former zones
+    // once all are made (`CapBook::count_in_formers`).
+    let replayed: std::cell::RefCell<Vec<Replayed>> = std::cell::RefCell::new(Vec::new());
     let count = |buyer: &str,
                  windows: Option<Windows>,
                  written_in: Option<&str>,
@@ -202,11 +214,22 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         let Some((w, former_ends)) = windows_in(b.timezone, windows, written_in, at, now) else {
             return false;
         };
+        let lead_zone = match written_in {
+            None => Some(b.timezone),
+            Some(z) => z.parse::<chrono_tz::Tz>().ok(),
+        };
         if let Some(ends) = former_ends {
             state
                 .caps
-                .restore_former_zone(b.key, ends, Micros(price), now);
+                .restore_former_zone_in(b.key, ends, Micros(price), now, lead_zone);
         }
+        replayed.borrow_mut().push(Replayed {
+            key: b.key,
+            zone: lead_zone,
+            at,
+            own: former_ends,
+            price: Micros(price),
+        });
         match Windows::at(b.timezone, now) {
             Some(cur) if !counts_now(&w, &cur) => false,
             _ => state
@@ -257,6 +280,13 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
         state
             .dedup
             .restore(&s.dedup, (s.at, seller_of(&s.seller)), now);
+    }
+    // Every lead counts in the windows of its buyer's other zones still running, now
+    // that the replay has made all of them (black-box round 108a).
+    for r in replayed.take() {
+        state
+            .caps
+            .count_in_formers(r.key, r.zone, r.at, r.own, r.price, now);
     }
     state.metrics.dedup_gauges(&state.dedup);
     // The sold-lead index: every sale, then what its dispositions and refunds took.

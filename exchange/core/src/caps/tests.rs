@@ -1195,3 +1195,90 @@ fn a_quote_restored_into_another_zone_counts_once_in_the_old_windows() {
     assert!(book.reserve(BuyerKey(0), &b, m(10), now + 4).is_err());
     assert!(book.commit(&more.delivered_at(now + 5)));
 }
+
+/// At a restart, a lead of the zone a buyer has now counts in the windows of its former
+/// zones still running after it, and a lead of a former zone only in its own (black-box
+/// round 108a: the former zone's hour missed the new zone's lead after a restart, and
+/// sold one lead past `hourly = 3` once the new zone's hour turned).
+#[test]
+fn a_lead_of_the_zone_now_counts_in_a_former_zone_s_window_at_a_restart() {
+    let (kathmandu, kolkata) = (chrono_tz::Asia::Kathmandu, chrono_tz::Asia::Kolkata);
+    let mut b = capped(Caps {
+        hourly: Some(3),
+        ..Caps::default()
+    });
+    b.timezone = kolkata;
+    let book = CapBook::new(1);
+    // 2026-12-01 04:21 UTC: Kathmandu's hour 04:15-05:15, Kolkata's 03:30-04:30.
+    let sold = utc_ms(2026, 12, 1, 4, 21);
+    let restart = utc_ms(2026, 12, 1, 4, 31);
+    let old = Windows::at(kathmandu, sold).unwrap();
+    let ends = old.ends_in(kathmandu).unwrap();
+    for _ in 0..2 {
+        assert!(book.restore_former_zone_in(BuyerKey(0), ends, m(1), restart, Some(kathmandu)));
+    }
+    let new = Windows::at(kolkata, sold + 20_000).unwrap();
+    assert!(book.restore_sold(BuyerKey(0), Some(kolkata), &new, m(1)));
+    // The replay's last pass: the Kathmandu leads are in their own window already.
+    for _ in 0..2 {
+        assert!(book.count_in_formers(
+            BuyerKey(0),
+            Some(kathmandu),
+            sold,
+            Some(ends),
+            m(1),
+            restart
+        ));
+    }
+    assert!(book.count_in_formers(
+        BuyerKey(0),
+        Some(kolkata),
+        sold + 20_000,
+        None,
+        m(1),
+        restart
+    ));
+    // Kolkata's new hour is empty, Kathmandu's holds 3: nothing more until 05:15.
+    assert!(book.reserve(BuyerKey(0), &b, m(1), restart + 1).is_err());
+    assert!(book
+        .reserve(BuyerKey(0), &b, m(1), utc_ms(2026, 12, 1, 5, 16))
+        .is_ok());
+}
+
+/// A hold made before a zone change and released after it gives its place back in every
+/// window the change counted it in: the old zone's (a former window) and the new zone's
+/// (carried as sold). Black-box round 108a: after a zone change by reload, an expired
+/// quote's place stayed taken, so the buyer was refused a lead under its cap (and its
+/// budget) until a restart or the old window's end.
+#[test]
+fn a_hold_released_after_a_zone_change_gives_its_place_back_everywhere() {
+    for to in [chrono_tz::Europe::London, chrono_tz::Asia::Kolkata] {
+        let mut b = capped(Caps {
+            hourly: Some(2),
+            budget_daily: Some(m(20)),
+            ..Caps::default()
+        });
+        b.timezone = Tz::UTC;
+        let book = CapBook::new(1);
+        let now = utc_ms(2026, 12, 1, 4, 10);
+        let held = book.reserve(BuyerKey(0), &b, m(10), now).unwrap();
+        // The zone changes (a reload); one lead is sold in the new zone.
+        b.timezone = to;
+        let sold = book.reserve(BuyerKey(0), &b, m(10), now + 1_000).unwrap();
+        assert!(book.commit(&sold.delivered_at(now + 2_000)), "{to}");
+        assert!(
+            book.reserve(BuyerKey(0), &b, m(10), now + 3_000).is_err(),
+            "{to}: full"
+        );
+        // The first quote expires: its place comes back, once.
+        assert!(book.release(&held));
+        let again = book
+            .reserve(BuyerKey(0), &b, m(10), now + 4_000)
+            .unwrap_or_else(|e| panic!("{to}: {e:?}"));
+        assert!(book.commit(&again.delivered_at(now + 5_000)));
+        assert!(
+            book.reserve(BuyerKey(0), &b, m(1), now + 6_000).is_err(),
+            "{to}: 2 sold"
+        );
+    }
+}
