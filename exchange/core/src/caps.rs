@@ -50,6 +50,17 @@ const MS_PER_S: i64 = 1_000;
 const S_PER_MIN: i64 = 60;
 /// Milliseconds per hour.
 const HOUR_MS: i64 = 3_600_000;
+
+/// Per period, at least how long before its end a window began: an hour exactly; a day,
+/// week or month at most this long (a day of 25 hours, an end taken 14 hours late for a
+/// zone not known), so a lead taken this long before a former window's end may be in it
+/// ([`CapBook::count_in_formers`]: an over-count for a lead just before the window,
+/// never a lead inside it left out).
+const SPAN_MAX_MS: [i64; PERIODS] = [HOUR_MS, 40 * HOUR_MS, 9 * 24 * HOUR_MS, 33 * 24 * HOUR_MS];
+
+/// How old a lead can be and still lie in a window still running ([`SPAN_MAX_MS`]'s
+/// month).
+pub const FORMER_LEAD_AGE_MAX_MS: i64 = 33 * 24 * HOUR_MS;
 /// The most any zone is ahead of UTC (Pacific/Kiritimati, +14:00), plus an hour of slack:
 /// a local midnight that cannot be placed (a DST gap) is taken this much earlier than
 /// the same wall time in UTC, so a window's start is never taken too late.
@@ -1151,11 +1162,12 @@ impl CapBook {
 
     /// Recovery at start, once every lead is replayed: a lead of `key` sold at `at` in
     /// `zone` (the zone it was written in; `None`: not known) counts in every window of another zone still
-    /// running that ends after `at` (not in its own windows, which end at `own` when they
-    /// are former ones: they counted it already). Zones change forward in time, so a lead
-    /// of a later zone lies inside an earlier zone's window that ends after it; a lead
-    /// of an earlier zone may lie before a later zone's window began, and is counted in it
-    /// all the same (an over-count until that window ends, never an under-count).
+    /// running that ends after `at` and may have begun by `at` ([`SPAN_MAX_MS`]), but its
+    /// own (which end at `own` when they are former ones: they counted it already). Zones
+    /// change forward in time, so a lead of a later zone lies inside an earlier zone's
+    /// window that ends after it; a lead of an earlier zone may lie before a later zone's
+    /// window began, and is counted in it all the same (an over-count until that window
+    /// ends, never an under-count).
     /// Black-box round 108a: a lead sold in Kolkata's hour, after Kathmandu became
     /// Kolkata, was counted in Kathmandu's hour by the running exchange but not after a
     /// restart, and the buyer was sold a fourth lead there under `hourly = 3`. False for
@@ -1173,9 +1185,11 @@ impl CapBook {
         self.with(key, |b| {
             for (period, fs) in b.former.iter_mut().enumerate() {
                 let own = own.and_then(|e| e.get(period).copied());
+                let span = SPAN_MAX_MS.get(period).copied().unwrap_or(i64::MAX);
                 for f in fs.0.iter_mut().filter(|f| {
                     f.until > now
                         && f.until > at
+                        && at >= f.until.saturating_sub(span)
                         && Some(f.until) != own
                         && (zone.is_none() || f.zone != zone)
                 }) {

@@ -223,13 +223,16 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
                 .caps
                 .restore_former_zone_in(b.key, ends, Micros(price), now, lead_zone);
         }
-        replayed.borrow_mut().push(Replayed {
-            key: b.key,
-            zone: lead_zone,
-            at,
-            own: former_ends,
-            price: Micros(price),
-        });
+        // Only a lead recent enough to lie in a window still running.
+        if at >= now.saturating_sub(crate::core::caps::FORMER_LEAD_AGE_MAX_MS) {
+            replayed.borrow_mut().push(Replayed {
+                key: b.key,
+                zone: lead_zone,
+                at,
+                own: former_ends,
+                price: Micros(price),
+            });
+        }
         match Windows::at(b.timezone, now) {
             Some(cur) if !counts_now(&w, &cur) => false,
             _ => state

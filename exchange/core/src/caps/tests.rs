@@ -1282,3 +1282,30 @@ fn a_hold_released_after_a_zone_change_gives_its_place_back_everywhere() {
         );
     }
 }
+
+/// A lead taken before a former zone's window began is not counted in it at a restart
+/// (the zone flipped back: the old leads of the zone now are not in the other zone's hour
+/// that began after them).
+#[test]
+fn a_lead_from_before_a_former_zone_s_window_is_not_counted_in_it() {
+    let (kathmandu, kolkata) = (chrono_tz::Asia::Kathmandu, chrono_tz::Asia::Kolkata);
+    let mut b = capped(Caps {
+        hourly: Some(2),
+        ..Caps::default()
+    });
+    b.timezone = kolkata;
+    let book = CapBook::new(1);
+    let sold = utc_ms(2026, 12, 1, 4, 21);
+    let restart = utc_ms(2026, 12, 1, 4, 31);
+    let ends = Windows::at(kathmandu, sold)
+        .unwrap()
+        .ends_in(kathmandu)
+        .unwrap();
+    assert!(book.restore_former_zone_in(BuyerKey(0), ends, m(1), restart, Some(kathmandu)));
+    // Kolkata leads from two hours and a day before: not in Kathmandu's 04:15-05:15.
+    for at in [sold - 2 * 3_600_000, sold - 24 * 3_600_000] {
+        assert!(book.count_in_formers(BuyerKey(0), Some(kolkata), at, None, m(1), restart));
+    }
+    assert!(book.reserve(BuyerKey(0), &b, m(1), restart + 1).is_ok());
+    assert!(book.reserve(BuyerKey(0), &b, m(1), restart + 2).is_err());
+}
