@@ -71,6 +71,27 @@ fn buyer_keys() {
         ok(&[("#BUYER", "states_exclude = [\"CA\"]")]).buyers[0].states_exclude,
         ["CA"]
     );
+    // A zone whose clocks move by part of an hour is refused (black-box round 109b:
+    // Lord Howe's 30-minute daylight saving made overlapping hours, and an hour sold past
+    // its cap); whole-hour changes of odd offsets are fine.
+    for zone in ["Australia/Lord_Howe", "Australia/LHI"] {
+        assert_eq!(
+            errors(&[("#BUYER", &format!("timezone = \"{zone}\""))]),
+            [format!("{p}.timezone: \"{zone}\": its clocks change by part of an hour, which the exchange's hourly cap windows cannot follow yet; choose a zone whose clocks change by whole hours (a neighbouring one, or \"UTC\")")],
+            "{zone}"
+        );
+    }
+    for zone in [
+        "America/St_Johns",
+        "Asia/Kolkata",
+        "Asia/Kathmandu",
+        "Pacific/Chatham",
+        "Australia/Adelaide",
+        "America/New_York",
+    ] {
+        let c = ok(&[("#BUYER", &format!("timezone = \"{zone}\""))]);
+        assert_eq!(c.buyers[0].timezone.name(), zone);
+    }
 }
 
 #[test]
