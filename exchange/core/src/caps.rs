@@ -477,6 +477,20 @@ struct Former {
     zone: Option<Tz>,
 }
 
+impl Former {
+    /// Counts one more lead at `price`.
+    fn add(&mut self, price: Micros) {
+        self.sold = self.sold.saturating_add(1);
+        self.spent = self.spent.saturating_add(price);
+    }
+
+    /// Takes back a lead counted at `price` ([`Former::add`]).
+    fn take_back(&mut self, price: Micros) {
+        self.sold = self.sold.saturating_sub(1);
+        self.spent = self.spent.saturating_sub(price);
+    }
+}
+
 /// One period's windows of former zones, each with its own end.
 #[derive(Debug, Clone, Default)]
 struct Formers(Vec<Former>);
@@ -767,17 +781,18 @@ impl BuyerBook {
         // release takes it back ([`Held::former`]).
         for (period, fs) in self.former.iter_mut().enumerate() {
             for f in fs.0.iter_mut().filter(|f| f.until > at) {
-                f.sold = f.sold.saturating_add(1);
-                f.spent = f.spent.saturating_add(held.price);
+                f.add(held.price);
                 held.former.push((period, f.until));
             }
         }
     }
 
-    /// Takes a released hold back from the former zones' windows it was counted in, where
-    /// each still is (one merged into another since, [`FORMER_MAX`], keeps it: an
-    /// over-count until that window's end, never an under-count).
-    fn unhold_former(&mut self, held: &Held) {
+    /// Takes a released hold back from the windows a zone change counted it in as sold
+    /// ([`Held::carried_into`]) and the former zones' windows it was counted in
+    /// ([`Held::former`]), where each still is (one merged into another since,
+    /// [`FORMER_MAX`], keeps it: an over-count until that window's end, never an
+    /// under-count).
+    fn take_back_carried(&mut self, held: &Held) {
         for (period, key) in &held.carried_into {
             if let Some((_, c)) = self
                 .windows
@@ -793,8 +808,7 @@ impl BuyerBook {
                 continue;
             };
             if let Some(f) = fs.0.iter_mut().find(|f| f.until == *until) {
-                f.sold = f.sold.saturating_sub(1);
-                f.spent = f.spent.saturating_sub(held.price);
+                f.take_back(held.price);
             }
         }
     }
@@ -1074,7 +1088,7 @@ impl CapBook {
                 }
             }
             if !sold {
-                b.unhold_former(&held);
+                b.take_back_carried(&held);
             }
             b.prune();
             true
@@ -1151,8 +1165,7 @@ impl CapBook {
         self.with(key, |b| {
             for (fs, end) in b.former.iter_mut().zip(ends) {
                 if let Some(f) = fs.window(end, now, zone) {
-                    f.sold = f.sold.saturating_add(1);
-                    f.spent = f.spent.saturating_add(price);
+                    f.add(price);
                 }
             }
             true
@@ -1193,8 +1206,7 @@ impl CapBook {
                         && Some(f.until) != own
                         && (zone.is_none() || f.zone != zone)
                 }) {
-                    f.sold = f.sold.saturating_add(1);
-                    f.spent = f.spent.saturating_add(price);
+                    f.add(price);
                 }
             }
             true
@@ -1223,8 +1235,7 @@ impl CapBook {
                     continue;
                 }
                 if let Some(f) = fs.window(end, now, None) {
-                    f.sold = f.sold.saturating_add(1);
-                    f.spent = f.spent.saturating_add(held.price);
+                    f.add(held.price);
                     held.former.push((period, end));
                 }
             }

@@ -132,6 +132,12 @@ pub fn read_in(dir: &File) -> Option<u64> {
     }
     let mut bytes = Vec::new();
     file.take(LEN as u64 + 1).read_to_end(&mut bytes).ok()?;
+    parse(&bytes)
+}
+
+/// The `seq` of a `HEAD` file's bytes, when they are exactly the one line this exchange
+/// writes ([`line`]).
+fn parse(bytes: &[u8]) -> Option<u64> {
     let digits = bytes
         .strip_prefix(PREFIX.as_bytes())?
         .strip_suffix(b"\n")
@@ -181,18 +187,7 @@ pub fn read(dir: &Path) -> Result<Option<u64>, String> {
             bytes.len()
         )
     };
-    if bytes.len() != LEN || bytes[LEN - 1] != b'\n' || !bytes.starts_with(PREFIX.as_bytes()) {
-        return Err(bad());
-    }
-    let digits = &bytes[PREFIX.len()..LEN - 1];
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return Err(bad());
-    }
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|d| d.parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(bad)
+    parse(&bytes).map(Some).ok_or_else(bad)
 }
 
 /// Why a ledger in `dir` whose records end at `last_seq` lacks records its `HEAD` says
