@@ -78,7 +78,9 @@ async fn buyer_checking(
         posts: Mutex::new(0),
         accept: std::sync::atomic::AtomicBool::new(true),
     });
-    let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Generous ping timeouts (and deadlines: `config_in`): these tests count bids, never
+    // time, and a bid lost to a busy machine would fail them.
+    let probe = TestBuyer::new(id, SocketAddr::from(([127, 0, 0, 1], 0))).ping_timeout_ms(1_500);
     let options = ServeOptions {
         verify_signatures,
         ..ServeOptions::new(Secret::new(&probe.secret).unwrap())
@@ -111,6 +113,10 @@ fn other_day_zone() -> String {
 
 /// `cfg` on `ledger` with every buyer in `zone`.
 fn config_in(cfg: &TestConfig, ledger: &Path, zone: &str) -> pingpost::config::Config {
+    let cfg = TestConfig {
+        auction_deadline_ms: cfg.auction_deadline_ms.max(2_000),
+        ..cfg.clone()
+    };
     cfg.load_edited(ledger, |t| {
         t.replace(
             "\nstates_include",

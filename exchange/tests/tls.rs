@@ -278,6 +278,76 @@ async fn the_protocol_alpn_chose_is_the_one_served() {
     ex.shutdown().await.unwrap();
 }
 
+/// A cleartext HTTP request on a TLS port is answered in cleartext with the contract's
+/// `400 invalid_request`, saying to use https://, and closed (before, the connection was
+/// closed with nothing sent: "Empty reply from server"). Bytes that do not begin as a
+/// request line (a TLS handshake cut short, binary) fail the handshake as before, and
+/// TLS clients are served as before, on the seller and the admin listener alike.
+#[tokio::test]
+async fn a_cleartext_request_on_the_tls_port_is_told_to_use_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("cleartext");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let text = with_server_tls(
+        &TestConfig::new().toml(&dir.path().join("ledger")),
+        "",
+        &cert,
+        &key,
+    );
+    let env = TestConfig::new().env();
+    let config = pingpost::config::load_str_with_env(&text, &env).unwrap();
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let raw = |port: u16, bytes: &'static [u8]| async move {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(EVENT_WAIT_MAX, tcp.read_to_end(&mut out))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let admin = ex.admin_addr.expect("an admin listener").port();
+    for (port, request) in [
+        (
+            ex.addr.port(),
+            &b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n"[..],
+        ),
+        (
+            ex.addr.port(),
+            &b"POST /v1/ping HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"[..],
+        ),
+        (admin, &b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n"[..]),
+    ] {
+        let answer = raw(port, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "invalid_request", "{answer:?}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains("https://"), "{message}");
+    }
+    // Not a request line: a failed handshake as before (a TLS alert, never HTTP).
+    for bytes in [
+        &b"\x16\x03\x01\x00\x05hello"[..],
+        &b"\x00\x01garbage\r\n\r\n"[..],
+        &b"get / HTTP/1.1\r\n\r\n"[..],
+    ] {
+        let answer = raw(ex.addr.port(), bytes).await;
+        assert!(!answer.contains("HTTP/1.1"), "{answer:?}");
+    }
+    // TLS clients are served as before.
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let (status, _, _) = get(&https_client(&ca.ca_pem, true), &url).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    ex.shutdown().await.unwrap();
+}
+
 /// `pem` with its `line`-th line (from 0) left out: base64 that still decodes, to DER
 /// that does not parse.
 fn without_line(pem: &str, line: usize) -> String {
@@ -776,7 +846,8 @@ async fn with_server_tls_the_admin_listener_speaks_https_too() {
     .await
     .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    // Cleartext is not spoken on the admin port: a plain HTTP request gets no HTTP answer.
+    // Cleartext is not served on the admin port: a plain HTTP request is only told to use
+    // https:// (`400`), never answered by a route.
     let mut plain = tokio::net::TcpStream::connect(admin).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     plain
@@ -785,7 +856,12 @@ async fn with_server_tls_the_admin_listener_speaks_https_too() {
         .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(EVENT_WAIT_MAX, plain.read_to_end(&mut buf)).await;
-    assert!(!buf.starts_with(b"HTTP/"), "cleartext answered: {buf:?}");
+    let buf = String::from_utf8_lossy(&buf);
+    assert!(
+        buf.starts_with("HTTP/1.1 400 "),
+        "cleartext answered: {buf:?}"
+    );
+    assert!(buf.contains("https://"), "{buf:?}");
     ex.shutdown().await.unwrap();
 }
 

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use proto::{ApiError, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -89,21 +90,45 @@ impl Conn {
         match tls {
             None => self.drive(stream, service, head_deadline, None).await,
             Some(config) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let mut stop = self.stop.clone();
-                let handshake = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => return,
-                    () = self.activity.evict.notified() => {
-                        self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(listener = self.name, "evicted during the TLS handshake: slots full, no head within its grace");
+                // A TLS connection begins with a handshake record (0x16); one that begins
+                // with a capital letter is an HTTP/1 request line sent in cleartext, and
+                // gets the contract's JSON error in cleartext rather than a silent close.
+                let mut first = [0u8; 1];
+                let peeked = self
+                    .unless_stopped(tokio::time::timeout_at(
+                        head_deadline,
+                        stream.peek(&mut first),
+                    ))
+                    .await;
+                match peeked {
+                    None => return,
+                    Some(Ok(Ok(1))) if first[0].is_ascii_uppercase() => {
+                        let answered = self
+                            .unless_stopped(tokio::time::timeout_at(
+                                head_deadline,
+                                answer_cleartext(stream, &self.activity, &self.limits),
+                            ))
+                            .await;
+                        tracing::debug!(
+                            listener = self.name,
+                            answered = matches!(answered, Some(Ok(Ok(())))),
+                            "a cleartext HTTP request on the TLS port"
+                        );
                         return;
                     }
-                    r = tokio::time::timeout_at(head_deadline, acceptor.accept(RawCounted {
-                        inner: stream,
-                        activity: Arc::clone(&self.activity),
-                    })) => r,
-                };
+                    Some(_) => {}
+                }
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let handshake = self
+                    .unless_stopped(tokio::time::timeout_at(
+                        head_deadline,
+                        acceptor.accept(RawCounted {
+                            inner: stream,
+                            activity: Arc::clone(&self.activity),
+                        }),
+                    ))
+                    .await;
+                let Some(handshake) = handshake else { return };
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         // The protocol ALPN chose is the one spoken (RFC 7301, RFC 9113
@@ -125,6 +150,22 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+
+    /// `work`, unless the listener stops or this connection is evicted (slots full, no
+    /// head within its grace) first: then `None`.
+    async fn unless_stopped<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => None,
+            () = self.activity.evict.notified() => {
+                self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = self.name, "evicted before its first request: slots full, no head within its grace");
+                None
+            }
+            r = work => Some(r),
         }
     }
 
@@ -343,4 +384,46 @@ impl Conn {
             }
         }
     }
+}
+
+/// The answer to an HTTP/1 request sent in cleartext to a TLS port: `400
+/// invalid_request` in the contract's JSON, sent in cleartext, connection closed.
+pub(super) fn cleartext_answer() -> Vec<u8> {
+    let body = ApiError::new(
+        ErrorCode::InvalidRequest,
+        "this port speaks HTTPS only (TLS), and the request was sent in cleartext: send it to an https:// URL",
+    )
+    .to_json();
+    let mut out = Vec::with_capacity(body.len() + 128);
+    out.extend_from_slice(
+        b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: application/json\r\n",
+    );
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads the cleartext request's head (up to `header_bytes_max`: whatever has come when
+/// its end is read, or the client stops), answers [`cleartext_answer`] and closes. What
+/// the client sent is read first so that the close does not reset the connection before
+/// the answer is read (unread bytes at a close make the kernel send a reset).
+async fn answer_cleartext(
+    mut stream: TcpStream,
+    activity: &Activity,
+    limits: &Limits,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    activity.head_starts();
+    let max = limits.header_bytes_max.max(1);
+    let mut head = Vec::with_capacity(1024.min(max));
+    let mut buf = [0u8; 2048];
+    while head.len() < max && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n.min(max - head.len())]);
+    }
+    stream.write_all(&cleartext_answer()).await?;
+    stream.shutdown().await
 }
