@@ -152,6 +152,10 @@ pub struct Metrics {
     /// Eligible buyers not pinged for the fan-out limit (one series, not per buyer).
     pub fanout_limited: IntCounter,
     pub quotes_open: IntGauge,
+    /// Idempotency keys held: the sellers' (pings, posts, direct posts), the buyers'
+    /// (dispositions).
+    pub idempotency_keys: IntGauge,
+    pub disposition_keys: IntGauge,
     /// Dedup keys held (sold within a window, or being posted).
     pub dedup_keys: IntGauge,
     /// Hashes on the suppression list serving now.
@@ -162,6 +166,8 @@ pub struct Metrics {
     /// head within their grace while every slot was taken (brought up to the listeners'
     /// counts at each scrape).
     pub connections_evicted: IntCounterVec,
+    /// Connections closed because their client left answers unsent, by listener.
+    pub connections_stalled: IntCounterVec,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
     /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
@@ -352,6 +358,22 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),
+            idempotency_keys: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_idempotency_keys",
+                    "Sellers' Idempotency-Keys held (pings, posts, direct posts), each kept server.idempotency_ttl_ms; at most server.idempotency_keys_max.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            disposition_keys: reg(
+                &r,
+                IntGauge::new(
+                    "pingpost_disposition_idempotency_keys",
+                    "Buyers' Idempotency-Keys held (POST /v1/dispositions), each kept server.idempotency_ttl_ms; at most server.idempotency_keys_max.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
             quotes_open: reg(
                 &r,
                 IntGauge::new(
@@ -389,6 +411,14 @@ impl Metrics {
                 counter_vec(
                     "pingpost_connections_evicted_total",
                     "Connections closed to make room for a new one, by listener (seller, admin): every slot (server.connections_max; the admin listener's 64) was taken and they had sent no complete request head within a quarter of server.header_read_timeout_ms, or, with none such, had been idle the longest.",
+                    &["listener"],
+                ),
+            ),
+            connections_stalled: reg(
+                &r,
+                counter_vec(
+                    "pingpost_connections_stalled_total",
+                    "Connections closed because their client left answers unsent, by listener (seller, admin): more than 32, or any with no progress for server.header_read_timeout_ms (an HTTP/2 flow-control window the client never opens).",
                     &["listener"],
                 ),
             ),

@@ -193,19 +193,20 @@ async fn a_keyed_ping_whose_client_disconnects_is_replayed_not_refused() {
 #[tokio::test]
 async fn idempotency_keys_have_a_per_seller_quota() {
     // Everyone holds at most 1 key by default; the main seller has its own quota of 2.
-    let ex = start_edited(&TestConfig::new(), |t| {
-        t.replacen(
-            "[server]\n",
-            "[server]\nidempotency_keys_per_seller_max = 1\n",
-            1,
-        )
-        .replacen(
-            "[sellers.main]\n",
-            "[sellers.main]\nidempotency_keys_max = 2\n",
-            1,
-        )
-    })
-    .await;
+    let ex = TestConfig::new()
+        .start_edited(|t| {
+            t.replacen(
+                "[server]\n",
+                "[server]\nidempotency_keys_per_seller_max = 1\n",
+                1,
+            )
+            .replacen(
+                "[sellers.main]\n",
+                "[sellers.main]\nidempotency_keys_max = 2\n",
+                1,
+            )
+        })
+        .await;
     let ping = |key: &'static str, seller: &'static str, body: Value| {
         let client = ex.client.clone();
         async move {
@@ -248,6 +249,13 @@ async fn idempotency_keys_have_a_per_seller_quota() {
     ping("b", SOLAR_ONLY_KEY, solar)
         .await
         .assert_error(429, "rate_limited");
+    // The keys held show in a gauge (black-box round 110b: no metric counted them).
+    assert_eq!(ex.metric("pingpost_idempotency_keys", &[]).await, 3.0);
+    assert_eq!(
+        ex.metric("pingpost_disposition_idempotency_keys", &[])
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -662,10 +662,103 @@ async fn a_post_whose_buyer_had_the_lead_when_the_ledger_failed_is_outcome_unkno
     let e = r.assert_error(500, "internal");
     assert_eq!(
         e["message"],
-        "the exchange stopped (or its ledger failed) while this post was being delivered; its outcome is unknown and it is not delivered again",
+        "the exchange stopped (or its ledger failed) while this post was being delivered, so its outcome could not be recorded: the lead is not sold, and it is not delivered again",
         "{e}"
     );
     assert_eq!(bidder.posts(), 1, "not delivered again");
+}
+
+/// A keyed post whose buyer accepted while the ledger failed (the sale could not be
+/// recorded) is answered `500`, and its keyed retry after the restart gets that answer
+/// byte for byte, delivering nothing again (black-box round 110a: the first answer said
+/// "the sale could not be recorded; the lead was not sold", the retry after the restart
+/// "its outcome is unknown"). The same holds for a direct post.
+#[tokio::test]
+async fn a_sale_the_ledger_could_not_record_answers_its_keyed_retry_the_same_after_a_restart() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let cfg = TestConfig::new().buyer(buyer);
+    let mut ex = cfg
+        .start_edited(with_server("ledger_segment_bytes_max = 12288"))
+        .await;
+    let next = ex.ledger_path.join(segments::segment_name(2));
+    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    bidder.close_posts();
+    let key = [("idempotency-key", "post-110a")];
+    let (post, direct) = (post_body(&q.ping_id, "TX"), direct_body("TX"));
+    let send = |path: &'static str, key: &'static str, body: &Value| {
+        let (client, body) = (ex.client.clone(), body.clone());
+        tokio::spawn(async move {
+            client
+                .post_json_with(path, SELLER_KEY, &[("idempotency-key", key)], &body)
+                .await
+        })
+    };
+    let first_post = send("/v1/post", key[0].1, &post);
+    let first_direct = send("/v1/leads", "direct-110a", &direct);
+    // Both leads are with the buyer; the ledger fails meanwhile (pings fill the segment,
+    // and the rotation into the next one fails); then the buyer accepts both.
+    bidder.wait_posts(2).await;
+    for _ in 0..500 {
+        if !ex.state.ledger.is_healthy() {
+            break;
+        }
+        let _ = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    }
+    assert!(!ex.state.ledger.is_healthy(), "the rotation failed");
+    bidder.open_posts();
+    let (first_post, first_direct) = (first_post.await.unwrap(), first_direct.await.unwrap());
+    for first in [&first_post, &first_direct] {
+        let e = first.assert_error(500, "internal");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("its outcome could not be recorded: the lead is not sold"),
+            "{e}"
+        );
+    }
+    ex.shutdown().await;
+    std::fs::remove_file(&next).unwrap();
+
+    // The restart, on a copy of the ledger (this test's exchange keeps its directory).
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("restarted");
+    crash_copy(&ex.ledger_path, &copy);
+    let ledger_line = format!("ledger_path = {:?}", copy.to_str().unwrap());
+    let mut again = cfg
+        .start_edited(move |t| {
+            t.lines()
+                .map(|l| {
+                    if l.starts_with("ledger_path = ") {
+                        ledger_line.clone()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .await;
+    let client = again.client.clone();
+    for (path, key, body, first) in [
+        ("/v1/post", "post-110a", &post, &first_post),
+        ("/v1/leads", "direct-110a", &direct, &first_direct),
+    ] {
+        let retry = client
+            .post_json_with(path, SELLER_KEY, &[("idempotency-key", key)], body)
+            .await;
+        assert_eq!(retry.status, 500, "{path}: {}", retry.text());
+        assert_eq!(
+            retry.text(),
+            first.text(),
+            "{path}: the first answer, byte for byte"
+        );
+    }
+    assert_eq!(bidder.posts(), 2, "nothing delivered again");
+    again.shutdown().await;
 }
 
 /// Concurrent direct posts when the ledger's rotation fails: what a start finds matches

@@ -857,3 +857,110 @@ async fn answers_to_requests_without_a_key_close_their_connection() {
     }
     ex.shutdown().await.unwrap();
 }
+
+/// An HTTP/2 client with a valid key whose flow-control window stays 0 never takes its
+/// answers, and each held answer costs memory outside every request limit (black-box
+/// round 110b: 250 streams a connection, 429 refusals included, held about 0.5 MB until
+/// the idle timeout). A connection is closed once more than `UNSENT_MAX` answers wait
+/// unsent, or any waits with no progress for the head budget; both are counted in
+/// `pingpost_connections_stalled_total`. A client that reads its answers keeps its
+/// connection, however many requests it sends at once.
+#[tokio::test]
+async fn answers_a_client_never_takes_close_its_connection() {
+    use bidder_sdk::listener::UNSENT_MAX;
+    let (ex, _dir) = start(1_000, "").await;
+    let ping = Bytes::from(serde_json::to_vec(&common::ping_body("TX")).unwrap());
+    let request = |addr: SocketAddr| {
+        Request::post(format!("http://{addr}/v1/ping"))
+            .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(ping.clone()))
+            .unwrap()
+    };
+    // A window of 0: the client takes each answer's head, never its body.
+    let stalled = |n: u32| async move {
+        let stream = TcpStream::connect(ex.addr).await.expect("connect");
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let mut heads = Vec::new();
+        for _ in 0..n {
+            let mut send = send.clone();
+            let req = request(ex.addr);
+            heads.push(tokio::spawn(async move { send.send_request(req).await }));
+        }
+        let mut answered = 0;
+        for h in heads {
+            // Held, not read (dropping it would release the window).
+            if let Ok(Ok(resp)) = h.await {
+                answered += 1;
+                std::mem::forget(resp);
+            }
+        }
+        let t0 = Instant::now();
+        let ended = tokio::time::timeout(EVENT_WAIT_MAX, conn).await.is_ok();
+        (answered, ended, t0.elapsed())
+    };
+    // More than the limit: closed at once.
+    let (answered, ended, after) = stalled(UNSENT_MAX + 8).await;
+    assert!(answered > UNSENT_MAX, "{answered} heads");
+    assert!(ended, "the connection is closed");
+    assert_eq!(ex.state.conn_gate.stalled(), 1);
+    // One answer left unsent: closed once the head budget (1 s) passes without progress,
+    // long before the idle timeout (60 s).
+    let (answered, ended, after_one) = stalled(1).await;
+    assert_eq!(answered, 1);
+    assert!(ended, "the connection is closed");
+    assert!(after_one >= after, "{after_one:?}");
+    assert_eq!(ex.state.conn_gate.stalled(), 2);
+
+    // A client that reads its answers keeps its connection: 100 at once, then one more.
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        let mut send = send.clone();
+        let req = request(ex.addr);
+        all.push(tokio::spawn(async move {
+            let resp = send.send_request(req).await.expect("answer");
+            let status = resp.status();
+            resp.into_body().collect().await.expect("body");
+            status
+        }));
+    }
+    for a in all {
+        assert_eq!(a.await.unwrap(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut send = send.clone();
+    let resp = send.send_request(request(ex.addr)).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.expect("body");
+    assert!(!conn.is_finished());
+    assert_eq!(ex.state.conn_gate.stalled(), 2);
+
+    let scrape = format!(
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        common::ADMIN_TOKEN
+    );
+    let admin = ex.admin_addr.expect("the admin listener");
+    let (metrics, _) = raw_exchange(admin, scrape.as_bytes(), EVENT_WAIT_MAX).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "pingpost_connections_stalled_total",
+            &[("listener", "seller")],
+        ),
+        2.0,
+        "{metrics}"
+    );
+    ex.shutdown().await.unwrap();
+}

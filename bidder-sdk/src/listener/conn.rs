@@ -81,7 +81,7 @@ impl Conn {
         S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-        B: hyper::body::Body + From<Bytes> + Send + 'static,
+        B: hyper::body::Body + From<Bytes> + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -153,6 +153,32 @@ impl Conn {
         }
     }
 
+    /// Whether the client leaves its answers unsent: more than [`UNSENT_MAX`] of them, or
+    /// any with no progress (a body frame sent, an answer done) for `budget` (the head
+    /// budget, `header_read_timeout_ms`). Then why, and the connection is closed: each
+    /// unsent answer holds memory outside every request limit (black-box round 110b: an
+    /// HTTP/2 client with a flow-control window of 0 held 250 answers a connection until
+    /// the idle timeout). Else when to look again, if an answer waits.
+    fn unsent_verdict(
+        &self,
+        activity: &Activity,
+        now: Instant,
+        budget: Duration,
+    ) -> Result<Option<Instant>, &'static str> {
+        let unsent = activity.unsent.load(Ordering::Acquire);
+        if unsent == 0 {
+            return Ok(None);
+        }
+        if unsent > UNSENT_MAX {
+            return Err("more answers than UNSENT_MAX not taken by the client");
+        }
+        let due = activity.unsent_progress_at(self.accepted_at) + budget;
+        if now >= due {
+            return Err("answers not taken by the client within the head budget");
+        }
+        Ok(Some(due))
+    }
+
     /// `work`, unless the listener stops or this connection is evicted (slots full, no
     /// head within its grace) first: then `None`.
     async fn unless_stopped<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
@@ -180,7 +206,7 @@ impl Conn {
         S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-        B: hyper::body::Body + From<Bytes> + Send + 'static,
+        B: hyper::body::Body + From<Bytes> + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -191,6 +217,7 @@ impl Conn {
             limits: Arc::clone(&self.limits),
             on_refused: service.on_refused.clone(),
             replacing: None,
+            frames: Default::default(),
         });
         let only;
         let builder: &auto::Builder<TokioExecutor> = match alpn {
@@ -228,6 +255,9 @@ impl Conn {
         let mut goaway = false;
         // When an answer asked to close an HTTP/2 connection: GOAWAY at this instant.
         let mut goaway_at: Option<Instant> = None;
+        // When to look whether the client leaves its answers unsent (`unsent_verdict`):
+        // set once one waits.
+        let mut stall_check: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -257,6 +287,21 @@ impl Conn {
                     } else if !goaway && !closing {
                         // A request came since that look: served, and not evicted.
                         activity.evicted.store(false, Ordering::Release);
+                    }
+                }
+                () = activity.unsent_wake.notified(), if !stopping => {
+                    // The first answer waits unsent, or more than the limit do: look now.
+                    stall_check = Some(Instant::now());
+                }
+                () = tokio::time::sleep_until(stall_check.unwrap_or(next_check)), if stall_check.is_some() && !stopping => {
+                    match self.unsent_verdict(&activity, Instant::now(), head) {
+                        Err(why) => {
+                            self.listed.0.stalled.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(listener = self.name, "{why}, closing");
+                            return;
+                        }
+                        // Looked at again when the oldest may be due, or once one waits.
+                        Ok(due) => stall_check = due,
                     }
                 }
                 () = activity.close.notified(), if goaway_at.is_none() && !closing => {

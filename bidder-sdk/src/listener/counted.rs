@@ -82,6 +82,81 @@ pub(super) struct Counted<I> {
     pub(super) on_refused: Option<RefusedHook>,
     /// An answer being written in place of one of hyper's bare ones.
     pub(super) replacing: Option<Replacing>,
+    /// The HTTP/2 frames written so far, for the answers that went out to their end.
+    pub(super) frames: FrameScan,
+}
+
+/// Reads the frames an HTTP/2 connection writes, to count the answers that went out to
+/// their end: a DATA or HEADERS frame with END_STREAM (a server sends no other frame that
+/// ends a stream). The connection's first write decides: an HTTP/2 server begins with a
+/// SETTINGS frame; anything else (an HTTP/1.x answer) is not read. Only the frame heads
+/// are kept (9 bytes); payloads are skipped.
+#[derive(Debug, Default)]
+pub(super) struct FrameScan {
+    /// Unknown until the first write, then whether the connection speaks HTTP/2.
+    h2: Option<bool>,
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: usize,
+}
+
+/// HTTP/2 frame types and the END_STREAM flag (RFC 9113 6.1, 6.2, 6.5).
+const FRAME_DATA: u8 = 0;
+const FRAME_HEADERS: u8 = 1;
+const FRAME_SETTINGS: u8 = 4;
+const FLAG_END_STREAM: u8 = 1;
+
+impl FrameScan {
+    /// Reads `written` (bytes the connection wrote, in order) and returns how many streams
+    /// their frames ended.
+    pub(super) fn ended(&mut self, mut written: &[u8]) -> u32 {
+        let h2 = *self.h2.get_or_insert_with(|| {
+            written.len() >= 4 && written[3] == FRAME_SETTINGS && written[0] == 0
+        });
+        if !h2 {
+            return 0;
+        }
+        let mut ended = 0;
+        while !written.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(written.len());
+                self.skip -= n;
+                written = &written[n..];
+                continue;
+            }
+            let n = (9 - self.head_len).min(written.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&written[..n]);
+            self.head_len += n;
+            written = &written[n..];
+            if self.head_len == 9 {
+                let h = self.head;
+                let kind = h[3];
+                if (kind == FRAME_DATA || kind == FRAME_HEADERS) && h[4] & FLAG_END_STREAM != 0 {
+                    ended += 1;
+                }
+                self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.head_len = 0;
+            }
+        }
+        ended
+    }
+}
+
+impl<I> Counted<I> {
+    /// Takes the answers `written` ended off the connection's unsent ones (HTTP/2).
+    fn wrote(&mut self, written: &[u8]) {
+        let ended = self.frames.ended(written);
+        if ended > 0 {
+            let a = &self.activity;
+            a.unsent_progress_us.store(a.now_us(), Ordering::Release);
+            let _ = a
+                .unsent
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    Some(u.saturating_sub(ended))
+                });
+        }
+    }
 }
 
 /// The bytes written in place of hyper's, how many are out, and the length of hyper's
@@ -266,7 +341,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         if let Some(polled) = this.poll_replacing(cx) {
             return polled;
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.wrote(&buf[..n.min(buf.len())]);
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -290,7 +369,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         if let Some(polled) = this.poll_replacing(cx) {
             return polled;
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = polled {
+            for b in bufs {
+                if n == 0 {
+                    break;
+                }
+                let take = n.min(b.len());
+                this.wrote(&b[..take]);
+                n -= take;
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

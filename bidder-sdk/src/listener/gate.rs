@@ -27,6 +27,7 @@ pub struct ConnectionGate {
     pub(super) live: Mutex<BTreeMap<u64, Arc<Activity>>>,
     pub(super) next_conn: AtomicU64,
     pub(super) evicted: AtomicU64,
+    pub(super) stalled: AtomicU64,
 }
 
 impl fmt::Debug for ConnectionGate {
@@ -65,6 +66,7 @@ impl ConnectionGate {
             live: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            stalled: AtomicU64::new(0),
         })
     }
 
@@ -74,6 +76,13 @@ impl ConnectionGate {
     /// new connection waited.
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because their client left answers unsent: more than
+    /// [`UNSENT_MAX`](super::UNSENT_MAX), or any with no progress for the head budget
+    /// (an HTTP/2 flow-control window the client never opens), since start.
+    pub fn stalled(&self) -> u64 {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     pub(super) fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {

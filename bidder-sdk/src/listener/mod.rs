@@ -85,7 +85,7 @@ use self::{
 };
 
 pub use gate::{eviction_grace, ConnectionGate};
-pub use service::json_headers_problem;
+pub use service::{json_headers_problem, Tracked, UNSENT_MAX};
 pub use tls::*;
 
 /// Default connections served at once.
@@ -299,7 +299,7 @@ where
     S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-    B: hyper::body::Body + From<Bytes> + Send + 'static,
+    B: hyper::body::Body + From<Bytes> + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

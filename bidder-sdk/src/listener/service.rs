@@ -4,8 +4,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -82,6 +83,75 @@ pub(super) struct Activity {
     /// When the first bytes of a head after the last finished request arrived, in µs from
     /// `accepted_at`: that head's budget counts from it.
     pub(super) head_started_at_us: AtomicU64,
+    /// HTTP/2 answers made ([`Tracked`]) and not yet written to their end (the frame that
+    /// ends their stream: [`FrameScan`](super::counted::FrameScan)). h2 takes a body into
+    /// its own buffers whatever the client's flow-control window, and keeps it there until
+    /// the window lets it out.
+    pub(super) unsent: AtomicU32,
+    /// When an answer last went out to its end, or the first of the unsent ones was made,
+    /// in µs from `accepted_at`.
+    pub(super) unsent_progress_us: AtomicU64,
+    /// Woken when the first answer waits unsent, and when more than [`UNSENT_MAX`] do.
+    pub(super) unsent_wake: Notify,
+}
+
+/// Answers a connection may hold unsent (a client that does not read them: HTTP/2 flow
+/// control with a window of 0) before it is closed: each costs memory outside every
+/// request limit (black-box round 110b: 250 streams per connection held about 0.5 MB,
+/// 429 refusals included, until the idle timeout).
+pub const UNSENT_MAX: u32 = 32;
+
+/// An answer's body. Over HTTP/2 it is counted among its connection's unsent answers
+/// ([`Activity::unsent`]) from when the service made it; the frame scan of the
+/// connection's writes takes it off once its stream's last frame is written. Over
+/// HTTP/1.x it is not counted: hyper takes the body into its write buffer at once, one
+/// answer at a time, so a client that does not read holds one answer and its socket's
+/// buffers.
+pub struct Tracked<B> {
+    inner: B,
+}
+
+impl<B> Tracked<B> {
+    pub(super) fn new(inner: B, activity: &Activity) -> Tracked<B> {
+        if activity.h2.load(Ordering::Relaxed) {
+            let was = activity.unsent.fetch_add(1, Ordering::AcqRel);
+            if was == 0 {
+                activity
+                    .unsent_progress_us
+                    .store(activity.now_us(), Ordering::Release);
+            }
+            if was == 0 || was == UNSENT_MAX {
+                activity.unsent_wake.notify_one();
+            }
+        }
+        Tracked { inner }
+    }
+}
+
+impl<B> fmt::Debug for Tracked<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracked").finish_non_exhaustive()
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Activity {
@@ -94,6 +164,11 @@ impl Activity {
     /// When the last request finished (`accepted_at` if none has).
     pub(super) fn finished_at(&self, accepted_at: Instant) -> Instant {
         accepted_at + Duration::from_micros(self.finished_at_us.load(Ordering::Acquire))
+    }
+
+    /// When an unsent answer last made progress (see `unsent_progress_us`).
+    pub(super) fn unsent_progress_at(&self, accepted_at: Instant) -> Instant {
+        accepted_at + Duration::from_micros(self.unsent_progress_us.load(Ordering::Acquire))
     }
 
     /// When the bytes of the head being read began to arrive (see `head_started_at_us`).
@@ -228,9 +303,9 @@ where
     S::Error: Send + 'static,
     B: From<Bytes> + Send + 'static,
 {
-    type Response = Response<B>;
+    type Response = Response<Tracked<B>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<B>, S::Error>>;
+    type Future = BoxFuture<Result<Response<Tracked<B>>, S::Error>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         use hyper::body::Body as _;
@@ -272,6 +347,7 @@ where
                 self.activity.close.notify_one();
             }
             drop(finished);
+            let response = response.map(|b| Tracked::new(b, &self.activity));
             return Box::pin(std::future::ready(Ok(response)));
         }
         let future = self.inner.call(req);
@@ -292,7 +368,7 @@ where
                 }
             }
             drop(finished);
-            result
+            result.map(|r| r.map(|b| Tracked::new(b, &activity)))
         })
     }
 }

@@ -54,6 +54,7 @@ fn counted(step: usize) -> Counted<Trickle> {
         limits: Arc::new(Limits::default()),
         on_refused: None,
         replacing: None,
+        frames: Default::default(),
     }
 }
 

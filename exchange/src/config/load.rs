@@ -315,11 +315,11 @@ pub fn load_str_with_env(
             .map(|(name, section)| read_vertical(name, section, &server, &mut p))
             .unzip();
 
-    let sellers: Vec<Option<Seller>> = top
+    let (sellers, seller_prices): (Vec<Option<Seller>>, Vec<Option<PartyPrices>>) = top
         .entries(&mut p, "sellers")
         .into_iter()
         .map(|(id, section)| read_seller(id, section, &vertical_by_name, &mut p))
-        .collect();
+        .unzip();
     // Every party's keys, read from the file itself: a key shared by two parties is found
     // even when one of them has another problem (black-box round 13: a seller with a bad
     // payout hid the duplicate key, and the buyer key's message named the wrong seller).
@@ -337,10 +337,10 @@ pub fn load_str_with_env(
         );
         return Err(ConfigErrors(p.0));
     }
-    let buyers: Vec<Option<Buyer>> = buyer_entries
+    let (buyers, buyer_prices): (Vec<Option<Buyer>>, Vec<Option<PartyPrices>>) = buyer_entries
         .into_iter()
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))
-        .collect();
+        .unzip();
     let buyer_by_key_sha256 = buyer_key_index(&buyers);
     // Nor a buyer's signing secret: that buyer would hold the admin listener (black-box
     // round 49: accepted). One variable named for both is said whatever it holds, set
@@ -413,7 +413,7 @@ pub fn load_str_with_env(
         }
     }
     geography_problems(&root, &mut p);
-    price_problems(&vertical_prices, &sellers, &buyers, &mut p);
+    price_problems(&vertical_prices, &seller_prices, &buyer_prices, &mut p);
 
     top.finish(&mut p);
     if !p.0.is_empty() {
@@ -475,6 +475,18 @@ pub fn load_str_with_env(
     Ok(config)
 }
 
+/// What [`price_problems`] reads of a seller (`payout`, `reserve`) or a fixed-price buyer
+/// (`fixed_price`), with its verticals: kept whenever those keys read cleanly, so a
+/// party's unrelated problem does not hide its prices' (black-box round 110c: a seller's
+/// bad `name` hid its `reserve` that could never be met until a second check).
+pub(super) struct PartyPrices {
+    pub(super) id: String,
+    pub(super) verticals: Vec<VerticalIdx>,
+    pub(super) payout: Option<PayoutModel>,
+    pub(super) reserve: Option<Micros>,
+    pub(super) fixed_price: Option<Micros>,
+}
+
 /// Prices that can never sell, found across sections (black-box round 37: each passed
 /// the check and quietly sold nothing, or sold at a price the guard was for). With a
 /// `bid_max`, the highest bid a vertical takes:
@@ -485,8 +497,8 @@ pub fn load_str_with_env(
 ///   a price that `bid_max` exists to refuse.
 fn price_problems(
     verticals: &[Option<VerticalPrices>],
-    sellers: &[Option<Seller>],
-    buyers: &[Option<Buyer>],
+    sellers: &[Option<PartyPrices>],
+    buyers: &[Option<PartyPrices>],
     p: &mut Problems,
 ) {
     let bid_max_of = |v: usize| {
@@ -509,14 +521,15 @@ fn price_problems(
     for s in sellers.iter().flatten() {
         // A share of 0 % never sells whatever the bids: documented, and a way to stop a
         // seller without removing it.
-        if matches!(s.payout, PayoutModel::RevenueShare { share_bp: 0 }) {
+        let Some(payout) = s.payout else { continue };
+        if matches!(payout, PayoutModel::RevenueShare { share_bp: 0 }) {
             continue;
         }
         for (v, max) in s.verticals.iter().filter_map(|v| bid_max_of(*v)) {
             if v.floor > max {
                 continue; // said at the floor
             }
-            let best = s.payout.seller_price(max);
+            let best = payout.seller_price(max);
             let own = s.reserve.unwrap_or(Micros::ZERO);
             if best <= Micros::ZERO || best < own.max(v.floor) {
                 // At the key to change: the payout when it pays nothing or only the

@@ -144,13 +144,19 @@ pub(super) fn unsold_answer(
 /// [`outcome_unknown`] instead.
 pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 
-/// The answer to a post (keyed retry or repeat) whose delivery the exchange's stop cut
-/// off: `500`, and nothing is delivered again.
+/// The answer to a post whose outcome could not be recorded: the live answer when the
+/// ledger failed during its delivery (whether or not a buyer accepted), and the answer
+/// to its keyed retry or repeat after a restart, or to one whose delivery a stop cut off.
+/// `500`, nothing is delivered again, and the words are the same in every case, so a
+/// keyed retry gets the first answer byte for byte across a restart (black-box round
+/// 110a: an accepted lead whose sale could not be recorded was answered in other words
+/// before the restart than after it).
 pub fn outcome_unknown() -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
-        "the exchange stopped (or its ledger failed) while this post was being delivered; \
-         its outcome is unknown and it is not delivered again",
+        "the exchange stopped (or its ledger failed) while this post was being delivered, \
+         so its outcome could not be recorded: the lead is not sold, and it is not \
+         delivered again",
     )
 }
 

@@ -642,12 +642,26 @@ fn metrics(state: &AppState) -> Response<Body> {
         .metrics
         .quotes_open
         .set(state.quotes.open_count() as i64);
+    let keys = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    state
+        .metrics
+        .idempotency_keys
+        .set(keys(state.idempotency.len()));
+    state
+        .metrics
+        .disposition_keys
+        .set(keys(state.disposition_keys.len()));
     for (listener, gate) in [("seller", &state.conn_gate), ("admin", &state.admin_gate)] {
         let evicted = state
             .metrics
             .connections_evicted
             .with_label_values(&[listener]);
         evicted.inc_by(gate.evicted().saturating_sub(evicted.get()));
+        let stalled = state
+            .metrics
+            .connections_stalled
+            .with_label_values(&[listener]);
+        stalled.inc_by(gate.stalled().saturating_sub(stalled.get()));
     }
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
     resp.headers_mut().insert(

@@ -783,15 +783,6 @@ fn ledger_unavailable() -> ApiError {
     )
 }
 
-/// A buyer may have accepted, but the sale could not be recorded: never `sold`. The
-/// ledger's own words (a path, an OS error) are the log's, not the seller's.
-fn sale_not_recorded() -> ApiError {
-    ApiError::new(
-        ErrorCode::Internal,
-        "the sale could not be recorded; the lead was not sold",
-    )
-}
-
 /// A quote the book refused: the seller's limit is 429 ([`seller_quotes_limited`]), a full
 /// book (or a ping id already in it) 503.
 fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
@@ -908,8 +899,9 @@ async fn direct_post(
                     DeliveryError::Unavailable => ledger_unavailable(),
                     // The same answer as a post's (black-box round 91a: it named the
                     // ledger's segment and the OS error).
-                    DeliveryError::Ledger(_) => sale_not_recorded(),
-                    DeliveryError::OutcomeUnknown(_) => crate::recovery::outcome_unknown(),
+                    DeliveryError::Ledger(_) | DeliveryError::OutcomeUnknown(_) => {
+                        crate::recovery::outcome_unknown()
+                    }
                 }
             })?;
             if a.status == PostStatus::Sold {
@@ -1113,10 +1105,14 @@ async fn post(
                 return Err(match e {
                     // The ledger failed before the lead left: nothing was delivered.
                     DeliveryError::Unavailable => ledger_unavailable(),
-                    DeliveryError::Ledger(_) => sale_not_recorded(),
-                    // The lead reached a buyer that did not accept (yet): the same
-                    // answer its keyed retry gets after the restart (round 94a).
-                    DeliveryError::OutcomeUnknown(_) => crate::recovery::outcome_unknown(),
+                    // A buyer accepted but the sale could not be recorded (never `sold`),
+                    // or the lead reached a buyer that did not accept (yet): the answer
+                    // its keyed retry gets after the restart, in the same words (rounds
+                    // 94a, 110a). The ledger's own words (a path, an OS error) are the
+                    // log's.
+                    DeliveryError::Ledger(_) | DeliveryError::OutcomeUnknown(_) => {
+                        crate::recovery::outcome_unknown()
+                    }
                 });
             }
         }

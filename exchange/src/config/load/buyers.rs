@@ -8,7 +8,7 @@ use proto::Micros;
 use toml::Value;
 
 use super::reader::{display_name, no_duplicates, str_list, Problems, Section};
-use super::{DAYS, MINUTES_PER_DAY, TIMEOUT_MS_LIMIT};
+use super::{PartyPrices, DAYS, MINUTES_PER_DAY, TIMEOUT_MS_LIMIT};
 use crate::config::{
     defaults, Buyer, BuyerKey, Caps, HttpVersion, MinuteRange, VerticalIdx, WeeklySchedule,
 };
@@ -19,7 +19,7 @@ pub(super) fn read_buyer(
     vertical_by_name: &HashMap<String, VerticalIdx>,
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Problems,
-) -> Option<Buyer> {
+) -> (Option<Buyer>, Option<PartyPrices>) {
     let before = p.len();
     let name = display_name(p, &mut s, id);
     let ping_url = s
@@ -80,7 +80,9 @@ pub(super) fn read_buyer(
         TIMEOUT_MS_LIMIT,
         defaults::POST_TIMEOUT_MS,
     );
+    let at_verticals = p.len();
     let verticals = s.vertical_refs(p, "verticals", vertical_by_name);
+    let verticals_read = p.len() == at_verticals;
 
     let states_include = states(p, &mut s, "states_include");
     let states_exclude = states(p, &mut s, "states_exclude");
@@ -179,6 +181,7 @@ pub(super) fn read_buyer(
         .int_opt(p, "return_window_days", 0, RETURN_WINDOW_DAYS_LIMIT)
         .and_then(|d| u16::try_from(d).ok())
         .unwrap_or(defaults::RETURN_WINDOW_DAYS);
+    let at_fixed_price = p.len();
     let fixed_price = s.money_opt(p, "fixed_price");
     // A standing bid of 0 is a pass on every lead: a buyer that can never buy (black-box
     // round 92b: accepted, and its 0 counted among the bids).
@@ -199,46 +202,60 @@ pub(super) fn read_buyer(
         ),
         _ => {}
     }
+    // Whenever the price and the verticals read cleanly, whatever else of the buyer does
+    // not.
+    let prices = fixed_price
+        .filter(|_| verticals_read && p.len() == at_fixed_price)
+        .map(|price| PartyPrices {
+            id: id.to_string(),
+            verticals: verticals.clone(),
+            payout: None,
+            reserve: None,
+            fixed_price: Some(price),
+        });
     s.finish(p);
 
     if p.len() > before {
-        return None;
+        return (None, prices);
     }
-    Some(Buyer {
-        id: id.to_string(),
-        key: BuyerKey::default(),
-        name,
-        ping_url,
-        post_url: post_url?,
-        http,
-        secret_env: secret_env?.to_string(),
-        secret: secret?,
-        secret_next,
-        ping_timeout_ms,
-        post_timeout_ms,
-        verticals,
-        states_include: states_include
-            .into_iter()
-            .map(|(_, st)| st.to_string())
-            .collect(),
-        states_exclude: states_exclude
-            .into_iter()
-            .map(|(_, st)| st.to_string())
-            .collect(),
-        zip_prefixes: zip_prefixes
-            .into_iter()
-            .map(|(_, z)| z.to_string())
-            .collect(),
-        timezone,
-        schedule,
-        score_floor,
-        caps,
-        fixed_price,
-        allow_plaintext,
-        key_sha256,
-        key_sha256_next,
-        return_window_days,
-    })
+    let buyer = (|| {
+        Some(Buyer {
+            id: id.to_string(),
+            key: BuyerKey::default(),
+            name,
+            ping_url,
+            post_url: post_url?,
+            http,
+            secret_env: secret_env?.to_string(),
+            secret: secret?,
+            secret_next,
+            ping_timeout_ms,
+            post_timeout_ms,
+            verticals,
+            states_include: states_include
+                .into_iter()
+                .map(|(_, st)| st.to_string())
+                .collect(),
+            states_exclude: states_exclude
+                .into_iter()
+                .map(|(_, st)| st.to_string())
+                .collect(),
+            zip_prefixes: zip_prefixes
+                .into_iter()
+                .map(|(_, z)| z.to_string())
+                .collect(),
+            timezone,
+            schedule,
+            score_floor,
+            caps,
+            fixed_price,
+            allow_plaintext,
+            key_sha256,
+            key_sha256_next,
+            return_window_days,
+        })
+    })();
+    (buyer, prices)
 }
 
 /// Longest `buyers.ID.return_window_days`.

@@ -6,7 +6,7 @@ use proto::Micros;
 use toml::Value;
 
 use super::reader::{as_str, decimal_text, display_name, join, money, Problems, Section};
-use super::{RATE_PER_S_LIMIT, TABLE_ENTRIES_LIMIT};
+use super::{PartyPrices, RATE_PER_S_LIMIT, TABLE_ENTRIES_LIMIT};
 use crate::config::{defaults, PayoutModel, Seller, SellerKey, VerticalIdx};
 
 pub(super) fn read_seller(
@@ -14,7 +14,7 @@ pub(super) fn read_seller(
     mut s: Section<'_>,
     vertical_by_name: &HashMap<String, VerticalIdx>,
     p: &mut Problems,
-) -> Option<Seller> {
+) -> (Option<Seller>, Option<PartyPrices>) {
     let before = p.len();
     let name = display_name(p, &mut s, id);
     let key_sha256 = s
@@ -30,11 +30,22 @@ pub(super) fn read_seller(
             "must differ from key_sha256",
         );
     }
+    let at_prices = p.len();
     let verticals = s.vertical_refs(p, "verticals", vertical_by_name);
     let payout = s
         .req(p, "payout")
         .and_then(|(path, v)| read_payout(p, path, v));
     let reserve = s.money_opt(p, "reserve");
+    // Whenever these three read cleanly, whatever else of the seller does not.
+    let prices = payout
+        .filter(|_| p.len() == at_prices)
+        .map(|payout| PartyPrices {
+            id: id.to_string(),
+            verticals: verticals.clone(),
+            payout: Some(payout),
+            reserve,
+            fixed_price: None,
+        });
     let rate_per_s = s.u32_opt(p, "rate_per_s", 1, RATE_PER_S_LIMIT);
     let quotes_open_max = s.usize_or(
         p,
@@ -52,22 +63,23 @@ pub(super) fn read_seller(
     s.finish(p);
 
     if p.len() > before {
-        return None;
+        return (None, prices);
     }
-    Some(Seller {
+    let seller = key_sha256.zip(payout).map(|(key_sha256, payout)| Seller {
         id: id.to_string(),
         key: SellerKey::default(),
         name,
-        key_sha256: key_sha256?,
+        key_sha256,
         key_sha256_next,
         verticals,
-        payout: payout?,
+        payout,
         reserve,
         rate_per_s,
         quotes_open_max,
         idempotency_keys_max,
         requests_in_flight_max,
-    })
+    });
+    (seller, prices)
 }
 
 /// A seller key's SHA-256 as 64 hex digits.

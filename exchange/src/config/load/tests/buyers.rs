@@ -395,6 +395,46 @@ fn another_problem_of_the_vertical_does_not_hide_a_floor_above_bid_max() {
     assert!(found[0].starts_with("verticals.auto.floor: "), "{found:?}");
 }
 
+/// A seller's or a fixed-price buyer's other problem does not hide the prices of theirs
+/// that could never sell: both are listed at once (black-box round 110c: a seller's bad
+/// `name` hid its `reserve`, and a buyer's bad `ping_timeout_ms` its `fixed_price`, until
+/// a second check). A price that does not read is not checked across sections.
+#[test]
+fn another_problem_of_the_party_does_not_hide_a_price_that_could_never_sell() {
+    let mut found = errors(&[
+        ("#VERTICAL", "bid_max = 5"),
+        ("#SELLER", "reserve = 6\nrate_per_s = 0"),
+    ]);
+    found.sort();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("sellers.s1.rate_per_s: "), "{found:?}");
+    assert!(
+        found[1].starts_with("sellers.s1.reserve: in vertical auto, the highest bid it takes (bid_max 5.00) would pay this seller 4.00, under its reserve of 6.00"),
+        "{found:?}"
+    );
+    let fixed = doc(&[
+        ("#BUYER", "fixed_price = 600\nping_timeout_ms = 0"),
+        ("#VERTICAL", "bid_max = 500"),
+    ])
+    .replace("ping_url = \"http://127.0.0.1:9101/ping\"\n", "");
+    let mut found = load_str_with_env(&fixed, &test_env).unwrap_err().0;
+    found.sort();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        found[0],
+        "buyers.acme.fixed_price: 600.00 is above verticals.auto.bid_max (500.00), the highest bid that vertical takes"
+    );
+    assert!(
+        found[1].starts_with("buyers.acme.ping_timeout_ms: "),
+        "{found:?}"
+    );
+    // A reserve that does not read gets only its own problem.
+    let found = errors(&[("#VERTICAL", "bid_max = 5"), ("#SELLER", "reserve = -6")]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("sellers.s1.reserve: "), "{found:?}");
+    assert!(!found[0].contains("could ever be quoted"), "{found:?}");
+}
+
 /// Prices that could never sell are refused, each at its key (black-box round 37).
 #[test]
 fn prices_that_could_never_sell_are_refused() {
