@@ -14,9 +14,21 @@ use bidder_sdk::examples::{FlatBidder, ScorecardBidder};
 use bidder_sdk::{serve, Bidder, Micros, Secret, ServeOptions};
 use tokio::net::TcpListener;
 
-const USAGE: &str =
-    "usage: serve_bidder [--host H] [--port N] [--secret-env VAR] [--kind flat|scorecard] \
-                     [--price 12.50] [--states TX,OK]";
+const USAGE: &str = "\
+usage: serve_bidder [--host H] [--port N] [--secret-env VAR] [--kind flat|scorecard]
+                    [--price 12.50] [--states TX,OK]
+
+Serves an example bidder (the buyer side of the protocol, docs/API.md) until Ctrl-C.
+  --host H          address to listen on (default 127.0.0.1)
+  --port N          port to listen on (default 9101)
+  --secret-env VAR  environment variable holding the buyer's signing secret, the one
+                    the exchange's buyers.ID.secret_env names (default BUYER_SECRET)
+  --kind K          flat: bids --price on leads from --states and passes on the others
+                    (no_bid, outside_criteria); scorecard: prices each lead from its
+                    fields (default flat)
+  --price P         flat's bid, in the vertical's currency (default 10.00)
+  --states LIST     flat's states, comma-separated (default TX only)
+Its ping and post paths are /ping and /post; it accepts every post.";
 
 #[derive(Debug)]
 struct Args {
@@ -98,8 +110,18 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     let options = ServeOptions::new(secret);
+    // What it bids on, said at the start (black-box round 110c: a flat bidder started
+    // without --states bid on TX leads only, and nothing said so).
+    let bids = match args.kind.as_str() {
+        "flat" => format!(
+            "bids {} on leads from {} and passes on the others",
+            args.price,
+            args.states.join(", ")
+        ),
+        _ => "prices each lead from its fields".to_string(),
+    };
     println!(
-        "serve_bidder: {} bidder on http://{addr}{} and {}",
+        "serve_bidder: {} bidder on http://{addr}{} and {}: {bids}",
         args.kind, options.ping_path, options.post_path
     );
     match args.kind.as_str() {

@@ -291,6 +291,41 @@ pub fn sample_leads_problem(cfg: &Config) -> Option<String> {
     }
 }
 
+/// Why the configuration file `text` could not run the demo even once its other
+/// problems are fixed (no `auto_insurance` vertical, no seller with the demo's key), read
+/// from its TOML alone: said beside a file that does not load, so that an operator is not
+/// sent to set its buyers' secrets first (black-box round 110c). `None` when the text is
+/// not TOML or has both.
+pub fn file_sample_leads_problem(text: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let root: toml::Table = text.parse().ok()?;
+    let table = |v: Option<&toml::Value>| v.and_then(toml::Value::as_table).cloned();
+    let verticals = table(root.get("verticals")).unwrap_or_default();
+    if !verticals.contains_key(DEMO_VERTICAL) {
+        return Some(format!(
+            "the sample leads are `{DEMO_VERTICAL}` leads, and this configuration has no \
+             `{DEMO_VERTICAL}` vertical"
+        ));
+    }
+    let digest = hex::encode(sha2::Sha256::digest(DEMO_SELLER_KEY.as_bytes()));
+    let has_key = table(root.get("sellers"))
+        .unwrap_or_default()
+        .values()
+        .any(|s| {
+            ["key_sha256", "key_sha256_next"].iter().any(|k| {
+                s.get(*k)
+                    .and_then(toml::Value::as_str)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(&digest))
+            })
+        });
+    (!has_key).then(|| {
+        format!(
+            "the sample leads come from the demo seller (key `{DEMO_SELLER_KEY}`), and no \
+             seller of this configuration has that key"
+        )
+    })
+}
+
 /// How many made-up leads [`sample_fields_problem`] checks (each field's values vary).
 const SAMPLES_CHECKED: u64 = 64;
 

@@ -809,6 +809,23 @@ fn main() -> anyhow::Result<()> {
                 errors.0.len(),
                 errors.to_string().trim_end()
             );
+            // A file the demo could not use once fixed says so too, before its operator
+            // sets secrets for it (black-box round 110c).
+            if demo {
+                let problem = args
+                    .config
+                    .as_deref()
+                    .and_then(|p| bidder_sdk::listener::read_file_bounded(p, 64 * 1024 * 1024).ok())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .and_then(|text| pingpost::demo::file_sample_leads_problem(&text));
+                if let Some(problem) = problem {
+                    pingpost::say_err!(
+                        "pingpost --demo: also, {problem}: the demo cannot run on this file \
+                         even with the errors above fixed. Run the demo on a configuration \
+                         it can use (config/default.toml is one), or run without --demo."
+                    );
+                }
+            }
             // The embedded configuration's buyers are the demo's (black-box round 68d:
             // the message did not say how to run it).
             if !demo && errors.0.iter().any(|e| e.contains("PINGPOST_DEMO_SECRET_")) {

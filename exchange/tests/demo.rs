@@ -336,6 +336,49 @@ fn the_demo_on_a_configuration_that_cannot_take_its_leads_is_refused_saying_why(
     }
 }
 
+/// A file the demo could not use even once its other errors are fixed says so beside
+/// them (black-box round 110c: an unset buyer secret was reported first, and the missing
+/// `auto_insurance` vertical only once the operator had set every secret).
+#[test]
+fn a_file_the_demo_cannot_use_says_so_beside_its_other_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_config(dir.path())
+        .replace("auto_insurance", "auto")
+        .replace("PINGPOST_DEMO_SECRET_1", "MY_OWN_BUYER_SECRET");
+    let config = dir.path().join("mine.toml");
+    std::fs::write(&config, &text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--demo", "--demo-leads", "1"])
+        .env_remove("MY_OWN_BUYER_SECRET")
+        .env_remove("PINGPOST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("MY_OWN_BUYER_SECRET is not set"), "{err}");
+    assert!(
+        err.contains("pingpost --demo: also, the sample leads are `auto_insurance` leads, and this configuration has no `auto_insurance` vertical"),
+        "{err}"
+    );
+    // A file the demo can use, with the same error, says only the error.
+    let fine = demo_config(dir.path()).replace("PINGPOST_DEMO_SECRET_1", "MY_OWN_BUYER_SECRET");
+    std::fs::write(&config, &fine).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--demo", "--demo-leads", "1"])
+        .env_remove("MY_OWN_BUYER_SECRET")
+        .env_remove("PINGPOST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("MY_OWN_BUYER_SECRET is not set"), "{err}");
+    assert!(!err.contains("also,"), "{err}");
+}
+
 /// `pingpost --config CONFIG --demo --demo-interval-ms INTERVAL`, without the operator's
 /// admin token. The configuration is [`demo_config`], written in `dir`.
 fn demo_command(dir: &std::path::Path, interval_ms: &str) -> tokio::process::Command {

@@ -1568,8 +1568,14 @@ async fn verify_config_does_not_fail_a_sale_decided_before_a_crash_and_restart()
             && l.contains("before a reload or restart")),
         "{out}"
     );
+    // Each generation 1 named by its start (black-box round 110c: one number named the
+    // latest run on one line and an earlier run's on the next).
     assert!(
-        out.contains("sales decided before it (1 of generation 1;"),
+        out.contains("sales decided before it (1 of generation 1 after start 1;"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the ledger's latest run, generation 1 after start 2 from "),
         "{out}"
     );
 

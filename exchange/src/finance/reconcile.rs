@@ -63,17 +63,26 @@ pub const SHOWN_MAX: usize = 200;
 /// reloads the line named hundreds).
 pub const EARLIER_GENERATIONS_NAMED_MAX: usize = 8;
 
-/// The summary's count of sales decided before the latest run: the first
-/// [`EARLIER_GENERATIONS_NAMED_MAX`] generations named, then the rest counted.
-fn earlier_sales_named(earlier: &BTreeMap<(usize, u64), (u64, u64)>) -> String {
-    // Generations start again at 1 at every start (round 80a: one count per number mixed
-    // the runs): named by their start when there were several.
-    let several = earlier
+/// Whether generations must be named by the start they came after: when the sales
+/// decided before the latest run, and the latest run itself (`current_start`), came after
+/// more than one start (generations start again at 1 at every start).
+fn name_starts(earlier: &BTreeMap<(usize, u64), (u64, u64)>, current_start: usize) -> bool {
+    earlier
         .keys()
-        .map(|(start, _)| start)
+        .map(|(start, _)| *start)
+        .chain(std::iter::once(current_start))
         .collect::<std::collections::BTreeSet<_>>()
         .len()
-        > 1;
+        > 1
+}
+
+/// The summary's count of sales decided before the latest run: the first
+/// [`EARLIER_GENERATIONS_NAMED_MAX`] generations named, then the rest counted.
+/// `several`: name each generation by its start ([`name_starts`]).
+fn earlier_sales_named(earlier: &BTreeMap<(usize, u64), (u64, u64)>, several: bool) -> String {
+    // Generations start again at 1 at every start (round 80a: one count per number mixed
+    // the runs; round 110c: "generation 4" named the latest run on one line and an
+    // earlier run's on the next): named by their start when there were several.
     let mut parts: Vec<String> = earlier
         .iter()
         .take(EARLIER_GENERATIONS_NAMED_MAX)
@@ -145,6 +154,9 @@ pub struct Reconciliation {
     /// Keyed by the ledger's start they were decided after (0 before the first start
     /// mark, 1 after it, ...) and generation: generations start again at 1 at every start.
     pub earlier_sales: BTreeMap<(usize, u64), (u64, u64)>,
+    /// The start the latest run ([`current`](Self::current)) came after, as the keys of
+    /// `earlier_sales` count starts.
+    pub current_start: usize,
     pub stats: ReadStats,
 }
 
@@ -547,6 +559,7 @@ pub fn reconcile_upto(
     let mut out = Reconciliation {
         payouts_checked: cfg.is_some(),
         current: last_gen.map(|g| (first_gen.min(g), g, run_start.1.clone())),
+        current_start: start_of(run_start.0),
         stats,
         ..Reconciliation::default()
     };
@@ -1086,10 +1099,16 @@ impl Reconciliation {
             );
         } else {
             let (first, g, from) = self.current.clone().unwrap_or((0, 0, "-".into()));
-            let gens = if first < g {
-                format!("generations {first} to {g} (model swaps only between them)")
+            let several = name_starts(&self.earlier_sales, self.current_start);
+            let after = if several {
+                format!(" after start {}", self.current_start)
             } else {
-                format!("generation {g}")
+                String::new()
+            };
+            let gens = if first < g {
+                format!("generations {first} to {g}{after} (model swaps only between them)")
+            } else {
+                format!("generation {g}{after}")
             };
             let _ = writeln!(
                 out,
@@ -1099,7 +1118,7 @@ impl Reconciliation {
                 let _ = writeln!(
                     out,
                     "  sales decided before it ({}; a reload or restart came between): a payout that differs from today's rule is listed as PAYOUT NOT RE-CHECKED, not failed",
-                    earlier_sales_named(&self.earlier_sales)
+                    earlier_sales_named(&self.earlier_sales, several)
                 );
             }
         }

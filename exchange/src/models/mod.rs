@@ -512,6 +512,14 @@ pub fn rollback_target(
     let mut h = history(learning, vertical);
     let champion = read_champion_checked(learning, vertical)?;
     let mut note = None;
+    if let (None, Some(last)) = (champion.as_ref(), h.last()) {
+        // Serving no model (`"version": null`) is not in HISTORY: going back undoes it
+        // (black-box round 110c: nothing said that the version switched off came back).
+        note = Some(format!(
+            "no model is served (CHAMPION is empty: switched off): going back to the version served before, {}, HISTORY's last entry",
+            proto::error::printable_name(last)
+        ));
+    }
     if let Some(champ) = champion.as_ref() {
         // Names from files an operator edits: printed as safe text.
         let c = proto::error::printable_name(champ);
@@ -726,6 +734,18 @@ mod tests {
         );
         // Nothing before the champion: nothing to go back to.
         assert_eq!(set("a", "a\nb\n").map(|r| r.target), None);
+        // No model served (switched off): back to the version served before, said
+        // (black-box round 110c: it came back silently); HISTORY is kept, so a second
+        // rollback goes on to the one before.
+        assert_eq!(
+            set("", "a\nb\n"),
+            t(
+                "b",
+                &["a", "b"],
+                Some("no model is served (CHAMPION is empty: switched off): going back to the version served before, b, HISTORY's last entry")
+            )
+        );
+        assert_eq!(set("", "").map(|r| r.target), None);
     }
 
     /// Black-box round 46: a model file that is a FIFO with no writer is refused at

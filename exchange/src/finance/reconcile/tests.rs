@@ -18,7 +18,7 @@ fn the_earlier_sales_name_a_bounded_number_of_generations_and_count_the_rest() {
     for g in 1..=400u64 {
         earlier.insert((1, g), (2, u64::from(g % 2 == 0)));
     }
-    let line = earlier_sales_named(&earlier);
+    let line = earlier_sales_named(&earlier, name_starts(&earlier, 1));
     assert!(
         line.starts_with("2 of generation 1, 2 of generation 2, 1 of them test, "),
         "{line}"
@@ -39,7 +39,7 @@ fn the_earlier_sales_name_a_bounded_number_of_generations_and_count_the_rest() {
         .into_iter()
         .take(EARLIER_GENERATIONS_NAMED_MAX)
         .collect();
-    let line = earlier_sales_named(&few);
+    let line = earlier_sales_named(&few, name_starts(&few, 1));
     assert_eq!(
         line.matches(" of generation ").count(),
         EARLIER_GENERATIONS_NAMED_MAX
@@ -49,12 +49,22 @@ fn the_earlier_sales_name_a_bounded_number_of_generations_and_count_the_rest() {
     // One past it, named by start when there were several.
     let mut two_starts = few;
     two_starts.insert((2, 1), (5, 0));
-    let line = earlier_sales_named(&two_starts);
+    let line = earlier_sales_named(&two_starts, name_starts(&two_starts, 2));
     assert!(
         line.starts_with("2 of generation 1 after start 1, "),
         "{line}"
     );
     assert!(line.ends_with(", and 5 of 1 more generation"), "{line}");
+
+    // Round 110c: earlier sales all after one start, the latest run after another: each
+    // is named by its start, so one generation number never names two runs unsaid.
+    let one_start: BTreeMap<_, _> = [((1, 4), (80, 0)), ((1, 5), (400, 0))].into();
+    assert!(!name_starts(&one_start, 1));
+    assert!(name_starts(&one_start, 2));
+    assert_eq!(
+        earlier_sales_named(&one_start, name_starts(&one_start, 2)),
+        "80 of generation 4 after start 1, 400 of generation 5 after start 1"
+    );
 }
 
 /// Round 79a: a run goes back over model swaps, and stops at anything the ledger
