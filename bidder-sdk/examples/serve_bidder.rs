@@ -55,6 +55,14 @@ fn parse_args() -> anyhow::Result<Args> {
             println!("{USAGE}");
             std::process::exit(0);
         }
+        // An unknown flag is said as such, last or not (black-box round 111a: the last
+        // argument was told it "needs a value").
+        if !matches!(
+            flag.as_str(),
+            "--host" | "--port" | "--secret-env" | "--kind" | "--price" | "--states"
+        ) {
+            bail!("unknown flag {flag}\n{USAGE}");
+        }
         let value = it
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;

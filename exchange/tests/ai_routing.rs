@@ -859,6 +859,25 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         err
     };
+    // Nothing to roll back to yet: exit 1, and nothing made to say so (black-box round
+    // 111a: the vertical's directory and its `.lock` were created).
+    let vertical_dir = ex.ledger_path.with_file_name("models").join(VERTICAL);
+    assert!(!vertical_dir.exists());
+    let out = run(&[
+        "models",
+        "rollback",
+        "--config",
+        &cfg,
+        "--vertical",
+        VERTICAL,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no earlier model version") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!vertical_dir.exists(), "a refused rollback made nothing");
     // Too little data: exit 1 with the counts.
     let out = run(&["train", "--config", &cfg, "--ledger", &ledger]);
     assert_eq!(out.status.code(), Some(1));

@@ -104,10 +104,13 @@ fn earlier_sales_named(earlier: &BTreeMap<(usize, u64), (u64, u64)>, several: bo
             .values()
             .skip(EARLIER_GENERATIONS_NAMED_MAX)
             .fold((0u64, 0u64), |(n, t), (a, b)| (n + a, t + b));
-        let generations = if rest == 1 {
-            "generation"
-        } else {
-            "generations"
+        // With several starts each item is a generation of one start (round 111a: "2 more
+        // generations" counted generation 1 of two more starts).
+        let generations = match (several, rest == 1) {
+            (false, true) => "generation",
+            (false, false) => "generations",
+            (true, true) => "generation (counted per start)",
+            (true, false) => "generations (counted per start: a number after two starts is two)",
         };
         parts.push(match test {
             0 => format!("and {n} of {rest} more {generations}"),

@@ -564,6 +564,15 @@ pub fn rollback(
     vertical: &Vertical,
 ) -> Result<(String, Option<String>), Vec<String>> {
     let dir = vertical_dir(learning, &vertical.name);
+    // Nothing to go back to, and nothing made to say so (black-box round 111a: the
+    // directory and its `.lock` were created for a refusal that "changes nothing").
+    if !dir.exists() {
+        return Err(vec![format!(
+            "vertical {}: no earlier model version: {} does not exist (no version was ever swapped in or promoted)",
+            vertical.name,
+            dir.display()
+        )]);
+    }
     // Held from reading HISTORY to writing CHAMPION: a concurrent swap or rollback
     // waits, then reads what this one wrote.
     let _lock =
@@ -589,12 +598,16 @@ pub fn rollback(
         note,
     }) = target
     else {
+        let history = dir.join(HISTORY);
+        let missing = if history.exists() {
+            ""
+        } else {
+            " (it does not exist: no version was ever swapped in or promoted)"
+        };
         return Err(vec![format!(
-            "vertical {}: no earlier model version in {}",
+            "vertical {}: no earlier model version in {}{missing}",
             vertical.name,
-            vertical_dir(learning, &vertical.name)
-                .join(HISTORY)
-                .display()
+            history.display()
         )]);
     };
     // The target must still load under today's configuration. A refusal says too that

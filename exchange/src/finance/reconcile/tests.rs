@@ -54,7 +54,19 @@ fn the_earlier_sales_name_a_bounded_number_of_generations_and_count_the_rest() {
         line.starts_with("2 of generation 1 after start 1, "),
         "{line}"
     );
-    assert!(line.ends_with(", and 5 of 1 more generation"), "{line}");
+    assert!(
+        line.ends_with(", and 5 of 1 more generation (counted per start)"),
+        "{line}"
+    );
+    // Round 111a: generation 1 of many starts, the rest counted per start.
+    let starts: BTreeMap<_, _> = (1..=11).map(|s| ((s, 1), (3, 0))).collect();
+    let line = earlier_sales_named(&starts, name_starts(&starts, 12));
+    assert!(
+        line.ends_with(
+            ", and 9 of 3 more generations (counted per start: a number after two starts is two)"
+        ),
+        "{line}"
+    );
 
     // Round 110c: earlier sales all after one start, the latest run after another: each
     // is named by its start, so one generation number never names two runs unsaid.
