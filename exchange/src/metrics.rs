@@ -133,6 +133,8 @@ impl BuyerMetrics {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Held while a counter is brought up to a total kept elsewhere ([`Metrics::catch_up`]).
+    catch_up_lock: std::sync::Arc<std::sync::Mutex<()>>,
     pub auctions: IntCounterVec,
     pub posts: IntCounterVec,
     pub http_errors: IntCounterVec,
@@ -232,9 +234,18 @@ impl Metrics {
     /// Brings the dedup gauges up to the book.
     pub fn dedup_gauges(&self, book: &crate::core::dedup::DedupBook) {
         self.dedup_keys.set(book.len() as i64);
-        let evicted = book.evicted();
-        self.dedup_evicted
-            .inc_by(evicted.saturating_sub(self.dedup_evicted.get()));
+        self.catch_up(&self.dedup_evicted, book.evicted());
+    }
+
+    /// Brings `counter` up to `total`, a count kept elsewhere: one caller at a time, so
+    /// two that read the same old value cannot both add the difference (two scrapes at
+    /// once, or two sales, counted an eviction twice, for good).
+    pub fn catch_up(&self, counter: &IntCounter, total: u64) {
+        let _one = self
+            .catch_up_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     pub fn new() -> Metrics {
@@ -251,6 +262,7 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable!("static metric {name}"))
         };
         Metrics {
+            catch_up_lock: std::sync::Arc::new(std::sync::Mutex::new(())),
             auctions: reg(
                 &r,
                 counter_vec(
@@ -585,6 +597,25 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Callers at once bring a counter up to its total, never past it (two scrapes at
+    /// once could each add the same difference).
+    #[test]
+    fn a_counter_caught_up_by_many_at_once_reads_its_total() {
+        let m = Metrics::new();
+        for total in (1..=100u64).map(|t| t * 7) {
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        start.wait();
+                        m.catch_up(&m.fanout_limited, total);
+                    });
+                }
+            });
+            assert_eq!(m.fanout_limited.get(), total);
+        }
+    }
 
     #[test]
     fn every_family_renders() {

@@ -656,12 +656,12 @@ fn metrics(state: &AppState) -> Response<Body> {
             .metrics
             .connections_evicted
             .with_label_values(&[listener]);
-        evicted.inc_by(gate.evicted().saturating_sub(evicted.get()));
+        state.metrics.catch_up(&evicted, gate.evicted());
         let stalled = state
             .metrics
             .connections_stalled
             .with_label_values(&[listener]);
-        stalled.inc_by(gate.stalled().saturating_sub(stalled.get()));
+        state.metrics.catch_up(&stalled, gate.stalled());
     }
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
     resp.headers_mut().insert(
