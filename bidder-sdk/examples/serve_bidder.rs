@@ -72,6 +72,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--secret-env" => args.secret_env = value,
             "--kind" => args.kind = value,
             "--price" => {
+                // Digits and at most one '.': an exponent (`1e-7`) is not "not finite"
+                // (black-box round 111c), it is not written as the flag takes it.
+                if !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                    bail!("--price {value}: write a decimal such as 12.50 (digits and at most one '.', no sign or exponent)");
+                }
                 args.price =
                     Micros::parse_decimal(&value).with_context(|| format!("--price {value}"))?
             }

@@ -731,3 +731,86 @@ async fn answers_to_requests_not_from_the_exchange_close_their_connection() {
     assert_eq!(second.raw.status, StatusCode::OK);
     handle.shutdown().await.unwrap();
 }
+
+/// A body that never comes: its request's headers go out, and nothing after them.
+struct NeverBody;
+
+impl hyper::body::Body for NeverBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Black-box round 111c: HTTP/2 streams that send headers and never a body, without any
+/// key, each held memory for the body's 5 s budget (250 connections of 256 streams: 4.5
+/// to 254 MB). A connection with more than `BODIES_PENDING_MAX` bodies still coming and
+/// none arriving for `BODIES_STALL` (1 s) is closed, long before that budget; one at the
+/// bound is left to the budget. The exchange's own signed requests, whose bodies follow
+/// their headers, are served as before, a hundred at once on one connection.
+#[tokio::test]
+async fn http2_requests_whose_bodies_never_come_are_bounded_per_connection() {
+    use bidder_sdk::listener::{BODIES_PENDING_MAX, BODIES_STALL};
+    let (client, addr, handle) = start(flat()).await;
+    // `n` requests whose bodies never come, on one connection: how long it lived.
+    let bodiless = |n: u32| async move {
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let t0 = tokio::time::Instant::now();
+        let conn = tokio::spawn(conn);
+        let mut calls = Vec::new();
+        for _ in 0..n {
+            let mut send = send.clone();
+            let req = http::Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{addr}/ping"))
+                .header("content-type", "application/json")
+                .body(NeverBody)
+                .unwrap();
+            calls.push(tokio::spawn(async move { send.send_request(req).await }));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), conn)
+            .await
+            .expect("the bidder ends the connection");
+        for c in calls {
+            c.abort();
+        }
+        t0.elapsed()
+    };
+    // Past the bound: closed once no body has come for BODIES_STALL.
+    let lived = bodiless(BODIES_PENDING_MAX + 8).await;
+    assert!(lived >= BODIES_STALL, "{lived:?}");
+    assert!(
+        lived < Duration::from_secs(4),
+        "closed by the stall rule: {lived:?}"
+    );
+    // At the bound: each body has its own budget (5 s), then the connection ends.
+    let lived = bodiless(BODIES_PENDING_MAX).await;
+    assert!(lived >= Duration::from_secs(4), "{lived:?}");
+    // The exchange's signed pings are served, many at once on one HTTP/2 connection.
+    let h2 = TestClient::new_http2(format!("http://{addr}"), secret());
+    let mut pings = Vec::new();
+    for _ in 0..100 {
+        let c = h2.clone();
+        pings.push(tokio::spawn(async move {
+            c.ping(&sample_ping(&SampleLead::default())).await.unwrap()
+        }));
+    }
+    for p in pings {
+        assert_eq!(p.await.unwrap().raw.status, StatusCode::OK);
+    }
+    let r = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(r.raw.status, StatusCode::OK);
+    handle.shutdown().await.unwrap();
+}

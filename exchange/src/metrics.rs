@@ -430,7 +430,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "pingpost_connections_stalled_total",
-                    "Connections closed because their client left answers unsent, by listener (seller, admin): more than 32, or any with no progress for server.header_read_timeout_ms (an HTTP/2 flow-control window the client never opens).",
+                    "HTTP/2 connections closed because their client stalled them, by listener (seller, admin): more than 32 answers unsent, or any with no progress for server.header_read_timeout_ms (a flow-control window the client never opens); or more than 32 request bodies still coming, none arriving for 1 s.",
                     &["listener"],
                 ),
             ),

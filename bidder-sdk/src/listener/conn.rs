@@ -153,21 +153,35 @@ impl Conn {
         }
     }
 
-    /// Whether the client leaves its answers unsent: more than [`UNSENT_MAX`] of them, or
-    /// any with no progress (a body frame sent, an answer done) for `budget` (the head
-    /// budget, `header_read_timeout_ms`). Then why, and the connection is closed: each
-    /// unsent answer holds memory outside every request limit (black-box round 110b: an
-    /// HTTP/2 client with a flow-control window of 0 held 250 answers a connection until
-    /// the idle timeout). Else when to look again, if an answer waits.
+    /// Whether the client stalls the connection: it leaves more than [`UNSENT_MAX`]
+    /// answers unsent, or any with none going out to its end for `budget` (the head
+    /// budget, `header_read_timeout_ms`); or it has more than [`BODIES_PENDING_MAX`]
+    /// request bodies still coming and none arriving for [`BODIES_STALL`]. Then why, and
+    /// the connection is closed: each holds memory outside every request limit (black-box
+    /// round 110b: an HTTP/2 client with a flow-control window of 0 held 250 answers a
+    /// connection until the idle timeout; round 111c: 256 streams a connection that sent
+    /// headers and no body each held theirs for the body's budget). Else when to look
+    /// again, if any waits.
     fn unsent_verdict(
         &self,
         activity: &Activity,
         now: Instant,
         budget: Duration,
     ) -> Result<Option<Instant>, &'static str> {
+        let mut next = None;
+        let pending = activity.bodies_pending.load(Ordering::Acquire);
+        if pending > BODIES_PENDING_MAX {
+            let due = activity.bodies_progress_at(self.accepted_at) + BODIES_STALL;
+            if now >= due {
+                return Err(
+                    "more request bodies than BODIES_PENDING_MAX still coming, none arriving",
+                );
+            }
+            next = Some(due);
+        }
         let unsent = activity.unsent.load(Ordering::Acquire);
         if unsent == 0 {
-            return Ok(None);
+            return Ok(next);
         }
         if unsent > UNSENT_MAX {
             return Err("more answers than UNSENT_MAX not taken by the client");
@@ -176,7 +190,7 @@ impl Conn {
         if now >= due {
             return Err("answers not taken by the client within the head budget");
         }
-        Ok(Some(due))
+        Ok(Some(next.map_or(due, |n| n.min(due))))
     }
 
     /// `work`, unless the listener stops or this connection is evicted (slots full, no

@@ -78,9 +78,11 @@ impl ConnectionGate {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Connections closed because their client left answers unsent: more than
-    /// [`UNSENT_MAX`](super::UNSENT_MAX), or any with no progress for the head budget
-    /// (an HTTP/2 flow-control window the client never opens), since start.
+    /// HTTP/2 connections closed because their client stalled them, since start: it left
+    /// more than [`UNSENT_MAX`](super::UNSENT_MAX) answers unsent, or any with no progress
+    /// for the head budget (a flow-control window it never opens); or it had more than
+    /// [`BODIES_PENDING_MAX`](super::BODIES_PENDING_MAX) request bodies still coming and
+    /// none arriving for [`BODIES_STALL`](super::BODIES_STALL).
     pub fn stalled(&self) -> u64 {
         self.stalled.load(Ordering::Relaxed)
     }

@@ -93,6 +93,12 @@ pub(super) struct Activity {
     pub(super) unsent_progress_us: AtomicU64,
     /// Woken when the first answer waits unsent, and when more than [`UNSENT_MAX`] do.
     pub(super) unsent_wake: Notify,
+    /// HTTP/2 requests whose bodies have not been read to their end
+    /// ([`BODIES_PENDING_MAX`]).
+    pub(super) bodies_pending: AtomicU32,
+    /// When a pending body was last read to its end (or its request ended), or the first
+    /// of the pending ones came, in µs from `accepted_at`.
+    pub(super) bodies_progress_us: AtomicU64,
 }
 
 /// Answers a connection may hold unsent (a client that does not read them: HTTP/2 flow
@@ -171,6 +177,11 @@ impl Activity {
         accepted_at + Duration::from_micros(self.unsent_progress_us.load(Ordering::Acquire))
     }
 
+    /// When a pending HTTP/2 body last made progress (see `bodies_progress_us`).
+    pub(super) fn bodies_progress_at(&self, accepted_at: Instant) -> Instant {
+        accepted_at + Duration::from_micros(self.bodies_progress_us.load(Ordering::Acquire))
+    }
+
     /// When the bytes of the head being read began to arrive (see `head_started_at_us`).
     pub(super) fn head_started_at(&self, accepted_at: Instant) -> Instant {
         accepted_at + Duration::from_micros(self.head_started_at_us.load(Ordering::Acquire))
@@ -198,6 +209,16 @@ impl Activity {
                 .as_micros();
             u64::try_from(us).unwrap_or(u64::MAX)
         })
+    }
+}
+
+/// Counts an HTTP/2 request's body off its connection's pending ones when dropped (its
+/// request answered, or dropped by hyper), if the service did not mark it read first.
+pub(super) struct PendingBody(BodyRead);
+
+impl Drop for PendingBody {
+    fn drop(&mut self) {
+        self.0.done();
     }
 }
 
@@ -323,6 +344,22 @@ where
             req.extensions_mut().insert(read.clone());
             read
         });
+        // An HTTP/2 body still coming is counted on its connection until it is read or
+        // its request ends (`pending` is dropped with the request's future).
+        let mut pending = None;
+        if !h1 && !req.body().is_end_stream() {
+            let a = &self.activity;
+            let was = a.bodies_pending.fetch_add(1, Ordering::AcqRel);
+            if was == 0 {
+                a.bodies_progress_us.store(a.now_us(), Ordering::Release);
+            }
+            if was == BODIES_PENDING_MAX {
+                a.unsent_wake.notify_one();
+            }
+            let read = BodyRead::pending_on(a);
+            req.extensions_mut().insert(read.clone());
+            pending = Some(PendingBody(read));
+        }
         if let Some(error) = check_head_limits(&req, &self.limits) {
             let status = if error.code == ErrorCode::HeadersTooLarge {
                 if let Some(hook) = &self.on_refused {
@@ -368,6 +405,7 @@ where
                 }
             }
             drop(finished);
+            drop(pending);
             result.map(|r| r.map(|b| Tracked::new(b, &activity)))
         })
     }
