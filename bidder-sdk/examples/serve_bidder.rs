@@ -68,7 +68,11 @@ fn parse_args() -> anyhow::Result<Args> {
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
             "--host" => args.host = value,
-            "--port" => args.port = value.parse().with_context(|| format!("--port {value}"))?,
+            "--port" => {
+                args.port = value.parse().with_context(|| {
+                    format!("--port {value}: a port number from 0 to 65535 (0: any free port)")
+                })?
+            }
             "--secret-env" => args.secret_env = value,
             "--kind" => args.kind = value,
             "--price" => {
@@ -78,7 +82,12 @@ fn parse_args() -> anyhow::Result<Args> {
                     bail!("--price {value}: write a decimal such as 12.50 (digits and at most one '.', no sign or exponent)");
                 }
                 args.price =
-                    Micros::parse_decimal(&value).with_context(|| format!("--price {value}"))?
+                    Micros::parse_decimal(&value).with_context(|| format!("--price {value}"))?;
+                // A bid of 0 is a pass (API.md): a flat bidder at 0 would never bid
+                // (black-box round 112a: started, saying it "bids 0.00").
+                if args.price == Micros(0) {
+                    bail!("--price {value}: must be more than 0 (a bid of 0 is a pass, so this bidder would never bid)");
+                }
             }
             "--states" => args.states = value.split(',').map(|s| s.trim().to_uppercase()).collect(),
             _ => bail!("unknown flag {flag}\n{USAGE}"),
@@ -89,8 +98,19 @@ fn parse_args() -> anyhow::Result<Args> {
     if !matches!(args.kind.as_str(), "flat" | "scorecard") {
         bail!("unknown --kind {}: flat or scorecard\n{USAGE}", args.kind);
     }
-    if let Some(bad) = args.states.iter().find(|s| !proto::schema::is_us_state(s)) {
-        bail!("--states: {bad:?} is not a US state or territory code (such as TX)");
+    // Every bad one at once (round 112a: only the first was named).
+    let bad: Vec<String> = args
+        .states
+        .iter()
+        .filter(|s| !proto::schema::is_us_state(s))
+        .map(|s| format!("{s:?}"))
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "--states: {} {} not a US state or territory code (such as TX)",
+            bad.join(", "),
+            if bad.len() == 1 { "is" } else { "are" }
+        );
     }
     Ok(args)
 }

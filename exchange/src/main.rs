@@ -876,6 +876,12 @@ fn main() -> anyhow::Result<()> {
                 cfg.server.connections_max
             );
         }
+        // The champion each vertical would serve, loaded as a start loads it (black-box
+        // round 112b: a feature change that the serving model cannot take passed the
+        // check, and the start served no model, `/readyz` 503).
+        for w in pingpost::models::champion_warnings(&cfg) {
+            pingpost::say_err!("{w}");
+        }
         // As the start warns (black-box round 74b: --check-config said nothing of it).
         if cfg.admin.token.is_none() {
             pingpost::say_err!(

@@ -1012,6 +1012,36 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     let champion = std::fs::read_to_string(&champion_file).unwrap();
     let promoted_second = versions[1]["promoted"] == true;
     assert_eq!(champion, if promoted_second { "b2" } else { "b1" });
+    // `--check-config` loads the champion as a start would (black-box round 112b: a
+    // feature change the champion cannot take passed it, and the start served no model).
+    let check = |config: &str| {
+        std::process::Command::new(bin)
+            .args(["--config", config, "--check-config"])
+            .envs(env.clone())
+            .env("PINGPOST_TEST_SECRET_FICKLE", "secret-of-buyer-fickle")
+            .output()
+            .unwrap()
+    };
+    let out = check(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("would not load"), "{err}");
+    let changed = ex.config_path.with_file_name("changed.toml");
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    let edited = text.replace(
+        r#"categories = ["poor", "fair", "good", "excellent"]"#,
+        r#"categories = ["poor", "fair", "good", "excellent", "superb"]"#,
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&changed, edited).unwrap();
+    let out = check(changed.to_str().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(&format!(
+            "warning: verticals.{VERTICAL}: the champion model {champion} would not load at start"
+        )),
+        "{err}"
+    );
     // Import a third and make it the champion by the admin API, then roll back.
     let realization = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(realization.path(), model_json(ALL_LEN, 0)).unwrap();

@@ -318,6 +318,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         let read = buf.filled().len().saturating_sub(before);
         if read > 0 {
             let a = &this.activity;
+            // Bytes arriving while HTTP/2 bodies are pending are their progress (DATA
+            // frames): only a connection that sends nothing while more than
+            // BODIES_PENDING_MAX wait is a stalled one (black-box round 112a: bodies
+            // arriving slowly, on a slow link, were closed as "none arriving").
+            if a.bodies_pending.load(Ordering::Relaxed) > 0 {
+                a.bodies_progress_us.store(a.now_us(), Ordering::Release);
+            }
             let before = a.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
             // The first bytes after the last finished request: a new head starts, and its
             // budget counts from now (not from the end of the request before, which may

@@ -96,8 +96,9 @@ pub(super) struct Activity {
     /// HTTP/2 requests whose bodies have not been read to their end
     /// ([`BODIES_PENDING_MAX`]).
     pub(super) bodies_pending: AtomicU32,
-    /// When a pending body was last read to its end (or its request ended), or the first
-    /// of the pending ones came, in µs from `accepted_at`.
+    /// When bytes last arrived while bodies were pending (a DATA frame, most often), a
+    /// pending body was read to its end (or its request ended), or the first of the
+    /// pending ones came, in µs from `accepted_at`.
     pub(super) bodies_progress_us: AtomicU64,
 }
 

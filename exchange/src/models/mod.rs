@@ -248,6 +248,45 @@ pub fn load_served(
 }
 
 /// Loads model set `version` of `vertical` from the model directory, or every problem.
+/// What a start of `cfg` would say of each vertical's champion model, for
+/// `--check-config` (each line begins `warning:` or `note:`): one that cannot be read or would not load (the vertical would serve
+/// no model, cold-start rates, and `/readyz` answer 503 until one is served), and a
+/// `learning.models_dir` that does not exist while a vertical declares features (every
+/// such vertical would serve no model; after a move, name the new directory).
+pub fn champion_warnings(cfg: &crate::config::Config) -> Vec<String> {
+    let learning = &cfg.learning;
+    let mut out = Vec::new();
+    if !learning.models_dir.exists() {
+        if cfg.verticals.iter().any(|v| v.features.is_some()) {
+            out.push(format!(
+                "note: learning.models_dir: {} does not exist, so no vertical would serve a model (cold-start rates): as it should be before the first model is trained or imported; after moving the models, name their new directory",
+                learning.models_dir.display()
+            ));
+        }
+        return out;
+    }
+    for v in &cfg.verticals {
+        match read_champion_checked(learning, &v.name) {
+            Ok(None) => {}
+            Ok(Some(version)) => {
+                if let Err(problems) = load_set(learning, v, &version) {
+                    out.push(format!(
+                        "warning: verticals.{}: the champion model {} would not load at start ({}): the vertical would serve no model (cold-start rates) and /readyz answer 503 until one is served",
+                        v.name,
+                        proto::error::printable_name(&version),
+                        problems.join("; ")
+                    ));
+                }
+            }
+            Err(e) => out.push(format!(
+                "warning: verticals.{}: its CHAMPION cannot be read ({e}): the vertical would serve no model and /readyz answer 503",
+                v.name
+            )),
+        }
+    }
+    out
+}
+
 pub fn load_set(
     learning: &LearningConfig,
     vertical: &Vertical,
