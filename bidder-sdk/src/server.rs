@@ -109,6 +109,12 @@ pub struct ServeOptions {
     /// its timestamp is within tolerance; 0 remembers none. Past it the oldest are
     /// forgotten first (a replay of one of those is then taken).
     pub replay_ids_max: usize,
+    /// Most concurrent HTTP/2 streams per connection (256 by default). Each stream whose
+    /// request is still coming costs about 6 KB, so a bidder open to the internet may
+    /// lower it (with `connections_max` and `connections_per_ip_max`) to bound what a
+    /// client without the secret can make it hold; the exchange opens as many streams
+    /// as it has calls to the bidder in flight, and waits for a free one past it.
+    pub h2_streams_per_connection_max: u32,
 }
 
 impl ServeOptions {
@@ -133,6 +139,7 @@ impl ServeOptions {
             headers_max: HEADERS_MAX_DEFAULT,
             tls: None,
             replay_ids_max: REPLAY_IDS_MAX_DEFAULT,
+            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX,
         }
     }
 
@@ -148,7 +155,7 @@ impl ServeOptions {
             h2_keepalive_timeout_ms: self.h2_keepalive_timeout_ms,
             header_bytes_max: self.header_bytes_max,
             headers_max: self.headers_max,
-            h2_streams_per_connection_max: H2_STREAMS_PER_CONNECTION_MAX,
+            h2_streams_per_connection_max: self.h2_streams_per_connection_max.max(1),
             drain_timeout_ms: self.drain_timeout_ms,
             accept_errors_max: ACCEPT_ERRORS_CONSECUTIVE_MAX,
         }

@@ -904,3 +904,31 @@ async fn http2_bodies_that_arrive_slowly_are_served() {
     assert!(!conn.is_finished(), "the connection is kept");
     handle.shutdown().await.unwrap();
 }
+
+/// `ServeOptions::h2_streams_per_connection_max` is what the server announces in its
+/// HTTP/2 SETTINGS (`SETTINGS_MAX_CONCURRENT_STREAMS`): a bidder open to the internet can
+/// lower what one connection holds (black-box round 112a).
+#[tokio::test]
+async fn the_http2_stream_bound_is_an_option() {
+    let options = ServeOptions {
+        h2_streams_per_connection_max: 4,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(flat(), options).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 4, "a SETTINGS frame first: {head:?}");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    let max_streams = payload
+        .chunks(6)
+        .find(|p| p[..2] == [0, 3])
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    assert_eq!(max_streams, Some(4), "{payload:?}");
+    handle.shutdown().await.unwrap();
+}
