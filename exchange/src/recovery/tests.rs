@@ -28,6 +28,15 @@ fn lines_that_are_not_records_are_counted_with_why() {
         )]
     );
     assert_eq!(scan.newer, 1);
+    assert!(scan.unknown_types.is_empty(), "{:?}", scan.unknown_types);
+    // Round 112b: a type this pingpost does not know is counted for the start's warning
+    // (it said nothing); every type the exchange writes is known.
+    let text = "{\"type\":\"payout_batch\",\"v\":5}\n{\"type\":\"payout_batch\",\"v\":5}\n{\"type\":\"post_sent\",\"v\":5,\"buyer\":\"b\",\"lead_id\":\"l\"}\n{\"type\":\"quote_expired\",\"v\":5}\n";
+    let scan = Scan::of_text(text);
+    assert_eq!(
+        scan.unknown_types.into_iter().collect::<Vec<_>>(),
+        [("payout_batch".to_string(), 2)]
+    );
 }
 
 /// Black-box round 93b: a byte that is not UTF-8 in a segment stopped the start
