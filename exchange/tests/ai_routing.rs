@@ -1034,6 +1034,29 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     );
     assert_ne!(edited, text);
     std::fs::write(&changed, edited).unwrap();
+    // A models directory that is a file is named as such (round 113a: told as an
+    // unreadable CHAMPION).
+    let file = ex.config_path.with_file_name("models-is-a-file");
+    std::fs::write(&file, "hi").unwrap();
+    let models_line = text
+        .lines()
+        .find(|l| l.starts_with("models_dir = "))
+        .expect("the test configuration names its models directory");
+    let at_file = ex.config_path.with_file_name("at-file.toml");
+    std::fs::write(
+        &at_file,
+        text.replace(
+            models_line,
+            &format!("models_dir = {:?}", file.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let out = check(at_file.to_str().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("warning: learning.models_dir: ") && err.contains("is not a directory"),
+        "{err}"
+    );
     let out = check(changed.to_str().unwrap());
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(

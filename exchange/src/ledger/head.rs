@@ -44,6 +44,9 @@ pub fn create_in(dir: &File, seq: u64) -> io::Result<File> {
         // the hint said to remove a file of that name).
         let hint = if e == rustix::io::Errno::NOENT {
             "the ledger directory itself is gone (removed or moved away)"
+        } else if e == rustix::io::Errno::ISDIR {
+            // Round 113a: a directory there was told to be removed as "a file".
+            "the exchange writes its HEAD through that name: remove the directory of that name (rmdir), and check the directory can be written"
         } else {
             "the exchange writes its HEAD through that name: remove a file of that name, and check the directory can be written"
         };

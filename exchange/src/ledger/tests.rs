@@ -1033,3 +1033,19 @@ fn a_missing_parent_a_file_and_an_unwritable_directory_are_clear_errors() {
     drop(Ledger::open(&fresh, 4096, |_| {}).unwrap());
     assert!(fresh.join(segments::segment_name(1)).is_file());
 }
+
+/// Black-box round 113a: a directory named `HEAD.new` stops the start, and the message
+/// said to remove "a file of that name".
+#[test]
+fn a_head_new_directory_is_told_as_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("HEAD.new")).unwrap();
+    let dir = std::fs::File::open(tmp.path()).unwrap();
+    let e = head::create_in(&dir, 1).unwrap_err().to_string();
+    assert!(e.starts_with("HEAD.new: "), "{e}");
+    assert!(
+        e.contains("remove the directory of that name (rmdir)"),
+        "{e}"
+    );
+    assert!(!e.contains("a file of that name"), "{e}");
+}

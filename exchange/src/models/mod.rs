@@ -265,6 +265,14 @@ pub fn champion_warnings(cfg: &crate::config::Config) -> Vec<String> {
         }
         return out;
     }
+    // Round 113a: a file there was told as each vertical's unreadable CHAMPION.
+    if !learning.models_dir.is_dir() {
+        out.push(format!(
+            "warning: learning.models_dir: {} is not a directory: a start reads no CHAMPION there, its verticals serve no model and /readyz answers 503; name the models directory",
+            learning.models_dir.display()
+        ));
+        return out;
+    }
     for v in &cfg.verticals {
         match read_champion_checked(learning, &v.name) {
             Ok(None) => {}
