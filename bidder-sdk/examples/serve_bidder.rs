@@ -40,7 +40,8 @@ struct Args {
     states: Vec<String>,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
+/// The arguments after the program's name; `None` for `--help` (the usage is printed).
+fn parse_args(argv: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Args>> {
     let mut args = Args {
         host: "127.0.0.1".into(),
         port: 9101,
@@ -49,11 +50,11 @@ fn parse_args() -> anyhow::Result<Args> {
         price: Micros(10_000_000),
         states: vec!["TX".into()],
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = argv.into_iter();
+    let mut seen: Vec<String> = Vec::new();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
+            return Ok(None);
         }
         // An unknown flag is said as such, last or not (black-box round 111a: the last
         // argument was told it "needs a value").
@@ -63,6 +64,11 @@ fn parse_args() -> anyhow::Result<Args> {
         ) {
             bail!("unknown flag {flag}\n{USAGE}");
         }
+        // Given twice, which one was meant is anyone's guess (round 113a: the last won).
+        if seen.contains(&flag) {
+            bail!("{flag} is given more than once: give it once\n{USAGE}");
+        }
+        seen.push(flag.clone());
         let value = it
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -112,7 +118,7 @@ fn parse_args() -> anyhow::Result<Args> {
             if bad.len() == 1 { "is" } else { "are" }
         );
     }
-    Ok(args)
+    Ok(Some(args))
 }
 
 async fn run<B: Bidder>(
@@ -133,7 +139,10 @@ async fn run<B: Bidder>(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let Some(args) = parse_args(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     let secret_text = std::env::var(&args.secret_env)
         .with_context(|| format!("environment variable {} is not set", args.secret_env))?;
     let secret =
@@ -161,5 +170,57 @@ async fn main() -> anyhow::Result<()> {
         "flat" => run(FlatBidder::new(args.price, args.states), listener, options).await,
         "scorecard" => run(ScorecardBidder::default(), listener, options).await,
         other => bail!("unknown --kind {other}: flat or scorecard"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn parse(line: &str) -> anyhow::Result<Option<Args>> {
+        parse_args(line.split_whitespace().map(String::from))
+    }
+
+    fn refusal(line: &str) -> String {
+        let e = parse(line).expect_err(line);
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn takes_each_flag_and_keeps_the_defaults_of_the_others() {
+        let a = parse("--port 9300 --price 12.50 --states tx,ok")
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.port, 9300);
+        assert_eq!(a.price, Micros(12_500_000));
+        assert_eq!(a.states, ["TX", "OK"]);
+        assert_eq!((a.host.as_str(), a.kind.as_str()), ("127.0.0.1", "flat"));
+        assert_eq!(a.secret_env, "BUYER_SECRET");
+        assert!(parse("--port 1 --help").unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_each_bad_argument_naming_it() {
+        for (line, said) in [
+            // Round 113a: the last of a repeated flag won in silence.
+            ("--port 9300 --port 9301", "--port is given more than once"),
+            (
+                "--price 1 --kind flat --price 2",
+                "--price is given more than once",
+            ),
+            // Round 111a: an unknown last flag was told it "needs a value".
+            ("--port 9300 --prize", "unknown flag --prize"),
+            ("--port", "--port needs a value"),
+            ("--port 70000", "a port number from 0 to 65535"),
+            ("--price 0", "must be more than 0"),
+            ("--price -1", "write a decimal such as 12.50"),
+            ("--price 1e3", "write a decimal such as 12.50"),
+            ("--kind auction", "unknown --kind auction"),
+            ("--states TX,XX,YY", "\"XX\", \"YY\" are not a US state"),
+        ] {
+            let e = refusal(line);
+            assert!(e.contains(said), "{line}: {e}");
+        }
     }
 }

@@ -68,8 +68,26 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
         .map_err(|e| std::io::Error::other(format!("marking the start in the ledger: {e}")))?;
     // Each vertical's champion model, if the model directory names one (a broken one is
     // logged and the vertical starts on the cold-start rates).
+    note_missing_models_dir(&state.runtime.load().config);
     state.sync_champions_at_start();
     Ok(Arc::new(state))
+}
+
+/// Says at the start that `learning.models_dir` does not exist while a vertical
+/// declares features, so no vertical serves a model (black-box round 113a: a models
+/// directory moved away was said only by `--check-config`, and a start served the
+/// cold-start rates in silence). An info line: before the first model is trained or
+/// imported, it is as it should be.
+fn note_missing_models_dir(cfg: &crate::config::Config) {
+    let dir = &cfg.learning.models_dir;
+    if !dir.exists() && cfg.verticals.iter().any(|v| v.features.is_some()) {
+        tracing::info!(
+            models_dir = %dir.display(),
+            "learning.models_dir does not exist, so no vertical serves a model (cold-start \
+             rates): as it should be before the first model is trained or imported; after \
+             moving the models, name their new directory"
+        );
+    }
 }
 
 /// Watches the model directory: every `learning.watch_ms`, serves each vertical's

@@ -1975,3 +1975,55 @@ async fn verify_rechecks_payouts_across_model_swaps_and_starts_a_run_at_a_reload
         "{out}"
     );
 }
+
+/// Black-box round 113a: a start whose `learning.models_dir` does not exist (the models
+/// moved away) served the cold-start rates and said nothing in its log; only
+/// `--check-config` told. The start says so once, and says nothing when it exists.
+#[test]
+fn a_start_without_its_models_directory_says_so_in_its_log() {
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let said_on_start = |make_models_dir: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger");
+        if make_models_dir {
+            std::fs::create_dir_all(dir.path().join("models")).unwrap();
+        }
+        let config = TestConfig::new().load_edited(&ledger, with_features("watch_ms = 0"));
+        let log = Captured::default();
+        let writer = log.clone();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let state = tracing::dispatcher::with_default(&dispatch, || {
+            pingpost::app::build_state(config, pingpost::clock::Clock::system()).unwrap()
+        });
+        drop(state);
+        let said = log.0.lock().unwrap().clone();
+        String::from_utf8(said).unwrap()
+    };
+    let missing = said_on_start(false);
+    let lines: Vec<&str> = missing
+        .lines()
+        .filter(|l| l.contains("learning.models_dir does not exist"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{missing}");
+    assert!(lines[0].contains("cold-start"), "{}", lines[0]);
+    let present = said_on_start(true);
+    assert!(
+        !present.contains("learning.models_dir does not exist"),
+        "{present}"
+    );
+}

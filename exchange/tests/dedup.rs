@@ -396,7 +396,13 @@ async fn a_late_accept_makes_a_duplicate_live_and_after_a_restart() {
     // so another post of it waits rather than selling it to a second buyer (black-box
     // round 29: it sold).
     let r = client.post_json("/v1/leads", &direct_body("TX")).await;
-    r.assert_error(409, "conflict");
+    let err = r.assert_error(409, "conflict");
+    // Said why, though the post was answered (black-box round 114b: "in flight" only).
+    let said = err["message"].as_str().unwrap();
+    assert!(
+        said.contains("timed out on it is still heard out (up to 10 s"),
+        "{said}"
+    );
     a.open_posts();
     let b = first.state.runtime.load().config.buyers[0].clone();
     tokio::time::timeout(EVENT_WAIT_MAX, async {
