@@ -1064,15 +1064,13 @@ async fn reload_on_sighup(
         };
         while hup.recv().await.is_some() {
             let st = state.clone();
-            let result = tokio::task::spawn_blocking(move || st.reload()).await;
+            let result = tokio::task::spawn_blocking(move || st.reload_by("SIGHUP")).await;
             match result {
-                Ok(Ok(generation)) => {
+                Ok(Ok(_)) => {
                     state.metrics.reloads.with_label_values(&["applied"]).inc();
-                    tracing::info!(generation, "SIGHUP: configuration reloaded");
                 }
-                Ok(Err(e)) => {
+                Ok(Err(_)) => {
                     state.metrics.reloads.with_label_values(&["refused"]).inc();
-                    tracing::error!(error = %e, "SIGHUP: reload refused; the running configuration stays");
                 }
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
             }

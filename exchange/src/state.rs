@@ -810,6 +810,34 @@ impl AppState {
     /// ([`AppState::apply_config`]). Blocking (reads a file): call it off the event loop.
     pub fn reload(&self) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock();
+        self.reload_locked()
+    }
+
+    /// [`AppState::reload`] for `by` (`SIGHUP`, `POST /admin/reload`), its outcome logged
+    /// before another reload can run: the log says reloads in the order they were
+    /// applied, and a refusal names the generation that stays (black-box round 114c: two
+    /// callers at once logged generation 693 before 692).
+    pub fn reload_by(&self, by: &'static str) -> Result<u64, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock();
+        let result = self.reload_locked();
+        match &result {
+            Ok(generation) => tracing::info!(generation, "{by}: configuration reloaded"),
+            Err(ReloadError::Invalid(fields)) => tracing::warn!(
+                problems = fields.len(),
+                generation = self.generation(),
+                error = %Problems(fields),
+                "{by}: configuration reload refused; the running configuration stays"
+            ),
+            Err(e) => tracing::error!(
+                generation = self.generation(),
+                error = %e,
+                "{by}: configuration reload refused; the running configuration stays"
+            ),
+        }
+        result
+    }
+
+    fn reload_locked(&self) -> Result<u64, ReloadError> {
         let source = self.source.lock().clone().ok_or(ReloadError::NoSource)?;
         let config = source().map_err(|e| {
             ReloadError::Invalid(e.0.iter().map(|m| field_problem(&in_reload(m))).collect())

@@ -938,3 +938,85 @@ async fn changed_breaker_keys_are_each_named() {
     );
     assert_eq!(ex.state.generation(), 1);
 }
+
+/// Black-box round 114c: reloads from two callers at once were logged out of order
+/// (generation 693 before 692), and a refusal's line could name a generation a reload
+/// after it made. Each reload is logged before the next can run: the applied ones in
+/// increasing generations, and each refusal with the generation of the applied line
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reloads_are_logged_in_the_order_they_were_applied() {
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+    let good = std::fs::read_to_string(&ex.config_path).unwrap();
+    let log = Captured::default();
+    let writer = log.clone();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (state, dispatch) = (ex.state.clone(), dispatch.clone());
+            let (path, good) = (ex.config_path.clone(), good.clone());
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    for i in 0..100 {
+                        // One thread breaks the file now and then, another mends it.
+                        if t == 0 && i % 5 == 0 {
+                            std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
+                        } else if t == 1 && i % 5 == 2 {
+                            std::fs::write(&path, &good).unwrap();
+                        }
+                        let _ = state.reload_by("test");
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let said = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let generation_in = |line: &str| -> u64 {
+        let at = line.find("generation=").unwrap() + "generation=".len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (mut last, mut applied, mut refused) = (1u64, 0, 0);
+    for line in said.lines() {
+        if line.contains("test: configuration reloaded") {
+            let g = generation_in(line);
+            assert_eq!(g, last + 1, "applied out of order: {line}\n{said}");
+            last = g;
+            applied += 1;
+        } else if line.contains("test: configuration reload refused") {
+            assert_eq!(generation_in(line), last, "{line}\n{said}");
+            refused += 1;
+        }
+    }
+    assert_eq!(applied + refused, 400, "{said}");
+    assert!(
+        applied > 0 && refused > 0,
+        "{applied} applied, {refused} refused"
+    );
+    assert_eq!(ex.state.generation(), last);
+}

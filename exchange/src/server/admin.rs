@@ -163,7 +163,7 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
 async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
     let st = state.clone();
     // Reading the file blocks; reloads are serialized inside.
-    let result = tokio::task::spawn_blocking(move || st.reload())
+    let result = tokio::task::spawn_blocking(move || st.reload_by("POST /admin/reload"))
         .await
         .unwrap_or_else(|_| {
             Err(ReloadError::Failed(
@@ -361,12 +361,12 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
     }
 }
 
-/// The HTTP answer for a reload result (also logs and counts it).
+/// The HTTP answer for a reload result (also counts it; [`AppState::reload_by`] logged
+/// it).
 pub fn reload_answer(state: &AppState, result: Result<u64, ReloadError>) -> Response<Body> {
     match result {
         Ok(generation) => {
             state.metrics.reloads.with_label_values(&["applied"]).inc();
-            tracing::info!(generation, "configuration reloaded");
             json_response(200, format!("{{\"generation\":{generation}}}").into_bytes())
         }
         Err(ReloadError::NoSource) => {
@@ -381,17 +381,10 @@ pub fn reload_answer(state: &AppState, result: Result<u64, ReloadError>) -> Resp
         }
         Err(ReloadError::Failed(why)) => {
             state.metrics.reloads.with_label_values(&["refused"]).inc();
-            tracing::error!(error = %why, "configuration reload failed; the running configuration stays");
             error_response(state, &ApiError::new(ErrorCode::Internal, why))
         }
         Err(ReloadError::Invalid(fields)) => {
             state.metrics.reloads.with_label_values(&["refused"]).inc();
-            tracing::warn!(
-                problems = fields.len(),
-                generation = state.generation(),
-                error = %crate::state::Problems(&fields),
-                "configuration reload refused; the running configuration stays"
-            );
             error_response(
                 state,
                 &ApiError::from_fields(ErrorCode::InvalidRequest, fields),
