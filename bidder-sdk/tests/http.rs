@@ -758,12 +758,18 @@ async fn http2_requests_whose_bodies_never_come_are_bounded_per_connection() {
     use bidder_sdk::listener::{BODIES_PENDING_MAX, BODIES_STALL};
     let (client, addr, handle) = start(flat()).await;
     // `n` requests whose bodies never come, on one connection: how long it lived.
-    let bodiless = |n: u32| async move {
+    // With `pings`, the client sends a PING every 200 ms meanwhile.
+    let bodiless = |n: u32, pings: bool| async move {
         let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
+        let mut builder =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        if pings {
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_millis(200))
+                .keep_alive_while_idle(true);
+        }
+        let (send, conn) = builder.handshake(io).await.unwrap();
         let t0 = tokio::time::Instant::now();
         let conn = tokio::spawn(conn);
         let mut calls = Vec::new();
@@ -785,15 +791,18 @@ async fn http2_requests_whose_bodies_never_come_are_bounded_per_connection() {
         }
         t0.elapsed()
     };
-    // Past the bound: closed once no body has come for BODIES_STALL.
-    let lived = bodiless(BODIES_PENDING_MAX + 8).await;
-    assert!(lived >= BODIES_STALL, "{lived:?}");
-    assert!(
-        lived < Duration::from_secs(4),
-        "closed by the stall rule: {lived:?}"
-    );
+    // Past the bound: closed once no body has come for BODIES_STALL; PINGs are not a
+    // body's bytes (black-box round 114a: they held the streams for the body budget).
+    for pings in [false, true] {
+        let lived = bodiless(BODIES_PENDING_MAX + 8, pings).await;
+        assert!(lived >= BODIES_STALL, "{lived:?}");
+        assert!(
+            lived < Duration::from_secs(4),
+            "closed by the stall rule (PINGs {pings}): {lived:?}"
+        );
+    }
     // At the bound: each body has its own budget (5 s), then the connection ends.
-    let lived = bodiless(BODIES_PENDING_MAX).await;
+    let lived = bodiless(BODIES_PENDING_MAX, false).await;
     assert!(lived >= Duration::from_secs(4), "{lived:?}");
     // The exchange's signed pings are served, many at once on one HTTP/2 connection.
     let h2 = TestClient::new_http2(format!("http://{addr}"), secret());

@@ -874,3 +874,52 @@ async fn a_seller_over_its_own_in_flight_limit_is_refused_and_the_others_are_ser
     let again = ex.client.ping("TX").await;
     assert_eq!(again.status, proto::seller::PingStatus::Bid, "{again:?}");
 }
+
+/// Black-box round 114a: without any seller's `requests_in_flight_max`, one seller could
+/// take every place of `server.requests_in_flight_max` (HTTP/2 requests whose bodies never
+/// came, held for the body budget), and every other seller got `503 overloaded`. With
+/// several sellers, each may take half of them unless its own limit says otherwise.
+#[tokio::test]
+async fn with_several_sellers_one_takes_at_most_half_of_the_places_by_default() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let ex = TestConfig::new()
+        .buyer(buyer)
+        .with(|c| c.requests_in_flight_max = 4)
+        .start_edited(|t| t.replacen("rate_per_s = 1\n", "", 1))
+        .await;
+    assert!(ex.state.runtime.load().config.sellers.len() > 1);
+    // The main seller's two posts wait on the buyer: half of the four places.
+    let (q1, q2) = (ex.client.ping("TX").await, ex.client.ping("TX").await);
+    bidder.close_posts();
+    let mut posts = Vec::new();
+    for q in [q1, q2] {
+        let client = ex.client.clone();
+        posts.push(tokio::spawn(
+            async move { client.post(&q.ping_id, "TX").await },
+        ));
+    }
+    bidder.wait_posts(2).await;
+    let refused = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    let e = refused.assert_error(429, "rate_limited");
+    let said = e["message"].as_str().unwrap();
+    assert!(
+        said.contains(
+            "this seller has 2 request(s) in flight, half of server.requests_in_flight_max"
+        ),
+        "{said}"
+    );
+    // Another seller is served meanwhile, with the places left.
+    let other = ex
+        .client
+        .post_json_with("/v1/ping", THROTTLED_KEY, &[], &ping_body("TX"))
+        .await
+        .ping_answer();
+    assert_eq!(other.status, proto::seller::PingStatus::Bid, "{other:?}");
+    bidder.open_posts();
+    for p in posts {
+        assert_eq!(p.await.unwrap().status, proto::seller::PostStatus::Sold);
+    }
+    let again = ex.client.ping("TX").await;
+    assert_eq!(again.status, proto::seller::PingStatus::Bid, "{again:?}");
+}

@@ -84,6 +84,8 @@ pub(super) struct Counted<I> {
     pub(super) replacing: Option<Replacing>,
     /// The HTTP/2 frames written so far, for the answers that went out to their end.
     pub(super) frames: FrameScan,
+    /// The HTTP/2 frames read so far, for the bytes of request bodies among them.
+    pub(super) frames_in: InScan,
 }
 
 /// Reads the frames an HTTP/2 connection writes, to count the answers that went out to
@@ -140,6 +142,85 @@ impl FrameScan {
             }
         }
         ended
+    }
+}
+
+/// Reads the frames an HTTP/2 client sends, to tell the bytes of request bodies (DATA
+/// frames' data) from the rest: a PING, a WINDOW_UPDATE, SETTINGS, an empty or a padding-
+/// only DATA frame keeps a connection busy without bringing any body nearer its end
+/// (black-box round 114a: a PING every 200 ms held 256 bodiless streams for the whole
+/// body budget instead of [`BODIES_STALL`]). A connection that does not begin with the
+/// client preface (HTTP/1.x) is not read: all its bytes count.
+#[derive(Debug, Default)]
+pub(crate) struct InScan {
+    /// Bytes of the preface matched so far; `None` once it did not match (HTTP/1.x).
+    preface: Option<usize>,
+    not_h2: bool,
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: usize,
+    /// Of them, the data bytes still to come (counted).
+    data_left: usize,
+    /// The current DATA frame is padded and its pad length byte is next.
+    pad_next: bool,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FLAG_PADDED: u8 = 0x8;
+
+impl InScan {
+    /// Reads `read` (bytes the client sent, in order) and returns how many of them are
+    /// request body data: all of them on a connection that is not HTTP/2.
+    pub(super) fn body_bytes(&mut self, mut read: &[u8]) -> usize {
+        if self.not_h2 {
+            return read.len();
+        }
+        let seen = self.preface.unwrap_or(0);
+        if seen < PREFACE.len() {
+            let n = (PREFACE.len() - seen).min(read.len());
+            if read[..n] != PREFACE[seen..seen + n] {
+                // Not HTTP/2: the bytes taken for the preface's count too.
+                self.not_h2 = true;
+                return seen + read.len();
+            }
+            self.preface = Some(seen + n);
+            read = &read[n..];
+        }
+        let mut body = 0;
+        while !read.is_empty() {
+            if self.skip > 0 {
+                if self.pad_next {
+                    self.pad_next = false;
+                    self.skip -= 1;
+                    self.data_left = self.skip.saturating_sub(usize::from(read[0]));
+                    read = &read[1..];
+                    continue;
+                }
+                let n = self.skip.min(read.len());
+                let data = n.min(self.data_left);
+                body += data;
+                self.data_left -= data;
+                self.skip -= n;
+                read = &read[n..];
+                continue;
+            }
+            let n = (9 - self.head_len).min(read.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&read[..n]);
+            self.head_len += n;
+            read = &read[n..];
+            if self.head_len == 9 {
+                let h = self.head;
+                let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.skip = len;
+                self.head_len = 0;
+                let data = h[3] == FRAME_DATA;
+                self.pad_next = data && h[4] & FLAG_PADDED != 0 && len > 0;
+                self.data_left = if data && !self.pad_next { len } else { 0 };
+            }
+        }
+        body
     }
 }
 
@@ -318,11 +399,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         let read = buf.filled().len().saturating_sub(before);
         if read > 0 {
             let a = &this.activity;
-            // Bytes arriving while HTTP/2 bodies are pending are their progress (DATA
-            // frames): only a connection that sends nothing while more than
-            // BODIES_PENDING_MAX wait is a stalled one (black-box round 112a: bodies
-            // arriving slowly, on a slow link, were closed as "none arriving").
-            if a.bodies_pending.load(Ordering::Relaxed) > 0 {
+            // Body bytes arriving while HTTP/2 bodies are pending are their progress
+            // (DATA frames' data, not PINGs or empty frames): only a connection that sends
+            // none while more than BODIES_PENDING_MAX wait is a stalled one (black-box
+            // round 112a: bodies arriving slowly, on a slow link, were closed as "none
+            // arriving"; round 114a: PINGs passed for progress).
+            let body = this.frames_in.body_bytes(&buf.filled()[before..]);
+            if body > 0 && a.bodies_pending.load(Ordering::Relaxed) > 0 {
                 a.bodies_progress_us.store(a.now_us(), Ordering::Release);
             }
             let before = a.bytes_in.fetch_add(read as u64, Ordering::Relaxed);

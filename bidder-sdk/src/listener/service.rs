@@ -108,6 +108,11 @@ pub(super) struct Activity {
 /// 429 refusals included, until the idle timeout).
 pub const UNSENT_MAX: u32 = 32;
 
+/// How long a connection with more than [`UNSENT_MAX`] answers unsent may go without one
+/// of them going out to its end before it is closed. A client that reads its answers takes
+/// one within it, however many it asked for at once.
+pub const UNSENT_STALL: Duration = Duration::from_secs(1);
+
 /// An answer's body. Over HTTP/2 it is counted among its connection's unsent answers
 /// ([`Activity::unsent`]) from when the service made it; the frame scan of the
 /// connection's writes takes it off once its stream's last frame is written. Over

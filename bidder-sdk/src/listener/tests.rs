@@ -7,7 +7,7 @@ use tokio::io::AsyncWrite;
 
 use super::*;
 use super::{
-    counted::{bare_answer_replacement, Counted},
+    counted::{bare_answer_replacement, Counted, InScan},
     gate::{eviction_grace, ConnectionGate, Listed},
     service::{check_head_limits, Activity},
 };
@@ -55,6 +55,7 @@ fn counted(step: usize) -> Counted<Trickle> {
         on_refused: None,
         replacing: None,
         frames: Default::default(),
+        frames_in: Default::default(),
     }
 }
 
@@ -298,4 +299,54 @@ fn per_ip_slots_are_counted_and_released() {
     let _z = exempt.admit(v6).unwrap();
     assert!(exempt.admit(v6).is_some());
     assert_eq!(exempt.refused_per_ip(), 0);
+}
+
+/// An HTTP/2 frame: its 9-byte head and `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn the_read_scan_counts_only_body_data() {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const WINDOW_UPDATE: u8 = 8;
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(frame(SETTINGS, 0, 0, &[0; 6]));
+    wire.extend(frame(HEADERS, 4, 1, &[0x83; 20]));
+    wire.extend(frame(PING, 0, 0, &[7; 8]));
+    wire.extend(frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]));
+    wire.extend(frame(DATA, 0, 1, &[])); // empty: no body byte
+    wire.extend(frame(DATA, 0, 1, b"hello")); // 5
+                                              // Padded: a pad length of 3, then 4 data bytes and the 3 of padding.
+    wire.extend(frame(DATA, 0x8, 1, &[3, b'w', b'o', b'r', b'l', 0, 0, 0]));
+    // Padding only (pad length 6 in a payload of 7): no body byte.
+    wire.extend(frame(DATA, 0x8, 1, &[6, 0, 0, 0, 0, 0, 0]));
+    wire.extend(frame(PING, 1, 0, &[7; 8]));
+    // The same count whatever the reads' sizes (a frame head or the preface split).
+    for step in [1, 2, 5, 9, 24, 1000] {
+        let mut scan = InScan::default();
+        let counted: usize = wire.chunks(step).map(|c| scan.body_bytes(c)).sum();
+        assert_eq!(counted, 9, "reads of {step}");
+    }
+    // Pings alone, after the preface: nothing.
+    let mut scan = InScan::default();
+    let mut pings = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        pings.extend(frame(PING, 0, 0, &[1; 8]));
+    }
+    assert_eq!(scan.body_bytes(&pings), 0);
+    // HTTP/1.x: every byte counts, the first read split inside the method too.
+    let h1 = b"POST /ping HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut scan = InScan::default();
+    assert_eq!(
+        scan.body_bytes(&h1[..1]) + scan.body_bytes(&h1[1..]),
+        h1.len()
+    );
 }

@@ -322,6 +322,25 @@ pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str>
     bidder_sdk::listener::json_headers_problem(req.headers())
 }
 
+/// How many of its requests `seller` may have in flight, and whether that is its own
+/// `requests_in_flight_max`: unset, half of `server.requests_in_flight_max` (rounded up)
+/// when the configuration has more than one seller, so that one seller cannot take every
+/// place from the others (black-box round 114a: a seller's HTTP/2 requests whose bodies
+/// never came held all 4,096 for the body budget, and the others got `503`); with one
+/// seller, only the server's limit.
+pub(super) fn seller_in_flight_max(
+    config: &crate::config::Config,
+    seller: SellerIdx,
+) -> Option<(usize, bool)> {
+    match config.sellers[seller].requests_in_flight_max {
+        Some(max) => Some((max, true)),
+        None if config.sellers.len() > 1 => {
+            Some((config.server.requests_in_flight_max.div_ceil(2), false))
+        }
+        None => None,
+    }
+}
+
 pub(super) async fn seller_request(
     state: &Arc<AppState>,
     route: &'static str,
@@ -336,13 +355,18 @@ pub(super) async fn seller_request(
     };
     // Per-seller state (rate, idempotency keys, quotes) is keyed by the stable key.
     let seller_key = rt.config.sellers[seller].key;
-    if let Some(max) = rt.config.sellers[seller].requests_in_flight_max {
+    if let Some((max, own)) = seller_in_flight_max(&rt.config, seller) {
         if !permit.take_seller_place(seller_key, max) {
+            let whose = if own {
+                "its requests_in_flight_max"
+            } else {
+                "half of server.requests_in_flight_max, each seller's share when there are several and its own requests_in_flight_max is not set"
+            };
             return error_response(
                 state,
                 &ApiError::new(
                     ErrorCode::RateLimited,
-                    format!("this seller has {max} request(s) in flight, its requests_in_flight_max; retry when one has been answered"),
+                    format!("this seller has {max} request(s) in flight, {whose}; retry when one has been answered"),
                 ),
             );
         }
