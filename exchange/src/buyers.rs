@@ -171,21 +171,28 @@ impl H2Pool {
         }
     }
 
-    /// The host's connection, or a new one.
+    /// The host's connection, or a new one; and whether it is new.
     async fn checkout(
         &self,
         https: bool,
         authority: &str,
         uri: &Uri,
-    ) -> Result<H2Sender, CallError> {
+    ) -> Result<(H2Sender, bool), CallError> {
         match self.take(https, authority) {
-            Some(tx) => Ok(tx),
-            None => Box::pin(self.connect(https, authority, uri)).await,
+            Some(tx) => Ok((tx, false)),
+            None => Box::pin(self.connect(https, authority, uri))
+                .await
+                .map(|tx| (tx, true)),
         }
     }
 
     /// Sends `req` (whose URI is absolute) on `first` (a connection checked out for it),
-    /// else on the host's connection, or on a new one.
+    /// else on the host's connection, or on a new one. With `spare` (a copy of `req`), a
+    /// request that a kept connection refused because its buyer had sent GOAWAY is sent
+    /// once more on a new connection: a stream the GOAWAY refused was never processed
+    /// (RFC 9113 6.8), and the buyer's next request would otherwise fail as well
+    /// (black-box round 115c: the first ping after an HTTP/2 buyer's GOAWAY failed in
+    /// 0.1 ms without reaching it).
     async fn send(
         &self,
         https: bool,
@@ -193,11 +200,35 @@ impl H2Pool {
         uri: &Uri,
         req: Request<Full<Bytes>>,
         first: Option<H2Sender>,
+        spare: Option<Box<Request<Full<Bytes>>>>,
     ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
-        let mut tx = match first {
-            Some(tx) => tx,
+        let (mut tx, fresh) = match first {
+            Some(tx) => (tx, false),
             None => self.checkout(https, authority, uri).await?,
         };
+        let sent = match tx.ready().await {
+            Ok(()) => tx.send_request(req).await,
+            Err(e) => Err(e),
+        };
+        match (sent, spare) {
+            (Ok(resp), _) => Ok(resp),
+            // Boxed: every HTTP/2 ping's future would carry its room for the rare resend.
+            (Err(e), Some(spare)) if !fresh && refused_by_go_away(&e) => {
+                Box::pin(self.resend(https, authority, uri, *spare)).await
+            }
+            (Err(_), _) => Err(CallError::Transport),
+        }
+    }
+
+    /// Sends `req` on a new connection to its host (kept as the host's connection).
+    async fn resend(
+        &self,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
+        let mut tx = self.connect(https, authority, uri).await?;
         tx.ready().await.map_err(|_| CallError::Transport)?;
         tx.send_request(req).await.map_err(|_| CallError::Transport)
     }
@@ -243,6 +274,26 @@ impl H2Pool {
         }
         Ok(tx)
     }
+}
+
+/// Whether an HTTP/2 call failed because its buyer had sent GOAWAY before the stream was
+/// processed: h2 refuses new streams on such a connection, and fails those above the
+/// GOAWAY's last stream id, with the GOAWAY's own error (streams the buyer processed end
+/// as they would have, or with another error).
+fn refused_by_go_away(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h| h.is_go_away() && h.is_remote())
+}
+
+/// A copy of `req` to send again ([`H2Pool::send`]): the same method, URI, headers and
+/// body (the body's bytes are shared).
+fn spare_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -691,7 +742,9 @@ impl BuyerClient {
         };
         Ok(Connection(match to.http {
             HttpVersion::Http1 => Conn::H1(self.h1.checkout(t.https, &t.authority, &t.uri).await?),
-            HttpVersion::Http2 => Conn::H2(self.h2.checkout(t.https, &t.authority, &t.uri).await?),
+            HttpVersion::Http2 => {
+                Conn::H2(self.h2.checkout(t.https, &t.authority, &t.uri).await?.0)
+            }
         }))
     }
 
@@ -704,6 +757,7 @@ impl BuyerClient {
         now_s: i64,
         body: Bytes,
         conn: Option<Connection>,
+        resend: bool,
     ) -> Result<(u16, Option<HeaderValue>, Vec<u8>), CallError> {
         let Endpoint {
             url,
@@ -770,9 +824,10 @@ impl BuyerClient {
                 (resp, Some(tx))
             }
             HttpVersion::Http2 => {
+                let spare = resend.then(|| Box::new(spare_request(&req)));
                 let resp = self
                     .h2
-                    .send(t.https, &t.authority, &t.uri, req, first_h2)
+                    .send(t.https, &t.authority, &t.uri, req, first_h2, spare)
                     .await?;
                 (resp, None)
             }
@@ -866,6 +921,10 @@ pub trait BuyerMessage {
     fn parse(status: u16, content_type: Option<&str>, body: &mut [u8]) -> Self::Outcome;
     /// An answer longer than [`ANSWER_BYTES_MAX`].
     fn too_large() -> Self::Outcome;
+    /// Whether a call refused by a buyer's GOAWAY is sent again on a new connection
+    /// ([`H2Pool::send`]): a ping, whose repeat costs the buyer nothing; not a post, which
+    /// delivers a lead and whose connection is made before its write-ahead record.
+    const RESEND_AFTER_GOAWAY: bool = false;
 }
 
 /// A ping: the answer is a bid or a pass.
@@ -880,6 +939,7 @@ impl BuyerMessage for Ping {
     fn too_large() -> BidOutcome {
         BidOutcome::Invalid("too_large")
     }
+    const RESEND_AFTER_GOAWAY: bool = true;
 }
 
 /// A post: the answer accepts or rejects the lead.
@@ -983,7 +1043,10 @@ impl BuyerTransport for BuyerClient {
         now_s: i64,
         body: Bytes,
     ) -> CallResult<M::Outcome> {
-        call_result::<M>(self.exchange(to, msg_id, now_s, body, None).await)
+        call_result::<M>(
+            self.exchange(to, msg_id, now_s, body, None, M::RESEND_AFTER_GOAWAY)
+                .await,
+        )
     }
 
     async fn connect(&self, to: Endpoint<'_>) -> Result<Connection, CallError> {
@@ -998,7 +1061,10 @@ impl BuyerTransport for BuyerClient {
         now_s: i64,
         body: Bytes,
     ) -> CallResult<M::Outcome> {
-        call_result::<M>(self.exchange(to, msg_id, now_s, body, Some(conn)).await)
+        call_result::<M>(
+            self.exchange(to, msg_id, now_s, body, Some(conn), M::RESEND_AFTER_GOAWAY)
+                .await,
+        )
     }
 }
 

@@ -526,3 +526,116 @@ fn an_answer_with_two_types_or_an_encoding_has_no_type() {
     assert!(with(&[("content-type", json), ("content-encoding", "gzip")]).is_none());
     assert!(with(&[]).is_none());
 }
+
+/// A raw HTTP/2 buyer: it answers each request with a pass, except that on its first
+/// connection it meets the second request with GOAWAY (last stream 1, `NO_ERROR`) instead
+/// and keeps the connection open, reading and ignoring what comes (a buyer's server that
+/// rotates connections, its GOAWAY crossing the exchange's next request). Returns the URL
+/// and how many requests it answered.
+async fn goaway_buyer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ping", listener.local_addr().unwrap());
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            n += 1;
+            let goaway = n == 1;
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if sock.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let _ = sock.write_all(&frame(4, 0, 0, &[])).await; // SETTINGS
+                loop {
+                    let mut head = [0u8; 9];
+                    if sock.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if sock.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    if kind == 4 && flags & 1 == 0 {
+                        let _ = sock.write_all(&frame(4, 1, 0, &[])).await; // SETTINGS ACK
+                    }
+                    // The request's end (HEADERS or DATA with END_STREAM): the answer.
+                    if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
+                        if goaway && stream > 1 {
+                            let _ = sock
+                                .write_all(&frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]))
+                                .await;
+                            continue;
+                        }
+                        // :status 200 (static 8); content-type (static 31), literal.
+                        let mut block = vec![0x88, 0x0f, 0x10, 16];
+                        block.extend_from_slice(b"application/json");
+                        let mut out = frame(1, 4, stream, &block);
+                        out.extend(frame(0, 1, stream, br#"{"no_bid":"x"}"#));
+                        let _ = sock.write_all(&out).await;
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    (url, answered)
+}
+
+/// Black-box round 115c: after an HTTP/2 buyer sent GOAWAY on a connection it kept open,
+/// the next ping failed (`error`, in 0.1 ms) without reaching it. A ping the GOAWAY
+/// refused goes out again on a new connection; a post does not (it fails as before).
+#[tokio::test]
+async fn a_ping_refused_by_an_http2_buyer_s_goaway_is_sent_on_a_new_connection() {
+    use std::sync::atomic::Ordering;
+    let (url, answered) = goaway_buyer().await;
+    let client = BuyerClient::new();
+    let secret = Secret::new("test-secret").unwrap();
+    let to = Endpoint {
+        url: &url,
+        target: None,
+        http: HttpVersion::Http2,
+        secret: &secret,
+        secret_next: None,
+    };
+    let body = Bytes::from_static(b"{}");
+    let first = client
+        .call::<Ping>(to, "au_1.1", 1_790_000_000, body.clone())
+        .await;
+    assert_eq!(first, passed());
+    // The next ping's stream is refused by the GOAWAY, then resent on a new connection.
+    let second = client
+        .call::<Ping>(to, "au_2.1", 1_790_000_000, body.clone())
+        .await;
+    assert_eq!(second, passed());
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+
+    // A post is not sent again: it fails as a transport error, as before.
+    let (url, _) = goaway_buyer().await;
+    let to = Endpoint { url: &url, ..to };
+    let client = BuyerClient::new();
+    let first = client
+        .call::<Ping>(to, "au_3.1", 1_790_000_000, body.clone())
+        .await;
+    assert_eq!(first, passed());
+    let post = client
+        .call::<Post>(to, "au_3.1.p", 1_790_000_000, body)
+        .await;
+    assert_eq!(post, CallResult::Failed(CallError::Transport));
+}
