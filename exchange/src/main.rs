@@ -427,7 +427,7 @@ fn print_unknown_outcomes(dir: &std::path::Path, upto: u64) {
             scan.late_accepts().filter(real).collect(),
         ),
         (
-            "timed-out deliveries whose late answer is not recorded (the exchange stopped without a shutdown while hearing the buyer out, or is hearing it out now: the buyer may have accepted; counted in its caps at a start)",
+            "timed-out deliveries whose late answer is not recorded (their outcome is the timeout, so the line below can say every delivery has one; the exchange stopped without a shutdown while hearing the buyer out, or is hearing it out now: the buyer may have accepted; counted in its caps at a start)",
             scan.cut_short().filter(real).collect(),
         ),
     ];

@@ -1115,7 +1115,26 @@ impl CapBook {
         windows: &Windows,
         price: Micros,
     ) -> bool {
+        self.restore_sold_at(key, zone, windows, price, None)
+    }
+
+    /// [`CapBook::restore_sold`] for a lead taken at `at`, when known (the record's time):
+    /// the windows count it as taken then (within its hour), not at its hour's end. A lead
+    /// counted at its hour's end, later than the clock within that hour, was taken for one
+    /// the clock had not reached: a zone change kept its window as well as carrying it,
+    /// and each round trip of the zone counted its leads again (black-box round 115a: 31
+    /// leads restored at a start read 62, then 124, after zone changes by reload).
+    pub fn restore_sold_at(
+        &self,
+        key: BuyerKey,
+        zone: Option<Tz>,
+        windows: &Windows,
+        price: Micros,
+        at: Option<UnixMs>,
+    ) -> bool {
         let price = Micros(price.0.max(0));
+        let latest = windows.latest_ms();
+        let taken = at.map_or(latest, |at| at.clamp(windows.hour_start_ms, latest));
         self.with_version(key, |b, version| {
             version.fetch_add(1, Ordering::AcqRel);
             b.name_zone(zone);
@@ -1123,7 +1142,7 @@ impl CapBook {
                 if let Some(c) = b.counter_mut(period, k) {
                     c.sold = c.sold.saturating_add(1);
                     c.spent = c.spent.saturating_add(price);
-                    c.last_ms = c.last_ms.max(windows.latest_ms());
+                    c.last_ms = c.last_ms.max(taken);
                 }
             }
             b.prune();
@@ -1256,7 +1275,24 @@ impl CapBook {
         later: &[Windows],
         price: Micros,
     ) -> Option<Reservation> {
+        self.restore_reservation_at(key, zone, windows, later, price, None)
+    }
+
+    /// [`CapBook::restore_reservation`] at `now` (the start's time), when known: the hold
+    /// counts as made by then (within its hour), not at its hour's end, a time the clock
+    /// may not have reached (see [`CapBook::restore_sold_at`]).
+    pub fn restore_reservation_at(
+        &self,
+        key: BuyerKey,
+        zone: Option<Tz>,
+        windows: &Windows,
+        later: &[Windows],
+        price: Micros,
+        now: Option<UnixMs>,
+    ) -> Option<Reservation> {
         let price = Micros(price.0.max(0));
+        let latest = windows.latest_ms();
+        let made = now.map_or(latest, |now| now.clamp(windows.hour_start_ms, latest));
         let later: Vec<Windows> = later
             .iter()
             .filter(|l| l.hour_start_ms > windows.hour_start_ms)
@@ -1273,7 +1309,7 @@ impl CapBook {
                 former: Vec::new(),
                 carried_into: Vec::new(),
             };
-            b.hold(&mut held, windows.latest_ms());
+            b.hold(&mut held, made);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             b.outstanding.insert(id, held);
             Reservation {

@@ -208,7 +208,9 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
                         .caps
                         .restore_former_zone(key, ends, Micros(price), now);
                 }
-                state.caps.restore_sold(key, None, &w, Micros(price))
+                state
+                    .caps
+                    .restore_sold_at(key, None, &w, Micros(price), Some(at))
             });
         };
         let Some((w, former_ends)) = windows_in(b.timezone, windows, written_in, at, now) else {
@@ -237,7 +239,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             Some(cur) if !counts_now(&w, &cur) => false,
             _ => state
                 .caps
-                .restore_sold(b.key, Some(b.timezone), &w, Micros(price)),
+                .restore_sold_at(b.key, Some(b.timezone), &w, Micros(price), Some(at)),
         }
     };
     // A lead sold, or delivered with its outcome unknown, stays a duplicate for its

@@ -361,7 +361,7 @@ pub(super) fn restore_quote(
                 .unwrap_or_default();
             let r = state
                 .caps
-                .restore_reservation(key, zone, &w, &later, price)?;
+                .restore_reservation_at(key, zone, &w, &later, price, Some(now))?;
             // After the hold: the old windows count it once, whether the hold counted in
             // one already (the buyer's restored sales made it) or not.
             if let Some(ends) = former_ends {

@@ -1309,3 +1309,70 @@ fn a_lead_from_before_a_former_zone_s_window_is_not_counted_in_it() {
     assert!(book.reserve(BuyerKey(0), &b, m(1), restart + 1).is_ok());
     assert!(book.reserve(BuyerKey(0), &b, m(1), restart + 2).is_err());
 }
+
+#[test]
+fn a_zone_flipped_back_and_forth_counts_its_leads_once() {
+    // Black-box round 115a: hourly 40, daily 40, 31 sold in UTC, no open quote; the
+    // zone reloaded UTC -> Kolkata -> UTC -> Kolkata -> UTC -> Kolkata -> UTC. The
+    // hourly count doubled at each round trip (31, 62, 124), and the buyer was refused
+    // far under its cap; a restart counted 31 again.
+    let caps = Caps {
+        hourly: Some(40),
+        daily: Some(40),
+        ..Caps::default()
+    };
+    let (utc, kolkata) = (zoned(Tz::UTC, caps), zoned(chrono_tz::Asia::Kolkata, caps));
+    let book = CapBook::new(1);
+    let t = utc_ms(2026, 12, 5, 9, 10); // Kolkata: 14:40, its hour began 09:00 UTC
+    for i in 0..31 {
+        let r = book.reserve(BuyerKey(0), &utc, m(1), t + i).unwrap();
+        assert!(book.commit(&r));
+    }
+    for flip in 0..6 {
+        let b = if flip % 2 == 0 { &kolkata } else { &utc };
+        let at = t + MIN_MS + flip;
+        let u = book.usage(BuyerKey(0), b, at);
+        assert_eq!((u.sold_hour, u.sold_day), (31, 31), "flip {flip}");
+        assert!(book.has_headroom(BuyerKey(0), b, at), "flip {flip}");
+    }
+    // The tester's case: the 31 were restored at a start (08:00-08:25 UTC; Kolkata's
+    // hour turns at 08:30), and the zone flipped at 08:41 and after. A restored lead
+    // counted as taken at its hour's end, a time the clock had not reached: the window
+    // was kept as well as carried, and counted again at each round trip.
+    let book = CapBook::new(1);
+    let start = utc_ms(2026, 12, 5, 8, 0);
+    for i in 0..31 {
+        let at = start + i * 50_000;
+        let w = Windows::at(Tz::UTC, at).unwrap();
+        assert!(book.restore_sold_at(BuyerKey(0), Some(Tz::UTC), &w, m(1), Some(at)));
+    }
+    let t = utc_ms(2026, 12, 5, 8, 41);
+    assert_eq!(book.usage(BuyerKey(0), &utc, t).sold_hour, 31);
+    for flip in 0..6 {
+        let b = if flip % 2 == 0 { &kolkata } else { &utc };
+        let at = t + MIN_MS + flip;
+        let u = book.usage(BuyerKey(0), b, at);
+        assert_eq!((u.sold_hour, u.sold_day), (31, 31), "restored, flip {flip}");
+        assert!(
+            book.has_headroom(BuyerKey(0), b, at),
+            "restored, flip {flip}"
+        );
+    }
+    // An open quote's hold restored at a start, likewise: counted once (as sold in the
+    // current hour while held), whatever the flips.
+    let book = CapBook::new(1);
+    let w = Windows::at(Tz::UTC, t).unwrap();
+    let held = book
+        .restore_reservation_at(BuyerKey(0), Some(Tz::UTC), &w, &[], m(1), Some(t))
+        .unwrap();
+    for flip in 0..6 {
+        let b = if flip % 2 == 0 { &kolkata } else { &utc };
+        let u = book.usage(BuyerKey(0), b, t + MIN_MS + flip);
+        assert!(u.sold_hour + u.reserved <= 2, "hold, flip {flip}: {u:?}");
+    }
+    // Released, it is held no more; a copy carried by the flips may stay counted until
+    // the hour ends, as for a hold made live (an over-count, never an under-count).
+    assert!(book.release(&held));
+    let u = book.usage(BuyerKey(0), &utc, t + 2 * MIN_MS);
+    assert!(u.reserved == 0 && u.sold_hour <= 1, "{u:?}");
+}
