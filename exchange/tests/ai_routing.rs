@@ -1397,28 +1397,10 @@ async fn a_champion_that_fails_to_load_at_start_makes_readyz_not_ready_until_a_m
     // A CHAMPION that exists but cannot be read (over its 4 KiB bound, or a directory)
     // is a failed champion too, never "no model". Each reason is logged once, and a second,
     // different one too (round 101b: only the first was).
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let log = Captured::default();
-    let writer = log.clone();
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
-    let said = |log: &Captured| {
-        String::from_utf8(log.0.lock().unwrap().clone())
-            .unwrap()
+    let log = CapturedLog::default();
+    let dispatch = log.dispatch();
+    let said = |log: &CapturedLog| {
+        log.text()
             .lines()
             .filter(|l| l.contains("CHAMPION cannot be read"))
             .count()
@@ -1981,17 +1963,6 @@ async fn verify_rechecks_payouts_across_model_swaps_and_starts_a_run_at_a_reload
 /// `--check-config` told. The start says so once, and says nothing when it exists.
 #[test]
 fn a_start_without_its_models_directory_says_so_in_its_log() {
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let said_on_start = |make_models_dir: bool| {
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("ledger");
@@ -1999,20 +1970,12 @@ fn a_start_without_its_models_directory_says_so_in_its_log() {
             std::fs::create_dir_all(dir.path().join("models")).unwrap();
         }
         let config = TestConfig::new().load_edited(&ledger, with_features("watch_ms = 0"));
-        let log = Captured::default();
-        let writer = log.clone();
-        let dispatch = tracing::Dispatch::new(
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .finish(),
-        );
-        let state = tracing::dispatcher::with_default(&dispatch, || {
+        let log = CapturedLog::default();
+        let state = log.during(|| {
             pingpost::app::build_state(config, pingpost::clock::Clock::system()).unwrap()
         });
         drop(state);
-        let said = log.0.lock().unwrap().clone();
-        String::from_utf8(said).unwrap()
+        log.text()
     };
     let missing = said_on_start(false);
     let lines: Vec<&str> = missing

@@ -946,29 +946,12 @@ async fn changed_breaker_keys_are_each_named() {
 /// before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reloads_are_logged_in_the_order_they_were_applied() {
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let a = ScriptedBidder::bidding(30.0);
     let (ab, _ha) = serve("a", &a).await;
     let ex = TestConfig::new().buyer(ab).start().await;
     let good = std::fs::read_to_string(&ex.config_path).unwrap();
-    let log = Captured::default();
-    let writer = log.clone();
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let log = CapturedLog::default();
+    let dispatch = log.dispatch();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let (state, dispatch) = (ex.state.clone(), dispatch.clone());
@@ -991,7 +974,7 @@ async fn concurrent_reloads_are_logged_in_the_order_they_were_applied() {
     for t in threads {
         t.join().unwrap();
     }
-    let said = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let said = log.text();
     let generation_in = |line: &str| -> u64 {
         let at = line.find("generation=").unwrap() + "generation=".len();
         line[at..]

@@ -65,3 +65,41 @@ pub fn usd(units: f64) -> Micros {
 pub fn seller_price(bid: Micros) -> Micros {
     Micros(bid.0 * SHARE_PCT / 100)
 }
+
+/// What the exchange logs while a closure runs on this thread ([`CapturedLog::during`]):
+/// the `tracing` lines, as text without colours.
+#[derive(Clone, Default)]
+pub struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    /// A dispatcher that writes here (for threads of a test's own: each enters it).
+    pub fn dispatch(&self) -> tracing::Dispatch {
+        let writer = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        )
+    }
+
+    /// Runs `f` with this thread's log written here.
+    pub fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::dispatcher::with_default(&self.dispatch(), f)
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
