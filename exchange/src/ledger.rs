@@ -559,3 +559,32 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
 /// `fsync`s a directory, so a file created or removed in it is durable.
 #[cfg(test)]
 mod tests;
+
+/// What would stop a start from opening `dir` as its ledger directory, for
+/// `--check-config`, read without writing anything (black-box round 116b: a path that is
+/// a file, or whose parent is missing, passed the check and stopped the start).
+pub fn dir_problem(dir: &std::path::Path) -> Option<String> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!(
+            "{shown} is not a directory (server.ledger_path names a directory of segment files; move an old single-file ledger aside)"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Some(format!("{shown} is a symlink to a path that does not exist"));
+            }
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+            (!parent.is_dir()).then(|| {
+                format!(
+                    "{shown} does not exist, nor does its parent {} (a start makes the directory, not its parents)",
+                    parent.display()
+                )
+            })
+        }
+        Err(e) => Some(format!("{shown}: {e}")),
+    }
+}

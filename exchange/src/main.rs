@@ -857,6 +857,23 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if args.check_config {
+        // What would stop a start here and now, though the file is right (black-box round
+        // 116b: a ledger path that is a file, or whose parent is missing, and a listen
+        // address in use passed the check, and the start failed).
+        if let Some(problem) = pingpost::ledger::dir_problem(&cfg.server.ledger_path) {
+            pingpost::say_err!("warning: server.ledger_path: {problem}: a start here would fail");
+        }
+        let mut listens = vec![("server.listen", cfg.server.listen)];
+        if cfg.admin.token.is_some() {
+            listens.push(("admin.listen", cfg.admin.listen));
+        }
+        for (key, addr) in listens {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                pingpost::say_err!(
+                    "warning: {key}: cannot listen on {addr} now ({e}): a start here would fail while another process holds it (is another exchange running?)"
+                );
+            }
+        }
         // What a start would warn of (black-box round 17: only the start said it).
         if let Some((_, problem)) =
             pingpost::tls::expiry_warning(&cfg.server.listener, Clock::system().now_ms())

@@ -151,3 +151,61 @@ fn check_config_warns_of_a_hard_limit_below_the_configured_connections() {
         assert!(!stderr.contains("open-file limit"), "{stderr}");
     }
 }
+
+/// Black-box round 116b: `--check-config` said "configuration OK" for a ledger path that
+/// is a file, one whose parent is missing, and a listen address another process holds,
+/// and the start then failed. It warns of each (the file itself is right: exit 0), and of
+/// none when the start would succeed.
+#[test]
+fn check_config_warns_of_a_ledger_path_or_a_listen_address_a_start_could_not_use() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = TestConfig::new();
+    let run = |ledger: &std::path::Path, edit: &dyn Fn(String) -> String| {
+        let path = dir.path().join("pingpost.toml");
+        std::fs::write(&path, edit(cfg.toml(ledger))).expect("config written");
+        let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .envs(cfg.env_vars())
+            .output()
+            .expect("pingpost runs");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let same = |t: String| t;
+    let fine = run(&dir.path().join("ledger"), &same);
+    assert!(!fine.contains("a start here would fail"), "{fine}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let said = run(&file, &same);
+    assert!(
+        said.contains("warning: server.ledger_path:") && said.contains("is not a directory"),
+        "{said}"
+    );
+    let said = run(&dir.path().join("no-such").join("ledger"), &same);
+    assert!(
+        said.contains("does not exist, nor does its parent")
+            && said.contains("a start here would fail"),
+        "{said}"
+    );
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let taken = |t: String| {
+        t.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        )
+    };
+    let said = run(&dir.path().join("ledger"), &taken);
+    assert!(
+        said.contains(&format!(
+            "warning: server.listen: cannot listen on 127.0.0.1:{port} now"
+        )),
+        "{said}"
+    );
+}

@@ -27,7 +27,7 @@ pub(super) fn read_admin(
         Some((path, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
             Some(Ok(addr)) => addr,
             _ => {
-                p.at(&path, "must be a socket address such as \"127.0.0.1:8081\"");
+                p.at(&path, "must be a socket address such as \"127.0.0.1:8081\" (an IP address and a port: a host name such as localhost is not looked up)");
                 default_admin_listen()
             }
         },

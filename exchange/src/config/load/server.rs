@@ -24,7 +24,7 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         Some((path, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
             Some(Ok(addr)) => addr,
             _ => {
-                p.at(&path, "must be a socket address such as \"127.0.0.1:8080\"");
+                p.at(&path, "must be a socket address such as \"127.0.0.1:8080\" (an IP address and a port: a host name such as localhost is not looked up)");
                 default_listen()
             }
         },

@@ -288,7 +288,7 @@ schedule = {{ mon = ["20:00-08:00"] }}
     assert_eq!(
             err.0,
             [
-                "server.listen: must be a socket address such as \"127.0.0.1:8080\"",
+                "server.listen: must be a socket address such as \"127.0.0.1:8080\" (an IP address and a port: a host name such as localhost is not looked up)",
                 "server.breaker.failures: must be a whole number between 1 and 10000",
                 "verticals.auto.currency: must be three upper-case letters such as \"USD\"",
                 "verticals.auto.fields.phone.ping: must be false for a PII field: personal data never travels in a ping",
