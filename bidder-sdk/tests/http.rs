@@ -758,8 +758,9 @@ async fn http2_requests_whose_bodies_never_come_are_bounded_per_connection() {
     use bidder_sdk::listener::{BODIES_PENDING_MAX, BODIES_STALL};
     let (client, addr, handle) = start(flat()).await;
     // `n` requests whose bodies never come, on one connection: how long it lived.
-    // With `pings`, the client sends a PING every 200 ms meanwhile.
-    let bodiless = |n: u32, pings: bool| async move {
+    // With `pings`, the client sends a PING every 200 ms meanwhile; with `trickle`, the
+    // first stream's body comes a byte every 200 ms (the others' never).
+    let bodiless = |n: u32, pings: bool, trickle: bool| async move {
         let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
         let mut builder =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -773,13 +774,22 @@ async fn http2_requests_whose_bodies_never_come_are_bounded_per_connection() {
         let t0 = tokio::time::Instant::now();
         let conn = tokio::spawn(conn);
         let mut calls = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let mut send = send.clone();
+            let body = if trickle && i == 0 {
+                http_body_util::Either::Right(TrickleBody::new(
+                    &[b' '; 40],
+                    40,
+                    Duration::from_millis(200),
+                ))
+            } else {
+                http_body_util::Either::Left(NeverBody)
+            };
             let req = http::Request::builder()
                 .method(Method::POST)
                 .uri(format!("http://{addr}/ping"))
                 .header("content-type", "application/json")
-                .body(NeverBody)
+                .body(body)
                 .unwrap();
             calls.push(tokio::spawn(async move { send.send_request(req).await }));
         }
@@ -792,17 +802,19 @@ async fn http2_requests_whose_bodies_never_come_are_bounded_per_connection() {
         t0.elapsed()
     };
     // Past the bound: closed once no body has come for BODIES_STALL; PINGs are not a
-    // body's bytes (black-box round 114a: they held the streams for the body budget).
-    for pings in [false, true] {
-        let lived = bodiless(BODIES_PENDING_MAX + 8, pings).await;
+    // body's bytes (black-box round 114a: they held the streams for the body budget), nor
+    // is one stream's body enough for the others (round 116a: a byte every 200 ms on one
+    // stream held the other 255 for the body budget).
+    for (pings, trickle) in [(false, false), (true, false), (false, true)] {
+        let lived = bodiless(BODIES_PENDING_MAX + 8, pings, trickle).await;
         assert!(lived >= BODIES_STALL, "{lived:?}");
         assert!(
             lived < Duration::from_secs(4),
-            "closed by the stall rule (PINGs {pings}): {lived:?}"
+            "closed by the stall rule (PINGs {pings}, one body trickling {trickle}): {lived:?}"
         );
     }
     // At the bound: each body has its own budget (5 s), then the connection ends.
-    let lived = bodiless(BODIES_PENDING_MAX, false).await;
+    let lived = bodiless(BODIES_PENDING_MAX, false, false).await;
     assert!(lived >= Duration::from_secs(4), "{lived:?}");
     // The exchange's signed pings are served, many at once on one HTTP/2 connection.
     let h2 = TestClient::new_http2(format!("http://{addr}"), secret());

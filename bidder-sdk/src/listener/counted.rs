@@ -164,7 +164,16 @@ pub(crate) struct InScan {
     data_left: usize,
     /// The current DATA frame is padded and its pad length byte is next.
     pad_next: bool,
+    /// The current frame's stream.
+    stream: u32,
+    /// Streams that sent body bytes, with when they last did (µs from the connection's
+    /// accept): at most one entry per stream, the oldest pruned past [`RECENT_MAX`].
+    recent: Vec<(u32, u64)>,
 }
+
+/// Streams [`InScan`] remembers the last body bytes of; past it, those not heard from for
+/// [`BODIES_STALL`] are forgotten (a connection has at most 256 streams open at once).
+const RECENT_MAX: usize = 512;
 
 /// The HTTP/2 client connection preface (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -173,7 +182,13 @@ const FLAG_PADDED: u8 = 0x8;
 impl InScan {
     /// Reads `read` (bytes the client sent, in order) and returns how many of them are
     /// request body data: all of them on a connection that is not HTTP/2.
-    pub(super) fn body_bytes(&mut self, mut read: &[u8]) -> usize {
+    #[cfg(test)]
+    pub(super) fn body_bytes(&mut self, read: &[u8]) -> usize {
+        self.body_bytes_at(read, 0)
+    }
+
+    /// [`InScan::body_bytes`], noting at `now_us` the streams the body bytes were for.
+    pub(super) fn body_bytes_at(&mut self, mut read: &[u8], now_us: u64) -> usize {
         if self.not_h2 {
             return read.len();
         }
@@ -200,6 +215,9 @@ impl InScan {
                 }
                 let n = self.skip.min(read.len());
                 let data = n.min(self.data_left);
+                if data > 0 {
+                    self.heard(now_us);
+                }
                 body += data;
                 self.data_left -= data;
                 self.skip -= n;
@@ -216,12 +234,41 @@ impl InScan {
                 self.skip = len;
                 self.head_len = 0;
                 let data = h[3] == FRAME_DATA;
+                self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                 self.pad_next = data && h[4] & FLAG_PADDED != 0 && len > 0;
                 self.data_left = if data && !self.pad_next { len } else { 0 };
             }
         }
         body
     }
+
+    /// The current frame's stream sent body bytes at `now_us`.
+    fn heard(&mut self, now_us: u64) {
+        let stream = self.stream;
+        match self.recent.iter_mut().find(|(s, _)| *s == stream) {
+            Some(entry) => entry.1 = now_us,
+            None => {
+                if self.recent.len() >= RECENT_MAX {
+                    let since = now_us.saturating_sub(stall_us());
+                    self.recent.retain(|(_, at)| *at >= since);
+                    if self.recent.len() >= RECENT_MAX {
+                        self.recent.remove(0);
+                    }
+                }
+                self.recent.push((stream, now_us));
+            }
+        }
+    }
+
+    /// How many streams sent body bytes within [`BODIES_STALL`] of `now_us`.
+    pub(super) fn streams_heard(&self, now_us: u64) -> usize {
+        let since = now_us.saturating_sub(stall_us());
+        self.recent.iter().filter(|(_, at)| *at >= since).count()
+    }
+}
+
+fn stall_us() -> u64 {
+    u64::try_from(BODIES_STALL.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl<I> Counted<I> {
@@ -404,9 +451,22 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             // none while more than BODIES_PENDING_MAX wait is a stalled one (black-box
             // round 112a: bodies arriving slowly, on a slow link, were closed as "none
             // arriving"; round 114a: PINGs passed for progress).
-            let body = this.frames_in.body_bytes(&buf.filled()[before..]);
-            if body > 0 && a.bodies_pending.load(Ordering::Relaxed) > 0 {
-                a.bodies_progress_us.store(a.now_us(), Ordering::Release);
+            // Past BODIES_PENDING_MAX, they are progress only when enough streams bring
+            // them: all but BODIES_PENDING_MAX of the pending bodies heard from within
+            // BODIES_STALL (round 116a: a byte every 200 ms on one stream held 255
+            // others for the body budget).
+            let pending = a.bodies_pending.load(Ordering::Relaxed);
+            let now_us = if pending > 0 { a.now_us() } else { 0 };
+            let body = this
+                .frames_in
+                .body_bytes_at(&buf.filled()[before..], now_us);
+            if body > 0 && pending > 0 {
+                let enough = pending <= BODIES_PENDING_MAX
+                    || this.frames_in.streams_heard(now_us) as u64 + u64::from(BODIES_PENDING_MAX)
+                        >= u64::from(pending);
+                if enough {
+                    a.bodies_progress_us.store(now_us, Ordering::Release);
+                }
             }
             let before = a.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
             // The first bytes after the last finished request: a new head starts, and its

@@ -342,6 +342,17 @@ fn the_read_scan_counts_only_body_data() {
         pings.extend(frame(PING, 0, 0, &[1; 8]));
     }
     assert_eq!(scan.body_bytes(&pings), 0);
+    // The streams that brought body bytes, within BODIES_STALL (round 116a).
+    let mut scan = InScan::default();
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    for stream in [1, 3, 5, 3] {
+        wire.extend(frame(DATA, 0, stream, b"x"));
+    }
+    wire.extend(frame(DATA, 0, 7, &[])); // no byte: not heard
+    assert_eq!(scan.body_bytes_at(&wire, 1_000_000), 4);
+    assert_eq!(scan.streams_heard(1_000_000), 3);
+    assert_eq!(scan.streams_heard(1_000_000 + 999_999), 3);
+    assert_eq!(scan.streams_heard(1_000_000 + 1_000_001), 0);
     // HTTP/1.x: every byte counts, the first read split inside the method too.
     let h1 = b"POST /ping HTTP/1.1\r\nhost: x\r\n\r\n";
     let mut scan = InScan::default();
