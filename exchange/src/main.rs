@@ -869,9 +869,13 @@ fn main() -> anyhow::Result<()> {
         }
         for (key, addr) in listens {
             if let Err(e) = std::net::TcpListener::bind(addr) {
-                pingpost::say_err!(
-                    "warning: {key}: cannot listen on {addr} now ({e}): a start here would fail while another process holds it (is another exchange running?)"
-                );
+                // Round 117a: an address this machine does not have was told as "held".
+                let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    "a start here would fail while another process holds it (is another exchange running?)"
+                } else {
+                    "a start here would fail"
+                };
+                pingpost::say_err!("warning: {key}: cannot listen on {addr} now ({e}): {why}");
             }
         }
         // What a start would warn of (black-box round 17: only the start said it).

@@ -1017,3 +1017,94 @@ async fn a_client_that_reads_many_large_answers_at_once_keeps_its_connection() {
     assert_eq!(ex.state.conn_gate.stalled(), 0);
     ex.shutdown().await.unwrap();
 }
+
+/// A request body that never comes.
+struct NeverBody;
+
+impl hyper::body::Body for NeverBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Black-box round 117a: on the seller listener, more than `BODIES_PENDING_MAX` pings whose
+/// bodies never came were held for the body budget (5 s) when the client reset one of
+/// them every 200 ms, or sent a complete ping beside them every 100 ms: a request that
+/// ended counted as the bodies' progress. Neither is now: the connection is closed after
+/// `BODIES_STALL`, long before the budget.
+#[tokio::test]
+async fn resets_and_quick_requests_beside_bodies_that_never_come_are_not_their_progress() {
+    use bidder_sdk::listener::BODIES_PENDING_MAX;
+    let (ex, _dir) = start(5_000, "").await;
+    let ping = Bytes::from(serde_json::to_vec(&common::ping_body("TX")).unwrap());
+    let lived = |reset: bool| {
+        let ping = ping.clone();
+        async move {
+            let stream = TcpStream::connect(ex.addr).await.expect("connect");
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake::<_, http_body_util::Either<NeverBody, http_body_util::Full<Bytes>>>(
+                    TokioIo::new(stream),
+                )
+                .await
+                .expect("h2 handshake");
+            let t0 = Instant::now();
+            let mut conn = tokio::spawn(conn);
+            let request = |body| {
+                Request::post(format!("http://{}/v1/ping", ex.addr))
+                    .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap()
+            };
+            let mut waiting = Vec::new();
+            for _ in 0..BODIES_PENDING_MAX + 20 {
+                let mut send = send.clone();
+                let req = request(http_body_util::Either::Left(NeverBody));
+                waiting.push(tokio::spawn(async move { send.send_request(req).await }));
+            }
+            // A reset every 200 ms (a call dropped: RST_STREAM CANCEL), or a complete
+            // ping every 100 ms, until the connection ends.
+            let every = Duration::from_millis(if reset { 200 } else { 100 });
+            let ended = tokio::time::timeout(EVENT_WAIT_MAX, async {
+                loop {
+                    tokio::select! {
+                        _ = &mut conn => return,
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    if reset {
+                        if let Some(w) = waiting.pop() {
+                            w.abort();
+                        }
+                    } else {
+                        let mut send = send.clone();
+                        let req = request(http_body_util::Either::Right(
+                            http_body_util::Full::new(ping.clone()),
+                        ));
+                        tokio::spawn(async move { send.send_request(req).await });
+                    }
+                }
+            })
+            .await;
+            assert!(ended.is_ok(), "the connection was not closed");
+            for w in waiting {
+                w.abort();
+            }
+            t0.elapsed()
+        }
+    };
+    for reset in [true, false] {
+        let after = lived(reset).await;
+        assert!(
+            after < Duration::from_secs(4),
+            "closed by the stall rule (resets {reset}), not the body budget: {after:?}"
+        );
+    }
+    assert!(ex.state.conn_gate.stalled() >= 2);
+    ex.shutdown().await.unwrap();
+}

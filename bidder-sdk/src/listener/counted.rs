@@ -101,11 +101,14 @@ pub(super) struct FrameScan {
     head_len: usize,
     /// Payload bytes of the current frame still to skip.
     skip: usize,
+    /// Streams the connection reset (`RST_STREAM` written), for [`InScan::closed`].
+    pub(super) resets: Vec<u32>,
 }
 
 /// HTTP/2 frame types and the END_STREAM flag (RFC 9113 6.1, 6.2, 6.5).
 const FRAME_DATA: u8 = 0;
 const FRAME_HEADERS: u8 = 1;
+const FRAME_RST_STREAM: u8 = 3;
 const FRAME_SETTINGS: u8 = 4;
 const FLAG_END_STREAM: u8 = 1;
 
@@ -137,6 +140,10 @@ impl FrameScan {
                 if (kind == FRAME_DATA || kind == FRAME_HEADERS) && h[4] & FLAG_END_STREAM != 0 {
                     ended += 1;
                 }
+                if kind == FRAME_RST_STREAM && self.resets.len() < RECENT_MAX {
+                    self.resets
+                        .push(u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff);
+                }
                 self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.head_len = 0;
             }
@@ -166,6 +173,14 @@ pub(crate) struct InScan {
     pad_next: bool,
     /// The current frame's stream.
     stream: u32,
+    /// Whether the current frame's data is a pending body's (its stream is open).
+    counting: bool,
+    /// Streams whose request body is still coming as the client sends them: opened by a
+    /// HEADERS frame without END_STREAM, closed by the client's END_STREAM or
+    /// `RST_STREAM`, or by the server's `RST_STREAM` ([`InScan::closed`]). Only their
+    /// bytes are a body arriving (round 117a: DATA sent on streams already closed passed
+    /// for the pending bodies').
+    open: Vec<u32>,
     /// Streams that sent body bytes, with when they last did (µs from the connection's
     /// accept): at most one entry per stream, the oldest pruned past [`RECENT_MAX`].
     recent: Vec<(u32, u64)>,
@@ -233,13 +248,32 @@ impl InScan {
                 let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.skip = len;
                 self.head_len = 0;
-                let data = h[3] == FRAME_DATA;
+                let (kind, flags) = (h[3], h[4]);
+                let data = kind == FRAME_DATA;
                 self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                self.pad_next = data && h[4] & FLAG_PADDED != 0 && len > 0;
-                self.data_left = if data && !self.pad_next { len } else { 0 };
+                let is_open = self.open.contains(&self.stream);
+                self.counting = data && is_open;
+                let ends = flags & FLAG_END_STREAM != 0;
+                if kind == FRAME_HEADERS && !ends && !is_open && self.open.len() < RECENT_MAX {
+                    self.open.push(self.stream);
+                } else if ((data || kind == FRAME_HEADERS) && ends) || kind == FRAME_RST_STREAM {
+                    self.closed(self.stream);
+                }
+                self.pad_next = self.counting && flags & FLAG_PADDED != 0 && len > 0;
+                self.data_left = if self.counting && !self.pad_next {
+                    len
+                } else {
+                    0
+                };
             }
         }
         body
+    }
+
+    /// `stream`'s body comes no more (its end, or a reset by either side).
+    pub(super) fn closed(&mut self, stream: u32) {
+        self.open.retain(|s| *s != stream);
+        self.recent.retain(|(s, _)| *s != stream);
     }
 
     /// The current frame's stream sent body bytes at `now_us`.
@@ -260,10 +294,15 @@ impl InScan {
         }
     }
 
-    /// How many streams sent body bytes within [`BODIES_STALL`] of `now_us`.
+    /// How many streams whose body is still coming sent some of it within
+    /// [`BODIES_STALL`] of `now_us` (a body that came to its end is no longer waited
+    /// for: its bytes are none of the others').
     pub(super) fn streams_heard(&self, now_us: u64) -> usize {
         let since = now_us.saturating_sub(stall_us());
-        self.recent.iter().filter(|(_, at)| *at >= since).count()
+        self.recent
+            .iter()
+            .filter(|(s, at)| *at >= since && self.open.contains(s))
+            .count()
     }
 }
 
@@ -275,6 +314,9 @@ impl<I> Counted<I> {
     /// Takes the answers `written` ended off the connection's unsent ones (HTTP/2).
     fn wrote(&mut self, written: &[u8]) {
         let ended = self.frames.ended(written);
+        for stream in self.frames.resets.drain(..) {
+            self.frames_in.closed(stream);
+        }
         if ended > 0 {
             let a = &self.activity;
             a.unsent_progress_us.store(a.now_us(), Ordering::Release);

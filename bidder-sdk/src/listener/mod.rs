@@ -257,12 +257,19 @@ impl BodyRead {
         }))
     }
 
-    /// The body was read, or its request ended: counted off once.
+    /// The body was read, or its request ended: counted off once. Progress of the
+    /// bodies still coming only when at most [`BODIES_PENDING_MAX`] are left: past it,
+    /// a request that ends (a reset, a refusal, a quick request beside them) is none of
+    /// theirs, and their bytes are judged by stream (`counted::InScan`; black-box round
+    /// 117a: a reset every 200 ms, or a complete ping every 100 ms, held 40 to 256
+    /// bodiless streams for the body budget).
     fn done(&self) {
         if !self.0.read.swap(true, Ordering::AcqRel) {
             if let Some(a) = &self.0.pending_on {
-                a.bodies_progress_us.store(a.now_us(), Ordering::Release);
-                a.bodies_pending.fetch_sub(1, Ordering::AcqRel);
+                let was = a.bodies_pending.fetch_sub(1, Ordering::AcqRel);
+                if was <= BODIES_PENDING_MAX.saturating_add(1) {
+                    a.bodies_progress_us.store(a.now_us(), Ordering::Release);
+                }
             }
         }
     }

@@ -356,7 +356,8 @@ where
         if !h1 && !req.body().is_end_stream() {
             let a = &self.activity;
             let was = a.bodies_pending.fetch_add(1, Ordering::AcqRel);
-            if was == 0 {
+            // Past the bound from now: its bodies have BODIES_STALL from here.
+            if was == 0 || was == BODIES_PENDING_MAX {
                 a.bodies_progress_us.store(a.now_us(), Ordering::Release);
             }
             if was == BODIES_PENDING_MAX {

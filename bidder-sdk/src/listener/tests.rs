@@ -342,17 +342,34 @@ fn the_read_scan_counts_only_body_data() {
         pings.extend(frame(PING, 0, 0, &[1; 8]));
     }
     assert_eq!(scan.body_bytes(&pings), 0);
-    // The streams that brought body bytes, within BODIES_STALL (round 116a).
+    // The streams whose body is still coming that brought some of it, within
+    // BODIES_STALL (round 116a); a stream ended or reset, by either side, is none of
+    // them, nor counts its data (round 117a).
+    const RST_STREAM: u8 = 3;
     let mut scan = InScan::default();
     let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    for stream in [1, 3, 5, 7, 9, 11] {
+        wire.extend(frame(HEADERS, 4, stream, &[0x83]));
+    }
     for stream in [1, 3, 5, 3] {
         wire.extend(frame(DATA, 0, stream, b"x"));
     }
     wire.extend(frame(DATA, 0, 7, &[])); // no byte: not heard
-    assert_eq!(scan.body_bytes_at(&wire, 1_000_000), 4);
+    wire.extend(frame(DATA, 1, 9, b"yz")); // its last bytes: counted, then not waited for
+    wire.extend(frame(RST_STREAM, 0, 11, &[0, 0, 0, 8])); // reset by the client
+    wire.extend(frame(DATA, 0, 11, b"late")); // after its reset: not a body's
+    wire.extend(frame(DATA, 0, 13, b"never opened"));
+    assert_eq!(scan.body_bytes_at(&wire, 1_000_000), 6);
     assert_eq!(scan.streams_heard(1_000_000), 3);
     assert_eq!(scan.streams_heard(1_000_000 + 999_999), 3);
     assert_eq!(scan.streams_heard(1_000_000 + 1_000_001), 0);
+    // Reset by the server (the RST_STREAM it writes): no longer heard, its bytes none.
+    scan.closed(5);
+    assert_eq!(scan.streams_heard(1_000_000), 2);
+    assert_eq!(
+        scan.body_bytes_at(&frame(DATA, 0, 5, b"more"), 1_000_001),
+        0
+    );
     // HTTP/1.x: every byte counts, the first read split inside the method too.
     let h1 = b"POST /ping HTTP/1.1\r\nhost: x\r\n\r\n";
     let mut scan = InScan::default();
