@@ -94,7 +94,7 @@ pub(super) struct Counted<I> {
 /// SETTINGS frame; anything else (an HTTP/1.x answer) is not read. Only the frame heads
 /// are kept (9 bytes); payloads are skipped.
 #[derive(Debug, Default)]
-pub(super) struct FrameScan {
+pub(crate) struct FrameScan {
     /// Unknown until the first write, then whether the connection speaks HTTP/2.
     h2: Option<bool>,
     head: [u8; 9],
@@ -103,12 +103,17 @@ pub(super) struct FrameScan {
     skip: usize,
     /// Streams the connection reset (`RST_STREAM` written), for [`InScan::closed`].
     pub(super) resets: Vec<u32>,
+    /// The lowest last stream id of the GOAWAY frames written, for [`InScan::going_away`].
+    pub(super) goaway_last: Option<u32>,
+    /// The first bytes of the current GOAWAY frame's payload (its last stream id).
+    goaway_id: Option<([u8; 4], usize)>,
 }
 
 /// HTTP/2 frame types and the END_STREAM flag (RFC 9113 6.1, 6.2, 6.5).
 const FRAME_DATA: u8 = 0;
 const FRAME_HEADERS: u8 = 1;
 const FRAME_RST_STREAM: u8 = 3;
+const FRAME_GOAWAY: u8 = 7;
 const FRAME_SETTINGS: u8 = 4;
 const FLAG_END_STREAM: u8 = 1;
 
@@ -126,6 +131,17 @@ impl FrameScan {
         while !written.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(written.len());
+                // A GOAWAY's last stream id: its payload's first 4 bytes.
+                if let Some((id, got)) = self.goaway_id.as_mut() {
+                    let take = (4 - *got).min(n);
+                    id[*got..*got + take].copy_from_slice(&written[..take]);
+                    *got += take;
+                    if *got == 4 {
+                        let last = u32::from_be_bytes(*id) & 0x7fff_ffff;
+                        self.goaway_last = Some(self.goaway_last.map_or(last, |l| l.min(last)));
+                        self.goaway_id = None;
+                    }
+                }
                 self.skip -= n;
                 written = &written[n..];
                 continue;
@@ -145,6 +161,7 @@ impl FrameScan {
                         .push(u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff);
                 }
                 self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.goaway_id = (kind == FRAME_GOAWAY && self.skip >= 4).then_some(([0; 4], 0));
                 self.head_len = 0;
             }
         }
@@ -173,6 +190,10 @@ pub(crate) struct InScan {
     pad_next: bool,
     /// The current frame's stream.
     stream: u32,
+    /// The last stream id of the server's GOAWAY: a stream above it is not served, so
+    /// its bytes are no body's (black-box round 118a: after a 404's graceful GOAWAY, new
+    /// streams the server ignored, sent a byte each, passed for the pending bodies).
+    serves_up_to: Option<u32>,
     /// Whether the current frame's data is a pending body's (its stream is open).
     counting: bool,
     /// Streams whose request body is still coming as the client sends them: opened by a
@@ -254,7 +275,13 @@ impl InScan {
                 let is_open = self.open.contains(&self.stream);
                 self.counting = data && is_open;
                 let ends = flags & FLAG_END_STREAM != 0;
-                if kind == FRAME_HEADERS && !ends && !is_open && self.open.len() < RECENT_MAX {
+                let served = self.serves_up_to.is_none_or(|last| self.stream <= last);
+                if kind == FRAME_HEADERS
+                    && !ends
+                    && !is_open
+                    && served
+                    && self.open.len() < RECENT_MAX
+                {
                     self.open.push(self.stream);
                 } else if ((data || kind == FRAME_HEADERS) && ends) || kind == FRAME_RST_STREAM {
                     self.closed(self.stream);
@@ -268,6 +295,14 @@ impl InScan {
             }
         }
         body
+    }
+
+    /// The server sent GOAWAY with `last` as its last stream id: streams above it are
+    /// not served, and none of their bytes is a body's.
+    pub(super) fn going_away(&mut self, last: u32) {
+        self.serves_up_to = Some(self.serves_up_to.map_or(last, |l| l.min(last)));
+        self.open.retain(|s| *s <= last);
+        self.recent.retain(|(s, _)| *s <= last);
     }
 
     /// `stream`'s body comes no more (its end, or a reset by either side).
@@ -316,6 +351,9 @@ impl<I> Counted<I> {
         let ended = self.frames.ended(written);
         for stream in self.frames.resets.drain(..) {
             self.frames_in.closed(stream);
+        }
+        if let Some(last) = self.frames.goaway_last.take() {
+            self.frames_in.going_away(last);
         }
         if ended > 0 {
             let a = &self.activity;

@@ -7,7 +7,7 @@ use tokio::io::AsyncWrite;
 
 use super::*;
 use super::{
-    counted::{bare_answer_replacement, Counted, InScan},
+    counted::{bare_answer_replacement, Counted, FrameScan, InScan},
     gate::{eviction_grace, ConnectionGate, Listed},
     service::{check_head_limits, Activity},
 };
@@ -377,4 +377,38 @@ fn the_read_scan_counts_only_body_data() {
         scan.body_bytes(&h1[..1]) + scan.body_bytes(&h1[1..]),
         h1.len()
     );
+}
+
+/// Black-box round 118a: after the server's GOAWAY (a 404's graceful close), the client
+/// opened new streams, which the server does not serve, and sent a byte on each: they
+/// passed for the pending bodies' progress. The frame scan of what the server writes
+/// reads the GOAWAY's last stream id, and streams above it are no body's.
+#[test]
+fn streams_above_the_servers_goaway_are_no_bodies() {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    let mut written = frame(SETTINGS, 0, 0, &[]);
+    written.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]));
+    written.extend(frame(GOAWAY, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]));
+    // (The first write decides HTTP/2: hyper writes whole frames.)
+    for step in [4, 5, 9, 1000] {
+        let mut scan = FrameScan::default();
+        for chunk in written.chunks(step) {
+            scan.ended(chunk);
+        }
+        assert_eq!(scan.goaway_last, Some(3), "writes of {step}");
+    }
+    let mut scan = InScan::default();
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(frame(HEADERS, 4, 1, &[0x83]));
+    wire.extend(frame(HEADERS, 4, 3, &[0x83]));
+    assert_eq!(scan.body_bytes_at(&wire, 10), 0);
+    scan.going_away(3);
+    let mut more = frame(HEADERS, 4, 5, &[0x83]);
+    more.extend(frame(DATA, 0, 5, b"x")); // above the GOAWAY: not served
+    more.extend(frame(DATA, 0, 1, b"y")); // a pending body's byte
+    assert_eq!(scan.body_bytes_at(&more, 20), 1);
+    assert_eq!(scan.streams_heard(20), 1);
 }
