@@ -346,17 +346,24 @@ fn a_file_the_demo_cannot_use_says_so_beside_its_other_errors() {
         .replace("auto_insurance", "auto")
         .replace("PINGPOST_DEMO_SECRET_1", "MY_OWN_BUYER_SECRET");
     let config = dir.path().join("mine.toml");
-    std::fs::write(&config, &text).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--demo", "--demo-leads", "1"])
-        .env_remove("MY_OWN_BUYER_SECRET")
-        .env_remove("PINGPOST_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    // `--demo` on `text`, the buyer secret unset: its exit status and what it said.
+    let demo_on = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--demo", "--demo-leads", "1"])
+            .env_remove("MY_OWN_BUYER_SECRET")
+            .env_remove("PINGPOST_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = demo_on(&text);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("MY_OWN_BUYER_SECRET is not set"), "{err}");
     assert!(
         err.contains("pingpost --demo: also, the sample leads are `auto_insurance` leads, and this configuration has no `auto_insurance` vertical"),
@@ -364,17 +371,8 @@ fn a_file_the_demo_cannot_use_says_so_beside_its_other_errors() {
     );
     // A file the demo can use, with the same error, says only the error.
     let fine = demo_config(dir.path()).replace("PINGPOST_DEMO_SECRET_1", "MY_OWN_BUYER_SECRET");
-    std::fs::write(&config, &fine).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--demo", "--demo-leads", "1"])
-        .env_remove("MY_OWN_BUYER_SECRET")
-        .env_remove("PINGPOST_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = demo_on(&fine);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("MY_OWN_BUYER_SECRET is not set"), "{err}");
     assert!(!err.contains("also,"), "{err}");
 }
