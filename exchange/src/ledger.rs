@@ -556,7 +556,6 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     })
 }
 
-/// `fsync`s a directory, so a file created or removed in it is durable.
 #[cfg(test)]
 mod tests;
 
@@ -587,4 +586,46 @@ pub fn dir_problem(dir: &std::path::Path) -> Option<String> {
         }
         Err(e) => Some(format!("{shown}: {e}")),
     }
+}
+
+/// What in an existing ledger directory `dir` would stop a start, for `--check-config`,
+/// found without writing anything and without reading the segments (black-box round
+/// 117a: a ledger locked by a running exchange, a `HEAD` that is not one this exchange
+/// writes, and a `FINGERPRINT_KEY` missing or unreadable passed the check, and the start
+/// was refused). Empty when `dir` does not exist or is not a directory
+/// ([`dir_problem`] says that). `pingpost ledger verify` checks the records themselves.
+pub fn held_problems(dir: &std::path::Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !dir.is_dir() {
+        return problems;
+    }
+    let shown = dir.display();
+    // The directory's own lock, as a start takes it (shared here, and let go at once).
+    if let Ok(d) = std::fs::File::open(dir) {
+        if let Err(std::fs::TryLockError::WouldBlock) = d.try_lock_shared() {
+            problems.push(format!(
+                "ledger directory {shown} is in use by another process (another exchange running on it?)"
+            ));
+        }
+    }
+    if let Err(why) = head::read(dir) {
+        problems.push(why);
+    }
+    match crate::fingerprint::Fingerprinter::load_in(dir, dir) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(f) if f.made() => {
+            let has_records = segments::list(dir).is_ok_and(|segs| {
+                segs.iter()
+                    .any(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            });
+            if has_records {
+                problems.push(format!(
+                    "{} is missing beside a ledger that has records: if its runs used a key, a start refuses the directory (`pingpost ledger verify` says; restore the key, or start once with --new-fingerprint-key)",
+                    dir.join(crate::fingerprint::KEY_FILE).display()
+                ));
+            }
+        }
+        Ok(_) => {}
+    }
+    problems
 }

@@ -863,6 +863,9 @@ fn main() -> anyhow::Result<()> {
         if let Some(problem) = pingpost::ledger::dir_problem(&cfg.server.ledger_path) {
             pingpost::say_err!("warning: server.ledger_path: {problem}: a start here would fail");
         }
+        for problem in pingpost::ledger::held_problems(&cfg.server.ledger_path) {
+            pingpost::say_err!("warning: server.ledger_path: {problem}: a start here would fail");
+        }
         let mut listens = vec![("server.listen", cfg.server.listen)];
         if cfg.admin.token.is_some() {
             listens.push(("admin.listen", cfg.admin.listen));

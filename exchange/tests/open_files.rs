@@ -209,3 +209,85 @@ fn check_config_warns_of_a_ledger_path_or_a_listen_address_a_start_could_not_use
         "{said}"
     );
 }
+
+/// Black-box round 117a: `--check-config` passed a ledger directory locked by a running
+/// exchange, a `HEAD` that is not one the exchange writes, and a `FINGERPRINT_KEY` that is
+/// malformed or missing beside records, and each start was refused. It warns of each
+/// (exit 0: the file is right), reading without writing, and of none for a good ledger.
+#[test]
+fn check_config_warns_of_a_ledger_a_start_would_refuse() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger");
+    std::fs::create_dir(&ledger).unwrap();
+    let cfg = TestConfig::new();
+    let path = dir.path().join("pingpost.toml");
+    std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .envs(cfg.env_vars())
+            .output()
+            .expect("pingpost runs");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(&ledger)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    // An empty directory, as a first start finds it: nothing to say, nothing made.
+    let said = run();
+    assert!(!said.contains("a start here would fail"), "{said}");
+    assert!(listing().is_empty(), "{:?}", listing());
+
+    // Locked, as a running exchange holds it.
+    let lock = std::fs::File::open(&ledger).unwrap();
+    lock.lock().unwrap();
+    let said = run();
+    assert!(
+        said.contains("warning: server.ledger_path: ledger directory")
+            && said.contains("is in use by another process"),
+        "{said}"
+    );
+    drop(lock);
+    assert!(!run().contains("in use by another process"));
+
+    // A HEAD this exchange does not write.
+    std::fs::write(ledger.join("HEAD"), "seq 12\n").unwrap();
+    let said = run();
+    assert!(
+        said.contains("is not a ledger head this exchange writes")
+            && said.contains("a start here would fail"),
+        "{said}"
+    );
+    std::fs::remove_file(ledger.join("HEAD")).unwrap();
+
+    // A malformed key.
+    std::fs::write(ledger.join("FINGERPRINT_KEY"), "not hex\n").unwrap();
+    let said = run();
+    assert!(
+        said.contains("not a 64-hex-digit fingerprint key"),
+        "{said}"
+    );
+    std::fs::remove_file(ledger.join("FINGERPRINT_KEY")).unwrap();
+
+    // No key beside records.
+    std::fs::write(ledger.join("seg-00000001.jsonl"), "{}\n").unwrap();
+    let said = run();
+    assert!(
+        said.contains("FINGERPRINT_KEY is missing beside a ledger that has records"),
+        "{said}"
+    );
+    // Nothing was written by the checks: no key made, no lock file.
+    assert_eq!(
+        listing(),
+        vec![std::ffi::OsString::from("seg-00000001.jsonl")]
+    );
+}
