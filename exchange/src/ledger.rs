@@ -27,6 +27,7 @@
 mod encode;
 pub mod head;
 pub mod segments;
+mod watch;
 mod writer;
 
 use std::fs::{File, OpenOptions};
@@ -614,11 +615,7 @@ pub fn held_problems(dir: &std::path::Path) -> Vec<String> {
     match crate::fingerprint::Fingerprinter::load_in(dir, dir) {
         Err(e) => problems.push(e.to_string()),
         Ok(f) if f.made() => {
-            let has_records = segments::list(dir).is_ok_and(|segs| {
-                segs.iter()
-                    .any(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-            });
-            if has_records {
+            if has_records(dir) {
                 problems.push(format!(
                     "{} is missing beside a ledger that has records: if its runs used a key, a start refuses the directory (`pingpost ledger verify` says; restore the key, or start once with --new-fingerprint-key)",
                     dir.join(crate::fingerprint::KEY_FILE).display()

@@ -1049,3 +1049,117 @@ fn a_head_new_directory_is_told_as_a_directory() {
     );
     assert!(!e.contains("a file of that name"), "{e}");
 }
+
+/// Black-box round 120b: under load with small segments, `rm -rf` of the ledger directory
+/// removed the sealed segments and the key while the writer went on in a segment `rm`
+/// had not listed, and every later batch was acknowledged into a ledger the next start
+/// refused. Now a sealed segment or the key removed, moved away or replaced, or a
+/// segment written by another process, fails the next batch (nothing of it
+/// acknowledged), while the writer's own rotations and other files change nothing.
+#[test]
+fn a_sealed_segment_or_the_key_changed_by_another_process_fails_the_next_batch() {
+    let rec = || Pending {
+        line: br#"{"type":"flush","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_vec(),
+        ack: None,
+    };
+    type Change = fn(&Path, &Path);
+    let changes: [(&str, Change, &str); 6] = [
+        (
+            "rm",
+            |_, s| std::fs::remove_file(s).unwrap(),
+            "was removed while",
+        ),
+        (
+            "mv away",
+            |d, s| std::fs::rename(s, d.parent().unwrap().join("elsewhere")).unwrap(),
+            "was moved out of the ledger directory",
+        ),
+        (
+            "mv over",
+            |d, s| {
+                std::fs::write(d.join("other"), b"{}\n").unwrap();
+                std::fs::rename(d.join("other"), s).unwrap()
+            },
+            "was replaced (another file was moved over it)",
+        ),
+        (
+            "append",
+            |_, s| {
+                OpenOptions::new()
+                    .append(true)
+                    .open(s)
+                    .unwrap()
+                    .write_all(b"{}\n")
+                    .unwrap()
+            },
+            "(a sealed segment) was written by another process",
+        ),
+        (
+            "rm key",
+            |d, _| std::fs::remove_file(d.join(crate::fingerprint::KEY_FILE)).unwrap(),
+            "the lead fingerprint key",
+        ),
+        (
+            "mv key",
+            |d, _| {
+                std::fs::rename(d.join(crate::fingerprint::KEY_FILE), d.join("key-aside")).unwrap()
+            },
+            "was moved out of the ledger directory",
+        ),
+    ];
+    for (name, change, said) in changes {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        let mut w = Writer::recover(&dir, 200).unwrap();
+        std::fs::write(dir.join(crate::fingerprint::KEY_FILE), b"k").unwrap();
+        let mut buf = Vec::new();
+        // Rotations of its own (several segments sealed and closed) and files that are
+        // not the ledger's, made and removed beside it: no failure.
+        for _ in 0..6 {
+            assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
+            std::fs::write(dir.join("notes.txt"), b"x").unwrap();
+            std::fs::remove_file(dir.join("notes.txt")).unwrap();
+        }
+        let segs = segments::list(&dir).unwrap();
+        assert!(segs.len() >= 4, "{name}: {segs:?}");
+        let current = w.seg_len;
+        let (_, sealed) = &segs[1];
+        change(&dir, sealed);
+        let (n, r) = w.write_batch(&[rec()], true, &mut buf);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(said), "{name}: {e}");
+        assert!(e.contains("before the next start"), "{name}: {e}");
+        assert_eq!(n, 0, "{name}: nothing of the batch is acknowledged");
+        assert_eq!(w.seg_len, current, "{name}: nothing of it written");
+    }
+}
+
+/// Another process writing the segment being written is found too, even where the
+/// length comes out the same (an edit in place: `dd conv=notrunc`).
+#[test]
+fn the_segment_being_written_edited_in_place_fails_the_next_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ledger");
+    let mut w = Writer::recover(&dir, 64 << 20).unwrap();
+    let rec = || Pending {
+        line: br#"{"type":"flush"}"#.to_vec(),
+        ack: None,
+    };
+    let mut buf = Vec::new();
+    assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = OpenOptions::new().write(true).open(&w.seg_path).unwrap();
+        f.seek(SeekFrom::Start(2)).unwrap();
+        f.write_all(b"X").unwrap();
+    }
+    let e = w
+        .write_batch(&[rec()], true, &mut buf)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(the segment being written) was written by another process"),
+        "{e}"
+    );
+}

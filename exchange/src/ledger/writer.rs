@@ -32,6 +32,8 @@ pub(super) struct Writer {
     /// every 2 s says it once, not every time (black-box round 99c: the same warning
     /// every 2 s for a ledger directory that had been removed).
     pub(super) head_warned: Option<String>,
+    /// What other processes do to the directory ([`watch`]): looked at before each batch.
+    pub(super) watch: Option<watch::DirWatch>,
 }
 
 /// Makes the ledger's `HEAD` file hold `seq`, whole and synced ([`head::create_in`], in
@@ -326,6 +328,8 @@ impl Writer {
             head: head_file,
             head_seq: chain.seq,
             head_warned: None,
+            // Watched from here on: what this start did to the directory is behind it.
+            watch: watch::DirWatch::new(dir),
         })
     }
 
@@ -412,6 +416,13 @@ impl Writer {
         // its `post_sent` there, a delivery of unknown outcome at the next start).
         if let Err(e) = self.check_segment() {
             return (0, Err(e));
+        }
+        // Nor after another process removed, replaced or wrote one of the ledger's files
+        // (black-box round 120b: sealed segments and the key removed under load).
+        if let Some(w) = self.watch.as_mut() {
+            if let Err(why) = w.check(&self.dir, self.seg_no) {
+                return (0, Err(other(why)));
+            }
         }
         // At the timer's checks (every 2 s at most, busy or idle), the path must still name
         // the directory locked at start: one moved (`mv`) or replaced while the exchange
@@ -641,6 +652,9 @@ impl Writer {
             .sync_all()
             .map_err(|e| ctx("syncing the directory", &self.dir, e))?;
         tracing::info!(segment = %path.display(), seq = self.chain.seq + 1, "ledger: new segment");
+        if let Some(w) = self.watch.as_mut() {
+            w.closing(self.seg_no);
+        }
         self.seg_no = no;
         self.seg_path = path;
         // The sealed segment's descriptor closes here, and the spare takes its place.
