@@ -1148,6 +1148,18 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         b9.contains("DOES NOT LOAD: ") && b9.contains("symbolic links") && !b9.contains("missing"),
         "{list}"
     );
+    assert_eq!(out.status.code(), Some(0), "a set that is not the champion");
+    // The champion's set broken (round 119a: listed with exit 0): said, exit 1.
+    let champion_was = std::fs::read(&champion_file).unwrap();
+    std::fs::write(&champion_file, b"b9\n").unwrap();
+    let out = run(&["models", "list", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the champion b9 does not load") && err.contains("will not serve it"),
+        "{err}"
+    );
+    std::fs::write(&champion_file, champion_was).unwrap();
     std::fs::remove_dir_all(sets.join("b9")).unwrap();
     let out = run(&[
         "models",

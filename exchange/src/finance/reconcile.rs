@@ -163,30 +163,16 @@ pub struct Reconciliation {
     pub stats: ReadStats,
 }
 
-/// A stretch of the ledger written under one generation (from a change of generation, a
-/// `flush` or a start to the next), and the serving models its auctions name, per
-/// vertical: the first and the last seen.
-struct Stretch {
-    start: (usize, String),
-    generation: u64,
-    /// It follows the stretch before directly (no flush or start between) with the next
-    /// generation: a reload or a model swap made it.
-    next: bool,
+/// The records of one generation within an [`Epoch`], and the serving models its
+/// auctions name, per vertical: the first and the last seen.
+struct GenSeen {
+    /// Where its first record is (ordinal and place).
+    first: (usize, String),
     first_models: HashMap<String, String>,
     last_models: HashMap<String, String>,
 }
 
-impl Stretch {
-    fn new(start: (usize, String), generation: u64, next: bool) -> Stretch {
-        Stretch {
-            start,
-            generation,
-            next,
-            first_models: HashMap::new(),
-            last_models: HashMap::new(),
-        }
-    }
-
+impl GenSeen {
     /// An auction of `vertical` served by `models` (its record's `models`, if any).
     fn saw(&mut self, vertical: &str, models: Option<&serde_json::Value>) {
         let m = models.map_or_else(String::new, serde_json::Value::to_string);
@@ -199,44 +185,103 @@ impl Stretch {
         }
     }
 
-    /// Whether a model swap, not a reload, made this stretch out of `before` (the one
-    /// just before it): the next generation, directly after it (`next`), and a vertical
-    /// whose auctions in both name other models (a reload never changes the models of a
-    /// vertical it keeps; a swap changes nothing else). When the ledger cannot tell (no
-    /// such vertical had auctions on both sides, a swap to the same models), it counts
-    /// as a reload: a new run.
-    fn continues(&self, before: &Stretch) -> bool {
-        self.next
-            && self
-                .first_models
-                .iter()
-                .any(|(v, m)| before.last_models.get(v).is_some_and(|b| b != m))
+    /// Whether a model swap, not a reload, made this generation out of `before` (the one
+    /// numbered just before it, of the same epoch): a vertical whose auctions in both
+    /// name other models (a reload never changes the models of a vertical it keeps; a
+    /// swap changes nothing else). When the ledger cannot tell (no such vertical had
+    /// auctions under both, a swap to the same models), it counts as a reload.
+    fn continues(&self, before: &GenSeen) -> bool {
+        self.first_models
+            .iter()
+            .any(|(v, m)| before.last_models.get(v).is_some_and(|b| b != m))
     }
 }
 
-/// Adds `next` after the ledger's stretches, keeping only those the latest run can still
-/// reach back to: once a stretch is complete (another follows it), one that does not
-/// continue the stretch before it ends any run through it, and the ones before are
-/// dropped (so a ledger of many reloads and swaps keeps a few).
-fn push_stretch(stretches: &mut Vec<Stretch>, next: Stretch) {
-    if let [.., before, last] = stretches.as_slice() {
-        if !last.continues(before) {
-            stretches.drain(..stretches.len() - 1);
+/// Generations an [`Epoch`] keeps apart at most: past it, those before its latest run
+/// are let go, and then the oldest (their sales are then counted as earlier, never
+/// failed).
+const EPOCH_GENERATIONS_MAX: usize = 4096;
+
+/// The ledger's records between two `flush`es (a start's mark begins one at once; a
+/// shutdown's, at the next record): one process's generations, numbered upward. A
+/// generation changes at every reload and model swap; under load, records of
+/// neighbouring generations interleave (an auction decided under one is written after a
+/// post under the next: black-box round 119a), so records are grouped by generation,
+/// not by where the number changes in the ledger.
+struct Epoch {
+    /// Its first record (ordinal and place; past the start's mark for a start).
+    start: (usize, String),
+    /// The generation of the flush that began it, for an epoch with no record yet.
+    hint: u64,
+    gens: BTreeMap<u64, GenSeen>,
+    /// Generations below it were let go ([`EPOCH_GENERATIONS_MAX`]).
+    floor: u64,
+}
+
+impl Epoch {
+    fn new(start: (usize, String), hint: u64) -> Epoch {
+        Epoch {
+            start,
+            hint,
+            gens: BTreeMap::new(),
+            floor: 0,
         }
     }
-    stretches.push(next);
-}
 
-/// Where the ledger's latest run begins (ordinal and place) and its first generation:
-/// the last stretch, joined to those before it while model swaps made them.
-fn latest_run(stretches: &[Stretch]) -> ((usize, String), u64) {
-    let mut i = stretches.len().saturating_sub(1);
-    while i > 0 && stretches[i].continues(&stretches[i - 1]) {
-        i -= 1;
+    /// A record of `generation` at `ordinal`: its generation's entry (made at its first
+    /// record), or `None` for one let go.
+    fn record(
+        &mut self,
+        generation: u64,
+        ordinal: usize,
+        place: impl FnOnce() -> String,
+    ) -> Option<&mut GenSeen> {
+        if generation < self.floor {
+            return None;
+        }
+        if !self.gens.contains_key(&generation) && self.gens.len() >= EPOCH_GENERATIONS_MAX {
+            let (_, first) = self.latest_run();
+            let mut keep = self.gens.split_off(&first);
+            while keep.len() >= EPOCH_GENERATIONS_MAX / 2 {
+                keep.pop_first();
+            }
+            self.gens = keep;
+            self.floor = self.gens.first_key_value().map_or(generation, |(g, _)| *g);
+            if generation < self.floor {
+                return None;
+            }
+        }
+        Some(self.gens.entry(generation).or_insert_with(|| GenSeen {
+            first: (ordinal, place()),
+            first_models: HashMap::new(),
+            last_models: HashMap::new(),
+        }))
     }
-    stretches
-        .get(i)
-        .map_or(((0, String::new()), 0), |s| (s.start.clone(), s.generation))
+
+    /// The newest generation it holds (its flush's for an epoch with no record).
+    fn newest(&self) -> u64 {
+        self.gens.last_key_value().map_or(self.hint, |(g, _)| *g)
+    }
+
+    /// Where its latest run begins (its first generation's first record) and that
+    /// generation: the newest generation, joined to the ones numbered just before it
+    /// while model swaps made them.
+    fn latest_run(&self) -> ((usize, String), u64) {
+        let Some((&top, _)) = self.gens.last_key_value() else {
+            return (self.start.clone(), self.hint);
+        };
+        let mut g = top;
+        while let (Some(before), Some(after)) = (
+            g.checked_sub(1).and_then(|b| self.gens.get(&b)),
+            self.gens.get(&g),
+        ) {
+            if !after.continues(before) {
+                break;
+            }
+            g -= 1;
+        }
+        (self.gens[&g].first.clone(), g)
+    }
 }
 
 /// Counts a sale decided under generation `g` before the ledger's latest run (`test`:
@@ -355,15 +400,13 @@ pub fn reconcile_upto(
     // Each delivery's buyer and the price it was sent at (`post_sent`, by lead and
     // attempt): the buyer's bid, which its sale must charge.
     let mut sent_to: HashMap<(String, u64), SentTo> = HashMap::new();
-    // The ledger's runs of one generation: a new run begins where the generation
-    // changes (a reload, or a restart: generations start again at 1) or after a `flush`
-    // (a shutdown; a restart follows).
-    // A model swap makes a generation too, but changes no payout rule: stretches of one
-    // generation joined by swaps only are one run (see `Stretch::continues`).
+    // The ledger's runs: a run is one generation's auctions within one epoch (between
+    // flushes: a start, or a shutdown; generations start again at 1 at a start), joined
+    // to the generations numbered just before it while model swaps made them (a swap
+    // makes a generation too, but changes no payout rule: see `GenSeen::continues`).
     let mut ordinal = 0usize;
-    let mut last_gen: Option<u64> = None;
     let mut after_flush = false;
-    let mut stretches: Vec<Stretch> = vec![Stretch::new((0, String::new()), 0, false)];
+    let mut epoch = Epoch::new((0, String::new()), 0);
     // Where each start's mark is (ordinals, in order).
     let mut starts: Vec<usize> = Vec::new();
     let stats = for_each_unverified_upto(dir, upto, |e: Entry| {
@@ -372,27 +415,18 @@ pub fn reconcile_upto(
             .get("generation")
             .and_then(|g| g.as_u64())
             .unwrap_or(0);
-        if last_gen != Some(generation) || after_flush {
-            let next = !after_flush && last_gen.map(|g| g.saturating_add(1)) == Some(generation);
-            push_stretch(
-                &mut stretches,
-                Stretch::new((ordinal, e.place()), generation, next),
-            );
+        if after_flush {
+            epoch = Epoch::new((ordinal, e.place()), generation);
         }
-        last_gen = Some(generation);
         after_flush = e.kind == "flush";
         if after_flush && e.value.get("start").and_then(|s| s.as_bool()) == Some(true) {
             // A start (its flush marks it, after a shutdown or a crash) begins a run: a
             // ledger that ends with one has an empty latest run, not the one before it.
-            push_stretch(
-                &mut stretches,
-                Stretch::new((ordinal + 1, e.place()), generation, false),
-            );
+            epoch = Epoch::new((ordinal + 1, e.place()), generation);
             starts.push(ordinal);
-        }
-        if e.kind == "auction" {
-            if let Some(last) = stretches.last_mut() {
-                last.saw(e.str("vertical"), e.value.get("models"));
+        } else if let Some(seen) = epoch.record(generation, ordinal, || e.place()) {
+            if e.kind == "auction" {
+                seen.saw(e.str("vertical"), e.value.get("models"));
             }
         }
         let here = ordinal;
@@ -556,12 +590,14 @@ pub fn reconcile_upto(
         }
         true
     })?;
-    let (run_start, first_gen) = latest_run(&stretches);
+    let (run_start, first_gen) = epoch.latest_run();
+    let last_gen = epoch.newest();
+    let epoch_start = epoch.start.0;
     // How many starts came before the record at `ordinal`.
     let start_of = |ordinal: usize| starts.partition_point(|&s| s < ordinal);
     let mut out = Reconciliation {
         payouts_checked: cfg.is_some(),
-        current: last_gen.map(|g| (first_gen.min(g), g, run_start.1.clone())),
+        current: (ordinal > 0).then(|| (first_gen.min(last_gen), last_gen, run_start.1.clone())),
         current_start: start_of(run_start.0),
         stats,
         ..Reconciliation::default()
@@ -753,7 +789,10 @@ pub fn reconcile_upto(
             // reload): its generation and place say which configuration decided it.
             let (decided_at, decided_gen) =
                 auction.map_or((s.ordinal, s.generation), |a| (a.ordinal, a.generation));
-            let current = decided_at >= run_start.0;
+            // Of the latest run: decided in the last epoch, under one of the run's
+            // generations (records of the generation before it may come later in the
+            // ledger).
+            let current = decided_at >= epoch_start && decided_gen >= first_gen;
             match cfg.sellers.iter().find(|x| x.id == s.seller) {
                 // A seller of an earlier run may have been removed since (black-box round
                 // 18): like a payout rule that changed, listed, not failed.
@@ -763,7 +802,7 @@ pub fn reconcile_upto(
                         "{}: seller {:?} is not in the configuration given; the auction ran under generation {decided_gen}, before a reload or restart (the ledger's latest run is generation {} from {}): not a mismatch, the seller may have been removed since ({})",
                         s.place,
                         s.seller,
-                        last_gen.unwrap_or(0),
+                        last_gen,
                         run_start.1,
                         s.ids
                     ));
@@ -803,7 +842,7 @@ pub fn reconcile_upto(
                             } else {
                                 out.payout_not_rechecked.push(format!(
                                     "{what}, before a reload or restart (the ledger's latest run is generation {} from {}): not a mismatch, the rule may have changed since ({})",
-                                    last_gen.unwrap_or(0),
+                                    last_gen,
                                     run_start.1,
                                     s.ids
                                 ));

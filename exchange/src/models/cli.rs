@@ -266,10 +266,19 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
             // A set is loaded as a swap would load it, so one that cannot serve says so
             // here rather than at the swap (black-box round 31).
             if let Err(e) = crate::models::load_set(&cfg.learning, v, &ver) {
-                parts.push(format!(
-                    "DOES NOT LOAD: {}",
-                    e.first().map_or("", String::as_str)
-                ));
+                let why = e.first().map_or("", String::as_str);
+                parts.push(format!("DOES NOT LOAD: {why}"));
+                // The champion's is what a start or a directory check would serve: as
+                // an unreadable or missing one, said on stderr and exit 1 (black-box
+                // round 119a: a truncated champion was listed with exit 0).
+                if Some(&ver) == champion.as_ref() {
+                    crate::say_err!(
+                        "pingpost models: vertical {}: the champion {} does not load ({why}): the exchange will not serve it",
+                        v.name,
+                        proto::error::printable_name(&ver)
+                    );
+                    status = 1;
+                }
             }
             emit(
                 "models list",

@@ -563,7 +563,7 @@ pub fn rollback_target(
         // Serving no model (`"version": null`) is not in HISTORY: going back undoes it
         // (black-box round 110c: nothing said that the version switched off came back).
         note = Some(format!(
-            "no model is served (CHAMPION is empty: switched off): going back to the version served before, {}, HISTORY's last entry",
+            "no model is served (CHAMPION is empty: switched off): going back to HISTORY's last entry, {} (the last version the exchange promoted or swapped in; a CHAMPION written by hand is not in HISTORY)",
             proto::error::printable_name(last)
         ));
     }
@@ -802,7 +802,7 @@ mod tests {
             t(
                 "b",
                 &["a", "b"],
-                Some("no model is served (CHAMPION is empty: switched off): going back to the version served before, b, HISTORY's last entry")
+                Some("no model is served (CHAMPION is empty: switched off): going back to HISTORY's last entry, b (the last version the exchange promoted or swapped in; a CHAMPION written by hand is not in HISTORY)")
             )
         );
         assert_eq!(set("", "").map(|r| r.target), None);

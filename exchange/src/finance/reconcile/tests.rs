@@ -1,14 +1,18 @@
 use super::*;
 use crate::ledger::segments;
 
-/// A stretch of `generation` whose auctions of each `(vertical, models)` came in order.
-fn stretch(at: usize, generation: u64, next: bool, seen: &[(&str, &str)]) -> Stretch {
-    let mut s = Stretch::new((at, format!("seq {at}")), generation, next);
-    for (v, m) in seen {
-        let models: serde_json::Value = serde_json::from_str(m).unwrap();
-        s.saw(v, Some(&models).filter(|m| !m.is_null()));
+/// An epoch of the records `(generation, vertical, models)` in ledger order (an empty
+/// vertical: a record that is not an auction); ordinals count from 0.
+fn epoch(records: &[(u64, &str, &str)]) -> Epoch {
+    let mut e = Epoch::new((0, "seq 0".into()), 0);
+    for (at, (g, v, m)) in records.iter().enumerate() {
+        let seen = e.record(*g, at, || format!("seq {at}")).unwrap();
+        if !v.is_empty() {
+            let models: serde_json::Value = serde_json::from_str(m).unwrap();
+            seen.saw(v, Some(&models).filter(|m| !m.is_null()));
+        }
     }
-    s
+    e
 }
 
 /// Round 86b: after thousands of reloads the summary named every generation.
@@ -85,59 +89,73 @@ fn the_earlier_sales_name_a_bounded_number_of_generations_and_count_the_rest() {
 fn the_latest_run_goes_back_over_model_swaps_only() {
     let m1 = r#"{"realization":"m1"}"#;
     let m2 = r#"{"realization":"m2"}"#;
-    let at = |stretches: &[Stretch]| latest_run(stretches).0 .0;
+    let at = |records: &[(u64, &str, &str)]| epoch(records).latest_run().0 .0;
     // No model, then m1, then m2 (a vertical with auctions on both sides): one run.
-    let swaps = [
-        stretch(0, 1, false, &[("v", "null")]),
-        stretch(5, 2, true, &[("v", m1), ("v", m1)]),
-        stretch(9, 3, true, &[("v", m2)]),
-    ];
-    assert_eq!(latest_run(&swaps), ((0, "seq 0".into()), 1));
+    let swaps = [(1, "v", "null"), (2, "v", m1), (2, "v", m1), (3, "v", m2)];
+    assert_eq!(epoch(&swaps).latest_run(), ((0, "seq 0".into()), 1));
     // The same models on both sides: a reload.
-    let reload = [
-        stretch(0, 1, false, &[("v", m1)]),
-        stretch(5, 2, true, &[("v", m1)]),
-    ];
-    assert_eq!(at(&reload), 5);
+    assert_eq!(at(&[(1, "v", m1), (2, "v", m1)]), 1);
     // A generation skipped (a reload or swap with no auction between): not joined.
-    let gap = [
-        stretch(0, 1, false, &[("v", m1)]),
-        stretch(5, 3, false, &[("v", m2)]),
-    ];
-    assert_eq!(at(&gap), 5);
-    // After a flush or a start (`next` false), or generations starting again.
-    let restart = [
-        stretch(0, 1, false, &[("v", m1)]),
-        stretch(5, 2, false, &[("v", m2)]),
-    ];
-    assert_eq!(at(&restart), 5);
+    assert_eq!(at(&[(1, "v", m1), (3, "v", m2)]), 1);
     // Other models only for a vertical without auctions before: cannot tell.
-    let other = [
-        stretch(0, 1, false, &[("u", m1)]),
-        stretch(5, 2, true, &[("v", m2), ("u", m1)]),
-    ];
-    assert_eq!(at(&other), 5);
+    assert_eq!(at(&[(1, "u", m1), (2, "v", m2), (2, "u", m1)]), 1);
     // The swap is judged by the last auction before and the first after it.
-    let last_first = [
-        stretch(0, 1, false, &[("v", m2), ("v", m1)]),
-        stretch(5, 2, true, &[("v", m1), ("v", m2)]),
-    ];
-    assert_eq!(at(&last_first), 5);
+    assert_eq!(
+        at(&[(1, "v", m2), (1, "v", m1), (2, "v", m1), (2, "v", m2)]),
+        2
+    );
     // A run of swaps stops at the reload before it.
-    let chain = [
-        stretch(0, 1, false, &[("v", m1)]),
-        stretch(3, 2, true, &[("v", m1)]),
-        stretch(5, 3, true, &[("v", m2)]),
-        stretch(9, 4, true, &[("v", m1)]),
-    ];
-    assert_eq!(latest_run(&chain), ((3, "seq 3".into()), 2));
-    // Kept as the pass keeps them: what the run cannot reach back to is dropped.
-    let mut kept = Vec::new();
-    for s in chain {
-        push_stretch(&mut kept, s);
+    let chain = [(1, "v", m1), (2, "v", m1), (3, "v", m2), (4, "v", m1)];
+    assert_eq!(epoch(&chain).latest_run(), ((1, "seq 1".into()), 2));
+    assert_eq!(epoch(&chain).newest(), 4);
+}
+
+/// Black-box round 119a: under load, records of neighbouring generations interleave (an
+/// auction decided under generation 24 written after a post under 25), and each change
+/// of number in the ledger was taken for a reload: after 24 swaps, only the last two
+/// generations' sales had their payouts re-checked. Records are grouped by generation.
+#[test]
+fn records_of_neighbouring_generations_interleaved_are_one_run_of_swaps() {
+    let m1 = r#"{"realization":"m1"}"#;
+    let m2 = r#"{"realization":"m2"}"#;
+    let mut records = vec![(1, "v", m1)];
+    for g in 2..=25u64 {
+        let (before, now) = if g % 2 == 0 { (m1, m2) } else { (m2, m1) };
+        // A post of the new generation (no auction), then a late auction of the one
+        // before, then the new generation's auctions.
+        records.push((g, "", "null"));
+        records.push((g - 1, "v", before));
+        records.push((g, "v", now));
     }
-    assert_eq!(kept.len(), 3);
-    assert_eq!(latest_run(&kept), ((3, "seq 3".into()), 2));
+    let e = epoch(&records);
+    assert_eq!(e.latest_run(), ((0, "seq 0".into()), 1));
+    assert_eq!(e.newest(), 25);
+    // A generation whose first record comes after the next one's (its auctions all late).
+    let late = epoch(&[(1, "v", m1), (3, "", "null"), (2, "v", m2), (3, "v", m1)]);
+    assert_eq!(late.latest_run(), ((0, "seq 0".into()), 1));
+    // A reload among them still begins a run: the same models on both sides.
+    let reload = epoch(&[(1, "v", m1), (2, "", "null"), (1, "v", m1), (2, "v", m1)]);
+    assert_eq!(reload.latest_run(), ((1, "seq 1".into()), 2));
+}
+
+/// An epoch keeps a bounded number of generations: past the bound, those before its
+/// latest run go, then the oldest, and their late records are let go.
+#[test]
+fn an_epoch_keeps_a_bounded_number_of_generations() {
+    let m1 = r#"{"realization":"m1"}"#;
+    let mut e = Epoch::new((0, "seq 0".into()), 0);
+    // Reloads only (the same models): each generation is a run of its own.
+    for g in 0..(3 * EPOCH_GENERATIONS_MAX as u64) {
+        let models: serde_json::Value = serde_json::from_str(m1).unwrap();
+        e.record(g, g as usize, String::new)
+            .unwrap()
+            .saw("v", Some(&models));
+        assert!(e.gens.len() <= EPOCH_GENERATIONS_MAX);
+    }
+    let newest = 3 * EPOCH_GENERATIONS_MAX as u64 - 1;
+    assert_eq!(e.latest_run().1, newest);
+    assert!(e.floor > 0);
+    assert!(e.record(0, 0, String::new).is_none(), "let go");
 }
 
 /// Writes `records` as a framed segment in a fresh directory.
@@ -856,4 +874,44 @@ fn a_fallback_without_its_earlier_attempt_and_a_duplicate_sale_are_mismatches() 
         "{all}"
     );
     assert!(all.contains("ping_id pg_1 sold twice"), "{all}");
+}
+
+/// Round 119a, read from a ledger: auctions of generations 1 to 4, each swap's
+/// generation interleaved with late records of the one before it, are one run.
+#[test]
+fn a_ledger_of_swaps_with_interleaved_generations_has_one_latest_run() {
+    let auction = |n: u64, g: u64, m: &str| {
+        AUCTION
+            .replace("au_1", &format!("au_{n}"))
+            .replace("pg_1", &format!("pg_{n}"))
+            .replace(r#""generation":1"#, &format!(r#""generation":{g}"#))
+            .replace(
+                r#""took_us""#,
+                &format!(r#""models":{{"v":"{m}"}},"took_us""#),
+            )
+    };
+    let flush = |g: u64| {
+        format!(r#"{{"type":"flush","v":3,"generation":{g},"at":"2026-11-29T10:00:00.000Z"}}"#)
+    };
+    let records = [
+        auction(1, 1, "m1"),
+        auction(2, 2, "m2"),
+        auction(3, 1, "m1"),
+        auction(4, 3, "m1"),
+        auction(5, 2, "m2"),
+        auction(6, 4, "m2"),
+        auction(7, 3, "m1"),
+        auction(8, 4, "m2"),
+    ];
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dir = ledger(&refs);
+    let r = reconcile(dir.path(), None).unwrap();
+    let (first, last, from) = r.current.clone().unwrap();
+    assert_eq!((first, last), (1, 4), "{from}");
+    // A shutdown's flush at the end leaves the run as it is; a start begins an empty one.
+    let mut with_stop = refs.clone();
+    let stop = flush(4);
+    with_stop.push(&stop);
+    let r = reconcile(ledger(&with_stop).path(), None).unwrap();
+    assert_eq!(r.current.map(|c| (c.0, c.1)), Some((1, 4)));
 }
