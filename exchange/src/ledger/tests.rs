@@ -987,6 +987,8 @@ async fn a_write_error_stops_the_ledger_for_the_life_of_the_process() {
         &mut w.file,
         OpenOptions::new().append(true).open("/dev/full").unwrap(),
     );
+    // The swapped-in file's time is the writer's own from here on.
+    w.note_seg_mtime();
     let ledger = Ledger::start(w, |_| {}).unwrap();
     assert!(ledger.is_healthy());
     let e = ledger.flush_at(1, 0).await.unwrap_err();
@@ -1080,7 +1082,7 @@ fn a_sealed_segment_or_the_key_changed_by_another_process_fails_the_next_batch()
                 std::fs::write(d.join("other"), b"{}\n").unwrap();
                 std::fs::rename(d.join("other"), s).unwrap()
             },
-            "was replaced (another file was moved over it)",
+            "was replaced (another file was moved over it",
         ),
         (
             "append",
@@ -1162,4 +1164,102 @@ fn the_segment_being_written_edited_in_place_fails_the_next_batch() {
         e.contains("(the segment being written) was written by another process"),
         "{e}"
     );
+}
+
+/// Black-box round 121a: a sealed segment written through a hard link outside the
+/// ledger directory, or through a descriptor kept open, and the segment being written
+/// edited in place at the same length through such a link, went unseen; so did a
+/// segment file made by another process. Each now fails the next batch, while a
+/// hard-link snapshot of the segments and a `touch` of a sealed one change nothing.
+#[test]
+fn writes_through_other_names_and_foreign_segments_fail_the_next_batch() {
+    use std::os::unix::fs::FileExt as _;
+    let rec = || Pending {
+        line: br#"{"type":"flush","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_vec(),
+        ack: None,
+    };
+    let fresh = |root: &Path| {
+        let dir = root.join("ledger");
+        let mut w = Writer::recover(&dir, 200).unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..4 {
+            assert!(w.write_batch(&[rec(), rec()], true, &mut buf).1.is_ok());
+        }
+        (dir, w, buf)
+    };
+    // A snapshot by hard links (as `cp -al` makes) and `touch` of a sealed segment:
+    // nothing written, nothing said.
+    {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, mut w, mut buf) = fresh(root.path());
+        let snap = root.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        for (_, seg) in segments::list(&dir).unwrap() {
+            std::fs::hard_link(&seg, snap.join(seg.file_name().unwrap())).unwrap();
+        }
+        let (_, sealed) = &segments::list(&dir).unwrap()[0];
+        // `touch` sets both times (an attribute change; `touch -m` alone is a write's).
+        let f = std::fs::File::open(sealed).unwrap();
+        let now = std::time::SystemTime::now();
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(now)
+                .set_modified(now),
+        )
+        .unwrap();
+        let r = w.write_batch(&[rec()], true, &mut buf).1;
+        assert!(r.is_ok(), "{r:?}");
+    }
+    type Change = fn(&Path, &Path, &Path);
+    let changes: [(&str, Change, &str); 4] = [
+        (
+            "sealed, through a link elsewhere",
+            |root, dir, _| {
+                let (_, sealed) = &segments::list(dir).unwrap()[1];
+                let link = root.join("elsewhere");
+                std::fs::hard_link(sealed, &link).unwrap();
+                let f = OpenOptions::new().write(true).open(&link).unwrap();
+                f.write_all_at(b"X", 2).unwrap();
+            },
+            "(a sealed segment) was written by another process",
+        ),
+        (
+            "sealed, a descriptor kept open",
+            |_, dir, _| {
+                let (_, sealed) = &segments::list(dir).unwrap()[1];
+                let f = OpenOptions::new().write(true).open(sealed).unwrap();
+                f.write_all_at(b"X", 2).unwrap();
+                // Not closed before the batch.
+                std::mem::forget(f);
+            },
+            "(a sealed segment) was written by another process",
+        ),
+        (
+            "being written, through a link elsewhere",
+            |root, _, current| {
+                let link = root.join("elsewhere");
+                std::fs::hard_link(current, &link).unwrap();
+                let f = OpenOptions::new().write(true).open(&link).unwrap();
+                f.write_all_at(b"X", 2).unwrap();
+            },
+            "(the segment being written) was written by another process",
+        ),
+        (
+            "a segment made",
+            |_, dir, _| {
+                std::fs::write(dir.join(segments::segment_name(99)), b"{}\n").unwrap();
+            },
+            "was made in the ledger directory by another process",
+        ),
+    ];
+    for (name, change, said) in changes {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, mut w, mut buf) = fresh(root.path());
+        let current = w.seg_path.clone();
+        change(root.path(), &dir, &current);
+        let (n, r) = w.write_batch(&[rec()], true, &mut buf);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(said), "{name}: {e}");
+        assert_eq!(n, 0, "{name}: nothing of the batch is acknowledged");
+    }
 }

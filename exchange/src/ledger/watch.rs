@@ -1,6 +1,10 @@
-//! What other processes do to the ledger directory while the exchange runs, seen through
-//! inotify: a segment or the fingerprint key removed, moved away or replaced, or a segment
-//! written by another process. The writer looks before every batch (one `read` of a
+//! What other processes do to the ledger's files while the exchange runs, seen through
+//! inotify: a segment or the fingerprint key removed, moved away or replaced, a segment
+//! file made by another process, or a sealed segment written (through any of its names:
+//! each sealed segment's own inode is watched, so a hard link elsewhere or a descriptor
+//! kept open is seen at its first write, black-box round 121a). The segment being written
+//! is checked by its size and modification time instead (`Writer::check_segment`): its
+//! own writes are the writer's. The writer looks before every batch (one `read` of a
 //! non-blocking descriptor, usually `EAGAIN`), so a change stops the ledger (fail-stop)
 //! before the next record is acknowledged, and within the timer's 2 s when idle.
 //!
@@ -10,64 +14,103 @@
 //! wrong, `/readyz` stayed `ready`, and the exchange answered `sold` into a ledger its next
 //! start refused.
 
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use rustix::fs::inotify;
 
 use super::segments;
 use crate::fingerprint::KEY_FILE;
 
-/// The events watched: a name taken out of the directory or put over another, and a
-/// file opened for writing closed (another process's `>>`, `truncate`, `cp` over).
-fn flags() -> inotify::WatchFlags {
+/// The directory's events: a name taken out of it, put over another, or made.
+fn dir_flags() -> inotify::WatchFlags {
     inotify::WatchFlags::DELETE
         | inotify::WatchFlags::MOVED_FROM
         | inotify::WatchFlags::MOVED_TO
-        | inotify::WatchFlags::CLOSE_WRITE
+        | inotify::WatchFlags::CREATE
         | inotify::WatchFlags::ONLYDIR
 }
 
-/// The watch on one ledger directory.
+/// The watch on one ledger directory and its sealed segments.
 #[derive(Debug)]
 pub(super) struct DirWatch {
     fd: OwnedFd,
-    /// Segments this writer closed after writing them (a rotation seals one and closes
-    /// its descriptor): their one `CLOSE_WRITE` is this writer's own.
-    own_closes: Vec<u32>,
+    /// The directory's watch descriptor.
+    dir_wd: i32,
+    /// Each sealed segment's watch descriptor, and its number.
+    sealed: HashMap<i32, u32>,
+    /// Segments this writer made (at a rotation): their `CREATE` is its own.
+    own_creates: Vec<u32>,
+    /// A sealed segment could not be watched (the per-user limit of watches): said once.
+    warned: bool,
 }
 
 impl DirWatch {
-    /// Watches `dir`; `None` (said once in the log) where inotify is not available (the
-    /// per-user limit of instances reached, a file system without it): the next start's
-    /// checks still find a segment or a key that is missing.
-    pub(super) fn new(dir: &std::path::Path) -> Option<DirWatch> {
+    /// Watches `dir` and its sealed segments (`sealed`: their numbers and paths); `None`
+    /// (said once in the log) where inotify is not available (the per-user limit of
+    /// instances reached, a file system without it): the next start's checks still find
+    /// a segment or a key that is missing or changed.
+    pub(super) fn new<'a>(
+        dir: &Path,
+        sealed: impl IntoIterator<Item = (u32, &'a Path)>,
+    ) -> Option<DirWatch> {
         let made = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
-            .and_then(|fd| inotify::add_watch(&fd, dir, flags()).map(|_| fd));
+            .and_then(|fd| inotify::add_watch(&fd, dir, dir_flags()).map(|wd| (fd, wd)));
         match made {
-            Ok(fd) => Some(DirWatch {
-                fd,
-                own_closes: Vec::new(),
-            }),
+            Ok((fd, dir_wd)) => {
+                let mut w = DirWatch {
+                    fd,
+                    dir_wd,
+                    sealed: HashMap::new(),
+                    own_creates: Vec::new(),
+                    warned: false,
+                };
+                for (no, path) in sealed {
+                    w.seal(no, path);
+                }
+                Some(w)
+            }
             Err(e) => {
                 tracing::warn!(
                     dir = %dir.display(),
                     error = %e,
-                    "ledger: the directory cannot be watched (inotify): a segment or the fingerprint key removed while the exchange runs is found only at the next start"
+                    "ledger: the directory cannot be watched (inotify): a segment or the fingerprint key removed or changed while the exchange runs is found only at the next start and by `pingpost ledger verify`"
                 );
                 None
             }
         }
     }
 
-    /// Notes that this writer closes segment `no`, which it wrote (at a rotation).
-    pub(super) fn closing(&mut self, no: u32) {
-        self.own_closes.push(no);
+    /// Watches the sealed segment `no` at `path` for writes, by its inode.
+    pub(super) fn seal(&mut self, no: u32, path: &Path) {
+        let flags = inotify::WatchFlags::MODIFY | inotify::WatchFlags::DONT_FOLLOW;
+        match inotify::add_watch(&self.fd, path, flags) {
+            Ok(wd) => {
+                self.sealed.insert(wd, no);
+            }
+            Err(e) if !self.warned => {
+                self.warned = true;
+                tracing::warn!(
+                    segment = %path.display(),
+                    error = %e,
+                    "ledger: a sealed segment cannot be watched (inotify; the per-user limit of watches, fs.inotify.max_user_watches?): a write to it while the exchange runs is found only at the next start and by `pingpost ledger verify` (said once)"
+                );
+            }
+            Err(_) => {}
+        }
     }
 
-    /// What another process did to the directory `shown` since the last look, as the
-    /// reason the ledger stops; `Ok` when nothing of the ledger's was touched.
-    pub(super) fn check(&mut self, shown: &std::path::Path, current: u32) -> Result<(), String> {
+    /// Notes that this writer makes segment `no` (at a rotation).
+    pub(super) fn creating(&mut self, no: u32) {
+        self.own_creates.push(no);
+    }
+
+    /// What another process did since the last look, as the reason the ledger stops
+    /// (the directory named `shown`, whose next segment would be `next`); `Ok` when
+    /// nothing of the ledger's was touched.
+    pub(super) fn check(&mut self, shown: &Path, next: u32) -> Result<(), String> {
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
         let mut reader = inotify::Reader::new(&self.fd, &mut buf);
         loop {
@@ -89,6 +132,22 @@ impl DirWatch {
                     shown.display()
                 ));
             }
+            if event.wd() != self.dir_wd {
+                // A sealed segment's own watch: written through some name, or (once its
+                // last name is gone) let go by the kernel.
+                if let Some(&no) = self.sealed.get(&event.wd()) {
+                    if what.contains(inotify::ReadFlags::MODIFY) {
+                        return Err(format!(
+                            "ledger segment {} (a sealed segment) was written by another process while the exchange ran (through this name or another: a hard link, a descriptor kept open): its records may not be the ones the exchange wrote; check it with `pingpost ledger verify` before the next start",
+                            shown.join(segments::segment_name(no)).display()
+                        ));
+                    }
+                    if what.contains(inotify::ReadFlags::IGNORED) {
+                        self.sealed.remove(&event.wd());
+                    }
+                }
+                continue;
+            }
             let Some(name) = event.file_name().and_then(|n| n.to_str().ok()) else {
                 continue;
             };
@@ -99,27 +158,29 @@ impl DirWatch {
                 continue;
             }
             let path = shown.join(name);
-            if what.contains(inotify::ReadFlags::CLOSE_WRITE) {
+            if segment == Some(next)
+                && what.intersects(inotify::ReadFlags::CREATE | inotify::ReadFlags::MOVED_TO)
+            {
+                // A file at the next segment's name: the rotation into it fails (a segment
+                // is only ever made new), naming it, and nothing is written there.
+                continue;
+            }
+            if what.contains(inotify::ReadFlags::CREATE) {
                 let Some(no) = segment else {
-                    // The key is written once, by the first start.
+                    // The key is made by the first start.
                     continue;
                 };
-                if let Some(i) = self.own_closes.iter().position(|&c| c == no) {
-                    self.own_closes.swap_remove(i);
+                if let Some(i) = self.own_creates.iter().position(|&c| c == no) {
+                    self.own_creates.swap_remove(i);
                     continue;
                 }
-                let which = if no == current {
-                    "the segment being written"
-                } else {
-                    "a sealed segment"
-                };
                 return Err(format!(
-                    "ledger segment {} ({which}) was written by another process while the exchange ran: its records may not be the ones the exchange wrote; check it with `pingpost ledger verify` before the next start",
+                    "ledger segment {} was made in the ledger directory by another process while the exchange ran: a start refuses the ledger with it; move it away before the next start (docs/LEDGER.md)",
                     path.display()
                 ));
             }
             let how = if what.contains(inotify::ReadFlags::MOVED_TO) {
-                "replaced (another file was moved over it)"
+                "replaced (another file was moved over it or into its name)"
             } else if what.contains(inotify::ReadFlags::MOVED_FROM) {
                 "moved out of the ledger directory"
             } else {
@@ -127,7 +188,7 @@ impl DirWatch {
             };
             return Err(match segment {
                 Some(_) => format!(
-                    "ledger segment {} was {how} while the exchange ran: a start refuses the ledger without it; put it back (from a backup) before the next start (docs/LEDGER.md)",
+                    "ledger segment {} was {how} while the exchange ran: a start refuses the ledger without it as the exchange wrote it; put it back (from a backup) before the next start (docs/LEDGER.md)",
                     path.display()
                 ),
                 None => format!(

@@ -32,8 +32,12 @@ pub(super) struct Writer {
     /// every 2 s says it once, not every time (black-box round 99c: the same warning
     /// every 2 s for a ledger directory that had been removed).
     pub(super) head_warned: Option<String>,
-    /// What other processes do to the directory ([`watch`]): looked at before each batch.
+    /// What other processes do to the directory and the sealed segments ([`watch`]):
+    /// looked at before each batch.
     pub(super) watch: Option<watch::DirWatch>,
+    /// The segment's modification time after this writer's last change to it: another
+    /// time before the next batch is another process's write ([`Writer::check_segment`]).
+    pub(super) seg_mtime: Option<std::time::SystemTime>,
 }
 
 /// Makes the ledger's `HEAD` file hold `seq`, whole and synced ([`head::create_in`], in
@@ -329,8 +333,15 @@ impl Writer {
             head_seq: chain.seq,
             head_warned: None,
             // Watched from here on: what this start did to the directory is behind it.
-            watch: watch::DirWatch::new(dir),
-        })
+            watch: watch::DirWatch::new(
+                dir,
+                segs.iter()
+                    .filter(|(no, _)| *no != seg_no)
+                    .map(|(no, path)| (*no, path.as_path())),
+            ),
+            seg_mtime: None,
+        }
+        .with_seg_mtime())
     }
 
     /// Writes the batch's records in order, rotating before a segment would pass its
@@ -420,7 +431,7 @@ impl Writer {
         // Nor after another process removed, replaced or wrote one of the ledger's files
         // (black-box round 120b: sealed segments and the key removed under load).
         if let Some(w) = self.watch.as_mut() {
-            if let Err(why) = w.check(&self.dir, self.seg_no) {
+            if let Err(why) = w.check(&self.dir, self.seg_no.saturating_add(1)) {
                 return (0, Err(other(why)));
             }
         }
@@ -529,6 +540,16 @@ impl Writer {
                 self.seg_len
             )));
         }
+        // Written in place, the size kept (through a hard link elsewhere, say: black-box
+        // round 121a): the modification time moved without a write of this writer's. The
+        // kernel gives a write after an `fstat` a time of its own (fine-grained), so a
+        // write right after this writer's is told apart too.
+        if self.seg_mtime.is_some() && m.modified().ok() != self.seg_mtime {
+            return Err(other(format!(
+                "ledger segment {} (the segment being written) was written by another process while the exchange ran (its modification time changed without a write of the exchange's): what was written to it since is not acknowledged; check it with `pingpost ledger verify`",
+                self.seg_path.display(),
+            )));
+        }
         Ok(())
     }
 
@@ -566,7 +587,19 @@ impl Writer {
             .write_all(bytes)
             .map_err(|e| ctx("writing", &self.seg_path, e))?;
         self.seg_len += bytes.len() as u64;
+        self.note_seg_mtime();
         Ok(())
+    }
+
+    /// Notes the segment's modification time after a change of this writer's (one
+    /// `fstat`; where it cannot be read, the time is not checked until the next one).
+    pub(super) fn note_seg_mtime(&mut self) {
+        self.seg_mtime = self.file.metadata().and_then(|m| m.modified()).ok();
+    }
+
+    fn with_seg_mtime(mut self) -> Writer {
+        self.note_seg_mtime();
+        self
     }
 
     /// Whether `dir` still names the directory this writer holds locked.
@@ -610,6 +643,7 @@ impl Writer {
         match self.file.set_len(to).and_then(|()| self.file.sync_data()) {
             Ok(()) => {
                 self.seg_len = to;
+                self.note_seg_mtime();
                 tracing::warn!(
                     segment = %self.seg_path.display(),
                     bytes = len - to,
@@ -647,20 +681,24 @@ impl Writer {
         // through the descriptor that locks it (the same directory: checked above), so a
         // rotation needs no other.
         drop(self.spare.take());
+        if let Some(w) = self.watch.as_mut() {
+            w.creating(no);
+        }
         let file = create_segment(&path)?;
         self._dir_lock
             .sync_all()
             .map_err(|e| ctx("syncing the directory", &self.dir, e))?;
         tracing::info!(segment = %path.display(), seq = self.chain.seq + 1, "ledger: new segment");
+        let sealed = std::mem::replace(&mut self.seg_path, path);
         if let Some(w) = self.watch.as_mut() {
-            w.closing(self.seg_no);
+            w.seal(self.seg_no, &sealed);
         }
         self.seg_no = no;
-        self.seg_path = path;
         // The sealed segment's descriptor closes here, and the spare takes its place.
         self.file = file;
         self.spare = open_spare();
         self.seg_len = 0;
+        self.note_seg_mtime();
         Ok(())
     }
 }
