@@ -832,7 +832,7 @@ fn build(learner: Learner) -> Result<XgbModel, ModelError> {
             });
         }
     }
-    let base_score: f32 = parse_param("base_score", &p.base_score)?;
+    let base_score: f32 = parse_param("base_score", base_score_scalar(&p.base_score)?)?;
     let base_margin = match objective {
         Objective::Logistic => {
             // LogisticRegression::ProbToMargin, operation for operation.
@@ -964,10 +964,31 @@ fn build(learner: Learner) -> Result<XgbModel, ModelError> {
     })
 }
 
+/// `base_score` as one number: XGBoost 1.6 writes `"5E-1"`, and XGBoost 2.1 on an array of
+/// one value per output, `"[5E-1]"` (black-box round 119a: refused as "not a number"),
+/// still in probability space for the logistic objectives. More than one value is a
+/// multi-output intercept.
+fn base_score_scalar(v: &str) -> Result<&str, ModelError> {
+    let t = v.trim();
+    let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
+        return Ok(t);
+    };
+    if inner.contains(',') {
+        return Err(ModelError::BadParam {
+            name: "base_score",
+            value: truncate(v),
+            why: "one value per output: multi-output models are not supported".into(),
+        });
+    }
+    Ok(inner)
+}
+
 fn check_leaf_vector(v: Option<&str>) -> Result<(), ModelError> {
     if let Some(v) = v {
         let n: i64 = parse_param("size_leaf_vector", v)?;
-        if n != 0 {
+        // A scalar leaf: 0 in XGBoost 1.6's files, 1 (one target) from XGBoost 2.0 on
+        // (black-box round 119a: refused as vector leaves).
+        if n != 0 && n != 1 {
             return Err(ModelError::BadParam {
                 name: "size_leaf_vector",
                 value: n.to_string(),

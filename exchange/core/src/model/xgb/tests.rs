@@ -723,3 +723,48 @@ fn model_is_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<XgbModel>();
 }
+
+/// Black-box round 119a: models saved by XGBoost 2.1 and 3.x write `base_score` as an
+/// array of one value (`"[4.725E-1]"`) and a scalar leaf's `size_leaf_vector` as `"1"`;
+/// both were refused. They load, and predict as the 1.6 form of the same model; an
+/// intercept of several values and vector leaves are still refused.
+#[test]
+fn the_newer_xgboost_forms_of_a_scalar_model_load_as_the_old_ones() {
+    let old = load(&tiny("binary:logistic", "4.725E-1")).unwrap();
+    let newer = tiny("binary:logistic", "[4.725E-1]")
+        .replace(r#""size_leaf_vector":"0""#, r#""size_leaf_vector":"1""#);
+    assert!(newer.contains(r#""size_leaf_vector":"1""#));
+    let new = load(&newer).unwrap();
+    assert_eq!(new.base_score(), old.base_score());
+    for row in [[0.0f32, 0.0], [1.0, 5.0], [f32::NAN, -3.0]] {
+        assert_eq!(
+            new.predict(&row).to_bits(),
+            old.predict(&row).to_bits(),
+            "{row:?}"
+        );
+    }
+    let e = load(&tiny("binary:logistic", "[4E-1,6E-1]")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ModelError::BadParam {
+                name: "base_score",
+                ..
+            }
+        ) && e.to_string().contains("multi-output"),
+        "{e}"
+    );
+    for bad in ["[]", "[x]", "[0.5"] {
+        let e = load(&tiny("binary:logistic", bad)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ModelError::BadParam {
+                    name: "base_score",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+    }
+}
