@@ -906,6 +906,9 @@ fn main() -> anyhow::Result<()> {
         for w in pingpost::models::champion_warnings(&cfg) {
             pingpost::say_err!("{w}");
         }
+        for w in config::shared_bound_warnings(&cfg) {
+            pingpost::say_err!("warning: {w}");
+        }
         // As the start warns (black-box round 74b: --check-config said nothing of it).
         if cfg.admin.token.is_none() {
             pingpost::say_err!(

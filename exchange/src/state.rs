@@ -821,7 +821,10 @@ impl AppState {
         let _one_at_a_time = self.reload_lock.lock();
         let result = self.reload_locked();
         match &result {
-            Ok(generation) => tracing::info!(generation, "{by}: configuration reloaded"),
+            Ok(generation) => {
+                tracing::info!(generation, "{by}: configuration reloaded");
+                warn_of_shared_bounds(&self.runtime.load().config);
+            }
             Err(ReloadError::Invalid(fields)) => tracing::warn!(
                 problems = fields.len(),
                 generation = self.generation(),
@@ -1245,6 +1248,13 @@ impl AppState {
         self.metrics
             .quotes_open
             .set(self.quotes.open_count() as i64);
+    }
+}
+
+/// Logs [`crate::config::shared_bound_warnings`] of `cfg` (at a start and a reload).
+pub fn warn_of_shared_bounds(cfg: &crate::config::Config) {
+    for w in crate::config::shared_bound_warnings(cfg) {
+        tracing::warn!("{w}");
     }
 }
 

@@ -53,3 +53,57 @@ pub fn shown_env_name(name: &str) -> &str {
         "(name not shown: not an UPPER_CASE variable name; was a secret pasted here?)"
     }
 }
+
+/// Sellers named in one [`shared_bound_warnings`] line at most; the rest are counted.
+const SELLERS_NAMED_MAX: usize = 5;
+
+/// Where, with more than one seller, one seller's own bound reaches a bound all sellers
+/// share, so that it alone could take the whole of it and leave the others `503` (open
+/// quotes until they expire, idempotency keys for their retention): each a line for the
+/// start's log, a reload's and `--check-config` (black-box round 121b: `--check-config`
+/// said "configuration OK" while one seller could hold every open quote). Not an error:
+/// an operator may mean it.
+pub fn shared_bound_warnings(cfg: &Config) -> Vec<String> {
+    if cfg.sellers.len() < 2 {
+        return Vec::new();
+    }
+    let named = |ids: Vec<&str>| {
+        let more = ids.len().saturating_sub(SELLERS_NAMED_MAX);
+        let mut s = ids
+            .iter()
+            .take(SELLERS_NAMED_MAX)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > 0 {
+            s.push_str(&format!(" and {more} more"));
+        }
+        s
+    };
+    let mut out = Vec::new();
+    let quotes: Vec<&str> = cfg
+        .sellers
+        .iter()
+        .filter(|s| s.quotes_open_max >= cfg.server.quotes_open_max)
+        .map(|s| s.id.as_str())
+        .collect();
+    if !quotes.is_empty() {
+        out.push(format!(
+            "sellers.ID.quotes_open_max of {} is not below server.quotes_open_max ({}): such a seller alone can hold every open quote, and the other sellers' pings are then answered 503 until its quotes expire; give it a lower quotes_open_max, or raise server.quotes_open_max",
+            named(quotes),
+            cfg.server.quotes_open_max
+        ));
+    }
+    let keys: Vec<&str> = (0..cfg.sellers.len())
+        .filter(|&i| cfg.idempotency_keys_max_of(i) >= cfg.server.idempotency_keys_max)
+        .map(|i| cfg.sellers[i].id.as_str())
+        .collect();
+    if !keys.is_empty() {
+        out.push(format!(
+            "the idempotency key quota of {} (sellers.ID.idempotency_keys_max, or server.idempotency_keys_per_seller_max) is not below server.idempotency_keys_max ({}): such a seller alone can hold every key, and the other sellers' requests with a new key are then answered 503 until its keys expire (a day or more); lower its quota, or raise server.idempotency_keys_max",
+            named(keys),
+            cfg.server.idempotency_keys_max
+        ));
+    }
+    out
+}

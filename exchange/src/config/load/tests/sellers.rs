@@ -179,3 +179,56 @@ fn a_sellers_in_flight_limit_loads_and_refuses_bad_values() {
         );
     }
 }
+
+/// Black-box round 121b: with a shared bound set low, one seller could hold every open
+/// quote (or every idempotency key) and the others got `503`, while `--check-config`
+/// said nothing. A seller whose own bound reaches the shared one is warned of, with
+/// several sellers; with one, or the defaults, nothing is said.
+#[test]
+fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
+    use crate::config::shared_bound_warnings;
+    let mut c = ok(&[]);
+    assert_eq!(c.sellers.len(), 1);
+    c.server.quotes_open_max = 50;
+    assert!(shared_bound_warnings(&c).is_empty(), "one seller");
+    c.server.quotes_open_max = 1_000_000;
+    let mut second = c.sellers[0].clone();
+    second.id = "s2".into();
+    c.sellers.push(second);
+    assert!(shared_bound_warnings(&c).is_empty(), "the defaults");
+
+    c.server.quotes_open_max = 50;
+    let first = c.sellers[0].id.clone();
+    let w = shared_bound_warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(&format!(
+            "sellers.ID.quotes_open_max of {first}, s2 is not below server.quotes_open_max (50)"
+        )),
+        "{w:?}"
+    );
+    c.sellers[0].quotes_open_max = 10;
+    let w = shared_bound_warnings(&c);
+    assert!(w[0].contains("quotes_open_max of s2 is"), "{w:?}");
+
+    c.server.idempotency_keys_max = 8;
+    c.sellers[0].idempotency_keys_max = Some(5);
+    let w = shared_bound_warnings(&c);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[1].starts_with("the idempotency key quota of s2 (")
+            && w[1].contains("not below server.idempotency_keys_max (8)"),
+        "{w:?}"
+    );
+    // Many sellers: five named, the rest counted.
+    for i in 3..=9 {
+        let mut s = c.sellers[1].clone();
+        s.id = format!("s{i}");
+        c.sellers.push(s);
+    }
+    let w = shared_bound_warnings(&c);
+    assert!(
+        w[0].contains("s2, s3, s4, s5, s6 and 3 more is not below"),
+        "{w:?}"
+    );
+}
