@@ -115,6 +115,55 @@ pub fn spawn_model_watch(state: &Arc<AppState>) {
     });
 }
 
+/// How often the fingerprint key file is compared with the key in use
+/// ([`spawn_key_keeper`]).
+pub const KEY_CHECK_MS: u64 = 2_000;
+
+/// Every [`KEY_CHECK_MS`], makes the ledger's `FINGERPRINT_KEY` hold the key in use again
+/// when another process removed, replaced or rewrote it (`Fingerprinter::keep_in`), and
+/// says so. Ends when the exchange is dropped.
+pub fn spawn_key_keeper(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(KEY_CHECK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut warned: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            let kept =
+                crate::models::learning::off_the_auction_path("pingpost-key-keeper", move || {
+                    let dir = st.ledger.dir().to_path_buf();
+                    st.fingerprint
+                        .keep_in(&st.ledger.locked_dir(), &dir)
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+            match kept {
+                Ok(Ok(true)) => {
+                    warned = None;
+                    tracing::warn!(
+                        "ledger: {} was removed, replaced or changed by another process while the exchange ran: the key in use was written there again (a start needs it; keep it owner-only, and back it up)",
+                        crate::fingerprint::KEY_FILE
+                    );
+                }
+                Ok(Ok(false)) => warned = None,
+                Ok(Err(e)) => {
+                    if warned.as_deref() != Some(e.as_str()) {
+                        tracing::error!(
+                            error = %e,
+                            "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it is restored (said once while the reason stays the same)"
+                        );
+                        warned = Some(e);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 /// Every second, moves the exchange's clock forward by a forward step of the system
 /// clock, and says so; a step back is said once per step (the clock keeps its time).
 /// Only for a clock that follows the system's (the binary's). Ends when the exchange is
@@ -301,6 +350,7 @@ pub async fn start(config: Config, clock: Clock) -> std::io::Result<Running> {
         .transpose()?;
     let state = build_state(config, clock)?;
     spawn_model_watch(&state);
+    spawn_key_keeper(&state);
     crate::models::learning::spawn(&state);
     let admin = admin_listener.map(|l| {
         let (tx, rx) = oneshot::channel::<()>();
@@ -392,6 +442,7 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                     if i == 0 {
                         spawn_clock_follow(&st);
                         spawn_model_watch(&st);
+                        spawn_key_keeper(&st);
                         crate::models::learning::spawn(&st);
                     }
                     let listener = match bidder_sdk::listener::bind_reuseport(bind_to)

@@ -17,6 +17,9 @@ use sha2::Sha256;
 
 /// The key file in the ledger directory.
 pub const KEY_FILE: &str = "FINGERPRINT_KEY";
+/// The name the key is written under before it is renamed into place
+/// ([`Fingerprinter::keep_in`]).
+pub const KEY_NEW_FILE: &str = "FINGERPRINT_KEY.new";
 /// Hex characters of a fingerprint (128 bits).
 pub const FINGERPRINT_HEX: usize = 32;
 
@@ -150,6 +153,53 @@ impl Fingerprinter {
                 format!("{}: {e}", path.display()),
             )),
         }
+    }
+
+    /// Keeps the key file in `dir` (named as in `shown`) holding this key, the one in use:
+    /// `Ok(false)` when it does; otherwise (removed, moved away, replaced, rewritten or
+    /// truncated in place while the exchange ran) it is written again, owner-only and
+    /// synced, as `FINGERPRINT_KEY.new` renamed over it, and `Ok(true)`. Black-box round
+    /// 122a: a key rewritten in place went unseen, the next start refused the ledger, and
+    /// the only copy of the key was the running exchange's. Only for an exchange whose
+    /// start has persisted its key (a key that was read, or one [`persist_in`] wrote).
+    pub fn keep_in(&self, dir: &Path, shown: &Path) -> std::io::Result<bool> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let want = hex::encode(self.key);
+        let mut text = String::new();
+        let same = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(dir.join(KEY_FILE))
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            .is_some_and(|f| f.take(1024).read_to_string(&mut text).is_ok() && text.trim() == want);
+        if same {
+            return Ok(false);
+        }
+        let at = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", shown.join(KEY_FILE).display()))
+        };
+        let new = dir.join(KEY_NEW_FILE);
+        // A stale `.new` (a crash between its write and its rename, or anything another
+        // process put there) is replaced, never followed.
+        let _ = std::fs::remove_file(&new);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&new)
+            .map_err(at)?;
+        file.write_all(want.as_bytes()).map_err(at)?;
+        file.sync_all().map_err(at)?;
+        std::fs::rename(&new, dir.join(KEY_FILE)).map_err(at)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at)?;
+        Ok(true)
     }
 
     /// Writes a key [`load_in`](Self::load_in) made (owner-only, synced); nothing for a

@@ -594,6 +594,12 @@ async fn a_ledger_failure_stops_selling_until_a_restart() {
     assert_eq!(ready.status, 503);
     let reason = ready.json()["reason"].as_str().unwrap_or("").to_string();
     assert!(reason.contains("seg-00000002.jsonl"), "{reason}");
+    // Round 122a: "File exists" alone did not say whose the file was.
+    assert!(
+        reason.contains("exists already, made by another process")
+            && reason.contains("move it away before the next start"),
+        "{reason}"
+    );
     assert_eq!(ex.admin.get("/readyz").await.status, 503);
 
     let (pings, posts) = (bidder.pings(), bidder.posts());
@@ -893,4 +899,86 @@ fn the_segment_size_key_loads_and_refuses_bad_values() {
             "{e}"
         );
     }
+}
+
+/// Black-box round 122a: `FINGERPRINT_KEY` rewritten or truncated in place while the
+/// exchange ran went unseen, and the next start refused the ledger (the only copy of
+/// the key was the running exchange's). The keeper (`app::spawn_key_keeper`, every 2 s;
+/// called here as it calls it) writes the key in use there again, whatever was done to
+/// the file, and the ledger stays healthy (its watch leaves the key to the keeper); the
+/// restart then takes the ledger.
+#[tokio::test]
+async fn a_fingerprint_key_changed_while_running_is_written_again_and_the_restart_takes_it() {
+    let bidder = ScriptedBidder::bidding(20.0);
+    let (buyer, _h) = serve("acme", &bidder).await;
+    let cfg = TestConfig::new().buyer(buyer);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let running = start_on(&cfg, &ledger).await.unwrap();
+    let client = SellerClient::new(running.addr);
+    let key = ledger.join(pingpost::fingerprint::KEY_FILE);
+    let original = std::fs::read_to_string(&key).unwrap();
+    let state = running.state.clone();
+    let keep = || {
+        state
+            .fingerprint
+            .keep_in(&state.ledger.locked_dir(), &ledger)
+            .unwrap()
+    };
+    assert!(!keep(), "untouched: nothing written");
+    let sell = || async {
+        let q = client.ping("TX").await;
+        assert_eq!(client.post(&q.ping_id, "TX").await.status, PostStatus::Sold);
+    };
+    sell().await;
+    type Change = fn(&Path);
+    let changes: [(&str, Change); 5] = [
+        ("rewritten", |k| std::fs::write(k, "ab".repeat(32)).unwrap()),
+        ("truncated", |k| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(k)
+                .unwrap()
+                .set_len(0)
+                .unwrap()
+        }),
+        ("removed", |k| std::fs::remove_file(k).unwrap()),
+        ("a symlink", |k| {
+            std::fs::remove_file(k).unwrap();
+            std::os::unix::fs::symlink("/dev/null", k).unwrap()
+        }),
+        ("a .new symlink left", |k| {
+            let out = k.parent().unwrap().parent().unwrap().join("outside");
+            std::fs::write(&out, "x").unwrap();
+            std::os::unix::fs::symlink(&out, k.with_file_name("FINGERPRINT_KEY.new")).unwrap();
+            std::fs::write(k, "cd".repeat(32)).unwrap();
+        }),
+    ];
+    for (name, change) in changes {
+        change(&key);
+        assert!(keep(), "{name}: written again");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), original, "{name}");
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(meta.is_file(), "{name}");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        assert!(!keep(), "{name}: once");
+        assert!(state.ledger.is_healthy(), "{name}");
+        sell().await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("outside")).unwrap(),
+        "x",
+        "a stale .new is never followed"
+    );
+    running.shutdown().await.unwrap();
+    // The ledger (and its lock) goes with the last handle on the state.
+    drop(state);
+    // Waits while the stopped writer still holds the directory; any other refusal fails.
+    let again = start_config(
+        cfg.load_edited(&ledger, with_server(SMALL_SEGMENTS)),
+        Clock::system(),
+    )
+    .await;
+    again.shutdown().await.unwrap();
 }

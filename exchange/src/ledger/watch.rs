@@ -1,5 +1,5 @@
-//! What other processes do to the ledger's files while the exchange runs, seen through
-//! inotify: a segment or the fingerprint key removed, moved away or replaced, a segment
+//! What other processes do to the ledger's segments while the exchange runs, seen through
+//! inotify: a segment removed, moved away or replaced, a segment
 //! file made by another process, or a sealed segment written (through any of its names:
 //! each sealed segment's own inode is watched, so a hard link elsewhere or a descriptor
 //! kept open is seen at its first write, black-box round 121a). The segment being written
@@ -22,7 +22,6 @@ use std::path::Path;
 use rustix::fs::inotify;
 
 use super::segments;
-use crate::fingerprint::KEY_FILE;
 
 /// The directory's events: a name taken out of it, put over another, or made.
 fn dir_flags() -> inotify::WatchFlags {
@@ -76,7 +75,7 @@ impl DirWatch {
                 tracing::warn!(
                     dir = %dir.display(),
                     error = %e,
-                    "ledger: the directory cannot be watched (inotify): a segment or the fingerprint key removed or changed while the exchange runs is found only at the next start and by `pingpost ledger verify`"
+                    "ledger: the directory cannot be watched (inotify): a segment removed or changed while the exchange runs is found only at the next start and by `pingpost ledger verify`"
                 );
                 None
             }
@@ -151,14 +150,13 @@ impl DirWatch {
             let Some(name) = event.file_name().and_then(|n| n.to_str().ok()) else {
                 continue;
             };
-            let segment = segments::segment_no(name);
-            if segment.is_none() && name != KEY_FILE {
-                // `HEAD` is checked (and made again) at each sync; other names are not
-                // the ledger's.
+            let Some(no) = segments::segment_no(name) else {
+                // `HEAD` is checked (and made again) at each sync, the fingerprint key
+                // every 2 s (`app::spawn_key_keeper`); other names are not the ledger's.
                 continue;
-            }
+            };
             let path = shown.join(name);
-            if segment == Some(next)
+            if no == next
                 && what.intersects(inotify::ReadFlags::CREATE | inotify::ReadFlags::MOVED_TO)
             {
                 // A file at the next segment's name: the rotation into it fails (a segment
@@ -166,10 +164,6 @@ impl DirWatch {
                 continue;
             }
             if what.contains(inotify::ReadFlags::CREATE) {
-                let Some(no) = segment else {
-                    // The key is made by the first start.
-                    continue;
-                };
                 if let Some(i) = self.own_creates.iter().position(|&c| c == no) {
                     self.own_creates.swap_remove(i);
                     continue;
@@ -186,16 +180,10 @@ impl DirWatch {
             } else {
                 "removed"
             };
-            return Err(match segment {
-                Some(_) => format!(
-                    "ledger segment {} was {how} while the exchange ran: a start refuses the ledger without it as the exchange wrote it; put it back (from a backup) before the next start (docs/LEDGER.md)",
-                    path.display()
-                ),
-                None => format!(
-                    "the lead fingerprint key {} was {how} while the exchange ran: a start refuses the ledger without it; put it back (from a backup) before the next start (docs/LEDGER.md)",
-                    path.display()
-                ),
-            });
+            return Err(format!(
+                "ledger segment {} was {how} while the exchange ran: a start refuses the ledger without it as the exchange wrote it; put it back (from a backup) before the next start (docs/LEDGER.md)",
+                path.display()
+            ));
         }
     }
 }

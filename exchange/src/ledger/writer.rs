@@ -709,7 +709,17 @@ pub(super) fn create_segment(path: &Path) -> io::Result<File> {
         .create_new(true)
         .append(true)
         .open(path)
-        .map_err(|e| ctx("creating the segment", path, e))
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                // Black-box round 122a: "File exists" alone did not say whose it was.
+                other(format!(
+                    "creating the segment {}: a file of that name exists already, made by another process (the exchange only ever makes a segment new): move it away before the next start",
+                    path.display()
+                ))
+            } else {
+                ctx("creating the segment", path, e)
+            }
+        })
 }
 
 /// The writer thread: writes everything that is waiting in one `write`, and `fdatasync`s
