@@ -1003,3 +1003,52 @@ async fn concurrent_reloads_are_logged_in_the_order_they_were_applied() {
     );
     assert_eq!(ex.state.generation(), last);
 }
+
+/// Black-box round 122b: hourly cap 3, one quote open, the buyer's zone reloaded from
+/// Kolkata to Kathmandu (another hour window): the hourly gauge read 66.7 % for the one
+/// quote (the day's held count added to an hour that counted the hold as sold already).
+/// It reads each window's own count: 33.3 %, and 100 % at three quotes, as the cap takes
+/// exactly three.
+#[tokio::test]
+async fn a_zone_change_counts_an_open_quote_once_in_the_cap_gauge() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab.clone().caps_hourly(3));
+    let zoned = |zone: &str| {
+        cfg.toml(std::path::Path::new("LEDGER")).replace(
+            "\nstates_include",
+            &format!("\ntimezone = \"{zone}\"\nstates_include"),
+        )
+    };
+    let ex = cfg
+        .start_edited(|t| {
+            t.replace(
+                "\nstates_include",
+                "\ntimezone = \"Asia/Kolkata\"\nstates_include",
+            )
+        })
+        .await;
+    let hour = "pingpost_cap_utilisation_percent{buyer=\"a\",window=\"hour\"}";
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    let scrape = ex.metrics().await;
+    assert!(scrape.contains(&format!("{hour} 33.33")), "{scrape}");
+    ex.write_config_text(
+        &zoned("Asia/Kathmandu").replace("LEDGER", &ex.ledger_path.display().to_string()),
+    );
+    assert_eq!(generation_of(&ex.reload().await), 2);
+    let scrape = ex.metrics().await;
+    assert!(
+        scrape.contains(&format!("{hour} 33.33")),
+        "one quote: {scrape}"
+    );
+    for _ in 0..2 {
+        assert_eq!(ex.client.ping("TX").await.status, PingStatus::Bid);
+    }
+    assert_eq!(ex.client.ping("TX").await.status, PingStatus::NoBid);
+    let scrape = ex.metrics().await;
+    assert!(
+        scrape.contains(&format!("{hour} 100\n")),
+        "three quotes: {scrape}"
+    );
+}

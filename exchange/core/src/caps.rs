@@ -375,6 +375,11 @@ pub struct Usage {
     pub sold_month: u32,
     /// Leads held by open quotes in the current local day.
     pub reserved: u32,
+    /// Leads held by open quotes in each current window: hour, day, week, month (a
+    /// window's own count: after a zone change a hold may count as sold in one window
+    /// and as held in another; black-box round 122b: the hourly gauge added the day's
+    /// holds to an hour that had counted them as sold already).
+    pub reserved_in: [u32; PERIODS],
     /// Money spent in the current local day.
     pub spent_day: Micros,
     /// Money held by open quotes in the current local day.
@@ -1335,7 +1340,9 @@ impl CapBook {
             };
             let keys = w.keys();
             let day = b.counter(DAY, keys[DAY]);
+            let reserved_in = [HOUR, DAY, WEEK, MONTH].map(|p| b.counter(p, keys[p]).reserved);
             Usage {
+                reserved_in,
                 sold_hour: b.counter(HOUR, keys[HOUR]).sold,
                 sold_day: day.sold,
                 sold_week: b.counter(WEEK, keys[WEEK]).sold,

@@ -619,12 +619,12 @@ fn metrics(state: &AppState) -> Response<Body> {
     for b in rt.config.buyers.iter() {
         let u = state.caps.usage(b.key, b, now);
         let sold = [u.sold_hour, u.sold_day, u.sold_week, u.sold_month];
-        for ((w, cap), sold) in crate::metrics::cap_windows(Some(&b.caps))
+        for ((w, cap), (sold, reserved)) in crate::metrics::cap_windows(Some(&b.caps))
             .into_iter()
-            .zip(sold)
+            .zip(sold.into_iter().zip(u.reserved_in))
         {
             if let Some(cap) = cap {
-                let used = u64::from(sold) + u64::from(u.reserved);
+                let used = u64::from(sold) + u64::from(reserved);
                 let gauge = &state.metrics.cap_utilisation;
                 if used == 0 {
                     // Nothing sold or held: no series (absent reads as 0), so 10,000

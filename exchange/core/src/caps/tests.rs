@@ -1376,3 +1376,48 @@ fn a_zone_flipped_back_and_forth_counts_its_leads_once() {
     let u = book.usage(BuyerKey(0), &utc, t + 2 * MIN_MS);
     assert!(u.reserved == 0 && u.sold_hour <= 1, "{u:?}");
 }
+
+/// Black-box round 122b: hourly 3, one quote open in Kolkata, the zone reloaded to
+/// Kathmandu (another hour window, the same day): the hourly utilisation read 2 of 3
+/// for the one quote, since it added the day's held count to an hour that had counted
+/// the hold as sold already. Each window's own held count is given; sold plus held in
+/// each window counts the quote once, and the cap still takes exactly 3.
+#[test]
+fn a_zone_change_counts_an_open_quote_once_in_each_window() {
+    let caps = Caps {
+        hourly: Some(3),
+        daily: Some(10),
+        ..Caps::default()
+    };
+    let kolkata = zoned(chrono_tz::Asia::Kolkata, caps);
+    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let book = CapBook::new(1);
+    // Kolkata 15:40 (hour from 09:30 UTC), Kathmandu 15:55 (hour from 09:15 UTC).
+    let t = utc_ms(2026, 12, 5, 10, 10);
+    let held = book.reserve(BuyerKey(0), &kolkata, m(1), t).unwrap();
+    let u = book.usage(BuyerKey(0), &kolkata, t);
+    assert_eq!((u.sold_hour, u.reserved_in), (0, [1, 1, 1, 1]));
+    let u = book.usage(BuyerKey(0), &kathmandu, t + 1);
+    for (p, (sold, reserved)) in [u.sold_hour, u.sold_day, u.sold_week, u.sold_month]
+        .into_iter()
+        .zip(u.reserved_in)
+        .enumerate()
+    {
+        assert_eq!(sold + reserved, 1, "window {p}: {u:?}");
+    }
+    // Two more quotes fit the hour, a fourth does not.
+    let more: Vec<_> = (0..2)
+        .map(|i| {
+            book.reserve(BuyerKey(0), &kathmandu, m(1), t + 2 + i)
+                .unwrap()
+        })
+        .collect();
+    assert!(book.reserve(BuyerKey(0), &kathmandu, m(1), t + 5).is_err());
+    let u = book.usage(BuyerKey(0), &kathmandu, t + 6);
+    assert_eq!(u.sold_hour + u.reserved_in[0], 3, "{u:?}");
+    for r in more.iter().chain([&held]) {
+        assert!(book.commit(r));
+    }
+    let u = book.usage(BuyerKey(0), &kathmandu, t + 7);
+    assert_eq!(u.sold_hour + u.reserved_in[0], 3, "{u:?}");
+}
