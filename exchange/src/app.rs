@@ -119,6 +119,32 @@ pub fn spawn_model_watch(state: &Arc<AppState>) {
 /// ([`spawn_key_keeper`]).
 pub const KEY_CHECK_MS: u64 = 2_000;
 
+/// [`crate::fingerprint::Fingerprinter::keep_in`] on `state`'s ledger, said in the log
+/// (`warned`: the last error said, so one that stays the same is said once). Blocking.
+fn keep_key(state: &AppState, warned: &mut Option<String>) {
+    let dir = state.ledger.dir().to_path_buf();
+    match state.fingerprint.keep_in(&state.ledger.locked_dir(), &dir) {
+        Ok(true) => {
+            *warned = None;
+            tracing::warn!(
+                "ledger: {} was removed, replaced or changed by another process while the exchange ran: the key in use was written there again (a start needs it; keep it owner-only, and back it up)",
+                crate::fingerprint::KEY_FILE
+            );
+        }
+        Ok(false) => *warned = None,
+        Err(e) => {
+            let e = e.to_string();
+            if warned.as_deref() != Some(e.as_str()) {
+                tracing::error!(
+                    error = %e,
+                    "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it is restored (said once while the reason stays the same)"
+                );
+                *warned = Some(e);
+            }
+        }
+    }
+}
+
 /// Every [`KEY_CHECK_MS`], makes the ledger's `FINGERPRINT_KEY` hold the key in use again
 /// when another process removed, replaced or rewrote it (`Fingerprinter::keep_in`), and
 /// says so. Ends when the exchange is dropped.
@@ -128,38 +154,19 @@ pub fn spawn_key_keeper(state: &Arc<AppState>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(KEY_CHECK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let mut warned: Option<String> = None;
+        let warned = Arc::new(std::sync::Mutex::new(None::<String>));
         loop {
             tick.tick().await;
             let Some(st) = weak.upgrade() else { return };
-            let kept =
+            let warned = warned.clone();
+            let _ =
                 crate::models::learning::off_the_auction_path("pingpost-key-keeper", move || {
-                    let dir = st.ledger.dir().to_path_buf();
-                    st.fingerprint
-                        .keep_in(&st.ledger.locked_dir(), &dir)
-                        .map_err(|e| e.to_string())
+                    let mut w = warned
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    keep_key(&st, &mut w);
                 })
                 .await;
-            match kept {
-                Ok(Ok(true)) => {
-                    warned = None;
-                    tracing::warn!(
-                        "ledger: {} was removed, replaced or changed by another process while the exchange ran: the key in use was written there again (a start needs it; keep it owner-only, and back it up)",
-                        crate::fingerprint::KEY_FILE
-                    );
-                }
-                Ok(Ok(false)) => warned = None,
-                Ok(Err(e)) => {
-                    if warned.as_deref() != Some(e.as_str()) {
-                        tracing::error!(
-                            error = %e,
-                            "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it is restored (said once while the reason stays the same)"
-                        );
-                        warned = Some(e);
-                    }
-                }
-                Err(_) => {}
-            }
         }
     });
 }
@@ -324,6 +331,10 @@ impl Running {
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         // A buyer that answers a post late may have accepted it: hear it out first.
         drain_late_watches(&self.state, true).await;
+        // The key as the next start needs it, whatever was done to it since the last
+        // look (round 123a: a SIGTERM within 2 s of a change left it for the start to
+        // refuse).
+        keep_key(&self.state, &mut None);
         // Auction and attempt records ride along with durable ones; make the tail durable.
         if let Err(e) = self
             .state
@@ -520,6 +531,7 @@ impl Threaded {
                 Err(_) => result = Err(std::io::Error::other("a worker thread panicked")),
             }
         }
+        keep_key(&self.state, &mut None);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -164,9 +164,10 @@ impl Fingerprinter {
     /// start has persisted its key (a key that was read, or one [`persist_in`] wrote).
     pub fn keep_in(&self, dir: &Path, shown: &Path) -> std::io::Result<bool> {
         use std::io::Read as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let want = hex::encode(self.key);
         let mut text = String::new();
+        // The key, owner-only (round 123a: a copy of mode 644 moved over it stayed so).
         let same = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(
@@ -174,31 +175,64 @@ impl Fingerprinter {
             )
             .open(dir.join(KEY_FILE))
             .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            .filter(|f| {
+                f.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 == 0)
+            })
             .is_some_and(|f| f.take(1024).read_to_string(&mut text).is_ok() && text.trim() == want);
         if same {
             return Ok(false);
         }
-        let at = |e: std::io::Error| {
-            std::io::Error::new(e.kind(), format!("{}: {e}", shown.join(KEY_FILE).display()))
+        let at = |name: &str, e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", shown.join(name).display()))
         };
         let new = dir.join(KEY_NEW_FILE);
-        // A stale `.new` (a crash between its write and its rename, or anything another
-        // process put there) is replaced, never followed.
-        let _ = std::fs::remove_file(&new);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&new)
-            .map_err(at)?;
-        file.write_all(want.as_bytes()).map_err(at)?;
-        file.sync_all().map_err(at)?;
-        std::fs::rename(&new, dir.join(KEY_FILE)).map_err(at)?;
+        let renamed = (|| {
+            // A stale `.new` (a crash between its write and its rename, or anything
+            // another process put there) is replaced, never followed.
+            let _ = std::fs::remove_file(&new);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&new)
+                .map_err(|e| at(KEY_NEW_FILE, e))?;
+            file.write_all(want.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| at(KEY_NEW_FILE, e))?;
+            std::fs::rename(&new, dir.join(KEY_FILE)).map_err(|e| {
+                let _ = std::fs::remove_file(&new);
+                at(KEY_FILE, e)
+            })
+        })();
+        if let Err(e) = renamed {
+            // No new file could be put in place (something else at `.new`, a directory
+            // at the key's name, a full directory): a regular file there is written over
+            // in place, owner-only, as `HEAD` is (round 123a: a directory at `.new` left
+            // the key emptied). Anything else stays refused, with the first reason.
+            let in_place = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(false)
+                .custom_flags(
+                    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+                )
+                .open(dir.join(KEY_FILE))
+                .ok()
+                .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+            let Some(file) = in_place else {
+                return Err(e);
+            };
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .and_then(|()| file.set_len(0))
+                .and_then(|()| (&file).write_all(want.as_bytes()))
+                .and_then(|()| file.sync_all())
+                .map_err(|e| at(KEY_FILE, e))?;
+            return Ok(true);
+        }
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(at)?;
+            .map_err(|e| at(".", e))?;
         Ok(true)
     }
 

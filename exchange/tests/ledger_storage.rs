@@ -932,7 +932,20 @@ async fn a_fingerprint_key_changed_while_running_is_written_again_and_the_restar
     };
     sell().await;
     type Change = fn(&Path);
-    let changes: [(&str, Change); 5] = [
+    let changes: [(&str, Change); 7] = [
+        // Round 123a: the same bytes, mode 644, moved over it; and a directory at `.new`
+        // with the key emptied (written over in place).
+        ("a 644 copy", |k| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let copy = k.with_file_name("copy");
+            std::fs::copy(k, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::rename(&copy, k).unwrap();
+        }),
+        ("emptied, a directory at .new", |k| {
+            std::fs::write(k, "").unwrap();
+            std::fs::create_dir(k.with_file_name("FINGERPRINT_KEY.new")).unwrap();
+        }),
         ("rewritten", |k| std::fs::write(k, "ab".repeat(32)).unwrap()),
         ("truncated", |k| {
             std::fs::OpenOptions::new()
@@ -963,6 +976,7 @@ async fn a_fingerprint_key_changed_while_running_is_written_again_and_the_restar
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
         assert!(!keep(), "{name}: once");
+        let _ = std::fs::remove_dir(key.with_file_name("FINGERPRINT_KEY.new"));
         assert!(state.ledger.is_healthy(), "{name}");
         sell().await;
     }
@@ -971,7 +985,14 @@ async fn a_fingerprint_key_changed_while_running_is_written_again_and_the_restar
         "x",
         "a stale .new is never followed"
     );
+    // Round 123a: changed just before a stop, it is written again at the stop.
+    std::fs::write(&key, "").unwrap();
     running.shutdown().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        original,
+        "at the stop"
+    );
     // The ledger (and its lock) goes with the last handle on the state.
     drop(state);
     // Waits while the stopped writer still holds the directory; any other refusal fails.

@@ -1258,3 +1258,35 @@ fn writes_through_other_names_and_foreign_segments_fail_the_next_batch() {
         assert_eq!(n, 0, "{name}: nothing of the batch is acknowledged");
     }
 }
+
+/// Black-box round 123a: under `umask 000` the ledger directory was made 777 and its
+/// segments and `LOCK` 666. They are never writable by others, whatever the umask.
+#[test]
+fn the_ledger_is_never_made_writable_by_others() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ledger");
+    let old = rustix::process::umask(rustix::fs::Mode::empty());
+    let made = Writer::recover(&dir, 200);
+    rustix::process::umask(old);
+    let mut w = made.unwrap();
+    let rec = || Pending {
+        line: br#"{"type":"flush","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#
+            .to_vec(),
+        ack: None,
+    };
+    let old = rustix::process::umask(rustix::fs::Mode::empty());
+    let wrote = w
+        .write_batch(&[rec(), rec(), rec()], true, &mut Vec::new())
+        .1;
+    rustix::process::umask(old);
+    assert!(wrote.is_ok(), "{wrote:?}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir) & 0o022, 0, "{:o}", mode(&dir));
+    let mut files = vec![dir.join(LOCK_FILE), dir.join(head::HEAD_FILE)];
+    files.extend(segments::list(&dir).unwrap().into_iter().map(|(_, p)| p));
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f) & 0o022, 0, "{}: {:o}", f.display(), mode(&f));
+    }
+}

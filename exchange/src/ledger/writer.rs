@@ -121,8 +121,13 @@ pub(super) fn prepare_dir(dir: &Path) -> io::Result<()> {
                     parent.display()
                 )));
             }
-            std::fs::create_dir(dir)
-                .map_err(|e| other(format!("cannot create the ledger directory {shown}: {e}")))?;
+            // Never writable by others, whatever the umask (black-box round 123a: under
+            // `umask 000` the directory was made 777 and its segments 666).
+            {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new().mode(0o755).create(dir)
+            }
+            .map_err(|e| other(format!("cannot create the ledger directory {shown}: {e}")))?;
             sync_dir(parent)?;
             tracing::info!(dir = %shown, "ledger directory created");
         }
@@ -163,6 +168,7 @@ impl Writer {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o644)
                 // Nor blocking on a FIFO (round 64a: the start hung, silent).
                 .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
                 .open(&lock_path)
@@ -705,9 +711,12 @@ impl Writer {
 
 /// Creates a new segment; one that exists already is an error (never appended to).
 pub(super) fn create_segment(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     OpenOptions::new()
         .create_new(true)
         .append(true)
+        // Never writable by others, whatever the umask (round 123a).
+        .mode(0o644)
         .open(path)
         .map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
@@ -914,7 +923,15 @@ pub(super) fn keep_torn_tail(dir: &Path, segment: &Path, offset: u64) -> std::io
             0 => dir.join(format!("torn-{name}-{offset}.bin")),
             n => dir.join(format!("torn-{name}-{offset}.{n}.bin")),
         };
-        match File::create_new(&out) {
+        let made = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&out)
+        };
+        match made {
             Ok(f) => break (out, f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
             Err(e) => return Err(e),
