@@ -1060,7 +1060,7 @@ fn a_head_new_directory_is_told_as_a_directory() {
 /// rotations and other files (the key among them: `app::spawn_key_keeper` writes it
 /// again) change nothing.
 #[test]
-fn a_sealed_segment_or_the_key_changed_by_another_process_fails_the_next_batch() {
+fn a_sealed_segment_changed_by_another_process_fails_the_next_batch() {
     let rec = || Pending {
         line: br#"{"type":"flush","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_vec(),
         ack: None,
