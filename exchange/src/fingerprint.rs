@@ -211,6 +211,12 @@ impl Fingerprinter {
             // at the key's name, a full directory): a regular file there is written over
             // in place, owner-only, as `HEAD` is (round 123a: a directory at `.new` left
             // the key emptied). Anything else stays refused, with the first reason.
+            // Only the exchange's own file with no other name: a hard link to a file
+            // elsewhere would hand the key to that file's owner (round 124a).
+            let ours = |m: &std::fs::Metadata| {
+                use std::os::unix::fs::MetadataExt as _;
+                m.is_file() && m.nlink() == 1 && m.uid() == rustix::process::geteuid().as_raw()
+            };
             let in_place = std::fs::OpenOptions::new()
                 .write(true)
                 .truncate(false)
@@ -219,7 +225,7 @@ impl Fingerprinter {
                 )
                 .open(dir.join(KEY_FILE))
                 .ok()
-                .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+                .filter(|f| f.metadata().is_ok_and(|m| ours(&m)));
             let Some(file) = in_place else {
                 return Err(e);
             };

@@ -657,6 +657,12 @@ fn ledger_dir_of(file: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Nothing this process makes (ledger, models, `CHAMPION`, reports) is writable by the
+    // group or by others, whatever the umask it was given (black-box rounds 123a and
+    // 124a: under `umask 000` model sets and `CHAMPION` were made world-writable, and any
+    // local user could change which model serves). A stricter umask stays.
+    let given = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(given | rustix::fs::Mode::from_raw_mode(0o022));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1086,6 +1086,37 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Under `umask 000` (black-box round 124a: a model set was made world-writable, as
+    // were `CHAMPION` and `HISTORY`): nothing the binary makes is writable by others.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_pingpost"))
+        .args([
+            "models",
+            "import",
+            "--config",
+            &cfg,
+            "--vertical",
+            VERTICAL,
+            "--version",
+            "b4-umask",
+            "--realization",
+            &realization.path().to_string_lossy(),
+        ])
+        .envs(env.clone())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let set = champion_file.with_file_name("b4-umask");
+    let mut made = vec![set.clone()];
+    made.extend(std::fs::read_dir(&set).unwrap().map(|e| e.unwrap().path()));
+    for p in made {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o022, 0, "{}: {mode:o}", p.display());
+    }
+    std::fs::remove_dir_all(&set).unwrap();
     // The same version again is a bad argument (exit 2), as `train --version` of one.
     let again = run(&[
         "models",

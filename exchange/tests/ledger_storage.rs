@@ -985,6 +985,22 @@ async fn a_fingerprint_key_changed_while_running_is_written_again_and_the_restar
         "x",
         "a stale .new is never followed"
     );
+    // Round 124a: with `.new` blocked, the key replaced by a hard link to a file
+    // elsewhere was written in place, handing the key to that file's owner. Never
+    // written through another name: an error, the file elsewhere untouched.
+    std::fs::create_dir(key.with_file_name("FINGERPRINT_KEY.new")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, "y").unwrap();
+    std::fs::remove_file(&key).unwrap();
+    std::fs::hard_link(&elsewhere, &key).unwrap();
+    let kept = state
+        .fingerprint
+        .keep_in(&state.ledger.locked_dir(), &ledger);
+    assert!(kept.is_err(), "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "y");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::remove_dir(key.with_file_name("FINGERPRINT_KEY.new")).unwrap();
+    assert!(keep(), "written again once the way is clear");
     // Round 123a: changed just before a stop, it is written again at the stop.
     std::fs::write(&key, "").unwrap();
     running.shutdown().await.unwrap();
