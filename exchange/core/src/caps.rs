@@ -424,6 +424,14 @@ struct Held {
 }
 
 impl Held {
+    /// Whether this hold counts in window `key` of `period`: held there (and not carried
+    /// out of it), or carried into it as sold by a zone change.
+    fn counts_in(&self, period: usize, key: i64) -> bool {
+        (self.windows_of(period, 0).any(|(k, _)| k == key)
+            && !self.carried.contains(&(period, key)))
+            || self.carried_into.contains(&(period, key))
+    }
+
     /// Per period, every window the hold is in: `(key, the instant the lead is first
     /// taken there)`, each key once (hours differ; a day, week or month often repeats).
     /// Allocates nothing: it runs for every reservation and settle on the award's path.
@@ -697,23 +705,53 @@ impl BuyerBook {
             // skips it (`Held::carried`), so a later zone whose window has its key does
             // not count them again.
             let kept = |k: i64, c: &Counter| !is_carried(k, c) || (k > key && c.last_ms > now);
-            // Every carried hold is counted (as sold) in the current window: a release
-            // takes it back from there (`Held::carried_into`). A kept window keeps its
-            // holds too, so their settle still counts there.
-            for (k, c) in list
+            // Every carried hold is counted (as sold) in the current window once: a hold
+            // may count in several of the windows carried (its own hour and a later one
+            // it is firm into, or a window it was carried into as sold by an earlier
+            // change), and in the current window itself (black-box round 124a: zones
+            // changed back and forth with quotes open counted them again at each change,
+            // and the buyer was refused `capped` under its cap). A release takes it back
+            // from there (`Held::carried_into`). A kept window keeps its holds too, so
+            // their settle still counts there.
+            let carried_keys: Vec<(i64, bool)> = list
                 .iter()
-                .filter(|(k, c)| is_carried(*k, c) && c.reserved > 0)
-            {
-                let dropped = !kept(*k, c);
-                for held in self.outstanding.values_mut() {
-                    if held.windows_of(period, 0).any(|(hk, _)| hk == *k) {
-                        if dropped {
-                            held.carried.push((period, *k));
-                        }
-                        held.carried_into.push((period, key));
+                .filter(|(k, c)| is_carried(*k, c))
+                .map(|(k, c)| (*k, !kept(*k, c)))
+                .collect();
+            let current_kept = list.iter().any(|(k, _)| *k == key);
+            let (mut twice, mut twice_micros) = (0u32, Micros::ZERO);
+            for held in self.outstanding.values_mut() {
+                let here = carried_keys
+                    .iter()
+                    .filter(|(k, _)| held.counts_in(period, *k))
+                    .count();
+                if here == 0 {
+                    continue;
+                }
+                let counted = current_kept && held.counts_in(period, key);
+                let again = if counted { here } else { here - 1 };
+                let again = u32::try_from(again).unwrap_or(u32::MAX);
+                twice = twice.saturating_add(again);
+                twice_micros = twice_micros
+                    .saturating_add(Micros(held.price.0.saturating_mul(i64::from(again))));
+                for (k, dropped) in &carried_keys {
+                    if !dropped {
+                        continue;
                     }
+                    // Its count there moves to the current window with the window's.
+                    if held.windows_of(period, 0).any(|(hk, _)| hk == *k)
+                        && !held.carried.contains(&(period, *k))
+                    {
+                        held.carried.push((period, *k));
+                    }
+                    held.carried_into.retain(|e| *e != (period, *k));
+                }
+                if !counted && !held.carried_into.contains(&(period, key)) {
+                    held.carried_into.push((period, key));
                 }
             }
+            carried.sold = carried.sold.saturating_sub(twice);
+            carried.spent = carried.spent.saturating_sub(twice_micros);
             list.retain(|(k, c)| kept(*k, c));
             if let Some(c) = self.counter_mut(period, key) {
                 c.sold = c.sold.saturating_add(carried.sold);
@@ -744,9 +782,20 @@ impl BuyerBook {
         let Some(current) = self.current else {
             return;
         };
-        for (list, cur) in self.windows.iter_mut().zip(current) {
+        for (period, (list, cur)) in self.windows.iter_mut().zip(current).enumerate() {
             let previous = list.iter().map(|(k, _)| *k).filter(|k| *k < cur).max();
-            list.retain(|(key, c)| *key >= cur || c.reserved > 0 || Some(*key) == previous);
+            let outstanding = &mut self.outstanding;
+            list.retain(|(key, c)| {
+                let keep = *key >= cur || c.reserved > 0 || Some(*key) == previous;
+                if !keep {
+                    // Gone: a hold carried into it as sold counts there no more (a window
+                    // of that key made again later does not hold it).
+                    for held in outstanding.values_mut() {
+                        held.carried_into.retain(|e| *e != (period, *key));
+                    }
+                }
+                keep
+            });
         }
     }
 
