@@ -1068,18 +1068,22 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     // Import a third and make it the champion by the admin API, then roll back.
     let realization = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(realization.path(), model_json(ALL_LEN, 0)).unwrap();
-    let out = run(&[
-        "models",
-        "import",
-        "--config",
-        &cfg,
-        "--vertical",
-        VERTICAL,
-        "--version",
-        "b3",
-        "--realization",
-        &realization.path().to_string_lossy(),
-    ]);
+    let realization_path = realization.path().to_string_lossy().into_owned();
+    let import_args = |version: &'static str| {
+        [
+            "models",
+            "import",
+            "--config",
+            cfg.as_str(),
+            "--vertical",
+            VERTICAL,
+            "--version",
+            version,
+            "--realization",
+            realization_path.as_str(),
+        ]
+    };
+    let out = run(&import_args("b3"));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -1092,18 +1096,7 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         .arg("-c")
         .arg("umask 000; exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_pingpost"))
-        .args([
-            "models",
-            "import",
-            "--config",
-            &cfg,
-            "--vertical",
-            VERTICAL,
-            "--version",
-            "b4-umask",
-            "--realization",
-            &realization.path().to_string_lossy(),
-        ])
+        .args(import_args("b4-umask"))
         .envs(env.clone())
         .output()
         .unwrap();
@@ -1118,18 +1111,7 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     }
     std::fs::remove_dir_all(&set).unwrap();
     // The same version again is a bad argument (exit 2), as `train --version` of one.
-    let again = run(&[
-        "models",
-        "import",
-        "--config",
-        &cfg,
-        "--vertical",
-        VERTICAL,
-        "--version",
-        "b3",
-        "--realization",
-        &realization.path().to_string_lossy(),
-    ]);
+    let again = run(&import_args("b3"));
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     let reply = swap(&ex, json!({"vertical": VERTICAL, "version": "b3"})).await;

@@ -152,6 +152,21 @@ fn check_config_warns_of_a_hard_limit_below_the_configured_connections() {
     }
 }
 
+/// `pingpost --check-config --config path` with `cfg`'s environment: it must pass
+/// (exit 0, "configuration OK"); returns what it said on stderr (its warnings).
+fn check_config_ok(cfg: &TestConfig, path: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(path)
+        .envs(cfg.env_vars())
+        .output()
+        .expect("pingpost runs");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Black-box round 116b: `--check-config` said "configuration OK" for a ledger path that
 /// is a file, one whose parent is missing, and a listen address another process holds,
 /// and the start then failed. It warns of each (the file itself is right: exit 0), and of
@@ -163,16 +178,7 @@ fn check_config_warns_of_a_ledger_path_or_a_listen_address_a_start_could_not_use
     let run = |ledger: &std::path::Path, edit: &dyn Fn(String) -> String| {
         let path = dir.path().join("pingpost.toml");
         std::fs::write(&path, edit(cfg.toml(ledger))).expect("config written");
-        let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(&path)
-            .envs(cfg.env_vars())
-            .output()
-            .expect("pingpost runs");
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        check_config_ok(&cfg, &path)
     };
     let same = |t: String| t;
     let fine = run(&dir.path().join("ledger"), &same);
@@ -222,18 +228,7 @@ fn check_config_warns_of_a_ledger_a_start_would_refuse() {
     let cfg = TestConfig::new();
     let path = dir.path().join("pingpost.toml");
     std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
-    let run = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_pingpost"))
-            .arg("--check-config")
-            .arg("--config")
-            .arg(&path)
-            .envs(cfg.env_vars())
-            .output()
-            .expect("pingpost runs");
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let run = || check_config_ok(&cfg, &path);
     let listing = || {
         let mut names: Vec<_> = std::fs::read_dir(&ledger)
             .unwrap()
