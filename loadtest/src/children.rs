@@ -143,37 +143,65 @@ pub fn stop(pids: &[u32], grace: Duration) {
 /// A `loadtest orphan-guard` process watching one exchange: it stops that exchange if
 /// `loadtest` dies without stopping it (a SIGKILL, an OOM kill), which no handler of
 /// `loadtest`'s own can catch. Dropped, it closes the guard's stdin and reaps it.
+///
+/// The guard is started *before* the exchange ([`OrphanGuard::start`]), the exchange is
+/// started with the guard's mark in its environment ([`OrphanGuard::mark`]), and the
+/// guard is told its pid once it runs ([`OrphanGuard::watch`]). Should `loadtest` die
+/// before telling it, the guard finds the exchange by its mark. (Started after the
+/// exchange, as before 2026-12-05, a SIGKILL of `loadtest` while the guard was being
+/// started left the exchange running.)
 #[derive(Debug)]
 pub struct OrphanGuard(Option<std::process::Child>);
 
-/// Starts `loadtest orphan-guard` (this binary) for the exchange `pid`, a child of this
-/// process, with its start time and this process's pid (read now: a child's pid cannot
-/// be reused before it is reaped, and the guard may start after `loadtest` has died). A
-/// guard that cannot start is reported on stderr and the run goes on without it (it only
-/// matters if `loadtest` is killed). None is started when this process is not the
-/// `loadtest` binary (a test that runs a scenario in-process).
-pub fn guard_against_orphaning(pid: u32) -> OrphanGuard {
-    let exe = match std::env::current_exe() {
-        Ok(exe) if exe.file_name().is_some_and(|n| n == "loadtest") => exe,
-        _ => return OrphanGuard(None),
-    };
-    let Some((_, _, started)) = stat_of(pid) else {
-        return OrphanGuard(None);
-    };
-    let spawned = std::process::Command::new(exe)
-        .arg("orphan-guard")
-        .args(["--pid", &pid.to_string()])
-        .args(["--start-time", &started.to_string()])
-        .args(["--parent", &std::process::id().to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn();
-    match spawned {
-        Ok(child) => OrphanGuard(Some(child)),
-        Err(e) => {
-            eprintln!("loadtest: could not start the guard that stops the exchange (pid {pid}) if loadtest is killed: {e}");
-            OrphanGuard(None)
+impl OrphanGuard {
+    /// Starts `loadtest orphan-guard` (this binary) with this process's pid, ready to be
+    /// told which exchange to watch. A guard that cannot start is reported on stderr and
+    /// the run goes on without it (it only matters if `loadtest` is killed). None is
+    /// started when this process is not the `loadtest` binary (a test that runs a
+    /// scenario in-process).
+    pub fn start() -> OrphanGuard {
+        let exe = match std::env::current_exe() {
+            Ok(exe) if exe.file_name().is_some_and(|n| n == "loadtest") => exe,
+            _ => return OrphanGuard(None),
+        };
+        let spawned = std::process::Command::new(exe)
+            .arg("orphan-guard")
+            .args(["--parent", &std::process::id().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn();
+        match spawned {
+            Ok(child) => OrphanGuard(Some(child)),
+            Err(e) => {
+                eprintln!("loadtest: could not start the guard that stops the exchange if loadtest is killed: {e}");
+                OrphanGuard(None)
+            }
+        }
+    }
+
+    /// The variable and value to set in the exchange's environment before it is
+    /// spawned: the guard finds the exchange by it should `loadtest` die before
+    /// [`OrphanGuard::watch`]. `None` without a guard.
+    pub fn mark(&self) -> Option<(&'static str, String)> {
+        self.0.as_ref().map(|c| (GUARD_MARK, c.id().to_string()))
+    }
+
+    /// Tells the guard the exchange to watch: `pid`, a child of this process just
+    /// spawned, with its start time (read now: a child's pid cannot be reused before it
+    /// is reaped). Without it, the guard exits when its stdin closes.
+    pub fn watch(&mut self, pid: u32) {
+        use std::io::Write;
+        let Some(child) = self.0.as_mut() else {
+            return;
+        };
+        let Some((_, _, started)) = stat_of(pid) else {
+            return;
+        };
+        if let Some(stdin) = child.stdin.as_mut() {
+            if let Err(e) = stdin.write_all(format!("{pid} {started}\n").as_bytes()) {
+                eprintln!("loadtest: could not tell the guard which exchange (pid {pid}) to stop if loadtest is killed: {e}");
+            }
         }
     }
 }
@@ -186,6 +214,45 @@ impl Drop for OrphanGuard {
             let _ = child.wait();
         }
     }
+}
+
+/// The variable put in the exchange's environment, set to its guard's pid
+/// ([`OrphanGuard::mark`]), by which the guard finds it if `loadtest` died before
+/// telling its pid.
+pub const GUARD_MARK: &str = "LOADTEST_ORPHAN_GUARD";
+
+/// The pid and start time of the process whose environment holds
+/// `GUARD_MARK=<guard>`, from `/proc` (each environment read up to 1 MiB).
+fn marked(guard: u32) -> Option<(u32, u64)> {
+    use std::io::Read;
+    let want = format!("{GUARD_MARK}={guard}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mut env = Vec::new();
+        let Ok(file) = std::fs::File::open(entry.path().join("environ")) else {
+            continue;
+        };
+        if file.take(1 << 20).read_to_end(&mut env).is_err() {
+            continue;
+        }
+        if env.split(|&b| b == 0).any(|var| var == want.as_bytes()) {
+            return stat_of(pid).map(|(_, _, started)| (pid, started));
+        }
+    }
+    None
+}
+
+/// The `<pid> <start time>` line the guard is told, if whole.
+fn told(said: &[u8]) -> Option<(u32, u64)> {
+    let line = std::str::from_utf8(said).ok()?.split_once('\n')?.0;
+    let (pid, started) = line.split_once(' ')?;
+    Some((pid.parse().ok()?, started.parse().ok()?))
 }
 
 /// How long the guard waits, after its stdin closed, for the exchange to be handed to
@@ -207,20 +274,31 @@ fn stat_of(pid: u32) -> Option<(String, u32, u64)> {
     ))
 }
 
-/// `loadtest orphan-guard --pid <pid> --start-time <ticks> --parent <loadtest>`: waits for
-/// its stdin to close (it closes when `loadtest`, its parent, drops the guard or dies),
-/// then stops the exchange `pid` ([`stop`]) if it still runs, is the same process (its
-/// start time), and is no longer `loadtest`'s child: `loadtest` died without stopping
-/// it. When `loadtest` closed the guard itself, the exchange has ended or is still its
-/// child, and the guard exits.
-pub fn orphan_guard_main(pid: u32, started: u64, loadtest: u32) {
+/// `loadtest orphan-guard --parent <loadtest>`: reads `<pid> <start time>` of the exchange
+/// to watch from its stdin, then waits for its stdin to close (it closes when `loadtest`,
+/// its parent, drops the guard or dies). It then stops the exchange `pid` ([`stop`]) if
+/// it still runs, is the same process (its start time), and is no longer `loadtest`'s
+/// child: `loadtest` died without stopping it. When `loadtest` closed the guard itself,
+/// the exchange has ended or is still its child, and the guard exits; so it does when
+/// its stdin closes before it was told a pid.
+pub fn orphan_guard_main(loadtest: u32) {
+    let mut said = Vec::new();
     let mut stdin = std::io::stdin().lock();
     let mut scratch = [0u8; 64];
+    // Bounded: one short line is expected, and anything past 64 bytes is ignored.
     while let Ok(n) = std::io::Read::read(&mut stdin, &mut scratch) {
         if n == 0 {
             break;
         }
+        if said.len() < 64 {
+            said.extend_from_slice(&scratch[..n]);
+        }
     }
+    // Not told: `loadtest` died between starting the exchange and telling its pid (or
+    // the exchange did not start), and the exchange, if any, is found by its mark.
+    let Some((pid, started)) = told(&said).or_else(|| marked(std::process::id())) else {
+        return;
+    };
     let polls = ORPHAN_WAIT.as_millis() / 20;
     for _ in 0..polls {
         match stat_of(pid) {
@@ -276,6 +354,40 @@ async fn stop_when_signalled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guard_takes_only_a_whole_pid_line() {
+        assert_eq!(told(b"4242 987654\n"), Some((4242, 987_654)));
+        assert_eq!(told(b"4242 987654\nmore"), Some((4242, 987_654)));
+        for bad in [
+            &b""[..],
+            b"4242 987654",
+            b"4242\n",
+            b"x 1\n",
+            b"1 -2\n",
+            b"\xff 1\n",
+        ] {
+            assert_eq!(told(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_guard_finds_the_exchange_by_its_mark() {
+        // A guard pid no process can have (above the kernel's pid limit).
+        let guard = 4_000_000_000 + std::process::id() % 1_000_000;
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .env(GUARD_MARK, guard.to_string())
+            .spawn()
+            .expect("sleep");
+        let found = marked(guard);
+        let other = marked(guard + 1);
+        let started = stat_of(child.id()).map(|(_, _, s)| s);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some((child.id(), started.expect("running"))));
+        assert_eq!(other, None);
+    }
 
     #[test]
     fn registered_children_are_stopped_and_unregistered_ones_left_alone() {

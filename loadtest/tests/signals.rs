@@ -189,3 +189,42 @@ fn a_sigkill_of_loadtest_still_stops_the_exchange_it_started() {
         "the exchange was not stopped after loadtest was killed"
     );
 }
+
+/// `loadtest` killed after it started the exchange and before it told the guard its pid:
+/// the guard, its stdin closed without a pid, finds the exchange by the mark in its
+/// environment and stops it (before 2026-12-05 the guard was started after the
+/// exchange, and a SIGKILL in between left the exchange running: a CI run failed on it).
+#[test]
+fn a_guard_never_told_the_pid_finds_the_exchange_by_its_mark() {
+    // A guard for a "loadtest" that is not this test's process (pid 1): the "exchange"
+    // below, this test's child, counts as handed to another parent.
+    let mut guard = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["orphan-guard", "--parent", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exchange = Command::new("sleep")
+        .arg("300")
+        .env(loadtest::children::GUARD_MARK, guard.id().to_string())
+        .spawn()
+        .unwrap();
+    // Bounds the case: the exchange is killed if the guard has not stopped it by then.
+    let (done, watch) = mpsc::channel::<()>();
+    let ex = exchange.id();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(CASE_MAX).is_err() {
+            kill("-KILL", ex);
+        }
+    });
+    drop(guard.stdin.take());
+    let status = exchange.wait().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    let _ = guard.wait();
+    let err = std::io::read_to_string(guard.stderr.take().unwrap()).unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "stopped by SIGTERM: {err}");
+    assert!(err.contains("died without stopping the exchange"), "{err}");
+}

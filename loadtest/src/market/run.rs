@@ -125,12 +125,20 @@ impl ExchangeProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Started first, so that no SIGKILL of loadtest finds the exchange unguarded.
+        let mut orphan_guard = crate::children::OrphanGuard::start();
+        if let Some((k, v)) = orphan_guard.mark() {
+            cmd.env(k, v);
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         // Stopped before the buyers on a signal (black-box round 82b).
         let _registered = child.id().map(crate::children::register_exchange);
-        let _orphan_guard = child.id().map(crate::children::guard_against_orphaning);
+        let _orphan_guard = child.id().map(|pid| {
+            orphan_guard.watch(pid);
+            orphan_guard
+        });
         let mut p = ExchangeProc {
             child,
             _registered,

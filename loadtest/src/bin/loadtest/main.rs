@@ -59,13 +59,10 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// (internal) Stop the exchange with this pid if loadtest dies without stopping it.
+    /// (internal) Stop the exchange whose pid and start time are read from stdin if
+    /// loadtest dies without stopping it.
     #[command(hide = true)]
     OrphanGuard {
-        #[arg(long)]
-        pid: u32,
-        #[arg(long)]
-        start_time: u64,
         #[arg(long)]
         parent: u32,
     },
@@ -107,12 +104,8 @@ fn real_main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(sim::run_fleet_process(specs, seed))
         }
-        Cmd::OrphanGuard {
-            pid,
-            start_time,
-            parent,
-        } => {
-            loadtest::children::orphan_guard_main(pid, start_time, parent);
+        Cmd::OrphanGuard { parent } => {
+            loadtest::children::orphan_guard_main(parent);
             Ok(())
         }
         Cmd::Relay {

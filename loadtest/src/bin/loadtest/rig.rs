@@ -280,6 +280,11 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         for (k, v) in env.iter().chain(&o.extra_env) {
             cmd.env(k, v);
         }
+        // Started first, so that no SIGKILL of loadtest finds the exchange unguarded.
+        let mut orphan_guard = loadtest::children::OrphanGuard::start();
+        if let Some((k, v)) = orphan_guard.mark() {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting the exchange {}", o.exchange_bin.display()))?;
@@ -288,7 +293,10 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             name: "exchange",
             // Stopped before the buyers on a signal (black-box round 82b).
             _registered: loadtest::children::register_exchange(child.id()),
-            _orphan_guard: Some(loadtest::children::guard_against_orphaning(child.id())),
+            _orphan_guard: {
+                orphan_guard.watch(child.id());
+                Some(orphan_guard)
+            },
             child,
             stdin,
             stop_waits: stop_waits(o.wrap),
