@@ -421,6 +421,19 @@ struct Held {
     /// sale leaves it (black-box round 108a: an expired quote's place stayed taken there
     /// after a zone change by reload).
     carried_into: Vec<(usize, i64)>,
+    /// The last moment the hold is firm for (a quote's expiry, a post's deadline; for a
+    /// hold restored at a start, the end of its last hour): a zone change counts it in
+    /// the new zone's later windows up to then ([`BuyerBook::rezone`]).
+    until: i64,
+    /// Of [`Held::carried_into`], the new zone's windows later than its current ones that
+    /// a zone change counted the hold in (black-box session 51: held in the old zone's
+    /// next hour only, a hold firm past the end of the new zone's current hour was not
+    /// counted in the new zone's next hour, which could take one lead past an hourly
+    /// cap). A sale takes it back from those the lead was not delivered in, judged in
+    /// the zone each is of (the third field).
+    ahead: Vec<(usize, i64, Tz)>,
+    /// The zone the hold's own windows are in, when known.
+    zone: Option<Tz>,
 }
 
 impl Held {
@@ -658,10 +671,12 @@ impl BuyerBook {
                         .former
                         .get_mut(period)
                         .is_some_and(|f| f.merge(end, sold, spent, now, old_tz));
-                    if took && c.reserved > 0 {
+                    // A hold carried into it as sold by an earlier change counts there too
+                    // (session 52: a hold carried into Kathmandu's hour, then back to
+                    // Kolkata, stayed counted in Kathmandu's former hour once released).
+                    if took {
                         for held in self.outstanding.values_mut() {
-                            if held.windows_of(period, 0).any(|(hk, _)| hk == key)
-                                && !held.former.contains(&(period, end))
+                            if held.counts_in(period, key) && !held.former.contains(&(period, end))
                             {
                                 held.former.push((period, end));
                             }
@@ -745,6 +760,7 @@ impl BuyerBook {
                         held.carried.push((period, *k));
                     }
                     held.carried_into.retain(|e| *e != (period, *k));
+                    held.ahead.retain(|e| (e.0, e.1) != (period, *k));
                 }
                 if !counted && !held.carried_into.contains(&(period, key)) {
                     held.carried_into.push((period, key));
@@ -759,10 +775,54 @@ impl BuyerBook {
                 c.last_ms = c.last_ms.max(carried.last_ms);
             }
         }
+        self.count_ahead(tz, &w);
         self.latest_now = Some(now);
         self.current = Some(keys);
         self.prune();
         true
+    }
+
+    /// A zone change to `tz`, whose current windows are `w`: counts each open hold, as
+    /// sold, in every later window of the new zone it is firm into and does not count in
+    /// yet ([`Held::ahead`]): its own later windows are the old zone's, and the new zone's
+    /// next hour would otherwise not see it. A release takes it back from there, and a
+    /// sale from those it was not delivered in.
+    fn count_ahead(&mut self, tz: Tz, w: &Windows) {
+        let current = w.keys();
+        let BuyerBook {
+            outstanding,
+            windows,
+            ..
+        } = self;
+        for held in outstanding.values_mut() {
+            let Some(later) = Windows::later_until(tz, w, held.until) else {
+                continue;
+            };
+            for (period, cur) in current.into_iter().enumerate() {
+                for l in &later {
+                    let k = l.keys()[period];
+                    if k == cur || held.counts_in(period, k) {
+                        continue;
+                    }
+                    let Some(list) = windows.get_mut(period) else {
+                        continue;
+                    };
+                    let c = match list.iter().position(|(lk, _)| *lk == k) {
+                        Some(pos) => &mut list[pos].1,
+                        None => {
+                            list.push((k, Counter::default()));
+                            let last = list.len() - 1;
+                            &mut list[last].1
+                        }
+                    };
+                    c.sold = c.sold.saturating_add(1);
+                    c.spent = c.spent.saturating_add(held.price);
+                    c.last_ms = c.last_ms.max(l.hour_start_ms);
+                    held.carried_into.push((period, k));
+                    held.ahead.push((period, k, tz));
+                }
+            }
+        }
     }
 
     /// Recovery: the zone the restored windows are in, when known, for a book that has not
@@ -782,16 +842,27 @@ impl BuyerBook {
         let Some(current) = self.current else {
             return;
         };
+        let latest = self.latest_now.unwrap_or(i64::MIN);
         for (period, (list, cur)) in self.windows.iter_mut().zip(current).enumerate() {
             let previous = list.iter().map(|(k, _)| *k).filter(|k| *k < cur).max();
+            // A window with a lead taken less than a window's length ago may hold one
+            // that lies in the window of a zone changed to later, whichever window is
+            // newest (session 52: an empty window of another zone counted as the
+            // previous one, and a sale delivered eight minutes before was dropped with
+            // its own window, and not carried).
+            let recent = latest.saturating_sub(SPAN_MAX_MS.get(period).copied().unwrap_or(0));
             let outstanding = &mut self.outstanding;
             list.retain(|(key, c)| {
-                let keep = *key >= cur || c.reserved > 0 || Some(*key) == previous;
+                let keep = *key >= cur
+                    || c.reserved > 0
+                    || Some(*key) == previous
+                    || (c.last_ms > recent && (c.sold > 0 || c.spent.0 > 0));
                 if !keep {
                     // Gone: a hold carried into it as sold counts there no more (a window
                     // of that key made again later does not hold it).
                     for held in outstanding.values_mut() {
                         held.carried_into.retain(|e| *e != (period, *key));
+                        held.ahead.retain(|e| (e.0, e.1) != (period, *key));
                     }
                 }
                 keep
@@ -863,6 +934,75 @@ impl BuyerBook {
             };
             if let Some(f) = fs.0.iter_mut().find(|f| f.until == *until) {
                 f.take_back(held.price);
+            }
+        }
+    }
+
+    /// A sale of `held` delivered at `delivered`, counted in its own windows `counted`
+    /// (unless a zone change carried them away).
+    ///
+    /// Takes it back from each later window a zone change counted it in
+    /// ([`Held::ahead`]) that the delivery does not fall in (in that window's zone or the
+    /// book's; all kept when the moment is not known: an over-count, never an
+    /// under-count). Every window a zone change counted it in, as sold, that still does
+    /// ([`Held::carried_into`]) takes the delivery's time as a lead's, so a later zone
+    /// change whose window began by then carries it there (session 52: a sale counted
+    /// only there was not carried into the next zone's hour it was delivered in).
+    ///
+    /// When the book's zone is not the hold's own, or the window the sale counts in was
+    /// carried away, the sale counts in the window of the book's zone it was delivered
+    /// in too, unless it is counted there already (session 52: a hold made in Kolkata
+    /// and delivered at 18:15 UTC, in Kathmandu's new day, was counted in Kolkata's
+    /// day only, and Kathmandu's new day took a lead past its daily cap).
+    fn settle_carried_sale(
+        &mut self,
+        held: &Held,
+        delivered: Option<UnixMs>,
+        counted: [i64; PERIODS],
+    ) {
+        let Some(at) = delivered else {
+            return;
+        };
+        // The usual sale, of a hold no zone change touched: nothing to do (no zone
+        // conversion on the award's path).
+        if held.zone == self.zone && held.carried.is_empty() && held.carried_into.is_empty() {
+            return;
+        }
+        let here = self.zone.and_then(|z| Windows::at(z, at)).map(|w| w.keys());
+        for &(period, key) in &held.carried_into {
+            let ahead = held.ahead.iter().find(|e| (e.0, e.1) == (period, key));
+            let delivered_there = here.is_some_and(|h| h.get(period) == Some(&key))
+                || ahead.is_none_or(|&(_, _, tz)| {
+                    Windows::at(tz, at).is_some_and(|w| w.keys().get(period) == Some(&key))
+                });
+            let Some((_, c)) = self
+                .windows
+                .get_mut(period)
+                .and_then(|list| list.iter_mut().find(|(k, _)| *k == key))
+            else {
+                continue;
+            };
+            if delivered_there {
+                c.last_ms = c.last_ms.max(at);
+            } else {
+                c.sold = c.sold.saturating_sub(1);
+                c.spent = c.spent.saturating_sub(held.price);
+            }
+        }
+        let Some(here) = here else {
+            return;
+        };
+        for (period, (key, own)) in here.into_iter().zip(counted).enumerate() {
+            let own_kept = !held.carried.contains(&(period, own));
+            if (own_kept && (held.zone == self.zone || key == own))
+                || held.carried_into.contains(&(period, key))
+            {
+                continue;
+            }
+            if let Some(c) = self.counter_mut(period, key) {
+                c.sold = c.sold.saturating_add(1);
+                c.spent = c.spent.saturating_add(held.price);
+                c.last_ms = c.last_ms.max(at);
             }
         }
     }
@@ -1088,6 +1228,9 @@ impl CapBook {
                 carried: Vec::new(),
                 former: Vec::new(),
                 carried_into: Vec::new(),
+                until: until.max(now),
+                ahead: Vec::new(),
+                zone: Some(buyer.timezone),
             };
             b.hold(&mut held, at);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1137,12 +1280,21 @@ impl CapBook {
                         if sold && k == counted {
                             c.sold = c.sold.saturating_add(1);
                             c.spent = c.spent.saturating_add(held.price);
+                            // Taken when delivered: a zone change whose new window
+                            // began by then carries it there (session 52: a lead
+                            // delivered at 08:15 in Kolkata's 07:30 hour, its hold made
+                            // at 07:56, was not carried into Kathmandu's 08:15 hour).
+                            if let Some(at) = r.delivered {
+                                c.last_ms = c.last_ms.max(at);
+                            }
                         }
                     }
                 }
             }
             if !sold {
                 b.take_back_carried(&held);
+            } else {
+                b.settle_carried_sale(&held, r.delivered, counted);
             }
             b.prune();
             true
@@ -1362,6 +1514,15 @@ impl CapBook {
                 carried: Vec::new(),
                 former: Vec::new(),
                 carried_into: Vec::new(),
+                // The quote's end is not known here: the end of its last hour, which is
+                // no earlier (an over-count of at most a part of an hour).
+                until: later
+                    .last()
+                    .unwrap_or(windows)
+                    .hour_start_ms
+                    .saturating_add(HOUR_MS - 1),
+                ahead: Vec::new(),
+                zone,
             };
             b.hold(&mut held, made);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

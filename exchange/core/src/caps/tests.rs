@@ -720,14 +720,15 @@ fn old_windows_are_pruned() {
             .unwrap();
         assert!(book.commit(&r));
     }
-    // Current and previous hour/day/week/month plus the held reservation's.
+    // Current and previous hour/day/week/month, one more with a lead within a window's
+    // longest span (a day's 40 h reaches back two days), plus the held reservation's.
     assert!(
-        book.windows_of(BuyerKey(0)).len() <= 3 * PERIODS,
+        book.windows_of(BuyerKey(0)).len() <= 4 * PERIODS,
         "{:?}",
         book.windows_of(BuyerKey(0))
     );
     assert!(book.release(&held));
-    assert!(book.windows_of(BuyerKey(0)).len() <= 2 * PERIODS);
+    assert!(book.windows_of(BuyerKey(0)).len() <= 3 * PERIODS);
 }
 
 #[test]
@@ -1475,5 +1476,248 @@ fn zones_changed_back_and_forth_count_open_quotes_once() {
         let b = if flip % 2 == 0 { &kathmandu } else { &kolkata };
         let n = used(b, t + 15 + flip);
         assert!(n >= 1, "after: flip {flip}: {n}");
+    }
+}
+
+/// The case traced at the end of session 51: a hold made in one zone and firm past the
+/// end of the new zone's current hour counts in the new zone's next hour too. Hourly
+/// cap 3; Kolkata's hours begin at :30 UTC, Kathmandu's at :15. Before, at 07:30 the
+/// new Kolkata hour counted the first two holds (their own later hour) but not the
+/// third (held in Kathmandu's hours only), and took a fourth lead while all three were
+/// still firm: four could be delivered in that hour.
+#[test]
+fn a_hold_firm_past_the_new_zones_hour_counts_in_its_next_hour() {
+    let caps = Caps {
+        hourly: Some(3),
+        ..Caps::default()
+    };
+    let kolkata = zoned(chrono_tz::Asia::Kolkata, caps);
+    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let book = CapBook::new(1);
+    let t = utc_ms(2026, 12, 5, 7, 0);
+    let until = utc_ms(2026, 12, 5, 8, 15);
+    for i in 0..2 {
+        book.reserve_until(BuyerKey(0), &kolkata, m(1), t + i, until)
+            .unwrap();
+    }
+    let t2 = utc_ms(2026, 12, 5, 7, 8);
+    book.usage(BuyerKey(0), &kathmandu, t2);
+    book.reserve_until(
+        BuyerKey(0),
+        &kathmandu,
+        m(1),
+        t2,
+        utc_ms(2026, 12, 5, 7, 35),
+    )
+    .unwrap();
+    book.usage(BuyerKey(0), &kolkata, t2 + 1);
+    let next_hour = utc_ms(2026, 12, 5, 7, 30) + 1;
+    assert!(
+        book.reserve_until(BuyerKey(0), &kolkata, m(1), next_hour, next_hour + MIN_MS)
+            .is_err(),
+        "three holds firm into the hour: no fourth"
+    );
+    // The same with Kathmandu's next hour (07:15) after a change to it.
+    let book = CapBook::new(1);
+    for i in 0..3 {
+        book.reserve_until(BuyerKey(0), &kolkata, m(1), t + i, until)
+            .unwrap();
+    }
+    book.usage(BuyerKey(0), &kathmandu, t2);
+    let at = utc_ms(2026, 12, 5, 7, 15) + 1;
+    assert!(book
+        .reserve_until(BuyerKey(0), &kathmandu, m(1), at, at + MIN_MS)
+        .is_err());
+}
+
+/// A hold counted in the new zone's next hour by a zone change ([`Held::ahead`]): a
+/// release takes it back, a sale delivered in the current hour takes it back from the
+/// next hour, and one delivered in the next hour stays counted there.
+#[test]
+fn a_hold_counted_ahead_by_a_zone_change_is_settled_there() {
+    let caps = Caps {
+        hourly: Some(2),
+        ..Caps::default()
+    };
+    let kolkata = zoned(chrono_tz::Asia::Kolkata, caps);
+    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let t = utc_ms(2026, 12, 5, 7, 0);
+    let until = utc_ms(2026, 12, 5, 7, 50);
+    // Kathmandu's next hour begins at 07:15.
+    let next = utc_ms(2026, 12, 5, 7, 15) + 1;
+    let used_next = |book: &CapBook| {
+        let u = book.usage(BuyerKey(0), &kathmandu, next);
+        u.sold_hour + u.reserved_in[0]
+    };
+    for (settle, counted) in [("release", 0), ("sold now", 0), ("sold next hour", 1)] {
+        let book = CapBook::new(1);
+        let r = book
+            .reserve_until(BuyerKey(0), &kolkata, m(1), t, until)
+            .unwrap();
+        book.usage(BuyerKey(0), &kathmandu, t + 1);
+        match settle {
+            "release" => assert!(book.release(&r)),
+            "sold now" => assert!(book.commit(&r.delivered_at(t + 2))),
+            _ => assert!(book.commit(&r.delivered_at(next))),
+        }
+        assert_eq!(used_next(&book), counted, "{settle}");
+    }
+    // Open, it counts there: with a second hold, the next hour is full.
+    let book = CapBook::new(1);
+    book.reserve_until(BuyerKey(0), &kolkata, m(1), t, until)
+        .unwrap();
+    book.usage(BuyerKey(0), &kathmandu, t + 1);
+    book.reserve_until(BuyerKey(0), &kathmandu, m(1), t + 2, t + 3)
+        .unwrap();
+    assert_eq!(used_next(&book), 1);
+}
+
+#[derive(Debug, Clone)]
+enum ZoneOp {
+    Reserve {
+        advance_ms: i64,
+        firm_ms: i64,
+    },
+    /// To another of the zones (which of them, when there are several).
+    Rezone(usize),
+    Release(usize),
+    /// Delivered now, if still firm.
+    Commit(usize),
+}
+
+fn zone_op() -> impl Strategy<Value = ZoneOp> {
+    prop_oneof![
+        4 => (0i64..20 * MIN_MS, 0i64..2 * HOUR_MS)
+            .prop_map(|(advance_ms, firm_ms)| ZoneOp::Reserve { advance_ms, firm_ms }),
+        2 => any::<usize>().prop_map(ZoneOp::Rezone),
+        1 => any::<usize>().prop_map(ZoneOp::Release),
+        1 => any::<usize>().prop_map(ZoneOp::Commit),
+    ]
+}
+
+/// The case of [`zone_changes_with_quotes_open_never_pass_a_cap`]: `cap` leads an hour,
+/// a day or a week (`period` 0, 1 or 2), for a buyer whose zone changes among those of
+/// `set`.
+fn zone_ops_case(
+    cap: u32,
+    period: usize,
+    set: usize,
+    start: i64,
+    first: bool,
+    ops: Vec<ZoneOp>,
+) -> Result<(), TestCaseError> {
+    let period = period % 3;
+    let caps = match period {
+        0 => Caps {
+            hourly: Some(cap),
+            ..Caps::default()
+        },
+        1 => Caps {
+            daily: Some(cap),
+            ..Caps::default()
+        },
+        _ => Caps {
+            weekly: Some(cap),
+            ..Caps::default()
+        },
+    };
+    let sets: [&[Tz]; 3] = [
+        &[chrono_tz::Asia::Kolkata, chrono_tz::Asia::Kathmandu],
+        &[chrono_tz::Europe::London, chrono_tz::America::St_Johns],
+        &[
+            chrono_tz::Asia::Kolkata,
+            chrono_tz::Asia::Kathmandu,
+            chrono_tz::America::St_Johns,
+        ],
+    ];
+    let zones: Vec<Buyer> = sets[set % sets.len()]
+        .iter()
+        .map(|tz| zoned(*tz, caps))
+        .collect();
+    // The key of the window a lead taken at `at` counts in, in `zone`.
+    let window = |zone: &Buyer, at: i64| Windows::at(zone.timezone, at).unwrap().keys()[period];
+    let mut zone = usize::from(first);
+    let book = CapBook::new(1);
+    let mut now = utc_ms(2026, 1, 1, 0, 0) + start;
+    let mut open: Vec<(Reservation, i64)> = Vec::new();
+    let mut sold: Vec<i64> = Vec::new();
+    for op in ops {
+        match op {
+            ZoneOp::Reserve {
+                advance_ms,
+                firm_ms,
+            } => {
+                now += advance_ms;
+                let firm = open.iter().filter(|(_, until)| *until >= now).count();
+                let this = window(&zones[zone], now);
+                let delivered = sold
+                    .iter()
+                    .filter(|s| window(&zones[zone], **s) == this)
+                    .count();
+                let until = now + firm_ms;
+                if let Ok(r) = book.reserve_until(BuyerKey(0), &zones[zone], m(1), now, until) {
+                    prop_assert!(
+                        firm + delivered < cap as usize,
+                        "a lead taken at {now} with {firm} holds firm and {delivered} sold in its window, cap {cap}"
+                    );
+                    open.push((r, until));
+                }
+            }
+            ZoneOp::Rezone(n) => {
+                zone = (zone + 1 + n % (zones.len() - 1)) % zones.len();
+                book.usage(BuyerKey(0), &zones[zone], now);
+            }
+            ZoneOp::Release(i) if !open.is_empty() => {
+                let (r, _) = open.swap_remove(i % open.len());
+                prop_assert!(book.release(&r));
+            }
+            ZoneOp::Commit(i) if !open.is_empty() => {
+                let (r, until) = open.swap_remove(i % open.len());
+                if until >= now {
+                    prop_assert!(book.commit(&r.delivered_at(now)));
+                    sold.push(now);
+                } else {
+                    prop_assert!(book.release(&r));
+                }
+            }
+            ZoneOp::Release(_) | ZoneOp::Commit(_) => {}
+        }
+    }
+    for (r, _) in &open {
+        prop_assert!(book.release(r));
+    }
+    if sold.is_empty() {
+        prop_assert!(
+            book.reserve_until(BuyerKey(0), &zones[zone], m(1), now, now)
+                .is_ok(),
+            "every hold released: room again"
+        );
+    }
+    let later = now + 8 * 24 * HOUR_MS;
+    prop_assert!(
+        book.reserve_until(BuyerKey(0), &zones[zone], m(1), later, later)
+            .is_ok(),
+        "days later: room again"
+    );
+    Ok(())
+}
+
+proptest! {
+    /// Zone changes with quotes open never let a buyer take a lead while `cap` leads are
+    /// held firm (each could be delivered now) or were delivered in the current zone's
+    /// current hour (or day, or week); and once every hold is released nothing stays
+    /// counted.
+    /// (Session 51 found a hold firm past the new zone's hour left out of its next
+    /// hour; this test found three more ways to under-count.)
+    #[test]
+    fn zone_changes_with_quotes_open_never_pass_a_cap(
+        cap in 1u32..4,
+        period in 0usize..3,
+        set in 0usize..3,
+        start in 0i64..(30 * 24 * HOUR_MS),
+        first in any::<bool>(),
+        ops in proptest::collection::vec(zone_op(), 1..60),
+    ) {
+        zone_ops_case(cap, period, set, start, first, ops)?;
     }
 }
