@@ -426,7 +426,7 @@ struct Held {
     /// the new zone's later windows up to then ([`BuyerBook::rezone`]).
     until: i64,
     /// Of [`Held::carried_into`], the new zone's windows later than its current ones that
-    /// a zone change counted the hold in (black-box session 51: held in the old zone's
+    /// a zone change counted the hold in (found in session 51: held in the old zone's
     /// next hour only, a hold firm past the end of the new zone's current hour was not
     /// counted in the new zone's next hour, which could take one lead past an hourly
     /// cap). A sale takes it back from those the lead was not delivered in, judged in
