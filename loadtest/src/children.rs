@@ -345,7 +345,8 @@ async fn stop_when_signalled(
     // waits for it instead of cancelling it.
     let _ = tokio::task::spawn_blocking(move || {
         let n = stop_all(STOP_GRACE);
-        eprintln!("loadtest: interrupted; stopped the {n} process(es) it had started");
+        // On a line of its own: a progress line may be on the terminal, without its end.
+        eprintln!("\nloadtest: interrupted; stopped the {n} process(es) it had started");
         std::process::exit(code);
     })
     .await;

@@ -857,7 +857,18 @@ pub async fn run_fleet_process(specs: Vec<SimBuyerSpec>, seed: u64) -> anyhow::R
     }
     stdin_eof_or_signal().await;
     let stats = fleet.shutdown_with_stats().await;
-    print_json_line(&stats)
+    // The stats are for the loadtest that started this fleet: when it died (a SIGKILL),
+    // the pipe is closed and nobody reads them, which is no error (black-box round
+    // 125b: "loadtest: Broken pipe (os error 32)" after every SIGKILL).
+    match print_json_line(&stats) {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        done => done,
+    }
 }
 
 #[cfg(test)]

@@ -95,6 +95,21 @@ fn bad_bounds_are_refused_before_anything_starts() {
             "a run is at most 86400 s, warm-up included",
         ),
         (&["--repeat", "101"][..], "--repeat 101: at most 100"),
+        // Black-box round 125b: found once every process had started (and the report
+        // overwritten); a rate that sends no auction in the measured time measured
+        // nothing and printed latencies of 0.000 ms, exit status 0.
+        (
+            &["--connections", "10001"][..],
+            "--connections 10001: at most 10000",
+        ),
+        (
+            &["--rate", "0.0000001", "--duration-s", "1"][..],
+            "fewer than one auction would be measured",
+        ),
+        (
+            &["--rate", "0.05"][..],
+            "--rate 0.05 for 10 s: fewer than one auction would be measured",
+        ),
     ] {
         let out_dir = dir.path().join("out");
         // An exchange that exits at once: a bound let through ends the run at its start.
@@ -133,6 +148,15 @@ fn bad_bounds_are_refused_before_anything_starts() {
         );
         assert!(!out_dir.exists(), "{scenario}: nothing written");
     }
+    // Round 125b: p6-swap ran `--swap-every-ms 0` as 1 ms without a word.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["run", "p6-swap", "--swap-every-ms", "0", "--out"])
+        .arg(dir.path().join("p6"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--swap-every-ms 0: must be at least 1"));
+    assert!(!dir.path().join("p6").exists());
     // p3-hang: more hanging buyers than buyers.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["run", "p3-hang", "--buyers", "2", "--hanging", "3", "--out"])
@@ -216,5 +240,57 @@ fn an_exchange_that_exits_at_start_is_named_with_its_status() {
     assert!(
         err.contains("the exchange exited (exit status: 1) before it was healthy"),
         "{err}"
+    );
+}
+
+/// A run that stops before it measures anything leaves the last report in `--out` as it
+/// was (black-box round 125b: it was replaced by one with no targets), and a wrapper that
+/// cannot start is named as the wrapper (it was reported as the exchange).
+#[test]
+fn a_run_that_measured_nothing_leaves_the_last_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let last = r#"{"the":"last report"}"#;
+    std::fs::write(out.join("report.json"), last).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args([
+                "run",
+                "p1-latency",
+                "--targets",
+                "exchange",
+                "--rate",
+                "10",
+                "--duration-s",
+                "1",
+                "--exchange-bin",
+                "/bin/false",
+                "--out",
+            ])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was measured"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.json")).unwrap(),
+        last
+    );
+    assert!(!out.join("report.svg").exists());
+    let o = run(&["--wrap", "/nonexistent/wrapper"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("under --wrap: starting /nonexistent/wrapper"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.json")).unwrap(),
+        last
     );
 }

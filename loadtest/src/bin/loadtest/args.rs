@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::ValueEnum;
-use loadtest::gen::{RATE_PER_S_MAX, RUN_S_MAX};
+use loadtest::gen::{CONNECTIONS_MAX, RATE_PER_S_MAX, RUN_S_MAX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Scenario {
@@ -88,7 +88,7 @@ pub(crate) struct RunArgs {
     /// Which targets to run (the direct baseline always runs).
     #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
     pub(crate) targets: Vec<String>,
-    /// Load-generator connections to the target.
+    /// Load-generator connections to the target, at most 10000.
     /// 0 (the default) sizes it to the load: twice the auctions in flight at the
     /// deadline (rate x deadline), at least 64, so the generator never queues.
     #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 0)]
@@ -138,13 +138,23 @@ pub(crate) struct RunArgs {
     /// issue 8.
     #[arg(long)]
     pub(crate) legacy: bool,
-    /// p6-swap: milliseconds between two model swaps (`POST /admin/models`).
+    /// p6-swap: milliseconds between two model swaps (`POST /admin/models`), at least 1.
     #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 1000)]
     pub(crate) swap_every_ms: u64,
     /// p6-swap: swap models only, without the configuration reload (`POST /admin/reload`)
     /// after every second swap.
     #[arg(long)]
     pub(crate) no_reload: bool,
+}
+
+/// The measured time of `scenario` when `--duration-s` is not given, s (the soak's is 600,
+/// a p2-knee rate's 5, every other scenario's 10).
+pub(crate) fn default_duration_s(scenario: Scenario) -> f64 {
+    match scenario {
+        Scenario::Soak => 600.0,
+        Scenario::P2Knee => 5.0,
+        _ => 10.0,
+    }
 }
 
 /// The most buyers `--configured` may ask for (the exchange's own limit).
@@ -262,6 +272,34 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     }
     for r in args.rates.iter().flatten() {
         rate_ok("--rates", *r)?;
+    }
+    // Black-box round 125b: a rate too low to send one auction in the measured time ran,
+    // measured nothing, and printed latencies of 0.000 ms with exit status 0.
+    let measured_s = args
+        .duration_s
+        .unwrap_or_else(|| default_duration_s(args.scenario));
+    let rates = args
+        .rate
+        .into_iter()
+        .chain(args.rates.iter().flatten().copied());
+    for r in rates {
+        if r * measured_s < 1.0 {
+            bail!(
+                "--rate {r} for {measured_s} s: fewer than one auction would be measured (rate x --duration-s must be at least 1)"
+            );
+        }
+    }
+    // Black-box round 125b: found by the load plan only once every process had started,
+    // and the refused run overwrote the last report.
+    if args.connections > CONNECTIONS_MAX {
+        bail!(
+            "--connections {}: at most {CONNECTIONS_MAX} (0 sizes it to the load)",
+            args.connections
+        );
+    }
+    // Black-box round 125b: 0 was run as 1 ms without a word.
+    if args.scenario == Scenario::P6Swap && args.swap_every_ms == 0 {
+        bail!("--swap-every-ms 0: must be at least 1");
     }
     if !(1..=60_000).contains(&args.timeout_ms) {
         bail!(

@@ -11,7 +11,7 @@ use loadtest::gen::{self, LoadPlan, Mix, RateSchedule, RunResult, Target};
 use loadtest::report::{self, Percentiles, ScenarioReport, SweepPoint, TargetSummary};
 
 use crate::{
-    args::{RunArgs, Scenario},
+    args::{default_duration_s, RunArgs, Scenario},
     rig::{fanout_targets, Rig, SELLER_KEY},
 };
 
@@ -132,7 +132,10 @@ pub(crate) async fn measure(
         (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns) as f64),
         _ => None,
     };
-    if let Some(p) = pid.filter(|p| loadtest::children::ended(*p)) {
+    // On a signal loadtest stops the target itself (and exits): not the target's exit
+    // (black-box round 125b: an exchange killed by loadtest was said to have exited).
+    let signalled = loadtest::children::signalled().is_some();
+    if let Some(p) = pid.filter(|p| !signalled && loadtest::children::ended(*p)) {
         let at = exited_at.lock().ok().and_then(|at| *at);
         let note = report::exited_note(which, p, at);
         eprintln!("loadtest: {note}");
@@ -296,7 +299,9 @@ pub(crate) async fn sweep(
     n: usize,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
-    let measure_s = args.duration_s.unwrap_or(5.0);
+    let measure_s = args
+        .duration_s
+        .unwrap_or_else(|| default_duration_s(args.scenario));
     let mut cpu_at: BTreeMap<String, f64> = BTreeMap::new();
     // The baseline at a rate is the direct fan-out's p99 there, but never more than at
     // the lowest rate: once the direct path itself saturates (it shares the cores too), a

@@ -81,7 +81,10 @@ pub(crate) fn spawn_self(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("starting {name}"))?;
+        .with_context(|| match wrap.first() {
+            Some(w) => format!("starting {name} under --wrap: starting {w}"),
+            None => format!("starting {name}"),
+        })?;
     let stdin = child.stdin.take();
     let stdout = child
         .stdout
@@ -285,9 +288,14 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         if let Some((k, v)) = orphan_guard.mark() {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting the exchange {}", o.exchange_bin.display()))?;
+        let mut child = cmd.spawn().with_context(|| match o.wrap.first() {
+            // Black-box round 125b: a missing wrapper was reported as the exchange.
+            Some(w) => format!(
+                "starting the exchange {} under --wrap: starting {w}",
+                o.exchange_bin.display()
+            ),
+            None => format!("starting the exchange {}", o.exchange_bin.display()),
+        })?;
         let stdin = child.stdin.take();
         let guard = ChildGuard {
             name: "exchange",

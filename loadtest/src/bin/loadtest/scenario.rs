@@ -12,7 +12,7 @@ use loadtest::sim::{Latency, SimBuyerSpec};
 use loadtest::swap;
 
 use crate::{
-    args::{check_args, RunArgs, Scenario},
+    args::{check_args, default_duration_s, RunArgs, Scenario},
     measure::{compare_targets, measure, new_report, plan, summary, sweep, PINGS_ONLY},
     post_runs::p8_runs,
     rig::{free_loopback_port, healthy_specs, start_rig, AdminLeg, RigOpts},
@@ -110,7 +110,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let rate = args.rate.unwrap_or(2000.0);
             let rig = start_rig(rig_opts(healthy_specs(n, args.buyer_latency_ms), want_exchange, want_relay, true))
             .await?;
-            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let p = plan(&args, rate, args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario)), PINGS_ONLY);
             let r = compare_targets(&rig, &args, &p, n, &mut report).await;
             rig.stop();
             r?;
@@ -139,7 +139,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             }
             let rig = start_rig(rig_opts(specs, want_exchange, want_relay, false))
             .await?;
-            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let p = plan(&args, rate, args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario)), PINGS_ONLY);
             let r = compare_targets(&rig, &args, &p, n, &mut report).await;
             rig.stop();
             r?;
@@ -152,7 +152,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let healthy = healthy_specs(n.saturating_sub(1).max(1), args.buyer_latency_ms);
             let rig = start_rig(rig_opts(healthy.clone(), true, false, true))
             .await?;
-            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let p = plan(&args, rate, args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario)), PINGS_ONLY);
             let before = measure(&rig, "exchange", &p, &mut report.notes).await;
             rig.stop();
             let (before, cpu_b) = before?;
@@ -215,7 +215,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         }
         Scenario::P6Swap => {
             let rate = args.rate.unwrap_or(2000.0);
-            let secs = args.duration_s.unwrap_or(10.0);
+            let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
             let models_dir = std::path::absolute(out.join("models"))?;
             let admin: SocketAddr = format!("127.0.0.1:{}", free_loopback_port()?).parse()?;
             let token = format!("p6-{:032x}", rand::random::<u128>());
@@ -236,7 +236,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         }
         Scenario::P8Post => {
             let rate = args.rate.unwrap_or(1000.0);
-            let secs = args.duration_s.unwrap_or(10.0);
+            let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
             let admin: SocketAddr = format!("127.0.0.1:{}", free_loopback_port()?).parse()?;
             let token = format!("p8-{:032x}", rand::random::<u128>());
             let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
@@ -252,7 +252,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         }
         Scenario::ManyBuyers => {
             let rate = args.rate.unwrap_or(1000.0);
-            let p = plan(&args, rate, args.duration_s.unwrap_or(10.0), PINGS_ONLY);
+            let p = plan(&args, rate, args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario)), PINGS_ONLY);
             let mut rows = Vec::new();
             for &size in &sizes {
                 let size = size.max(n);
@@ -309,7 +309,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         Scenario::Market => {}
         Scenario::Soak => {
             let rate = args.rate.unwrap_or(2000.0);
-            let secs = args.duration_s.unwrap_or(600.0);
+            let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
             let rig = start_rig(rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true))
             .await?;
             let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
@@ -344,10 +344,20 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
     if let Err(e) = &outcome {
         report.notes.push(format!("the run stopped early: {e:#}"));
     }
-    let mut stdout = std::io::stdout();
-    report::print_table(&report, &mut stdout)?;
     let json = out.join("report.json");
     let svg = out.join("report.svg");
+    // A run that stopped before it measured anything (an exchange that never became
+    // healthy, a refused plan) leaves the last report in `--out` as it was (black-box
+    // round 125b: it was replaced by one with no targets).
+    if outcome.is_err() && report.targets.is_empty() {
+        eprintln!(
+            "loadtest: nothing was measured; {} is left as it was",
+            json.display()
+        );
+        return outcome;
+    }
+    let mut stdout = std::io::stdout();
+    report::print_table(&report, &mut stdout)?;
     report::write_json(&report, &json)?;
     report::write_svg(&report, &svg)?;
     println!("\nwrote {} and {}", json.display(), svg.display());
