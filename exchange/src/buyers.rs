@@ -171,18 +171,16 @@ impl H2Pool {
         }
     }
 
-    /// The host's connection, or a new one; and whether it is new.
+    /// The host's connection, or a new one.
     async fn checkout(
         &self,
         https: bool,
         authority: &str,
         uri: &Uri,
-    ) -> Result<(H2Sender, bool), CallError> {
+    ) -> Result<H2Sender, CallError> {
         match self.take(https, authority) {
-            Some(tx) => Ok((tx, false)),
-            None => Box::pin(self.connect(https, authority, uri))
-                .await
-                .map(|tx| (tx, true)),
+            Some(tx) => Ok(tx),
+            None => Box::pin(self.connect(https, authority, uri)).await,
         }
     }
 
@@ -202,8 +200,8 @@ impl H2Pool {
         first: Option<H2Sender>,
         spare: Option<Box<Request<Full<Bytes>>>>,
     ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
-        let (mut tx, fresh) = match first {
-            Some(tx) => (tx, false),
+        let mut tx = match first {
+            Some(tx) => tx,
             None => self.checkout(https, authority, uri).await?,
         };
         let sent = match tx.ready().await {
@@ -213,7 +211,10 @@ impl H2Pool {
         match (sent, spare) {
             (Ok(resp), _) => Ok(resp),
             // Boxed: every HTTP/2 ping's future would carry its room for the rare resend.
-            (Err(e), Some(spare)) if !fresh && refused_by_go_away(&e) => {
+            // Once, on a new connection, whether the refusing one was kept or new
+            // (black-box round 126a: a buyer that refused a new connection's first
+            // stream, last stream 0, failed the ping; the resend's own refusal is final).
+            (Err(e), Some(spare)) if refused_by_go_away(&e) => {
                 Box::pin(self.resend(https, authority, uri, *spare)).await
             }
             (Err(_), _) => Err(CallError::Transport),
@@ -742,9 +743,7 @@ impl BuyerClient {
         };
         Ok(Connection(match to.http {
             HttpVersion::Http1 => Conn::H1(self.h1.checkout(t.https, &t.authority, &t.uri).await?),
-            HttpVersion::Http2 => {
-                Conn::H2(self.h2.checkout(t.https, &t.authority, &t.uri).await?.0)
-            }
+            HttpVersion::Http2 => Conn::H2(self.h2.checkout(t.https, &t.authority, &t.uri).await?),
         }))
     }
 

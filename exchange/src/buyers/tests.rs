@@ -528,11 +528,12 @@ fn an_answer_with_two_types_or_an_encoding_has_no_type() {
 }
 
 /// A raw HTTP/2 buyer: it answers each request with a pass, except that on its first
-/// connection it meets the second request with GOAWAY (last stream 1, `NO_ERROR`) instead
-/// and keeps the connection open, reading and ignoring what comes (a buyer's server that
-/// rotates connections, its GOAWAY crossing the exchange's next request). Returns the URL
-/// and how many requests it answered.
-async fn goaway_buyer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// connection it meets every request after the first `last` with GOAWAY (last stream
+/// `last`, `NO_ERROR`) instead and keeps the connection open, reading and ignoring what
+/// comes (a buyer's server that rotates connections, its GOAWAY crossing the exchange's
+/// next request; with `last` 0, one that refuses a new connection's first request).
+/// Returns the URL and how many requests it answered.
+async fn goaway_buyer(last: u32) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
@@ -577,10 +578,10 @@ async fn goaway_buyer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsiz
                     }
                     // The request's end (HEADERS or DATA with END_STREAM): the answer.
                     if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
-                        if goaway && stream > 1 {
-                            let _ = sock
-                                .write_all(&frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]))
-                                .await;
+                        if goaway && stream > last {
+                            let mut payload = last.to_be_bytes().to_vec();
+                            payload.extend_from_slice(&[0, 0, 0, 0]);
+                            let _ = sock.write_all(&frame(7, 0, 0, &payload)).await;
                             continue;
                         }
                         // :status 200 (static 8); content-type (static 31), literal.
@@ -604,7 +605,7 @@ async fn goaway_buyer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsiz
 #[tokio::test]
 async fn a_ping_refused_by_an_http2_buyer_s_goaway_is_sent_on_a_new_connection() {
     use std::sync::atomic::Ordering;
-    let (url, answered) = goaway_buyer().await;
+    let (url, answered) = goaway_buyer(1).await;
     let client = BuyerClient::new();
     let secret = Secret::new("test-secret").unwrap();
     let to = Endpoint {
@@ -626,8 +627,19 @@ async fn a_ping_refused_by_an_http2_buyer_s_goaway_is_sent_on_a_new_connection()
     assert_eq!(second, passed());
     assert_eq!(answered.load(Ordering::SeqCst), 2);
 
+    // Black-box round 126a: a GOAWAY that refused a new connection's first stream (last
+    // stream 0) failed the ping: it was resent only from a kept connection.
+    let (url, answered) = goaway_buyer(0).await;
+    let fresh = Endpoint { url: &url, ..to };
+    let client = BuyerClient::new();
+    let first = client
+        .call::<Ping>(fresh, "au_4.1", 1_790_000_000, body.clone())
+        .await;
+    assert_eq!(first, passed());
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+
     // A post is not sent again: it fails as a transport error, as before.
-    let (url, _) = goaway_buyer().await;
+    let (url, _) = goaway_buyer(1).await;
     let to = Endpoint { url: &url, ..to };
     let client = BuyerClient::new();
     let first = client
