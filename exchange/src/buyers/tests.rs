@@ -424,6 +424,141 @@ async fn an_http2_answer_reset_mid_body_is_a_transport_error() {
     assert_eq!(r, CallResult::Failed(CallError::Transport));
 }
 
+/// A raw HTTP/2 buyer that answers each request with HEADERS (with a `Content-Length`),
+/// `body` in a DATA frame with `END_STREAM` when `ended`, and `RST_STREAM(code)`, all in
+/// one write: at the request's end, or, when `held`, at its HEADERS, the request kept
+/// open (its SETTINGS give a send window of 0, so the request's body cannot go) (black-box round 126b: a buyer server that ends
+/// its answer and resets the stream, as Node's `stream.close(code)` does).
+async fn answer_then_reset_buyer(
+    body: &'static [u8],
+    ended: bool,
+    code: u32,
+    held: bool,
+) -> String {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ping", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if sock.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // SETTINGS, with INITIAL_WINDOW_SIZE 0 when the request is `held`.
+                let settings: &[u8] = if held { &[0, 4, 0, 0, 0, 0] } else { &[] };
+                let _ = sock.write_all(&frame(4, 0, 0, settings)).await;
+                loop {
+                    let mut head = [0u8; 9];
+                    if sock.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if sock.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    if kind == 4 && flags & 1 == 0 {
+                        let _ = sock.write_all(&frame(4, 1, 0, &[])).await; // SETTINGS ACK
+                    }
+                    // At the request's HEADERS when it is held, else at its end.
+                    let answer = if held {
+                        kind == 1
+                    } else {
+                        (kind == 0 || kind == 1) && flags & 1 != 0
+                    };
+                    if answer && stream > 0 {
+                        // :status 200 (static 8); content-type (static 31) and
+                        // content-length (static 28), literal.
+                        let mut block = vec![0x88, 0x0f, 0x10, 16];
+                        block.extend_from_slice(b"application/json");
+                        let length = body.len().to_string();
+                        block.extend_from_slice(&[0x0f, 0x0d, length.len() as u8]);
+                        block.extend_from_slice(length.as_bytes());
+                        let mut out = frame(1, 4, stream, &block);
+                        out.extend(frame(0, u8::from(ended), stream, body));
+                        out.extend(frame(3, 0, stream, &code.to_be_bytes()));
+                        let _ = sock.write_all(&out).await;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Every (reset code, `END_STREAM` sent, request held open) case.
+fn reset_cases() -> Vec<(u32, bool, bool)> {
+    let mut all = Vec::new();
+    for code in [0u32, 2] {
+        for ended in [true, false] {
+            for held in [false, true] {
+                all.push((code, ended, held));
+            }
+        }
+    }
+    all
+}
+
+/// An HTTP/2 answer the buyer ended (`END_STREAM`) and reset in the same write is read as
+/// sent, whatever the reset's code, and whether the exchange's request had all gone or
+/// not; one reset with an error code before its end is a transport error; a reset with
+/// `NO_ERROR` ends the body as sent (RFC 9113 8.1). (Black-box round 126b reported such
+/// answers as `error`: its test server's `reset_stream` raised on the ended stream and
+/// closed the connection before the answer was written, so none reached the exchange.
+/// This test writes the frames itself.)
+#[tokio::test]
+async fn an_http2_answer_ended_and_reset_in_one_write_is_read_as_sent() {
+    let client = BuyerClient::new();
+    let secret = Secret::new("test-secret").unwrap();
+    let body = Bytes::from(vec![b' '; 512]);
+    for (code, ended, held) in reset_cases() {
+        let read_as_sent = ended || code == 0;
+        let url = answer_then_reset_buyer(br#"{"no_bid":"x"}"#, ended, code, held).await;
+        let to = Endpoint {
+            url: &url,
+            target: None,
+            http: HttpVersion::Http2,
+            secret: &secret,
+            secret_next: None,
+        };
+        let r = client
+            .call::<Ping>(to, "au_1.1", 1_790_000_000, body.clone())
+            .await;
+        let whole = if read_as_sent {
+            passed()
+        } else {
+            CallResult::Failed(CallError::Transport)
+        };
+        assert_eq!(r, whole, "code {code}, ended {ended}, held {held}");
+        let url = answer_then_reset_buyer(br#"{"no_bid":"#, ended, code, held).await;
+        let to = Endpoint { url: &url, ..to };
+        let r = client
+            .call::<Ping>(to, "au_2.1", 1_790_000_000, body.clone())
+            .await;
+        let part = if read_as_sent {
+            CallResult::Answer(BidOutcome::Invalid("malformed"))
+        } else {
+            CallResult::Failed(CallError::Transport)
+        };
+        assert_eq!(
+            r, part,
+            "part of an answer: code {code}, ended {ended}, held {held}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn at_most_idle_per_host_max_connections_are_kept_for_a_host() {
     let (url, accepted) = buyer(NO_BID, false, false).await;
