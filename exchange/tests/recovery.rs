@@ -1636,6 +1636,54 @@ async fn a_lead_sold_after_a_zone_change_counts_in_the_old_zone_s_window_across_
     assert_eq!(*a.posts.lock().unwrap(), 3);
 }
 
+/// Black-box round 125a: a quote made in Kolkata, posted after a reload moved its buyer
+/// to Kathmandu, was recorded in Kolkata's windows without `tz`. A restart back in
+/// Kolkata once Kolkata's hour had ended counted it nowhere still running, and
+/// Kathmandu's hour, which it was sold in, took two more leads under `hourly = 2`. It is
+/// recorded in Kathmandu's windows, with `tz`, and that hour stays a limit.
+#[tokio::test]
+async fn a_quote_posted_after_a_zone_change_by_reload_counts_in_the_new_zone_across_a_restart() {
+    let (a, ab, _ha) = buyer_checking("a", 30.0, 0, false).await;
+    let (_b, bb, _hb) = buyer_checking("b", 20.0, 0, false).await;
+    let cfg = TestConfig::new().buyer(ab.caps_hourly(2)).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    // 2026-12-01 04:14:30 UTC: Kolkata's hour is 03:30-04:30, Kathmandu's 03:15-04:15.
+    let t0 = 1_796_098_470_000;
+    let first = start_at(&cfg, &ledger, "Asia/Kolkata", Clock::at(t0)).await;
+    let quote = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+    first
+        .state
+        .apply_config(config_in(&cfg, &ledger, "Asia/Kathmandu"))
+        .unwrap();
+    // 04:15:10: Kathmandu's next hour (04:15-05:15); the quote is firm for 60 s.
+    first.state.clock.follow(t0 + 40_000);
+    let sold = SellerClient::new(first.addr)
+        .post(&quote.ping_id, "TX")
+        .await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some("Buyer a"));
+    first.shutdown().await.unwrap();
+    let sale = records(&ledger)
+        .into_iter()
+        .find(|r| r["type"] == "sale" && r["buyer"] == "a")
+        .unwrap();
+    assert_eq!(sale["tz"], "Asia/Kathmandu", "{sale}");
+    assert_eq!(sale["windows"]["hour_start_ms"], t0 + 30_000, "{sale}");
+
+    // 04:30:30, back in Kolkata: Kolkata's new hour, Kathmandu's hour with one lead.
+    let second = start_at(&cfg, &ledger, "Asia/Kolkata", Clock::at(t0 + 960_000)).await;
+    assert_eq!(client_direct(&second).await.as_deref(), Some("Buyer a"));
+    assert_eq!(
+        client_direct(&second).await.as_deref(),
+        Some("Buyer b"),
+        "a third lead in Kathmandu's hour"
+    );
+    second.shutdown().await.unwrap();
+    assert_eq!(*a.posts.lock().unwrap(), 2);
+}
+
 /// A quote made just before midnight stays firm into the next day, so its hold is in
 /// both days: a buyer with a daily cap of 1 quoted at 23:59:50 and posted after midnight
 /// gets that one lead on the new day and no other, across a restart too (the restored

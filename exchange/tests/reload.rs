@@ -1052,3 +1052,60 @@ async fn a_zone_change_counts_an_open_quote_once_in_the_cap_gauge() {
         "three quotes: {scrape}"
     );
 }
+
+/// Black-box round 125a: a quote made in Kolkata and posted after a reload moved its
+/// buyer to Kathmandu was recorded (`post_sent`, `sale`) in Kolkata's windows without
+/// `tz`; a restart back in Kolkata after Kolkata's hour ended counted the lead nowhere
+/// that still ran, and Kathmandu's hour was sold a third lead under `hourly = 2`. The
+/// records carry the windows of the moment the lead was sent in the buyer's zone then,
+/// with that zone (Kathmandu's hours begin at :15 UTC, Kolkata's at :30).
+#[tokio::test]
+async fn a_quote_posted_after_a_zone_change_is_recorded_in_the_new_zone_s_windows() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab.clone().caps_hourly(3));
+    let zoned = |zone: &str| {
+        cfg.toml(std::path::Path::new("LEDGER")).replace(
+            "\nstates_include",
+            &format!("\ntimezone = \"{zone}\"\nstates_include"),
+        )
+    };
+    let ex = cfg
+        .start_edited(|t| {
+            t.replace(
+                "\nstates_include",
+                "\ntimezone = \"Asia/Kolkata\"\nstates_include",
+            )
+        })
+        .await;
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    ex.write_config_text(
+        &zoned("Asia/Kathmandu").replace("LEDGER", &ex.ledger_path.display().to_string()),
+    );
+    assert_eq!(generation_of(&ex.reload().await), 2);
+    let sold = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    let records = ledger_at(&ex.ledger_path);
+    for kind in ["post_sent", "sale"] {
+        let r = records
+            .iter()
+            .find(|r| r["type"] == kind && r["buyer"] == "a")
+            .unwrap_or_else(|| panic!("no {kind} record: {records:?}"));
+        assert_eq!(r["tz"], "Asia/Kathmandu", "{kind}: {r}");
+        let hour = r["windows"]["hour_start_ms"].as_i64().unwrap();
+        assert_eq!(
+            hour % 3_600_000,
+            15 * 60_000,
+            "{kind}: Kathmandu's hour: {r}"
+        );
+        let at = chrono::DateTime::parse_from_rfc3339(r["at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        // The sale is recorded at the accept, within a second of the sending.
+        assert!(
+            hour <= at && at < hour + 3_600_000 + 1_000,
+            "{kind}: the hour it was sent in: {r}"
+        );
+    }
+}

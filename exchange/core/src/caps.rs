@@ -300,6 +300,11 @@ impl Reservation {
         self
     }
 
+    /// When the lead was sent ([`Reservation::delivered_at`]), if known.
+    pub fn delivered(&self) -> Option<UnixMs> {
+        self.delivered
+    }
+
     /// The windows a sale of this hold counts in: those of the hour the lead was sent
     /// in, of `windows` and `later` (the hold's own: a caller cannot pick others);
     /// `windows` when the moment is not known.

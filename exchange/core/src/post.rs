@@ -499,6 +499,11 @@ impl<'a> PostPlan<'a> {
         self.reservation = self.reservation.take().map(|r| r.delivered_at(now));
         // Write-ahead: the shell sends nothing until this record is on disk.
         let cfg = self.p.config;
+        let (windows, tz) = record_windows(
+            self.reservation.as_ref().map(Reservation::counted_windows),
+            Some(buyer),
+            now,
+        );
         let rec = PostSentRecord {
             head: Head::new(self.p.generation, now),
             lead_id: self.p.lead_id,
@@ -509,11 +514,8 @@ impl<'a> PostPlan<'a> {
             attempt: a.attempt,
             price_micros: price.0,
             test: self.p.test,
-            windows: self.reservation.as_ref().map(Reservation::counted_windows),
-            tz: zone_of(
-                self.reservation.as_ref().map(Reservation::counted_windows),
-                Some(buyer),
-            ),
+            windows,
+            tz,
             idempotency_key_sha256: self.p.idempotency.map(|(k, _)| k),
             body_sha256: self.p.idempotency.map(|(_, b)| b),
             dedup: self.p.dedup,
@@ -536,9 +538,11 @@ impl<'a> PostPlan<'a> {
         let (kind, outcome, reason) = match result {
             AttemptResult::Accepted { buyer_lead_id } => {
                 let mut windows = None;
+                let mut sent_at = now;
                 if let Some(r) = self.reservation.take() {
                     self.quote_hold = false;
                     windows = Some(r.counted_windows());
+                    sent_at = r.delivered().unwrap_or(now);
                     self.effects.push(Effect::Cap(CapOp::Commit(r)));
                 }
                 self.effects.push(Effect::Post {
@@ -551,6 +555,7 @@ impl<'a> PostPlan<'a> {
                     guard_epoch: self.p.guard_epoch,
                 });
                 let cfg = self.p.config;
+                let (windows, tz) = record_windows(windows, cfg.buyers.get(a.buyer), sent_at);
                 let bid = self
                     .ranked
                     .get(a.rank)
@@ -573,7 +578,7 @@ impl<'a> PostPlan<'a> {
                     attempt: a.attempt,
                     buyer_lead_id,
                     windows,
-                    tz: zone_of(windows, cfg.buyers.get(a.buyer)),
+                    tz,
                     dedup: self.p.dedup,
                 };
                 self.effects.push(Effect::Record(Record::Sale(rec)));
@@ -872,6 +877,27 @@ pub fn refuse_before_delivery(kind: BeforeDelivery, hold: Option<Reservation>) -
 /// the seller's open-quote limit was full): [`release_reason::QUOTE_REFUSED`].
 pub fn quote_refused(hold: Option<Reservation>) -> Option<HoldRelease> {
     hold.map(|r| (r, Some(release_reason::QUOTE_REFUSED)))
+}
+
+/// A delivery record's `windows` and `tz`: the hold's windows of the moment the lead was
+/// sent, `sent_at`, with `buyer`'s zone when they are its zone's; when they are another
+/// zone's (the buyer's `timezone` changed by reload while its quote was open), the
+/// windows of `sent_at` in the buyer's zone now, with that zone (black-box round 125a:
+/// the record kept the old zone's windows without `tz`, and a restart into the old zone
+/// did not count the lead in the new zone's hour still running, which was sold a lead
+/// past its cap).
+fn record_windows(
+    counted: Option<Windows>,
+    buyer: Option<&crate::config::Buyer>,
+    sent_at: UnixMs,
+) -> (Option<Windows>, Option<&'static str>) {
+    match (zone_of(counted, buyer), counted, buyer) {
+        (None, Some(w), Some(b)) => match Windows::at(b.timezone, sent_at) {
+            Some(now) => (Some(now), Some(b.timezone.name())),
+            None => (Some(w), None),
+        },
+        (tz, w, _) => (w, tz),
+    }
 }
 
 /// The name of `buyer`'s zone when `windows` are its windows (those of their own hour in
