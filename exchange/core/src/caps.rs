@@ -706,14 +706,29 @@ impl BuyerBook {
             let mut carried = Counter::default();
             let is_carried =
                 |k: i64, c: &Counter| k != key && (Some(k) == old_key || c.last_ms >= start);
-            for (_, c) in list.iter().filter(|(k, c)| is_carried(*k, c)) {
-                carried.sold = carried
-                    .sold
-                    .saturating_add(c.sold)
-                    .saturating_add(c.reserved);
+            for (k, c) in list.iter().filter(|(k, c)| is_carried(*k, c)) {
+                // The old zone's current window whose every lead was taken before the
+                // new window began: its sales lie outside it (they stay counted in the
+                // old window, a limit until its end: `former`), and only its holds,
+                // which may yet be delivered in it, are carried (black-box round 127a:
+                // a sale of 14:40 in Kathmandu's hour, carried into Dubai's 15:00 hour
+                // by a change at 15:00, kept the buyer a lead short until 16:00).
+                let (sold, spent) = if c.last_ms < start {
+                    let (mut n, mut money) = (0u32, Micros::ZERO);
+                    for held in self.outstanding.values() {
+                        if held.carried_into.contains(&(period, *k)) {
+                            n = n.saturating_add(1);
+                            money = money.saturating_add(held.price);
+                        }
+                    }
+                    (n.min(c.sold), Micros(money.0.min(c.spent.0)))
+                } else {
+                    (c.sold, c.spent)
+                };
+                carried.sold = carried.sold.saturating_add(sold).saturating_add(c.reserved);
                 carried.spent = carried
                     .spent
-                    .saturating_add(c.spent)
+                    .saturating_add(spent)
                     .saturating_add(c.reserved_micros);
                 carried.last_ms = carried.last_ms.max(c.last_ms);
             }
@@ -724,7 +739,13 @@ impl BuyerBook {
             // its holds now count (as sold) in the current window only, and their settle
             // skips it (`Held::carried`), so a later zone whose window has its key does
             // not count them again.
-            let kept = |k: i64, c: &Counter| !is_carried(k, c) || (k > key && c.last_ms > now);
+            // The old zone's current window whose leads were all taken before the new
+            // window began keeps them (its sales are not carried), for a change back.
+            let kept = |k: i64, c: &Counter| {
+                !is_carried(k, c)
+                    || (k > key && c.last_ms > now)
+                    || (Some(k) == old_key && c.last_ms < start)
+            };
             // Every carried hold is counted (as sold) in the current window once: a hold
             // may count in several of the windows carried (its own hour and a later one
             // it is firm into, or a window it was carried into as sold by an earlier

@@ -1353,7 +1353,15 @@ fn a_zone_flipped_back_and_forth_counts_its_leads_once() {
         let b = if flip % 2 == 0 { &kolkata } else { &utc };
         let at = t + MIN_MS + flip;
         let u = book.usage(BuyerKey(0), b, at);
-        assert_eq!((u.sold_hour, u.sold_day), (31, 31), "restored, flip {flip}");
+        // Kolkata's hour began at 08:30, after the 31 were sold: none of them is in it
+        // (UTC's hour, running until 09:00, holds them and is a limit until then; black-box
+        // round 127a), and UTC's own hour keeps them, counted once.
+        let hour = if flip % 2 == 0 { 0 } else { 31 };
+        assert_eq!(
+            (u.sold_hour, u.sold_day),
+            (hour, 31),
+            "restored, flip {flip}"
+        );
         assert!(
             book.has_headroom(BuyerKey(0), b, at),
             "restored, flip {flip}"
@@ -1720,4 +1728,54 @@ proptest! {
     ) {
         zone_ops_case(cap, period, set, start, first, ops)?;
     }
+}
+
+/// Black-box round 127a: a buyer on Kathmandu with `hourly = 3` sold a lead at 14:40; its
+/// zone became Dubai by a reload just before 15:00, first used at 15:00:00.2, and it
+/// sold two leads then (Kathmandu's hour, running until 15:15, full). At 15:15:23, with
+/// Kathmandu's hour over and Dubai's 15:00 hour holding two, it was refused `capped`
+/// until 16:00: the change had carried the 14:40 sale into Dubai's 15:00 hour. A sale
+/// taken before the new window began stays in the old window (a limit until its end);
+/// holds are still carried, and the cap is never passed in either zone.
+#[test]
+fn a_sale_before_the_new_zone_s_window_began_is_not_carried_into_it() {
+    let caps = Caps {
+        hourly: Some(3),
+        ..Caps::default()
+    };
+    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let dubai = zoned(chrono_tz::Asia::Dubai, caps);
+    let book = CapBook::new(1);
+    let t = |h: u32, mi: u32, ms: i64| utc_ms(2026, 12, 5, h, mi) + ms;
+    let r = book
+        .reserve_until(
+            BuyerKey(0),
+            &kathmandu,
+            m(1),
+            t(14, 40, 0),
+            t(14, 40, 2_000),
+        )
+        .unwrap();
+    assert!(book.commit(&r.delivered_at(t(14, 40, 100))));
+    for i in 0..2 {
+        let now = t(15, 0, 200 + i);
+        let r = book
+            .reserve_until(BuyerKey(0), &dubai, m(1), now, now + 2_000)
+            .unwrap();
+        assert!(book.commit(&r.delivered_at(now + 10)));
+    }
+    assert!(
+        book.reserve_until(BuyerKey(0), &dubai, m(1), t(15, 0, 500), t(15, 0, 2_500))
+            .is_err(),
+        "Kathmandu's hour, until 15:15, holds three"
+    );
+    let now = t(15, 15, 23_300);
+    assert_eq!(book.usage(BuyerKey(0), &dubai, now).sold_hour, 2);
+    let third = book
+        .reserve_until(BuyerKey(0), &dubai, m(1), now, now + 2_000)
+        .expect("Dubai's 15:00 hour holds 2 of 3");
+    assert!(book.commit(&third.delivered_at(now)));
+    assert!(book
+        .reserve_until(BuyerKey(0), &dubai, m(1), now + 1, now + 2_000)
+        .is_err());
 }
