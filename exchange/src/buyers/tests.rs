@@ -424,54 +424,75 @@ async fn an_http2_answer_reset_mid_body_is_a_transport_error() {
     assert_eq!(r, CallResult::Failed(CallError::Transport));
 }
 
+/// An HTTP/2 frame of `kind` with `flags` on `stream` (raw buyers below).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS block: `:status 200` (static 8), `content-type: application/json` (static
+/// 31, literal) and, with a length, `content-length` (static 28, literal).
+fn json_200(content_length: Option<usize>) -> Vec<u8> {
+    let mut block = vec![0x88, 0x0f, 0x10, 16];
+    block.extend_from_slice(b"application/json");
+    if let Some(n) = content_length {
+        let n = n.to_string();
+        block.extend_from_slice(&[0x0f, 0x0d, n.len() as u8]);
+        block.extend_from_slice(n.as_bytes());
+    }
+    block
+}
+
+/// A raw buyer's side of an HTTP/2 connection's start: reads the client's preface and
+/// sends SETTINGS with `settings`. False if the client went away.
+async fn h2_accept(sock: &mut tokio::net::TcpStream, settings: &[u8]) -> bool {
+    let mut preface = [0u8; 24];
+    sock.read_exact(&mut preface).await.is_ok()
+        && sock.write_all(&frame(4, 0, 0, settings)).await.is_ok()
+}
+
+/// The next frame's kind, flags and stream (its payload read and dropped), a SETTINGS
+/// frame acknowledged; `None` once the client went away.
+async fn h2_next_frame(sock: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32)> {
+    let mut head = [0u8; 9];
+    sock.read_exact(&mut head).await.ok()?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    sock.read_exact(&mut payload).await.ok()?;
+    let (kind, flags) = (head[3], head[4]);
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    if kind == 4 && flags & 1 == 0 {
+        let _ = sock.write_all(&frame(4, 1, 0, &[])).await; // SETTINGS ACK
+    }
+    Some((kind, flags, stream))
+}
+
 /// A raw HTTP/2 buyer that answers each request with HEADERS (with a `Content-Length`),
 /// `body` in a DATA frame with `END_STREAM` when `ended`, and `RST_STREAM(code)`, all in
 /// one write: at the request's end, or, when `held`, at its HEADERS, the request kept
-/// open (its SETTINGS give a send window of 0, so the request's body cannot go) (black-box round 126b: a buyer server that ends
-/// its answer and resets the stream, as Node's `stream.close(code)` does).
+/// open (its SETTINGS give a send window of 0, so the request's body cannot go)
+/// (black-box round 126b: a buyer server that ends its answer and resets the stream, as
+/// Node's `stream.close(code)` does).
 async fn answer_then_reset_buyer(
     body: &'static [u8],
     ended: bool,
     code: u32,
     held: bool,
 ) -> String {
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/ping", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut preface = [0u8; 24];
-                if sock.read_exact(&mut preface).await.is_err() {
-                    return;
-                }
                 // SETTINGS, with INITIAL_WINDOW_SIZE 0 when the request is `held`.
                 let settings: &[u8] = if held { &[0, 4, 0, 0, 0, 0] } else { &[] };
-                let _ = sock.write_all(&frame(4, 0, 0, settings)).await;
-                loop {
-                    let mut head = [0u8; 9];
-                    if sock.read_exact(&mut head).await.is_err() {
-                        return;
-                    }
-                    let len = usize::from(head[0]) << 16
-                        | usize::from(head[1]) << 8
-                        | usize::from(head[2]);
-                    let mut payload = vec![0u8; len];
-                    if sock.read_exact(&mut payload).await.is_err() {
-                        return;
-                    }
-                    let (kind, flags) = (head[3], head[4]);
-                    let stream =
-                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                    if kind == 4 && flags & 1 == 0 {
-                        let _ = sock.write_all(&frame(4, 1, 0, &[])).await; // SETTINGS ACK
-                    }
+                if !h2_accept(&mut sock, settings).await {
+                    return;
+                }
+                while let Some((kind, flags, stream)) = h2_next_frame(&mut sock).await {
                     // At the request's HEADERS when it is held, else at its end.
                     let answer = if held {
                         kind == 1
@@ -479,14 +500,7 @@ async fn answer_then_reset_buyer(
                         (kind == 0 || kind == 1) && flags & 1 != 0
                     };
                     if answer && stream > 0 {
-                        // :status 200 (static 8); content-type (static 31) and
-                        // content-length (static 28), literal.
-                        let mut block = vec![0x88, 0x0f, 0x10, 16];
-                        block.extend_from_slice(b"application/json");
-                        let length = body.len().to_string();
-                        block.extend_from_slice(&[0x0f, 0x0d, length.len() as u8]);
-                        block.extend_from_slice(length.as_bytes());
-                        let mut out = frame(1, 4, stream, &block);
+                        let mut out = frame(1, 4, stream, &json_200(Some(body.len())));
                         out.extend(frame(0, u8::from(ended), stream, body));
                         out.extend(frame(3, 0, stream, &code.to_be_bytes()));
                         let _ = sock.write_all(&out).await;
@@ -670,13 +684,6 @@ fn an_answer_with_two_types_or_an_encoding_has_no_type() {
 /// Returns the URL and how many requests it answered.
 async fn goaway_buyer(last: u32) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/ping", listener.local_addr().unwrap());
     let answered = std::sync::Arc::new(AtomicUsize::new(0));
@@ -688,29 +695,10 @@ async fn goaway_buyer(last: u32) -> (String, std::sync::Arc<std::sync::atomic::A
             let goaway = n == 1;
             let count = count.clone();
             tokio::spawn(async move {
-                let mut preface = [0u8; 24];
-                if sock.read_exact(&mut preface).await.is_err() {
+                if !h2_accept(&mut sock, &[]).await {
                     return;
                 }
-                let _ = sock.write_all(&frame(4, 0, 0, &[])).await; // SETTINGS
-                loop {
-                    let mut head = [0u8; 9];
-                    if sock.read_exact(&mut head).await.is_err() {
-                        return;
-                    }
-                    let len = usize::from(head[0]) << 16
-                        | usize::from(head[1]) << 8
-                        | usize::from(head[2]);
-                    let mut payload = vec![0u8; len];
-                    if sock.read_exact(&mut payload).await.is_err() {
-                        return;
-                    }
-                    let (kind, flags) = (head[3], head[4]);
-                    let stream =
-                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                    if kind == 4 && flags & 1 == 0 {
-                        let _ = sock.write_all(&frame(4, 1, 0, &[])).await; // SETTINGS ACK
-                    }
+                while let Some((kind, flags, stream)) = h2_next_frame(&mut sock).await {
                     // The request's end (HEADERS or DATA with END_STREAM): the answer.
                     if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
                         if goaway && stream > last {
@@ -719,10 +707,7 @@ async fn goaway_buyer(last: u32) -> (String, std::sync::Arc<std::sync::atomic::A
                             let _ = sock.write_all(&frame(7, 0, 0, &payload)).await;
                             continue;
                         }
-                        // :status 200 (static 8); content-type (static 31), literal.
-                        let mut block = vec![0x88, 0x0f, 0x10, 16];
-                        block.extend_from_slice(b"application/json");
-                        let mut out = frame(1, 4, stream, &block);
+                        let mut out = frame(1, 4, stream, &json_200(None));
                         out.extend(frame(0, 1, stream, br#"{"no_bid":"x"}"#));
                         let _ = sock.write_all(&out).await;
                         count.fetch_add(1, Ordering::SeqCst);
