@@ -1004,6 +1004,14 @@ async fn concurrent_reloads_are_logged_in_the_order_they_were_applied() {
     assert_eq!(ex.state.generation(), last);
 }
 
+/// `toml` with every buyer in `zone`.
+fn in_zone(toml: String, zone: &str) -> String {
+    toml.replace(
+        "\nstates_include",
+        &format!("\ntimezone = \"{zone}\"\nstates_include"),
+    )
+}
+
 /// Black-box round 122b: hourly cap 3, one quote open, the buyer's zone reloaded from
 /// Kolkata to Kathmandu (another hour window): the hourly gauge read 66.7 % for the one
 /// quote (the day's held count added to an hour that counted the hold as sold already).
@@ -1014,28 +1022,13 @@ async fn a_zone_change_counts_an_open_quote_once_in_the_cap_gauge() {
     let a = ScriptedBidder::bidding(30.0);
     let (ab, _ha) = serve("a", &a).await;
     let cfg = TestConfig::new().buyer(ab.clone().caps_hourly(3));
-    let zoned = |zone: &str| {
-        cfg.toml(std::path::Path::new("LEDGER")).replace(
-            "\nstates_include",
-            &format!("\ntimezone = \"{zone}\"\nstates_include"),
-        )
-    };
-    let ex = cfg
-        .start_edited(|t| {
-            t.replace(
-                "\nstates_include",
-                "\ntimezone = \"Asia/Kolkata\"\nstates_include",
-            )
-        })
-        .await;
+    let ex = cfg.start_edited(|t| in_zone(t, "Asia/Kolkata")).await;
     let hour = "pingpost_cap_utilisation_percent{buyer=\"a\",window=\"hour\"}";
     let q = ex.client.ping("TX").await;
     assert_eq!(q.status, PingStatus::Bid, "{q:?}");
     let scrape = ex.metrics().await;
     assert!(scrape.contains(&format!("{hour} 33.33")), "{scrape}");
-    ex.write_config_text(
-        &zoned("Asia/Kathmandu").replace("LEDGER", &ex.ledger_path.display().to_string()),
-    );
+    ex.write_config_text(&in_zone(cfg.toml(&ex.ledger_path), "Asia/Kathmandu"));
     assert_eq!(generation_of(&ex.reload().await), 2);
     let scrape = ex.metrics().await;
     assert!(
@@ -1064,25 +1057,10 @@ async fn a_quote_posted_after_a_zone_change_is_recorded_in_the_new_zone_s_window
     let a = ScriptedBidder::bidding(30.0);
     let (ab, _ha) = serve("a", &a).await;
     let cfg = TestConfig::new().buyer(ab.clone().caps_hourly(3));
-    let zoned = |zone: &str| {
-        cfg.toml(std::path::Path::new("LEDGER")).replace(
-            "\nstates_include",
-            &format!("\ntimezone = \"{zone}\"\nstates_include"),
-        )
-    };
-    let ex = cfg
-        .start_edited(|t| {
-            t.replace(
-                "\nstates_include",
-                "\ntimezone = \"Asia/Kolkata\"\nstates_include",
-            )
-        })
-        .await;
+    let ex = cfg.start_edited(|t| in_zone(t, "Asia/Kolkata")).await;
     let q = ex.client.ping("TX").await;
     assert_eq!(q.status, PingStatus::Bid, "{q:?}");
-    ex.write_config_text(
-        &zoned("Asia/Kathmandu").replace("LEDGER", &ex.ledger_path.display().to_string()),
-    );
+    ex.write_config_text(&in_zone(cfg.toml(&ex.ledger_path), "Asia/Kathmandu"));
     assert_eq!(generation_of(&ex.reload().await), 2);
     let sold = ex.client.post(&q.ping_id, "TX").await;
     assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
