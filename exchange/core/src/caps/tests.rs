@@ -781,6 +781,19 @@ fn zoned(tz: Tz, caps: Caps) -> Buyer {
     }
 }
 
+/// A buyer with an hourly cap of `hourly`, in Kolkata (hours from :30 UTC) and in
+/// Kathmandu (from :15).
+fn kolkata_and_kathmandu(hourly: u32) -> (Buyer, Buyer) {
+    let caps = Caps {
+        hourly: Some(hourly),
+        ..Caps::default()
+    };
+    (
+        zoned(chrono_tz::Asia::Kolkata, caps),
+        zoned(chrono_tz::Asia::Kathmandu, caps),
+    )
+}
+
 #[test]
 fn a_hold_carried_by_two_zone_changes_counts_once() {
     // Black-box round 99b: UTC, daily 20, 2 sold and 2 held (open quotes); the zone
@@ -1438,12 +1451,7 @@ fn a_zone_change_counts_an_open_quote_once_in_each_window() {
 /// the counts right.
 #[test]
 fn zones_changed_back_and_forth_count_open_quotes_once() {
-    let caps = Caps {
-        hourly: Some(3),
-        ..Caps::default()
-    };
-    let kolkata = zoned(chrono_tz::Asia::Kolkata, caps);
-    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let (kolkata, kathmandu) = kolkata_and_kathmandu(3);
     let book = CapBook::new(1);
     // 12:12 UTC: Kathmandu's hour ends at 12:15, Kolkata's at 12:30.
     let t = utc_ms(2026, 12, 5, 12, 12);
@@ -1495,12 +1503,7 @@ fn zones_changed_back_and_forth_count_open_quotes_once() {
 /// still firm: four could be delivered in that hour.
 #[test]
 fn a_hold_firm_past_the_new_zones_hour_counts_in_its_next_hour() {
-    let caps = Caps {
-        hourly: Some(3),
-        ..Caps::default()
-    };
-    let kolkata = zoned(chrono_tz::Asia::Kolkata, caps);
-    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let (kolkata, kathmandu) = kolkata_and_kathmandu(3);
     let book = CapBook::new(1);
     let t = utc_ms(2026, 12, 5, 7, 0);
     let until = utc_ms(2026, 12, 5, 8, 15);
@@ -1543,12 +1546,7 @@ fn a_hold_firm_past_the_new_zones_hour_counts_in_its_next_hour() {
 /// next hour, and one delivered in the next hour stays counted there.
 #[test]
 fn a_hold_counted_ahead_by_a_zone_change_is_settled_there() {
-    let caps = Caps {
-        hourly: Some(2),
-        ..Caps::default()
-    };
-    let kolkata = zoned(chrono_tz::Asia::Kolkata, caps);
-    let kathmandu = zoned(chrono_tz::Asia::Kathmandu, caps);
+    let (kolkata, kathmandu) = kolkata_and_kathmandu(2);
     let t = utc_ms(2026, 12, 5, 7, 0);
     let until = utc_ms(2026, 12, 5, 7, 50);
     // Kathmandu's next hour begins at 07:15.
