@@ -51,6 +51,18 @@ const S_PER_MIN: i64 = 60;
 /// Milliseconds per hour.
 const HOUR_MS: i64 = 3_600_000;
 
+/// The window `key` in `list`, made (holding nothing) if it is not kept.
+fn window_in(list: &mut Vec<(i64, Counter)>, key: i64) -> Option<&mut Counter> {
+    let pos = match list.iter().position(|(k, _)| *k == key) {
+        Some(pos) => pos,
+        None => {
+            list.push((key, Counter::default()));
+            list.len() - 1
+        }
+    };
+    list.get_mut(pos).map(|(_, c)| c)
+}
+
 /// Per period, at least how long before its end a window began: an hour exactly; a day,
 /// week or month at most this long (a day of 25 hours, an end taken 14 hours late for a
 /// zone not known), so a lead taken this long before a former window's end may be in it
@@ -830,16 +842,8 @@ impl BuyerBook {
                     if k == cur || held.counts_in(period, k) {
                         continue;
                     }
-                    let Some(list) = windows.get_mut(period) else {
+                    let Some(c) = windows.get_mut(period).and_then(|l| window_in(l, k)) else {
                         continue;
-                    };
-                    let c = match list.iter().position(|(lk, _)| *lk == k) {
-                        Some(pos) => &mut list[pos].1,
-                        None => {
-                            list.push((k, Counter::default()));
-                            let last = list.len() - 1;
-                            &mut list[last].1
-                        }
                     };
                     c.sold = c.sold.saturating_add(1);
                     c.spent = c.spent.saturating_add(held.price);
@@ -904,15 +908,18 @@ impl BuyerBook {
     }
 
     fn counter_mut(&mut self, period: usize, key: i64) -> Option<&mut Counter> {
-        let list = self.windows.get_mut(period)?;
-        let pos = match list.iter().position(|(k, _)| *k == key) {
-            Some(pos) => pos,
-            None => {
-                list.push((key, Counter::default()));
-                list.len() - 1
-            }
-        };
-        list.get_mut(pos).map(|(_, c)| c)
+        self.windows
+            .get_mut(period)
+            .and_then(|list| window_in(list, key))
+    }
+
+    /// The window `key` of `period` if it is kept (never made).
+    fn kept_mut(&mut self, period: usize, key: i64) -> Option<&mut Counter> {
+        self.windows
+            .get_mut(period)?
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c)
     }
 
     /// Counts `held` as reserved in each of its windows; `at` is when the lead was taken
@@ -945,11 +952,7 @@ impl BuyerBook {
     /// under-count).
     fn take_back_carried(&mut self, held: &Held) {
         for (period, key) in &held.carried_into {
-            if let Some((_, c)) = self
-                .windows
-                .get_mut(*period)
-                .and_then(|list| list.iter_mut().find(|(k, _)| k == key))
-            {
+            if let Some(c) = self.kept_mut(*period, *key) {
                 c.sold = c.sold.saturating_sub(1);
                 c.spent = c.spent.saturating_sub(held.price);
             }
@@ -1001,11 +1004,7 @@ impl BuyerBook {
                 || ahead.is_none_or(|&(_, _, tz)| {
                     Windows::at(tz, at).is_some_and(|w| w.keys().get(period) == Some(&key))
                 });
-            let Some((_, c)) = self
-                .windows
-                .get_mut(period)
-                .and_then(|list| list.iter_mut().find(|(k, _)| *k == key))
-            else {
+            let Some(c) = self.kept_mut(period, key) else {
                 continue;
             };
             if delivered_there {
