@@ -126,13 +126,15 @@ pub fn proc_sample(pid: u32, t_s: f64) -> std::io::Result<ProcSample> {
 /// [`proc_sample`] of a process that still runs once it has been read: `None` if it has
 /// ended ([`crate::children::ended`]). A zombie (a killed exchange not yet reaped) still
 /// reads, as 0 bytes, 0 sockets and only its main thread's CPU, and those figures were
-/// reported as the target's (black-box round 82b).
+/// reported as the target's (black-box round 82b). A process read while it exits, its
+/// memory already released but not yet a zombie (no `VmRSS`), has ended too: its 0 bytes
+/// were taken as a sample (a test of this failed once under a loaded machine).
 pub fn live_sample(pid: u32, t_s: f64) -> Option<ProcSample> {
-    let sample = proc_sample(pid, t_s).ok();
-    if crate::children::ended(pid) {
+    let sample = proc_sample(pid, t_s).ok()?;
+    if sample.rss_bytes == 0 || crate::children::ended(pid) {
         None
     } else {
-        sample
+        Some(sample)
     }
 }
 
