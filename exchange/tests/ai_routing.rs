@@ -523,6 +523,21 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         &swap(&ex, json!({"vertical": VERTICAL, "version": "truncated"})).await,
         "realization.json",
     );
+    // A model file of no trees (black-box round 128b: swapped in, every buyer's p read
+    // 0.5 and the award ranked by bid alone).
+    let d = bad_dir("treeless");
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(d.join("realization.json")).unwrap()).unwrap();
+    let gb = &mut m["learner"]["gradient_booster"]["model"];
+    gb["trees"] = json!([]);
+    gb["tree_info"] = json!([]);
+    gb["gbtree_model_param"]["num_trees"] = json!("0");
+    std::fs::write(d.join("realization.json"), m.to_string()).unwrap();
+    fix_manifest_version(&d, "treeless");
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "treeless"})).await,
+        "no trees",
+    );
     // A truncated model file does not hide its manifest's problems: every one is listed.
     let d = bad_dir("many");
     let text = std::fs::read(d.join("realization.json")).unwrap();
@@ -934,6 +949,28 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         let _ = ex.client.post(&q.ping_id, "TX").await;
     }
     ex.state.ledger.flush().await.unwrap();
+    // The vertical's directory under models_dir is a file: an unusable input, said
+    // before training, and nothing made (black-box round 128b: "File exists (os error
+    // 17)", exit 1, after training).
+    std::fs::create_dir_all(vertical_dir.parent().unwrap()).unwrap();
+    std::fs::write(&vertical_dir, b"not a directory").unwrap();
+    let out = run(&["train", "--config", &cfg, "--ledger", &ledger]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{} is not a directory", vertical_dir.display())),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(vertical_dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from(VERTICAL)],
+        "nothing else made"
+    );
+    std::fs::remove_file(&vertical_dir).unwrap();
     let mut versions = Vec::new();
     for v in ["b1", "b2"] {
         let out = run(&[

@@ -428,6 +428,20 @@ pub fn check_inputs(
             "vertical {vertical} declares no [verticals.{vertical}.features]: there is nothing to train on"
         ));
     }
+    // The set is written under `<models_dir>/<vertical>/`: one of them there as a file (or
+    // anything but a directory) can never take it (black-box round 128b: the vertical's a
+    // file gave "File exists (os error 17)", exit 1, after training).
+    let vertical_dir = crate::models::vertical_dir(&config.learning, vertical);
+    for dir in [&config.learning.models_dir, &vertical_dir] {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if !meta.is_dir() {
+                return Err(format!(
+                    "{} is not a directory: the model sets are written under learning.models_dir/<vertical>/",
+                    dir.display()
+                ));
+            }
+        }
+    }
     if let Some(version) = version {
         if !valid_version(version) {
             return Err(format!(

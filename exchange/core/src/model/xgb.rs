@@ -86,6 +86,11 @@ pub enum ModelError {
     },
     #[error("model has {trees} trees, more than the {max} allowed")]
     TooManyTrees { trees: usize, max: usize },
+    /// A model with no tree predicts `base_score` for every row: every buyer's
+    /// probability the same, so the expected-value award would quietly rank by bid alone
+    /// (black-box round 128b).
+    #[error("model has no trees: it would predict the same probability for every lead and buyer")]
+    NoTrees,
     #[error("model has more than {max} nodes")]
     TooManyNodes { max: usize },
     #[error("tree {tree} has more than {max} reachable nodes (the evaluator's limit per tree)")]
@@ -886,6 +891,9 @@ fn build(learner: Learner) -> Result<XgbModel, ModelError> {
     let trees = model
         .trees
         .ok_or_else(|| ModelError::Shape("gradient_booster.model.trees is missing".into()))?;
+    if trees.is_empty() {
+        return Err(ModelError::NoTrees);
+    }
     if trees.len() > TREES_MAX {
         return Err(ModelError::TooManyTrees {
             trees: trees.len(),

@@ -655,6 +655,12 @@ fn trees_limit() {
     assert_eq!(m.predict_margin(&[0.0]), want);
     let e = err(&make(TREES_MAX + 1));
     assert!(matches!(e, ModelError::TooManyTrees { .. }), "{e}");
+    // One tree is a model; none is refused (black-box round 128b: a model of no trees
+    // gave every buyer p = 0.5, so the expected-value award ranked by bid alone).
+    assert_eq!(load(&make(1)).unwrap().num_trees(), 1);
+    let e = err(&make(0));
+    assert!(matches!(e, ModelError::NoTrees), "{e}");
+    assert!(e.to_string().contains("no trees"), "{e}");
 }
 
 #[test]
