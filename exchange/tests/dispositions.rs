@@ -1060,3 +1060,58 @@ async fn a_buyer_missing_at_a_restart_keeps_its_disposition_keys_for_a_reload() 
     assert_eq!(records(&ledger, "refund").len(), 1, "refunded once");
     second.shutdown().await.unwrap();
 }
+
+/// OPERATIONS.md's way to stop a buyer buying while it may still return leads (black-box
+/// round 128a: a removed buyer's key is nobody's, so its return window ended silently):
+/// closed by `schedule = {}`, it is pinged no more and its returns still refund; removed,
+/// its dispositions get 401 and write nothing.
+#[tokio::test]
+async fn a_buyer_closed_by_its_schedule_still_returns_and_a_removed_one_cannot() {
+    let acme = ScriptedBidder::bidding(18.0);
+    let other = ScriptedBidder::bidding(10.0);
+    let (a, _ha) = serve("acme", &acme).await;
+    let (o, _ho) = serve("other", &other).await;
+    let ex = TestConfig::new()
+        .buyer(a)
+        .buyer(o)
+        .start_edited(with_keys)
+        .await;
+    let sold: Vec<String> = [sell(&ex.client).await, sell(&ex.client).await].into();
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    let closed = text.replace("[buyers.acme]\n", "[buyers.acme]\nschedule = {}\n");
+    assert_ne!(closed, text);
+    ex.write_config_text(&closed);
+    assert_eq!(ex.reload().await.status, 200);
+    let pinged = acme.pings();
+    let ping = ex.client.ping("TX").await;
+    let third = ex.client.post(&ping.ping_id, "TX").await;
+    assert_eq!(third.buyer.as_deref(), Some("Buyer other"), "{third:?}");
+    assert_eq!(acme.pings(), pinged, "a closed buyer is not pinged");
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": sold[0], "outcome": "returned"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["refund"]["buyer_refund"], 18.0, "{}", r.text());
+    // Removed: its key is nobody's.
+    let removed = closed
+        .split("\n[")
+        .filter(|section| !section.starts_with("buyers.acme]"))
+        .collect::<Vec<_>>()
+        .join("\n[");
+    assert!(!removed.contains("[buyers.acme]"), "{removed}");
+    ex.write_config_text(&removed);
+    assert_eq!(ex.reload().await.status, 200, "{removed}");
+    let r = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": sold[1], "outcome": "returned"}),
+    )
+    .await;
+    r.assert_error(401, "unauthorized");
+    ex.state.ledger.flush().await.unwrap();
+    assert_eq!(records(&ex.ledger_path, "disposition").len(), 1);
+    assert_eq!(records(&ex.ledger_path, "refund").len(), 1);
+}
