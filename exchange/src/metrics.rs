@@ -181,6 +181,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Model swaps by result (`applied`, `refused`).
     pub model_swaps: IntCounterVec,
+    /// Retrainings of continuous learning by vertical and outcome (see
+    /// [`crate::models::learning::Outcome`]).
+    pub retrainings: IntCounterVec,
     /// Pre-resolved series for the hot path (label lookups hash and lock).
     route_latency: Vec<(&'static str, Histogram)>,
     auction_outcomes: Vec<(&'static str, IntCounter)>,
@@ -486,6 +489,14 @@ impl Metrics {
                     "pingpost_model_swaps_total",
                     "Model swaps asked for by POST /admin/models, by result (applied, refused); the model directory watch logs its own.",
                     &["result"],
+                ),
+            ),
+            retrainings: reg(
+                &r,
+                counter_vec(
+                    "pingpost_retrainings_total",
+                    "Retrainings of continuous learning by vertical and outcome (promoted, kept, refused, failed, ledger_failed).",
+                    &["vertical", "outcome"],
                 ),
             ),
             route_latency: Vec::new(),

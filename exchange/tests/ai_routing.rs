@@ -2052,3 +2052,82 @@ fn a_start_without_its_models_directory_says_so_in_its_log() {
         "{present}"
     );
 }
+
+/// A retraining while the ledger has failed trains and promotes nothing: no decision
+/// could be recorded (black-box round 129a: a retraining promoted a model, rewrote
+/// `CHAMPION` and served it with no `model_decision` record). Each outcome is counted in
+/// `pingpost_retrainings_total`.
+#[tokio::test]
+async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
+    let fickle = ScriptedBidder::bidding(10.0);
+    let (bf, _hf) = serve("fickle", &fickle).await;
+    let ex = TestConfig::new()
+        .buyer(bf)
+        .start_edited(with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5"))
+        .await;
+    let retrain = |ex: &Exchange| {
+        let state = ex.state.clone();
+        tokio::task::spawn_blocking(move || pingpost::models::learning::retrain_once(&state))
+    };
+    // Too little data: refused, counted, nothing recorded.
+    let d = retrain(&ex).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].outcome.as_str(), "refused", "{d:?}");
+    for i in 0..60 {
+        fickle.set(|s| s.accept = i % 3 != 0);
+        let q = ex.client.ping("TX").await;
+        let _ = ex.client.post(&q.ping_id, "TX").await;
+    }
+    ex.state.ledger.flush().await.unwrap();
+    // Another process changes the newest segment's modification time: fail-stop.
+    let mut segs: Vec<_> = std::fs::read_dir(&ex.ledger_path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    segs.sort();
+    let newest = segs.last().expect("a segment");
+    std::fs::File::options()
+        .append(true)
+        .open(newest)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000))
+        .unwrap();
+    for _ in 0..50 {
+        if !ex.state.ledger.is_healthy() {
+            break;
+        }
+        let _ = ex.client.post_json("/v1/ping", &ping_body("TX")).await;
+    }
+    assert!(!ex.state.ledger.is_healthy(), "the ledger saw the change");
+    let models_dir = ex.ledger_path.with_file_name("models");
+    let d = retrain(&ex).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].outcome.as_str(), "ledger_failed", "{d:?}");
+    assert!(!d[0].promoted && d[0].challenger.is_none(), "{d:?}");
+    assert!(d[0].reason.contains("ledger has failed"), "{d:?}");
+    assert!(
+        ex.state.runtime.load().models[0].is_none(),
+        "nothing serves"
+    );
+    assert!(
+        !models_dir.join(VERTICAL).join("CHAMPION").exists(),
+        "no champion written"
+    );
+    let sets = std::fs::read_dir(models_dir.join(VERTICAL))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(sets, 0, "no set trained");
+    let m = ex.metrics().await;
+    for (outcome, n) in [("refused", 1.0), ("ledger_failed", 1.0), ("promoted", 0.0)] {
+        assert_eq!(
+            metric_value(
+                &m,
+                "pingpost_retrainings_total",
+                &[("vertical", VERTICAL), ("outcome", outcome)]
+            ),
+            n,
+            "{outcome}"
+        );
+    }
+}

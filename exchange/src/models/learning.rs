@@ -26,7 +26,43 @@ pub struct Decision {
     pub champion: Option<String>,
     pub promoted: bool,
     pub reason: String,
+    pub outcome: Outcome,
 }
+
+/// How a retraining of one vertical ended (the `outcome` label of
+/// `pingpost_retrainings_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The challenger won and serves.
+    Promoted,
+    /// The challenger was trained, written and compared, and the champion stays.
+    Kept,
+    /// Training refused for the data (too little, one class): nothing written.
+    Refused,
+    /// Training or writing the set failed (the ledger unreadable, the models directory
+    /// unusable or full), or the new set does not load: the serving model stays.
+    Failed,
+    /// The ledger has failed (fail-stop): nothing could record a decision, so nothing is
+    /// trained or promoted until a restart (black-box round 129a: a retraining promoted a
+    /// model with no `model_decision` record).
+    LedgerFailed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::Kept => "kept",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+            Outcome::LedgerFailed => "ledger_failed",
+        }
+    }
+}
+
+/// The reason given while the ledger has failed.
+const LEDGER_FAILED: &str =
+    "the ledger has failed: no decision can be recorded, so nothing is retrained or promoted until a restart";
 
 /// Starts the learning thread if `[learning]` asks for retraining. It ends when the
 /// exchange is dropped.
@@ -172,19 +208,44 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         }
         let now = state.clock.now_ms();
         let champion = state.runtime.load().models.get(vi).cloned().flatten();
+        let champion_version = champion.as_ref().map(|c| c.version.clone());
+        let decided = |challenger: Option<String>, promoted, reason: String, outcome: Outcome| {
+            state
+                .metrics
+                .retrainings
+                .with_label_values(&[v.name.as_str(), outcome.as_str()])
+                .inc();
+            Decision {
+                vertical: v.name.clone(),
+                challenger,
+                champion: champion_version.clone(),
+                promoted,
+                reason,
+                outcome,
+            }
+        };
+        if !state.ledger.is_healthy() {
+            tracing::warn!(vertical = %v.name, reason = LEDGER_FAILED, "retraining skipped");
+            out.push(decided(
+                None,
+                false,
+                LEDGER_FAILED.into(),
+                Outcome::LedgerFailed,
+            ));
+            continue;
+        }
         let trained =
             crate::models::train::train_vertical(&cfg, &cfg.server.ledger_path, &v.name, now, None);
         let (outcome, heldout) = match trained {
             Ok(t) => t,
-            Err(e) => {
+            Err(e) if e.starts_with(crate::models::train::REFUSED) => {
                 tracing::info!(vertical = %v.name, reason = %e, "retraining skipped");
-                out.push(Decision {
-                    vertical: v.name.clone(),
-                    challenger: None,
-                    champion: champion.as_ref().map(|c| c.version.clone()),
-                    promoted: false,
-                    reason: e,
-                });
+                out.push(decided(None, false, e, Outcome::Refused));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(vertical = %v.name, error = %e, "retraining failed; the serving model stays");
+                out.push(decided(None, false, e, Outcome::Failed));
                 continue;
             }
         };
@@ -192,23 +253,39 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(vertical = %v.name, errors = ?e, "the retrained model does not load");
+                let why = format!("the retrained model does not load: {}", e.join("; "));
+                out.push(decided(Some(outcome.version), false, why, Outcome::Failed));
                 continue;
             }
         };
-        let (wins, reason) = crate::models::train::promotion(
+        let (wins, mut reason) = crate::models::train::promotion(
             &outcome.models,
             champion.as_deref(),
             &challenger,
             &heldout,
         );
+        // The ledger may have failed while this trained: a promotion nothing can record
+        // is not made.
+        if !state.ledger.is_healthy() {
+            tracing::warn!(vertical = %v.name, challenger = %outcome.version, reason = LEDGER_FAILED, "not promoted");
+            out.push(decided(
+                Some(outcome.version),
+                false,
+                LEDGER_FAILED.into(),
+                Outcome::LedgerFailed,
+            ));
+            continue;
+        }
         let mut promoted = false;
         if wins {
             match state.swap_models(&v.name, Some(&outcome.version)) {
                 Ok(_) => promoted = true,
-                Err(e) => tracing::error!(vertical = %v.name, error = %e, "promotion refused"),
+                Err(e) => {
+                    tracing::error!(vertical = %v.name, error = %e, "promotion refused");
+                    reason = format!("{reason}; not promoted: {e}");
+                }
             }
         }
-        let champion_version = champion.as_ref().map(|c| c.version.clone());
         let generation = state.generation();
         let record = Record::ModelDecision(ModelDecisionRecord {
             head: Head::new(generation, state.clock.now_ms()),
@@ -220,13 +297,12 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         });
         crate::effects::execute_now(state, std::iter::once(Effect::Record(record)));
         tracing::info!(vertical = %v.name, challenger = %outcome.version, promoted, reason = %reason, "retrained");
-        out.push(Decision {
-            vertical: v.name.clone(),
-            challenger: Some(outcome.version),
-            champion: champion_version,
-            promoted,
-            reason,
-        });
+        let how = if promoted {
+            Outcome::Promoted
+        } else {
+            Outcome::Kept
+        };
+        out.push(decided(Some(outcome.version), promoted, reason, how));
     }
     out
 }

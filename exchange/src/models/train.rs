@@ -494,6 +494,10 @@ pub fn check_inputs(
     Ok(())
 }
 
+/// How the error of a training refused for its data begins (too little data, one class),
+/// as against one that failed (the ledger unreadable, the set not written).
+pub const REFUSED: &str = "training refused";
+
 /// Trains both models of `vertical` and writes the model set (not yet serving). Errors
 /// when neither model could be trained, with every count.
 pub fn train_vertical(
@@ -634,7 +638,7 @@ pub fn train_vertical(
             .map(|r| format!("{}: {}", r.kind, r.refused.as_deref().unwrap_or("")))
             .collect();
         return Err(format!(
-            "training refused for vertical {vertical} ({} auctions read): {}",
+            "{REFUSED} for vertical {vertical} ({} auctions read): {}",
             ex.auctions,
             why.join("; ")
         ));
@@ -655,7 +659,17 @@ pub fn train_vertical(
 /// so a half-written set is never seen).
 pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<(), String> {
     let parent = dir.parent().ok_or("no parent directory")?;
-    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    std::fs::create_dir_all(parent).map_err(|e| {
+        // `create_dir_all` says "File exists" for a file in its way (black-box round
+        // 129a): name the path that is not a directory.
+        let in_the_way = parent
+            .ancestors()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()));
+        match in_the_way {
+            Some(p) => format!("{} is not a directory", p.display()),
+            None => format!("{}: {e}", parent.display()),
+        }
+    })?;
     let tmp = parent.join(format!(
         ".tmp-{}",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("set")
@@ -849,6 +863,14 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["v1"], "no temporary directory is left");
+        // A file where the vertical's directory (or the models directory) should be: the
+        // error names it as not a directory (black-box round 129a: "File exists").
+        let file = root.path().join("w");
+        std::fs::write(&file, b"").unwrap();
+        for dir in [file.join("v1"), file.join("deeper").join("v1")] {
+            let e = write_set(&dir, &made).unwrap_err();
+            assert_eq!(e, format!("{} is not a directory", file.display()));
+        }
         // The same set written where nothing is in the way: whole, and no temporary left.
         let dir2 = root.path().join("v").join("v2");
         write_set(&dir2, &made).unwrap();
