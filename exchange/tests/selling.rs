@@ -244,6 +244,17 @@ async fn no_bid_reasons_no_eligible_buyers_no_bids_below_reserve() {
         "{a:?}"
     );
     assert_eq!((passer.pings(), cheap.pings()), (3, 3));
+    // A no-bid ping gave no quote: its id cannot be posted, and the answer says why
+    // that may be (black-box round 130a: a bare "unknown ping_id").
+    let r = ex
+        .client
+        .post_json("/v1/post", &post_body(&a.ping_id, "OK"))
+        .await;
+    let e = r.assert_error(404, "not_found");
+    assert!(
+        e["message"].as_str().unwrap().contains("answered no_bid"),
+        "{e}"
+    );
 
     assert_eq!(ex.quotes_open(), 1, "only the one bid holds a quote");
     assert_eq!(ex.reserved("cheap"), 1);
@@ -294,6 +305,89 @@ async fn the_post_falls_back_to_the_runner_up_when_the_winner_rejects() {
         (ex.sold_today("a"), ex.sold_today("b"), ex.sold_today("c")),
         (0, 1, 0)
     );
+}
+
+/// A bid whose own seller price is under the reserve (the seller's `min_price`) never
+/// wins, but it covers the price quoted for the winner, so it is a fallback: the seller
+/// is paid the quoted price whoever takes the lead (black-box round 130b: after the
+/// winner rejected, the lead went `unsold`, `all_buyers_rejected`, with a covering bid
+/// never tried). A lower bid that does not cover the quote is still no fallback.
+#[tokio::test]
+async fn a_bid_under_the_reserve_that_covers_the_quote_takes_the_post_on_fallback() {
+    // At 80 %: a (10.00) is quoted 8.00; b (9.00) would pay the seller 7.20, c (7.99)
+    // 6.39. min_price 8.00: only a can win; b covers 8.00, c does not.
+    let a = ScriptedBidder::bidding(10.0).scripted(|s| s.accept = false);
+    let b = ScriptedBidder::bidding(9.0);
+    let c = ScriptedBidder::bidding(7.99);
+    let (ab, _h1) = serve("a", &a).await;
+    let (bb, _h2) = serve("b", &b).await;
+    let (cb, _h3) = serve("c", &c).await;
+    let ex = TestConfig::new()
+        .buyer(ab)
+        .buyer(bb.clone())
+        .buyer(cb)
+        .start()
+        .await;
+    let mut body = ping_body("TX");
+    body["min_price"] = serde_json::json!(8);
+    let quote = ex.client.post_json("/v1/ping", &body).await.ping_answer();
+    assert_eq!(quote.price, Some(usd(8.0)), "{quote:?}");
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(sold.buyer.as_deref(), Some(bb.name().as_str()), "{sold:?}");
+    assert_eq!(sold.price, Some(usd(8.0)), "the quoted price holds");
+    assert_eq!((a.posts(), b.posts(), c.posts()), (1, 1, 0));
+    let sales = ex.ledger_of("sale");
+    assert_eq!(sales.len(), 1);
+    assert_eq!(sales[0]["buyer"], "b");
+    assert_eq!(sales[0]["bid_micros"].as_i64(), Some(9_000_000));
+    assert_eq!(sales[0]["seller_price_micros"].as_i64(), Some(8_000_000));
+    assert_eq!(sales[0]["margin_micros"].as_i64(), Some(1_000_000));
+    // The auction still says b was under the reserve (it could not win).
+    let auction = ex.ledger_of("auction").pop().unwrap();
+    assert_eq!(auction["winner"], "a", "{auction}");
+    assert_eq!(auction["reserve_micros"].as_i64(), Some(8_000_000));
+    // `ledger replay` says so, and that c is none.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args([
+            "ledger",
+            "replay",
+            auction["auction_id"].as_str().unwrap(),
+            "--dir",
+        ])
+        .arg(&ex.ledger_path)
+        .arg("--config")
+        .arg(&ex.config_path)
+        .envs(TestConfig::new().env_vars())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |buyer: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{buyer}: ")))
+            .unwrap_or_else(|| panic!("{buyer}: {text}"))
+            .to_string()
+    };
+    assert!(
+        line("b").ends_with("below the reserve 8.00 USD; a fallback after the ranked ones: its bid covers the 8.00 USD quoted to the seller"),
+        "{text}"
+    );
+    assert!(line("c").ends_with("below the reserve 8.00 USD"), "{text}");
+    for id in ["a", "b", "c"] {
+        assert_eq!(ex.reserved(id), 0, "no reservation left for {id}");
+    }
+
+    // Winner and fallback both reject: c (under the quote) is never tried.
+    b.set(|s| s.accept = false);
+    let quote = ex.client.post_json("/v1/ping", &body).await.ping_answer();
+    let unsold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(unsold.status, PostStatus::Unsold, "{unsold:?}");
+    assert_eq!((a.posts(), b.posts(), c.posts()), (2, 2, 0));
 }
 
 /// A winner whose post URL cannot be reached (nothing listens there) is never sent the

@@ -655,7 +655,7 @@ impl<'a> Auction<'a> {
             None if self.screened.is_some() => self.screened,
             None if refused.is_some() => refused,
             None if !ranking.ranked.is_empty() => Some(NoBidReason::Capped),
-            None if ranking.below_reserve > 0 => Some(NoBidReason::BelowReserve),
+            None if !ranking.below.is_empty() => Some(NoBidReason::BelowReserve),
             None if any_bid => Some(NoBidReason::NoBids),
             None if self.all_capped => Some(NoBidReason::Capped),
             None if !pinged_or_fixed => Some(NoBidReason::NoEligibleBuyers),
@@ -664,6 +664,7 @@ impl<'a> Auction<'a> {
         let ranked: Vec<Ranked> = match winner_pos {
             Some(pos) => award::post_candidates(
                 ranking.ranked.into_iter().skip(pos).collect(),
+                ranking.below,
                 cfg.server.post_attempts_max,
             ),
             None => Vec::new(),

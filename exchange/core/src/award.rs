@@ -91,20 +91,23 @@ pub fn expected_value(price: Micros, p_ppm: u32) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The bids that can win, best first, and how many the reserve turned away (so the
-/// seller hears `below_reserve` rather than `no_bids`).
+/// The bids that can win, best first, and those the reserve turned away (so the seller
+/// hears `below_reserve` rather than `no_bids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ranking {
     /// Best first: value desc, then a bid at probability 0 (a paused buyer's) after the
     /// others of its value, then bid price desc, then buyer key asc.
     pub ranked: Vec<Ranked>,
-    /// Bids whose seller price fell below the reserve (or to nothing).
-    pub below_reserve: usize,
+    /// Bids whose own seller price fell below the reserve (or to nothing): they never
+    /// win, but one whose bid covers the price quoted for the winner may still take the
+    /// post as a fallback, after every ranked one ([`post_candidates`]). Bid price desc,
+    /// then buyer key asc; not valued by the ranker (`value` 0, no `p_ppm`).
+    pub below: Vec<Ranked>,
 }
 
 /// Ranks `bids`. Each bid's seller price is `payout.seller_price(bid.price)`, capped at the
 /// bid price; bids of zero or less are passes and are dropped silently; bids whose seller
-/// price is below `reserve`, or zero, are dropped and counted in `below_reserve`. The order
+/// price is below `reserve`, or zero, are not ranked and go to [`Ranking::below`]. The order
 /// is total and independent of the input order: value desc, a bid at `p_ppm` 0 (a paused
 /// buyer's) after the others of the same value, bid price desc (the buyer that pays more,
 /// so more margin), buyer key asc.
@@ -121,11 +124,12 @@ pub fn rank(
             continue;
         }
         let seller_price = payout.seller_price(bid.price).min(bid.price);
-        if seller_price < reserve || seller_price <= Micros::ZERO {
-            out.below_reserve += 1;
-            continue;
-        }
-        out.ranked.push(Ranked {
+        let to = if seller_price < reserve || seller_price <= Micros::ZERO {
+            &mut out.below
+        } else {
+            &mut out.ranked
+        };
+        to.push(Ranked {
             bid,
             seller_price,
             value: 0,
@@ -135,6 +139,12 @@ pub fn rank(
     }
     ranker.rank_values(&mut out.ranked, score);
     out.ranked.sort_by(rank_order);
+    out.below.sort_by(|a, b| {
+        b.bid
+            .price
+            .cmp(&a.bid.price)
+            .then_with(|| a.bid.buyer.cmp(&b.bid.buyer))
+    });
     out
 }
 
@@ -174,17 +184,27 @@ pub fn candidates_max(attempts_max: usize) -> usize {
     attempts_max.saturating_mul(2)
 }
 
-/// The bids a post can ever try, in rank order: the winner (first) and the first
-/// `candidates_max(attempts_max) - 1` others that [`may_fall_back_to`] the winner's
-/// seller price (the price quoted). A post delivers to at most `attempts_max` of exactly
-/// these, in this order, so nothing dropped here could ever be tried; a quote keeps only
-/// these, and its size does not grow with the number of bidders. A quote made under one
-/// configuration keeps that configuration's `server.post_attempts_max`.
-pub fn post_candidates(mut ranked: Vec<Ranked>, attempts_max: usize) -> Vec<Ranked> {
+/// The bids a post can ever try, in order: the winner (first, `ranked[0]`), then the
+/// first `candidates_max(attempts_max) - 1` others that [`may_fall_back_to`] the winner's
+/// seller price (the price quoted): the ranked ones in rank order, then those below the
+/// reserve (`below`, in its order). A bid below the reserve never wins, but the seller is
+/// paid the quoted price whoever takes the lead, so one whose bid covers it is a fallback
+/// as API.md states the rule (black-box round 130b: a 9.00 bid was never tried after the
+/// 10.00 winner rejected a lead quoted 8.25 under a `min_price` of 8, and the lead went
+/// unsold). A post delivers to at most `attempts_max` of exactly these, in this order, so
+/// nothing dropped here could ever be tried; a quote keeps only these, and its size does
+/// not grow with the number of bidders. A quote made under one configuration keeps that
+/// configuration's `server.post_attempts_max`.
+pub fn post_candidates(
+    mut ranked: Vec<Ranked>,
+    below: Vec<Ranked>,
+    attempts_max: usize,
+) -> Vec<Ranked> {
     let kept_max = candidates_max(attempts_max);
     let Some(quoted) = ranked.first().map(|w| w.seller_price) else {
         return ranked;
     };
+    ranked.extend(below);
     let mut position = 0usize;
     let mut fallbacks = 0usize;
     ranked.retain(|r| {
@@ -240,7 +260,7 @@ mod tests {
             r(4, 17, 13),
         ];
         let kept = |max| -> Vec<u32> {
-            post_candidates(ranked.clone(), max)
+            post_candidates(ranked.clone(), Vec::new(), max)
                 .iter()
                 .map(|x| x.bid.buyer.0)
                 .collect()
@@ -250,7 +270,7 @@ mod tests {
         assert_eq!(kept(2), [0, 1, 3, 4]);
         assert_eq!(kept(1), [0, 1]);
         assert_eq!(kept(0), [0]);
-        assert!(post_candidates(Vec::new(), 5).is_empty());
+        assert!(post_candidates(Vec::new(), Vec::new(), 5).is_empty());
         // The same candidates, in the same order, as the fallback rule gives.
         let full: Vec<u32> = std::iter::once(&ranked[0])
             .chain(fallback_order(&ranked, m(16)))
@@ -258,6 +278,39 @@ mod tests {
             .map(|x| x.bid.buyer.0)
             .collect();
         assert_eq!(kept(1), full);
+    }
+
+    /// Black-box round 130b: a bid whose own seller price is under the reserve never
+    /// wins, but covers the quoted price and so falls back, after every ranked fallback;
+    /// among those below the reserve, the higher bid first. One under the quote does not.
+    #[test]
+    fn a_bid_below_the_reserve_that_covers_the_quote_falls_back_last() {
+        // 82.5 %: seller prices 8.25 (10), 7.425 (9), 7.59 (9.2), 6.6 (8), 8.25 (10).
+        let share = PayoutModel::RevenueShare { share_bp: 8250 };
+        let bids = vec![
+            bid(0, m(10)),
+            bid(1, m(9)),
+            bid(2, Micros(9_200_000)),
+            bid(3, m(8)),
+            bid(4, m(10)),
+        ];
+        let r = rank(bids, share, m(8), &PriceRanker, None);
+        assert_eq!(buyers(&r), [0, 4]);
+        let below: Vec<u32> = r.below.iter().map(|x| x.bid.buyer.0).collect();
+        assert_eq!(below, [2, 1, 3]);
+        assert!(r.below.iter().all(|x| x.value == 0 && x.p_ppm.is_none()));
+        let kept: Vec<u32> = post_candidates(r.ranked.clone(), r.below.clone(), 5)
+            .iter()
+            .map(|x| x.bid.buyer.0)
+            .collect();
+        // Quoted 8.25: 10 (ranked), then 9.2 and 9 (below, covering); 8 does not cover.
+        assert_eq!(kept, [0, 4, 2, 1]);
+        // The bound counts them: twice one delivery keeps the winner and one fallback.
+        let kept: Vec<u32> = post_candidates(r.ranked, r.below, 1)
+            .iter()
+            .map(|x| x.bid.buyer.0)
+            .collect();
+        assert_eq!(kept, [0, 4]);
     }
 
     fn m(units: i64) -> Micros {
@@ -292,7 +345,7 @@ mod tests {
         assert_eq!(r.ranked[0].seller_price, m(16));
         assert_eq!(r.ranked[0].value, 16_000_000);
         // 80 % of one micro rounds down to nothing: nothing to quote.
-        assert_eq!((r.ranked.len(), r.below_reserve), (1, 1));
+        assert_eq!((r.ranked.len(), r.below.len()), (1, 1));
     }
 
     #[test]
@@ -307,7 +360,7 @@ mod tests {
         );
         assert_eq!(buyers(&r), [0]);
         assert_eq!(r.ranked[0].seller_price, m(17));
-        assert_eq!(r.below_reserve, 2);
+        assert_eq!(r.below.len(), 2);
     }
 
     #[test]
@@ -344,7 +397,9 @@ mod tests {
         // Seller prices 8, 4, -, -, 5. Reserve 5: 4 is below, 5 is not.
         let r = rank(bids, SHARE_80, m(5), &PriceRanker, None);
         assert_eq!(buyers(&r), [0, 4]);
-        assert_eq!(r.below_reserve, 1);
+        assert_eq!(r.below.len(), 1);
+        assert_eq!(r.below[0].bid.buyer, BuyerKey(1));
+        assert_eq!(r.below[0].seller_price, m(4));
     }
 
     #[derive(Debug)]

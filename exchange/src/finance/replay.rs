@@ -695,7 +695,17 @@ the file may not be what decided this auction (a model swap alone changes no con
                         if b <= 0 {
                             format!("lost: {kind}, not a positive price (a pass)")
                         } else {
-                            format!("lost: {kind}, the seller would get {}, below the reserve {}", m(sp), m(reserve))
+                            // Under the reserve it cannot win, but a bid that covers the
+                            // winner's quoted price is still a fallback (black-box round
+                            // 130b), tried after the ranked ones.
+                            let fallback = match &win {
+                                Some((_, _, wp)) if b >= *wp => format!(
+                                    "; a fallback after the ranked ones: its bid covers the {} quoted to the seller",
+                                    m(*wp)
+                                ),
+                                _ => String::new(),
+                            };
+                            format!("lost: {kind}, the seller would get {}, below the reserve {}{fallback}", m(sp), m(reserve))
                         }
                     }
                     (_, None) if ev && b > 0 && l.get("p_ppm").is_none() => format!(
