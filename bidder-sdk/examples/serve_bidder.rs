@@ -137,8 +137,21 @@ async fn run<B: Bidder>(
     Ok(())
 }
 
+/// Says an error in one line, its causes after colons, and exits 1. Returning the error
+/// from `main` would print its `Debug` form, with a backtrace whenever `RUST_BACKTRACE`
+/// is set (black-box round 130a: thirty frames and build paths after a bad `--kind`).
+fn main() -> std::process::ExitCode {
+    match serve_from_args() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve_from_args() -> anyhow::Result<()> {
     let Some(args) = parse_args(std::env::args().skip(1))? else {
         println!("{USAGE}");
         return Ok(());

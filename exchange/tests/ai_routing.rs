@@ -811,6 +811,18 @@ async fn continuous_learning_retrains_promotes_and_records_its_decision() {
             "watch_ms = 0\nmin_rows = 10\nrounds = 5\nretrain_every_s = 1",
         ))
         .await;
+    // With learning on, every outcome's series is there from the start (black-box round
+    // 130a: none until the first retraining).
+    let m = ex.metrics().await;
+    for outcome in ["promoted", "kept", "refused", "failed", "ledger_failed"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("pingpost_retrainings_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && l.contains(&format!("vertical=\"{VERTICAL}\""))),
+            "{outcome}: {m}"
+        );
+    }
     for i in 0..60 {
         fickle.set(|s| s.accept = i % 3 != 0);
         let q = ex.client.ping("TX").await;

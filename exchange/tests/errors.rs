@@ -517,7 +517,8 @@ fn cases() -> Vec<Case> {
             Req::post("/v1/post").json(post_body("pg_0000000000000000000000000000000", "TX")),
             404,
             "not_found",
-        ),
+        )
+        .check(Check::MessageMentions("answered no_bid")),
         // 405 is not in the contract's table, but an added code keeps the body shape, and
         // says what is allowed.
         row(

@@ -49,6 +49,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Promoted,
+        Outcome::Kept,
+        Outcome::Refused,
+        Outcome::Failed,
+        Outcome::LedgerFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Promoted => "promoted",
@@ -70,6 +78,13 @@ pub fn spawn(state: &Arc<AppState>) {
     let l = state.runtime.load().config.learning.clone();
     if !l.retrains() {
         return;
+    }
+    // Every vertical that trains shows each outcome from the start, at 0, so a dashboard
+    // finds the series before the first retraining (black-box round 130a).
+    for v in state.runtime.load().config.verticals.iter() {
+        if v.features.is_some() {
+            show_outcomes(state, &v.name);
+        }
     }
     let weak: Weak<AppState> = Arc::downgrade(state);
     let started = std::thread::Builder::new()
@@ -196,6 +211,17 @@ pub fn lower_priority() {
     }
 }
 
+/// Makes `vertical`'s series of `pingpost_retrainings_total`, each outcome at its count
+/// (0 when new).
+fn show_outcomes(state: &AppState, vertical: &str) {
+    for o in Outcome::ALL {
+        let _ = state
+            .metrics
+            .retrainings
+            .with_label_values(&[vertical, o.as_str()]);
+    }
+}
+
 /// Retrains every vertical with features now, and promotes each challenger that beats its
 /// champion. Blocking (trains): never call it on an auction thread.
 pub fn retrain_once(state: &AppState) -> Vec<Decision> {
@@ -209,6 +235,7 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         let now = state.clock.now_ms();
         let champion = state.runtime.load().models.get(vi).cloned().flatten();
         let champion_version = champion.as_ref().map(|c| c.version.clone());
+        show_outcomes(state, &v.name);
         let decided = |challenger: Option<String>, promoted, reason: String, outcome: Outcome| {
             state
                 .metrics

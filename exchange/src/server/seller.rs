@@ -992,7 +992,14 @@ async fn post(
     ledger_gate(state)?;
     let now = state.clock.now_ms();
     let quote = match state.quotes.begin_post(&env.ping_id, seller_key, now) {
-        BeginPost::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "unknown ping_id")),
+        BeginPost::NotFound => {
+            // A ping answered `no_bid` gave no quote, so its id is unknown here too
+            // (black-box round 130a: the bare "unknown ping_id" read as a lost quote).
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "unknown ping_id: no quote of this seller's has it (never issued, answered no_bid, or forgotten)",
+            ));
+        }
         BeginPost::InFlight => {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
