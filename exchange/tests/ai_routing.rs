@@ -38,6 +38,20 @@ fn with_features(extra_learning: &'static str) -> impl FnOnce(String) -> String 
     }
 }
 
+/// Whether `/metrics` text `m` holds every outcome's `pingpost_retrainings_total` series
+/// for `vertical`.
+fn retraining_series_shown(m: &str, vertical: &str) -> bool {
+    ["promoted", "kept", "refused", "failed", "ledger_failed"]
+        .iter()
+        .all(|outcome| {
+            m.lines().any(|l| {
+                l.starts_with("pingpost_retrainings_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && l.contains(&format!("vertical=\"{vertical}\""))
+            })
+        })
+}
+
 /// A model over `ncols` features that learned p = f(column `col` > 0.5).
 fn model_json(ncols: usize, col: usize) -> Vec<u8> {
     model_json_when(ncols, col, true)
@@ -814,15 +828,7 @@ async fn continuous_learning_retrains_promotes_and_records_its_decision() {
     // With learning on, every outcome's series is there from the start (black-box round
     // 130a: none until the first retraining).
     let m = ex.metrics().await;
-    for outcome in ["promoted", "kept", "refused", "failed", "ledger_failed"] {
-        assert!(
-            m.lines()
-                .any(|l| l.starts_with("pingpost_retrainings_total{")
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-                    && l.contains(&format!("vertical=\"{VERTICAL}\""))),
-            "{outcome}: {m}"
-        );
-    }
+    assert!(retraining_series_shown(&m, VERTICAL), "{m}");
     for i in 0..60 {
         fickle.set(|s| s.accept = i % 3 != 0);
         let q = ex.client.ping("TX").await;
@@ -983,6 +989,32 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         "nothing else made"
     );
     std::fs::remove_file(&vertical_dir).unwrap();
+    // A symbolic link to nothing there, or a file in place of the models directory above
+    // it: the same, before training (black-box round 131a: trained, then "File exists",
+    // exit 1).
+    std::os::unix::fs::symlink("/nonexistent-pingpost-models", &vertical_dir).unwrap();
+    let out = run(&["train", "--config", &cfg, "--ledger", &ledger]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} is a symbolic link to nothing",
+            vertical_dir.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(&vertical_dir).unwrap();
+    let models_dir = vertical_dir.parent().unwrap();
+    std::fs::remove_dir(models_dir).unwrap();
+    std::fs::write(models_dir, b"not a directory").unwrap();
+    let out = run(&["train", "--config", &cfg, "--ledger", &ledger]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{} is not a directory", models_dir.display())),
+        "{err}"
+    );
+    std::fs::remove_file(models_dir).unwrap();
     let mut versions = Vec::new();
     for v in ["b1", "b2"] {
         let out = run(&[
@@ -2141,5 +2173,37 @@ async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
             n,
             "{outcome}"
         );
+    }
+}
+
+/// `pingpost_retrainings_total` shows a vertical a reload gives features within a tick of
+/// the learning thread, before any retraining is due (black-box round 131a: only after
+/// its first retraining, which a disposition threshold may put off for long).
+#[tokio::test]
+async fn a_vertical_a_reload_gives_features_shows_its_retraining_series_at_once() {
+    let fickle = ScriptedBidder::bidding(10.0);
+    let (bf, _hf) = serve("fickle", &fickle).await;
+    let ex = TestConfig::new()
+        .buyer(bf)
+        .start_edited(with_features(
+            "watch_ms = 0\nmin_rows = 10\nrounds = 5\nretrain_after_dispositions = 1000000",
+        ))
+        .await;
+    let m = ex.metrics().await;
+    assert!(retraining_series_shown(&m, VERTICAL), "{m}");
+    assert!(
+        !m.contains("vertical=\"solar\""),
+        "solar has no features: {m}"
+    );
+    // A vertical a reload gives features shows them within a tick of the learning thread
+    // (black-box round 131a: only after its first retraining).
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    let solar = "[verticals.solar.features]\nversion = 1\ncontext = [\"hour_of_day\"]\n\n[verticals.solar.fields]";
+    ex.write_config_text(&text.replace("[verticals.solar.fields]", solar));
+    assert_eq!(ex.reload().await.status, 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !retraining_series_shown(&ex.metrics().await, "solar") {
+        assert!(tokio::time::Instant::now() < deadline, "no solar series");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

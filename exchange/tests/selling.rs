@@ -377,7 +377,10 @@ async fn a_bid_under_the_reserve_that_covers_the_quote_takes_the_post_on_fallbac
         line("b").ends_with("below the reserve 8.00 USD; a fallback after the ranked ones: its bid covers the 8.00 USD quoted to the seller"),
         "{text}"
     );
-    assert!(line("c").ends_with("below the reserve 8.00 USD"), "{text}");
+    assert!(
+        line("c").ends_with("below the reserve 8.00 USD; no fallback either: its bid is under the 8.00 USD quoted to the seller"),
+        "{text}"
+    );
     for id in ["a", "b", "c"] {
         assert_eq!(ex.reserved(id), 0, "no reservation left for {id}");
     }

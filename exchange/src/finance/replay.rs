@@ -469,7 +469,7 @@ the file may not be what decided this auction (a model swap alone changes no con
                             None => {
                                 mismatch = !restarted;
                                 unknown_buyers.push(buyer.to_string());
-                                let _ = writeln!(out, "{mm}: buyer {buyer} bid but is no longer in the configuration (a reload removed it since this auction): its bid is left out of the re-derivation");
+                                let _ = writeln!(out, "{mm}: buyer {buyer} bid but is no longer in the configuration (removed since this auction, by a reload or at a restart): its bid is left out of the re-derivation");
                             }
                         }
                     }
@@ -649,7 +649,7 @@ the file may not be what decided this auction (a model swap alone changes no con
                 };
                 match (&win, position(buyer)) {
                     (_, None) if unknown_buyers.iter().any(|u| u == buyer) => format!(
-                        "{kind}: not re-ranked: {buyer} is no longer in the configuration (a reload removed it since this auction){}",
+                        "{kind}: not re-ranked: {buyer} is no longer in the configuration (removed since this auction, by a reload or at a restart){}",
                         if buyer == winner { "; the record names it the winner" } else { "" }
                     ),
                     (Some((w, _, _)), pos) if w == buyer => {
@@ -703,7 +703,13 @@ the file may not be what decided this auction (a model swap alone changes no con
                                     "; a fallback after the ranked ones: its bid covers the {} quoted to the seller",
                                     m(*wp)
                                 ),
-                                _ => String::new(),
+                                // LEDGER.md: a losing bid under the quote says it is no
+                                // fallback either (black-box round 131a).
+                                Some((_, _, wp)) => format!(
+                                    "; no fallback either: its bid is under the {} quoted to the seller",
+                                    m(*wp)
+                                ),
+                                None => String::new(),
                             };
                             format!("lost: {kind}, the seller would get {}, below the reserve {}{fallback}", m(sp), m(reserve))
                         }
@@ -1398,7 +1404,7 @@ payout = { model = "revenue_share", share_pct = 80 }
         let t = &r.text;
         assert!(r.mismatch, "{t}");
         assert!(
-            t.contains("coast: bid 15.00 USD in 0.7 ms: not re-ranked: coast is no longer in the configuration (a reload removed it since this auction); the record names it the winner"),
+            t.contains("coast: bid 15.00 USD in 0.7 ms: not re-ranked: coast is no longer in the configuration (removed since this auction, by a reload or at a restart); the record names it the winner"),
             "{t}"
         );
         assert!(!t.contains("below the reserve"), "{t}");

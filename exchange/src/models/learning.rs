@@ -95,7 +95,13 @@ pub fn spawn(state: &Arc<AppState>) {
             loop {
                 std::thread::sleep(TICK);
                 let Some(state) = weak.upgrade() else { return };
-                let l = state.runtime.load().config.learning.clone();
+                let rt = state.runtime.load_full();
+                // A vertical a reload added shows its series from 0 too, within a tick
+                // (black-box round 131a: none until its first retraining).
+                for v in rt.config.verticals.iter().filter(|v| v.features.is_some()) {
+                    show_outcomes(&state, &v.name);
+                }
+                let l = rt.config.learning.clone();
                 let now = state.clock.now_ms();
                 let due_time = l.retrain_every_s > 0
                     && now.saturating_sub(last_ms)

@@ -431,15 +431,26 @@ pub fn check_inputs(
     // The set is written under `<models_dir>/<vertical>/`: one of them there as a file (or
     // anything but a directory) can never take it (black-box round 128b: the vertical's a
     // file gave "File exists (os error 17)", exit 1, after training).
+    // Every part of the path counts: a file above `models_dir`, or a symbolic link to
+    // nothing at either, is as unusable (black-box round 131a: trained in full, then
+    // "File exists", exit 1).
     let vertical_dir = crate::models::vertical_dir(&config.learning, vertical);
-    for dir in [&config.learning.models_dir, &vertical_dir] {
-        if let Ok(meta) = std::fs::metadata(dir) {
-            if !meta.is_dir() {
-                return Err(format!(
-                    "{} is not a directory: the model sets are written under learning.models_dir/<vertical>/",
-                    dir.display()
-                ));
+    for dir in vertical_dir
+        .ancestors()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        let unusable = match (std::fs::metadata(dir), std::fs::symlink_metadata(dir)) {
+            (Ok(meta), _) if !meta.is_dir() => Some("is not a directory"),
+            (Err(_), Ok(link)) if link.file_type().is_symlink() => {
+                Some("is a symbolic link to nothing")
             }
+            _ => None,
+        };
+        if let Some(why) = unusable {
+            return Err(format!(
+                "{} {why}: the model sets are written under learning.models_dir/<vertical>/",
+                dir.display()
+            ));
         }
     }
     if let Some(version) = version {
