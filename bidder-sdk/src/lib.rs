@@ -48,6 +48,10 @@
 //! - **Size**: a body over [`ServeOptions::body_bytes_max`] (64 KiB by default) gets `413`,
 //!   refused from its `Content-Length` without reading it, or cut off by a limited read
 //!   when it has none. The body must arrive within [`ServeOptions::body_read_timeout_ms`].
+//! - **Host**: an HTTP/1.1 request needs exactly one `Host`, a host and an optional port,
+//!   and an HTTP/2 request's `host`, if any, must name its `:authority`; otherwise `400
+//!   invalid_request`, before anything else is read, and the connection closes (RFC
+//!   9112 3.2; the exchange's own rule, `listener::host_problem`).
 //! - **Signatures** (Standard Webhooks): `webhook-id`, `webhook-timestamp` and
 //!   `webhook-signature` are checked against the raw body with your secret, and the
 //!   timestamp must be within 300 s of your clock; otherwise `401 unauthorized` (an

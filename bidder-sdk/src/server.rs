@@ -174,6 +174,12 @@ pub enum Refusal {
     /// The method is not POST (405).
     #[error("only POST is allowed")]
     MethodNotAllowed,
+    /// An HTTP/1.1 request without exactly one valid `Host`, or an HTTP/2 one whose
+    /// `host` names another authority (400, RFC 9112 3.2 and RFC 9113 8.3.1; the
+    /// exchange's own rule, [`crate::listener::host_problem`]; black-box round 131b:
+    /// served). The message says which.
+    #[error("{0}")]
+    BadHost(&'static str),
     /// The headers do not describe a plain JSON body (415): a `Content-Type` other than
     /// `application/json`, a `charset` other than `utf-8`, two `Content-Type` headers, or
     /// a `Content-Encoding` other than `identity`. The message says which.
@@ -238,9 +244,10 @@ impl Refusal {
             Refusal::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Refusal::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             Refusal::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Refusal::BodyTimeout { .. } | Refusal::BodyUnreadable(_) | Refusal::Malformed(_) => {
-                ErrorCode::InvalidRequest
-            }
+            Refusal::BodyTimeout { .. }
+            | Refusal::BodyUnreadable(_)
+            | Refusal::Malformed(_)
+            | Refusal::BadHost(_) => ErrorCode::InvalidRequest,
             Refusal::Unauthorized(_) => ErrorCode::Unauthorized,
             Refusal::BidderPanicked
             | Refusal::ReplyUnserializable(_)
@@ -267,6 +274,7 @@ impl Refusal {
         match self {
             Refusal::NotFound
             | Refusal::MethodNotAllowed
+            | Refusal::BadHost(_)
             | Refusal::UnsupportedMediaType(_)
             | Refusal::PayloadTooLarge { .. }
             | Refusal::BodyTimeout { .. }
@@ -552,6 +560,9 @@ impl<B: Bidder> Shared<B> {
 
     async fn answer(&self, request: Request<Incoming>) -> Result<Outcome, Refusal> {
         let options = &self.options;
+        if let Some(problem) = crate::listener::host_problem(&request) {
+            return Err(Refusal::BadHost(problem));
+        }
         let endpoint = route(options, request.method(), request.uri().path())?;
         check_head(
             options,

@@ -953,3 +953,58 @@ async fn the_http2_stream_bound_is_an_option() {
     assert_eq!(max_streams, Some(4), "{payload:?}");
     handle.shutdown().await.unwrap();
 }
+
+/// RFC 9112 3.2, as the exchange's listeners have it: an HTTP/1.1 request without
+/// exactly one valid `Host` is `400 invalid_request` and its connection closes, even when
+/// signed; the bidder never sees it (black-box round 131b: each was bid on).
+#[tokio::test]
+async fn a_request_without_one_valid_host_is_refused_before_the_bidder() {
+    let bidder = flat();
+    let (_client, addr, handle) = start(Arc::clone(&bidder)).await;
+    let body = ping_body();
+    let raw = |hosts: &[&str], id: &str| {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut head = String::from("POST /ping HTTP/1.1\r\n");
+        for h in hosts {
+            head.push_str(&format!("Host: {h}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\nwebhook-id: {id}\r\nwebhook-timestamp: {now_s}\r\nwebhook-signature: {}\r\nConnection: close\r\n\r\n",
+            body.len(),
+            secret().sign(id, now_s, &body)
+        ));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    };
+    for (i, (hosts, said)) in [
+        (&[][..], "needs a Host header"),
+        (
+            &["a.example", "b.example"][..],
+            "one Host header, not several",
+        ),
+        (&["127.0.0.1:99999"][..], "not a host and port"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, text) = raw_http1(addr, &raw(hosts, &format!("msg_host_{i}"))).await;
+        assert_eq!(status, 400, "{hosts:?}: {text}");
+        assert!(
+            text.contains("\"invalid_request\"") && text.contains(said),
+            "{text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+    assert_eq!(bidder.pings_received(), 0);
+    let (status, text) = raw_http1(addr, &raw(&["127.0.0.1"], "msg_host_ok")).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(bidder.pings_received(), 1);
+    handle.shutdown().await.unwrap();
+}

@@ -85,7 +85,7 @@ use self::{
 };
 
 pub use gate::{eviction_grace, ConnectionGate};
-pub use service::{json_headers_problem, Tracked, UNSENT_MAX, UNSENT_STALL};
+pub use service::{host_problem, json_headers_problem, Tracked, UNSENT_MAX, UNSENT_STALL};
 pub use tls::*;
 
 /// Default connections served at once.

@@ -20,6 +20,51 @@ use tokio::time::Instant;
 
 use super::*;
 
+/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112, 3.2), a host and an
+/// optional port (empty allowed): without one, with two, or with a value that is not
+/// that (`a b`, `a@b`, `a:99999`), it is `400`. HTTP/2 names its authority in the
+/// request line; HTTP/1.0 may omit it.
+pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() == Version::HTTP_2 {
+        // RFC 9113 8.3.1: a `host` that names another entity than `:authority` makes the
+        // request malformed (black-box round 11: it was accepted).
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        let (first, second) = (hosts.next(), hosts.next());
+        if second.is_some() {
+            return Some("a request has one host header, not several");
+        }
+        let differs = match (first, req.uri().authority()) {
+            (Some(host), Some(authority)) => !host
+                .to_str()
+                .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str())),
+            _ => false,
+        };
+        return differs.then_some("the host header differs from the :authority of the request");
+    }
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => {
+            let valid = host.is_empty()
+                || http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|a| {
+                    // After the host: nothing, or `:` and a port that fits 16 bits.
+                    let port_ok = a.as_str().strip_prefix(a.host()).is_some_and(|rest| {
+                        rest.is_empty()
+                            || rest
+                                .strip_prefix(':')
+                                .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok())
+                    });
+                    !a.as_str().contains('@') && !a.host().is_empty() && port_ok
+                });
+            (!valid).then_some("the Host header is not a host and port")
+        }
+        (None, _) => Some("an HTTP/1.1 request needs a Host header"),
+        _ => Some("an HTTP/1.1 request has one Host header, not several"),
+    }
+}
+
 /// Why a message's headers do not describe a JSON body this project reads, if they do
 /// not: more than one `Content-Type` header (readers disagree on which one counts), a
 /// type other than JSON ([`proto::json::media_type_problem`]: the media type and the

@@ -412,3 +412,55 @@ fn streams_above_the_servers_goaway_are_no_bodies() {
     assert_eq!(scan.body_bytes_at(&more, 20), 1);
     assert_eq!(scan.streams_heard(20), 1);
 }
+
+/// RFC 9112 3.2: one Host, a host and an optional port (black-box round 11: `a b`,
+/// `a/b`, `a@b`, `[::1` and `a:99999` were served).
+#[test]
+fn an_http11_host_is_one_host_and_port() {
+    let req = |hosts: &[&str], version| {
+        let mut r = http::Request::builder().version(version).uri("/v1/ping");
+        for h in hosts {
+            r = r.header(http::header::HOST, *h);
+        }
+        r.body(()).expect("a request")
+    };
+    let v11 = http::Version::HTTP_11;
+    for ok in [
+        "pingpost",
+        "127.0.0.1:8080",
+        "[::1]:8080",
+        "[::1]",
+        "a.b-c",
+        "",
+    ] {
+        assert!(host_problem(&req(&[ok], v11)).is_none(), "{ok:?}");
+    }
+    for bad in ["a b", "a/b", "a@b", "[::1", "a:99999", ":80"] {
+        assert!(host_problem(&req(&[bad], v11)).is_some(), "{bad:?}");
+    }
+    assert!(host_problem(&req(&[], v11)).is_some());
+    assert!(host_problem(&req(&["a", "a"], v11)).is_some());
+    for v in [http::Version::HTTP_10, http::Version::HTTP_2] {
+        assert!(host_problem(&req(&[], v)).is_none());
+    }
+}
+
+#[test]
+fn an_http2_host_names_the_authority() {
+    let req = |authority: Option<&str>, hosts: &[&str]| {
+        let uri = authority.map_or("/v1/ping".to_string(), |a| format!("http://{a}/v1/ping"));
+        let mut r = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri(uri);
+        for h in hosts {
+            r = r.header(http::header::HOST, *h);
+        }
+        r.body(()).expect("a request")
+    };
+    assert!(host_problem(&req(Some("127.0.0.1:8080"), &[])).is_none());
+    assert!(host_problem(&req(None, &["127.0.0.1:8080"])).is_none());
+    assert!(host_problem(&req(Some("Exchange:8080"), &["exchange:8080"])).is_none());
+    assert!(host_problem(&req(Some("127.0.0.1:8080"), &["evil.example"])).is_some());
+    assert!(host_problem(&req(Some("a:1"), &["a:1", "a:1"])).is_some());
+    assert!(host_problem(&req(None, &["a", "b"])).is_some());
+}

@@ -142,68 +142,10 @@ fn answer_to(method: &Method, resp: Response<Body>) -> Response<Body> {
     }
 }
 
-/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112, 3.2), a host and an
-/// optional port (empty allowed): without one, with two, or with a value that is not
-/// that (`a b`, `a@b`, `a:99999`), it is `400`. HTTP/2 names its authority in the
-/// request line; HTTP/1.0 may omit it.
+/// The request's `Host` problem, if it has one, as the SDK's listener judges it
+/// ([`bidder_sdk::listener::host_problem`]): `400 invalid_request`.
 fn host_problem<B>(req: &Request<B>) -> Option<ApiError> {
-    if req.version() == hyper::Version::HTTP_2 {
-        // RFC 9113 8.3.1: a `host` that names another entity than `:authority` makes the
-        // request malformed (black-box round 11: it was accepted).
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let (first, second) = (hosts.next(), hosts.next());
-        if second.is_some() {
-            return Some(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "a request has one host header, not several",
-            ));
-        }
-        let differs = match (first, req.uri().authority()) {
-            (Some(host), Some(authority)) => !host
-                .to_str()
-                .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str())),
-            _ => false,
-        };
-        return differs.then(|| {
-            ApiError::new(
-                ErrorCode::InvalidRequest,
-                "the host header differs from the :authority of the request",
-            )
-        });
-    }
-    if req.version() != hyper::Version::HTTP_11 {
-        return None;
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(host), None) => {
-            let valid = host.is_empty()
-                || http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|a| {
-                    // After the host: nothing, or `:` and a port that fits 16 bits.
-                    let port_ok = a.as_str().strip_prefix(a.host()).is_some_and(|rest| {
-                        rest.is_empty()
-                            || rest
-                                .strip_prefix(':')
-                                .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok())
-                    });
-                    !a.as_str().contains('@') && !a.host().is_empty() && port_ok
-                });
-            (!valid).then(|| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "the Host header is not a host and port",
-                )
-            })
-        }
-        (None, _) => Some(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "an HTTP/1.1 request needs a Host header",
-        )),
-        _ => Some(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "an HTTP/1.1 request has one Host header, not several",
-        )),
-    }
+    bidder_sdk::listener::host_problem(req).map(|m| ApiError::new(ErrorCode::InvalidRequest, m))
 }
 
 fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
@@ -673,7 +615,7 @@ fn metrics(state: &AppState) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, host_problem, stall_reason};
+    use super::{bearer_token, stall_reason};
 
     #[test]
     fn a_ledger_write_running_for_the_stall_limit_makes_readyz_not_ready() {
@@ -682,58 +624,6 @@ mod tests {
         assert_eq!(stall_reason(Some(Duration::from_millis(4_999))), None);
         let r = stall_reason(Some(Duration::from_millis(7_200))).unwrap_or_default();
         assert!(r.starts_with("ledger write stalled for 7 s"), "{r}");
-    }
-
-    /// RFC 9112 3.2: one Host, a host and an optional port (black-box round 11: `a b`,
-    /// `a/b`, `a@b`, `[::1` and `a:99999` were served).
-    #[test]
-    fn an_http11_host_is_one_host_and_port() {
-        let req = |hosts: &[&str], version| {
-            let mut r = http::Request::builder().version(version).uri("/v1/ping");
-            for h in hosts {
-                r = r.header(http::header::HOST, *h);
-            }
-            r.body(()).expect("a request")
-        };
-        let v11 = http::Version::HTTP_11;
-        for ok in [
-            "pingpost",
-            "127.0.0.1:8080",
-            "[::1]:8080",
-            "[::1]",
-            "a.b-c",
-            "",
-        ] {
-            assert!(host_problem(&req(&[ok], v11)).is_none(), "{ok:?}");
-        }
-        for bad in ["a b", "a/b", "a@b", "[::1", "a:99999", ":80"] {
-            assert!(host_problem(&req(&[bad], v11)).is_some(), "{bad:?}");
-        }
-        assert!(host_problem(&req(&[], v11)).is_some());
-        assert!(host_problem(&req(&["a", "a"], v11)).is_some());
-        for v in [http::Version::HTTP_10, http::Version::HTTP_2] {
-            assert!(host_problem(&req(&[], v)).is_none());
-        }
-    }
-
-    #[test]
-    fn an_http2_host_names_the_authority() {
-        let req = |authority: Option<&str>, hosts: &[&str]| {
-            let uri = authority.map_or("/v1/ping".to_string(), |a| format!("http://{a}/v1/ping"));
-            let mut r = http::Request::builder()
-                .version(http::Version::HTTP_2)
-                .uri(uri);
-            for h in hosts {
-                r = r.header(http::header::HOST, *h);
-            }
-            r.body(()).expect("a request")
-        };
-        assert!(host_problem(&req(Some("127.0.0.1:8080"), &[])).is_none());
-        assert!(host_problem(&req(None, &["127.0.0.1:8080"])).is_none());
-        assert!(host_problem(&req(Some("Exchange:8080"), &["exchange:8080"])).is_none());
-        assert!(host_problem(&req(Some("127.0.0.1:8080"), &["evil.example"])).is_some());
-        assert!(host_problem(&req(Some("a:1"), &["a:1", "a:1"])).is_some());
-        assert!(host_problem(&req(None, &["a", "b"])).is_some());
     }
 
     fn headers(values: &[&str]) -> hyper::HeaderMap {
