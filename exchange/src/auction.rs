@@ -828,12 +828,20 @@ impl LateWatch {
             .dedup
             .end_post(&self.dedup, accepted.then_some((now, self.seller)), now);
         self.state.metrics.dedup_gauges(&self.state.dedup);
-        if let (true, Some(buyer)) = (settled.sold, buyer) {
-            tracing::warn!(
+        match (settled.sold, buyer) {
+            // A test lead reserves and counts nothing (black-box round 132a: the log said
+            // it was counted against the caps).
+            (true, Some(buyer)) if self.test => tracing::warn!(
                 lead_id = %self.lead_id,
                 buyer = %buyer.id,
-                "a buyer accepted after its post timeout: counted against its caps"
-            );
+                "a buyer accepted a test lead after its post timeout: nothing counted"
+            ),
+            (true, Some(buyer)) => tracing::warn!(
+                lead_id = %self.lead_id,
+                buyer = %buyer.id,
+                "a buyer accepted after its post timeout: counted against its caps and budget"
+            ),
+            _ => {}
         }
         // The record first, then the count (carried out even when the record failed).
         if let Err(e) = effects::execute(&self.state, &self.rt, settled.effects.into_iter()).await {
