@@ -63,6 +63,7 @@ fn auction() -> Record<'static> {
             first: Vec::new(),
         },
         fanout_limited: None,
+        breaker_open: None,
         buyers,
         winner: Some("sim2_sim2"),
         bid_micros: Some(21_620_000),

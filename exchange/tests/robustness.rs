@@ -288,6 +288,32 @@ async fn a_buyer_that_keeps_timing_out_is_skipped_by_the_breaker_then_probed() {
     assert_eq!(ex.metric(PINGS, &skipped).await, 3.0, "then skipped");
     hang.wait_requests(3).await;
     assert_eq!(hang.requests(), 3);
+    // A skipped buyer is in the record's bounded `breaker_open` summary, not a line of
+    // its own (black-box round 133a: a line each, 310 KB records with 5,000 buyers
+    // down), and `ledger replay` names it.
+    let last = ex.ledger_of("auction").pop().unwrap();
+    assert_eq!(
+        last["breaker_open"],
+        serde_json::json!({"total": 1, "first": ["hang"]})
+    );
+    let lines = last["buyers"].as_array().unwrap();
+    assert!(lines.iter().all(|l| l["buyer"] != "hang"), "{last}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args([
+            "ledger",
+            "replay",
+            last["auction_id"].as_str().unwrap(),
+            "--dir",
+        ])
+        .arg(&ex.ledger_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("skipped, their circuit breakers open (they had been failing): 1 eligible buyer(s), in configuration order from hang"),
+        "{text}"
+    );
 
     // Once the breaker has been open for `open_ms`, one probe goes through; it fails, and
     // the buyer is skipped again.

@@ -259,9 +259,9 @@ pub enum BuyerOutcome {
 }
 
 impl BuyerOutcome {
-    /// The `outcome` written in the record (a skip for an open breaker is `skipped`, with
-    /// the reason in `detail`; buyers past the fan-out limit are counted in the record's
-    /// `fanout_limited`, not given a line).
+    /// The `outcome` written in a line (a skip for an open breaker was `skipped`, with the
+    /// reason in `detail`, until such skips moved to the record's bounded `breaker_open`;
+    /// buyers past the fan-out limit are counted in `fanout_limited`, not given a line).
     pub fn as_str(self) -> &'static str {
         match self {
             BuyerOutcome::SkippedBreaker => "skipped",
@@ -345,12 +345,30 @@ pub struct SkippedRecord<'a> {
     pub first: Vec<SkippedBuyer<'a>>,
 }
 
-/// The eligible buyers an auction did not ping for its fan-out limit.
+/// Eligible buyers an auction did not ping, for its fan-out limit or an open breaker:
+/// how many, and the first few by id (a bounded summary, not a line each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FanoutLimitedRecord<'a> {
+pub struct BoundedBuyersRecord<'a> {
     pub total: u32,
     /// The first [`SKIP_NAMES_MAX`](crate::eligibility::SKIP_NAMES_MAX), by id.
     pub first: Vec<&'a str>,
+}
+
+impl<'a> BoundedBuyersRecord<'a> {
+    /// The record of a summary (count, first buyers by index), `None` when it is empty.
+    pub fn of(
+        summary: &(u32, Vec<BuyerIdx>),
+        cfg: &'a crate::config::Config,
+    ) -> Option<BoundedBuyersRecord<'a>> {
+        (summary.0 > 0).then(|| BoundedBuyersRecord {
+            total: summary.0,
+            first: summary
+                .1
+                .iter()
+                .filter_map(|&b| cfg.buyers.get(b).map(|x| x.id.as_str()))
+                .collect(),
+        })
+    }
 }
 
 /// One named skipped buyer.
@@ -420,9 +438,13 @@ pub struct AuctionRecord<'a> {
     /// Eligible buyers not pinged for the fan-out limit (`server.buyers_per_auction_max`),
     /// bounded like `skipped`: how many, and the first few (configuration order) by id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fanout_limited: Option<FanoutLimitedRecord<'a>>,
-    /// Every other buyer of the vertical: the ones not pinged for the fan-out limit or an
-    /// open breaker, then pinged ones, fixed-price ones and award-time cap refusals.
+    pub fanout_limited: Option<BoundedBuyersRecord<'a>>,
+    /// Eligible buyers skipped for an open breaker, bounded like `fanout_limited` (ledgers
+    /// written before 2026-12-05 have a `skipped`/`breaker_open` line each instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_open: Option<BoundedBuyersRecord<'a>>,
+    /// Every other buyer of the vertical: the ones not pinged for want of time, then
+    /// pinged ones, fixed-price ones and award-time cap refusals.
     pub buyers: Vec<BuyerLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub winner: Option<&'a str>,
@@ -772,6 +794,7 @@ mod tests {
                 }],
             },
             fanout_limited: None,
+            breaker_open: None,
             buyers: vec![BuyerLine {
                 idx: 3,
                 buyer: "b",

@@ -863,7 +863,17 @@ the file may not be what decided this auction (a model swap alone changes no con
             }
         }
     }
-    if let Some(f) = v.get("fanout_limited") {
+    for (key, why) in [
+        (
+            "fanout_limited",
+            "not pinged, past the auction's buyers_per_auction_max",
+        ),
+        (
+            "breaker_open",
+            "skipped, their circuit breakers open (they had been failing)",
+        ),
+    ] {
+        let Some(f) = v.get(key) else { continue };
         let total = f.get("total").and_then(Value::as_u64).unwrap_or(0);
         let first: Vec<&str> = f
             .get("first")
@@ -872,7 +882,7 @@ the file may not be what decided this auction (a model swap alone changes no con
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "not pinged, past the auction's buyers_per_auction_max: {total} eligible buyer(s), in configuration order from {}{}",
+            "{why}: {total} eligible buyer(s), in configuration order from {}{}",
             first.join(", "),
             if total > first.len() as u64 {
                 format!(" ... ({} more not named)", total - first.len() as u64)

@@ -16,7 +16,7 @@ use crate::core::auction::ModelVersions;
 use crate::core::caps::Windows;
 use crate::core::eligibility::SkipReason;
 use crate::core::record::{
-    write_rfc3339, AuctionRecord, BuyerLine, FanoutLimitedRecord, Head, HoldLine, LeadFields,
+    write_rfc3339, AuctionRecord, BoundedBuyersRecord, BuyerLine, Head, HoldLine, LeadFields,
     QuoteHoldRecord, QuoteOpenedRecord, RankedLine, Record, SkippedBuyer, SkippedRecord,
 };
 use proto::FieldValue;
@@ -63,6 +63,7 @@ fn auction(a: &AuctionRecord<'_>, out: &mut Vec<u8>) {
         reserve_micros,
         skipped,
         fanout_limited,
+        breaker_open,
         buyers,
         winner,
         bid_micros,
@@ -97,7 +98,11 @@ fn auction(a: &AuctionRecord<'_>, out: &mut Vec<u8>) {
     skipped_record(skipped, out);
     if let Some(f) = fanout_limited {
         out.extend_from_slice(b",\"fanout_limited\":");
-        fanout(f, out);
+        bounded_buyers(f, out);
+    }
+    if let Some(b) = breaker_open {
+        out.extend_from_slice(b",\"breaker_open\":");
+        bounded_buyers(b, out);
     }
     out.extend_from_slice(b",\"buyers\":[");
     for (i, line) in buyers.iter().enumerate() {
@@ -187,8 +192,8 @@ fn skipped_record(s: &SkippedRecord<'_>, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-fn fanout(f: &FanoutLimitedRecord<'_>, out: &mut Vec<u8>) {
-    let FanoutLimitedRecord { total, first } = f;
+fn bounded_buyers(f: &BoundedBuyersRecord<'_>, out: &mut Vec<u8>) {
+    let BoundedBuyersRecord { total, first } = f;
     out.extend_from_slice(b"{\"total\":");
     int(*total, out);
     out.extend_from_slice(b",\"first\":");
@@ -571,7 +576,7 @@ mod tests {
     fn world() -> impl Strategy<Value = World> {
         (
             prop::collection::vec(text(), 24),
-            prop::collection::vec(any::<bool>(), 40),
+            prop::collection::vec(any::<bool>(), 42),
             prop::collection::vec(any::<i64>(), 16),
             prop::collection::vec(any::<u64>(), 8),
             prop::collection::vec(prop::num::f32::ANY, 0..6),
@@ -660,9 +665,16 @@ mod tests {
             },
             fanout_limited: opt(
                 f[4],
-                FanoutLimitedRecord {
+                BoundedBuyersRecord {
                     total: w.uints[2] as u32,
                     first: if f[5] { vec![s(7), s(8)] } else { Vec::new() },
+                },
+            ),
+            breaker_open: opt(
+                f[40],
+                BoundedBuyersRecord {
+                    total: w.uints[6] as u32,
+                    first: if f[41] { vec![s(8)] } else { Vec::new() },
                 },
             ),
             buyers: w
