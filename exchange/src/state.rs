@@ -211,10 +211,22 @@ impl std::fmt::Display for ReloadError {
 pub struct Problems<'a>(pub &'a [FieldProblem]);
 
 impl std::fmt::Display for Problems<'_> {
+    /// The first [`proto::error::FIELDS_LISTED_MAX`] problems, as the `400` lists them,
+    /// and how many more: a log line stays bounded (black-box round 133a: 75,167
+    /// problems made one line of 4 MB, which log shippers cut or drop).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} problem(s):", self.0.len())?;
-        for p in self.0 {
+        for p in self.0.iter().take(proto::error::FIELDS_LISTED_MAX) {
             write!(f, " {}: {};", p.field, p.problem)?;
+        }
+        if let Some(more) = self.0.len().checked_sub(proto::error::FIELDS_LISTED_MAX) {
+            if more > 0 {
+                write!(
+                    f,
+                    " ... and {more} more (the first {} listed)",
+                    proto::error::FIELDS_LISTED_MAX
+                )?;
+            }
         }
         Ok(())
     }
@@ -1261,6 +1273,31 @@ pub fn warn_of_shared_bounds(cfg: &crate::config::Config) {
 #[cfg(test)]
 mod tests {
     use super::field_problem;
+
+    /// A refusal's log line lists the first 100 problems and counts the rest, as the
+    /// `400` does (black-box round 133a: 75,167 problems made one 4 MB line).
+    #[test]
+    fn a_refusal_logs_the_first_problems_and_counts_the_rest() {
+        use proto::error::{FieldProblem, FIELDS_LISTED_MAX};
+        let many: Vec<FieldProblem> = (0..FIELDS_LISTED_MAX + 5)
+            .map(|i| FieldProblem::new(format!("buyers.b{i}.zip_prefixes"), "listed twice"))
+            .collect();
+        let text = super::Problems(&many).to_string();
+        assert!(
+            text.starts_with("105 problem(s): buyers.b0.zip_prefixes"),
+            "{text}"
+        );
+        assert!(text.contains("buyers.b99.zip_prefixes"), "{text}");
+        assert!(!text.contains("buyers.b100."), "{text}");
+        assert!(
+            text.ends_with("... and 5 more (the first 100 listed)"),
+            "{text}"
+        );
+        let few = &many[..3];
+        let text = super::Problems(few).to_string();
+        assert!(!text.contains("more"), "{text}");
+        assert_eq!(text.matches("listed twice").count(), 3, "{text}");
+    }
 
     fn split(message: &str) -> (String, String) {
         let p = field_problem(message);
