@@ -71,13 +71,31 @@ pub struct FieldProblem {
     pub problem: String,
 }
 
+/// The longest field path a problem keeps, in characters (then `…`).
+pub const FIELD_CHARS_MAX: usize = 256;
+/// The longest problem text a problem keeps, in characters (then `…`).
+pub const PROBLEM_CHARS_MAX: usize = 1_024;
+
 impl FieldProblem {
+    /// A problem, its path and text each cut to [`FIELD_CHARS_MAX`] and
+    /// [`PROBLEM_CHARS_MAX`] characters: a list of problems stays bounded in bytes as
+    /// well as in count (black-box round 134a: 100 keys of 20,000 characters made a
+    /// 2 MB answer and a 2 MB log line).
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> FieldProblem {
         FieldProblem {
-            field: field.into(),
-            problem: problem.into(),
+            field: cut(field.into(), FIELD_CHARS_MAX),
+            problem: cut(problem.into(), PROBLEM_CHARS_MAX),
         }
     }
+}
+
+/// `s`, or its first `max` characters and `…`.
+fn cut(mut s: String, max: usize) -> String {
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+        s.push('…');
+    }
+    s
 }
 
 /// Whether `c` is invisible or reorders text when printed: a control character, or a
@@ -227,6 +245,19 @@ impl std::error::Error for ApiError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_problem_is_bounded_in_characters() {
+        let long = "k".repeat(20_000);
+        let p = FieldProblem::new(format!("server.{long}"), format!("unknown key {long}"));
+        assert_eq!(p.field.chars().count(), FIELD_CHARS_MAX + 1);
+        assert!(p.field.starts_with("server.kkk") && p.field.ends_with('…'));
+        assert_eq!(p.problem.chars().count(), PROBLEM_CHARS_MAX + 1);
+        // Short ones, and a cut inside multi-byte characters, stay whole characters.
+        assert_eq!(FieldProblem::new("lead.zip", "required").field, "lead.zip");
+        let wide = FieldProblem::new("é".repeat(300), "x");
+        assert_eq!(wide.field, format!("{}…", "é".repeat(FIELD_CHARS_MAX)));
+    }
 
     #[test]
     fn body_shape() {

@@ -27,42 +27,67 @@ use super::*;
 pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() == Version::HTTP_2 {
         // RFC 9113 8.3.1: a `host` that names another entity than `:authority` makes the
-        // request malformed (black-box round 11: it was accepted).
+        // request malformed (black-box round 11: it was accepted). Either, when sent,
+        // must be a host and port by the HTTP/1.1 rule (black-box round 134a: `host: a b`
+        // without `:authority`, and `:authority: h:+80`, were served).
         let mut hosts = req.headers().get_all(http::header::HOST).iter();
         let (first, second) = (hosts.next(), hosts.next());
         if second.is_some() {
             return Some("a request has one host header, not several");
         }
-        let differs = match (first, req.uri().authority()) {
-            (Some(host), Some(authority)) => !host
-                .to_str()
-                .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str())),
-            _ => false,
+        let authority = req.uri().authority();
+        if authority.is_some_and(|a| !is_host_and_port(a.as_str().as_bytes())) {
+            return Some("the :authority of the request is not a host and port");
+        }
+        return match (first, authority) {
+            (Some(host), _) if !is_host_and_port(host.as_bytes()) => {
+                Some("the host header is not a host and port")
+            }
+            (Some(host), Some(authority))
+                if !host
+                    .to_str()
+                    .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str())) =>
+            {
+                Some("the host header differs from the :authority of the request")
+            }
+            _ => None,
         };
-        return differs.then_some("the host header differs from the :authority of the request");
     }
     if req.version() != Version::HTTP_11 {
         return None;
     }
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) => {
-            let valid = host.is_empty()
-                || http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|a| {
-                    // After the host: nothing, or `:` and a port that fits 16 bits.
-                    let port_ok = a.as_str().strip_prefix(a.host()).is_some_and(|rest| {
-                        rest.is_empty()
-                            || rest
-                                .strip_prefix(':')
-                                .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok())
-                    });
-                    !a.as_str().contains('@') && !a.host().is_empty() && port_ok
-                });
-            (!valid).then_some("the Host header is not a host and port")
-        }
+        (Some(host), None) => (!host.is_empty() && !is_host_and_port(host.as_bytes()))
+            .then_some("the Host header is not a host and port"),
         (None, _) => Some("an HTTP/1.1 request needs a Host header"),
         _ => Some("an HTTP/1.1 request has one Host header, not several"),
     }
+}
+
+/// Whether `value` is `host[:port]` (RFC 9110 7.2, RFC 3986 3.2): no user info, a host
+/// that is a name or an IPv4 address, or an IPv6 address in brackets, and a port, if any,
+/// of ASCII digits that fit 16 bits (empty allowed). Black-box round 134a: `h:+80` and
+/// `[zz]:80` passed (a sign parses as part of a number; brackets were not checked).
+fn is_host_and_port(value: &[u8]) -> bool {
+    let Ok(a) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    let (host, text) = (a.host(), a.as_str());
+    let host_ok = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty(),
+    };
+    // After the host: nothing, or `:` and a port.
+    let port_ok = text.strip_prefix(host).is_some_and(|rest| {
+        rest.is_empty()
+            || rest.strip_prefix(':').is_some_and(|p| {
+                p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+            })
+    });
+    !text.contains('@') && host_ok && port_ok
 }
 
 /// Why a message's headers do not describe a JSON body this project reads, if they do

@@ -435,7 +435,19 @@ fn an_http11_host_is_one_host_and_port() {
     ] {
         assert!(host_problem(&req(&[ok], v11)).is_none(), "{ok:?}");
     }
-    for bad in ["a b", "a/b", "a@b", "[::1", "a:99999", ":80"] {
+    // Round 134a: a signed port and a bracketed host that is no IPv6 address.
+    for bad in [
+        "a b",
+        "a/b",
+        "a@b",
+        "[::1",
+        "a:99999",
+        ":80",
+        "a:+80",
+        "127.0.0.1:+80",
+        "[zz]:80",
+        "[zz]",
+    ] {
         assert!(host_problem(&req(&[bad], v11)).is_some(), "{bad:?}");
     }
     assert!(host_problem(&req(&[], v11)).is_some());
@@ -463,4 +475,8 @@ fn an_http2_host_names_the_authority() {
     assert!(host_problem(&req(Some("127.0.0.1:8080"), &["evil.example"])).is_some());
     assert!(host_problem(&req(Some("a:1"), &["a:1", "a:1"])).is_some());
     assert!(host_problem(&req(None, &["a", "b"])).is_some());
+    // Round 134a: each must be a host and port, alone too.
+    assert!(host_problem(&req(None, &["a b"])).is_some());
+    assert!(host_problem(&req(Some("127.0.0.1:+80"), &[])).is_some());
+    assert!(host_problem(&req(Some("[::1]:8080"), &["[::1]:8080"])).is_none());
 }
