@@ -134,10 +134,16 @@ pub const UNSAFE_TEXT: &str = "must not contain control characters (other than t
 /// A name from the network as an error echoes it: its first 64 characters, each hidden
 /// one ([`is_hidden`]) as `?`.
 pub fn printable_name(name: &str) -> String {
-    name.chars()
+    let mut out: String = name
+        .chars()
         .take(64)
         .map(|c| if is_hidden(c) { '?' } else { c })
-        .collect()
+        .collect();
+    // A cut name says so, as a configuration's cut paths do (black-box round 135a).
+    if name.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The problem of a name the body should not have: one text wherever a body is read, so
@@ -345,6 +351,10 @@ mod tests {
             assert!(!is_hidden(c), "{:?}", c);
         }
         assert_eq!(printable_name("x\u{202E}evil\u{1b}[31m"), "x?evil?[31m");
-        assert_eq!(printable_name(&"n".repeat(100)).len(), 64);
+        assert_eq!(
+            printable_name(&"n".repeat(100)),
+            format!("{}…", "n".repeat(64))
+        );
+        assert_eq!(printable_name(&"n".repeat(64)), "n".repeat(64));
     }
 }

@@ -518,7 +518,7 @@ mod tests {
                         "must be at most 2048 characters".to_string()
                     ),
                     (
-                        format!("{map}.{}", "k".repeat(64)),
+                        format!("{map}.{}…", "k".repeat(64)),
                         "the name must be at most 64 characters".to_string()
                     ),
                 ],

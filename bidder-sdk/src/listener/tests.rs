@@ -454,6 +454,23 @@ fn an_http11_host_is_one_host_and_port() {
     assert!(host_problem(&req(&["a", "a"], v11)).is_some());
     for v in [http::Version::HTTP_10, http::Version::HTTP_2] {
         assert!(host_problem(&req(&[], v)).is_none());
+        // Round 135a: an absolute-form target's authority is checked too.
+        let absolute = |uri: &str| {
+            http::Request::builder()
+                .version(http::Version::HTTP_11)
+                .uri(uri)
+                .header(http::header::HOST, "h")
+                .body(())
+                .expect("a request")
+        };
+        assert!(host_problem(&absolute("http://h:+1/v1/ping")).is_some());
+        assert!(host_problem(&absolute("http://h:1/v1/ping")).is_none());
+        // Round 135a: a Host sent over HTTP/1.0 is checked as over HTTP/1.1.
+        if v == http::Version::HTTP_10 {
+            assert!(host_problem(&req(&["a", "b"], v)).is_some());
+            assert!(host_problem(&req(&["h:+80"], v)).is_some());
+            assert!(host_problem(&req(&["h:80"], v)).is_none());
+        }
     }
 }
 
@@ -475,6 +492,8 @@ fn an_http2_host_names_the_authority() {
     assert!(host_problem(&req(Some("127.0.0.1:8080"), &["evil.example"])).is_some());
     assert!(host_problem(&req(Some("a:1"), &["a:1", "a:1"])).is_some());
     assert!(host_problem(&req(None, &["a", "b"])).is_some());
+    // An empty host names nothing to differ from, as over HTTP/1.1 (round 135a).
+    assert!(host_problem(&req(Some("a:1"), &[""])).is_none());
     // Round 134a: each must be a host and port, alone too.
     assert!(host_problem(&req(None, &["a b"])).is_some());
     assert!(host_problem(&req(Some("127.0.0.1:+80"), &[])).is_some());
