@@ -917,8 +917,14 @@ fn main() -> anyhow::Result<()> {
         }
         // As the start warns (black-box round 74b: --check-config said nothing of it).
         if cfg.admin.token.is_none() {
+            // Set but empty (a secret manager that did not fill it) is said as such
+            // (black-box round 135b: "is not set").
+            let how = match std::env::var_os(&cfg.admin.token_env) {
+                Some(v) if v.is_empty() => "is set but empty",
+                _ => "is not set",
+            };
             pingpost::say_err!(
-                "warning: admin.token_env: {} is not set, so the admin listener will be off (no /metrics, no POST /admin/reload; SIGHUP still reloads)",
+                "warning: admin.token_env: {} {how}, so the admin listener will be off (no /metrics, no POST /admin/reload; SIGHUP still reloads)",
                 config::shown_env_name(&cfg.admin.token_env)
             );
         }

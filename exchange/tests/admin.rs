@@ -685,4 +685,20 @@ fn a_listen_override_onto_the_admin_port_is_a_configuration_error() {
             && err.contains("admin listener will be off"),
         "{err}"
     );
+    // Set but empty is said as such (black-box round 135b: "is not set").
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:19998", "--check-config"])
+        .envs(cfg.env_vars())
+        .env(common::ADMIN_TOKEN_ENV, "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: admin.token_env: PINGPOST_TEST_ADMIN_TOKEN is set but empty")
+            && err.contains("admin listener will be off"),
+        "{err}"
+    );
 }
