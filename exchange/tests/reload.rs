@@ -965,6 +965,12 @@ async fn concurrent_reloads_are_logged_in_the_order_they_were_applied() {
                         } else if t == 1 && i % 5 == 2 {
                             std::fs::write(&path, &good).unwrap();
                         }
+                        // Other tests of this binary (one process under `cargo test`)
+                        // create and drop dispatchers at the same time; tracing's global
+                        // level hint and callsite interest, rebuilt by them, can miss
+                        // this one for a moment, and an INFO line is then dropped (a CI
+                        // run lost every "reloaded" line). Rebuild them before each event.
+                        tracing::callsite::rebuild_interest_cache();
                         let _ = state.reload_by("test");
                     }
                 })
