@@ -836,6 +836,7 @@ impl AppState {
             Ok(generation) => {
                 tracing::info!(generation, "{by}: configuration reloaded");
                 warn_of_shared_bounds(&self.runtime.load().config);
+                crate::models::learning::show_series(self);
             }
             Err(ReloadError::Invalid(fields)) => tracing::warn!(
                 problems = fields.len(),

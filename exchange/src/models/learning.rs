@@ -81,11 +81,7 @@ pub fn spawn(state: &Arc<AppState>) {
     }
     // Every vertical that trains shows each outcome from the start, at 0, so a dashboard
     // finds the series before the first retraining (black-box round 130a).
-    for v in state.runtime.load().config.verticals.iter() {
-        if v.features.is_some() {
-            show_outcomes(state, &v.name);
-        }
-    }
+    show_series(state);
     let weak: Weak<AppState> = Arc::downgrade(state);
     let started = std::thread::Builder::new()
         .name("pingpost-learning".into())
@@ -95,13 +91,7 @@ pub fn spawn(state: &Arc<AppState>) {
             loop {
                 std::thread::sleep(TICK);
                 let Some(state) = weak.upgrade() else { return };
-                let rt = state.runtime.load_full();
-                // A vertical a reload added shows its series from 0 too, within a tick
-                // (black-box round 131a: none until its first retraining).
-                for v in rt.config.verticals.iter().filter(|v| v.features.is_some()) {
-                    show_outcomes(&state, &v.name);
-                }
-                let l = rt.config.learning.clone();
+                let l = state.runtime.load().config.learning.clone();
                 let now = state.clock.now_ms();
                 let due_time = l.retrain_every_s > 0
                     && now.saturating_sub(last_ms)
@@ -217,6 +207,19 @@ pub fn lower_priority() {
     }
 }
 
+/// Makes the `pingpost_retrainings_total` series of every vertical with features, while
+/// learning is on: at the start, and by each applied reload, so a vertical a reload adds
+/// shows them at once (black-box round 131a: none until its first retraining).
+pub fn show_series(state: &AppState) {
+    let rt = state.runtime.load();
+    if !rt.config.learning.retrains() {
+        return;
+    }
+    for v in rt.config.verticals.iter().filter(|v| v.features.is_some()) {
+        show_outcomes(state, &v.name);
+    }
+}
+
 /// Makes `vertical`'s series of `pingpost_retrainings_total`, each outcome at its count
 /// (0 when new).
 fn show_outcomes(state: &AppState, vertical: &str) {
@@ -241,7 +244,6 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         let now = state.clock.now_ms();
         let champion = state.runtime.load().models.get(vi).cloned().flatten();
         let champion_version = champion.as_ref().map(|c| c.version.clone());
-        show_outcomes(state, &v.name);
         let decided = |challenger: Option<String>, promoted, reason: String, outcome: Outcome| {
             state
                 .metrics
