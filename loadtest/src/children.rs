@@ -295,8 +295,19 @@ pub fn orphan_guard_main(loadtest: u32) {
         }
     }
     // Not told: `loadtest` died between starting the exchange and telling its pid (or
-    // the exchange did not start), and the exchange, if any, is found by its mark.
-    let Some((pid, started)) = told(&said).or_else(|| marked(std::process::id())) else {
+    // the exchange did not start), and the exchange, if any, is found by its mark. Right
+    // after its exec the kernel may not have laid out its environment yet
+    // (`/proc/PID/environ` reads empty for a moment), so the guard looks again for
+    // `ORPHAN_WAIT` (a loaded full run caught the one look missing it).
+    let found = told(&said).or_else(|| {
+        (0..=ORPHAN_WAIT.as_millis() / 20).find_map(|look| {
+            if look > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            marked(std::process::id())
+        })
+    });
+    let Some((pid, started)) = found else {
         return;
     };
     let polls = ORPHAN_WAIT.as_millis() / 20;
@@ -376,22 +387,24 @@ mod tests {
     fn the_guard_finds_the_exchange_by_its_mark() {
         // A guard pid no process can have (above the kernel's pid limit).
         let guard = 4_000_000_000 + std::process::id() % 1_000_000;
-        let mut child = std::process::Command::new("sleep")
-            .arg("300")
+        // A shell that says it runs once its own code runs, then waits (no other exec):
+        // by then the kernel has laid out its environment (`/proc/PID/environ` reads
+        // empty for a moment after an exec; a full run on a loaded machine caught that).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "echo ready; read line"])
             .env(GUARD_MARK, guard.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("sleep");
-        // Right after the exec the kernel may not have laid out the new environment yet
-        // (`/proc/PID/environ` reads empty until it has; a full run on a loaded machine
-        // caught that once): look again for a bounded time.
-        let mut found = marked(guard);
-        for _ in 0..250 {
-            if found.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            found = marked(guard);
-        }
+            .expect("sh");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("its stdout")),
+            &mut ready,
+        )
+        .expect("its line");
+        assert_eq!(ready, "ready\n");
+        let found = marked(guard);
         let other = marked(guard + 1);
         let started = stat_of(child.id()).map(|(_, _, s)| s);
         let _ = child.kill();
