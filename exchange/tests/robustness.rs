@@ -298,18 +298,7 @@ async fn a_buyer_that_keeps_timing_out_is_skipped_by_the_breaker_then_probed() {
     );
     let lines = last["buyers"].as_array().unwrap();
     assert!(lines.iter().all(|l| l["buyer"] != "hang"), "{last}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .args([
-            "ledger",
-            "replay",
-            last["auction_id"].as_str().unwrap(),
-            "--dir",
-        ])
-        .arg(&ex.ledger_path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = ex.replay(last["auction_id"].as_str().unwrap(), false);
     assert!(
         text.contains("skipped, their circuit breakers open (they had been failing): 1 eligible buyer(s), in configuration order from hang"),
         "{text}"

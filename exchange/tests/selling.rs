@@ -348,25 +348,7 @@ async fn a_bid_under_the_reserve_that_covers_the_quote_takes_the_post_on_fallbac
     assert_eq!(auction["winner"], "a", "{auction}");
     assert_eq!(auction["reserve_micros"].as_i64(), Some(8_000_000));
     // `ledger replay` says so, and that c is none.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .args([
-            "ledger",
-            "replay",
-            auction["auction_id"].as_str().unwrap(),
-            "--dir",
-        ])
-        .arg(&ex.ledger_path)
-        .arg("--config")
-        .arg(&ex.config_path)
-        .envs(TestConfig::new().env_vars())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = ex.replay(auction["auction_id"].as_str().unwrap(), true);
     let line = |buyer: &str| {
         text.lines()
             .find(|l| l.trim_start().starts_with(&format!("{buyer}: ")))

@@ -131,6 +131,26 @@ impl Exchange {
             .collect()
     }
 
+    /// `pingpost ledger replay AUCTION_ID` on this exchange's ledger (with its
+    /// configuration file when `with_config`): what it printed, once it exited 0.
+    pub fn replay(&self, auction_id: &str, with_config: bool) -> String {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"));
+        cmd.args(["ledger", "replay", auction_id, "--dir"])
+            .arg(&self.ledger_path)
+            .envs(TestConfig::new().env_vars());
+        if with_config {
+            cmd.arg("--config").arg(&self.config_path);
+        }
+        let out = cmd.output().expect("pingpost ledger replay");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     /// The index of a buyer in the configuration.
     pub fn buyer_idx(&self, id: &str) -> usize {
         self.buyer_ids
