@@ -160,11 +160,16 @@ async fn serve_from_args() -> anyhow::Result<()> {
         .with_context(|| format!("environment variable {} is not set", args.secret_env))?;
     let secret =
         Secret::new(&secret_text).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_env))?;
+    let options = ServeOptions::new(secret);
+    // Refused before it says it serves (black-box round 136b: a short secret printed the
+    // serving line, then the error).
+    options
+        .check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_env))?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    let options = ServeOptions::new(secret);
     // What it bids on, said at the start (black-box round 110c: a flat bidder started
     // without --states bid on TX leads only, and nothing said so).
     let bids = match args.kind.as_str() {

@@ -118,6 +118,12 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
+    /// The refusal `serve` and `spawn` would give these options, checked before anything
+    /// starts: a secret shorter than [`proto::signing::SECRET_BYTES_MIN`] key bytes.
+    pub fn check(&self) -> io::Result<()> {
+        check_options(self)
+    }
+
     /// Options with every default and this secret.
     pub fn new(secret: Secret) -> ServeOptions {
         ServeOptions {
@@ -1223,6 +1229,9 @@ mod tests {
             ("whsec_MDEyMzQ1Njc4OWFiY2RlZg==", false),
         ] {
             let options = ServeOptions::new(Secret::new(text).unwrap());
+            // The same answer before anything starts (round 136b: `serve_bidder` said
+            // it served, then exited).
+            assert_eq!(options.check().is_err(), refused, "{text}");
             match spawn(Arc::new(Faulty), options).await {
                 Err(e) => {
                     assert!(refused, "{text}: {e}");

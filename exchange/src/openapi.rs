@@ -186,6 +186,16 @@ pub fn build(config: &Config) -> Value {
                     "required": false,
                     "schema": {"type": "integer", "minimum": 0},
                 },
+                "WwwAuthenticate": {
+                    "description": "The scheme to authenticate with: always `Bearer`.",
+                    "required": true,
+                    "schema": {"type": "string", "const": "Bearer"},
+                },
+                "Allow": {
+                    "description": "The methods the route takes (`POST`, or `GET, HEAD`).",
+                    "required": true,
+                    "schema": {"type": "string"},
+                },
             },
             "responses": responses(),
             "schemas": schemas,
@@ -518,7 +528,19 @@ fn responses() -> Value {
         ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),
     ];
     for (name, d) in plain {
-        r.insert(name.into(), error_response(d));
+        let mut e = error_response(d);
+        // The headers these answers always carry (black-box round 137a: sent, not declared).
+        match name {
+            "Unauthorized" => {
+                e["headers"] =
+                    json!({"WWW-Authenticate": {"$ref": "#/components/headers/WwwAuthenticate"}});
+            }
+            "MethodNotAllowed" => {
+                e["headers"] = json!({"Allow": {"$ref": "#/components/headers/Allow"}});
+            }
+            _ => {}
+        }
+        r.insert(name.into(), e);
     }
     for (name, d) in [
         (

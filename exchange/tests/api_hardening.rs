@@ -410,6 +410,20 @@ async fn openapi_json_describes_this_exchange_and_nothing_secret() {
     let money = &doc["components"]["schemas"]["Money"];
     assert_eq!(money["x-decimal-places"], 6, "{money}");
     assert!(!doc.to_string().contains("\"multipleOf\":"), "{money}");
+    // The headers every 401 and 405 carries are declared (black-box round 137a).
+    let responses = &doc["components"]["responses"];
+    assert_eq!(
+        responses["Unauthorized"]["headers"]["WWW-Authenticate"]["$ref"],
+        "#/components/headers/WwwAuthenticate"
+    );
+    assert_eq!(
+        responses["MethodNotAllowed"]["headers"]["Allow"]["$ref"],
+        "#/components/headers/Allow"
+    );
+    assert_eq!(
+        doc["components"]["headers"]["WwwAuthenticate"]["schema"]["const"],
+        "Bearer"
+    );
     // Every route it shares with the published contract (docs/openapi.yaml) lists the
     // same statuses (black-box round 15: the ping and the direct post listed a 404 they
     // cannot answer; the yaml lacked the admin routes' 415).

@@ -470,6 +470,19 @@ fn cases() -> Vec<Case> {
             401,
             "unauthorized",
         ),
+        // Black-box round 136b: a key can be hashed in any characters, but a header
+        // carries visible ASCII only; the 401 says so.
+        raw_row(
+            "ping: a key in other characters than visible ASCII (added)",
+            "POST /v1/ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_\u{fc}n\u{ef}code_key\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                .as_bytes()
+                .to_vec(),
+            401,
+            "unauthorized",
+        )
+        .check(Check::MessageMentions("visible ASCII"))
+        .check(Check::Header("www-authenticate", "Bearer")),
         row(
             "post: no key",
             Req::post("/v1/post")

@@ -1108,3 +1108,62 @@ async fn resets_and_quick_requests_beside_bodies_that_never_come_are_not_their_p
     assert!(ex.state.conn_gate.stalled() >= 2);
     ex.shutdown().await.unwrap();
 }
+
+/// Black-box round 137a: over HTTP/2 an error answer to `HEAD` (`404`, `405`, `401`)
+/// carried its JSON body, which clients refuse (RFC 9110 9.3.2: a `HEAD` answer has
+/// none; HTTP/1.1 left it out already). Every `HEAD` answer is now its status and
+/// headers only, on both listeners, the `431` given before any service included.
+#[tokio::test]
+async fn http2_head_answers_carry_no_body_on_either_listener() {
+    let (ex, _dir) = start(5_000, "headers_max = 20").await;
+    let admin = ex.admin_addr.expect("the admin listener runs");
+    let cases: [(SocketAddr, &str, usize, StatusCode); 8] = [
+        (ex.addr, "/v1/ping", 0, StatusCode::METHOD_NOT_ALLOWED),
+        (ex.addr, "/v1/nowhere", 0, StatusCode::NOT_FOUND),
+        (ex.addr, "/healthz", 0, StatusCode::OK),
+        (
+            ex.addr,
+            "/healthz",
+            30,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (admin, "/admin/reload", 0, StatusCode::UNAUTHORIZED),
+        (admin, "/metrics", 0, StatusCode::UNAUTHORIZED),
+        (admin, "/nowhere", 0, StatusCode::UNAUTHORIZED),
+        (admin, "/readyz", 0, StatusCode::OK),
+    ];
+    for (addr, path, extra_headers, status) in cases {
+        let what = format!("HEAD {path} on {addr} with {extra_headers} more headers");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut req = Request::head(format!("http://{addr}{path}"));
+        for i in 0..extra_headers {
+            req = req.header(format!("x-h{i}"), "v");
+        }
+        let resp = send
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), status, "{what}");
+        // The length its GET would have, and no bytes: a DATA frame on a HEAD's stream
+        // is a protocol error to the client, and its body ends in an error.
+        let length = resp.headers().get("content-length").cloned();
+        let body = resp.into_body().collect().await;
+        let body = body.unwrap_or_else(|e| panic!("{what}: the body failed: {e}"));
+        assert!(body.to_bytes().is_empty(), "{what}");
+        if status != StatusCode::OK {
+            let n: usize = length
+                .unwrap_or_else(|| panic!("{what}: no content-length"))
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(n > 20, "{what}: the error's length: {n}");
+        }
+    }
+    ex.shutdown().await.unwrap();
+}

@@ -85,7 +85,9 @@ use self::{
 };
 
 pub use gate::{eviction_grace, ConnectionGate};
-pub use service::{host_problem, json_headers_problem, Tracked, UNSENT_MAX, UNSENT_STALL};
+pub use service::{
+    head_only, host_problem, json_headers_problem, Tracked, UNSENT_MAX, UNSENT_STALL,
+};
 pub use tls::*;
 
 /// Default connections served at once.

@@ -120,23 +120,11 @@ fn method_not_allowed(
     resp
 }
 
-/// The answer to a `HEAD`: the `GET`'s status and headers, its length in
-/// `Content-Length`, and no body (HTTP/2 sends whatever body it is given; a HEAD answer
-/// has none).
-fn head_only(mut resp: Response<Body>) -> Response<Body> {
-    use hyper::body::Body as _;
-    if let Some(n) = resp.body().size_hint().exact() {
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    *resp.body_mut() = Full::new(Bytes::new());
-    resp
-}
-
-/// `resp`, or for a `HEAD` its [`head_only`] form.
+/// `resp`, or for a `HEAD` its [`bidder_sdk::listener::head_only`] form: the `GET`'s
+/// status and headers, its length in `Content-Length`, and no body.
 fn answer_to(method: &Method, resp: Response<Body>) -> Response<Body> {
     if method == Method::HEAD {
-        head_only(resp)
+        bidder_sdk::listener::head_only(resp)
     } else {
         resp
     }

@@ -224,6 +224,17 @@ pub(super) fn bearer_digest(req: &Request<Incoming>, who: &str) -> Result<[u8; 3
     let key = bearer_token(headers).ok_or_else(|| {
         let message = match headers.get_all(header::AUTHORIZATION).iter().count() {
             0 => format!("missing Authorization: Bearer <{who} key>"),
+            // A key travels in a header: visible ASCII only (black-box round 136b: a
+            // non-ASCII key's digest could be configured, and its 401 did not say why).
+            1 if headers
+                .get(header::AUTHORIZATION)
+                .is_some_and(|v| v.to_str().is_err()) =>
+            {
+                format!(
+                    "Authorization must be Bearer <{who} key>, in visible ASCII characters \
+                     (a key is never sent in other characters)"
+                )
+            }
             1 => format!("Authorization must be Bearer <{who} key>"),
             n => format!("send one Authorization header, not {n}"),
         };
