@@ -440,7 +440,7 @@ pub(super) fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(V
     } else {
         ApiError::new(
             ErrorCode::InvalidRequest,
-            "the request head could not be read as HTTP/1.1 (its request line or a header field is malformed, or its Content-Length is invalid or repeated)",
+            "the request head could not be read as HTTP/1.1 (its request line or a header field is malformed, or its Content-Length is invalid, or repeated with another value)",
         )
     };
     let body = error.to_json();
