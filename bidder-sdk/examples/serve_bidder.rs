@@ -156,8 +156,18 @@ async fn serve_from_args() -> anyhow::Result<()> {
         println!("{USAGE}");
         return Ok(());
     };
-    let secret_text = std::env::var(&args.secret_env)
-        .with_context(|| format!("environment variable {} is not set", args.secret_env))?;
+    // Never the value in a message: not even one that is not UTF-8 (black-box round 138a:
+    // std's error quoted its bytes).
+    let secret_text = match std::env::var(&args.secret_env) {
+        Ok(text) => text,
+        Err(std::env::VarError::NotPresent) => {
+            bail!("environment variable {} is not set", args.secret_env)
+        }
+        Err(std::env::VarError::NotUnicode(_)) => bail!(
+            "environment variable {} is set but is not UTF-8 text (a binary key goes as whsec_ and its base64)",
+            args.secret_env
+        ),
+    };
     let secret =
         Secret::new(&secret_text).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_env))?;
     let options = ServeOptions::new(secret);

@@ -721,11 +721,16 @@ fn probe(id: &str, summary: &str, schema: Value, unavailable: Unavailable) -> Va
         "get": {
             "operationId": id,
             "summary": summary,
+            "description": HEAD_TOO,
             "security": [],
             "responses": responses,
         },
     })
 }
+
+/// What a probe's description says of `HEAD` (black-box round 138a: answered, and named
+/// in `Allow`, but in neither document).
+const HEAD_TOO: &str = "`HEAD` is answered too: the `GET`'s status and headers (its `Content-Length` included) and no body.";
 
 fn paths() -> Value {
     let health = json!({"$ref": "#/components/schemas/Health"});

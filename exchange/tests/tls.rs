@@ -332,6 +332,15 @@ async fn a_cleartext_request_on_the_tls_port_is_told_to_use_https() {
         let message = json["error"]["message"].as_str().unwrap();
         assert!(message.contains("https://"), "{message}");
     }
+    // To a HEAD: the same answer's status and headers, its length, no body (round 138a).
+    let answer = raw(
+        ex.addr.port(),
+        b"HEAD /v1/ping HTTP/1.1\r\nhost: localhost\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body: {answer:?}");
+    assert!(answer.contains("\r\ncontent-length: 1"), "{answer:?}");
     // Not a request line: a failed handshake as before (a TLS alert, never HTTP).
     for bytes in [
         &b"\x16\x03\x01\x00\x05hello"[..],

@@ -244,6 +244,7 @@ impl Conn {
             replacing: None,
             frames: Default::default(),
             frames_in: Default::default(),
+            head_request: false,
         });
         let only;
         let builder: &auto::Builder<TokioExecutor> = match alpn {
@@ -458,8 +459,9 @@ impl Conn {
 }
 
 /// The answer to an HTTP/1 request sent in cleartext to a TLS port: `400
-/// invalid_request` in the contract's JSON, sent in cleartext, connection closed.
-pub(super) fn cleartext_answer() -> Vec<u8> {
+/// invalid_request` in the contract's JSON, sent in cleartext, connection closed; to a
+/// `HEAD`, without the JSON (its length kept: black-box round 138a).
+pub(super) fn cleartext_answer(head_request: bool) -> Vec<u8> {
     let body = ApiError::new(
         ErrorCode::InvalidRequest,
         "this port speaks HTTPS only (TLS), and the request was sent in cleartext: send it to an https:// URL",
@@ -470,7 +472,9 @@ pub(super) fn cleartext_answer() -> Vec<u8> {
         b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: application/json\r\n",
     );
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-    out.extend_from_slice(&body);
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
     out
 }
 
@@ -495,6 +499,7 @@ async fn answer_cleartext(
         }
         head.extend_from_slice(&buf[..n.min(max - head.len())]);
     }
-    stream.write_all(&cleartext_answer()).await?;
+    let answer = cleartext_answer(super::counted::is_head_request(&head));
+    stream.write_all(&answer).await?;
     stream.shutdown().await
 }

@@ -86,6 +86,9 @@ pub(super) struct Counted<I> {
     pub(super) frames: FrameScan,
     /// The HTTP/2 frames read so far, for the bytes of request bodies among them.
     pub(super) frames_in: InScan,
+    /// Whether the head being read began with `HEAD ` (HTTP/1.x): hyper's bare answer to
+    /// it goes out with the JSON's length and without the JSON (RFC 9110 9.3.2).
+    pub(super) head_request: bool,
 }
 
 /// Reads the frames an HTTP/2 connection writes, to count the answers that went out to
@@ -389,7 +392,14 @@ pub(super) const BARE_HEAD_MAX: usize = 256;
 /// is a head over `header_bytes_max`, which counts the request line). An answer of the
 /// service always has a `content-type`, so it is never taken for one of these; the
 /// status and the other fields (`connection: close`, `date`) are kept.
-pub(super) fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(Vec<u8>, bool)> {
+///
+/// To a `HEAD` request (`head_request`), the answer has the same status and headers, the
+/// JSON's length in `content-length`, and no body (black-box round 138a).
+pub(super) fn bare_answer_replacement(
+    head: &[u8],
+    limits: &Limits,
+    head_request: bool,
+) -> Option<(Vec<u8>, bool)> {
     if head.len() > BARE_HEAD_MAX
         || head.len() < 13
         || !(head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.0 4"))
@@ -464,7 +474,9 @@ pub(super) fn bare_answer_replacement(head: &[u8], limits: &Limits) -> Option<(V
     }
     out.extend_from_slice(b"content-type: application/json\r\n");
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-    out.extend_from_slice(&body);
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
     Some((out, too_large))
 }
 
@@ -478,7 +490,9 @@ impl<I: AsyncWrite + Unpin> Counted<I> {
         {
             return;
         }
-        if let Some((bytes, too_large)) = bare_answer_replacement(buf, &self.limits) {
+        if let Some((bytes, too_large)) =
+            bare_answer_replacement(buf, &self.limits, self.head_request)
+        {
             if too_large {
                 if let Some(hook) = &self.on_refused {
                     hook();
@@ -521,9 +535,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
+        let before_len = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let read = buf.filled().len().saturating_sub(before);
+        let read = buf.filled().len().saturating_sub(before_len);
         if read > 0 {
             let a = &this.activity;
             // Body bytes arriving while HTTP/2 bodies are pending are their progress
@@ -539,7 +553,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             let now_us = if pending > 0 { a.now_us() } else { 0 };
             let body = this
                 .frames_in
-                .body_bytes_at(&buf.filled()[before..], now_us);
+                .body_bytes_at(&buf.filled()[before_len..], now_us);
             if body > 0 && pending > 0 {
                 let enough = pending <= BODIES_PENDING_MAX
                     || this.frames_in.streams_heard(now_us) as u64 + u64::from(BODIES_PENDING_MAX)
@@ -554,6 +568,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             // lie a long, legitimate idle time back).
             if before == a.bytes_at_finish.load(Ordering::Relaxed) {
                 a.head_starts();
+                this.head_request = is_head_request(&buf.filled()[before_len..]);
             }
         }
         polled
@@ -616,6 +631,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// Whether the first bytes of an HTTP/1.x head ask `HEAD` (empty lines before a request
+/// line are allowed, RFC 9112 2.2). A method split across two reads is not seen.
+pub(super) fn is_head_request(first: &[u8]) -> bool {
+    let start = first.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+    start.is_some_and(|i| first[i..].starts_with(b"HEAD "))
 }
 
 /// Accept errors that concern one peer only (it gave up before we accepted).
