@@ -656,6 +656,18 @@ fn ledger_dir_of(file: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(path.unwrap_or_else(|| PathBuf::from(config::defaults::LEDGER_PATH)))
 }
 
+/// Why a running demo refuses a reload whose sample leads could not be used.
+fn demo_reload_refusal(problem: &str) -> String {
+    format!("this exchange runs --demo, which needs what its sample leads use: {problem}")
+}
+
+/// What the configuration file at `path` lacks for the demo's sample leads, read from its
+/// text alone (for a file with errors, which does not load).
+fn demo_file_problem(path: Option<&std::path::Path>) -> Option<String> {
+    let bytes = bidder_sdk::listener::read_file_bounded(path?, 64 * 1024 * 1024).ok()?;
+    pingpost::demo::file_sample_leads_problem(&String::from_utf8(bytes).ok()?)
+}
+
 fn main() -> anyhow::Result<()> {
     // Nothing this process makes (ledger, models, `CHAMPION`, reports) is writable by the
     // group or by others, whatever the umask it was given (black-box rounds 123a and
@@ -818,13 +830,7 @@ fn main() -> anyhow::Result<()> {
             // A file the demo could not use once fixed says so too, before its operator
             // sets secrets for it (black-box round 110c).
             if demo {
-                let problem = args
-                    .config
-                    .as_deref()
-                    .and_then(|p| bidder_sdk::listener::read_file_bounded(p, 64 * 1024 * 1024).ok())
-                    .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .and_then(|text| pingpost::demo::file_sample_leads_problem(&text));
-                if let Some(problem) = problem {
+                if let Some(problem) = demo_file_problem(args.config.as_deref()) {
                     pingpost::say_err!(
                         "pingpost --demo: also, {problem}: the demo cannot run on this file \
                          even with the errors above fixed. Run the demo on a configuration \
@@ -983,13 +989,19 @@ fn main() -> anyhow::Result<()> {
     // does (black-box round 75b: a reload without the demo seller was applied, and every
     // sample lead after it was refused `401`).
     if demo {
+        let path = args.config.clone();
         server.state.set_config_source(Box::new(move || {
-            let cfg = source()?;
+            // A file with other errors too gets its problem for the demo named beside them,
+            // as at the start (black-box round 138b: named only once the others were fixed).
+            let cfg = source().map_err(|mut errors| {
+                if let Some(problem) = demo_file_problem(path.as_deref()) {
+                    errors.0.push(demo_reload_refusal(&problem));
+                }
+                errors
+            })?;
             match pingpost::demo::sample_leads_problem(&cfg) {
                 None => Ok(cfg),
-                Some(problem) => Err(config::ConfigErrors(vec![format!(
-                    "this exchange runs --demo, which needs what its sample leads use: {problem}"
-                )])),
+                Some(problem) => Err(config::ConfigErrors(vec![demo_reload_refusal(&problem)])),
             }
         }));
     } else {
