@@ -404,10 +404,9 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
 /// Deliveries with a `post_sent` record and no outcome, for finance (see docs/LEDGER.md,
 /// Recovery): their count, then each one (the first 1,000).
 fn print_unknown_outcomes(dir: &std::path::Path, upto: u64) {
-    let Ok(text) = pingpost::ledger::segments::read_all(dir) else {
+    let Ok(scan) = pingpost::recovery::Scan::of_dir(dir, Some(upto)) else {
         return;
     };
-    let scan = pingpost::recovery::Scan::of_text(pingpost::ledger::segments::upto_seq(&text, upto));
     // Test leads count in no cap and are never billed: nothing to settle (black-box
     // round 31: they were listed as counted and to settle). They are counted apart.
     let real = |s: &&pingpost::recovery::Sent| !s.test;

@@ -595,24 +595,6 @@ pub fn check_anchors(dir: &Path, anchors: &[Anchor]) -> io::Result<Vec<(bool, St
     Ok(out)
 }
 
-/// Every record of the ledger in `dir`, as text: the segments' lines in order. For tests
-/// and tools that read the ledger as one stream of JSON lines (`jq` works on each
-/// segment the same way). A missing directory reads as empty.
-/// The records of `text` (whole lines, in order) up to and including the one with
-/// sequence number `upto`: what a reader that first checked the chain up to `upto` may
-/// read of a ledger the running exchange keeps appending to (`ledger verify` reads it
-/// several times). Lines without a readable `seq` are kept.
-pub fn upto_seq(text: &str, upto: u64) -> &str {
-    let mut end = 0;
-    for line in text.split_inclusive('\n') {
-        if line_seq(line).is_some_and(|s| s > upto) {
-            break;
-        }
-        end += line.len();
-    }
-    &text[..end]
-}
-
 /// The sequence number a framed line carries (`…,"seq":N,"sum":"…"}`), if readable.
 pub fn line_seq(line: &str) -> Option<u64> {
     let seq = std::str::from_utf8(SEQ_FIELD).ok()?;
@@ -622,6 +604,46 @@ pub fn line_seq(line: &str) -> Option<u64> {
     digits[..len].parse().ok()
 }
 
+/// Calls `f` with each line of the ledger's segments in order, as [`read_all`]'s text
+/// would give them (`str::lines`: without `\n` or `\r\n`; a line that is not UTF-8 as
+/// [`NOT_UTF8_LINE`]), one at a time: memory follows the longest line, not the ledger
+/// (black-box round 139b: `ledger verify` held the whole ledger, twice over while it
+/// grew; the start did too). A segment's last line without `\n` ends there. `f` returns
+/// `false` to stop.
+pub fn for_each_line(dir: &Path, mut f: impl FnMut(&str) -> bool) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    for (_, path) in list(dir)? {
+        let file = File::open(&path).map_err(|e| crate::ledger::ctx("reading", &path, e))?;
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| crate::ledger::ctx("reading", &path, e))?;
+            if n == 0 {
+                break;
+            }
+            let mut line = buf.as_slice();
+            if let Some(l) = line.strip_suffix(b"\n") {
+                line = l.strip_suffix(b"\r").unwrap_or(l);
+            }
+            let go_on = match std::str::from_utf8(line) {
+                Ok(line) => f(line),
+                Err(_) => f(NOT_UTF8_LINE),
+            };
+            if !go_on {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The whole ledger's text, its segments one after the other (tests and small ledgers:
+/// the start and the tools read it line by line, [`for_each_line`]).
 pub fn read_all(dir: &Path) -> io::Result<String> {
     if !dir.exists() {
         return Ok(String::new());

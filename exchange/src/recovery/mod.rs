@@ -126,9 +126,7 @@ fn check_fingerprint_key(state: &AppState, scan: &Scan) -> std::io::Result<()> {
 /// Reads the ledger in `state`'s directory and replays it ([`apply`]), logging what was
 /// rebuilt and every delivery whose outcome is unknown.
 pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
-    let text = crate::ledger::segments::read_all(state.ledger.dir())?;
-    let scan = Scan::of_text(&text);
-    drop(text);
+    let scan = Scan::of_dir(state.ledger.dir(), None)?;
     check_fingerprint_key(state, &scan)?;
     for (line, why) in scan.unreadable.iter().take(10) {
         tracing::warn!(

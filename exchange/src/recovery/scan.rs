@@ -121,7 +121,8 @@ pub struct Scan {
     /// `(lead_id, attempt)` of every late accept (a buyer that accepted after its
     /// timeout has the lead).
     pub(super) late: HashSet<(String, u64)>,
-    /// `quote_opened` records by ping id (the last one of each).
+    /// `quote_opened` records by ping id (the last one of each): whole while the quote is
+    /// open, and only [`CLOSED_QUOTE_FIELDS`] once it ended.
     pub(super) opened: HashMap<String, Value>,
     /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
     /// released or expired hold).
@@ -165,6 +166,28 @@ pub enum BuyerEvent {
     /// Rejected (or timed out, failed, answered invalidly) at.
     Rejected(UnixMs),
     Returned,
+}
+
+/// What a start reads of an ended quote's `quote_opened` (its seller and time, for the
+/// answer a repeated post gets; its price, currency and expiry, for a keyed ping's
+/// answer): the lead and the rest are dropped as it ends, so a scan holds whole records
+/// for the open quotes only (black-box round 139b: `ledger verify` held every quote's
+/// lead).
+pub(super) const CLOSED_QUOTE_FIELDS: [&str; 7] = [
+    "type",
+    "ping_id",
+    "seller",
+    "at",
+    "price_micros",
+    "currency",
+    "expires_at_ms",
+];
+
+/// `v` (an ended quote's `quote_opened`) with only [`CLOSED_QUOTE_FIELDS`].
+fn keep_closed_fields(v: &mut Value) {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|k, _| CLOSED_QUOTE_FIELDS.contains(&k.as_str()));
+    }
 }
 
 pub(super) fn text(v: &Value, k: &str) -> String {
@@ -229,277 +252,311 @@ impl Scan {
     pub fn of_text(ledger: &str) -> Scan {
         let mut scan = Scan::default();
         for (i, line) in ledger.lines().enumerate() {
-            if line == crate::ledger::segments::NOT_UTF8_LINE {
-                scan.unreadable
-                    .push((i + 1, "bytes that are not UTF-8".into()));
-                continue;
+            scan.read_line(i, line);
+        }
+        scan.finish()
+    }
+
+    /// Reads the ledger in `dir` line by line ([`crate::ledger::segments::for_each_line`]),
+    /// up to the record numbered `upto` when given (`ledger verify`: the records it
+    /// checked); [`Scan::of_text`] of the same lines.
+    pub fn of_dir(dir: &std::path::Path, upto: Option<u64>) -> std::io::Result<Scan> {
+        let mut scan = Scan::default();
+        let mut i = 0;
+        crate::ledger::segments::for_each_line(dir, |line| {
+            if upto.is_some_and(|upto| {
+                crate::ledger::segments::line_seq(line).is_some_and(|s| s > upto)
+            }) {
+                return false;
             }
-            let v = match serde_json::from_str::<Value>(line) {
-                Ok(v) if v.is_object() => match crate::ledger::segments::repeated_name_in(line, &v)
-                {
-                    None => v,
-                    Some(name) => {
-                        scan.unreadable.push((
-                            i + 1,
-                            format!("the name \"{name}\" appears more than once in one object"),
-                        ));
-                        continue;
-                    }
-                },
-                Ok(_) => {
-                    scan.unreadable.push((i + 1, "not a JSON object".into()));
-                    continue;
+            scan.read_line(i, line);
+            i += 1;
+            true
+        })?;
+        Ok(scan.finish())
+    }
+
+    /// The ledger's last run is the one this start follows.
+    fn finish(mut self) -> Scan {
+        self.end_run_cut_short();
+        self.hold_sales_to_their_deliveries();
+        self
+    }
+
+    /// Reads line `i` (0-based, counted across the segments in order).
+    fn read_line(&mut self, i: usize, line: &str) {
+        if line == crate::ledger::segments::NOT_UTF8_LINE {
+            self.unreadable
+                .push((i + 1, "bytes that are not UTF-8".into()));
+            return;
+        }
+        let v = match serde_json::from_str::<Value>(line) {
+            Ok(v) if v.is_object() => match crate::ledger::segments::repeated_name_in(line, &v) {
+                None => v,
+                Some(name) => {
+                    self.unreadable.push((
+                        i + 1,
+                        format!("the name \"{name}\" appears more than once in one object"),
+                    ));
+                    return;
                 }
-                Err(e) => {
-                    scan.unreadable.push((i + 1, e.to_string()));
-                    continue;
-                }
-            };
-            let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
-            if !crate::finance::KNOWN_TYPES.contains(&kind)
-                && !crate::finance::PRE_SEND_TYPES.contains(&kind)
-                && (scan.unknown_types.len() < 16 || scan.unknown_types.contains_key(kind))
-            {
-                *scan.unknown_types.entry(kind.to_string()).or_default() += 1;
+            },
+            Ok(_) => {
+                self.unreadable.push((i + 1, "not a JSON object".into()));
+                return;
             }
-            // A format version that is not a whole number is no record the exchange
-            // wrote (round 57a: `"v":"5"` was read; the finance tools refuse it).
-            match v.get("v").map(Value::as_u64) {
-                None => {}
-                Some(Some(n)) => {
-                    scan.newer += u64::from(n > u64::from(crate::core::record::RECORD_VERSION));
-                }
-                Some(None) => {
-                    scan.unreadable
-                        .push((i + 1, "its format version `v` is not a whole number".into()));
-                    continue;
-                }
+            Err(e) => {
+                self.unreadable.push((i + 1, e.to_string()));
+                return;
             }
-            // A money field malformed or missing (the exchange writes neither: damage or
-            // an edit whose chain was recomputed) is not read as 0: the record is skipped
-            // as an unreadable line is (black-box round 55a: a sale without `bid_micros`
-            // counted 0 against its buyer's budget). Its delivery, if any, then counts as
-            // outcome unknown, at its `post_sent`'s price.
-            let mut bad = crate::finance::record_money_problems(kind, &v);
-            // A sale or delivery whose buyer or lead is not a string would be counted
-            // for nobody (round 57a: `"buyer": 7` freed the buyer's budget): unreadable.
-            if matches!(kind, "sale" | "post_sent") {
-                for f in ["buyer", "lead_id"] {
-                    if !v.get(f).is_some_and(Value::is_string) {
-                        bad.push(format!("{f} is not a string"));
-                    }
-                }
+        };
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+        if !crate::finance::KNOWN_TYPES.contains(&kind)
+            && !crate::finance::PRE_SEND_TYPES.contains(&kind)
+            && (self.unknown_types.len() < 16 || self.unknown_types.contains_key(kind))
+        {
+            *self.unknown_types.entry(kind.to_string()).or_default() += 1;
+        }
+        // A format version that is not a whole number is no record the exchange
+        // wrote (round 57a: `"v":"5"` was read; the finance tools refuse it).
+        match v.get("v").map(Value::as_u64) {
+            None => {}
+            Some(Some(n)) => {
+                self.newer += u64::from(n > u64::from(crate::core::record::RECORD_VERSION));
             }
-            if !bad.is_empty() {
-                let kind = if kind.is_empty() { "untyped" } else { kind };
-                scan.unreadable.push((
-                    i + 1,
-                    format!(
-                        "{kind} record: {}: not as the exchange writes it",
-                        bad.join(", ")
-                    ),
-                ));
-                continue;
-            }
-            scan.records += 1;
-            let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
-            // Runs: a shutdown's `flush` comes after every late post answer was heard
-            // out; a start's `flush` (`start`) begins a run, ending the one before.
-            if kind == "flush" {
-                if v.get("start").and_then(Value::as_bool) == Some(true) {
-                    scan.key_id = v.get("key_id").and_then(Value::as_str).map(String::from);
-                    if let Some(id) = &scan.key_id {
-                        if !scan.key_ids.contains(id) {
-                            scan.key_ids.push(id.clone());
-                        }
-                    }
-                    scan.end_run_cut_short();
-                } else {
-                    scan.hearing.clear();
-                }
-                continue;
-            }
-            let test = v.get("test").and_then(Value::as_bool).unwrap_or(false);
-            if kind == "post_sent" && test {
-                scan.test_leads.insert(text(&v, "lead_id"));
-            }
-            // Exactly what the live rates count (`Effect::Post`'s `teaches`): real leads'
-            // sales, rejections and failed deliveries, and real leads' returns.
-            let event = match (kind, v.get("outcome").and_then(Value::as_str)) {
-                ("sale", _) if !test => Some(BuyerEvent::Accepted(at_of(&v))),
-                ("post_attempt", Some(o @ ("rejected" | "timeout" | "error" | "invalid")))
-                    if !scan.test_leads.contains(&text(&v, "lead_id"))
-                        // A timeout the post deadline cut short taught nothing live
-                        // (only a timeout's reason is the exchange's own, never a buyer's).
-                        && (o != "timeout"
-                            || v.get("reason").and_then(Value::as_str)
-                                != Some(crate::core::post::TIMEOUT_CUT_BY_DEADLINE)) =>
-                {
-                    Some(BuyerEvent::Rejected(at_of(&v)))
-                }
-                ("disposition", Some("returned")) if !test => Some(BuyerEvent::Returned),
-                _ => None,
-            };
-            if let Some(e) = event {
-                scan.buyer_events.push((text(&v, "buyer"), e));
-            }
-            if matches!(
-                kind,
-                "sale" | "unsold" | "post_sent" | "quote_released" | "quote_expired"
-            ) {
-                if let Some(p) = v.get("ping_id").and_then(Value::as_str) {
-                    scan.closed_pings.insert(p.to_string());
-                }
-            }
-            if kind == "quote_expired" {
-                scan.expired_pings.insert(text(&v, "ping_id"), at_of(&v));
-            }
-            if kind == "quote_released" {
-                let reason = text(&v, "reason");
-                if reason == release_reason::MISMATCH
-                    || reason == release_reason::VERTICAL_REMOVED
-                    || reason == release_reason::DUPLICATE
-                    || reason == release_reason::SUPPRESSED
-                {
-                    let changed = v
-                        .get("changed_fields")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(String::from)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    scan.refused_posts
-                        .insert(text(&v, "ping_id"), (reason, at_of(&v), changed));
-                }
-            }
-            match kind {
-                "quote_opened" => {
-                    scan.opened.insert(text(&v, "ping_id"), v);
-                    continue;
-                }
-                "auction" => {
-                    if let Some(key) = idempotency_of(&v) {
-                        scan.keyed_pings.push(KeyedPing {
-                            at: at_of(&v),
-                            ping_id: text(&v, "ping_id"),
-                            seller: text(&v, "seller"),
-                            key,
-                            won: v.get("winner").is_some_and(|w| !w.is_null()),
-                            no_bid: v.get("no_bid").and_then(Value::as_str).map(String::from),
-                            score: v
-                                .get("score")
-                                .and_then(Value::as_u64)
-                                .and_then(|s| u8::try_from(s).ok()),
-                            direct: v.get("direct").and_then(Value::as_bool) == Some(true),
-                        });
-                    }
-                }
-                "post_sent" => {
-                    scan.sent.push(Sent {
-                        at: at_of(&v),
-                        lead_id: text(&v, "lead_id"),
-                        auction_id: text(&v, "auction_id"),
-                        ping_id: text(&v, "ping_id"),
-                        seller: text(&v, "seller"),
-                        buyer: text(&v, "buyer"),
-                        attempt,
-                        price_micros: v.get("price_micros").and_then(Value::as_i64).unwrap_or(0),
-                        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
-                        windows: windows_of(&v),
-                        tz: v.get("tz").and_then(Value::as_str).map(String::from),
-                        idempotency: idempotency_of(&v),
-                        dedup: dedup_of(&v),
-                    });
-                }
-                "post_attempt" => {
-                    match v.get("outcome").and_then(Value::as_str) {
-                        Some(LATE_ACCEPT) => {
-                            scan.hearing.remove(&(text(&v, "lead_id"), attempt));
-                            scan.late.insert((text(&v, "lead_id"), attempt));
-                        }
-                        Some(LATE_NO_ACCEPT) => {
-                            scan.hearing.remove(&(text(&v, "lead_id"), attempt));
-                        }
-                        Some("timeout") => {
-                            scan.hearing.insert((text(&v, "lead_id"), attempt));
-                        }
-                        _ => {}
-                    }
-                    scan.outcomes.insert((text(&v, "lead_id"), attempt));
-                }
-                "sale" => {
-                    let lead_id = text(&v, "lead_id");
-                    scan.sold.push((lead_id.clone(), sold_lead_of(&v)));
-                    scan.outcomes.insert((lead_id.clone(), attempt));
-                    scan.sales.push(Sale {
-                        at: at_of(&v),
-                        lead_id,
-                        ping_id: text(&v, "ping_id"),
-                        buyer: text(&v, "buyer"),
-                        buyer_name: v
-                            .get("buyer_name")
-                            .and_then(Value::as_str)
-                            .map(String::from),
-                        attempt,
-                        bid_micros: v.get("bid_micros").and_then(Value::as_i64).unwrap_or(0),
-                        seller_price_micros: v
-                            .get("seller_price_micros")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(0),
-                        currency: text(&v, "currency"),
-                        test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
-                        windows: windows_of(&v),
-                        tz: v.get("tz").and_then(Value::as_str).map(String::from),
-                        dedup: dedup_of(&v),
-                        seller: text(&v, "seller"),
-                    });
-                }
-                "disposition" => {
-                    scan.dispositions
-                        .push((text(&v, "lead_id"), text(&v, "outcome")));
-                    if let Some(key) = idempotency_of(&v) {
-                        scan.keyed_dispositions.push(KeyedDisposition {
-                            at: at_of(&v),
-                            lead_id: text(&v, "lead_id"),
-                            buyer: text(&v, "buyer"),
-                            outcome: text(&v, "outcome"),
-                            test,
-                            key,
-                        });
-                    }
-                }
-                "refund" => {
-                    let micros = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
-                    scan.refund_lines.insert(
-                        text(&v, "lead_id"),
-                        (
-                            text(&v, "currency"),
-                            micros("buyer_refund_micros"),
-                            micros("seller_clawback_micros"),
-                        ),
-                    );
-                    scan.refunds.push(text(&v, "lead_id"));
-                }
-                "unsold" => {
-                    scan.unsold.insert(
-                        text(&v, "lead_id"),
-                        (
-                            text(&v, "reason"),
-                            text(&v, "ping_id"),
-                            v.get("attempts").and_then(Value::as_u64).unwrap_or(1),
-                        ),
-                    );
-                }
-                _ => {}
+            Some(None) => {
+                self.unreadable
+                    .push((i + 1, "its format version `v` is not a whole number".into()));
+                return;
             }
         }
-        // The ledger's last run is the one this start follows.
-        scan.end_run_cut_short();
-        scan.hold_sales_to_their_deliveries();
-        scan
+        // A money field malformed or missing (the exchange writes neither: damage or
+        // an edit whose chain was recomputed) is not read as 0: the record is skipped
+        // as an unreadable line is (black-box round 55a: a sale without `bid_micros`
+        // counted 0 against its buyer's budget). Its delivery, if any, then counts as
+        // outcome unknown, at its `post_sent`'s price.
+        let mut bad = crate::finance::record_money_problems(kind, &v);
+        // A sale or delivery whose buyer or lead is not a string would be counted
+        // for nobody (round 57a: `"buyer": 7` freed the buyer's budget): unreadable.
+        if matches!(kind, "sale" | "post_sent") {
+            for f in ["buyer", "lead_id"] {
+                if !v.get(f).is_some_and(Value::is_string) {
+                    bad.push(format!("{f} is not a string"));
+                }
+            }
+        }
+        if !bad.is_empty() {
+            let kind = if kind.is_empty() { "untyped" } else { kind };
+            self.unreadable.push((
+                i + 1,
+                format!(
+                    "{kind} record: {}: not as the exchange writes it",
+                    bad.join(", ")
+                ),
+            ));
+            return;
+        }
+        self.records += 1;
+        let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+        // Runs: a shutdown's `flush` comes after every late post answer was heard
+        // out; a start's `flush` (`start`) begins a run, ending the one before.
+        if kind == "flush" {
+            if v.get("start").and_then(Value::as_bool) == Some(true) {
+                self.key_id = v.get("key_id").and_then(Value::as_str).map(String::from);
+                if let Some(id) = &self.key_id {
+                    if !self.key_ids.contains(id) {
+                        self.key_ids.push(id.clone());
+                    }
+                }
+                self.end_run_cut_short();
+            } else {
+                self.hearing.clear();
+            }
+            return;
+        }
+        let test = v.get("test").and_then(Value::as_bool).unwrap_or(false);
+        if kind == "post_sent" && test {
+            self.test_leads.insert(text(&v, "lead_id"));
+        }
+        // Exactly what the live rates count (`Effect::Post`'s `teaches`): real leads'
+        // sales, rejections and failed deliveries, and real leads' returns.
+        let event = match (kind, v.get("outcome").and_then(Value::as_str)) {
+            ("sale", _) if !test => Some(BuyerEvent::Accepted(at_of(&v))),
+            ("post_attempt", Some(o @ ("rejected" | "timeout" | "error" | "invalid")))
+                if !self.test_leads.contains(&text(&v, "lead_id"))
+                    // A timeout the post deadline cut short taught nothing live
+                    // (only a timeout's reason is the exchange's own, never a buyer's).
+                    && (o != "timeout"
+                        || v.get("reason").and_then(Value::as_str)
+                            != Some(crate::core::post::TIMEOUT_CUT_BY_DEADLINE)) =>
+            {
+                Some(BuyerEvent::Rejected(at_of(&v)))
+            }
+            ("disposition", Some("returned")) if !test => Some(BuyerEvent::Returned),
+            _ => None,
+        };
+        if let Some(e) = event {
+            self.buyer_events.push((text(&v, "buyer"), e));
+        }
+        if matches!(
+            kind,
+            "sale" | "unsold" | "post_sent" | "quote_released" | "quote_expired"
+        ) {
+            if let Some(p) = v.get("ping_id").and_then(Value::as_str) {
+                self.closed_pings.insert(p.to_string());
+                if let Some(opened) = self.opened.get_mut(p) {
+                    keep_closed_fields(opened);
+                }
+            }
+        }
+        if kind == "quote_expired" {
+            self.expired_pings.insert(text(&v, "ping_id"), at_of(&v));
+        }
+        if kind == "quote_released" {
+            let reason = text(&v, "reason");
+            if reason == release_reason::MISMATCH
+                || reason == release_reason::VERTICAL_REMOVED
+                || reason == release_reason::DUPLICATE
+                || reason == release_reason::SUPPRESSED
+            {
+                let changed = v
+                    .get("changed_fields")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.refused_posts
+                    .insert(text(&v, "ping_id"), (reason, at_of(&v), changed));
+            }
+        }
+        match kind {
+            "quote_opened" => {
+                let ping_id = text(&v, "ping_id");
+                let mut v = v;
+                if self.closed_pings.contains(&ping_id) {
+                    keep_closed_fields(&mut v);
+                }
+                self.opened.insert(ping_id, v);
+            }
+            "auction" => {
+                if let Some(key) = idempotency_of(&v) {
+                    self.keyed_pings.push(KeyedPing {
+                        at: at_of(&v),
+                        ping_id: text(&v, "ping_id"),
+                        seller: text(&v, "seller"),
+                        key,
+                        won: v.get("winner").is_some_and(|w| !w.is_null()),
+                        no_bid: v.get("no_bid").and_then(Value::as_str).map(String::from),
+                        score: v
+                            .get("score")
+                            .and_then(Value::as_u64)
+                            .and_then(|s| u8::try_from(s).ok()),
+                        direct: v.get("direct").and_then(Value::as_bool) == Some(true),
+                    });
+                }
+            }
+            "post_sent" => {
+                self.sent.push(Sent {
+                    at: at_of(&v),
+                    lead_id: text(&v, "lead_id"),
+                    auction_id: text(&v, "auction_id"),
+                    ping_id: text(&v, "ping_id"),
+                    seller: text(&v, "seller"),
+                    buyer: text(&v, "buyer"),
+                    attempt,
+                    price_micros: v.get("price_micros").and_then(Value::as_i64).unwrap_or(0),
+                    test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+                    windows: windows_of(&v),
+                    tz: v.get("tz").and_then(Value::as_str).map(String::from),
+                    idempotency: idempotency_of(&v),
+                    dedup: dedup_of(&v),
+                });
+            }
+            "post_attempt" => {
+                match v.get("outcome").and_then(Value::as_str) {
+                    Some(LATE_ACCEPT) => {
+                        self.hearing.remove(&(text(&v, "lead_id"), attempt));
+                        self.late.insert((text(&v, "lead_id"), attempt));
+                    }
+                    Some(LATE_NO_ACCEPT) => {
+                        self.hearing.remove(&(text(&v, "lead_id"), attempt));
+                    }
+                    Some("timeout") => {
+                        self.hearing.insert((text(&v, "lead_id"), attempt));
+                    }
+                    _ => {}
+                }
+                self.outcomes.insert((text(&v, "lead_id"), attempt));
+            }
+            "sale" => {
+                let lead_id = text(&v, "lead_id");
+                self.sold.push((lead_id.clone(), sold_lead_of(&v)));
+                self.outcomes.insert((lead_id.clone(), attempt));
+                self.sales.push(Sale {
+                    at: at_of(&v),
+                    lead_id,
+                    ping_id: text(&v, "ping_id"),
+                    buyer: text(&v, "buyer"),
+                    buyer_name: v
+                        .get("buyer_name")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    attempt,
+                    bid_micros: v.get("bid_micros").and_then(Value::as_i64).unwrap_or(0),
+                    seller_price_micros: v
+                        .get("seller_price_micros")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                    currency: text(&v, "currency"),
+                    test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
+                    windows: windows_of(&v),
+                    tz: v.get("tz").and_then(Value::as_str).map(String::from),
+                    dedup: dedup_of(&v),
+                    seller: text(&v, "seller"),
+                });
+            }
+            "disposition" => {
+                self.dispositions
+                    .push((text(&v, "lead_id"), text(&v, "outcome")));
+                if let Some(key) = idempotency_of(&v) {
+                    self.keyed_dispositions.push(KeyedDisposition {
+                        at: at_of(&v),
+                        lead_id: text(&v, "lead_id"),
+                        buyer: text(&v, "buyer"),
+                        outcome: text(&v, "outcome"),
+                        test,
+                        key,
+                    });
+                }
+            }
+            "refund" => {
+                let micros = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+                self.refund_lines.insert(
+                    text(&v, "lead_id"),
+                    (
+                        text(&v, "currency"),
+                        micros("buyer_refund_micros"),
+                        micros("seller_clawback_micros"),
+                    ),
+                );
+                self.refunds.push(text(&v, "lead_id"));
+            }
+            "unsold" => {
+                self.unsold.insert(
+                    text(&v, "lead_id"),
+                    (
+                        text(&v, "reason"),
+                        text(&v, "ping_id"),
+                        v.get("attempts").and_then(Value::as_u64).unwrap_or(1),
+                    ),
+                );
+            }
+            _ => {}
+        }
     }
 
     /// A sale says what its delivery's `post_sent` says: the exchange writes both from

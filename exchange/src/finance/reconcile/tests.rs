@@ -187,13 +187,16 @@ fn every_reading_stops_at_the_record_the_chain_check_saw_last() {
     let all = reconcile(dir.path(), None).unwrap();
     assert!(all.mismatches.is_empty(), "{:?}", all.mismatches);
     assert_eq!(all.totals["USD"].0, 2);
-    // The text reading stops there too.
-    let text = segments::read_all(dir.path()).unwrap();
-    let upto = segments::upto_seq(&text, 2);
-    assert_eq!(upto.lines().count(), 2);
-    assert_eq!(upto.lines().last().and_then(segments::line_seq), Some(2));
-    assert_eq!(segments::upto_seq(&text, 9), text);
-    assert_eq!(segments::upto_seq(&text, 0), "");
+    // The scan of deliveries stops there too.
+    let records = |upto| {
+        crate::recovery::Scan::of_dir(dir.path(), upto)
+            .unwrap()
+            .records
+    };
+    assert_eq!(records(Some(2)), 2);
+    assert_eq!(records(Some(9)), 4);
+    assert_eq!(records(None), 4);
+    assert_eq!(records(Some(0)), 0);
 }
 
 /// Black-box round 50: a sale's `bid_micros` (and its margin) changed and the chain
