@@ -53,12 +53,52 @@ fn a_line_that_is_not_utf8_is_skipped_by_its_number() {
     )
     .unwrap();
     let text = crate::ledger::segments::read_all(dir.path()).unwrap();
+    // Read whole or line by line (as the start and `ledger verify` read it): the same.
+    for scan in [
+        Scan::of_text(&text),
+        Scan::of_dir(dir.path(), None).unwrap(),
+    ] {
+        assert_eq!(scan.records, 3);
+        assert_eq!(
+            scan.unreadable,
+            [(3, "bytes that are not UTF-8".to_string())]
+        );
+    }
+}
+
+/// Black-box round 139b: a scan kept every quote's whole `quote_opened`, its lead too,
+/// and `ledger verify` held them all. An ended quote keeps only what its answers need,
+/// whichever record comes first; an open one is whole (the start restores it).
+#[test]
+fn an_ended_quote_keeps_only_what_its_answers_need() {
+    let opened = |ping: &str| {
+        format!(
+            r#"{{"type":"quote_opened","v":5,"at":"2026-12-05T10:00:00.000Z","ping_id":"{ping}","auction_id":"au_{ping}","seller":"s","buyer":"b","vertical":"v","currency":"USD","price_micros":8000000,"expires_at_ms":1796479260000,"lead":{{"state":"TX","zip":"76001"}}}}"#
+        )
+    };
+    let expired = |ping: &str| {
+        format!(
+            r#"{{"type":"quote_expired","v":5,"at":"2026-12-05T10:01:00.000Z","ping_id":"{ping}","buyer":"b","price_micros":8000000}}"#
+        )
+    };
+    let text = [
+        opened("pg_open"),
+        opened("pg_ended"),
+        expired("pg_ended"),
+        expired("pg_first"),
+        opened("pg_first"),
+    ]
+    .join("\n");
     let scan = Scan::of_text(&text);
-    assert_eq!(scan.records, 3);
-    assert_eq!(
-        scan.unreadable,
-        [(3, "bytes that are not UTF-8".to_string())]
-    );
+    assert!(scan.unreadable.is_empty(), "{:?}", scan.unreadable);
+    assert!(scan.opened["pg_open"].get("lead").is_some());
+    for ping in ["pg_ended", "pg_first"] {
+        let v = &scan.opened[ping];
+        assert!(v.get("lead").is_none() && v.get("buyer").is_none(), "{v}");
+        for k in ["seller", "at", "price_micros", "currency", "expires_at_ms"] {
+            assert!(v.get(k).is_some(), "{ping}: {k} in {v}");
+        }
+    }
 }
 
 /// Black-box round 93b: a record with a name twice (`"bid_micros"` inserted before the
