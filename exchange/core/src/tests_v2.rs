@@ -1713,6 +1713,19 @@ fn an_unreachable_buyer_leaves_no_post_sent_and_the_post_falls_back() {
             && r.reason.as_deref() == Some(crate::post::NOT_CONNECTED)),
         "{effects:?}"
     );
+    // It teaches the rates: the lead was not taken, and the endpoint is the buyer's
+    // (AI.md; black-box round 140b asked which was meant).
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Post {
+                buyer: 0,
+                teaches: true,
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
     assert_eq!(f.held(), [0, 1, 0, 0], "the winner's hold went back");
     // The fallback is reached: its `post_sent` is queued, durable, once (a second call
     // adds nothing), before its outcome.
