@@ -1260,3 +1260,27 @@ async fn white_space_around_a_bearer_key_is_not_the_key_over_http2_too() {
     }
     ex.shutdown().await.unwrap();
 }
+
+/// Round 140a: the `HEAD` rule for a head hyper refuses holds on a keep-alive connection
+/// after an earlier request was answered (not for one pipelined behind it: API.md).
+#[tokio::test]
+async fn a_refused_head_request_after_an_answered_one_gets_no_body() {
+    let (ex, _dir) = start(5_000, "").await;
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    let first = format!(
+        "POST /v1/ping HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 3\r\n\r\n{{x}}",
+        common::SELLER_KEY
+    );
+    s.write_all(first.as_bytes()).await.unwrap();
+    let (answer, closed) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!closed, "kept alive: {answer}");
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body: {answer}");
+    ex.shutdown().await.unwrap();
+}
