@@ -126,7 +126,7 @@ fn wide_case() -> Case {
 fn work(c: &Case, secret: &Secret, n: usize) -> (usize, usize) {
     let mut buf = c.body.to_vec();
     let req = proto::seller::parse_ping(&mut buf, c.mode, |v| {
-        c.cfg.vertical(v).map(|(_, v)| &v.schema)
+        c.cfg.vertical(v).map(|(_, v)| &*v.schema)
     })
     .unwrap_or_else(|e| panic!("{e:?}"));
     let schema = &c.cfg.verticals[0].schema;
@@ -195,7 +195,7 @@ fn stages(c: &Case) {
     let validate = median_us(50_000, || {
         let mut buf = c.body.to_vec();
         let r = proto::seller::parse_ping(&mut buf, c.mode, |v| {
-            c.cfg.vertical(v).map(|(_, v)| &v.schema)
+            c.cfg.vertical(v).map(|(_, v)| &*v.schema)
         });
         black_box(r.is_ok());
     });

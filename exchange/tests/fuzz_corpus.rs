@@ -121,7 +121,7 @@ proptest! {
         let r = if post {
             PostEnvelope::parse(&mut buf).map(|_| ())
         } else {
-            parse_ping(&mut buf, LeadMode::Ping, |v| cfg.vertical(v).map(|(_, x)| &x.schema)).map(|_| ())
+            parse_ping(&mut buf, LeadMode::Ping, |v| cfg.vertical(v).map(|(_, x)| &*x.schema)).map(|_| ())
         };
         match r {
             Ok(()) => prop_assert!(!too_deep),

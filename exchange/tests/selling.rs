@@ -663,6 +663,74 @@ async fn a_post_with_changed_ping_fields_is_a_mismatch_and_delivers_nothing() {
     assert!(ex.ledger_of("sale").is_empty());
 }
 
+/// Black-box round 141a: a reload that made `age` no ping field let an open quote's post
+/// change it (sold with 43 on a ping of 42), or leave it out. A post repeats the ping
+/// fields of the schema its quote was made under, matched by name; a field that became a
+/// ping field after the ping was not part of it.
+#[tokio::test]
+async fn a_post_repeats_the_ping_fields_its_quote_was_made_under_across_a_reload() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new().buyer(ab).start().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let q = ex.client.ping("TX").await;
+        assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+        ids.push(q.ping_id);
+    }
+    // `age` no ping field any more, and the fields reordered; `years_insured` a new ping
+    // field.
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    let age = "age = { type = \"integer\", min = 18, max = 100, ping = true }\n";
+    assert!(text.contains(age), "{text}");
+    let edited = text
+        .replacen(age, "", 1)
+        .replacen(
+            "[verticals.auto_insurance.fields]\n",
+            "[verticals.auto_insurance.fields]\nage = { type = \"integer\", min = 18, max = 100 }\n",
+            1,
+        )
+        .replacen(
+            "[verticals.auto_insurance.fields]\n",
+            "[verticals.auto_insurance.fields]\nyears_insured = { type = \"integer\", ping = true }\n",
+            1,
+        );
+    assert_ne!(edited, text);
+    std::fs::write(&ex.config_path, &edited).unwrap();
+    let r = ex.reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let post = |id: &str, edit: &dyn Fn(&mut Value)| {
+        let mut body = post_body(id, "TX");
+        edit(&mut body);
+        let client = &ex.client;
+        async move { client.post_json("/v1/post", &body).await }
+    };
+    let changed = post(&ids[0], &|b| b["lead"]["age"] = json!(43))
+        .await
+        .post_answer();
+    assert_eq!(changed.status, PostStatus::Mismatch, "{changed:?}");
+    assert_eq!(changed.changed_fields, ["age"]);
+    let left_out = post(&ids[1], &|b| {
+        b["lead"].as_object_mut().unwrap().remove("age");
+    })
+    .await
+    .post_answer();
+    assert_eq!(left_out.status, PostStatus::Mismatch, "{left_out:?}");
+    assert_eq!(left_out.changed_fields, ["age"]);
+    // Another zip is still a change, found by name in the reordered schema.
+    let zip = post(&ids[2], &|b| b["lead"]["zip"] = json!("76181"))
+        .await
+        .post_answer();
+    assert_eq!(zip.status, PostStatus::Mismatch, "{zip:?}");
+    assert_eq!(zip.changed_fields, ["zip"]);
+    // The same ping fields: sold, `years_insured` (a ping field only since) not compared.
+    let same = post(&ids[3], &|b| b["lead"]["years_insured"] = json!(7))
+        .await
+        .post_answer();
+    assert_eq!(same.status, PostStatus::Sold, "{same:?}");
+    assert_eq!(a.posts(), 1, "only the honest post was delivered");
+}
+
 #[tokio::test]
 async fn repeated_posts_and_idempotency_keys_never_sell_twice() {
     let a = ScriptedBidder::bidding(10.0);

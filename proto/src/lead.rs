@@ -82,18 +82,33 @@ impl Lead {
         }
     }
 
-    /// Names of the ping fields whose values differ between this (the ping's lead) and
-    /// `post` (present in one and absent in the other counts as a change).
-    pub fn ping_field_changes<'a>(&self, post: &Lead, schema: &'a VerticalSchema) -> Vec<&'a str> {
-        schema
+    /// Names of the ping fields whose values differ between this (the ping's lead, under
+    /// `ping_schema`) and `post` (under `post_schema`): the ping fields of the schema the
+    /// ping was made under, matched by name when a reload changed the schema since (a
+    /// field present in one and absent in the other counts as a change; a field that
+    /// became a ping field after the ping was not part of it).
+    pub fn ping_field_changes<'a>(
+        &self,
+        ping_schema: &'a VerticalSchema,
+        post: &Lead,
+        post_schema: &VerticalSchema,
+    ) -> Vec<&'a str> {
+        ping_schema
             .fields
             .iter()
             .enumerate()
             .filter(|(_, f)| f.ping && !f.pii)
-            .filter(|(i, _)| {
-                let a = self.fields.iter().find(|(j, _)| j == i).map(|(_, v)| v);
-                let b = post.fields.iter().find(|(j, _)| j == i).map(|(_, v)| v);
-                a != b
+            .filter(|&(i, f)| {
+                let a = self.fields.iter().find(|(j, _)| *j == i).map(|(_, v)| v);
+                // The same schema (no reload since the ping): the same index. Otherwise
+                // the field of that name in the post's schema, if it still has one.
+                let at = if std::ptr::eq(ping_schema, post_schema) {
+                    Some(i)
+                } else {
+                    post_schema.field_index(&f.name)
+                };
+                let b = at.and_then(|at| post.fields.iter().find(|(j, _)| *j == at));
+                a != b.map(|(_, v)| v)
             })
             .map(|(_, f)| f.name.as_str())
             .collect()

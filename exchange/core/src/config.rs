@@ -376,7 +376,9 @@ pub struct Vertical {
     /// A bid above this is refused as a no-bid (`bid_above_max`): a guard against a buyer
     /// answering in cents or with a typo. `None`: no ceiling.
     pub bid_max: Option<Micros>,
-    pub schema: VerticalSchema,
+    /// Shared: an open quote keeps the schema it was made under, so a post after a
+    /// reload compares the ping fields by name as they were then.
+    pub schema: Arc<VerticalSchema>,
     /// `[verticals.NAME.features]`: what the models see (`None`: no model can serve).
     pub features: Option<crate::model::features::FeatureSpec>,
     /// `[verticals.NAME.routing]`: what the award ranks by.

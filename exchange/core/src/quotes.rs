@@ -42,7 +42,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use proto::seller::{PostAnswer, PostStatus};
-use proto::{Lead, Micros, PackedLead};
+use proto::{Lead, Micros, PackedLead, VerticalSchema};
 
 use super::award::Ranked;
 use super::caps::Reservation;
@@ -91,6 +91,11 @@ pub struct Quote {
     pub vertical_name: String,
     /// The ping-time lead, to detect changed ping fields at post (`mismatch`).
     pub lead: Lead,
+    /// The vertical's schema when the quote was made: `lead`'s field indices are its, and
+    /// its ping fields are the ones a post must repeat, whatever a reload changed since
+    /// (black-box round 141a: a reload that made `age` no ping field let a post change
+    /// it).
+    pub schema: Arc<VerticalSchema>,
     /// The seller's `test` flag from the ping, carried into the post to buyers.
     pub test: bool,
     /// The seller price quoted (what the seller is paid on a sale).
@@ -188,6 +193,7 @@ struct KeptQuote {
     vertical_name: Arc<str>,
     currency: Arc<str>,
     lead: PackedLead,
+    schema: Arc<VerticalSchema>,
     ranked: Box<[Ranked]>,
     reservation: Option<Reservation>,
     vertical: VerticalIdx,
@@ -207,6 +213,7 @@ impl KeptQuote {
             vertical_name: strings.share(&q.vertical_name),
             currency: strings.share(&q.currency),
             lead: q.lead.pack(),
+            schema: q.schema,
             ranked: q.ranked.into_boxed_slice(),
             reservation: q.reservation,
             vertical: q.vertical,
@@ -229,6 +236,7 @@ impl KeptQuote {
             vertical: self.vertical,
             vertical_name: self.vertical_name.to_string(),
             lead: self.lead.unpack(),
+            schema: self.schema,
             test: self.test,
             price: self.price,
             currency: self.currency.to_string(),
@@ -682,6 +690,7 @@ mod tests {
             vertical: 0,
             vertical_name: "auto".into(),
             lead: lead(r#"{"state":"TX","zip":"76180"}"#),
+            schema: Arc::new(crate::testutil::schema()),
             test: false,
             price: Micros(12_500_000),
             currency: "USD".into(),

@@ -1409,6 +1409,7 @@ fn a_seller_past_its_open_quote_limit_is_refused_and_counts_come_back() {
         vertical: 0,
         vertical_name: "auto".into(),
         lead: lead(TX),
+        schema: std::sync::Arc::new(crate::testutil::schema()),
         test: false,
         price: m(10),
         currency: "USD".into(),

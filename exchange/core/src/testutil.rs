@@ -117,7 +117,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         auction_deadline_ms: defaults::AUCTION_DEADLINE_MS,
         floor: Micros(1_000_000),
         bid_max: None,
-        schema: schema(),
+        schema: std::sync::Arc::new(schema()),
         features: None,
         routing: Default::default(),
         consent_required: Vec::new(),

@@ -21,6 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::alloc::System;
+use std::sync::Arc;
 
 use pingpost_core::award::{Bid, Ranked};
 use pingpost_core::config::{BuyerKey, SellerKey};
@@ -128,7 +129,7 @@ fn ranked(n: u32) -> Vec<Ranked> {
     v
 }
 
-fn quote(schema: &VerticalSchema, i: usize) -> Quote {
+fn quote(schema: &Arc<VerticalSchema>, i: usize) -> Quote {
     Quote {
         ping_id: id("pg_", i),
         auction_id: id("au_", i),
@@ -136,6 +137,8 @@ fn quote(schema: &VerticalSchema, i: usize) -> Quote {
         vertical: 0,
         vertical_name: "auto_insurance".into(),
         lead: lead(schema, i),
+        // Every quote of a vertical shares its schema, as in the exchange.
+        schema: Arc::clone(schema),
         test: false,
         price: Micros(16_000_000),
         currency: "USD".into(),
@@ -173,7 +176,7 @@ fn allocations() -> usize {
 }
 
 /// Quotes `round * N ..` put in and left to expire.
-fn expire_round(schema: &VerticalSchema, book: &QuoteBook, round: usize) {
+fn expire_round(schema: &Arc<VerticalSchema>, book: &QuoteBook, round: usize) {
     for i in round * N..(round + 1) * N {
         book.insert(quote(schema, i)).unwrap();
     }
@@ -182,7 +185,7 @@ fn expire_round(schema: &VerticalSchema, book: &QuoteBook, round: usize) {
 
 /// Quotes `round * N ..` put in, posted and sold; returns the allocations the `finish`
 /// calls made (remembering the answers).
-fn sell_round(schema: &VerticalSchema, book: &QuoteBook, round: usize) -> usize {
+fn sell_round(schema: &Arc<VerticalSchema>, book: &QuoteBook, round: usize) -> usize {
     let mut made = 0;
     for i in round * N..(round + 1) * N {
         let ping_id = id("pg_", i);
@@ -205,7 +208,7 @@ fn sell_round(schema: &VerticalSchema, book: &QuoteBook, round: usize) -> usize 
 /// remembering it, bytes per entry a book that is full adds for the next rounds)`.
 /// A book that remembers N of them against one that remembers none, after the same
 /// traffic (so the map's and the expiry heap's own tables cancel out).
-fn finished(schema: &VerticalSchema, sell: bool) -> ((f64, f64), f64, f64) {
+fn finished(schema: &Arc<VerticalSchema>, sell: bool) -> ((f64, f64), f64, f64) {
     let run = |done_max: usize| {
         let base = live();
         let book = QuoteBook::new(N * 2, 86_400_000).with_done_max(done_max);
@@ -281,7 +284,7 @@ fn bytes_per_open_quote_and_per_finished_ping() {
         assert!(r2 - r1 > reserved.0 * 9 / 10, "prefault: +{} B", r2 - r1);
     }
 
-    let schema = schema();
+    let schema = Arc::new(schema());
     let base = live();
     let book = QuoteBook::new(N * 2, 86_400_000).with_done_max(N * 2);
     let made = live();

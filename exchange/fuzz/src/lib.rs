@@ -68,7 +68,7 @@ pub fn seller_request(data: &[u8]) {
     let too_deep = check_depth(data, SELLER_BODY_DEPTH_MAX).is_err();
     for mode in [LeadMode::Ping, LeadMode::Full] {
         let mut buf = data.to_vec();
-        match parse_ping(&mut buf, mode, |v| cfg.vertical(v).map(|(_, x)| &x.schema)) {
+        match parse_ping(&mut buf, mode, |v| cfg.vertical(v).map(|(_, x)| &*x.schema)) {
             Ok(req) => {
                 assert!(!too_deep, "a too-deep body parsed");
                 let Some((_, vertical)) = cfg.vertical(&req.vertical) else {

@@ -377,6 +377,8 @@ pub(super) fn restore_quote(
         vertical,
         vertical_name,
         lead,
+        // Read by the serving schema's names: its ping fields are the quote's now.
+        schema: std::sync::Arc::clone(&vert.schema),
         test: v.get("test").and_then(Value::as_bool).unwrap_or(false),
         price: Micros(v.get("price_micros")?.as_i64()?),
         currency: text(v, "currency"),

@@ -493,7 +493,7 @@ fn parse_seller_lead(
     mode: LeadMode,
 ) -> Result<(proto::seller::PingRequest, usize), ApiError> {
     let cfg = &rt.config;
-    let req = parse_ping(buf, mode, |v| cfg.vertical(v).map(|(_, x)| &x.schema))?;
+    let req = parse_ping(buf, mode, |v| cfg.vertical(v).map(|(_, x)| &*x.schema))?;
     let vertical = check_vertical(rt, seller, &req.vertical)?;
     Ok((req, vertical))
 }
@@ -664,6 +664,7 @@ async fn ping(
                 vertical_name: v.name.clone(),
                 // The request is done with: the quote takes its lead without a copy.
                 lead: req.lead,
+                schema: std::sync::Arc::clone(&v.schema),
                 test: req.test,
                 price,
                 currency: v.currency.clone(),
@@ -998,7 +999,7 @@ async fn post(
     // or a finished one, gets the envelope's problems only, as an unknown one does).
     let env = PostEnvelope::parse_listing_lead(buf, |ping_id| {
         let name = state.quotes.open_vertical(ping_id, seller_key)?;
-        cfg.vertical(&name).map(|(_, v)| &v.schema)
+        cfg.vertical(&name).map(|(_, v)| &*v.schema)
     })?;
     ledger_gate(state)?;
     let now = state.clock.now_ms();
@@ -1063,7 +1064,7 @@ async fn post(
         state.quotes.abandon(&env.ping_id, quote);
         return Err(e);
     }
-    let changed = quote.lead.ping_field_changes(&lead, schema);
+    let changed = quote.lead.ping_field_changes(&quote.schema, &lead, schema);
     let answer = if !changed.is_empty() {
         let refusal = refuse_before_delivery(BeforeDelivery::Mismatch, quote.reservation.clone());
         let now = state.clock.now_ms();

@@ -128,7 +128,7 @@ pub(super) fn read_vertical(
         auction_deadline_ms,
         floor,
         bid_max,
-        schema: VerticalSchema { fields },
+        schema: std::sync::Arc::new(VerticalSchema { fields }),
         features,
         routing,
         consent_required,
