@@ -355,6 +355,10 @@ fn field_schema(kind: &FieldKind, nullable: bool) -> Value {
                 // (JSON Schema has one `pattern` per schema).
                 s["pattern"] = json!(re.as_str());
                 s["allOf"] = json!([{"pattern": SAFE_TEXT_PATTERN}]);
+                // The operator's pattern is Rust `regex` syntax, which JSON Schema's
+                // ECMA-262 reads differently in places (`\d` and `\w` are Unicode-wide,
+                // `(?i)` is no ECMA group): said, for generators (black-box round 141a).
+                s["x-pattern-syntax"] = json!("rust-regex");
             }
             ("string", s)
         }
@@ -778,6 +782,29 @@ mod tests {
             assert!(!text.contains(&b.name), "{}", b.name);
             assert!(!text.contains(&b.post_url), "{}", b.post_url);
         }
+    }
+
+    /// Round 141a: an operator's pattern is Rust `regex` syntax, published as written and
+    /// marked so; the exchange's own patterns are not marked.
+    #[test]
+    fn an_operators_pattern_is_marked_as_rust_regex() {
+        let kind = proto::schema::FieldKind::String {
+            len_max: 8,
+            pattern: Some(regex::Regex::new(r"^(?:\d+)$").unwrap()),
+        };
+        let s = field_schema(&kind, false);
+        assert_eq!(s["pattern"], r"^(?:\d+)$", "{s}");
+        assert_eq!(s["x-pattern-syntax"], "rust-regex", "{s}");
+        let plain = proto::schema::FieldKind::String {
+            len_max: 8,
+            pattern: None,
+        };
+        assert!(field_schema(&plain, false)
+            .get("x-pattern-syntax")
+            .is_none());
+        assert!(field_schema(&proto::schema::FieldKind::Zip, false)
+            .get("x-pattern-syntax")
+            .is_none());
     }
 
     #[test]
