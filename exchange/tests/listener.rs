@@ -1145,12 +1145,10 @@ async fn a_refused_head_request_gets_its_answer_without_the_body() {
     ex.shutdown().await.unwrap();
 }
 
-/// `method path` with `extra_headers` made-up header fields, over a new HTTP/2 connection.
-async fn h2_ask(
+/// `req` over a new HTTP/2 connection to `addr`.
+async fn h2_send(
     addr: SocketAddr,
-    method: http::Method,
-    path: &str,
-    extra_headers: usize,
+    req: Request<http_body_util::Full<Bytes>>,
 ) -> http::Response<hyper::body::Incoming> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) =
@@ -1158,15 +1156,23 @@ async fn h2_ask(
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
+    send.send_request(req).await.expect("answer")
+}
+
+/// `method path` with `extra_headers` made-up header fields, over a new HTTP/2 connection.
+async fn h2_ask(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    extra_headers: usize,
+) -> http::Response<hyper::body::Incoming> {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
     for i in 0..extra_headers {
         req = req.header(format!("x-h{i}"), "v");
     }
-    send.send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .expect("answer")
+    h2_send(addr, req.body(http_body_util::Full::default()).unwrap()).await
 }
 
 /// Black-box round 137a: over HTTP/2 an error answer to `HEAD` (`404`, `405`, `401`)
@@ -1239,22 +1245,12 @@ async fn white_space_around_a_bearer_key_is_not_the_key_over_http2_too() {
             StatusCode::UNAUTHORIZED,
         ),
     ] {
-        let stream = TcpStream::connect(ex.addr).await.expect("connect");
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
-        let resp = send
-            .send_request(
-                Request::post(format!("http://{}/v1/ping", ex.addr))
-                    .header("authorization", value.as_str())
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
-                    .unwrap(),
-            )
-            .await
-            .expect("answer");
+        let req = Request::post(format!("http://{}/v1/ping", ex.addr))
+            .header("authorization", value.as_str())
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let resp = h2_send(ex.addr, req).await;
         // Past authentication, the empty ping is refused as invalid (400).
         assert_eq!(resp.status(), status, "{value:?}");
     }
