@@ -26,6 +26,22 @@ impl Serialize for FieldValue {
 }
 
 impl FieldValue {
+    /// The same value: a whole number equals the `Num` of the same value, so a reload
+    /// that moved a field between `integer` and `number` does not make an honest post a
+    /// `mismatch` (black-box round 142a); otherwise `==`.
+    pub fn same_value(&self, other: &FieldValue) -> bool {
+        // In i64's range (2^63 itself is not), whole, and the same.
+        const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+        let whole =
+            |n: f64, i: i64| (-TWO_63..TWO_63).contains(&n) && n.fract() == 0.0 && n as i64 == i;
+        match (self, other) {
+            (FieldValue::Int(i), FieldValue::Num(n)) | (FieldValue::Num(n), FieldValue::Int(i)) => {
+                whole(*n, *i)
+            }
+            _ => self == other,
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             FieldValue::Str(s) => Some(s),
@@ -108,7 +124,10 @@ impl Lead {
                     post_schema.field_index(&f.name)
                 };
                 let b = at.and_then(|at| post.fields.iter().find(|(j, _)| *j == at));
-                a != b.map(|(_, v)| v)
+                match (a, b.map(|(_, v)| v)) {
+                    (Some(a), Some(b)) => !a.same_value(b),
+                    (a, b) => a.is_some() != b.is_some(),
+                }
             })
             .map(|(_, f)| f.name.as_str())
             .collect()
@@ -292,6 +311,72 @@ mod packed_tests {
                         _ => x == y,
                     }
             })
+    }
+
+    /// Black-box rounds 141a and 142a: across a reload, the ping fields are the ping-time
+    /// schema's, found by name in the post's schema, and a whole number is the same value
+    /// as an `integer` and as a `number`.
+    #[test]
+    fn ping_field_changes_are_by_name_and_by_value_across_schemas() {
+        use crate::schema::{FieldKind, FieldSpec};
+        let field = |name: &str, kind: FieldKind, ping: bool| FieldSpec {
+            name: name.into(),
+            kind,
+            required: false,
+            ping,
+            pii: false,
+        };
+        let (int, num) = (
+            FieldKind::Integer { min: 0, max: 200 },
+            FieldKind::Number {
+                min: 0.0,
+                max: 200.0,
+            },
+        );
+        let at_ping = VerticalSchema {
+            fields: vec![
+                field("zip", FieldKind::Zip, true),
+                field("age", int.clone(), true),
+            ],
+        };
+        // Reordered, `age` a `number` and post-only, a new ping field.
+        let at_post = VerticalSchema {
+            fields: vec![
+                field("new", FieldKind::Boolean, true),
+                field("age", num, false),
+                field("zip", FieldKind::Zip, true),
+            ],
+        };
+        let ping = Lead::from_parts(vec![
+            (0, FieldValue::Str("76180".into())),
+            (1, FieldValue::Int(40)),
+        ]);
+        let post = |age: Option<FieldValue>, zip: &str| {
+            let mut f = vec![(0, FieldValue::Bool(true))];
+            f.extend(age.map(|a| (1, a)));
+            f.push((2, FieldValue::Str(zip.into())));
+            Lead::from_parts(f)
+        };
+        let changes = |p: &Lead| ping.ping_field_changes(&at_ping, p, &at_post);
+        assert!(changes(&post(Some(FieldValue::Num(40.0)), "76180")).is_empty());
+        assert_eq!(
+            changes(&post(Some(FieldValue::Num(40.5)), "76180")),
+            ["age"]
+        );
+        assert_eq!(changes(&post(None, "76180")), ["age"]);
+        assert_eq!(
+            changes(&post(Some(FieldValue::Num(40.0)), "76181")),
+            ["zip"]
+        );
+        // The same schema: by index, as before.
+        let same = Lead::from_parts(vec![
+            (0, FieldValue::Str("76180".into())),
+            (1, FieldValue::Int(41)),
+        ]);
+        assert_eq!(ping.ping_field_changes(&at_ping, &same, &at_ping), ["age"]);
+        assert!(FieldValue::Int(i64::MAX).same_value(&FieldValue::Int(i64::MAX)));
+        assert!(!FieldValue::Int(i64::MAX).same_value(&FieldValue::Num(2f64.powi(63))));
+        assert!(!FieldValue::Int(1).same_value(&FieldValue::Str("1".into())));
     }
 
     #[test]

@@ -438,12 +438,16 @@ fn read_field(name: &str, mut s: Section<'_>, p: &mut Problems) -> Option<FieldS
     })
 }
 
-/// Compiles a field pattern anchored at both ends, so it must match the whole value.
+/// Compiles a field pattern anchored at both ends, so it must match the whole value. The
+/// pattern must be valid on its own first: `[0-9]{3})|(x` is not, but anchored it read
+/// `^(?:[0-9]{3})|(x)$`, which matched `123` followed by anything (black-box round 142a).
 fn compile_pattern(p: &mut Problems, path: &str, pattern: &str) -> Option<regex::Regex> {
-    match regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(PATTERN_SIZE_MAX_BYTES)
-        .build()
-    {
+    let build = |text: &str| {
+        regex::RegexBuilder::new(text)
+            .size_limit(PATTERN_SIZE_MAX_BYTES)
+            .build()
+    };
+    match build(pattern).and_then(|_| build(&format!("^(?:{pattern})$"))) {
         Ok(re) => Some(re),
         Err(e) => {
             // regex prints a multi-line picture of the pattern; its last line says what is wrong.

@@ -207,6 +207,16 @@ fn field_types_and_their_checks() {
         bad[0]
     );
     assert!(!bad[0].contains('\n'));
+    // Valid only once anchored (round 142a: it then matched `123` and anything after).
+    for escape in [r"[0-9]{3})|(x", r"a)(b"] {
+        let bad = field(&format!("type = \"string\"\npattern = '{escape}'"));
+        assert_eq!(bad.len(), 1, "{escape}: {bad:?}");
+        assert!(
+            bad[0].starts_with(&format!("{p}.pattern: is not a valid regular expression: ")),
+            "{}",
+            bad[0]
+        );
+    }
     assert_eq!(
         load_str_with_env(
             "[verticals.a.fields.\"bad name\"]\ntype = \"zip\"",
