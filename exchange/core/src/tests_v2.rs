@@ -1582,17 +1582,22 @@ fn a_removed_winner_and_skipped_fallbacks_are_no_buyer_available() {
     assert_eq!(f.held(), [0, 0, 0, 0]);
 }
 
+/// More buyers than an auction record names (`SKIP_NAMES_MAX` and 10), at most
+/// `fanout_max` pinged: their count, configuration, caps and breakers.
+fn past_the_skip_names(fanout_max: usize) -> (usize, Config, CapBook, BreakerBook) {
+    let n = crate::eligibility::SKIP_NAMES_MAX + 10;
+    let mut cfg = cfg_timeouts(&vec![100; n]);
+    cfg.server.buyers_per_auction_max = fanout_max;
+    (n, cfg, CapBook::new(n), BreakerBook::new(n, breaker_cfg()))
+}
+
 /// Eligible buyers past `server.buyers_per_auction_max` are a bounded summary in the
 /// record (how many, and the first few by id) and one metric count, never a line (and a
 /// metric series) each: with 10,000 eligible buyers a line each made a 621 KB record.
 #[test]
 fn buyers_past_the_fan_out_limit_are_counted_not_listed() {
-    let n = crate::eligibility::SKIP_NAMES_MAX + 10;
-    let mut cfg = cfg_timeouts(&vec![100; n]);
-    cfg.server.buyers_per_auction_max = 2;
-    let caps = CapBook::new(n);
+    let (n, mut cfg, caps, br) = past_the_skip_names(2);
     let s = Settlement::new(&caps);
-    let br = BreakerBook::new(n, breaker_cfg());
     let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
     let pinged: Vec<usize> = a.pings().map(|o| o.buyer).collect();
     assert_eq!(pinged, [0, 1]);
@@ -1631,12 +1636,8 @@ fn buyers_past_the_fan_out_limit_are_counted_not_listed() {
 /// 5,000 buyers down).
 #[test]
 fn buyers_skipped_for_an_open_breaker_are_counted_not_listed() {
-    let n = crate::eligibility::SKIP_NAMES_MAX + 10;
-    let mut cfg = cfg_timeouts(&vec![100; n]);
-    cfg.server.buyers_per_auction_max = 2;
-    let caps = CapBook::new(n);
+    let (n, cfg, caps, br) = past_the_skip_names(2);
     let s = Settlement::new(&caps);
-    let br = BreakerBook::new(n, breaker_cfg());
     // Every buyer but the last two fails until its breaker opens.
     for b in 0..n - 2 {
         for i in 0..10 {
