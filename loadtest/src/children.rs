@@ -224,9 +224,36 @@ pub const GUARD_MARK: &str = "LOADTEST_ORPHAN_GUARD";
 /// The pid and start time of the process whose environment holds
 /// `GUARD_MARK=<guard>`, from `/proc` (each environment read up to 1 MiB).
 fn marked(guard: u32) -> Option<(u32, u64)> {
+    find_marked(GUARD_MARK, &guard.to_string())
+}
+
+/// The variable put in the environment of a process started under `--wrap`, set to a
+/// value of its own ([`target_mark`]): a wrapper that runs it as its own child
+/// (`timeout`, `perf record`, `setsid -f`) has another pid than the target, and the
+/// target is found by it ([`find_marked`]).
+pub const TARGET_MARK: &str = "LOADTEST_TARGET";
+
+/// The value of [`TARGET_MARK`] for the target `name` of this `loadtest` process.
+pub fn target_mark(name: &str) -> String {
+    format!("{}.{name}", std::process::id())
+}
+
+/// The pid and start time of the first process (in `/proc`'s order) whose environment
+/// holds `var=value`, if there is one.
+pub fn find_marked(var: &str, value: &str) -> Option<(u32, u64)> {
+    all_marked(var, value).into_iter().next()
+}
+
+/// The pid and start time of every running process whose environment holds
+/// `var=value`, from `/proc` (each environment read up to 1 MiB).
+pub fn all_marked(var: &str, value: &str) -> Vec<(u32, u64)> {
     use std::io::Read;
-    let want = format!("{GUARD_MARK}={guard}");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    let want = format!("{var}={value}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -242,10 +269,43 @@ fn marked(guard: u32) -> Option<(u32, u64)> {
             continue;
         }
         if env.split(|&b| b == 0).any(|var| var == want.as_bytes()) {
-            return stat_of(pid).map(|(_, _, started)| (pid, started));
+            if let Some((state, _, started)) = stat_of(pid) {
+                if state != "Z" && state != "X" {
+                    found.push((pid, started));
+                }
+            }
         }
     }
-    None
+    found
+}
+
+/// The target a `--wrap` command (`wrapper`, marked `mark`) started: of the other
+/// processes with the mark, the one running `program` (its `/proc/<pid>/exe`), else the
+/// last started; the wrapper itself when it is the only one (it ran the target in its
+/// own process, as valgrind and `env` do).
+pub fn wrapped_target(wrapper: u32, mark: &str, program: &std::path::Path) -> Option<(u32, u64)> {
+    let program = std::fs::canonicalize(program).ok();
+    let marked = all_marked(TARGET_MARK, mark);
+    let others: Vec<(u32, u64)> = marked
+        .iter()
+        .copied()
+        .filter(|(p, _)| *p != wrapper)
+        .collect();
+    let runs_program = |pid: u32| {
+        program.is_some() && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == program
+    };
+    others
+        .iter()
+        .copied()
+        .find(|(p, _)| runs_program(*p))
+        .or_else(|| others.iter().copied().max_by_key(|(_, started)| *started))
+        .or_else(|| marked.into_iter().find(|(p, _)| *p == wrapper))
+}
+
+/// Whether the process `pid` that started at `started` (clock ticks since boot) still
+/// runs (not ended, not a zombie, and not another process under a reused pid).
+pub fn still_runs(pid: u32, started: u64) -> bool {
+    matches!(stat_of(pid), Some((state, _, start)) if start == started && state != "Z" && state != "X")
 }
 
 /// The `<pid> <start time>` line the guard is told, if whole.
@@ -381,6 +441,44 @@ mod tests {
         ] {
             assert_eq!(told(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_wrapper_s_target_is_found_beside_the_wrapper() {
+        let mark = format!("{}.wrap-test", std::process::id());
+        // The wrapper (a shell) runs the target (another shell) as its own child, and
+        // the target says its pid once its own code runs (see the test below), then
+        // waits for its stdin (the wrapper's) to close.
+        let mut wrapper = std::process::Command::new("/bin/sh")
+            .args(["-c", "/bin/sh -c 'echo $$; read line'; true"])
+            .env(TARGET_MARK, &mark)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(wrapper.stdout.take().expect("its stdout")),
+            &mut said,
+        )
+        .expect("its line");
+        let target: u32 = said.trim().parse().expect("the target's pid");
+        let found = wrapped_target(wrapper.id(), &mark, std::path::Path::new("/bin/sh"));
+        let none = wrapped_target(
+            wrapper.id(),
+            &format!("{mark}-other"),
+            std::path::Path::new("/bin/sh"),
+        );
+        let started = stat_of(target).map(|(_, _, s)| s).expect("running");
+        let runs = still_runs(target, started);
+        drop(wrapper.stdin.take());
+        let _ = wrapper.wait();
+        assert_ne!(target, wrapper.id());
+        assert_eq!(found, Some((target, started)));
+        assert!(runs);
+        assert_eq!(none, None);
+        // The wrapper waited for it: ended.
+        assert!(!still_runs(target, started));
     }
 
     #[test]

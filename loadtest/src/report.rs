@@ -64,7 +64,9 @@ impl Percentiles {
             p99_us: self.p99_us.saturating_sub(base.p99_us),
             p999_us: self.p999_us.saturating_sub(base.p999_us),
             max_us: self.max_us.saturating_sub(base.max_us),
-            count: self.count,
+            // Nothing to compare when either side measured nothing (black-box round
+            // 143a: an "added" row of 0.000 ms for a target that completed nothing).
+            count: if base.count == 0 { 0 } else { self.count },
         }
     }
 }
@@ -473,15 +475,24 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
                rate: &str,
                cpu: (String, String),
                errors: &str| {
+        // No sample, no percentile (black-box round 143a: a target that completed
+        // nothing showed 0.000 ms).
+        let pct = |us: u64| {
+            if p.count == 0 {
+                "-".to_string()
+            } else {
+                ms(us)
+            }
+        };
         let _ = writeln!(
             s,
             "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  {}",
             label,
-            ms(p.p50_us),
-            ms(p.p90_us),
-            ms(p.p99_us),
-            ms(p.p999_us),
-            ms(p.max_us),
+            pct(p.p50_us),
+            pct(p.p90_us),
+            pct(p.p99_us),
+            pct(p.p999_us),
+            pct(p.max_us),
             rate,
             cpu.0,
             cpu.1,
@@ -840,6 +851,69 @@ pub fn paired_median(pairs: impl IntoIterator<Item = (u64, u64)>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A target that completed nothing shows no percentile, and no "added" row against
+    /// it (black-box round 143a: 0.000 ms, as if it answered at once).
+    #[test]
+    fn a_target_with_no_sample_shows_no_percentile() {
+        let empty = Percentiles::default();
+        let direct = Percentiles {
+            p50_us: 11_000,
+            p90_us: 12_000,
+            p99_us: 13_000,
+            p999_us: 14_000,
+            max_us: 15_000,
+            count: 1_000,
+        };
+        let row = |label: &str, latency: Percentiles| TargetSummary {
+            label: label.into(),
+            latency,
+            post_latency: None,
+            achieved_rate_per_s: 100.0,
+            errors: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            cpu_us_per_auction: None,
+            cpu_us_per_buyer_ping: None,
+            timeline: Vec::new(),
+            send_lag: None,
+        };
+        let report = ScenarioReport {
+            scenario: "p1-latency".into(),
+            date: "2026-12-05".into(),
+            commit: "test".into(),
+            machine: "test".into(),
+            notes: Vec::new(),
+            added_latency_us: Some(empty.minus(&direct)),
+            relay_added_latency_us: Some(direct.minus(&empty)),
+            knees: BTreeMap::new(),
+            sweep: Vec::new(),
+            targets: vec![row("direct", direct), row("exchange", empty)],
+            proc_samples: Vec::new(),
+            extra: BTreeMap::new(),
+            repetitions: Vec::new(),
+        };
+        let mut out = Vec::new();
+        print_table(&report, &mut out).unwrap_or_default();
+        let table = String::from_utf8(out).unwrap_or_default();
+        let line = |start: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(line("direct ").contains(" 13.000 "), "{table}");
+        // Five percentiles and the two CPU columns; the "added" rows have no rate either.
+        for (l, dashes) in [("exchange ", 7), ("exchange added", 8), ("relay added", 8)] {
+            let l = line(l);
+            assert!(!l.is_empty() && !l.contains("0.000"), "{l}\n{table}");
+            assert_eq!(
+                l.split_whitespace().filter(|w| *w == "-").count(),
+                dashes,
+                "{l}"
+            );
+        }
+    }
 
     #[test]
     fn time_wait_lines_are_counted_by_remote_port_and_state() {

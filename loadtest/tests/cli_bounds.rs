@@ -110,6 +110,22 @@ fn bad_bounds_are_refused_before_anything_starts() {
             &["--rate", "0.05"][..],
             "--rate 0.05 for 10 s: fewer than one auction would be measured",
         ),
+        // Black-box round 143a: the default duration was left out of the run's bound (the
+        // refusal came once every process had started); options that do not apply were
+        // taken and ignored.
+        (
+            &["--warmup-s", "86400"][..],
+            "--warmup-s 86400 with --duration-s 10: a run is at most 86400 s",
+        ),
+        (
+            &["--rates", "1000,2000"][..],
+            "--rates: only p2-knee sweeps rates; use --rate",
+        ),
+        (
+            &["--targets", "exchange,relay,exchange"][..],
+            "--targets: exchange is listed twice",
+        ),
+        (&["--wrap", " "][..], "--wrap: empty"),
     ] {
         let out_dir = dir.path().join("out");
         // An exchange that exits at once: a bound let through ends the run at its start.
@@ -157,6 +173,17 @@ fn bad_bounds_are_refused_before_anything_starts() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--swap-every-ms 0: must be at least 1"));
     assert!(!dir.path().join("p6").exists());
+    // Round 143a: p2-knee took --rate and swept its default rates.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["run", "p2-knee", "--rate", "300", "--out"])
+        .arg(dir.path().join("p2"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--rate: p2-knee sweeps the rates of --rates")
+    );
+    assert!(!dir.path().join("p2").exists());
     // p3-hang: more hanging buyers than buyers.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["run", "p3-hang", "--buyers", "2", "--hanging", "3", "--out"])

@@ -228,3 +228,78 @@ fn a_guard_never_told_the_pid_finds_the_exchange_by_its_mark() {
     assert_eq!(status.signal(), Some(15), "stopped by SIGTERM: {err}");
     assert!(err.contains("died without stopping the exchange"), "{err}");
 }
+
+/// The simulated buyers' process ending during a run fails the run, named: without its
+/// buyers a target answers at once and without a bid, which read as a fast run (black-box
+/// round 143a: a `kill -9` of `loadtest sims` gave exit status 0, and a run after it was
+/// said to have "fell behind the load").
+#[test]
+fn simulated_buyers_that_exit_during_a_run_fail_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p1-latency",
+            "--targets",
+            "direct",
+            "--rate",
+            "20",
+            "--duration-s",
+            "3",
+            "--warmup-s",
+            "0",
+            "--exchange-bin",
+            "/bin/false",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (done, watch) = mpsc::channel::<()>();
+    let lt_pid = lt.id();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(CASE_MAX).is_err() {
+            kill("-KILL", lt_pid);
+        }
+    });
+    // Blocks until the measured run has begun (its buyers are up by then).
+    let mut err = std::io::BufReader::new(lt.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("run 1/1: direct") {
+        said.push_str(&line);
+        line.clear();
+    }
+    // loadtest's child running `loadtest sims`, from /proc.
+    let sims = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(lt_pid) && cmd.split(|b| *b == 0).any(|a| a == b"sims")
+        })
+        .expect("loadtest's simulated buyers");
+    kill("-KILL", sims);
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    let status = lt.wait().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{said}{line}{rest}");
+    assert!(
+        rest.contains(&format!(
+            "the simulated buyers (pid {sims}) exited during the direct run"
+        )),
+        "{rest}"
+    );
+}

@@ -57,7 +57,8 @@ pub(crate) struct RunArgs {
     /// Warm-up seconds per run (not measured).
     #[arg(long, allow_negative_numbers = true, default_value_t = 2.0)]
     pub(crate) warmup_s: f64,
-    /// Auctions per second (P1, P3, P4, soak).
+    /// Auctions per second (every scenario but p2-knee, which sweeps `--rates`, and
+    /// market).
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) rate: Option<f64>,
     /// Number of simulated buyers (at most 1024, what the exchange pings per auction).
@@ -252,12 +253,18 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     }
     // The load plan's own bounds, said here (black-box round 96b: they were found only
     // once the processes had started, and the refused run overwrote the last report).
-    let run_s = args.warmup_s + args.duration_s.unwrap_or(0.0);
+    // With the scenario's own duration when none is given (black-box round 143a:
+    // `--warmup-s 86400` alone was refused only once every process had started).
+    let run_s = args.warmup_s
+        + args
+            .duration_s
+            .unwrap_or_else(|| default_duration_s(args.scenario));
     if run_s > RUN_S_MAX {
         bail!(
             "--warmup-s {} with --duration-s {}: a run is at most {RUN_S_MAX} s, warm-up included",
             args.warmup_s,
-            args.duration_s.unwrap_or(0.0)
+            args.duration_s
+                .unwrap_or_else(|| default_duration_s(args.scenario))
         );
     }
     let rate_ok = |flag: &str, r: f64| -> anyhow::Result<()> {
@@ -272,6 +279,17 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     }
     for r in args.rates.iter().flatten() {
         rate_ok("--rates", *r)?;
+    }
+    // Black-box round 143a: each was taken and ignored where it does not apply.
+    match (args.scenario, args.rate.is_some(), args.rates.is_some()) {
+        (Scenario::P2Knee, true, _) => {
+            bail!("--rate: p2-knee sweeps the rates of --rates (e.g. --rates 1000,2000)")
+        }
+        (Scenario::Market, true, _) => {
+            bail!("--rate: market sends --leads-per-day leads per simulated day")
+        }
+        (Scenario::P2Knee, _, _) | (_, _, false) => {}
+        (_, _, true) => bail!("--rates: only p2-knee sweeps rates; use --rate"),
     }
     // Black-box round 125b: a rate too low to send one auction in the measured time ran,
     // measured nothing, and printed latencies of 0.000 ms with exit status 0.
@@ -300,6 +318,17 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     // Black-box round 125b: 0 was run as 1 ms without a word.
     if args.scenario == Scenario::P6Swap && args.swap_every_ms == 0 {
         bail!("--swap-every-ms 0: must be at least 1");
+    }
+    if let Some(t) = args
+        .targets
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| args.targets[..i].contains(t).then_some(t))
+    {
+        bail!("--targets: {t} is listed twice");
+    }
+    if args.wrap.as_deref().is_some_and(|w| w.trim().is_empty()) {
+        bail!("--wrap: empty; give the command to start the exchange and the relay under, or leave --wrap out");
     }
     if !(1..=60_000).contains(&args.timeout_ms) {
         bail!(

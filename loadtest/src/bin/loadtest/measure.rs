@@ -141,6 +141,15 @@ pub(crate) async fn measure(
         eprintln!("loadtest: {note}");
         notes.push(note);
     }
+    // Without its buyers, a target answers at once and without a bid: figures that look
+    // like a fast run (black-box round 143a: the run was said to have "fell behind the
+    // load", with exit status 0).
+    if !signalled && loadtest::children::ended(rig.sims.pid()) {
+        bail!(
+            "the simulated buyers (pid {}) exited during the {which} run: every buyer call from then on failed, so its figures, and any later run's, are not a measurement",
+            rig.sims.pid()
+        );
+    }
     Ok((result, cpu_ns))
 }
 
@@ -150,8 +159,10 @@ pub(crate) fn summary(
     buyers_per_auction: usize,
 ) -> TargetSummary {
     let mut s = TargetSummary::from_run(r);
-    if let Some(ns) = cpu_ns {
-        let auctions = r.completed.max(1) as f64;
+    // Per auction completed: none completed, no figure (black-box round 143a: the CPU of
+    // a run that completed nothing was divided by 1).
+    if let Some(ns) = cpu_ns.filter(|_| r.completed > 0) {
+        let auctions = r.completed as f64;
         s.cpu_us_per_auction = Some(ns / 1000.0 / auctions);
         s.cpu_us_per_buyer_ping = Some(ns / 1000.0 / auctions / buyers_per_auction.max(1) as f64);
     }

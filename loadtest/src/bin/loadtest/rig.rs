@@ -24,15 +24,75 @@ pub(crate) struct ChildGuard {
     stop_waits: u32,
     /// The exchange's: stops it should loadtest die without doing so (a SIGKILL).
     _orphan_guard: Option<loadtest::children::OrphanGuard>,
+    /// Under `--wrap`: the target's mark (its value of `children::TARGET_MARK`) and the
+    /// program the wrapper runs.
+    wrapped: Option<(String, std::path::PathBuf)>,
+    /// The target, when the wrapper runs it as a process of its own (`timeout`, `perf
+    /// record`, `setsid -f`): its pid and start time. Measured and stopped in place of
+    /// the wrapper (black-box round 143a: a run under `timeout` reported the CPU and
+    /// memory of `timeout`, and one under `setsid -f` left the exchange running).
+    target: Option<(u32, u64, loadtest::children::Registered)>,
 }
 
 impl ChildGuard {
+    /// The target's pid: the process measured (its CPU, memory and sockets).
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.target.as_ref().map_or(self.child.id(), |t| t.0)
+    }
+
+    /// Under `--wrap`, finds the process the wrapper started, if it is not the wrapper
+    /// itself (once the target is running: ready, or its wrapper gone).
+    fn find_target(&mut self) {
+        if self.target.is_some() {
+            return;
+        }
+        let Some((mark, program)) = &self.wrapped else {
+            return;
+        };
+        let wrapper = self.child.id();
+        if let Some((pid, started)) =
+            loadtest::children::wrapped_target(wrapper, mark, program).filter(|t| t.0 != wrapper)
+        {
+            let registered = if self.name == "exchange" {
+                loadtest::children::register_exchange(pid)
+            } else {
+                loadtest::children::register(pid)
+            };
+            self.target = Some((pid, started, registered));
+        }
+    }
+
+    /// Whether the target the wrapper started as a process of its own still runs.
+    fn target_runs(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|(pid, started, _)| loadtest::children::still_runs(*pid, *started))
+    }
+
+    /// Stops the target the wrapper started as a process of its own, if the wrapper's
+    /// stop did not (a wrapper that does not pass SIGTERM on, or that left it running).
+    fn stop_target(&mut self, grace: Duration) {
+        if self.target_runs() {
+            if let Some((pid, _, _)) = &self.target {
+                eprintln!(
+                    "loadtest: the {} (pid {pid}) outlived its --wrap command (pid {}); stopping it",
+                    self.name,
+                    self.child.id()
+                );
+                loadtest::children::stop(&[*pid], grace);
+            }
+        }
+        self.target = None;
     }
 
     /// Closes stdin (our children exit on EOF), sends SIGTERM, then waits a bounded time.
     pub(crate) fn stop(&mut self) -> Option<String> {
+        let out = self.stop_child();
+        self.stop_target(loadtest::children::STOP_GRACE);
+        out
+    }
+
+    fn stop_child(&mut self) -> Option<String> {
         self.stdin.take();
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -65,6 +125,7 @@ impl Drop for ChildGuard {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        self.stop_target(Duration::ZERO);
     }
 }
 
@@ -75,7 +136,12 @@ pub(crate) fn spawn_self(
     wrap: &[String],
 ) -> anyhow::Result<(ChildGuard, String, BufReader<std::process::ChildStdout>)> {
     let exe = std::env::current_exe().context("finding the loadtest binary")?;
-    let mut child = wrapped(wrap, &exe)
+    let mark = (!wrap.is_empty()).then(|| loadtest::children::target_mark(name));
+    let mut cmd = wrapped(wrap, &exe);
+    if let Some(m) = &mark {
+        cmd.env(loadtest::children::TARGET_MARK, m);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -98,18 +164,18 @@ pub(crate) fn spawn_self(
     if line.trim().is_empty() {
         bail!("{name} exited before it was ready");
     }
-    Ok((
-        ChildGuard {
-            name,
-            _registered: loadtest::children::register(child.id()),
-            child,
-            stdin,
-            stop_waits: stop_waits(wrap),
-            _orphan_guard: None,
-        },
-        line,
-        reader,
-    ))
+    let mut guard = ChildGuard {
+        name,
+        _registered: loadtest::children::register(child.id()),
+        child,
+        stdin,
+        stop_waits: stop_waits(wrap),
+        _orphan_guard: None,
+        wrapped: mark.map(|m| (m, exe)),
+        target: None,
+    };
+    guard.find_target();
+    Ok((guard, line, reader))
 }
 
 /// `program` as a command, under the `--wrap` command if there is one.
@@ -150,10 +216,29 @@ pub(crate) async fn wait_healthy(
         // (black-box round 27).
         if let Some(g) = child.as_deref_mut() {
             if let Ok(Some(status)) = g.child.try_wait() {
-                bail!(
-                    "the {} exited ({status}) before it was healthy at {addr}: its own message is above",
-                    g.name
-                );
+                // A wrapper that started the target as a process of its own and exited
+                // (`setsid -f`): the target is waited for (black-box round 143a: its
+                // exit was said to be the exchange's, which went on running).
+                g.find_target();
+                if g.target.is_none() {
+                    match &g.wrapped {
+                        Some(_) => bail!(
+                            "the --wrap command of the {} exited ({status}) before the {} was healthy at {addr}: its own message is above",
+                            g.name,
+                            g.name
+                        ),
+                        None => bail!(
+                            "the {} exited ({status}) before it was healthy at {addr}: its own message is above",
+                            g.name
+                        ),
+                    }
+                }
+                if !g.target_runs() {
+                    bail!(
+                        "the {} exited before it was healthy at {addr}: its own message is above",
+                        g.name
+                    );
+                }
             }
         }
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
@@ -283,6 +368,10 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         for (k, v) in env.iter().chain(&o.extra_env) {
             cmd.env(k, v);
         }
+        let mark = (!o.wrap.is_empty()).then(|| loadtest::children::target_mark("exchange"));
+        if let Some(m) = &mark {
+            cmd.env(loadtest::children::TARGET_MARK, m);
+        }
         // Started first, so that no SIGKILL of loadtest finds the exchange unguarded.
         let mut orphan_guard = loadtest::children::OrphanGuard::start();
         if let Some((k, v)) = orphan_guard.mark() {
@@ -308,6 +397,8 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             child,
             stdin,
             stop_waits: stop_waits(o.wrap),
+            wrapped: mark.map(|m| (m, o.exchange_bin.to_path_buf())),
+            target: None,
         };
         // A wrapper (valgrind) starts slowly.
         let mut guard = guard;
@@ -317,6 +408,7 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             Some(&mut guard),
         )
         .await?;
+        guard.find_target();
         Some((guard, listen))
     } else {
         None
