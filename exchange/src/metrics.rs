@@ -433,7 +433,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "pingpost_connections_stalled_total",
-                    "HTTP/2 connections closed because their client stalled them, by listener (seller, admin): more than 32 answers unsent, or any with no progress for server.header_read_timeout_ms (a flow-control window the client never opens); or more than 32 request bodies still coming, none arriving for 1 s.",
+                    "HTTP/2 connections closed because their client stalled them, by listener (seller, admin): more than 32 answers unsent, or any with no progress for server.header_read_timeout_ms (a flow-control window the client never opens); or more than 32 request bodies still coming, none arriving for 1 s; or more HTTP/2 control frames than the connection's allowance.",
                     &["listener"],
                 ),
             ),

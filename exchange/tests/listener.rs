@@ -1280,3 +1280,95 @@ async fn a_refused_head_request_after_an_answered_one_gets_no_body() {
     assert!(answer.ends_with("\r\n\r\n"), "no body: {answer}");
     ex.shutdown().await.unwrap();
 }
+
+/// Black-box round 143b: SETTINGS frames of 2,730 settings each, sent without pause on one
+/// connection without a key, kept a worker busy, every one acknowledged; WINDOW_UPDATE and
+/// PING floods did the same. Past its allowance of control frames (a burst, more per
+/// stream and per second) the connection is closed and counted with the stalled ones; an
+/// honest client (hyper's, sizing its window with PINGs) asking for many answers on one
+/// connection keeps it.
+#[tokio::test]
+async fn an_http2_control_frame_flood_closes_its_connection() {
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const WINDOW_UPDATE: u8 = 8;
+    // An idle timeout past the wait: only the flood guard closes these in time.
+    let (ex, _dir) = start(5_000, "idle_timeout_ms = 60000").await;
+    let frame = |kind: u8, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        f.extend_from_slice(payload);
+        f
+    };
+    let floods: [(&str, Vec<u8>); 3] = [
+        (
+            "SETTINGS of 2,730 settings",
+            frame(SETTINGS, &[0, 3, 0, 0, 0, 100].repeat(2_730)),
+        ),
+        ("PING", frame(PING, &[7; 8])),
+        ("WINDOW_UPDATE", frame(WINDOW_UPDATE, &[0, 0, 0, 1])),
+    ];
+    for (i, (what, one)) in floods.iter().enumerate() {
+        let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+        let mut out = [H2_PREFACE, H2_SETTINGS].concat();
+        for _ in 0..3_000 {
+            out.extend_from_slice(one);
+        }
+        // Written while the server closes: a write error is the close too.
+        let (mut rd, mut wr) = s.split();
+        let (_, closed) = tokio::join!(wr.write_all(&out), async {
+            let mut buf = [0u8; 4096];
+            tokio::time::timeout(EVENT_WAIT_MAX, async {
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await
+        });
+        assert!(closed.is_ok(), "{what}: the connection is still open");
+        assert_eq!(ex.state.conn_gate.stalled(), i as u64 + 1, "{what}");
+    }
+    // Honest: 300 requests, one after another, on one connection whose client sizes its
+    // window with PINGs (and acknowledges the server's SETTINGS, opens windows).
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .adaptive_window(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    for n in 0..300 {
+        // A seller's request (answers without a key close their connection): `400`, a
+        // ping without its fields.
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v1/ping", ex.addr))
+            .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let resp = send
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {n}: {e}"));
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "request {n}");
+        resp.into_body().collect().await.expect("body");
+    }
+    assert!(!conn.is_finished());
+    assert_eq!(ex.state.conn_gate.stalled(), 3);
+    ex.shutdown().await.unwrap();
+}

@@ -289,7 +289,10 @@ impl Conn {
             tokio::select! {
                 biased;
                 served = conn.as_mut() => {
-                    if let Err(e) = served {
+                    if activity.flooded.load(Ordering::Acquire) {
+                        self.listed.0.stalled.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, "more HTTP/2 control frames than the connection's allowance, closed");
+                    } else if let Err(e) = served {
                         tracing::debug!(error = %e, listener = self.name, "connection ended with an error");
                     }
                     return;

@@ -116,6 +116,7 @@ pub(crate) struct FrameScan {
 const FRAME_DATA: u8 = 0;
 const FRAME_HEADERS: u8 = 1;
 const FRAME_RST_STREAM: u8 = 3;
+const FRAME_CONTINUATION: u8 = 9;
 const FRAME_GOAWAY: u8 = 7;
 const FRAME_SETTINGS: u8 = 4;
 const FLAG_END_STREAM: u8 = 1;
@@ -208,7 +209,31 @@ pub(crate) struct InScan {
     /// Streams that sent body bytes, with when they last did (µs from the connection's
     /// accept): at most one entry per stream, the oldest pruned past [`RECENT_MAX`].
     recent: Vec<(u32, u64)>,
+    /// The control frames the client sent (see [`CONTROL_FRAMES_BURST`]): a SETTINGS
+    /// frame counts one plus one per setting in it.
+    control: u64,
+    /// Streams the client opened (HEADERS on a stream id above every one before).
+    streams: u64,
+    /// The highest stream id the client opened.
+    last_stream: u32,
 }
+
+/// The HTTP/2 control frames (SETTINGS, and each setting in it; PING; WINDOW_UPDATE;
+/// PRIORITY; GOAWAY; frames of unknown types) a client may send before any allowance
+/// for its requests or its time: past it, more than [`CONTROL_FRAMES_PER_STREAM`] per
+/// stream it opened and [`CONTROL_FRAMES_PER_SECOND`] per second it has been connected,
+/// the connection is ended (black-box round 143b: SETTINGS frames of 2,730 settings
+/// each, sent without pause on one connection and without a key, kept a worker busy; a
+/// flood of WINDOW_UPDATEs too; CVE-2019-9515). Stream resets, CONTINUATION and empty
+/// DATA frames have the h2 layer's own bounds.
+pub const CONTROL_FRAMES_BURST: u64 = 1_000;
+/// The control frames each stream a client opens adds to its allowance: an honest client
+/// sends one or two WINDOW_UPDATEs (the stream's and the connection's) and a PING now and
+/// then (hyper's window sizing) per answer it reads.
+pub const CONTROL_FRAMES_PER_STREAM: u64 = 8;
+/// The control frames each second of a connection adds to its allowance (keep-alive
+/// PINGs of an idle connection).
+pub const CONTROL_FRAMES_PER_SECOND: u64 = 100;
 
 /// Streams [`InScan`] remembers the last body bytes of; past it, those not heard from for
 /// [`BODIES_STALL`] are forgotten (a connection has at most 256 streams open at once).
@@ -275,6 +300,18 @@ impl InScan {
                 let (kind, flags) = (h[3], h[4]);
                 let data = kind == FRAME_DATA;
                 self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                match kind {
+                    FRAME_DATA | FRAME_RST_STREAM | FRAME_CONTINUATION => {}
+                    FRAME_HEADERS => {
+                        if self.stream > self.last_stream {
+                            self.last_stream = self.stream;
+                            self.streams += 1;
+                        }
+                    }
+                    // Each setting is 6 bytes.
+                    FRAME_SETTINGS => self.control += 1 + (len / 6) as u64,
+                    _ => self.control += 1,
+                }
                 let is_open = self.open.contains(&self.stream);
                 self.counting = data && is_open;
                 let ends = flags & FLAG_END_STREAM != 0;
@@ -298,6 +335,26 @@ impl InScan {
             }
         }
         body
+    }
+
+    /// Whether the client has sent more control frames than its allowance before its
+    /// time is counted: [`CONTROL_FRAMES_BURST`] and [`CONTROL_FRAMES_PER_STREAM`] for
+    /// each stream it opened (a look at two counters, for every read).
+    pub(super) fn control_over_streams(&self) -> bool {
+        self.control
+            > CONTROL_FRAMES_BURST
+                .saturating_add(self.streams.saturating_mul(CONTROL_FRAMES_PER_STREAM))
+    }
+
+    /// Whether the client has sent more control frames than its whole allowance, its
+    /// time connected (`now_us` from its accept) included: a flood.
+    pub(super) fn control_flood(&self, now_us: u64) -> bool {
+        let per_time = (now_us / 1_000_000).saturating_mul(CONTROL_FRAMES_PER_SECOND);
+        self.control_over_streams()
+            && self.control
+                > CONTROL_FRAMES_BURST
+                    .saturating_add(self.streams.saturating_mul(CONTROL_FRAMES_PER_STREAM))
+                    .saturating_add(per_time)
     }
 
     /// The server sent GOAWAY with `last` as its last stream id: streams above it are
@@ -554,6 +611,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             let body = this
                 .frames_in
                 .body_bytes_at(&buf.filled()[before_len..], now_us);
+            // More control frames than the client's allowance: the connection ends here,
+            // as on a read error (see `CONTROL_FRAMES_BURST`).
+            if this.frames_in.control_over_streams() && this.frames_in.control_flood(a.now_us()) {
+                a.flooded.store(true, Ordering::Release);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "HTTP/2 control frame flood",
+                )));
+            }
             if body > 0 && pending > 0 {
                 let enough = pending <= BODIES_PENDING_MAX
                     || this.frames_in.streams_heard(now_us) as u64 + u64::from(BODIES_PENDING_MAX)

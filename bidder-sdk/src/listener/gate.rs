@@ -82,7 +82,9 @@ impl ConnectionGate {
     /// more than [`UNSENT_MAX`](super::UNSENT_MAX) answers unsent, or any with no progress
     /// for the head budget (a flow-control window it never opens); or it had more than
     /// [`BODIES_PENDING_MAX`](super::BODIES_PENDING_MAX) request bodies still coming and
-    /// none arriving for [`BODIES_STALL`](super::BODIES_STALL).
+    /// none arriving for [`BODIES_STALL`](super::BODIES_STALL); or it sent more control
+    /// frames than its allowance
+    /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)).
     pub fn stalled(&self) -> u64 {
         self.stalled.load(Ordering::Relaxed)
     }

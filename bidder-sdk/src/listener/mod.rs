@@ -84,6 +84,7 @@ use self::{
     service::{Activity, Guarded},
 };
 
+pub use counted::{CONTROL_FRAMES_BURST, CONTROL_FRAMES_PER_SECOND, CONTROL_FRAMES_PER_STREAM};
 pub use gate::{eviction_grace, ConnectionGate};
 pub use service::{
     head_only, host_problem, json_headers_problem, Tracked, UNSENT_MAX, UNSENT_STALL,

@@ -182,6 +182,10 @@ pub(super) struct Activity {
     /// pending body was read to its end (or its request ended), or the first of the
     /// pending ones came, in µs from `accepted_at`.
     pub(super) bodies_progress_us: AtomicU64,
+    /// The client sent more HTTP/2 control frames than its allowance
+    /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)): the connection
+    /// was ended (counted with the stalled ones).
+    pub(super) flooded: AtomicBool,
 }
 
 /// Answers a connection may hold unsent (a client that does not read them: HTTP/2 flow

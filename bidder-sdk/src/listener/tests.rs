@@ -415,6 +415,67 @@ fn streams_above_the_servers_goaway_are_no_bodies() {
     assert_eq!(scan.streams_heard(20), 1);
 }
 
+/// Black-box round 143b: SETTINGS frames of thousands of settings, or any control frame,
+/// sent without pause kept a worker busy. A client has an allowance of control frames:
+/// a burst, more per stream it opens and per second it has been connected; past it, a
+/// flood.
+#[test]
+fn control_frames_past_the_allowance_are_a_flood() {
+    use super::counted::{
+        CONTROL_FRAMES_BURST, CONTROL_FRAMES_PER_SECOND, CONTROL_FRAMES_PER_STREAM,
+    };
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const WINDOW_UPDATE: u8 = 8;
+    const DATA: u8 = 0;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // One SETTINGS frame of 2,730 settings is over the burst on its own.
+    let mut scan = InScan::default();
+    let mut wire = preface.clone();
+    wire.extend(frame(SETTINGS, 0, 0, &[0; 6 * 2_730]));
+    scan.body_bytes_at(&wire, 0);
+    assert!(scan.control_over_streams() && scan.control_flood(0));
+    // The burst exactly: not a flood; one more PING is.
+    let mut scan = InScan::default();
+    let mut wire = preface.clone();
+    for _ in 0..CONTROL_FRAMES_BURST {
+        wire.extend(frame(PING, 0, 0, &[1; 8]));
+    }
+    scan.body_bytes_at(&wire, 0);
+    assert!(!scan.control_over_streams() && !scan.control_flood(0));
+    scan.body_bytes_at(&frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]), 0);
+    assert!(scan.control_flood(0));
+    // ... unless the connection has been open long enough: a second's allowance.
+    assert!(!scan.control_flood(1_000_000));
+    // Streams opened add to it; trailers, DATA and a stream id not above the last do not.
+    let mut scan = InScan::default();
+    let mut wire = preface.clone();
+    for stream in [1u32, 3, 5] {
+        wire.extend(frame(HEADERS, 4, stream, &[0x83]));
+        wire.extend(frame(DATA, 0, stream, b"x"));
+        wire.extend(frame(HEADERS, 5, stream, &[0x83])); // trailers
+    }
+    wire.extend(frame(HEADERS, 5, 3, &[0x83]));
+    let allowance = CONTROL_FRAMES_BURST + 3 * CONTROL_FRAMES_PER_STREAM;
+    for _ in 0..allowance {
+        wire.extend(frame(WINDOW_UPDATE, 0, 1, &[0, 0, 1, 0]));
+    }
+    // Split anywhere, the same count.
+    for c in wire.chunks(7) {
+        scan.body_bytes_at(c, 0);
+    }
+    assert!(!scan.control_flood(0));
+    scan.body_bytes_at(&frame(PING, 0, 0, &[1; 8]), 0);
+    assert!(scan.control_flood(0));
+    assert!(!scan.control_flood(1_000_000));
+    // A second holds CONTROL_FRAMES_PER_SECOND of them, no more.
+    for _ in 0..CONTROL_FRAMES_PER_SECOND {
+        scan.body_bytes_at(&frame(PING, 0, 0, &[1; 8]), 0);
+    }
+    assert!(scan.control_flood(1_000_000) && !scan.control_flood(2_000_000));
+}
+
 /// RFC 9112 3.2: one Host, a host and an optional port (black-box round 11: `a b`,
 /// `a/b`, `a@b`, `[::1` and `a:99999` were served).
 #[test]
