@@ -126,6 +126,14 @@ fn bad_bounds_are_refused_before_anything_starts() {
             "--targets: exchange is listed twice",
         ),
         (&["--wrap", " "][..], "--wrap: empty"),
+        (
+            &["--hanging", "9"][..],
+            "--hanging: only p3-hang has buyers that never answer",
+        ),
+        (
+            &["--swap-every-ms", "0"][..],
+            "--swap-every-ms: only p6-swap swaps models",
+        ),
     ] {
         let out_dir = dir.path().join("out");
         // An exchange that exits at once: a bound let through ends the run at its start.

@@ -73,9 +73,9 @@ pub(crate) struct RunArgs {
     /// Per-buyer ping timeout T, ms.
     #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 50)]
     pub(crate) timeout_ms: u64,
-    /// p3-hang: how many buyers never answer.
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 2)]
-    pub(crate) hanging: usize,
+    /// p3-hang: how many buyers never answer [default: 2].
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_usize)]
+    pub(crate) hanging: Option<usize>,
     /// p2-knee: comma-separated rates to sweep.
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
     pub(crate) rates: Option<Vec<f64>>,
@@ -139,9 +139,10 @@ pub(crate) struct RunArgs {
     /// issue 8.
     #[arg(long)]
     pub(crate) legacy: bool,
-    /// p6-swap: milliseconds between two model swaps (`POST /admin/models`), at least 1.
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 1000)]
-    pub(crate) swap_every_ms: u64,
+    /// p6-swap: milliseconds between two model swaps (`POST /admin/models`), at least 1
+    /// [default: 1000].
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64)]
+    pub(crate) swap_every_ms: Option<u64>,
     /// p6-swap: swap models only, without the configuration reload (`POST /admin/reload`)
     /// after every second swap.
     #[arg(long)]
@@ -194,6 +195,18 @@ pub(crate) fn whole_usize(text: &str) -> Result<usize, String> {
 /// or duration of 0 started the processes, then failed or reported figures of nothing;
 /// `--timeout-ms 0` made a configuration the exchange refused; `--repeat 0` and
 /// `--buyers 0` were taken as 1).
+impl RunArgs {
+    /// p3-hang's buyers that never answer.
+    pub(crate) fn hanging(&self) -> usize {
+        self.hanging.unwrap_or(2)
+    }
+
+    /// p6-swap's time between two model swaps, ms.
+    pub(crate) fn swap_every_ms(&self) -> u64 {
+        self.swap_every_ms.unwrap_or(1000)
+    }
+}
+
 pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     let positive = |flag: &str, v: f64| -> anyhow::Result<()> {
         if v.is_finite() && v > 0.0 {
@@ -316,7 +329,13 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
         );
     }
     // Black-box round 125b: 0 was run as 1 ms without a word.
-    if args.scenario == Scenario::P6Swap && args.swap_every_ms == 0 {
+    if args.hanging.is_some() && args.scenario != Scenario::P3Hang {
+        bail!("--hanging: only p3-hang has buyers that never answer");
+    }
+    if args.swap_every_ms.is_some() && args.scenario != Scenario::P6Swap {
+        bail!("--swap-every-ms: only p6-swap swaps models");
+    }
+    if args.scenario == Scenario::P6Swap && args.swap_every_ms == Some(0) {
         bail!("--swap-every-ms 0: must be at least 1");
     }
     if let Some(t) = args
@@ -352,10 +371,10 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
             args.timeout_ms
         );
     }
-    if args.scenario == Scenario::P3Hang && args.hanging > args.buyers {
+    if args.scenario == Scenario::P3Hang && args.hanging() > args.buyers {
         bail!(
             "--hanging {}: more than the {} buyers",
-            args.hanging,
+            args.hanging(),
             args.buyers
         );
     }

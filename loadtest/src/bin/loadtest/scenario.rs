@@ -133,7 +133,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         Scenario::P3Hang => {
             let rate = args.rate.unwrap_or(2000.0);
             let mut specs = healthy_specs(n, args.buyer_latency_ms);
-            for s in specs.iter_mut().take(args.hanging.min(n)) {
+            for s in specs.iter_mut().take(args.hanging().min(n)) {
                 s.hang_fraction = 1.0;
                 s.name = format!("{}-hang", s.name);
             }
@@ -144,7 +144,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             rig.stop();
             r?;
             let t = args.timeout_ms;
-            report.notes.push(format!("{} of {n} buyers never answer; per-buyer timeout T = {t} ms; breaker off so every auction meets the hang; targets p99 <= {} ms, p99.9 <= {} ms", args.hanging, t + 2, t + 4));
+            report.notes.push(format!("{} of {n} buyers never answer; per-buyer timeout T = {t} ms; breaker off so every auction meets the hang; targets p99 <= {} ms, p99.9 <= {} ms", args.hanging(), t + 2, t + 4));
         }
         Scenario::P4FailingBuyer => {
             let rate = args.rate.unwrap_or(2000.0);

@@ -97,7 +97,7 @@ pub(crate) async fn p6_legs(
     wait_healthy(admin, 200, None).await?;
     let client = AdminClient::new(admin, token)?;
     let p = plan(args, rate, secs, PINGS_ONLY);
-    let every = Duration::from_millis(args.swap_every_ms.max(1));
+    let every = Duration::from_millis(args.swap_every_ms().max(1));
     let reps = args.repeat.max(1);
     let mut serving = swap::VERSION_A.to_string();
     let (mut base_runs, mut swap_runs) = (Vec::new(), Vec::new());
