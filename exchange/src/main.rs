@@ -194,7 +194,8 @@ enum LedgerCommand {
     /// lost or was skipped. Exit status: 0 it matches, 1 it does not, 2 no such auction or
     /// an unreadable ledger.
     Replay {
-        /// The auction's id (`au_...`).
+        /// The auction's id (`au_...`), or the ping id the seller was answered
+        /// (`pg_...`).
         auction_id: String,
         /// The ledger directory (overrides the configuration's `server.ledger_path`).
         #[arg(long)]

@@ -458,6 +458,19 @@ async fn replay_rederives_the_award_and_explains_it() {
         out.contains("the buyer pays 18.00 USD, the seller gets 16.00 USD, margin 2.00 USD"),
         "{out}"
     );
+    // By the ping id the seller was answered: the same auction, the same replay
+    // (black-box round 144b: `no auction "pg_…"`, and no log line names an auction).
+    let auctions = s.ex.ledger_of("auction");
+    let ping_id = auctions
+        .iter()
+        .find(|a| a["auction_id"] == s.fallback_auction.as_str())
+        .and_then(|a| a["ping_id"].as_str())
+        .expect("the fallback auction's ping id")
+        .to_string();
+    assert!(ping_id.starts_with("pg_"), "{ping_id}");
+    let o = run(&["ledger", "replay", &ping_id, "--config", s.config()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(text(&o), out);
 
     // Without a configuration: explained, not re-derived.
     let o = run(&["ledger", "replay", &s.first_auction, "--dir", s.dir()]);

@@ -131,16 +131,23 @@ pub struct Replay {
     pub mismatch: bool,
 }
 
-/// The auction record `auction_id` and the post records of it, or an error naming why
-/// there is none (also when records of a newer format version were skipped: the
-/// auction may be one of them).
-pub fn find(dir: &Path, auction_id: &str) -> Result<(Entry, Vec<Entry>), String> {
+/// The auction record `id` (its auction id, `au_…`, or the ping id the seller was
+/// answered, `pg_…`) and the post records of it, or an error naming why there is none
+/// (also when records of a newer format version were skipped: the auction may be one
+/// of them).
+pub fn find(dir: &Path, id: &str) -> Result<(Entry, Vec<Entry>), String> {
     let mut auction = None;
     let mut posts = Vec::new();
     let mut restart_seen = false;
+    // The auction's id: `id`, or the one of the auction found by its ping id (black-box
+    // round 144b: the seller's `pg_…` id found no auction, and no log line names one).
+    let mut auction_id = id.to_string();
     // The quote's ping id: its end (`quote_expired`, `quote_released`) names only that.
     let mut ping_id = String::new();
     let stats = for_each(dir, |e| {
+        if auction.is_none() && e.kind == "auction" && e.str("ping_id") == id && !id.is_empty() {
+            auction_id = e.str("auction_id").to_string();
+        }
         if e.str("auction_id") == auction_id {
             match e.kind.as_str() {
                 "auction" if auction.is_none() => {
@@ -165,7 +172,7 @@ pub fn find(dir: &Path, auction_id: &str) -> Result<(Entry, Vec<Entry>), String>
     match auction {
         Some(a) => Ok((a, posts)),
         None => {
-            let shown: String = auction_id.chars().take(80).collect();
+            let shown: String = id.chars().take(80).collect();
             let mut e = format!("no auction {shown:?} in the ledger {}", dir.display());
             for n in stats.notes() {
                 e.push_str(&format!("; {n}"));
