@@ -189,7 +189,8 @@ impl OrphanGuard {
 
     /// Tells the guard the exchange to watch: `pid`, a child of this process just
     /// spawned, with its start time (read now: a child's pid cannot be reused before it
-    /// is reaped). Without it, the guard exits when its stdin closes.
+    /// is reaped); then, under `--wrap`, the exchange the command started as a process of
+    /// its own, if it did. Without it, the guard exits when its stdin closes.
     pub fn watch(&mut self, pid: u32) {
         use std::io::Write;
         let Some(child) = self.0.as_mut() else {
@@ -223,6 +224,7 @@ pub const GUARD_MARK: &str = "LOADTEST_ORPHAN_GUARD";
 
 /// The pid and start time of the process whose environment holds
 /// `GUARD_MARK=<guard>`, from `/proc` (each environment read up to 1 MiB).
+#[cfg(test)]
 fn marked(guard: u32) -> Option<(u32, u64)> {
     find_marked(GUARD_MARK, &guard.to_string())
 }
@@ -279,25 +281,32 @@ pub fn all_marked(var: &str, value: &str) -> Vec<(u32, u64)> {
     found
 }
 
-/// The target a `--wrap` command (`wrapper`, marked `mark`) started: of the other
-/// processes with the mark, the one running `program` (its `/proc/<pid>/exe`), else the
-/// last started; the wrapper itself when it is the only one (it ran the target in its
-/// own process, as valgrind and `env` do).
-pub fn wrapped_target(wrapper: u32, mark: &str, program: &std::path::Path) -> Option<(u32, u64)> {
+/// Whether the process `pid` runs `program` (its `/proc/<pid>/exe`).
+pub fn runs_program(pid: u32, program: &std::path::Path) -> bool {
     let program = std::fs::canonicalize(program).ok();
-    let marked = all_marked(TARGET_MARK, mark);
+    program.is_some() && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == program
+}
+
+/// The target a `--wrap` command (`wrapper`) started, found by `var=value` in its
+/// environment: of the other processes with it, the one running `program`, else the last
+/// started; the wrapper itself when it is the only one (it ran the target in its own
+/// process, as valgrind and `env` do).
+pub fn wrapped_target(
+    wrapper: u32,
+    var: &str,
+    value: &str,
+    program: &std::path::Path,
+) -> Option<(u32, u64)> {
+    let marked = all_marked(var, value);
     let others: Vec<(u32, u64)> = marked
         .iter()
         .copied()
         .filter(|(p, _)| *p != wrapper)
         .collect();
-    let runs_program = |pid: u32| {
-        program.is_some() && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == program
-    };
     others
         .iter()
         .copied()
-        .find(|(p, _)| runs_program(*p))
+        .find(|(p, _)| runs_program(*p, program))
         .or_else(|| others.iter().copied().max_by_key(|(_, started)| *started))
         .or_else(|| marked.into_iter().find(|(p, _)| *p == wrapper))
 }
@@ -309,10 +318,26 @@ pub fn still_runs(pid: u32, started: u64) -> bool {
 }
 
 /// The `<pid> <start time>` line the guard is told, if whole.
+#[cfg(test)]
 fn told(said: &[u8]) -> Option<(u32, u64)> {
-    let line = std::str::from_utf8(said).ok()?.split_once('\n')?.0;
-    let (pid, started) = line.split_once(' ')?;
-    Some((pid.parse().ok()?, started.parse().ok()?))
+    told_all(said).into_iter().next()
+}
+
+/// Every whole `<pid> <start time>` line the guard is told, in order: the exchange (or
+/// the `--wrap` command that runs it) first, then the exchange that command started as
+/// a process of its own, if any ([`OrphanGuard::watch_target`]).
+fn told_all(said: &[u8]) -> Vec<(u32, u64)> {
+    let Ok(text) = std::str::from_utf8(said) else {
+        return Vec::new();
+    };
+    let whole = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+    whole
+        .split('\n')
+        .map_while(|line| {
+            let (pid, started) = line.split_once(' ')?;
+            Some((pid.parse().ok()?, started.parse().ok()?))
+        })
+        .collect()
 }
 
 /// How long the guard waits, after its stdin closed, for the exchange to be handed to
@@ -345,45 +370,69 @@ pub fn orphan_guard_main(loadtest: u32) {
     let mut said = Vec::new();
     let mut stdin = std::io::stdin().lock();
     let mut scratch = [0u8; 64];
-    // Bounded: one short line is expected, and anything past 64 bytes is ignored.
+    // Bounded: a few short lines are expected, and anything past 256 bytes is ignored.
     while let Ok(n) = std::io::Read::read(&mut stdin, &mut scratch) {
         if n == 0 {
             break;
         }
-        if said.len() < 64 {
+        if said.len() < 256 {
             said.extend_from_slice(&scratch[..n]);
         }
     }
     // Not told: `loadtest` died between starting the exchange and telling its pid (or
-    // the exchange did not start), and the exchange, if any, is found by its mark. Right
-    // after its exec the kernel may not have laid out its environment yet
-    // (`/proc/PID/environ` reads empty for a moment), so the guard looks again for
-    // `ORPHAN_WAIT` (a loaded full run caught the one look missing it).
-    let found = told(&said).or_else(|| {
-        (0..=ORPHAN_WAIT.as_millis() / 20).find_map(|look| {
-            if look > 0 {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            marked(std::process::id())
-        })
-    });
-    let Some((pid, started)) = found else {
-        return;
-    };
+    // the exchange did not start), and the exchange, if any, is found by its mark (with
+    // the `--wrap` command that runs it, which has it too). Right after its exec the
+    // kernel may not have laid out its environment yet (`/proc/PID/environ` reads empty
+    // for a moment), so the guard looks again for `ORPHAN_WAIT` (a loaded full run
+    // caught the one look missing it).
+    let mut found = told_all(&said);
+    if found.is_empty() {
+        found = (0..=ORPHAN_WAIT.as_millis() / 20)
+            .find_map(|look| {
+                if look > 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let marked = all_marked(GUARD_MARK, &std::process::id().to_string());
+                (!marked.is_empty()).then_some(marked)
+            })
+            .unwrap_or_default();
+    }
     let polls = ORPHAN_WAIT.as_millis() / 20;
     for _ in 0..polls {
-        match stat_of(pid) {
-            Some((state, parent, start)) if start == started && state != "Z" && state != "X" => {
-                if parent != loadtest {
-                    eprintln!(
-                        "loadtest orphan-guard: loadtest (pid {loadtest}) died without stopping the exchange (pid {pid}); stopping it"
-                    );
-                    stop(&[pid], STOP_GRACE);
-                    return;
+        let running: Vec<u32> = found
+            .iter()
+            .filter(|(pid, started)| still_runs(*pid, *started))
+            .map(|(pid, _)| *pid)
+            .collect();
+        if running.is_empty() {
+            // Ended, reaped, or other processes under reused pids: nothing to do.
+            return;
+        }
+        // `loadtest` died: the guard, its child, was handed to another parent, and so
+        // was the exchange if `loadtest` started it itself. (An exchange a `--wrap`
+        // command started as a process of its own never was `loadtest`'s child: the
+        // guard's own parent tells; black-box round 144a: the guard stopped the wrapper
+        // and left the exchange running.)
+        let orphaned = std::os::unix::process::parent_id() != loadtest
+            || running.iter().any(|pid| {
+                *pid == found[0].0 && stat_of(*pid).is_some_and(|(_, p, _)| p != loadtest)
+            });
+        if orphaned {
+            // And whatever else carries the mark: an exchange a `--wrap` command started
+            // that `loadtest` had not found yet (it was still starting).
+            let mut running = running;
+            for (pid, _) in all_marked(GUARD_MARK, &std::process::id().to_string()) {
+                if !running.contains(&pid) {
+                    running.push(pid);
                 }
             }
-            // Ended, reaped, or another process under a reused pid: nothing to do.
-            _ => return,
+            for pid in &running {
+                eprintln!(
+                    "loadtest orphan-guard: loadtest (pid {loadtest}) died without stopping the exchange (pid {pid}); stopping it"
+                );
+            }
+            stop(&running, STOP_GRACE);
+            return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -431,6 +480,12 @@ mod tests {
     fn the_guard_takes_only_a_whole_pid_line() {
         assert_eq!(told(b"4242 987654\n"), Some((4242, 987_654)));
         assert_eq!(told(b"4242 987654\nmore"), Some((4242, 987_654)));
+        // The exchange a --wrap command started, told after the command.
+        assert_eq!(
+            told_all(b"4242 987654\n4245 987660\n"),
+            vec![(4242, 987_654), (4245, 987_660)]
+        );
+        assert_eq!(told_all(b"4242 987654\n4245 98"), vec![(4242, 987_654)]);
         for bad in [
             &b""[..],
             b"4242 987654",
@@ -463,9 +518,15 @@ mod tests {
         )
         .expect("its line");
         let target: u32 = said.trim().parse().expect("the target's pid");
-        let found = wrapped_target(wrapper.id(), &mark, std::path::Path::new("/bin/sh"));
+        let found = wrapped_target(
+            wrapper.id(),
+            TARGET_MARK,
+            &mark,
+            std::path::Path::new("/bin/sh"),
+        );
         let none = wrapped_target(
             wrapper.id(),
+            TARGET_MARK,
             &format!("{mark}-other"),
             std::path::Path::new("/bin/sh"),
         );
