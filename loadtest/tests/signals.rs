@@ -13,6 +13,29 @@ use std::time::Duration;
 /// when loadtest behaves).
 const CASE_MAX: Duration = Duration::from_secs(30);
 
+/// `loadtest run p1-latency` against the exchange `exchange` alone, at 10 auctions/s for
+/// 1 s, writing into `out`.
+fn loadtest_on(exchange: &std::path::Path, out: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    cmd.args([
+        "run",
+        "p1-latency",
+        "--targets",
+        "exchange",
+        "--rate",
+        "10",
+        "--duration-s",
+        "1",
+        "--warmup-s",
+        "0",
+        "--exchange-bin",
+    ])
+    .arg(exchange)
+    .arg("--out")
+    .arg(out);
+    cmd
+}
+
 fn kill(sig: &str, pid: u32) {
     let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
 }
@@ -40,23 +63,7 @@ fn a_signal_to_loadtest_alone_stops_the_exchange_it_started() {
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
-        let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .args([
-                "run",
-                "p1-latency",
-                "--targets",
-                "exchange",
-                "--rate",
-                "10",
-                "--duration-s",
-                "1",
-                "--warmup-s",
-                "0",
-                "--exchange-bin",
-            ])
-            .arg(&fake)
-            .arg("--out")
-            .arg(dir.path().join(format!("out{signal}")))
+        let mut lt = loadtest_on(&fake, &dir.path().join(format!("out{signal}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -118,13 +125,27 @@ fn unblock(path: &std::path::Path, line: &str) {
 /// black-box round 27: the exchange kept running, listening and holding its ledger).
 #[test]
 fn a_sigkill_of_loadtest_still_stops_the_exchange_it_started() {
+    a_sigkill_of_loadtest_stops_the_exchange(None);
+}
+
+/// Under a `--wrap` command that runs the exchange as a process of its own, a SIGKILL of
+/// `loadtest` stops the exchange too, not only the command (black-box round 144a: the
+/// guard stopped the wrapper, and the exchange, handed to init, kept running).
+#[test]
+fn a_sigkill_of_loadtest_stops_the_exchange_a_wrapper_forked() {
+    a_sigkill_of_loadtest_stops_the_exchange(Some("#!/bin/sh\n\"$@\" &\nwait\n"));
+}
+
+/// Starts `loadtest` on an "exchange" that says its pid, never becomes healthy, ignores
+/// its stdin closing, and says so through a second FIFO when it is sent SIGTERM (under
+/// `wrapper`, a script, if given); kills `loadtest` with SIGKILL, and asserts that the
+/// exchange was sent SIGTERM.
+fn a_sigkill_of_loadtest_stops_the_exchange(wrapper: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let (ready, stopped) = (dir.path().join("ready"), dir.path().join("stopped"));
     for fifo in [&ready, &stopped] {
         assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
     }
-    // An "exchange" that says its pid, never becomes healthy, ignores its stdin closing,
-    // and says so through the second FIFO when it is sent SIGTERM.
     let fake = dir.path().join("fake-exchange");
     std::fs::write(
         &fake,
@@ -136,23 +157,14 @@ fn a_sigkill_of_loadtest_still_stops_the_exchange_it_started() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p1-latency",
-            "--targets",
-            "exchange",
-            "--rate",
-            "10",
-            "--duration-s",
-            "1",
-            "--warmup-s",
-            "0",
-            "--exchange-bin",
-        ])
-        .arg(&fake)
-        .arg("--out")
-        .arg(dir.path().join("out"))
+    let mut cmd = loadtest_on(&fake, &dir.path().join("out"));
+    if let Some(script) = wrapper {
+        let path = dir.path().join("wrapper");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        cmd.arg("--wrap").arg(&path);
+    }
+    let mut lt = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -186,7 +198,7 @@ fn a_sigkill_of_loadtest_still_stops_the_exchange_it_started() {
     assert_eq!(
         said.trim(),
         "term",
-        "the exchange was not stopped after loadtest was killed"
+        "the exchange was not stopped after loadtest was killed (wrapper: {wrapper:?})"
     );
 }
 
@@ -301,86 +313,5 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
             "the simulated buyers (pid {sims}) exited during the direct run"
         )),
         "{rest}"
-    );
-}
-
-/// Under a `--wrap` command that runs the exchange as a process of its own, a SIGKILL of
-/// `loadtest` stops the exchange too, not only the command (black-box round 144a: the
-/// guard stopped the wrapper, and the exchange, handed to init, kept running).
-#[test]
-fn a_sigkill_of_loadtest_stops_the_exchange_a_wrapper_forked() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, stopped) = (dir.path().join("ready"), dir.path().join("stopped"));
-    for fifo in [&ready, &stopped] {
-        assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
-    }
-    // A wrapper that forks the exchange and waits; an "exchange" that says its pid, never
-    // becomes healthy, and says so through the second FIFO when it is sent SIGTERM.
-    let wrapper = dir.path().join("forking-wrapper");
-    std::fs::write(&wrapper, "#!/bin/sh\n\"$@\" &\nwait\n").unwrap();
-    let fake = dir.path().join("fake-exchange");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\ntrap 'kill $child 2>/dev/null; echo term > \"{}\"; exit 0' TERM\nsleep 300 &\nchild=$!\necho $$ > '{}'\nwait\n",
-            stopped.display(),
-            ready.display()
-        ),
-    )
-    .unwrap();
-    for f in [&wrapper, &fake] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p1-latency",
-            "--targets",
-            "exchange",
-            "--rate",
-            "10",
-            "--duration-s",
-            "1",
-            "--warmup-s",
-            "0",
-            "--exchange-bin",
-        ])
-        .arg(&fake)
-        .arg("--wrap")
-        .arg(&wrapper)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (done, watch) = mpsc::channel::<()>();
-    let (lt_pid, ready_w, stopped_w) = (lt.id(), ready.clone(), stopped.clone());
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(CASE_MAX).is_err() {
-            kill("-KILL", lt_pid);
-            unblock(&ready_w, "0\n");
-            unblock(&stopped_w, "watchdog\n");
-        }
-    });
-    let ex: u32 = std::fs::read_to_string(&ready)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_ne!(ex, 0, "loadtest never started the exchange");
-    kill("-KILL", lt.id());
-    let _ = lt.wait();
-    let said = std::fs::read_to_string(&stopped).unwrap();
-    let _ = done.send(());
-    watchdog.join().unwrap();
-    if said.trim() != "term" {
-        kill("-KILL", ex);
-    }
-    assert_eq!(
-        said.trim(),
-        "term",
-        "the exchange the wrapper forked was not stopped after loadtest was killed"
     );
 }
