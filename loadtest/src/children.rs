@@ -142,7 +142,8 @@ pub fn stop(pids: &[u32], grace: Duration) {
 
 /// A `loadtest orphan-guard` process watching one exchange: it stops that exchange if
 /// `loadtest` dies without stopping it (a SIGKILL, an OOM kill), which no handler of
-/// `loadtest`'s own can catch. Dropped, it closes the guard's stdin and reaps it.
+/// `loadtest`'s own can catch. Dropped, it tells the guard `done`, closes its stdin and
+/// reaps it.
 ///
 /// The guard is started *before* the exchange ([`OrphanGuard::start`]), the exchange is
 /// started with the guard's mark in its environment ([`OrphanGuard::mark`]), and the
@@ -210,8 +211,12 @@ impl OrphanGuard {
 impl Drop for OrphanGuard {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            // EOF: the guard checks the exchange (ended, or still ours) and exits.
-            drop(child.stdin.take());
+            // `done`, then EOF: the guard exits. (EOF alone: `loadtest` died, and the
+            // guard stops what carries its mark.)
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write;
+                let _ = stdin.write_all(b"done\n");
+            }
             let _ = child.wait();
         }
     }
@@ -340,9 +345,8 @@ fn told_all(said: &[u8]) -> Vec<(u32, u64)> {
         .collect()
 }
 
-/// How long the guard waits, after its stdin closed, for the exchange to be handed to
-/// another parent (the kernel does it as `loadtest` exits, after closing its files)
-/// before it concludes that `loadtest` is alive and closed it on purpose.
+/// How long the guard, once `loadtest` died, goes on looking for processes with its
+/// mark (one may still be starting).
 const ORPHAN_WAIT: Duration = Duration::from_secs(2);
 
 /// The state, parent pid and start time (in clock ticks since boot) of `pid`, from
@@ -359,13 +363,13 @@ fn stat_of(pid: u32) -> Option<(String, u32, u64)> {
     ))
 }
 
-/// `loadtest orphan-guard --parent <loadtest>`: reads `<pid> <start time>` of the exchange
-/// to watch from its stdin, then waits for its stdin to close (it closes when `loadtest`,
-/// its parent, drops the guard or dies). It then stops the exchange `pid` ([`stop`]) if
-/// it still runs, is the same process (its start time), and is no longer `loadtest`'s
-/// child: `loadtest` died without stopping it. When `loadtest` closed the guard itself,
-/// the exchange has ended or is still its child, and the guard exits; so it does when
-/// its stdin closes before it was told a pid.
+/// `loadtest orphan-guard --parent <loadtest>`: reads `<pid> <start time>` lines of the
+/// processes to watch from its stdin (the exchange or its `--wrap` command, then the
+/// exchange that command started), until its stdin closes (when `loadtest`, its parent,
+/// drops the guard or dies). `done` before the close: `loadtest` let it go, having
+/// stopped them, and the guard exits. Without it, `loadtest` died: the guard stops
+/// ([`stop`]) every process told that still runs (the same process: its start time) and
+/// every process with its mark, looking for those during [`ORPHAN_WAIT`].
 pub fn orphan_guard_main(loadtest: u32) {
     let mut said = Vec::new();
     let mut stdin = std::io::stdin().lock();
@@ -379,64 +383,48 @@ pub fn orphan_guard_main(loadtest: u32) {
             said.extend_from_slice(&scratch[..n]);
         }
     }
-    // Not told: `loadtest` died between starting the exchange and telling its pid (or
-    // the exchange did not start), and the exchange, if any, is found by its mark (with
-    // the `--wrap` command that runs it, which has it too). Right after its exec the
-    // kernel may not have laid out its environment yet (`/proc/PID/environ` reads empty
-    // for a moment), so the guard looks again for `ORPHAN_WAIT` (a loaded full run
-    // caught the one look missing it).
-    let mut found = told_all(&said);
-    if found.is_empty() {
-        found = (0..=ORPHAN_WAIT.as_millis() / 20)
-            .find_map(|look| {
-                if look > 0 {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let marked = all_marked(GUARD_MARK, &std::process::id().to_string());
-                (!marked.is_empty()).then_some(marked)
-            })
-            .unwrap_or_default();
+    // `loadtest` says `done` when it lets the guard go: it has stopped what it started.
+    if said.split(|b| *b == b'\n').any(|line| line == DONE) {
+        return;
     }
-    let polls = ORPHAN_WAIT.as_millis() / 20;
-    for _ in 0..polls {
-        let running: Vec<u32> = found
+    // Its stdin closed without `done`: `loadtest` died (a SIGKILL, an OOM kill) or
+    // exited on a signal. Every process told, and every process with the guard's mark
+    // (the exchange, the `--wrap` command that runs it, and what that command started),
+    // is stopped. Marks are looked for during `ORPHAN_WAIT`: a process `loadtest` had
+    // not found yet may still be starting (black-box round 145a: a wrapper that forked
+    // the exchange after a moment left it running when `loadtest` was killed at once),
+    // and right after its exec the kernel may not have laid out its environment yet
+    // (`/proc/PID/environ` reads empty for a moment; a loaded full run caught one look
+    // missing it).
+    let told = told_all(&said);
+    let mark = std::process::id().to_string();
+    let mut signalled: Vec<u32> = Vec::new();
+    for look in 0..=ORPHAN_WAIT.as_millis() / 20 {
+        if look > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let running = told
             .iter()
+            .copied()
             .filter(|(pid, started)| still_runs(*pid, *started))
-            .map(|(pid, _)| *pid)
-            .collect();
-        if running.is_empty() {
-            // Ended, reaped, or other processes under reused pids: nothing to do.
-            return;
-        }
-        // `loadtest` died: the guard, its child, was handed to another parent, and so
-        // was the exchange if `loadtest` started it itself. (An exchange a `--wrap`
-        // command started as a process of its own never was `loadtest`'s child: the
-        // guard's own parent tells; black-box round 144a: the guard stopped the wrapper
-        // and left the exchange running.)
-        let orphaned = std::os::unix::process::parent_id() != loadtest
-            || running.iter().any(|pid| {
-                *pid == found[0].0 && stat_of(*pid).is_some_and(|(_, p, _)| p != loadtest)
-            });
-        if orphaned {
-            // And whatever else carries the mark: an exchange a `--wrap` command started
-            // that `loadtest` had not found yet (it was still starting).
-            let mut running = running;
-            for (pid, _) in all_marked(GUARD_MARK, &std::process::id().to_string()) {
-                if !running.contains(&pid) {
-                    running.push(pid);
-                }
+            .chain(all_marked(GUARD_MARK, &mark));
+        for (pid, _) in running {
+            if signalled.contains(&pid) {
+                continue;
             }
-            for pid in &running {
-                eprintln!(
-                    "loadtest orphan-guard: loadtest (pid {loadtest}) died without stopping the exchange (pid {pid}); stopping it"
-                );
-            }
-            stop(&running, STOP_GRACE);
-            return;
+            eprintln!(
+                "loadtest orphan-guard: loadtest (pid {loadtest}) died without stopping the exchange it started (pid {pid}, the exchange or a process of its --wrap command); stopping it"
+            );
+            signal(pid, "-TERM");
+            signalled.push(pid);
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    // SIGTERM again, then SIGKILL for any still running after the grace.
+    stop(&signalled, STOP_GRACE);
 }
+
+/// What `loadtest` tells its guard when it lets it go, having stopped what it started.
+const DONE: &[u8] = b"done";
 
 /// Installs the handlers for SIGINT, SIGTERM and SIGHUP at once (so no signal is missed
 /// once it returns) and gives the task to spawn on the run's runtime: on the first of

@@ -315,3 +315,84 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
         "{rest}"
     );
 }
+
+/// A SIGKILL of `loadtest` before a `--wrap` command that forks has started the exchange:
+/// the guard goes on looking for its mark, and stops the exchange once it runs (black-box
+/// round 145a: killed at once, such a wrapper's exchange was left running for good).
+#[test]
+fn a_sigkill_before_a_forking_wrapper_starts_the_exchange_still_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifos: Vec<_> = ["wrapped", "go", "ready", "stopped"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    for fifo in &fifos {
+        assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
+    }
+    let (wrapped, go, ready, stopped) = (&fifos[0], &fifos[1], &fifos[2], &fifos[3]);
+    // The wrapper says it runs, forks a shell that starts the exchange only once told,
+    // and exits.
+    let wrapper = dir.path().join("wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\n( read line < '{}'; exec \"$@\" ) &\nexit 0\n",
+            wrapped.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    let fake = dir.path().join("fake-exchange");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ntrap 'kill $child 2>/dev/null; echo term > \"{}\"; exit 0' TERM\nsleep 300 &\nchild=$!\necho $$ > '{}'\nwait\n",
+            stopped.display(),
+            ready.display()
+        ),
+    )
+    .unwrap();
+    for f in [&wrapper, &fake] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut lt = loadtest_on(&fake, &dir.path().join("out"))
+        .arg("--wrap")
+        .arg(&wrapper)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (done, watch) = mpsc::channel::<()>();
+    let lt_pid = lt.id();
+    let unblock_all: Vec<_> = fifos.clone();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(CASE_MAX).is_err() {
+            kill("-KILL", lt_pid);
+            for (f, line) in unblock_all.iter().zip(["0\n", "go\n", "0\n", "watchdog\n"]) {
+                unblock(f, line);
+            }
+        }
+    });
+    // The wrapper runs: loadtest dies before the exchange exists.
+    let _ = std::fs::read_to_string(wrapped).unwrap();
+    kill("-KILL", lt.id());
+    let _ = lt.wait();
+    std::fs::write(go, "go\n").unwrap();
+    let ex: u32 = std::fs::read_to_string(ready)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let said = std::fs::read_to_string(stopped).unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    if said.trim() != "term" {
+        kill("-KILL", ex);
+    }
+    assert_eq!(
+        said.trim(),
+        "term",
+        "the exchange the wrapper started after loadtest died was not stopped"
+    );
+}

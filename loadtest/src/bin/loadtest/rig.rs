@@ -256,7 +256,7 @@ pub(crate) async fn wait_healthy(
                 if !g.target_runs() {
                     match &g.wrapped {
                         Some(_) => bail!(
-                            "the --wrap command of the {} exited ({status}), and nothing it started runs: the {} was not healthy at {addr}; its own message is above",
+                            "the --wrap command of the {} exited ({status}), and no process with its marks runs (a command that removes them hides what it started): the {} was not healthy at {addr}; its own message, if any, is above",
                             g.name,
                             g.name
                         ),
