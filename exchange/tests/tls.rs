@@ -422,6 +422,44 @@ async fn certificates_that_do_not_parse_are_refused_where_the_configuration_is_r
     assert!(err.contains("buyer-ca.pem: certificate 1 of 1"), "{err}");
 }
 
+/// A chain over 64 KiB is refused where the configuration is read, and on reload (the
+/// running certificate serves on): black-box round 146b: 402 certificates passed
+/// `--check-config`, every handshake sent 242 KB, and no OpenSSL client could connect.
+#[tokio::test]
+async fn a_certificate_chain_clients_cannot_take_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("huge");
+    let huge = format!("{}{}", ca.leaf_pem, ca.ca_pem.repeat(200));
+    let cert = write(dir.path(), "cert.pem", &huge);
+    let key = write(dir.path(), "key.pem", &ca.leaf_key_pem);
+    let ledger = dir.path().join("ledger");
+    let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
+    let err = pingpost::config::load_str_with_env(&text, &|_| None)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("server.tls.cert_path"), "{err}");
+    assert!(err.contains("cert.pem: the certificate chain is "), "{err}");
+    assert!(
+        err.contains("in 201 certificate(s), over 65536 bytes"),
+        "{err}"
+    );
+    // Started with a good chain, a reload to the huge one is refused.
+    write(
+        dir.path(),
+        "cert.pem",
+        &format!("{}{}", ca.leaf_pem, ca.ca_pem),
+    );
+    let config = pingpost::config::load_str_with_env(&text, &|_| None).unwrap();
+    let ex = app::start(config, Clock::system()).await.unwrap();
+    let url = format!("https://localhost:{}/healthz", ex.addr.port());
+    let client = https_client(&ca.ca_pem, true);
+    write(dir.path(), "cert.pem", &huge);
+    let err = pingpost::tls::reload_tls(&ex.state).unwrap_err();
+    assert!(err.contains("over 65536 bytes"), "{err}");
+    assert_eq!(get(&client, &url).await.unwrap().0, StatusCode::OK);
+    ex.shutdown().await.unwrap();
+}
+
 /// `--check-config` warns of an expired seller certificate as a start does, on stderr,
 /// and still exits 0 (black-box round 17: only the start said it).
 #[test]

@@ -52,6 +52,22 @@ pub enum TlsError {
     /// rustls refused the pair (unsupported algorithm...).
     #[error("certificate and key rejected: {0}")]
     Rejected(String),
+    /// A server's certificate chain too large for clients to take.
+    #[error(
+        "{file}: the certificate chain is {bytes} bytes in {count} certificate(s), over {max} \
+         bytes: clients refuse a chain that large (OpenSSL's limit is 100 KiB), and every \
+         handshake would send it; give the server's certificate and its intermediates only"
+    )]
+    ChainTooLarge {
+        /// The file.
+        file: String,
+        /// The chain's DER bytes.
+        bytes: usize,
+        /// Its certificates.
+        count: usize,
+        /// [`SERVER_CHAIN_BYTES_MAX`].
+        max: usize,
+    },
     /// The private key is not the certificate's.
     #[error("the private key in {key} does not match the certificate in {cert}")]
     KeyMismatch {
@@ -74,6 +90,30 @@ pub enum TlsFile {
 /// The largest PEM file read: certificate chains and keys are a few KB, a bundle of every
 /// public root CA about 250 KB.
 pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The largest certificate chain a listener serves, in DER bytes: a server's certificate
+/// and its intermediates are a few KB; OpenSSL's clients refuse a Certificate message
+/// over 100 KiB, and every handshake sends the chain (black-box round 146b: 402
+/// certificates, 242 KB sent to each ClientHello of 517 bytes, passed `--check-config`,
+/// and no client could connect).
+pub const SERVER_CHAIN_BYTES_MAX: usize = 64 * 1024;
+
+/// `certs`, a server's chain from `label`, if it is not over [`SERVER_CHAIN_BYTES_MAX`].
+fn server_chain(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    label: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let bytes: usize = certs.iter().map(|c| c.len()).sum();
+    if bytes > SERVER_CHAIN_BYTES_MAX {
+        return Err(TlsError::ChainTooLarge {
+            file: label.to_string(),
+            bytes,
+            count: certs.len(),
+            max: SERVER_CHAIN_BYTES_MAX,
+        });
+    }
+    Ok(certs)
+}
 
 /// Reads a regular file of at most `max` bytes. Anything else is an error before a byte is
 /// read: a FIFO or a device could block forever or never end (`/dev/zero`), and a larger
@@ -210,7 +250,7 @@ pub fn server_config_from_pem(
     key_pem: &[u8],
     label: &str,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let certs = certificates_from_pem(cert_pem, label)?;
+    let certs = server_chain(certificates_from_pem(cert_pem, label)?, label)?;
     let key = private_key_from_pem(key_pem, label)?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -247,7 +287,9 @@ pub fn check_one_tls_file(path: &Path, file: TlsFile) -> Result<(), TlsError> {
     let name = path.display().to_string();
     let pem = read_pem(path)?;
     match file {
-        TlsFile::Cert => certificates_from_pem(&pem, &name).map(|_| ()),
+        TlsFile::Cert => {
+            certificates_from_pem(&pem, &name).and_then(|c| server_chain(c, &name).map(|_| ()))
+        }
         TlsFile::Key => private_key_from_pem(&pem, &name).map(|_| ()),
     }
 }
@@ -265,6 +307,7 @@ pub fn server_config_from_files_checked(
     let mut problems = Vec::new();
     let certs = read_pem(cert_path)
         .and_then(|pem| certificates_from_pem(&pem, &cert_name))
+        .and_then(|certs| server_chain(certs, &cert_name))
         .map_err(|e| problems.push((TlsFile::Cert, e)))
         .ok();
     let key = read_pem(key_path)
