@@ -1372,3 +1372,30 @@ async fn an_http2_control_frame_flood_closes_its_connection() {
     assert_eq!(ex.state.conn_gate.stalled(), 3);
     ex.shutdown().await.unwrap();
 }
+
+/// A TLS handshake sent to a cleartext port gets the JSON `400` saying so (black-box
+/// round 146b: it was told as a head that could not be read as HTTP/1.1).
+#[tokio::test]
+async fn a_tls_handshake_on_a_cleartext_port_is_told_to_use_http() {
+    let (ex, _dir) = start(5_000, "").await;
+    // A TLS 1.2 record header and the start of a ClientHello.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03,
+    ];
+    hello.extend_from_slice(&[0x41; 32]);
+    hello.extend_from_slice(b"\r\n\r\n");
+    let (answer, closed) = answer_and_close(ex.addr, &hello).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains(
+            "a TLS handshake reached this port, which speaks cleartext HTTP: use http://"
+        ),
+        "{answer}"
+    );
+    assert!(closed);
+    // A malformed head that is not TLS keeps its message.
+    let (answer, _) =
+        answer_and_close(ex.addr, b"GET /healthz HTTP/1.1\r\nbad header\r\n\r\n").await;
+    assert!(answer.contains("could not be read as HTTP/1.1"), "{answer}");
+    ex.shutdown().await.unwrap();
+}

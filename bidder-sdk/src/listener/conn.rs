@@ -245,6 +245,7 @@ impl Conn {
             frames: Default::default(),
             frames_in: Default::default(),
             head_request: false,
+            tls_hello: false,
         });
         let only;
         let builder: &auto::Builder<TokioExecutor> = match alpn {

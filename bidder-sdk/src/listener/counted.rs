@@ -89,6 +89,9 @@ pub(super) struct Counted<I> {
     /// Whether the head being read began with `HEAD ` (HTTP/1.x): hyper's bare answer to
     /// it goes out with the JSON's length and without the JSON (RFC 9110 9.3.2).
     pub(super) head_request: bool,
+    /// Whether the connection began with a TLS record (a handshake sent to a cleartext
+    /// port): hyper's `400` then says so.
+    pub(super) tls_hello: bool,
 }
 
 /// Reads the frames an HTTP/2 connection writes, to count the answers that went out to
@@ -456,6 +459,7 @@ pub(super) fn bare_answer_replacement(
     head: &[u8],
     limits: &Limits,
     head_request: bool,
+    tls_hello: bool,
 ) -> Option<(Vec<u8>, bool)> {
     if head.len() > BARE_HEAD_MAX
         || head.len() < 13
@@ -504,6 +508,13 @@ pub(super) fn bare_answer_replacement(
                 limits.header_bytes_max, limits.headers_max
             ),
         )
+    } else if tls_hello {
+        // Black-box round 146b: told as a malformed head, where the client only needs to
+        // use the other scheme.
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a TLS handshake reached this port, which speaks cleartext HTTP: use http://, not https://",
+        )
     } else {
         ApiError::new(
             ErrorCode::InvalidRequest,
@@ -548,7 +559,7 @@ impl<I: AsyncWrite + Unpin> Counted<I> {
             return;
         }
         if let Some((bytes, too_large)) =
-            bare_answer_replacement(buf, &self.limits, self.head_request)
+            bare_answer_replacement(buf, &self.limits, self.head_request, self.tls_hello)
         {
             if too_large {
                 if let Some(hook) = &self.on_refused {
@@ -634,7 +645,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             // lie a long, legitimate idle time back).
             if before == a.bytes_at_finish.load(Ordering::Relaxed) {
                 a.head_starts();
-                this.head_request = is_head_request(&buf.filled()[before_len..]);
+                let first = &buf.filled()[before_len..];
+                this.head_request = is_head_request(first);
+                // The connection's first bytes: a TLS record (handshake, TLS 1.x).
+                if before == 0 {
+                    this.tls_hello = first.starts_with(&[0x16, 0x03]);
+                }
             }
         }
         polled

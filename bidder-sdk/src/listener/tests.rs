@@ -57,6 +57,7 @@ fn counted(step: usize) -> Counted<Trickle> {
         frames: Default::default(),
         frames_in: Default::default(),
         head_request: false,
+        tls_hello: false,
     }
 }
 
@@ -102,7 +103,7 @@ async fn hypers_bare_answers_get_the_json_body_even_through_short_writes() {
     for status in ["414 URI Too Long", "431 Request Header Fields Too Large"] {
         let head = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
         let (wire, counted_as_refused) =
-            bare_answer_replacement(head.as_bytes(), &Limits::default(), false).unwrap();
+            bare_answer_replacement(head.as_bytes(), &Limits::default(), false, false).unwrap();
         let text = String::from_utf8(wire).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
@@ -139,7 +140,7 @@ fn a_replacement_always_says_connection_close_once() {
         "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
     ] {
         let (wire, _) =
-            bare_answer_replacement(head.as_bytes(), &Limits::default(), false).unwrap();
+            bare_answer_replacement(head.as_bytes(), &Limits::default(), false, false).unwrap();
         let text = String::from_utf8(wire).unwrap();
         assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
         assert!(text.starts_with(&head[..9]), "{text}");
@@ -162,7 +163,7 @@ async fn the_services_own_answers_are_never_rewritten() {
     ];
     for head in kept {
         assert!(
-            bare_answer_replacement(head, &Limits::default(), false).is_none(),
+            bare_answer_replacement(head, &Limits::default(), false, false).is_none(),
             "{head:?}"
         );
         let mut c = counted(5);
