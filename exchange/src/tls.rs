@@ -800,10 +800,16 @@ pub fn expiry_problem(
             at(not_before)
         ))
     } else if not_after - now < CERT_EXPIRY_WARN_MS {
+        // In minutes under an hour (black-box round 146b: "in 0 hour(s)").
+        let left = not_after - now;
+        let within = if left < 3_600_000 {
+            format!("{} minute(s)", left / 60_000)
+        } else {
+            format!("{} hour(s)", left / 3_600_000)
+        };
         Some(format!(
-            "the certificate expires at {} (in {} hour(s)); renew it and reload",
+            "the certificate expires at {} (in {within}); renew it and reload",
             at(not_after),
-            (not_after - now) / 3_600_000
         ))
     } else {
         None
@@ -921,5 +927,11 @@ mod validity_tests {
         assert!(expiry_problem(v, ms(2026, 11, 25))
             .unwrap()
             .contains("expires at 2026-12-01T00:00:00.000Z (in 144 hour(s))"));
+        assert!(expiry_problem(v, ms(2026, 12, 1) - 45_000)
+            .unwrap()
+            .contains("(in 0 minute(s))"));
+        assert!(expiry_problem(v, ms(2026, 12, 1) - 59 * 60_000)
+            .unwrap()
+            .contains("(in 59 minute(s))"));
     }
 }

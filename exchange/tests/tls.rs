@@ -422,6 +422,31 @@ async fn certificates_that_do_not_parse_are_refused_where_the_configuration_is_r
     assert!(err.contains("buyer-ca.pem: certificate 1 of 1"), "{err}");
 }
 
+/// A P-521 key (a test key, made for this test): it parses, and rustls does not sign
+/// with it.
+const P521_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIACpJt8iqParTXttHW\nbrJ4wn05ltbHlDxj5NvJG4pr/N8IitGzVEKHqsCyyeYRd4N89u0ox8fdFmytE6Qx\njQ3ShOKhgYkDgYYABAEdAK9/LqY3+YbsgfHRXm1V7dwZi4tEZLoidU1+lFa+MGDA\nhL7QmVSo7jFeRMnfzXSpi4/1JzrttOUU9jUI2G6EKwCn4TxTrkDQAjzq9zXCAZhU\nx3vnXLL09SMPx4DRgc/igzWPoQ9xvkJZnm5Bh36n0uEsgiPMwhX3on6fyL11wYK4\now==\n-----END PRIVATE KEY-----\n";
+
+/// A key that parses but is not a type or size rustls signs with is told so, not as
+/// rustls's "unexpected error: failed to parse private key" (black-box round 146b).
+#[test]
+fn an_unsupported_key_is_told_as_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = local_ca("p521");
+    let cert = write(dir.path(), "cert.pem", &ca.leaf_pem);
+    let key = write(dir.path(), "key.pem", P521_KEY);
+    let ledger = dir.path().join("ledger");
+    let text = with_server_tls(&TestConfig::new().toml(&ledger), "", &cert, &key);
+    let err = pingpost::config::load_str_with_env(&text, &|_| None)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("server.tls.key_path"), "{err}");
+    assert!(
+        err.contains("key.pem: the key cannot be used (its type or size is not supported): the supported keys are"),
+        "{err}"
+    );
+    assert!(!err.contains("unexpected error"), "{err}");
+}
+
 /// A chain over 64 KiB is refused where the configuration is read, and on reload (the
 /// running certificate serves on): black-box round 146b: 402 certificates passed
 /// `--check-config`, every handshake sent 242 KB, and no OpenSSL client could connect.

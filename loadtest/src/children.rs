@@ -413,7 +413,7 @@ pub fn orphan_guard_main(loadtest: u32) {
                 continue;
             }
             eprintln!(
-                "loadtest orphan-guard: loadtest (pid {loadtest}) died without stopping the exchange it started (pid {pid}, the exchange or a process of its --wrap command); stopping it"
+                "loadtest orphan-guard: loadtest (pid {loadtest}) ended without stopping the exchange it started (pid {pid}, the exchange or a process of its --wrap command); stopping it"
             );
             signal(pid, "-TERM");
             signalled.push(pid);

@@ -238,7 +238,7 @@ fn a_guard_never_told_the_pid_finds_the_exchange_by_its_mark() {
     let err = std::io::read_to_string(guard.stderr.take().unwrap()).unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "stopped by SIGTERM: {err}");
-    assert!(err.contains("died without stopping the exchange"), "{err}");
+    assert!(err.contains("ended without stopping the exchange"), "{err}");
 }
 
 /// The simulated buyers' process ending during a run fails the run, named: without its

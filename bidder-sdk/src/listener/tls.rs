@@ -322,12 +322,21 @@ pub fn server_config_from_files_checked(
     let signing_key = match provider.key_provider.load_private_key(key.clone_key()) {
         Ok(k) => k,
         Err(e) => {
+            // rustls says "unexpected error: failed to parse private key as RSA, ECDSA, or
+            // EdDSA" of a key that parses but is not one it signs with (black-box round
+            // 146b: an RSA-1024 or P-521 key).
+            let why = e.to_string();
+            let why = if why.contains("failed to parse private key") {
+                "its type or size is not supported".to_string()
+            } else {
+                why
+            };
             return Err(vec![(
                 TlsFile::Key,
                 TlsError::Rejected(format!(
-                    "{key_name}: the key cannot be used ({e}): the supported keys are RSA of 2048 to 8192 bits, ECDSA on P-256 or P-384, and Ed25519"
+                    "{key_name}: the key cannot be used ({why}): the supported keys are RSA of 2048 to 8192 bits, ECDSA on P-256 or P-384, and Ed25519"
                 )),
-            )])
+            )]);
         }
     };
     // The key is another certificate's of the file: the chain is out of order (black-box
