@@ -36,6 +36,28 @@ fn loadtest_on(exchange: &std::path::Path, out: &std::path::Path) -> Command {
     cmd
 }
 
+/// An "exchange" (a script in `dir`) that says its pid through the FIFO `ready`, never
+/// becomes healthy, ignores its stdin closing, and says `term` through the FIFO `stopped`
+/// when it is sent SIGTERM.
+fn fake_exchange(
+    dir: &std::path::Path,
+    ready: &std::path::Path,
+    stopped: &std::path::Path,
+) -> std::path::PathBuf {
+    let fake = dir.join("fake-exchange");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ntrap 'kill $child 2>/dev/null; echo term > \"{}\"; exit 0' TERM\nsleep 300 &\nchild=$!\necho $$ > '{}'\nwait\n",
+            stopped.display(),
+            ready.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake
+}
+
 fn kill(sig: &str, pid: u32) {
     let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
 }
@@ -146,17 +168,7 @@ fn a_sigkill_of_loadtest_stops_the_exchange(wrapper: Option<&str>) {
     for fifo in [&ready, &stopped] {
         assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
     }
-    let fake = dir.path().join("fake-exchange");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\ntrap 'kill $child 2>/dev/null; echo term > \"{}\"; exit 0' TERM\nsleep 300 &\nchild=$!\necho $$ > '{}'\nwait\n",
-            stopped.display(),
-            ready.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_exchange(dir.path(), &ready, &stopped);
     let mut cmd = loadtest_on(&fake, &dir.path().join("out"));
     if let Some(script) = wrapper {
         let path = dir.path().join("wrapper");
@@ -342,19 +354,8 @@ fn a_sigkill_before_a_forking_wrapper_starts_the_exchange_still_stops_it() {
         ),
     )
     .unwrap();
-    let fake = dir.path().join("fake-exchange");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\ntrap 'kill $child 2>/dev/null; echo term > \"{}\"; exit 0' TERM\nsleep 300 &\nchild=$!\necho $$ > '{}'\nwait\n",
-            stopped.display(),
-            ready.display()
-        ),
-    )
-    .unwrap();
-    for f in [&wrapper, &fake] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_exchange(dir.path(), ready, stopped);
     let mut lt = loadtest_on(&fake, &dir.path().join("out"))
         .arg("--wrap")
         .arg(&wrapper)
