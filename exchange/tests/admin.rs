@@ -200,7 +200,19 @@ async fn without_a_token_the_admin_listener_is_off_and_a_non_loopback_one_is_ref
     assert_ne!(open, text);
     let errors = pingpost::config::load_str_with_env(&open, &no_env).unwrap_err();
     assert!(
-        errors.0.iter().any(|e| e.starts_with("admin.listen:")),
+        errors
+            .0
+            .iter()
+            .any(|e| e.starts_with("admin.listen:") && e.ends_with("must hold the admin token")),
+        "{errors}"
+    );
+    // With a token that is refused, the listen problem says the variable holds one
+    // (black-box round 146b: it read as if the variable were unset).
+    let short = |name: &str| (name == ADMIN_TOKEN_ENV).then(|| "short-secret".to_string());
+    let errors = pingpost::config::load_str_with_env(&open, &short).unwrap_err();
+    assert!(
+        errors.0.iter().any(|e| e.starts_with("admin.listen:")
+            && e.contains("must hold a valid admin token (the one it holds is refused")),
         "{errors}"
     );
 

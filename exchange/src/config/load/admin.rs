@@ -83,10 +83,17 @@ pub(super) fn read_admin(
     };
     if token.is_none() && !listen.ip().is_loopback() {
         // Without a token the admin listener does not start; on a non-loopback address
-        // that is almost certainly a mistake, so say so rather than run without it.
+        // that is almost certainly a mistake, so say so rather than run without it. A
+        // token refused above is said to be set (black-box round 146b: this read as if
+        // the variable were unset, beside the token's own problem).
+        let set = env(&token_env).is_some_and(|t| !t.is_empty());
         p.at(
             &s.path_of("listen"),
-            format!("is not a loopback address, so ${shown} must hold the admin token"),
+            if set {
+                format!("is not a loopback address, so ${shown} must hold a valid admin token (the one it holds is refused: see token_env)")
+            } else {
+                format!("is not a loopback address, so ${shown} must hold the admin token")
+            },
         );
     }
     s.finish(p);
