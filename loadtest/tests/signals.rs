@@ -200,18 +200,30 @@ fn a_sigkill_of_loadtest_stops_the_exchange(wrapper: Option<&str>) {
     assert_ne!(ex, 0, "loadtest never started the exchange");
     kill("-KILL", lt.id());
     let _ = lt.wait();
-    // Blocks until the fake exchange is sent SIGTERM (or the watchdog gives up).
-    let said = std::fs::read_to_string(&stopped).unwrap();
+    assert_sent_term(
+        ex,
+        &stopped,
+        (done, watchdog),
+        &format!("the exchange was not stopped after loadtest was killed (wrapper: {wrapper:?})"),
+    );
+}
+
+/// Blocks until the fake exchange `ex` says through `stopped` that it was sent SIGTERM (or
+/// the watchdog gives up), ends the watchdog, kills `ex` if it was not, and asserts that
+/// it was (`what` otherwise).
+fn assert_sent_term(
+    ex: u32,
+    stopped: &std::path::Path,
+    (done, watchdog): (mpsc::Sender<()>, std::thread::JoinHandle<()>),
+    what: &str,
+) {
+    let said = std::fs::read_to_string(stopped).unwrap();
     let _ = done.send(());
     watchdog.join().unwrap();
     if said.trim() != "term" {
         kill("-KILL", ex);
     }
-    assert_eq!(
-        said.trim(),
-        "term",
-        "the exchange was not stopped after loadtest was killed (wrapper: {wrapper:?})"
-    );
+    assert_eq!(said.trim(), "term", "{what}");
 }
 
 /// `loadtest` killed after it started the exchange and before it told the guard its pid:
@@ -328,72 +340,76 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
     );
 }
 
-/// A SIGKILL of `loadtest` before a `--wrap` command that forks has started the exchange:
-/// the guard goes on looking for its mark, and stops the exchange once it runs (black-box
-/// round 145a: killed at once, such a wrapper's exchange was left running for good).
+/// The guard told only of a process that has ended (a `--wrap` command that forked the
+/// exchange and exited) still stops the exchange by its mark when `loadtest` dies, and
+/// leaves it alone when `loadtest` lets it go with `done` (black-box round 145a: killed at
+/// once under such a wrapper, `loadtest` left the exchange running for good: the guard
+/// saw its one told process gone and exited).
 #[test]
-fn a_sigkill_before_a_forking_wrapper_starts_the_exchange_still_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let fifos: Vec<_> = ["wrapped", "go", "ready", "stopped"]
-        .iter()
-        .map(|n| dir.path().join(n))
-        .collect();
-    for fifo in &fifos {
-        assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
-    }
-    let (wrapped, go, ready, stopped) = (&fifos[0], &fifos[1], &fifos[2], &fifos[3]);
-    // The wrapper says it runs, forks a shell that starts the exchange only once told,
-    // and exits.
-    let wrapper = dir.path().join("wrapper");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho $$ > '{}'\n( read line < '{}'; exec \"$@\" ) &\nexit 0\n",
-            wrapped.display(),
-            go.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let fake = fake_exchange(dir.path(), ready, stopped);
-    let mut lt = loadtest_on(&fake, &dir.path().join("out"))
-        .arg("--wrap")
-        .arg(&wrapper)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (done, watch) = mpsc::channel::<()>();
-    let lt_pid = lt.id();
-    let unblock_all: Vec<_> = fifos.clone();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(CASE_MAX).is_err() {
-            kill("-KILL", lt_pid);
-            for (f, line) in unblock_all.iter().zip(["0\n", "go\n", "0\n", "watchdog\n"]) {
-                unblock(f, line);
+fn a_guard_whose_told_process_ended_still_stops_the_marked_exchange() {
+    for said_done in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (ready, stopped) = (dir.path().join("ready"), dir.path().join("stopped"));
+        for fifo in [&ready, &stopped] {
+            assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
+        }
+        let fake = fake_exchange(dir.path(), &ready, &stopped);
+        // The "wrapper": a process that has ended (and was reaped) by the time the guard
+        // is told of it.
+        let mut wrapper = Command::new("true").spawn().unwrap();
+        let ended = wrapper.id();
+        wrapper.wait().unwrap();
+        let mut guard = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["orphan-guard", "--parent", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut exchange = Command::new(&fake)
+            .env(loadtest::children::GUARD_MARK, guard.id().to_string())
+            .spawn()
+            .unwrap();
+        let (done, watch) = mpsc::channel::<()>();
+        let (ex, ready_w, stopped_w) = (exchange.id(), ready.clone(), stopped.clone());
+        let watchdog = std::thread::spawn(move || {
+            if watch.recv_timeout(CASE_MAX).is_err() {
+                kill("-KILL", ex);
+                unblock(&ready_w, "0\n");
+                unblock(&stopped_w, "watchdog\n");
+            }
+        });
+        // The exchange runs, its SIGTERM trap set.
+        let _ = std::fs::read_to_string(&ready).unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = guard.stdin.take().unwrap();
+            // Told a pid and start time that no running process has.
+            writeln!(stdin, "{ended} 1").unwrap();
+            if said_done {
+                writeln!(stdin, "done").unwrap();
             }
         }
-    });
-    // The wrapper runs: loadtest dies before the exchange exists.
-    let _ = std::fs::read_to_string(wrapped).unwrap();
-    kill("-KILL", lt.id());
-    let _ = lt.wait();
-    std::fs::write(go, "go\n").unwrap();
-    let ex: u32 = std::fs::read_to_string(ready)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let said = std::fs::read_to_string(stopped).unwrap();
-    let _ = done.send(());
-    watchdog.join().unwrap();
-    if said.trim() != "term" {
-        kill("-KILL", ex);
+        if said_done {
+            let _ = guard.wait();
+            let runs = exchange.try_wait().unwrap().is_none();
+            // Stopped here (its trap ends its own child too).
+            kill("-TERM", ex);
+            assert_sent_term(ex, &stopped, (done, watchdog), "the exchange did not stop");
+            let _ = exchange.wait();
+            assert!(
+                runs,
+                "the guard stopped the exchange though loadtest said done"
+            );
+        } else {
+            assert_sent_term(
+                ex,
+                &stopped,
+                (done, watchdog),
+                "the marked exchange was not stopped when loadtest died",
+            );
+            let _ = exchange.wait();
+            let _ = guard.wait();
+        }
     }
-    assert_eq!(
-        said.trim(),
-        "term",
-        "the exchange the wrapper started after loadtest died was not stopped"
-    );
 }
