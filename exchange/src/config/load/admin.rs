@@ -51,7 +51,9 @@ pub(super) fn read_admin(
     };
     // The token's value never appears in a message, only the variable's name.
     let shown = crate::config::shown_env_name(&token_env);
-    let token = match env(&token_env).filter(|t| !t.is_empty()) {
+    let value = env(&token_env).filter(|t| !t.is_empty());
+    let set = value.is_some();
+    let token = match value {
         // Set, but not text: refused as a token that is not visible ASCII is (round
         // 57a: it was taken as unset, and the listener stayed off without a word).
         None if crate::config::env_is_not_text(&token_env) => {
@@ -86,7 +88,6 @@ pub(super) fn read_admin(
         // that is almost certainly a mistake, so say so rather than run without it. A
         // token refused above is said to be set (black-box round 146b: this read as if
         // the variable were unset, beside the token's own problem).
-        let set = env(&token_env).is_some_and(|t| !t.is_empty());
         p.at(
             &s.path_of("listen"),
             if set {
