@@ -261,6 +261,19 @@ pub fn field_problem(message: &str) -> FieldProblem {
     }
 }
 
+/// A loader message as one bounded line, `path: problem` with each part cut as
+/// [`field_problem`] cuts it (a message without a path cut as a problem): what start and
+/// `--check-config` print (black-box round 147a: a seller id of 5,000,000 characters made a
+/// 5 MB line there, while the reload's answer and log were cut).
+pub fn bounded_problem_line(message: &str) -> String {
+    let p = field_problem(message);
+    if key_path_len(message).is_some() {
+        format!("{}: {}", p.field, p.problem)
+    } else {
+        p.problem
+    }
+}
+
 /// The length of the key path that `message` starts with, if it starts with one followed
 /// by `: `.
 fn key_path_len(message: &str) -> Option<usize> {
@@ -664,7 +677,8 @@ impl AppState {
 
     pub fn new(mut config: Config, ledger: Ledger, metrics: Metrics, clock: Clock) -> AppState {
         let ids = IdRegistry::new();
-        // A fresh registry holds far fewer than `KEYS_MAX` ids than one config may list.
+        // Cannot fail: a fresh registry takes `KEYS_MAX` ids of each kind, and a config
+        // lists at most `BUYERS_MAX` buyers and `SELLERS_MAX` sellers (the same number).
         if let Err(e) = ids.assign(&mut config) {
             tracing::error!(error = %e, "stable keys");
         }

@@ -14,15 +14,16 @@ const DEMO_WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// The default configuration with every port moved to a free one and its files in `dir`.
 fn demo_config(dir: &std::path::Path) -> String {
-    let ports: Vec<u16> = (0..7)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
+    // Held until all are taken, so the seven ports are distinct (a port let go at once
+    // could be handed out again for the next one).
+    let held: Vec<std::net::TcpListener> = (0..7)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(held);
     let mut text = pingpost::app::DEFAULT_CONFIG
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", ports[0]))
         .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", ports[1]))

@@ -103,6 +103,39 @@ fn a_file_with_more_buyers_than_the_limit_is_refused_with_the_limit() {
     assert_eq!(err.0.len(), 1, "{text}");
 }
 
+/// Sellers have the same limit as buyers, refused the same way (black-box round 147a:
+/// 100,002 sellers passed `--check-config` and a start, and every ping was answered
+/// `capped`). 100,000 are taken.
+#[test]
+fn a_file_with_more_sellers_than_the_limit_is_refused_with_the_limit() {
+    let max = pingpost::config::SELLERS_MAX;
+    let file = |sellers: usize| {
+        let mut t = String::from(
+            "[verticals.v]\ncurrency = \"USD\"\n[verticals.v.fields]\nstate = { type = \"state\", ping = true }\n",
+        );
+        for i in 0..sellers {
+            let _ = writeln!(
+                t,
+                "[sellers.s{i}]\nkey_sha256 = \"{i:064x}\"\nverticals = [\"v\"]\npayout = {{ model = \"revenue_share\", share_pct = 80 }}"
+            );
+        }
+        t
+    };
+    let err = pingpost::config::load_str_with_env(&file(max + 1), &|_| None).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "sellers: {} sellers configured; at most {max}",
+            max + 1
+        )),
+        "{text}"
+    );
+    assert_eq!(err.0.len(), 1, "{text}");
+    let cfg = pingpost::config::load_str_with_env(&file(max), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.sellers.len(), max);
+}
+
 #[test]
 fn one_hundred_thousand_buyers_load_and_the_index_finds_the_one_texan() {
     let toml = pingpost::synthetic::many_buyers_toml(&pingpost::synthetic::ManyBuyers {

@@ -10,6 +10,10 @@ pub(super) fn read_learning(mut s: Section<'_>, p: &mut Problems) -> LearningCon
     let d = LearningConfig::default();
     let models_dir = match s.str_opt(p, "models_dir") {
         None => d.models_dir.clone(),
+        Some(v) if !v.is_empty() && v.trim() != v => {
+            p.at(&s.path_of("models_dir"), super::reader::EDGE_SPACE);
+            d.models_dir.clone()
+        }
         Some(v) if !v.is_empty() && v.len() <= PATH_LEN_MAX && !v.contains('\0') => v.into(),
         Some(_) => {
             p.at(

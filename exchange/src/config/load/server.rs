@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::reader::{Problems, Section};
+use super::reader::{Problems, Section, EDGE_SPACE};
 use super::{
     BODY_BYTES_MAX_FLOOR, BODY_BYTES_MAX_LIMIT, BREAKER_FAILURES_LIMIT, COUNT_LIMIT, DAY_MS,
     FAN_OUT_LIMIT, HOUR_MS, POST_ATTEMPTS_LIMIT, SERVER_WAIT_MS_LIMIT, TABLE_ENTRIES_LIMIT,
@@ -107,6 +107,10 @@ pub(super) fn read_server(mut s: Section<'_>, p: &mut Problems) -> ServerConfig 
         None => PathBuf::from(defaults::LEDGER_PATH),
         Some("") => {
             p.at(&s.path_of("ledger_path"), "must not be empty");
+            PathBuf::from(defaults::LEDGER_PATH)
+        }
+        Some(path) if path.trim() != path => {
+            p.at(&s.path_of("ledger_path"), EDGE_SPACE);
             PathBuf::from(defaults::LEDGER_PATH)
         }
         Some(path) => PathBuf::from(path),

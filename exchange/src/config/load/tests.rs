@@ -519,7 +519,22 @@ fn load_file_reports_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.toml");
     let err = load_file_with_env(&missing, &test_env).unwrap_err();
-    assert!(err.0[0].starts_with(&format!("{}: cannot read the file: ", missing.display())));
+    assert!(err.0[0].starts_with(&format!("cannot read {}: ", missing.display())));
+    // A relative name is not taken for a key path: the reload answers it under `config`.
+    assert_eq!(
+        crate::state::field_problem("cannot read live.toml: No such file or directory").field,
+        "config"
+    );
+    let bad = dir.path().join("latin1.toml");
+    std::fs::write(&bad, b"# caf\xe9\n").unwrap();
+    let err = load_file_with_env(&bad, &test_env).unwrap_err();
+    assert_eq!(
+        err.0,
+        [format!(
+            "cannot read {}: it is not UTF-8 text",
+            bad.display()
+        )]
+    );
     let path = dir.path().join("ok.toml");
     std::fs::write(&path, doc(&[])).unwrap();
     assert!(load_file_with_env(&path, &test_env).is_ok());

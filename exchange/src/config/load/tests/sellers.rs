@@ -232,3 +232,27 @@ fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
         "{w:?}"
     );
 }
+
+/// What start and `--check-config` print is bounded per problem, as the reload's answer
+/// is (black-box round 147a: a seller id of 5,000,000 characters made a 5 MB line).
+#[test]
+fn a_refusal_prints_each_problem_bounded() {
+    let long = "x".repeat(100_000);
+    let text = DEFAULT_TOML.replace("[sellers.demo]", &format!("[sellers.{long}]"));
+    let err = load_str_with_env(&text, &|name| {
+        name.starts_with("PINGPOST_DEMO_SECRET_")
+            .then(|| "s".repeat(32))
+    })
+    .unwrap_err();
+    assert!(err.0.iter().any(|e| e.len() > 100_000), "{err:?}");
+    let printed = err.to_string();
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("sellers.xxx"))
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(line.len() < 600, "{} bytes", line.len());
+    assert!(
+        line.ends_with("x…: the name must be 1 to 64 letters, digits, '_' or '-'"),
+        "{line}"
+    );
+}

@@ -65,6 +65,25 @@ fn server_keys() {
             "server.breaker: must be a table",
         ]
     );
+    // A directory path with white space at an end names a directory with it (round
+    // 147a: `ledger_path = " "` made a ledger in a directory named by one space).
+    for path in ["\" \"", "\"ledger \"", "\" /var/ledger\"", "\"ledger\\t\""] {
+        assert_eq!(
+            errors(&[("#SERVER", &format!("ledger_path = {path}"))]),
+            [format!(
+                "server.ledger_path: {}",
+                super::super::reader::EDGE_SPACE
+            )],
+            "{path}"
+        );
+    }
+    assert_eq!(
+        errors(&[("#BUYER", "\n[learning]\nmodels_dir = \"models \"")]),
+        [format!(
+            "learning.models_dir: {}",
+            super::super::reader::EDGE_SPACE
+        )]
+    );
     // "Without quotes" only when the quotes are all that is wrong (round 102a: `"2.5"`
     // for a whole number was told to drop them).
     for quoted in ["\"2.5\"", "\"20000\"", "\"-1\"", "\"two\""] {
