@@ -36,7 +36,7 @@ struct Args {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Overrides `server.ledger_path` (the ledger directory).
-    #[arg(long)]
+    #[arg(long, value_parser = ledger_dir_arg)]
     ledger: Option<PathBuf>,
     /// Validate the configuration, print every error, and exit.
     #[arg(long)]
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long = "config")]
         config_file: Option<PathBuf>,
         /// The ledger directory (overrides the configuration's `server.ledger_path`).
-        #[arg(long = "ledger")]
+        #[arg(long = "ledger", value_parser = ledger_dir_arg)]
         ledger_dir: Option<PathBuf>,
         /// Only this vertical.
         #[arg(long)]
@@ -343,7 +343,10 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                 match pingpost::finance::reconcile::reconcile_upto(&dir, cfg.as_ref(), upto) {
                     Ok(r) => r,
                     Err(e) => {
-                        pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
+                        pingpost::say_err!(
+                            "pingpost ledger verify: {}: {e}",
+                            pingpost::cli_out::shown_path(&dir)
+                        );
                         return 2;
                     }
                 };
@@ -377,7 +380,10 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
                         }
                     }
                     Err(e) => {
-                        pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
+                        pingpost::say_err!(
+                            "pingpost ledger verify: {}: {e}",
+                            pingpost::cli_out::shown_path(&dir)
+                        );
                         return 2;
                     }
                 }
@@ -396,7 +402,10 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
             }
         }
         Err(e) => {
-            pingpost::say_err!("pingpost ledger verify: {}: {e}", dir.display());
+            pingpost::say_err!(
+                "pingpost ledger verify: {}: {e}",
+                pingpost::cli_out::shown_path(&dir)
+            );
             2
         }
     }
@@ -549,7 +558,10 @@ fn finance_command(command: LedgerCommand) -> i32 {
                 if let Err(e) =
                     pingpost::cli_out::write_whole(&path, report::html(&reports, &dir).as_bytes())
                 {
-                    return fail("report", format!("{}: {e}", path.display()));
+                    return fail(
+                        "report",
+                        format!("{}: {e}", pingpost::cli_out::shown_path(&path)),
+                    );
                 }
             }
             let Some(r) = reports.by.get(&by) else {
@@ -666,6 +678,19 @@ fn demo_reload_refusal(problem: &str) -> String {
 fn demo_file_problem(path: Option<&std::path::Path>) -> Option<String> {
     let bytes = bidder_sdk::listener::read_file_bounded(path?, 64 * 1024 * 1024).ok()?;
     pingpost::demo::file_sample_leads_problem(&String::from_utf8(bytes).ok()?)
+}
+
+/// `--ledger DIR`: not empty, and no white space at either end, as `server.ledger_path`
+/// (black-box round 148a: `--ledger "dir "` made and used a directory named with the
+/// space, beside the ledger the configuration names).
+fn ledger_dir_arg(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("a value is required".into());
+    }
+    if s.trim() != s {
+        return Err(pingpost::config::EDGE_SPACE.into());
+    }
+    Ok(PathBuf::from(s))
 }
 
 fn main() -> anyhow::Result<()> {

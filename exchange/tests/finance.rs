@@ -327,6 +327,41 @@ async fn bad_arguments_are_clear_errors_with_exit_2() {
             text(&o)
         );
     }
+    // Black-box round 148a: a path with terminal escapes and a line break reached the
+    // terminal raw (a cleared screen, a forged line), and a 100,000-character one was
+    // printed whole; `--ledger "dir "` made a directory named with the space.
+    let hostile = "/nonexistent/a\u{1b}[2J\u{1b}]8;;http://x\u{7}\r\n2026 FAKE\u{202e}";
+    let long = format!("/nonexistent/{}", "p".repeat(100_000));
+    for dir in [hostile, long.as_str()] {
+        for tool in ["verify", "report"] {
+            let o = run(&["ledger", tool, "--dir", dir]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{tool}: {err}");
+            // (A name over the system's limit cannot be looked up: "cannot be read".)
+            assert!(
+                err.contains("does not exist") || err.contains("cannot be read"),
+                "{tool}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{tool}: {err}");
+            assert!(err.len() < 1_000, "{tool}: {} bytes", err.len());
+            assert!(
+                !err.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
+                "{tool}: {err:?}"
+            );
+        }
+    }
+    for args in [
+        &["--ledger", "ledger ", "--check-config"][..],
+        &["train", "--ledger", " ledger"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("starts or ends with white space"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
 }
 
 #[tokio::test]

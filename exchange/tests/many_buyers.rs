@@ -131,6 +131,21 @@ fn a_file_with_more_sellers_than_the_limit_is_refused_with_the_limit() {
         "{text}"
     );
     assert_eq!(err.0.len(), 1, "{text}");
+    // Over both limits, both are said (black-box round 148a: only the sellers').
+    let mut both = file(max + 1);
+    for i in 0..=pingpost::config::BUYERS_MAX {
+        let _ = writeln!(both, "[buyers.b{i}]");
+    }
+    let err = pingpost::config::load_str_with_env(&both, &|_| None).expect_err("refused");
+    assert_eq!(err.0.len(), 2, "{err}");
+    assert!(
+        err.0[0].starts_with("sellers: 100001 sellers configured"),
+        "{err}"
+    );
+    assert!(
+        err.0[1].starts_with("buyers: 100001 buyers configured"),
+        "{err}"
+    );
     let cfg = pingpost::config::load_str_with_env(&file(max), &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.sellers.len(), max);

@@ -16,6 +16,7 @@ mod buyers;
 mod features;
 mod learning;
 mod reader;
+pub use reader::EDGE_SPACE;
 mod sellers;
 mod server;
 #[cfg(test)]
@@ -120,12 +121,15 @@ pub fn load_file_with_env(
             // Not `path: ...`: a reload's answer would take a relative file name
             // (`live.toml`) for a key path (black-box round 147a); under `config`, as a
             // syntax error is.
-            ConfigErrors(vec![format!("cannot read {}: {e}", path.display())])
+            ConfigErrors(vec![format!(
+                "cannot read {}: {e}",
+                crate::cli_out::shown_path(path)
+            )])
         })?;
     let text = String::from_utf8(bytes).map_err(|_| {
         ConfigErrors(vec![format!(
             "cannot read {}: it is not UTF-8 text",
-            path.display()
+            crate::cli_out::shown_path(path)
         )])
     })?;
     load_str_with_env(&text, env)
@@ -333,9 +337,12 @@ pub fn load_str_with_env(
             .unzip();
 
     let seller_entries = top.entries(&mut p, "sellers");
-    // Refused before any seller is read, as buyers are below (black-box round 147a: a
-    // start took 100,002 sellers, said one error and answered every ping `capped`).
-    if past_party_limit(&mut p, "sellers", seller_entries.len(), SELLERS_MAX) {
+    let buyer_entries = top.entries(&mut p, "buyers");
+    // Refused before any party is read: a file past a limit costs no more than parsing
+    // (black-box round 147a: a start took 100,002 sellers, said one error and answered
+    // every ping `capped`). Both limits are said (round 148a: only the sellers' was).
+    let sellers_past = past_party_limit(&mut p, "sellers", seller_entries.len(), SELLERS_MAX);
+    if past_party_limit(&mut p, "buyers", buyer_entries.len(), BUYERS_MAX) || sellers_past {
         return Err(ConfigErrors(p.0));
     }
     let (sellers, seller_prices): (Vec<Option<Seller>>, Vec<Option<PartyPrices>>) = seller_entries
@@ -347,11 +354,6 @@ pub fn load_str_with_env(
     // payout hid the duplicate key, and the buyer key's message named the wrong seller).
     let seller_by_key_sha256 = shared_key_problems(&root, &sellers, &admin, &mut p);
 
-    let buyer_entries = top.entries(&mut p, "buyers");
-    // Refused before any buyer is read: a file past the limit costs no more than parsing.
-    if past_party_limit(&mut p, "buyers", buyer_entries.len(), BUYERS_MAX) {
-        return Err(ConfigErrors(p.0));
-    }
     let (buyers, buyer_prices): (Vec<Option<Buyer>>, Vec<Option<PartyPrices>>) = buyer_entries
         .into_iter()
         .map(|(id, section)| read_buyer(id, section, &vertical_by_name, env, &mut p))

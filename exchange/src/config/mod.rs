@@ -25,7 +25,7 @@ mod load;
 
 pub use load::{
     load_file, load_file_with_env, load_str, load_str_with_env, shared_listener_problem,
-    ConfigErrors, BUYERS_MAX, SELLERS_MAX,
+    ConfigErrors, BUYERS_MAX, EDGE_SPACE, SELLERS_MAX,
 };
 pub use pingpost_core::config::*;
 

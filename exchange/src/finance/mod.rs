@@ -431,7 +431,7 @@ pub fn not_a_ledger_directory(dir: &Path) -> String {
     };
     format!(
         "{} {what}: give the ledger's directory with --dir DIR, or the configuration that names it (ledger_path) with --config FILE; without either, the tools read ./{}",
-        dir.display(),
+        crate::cli_out::shown_path(dir),
         crate::config::defaults::LEDGER_PATH
     )
 }
@@ -449,7 +449,7 @@ pub fn no_ledger_in_for(dir: &Path, flag: &str) -> Option<String> {
     match segments::list(dir) {
         Ok(segs) if segs.is_empty() => Some(format!(
             "{} holds no ledger (no {} segment file): give the ledger's directory with {flag} DIR, or the configuration that names it (ledger_path) with --config FILE; without either, the tools read ./{}",
-            dir.display(),
+            crate::cli_out::shown_path(dir),
             segments::segment_name(1),
             crate::config::defaults::LEDGER_PATH
         )),
@@ -488,7 +488,8 @@ fn verified_upto(dir: &Path) -> Result<u64, String> {
     // Only a ledger whose checksums and chain verify is read: a changed, inserted or
     // forged line would otherwise be counted as money. A last line cut short (a torn
     // write the exchange truncates at its next start) is skipped and reported.
-    let check = segments::verify(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let check =
+        segments::verify(dir).map_err(|e| format!("{}: {e}", crate::cli_out::shown_path(dir)))?;
     if let Some(p) = &check.problem {
         if !p.is_torn_tail(dir) {
             return Err(refuse(p));
@@ -535,7 +536,8 @@ fn read_records(
     money: MoneyFields,
     mut f: impl FnMut(Entry) -> bool,
 ) -> Result<ReadStats, String> {
-    let segs = segments::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let segs =
+        segments::list(dir).map_err(|e| format!("{}: {e}", crate::cli_out::shown_path(dir)))?;
     let mut stats = ReadStats::default();
     let last_segment = segs.len();
     for (i, (_, path)) in segs.into_iter().enumerate() {
@@ -544,14 +546,15 @@ fn read_records(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("{}: {e}", crate::cli_out::shown_path(&path)))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut buf = Vec::with_capacity(4096);
         let mut line_no = 0usize;
         loop {
             buf.clear();
             let n = segments::read_line_bounded(&mut reader, &mut buf)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| format!("{}: {e}", crate::cli_out::shown_path(&path)))?;
             if n == 0 {
                 break;
             }
@@ -574,7 +577,7 @@ fn read_records(
                         b'\n',
                         &mut rest,
                     )
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|e| format!("{}: {e}", crate::cli_out::shown_path(&path)))?;
                     if n == 0 || rest.ends_with(b"\n") {
                         break;
                     }
@@ -586,7 +589,7 @@ fn read_records(
                 if money == MoneyFields::Refuse {
                     return Err(format!(
                         "the ledger {} has a line that is not a readable record: {p}",
-                        dir.display()
+                        crate::cli_out::shown_path(dir)
                     ));
                 }
                 stats.malformed_lines.push(p);
@@ -646,7 +649,7 @@ fn read_records(
                     if money == MoneyFields::Refuse {
                         return Err(format!(
                             "the ledger {} has a line that is not a readable record: {p}; report, export and replay refuse such a ledger (`pingpost ledger verify` lists every such line)",
-                            dir.display()
+                            crate::cli_out::shown_path(dir)
                         ));
                     }
                     stats.malformed_lines.push(p);
@@ -699,7 +702,7 @@ fn read_records(
                     if money == MoneyFields::Refuse {
                         return Err(format!(
                             "the ledger {} has {what}: {p}; report, export and replay refuse such a ledger (`pingpost ledger verify` lists every such record)",
-                            dir.display()
+                            crate::cli_out::shown_path(dir)
                         ));
                     }
                     stats.malformed_money.push(p);
@@ -807,7 +810,7 @@ pub fn load_config(path: &Path) -> Result<crate::config::Config, String> {
     crate::config::load_file_with_env(path, &placeholder_env).map_err(|e| {
         format!(
             "{} does not load ({} error(s)):\n{e}",
-            path.display(),
+            crate::cli_out::shown_path(path),
             e.0.len()
         )
     })

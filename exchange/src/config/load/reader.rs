@@ -15,7 +15,7 @@ use crate::config::VerticalIdx;
 /// The refusal of a directory path with a space (or other white space) at its start or
 /// end, which makes a directory of that name (black-box round 147a: `ledger_path = " "`
 /// passed, for a ledger in a directory named by one space).
-pub(super) const EDGE_SPACE: &str =
+pub const EDGE_SPACE: &str =
     "starts or ends with white space, which would be part of the directory's name: write the path without it";
 
 /// Problems found so far, each `path: message`.
