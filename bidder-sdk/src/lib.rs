@@ -58,7 +58,9 @@
 //!   empty `webhook-id` counts as missing). A signed request whose `webhook-id` was
 //!   already taken while its timestamp is within those 300 s is a replay: `409
 //!   conflict`, before your bidder sees it (SECURITY.md N6). The ids are remembered in
-//!   memory only (up to [`ServeOptions::replay_ids_max`], the oldest forgotten first):
+//!   memory only (up to [`ServeOptions::replay_ids_max`], the oldest forgotten first;
+//!   a large bound is kept in up to 64 shards by hash, each forgetting its own oldest, so
+//!   that a growing memory never stalls every request while it is rehashed):
 //!   across a restart of your server, or past that bound, reject a second post for the
 //!   same `auction_id` in your bidder as well.
 //! - **Parsing**: the body must parse (simd-json) into [`PingMessage`] / [`PostMessage`];

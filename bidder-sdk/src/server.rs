@@ -107,7 +107,9 @@ pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
     /// Most `webhook-id`s remembered to refuse a replayed signed request (`409`) while
     /// its timestamp is within tolerance; 0 remembers none. Past it the oldest are
-    /// forgotten first (a replay of one of those is then taken).
+    /// forgotten first (a replay of one of those is then taken). From 8,192 on, the ids
+    /// are kept in shards by hash (at most 64, at least 4,096 ids each), each with its
+    /// share of the bound and forgetting its own oldest first.
     pub replay_ids_max: usize,
     /// Most concurrent HTTP/2 streams per connection (256 by default). Each stream whose
     /// request is still coming costs about 6 KB, so a bidder open to the internet may
@@ -483,12 +485,25 @@ struct Dropped;
 /// The `webhook-id`s of the signed requests taken, each kept until its timestamp leaves
 /// the tolerance ([`proto::signing::TIMESTAMP_TOLERANCE_S`]), so a captured request
 /// replayed within it is refused (SECURITY.md N6). Bounded: at most `max` ids (kept as
-/// 64-bit keyed hashes), the oldest forgotten first.
+/// 64-bit keyed hashes), the oldest forgotten first. Past [`SEEN_SHARD_IDS`] ids the
+/// memory is split into up to [`SEEN_SHARDS_MAX`] shards by hash, each with its share of
+/// `max` (the oldest of a shard forgotten first): a table that grows rehashes only its
+/// shard, under that shard's lock. One table of 500,000 ids rehashed everything under
+/// one lock at each doubling, and every request of the server waited: 20-50 ms at
+/// 1,600-2,000 requests/s (session 56, found as `loadtest`'s simulated buyers stalling
+/// every target's auctions at the same request counts).
 struct SeenIds {
-    max: usize,
+    /// Ids per shard at most (0: none remembered).
+    shard_max: usize,
     hasher: std::collections::hash_map::RandomState,
-    inner: std::sync::Mutex<SeenInner>,
+    shards: Box<[std::sync::Mutex<SeenInner>]>,
 }
+
+/// Most shards of [`SeenIds`].
+const SEEN_SHARDS_MAX: usize = 64;
+/// Ids per shard below which [`SeenIds`] adds no shard: a small bound is kept exactly
+/// (one table), a large one in shards of at least this many.
+const SEEN_SHARD_IDS: usize = 4_096;
 
 #[derive(Default)]
 struct SeenInner {
@@ -500,10 +515,11 @@ struct SeenInner {
 
 impl SeenIds {
     fn new(max: usize) -> SeenIds {
+        let shards = (max / SEEN_SHARD_IDS).clamp(1, SEEN_SHARDS_MAX);
         SeenIds {
-            max,
+            shard_max: max.div_ceil(shards),
             hasher: std::collections::hash_map::RandomState::new(),
-            inner: std::sync::Mutex::new(SeenInner::default()),
+            shards: (0..shards).map(|_| std::sync::Mutex::default()).collect(),
         }
     }
 
@@ -511,18 +527,19 @@ impl SeenIds {
     /// taken before and is still within its tolerance (a replay).
     fn first_time(&self, id: &str, ts: i64, now: i64) -> bool {
         use std::hash::BuildHasher as _;
-        if self.max == 0 {
+        if self.shard_max == 0 {
             return true;
         }
         let key = self.hasher.hash_one(id);
         let until = ts.saturating_add(proto::signing::TIMESTAMP_TOLERANCE_S);
-        let mut g = self
-            .inner
+        // The high bits pick the shard; the table hashes the key again.
+        let shard = usize::try_from(key >> 32).unwrap_or(0) % self.shards.len();
+        let mut g = self.shards[shard]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Forget the oldest: those out of tolerance, and any past the bound.
         while let Some(&(u, k)) = g.order.front() {
-            if u >= now && g.order.len() < self.max {
+            if u >= now && g.order.len() < self.shard_max {
                 break;
             }
             g.order.pop_front();
@@ -1294,7 +1311,7 @@ mod tests {
         for id in ["b", "c", "d"] {
             assert!(seen.first_time(id, t + 301, t + 301));
         }
-        let len = seen.inner.lock().unwrap().order.len();
+        let len = seen.shards[0].lock().unwrap().order.len();
         assert!(len <= 3, "{len}");
         assert!(
             seen.first_time("a", t + 301, t + 302),
@@ -1304,5 +1321,41 @@ mod tests {
         // 0 remembers nothing.
         let off = SeenIds::new(0);
         assert!(off.first_time("a", t, t) && off.first_time("a", t, t));
+    }
+
+    /// A large bound is kept in shards, each with its share: every id taken is refused
+    /// again within its tolerance, and the memory stays within the bound.
+    #[test]
+    fn a_large_memory_of_webhook_ids_is_sharded_and_still_refuses_every_replay() {
+        let seen = SeenIds::new(REPLAY_IDS_MAX_DEFAULT);
+        assert_eq!(seen.shards.len(), SEEN_SHARDS_MAX);
+        assert_eq!(SeenIds::new(3).shards.len(), 1);
+        assert_eq!(SeenIds::new(2 * SEEN_SHARD_IDS).shards.len(), 2);
+        let t = 1_800_000_000;
+        let ids: Vec<String> = (0..100_000).map(|i| format!("msg_{i}")).collect();
+        assert!(ids.iter().all(|id| seen.first_time(id, t, t)));
+        assert!(ids.iter().all(|id| !seen.first_time(id, t, t + 1)));
+        let held: usize = seen
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().order.len())
+            .sum();
+        assert_eq!(held, 100_000);
+        // Every shard took a share (the ids spread over all of them).
+        assert!(seen
+            .shards
+            .iter()
+            .all(|s| s.lock().unwrap().order.len() > 1_000));
+        // Bounded: a small bound in shards keeps at most its share in each.
+        let small = SeenIds::new(2 * SEEN_SHARD_IDS);
+        for id in &ids {
+            small.first_time(id, t, t);
+        }
+        let held: usize = small
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().order.len())
+            .sum();
+        assert!(held <= 2 * SEEN_SHARD_IDS, "{held}");
     }
 }
