@@ -41,6 +41,9 @@ struct Args {
 }
 
 /// The arguments after the program's name; `None` for `--help` (the usage is printed).
+/// The longest argument taken (a host name, a variable's name, a list of states).
+const ARG_BYTES_MAX: usize = 1_024;
+
 fn parse_args(argv: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Args>> {
     let mut args = Args {
         host: "127.0.0.1".into(),
@@ -50,6 +53,19 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> anyhow::Result<Option<A
         price: Micros(10_000_000),
         states: vec!["TX".into()],
     };
+    // Every error below quotes the argument it refuses: one with a line break, an escape
+    // or a text-direction override, or a very long one, is refused first, shown safely
+    // (black-box round 149a: `--port $'1\nFORGED'` printed a line of its own).
+    let argv: Vec<String> = argv.into_iter().collect();
+    if let Some(a) = argv
+        .iter()
+        .find(|a| a.chars().any(proto::error::is_hidden) || a.len() > ARG_BYTES_MAX)
+    {
+        bail!(
+            "an argument holds a control or text-direction character, or is longer than {ARG_BYTES_MAX} bytes: {}\n{USAGE}",
+            proto::error::shown_text(a, 64)
+        );
+    }
     let mut it = argv.into_iter();
     let mut seen: Vec<String> = Vec::new();
     while let Some(flag) = it.next() {
@@ -213,6 +229,26 @@ mod tests {
     fn refusal(line: &str) -> String {
         let e = parse(line).expect_err(line);
         format!("{e:#}")
+    }
+
+    /// Black-box round 149a: a value with a line break printed a forged line, and a
+    /// 6,000-character one a line as long.
+    #[test]
+    fn an_argument_with_a_control_character_or_too_long_is_refused_shown_safely() {
+        for bad in [
+            vec!["--port".to_string(), "1\nFORGED".into()],
+            vec!["--kind".to_string(), "flat\u{1b}[2J\u{202e}".into()],
+            vec!["--states".to_string(), "TX,".repeat(2_000)],
+        ] {
+            let e = format!("{:#}", parse_args(bad.clone()).expect_err("refused"));
+            let first = e.lines().next().unwrap_or_default();
+            assert!(first.starts_with("an argument holds"), "{e}");
+            assert!(first.chars().count() < 200, "{first}");
+            assert!(
+                !e.lines().any(|l| l.starts_with("FORGED")) && !e.contains('\u{1b}'),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

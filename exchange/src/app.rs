@@ -83,7 +83,7 @@ fn note_missing_models_dir(cfg: &crate::config::Config) {
     let dir = &cfg.learning.models_dir;
     if !dir.exists() && cfg.verticals.iter().any(|v| v.features.is_some()) {
         tracing::info!(
-            models_dir = %dir.display(),
+            models_dir = %crate::cli_out::Shown(dir),
             "learning.models_dir does not exist, so no vertical serves a model (cold-start \
              rates): as it should be before the first model is trained or imported; after \
              moving the models, name their new directory"

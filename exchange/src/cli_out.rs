@@ -30,15 +30,20 @@ pub fn err(text: std::fmt::Arguments<'_>) {
     let _ = e.write_all(out.as_bytes());
 }
 
-/// The most characters of one line [`err`] writes (then `…`).
+/// The most characters of one line [`err`] writes, a `…` that ends a cut one included.
 pub const LINE_CHARS_MAX: usize = 4_096;
 
 /// `line` with each hidden character ([`proto::error::is_hidden`]: control characters,
 /// text-direction overrides; a tab is kept) as `?`, cut to [`LINE_CHARS_MAX`] characters.
 pub fn bounded_line(line: &str) -> String {
+    let cut = line.chars().nth(LINE_CHARS_MAX).is_some();
     let mut out: String = line
         .chars()
-        .take(LINE_CHARS_MAX)
+        .take(if cut {
+            LINE_CHARS_MAX - 1
+        } else {
+            LINE_CHARS_MAX
+        })
         .map(|c| {
             if c != '\t' && proto::error::is_hidden(c) {
                 '?'
@@ -47,7 +52,7 @@ pub fn bounded_line(line: &str) -> String {
             }
         })
         .collect();
-    if line.chars().nth(LINE_CHARS_MAX).is_some() {
+    if cut {
         out.push('…');
     }
     out
@@ -60,15 +65,123 @@ pub const PATH_CHARS_MAX: usize = 256;
 /// [`PATH_CHARS_MAX`] characters (then `…`), each hidden one as `?`, so a line break in a
 /// file name cannot forge a line (black-box round 148a).
 pub fn shown_path(path: &std::path::Path) -> String {
-    let text = path.to_string_lossy();
-    let mut out: String = text
-        .chars()
-        .take(PATH_CHARS_MAX)
-        .map(|c| if proto::error::is_hidden(c) { '?' } else { c })
-        .collect();
-    if text.chars().nth(PATH_CHARS_MAX).is_some() {
-        out.push('…');
+    proto::error::shown_text(&path.to_string_lossy(), PATH_CHARS_MAX)
+}
+
+/// A path as a message shows it ([`shown_path`]), for `format!` and logs: `{}` of
+/// `Shown(&path)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a>(pub &'a std::path::Path);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&shown_path(self.0))
     }
+}
+
+/// Ends the process on an argument parser's error: help and version as the parser prints
+/// them, any other error on stderr with the arguments it quotes shown as
+/// [`proto::error::quoted_args_shown`] makes them, each line bounded ([`err`]), and the
+/// parser's exit status (2).
+pub fn exit_on_args_error(e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = proto::error::quoted_args_shown(&e.render().to_string(), &args());
+    err(format_args!("{}", text.trim_end()));
+    std::process::exit(e.exit_code());
+}
+
+/// The process's arguments, as text.
+fn args() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Ends the process (status 2) when an argument holds a control or text-direction
+/// character ([`proto::error::hidden_arg`]): called before the arguments are parsed.
+pub fn refuse_hidden_args(program: &str) {
+    if let Some(shown) = proto::error::hidden_arg(&args()) {
+        err(format_args!(
+            "{program}: an argument holds a control or text-direction character, which no option takes: {shown}"
+        ));
+        std::process::exit(2);
+    }
+}
+
+/// A `tracing` writer for the exchange's log: each event's line is written whole, with
+/// every hidden character of what it quotes (a line break, an escape, a text-direction
+/// override: [`proto::error::is_hidden`]) as `?` and at most [`LOG_LINE_CHARS_MAX`]
+/// characters, so a path or a name in a field can neither forge a line nor drive a
+/// terminal (black-box round 149a: a `--ledger` path with a line break printed a
+/// `FORGED INFO` line). With `ansi` (a terminal), the log's own colour escapes stay.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLines {
+    pub ansi: bool,
+}
+
+/// The most characters of one log line [`LogLines`] writes (then `…`).
+pub const LOG_LINE_CHARS_MAX: usize = 16_384;
+
+/// One event's line, written when dropped ([`LogLines`]).
+#[derive(Debug)]
+pub struct LogLine {
+    ansi: bool,
+    buf: Vec<u8>,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
+    type Writer = LogLine;
+    fn make_writer(&'a self) -> LogLine {
+        LogLine {
+            ansi: self.ansi,
+            buf: Vec::with_capacity(256),
+        }
+    }
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        if self.buf.is_empty() {
+            return;
+        }
+        let line = safe_log_line(&String::from_utf8_lossy(&self.buf), self.ansi);
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    }
+}
+
+/// `text` (one formatted event, ending in a line break) as [`LogLines`] writes it.
+pub fn safe_log_line(text: &str, ansi: bool) -> String {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut out = String::with_capacity(body.len().min(LOG_LINE_CHARS_MAX) + 4);
+    for (i, c) in body.chars().enumerate() {
+        if i == LOG_LINE_CHARS_MAX {
+            out.push('…');
+            break;
+        }
+        let kept = c == '\t' || (ansi && c == '\u{1b}') || !proto::error::is_hidden(c);
+        out.push(if kept { c } else { '?' });
+    }
+    out.push('\n');
     out
 }
 
@@ -121,7 +234,23 @@ mod tests {
         assert!(shown.ends_with("p…"));
         assert_eq!(super::bounded_line("a\tb\u{1b}c\rd"), "a\tb?c?d");
         let line = super::bounded_line(&long);
-        assert_eq!(line.chars().count(), super::LINE_CHARS_MAX + 1);
+        assert_eq!(line.chars().count(), super::LINE_CHARS_MAX);
+        assert!(line.ends_with('…'));
+        let exact = "q".repeat(super::LINE_CHARS_MAX);
+        assert_eq!(super::bounded_line(&exact), exact);
+        // The log: a field's line break, carriage return and direction override are
+        // shown as `?`; the colour escapes of a terminal's log stay, not a plain one's.
+        let event = "\u{1b}[32m INFO\u{1b}[0m ledger created dir=/l/led\nFORGED INFO x\r\u{202e}\n";
+        assert_eq!(
+            super::safe_log_line(event, true),
+            "\u{1b}[32m INFO\u{1b}[0m ledger created dir=/l/led?FORGED INFO x??\n"
+        );
+        assert_eq!(
+            super::safe_log_line(event, false),
+            "?[32m INFO?[0m ledger created dir=/l/led?FORGED INFO x??\n"
+        );
+        let huge = super::safe_log_line(&"z".repeat(100_000), false);
+        assert_eq!(huge.chars().count(), super::LOG_LINE_CHARS_MAX + 2);
     }
 
     #[test]

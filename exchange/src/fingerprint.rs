@@ -106,19 +106,19 @@ impl Fingerprinter {
         const WAY_OUT: &str = "restore the key from a backup, or move it aside and start once with --new-fingerprint-key (de-duplication then forgets the consumers sold before)";
         match opened {
             Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => Err(std::io::Error::other(
-                format!("{}: not a regular file; {WAY_OUT}", path.display()),
+                format!("{}: not a regular file; {WAY_OUT}", crate::cli_out::Shown(&path)),
             )),
             Ok(f) => {
                 // A key file is 64 hex digits (and perhaps a newline): never read more.
                 let mut text = String::new();
                 f.take(1024).read_to_string(&mut text).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                    std::io::Error::new(e.kind(), format!("{}: {e}", crate::cli_out::Shown(&path)))
                 })?;
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(text.trim(), &mut key).map_err(|_| {
                     std::io::Error::other(format!(
                         "{}: not a 64-hex-digit fingerprint key; {WAY_OUT}",
-                        path.display()
+                        crate::cli_out::Shown(&path)
                     ))
                 })?;
                 Ok(Fingerprinter::with_key(key))
@@ -131,7 +131,7 @@ impl Fingerprinter {
             {
                 Err(std::io::Error::other(format!(
                     "{} is a symlink to a file that does not exist: put the key there, or remove the link and start once with --new-fingerprint-key (de-duplication then forgets the consumers sold before)",
-                    path.display()
+                    crate::cli_out::Shown(&path)
                 )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -144,13 +144,13 @@ impl Fingerprinter {
                     e.kind(),
                     format!(
                         "{}: {e}: the exchange's user must be able to read it (chown or chmod it: owner-only, readable by that user)",
-                        path.display()
+                        crate::cli_out::Shown(&path)
                     ),
                 ))
             }
             Err(e) => Err(std::io::Error::new(
                 e.kind(),
-                format!("{}: {e}", path.display()),
+                format!("{}: {e}", crate::cli_out::Shown(&path)),
             )),
         }
     }
@@ -184,7 +184,10 @@ impl Fingerprinter {
             return Ok(false);
         }
         let at = |name: &str, e: std::io::Error| {
-            std::io::Error::new(e.kind(), format!("{}: {e}", shown.join(name).display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", crate::cli_out::Shown(&shown.join(name))),
+            )
         };
         let new = dir.join(KEY_NEW_FILE);
         let renamed = (|| {
@@ -255,7 +258,9 @@ impl Fingerprinter {
             .create_new(true)
             .mode(0o600)
             .open(dir.join(KEY_FILE))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", crate::cli_out::Shown(&path)))
+            })?;
         file.write_all(hex::encode(self.key).as_bytes())?;
         file.sync_all()?;
         std::fs::File::open(dir).and_then(|d| d.sync_all())

@@ -549,7 +549,7 @@ pub fn segments_lost(dir: &Path) -> Option<String> {
     (!has_records(dir) && std::fs::symlink_metadata(&key).is_ok() && !never_synced()).then(|| {
         format!(
             "ledger directory {} has no record but holds {}: its records were removed; restore them from a backup (an exchange started on it would sell again what they record), or move {} and {} aside to begin an empty ledger",
-            dir.display(),
+            crate::cli_out::Shown(dir),
             crate::fingerprint::KEY_FILE,
             crate::fingerprint::KEY_FILE,
             head::HEAD_FILE
@@ -564,7 +564,7 @@ mod tests;
 /// `--check-config`, read without writing anything (black-box round 116b: a path that is
 /// a file, or whose parent is missing, passed the check and stopped the start).
 pub fn dir_problem(dir: &std::path::Path) -> Option<String> {
-    let shown = dir.display();
+    let shown = crate::cli_out::Shown(dir);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => None,
         Ok(_) => Some(format!(
@@ -581,7 +581,7 @@ pub fn dir_problem(dir: &std::path::Path) -> Option<String> {
             (!parent.is_dir()).then(|| {
                 format!(
                     "{shown} does not exist, nor does its parent {} (a start makes the directory, not its parents)",
-                    parent.display()
+                    crate::cli_out::Shown(parent)
                 )
             })
         }
@@ -600,7 +600,7 @@ pub fn held_problems(dir: &std::path::Path) -> Vec<String> {
     if !dir.is_dir() {
         return problems;
     }
-    let shown = dir.display();
+    let shown = crate::cli_out::Shown(dir);
     // The directory's own lock, as a start takes it (shared here, and let go at once).
     if let Ok(d) = std::fs::File::open(dir) {
         if let Err(std::fs::TryLockError::WouldBlock) = d.try_lock_shared() {
@@ -618,7 +618,7 @@ pub fn held_problems(dir: &std::path::Path) -> Vec<String> {
             if has_records(dir) {
                 problems.push(format!(
                     "{} is missing beside a ledger that has records: if its runs used a key, a start refuses the directory (`pingpost ledger verify` says; restore the key, or start once with --new-fingerprint-key)",
-                    dir.join(crate::fingerprint::KEY_FILE).display()
+                    crate::cli_out::Shown(&dir.join(crate::fingerprint::KEY_FILE))
                 ));
             }
         }

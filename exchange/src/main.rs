@@ -652,10 +652,11 @@ fn finance_command(command: LedgerCommand) -> i32 {
 /// `server.ledger_path` of a configuration file, read without loading the rest (so no
 /// secret has to be in the environment).
 fn ledger_dir_of(file: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}", pingpost::cli_out::Shown(file)))?;
     let doc: toml::Table = text
         .parse()
-        .with_context(|| format!("{} is not valid TOML", file.display()))?;
+        .with_context(|| format!("{} is not valid TOML", pingpost::cli_out::Shown(file)))?;
     let path = doc
         .get("server")
         .and_then(|s| s.get("ledger_path"))
@@ -714,8 +715,12 @@ fn main() -> anyhow::Result<()> {
         // full disk under both): the panic ended the ledger writer thread, and the
         // exchange stopped selling with no reason said (black-box round 100a).
         .log_internal_errors(false)
+        .with_writer(pingpost::cli_out::LogLines {
+            ansi: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        })
         .init();
-    let args = Args::parse();
+    pingpost::cli_out::refuse_hidden_args("pingpost");
+    let args = Args::try_parse().unwrap_or_else(|e| pingpost::cli_out::exit_on_args_error(&e));
     // The commands (`ledger export > file`, `ledger report --html`, …) catch SIGXFSZ too:
     // an output past `ulimit -f` then fails with "File too large", which they report,
     // where the signal killed them with a file cut mid-line and nothing said (black-box

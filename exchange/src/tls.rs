@@ -589,7 +589,9 @@ pub fn buyer_ca_warnings(settings: &ListenerSettings) -> Vec<String> {
     };
     bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
         .ok()
-        .and_then(|pem| buyer_client_config_from(Some(&pem), &path.display().to_string()).ok())
+        .and_then(|pem| {
+            buyer_client_config_from(Some(&pem), &crate::cli_out::Shown(path).to_string()).ok()
+        })
         .map(|(_, warnings)| warnings)
         .unwrap_or_default()
 }
@@ -618,9 +620,14 @@ pub fn buyer_trust_for(
                 path,
                 bidder_sdk::listener::PEM_FILE_BYTES_MAX,
             )
-            .map_err(|e| format!("server.buyer_ca_path: cannot read {}: {e}", path.display()))?;
+            .map_err(|e| {
+                format!(
+                    "server.buyer_ca_path: cannot read {}: {e}",
+                    crate::cli_out::Shown(path)
+                )
+            })?;
             let source: TrustSource = sha2::Sha256::digest(&pem).into();
-            let label = path.display().to_string();
+            let label = crate::cli_out::Shown(path).to_string();
             Ok((
                 logged(buyer_client_config_from(Some(&pem), &label)?),
                 source,
@@ -765,7 +772,7 @@ pub const CERT_EXPIRY_WARN_MS: i64 = 14 * 24 * 3_600_000;
 /// was taken without a word).
 pub fn warn_of_expiry(settings: &ListenerSettings, now: crate::core::UnixMs) {
     if let Some((path, problem)) = expiry_warning(settings, now) {
-        tracing::warn!(cert = %path.display(), "server.tls.cert_path: {problem}");
+        tracing::warn!(cert = %crate::cli_out::Shown(path), "server.tls.cert_path: {problem}");
     }
 }
 
@@ -867,8 +874,8 @@ pub fn read_certificates(
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     let pem =
         bidder_sdk::listener::read_file_bounded(path, bidder_sdk::listener::PEM_FILE_BYTES_MAX)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    certificates_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
+            .map_err(|e| format!("cannot read {}: {e}", crate::cli_out::Shown(path)))?;
+    certificates_from_pem(&pem, &crate::cli_out::Shown(path).to_string()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -337,9 +337,12 @@ async fn bad_arguments_are_clear_errors_with_exit_2() {
             let o = run(&["ledger", tool, "--dir", dir]);
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(2), "{tool}: {err}");
-            // (A name over the system's limit cannot be looked up: "cannot be read".)
+            // (A name over the system's limit cannot be looked up: "cannot be read"; one
+            // with a control character is refused before the arguments are read.)
             assert!(
-                err.contains("does not exist") || err.contains("cannot be read"),
+                err.contains("does not exist")
+                    || err.contains("cannot be read")
+                    || err.contains("an argument holds a control or text-direction character"),
                 "{tool}: {err}"
             );
             assert_eq!(err.lines().count(), 1, "{tool}: {err}");
@@ -349,6 +352,28 @@ async fn bad_arguments_are_clear_errors_with_exit_2() {
                 "{tool}: {err:?}"
             );
         }
+    }
+    // Nor may an argument's line break forge a line, where the argument parser, a
+    // refusal to start or a tool quotes it (black-box round 149a).
+    for args in [
+        &["--listen", "127.0.0.1:1\nFORGED \u{1b}[2J"][..],
+        &["--ledger", "/nonexistent/x\nFORGED", "--check-config"][..],
+        &["train", "--ledger", "/nonexistent/x\nFORGED"][..],
+        &[
+            "models",
+            "import",
+            "--lead-score",
+            "/nonexistent/m\nFORGED.json",
+        ][..],
+        &["ledger", "bogus\nFORGED"][..],
+    ] {
+        let o = run(args);
+        let all = text(&o);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {all}");
+        assert!(
+            !all.lines().any(|l| l.starts_with("FORGED")) && !all.contains('\u{1b}'),
+            "{args:?}: {all:?}"
+        );
     }
     for args in [
         &["--ledger", "ledger ", "--check-config"][..],

@@ -131,19 +131,63 @@ pub fn has_unsafe_text(text: &str) -> bool {
 /// The problem [`has_unsafe_text`] finds, in words.
 pub const UNSAFE_TEXT: &str = "must not contain control characters (other than tabs and line breaks) or text-direction overrides and isolates (U+202A to U+202E, U+2066 to U+2069)";
 
-/// A name from the network as an error echoes it: its first 64 characters, each hidden
-/// one ([`is_hidden`]) as `?`.
-pub fn printable_name(name: &str) -> String {
-    let mut out: String = name
+/// `text` as a message may quote it: its first `max` characters (then `…`), each hidden
+/// one ([`is_hidden`]: a line break, an escape, a text-direction override) as `?`, so what
+/// it quotes can neither forge a line nor drive a terminal.
+pub fn shown_text(text: &str, max: usize) -> String {
+    let mut out: String = text
         .chars()
-        .take(64)
+        .take(max)
         .map(|c| if is_hidden(c) { '?' } else { c })
         .collect();
-    // A cut name says so, as a configuration's cut paths do (black-box round 135a).
-    if name.chars().nth(64).is_some() {
+    if text.chars().nth(max).is_some() {
         out.push('…');
     }
     out
+}
+
+/// The first of `args` that holds a hidden character ([`is_hidden`]: a line break, an
+/// escape, a text-direction override), as [`shown_text`] shows it. No option of the
+/// command-line tools takes one, and an error quoting it could forge a line or drive the
+/// terminal (black-box round 149a), so the tools refuse it before parsing.
+pub fn hidden_arg(args: &[String]) -> Option<String> {
+    args.iter()
+        .find(|a| a.chars().any(is_hidden))
+        .map(|a| shown_text(a, ARG_CHARS_MAX))
+}
+
+/// Most characters of a command-line argument [`quoted_args_shown`] leaves as given.
+pub const ARG_CHARS_MAX: usize = 256;
+
+/// `rendered` (an argument parser's error, which quotes the argument it refused as given)
+/// with every argument of `args` that holds a hidden character or is longer than
+/// [`ARG_CHARS_MAX`] (and the value after `=` of an `--option=value`) replaced by its
+/// [`shown_text`] (black-box round 149a: `--listen $'x\nFORGED'` printed a line of its own).
+pub fn quoted_args_shown(rendered: &str, args: &[String]) -> String {
+    let mut out = rendered.to_string();
+    let risky = |a: &str| a.chars().count() > ARG_CHARS_MAX || a.chars().any(is_hidden);
+    let mut parts: Vec<&str> = Vec::new();
+    for a in args {
+        parts.push(a);
+        if let Some((_, value)) = a.split_once('=') {
+            parts.push(value);
+        }
+    }
+    // Longest first, so a value is not replaced inside its own `--option=value`.
+    parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in parts {
+        if !p.is_empty() && risky(p) && out.contains(p) {
+            out = out.replace(p, &shown_text(p, ARG_CHARS_MAX));
+        }
+    }
+    out
+}
+
+/// A name from the network as an error echoes it: its first 64 characters, each hidden
+/// one ([`is_hidden`]) as `?`.
+pub fn printable_name(name: &str) -> String {
+    // A cut name says so, as a configuration's cut paths do (black-box round 135a).
+    shown_text(name, 64)
 }
 
 /// The problem of a name the body should not have: one text wherever a body is read, so
@@ -356,5 +400,37 @@ mod tests {
             format!("{}…", "n".repeat(64))
         );
         assert_eq!(printable_name(&"n".repeat(64)), "n".repeat(64));
+    }
+
+    /// Black-box round 149a: an argument parser's error quoted the value it refused as
+    /// given, line breaks and escapes included.
+    #[test]
+    fn an_argument_a_parser_quotes_is_shown_safely() {
+        let args = [
+            "pingpost".to_string(),
+            "--listen".into(),
+            "127.0.0.1:1\nFORGED \u{1b}[2J".into(),
+            format!("--ledger={}", "l".repeat(5_000)),
+        ];
+        let rendered = format!(
+            "error: invalid value '{}' for '--listen <LISTEN>'\nerror: '{}'\n",
+            args[2],
+            "l".repeat(5_000)
+        );
+        let shown = quoted_args_shown(&rendered, &args);
+        assert!(
+            shown.starts_with("error: invalid value '127.0.0.1:1?FORGED ?[2J' for"),
+            "{shown}"
+        );
+        assert_eq!(shown.lines().count(), 2, "{shown}");
+        assert!(shown.len() < 600, "{}", shown.len());
+        // A plain argument is left as it is.
+        assert_eq!(
+            quoted_args_shown("error: 'abc'", &["abc".into()]),
+            "error: 'abc'"
+        );
+        assert_eq!(shown_text("a\u{202e}b", 1), "a…");
+        assert_eq!(hidden_arg(&args), Some("127.0.0.1:1?FORGED ?[2J".into()));
+        assert_eq!(hidden_arg(&args[3..]), None);
     }
 }

@@ -198,11 +198,14 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => {}
         Ok(_) => {
-            p.at(&at, format!("{}: not a regular file", path.display()));
+            p.at(
+                &at,
+                format!("{}: not a regular file", crate::cli_out::Shown(&path)),
+            );
             return Default::default();
         }
         Err(e) => {
-            p.at(&at, format!("{}: {e}", path.display()));
+            p.at(&at, format!("{}: {e}", crate::cli_out::Shown(&path)));
             return Default::default();
         }
     }
@@ -212,7 +215,7 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
             .read_to_end(&mut bytes)
     });
     if let Err(e) = read {
-        p.at(&at, format!("{}: {e}", path.display()));
+        p.at(&at, format!("{}: {e}", crate::cli_out::Shown(&path)));
         return Default::default();
     }
     if bytes.len() as u64 > SUPPRESSION_FILE_BYTES_MAX {
@@ -220,7 +223,7 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
             &at,
             format!(
                 "{}: longer than {SUPPRESSION_FILE_BYTES_MAX} bytes",
-                path.display()
+                crate::cli_out::Shown(&path)
             ),
         );
         return Default::default();
@@ -242,7 +245,7 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
                     &at,
                     format!(
                         "{} line {}: not a SHA-256 (64 hex digits)",
-                        path.display(),
+                        crate::cli_out::Shown(&path),
                         n + 1
                     ),
                 );
@@ -255,7 +258,7 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
                 &at,
                 format!(
                     "{}: more than {SUPPRESSION_ENTRIES_MAX} hashes",
-                    path.display()
+                    crate::cli_out::Shown(&path)
                 ),
             );
             return Default::default();
@@ -266,7 +269,7 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
             &at,
             format!(
                 "{}: {} more lines that are not SHA-256 hashes",
-                path.display(),
+                crate::cli_out::Shown(&path),
                 bad - SUPPRESSION_PROBLEMS_NAMED_MAX
             ),
         );

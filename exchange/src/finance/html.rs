@@ -54,7 +54,7 @@ pub fn page(reports: &Reports, dir: &Path) -> String {
 {excl}. Money in currency units; revenue is what buyers pay, payouts what sellers get, margin the difference. \
 Revenue, payouts and margin are net of refunds (returned leads refunded inside the buyer's return window).</p>\n",
         range = esc(&range),
-        dir = esc(&dir.display().to_string()),
+        dir = esc(&crate::cli_out::Shown(dir).to_string()),
         excl = day.map_or(String::new(), |r| format!(
             " ({} test auction(s), {} test sale(s))",
             r.excluded.test_auctions, r.excluded.test_sales

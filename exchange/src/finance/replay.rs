@@ -173,7 +173,10 @@ pub fn find(dir: &Path, id: &str) -> Result<(Entry, Vec<Entry>), String> {
         Some(a) => Ok((a, posts)),
         None => {
             let shown: String = id.chars().take(80).collect();
-            let mut e = format!("no auction {shown:?} in the ledger {}", dir.display());
+            let mut e = format!(
+                "no auction {shown:?} in the ledger {}",
+                crate::cli_out::Shown(dir)
+            );
             for n in stats.notes() {
                 e.push_str(&format!("; {n}"));
             }

@@ -166,27 +166,27 @@ pub fn read(dir: &Path) -> Result<Option<u64>, String> {
         Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {
             f.take(LEN as u64 + 1)
                 .read_to_end(&mut bytes)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                .map_err(|e| format!("cannot read {}: {e}", crate::cli_out::Shown(&path)))?;
         }
         Ok(_) => {
             return Err(format!(
                 "{} is not a regular file; the exchange writes its ledger head there (remove it)",
-                path.display()
+                crate::cli_out::Shown(&path)
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
             return Err(format!(
                 "{} is a symlink; the exchange writes its ledger head there itself (remove it)",
-                path.display()
+                crate::cli_out::Shown(&path)
             ))
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(format!("cannot read {}: {e}", crate::cli_out::Shown(&path))),
     }
     let bad = || {
         format!(
             "{} is not a ledger head this exchange writes (expected one line `{PREFIX}<20 digits>`, found {} bytes); restore it from a backup, or remove it to start without the check of removed records",
-            path.display(),
+            crate::cli_out::Shown(&path),
             bytes.len()
         )
     };
@@ -200,7 +200,7 @@ pub fn removed(dir: &Path, head: Option<u64>, last_seq: u64) -> Option<String> {
     (head > last_seq).then(|| {
         format!(
             "ledger directory {} ends at record {last_seq}, but its {HEAD_FILE} file says record {head} was written and synced: records {}..={head} were removed (its newest segment(s) deleted or cut); restore them from a backup (an exchange started on it would sell again what they record), or, if this is an older backup restored on purpose, remove {HEAD_FILE} (not otherwise: a start without it cuts a last line it cannot read, so keep a copy of the last segment first)",
-            dir.display(),
+            crate::cli_out::Shown(dir),
             last_seq + 1
         )
     })

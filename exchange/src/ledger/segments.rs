@@ -65,7 +65,7 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
             if name.to_str().is_some_and(looks_like_segment) {
                 return Err(io::Error::other(format!(
                     "{} is named like a segment, but its number is not one a segment has (1 to {}): move it away",
-                    entry.path().display(),
+                    crate::cli_out::Shown(&entry.path()),
                     u32::MAX
                 )));
             }
@@ -74,7 +74,7 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
         if !entry.file_type()?.is_file() {
             return Err(io::Error::other(format!(
                 "{} is not a regular file (a segment must be the file itself, in the ledger directory: copy it there in place of the link or other entry)",
-                entry.path().display()
+                crate::cli_out::Shown(&entry.path())
             )));
         }
         segs.push((no, entry.path()));
@@ -95,8 +95,8 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
             return Err(io::Error::other(format!(
                 "two files are segment {}: {} and {} (keep the ledger's one, move the other away)",
                 w[0].0,
-                w[0].1.display(),
-                w[1].1.display()
+                crate::cli_out::Shown(&w[0].1),
+                crate::cli_out::Shown(&w[1].1)
             )));
         }
         if w[1].0 != w[0].0 + 1 {
@@ -293,7 +293,7 @@ impl std::fmt::Display for Problem {
         write!(
             f,
             "{} at byte {}: {}",
-            self.segment.display(),
+            crate::cli_out::Shown(&self.segment),
             self.offset,
             self.what
         )
@@ -423,7 +423,7 @@ impl Report {
         let _ = writeln!(
             out,
             "ledger {}: {} segment(s), {} record(s), {} bytes checked",
-            dir.display(),
+            crate::cli_out::Shown(dir),
             self.segments,
             self.records,
             self.bytes

@@ -73,7 +73,7 @@ impl DirWatch {
             }
             Err(e) => {
                 tracing::warn!(
-                    dir = %dir.display(),
+                    dir = %crate::cli_out::Shown(dir),
                     error = %e,
                     "ledger: the directory cannot be watched (inotify): a segment removed or changed while the exchange runs is found only at the next start and by `pingpost ledger verify`"
                 );
@@ -92,7 +92,7 @@ impl DirWatch {
             Err(e) if !self.warned => {
                 self.warned = true;
                 tracing::warn!(
-                    segment = %path.display(),
+                    segment = %crate::cli_out::Shown(path),
                     error = %e,
                     "ledger: a sealed segment cannot be watched (inotify; the per-user limit of watches, fs.inotify.max_user_watches?): a write to it while the exchange runs is found only at the next start and by `pingpost ledger verify` (said once)"
                 );
@@ -120,7 +120,7 @@ impl DirWatch {
                 Err(e) => {
                     return Err(format!(
                         "ledger directory {}: its watch could not be read ({e})",
-                        shown.display()
+                        crate::cli_out::Shown(shown)
                     ))
                 }
             };
@@ -128,7 +128,7 @@ impl DirWatch {
             if what.contains(inotify::ReadFlags::QUEUE_OVERFLOW) {
                 return Err(format!(
                     "ledger directory {}: more files were changed in it than can be followed while the exchange ran: check it with `pingpost ledger verify` before the next start",
-                    shown.display()
+                    crate::cli_out::Shown(shown)
                 ));
             }
             if event.wd() != self.dir_wd {
@@ -138,7 +138,7 @@ impl DirWatch {
                     if what.contains(inotify::ReadFlags::MODIFY) {
                         return Err(format!(
                             "ledger segment {} (a sealed segment) was written by another process while the exchange ran (through this name or another: a hard link, a descriptor kept open): its records may not be the ones the exchange wrote; check it with `pingpost ledger verify` before the next start",
-                            shown.join(segments::segment_name(no)).display()
+                            crate::cli_out::Shown(&shown.join(segments::segment_name(no)))
                         ));
                     }
                     if what.contains(inotify::ReadFlags::IGNORED) {
@@ -170,7 +170,7 @@ impl DirWatch {
                 }
                 return Err(format!(
                     "ledger segment {} was made in the ledger directory by another process while the exchange ran: a start refuses the ledger with it; move it away before the next start (docs/LEDGER.md)",
-                    path.display()
+                    crate::cli_out::Shown(&path)
                 ));
             }
             let how = if what.contains(inotify::ReadFlags::MOVED_TO) {
@@ -182,7 +182,7 @@ impl DirWatch {
             };
             return Err(format!(
                 "ledger segment {} was {how} while the exchange ran: a start refuses the ledger without it as the exchange wrote it; put it back (from a backup) before the next start (docs/LEDGER.md)",
-                path.display()
+                crate::cli_out::Shown(&path)
             ));
         }
     }

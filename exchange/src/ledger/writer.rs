@@ -55,7 +55,7 @@ pub(super) fn open_head(
     let file = head::create_in(locked, seq).map_err(|e| ctx("writing", &path, e))?;
     if said.is_none() && has_segments {
         tracing::warn!(
-            head = %path.display(),
+            head = %crate::cli_out::Shown(&path),
             last_seq = seq,
             "ledger: no head was found (a ledger from before heads, or its HEAD file was removed), so this start could not check that no record was removed from its end; it holds one now"
         );
@@ -70,7 +70,10 @@ pub(super) fn open_spare() -> Option<File> {
 
 /// An I/O error with what was being done to which file, for the one-line reason.
 pub(super) fn ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    io::Error::new(
+        e.kind(),
+        format!("{what} {}: {e}", crate::cli_out::Shown(path)),
+    )
 }
 
 pub(super) fn other(msg: String) -> io::Error {
@@ -90,7 +93,7 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Makes sure `dir` is a writable directory, creating it when only it is missing.
 pub(super) fn prepare_dir(dir: &Path) -> io::Result<()> {
-    let shown = dir.display();
+    let shown = crate::cli_out::Shown(dir);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -107,7 +110,8 @@ pub(super) fn prepare_dir(dir: &Path) -> io::Result<()> {
         {
             return Err(other(format!(
                 "ledger directory {shown} is a symlink to {}, which does not exist",
-                std::fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string())
+                std::fs::read_link(dir)
+                    .map_or_else(|_| "?".into(), |t| crate::cli_out::Shown(&t).to_string())
             )));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -118,7 +122,7 @@ pub(super) fn prepare_dir(dir: &Path) -> io::Result<()> {
             if !parent.is_dir() {
                 return Err(other(format!(
                     "ledger directory {shown} does not exist, nor does its parent {}",
-                    parent.display()
+                    crate::cli_out::Shown(parent)
                 )));
             }
             // Never writable by others, whatever the umask (black-box round 123a: under
@@ -155,7 +159,7 @@ impl Writer {
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(other(format!(
                 "ledger directory {} is in use by another process (it holds the directory's lock)",
-                dir.display()
+                crate::cli_out::Shown(dir)
             )))
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", dir, e)),
@@ -176,7 +180,7 @@ impl Writer {
         .map_err(|e| match e.raw_os_error() {
             Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => other(format!(
                 "{} is a symlink; the exchange makes its own {LOCK_FILE} there (remove the link)",
-                lock_path.display()
+                crate::cli_out::Shown(&lock_path)
             )),
             Some(code)
                 if code == rustix::io::Errno::NXIO.raw_os_error()
@@ -184,7 +188,7 @@ impl Writer {
             {
                 other(format!(
                     "{} is not a regular file; the exchange makes its own {LOCK_FILE} there (remove it)",
-                    lock_path.display()
+                    crate::cli_out::Shown(&lock_path)
                 ))
             }
             _ => ctx("opening", &lock_path, e),
@@ -192,7 +196,7 @@ impl Writer {
         if !lock.metadata().is_ok_and(|m| m.is_file()) {
             return Err(other(format!(
                 "{} is not a regular file; the exchange makes its own {LOCK_FILE} there (remove it)",
-                lock_path.display()
+                crate::cli_out::Shown(&lock_path)
             )));
         }
         match lock.try_lock() {
@@ -200,7 +204,7 @@ impl Writer {
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(other(format!(
                     "ledger directory {} is in use by another process (it holds {LOCK_FILE})",
-                    dir.display()
+                    crate::cli_out::Shown(dir)
                 )))
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(ctx("locking", &lock_path, e)),
@@ -210,8 +214,12 @@ impl Writer {
         }
         // Read before the segments (as `verify` does): what it names was synced before.
         let head_said = head::read(dir).map_err(other)?;
-        let segs = segments::list(dir)
-            .map_err(|e| other(format!("ledger directory {}: {e}", dir.display())))?;
+        let segs = segments::list(dir).map_err(|e| {
+            other(format!(
+                "ledger directory {}: {e}",
+                crate::cli_out::Shown(dir)
+            ))
+        })?;
         let mut chain = Chain::START;
         let mut torn: Option<(PathBuf, segments::Problem, u64)> = None;
         let mut records = 0u64;
@@ -271,7 +279,7 @@ impl Writer {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| ctx("completing the last line of", path, e))?;
             tracing::warn!(
-                segment = %path.display(),
+                segment = %crate::cli_out::Shown(path),
                 offset = p.offset,
                 "ledger: the last record was whole but had no newline at the end: the newline was added"
             );
@@ -290,10 +298,10 @@ impl Writer {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| ctx("truncating", path, e))?;
             tracing::warn!(
-                segment = %path.display(),
+                segment = %crate::cli_out::Shown(path),
                 offset = p.offset,
                 removed_bytes = len - p.offset,
-                kept_in = %kept.display(),
+                kept_in = %crate::cli_out::Shown(&kept),
                 problem = %p.what,
                 "ledger: torn tail truncated (a write the crash or failure cut short \
                  before its newline; a durable record is acknowledged only once written \
@@ -318,7 +326,7 @@ impl Writer {
             }
         };
         tracing::info!(
-            dir = %dir.display(),
+            dir = %crate::cli_out::Shown(dir),
             segments = segs.len().max(1),
             records,
             last_seq = chain.seq,
@@ -395,7 +403,7 @@ impl Writer {
                 let said = format!("{made} / {over}");
                 if self.head_warned.as_deref() != Some(said.as_str()) {
                     tracing::warn!(
-                        head = %self.dir.join(head::HEAD_FILE).display(),
+                        head = %crate::cli_out::Shown(&self.dir.join(head::HEAD_FILE)),
                         last_seq = self.head_seq,
                         error = %made,
                         in_place = %over,
@@ -535,13 +543,13 @@ impl Writer {
         if m.nlink() == 0 {
             return Err(other(format!(
                 "ledger segment {} was deleted while the exchange ran (its directory removed?): what was written to it since is not on disk",
-                self.seg_path.display()
+                crate::cli_out::Shown(&self.seg_path)
             )));
         }
         if m.len() != self.seg_len {
             return Err(other(format!(
                 "ledger segment {} was changed by another process while the exchange ran (it holds {} bytes, the exchange wrote {}): what was written to it since is not acknowledged; check it with `pingpost ledger verify`",
-                self.seg_path.display(),
+                crate::cli_out::Shown(&self.seg_path),
                 m.len(),
                 self.seg_len
             )));
@@ -553,7 +561,7 @@ impl Writer {
         if self.seg_mtime.is_some() && m.modified().ok() != self.seg_mtime {
             return Err(other(format!(
                 "ledger segment {} (the segment being written) was written by another process while the exchange ran (its modification time changed without a write of the exchange's): what was written to it since is not acknowledged; check it with `pingpost ledger verify`",
-                self.seg_path.display(),
+                crate::cli_out::Shown(&self.seg_path),
             )));
         }
         Ok(())
@@ -569,7 +577,7 @@ impl Writer {
         let m = self.head.metadata()?;
         if m.nlink() == 0 || m.len() != head::LEN as u64 {
             tracing::warn!(
-                head = %self.dir.join(head::HEAD_FILE).display(),
+                head = %crate::cli_out::Shown(&self.dir.join(head::HEAD_FILE)),
                 last_seq = self.chain.seq,
                 "ledger: HEAD was removed, replaced or changed by another process while the exchange ran: it is made again"
             );
@@ -620,7 +628,7 @@ impl Writer {
             Ok(m) if m.dev() == locked.dev() && m.ino() == locked.ino() => Ok(()),
             _ => Err(other(format!(
                 "ledger directory {} was moved or replaced while the exchange ran: it no longer names the directory this exchange locked at start",
-                self.dir.display()
+                crate::cli_out::Shown(&self.dir)
             ))),
         }
     }
@@ -641,7 +649,7 @@ impl Writer {
         }
         if m.nlink() == 0 || len > attempted {
             tracing::error!(
-                segment = %self.seg_path.display(),
+                segment = %crate::cli_out::Shown(&self.seg_path),
                 "ledger: the records of the failed write may be in the segment (it changed beyond this exchange's writes): check it with `pingpost ledger verify` before the next start"
             );
             return;
@@ -651,13 +659,13 @@ impl Writer {
                 self.seg_len = to;
                 self.note_seg_mtime();
                 tracing::warn!(
-                    segment = %self.seg_path.display(),
+                    segment = %crate::cli_out::Shown(&self.seg_path),
                     bytes = len - to,
                     "ledger: the lines of the records refused by the failed write were removed from the segment"
                 );
             }
             Err(e) => tracing::error!(
-                segment = %self.seg_path.display(),
+                segment = %crate::cli_out::Shown(&self.seg_path),
                 error = %e,
                 "ledger: the lines of the records refused by the failed write could not be removed: the next start may find them"
             ),
@@ -694,7 +702,7 @@ impl Writer {
         self._dir_lock
             .sync_all()
             .map_err(|e| ctx("syncing the directory", &self.dir, e))?;
-        tracing::info!(segment = %path.display(), seq = self.chain.seq + 1, "ledger: new segment");
+        tracing::info!(segment = %crate::cli_out::Shown(&path), seq = self.chain.seq + 1, "ledger: new segment");
         let sealed = std::mem::replace(&mut self.seg_path, path);
         if let Some(w) = self.watch.as_mut() {
             w.seal(self.seg_no, &sealed);
@@ -723,7 +731,7 @@ pub(super) fn create_segment(path: &Path) -> io::Result<File> {
                 // Black-box round 122a: "File exists" alone did not say whose it was.
                 other(format!(
                     "creating the segment {}: a file of that name exists already, made by another process (the exchange only ever makes a segment new): move it away before the next start",
-                    path.display()
+                    crate::cli_out::Shown(path)
                 ))
             } else {
                 ctx("creating the segment", path, e)

@@ -216,7 +216,7 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                     "pingpost models: vertical {}: CHAMPION names {}, which is not a model set in {}: the exchange will not serve it",
                     v.name,
                     proto::error::printable_name(c),
-                    crate::models::vertical_dir(&cfg.learning, &v.name).display()
+                    crate::cli_out::Shown(&crate::models::vertical_dir(&cfg.learning, &v.name))
                 );
                 status = 1;
                 format!("{} MISSING", proto::error::printable_name(c))
@@ -230,7 +230,7 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                 v.name,
                 label,
                 versions.len(),
-                crate::models::vertical_dir(&cfg.learning, &v.name).display()
+                crate::cli_out::Shown(&crate::models::vertical_dir(&cfg.learning, &v.name))
             ),
         );
         for ver in versions {
@@ -375,7 +375,10 @@ pub fn import(
     let dir = crate::models::set_dir(&cfg.learning, vertical, version);
     if dir.exists() {
         // A bad argument, as `train --version` of an existing one (exit 2).
-        crate::say_err!("pingpost models import: {} already exists", dir.display());
+        crate::say_err!(
+            "pingpost models import: {} already exists",
+            crate::cli_out::Shown(&dir)
+        );
         return 2;
     }
     let mut made = Vec::new();
@@ -393,7 +396,7 @@ pub fn import(
             }
         };
         match XgbModel::from_json(&json) {
-            Err(e) => errors.push(format!("{}: {e}", path.display())),
+            Err(e) => errors.push(format!("{}: {e}", crate::cli_out::Shown(path))),
             Ok(m) => {
                 let bound = m.margin_bound();
                 if bound.is_nan() || bound >= crate::models::MARGIN_BOUND_MAX {
@@ -401,7 +404,7 @@ pub fn import(
                         "{}: the leaf values are too large: the margin can reach {bound:e}, \
                          past {:e}, where the float sum could overflow to an infinite or NaN \
                          output",
-                        path.display(),
+                        crate::cli_out::Shown(path),
                         crate::models::MARGIN_BOUND_MAX
                     ));
                     continue;
@@ -410,7 +413,7 @@ pub fn import(
                 if m.num_features() != want {
                     errors.push(format!(
                         "{}: takes {} features; a {} model of {vertical} takes {want} ({})",
-                        path.display(),
+                        crate::cli_out::Shown(path),
                         m.num_features(),
                         kind.as_str(),
                         kind.expected_features(spec)
@@ -451,7 +454,10 @@ pub fn import(
     }
     match crate::models::train::write_set(&dir, &made) {
         Ok(()) => {
-            emit("models import", format_args!("{}\n", dir.display()));
+            emit(
+                "models import",
+                format_args!("{}\n", crate::cli_out::Shown(&dir)),
+            );
             0
         }
         Err(e) => {

@@ -130,28 +130,34 @@ pub fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, String> {
         .read(true)
         .custom_flags(nonblocking())
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(path)))?;
     let meta = f
         .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(path)))?;
     if !meta.is_file() {
         return Err(format!(
             "{}: not a regular file (a FIFO, a device or a directory is not read)",
-            path.display()
+            crate::cli_out::Shown(path)
         ));
     }
     // Refused by its size before a byte is read (black-box round 88a: a 70 MB file was
     // read to the limit first, 0.46 s); the bounded read below still holds a file that
     // grows meanwhile.
     if meta.len() > max as u64 {
-        return Err(format!("{}: over the {max}-byte limit", path.display()));
+        return Err(format!(
+            "{}: over the {max}-byte limit",
+            crate::cli_out::Shown(path)
+        ));
     }
     let mut buf = Vec::new();
     f.take(max as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(path)))?;
     if buf.len() > max {
-        return Err(format!("{}: over the {max}-byte limit", path.display()));
+        return Err(format!(
+            "{}: over the {max}-byte limit",
+            crate::cli_out::Shown(path)
+        ));
     }
     Ok(buf)
 }
@@ -178,20 +184,22 @@ pub fn load_served(
     let mut errors = Vec::new();
     let manifest = if has_manifest {
         read_bounded(&manifest_path, MANIFEST_BYTES_MAX).and_then(|b| {
-            Manifest::from_json(&b).map_err(|e| format!("{}: {e}", manifest_path.display()))
+            Manifest::from_json(&b)
+                .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(&manifest_path)))
         })
     } else {
         Err(format!(
             "{}: missing (every model needs its manifest)",
-            manifest_path.display()
+            crate::cli_out::Shown(&manifest_path)
         ))
     };
     let model = if has_model {
         read_bounded(&model_path, MODEL_BYTES_MAX).and_then(|b| {
-            XgbModel::from_json(&b).map_err(|e| format!("{}: {e}", model_path.display()))
+            XgbModel::from_json(&b)
+                .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(&model_path)))
         })
     } else {
-        Err(format!("{}: missing", model_path.display()))
+        Err(format!("{}: missing", crate::cli_out::Shown(&model_path)))
     };
     let spec = vertical.features.as_ref();
     if spec.is_none() {
@@ -204,13 +212,16 @@ pub fn load_served(
         Ok(manifest) => {
             if let Some(spec) = spec {
                 for m in manifest.mismatches(kind, &vertical.name, spec) {
-                    errors.push(format!("{}: the model {m}", manifest_path.display()));
+                    errors.push(format!(
+                        "{}: the model {m}",
+                        crate::cli_out::Shown(&manifest_path)
+                    ));
                 }
             }
             if manifest.version != version {
                 errors.push(format!(
                     "{}: names version {:?}, but lives in directory {version:?}",
-                    manifest_path.display(),
+                    crate::cli_out::Shown(&manifest_path),
                     manifest.version
                 ));
             }
@@ -224,7 +235,7 @@ pub fn load_served(
                 if model.num_features() != want {
                     errors.push(format!(
                         "{}: the model takes {} features, the configuration gives {want}",
-                        model_path.display(),
+                        crate::cli_out::Shown(&model_path),
                         model.num_features()
                     ));
                 }
@@ -235,7 +246,7 @@ pub fn load_served(
                     "{}: the leaf values are too large: the margin can reach {bound:e}, \
                      past {MARGIN_BOUND_MAX:e}, where the float sum could overflow to an \
                      infinite or NaN output",
-                    model_path.display()
+                    crate::cli_out::Shown(&model_path)
                 ));
             }
         }
@@ -260,7 +271,7 @@ pub fn champion_warnings(cfg: &crate::config::Config) -> Vec<String> {
         if cfg.verticals.iter().any(|v| v.features.is_some()) {
             out.push(format!(
                 "note: learning.models_dir: {} does not exist, so no vertical would serve a model (cold-start rates): as it should be before the first model is trained or imported; after moving the models, name their new directory",
-                learning.models_dir.display()
+                crate::cli_out::Shown(&learning.models_dir)
             ));
         }
         return out;
@@ -269,7 +280,7 @@ pub fn champion_warnings(cfg: &crate::config::Config) -> Vec<String> {
     if !learning.models_dir.is_dir() {
         out.push(format!(
             "warning: learning.models_dir: {} is not a directory: a start reads no CHAMPION there, its verticals serve no model and /readyz answers 503; name the models directory",
-            learning.models_dir.display()
+            crate::cli_out::Shown(&learning.models_dir)
         ));
         return out;
     }
@@ -308,7 +319,10 @@ pub fn load_set(
     }
     let dir = set_dir(learning, &vertical.name, version);
     if !dir.is_dir() {
-        return Err(vec![format!("no model set at {}", dir.display())]);
+        return Err(vec![format!(
+            "no model set at {}",
+            crate::cli_out::Shown(&dir)
+        )]);
     }
     let mut errors = Vec::new();
     let mut get = |kind| match load_served(&dir, kind, vertical, version) {
@@ -323,7 +337,7 @@ pub fn load_set(
     if errors.is_empty() && lead_score.is_none() && realization.is_none() {
         errors.push(format!(
             "{} holds neither lead_score.json nor realization.json",
-            dir.display()
+            crate::cli_out::Shown(&dir)
         ));
     }
     if !errors.is_empty() {
@@ -353,8 +367,10 @@ pub fn read_champion_checked(
     let path = vertical_dir(learning, vertical).join(CHAMPION);
     match std::fs::symlink_metadata(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-        Ok(m) if m.is_dir() => return Err(format!("{}: is a directory", path.display())),
+        Err(e) => return Err(format!("{}: {e}", crate::cli_out::Shown(&path))),
+        Ok(m) if m.is_dir() => {
+            return Err(format!("{}: is a directory", crate::cli_out::Shown(&path)))
+        }
         Ok(_) => {}
     }
     let text = read_bounded(&path, CHAMPION_BYTES_MAX)?;
@@ -397,7 +413,9 @@ pub const LOCK: &str = ".lock";
 fn lock_vertical(dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK);
-    let at = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let at = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", crate::cli_out::Shown(&path)))
+    };
     std::fs::create_dir_all(dir)?;
     // Opened without blocking and only as a regular file, as `HISTORY` is read: a `.lock`
     // that is a FIFO would otherwise hold the opener until a reader came.
@@ -617,20 +635,20 @@ pub fn rollback(
         return Err(vec![format!(
             "vertical {}: no earlier model version: {} does not exist (no version was ever swapped in or promoted)",
             vertical.name,
-            dir.display()
+            crate::cli_out::Shown(&dir)
         )]);
     }
     // Held from reading HISTORY to writing CHAMPION: a concurrent swap or rollback
     // waits, then reads what this one wrote.
-    let _lock =
-        lock_vertical(&dir).map_err(|e| vec![format!("{}: {e}", dir.join(LOCK).display())])?;
+    let _lock = lock_vertical(&dir)
+        .map_err(|e| vec![format!("{}: {e}", crate::cli_out::Shown(&dir.join(LOCK)))])?;
     // A `HISTORY` that cannot be read says so (black-box round 47: a FIFO or a directory
     // read as "no earlier model version"); its bytes are put back if `CHAMPION` fails.
     let before = read_history_file(&dir).map_err(|e| {
         vec![format!(
             "vertical {}: {} cannot be read: {e}",
             vertical.name,
-            dir.display()
+            crate::cli_out::Shown(&dir)
         )]
     })?;
     let target = rollback_target(learning, &vertical.name).map_err(|e| {
@@ -654,7 +672,7 @@ pub fn rollback(
         return Err(vec![format!(
             "vertical {}: no earlier model version in {}{missing}",
             vertical.name,
-            history.display()
+            crate::cli_out::Shown(&history)
         )]);
     };
     // The target must still load under today's configuration. A refusal says too that
@@ -674,7 +692,7 @@ pub fn rollback(
     })?;
     let mut text = h.join("\n");
     text.push('\n');
-    let name = |f: &str| dir.join(f).display().to_string();
+    let name = |f: &str| crate::cli_out::Shown(&dir.join(f)).to_string();
     write_atomic(&dir.join(HISTORY), text.as_bytes())
         .map_err(|e| vec![format!("{}: {e}", name(HISTORY))])?;
     if let Err(e) = write_atomic(&dir.join(CHAMPION), target.as_bytes()) {

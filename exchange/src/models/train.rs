@@ -449,7 +449,7 @@ pub fn check_inputs(
         if let Some(why) = unusable {
             return Err(format!(
                 "{} {why}: the model sets are written under learning.models_dir/<vertical>/",
-                dir.display()
+                crate::cli_out::Shown(dir)
             ));
         }
     }
@@ -462,17 +462,27 @@ pub fn check_inputs(
         }
         let dir = crate::models::set_dir(&config.learning, vertical, version);
         if dir.exists() {
-            return Err(format!("{} already exists", dir.display()));
+            return Err(format!("{} already exists", crate::cli_out::Shown(&dir)));
         }
     }
-    let entries = std::fs::read_dir(ledger_dir)
-        .map_err(|e| format!("the ledger directory {}: {e}", ledger_dir.display()))?;
+    let entries = std::fs::read_dir(ledger_dir).map_err(|e| {
+        format!(
+            "the ledger directory {}: {e}",
+            crate::cli_out::Shown(ledger_dir)
+        )
+    })?;
     for entry in entries {
         let path = entry
-            .map_err(|e| format!("the ledger directory {}: {e}", ledger_dir.display()))?
+            .map_err(|e| {
+                format!(
+                    "the ledger directory {}: {e}",
+                    crate::cli_out::Shown(ledger_dir)
+                )
+            })?
             .path();
         if path.is_file() {
-            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::File::open(&path)
+                .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(&path)))?;
         }
     }
     // A directory with no segment is not a ledger (a mistyped --ledger): an unusable
@@ -490,7 +500,7 @@ pub fn check_inputs(
     };
     let head = crate::ledger::head::read(ledger_dir);
     let check = crate::ledger::segments::verify(ledger_dir)
-        .map_err(|e| format!("{}: {e}", ledger_dir.display()))?;
+        .map_err(|e| format!("{}: {e}", crate::cli_out::Shown(ledger_dir)))?;
     if let Some(p) = check
         .problem
         .as_ref()
@@ -532,7 +542,7 @@ pub fn train_vertical(
     }
     let dir = crate::models::set_dir(learning, vertical, &version);
     if dir.exists() {
-        return Err(format!("{} already exists", dir.display()));
+        return Err(format!("{} already exists", crate::cli_out::Shown(&dir)));
     }
     let Some(spec) = v.features.as_ref() else {
         return Err(format!("vertical {vertical} declares no features"));
@@ -677,8 +687,8 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
             .ancestors()
             .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()));
         match in_the_way {
-            Some(p) => format!("{} is not a directory", p.display()),
-            None => format!("{}: {e}", parent.display()),
+            Some(p) => format!("{} is not a directory", crate::cli_out::Shown(p)),
+            None => format!("{}: {e}", crate::cli_out::Shown(parent)),
         }
     })?;
     let tmp = parent.join(format!(
@@ -686,7 +696,7 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("set")
     ));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", crate::cli_out::Shown(&tmp)))?;
     let written = (|| {
         for (kind, json, manifest) in made {
             let m = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
@@ -698,8 +708,8 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
                 std::fs::write(&path, bytes).map_err(|e| {
                     format!(
                         "writing {} of model set {}: {e}",
-                        path.display(),
-                        dir.display()
+                        crate::cli_out::Shown(&path),
+                        crate::cli_out::Shown(dir)
                     )
                 })?;
             }
@@ -707,8 +717,8 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
         std::fs::rename(&tmp, dir).map_err(|e| {
             format!(
                 "moving {} into place as {}: {e}",
-                tmp.display(),
-                dir.display()
+                crate::cli_out::Shown(&tmp),
+                crate::cli_out::Shown(dir)
             )
         })
     })();
@@ -868,7 +878,7 @@ mod tests {
         let dir = root.path().join("v").join("v1");
         std::fs::create_dir_all(dir.join("taken")).unwrap();
         let e = write_set(&dir, &made).unwrap_err();
-        assert!(e.contains(&dir.display().to_string()), "{e}");
+        assert!(e.contains(&crate::cli_out::Shown(&dir).to_string()), "{e}");
         let left: Vec<_> = std::fs::read_dir(root.path().join("v"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -880,7 +890,10 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         for dir in [file.join("v1"), file.join("deeper").join("v1")] {
             let e = write_set(&dir, &made).unwrap_err();
-            assert_eq!(e, format!("{} is not a directory", file.display()));
+            assert_eq!(
+                e,
+                format!("{} is not a directory", crate::cli_out::Shown(&file))
+            );
         }
         // The same set written where nothing is in the way: whole, and no temporary left.
         let dir2 = root.path().join("v").join("v2");

@@ -89,8 +89,39 @@ fn main() {
     }
 }
 
+/// Ends the process on an argument error: help and version as clap prints them, any other
+/// error with the arguments it quotes shown by [`proto::error::quoted_args_shown`]
+/// (black-box round 149a: `loadtest run $'x\nFORGED'` printed a line of its own), and
+/// clap's exit status (2).
+fn exit_on_args_error(e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    eprintln!(
+        "{}",
+        proto::error::quoted_args_shown(&e.render().to_string(), &args).trim_end()
+    );
+    std::process::exit(e.exit_code());
+}
+
 fn real_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(shown) = proto::error::hidden_arg(&args) {
+        eprintln!("loadtest: an argument holds a control or text-direction character, which no option takes: {shown}");
+        std::process::exit(2);
+    }
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_args_error(&e));
     match cli.cmd {
         Cmd::Sims { spec, seed } => {
             let text = std::fs::read_to_string(&spec)
