@@ -108,6 +108,44 @@ async fn silent_and_one_byte_clients_cannot_hold_the_slots() {
     handle.shutdown().await.unwrap();
 }
 
+/// Black-box round 149a: connections each sending a request body a byte at a time held
+/// every slot, and a new connection waited for their body budget. With every slot taken,
+/// the one whose body has been arriving past the eviction grace is closed to make room,
+/// with no answer (nothing acted on its request); before, each got its `400` at the end of
+/// the body budget, and the client waited for it.
+#[tokio::test]
+async fn slow_bodies_cannot_hold_the_slots() {
+    let options = ServeOptions {
+        connections_max: 2,
+        header_read_timeout_ms: 400,
+        body_read_timeout_ms: 20_000,
+        verify_signatures: false,
+        ..ServeOptions::new(secret())
+    };
+    let (addr, handle) = spawn(Arc::new(Flat::default()), options).await.unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /ping HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let client = TestClient::new(format!("http://{addr}"), secret()).with_timeout_ms(15_000);
+    let answer = client
+        .ping(&sample_ping(&SampleLead::default()))
+        .await
+        .unwrap();
+    assert_eq!(answer.raw.status, StatusCode::OK);
+    // One of the two made room (the older), closed without an answer; the other is still
+    // sending its body.
+    let first = slow.remove(0);
+    let (_, seen) = closed_at(first).await;
+    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+    drop(slow);
+    handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let options = ServeOptions {

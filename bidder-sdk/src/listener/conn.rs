@@ -307,6 +307,15 @@ impl Conn {
                         tracing::debug!(listener = self.name, "evicted: slots full, no head within its grace");
                         return;
                     }
+                    if started != activity.finished.load(Ordering::Acquire)
+                        && activity.h1_body_since_us.load(Ordering::Acquire) != 0
+                    {
+                        // Its request's body was still arriving past the grace: nothing
+                        // has acted on it. Closed at once (its client gets no answer).
+                        self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, "evicted: slots full, a request body arriving past its grace");
+                        return;
+                    }
                     if started == activity.finished.load(Ordering::Acquire) && !goaway && !closing {
                         // Idle: closed gracefully (HTTP/1.1 at once, HTTP/2 with GOAWAY), and
                         // dropped once nothing is in flight, as after any GOAWAY.

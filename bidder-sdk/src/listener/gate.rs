@@ -104,13 +104,17 @@ impl ConnectionGate {
 
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
     /// accept) without sending a complete request head, or with none, the served one idle
-    /// the longest (at least `grace`), and says whether there was one. A connection with
-    /// a request in flight is never taken; none is while an evicted one has not ended.
+    /// the longest (at least `grace`), or with none, the one whose HTTP/1.1 request body
+    /// has been arriving the longest (at least `grace`), and says whether there was one. A
+    /// connection with a request being served (its body read) is never taken; none is
+    /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
         let list = self.live();
         let mut headless = None;
         // The served connection idle the longest (nothing in flight), and since when.
         let mut idle: Option<(u64, Instant)> = None;
+        // The HTTP/1.1 request whose body has been arriving the longest, and since when.
+        let mut slow_body: Option<(u64, Instant)> = None;
         for (&id, activity) in list.iter() {
             if activity.evicted.load(Ordering::Acquire) {
                 // One eviction at a time: the slot it frees is on its way.
@@ -121,6 +125,16 @@ impl ConnectionGate {
             if started == 0 {
                 if headless.is_none() && now.saturating_duration_since(accepted_at) >= grace {
                     headless = Some(id);
+                }
+                continue;
+            }
+            let body_since = activity.h1_body_since_us.load(Ordering::Acquire);
+            if body_since != 0 && started != activity.finished.load(Ordering::Acquire) {
+                let since = accepted_at + Duration::from_micros(body_since - 1);
+                if now.saturating_duration_since(since) >= grace
+                    && slow_body.is_none_or(|(_, at)| since < at)
+                {
+                    slow_body = Some((id, since));
                 }
                 continue;
             }
@@ -142,8 +156,12 @@ impl ConnectionGate {
         // A connection that never sent a head first; else the longest-idle served one
         // (black-box round 78b: one seller's idle kept-alive connections held every slot
         // for the idle timeout).
+        // Else the request whose body has been arriving the longest, past the grace: nothing
+        // has acted on it (black-box round 149a: bodies sent a byte at a time held every
+        // slot, and new connections waited for the body budget).
         let Some(activity) = headless
             .or(idle.map(|(id, _)| id))
+            .or(slow_body.map(|(id, _)| id))
             .and_then(|id| list.get(&id))
         else {
             return false;

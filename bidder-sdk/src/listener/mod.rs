@@ -12,8 +12,10 @@
 //!   closing the oldest connection that has held its slot for [`eviction_grace`] (a
 //!   quarter of the head budget) without sending a complete request head; with none,
 //!   the served connection idle the longest (nothing in flight for at least the grace),
-//!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request in flight
-//!   is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
+//!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY); with none, the connection whose
+//!   HTTP/1.1 request body has been arriving the longest past the grace, at once, with no
+//!   answer (nothing acted on it). A connection with a request being served (its body
+//!   read) is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks
 //!   (HTTP/1.1, h2c prior knowledge, TLS: the handshake counts against the same budget)
@@ -239,6 +241,9 @@ struct BodyReadInner {
     /// Over HTTP/2: the connection whose bodies still coming this one counts among
     /// ([`BODIES_PENDING_MAX`]), until it is read or its request ends.
     pending_on: Option<Arc<service::Activity>>,
+    /// Over HTTP/1.1: the connection whose body being read this is (its
+    /// `h1_body_since_us`, cleared once the body is read).
+    h1_on: Option<Arc<service::Activity>>,
 }
 
 impl BodyRead {
@@ -257,6 +262,17 @@ impl BodyRead {
         BodyRead(Arc::new(BodyReadInner {
             read: AtomicBool::new(false),
             pending_on: Some(Arc::clone(activity)),
+            h1_on: None,
+        }))
+    }
+
+    /// A marker for an HTTP/1.1 request whose body is being read on `activity`'s
+    /// connection.
+    fn h1_on(activity: &Arc<service::Activity>) -> BodyRead {
+        BodyRead(Arc::new(BodyReadInner {
+            read: AtomicBool::new(false),
+            pending_on: None,
+            h1_on: Some(Arc::clone(activity)),
         }))
     }
 
@@ -268,6 +284,9 @@ impl BodyRead {
     /// bodiless streams for the body budget).
     fn done(&self) {
         if !self.0.read.swap(true, Ordering::AcqRel) {
+            if let Some(a) = &self.0.h1_on {
+                a.h1_body_since_us.store(0, Ordering::Release);
+            }
             if let Some(a) = &self.0.pending_on {
                 let was = a.bodies_pending.fetch_sub(1, Ordering::AcqRel);
                 if was <= BODIES_PENDING_MAX.saturating_add(1) {

@@ -182,6 +182,15 @@ pub(super) struct Activity {
     /// pending body was read to its end (or its request ended), or the first of the
     /// pending ones came, in µs from `accepted_at`.
     pub(super) bodies_progress_us: AtomicU64,
+    /// Over HTTP/1.1, when the body of the request in flight began to be read, in µs from
+    /// `accepted_at` plus 1; 0 when none is being read (none has a body, or it was read to
+    /// its end: [`BodyRead::mark`](super::BodyRead::mark)). With every slot taken, a body
+    /// still arriving past the eviction grace makes its connection evictable
+    /// ([`ConnectionGate::evict_one`](super::ConnectionGate)): nothing has acted on a
+    /// request whose body has not all come (black-box round 149a: 1,100 connections each
+    /// sending a body a byte at a time held every slot, and a new connection waited up to
+    /// the 5 s body budget).
+    pub(super) h1_body_since_us: AtomicU64,
     /// The client sent more HTTP/2 control frames than its allowance
     /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)): the connection
     /// was ended (counted with the stalled ones).
@@ -436,7 +445,10 @@ where
         // An HTTP/1.x body not read to its end leaves the connection unusable for another
         // request: the answer must say `Connection: close`.
         let body_read = (h1 && !req.body().is_end_stream()).then(|| {
-            let read = BodyRead::default();
+            let a = &self.activity;
+            a.h1_body_since_us
+                .store(a.now_us().saturating_add(1), Ordering::Release);
+            let read = BodyRead::h1_on(a);
             req.extensions_mut().insert(read.clone());
             read
         });

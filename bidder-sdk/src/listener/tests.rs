@@ -267,6 +267,63 @@ fn the_oldest_connection_without_a_head_past_its_grace_is_evicted() {
     assert_eq!(eviction_grace(&head(2)), Duration::from_millis(1));
 }
 
+/// Black-box round 149a: connections each sending a request body a byte at a time held
+/// every slot, and a new connection waited for the 5 s body budget. With no head-less or
+/// idle connection to take, the one whose HTTP/1.1 body has been arriving the longest past
+/// the grace is evicted; a request whose body was read (its service at work) never is.
+#[test]
+fn a_request_body_arriving_past_the_grace_is_evicted_last() {
+    let gate = ConnectionGate::new(&Limits::default());
+    let grace = Duration::from_millis(1_000);
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let conn = || Arc::new(Activity::new(t0));
+    let in_flight = |a: &Arc<Activity>, body_since_ms: Option<u64>| {
+        a.started.store(1, Ordering::Relaxed);
+        let since = body_since_ms.map_or(0, |ms| ms * 1_000 + 1);
+        a.h1_body_since_us.store(since, Ordering::Release);
+    };
+    let working = conn();
+    in_flight(&working, None);
+    let slow_old = conn();
+    in_flight(&slow_old, Some(100));
+    let slow_young = conn();
+    in_flight(&slow_young, Some(900));
+    let idle = conn();
+    idle.started.store(1, Ordering::Relaxed);
+    idle.finished.store(1, Ordering::Relaxed);
+    idle.finished_at_us.store(50_000, Ordering::Release);
+    let mut listed: Vec<Option<Listed>> = [&working, &slow_old, &slow_young, &idle]
+        .iter()
+        .map(|a| Some(gate.register(a)))
+        .collect();
+    let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+    // An idle served connection goes first.
+    assert!(gate.evict_one(at(1_100), grace));
+    assert!(evicted(&idle) && !evicted(&slow_old));
+    listed[3] = None;
+    // Then the body arriving the longest, once past the grace.
+    assert!(!gate.evict_one(at(1_099), grace));
+    assert!(gate.evict_one(at(1_100), grace));
+    assert!(evicted(&slow_old) && !evicted(&slow_young) && !evicted(&working));
+    listed[1] = None;
+    // A body read to its end (its marker cleared) is a request at work: never taken.
+    slow_young.h1_body_since_us.store(0, Ordering::Release);
+    assert!(!gate.evict_one(at(60_000), grace));
+    assert!(!evicted(&working) && !evicted(&slow_young));
+    // A body that is still arriving when its request has ended is no request in flight.
+    in_flight(&slow_young, Some(900));
+    slow_young.finished.store(1, Ordering::Relaxed);
+    slow_young
+        .finished_at_us
+        .store(59_000_000, Ordering::Release);
+    assert!(
+        gate.evict_one(at(60_000), grace),
+        "idle since 59 s: taken as idle"
+    );
+    drop(listed);
+}
+
 #[test]
 fn per_ip_slots_are_counted_and_released() {
     let limits = Limits {
