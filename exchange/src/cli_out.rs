@@ -127,7 +127,8 @@ pub struct LogLines {
     pub ansi: bool,
 }
 
-/// The most characters of one log line [`LogLines`] writes (then `…`).
+/// The most characters of one log line [`LogLines`] writes, a `…` that ends a cut one
+/// included (its line break not counted).
 pub const LOG_LINE_CHARS_MAX: usize = 16_384;
 
 /// One event's line, written when dropped ([`LogLines`]).
@@ -173,8 +174,9 @@ impl Drop for LogLine {
 pub fn safe_log_line(text: &str, ansi: bool) -> String {
     let body = text.strip_suffix('\n').unwrap_or(text);
     let mut out = String::with_capacity(body.len().min(LOG_LINE_CHARS_MAX) + 4);
+    let cut = body.chars().nth(LOG_LINE_CHARS_MAX).is_some();
     for (i, c) in body.chars().enumerate() {
-        if i == LOG_LINE_CHARS_MAX {
+        if cut && i == LOG_LINE_CHARS_MAX - 1 {
             out.push('…');
             break;
         }
@@ -250,7 +252,11 @@ mod tests {
             "?[32m INFO?[0m ledger created dir=/l/led?FORGED INFO x??\n"
         );
         let huge = super::safe_log_line(&"z".repeat(100_000), false);
-        assert_eq!(huge.chars().count(), super::LOG_LINE_CHARS_MAX + 2);
+        // At most the bound, the `…` included (round 150a: one over), and the line break.
+        assert_eq!(huge.chars().count(), super::LOG_LINE_CHARS_MAX + 1);
+        assert!(huge.ends_with("z…\n"));
+        let exact = "z".repeat(super::LOG_LINE_CHARS_MAX);
+        assert_eq!(super::safe_log_line(&exact, false), format!("{exact}\n"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{closed_within, metric_value, raw_exchange, read_answer, TestConfig, EVENT_WAIT_MAX};
+use futures_util::StreamExt as _;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -241,6 +242,65 @@ async fn with_every_slot_idle_a_new_connection_closes_the_longest_idle_one() {
     assert_eq!(ex.state.conn_gate.evicted(), 1);
     // The other is still served on its connection.
     served_and_kept(&mut second).await;
+    ex.shutdown().await.unwrap();
+}
+
+/// Black-box rounds 149a and 150a: connections whose request bodies arrive a byte at a
+/// time held every slot (HTTP/1.1 at the SDK's server; HTTP/2 at the seller listener,
+/// with a seller's key: answered `400` at the body budget, the connection kept, the next
+/// slow stream opened). With no connection without a head or idle to close, the one whose
+/// requests have all been receiving their bodies the longest past the grace is closed
+/// at once, its requests unanswered; before, each slow request got its `400` at the body
+/// budget and the connection was kept.
+#[tokio::test]
+async fn slow_bodies_over_http2_cannot_hold_the_slots() {
+    let head_ms = 2_000;
+    let (ex, _dir) = start(head_ms, "connections_max = 2\nconnections_per_ip_max = 0").await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let stream = TcpStream::connect(ex.addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        let ended = tokio::spawn(conn);
+        // One byte of the body, then nothing.
+        let body = http_body_util::StreamBody::new(Box::pin(
+            futures_util::stream::once(async {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                    b"{",
+                )))
+            })
+            .chain(futures_util::stream::pending()),
+        ));
+        let answer = tokio::spawn(
+            send.send_request(
+                Request::post(format!("http://{}/v1/ping", ex.addr))
+                    .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap(),
+            ),
+        );
+        slow.push((answer, ended, send));
+    }
+    // Both slots held by requests still receiving their bodies: a new connection is
+    // served once the older has been at it for the grace (500 ms), which is closed for it.
+    healthz_answers(ex.addr).await;
+    let (answer, ended, _send) = slow.remove(0);
+    let answer = tokio::time::timeout(EVENT_WAIT_MAX, answer)
+        .await
+        .expect("the slow request ends")
+        .unwrap();
+    assert!(answer.is_err(), "answered instead of closed: {answer:?}");
+    tokio::time::timeout(EVENT_WAIT_MAX, ended)
+        .await
+        .expect("the connection is closed")
+        .unwrap()
+        .ok();
+    assert_eq!(ex.state.conn_gate.evicted(), 1);
+    drop(slow);
     ex.shutdown().await.unwrap();
 }
 

@@ -307,11 +307,10 @@ impl Conn {
                         tracing::debug!(listener = self.name, "evicted: slots full, no head within its grace");
                         return;
                     }
-                    if started != activity.finished.load(Ordering::Acquire)
-                        && activity.h1_body_since_us.load(Ordering::Acquire) != 0
-                    {
-                        // Its request's body was still arriving past the grace: nothing
-                        // has acted on it. Closed at once (its client gets no answer).
+                    if activity.slow_body_since(self.accepted_at).is_some() {
+                        // Its requests' bodies were still arriving past the grace: nothing
+                        // has acted on them. Closed at once (its client gets no answer;
+                        // over HTTP/2, every stream of it was still receiving its body).
                         self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(listener = self.name, "evicted: slots full, a request body arriving past its grace");
                         return;

@@ -104,8 +104,9 @@ impl ConnectionGate {
 
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
     /// accept) without sending a complete request head, or with none, the served one idle
-    /// the longest (at least `grace`), or with none, the one whose HTTP/1.1 request body
-    /// has been arriving the longest (at least `grace`), and says whether there was one. A
+    /// the longest (at least `grace`), or with none, the one whose requests in flight have
+    /// all been receiving their bodies the longest (at least `grace`: `slow_body_since`),
+    /// and says whether there was one. A
     /// connection with a request being served (its body read) is never taken; none is
     /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
@@ -128,9 +129,7 @@ impl ConnectionGate {
                 }
                 continue;
             }
-            let body_since = activity.h1_body_since_us.load(Ordering::Acquire);
-            if body_since != 0 && started != activity.finished.load(Ordering::Acquire) {
-                let since = accepted_at + Duration::from_micros(body_since - 1);
+            if let Some(since) = activity.slow_body_since(accepted_at) {
                 if now.saturating_duration_since(since) >= grace
                     && slow_body.is_none_or(|(_, at)| since < at)
                 {

@@ -13,7 +13,7 @@
 //!   quarter of the head budget) without sending a complete request head; with none,
 //!   the served connection idle the longest (nothing in flight for at least the grace),
 //!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY); with none, the connection whose
-//!   HTTP/1.1 request body has been arriving the longest past the grace, at once, with no
+//!   requests in flight have all been receiving their bodies the longest past the grace, at once, with no
 //!   answer (nothing acted on it). A connection with a request being served (its body
 //!   read) is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
@@ -289,6 +289,9 @@ impl BodyRead {
             }
             if let Some(a) = &self.0.pending_on {
                 let was = a.bodies_pending.fetch_sub(1, Ordering::AcqRel);
+                if was == 1 {
+                    a.h2_bodies_since_us.store(0, Ordering::Release);
+                }
                 if was <= BODIES_PENDING_MAX.saturating_add(1) {
                     a.bodies_progress_us.store(a.now_us(), Ordering::Release);
                 }

@@ -191,6 +191,13 @@ pub(super) struct Activity {
     /// sending a body a byte at a time held every slot, and a new connection waited up to
     /// the 5 s body budget).
     pub(super) h1_body_since_us: AtomicU64,
+    /// Over HTTP/2, since when (µs from `accepted_at`, plus 1) at least one request body
+    /// has been pending without a break (`bodies_pending` above 0); 0 when none is. With
+    /// every slot taken, a connection on which every request in flight is still receiving
+    /// its body, and has been past the eviction grace, is evictable as a slow HTTP/1.1
+    /// body is (black-box round 150a: one slow stream per HTTP/2 connection, opened again
+    /// after each `400`, held every slot of the seller listener).
+    pub(super) h2_bodies_since_us: AtomicU64,
     /// The client sent more HTTP/2 control frames than its allowance
     /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)): the connection
     /// was ended (counted with the stalled ones).
@@ -271,6 +278,28 @@ impl Activity {
     /// When the last request finished (`accepted_at` if none has).
     pub(super) fn finished_at(&self, accepted_at: Instant) -> Instant {
         accepted_at + Duration::from_micros(self.finished_at_us.load(Ordering::Acquire))
+    }
+
+    /// Since when the connection's requests in flight have all been receiving their
+    /// bodies, if they are: over HTTP/1.1, the one request's body being read
+    /// (`h1_body_since_us`); over HTTP/2, every request in flight with its body pending,
+    /// since the pending ones last went from none to some (`h2_bodies_since_us`). `None`
+    /// when nothing is in flight, or a request's body was read (its service at work).
+    pub(super) fn slow_body_since(&self, accepted_at: Instant) -> Option<Instant> {
+        let in_flight = self
+            .started
+            .load(Ordering::Acquire)
+            .saturating_sub(self.finished.load(Ordering::Acquire));
+        if in_flight == 0 {
+            return None;
+        }
+        let h1 = self.h1_body_since_us.load(Ordering::Acquire);
+        if h1 != 0 {
+            return Some(accepted_at + Duration::from_micros(h1 - 1));
+        }
+        let pending = u64::from(self.bodies_pending.load(Ordering::Acquire));
+        let h2 = self.h2_bodies_since_us.load(Ordering::Acquire);
+        (h2 != 0 && pending >= in_flight).then(|| accepted_at + Duration::from_micros(h2 - 1))
     }
 
     /// When an unsent answer last made progress (see `unsent_progress_us`).
@@ -458,6 +487,10 @@ where
         if !h1 && !req.body().is_end_stream() {
             let a = &self.activity;
             let was = a.bodies_pending.fetch_add(1, Ordering::AcqRel);
+            if was == 0 {
+                a.h2_bodies_since_us
+                    .store(a.now_us().saturating_add(1), Ordering::Release);
+            }
             // Past the bound from now: its bodies have BODIES_STALL from here.
             if was == 0 || was == BODIES_PENDING_MAX {
                 a.bodies_progress_us.store(a.now_us(), Ordering::Release);

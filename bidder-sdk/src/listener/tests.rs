@@ -322,6 +322,23 @@ fn a_request_body_arriving_past_the_grace_is_evicted_last() {
         "idle since 59 s: taken as idle"
     );
     drop(listed);
+    // Over HTTP/2 (black-box round 150a): a connection whose requests in flight are all
+    // still receiving their bodies, since the grace; not one with a request at work.
+    let gate = ConnectionGate::new(&Limits::default());
+    let h2 = conn();
+    h2.h2.store(true, Ordering::Relaxed);
+    h2.started.store(2, Ordering::Relaxed);
+    h2.bodies_pending.store(1, Ordering::Relaxed);
+    h2.h2_bodies_since_us.store(100_001, Ordering::Release);
+    let _listed = gate.register(&h2);
+    assert!(
+        !gate.evict_one(at(5_000), grace),
+        "one of its two requests is at work"
+    );
+    h2.bodies_pending.store(2, Ordering::Relaxed);
+    assert!(!gate.evict_one(at(1_099), grace));
+    assert!(gate.evict_one(at(1_100), grace));
+    assert!(evicted(&h2));
 }
 
 #[test]
