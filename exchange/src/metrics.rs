@@ -425,7 +425,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "pingpost_connections_evicted_total",
-                    "Connections closed to make room for a new one, by listener (seller, admin): every slot (server.connections_max; the admin listener's 64) was taken and they had sent no complete request head within a quarter of server.header_read_timeout_ms, or, with none such, had been idle the longest.",
+                    "Connections closed to make room for a new one, by listener (seller, admin): every slot (server.connections_max; the admin listener's 64) was taken and they had sent no complete request head within a quarter of server.header_read_timeout_ms, or, with none such, their requests in flight had all been receiving their bodies for longer than that, or, with none such, they had been idle the longest.",
                     &["listener"],
                 ),
             ),

@@ -103,10 +103,10 @@ impl ConnectionGate {
     }
 
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
-    /// accept) without sending a complete request head, or with none, the served one idle
-    /// the longest (at least `grace`), or with none, the one whose requests in flight have
-    /// all been receiving their bodies the longest (at least `grace`: `slow_body_since`),
-    /// and says whether there was one. A
+    /// accept) without sending a complete request head, or with none, the one whose
+    /// requests in flight have all been receiving their bodies the longest (at least
+    /// `grace`: `slow_body_since`), or with none, the served one idle the longest (at least
+    /// `grace`), and says whether there was one. A
     /// connection with a request being served (its body read) is never taken; none is
     /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
@@ -155,12 +155,15 @@ impl ConnectionGate {
         // A connection that never sent a head first; else the longest-idle served one
         // (black-box round 78b: one seller's idle kept-alive connections held every slot
         // for the idle timeout).
-        // Else the request whose body has been arriving the longest, past the grace: nothing
-        // has acted on it (black-box round 149a: bodies sent a byte at a time held every
-        // slot, and new connections waited for the body budget).
+        // Then the connection whose requests' bodies have been arriving the longest, past
+        // the grace: nothing has acted on them (black-box round 149a: bodies sent a byte at
+        // a time held every slot, and new connections waited for the body budget); before
+        // an idle served one (round 151a: the exchange's idle pooled connection to a buyer,
+        // and a seller's kept-alive one, went first, and their next request waited behind
+        // the flood).
         let Some(activity) = headless
-            .or(idle.map(|(id, _)| id))
             .or(slow_body.map(|(id, _)| id))
+            .or(idle.map(|(id, _)| id))
             .and_then(|id| list.get(&id))
         else {
             return false;
