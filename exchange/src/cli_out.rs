@@ -36,19 +36,21 @@ pub const LINE_CHARS_MAX: usize = 4_096;
 /// `line` with each hidden character ([`proto::error::is_hidden`]: control characters,
 /// text-direction overrides; a tab is kept) as `?`, cut to [`LINE_CHARS_MAX`] characters.
 pub fn bounded_line(line: &str) -> String {
-    let cut = line.chars().nth(LINE_CHARS_MAX).is_some();
-    let mut out: String = line
+    cleaned(line, LINE_CHARS_MAX, |c| c == '\t')
+}
+
+/// `text` with each hidden character ([`proto::error::is_hidden`]) that `keep` does not
+/// keep as `?`, at most `max` characters, a `…` that ends a cut one included.
+fn cleaned(text: &str, max: usize, keep: impl Fn(char) -> bool) -> String {
+    let cut = text.chars().nth(max).is_some();
+    let mut out: String = text
         .chars()
-        .take(if cut {
-            LINE_CHARS_MAX - 1
-        } else {
-            LINE_CHARS_MAX
-        })
+        .take(if cut { max - 1 } else { max })
         .map(|c| {
-            if c != '\t' && proto::error::is_hidden(c) {
-                '?'
-            } else {
+            if keep(c) || !proto::error::is_hidden(c) {
                 c
+            } else {
+                '?'
             }
         })
         .collect();
@@ -173,16 +175,9 @@ impl Drop for LogLine {
 /// `text` (one formatted event, ending in a line break) as [`LogLines`] writes it.
 pub fn safe_log_line(text: &str, ansi: bool) -> String {
     let body = text.strip_suffix('\n').unwrap_or(text);
-    let mut out = String::with_capacity(body.len().min(LOG_LINE_CHARS_MAX) + 4);
-    let cut = body.chars().nth(LOG_LINE_CHARS_MAX).is_some();
-    for (i, c) in body.chars().enumerate() {
-        if cut && i == LOG_LINE_CHARS_MAX - 1 {
-            out.push('…');
-            break;
-        }
-        let kept = c == '\t' || (ansi && c == '\u{1b}') || !proto::error::is_hidden(c);
-        out.push(if kept { c } else { '?' });
-    }
+    let mut out = cleaned(body, LOG_LINE_CHARS_MAX, |c| {
+        c == '\t' || (ansi && c == '\u{1b}')
+    });
     out.push('\n');
     out
 }

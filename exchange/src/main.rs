@@ -701,6 +701,8 @@ fn main() -> anyhow::Result<()> {
     // local user could change which model serves). A stricter umask stays.
     let given = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     rustix::process::umask(given | rustix::fs::Mode::from_raw_mode(0o022));
+    // Colour codes only for a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -708,16 +710,13 @@ fn main() -> anyhow::Result<()> {
                 // `drain timed out`, lines OPERATIONS.md says to alert on.
                 .unwrap_or_else(|_| "pingpost=info,bidder_sdk=info".into()),
         )
-        // Colour codes only for a terminal: a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(ansi)
         // A line that cannot be written is lost, and nothing else: tracing-subscriber
         // reports the failure with `eprintln!`, which panics when stderr fails too (a
         // full disk under both): the panic ended the ledger writer thread, and the
         // exchange stopped selling with no reason said (black-box round 100a).
         .log_internal_errors(false)
-        .with_writer(pingpost::cli_out::LogLines {
-            ansi: std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        })
+        .with_writer(pingpost::cli_out::LogLines { ansi })
         .init();
     pingpost::cli_out::refuse_hidden_args("pingpost");
     let args = Args::try_parse().unwrap_or_else(|e| pingpost::cli_out::exit_on_args_error(&e));

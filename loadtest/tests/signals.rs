@@ -15,6 +15,30 @@ use std::time::Duration;
 /// at 30 s while loadtest waited, and failed).
 const CASE_MAX: Duration = Duration::from_secs(120);
 
+/// Bounds a case: runs `on_timeout` (kill what hangs, unblock a FIFO) if the case has not
+/// called [`Watchdog::stop`] within [`CASE_MAX`].
+struct Watchdog {
+    done: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn start(on_timeout: impl FnOnce() + Send + 'static) -> Watchdog {
+        let (done, watch) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if watch.recv_timeout(CASE_MAX).is_err() {
+                on_timeout();
+            }
+        });
+        Watchdog { done, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.done.send(());
+        self.thread.join().unwrap();
+    }
+}
+
 /// `loadtest run p1-latency` against the exchange `exchange` alone, at 10 auctions/s for
 /// 1 s, writing into `out`.
 fn loadtest_on(exchange: &std::path::Path, out: &std::path::Path) -> Command {
@@ -95,13 +119,10 @@ fn a_signal_to_loadtest_alone_stops_the_exchange_it_started() {
             .unwrap();
         // A watchdog bounds the case: if loadtest never starts the fake, or never exits,
         // it kills loadtest and unblocks the FIFO, and the assertions below fail.
-        let (done, watch) = mpsc::channel::<()>();
         let (lt_pid, fifo_w) = (lt.id(), fifo.clone());
-        let watchdog = std::thread::spawn(move || {
-            if watch.recv_timeout(CASE_MAX).is_err() {
-                kill("-KILL", lt_pid);
-                let _ = std::fs::write(&fifo_w, "0\n");
-            }
+        let watchdog = Watchdog::start(move || {
+            kill("-KILL", lt_pid);
+            let _ = std::fs::write(&fifo_w, "0\n");
         });
         // Blocks until the fake exchange, started by loadtest, writes its pid.
         let ex: u32 = std::fs::read_to_string(&fifo)
@@ -112,8 +133,7 @@ fn a_signal_to_loadtest_alone_stops_the_exchange_it_started() {
         assert_ne!(ex, 0, "{signal}: loadtest never started the exchange");
         kill(signal, lt.id());
         let status = lt.wait().unwrap();
-        let _ = done.send(());
-        watchdog.join().unwrap();
+        watchdog.stop();
         // loadtest waited for the exchange to end before it exited: it is reaped or a
         // zombie now. (Checked, and killed if it still runs, before stderr is read: it
         // holds the pipe.)
@@ -185,14 +205,11 @@ fn a_sigkill_of_loadtest_stops_the_exchange(wrapper: Option<&str>) {
         .spawn()
         .unwrap();
     // A watchdog bounds the case: it unblocks both FIFOs, and the assertions fail.
-    let (done, watch) = mpsc::channel::<()>();
     let (lt_pid, ready_w, stopped_w) = (lt.id(), ready.clone(), stopped.clone());
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(CASE_MAX).is_err() {
-            kill("-KILL", lt_pid);
-            unblock(&ready_w, "0\n");
-            unblock(&stopped_w, "watchdog\n");
-        }
+    let watchdog = Watchdog::start(move || {
+        kill("-KILL", lt_pid);
+        unblock(&ready_w, "0\n");
+        unblock(&stopped_w, "watchdog\n");
     });
     let ex: u32 = std::fs::read_to_string(&ready)
         .unwrap()
@@ -205,23 +222,29 @@ fn a_sigkill_of_loadtest_stops_the_exchange(wrapper: Option<&str>) {
     assert_sent_term(
         ex,
         &stopped,
-        (done, watchdog),
+        watchdog,
         &format!("the exchange was not stopped after loadtest was killed (wrapper: {wrapper:?})"),
     );
+}
+
+/// `loadtest`'s orphan guard for a "loadtest" that is not this test's process (pid 1),
+/// told on its piped stdin.
+fn orphan_guard() -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["orphan-guard", "--parent", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Blocks until the fake exchange `ex` says through `stopped` that it was sent SIGTERM (or
 /// the watchdog gives up), ends the watchdog, kills `ex` if it was not, and asserts that
 /// it was (`what` otherwise).
-fn assert_sent_term(
-    ex: u32,
-    stopped: &std::path::Path,
-    (done, watchdog): (mpsc::Sender<()>, std::thread::JoinHandle<()>),
-    what: &str,
-) {
+fn assert_sent_term(ex: u32, stopped: &std::path::Path, watchdog: Watchdog, what: &str) {
     let said = std::fs::read_to_string(stopped).unwrap();
-    let _ = done.send(());
-    watchdog.join().unwrap();
+    watchdog.stop();
     if said.trim() != "term" {
         kill("-KILL", ex);
     }
@@ -236,30 +259,18 @@ fn assert_sent_term(
 fn a_guard_never_told_the_pid_finds_the_exchange_by_its_mark() {
     // A guard for a "loadtest" that is not this test's process (pid 1): the "exchange"
     // below, this test's child, counts as handed to another parent.
-    let mut guard = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["orphan-guard", "--parent", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut guard = orphan_guard();
     let mut exchange = Command::new("sleep")
         .arg("300")
         .env(loadtest::children::GUARD_MARK, guard.id().to_string())
         .spawn()
         .unwrap();
     // Bounds the case: the exchange is killed if the guard has not stopped it by then.
-    let (done, watch) = mpsc::channel::<()>();
     let ex = exchange.id();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(CASE_MAX).is_err() {
-            kill("-KILL", ex);
-        }
-    });
+    let watchdog = Watchdog::start(move || kill("-KILL", ex));
     drop(guard.stdin.take());
     let status = exchange.wait().unwrap();
-    let _ = done.send(());
-    watchdog.join().unwrap();
+    watchdog.stop();
     let _ = guard.wait();
     let err = std::io::read_to_string(guard.stderr.take().unwrap()).unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -297,13 +308,8 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (done, watch) = mpsc::channel::<()>();
     let lt_pid = lt.id();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(CASE_MAX).is_err() {
-            kill("-KILL", lt_pid);
-        }
-    });
+    let watchdog = Watchdog::start(move || kill("-KILL", lt_pid));
     // Blocks until the measured run has begun (its buyers are up by then).
     let mut err = std::io::BufReader::new(lt.stderr.take().unwrap());
     let mut said = String::new();
@@ -331,8 +337,7 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut err, &mut rest);
     let status = lt.wait().unwrap();
-    let _ = done.send(());
-    watchdog.join().unwrap();
+    watchdog.stop();
     assert_eq!(status.code(), Some(1), "{said}{line}{rest}");
     assert!(
         rest.contains(&format!(
@@ -361,25 +366,16 @@ fn a_guard_whose_told_process_ended_still_stops_the_marked_exchange() {
         let mut wrapper = Command::new("true").spawn().unwrap();
         let ended = wrapper.id();
         wrapper.wait().unwrap();
-        let mut guard = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .args(["orphan-guard", "--parent", "1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut guard = orphan_guard();
         let mut exchange = Command::new(&fake)
             .env(loadtest::children::GUARD_MARK, guard.id().to_string())
             .spawn()
             .unwrap();
-        let (done, watch) = mpsc::channel::<()>();
         let (ex, ready_w, stopped_w) = (exchange.id(), ready.clone(), stopped.clone());
-        let watchdog = std::thread::spawn(move || {
-            if watch.recv_timeout(CASE_MAX).is_err() {
-                kill("-KILL", ex);
-                unblock(&ready_w, "0\n");
-                unblock(&stopped_w, "watchdog\n");
-            }
+        let watchdog = Watchdog::start(move || {
+            kill("-KILL", ex);
+            unblock(&ready_w, "0\n");
+            unblock(&stopped_w, "watchdog\n");
         });
         // The exchange runs, its SIGTERM trap set.
         let _ = std::fs::read_to_string(&ready).unwrap();
@@ -397,7 +393,7 @@ fn a_guard_whose_told_process_ended_still_stops_the_marked_exchange() {
             let runs = exchange.try_wait().unwrap().is_none();
             // Stopped here (its trap ends its own child too).
             kill("-TERM", ex);
-            assert_sent_term(ex, &stopped, (done, watchdog), "the exchange did not stop");
+            assert_sent_term(ex, &stopped, watchdog, "the exchange did not stop");
             let _ = exchange.wait();
             assert!(
                 runs,
@@ -407,7 +403,7 @@ fn a_guard_whose_told_process_ended_still_stops_the_marked_exchange() {
             assert_sent_term(
                 ex,
                 &stopped,
-                (done, watchdog),
+                watchdog,
                 "the marked exchange was not stopped when loadtest died",
             );
             let _ = exchange.wait();

@@ -242,7 +242,7 @@ struct BodyReadInner {
     /// ([`BODIES_PENDING_MAX`]), until it is read or its request ends.
     pending_on: Option<Arc<service::Activity>>,
     /// Over HTTP/1.1: the connection whose body being read this is (its
-    /// `h1_body_since_us`, cleared once the body is read).
+    /// `body_since_us`, cleared once the body is read).
     h1_on: Option<Arc<service::Activity>>,
 }
 
@@ -285,12 +285,12 @@ impl BodyRead {
     fn done(&self) {
         if !self.0.read.swap(true, Ordering::AcqRel) {
             if let Some(a) = &self.0.h1_on {
-                a.h1_body_since_us.store(0, Ordering::Release);
+                a.body_since_us.store(0, Ordering::Release);
             }
             if let Some(a) = &self.0.pending_on {
                 let was = a.bodies_pending.fetch_sub(1, Ordering::AcqRel);
                 if was == 1 {
-                    a.h2_bodies_since_us.store(0, Ordering::Release);
+                    a.body_since_us.store(0, Ordering::Release);
                 }
                 if was <= BODIES_PENDING_MAX.saturating_add(1) {
                     a.bodies_progress_us.store(a.now_us(), Ordering::Release);

@@ -182,22 +182,16 @@ pub(super) struct Activity {
     /// pending body was read to its end (or its request ended), or the first of the
     /// pending ones came, in µs from `accepted_at`.
     pub(super) bodies_progress_us: AtomicU64,
-    /// Over HTTP/1.1, when the body of the request in flight began to be read, in µs from
-    /// `accepted_at` plus 1; 0 when none is being read (none has a body, or it was read to
-    /// its end: [`BodyRead::mark`](super::BodyRead::mark)). With every slot taken, a body
-    /// still arriving past the eviction grace makes its connection evictable
-    /// ([`ConnectionGate::evict_one`](super::ConnectionGate)): nothing has acted on a
-    /// request whose body has not all come (black-box round 149a: 1,100 connections each
-    /// sending a body a byte at a time held every slot, and a new connection waited up to
-    /// the 5 s body budget).
-    pub(super) h1_body_since_us: AtomicU64,
-    /// Over HTTP/2, since when (µs from `accepted_at`, plus 1) at least one request body
-    /// has been pending without a break (`bodies_pending` above 0); 0 when none is. With
-    /// every slot taken, a connection on which every request in flight is still receiving
-    /// its body, and has been past the eviction grace, is evictable as a slow HTTP/1.1
-    /// body is (black-box round 150a: one slow stream per HTTP/2 connection, opened again
-    /// after each `400`, held every slot of the seller listener).
-    pub(super) h2_bodies_since_us: AtomicU64,
+    /// Since when a request body has been arriving, in µs from `accepted_at` plus 1; 0
+    /// when none is: over HTTP/1.1, the body of the request in flight, from when it began
+    /// to be read until it was read to its end ([`BodyRead::mark`](super::BodyRead::mark));
+    /// over HTTP/2, from when `bodies_pending` last went from 0 to 1 until it is 0 again.
+    /// With every slot taken, a connection whose requests in flight have all been
+    /// receiving their bodies past the eviction grace is evictable
+    /// ([`Activity::slow_body_since`]): nothing has acted on them (black-box round 149a:
+    /// 1,100 HTTP/1.1 connections each sending a body a byte at a time held every slot;
+    /// round 150a: one slow stream per HTTP/2 connection, opened again after each `400`).
+    pub(super) body_since_us: AtomicU64,
     /// The client sent more HTTP/2 control frames than its allowance
     /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)): the connection
     /// was ended (counted with the stalled ones).
@@ -281,25 +275,21 @@ impl Activity {
     }
 
     /// Since when the connection's requests in flight have all been receiving their
-    /// bodies, if they are: over HTTP/1.1, the one request's body being read
-    /// (`h1_body_since_us`); over HTTP/2, every request in flight with its body pending,
-    /// since the pending ones last went from none to some (`h2_bodies_since_us`). `None`
-    /// when nothing is in flight, or a request's body was read (its service at work).
+    /// bodies (`body_since_us`), if they are: over HTTP/1.1 the one request in flight,
+    /// over HTTP/2 every one of them with its body pending. `None` when nothing is in
+    /// flight, or a request's body was read (its service at work).
     pub(super) fn slow_body_since(&self, accepted_at: Instant) -> Option<Instant> {
         let in_flight = self
             .started
             .load(Ordering::Acquire)
             .saturating_sub(self.finished.load(Ordering::Acquire));
-        if in_flight == 0 {
+        let since = self.body_since_us.load(Ordering::Acquire);
+        if in_flight == 0 || since == 0 {
             return None;
         }
-        let h1 = self.h1_body_since_us.load(Ordering::Acquire);
-        if h1 != 0 {
-            return Some(accepted_at + Duration::from_micros(h1 - 1));
-        }
-        let pending = u64::from(self.bodies_pending.load(Ordering::Acquire));
-        let h2 = self.h2_bodies_since_us.load(Ordering::Acquire);
-        (h2 != 0 && pending >= in_flight).then(|| accepted_at + Duration::from_micros(h2 - 1))
+        let all_receiving = !self.h2.load(Ordering::Relaxed)
+            || u64::from(self.bodies_pending.load(Ordering::Acquire)) >= in_flight;
+        all_receiving.then(|| accepted_at + Duration::from_micros(since - 1))
     }
 
     /// When an unsent answer last made progress (see `unsent_progress_us`).
@@ -475,7 +465,7 @@ where
         // request: the answer must say `Connection: close`.
         let body_read = (h1 && !req.body().is_end_stream()).then(|| {
             let a = &self.activity;
-            a.h1_body_since_us
+            a.body_since_us
                 .store(a.now_us().saturating_add(1), Ordering::Release);
             let read = BodyRead::h1_on(a);
             req.extensions_mut().insert(read.clone());
@@ -487,13 +477,14 @@ where
         if !h1 && !req.body().is_end_stream() {
             let a = &self.activity;
             let was = a.bodies_pending.fetch_add(1, Ordering::AcqRel);
-            if was == 0 {
-                a.h2_bodies_since_us
-                    .store(a.now_us().saturating_add(1), Ordering::Release);
-            }
             // Past the bound from now: its bodies have BODIES_STALL from here.
             if was == 0 || was == BODIES_PENDING_MAX {
-                a.bodies_progress_us.store(a.now_us(), Ordering::Release);
+                let now = a.now_us();
+                a.bodies_progress_us.store(now, Ordering::Release);
+                if was == 0 {
+                    a.body_since_us
+                        .store(now.saturating_add(1), Ordering::Release);
+                }
             }
             if was == BODIES_PENDING_MAX {
                 a.unsent_wake.notify_one();

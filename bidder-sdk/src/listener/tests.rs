@@ -282,7 +282,7 @@ fn a_request_body_arriving_past_the_grace_is_evicted_before_an_idle_connection()
     let in_flight = |a: &Arc<Activity>, body_since_ms: Option<u64>| {
         a.started.store(1, Ordering::Relaxed);
         let since = body_since_ms.map_or(0, |ms| ms * 1_000 + 1);
-        a.h1_body_since_us.store(since, Ordering::Release);
+        a.body_since_us.store(since, Ordering::Release);
     };
     let working = conn();
     in_flight(&working, None);
@@ -310,7 +310,7 @@ fn a_request_body_arriving_past_the_grace_is_evicted_before_an_idle_connection()
     assert!(evicted(&idle) && !evicted(&slow_young) && !evicted(&working));
     listed[3] = None;
     // A body read to its end (its marker cleared) is a request at work: never taken.
-    slow_young.h1_body_since_us.store(0, Ordering::Release);
+    slow_young.body_since_us.store(0, Ordering::Release);
     assert!(!gate.evict_one(at(60_000), grace));
     assert!(!evicted(&working) && !evicted(&slow_young));
     // A body that is still arriving when its request has ended is no request in flight.
@@ -331,7 +331,7 @@ fn a_request_body_arriving_past_the_grace_is_evicted_before_an_idle_connection()
     h2.h2.store(true, Ordering::Relaxed);
     h2.started.store(2, Ordering::Relaxed);
     h2.bodies_pending.store(1, Ordering::Relaxed);
-    h2.h2_bodies_since_us.store(100_001, Ordering::Release);
+    h2.body_since_us.store(100_001, Ordering::Release);
     let _listed = gate.register(&h2);
     assert!(
         !gate.evict_one(at(5_000), grace),

@@ -93,7 +93,7 @@ fn main() {
 /// error with the arguments it quotes shown by [`proto::error::quoted_args_shown`]
 /// (black-box round 149a: `loadtest run $'x\nFORGED'` printed a line of its own), and
 /// clap's exit status (2).
-fn exit_on_args_error(e: &clap::Error) -> ! {
+fn exit_on_args_error(e: &clap::Error, args: &[String]) -> ! {
     use clap::error::ErrorKind;
     if matches!(
         e.kind(),
@@ -103,12 +103,9 @@ fn exit_on_args_error(e: &clap::Error) -> ! {
     ) {
         e.exit();
     }
-    let args: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
     eprintln!(
         "{}",
-        proto::error::quoted_args_shown(&e.render().to_string(), &args).trim_end()
+        proto::error::quoted_args_shown(&e.render().to_string(), args).trim_end()
     );
     std::process::exit(e.exit_code());
 }
@@ -121,7 +118,7 @@ fn real_main() -> anyhow::Result<()> {
         eprintln!("loadtest: an argument holds a control or text-direction character, which no option takes: {shown}");
         std::process::exit(2);
     }
-    let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_args_error(&e));
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_args_error(&e, &args));
     match cli.cmd {
         Cmd::Sims { spec, seed } => {
             let text = std::fs::read_to_string(&spec)
