@@ -300,7 +300,65 @@ async fn slow_bodies_over_http2_cannot_hold_the_slots() {
         .unwrap()
         .ok();
     assert_eq!(ex.state.conn_gate.evicted(), 1);
+    // The evicted request's task saw its connection close mid-body and ended: no answer
+    // reached anyone, so none is counted as an error answer (black-box round 151a: each
+    // was counted as `invalid_request`).
+    requests_in_flight_fall_to(&ex, 1).await;
+    assert_eq!(invalid_requests_counted(&ex), 0.0);
     drop(slow);
+    ex.shutdown().await.unwrap();
+}
+
+/// Waits (bounded) until the exchange processes at most `n` seller requests.
+async fn requests_in_flight_fall_to(ex: &Running, n: i64) {
+    let deadline = Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.metrics.requests_in_flight.get() > n {
+        assert!(Instant::now() < deadline, "the requests never ended");
+        tokio::task::yield_now().await;
+    }
+}
+
+fn invalid_requests_counted(ex: &Running) -> f64 {
+    let metrics = String::from_utf8(ex.state.metrics.render()).unwrap();
+    metric_value(
+        &metrics,
+        "pingpost_http_errors_total",
+        &[("code", "invalid_request")],
+    )
+}
+
+/// A request whose client went away while its body was arriving is answered to nobody
+/// and not counted as an error answer; a body the server can still answer about (a
+/// malformed chunk) is answered `400` and counted.
+#[tokio::test]
+async fn a_body_cut_off_by_its_client_is_not_counted_as_an_error_answer() {
+    let (ex, _dir) = start(5_000, "").await;
+    let head = |framing: &str| {
+        format!(
+            "POST /v1/ping HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\n{framing}\r\n",
+            common::SELLER_KEY
+        )
+    };
+    // HTTP/1.1: a tenth of the body, then the client closes its connection.
+    let mut stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let cut = head("content-length: 100\r\n") + "{\"vertical\":";
+    stream.write_all(cut.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.metrics.requests_in_flight.get() < 1 {
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::task::yield_now().await;
+    }
+    drop(stream);
+    requests_in_flight_fall_to(&ex, 0).await;
+    assert_eq!(invalid_requests_counted(&ex), 0.0);
+    // A chunk size that is not hexadecimal: answered, and counted.
+    let bad = head("transfer-encoding: chunked\r\n") + "zz\r\n{}\r\n0\r\n\r\n";
+    let (answer, _) = raw_exchange(ex.addr, bad.as_bytes(), EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(answer.contains("invalid_request"), "{answer:?}");
+    requests_in_flight_fall_to(&ex, 0).await;
+    assert_eq!(invalid_requests_counted(&ex), 1.0);
     ex.shutdown().await.unwrap();
 }
 

@@ -208,6 +208,11 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub fields: Vec<FieldProblem>,
+    /// The request's stream or connection was gone before the answer (the client reset
+    /// the stream or closed the connection while its body was arriving, or the
+    /// connection was closed to make room): the answer reaches nobody, so a server does
+    /// not count it among its error answers.
+    pub unheard: bool,
 }
 
 #[derive(Serialize)]
@@ -229,7 +234,14 @@ impl ApiError {
             code,
             message: message.into(),
             fields: Vec::new(),
+            unheard: false,
         }
+    }
+
+    /// This error, marked as one whose answer reaches nobody (the field `unheard`).
+    pub fn mark_unheard(mut self) -> ApiError {
+        self.unheard = true;
+        self
     }
 
     /// An error built from field problems; the message names the first one and counts the
@@ -262,6 +274,7 @@ impl ApiError {
             code,
             message,
             fields,
+            unheard: false,
         }
     }
 

@@ -145,11 +145,15 @@ fn host_problem<B>(req: &Request<B>) -> Option<ApiError> {
 }
 
 fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
-    state
-        .metrics
-        .http_errors
-        .with_label_values(&[e.code.as_str()])
-        .inc();
+    // An answer that reaches nobody (the client's stream or connection is gone) is not
+    // an error answer.
+    if !e.unheard {
+        state
+            .metrics
+            .http_errors
+            .with_label_values(&[e.code.as_str()])
+            .inc();
+    }
     let mut resp = json_response(e.status(), e.to_json());
     if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Overloaded) {
         resp.headers_mut()

@@ -312,10 +312,14 @@ pub(super) async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(_)) => Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "the body could not be read",
-        )),
+        Ok(Err(e)) => {
+            let err = ApiError::new(ErrorCode::InvalidRequest, "the body could not be read");
+            Err(if client_gone(&*e) {
+                err.mark_unheard()
+            } else {
+                err
+            })
+        }
         Ok(Ok(c)) => {
             // Read to its end: the connection may carry the next request (an answer
             // sent before this says `Connection: close`, bidder_sdk::listener).
@@ -323,6 +327,42 @@ pub(super) async fn read_body(
             Ok(c.to_bytes())
         }
     }
+}
+
+/// Whether a body's read failed because the request's stream or connection is gone:
+/// the client reset the stream or closed the connection mid-body, or the connection was
+/// closed to make room (`bidder_sdk::listener`'s eviction; over HTTP/2 the request's task
+/// outlives its connection and sees the close here). No answer can reach anyone then, so
+/// it is not counted as an error answer (black-box rounds 144b and 151a: 852 such
+/// requests counted as `invalid_request` for 284 evicted connections). Bad framing the
+/// server can still answer (an invalid chunk size) is not "gone".
+fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_io() || h2.is_reset() || h2.is_go_away() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ) {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Why the body is not one this API reads, for a `415`: a `Content-Type` other than
