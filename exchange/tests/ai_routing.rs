@@ -712,6 +712,25 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         &swap(&ex, json!({"vertical": VERTICAL, "version": "oldenc"})).await,
         "encoding version 7",
     );
+    // A model whose output is a margin, not a probability (black-box round 152b: served,
+    // its margins cut to 1 and 1,000,000 ppm): refused by a swap and by import.
+    let raw = String::from_utf8(model_json(ALL_LEN, 0))
+        .unwrap()
+        .replace("binary:logistic", "binary:logitraw");
+    assert!(raw.contains("binary:logitraw"));
+    assert_eq!(
+        XgbModel::from_json(raw.as_bytes()).unwrap().objective(),
+        pingpost::core::model::xgb::Objective::RawMargin
+    );
+    let d = bad_dir("logitraw");
+    std::fs::write(d.join("realization.json"), &raw).unwrap();
+    fix_manifest_version(&d, "logitraw");
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": "logitraw"})).await,
+        "binary:logitraw",
+    );
+    assert_eq!(import(&ex, "m4", Some(raw.into_bytes()), None), 1);
+    assert!(!models_dir.join("m4").exists());
     // Import refuses a model of the wrong width too, and writes nothing.
     assert_eq!(import(&ex, "m2", Some(model_json(3, 0)), None), 1);
     assert!(!models_dir.join("m2").exists());
@@ -1083,6 +1102,28 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     let err = refused(cut.path());
     assert!(
         err.contains("does not verify") && err.contains("HEAD"),
+        "{err}"
+    );
+    // A line that is not a record, its chain computed as the exchange computes it
+    // (black-box round 152b: it was skipped, and the training said "too little data",
+    // exit 1, where `ledger verify` fails the ledger): unusable.
+    let forged = tempfile::tempdir().unwrap();
+    let deep = format!(
+        r#"{{"type":"auction","v":5,"vertical":"{VERTICAL}","x":{}1{}}}"#,
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    std::fs::write(
+        forged
+            .path()
+            .join(pingpost::ledger::segments::segment_name(1)),
+        pingpost::ledger::segments::frame_all([deep]),
+    )
+    .unwrap();
+    let err = refused(forged.path());
+    assert!(
+        err.contains("does not verify")
+            && err.contains("seg-00000001.jsonl:1: not a readable record"),
         "{err}"
     );
     // The first became the champion (none served); the second only if it beat it.

@@ -342,8 +342,7 @@ pub struct ReadStats {
     /// tools.
     pub unknown_types: BTreeMap<String, u64>,
     /// Lines skipped as unreadable, `segment:line`: a last line cut short (no newline:
-    /// a torn write, which the exchange removes at its next start); for `models train`,
-    /// any line that is not a JSON object.
+    /// a torn write, which the exchange removes at its next start).
     pub unreadable: Vec<String>,
     /// Of [`ReadStats::unreadable`], the lines cut short in a sealed segment (one a later
     /// segment follows): damage, not a torn last write; the exchange refuses to start on
@@ -354,7 +353,8 @@ pub struct ReadStats {
     /// 1 column 301`): the exchange writes none, so one is damage or an edit whose chain
     /// was recomputed (black-box round 43: `"bid_micros":1e400` made a sale's line
     /// unparseable, and every tool skipped the sale with exit 0). `verify`'s readings
-    /// list them (a `PROBLEM`); the other readings refuse the ledger at the first.
+    /// list them (a `PROBLEM`), and so does the reading that takes no money (`train`
+    /// refuses the ledger on them); the other readings refuse the ledger at the first.
     pub malformed_lines: Vec<String>,
 }
 
@@ -644,7 +644,7 @@ fn read_records(
             };
             let (text, value) = match parsed {
                 Ok(read) if complete => read,
-                Err(why) if complete && money != MoneyFields::Unchecked => {
+                Err(why) if complete => {
                     let p = format!("{name}:{line_no}: not a readable record: {why}");
                     if money == MoneyFields::Refuse {
                         return Err(format!(

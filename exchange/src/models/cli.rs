@@ -95,9 +95,22 @@ pub fn train(
                 // vertical it asked for (black-box round 21: nothing on stdout).
                 let line = serde_json::json!({"vertical": name, "refused": e});
                 emit("train", format_args!("{line}\n"));
-                status = 1;
+                // A ledger found unusable while its records are read (lines that are not
+                // records) is an unusable input, as one the checks above refuse.
+                status = if e.starts_with(crate::models::train::LEDGER_UNUSABLE) {
+                    2
+                } else {
+                    status.max(1)
+                };
             }
             Ok((outcome, heldout)) => {
+                if let Some(l) = &outcome.left_out {
+                    crate::say_err!(
+                        "pingpost train: vertical {name}: {} auction record(s) left out, their features cannot be used (not numbers, another length than the encoding's, or infinite; the first at {})",
+                        l.auctions,
+                        l.first
+                    );
+                }
                 for m in &outcome.models {
                     if let Some(w) = &m.warning {
                         crate::say_err!(
@@ -132,7 +145,7 @@ pub fn train(
                     );
                     line["promoted"] = false.into();
                     line["decision"] = format!("not promoted: {why}").into();
-                    status = 1;
+                    status = status.max(1);
                 }
                 if let (true, Ok(champion)) = (promote, champion) {
                     let decision =
@@ -158,7 +171,7 @@ pub fn train(
                                     crate::say_err!(
                                         "pingpost train: could not write the champion: {e}"
                                     );
-                                    status = 1;
+                                    status = status.max(1);
                                     promoted = false;
                                 }
                             }
@@ -170,7 +183,7 @@ pub fn train(
                                 "pingpost train: the new set does not load: {}",
                                 e.join("; ")
                             );
-                            status = 1;
+                            status = status.max(1);
                         }
                     }
                 }
@@ -398,6 +411,10 @@ pub fn import(
         match XgbModel::from_json(&json) {
             Err(e) => errors.push(format!("{}: {e}", crate::cli_out::Shown(path))),
             Ok(m) => {
+                if let Some(why) = crate::models::not_a_probability(&m) {
+                    errors.push(format!("{}: {why}", crate::cli_out::Shown(path)));
+                    continue;
+                }
                 let bound = m.margin_bound();
                 if bound.is_nan() || bound >= crate::models::MARGIN_BOUND_MAX {
                     errors.push(format!(

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{LearningConfig, Vertical};
 use crate::core::model::manifest::{valid_version, Manifest, ModelKind, MANIFEST_BYTES_MAX};
-use crate::core::model::xgb::{XgbModel, MODEL_BYTES_MAX};
+use crate::core::model::xgb::{Objective, XgbModel, MODEL_BYTES_MAX};
 
 /// The file naming the serving version.
 pub const CHAMPION: &str = "CHAMPION";
@@ -96,6 +96,20 @@ pub fn score_of(p: f32) -> u8 {
         return 0;
     }
     (f64::from(p).clamp(0.0, 1.0) * 100.0).round() as u8
+}
+
+/// Why `model` cannot be a model of a set: both of a set's models are read as
+/// probabilities (a lead's chance to sell and be kept, a buyer's to accept and keep it),
+/// so a `binary:logitraw` model, whose output is the margin, is refused (black-box round
+/// 152b: one was served, and its margins were cut to 1 ppm and 1,000,000 ppm).
+pub fn not_a_probability(model: &XgbModel) -> Option<&'static str> {
+    match model.objective() {
+        Objective::Logistic => None,
+        Objective::RawMargin => Some(
+            "its objective is binary:logitraw, whose output is a margin, not a probability: \
+             a set's models must be binary:logistic (or reg:logistic)",
+        ),
+    }
 }
 
 /// Largest [`XgbModel::margin_bound`] a served model may have: below it no input can make
@@ -239,6 +253,9 @@ pub fn load_served(
                         model.num_features()
                     ));
                 }
+            }
+            if let Some(why) = not_a_probability(model) {
+                errors.push(format!("{}: {why}", crate::cli_out::Shown(&model_path)));
             }
             let bound = model.margin_bound();
             if bound.is_nan() || bound >= MARGIN_BOUND_MAX {
