@@ -181,9 +181,15 @@ impl std::fmt::Display for LineProblem {
             LineProblem::NotFramed => {
                 f.write_str("not a framed record (no \"seq\" and \"sum\" at the end)")
             }
-            LineProblem::Sequence { expected, found } => {
-                write!(f, "sequence number {found} where {expected} was expected")
-            }
+            LineProblem::Sequence { expected, found } => write!(
+                f,
+                "sequence number {found} where {expected} was expected ({})",
+                if found < expected {
+                    "a record repeated, or records out of order"
+                } else {
+                    "records missing before it, or out of order"
+                }
+            ),
             LineProblem::Checksum => f.write_str(
                 "checksum does not match (the record was changed, or one before it is missing)",
             ),
@@ -207,7 +213,10 @@ pub fn check_line(line: &[u8], seq: u64, prev: &[u8; 64]) -> Result<[u8; 64], Li
     h.update(b"}");
     let mut sum = [0u8; 64];
     let _ = hex::encode_to_slice(h.finalize(), &mut sum);
-    if sum[..] != stored[..] {
+    // A line of another sequence number is said as such, checksum or not: a record
+    // repeated or records missing explain its sum too (black-box round 152a: a line
+    // appended twice was said to be "changed, or one before it is missing").
+    if sum[..] != stored[..] && found == seq {
         return Err(LineProblem::Checksum);
     }
     if found != seq {
@@ -867,6 +876,27 @@ mod tests {
             })
         );
         assert_eq!(check_line(body, 1, &sum), Err(LineProblem::Checksum));
+        // The same line again after it (a record repeated): its number says so, though
+        // its sum does not match either.
+        assert_eq!(
+            check_line(body, 2, &sum),
+            Err(LineProblem::Sequence {
+                expected: 2,
+                found: 1
+            })
+        );
+        assert!(LineProblem::Sequence {
+            expected: 2,
+            found: 1
+        }
+        .to_string()
+        .contains("a record repeated"));
+        assert!(LineProblem::Sequence {
+            expected: 2,
+            found: 3
+        }
+        .to_string()
+        .contains("records missing before it"));
         let mut flipped = body.to_vec();
         flipped[10] ^= 0x01;
         assert_eq!(
