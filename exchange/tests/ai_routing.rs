@@ -2214,6 +2214,50 @@ async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
     }
 }
 
+/// A challenger that wins but cannot be swapped in (`CHAMPION` a directory, which a
+/// promotion cannot replace) is counted `failed`, not `kept` (black-box round 153a:
+/// `kept` grew at every retraining while no promotion could ever be written).
+#[tokio::test]
+async fn a_promotion_that_cannot_be_written_is_counted_as_failed() {
+    let (fickle, ex, _hf) = fickle_with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5").await;
+    for i in 0..60 {
+        fickle.set(|s| s.accept = i % 3 != 0);
+        let q = ex.client.ping("TX").await;
+        let _ = ex.client.post(&q.ping_id, "TX").await;
+    }
+    ex.state.ledger.flush().await.unwrap();
+    let champion = ex
+        .ledger_path
+        .with_file_name("models")
+        .join(VERTICAL)
+        .join("CHAMPION");
+    std::fs::create_dir_all(&champion).unwrap();
+    let state = ex.state.clone();
+    let d = tokio::task::spawn_blocking(move || pingpost::models::learning::retrain_once(&state))
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 1);
+    assert!(
+        d[0].reason.contains("not promoted") && d[0].reason.contains("CHAMPION"),
+        "the challenger won and its swap failed: {d:?}"
+    );
+    assert_eq!(d[0].outcome.as_str(), "failed", "{d:?}");
+    assert!(!d[0].promoted);
+    assert!(champion.is_dir(), "the directory is left as it was");
+    let m = ex.metrics().await;
+    for (outcome, n) in [("failed", 1.0), ("kept", 0.0), ("promoted", 0.0)] {
+        assert_eq!(
+            metric_value(
+                &m,
+                "pingpost_retrainings_total",
+                &[("vertical", VERTICAL), ("outcome", outcome)]
+            ),
+            n,
+            "{outcome}"
+        );
+    }
+}
+
 /// `pingpost_retrainings_total` shows a vertical a reload gives features as the reload
 /// applies, before any retraining is due (black-box round 131a: only after
 /// its first retraining, which a disposition threshold may put off for long).

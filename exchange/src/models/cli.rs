@@ -104,6 +104,9 @@ pub fn train(
                 };
             }
             Ok((outcome, heldout)) => {
+                for note in &outcome.notes {
+                    crate::say_err!("pingpost train: vertical {name}: {note}");
+                }
                 if let Some(l) = &outcome.left_out {
                     crate::say_err!(
                         "pingpost train: vertical {name}: {} auction record(s) left out, their features cannot be used (not numbers, another length than the encoding's, or infinite; the first at {})",

@@ -272,7 +272,22 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         let trained =
             crate::models::train::train_vertical(&cfg, &cfg.server.ledger_path, &v.name, now, None);
         let (outcome, heldout) = match trained {
-            Ok(t) => t,
+            Ok(t) => {
+                // What the reading skipped, said as `pingpost train` says it (black-box
+                // round 153a: only a manual training showed it).
+                if let Some(l) = &t.0.left_out {
+                    tracing::warn!(
+                        vertical = %v.name,
+                        auctions = l.auctions,
+                        first = %l.first,
+                        "retraining left out auction records whose features cannot be used"
+                    );
+                }
+                for note in &t.0.notes {
+                    tracing::warn!(vertical = %v.name, note = %note, "retraining skipped records");
+                }
+                t
+            }
             Err(e) if e.starts_with(crate::models::train::REFUSED) => {
                 tracing::info!(vertical = %v.name, reason = %e, "retraining skipped");
                 out.push(decided(None, false, e, Outcome::Refused));
@@ -312,12 +327,18 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             continue;
         }
         let mut promoted = false;
+        // A challenger that won but could not be swapped in (`CHAMPION` a directory, the
+        // models directory read-only or full) is a failure of continuous learning, not a
+        // champion kept on its merits (black-box round 153a: counted `kept` at every
+        // retraining while nothing could ever be promoted).
+        let mut swap_failed = false;
         if wins {
             match state.swap_models(&v.name, Some(&outcome.version)) {
                 Ok(_) => promoted = true,
                 Err(e) => {
                     tracing::error!(vertical = %v.name, error = %e, "promotion refused");
                     reason = format!("{reason}; not promoted: {e}");
+                    swap_failed = true;
                 }
             }
         }
@@ -334,6 +355,8 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         tracing::info!(vertical = %v.name, challenger = %outcome.version, promoted, reason = %reason, "retrained");
         let how = if promoted {
             Outcome::Promoted
+        } else if swap_failed {
+            Outcome::Failed
         } else {
             Outcome::Kept
         };

@@ -63,6 +63,9 @@ pub struct Examples {
     /// Auction records of the vertical and its encoding whose features cannot be read
     /// ([`LeftOut`]), left out.
     pub left_out: Option<LeftOut>,
+    /// What the reading skipped and says: records of a format version newer than this
+    /// pingpost reads (LEDGER.md: a reader skips and reports them).
+    pub notes: Vec<String>,
 }
 
 /// Auction records of the vertical, under its feature encoding, whose features cannot be
@@ -162,7 +165,8 @@ pub fn read_examples(
                     return true;
                 };
                 let mut bx = HashMap::new();
-                let mut bad_bx = false;
+                // `buyers` is a list, when there: anything else is damage too.
+                let mut bad_bx = v.get("buyers").is_some_and(|b| !b.is_array());
                 for l in v
                     .get("buyers")
                     .and_then(Value::as_array)
@@ -265,6 +269,16 @@ pub fn read_examples(
     let mut out = Examples {
         auctions: auctions.len(),
         left_out,
+        notes: stats
+            .newer
+            .iter()
+            .map(|(v, n)| {
+                format!(
+                    "{n} record(s) of format version {v} skipped: this pingpost reads versions up to {} (upgrade it to train on them)",
+                    crate::core::record::RECORD_VERSION
+                )
+            })
+            .collect(),
         ..Examples::default()
     };
     for (a, b, accepted, at) in &delivered {
@@ -399,6 +413,9 @@ pub struct TrainOutcome {
     /// Auction records left out for their features ([`LeftOut`]); absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub left_out: Option<LeftOut>,
+    /// What the ledger's reading skipped ([`Examples::notes`]); absent when nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 fn dataset(rows: &[Example], ncols: usize) -> Dataset {
@@ -748,6 +765,7 @@ pub fn train_vertical(
             dir,
             models: reports,
             left_out: ex.left_out,
+            notes: ex.notes,
         },
         heldout,
     ))
@@ -959,6 +977,7 @@ mod tests {
             auction(102, &serde_json::to_string(&infinite).unwrap(), &bx),
             auction(103, &x, "[\"a\"]"),
             auction(104, &x, &nums(bx_len + 3)),
+            auction(105, &x, &bx).replace(r#""buyers":["#, r#""buyers":"zz","was":["#),
         ];
         let mut records = Vec::new();
         for (n, f) in forged.iter().enumerate() {
@@ -968,6 +987,8 @@ mod tests {
                 100 + n
             ));
         }
+        // A record of a newer format version: skipped, and said.
+        records.push(auction(300, &x, &bx).replace(r#""v":5"#, r#""v":6"#));
         for i in 0..10 {
             records.push(auction(i, &x, &bx));
             records.push(format!(
@@ -982,10 +1003,12 @@ mod tests {
         assert_eq!(
             ex.left_out,
             Some(LeftOut {
-                auctions: 5,
+                auctions: 6,
                 first: "seg-00000001.jsonl:1".into()
             })
         );
+        assert_eq!(ex.notes.len(), 1, "{:?}", ex.notes);
+        assert!(ex.notes[0].starts_with("1 record(s) of format version 6 skipped"));
         // The same ledger with one line nested past what a record can be: refused.
         let deep = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
         records.insert(2, auction(200, &deep, &bx));

@@ -76,7 +76,7 @@ pub enum ModelError {
     Shape(String),
     #[error("unsupported booster {0:?}: only \"gbtree\" is supported")]
     UnsupportedBooster(String),
-    #[error("unsupported objective {0:?}: only binary:logistic, reg:logistic and binary:logitraw are supported")]
+    #[error("unsupported objective {0:?}: the evaluator reads binary:logistic, reg:logistic and binary:logitraw, and a model set takes only binary:logistic and reg:logistic")]
     UnsupportedObjective(String),
     #[error("model parameter {name} = {value:?} is not valid: {why}")]
     BadParam {
