@@ -554,6 +554,19 @@ fn signature_refused(host: &str, status: u16) {
 /// exchange gave rustls shown as itself, not in Rust's debug form (`Other(OtherError(
 /// Custom { kind: Other, error: "…" }))`, black-box round 68a).
 fn tidy(why: &str) -> String {
+    let mut out = tidy_words(why);
+    // A TLS client that reads a cleartext answer where a TLS record should be: rustls
+    // says only `InvalidContentType` (black-box round 154a).
+    if out.contains("InvalidContentType") {
+        out.push_str(
+            " (the host answered in cleartext: the buyer's URL is https:// but its server \
+             does not speak TLS on that port; use http:// or serve TLS there)",
+        );
+    }
+    out
+}
+
+fn tidy_words(why: &str) -> String {
     let why = why.strip_prefix("client error (Connect): ").unwrap_or(why);
     let why = &unix_times_as_dates(why);
     let Some(at) = why.find("Other(OtherError(") else {

@@ -1281,10 +1281,11 @@ fn a_certificate_file_that_is_not_pem_says_what_it_holds() {
             .unwrap_err()
             .to_string()
     };
-    let cut = format!("{pem}-----BEGIN CERTIFICATE-----\nAAAA\n");
+    // A cut-off block as the file's first: no certificate at all.
+    let cut_first = "-----BEGIN CERTIFICATE-----\nAAAA\n";
     for (bytes, want) in [
         (der.clone(), "the file is DER"),
-        (cut.into_bytes(), "cut off"),
+        (cut_first.as_bytes().to_vec(), "cut off"),
         (relabel("TRUSTED CERTIFICATE").into_bytes(), "-trustout"),
         (
             relabel("X509 CERTIFICATE").into_bytes(),
@@ -1303,6 +1304,15 @@ fn a_certificate_file_that_is_not_pem_says_what_it_holds() {
             "{want}: {e}"
         );
     }
+    // After a whole certificate: that one is named, not "no certificate" (black-box
+    // round 154a).
+    let cut = format!("{pem}-----BEGIN CERTIFICATE-----\nAAAA\n");
+    let e = err(cut.as_bytes());
+    assert!(
+        e.contains("f.pem: the PEM block after certificate 1 is cut off")
+            && !e.contains("no PEM certificate found"),
+        "{e}"
+    );
     let with_bom = [b"\xEF\xBB\xBF".as_slice(), pem.as_bytes()].concat();
     assert_eq!(
         bidder_sdk::listener::certificates_from_pem(&with_bom, "f")

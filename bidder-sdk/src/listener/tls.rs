@@ -27,6 +27,19 @@ pub enum TlsError {
         /// What the file seems to hold instead, and what to do, or nothing.
         hint: &'static str,
     },
+    /// A PEM block after `whole` whole certificates does not read: cut off, or its
+    /// base64 does not decode (black-box round 154a: told as "no PEM certificate found"
+    /// though the first block was a good certificate).
+    #[error(
+        "{file}: the PEM block after certificate {whole} is cut off (a BEGIN line without \
+         its END line) or its base64 does not decode; every block must be whole"
+    )]
+    CutBlock {
+        /// The file (or what names it).
+        file: String,
+        /// How many whole certificates come before it.
+        whole: usize,
+    },
     /// The key PEM holds no private key or does not parse.
     #[error("no PEM private key (PKCS#8, PKCS#1 or SEC1) found in {0}")]
     NoKey(String),
@@ -172,9 +185,19 @@ pub fn certificates_from_pem(
         file: label.to_string(),
         hint: pem_hint(pem, parse_failed),
     };
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| none(true))?;
+    let mut certs = Vec::new();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        match cert {
+            Ok(c) => certs.push(c),
+            Err(_) if certs.is_empty() => return Err(none(true)),
+            Err(_) => {
+                return Err(TlsError::CutBlock {
+                    file: label.to_string(),
+                    whole: certs.len(),
+                })
+            }
+        }
+    }
     if certs.is_empty() {
         return Err(none(false));
     }

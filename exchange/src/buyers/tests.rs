@@ -23,6 +23,13 @@ fn a_connection_error_reads_as_words() {
         tidy("tcp connect error: Connection refused (os error 111)"),
         "tcp connect error: Connection refused (os error 111)"
     );
+    // A cleartext answer on an https:// URL (black-box round 154a: rustls's words only).
+    assert_eq!(
+        tidy("client error (Connect): received corrupt message of type InvalidContentType"),
+        "received corrupt message of type InvalidContentType (the host answered in cleartext: \
+         the buyer's URL is https:// but its server does not speak TLS on that port; use \
+         http:// or serve TLS there)"
+    );
 }
 
 #[test]
