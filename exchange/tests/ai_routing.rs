@@ -97,6 +97,31 @@ fn model_json_when(ncols: usize, col: usize, above: bool) -> Vec<u8> {
     train_binary(&Dataset { ncols, x, y }, &params).expect("trains")
 }
 
+/// 60 pings, each posted, the buyer rejecting every third post; the ledger flushed.
+async fn sixty_posts_every_third_rejected(fickle: &ScriptedBidder, ex: &Exchange) {
+    for i in 0..60 {
+        fickle.set(|s| s.accept = i % 3 != 0);
+        let q = ex.client.ping("TX").await;
+        let _ = ex.client.post(&q.ping_id, "TX").await;
+    }
+    ex.state.ledger.flush().await.unwrap();
+}
+
+/// Asserts `pingpost_retrainings_total` of the test vertical for each `(outcome, n)`.
+fn assert_retrainings(metrics: &str, want: &[(&str, f64)]) {
+    for &(outcome, n) in want {
+        assert_eq!(
+            metric_value(
+                metrics,
+                "pingpost_retrainings_total",
+                &[("vertical", VERTICAL), ("outcome", outcome)]
+            ),
+            n,
+            "{outcome}"
+        );
+    }
+}
+
 /// Imports a model set with `pingpost models import`'s code path.
 fn import(
     ex: &Exchange,
@@ -817,12 +842,7 @@ async fn training_refuses_too_little_data_then_trains_from_the_ledger() {
     assert!(e.contains("at least 10"), "{e}");
 
     // Posts accepted and rejected in turn: both classes.
-    for i in 0..60 {
-        fickle.set(|s| s.accept = i % 3 != 0);
-        let q = ex.client.ping("TX").await;
-        let _ = ex.client.post(&q.ping_id, "TX").await;
-    }
-    ex.state.ledger.flush().await.unwrap();
+    sixty_posts_every_third_rejected(&fickle, &ex).await;
     let (out, heldout) =
         pingpost::models::train::train_vertical(&cfg, &ex.ledger_path, VERTICAL, now(), Some("t1"))
             .unwrap();
@@ -855,12 +875,7 @@ async fn continuous_learning_retrains_promotes_and_records_its_decision() {
     // 130a: none until the first retraining).
     let m = ex.metrics().await;
     assert!(retraining_series_shown(&m, VERTICAL), "{m}");
-    for i in 0..60 {
-        fickle.set(|s| s.accept = i % 3 != 0);
-        let q = ex.client.ping("TX").await;
-        let _ = ex.client.post(&q.ping_id, "TX").await;
-    }
-    ex.state.ledger.flush().await.unwrap();
+    sixty_posts_every_third_rejected(&fickle, &ex).await;
     // The learning thread retrains within a few seconds; bounded wait on the record.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let decision = loop {
@@ -982,12 +997,7 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     );
     assert!(!err.contains("--dir"), "{err}");
 
-    for i in 0..60 {
-        fickle.set(|s| s.accept = i % 3 != 0);
-        let q = ex.client.ping("TX").await;
-        let _ = ex.client.post(&q.ping_id, "TX").await;
-    }
-    ex.state.ledger.flush().await.unwrap();
+    sixty_posts_every_third_rejected(&fickle, &ex).await;
     // The vertical's directory under models_dir is a file: an unusable input, said
     // before training, and nothing made (black-box round 128b: "File exists (os error
     // 17)", exit 1, after training).
@@ -2155,12 +2165,7 @@ async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
     let d = retrain(&ex).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].outcome.as_str(), "refused", "{d:?}");
-    for i in 0..60 {
-        fickle.set(|s| s.accept = i % 3 != 0);
-        let q = ex.client.ping("TX").await;
-        let _ = ex.client.post(&q.ping_id, "TX").await;
-    }
-    ex.state.ledger.flush().await.unwrap();
+    sixty_posts_every_third_rejected(&fickle, &ex).await;
     // Another process changes the newest segment's modification time: fail-stop.
     let mut segs: Vec<_> = std::fs::read_dir(&ex.ledger_path)
         .unwrap()
@@ -2201,17 +2206,10 @@ async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
         .unwrap_or(0);
     assert_eq!(sets, 0, "no set trained");
     let m = ex.metrics().await;
-    for (outcome, n) in [("refused", 1.0), ("ledger_failed", 1.0), ("promoted", 0.0)] {
-        assert_eq!(
-            metric_value(
-                &m,
-                "pingpost_retrainings_total",
-                &[("vertical", VERTICAL), ("outcome", outcome)]
-            ),
-            n,
-            "{outcome}"
-        );
-    }
+    assert_retrainings(
+        &m,
+        &[("refused", 1.0), ("ledger_failed", 1.0), ("promoted", 0.0)],
+    );
 }
 
 /// A challenger that wins but cannot be swapped in (`CHAMPION` a directory, which a
@@ -2220,12 +2218,7 @@ async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
 #[tokio::test]
 async fn a_promotion_that_cannot_be_written_is_counted_as_failed() {
     let (fickle, ex, _hf) = fickle_with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5").await;
-    for i in 0..60 {
-        fickle.set(|s| s.accept = i % 3 != 0);
-        let q = ex.client.ping("TX").await;
-        let _ = ex.client.post(&q.ping_id, "TX").await;
-    }
-    ex.state.ledger.flush().await.unwrap();
+    sixty_posts_every_third_rejected(&fickle, &ex).await;
     let champion = ex
         .ledger_path
         .with_file_name("models")
@@ -2245,17 +2238,7 @@ async fn a_promotion_that_cannot_be_written_is_counted_as_failed() {
     assert!(!d[0].promoted);
     assert!(champion.is_dir(), "the directory is left as it was");
     let m = ex.metrics().await;
-    for (outcome, n) in [("failed", 1.0), ("kept", 0.0), ("promoted", 0.0)] {
-        assert_eq!(
-            metric_value(
-                &m,
-                "pingpost_retrainings_total",
-                &[("vertical", VERTICAL), ("outcome", outcome)]
-            ),
-            n,
-            "{outcome}"
-        );
-    }
+    assert_retrainings(&m, &[("failed", 1.0), ("kept", 0.0), ("promoted", 0.0)]);
 }
 
 /// `pingpost_retrainings_total` shows a vertical a reload gives features as the reload
