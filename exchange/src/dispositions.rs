@@ -66,6 +66,13 @@ pub use proto::buyer::REASON_DIGITS_MAX;
 /// Disposition requests one buyer may make per second (token bucket, a burst of one
 /// second); past it, `429 rate_limited` with `Retry-After`.
 pub const DISPOSITIONS_PER_BUYER_PER_S: u32 = 100;
+
+/// Most dispositions one buyer may have in flight at once: past it `429 rate_limited`.
+/// The rate bounds new requests, not ones held open: HTTP/2 requests whose bodies never
+/// come each hold a place of `server.requests_in_flight_max` for the body budget, and one
+/// buyer's key held about 500 of them (all 400 of a smaller limit), so sellers got `503`
+/// (black-box round 155b). A buyer reporting outcomes needs a few at a time.
+pub const DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX: usize = 32;
 /// One day in milliseconds (the return window is in whole days).
 pub const DAY_MS: i64 = 86_400_000;
 /// Most sales a [`SoldLeads`] keeps (the bound of `server.sold_leads_max`).

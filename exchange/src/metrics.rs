@@ -441,7 +441,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "pingpost_requests_in_flight",
-                    "Seller requests being processed.",
+                    "Seller-listener requests being processed: sellers' pings and posts, and buyers' dispositions.",
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),

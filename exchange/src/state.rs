@@ -486,6 +486,9 @@ pub struct AppState {
     pub rate_limits: RateLimiter,
     /// Each seller's requests being processed, for `sellers.ID.requests_in_flight_max`.
     pub seller_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
+    /// Each buyer's dispositions in flight, by stable key, of at most
+    /// [`crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`].
+    pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,
     /// The connection slots (`connections`) with the per-IP limit, shared by every
@@ -724,6 +727,7 @@ impl AppState {
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
             seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
+            buyer_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
             sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
             disposition_rate: crate::dispositions::BuyerRate::default(),
             disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
@@ -928,6 +932,7 @@ impl AppState {
         self.late_posts.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
         self.seller_in_flight.grow(self.ids.seller_count());
+        self.buyer_in_flight.grow(self.ids.buyer_count());
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = metric_slots(&config, Some(&old));
         // The cap gauges of a removed buyer, or of a window a kept buyer no longer caps,

@@ -948,6 +948,87 @@ async fn a_buyer_holds_at_most_its_quota_of_disposition_keys() {
     assert_eq!(ping.status, 200, "{}", ping.text());
 }
 
+/// Black-box round 155b: one buyer's dispositions whose bodies never came each held a
+/// place of `server.requests_in_flight_max` for the body budget (about 500 of 4,096, all
+/// 400 of a smaller limit), and sellers got `503`. A buyer holds at most
+/// `DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX` of them; past it `429`, and sellers are served.
+#[tokio::test]
+async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
+    use tokio::io::AsyncWriteExt;
+    let max = pingpost::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX;
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .with(|c| c.requests_in_flight_max = 40)
+        .start_edited(with_keys)
+        .await;
+    let head = format!(
+        "POST /v1/dispositions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ACME_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 66\r\n\r\n"
+    );
+    // `max` dispositions whose bodies never come: each holds its place.
+    let mut held = Vec::new();
+    for _ in 0..max {
+        let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.metrics.requests_in_flight.get() < max as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the requests never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // One more from that buyer: refused at once, before its body is waited for.
+    let over = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": "ld_x", "outcome": "contacted"}),
+    )
+    .await;
+    let e = over.assert_error(429, "rate_limited");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("has {max} disposition(s) in flight")),
+        "{e}"
+    );
+    assert!(
+        over.headers.contains_key("retry-after"),
+        "{:?}",
+        over.headers
+    );
+    // Another buyer, and the sellers, are served meanwhile.
+    let other = dispose(
+        &ex.client,
+        OTHER_KEY,
+        &json!({"lead_id": "ld_x", "outcome": "contacted"}),
+    )
+    .await;
+    other.assert_error(404, "not_found");
+    let ping = ex.client.ping("TX").await;
+    assert_eq!(ping.status, proto::seller::PingStatus::Bid, "{ping:?}");
+    // Once they go, the buyer is served again.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.metrics.requests_in_flight.get() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the requests never ended"
+        );
+        tokio::task::yield_now().await;
+    }
+    dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": "ld_x", "outcome": "contacted"}),
+    )
+    .await
+    .assert_error(404, "not_found");
+}
+
 #[tokio::test]
 async fn a_disposition_key_survives_a_restart() {
     let (cfg, _h) = bidders().await;

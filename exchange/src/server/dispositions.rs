@@ -60,11 +60,21 @@ pub(super) async fn disposition_request(
 async fn disposition(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-    permit: InFlight,
+    mut permit: InFlight,
 ) -> Result<Vec<u8>, Refusal> {
     let rt = state.runtime.load_full();
     let idx = authenticate_buyer(&rt, &req)?;
     let buyer = &rt.config.buyers[idx];
+    if !permit.take_buyer_place(buyer.key) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this buyer has {} disposition(s) in flight; retry when one has been answered",
+                dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX
+            ),
+        )
+        .into());
+    }
     if !state
         .disposition_rate
         .allow(buyer.key, state.clock.now_ms())

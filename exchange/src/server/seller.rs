@@ -5,6 +5,7 @@
 use std::hash::Hash;
 
 use super::*;
+use crate::config::BuyerKey;
 use crate::core::dedup::{DedupKey, Seen};
 use crate::core::post::{quote_refused, refuse_before_delivery, BeforeDelivery, Refusal};
 use crate::fingerprint::ConsumerKeys;
@@ -19,6 +20,8 @@ pub(super) struct InFlight {
     /// The seller whose own count this request holds a place in, once it is known
     /// (`sellers.ID.requests_in_flight_max`).
     seller: Option<SellerKey>,
+    /// The buyer whose own count this request holds a place in (a disposition).
+    buyer: Option<BuyerKey>,
 }
 
 impl InFlight {
@@ -30,7 +33,28 @@ impl InFlight {
         Some(InFlight {
             state: state.clone(),
             seller: None,
+            buyer: None,
         })
+    }
+
+    /// Takes a place among `buyer`'s dispositions, of at most
+    /// [`crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`]; false when it has
+    /// none left. Given back with the server's place.
+    pub(super) fn take_buyer_place(&mut self, buyer: BuyerKey) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(count) = self.state.buyer_in_flight.get(buyer.slot()) else {
+            return true;
+        };
+        let max = crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX;
+        let taken = count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            self.buyer = Some(buyer);
+        }
+        taken
     }
 
     /// Takes a place among `seller`'s requests, of at most `max` (black-box round 62d: one
@@ -58,6 +82,12 @@ impl Drop for InFlight {
         if let Some(count) = self
             .seller
             .and_then(|s| self.state.seller_in_flight.get(s.slot()))
+        {
+            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        if let Some(count) = self
+            .buyer
+            .and_then(|b| self.state.buyer_in_flight.get(b.slot()))
         {
             count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
@@ -877,7 +907,9 @@ fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
 fn seller_quotes_limited(max: usize) -> ApiError {
     ApiError::new(
         ErrorCode::RateLimited,
-        format!("the seller already holds {max} open quotes and pings in flight, its quotes_open_max; post or let some expire first"),
+        // The limit, not a count: after a reload lowered it, the seller may hold more
+        // (black-box round 155a: "already holds 2" for a seller holding dozens).
+        format!("the seller holds its quotes_open_max of {max} open quotes and pings in flight (or more, when a reload lowered it); post or let some expire first"),
     )
 }
 
