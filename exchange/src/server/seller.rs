@@ -41,16 +41,8 @@ impl InFlight {
     /// [`crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`]; false when it has
     /// none left. Given back with the server's place.
     pub(super) fn take_buyer_place(&mut self, buyer: BuyerKey) -> bool {
-        use std::sync::atomic::Ordering;
-        let Some(count) = self.state.buyer_in_flight.get(buyer.slot()) else {
-            return true;
-        };
         let max = crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX;
-        let taken = count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
+        let taken = take_place(self.state.buyer_in_flight.get(buyer.slot()), max);
         if taken {
             self.buyer = Some(buyer);
         }
@@ -61,20 +53,24 @@ impl InFlight {
     /// seller's slow work held every place of the server's limit, and the others' pings
     /// were refused); false when it has none left. Given back with the server's place.
     fn take_seller_place(&mut self, seller: SellerKey, max: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        let Some(count) = self.state.seller_in_flight.get(seller.slot()) else {
-            return true;
-        };
-        let taken = count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
+        let taken = take_place(self.state.seller_in_flight.get(seller.slot()), max);
         if taken {
             self.seller = Some(seller);
         }
         taken
     }
+}
+
+/// One more of a party's places, of at most `max`; true with no count (a party the
+/// registry does not hold: nothing to count it against).
+fn take_place(count: Option<&std::sync::atomic::AtomicUsize>, max: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    count.is_none_or(|c| {
+        c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+    })
 }
 
 impl Drop for InFlight {
