@@ -73,6 +73,14 @@ pub const DISPOSITIONS_PER_BUYER_PER_S: u32 = 100;
 /// buyer's key held about 500 of them (all 400 of a smaller limit), so sellers got `503`
 /// (black-box round 155b). A buyer reporting outcomes needs a few at a time.
 pub const DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX: usize = 32;
+
+/// A buyer's dispositions in flight at most: [`DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`], or
+/// half of `server.requests_in_flight_max` (rounded up) when that is smaller, so that one
+/// buyer never takes every place of a small limit (black-box round 156a: 32 filled a
+/// limit of 24).
+pub fn in_flight_per_buyer_max(server_max: usize) -> usize {
+    DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX.min(server_max.div_ceil(2))
+}
 /// One day in milliseconds (the return window is in whole days).
 pub const DAY_MS: i64 = 86_400_000;
 /// Most sales a [`SoldLeads`] keeps (the bound of `server.sold_leads_max`).

@@ -870,7 +870,7 @@ async fn a_seller_over_its_own_in_flight_limit_is_refused_and_the_others_are_ser
     assert!(
         e["message"]
             .as_str()
-            .is_some_and(|m| m.contains("this seller has 1 request(s) in flight")),
+            .is_some_and(|m| m.contains("this seller holds its limit of 1 request(s) in flight")),
         "{e}"
     );
     assert!(refused.headers.contains_key("retry-after"));
@@ -919,7 +919,7 @@ async fn with_several_sellers_one_takes_at_most_half_of_the_places_by_default() 
     let said = e["message"].as_str().unwrap();
     assert!(
         said.contains(
-            "this seller has 2 request(s) in flight, half of server.requests_in_flight_max"
+            "this seller holds its limit of 2 request(s) in flight (half of server.requests_in_flight_max"
         ),
         "{said}"
     );

@@ -955,7 +955,11 @@ async fn a_buyer_holds_at_most_its_quota_of_disposition_keys() {
 #[tokio::test]
 async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
     use tokio::io::AsyncWriteExt;
-    let max = pingpost::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX;
+    // Of a server limit of 40, a buyer takes at most half (round 156a: a fixed 32 filled
+    // a limit of 24); of a large limit, at most 32.
+    let max = pingpost::dispositions::in_flight_per_buyer_max(40);
+    assert_eq!(max, 20);
+    assert_eq!(pingpost::dispositions::in_flight_per_buyer_max(4_096), 32);
     let (cfg, _h) = bidders().await;
     let ex = cfg
         .with(|c| c.requests_in_flight_max = 40)
@@ -1027,6 +1031,51 @@ async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
     )
     .await
     .assert_error(404, "not_found");
+}
+
+/// Black-box round 156a: a return whose head came before a reload that closed the buyer's
+/// return window (or removed the buyer), and whose body came after it, was refunded under
+/// the old window. The configuration serving when the disposition has come whole decides.
+#[tokio::test]
+async fn a_return_whose_body_comes_after_a_reload_is_judged_by_the_new_configuration() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cfg, _h) = bidders().await;
+    let ex = cfg.start_edited(with_keys).await;
+    let lead = sell(&ex.client).await;
+    let body = json!({"lead_id": lead, "outcome": "returned"}).to_string();
+    let head = format!(
+        "POST /v1/dispositions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ACME_KEY}\r\n\
+         content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.metrics.requests_in_flight.get() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The window closes while the return's body has not come.
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    let closed = text.replace("return_window_days = 7", "return_window_days = 0");
+    assert_ne!(closed, text);
+    ex.write_config_text(&closed);
+    assert_eq!(ex.reload().await.status, 200);
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(EVENT_WAIT_MAX, s.read_to_string(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert!(answer.contains("conflict"), "{answer}");
+    assert!(
+        records(&ex.ledger_path, "refund").is_empty(),
+        "nothing refunded"
+    );
 }
 
 #[tokio::test]

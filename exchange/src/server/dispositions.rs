@@ -19,16 +19,13 @@ use crate::dispositions::{self, refund_decision, Claim, NoRefund, RefundLine, RE
 
 /// Authenticates a buyer from `Authorization: Bearer <buyer key>` (the seller check's
 /// rules, `seller::buyer_of`): an unknown key is 401, a seller's key 403.
-fn authenticate_buyer(rt: &Runtime, req: &Request<Incoming>) -> Result<BuyerIdx, ApiError> {
-    let digest = super::seller::bearer_digest(req, "buyer")?;
-    super::seller::buyer_of(rt, &digest).ok_or_else(|| {
-        match super::seller::seller_of(rt, &digest) {
-            Some(_) => ApiError::new(
-                ErrorCode::Forbidden,
-                "a seller key cannot report dispositions (a buyer key can)",
-            ),
-            None => ApiError::new(ErrorCode::Unauthorized, "unknown buyer key"),
-        }
+fn authenticate_buyer(rt: &Runtime, digest: &[u8; 32]) -> Result<BuyerIdx, ApiError> {
+    super::seller::buyer_of(rt, digest).ok_or_else(|| match super::seller::seller_of(rt, digest) {
+        Some(_) => ApiError::new(
+            ErrorCode::Forbidden,
+            "a seller key cannot report dispositions (a buyer key can)",
+        ),
+        None => ApiError::new(ErrorCode::Unauthorized, "unknown buyer key"),
     })
 }
 
@@ -62,22 +59,22 @@ async fn disposition(
     req: Request<Incoming>,
     mut permit: InFlight,
 ) -> Result<Vec<u8>, Refusal> {
-    let rt = state.runtime.load_full();
-    let idx = authenticate_buyer(&rt, &req)?;
-    let buyer = &rt.config.buyers[idx];
-    if !permit.take_buyer_place(buyer.key) {
+    let digest = super::seller::bearer_digest(&req, "buyer")?;
+    let arrived = state.runtime.load_full();
+    let first = &arrived.config.buyers[authenticate_buyer(&arrived, &digest)?];
+    let max = dispositions::in_flight_per_buyer_max(arrived.config.server.requests_in_flight_max);
+    if !permit.take_buyer_place(first.key, max) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             format!(
-                "this buyer has {} disposition(s) in flight; retry when one has been answered",
-                dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX
+                "this buyer has {max} disposition(s) in flight; retry when one has been answered"
             ),
         )
         .into());
     }
     if !state
         .disposition_rate
-        .allow(buyer.key, state.clock.now_ms())
+        .allow(first.key, state.clock.now_ms())
     {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
@@ -92,13 +89,19 @@ async fn disposition(
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, problem).into());
     }
     let idem_key = idempotency_key(&req)?;
-    let server = &rt.config.server;
     let body = read_body(
         req,
-        server.body_bytes_max,
-        Duration::from_millis(server.header_read_timeout_ms),
+        arrived.config.server.body_bytes_max,
+        Duration::from_millis(arrived.config.server.header_read_timeout_ms),
     )
     .await?;
+    // The configuration serving when the disposition has come whole decides it, not the
+    // one when its head came: a reload meanwhile may have removed the buyer (its key is
+    // then nobody's: 401) or closed its return window (black-box round 156a: a return
+    // whose body came after such a reload was refunded under the old window).
+    let rt = state.runtime.load_full();
+    let buyer = &rt.config.buyers[authenticate_buyer(&rt, &digest)?];
+    let server = &rt.config.server;
     // A key is looked up once the body is read (the seller routes' rules; the per-buyer
     // quota is `server.idempotency_keys_per_seller_max`). A claimed key is settled in the
     // task below: a `200` is stored, an error forgets the key (it changed nothing).

@@ -37,11 +37,10 @@ impl InFlight {
         })
     }
 
-    /// Takes a place among `buyer`'s dispositions, of at most
-    /// [`crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`]; false when it has
-    /// none left. Given back with the server's place.
-    pub(super) fn take_buyer_place(&mut self, buyer: BuyerKey) -> bool {
-        let max = crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX;
+    /// Takes a place among `buyer`'s dispositions, of at most `max`
+    /// ([`crate::dispositions::in_flight_per_buyer_max`]); false when it has none left.
+    /// Given back with the server's place.
+    pub(super) fn take_buyer_place(&mut self, buyer: BuyerKey, max: usize) -> bool {
         let taken = take_place(self.state.buyer_in_flight.get(buyer.slot()), max);
         if taken {
             self.buyer = Some(buyer);
@@ -443,7 +442,7 @@ pub(super) async fn seller_request(
                 state,
                 &ApiError::new(
                     ErrorCode::RateLimited,
-                    format!("this seller has {max} request(s) in flight, {whose}; retry when one has been answered"),
+                    format!("this seller holds its limit of {max} request(s) in flight ({whose}; or more, when a reload lowered it); retry when one has been answered"),
                 ),
             );
         }
