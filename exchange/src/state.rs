@@ -487,7 +487,7 @@ pub struct AppState {
     /// Each seller's requests being processed, for `sellers.ID.requests_in_flight_max`.
     pub seller_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Each buyer's dispositions in flight, by stable key, of at most
-    /// [`crate::dispositions::DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`].
+    /// [`crate::dispositions::in_flight_per_buyer_max`].
     pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,

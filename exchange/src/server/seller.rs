@@ -17,11 +17,27 @@ use crate::idempotency::IdempotencyStore;
 /// counts the work actually running.
 pub(super) struct InFlight {
     state: Arc<AppState>,
-    /// The seller whose own count this request holds a place in, once it is known
-    /// (`sellers.ID.requests_in_flight_max`).
-    seller: Option<SellerKey>,
-    /// The buyer whose own count this request holds a place in (a disposition).
-    buyer: Option<BuyerKey>,
+    /// The party whose own count this request also holds a place in, once it is known:
+    /// a seller (`sellers.ID.requests_in_flight_max`) or a buyer (its dispositions).
+    party: Option<Party>,
+}
+
+/// Whose own count an [`InFlight`] holds a place in.
+#[derive(Clone, Copy)]
+enum Party {
+    Seller(SellerKey),
+    Buyer(BuyerKey),
+}
+
+impl Party {
+    /// The party's count of requests in flight (`None`: one the registry does not hold,
+    /// with nothing to count it against).
+    fn count(self, state: &AppState) -> Option<&std::sync::atomic::AtomicUsize> {
+        match self {
+            Party::Seller(s) => state.seller_in_flight.get(s.slot()),
+            Party::Buyer(b) => state.buyer_in_flight.get(b.slot()),
+        }
+    }
 }
 
 impl InFlight {
@@ -32,8 +48,7 @@ impl InFlight {
         state.metrics.requests_in_flight.inc();
         Some(InFlight {
             state: state.clone(),
-            seller: None,
-            buyer: None,
+            party: None,
         })
     }
 
@@ -41,49 +56,35 @@ impl InFlight {
     /// ([`crate::dispositions::in_flight_per_buyer_max`]); false when it has none left.
     /// Given back with the server's place.
     pub(super) fn take_buyer_place(&mut self, buyer: BuyerKey, max: usize) -> bool {
-        let taken = take_place(self.state.buyer_in_flight.get(buyer.slot()), max);
-        if taken {
-            self.buyer = Some(buyer);
-        }
-        taken
+        self.take_place(Party::Buyer(buyer), max)
     }
 
     /// Takes a place among `seller`'s requests, of at most `max` (black-box round 62d: one
     /// seller's slow work held every place of the server's limit, and the others' pings
     /// were refused); false when it has none left. Given back with the server's place.
     fn take_seller_place(&mut self, seller: SellerKey, max: usize) -> bool {
-        let taken = take_place(self.state.seller_in_flight.get(seller.slot()), max);
+        self.take_place(Party::Seller(seller), max)
+    }
+
+    /// One more of `party`'s places, of at most `max`; true with no count to take it from.
+    fn take_place(&mut self, party: Party, max: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let taken = party.count(&self.state).is_none_or(|c| {
+            c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+        });
         if taken {
-            self.seller = Some(seller);
+            self.party = Some(party);
         }
         taken
     }
 }
 
-/// One more of a party's places, of at most `max`; true with no count (a party the
-/// registry does not hold: nothing to count it against).
-fn take_place(count: Option<&std::sync::atomic::AtomicUsize>, max: usize) -> bool {
-    use std::sync::atomic::Ordering;
-    count.is_none_or(|c| {
-        c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_ok()
-    })
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(count) = self
-            .seller
-            .and_then(|s| self.state.seller_in_flight.get(s.slot()))
-        {
-            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
-        if let Some(count) = self
-            .buyer
-            .and_then(|b| self.state.buyer_in_flight.get(b.slot()))
-        {
+        if let Some(count) = self.party.and_then(|p| p.count(&self.state)) {
             count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
         self.state.in_flight.add_permits(1);
