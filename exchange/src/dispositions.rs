@@ -75,11 +75,18 @@ pub const DISPOSITIONS_PER_BUYER_PER_S: u32 = 100;
 pub const DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX: usize = 32;
 
 /// A buyer's dispositions in flight at most: [`DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`], or
-/// half of `server.requests_in_flight_max` (rounded up) when that is smaller, so that one
-/// buyer never takes every place of a small limit (black-box round 156a: 32 filled a
-/// limit of 24).
+/// a quarter of `server.requests_in_flight_max` (rounded up) when that is smaller, so that
+/// one buyer never takes every place of a small limit (black-box round 156a: 32 filled a
+/// limit of 24) nor all of the buyers' share ([`in_flight_all_buyers_max`]).
 pub fn in_flight_per_buyer_max(server_max: usize) -> usize {
-    DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX.min(server_max.div_ceil(2))
+    DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX.min(server_max.div_ceil(4))
+}
+
+/// Every buyer's dispositions in flight together at most: half of
+/// `server.requests_in_flight_max` (rounded up). The bound of each buyer does not bound
+/// them all (128 buyers of 32 each fill 4,096), and sellers keep the other half.
+pub fn in_flight_all_buyers_max(server_max: usize) -> usize {
+    server_max.div_ceil(2)
 }
 /// One day in milliseconds (the return window is in whole days).
 pub const DAY_MS: i64 = 86_400_000;

@@ -489,6 +489,9 @@ pub struct AppState {
     /// Each buyer's dispositions in flight, by stable key, of at most
     /// [`crate::dispositions::in_flight_per_buyer_max`].
     pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
+    /// Every buyer's dispositions in flight together, of at most
+    /// [`crate::dispositions::in_flight_all_buyers_max`].
+    pub dispositions_in_flight: std::sync::atomic::AtomicUsize,
     /// Requests being processed, bounded by `server.requests_in_flight_max`.
     pub in_flight: tokio::sync::Semaphore,
     /// The connection slots (`connections`) with the per-IP limit, shared by every
@@ -728,6 +731,7 @@ impl AppState {
             rate_limits: RateLimiter::new(ids.seller_count()),
             seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
             buyer_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
+            dispositions_in_flight: std::sync::atomic::AtomicUsize::new(0),
             sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
             disposition_rate: crate::dispositions::BuyerRate::default(),
             disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),

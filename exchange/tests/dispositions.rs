@@ -948,42 +948,55 @@ async fn a_buyer_holds_at_most_its_quota_of_disposition_keys() {
     assert_eq!(ping.status, 200, "{}", ping.text());
 }
 
-/// Black-box round 155b: one buyer's dispositions whose bodies never came each held a
-/// place of `server.requests_in_flight_max` for the body budget (about 500 of 4,096, all
-/// 400 of a smaller limit), and sellers got `503`. A buyer holds at most
-/// `DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX` of them; past it `429`, and sellers are served.
-#[tokio::test]
-async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
+/// Opens `n` dispositions from the buyer of `key` whose bodies never come: each holds its
+/// place in flight while its stream is kept.
+async fn hold_dispositions(
+    ex: &Exchange,
+    key: &str,
+    n: usize,
+    held: &mut Vec<tokio::net::TcpStream>,
+) {
     use tokio::io::AsyncWriteExt;
-    // Of a server limit of 40, a buyer takes at most half (round 156a: a fixed 32 filled
-    // a limit of 24); of a large limit, at most 32.
-    let max = pingpost::dispositions::in_flight_per_buyer_max(40);
-    assert_eq!(max, 20);
-    assert_eq!(pingpost::dispositions::in_flight_per_buyer_max(4_096), 32);
-    let (cfg, _h) = bidders().await;
-    let ex = cfg
-        .with(|c| c.requests_in_flight_max = 40)
-        .start_edited(with_keys)
-        .await;
     let head = format!(
-        "POST /v1/dispositions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ACME_KEY}\r\n\
+        "POST /v1/dispositions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
          content-type: application/json\r\ncontent-length: 66\r\n\r\n"
     );
-    // `max` dispositions whose bodies never come: each holds its place.
-    let mut held = Vec::new();
-    for _ in 0..max {
+    let before = ex.state.metrics.requests_in_flight.get();
+    for _ in 0..n {
         let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
         s.write_all(head.as_bytes()).await.unwrap();
         held.push(s);
     }
     let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
-    while ex.state.metrics.requests_in_flight.get() < max as i64 {
+    while ex.state.metrics.requests_in_flight.get() < before + n as i64 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the requests never started"
         );
         tokio::task::yield_now().await;
     }
+}
+
+/// Black-box round 155b: one buyer's dispositions whose bodies never came each held a
+/// place of `server.requests_in_flight_max` for the body budget (about 500 of 4,096, all
+/// 400 of a smaller limit), and sellers got `503`. A buyer holds at most
+/// `DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX` of them; past it `429`, and sellers are served.
+#[tokio::test]
+async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
+    // Of a server limit of 40, a buyer takes at most a quarter (round 156a: a fixed 32
+    // filled a limit of 24); of a large limit, at most 32.
+    let max = pingpost::dispositions::in_flight_per_buyer_max(40);
+    assert_eq!(max, 10);
+    assert_eq!(pingpost::dispositions::in_flight_per_buyer_max(24), 6);
+    assert_eq!(pingpost::dispositions::in_flight_per_buyer_max(4_096), 32);
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .with(|c| c.requests_in_flight_max = 40)
+        .start_edited(with_keys)
+        .await;
+    // `max` dispositions whose bodies never come: each holds its place.
+    let mut held = Vec::new();
+    hold_dispositions(&ex, ACME_KEY, max, &mut held).await;
     // One more from that buyer: refused at once, before its body is waited for.
     let over = dispose(
         &ex.client,
@@ -993,10 +1006,9 @@ async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
     .await;
     let e = over.assert_error(429, "rate_limited");
     assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("has {max} disposition(s) in flight")),
+        e["message"].as_str().unwrap().contains(&format!(
+            "holds its limit of {max} disposition(s) in flight"
+        )),
         "{e}"
     );
     assert!(
@@ -1031,6 +1043,70 @@ async fn a_buyer_holds_at_most_its_share_of_requests_in_flight() {
     )
     .await
     .assert_error(404, "not_found");
+}
+
+/// Session 57 left open: each buyer's bound did not bound the buyers together (128
+/// buyers holding 32 each fill 4,096 places, and sellers get `503`). Every buyer's
+/// dispositions in flight together hold at most half of `server.requests_in_flight_max`;
+/// past it `429`, the sellers keep the other half, and the places come back.
+#[tokio::test]
+async fn the_buyers_together_hold_at_most_half_of_requests_in_flight() {
+    // A limit of 10: each buyer 3, the buyers together 5.
+    assert_eq!(pingpost::dispositions::in_flight_per_buyer_max(10), 3);
+    assert_eq!(pingpost::dispositions::in_flight_all_buyers_max(10), 5);
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .with(|c| c.requests_in_flight_max = 10)
+        .start_edited(with_keys)
+        .await;
+    let mut held = Vec::new();
+    hold_dispositions(&ex, ACME_KEY, 3, &mut held).await;
+    hold_dispositions(&ex, OTHER_KEY, 2, &mut held).await;
+    let report = json!({"lead_id": "ld_x", "outcome": "contacted"});
+    // `other` has a place of its own left, but the buyers' half is full.
+    let over = dispose(&ex.client, OTHER_KEY, &report).await;
+    let e = over.assert_error(429, "rate_limited");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("the buyers together hold their limit of 5 disposition(s)"),
+        "{e}"
+    );
+    assert!(
+        over.headers.contains_key("retry-after"),
+        "{:?}",
+        over.headers
+    );
+    // `acme` is refused by its own bound first.
+    let e = dispose(&ex.client, ACME_KEY, &report)
+        .await
+        .assert_error(429, "rate_limited");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds its limit of 3 disposition(s)"),
+        "{e}"
+    );
+    // The refusals took no place: sellers are served from the other half.
+    assert_eq!(ex.state.metrics.requests_in_flight.get(), 5);
+    for _ in 0..3 {
+        let ping = ex.client.ping("TX").await;
+        assert_eq!(ping.status, proto::seller::PingStatus::Bid, "{ping:?}");
+    }
+    // One of `acme`'s ends: `other` is served again (its place and the buyers' came back).
+    held.remove(0);
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.metrics.requests_in_flight.get() > 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never ended"
+        );
+        tokio::task::yield_now().await;
+    }
+    dispose(&ex.client, OTHER_KEY, &report)
+        .await
+        .assert_error(404, "not_found");
+    drop(held);
 }
 
 /// Black-box round 156a: a return whose head came before a reload that closed the buyer's

@@ -62,15 +62,19 @@ async fn disposition(
     let digest = super::seller::bearer_digest(&req, "buyer")?;
     let arrived = state.runtime.load_full();
     let first = &arrived.config.buyers[authenticate_buyer(&arrived, &digest)?];
-    let max = dispositions::in_flight_per_buyer_max(arrived.config.server.requests_in_flight_max);
-    if !permit.take_buyer_place(first.key, max) {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this buyer has {max} disposition(s) in flight; retry when one has been answered"
+    let server_max = arrived.config.server.requests_in_flight_max;
+    let own = dispositions::in_flight_per_buyer_max(server_max);
+    let all = dispositions::in_flight_all_buyers_max(server_max);
+    if let Err(full) = permit.take_buyer_place(first.key, own, all) {
+        let message = match full {
+            super::seller::BuyerPlaces::Own => format!(
+                "this buyer holds its limit of {own} disposition(s) in flight; retry when one has been answered"
             ),
-        )
-        .into());
+            super::seller::BuyerPlaces::AllBuyers => format!(
+                "the buyers together hold their limit of {all} disposition(s) in flight (half of server.requests_in_flight_max); retry shortly"
+            ),
+        };
+        return Err(ApiError::new(ErrorCode::RateLimited, message).into());
     }
     if !state
         .disposition_rate

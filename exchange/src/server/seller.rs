@@ -52,11 +52,25 @@ impl InFlight {
         })
     }
 
-    /// Takes a place among `buyer`'s dispositions, of at most `max`
-    /// ([`crate::dispositions::in_flight_per_buyer_max`]); false when it has none left.
-    /// Given back with the server's place.
-    pub(super) fn take_buyer_place(&mut self, buyer: BuyerKey, max: usize) -> bool {
-        self.take_place(Party::Buyer(buyer), max)
+    /// Takes a place among `buyer`'s dispositions, of at most `own`
+    /// ([`crate::dispositions::in_flight_per_buyer_max`]), and one among every buyer's, of
+    /// at most `all` ([`crate::dispositions::in_flight_all_buyers_max`]); when either has
+    /// none left, neither is taken and the error says which. Given back with the server's
+    /// place.
+    pub(super) fn take_buyer_place(
+        &mut self,
+        buyer: BuyerKey,
+        own: usize,
+        all: usize,
+    ) -> Result<(), BuyerPlaces> {
+        if !self.take_place(Party::Buyer(buyer), own) {
+            return Err(BuyerPlaces::Own);
+        }
+        if !take_one(&self.state.dispositions_in_flight, all) {
+            self.give_back_party();
+            return Err(BuyerPlaces::AllBuyers);
+        }
+        Ok(())
     }
 
     /// Takes a place among `seller`'s requests, of at most `max` (black-box round 62d: one
@@ -68,25 +82,50 @@ impl InFlight {
 
     /// One more of `party`'s places, of at most `max`; true with no count to take it from.
     fn take_place(&mut self, party: Party, max: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        let taken = party.count(&self.state).is_none_or(|c| {
-            c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-        });
+        let taken = party.count(&self.state).is_none_or(|c| take_one(c, max));
         if taken {
             self.party = Some(party);
         }
         taken
     }
+
+    /// Gives back the party's place (and, for a buyer, its place among every buyer's).
+    fn give_back_party(&mut self) {
+        use std::sync::atomic::Ordering;
+        if let Some(party) = self.party.take() {
+            if let Some(count) = party.count(&self.state) {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Which of a buyer's bounds on dispositions in flight refused one more.
+pub(super) enum BuyerPlaces {
+    /// Its own, [`crate::dispositions::in_flight_per_buyer_max`].
+    Own,
+    /// Every buyer's together, [`crate::dispositions::in_flight_all_buyers_max`].
+    AllBuyers,
+}
+
+/// One more of `count`, of at most `max`; false when it is full.
+fn take_one(count: &std::sync::atomic::AtomicUsize, max: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(count) = self.party.and_then(|p| p.count(&self.state)) {
-            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if matches!(self.party, Some(Party::Buyer(_))) {
+            self.state
+                .dispositions_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
+        self.give_back_party();
         self.state.in_flight.add_permits(1);
         self.state.metrics.requests_in_flight.dec();
     }
