@@ -336,15 +336,12 @@ impl Running {
         // refuse).
         keep_key(&self.state, &mut None);
         // Auction and attempt records ride along with durable ones; make the tail durable.
-        if let Err(e) = self
+        let flushed = self
             .state
             .ledger
             .flush_at(self.state.generation(), self.state.clock.now_ms())
-            .await
-        {
-            tracing::error!(error = %e, "ledger flush at shutdown failed");
-        }
-        served
+            .await;
+        served.and(ledger_at_stop(flushed))
     }
 }
 
@@ -535,13 +532,22 @@ impl Threaded {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        if let Err(e) = rt.block_on(
+        let flushed = rt.block_on(
             self.state
                 .ledger
                 .flush_at(self.state.generation(), self.state.clock.now_ms()),
-        ) {
-            tracing::error!(error = %e, "ledger flush at shutdown failed");
-        }
-        result
+        );
+        result.and(ledger_at_stop(flushed))
     }
+}
+
+/// The stop's last flush of the ledger as the stop's own result: one that failed (or a
+/// ledger that had failed before: fail-stop) makes the stop an error, so the process
+/// exits 1, not 0 (black-box round 158a: after a ledger write failed, a SIGTERM's stop
+/// looked clean to a supervisor).
+fn ledger_at_stop<E: std::fmt::Display>(flushed: Result<(), E>) -> std::io::Result<()> {
+    flushed.map_err(|e| {
+        tracing::error!(error = %e, "ledger flush at shutdown failed");
+        std::io::Error::other(format!("the ledger has failed: {e}"))
+    })
 }

@@ -1075,6 +1075,7 @@ fn main() -> anyhow::Result<()> {
                 _ = &mut leads => {}
                 () = StopSignals::recv(&mut stop) => leads.abort(),
             };
+            tokio::spawn(StopSignals::log_repeats(stop));
             reloader.abort();
             other_signals.abort();
             tracing::info!("shutting down: finishing in-flight requests");
@@ -1088,6 +1089,7 @@ fn main() -> anyhow::Result<()> {
             return stopped.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         }
         StopSignals::recv(&mut stop).await;
+        tokio::spawn(StopSignals::log_repeats(stop));
         reloader.abort();
         other_signals.abort();
         tracing::info!("shutting down: finishing in-flight requests");
@@ -1096,7 +1098,15 @@ fn main() -> anyhow::Result<()> {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     });
-    stopped.context("server")?;
+    if let Err(e) = stopped {
+        // One line in the log, and a status a supervisor sees: what the ledger holds is
+        // what was written before it failed (LEDGER.md, fail-stop).
+        tracing::error!(
+            error = %e,
+            "stopped with an error (exit status 1); check the ledger with `pingpost ledger verify` before the next start"
+        );
+        std::process::exit(1);
+    }
     drop(runtime);
     // The last line of a clean stop (black-box round 22: a stop that died in the drain
     // looked the same in the log); it says so when the grace period ran out with requests
@@ -1272,6 +1282,19 @@ impl StopSignals {
         }
         #[cfg(not(unix))]
         StopSignals {}
+    }
+
+    /// Once the stop has begun: each further SIGTERM or SIGINT is logged and changes
+    /// nothing (the drain is bounded by `server.shutdown_grace_ms` and the late posts'
+    /// wait; SIGKILL ends the process at once). Before, it was ignored without a word
+    /// (black-box round 158a).
+    async fn log_repeats(mut stop: Option<StopSignals>) {
+        loop {
+            StopSignals::recv(&mut stop).await;
+            tracing::warn!(
+                "stop signal repeated: the exchange is already stopping (it waits at most server.shutdown_grace_ms for the requests in flight, then up to 15 s for buyers answering a post late); SIGKILL ends it at once, and posts it cuts off count as outcome unknown at the next start"
+            );
+        }
     }
 
     /// Resolves at the first SIGTERM or SIGINT (Ctrl-C), or one that came since install.

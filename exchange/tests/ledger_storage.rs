@@ -668,7 +668,7 @@ async fn a_post_whose_buyer_had_the_lead_when_the_ledger_failed_is_outcome_unkno
     let e = r.assert_error(500, "internal");
     assert_eq!(
         e["message"],
-        "the exchange stopped (or its ledger failed) while this post was being delivered, so its outcome could not be recorded: the lead is not sold, and it is not delivered again",
+        "the exchange stopped (or its ledger failed) while this post was being delivered, so its outcome is unknown: a buyer may have the lead and may have accepted it, but no sale is recorded (the seller is not paid for it through the exchange) and it is not delivered again; the exchange's operator settles it with the buyer",
         "{e}"
     );
     assert_eq!(bidder.posts(), 1, "not delivered again");
@@ -722,7 +722,7 @@ async fn a_sale_the_ledger_could_not_record_answers_its_keyed_retry_the_same_aft
             e["message"]
                 .as_str()
                 .unwrap()
-                .contains("its outcome could not be recorded: the lead is not sold"),
+                .contains("its outcome is unknown: a buyer may have the lead"),
             "{e}"
         );
     }

@@ -812,7 +812,56 @@ async fn a_ledger_write_past_the_file_size_limit_fails_the_ledger_not_the_proces
     assert!(child.try_wait().unwrap().is_none(), "still running");
     let ready = readyz(&seller).await;
     assert_eq!(ready.status, 503, "{}", ready.text());
-    stop_gracefully(child, &pid).await;
+    // The stop says the ledger had failed and exits 1 (black-box round 158a: it exited
+    // 0, so a supervisor saw a clean stop).
+    signal(&pid, "-TERM");
+    let last = wait_line(&mut lines, "stopped with an error").await;
+    assert!(last.contains("the ledger has failed"), "{last}");
+    assert!(last.contains("ledger verify"), "{last}");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{status}");
+}
+
+/// Black-box round 158a: a second SIGTERM while the exchange was stopping was ignored
+/// without a word. It is logged and changes nothing: the post in flight is still
+/// answered `sold`, and the stop ends cleanly with status 0.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_repeated_stop_signal_is_logged_and_the_stop_goes_on() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _handle) = serve("a", &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let cfg = TestConfig::new().buyer(ab);
+    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
+    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    let listening = wait_line(&mut lines, "pingpost listening").await;
+    let seller = SellerClient::new(listening_addr(&listening, "addr"));
+    let quote = seller.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid);
+    a.close_posts();
+    let post = tokio::spawn({
+        let seller = seller.clone();
+        async move { seller.post(&quote.ping_id, "TX").await }
+    });
+    a.wait_posts(1).await;
+    signal(&pid, "-TERM");
+    wait_line(&mut lines, "shutting down").await;
+    signal(&pid, "-TERM");
+    let repeated = wait_line(&mut lines, "stop signal repeated").await;
+    assert!(repeated.contains("already stopping"), "{repeated}");
+    a.open_posts();
+    let sold = post.await.unwrap();
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    wait_line(&mut lines, "stopped: the in-flight requests finished").await;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[cfg(unix)]

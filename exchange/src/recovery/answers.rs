@@ -155,8 +155,9 @@ pub fn outcome_unknown() -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
         "the exchange stopped (or its ledger failed) while this post was being delivered, \
-         so its outcome could not be recorded: the lead is not sold, and it is not \
-         delivered again",
+         so its outcome is unknown: a buyer may have the lead and may have accepted it, \
+         but no sale is recorded (the seller is not paid for it through the exchange) and \
+         it is not delivered again; the exchange's operator settles it with the buyer",
     )
 }
 

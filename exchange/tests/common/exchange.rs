@@ -262,10 +262,20 @@ impl Exchange {
         }
     }
 
-    /// Stops the exchange gracefully.
+    /// Stops the exchange gracefully: cleanly, or with the ledger's failure as its error
+    /// when the ledger has failed (the process then exits 1).
     pub async fn shutdown(&mut self) {
         if let Some(r) = self.running.take() {
-            r.shutdown().await.expect("clean shutdown");
+            let failed = self.state.ledger.failure();
+            match (r.shutdown().await, failed) {
+                (Ok(()), None) => {}
+                (Err(e), Some(_)) => {
+                    assert!(e.to_string().starts_with("the ledger has failed"), "{e}")
+                }
+                (stopped, failed) => {
+                    panic!("the stop gave {stopped:?} with the ledger's failure {failed:?}")
+                }
+            }
         }
     }
 }
