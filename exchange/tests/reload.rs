@@ -633,7 +633,8 @@ async fn a_sighup_while_the_configuration_is_read_is_kept() {
 /// bidder's handle (kept while the test runs), the directory (its `ledger` beside the
 /// file), the file and its configuration.
 struct OneBidderFile {
-    _bidder: bidder_sdk::ServerHandle,
+    bidder: std::sync::Arc<ScriptedBidder>,
+    _served: bidder_sdk::ServerHandle,
     dir: tempfile::TempDir,
     path: std::path::PathBuf,
     cfg: TestConfig,
@@ -648,7 +649,8 @@ impl OneBidderFile {
         let cfg = TestConfig::new().buyer(ab);
         std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
         OneBidderFile {
-            _bidder: handle,
+            bidder: a,
+            _served: handle,
             dir,
             path,
             cfg,
@@ -831,13 +833,9 @@ async fn a_ledger_write_past_the_file_size_limit_fails_the_ledger_not_the_proces
 #[cfg(unix)]
 #[tokio::test]
 async fn a_repeated_stop_signal_is_logged_and_the_stop_goes_on() {
-    let a = ScriptedBidder::bidding(30.0);
-    let (ab, _handle) = serve("a", &a).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    let cfg = TestConfig::new().buyer(ab);
-    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).unwrap();
-    let (mut child, pid, mut lines) = spawn_logging(&path, cfg.env_vars());
+    let f = OneBidderFile::new().await;
+    let a = &f.bidder;
+    let (mut child, pid, mut lines) = spawn_logging(&f.path, f.cfg.env_vars());
     let listening = wait_line(&mut lines, "pingpost listening").await;
     let seller = SellerClient::new(listening_addr(&listening, "addr"));
     let quote = seller.ping("TX").await;
