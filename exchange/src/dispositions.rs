@@ -77,16 +77,20 @@ pub const DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX: usize = 32;
 /// A buyer's dispositions in flight at most: [`DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`], or
 /// a quarter of `server.requests_in_flight_max` (rounded up) when that is smaller, so that
 /// one buyer never takes every place of a small limit (black-box round 156a: 32 filled a
-/// limit of 24) nor all of the buyers' share ([`in_flight_all_buyers_max`]).
+/// limit of 24); never more than the buyers' share ([`in_flight_all_buyers_max`]).
 pub fn in_flight_per_buyer_max(server_max: usize) -> usize {
-    DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX.min(server_max.div_ceil(4))
+    DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX
+        .min(server_max.div_ceil(4))
+        .min(in_flight_all_buyers_max(server_max))
 }
 
 /// Every buyer's dispositions in flight together at most: half of
-/// `server.requests_in_flight_max` (rounded up). The bound of each buyer does not bound
-/// them all (128 buyers of 32 each fill 4,096), and sellers keep the other half.
+/// `server.requests_in_flight_max`, rounded down, so that sellers keep at least the other
+/// half (black-box round 159a: rounded up, buyers held 2 places of 3, and the one place
+/// of a limit of 1). The bound of each buyer does not bound them all (128 buyers of 32
+/// each fill 4,096). 0 at a limit of 1: every disposition is then refused.
 pub fn in_flight_all_buyers_max(server_max: usize) -> usize {
-    server_max.div_ceil(2)
+    server_max / 2
 }
 /// One day in milliseconds (the return window is in whole days).
 pub const DAY_MS: i64 = 86_400_000;

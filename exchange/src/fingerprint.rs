@@ -501,16 +501,36 @@ pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<[u8; 32]> {
             let folded: String = folded.nfkc().collect();
             // Folding may make characters that print as nothing (a compatibility form
             // of one): dropped again.
-            folded
+            let folded: String = folded
                 .chars()
                 .filter(|c| !crate::core::config::invisible(*c))
-                .collect()
+                .collect();
+            match kind {
+                proto::FieldKind::Email => email_domain_folded(folded),
+                _ => folded,
+            }
         }
     };
     if normalized.is_empty() {
         return None;
     }
     Some(Sha256::digest(normalized.as_bytes()).into())
+}
+
+/// An e-mail address (already folded) with its domain in the Unicode form IDNA (UTS 46)
+/// gives it: the ASCII form of an internationalized domain (`xn--exmple-cua.com`) is the
+/// domain it encodes (`exämple.com`), and an ideographic full stop (`。`, U+3002) is a dot
+/// (black-box round 159b: each sold a consumer again within the dedup window). The
+/// Unicode form, not the ASCII one, so that the keys of addresses already sold under a
+/// Unicode domain stay what they were. A domain IDNA refuses is kept as it was.
+fn email_domain_folded(address: String) -> String {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address;
+    };
+    match idna::domain_to_unicode(domain) {
+        (unicode, Ok(())) if unicode != domain => format!("{local}@{unicode}"),
+        _ => address,
+    }
 }
 
 /// Dedup keys as a record writes them: 32 hex digits each.
@@ -653,6 +673,55 @@ mod tests {
         assert_ne!(
             field_hash(&proto::FieldKind::Phone, "+18175550123"),
             field_hash(&proto::FieldKind::Phone, "+1817555012\u{ff13}")
+        );
+    }
+
+    /// Black-box round 159b: an internationalized domain in its ASCII form
+    /// (`xn--exmple-cua.com`), or written with an ideographic full stop (`。`), hashed as
+    /// another consumer and sold it again within the dedup window. The domain is folded
+    /// to its Unicode form (IDNA); an address already sold under a Unicode domain keeps
+    /// its hash, and a string field is not touched.
+    #[test]
+    fn an_e_mail_domain_in_its_idna_forms_does_not_change_a_field_hash() {
+        use sha2::Digest;
+        let email = proto::FieldKind::Email;
+        let unicode = field_hash(&email, "bob@ex\u{e4}mple.com");
+        assert_eq!(
+            unicode,
+            Some(Sha256::digest("bob@ex\u{e4}mple.com".as_bytes()).into()),
+            "the hash an address under a Unicode domain had before"
+        );
+        for v in [
+            "bob@xn--exmple-cua.com",
+            "BOB@XN--EXMPLE-CUA.COM",
+            "bob@EX\u{c4}MPLE.COM",
+        ] {
+            assert_eq!(field_hash(&email, v), unicode, "{v:?}");
+        }
+        let plain = field_hash(&email, "zed@mail.example.com");
+        assert_eq!(plain, Some(Sha256::digest(b"zed@mail.example.com").into()));
+        for v in [
+            "zed@mail.example\u{3002}com", // ideographic full stop
+            "zed@mail.example\u{ff61}com", // half-width ideographic full stop
+            "zed@mail.example\u{ff0e}com", // full-width full stop
+        ] {
+            assert_eq!(field_hash(&email, v), plain, "{v:?}");
+        }
+        // The local part is not IDNA's: a dot or case there is kept as it was folded.
+        assert_ne!(field_hash(&email, "z.ed@mail.example.com"), plain);
+        // A domain IDNA refuses (an `xn--` label that is not Punycode) is kept as it is.
+        assert_eq!(
+            field_hash(&email, "bob@xn--zz.com"),
+            Some(Sha256::digest(b"bob@xn--zz.com").into())
+        );
+        // Only e-mail fields: a string that looks like an address is hashed as folded.
+        let text = proto::FieldKind::String {
+            len_max: 100,
+            pattern: None,
+        };
+        assert_ne!(
+            field_hash(&text, "bob@xn--exmple-cua.com"),
+            field_hash(&text, "bob@ex\u{e4}mple.com")
         );
     }
 

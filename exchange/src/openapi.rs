@@ -27,7 +27,7 @@ const SAFE_TEXT_PATTERN: &str =
 /// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
 /// non-empty local part, a domain with a dot that neither starts nor ends with one, no
 /// white space or control character anywhere.
-const EMAIL_PATTERN: &str = r"^[^@\s\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s.\x00-\x1f\x7f-\x9f\uFEFF]([^@\s\x00-\x1f\x7f-\x9f\uFEFF]*\.[^@\s\x00-\x1f\x7f-\x9f\uFEFF]*)[^@\s.\x00-\x1f\x7f-\x9f\uFEFF]$";
+const EMAIL_PATTERN: &str = r#"^[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s."(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]([^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]*\.[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]*)[^@\s."(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]$"#;
 /// Longest e-mail address the validator accepts.
 const EMAIL_LEN_MAX: usize = 254;
 /// An E.164 phone number: `+`, no leading zero, 8 to 15 digits.
@@ -529,7 +529,7 @@ fn responses() -> Value {
         ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or still in flight; a post for this `ping_id` still in flight; a post or direct post of a consumer (a dedup key in common) another post is delivering now (retry once it has ended); on `/v1/dispositions`, a repeated (lead, outcome) or a refused return."),
         ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
         ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding` other than `identity`."),
-        ("Internal", "`internal`: the request could not be finished safely (a sale that could not be recorded is not sold)."),
+        ("Internal", "`internal`: the request could not be finished safely (a delivery whose outcome could not be recorded: no sale is recorded, and a buyer may have the lead)."),
     ];
     for (name, d) in plain {
         let mut e = error_response(d);
@@ -549,7 +549,7 @@ fn responses() -> Value {
     for (name, d) in [
         (
             "RateLimited",
-            "`rate_limited`: the seller (on `/v1/dispositions`: the buyer) is over its request rate or its idempotency key quota.",
+            "`rate_limited`: the seller (on `/v1/dispositions`: the buyer) is over its request rate, holds its limit of requests in flight (on `/v1/dispositions`: its own, or the buyers' together), or holds its idempotency key quota.",
         ),
         (
             "Overloaded",
@@ -857,6 +857,17 @@ mod tests {
             "a@b.co",
             "jos\u{e9}@b.co",
             "a\u{a0}@b.co",
+            // Round 159b: quoted local parts, comments and domain literals.
+            "\"blocked\"@example.com",
+            "\"bl\\ocked\"@example.com",
+            "bob(x)@example.com",
+            "zed@[mail.example.com]",
+            "a,b@c.com",
+            "a;b@c.com",
+            "a:b@c.com",
+            "<a@c.com>",
+            "a\\b@c.com",
+            "ana+x@example.com",
         ] {
             let mut body = format!("{{\"email\":{}}}", serde_json::json!(v)).into_bytes();
             let json = simd_json::to_owned_value(&mut body).unwrap();

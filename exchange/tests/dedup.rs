@@ -287,6 +287,74 @@ async fn an_unsold_post_is_no_duplicate() {
     assert_eq!(ex.metric("pingpost_dedup_keys", &[]).await, 2.0);
 }
 
+/// Black-box round 159b: the same mailbox in other spellings sold its consumer again
+/// within the window: a domain in its IDNA ASCII form (`xn--…`) or with an ideographic
+/// full stop hashed as another consumer (now: `duplicate`), and a quoted local part
+/// (`"ana"@…`) was taken (now: `400`, and nothing changes).
+#[tokio::test]
+async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.caps_daily(100))
+        .start_edited(with_dedup)
+        .await;
+    let direct =
+        |phone: &str, email: &str| json!({"vertical": VERTICAL, "lead": lead_of(phone, email)});
+    for (phone, first, again) in [
+        (
+            ["+18175550101", "+18175550102"],
+            "bob@ex\u{e4}mple.com",
+            "bob@xn--exmple-cua.com",
+        ),
+        (
+            ["+18175550103", "+18175550104"],
+            "zed@mail.example.com",
+            "zed@mail.example\u{3002}com",
+        ),
+    ] {
+        let sold = ex
+            .client
+            .post_json("/v1/leads", &direct(phone[0], first))
+            .await
+            .post_answer();
+        assert_eq!(sold.status, PostStatus::Sold, "{first}: {sold:?}");
+        let dup = ex
+            .client
+            .post_json("/v1/leads", &direct(phone[1], again))
+            .await
+            .post_answer();
+        assert_eq!(dup.status, PostStatus::Duplicate, "{again}: {dup:?}");
+    }
+    assert_eq!(a.posts(), 2, "each consumer delivered once");
+    // A quoted local part is refused, naming the field, and changes nothing.
+    let records = || {
+        ex.ledger()
+            .into_iter()
+            .filter(|r| r["type"] != "flush")
+            .count()
+    };
+    ex.state.ledger.flush().await.unwrap();
+    let before = records();
+    let refused = ex
+        .client
+        .post_json(
+            "/v1/leads",
+            &direct("+18175550105", "\"zed\"@mail.example.com"),
+        )
+        .await;
+    let e = refused.assert_error(400, "invalid_request");
+    assert_eq!(e["fields"][0]["field"], "lead.email", "{e}");
+    assert_eq!(
+        e["fields"][0]["problem"],
+        proto::schema::EMAIL_SPECIALS_PROBLEM,
+        "{e}"
+    );
+    ex.state.ledger.flush().await.unwrap();
+    assert_eq!(records(), before, "nothing written");
+    assert_eq!(a.posts(), 2, "nothing delivered");
+}
+
 async fn start_on(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
     start_with(cfg, ledger, clock, with_dedup).await
 }

@@ -1054,6 +1054,20 @@ async fn the_buyers_together_hold_at_most_half_of_requests_in_flight() {
     // A limit of 10: each buyer 3, the buyers together 5.
     assert_eq!(pingpost::dispositions::in_flight_per_buyer_max(10), 3);
     assert_eq!(pingpost::dispositions::in_flight_all_buyers_max(10), 5);
+    // Half rounded down, so sellers keep at least half (round 159a: rounded up, buyers
+    // held 2 places of 3 and the one place of 1); a buyer never more than the buyers'.
+    for (server, own, all) in [(1, 0, 0), (2, 1, 1), (3, 1, 1), (5, 2, 2), (24, 6, 12)] {
+        assert_eq!(
+            pingpost::dispositions::in_flight_per_buyer_max(server),
+            own,
+            "{server}"
+        );
+        assert_eq!(
+            pingpost::dispositions::in_flight_all_buyers_max(server),
+            all,
+            "{server}"
+        );
+    }
     let (cfg, _h) = bidders().await;
     let ex = cfg
         .with(|c| c.requests_in_flight_max = 10)
@@ -1107,6 +1121,52 @@ async fn the_buyers_together_hold_at_most_half_of_requests_in_flight() {
         .await
         .assert_error(404, "not_found");
     drop(held);
+}
+
+/// Black-box round 159a: at `server.requests_in_flight_max = 1` one buyer's disposition
+/// whose body never came held the only place, and sellers got `503`. Buyers hold half of
+/// the limit rounded down, none of 1: a disposition is refused at once, saying why, and
+/// the seller keeps its place.
+#[tokio::test]
+async fn at_a_limit_of_one_request_in_flight_dispositions_take_no_place() {
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .with(|c| c.requests_in_flight_max = 1)
+        .start_edited(with_keys)
+        .await;
+    let e = dispose(
+        &ex.client,
+        ACME_KEY,
+        &json!({"lead_id": "ld_x", "outcome": "contacted"}),
+    )
+    .await
+    .assert_error(429, "rate_limited");
+    assert!(
+        e["message"].as_str().unwrap().contains(
+            "server.requests_in_flight_max is 1: it leaves buyers' dispositions no place"
+        ),
+        "{e}"
+    );
+    // A head whose body never comes is answered at once, and holds nothing.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut held = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    held.write_all(
+        format!(
+            "POST /v1/dispositions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ACME_KEY}\r\n\
+             content-type: application/json\r\ncontent-length: 66\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(EVENT_WAIT_MAX, held.read_exact(&mut head))
+        .await
+        .expect("answered before its body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 429");
+    let ping = ex.client.ping("TX").await;
+    assert_eq!(ping.status, proto::seller::PingStatus::Bid, "{ping:?}");
 }
 
 /// Black-box round 156a: a return whose head came before a reload that closed the buyer's

@@ -19,6 +19,17 @@ pub const STRING_LEN_MAX_DEFAULT: usize = 1024;
 /// Most fields a lead may carry, whatever the schema says.
 pub const LEAD_FIELDS_MAX: usize = 256;
 
+/// The characters of RFC 5322 that an e-mail address may hold only in a quoted local part,
+/// a comment or a domain literal (`"bob"@example.com`, `bob(x)@example.com`,
+/// `bob@[192.0.2.1]`): a quoted or commented local part is the mailbox of another
+/// spelling, and a domain literal names a host, not a domain; an address holding one is
+/// refused (black-box round 159b: `"blocked"@example.com` passed the
+/// suppression list of `blocked@example.com`, and a sold consumer sold again).
+pub const EMAIL_SPECIALS: [char; 11] = ['"', '(', ')', ',', ':', ';', '<', '>', '[', ']', '\\'];
+
+/// The problem of an e-mail address holding one of [`EMAIL_SPECIALS`].
+pub const EMAIL_SPECIALS_PROBLEM: &str = "must be an e-mail address without quotes, comments or brackets (none of \" ( ) , : ; < > [ ] \\)";
+
 /// The type of one lead field, and its constraints.
 #[derive(Debug, Clone)]
 pub enum FieldKind {
@@ -316,6 +327,9 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
         }
         FieldKind::Email => {
             let s = as_str(v).ok_or("must be a string")?;
+            if s.contains(EMAIL_SPECIALS) {
+                return Err(EMAIL_SPECIALS_PROBLEM.into());
+            }
             let ok = s.chars().count() <= 254
                 && match s.split_once('@') {
                     Some((local, domain)) => {
@@ -510,6 +524,49 @@ pub(crate) mod tests {
             "line one\r\nline two",
             "زهرا\u{200C}ی",
             "👩\u{200D}💻",
+        ] {
+            assert!(full(good).is_ok(), "{good:?}");
+        }
+    }
+
+    /// Black-box round 159b: `"blocked"@example.com` (a quoted local part, the mailbox
+    /// `blocked@example.com`) passed that address's suppression list and sold a consumer
+    /// again. An address with a quote, comment, domain literal or any other of RFC 5322's
+    /// specials but `@` and `.` is refused, naming the field and not echoing the value;
+    /// plain addresses, plus-addresses and Unicode ones are taken.
+    #[test]
+    fn an_e_mail_address_with_quotes_comments_or_brackets_is_refused() {
+        let full = |email: &str| {
+            let body = serde_json::json!({"state": "TX", "zip": "76180", "first_name": "Ana",
+                "last_name": "Diaz", "phone": "+18175550123", "email": email})
+            .to_string();
+            auto_schema().validate(&parse(&body), LeadMode::Full, "lead")
+        };
+        for bad in [
+            "\"blocked\"@example.com",
+            "\"bl\\ocked\"@example.com",
+            "blocked(comment)@example.com",
+            "zed@[mail.example.com]",
+            "zed@[192.0.2.1]",
+            "a,b@example.com",
+            "a;b@example.com",
+            "a:b@example.com",
+            "<ana@example.com>",
+            "a\\b@example.com",
+        ] {
+            let e = full(bad).unwrap_err();
+            let p = &e.problems;
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert_eq!(p[0].field, "lead.email");
+            assert_eq!(p[0].problem, EMAIL_SPECIALS_PROBLEM, "{bad:?}");
+            assert!(!p[0].problem.contains("blocked"), "{p:?}");
+        }
+        for good in [
+            "blocked@example.com",
+            "ana+x@example.com",
+            "o'brien@example.com",
+            "jos\u{e9}@ex\u{e4}mple.com",
+            "bob@xn--exmple-cua.com",
         ] {
             assert!(full(good).is_ok(), "{good:?}");
         }

@@ -67,11 +67,14 @@ async fn disposition(
     let all = dispositions::in_flight_all_buyers_max(server_max);
     if let Err(full) = permit.take_buyer_place(first.key, own, all) {
         let message = match full {
+            _ if all == 0 => format!(
+                "server.requests_in_flight_max is {server_max}: it leaves buyers' dispositions no place (they hold at most half of it, rounded down, so that sellers keep the rest)"
+            ),
             super::seller::BuyerPlaces::Own => format!(
                 "this buyer holds its limit of {own} disposition(s) in flight; retry when one has been answered"
             ),
             super::seller::BuyerPlaces::AllBuyers => format!(
-                "the buyers together hold their limit of {all} disposition(s) in flight (half of server.requests_in_flight_max); retry shortly"
+                "the buyers together hold their limit of {all} disposition(s) in flight (half of server.requests_in_flight_max, rounded down); retry shortly"
             ),
         };
         return Err(ApiError::new(ErrorCode::RateLimited, message).into());
