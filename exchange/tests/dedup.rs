@@ -42,14 +42,24 @@ fn ping_with(dedup: Value) -> Value {
     json!({"vertical": VERTICAL, "lead": ping_lead("TX"), "dedup": dedup})
 }
 
-#[tokio::test]
-async fn a_consumer_sold_once_is_a_duplicate_at_ping_post_and_direct_post() {
+/// A buyer `a` bidding 10.00 (a daily cap of 100) on an exchange that de-duplicates.
+async fn one_bidder_deduplicating() -> (
+    std::sync::Arc<ScriptedBidder>,
+    Exchange,
+    bidder_sdk::ServerHandle,
+) {
     let a = ScriptedBidder::bidding(10.0);
-    let (ab, _h) = serve("a", &a).await;
+    let (ab, h) = serve("a", &a).await;
     let ex = TestConfig::new()
         .buyer(ab.caps_daily(100))
         .start_edited(with_dedup)
         .await;
+    (a, ex, h)
+}
+
+#[tokio::test]
+async fn a_consumer_sold_once_is_a_duplicate_at_ping_post_and_direct_post() {
+    let (a, ex, _h) = one_bidder_deduplicating().await;
     let phone_hash = sha("+18175550123");
 
     // Sold: a ping carrying the seller's phone hash, then its post.
@@ -293,12 +303,7 @@ async fn an_unsold_post_is_no_duplicate() {
 /// (`"ana"@…`) was taken (now: `400`, and nothing changes).
 #[tokio::test]
 async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
-    let a = ScriptedBidder::bidding(10.0);
-    let (ab, _h) = serve("a", &a).await;
-    let ex = TestConfig::new()
-        .buyer(ab.caps_daily(100))
-        .start_edited(with_dedup)
-        .await;
+    let (a, ex, _h) = one_bidder_deduplicating().await;
     let direct =
         |phone: &str, email: &str| json!({"vertical": VERTICAL, "lead": lead_of(phone, email)});
     for (phone, first, again) in [
