@@ -490,26 +490,8 @@ pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<[u8; 32]> {
         .collect();
     let normalized = match kind {
         proto::FieldKind::Phone => visible,
-        // Unicode compatibility folding (NFKC) around the lower-casing: a full-width
-        // `ｅ`, a mathematical `𝐞` or a ligature is the letter it stands for, as a buyer's
-        // CRM that folds text would see it (black-box round 34: `ｅvil@example.com` passed
-        // the suppression list of `evil@example.com`). Letters of other scripts that
-        // merely look alike (Cyrillic `а`) are not folded: SECURITY.md.
-        _ => {
-            use unicode_normalization::UnicodeNormalization;
-            let folded: String = visible.nfkc().collect::<String>().to_lowercase();
-            let folded: String = folded.nfkc().collect();
-            // Folding may make characters that print as nothing (a compatibility form
-            // of one): dropped again.
-            let folded: String = folded
-                .chars()
-                .filter(|c| !crate::core::config::invisible(*c))
-                .collect();
-            match kind {
-                proto::FieldKind::Email => email_domain_folded(folded),
-                _ => folded,
-            }
-        }
+        proto::FieldKind::Email => email_folded(&visible),
+        _ => folded(&visible),
     };
     if normalized.is_empty() {
         return None;
@@ -517,19 +499,60 @@ pub fn field_hash(kind: &proto::FieldKind, value: &str) -> Option<[u8; 32]> {
     Some(Sha256::digest(normalized.as_bytes()).into())
 }
 
-/// An e-mail address (already folded) with its domain in the Unicode form IDNA (UTS 46)
-/// gives it: the ASCII form of an internationalized domain (`xn--exmple-cua.com`) is the
-/// domain it encodes (`exämple.com`), and an ideographic full stop (`。`, U+3002) is a dot
-/// (black-box round 159b: each sold a consumer again within the dedup window). The
-/// Unicode form, not the ASCII one, so that the keys of addresses already sold under a
-/// Unicode domain stay what they were. A domain IDNA refuses is kept as it was.
-fn email_domain_folded(address: String) -> String {
-    let Some((local, domain)) = address.rsplit_once('@') else {
-        return address;
-    };
-    match idna::domain_to_unicode(domain) {
-        (unicode, Ok(())) if unicode != domain => format!("{local}@{unicode}"),
-        _ => address,
+/// Text as its hash sees it. Unicode compatibility folding (NFKC) around the
+/// lower-casing: a full-width `ｅ`, a mathematical `𝐞` or a ligature is the letter it
+/// stands for, as a buyer's CRM that folds text would see it (black-box round 34:
+/// `ｅvil@example.com` passed the suppression list of `evil@example.com`). Letters of
+/// other scripts that merely look alike (Cyrillic `а`) are not folded: SECURITY.md. A
+/// final sigma is a sigma: lower-casing makes `Σ` a `ς` or a `σ` by what follows it
+/// (black-box round 160a: `ΑΣ1` and `ασ1` were two consumers).
+fn folded(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower = text.nfkc().collect::<String>().to_lowercase();
+    // Folding may make characters that print as nothing (a compatibility form of one):
+    // dropped again.
+    lower
+        .nfkc()
+        .map(|c| if c == 'ς' { 'σ' } else { c })
+        .filter(|c| !crate::core::config::invisible(*c))
+        .collect()
+}
+
+/// An e-mail address as its hash sees it: each part [`folded`], with the domain's labels
+/// as IDNA writes them in Unicode: an `xn--` label (Punycode) is the text it encodes, so
+/// `xn--exmple-cua.com` is `exämple.com`, and an ideographic full stop (`。`, or `｡` and
+/// `．`, which fold to it and to `.`) is a dot (black-box round 159b: each sold a consumer
+/// again within the dedup window). A label is decoded even when IDNA would not register
+/// it (`xn--exmple-xna`, an upper-case `Ä`; `xn--example-oka`, a soft hyphen), then
+/// folded (round 160a: each was a new consumer); one that is not Punycode stays as it is.
+/// The Unicode form, not the ASCII one, so that the keys of addresses already sold under
+/// a Unicode domain stay what they were. Characters an address cannot hold that folding
+/// made (a full-width quote or bracket is a quote or bracket, `＠` an `@`: the validator
+/// refuses the ASCII ones) are dropped, so `＂ana＂@example.com` is `ana@example.com`
+/// (round 160a).
+fn email_folded(address: &str) -> String {
+    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    let domain = folded(domain).replace('。', ".");
+    let domain = domain
+        .split('.')
+        .map(|label| {
+            match label
+                .strip_prefix("xn--")
+                .and_then(idna::punycode::decode_to_string)
+            {
+                Some(unicode) => folded(&unicode),
+                None => label.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    let can_hold = |c: &char| *c != '@' && !proto::schema::EMAIL_SPECIALS.contains(c);
+    let local: String = folded(local).chars().filter(can_hold).collect();
+    let domain: String = domain.chars().filter(can_hold).collect();
+    if domain.is_empty() {
+        local
+    } else {
+        format!("{local}@{domain}")
     }
 }
 
@@ -706,6 +729,43 @@ mod tests {
             "zed@mail.example\u{ff0e}com", // full-width full stop
         ] {
             assert_eq!(field_hash(&email, v), plain, "{v:?}");
+        }
+        // Round 160a: a label IDNA would not register is still read (an upper-case `Ä`,
+        // a soft hyphen or a joiner inside, the Punycode of plain ASCII).
+        assert_eq!(field_hash(&email, "bob@xn--exmple-xna.com"), unicode);
+        let example = field_hash(&email, "bob@example.com");
+        for v in [
+            "bob@xn--example-oka.com",
+            "bob@xn--example-j06c.com",
+            "bob@xn--example-.com",
+        ] {
+            assert_eq!(field_hash(&email, v), example, "{v:?}");
+        }
+        // Round 160a: lower-casing made `ΑΣ1` `ας1` (a final sigma), another consumer
+        // than `ασ1`; in the local part too.
+        let greek = field_hash(&email, "greek@\u{3b1}\u{3c3}1.com");
+        for v in [
+            "greek@\u{391}\u{3a3}1.com",
+            "greek@\u{3b1}\u{3c2}1.com",
+            "greek@xn--1-ylb8c.com",
+            "GREEK@\u{391}\u{3a3}1.COM",
+        ] {
+            assert_eq!(field_hash(&email, v), greek, "{v:?}");
+        }
+        assert_eq!(
+            field_hash(&email, "\u{391}\u{3a3}1@example.com"),
+            field_hash(&email, "\u{3b1}\u{3c3}1@example.com")
+        );
+        // Round 160a: full-width quotes, brackets and `＠` fold to characters an address
+        // cannot hold (the validator refuses the ASCII ones): dropped.
+        let ana = field_hash(&email, "ana@example.com");
+        for v in [
+            "\u{ff02}ana\u{ff02}@example.com",
+            "ana@\u{ff3b}example.com\u{ff3d}",
+            "a\u{ff08}\u{ff09}na@example.com",
+            "an\u{ff20}a@example.com",
+        ] {
+            assert_eq!(field_hash(&email, v), ana, "{v:?}");
         }
         // The local part is not IDNA's: a dot or case there is kept as it was folded.
         assert_ne!(field_hash(&email, "z.ed@mail.example.com"), plain);

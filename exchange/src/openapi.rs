@@ -27,7 +27,7 @@ const SAFE_TEXT_PATTERN: &str =
 /// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
 /// non-empty local part, a domain with a dot that neither starts nor ends with one, no
 /// white space or control character anywhere.
-const EMAIL_PATTERN: &str = r#"^[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s."(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]([^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]*\.[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]*)[^@\s."(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\uFEFF]$"#;
+const EMAIL_PATTERN: &str = r#"^[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]+@[^@\s.\u3002\uFF61\uFF0E"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]([^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]*[.\u3002\uFF61\uFF0E][^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]*)[^@\s.\u3002\uFF61\uFF0E"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]$"#;
 /// Longest e-mail address the validator accepts.
 const EMAIL_LEN_MAX: usize = 254;
 /// An E.164 phone number: `+`, no leading zero, 8 to 15 digits.
@@ -868,6 +868,14 @@ mod tests {
             "<a@c.com>",
             "a\\b@c.com",
             "ana+x@example.com",
+            // Round 160a: an ideographic full stop as the only dot; direction overrides.
+            "x@ex\u{e4}mple\u{3002}com",
+            "x@ex\u{e4}mple\u{ff61}com",
+            "x@ex\u{e4}mple\u{ff0e}com",
+            "x@\u{3002}com",
+            "x@com\u{3002}",
+            "d\u{202e}@x.com",
+            "d\u{2066}@x.com",
         ] {
             let mut body = format!("{{\"email\":{}}}", serde_json::json!(v)).into_bytes();
             let json = simd_json::to_owned_value(&mut body).unwrap();

@@ -300,7 +300,7 @@ async fn an_unsold_post_is_no_duplicate() {
 /// Black-box round 159b: the same mailbox in other spellings sold its consumer again
 /// within the window: a domain in its IDNA ASCII form (`xn--…`) or with an ideographic
 /// full stop hashed as another consumer (now: `duplicate`), and a quoted local part
-/// (`"ana"@…`) was taken (now: `400`, and nothing changes).
+/// (`"ana"@…`) was taken (now: `400`, and nothing changes). Round 160a: more spellings.
 #[tokio::test]
 async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
     let (a, ex, _h) = one_bidder_deduplicating().await;
@@ -317,6 +317,28 @@ async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
             "zed@mail.example.com",
             "zed@mail.example\u{3002}com",
         ),
+        // Round 160a: a capital sigma lower-cased as a final one; full-width quotes; a
+        // Punycode label IDNA would not register; a domain whose only dot is `。`.
+        (
+            ["+18175550106", "+18175550107"],
+            "greek@\u{3b1}\u{3c3}1.com",
+            "greek@\u{391}\u{3a3}1.com",
+        ),
+        (
+            ["+18175550108", "+18175550109"],
+            "dex@example.com",
+            "\u{ff02}dex\u{ff02}@example.com",
+        ),
+        (
+            ["+18175550110", "+18175550111"],
+            "kim@ex\u{e4}mple.com",
+            "kim@xn--exmple-xna.com",
+        ),
+        (
+            ["+18175550112", "+18175550113"],
+            "lee@ex\u{e4}mple.org",
+            "lee@ex\u{e4}mple\u{3002}org",
+        ),
     ] {
         let sold = ex
             .client
@@ -331,7 +353,7 @@ async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
             .post_answer();
         assert_eq!(dup.status, PostStatus::Duplicate, "{again}: {dup:?}");
     }
-    assert_eq!(a.posts(), 2, "each consumer delivered once");
+    assert_eq!(a.posts(), 6, "each consumer delivered once");
     // A quoted local part is refused, naming the field, and changes nothing.
     let records = || {
         ex.ledger()
@@ -357,7 +379,7 @@ async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
     );
     ex.state.ledger.flush().await.unwrap();
     assert_eq!(records(), before, "nothing written");
-    assert_eq!(a.posts(), 2, "nothing delivered");
+    assert_eq!(a.posts(), 6, "nothing delivered");
 }
 
 async fn start_on(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {

@@ -27,6 +27,11 @@ pub const LEAD_FIELDS_MAX: usize = 256;
 /// suppression list of `blocked@example.com`, and a sold consumer sold again).
 pub const EMAIL_SPECIALS: [char; 11] = ['"', '(', ')', ',', ':', ';', '<', '>', '[', ']', '\\'];
 
+/// What separates an e-mail domain's labels: a dot, or an ideographic full stop (`。`) or
+/// one of its compatibility forms (`｡`, `．`), as IDNA reads them (black-box round 160a:
+/// `x@exämple。com` was refused though `。` is a dot).
+pub const EMAIL_DOTS: [char; 4] = ['.', '\u{3002}', '\u{FF61}', '\u{FF0E}'];
+
 /// The problem of an e-mail address holding one of [`EMAIL_SPECIALS`].
 pub const EMAIL_SPECIALS_PROBLEM: &str = "must be an e-mail address without quotes, comments or brackets (none of \" ( ) , : ; < > [ ] \\)";
 
@@ -330,14 +335,19 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             if s.contains(EMAIL_SPECIALS) {
                 return Err(EMAIL_SPECIALS_PROBLEM.into());
             }
+            // A direction override shows a buyer's staff another address than the one
+            // stored, as in a string field (black-box round 160a).
+            if crate::error::has_unsafe_text(s) {
+                return Err(crate::error::UNSAFE_TEXT.into());
+            }
             let ok = s.chars().count() <= 254
                 && match s.split_once('@') {
                     Some((local, domain)) => {
                         !local.is_empty()
                             && !domain.contains('@')
-                            && domain.contains('.')
-                            && !domain.starts_with('.')
-                            && !domain.ends_with('.')
+                            && domain.contains(EMAIL_DOTS)
+                            && !domain.starts_with(EMAIL_DOTS)
+                            && !domain.ends_with(EMAIL_DOTS)
                             // White space as Rust and ECMA-262 (the served
                             // schema's `\s`) both see it: ECMA's includes U+FEFF.
                             && !s
@@ -567,8 +577,24 @@ pub(crate) mod tests {
             "o'brien@example.com",
             "jos\u{e9}@ex\u{e4}mple.com",
             "bob@xn--exmple-cua.com",
+            // Round 160a: an ideographic full stop (or a form of it) is a dot.
+            "bob@ex\u{e4}mple\u{3002}com",
+            "bob@ex\u{e4}mple\u{ff61}com",
+            "bob@ex\u{e4}mple\u{ff0e}com",
         ] {
             assert!(full(good).is_ok(), "{good:?}");
+        }
+        for bad in ["bob@\u{3002}com", "bob@com\u{ff0e}", "bob@com"] {
+            let e = full(bad).unwrap_err();
+            assert_eq!(
+                e.problems[0].problem, "must be an e-mail address",
+                "{bad:?}"
+            );
+        }
+        // Round 160a: a direction override is refused as in a string field.
+        for bad in ["d\u{202e}@x.com", "d@x.co\u{2066}m"] {
+            let e = full(bad).unwrap_err();
+            assert_eq!(e.problems[0].problem, crate::error::UNSAFE_TEXT, "{bad:?}");
         }
     }
 

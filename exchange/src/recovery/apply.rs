@@ -35,8 +35,12 @@ pub struct Recovered {
     /// Timed-out deliveries still being heard out when the exchange died, counted in
     /// caps (the buyer may have accepted late).
     pub late_unknown_counted: u64,
-    /// Idempotency keys restored.
+    /// Sellers' idempotency keys restored (`pingpost_idempotency_keys`).
     pub keys: u64,
+    /// Buyers' disposition idempotency keys restored
+    /// (`pingpost_disposition_idempotency_keys`; black-box round 160b: the log added
+    /// them to the sellers' under one name).
+    pub disposition_keys: u64,
     /// Open quotes restored (firm again, their holds re-reserved).
     pub quotes: u64,
     /// Finished posts of quotes restored (a repeat gets the first answer again).
@@ -407,7 +411,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             out.keys += 1;
         }
     }
-    out.keys += restore_disposition_keys(state, scan, &buyers, now);
+    out.disposition_keys = restore_disposition_keys(state, scan, &buyers, now);
     out
 }
 

@@ -205,6 +205,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         late_accepts_counted = r.late_counted,
         late_unknown_counted = r.late_unknown_counted,
         idempotency_keys = r.keys,
+        disposition_idempotency_keys = r.disposition_keys,
         open_quotes = r.quotes,
         finished_posts = r.finished_posts,
         quotes_expired_while_down = r.expired_while_down,
