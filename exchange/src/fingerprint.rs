@@ -518,42 +518,54 @@ fn folded(text: &str) -> String {
         .collect()
 }
 
-/// An e-mail address as its hash sees it: each part [`folded`], with the domain's labels
-/// as IDNA writes them in Unicode: an `xn--` label (Punycode) is the text it encodes, so
-/// `xn--exmple-cua.com` is `exämple.com`, and an ideographic full stop (`。`, or `｡` and
-/// `．`, which fold to it and to `.`) is a dot (black-box round 159b: each sold a consumer
-/// again within the dedup window). A label is decoded even when IDNA would not register
-/// it (`xn--exmple-xna`, an upper-case `Ä`; `xn--example-oka`, a soft hyphen), then
-/// folded (round 160a: each was a new consumer); one that is not Punycode stays as it is.
-/// The Unicode form, not the ASCII one, so that the keys of addresses already sold under
-/// a Unicode domain stay what they were. Characters an address cannot hold that folding
-/// made (a full-width quote or bracket is a quote or bracket, `＠` an `@`: the validator
-/// refuses the ASCII ones) are dropped, so `＂ana＂@example.com` is `ana@example.com`
-/// (round 160a).
+/// An e-mail address as its hash sees it: the local part [`folded`], the domain
+/// [`domain_folded`]. Characters an address cannot hold that folding made (a full-width
+/// quote or bracket is a quote or bracket, `＠` an `@`: the validator refuses the ASCII
+/// ones) are dropped, so `＂ana＂@example.com` is `ana@example.com` (black-box round
+/// 160a).
 fn email_folded(address: &str) -> String {
     let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
-    let domain = folded(domain).replace('。', ".");
-    let domain = domain
-        .split('.')
-        .map(|label| {
-            match label
-                .strip_prefix("xn--")
-                .and_then(idna::punycode::decode_to_string)
-            {
-                Some(unicode) => folded(&unicode),
-                None => label.to_string(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(".");
     let can_hold = |c: &char| *c != '@' && !proto::schema::EMAIL_SPECIALS.contains(c);
     let local: String = folded(local).chars().filter(can_hold).collect();
-    let domain: String = domain.chars().filter(can_hold).collect();
+    let domain: String = domain_folded(domain).chars().filter(can_hold).collect();
     if domain.is_empty() {
         local
     } else {
         format!("{local}@{domain}")
     }
+}
+
+/// An e-mail domain as its hash sees it: each label as IDNA (UTS 46, non-transitional)
+/// writes it in Unicode, then [`folded`]. An `xn--` label (Punycode) is the text it
+/// encodes, so `xn--exmple-cua.com` is `exämple.com` (black-box round 159b), even when
+/// IDNA would not register it (`xn--exmple-xna`, an upper-case `Ä`; `xn--example-oka`, a
+/// soft hyphen: round 160a); a label that is not Punycode stays as it is. IDNA's mapping
+/// goes past lower-casing (`ᾀ` is `ἀι`, a combining `ͅ` is `ι`: round 161a); `ß` stays
+/// `ß` (IDNA 2008: `straße.de` and `strasse.de` are two domains). An ideographic full stop
+/// (`。`, or `｡` and `．`, which fold to it and to `.`) is a dot (round 159b), and a dot
+/// that ends the domain (the root's, `example.com.`) is dropped (round 161a: a trailing
+/// dot made by folding sold a listed consumer). The Unicode form, not the ASCII one, so
+/// that the keys of addresses already sold under a Unicode domain stay what they were.
+fn domain_folded(domain: &str) -> String {
+    let labels: Vec<String> = folded(domain)
+        .replace('\u{3002}', ".")
+        .split('.')
+        .map(|label| {
+            let text = label
+                .strip_prefix("xn--")
+                .and_then(idna::punycode::decode_to_string)
+                .unwrap_or_else(|| label.to_string());
+            match idna::domain_to_unicode(&text) {
+                (mapped, _)
+                    if !mapped.contains(char::REPLACEMENT_CHARACTER) && !mapped.contains('.') =>
+                {
+                    folded(&mapped)
+                }
+                _ => folded(&text),
+            }
+        })
+        .collect();
+    labels.join(".").trim_end_matches('.').to_string()
 }
 
 /// Dedup keys as a record writes them: 32 hex digits each.
@@ -767,6 +779,33 @@ mod tests {
         ] {
             assert_eq!(field_hash(&email, v), ana, "{v:?}");
         }
+        // Round 161a: a dot that ends the domain, made by folding or left by an empty
+        // last label, is the root's; IDNA's mapping past lower-casing; `ß` is not `ss`.
+        for v in [
+            "ana@example.com.\u{200b}",
+            "ana@example.com\u{fe52}",
+            "ana@example.com\u{2024}",
+            "ana@example.com\u{3002}\u{200b}",
+            "ana@example.com.xn--",
+        ] {
+            assert_eq!(field_hash(&email, v), ana, "{v:?}");
+        }
+        assert_eq!(
+            field_hash(&email, "zoe@\u{1f80}.gr"),
+            field_hash(&email, "zoe@\u{1f00}\u{3b9}.gr")
+        );
+        assert_eq!(
+            field_hash(&email, "zoe@a\u{345}.gr"),
+            field_hash(&email, "zoe@a\u{3b9}.gr")
+        );
+        assert_eq!(
+            field_hash(&email, "bob@STRA\u{1e9e}E.de"),
+            field_hash(&email, "bob@stra\u{df}e.de")
+        );
+        assert_ne!(
+            field_hash(&email, "bob@stra\u{df}e.de"),
+            field_hash(&email, "bob@strasse.de")
+        );
         // The local part is not IDNA's: a dot or case there is kept as it was folded.
         assert_ne!(field_hash(&email, "z.ed@mail.example.com"), plain);
         // A domain IDNA refuses (an `xn--` label that is not Punycode) is kept as it is.
