@@ -64,6 +64,7 @@ fn auction() -> Record<'static> {
         },
         fanout_limited: None,
         breaker_open: None,
+        pings_in_flight_full: None,
         buyers,
         winner: Some("sim2_sim2"),
         bid_micros: Some(21_620_000),

@@ -233,7 +233,7 @@ pub async fn run_auction(
         params,
         input.lead,
         &settlement,
-        effects::health(state),
+        &effects::health(state),
         now_ms,
     );
 
@@ -253,14 +253,23 @@ pub async fn run_auction(
             test: input.req.test,
         });
         for order in auction.pings() {
+            let key = rt.config.buyers[order.buyer].key;
+            // The place the core took among the buyer's pings in flight: given back when
+            // the call's future ends, late hearing-out included, or now if never sent.
+            let place = effects::PingPlace::held(
+                state,
+                key,
+                rt.config.buyers[order.buyer].pings_in_flight_max,
+            );
             // A body that cannot be built is never sent: the buyer times out at its bound.
             let Some(body) = template.body(order.tmax_ms) else {
                 continue;
             };
             let client = client.clone();
             let rt2 = rt.clone();
-            let msg_id = message_id(&auction_id, rt.config.buyers[order.buyer].key.slot());
+            let msg_id = message_id(&auction_id, key.slot());
             futs.push(Call::new(order.slot, async move {
+                let _place = place;
                 let t0 = Instant::now();
                 let buyer = &rt2.config.buyers[order.buyer];
                 let to = Endpoint {

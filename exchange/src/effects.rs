@@ -10,7 +10,12 @@
 use crate::core::effect::{Effect, PostKind};
 use crate::core::record::LedgerSink;
 use crate::core::record::{BuyerOutcome, Record};
+use std::sync::atomic::Ordering;
+
+use crate::config::BuyerKey;
+use crate::core::breaker::Admit;
 use crate::core::settlement::{BuyerHealth, Settlement};
+use crate::core::UnixMs;
 use crate::ledger::{LedgerError, Receipt};
 use crate::metrics::{PingOutcome, PostOutcomeKind};
 use crate::state::{AppState, Runtime};
@@ -20,9 +25,67 @@ pub fn settlement(state: &AppState) -> Settlement<'_> {
     Settlement::new(&state.caps)
 }
 
-/// The breakers, as the core sees them.
-pub fn health(state: &AppState) -> &dyn BuyerHealth {
-    &state.breakers
+/// The breakers and each buyer's pings in flight, as the core sees them.
+pub(crate) fn health(state: &AppState) -> Health<'_> {
+    Health(state)
+}
+
+/// [`BuyerHealth`] over the shell's state: admission by the breakers, and each buyer's
+/// places for pings in flight (`buyers.ID.pings_in_flight_max`), by stable key.
+pub(crate) struct Health<'a>(&'a AppState);
+
+impl BuyerHealth for Health<'_> {
+    fn admit(&self, key: BuyerKey, now: UnixMs) -> Admit {
+        self.0.breakers.admit(key, now)
+    }
+    fn record(&self, key: BuyerKey, ok: bool, now: UnixMs) {
+        self.0.breakers.record(key, ok, now);
+    }
+    fn take_ping_place(&self, key: BuyerKey, max: Option<u32>) -> bool {
+        let Some(max) = max else { return true };
+        let Some(count) = self.0.pings_in_flight.get(key.slot()) else {
+            return true;
+        };
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max as usize).then_some(n + 1)
+            })
+            .is_ok()
+    }
+    fn give_back_ping_place(&self, key: BuyerKey) {
+        if let Some(count) = self.0.pings_in_flight.get(key.slot()) {
+            // Never below zero: a place given back twice (a bug) must not wrap.
+            let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+}
+
+/// A place [`Health::take_ping_place`] took for one ping of a buyer with a
+/// `pings_in_flight_max`, given back when dropped: with the call's future, whether the
+/// call ended, was heard out late, or was never made.
+pub(crate) struct PingPlace {
+    state: std::sync::Arc<AppState>,
+    key: BuyerKey,
+}
+
+impl PingPlace {
+    /// The place the core took for `buyer`'s ping, when its limit counts one (`max`).
+    pub(crate) fn held(
+        state: &std::sync::Arc<AppState>,
+        key: BuyerKey,
+        max: Option<u32>,
+    ) -> Option<PingPlace> {
+        max.map(|_| PingPlace {
+            state: state.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PingPlace {
+    fn drop(&mut self) {
+        health(&self.state).give_back_ping_place(self.key);
+    }
 }
 
 /// The metric label of a buyer's ping outcome. `breaker` is what the breaker learns: a
@@ -31,6 +94,7 @@ pub fn health(state: &AppState) -> &dyn BuyerHealth {
 fn ping_label(o: BuyerOutcome, breaker: Option<bool>) -> Option<PingOutcome> {
     Some(match o {
         BuyerOutcome::SkippedBreaker => PingOutcome::SkippedBreaker,
+        BuyerOutcome::SkippedBusy => PingOutcome::SkippedBusy,
         BuyerOutcome::Timeout if breaker.is_none() => PingOutcome::NoTimeLeft,
         BuyerOutcome::Timeout => PingOutcome::Timeout,
         BuyerOutcome::Bid => PingOutcome::Bid,

@@ -518,7 +518,7 @@ fn folded(text: &str) -> String {
         .collect()
 }
 
-/// An e-mail address as its hash sees it: the local part [`folded`], the domain
+/// An e-mail address as its hash sees it: the local part [`local_folded`], the domain
 /// [`domain_folded`]. Characters an address cannot hold that folding made (a full-width
 /// quote or bracket is a quote or bracket, `＠` an `@`: the validator refuses the ASCII
 /// ones) are dropped, so `＂ana＂@example.com` is `ana@example.com` (black-box round
@@ -526,13 +526,27 @@ fn folded(text: &str) -> String {
 fn email_folded(address: &str) -> String {
     let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
     let can_hold = |c: &char| *c != '@' && !proto::schema::EMAIL_SPECIALS.contains(c);
-    let local: String = folded(local).chars().filter(can_hold).collect();
+    let local: String = local_folded(local).chars().filter(can_hold).collect();
     let domain: String = domain_folded(domain).chars().filter(can_hold).collect();
     if domain.is_empty() {
         local
     } else {
         format!("{local}@{domain}")
     }
+}
+
+/// An e-mail address's local part as its hash sees it: [`folded`], then mapped as IDNA
+/// maps a domain's labels (full case folding, past lower-casing: `ᾳ` is `αι`, a combining
+/// `ͅ` is `ι`), with `ß` as `ss` (a CRM that folds case sees one address: black-box round
+/// 162a sold `xᾳ@…` after `xαι@…`, and `xß@…` after `xss@…`). Text IDNA cannot map (an
+/// `xn--` that is not Punycode) is kept as folded.
+fn local_folded(local: &str) -> String {
+    let folded_local = folded(local);
+    let mapped = match idna::domain_to_unicode(&folded_local) {
+        (mapped, _) if !mapped.contains(char::REPLACEMENT_CHARACTER) => folded(&mapped),
+        _ => folded_local,
+    };
+    mapped.replace('ß', "ss")
 }
 
 /// An e-mail domain as its hash sees it: each label as IDNA (UTS 46, non-transitional)
@@ -542,9 +556,10 @@ fn email_folded(address: &str) -> String {
 /// soft hyphen: round 160a); a label that is not Punycode stays as it is. IDNA's mapping
 /// goes past lower-casing (`ᾀ` is `ἀι`, a combining `ͅ` is `ι`: round 161a); `ß` stays
 /// `ß` (IDNA 2008: `straße.de` and `strasse.de` are two domains). An ideographic full stop
-/// (`。`, or `｡` and `．`, which fold to it and to `.`) is a dot (round 159b), and a dot
-/// that ends the domain (the root's, `example.com.`) is dropped (round 161a: a trailing
-/// dot made by folding sold a listed consumer). The Unicode form, not the ASCII one, so
+/// (`。`, or `｡` and `．`, which fold to it and to `.`) is a dot (round 159b), and empty
+/// labels are dropped: the dot that ends the domain (the root's, `example.com.`; round
+/// 161a: a trailing dot made by folding sold a listed consumer), and `..` (round 162a;
+/// the validator refuses both as written, not as folding or decoding makes them). The Unicode form, not the ASCII one, so
 /// that the keys of addresses already sold under a Unicode domain stay what they were.
 fn domain_folded(domain: &str) -> String {
     let labels: Vec<String> = folded(domain)
@@ -556,16 +571,21 @@ fn domain_folded(domain: &str) -> String {
                 .and_then(idna::punycode::decode_to_string)
                 .unwrap_or_else(|| label.to_string());
             match idna::domain_to_unicode(&text) {
-                (mapped, _)
-                    if !mapped.contains(char::REPLACEMENT_CHARACTER) && !mapped.contains('.') =>
-                {
-                    folded(&mapped)
-                }
+                (mapped, _) if !mapped.contains(char::REPLACEMENT_CHARACTER) => folded(&mapped),
                 _ => folded(&text),
             }
         })
         .collect();
-    labels.join(".").trim_end_matches('.').to_string()
+    // A label may have decoded to text with a full stop in it (`xn--com-bz3b` is `com。`:
+    // round 162a), and empty labels (`example..com`, a label of a soft hyphen alone) and
+    // the root's trailing dot name no label: the domain is its non-empty labels.
+    labels
+        .join(".")
+        .replace('\u{3002}', ".")
+        .split('.')
+        .filter(|label| !label.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Dedup keys as a record writes them: 32 hex digits each.
@@ -806,6 +826,30 @@ mod tests {
             field_hash(&email, "bob@stra\u{df}e.de"),
             field_hash(&email, "bob@strasse.de")
         );
+        // Round 162a: a label that decodes to text ending in a full stop; empty labels;
+        // the local part's full case folding and `ß` as `ss`.
+        for v in [
+            "ana@example.xn--com-bz3b",
+            "ana@example.xn--com-ec7s",
+            "ana@example.xn--com-w16s",
+            "ana@example..com",
+            "ana@xn--kba.example.com",
+            "ana@example.\u{ad}.com",
+        ] {
+            assert_eq!(field_hash(&email, v), ana, "{v:?}");
+        }
+        for (one, other) in [
+            ("x\u{3b1}\u{3b9}@example.com", "x\u{1fb3}@example.com"),
+            ("x\u{3b1}\u{3b9}@example.com", "x\u{3b1}\u{345}@example.com"),
+            ("xss@example.com", "x\u{df}@example.com"),
+            ("xss@example.com", "X\u{1e9e}@example.com"),
+        ] {
+            assert_eq!(
+                field_hash(&email, one),
+                field_hash(&email, other),
+                "{other:?}"
+            );
+        }
         // The local part is not IDNA's: a dot or case there is kept as it was folded.
         assert_ne!(field_hash(&email, "z.ed@mail.example.com"), plain);
         // A domain IDNA refuses (an `xn--` label that is not Punycode) is kept as it is.

@@ -34,6 +34,8 @@ pub enum PingOutcome {
     /// Answered, but not a valid answer (garbage, wrong content type, non-200).
     Invalid,
     SkippedBreaker,
+    /// Not pinged: the buyer held its `pings_in_flight_max` pings in flight.
+    SkippedBusy,
     /// A bid above the vertical's `bid_max`: refused as a no-bid.
     BidAboveMax,
     /// A bid whose own expiry had passed by the award: it neither wins nor falls back.
@@ -41,7 +43,7 @@ pub enum PingOutcome {
 }
 
 impl PingOutcome {
-    pub const ALL: [PingOutcome; 9] = [
+    pub const ALL: [PingOutcome; 10] = [
         PingOutcome::Bid,
         PingOutcome::NoBid,
         PingOutcome::Timeout,
@@ -49,6 +51,7 @@ impl PingOutcome {
         PingOutcome::Error,
         PingOutcome::Invalid,
         PingOutcome::SkippedBreaker,
+        PingOutcome::SkippedBusy,
         PingOutcome::BidAboveMax,
         PingOutcome::BidExpired,
     ];
@@ -62,6 +65,7 @@ impl PingOutcome {
             PingOutcome::Error => "error",
             PingOutcome::Invalid => "invalid",
             PingOutcome::SkippedBreaker => "skipped_breaker",
+            PingOutcome::SkippedBusy => "skipped_busy",
             PingOutcome::BidAboveMax => "bid_above_max",
             PingOutcome::BidExpired => "bid_expired",
         }

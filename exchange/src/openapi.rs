@@ -27,7 +27,7 @@ const SAFE_TEXT_PATTERN: &str =
 /// JSON-Schema pattern of an e-mail address as the validator accepts it: one `@`, a
 /// non-empty local part, a domain with a dot that neither starts nor ends with one, no
 /// white space or control character anywhere.
-const EMAIL_PATTERN: &str = r#"^[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]+@[^@\s.\u3002\uFF61\uFF0E"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]([^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]*[.\u3002\uFF61\uFF0E][^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]*)[^@\s.\u3002\uFF61\uFF0E"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]$"#;
+const EMAIL_PATTERN: &str = r#"^[^@\s"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]+@[^@\s.\u3002\uFF61\uFF0E"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]+(?:[.\u3002\uFF61\uFF0E][^@\s.\u3002\uFF61\uFF0E"(),:;<>\[\]\\\x00-\x1f\x7f-\x9f\u202A-\u202E\u2066-\u2069\uFEFF]+)+$"#;
 /// Longest e-mail address the validator accepts.
 const EMAIL_LEN_MAX: usize = 254;
 /// An E.164 phone number: `+`, no leading zero, 8 to 15 digits.
@@ -832,10 +832,24 @@ mod tests {
             assert!(!re.is_match(bad), "{bad}");
         }
         let email = regex::Regex::new(EMAIL_PATTERN).unwrap();
-        for ok in ["a@b.co", "ana.diaz@example.com", "x@a..b"] {
+        for ok in [
+            "a@b.co",
+            "ana.diaz@example.com",
+            "x@a.b.c",
+            "x@ex\u{e4}mple\u{3002}com",
+        ] {
             assert!(email.is_match(ok), "{ok}");
         }
-        for bad in ["a@b", "@b.co", "a@.b.co", "a@b.co.", "a b@c.de", "a@b@c.de"] {
+        for bad in [
+            "a@b",
+            "@b.co",
+            "a@.b.co",
+            "a@b.co.",
+            "a b@c.de",
+            "a@b@c.de",
+            "x@a..b",
+            "x@a.\u{ff0e}b",
+        ] {
             assert!(!email.is_match(bad), "{bad}");
         }
         // The pattern and the validator agree on what ECMA-262's `\s` (the served
@@ -876,6 +890,10 @@ mod tests {
             "x@com\u{3002}",
             "d\u{202e}@x.com",
             "d\u{2066}@x.com",
+            // Round 162a: empty labels.
+            "x@example..com",
+            "x@example.\u{3002}com",
+            "x@a.b.c",
         ] {
             let mut body = format!("{{\"email\":{}}}", serde_json::json!(v)).into_bytes();
             let json = simd_json::to_owned_value(&mut body).unwrap();

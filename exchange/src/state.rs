@@ -489,6 +489,9 @@ pub struct AppState {
     /// Each buyer's dispositions in flight, by stable key, of at most
     /// [`crate::dispositions::in_flight_per_buyer_max`].
     pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
+    /// Each buyer's pings in flight (late ones being heard out included), by stable key,
+    /// counted only for a buyer with `pings_in_flight_max`.
+    pub pings_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Every buyer's dispositions in flight together, of at most
     /// [`crate::dispositions::in_flight_all_buyers_max`].
     pub dispositions_in_flight: std::sync::atomic::AtomicUsize,
@@ -732,6 +735,7 @@ impl AppState {
             seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
             buyer_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
             dispositions_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            pings_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
             sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
             disposition_rate: crate::dispositions::BuyerRate::default(),
             disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
@@ -937,6 +941,7 @@ impl AppState {
         self.rate_limits.grow(self.ids.seller_count());
         self.seller_in_flight.grow(self.ids.seller_count());
         self.buyer_in_flight.grow(self.ids.buyer_count());
+        self.pings_in_flight.grow(self.ids.buyer_count());
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = metric_slots(&config, Some(&old));
         // The cap gauges of a removed buyer, or of a window a kept buyer no longer caps,

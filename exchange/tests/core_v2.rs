@@ -445,3 +445,64 @@ async fn a_test_lead_s_post_attempts_and_unsold_say_test_and_a_real_lead_s_do_no
         assert!(real[0].get("test").is_none(), "{kind}: {}", real[0]);
     }
 }
+
+/// Black-box round 161b: one seller's bursts (256 pings at once) timed a shared buyer
+/// out, its breaker opened, and every seller lost it for 5 s. With
+/// `buyers.ID.pings_in_flight_max`, a buyer holding that many pings in flight (late ones
+/// still being heard out included) is skipped, not pinged: counted as `skipped_busy`,
+/// named in the record's `pings_in_flight_full`, its breaker untouched; its place comes
+/// back when the call ends, and it is pinged again.
+#[tokio::test]
+async fn a_buyer_holding_its_pings_in_flight_is_skipped_until_one_ends() {
+    let slow = ScriptedBidder::bidding(20.0);
+    // Its own behaviour: it answers after a second (past its 150 ms bound, heard out
+    // late meanwhile).
+    slow.set(|s| s.ping_delay = Duration::from_millis(1_000));
+    let fast = ScriptedBidder::bidding(10.0);
+    let (sb, _h1) = serve("slow", &slow).await;
+    let (fb, _h2) = serve("fast", &fast).await;
+    let ex = TestConfig::new()
+        .buyer(sb)
+        .buyer(fb)
+        .start_edited(under("buyers.slow", "pings_in_flight_max = 1"))
+        .await;
+    let first = tokio::spawn({
+        let client = ex.client.clone();
+        async move { client.ping("TX").await }
+    });
+    slow.wait_pings(1).await;
+    // While that ping is in flight the slow buyer is skipped; the fast one wins.
+    let second = ex.client.ping("TX").await;
+    assert_eq!(second.status, PingStatus::Bid, "{second:?}");
+    assert_eq!(second.price, Some(seller_price(usd(10.0))), "{second:?}");
+    assert_eq!(slow.pings(), 1, "the busy buyer was not pinged");
+    let busy = [("buyer", "slow"), ("outcome", "skipped_busy")];
+    assert_eq!(ex.metric("pingpost_buyer_pings_total", &busy).await, 1.0);
+    let record = ex
+        .ledger_of("auction")
+        .into_iter()
+        .find(|r| r["pings_in_flight_full"]["total"] == 1)
+        .expect("the second auction's record names the busy buyer");
+    assert_eq!(record["pings_in_flight_full"]["first"][0], "slow");
+    let _ = first.await.unwrap();
+    // The late call ends with the buyer's answer: its place comes back.
+    let key = ex.state.runtime.load().config.buyers[0].key;
+    let deadline = Instant::now() + EVENT_WAIT_MAX;
+    while ex
+        .state
+        .pings_in_flight
+        .get(key.slot())
+        .map_or(0, |c| c.load(Ordering::SeqCst))
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the place never came back");
+        tokio::task::yield_now().await;
+    }
+    slow.set(|s| s.ping_delay = Duration::ZERO);
+    let third = ex.client.ping("TX").await;
+    assert_eq!(third.price, Some(seller_price(usd(20.0))), "{third:?}");
+    assert_eq!(slow.pings(), 2);
+    // Being busy taught the breaker nothing: one timeout (the first auction's), no skip.
+    let skipped = [("buyer", "slow"), ("outcome", "skipped_breaker")];
+    assert_eq!(ex.metric("pingpost_buyer_pings_total", &skipped).await, 0.0);
+}

@@ -343,11 +343,12 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             let ok = s.chars().count() <= 254
                 && match s.split_once('@') {
                     Some((local, domain)) => {
+                        // At least two labels, none empty (black-box round 162a:
+                        // `example..com` was taken, and sold as a new consumer).
                         !local.is_empty()
                             && !domain.contains('@')
-                            && domain.contains(EMAIL_DOTS)
-                            && !domain.starts_with(EMAIL_DOTS)
-                            && !domain.ends_with(EMAIL_DOTS)
+                            && domain.split(EMAIL_DOTS).count() >= 2
+                            && domain.split(EMAIL_DOTS).all(|label| !label.is_empty())
                             // White space as Rust and ECMA-262 (the served
                             // schema's `\s`) both see it: ECMA's includes U+FEFF.
                             && !s
@@ -584,7 +585,14 @@ pub(crate) mod tests {
         ] {
             assert!(full(good).is_ok(), "{good:?}");
         }
-        for bad in ["bob@\u{3002}com", "bob@com\u{ff0e}", "bob@com"] {
+        // Round 162a: an empty label (`..`) is refused as written.
+        for bad in [
+            "bob@\u{3002}com",
+            "bob@com\u{ff0e}",
+            "bob@com",
+            "bob@example..com",
+            "bob@example.\u{3002}com",
+        ] {
             let e = full(bad).unwrap_err();
             assert_eq!(
                 e.problems[0].problem, "must be an e-mail address",

@@ -189,6 +189,9 @@ pub struct Auction<'a> {
     /// 133a: a line each made an auction record of 310 KB with 5,000 buyers down). Each
     /// still counts in its buyer's `skipped_breaker` metric.
     breaker_open: (u32, Vec<BuyerIdx>),
+    /// Eligible buyers skipped because they held their `pings_in_flight_max` pings in
+    /// flight, bounded the same way. Each counts in its buyer's `skipped_busy` metric.
+    busy: (u32, Vec<BuyerIdx>),
     pending: usize,
     effects: Vec<Effect<'a>>,
 }
@@ -282,6 +285,7 @@ impl<'a> Auction<'a> {
                 skipped: SkipSummary::default(),
                 fanout_limited: (0, Vec::new()),
                 breaker_open: (0, Vec::new()),
+                busy: (0, Vec::new()),
                 pending: 0,
                 effects: Vec::new(),
             };
@@ -299,6 +303,7 @@ impl<'a> Auction<'a> {
             skipped: elig.skipped,
             fanout_limited: (0, Vec::new()),
             breaker_open: (0, Vec::new()),
+            busy: (0, Vec::new()),
             pending: 0,
             effects: Vec::with_capacity(n + 5),
         };
@@ -334,14 +339,20 @@ impl<'a> Auction<'a> {
                 a.line(b, BuyerOutcome::Timeout, None, Some(NO_TIME_LEFT), None);
                 continue;
             }
+            // A place among the buyer's pings in flight first, so that a buyer at its
+            // limit does not spend a half-open breaker's probe on a ping never sent.
+            if !health.take_ping_place(buyer.key, buyer.pings_in_flight_max) {
+                skip(&mut a.busy, &mut a.effects, b, BuyerOutcome::SkippedBusy);
+                continue;
+            }
             if health.admit(buyer.key, now) == Admit::No {
-                count_bounded(&mut a.breaker_open, b);
-                a.effects.push(Effect::Ping {
-                    buyer: b,
-                    outcome: BuyerOutcome::SkippedBreaker,
-                    took_us: None,
-                    breaker: BuyerOutcome::SkippedBreaker.breaker_ok(),
-                });
+                health.give_back_ping_place(buyer.key);
+                skip(
+                    &mut a.breaker_open,
+                    &mut a.effects,
+                    b,
+                    BuyerOutcome::SkippedBreaker,
+                );
                 continue;
             }
             admitted += 1;
@@ -578,7 +589,10 @@ impl<'a> Auction<'a> {
         }
         // A buyer skipped (breaker open) or left out for want of time was never pinged.
         let pinged_or_fixed = self.lines.iter().any(|l| {
-            !matches!(l.outcome, BuyerOutcome::SkippedBreaker) && l.detail != Some(NO_TIME_LEFT)
+            !matches!(
+                l.outcome,
+                BuyerOutcome::SkippedBreaker | BuyerOutcome::SkippedBusy
+            ) && l.detail != Some(NO_TIME_LEFT)
         });
 
         let (seller_payout, seller_reserve, seller_id) = match cfg.sellers.get(p.seller) {
@@ -700,6 +714,7 @@ impl<'a> Auction<'a> {
             skipped: SkippedRecord::new(&self.skipped, cfg),
             fanout_limited: BoundedBuyersRecord::of(&self.fanout_limited, cfg),
             breaker_open: BoundedBuyersRecord::of(&self.breaker_open, cfg),
+            pings_in_flight_full: BoundedBuyersRecord::of(&self.busy, cfg),
             buyers: std::mem::take(&mut self.lines),
             winner: winner
                 .and_then(|w| cfg.buyer_by_key(w.bid.buyer))
@@ -734,6 +749,23 @@ impl<'a> Auction<'a> {
 
 /// Counts `buyer` in a bounded summary: how many, and the first
 /// [`eligibility::SKIP_NAMES_MAX`] in configuration order.
+/// An eligible buyer skipped before its ping (`outcome`): counted in its bounded
+/// `summary` and in its own metric, with no line and nothing for its breaker to learn.
+fn skip(
+    summary: &mut (u32, Vec<BuyerIdx>),
+    effects: &mut Vec<Effect<'_>>,
+    buyer: BuyerIdx,
+    outcome: BuyerOutcome,
+) {
+    count_bounded(summary, buyer);
+    effects.push(Effect::Ping {
+        buyer,
+        outcome,
+        took_us: None,
+        breaker: outcome.breaker_ok(),
+    });
+}
+
 fn count_bounded(summary: &mut (u32, Vec<BuyerIdx>), buyer: BuyerIdx) {
     let (count, first) = summary;
     *count = count.saturating_add(1);

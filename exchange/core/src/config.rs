@@ -537,6 +537,10 @@ pub struct Buyer {
     pub secret_next: Option<proto::signing::Secret>,
     pub ping_timeout_ms: u64,
     pub post_timeout_ms: u64,
+    /// The most of this buyer's pings in flight at once (late ones still being heard out
+    /// included); past it the buyer is skipped (`pings_in_flight_full`), not pinged.
+    /// `None`: no limit.
+    pub pings_in_flight_max: Option<u32>,
     pub verticals: Vec<VerticalIdx>,
     /// Empty means every state.
     pub states_include: Vec<String>,

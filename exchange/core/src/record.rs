@@ -237,6 +237,10 @@ impl Record<'_> {
 pub enum BuyerOutcome {
     /// Its breaker is open.
     SkippedBreaker,
+    /// It holds its `pings_in_flight_max` pings in flight: not pinged (black-box round
+    /// 161b: one seller's bursts timed a shared buyer out and opened its breaker for
+    /// every seller).
+    SkippedBusy,
     /// No answer within its bound (or no time left to ping it).
     Timeout,
     /// A valid bid.
@@ -264,7 +268,7 @@ impl BuyerOutcome {
     /// buyers past the fan-out limit are counted in `fanout_limited`, not given a line).
     pub fn as_str(self) -> &'static str {
         match self {
-            BuyerOutcome::SkippedBreaker => "skipped",
+            BuyerOutcome::SkippedBreaker | BuyerOutcome::SkippedBusy => "skipped",
             BuyerOutcome::Timeout => "timeout",
             BuyerOutcome::Bid => "bid",
             BuyerOutcome::NoBid => "no_bid",
@@ -443,6 +447,10 @@ pub struct AuctionRecord<'a> {
     /// written before 2026-12-05 have a `skipped`/`breaker_open` line each instead).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker_open: Option<BoundedBuyersRecord<'a>>,
+    /// Eligible buyers skipped because they held their `pings_in_flight_max` pings in
+    /// flight, bounded like `fanout_limited` (since 2026-12-06).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pings_in_flight_full: Option<BoundedBuyersRecord<'a>>,
     /// Every other buyer of the vertical: the ones not pinged for want of time, then
     /// pinged ones, fixed-price ones and award-time cap refusals.
     pub buyers: Vec<BuyerLine<'a>>,
@@ -795,6 +803,7 @@ mod tests {
             },
             fanout_limited: None,
             breaker_open: None,
+            pings_in_flight_full: None,
             buyers: vec![BuyerLine {
                 idx: 3,
                 buyer: "b",

@@ -116,6 +116,17 @@ pub trait BuyerHealth: Send + Sync {
     fn admit(&self, key: BuyerKey, now: UnixMs) -> Admit;
     /// The outcome of a ping: `ok` when it answered in time, bid or not.
     fn record(&self, key: BuyerKey, ok: bool, now: UnixMs);
+    /// Takes one of the buyer's places for a ping in flight, of at most `max` (`None`:
+    /// no limit, nothing counted); false, and nothing taken, when it has none left. The
+    /// shell gives the place back when the call ends (or is never made).
+    fn take_ping_place(&self, key: BuyerKey, max: Option<u32>) -> bool {
+        let _ = (key, max);
+        true
+    }
+    /// Gives back a place [`BuyerHealth::take_ping_place`] took.
+    fn give_back_ping_place(&self, key: BuyerKey) {
+        let _ = key;
+    }
 }
 
 impl BuyerHealth for BreakerBook {

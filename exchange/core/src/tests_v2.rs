@@ -1681,6 +1681,115 @@ fn buyers_skipped_for_an_open_breaker_are_counted_not_listed() {
     assert!(auction_record(&effects).breaker_open.is_none());
 }
 
+/// Places among each buyer's pings in flight, over a [`BreakerBook`]: what the shell's
+/// health does, in memory.
+struct Places {
+    breakers: BreakerBook,
+    held: std::sync::Mutex<Vec<usize>>,
+}
+
+impl crate::settlement::BuyerHealth for Places {
+    fn admit(&self, key: BuyerKey, now: UnixMs) -> crate::breaker::Admit {
+        self.breakers.admit(key, now)
+    }
+    fn record(&self, key: BuyerKey, ok: bool, now: UnixMs) {
+        self.breakers.record(key, ok, now);
+    }
+    fn take_ping_place(&self, key: BuyerKey, max: Option<u32>) -> bool {
+        let mut held = self.held.lock().unwrap();
+        let n = &mut held[key.0 as usize];
+        match max {
+            Some(max) if *n >= max as usize => false,
+            Some(_) => {
+                *n += 1;
+                true
+            }
+            None => true,
+        }
+    }
+    fn give_back_ping_place(&self, key: BuyerKey) {
+        self.held.lock().unwrap()[key.0 as usize] -= 1;
+    }
+}
+
+/// Black-box round 161b: one seller's bursts timed a shared buyer out, its breaker opened
+/// and every seller lost it. A buyer with `pings_in_flight_max` holding that many pings
+/// is skipped (`pings_in_flight_full`, its `skipped_busy` metric), taking no fan-out
+/// place and teaching its breaker nothing; a buyer whose breaker is open gives back the
+/// place it took; a buyer without the limit is never counted.
+#[test]
+fn a_buyer_holding_its_pings_in_flight_is_skipped_and_its_breaker_learns_nothing() {
+    let (n, mut cfg, caps, br) = past_the_skip_names(1_024);
+    cfg.buyers[0].pings_in_flight_max = Some(1);
+    cfg.buyers[1].pings_in_flight_max = Some(2);
+    cfg.buyers[2].pings_in_flight_max = Some(1);
+    let s = Settlement::new(&caps);
+    // Buyer 2's breaker is open.
+    for i in 0..10 {
+        br.record(BuyerKey(2), false, T + i);
+    }
+    let health = Places {
+        breakers: br,
+        held: std::sync::Mutex::new(vec![0; n]),
+    };
+    // Buyer 0 already holds its one ping (an earlier auction's, still in flight).
+    health.held.lock().unwrap()[0] = 1;
+    let mut a = Auction::new(params(&cfg, T + 10), &lead(TX), &s, &health, T + 10);
+    let pinged: Vec<usize> = a.pings().map(|o| o.buyer).collect();
+    assert!(!pinged.contains(&0), "buyer 0 is busy: {pinged:?}");
+    assert!(pinged.contains(&1));
+    assert!(!pinged.contains(&2), "buyer 2's breaker is open");
+    assert_eq!(pinged.len(), n - 2);
+    // Buyer 1 took one place; buyer 2 gave back the one it took; others are not counted.
+    let held = health.held.lock().unwrap().clone();
+    assert_eq!(&held[..4], &[1, 1, 0, 0]);
+    for slot in 0..pinged.len() {
+        a.on_answer(slot, bid(m(10), None), 5, T + 15);
+    }
+    let _ = a.finish(&s, T + 15, 5_000);
+    let effects = run(&s, a.effects());
+    let r = auction_record(&effects);
+    let busy = r.pings_in_flight_full.as_ref().expect("the busy summary");
+    assert_eq!(busy.total, 1);
+    assert_eq!(busy.first, [cfg.buyers[0].id.as_str()]);
+    assert_eq!(r.breaker_open.as_ref().map(|b| b.total), Some(1));
+    assert!(
+        r.buyers.iter().all(|l| l.idx != 0),
+        "no line for a busy buyer"
+    );
+    let busy_pings: Vec<&Effect<'_>> = effects
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Ping {
+                    outcome: BuyerOutcome::SkippedBusy,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(busy_pings.len(), 1);
+    assert!(
+        matches!(
+            busy_pings[0],
+            Effect::Ping {
+                buyer: 0,
+                breaker: None,
+                ..
+            }
+        ),
+        "{busy_pings:?}"
+    );
+    // A second auction while buyer 1 still holds one: it takes its second place; a third
+    // finds it full.
+    let a2 = Auction::new(params(&cfg, T + 20), &lead(TX), &s, &health, T + 20);
+    assert!(a2.pings().any(|o| o.buyer == 1));
+    let a3 = Auction::new(params(&cfg, T + 20), &lead(TX), &s, &health, T + 20);
+    assert!(!a3.pings().any(|o| o.buyer == 1), "buyer 1 holds 2 of 2");
+    assert_eq!(health.held.lock().unwrap()[1], 2);
+}
+
 /// A buyer that cannot be reached is sent nothing: its attempt has no `post_sent` (the
 /// shell asks for that record with `sending` only once the connection is made), it is an
 /// `error` with reason `not_connected`, its hold goes back, and the post falls back.

@@ -88,6 +88,7 @@ pub(crate) fn buyer(i: usize) -> Buyer {
         allow_plaintext: false,
         key_sha256: None,
         key_sha256_next: None,
+        pings_in_flight_max: None,
         return_window_days: defaults::RETURN_WINDOW_DAYS,
     }
 }

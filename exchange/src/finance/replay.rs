@@ -882,6 +882,10 @@ the file may not be what decided this auction (a model swap alone changes no con
             "breaker_open",
             "skipped, their circuit breakers open (they had been failing)",
         ),
+        (
+            "pings_in_flight_full",
+            "skipped, each holding its pings_in_flight_max pings in flight",
+        ),
     ] {
         let Some(f) = v.get(key) else { continue };
         let total = f.get("total").and_then(Value::as_u64).unwrap_or(0);

@@ -64,6 +64,7 @@ fn auction(a: &AuctionRecord<'_>, out: &mut Vec<u8>) {
         skipped,
         fanout_limited,
         breaker_open,
+        pings_in_flight_full,
         buyers,
         winner,
         bid_micros,
@@ -102,6 +103,10 @@ fn auction(a: &AuctionRecord<'_>, out: &mut Vec<u8>) {
     }
     if let Some(b) = breaker_open {
         out.extend_from_slice(b",\"breaker_open\":");
+        bounded_buyers(b, out);
+    }
+    if let Some(b) = pings_in_flight_full {
+        out.extend_from_slice(b",\"pings_in_flight_full\":");
         bounded_buyers(b, out);
     }
     out.extend_from_slice(b",\"buyers\":[");
@@ -576,14 +581,14 @@ mod tests {
     fn world() -> impl Strategy<Value = World> {
         (
             prop::collection::vec(text(), 24),
-            prop::collection::vec(any::<bool>(), 42),
+            prop::collection::vec(any::<bool>(), 44),
             prop::collection::vec(any::<i64>(), 16),
             prop::collection::vec(any::<u64>(), 8),
             prop::collection::vec(prop::num::f32::ANY, 0..6),
             prop::collection::vec(prop::collection::vec(prop::num::f32::ANY, 0..4), 0..5),
             at(),
             prop::collection::vec(a_static(), 6),
-            prop::collection::vec(0usize..10, 0..5),
+            prop::collection::vec(0usize..11, 0..5),
             prop::array::uniform5(prop_oneof![Just(0u32), any::<u32>()]),
             prop::collection::vec(
                 (
@@ -614,8 +619,9 @@ mod tests {
             )
     }
 
-    const OUTCOMES: [BuyerOutcome; 10] = [
+    const OUTCOMES: [BuyerOutcome; 11] = [
         BuyerOutcome::SkippedBreaker,
+        BuyerOutcome::SkippedBusy,
         BuyerOutcome::Timeout,
         BuyerOutcome::Bid,
         BuyerOutcome::NoBid,
@@ -675,6 +681,13 @@ mod tests {
                 BoundedBuyersRecord {
                     total: w.uints[6] as u32,
                     first: if f[41] { vec![s(8)] } else { Vec::new() },
+                },
+            ),
+            pings_in_flight_full: opt(
+                f[42],
+                BoundedBuyersRecord {
+                    total: w.uints[5] as u32,
+                    first: if f[43] { vec![s(7)] } else { Vec::new() },
                 },
             ),
             buyers: w

@@ -80,6 +80,9 @@ pub(super) fn read_buyer(
         TIMEOUT_MS_LIMIT,
         defaults::POST_TIMEOUT_MS,
     );
+    let pings_in_flight_max = s
+        .int_opt(p, "pings_in_flight_max", 1, PINGS_IN_FLIGHT_LIMIT)
+        .map(|n| n as u32);
     let at_verticals = p.len();
     let verticals = s.vertical_refs(p, "verticals", vertical_by_name);
     let verticals_read = p.len() == at_verticals;
@@ -231,6 +234,7 @@ pub(super) fn read_buyer(
             secret_next,
             ping_timeout_ms,
             post_timeout_ms,
+            pings_in_flight_max,
             verticals,
             states_include: states_include
                 .into_iter()
@@ -260,6 +264,8 @@ pub(super) fn read_buyer(
 
 /// Longest `buyers.ID.return_window_days`.
 const RETURN_WINDOW_DAYS_LIMIT: i64 = 365;
+/// Most pings in flight a buyer's `pings_in_flight_max` may allow.
+const PINGS_IN_FLIGHT_LIMIT: i64 = 1_000_000;
 
 /// A buyer key's SHA-256 as 64 hex digits.
 fn buyer_key_digest(p: &mut Problems, path: &str, v: &Value) -> Option<[u8; 32]> {

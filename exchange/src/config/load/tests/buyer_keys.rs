@@ -38,6 +38,35 @@ fn buyer_keys_and_return_window() {
     );
 }
 
+/// `buyers.ID.pings_in_flight_max` (black-box round 161b): unset is no limit; a whole
+/// number from 1 to 1,000,000; anything else is refused naming the key.
+#[test]
+fn pings_in_flight_max_is_read_and_bad_values_are_refused() {
+    assert_eq!(ok(&[]).buyers[0].pings_in_flight_max, None);
+    assert_eq!(
+        ok(&[("#BUYER", "pings_in_flight_max = 64")]).buyers[0].pings_in_flight_max,
+        Some(64)
+    );
+    assert_eq!(
+        ok(&[("#BUYER", "pings_in_flight_max = 1000000")]).buyers[0].pings_in_flight_max,
+        Some(1_000_000)
+    );
+    for bad in [
+        "pings_in_flight_max = 0",
+        "pings_in_flight_max = -3",
+        "pings_in_flight_max = 1000001",
+        "pings_in_flight_max = 2.5",
+        "pings_in_flight_max = \"64\"",
+    ] {
+        let e = errors(&[("#BUYER", bad)]);
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("buyers.acme.pings_in_flight_max")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_buyer_keys_and_windows_are_refused() {
     let cases: &[(&str, &str)] = &[
