@@ -41,14 +41,17 @@ impl BuyerHealth for Health<'_> {
     fn record(&self, key: BuyerKey, ok: bool, now: UnixMs) {
         self.0.breakers.record(key, ok, now);
     }
+    /// Every buyer's pings are counted, limited or not, so that a reload that sets a
+    /// limit finds the pings already in flight (black-box round 163a: counted only under
+    /// a limit, a limit added mid-burst let the burst and as many more through).
     fn take_ping_place(&self, key: BuyerKey, max: Option<u32>) -> bool {
-        let Some(max) = max else { return true };
         let Some(count) = self.0.pings_in_flight.get(key.slot()) else {
             return true;
         };
+        let max = max.map_or(usize::MAX, |m| m as usize);
         count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max as usize).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok()
     }
@@ -60,25 +63,20 @@ impl BuyerHealth for Health<'_> {
     }
 }
 
-/// A place [`Health::take_ping_place`] took for one ping of a buyer with a
-/// `pings_in_flight_max`, given back when dropped: with the call's future, whether the
-/// call ended, was heard out late, or was never made.
+/// A place [`Health::take_ping_place`] took for one ping, given back when dropped: with
+/// the call's future, whether the call ended, was heard out late, or was never made.
 pub(crate) struct PingPlace {
     state: std::sync::Arc<AppState>,
     key: BuyerKey,
 }
 
 impl PingPlace {
-    /// The place the core took for `buyer`'s ping, when its limit counts one (`max`).
-    pub(crate) fn held(
-        state: &std::sync::Arc<AppState>,
-        key: BuyerKey,
-        max: Option<u32>,
-    ) -> Option<PingPlace> {
-        max.map(|_| PingPlace {
+    /// The place the core took for `key`'s ping.
+    pub(crate) fn held(state: &std::sync::Arc<AppState>, key: BuyerKey) -> PingPlace {
+        PingPlace {
             state: state.clone(),
             key,
-        })
+        }
     }
 }
 

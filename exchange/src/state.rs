@@ -490,7 +490,8 @@ pub struct AppState {
     /// [`crate::dispositions::in_flight_per_buyer_max`].
     pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Each buyer's pings in flight (late ones being heard out included), by stable key,
-    /// counted only for a buyer with `pings_in_flight_max`.
+    /// for `buyers.ID.pings_in_flight_max`: counted for every buyer, so that a limit a
+    /// reload sets finds the pings already in flight.
     pub pings_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Every buyer's dispositions in flight together, of at most
     /// [`crate::dispositions::in_flight_all_buyers_max`].

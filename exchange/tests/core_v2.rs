@@ -478,6 +478,7 @@ async fn a_buyer_holding_its_pings_in_flight_is_skipped_until_one_ends() {
     assert_eq!(slow.pings(), 1, "the busy buyer was not pinged");
     let busy = [("buyer", "slow"), ("outcome", "skipped_busy")];
     assert_eq!(ex.metric("pingpost_buyer_pings_total", &busy).await, 1.0);
+    ex.state.ledger.flush().await.unwrap();
     let record = ex
         .ledger_of("auction")
         .into_iter()
@@ -505,4 +506,42 @@ async fn a_buyer_holding_its_pings_in_flight_is_skipped_until_one_ends() {
     // Being busy taught the breaker nothing: one timeout (the first auction's), no skip.
     let skipped = [("buyer", "slow"), ("outcome", "skipped_breaker")];
     assert_eq!(ex.metric("pingpost_buyer_pings_total", &skipped).await, 0.0);
+}
+
+/// Black-box round 163a: pings were counted only for a buyer with a limit, so a reload
+/// that set `pings_in_flight_max` in the middle of a burst found none in flight and let
+/// the burst and as many more through. Every buyer's pings are counted: the limit a
+/// reload sets holds at once.
+#[tokio::test]
+async fn a_limit_a_reload_sets_counts_the_pings_already_in_flight() {
+    let slow = ScriptedBidder::bidding(20.0);
+    slow.set(|s| s.ping_delay = Duration::from_millis(1_000));
+    let fast = ScriptedBidder::bidding(10.0);
+    let (sb, _h1) = serve("slow", &slow).await;
+    let (fb, _h2) = serve("fast", &fast).await;
+    let ex = TestConfig::new().buyer(sb).buyer(fb).start().await;
+    let first = tokio::spawn({
+        let client = ex.client.clone();
+        async move { client.ping("TX").await }
+    });
+    slow.wait_pings(1).await;
+    // The limit arrives while that ping is in flight.
+    let text = std::fs::read_to_string(&ex.config_path).unwrap();
+    std::fs::write(
+        &ex.config_path,
+        under("buyers.slow", "pings_in_flight_max = 1")(text),
+    )
+    .unwrap();
+    let r = ex.reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = ex.client.ping("TX").await;
+    assert_eq!(second.price, Some(seller_price(usd(10.0))), "{second:?}");
+    assert_eq!(
+        slow.pings(),
+        1,
+        "the limit counted the ping already in flight"
+    );
+    let busy = [("buyer", "slow"), ("outcome", "skipped_busy")];
+    assert_eq!(ex.metric("pingpost_buyer_pings_total", &busy).await, 1.0);
+    let _ = first.await.unwrap();
 }

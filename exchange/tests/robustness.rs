@@ -300,7 +300,7 @@ async fn a_buyer_that_keeps_timing_out_is_skipped_by_the_breaker_then_probed() {
     assert!(lines.iter().all(|l| l["buyer"] != "hang"), "{last}");
     let text = ex.replay(last["auction_id"].as_str().unwrap(), false);
     assert!(
-        text.contains("skipped, their circuit breakers open (they had been failing): 1 eligible buyer(s), in configuration order from hang"),
+        text.contains("skipped, their circuit breakers open (they had been failing): 1 eligible buyer(s); the first, in configuration order: hang"),
         "{text}"
     );
 

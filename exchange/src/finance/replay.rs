@@ -833,6 +833,16 @@ the file may not be what decided this auction (a model swap alone changes no con
                 out,
                 "  (none considered: a lead with one of this lead's dedup keys was sold within the vertical's dedup window, so no filter was run and no buyer pinged)"
             );
+        } else if ["fanout_limited", "breaker_open", "pings_in_flight_full"]
+            .iter()
+            .any(|k| v.get(*k).is_some())
+        {
+            // Eligible buyers were there, but none was pinged (black-box round 163a: this
+            // said no buyer passed the filters, then named a skipped eligible one).
+            let _ = writeln!(
+                out,
+                "  (no line: every buyer that passed the filters was skipped before its ping, below)"
+            );
         } else {
             let _ = writeln!(out, "  (no buyer passed the filters)");
         }
@@ -896,7 +906,7 @@ the file may not be what decided this auction (a model swap alone changes no con
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{why}: {total} eligible buyer(s), in configuration order from {}{}",
+            "{why}: {total} eligible buyer(s); the first, in configuration order: {}{}",
             first.join(", "),
             if total > first.len() as u64 {
                 format!(" ... ({} more not named)", total - first.len() as u64)
