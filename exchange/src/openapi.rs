@@ -549,7 +549,7 @@ fn responses() -> Value {
     for (name, d) in [
         (
             "RateLimited",
-            "`rate_limited`: the seller (on `/v1/dispositions`: the buyer) is over its request rate, holds its limit of requests in flight (on `/v1/dispositions`: its own, or the buyers' together), or holds its idempotency key quota.",
+            "`rate_limited`: the seller (on `/v1/dispositions`: the buyer) is over its request rate (`Retry-After: 1`), holds its limit of requests in flight (`Retry-After: 1`; on `/v1/dispositions`: its own, 32 or a quarter of `server.requests_in_flight_max`, or the buyers' together, half of it), on `/v1/ping` already holds its `sellers.ID.quotes_open_max` open quotes (`Retry-After: 1`), or holds its idempotency key quota (`Retry-After: 60`).",
         ),
         (
             "Overloaded",
