@@ -142,6 +142,10 @@ pub fn read_examples(
     let mut returned: HashSet<String> = HashSet::new();
     let mut kept: HashSet<String> = HashSet::new();
     let mut left_out: Option<LeftOut> = None;
+    // Deliveries sent (`post_sent`), and those with an outcome (a sale, or an attempt's):
+    // the others' outcome is unknown (a stop or a ledger failure cut them off).
+    let mut sent: HashSet<(String, String)> = HashSet::new();
+    let mut answered: HashSet<(String, String)> = HashSet::new();
     let stats = crate::finance::for_each_ignoring_money(dir, |e| {
         let v = &e.value;
         match e.kind.as_str() {
@@ -194,8 +198,12 @@ pub fn read_examples(
                 }
                 auctions.insert(e.str("auction_id").to_string(), AuctionInfo { at, x, bx });
             }
+            "post_sent" => {
+                sent.insert((e.str("auction_id").to_string(), e.str("buyer").to_string()));
+            }
             "sale" => {
                 let (a, b) = (e.str("auction_id").to_string(), e.str("buyer").to_string());
+                answered.insert((a.clone(), b.clone()));
                 let at = at_ms(v).unwrap_or(0);
                 sale_of_lead.insert(e.str("lead_id").to_string(), (a.clone(), b.clone()));
                 posted.insert(a.clone(), at);
@@ -206,6 +214,7 @@ pub fn read_examples(
                 posted.insert(e.str("auction_id").to_string(), at_ms(v).unwrap_or(0));
             }
             "post_attempt" => {
+                answered.insert((e.str("auction_id").to_string(), e.str("buyer").to_string()));
                 if matches!(
                     e.str("outcome"),
                     "rejected" | "timeout" | "error" | "invalid"
@@ -266,19 +275,30 @@ pub fn read_examples(
             None
         }
     };
+    let mut notes: Vec<String> = stats
+        .newer
+        .iter()
+        .map(|(v, n)| {
+            format!(
+                "{n} record(s) of format version {v} skipped: this pingpost reads versions up to {} (upgrade it to train on them)",
+                crate::core::record::RECORD_VERSION
+            )
+        })
+        .collect();
+    // Said, not trained on (black-box round 165a: they were left out without a word).
+    let unknown = sent
+        .iter()
+        .filter(|k| !answered.contains(*k) && auctions.contains_key(&k.0))
+        .count();
+    if unknown > 0 {
+        notes.push(format!(
+            "{unknown} delivered post(s) whose outcome is unknown (a stop or a ledger failure cut the delivery off; `pingpost ledger verify` lists them) left out: they have no label"
+        ));
+    }
     let mut out = Examples {
         auctions: auctions.len(),
         left_out,
-        notes: stats
-            .newer
-            .iter()
-            .map(|(v, n)| {
-                format!(
-                    "{n} record(s) of format version {v} skipped: this pingpost reads versions up to {} (upgrade it to train on them)",
-                    crate::core::record::RECORD_VERSION
-                )
-            })
-            .collect(),
+        notes,
         ..Examples::default()
     };
     for (a, b, accepted, at) in &delivered {
@@ -1018,6 +1038,60 @@ mod tests {
         assert!(
             e.contains("seg-00000001.jsonl:3: not a readable record"),
             "{e}"
+        );
+    }
+
+    /// Black-box round 165a: delivered posts whose outcome is unknown (a `post_sent` with
+    /// neither a sale nor an attempt after it) were left out of training without a word.
+    /// They are still no example (no label), and the notes say how many; a delivery with
+    /// an outcome, or another vertical's, is not counted.
+    #[test]
+    fn deliveries_whose_outcome_is_unknown_are_left_out_and_said() {
+        let cfg = crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &|n: &str| {
+            Some(format!("demo-test-secret-{n}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let vertical = &cfg.verticals[0];
+        let spec = vertical.features.as_ref().unwrap();
+        let nums = |n: usize| serde_json::to_string(&vec![0.5_f32; n]).unwrap();
+        let (x, bx) = (nums(spec.lead_len()), nums(spec.len() - spec.lead_len()));
+        let at = "2026-11-29T10:00:00.000Z";
+        let mut records = Vec::new();
+        for i in 0..6 {
+            records.push(format!(
+                r#"{{"type":"auction","v":5,"at":"{at}","auction_id":"au_{i}","vertical":"auto_insurance","test":false,"features_version":1,"x":{x},"buyers":[{{"buyer":"b","outcome":"bid","bx":{bx}}}]}}"#
+            ));
+            records.push(format!(
+                r#"{{"type":"post_sent","v":5,"at":"{at}","auction_id":"au_{i}","buyer":"b","lead_id":"ld_{i}","attempt":0}}"#
+            ));
+            // Two of them are cut off: no outcome.
+            match i {
+                0 | 1 => {}
+                2 => records.push(format!(
+                    r#"{{"type":"post_attempt","v":5,"at":"{at}","auction_id":"au_{i}","buyer":"b","lead_id":"ld_{i}","attempt":0,"outcome":"rejected"}}"#
+                )),
+                _ => records.push(format!(
+                    r#"{{"type":"sale","v":5,"at":"{at}","auction_id":"au_{i}","buyer":"b","lead_id":"ld_{i}"}}"#
+                )),
+            }
+        }
+        // Another vertical's cut-off delivery is not this one's to count.
+        records.push(format!(
+            r#"{{"type":"post_sent","v":5,"at":"{at}","auction_id":"au_other","buyer":"b","lead_id":"ld_o","attempt":0}}"#
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(crate::ledger::segments::segment_name(1)),
+            crate::ledger::segments::frame_all(&records),
+        )
+        .unwrap();
+        let ex = read_examples(dir.path(), vertical, &cfg.learning, 4_000_000_000_000).unwrap();
+        assert_eq!(ex.realization.len(), 4, "the four with an outcome");
+        assert_eq!(ex.notes.len(), 1, "{:?}", ex.notes);
+        assert!(
+            ex.notes[0].starts_with("2 delivered post(s) whose outcome is unknown"),
+            "{:?}",
+            ex.notes
         );
     }
 
