@@ -764,8 +764,11 @@ pub fn train_vertical(
             .iter()
             .map(|r| format!("{}: {}", r.kind, r.refused.as_deref().unwrap_or("")))
             .collect();
+        // What the reading left out is said with the refusal too (black-box round 166a:
+        // a refused run never said its deliveries of unknown outcome).
+        let notes: String = ex.notes.iter().map(|n| format!("; {n}")).collect();
         return Err(format!(
-            "{REFUSED} for vertical {vertical} ({} auctions read{}): {}",
+            "{REFUSED} for vertical {vertical} ({} auctions read{}{notes}): {}",
             ex.auctions,
             ex.left_out
                 .as_ref()
@@ -1092,6 +1095,20 @@ mod tests {
             ex.notes[0].starts_with("2 delivered post(s) whose outcome is unknown"),
             "{:?}",
             ex.notes
+        );
+        // A run refused for too little data says them too (round 166a).
+        let e = train_vertical(
+            &cfg,
+            dir.path(),
+            "auto_insurance",
+            4_000_000_000_000,
+            Some("v-unknown-test"),
+        )
+        .unwrap_err();
+        assert!(e.starts_with(REFUSED), "{e}");
+        assert!(
+            e.contains("; 2 delivered post(s) whose outcome is unknown"),
+            "{e}"
         );
     }
 
