@@ -256,7 +256,7 @@ pub async fn run_auction(
             let key = rt.config.buyers[order.buyer].key;
             // The place the core took among the buyer's pings in flight: given back when
             // the call's future ends, late hearing-out included, or now if never sent.
-            let place = effects::PingPlace::held(state, key);
+            let place = state.pings_in_flight.adopt(key);
             // A body that cannot be built is never sent: the buyer times out at its bound.
             let Some(body) = template.body(order.tmax_ms) else {
                 continue;

@@ -7,13 +7,11 @@
 //! [`Settlement`], which owns every call into the books), so a change of their keys or
 //! their store is made in one spot.
 
+use crate::config::BuyerKey;
+use crate::core::breaker::Admit;
 use crate::core::effect::{Effect, PostKind};
 use crate::core::record::LedgerSink;
 use crate::core::record::{BuyerOutcome, Record};
-use std::sync::atomic::Ordering;
-
-use crate::config::BuyerKey;
-use crate::core::breaker::Admit;
 use crate::core::settlement::{BuyerHealth, Settlement};
 use crate::core::UnixMs;
 use crate::ledger::{LedgerError, Receipt};
@@ -43,46 +41,13 @@ impl BuyerHealth for Health<'_> {
     }
     /// Every buyer's pings are counted, limited or not, so that a reload that sets a
     /// limit finds the pings already in flight (black-box round 163a: counted only under
-    /// a limit, a limit added mid-burst let the burst and as many more through).
+    /// a limit, a limit added mid-burst let the burst and as many more through). The
+    /// shell adopts the place for the call (`LateCalls::adopt`).
     fn take_ping_place(&self, key: BuyerKey, max: Option<u32>) -> bool {
-        let Some(count) = self.0.pings_in_flight.get(key.slot()) else {
-            return true;
-        };
-        let max = max.map_or(usize::MAX, |m| m as usize);
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+        self.0.pings_in_flight.take(key, max.unwrap_or(u32::MAX))
     }
     fn give_back_ping_place(&self, key: BuyerKey) {
-        if let Some(count) = self.0.pings_in_flight.get(key.slot()) {
-            // Never below zero: a place given back twice (a bug) must not wrap.
-            let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
-    }
-}
-
-/// A place [`Health::take_ping_place`] took for one ping, given back when dropped: with
-/// the call's future, whether the call ended, was heard out late, or was never made.
-pub(crate) struct PingPlace {
-    state: std::sync::Arc<AppState>,
-    key: BuyerKey,
-}
-
-impl PingPlace {
-    /// The place the core took for `key`'s ping.
-    pub(crate) fn held(state: &std::sync::Arc<AppState>, key: BuyerKey) -> PingPlace {
-        PingPlace {
-            state: state.clone(),
-            key,
-        }
-    }
-}
-
-impl Drop for PingPlace {
-    fn drop(&mut self) {
-        health(&self.state).give_back_ping_place(self.key);
+        self.0.pings_in_flight.give_back(key);
     }
 }
 

@@ -12,7 +12,9 @@
 //!   pings while answering enough of them to keep its breaker closed cannot pile up
 //!   connections.
 //!
-//! Nothing here decides anything about an auction: the answers are never used.
+//! Nothing here decides anything about an auction: the answers are never used. The same
+//! counter, without its limits ([`LateCalls::counting`]), counts each buyer's pings in
+//! flight for `buyers.ID.pings_in_flight_max`.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,7 +54,9 @@ impl LateCalls {
         })
     }
 
-    /// Counts without refusing: the late posts. A delivery is not dropped once sent (the
+    /// Counts without refusing but by the bound a caller gives [`LateCalls::take`]: the
+    /// late posts, and each buyer's pings in flight (`buyers.ID.pings_in_flight_max`,
+    /// `AppState::pings_in_flight`). A delivery is not dropped once sent (the
     /// buyer has the lead and may accept it), so `server.late_posts_per_buyer_max` is
     /// checked with [`LateCalls::of`] before a lead leaves, never when its answer is late:
     /// at the bound the buyer is skipped as `busy` and the post falls back to the next
@@ -70,20 +74,45 @@ impl LateCalls {
     /// exchange is at its limit (the call is then dropped). The place is given back when
     /// the permit is dropped, with the call.
     pub fn admit(self: &Arc<Self>, key: BuyerKey) -> Option<LatePermit> {
-        let slot = self.per_buyer.get(key.slot())?;
+        self.take(key, self.per_buyer_max).then(|| self.adopt(key))
+    }
+
+    /// Takes one of buyer `key`'s places, of at most `max` for it (and the exchange's
+    /// bound in all), with no permit yet: false, nothing taken, when either is full or
+    /// the key has no slot. [`LateCalls::adopt`] makes the permit that gives it back, or
+    /// [`LateCalls::give_back`] returns it at once. (The auction core takes a buyer's
+    /// place among its pings in flight this way, and the shell adopts it for the call.)
+    pub fn take(&self, key: BuyerKey, max: u32) -> bool {
+        let Some(slot) = self.per_buyer.get(key.slot()) else {
+            return false;
+        };
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.total_max {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return false;
         }
-        if slot.fetch_add(1, Ordering::AcqRel) >= self.per_buyer_max {
+        if slot.fetch_add(1, Ordering::AcqRel) >= max {
             slot.fetch_sub(1, Ordering::AcqRel);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return false;
         }
-        Some(LatePermit {
+        true
+    }
+
+    /// The permit of a place [`LateCalls::take`] took for `key`: it gives it back when
+    /// dropped.
+    pub fn adopt(self: &Arc<Self>, key: BuyerKey) -> LatePermit {
+        LatePermit {
             calls: Arc::clone(self),
             key,
-        })
+        }
+    }
+
+    /// Gives back a place [`LateCalls::take`] took for `key`.
+    pub fn give_back(&self, key: BuyerKey) {
+        if let Some(slot) = self.per_buyer.get(key.slot()) {
+            slot.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.total.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Late calls of buyer `key` being heard out now.
@@ -108,10 +137,7 @@ pub struct LatePermit {
 
 impl Drop for LatePermit {
     fn drop(&mut self) {
-        if let Some(slot) = self.calls.per_buyer.get(self.key.slot()) {
-            slot.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.calls.total.fetch_sub(1, Ordering::AcqRel);
+        self.calls.give_back(self.key);
     }
 }
 

@@ -492,7 +492,7 @@ pub struct AppState {
     /// Each buyer's pings in flight (late ones being heard out included), by stable key,
     /// for `buyers.ID.pings_in_flight_max`: counted for every buyer, so that a limit a
     /// reload sets finds the pings already in flight.
-    pub pings_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
+    pub pings_in_flight: Arc<crate::late::LateCalls>,
     /// Every buyer's dispositions in flight together, of at most
     /// [`crate::dispositions::in_flight_all_buyers_max`].
     pub dispositions_in_flight: std::sync::atomic::AtomicUsize,
@@ -736,7 +736,7 @@ impl AppState {
             seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
             buyer_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
             dispositions_in_flight: std::sync::atomic::AtomicUsize::new(0),
-            pings_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
+            pings_in_flight: crate::late::LateCalls::counting(ids.buyer_count()),
             sold_leads: crate::dispositions::SoldLeads::new(s.sold_leads_max),
             disposition_rate: crate::dispositions::BuyerRate::default(),
             disposition_keys: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),

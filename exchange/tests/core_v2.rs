@@ -489,13 +489,7 @@ async fn a_buyer_holding_its_pings_in_flight_is_skipped_until_one_ends() {
     // The late call ends with the buyer's answer: its place comes back.
     let key = ex.state.runtime.load().config.buyers[0].key;
     let deadline = Instant::now() + EVENT_WAIT_MAX;
-    while ex
-        .state
-        .pings_in_flight
-        .get(key.slot())
-        .map_or(0, |c| c.load(Ordering::SeqCst))
-        > 0
-    {
+    while ex.state.pings_in_flight.of(key) > 0 {
         assert!(Instant::now() < deadline, "the place never came back");
         tokio::task::yield_now().await;
     }

@@ -747,8 +747,6 @@ impl<'a> Auction<'a> {
     }
 }
 
-/// Counts `buyer` in a bounded summary: how many, and the first
-/// [`eligibility::SKIP_NAMES_MAX`] in configuration order.
 /// An eligible buyer skipped before its ping (`outcome`): counted in its bounded
 /// `summary` and in its own metric, with no line and nothing for its breaker to learn.
 fn skip(
@@ -766,6 +764,8 @@ fn skip(
     });
 }
 
+/// Counts `buyer` in a bounded summary: how many, and the first
+/// [`eligibility::SKIP_NAMES_MAX`] in configuration order.
 fn count_bounded(summary: &mut (u32, Vec<BuyerIdx>), buyer: BuyerIdx) {
     let (count, first) = summary;
     *count = count.saturating_add(1);
