@@ -6,7 +6,9 @@ use std::path::Path;
 
 use crate::cli_out::emit;
 use crate::config::Config;
-use crate::core::model::manifest::{valid_version, Manifest, ModelKind, MANIFEST_FORMAT};
+use crate::core::model::manifest::{
+    valid_version, Manifest, ModelKind, ModelSource, MANIFEST_FORMAT,
+};
 use crate::core::model::xgb::{XgbModel, MODEL_BYTES_MAX};
 use crate::core::record::rfc3339;
 
@@ -268,7 +270,7 @@ pub fn list(config_path: Option<&Path>, ledger: Option<&Path>) -> i32 {
                         parts.push(format!(
                             "{} ({}, auc {}, logloss {}, {} train rows)",
                             kind.as_str(),
-                            m.source,
+                            m.source.as_str(),
                             h.and_then(|h| h.auc)
                                 .map_or("-".into(), |a| format!("{a:.4}")),
                             h.map_or("-".into(), |h| format!("{:.4}", h.logloss)),
@@ -454,7 +456,7 @@ pub fn import(
                         version: version.to_string(),
                         features_version: spec.version,
                         features: kind.expected_features(spec),
-                        source: "imported".into(),
+                        source: ModelSource::Imported,
                         created_at: rfc3339(now_ms()),
                         window: None,
                         train_rows: None,

@@ -30,7 +30,8 @@ use crate::ai::metrics;
 use crate::ai::train::{train_binary_weighted, Dataset, TrainParams};
 use crate::config::{Config, LearningConfig, Vertical};
 use crate::core::model::manifest::{
-    valid_version, CalibrationBin, Evaluation, Manifest, ModelKind, Window, MANIFEST_FORMAT,
+    valid_version, CalibrationBin, Evaluation, Manifest, ModelKind, ModelSource, Window,
+    MANIFEST_FORMAT,
 };
 use crate::core::model::xgb::XgbModel;
 use crate::core::record::rfc3339;
@@ -736,7 +737,7 @@ pub fn train_vertical(
             version: version.clone(),
             features_version: spec.version,
             features: kind.expected_features(spec),
-            source: "trained".into(),
+            source: ModelSource::Trained,
             created_at: rfc3339(now),
             window: Some(Window {
                 from: rfc3339(train.first().map_or(0, |e| e.at)),
@@ -1124,7 +1125,7 @@ mod tests {
             version: "v1".into(),
             features_version: 1,
             features: Vec::new(),
-            source: "trained".into(),
+            source: ModelSource::Trained,
             created_at: "2026-12-04T00:00:00Z".into(),
             window: None,
             train_rows: None,

@@ -43,6 +43,25 @@ impl ModelKind {
     }
 }
 
+/// Where a model set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    /// Made by `pingpost train` (or background retraining).
+    Trained,
+    /// Brought in by `pingpost models import`.
+    Imported,
+}
+
+impl ModelSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelSource::Trained => "trained",
+            ModelSource::Imported => "imported",
+        }
+    }
+}
+
 /// The training window, as RFC 3339 times.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
@@ -87,8 +106,10 @@ pub struct Manifest {
     pub features_version: u32,
     /// Every feature the model sees, in vector order, with its encoding.
     pub features: Vec<FeatureDesc>,
-    /// `trained` by `pingpost train`, or `imported` by `pingpost models import`.
-    pub source: String,
+    /// `trained` by `pingpost train`, or `imported` by `pingpost models import`; any
+    /// other text is refused (black-box round 167a: free text was printed raw by
+    /// `pingpost models`, terminal escapes included).
+    pub source: ModelSource,
     /// When it was made (RFC 3339).
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +263,7 @@ mod tests {
             version: "v1".into(),
             features_version: s.version,
             features: kind.expected_features(s),
-            source: "trained".into(),
+            source: ModelSource::Trained,
             created_at: "2026-11-30T00:00:00Z".into(),
             window: None,
             train_rows: None,
@@ -302,6 +323,26 @@ mod tests {
             serde_json::to_value(manifest(ModelKind::LeadScore, &spec())).unwrap_or_default();
         v["extra"] = serde_json::json!(1);
         assert!(Manifest::from_json(v.to_string().as_bytes()).is_err());
+        // The source is one of two words, not free text a listing would print
+        // (black-box round 167a: terminal escapes reached `pingpost models`).
+        for (source, ok) in [
+            ("trained", true),
+            ("imported", true),
+            ("\u{1b}[2Jtrained", false),
+            ("Trained", false),
+            ("", false),
+        ] {
+            let mut v =
+                serde_json::to_value(manifest(ModelKind::LeadScore, &spec())).unwrap_or_default();
+            v["source"] = serde_json::json!(source);
+            let got = Manifest::from_json(v.to_string().as_bytes());
+            assert_eq!(got.is_ok(), ok, "{source:?}: {got:?}");
+            if !ok {
+                let e = got.unwrap_err();
+                assert!(e.contains("unknown variant"), "{e}");
+                assert!(!e.contains('\u{1b}'), "{e:?}");
+            }
+        }
         for ok in ["v1", "20261130T0100Z-ab.3", "a_b"] {
             assert!(valid_version(ok), "{ok}");
         }
