@@ -20,7 +20,7 @@ usage: serve_bidder [--host H] [--port N] [--secret-env VAR] [--kind flat|scorec
 
 Serves an example bidder (the buyer side of the protocol, docs/API.md) until Ctrl-C.
   --host H          address to listen on (default 127.0.0.1)
-  --port N          port to listen on (default 9101)
+  --port N          port to listen on, 0 for any free port (default 9101)
   --secret-env VAR  environment variable holding the buyer's signing secret, the one
                     the exchange's buyers.ID.secret_env names (default BUYER_SECRET)
   --kind K          flat: bids --price on leads from --states and passes on the others

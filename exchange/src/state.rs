@@ -1293,9 +1293,13 @@ impl AppState {
     }
 }
 
-/// Logs [`crate::config::shared_bound_warnings`] of `cfg` (at a start and a reload).
+/// Logs [`crate::config::shared_bound_warnings`] and
+/// [`crate::config::shared_secret_warnings`] of `cfg` (at a start and a reload).
 pub fn warn_of_shared_bounds(cfg: &crate::config::Config) {
-    for w in crate::config::shared_bound_warnings(cfg) {
+    for w in crate::config::shared_bound_warnings(cfg)
+        .into_iter()
+        .chain(crate::config::shared_secret_warnings(cfg))
+    {
         tracing::warn!("{w}");
     }
 }
@@ -1343,9 +1347,9 @@ mod tests {
                 "not an address",
             ),
             (
-                "buyers.\"bad name\": the name must be 1 to 64 letters",
+                "buyers.\"bad name\": the name must be 1 to 64 ASCII letters",
                 "buyers.\"bad name\"",
-                "the name must be 1 to 64 letters",
+                "the name must be 1 to 64 ASCII letters",
             ),
             (
                 "verticals.auto.fields.\"a: b\".type: unknown",

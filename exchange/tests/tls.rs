@@ -716,10 +716,23 @@ fn plaintext_buyer_urls_are_refused_unless_loopback_or_allowed() {
         load_with_buyer_urls("https://buyer.example/ping", "http://10.0.0.8/post", "").unwrap_err();
     assert!(err.contains("buyers.acme.post_url: is http://"), "{err}");
     assert!(!err.contains("ping_url"), "{err}");
+    // An IPv4-mapped address is judged as the IPv4 address it is.
+    let err = load_with_buyer_urls(
+        "https://buyer.example/ping",
+        "http://[::ffff:10.0.0.8]/post",
+        "",
+    )
+    .unwrap_err();
+    assert!(err.contains("buyers.acme.post_url: is http://"), "{err}");
     // Loopback hosts, https, or an explicit allow_plaintext load.
     for (ping, post) in [
         ("http://127.0.0.1:9/ping", "http://127.9.9.9:9/post"),
         ("http://localhost:9/ping", "http://[::1]:9/post"),
+        // Black-box round 169b: 127.0.0.1 written IPv4-mapped is loopback too.
+        (
+            "http://[::ffff:127.0.0.1]:9/ping",
+            "http://[::ffff:127.0.0.2]:9/post",
+        ),
         ("https://buyer.example/ping", "https://buyer.example/post"),
     ] {
         load_with_buyer_urls(ping, post, "").unwrap_or_else(|e| panic!("{ping} {post}: {e}"));

@@ -303,7 +303,10 @@ pub fn load_str_with_env(
     // A `[server.tls]` that is there but refused (its own errors say why) is not "missing"
     // (black-box round 65b: both were said).
     let tls_given = root.get("server").and_then(|s| s.get("tls")).is_some();
-    if !admin.listen.ip().is_loopback() && server.listener.tls.is_none() && !tls_given {
+    if !admin.listen.ip().to_canonical().is_loopback()
+        && server.listener.tls.is_none()
+        && !tls_given
+    {
         // The admin token and the metrics would cross the network in cleartext.
         p.at(
             "admin.listen",

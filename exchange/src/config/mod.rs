@@ -54,6 +54,54 @@ pub fn shown_env_name(name: &str) -> &str {
     }
 }
 
+/// Where buyers whose post URLs name different hosts sign with one key (`secret_env` or
+/// `secret_env_next`): each of them holds what signs the exchange's pings and posts to
+/// the others, so it could forge them (black-box round 169b). A line per key for the
+/// start's log, a reload's and `--check-config`. Not an error: two buyers on one host
+/// are one business's campaigns, which may well share their secret.
+pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
+    use std::collections::HashMap;
+    // Two secrets sign alike exactly when they hold the same key: each signs one fixed
+    // message, and the signatures are compared (the keys themselves are not kept).
+    let mut by_key: HashMap<String, Vec<(&str, String)>> = HashMap::new();
+    for b in &cfg.buyers {
+        let host = b
+            .post_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        for secret in std::iter::once(&b.secret).chain(&b.secret_next) {
+            let mac = secret.sign("msg_pingpost_shared_secret_check", 0, b"");
+            let holders = by_key.entry(mac).or_default();
+            if !holders.iter().any(|(id, _)| *id == b.id) {
+                holders.push((b.id.as_str(), host.clone()));
+            }
+        }
+    }
+    let mut out: Vec<String> = by_key
+        .into_values()
+        .filter(|holders| holders.iter().any(|(_, h)| *h != holders[0].1))
+        .map(|holders| {
+            let more = holders.len().saturating_sub(SELLERS_NAMED_MAX);
+            let mut ids = holders
+                .iter()
+                .take(SELLERS_NAMED_MAX)
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if more > 0 {
+                ids.push_str(&format!(" and {more} more"));
+            }
+            format!(
+                "buyers {ids} sign with one key (their secret_env or secret_env_next hold the same secret) and post to different hosts: each of them could sign requests to the others as the exchange; give each buyer its own secret"
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Sellers named in one [`shared_bound_warnings`] line at most; the rest are counted.
 const SELLERS_NAMED_MAX: usize = 5;
 

@@ -44,7 +44,7 @@ pub(super) fn read_admin(
         Some(_) => {
             p.at(
                 &s.path_of("token_env"),
-                "must be an environment variable name (letters, digits, _; up to 64)",
+                "must be an environment variable name (ASCII letters, digits, _; up to 64)",
             );
             defaults::ADMIN_TOKEN_ENV.to_string()
         }
@@ -83,7 +83,7 @@ pub(super) fn read_admin(
         }
         Some(t) => Some(AdminToken::new(t)),
     };
-    if token.is_none() && !listen.ip().is_loopback() {
+    if token.is_none() && !listen.ip().to_canonical().is_loopback() {
         // Without a token the admin listener does not start; on a non-loopback address
         // that is almost certainly a mistake, so say so rather than run without it. A
         // token refused above is said to be set (black-box round 146b: this read as if

@@ -290,7 +290,7 @@ fn buyer_key_digest(p: &mut Problems, path: &str, v: &Value) -> Option<[u8; 32]>
 }
 
 /// Whether `url` may be used without `allow_plaintext`: `https://`, or `http://` to a
-/// loopback host (127.0.0.0/8, ::1, localhost).
+/// loopback host (127.0.0.0/8, ::1, localhost, and 127.0.0.0/8 as `::ffff:127.x.y.z`).
 fn plaintext_allowed(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else {
         return true; // Reported by check_url.
@@ -306,7 +306,7 @@ fn plaintext_allowed(url: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// An `http://` or `https://` URL with a host.
@@ -373,7 +373,7 @@ fn read_secret(
     if !valid_name {
         p.at(
             path,
-            "must be an environment variable name (letters, digits and _)",
+            "must be an environment variable name (ASCII letters, digits and _)",
         );
         return None;
     }

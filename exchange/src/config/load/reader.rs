@@ -245,7 +245,9 @@ impl<'a> Section<'a> {
             if !is_name(name) {
                 p.at(
                     &entry_path,
-                    format!("the name must be 1 to {NAME_LEN_MAX} letters, digits, '_' or '-'"),
+                    format!(
+                        "the name must be 1 to {NAME_LEN_MAX} ASCII letters, digits, '_' or '-'"
+                    ),
                 );
             } else if key != "fields" && name.eq_ignore_ascii_case("total") {
                 // `ledger report` groups by day, seller, buyer and vertical and ends each

@@ -229,7 +229,7 @@ fn read_dedup(
                 {
                     p.at(
                         &key_path,
-                        format!("the key must be 1 to {STRING_MAP_KEY_LEN_MAX} letters, digits, '_' or '-', such as phone_sha256"),
+                        format!("the key must be 1 to {STRING_MAP_KEY_LEN_MAX} ASCII letters, digits, '_' or '-', such as phone_sha256"),
                     );
                     continue;
                 }

@@ -521,7 +521,7 @@ fn secrets_are_checked_and_never_shown() {
     }
     assert_eq!(
         run("A=B"),
-        ["buyers.acme.secret_env: must be an environment variable name (letters, digits and _)"]
+        ["buyers.acme.secret_env: must be an environment variable name (ASCII letters, digits and _)"]
     );
     for e in run("BAD_SECRET")
         .iter()
@@ -653,4 +653,45 @@ fn the_next_signing_secret_loads_and_refuses_bad_values() {
             .any(|m| m.contains("the variable buyers.acme.secret_env_next names too")),
         "{e:?}"
     );
+}
+
+/// Black-box round 169b: two buyers could sign with one key and nothing was said, so
+/// each could forge the exchange's signed requests to the other. Buyers posting to
+/// different hosts with one key (current or next) are warned of; on one host (one
+/// business's campaigns), or with keys of their own, nothing is said.
+#[test]
+fn buyers_on_different_hosts_sharing_a_signing_key_are_warned_of() {
+    use crate::config::shared_secret_warnings;
+    let mut c = ok(&[]);
+    let key = |text: &str| Secret::new(text).unwrap();
+    c.buyers[0].secret = key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    c.buyers[0].post_url = "https://one.example/post".into();
+    let first = c.buyers[0].id.clone();
+    let mut second = c.buyers[0].clone();
+    second.id = "b2".into();
+    second.post_url = "https://ONE.example:8443/other".into();
+    c.buyers.push(second);
+    assert!(shared_secret_warnings(&c).is_empty(), "one host");
+
+    c.buyers[1].post_url = "https://two.example/post".into();
+    let w = shared_secret_warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(&format!("buyers {first}, b2 sign with one key")),
+        "{w:?}"
+    );
+    // The same key written another way is the same key.
+    c.buyers[1].secret = key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    assert_eq!(shared_secret_warnings(&c).len(), 1);
+
+    // Keys of their own: nothing, until one's next key is the other's key.
+    c.buyers[1].secret = key("another secret of enough bytes");
+    assert!(shared_secret_warnings(&c).is_empty(), "own keys");
+    c.buyers[1].secret_next = Some(key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    let w = shared_secret_warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    // A buyer whose next key is its own current one is one holder, not two.
+    c.buyers.truncate(1);
+    c.buyers[0].secret_next = Some(key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    assert!(shared_secret_warnings(&c).is_empty(), "one buyer");
 }

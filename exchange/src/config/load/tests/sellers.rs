@@ -252,7 +252,7 @@ fn a_refusal_prints_each_problem_bounded() {
         .unwrap_or_else(|| panic!("{printed}"));
     assert!(line.len() < 600, "{} bytes", line.len());
     assert!(
-        line.ends_with("x…: the name must be 1 to 64 letters, digits, '_' or '-'"),
+        line.ends_with("x…: the name must be 1 to 64 ASCII letters, digits, '_' or '-'"),
         "{line}"
     );
 }

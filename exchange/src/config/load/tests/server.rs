@@ -138,6 +138,16 @@ fn a_non_loopback_admin_listener_needs_tls() {
     // On loopback it loads (the admin listener stays off without a token).
     let c = ok(&[("#BUYER", "\n[admin]\nlisten = \"127.0.0.1:8081\"")]);
     assert!(c.admin.token.is_none());
+    // So it does as an IPv4 loopback address written IPv4-mapped (black-box round 169b:
+    // `[::ffff:127.0.0.1]` was refused as not loopback), and not for another mapped one.
+    let c = ok(&[("#BUYER", "\n[admin]\nlisten = \"[::ffff:127.0.0.1]:8081\"")]);
+    assert!(c.admin.token.is_none());
+    let e = errors(&[("#BUYER", "\n[admin]\nlisten = \"[::ffff:10.0.0.1]:8081\"")]);
+    assert!(
+        e.iter().any(|m| m
+            .starts_with("admin.listen: is not a loopback address, so [server.tls] must be set")),
+        "{e:?}"
+    );
 }
 
 #[test]

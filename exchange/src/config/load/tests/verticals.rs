@@ -224,7 +224,7 @@ fn field_types_and_their_checks() {
         )
         .unwrap_err()
         .0,
-        ["verticals.a.fields.\"bad name\": the name must be 1 to 64 letters, digits, '_' or '-'"]
+        ["verticals.a.fields.\"bad name\": the name must be 1 to 64 ASCII letters, digits, '_' or '-'"]
     );
 }
 
@@ -325,7 +325,7 @@ fn bad_dedup_is_named() {
         (
             "dedup = { keys = { \"a b\" = \"phone\" } }",
             None,
-            "the key must be 1 to 64 letters",
+            "the key must be 1 to 64 ASCII letters",
         ),
         ("dedup = { keys = {} }", None, "must name 1 to 8 keys"),
         (
@@ -450,7 +450,7 @@ fn a_bad_window_does_not_hide_the_other_dedup_problems() {
     for needle in [
         "dedup.window_days: must be a whole number between 0 and 365",
         "dedup.windw: unknown key",
-        "the key must be 1 to 64 letters",
+        "the key must be 1 to 64 ASCII letters",
         "dedup.keys.e: names \"state\", which is not a phone, email or string field",
     ] {
         assert!(
