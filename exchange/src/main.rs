@@ -550,10 +550,17 @@ fn finance_command(command: LedgerCommand) -> i32 {
                         .collect()
                 })
                 .unwrap_or_default();
-            let reports = match report::build(&dir, range, &currencies) {
+            let mut reports = match report::build(&dir, range, &currencies) {
                 Ok(r) => r,
                 Err(e) => return fail("report", e),
             };
+            // Records that disagree with each other (a re-chained edit) are said beside
+            // the figures they make (black-box round 171b).
+            if let Some(note) = pingpost::finance::reconcile::unreconciled_note(&dir) {
+                for r in reports.by.values_mut() {
+                    r.notes.push(note.clone());
+                }
+            }
             if let Some(path) = html {
                 if let Err(e) =
                     pingpost::cli_out::write_whole(&path, report::html(&reports, &dir).as_bytes())
@@ -638,6 +645,9 @@ fn finance_command(command: LedgerCommand) -> i32 {
                         return fail("export", format!("writing: {e}"));
                     }
                     pingpost::say_err!("pingpost ledger export: {n} record(s)");
+                    if let Some(note) = pingpost::finance::reconcile::unreconciled_note(&dir) {
+                        pingpost::say_err!("pingpost ledger export: note: {note}");
+                    }
                     for note in stats.notes() {
                         pingpost::say_err!("pingpost ledger export: note: {note}");
                     }

@@ -1968,3 +1968,65 @@ fn replay_shows_how_an_unposted_quote_ended() {
         "{out}"
     );
 }
+
+/// Black-box round 171b: a ledger whose records disagree with each other, every line
+/// framed and chained (an edit with its chain recomputed), was counted by `report` and
+/// `export` with exit 0 and no word, while `verify` failed it. They still count the
+/// records as written (they are the records), and now say the money does not reconcile:
+/// in every report format (on stderr for CSV) and on export's stderr. A ledger that
+/// reconciles gets no such note.
+#[test]
+fn report_and_export_say_when_the_records_do_not_reconcile() {
+    let notice = "the money does NOT reconcile: ";
+    let [auction, sale] = sold(1, "b", 20_000_000, 16_000_000);
+    let good = framed_ledger(&[&auction, &sale]);
+    // The sale's bid raised by 1.00 (and its margin with it), its auction left as it was.
+    let raised = sale
+        .replace(r#""bid_micros":20000000"#, r#""bid_micros":21000000"#)
+        .replace(r#""margin_micros":4000000"#, r#""margin_micros":5000000"#);
+    assert_ne!(raised, sale);
+    let forged = framed_ledger(&[&auction, &raised]);
+    for (tmp, said) in [(&good, false), (&forged, true)] {
+        let dir = tmp.path().to_str().unwrap();
+        let o = run(&["ledger", "verify", "--dir", dir]);
+        assert_eq!(
+            o.status.code(),
+            Some(if said { 1 } else { 0 }),
+            "{}",
+            text(&o)
+        );
+        for format in ["table", "json", "csv"] {
+            let o = run(&["ledger", "report", "--dir", dir, "--format", format]);
+            let out = text(&o);
+            assert_eq!(o.status.code(), Some(0), "{format}: {out}");
+            assert_eq!(out.contains(notice), said, "{format}: {out}");
+            if said {
+                // The figures are the records' as written: 21.00 of revenue.
+                assert!(out.contains("21"), "{format}: {out}");
+                let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+                assert_eq!(
+                    stdout.contains(notice),
+                    format != "csv",
+                    "{format}: {stdout}"
+                );
+            }
+        }
+        let o = run(&[
+            "ledger",
+            "export",
+            "--dir",
+            dir,
+            "--from",
+            "2026-11-29",
+            "--to",
+            "2026-11-29",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(stderr.contains(notice), said, "{stderr}");
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains(notice),
+            "export's stdout is data"
+        );
+    }
+}

@@ -366,6 +366,32 @@ struct Auction {
     generation: u64,
 }
 
+/// What `report` and `export` add to their notes when the ledger's own records disagree
+/// (`verify`'s mismatches, without a configuration's payout checks): the figures count
+/// the records as written, which a re-chained edit can make wrong while every checksum
+/// holds (black-box round 171b: a sale's amount raised, a refund line duplicated, a sale
+/// made a test lead, each with its chain recomputed, were counted with exit 0 and no word).
+/// `None` when they agree, or when the reconciliation itself could not be read (the
+/// figures' own read reports that).
+pub fn unreconciled_note(dir: &Path) -> Option<String> {
+    let r = reconcile(dir, None).ok()?;
+    if !r.failed() {
+        return None;
+    }
+    let problems =
+        r.mismatches.len() + r.stats.malformed_money.len() + r.stats.malformed_lines.len();
+    let first = r
+        .mismatches
+        .first()
+        .or(r.stats.malformed_money.first())
+        .or(r.stats.malformed_lines.first())
+        .map(String::as_str)
+        .unwrap_or_default();
+    Some(format!(
+        "the money does NOT reconcile: {problems} problem(s) between the ledger's records (the first: {first}); these figures count the records as written: run `pingpost ledger verify` for every one"
+    ))
+}
+
 /// Reconciles the ledger in `dir`; `cfg` enables the payout checks.
 pub fn reconcile(dir: &Path, cfg: Option<&Config>) -> Result<Reconciliation, String> {
     reconcile_upto(dir, cfg, None)

@@ -331,8 +331,11 @@ pub fn scan(
     chain: Chain,
     mut counts: Option<&mut BTreeMap<String, u64>>,
 ) -> io::Result<Scanned> {
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
+    // Each error names the segment (black-box round 171b: an unreadable one was told as
+    // the directory's "Permission denied").
+    let named = |e: io::Error| super::writer::ctx("reading", path, e);
+    let file = File::open(path).map_err(named)?;
+    let len = file.metadata().map_err(named)?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::with_capacity(4096);
     let mut out = Scanned {
@@ -344,7 +347,7 @@ pub fn scan(
     };
     loop {
         line.clear();
-        let n = read_line_bounded(&mut reader, &mut line)?;
+        let n = read_line_bounded(&mut reader, &mut line).map_err(named)?;
         if n == 0 {
             return Ok(out);
         }
@@ -387,7 +390,7 @@ pub fn scan(
             Err(what) => {
                 // The bad line is the tail when nothing follows it.
                 let mut rest = [0u8; 1];
-                let at_tail = reader.read(&mut rest)? == 0;
+                let at_tail = reader.read(&mut rest).map_err(named)? == 0;
                 out.problem = Some(Problem {
                     segment: path.to_path_buf(),
                     offset: out.good_bytes,
@@ -555,7 +558,8 @@ pub fn check_anchors(dir: &Path, anchors: &[Anchor]) -> io::Result<Vec<(bool, St
     let last = wanted.keys().next_back().copied().unwrap_or(0);
     let mut n = 0u64;
     'segments: for (_, path) in list(dir)? {
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        let file = File::open(&path).map_err(|e| super::writer::ctx("reading", &path, e))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut line = Vec::with_capacity(4096);
         loop {
             line.clear();
@@ -923,6 +927,21 @@ mod tests {
         ] {
             assert_eq!(segment_no(bad), None, "{bad}");
         }
+    }
+
+    /// Black-box round 171b: a segment that could not be read was told as the ledger
+    /// directory's error ("DIR: Permission denied"), without naming the segment.
+    #[test]
+    fn a_segment_that_cannot_be_read_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(7));
+        let e = scan(&path, Chain::START, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("reading ") && text.contains(&segment_name(7)),
+            "{text}"
+        );
     }
 
     #[test]

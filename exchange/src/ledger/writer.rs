@@ -225,7 +225,7 @@ impl Writer {
         let mut records = 0u64;
         let mut last_len = 0u64;
         for (i, (_, path)) in segs.iter().enumerate() {
-            let s = segments::scan(path, chain, None).map_err(|e| ctx("reading", path, e))?;
+            let s = segments::scan(path, chain, None)?;
             let last = i + 1 == segs.len();
             last_len = s.len;
             if let Some(p) = s.problem {
