@@ -285,21 +285,49 @@ impl Fingerprinter {
             return Ok(out);
         }
         let mut problems = Vec::new();
-        let mut add = |name: &str, h: [u8; 32]| {
+        // A phone (or e-mail address) is one consumer in whichever of the vertical's
+        // phone (e-mail) keys it comes: its hash is made a digest under each of them, so
+        // two phone fields swapped, or a number moved from one to the other, is the same
+        // consumer (black-box round 172b: `phone` and `alt_phone` swapped sold twice).
+        // Each key's own digest is as before, so the sales of earlier builds still match.
+        let class = |spec: &crate::core::dedup::DedupKeySpec| {
+            let field = v.schema.field(spec.field.as_deref()?)?;
+            match field.kind {
+                proto::FieldKind::Phone => Some(0u8),
+                proto::FieldKind::Email => Some(1u8),
+                _ => None,
+            }
+        };
+        let classes: Vec<Option<u8>> = v.dedup_keys.iter().map(class).collect();
+        let mut add = |at: usize, h: [u8; 32]| {
             if dedup_on {
-                out.digests.push(self.dedup_key(&v.name, name, &h));
+                match classes[at] {
+                    None => out
+                        .digests
+                        .push(self.dedup_key(&v.name, &v.dedup_keys[at].name, &h)),
+                    Some(c) => {
+                        for (spec, _) in v
+                            .dedup_keys
+                            .iter()
+                            .zip(&classes)
+                            .filter(|(_, k)| **k == Some(c))
+                        {
+                            out.digests.push(self.dedup_key(&v.name, &spec.name, &h));
+                        }
+                    }
+                }
             }
             if suppression_on {
                 out.hashes.push(h);
             }
         };
-        for spec in &v.dedup_keys {
+        for (at, spec) in v.dedup_keys.iter().enumerate() {
             match dedup.get(&spec.name).map(String::as_str) {
                 None | Some("") => {}
                 Some(text) => {
                     let mut h = [0u8; 32];
                     if text.len() == 64 && hex::decode_to_slice(text, &mut h).is_ok() {
-                        add(&spec.name, h);
+                        add(at, h);
                     } else {
                         problems.push(proto::error::FieldProblem::new(
                             format!("dedup.{}", spec.name),
@@ -313,7 +341,7 @@ impl Fingerprinter {
                 .and_then(|(lead, f)| Some((lead.get(&v.schema, f)?, v.schema.field(f)?)));
             if let Some((proto::FieldValue::Str(text), field)) = value {
                 if let Some(h) = field_hash(&field.kind, text) {
-                    add(&spec.name, h);
+                    add(at, h);
                 }
             }
         }

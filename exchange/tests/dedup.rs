@@ -393,6 +393,71 @@ async fn the_same_mailbox_in_another_spelling_is_a_duplicate_or_refused() {
     assert_eq!(a.posts(), 8, "nothing delivered");
 }
 
+/// Black-box round 172b: in a vertical with two phone fields (so two phone keys,
+/// `phone_sha256` and `alt_phone_sha256`, the defaults), a lead with the two numbers
+/// swapped, or a number moved from one field to the other, was another consumer and sold
+/// again: a key matched only under its own name. A phone is one consumer in whichever
+/// phone key it comes, at the post and in a seller's hash at the ping.
+#[tokio::test]
+async fn a_phone_in_either_phone_field_is_the_same_consumer() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.caps_daily(100))
+        .start_edited(|t| {
+            with_dedup(t).replace(
+                "[verticals.auto_insurance.fields]\n",
+                "[verticals.auto_insurance.fields]\nalt_phone = { type = \"phone\", pii = true }\n",
+            )
+        })
+        .await;
+    let direct = |phone: &str, alt: Option<&str>, email: &str| {
+        let mut lead = lead_of(phone, email);
+        if let Some(alt) = alt {
+            lead["alt_phone"] = json!(alt);
+        }
+        json!({"vertical": VERTICAL, "lead": lead})
+    };
+    let post = |body: Value| {
+        let client = &ex.client;
+        async move { client.post_json("/v1/leads", &body).await.post_answer() }
+    };
+    let (first, second) = ("+18175550201", "+18175550202");
+    let sold = post(direct(first, Some(second), "one@example.com")).await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    // Each number under both phone keys, the e-mail under its own.
+    assert_eq!(ex.metric("pingpost_dedup_keys", &[]).await, 5.0);
+    for (phone, alt, email) in [
+        (second, Some(first), "two@example.com"),
+        (second, None, "three@example.com"),
+        ("+18175550203", Some(first), "four@example.com"),
+    ] {
+        let dup = post(direct(phone, alt, email)).await;
+        assert_eq!(
+            dup.status,
+            PostStatus::Duplicate,
+            "{phone} {alt:?}: {dup:?}"
+        );
+    }
+    // A seller's hash of the alternate number, under the other phone key, at the ping.
+    let answer = ex
+        .client
+        .post_json("/v1/ping", &ping_with(json!({"phone_sha256": sha(second)})))
+        .await
+        .ping_answer();
+    assert_eq!(answer.status, PingStatus::NoBid, "{answer:?}");
+    assert_eq!(answer.reason, Some(NoBidReason::Duplicate), "{answer:?}");
+    // Another consumer still sells, and is delivered; the duplicates were not.
+    let fresh = post(direct(
+        "+18175550204",
+        Some("+18175550205"),
+        "five@example.com",
+    ))
+    .await;
+    assert_eq!(fresh.status, PostStatus::Sold, "{fresh:?}");
+    assert_eq!(a.posts(), 2);
+}
+
 async fn start_on(cfg: &TestConfig, ledger: &Path, clock: Clock) -> Running {
     start_with(cfg, ledger, clock, with_dedup).await
 }
