@@ -61,10 +61,19 @@ pub fn demo_admin_token() -> String {
     format!("demo-{:032x}", rng.gen::<u128>())
 }
 
+/// The port of a URL whose host the demo's bidders (listening on `127.0.0.1`) answer:
+/// `127.0.0.1` in any spelling (`[::ffff:127.0.0.1]` too: black-box round 172a, such a
+/// buyer got no bidder and no word), `localhost` or `[::1]`.
 fn loopback_port(url: &str) -> Option<u16> {
     let uri: http::Uri = url.parse().ok()?;
     let host = uri.host()?;
-    if host != "127.0.0.1" && host != "localhost" && host != "[::1]" {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ours = host == "localhost"
+        || host == "[::1]"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical() == std::net::Ipv4Addr::LOCALHOST);
+    if !ours {
         return None;
     }
     uri.port_u16()
@@ -579,6 +588,28 @@ async fn leads(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Black-box round 172a: a buyer at `[::ffff:127.0.0.1]` got no demo bidder.
+    #[test]
+    fn the_demo_serves_every_spelling_of_127_0_0_1() {
+        for url in [
+            "http://127.0.0.1:9101/ping",
+            "http://localhost:9101/ping",
+            "http://[::1]:9101/ping",
+            "http://[::ffff:127.0.0.1]:9101/ping",
+            "http://[::ffff:7f00:1]:9101/ping",
+        ] {
+            assert_eq!(loopback_port(url), Some(9101), "{url}");
+        }
+        for url in [
+            "http://127.0.0.2:9101/ping",
+            "http://[::ffff:10.0.0.1]:9101/ping",
+            "https://buyer.example:9101/ping",
+            "http://127.0.0.1/ping",
+        ] {
+            assert_eq!(loopback_port(url), None, "{url}");
+        }
+    }
 
     #[test]
     fn a_price_is_shown_to_the_micro() {

@@ -283,6 +283,15 @@ fn ledger_verify(dir: Option<PathBuf>, config: Option<PathBuf>, anchors: &[Strin
     // The head is read before the segments: what it names was synced before they are read,
     // even while an exchange appends.
     let head = pingpost::ledger::head::read(&dir);
+    // A head that is there but cannot be read is an I/O error, as an unreadable segment
+    // is (status 2), not a verdict on the records (black-box round 172a: "OK" for the
+    // chain, then this as a PROBLEM, status 1).
+    if let Err(why) = &head {
+        if why.starts_with(pingpost::ledger::head::UNREADABLE) {
+            pingpost::say_err!("pingpost ledger verify: {why}");
+            return 2;
+        }
+    }
     match pingpost::ledger::segments::verify(&dir) {
         Ok(report) => {
             pingpost::cli_out::emit("ledger verify", format_args!("{}", report.render(&dir)));

@@ -1213,20 +1213,22 @@ impl AppState {
                     }
                     other => vec![other.to_string()],
                 };
-                let version = want.as_deref().unwrap_or("");
+                // As the message names it: cut, control characters shown (black-box round
+                // 172a: a 4,000-character CHAMPION was logged whole).
+                let version = proto::error::printable_name(want.as_deref().unwrap_or(""));
                 match &have {
                     // At the start (or while nothing served): no model serves this
                     // vertical, and `/readyz` says not ready until one is served.
                     None => tracing::error!(
                         vertical = %v.name,
-                        version,
+                        version = %version,
                         error = %e,
                         "the champion model failed to load; the vertical serves no model \
                          (cold-start rates) and /readyz answers 503 until a model is served"
                     ),
                     Some(serving) => tracing::error!(
                         vertical = %v.name,
-                        version,
+                        version = %version,
                         serving = %serving,
                         error = %e,
                         "the champion model was refused; the serving model stays"

@@ -2030,3 +2030,39 @@ fn report_and_export_say_when_the_records_do_not_reconcile() {
         );
     }
 }
+
+/// Black-box round 172a: text from an edited ledger's records (a lead id holding an
+/// escape, a carriage return and a line break) reached the terminal raw in `verify`'s
+/// MISMATCH lines, `report`'s note and `replay`, and forged a line ("FAKE: OK"). Each
+/// shows such text with `?` for the hidden characters, on its own line.
+#[test]
+fn text_from_an_edited_ledger_is_shown_not_obeyed() {
+    let [auction, sale] = sold(1, "b", 20_000_000, 16_000_000);
+    let forged = sale
+        .replace(
+            r#""lead_id":"ld_1""#,
+            r#""lead_id":"ld_1\u001b[31m\r\nFAKE: OK\u009b2J\u202e""#,
+        )
+        .replace(r#""margin_micros":4000000"#, r#""margin_micros":5000000"#);
+    assert_ne!(forged, sale);
+    let tmp = framed_ledger(&[&auction, &forged]);
+    let dir = tmp.path().to_str().unwrap();
+    for (args, status) in [
+        (vec!["ledger", "verify", "--dir", dir], 1),
+        (vec!["ledger", "report", "--dir", dir], 0),
+        (vec!["ledger", "report", "--dir", dir, "--format", "csv"], 0),
+        (vec!["ledger", "replay", "au_1", "--dir", dir], 0),
+    ] {
+        let o = run(&args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {out}");
+        assert!(out.contains("ld_1?[31m??FAKE: OK"), "{args:?}: {out}");
+        for hidden in ['\u{1b}', '\r', '\u{9b}', '\u{202e}'] {
+            assert!(!out.contains(hidden), "{args:?}: {hidden:?} in {out:?}");
+        }
+        assert!(
+            !out.lines().any(|l| l.starts_with("FAKE")),
+            "{args:?}: a forged line: {out}"
+        );
+    }
+}

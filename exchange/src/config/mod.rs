@@ -54,34 +54,57 @@ pub fn shown_env_name(name: &str) -> &str {
     }
 }
 
-/// Where buyers whose post URLs name different hosts sign with one key (`secret_env` or
-/// `secret_env_next`): each of them holds what signs the exchange's pings and posts to
-/// the others, so it could forge them (black-box round 169b). A line per key for the
-/// start's log, a reload's and `--check-config`. Not an error: two buyers on one host
-/// are one business's campaigns, which may well share their secret.
+/// Where buyers that sign with one key (`secret_env` or `secret_env_next`) send their
+/// pings or posts to more than one host between them: each of them holds what signs the
+/// exchange's requests to the others, so it could forge them (black-box round 169b). A
+/// line per key for the start's log, a reload's and `--check-config`. Not an error:
+/// buyers all on one host are one business's campaigns, which may well share a secret.
 pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
     use std::collections::HashMap;
     // Two secrets sign alike exactly when they hold the same key: each signs one fixed
     // message, and the signatures are compared (the keys themselves are not kept).
-    let mut by_key: HashMap<String, Vec<(&str, String)>> = HashMap::new();
-    for b in &cfg.buyers {
-        let host = b
-            .post_url
+    // A host as one name: lower case, no final dot, an IP address in its canonical form
+    // (`[::ffff:127.0.0.1]` is `127.0.0.1`; black-box round 172a: such spellings of one
+    // host were warned of).
+    let host_of = |url: &str| -> String {
+        let host = url
             .parse::<http::Uri>()
             .ok()
             .and_then(|u| u.host().map(str::to_ascii_lowercase))
             .unwrap_or_default();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) => host.trim_end_matches('.').to_string(),
+        }
+    };
+    let mut by_key: HashMap<String, Vec<(&str, Vec<String>)>> = HashMap::new();
+    for b in &cfg.buyers {
+        // Every host the buyer's requests go to: its pings carry the key as well as its
+        // posts (black-box round 172a: a ping host shared with another buyer was not
+        // looked at).
+        let mut hosts: Vec<String> = std::iter::once(b.post_url.as_str())
+            .chain(b.ping_url.as_deref())
+            .map(host_of)
+            .collect();
+        hosts.sort();
+        hosts.dedup();
         for secret in std::iter::once(&b.secret).chain(&b.secret_next) {
             let mac = secret.sign("msg_pingpost_shared_secret_check", 0, b"");
             let holders = by_key.entry(mac).or_default();
             if !holders.iter().any(|(id, _)| *id == b.id) {
-                holders.push((b.id.as_str(), host.clone()));
+                holders.push((b.id.as_str(), hosts.clone()));
             }
         }
     }
     let mut out: Vec<String> = by_key
         .into_values()
-        .filter(|holders| holders.iter().any(|(_, h)| *h != holders[0].1))
+        .filter(|holders| {
+            let mut all: Vec<&String> = holders.iter().flat_map(|(_, h)| h).collect();
+            all.sort();
+            all.dedup();
+            holders.len() > 1 && all.len() > 1
+        })
         .map(|holders| {
             let more = holders.len().saturating_sub(SELLERS_NAMED_MAX);
             let mut ids = holders
@@ -94,7 +117,7 @@ pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
                 ids.push_str(&format!(" and {more} more"));
             }
             format!(
-                "buyers {ids} sign with one key (their secret_env or secret_env_next hold the same secret) and post to different hosts: each of them could sign requests to the others as the exchange; give each buyer its own secret"
+                "buyers {ids} sign with one key (their secret_env or secret_env_next hold the same secret) and their pings and posts go to more than one host: each of them could sign requests to the others as the exchange; give each buyer its own secret"
             )
         })
         .collect();

@@ -373,6 +373,9 @@ struct Auction {
 /// made a test lead, each with its chain recomputed, were counted with exit 0 and no word).
 /// `None` when they agree, or when the reconciliation itself could not be read (the
 /// figures' own read reports that).
+/// Most characters of one listed problem shown (the rest is cut, with `…`).
+const LINE_SHOWN_MAX: usize = 1_024;
+
 pub fn unreconciled_note(dir: &Path) -> Option<String> {
     let r = reconcile(dir, None).ok()?;
     if !r.failed() {
@@ -385,7 +388,7 @@ pub fn unreconciled_note(dir: &Path) -> Option<String> {
         .first()
         .or(r.stats.malformed_money.first())
         .or(r.stats.malformed_lines.first())
-        .map(String::as_str)
+        .map(|m| proto::error::shown_text(m, LINE_SHOWN_MAX))
         .unwrap_or_default();
     Some(format!(
         "the money does NOT reconcile: {problems} problem(s) between the ledger's records (the first: {first}); these figures count the records as written: run `pingpost ledger verify` for every one"
@@ -1209,6 +1212,10 @@ impl Reconciliation {
             ("PAYOUT NOT RE-CHECKED", &self.payout_not_rechecked[..]),
         ] {
             for m in list.iter().take(SHOWN_MAX) {
+                // Each on its line, as its text allows: a record's ids may hold anything in
+                // an edited ledger (black-box round 172a: escapes and line breaks reached
+                // the terminal and forged lines).
+                let m = proto::error::shown_text(m, LINE_SHOWN_MAX);
                 let _ = writeln!(out, "{title}: {m}");
             }
             if list.len() > SHOWN_MAX {

@@ -135,6 +135,26 @@ pub struct Replay {
 /// answered, `pg_…`) and the post records of it, or an error naming why there is none
 /// (also when records of a newer format version were skipped: the auction may be one
 /// of them).
+/// Most characters of one string of a record that a replay shows.
+const STRING_SHOWN_MAX: usize = 256;
+
+/// Every string in `v` as [`proto::error::shown_text`] shows it (hidden characters as
+/// `?`, cut past [`STRING_SHOWN_MAX`]); names and numbers are left as they are. A string
+/// the exchange wrote is unchanged (its ids and names hold no hidden character).
+fn shown_strings(v: &mut Value) {
+    match v {
+        Value::String(s)
+            if s.chars().any(proto::error::is_hidden)
+                || s.chars().nth(STRING_SHOWN_MAX).is_some() =>
+        {
+            *s = proto::error::shown_text(s, STRING_SHOWN_MAX);
+        }
+        Value::Array(items) => items.iter_mut().for_each(shown_strings),
+        Value::Object(map) => map.values_mut().for_each(shown_strings),
+        _ => {}
+    }
+}
+
 pub fn find(dir: &Path, id: &str) -> Result<(Entry, Vec<Entry>), String> {
     let mut auction = None;
     let mut posts = Vec::new();
@@ -170,7 +190,16 @@ pub fn find(dir: &Path, id: &str) -> Result<(Entry, Vec<Entry>), String> {
         true
     })?;
     match auction {
-        Some(a) => Ok((a, posts)),
+        Some(mut a) => {
+            // Shown as their text allows: an edited ledger's strings may hold anything
+            // (black-box round 172a: escapes and line breaks in a lead id reached the
+            // terminal and forged lines of the replay).
+            shown_strings(&mut a.value);
+            for p in &mut posts {
+                shown_strings(&mut p.value);
+            }
+            Ok((a, posts))
+        }
         None => {
             let shown: String = id.chars().take(80).collect();
             let mut e = format!(

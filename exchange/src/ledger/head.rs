@@ -148,6 +148,10 @@ fn parse(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// How [`read`]'s error begins when `HEAD` is there but could not be read (an I/O error,
+/// such as a permission: not a statement about the ledger's records).
+pub const UNREADABLE: &str = "cannot read ";
+
 /// What `HEAD` in `dir` says: `Ok(None)` when there is no such file or it is empty (made
 /// but never written before a crash), `Ok(Some(seq))`, or an error saying what is wrong
 /// with it (unreadable, or not a line this exchange writes).
@@ -166,7 +170,7 @@ pub fn read(dir: &Path) -> Result<Option<u64>, String> {
         Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {
             f.take(LEN as u64 + 1)
                 .read_to_end(&mut bytes)
-                .map_err(|e| format!("cannot read {}: {e}", crate::cli_out::Shown(&path)))?;
+                .map_err(|e| format!("{UNREADABLE}{}: {e}", crate::cli_out::Shown(&path)))?;
         }
         Ok(_) => {
             return Err(format!(
@@ -181,7 +185,7 @@ pub fn read(dir: &Path) -> Result<Option<u64>, String> {
                 crate::cli_out::Shown(&path)
             ))
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", crate::cli_out::Shown(&path))),
+        Err(e) => return Err(format!("{UNREADABLE}{}: {e}", crate::cli_out::Shown(&path))),
     }
     let bad = || {
         format!(

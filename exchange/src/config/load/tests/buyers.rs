@@ -666,18 +666,37 @@ fn buyers_on_different_hosts_sharing_a_signing_key_are_warned_of() {
     let key = |text: &str| Secret::new(text).unwrap();
     c.buyers[0].secret = key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     c.buyers[0].post_url = "https://one.example/post".into();
+    c.buyers[0].ping_url = Some("https://one.example/ping".into());
     let first = c.buyers[0].id.clone();
     let mut second = c.buyers[0].clone();
     second.id = "b2".into();
-    second.post_url = "https://ONE.example:8443/other".into();
+    second.post_url = "https://ONE.example.:8443/other".into();
+    second.ping_url = None;
     c.buyers.push(second);
     assert!(shared_secret_warnings(&c).is_empty(), "one host");
+    // Round 172a: one host in two spellings is one host; a ping host is a host too.
+    c.buyers[0].post_url = "http://127.0.0.1:9/post".into();
+    c.buyers[0].ping_url = Some("http://[::ffff:127.0.0.1]:9/ping".into());
+    c.buyers[1].post_url = "http://[::ffff:7f00:1]:9/post".into();
+    assert!(
+        shared_secret_warnings(&c).is_empty(),
+        "one host, spelled three ways"
+    );
+    c.buyers[0].ping_url = Some("https://elsewhere.example/ping".into());
+    assert_eq!(
+        shared_secret_warnings(&c).len(),
+        1,
+        "a ping host of its own"
+    );
+    c.buyers[0].ping_url = None;
+    c.buyers[0].post_url = "https://one.example/post".into();
 
     c.buyers[1].post_url = "https://two.example/post".into();
     let w = shared_secret_warnings(&c);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
-        w[0].starts_with(&format!("buyers {first}, b2 sign with one key")),
+        w[0].starts_with(&format!("buyers {first}, b2 sign with one key"))
+            && w[0].contains("go to more than one host"),
         "{w:?}"
     );
     // The same key written another way is the same key.
