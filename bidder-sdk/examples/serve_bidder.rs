@@ -28,7 +28,9 @@ Serves an example bidder (the buyer side of the protocol, docs/API.md) until Ctr
                     fields (default flat)
   --price P         flat's bid, in the vertical's currency (default 10.00)
   --states LIST     flat's states, comma-separated (default TX only)
-Its ping and post paths are /ping and /post; it accepts every post.";
+Its ping and post paths are /ping and /post. flat accepts every post; scorecard
+rejects a post of a phone number it already bought (reason duplicate), as a real
+buyer would.";
 
 #[derive(Debug)]
 struct Args {

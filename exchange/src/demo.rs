@@ -93,12 +93,32 @@ impl DemoBidder {
     }
 }
 
-/// Starts one example bidder per loopback port the configured buyers use: the scorecard
+/// Each loopback port the buyers' URLs name, once, with the position of the first buyer
+/// naming it: a buyer's ping URL's port, then its post URL's when that is another
+/// (black-box round 174a: a post port of its own got no bidder, and every lead that
+/// buyer won went unsold).
+fn bidder_ports(cfg: &Config) -> Vec<(usize, u16)> {
+    let mut out: Vec<(usize, u16)> = Vec::new();
+    for (i, b) in cfg.buyers.iter().enumerate() {
+        let urls = b
+            .ping_url
+            .as_deref()
+            .into_iter()
+            .chain([b.post_url.as_str()]);
+        for port in urls.filter_map(loopback_port) {
+            if !out.iter().any(|(_, p)| *p == port) {
+                out.push((i, port));
+            }
+        }
+    }
+    out
+}
+
+/// Starts one example bidder per loopback port the configured buyers' URLs name: the scorecard
 /// bidder for pinged buyers with an even position, a flat bidder for the others (fixed
 /// price buyers are served by a flat bidder that accepts posts).
 pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
     let mut handles = Vec::new();
-    let mut seen = Vec::new();
     // The ids' column as wide as the longest (round 55b: long ids broke the alignment).
     let width = cfg
         .buyers
@@ -107,14 +127,8 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
         .max()
         .unwrap_or(0)
         .max(10);
-    for (i, b) in cfg.buyers.iter().enumerate() {
-        let Some(port) = loopback_port(b.ping_url.as_deref().unwrap_or(&b.post_url)) else {
-            continue;
-        };
-        if seen.contains(&port) {
-            continue;
-        }
-        seen.push(port);
+    for (i, port) in bidder_ports(cfg) {
+        let b = &cfg.buyers[i];
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .map_err(|e| {
@@ -588,6 +602,23 @@ async fn leads(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Black-box round 174a: a buyer whose post URL names a port of its own got no
+    /// bidder there; every port a buyer's URLs name gets one, once.
+    #[test]
+    fn every_port_a_buyer_s_urls_name_gets_a_bidder_once() {
+        let mut cfg =
+            crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &demo_secret).unwrap();
+        let before = bidder_ports(&cfg);
+        assert_eq!(before.len(), cfg.buyers.len(), "{before:?}");
+        cfg.buyers[0].post_url = "http://127.0.0.1:9199/post".into();
+        let after = bidder_ports(&cfg);
+        assert_eq!(after.len(), before.len() + 1, "{after:?}");
+        assert!(after.contains(&(0, 9199)), "{after:?}");
+        // A port two buyers name is served once.
+        cfg.buyers[1].post_url = "http://127.0.0.1:9199/post".into();
+        assert_eq!(bidder_ports(&cfg), after);
+    }
 
     /// Black-box round 172a: a buyer at `[::ffff:127.0.0.1]` got no demo bidder.
     #[test]

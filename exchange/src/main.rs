@@ -511,6 +511,16 @@ fn finance_place(
     Ok((dir, cfg))
 }
 
+/// `n` and `what`, in the plural unless `n` is 1 (`1 vertical`, `5 buyers`, `2 suppressed
+/// hashes`).
+fn counted(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        _ if what.ends_with('h') => format!("{n} {what}es"),
+        _ => format!("{n} {what}s"),
+    }
+}
+
 /// `pingpost ledger report | replay | export`: the exit status.
 fn finance_command(command: LedgerCommand) -> i32 {
     use pingpost::finance::{export, replay, report, DateRange};
@@ -988,12 +998,12 @@ fn main() -> anyhow::Result<()> {
         pingpost::cli_out::emit(
             "--check-config",
             format_args!(
-                "configuration OK: {} verticals, {} sellers, {} buyers{}\n",
-                cfg.verticals.len(),
-                cfg.sellers.len(),
-                cfg.buyers.len(),
+                "configuration OK: {}, {}, {}{}\n",
+                counted(cfg.verticals.len(), "vertical"),
+                counted(cfg.sellers.len(), "seller"),
+                counted(cfg.buyers.len(), "buyer"),
                 if cfg.suppression.is_on() {
-                    format!(", {} suppressed hashes", cfg.suppression.len())
+                    format!(", {}", counted(cfg.suppression.len(), "suppressed hash"))
                 } else {
                     String::new()
                 }

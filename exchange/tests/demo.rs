@@ -168,17 +168,23 @@ fn the_embedded_configuration_without_the_demo_says_to_add_demo() {
         (
             o.status.code(),
             String::from_utf8_lossy(&o.stderr).to_string(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
         )
     };
-    let (code, err) = run(false);
+    let (code, err, _) = run(false);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("PINGPOST_DEMO_SECRET_1 is not set") && err.contains("add --demo"),
         "{err}"
     );
-    let (code, err) = run(true);
+    let (code, err, out) = run(true);
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("add --demo"), "{err}");
+    // One of a kind is said in the singular (black-box round 174a: "1 verticals").
+    assert_eq!(
+        out, "configuration OK: 1 vertical, 1 seller, 5 buyers\n",
+        "{err}"
+    );
 }
 
 /// `--demo` on a configuration without the sample leads' vertical or seller printed a
