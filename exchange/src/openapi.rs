@@ -553,7 +553,7 @@ fn responses() -> Value {
         ),
         (
             "Overloaded",
-            "`overloaded`: too many requests in flight, open quotes or idempotency keys (with `Retry-After`); or `unavailable`: the exchange cannot record sales and sells nothing until it is restarted (no `Retry-After`).",
+            "`overloaded`: too many requests in flight, open quotes (pings still in their auction counted) or idempotency keys (with `Retry-After`); or `unavailable`: the exchange cannot record sales and sells nothing until it is restarted (no `Retry-After`).",
         ),
     ] {
         let mut e = error_response(d);

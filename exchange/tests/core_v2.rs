@@ -118,6 +118,43 @@ async fn past_the_open_quote_limit_a_ping_is_429_with_retry_after_and_reserves_n
     assert_eq!(q3.status, PingStatus::Bid, "{q3:?}");
 }
 
+/// Black-box round 175b: pings past `server.quotes_open_max` were told "too many open
+/// quotes" while no quote was open: a ping holds its quote's place while its auction
+/// runs. The 503 says so, and the place comes back when the auction ends without a bid.
+#[tokio::test]
+async fn a_ping_in_its_auction_holds_a_place_of_the_server_s_open_quotes() {
+    let a = ScriptedBidder::bidding(10.0);
+    a.set(|s| {
+        s.bid = None;
+        s.ping_delay = Duration::from_millis(1_000);
+    });
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.ping_timeout_ms(2_000))
+        .with(|c| c.auction_deadline_ms = 3_000)
+        .start_edited(under("server", "quotes_open_max = 1"))
+        .await;
+    let body = ping_body("TX");
+    let (first, second) = tokio::join!(ex.client.post_json("/v1/ping", &body), async {
+        // Once the first ping's auction has reached the buyer (which answers 1 s later).
+        a.wait_pings(1).await;
+        ex.client.post_json("/v1/ping", &body).await
+    });
+    assert_eq!(first.status, 200, "{first:?}");
+    let e = second.assert_error(503, "overloaded");
+    assert_eq!(
+        e["message"],
+        "the exchange holds its server.quotes_open_max open quotes, pings still in their auction counted as quotes; retry in a moment"
+    );
+    assert_eq!(ex.quotes_open(), 0, "no quote was open");
+    let again = ex.client.ping("TX").await;
+    assert_eq!(
+        again.status,
+        PingStatus::NoBid,
+        "the place came back: {again:?}"
+    );
+}
+
 /// Pings sent together by a seller one quote short of its limit each passed a look at the
 /// count, ran an auction (every buyer pinged, the winner's cap held) and were refused only
 /// at the quote (black-box round 18): a ping now takes its quote's place before its

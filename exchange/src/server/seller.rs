@@ -934,7 +934,12 @@ fn ledger_unavailable() -> ApiError {
 fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
     match refused {
         QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
-        QuoteRefused::BookFull => ApiError::new(ErrorCode::Overloaded, "too many open quotes"),
+        // Pings still in their auction hold places too (a winner must find one), so the
+        // message says so (black-box round 175b: "too many open quotes" while none was).
+        QuoteRefused::BookFull => ApiError::new(
+            ErrorCode::Overloaded,
+            "the exchange holds its server.quotes_open_max open quotes, pings still in their auction counted as quotes; retry in a moment",
+        ),
     }
 }
 
