@@ -233,6 +233,15 @@ fn show_outcomes(state: &AppState, vertical: &str) {
 
 /// Retrains every vertical with features now, and promotes each challenger that beats its
 /// champion. Blocking (trains): never call it on an auction thread.
+/// Each model of a trained set that predicts no better than no model, as a retraining
+/// says it: `its lead_score model: <the warning>`.
+fn model_warnings(models: &[crate::models::train::ModelReport]) -> Vec<String> {
+    models
+        .iter()
+        .filter_map(|m| Some(format!("its {} model: {}", m.kind, m.warning.as_deref()?)))
+        .collect()
+}
+
 pub fn retrain_once(state: &AppState) -> Vec<Decision> {
     let rt = state.runtime.load_full();
     let cfg = rt.config.clone();
@@ -314,6 +323,14 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             &challenger,
             &heldout,
         );
+        // A model of the set that predicts no better than no model is said, as `pingpost
+        // train` says it, and named in the decision when the set is promoted anyway (on
+        // its other model): black-box round 176b, a lead-score model of AUC 0.31 was
+        // promoted with the set and set the sellers' scores without a word.
+        let warned = model_warnings(&outcome.models);
+        for w in &warned {
+            tracing::warn!(vertical = %v.name, challenger = %outcome.version, warning = %w, "retrained model");
+        }
         // The ledger may have failed while this trained: a promotion nothing can record
         // is not made.
         if !state.ledger.is_healthy() {
@@ -334,7 +351,12 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         let mut swap_failed = false;
         if wins {
             match state.swap_models(&v.name, Some(&outcome.version)) {
-                Ok(_) => promoted = true,
+                Ok(_) => {
+                    promoted = true;
+                    for w in &warned {
+                        reason = format!("{reason}; promoted although {w}");
+                    }
+                }
                 Err(e) => {
                     tracing::error!(vertical = %v.name, error = %e, "promotion refused");
                     reason = format!("{reason}; not promoted: {e}");
@@ -367,6 +389,35 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
 
 #[cfg(test)]
 mod tests {
+    /// Black-box round 176b: a set promoted on its realization model with a lead-score
+    /// model no better than no model said nothing of it. Each warned model is named.
+    #[test]
+    fn a_warned_model_of_a_set_is_named() {
+        let report =
+            |kind: &'static str, warning: Option<&str>| crate::models::train::ModelReport {
+                kind,
+                examples: 100,
+                train_rows: 80,
+                heldout_rows: 20,
+                auc: Some(0.31),
+                logloss: Some(0.7),
+                refused: None,
+                warning: warning.map(str::to_string),
+            };
+        let w = super::model_warnings(&[
+            report(
+                "lead_score",
+                Some("its held-out AUC 0.3100 is no better than chance (0.5)"),
+            ),
+            report("realization", None),
+        ]);
+        assert_eq!(
+            w,
+            ["its lead_score model: its held-out AUC 0.3100 is no better than chance (0.5)"]
+        );
+        assert!(super::model_warnings(&[report("realization", None)]).is_empty());
+    }
+
     use thread_priority::unix::{
         thread_schedule_policy, NormalThreadSchedulePolicy, ThreadSchedulePolicy,
     };

@@ -293,7 +293,7 @@ pub fn read_examples(
         .count();
     if unknown > 0 {
         notes.push(format!(
-            "{unknown} delivered post(s) whose outcome is unknown (a stop or a ledger failure cut the delivery off; `pingpost ledger verify` lists them) left out: they have no label"
+            "{unknown} delivered post(s) whose outcome is unknown (still being delivered when the ledger was read, or cut off by a stop or a ledger failure: `pingpost ledger verify` lists the latter) left out: they have no label"
         ));
     }
     let mut out = Examples {
