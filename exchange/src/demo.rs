@@ -61,22 +61,24 @@ pub fn demo_admin_token() -> String {
     format!("demo-{:032x}", rng.gen::<u128>())
 }
 
-/// The port of a URL whose host the demo's bidders (listening on `127.0.0.1`) answer:
-/// `127.0.0.1` in any spelling (`[::ffff:127.0.0.1]` too: black-box round 172a, such a
-/// buyer got no bidder and no word), `localhost` or `[::1]`.
-fn loopback_port(url: &str) -> Option<u16> {
+/// Where a demo bidder listens for a URL on a loopback host: that address and port, the
+/// address as it is (`127.0.0.2`, `[::1]`; an IPv4-mapped one as its IPv4 address:
+/// black-box round 172a, `[::ffff:127.0.0.1]` got no bidder, and round 176a,
+/// `127.0.0.2` got none and `[::1]` one on `127.0.0.1` only), `localhost` as
+/// `127.0.0.1`. `None` for another host, or a URL without its port.
+fn loopback_addr(url: &str) -> Option<std::net::SocketAddr> {
     let uri: http::Uri = url.parse().ok()?;
     let host = uri.host()?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let ours = host == "localhost"
-        || host == "[::1]"
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical() == std::net::Ipv4Addr::LOCALHOST);
-    if !ours {
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<std::net::IpAddr>().ok()?.to_canonical()
+    };
+    if !ip.is_loopback() {
         return None;
     }
-    uri.port_u16()
+    Some(std::net::SocketAddr::new(ip, uri.port_u16()?))
 }
 
 /// A running demo bidder.
@@ -93,21 +95,21 @@ impl DemoBidder {
     }
 }
 
-/// Each loopback port the buyers' URLs name, once, with the position of the first buyer
-/// naming it: a buyer's ping URL's port, then its post URL's when that is another
+/// Each loopback address and port the buyers' URLs name, once, with the position of the
+/// first buyer naming it: a buyer's ping URL's, then its post URL's when that is another
 /// (black-box round 174a: a post port of its own got no bidder, and every lead that
 /// buyer won went unsold).
-fn bidder_ports(cfg: &Config) -> Vec<(usize, u16)> {
-    let mut out: Vec<(usize, u16)> = Vec::new();
+fn bidder_addrs(cfg: &Config) -> Vec<(usize, std::net::SocketAddr)> {
+    let mut out: Vec<(usize, std::net::SocketAddr)> = Vec::new();
     for (i, b) in cfg.buyers.iter().enumerate() {
         let urls = b
             .ping_url
             .as_deref()
             .into_iter()
             .chain([b.post_url.as_str()]);
-        for port in urls.filter_map(loopback_port) {
-            if !out.iter().any(|(_, p)| *p == port) {
-                out.push((i, port));
+        for addr in urls.filter_map(loopback_addr) {
+            if !out.iter().any(|(_, a)| *a == addr) {
+                out.push((i, addr));
             }
         }
     }
@@ -127,16 +129,11 @@ pub async fn start_bidders(cfg: &Config) -> std::io::Result<Vec<DemoBidder>> {
         .max()
         .unwrap_or(0)
         .max(10);
-    for (i, port) in bidder_ports(cfg) {
+    for (i, at) in bidder_addrs(cfg) {
         let b = &cfg.buyers[i];
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("127.0.0.1:{port} (buyer {}'s url): {e}", b.id),
-                )
-            })?;
+        let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{at} (buyer {}'s url): {e}", b.id))
+        })?;
         let addr = listener.local_addr()?;
         let options = ServeOptions::new(b.secret.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -604,41 +601,48 @@ mod tests {
     use super::*;
 
     /// Black-box round 174a: a buyer whose post URL names a port of its own got no
-    /// bidder there; every port a buyer's URLs name gets one, once.
+    /// bidder there; every address a buyer's URLs name gets one, once.
     #[test]
-    fn every_port_a_buyer_s_urls_name_gets_a_bidder_once() {
+    fn every_address_a_buyer_s_urls_name_gets_a_bidder_once() {
         let mut cfg =
             crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &demo_secret).unwrap();
-        let before = bidder_ports(&cfg);
+        let before = bidder_addrs(&cfg);
         assert_eq!(before.len(), cfg.buyers.len(), "{before:?}");
         cfg.buyers[0].post_url = "http://127.0.0.1:9199/post".into();
-        let after = bidder_ports(&cfg);
+        let after = bidder_addrs(&cfg);
         assert_eq!(after.len(), before.len() + 1, "{after:?}");
-        assert!(after.contains(&(0, 9199)), "{after:?}");
-        // A port two buyers name is served once.
-        cfg.buyers[1].post_url = "http://127.0.0.1:9199/post".into();
-        assert_eq!(bidder_ports(&cfg), after);
+        assert!(
+            after.contains(&(0, "127.0.0.1:9199".parse().unwrap())),
+            "{after:?}"
+        );
+        // An address two buyers name is served once.
+        cfg.buyers[1].post_url = "http://[::ffff:127.0.0.1]:9199/post".into();
+        assert_eq!(bidder_addrs(&cfg), after);
+        // Another loopback address on the same port is another bidder.
+        cfg.buyers[1].post_url = "http://127.0.0.2:9199/post".into();
+        assert!(bidder_addrs(&cfg).contains(&(1, "127.0.0.2:9199".parse().unwrap())));
     }
 
-    /// Black-box round 172a: a buyer at `[::ffff:127.0.0.1]` got no demo bidder.
+    /// Black-box rounds 172a and 176a: a buyer at `[::ffff:127.0.0.1]` or `127.0.0.2` got
+    /// no demo bidder, and one at `[::1]` a bidder on `127.0.0.1` only.
     #[test]
-    fn the_demo_serves_every_spelling_of_127_0_0_1() {
-        for url in [
-            "http://127.0.0.1:9101/ping",
-            "http://localhost:9101/ping",
-            "http://[::1]:9101/ping",
-            "http://[::ffff:127.0.0.1]:9101/ping",
-            "http://[::ffff:7f00:1]:9101/ping",
+    fn the_demo_listens_where_each_loopback_url_points() {
+        for (url, at) in [
+            ("http://127.0.0.1:9101/ping", "127.0.0.1:9101"),
+            ("http://localhost:9101/ping", "127.0.0.1:9101"),
+            ("http://[::1]:9101/ping", "[::1]:9101"),
+            ("http://[::ffff:127.0.0.1]:9101/ping", "127.0.0.1:9101"),
+            ("http://[::ffff:7f00:1]:9101/ping", "127.0.0.1:9101"),
+            ("http://127.0.0.2:9101/ping", "127.0.0.2:9101"),
         ] {
-            assert_eq!(loopback_port(url), Some(9101), "{url}");
+            assert_eq!(loopback_addr(url), Some(at.parse().unwrap()), "{url}");
         }
         for url in [
-            "http://127.0.0.2:9101/ping",
             "http://[::ffff:10.0.0.1]:9101/ping",
             "https://buyer.example:9101/ping",
             "http://127.0.0.1/ping",
         ] {
-            assert_eq!(loopback_port(url), None, "{url}");
+            assert_eq!(loopback_addr(url), None, "{url}");
         }
     }
 

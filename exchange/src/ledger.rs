@@ -486,32 +486,50 @@ fn line_capacity(record: &Record<'_>) -> usize {
     }
 }
 
+/// Whether `dir` holds a record (a segment with a whole line). A directory or segment
+/// that exists but cannot be read counts as holding one: what it holds is not known, and
+/// the reading that follows names the error (black-box round 176a: an unreadable only
+/// segment was told as "its records were removed", with advice that discards the
+/// de-duplication history).
 pub fn has_records(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.filter_map(Result::ok).any(|e| {
-            e.file_name()
+    match std::fs::read_dir(dir) {
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        Ok(entries) => entries.filter_map(Result::ok).any(|e| {
+            if e.file_name()
                 .to_str()
                 .and_then(segments::segment_no)
-                .is_some()
-                && e.metadata().is_ok_and(|m| m.len() > 0)
-                && holds_a_whole_line(&e.path())
-        })
-    })
+                .is_none()
+            {
+                return false;
+            }
+            match e.metadata() {
+                // Not a regular file (a directory, a FIFO, which must not be opened): the
+                // reading refuses it, naming it.
+                Ok(m) if !m.is_file() => true,
+                Ok(m) => m.len() > 0 && holds_a_whole_line(&e.path()),
+                Err(err) => err.kind() != std::io::ErrorKind::NotFound,
+            }
+        }),
+    }
 }
 
 /// Whether the file at `path` has a line ending with a newline that holds more than
 /// white space. Reads up to its first such line (a segment is bounded by
-/// `server.ledger_segment_bytes_max`), in blocks; an unreadable file holds none.
+/// `server.ledger_segment_bytes_max`), in blocks; a file that cannot be opened (but is
+/// there) may hold one, as far as anyone can tell.
 fn holds_a_whole_line(path: &Path) -> bool {
     use std::io::Read;
-    let Ok(mut file) = File::open(path) else {
-        return false;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut content = false;
     loop {
         let n = match file.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) => return false,
+            // Unreadable: it may hold one.
+            Err(_) => return true,
             Ok(n) => n,
         };
         for &b in &buf[..n] {

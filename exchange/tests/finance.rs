@@ -2065,4 +2065,40 @@ fn text_from_an_edited_ledger_is_shown_not_obeyed() {
             "{args:?}: a forged line: {out}"
         );
     }
+    // Round 176a: a report's rows are named by such text too (here the sale's buyer), in
+    // the table, CSV and HTML.
+    let forged = sale
+        .replace(r#""buyer":"b""#, r#""buyer":"b\r\nFAKE: OK\u001b[2J""#)
+        .replace(r#""margin_micros":4000000"#, r#""margin_micros":5000000"#);
+    let tmp = framed_ledger(&[&auction, &forged]);
+    let dir = tmp.path().to_str().unwrap();
+    let html = tmp.path().join("r.html");
+    for format in ["table", "csv", "json"] {
+        let o = run(&[
+            "ledger",
+            "report",
+            "--dir",
+            dir,
+            "--by",
+            "buyer",
+            "--format",
+            format,
+            "--html",
+            html.to_str().unwrap(),
+        ]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{format}: {out}");
+        let page = std::fs::read_to_string(&html).unwrap();
+        for shown in [&out, &page] {
+            assert!(shown.contains("b??FAKE: OK?[2J"), "{format}: {shown}");
+            assert!(
+                !shown.contains('\u{1b}') && !shown.contains('\r'),
+                "{format}: {shown:?}"
+            );
+            assert!(
+                !shown.lines().any(|l| l.starts_with("FAKE")),
+                "{format}: {shown}"
+            );
+        }
+    }
 }

@@ -353,10 +353,14 @@ impl Acc {
         };
         let mut rows: BTreeMap<(By, String, String), Row> = BTreeMap::new();
         for ((by, key, vertical, recorded), f) in &self.cells {
-            let currency = currency_of(vertical, recorded);
+            // Names and currencies as their text allows: an edited ledger's may hold
+            // anything (black-box round 176a: a buyer name with a line break and escapes
+            // forged a line and drove the terminal in every format).
+            let currency = shown(&currency_of(vertical, recorded));
+            let key = shown(key);
             rows.entry((*by, key.clone(), currency.clone()))
                 .or_insert_with(|| Row {
-                    key: key.clone(),
+                    key,
                     currency,
                     ..Row::default()
                 })
@@ -402,6 +406,15 @@ impl Acc {
         }
         Reports { by, stats }
     }
+}
+
+/// Most characters of a row's name shown.
+const KEY_SHOWN_MAX: usize = 256;
+
+/// `text` with its hidden characters as `?`, cut past [`KEY_SHOWN_MAX`]; a name the
+/// exchange wrote is unchanged.
+fn shown(text: &str) -> String {
+    proto::error::shown_text(text, KEY_SHOWN_MAX)
 }
 
 /// A bid line: a ping answered with a bid, or a fixed-price buyer's standing price.

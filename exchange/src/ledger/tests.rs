@@ -500,6 +500,22 @@ fn a_ledger_has_records_once_a_segment_holds_a_line() {
     assert!(has_records(dir.path()));
 }
 
+/// Black-box round 176a: a ledger whose only segment could not be read was told as one
+/// whose records were removed (with advice to move its fingerprint key aside, which
+/// discards the de-duplication history). A segment that is there but cannot be read, or
+/// is not a regular file, may hold records: the reading names it instead.
+#[test]
+fn a_segment_that_cannot_be_read_is_not_taken_for_removed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(crate::fingerprint::KEY_FILE), [7u8; 32]).unwrap();
+    assert!(segments_lost(dir.path()).is_some(), "no segment at all");
+    std::fs::create_dir(dir.path().join("seg-00000001.jsonl")).unwrap();
+    assert!(has_records(dir.path()));
+    assert_eq!(segments_lost(dir.path()), None);
+    let e = segments::verify(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("seg-00000001.jsonl"), "{e}");
+}
+
 #[test]
 fn a_ledger_whose_segments_were_removed_is_refused() {
     let root = tempfile::tempdir().unwrap();
