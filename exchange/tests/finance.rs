@@ -2102,3 +2102,37 @@ fn text_from_an_edited_ledger_is_shown_not_obeyed() {
         }
     }
 }
+
+/// Black-box round 178a: a currency holding a line break, an escape or a direction
+/// control (every record alike, the chain recomputed) forged lines in `verify`'s
+/// reconciliation (it printed the currency raw), and, shown otherwise by the report than
+/// by verify's own sums, failed the reconciliation of a ledger whose money adds up. Both
+/// name it as the report does; the money reconciles.
+#[test]
+fn a_currency_holding_control_characters_reconciles_and_is_shown() {
+    let odd = r#""currency":"U\nSD\u001b[2J\u202e""#;
+    let records: Vec<String> = sold(1, "b", 20_000_000, 16_000_000)
+        .iter()
+        .map(|r| r.replace(r#""currency":"USD""#, odd))
+        .collect();
+    assert!(records.iter().all(|r| r.contains(odd)), "{records:?}");
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    let tmp = framed_ledger(&refs);
+    let dir = tmp.path().to_str().unwrap();
+    let o = run(&["ledger", "verify", "--dir", dir]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("  U?SD?[2J?: 1 sale(s), revenue 20.00"),
+        "{out}"
+    );
+    assert!(!out.contains("MISMATCH"), "{out}");
+    for shown in [out, text(&run(&["ledger", "report", "--dir", dir]))] {
+        assert!(!shown.contains("NOT reconcile"), "{shown}");
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),
+            "{shown:?}"
+        );
+        assert!(!shown.lines().any(|l| l.starts_with("SD")), "{shown}");
+    }
+}

@@ -413,7 +413,7 @@ const KEY_SHOWN_MAX: usize = 256;
 
 /// `text` with its hidden characters as `?`, cut past [`KEY_SHOWN_MAX`]; a name the
 /// exchange wrote is unchanged.
-fn shown(text: &str) -> String {
+pub fn shown(text: &str) -> String {
     proto::error::shown_text(text, KEY_SHOWN_MAX)
 }
 
