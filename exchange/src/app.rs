@@ -69,7 +69,7 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
     // Each vertical's champion model, if the model directory names one (a broken one is
     // logged and the vertical starts on the cold-start rates).
     note_missing_models_dir(&state.runtime.load().config);
-    crate::state::warn_of_shared_bounds(&state.runtime.load().config);
+    crate::state::warn_of_config(&state.runtime.load().config);
     state.sync_champions_at_start();
     Ok(Arc::new(state))
 }

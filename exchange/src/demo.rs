@@ -72,8 +72,7 @@ fn loopback_addr(url: &str) -> Option<std::net::SocketAddr> {
     let ip = if host.eq_ignore_ascii_case("localhost") {
         std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
     } else {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        bare.parse::<std::net::IpAddr>().ok()?.to_canonical()
+        crate::config::host_ip(host)?
     };
     if !ip.is_loopback() {
         return None;

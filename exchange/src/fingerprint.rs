@@ -301,19 +301,10 @@ impl Fingerprinter {
         let classes: Vec<Option<u8>> = v.dedup_keys.iter().map(class).collect();
         let mut add = |at: usize, h: [u8; 32]| {
             if dedup_on {
-                match classes[at] {
-                    None => out
-                        .digests
-                        .push(self.dedup_key(&v.name, &v.dedup_keys[at].name, &h)),
-                    Some(c) => {
-                        for (spec, _) in v
-                            .dedup_keys
-                            .iter()
-                            .zip(&classes)
-                            .filter(|(_, k)| **k == Some(c))
-                        {
-                            out.digests.push(self.dedup_key(&v.name, &spec.name, &h));
-                        }
+                // Under its own key, and every other key of its kind.
+                for (j, spec) in v.dedup_keys.iter().enumerate() {
+                    if j == at || (classes[at].is_some() && classes[j] == classes[at]) {
+                        out.digests.push(self.dedup_key(&v.name, &spec.name, &h));
                     }
                 }
             }

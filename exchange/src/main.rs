@@ -976,10 +976,7 @@ fn main() -> anyhow::Result<()> {
         for w in pingpost::models::champion_warnings(&cfg) {
             pingpost::say_err!("{w}");
         }
-        for w in config::shared_bound_warnings(&cfg)
-            .into_iter()
-            .chain(config::shared_secret_warnings(&cfg))
-        {
+        for w in config::warnings(&cfg) {
             pingpost::say_err!("warning: {w}");
         }
         // As the start warns (black-box round 74b: --check-config said nothing of it).

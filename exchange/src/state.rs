@@ -862,7 +862,7 @@ impl AppState {
         match &result {
             Ok(generation) => {
                 tracing::info!(generation, "{by}: configuration reloaded");
-                warn_of_shared_bounds(&self.runtime.load().config);
+                warn_of_config(&self.runtime.load().config);
                 crate::models::learning::show_series(self);
             }
             Err(ReloadError::Invalid(fields)) => tracing::warn!(
@@ -1295,13 +1295,9 @@ impl AppState {
     }
 }
 
-/// Logs [`crate::config::shared_bound_warnings`] and
-/// [`crate::config::shared_secret_warnings`] of `cfg` (at a start and a reload).
-pub fn warn_of_shared_bounds(cfg: &crate::config::Config) {
-    for w in crate::config::shared_bound_warnings(cfg)
-        .into_iter()
-        .chain(crate::config::shared_secret_warnings(cfg))
-    {
+/// Logs [`crate::config::warnings`] of `cfg` (at a start and a reload).
+pub fn warn_of_config(cfg: &crate::config::Config) {
+    for w in crate::config::warnings(cfg) {
         tracing::warn!("{w}");
     }
 }

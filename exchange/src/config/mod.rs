@@ -72,10 +72,9 @@ pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
             .ok()
             .and_then(|u| u.host().map(str::to_ascii_lowercase))
             .unwrap_or_default();
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        match bare.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.to_canonical().to_string(),
-            Err(_) => host.trim_end_matches('.').to_string(),
+        match host_ip(&host) {
+            Some(ip) => ip.to_string(),
+            None => host.trim_end_matches('.').to_string(),
         }
     };
     let mut by_key: HashMap<String, Vec<(&str, Vec<String>)>> = HashMap::new();
@@ -106,16 +105,7 @@ pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
             holders.len() > 1 && all.len() > 1
         })
         .map(|holders| {
-            let more = holders.len().saturating_sub(SELLERS_NAMED_MAX);
-            let mut ids = holders
-                .iter()
-                .take(SELLERS_NAMED_MAX)
-                .map(|(id, _)| *id)
-                .collect::<Vec<_>>()
-                .join(", ");
-            if more > 0 {
-                ids.push_str(&format!(" and {more} more"));
-            }
+            let ids = named(holders.iter().map(|(id, _)| *id).collect());
             format!(
                 "buyers {ids} sign with one key (their secret_env or secret_env_next hold the same secret) and their pings and posts go to more than one host: each of them could sign requests to the others as the exchange; give each buyer its own secret"
             )
@@ -125,8 +115,40 @@ pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
     out
 }
 
-/// Sellers named in one [`shared_bound_warnings`] line at most; the rest are counted.
+/// Parties named in one warning line at most; the rest are counted.
 const SELLERS_NAMED_MAX: usize = 5;
+
+/// `ids` joined, the first [`SELLERS_NAMED_MAX`] named and the rest counted
+/// (`a, b, c, d, e and 3 more`).
+fn named(ids: Vec<&str>) -> String {
+    let more = ids.len().saturating_sub(SELLERS_NAMED_MAX);
+    let mut s = ids[..ids.len() - more].join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
+}
+
+/// The IP address a URL's host names, canonical (`[::ffff:127.0.0.1]` is `127.0.0.1`),
+/// with or without its brackets; `None` for a name.
+pub fn host_ip(host: &str) -> Option<std::net::IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// Every warning a configuration gives (not errors: an operator may mean them), for the
+/// start's log, a reload's and `--check-config`: [`shared_bound_warnings`], then
+/// [`shared_secret_warnings`].
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = shared_bound_warnings(cfg);
+    out.extend(shared_secret_warnings(cfg));
+    out
+}
 
 /// Where, with more than one seller, one seller's own bound reaches a bound all sellers
 /// share, so that it alone could take the whole of it and leave the others `503` (open
@@ -138,19 +160,6 @@ pub fn shared_bound_warnings(cfg: &Config) -> Vec<String> {
     if cfg.sellers.len() < 2 {
         return Vec::new();
     }
-    let named = |ids: Vec<&str>| {
-        let more = ids.len().saturating_sub(SELLERS_NAMED_MAX);
-        let mut s = ids
-            .iter()
-            .take(SELLERS_NAMED_MAX)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if more > 0 {
-            s.push_str(&format!(" and {more} more"));
-        }
-        s
-    };
     let mut out = Vec::new();
     let quotes: Vec<&str> = cfg
         .sellers

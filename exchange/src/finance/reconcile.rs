@@ -366,6 +366,9 @@ struct Auction {
     generation: u64,
 }
 
+/// Most characters of one listed problem shown (the rest is cut, with `…`).
+const LINE_SHOWN_MAX: usize = 1_024;
+
 /// What `report` and `export` add to their notes when the ledger's own records disagree
 /// (`verify`'s mismatches, without a configuration's payout checks): the figures count
 /// the records as written, which a re-chained edit can make wrong while every checksum
@@ -373,9 +376,6 @@ struct Auction {
 /// made a test lead, each with its chain recomputed, were counted with exit 0 and no word).
 /// `None` when they agree, or when the reconciliation itself could not be read (the
 /// figures' own read reports that).
-/// Most characters of one listed problem shown (the rest is cut, with `…`).
-const LINE_SHOWN_MAX: usize = 1_024;
-
 pub fn unreconciled_note(dir: &Path) -> Option<String> {
     let r = reconcile(dir, None).ok()?;
     if !r.failed() {

@@ -131,30 +131,22 @@ pub struct Replay {
     pub mismatch: bool,
 }
 
-/// The auction record `id` (its auction id, `au_…`, or the ping id the seller was
-/// answered, `pg_…`) and the post records of it, or an error naming why there is none
-/// (also when records of a newer format version were skipped: the auction may be one
-/// of them).
-/// Most characters of one string of a record that a replay shows.
-const STRING_SHOWN_MAX: usize = 256;
-
-/// Every string in `v` as [`proto::error::shown_text`] shows it (hidden characters as
-/// `?`, cut past [`STRING_SHOWN_MAX`]); names and numbers are left as they are. A string
-/// the exchange wrote is unchanged (its ids and names hold no hidden character).
+/// Every string in `v` as [`super::report::shown`] shows a report's names (hidden
+/// characters as `?`, cut past 256 characters); names and numbers are left as they are.
+/// A string the exchange wrote is unchanged (its ids and names hold no hidden character).
 fn shown_strings(v: &mut Value) {
     match v {
-        Value::String(s)
-            if s.chars().any(proto::error::is_hidden)
-                || s.chars().nth(STRING_SHOWN_MAX).is_some() =>
-        {
-            *s = proto::error::shown_text(s, STRING_SHOWN_MAX);
-        }
+        Value::String(s) => *s = super::report::shown(s),
         Value::Array(items) => items.iter_mut().for_each(shown_strings),
         Value::Object(map) => map.values_mut().for_each(shown_strings),
         _ => {}
     }
 }
 
+/// The auction record `id` (its auction id, `au_…`, or the ping id the seller was
+/// answered, `pg_…`) and the post records of it, or an error naming why there is none
+/// (also when records of a newer format version were skipped: the auction may be one
+/// of them).
 pub fn find(dir: &Path, id: &str) -> Result<(Entry, Vec<Entry>), String> {
     let mut auction = None;
     let mut posts = Vec::new();

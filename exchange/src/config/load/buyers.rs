@@ -299,14 +299,8 @@ fn plaintext_allowed(url: &str) -> bool {
         return true;
     }
     let host = uri.host().unwrap_or_default();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
     host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        || crate::config::host_ip(host).is_some_and(|ip| ip.is_loopback())
 }
 
 /// An `http://` or `https://` URL with a host.
