@@ -84,6 +84,13 @@ impl std::io::Write for CapturedLog {
 impl CapturedLog {
     /// A dispatcher that writes here (for threads of a test's own: each enters it).
     pub fn dispatch(&self) -> tracing::Dispatch {
+        // tracing-core computes a callsite's interest from the *calling thread's*
+        // dispatcher while only one dispatcher is registered: a log line first reached on
+        // another thread (the exchange's, or another test's) is then marked "never" and
+        // dropped here too. A second dispatcher kept for the whole process makes it ask
+        // every registered one, this one included.
+        static KEEPER: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEPER.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let writer = self.clone();
         tracing::Dispatch::new(
             tracing_subscriber::fmt()
