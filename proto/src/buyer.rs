@@ -687,6 +687,7 @@ mod tests {
             r#"{"bid": 0, "no_bid": "x"}"#,
             r#"{"no_bid": "x", "bid": -0}"#,
             r#"{"bid": "nine", "no_bid": null}"#,
+            r#"{"bid": null, "no_bid": "x"}"#,
         ] {
             assert_eq!(
                 bid(200, JSON, both),
@@ -697,6 +698,20 @@ mod tests {
         assert_eq!(
             bid(200, JSON, r#"{"no_bid": "ana@example.com"}"#),
             BidOutcome::NoBid { reason: None }
+        );
+        // As API.md says: a null reason is a pass without one; a null bid is not a number;
+        // a body that starts with a byte-order mark is not JSON text.
+        assert_eq!(
+            bid(200, JSON, r#"{"no_bid": null}"#),
+            BidOutcome::NoBid { reason: None }
+        );
+        assert_eq!(
+            bid(200, JSON, r#"{"bid": null}"#),
+            BidOutcome::Invalid("bid_not_a_number")
+        );
+        assert_eq!(
+            bid(200, JSON, "\u{feff}{\"bid\": 18.5}"),
+            BidOutcome::Invalid("malformed")
         );
         for latin in [
             "application/json; charset=iso-8859-1",
