@@ -327,9 +327,19 @@ fn invalid_requests_counted(ex: &Running) -> f64 {
     )
 }
 
+/// The seller pings observed in the request-duration histogram.
+fn pings_observed(ex: &Running) -> f64 {
+    let metrics = String::from_utf8(ex.state.metrics.render()).unwrap();
+    metric_value(
+        &metrics,
+        "pingpost_request_duration_seconds_count",
+        &[("route", "ping")],
+    )
+}
+
 /// A request whose client went away while its body was arriving is answered to nobody
-/// and not counted as an error answer; a body the server can still answer about (a
-/// malformed chunk) is answered `400` and counted.
+/// and not counted as an error answer nor observed as answered; a body the server can
+/// still answer about (a malformed chunk) is answered `400`, counted and observed.
 #[tokio::test]
 async fn a_body_cut_off_by_its_client_is_not_counted_as_an_error_answer() {
     let (ex, _dir) = start(5_000, "").await;
@@ -352,6 +362,8 @@ async fn a_body_cut_off_by_its_client_is_not_counted_as_an_error_answer() {
     drop(stream);
     requests_in_flight_fall_to(&ex, 0).await;
     assert_eq!(invalid_requests_counted(&ex), 0.0);
+    // Nor is it observed as an answered request (black-box round 180a).
+    assert_eq!(pings_observed(&ex), 0.0);
     // A chunk size that is not hexadecimal: answered, and counted.
     let bad = head("transfer-encoding: chunked\r\n") + "zz\r\n{}\r\n0\r\n\r\n";
     let (answer, _) = raw_exchange(ex.addr, bad.as_bytes(), EVENT_WAIT_MAX).await;
@@ -359,6 +371,7 @@ async fn a_body_cut_off_by_its_client_is_not_counted_as_an_error_answer() {
     assert!(answer.contains("invalid_request"), "{answer:?}");
     requests_in_flight_fall_to(&ex, 0).await;
     assert_eq!(invalid_requests_counted(&ex), 1.0);
+    assert_eq!(pings_observed(&ex), 1.0);
     ex.shutdown().await.unwrap();
 }
 

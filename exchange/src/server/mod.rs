@@ -144,6 +144,12 @@ fn host_problem<B>(req: &Request<B>) -> Option<ApiError> {
     bidder_sdk::listener::host_problem(req).map(|m| ApiError::new(ErrorCode::InvalidRequest, m))
 }
 
+/// Marks an answer that reaches nobody ([`ApiError::unheard`]): it is not observed in the
+/// request-duration histogram either (black-box round 180a: 40 requests whose clients
+/// left mid-body were observed as answered).
+#[derive(Clone, Copy)]
+struct Unheard;
+
 fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
     // An answer that reaches nobody (the client's stream or connection is gone) is not
     // an error answer.
@@ -155,6 +161,9 @@ fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
             .inc();
     }
     let mut resp = json_response(e.status(), e.to_json());
+    if e.unheard {
+        resp.extensions_mut().insert(Unheard);
+    }
     if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Overloaded) {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -404,9 +413,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             closing(method_not_allowed(&state, m, req.uri().path(), allow))
         }
     };
-    state
-        .metrics
-        .observe_route(route, arrival.elapsed().as_secs_f64());
+    if resp.extensions().get::<Unheard>().is_none() {
+        state
+            .metrics
+            .observe_route(route, arrival.elapsed().as_secs_f64());
+    }
     // A `401` carried no valid key: its connection is closed over HTTP/2 too (black-box
     // round 72b: 20 keyless HTTP/2 connections answered `401` held every slot; over
     // HTTP/1.1 an answer before the body closes already).
