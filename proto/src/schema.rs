@@ -311,7 +311,7 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             if values.iter().any(|x| x == s) {
                 Ok(FieldValue::Str(s.to_string()))
             } else {
-                Err(format!("must be one of {}", values.join(", ")))
+                Err(one_of(values))
             }
         }
         FieldKind::State => {
@@ -388,6 +388,24 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
             }
         }
     }
+}
+
+/// "must be one of a, b, c": the values listed until the problem's bound
+/// ([`crate::error::PROBLEM_CHARS_MAX`]), then "…", so a long list is never joined whole
+/// for a request that will see only its start.
+fn one_of(values: &[String]) -> String {
+    let mut out = String::from("must be one of ");
+    for (i, v) in values.iter().enumerate() {
+        if out.len() >= crate::error::PROBLEM_CHARS_MAX {
+            out.push('…');
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+    }
+    out
 }
 
 fn as_str(v: &OwnedValue) -> Option<&str> {
@@ -496,6 +514,26 @@ pub(crate) mod tests {
                 f("birth_date", FieldKind::Date, false, false, true),
             ],
         }
+    }
+
+    /// A wrong enum value's problem lists the values; a long list only up to the
+    /// problem's bound, never joined whole for a request that sees only its start.
+    #[test]
+    fn one_of_lists_the_values_up_to_the_bound() {
+        let few: Vec<String> = vec!["poor".into(), "fair".into()];
+        assert_eq!(one_of(&few), "must be one of poor, fair");
+        let many: Vec<String> = (0..100_000).map(|i| format!("value_{i}")).collect();
+        let said = one_of(&many);
+        assert!(
+            said.starts_with("must be one of value_0, value_1, "),
+            "{said}"
+        );
+        assert!(said.ends_with('…'), "{said}");
+        assert!(
+            said.len() < crate::error::PROBLEM_CHARS_MAX + 64,
+            "{}",
+            said.len()
+        );
     }
 
     fn parse(s: &str) -> OwnedValue {

@@ -75,6 +75,8 @@ const RATE_PER_S_LIMIT: i64 = 1_000_000;
 const NAME_LEN_MAX: usize = 64;
 /// Longest display name.
 const DISPLAY_NAME_LEN_MAX: usize = 200;
+/// Longest value of an enum field, in characters.
+const ENUM_VALUE_LEN_MAX: usize = 128;
 /// Most items in any list (all 5-digit ZIP prefixes fit).
 const LIST_LEN_MAX: usize = 100_000;
 /// Largest compiled size of a field pattern, so a pattern cannot eat memory.

@@ -7,7 +7,7 @@ use proto::signing::Secret;
 use proto::Micros;
 use toml::Value;
 
-use super::reader::{display_name, no_duplicates, str_list, Problems, Section};
+use super::reader::{display_name, no_duplicates, str_list, toml_quoted, Problems, Section};
 use super::{PartyPrices, DAYS, MINUTES_PER_DAY, TIMEOUT_MS_LIMIT};
 use crate::config::{
     defaults, Buyer, BuyerKey, Caps, HttpVersion, MinuteRange, VerticalIdx, WeeklySchedule,
@@ -91,7 +91,10 @@ pub(super) fn read_buyer(
     let states_exclude = states(p, &mut s, "states_exclude");
     for (path, state) in &states_exclude {
         if states_include.iter().any(|(_, inc)| inc == state) {
-            p.at(path, format!("{state:?} is also in states_include"));
+            p.at(
+                path,
+                format!("{} is also in states_include", toml_quoted(state)),
+            );
         }
     }
     let zip_prefixes = s.str_list(p, "zip_prefixes");
@@ -123,7 +126,10 @@ pub(super) fn read_buyer(
             Err(_) => {
                 p.at(
                     &s.path_of("timezone"),
-                    format!("unknown time zone {tz:?} (an IANA name such as \"America/Chicago\")"),
+                    format!(
+                        "unknown time zone {} (an IANA name such as \"America/Chicago\")",
+                        toml_quoted(tz)
+                    ),
                 );
                 chrono_tz::Tz::UTC
             }
@@ -417,7 +423,10 @@ fn states<'a>(p: &mut Problems, s: &mut Section<'a>, key: &'static str) -> Vec<(
         if !is_us_state(state) {
             p.at(
                 path,
-                format!("{state:?} is not a US state code (two upper-case letters such as \"TX\")"),
+                format!(
+                    "{} is not a US state code (two upper-case letters such as \"TX\")",
+                    toml_quoted(state)
+                ),
             );
         }
     }
@@ -469,7 +478,12 @@ fn read_day(p: &mut Problems, path: &str, v: &Value) -> Vec<MinuteRange> {
 
 /// `"HH:MM-HH:MM"`, end after start; the end may be `24:00`.
 pub(super) fn parse_range(text: &str) -> Result<MinuteRange, String> {
-    let shape = || format!("{text:?} must be a range \"HH:MM-HH:MM\" such as \"08:00-20:00\"");
+    let shape = || {
+        format!(
+            "{} must be a range \"HH:MM-HH:MM\" such as \"08:00-20:00\"",
+            toml_quoted(text)
+        )
+    };
     let (start, end) = text.split_once('-').ok_or_else(shape)?;
     // Plain spaces around each time only (black-box round 100b: `trim` also took a
     // no-break space or a tab, which CONFIGURATION.md does not allow).

@@ -4,7 +4,7 @@
 use proto::{FieldKind, VerticalSchema};
 use toml::Value;
 
-use super::reader::{as_str, number, whole, Problems, Section};
+use super::reader::{as_str, number, toml_quoted, whole, Problems, Section};
 use crate::core::model::features::{
     BuyerFeature, ContextFeature, FeatureSpec, LeadFeature, LeadKind, CATEGORIES_MAX, FEATURES_MAX,
 };
@@ -55,7 +55,10 @@ pub(super) fn read_features(
                     let twice = field.is_some_and(|f| named.contains(&f));
                     if let Some(field) = field {
                         if twice {
-                            p.at(&item_path, format!("field {field:?} is listed twice"));
+                            p.at(
+                                &item_path,
+                                format!("field {} is listed twice", toml_quoted(field)),
+                            );
                         } else {
                             named.push(field);
                         }
@@ -118,7 +121,9 @@ fn named_list<T: Copy + PartialEq>(
     let mut out = Vec::new();
     for (item_path, item) in f.str_list(p, key) {
         match parse(item) {
-            Some(x) if out.contains(&x) => p.at(&item_path, format!("{item:?} is listed twice")),
+            Some(x) if out.contains(&x) => {
+                p.at(&item_path, format!("{} is listed twice", toml_quoted(item)))
+            }
             Some(x) => out.push(x),
             None => {
                 let known: Vec<&str> = all.iter().map(|x| name(*x)).collect();
@@ -173,7 +178,7 @@ fn read_lead_feature(
             "categorical" => {}
             other => p.at(
                 &format!("{path}.kind"),
-                format!("unknown kind {other:?} (one of numeric, boolean, categorical)"),
+                format!("unknown kind {} (one of numeric, boolean, categorical)", toml_quoted(other)),
             ),
         }
         return None;
@@ -181,7 +186,7 @@ fn read_lead_feature(
     let Some(field_idx) = schema.field_index(field) else {
         p.at(
             &format!("{path}.field"),
-            format!("unknown lead field {field:?}"),
+            format!("unknown lead field {}", toml_quoted(field)),
         );
         return None;
     };
@@ -189,7 +194,7 @@ fn read_lead_feature(
     if spec.pii || !spec.ping {
         p.at(
             &format!("{path}.field"),
-            format!("{field:?} is not a ping field: a feature must be known when the lead is pinged, and never personal data"),
+            format!("{} is not a ping field: a feature must be known when the lead is pinged, and never personal data", toml_quoted(field)),
         );
     }
     let kind = match kind_name {
@@ -201,13 +206,16 @@ fn read_lead_feature(
                     if min.abs() > F32_RANGE || max.abs() > F32_RANGE {
                         p.at(
                             &format!("{path}.field"),
-                            format!("{field:?} must have min and max within ±3.4e38 to be a numeric feature (a model sees 32-bit floats, so a larger value would be infinite)"),
+                            format!("{} must have min and max within ±3.4e38 to be a numeric feature (a model sees 32-bit floats, so a larger value would be infinite)", toml_quoted(field)),
                         );
                     }
                 }
                 _ => p.at(
                     &format!("{path}.kind"),
-                    format!("numeric needs an integer or number field; {field:?} is not one"),
+                    format!(
+                        "numeric needs an integer or number field; {} is not one",
+                        toml_quoted(field)
+                    ),
                 ),
             }
             if categories.is_some() {
@@ -222,7 +230,10 @@ fn read_lead_feature(
             if !matches!(spec.kind, FieldKind::Boolean) {
                 p.at(
                     &format!("{path}.kind"),
-                    format!("boolean needs a boolean field; {field:?} is not one"),
+                    format!(
+                        "boolean needs a boolean field; {} is not one",
+                        toml_quoted(field)
+                    ),
                 );
             }
             if categories.is_some() {
@@ -238,7 +249,13 @@ fn read_lead_feature(
                 spec.kind,
                 FieldKind::Enum(_) | FieldKind::State | FieldKind::Zip | FieldKind::String { .. }
             ) {
-                p.at(&format!("{path}.kind"), format!("categorical needs an enum, state, zip or string field; {field:?} is not one"));
+                p.at(
+                    &format!("{path}.kind"),
+                    format!(
+                        "categorical needs an enum, state, zip or string field; {} is not one",
+                        toml_quoted(field)
+                    ),
+                );
             }
             let mut list: Vec<String> = Vec::new();
             match categories {
@@ -254,7 +271,7 @@ fn read_lead_feature(
                             let ip = format!("{cpath}[{i}]");
                             if let Some(c) = as_str(p, &ip, c) {
                                 if list.iter().any(|x| x == c) {
-                                    p.at(&ip, format!("{c:?} is listed twice"));
+                                    p.at(&ip, format!("{} is listed twice", toml_quoted(c)));
                                 } else {
                                     list.push(c.to_string());
                                 }
@@ -268,7 +285,10 @@ fn read_lead_feature(
         other => {
             p.at(
                 &format!("{path}.kind"),
-                format!("unknown kind {other:?} (one of numeric, boolean, categorical)"),
+                format!(
+                    "unknown kind {} (one of numeric, boolean, categorical)",
+                    toml_quoted(other)
+                ),
             );
             return None;
         }
@@ -293,7 +313,10 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
         Some("price") => out.award = AwardMode::Price,
         Some(other) => p.at(
             &r.path_of("award"),
-            format!("unknown award {other:?} (\"ev\": bid times the chance of realization, or \"price\")"),
+            format!(
+                "unknown award {} (\"ev\": bid times the chance of realization, or \"price\")",
+                toml_quoted(other)
+            ),
         ),
     }
     if let Some((path, v)) = r.opt("explore_share") {

@@ -240,9 +240,22 @@ impl<'a> Section<'a> {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(table.len());
+        // Names told apart by letter case alone (`state` and `State`, `acme` and `Acme`)
+        // are one name to a reader of a report or a log, and only one of two such fields
+        // drives the geography filters (black-box round 181a): refused.
+        let mut lower: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
         for (name, value) in table {
             let entry_path = join(&path, name);
-            if !is_name(name) {
+            let twin = lower.insert(name.to_ascii_lowercase(), name);
+            if let Some(twin) = twin.filter(|_| is_name(name)) {
+                p.at(
+                    &entry_path,
+                    format!(
+                        "differs from {} only in letter case: names must differ in more than case",
+                        join(&path, twin)
+                    ),
+                );
+            } else if !is_name(name) {
                 p.at(
                     &entry_path,
                     format!(
@@ -298,7 +311,10 @@ impl<'a> Section<'a> {
             match vertical_by_name.get(name) {
                 Some(&idx) if !out.contains(&idx) => out.push(idx),
                 Some(_) => {}
-                None => p.at(&item_path, format!("unknown vertical {name:?}")),
+                None => p.at(
+                    &item_path,
+                    format!("unknown vertical {}", toml_quoted(name)),
+                ),
             }
         }
         out
@@ -505,7 +521,7 @@ pub(super) fn no_duplicates(p: &mut Problems, items: &[(String, &str)]) {
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     for (path, s) in items {
         if !seen.insert(*s) {
-            p.at(path, format!("{s:?} is listed twice"));
+            p.at(path, format!("{} is listed twice", toml_quoted(s)));
         }
     }
 }
@@ -546,7 +562,7 @@ pub(super) fn display_name(p: &mut Problems, s: &mut Section<'_>, id: &str) -> S
 /// Scotland, Wales; black-box rounds 39-40: runs of joiners and selectors, and tags
 /// spelling hidden text, passed). Noncharacters and private-use characters, which have no
 /// look of their own, are refused. Spaces other than line breaks and tabs are fine.
-fn prints_as_written(name: &str) -> bool {
+pub(super) fn prints_as_written(name: &str) -> bool {
     use pingpost_core::config::invisible;
     /// What came last.
     #[derive(Clone, Copy, PartialEq)]

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use proto::Micros;
 use toml::Value;
 
-use super::reader::{as_str, decimal_text, display_name, join, money, Problems, Section};
+use super::reader::{
+    as_str, decimal_text, display_name, join, money, toml_quoted, Problems, Section,
+};
 use super::{PartyPrices, RATE_PER_S_LIMIT, TABLE_ENTRIES_LIMIT};
 use crate::config::{defaults, PayoutModel, Seller, SellerKey, VerticalIdx};
 
@@ -133,7 +135,10 @@ fn read_payout(p: &mut Problems, path: String, v: &Value) -> Option<PayoutModel>
         Some(other) => {
             p.at(
                 &s.path_of("model"),
-                format!("unknown payout model {other:?} (revenue_share or fixed_margin)"),
+                format!(
+                    "unknown payout model {} (revenue_share or fixed_margin)",
+                    toml_quoted(other)
+                ),
             );
             // A model's own keys are not unknown: the model is (black-box round 22: a
             // misspelt model also flagged `margin`).

@@ -5,8 +5,11 @@ use proto::schema::{LEAD_FIELDS_MAX, STRING_LEN_MAX_DEFAULT};
 use proto::{FieldKind, FieldSpec, Micros, VerticalSchema};
 use toml::{Table, Value};
 
-use super::reader::{as_str, no_duplicates, number, str_list, whole, Problems, Section};
-use super::{FIELD_TYPES, PATTERN_SIZE_MAX_BYTES, TIMEOUT_MS_LIMIT};
+use super::reader::{
+    as_str, no_duplicates, number, prints_as_written, str_list, toml_quoted, whole, Problems,
+    Section,
+};
+use super::{ENUM_VALUE_LEN_MAX, FIELD_TYPES, PATTERN_SIZE_MAX_BYTES, TIMEOUT_MS_LIMIT};
 use crate::config::{defaults, ServerConfig, Vertical};
 
 /// A vertical's prices, kept when they read cleanly even if the rest of the vertical
@@ -190,7 +193,7 @@ fn read_dedup(
         Some(other) => {
             p.at(
                 &d.path_of("ping_scope"),
-                format!("unknown scope {other:?} (\"seller\": a ping is a duplicate of the seller's own sales only, or \"all\")"),
+                format!("unknown scope {} (\"seller\": a ping is a duplicate of the seller's own sales only, or \"all\")", toml_quoted(other)),
             );
             false
         }
@@ -249,15 +252,15 @@ fn read_dedup(
                 match schema.field(field) {
                     None => p.at(
                         &key_path,
-                        format!("names {field:?}, which is not a field of the vertical (\"\": the seller's hash only)"),
+                        format!("names {}, which is not a field of the vertical (\"\": the seller's hash only)", toml_quoted(field)),
                     ),
                     Some(f) if !matches!(f.kind, FieldKind::Phone | FieldKind::Email | FieldKind::String { .. }) => p.at(
                         &key_path,
-                        format!("names {field:?}, which is not a phone, email or string field"),
+                        format!("names {}, which is not a phone, email or string field", toml_quoted(field)),
                     ),
                     Some(f) if f.ping => p.at(
                         &key_path,
-                        format!("names {field:?}, a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field: a PII field is never a ping field)"),
+                        format!("names {}, a ping field: a key identifies a consumer, so it is made from a field only a post carries (drop `ping = true` from the field: a PII field is never a ping field)", toml_quoted(field)),
                     ),
                     Some(_) => keys.push(DedupKeySpec {
                         name: name.clone(),
@@ -307,6 +310,66 @@ fn read_consent_required(s: &mut Section<'_>, p: &mut Problems) -> Vec<String> {
         }
     }
     out
+}
+
+/// An enum's values: each travels from a seller to every buyer as written and is listed
+/// in the error a wrong value gets, so each is 1 to [`ENUM_VALUE_LEN_MAX`] characters
+/// that print, without surrounding spaces (black-box round 181a: NUL, a direction
+/// override, an escape sequence, a zero-width space and a blank value were accepted,
+/// went to buyers and were echoed raw, while a `string` field refuses them). Two values
+/// that are one text once normalised (Unicode NFKC: "Å" written as one character or as
+/// "A" and a ring) are refused: a seller's software may send either.
+fn enum_values(p: &mut Problems, items: &[(String, &str)]) {
+    use unicode_normalization::UnicodeNormalization;
+    let mut normalised: std::collections::HashMap<String, (&str, &str)> =
+        std::collections::HashMap::with_capacity(items.len());
+    for (path, item) in items {
+        let n = item.chars().count();
+        if n == 0 {
+            p.at(path, "must not be empty");
+            continue;
+        }
+        if n > ENUM_VALUE_LEN_MAX || item.trim() != *item || !prints_as_written(item) {
+            p.at(
+                path,
+                format!(
+                    "must be 1 to {ENUM_VALUE_LEN_MAX} characters that print, without surrounding spaces (no control characters or line breaks, nor characters that print as nothing such as zero-width or direction marks): sellers send it and buyers receive it as written"
+                ),
+            );
+            continue;
+        }
+        let folded: String = item.nfkc().collect();
+        match normalised.get(&folded) {
+            Some((other_path, other)) if other != item => p.at(
+                path,
+                format!(
+                    "{} ({}) is {} ({}, {other_path}) once normalised (Unicode NFKC): a seller's software may send either; list one",
+                    toml_quoted(item),
+                    code_points(item),
+                    toml_quoted(other),
+                    code_points(other)
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                normalised.insert(folded, (path, item));
+            }
+        }
+    }
+}
+
+/// "U+0041 U+030A": the code points of `s`, at most 16 then "…", to tell apart texts
+/// that print alike.
+fn code_points(s: &str) -> String {
+    let mut out: Vec<String> = s
+        .chars()
+        .take(16)
+        .map(|c| format!("U+{:04X}", u32::from(c)))
+        .collect();
+    if s.chars().nth(16).is_some() {
+        out.push("…".into());
+    }
+    out.join(" ")
 }
 
 /// "a string", "an email", "an enum", "an integer": the article a field type takes.
@@ -383,11 +446,7 @@ fn read_field(name: &str, mut s: Section<'_>, p: &mut Problems) -> Option<FieldS
                     if v.as_array().is_some_and(Vec::is_empty) {
                         p.at(&path, "must list at least one value");
                     }
-                    for (item_path, item) in &items {
-                        if item.is_empty() {
-                            p.at(item_path, "must not be empty");
-                        }
-                    }
+                    enum_values(p, &items);
                     no_duplicates(p, &items);
                     items
                         .into_iter()
@@ -406,7 +465,7 @@ fn read_field(name: &str, mut s: Section<'_>, p: &mut Problems) -> Option<FieldS
         Some(other) => {
             p.at(
                 &s.path_of("type"),
-                format!("unknown type {other:?} (one of {FIELD_TYPES})"),
+                format!("unknown type {} (one of {FIELD_TYPES})", toml_quoted(other)),
             );
             None
         }

@@ -466,3 +466,74 @@ fn a_bad_window_does_not_hide_the_other_dedup_problems() {
         "\"seller\" by default"
     );
 }
+
+/// Black-box round 181a: an enum's values went to every buyer and into error messages as
+/// written, control characters, direction overrides and invisible ones included, and
+/// values that are one text once normalised were two values.
+#[test]
+fn enum_values_print_and_are_distinct_once_normalised() {
+    let p = "verticals.auto.fields.extra";
+    let field = |values: &str| {
+        errors(&[(
+            "#FIELD",
+            &format!("type = \"enum\"\nping = true\nvalues = [{values}]"),
+        )])
+    };
+    let refused = |i: usize| {
+        format!(
+            "{p}.values[{i}]: must be 1 to 128 characters that print, without surrounding spaces (no control characters or line breaks, nor characters that print as nothing such as zero-width or direction marks): sellers send it and buyers receive it as written"
+        )
+    };
+    for bad in [
+        r#""a\u0000b""#,
+        r#""x\u202Ey""#,
+        r#""\u001B[2J""#,
+        r#""z\u200B""#,
+        r#"" ""#,
+        r#""\n""#,
+        r#"" single""#,
+        r#""single ""#,
+    ] {
+        assert_eq!(field(&format!("\"ok\", {bad}")), [refused(1)], "{bad}");
+    }
+    let long = "a".repeat(129);
+    assert_eq!(field(&format!("\"{long}\"")), [refused(0)]);
+    // At the limit, inner spaces, accents and other scripts are values like any other.
+    let limit = "a".repeat(128);
+    assert!(field(&format!(
+        "\"{limit}\", \"single family\", \"Ångström\", \"日本\""
+    ))
+    .is_empty());
+    // "Å" as one character, as "A" and a combining ring (shown escaped, as it prints as
+    // the one before), and as the ångström sign.
+    assert_eq!(
+        field(r#""\u00C5", "A\u030A", "\u212B", "B""#),
+        [
+            format!("{p}.values[1]: \"A\\u030A\" (U+0041 U+030A) is \"\u{C5}\" (U+00C5, {p}.values[0]) once normalised (Unicode NFKC): a seller's software may send either; list one"),
+            format!("{p}.values[2]: \"\u{212B}\" (U+212B) is \"\u{C5}\" (U+00C5, {p}.values[0]) once normalised (Unicode NFKC): a seller's software may send either; list one"),
+        ]
+    );
+    // Case is not folded: "a" and "A" are two values, as a seller sends them.
+    assert!(field(r#""a", "A""#).is_empty());
+}
+
+/// Black-box round 181a: `state` and `State` were two fields, and only one drove the
+/// geography filters; names told apart by letter case alone are refused in every table
+/// of named tables.
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    assert_eq!(
+        errors(&[(
+            "#VERTICAL",
+            "[verticals.auto.fields.State]\ntype = \"state\"\nping = true\n",
+        )]),
+        ["verticals.auto.fields.state: differs from verticals.auto.fields.State only in letter case: names must differ in more than case"]
+    );
+    assert_eq!(
+        errors(&[(
+            "#BUYER",
+            "[buyers.ACME]\nping_url = \"http://127.0.0.1:9102/ping\"\npost_url = \"http://127.0.0.1:9102/post\"\nsecret_env = \"ACME_SECRET\"\nverticals = [\"auto\"]\n",
+        )]),
+        ["buyers.ACME: differs from buyers.acme only in letter case: names must differ in more than case"]
+    );
+}
