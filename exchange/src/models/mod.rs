@@ -526,8 +526,22 @@ pub fn write_champion(
         // swap here (black-box round 47: a FIFO held the loader thread for good).
         let before = read_history_file(&dir)?;
         let mut h = history(learning, vertical);
-        if h.last().map(String::as_str) != Some(v) {
-            h.push(v.to_string());
+        let read = h.len();
+        // Entries after the champion's last one never served: a swap killed between
+        // its `HISTORY` and its `CHAMPION` (or a `CHAMPION` set back by hand). They are
+        // dropped before this one is appended, so a rollback from it goes to what served
+        // before it (black-box round 179b: `va vb va` after a swap to `vb` was cut off,
+        // and a rollback from `va` went to `vb`).
+        if let Ok(Some(champ)) = read_champion_checked(learning, vertical) {
+            if let Some(p) = h.iter().rposition(|x| *x == champ) {
+                h.truncate(p + 1);
+            }
+        }
+        let cut = h.len() < read;
+        if cut || h.last().map(String::as_str) != Some(v) {
+            if h.last().map(String::as_str) != Some(v) {
+                h.push(v.to_string());
+            }
             if h.len() > HISTORY_MAX {
                 h.drain(..h.len() - HISTORY_MAX);
             }
@@ -841,6 +855,40 @@ mod tests {
             )
         );
         assert_eq!(set("", "").map(|r| r.target), None);
+    }
+
+    /// Black-box round 179b: a swap killed after writing `HISTORY` and before `CHAMPION`
+    /// left a version in `HISTORY` that never served; the next swap appended after it
+    /// (`va vb va`), and a rollback from `va` went to `vb`. A swap drops the entries
+    /// after the champion's last one first.
+    #[test]
+    fn a_swap_drops_history_entries_that_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let learning = learning_in(dir.path());
+        let vdir = vertical_dir(&learning, "auto");
+        std::fs::create_dir_all(&vdir).unwrap();
+        let history_after = |champion: &str, history: &str, swap: &'static str| {
+            std::fs::write(vdir.join(CHAMPION), champion).unwrap();
+            std::fs::write(vdir.join(HISTORY), history).unwrap();
+            write_champion(&learning, "auto", Some(swap)).unwrap();
+            std::fs::read_to_string(vdir.join(HISTORY)).unwrap()
+        };
+        // The cut-off swap's `vb` goes; the one that serves is appended.
+        assert_eq!(history_after("va", "va\nvb\n", "vc"), "va\nvc\n");
+        // Serving the champion again writes the history without the stray entry.
+        assert_eq!(history_after("va", "va\nvb\n", "va"), "va\n");
+        // A rollback from there goes to what served before, not to `vb`.
+        assert_eq!(history_after("va", "v0\nva\nvb\n", "vc"), "v0\nva\nvc\n");
+        assert_eq!(
+            rollback_target(&learning, "auto").unwrap().unwrap().target,
+            "va"
+        );
+        // Nothing is dropped when the history ends with the champion, when none serves
+        // (switched off: its last entry is what served before), or when the champion is
+        // not in it (written by hand).
+        assert_eq!(history_after("vb", "va\nvb\n", "vc"), "va\nvb\nvc\n");
+        assert_eq!(history_after("", "va\nvb\n", "vc"), "va\nvb\nvc\n");
+        assert_eq!(history_after("x", "va\nvb\n", "vc"), "va\nvb\nvc\n");
     }
 
     /// Black-box round 46: a model file that is a FIFO with no writer is refused at
