@@ -1164,7 +1164,7 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     let text = std::fs::read_to_string(&ex.config_path).unwrap();
     let edited = text.replace(
         r#"categories = ["poor", "fair", "good", "excellent"]"#,
-        r#"categories = ["poor", "fair", "good", "excellent", "superb"]"#,
+        r#"categories = ["excellent", "good", "fair", "poor"]"#,
     );
     assert_ne!(edited, text);
     std::fs::write(&changed, edited).unwrap();

@@ -550,6 +550,11 @@ mod tests {
     #[test]
     fn a_post_answers_reason_and_lead_id_keep_codes_and_drop_text() {
         let post = |body: &str| parse_post_answer(200, JSON, &mut body.as_bytes().to_vec());
+        // A byte-order mark makes no JSON text, as API.md's post answers table says.
+        assert_eq!(
+            post("\u{feff}{\"accepted\": true}"),
+            PostOutcome::Invalid("malformed")
+        );
         assert_eq!(
             post(r#"{"accepted": false, "reason": "dup_30d"}"#),
             PostOutcome::Rejected {

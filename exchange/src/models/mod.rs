@@ -521,25 +521,30 @@ pub fn write_champion(
     // `HISTORY` made a directory, the refused swap's `CHAMPION` was served 2 s later).
     // If `CHAMPION` then cannot be written, `HISTORY` is put back.
     let mut restore = None;
-    if let Some(v) = version {
-        // Read without blocking: a `HISTORY` that is a FIFO or a directory refuses the
-        // swap here (black-box round 47: a FIFO held the loader thread for good).
-        let before = read_history_file(&dir)?;
+    // Read without blocking: a `HISTORY` that is a FIFO or a directory refuses a swap
+    // here (black-box round 47: a FIFO held the loader thread for good). Switching the
+    // model off appends nothing and is never refused for `HISTORY`.
+    let before = match version {
+        Some(_) => Some(read_history_file(&dir)?),
+        None => read_history_file(&dir).ok(),
+    };
+    if let Some(before) = before {
         let mut h = history(learning, vertical);
         let read = h.len();
         // Entries after the champion's last one never served: a swap killed between
         // its `HISTORY` and its `CHAMPION` (or a `CHAMPION` set back by hand). They are
-        // dropped before this one is appended, so a rollback from it goes to what served
-        // before it (black-box round 179b: `va vb va` after a swap to `vb` was cut off,
-        // and a rollback from `va` went to `vb`).
+        // dropped first, so a rollback goes to what served before (black-box round
+        // 179b: `va vb va` after a swap to `vb` was cut off, and a rollback from `va`
+        // went to `vb`; round 182b: after a switch-off, to the cut-off `vb`).
         if let Ok(Some(champ)) = read_champion_checked(learning, vertical) {
             if let Some(p) = h.iter().rposition(|x| *x == champ) {
                 h.truncate(p + 1);
             }
         }
         let cut = h.len() < read;
-        if cut || h.last().map(String::as_str) != Some(v) {
-            if h.last().map(String::as_str) != Some(v) {
+        let append = version.filter(|v| h.last().map(String::as_str) != Some(*v));
+        if cut || append.is_some() {
+            if let Some(v) = append {
                 h.push(v.to_string());
             }
             if h.len() > HISTORY_MAX {
@@ -547,8 +552,13 @@ pub fn write_champion(
             }
             let mut text = h.join("\n");
             text.push('\n');
-            write_atomic(&dir.join(HISTORY), text.as_bytes()).map_err(|e| named(HISTORY, e))?;
-            restore = Some(before);
+            match write_atomic(&dir.join(HISTORY), text.as_bytes()) {
+                Ok(()) => restore = Some(before),
+                Err(e) if version.is_some() => return Err(named(HISTORY, e)),
+                // A switch-off goes on: its `HISTORY` keeps the stray entries, which a
+                // rollback from it names (`rollback_target`).
+                Err(_) => {}
+            }
         }
     }
     if let Err(e) = write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes()) {
@@ -882,6 +892,19 @@ mod tests {
         assert_eq!(
             rollback_target(&learning, "auto").unwrap().unwrap().target,
             "va"
+        );
+        // A switch-off drops them too: a rollback from it goes to what served before.
+        std::fs::write(vdir.join(CHAMPION), "m1").unwrap();
+        std::fs::write(vdir.join(HISTORY), "m0\nm1\nm2\n").unwrap();
+        write_champion(&learning, "auto", None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
+            "m0\nm1\n"
+        );
+        assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "");
+        assert_eq!(
+            rollback_target(&learning, "auto").unwrap().unwrap().target,
+            "m1"
         );
         // Nothing is dropped when the history ends with the champion, when none serves
         // (switched off: its last entry is what served before), or when the champion is

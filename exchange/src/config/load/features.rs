@@ -272,6 +272,10 @@ fn read_lead_feature(
                             if let Some(c) = as_str(p, &ip, c) {
                                 if list.iter().any(|x| x == c) {
                                     p.at(&ip, format!("{} is listed twice", toml_quoted(c)));
+                                } else if let Some(why) = never_matches(&spec.kind, c) {
+                                    // A category no lead can carry leaves the feature
+                                    // missing for good (black-box round 182b).
+                                    p.at(&ip, format!("{} never matches: {why}", toml_quoted(c)));
                                 } else {
                                     list.push(c.to_string());
                                 }
@@ -357,4 +361,23 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
     }
     r.finish(p);
     out
+}
+
+/// Why `category` can never be the value of a field of `kind` (`None`: it can be): not
+/// one of an enum's values, not a US state code, not five digits.
+fn never_matches(kind: &FieldKind, category: &str) -> Option<&'static str> {
+    match kind {
+        FieldKind::Enum(values) if !values.iter().any(|v| v == category) => {
+            Some("it is not one of the enum field's values")
+        }
+        FieldKind::State if !proto::schema::is_us_state(category) => {
+            Some("a state field holds a two-letter US state code such as \"TX\"")
+        }
+        FieldKind::Zip
+            if !(category.len() == 5 && category.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Some("a zip field holds 5 digits")
+        }
+        _ => None,
+    }
 }

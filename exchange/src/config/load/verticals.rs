@@ -329,11 +329,22 @@ fn enum_values(p: &mut Problems, items: &[(String, &str)]) {
             p.at(path, "must not be empty");
             continue;
         }
-        if n > ENUM_VALUE_LEN_MAX || item.trim() != *item || !prints_as_written(item) {
+        // Nothing invisible anywhere, joiners and variation selectors between letters
+        // included, which a display name may hold (black-box round 182b: "ab" and
+        // "a\u200Db" were two values that print alike).
+        let hidden = item
+            .chars()
+            .any(|c| c != ' ' && crate::core::config::invisible(c));
+        if n > ENUM_VALUE_LEN_MAX || item.trim() != *item || hidden || !prints_as_written(item) {
+            let shown = if n > ENUM_VALUE_LEN_MAX {
+                format!("a value of {n} characters")
+            } else {
+                format!("{} ({})", toml_quoted(item), code_points(item))
+            };
             p.at(
                 path,
                 format!(
-                    "must be 1 to {ENUM_VALUE_LEN_MAX} characters that print, without surrounding spaces (no control characters or line breaks, nor characters that print as nothing such as zero-width or direction marks): sellers send it and buyers receive it as written"
+                    "{shown}: must be 1 to {ENUM_VALUE_LEN_MAX} characters that print, without surrounding spaces (no control characters or line breaks, nor characters that print as nothing such as zero-width joiners, variation selectors or direction marks): sellers send it and buyers receive it as written"
                 ),
             );
             continue;

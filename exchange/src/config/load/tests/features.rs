@@ -177,6 +177,52 @@ fn every_bad_feature_is_named() {
     .is_empty());
 }
 
+/// Black-box round 182b: a category no lead can carry (not one of an enum's values, not
+/// a state code, not five digits) loaded, and left its feature missing for good.
+#[test]
+fn a_category_that_never_matches_is_refused() {
+    let p = "verticals.auto.features.lead[0].categories";
+    let enum_field = (
+        "#FIELD",
+        "type = \"enum\"\nping = true\nvalues = [\"a\", \"b\"]",
+    );
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["a", "c", "b\u200B"] }] }"#,
+    );
+    assert_eq!(
+        errors(&[(m, &f), enum_field]),
+        [
+            format!("{p}[1]: \"c\" never matches: it is not one of the enum field's values"),
+            format!("{p}[2]: \"b\\u200B\" never matches: it is not one of the enum field's values"),
+        ]
+    );
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "state", kind = "categorical", categories = ["TX", "tx", "XX"] }] }"#,
+    );
+    assert_eq!(
+        errors(&[(m, &f)]),
+        [
+            format!("{p}[1]: \"tx\" never matches: a state field holds a two-letter US state code such as \"TX\""),
+            format!("{p}[2]: \"XX\" never matches: a state field holds a two-letter US state code such as \"TX\""),
+        ]
+    );
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "zip", kind = "categorical", categories = ["76180", "7618", "7618x"] }] }"#,
+    );
+    assert_eq!(
+        errors(&[(m, &f)]),
+        [
+            format!("{p}[1]: \"7618\" never matches: a zip field holds 5 digits"),
+            format!("{p}[2]: \"7618x\" never matches: a zip field holds 5 digits"),
+        ]
+    );
+    // Values a field can hold load; a string field's categories are any text.
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["anything", "b"] }] }"#,
+    );
+    assert!(errors(&[(m, &f), ("#FIELD", "type = \"string\"\nping = true")]).is_empty());
+}
+
 #[test]
 fn bad_routing_and_learning_are_named() {
     for (line, needle) in [

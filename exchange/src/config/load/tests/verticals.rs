@@ -479,25 +479,42 @@ fn enum_values_print_and_are_distinct_once_normalised() {
             &format!("type = \"enum\"\nping = true\nvalues = [{values}]"),
         )])
     };
-    let refused = |i: usize| {
-        format!(
-            "{p}.values[{i}]: must be 1 to 128 characters that print, without surrounding spaces (no control characters or line breaks, nor characters that print as nothing such as zero-width or direction marks): sellers send it and buyers receive it as written"
-        )
-    };
-    for bad in [
-        r#""a\u0000b""#,
-        r#""x\u202Ey""#,
-        r#""\u001B[2J""#,
-        r#""z\u200B""#,
-        r#"" ""#,
-        r#""\n""#,
-        r#"" single""#,
-        r#""single ""#,
+    const RULE: &str = "must be 1 to 128 characters that print, without surrounding spaces (no control characters or line breaks, nor characters that print as nothing such as zero-width joiners, variation selectors or direction marks): sellers send it and buyers receive it as written";
+    for (bad, shown) in [
+        (r#""a\u0000b""#, r#""a\u0000b" (U+0061 U+0000 U+0062)"#),
+        (r#""x\u202Ey""#, r#""x\u202Ey" (U+0078 U+202E U+0079)"#),
+        (
+            r#""\u001B[2J""#,
+            r#""\u001B[2J" (U+001B U+005B U+0032 U+004A)"#,
+        ),
+        (r#""z\u200B""#, r#""z\u200B" (U+007A U+200B)"#),
+        (r#"" ""#, r#"" " (U+0020)"#),
+        (r#""\n""#, r#""\n" (U+000A)"#),
+        (
+            r#"" single""#,
+            r#"" single" (U+0020 U+0073 U+0069 U+006E U+0067 U+006C U+0065)"#,
+        ),
+        // Between two letters too (black-box round 182b: "a\u200Db" printed as "ab").
+        (r#""a\u200Db""#, r#""a\u200Db" (U+0061 U+200D U+0062)"#),
+        (r#""a\u200Cb""#, r#""a\u200Cb" (U+0061 U+200C U+0062)"#),
+        (r#""a\uFE0Fb""#, r#""a\uFE0Fb" (U+0061 U+FE0F U+0062)"#),
+        (
+            r#""a\U000E01EFb""#,
+            r#""a\U000E01EFb" (U+0061 U+E01EF U+0062)"#,
+        ),
+        (r#""a\u180Bb""#, r#""a\u180Bb" (U+0061 U+180B U+0062)"#),
     ] {
-        assert_eq!(field(&format!("\"ok\", {bad}")), [refused(1)], "{bad}");
+        assert_eq!(
+            field(&format!("\"ok\", {bad}")),
+            [format!("{p}.values[1]: {shown}: {RULE}")],
+            "{bad}"
+        );
     }
     let long = "a".repeat(129);
-    assert_eq!(field(&format!("\"{long}\"")), [refused(0)]);
+    assert_eq!(
+        field(&format!("\"{long}\"")),
+        [format!("{p}.values[0]: a value of 129 characters: {RULE}")]
+    );
     // At the limit, inner spaces, accents and other scripts are values like any other.
     let limit = "a".repeat(128);
     assert!(field(&format!(
