@@ -437,6 +437,15 @@ pub fn load_str_with_env(
             }
         }
     }
+    secret_is_key_problems(
+        &root,
+        &buyers,
+        env,
+        &seller_by_key_sha256,
+        &sellers,
+        &buyer_by_key_sha256,
+        &mut p,
+    );
     geography_problems(&root, &mut p);
     price_problems(&vertical_prices, &seller_prices, &buyer_prices, &mut p);
 
@@ -732,6 +741,64 @@ fn shared_key_problems(
 
 /// The buyers' key digests, by digest to the buyer's position (duplicates are refused
 /// by [`shared_key_problems`], so each digest has one buyer).
+/// A buyer's signing secret that is also a party's API key (as text, or the text its
+/// `whsec_` form decodes to): the buyer receives the secret with every request it is
+/// signed for, so it could call the exchange as that party: sell as a seller, or file
+/// another buyer's returns (black-box round 183a: accepted). Named by variable, never
+/// by value.
+fn secret_is_key_problems(
+    root: &Table,
+    buyers: &[Option<Buyer>],
+    env: &dyn Fn(&str) -> Option<String>,
+    seller_by_key: &HashMap<[u8; 32], SellerIdx>,
+    sellers: &[Option<Seller>],
+    buyer_by_key: &HashMap<[u8; 32], usize>,
+    p: &mut Problems,
+) {
+    use sha2::Digest as _;
+    for b in buyers.iter().flatten() {
+        let table = root.get("buyers").and_then(|t| t.get(b.id.as_str()));
+        for key in ["secret_env", "secret_env_next"] {
+            let Some(var) = table.and_then(|t| t.get(key)).and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(secret) = env(var) else { continue };
+            let decoded = proto::signing::key_bytes(&secret)
+                .ok()
+                .and_then(|k| String::from_utf8(k).ok());
+            let mut owners: Vec<String> = Vec::new();
+            for text in std::iter::once(secret.as_str()).chain(decoded.as_deref()) {
+                let d: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+                let seller = seller_by_key
+                    .get(&d)
+                    .and_then(|&i| sellers.get(i)?.as_ref())
+                    .map(|s| format!("sellers.{}", s.id));
+                let buyer = buyer_by_key
+                    .get(&d)
+                    .and_then(|&i| buyers.get(i)?.as_ref())
+                    .map(|o| format!("buyers.{}", o.id));
+                // Its own key is no other party's.
+                let own = format!("buyers.{}", b.id);
+                for owner in seller.into_iter().chain(buyer) {
+                    if owner != own && !owners.contains(&owner) {
+                        owners.push(owner);
+                    }
+                }
+            }
+            for owner in owners {
+                p.at(
+                    &format!("buyers.{}.{key}", b.id),
+                    format!(
+                        "${} holds the API key of {owner}: buyers.{} receives its signing secret with every request and could call the exchange as {owner}; give each its own",
+                        crate::config::shown_env_name(var),
+                        b.id
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {
     let mut by_digest = HashMap::new();
     for (idx, buyer) in buyers.iter().enumerate() {

@@ -456,3 +456,44 @@ fn each_tls_file_is_reported_at_its_own_key_and_both_at_once() {
     assert!(at(&e, "server.tls.key_path").is_empty(), "{e:?}");
     assert_eq!(at(&e, "server.tls.cert_path").len(), 1, "{e:?}");
 }
+
+/// Black-box round 183a: a buyer's signing secret that was also a seller's or another
+/// buyer's API key loaded; that buyer receives the secret with every request, and could
+/// sell as the seller or file the other buyer's returns. Refused, however the secret is
+/// written, naming the variable and never the value; a buyer's own key is no problem.
+#[test]
+fn a_signing_secret_that_is_another_partys_key_is_refused() {
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(b"top-secret-value"));
+    let seller = format!(
+        "\n[sellers.s2]\nkey_sha256 = \"{digest}\"\nverticals = [\"auto\"]\npayout = {{ model = \"revenue_share\", share_pct = 80 }}\n"
+    );
+    let e = errors(&[("#BUYER", &seller)]);
+    assert_eq!(
+        e,
+        ["buyers.acme.secret_env: $ACME_SECRET holds the API key of sellers.s2: buyers.acme receives its signing secret with every request and could call the exchange as sellers.s2; give each its own"]
+    );
+    // Written as `whsec_` and base64, as `secret_env_next` too.
+    let e = errors(&[(
+        "#BUYER",
+        &format!(
+            "{seller}\n[buyers.b2]\nping_url = \"http://127.0.0.1:9102/ping\"\npost_url = \"http://127.0.0.1:9102/post\"\nsecret_env = \"ACME_NEXT\"\nsecret_env_next = \"ACME_KEY_AS_WHSEC\"\nverticals = [\"auto\"]\n"
+        ),
+    )]);
+    assert!(
+        e.contains(&"buyers.b2.secret_env_next: $ACME_KEY_AS_WHSEC holds the API key of sellers.s2: buyers.b2 receives its signing secret with every request and could call the exchange as sellers.s2; give each its own".to_string()),
+        "{e:?}"
+    );
+    // Another buyer's key.
+    let buyer = format!(
+        "\n[buyers.b2]\nping_url = \"http://127.0.0.1:9102/ping\"\npost_url = \"http://127.0.0.1:9102/post\"\nsecret_env = \"ACME_NEXT\"\nkey_sha256 = \"{digest}\"\nverticals = [\"auto\"]\n"
+    );
+    let e = errors(&[("#BUYER", &buyer)]);
+    assert_eq!(
+        e,
+        ["buyers.acme.secret_env: $ACME_SECRET holds the API key of buyers.b2: buyers.acme receives its signing secret with every request and could call the exchange as buyers.b2; give each its own"]
+    );
+    assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
+    // Its own key: no other party's.
+    assert!(errors(&[("#BUYER", &format!("key_sha256 = \"{digest}\""))]).is_empty());
+}
