@@ -114,7 +114,10 @@ pub fn is_hidden(c: char) -> bool {
             // Characters shown as nothing: fillers, joiners of scripts, variation selectors.
             | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
             | '\u{180B}'..='\u{180F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}'
-            | '\u{E0100}'..='\u{E01EF}')
+            | '\u{E0100}'..='\u{E01EF}'
+            // Blank-looking signs: the Braille blank, Khitan's filler, the musical null
+            // notehead (black-box round 184a: "good\u{1D159}" printed as "good").
+            | '\u{2800}' | '\u{16FE4}' | '\u{1D159}')
 }
 
 /// Whether `text` holds a control character other than a tab or a line break, or a

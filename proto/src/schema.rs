@@ -247,6 +247,13 @@ fn required_problem(given: Option<&OwnedValue>) -> &'static str {
     }
 }
 
+/// Why a field of `kind` refuses `text` as its value (`None`: it takes it), as a lead's
+/// validation says it: for a configuration that names values a field must be able to
+/// hold (a categorical feature's categories).
+pub fn refuses_text(kind: &FieldKind, text: &str) -> Option<String> {
+    check_value(kind, &OwnedValue::String(text.into())).err()
+}
+
 fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
     match kind {
         FieldKind::String { len_max, pattern } => {

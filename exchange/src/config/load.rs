@@ -408,7 +408,9 @@ pub fn load_str_with_env(
             // The same key, however each is written (round 52: `whsec_` and base64 of
             // the token's bytes signed alike and passed).
             let same_key = |s: &str| {
-                s.as_bytes() == token.as_bytes()
+                bearer_texts(s)
+                    .iter()
+                    .any(|t| t.as_bytes() == token.as_bytes())
                     || proto::signing::key_bytes(s).ok().is_some_and(|k| {
                         std::str::from_utf8(token.as_bytes())
                             .ok()
@@ -763,11 +765,8 @@ fn secret_is_key_problems(
                 continue;
             };
             let Some(secret) = env(var) else { continue };
-            let decoded = proto::signing::key_bytes(&secret)
-                .ok()
-                .and_then(|k| String::from_utf8(k).ok());
             let mut owners: Vec<String> = Vec::new();
-            for text in std::iter::once(secret.as_str()).chain(decoded.as_deref()) {
+            for text in &bearer_texts(&secret) {
                 let d: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
                 let seller = seller_by_key
                     .get(&d)
@@ -797,6 +796,28 @@ fn secret_is_key_problems(
             }
         }
     }
+}
+
+/// The API keys a holder of `secret` could present from it: the text, and the text its
+/// `whsec_` form decodes to, each whole, without the spaces and tabs a listener takes
+/// off a bearer key, and each of its words (black-box round 184a: a seller's key with a
+/// trailing newline, a space or `Bearer ` before it passed as a buyer's secret).
+fn bearer_texts(secret: &str) -> Vec<String> {
+    let decoded = proto::signing::key_bytes(secret)
+        .ok()
+        .and_then(|k| String::from_utf8(k).ok());
+    let mut out: Vec<String> = Vec::new();
+    for text in std::iter::once(secret).chain(decoded.as_deref()) {
+        let forms = std::iter::once(text)
+            .chain(std::iter::once(text.trim()))
+            .chain(text.split_whitespace());
+        for form in forms {
+            if !form.is_empty() && !out.iter().any(|o| o == form) {
+                out.push(form.to_string());
+            }
+        }
+    }
+    out
 }
 
 fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {

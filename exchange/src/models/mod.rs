@@ -27,6 +27,8 @@ use crate::core::model::xgb::{Objective, XgbModel, MODEL_BYTES_MAX};
 pub const CHAMPION: &str = "CHAMPION";
 /// The versions that served, oldest first, one per line.
 pub const HISTORY: &str = "HISTORY";
+/// The new `HISTORY` of a swap, written before `CHAMPION` and moved into place after it.
+const HISTORY_NEXT: &str = ".HISTORY.next";
 /// Most lines `HISTORY` keeps.
 pub const HISTORY_MAX: usize = 1_000;
 /// Longest `HISTORY` file read.
@@ -516,28 +518,32 @@ pub fn write_champion(
 ) -> std::io::Result<()> {
     let dir = vertical_dir(learning, vertical);
     let _lock = lock_vertical(&dir)?;
-    // `HISTORY` first: if it cannot be written, `CHAMPION` is left as it was, so the
-    // directory watch never serves a swap that was refused (black-box round 46: with
-    // `HISTORY` made a directory, the refused swap's `CHAMPION` was served 2 s later).
-    // If `CHAMPION` then cannot be written, `HISTORY` is put back.
-    let mut restore = None;
+    // The new `HISTORY` is written aside first (`.HISTORY.next`): if it cannot be
+    // written, `CHAMPION` is left as it was, so the directory watch never serves a swap
+    // that was refused (black-box round 46: with `HISTORY` made a directory, the refused
+    // swap's `CHAMPION` was served 2 s later). Then `CHAMPION`, then the new `HISTORY`
+    // replaces the old: a swap killed on the way never leaves in `HISTORY` a version that
+    // did not serve (black-box rounds 179b and 184a: one killed between the two writes
+    // did, and a rollback could go to it). If `CHAMPION` cannot be written, the new
+    // `HISTORY` is dropped; if it then cannot replace the old, `CHAMPION` is put back.
+    let next = dir.join(HISTORY_NEXT);
+    let current = read_champion_checked(learning, vertical);
+    let mut staged = false;
     // Read without blocking: a `HISTORY` that is a FIFO or a directory refuses a swap
     // here (black-box round 47: a FIFO held the loader thread for good). Switching the
     // model off appends nothing and is never refused for `HISTORY`.
-    let before = match version {
-        Some(_) => Some(read_history_file(&dir)?),
-        None => read_history_file(&dir).ok(),
+    let readable = match version {
+        Some(_) => read_history_file(&dir).map(|_| true)?,
+        None => read_history_file(&dir).is_ok(),
     };
-    if let Some(before) = before {
+    if readable {
         let mut h = history(learning, vertical);
         let read = h.len();
-        // Entries after the champion's last one never served: a swap killed between
-        // its `HISTORY` and its `CHAMPION` (or a `CHAMPION` set back by hand). They are
-        // dropped first, so a rollback goes to what served before (black-box round
-        // 179b: `va vb va` after a swap to `vb` was cut off, and a rollback from `va`
-        // went to `vb`; round 182b: after a switch-off, to the cut-off `vb`).
-        if let Ok(Some(champ)) = read_champion_checked(learning, vertical) {
-            if let Some(p) = h.iter().rposition(|x| *x == champ) {
+        // Entries after the champion's last one never served (a `CHAMPION` set back by
+        // hand, or a swap of an earlier build killed between its two writes): dropped,
+        // so a rollback goes to what served before.
+        if let Ok(Some(champ)) = &current {
+            if let Some(p) = h.iter().rposition(|x| x == champ) {
                 h.truncate(p + 1);
             }
         }
@@ -552,8 +558,8 @@ pub fn write_champion(
             }
             let mut text = h.join("\n");
             text.push('\n');
-            match write_atomic(&dir.join(HISTORY), text.as_bytes()) {
-                Ok(()) => restore = Some(before),
+            match write_atomic(&next, text.as_bytes()) {
+                Ok(()) => staged = true,
                 Err(e) if version.is_some() => return Err(named(HISTORY, e)),
                 // A switch-off goes on: its `HISTORY` keeps the stray entries, which a
                 // rollback from it names (`rollback_target`).
@@ -562,16 +568,21 @@ pub fn write_champion(
         }
     }
     if let Err(e) = write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes()) {
-        match restore {
-            Some(Some(before)) => {
-                let _ = write_atomic(&dir.join(HISTORY), &before);
-            }
-            Some(None) => {
-                let _ = std::fs::remove_file(dir.join(HISTORY));
-            }
-            None => {}
+        if staged {
+            let _ = std::fs::remove_file(&next);
         }
         return Err(named(CHAMPION, e));
+    }
+    if staged {
+        if let Err(e) = std::fs::rename(&next, dir.join(HISTORY)) {
+            let _ = std::fs::remove_file(&next);
+            if let Ok(was) = current {
+                let _ = write_atomic(&dir.join(CHAMPION), was.unwrap_or_default().as_bytes());
+            }
+            if version.is_some() {
+                return Err(named(HISTORY, e));
+            }
+        }
     }
     Ok(())
 }
@@ -893,6 +904,23 @@ mod tests {
             rollback_target(&learning, "auto").unwrap().unwrap().target,
             "va"
         );
+        // A swap writes its `HISTORY` aside first and moves it into place after
+        // `CHAMPION`: none is left aside, and one left by a swap killed before its
+        // `CHAMPION` (black-box round 184a: `m1 m2` with no model serving, and a rollback
+        // went to `m2`) is no part of the history: the next swap replaces it.
+        std::fs::write(vdir.join(CHAMPION), "").unwrap();
+        std::fs::write(vdir.join(HISTORY), "m1\n").unwrap();
+        std::fs::write(vdir.join(HISTORY_NEXT), "m1\nm2\n").unwrap();
+        assert_eq!(
+            rollback_target(&learning, "auto").unwrap().unwrap().target,
+            "m1"
+        );
+        write_champion(&learning, "auto", Some("m3")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
+            "m1\nm3\n"
+        );
+        assert!(!vdir.join(HISTORY_NEXT).exists());
         // A switch-off drops them too: a rollback from it goes to what served before.
         std::fs::write(vdir.join(CHAMPION), "m1").unwrap();
         std::fs::write(vdir.join(HISTORY), "m0\nm1\nm2\n").unwrap();

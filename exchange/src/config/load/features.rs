@@ -363,21 +363,15 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
     out
 }
 
-/// Why `category` can never be the value of a field of `kind` (`None`: it can be): not
-/// one of an enum's values, not a US state code, not five digits.
-fn never_matches(kind: &FieldKind, category: &str) -> Option<&'static str> {
+/// Why `category` can never be the value of a field of `kind` (`None`: it can be): the
+/// problem a lead with it would get (not one of an enum's values, not a US state code,
+/// not five digits, longer than a string field's `len_max`, outside its `pattern`).
+fn never_matches(kind: &FieldKind, category: &str) -> Option<String> {
     match kind {
-        FieldKind::Enum(values) if !values.iter().any(|v| v == category) => {
-            Some("it is not one of the enum field's values")
+        FieldKind::Enum(_) if proto::schema::refuses_text(kind, category).is_some() => {
+            Some("it is not one of the enum field's values".into())
         }
-        FieldKind::State if !proto::schema::is_us_state(category) => {
-            Some("a state field holds a two-letter US state code such as \"TX\"")
-        }
-        FieldKind::Zip
-            if !(category.len() == 5 && category.bytes().all(|b| b.is_ascii_digit())) =>
-        {
-            Some("a zip field holds 5 digits")
-        }
-        _ => None,
+        _ => proto::schema::refuses_text(kind, category)
+            .map(|why| format!("a lead with it is refused (the field's value {why})")),
     }
 }

@@ -72,7 +72,13 @@ pub(super) fn toml_quoted(key: &str) -> String {
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
             '\'' => out.push('\''),
-            c if c.escape_debug().count() > 1 => {
+            // Characters that print as nothing too, which Rust prints as themselves
+            // (black-box round 184a: a Hangul filler was shown raw, and as `?` once the
+            // problem line was made safe, so the value could not be pasted back).
+            c if c.escape_debug().count() > 1
+                || (c != ' ' && pingpost_core::config::invisible(c))
+                || proto::error::is_hidden(c) =>
+            {
                 let n = u32::from(c);
                 let _ = if n <= 0xFFFF {
                     write!(out, "\\u{n:04X}")

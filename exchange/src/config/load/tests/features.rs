@@ -202,8 +202,8 @@ fn a_category_that_never_matches_is_refused() {
     assert_eq!(
         errors(&[(m, &f)]),
         [
-            format!("{p}[1]: \"tx\" never matches: a state field holds a two-letter US state code such as \"TX\""),
-            format!("{p}[2]: \"XX\" never matches: a state field holds a two-letter US state code such as \"TX\""),
+            format!("{p}[1]: \"tx\" never matches: a lead with it is refused (the field's value must be a two-letter US state code)"),
+            format!("{p}[2]: \"XX\" never matches: a lead with it is refused (the field's value must be a two-letter US state code)"),
         ]
     );
     let (m, f) = feats(
@@ -212,11 +212,38 @@ fn a_category_that_never_matches_is_refused() {
     assert_eq!(
         errors(&[(m, &f)]),
         [
-            format!("{p}[1]: \"7618\" never matches: a zip field holds 5 digits"),
-            format!("{p}[2]: \"7618x\" never matches: a zip field holds 5 digits"),
+            format!("{p}[1]: \"7618\" never matches: a lead with it is refused (the field's value must be 5 digits)"),
+            format!("{p}[2]: \"7618x\" never matches: a lead with it is refused (the field's value must be 5 digits)"),
         ]
     );
-    // Values a field can hold load; a string field's categories are any text.
+    // A string field's: past its len_max, outside its pattern (black-box round 184a).
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["ABC", "abcdef", "abc"] }] }"#,
+    );
+    assert_eq!(
+        errors(&[(m, &f), ("#FIELD", "type = \"string\"\nlen_max = 5\npattern = \"[A-Za-z]{3}\"\nping = true")]),
+        [
+            format!("{p}[1]: \"abcdef\" never matches: a lead with it is refused (the field's value must be at most 5 characters)"),
+        ]
+    );
+    let (m, f) = feats(
+        r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["ABC", "AB1"] }] }"#,
+    );
+    let e = errors(&[
+        (m, &f),
+        (
+            "#FIELD",
+            "type = \"string\"\npattern = \"[A-Z]{3}\"\nping = true",
+        ),
+    ]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "{p}[1]: \"AB1\" never matches: a lead with it is refused"
+        )),
+        "{e:?}"
+    );
+    // Values a field can hold load.
     let (m, f) = feats(
         r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["anything", "b"] }] }"#,
     );

@@ -494,6 +494,41 @@ fn a_signing_secret_that_is_another_partys_key_is_refused() {
         ["buyers.acme.secret_env: $ACME_SECRET holds the API key of buyers.b2: buyers.acme receives its signing secret with every request and could call the exchange as buyers.b2; give each its own"]
     );
     assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
+    // However the holder would present it: with white space around it, after
+    // `Bearer `, or with a newline, plain or `whsec_` (black-box round 184a: passed).
+    for secret in [
+        "top-secret-value\n",
+        " top-secret-value",
+        "top-secret-value\t",
+        "Bearer top-secret-value",
+        "whsec_dG9wLXNlY3JldC12YWx1ZQo=",
+    ] {
+        let env = |name: &str| match name {
+            "ACME_SECRET" => Some(secret.to_string()),
+            other => test_env(other),
+        };
+        let e = load_str_with_env(&doc(&[("#BUYER", &seller)]), &env)
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            e,
+            ["buyers.acme.secret_env: $ACME_SECRET holds the API key of sellers.s2: buyers.acme receives its signing secret with every request and could call the exchange as sellers.s2; give each its own"],
+            "{secret:?}"
+        );
+    }
+    // The admin token so written is refused as that buyer's secret too.
+    let env = |name: &str| match name {
+        "ACME_SECRET" => Some("admin-token-value-0123\n".to_string()),
+        other => test_env(other),
+    };
+    let text = doc(&[(
+        "#BUYER",
+        "\n[admin]\ntoken_env = \"ADMIN_TOKEN\"\nlisten = \"127.0.0.1:8081\"",
+    )]);
+    assert_eq!(
+        load_str_with_env(&text, &env).unwrap_err().0,
+        ["admin.token_env: the admin token ($ADMIN_TOKEN, or the demo's made-up one) is also a signing secret of buyers.acme (buyers.acme.secret_env): give the admin listener a token of its own"]
+    );
     // Its own key: no other party's.
     assert!(errors(&[("#BUYER", &format!("key_sha256 = \"{digest}\""))]).is_empty());
 }
