@@ -799,26 +799,56 @@ fn secret_is_key_problems(
 }
 
 /// The API keys a holder of `secret` could present from it: the text, and the text its
-/// `whsec_` form decodes to, each whole, without the spaces and tabs a listener takes
-/// off a bearer key, and each of its words (black-box round 184a: a seller's key with a
-/// trailing newline, a space or `Bearer ` before it passed as a buyer's secret).
+/// `whsec_` form decodes to, each whole and as every run of its words, exactly as
+/// written between them (a listener takes a bearer key as the text after `Bearer`, its
+/// inner spaces kept, the white space around it taken off). Black-box rounds 184a and
+/// 185a: a seller's key with a trailing newline, after `Bearer `, or one of several
+/// words after `Bearer ` passed as a buyer's secret. At most the first
+/// [`SECRET_WORDS_MAX`] words are taken apart. A key glued to other characters
+/// (`key.`) is not found: give each party a random secret.
 fn bearer_texts(secret: &str) -> Vec<String> {
     let decoded = proto::signing::key_bytes(secret)
         .ok()
         .and_then(|k| String::from_utf8(k).ok());
     let mut out: Vec<String> = Vec::new();
+    let mut add = |form: &str| {
+        if !form.is_empty() && !out.iter().any(|o| o == form) {
+            out.push(form.to_string());
+        }
+    };
     for text in std::iter::once(secret).chain(decoded.as_deref()) {
-        let forms = std::iter::once(text)
-            .chain(std::iter::once(text.trim()))
-            .chain(text.split_whitespace());
-        for form in forms {
-            if !form.is_empty() && !out.iter().any(|o| o == form) {
-                out.push(form.to_string());
+        add(text);
+        // Each word's span, then every run from one word's start to a later one's end.
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        let mut start = None;
+        for (i, c) in text.char_indices() {
+            match (c.is_whitespace(), start) {
+                (true, Some(s)) => {
+                    spans.push((s, i));
+                    start = None;
+                }
+                (false, None) => start = Some(i),
+                _ => {}
+            }
+            if spans.len() == SECRET_WORDS_MAX {
+                break;
+            }
+        }
+        if let (Some(s), true) = (start, spans.len() < SECRET_WORDS_MAX) {
+            spans.push((s, text.len()));
+        }
+        for (i, &(from, _)) in spans.iter().enumerate() {
+            for &(_, to) in &spans[i..] {
+                add(&text[from..to]);
             }
         }
     }
     out
 }
+
+/// Most words of a signing secret [`bearer_texts`] takes apart (the runs grow as the
+/// square of the words: 64 words make 2,080).
+const SECRET_WORDS_MAX: usize = 64;
 
 fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {
     let mut by_digest = HashMap::new();

@@ -526,6 +526,7 @@ pub fn write_champion(
     // did not serve (black-box rounds 179b and 184a: one killed between the two writes
     // did, and a rollback could go to it). If `CHAMPION` cannot be written, the new
     // `HISTORY` is dropped; if it then cannot replace the old, `CHAMPION` is put back.
+    settle_history(learning, vertical, &dir);
     let next = dir.join(HISTORY_NEXT);
     let current = read_champion_checked(learning, vertical);
     let mut staged = false;
@@ -585,6 +586,34 @@ pub fn write_champion(
         }
     }
     Ok(())
+}
+
+/// Finishes or undoes what a swap or rollback killed midway left: a `.HISTORY.next` whose
+/// last entry is what `CHAMPION` names was that change's history, its `CHAMPION` written
+/// (black-box round 185a: killed before the move, the version that served before it was
+/// out of reach of a rollback): it is moved into place; any other was a change that never
+/// took effect: it is removed. Called with the vertical's lock held.
+fn settle_history(learning: &LearningConfig, vertical: &str, dir: &Path) {
+    let next = dir.join(HISTORY_NEXT);
+    let Ok(meta) = std::fs::symlink_metadata(&next) else {
+        return;
+    };
+    let staged_last = meta
+        .is_file()
+        .then(|| read_bounded(&next, HISTORY_BYTES_MAX).ok())
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.lines().last().map(str::to_string));
+    match (read_champion_checked(learning, vertical), staged_last) {
+        (Ok(Some(champion)), Some(last)) if champion == last => {
+            if std::fs::rename(&next, dir.join(HISTORY)).is_err() {
+                let _ = std::fs::remove_file(&next);
+            }
+        }
+        _ => {
+            let _ = std::fs::remove_file(&next);
+        }
+    }
 }
 
 /// `HISTORY`'s bytes (`None`: there is none), read as [`read_bounded`] reads: never
@@ -694,9 +723,10 @@ pub fn rollback(
     // waits, then reads what this one wrote.
     let _lock = lock_vertical(&dir)
         .map_err(|e| vec![format!("{}: {e}", crate::cli_out::Shown(&dir.join(LOCK)))])?;
+    settle_history(learning, &vertical.name, &dir);
     // A `HISTORY` that cannot be read says so (black-box round 47: a FIFO or a directory
-    // read as "no earlier model version"); its bytes are put back if `CHAMPION` fails.
-    let before = read_history_file(&dir).map_err(|e| {
+    // read as "no earlier model version").
+    read_history_file(&dir).map_err(|e| {
         vec![format!(
             "vertical {}: {} cannot be read: {e}",
             vertical.name,
@@ -745,15 +775,24 @@ pub fn rollback(
     let mut text = h.join("\n");
     text.push('\n');
     let name = |f: &str| crate::cli_out::Shown(&dir.join(f)).to_string();
-    write_atomic(&dir.join(HISTORY), text.as_bytes())
-        .map_err(|e| vec![format!("{}: {e}", name(HISTORY))])?;
+    // As a swap: the new `HISTORY` aside, `CHAMPION`, then `HISTORY` moved into place
+    // (black-box round 185a: killed between its two writes, the version serving was
+    // gone from `HISTORY`); [`settle_history`] finishes or undoes one killed midway.
+    let next = dir.join(HISTORY_NEXT);
+    let was = read_champion_checked(learning, &vertical.name);
+    write_atomic(&next, text.as_bytes()).map_err(|e| vec![format!("{}: {e}", name(HISTORY))])?;
     if let Err(e) = write_atomic(&dir.join(CHAMPION), target.as_bytes()) {
         // A failed rollback changes nothing (black-box round 47: `HISTORY` lost the
         // version `CHAMPION` still named).
-        if let Some(before) = before {
-            let _ = write_atomic(&dir.join(HISTORY), &before);
-        }
+        let _ = std::fs::remove_file(&next);
         return Err(vec![format!("{}: {e}", name(CHAMPION))]);
+    }
+    if let Err(e) = std::fs::rename(&next, dir.join(HISTORY)) {
+        let _ = std::fs::remove_file(&next);
+        if let Ok(was) = was {
+            let _ = write_atomic(&dir.join(CHAMPION), was.unwrap_or_default().as_bytes());
+        }
+        return Err(vec![format!("{}: {e}", name(HISTORY))]);
     }
     Ok((target, note))
 }
@@ -921,6 +960,37 @@ mod tests {
             "m1\nm3\n"
         );
         assert!(!vdir.join(HISTORY_NEXT).exists());
+        // One killed after its `CHAMPION` and before the move is finished by the next
+        // change (black-box round 185a: `m1 m2` then a swap to `m1` killed there, and
+        // `m2`, which served, was out of reach of a rollback).
+        std::fs::write(vdir.join(CHAMPION), "m1").unwrap();
+        std::fs::write(vdir.join(HISTORY), "m1\nm2\n").unwrap();
+        std::fs::write(vdir.join(HISTORY_NEXT), "m1\nm2\nm1\n").unwrap();
+        settle_history(&learning, "auto", &vdir);
+        assert_eq!(
+            std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
+            "m1\nm2\nm1\n"
+        );
+        assert_eq!(
+            rollback_target(&learning, "auto").unwrap().unwrap().target,
+            "m2"
+        );
+        std::fs::write(vdir.join(HISTORY), "m1\nm2\n").unwrap();
+        std::fs::write(vdir.join(HISTORY_NEXT), "m1\nm2\nm1\n").unwrap();
+        write_champion(&learning, "auto", Some("m3")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
+            "m1\nm2\nm1\nm3\n"
+        );
+        // A rollback killed before its `CHAMPION` (its staged history ends with its
+        // target, not with what serves) is undone.
+        std::fs::write(vdir.join(HISTORY_NEXT), "m1\nm2\n").unwrap();
+        settle_history(&learning, "auto", &vdir);
+        assert!(!vdir.join(HISTORY_NEXT).exists());
+        assert_eq!(
+            std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
+            "m1\nm2\nm1\nm3\n"
+        );
         // A switch-off drops them too: a rollback from it goes to what served before.
         std::fs::write(vdir.join(CHAMPION), "m1").unwrap();
         std::fs::write(vdir.join(HISTORY), "m0\nm1\nm2\n").unwrap();

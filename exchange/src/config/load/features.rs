@@ -4,7 +4,7 @@
 use proto::{FieldKind, VerticalSchema};
 use toml::Value;
 
-use super::reader::{as_str, number, toml_quoted, whole, Problems, Section};
+use super::reader::{as_str, number, quoted_or_size, toml_quoted, whole, Problems, Section};
 use crate::core::model::features::{
     BuyerFeature, ContextFeature, FeatureSpec, LeadFeature, LeadKind, CATEGORIES_MAX, FEATURES_MAX,
 };
@@ -271,11 +271,11 @@ fn read_lead_feature(
                             let ip = format!("{cpath}[{i}]");
                             if let Some(c) = as_str(p, &ip, c) {
                                 if list.iter().any(|x| x == c) {
-                                    p.at(&ip, format!("{} is listed twice", toml_quoted(c)));
+                                    p.at(&ip, format!("{} is listed twice", quoted_or_size(c, "category")));
                                 } else if let Some(why) = never_matches(&spec.kind, c) {
                                     // A category no lead can carry leaves the feature
                                     // missing for good (black-box round 182b).
-                                    p.at(&ip, format!("{} never matches: {why}", toml_quoted(c)));
+                                    p.at(&ip, format!("{} never matches: {why}", quoted_or_size(c, "category")));
                                 } else {
                                     list.push(c.to_string());
                                 }

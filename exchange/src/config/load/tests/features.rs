@@ -243,6 +243,15 @@ fn a_category_that_never_matches_is_refused() {
         )),
         "{e:?}"
     );
+    // A long one is told by its size, so the reason is not cut off (black-box round 185a).
+    let long = "x".repeat(1_025);
+    let (m, f) = feats(&format!(
+        r#"{{ lead = [{{ field = "extra", kind = "categorical", categories = ["{long}"] }}] }}"#
+    ));
+    assert_eq!(
+        errors(&[(m, &f), ("#FIELD", "type = \"string\"\nping = true")]),
+        [format!("{p}[0]: a category of 1025 characters never matches: a lead with it is refused (the field's value must be at most 1024 characters)")]
+    );
     // Values a field can hold load.
     let (m, f) = feats(
         r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["anything", "b"] }] }"#,

@@ -516,6 +516,37 @@ fn a_signing_secret_that_is_another_partys_key_is_refused() {
             "{secret:?}"
         );
     }
+    // A key of several words, after `Bearer ` or among other words, inner white space
+    // as written (black-box round 185a: a seller keyed "Spaced key  42" passed).
+    let spaced = hex::encode(sha2::Sha256::digest(b"Spaced key  42"));
+    let seller = format!(
+        "\n[sellers.s2]\nkey_sha256 = \"{spaced}\"\nverticals = [\"auto\"]\npayout = {{ model = \"revenue_share\", share_pct = 80 }}\n"
+    );
+    for secret in [
+        "Bearer Spaced key  42",
+        "bearer  Spaced key  42 \n",
+        "Authorization: Bearer Spaced key  42",
+        "my key is Spaced key  42 ok",
+    ] {
+        let env = |name: &str| match name {
+            "ACME_SECRET" => Some(secret.to_string()),
+            other => test_env(other),
+        };
+        let e = load_str_with_env(&doc(&[("#BUYER", &seller)]), &env)
+            .unwrap_err()
+            .0;
+        assert_eq!(e.len(), 1, "{secret:?}: {e:?}");
+        assert!(
+            e[0].contains("holds the API key of sellers.s2"),
+            "{secret:?}: {e:?}"
+        );
+    }
+    // Words apart otherwise are another text: "Spaced key 42" (one space) is not it.
+    let env = |name: &str| match name {
+        "ACME_SECRET" => Some("Bearer Spaced key 42".to_string()),
+        other => test_env(other),
+    };
+    assert!(load_str_with_env(&doc(&[("#BUYER", &seller)]), &env).is_ok());
     // The admin token so written is refused as that buyer's secret too.
     let env = |name: &str| match name {
         "ACME_SECRET" => Some("admin-token-value-0123\n".to_string()),
