@@ -798,57 +798,54 @@ fn secret_is_key_problems(
     }
 }
 
-/// The API keys a holder of `secret` could present from it: the text, and the text its
-/// `whsec_` form decodes to, each whole and as every run of its words, exactly as
-/// written between them (a listener takes a bearer key as the text after `Bearer`, its
-/// inner spaces kept, the white space around it taken off). Black-box rounds 184a and
-/// 185a: a seller's key with a trailing newline, after `Bearer `, or one of several
-/// words after `Bearer ` passed as a buyer's secret. At most the first
-/// [`SECRET_WORDS_MAX`] words are taken apart. A key glued to other characters
-/// (`key.`) is not found: give each party a random secret.
-fn bearer_texts(secret: &str) -> Vec<String> {
-    let decoded = proto::signing::key_bytes(secret)
-        .ok()
-        .and_then(|k| String::from_utf8(k).ok());
-    let mut out: Vec<String> = Vec::new();
-    let mut add = |form: &str| {
-        if !form.is_empty() && !out.iter().any(|o| o == form) {
-            out.push(form.to_string());
-        }
-    };
-    for text in std::iter::once(secret).chain(decoded.as_deref()) {
-        add(text);
-        // Each word's span, then every run from one word's start to a later one's end.
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        let mut start = None;
-        for (i, c) in text.char_indices() {
-            match (c.is_whitespace(), start) {
-                (true, Some(s)) => {
-                    spans.push((s, i));
-                    start = None;
+/// The API keys a holder of `secret` could present from it. A listener takes a bearer
+/// key as the text after `Bearer`, inner spaces and tabs kept, the white space around it
+/// taken off, and only in visible ASCII: so every run of up to [`KEY_WORDS_MAX`] words
+/// (split at spaces and tabs, the white space between them as written) of every stretch
+/// of visible ASCII, spaces and tabs, in the secret and in the bytes its `whsec_` form
+/// decodes to. Black-box rounds 184a, 185a and 186a: a seller's key with a trailing
+/// newline, after `Bearer `, of several words among others, or beside a byte that is not
+/// UTF-8 in a `whsec_` secret passed as a buyer's secret. A key glued to other visible
+/// characters (`key.`) is not found: give each party a random secret.
+fn bearer_texts(secret: &str) -> std::collections::HashSet<String> {
+    let decoded = proto::signing::key_bytes(secret).ok();
+    let mut out = std::collections::HashSet::new();
+    for bytes in std::iter::once(secret.as_bytes()).chain(decoded.as_deref()) {
+        let stretches = bytes.split(|&b| !(b == b'\t' || (0x20..=0x7e).contains(&b)));
+        for stretch in stretches {
+            // Visible ASCII, spaces and tabs: UTF-8.
+            let Ok(text) = std::str::from_utf8(stretch) else {
+                continue;
+            };
+            let mut words: Vec<(usize, usize)> = Vec::new();
+            let mut start = None;
+            for (i, c) in text
+                .char_indices()
+                .chain(std::iter::once((text.len(), ' ')))
+            {
+                match (c == ' ' || c == '\t', start) {
+                    (true, Some(s)) => {
+                        words.push((s, i));
+                        start = None;
+                    }
+                    (false, None) => start = Some(i),
+                    _ => {}
                 }
-                (false, None) => start = Some(i),
-                _ => {}
             }
-            if spans.len() == SECRET_WORDS_MAX {
-                break;
-            }
-        }
-        if let (Some(s), true) = (start, spans.len() < SECRET_WORDS_MAX) {
-            spans.push((s, text.len()));
-        }
-        for (i, &(from, _)) in spans.iter().enumerate() {
-            for &(_, to) in &spans[i..] {
-                add(&text[from..to]);
+            for (i, &(from, _)) in words.iter().enumerate() {
+                for &(_, to) in words.iter().skip(i).take(KEY_WORDS_MAX) {
+                    out.insert(text[from..to].to_string());
+                }
             }
         }
     }
     out
 }
 
-/// Most words of a signing secret [`bearer_texts`] takes apart (the runs grow as the
-/// square of the words: 64 words make 2,080).
-const SECRET_WORDS_MAX: usize = 64;
+/// Most words of a key [`bearer_texts`] looks for (a signing secret is at most
+/// [`buyers::SECRET_TEXT_BYTES_MAX`] bytes, so at most 16 runs start at each of its
+/// words).
+const KEY_WORDS_MAX: usize = 16;
 
 fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {
     let mut by_digest = HashMap::new();

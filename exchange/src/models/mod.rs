@@ -559,6 +559,13 @@ pub fn write_champion(
             }
             let mut text = h.join("\n");
             text.push('\n');
+            // A switch-off's staged history ends with a blank line: what its `CHAMPION`
+            // names (nothing), so [`settle_history`] finishes one killed after it
+            // (black-box round 186a: it was removed, and the never-served entries it
+            // dropped came back for a rollback). `history` skips blank lines.
+            if version.is_none() {
+                text.push('\n');
+            }
             match write_atomic(&next, text.as_bytes()) {
                 Ok(()) => staged = true,
                 Err(e) if version.is_some() => return Err(named(HISTORY, e)),
@@ -588,12 +595,27 @@ pub fn write_champion(
     Ok(())
 }
 
-/// Finishes or undoes what a swap or rollback killed midway left: a `.HISTORY.next` whose
-/// last entry is what `CHAMPION` names was that change's history, its `CHAMPION` written
-/// (black-box round 185a: killed before the move, the version that served before it was
-/// out of reach of a rollback): it is moved into place; any other was a change that never
-/// took effect: it is removed. Called with the vertical's lock held.
+/// Finishes or undoes what a swap, switch-off or rollback killed midway left: a
+/// `.HISTORY.next` whose last line is what `CHAMPION` names (a blank line for a
+/// switch-off: nothing) was that change's history, its `CHAMPION` written (black-box
+/// round 185a: killed before the move, the version that served before it was out of
+/// reach of a rollback): it is moved into place; any other was a change that never took
+/// effect: it is removed. So are the temporary files of `CHAMPION` and `HISTORY` a kill
+/// left (black-box round 186a: `CHAMPION.tmp.PID.N` piled up). Called with the
+/// vertical's lock held: no write of theirs is under way.
 fn settle_history(learning: &LearningConfig, vertical: &str, dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let temporary = ["CHAMPION.tmp.", "HISTORY.tmp.", ".HISTORY.tmp."]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if temporary && e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let next = dir.join(HISTORY_NEXT);
     let Ok(meta) = std::fs::symlink_metadata(&next) else {
         return;
@@ -604,8 +626,9 @@ fn settle_history(learning: &LearningConfig, vertical: &str, dir: &Path) {
         .flatten()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|t| t.lines().last().map(str::to_string));
-    match (read_champion_checked(learning, vertical), staged_last) {
-        (Ok(Some(champion)), Some(last)) if champion == last => {
+    let champion = read_champion_checked(learning, vertical).map(Option::unwrap_or_default);
+    match (champion, staged_last) {
+        (Ok(champion), Some(last)) if champion == last => {
             if std::fs::rename(&next, dir.join(HISTORY)).is_err() {
                 let _ = std::fs::remove_file(&next);
             }
@@ -991,14 +1014,38 @@ mod tests {
             std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
             "m1\nm2\nm1\nm3\n"
         );
+        // A switch-off killed after its `CHAMPION` is finished too (black-box round
+        // 186a: its staged history was removed, `m4`, which never served, came back, and
+        // a rollback went to it); one killed before is undone.
+        std::fs::write(vdir.join(CHAMPION), "").unwrap();
+        std::fs::write(vdir.join(HISTORY), "m1\nm2\nm4\n").unwrap();
+        std::fs::write(vdir.join(HISTORY_NEXT), "m1\nm2\n\n").unwrap();
+        std::fs::write(vdir.join("CHAMPION.tmp.1.2"), "m9").unwrap();
+        std::fs::write(vdir.join(".HISTORY.tmp.1.3"), "m9\n").unwrap();
+        settle_history(&learning, "auto", &vdir);
+        assert_eq!(history(&learning, "auto"), ["m1", "m2"]);
+        assert_eq!(
+            rollback_target(&learning, "auto").unwrap().unwrap().target,
+            "m2"
+        );
+        assert!(!vdir.join("CHAMPION.tmp.1.2").exists());
+        assert!(!vdir.join(".HISTORY.tmp.1.3").exists());
+        std::fs::write(vdir.join(CHAMPION), "m2").unwrap();
+        std::fs::write(vdir.join(HISTORY), "m1\nm2\n").unwrap();
+        std::fs::write(vdir.join(HISTORY_NEXT), "m1\n\n").unwrap();
+        settle_history(&learning, "auto", &vdir);
+        assert_eq!(history(&learning, "auto"), ["m1", "m2"]);
+        assert!(!vdir.join(HISTORY_NEXT).exists());
         // A switch-off drops them too: a rollback from it goes to what served before.
         std::fs::write(vdir.join(CHAMPION), "m1").unwrap();
         std::fs::write(vdir.join(HISTORY), "m0\nm1\nm2\n").unwrap();
         write_champion(&learning, "auto", None).unwrap();
+        // (The blank line that marks a switch-off's history stays; `history` skips it.)
         assert_eq!(
             std::fs::read_to_string(vdir.join(HISTORY)).unwrap(),
-            "m0\nm1\n"
+            "m0\nm1\n\n"
         );
+        assert_eq!(history(&learning, "auto"), ["m0", "m1"]);
         assert_eq!(std::fs::read_to_string(vdir.join(CHAMPION)).unwrap(), "");
         assert_eq!(
             rollback_target(&learning, "auto").unwrap().unwrap().target,

@@ -359,6 +359,8 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
 }
 
 pub use proto::signing::SECRET_BYTES_MIN;
+/// Longest signing secret, as its variable holds it.
+pub const SECRET_TEXT_BYTES_MAX: usize = 4_096;
 
 /// Reads the signing secret from the environment. Messages name the variable, never its value.
 fn read_secret(
@@ -396,6 +398,19 @@ fn read_secret(
         return None;
     };
     match Secret::new(&text) {
+        // Bounded, as everything: a signing key is 24 to 64 random bytes, and the loader
+        // looks through a secret for other parties' keys ([`super::bearer_texts`]).
+        Ok(_) if text.len() > SECRET_TEXT_BYTES_MAX => {
+            let var = crate::config::shown_env_name(var);
+            p.at(
+                path,
+                format!(
+                    "environment variable {var} holds a secret longer than {SECRET_TEXT_BYTES_MAX} bytes: \
+                     use 24 to 64 random bytes (`whsec_` and base64, as Standard Webhooks suggests)"
+                ),
+            );
+            None
+        }
         Ok(_) if proto::signing::key_bytes(&text).map_or(0, |k| k.len()) < SECRET_BYTES_MIN => {
             let var = crate::config::shown_env_name(var);
             p.at(

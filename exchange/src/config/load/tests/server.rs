@@ -513,6 +513,11 @@ fn a_signing_secret_that_is_another_partys_key_is_refused() {
         "top-secret-value\t",
         "Bearer top-secret-value",
         "whsec_dG9wLXNlY3JldC12YWx1ZQo=",
+        // Beside bytes that are not UTF-8 in a `whsec_` secret: b"\xff top-secret-value",
+        // b"junkjunk\xa0top-secret-value", b"top-secret-value\n\xff" (round 186a).
+        "whsec_/yB0b3Atc2VjcmV0LXZhbHVl",
+        "whsec_anVua2p1bmugdG9wLXNlY3JldC12YWx1ZQ==",
+        "whsec_dG9wLXNlY3JldC12YWx1ZQr/",
     ] {
         assert_eq!(
             with_secret(secret, &seller),
@@ -539,6 +544,15 @@ fn a_signing_secret_that_is_another_partys_key_is_refused() {
             "{secret:?}: {e:?}"
         );
     }
+    // After any number of other words (round 186a: the 65th word was not looked at).
+    let many = format!("{} top-secret-value", vec!["w"; 1_000].join(" "));
+    assert_eq!(with_secret(&many, &format!("\n[sellers.s3]\nkey_sha256 = \"{digest}\"\nverticals = [\"auto\"]\npayout = {{ model = \"revenue_share\", share_pct = 80 }}\n")).len(), 1);
+    // A secret is at most 4,096 bytes, so looking through it is bounded.
+    assert_eq!(
+        with_secret(&"k".repeat(4_097), ""),
+        ["buyers.acme.secret_env: environment variable ACME_SECRET holds a secret longer than 4096 bytes: use 24 to 64 random bytes (`whsec_` and base64, as Standard Webhooks suggests)"]
+    );
+    assert!(with_secret(&"k".repeat(4_096), "").is_empty());
     // Words apart otherwise are another text: "Spaced key 42" (one space) is not it.
     assert!(with_secret("Bearer Spaced key 42", &seller).is_empty());
     // The admin token so written is refused as that buyer's secret too.
