@@ -429,9 +429,10 @@ pub fn load_str_with_env(
                     p.at(
                         "admin.token_env",
                         format!(
-                            "the admin token (${shown}, or the demo's made-up one) is also a \
-                             signing secret of buyers.{} (buyers.{}.{key}): give the admin \
-                             listener a token of its own",
+                            "the admin token (${shown}, or the demo's made-up one) can be \
+                             taken from the signing secret of buyers.{} (buyers.{}.{key}), \
+                             which that buyer receives: give the admin listener a token of its \
+                             own",
                             b.id, b.id
                         ),
                     );
@@ -842,10 +843,7 @@ fn bearer_texts(secret: &str) -> std::collections::HashSet<String> {
     out
 }
 
-/// Most words of a key [`bearer_texts`] looks for (a signing secret is at most
-/// [`buyers::SECRET_TEXT_BYTES_MAX`] bytes, so at most 16 runs start at each of its
-/// words).
-const KEY_WORDS_MAX: usize = 16;
+use crate::config::KEY_WORDS_MAX;
 
 fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {
     let mut by_digest = HashMap::new();

@@ -23,6 +23,11 @@
 
 mod load;
 
+/// Most words (split at spaces and tabs) of a bearer key the listeners take: a key of
+/// more than this is nobody's (`401`), so the loader's look for other parties' keys in a
+/// buyer's signing secret (runs of at most this many words) misses none.
+pub const KEY_WORDS_MAX: usize = 16;
+
 pub use load::{
     load_file, load_file_with_env, load_str, load_str_with_env, shared_listener_problem,
     ConfigErrors, BUYERS_MAX, EDGE_SPACE, SELLERS_MAX,

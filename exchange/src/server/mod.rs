@@ -192,7 +192,14 @@ pub(super) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
     // White space at its ends (RFC 9110 5.5: spaces and tabs) is not the key's: HTTP/1.1
     // trims it from a field's value, HTTP/2 does not (black-box round 138a).
     let token = token.trim_matches([' ', '\t']);
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    // A key is at most 16 words: what the loader looks for in buyers' signing secrets
+    // (black-box round 187a: a seller key of 17 words, in a buyer's secret, passed the
+    // loader's look and authenticated).
+    let words = token.split([' ', '\t']).filter(|w| !w.is_empty()).count();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && words <= crate::config::KEY_WORDS_MAX)
+        .then_some(token)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -667,6 +674,19 @@ mod tests {
             assert_eq!(bearer_token(&headers(&[v])), None, "{v:?}");
         }
         assert_eq!(bearer_token(&headers(&[])), None);
+        // At most 16 words, inner white space as written.
+        let sixteen = (1..=16)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        assert_eq!(
+            bearer_token(&headers(&[&format!("Bearer {sixteen}")])),
+            Some(sixteen.as_str())
+        );
+        assert_eq!(
+            bearer_token(&headers(&[&format!("Bearer {sixteen}\tw17")])),
+            None
+        );
         // Two headers, whatever their order or agreement: neither is taken.
         assert_eq!(bearer_token(&headers(&["Bearer k1", "Bearer k2"])), None);
         assert_eq!(bearer_token(&headers(&["Bearer k1", "Bearer k1"])), None);

@@ -300,7 +300,10 @@ pub(super) fn bearer_digest(req: &Request<Incoming>, who: &str) -> Result<[u8; 3
                      (a key is never sent in other characters)"
                 )
             }
-            1 => format!("Authorization must be Bearer <{who} key>"),
+            1 => format!(
+                "Authorization must be Bearer <{who} key> (a key of at most {} words)",
+                crate::config::KEY_WORDS_MAX
+            ),
             n => format!("send one Authorization header, not {n}"),
         };
         ApiError::new(ErrorCode::Unauthorized, message)

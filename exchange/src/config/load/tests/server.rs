@@ -207,9 +207,9 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
         assert_eq!(
             e,
             [format!(
-                "admin.token_env: the admin token (${var}, or the demo's made-up one) is \
-                 also a signing secret of buyers.acme (buyers.acme.secret_env): give the \
-                 admin listener a token of its own"
+                "admin.token_env: the admin token (${var}, or the demo's made-up one) can \
+                 be taken from the signing secret of buyers.acme (buyers.acme.secret_env), \
+                 which that buyer receives: give the admin listener a token of its own"
             )]
         );
         assert!(e.iter().all(|m| !m.contains("top-secret-value")), "{e:?}");
@@ -232,7 +232,8 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
             "{e:?}"
         );
         assert!(
-            !e.iter().any(|m| m.contains("is also a signing secret")),
+            !e.iter()
+                .any(|m| m.contains("can be taken from the signing secret")),
             "{e:?}"
         );
     }
@@ -561,7 +562,7 @@ fn a_signing_secret_that_is_another_partys_key_is_refused() {
             "admin-token-value-0123\n",
             "\n[admin]\ntoken_env = \"ADMIN_TOKEN\"\nlisten = \"127.0.0.1:8081\""
         ),
-        ["admin.token_env: the admin token ($ADMIN_TOKEN, or the demo's made-up one) is also a signing secret of buyers.acme (buyers.acme.secret_env): give the admin listener a token of its own"]
+        ["admin.token_env: the admin token ($ADMIN_TOKEN, or the demo's made-up one) can be taken from the signing secret of buyers.acme (buyers.acme.secret_env), which that buyer receives: give the admin listener a token of its own"]
     );
     // Its own key: no other party's.
     assert!(errors(&[("#BUYER", &format!("key_sha256 = \"{digest}\""))]).is_empty());
