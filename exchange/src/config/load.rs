@@ -742,10 +742,8 @@ fn shared_key_problems(
     seller_index
 }
 
-/// The buyers' key digests, by digest to the buyer's position (duplicates are refused
-/// by [`shared_key_problems`], so each digest has one buyer).
-/// A buyer's signing secret that is also a party's API key (as text, or the text its
-/// `whsec_` form decodes to): the buyer receives the secret with every request it is
+/// A buyer's signing secret from which another party's API key can be taken
+/// ([`bearer_texts`]): the buyer receives the secret with every request it is
 /// signed for, so it could call the exchange as that party: sell as a seller, or file
 /// another buyer's returns (black-box round 183a: accepted). Named by variable, never
 /// by value.
@@ -801,10 +799,10 @@ fn secret_is_key_problems(
 
 /// The API keys a holder of `secret` could present from it. A listener takes a bearer
 /// key as the text after `Bearer`, inner spaces and tabs kept, the white space around it
-/// taken off, and only in visible ASCII: so every run of up to [`KEY_WORDS_MAX`] words
-/// (split at spaces and tabs, the white space between them as written) of every stretch
-/// of visible ASCII, spaces and tabs, in the secret and in the bytes its `whsec_` form
-/// decodes to. Black-box rounds 184a, 185a and 186a: a seller's key with a trailing
+/// taken off, in visible ASCII and of at most [`crate::config::KEY_WORDS_MAX`] words: so
+/// every run of up to that many words (split at spaces and tabs, the white space between
+/// them as written) of every stretch of visible ASCII, spaces and tabs, in the secret and
+/// in the bytes its `whsec_` form decodes to. Black-box rounds 184a, 185a and 186a: a seller's key with a trailing
 /// newline, after `Bearer `, of several words among others, or beside a byte that is not
 /// UTF-8 in a `whsec_` secret passed as a buyer's secret. A key glued to other visible
 /// characters (`key.`) is not found: give each party a random secret.
@@ -834,7 +832,7 @@ fn bearer_texts(secret: &str) -> std::collections::HashSet<String> {
                 }
             }
             for (i, &(from, _)) in words.iter().enumerate() {
-                for &(_, to) in words.iter().skip(i).take(KEY_WORDS_MAX) {
+                for &(_, to) in words.iter().skip(i).take(crate::config::KEY_WORDS_MAX) {
                     out.insert(text[from..to].to_string());
                 }
             }
@@ -843,8 +841,8 @@ fn bearer_texts(secret: &str) -> std::collections::HashSet<String> {
     out
 }
 
-use crate::config::KEY_WORDS_MAX;
-
+/// The buyers' key digests, by digest to the buyer's position (duplicates are refused
+/// by [`shared_key_problems`], so each digest has one buyer).
 fn buyer_key_index(buyers: &[Option<Buyer>]) -> HashMap<[u8; 32], usize> {
     let mut by_digest = HashMap::new();
     for (idx, buyer) in buyers.iter().enumerate() {
