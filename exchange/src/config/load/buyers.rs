@@ -405,8 +405,8 @@ fn read_secret(
             p.at(
                 path,
                 format!(
-                    "environment variable {var} holds a secret longer than {SECRET_TEXT_BYTES_MAX} bytes: \
-                     use 24 to 64 random bytes (`whsec_` and base64, as Standard Webhooks suggests)"
+                    "environment variable {var} holds a value longer than {SECRET_TEXT_BYTES_MAX} bytes \
+                     (as set, `whsec_` and base64 included): use 24 to 64 random bytes (`whsec_` and base64, as Standard Webhooks suggests)"
                 ),
             );
             None

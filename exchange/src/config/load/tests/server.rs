@@ -551,7 +551,7 @@ fn a_signing_secret_that_is_another_partys_key_is_refused() {
     // A secret is at most 4,096 bytes, so looking through it is bounded.
     assert_eq!(
         with_secret(&"k".repeat(4_097), ""),
-        ["buyers.acme.secret_env: environment variable ACME_SECRET holds a secret longer than 4096 bytes: use 24 to 64 random bytes (`whsec_` and base64, as Standard Webhooks suggests)"]
+        ["buyers.acme.secret_env: environment variable ACME_SECRET holds a value longer than 4096 bytes (as set, `whsec_` and base64 included): use 24 to 64 random bytes (`whsec_` and base64, as Standard Webhooks suggests)"]
     );
     assert!(with_secret(&"k".repeat(4_096), "").is_empty());
     // Words apart otherwise are another text: "Spaced key 42" (one space) is not it.
