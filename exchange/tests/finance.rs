@@ -2029,6 +2029,14 @@ fn report_and_export_say_when_the_records_do_not_reconcile() {
             "export's stdout is data"
         );
     }
+    // The note reads only as far as the report's own reading (black-box round 189a: on a
+    // running exchange's ledger it read further, and the two disagreed): up to the
+    // auction, before the raised sale, the records reconcile.
+    let dir = forged.path();
+    let note = pingpost::finance::reconcile::unreconciled_note;
+    assert!(note(dir, None).is_some_and(|n| n.starts_with(notice)));
+    assert_eq!(note(dir, Some(1)), None);
+    assert!(note(dir, Some(2)).is_some());
 }
 
 /// Black-box round 172a: text from an edited ledger's records (a lead id holding an

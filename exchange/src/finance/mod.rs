@@ -356,6 +356,11 @@ pub struct ReadStats {
     /// list them (a `PROBLEM`), and so does the reading that takes no money (`train`
     /// refuses the ledger on them); the other readings refuse the ledger at the first.
     pub malformed_lines: Vec<String>,
+    /// The sequence number the reading stopped after (the last record its chain check
+    /// saw), if it had one: a later reading of the same ledger for the same output
+    /// stops there too (black-box round 189a: `report`'s reconciliation note read a
+    /// running exchange's ledger further, and said the money did not reconcile).
+    pub upto: Option<u64>,
 }
 
 impl ReadStats {
@@ -538,7 +543,10 @@ fn read_records(
 ) -> Result<ReadStats, String> {
     let segs =
         segments::list(dir).map_err(|e| format!("{}: {e}", crate::cli_out::shown_path(dir)))?;
-    let mut stats = ReadStats::default();
+    let mut stats = ReadStats {
+        upto,
+        ..ReadStats::default()
+    };
     let last_segment = segs.len();
     for (i, (_, path)) in segs.into_iter().enumerate() {
         let sealed = i + 1 < last_segment;

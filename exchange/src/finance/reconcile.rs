@@ -376,8 +376,8 @@ const LINE_SHOWN_MAX: usize = 1_024;
 /// made a test lead, each with its chain recomputed, were counted with exit 0 and no word).
 /// `None` when they agree, or when the reconciliation itself could not be read (the
 /// figures' own read reports that).
-pub fn unreconciled_note(dir: &Path) -> Option<String> {
-    let r = reconcile(dir, None).ok()?;
+pub fn unreconciled_note(dir: &Path, upto: Option<u64>) -> Option<String> {
+    let r = reconcile_upto(dir, None, upto).ok()?;
     if !r.failed() {
         return None;
     }

@@ -55,6 +55,22 @@ pub fn segment_no(name: &str) -> Option<u32> {
 /// The segments in `dir`, in order. Other files are ignored; a missing number in the
 /// sequence, the first one included, is an error (the chain could not be checked).
 pub fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    // A directory read while a running exchange rotates may miss a segment made during
+    // it and see the ones made after (black-box round 189a: `verify` beside a running
+    // exchange with 4 KiB segments said a segment that was there was missing, exit 2). A
+    // listing with a problem is taken again, twice at most: a real gap stays.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match list_once(dir) {
+            Err(e) if tries < 3 && e.kind() == io::ErrorKind::Other => continue,
+            listed => return listed,
+        }
+    }
+}
+
+/// One reading of the directory for [`list`].
+fn list_once(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
     let mut segs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
