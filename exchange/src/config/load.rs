@@ -399,51 +399,66 @@ pub fn load_str_with_env(
             ),
         );
     }
-    if let Some(token) = &admin.token {
-        for b in buyers
-            .iter()
-            .flatten()
-            .filter(|b| !same_variable.iter().any(|(id, _)| *id == b.id.as_str()))
-        {
-            // The same key, however each is written (round 52: `whsec_` and base64 of
-            // the token's bytes signed alike and passed).
-            let same_key = |s: &str| {
-                bearer_texts(s)
-                    .iter()
-                    .any(|t| t.as_bytes() == token.as_bytes())
-                    || proto::signing::key_bytes(s).ok().is_some_and(|k| {
-                        std::str::from_utf8(token.as_bytes())
-                            .ok()
-                            .and_then(|t| proto::signing::key_bytes(t).ok())
-                            == Some(k)
-                    })
-            };
-            let vars = root
-                .get("buyers")
+    // Each buyer's signing secrets as set, with the keys a holder could present from
+    // each ([`bearer_texts`]): read once for the admin token's check and the parties'.
+    let secrets: Vec<BuyerSecret<'_>> = buyers
+        .iter()
+        .flatten()
+        .flat_map(|b| {
+            root.get("buyers")
                 .and_then(|t| t.get(b.id.as_str()))
                 .map(secret_vars)
-                .unwrap_or_default();
-            for (key, var) in vars {
-                if env(&var).is_some_and(|s| same_key(&s)) {
-                    let shown = crate::config::shown_env_name(&admin.token_env);
-                    p.at(
-                        "admin.token_env",
-                        format!(
-                            "the admin token (${shown}, or the demo's made-up one) can be \
-                             taken from the signing secret of buyers.{} (buyers.{}.{key}), \
-                             which that buyer receives: give the admin listener a token of its \
-                             own",
-                            b.id, b.id
-                        ),
-                    );
-                }
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |(key, var)| {
+                    let secret = env(&var)?;
+                    let presentable = bearer_texts(&secret);
+                    Some(BuyerSecret {
+                        buyer: b,
+                        key,
+                        var,
+                        secret,
+                        presentable,
+                    })
+                })
+        })
+        .collect();
+    if let Some(token) = &admin.token {
+        // The same key, however each is written (round 52: `whsec_` and base64 of the
+        // token's bytes signed alike and passed).
+        let token_key = std::str::from_utf8(token.as_bytes())
+            .ok()
+            .and_then(|t| proto::signing::key_bytes(t).ok());
+        for s in secrets.iter().filter(|s| {
+            !same_variable
+                .iter()
+                .any(|(id, _)| *id == s.buyer.id.as_str())
+        }) {
+            let same_key = s
+                .presentable
+                .iter()
+                .any(|t| t.as_bytes() == token.as_bytes())
+                || proto::signing::key_bytes(&s.secret)
+                    .ok()
+                    .is_some_and(|k| token_key == Some(k));
+            if same_key {
+                let shown = crate::config::shown_env_name(&admin.token_env);
+                p.at(
+                    "admin.token_env",
+                    format!(
+                        "the admin token (${shown}, or the demo's made-up one) can be \
+                         taken from the signing secret of buyers.{} (buyers.{}.{}), \
+                         which that buyer receives: give the admin listener a token of its \
+                         own",
+                        s.buyer.id, s.buyer.id, s.key
+                    ),
+                );
             }
         }
     }
     secret_is_key_problems(
-        &root,
+        &secrets,
         &buyers,
-        env,
         &seller_by_key_sha256,
         &sellers,
         &buyer_by_key_sha256,
@@ -742,57 +757,59 @@ fn shared_key_problems(
     seller_index
 }
 
+/// One of a buyer's signing secrets (`secret_env` or `secret_env_next`), as its variable
+/// holds it, with the keys a holder could present from it ([`bearer_texts`]).
+struct BuyerSecret<'a> {
+    buyer: &'a Buyer,
+    key: &'static str,
+    var: String,
+    secret: String,
+    presentable: std::collections::HashSet<String>,
+}
+
 /// A buyer's signing secret from which another party's API key can be taken
 /// ([`bearer_texts`]): the buyer receives the secret with every request it is
 /// signed for, so it could call the exchange as that party: sell as a seller, or file
 /// another buyer's returns (black-box round 183a: accepted). Named by variable, never
 /// by value.
 fn secret_is_key_problems(
-    root: &Table,
+    secrets: &[BuyerSecret<'_>],
     buyers: &[Option<Buyer>],
-    env: &dyn Fn(&str) -> Option<String>,
     seller_by_key: &HashMap<[u8; 32], SellerIdx>,
     sellers: &[Option<Seller>],
     buyer_by_key: &HashMap<[u8; 32], usize>,
     p: &mut Problems,
 ) {
     use sha2::Digest as _;
-    for b in buyers.iter().flatten() {
-        let table = root.get("buyers").and_then(|t| t.get(b.id.as_str()));
-        for key in ["secret_env", "secret_env_next"] {
-            let Some(var) = table.and_then(|t| t.get(key)).and_then(Value::as_str) else {
-                continue;
-            };
-            let Some(secret) = env(var) else { continue };
-            let mut owners: Vec<String> = Vec::new();
-            for text in &bearer_texts(&secret) {
-                let d: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
-                let seller = seller_by_key
-                    .get(&d)
-                    .and_then(|&i| sellers.get(i)?.as_ref())
-                    .map(|s| format!("sellers.{}", s.id));
-                let buyer = buyer_by_key
-                    .get(&d)
-                    .and_then(|&i| buyers.get(i)?.as_ref())
-                    .map(|o| format!("buyers.{}", o.id));
-                // Its own key is no other party's.
-                let own = format!("buyers.{}", b.id);
-                for owner in seller.into_iter().chain(buyer) {
-                    if owner != own && !owners.contains(&owner) {
-                        owners.push(owner);
-                    }
+    for s in secrets {
+        // Its own key is no other party's.
+        let own = format!("buyers.{}", s.buyer.id);
+        let mut owners: Vec<String> = Vec::new();
+        for text in &s.presentable {
+            let d: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+            let seller = seller_by_key
+                .get(&d)
+                .and_then(|&i| sellers.get(i)?.as_ref())
+                .map(|o| format!("sellers.{}", o.id));
+            let buyer = buyer_by_key
+                .get(&d)
+                .and_then(|&i| buyers.get(i)?.as_ref())
+                .map(|o| format!("buyers.{}", o.id));
+            for owner in seller.into_iter().chain(buyer) {
+                if owner != own && !owners.contains(&owner) {
+                    owners.push(owner);
                 }
             }
-            for owner in owners {
-                p.at(
-                    &format!("buyers.{}.{key}", b.id),
-                    format!(
-                        "${} holds the API key of {owner}: buyers.{} receives its signing secret with every request and could call the exchange as {owner}; give each its own",
-                        crate::config::shown_env_name(var),
-                        b.id
-                    ),
-                );
-            }
+        }
+        for owner in owners {
+            p.at(
+                &format!("buyers.{}.{}", s.buyer.id, s.key),
+                format!(
+                    "${} holds the API key of {owner}: buyers.{} receives its signing secret with every request and could call the exchange as {owner}; give each its own",
+                    crate::config::shown_env_name(&s.var),
+                    s.buyer.id
+                ),
+            );
         }
     }
 }

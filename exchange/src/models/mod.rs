@@ -575,21 +575,38 @@ pub fn write_champion(
             }
         }
     }
-    if let Err(e) = write_atomic(&dir.join(CHAMPION), version.unwrap_or("").as_bytes()) {
+    // A swap whose history cannot be moved into place is undone; a switch-off goes on.
+    let undo = version.and(current.ok()).map(Option::unwrap_or_default);
+    match commit_change(&dir, version.unwrap_or(""), staged, undo.as_deref()) {
+        Err((HISTORY, _)) if version.is_none() => Ok(()),
+        done => done.map_err(|(file, e)| named(file, e)),
+    }
+}
+
+/// The last two steps of a swap, switch-off or rollback: `CHAMPION` written, then the
+/// staged `.HISTORY.next` (when `staged`) moved into place. A `CHAMPION` that cannot be
+/// written drops the staged history; a history that cannot be moved is dropped too, and
+/// `CHAMPION` is put back to `undo` when there is one. The error names the file.
+fn commit_change(
+    dir: &Path,
+    champion: &str,
+    staged: bool,
+    undo: Option<&str>,
+) -> Result<(), (&'static str, std::io::Error)> {
+    let next = dir.join(HISTORY_NEXT);
+    if let Err(e) = write_atomic(&dir.join(CHAMPION), champion.as_bytes()) {
         if staged {
             let _ = std::fs::remove_file(&next);
         }
-        return Err(named(CHAMPION, e));
+        return Err((CHAMPION, e));
     }
     if staged {
         if let Err(e) = std::fs::rename(&next, dir.join(HISTORY)) {
             let _ = std::fs::remove_file(&next);
-            if let Ok(was) = current {
-                let _ = write_atomic(&dir.join(CHAMPION), was.unwrap_or_default().as_bytes());
+            if let Some(was) = undo {
+                let _ = write_atomic(&dir.join(CHAMPION), was.as_bytes());
             }
-            if version.is_some() {
-                return Err(named(HISTORY, e));
-            }
+            return Err((HISTORY, e));
         }
     }
     Ok(())
@@ -804,19 +821,11 @@ pub fn rollback(
     let next = dir.join(HISTORY_NEXT);
     let was = read_champion_checked(learning, &vertical.name);
     write_atomic(&next, text.as_bytes()).map_err(|e| vec![format!("{}: {e}", name(HISTORY))])?;
-    if let Err(e) = write_atomic(&dir.join(CHAMPION), target.as_bytes()) {
-        // A failed rollback changes nothing (black-box round 47: `HISTORY` lost the
-        // version `CHAMPION` still named).
-        let _ = std::fs::remove_file(&next);
-        return Err(vec![format!("{}: {e}", name(CHAMPION))]);
-    }
-    if let Err(e) = std::fs::rename(&next, dir.join(HISTORY)) {
-        let _ = std::fs::remove_file(&next);
-        if let Ok(was) = was {
-            let _ = write_atomic(&dir.join(CHAMPION), was.unwrap_or_default().as_bytes());
-        }
-        return Err(vec![format!("{}: {e}", name(HISTORY))]);
-    }
+    // A failed rollback changes nothing (black-box round 47: `HISTORY` lost the version
+    // `CHAMPION` still named).
+    let undo = was.ok().map(Option::unwrap_or_default);
+    commit_change(&dir, &target, true, undo.as_deref())
+        .map_err(|(file, e)| vec![format!("{}: {e}", name(file))])?;
     Ok((target, note))
 }
 

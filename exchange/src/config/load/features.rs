@@ -367,11 +367,9 @@ pub(super) fn read_routing(s: &mut Section<'_>, p: &mut Problems) -> Routing {
 /// problem a lead with it would get (not one of an enum's values, not a US state code,
 /// not five digits, longer than a string field's `len_max`, outside its `pattern`).
 fn never_matches(kind: &FieldKind, category: &str) -> Option<String> {
-    match kind {
-        FieldKind::Enum(_) if proto::schema::refuses_text(kind, category).is_some() => {
-            Some("it is not one of the enum field's values".into())
-        }
-        _ => proto::schema::refuses_text(kind, category)
-            .map(|why| format!("a lead with it is refused (the field's value {why})")),
-    }
+    let why = proto::schema::refuses_text(kind, category)?;
+    Some(match kind {
+        FieldKind::Enum(_) => "it is not one of the enum field's values".into(),
+        _ => format!("a lead with it is refused (the field's value {why})"),
+    })
 }
