@@ -62,6 +62,40 @@ async fn without_the_token_or_with_a_wrong_one_admin_routes_are_401_and_change_n
         .await;
     r.assert_error(401, "unauthorized");
 
+    // The 401 says why, as the seller listener's does, and never echoes the token.
+    let seventeen = vec!["w"; 17].join(" ");
+    let bearer_17 = format!("Bearer {seventeen}");
+    let cases: [(Vec<(&str, &str)>, &str); 4] = [
+        (vec![], "missing Authorization: Bearer <admin token>"),
+        (
+            vec![("authorization", &bearer_17)],
+            "Authorization must be Bearer <admin token> (a key of at most 16 words)",
+        ),
+        (
+            vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
+            "send one Authorization header, not 2",
+        ),
+        (
+            vec![("authorization", "Bearer wrong-token-of-some-length")],
+            "wrong Authorization: Bearer <admin token>",
+        ),
+    ];
+    for (headers, message) in cases {
+        let r = ex
+            .admin
+            .send(
+                Method::POST,
+                "/admin/reload",
+                None,
+                None,
+                &headers,
+                Bytes::new(),
+            )
+            .await;
+        r.assert_error(401, "unauthorized");
+        assert_eq!(r.json()["error"]["message"], message, "{headers:?}");
+    }
+
     assert_eq!(ex.state.generation(), 1, "nothing was reloaded");
     assert_eq!(ex.state.runtime.load().config.buyers.len(), 1);
     assert!(ex.state.ids.buyer_key("b").is_none());

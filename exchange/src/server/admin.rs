@@ -18,22 +18,21 @@ fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
         == 0
 }
 
-/// Checks `Authorization: Bearer <admin token>`.
+/// Checks `Authorization: Bearer <admin token>`. A missing, repeated or unreadable
+/// header, or a token of more words than any key, is told as the seller listener tells
+/// it; a wrong token is only "wrong".
 fn admin_authorized(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ApiError> {
-    let unauthorized = || {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "missing or wrong Authorization: Bearer <admin token>",
-        )
-    };
+    let unauthorized = |message: String| ApiError::new(ErrorCode::Unauthorized, message);
+    let presented = bearer_token(req.headers())
+        .ok_or_else(|| unauthorized(seller::no_bearer_message(req.headers(), "admin token")))?;
+    let wrong = || unauthorized("wrong Authorization: Bearer <admin token>".to_owned());
     let Some(expected) = &rt.config.admin.token else {
-        return Err(unauthorized());
+        return Err(wrong());
     };
-    let presented = bearer_token(req.headers()).ok_or_else(unauthorized)?;
     if token_matches(expected.as_bytes(), presented.as_bytes()) {
         Ok(())
     } else {
-        Err(unauthorized())
+        Err(wrong())
     }
 }
 

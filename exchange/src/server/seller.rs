@@ -287,28 +287,37 @@ pub(super) fn claim_key<P: Copy + Eq + Hash>(
 pub(super) fn bearer_digest(req: &Request<Incoming>, who: &str) -> Result<[u8; 32], ApiError> {
     let headers = req.headers();
     let key = bearer_token(headers).ok_or_else(|| {
-        let message = match headers.get_all(header::AUTHORIZATION).iter().count() {
-            0 => format!("missing Authorization: Bearer <{who} key>"),
-            // A key travels in a header: visible ASCII only (black-box round 136b: a
-            // non-ASCII key's digest could be configured, and its 401 did not say why).
-            1 if headers
-                .get(header::AUTHORIZATION)
-                .is_some_and(|v| v.to_str().is_err()) =>
-            {
-                format!(
-                    "Authorization must be Bearer <{who} key>, in visible ASCII characters \
-                     (a key is never sent in other characters)"
-                )
-            }
-            1 => format!(
-                "Authorization must be Bearer <{who} key> (a key of at most {} words)",
-                crate::config::KEY_WORDS_MAX
-            ),
-            n => format!("send one Authorization header, not {n}"),
-        };
-        ApiError::new(ErrorCode::Unauthorized, message)
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            no_bearer_message(headers, &format!("{who} key")),
+        )
     })?;
     Ok(Sha256::digest(key.as_bytes()).into())
+}
+
+/// Why `headers` give no bearer key ([`bearer_token`] found none), for the `401` of a
+/// listener whose key is called `what` (`seller key`, `admin token`). Names nothing
+/// sent.
+pub(super) fn no_bearer_message(headers: &http::HeaderMap, what: &str) -> String {
+    match headers.get_all(header::AUTHORIZATION).iter().count() {
+        0 => format!("missing Authorization: Bearer <{what}>"),
+        // A key travels in a header: visible ASCII only (black-box round 136b: a
+        // non-ASCII key's digest could be configured, and its 401 did not say why).
+        1 if headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.to_str().is_err()) =>
+        {
+            format!(
+                "Authorization must be Bearer <{what}>, in visible ASCII characters \
+                 (a key is never sent in other characters)"
+            )
+        }
+        1 => format!(
+            "Authorization must be Bearer <{what}> (a key of at most {} words)",
+            crate::config::KEY_WORDS_MAX
+        ),
+        n => format!("send one Authorization header, not {n}"),
+    }
 }
 
 /// Is `digest` one of a party's key digests (the current one, or the next during a
