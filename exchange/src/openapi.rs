@@ -310,6 +310,15 @@ fn lead_schema(schema: &VerticalSchema, mode: LeadMode, vertical: &str) -> Value
     for f in schema.fields.iter().filter(allowed) {
         let needed = f.required;
         let mut s = field_schema(&f.kind, !needed);
+        if needed && matches!(f.kind, FieldKind::String { .. }) {
+            // A required text must say something (`proto::error::says_nothing`).
+            let all_of = s
+                .as_object_mut()
+                .map(|o| o.entry("allOf").or_insert_with(|| json!([])));
+            if let Some(Value::Array(all_of)) = all_of {
+                all_of.push(json!({"pattern": says_something_pattern()}));
+            }
+        }
         if let Value::Object(o) = &mut s {
             let mut notes = Vec::new();
             if f.pii {
@@ -384,6 +393,43 @@ fn field_schema(kind: &FieldKind, nullable: bool) -> Value {
         s["type"] = json!(ty);
     }
     s
+}
+
+/// JSON-Schema pattern (unanchored) of a text that says something: a character that is
+/// neither white space, a control character nor one of `proto::error::INVISIBLE_RANGES`
+/// (`proto::error::says_nothing` is false). Code points past U+FFFF are written
+/// `\x{...}`, which the validators of Rust `regex` syntax and schemathesis read.
+fn says_something_pattern() -> String {
+    // `char::is_white_space`'s characters past the controls (U+0009-U+000D and U+0085
+    // are control characters).
+    const SPACES: &[(char, char)] = &[
+        (' ', ' '),
+        ('\u{00A0}', '\u{00A0}'),
+        ('\u{1680}', '\u{1680}'),
+        ('\u{2000}', '\u{200A}'),
+        ('\u{2028}', '\u{2029}'),
+        ('\u{202F}', '\u{202F}'),
+        ('\u{205F}', '\u{205F}'),
+        ('\u{3000}', '\u{3000}'),
+    ];
+    let escape = |c: char| {
+        let n = u32::from(c);
+        if n <= 0xFFFF {
+            format!("\\u{n:04x}")
+        } else {
+            format!("\\x{{{n:x}}}")
+        }
+    };
+    let mut class = String::from("[^\\u0000-\\u001f\\u007f-\\u009f");
+    for &(lo, hi) in SPACES.iter().chain(proto::error::INVISIBLE_RANGES) {
+        class.push_str(&escape(lo));
+        if hi != lo {
+            class.push('-');
+            class.push_str(&escape(hi));
+        }
+    }
+    class.push(']');
+    class
 }
 
 fn base_schemas() -> Vec<(&'static str, Value)> {
@@ -805,6 +851,39 @@ mod tests {
         assert!(field_schema(&proto::schema::FieldKind::Zip, false)
             .get("x-pattern-syntax")
             .is_none());
+    }
+
+    /// Round 191b: a required text field's schema says what the validator says of a blank
+    /// value: the pattern finds a character in a text exactly when
+    /// `proto::error::says_nothing` is false, for every code point.
+    #[test]
+    fn a_required_text_must_say_something_as_the_validator_says() {
+        let re = regex::Regex::new(&says_something_pattern()).unwrap();
+        for c in (0..=0x10FFFF_u32).filter_map(char::from_u32) {
+            assert_eq!(
+                re.is_match(c.encode_utf8(&mut [0; 4])),
+                !proto::error::invisible(c),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+        assert!(!re.is_match(" \u{200B}\t\u{E0041}\u{3000}"));
+        assert!(re.is_match(" \u{200B}A "));
+
+        let doc = build(&default_config());
+        let full = &doc["components"]["schemas"]["FullLead_auto_insurance"]["properties"];
+        let blank = json!({"pattern": says_something_pattern()});
+        let all_of = |f: &str| full[f]["allOf"].as_array().cloned().unwrap_or_default();
+        assert!(
+            all_of("first_name").contains(&blank),
+            "{}",
+            full["first_name"]
+        );
+        assert!(
+            !all_of("city").contains(&blank),
+            "optional: {}",
+            full["city"]
+        );
     }
 
     #[test]

@@ -337,6 +337,19 @@ fn cases() -> Vec<Case> {
             "lead.email",
             "lead.birth_date",
         ]),
+        // Round 191b: a blank required name sold.
+        row(
+            "post: required names sent blank (added)",
+            Req::post("/v1/post").json(json!({
+                "ping_id": PING_ID,
+                "lead": {"state": "TX", "zip": "76180", "first_name": "", "last_name": " \u{200B} ",
+                         "phone": "+18175550123"},
+            })),
+            400,
+            "invalid_request",
+        )
+        .setup(Setup::After(vec![ping_tx()]))
+        .fields(&["lead.first_name", "lead.last_name"]),
         row(
             "post: an unknown field and a lead that is not an object (added)",
             Req::post("/v1/post").json(json!({"ping_id": PING_ID, "lead": "x", "x": 1})),

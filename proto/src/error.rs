@@ -98,6 +98,53 @@ fn cut(mut s: String, max: usize) -> String {
     s
 }
 
+/// Whether a value says nothing: empty, or only characters that print as nothing: white
+/// space, control characters, and Unicode's default-ignorable code points (zero-width
+/// spaces and joiners, direction marks, the word joiner and its kin, the byte-order mark,
+/// the soft hyphen, variation selectors, Hangul fillers, shorthand and musical format
+/// controls, tag characters, and the unassigned code points Unicode says to show as
+/// nothing), the interlinear annotation characters and the blank Braille pattern. A
+/// copy-paste can carry any of them (black-box rounds 27-28: a value of one zero-width
+/// space, then of one control character, counted as consent given; round 191b: a blank
+/// required name sold).
+pub fn says_nothing(v: &str) -> bool {
+    v.chars().all(invisible)
+}
+
+/// Whether `c` prints as nothing ([`says_nothing`]): white space, a control character or
+/// one of [`INVISIBLE_RANGES`].
+pub fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || INVISIBLE_RANGES.iter().any(|&(lo, hi)| lo <= c && c <= hi)
+}
+
+/// The characters other than white space and control characters that print as nothing
+/// ([`invisible`]), as inclusive ranges in code-point order (the seller API's OpenAPI
+/// document spells the same set as a character class).
+pub const INVISIBLE_RANGES: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{2800}', '\u{2800}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFFB}'),
+    ('\u{16FE4}', '\u{16FE4}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D159}', '\u{1D159}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
 /// Whether `c` is invisible or reorders text when printed: a control character, or a
 /// Unicode format character (bidirectional overrides and isolates such as U+202E, marks,
 /// zero-width characters, the byte order mark). Names from the network that an error

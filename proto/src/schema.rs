@@ -209,6 +209,15 @@ impl VerticalSchema {
                     ));
                 }
                 (Some(v), _) => match check_value(&spec.kind, v) {
+                    // A required text that says nothing is no value: a buyer would pay
+                    // for a lead without the field (black-box round 191b: `"first_name":
+                    // "  "` sold).
+                    Ok(FieldValue::Str(text))
+                        if spec.required && crate::error::says_nothing(&text) =>
+                    {
+                        out.problems
+                            .push(FieldProblem::new(fpath(), REQUIRED_BLANK));
+                    }
                     Ok(fv) => fields.push((index, fv)),
                     Err(problem) => out.problems.push(FieldProblem::new(fpath(), problem)),
                 },
@@ -237,6 +246,9 @@ impl VerticalSchema {
 /// named in a ping as `null`.
 const NOT_A_PING_FIELD_NULL: &str =
     "is not allowed in a ping, not even as null; send it with the post";
+
+/// A required text field's problem when its value says nothing.
+pub const REQUIRED_BLANK: &str = "is required: a value of only white space or characters that print as nothing (control characters, zero-width or invisible characters) is none";
 
 /// A required field's problem: missing, or sent as `null` (which counts as absent).
 fn required_problem(given: Option<&OwnedValue>) -> &'static str {
@@ -751,6 +763,46 @@ pub(crate) mod tests {
             problems(full, LeadMode::Full),
             [s("lead.first_name", "is required; null counts as not sent")]
         );
+    }
+
+    /// Round 191b: a required text that says nothing (empty, white space, characters that
+    /// print as nothing) is refused as no value; an optional one is taken as sent.
+    #[test]
+    fn a_required_text_that_says_nothing_is_refused() {
+        let lead = |first: &str, city: &str| {
+            parse(&format!(
+                r#"{{"state":"TX","zip":"76180","first_name":{},"last_name":"B",
+                "phone":"+18175550123","city":{}}}"#,
+                serde_json::to_string(first).unwrap(),
+                serde_json::to_string(city).unwrap()
+            ))
+        };
+        for blank in [
+            "",
+            " ",
+            "\t\n ",
+            "\u{200B}\u{FEFF}",
+            "\u{3000}\u{E0041}",
+            "\u{2800}",
+        ] {
+            let err = auto_schema()
+                .validate(&lead(blank, blank), LeadMode::Full, "lead")
+                .unwrap_err();
+            let problems: Vec<_> = err
+                .problems
+                .iter()
+                .map(|p| (p.field.as_str(), p.problem.as_str()))
+                .collect();
+            assert_eq!(problems, [("lead.first_name", REQUIRED_BLANK)], "{blank:?}");
+        }
+        for named in ["A", " Ana ", "\u{200B}A", "\u{1F600}"] {
+            assert!(
+                auto_schema()
+                    .validate(&lead(named, ""), LeadMode::Full, "lead")
+                    .is_ok(),
+                "{named:?}"
+            );
+        }
     }
 
     #[test]

@@ -417,48 +417,9 @@ impl Vertical {
     }
 }
 
-/// Whether a consent value says nothing: empty, or only characters that print as
-/// nothing: white space, control characters, and Unicode's default-ignorable code points
-/// (zero-width spaces and joiners, direction marks, the word joiner and its kin, the
-/// byte-order mark, the soft hyphen, variation selectors, Hangul fillers, shorthand and
-/// musical format controls, tag characters, and the unassigned code points Unicode says
-/// to show as nothing), the interlinear annotation characters and the blank Braille
-/// pattern. A copy-paste can carry any of them (black-box rounds 27-28: a value of one
-/// zero-width space, then of one control character, counted as consent given).
-pub fn says_nothing(v: &str) -> bool {
-    v.chars().all(invisible)
-}
-
-/// Whether `c` prints as nothing ([`says_nothing`]).
-pub fn invisible(c: char) -> bool {
-    c.is_whitespace()
-        || c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{034F}'
-                | '\u{061C}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{17B4}'
-                | '\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{2800}'
-                | '\u{3164}'
-                | '\u{16FE4}'
-                | '\u{1D159}'
-                | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FEFF}'
-                | '\u{FFA0}'
-                | '\u{FFF0}'..='\u{FFFB}'
-                | '\u{1BCA0}'..='\u{1BCA3}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0000}'..='\u{E0FFF}'
-        )
-}
+/// Whether a value says nothing, and whether a character prints as nothing: in `proto`,
+/// where a lead's required fields are checked with them too.
+pub use proto::error::{invisible, says_nothing};
 
 /// How the exchange takes its margin from a winning bid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
