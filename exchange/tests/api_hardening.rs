@@ -223,7 +223,7 @@ async fn idempotency_keys_have_a_per_seller_quota() {
     // The quota, not a count (black-box round 20: a restart keeps more keys than it).
     assert!(
         over.text()
-            .contains("this seller already holds its quota of 2 idempotency keys"),
+            .contains("this seller already holds its quota of 2 idempotency keys (or more, when a reload or a restart lowered it)"),
         "{}",
         over.text()
     );

@@ -244,7 +244,7 @@ pub(super) fn claim_key<P: Copy + Eq + Hash>(
                     ErrorCode::RateLimited,
                     format!(
                         "this {who} already holds its quota of {quota} idempotency keys \
-                         (or more, kept from before a restart); keys are freed as they \
+                         (or more, when a reload or a restart lowered it); keys are freed as they \
                          expire, or send requests without one"
                     ),
                 ),

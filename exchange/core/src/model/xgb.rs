@@ -128,7 +128,7 @@ pub enum ModelError {
         feature: i64,
         num_features: usize,
     },
-    #[error("tree {tree}: node {node} has a non-finite {what}")]
+    #[error("tree {tree}: node {node} has a {what} that is not finite as a 32-bit float (the model's values are read as 32-bit floats, whose range ends near 3.4e38)")]
     NonFinite {
         tree: usize,
         node: usize,

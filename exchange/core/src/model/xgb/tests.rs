@@ -549,6 +549,13 @@ fn refuses_split_feature_out_of_range_and_non_finite() {
         ),
         "{e}"
     );
+    // Said of the 32-bit float, since the file's number may be finite (round 191a: a
+    // leaf of 1e39 was "non-finite").
+    assert_eq!(
+        e.to_string(),
+        "tree 0: node 3 has a leaf value that is not finite as a 32-bit float (the model's \
+         values are read as 32-bit floats, whose range ends near 3.4e38)"
+    );
 }
 
 #[test]
