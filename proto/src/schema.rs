@@ -465,6 +465,14 @@ fn is_date(s: &str) -> bool {
 pub(crate) mod tests {
     use super::*;
 
+    /// A refusal's problems as (field, problem) pairs.
+    fn pairs(err: &LeadProblems) -> Vec<(&str, &str)> {
+        err.problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.problem.as_str()))
+            .collect()
+    }
+
     /// The auto-insurance schema the tests share.
     pub fn auto_schema() -> VerticalSchema {
         let f = |name: &str, kind: FieldKind, required: bool, ping: bool, pii: bool| FieldSpec {
@@ -693,11 +701,7 @@ pub(crate) mod tests {
                 "lead",
             )
             .unwrap_err();
-        let problems: Vec<_> = err
-            .problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.problem.as_str()))
-            .collect();
+        let problems = pairs(&err);
         assert_eq!(
             problems,
             [
@@ -713,11 +717,7 @@ pub(crate) mod tests {
                 "lead",
             )
             .unwrap_err();
-        let problems: Vec<_> = err
-            .problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.problem.as_str()))
-            .collect();
+        let problems = pairs(&err);
         assert_eq!(
             problems,
             [
@@ -788,11 +788,7 @@ pub(crate) mod tests {
             let err = auto_schema()
                 .validate(&lead(blank, blank), LeadMode::Full, "lead")
                 .unwrap_err();
-            let problems: Vec<_> = err
-                .problems
-                .iter()
-                .map(|p| (p.field.as_str(), p.problem.as_str()))
-                .collect();
+            let problems = pairs(&err);
             assert_eq!(problems, [("lead.first_name", REQUIRED_BLANK)], "{blank:?}");
         }
         for named in ["A", " Ana ", "\u{200B}A", "\u{1F600}"] {
