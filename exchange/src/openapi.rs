@@ -397,8 +397,12 @@ fn field_schema(kind: &FieldKind, nullable: bool) -> Value {
 
 /// JSON-Schema pattern (unanchored) of a text that says something: a character that is
 /// neither white space, a control character nor one of `proto::error::INVISIBLE_RANGES`
-/// (`proto::error::says_nothing` is false). Code points past U+FFFF are written
-/// `\x{...}`, which the validators of Rust `regex` syntax and schemathesis read.
+/// (`proto::error::says_nothing` is false). Only code points up to U+FFFF are named, each
+/// as a `\uXXXX` escape, the one form ECMA-262 (with or without its `u` flag), Python's
+/// `re` and Rust's `regex` all read alike (round 192a: `\x{...}` for the ones past it
+/// broke Python's `jsonschema` and JavaScript on every lead): in the document a code point
+/// past U+FFFF always says something, where the exchange refuses a value of only the
+/// invisible ones among them (tag characters and the like) and blanks.
 fn says_something_pattern() -> String {
     // `char::is_white_space`'s characters past the controls (U+0009-U+000D and U+0085
     // are control characters).
@@ -412,20 +416,15 @@ fn says_something_pattern() -> String {
         ('\u{205F}', '\u{205F}'),
         ('\u{3000}', '\u{3000}'),
     ];
-    let escape = |c: char| {
-        let n = u32::from(c);
-        if n <= 0xFFFF {
-            format!("\\u{n:04x}")
-        } else {
-            format!("\\x{{{n:x}}}")
-        }
-    };
     let mut class = String::from("[^\\u0000-\\u001f\\u007f-\\u009f");
     for &(lo, hi) in SPACES.iter().chain(proto::error::INVISIBLE_RANGES) {
-        class.push_str(&escape(lo));
+        let (lo, hi) = (u32::from(lo), u32::from(hi));
+        if hi > 0xFFFF {
+            continue;
+        }
+        class.push_str(&format!("\\u{lo:04x}"));
         if hi != lo {
-            class.push('-');
-            class.push_str(&escape(hi));
+            class.push_str(&format!("-\\u{hi:04x}"));
         }
     }
     class.push(']');
@@ -862,13 +861,16 @@ mod tests {
         for c in (0..=0x10FFFF_u32).filter_map(char::from_u32) {
             assert_eq!(
                 re.is_match(c.encode_utf8(&mut [0; 4])),
-                !proto::error::invisible(c),
+                !proto::error::invisible(c) || u32::from(c) > 0xFFFF,
                 "U+{:04X}",
                 u32::from(c)
             );
         }
-        assert!(!re.is_match(" \u{200B}\t\u{E0041}\u{3000}"));
+        assert!(!re.is_match(" \u{200B}\t\u{FEFF}\u{3000}"));
         assert!(re.is_match(" \u{200B}A "));
+        // Only `\uXXXX` escapes (round 192a): no `\x{...}`, nothing past U+FFFF.
+        let pattern = says_something_pattern();
+        assert!(pattern.is_ascii() && !pattern.contains("\\x"), "{pattern}");
 
         let doc = build(&default_config());
         let full = &doc["components"]["schemas"]["FullLead_auto_insurance"]["properties"];

@@ -65,12 +65,19 @@ async fn without_the_token_or_with_a_wrong_one_admin_routes_are_401_and_change_n
     // The 401 says why, as the seller listener's does, and never echoes the token.
     let seventeen = vec!["w"; 17].join(" ");
     let bearer_17 = format!("Bearer {seventeen}");
-    let cases: [(Vec<(&str, &str)>, &str); 4] = [
+    let basic = format!("Basic {ADMIN_TOKEN}");
+    let scheme =
+        "Authorization must be Bearer <admin token>: the scheme Bearer, a space, and the key";
+    let cases: [(Vec<(&str, &str)>, &str); 8] = [
         (vec![], "missing Authorization: Bearer <admin token>"),
         (
             vec![("authorization", &bearer_17)],
-            "Authorization must be Bearer <admin token> (a key of at most 16 words)",
+            "Authorization must be Bearer <admin token>, a key of at most 16 words",
         ),
+        (vec![("authorization", &basic)], scheme),
+        (vec![("authorization", "Bearer")], scheme),
+        (vec![("authorization", "Bearer \t ")], scheme),
+        (vec![("authorization", ADMIN_TOKEN)], scheme),
         (
             vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
             "send one Authorization header, not 2",

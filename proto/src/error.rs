@@ -103,10 +103,11 @@ fn cut(mut s: String, max: usize) -> String {
 /// spaces and joiners, direction marks, the word joiner and its kin, the byte-order mark,
 /// the soft hyphen, variation selectors, Hangul fillers, shorthand and musical format
 /// controls, tag characters, and the unassigned code points Unicode says to show as
-/// nothing), the interlinear annotation characters and the blank Braille pattern. A
-/// copy-paste can carry any of them (black-box rounds 27-28: a value of one zero-width
-/// space, then of one control character, counted as consent given; round 191b: a blank
-/// required name sold).
+/// nothing), the interlinear annotation characters, the Egyptian hieroglyph format
+/// controls and the blank Braille pattern. A copy-paste can carry any of them (black-box
+/// rounds 27-28: a value of one zero-width space, then of one control character, counted
+/// as consent given; round 191b: a blank required name sold; round 192a: the hieroglyph
+/// format controls).
 pub fn says_nothing(v: &str) -> bool {
     v.chars().all(invisible)
 }
@@ -138,6 +139,7 @@ pub const INVISIBLE_RANGES: &[(char, char)] = &[
     ('\u{FEFF}', '\u{FEFF}'),
     ('\u{FFA0}', '\u{FFA0}'),
     ('\u{FFF0}', '\u{FFFB}'),
+    ('\u{13430}', '\u{1343F}'),
     ('\u{16FE4}', '\u{16FE4}'),
     ('\u{1BCA0}', '\u{1BCA3}'),
     ('\u{1D159}', '\u{1D159}'),

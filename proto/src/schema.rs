@@ -208,16 +208,19 @@ impl VerticalSchema {
                         "is not allowed in a ping; send it with the post",
                     ));
                 }
+                // A required text that says nothing is no value, whatever else it breaks
+                // (a pattern, the control characters): a buyer would pay for a lead
+                // without the field (black-box round 191b: `"first_name": "  "` sold;
+                // round 192a: a blank value a pattern refused was told the pattern).
+                (Some(v), _)
+                    if spec.required
+                        && matches!(spec.kind, FieldKind::String { .. })
+                        && as_str(v).is_some_and(crate::error::says_nothing) =>
+                {
+                    out.problems
+                        .push(FieldProblem::new(fpath(), REQUIRED_BLANK));
+                }
                 (Some(v), _) => match check_value(&spec.kind, v) {
-                    // A required text that says nothing is no value: a buyer would pay
-                    // for a lead without the field (black-box round 191b: `"first_name":
-                    // "  "` sold).
-                    Ok(FieldValue::Str(text))
-                        if spec.required && crate::error::says_nothing(&text) =>
-                    {
-                        out.problems
-                            .push(FieldProblem::new(fpath(), REQUIRED_BLANK));
-                    }
                     Ok(fv) => fields.push((index, fv)),
                     Err(problem) => out.problems.push(FieldProblem::new(fpath(), problem)),
                 },
@@ -790,6 +793,32 @@ pub(crate) mod tests {
                 .unwrap_err();
             let problems = pairs(&err);
             assert_eq!(problems, [("lead.first_name", REQUIRED_BLANK)], "{blank:?}");
+        }
+        // Said as blank before a pattern or the control characters are (round 192a), in a
+        // ping as in a full lead.
+        let sku = VerticalSchema {
+            fields: vec![FieldSpec {
+                name: "sku".into(),
+                kind: FieldKind::String {
+                    len_max: 8,
+                    pattern: Some(regex::Regex::new("^(?:[A-Z]{2}[0-9]+)$").unwrap()),
+                },
+                required: true,
+                ping: true,
+                pii: false,
+            }],
+        };
+        for blank in ["", "\u{200B}", "\n", "\u{0}", "          \u{3000}"] {
+            for mode in [LeadMode::Ping, LeadMode::Full] {
+                let err = sku
+                    .validate(
+                        &parse(&serde_json::json!({"sku": blank}).to_string()),
+                        mode,
+                        "lead",
+                    )
+                    .unwrap_err();
+                assert_eq!(pairs(&err), [("lead.sku", REQUIRED_BLANK)], "{blank:?}");
+            }
         }
         for named in ["A", " Ana ", "\u{200B}A", "\u{1F600}"] {
             assert!(

@@ -312,9 +312,23 @@ pub(super) fn no_bearer_message(headers: &http::HeaderMap, what: &str) -> String
                  (a key is never sent in other characters)"
             )
         }
+        // `Bearer`, a space, and a key: then only its length is wrong (round 192a:
+        // `Basic …` and a `Bearer` without a key were told about words).
+        1 if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .is_some_and(|(scheme, key)| {
+                scheme.eq_ignore_ascii_case("bearer") && !key.trim_matches([' ', '\t']).is_empty()
+            }) =>
+        {
+            format!(
+                "Authorization must be Bearer <{what}>, a key of at most {} words",
+                crate::config::KEY_WORDS_MAX
+            )
+        }
         1 => format!(
-            "Authorization must be Bearer <{what}> (a key of at most {} words)",
-            crate::config::KEY_WORDS_MAX
+            "Authorization must be Bearer <{what}>: the scheme Bearer, a space, and the key"
         ),
         n => format!("send one Authorization header, not {n}"),
     }
