@@ -9,7 +9,9 @@
 //! pool is shared across threads behind a lock, hashes its key byte by byte on every
 //! checkout and return, races a new connection against every checkout, and spawns a task
 //! per request to put the connection back; with a client per thread none of that is
-//! needed. HTTP/2 buyers keep hyper-util's client (one multiplexed connection per host).
+//! needed. HTTP/2 buyers have a pool of their own too ([`H2Pool`]: one multiplexed
+//! connection per host, on hyper's connection API), which drops a connection past its
+//! certificates' trust or idle time without closing it under its calls in flight.
 
 use std::time::Duration;
 
