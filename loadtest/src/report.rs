@@ -20,6 +20,12 @@ pub const KNEE_MARGIN_US: u64 = 2_500;
 /// Sweep label of the baseline the knee margin is measured against, unless the report's
 /// `extra["baseline_label"]` names another.
 pub const BASELINE_LABEL: &str = "direct";
+/// A target's generator lag (planned time to on the wire) whose p99 is above this, in µs,
+/// gets a note under the table: the generator itself queued (every connection busy, or
+/// its scheduler behind), and the target's latencies include that wait. 10 ms: well above
+/// the scheduler's own 1-2 ms on a busy two-core machine, and a wait a reader would
+/// otherwise take for the target's.
+pub const GENERATOR_LAG_NOTE_US: u64 = 10_000;
 /// Most entries read from one `/proc/<pid>/task` or `/proc/<pid>/fd` directory.
 pub const PROC_ENTRIES_MAX: usize = 1_000_000;
 /// Most lines read from one `/proc/net/tcp*` file.
@@ -263,6 +269,10 @@ pub struct TargetSummary {
     /// generator, not the target, was the bottleneck.
     #[serde(default)]
     pub send_lag: Option<Percentiles>,
+    /// Requests planned in the measured phase, whatever became of them (0 in a report
+    /// written before this field).
+    #[serde(default)]
+    pub measured: u64,
 }
 
 impl TargetSummary {
@@ -279,7 +289,28 @@ impl TargetSummary {
             cpu_us_per_buyer_ping: None,
             timeline: r.timeline.clone(),
             send_lag: (!r.send_lag_us.is_empty()).then(|| Percentiles::of(&r.send_lag_us)),
+            measured: r.measured,
         }
+    }
+
+    /// The errors whose latency is not in the percentiles (error answers, refused
+    /// connections, I/O errors: [`crate::gen::error_in_percentiles`]), by class: the
+    /// requests' own, then the posts' after a bid (`post_` classes).
+    pub fn errors_not_in_percentiles(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let mut firsts = BTreeMap::new();
+        let mut posts = BTreeMap::new();
+        for (class, n) in &self.errors {
+            if *n == 0 || crate::gen::error_in_percentiles(class) {
+                continue;
+            }
+            let to = if class.starts_with("post_") {
+                &mut posts
+            } else {
+                &mut firsts
+            };
+            to.insert(class.clone(), *n);
+        }
+        (firsts, posts)
     }
 
     /// The summary of a run whose every request is a direct post (P8): the posts'
@@ -431,8 +462,12 @@ fn classes(m: &BTreeMap<String, u64>) -> String {
 }
 
 /// Prints the scenario as one table: a row per target (p50, p90, p99, p99.9, max in ms,
-/// achieved rate, errors by class, CPU per auction and per buyer ping in µs), post rows,
-/// added-latency rows, then the knees and the outcomes.
+/// `rate/s`, errors by class, CPU per auction and per buyer ping in µs), post rows,
+/// added-latency rows; under them a line per target whose failed requests are not in its
+/// percentiles (its "added" rows marked ` *`); then the knees, the outcomes and the
+/// generator lag (with a note past [`GENERATOR_LAG_NOTE_US`]). `rate/s` is
+/// [`RunResult::achieved_rate_per_s`]: the measured requests answered without error over
+/// the measured phase's length, late answers included, so not the target's throughput.
 pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<()> {
     let mut s = String::new();
     // Writing to a String cannot fail; the results are ignored on purpose.
@@ -449,10 +484,39 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
     for note in &r.notes {
         let _ = writeln!(s, "note     {note}");
     }
+    // Targets whose failed requests are not in their percentiles (black-box: an exchange
+    // shedding half its load with fast 503s showed its p99 and an added p99 of 0.000 ms
+    // as if it had served it all). Their "added" rows, and both rows against a baseline
+    // with such errors, are marked ` *`, with a line under the table.
+    let baseline = baseline_label(r);
+    let unrecorded = |label: &str| {
+        r.targets.iter().any(|t| {
+            t.label == label && {
+                let (firsts, posts) = t.errors_not_in_percentiles();
+                !firsts.is_empty() || !posts.is_empty()
+            }
+        })
+    };
+    let added_label = |name: &str| {
+        let mark = if unrecorded(name) || unrecorded(baseline) {
+            " *"
+        } else {
+            ""
+        };
+        format!("{name} added (vs {baseline}){mark}")
+    };
+    let added_rows: Vec<(String, &Percentiles)> = [
+        ("exchange", &r.added_latency_us),
+        ("relay", &r.relay_added_latency_us),
+    ]
+    .into_iter()
+    .filter_map(|(name, p)| p.as_ref().map(|p| (added_label(name), p)))
+    .collect();
     let width = r
         .targets
         .iter()
         .map(|t| t.label.len() + 7)
+        .chain(added_rows.iter().map(|(label, _)| label.len()))
         .chain([26, 6])
         .max()
         .unwrap_or(26);
@@ -517,11 +581,13 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
         }
     }
     let none = || ("-".to_string(), "-".to_string());
-    if let Some(p) = &r.added_latency_us {
-        row(&mut s, "exchange added (vs direct)", p, "-", none(), "");
+    for (label, p) in &added_rows {
+        row(&mut s, label, p, "-", none(), "");
     }
-    if let Some(p) = &r.relay_added_latency_us {
-        row(&mut s, "relay added (vs direct)", p, "-", none(), "");
+    for t in &r.targets {
+        if let Some(line) = unrecorded_errors_line(t, baseline, &added_rows) {
+            let _ = writeln!(s, "{line}");
+        }
     }
     if !r.repetitions.is_empty() {
         let _ = writeln!(
@@ -566,9 +632,69 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
                 ms(lag.p99_us),
                 ms(lag.max_us)
             );
+            if lag.p99_us > GENERATOR_LAG_NOTE_US {
+                let why = if t.label == baseline {
+                    "its scheduler was behind: the direct baseline has its own pools, so the machine was too busy to send on time"
+                } else {
+                    "every connection was busy, so due requests waited for one (or its scheduler was behind); size --connections above rate x latency"
+                };
+                let _ = writeln!(
+                    s,
+                    "  the generator itself queued: {}'s requests waited up to {} ms (p99) to go out, and its latencies include that wait, which its target never saw: {why}",
+                    t.label,
+                    ms(lag.p99_us),
+                );
+            }
         }
     }
     out.write_all(s.as_bytes())
+}
+
+/// The line under the table for a target whose failed requests are not in its
+/// percentiles (error answers, refused connections, I/O errors), `None` if it had none.
+/// `added_rows`: the "added" rows' labels, marked ` *` where they are read against it.
+fn unrecorded_errors_line(
+    t: &TargetSummary,
+    baseline: &str,
+    added_rows: &[(String, &Percentiles)],
+) -> Option<String> {
+    let (firsts, posts) = t.errors_not_in_percentiles();
+    if firsts.is_empty() && posts.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if !firsts.is_empty() {
+        let failed: u64 = firsts.values().sum();
+        let of = if t.measured > 0 {
+            format!(" of {}", t.measured)
+        } else {
+            String::new()
+        };
+        parts.push(format!(
+            "{failed}{of} measured requests failed ({}) and are not in its percentiles",
+            classes(&firsts)
+        ));
+    }
+    if !posts.is_empty() {
+        let failed: u64 = posts.values().sum();
+        parts.push(format!(
+            "{failed} of its posts after a bid failed ({}) and are not in its post row",
+            classes(&posts)
+        ));
+    }
+    let marked = |label: &str| {
+        added_rows
+            .iter()
+            .any(|(l, _)| l.ends_with(" *") && l.starts_with(&format!("{label} added ")))
+    };
+    let read = if t.label == baseline && added_rows.iter().any(|(l, _)| l.ends_with(" *")) {
+        "read its figures, and the added rows against it (marked *), with them"
+    } else if marked(&t.label) {
+        "read its figures, and its added row (marked *), with them"
+    } else {
+        "read its figures with them"
+    };
+    Some(format!("* {}: {}: {read}", t.label, parts.join("; ")))
 }
 
 /// Writes the report as pretty JSON.
@@ -852,6 +978,32 @@ pub fn paired_median(pairs: impl IntoIterator<Item = (u64, u64)>) -> i64 {
 mod tests {
     use super::*;
 
+    /// A report of `targets` with the given "added" rows, and its text table.
+    fn table_of(
+        targets: Vec<TargetSummary>,
+        added: Option<Percentiles>,
+        relay_added: Option<Percentiles>,
+    ) -> String {
+        let report = ScenarioReport {
+            scenario: "p1-latency".into(),
+            date: "2026-12-07".into(),
+            commit: "test".into(),
+            machine: "test".into(),
+            notes: Vec::new(),
+            added_latency_us: added,
+            relay_added_latency_us: relay_added,
+            knees: BTreeMap::new(),
+            sweep: Vec::new(),
+            targets,
+            proc_samples: Vec::new(),
+            extra: BTreeMap::new(),
+            repetitions: Vec::new(),
+        };
+        let mut out = Vec::new();
+        print_table(&report, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     /// A target that completed nothing shows no percentile, and no "added" row against
     /// it (black-box round 143a: 0.000 ms, as if it answered at once).
     #[test]
@@ -876,25 +1028,13 @@ mod tests {
             cpu_us_per_buyer_ping: None,
             timeline: Vec::new(),
             send_lag: None,
+            measured: 0,
         };
-        let report = ScenarioReport {
-            scenario: "p1-latency".into(),
-            date: "2026-12-05".into(),
-            commit: "test".into(),
-            machine: "test".into(),
-            notes: Vec::new(),
-            added_latency_us: Some(empty.minus(&direct)),
-            relay_added_latency_us: Some(direct.minus(&empty)),
-            knees: BTreeMap::new(),
-            sweep: Vec::new(),
-            targets: vec![row("direct", direct), row("exchange", empty)],
-            proc_samples: Vec::new(),
-            extra: BTreeMap::new(),
-            repetitions: Vec::new(),
-        };
-        let mut out = Vec::new();
-        print_table(&report, &mut out).unwrap_or_default();
-        let table = String::from_utf8(out).unwrap_or_default();
+        let table = table_of(
+            vec![row("direct", direct), row("exchange", empty)],
+            Some(empty.minus(&direct)),
+            Some(direct.minus(&empty)),
+        );
         let line = |start: &str| {
             table
                 .lines()
@@ -913,6 +1053,135 @@ mod tests {
                 "{l}"
             );
         }
+    }
+
+    /// Black-box: failed requests left out of the percentiles were shown only in the
+    /// errors column; the "added" rows read against them were not marked.
+    #[test]
+    fn errors_outside_the_percentiles_are_said_under_the_table() {
+        let p = Percentiles {
+            p50_us: 11_000,
+            p90_us: 12_000,
+            p99_us: 13_000,
+            p999_us: 14_000,
+            max_us: 15_000,
+            count: 1_000,
+        };
+        let row = |label: &str, errors: &[(&str, u64)], measured: u64| TargetSummary {
+            label: label.into(),
+            latency: p,
+            post_latency: None,
+            achieved_rate_per_s: 100.0,
+            errors: errors.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            outcomes: BTreeMap::new(),
+            cpu_us_per_auction: None,
+            cpu_us_per_buyer_ping: None,
+            timeline: Vec::new(),
+            send_lag: None,
+            measured,
+        };
+        let table =
+            |targets: Vec<TargetSummary>| table_of(targets, Some(p.minus(&p)), Some(p.minus(&p)));
+        // Timeouts and refusals are in the percentiles: nothing to say, nothing marked.
+        let t = table(vec![
+            row("direct", &[], 1_000),
+            row("relay", &[], 1_000),
+            row("exchange", &[("timeout", 5), ("in_flight_limit", 2)], 1_000),
+        ]);
+        assert!(!t.contains(" * ") && !t.contains("\n* "), "{t}");
+        // A baseline with refused connections: both rows against it are marked.
+        let t = table(vec![
+            row("direct", &[("connect", 3)], 1_000),
+            row("relay", &[], 1_000),
+            row("exchange", &[("timeout", 5)], 1_000),
+        ]);
+        assert!(t.contains("\nexchange added (vs direct) * "), "{t}");
+        assert!(t.contains("\nrelay added (vs direct) *  "), "{t}");
+        assert!(
+            t.contains(
+                "\n* direct: 3 of 1000 measured requests failed (connect=3) and are not in its percentiles: read its figures, and the added rows against it (marked *), with them\n"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("* exchange:") && !t.contains("* relay:"), "{t}");
+        // A target's own error answers, and its posts': only its row is marked; a
+        // report from before `measured` gives no total.
+        let t = table(vec![
+            row("direct", &[], 1_000),
+            row("relay", &[("http_5xx", 4), ("timeout", 1)], 0),
+            row("exchange", &[("post_io", 2), ("post_timeout", 1)], 1_000),
+        ]);
+        assert!(t.contains("\nexchange added (vs direct) * "), "{t}");
+        assert!(t.contains("\nrelay added (vs direct) * "), "{t}");
+        assert!(
+            t.contains(
+                "\n* relay: 4 measured requests failed (http_5xx=4) and are not in its percentiles: read its figures, and its added row (marked *), with them\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "\n* exchange: 2 of its posts after a bid failed (post_io=2) and are not in its post row: read its figures, and its added row (marked *), with them\n"
+            ),
+            "{t}"
+        );
+        // The marked label fits its column: every row's p50 lines up.
+        let p50_at: Vec<usize> = t
+            .lines()
+            .filter_map(|l| {
+                let end = |n: &str| l.find(&format!(" {n} ")).map(|i| i + 1 + n.len());
+                end("11.000").or_else(|| end("0.000"))
+            })
+            .collect();
+        assert!(
+            p50_at.len() == 5 && p50_at.windows(2).all(|w| w[0] == w[1]),
+            "{t}"
+        );
+
+        // `report.json` written before `measured` still reads.
+        let mut json = serde_json::to_value(row("exchange", &[], 7)).unwrap();
+        assert_eq!(json["measured"], 7);
+        json.as_object_mut().unwrap().remove("measured");
+        let back: TargetSummary = serde_json::from_value(json).unwrap();
+        assert_eq!(back.measured, 0);
+    }
+
+    /// Black-box: with `--connections 2` at 300/s the generator queued for seconds, its
+    /// latencies included that wait, and only the lag line's figures showed it.
+    #[test]
+    fn a_generator_lag_past_the_threshold_gets_a_note() {
+        let lag = |p99_us: u64| Percentiles {
+            p50_us: 100,
+            p90_us: 200,
+            p99_us,
+            p999_us: p99_us,
+            max_us: p99_us,
+            count: 100,
+        };
+        let table = |label: &str, p99_us: u64| {
+            let mut t = with_outcomes(&[("bid", 100)]);
+            t.label = label.into();
+            t.send_lag = Some(lag(p99_us));
+            table_of(vec![t], None, None)
+        };
+        let t = table("exchange", GENERATOR_LAG_NOTE_US);
+        assert!(
+            t.contains("generator lag exchange: ") && !t.contains("queued"),
+            "{t}"
+        );
+        let t = table("exchange", 4_012_000);
+        assert!(
+            t.contains(
+                "generator lag exchange: p50 0.100 ms, p99 4012.000 ms, max 4012.000 ms\n  the generator itself queued: exchange's requests waited up to 4012.000 ms (p99) to go out, and its latencies include that wait, which its target never saw: every connection was busy, so due requests waited for one (or its scheduler was behind); size --connections above rate x latency\n"
+            ),
+            "{t}"
+        );
+        // The direct baseline has no generator connections: its lag is the machine's.
+        let t = table("direct", GENERATOR_LAG_NOTE_US + 1);
+        assert!(
+            t.contains("the generator itself queued: direct's") && !t.contains("--connections"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -939,6 +1208,7 @@ mod tests {
             cpu_us_per_buyer_ping: None,
             timeline: Vec::new(),
             send_lag: None,
+            measured: 0,
         }
     }
 

@@ -29,8 +29,11 @@
 //!   the wire at once (a semaphore), so the pool does not grow and churn in bursts. hyper
 //!   returns a finished connection to the pool from a task of its own, so a request may
 //!   now and then open a new one while another is on its way back; the surplus is closed
-//!   when idle. A request that finds every permit taken waits for one; that wait is inside
-//!   its latency and shows in [`RunResult::send_lag_us`]. Size `connections` above
+//!   when idle. A request that finds every permit taken waits for one: the generator
+//!   then queues, and the target never sees that burst. The wait is inside its latency
+//!   (measured from its planned time, so nothing is omitted) and shows in
+//!   [`RunResult::send_lag_us`] (the report's generator lag line, with a note past
+//!   [`crate::report::GENERATOR_LAG_NOTE_US`]). Size `connections` above
 //!   rate x latency. The direct target uses [`Fanout`](crate::relay::Fanout)'s own pools
 //!   instead.
 //! - **Timer granularity.** tokio's timer has 1 ms resolution and rounds a sleep up, so
@@ -43,9 +46,22 @@
 //!   when it actually went (never flattering it). The rate is unchanged, the pattern
 //!   shifts by under 1 ms.
 //! - **Which latencies are recorded.** Successful answers (any 2xx, including `no_bid`),
-//!   timeouts and in-flight refusals. Error answers (4xx, 5xx, connection refused) are
-//!   counted by class but not put in the histogram, so a target that sheds load fast does
-//!   not look fast; every figure must be read with its error counts.
+//!   timeouts (at the time they gave up) and in-flight refusals (at the stall so far). A
+//!   connect that gave up on the connect timeout (which is the request timeout) is a
+//!   timeout too: a stopped target's full listen backlog makes every new connect hang, and
+//!   those requests are its backlog as much as the ones that did connect
+//!   ([`target::connect_error_class`]). Error answers (4xx, 5xx), refused connections (a
+//!   dead target) and I/O errors are counted by class but not put in the histogram
+//!   ([`error_in_percentiles`]), so a target that sheds load fast does not look fast; the
+//!   report says so under its table for every target that had them
+//!   ([`crate::report::print_table`]), and every figure must be read with its error
+//!   counts.
+//! - **Achieved rate** ([`RunResult::achieved_rate_per_s`], the report's `rate/s`): the
+//!   measured phase's requests answered without error, divided by the measured phase's
+//!   length. Answers that arrive after the phase (while the run drains what is in flight)
+//!   count, so it is the planned rate whenever everything was answered in the end, however
+//!   late: it is not the target's throughput. A target that fell behind shows in the
+//!   percentiles, the errors and the generator lag, not here.
 //! - **Leads.** A pool of [`LEAD_POOL`] seeded leads is generated before the clock starts,
 //!   so the per-request cost is picking one and copying a `Bytes`.
 //!
@@ -72,6 +88,15 @@ pub use leads::{auto_insurance_lead, buyer_ping_body};
 pub use plan::{GenError, LoadPlan, Mix, RateSchedule, Target};
 pub use record::{Progress, ProgressFn, RunResult, Sample, SampleFn, SampleKind, Window};
 pub use run::{run, run_with};
+
+/// Whether an error class of [`RunResult::errors`] (`timeout`, `post_connect`, ...) has its
+/// latency in the percentiles (module docs, *Which latencies are recorded*): only timeouts
+/// (stalled connects included) and in-flight refusals do. An unknown name does not.
+pub fn error_in_percentiles(class: &str) -> bool {
+    target::ErrorClass::ALL
+        .iter()
+        .any(|c| c.recorded() && (c.name(false) == class || c.name(true) == class))
+}
 
 /// Highest latency a histogram tracks, in µs (10 minutes); larger values are clamped.
 pub const LATENCY_US_MAX: u64 = 600_000_000;

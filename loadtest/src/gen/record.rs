@@ -50,7 +50,9 @@ pub struct RunResult {
     pub completed: u64,
     /// Requests planned in the measured phase.
     pub measured: u64,
-    /// Measured requests answered successfully, per second of the measured phase.
+    /// Measured requests answered without error, divided by the measured phase's length
+    /// (`measure_s`); answers that arrived after the phase, while the run drained, count
+    /// too, so this is not the target's throughput (module docs, *Achieved rate*).
     pub achieved_rate_per_s: f64,
     /// Length of the measured phase actually scheduled (shorter than planned when
     /// `count_max` stopped the run).
@@ -66,9 +68,11 @@ pub struct RunResult {
     /// early). The generator's own delay: if it is large, the generator or its connection
     /// pool was the bottleneck, not the target.
     pub send_lag_us: Histogram<u64>,
-    /// Measured requests by error class: `connect`, `io`, `timeout`, `http_4xx`,
+    /// Measured requests by error class: `connect` (refused, or failed fast), `io`,
+    /// `timeout` (the request timeout, or a connect that ran out its timeout), `http_4xx`,
     /// `rate_limited_429`, `http_5xx`, `overloaded_503`, `http_other`, `bad_body`,
-    /// `in_flight_limit`; a post's errors carry a `post_` prefix.
+    /// `in_flight_limit`; a post's errors carry a `post_` prefix. Only `timeout` and
+    /// `in_flight_limit` are in the histograms ([`super::error_in_percentiles`]).
     pub errors: BTreeMap<String, u64>,
     /// Measured answers: `bid`, `no_bid:<reason>`; `/v1/post` status (`sold`, `unsold`,
     /// ...); `direct_<status>` for `/v1/leads`; `relayed` / `fanned_out` plus

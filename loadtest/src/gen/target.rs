@@ -174,6 +174,20 @@ pub(super) enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class.
+    pub(super) const ALL: [ErrorClass; 10] = [
+        ErrorClass::Connect,
+        ErrorClass::Io,
+        ErrorClass::Timeout,
+        ErrorClass::Http4xx,
+        ErrorClass::RateLimited429,
+        ErrorClass::Http5xx,
+        ErrorClass::Overloaded503,
+        ErrorClass::HttpOther,
+        ErrorClass::BadBody,
+        ErrorClass::InFlightLimit,
+    ];
+
     pub(super) fn name(self, post: bool) -> &'static str {
         use ErrorClass::*;
         match (self, post) {
@@ -222,6 +236,38 @@ impl ErrorClass {
             400..=499 => ErrorClass::Http4xx,
             _ => ErrorClass::HttpOther,
         }
+    }
+}
+
+/// The class of a failed connect: a stall when it gave up on the connect timeout (the
+/// error, or one of its sources, is an I/O `TimedOut`: hyper's connect timeout, or the
+/// kernel's after its SYN retries), or when it took the whole connect timeout
+/// (`waited`, from when it had a permit, is at least `connect_timeout`); otherwise a
+/// fast failure, such as a refused connection (`connect`).
+///
+/// A target that stops (SIGSTOP, a full accept queue) lets its listen backlog fill, and
+/// then every new connect hangs until the connect timeout, which is the request timeout:
+/// when both expire in the same timer tick the connect's error wins, and these were
+/// counted as `connect` and left out of the percentiles (black-box: 354 of a 6 s stall's
+/// requests), though they are the stalled target's backlog as much as its `timeout`s.
+pub(super) fn connect_error_class(
+    err: &(dyn std::error::Error + 'static),
+    waited: Duration,
+    connect_timeout: Duration,
+) -> ErrorClass {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return ErrorClass::Timeout;
+        }
+        source = e.source();
+    }
+    if waited >= connect_timeout {
+        ErrorClass::Timeout
+    } else {
+        ErrorClass::Connect
     }
 }
 
@@ -470,7 +516,8 @@ impl Ctx {
         let req = req.body(Full::new(body)).map_err(|_| ErrorClass::Io)?;
         let resp = self.client.request(req).await.map_err(|e| {
             if e.is_connect() {
-                ErrorClass::Connect
+                // hyper's connect timeout is the request timeout (`Ctx::new`).
+                connect_error_class(&e, wire_at.elapsed(), self.timeout)
             } else {
                 ErrorClass::Io
             }
@@ -485,6 +532,87 @@ impl Ctx {
             Ok(bytes)
         } else {
             Err(ErrorClass::of_status(status))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// An error with a source, as hyper-util wraps its connector's.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn a_connect_that_ran_out_its_timeout_is_a_stall_and_a_refusal_is_not() {
+        let timeout = Duration::from_millis(300);
+        let io = |kind| Wrapped(Box::new(std::io::Error::new(kind, "tcp connect error")));
+        let quick = Duration::from_micros(80);
+        // hyper's connect timeout (or the kernel's) somewhere down the sources.
+        let timed_out = Wrapped(Box::new(io(std::io::ErrorKind::TimedOut)));
+        assert_eq!(
+            connect_error_class(&timed_out, quick, timeout),
+            ErrorClass::Timeout
+        );
+        // A refusal: fast, and no timeout in it.
+        let refused = io(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            connect_error_class(&refused, quick, timeout),
+            ErrorClass::Connect
+        );
+        // Whatever the error says, a connect that took the whole timeout was a stall.
+        assert_eq!(
+            connect_error_class(&refused, timeout, timeout),
+            ErrorClass::Timeout
+        );
+        assert_eq!(
+            connect_error_class(&refused, timeout - Duration::from_millis(1), timeout),
+            ErrorClass::Connect
+        );
+        // The stall is recorded in the histogram, the refusal is not.
+        assert!(ErrorClass::Timeout.recorded() && !ErrorClass::Connect.recorded());
+    }
+
+    #[test]
+    fn every_class_has_its_own_names() {
+        let mut names: Vec<&str> = ErrorClass::ALL
+            .iter()
+            .flat_map(|c| [c.name(false), c.name(true)])
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 2 * ErrorClass::ALL.len());
+        for name in [
+            "timeout",
+            "post_timeout",
+            "in_flight_limit",
+            "post_in_flight_limit",
+        ] {
+            assert!(super::super::error_in_percentiles(name), "{name}");
+        }
+        for name in [
+            "connect",
+            "io",
+            "overloaded_503",
+            "http_4xx",
+            "post_bad_body",
+            "other",
+        ] {
+            assert!(!super::super::error_in_percentiles(name), "{name}");
         }
     }
 }

@@ -89,9 +89,14 @@ pub(crate) struct RunArgs {
     /// Which targets to run (the direct baseline always runs).
     #[arg(long, value_delimiter = ',', default_value = "relay,exchange")]
     pub(crate) targets: Vec<String>,
-    /// Load-generator connections to the target, at most 10000.
-    /// 0 (the default) sizes it to the load: twice the auctions in flight at the
-    /// deadline (rate x deadline), at least 64, so the generator never queues.
+    /// Load-generator connections to the relay or the exchange (the direct baseline has
+    /// pools of its own), at most 10000: at most that many requests are on the wire at
+    /// once. Past it a due request waits for a connection: the target never sees that
+    /// burst, and the wait is inside the request's latency (measured from its planned
+    /// time) and shows in the report's generator lag line. 0 (the default) sizes it to
+    /// the load: twice rate x deadline (the auctions in flight if each took the whole
+    /// deadline, --timeout-ms + 20 ms), at least 64 and at most 4096; a target that
+    /// stalls for longer holds every one of them, and the generator then queues.
     #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 0)]
     pub(crate) connections: usize,
     #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 1)]

@@ -28,8 +28,11 @@ pub(crate) fn plan(args: &RunArgs, rate: f64, measure_s: f64, mix: Mix) -> LoadP
         connections: if args.connections > 0 {
             args.connections
         } else {
-            // Every auction may last the whole deadline (hanging buyers): keep enough
-            // connections that the generator itself never becomes the queue.
+            // Every auction may last the whole deadline (hanging buyers): enough
+            // connections that the generator does not become the queue while the target
+            // keeps its deadline. A target that stalls for longer (SIGSTOP) holds them
+            // all, and due requests then wait for one: inside their latency, and in the
+            // generator lag line (`--connections`' help).
             let deadline_s = (args.timeout_ms + 20) as f64 / 1000.0;
             ((rate * deadline_s * 2.0).ceil() as usize).clamp(64, 4096)
         },

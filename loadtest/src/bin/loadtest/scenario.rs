@@ -373,7 +373,14 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         .filter(|t| !t.label.contains(" @ "))
         .filter_map(|t| {
             let errors = t.errors_total();
-            let done = t.latency.count.max(1);
+            // Of the row's own run's measured requests: under `--repeat` the row's count
+            // is summed over the repetitions, its errors are the median run's.
+            let done = if t.measured > 0 {
+                t.measured
+            } else {
+                t.latency.count
+            }
+            .max(1);
             (errors * 100 > done).then(|| format!("{} ({errors} errors: {:?})", t.label, t.errors))
         })
         .collect();
