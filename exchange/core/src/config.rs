@@ -71,7 +71,7 @@ pub mod defaults {
     pub const LATE_POSTS_PER_BUYER_MAX: u32 = 256;
     pub const QUOTES_OPEN_MAX: usize = 1_000_000;
     /// Dedup keys remembered at once (`server.dedup_keys_max`): two keys a sale for a
-    /// million sales a window, about 100 MB.
+    /// million sales a window, about 200 MB when full (about 100 B a key).
     pub const DEDUP_KEYS_MAX: usize = 2_000_000;
     pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
     pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
