@@ -425,36 +425,37 @@ fn print_unknown_outcomes(dir: &std::path::Path, upto: u64) {
         return;
     };
     // Test leads count in no cap and are never billed: nothing to settle (black-box
-    // round 31: they were listed as counted and to settle). They are counted apart.
-    let real = |s: &&pingpost::recovery::Sent| !s.test;
-    let tests = scan
-        .unknown()
-        .chain(scan.late_accepts())
-        .chain(scan.cut_short())
-        .filter(|s| s.test)
-        .count();
-    let lists: [(&str, Vec<&pingpost::recovery::Sent>); 3] = [
+    // round 31: they were listed as counted and to settle). Each line counts its own
+    // apart (round 196b: one line above the first counted every kind's, and read as
+    // test deliveries with no outcome).
+    fn split(all: Vec<&pingpost::recovery::Sent>) -> (Vec<&pingpost::recovery::Sent>, usize) {
+        let tests = all.iter().filter(|s| s.test).count();
+        (all.into_iter().filter(|s| !s.test).collect(), tests)
+    }
+    let lists: [(&str, (Vec<&pingpost::recovery::Sent>, usize)); 3] = [
         (
             "deliveries with no outcome (delivered, outcome unknown)",
-            scan.unknown().filter(real).collect(),
+            split(scan.unknown().collect()),
         ),
         (
             "late accepts (the buyer accepted after its post timeout and has the lead, counted in its caps; not billed: no sale record, the post went on without it; to settle with the buyer)",
-            scan.late_accepts().filter(real).collect(),
+            split(scan.late_accepts().collect()),
         ),
         (
             "timed-out deliveries whose late answer is not recorded (their outcome is the timeout, so the line below can say every delivery has one; the exchange stopped without a shutdown while hearing the buyer out, or is hearing it out now: the buyer may have accepted; counted in its caps at a start)",
-            scan.cut_short().filter(real).collect(),
+            split(scan.cut_short().collect()),
         ),
     ];
-    if tests > 0 {
+    for (what, (list, tests)) in lists {
+        let tests = if tests > 0 {
+            format!(" (and {tests} of test leads, not listed: in no cap and never billed, nothing to settle)")
+        } else {
+            String::new()
+        };
         pingpost::cli_out::emit(
             "ledger verify",
-            format_args!("test leads among such deliveries: {tests} (in no cap and never billed: nothing to settle; not listed)\n"),
+            format_args!("{what}: {}{tests}\n", list.len()),
         );
-    }
-    for (what, list) in lists {
-        pingpost::cli_out::emit("ledger verify", format_args!("{what}: {}\n", list.len()));
         for s in list.iter().take(1_000) {
             pingpost::cli_out::emit(
                 "ledger verify",
