@@ -6,7 +6,7 @@ use proto::{FieldKind, FieldSpec, Micros, VerticalSchema};
 use toml::{Table, Value};
 
 use super::reader::{
-    as_str, no_duplicates, number, prints_as_written, str_list, toml_quoted, whole, Problems,
+    as_str, join, no_duplicates, number, prints_as_written, str_list, toml_quoted, whole, Problems,
     Section,
 };
 use super::{ENUM_VALUE_LEN_MAX, FIELD_TYPES, PATTERN_SIZE_MAX_BYTES, TIMEOUT_MS_LIMIT};
@@ -506,6 +506,35 @@ fn read_field(name: &str, mut s: Section<'_>, p: &mut Problems) -> Option<FieldS
         ping,
         pii,
     })
+}
+
+/// Where a string field's `pattern` uses a construct that JSON Schema's ECMA-262 (with or
+/// without its `u` flag) or Python's `re` does not read as Rust does
+/// ([`crate::openapi::unportable_construct`]): `GET /openapi.json` publishes it as
+/// `x-pattern`, not as a JSON Schema `pattern` (one such pattern made the whole document
+/// unusable to spec validators, Python's `jsonschema` and JavaScript). A line per field
+/// for the start's log, a reload's and `--check-config`. Not an error: the exchange
+/// checks the pattern as written.
+pub fn pattern_warnings(cfg: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &cfg.verticals {
+        for f in &v.schema.fields {
+            let FieldKind::String {
+                pattern: Some(re), ..
+            } = &f.kind
+            else {
+                continue;
+            };
+            let Some(what) = crate::openapi::unportable_construct(re.as_str()) else {
+                continue;
+            };
+            let path = join(&join(&join("verticals", &v.name), "fields"), &f.name);
+            out.push(format!(
+                "{path}.pattern: uses {what}, which JSON Schema's ECMA-262 or Python's re do not read as Rust does: GET /openapi.json publishes it as x-pattern, not as a JSON Schema pattern, so validators and clients generated from the document do not check it (the exchange does); with only literals, classes and ranges, \\d \\w \\s, groups, alternation and quantifiers it is published as a pattern"
+            ));
+        }
+    }
+    out
 }
 
 /// Compiles a field pattern anchored at both ends, so it must match the whole value. The

@@ -554,3 +554,62 @@ fn names_that_differ_only_in_case_are_refused() {
         ["buyers.ACME: differs from buyers.acme only in letter case: names must differ in more than case"]
     );
 }
+
+/// A pattern that JSON Schema's ECMA-262 or Python's `re` cannot read as Rust does is
+/// loaded (the exchange checks it), with a warning naming the field: `/openapi.json`
+/// publishes it as `x-pattern` (a tester's report: `(?i)abc`, `\p{L}+` and the like made
+/// the whole document unusable to standard tools). A portable one gives none.
+#[test]
+fn a_pattern_only_rust_reads_is_warned_of() {
+    let c = ok(&[("#FIELD", "type = \"string\"\npattern = '(?i)abc'")]);
+    assert_eq!(crate::config::pattern_warnings(&c).len(), 1);
+    let w = crate::config::warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("verticals.auto.fields.extra.pattern: uses the inline flags `(?i)`"),
+        "{}",
+        w[0]
+    );
+    assert!(
+        w[0].contains("publishes it as x-pattern, not as a JSON Schema pattern"),
+        "{}",
+        w[0]
+    );
+    for pattern in [
+        r"\p{L}+",
+        r"\x{41}",
+        r"(?P<n>a)",
+        r"a\z",
+        r"(?s:.)",
+        r"\u{263a}",
+        r"[[:digit:]]+",
+        r"[a-z&&[^x]]+",
+        r"\pN",
+        r"\Aab",
+        r"a(?-u:\w)",
+    ] {
+        let c = ok(&[(
+            "#FIELD",
+            &format!("type = \"string\"\npattern = '{pattern}'"),
+        )]);
+        let w = crate::config::warnings(&c);
+        assert_eq!(w.len(), 1, "{pattern}: {w:?}");
+        assert!(
+            w[0].starts_with("verticals.auto.fields.extra.pattern: uses "),
+            "{}",
+            w[0]
+        );
+    }
+    for pattern in [
+        "[A-Z]{2}[0-9]+",
+        "[0-9]{3}-[0-9]{4}",
+        "(?:a|b)+",
+        r"\d{5}(-\d{4})?",
+    ] {
+        let c = ok(&[(
+            "#FIELD",
+            &format!("type = \"string\"\npattern = '{pattern}'"),
+        )]);
+        assert!(crate::config::warnings(&c).is_empty(), "{pattern}");
+    }
+}
