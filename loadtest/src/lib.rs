@@ -11,6 +11,7 @@
 //!   the verdict.
 //! - `p8`: P8, the post path: the exchange's own timing of each sale, from the buyer's
 //!   accept to the seller's answer with the sale on disk, read from its histogram.
+//! - `ports`: loopback ports for the exchange's listeners, distinct within a run.
 //! - `swap`: P6, hot swap under load: synthetic XGBoost model sets, the configuration
 //!   that serves them, and the task that swaps models and reloads the configuration.
 //!
@@ -21,6 +22,7 @@ pub mod gen;
 pub mod market;
 pub mod p4;
 pub mod p8;
+pub mod ports;
 pub mod relay;
 pub mod report;
 pub mod sim;

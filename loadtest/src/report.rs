@@ -210,11 +210,19 @@ pub fn memory_note(sampled: &Sampled) -> Option<String> {
 }
 
 /// The note for a target process that exited during its run (`at_s`: when it was first
-/// seen ended, seconds into the run, if known).
+/// seen ended, seconds into the run, if known; 0 or less: already ended when its run
+/// began, as a relay killed during the direct leg is; black-box: that was "about 1 s into
+/// it", the first check of its run).
 pub fn exited_note(which: &str, pid: u32, at_s: Option<f64>) -> String {
     let when = at_s.map_or_else(
         || "before its end".to_string(),
-        |t| format!("about {t:.0} s into it (warm-up included)"),
+        |t| {
+            if t <= 0.0 {
+                "before it began: during an earlier leg".to_string()
+            } else {
+                format!("about {t:.0} s into it (warm-up included)")
+            }
+        },
     );
     format!(
         "the {which} (pid {pid}) exited during its run, {when}: it was read no further, so its CPU is not given and its memory and sockets stop at its last sample; its requests from then on are its errors"
@@ -420,9 +428,48 @@ pub struct Repetition {
     /// of the report showed.
     #[serde(default)]
     pub outcomes: BTreeMap<String, u64>,
+    /// Requests planned in this repetition's measured phase, whatever became of them (0
+    /// in a report written before this field): what its errors are judged against.
+    #[serde(default)]
+    pub measured: u64,
+}
+
+/// Whether a scenario's buyers all answer in time, so that a run whose buyer calls time
+/// out, or whose auctions end without a bid, fell behind its load
+/// ([`TargetSummary::fell_behind`]): P1 and P2. (P2's sweep rates are judged by the knee,
+/// saturated ones fail by design; P3's buyers hang by design.)
+pub fn every_buyer_answers(scenario: &str) -> bool {
+    matches!(scenario, "p1-latency" | "p2-knee")
+}
+
+/// The run's 1 % rule: errors of every class on more than 1 % of the measured requests.
+fn past_error_rule(errors: u64, measured: u64) -> bool {
+    errors * 100 > measured.max(1)
 }
 
 impl Repetition {
+    /// Why this repetition fails the run, if it does: its errors, of every class, are more
+    /// than 1 % of its own measured requests, or it collapsed (fell behind the load).
+    /// Black-box: under `--repeat` only the median repetition's errors were judged, and a
+    /// repetition whose exchange was killed (53 % failed) or stopped (COLLAPSED) exited 0.
+    pub fn failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if past_error_rule(self.errors, self.measured) {
+            why.push(if self.measured > 0 {
+                format!(
+                    "{} of {} measured requests failed ({:.1} %, more than 1 %)",
+                    self.errors,
+                    self.measured,
+                    self.errors as f64 * 100.0 / self.measured as f64
+                )
+            } else {
+                format!("{} errors", self.errors)
+            });
+        }
+        (!why.is_empty())
+            .then(|| format!("{} #{}: {}", self.label, self.repetition, why.join("; ")))
+    }
+
     /// `every_buyer_answers`: whether the scenario's buyers all answer in time, so a run
     /// whose calls time out fell behind ([`TargetSummary::fell_behind`]); with buyers that
     /// hang by design (P3) their timeouts are the scenario, not a collapse.
@@ -436,8 +483,36 @@ impl Repetition {
             cpu_us_per_buyer_ping: s.cpu_us_per_buyer_ping,
             fell_behind: every_buyer_answers.then(|| s.fell_behind()).flatten(),
             outcomes: s.outcomes.clone(),
+            measured: if s.measured > 0 {
+                s.measured
+            } else {
+                s.latency.count
+            },
         }
     }
+}
+
+/// Why the run fails, one entry per target row or repetition: a row (not a p2-knee sweep
+/// rate, `label @ rate`, whose saturated rates fail by design) or a repetition whose
+/// errors, of every class, are more than 1 % of its own measured requests
+/// ([`Repetition::failure`]). A collapse (a row or repetition that fell behind) is said in
+/// the report, not judged here: with one buyer bidding 90 % of the time a tenth of P1's
+/// auctions end without a bid and read as one. Empty: the run passes.
+pub fn run_failures(r: &ScenarioReport) -> Vec<String> {
+    let mut failing = Vec::new();
+    for t in r.targets.iter().filter(|t| !t.label.contains(" @ ")) {
+        let errors = t.errors_total();
+        let done = if t.measured > 0 {
+            t.measured
+        } else {
+            t.latency.count
+        };
+        if past_error_rule(errors, done) {
+            failing.push(format!("{} ({errors} errors: {:?})", t.label, t.errors));
+        }
+    }
+    failing.extend(r.repetitions.iter().filter_map(Repetition::failure));
+    failing
 }
 
 fn ms(us: u64) -> String {
@@ -497,12 +572,24 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
             }
         })
     };
+    // A target that collapsed (fell behind the load, where every buyer answers in time)
+    // measured a backlog: the "added" rows read against it are marked too (black-box: a
+    // collapsed baseline gave `exchange added` 0.000 ms with no mark).
+    let collapsed = |label: &str| -> Option<String> {
+        if !every_buyer_answers(&r.scenario) {
+            return None;
+        }
+        r.targets
+            .iter()
+            .find(|t| t.label == label)
+            .and_then(TargetSummary::fell_behind)
+    };
     let added_label = |name: &str| {
-        let mark = if unrecorded(name) || unrecorded(baseline) {
-            " *"
-        } else {
-            ""
-        };
+        let marked = unrecorded(name)
+            || unrecorded(baseline)
+            || collapsed(name).is_some()
+            || collapsed(baseline).is_some();
+        let mark = if marked { " *" } else { "" };
         format!("{name} added (vs {baseline}){mark}")
     };
     let added_rows: Vec<(String, &Percentiles)> = [
@@ -588,6 +675,18 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
         if let Some(line) = unrecorded_errors_line(t, baseline, &added_rows) {
             let _ = writeln!(s, "{line}");
         }
+        if let Some(why) = collapsed(&t.label) {
+            let rows = if t.label == baseline {
+                "the added rows against it (marked *) read"
+            } else {
+                "its added row (marked *) reads"
+            };
+            let _ = writeln!(
+                s,
+                "* {}: fell behind the load and collapsed ({why}): it measured a backlog, not the target, and {rows} that backlog",
+                t.label
+            );
+        }
     }
     if !r.repetitions.is_empty() {
         let _ = writeln!(
@@ -609,6 +708,12 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
             rep.fell_behind
                 .as_deref()
                 .map_or_else(String::new, |why| format!("  COLLAPSED: {why}"))
+        );
+    }
+    for why in r.repetitions.iter().filter_map(Repetition::failure) {
+        let _ = writeln!(
+            s,
+            "! {why}: the run fails (exit status 1), whatever the median rows above show"
         );
     }
     for (label, rate) in &r.knees {
@@ -1258,10 +1363,12 @@ mod tests {
     /// samples taken while it ran are kept (a zombie read as 0 MB and 0 sockets).
     #[tokio::test]
     async fn sampling_stops_when_the_process_ends_and_keeps_what_it_read() {
-        // Runs about 0.3 s (its RSS is read while it sleeps), then stays a zombie until
-        // waited for, as a killed exchange does under its guard.
+        // Runs about 1 s (its RSS is read while it sleeps: long enough that a loaded
+        // machine still takes a sample before it ends; 0.3 s failed once under a full
+        // parallel test run), then stays a zombie until waited for, as a killed exchange
+        // does under its guard.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 0.3"])
+            .args(["-c", "sleep 1"])
             .spawn()
             .unwrap();
         let (_stop, stopped) = tokio::sync::oneshot::channel();
@@ -1320,6 +1427,13 @@ mod tests {
             note.starts_with("the exchange (pid 42) exited during its run, about 12 s into it"),
             "{note}"
         );
+        let note = exited_note("relay", 7, Some(0.0));
+        assert!(
+            note.starts_with(
+                "the relay (pid 7) exited during its run, before it began: during an earlier leg"
+            ),
+            "{note}"
+        );
         assert!(exited_note("relay", 7, None).contains("exited during its run, before its end"));
     }
 
@@ -1368,5 +1482,158 @@ mod tests {
         assert_eq!(paired_median([(5, 1), (5, 2), (5, 9), (5, 10)]), 4);
         assert_eq!(paired_median([(9, 1)]), -8);
         assert_eq!(paired_median(std::iter::empty()), 0);
+    }
+
+    /// A report of `scenario` with `targets` and `repetitions`, for the judging tests.
+    fn judged(
+        scenario: &str,
+        targets: Vec<TargetSummary>,
+        repetitions: Vec<Repetition>,
+    ) -> ScenarioReport {
+        ScenarioReport {
+            scenario: scenario.into(),
+            date: String::new(),
+            commit: String::new(),
+            machine: String::new(),
+            notes: Vec::new(),
+            added_latency_us: None,
+            relay_added_latency_us: None,
+            knees: BTreeMap::new(),
+            sweep: Vec::new(),
+            targets,
+            proc_samples: Vec::new(),
+            extra: BTreeMap::new(),
+            repetitions,
+        }
+    }
+
+    fn run_of(
+        label: &str,
+        measured: u64,
+        errors: &[(&str, u64)],
+        outcomes: &[(&str, u64)],
+    ) -> TargetSummary {
+        let mut t = with_outcomes(outcomes);
+        t.label = label.into();
+        t.measured = measured;
+        t.errors = errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        t
+    }
+
+    /// Black-box: under `--repeat 3` only the median repetition's errors were judged: an
+    /// exchange killed in repetition 3 (318 of 600 failed) exited 0.
+    #[test]
+    fn every_repetition_is_judged_not_only_the_median() {
+        let ok = run_of("exchange", 600, &[], &[("bid", 600)]);
+        let killed = run_of("exchange", 600, &[("connect", 318)], &[("bid", 282)]);
+        let stalled = run_of("exchange", 600, &[], &[("bid", 300), ("no_bid", 300)]);
+        let reps = vec![
+            Repetition::of(&ok, 1, true),
+            Repetition::of(&ok, 2, true),
+            Repetition::of(&killed, 3, true),
+        ];
+        assert_eq!(reps[2].measured, 600);
+        // The row is the median repetition's: no error.
+        let r = judged("p1-latency", vec![ok.clone()], reps);
+        let failing = run_failures(&r);
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(
+            failing[0].starts_with("exchange #3: 318 of 600 measured requests failed (53.0 %"),
+            "{failing:?}"
+        );
+        let mut table = Vec::new();
+        print_table(&r, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("! exchange #3: 318 of 600 measured requests failed (53.0 %, more than 1 %): the run fails"),
+            "{table}"
+        );
+        // A collapsed repetition is said (its line's COLLAPSED, the marks under the
+        // table) but fails the run only by its errors: with one buyer that bids 90 % of
+        // the time, a tenth of P1's auctions end without a bid and read as a collapse.
+        let r = judged(
+            "p1-latency",
+            vec![ok.clone()],
+            vec![
+                Repetition::of(&ok, 1, true),
+                Repetition::of(&stalled, 2, true),
+            ],
+        );
+        assert!(r.repetitions[1].fell_behind.is_some());
+        assert!(run_failures(&r).is_empty());
+        // 1 % exactly passes; one more fails. Each repetition against its own count.
+        let at = run_of("exchange", 600, &[("timeout", 6)], &[]);
+        let past = run_of("exchange", 600, &[("timeout", 7)], &[]);
+        let r = judged(
+            "p8-post",
+            vec![ok.clone()],
+            vec![Repetition::of(&at, 1, false)],
+        );
+        assert!(run_failures(&r).is_empty());
+        let r = judged(
+            "p8-post",
+            vec![ok.clone()],
+            vec![Repetition::of(&past, 1, false)],
+        );
+        assert_eq!(run_failures(&r).len(), 1);
+        // A single run: the row is judged by its errors; the sweep's rates are not.
+        assert_eq!(
+            run_failures(&judged("p1-latency", vec![past.clone()], Vec::new())).len(),
+            1
+        );
+        assert!(run_failures(&judged("p1-latency", vec![stalled.clone()], Vec::new())).is_empty());
+        let mut swept = past.clone();
+        swept.label = "exchange @ 5000/s".into();
+        assert!(run_failures(&judged("p2-knee", vec![swept], Vec::new())).is_empty());
+        // A report written before `measured` was in a repetition still reads.
+        let old: Repetition = serde_json::from_str(
+            r#"{"label":"exchange","repetition":1,"p99_us":1,"p999_us":2,"errors":0,"cpu_us_per_buyer_ping":null,"fell_behind":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.measured, 0);
+        assert_eq!(old.failure(), None);
+    }
+
+    /// Black-box: a collapsed direct baseline gave `exchange added` 0.000 ms with no mark.
+    #[test]
+    fn added_rows_against_a_collapsed_target_are_marked() {
+        let p = Percentiles {
+            p50_us: 11_000,
+            p90_us: 12_000,
+            p99_us: 13_000,
+            p999_us: 14_000,
+            max_us: 15_000,
+            count: 1_000,
+        };
+        let mut direct = run_of(
+            "direct",
+            1_000,
+            &[],
+            &[("buyer_answered", 4_000), ("buyer_timeout", 2_000)],
+        );
+        direct.latency = p;
+        let mut exchange = run_of("exchange", 1_000, &[], &[("bid", 1_000)]);
+        exchange.latency = p;
+        let mut r = judged("p1-latency", vec![direct, exchange], Vec::new());
+        r.added_latency_us = Some(p.minus(&p));
+        let mut out = Vec::new();
+        print_table(&r, &mut out).unwrap();
+        let table = String::from_utf8(out).unwrap();
+        assert!(table.contains("exchange added (vs direct) *"), "{table}");
+        assert!(
+            table
+                .contains("* direct: fell behind the load and collapsed (2000 of 6000 buyer calls"),
+            "{table}"
+        );
+        assert!(
+            table.contains("the added rows against it (marked *)"),
+            "{table}"
+        );
+        // Where buyers hang by design, their timeouts are no collapse: no mark.
+        r.scenario = "p3-hang".into();
+        let mut out = Vec::new();
+        print_table(&r, &mut out).unwrap();
+        let table = String::from_utf8(out).unwrap();
+        assert!(!table.contains(" *"), "{table}");
     }
 }

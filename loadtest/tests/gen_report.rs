@@ -427,6 +427,7 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
                 cpu_us_per_buyer_ping: Some(31.5),
                 fell_behind: Some("a stalled run".into()),
                 outcomes: BTreeMap::from([("bid".to_string(), 9_994), ("no_bid".to_string(), 6)]),
+                measured: 10_000,
             },
         ],
     };

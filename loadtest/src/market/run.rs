@@ -90,9 +90,13 @@ async fn call(
     Ok(answer)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// A leg's seller and admin addresses: ports picked together, so distinct.
+fn listen_and_admin() -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let ports = crate::ports::free_loopback_ports(2)?;
+    Ok((
+        format!("127.0.0.1:{}", ports[0]).parse()?,
+        format!("127.0.0.1:{}", ports[1]).parse()?,
+    ))
 }
 
 /// A `pingpost` exchange child, stopped (SIGTERM, then kill) when dropped.
@@ -283,7 +287,7 @@ impl LegRig {
         let buyer_keys: Vec<String> = (0..world.buyers.len())
             .map(|_| format!("mkb-{:032x}", rand::random::<u128>()))
             .collect();
-        let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let (listen, admin) = listen_and_admin()?;
         let driver = LegDriver::new(
             listen,
             Arc::clone(&fleet.book),
@@ -295,7 +299,7 @@ impl LegRig {
             fleet,
             exchange: None,
             listen,
-            admin: format!("127.0.0.1:{}", free_port()?).parse()?,
+            admin,
             dir,
             env: Vec::new(),
             buyer_keys,
@@ -360,8 +364,7 @@ impl LegRig {
                             .with_context(|| format!("the {} leg's exchange", self.leg.name()));
                     }
                     let (old_listen, old_admin) = (self.listen, self.admin);
-                    self.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
-                    self.admin = format!("127.0.0.1:{}", free_port()?).parse()?;
+                    (self.listen, self.admin) = listen_and_admin()?;
                     self.driver.listen = self.listen;
                     let text = std::fs::read_to_string(self.config_path())?
                         .replace(&old_listen.to_string(), &self.listen.to_string())

@@ -117,7 +117,9 @@ pub(crate) async fn measure(
     wait_for_free_ports(which).await;
     let cpu0 = pid.and_then(|p| report::live_sample(p, 0.0));
     // When the target was first seen ended, seconds into the run (checked once a second).
-    let exited_at = std::sync::Mutex::new(None::<f64>);
+    // Already ended when its run begins (killed during an earlier leg): 0.
+    let exited_at =
+        std::sync::Mutex::new(pid.filter(|p| loadtest::children::ended(*p)).map(|_| 0.0));
     let progress = |p: &gen::Progress| {
         if pid.is_some_and(loadtest::children::ended) {
             if let Ok(mut at) = exited_at.lock() {

@@ -233,9 +233,11 @@ pub(crate) fn stop_waits(wrap: &[String]) -> u32 {
     }
 }
 
-pub(crate) fn free_loopback_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// The exchange's seller port and, when `admin`, its admin port: picked together, so
+/// distinct ([`loadtest::ports::free_loopback_ports`]).
+pub(crate) fn exchange_ports(admin: bool) -> anyhow::Result<(u16, Option<u16>)> {
+    let ports = loadtest::ports::free_loopback_ports(if admin { 2 } else { 1 })?;
+    Ok((ports[0], ports.get(1).copied()))
 }
 
 pub(crate) async fn wait_healthy(
@@ -339,6 +341,9 @@ pub(crate) struct RigOpts<'a> {
     /// Called with the written configuration's path before the exchange starts (p6-swap:
     /// makes the model sets).
     pub(crate) before_exchange: Option<&'a BeforeExchange<'a>>,
+    /// The exchange's seller port when picked with its admin port ([`exchange_ports`]);
+    /// `None`: picked at start.
+    pub(crate) exchange_port: Option<u16>,
 }
 
 pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
@@ -351,7 +356,10 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         spawn_self("sims", &["sims", "--spec", &spec_arg, "--seed", &seed], &[])?;
     let buyers: Vec<SimBuyerInfo> = serde_json::from_str(line.trim()).context("sims ready line")?;
     let exchange = if o.want_exchange {
-        let port = free_loopback_port()?;
+        let port = match o.exchange_port {
+            Some(p) => p,
+            None => exchange_ports(false)?.0,
+        };
         let listen: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let opts = ExchangeOpts {
             listen,

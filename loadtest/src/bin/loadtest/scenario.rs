@@ -15,7 +15,7 @@ use crate::{
     args::{check_args, default_duration_s, RunArgs, Scenario},
     measure::{compare_targets, measure, new_report, plan, summary, sweep, PINGS_ONLY},
     post_runs::p8_runs,
-    rig::{free_loopback_port, healthy_specs, start_rig, AdminLeg, RigOpts},
+    rig::{exchange_ports, healthy_specs, start_rig, AdminLeg, RigOpts},
     swap_legs::{p6_legs, prepare_models},
 };
 
@@ -98,6 +98,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         extra_toml: String::new(),
         extra_env: Vec::new(),
         before_exchange: None,
+        exchange_port: None,
     };
     // p6-swap: admin calls that were not answered 200 (the run measured, but not what
     // it was meant to); an error once the report is written.
@@ -217,11 +218,14 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let rate = args.rate.unwrap_or(2000.0);
             let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
             let models_dir = std::path::absolute(out.join("models"))?;
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_loopback_port()?).parse()?;
+            // Picked together: distinct from the seller port.
+            let (listen_port, admin_port) = exchange_ports(true)?;
+            let admin: SocketAddr = format!("127.0.0.1:{}", admin_port.unwrap_or(0)).parse()?;
             let token = format!("p6-{:032x}", rand::random::<u128>());
             let prepare = |cfg: &Path| prepare_models(&exchange_bin, cfg, &models_dir, &out);
             let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
             o.extra_toml = swap::exchange_config_extra(&models_dir, admin);
+            o.exchange_port = Some(listen_port);
             o.extra_env = vec![(swap::ADMIN_TOKEN_ENV.to_string(), token.clone())];
             o.before_exchange = Some(&prepare);
             let rig = start_rig(o).await?;
@@ -237,10 +241,13 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         Scenario::P8Post => {
             let rate = args.rate.unwrap_or(1000.0);
             let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_loopback_port()?).parse()?;
+            // Picked together: distinct from the seller port.
+            let (listen_port, admin_port) = exchange_ports(true)?;
+            let admin: SocketAddr = format!("127.0.0.1:{}", admin_port.unwrap_or(0)).parse()?;
             let token = format!("p8-{:032x}", rand::random::<u128>());
             let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
             o.extra_toml = loadtest::p8::exchange_config_extra(admin);
+            o.exchange_port = Some(listen_port);
             o.extra_env = vec![(loadtest::p8::ADMIN_TOKEN_ENV.to_string(), token.clone())];
             let rig = start_rig(o).await?;
             let r = p8_runs(
@@ -273,6 +280,10 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
                 }
                 r?;
                 let added = part.added_latency_us.unwrap_or_default();
+                for mut rep in part.repetitions {
+                    rep.label = format!("{}, {size} configured", rep.label);
+                    report.repetitions.push(rep);
+                }
                 for mut t in part.targets {
                     t.label = format!("{}, {size} configured", t.label);
                     report.targets.push(t);
@@ -365,25 +376,9 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
     if let Some(problem) = refused {
         bail!("{problem}");
     }
-    // A target that answers errors is a failed measurement, whatever the latency.
-    // (The sweep's saturated rates are expected to fail and are left out.)
-    let failing: Vec<String> = report
-        .targets
-        .iter()
-        .filter(|t| !t.label.contains(" @ "))
-        .filter_map(|t| {
-            let errors = t.errors_total();
-            // Of the row's own run's measured requests: under `--repeat` the row's count
-            // is summed over the repetitions, its errors are the median run's.
-            let done = if t.measured > 0 {
-                t.measured
-            } else {
-                t.latency.count
-            }
-            .max(1);
-            (errors * 100 > done).then(|| format!("{} ({errors} errors: {:?})", t.label, t.errors))
-        })
-        .collect();
+    // A target that answers errors, or collapses, is a failed measurement, whatever the
+    // latency: every row and every repetition is judged (`report::run_failures`).
+    let failing = report::run_failures(&report);
     if !failing.is_empty() {
         bail!(
             "targets answered errors on more than 1% of requests: {}",
