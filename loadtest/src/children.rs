@@ -286,34 +286,147 @@ pub fn all_marked(var: &str, value: &str) -> Vec<(u32, u64)> {
     found
 }
 
-/// Whether the process `pid` runs `program` (its `/proc/<pid>/exe`).
+/// Whether the process `pid` runs `program`: its `/proc/<pid>/exe`, or, when that cannot
+/// be read, its `argv[0]` (resolved against its working directory, or `PATH` when it has
+/// no `/`).
 pub fn runs_program(pid: u32, program: &std::path::Path) -> bool {
-    let program = std::fs::canonicalize(program).ok();
-    program.is_some() && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == program
+    let Ok(program) = std::fs::canonicalize(program) else {
+        return false;
+    };
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe == program,
+        Err(_) => cmdline_of(pid)
+            .first()
+            .and_then(|argv0| resolved(pid, argv0, true))
+            .is_some_and(|p| p == program),
+    }
 }
 
-/// The target a `--wrap` command (`wrapper`) started, found by `var=value` in its
-/// environment: of the other processes with it, the one running `program`, else the last
-/// started; the wrapper itself when it is the only one (it ran the target in its own
-/// process, as valgrind and `env` do).
+/// Whether the command line of `pid` names `program` past its `argv[0]` (each argument
+/// resolved against its working directory): a process that runs the program under a
+/// tool of its own, in its own process (valgrind: its exe is the tool's, e.g.
+/// `callgrind-amd64-linux`, and its command line `valgrind … <program> …`).
+pub fn names_program(pid: u32, program: &std::path::Path) -> bool {
+    let Ok(program) = std::fs::canonicalize(program) else {
+        return false;
+    };
+    cmdline_of(pid)
+        .iter()
+        .skip(1)
+        .any(|arg| resolved(pid, arg, false).is_some_and(|p| p == program))
+}
+
+/// The arguments of `pid`'s command line (none once it is gone).
+fn cmdline_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `arg`, a path in the process `pid`'s command line, made canonical: relative to that
+/// process's working directory; a bare name (no `/`) is looked for in `PATH` when
+/// `search`, and else not taken as a path.
+fn resolved(pid: u32, arg: &str, search: bool) -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(arg);
+    if !arg.contains('/') {
+        if !search {
+            return None;
+        }
+        let paths = std::env::var_os("PATH")?;
+        return std::env::split_paths(&paths)
+            .map(|dir| dir.join(path))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::canonicalize(p).ok());
+    }
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()?
+            .join(path)
+    };
+    std::fs::canonicalize(full).ok()
+}
+
+/// Every process descended from `pid` (its children, theirs, …), from `/proc`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, stat_of(p)?.1)))
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for (p, _) in parents.iter().filter(|(p, pp)| *pp == parent && *p != pid) {
+            if !found.contains(p) {
+                found.push(*p);
+            }
+        }
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The target a `--wrap` command (`wrapper`) started, among the wrapper itself, its
+/// descendants and the processes with one of `marks` (`var=value`) in their environment
+/// (a wrapper may detach it, `setsid -f`): the one running `program` (its exe: another
+/// than the wrapper first, the first started of them, else the wrapper, when it ran the
+/// target in its own process, as `env` and `exec` do); failing that, one whose command
+/// line names `program` (the wrapper first: valgrind runs it in its own process, under
+/// its tool). `None` when no process is either: what else the wrapper started (a
+/// `sleep` beside the target) is never taken for it (black-box: a wrapper script that
+/// started `sleep &` before `exec "$@"` had the `sleep` measured as the exchange).
 pub fn wrapped_target(
     wrapper: u32,
-    var: &str,
-    value: &str,
+    marks: &[(&str, &str)],
     program: &std::path::Path,
 ) -> Option<(u32, u64)> {
-    let marked = all_marked(var, value);
-    let others: Vec<(u32, u64)> = marked
-        .iter()
-        .copied()
-        .filter(|(p, _)| *p != wrapper)
-        .collect();
-    others
-        .iter()
-        .copied()
-        .find(|(p, _)| runs_program(*p, program))
-        .or_else(|| others.iter().copied().max_by_key(|(_, started)| *started))
-        .or_else(|| marked.into_iter().find(|(p, _)| *p == wrapper))
+    let mut others: Vec<(u32, u64)> = Vec::new();
+    let running = |p: u32| {
+        stat_of(p)
+            .filter(|(state, _, _)| state != "Z" && state != "X")
+            .map(|(_, _, started)| (p, started))
+    };
+    let marked = marks.iter().flat_map(|(var, value)| all_marked(var, value));
+    for (p, started) in descendants(wrapper)
+        .into_iter()
+        .filter_map(running)
+        .chain(marked)
+    {
+        if p != wrapper && !others.iter().any(|(o, _)| *o == p) {
+            others.push((p, started));
+        }
+    }
+    others.sort_by_key(|(p, started)| (*started, *p));
+    let wrapper = running(wrapper);
+    let first = |test: fn(u32, &std::path::Path) -> bool| {
+        others
+            .iter()
+            .copied()
+            .find(|(p, _)| test(*p, program))
+            .or_else(|| wrapper.filter(|(p, _)| test(*p, program)))
+    };
+    first(runs_program).or_else(|| {
+        wrapper
+            .filter(|(p, _)| names_program(*p, program))
+            .or_else(|| {
+                others
+                    .iter()
+                    .copied()
+                    .find(|(p, _)| names_program(*p, program))
+            })
+    })
 }
 
 /// Whether the process `pid` that started at `started` (clock ticks since boot) still
@@ -508,15 +621,20 @@ mod tests {
         let target: u32 = said.trim().parse().expect("the target's pid");
         let found = wrapped_target(
             wrapper.id(),
-            TARGET_MARK,
-            &mark,
+            &[(TARGET_MARK, &mark)],
             std::path::Path::new("/bin/sh"),
         );
+        // Found as the wrapper's descendant too, without the mark.
+        let unmarked = wrapped_target(
+            wrapper.id(),
+            &[(TARGET_MARK, &format!("{mark}-other"))],
+            std::path::Path::new("/bin/sh"),
+        );
+        // Nothing runs or names this program.
         let none = wrapped_target(
             wrapper.id(),
-            TARGET_MARK,
-            &format!("{mark}-other"),
-            std::path::Path::new("/bin/sh"),
+            &[(TARGET_MARK, &mark)],
+            std::path::Path::new("/nonexistent/program"),
         );
         let started = stat_of(target).map(|(_, _, s)| s).expect("running");
         let runs = still_runs(target, started);
@@ -524,10 +642,88 @@ mod tests {
         let _ = wrapper.wait();
         assert_ne!(target, wrapper.id());
         assert_eq!(found, Some((target, started)));
+        assert_eq!(unmarked, Some((target, started)));
         assert!(runs);
         assert_eq!(none, None);
         // The wrapper waited for it: ended.
         assert!(!still_runs(target, started));
+    }
+
+    /// A shell running `script` (with `args`) under `TARGET_MARK=mark`, once it said
+    /// `lines` lines (read here): the lines, and the shell.
+    fn said_by(
+        script: &str,
+        args: &[&str],
+        mark: &str,
+        lines: usize,
+    ) -> (Vec<String>, std::process::Child) {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .args(args)
+            .env(TARGET_MARK, mark)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("its stdout"));
+        let said = (0..lines)
+            .map(|_| {
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut out, &mut line).expect("its line");
+                line.trim().to_string()
+            })
+            .collect();
+        (said, child)
+    }
+
+    /// A wrapper that starts a helper (`sleep`) in the background, then `exec`s the
+    /// target: the target is the wrapper's own process, not the helper, which carries the
+    /// mark too (black-box: the helper was measured as the exchange).
+    #[test]
+    fn a_helper_beside_an_execed_target_is_not_the_target() {
+        let mark = format!("{}.helper-test", std::process::id());
+        // The wrapper starts the helper and says its pid, then its process runs the
+        // target (bash, not the wrapper's `sh` nor the helper's until it runs `sleep`: it
+        // says it runs, then waits for its stdin to close).
+        let (said, mut wrapper) = said_by(
+            "sleep 30 >/dev/null & echo $!; exec bash -c 'echo ready; read line'",
+            &[],
+            &mark,
+            2,
+        );
+        let helper: u32 = said[0].parse().expect("the helper's pid");
+        let found = wrapped_target(wrapper.id(), &[(TARGET_MARK, &mark)], &which("bash"));
+        drop(wrapper.stdin.take());
+        let _ = wrapper.wait();
+        signal(helper, "-KILL");
+        assert_eq!(said[1], "ready");
+        assert_eq!(found.map(|(p, _)| p), Some(wrapper.id()), "helper {helper}");
+    }
+
+    /// valgrind runs the target in its own process under its tool: no process runs the
+    /// program, and the wrapper, whose command line names it, is the target.
+    #[test]
+    fn a_wrapper_that_names_the_program_runs_it_in_its_own_process() {
+        let mark = format!("{}.names-test", std::process::id());
+        let program = which("true");
+        let arg = program.to_string_lossy().into_owned();
+        // A helper beside it, which neither runs nor names the program.
+        let (said, mut wrapper) = said_by("sleep 30 & echo $!; read line", &[&arg], &mark, 1);
+        let helper: u32 = said[0].parse().expect("the helper's pid");
+        let found = wrapped_target(wrapper.id(), &[(TARGET_MARK, &mark)], &program);
+        drop(wrapper.stdin.take());
+        let _ = wrapper.wait();
+        signal(helper, "-KILL");
+        assert_eq!(found.map(|(p, _)| p), Some(wrapper.id()));
+    }
+
+    /// `name`'s path, from `PATH`.
+    fn which(name: &str) -> std::path::PathBuf {
+        let paths = std::env::var_os("PATH").expect("PATH");
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .expect(name)
     }
 
     #[test]

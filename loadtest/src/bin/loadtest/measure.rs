@@ -74,6 +74,16 @@ pub(crate) async fn wait_for_free_ports(which: &str) {
     }
 }
 
+/// Notes, once per run, that a target under `--wrap` is not measured: no process of the
+/// command runs its program ([`crate::rig::ChildGuard::pid`]).
+fn unmeasured(g: &crate::rig::ChildGuard, notes: &mut Vec<String>) {
+    if let Some(note) = g.unmeasured_note() {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+}
+
 /// One measured run against one target, with the target process's CPU over the run:
 /// `None` if the target exited during it, when a note saying so (and when) goes to
 /// `notes` (black-box round 82b: a killed exchange read as 0.0 µs CPU per auction).
@@ -96,20 +106,22 @@ pub(crate) async fn measure(
                 .relay
                 .as_ref()
                 .ok_or_else(|| anyhow!("relay not running"))?;
-            (Target::Relay { addr: *addr }, Some(g.pid()))
+            unmeasured(g, notes);
+            (Target::Relay { addr: *addr }, g.pid())
         }
         "exchange" => {
             let (g, addr) = rig
                 .exchange
                 .as_ref()
                 .ok_or_else(|| anyhow!("exchange not running"))?;
+            unmeasured(g, notes);
             (
                 Target::Exchange {
                     addr: *addr,
                     seller_key: SELLER_KEY.into(),
                     vertical: "auto_insurance".into(),
                 },
-                Some(g.pid()),
+                g.pid(),
             )
         }
         other => bail!("unknown target {other}"),
@@ -149,10 +161,10 @@ pub(crate) async fn measure(
     // Without its buyers, a target answers at once and without a bid: figures that look
     // like a fast run (black-box round 143a: the run was said to have "fell behind the
     // load", with exit status 0).
-    if !signalled && loadtest::children::ended(rig.sims.pid()) {
+    if !signalled && loadtest::children::ended(rig.sims.own_pid()) {
         bail!(
             "the simulated buyers (pid {}) exited during the {which} run: every buyer call from then on failed, so its figures, and any later run's, are not a measurement",
-            rig.sims.pid()
+            rig.sims.own_pid()
         );
     }
     Ok((result, cpu_ns))

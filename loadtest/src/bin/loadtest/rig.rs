@@ -32,54 +32,100 @@ pub(crate) struct ChildGuard {
     /// the wrapper (black-box round 143a: a run under `timeout` reported the CPU and
     /// memory of `timeout`, and one under `setsid -f` left the exchange running).
     target: Option<(u32, u64, loadtest::children::Registered)>,
+    /// Under `--wrap`: no process running the target's program was found; nothing is
+    /// measured.
+    unfound: bool,
 }
 
 impl ChildGuard {
-    /// The target's pid: the process measured (its CPU, memory and sockets).
-    pub(crate) fn pid(&self) -> u32 {
-        self.target.as_ref().map_or(self.child.id(), |t| t.0)
+    /// The target's pid: the process measured (its CPU, memory and sockets). `None`
+    /// under a `--wrap` command in which no process running the target's program was
+    /// found ([`ChildGuard::find_target_within`]): another process is not measured in
+    /// its place.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        if self.unfound {
+            return None;
+        }
+        Some(self.target.as_ref().map_or(self.child.id(), |t| t.0))
     }
 
-    /// Under `--wrap`, finds the process the wrapper started, if it is not the wrapper
-    /// itself: by its `TARGET_MARK`, or, for the exchange, by its orphan guard's mark (a
-    /// wrapper that removed the first). Looked for again until one runs the program
-    /// (black-box round 144a: a wrapper that forked a shell, which slept, then ran the
-    /// exchange, had the sleep taken for the target), and told to the orphan guard.
-    fn find_target(&mut self) {
+    /// The pid of the process started (the `--wrap` command, if any).
+    pub(crate) fn own_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Why the target is not measured, when [`ChildGuard::pid`] is `None`.
+    pub(crate) fn unmeasured_note(&self) -> Option<String> {
+        let (_, program) = self.wrapped.as_ref().filter(|_| self.unfound)?;
+        Some(format!(
+            "the {} was not measured (CPU, memory, sockets): no process of its --wrap command (pid {}) runs {} or names it on its command line",
+            self.name,
+            self.child.id(),
+            program.display()
+        ))
+    }
+
+    /// [`ChildGuard::find_target`], looked for again until `wait` has passed if not found
+    /// (a wrapper may start the target a moment after the first look); if none is, says
+    /// so on stderr, and the target is not measured ([`ChildGuard::pid`]).
+    fn find_target_within(&mut self, wait: Duration) {
+        let mut looks = wait.as_millis() / 50;
+        while !self.find_target() {
+            if looks == 0 {
+                self.unfound = true;
+                if let Some(note) = self.unmeasured_note() {
+                    eprintln!("loadtest: {note} (looked for {} s)", wait.as_secs());
+                }
+                return;
+            }
+            looks -= 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.unfound = false;
+    }
+
+    /// Under `--wrap`, finds the process running the target's program
+    /// ([`loadtest::children::wrapped_target`]): the wrapper itself (it `exec`d the
+    /// program, or runs it under its tool, as valgrind does), or one it started, by
+    /// descent or by its `TARGET_MARK` (for the exchange, its orphan guard's mark too, a
+    /// wrapper that removed the first). Another process the wrapper started (a `sleep`
+    /// beside the target) is never taken for it (black-box: a wrapper script that ran
+    /// `sleep &` before `exec "$@"` had the `sleep` measured as the exchange). Looked for
+    /// again until one runs the program (black-box round 144a: a wrapper that forked a
+    /// shell, which slept, then ran the exchange), and told to the orphan guard. Whether
+    /// one was found (always, without `--wrap`).
+    fn find_target(&mut self) -> bool {
         let Some((mark, program)) = &self.wrapped else {
-            return;
+            return true;
         };
+        let wrapper = self.child.id();
         if self.target_runs()
             && self
                 .target
                 .as_ref()
                 .is_some_and(|(pid, _, _)| loadtest::children::runs_program(*pid, program))
         {
-            return;
+            return true;
         }
-        let wrapper = self.child.id();
         let by_guard = self._orphan_guard.as_ref().and_then(|g| g.mark());
-        let found = loadtest::children::wrapped_target(
-            wrapper,
-            loadtest::children::TARGET_MARK,
-            mark,
-            program,
-        )
-        .filter(|t| t.0 != wrapper)
-        .or_else(|| {
-            let (var, value) = by_guard?;
-            loadtest::children::wrapped_target(wrapper, var, &value, program)
-                .filter(|t| t.0 != wrapper)
-        });
-        let Some((pid, started)) = found else {
-            return;
+        let mut marks = vec![(loadtest::children::TARGET_MARK, mark.as_str())];
+        if let Some((var, value)) = &by_guard {
+            marks.push((var, value.as_str()));
+        }
+        let Some((pid, started)) = loadtest::children::wrapped_target(wrapper, &marks, program)
+        else {
+            return false;
         };
+        if pid == wrapper {
+            self.target = None;
+            return true;
+        }
         if self
             .target
             .as_ref()
             .is_some_and(|t| t.0 == pid && t.1 == started)
         {
-            return;
+            return true;
         }
         let registered = if self.name == "exchange" {
             loadtest::children::register_exchange(pid)
@@ -90,6 +136,7 @@ impl ChildGuard {
         if let Some(guard) = self._orphan_guard.as_mut() {
             guard.watch(pid);
         }
+        true
     }
 
     /// Whether the target the wrapper started as a process of its own still runs.
@@ -206,10 +253,15 @@ pub(crate) fn spawn_self(
         _orphan_guard: None,
         wrapped: mark.map(|m| (m, exe)),
         target: None,
+        unfound: false,
     };
-    guard.find_target();
+    guard.find_target_within(TARGET_WAIT);
     Ok((guard, line, reader))
 }
+
+/// How long a `--wrap` command's target, once ready, is looked for among its processes
+/// before it is said not to be found.
+const TARGET_WAIT: Duration = Duration::from_secs(5);
 
 /// `program` as a command, under the `--wrap` command if there is one.
 pub(crate) fn wrapped(wrap: &[String], program: &Path) -> Command {
@@ -434,6 +486,7 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             stop_waits: stop_waits(o.wrap),
             wrapped: mark.map(|m| (m, o.exchange_bin.to_path_buf())),
             target: None,
+            unfound: false,
         };
         // A wrapper (valgrind) starts slowly.
         let mut guard = guard;
@@ -443,7 +496,7 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
             Some(&mut guard),
         )
         .await?;
-        guard.find_target();
+        guard.find_target_within(TARGET_WAIT);
         Some((guard, listen))
     } else {
         None

@@ -266,7 +266,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
                 let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
                 o.filler_buyers = size - n;
                 let rig = start_rig(o).await?;
-                let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
+                let pid = rig.exchange.as_ref().and_then(|(g, _)| g.pid()).unwrap_or(0);
                 let idle = report::live_sample(pid, 0.0);
                 let mut part = new_report(&name);
                 let r = compare_targets(&rig, &args, &p, n, &mut part).await;
@@ -323,7 +323,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
             let rig = start_rig(rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true))
             .await?;
-            let pid = rig.exchange.as_ref().map(|(g, _)| g.pid()).unwrap_or(0);
+            let pid = rig.exchange.as_ref().and_then(|(g, _)| g.pid()).unwrap_or(0);
             let p = plan(
                 &args,
                 rate,
