@@ -19,6 +19,22 @@ pub fn free_loopback_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// Whether a server's message says it could not listen because the address was taken:
+/// the kernel's `Address already in use`, or the exchange's own check that another process
+/// is listening there.
+pub fn says_address_in_use(message: &str) -> bool {
+    message.contains("Address already in use")
+        || message.contains("another process is listening there")
+}
+
+/// Whether `port` on 127.0.0.1 is taken now: binding it fails with `AddrInUse`.
+pub fn in_use(port: u16) -> bool {
+    matches!(
+        TcpListener::bind(("127.0.0.1", port)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -34,5 +50,24 @@ mod tests {
             ports.dedup();
             assert_eq!(ports.len(), 8, "{ports:?}");
         }
+    }
+
+    /// Black-box: under a narrowed `ip_local_port_range`, a picked port was taken by
+    /// another listener before the exchange bound it, and the run failed at start; the
+    /// rig tells that from any other failure to start, and starts it again on new ports.
+    #[test]
+    fn a_taken_port_is_told_apart() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        assert!(in_use(port));
+        assert!(says_address_in_use(&format!(
+            "error: cannot listen on 127.0.0.1:{port} (admin.listen): Address already in use (os error 98)"
+        )));
+        assert!(says_address_in_use(&format!(
+            "error: cannot listen on 127.0.0.1:{port} (server.listen): another process is listening there"
+        )));
+        assert!(!says_address_in_use(
+            "error: [server] deadline_ms must be > 0"
+        ));
     }
 }

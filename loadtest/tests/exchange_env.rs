@@ -58,3 +58,67 @@ fn the_operator_s_admin_token_does_not_reach_the_benchmark_exchange() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Black-box: under a narrowed `ip_local_port_range`, a port `loadtest` picked for the
+/// exchange was taken by another process before the exchange bound it (`cannot listen on
+/// 127.0.0.1:288xx (admin.listen): Address already in use`), and the run failed at start
+/// (14 of 24 tiny p8-post runs). `loadtest` starts it again on new ports, a few times,
+/// and only then gives up; any other failure to start is not retried.
+#[test]
+fn an_exchange_whose_port_was_taken_is_started_again_on_new_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    // An "exchange" that says its port was taken on its first two starts (each time
+    // noting the listen lines of the configuration it was given), then fails otherwise.
+    let fake = dir.path().join("fake-exchange");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ngrep '^listen' \"$2\" | tr '\\n' ' ' >> '{s}'\necho >> '{s}'\nn=$(wc -l < '{s}')\nif [ \"$n\" -le 1 ]; then echo 'error: cannot listen on 127.0.0.1:28801 (admin.listen): Address already in use (os error 98)' >&2; exit 1; fi\nif [ \"$n\" -le 2 ]; then echo 'error: cannot listen on 127.0.0.1:28802 (server.listen): another process is listening there' >&2; exit 1; fi\necho 'error: something else' >&2\nexit 1\n",
+            s = starts.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p8-post",
+            "--rate",
+            "10",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+            "--exchange-bin",
+        ])
+        .arg(&fake)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let starts = std::fs::read_to_string(&starts).unwrap();
+    let starts: Vec<&str> = starts.lines().collect();
+    // Taken twice: started again twice; the third failure is not a taken port.
+    assert_eq!(starts.len(), 3, "{starts:?}\n{stderr}");
+    for s in &starts {
+        // The seller's and the admin listener's, distinct.
+        let ports: Vec<&str> = s
+            .split_whitespace()
+            .filter(|w| w.contains("127.0.0.1:"))
+            .collect();
+        assert_eq!(ports.len(), 2, "{s}");
+        assert_ne!(ports[0], ports[1], "{s}");
+    }
+    assert!(
+        stderr.contains("starting it again on new ports (attempt 2 of 4)")
+            && stderr.contains("(attempt 3 of 4)")
+            && !stderr.contains("(attempt 4 of 4)"),
+        "{stderr}"
+    );
+    // The exchange's own words still reach loadtest's stderr.
+    assert!(stderr.contains("error: something else"), "{stderr}");
+}

@@ -284,7 +284,6 @@ fn a_guard_never_told_the_pid_finds_the_exchange_by_its_mark() {
 /// said to have "fell behind the load").
 #[test]
 fn simulated_buyers_that_exit_during_a_run_fail_it() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args([
@@ -312,14 +311,25 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
     let watchdog = Watchdog::start(move || kill("-KILL", lt_pid));
     // Blocks until the measured run has begun (its buyers are up by then).
     let mut err = std::io::BufReader::new(lt.stderr.take().unwrap());
-    let mut said = String::new();
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("run 1/1: direct") {
-        said.push_str(&line);
-        line.clear();
-    }
-    // loadtest's child running `loadtest sims`, from /proc.
-    let sims = std::fs::read_dir("/proc")
+    let said = read_until(&mut err, "run 1/1: direct");
+    let sims = sims_of(lt_pid);
+    kill("-KILL", sims);
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    let status = lt.wait().unwrap();
+    watchdog.stop();
+    assert_eq!(status.code(), Some(1), "{said}{rest}");
+    assert!(
+        rest.contains(&format!(
+            "the simulated buyers (pid {sims}) exited during the direct run"
+        )),
+        "{rest}"
+    );
+}
+
+/// `lt_pid`'s child running `loadtest sims`, from /proc.
+fn sims_of(lt_pid: u32) -> u32 {
+    std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
@@ -332,18 +342,67 @@ fn simulated_buyers_that_exit_during_a_run_fail_it() {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             parent == Some(lt_pid) && cmd.split(|b| *b == 0).any(|a| a == b"sims")
         })
-        .expect("loadtest's simulated buyers");
-    kill("-KILL", sims);
+        .expect("loadtest's simulated buyers")
+}
+
+/// Black-box: with the simulated buyers killed in repetition 2, `loadtest` said `nothing
+/// was measured` and wrote no report, though repetition 1 was measured: it writes what
+/// was measured, with a note saying where it stopped, and fails (exit 1).
+#[test]
+fn buyers_that_exit_in_a_later_repetition_leave_the_earlier_ones_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p1-latency",
+            "--targets",
+            "direct",
+            "--repeat",
+            "2",
+            "--rate",
+            "20",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+            "--exchange-bin",
+            "/bin/false",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lt_pid = lt.id();
+    let watchdog = Watchdog::start(move || kill("-KILL", lt_pid));
+    // Blocks until repetition 2 has begun: repetition 1 is measured by then.
+    let mut err = std::io::BufReader::new(lt.stderr.take().unwrap());
+    let said = read_until(&mut err, "run 2/2: direct");
+    kill("-KILL", sims_of(lt_pid));
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut err, &mut rest);
     let status = lt.wait().unwrap();
     watchdog.stop();
-    assert_eq!(status.code(), Some(1), "{said}{line}{rest}");
+    assert_eq!(status.code(), Some(1), "{said}{rest}");
+    assert!(!rest.contains("nothing was measured"), "{rest}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["targets"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(
+        report["repetitions"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(report["repetitions"][0]["repetition"], 1, "{report}");
+    let notes = report["notes"].to_string();
     assert!(
-        rest.contains(&format!(
-            "the simulated buyers (pid {sims}) exited during the direct run"
-        )),
-        "{rest}"
+        notes.contains("the run stopped early")
+            && notes.contains("after 1 measured run(s)")
+            && notes.contains("exited during the direct run"),
+        "{notes}"
     );
 }
 
@@ -408,6 +467,20 @@ fn a_guard_whose_told_process_ended_still_stops_the_marked_exchange() {
             );
             let _ = exchange.wait();
             let _ = guard.wait();
+        }
+    }
+}
+
+/// Reads `err` line by line until a line holds `marker` (or it ends): what it read, that
+/// line included.
+fn read_until(err: &mut impl std::io::BufRead, marker: &str) -> String {
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let done = err.read_line(&mut line).unwrap() == 0 || line.contains(marker);
+        said.push_str(&line);
+        if done {
+            return said;
         }
     }
 }

@@ -191,7 +191,16 @@ pub(crate) fn median_u64(mut v: Vec<u64>) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
+/// The median of each percentile over the repetitions that measured something: one with
+/// no sample (every request failed: the target killed before its leg) has no percentile,
+/// and is left out rather than read as 0.000 ms (black-box: p99s of 14.263, 21.103 and
+/// none gave a row of 14.263; two dead of three, a row of 0.000 at every percentile). None
+/// with a sample: all zero with count 0, which the table shows as `-`.
 pub(crate) fn median_percentiles(v: &[Percentiles]) -> Percentiles {
+    let v: Vec<&Percentiles> = v.iter().filter(|p| p.count > 0).collect();
+    if v.is_empty() {
+        return Percentiles::default();
+    }
     Percentiles {
         p50_us: median_u64(v.iter().map(|p| p.p50_us).collect()),
         p90_us: median_u64(v.iter().map(|p| p.p90_us).collect()),
@@ -199,6 +208,35 @@ pub(crate) fn median_percentiles(v: &[Percentiles]) -> Percentiles {
         p999_us: median_u64(v.iter().map(|p| p.p999_us).collect()),
         max_us: median_u64(v.iter().map(|p| p.max_us).collect()),
         count: v.iter().map(|p| p.count).sum(),
+    }
+}
+
+/// The note that says how many of `runs` measured nothing and were left out of `label`'s
+/// row ([`median_percentiles`]); `None` when every one has a sample.
+pub(crate) fn left_out_note(runs: &[TargetSummary], label: &str) -> Option<String> {
+    let empty = runs.iter().filter(|s| s.latency.count == 0).count();
+    (empty > 0).then(|| {
+        let rest = if empty == runs.len() {
+            "its row has no percentile (`-`)".to_string()
+        } else {
+            format!(
+                "its row's percentiles are the medians of the other {}",
+                runs.len() - empty
+            )
+        };
+        format!(
+            "{label}: {empty} of {} repetition(s) measured nothing (no request completed) and are left out of its row's percentiles: {rest}",
+            runs.len()
+        )
+    })
+}
+
+/// Pushes [`left_out_note`] to `notes`, once.
+pub(crate) fn note_left_out(runs: &[TargetSummary], label: &str, notes: &mut Vec<String>) {
+    if let Some(note) = left_out_note(runs, label) {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
     }
 }
 
@@ -262,7 +300,11 @@ pub(crate) async fn compare_targets(
     let mut by_target: BTreeMap<String, Vec<TargetSummary>> = BTreeMap::new();
     let mut order = vec!["direct".to_string()];
     order.extend(args.targets.iter().filter(|t| *t != "direct").cloned());
-    for rep in 0..args.repeat.max(1) {
+    // A run that stops the rest (the simulated buyers ended) still reports the runs
+    // before it, with the reason (black-box: the buyers killed in repetition 2, and
+    // repetition 1's measurement was said to be nothing).
+    let mut stopped = None;
+    'reps: for rep in 0..args.repeat.max(1) {
         for t in &order {
             eprintln!(
                 "run {}/{}: {t} at {:?}",
@@ -270,7 +312,13 @@ pub(crate) async fn compare_targets(
                 args.repeat.max(1),
                 plan.schedule
             );
-            let (r, cpu) = measure(rig, t, plan, &mut report.notes).await?;
+            let (r, cpu) = match measure(rig, t, plan, &mut report.notes).await {
+                Ok(m) => m,
+                Err(e) => {
+                    stopped = Some(stopped_early(e, by_target.values().map(Vec::len).sum()));
+                    break 'reps;
+                }
+            };
             let run = summary(&r, cpu, buyers_per_auction);
             // Every buyer answers in time in P1 and P2; in P3 some hang by design.
             let every_buyer_answers =
@@ -312,10 +360,26 @@ pub(crate) async fn compare_targets(
             let mut m = mid.clone();
             m.latency = median_percentiles(&runs.iter().map(|s| s.latency).collect::<Vec<_>>());
             m.label = t.clone();
+            note_left_out(runs, t, &mut report.notes);
             report.targets.push(m);
         }
     }
-    Ok(by_target)
+    match stopped {
+        Some(e) => Err(e),
+        None => Ok(by_target),
+    }
+}
+
+/// `e`, the error that stopped a scenario's runs, saying how many runs were measured
+/// before it (their rows and repetitions are reported).
+pub(crate) fn stopped_early(e: anyhow::Error, measured_runs: usize) -> anyhow::Error {
+    if measured_runs == 0 {
+        e
+    } else {
+        e.context(format!(
+            "after {measured_runs} measured run(s), whose figures are the report's rows and repetitions"
+        ))
+    }
 }
 
 /// The knee: for each rate, direct then relay then exchange; the knee of a target is the
@@ -402,12 +466,90 @@ pub(crate) async fn sweep(
     Ok(())
 }
 
-/// The median run (by p99) of `runs`, with the median of each percentile, as `label`.
+/// The median run (by p99) of `runs`, with the median of each percentile, as `label`:
+/// the median among the runs that measured something, if any did
+/// ([`median_percentiles`]).
 pub(crate) fn median_summary(runs: &[TargetSummary], label: &str) -> Option<TargetSummary> {
-    let mut sorted = runs.to_vec();
+    let mut sorted: Vec<TargetSummary> = runs
+        .iter()
+        .filter(|s| s.latency.count > 0)
+        .cloned()
+        .collect();
+    if sorted.is_empty() {
+        sorted = runs.to_vec();
+    }
     sorted.sort_by_key(|s| s.latency.p99_us);
     let mut m = sorted.get(sorted.len() / 2)?.clone();
     m.latency = median_percentiles(&runs.iter().map(|s| s.latency).collect::<Vec<_>>());
     m.label = label.to_string();
     Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn p99(us: u64, count: u64) -> Percentiles {
+        Percentiles {
+            p50_us: us / 2,
+            p90_us: us * 9 / 10,
+            p99_us: us,
+            p999_us: us * 2,
+            max_us: us * 3,
+            count,
+        }
+    }
+
+    fn run(us: u64, count: u64) -> TargetSummary {
+        TargetSummary {
+            label: "exchange".into(),
+            latency: p99(us, count),
+            post_latency: None,
+            achieved_rate_per_s: 0.0,
+            errors: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            cpu_us_per_auction: None,
+            cpu_us_per_buyer_ping: None,
+            timeline: Vec::new(),
+            send_lag: None,
+            measured: 100,
+        }
+    }
+
+    /// Black-box: the exchange's p99s 14.263, 21.103 and none (killed before its leg)
+    /// gave a median row of 14.263 ms; two dead of three, 0.000 at every percentile.
+    #[test]
+    fn a_repetition_without_a_sample_is_left_out_of_the_medians() {
+        let m = median_percentiles(&[p99(14_263, 100), p99(21_103, 100), p99(0, 0)]);
+        assert_eq!(m.p99_us, 21_103, "{m:?}");
+        assert_eq!(m.p50_us, 21_103 / 2);
+        assert_eq!(m.count, 200);
+        let m = median_percentiles(&[p99(14_263, 100), p99(0, 0), p99(0, 0)]);
+        assert_eq!(m.p99_us, 14_263, "{m:?}");
+        assert_eq!(m.max_us, 14_263 * 3);
+        assert_eq!(m.count, 100);
+        // None with a sample: no percentile (the table's `-`), nothing counted.
+        let m = median_percentiles(&[p99(0, 0), p99(0, 0)]);
+        assert_eq!(m, Percentiles::default());
+        // Every repetition measured: unchanged.
+        let m = median_percentiles(&[p99(3, 1), p99(1, 1), p99(2, 1)]);
+        assert_eq!((m.p99_us, m.count), (2, 3));
+
+        let runs = [run(14_263, 100), run(21_103, 100), run(0, 0)];
+        let row = median_summary(&runs, "exchange, no swaps").unwrap();
+        assert_eq!(row.latency.p99_us, 21_103);
+        assert_eq!(
+            left_out_note(&runs, "exchange").as_deref(),
+            Some("exchange: 1 of 3 repetition(s) measured nothing (no request completed) and are left out of its row's percentiles: its row's percentiles are the medians of the other 2")
+        );
+        let dead = [run(14_263, 100), run(0, 0), run(0, 0)];
+        assert_eq!(median_summary(&dead, "x").unwrap().latency.p99_us, 14_263);
+        let none = [run(0, 0), run(0, 0)];
+        assert_eq!(median_summary(&none, "x").unwrap().latency.count, 0);
+        assert!(left_out_note(&none, "x")
+            .unwrap()
+            .ends_with("its row has no percentile (`-`)"));
+        assert_eq!(left_out_note(&runs[..2], "exchange"), None);
+    }
 }

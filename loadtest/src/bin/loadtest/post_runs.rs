@@ -49,21 +49,38 @@ pub(crate) async fn p8_runs(leg: AdminLeg<'_>, report: &mut ScenarioReport) -> a
     let mut rows = Vec::new();
     let mut p99s = Vec::new();
     let mut runs = Vec::new();
+    // A run that stops the rest (the simulated buyers ended, the exchange's histogram
+    // unreadable) still reports the runs before it, with the reason.
+    let mut stopped = None;
     for rep in 0..args.repeat.max(1) {
         eprintln!(
             "run {}/{}: exchange, direct posts at {rate}/s",
             rep + 1,
             args.repeat.max(1)
         );
-        let before = scrape().await?;
-        let (r, cpu) = measure(rig, "exchange", &p, &mut report.notes).await?;
-        let d = scrape().await?.minus(&before);
+        let one = async {
+            let before = scrape().await?;
+            let (r, cpu) = measure(rig, "exchange", &p, &mut report.notes).await?;
+            let d = scrape().await?.minus(&before);
+            anyhow::Ok((r, cpu, d))
+        };
+        let (r, cpu, d) = match one.await {
+            Ok(m) => m,
+            Err(e) => {
+                stopped = Some(crate::measure::stopped_early(e, runs.len()));
+                break;
+            }
+        };
         let q = |x: f64| d.quantile(x);
         let (Some(p50), Some(p99), Some(p999)) = (q(0.5), q(0.99), q(0.999)) else {
-            bail!(
-                "run {}: no sale was timed (is every post failing?)",
-                rep + 1
-            );
+            stopped = Some(crate::measure::stopped_early(
+                anyhow::anyhow!(
+                    "run {}: no sale was timed (is every post failing?)",
+                    rep + 1
+                ),
+                runs.len(),
+            ));
+            break;
         };
         p99s.push(p99.upper_s);
         let ms = |s: f64| s * 1e3;
@@ -96,6 +113,9 @@ pub(crate) async fn p8_runs(leg: AdminLeg<'_>, report: &mut ScenarioReport) -> a
         }
         runs.push(run);
     }
+    if p99s.is_empty() {
+        return Err(stopped.unwrap_or_else(|| anyhow::anyhow!("p8-post: no runs")));
+    }
     p99s.sort_by(f64::total_cmp);
     let median = p99s[p99s.len() / 2];
     report.notes.push(format!(
@@ -115,5 +135,8 @@ pub(crate) async fn p8_runs(leg: AdminLeg<'_>, report: &mut ScenarioReport) -> a
     if let Some(mid) = runs.get(runs.len() / 2) {
         report.targets.push(mid.clone());
     }
-    Ok(())
+    match stopped {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -347,6 +347,9 @@ pub(crate) struct Rig {
     pub(crate) buyers: Vec<SimBuyerInfo>,
     pub(crate) exchange: Option<(ChildGuard, SocketAddr)>,
     pub(crate) relay: Option<(ChildGuard, SocketAddr)>,
+    /// The exchange's admin listener, when its configuration has one
+    /// ([`RigOpts::admin_toml`]).
+    pub(crate) admin: Option<SocketAddr>,
     pub(crate) sims_reader: BufReader<std::process::ChildStdout>,
     pub(crate) deadline_ms: u64,
     pub(crate) timeout_ms: u64,
@@ -393,10 +396,18 @@ pub(crate) struct RigOpts<'a> {
     /// Called with the written configuration's path before the exchange starts (p6-swap:
     /// makes the model sets).
     pub(crate) before_exchange: Option<&'a BeforeExchange<'a>>,
-    /// The exchange's seller port when picked with its admin port ([`exchange_ports`]);
-    /// `None`: picked at start.
-    pub(crate) exchange_port: Option<u16>,
+    /// The exchange's admin listener's configuration (p6-swap, p8-post), given the admin
+    /// address the rig picked with the seller port ([`exchange_ports`]); appended after
+    /// `extra_toml`. `None`: no admin listener.
+    pub(crate) admin_toml: Option<&'a AdminToml<'a>>,
 }
+
+/// The exchange configuration's admin part, for an admin address.
+pub(crate) type AdminToml<'a> = dyn Fn(SocketAddr) -> String + 'a;
+
+/// How many times the rig starts the exchange when a port it picked was taken before the
+/// exchange bound it ([`start_exchange`]).
+pub(crate) const EXCHANGE_START_ATTEMPTS: u32 = 4;
 
 pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
     o.specs = with_http2(std::mem::take(&mut o.specs), o.http2);
@@ -408,96 +419,7 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
         spawn_self("sims", &["sims", "--spec", &spec_arg, "--seed", &seed], &[])?;
     let buyers: Vec<SimBuyerInfo> = serde_json::from_str(line.trim()).context("sims ready line")?;
     let exchange = if o.want_exchange {
-        let port = match o.exchange_port {
-            Some(p) => p,
-            None => exchange_ports(false)?.0,
-        };
-        let listen: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let opts = ExchangeOpts {
-            listen,
-            ledger_path: o.out.join("ledger"),
-            deadline_ms: o.deadline_ms,
-            ping_timeout_ms: o.timeout_ms,
-            post_timeout_ms: 1000,
-            seller_key: SELLER_KEY.to_string(),
-            requests_in_flight_max: 100_000,
-            breaker_failures: if o.breaker_enabled { 5 } else { 10_000 },
-            breaker_open_ms: 1000,
-            breaker_probe_interval_ms: 1000,
-            filler_buyers: o.filler_buyers,
-        };
-        let (mut toml, env) = sim::exchange_config(&buyers, &opts);
-        if !o.breaker_enabled {
-            if !toml.contains("[server.breaker]") {
-                bail!("the generated exchange config has no [server.breaker] table");
-            }
-            toml = toml.replacen("[server.breaker]", "[server.breaker]\nenabled = false", 1);
-        }
-        toml.push_str(&o.extra_toml);
-        let cfg_path = o.out.join("exchange.toml");
-        std::fs::write(&cfg_path, &toml)?;
-        let _ = std::fs::remove_dir_all(o.out.join("ledger"));
-        if let Some(prepare) = o.before_exchange {
-            prepare(&cfg_path)?;
-        }
-        let mut cmd = wrapped(o.wrap, o.exchange_bin);
-        cmd.arg("--config")
-            .arg(&cfg_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        cmd.env("RUST_LOG", "pingpost=warn");
-        // The generated configuration has no `[admin]` table unless the scenario adds
-        // one (with its own port and token): the default admin listener (127.0.0.1:8081)
-        // must not start from an operator's token in loadtest's environment (black-box
-        // round 100a: a run listened on 8081, and failed when another did).
-        cmd.env_remove("PINGPOST_ADMIN_TOKEN");
-        for (k, v) in env.iter().chain(&o.extra_env) {
-            cmd.env(k, v);
-        }
-        let mark = (!o.wrap.is_empty()).then(|| loadtest::children::target_mark("exchange"));
-        if let Some(m) = &mark {
-            cmd.env(loadtest::children::TARGET_MARK, m);
-        }
-        // Started first, so that no SIGKILL of loadtest finds the exchange unguarded.
-        let mut orphan_guard = loadtest::children::OrphanGuard::start();
-        if let Some((k, v)) = orphan_guard.mark() {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().with_context(|| match o.wrap.first() {
-            // Black-box round 125b: a missing wrapper was reported as the exchange.
-            Some(w) => format!(
-                "starting the exchange {} under --wrap: starting {w}",
-                o.exchange_bin.display()
-            ),
-            None => format!("starting the exchange {}", o.exchange_bin.display()),
-        })?;
-        let stdin = child.stdin.take();
-        let guard = ChildGuard {
-            name: "exchange",
-            // Stopped before the buyers on a signal (black-box round 82b).
-            _registered: loadtest::children::register_exchange(child.id()),
-            _orphan_guard: {
-                orphan_guard.watch(child.id());
-                Some(orphan_guard)
-            },
-            child,
-            stdin,
-            stop_waits: stop_waits(o.wrap),
-            wrapped: mark.map(|m| (m, o.exchange_bin.to_path_buf())),
-            target: None,
-            unfound: false,
-        };
-        // A wrapper (valgrind) starts slowly.
-        let mut guard = guard;
-        wait_healthy(
-            listen,
-            if o.wrap.is_empty() { 200 } else { 2_400 },
-            Some(&mut guard),
-        )
-        .await?;
-        guard.find_target_within(TARGET_WAIT);
-        Some((guard, listen))
+        Some(start_exchange(&o, &buyers).await?)
     } else {
         None
     };
@@ -522,10 +444,13 @@ pub(crate) async fn start_rig(mut o: RigOpts<'_>) -> anyhow::Result<Rig> {
     } else {
         None
     };
+    let admin = exchange.as_ref().and_then(|(_, _, a)| *a);
+    let exchange = exchange.map(|(g, listen, _)| (g, listen));
     Ok(Rig {
         sims,
         buyers,
         exchange,
+        admin,
         relay,
         sims_reader,
         deadline_ms: o.deadline_ms,
@@ -573,4 +498,193 @@ pub(crate) fn with_http2(mut specs: Vec<SimBuyerSpec>, http2: bool) -> Vec<SimBu
         s.http2 = http2;
     }
     specs
+}
+
+/// Starts the exchange on ports picked once the buyers listen (so no probe of theirs
+/// takes one), and again on new ports, up to [`EXCHANGE_START_ATTEMPTS`] times, when it
+/// could not listen because a picked port was taken meanwhile: the ports are free when
+/// picked and released for the exchange to bind, and another bind-to-port-0 (a listener,
+/// an outgoing connection's local port) may take one in between, which a narrowed
+/// `ip_local_port_range` makes likely (black-box: 14 of 24 tiny p8-post runs in a
+/// 100-port range failed with `Address already in use`). Returns the exchange, its seller
+/// address and its admin address (when [`RigOpts::admin_toml`]).
+async fn start_exchange(
+    o: &RigOpts<'_>,
+    buyers: &[SimBuyerInfo],
+) -> anyhow::Result<(ChildGuard, SocketAddr, Option<SocketAddr>)> {
+    let mut attempt = 1;
+    loop {
+        let (port, admin_port) = exchange_ports(o.admin_toml.is_some())?;
+        let listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let admin = admin_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        match start_exchange_once(o, buyers, listen, admin, &said).await {
+            Ok(guard) => return Ok((guard, listen, admin)),
+            Err((e, mut guard)) => {
+                let exited = guard
+                    .as_mut()
+                    .is_some_and(|g| matches!(g.child.try_wait(), Ok(Some(_))));
+                // Its own message (read as it is forwarded to loadtest's stderr), or a
+                // picked port held by another process now.
+                let taken = exited
+                    && (said
+                        .lock()
+                        .is_ok_and(|t| loadtest::ports::says_address_in_use(&t))
+                        || std::iter::once(port)
+                            .chain(admin_port)
+                            .any(loadtest::ports::in_use));
+                drop(guard);
+                if !taken || attempt >= EXCHANGE_START_ATTEMPTS {
+                    return Err(e);
+                }
+                eprintln!(
+                    "loadtest: the exchange could not listen on its picked port(s) {}: taken meanwhile by another process; starting it again on new ports (attempt {} of {EXCHANGE_START_ATTEMPTS})",
+                    std::iter::once(listen)
+                        .chain(admin)
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    attempt + 1
+                );
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// One start of the exchange on `listen` (and `admin`), its stderr forwarded to
+/// loadtest's and kept in `said` (its first 64 KiB). On failure, the error and the
+/// exchange's guard if it was started.
+async fn start_exchange_once(
+    o: &RigOpts<'_>,
+    buyers: &[SimBuyerInfo],
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    said: &std::sync::Arc<std::sync::Mutex<String>>,
+) -> Result<ChildGuard, (anyhow::Error, Option<ChildGuard>)> {
+    let before = || -> anyhow::Result<(std::path::PathBuf, Vec<(String, String)>)> {
+        let opts = ExchangeOpts {
+            listen,
+            ledger_path: o.out.join("ledger"),
+            deadline_ms: o.deadline_ms,
+            ping_timeout_ms: o.timeout_ms,
+            post_timeout_ms: 1000,
+            seller_key: SELLER_KEY.to_string(),
+            requests_in_flight_max: 100_000,
+            breaker_failures: if o.breaker_enabled { 5 } else { 10_000 },
+            breaker_open_ms: 1000,
+            breaker_probe_interval_ms: 1000,
+            filler_buyers: o.filler_buyers,
+        };
+        let (mut toml, env) = sim::exchange_config(buyers, &opts);
+        if !o.breaker_enabled {
+            if !toml.contains("[server.breaker]") {
+                bail!("the generated exchange config has no [server.breaker] table");
+            }
+            toml = toml.replacen("[server.breaker]", "[server.breaker]\nenabled = false", 1);
+        }
+        toml.push_str(&o.extra_toml);
+        if let (Some(admin_toml), Some(admin)) = (o.admin_toml, admin) {
+            toml.push_str(&admin_toml(admin));
+        }
+        let cfg_path = o.out.join("exchange.toml");
+        std::fs::write(&cfg_path, &toml)?;
+        let _ = std::fs::remove_dir_all(o.out.join("ledger"));
+        if let Some(prepare) = o.before_exchange {
+            prepare(&cfg_path)?;
+        }
+        Ok((cfg_path, env))
+    };
+    let (cfg_path, env) = before().map_err(|e| (e, None))?;
+    let mut cmd = wrapped(o.wrap, o.exchange_bin);
+    cmd.arg("--config")
+        .arg(&cfg_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.env("RUST_LOG", "pingpost=warn");
+    // The generated configuration has no `[admin]` table unless the scenario adds
+    // one (with its own port and token): the default admin listener (127.0.0.1:8081)
+    // must not start from an operator's token in loadtest's environment (black-box
+    // round 100a: a run listened on 8081, and failed when another did).
+    cmd.env_remove("PINGPOST_ADMIN_TOKEN");
+    for (k, v) in env.iter().chain(&o.extra_env) {
+        cmd.env(k, v);
+    }
+    let mark = (!o.wrap.is_empty()).then(|| loadtest::children::target_mark("exchange"));
+    if let Some(m) = &mark {
+        cmd.env(loadtest::children::TARGET_MARK, m);
+    }
+    // Started first, so that no SIGKILL of loadtest finds the exchange unguarded.
+    let mut orphan_guard = loadtest::children::OrphanGuard::start();
+    if let Some((k, v)) = orphan_guard.mark() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| match o.wrap.first() {
+            // Black-box round 125b: a missing wrapper was reported as the exchange.
+            Some(w) => format!(
+                "starting the exchange {} under --wrap: starting {w}",
+                o.exchange_bin.display()
+            ),
+            None => format!("starting the exchange {}", o.exchange_bin.display()),
+        })
+        .map_err(|e| (e, None))?;
+    // Forwarded line by line, as it was inherited before; its start kept to tell a
+    // taken port from any other failure to start.
+    let forward = child.stderr.take().map(|stderr| {
+        let said = said.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Ok(mut s) = said.lock() {
+                    if s.len() < 64 * 1024 {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            }
+        })
+    });
+    let stdin = child.stdin.take();
+    let mut guard = ChildGuard {
+        name: "exchange",
+        // Stopped before the buyers on a signal (black-box round 82b).
+        _registered: loadtest::children::register_exchange(child.id()),
+        _orphan_guard: {
+            orphan_guard.watch(child.id());
+            Some(orphan_guard)
+        },
+        child,
+        stdin,
+        stop_waits: stop_waits(o.wrap),
+        wrapped: mark.map(|m| (m, o.exchange_bin.to_path_buf())),
+        target: None,
+        unfound: false,
+    };
+    // A wrapper (valgrind) starts slowly.
+    match wait_healthy(
+        listen,
+        if o.wrap.is_empty() { 200 } else { 2_400 },
+        Some(&mut guard),
+    )
+    .await
+    {
+        Ok(()) => {
+            guard.find_target_within(TARGET_WAIT);
+            Ok(guard)
+        }
+        Err(e) => {
+            // Its last words read before judging them (at most 1 s: a wrapper's own
+            // process may hold the pipe open).
+            if let Some(f) = forward {
+                let until = tokio::time::Instant::now() + Duration::from_secs(1);
+                while !f.is_finished() && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Err((e, Some(guard)))
+        }
+    }
 }

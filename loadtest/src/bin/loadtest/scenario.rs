@@ -15,7 +15,7 @@ use crate::{
     args::{check_args, default_duration_s, RunArgs, Scenario},
     measure::{compare_targets, measure, new_report, plan, summary, sweep, PINGS_ONLY},
     post_runs::p8_runs,
-    rig::{exchange_ports, healthy_specs, start_rig, AdminLeg, RigOpts},
+    rig::{healthy_specs, start_rig, AdminLeg, RigOpts},
     swap_legs::{p6_legs, prepare_models},
 };
 
@@ -98,7 +98,7 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         extra_toml: String::new(),
         extra_env: Vec::new(),
         before_exchange: None,
-        exchange_port: None,
+        admin_toml: None,
     };
     // p6-swap: admin calls that were not answered 200 (the run measured, but not what
     // it was meant to); an error once the report is written.
@@ -218,17 +218,16 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
             let rate = args.rate.unwrap_or(2000.0);
             let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
             let models_dir = std::path::absolute(out.join("models"))?;
-            // Picked together: distinct from the seller port.
-            let (listen_port, admin_port) = exchange_ports(true)?;
-            let admin: SocketAddr = format!("127.0.0.1:{}", admin_port.unwrap_or(0)).parse()?;
             let token = format!("p6-{:032x}", rand::random::<u128>());
             let prepare = |cfg: &Path| prepare_models(&exchange_bin, cfg, &models_dir, &out);
+            // The admin port is picked with the seller port, by the rig (again if taken).
+            let admin_toml = |admin: SocketAddr| swap::exchange_config_extra(&models_dir, admin);
             let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
-            o.extra_toml = swap::exchange_config_extra(&models_dir, admin);
-            o.exchange_port = Some(listen_port);
+            o.admin_toml = Some(&admin_toml);
             o.extra_env = vec![(swap::ADMIN_TOKEN_ENV.to_string(), token.clone())];
             o.before_exchange = Some(&prepare);
             let rig = start_rig(o).await?;
+            let admin = rig.admin.ok_or_else(|| anyhow::anyhow!("p6-swap: the exchange has no admin listener"))?;
             let r = p6_legs(
                 AdminLeg { rig: &rig, args: &args, rate, secs, admin, token: &token, n },
                 &mut report,
@@ -241,15 +240,14 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         Scenario::P8Post => {
             let rate = args.rate.unwrap_or(1000.0);
             let secs = args.duration_s.unwrap_or_else(|| default_duration_s(args.scenario));
-            // Picked together: distinct from the seller port.
-            let (listen_port, admin_port) = exchange_ports(true)?;
-            let admin: SocketAddr = format!("127.0.0.1:{}", admin_port.unwrap_or(0)).parse()?;
             let token = format!("p8-{:032x}", rand::random::<u128>());
+            // The admin port is picked with the seller port, by the rig (again if taken).
+            let admin_toml = loadtest::p8::exchange_config_extra;
             let mut o = rig_opts(healthy_specs(n, args.buyer_latency_ms), true, false, true);
-            o.extra_toml = loadtest::p8::exchange_config_extra(admin);
-            o.exchange_port = Some(listen_port);
+            o.admin_toml = Some(&admin_toml);
             o.extra_env = vec![(loadtest::p8::ADMIN_TOKEN_ENV.to_string(), token.clone())];
             let rig = start_rig(o).await?;
+            let admin = rig.admin.ok_or_else(|| anyhow::anyhow!("p8-post: the exchange has no admin listener"))?;
             let r = p8_runs(
                 AdminLeg { rig: &rig, args: &args, rate, secs, admin, token: &token, n },
                 &mut report,

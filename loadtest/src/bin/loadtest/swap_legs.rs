@@ -6,12 +6,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use loadtest::report::{ScenarioReport, TargetSummary};
+use loadtest::report::{Repetition, ScenarioReport, TargetSummary};
 use loadtest::sim;
 use loadtest::swap::{self, AdminClient, SwapAction, SwapAnswer, SwapSchedule, SwapTally};
 
 use crate::{
-    measure::{measure, median_summary, plan, summary, PINGS_ONLY},
+    measure::{measure, median_summary, note_left_out, plan, summary, PINGS_ONLY},
     rig::{wait_healthy, AdminLeg},
 };
 
@@ -103,6 +103,11 @@ pub(crate) async fn p6_legs(
     let (mut base_runs, mut swap_runs) = (Vec::new(), Vec::new());
     let mut answers_per_run: Vec<Vec<SwapAnswer>> = Vec::new();
     let mut per_run = Vec::new();
+    let base_label = "exchange, no swaps".to_string();
+    let swap_label = format!("exchange, swapping every {} ms", every.as_millis());
+    // Every leg, judged on its own errors like any repetition (black-box: the exchange
+    // stopped 6 s in repetition 1's leg without swaps, 482 failed, exited 0 with P6 MET).
+    let mut legs: Vec<Repetition> = Vec::new();
     for rep in 0..reps {
         // Alternating order, so neither leg always runs on a warmer (or fuller) exchange.
         let order = if rep % 2 == 0 {
@@ -115,7 +120,10 @@ pub(crate) async fn p6_legs(
             eprintln!("run {}/{reps}: exchange, {leg}, at {rate}/s", rep + 1);
             if !swapping {
                 let (r, cpu) = measure(rig, "exchange", &p, &mut report.notes).await?;
-                base_runs.push(summary(&r, cpu, n));
+                let mut s = summary(&r, cpu, n);
+                s.label = base_label.clone();
+                legs.push(Repetition::of(&s, rep + 1, false));
+                base_runs.push(s);
                 continue;
             }
             let other = if serving == swap::VERSION_A {
@@ -146,7 +154,10 @@ pub(crate) async fn p6_legs(
             }) {
                 serving = v;
             }
-            swap_runs.push(summary(&r, cpu, n));
+            let mut s = summary(&r, cpu, n);
+            s.label = swap_label.clone();
+            legs.push(Repetition::of(&s, rep + 1, false));
+            swap_runs.push(s);
             answers_per_run.push(answers);
         }
         if let (Some(b), Some(s)) = (base_runs.last(), swap_runs.last()) {
@@ -162,6 +173,8 @@ pub(crate) async fn p6_legs(
                 "p999_swapping_us": s.latency.p999_us,
                 "failed_no_swaps": b.errors_total(),
                 "failed_swapping": s.errors_total(),
+                "measured_no_swaps": b.measured,
+                "measured_swapping": s.measured,
                 "swaps": tally.swaps,
                 "swaps_applied": tally.swaps_applied,
                 "reloads": tally.reloads,
@@ -170,14 +183,13 @@ pub(crate) async fn p6_legs(
         }
     }
     let (Some(base), Some(swapping)) = (
-        median_summary(&base_runs, "exchange, no swaps"),
-        median_summary(
-            &swap_runs,
-            &format!("exchange, swapping every {} ms", every.as_millis()),
-        ),
+        median_summary(&base_runs, &base_label),
+        median_summary(&swap_runs, &swap_label),
     ) else {
         bail!("p6-swap: no runs");
     };
+    note_left_out(&base_runs, &base_label, &mut report.notes);
+    note_left_out(&swap_runs, &swap_label, &mut report.notes);
     let all: Vec<SwapAnswer> = answers_per_run.iter().flatten().cloned().collect();
     let tally = SwapTally::of(&all);
     let failed_swapping: u64 = swap_runs.iter().map(TargetSummary::errors_total).sum();
@@ -192,10 +204,7 @@ pub(crate) async fn p6_legs(
     };
     let paired99 = pair(|s| s.latency.p99_us);
     let paired999 = pair(|s| s.latency.p999_us);
-    let met = failed_swapping == 0
-        && paired99 <= P6_P99_MARGIN_US
-        && tally.all_applied()
-        && tally.swaps > 0;
+    let (met, verdict) = p6_verdict(&legs, failed_swapping, paired99, &tally);
     let ms = |us: i64| us as f64 / 1000.0;
     report.notes.push(format!(
         "{n} buyers, each answering in {} ms; per-buyer timeout {} ms; {rate}/s pings, {secs} s measured per leg, {reps} run(s) of each leg (medians); swaps from the start of the measured window, every {} ms, alternating {} and {} (100 trees of depth 6 each for the realization and lead-score models){}",
@@ -226,7 +235,7 @@ pub(crate) async fn p6_legs(
         pairs.len(),
         pairs.join(", "),
         ms(paired999),
-        if met { "MET" } else { "MISSED" }
+        verdict
     ));
     report.notes.push(format!(
         "medians of the legs: p99 {:.3} -> {:.3} ms ({:+.3} ms), p99.9 {:.3} -> {:.3} ms ({:+.3} ms)",
@@ -263,12 +272,18 @@ pub(crate) async fn p6_legs(
             "generations_increase": tally.generations_increase,
             "target": "p99 within +0.5 ms of the leg without swaps (the median over repetitions of each pair's difference), 0 failed requests, every swap answered 200",
             "met": met,
+            "verdict": verdict,
             "per_run": per_run,
             "answers": answers_per_run,
         }),
     );
     report.targets.push(base);
     report.targets.push(swapping);
+    // Under `--repeat`, each leg beside the medians, judged by `report::run_failures`
+    // (a single run's legs are the rows, judged as such).
+    if reps > 1 {
+        report.repetitions.extend(legs);
+    }
     Ok((!tally.all_applied()).then(|| {
         let bad: Vec<String> = all
             .iter()
@@ -291,4 +306,111 @@ pub(crate) async fn p6_legs(
             bad.join("; ")
         )
     }))
+}
+
+/// P6's verdict over its `legs` (each repetition's leg without swaps and its swapping
+/// leg): whether it is met, and the word(s) the note ends with. A leg that failed past the
+/// run's 1 % rule ([`Repetition::failure`]) measured a stall or a dead exchange, not the
+/// swaps, so the paired difference against it is no measurement: the verdict says it could
+/// not be judged, and why (black-box: a leg stopped 6 s, 482 failed, a paired difference of
+/// -4995.992 ms, and P6 said MET).
+pub(crate) fn p6_verdict(
+    legs: &[Repetition],
+    failed_swapping: u64,
+    paired99: i64,
+    tally: &SwapTally,
+) -> (bool, String) {
+    let failed: Vec<String> = legs.iter().filter_map(Repetition::failure).collect();
+    if !failed.is_empty() {
+        return (
+            false,
+            format!(
+                "NOT JUDGED: {}: a leg it compares failed more than 1 % of its requests, so its difference is not a measurement of the swaps",
+                failed.join("; ")
+            ),
+        );
+    }
+    let met = failed_swapping == 0
+        && paired99 <= P6_P99_MARGIN_US
+        && tally.all_applied()
+        && tally.swaps > 0;
+    (met, if met { "MET" } else { "MISSED" }.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn leg(label: &str, repetition: usize, measured: u64, errors: u64) -> Repetition {
+        Repetition {
+            label: label.into(),
+            repetition,
+            p99_us: 14_000,
+            p999_us: 20_000,
+            errors,
+            cpu_us_per_buyer_ping: None,
+            fell_behind: None,
+            outcomes: Default::default(),
+            measured,
+        }
+    }
+
+    /// Black-box: the exchange stopped 6 s in repetition 1's leg without swaps (482 of
+    /// 600 failed): P6 said MET, on a paired difference that included -4995.992 ms.
+    #[test]
+    fn a_failed_leg_leaves_p6_not_judged() {
+        let tally = SwapTally {
+            swaps: 4,
+            swaps_applied: 4,
+            reloads: 2,
+            reloads_applied: 2,
+            slowest_ms: 1.0,
+            generations_increase: true,
+        };
+        let swapping = "exchange, swapping every 250 ms";
+        let ok = vec![
+            leg("exchange, no swaps", 1, 600, 0),
+            leg(swapping, 1, 600, 0),
+            leg(swapping, 2, 600, 0),
+            leg("exchange, no swaps", 2, 600, 0),
+        ];
+        assert_eq!(p6_verdict(&ok, 0, 100, &tally), (true, "MET".into()));
+        assert_eq!(p6_verdict(&ok, 0, 600, &tally), (false, "MISSED".into()));
+        let mut stalled = ok.clone();
+        stalled[0].errors = 482;
+        let (met, verdict) = p6_verdict(&stalled, 0, -4_995_992, &tally);
+        assert!(!met);
+        assert!(
+            verdict.starts_with("NOT JUDGED: exchange, no swaps #1: 482 of 600 measured requests failed (80.3 %, more than 1 %)"),
+            "{verdict}"
+        );
+        // The swapping leg's too; 1 % exactly is within the rule.
+        let mut killed = ok.clone();
+        killed[2].errors = 502;
+        assert!(p6_verdict(&killed, 502, 0, &tally)
+            .1
+            .contains("exchange, swapping every 250 ms #2: 502 of 600"));
+        let mut at = ok;
+        at[1].errors = 6;
+        assert_eq!(p6_verdict(&at, 6, 0, &tally), (false, "MISSED".into()));
+
+        // The legs under `--repeat`, as repetitions, fail the run.
+        let r = ScenarioReport {
+            scenario: "p6-swap".into(),
+            date: String::new(),
+            commit: String::new(),
+            machine: String::new(),
+            notes: Vec::new(),
+            targets: Vec::new(),
+            added_latency_us: None,
+            relay_added_latency_us: None,
+            sweep: Vec::new(),
+            knees: Default::default(),
+            proc_samples: Vec::new(),
+            extra: Default::default(),
+            repetitions: stalled,
+        };
+        assert_eq!(loadtest::report::run_failures(&r).len(), 1);
+    }
 }
