@@ -432,6 +432,11 @@ pub struct Repetition {
     /// in a report written before this field): what its errors are judged against.
     #[serde(default)]
     pub measured: u64,
+    /// Latencies in its percentiles (`None` in a report written before this field): 0
+    /// when it measured nothing, and then its line shows no percentile (black-box round
+    /// 197b: `0.000 / 0.000`, as if it answered at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
 }
 
 /// Whether a scenario's buyers all answer in time, so that a run whose buyer calls time
@@ -488,6 +493,7 @@ impl Repetition {
             } else {
                 s.latency.count
             },
+            samples: Some(s.latency.count),
         }
     }
 }
@@ -695,13 +701,20 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
         );
     }
     for rep in &r.repetitions {
+        let pct = |us: u64| {
+            if rep.samples == Some(0) {
+                "-".to_string()
+            } else {
+                ms(us)
+            }
+        };
         let _ = writeln!(
             s,
             "  {} #{}: {} / {}, {} errors, {}, {}{}",
             rep.label,
             rep.repetition,
-            ms(rep.p99_us),
-            ms(rep.p999_us),
+            pct(rep.p99_us),
+            pct(rep.p999_us),
             rep.errors,
             opt_us(rep.cpu_us_per_buyer_ping),
             classes(&rep.outcomes),
@@ -1524,7 +1537,9 @@ mod tests {
     /// exchange killed in repetition 3 (318 of 600 failed) exited 0.
     #[test]
     fn every_repetition_is_judged_not_only_the_median() {
-        let ok = run_of("exchange", 600, &[], &[("bid", 600)]);
+        let mut ok = run_of("exchange", 600, &[], &[("bid", 600)]);
+        ok.latency.count = 600;
+        ok.latency.p99_us = 14_263;
         let killed = run_of("exchange", 600, &[("connect", 318)], &[("bid", 282)]);
         let stalled = run_of("exchange", 600, &[], &[("bid", 300), ("no_bid", 300)]);
         let reps = vec![
@@ -1548,6 +1563,12 @@ mod tests {
             table.contains("! exchange #3: 318 of 600 measured requests failed (53.0 %, more than 1 %): the run fails"),
             "{table}"
         );
+        // A repetition with no latency shows no percentile (it read `0.000 / 0.000`).
+        assert!(
+            table.contains("\n  exchange #3: - / -, 318 errors"),
+            "{table}"
+        );
+        assert!(table.contains("\n  exchange #1: 14.263 / "), "{table}");
         // A collapsed repetition is said (its line's COLLAPSED, the marks under the
         // table) but fails the run only by its errors: with one buyer that bids 90 % of
         // the time, a tenth of P1's auctions end without a bid and read as a collapse.

@@ -428,6 +428,7 @@ async fn the_report_agrees_with_an_independent_count_and_writes_table_json_svg()
                 fell_behind: Some("a stalled run".into()),
                 outcomes: BTreeMap::from([("bid".to_string(), 9_994), ("no_bid".to_string(), 6)]),
                 measured: 10_000,
+                samples: Some(9_988),
             },
         ],
     };

@@ -353,6 +353,7 @@ mod tests {
             fell_behind: None,
             outcomes: Default::default(),
             measured,
+            samples: None,
         }
     }
 
