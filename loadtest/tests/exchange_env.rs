@@ -16,15 +16,13 @@ fn the_operator_s_admin_token_does_not_reach_the_benchmark_exchange() {
     // An "exchange" that writes what it got and exits at once (loadtest then stops with
     // "exited before it was healthy").
     let fake = dir.path().join("fake-exchange");
-    std::fs::write(
+    executable(
         &fake,
-        format!(
+        &format!(
             "#!/bin/sh\necho \"${{PINGPOST_ADMIN_TOKEN-unset}}\" > '{}'\nexit 1\n",
             said.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args([
             "run",
@@ -71,15 +69,13 @@ fn an_exchange_whose_port_was_taken_is_started_again_on_new_ports() {
     // An "exchange" that says its port was taken on its first two starts (each time
     // noting the listen lines of the configuration it was given), then fails otherwise.
     let fake = dir.path().join("fake-exchange");
-    std::fs::write(
+    executable(
         &fake,
-        format!(
+        &format!(
             "#!/bin/sh\ngrep '^listen' \"$2\" | tr '\\n' ' ' >> '{s}'\necho >> '{s}'\nn=$(wc -l < '{s}')\nif [ \"$n\" -le 1 ]; then echo 'error: cannot listen on 127.0.0.1:28801 (admin.listen): Address already in use (os error 98)' >&2; exit 1; fi\nif [ \"$n\" -le 2 ]; then echo 'error: cannot listen on 127.0.0.1:28802 (server.listen): another process is listening there' >&2; exit 1; fi\necho 'error: something else' >&2\nexit 1\n",
             s = starts.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args([
             "run",
@@ -121,4 +117,10 @@ fn an_exchange_whose_port_was_taken_is_started_again_on_new_ports() {
     );
     // The exchange's own words still reach loadtest's stderr.
     assert!(stderr.contains("error: something else"), "{stderr}");
+}
+
+/// Writes `script` at `path`, executable: a stand-in for the exchange.
+fn executable(path: &std::path::Path, script: &str) {
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

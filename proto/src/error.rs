@@ -115,9 +115,11 @@ pub fn says_nothing(v: &str) -> bool {
 /// Whether `c` prints as nothing ([`says_nothing`]): white space, a control character or
 /// one of [`INVISIBLE_RANGES`].
 pub fn invisible(c: char) -> bool {
+    // Below the first range (ASCII: most of an e-mail or a phone) no range is looked at.
     c.is_whitespace()
         || c.is_control()
-        || INVISIBLE_RANGES.iter().any(|&(lo, hi)| lo <= c && c <= hi)
+        || (c >= INVISIBLE_RANGES[0].0
+            && INVISIBLE_RANGES.iter().any(|&(lo, hi)| lo <= c && c <= hi))
 }
 
 /// The characters other than white space and control characters that print as nothing

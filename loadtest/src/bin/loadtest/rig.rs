@@ -635,7 +635,10 @@ async fn start_exchange_once(
     // taken port from any other failure to start.
     let forward = child.stderr.take().map(|stderr| {
         let said = said.clone();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
+            // Dropped when the pipe ends: the start's failure is then judged.
+            let _done = done;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("{line}");
                 if let Ok(mut s) = said.lock() {
@@ -645,7 +648,8 @@ async fn start_exchange_once(
                     }
                 }
             }
-        })
+        });
+        finished
     });
     let stdin = child.stdin.take();
     let mut guard = ChildGuard {
@@ -678,11 +682,8 @@ async fn start_exchange_once(
         Err(e) => {
             // Its last words read before judging them (at most 1 s: a wrapper's own
             // process may hold the pipe open).
-            if let Some(f) = forward {
-                let until = tokio::time::Instant::now() + Duration::from_secs(1);
-                while !f.is_finished() && tokio::time::Instant::now() < until {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            if let Some(finished) = forward {
+                let _ = tokio::time::timeout(Duration::from_secs(1), finished).await;
             }
             Err((e, Some(guard)))
         }
