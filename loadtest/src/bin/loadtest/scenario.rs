@@ -276,8 +276,8 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
                         report.notes.push(note);
                     }
                 }
-                r?;
-                let added = part.added_latency_us.unwrap_or_default();
+                // The rows measured before a stop are reported with it (black-box: a
+                // run stopped partway reported nothing of the sizes it had measured).
                 for mut rep in part.repetitions {
                     rep.label = format!("{}, {size} configured", rep.label);
                     report.repetitions.push(rep);
@@ -286,33 +286,51 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
                     t.label = format!("{}, {size} configured", t.label);
                     report.targets.push(t);
                 }
+                r?;
+                // None when the exchange was not among `--targets` (black-box: it was
+                // said to add 0.000 ms).
+                let added = part.added_latency_us;
+                let ms = |f: fn(&report::Percentiles) -> u64| {
+                    added.as_ref().map_or_else(
+                        || "-".to_string(),
+                        |a| format!("{:.3}", f(a) as f64 / 1000.0),
+                    )
+                };
                 // `-` for an exchange that had exited (black-box round 82b).
                 let rss = |s: &Option<report::ProcSample>| {
                     s.as_ref()
                         .map_or_else(|| "-".to_string(), |s| format!("{:.1}", s.rss_bytes as f64 / 1e6))
                 };
+                let cost = if added.is_some() {
+                    format!(
+                        "exchange adds p50 {} ms, p99 {} ms over direct",
+                        ms(|a| a.p50_us),
+                        ms(|a| a.p99_us)
+                    )
+                } else {
+                    "the exchange was not measured (it is not among --targets)".to_string()
+                };
                 report.notes.push(format!(
-                    "{size} configured ({n} eligible): exchange adds p50 {:.3} ms, p99 {:.3} ms over direct; RSS {} MB idle, {} MB after the runs",
-                    added.p50_us as f64 / 1000.0,
-                    added.p99_us as f64 / 1000.0,
+                    "{size} configured ({n} eligible): {cost}; RSS {} MB idle, {} MB after the runs",
                     rss(&idle),
                     rss(&after)
                 ));
                 rows.push(serde_json::json!({
                     "configured": size,
                     "eligible": n,
-                    "added_p50_us": added.p50_us,
-                    "added_p99_us": added.p99_us,
-                    "added_p999_us": added.p999_us,
+                    "added_p50_us": added.map(|a| a.p50_us),
+                    "added_p99_us": added.map(|a| a.p99_us),
+                    "added_p999_us": added.map(|a| a.p999_us),
                     "rss_idle_bytes": idle.as_ref().map(|s| s.rss_bytes),
                     "rss_after_bytes": after.as_ref().map(|s| s.rss_bytes),
                 }));
+                // Kept after each size, so a later size's stop leaves the sizes before.
+                report.extra.insert("many_buyers".into(), serde_json::json!(rows));
             }
             report.notes.push(format!(
                 "{rate}/s pings, each buyer answering in {} ms; filler buyers take only states the generator never picks (goal: 10,000 configured adds < 0.1 ms over 1)",
                 args.buyer_latency_ms
             ));
-            report.extra.insert("many_buyers".into(), serde_json::json!(rows));
         }
         // Handled by `run_market` before the rig is set up.
         Scenario::Market => {}

@@ -108,7 +108,10 @@ pub(crate) async fn p6_legs(
     // Every leg, judged on its own errors like any repetition (black-box: the exchange
     // stopped 6 s in repetition 1's leg without swaps, 482 failed, exited 0 with P6 MET).
     let mut legs: Vec<Repetition> = Vec::new();
-    for rep in 0..reps {
+    // A leg that stops the rest (the exchange or the buyers gone) still reports the legs
+    // measured before it (black-box: a p6-swap stopped partway reported nothing).
+    let mut stopped = None;
+    'reps: for rep in 0..reps {
         // Alternating order, so neither leg always runs on a warmer (or fuller) exchange.
         let order = if rep % 2 == 0 {
             [false, true]
@@ -119,7 +122,13 @@ pub(crate) async fn p6_legs(
             let leg = if swapping { "swapping" } else { "no swaps" };
             eprintln!("run {}/{reps}: exchange, {leg}, at {rate}/s", rep + 1);
             if !swapping {
-                let (r, cpu) = measure(rig, "exchange", &p, &mut report.notes).await?;
+                let (r, cpu) = match measure(rig, "exchange", &p, &mut report.notes).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        stopped = Some(e);
+                        break 'reps;
+                    }
+                };
                 let mut s = summary(&r, cpu, n);
                 s.label = base_label.clone();
                 legs.push(Repetition::of(&s, rep + 1, false));
@@ -144,10 +153,17 @@ pub(crate) async fn p6_legs(
                 tokio::spawn(async move { client.run_schedule(&schedule).await })
             };
             let measured = measure(rig, "exchange", &p, &mut report.notes).await;
-            let answers = task
-                .await
-                .map_err(|e| anyhow!("the swap task failed: {e}"))?;
-            let (r, cpu) = measured?;
+            let (answers, (r, cpu)) = match (task.await, measured) {
+                (Ok(a), Ok(m)) => (a, m),
+                (Err(e), _) => {
+                    stopped = Some(anyhow!("the swap task failed: {e}"));
+                    break 'reps;
+                }
+                (_, Err(e)) => {
+                    stopped = Some(e);
+                    break 'reps;
+                }
+            };
             if let Some(v) = answers.iter().rev().find_map(|a| match &a.action {
                 SwapAction::Models(v) if a.applied() => Some(v.clone()),
                 _ => None,
@@ -181,6 +197,22 @@ pub(crate) async fn p6_legs(
                 "reloads_applied": tally.reloads_applied,
             }));
         }
+    }
+    if let Some(e) = stopped {
+        let measured = legs.len();
+        for (runs, label) in [(&base_runs, &base_label), (&swap_runs, &swap_label)] {
+            if let Some(m) = median_summary(runs, label) {
+                note_left_out(runs, label, &mut report.notes);
+                report.targets.push(m);
+            }
+        }
+        if reps > 1 {
+            report.repetitions.extend(legs);
+        }
+        report
+            .notes
+            .push("P6 NOT JUDGED: the run stopped before every leg was measured".into());
+        return Err(crate::measure::stopped_early(e, measured));
     }
     let (Some(base), Some(swapping)) = (
         median_summary(&base_runs, &base_label),
