@@ -391,20 +391,28 @@ impl<'a> Section<'a> {
     }
 }
 
-/// Levenshtein distance between two short keys (long keys are simply "far").
+/// Edit distance between two short keys (long keys are simply "far"): insertions,
+/// deletions, substitutions and swaps of two neighbouring letters each count 1 (the
+/// optimal string alignment distance; black-box round 198c: `dialy` and `tsl` were two
+/// edits from `daily` and `tls`, too far to be suggested).
 pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     if a.len() > NAME_LEN_MAX || b.len() > NAME_LEN_MAX {
         return usize::MAX;
     }
+    let mut before: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
             let substitute = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+            let mut d = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
+                d = d.min(before[j - 1] + 1);
+            }
+            cur[j + 1] = d;
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -435,9 +443,15 @@ pub(super) fn whole(p: &mut Problems, path: &str, v: &Value, lo: i64, hi: i64) -
             // drop them, and would be refused without them too).
             let quoted = match v {
                 Value::String(s) if s.parse::<i64>().is_ok_and(|i| (lo..=hi).contains(&i)) => {
-                    ", written without quotes"
+                    ", written without quotes".to_string()
                 }
-                _ => "",
+                // A number with a unit (black-box round 198c: `"200ms"` was told only the
+                // range): the unit is the key's own.
+                Value::String(s) if with_unit(s) => match unit_of_key(path) {
+                    Some(unit) => format!(", written without quotes or a unit (it is in {unit})"),
+                    None => ", written without quotes or a unit".to_string(),
+                },
+                _ => String::new(),
             };
             p.at(
                 path,
@@ -446,6 +460,39 @@ pub(super) fn whole(p: &mut Problems, path: &str, v: &Value, lo: i64, hi: i64) -
             None
         }
     }
+}
+
+/// `"200ms"`, `"5 s"`, `"3 leads"`: a whole number followed by a short word.
+fn with_unit(s: &str) -> bool {
+    let t = s.trim();
+    let end = t
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .map_or(t.len(), |(i, _)| i);
+    let (number, unit) = t.split_at(end);
+    let unit = unit.trim_start();
+    number.parse::<i64>().is_ok()
+        && (1..=8).contains(&unit.len())
+        && unit.bytes().all(|b| b.is_ascii_alphabetic() || b == b'%')
+}
+
+/// The unit a key's name gives it (`auction_deadline_ms`: milliseconds).
+fn unit_of_key(path: &str) -> Option<&'static str> {
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let key = key.strip_suffix("_max").unwrap_or(key);
+    if key.ends_with("_per_s") {
+        return None;
+    }
+    [
+        ("_ms", "milliseconds"),
+        ("_s", "seconds"),
+        ("_days", "days"),
+        ("_bytes", "bytes"),
+        ("_pct", "percent"),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| key.ends_with(suffix))
+    .map(|(_, unit)| unit)
 }
 
 /// Any finite number, integer or float.

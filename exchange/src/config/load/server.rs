@@ -334,6 +334,8 @@ fn read_listener(s: &mut Section<'_>, p: &mut Problems) -> ListenerSettings {
             }
         }
     } else {
+        // Known, so a `[server.tsl]` is told "did you mean tls?" (black-box round 198c).
+        let _ = s.opt("tls");
         None
     };
     let buyer_ca_path = s.str_opt(p, "buyer_ca_path").and_then(|path| {

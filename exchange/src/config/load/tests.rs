@@ -389,25 +389,27 @@ fn unknown_keys_at_every_level() {
         errors(&[
             (
                 "#SERVER",
-                "colour = 1\nlisen = \"127.0.0.1:1\"\n[server.breaker]\nfailure = 3"
+                "colour = 1\nlisen = \"127.0.0.1:1\"\n[server.tsl]\ncert_path = \"x\"\n[server.breaker]\nfailure = 3"
             ),
             ("#VERTICAL", "flor = 1"),
             ("#FIELD", "type = \"string\"\nrequird = true"),
             ("#SELLER", "verticalz = []"),
             (
                 "#BUYER",
-                "caps = { daly = 3 }\nschedule = { monday = [] }\nping_timout_ms = 5"
+                "caps = { daly = 3, dialy = 4 }\nschedule = { monday = [] }\nping_timout_ms = 5"
             ),
         ]),
         [
             "server.breaker.failure: unknown key (did you mean failures?)",
             "server.colour: unknown key",
             "server.lisen: unknown key (did you mean listen?)",
+            "server.tsl: unknown key (did you mean tls?)",
             "verticals.auto.fields.extra.requird: unknown key (did you mean required?)",
             "verticals.auto.flor: unknown key (did you mean floor?)",
             "sellers.s1.verticalz: unknown key (did you mean verticals?)",
             "buyers.acme.schedule.monday: unknown key (days are mon, tue, wed, thu, fri, sat, sun)",
             "buyers.acme.caps.daly: unknown key (did you mean daily?)",
+            "buyers.acme.caps.dialy: unknown key (did you mean daily?)",
             "buyers.acme.ping_timout_ms: unknown key (did you mean ping_timeout_ms?)",
         ]
     );

@@ -50,7 +50,7 @@ fn buyer_keys() {
                  caps = { hourly = 0, daily = -1, weekly = \"600\" }\nbudget_daily = 0.0000001"
             )]),
             [
-                format!("{p}.http: must be \"1.1\" or \"2\""),
+                format!("{p}.http: must be \"1.1\" or \"2\" (HTTP/3 over QUIC is not implemented yet)"),
                 format!("{p}.post_timeout_ms: must be a whole number between 1 and 60000"),
                 format!("{p}.states_include[1]: \"tx\" is not a US state code (two upper-case letters such as \"TX\")"),
                 format!("{p}.states_include[2]: \"TX\" is listed twice"),
@@ -713,4 +713,65 @@ fn buyers_on_different_hosts_sharing_a_signing_key_are_warned_of() {
     c.buyers.truncate(1);
     c.buyers[0].secret_next = Some(key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
     assert!(shared_secret_warnings(&c).is_empty(), "one buyer");
+}
+
+/// A `budget_daily` that leaves a buyer nothing it can buy (under the vertical's floor,
+/// 0, or under its own fixed price) loads, with a warning naming the buyer and the
+/// vertical (black-box round 198c: it passed `--check-config` without a word, while a
+/// `fixed_price` of 0 is refused). A budget that can buy gives none.
+#[test]
+fn a_budget_that_can_buy_nothing_is_warned_of() {
+    let two_buyers = |budget_acme: &str, floor: &str| {
+        ok(&[
+            ("#VERTICAL", &format!("floor = {floor}")),
+            (
+                "#BUYER",
+                &format!(
+                    "budget_daily = {budget_acme}\n[buyers.flat]\nfixed_price = 5\npost_url = \"http://127.0.0.1:9102/post\"\nsecret_env = \"ACME_NEXT\"\nverticals = [\"auto\"]\nbudget_daily = 3"
+                ),
+            ),
+        ])
+    };
+    let c = two_buyers("1", "2");
+    assert_eq!(
+        crate::config::budget_warnings(&c),
+        [
+            "buyers.acme.budget_daily: 1.00 leaves this buyer nothing it can buy in auto (floor 2.00): no bid under a vertical's floor is quoted and a buyer pays its bid, so it is never pinged there (skipped as capped)",
+            "buyers.flat.budget_daily: 3.00 is under its fixed_price of 5.00: this buyer can never buy a lead",
+        ]
+    );
+    assert_eq!(crate::config::warnings(&c).len(), 2);
+    let zero = two_buyers("0", "0");
+    assert!(
+        crate::config::budget_warnings(&zero)[0]
+            .starts_with("buyers.acme.budget_daily: 0.00 leaves"),
+        "{:?}",
+        crate::config::budget_warnings(&zero)
+    );
+    // Budgets it can spend: no word of acme (the fixed-price buyer's stays).
+    let fine = two_buyers("2", "2");
+    assert_eq!(crate::config::budget_warnings(&fine).len(), 1);
+    assert!(crate::config::budget_warnings(&fine)[0].starts_with("buyers.flat."));
+}
+
+/// `http` asking for HTTP/3 is told it is not implemented yet; any other wrong value is
+/// told only the two it may be (black-box round 198a).
+#[test]
+fn http_3_is_told_it_is_not_there_yet() {
+    let not_yet =
+        "buyers.acme.http: must be \"1.1\" or \"2\" (HTTP/3 over QUIC is not implemented yet)";
+    for v in ["\"h3\"", "\"HTTP/3\"", "\"quic\"", "3"] {
+        assert_eq!(
+            errors(&[("#BUYER", &format!("http = {v}"))]),
+            [not_yet],
+            "{v}"
+        );
+    }
+    for v in ["\"h2\"", "2", "\"1.0\""] {
+        assert_eq!(
+            errors(&[("#BUYER", &format!("http = {v}"))]),
+            ["buyers.acme.http: must be \"1.1\" or \"2\""],
+            "{v}"
+        );
+    }
 }

@@ -44,6 +44,12 @@ fn keys_with_odd_names_are_quoted_in_paths() {
     assert_eq!(join("", "b"), "b");
     assert_eq!(join("a", "b c"), "a.\"b c\"");
     assert_eq!(edit_distance("kitten", "sitting"), 3);
+    // Two neighbouring letters swapped are one edit.
+    assert_eq!(edit_distance("dialy", "daily"), 1);
+    assert_eq!(edit_distance("tsl", "tls"), 1);
+    assert_eq!(edit_distance("ab", "ba"), 1);
+    assert_eq!(edit_distance("abc", "ca"), 3);
+    assert_eq!(edit_distance("", "abc"), 3);
 }
 
 /// Black-box round 87a: a quoted key was written in Rust's form (`"r\u{202e}x"`), which

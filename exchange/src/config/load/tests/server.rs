@@ -65,6 +65,20 @@ fn server_keys() {
             "server.breaker: must be a table",
         ]
     );
+    // A number with a unit is told the key's unit (black-box round 198c: `"200ms"` was
+    // told only the range).
+    assert_eq!(
+        errors(&[(
+            "#SERVER",
+            "idle_timeout_ms = \"200ms\"\nheader_bytes_max = \"16 KB\"\nheaders_max = \"64 x\"\nbody_bytes_max = \"ms\""
+        )]),
+        [
+            "server.body_bytes_max: must be a whole number between 1024 and 16777216",
+            "server.idle_timeout_ms: must be a whole number between 1 and 600000, written without quotes or a unit (it is in milliseconds)",
+            "server.header_bytes_max: must be a whole number between 1024 and 262144, written without quotes or a unit (it is in bytes)",
+            "server.headers_max: must be a whole number between 1 and 10000, written without quotes or a unit",
+        ]
+    );
     // A directory path with white space at an end names a directory with it (round
     // 147a: `ledger_path = " "` made a ledger in a directory named by one space).
     for path in ["\" \"", "\"ledger \"", "\" /var/ledger\"", "\"ledger\\t\""] {
