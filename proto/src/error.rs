@@ -155,21 +155,27 @@ pub const INVISIBLE_RANGES: &[(char, char)] = &[
 /// echoes have these replaced, so a message reads as it is.
 pub fn is_hidden(c: char) -> bool {
     c.is_control()
-        || matches!(c,
-            // Format characters (Unicode category Cf), line and paragraph separators.
-            '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
-            | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
-            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}'
-            // Characters shown as nothing: fillers, joiners of scripts, variation selectors.
-            | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}'
-            | '\u{E0100}'..='\u{E01EF}'
-            // Blank-looking signs: the Braille blank, Khitan's filler, the musical null
-            // notehead (black-box round 184a: "good\u{1D159}" printed as "good").
-            | '\u{2800}' | '\u{16FE4}' | '\u{1D159}')
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        || (c >= INVISIBLE_RANGES[0].0
+            && INVISIBLE_RANGES
+                .iter()
+                .chain(PRINTED_FORMAT_RANGES)
+                .any(|&(lo, hi)| lo <= c && c <= hi))
 }
+
+/// The format characters (Unicode category Cf) that are not in [`INVISIBLE_RANGES`]: they
+/// print a sign of their own (the Arabic number signs, the Kaithi number signs), so a
+/// value of them says something, but an echoed name has them replaced all the same
+/// ([`is_hidden`]).
+const PRINTED_FORMAT_RANGES: &[(char, char)] = &[
+    ('\u{0600}', '\u{0605}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+];
 
 /// Whether `text` holds a control character other than a tab or a line break, or a
 /// text-direction override or isolate (U+202A to U+202E, U+2066 to U+2069): what a lead's
@@ -460,6 +466,17 @@ mod tests {
         }
         for c in ['a', 'é', '字', ' ', '-', '\u{2010}'] {
             assert!(!is_hidden(c), "{:?}", c);
+        }
+        // One list: every character that prints as nothing, white space aside, is hidden
+        // in an echo too; the format characters that print a sign are hidden, and say
+        // something.
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            if invisible(c) && !c.is_whitespace() {
+                assert!(is_hidden(c), "{:?}", c);
+            }
+        }
+        for c in ['\u{0600}', '\u{06DD}', '\u{110BD}'] {
+            assert!(is_hidden(c) && !invisible(c), "{:?}", c);
         }
         assert_eq!(printable_name("x\u{202E}evil\u{1b}[31m"), "x?evil?[31m");
         assert_eq!(
