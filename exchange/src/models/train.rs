@@ -807,7 +807,12 @@ pub fn write_set(dir: &Path, made: &[(ModelKind, Vec<u8>, Manifest)]) -> Result<
             .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()));
         match in_the_way {
             Some(p) => format!("{} is not a directory", crate::cli_out::Shown(p)),
-            None => format!("{}: {e}", crate::cli_out::Shown(parent)),
+            // Said as the directory it could not make (black-box round 199b: under
+            // `/proc`, "No such file or directory" read as a wrong path).
+            None => format!(
+                "cannot create the model set's directory {} (learning.models_dir/<vertical>): {e}",
+                crate::cli_out::Shown(parent)
+            ),
         }
     })?;
     let tmp = parent.join(format!(
@@ -1155,6 +1160,12 @@ mod tests {
                 format!("{} is not a directory", crate::cli_out::Shown(&file))
             );
         }
+        // A directory that cannot be made is said as such (black-box round 199b).
+        let e = write_set(Path::new("/proc/pingpost-no-such/v/v1"), &made).unwrap_err();
+        assert!(
+            e.starts_with("cannot create the model set's directory /proc/pingpost-no-such/v (learning.models_dir/<vertical>): "),
+            "{e}"
+        );
         // The same set written where nothing is in the way: whole, and no temporary left.
         let dir2 = root.path().join("v").join("v2");
         write_set(&dir2, &made).unwrap();
