@@ -1251,6 +1251,68 @@ async fn resets_and_quick_requests_beside_bodies_that_never_come_are_not_their_p
     ex.shutdown().await.unwrap();
 }
 
+/// Black-box round 199a: an HTTP/2 request cancelled by its client (RST_STREAM CANCEL)
+/// before its body ended got an answer that was never sent, and stayed counted among the
+/// connection's unsent answers: the connection was closed as stalled once the head budget
+/// passed (5 s), with whatever else was in flight on it (a `sold` answer was lost). It is
+/// no longer counted: the connection stays open past the budget and serves the next
+/// request.
+#[tokio::test]
+async fn a_request_cancelled_before_its_body_ended_leaves_its_connection_open() {
+    let (ex, _dir) = start(1_000, "").await;
+    let ping = Bytes::from(serde_json::to_vec(&common::ping_body("TX")).unwrap());
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Either<NeverBody, http_body_util::Full<Bytes>>>(
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let request = |body| {
+        Request::post(format!("http://{}/v1/ping", ex.addr))
+            .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    };
+    for round in 0..3 {
+        // A ping whose body never comes, in flight, then cancelled by its client.
+        let mut s = send.clone();
+        let req = request(http_body_util::Either::Left(NeverBody));
+        let cancelled = tokio::spawn(async move { s.send_request(req).await });
+        let deadline = Instant::now() + EVENT_WAIT_MAX;
+        while ex.state.metrics.requests_in_flight.get() < 1 {
+            assert!(Instant::now() < deadline, "the request never arrived");
+            tokio::task::yield_now().await;
+        }
+        cancelled.abort();
+        requests_in_flight_fall_to(&ex, 0).await;
+        // Past the head budget (1 s) twice over, nothing in flight (virtual time: the
+        // supervisor's look runs in it), then back to real time.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::resume();
+        assert!(
+            !conn.is_finished(),
+            "round {round}: the connection was closed"
+        );
+        assert_eq!(ex.state.conn_gate.stalled(), 0, "round {round}");
+        // The connection serves the next request.
+        let mut s = send.clone();
+        let resp = s
+            .send_request(request(http_body_util::Either::Right(
+                http_body_util::Full::new(ping.clone()),
+            )))
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        resp.into_body().collect().await.expect("body");
+    }
+    ex.shutdown().await.unwrap();
+}
+
 /// Black-box round 138a: a head hyper refuses (malformed, a target over 64 KiB) is
 /// answered with the contract's JSON; to a `HEAD` the answer keeps the JSON's length and
 /// sends no body, over HTTP/1.1 as over HTTP/1.0.

@@ -126,7 +126,7 @@ const FLAG_END_STREAM: u8 = 1;
 
 impl FrameScan {
     /// Reads `written` (bytes the connection wrote, in order) and returns how many streams
-    /// their frames ended.
+    /// their DATA frames ended (the answers with a body that went out to their end).
     pub(super) fn ended(&mut self, mut written: &[u8]) -> u32 {
         let h2 = *self.h2.get_or_insert_with(|| {
             written.len() >= 4 && written[3] == FRAME_SETTINGS && written[0] == 0
@@ -160,7 +160,9 @@ impl FrameScan {
             if self.head_len == 9 {
                 let h = self.head;
                 let kind = h[3];
-                if (kind == FRAME_DATA || kind == FRAME_HEADERS) && h[4] & FLAG_END_STREAM != 0 {
+                // Only a DATA frame ends a counted answer: one whose HEADERS end its
+                // stream has no body, and is not counted ([`Tracked`](super::Tracked)).
+                if kind == FRAME_DATA && h[4] & FLAG_END_STREAM != 0 {
                     ended += 1;
                 }
                 if kind == FRAME_RST_STREAM && self.resets.len() < RECENT_MAX {

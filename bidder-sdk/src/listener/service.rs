@@ -209,19 +209,27 @@ pub const UNSENT_MAX: u32 = 32;
 /// one within it, however many it asked for at once.
 pub const UNSENT_STALL: Duration = Duration::from_secs(1);
 
-/// An answer's body. Over HTTP/2 it is counted among its connection's unsent answers
-/// ([`Activity::unsent`]) from when the service made it; the frame scan of the
-/// connection's writes takes it off once its stream's last frame is written. Over
-/// HTTP/1.x it is not counted: hyper takes the body into its write buffer at once, one
-/// answer at a time, so a client that does not read holds one answer and its socket's
-/// buffers.
+/// An answer's body. Over HTTP/2 an answer with a body is counted among its connection's
+/// unsent answers ([`Activity::unsent`]) from when the service made it; the frame scan of
+/// the connection's writes takes it off once its stream's last DATA frame (the one that
+/// ends the stream) is written, and it takes itself off when it is dropped before its end
+/// was read from it: its stream was reset (by the client, say a request cancelled while
+/// its body was still coming) or refused, so no frame will ever end it (black-box round
+/// 199a: each such answer stayed counted, and the connection was closed as stalled 5 s
+/// later, with the answers of its other requests). An answer without a body (its end in
+/// its HEADERS frame) holds no body in h2's buffers and is not counted. Over HTTP/1.x
+/// nothing is counted: hyper takes the body into its write buffer at once, one answer at
+/// a time, so a client that does not read holds one answer and its socket's buffers.
 pub struct Tracked<B> {
     inner: B,
+    /// The connection's activity, while this answer is counted among its unsent ones.
+    counted: Option<Arc<Activity>>,
 }
 
-impl<B> Tracked<B> {
-    pub(super) fn new(inner: B, activity: &Activity) -> Tracked<B> {
-        if activity.h2.load(Ordering::Relaxed) {
+impl<B: hyper::body::Body> Tracked<B> {
+    pub(super) fn new(inner: B, activity: &Arc<Activity>) -> Tracked<B> {
+        let counted = activity.h2.load(Ordering::Relaxed) && !inner.is_end_stream();
+        if counted {
             let was = activity.unsent.fetch_add(1, Ordering::AcqRel);
             if was == 0 {
                 activity
@@ -232,7 +240,24 @@ impl<B> Tracked<B> {
                 activity.unsent_wake.notify_one();
             }
         }
-        Tracked { inner }
+        Tracked {
+            inner,
+            counted: counted.then(|| Arc::clone(activity)),
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        // Dropped before its end was read: no frame will end its stream.
+        if let Some(a) = self.counted.take() {
+            a.unsent_progress_us.store(a.now_us(), Ordering::Release);
+            let _ = a
+                .unsent
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    Some(u.saturating_sub(1))
+                });
+        }
     }
 }
 
@@ -250,7 +275,19 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // Its end read: from here the frame scan takes it off when the frame that ends its
+        // stream is written (an error resets the stream: it stays counted until dropped).
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            this.counted = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

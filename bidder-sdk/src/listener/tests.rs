@@ -639,3 +639,48 @@ fn an_http2_host_names_the_authority() {
     assert!(host_problem(&req(Some("127.0.0.1:+80"), &[])).is_some());
     assert!(host_problem(&req(Some("[::1]:8080"), &["[::1]:8080"])).is_none());
 }
+
+/// An HTTP/2 answer with a body is counted among its connection's unsent answers until
+/// the DATA frame that ends its stream is written, or until it is dropped before its end
+/// was read (its stream reset: black-box round 199a, a request cancelled while its body
+/// was coming left its answer counted for good, and the connection was closed as
+/// stalled); an answer without a body is not counted, nor is the HEADERS frame that ends
+/// its stream.
+#[test]
+fn unsent_answers_are_those_with_a_body_not_yet_ended() {
+    use hyper::body::Body as _;
+    use std::sync::atomic::Ordering;
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    let activity = Arc::new(service::Activity::new(tokio::time::Instant::now()));
+    activity.h2.store(true, Ordering::Relaxed);
+    let unsent = || activity.unsent.load(Ordering::Acquire);
+    let body = || http_body_util::Full::new(Bytes::from_static(b"{\"bid\":1}"));
+    // Made and dropped unread (its stream reset before it was sent): off at once.
+    let dropped = service::Tracked::new(body(), &activity);
+    assert_eq!(unsent(), 1);
+    drop(dropped);
+    assert_eq!(unsent(), 0);
+    // Without a body: never counted.
+    drop(service::Tracked::new(
+        http_body_util::Full::new(Bytes::new()),
+        &activity,
+    ));
+    assert_eq!(unsent(), 0);
+    // Read to its end: counted until its stream's last DATA frame is written.
+    let mut read = service::Tracked::new(body(), &activity);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(matches!(
+        Pin::new(&mut read).poll_frame(&mut cx),
+        Poll::Ready(Some(Ok(_)))
+    ));
+    assert!(read.is_end_stream());
+    drop(read);
+    assert_eq!(unsent(), 1, "read, not yet written");
+    let mut scan = FrameScan::default();
+    let mut wire = frame(4, 0, 0, &[]); // SETTINGS: the connection speaks HTTP/2
+    wire.extend(frame(HEADERS, 5, 3, &[0x88])); // a bodiless answer's end: not counted
+    wire.extend(frame(HEADERS, 4, 1, &[0x88]));
+    assert_eq!(scan.ended(&wire), 0);
+    assert_eq!(scan.ended(&frame(DATA, 1, 1, b"{\"bid\":1}")), 1);
+}
