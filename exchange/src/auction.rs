@@ -841,11 +841,18 @@ impl LateWatch {
                 buyer = %buyer.id,
                 "a buyer accepted a test lead after its post timeout: nothing counted"
             ),
-            (true, Some(buyer)) => tracing::warn!(
-                lead_id = %self.lead_id,
-                buyer = %buyer.id,
-                "a buyer accepted after its post timeout: counted against its caps and budget"
-            ),
+            (true, Some(buyer)) => {
+                self.state
+                    .metrics
+                    .late_accepts
+                    .with_label_values(&[buyer.id.as_str()])
+                    .inc();
+                tracing::warn!(
+                    lead_id = %self.lead_id,
+                    buyer = %buyer.id,
+                    "a buyer accepted after its post timeout: counted against its caps and budget"
+                );
+            }
             _ => {}
         }
         // The record first, then the count (carried out even when the record failed).

@@ -551,6 +551,27 @@ fn signature_refused(host: &str, status: u16) {
     );
 }
 
+/// Hosts whose buyer answered another status than 200, 204, 401 and 403, for
+/// [`status_refused`] (as [`CONNECT_FAILED`]).
+static STATUS_REFUSED: HostLines = std::sync::Mutex::new(None);
+
+/// Logs that a buyer's host answered a status that is no answer (a `500`, a `404` from a
+/// wrong URL, a `413`), which the ledger records only as an `invalid` answer
+/// (`http_status`, without the status: black-box round 199c, a buyer answering `500` was
+/// told apart from nothing else). At most once a second per host, with the count of
+/// those not logged since; the host and the status only.
+fn status_refused(host: &str, status: u16) {
+    let Some(unlogged) = due_to_log(&STATUS_REFUSED, host) else {
+        return;
+    };
+    tracing::warn!(
+        host,
+        status,
+        answers_not_logged = unlogged,
+        "a buyer's host answered HTTP {status}, which is no answer (recorded invalid, http_status): check the buyer's URL and its server"
+    );
+}
+
 /// A connection error's words as a reader wants them: without hyper-util's `client
 /// error (Connect): ` (HTTP/2 calls have it, HTTP/1.1 calls not), and with a reason the
 /// exchange gave rustls shown as itself, not in Rust's debug form (`Other(OtherError(
@@ -847,8 +868,10 @@ impl BuyerClient {
             }
         };
         let status = resp.status().as_u16();
-        if matches!(status, 401 | 403) {
-            signature_refused(&t.authority, status);
+        match status {
+            200 | 204 => {}
+            401 | 403 => signature_refused(&t.authority, status),
+            _ => status_refused(&t.authority, status),
         }
         // An answer that declares more than the limit (`Content-Length`) is too large
         // now, not a timeout after waiting for a body that may never come (round 45).

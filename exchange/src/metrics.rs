@@ -151,6 +151,11 @@ pub struct Metrics {
     pub late_calls_dropped: IntCounterVec,
     /// Bids refused at award for want of room in the buyer's cap or budget.
     pub capped_at_award: IntCounterVec,
+    /// Deliveries a buyer accepted after its post timeout (not test leads): it has the
+    /// lead, counted in its caps and budget, and nothing is billed.
+    pub late_accepts: IntCounterVec,
+    /// Seller requests answered `429` by the seller's own limit, by seller id and limit.
+    pub seller_limited: IntCounterVec,
     /// Sold plus reserved over each cap, in percent (fractional: 3 of 600 is 0.5).
     pub cap_utilisation: GaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
@@ -348,6 +353,22 @@ impl Metrics {
                     "pingpost_buyer_capped_at_award_total",
                     "Bids that ranked above the winner's but found no room in the buyer's cap or budget at award (capped_at_award).",
                     &["buyer"],
+                ),
+            ),
+            late_accepts: reg(
+                &r,
+                counter_vec(
+                    "pingpost_buyer_late_accepts_total",
+                    "Deliveries the buyer accepted after its post timeout (test leads aside): it has the lead, counted in its caps and budget, and no sale is billed (settle it with the buyer; ledger verify lists them).",
+                    &["buyer"],
+                ),
+            ),
+            seller_limited: reg(
+                &r,
+                counter_vec(
+                    "pingpost_seller_limited_total",
+                    "Seller requests answered 429 by the seller's own limit, by seller id and limit (requests_in_flight, rate, quotes_open, idempotency_keys).",
+                    &["seller", "limit"],
                 ),
             ),
             cap_utilisation: reg(

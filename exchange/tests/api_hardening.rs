@@ -251,6 +251,18 @@ async fn idempotency_keys_have_a_per_seller_quota() {
         .assert_error(429, "rate_limited");
     // The keys held show in a gauge (black-box round 110b: no metric counted them).
     assert_eq!(ex.metric("pingpost_idempotency_keys", &[]).await, 3.0);
+    // Each seller's refusals, by seller and limit (black-box round 199c).
+    for seller in ["main", "solar_only"] {
+        assert_eq!(
+            ex.metric(
+                "pingpost_seller_limited_total",
+                &[("seller", seller), ("limit", "idempotency_keys")]
+            )
+            .await,
+            1.0,
+            "{seller}"
+        );
+    }
     assert_eq!(
         ex.metric("pingpost_disposition_idempotency_keys", &[])
             .await,
@@ -874,6 +886,14 @@ async fn a_seller_over_its_own_in_flight_limit_is_refused_and_the_others_are_ser
         "{e}"
     );
     assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(
+        ex.metric(
+            "pingpost_seller_limited_total",
+            &[("seller", "main"), ("limit", "requests_in_flight")]
+        )
+        .await,
+        1.0
+    );
     // Another seller is served meanwhile.
     let other = ex
         .client
@@ -887,6 +907,35 @@ async fn a_seller_over_its_own_in_flight_limit_is_refused_and_the_others_are_ser
     assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
     let again = ex.client.ping("TX").await;
     assert_eq!(again.status, proto::seller::PingStatus::Bid, "{again:?}");
+}
+
+/// A seller over its `rate_per_s` is counted by seller and limit, the others not
+/// (black-box round 199c: only `pingpost_http_errors_total{code="rate_limited"}` moved, and
+/// no metric, log line or record said which seller flooded).
+#[tokio::test]
+async fn a_seller_over_its_rate_is_counted_by_name() {
+    let ex = TestConfig::new().start().await;
+    let body = ping_body("TX");
+    let first = ex
+        .client
+        .post_json_with("/v1/ping", THROTTLED_KEY, &[], &body)
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    ex.client
+        .post_json_with("/v1/ping", THROTTLED_KEY, &[], &body)
+        .await
+        .assert_error(429, "rate_limited");
+    for (seller, count) in [("throttled", 1.0), ("main", 0.0)] {
+        assert_eq!(
+            ex.metric(
+                "pingpost_seller_limited_total",
+                &[("seller", seller), ("limit", "rate")],
+            )
+            .await,
+            count,
+            "{seller}"
+        );
+    }
 }
 
 /// Black-box round 114a: without any seller's `requests_in_flight_max`, one seller could

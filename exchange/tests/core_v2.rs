@@ -102,6 +102,15 @@ async fn past_the_open_quote_limit_a_ping_is_429_with_retry_after_and_reserves_n
     assert_eq!(a.pings(), 2, "the refused ping reached no buyer");
     assert_eq!(ex.reserved("a"), 2, "the refused ping reserved nothing");
     assert_eq!(ex.quotes_open(), 2);
+    // Counted by seller and limit (black-box round 199c: only the error code was).
+    assert_eq!(
+        ex.metric(
+            "pingpost_seller_limited_total",
+            &[("seller", "main"), ("limit", "quotes_open")]
+        )
+        .await,
+        1.0
+    );
 
     // Posting a quote frees a place.
     let sold = ex.client.post(&q1.ping_id, "TX").await;

@@ -655,6 +655,18 @@ async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     assert!(records(&ledger)
         .iter()
         .any(|r| r["type"] == "post_attempt" && r["outcome"] == "late_accept"));
+    // Counted for the operator, the test lead's aside (black-box round 199c: no metric
+    // counted late accepts).
+    let metrics = String::from_utf8(first.state.metrics.render()).unwrap();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "pingpost_buyer_late_accepts_total",
+            &[("buyer", "a")]
+        ),
+        1.0,
+        "{metrics}"
+    );
     first.shutdown().await.unwrap();
 
     let second = start(&cfg, &ledger).await;

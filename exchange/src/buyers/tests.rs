@@ -248,6 +248,56 @@ async fn a_buyer_refusing_the_signature_is_logged_once_a_second() {
     assert!(!text.contains("test-secret"), "{text}");
 }
 
+/// Round 199c: a buyer answering `500` (or `404`, `413`…) was only an `invalid` answer
+/// (`http_status`, no status) in the ledger; the operator is now told the status, once a
+/// second per host. A `204` (a pass) is not logged.
+#[tokio::test]
+async fn a_buyer_answering_a_status_that_is_no_answer_is_logged_once_a_second() {
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    const FAILED: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
+    const PASSED: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (url, _) = buyer(FAILED, false, false).await;
+    let (passing, _) = buyer(PASSED, false, false).await;
+    let client = BuyerClient::new();
+    for _ in 0..3 {
+        assert_eq!(
+            ping(&client, &url).await,
+            CallResult::Answer(BidOutcome::Invalid("http_status"))
+        );
+        assert_eq!(
+            ping(&client, &passing).await,
+            CallResult::Answer(BidOutcome::NoBid { reason: None })
+        );
+    }
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("answered HTTP"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("answered HTTP 500"), "{text}");
+    assert!(lines[0].contains(&authority(&url)), "{text}");
+    assert!(lines[0].contains("answers_not_logged=0"), "{text}");
+    assert!(!text.contains(&authority(&passing)), "{text}");
+}
+
 /// A connection read to its end carries the next request; one the buyer closed is
 /// not used again (and no call fails for it).
 #[tokio::test]

@@ -504,6 +504,7 @@ pub(super) async fn seller_request(
             } else {
                 "half of server.requests_in_flight_max, each seller's share when there are several and its own requests_in_flight_max is not set"
             };
+            seller_limited(state, &rt.config.sellers[seller].id, "requests_in_flight");
             return error_response(
                 state,
                 &ApiError::new(
@@ -518,6 +519,7 @@ pub(super) async fn seller_request(
             .rate_limits
             .allow(seller_key, rate, state.clock.now_ms())
         {
+            seller_limited(state, &rt.config.sellers[seller].id, "rate");
             return error_response(
                 state,
                 &ApiError::new(
@@ -555,7 +557,13 @@ pub(super) async fn seller_request(
             let store: KeyStore<SellerKey> = |s| &s.idempotency;
             match claim_key(state, store, seller_key, "seller", route, key, &body, quota) {
                 Ok(c) => Some(c),
-                Err(resp) => return *resp,
+                Err(resp) => {
+                    // A 429 here is the seller's own key quota.
+                    if resp.status() == hyper::StatusCode::TOO_MANY_REQUESTS {
+                        seller_limited(state, &rt.config.sellers[seller].id, "idempotency_keys");
+                    }
+                    return *resp;
+                }
             }
         }
     };
@@ -760,7 +768,9 @@ async fn ping(
     let claim = state
         .quotes
         .claim(cfg.sellers[seller].key, seller_open_max)
-        .map_err(|refused| quote_refusal(refused, seller_open_max))?;
+        .map_err(|refused| {
+            quote_refusal(state, &cfg.sellers[seller].id, refused, seller_open_max)
+        })?;
     let result = run_auction(
         state,
         rt,
@@ -815,7 +825,12 @@ async fn ping(
                 if let Some((r, why)) = quote_refused(award.reservation) {
                     release_hold(state, rt, r, Some(&result.ping_id), why, &[], now).await;
                 }
-                return Err(quote_refusal(refused, seller_open_max));
+                return Err(quote_refusal(
+                    state,
+                    &cfg.sellers[seller].id,
+                    refused,
+                    seller_open_max,
+                ));
             }
             if let Some(rec) = reserved {
                 effects::record(state, &rec).await;
@@ -957,9 +972,17 @@ fn ledger_unavailable() -> ApiError {
 
 /// A quote the book refused: the seller's limit is 429 ([`seller_quotes_limited`]), a full
 /// book (or a ping id already in it) 503.
-fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
+fn quote_refusal(
+    state: &AppState,
+    seller: &str,
+    refused: QuoteRefused,
+    seller_open_max: usize,
+) -> ApiError {
     match refused {
-        QuoteRefused::SellerLimit => seller_quotes_limited(seller_open_max),
+        QuoteRefused::SellerLimit => {
+            seller_limited(state, seller, "quotes_open");
+            seller_quotes_limited(seller_open_max)
+        }
         // Pings still in their auction hold places too (a winner must find one), so the
         // message says so (black-box round 175b: "too many open quotes" while none was).
         QuoteRefused::BookFull => ApiError::new(
@@ -967,6 +990,17 @@ fn quote_refusal(refused: QuoteRefused, seller_open_max: usize) -> ApiError {
             "the exchange holds its server.quotes_open_max open quotes, pings still in their auction counted as quotes; retry in a moment",
         ),
     }
+}
+
+/// Counts a seller's request answered `429` by its own `limit`
+/// (`pingpost_seller_limited_total`): without it an operator could not tell which seller
+/// floods (black-box round 199c: only `pingpost_http_errors_total{code="rate_limited"}`).
+fn seller_limited(state: &AppState, seller: &str, limit: &str) {
+    state
+        .metrics
+        .seller_limited
+        .with_label_values(&[seller, limit])
+        .inc();
 }
 
 /// A seller holding its `sellers.ID.quotes_open_max` open quotes: 429 with `Retry-After`.
