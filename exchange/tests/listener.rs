@@ -1310,6 +1310,33 @@ async fn a_request_cancelled_before_its_body_ended_leaves_its_connection_open() 
         assert_eq!(resp.status(), StatusCode::OK, "round {round}");
         resp.into_body().collect().await.expect("body");
     }
+    // Round 200b: a client with a window of 0 takes an answer's head, then resets its
+    // stream (the answer's body held by the window, never to be written): the answer is
+    // no longer counted either.
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (mut held, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, http_body_util::Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::post(format!("http://{}/v1/ping", ex.addr))
+        .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(ping.clone()))
+        .unwrap();
+    let head = held.send_request(req).await.expect("the answer's head");
+    assert_eq!(head.status(), StatusCode::OK);
+    // Dropping the answer unread resets its stream (RST_STREAM CANCEL).
+    drop(head);
+    requests_in_flight_fall_to(&ex, 0).await;
+    tokio::task::yield_now().await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::resume();
+    assert!(!conn.is_finished(), "the connection was closed");
+    assert_eq!(ex.state.conn_gate.stalled(), 0);
     ex.shutdown().await.unwrap();
 }
 

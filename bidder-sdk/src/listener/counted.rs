@@ -94,9 +94,9 @@ pub(super) struct Counted<I> {
     pub(super) tls_hello: bool,
 }
 
-/// Reads the frames an HTTP/2 connection writes, to count the answers that went out to
-/// their end: a DATA or HEADERS frame with END_STREAM (a server sends no other frame that
-/// ends a stream). The connection's first write decides: an HTTP/2 server begins with a
+/// Reads the frames an HTTP/2 connection writes, to count the answers that ended: those
+/// whose HEADERS went out without END_STREAM (an answer with a body), ended by a frame
+/// with END_STREAM or by a reset of their stream. The connection's first write decides: an HTTP/2 server begins with a
 /// SETTINGS frame; anything else (an HTTP/1.x answer) is not read. Only the frame heads
 /// are kept (9 bytes); payloads are skipped.
 #[derive(Debug, Default)]
@@ -113,6 +113,13 @@ pub(crate) struct FrameScan {
     pub(super) goaway_last: Option<u32>,
     /// The first bytes of the current GOAWAY frame's payload (its last stream id).
     goaway_id: Option<([u8; 4], usize)>,
+    /// Streams whose answer has begun (its HEADERS written without END_STREAM) and not
+    /// ended: neither the DATA frame that ends it written nor the stream reset, by the
+    /// server (a RST_STREAM written) or by the client ([`FrameScan::reset_by_client`]).
+    /// Each is one of the connection's unsent answers (black-box round 200b: an answer
+    /// whose HEADERS went out, its body held by a window of 0, stayed counted for good
+    /// once the client reset its stream).
+    answering: Vec<u32>,
 }
 
 /// HTTP/2 frame types and the END_STREAM flag (RFC 9113 6.1, 6.2, 6.5).
@@ -125,8 +132,9 @@ const FRAME_SETTINGS: u8 = 4;
 const FLAG_END_STREAM: u8 = 1;
 
 impl FrameScan {
-    /// Reads `written` (bytes the connection wrote, in order) and returns how many streams
-    /// their DATA frames ended (the answers with a body that went out to their end).
+    /// Reads `written` (bytes the connection wrote, in order) and returns how many
+    /// answers with a body their frames ended: written to their end (END_STREAM on a DATA
+    /// frame, or on HEADERS after it: trailers), or their stream reset by the server.
     pub(super) fn ended(&mut self, mut written: &[u8]) -> u32 {
         let h2 = *self.h2.get_or_insert_with(|| {
             written.len() >= 4 && written[3] == FRAME_SETTINGS && written[0] == 0
@@ -160,14 +168,28 @@ impl FrameScan {
             if self.head_len == 9 {
                 let h = self.head;
                 let kind = h[3];
-                // Only a DATA frame ends a counted answer: one whose HEADERS end its
-                // stream has no body, and is not counted ([`Tracked`](super::Tracked)).
-                if kind == FRAME_DATA && h[4] & FLAG_END_STREAM != 0 {
-                    ended += 1;
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                let ends = h[4] & FLAG_END_STREAM != 0;
+                let begun = self.answering.iter().position(|s| *s == stream);
+                match (kind, ends, begun) {
+                    // An answer with a body begins (an answer whose HEADERS end its
+                    // stream has none, and is not counted: [`Tracked`](super::Tracked)).
+                    (FRAME_HEADERS, false, None) if self.answering.len() < RECENT_MAX => {
+                        self.answering.push(stream);
+                    }
+                    // Written to its end, or reset by the server.
+                    (FRAME_DATA | FRAME_HEADERS, true, Some(at))
+                    | (FRAME_RST_STREAM, _, Some(at)) => {
+                        self.answering.swap_remove(at);
+                        ended += 1;
+                    }
+                    // Its beginning not noted (more than RECENT_MAX at once): its end
+                    // still counts.
+                    (FRAME_DATA, true, None) => ended += 1,
+                    _ => {}
                 }
                 if kind == FRAME_RST_STREAM && self.resets.len() < RECENT_MAX {
-                    self.resets
-                        .push(u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff);
+                    self.resets.push(stream);
                 }
                 self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.goaway_id = (kind == FRAME_GOAWAY && self.skip >= 4).then_some(([0; 4], 0));
@@ -175,6 +197,18 @@ impl FrameScan {
             }
         }
         ended
+    }
+
+    /// The client reset `stream`: whether an answer had begun on it and not ended (it is
+    /// ended now: none of its frames will be written).
+    pub(super) fn reset_by_client(&mut self, stream: u32) -> bool {
+        match self.answering.iter().position(|s| *s == stream) {
+            Some(at) => {
+                self.answering.swap_remove(at);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -221,6 +255,9 @@ pub(crate) struct InScan {
     streams: u64,
     /// The highest stream id the client opened.
     last_stream: u32,
+    /// Streams the client reset (`RST_STREAM` read), for [`FrameScan::reset_by_client`]
+    /// (taken after each read).
+    pub(super) resets: Vec<u32>,
 }
 
 /// The HTTP/2 control frames (SETTINGS, and each setting in it; PING; WINDOW_UPDATE;
@@ -306,7 +343,12 @@ impl InScan {
                 let data = kind == FRAME_DATA;
                 self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                 match kind {
-                    FRAME_DATA | FRAME_RST_STREAM | FRAME_CONTINUATION => {}
+                    FRAME_RST_STREAM => {
+                        if self.resets.len() < RECENT_MAX {
+                            self.resets.push(self.stream);
+                        }
+                    }
+                    FRAME_DATA | FRAME_CONTINUATION => {}
                     FRAME_HEADERS => {
                         if self.stream > self.last_stream {
                             self.last_stream = self.stream;
@@ -421,13 +463,7 @@ impl<I> Counted<I> {
             self.frames_in.going_away(last);
         }
         if ended > 0 {
-            let a = &self.activity;
-            a.unsent_progress_us.store(a.now_us(), Ordering::Release);
-            let _ = a
-                .unsent
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                    Some(u.saturating_sub(ended))
-                });
+            self.activity.answers_ended(ended);
         }
     }
 }
@@ -624,6 +660,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             let body = this
                 .frames_in
                 .body_bytes_at(&buf.filled()[before_len..], now_us);
+            // Answers whose stream the client reset once they had begun end here: none of
+            // their frames will be written (black-box round 200b).
+            let mut reset = 0u32;
+            for stream in this.frames_in.resets.drain(..) {
+                reset += u32::from(this.frames.reset_by_client(stream));
+            }
+            if reset > 0 {
+                a.answers_ended(reset);
+            }
             // More control frames than the client's allowance: the connection ends here,
             // as on a read error (see `CONTROL_FRAMES_BURST`).
             if this.frames_in.control_over_streams() && this.frames_in.control_flood(a.now_us()) {

@@ -210,14 +210,16 @@ pub const UNSENT_MAX: u32 = 32;
 pub const UNSENT_STALL: Duration = Duration::from_secs(1);
 
 /// An answer's body. Over HTTP/2 an answer with a body is counted among its connection's
-/// unsent answers ([`Activity::unsent`]) from when the service made it; the frame scan of
-/// the connection's writes takes it off once its stream's last DATA frame (the one that
-/// ends the stream) is written, and it takes itself off when it is dropped before its end
-/// was read from it: its stream was reset (by the client, say a request cancelled while
-/// its body was still coming) or refused, so no frame will ever end it (black-box round
-/// 199a: each such answer stayed counted, and the connection was closed as stalled 5 s
-/// later, with the answers of its other requests). An answer without a body (its end in
-/// its HEADERS frame) holds no body in h2's buffers and is not counted. Over HTTP/1.x
+/// unsent answers ([`Activity::unsent`]) from when the service made it. It takes itself
+/// off when it is dropped before hyper read any of it: h2 refused it, its stream already
+/// reset (a request its client cancelled while its body was still coming: black-box round
+/// 199a, each such answer stayed counted, and the connection was closed as stalled 5 s
+/// later, with the answers of its other requests). Once read, the frame scan of the
+/// connection's writes takes it off at the frame that ends its stream, or at a reset of
+/// its stream by the server (a RST_STREAM written) or the client (one read: round 200b,
+/// an answer whose body a window of 0 held stayed counted once its stream was reset). An
+/// answer without a body (its end in its HEADERS frame) holds no body in h2's buffers and
+/// is not counted. Over HTTP/1.x
 /// nothing is counted: hyper takes the body into its write buffer at once, one answer at
 /// a time, so a client that does not read holds one answer and its socket's buffers.
 pub struct Tracked<B> {
@@ -249,14 +251,10 @@ impl<B: hyper::body::Body> Tracked<B> {
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
-        // Dropped before its end was read: no frame will end its stream.
+        // Dropped before hyper read any of it: h2 refused the answer (its stream already
+        // reset), so no frame of it will be written.
         if let Some(a) = self.counted.take() {
-            a.unsent_progress_us.store(a.now_us(), Ordering::Release);
-            let _ = a
-                .unsent
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                    Some(u.saturating_sub(1))
-                });
+            a.answers_ended(1);
         }
     }
 }
@@ -276,18 +274,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        // Its end read: from here the frame scan takes it off when the frame that ends its
-        // stream is written (an error resets the stream: it stays counted until dropped).
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
-        if ended {
-            this.counted = None;
-        }
-        polled
+        // Read: h2 took the answer (its HEADERS are on their way), so from here the frame
+        // scan ends it, at the frame that ends its stream or at a reset of it by either
+        // side (hyper reads a body before the window lets it out).
+        this.counted = None;
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -327,6 +318,18 @@ impl Activity {
         let all_receiving = !self.h2.load(Ordering::Relaxed)
             || u64::from(self.bodies_pending.load(Ordering::Acquire)) >= in_flight;
         all_receiving.then(|| accepted_at + Duration::from_micros(since - 1))
+    }
+
+    /// `n` unsent answers ended: written to their end, or never to be (their stream
+    /// reset, or refused).
+    pub(super) fn answers_ended(&self, n: u32) {
+        self.unsent_progress_us
+            .store(self.now_us(), Ordering::Release);
+        let _ = self
+            .unsent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 
     /// When an unsent answer last made progress (see `unsent_progress_us`).
