@@ -1340,6 +1340,67 @@ async fn a_request_cancelled_before_its_body_ended_leaves_its_connection_open() 
     ex.shutdown().await.unwrap();
 }
 
+/// Black-box round 201a: a client holding more than `UNSENT_MAX` answers behind a window
+/// of 0 kept its connection for as long as it opened a request and cancelled it every
+/// 0.8 s: each cancelled request's answer, never sent, passed for an answer going out.
+/// It is closed while the cancels go on.
+#[tokio::test]
+async fn cancelled_requests_are_no_progress_of_answers_held_unsent() {
+    use bidder_sdk::listener::UNSENT_MAX;
+    let (ex, _dir) = start(5_000, "").await;
+    let ping = Bytes::from(serde_json::to_vec(&common::ping_body("TX")).unwrap());
+    let stream = TcpStream::connect(ex.addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, http_body_util::Either<NeverBody, http_body_util::Full<Bytes>>>(
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+    let mut conn = tokio::spawn(conn);
+    let request = |body| {
+        Request::post(format!("http://{}/v1/ping", ex.addr))
+            .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    };
+    // More answers than the limit, their heads taken and their bodies held by the window.
+    let mut heads = Vec::new();
+    for _ in 0..UNSENT_MAX + 8 {
+        let mut s = send.clone();
+        let req = request(http_body_util::Either::Right(http_body_util::Full::new(
+            ping.clone(),
+        )));
+        heads.push(tokio::spawn(async move { s.send_request(req).await }));
+    }
+    let mut held = Vec::new();
+    for h in heads {
+        if let Ok(Ok(resp)) = h.await {
+            held.push(resp);
+        }
+    }
+    assert!(held.len() > UNSENT_MAX as usize, "{} heads", held.len());
+    // A request opened and cancelled every 200 ms until the connection ends.
+    let ended = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        loop {
+            let mut s = send.clone();
+            let req = request(http_body_util::Either::Left(NeverBody));
+            let opened = tokio::spawn(async move { s.send_request(req).await });
+            tokio::select! {
+                _ = &mut conn => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            opened.abort();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was kept by the cancels");
+    assert_eq!(ex.state.conn_gate.stalled(), 1);
+    drop(held);
+    ex.shutdown().await.unwrap();
+}
+
 /// Black-box round 138a: a head hyper refuses (malformed, a target over 64 KiB) is
 /// answered with the contract's JSON; to a `HEAD` the answer keeps the JSON's length and
 /// sends no body, over HTTP/1.1 as over HTTP/1.0.

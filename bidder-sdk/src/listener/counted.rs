@@ -133,16 +133,17 @@ const FLAG_END_STREAM: u8 = 1;
 
 impl FrameScan {
     /// Reads `written` (bytes the connection wrote, in order) and returns how many
-    /// answers with a body their frames ended: written to their end (END_STREAM on a DATA
-    /// frame, or on HEADERS after it: trailers), or their stream reset by the server.
-    pub(super) fn ended(&mut self, mut written: &[u8]) -> u32 {
+    /// answers with a body their frames ended: first those written to their end
+    /// (END_STREAM on a DATA frame, or on HEADERS after it: trailers), then those whose
+    /// stream the server reset (not sent: no progress of the client's).
+    pub(super) fn ended(&mut self, mut written: &[u8]) -> (u32, u32) {
         let h2 = *self.h2.get_or_insert_with(|| {
             written.len() >= 4 && written[3] == FRAME_SETTINGS && written[0] == 0
         });
         if !h2 {
-            return 0;
+            return (0, 0);
         }
-        let mut ended = 0;
+        let (mut ended, mut reset) = (0, 0);
         while !written.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(written.len());
@@ -177,11 +178,15 @@ impl FrameScan {
                     (FRAME_HEADERS, false, None) if self.answering.len() < RECENT_MAX => {
                         self.answering.push(stream);
                     }
-                    // Written to its end, or reset by the server.
-                    (FRAME_DATA | FRAME_HEADERS, true, Some(at))
-                    | (FRAME_RST_STREAM, _, Some(at)) => {
+                    // Written to its end.
+                    (FRAME_DATA | FRAME_HEADERS, true, Some(at)) => {
                         self.answering.swap_remove(at);
                         ended += 1;
+                    }
+                    // Reset by the server.
+                    (FRAME_RST_STREAM, _, Some(at)) => {
+                        self.answering.swap_remove(at);
+                        reset += 1;
                     }
                     // Its beginning not noted (more than RECENT_MAX at once): its end
                     // still counts.
@@ -196,7 +201,7 @@ impl FrameScan {
                 self.head_len = 0;
             }
         }
-        ended
+        (ended, reset)
     }
 
     /// The client reset `stream`: whether an answer had begun on it and not ended (it is
@@ -455,7 +460,7 @@ fn stall_us() -> u64 {
 impl<I> Counted<I> {
     /// Takes the answers `written` ended off the connection's unsent ones (HTTP/2).
     fn wrote(&mut self, written: &[u8]) {
-        let ended = self.frames.ended(written);
+        let (ended, reset) = self.frames.ended(written);
         for stream in self.frames.resets.drain(..) {
             self.frames_in.closed(stream);
         }
@@ -463,7 +468,10 @@ impl<I> Counted<I> {
             self.frames_in.going_away(last);
         }
         if ended > 0 {
-            self.activity.answers_ended(ended);
+            self.activity.answers_sent(ended);
+        }
+        if reset > 0 {
+            self.activity.answers_dropped(reset);
         }
     }
 }
@@ -667,7 +675,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
                 reset += u32::from(this.frames.reset_by_client(stream));
             }
             if reset > 0 {
-                a.answers_ended(reset);
+                a.answers_dropped(reset);
             }
             // More control frames than the client's allowance: the connection ends here,
             // as on a read error (see `CONTROL_FRAMES_BURST`).

@@ -254,7 +254,7 @@ impl<B> Drop for Tracked<B> {
         // Dropped before hyper read any of it: h2 refused the answer (its stream already
         // reset), so no frame of it will be written.
         if let Some(a) = self.counted.take() {
-            a.answers_ended(1);
+            a.answers_dropped(1);
         }
     }
 }
@@ -320,11 +320,19 @@ impl Activity {
         all_receiving.then(|| accepted_at + Duration::from_micros(since - 1))
     }
 
-    /// `n` unsent answers ended: written to their end, or never to be (their stream
-    /// reset, or refused).
-    pub(super) fn answers_ended(&self, n: u32) {
+    /// `n` unsent answers went out to their end: the client's progress.
+    pub(super) fn answers_sent(&self, n: u32) {
         self.unsent_progress_us
             .store(self.now_us(), Ordering::Release);
+        self.answers_dropped(n);
+    }
+
+    /// `n` unsent answers will never be sent (their stream reset, by either side, or
+    /// refused): no longer counted, and no progress either (black-box round 201a: a
+    /// request opened and cancelled every 0.8 s, its answer never sent, passed for an
+    /// answer going out, and 250 answers held behind a window of 0 kept their connection
+    /// for as long as it went on).
+    pub(super) fn answers_dropped(&self, n: u32) {
         let _ = self
             .unsent
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {

@@ -681,21 +681,21 @@ fn unsent_answers_are_those_with_a_body_not_yet_ended() {
     let mut wire = frame(4, 0, 0, &[]); // SETTINGS: the connection speaks HTTP/2
     wire.extend(frame(HEADERS, 5, 3, &[0x88])); // a bodiless answer's end: not counted
     wire.extend(frame(HEADERS, 4, 1, &[0x88]));
-    assert_eq!(scan.ended(&wire), 0);
-    assert_eq!(scan.ended(&frame(DATA, 1, 1, b"{\"bid\":1}")), 1);
+    assert_eq!(scan.ended(&wire), (0, 0));
+    assert_eq!(scan.ended(&frame(DATA, 1, 1, b"{\"bid\":1}")), (1, 0));
     // Once begun, an answer ends at a reset of its stream by either side, once (round
     // 200b: its body held by a window of 0, the client's reset left it counted).
     const RST_STREAM: u8 = 3;
     let mut wire = frame(HEADERS, 4, 5, &[0x88]);
     wire.extend(frame(HEADERS, 4, 7, &[0x88]));
     wire.extend(frame(DATA, 0, 7, b"{")); // part of its body
-    assert_eq!(scan.ended(&wire), 0);
+    assert_eq!(scan.ended(&wire), (0, 0));
     assert!(scan.reset_by_client(5));
     assert!(!scan.reset_by_client(5), "ended once");
     assert!(!scan.reset_by_client(1), "a stream already ended");
     assert!(!scan.reset_by_client(9), "a stream with no answer begun");
-    assert_eq!(scan.ended(&frame(RST_STREAM, 0, 7, &[0, 0, 0, 8])), 1);
-    assert_eq!(scan.ended(&frame(RST_STREAM, 0, 3, &[0, 0, 0, 8])), 0);
+    assert_eq!(scan.ended(&frame(RST_STREAM, 0, 7, &[0, 0, 0, 8])), (0, 1));
+    assert_eq!(scan.ended(&frame(RST_STREAM, 0, 3, &[0, 0, 0, 8])), (0, 0));
     // The client's resets are read from what it sends.
     let mut scan_in = InScan::default();
     let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
