@@ -96,9 +96,9 @@ pub(super) struct Counted<I> {
 
 /// Reads the frames an HTTP/2 connection writes, to count the answers that ended: those
 /// whose HEADERS went out without END_STREAM (an answer with a body), ended by a frame
-/// with END_STREAM or by a reset of their stream. The connection's first write decides: an HTTP/2 server begins with a
-/// SETTINGS frame; anything else (an HTTP/1.x answer) is not read. Only the frame heads
-/// are kept (9 bytes); payloads are skipped.
+/// with END_STREAM or by a reset of their stream. The connection's first write decides:
+/// an HTTP/2 server begins with a SETTINGS frame; anything else (an HTTP/1.x answer) is
+/// not read. Only the frame heads are kept (9 bytes); payloads are skipped.
 #[derive(Debug, Default)]
 pub(crate) struct FrameScan {
     /// Unknown until the first write, then whether the connection speaks HTTP/2.

@@ -219,9 +219,14 @@ pub const UNSENT_STALL: Duration = Duration::from_secs(1);
 /// its stream by the server (a RST_STREAM written) or the client (one read: round 200b,
 /// an answer whose body a window of 0 held stayed counted once its stream was reset). An
 /// answer without a body (its end in its HEADERS frame) holds no body in h2's buffers and
-/// is not counted. Over HTTP/1.x
-/// nothing is counted: hyper takes the body into its write buffer at once, one answer at
-/// a time, so a client that does not read holds one answer and its socket's buffers.
+/// is not counted. Over HTTP/1.x nothing is counted: hyper takes the body into its write
+/// buffer at once, one answer at a time, so a client that does not read holds one answer
+/// and its socket's buffers.
+///
+/// One race is left: hyper gives h2 the answer's HEADERS, then checks the stream for a
+/// reset before it reads the body; should the HEADERS be written and the client's reset
+/// read in between (by the connection's task, on another thread), the answer is taken
+/// off twice, and the count is one under the truth until the connection ends.
 pub struct Tracked<B> {
     inner: B,
     /// The connection's activity, while this answer is counted among its unsent ones.
