@@ -612,6 +612,49 @@ fn price_problems(
         let Some(price) = b.fixed_price else {
             continue;
         };
+        // A standing bid no seller of the vertical could be quoted on: under the floor,
+        // or paying every seller that could sell there (a share of 0 aside) less than
+        // the floor or its reserve (black-box round 203a: `fixed_price = 0.5` under a
+        // floor of 1.00 passed, and every lead went `below_reserve`).
+        for (vi, v) in b
+            .verticals
+            .iter()
+            .filter_map(|vi| Some((*vi, verticals.get(*vi)?.as_ref()?)))
+        {
+            let selling: Vec<&PartyPrices> = sellers
+                .iter()
+                .flatten()
+                .filter(|s| {
+                    s.verticals.contains(&vi)
+                        && !matches!(
+                            s.payout,
+                            None | Some(PayoutModel::RevenueShare { share_bp: 0 })
+                        )
+                })
+                .collect();
+            let quoted = |s: &&PartyPrices| {
+                s.payout.is_some_and(|payout| {
+                    let paid = payout.seller_price(price);
+                    paid > Micros::ZERO && paid >= s.reserve.unwrap_or(Micros::ZERO).max(v.floor)
+                })
+            };
+            let why = if price < v.floor {
+                Some(format!(
+                    "{price} is under verticals.{}.floor ({}): no bid under the floor is quoted, so this buyer could never buy there",
+                    v.name, v.floor
+                ))
+            } else if !selling.is_empty() && !selling.iter().any(quoted) {
+                Some(format!(
+                    "{price} would pay no seller of vertical {} enough to be quoted (after each seller's payout, under the floor of {} or the seller's reserve), so this buyer could never buy there",
+                    v.name, v.floor
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                p.at(&format!("buyers.{}.fixed_price", b.id), why);
+            }
+        }
         for (v, max) in b.verticals.iter().filter_map(|v| bid_max_of(*v)) {
             if price > max {
                 p.at(

@@ -516,6 +516,92 @@ verticals = ["a"]
     assert!(load_str_with_env(&text("0.000001"), &test_env).is_ok());
 }
 
+/// A fixed-price buyer whose price no seller of its vertical could be quoted on (under
+/// the floor, or paying every seller less than the floor or its reserve after its payout)
+/// is refused at its `fixed_price` (black-box round 203a: 0.50 under a floor of 1.00
+/// passed, and every lead was `below_reserve`). A seller with a share of 0 (paused) is
+/// not one that could sell.
+#[test]
+fn a_fixed_price_no_seller_could_be_quoted_on_is_refused() {
+    let text = |price: &str, sellers: &str| {
+        format!(
+            r#"
+[verticals.a]
+floor = 1.00
+[verticals.a.fields]
+x = {{ type = "zip" }}
+{sellers}
+[buyers.one]
+post_url = "https://h/post"
+fixed_price = {price}
+secret_env = "ACME_SECRET"
+verticals = ["a"]
+"#
+        )
+    };
+    let seller = |id: &str, key: &str, payout: &str, extra: &str| {
+        format!(
+            "[sellers.{id}]\nkey_sha256 = \"{key}\"\nverticals = [\"a\"]\npayout = {payout}\n{extra}\n"
+        )
+    };
+    let k1 = "19891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176";
+    let k2 = "29891756889929907bf4eafa27a6b8e079b36eb8a2c2e30804dde40332c27176";
+    let share = |id: &str, key: &str, pct: u32| {
+        seller(
+            id,
+            key,
+            &format!("{{ model = \"revenue_share\", share_pct = {pct} }}"),
+            "",
+        )
+    };
+    let errs =
+        |price: &str, sellers: &str| match load_str_with_env(&text(price, sellers), &test_env) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+    // Under the floor, whatever the sellers.
+    assert_eq!(
+        errs("0.50", ""),
+        ["buyers.one.fixed_price: 0.50 is under verticals.a.floor (1.00): no bid under the floor is quoted, so this buyer could never buy there"]
+    );
+    // 80 % of 1.20 is 0.96, under the floor: no seller could be quoted on it.
+    assert_eq!(
+        errs("1.20", &share("s1", k1, 80)),
+        ["buyers.one.fixed_price: 1.20 would pay no seller of vertical a enough to be quoted (after each seller's payout, under the floor of 1.00 or the seller's reserve), so this buyer could never buy there"]
+    );
+    // One seller that could be quoted on it is enough; a paused seller (share 0) is none.
+    assert_eq!(
+        errs(
+            "1.20",
+            &format!("{}{}", share("s1", k1, 80), share("s2", k2, 90))
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errs(
+            "1.20",
+            &format!("{}{}", share("s1", k1, 80), share("s2", k2, 0))
+        )
+        .len(),
+        1
+    );
+    // A seller's reserve counts too.
+    assert_eq!(
+        errs(
+            "2.00",
+            &seller(
+                "s1",
+                k1,
+                "{ model = \"revenue_share\", share_pct = 80 }",
+                "reserve = 1.80"
+            )
+        )
+        .len(),
+        1
+    );
+    assert_eq!(errs("1.25", &share("s1", k1, 80)), Vec::<String>::new());
+}
+
 #[test]
 fn load_file_reports_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
