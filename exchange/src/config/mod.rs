@@ -168,27 +168,38 @@ pub fn shared_bound_warnings(cfg: &Config) -> Vec<String> {
         return Vec::new();
     }
     let mut out = Vec::new();
-    let quotes: Vec<&str> = cfg
+    // Each named by the key to change, as errors are (black-box round 203a: `sellers.ID.…
+    // of s1` could not be pasted back into the file).
+    let quotes: Vec<String> = cfg
         .sellers
         .iter()
         .filter(|s| s.quotes_open_max >= cfg.server.quotes_open_max)
-        .map(|s| s.id.as_str())
+        .map(|s| format!("sellers.{}.quotes_open_max", s.id))
         .collect();
     if !quotes.is_empty() {
         out.push(format!(
-            "sellers.ID.quotes_open_max of {} is not below server.quotes_open_max ({}): such a seller alone can hold every open quote, and the other sellers' pings are then answered 503 until its quotes expire; give it a lower quotes_open_max, or raise server.quotes_open_max",
-            named(quotes),
+            "{} is not below server.quotes_open_max ({}): such a seller alone can hold every open quote, and the other sellers' pings are then answered 503 until its quotes expire; give it a lower quotes_open_max, or raise server.quotes_open_max",
+            named(quotes.iter().map(String::as_str).collect()),
             cfg.server.quotes_open_max
         ));
     }
-    let keys: Vec<&str> = (0..cfg.sellers.len())
+    let keys: Vec<String> = (0..cfg.sellers.len())
         .filter(|&i| cfg.idempotency_keys_max_of(i) >= cfg.server.idempotency_keys_max)
-        .map(|i| cfg.sellers[i].id.as_str())
+        .map(|i| {
+            let s = &cfg.sellers[i];
+            match s.idempotency_keys_max {
+                Some(_) => format!("sellers.{}.idempotency_keys_max", s.id),
+                None => format!(
+                    "server.idempotency_keys_per_seller_max (seller {}'s quota)",
+                    s.id
+                ),
+            }
+        })
         .collect();
     if !keys.is_empty() {
         out.push(format!(
-            "the idempotency key quota of {} (sellers.ID.idempotency_keys_max, or server.idempotency_keys_per_seller_max) is not below server.idempotency_keys_max ({}): such a seller alone can hold every key, and the other sellers' requests with a new key are then answered 503 until its keys expire (a day or more); lower its quota, or raise server.idempotency_keys_max",
-            named(keys),
+            "the idempotency key quota of {} is not below server.idempotency_keys_max ({}): such a seller alone can hold every key, and the other sellers' requests with a new key are then answered 503 until its keys expire (a day or more); lower its quota, or raise server.idempotency_keys_max",
+            named(keys.iter().map(String::as_str).collect()),
             cfg.server.idempotency_keys_max
         ));
     }

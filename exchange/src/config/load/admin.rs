@@ -34,17 +34,13 @@ pub(super) fn read_admin(
     };
     let token_env = match s.str_opt(p, "token_env") {
         None => defaults::ADMIN_TOKEN_ENV.to_string(),
-        Some(name)
-            if !name.is_empty()
-                && name.len() <= NAME_LEN_MAX
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-        {
+        Some(name) if super::reader::is_env_name(name) && name.len() <= NAME_LEN_MAX => {
             name.to_string()
         }
         Some(_) => {
             p.at(
                 &s.path_of("token_env"),
-                "must be an environment variable name (ASCII letters, digits, _; up to 64)",
+                format!("{}; up to 64", super::reader::ENV_NAME_RULE),
             );
             defaults::ADMIN_TOKEN_ENV.to_string()
         }

@@ -384,14 +384,8 @@ fn read_secret(
     var: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Secret> {
-    let valid_name = !var.is_empty()
-        && !var.starts_with(|c: char| c.is_ascii_digit())
-        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !valid_name {
-        p.at(
-            path,
-            "must be an environment variable name (ASCII letters, digits and _)",
-        );
+    if !super::reader::is_env_name(var) {
+        p.at(path, super::reader::ENV_NAME_RULE);
         return None;
     }
     let Some(text) = env(var) else {

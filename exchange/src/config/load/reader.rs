@@ -417,6 +417,19 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Whether `name` is an environment variable name a shell can set: ASCII letters, digits
+/// and `_`, not starting with a digit (black-box round 203a: `admin.token_env = "1ABC"`
+/// was taken, while `secret_env` refused it without saying why).
+pub(super) fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// What [`is_env_name`] asks, for messages.
+pub(super) const ENV_NAME_RULE: &str =
+    "must be an environment variable name (ASCII letters, digits and _, not starting with a digit)";
+
 fn is_name(s: &str) -> bool {
     (1..=NAME_LEN_MAX).contains(&s.len())
         && s.bytes()
@@ -462,18 +475,21 @@ pub(super) fn whole(p: &mut Problems, path: &str, v: &Value, lo: i64, hi: i64) -
     }
 }
 
-/// `"200ms"`, `"5 s"`, `"3 leads"`: a whole number followed by a short word.
+/// `"200ms"`, `"5 s"`, `"3 leads"`, `"200/s"`, `"3%"`, `"0.5 USD"`: a number followed by a
+/// short unit.
 fn with_unit(s: &str) -> bool {
     let t = s.trim();
     let end = t
         .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && c == '-')))
         .map_or(t.len(), |(i, _)| i);
     let (number, unit) = t.split_at(end);
     let unit = unit.trim_start();
-    number.parse::<i64>().is_ok()
+    number.parse::<f64>().is_ok_and(f64::is_finite)
         && (1..=8).contains(&unit.len())
-        && unit.bytes().all(|b| b.is_ascii_alphabetic() || b == b'%')
+        && unit
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'%' || b == b'/')
 }
 
 /// The unit a key's name gives it (`auction_deadline_ms`: milliseconds).
@@ -508,6 +524,12 @@ pub(super) fn number(p: &mut Problems, path: &str, v: &Value) -> Option<f64> {
         }
         Value::String(s) if s.parse::<f64>().is_ok_and(f64::is_finite) => {
             p.at(path, "must be a number, written without quotes");
+            None
+        }
+        // A number with a unit (black-box round 203a: `"3%"` was told only "must be a
+        // number").
+        Value::String(s) if with_unit(s) => {
+            p.at(path, "must be a number, written without quotes or a unit");
             None
         }
         _ => {

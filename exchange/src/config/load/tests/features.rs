@@ -270,6 +270,15 @@ fn bad_routing_and_learning_are_named() {
         ("routing = { reject_pause_ms = 0 }", "reject_pause_ms"),
         ("routing = { reject_pause_ms = 1.5 }", "reject_pause_ms"),
         ("routing = { colour = 1 }", "unknown key"),
+        // A number with a unit is told to drop it (black-box round 203a).
+        (
+            "routing = { explore_share = \"3%\" }",
+            "explore_share: must be a number, written without quotes or a unit",
+        ),
+        (
+            "routing = { drift_guard = \"3sd\" }",
+            "drift_guard: must be a number, written without quotes or a unit",
+        ),
     ] {
         has(&errors(&[("#VERTICAL", line)]), needle);
         // A broken field does not hide them: every problem at once.

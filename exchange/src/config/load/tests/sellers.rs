@@ -203,21 +203,25 @@ fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
         w[0].starts_with(&format!(
-            "sellers.ID.quotes_open_max of {first}, s2 is not below server.quotes_open_max (50)"
+            "sellers.{first}.quotes_open_max, sellers.s2.quotes_open_max is not below server.quotes_open_max (50)"
         )),
         "{w:?}"
     );
     c.sellers[0].quotes_open_max = 10;
     let w = shared_bound_warnings(&c);
-    assert!(w[0].contains("quotes_open_max of s2 is"), "{w:?}");
+    assert!(
+        w[0].starts_with("sellers.s2.quotes_open_max is not below"),
+        "{w:?}"
+    );
 
     c.server.idempotency_keys_max = 8;
     c.sellers[0].idempotency_keys_max = Some(5);
     let w = shared_bound_warnings(&c);
     assert_eq!(w.len(), 2, "{w:?}");
     assert!(
-        w[1].starts_with("the idempotency key quota of s2 (")
-            && w[1].contains("not below server.idempotency_keys_max (8)"),
+        w[1].starts_with(
+            "the idempotency key quota of server.idempotency_keys_per_seller_max (seller s2's quota) is not below server.idempotency_keys_max (8)"
+        ),
         "{w:?}"
     );
     // Many sellers: five named, the rest counted.
@@ -228,7 +232,7 @@ fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
     }
     let w = shared_bound_warnings(&c);
     assert!(
-        w[0].contains("s2, s3, s4, s5, s6 and 3 more is not below"),
+        w[0].contains("sellers.s6.quotes_open_max and 3 more is not below"),
         "{w:?}"
     );
 }
@@ -254,5 +258,15 @@ fn a_refusal_prints_each_problem_bounded() {
     assert!(
         line.ends_with("x…: the name must be 1 to 64 ASCII letters, digits, '_' or '-'"),
         "{line}"
+    );
+}
+
+/// A seller's rate written with its unit is told to drop it (black-box round 203a:
+/// `"200/s"` was told only the range).
+#[test]
+fn a_rate_written_with_its_unit_is_told_to_drop_it() {
+    assert_eq!(
+        errors(&[("#SELLER", "rate_per_s = \"200/s\"")]),
+        ["sellers.s1.rate_per_s: must be a whole number between 1 and 1000000, written without quotes or a unit"]
     );
 }

@@ -209,6 +209,18 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
     let other = shared.replace(&digest, &"ab".repeat(32));
     let c = ok(&[("#BUYER", &other)]);
     assert!(c.admin.token.is_some());
+    // A name no shell can set is refused, as `secret_env`'s is (black-box round 203a:
+    // `1ABC` was taken, with only a warning that it is not set).
+    for name in ["1ABC", "A-B", ""] {
+        assert_eq!(
+            errors(&[(
+                "#BUYER",
+                &format!("\n[admin]\ntoken_env = \"{name}\"\nlisten = \"127.0.0.1:8081\""),
+            )]),
+            ["admin.token_env: must be an environment variable name (ASCII letters, digits and _, not starting with a digit); up to 64"],
+            "{name:?}"
+        );
+    }
     // Nor may the token be a buyer's signing secret: that buyer would hold the admin
     // listener (black-box round 49). Buyer acme signs with $ACME_SECRET, whose value
     // $SAME_AS_ACME holds too, and $ACME_KEY_AS_WHSEC holds the same key written as
