@@ -632,6 +632,11 @@ fn read_records(
                             .map(|x| x.to_string().chars().take(40).collect::<String>())
                             .unwrap_or_default()
                     )),
+                    // Versions begin at 1 (black-box round 203b: `"v":0` was read as a
+                    // record of the current version).
+                    Ok(v) if v.get("v").and_then(Value::as_u64) == Some(0) => {
+                        Err("its format version \"v\" is 0: versions begin at 1".to_string())
+                    }
                     // Every record names its type (black-box round 62b: a foreign JSON
                     // line was called a record of a type a newer pingpost writes).
                     Ok(v) if v.is_object() && !v.get("type").is_some_and(Value::is_string) => {
@@ -1056,7 +1061,7 @@ mod tests {
     #[test]
     fn a_version_that_is_not_a_number_is_refused_and_a_torn_tail_is_always_noted() {
         let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[],"took_us":5}"#;
-        for v in ["6.5", r#""6""#, "18446744073709551616", "-1", "null"] {
+        for v in ["6.5", r#""6""#, "18446744073709551616", "-1", "null", "0"] {
             let forged = auction.replace(r#""v":5"#, &format!(r#""v":{v}"#));
             let dir = ledger(&[auction, &forged]);
             let e = for_each(dir.path(), |_| true).unwrap_err();

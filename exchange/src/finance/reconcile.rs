@@ -662,6 +662,25 @@ pub fn reconcile_upto(
                 s.place, s.margin, s.ids
             ));
         }
+        // Prices the exchange never writes: a bid of 0 or less (a bid of 0 is a pass), a
+        // negative seller price, or a bid above the largest amount it takes (black-box
+        // round 203b: a sale at -5.00, at 0.00, or at 9,223,372,036,854.775807, each
+        // edited alike in every record with the chain recomputed, reconciled).
+        if s.bid <= 0 || s.bid > proto::money::AMOUNT_MAX_MICROS {
+            m.push(format!(
+                "{}: bid_micros {} is a price the exchange never sells at (more than 0, at most {}) ({})",
+                s.place,
+                s.bid,
+                proto::money::AMOUNT_MAX_MICROS,
+                s.ids
+            ));
+        }
+        if s.price < 0 {
+            m.push(format!(
+                "{}: seller_price_micros {} is negative: the exchange never pays a seller less than nothing ({})",
+                s.place, s.price, s.ids
+            ));
+        }
         if let Some(first) = by_lead.insert(&s.lead, &s.place) {
             m.push(format!(
                 "{}: lead sold twice (first sale at {first}) ({})",

@@ -310,7 +310,15 @@ impl Scan {
                 return;
             }
         };
-        let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+        // Every record names its type, as the finance tools require (black-box round
+        // 203b: `"type":123` was warned of as a type a newer pingpost writes, named "").
+        let Some(kind) = v.get("type").and_then(Value::as_str) else {
+            self.unreadable.push((
+                i + 1,
+                "it has no \"type\" (a string): not a ledger record".into(),
+            ));
+            return;
+        };
         if !crate::finance::KNOWN_TYPES.contains(&kind)
             && !crate::finance::PRE_SEND_TYPES.contains(&kind)
             && (self.unknown_types.len() < 16 || self.unknown_types.contains_key(kind))
@@ -321,6 +329,13 @@ impl Scan {
         // wrote (round 57a: `"v":"5"` was read; the finance tools refuse it).
         match v.get("v").map(Value::as_u64) {
             None => {}
+            Some(Some(0)) => {
+                self.unreadable.push((
+                    i + 1,
+                    "its format version `v` is 0: versions begin at 1".into(),
+                ));
+                return;
+            }
             Some(Some(n)) => {
                 self.newer += u64::from(n > u64::from(crate::core::record::RECORD_VERSION));
             }

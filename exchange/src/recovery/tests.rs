@@ -29,6 +29,30 @@ fn lines_that_are_not_records_are_counted_with_why() {
     );
     assert_eq!(scan.newer, 1);
     assert!(scan.unknown_types.is_empty(), "{:?}", scan.unknown_types);
+    // Round 203b: a record without a type that is a string, or of version 0, is no
+    // record either (a `"type":123` was warned of as a type of a newer pingpost, named
+    // ""; `"v":0` was read as the current version).
+    let text = "{\"type\":123,\"v\":5}\n{\"v\":5}\n{\"type\":\"flush\",\"v\":0}\n{\"type\":\"flush\",\"v\":5}\n";
+    let scan = Scan::of_text(text);
+    assert_eq!(scan.records, 1);
+    assert_eq!(
+        scan.unreadable,
+        [
+            (
+                1,
+                "it has no \"type\" (a string): not a ledger record".to_string()
+            ),
+            (
+                2,
+                "it has no \"type\" (a string): not a ledger record".to_string()
+            ),
+            (
+                3,
+                "its format version `v` is 0: versions begin at 1".to_string()
+            ),
+        ]
+    );
+    assert!(scan.unknown_types.is_empty(), "{:?}", scan.unknown_types);
     // Round 112b: a type this pingpost does not know is counted for the start's warning
     // (it said nothing); every type the exchange writes is known.
     let text = "{\"type\":\"payout_batch\",\"v\":5}\n{\"type\":\"payout_batch\",\"v\":5}\n{\"type\":\"post_sent\",\"v\":5,\"buyer\":\"b\",\"lead_id\":\"l\"}\n{\"type\":\"quote_expired\",\"v\":5}\n";
