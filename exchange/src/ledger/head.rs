@@ -187,11 +187,17 @@ pub fn read(dir: &Path) -> Result<Option<u64>, String> {
         }
         Err(e) => return Err(format!("{UNREADABLE}{}: {e}", crate::cli_out::Shown(&path))),
     }
+    // Only a line's worth is read: past it the file is said longer (black-box round 203b:
+    // a 150 MB file was said to hold "50 bytes").
+    let found = if bytes.len() > LEN {
+        format!("a file longer than {LEN} bytes")
+    } else {
+        format!("{} bytes", bytes.len())
+    };
     let bad = || {
         format!(
-            "{} is not a ledger head this exchange writes (expected one line `{PREFIX}<20 digits>`, found {} bytes); restore it from a backup, or remove it to start without the check of removed records",
+            "{} is not a ledger head this exchange writes (expected one line `{PREFIX}<20 digits>`, found {found}); restore it from a backup, or remove it to start without the check of removed records",
             crate::cli_out::Shown(&path),
-            bytes.len()
         )
     };
     parse(&bytes).map(Some).ok_or_else(bad)
@@ -266,6 +272,16 @@ mod tests {
             let e = read(dir.path()).unwrap_err();
             assert!(e.contains("is not a ledger head"), "{e}");
         }
+        // A long file is said longer than a head, not by the bytes read of it (round
+        // 203b: 150 MB was "found 50 bytes").
+        std::fs::write(&path, vec![b'x'; 10_000]).unwrap();
+        let e = read(dir.path()).unwrap_err();
+        assert!(
+            e.contains(&format!("found a file longer than {LEN} bytes")),
+            "{e}"
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("found 7 bytes"));
         // A symlink is never followed: not read, and replaced (not written through) when
         // the head is made.
         std::fs::remove_file(&path).unwrap();
