@@ -792,7 +792,7 @@ impl BuyerClient {
         now_s: i64,
         body: Bytes,
         conn: Option<Connection>,
-        resend: bool,
+        ping: bool,
     ) -> Result<(u16, Option<HeaderValue>, Vec<u8>), CallError> {
         let Endpoint {
             url,
@@ -859,7 +859,7 @@ impl BuyerClient {
                 (resp, Some(tx))
             }
             HttpVersion::Http2 => {
-                let spare = resend.then(|| Box::new(spare_request(&req)));
+                let spare = ping.then(|| Box::new(spare_request(&req)));
                 let resp = self
                     .h2
                     .send(t.https, &t.authority, &t.uri, req, first_h2, spare)
@@ -868,8 +868,10 @@ impl BuyerClient {
             }
         };
         let status = resp.status().as_u16();
+        // A post answered 204 is no answer either (black-box round 204a: not logged).
         match status {
-            200 | 204 => {}
+            200 => {}
+            204 if ping => {}
             401 | 403 => signature_refused(&t.authority, status),
             _ => status_refused(&t.authority, status),
         }
@@ -958,10 +960,11 @@ pub trait BuyerMessage {
     fn parse(status: u16, content_type: Option<&str>, body: &mut [u8]) -> Self::Outcome;
     /// An answer longer than [`ANSWER_BYTES_MAX`].
     fn too_large() -> Self::Outcome;
-    /// Whether a call refused by a buyer's GOAWAY is sent again on a new connection
-    /// ([`H2Pool::send`]): a ping, whose repeat costs the buyer nothing; not a post, which
-    /// delivers a lead and whose connection is made before its write-ahead record.
-    const RESEND_AFTER_GOAWAY: bool = false;
+    /// Whether this is a ping: a call refused by a buyer's GOAWAY is sent again on a new
+    /// connection ([`H2Pool::send`]), a ping's repeat costing the buyer nothing (not a
+    /// post's, which delivers a lead and whose connection is made before its write-ahead
+    /// record); and a `204` is its answer (a pass), where a post's is no answer.
+    const PING: bool = false;
 }
 
 /// A ping: the answer is a bid or a pass.
@@ -976,7 +979,7 @@ impl BuyerMessage for Ping {
     fn too_large() -> BidOutcome {
         BidOutcome::Invalid("too_large")
     }
-    const RESEND_AFTER_GOAWAY: bool = true;
+    const PING: bool = true;
 }
 
 /// A post: the answer accepts or rejects the lead.
@@ -1080,10 +1083,7 @@ impl BuyerTransport for BuyerClient {
         now_s: i64,
         body: Bytes,
     ) -> CallResult<M::Outcome> {
-        call_result::<M>(
-            self.exchange(to, msg_id, now_s, body, None, M::RESEND_AFTER_GOAWAY)
-                .await,
-        )
+        call_result::<M>(self.exchange(to, msg_id, now_s, body, None, M::PING).await)
     }
 
     async fn connect(&self, to: Endpoint<'_>) -> Result<Connection, CallError> {
@@ -1099,7 +1099,7 @@ impl BuyerTransport for BuyerClient {
         body: Bytes,
     ) -> CallResult<M::Outcome> {
         call_result::<M>(
-            self.exchange(to, msg_id, now_s, body, Some(conn), M::RESEND_AFTER_GOAWAY)
+            self.exchange(to, msg_id, now_s, body, Some(conn), M::PING)
                 .await,
         )
     }

@@ -117,6 +117,9 @@ pub struct BuyerMetrics {
     pub late_answers: IntCounter,
     pub late_calls_dropped: IntCounter,
     pub capped_at_award: IntCounter,
+    /// Made with the buyer's other series (at 0), so the first late accept is an
+    /// increase to Prometheus (black-box round 204a).
+    pub late_accepts: IntCounter,
 }
 
 impl BuyerMetrics {
@@ -156,6 +159,9 @@ pub struct Metrics {
     pub late_accepts: IntCounterVec,
     /// Seller requests answered `429` by the seller's own limit, by seller id and limit.
     pub seller_limited: IntCounterVec,
+    /// Sellers whose [`Metrics::seller_limited`] series exist (from 0, made at the
+    /// seller's first request: [`Metrics::seller_seen`]).
+    sellers_seen: std::sync::Arc<dashmap::DashSet<String>>,
     /// Sold plus reserved over each cap, in percent (fractional: 3 of 600 is 0.5).
     pub cap_utilisation: GaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
@@ -527,6 +533,7 @@ impl Metrics {
             route_latency: Vec::new(),
             auction_outcomes: Vec::new(),
             skip_reasons: Vec::new(),
+            sellers_seen: std::sync::Arc::new(dashmap::DashSet::new()),
             registry: r,
         }
         .resolved()
@@ -598,6 +605,28 @@ impl Metrics {
         }
     }
 
+    /// The limits [`Metrics::seller_limited`] counts by.
+    pub const SELLER_LIMITS: [&'static str; 4] = [
+        "requests_in_flight",
+        "rate",
+        "quotes_open",
+        "idempotency_keys",
+    ];
+
+    /// Makes seller `id`'s `pingpost_seller_limited_total` series, at 0, at its first
+    /// request: a series that first appears at 1 is no `increase()` to Prometheus, so an
+    /// alert on it missed the first refusal (black-box round 204a). One set lookup a
+    /// request after that.
+    pub fn seller_seen(&self, id: &str) {
+        if self.sellers_seen.contains(id) {
+            return;
+        }
+        for limit in Self::SELLER_LIMITS {
+            let _ = self.seller_limited.with_label_values(&[id, limit]);
+        }
+        self.sellers_seen.insert(id.to_string());
+    }
+
     /// Pre-resolves one buyer's series.
     pub fn buyer(&self, id: &str) -> BuyerMetrics {
         BuyerMetrics {
@@ -613,6 +642,7 @@ impl Metrics {
             late_answers: self.late_answers.with_label_values(&[id]),
             late_calls_dropped: self.late_calls_dropped.with_label_values(&[id]),
             capped_at_award: self.capped_at_award.with_label_values(&[id]),
+            late_accepts: self.late_accepts.with_label_values(&[id]),
         }
     }
 

@@ -921,6 +921,24 @@ async fn a_seller_over_its_rate_is_counted_by_name() {
         .post_json_with("/v1/ping", THROTTLED_KEY, &[], &body)
         .await;
     assert_eq!(first.status, 200, "{}", first.text());
+    // Its series exist from its first request, at 0, so that the first refusal is an
+    // increase to Prometheus (black-box round 204a: a series that appeared at 1 was
+    // none); the main seller, which sent nothing, has none yet.
+    let metrics = ex.metrics().await;
+    for limit in [
+        "requests_in_flight",
+        "rate",
+        "quotes_open",
+        "idempotency_keys",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "pingpost_seller_limited_total{{limit=\"{limit}\",seller=\"throttled\"}} 0\n"
+            )),
+            "{limit}: {metrics}"
+        );
+    }
+    assert!(!metrics.contains("seller=\"main\""), "{metrics}");
     ex.client
         .post_json_with("/v1/ping", THROTTLED_KEY, &[], &body)
         .await

@@ -641,6 +641,13 @@ async fn a_late_accept_is_recorded_and_counted_across_a_restart() {
     .await
     .expect("the test lead's late accept is written");
     assert_eq!(sold_today(&first, "a"), 0, "a test lead counts in no cap");
+    // a's late-accept series exists at 0 once a was posted to (its test lead's late
+    // accept counts nothing), so its first late accept is an increase (round 204a).
+    let metrics = String::from_utf8(first.state.metrics.render()).unwrap();
+    assert!(
+        metrics.contains("pingpost_buyer_late_accepts_total{buyer=\"a\"} 0\n"),
+        "{metrics}"
+    );
 
     assert_eq!(client.direct("TX").await.buyer.as_deref(), Some("Buyer b"));
     assert_eq!(*a.posts.lock().unwrap(), 2);

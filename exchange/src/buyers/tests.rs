@@ -296,6 +296,29 @@ async fn a_buyer_answering_a_status_that_is_no_answer_is_logged_once_a_second() 
     assert!(lines[0].contains(&authority(&url)), "{text}");
     assert!(lines[0].contains("answers_not_logged=0"), "{text}");
     assert!(!text.contains(&authority(&passing)), "{text}");
+    // A post answered 204 is no answer: it is logged (round 204a: it was not).
+    let secret = Secret::new("test-secret").unwrap();
+    let to = Endpoint {
+        url: &passing,
+        target: None,
+        http: HttpVersion::Http1,
+        secret: &secret,
+        secret_next: None,
+    };
+    let posted = client
+        .call::<Post>(to, "au_1.post.1", 1_790_000_000, Bytes::from_static(b"{}"))
+        .await;
+    assert_eq!(
+        posted,
+        CallResult::Answer(PostOutcome::Invalid("http_status")),
+        "{posted:?}"
+    );
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("answered HTTP 204") && l.contains(&authority(&passing))),
+        "{text}"
+    );
 }
 
 /// A connection read to its end carries the next request; one the buyer closed is

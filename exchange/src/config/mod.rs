@@ -176,30 +176,41 @@ pub fn shared_bound_warnings(cfg: &Config) -> Vec<String> {
         .filter(|s| s.quotes_open_max >= cfg.server.quotes_open_max)
         .map(|s| format!("sellers.{}.quotes_open_max", s.id))
         .collect();
+    let is_are = |n: usize| if n == 1 { "is" } else { "are" };
     if !quotes.is_empty() {
         out.push(format!(
-            "{} is not below server.quotes_open_max ({}): such a seller alone can hold every open quote, and the other sellers' pings are then answered 503 until its quotes expire; give it a lower quotes_open_max, or raise server.quotes_open_max",
+            "{} {} not below server.quotes_open_max ({}): such a seller alone can hold every open quote, and the other sellers' pings are then answered 503 until its quotes expire; give it a lower quotes_open_max, or raise server.quotes_open_max",
             named(quotes.iter().map(String::as_str).collect()),
+            is_are(quotes.len()),
             cfg.server.quotes_open_max
         ));
     }
-    let keys: Vec<String> = (0..cfg.sellers.len())
+    let over: Vec<usize> = (0..cfg.sellers.len())
         .filter(|&i| cfg.idempotency_keys_max_of(i) >= cfg.server.idempotency_keys_max)
-        .map(|i| {
-            let s = &cfg.sellers[i];
-            match s.idempotency_keys_max {
-                Some(_) => format!("sellers.{}.idempotency_keys_max", s.id),
-                None => format!(
-                    "server.idempotency_keys_per_seller_max (seller {}'s quota)",
-                    s.id
-                ),
-            }
-        })
         .collect();
+    // Sellers of their own quota by its key; those on the shared default once, by the
+    // default's key (black-box round 204a: it was named once per seller).
+    let mut keys: Vec<String> = over
+        .iter()
+        .filter(|&&i| cfg.sellers[i].idempotency_keys_max.is_some())
+        .map(|&i| format!("sellers.{}.idempotency_keys_max", cfg.sellers[i].id))
+        .collect();
+    let on_default: Vec<&str> = over
+        .iter()
+        .filter(|&&i| cfg.sellers[i].idempotency_keys_max.is_none())
+        .map(|&i| cfg.sellers[i].id.as_str())
+        .collect();
+    if !on_default.is_empty() {
+        keys.push(format!(
+            "server.idempotency_keys_per_seller_max (the quota of {})",
+            named(on_default)
+        ));
+    }
     if !keys.is_empty() {
         out.push(format!(
-            "the idempotency key quota of {} is not below server.idempotency_keys_max ({}): such a seller alone can hold every key, and the other sellers' requests with a new key are then answered 503 until its keys expire (a day or more); lower its quota, or raise server.idempotency_keys_max",
+            "the idempotency key quota of {} {} not below server.idempotency_keys_max ({}): such a seller alone can hold every key, and the other sellers' requests with a new key are then answered 503 until its keys expire (a day or more); lower its quota, or raise server.idempotency_keys_max",
             named(keys.iter().map(String::as_str).collect()),
+            is_are(over.len()),
             cfg.server.idempotency_keys_max
         ));
     }

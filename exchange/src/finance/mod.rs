@@ -627,7 +627,7 @@ fn read_records(
                     // version 1 (black-box round 44: `6.5`, `"6"` and 2^64 were read as
                     // the current version, and counted).
                     Ok(v) if v.get("v").is_some_and(|x| x.as_u64().is_none()) => Err(format!(
-                        "its format version \"v\" is {}, not a whole number",
+                        "its format version \"v\" is {}, not a version number (a whole number from 1 to 2^64 - 1)",
                         v.get("v")
                             .map(|x| x.to_string().chars().take(40).collect::<String>())
                             .unwrap_or_default()

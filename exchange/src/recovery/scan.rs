@@ -341,7 +341,7 @@ impl Scan {
             }
             Some(None) => {
                 self.unreadable
-                    .push((i + 1, "its format version `v` is not a whole number".into()));
+                    .push((i + 1, "its format version `v` is not a version number (a whole number from 1 to 2^64 - 1)".into()));
                 return;
             }
         }

@@ -24,7 +24,8 @@ fn lines_that_are_not_records_are_counted_with_why() {
         scan.unreadable,
         [(
             1,
-            "its format version `v` is not a whole number".to_string()
+            "its format version `v` is not a version number (a whole number from 1 to 2^64 - 1)"
+                .to_string()
         )]
     );
     assert_eq!(scan.newer, 1);

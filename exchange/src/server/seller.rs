@@ -497,6 +497,7 @@ pub(super) async fn seller_request(
     };
     // Per-seller state (rate, idempotency keys, quotes) is keyed by the stable key.
     let seller_key = rt.config.sellers[seller].key;
+    state.metrics.seller_seen(&rt.config.sellers[seller].id);
     if let Some((max, own)) = seller_in_flight_max(&rt.config, seller) {
         if !permit.take_seller_place(seller_key, max) {
             let whose = if own {

@@ -420,15 +420,18 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
 /// Whether `name` is an environment variable name a shell can set: ASCII letters, digits
 /// and `_`, not starting with a digit (black-box round 203a: `admin.token_env = "1ABC"`
 /// was taken, while `secret_env` refused it without saying why).
+/// `_` alone is none: the shell sets it to the path of the program it runs (black-box
+/// round 204a: `token_env = "_"` made the admin token `/usr/bin/timeout`).
 pub(super) fn is_env_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "_"
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// What [`is_env_name`] asks, for messages.
 pub(super) const ENV_NAME_RULE: &str =
-    "must be an environment variable name (ASCII letters, digits and _, not starting with a digit)";
+    "must be an environment variable name (ASCII letters, digits and _, not starting with a digit, and not _ alone, which the shell sets itself)";
 
 fn is_name(s: &str) -> bool {
     (1..=NAME_LEN_MAX).contains(&s.len())

@@ -121,7 +121,18 @@ fn read_payout(p: &mut Problems, path: String, v: &Value) -> Option<PayoutModel>
             Some((pct_path, pct)) => {
                 let bp = share_bp(pct);
                 if bp.is_none() {
-                    p.at(&pct_path, "must be a percentage between 0 and 100 with at most two decimals, such as 82.5");
+                    // Written with its sign (black-box round 204a: `"80 %"` was told only
+                    // the range).
+                    let sign = match pct {
+                        toml::Value::String(t) if t.trim_end().ends_with('%') => {
+                            " (written without the % sign)"
+                        }
+                        _ => "",
+                    };
+                    p.at(
+                        &pct_path,
+                        format!("must be a percentage between 0 and 100 with at most two decimals, such as 82.5{sign}"),
+                    );
                 }
                 bp.map(|share_bp| PayoutModel::RevenueShare { share_bp })
             }

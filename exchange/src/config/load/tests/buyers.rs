@@ -521,7 +521,7 @@ fn secrets_are_checked_and_never_shown() {
     }
     assert_eq!(
         run("A=B"),
-        ["buyers.acme.secret_env: must be an environment variable name (ASCII letters, digits and _, not starting with a digit)"]
+        ["buyers.acme.secret_env: must be an environment variable name (ASCII letters, digits and _, not starting with a digit, and not _ alone, which the shell sets itself)"]
     );
     for e in run("BAD_SECRET")
         .iter()

@@ -53,6 +53,12 @@ fn seller_keys() {
         [pct]
     );
     assert_eq!(
+        payout("{ model = \"revenue_share\", share_pct = \"80 %\" }")
+            .unwrap_err()
+            .0,
+        [format!("{pct} (written without the % sign)")]
+    );
+    assert_eq!(
         payout("{ model = \"revenue_share\", share_pct = -5 }")
             .unwrap_err()
             .0,
@@ -203,7 +209,7 @@ fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
         w[0].starts_with(&format!(
-            "sellers.{first}.quotes_open_max, sellers.s2.quotes_open_max is not below server.quotes_open_max (50)"
+            "sellers.{first}.quotes_open_max, sellers.s2.quotes_open_max are not below server.quotes_open_max (50)"
         )),
         "{w:?}"
     );
@@ -220,7 +226,7 @@ fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
     assert_eq!(w.len(), 2, "{w:?}");
     assert!(
         w[1].starts_with(
-            "the idempotency key quota of server.idempotency_keys_per_seller_max (seller s2's quota) is not below server.idempotency_keys_max (8)"
+            "the idempotency key quota of server.idempotency_keys_per_seller_max (the quota of s2) is not below server.idempotency_keys_max (8)"
         ),
         "{w:?}"
     );
@@ -232,7 +238,14 @@ fn a_seller_bound_that_reaches_the_shared_one_is_warned_of() {
     }
     let w = shared_bound_warnings(&c);
     assert!(
-        w[0].contains("sellers.s6.quotes_open_max and 3 more is not below"),
+        w[0].contains("sellers.s6.quotes_open_max and 3 more are not below"),
+        "{w:?}"
+    );
+    // The sellers on the shared default are named once, by its key.
+    assert!(
+        w[1].starts_with(
+            "the idempotency key quota of server.idempotency_keys_per_seller_max (the quota of s2, s3, s4, s5, s6 and 3 more) are not below"
+        ),
         "{w:?}"
     );
 }

@@ -211,13 +211,13 @@ fn the_admin_token_cannot_be_a_seller_s_or_buyer_s_key() {
     assert!(c.admin.token.is_some());
     // A name no shell can set is refused, as `secret_env`'s is (black-box round 203a:
     // `1ABC` was taken, with only a warning that it is not set).
-    for name in ["1ABC", "A-B", ""] {
+    for name in ["1ABC", "A-B", "", "_"] {
         assert_eq!(
             errors(&[(
                 "#BUYER",
                 &format!("\n[admin]\ntoken_env = \"{name}\"\nlisten = \"127.0.0.1:8081\""),
             )]),
-            ["admin.token_env: must be an environment variable name (ASCII letters, digits and _, not starting with a digit); up to 64"],
+            ["admin.token_env: must be an environment variable name (ASCII letters, digits and _, not starting with a digit, and not _ alone, which the shell sets itself); up to 64"],
             "{name:?}"
         );
     }
