@@ -122,6 +122,16 @@ pub struct BuyerMetrics {
     pub late_accepts: IntCounter,
 }
 
+/// One seller's series, resolved once (see [`crate::state::Runtime::seller_metrics`]): its
+/// requests answered `429` by each of its own limits.
+#[derive(Debug, Clone)]
+pub struct SellerMetrics {
+    pub requests_in_flight: IntCounter,
+    pub rate: IntCounter,
+    pub quotes_open: IntCounter,
+    pub idempotency_keys: IntCounter,
+}
+
 impl BuyerMetrics {
     pub fn ping(&self, o: PingOutcome) {
         if let Some(c) = self.pings.get(o as usize) {
@@ -159,9 +169,6 @@ pub struct Metrics {
     pub late_accepts: IntCounterVec,
     /// Seller requests answered `429` by the seller's own limit, by seller id and limit.
     pub seller_limited: IntCounterVec,
-    /// Sellers whose [`Metrics::seller_limited`] series exist (from 0, made at the
-    /// seller's first request: [`Metrics::seller_seen`]).
-    sellers_seen: std::sync::Arc<dashmap::DashSet<String>>,
     /// Sold plus reserved over each cap, in percent (fractional: 3 of 600 is 0.5).
     pub cap_utilisation: GaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
@@ -533,7 +540,6 @@ impl Metrics {
             route_latency: Vec::new(),
             auction_outcomes: Vec::new(),
             skip_reasons: Vec::new(),
-            sellers_seen: std::sync::Arc::new(dashmap::DashSet::new()),
             registry: r,
         }
         .resolved()
@@ -605,26 +611,17 @@ impl Metrics {
         }
     }
 
-    /// The limits [`Metrics::seller_limited`] counts by.
-    pub const SELLER_LIMITS: [&'static str; 4] = [
-        "requests_in_flight",
-        "rate",
-        "quotes_open",
-        "idempotency_keys",
-    ];
-
-    /// Makes seller `id`'s `pingpost_seller_limited_total` series, at 0, at its first
-    /// request: a series that first appears at 1 is no `increase()` to Prometheus, so an
-    /// alert on it missed the first refusal (black-box round 204a). One set lookup a
-    /// request after that.
-    pub fn seller_seen(&self, id: &str) {
-        if self.sellers_seen.contains(id) {
-            return;
+    /// Pre-resolves one seller's series, at 0 (a series that first appears at 1 is no
+    /// `increase()` to Prometheus: black-box round 204a, an alert on it missed the first
+    /// refusal).
+    pub fn seller(&self, id: &str) -> SellerMetrics {
+        let limited = |limit: &str| self.seller_limited.with_label_values(&[id, limit]);
+        SellerMetrics {
+            requests_in_flight: limited("requests_in_flight"),
+            rate: limited("rate"),
+            quotes_open: limited("quotes_open"),
+            idempotency_keys: limited("idempotency_keys"),
         }
-        for limit in Self::SELLER_LIMITS {
-            let _ = self.seller_limited.with_label_values(&[id, limit]);
-        }
-        self.sellers_seen.insert(id.to_string());
     }
 
     /// Pre-resolves one buyer's series.

@@ -27,7 +27,7 @@ use crate::core::slots::Slots;
 use crate::core::UnixMs;
 use crate::idempotency::IdempotencyStore;
 use crate::ledger::Ledger;
-use crate::metrics::{BuyerMetrics, Metrics};
+use crate::metrics::{BuyerMetrics, Metrics, SellerMetrics};
 use crate::models::stats::BuyerStats;
 use crate::models::ModelSet;
 
@@ -48,6 +48,9 @@ pub struct Runtime {
     /// pinged or posted to (each series is labelled by the buyer's id, so a buyer keeps
     /// its series across reloads). A buyer never pinged has none.
     pub buyer_metrics: Vec<OnceLock<BuyerMetrics>>,
+    /// The same for `config.sellers`, resolved at the seller's first request (its
+    /// `pingpost_seller_limited_total` series then exist, at 0).
+    pub seller_metrics: Vec<OnceLock<SellerMetrics>>,
     /// Each buyer's ping URL parsed, by position in `config.buyers`, on first use (boxed:
     /// ten thousand configured buyers cost a pointer each until they are pinged). Shared
     /// by the runtimes of one configuration (a model swap keeps them).
@@ -71,6 +74,13 @@ impl Runtime {
         let slot = self.buyer_metrics.get(idx)?;
         let buyer = self.config.buyers.get(idx)?;
         Some(slot.get_or_init(|| metrics.buyer(&buyer.id)))
+    }
+
+    /// Seller `idx`'s series, resolved on first use.
+    pub fn seller_metrics(&self, metrics: &Metrics, idx: usize) -> Option<&SellerMetrics> {
+        let slot = self.seller_metrics.get(idx)?;
+        let seller = self.config.sellers.get(idx)?;
+        Some(slot.get_or_init(|| metrics.seller(&seller.id)))
     }
 
     /// Buyer `idx`'s ping URL, parsed on first use (`None`: no ping URL, or not a URL).
@@ -121,31 +131,49 @@ fn carry_models(
     }
 }
 
-/// One metrics slot per buyer of `config`: already resolved for a buyer (by id) that
-/// `old` had resolved, so a swap does not make the next auctions resolve every pinged
-/// buyer's series again; empty for the others.
-fn metric_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<BuyerMetrics>> {
-    let resolved: std::collections::HashMap<&str, &BuyerMetrics> = old
-        .map(|rt| {
-            rt.config
-                .buyers
-                .iter()
-                .zip(&rt.buyer_metrics)
-                .filter_map(|(b, slot)| slot.get().map(|m| (b.id.as_str(), m)))
-                .collect()
-        })
-        .unwrap_or_default();
-    config
-        .buyers
-        .iter()
-        .map(|b| {
-            let slot = OnceLock::new();
-            if let Some(m) = resolved.get(b.id.as_str()) {
-                let _ = slot.set((*m).clone());
-            }
-            slot
-        })
-        .collect()
+/// One metrics slot per party of `ids` (the new configuration's buyer or seller ids, in
+/// order): already resolved for one (by id) that `old` (the old configuration's ids with
+/// their slots) had resolved, so a swap does not make the next requests resolve every
+/// party's series again; empty for the others.
+fn metric_slots<'a, T: Clone + 'a>(
+    ids: impl Iterator<Item = &'a str>,
+    old: impl Iterator<Item = (&'a str, &'a OnceLock<T>)>,
+) -> Vec<OnceLock<T>> {
+    let resolved: std::collections::HashMap<&str, &T> = old
+        .filter_map(|(id, slot)| slot.get().map(|m| (id, m)))
+        .collect();
+    ids.map(|id| {
+        let slot = OnceLock::new();
+        if let Some(m) = resolved.get(id) {
+            let _ = slot.set((*m).clone());
+        }
+        slot
+    })
+    .collect()
+}
+
+/// [`metric_slots`] of `config`'s buyers, carried from `old`'s.
+fn buyer_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<BuyerMetrics>> {
+    let carried = old.into_iter().flat_map(|rt| {
+        rt.config
+            .buyers
+            .iter()
+            .map(|b| b.id.as_str())
+            .zip(&rt.buyer_metrics)
+    });
+    metric_slots(config.buyers.iter().map(|b| b.id.as_str()), carried)
+}
+
+/// [`metric_slots`] of `config`'s sellers, carried from `old`'s.
+fn seller_slots(config: &Config, old: Option<&Runtime>) -> Vec<OnceLock<SellerMetrics>> {
+    let carried = old.into_iter().flat_map(|rt| {
+        rt.config
+            .sellers
+            .iter()
+            .map(|s| s.id.as_str())
+            .zip(&rt.seller_metrics)
+    });
+    metric_slots(config.sellers.iter().map(|s| s.id.as_str()), carried)
 }
 
 fn target_slots(config: &Config) -> Arc<Vec<OnceLock<Option<Box<Target>>>>> {
@@ -694,7 +722,8 @@ impl AppState {
         }
         let retrains_at_start = config.learning.retrains();
         let s = &config.server;
-        let buyer_metrics = metric_slots(&config, None);
+        let buyer_metrics = buyer_slots(&config, None);
+        let seller_metrics = seller_slots(&config, None);
         metrics
             .suppression_hashes
             .set(config.suppression.len() as i64);
@@ -753,6 +782,7 @@ impl AppState {
                 models: vec![None; vertical_count],
                 guard_epoch: 0,
                 buyer_metrics,
+                seller_metrics,
                 ping_targets,
                 openapi: Arc::default(),
             }),
@@ -944,7 +974,8 @@ impl AppState {
         self.buyer_in_flight.grow(self.ids.buyer_count());
         self.pings_in_flight.grow(self.ids.buyer_count());
         self.quotes.grow_sellers(self.ids.seller_count());
-        let buyer_metrics = metric_slots(&config, Some(&old));
+        let buyer_metrics = buyer_slots(&config, Some(&old));
+        let seller_metrics = seller_slots(&config, Some(&old));
         // The cap gauges of a removed buyer, or of a window a kept buyer no longer caps,
         // would otherwise show their last utilisation until a restart (a scrape computes
         // only the windows configured now; black-box round 81a); counters stay (they only
@@ -977,6 +1008,7 @@ impl AppState {
                 generation
             },
             buyer_metrics,
+            seller_metrics,
             openapi: Arc::default(),
         }));
         if !champions.is_empty() {
@@ -1080,7 +1112,8 @@ impl AppState {
             generation,
             models,
             guard_epoch: generation,
-            buyer_metrics: metric_slots(&old.config, Some(&old)),
+            buyer_metrics: buyer_slots(&old.config, Some(&old)),
+            seller_metrics: seller_slots(&old.config, Some(&old)),
             ping_targets: Arc::clone(&old.ping_targets),
             openapi: Arc::clone(&old.openapi),
         }));

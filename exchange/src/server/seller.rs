@@ -497,7 +497,8 @@ pub(super) async fn seller_request(
     };
     // Per-seller state (rate, idempotency keys, quotes) is keyed by the stable key.
     let seller_key = rt.config.sellers[seller].key;
-    state.metrics.seller_seen(&rt.config.sellers[seller].id);
+    // Its refusal counters, resolved (at 0) at its first request.
+    let limited = rt.seller_metrics(&state.metrics, seller);
     if let Some((max, own)) = seller_in_flight_max(&rt.config, seller) {
         if !permit.take_seller_place(seller_key, max) {
             let whose = if own {
@@ -505,7 +506,9 @@ pub(super) async fn seller_request(
             } else {
                 "half of server.requests_in_flight_max, each seller's share when there are several and its own requests_in_flight_max is not set"
             };
-            seller_limited(state, &rt.config.sellers[seller].id, "requests_in_flight");
+            if let Some(m) = limited {
+                m.requests_in_flight.inc();
+            }
             return error_response(
                 state,
                 &ApiError::new(
@@ -520,7 +523,9 @@ pub(super) async fn seller_request(
             .rate_limits
             .allow(seller_key, rate, state.clock.now_ms())
         {
-            seller_limited(state, &rt.config.sellers[seller].id, "rate");
+            if let Some(m) = limited {
+                m.rate.inc();
+            }
             return error_response(
                 state,
                 &ApiError::new(
@@ -561,7 +566,9 @@ pub(super) async fn seller_request(
                 Err(resp) => {
                     // A 429 here is the seller's own key quota.
                     if resp.status() == hyper::StatusCode::TOO_MANY_REQUESTS {
-                        seller_limited(state, &rt.config.sellers[seller].id, "idempotency_keys");
+                        if let Some(m) = limited {
+                            m.idempotency_keys.inc();
+                        }
                     }
                     return *resp;
                 }
@@ -770,7 +777,11 @@ async fn ping(
         .quotes
         .claim(cfg.sellers[seller].key, seller_open_max)
         .map_err(|refused| {
-            quote_refusal(state, &cfg.sellers[seller].id, refused, seller_open_max)
+            quote_refusal(
+                rt.seller_metrics(&state.metrics, seller),
+                refused,
+                seller_open_max,
+            )
         })?;
     let result = run_auction(
         state,
@@ -827,8 +838,7 @@ async fn ping(
                     release_hold(state, rt, r, Some(&result.ping_id), why, &[], now).await;
                 }
                 return Err(quote_refusal(
-                    state,
-                    &cfg.sellers[seller].id,
+                    rt.seller_metrics(&state.metrics, seller),
                     refused,
                     seller_open_max,
                 ));
@@ -974,14 +984,15 @@ fn ledger_unavailable() -> ApiError {
 /// A quote the book refused: the seller's limit is 429 ([`seller_quotes_limited`]), a full
 /// book (or a ping id already in it) 503.
 fn quote_refusal(
-    state: &AppState,
-    seller: &str,
+    limited: Option<&crate::metrics::SellerMetrics>,
     refused: QuoteRefused,
     seller_open_max: usize,
 ) -> ApiError {
     match refused {
         QuoteRefused::SellerLimit => {
-            seller_limited(state, seller, "quotes_open");
+            if let Some(m) = limited {
+                m.quotes_open.inc();
+            }
             seller_quotes_limited(seller_open_max)
         }
         // Pings still in their auction hold places too (a winner must find one), so the
@@ -991,17 +1002,6 @@ fn quote_refusal(
             "the exchange holds its server.quotes_open_max open quotes, pings still in their auction counted as quotes; retry in a moment",
         ),
     }
-}
-
-/// Counts a seller's request answered `429` by its own `limit`
-/// (`pingpost_seller_limited_total`): without it an operator could not tell which seller
-/// floods (black-box round 199c: only `pingpost_http_errors_total{code="rate_limited"}`).
-fn seller_limited(state: &AppState, seller: &str, limit: &str) {
-    state
-        .metrics
-        .seller_limited
-        .with_label_values(&[seller, limit])
-        .inc();
 }
 
 /// A seller holding its `sellers.ID.quotes_open_max` open quotes: 429 with `Retry-After`.
