@@ -1251,6 +1251,39 @@ async fn resets_and_quick_requests_beside_bodies_that_never_come_are_not_their_p
     ex.shutdown().await.unwrap();
 }
 
+/// An HTTP/2 connection to the seller listener at `addr` for pings whose bodies come
+/// whole or never, with `window` as the client's initial stream window when given; its
+/// connection task spawned.
+async fn h2_pings(
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<
+        http_body_util::Either<NeverBody, http_body_util::Full<Bytes>>,
+    >,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(w) = window {
+        builder.initial_stream_window_size(w);
+    }
+    let (send, conn) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// A seller's ping to `addr` with `body`.
+fn ping_request<B>(addr: SocketAddr, body: B) -> Request<B> {
+    Request::post(format!("http://{addr}/v1/ping"))
+        .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
+}
+
 /// Black-box round 199a: an HTTP/2 request cancelled by its client (RST_STREAM CANCEL)
 /// before its body ended got an answer that was never sent, and stayed counted among the
 /// connection's unsent answers: the connection was closed as stalled once the head budget
@@ -1261,21 +1294,8 @@ async fn resets_and_quick_requests_beside_bodies_that_never_come_are_not_their_p
 async fn a_request_cancelled_before_its_body_ended_leaves_its_connection_open() {
     let (ex, _dir) = start(1_000, "").await;
     let ping = Bytes::from(serde_json::to_vec(&common::ping_body("TX")).unwrap());
-    let stream = TcpStream::connect(ex.addr).await.expect("connect");
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, http_body_util::Either<NeverBody, http_body_util::Full<Bytes>>>(
-            TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-    let conn = tokio::spawn(conn);
-    let request = |body| {
-        Request::post(format!("http://{}/v1/ping", ex.addr))
-            .header("authorization", format!("Bearer {}", common::SELLER_KEY))
-            .header("content-type", "application/json")
-            .body(body)
-            .unwrap()
-    };
+    let (send, conn) = h2_pings(ex.addr, None).await;
+    let request = |body| ping_request(ex.addr, body);
     for round in 0..3 {
         // A ping whose body never comes, in flight, then cancelled by its client.
         let mut s = send.clone();
@@ -1349,22 +1369,8 @@ async fn cancelled_requests_are_no_progress_of_answers_held_unsent() {
     use bidder_sdk::listener::UNSENT_MAX;
     let (ex, _dir) = start(5_000, "").await;
     let ping = Bytes::from(serde_json::to_vec(&common::ping_body("TX")).unwrap());
-    let stream = TcpStream::connect(ex.addr).await.expect("connect");
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake::<_, http_body_util::Either<NeverBody, http_body_util::Full<Bytes>>>(
-            TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-    let mut conn = tokio::spawn(conn);
-    let request = |body| {
-        Request::post(format!("http://{}/v1/ping", ex.addr))
-            .header("authorization", format!("Bearer {}", common::SELLER_KEY))
-            .header("content-type", "application/json")
-            .body(body)
-            .unwrap()
-    };
+    let (send, mut conn) = h2_pings(ex.addr, Some(0)).await;
+    let request = |body| ping_request(ex.addr, body);
     // More answers than the limit, their heads taken and their bodies held by the window.
     let mut heads = Vec::new();
     for _ in 0..UNSENT_MAX + 8 {

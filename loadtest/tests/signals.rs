@@ -485,11 +485,15 @@ fn read_until(err: &mut impl std::io::BufRead, marker: &str) -> String {
     }
 }
 
-/// Black-box: `many-buyers` stopped in a later size (its simulated buyers gone) reported
-/// nothing of the sizes it had measured; it reports them, with their row, and fails.
-#[test]
-fn many_buyers_stopped_in_a_later_size_reports_the_sizes_before() {
-    // The workspace's exchange, built beside `loadtest` (`cargo nextest run --workspace`).
+/// Runs `loadtest run <args>` on the workspace's exchange (built beside `loadtest` by
+/// `cargo nextest run --workspace`) at 20/s for 1 s, kills its simulated buyers once
+/// stderr has said `marker` `times` times, and returns its exit code, what it said and
+/// its `report.json`.
+fn stopped_run(
+    args: &[&str],
+    marker: &str,
+    times: usize,
+) -> (Option<i32>, String, serde_json::Value) {
     let exchange = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest")).with_file_name("pingpost");
     assert!(
         exchange.exists(),
@@ -499,15 +503,9 @@ fn many_buyers_stopped_in_a_later_size_reports_the_sizes_before() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("run")
+        .args(args)
         .args([
-            "run",
-            "many-buyers",
-            "--configured",
-            "1,2",
-            "--buyers",
-            "1",
-            "--targets",
-            "direct",
             "--rate",
             "20",
             "--duration-s",
@@ -526,25 +524,52 @@ fn many_buyers_stopped_in_a_later_size_reports_the_sizes_before() {
         .unwrap();
     let lt_pid = lt.id();
     let watchdog = Watchdog::start(move || kill("-KILL", lt_pid));
-    // The second size's run has begun once its line is said a second time.
     let mut err = std::io::BufReader::new(lt.stderr.take().unwrap());
-    let mut said = read_until(&mut err, "run 1/1: direct");
-    said.push_str(&read_until(&mut err, "run 1/1: direct"));
+    let mut said = String::new();
+    for _ in 0..times {
+        said.push_str(&read_until(&mut err, marker));
+    }
     kill("-KILL", sims_of(lt_pid));
-    let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    let _ = std::io::Read::read_to_string(&mut err, &mut said);
     let status = lt.wait().unwrap();
     watchdog.stop();
-    assert_eq!(status.code(), Some(1), "{said}{rest}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let labels: Vec<&str> = report["targets"]
+    let report = std::fs::read_to_string(out.join("report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    (status.code(), said, report)
+}
+
+/// The labels of `report`'s targets.
+fn labels(report: &serde_json::Value) -> Vec<&str> {
+    report["targets"]
         .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
+        .flatten()
         .filter_map(|t| t["label"].as_str())
-        .collect();
-    assert_eq!(labels, ["direct, 1 configured"], "{report}");
+        .collect()
+}
+
+/// Black-box: `many-buyers` stopped in a later size (its simulated buyers gone) reported
+/// nothing of the sizes it had measured; it reports them, with their row, and fails.
+#[test]
+fn many_buyers_stopped_in_a_later_size_reports_the_sizes_before() {
+    // The second size's run has begun once its line is said a second time.
+    let (code, said, report) = stopped_run(
+        &[
+            "many-buyers",
+            "--configured",
+            "1,2",
+            "--buyers",
+            "1",
+            "--targets",
+            "direct",
+        ],
+        "run 1/1: direct",
+        2,
+    );
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(labels(&report), ["direct, 1 configured"], "{report}");
     let rows = &report["extra"]["many_buyers"];
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(rows[0]["configured"], 1, "{report}");
@@ -561,56 +586,10 @@ fn many_buyers_stopped_in_a_later_size_reports_the_sizes_before() {
 /// nothing; it reports the leg it measured, says P6 was not judged, and fails.
 #[test]
 fn p6_swap_stopped_in_a_later_leg_reports_the_leg_before() {
-    let exchange = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest")).with_file_name("pingpost");
-    assert!(
-        exchange.exists(),
-        "{} is built with the workspace",
-        exchange.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p6-swap",
-            "--buyers",
-            "2",
-            "--rate",
-            "20",
-            "--duration-s",
-            "1",
-            "--warmup-s",
-            "0",
-            "--exchange-bin",
-        ])
-        .arg(&exchange)
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lt_pid = lt.id();
-    let watchdog = Watchdog::start(move || kill("-KILL", lt_pid));
     // The first leg is without swaps; the second has begun once its line is said.
-    let mut err = std::io::BufReader::new(lt.stderr.take().unwrap());
-    let said = read_until(&mut err, "exchange, swapping");
-    kill("-KILL", sims_of(lt_pid));
-    let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
-    let status = lt.wait().unwrap();
-    watchdog.stop();
-    assert_eq!(status.code(), Some(1), "{said}{rest}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let labels: Vec<&str> = report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["label"].as_str())
-        .collect();
-    assert_eq!(labels, ["exchange, no swaps"], "{report}");
+    let (code, said, report) = stopped_run(&["p6-swap", "--buyers", "2"], "exchange, swapping", 1);
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(labels(&report), ["exchange, no swaps"], "{report}");
     let notes = report["notes"].to_string();
     assert!(
         notes.contains("the run stopped early")

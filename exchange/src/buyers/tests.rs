@@ -205,29 +205,42 @@ fn a_call_s_future_stays_small() {
     assert!(size <= 2048, "{size} bytes");
 }
 
+/// The log lines written while its guard lives, captured (this thread's subscriber).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn installed() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Round 86a: a buyer answering `401` (the exchange's signature refused) was only an
 /// `invalid` answer in the ledger; the operator is now told, once a second per host.
 #[tokio::test]
 async fn a_buyer_refusing_the_signature_is_logged_once_a_second() {
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     const REFUSED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::installed();
     let (url, _) = buyer(REFUSED, false, false).await;
     let client = BuyerClient::new();
     for _ in 0..3 {
@@ -236,7 +249,7 @@ async fn a_buyer_refusing_the_signature_is_logged_once_a_second() {
             CallResult::Answer(BidOutcome::Invalid("http_status"))
         );
     }
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = String::from_utf8(log.text()).unwrap();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("refused a signed call"))
@@ -253,26 +266,9 @@ async fn a_buyer_refusing_the_signature_is_logged_once_a_second() {
 /// second per host. A `204` (a pass) is not logged.
 #[tokio::test]
 async fn a_buyer_answering_a_status_that_is_no_answer_is_logged_once_a_second() {
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     const FAILED: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
     const PASSED: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::installed();
     let (url, _) = buyer(FAILED, false, false).await;
     let (passing, _) = buyer(PASSED, false, false).await;
     let client = BuyerClient::new();
@@ -286,7 +282,7 @@ async fn a_buyer_answering_a_status_that_is_no_answer_is_logged_once_a_second() 
             CallResult::Answer(BidOutcome::NoBid { reason: None })
         );
     }
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = String::from_utf8(log.text()).unwrap();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("answered HTTP"))
@@ -313,7 +309,7 @@ async fn a_buyer_answering_a_status_that_is_no_answer_is_logged_once_a_second() 
         CallResult::Answer(PostOutcome::Invalid("http_status")),
         "{posted:?}"
     );
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = String::from_utf8(log.text()).unwrap();
     assert!(
         text.lines()
             .any(|l| l.contains("answered HTTP 204") && l.contains(&authority(&passing))),
