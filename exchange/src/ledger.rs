@@ -63,7 +63,7 @@ const CHECK_EVERY_TICKS: u64 = 4;
 /// batch before it takes the next one, unless a durable record wakes it sooner: records
 /// that nobody waits for then leave in batches of several, at one wake-up of the writer
 /// thread (and one `write`) per batch rather than per record.
-pub const LINGER_MS: u64 = 2;
+pub const LINGER_MS: u64 = 5;
 /// Records written within one [`BUSY_WINDOW_MS`] from which on the writer lingers
 /// ([`LINGER_MS`]) between batches; below it, every record wakes the writer at once.
 pub const BUSY_RECORDS: usize = 200;
