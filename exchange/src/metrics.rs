@@ -171,6 +171,8 @@ pub struct Metrics {
     pub seller_limited: IntCounterVec,
     /// Sold plus reserved over each cap, in percent (fractional: 3 of 600 is 0.5).
     pub cap_utilisation: GaugeVec,
+    /// Money spent plus held by open quotes over `budget_daily`, in percent, per buyer.
+    pub budget_utilisation: GaugeVec,
     /// Buyers not offered a lead because they failed a filter, by reason.
     pub eligibility_skips: IntCounterVec,
     /// Eligible buyers not pinged for the fan-out limit (one series, not per buyer).
@@ -392,6 +394,17 @@ impl Metrics {
                         "Sold plus reserved as a percentage of each cap, per window.",
                     ),
                     &["buyer", "window"],
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            budget_utilisation: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "pingpost_budget_utilisation_percent",
+                        "Money spent plus held by open quotes in the buyer's local day, as a percentage of its budget_daily.",
+                    ),
+                    &["buyer"],
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),

@@ -976,12 +976,19 @@ impl AppState {
         self.quotes.grow_sellers(self.ids.seller_count());
         let buyer_metrics = buyer_slots(&config, Some(&old));
         let seller_metrics = seller_slots(&config, Some(&old));
-        // The cap gauges of a removed buyer, or of a window a kept buyer no longer caps,
+        // The cap and budget gauges of a removed buyer, or of a window (or budget) a kept
+        // buyer no longer caps,
         // would otherwise show their last utilisation until a restart (a scrape computes
         // only the windows configured now; black-box round 81a); counters stay (they only
         // ever count what happened).
         for was in old.config.buyers.iter() {
             let now_caps = config.buyer_by_key(was.key).map(|(_, b)| &b.caps);
+            if now_caps.and_then(|c| c.budget_daily).is_none() {
+                let _ = self
+                    .metrics
+                    .budget_utilisation
+                    .remove_label_values(&[&was.id]);
+            }
             for (window, cap) in crate::metrics::cap_windows(now_caps) {
                 if cap.is_none() {
                     let _ = self

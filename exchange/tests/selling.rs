@@ -1209,6 +1209,43 @@ async fn the_cap_gauge_is_not_rounded_to_whole_percents() {
     assert!((day - 200.0 / 3.0).abs() < 1e-9, "2 of 3: {day}");
 }
 
+/// Budget use has a gauge of its own, as caps have (black-box round 205c: only the
+/// ledger showed how much of a buyer's `budget_daily` was gone): money spent plus money
+/// held by open quotes, over the budget; no series while nothing is spent or held, nor for
+/// a buyer a reload stops budgeting.
+#[tokio::test]
+async fn the_budget_gauge_reads_spent_and_held_money_over_the_daily_budget() {
+    let a = ScriptedBidder::bidding(12.5);
+    let (ab, _ha) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.clone())
+        .start_edited(|t| t.replacen("[buyers.a]\n", "[buyers.a]\nbudget_daily = 50\n", 1))
+        .await;
+    let series = "pingpost_budget_utilisation_percent{buyer=\"a\"}";
+    let scrape = ex.metrics().await;
+    assert!(!scrape.contains(series), "nothing spent: {scrape}");
+    assert_eq!(
+        ex.client.direct("TX").await.buyer.as_deref(),
+        Some(ab.name().as_str())
+    );
+    let scrape = ex.metrics().await;
+    assert!(
+        scrape.contains(&format!("{series} 25\n")),
+        "12.50 of 50: {scrape}"
+    );
+    let held = ex.client.ping("TX").await;
+    assert_eq!(held.status, PingStatus::Bid, "{held:?}");
+    let scrape = ex.metrics().await;
+    assert!(
+        scrape.contains(&format!("{series} 50\n")),
+        "12.50 spent and 12.50 held: {scrape}"
+    );
+    ex.write_config(&TestConfig::new().buyer(ab.clone()));
+    ex.reload().await;
+    let scrape = ex.metrics().await;
+    assert!(!scrape.contains(series), "no budget any more: {scrape}");
+}
+
 /// A buyer moving to a new signing secret (`secret_env_next`): every ping and post is
 /// signed with both secrets, so a buyer verifying with either one takes it, and the
 /// operator can move it over without a hard cut-over; without the next secret, a buyer

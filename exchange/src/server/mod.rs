@@ -599,6 +599,16 @@ fn metrics(state: &AppState) -> Response<Body> {
                 gauge.with_label_values(&[&b.id, w]).set(pct);
             }
         }
+        if let Some(budget) = b.caps.budget_daily {
+            let gauge = &state.metrics.budget_utilisation;
+            let used = i128::from(u.spent_day.0) + i128::from(u.reserved_micros.0);
+            if used <= 0 {
+                let _ = gauge.remove_label_values(&[&b.id]);
+            } else {
+                let pct = used as f64 * 100.0 / budget.0.max(1) as f64;
+                gauge.with_label_values(&[&b.id]).set(pct);
+            }
+        }
     }
     state
         .metrics
