@@ -1136,6 +1136,33 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
             && err.contains("seg-00000001.jsonl:1: not a readable record"),
         "{err}"
     );
+    // Every record written twice, the chain computed as the exchange computes it: the
+    // chain verifies, the records do not reconcile (each lead sold twice), and training
+    // refuses it as `ledger verify` fails it (black-box round 206a: it trained, exit 0,
+    // on doubled realization examples with a held-out log loss of 0.0006).
+    let doubled = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for seg in pingpost::ledger::segments::list(&ex.ledger_path).unwrap() {
+        for line in std::fs::read_to_string(&seg.1).unwrap().lines() {
+            let body = &line[..line.rfind(r#","seq":"#).unwrap()];
+            records.push(format!("{body}}}"));
+            records.push(format!("{body}}}"));
+        }
+    }
+    std::fs::write(
+        doubled
+            .path()
+            .join(pingpost::ledger::segments::segment_name(1)),
+        pingpost::ledger::segments::frame_all(&records),
+    )
+    .unwrap();
+    let err = refused(doubled.path());
+    assert!(
+        err.contains("does not verify")
+            && err.contains("its records do not reconcile")
+            && err.contains("sold twice"),
+        "{err}"
+    );
     // The first became the champion (none served); the second only if it beat it.
     assert_eq!(versions[0]["promoted"], true, "{}", versions[0]);
     let champion_file = ex

@@ -81,6 +81,10 @@ pub fn train(
     if bad {
         return 2;
     }
+    if let Err(e) = crate::models::train::check_reconciles(&cfg.server.ledger_path) {
+        crate::say_err!("pingpost train: {e}");
+        return 2;
+    }
     let mut status = 0;
     for name in names {
         let now = now_ms();

@@ -278,6 +278,11 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             ));
             continue;
         }
+        if let Err(e) = crate::models::train::check_reconciles(&cfg.server.ledger_path) {
+            tracing::warn!(vertical = %v.name, error = %e, "retraining failed; the serving model stays");
+            out.push(decided(None, false, e, Outcome::Failed));
+            continue;
+        }
         let trained =
             crate::models::train::train_vertical(&cfg, &cfg.server.ledger_path, &v.name, now, None);
         let (outcome, heldout) = match trained {
