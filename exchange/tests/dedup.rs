@@ -283,6 +283,37 @@ async fn a_post_of_a_consumer_being_posted_waits_with_409_and_its_quote_stays_op
     assert_eq!(a.posts(), 1);
 }
 
+/// A direct post holds its consumer from its auction on (it delivers at its end), so
+/// another direct post of it while that auction runs is `409`, said so, and pings no
+/// buyer (black-box round 206c: the answer said "being delivered" while the first post
+/// was only in its auction).
+#[tokio::test]
+async fn a_direct_post_in_its_auction_holds_its_consumer() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ex = TestConfig::new()
+        .buyer(ab.ping_timeout_ms(8_000))
+        .with(|c| c.auction_deadline_ms = 9_000)
+        .start_edited(with_dedup)
+        .await;
+    a.close();
+    let client = ex.client.clone();
+    let first = tokio::spawn(async move { client.direct("TX").await });
+    a.wait_pings(1).await;
+    let r = ex.client.post_json("/v1/leads", &direct_body("TX")).await;
+    let err = r.assert_error(409, "conflict");
+    let said = err["message"].as_str().unwrap();
+    assert!(said.contains("a direct post in its auction"), "{said}");
+    assert_eq!(a.pings(), 1, "the second direct post pinged no buyer");
+    a.open();
+    assert_eq!(first.await.unwrap().status, PostStatus::Sold);
+    assert_eq!(
+        ex.client.direct("TX").await.status,
+        PostStatus::Duplicate,
+        "once the first has sold"
+    );
+}
+
 /// An unsold post lets its keys go: the consumer may be sold later.
 #[tokio::test]
 async fn an_unsold_post_is_no_duplicate() {

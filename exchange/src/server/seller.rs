@@ -723,15 +723,16 @@ impl Drop for DedupClaim<'_> {
     }
 }
 
-/// Another post is delivering a lead with one of this one's dedup keys, or hears out a
-/// buyer that timed out on it (black-box round 114b: a 409 right after that post was
+/// Another post is delivering a lead with one of this one's dedup keys (a direct post
+/// holds them from its auction on, since it delivers at its end: black-box round 206c),
+/// or hears out a buyer that timed out on it (black-box round 114b: a 409 right after that post was
 /// answered `unsold` did not say why): `409`, and nothing changes (a quote stays open
 /// for a retry).
 fn dedup_in_flight() -> ApiError {
     ApiError::new(
         ErrorCode::Conflict,
         format!(
-            "a post of a lead with the same dedup key (the same consumer) is in flight: being delivered, or a buyer that timed out on it is still heard out (up to {} s after its timeout: it may accept late); retry when it has ended",
+            "a post of a lead with the same dedup key (the same consumer) is in flight: a direct post in its auction or a post being delivered, or a buyer that timed out on it is still heard out (up to {} s after its timeout: it may accept late); retry when it has ended",
             crate::auction::LATE_POST_WAIT_MS / 1000
         ),
     )
