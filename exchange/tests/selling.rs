@@ -1240,6 +1240,25 @@ async fn the_budget_gauge_reads_spent_and_held_money_over_the_daily_budget() {
         scrape.contains(&format!("{series} 50\n")),
         "12.50 spent and 12.50 held: {scrape}"
     );
+    // A budget of 0 pauses the buyer: what it has spent or holds reads +Inf (black-box
+    // round 208a: 2,500,000,000, a percentage of one micro).
+    ex.write_config(&TestConfig::new().buyer(ab.clone()));
+    std::fs::write(
+        &ex.config_path,
+        std::fs::read_to_string(&ex.config_path).unwrap().replacen(
+            "[buyers.a]\n",
+            "[buyers.a]\nbudget_daily = 0\n",
+            1,
+        ),
+    )
+    .unwrap();
+    ex.reload().await;
+    let scrape = ex.metrics().await;
+    // The text format writes it `inf` (Prometheus reads that as +Inf, ignoring case).
+    assert!(
+        scrape.contains(&format!("{series} inf\n")),
+        "budget 0: {scrape}"
+    );
     ex.write_config(&TestConfig::new().buyer(ab.clone()));
     ex.reload().await;
     let scrape = ex.metrics().await;

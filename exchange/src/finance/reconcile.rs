@@ -342,6 +342,8 @@ fn at_ms(e: &Entry) -> i64 {
 
 /// What a delivery's `post_sent` says, which its sale must say too.
 struct SentTo {
+    /// Position in the ledger (0-based, records read): a sale comes after it.
+    ordinal: usize,
     buyer: String,
     price: Option<i64>,
     seller: String,
@@ -598,6 +600,7 @@ pub fn reconcile_upto(
                 sent_to.insert(
                     (e.str("lead_id").to_string(), attempt),
                     SentTo {
+                        ordinal: here,
                         buyer: e.str("buyer").to_string(),
                         price: e.i64("price_micros"),
                         seller: e.str("seller").to_string(),
@@ -714,6 +717,15 @@ pub fn reconcile_upto(
             // chain rewritten, passed (a test sale leaves the money and the caps; a sale
             // in yesterday's windows frees today's budget).
             Some(sent) => {
+                // Written before the lead leaves, so before its sale (black-box round
+                // 208a: a sale moved ahead of its auction and its delivery, the chain
+                // recomputed, reconciled).
+                if sent.ordinal > s.ordinal {
+                    m.push(format!(
+                        "{}: the sale comes before its delivery's record (post_sent, attempt {}), which is written before the lead leaves ({})",
+                        s.place, s.attempt, s.ids
+                    ));
+                }
                 if sent.test.is_some_and(|t| t != s.test) {
                     m.push(format!(
                         "{}: test is {}, but its delivery (post_sent, attempt {}) was {}a test lead's ({})",
@@ -763,6 +775,12 @@ pub fn reconcile_upto(
                 s.place, s.ids
             )),
             Some(a) => {
+                if a.ordinal > s.ordinal {
+                    m.push(format!(
+                        "{}: the sale comes before its auction's record ({})",
+                        s.place, s.ids
+                    ));
+                }
                 if !a.seller.is_empty() && a.seller != s.seller {
                     m.push(format!(
                         "{}: its auction was seller {}'s, not the seller the sale pays ({})",

@@ -605,7 +605,13 @@ fn metrics(state: &AppState) -> Response<Body> {
             if used <= 0 {
                 let _ = gauge.remove_label_values(&[&b.id]);
             } else {
-                let pct = used as f64 * 100.0 / budget.0.max(1) as f64;
+                // A budget of 0 (a paused buyer) with money spent or held is past it by
+                // any measure: +Inf, not a percentage of one micro (black-box round 208a).
+                let pct = if budget.0 <= 0 {
+                    f64::INFINITY
+                } else {
+                    used as f64 * 100.0 / budget.0 as f64
+                };
                 gauge.with_label_values(&[&b.id]).set(pct);
             }
         }

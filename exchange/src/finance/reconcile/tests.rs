@@ -230,6 +230,31 @@ fn a_sale_charging_other_than_the_bid_it_was_sent_at_is_a_mismatch() {
     assert!(r.failed());
 }
 
+/// Black-box round 208a: a sale moved ahead of its auction and its delivery's
+/// `post_sent` (the chain recomputed) reconciled; each is written before the sale.
+#[test]
+fn a_sale_before_its_auction_or_its_delivery_is_a_mismatch() {
+    let sent = r#"{"type":"post_sent","v":5,"generation":1,"at":"2026-11-29T10:00:00.500Z","lead_id":"ld_b","auction_id":"au_1","ping_id":"pg_1","seller":"s","buyer":"b","attempt":0,"price_micros":10000000,"test":false}"#;
+    let r = reconcile(ledger(&[AUCTION, sent, SALE]).path(), None).unwrap();
+    assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+    let r = reconcile(ledger(&[AUCTION, SALE, sent]).path(), None).unwrap();
+    assert_eq!(r.mismatches.len(), 1, "{:?}", r.mismatches);
+    assert!(
+        r.mismatches[0]
+            .contains("the sale comes before its delivery's record (post_sent, attempt 0)"),
+        "{:?}",
+        r.mismatches
+    );
+    let r = reconcile(ledger(&[SALE, AUCTION, sent]).path(), None).unwrap();
+    assert_eq!(r.mismatches.len(), 2, "{:?}", r.mismatches);
+    assert!(
+        r.mismatches[1].contains("the sale comes before its auction's record"),
+        "{:?}",
+        r.mismatches
+    );
+    assert!(r.failed());
+}
+
 /// Black-box round 51: a fallback's sale relabelled as the winner's attempt at the
 /// winner's bid, and a fallback's sale with its bid forged and its `post_sent`
 /// removed (each with the chain rewritten), passed. A sale is checked against the
