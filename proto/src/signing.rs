@@ -177,6 +177,12 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let sig = s.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        // API.md's second example: a plain-text secret is its UTF-8 bytes.
+        let plain = Secret::new("plain-secret").unwrap();
+        assert_eq!(
+            plain.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,3Iu+JbC8cHey9rJURLZfxQoX30vMfLebm9Kn1ePn6f4="
+        );
         assert_eq!(
             s.verify(
                 Some("msg_p5jXN8AQM9LWM0D4loKWxJek"),
