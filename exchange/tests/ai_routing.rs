@@ -531,6 +531,17 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         &swap(&ex, json!({"vertical": "mortgage", "version": "m1"})).await,
         "unknown vertical",
     );
+    // A long name is shown cut, and says it is (black-box round 209a: 64 characters and
+    // no `…`, like a name of exactly 64).
+    let long = "z".repeat(300);
+    refused(
+        &swap(&ex, json!({"vertical": long, "version": long})).await,
+        &format!("unknown vertical \\\"{}…\\\"", "z".repeat(64)),
+    );
+    refused(
+        &swap(&ex, json!({"vertical": VERTICAL, "version": long})).await,
+        &format!("version \\\"{}…\\\" is not a model version", "z".repeat(64)),
+    );
     refused(
         &swap(&ex, json!({"vertical": VERTICAL})).await,
         "is required",

@@ -349,7 +349,11 @@ pub fn syntax_error_message(e: &simd_json::Error) -> String {
             return "malformed JSON: a string, object or array is not closed, brackets do not match, or a string holds a raw control character (escape it: \\n, \\u0001)"
                 .into()
         }
-        T::Eof | T::UnterminatedString => "the body ends before the JSON value does",
+        // The end of the body, where no byte is worth naming (black-box round 209a: a
+        // body of white space only was "at byte 0", and it ends at byte 3).
+        T::Eof | T::UnterminatedString => {
+            return "malformed JSON: the body ends before the JSON value does".into()
+        }
         T::ExpectedObjectContent => "a name, ',' or '}' expected in an object",
         T::ExpectedArrayContent => "a value, ',' or ']' expected in an array",
         T::TrailingData => "more text after the JSON value",
@@ -559,6 +563,19 @@ impl<'a> ObjectReader<'a> {
 
 #[cfg(test)]
 mod tests {
+    /// A body that ends before its value says so without a byte (black-box round 209a:
+    /// white space only was "at byte 0"), whatever precedes its end.
+    #[test]
+    fn a_body_that_ends_early_names_no_byte() {
+        for body in ["   ", "", "{\"a\":", "[1, ", "\"abc"] {
+            let mut buf = body.as_bytes().to_vec();
+            let e = parse_value(&mut buf).unwrap_err();
+            let said = e.to_string();
+            assert!(!said.contains("at byte"), "{body:?}: {said}");
+            assert!(said.contains("malformed JSON"), "{body:?}: {said}");
+        }
+    }
+
     use super::*;
 
     fn nested(depth: usize) -> Vec<u8> {

@@ -449,11 +449,10 @@ fn openapi_json(state: &AppState) -> Response<Body> {
 
 pub fn truncate(s: &str, n: usize) -> String {
     // Hidden characters shown as `?`, never dropped: a name with one dropped could read
-    // as another, valid one (black-box round 46: `v\u0000x` was echoed as "vx").
-    s.chars()
-        .take(n)
-        .map(|c| if proto::error::is_hidden(c) { '?' } else { c })
-        .collect()
+    // as another, valid one (black-box round 46: `v\u0000x` was echoed as "vx"); a cut
+    // one ends in `…`, so it is not taken for a name of exactly `n` characters
+    // (black-box round 209a: the admin's unknown vertical and version).
+    proto::error::shown_text(s, n)
 }
 
 /// Ready while the ledger is healthy and every vertical's champion model loaded. After a
