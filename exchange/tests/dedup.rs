@@ -304,6 +304,11 @@ async fn a_direct_post_in_its_auction_holds_its_consumer() {
     let err = r.assert_error(409, "conflict");
     let said = err["message"].as_str().unwrap();
     assert!(said.contains("a direct post in its auction"), "{said}");
+    // It ends by itself: Retry-After says so, as a 429's does (black-box round 210a).
+    assert_eq!(
+        r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
     assert_eq!(a.pings(), 1, "the second direct post pinged no buyer");
     a.open();
     assert_eq!(first.await.unwrap().status, PostStatus::Sold);

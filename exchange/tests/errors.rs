@@ -144,6 +144,8 @@ enum Check {
     Header(&'static str, &'static str),
     /// `Retry-After` is a whole number of seconds, at least 1.
     RetryAfterSeconds,
+    /// The answer has no such header.
+    NoHeader(&'static str),
 }
 
 /// One row: a refused request and what the refusal must look like.
@@ -710,6 +712,8 @@ fn cases() -> Vec<Case> {
             ping_tx().header("Idempotency-Key", "k-42")
         ]))
         .check(Check::MessageMentions("idempotency"))
+        // Never ends by itself: no Retry-After (black-box round 210a).
+        .check(Check::NoHeader("retry-after"))
         .then(
             ping_tx()
                 .key(Some(THROTTLED_KEY))
@@ -726,7 +730,9 @@ fn cases() -> Vec<Case> {
             one_slot: false,
             headers: vec![("Idempotency-Key", "k-7".to_string())],
         })
-        .check(Check::MessageMentions("in flight")),
+        .check(Check::MessageMentions("in flight"))
+        // Ends by itself: Retry-After says so (black-box round 210a).
+        .check(Check::RetryAfterSeconds),
         // 429: a seller over its rate (rate_per_s = 1: the next request in the same second
         // is refused). Other sellers are not limited by it.
         row(
@@ -1111,6 +1117,11 @@ fn check_reply(reply: &Reply, case: &Case, problems: &mut Vec<String>) {
                 let got = reply.headers.get(*name).and_then(|v| v.to_str().ok());
                 if got != Some(*value) {
                     problems.push(format!("header {name}: {got:?}, expected {value:?}"));
+                }
+            }
+            Check::NoHeader(name) => {
+                if let Some(v) = reply.headers.get(*name) {
+                    problems.push(format!("{name}: {v:?}, expected none"));
                 }
             }
             Check::RetryAfterSeconds => {

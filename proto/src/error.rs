@@ -273,6 +273,11 @@ pub struct ApiError {
     /// connection was closed to make room): the answer reaches nobody, so a server does
     /// not count it among its error answers.
     pub unheard: bool,
+    /// A `409 conflict` that ends by itself (another request of the same key, ping or
+    /// consumer still in flight): its answer carries `Retry-After`, so a client tells it
+    /// by machine from one that never succeeds (a key reused with another body;
+    /// black-box round 210a: only the message told them apart).
+    pub retry_later: bool,
 }
 
 #[derive(Serialize)]
@@ -295,7 +300,14 @@ impl ApiError {
             message: message.into(),
             fields: Vec::new(),
             unheard: false,
+            retry_later: false,
         }
+    }
+
+    /// This error, marked as one that ends by itself (the field `retry_later`).
+    pub fn mark_retry_later(mut self) -> ApiError {
+        self.retry_later = true;
+        self
     }
 
     /// This error, marked as one whose answer reaches nobody (the field `unheard`).
@@ -335,6 +347,7 @@ impl ApiError {
             message,
             fields,
             unheard: false,
+            retry_later: false,
         }
     }
 

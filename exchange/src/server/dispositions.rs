@@ -213,7 +213,8 @@ async fn record(
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "the same disposition is still being recorded",
-            ))
+            )
+            .mark_retry_later())
         }
         Claim::Returned => {
             return Err(ApiError::new(

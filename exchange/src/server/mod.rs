@@ -164,7 +164,7 @@ fn error_response(state: &AppState, e: &ApiError) -> Response<Body> {
     if e.unheard {
         resp.extensions_mut().insert(Unheard);
     }
-    if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Overloaded) {
+    if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Overloaded) || e.retry_later {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -236,7 +236,8 @@ pub(super) fn claim_key<P: Copy + Eq + Hash>(
         Begin::InFlight => ApiError::new(
             ErrorCode::Conflict,
             "a request with this Idempotency-Key is still in flight",
-        ),
+        )
+        .mark_retry_later(),
         Begin::SellerFull => {
             let mut resp = error_response(
                 state,
@@ -736,6 +737,7 @@ fn dedup_in_flight() -> ApiError {
             crate::auction::LATE_POST_WAIT_MS / 1000
         ),
     )
+    .mark_retry_later()
 }
 
 async fn ping(
@@ -1190,7 +1192,8 @@ async fn post(
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "a post for this ping_id is still in flight",
-            ))
+            )
+            .mark_retry_later())
         }
         // Counted as what it answers, like every post answered 200: the first post of a
         // quote the sweeper expired is answered from here, and so is a repeated post.

@@ -20,6 +20,7 @@ pub(super) fn read_features(
     s: &mut Section<'_>,
     schema: &VerticalSchema,
     refused: &[&str],
+    declared: &[(&str, &str)],
     p: &mut Problems,
 ) -> Option<FeatureSpec> {
     if !s.has("features") {
@@ -63,7 +64,9 @@ pub(super) fn read_features(
                             named.push(field);
                         }
                     }
-                    if let Some(feature) = read_lead_feature(&item_path, item, schema, refused, p) {
+                    if let Some(feature) =
+                        read_lead_feature(&item_path, item, schema, refused, declared, p)
+                    {
                         if !twice {
                             lead.push(feature);
                         }
@@ -140,11 +143,18 @@ fn named_list<T: Copy + PartialEq>(
     out
 }
 
+/// The field types a refused field may declare that a feature's kind is checked against
+/// (the loader's own: `FIELD_TYPES`); another declared type is that field's problem alone.
+const KNOWN_FIELD_TYPES: [&str; 10] = [
+    "string", "integer", "number", "boolean", "enum", "state", "zip", "email", "phone", "date",
+];
+
 fn read_lead_feature(
     path: &str,
     item: &Value,
     schema: &VerticalSchema,
     refused: &[&str],
+    declared: &[(&str, &str)],
     p: &mut Problems,
 ) -> Option<LeadFeature> {
     let Some(t) = item.as_table() else {
@@ -165,6 +175,29 @@ fn read_lead_feature(
     // what does not depend on the field is checked here (black-box round 87a: an unknown
     // kind hid behind the field's problem, to show up only once the field was fixed).
     if refused.contains(&field) {
+        // The kind against the type the field declares, when it declares a known one.
+        let declared = declared
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map(|(_, t)| *t)
+            .filter(|t| KNOWN_FIELD_TYPES.contains(t));
+        let fits = |types: &[&str]| declared.is_none_or(|t| types.contains(&t));
+        let needs = match kind_name {
+            "numeric" if !fits(&["integer", "number"]) => {
+                Some("numeric needs an integer or number field")
+            }
+            "boolean" if !fits(&["boolean"]) => Some("boolean needs a boolean field"),
+            "categorical" if !fits(&["enum", "state", "zip", "string"]) => {
+                Some("categorical needs an enum, state, zip or string field")
+            }
+            _ => None,
+        };
+        if let Some(needs) = needs {
+            p.at(
+                &format!("{path}.kind"),
+                format!("{needs}; {} is not one", toml_quoted(field)),
+            );
+        }
         match kind_name {
             "numeric" | "boolean" if categories.is_some() => p.at(
                 &format!("{path}.categories"),

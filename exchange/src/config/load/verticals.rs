@@ -108,10 +108,28 @@ pub(super) fn read_vertical(
         .filter(|(_, f)| f.is_none())
         .map(|(n, _)| *n)
         .collect();
+    // The `type` each refused field declares, when it reads as a string: a feature's kind
+    // is checked against it beside the field's own problems (black-box round 210b: a
+    // numeric feature of a field declared a string was said only once the field's other
+    // problem was fixed).
+    let table = s.table;
+    let declared: Vec<(&str, &str)> = refused
+        .iter()
+        .filter_map(|name| {
+            let t = table?
+                .get("fields")?
+                .as_table()?
+                .get(*name)?
+                .as_table()?
+                .get("type")?
+                .as_str()?;
+            Some((*name, t))
+        })
+        .collect();
     let schema = VerticalSchema {
         fields: fields.iter().flatten().cloned().collect(),
     };
-    let features = super::features::read_features(&mut s, &schema, &refused, p);
+    let features = super::features::read_features(&mut s, &schema, &refused, &declared, p);
     // Routing names no field: its problems are reported with the fields' ones.
     let routing = super::features::read_routing(&mut s, p);
     let (dedup, dedup_keys) = read_dedup(&mut s, &schema, &refused, p);

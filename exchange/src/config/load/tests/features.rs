@@ -347,4 +347,20 @@ fn feature_problems_are_listed_beside_a_fields_problems() {
         &errs,
         "verticals.auto.features.lead[1]: field \"extra\" is listed twice",
     );
+    // ...and a kind the refused field's declared type cannot have (black-box round 210b:
+    // said only once the field's own problem was fixed); a kind its type can have is
+    // left to the field.
+    let string_with_min = ("#FIELD", "type = \"string\"\nmin = 18\nping = true");
+    let (m, f) = feats(r#"{ lead = [{ field = "extra", kind = "numeric" }] }"#);
+    let errs = errors(&[(m, &f), string_with_min]);
+    has(&errs, "verticals.auto.fields.extra.min");
+    has(
+        &errs,
+        "verticals.auto.features.lead[0].kind: numeric needs an integer or number field; \"extra\" is not one",
+    );
+    let (m, f) =
+        feats(r#"{ lead = [{ field = "extra", kind = "categorical", categories = ["a"] }] }"#);
+    let errs = errors(&[(m, &f), string_with_min]);
+    has(&errs, "verticals.auto.fields.extra.min");
+    assert!(!errs.iter().any(|e| e.contains("lead[0]")), "{errs:#?}");
 }
