@@ -85,7 +85,12 @@ const LIST_LEN_MAX: usize = 100_000;
 const PATTERN_SIZE_MAX_BYTES: usize = 1 << 20;
 const MINUTES_PER_DAY: u16 = 24 * 60;
 
+/// The field types, as the unknown-type message lists them ([`FIELD_TYPE_NAMES`] joined).
 const FIELD_TYPES: &str = "string, integer, number, boolean, enum, state, zip, email, phone, date";
+/// The field types one by one (a feature's kind is checked against a refused field's).
+const FIELD_TYPE_NAMES: [&str; 10] = [
+    "string", "integer", "number", "boolean", "enum", "state", "zip", "email", "phone", "date",
+];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// Every problem found in a configuration, each with its key path.

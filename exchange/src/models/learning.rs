@@ -246,6 +246,9 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
     let rt = state.runtime.load_full();
     let cfg = rt.config.clone();
     let mut out = Vec::new();
+    // Whether the ledger's records reconcile, read once per retraining (at the first
+    // vertical that trains), not once per vertical.
+    let mut reconciled: Option<Result<(), String>> = None;
     for (vi, v) in cfg.verticals.iter().enumerate() {
         if v.features.is_none() {
             continue;
@@ -278,7 +281,9 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             ));
             continue;
         }
-        if let Err(e) = crate::models::train::check_reconciles(&cfg.server.ledger_path) {
+        let check = reconciled
+            .get_or_insert_with(|| crate::models::train::check_reconciles(&cfg.server.ledger_path));
+        if let Err(e) = check.clone() {
             tracing::warn!(vertical = %v.name, error = %e, "retraining failed; the serving model stays");
             out.push(decided(None, false, e, Outcome::Failed));
             continue;

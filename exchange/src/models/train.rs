@@ -95,8 +95,8 @@ pub const LEDGER_UNUSABLE: &str = "the ledger does not verify";
 /// all the exchange's, and held-out figures that look excellent would win `--promote`
 /// (black-box round 206a: every record written twice with the chain recomputed trained
 /// with exit 0, its realization examples doubled and a held-out log loss of 0.0006).
-/// `pingpost train` checks it once before any vertical, a background retraining before
-/// each. A reconciliation that cannot be read at all is left to the read of the records,
+/// `pingpost train` checks it once before any vertical, a background retraining once
+/// before its first. A reconciliation that cannot be read at all is left to the read of the records,
 /// which says why.
 pub fn check_reconciles(dir: &Path) -> Result<(), String> {
     match unreconciled(dir) {

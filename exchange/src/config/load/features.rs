@@ -143,12 +143,6 @@ fn named_list<T: Copy + PartialEq>(
     out
 }
 
-/// The field types a refused field may declare that a feature's kind is checked against
-/// (the loader's own: `FIELD_TYPES`); another declared type is that field's problem alone.
-const KNOWN_FIELD_TYPES: [&str; 10] = [
-    "string", "integer", "number", "boolean", "enum", "state", "zip", "email", "phone", "date",
-];
-
 fn read_lead_feature(
     path: &str,
     item: &Value,
@@ -180,7 +174,8 @@ fn read_lead_feature(
             .iter()
             .find(|(name, _)| *name == field)
             .map(|(_, t)| *t)
-            .filter(|t| KNOWN_FIELD_TYPES.contains(t));
+            // Another declared type is that field's problem alone.
+            .filter(|t| super::FIELD_TYPE_NAMES.contains(t));
         let fits = |types: &[&str]| declared.is_none_or(|t| types.contains(&t));
         let needs = match kind_name {
             "numeric" if !fits(&["integer", "number"]) => {

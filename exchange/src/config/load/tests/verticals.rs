@@ -613,3 +613,10 @@ fn a_pattern_only_rust_reads_is_warned_of() {
         assert!(crate::config::warnings(&c).is_empty(), "{pattern}");
     }
 }
+
+/// The unknown-type message's list and the list a feature's kind is checked against are
+/// the same types.
+#[test]
+fn the_field_type_list_is_its_names_joined() {
+    assert_eq!(FIELD_TYPE_NAMES.join(", "), FIELD_TYPES);
+}
