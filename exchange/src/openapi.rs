@@ -463,6 +463,38 @@ fn says_something_pattern() -> String {
     class
 }
 
+/// Each post answer's `status` and the schema that describes it.
+const POST_ANSWER_VARIANTS: [(&str, &str); 6] = [
+    ("sold", "PostAnswerSold"),
+    ("unsold", "PostAnswerUnsold"),
+    ("expired", "PostAnswerExpired"),
+    ("mismatch", "PostAnswerMismatch"),
+    ("duplicate", "PostAnswerDuplicate"),
+    ("suppressed", "PostAnswerSuppressed"),
+];
+
+/// A post answer refused before delivery: its `status`, its one `reason`, and (for a
+/// mismatch) the changed fields.
+fn refused_post(status: &str, reason: &str, changed: bool) -> Value {
+    let mut v = json!({
+        "type": "object",
+        "required": ["ping_id", "status", "reason"],
+        "properties": {
+            "status": {"type": "string", "const": status},
+            "ping_id": {"type": "string"},
+            "reason": {"type": "string", "const": reason},
+        },
+    });
+    if changed {
+        if let Some(r) = v["required"].as_array_mut() {
+            r.push(json!("changed_fields"));
+        }
+        v["properties"]["changed_fields"] =
+            json!({"type": "array", "minItems": 1, "items": {"type": "string"}});
+    }
+    v
+}
+
 fn base_schemas() -> Vec<(&'static str, Value)> {
     let error_codes = [
         "invalid_request",
@@ -505,14 +537,37 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
         (
             "PingAnswer",
             json!({
+                "description": "The answer to a ping, by `status`: `bid` carries the quote (`price`, `currency`, `expires_at`), `no_bid` its `reason`.",
+                "oneOf": [reference("PingAnswerBid"), reference("PingAnswerNoBid")],
+                "discriminator": {"propertyName": "status", "mapping": {
+                    "bid": "#/components/schemas/PingAnswerBid",
+                    "no_bid": "#/components/schemas/PingAnswerNoBid",
+                }},
+            }),
+        ),
+        (
+            "PingAnswerBid",
+            json!({
                 "type": "object",
-                "required": ["ping_id", "status"],
+                "required": ["ping_id", "status", "price", "currency", "expires_at"],
                 "properties": {
                     "ping_id": {"type": "string"},
-                    "status": {"type": "string", "enum": ["bid", "no_bid"]},
+                    "status": {"type": "string", "const": "bid"},
                     "price": {"$ref": "#/components/schemas/Money"},
                     "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
                     "expires_at": {"type": "string", "format": "date-time"},
+                    "score": {"type": "integer", "minimum": 0, "maximum": 100},
+                },
+            }),
+        ),
+        (
+            "PingAnswerNoBid",
+            json!({
+                "type": "object",
+                "required": ["ping_id", "status", "reason"],
+                "properties": {
+                    "ping_id": {"type": "string"},
+                    "status": {"type": "string", "const": "no_bid"},
                     "reason": {"type": "string", "enum": [
                         "no_eligible_buyers", "no_bids", "below_reserve", "duplicate",
                         "suppressed", "consent_required", "capped", "test"
@@ -524,21 +579,59 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
         (
             "PostAnswer",
             json!({
+                "description": "The answer to a post or a direct post, by `status`: `sold` carries the sale (`lead_id`, `price`, `currency`, `buyer`), every other status its `reason` (and `mismatch` its `changed_fields`). `ping_id` is in every one.",
+                "oneOf": POST_ANSWER_VARIANTS.iter().map(|(_, name)| reference(name)).collect::<Vec<_>>(),
+                "discriminator": {"propertyName": "status", "mapping": POST_ANSWER_VARIANTS
+                    .iter()
+                    .map(|(status, name)| ((*status).to_string(), json!(format!("#/components/schemas/{name}"))))
+                    .collect::<Map<_, _>>()},
+            }),
+        ),
+        (
+            "PostAnswerSold",
+            json!({
                 "type": "object",
                 // `ping_id` is in every post answer, as API.md says (black-box round 104a:
                 // this schema made it optional for generated clients).
-                "required": ["ping_id", "status"],
+                "required": ["ping_id", "status", "lead_id", "price", "currency", "buyer"],
                 "properties": {
-                    "status": {"type": "string", "enum": ["sold", "unsold", "expired", "mismatch", "duplicate", "suppressed"]},
+                    "status": {"type": "string", "const": "sold"},
                     "lead_id": {"type": "string"},
                     "ping_id": {"type": "string"},
                     "price": {"$ref": "#/components/schemas/Money"},
                     "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
                     "buyer": {"type": "string"},
-                    "reason": {"type": "string"},
-                    "changed_fields": {"type": "array", "items": {"type": "string"}},
                 },
             }),
+        ),
+        (
+            "PostAnswerUnsold",
+            json!({
+                "type": "object",
+                "required": ["ping_id", "status", "reason"],
+                "properties": {
+                    "status": {"type": "string", "const": "unsold"},
+                    "lead_id": {"type": "string", "description": "When the lead was sent to a buyer."},
+                    "ping_id": {"type": "string"},
+                    "reason": {"type": "string", "description": "Such as `all_buyers_rejected`, `no_buyer_available`, `post_deadline`, `buyer_removed`, `vertical_removed`, or (a direct post without a winner) a no-bid reason; API.md lists them all."},
+                },
+            }),
+        ),
+        (
+            "PostAnswerExpired",
+            refused_post("expired", "quote_expired", false),
+        ),
+        (
+            "PostAnswerMismatch",
+            refused_post("mismatch", "ping_fields_changed", true),
+        ),
+        (
+            "PostAnswerDuplicate",
+            refused_post("duplicate", "sold_within_window", false),
+        ),
+        (
+            "PostAnswerSuppressed",
+            refused_post("suppressed", "suppression_list", false),
         ),
         (
             "Error",

@@ -2,6 +2,9 @@
 //! expiry; mismatch; idempotency; caps under concurrency; HTTP/2 buyers. Real sockets on
 //! 127.0.0.1:0, real bidders from the bidder SDK, the configuration loaded from TOML.
 
+// Helpers outside `#[test]` bodies panic on purpose: a helper failing is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -1298,4 +1301,159 @@ async fn a_buyer_moving_to_its_next_secret_verifies_with_either() {
         assert_eq!(answer.status, PostStatus::Sold, "{case}: {answer:?}");
         assert_eq!(bidder.posts(), 1, "{case}");
     }
+}
+
+/// The answers [`every_answer_is_the_openapi_variant_its_status_names`] checked, by
+/// route and status, against the exchange's own OpenAPI document.
+struct Answers {
+    doc: Value,
+    seen: BTreeSet<String>,
+}
+
+impl Answers {
+    /// Checks `v` against `schema`: it matches, and each field it carries is one its status
+    /// always carries (required by its variant: without it, the answer does not match),
+    /// but the optional `score` and an unsold post's `lead_id` (only after a delivery).
+    fn check(&mut self, route: &str, schema: &str, v: Value) -> Value {
+        assert_matches_schema(&self.doc, schema, &v);
+        for key in v.as_object().unwrap().keys() {
+            if key == "score" || (key == "lead_id" && v["status"] == "unsold") {
+                continue;
+            }
+            let mut without = v.clone();
+            without.as_object_mut().unwrap().remove(key);
+            assert!(
+                schema_problem(&self.doc, schema, &without).is_some(),
+                "{schema} does not require {key}: {v}"
+            );
+        }
+        self.seen
+            .insert(format!("{route} {}", v["status"].as_str().unwrap()));
+        v
+    }
+
+    async fn ping(&mut self, client: &SellerClient) -> Value {
+        let v = client.post_json("/v1/ping", &ping_body("TX")).await.json();
+        self.check("ping", "PingAnswer", v)
+    }
+
+    async fn post(&mut self, client: &SellerClient, ping_id: &str, lead: Value) -> Value {
+        let body = json!({"ping_id": ping_id, "lead": lead, "consent": {"jornaya_leadid": "LL-1"}});
+        let v = client.post_json("/v1/post", &body).await.json();
+        self.check("post", "PostAnswer", v)
+    }
+
+    async fn direct(&mut self, client: &SellerClient, lead: Value) -> Value {
+        let body = json!({"vertical": VERTICAL, "lead": lead});
+        let v = client.post_json("/v1/leads", &body).await.json();
+        self.check("leads", "PostAnswer", v)
+    }
+}
+
+/// Every `200` answer of `/v1/ping`, `/v1/post` and `/v1/leads` is the variant of the
+/// exchange's own OpenAPI document its `status` names, with each field that variant
+/// requires and none it does not declare (black-box round 210a: one schema per route with
+/// every field optional, so a client could not tell from it which fields come with
+/// which status).
+#[tokio::test]
+async fn every_answer_is_the_openapi_variant_its_status_names() {
+    let a = ScriptedBidder::bidding(10.0);
+    let (ab, _h) = serve("a", &a).await;
+    let ttl_ms = 10_000;
+    let ex = TestConfig::new()
+        .buyer(ab.caps_daily(100))
+        .with(|c| c.quote_ttl_ms = ttl_ms)
+        .start_edited(|toml| {
+            toml.replace(
+                "[verticals.auto_insurance.fields]",
+                "[verticals.auto_insurance.dedup]\nwindow_days = 30\n\n[verticals.auto_insurance.fields]",
+            )
+        })
+        .await;
+    let c = &ex.client;
+    let mut answers = Answers {
+        doc: c.get("/openapi.json").await.json(),
+        seen: BTreeSet::new(),
+    };
+    // A consumer of its own: each sale makes later leads of the same one duplicates.
+    let consumer = |n: u32, state: &str| {
+        let mut l = full_lead(state);
+        l["phone"] = json!(format!("+1817555{n:04}"));
+        l["email"] = json!(format!("c{n}@example.com"));
+        l
+    };
+
+    let q = answers.ping(c).await;
+    assert_eq!(q["status"], "bid", "{q}");
+    let sold = answers
+        .post(c, q["ping_id"].as_str().unwrap(), consumer(1, "TX"))
+        .await;
+    assert_eq!(sold["status"], "sold", "{sold}");
+
+    // The consumer sold: a direct post and another quote's post of it are duplicates.
+    let d = answers.direct(c, consumer(1, "TX")).await;
+    assert_eq!(d["status"], "duplicate", "{d}");
+    let q = c.ping("TX").await;
+    let dup = answers.post(c, &q.ping_id, consumer(1, "TX")).await;
+    assert_eq!(dup["status"], "duplicate", "{dup}");
+
+    // A ping field changed between ping and post.
+    let q = c.ping("TX").await;
+    let m = answers.post(c, &q.ping_id, consumer(2, "CA")).await;
+    assert_eq!(m["status"], "mismatch", "{m}");
+    assert_eq!(m["changed_fields"], json!(["state"]), "{m}");
+
+    // A direct post sold, then a post the buyer rejects (unsold after delivery: a lead_id).
+    let d = answers.direct(c, consumer(3, "TX")).await;
+    assert_eq!(d["status"], "sold", "{d}");
+    a.set(|s| s.accept = false);
+    let q = c.ping("TX").await;
+    let u = answers.post(c, &q.ping_id, consumer(4, "TX")).await;
+    assert_eq!(
+        (&u["status"], &u["reason"]),
+        (&json!("unsold"), &json!("all_buyers_rejected")),
+        "{u}"
+    );
+    assert!(u["lead_id"].is_string(), "{u}");
+
+    // No bid: the ping's no_bid, and a direct post unsold with the no-bid reason.
+    a.set(|s| s.bid = None);
+    let n = answers.ping(c).await;
+    assert_eq!(
+        (&n["status"], &n["reason"]),
+        (&json!("no_bid"), &json!("no_bids")),
+        "{n}"
+    );
+    let d = answers.direct(c, consumer(5, "TX")).await;
+    assert_eq!(
+        (&d["status"], &d["reason"]),
+        (&json!("unsold"), &json!("no_bids")),
+        "{d}"
+    );
+    assert!(d.get("lead_id").is_none(), "{d}");
+
+    // Expired: posted after the quote's time.
+    a.set(|s| s.bid = Some(usd(10.0)));
+    let q = c.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid, "{q:?}");
+    jump_past(ttl_ms).await;
+    let e = answers.post(c, &q.ping_id, consumer(6, "TX")).await;
+    assert_eq!(e["status"], "expired", "{e}");
+
+    let want: BTreeSet<String> = [
+        "ping bid",
+        "ping no_bid",
+        "post sold",
+        "post unsold",
+        "post duplicate",
+        "post mismatch",
+        "post expired",
+        "leads sold",
+        "leads unsold",
+        "leads duplicate",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(answers.seen, want);
 }

@@ -314,3 +314,93 @@ pub fn raw_h2_answered(got: &[u8]) -> bool {
     }
     false
 }
+
+/// The first way an answer does not match schema `name` of an OpenAPI document `doc`, for the JSON
+/// Schema the answers' schemas use: `oneOf` chosen by its `discriminator`, `required`,
+/// each property declared (an answer field its schema does not name is a failure too),
+/// `const`, `enum`, `type`, `minItems` and `$ref`s into `components/schemas`. Money
+/// (`$ref` to `Money`) is a JSON number.
+pub fn schema_problem(doc: &Value, name: &str, v: &Value) -> Option<String> {
+    let schemas = &doc["components"]["schemas"];
+    let mut schema = &schemas[name];
+    if !schema.is_object() {
+        return Some(format!("no schema {name}"));
+    }
+    if let Some(d) = schema.get("discriminator") {
+        let property = d["propertyName"].as_str().expect("discriminator property");
+        let Some(tag) = v[property].as_str() else {
+            return Some(format!("{name}: no {property} in {v}"));
+        };
+        let Some(target) = d["mapping"][tag].as_str() else {
+            return Some(format!("{name}: no variant for {property} {tag:?}: {v}"));
+        };
+        let variant = target.trim_start_matches("#/components/schemas/");
+        if !schema["oneOf"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|r| r["$ref"].as_str() == Some(target)))
+        {
+            return Some(format!("{name}: {variant} is not one of its oneOf"));
+        }
+        schema = &schemas[variant];
+        if !schema.is_object() {
+            return Some(format!("no schema {variant}"));
+        }
+    }
+    let Some(obj) = v.as_object() else {
+        return Some(format!("{name}: not an object: {v}"));
+    };
+    for r in schema["required"].as_array().into_iter().flatten() {
+        let r = r.as_str().unwrap();
+        if !obj.contains_key(r) {
+            return Some(format!("{name}: {r} is required: {v}"));
+        }
+    }
+    for (key, value) in obj {
+        let mut p = &schema["properties"][key.as_str()];
+        if !p.is_object() {
+            return Some(format!("{name}: {key} is not declared: {v}"));
+        }
+        if let Some(r) = p.get("$ref").and_then(Value::as_str) {
+            let target = r.trim_start_matches("#/components/schemas/");
+            p = &schemas[target];
+            if target == "Money" {
+                if !value.is_number() {
+                    return Some(format!("{name}: {key} is not money: {v}"));
+                }
+                continue;
+            }
+        }
+        if let Some(c) = p.get("const") {
+            if value != c {
+                return Some(format!("{name}: {key} must be {c}: {v}"));
+            }
+        }
+        if let Some(e) = p.get("enum").and_then(Value::as_array) {
+            if !e.contains(value) {
+                return Some(format!("{name}: {key} is not one of {e:?}: {v}"));
+            }
+        }
+        let typed = match p.get("type").and_then(Value::as_str) {
+            Some("string") => value.is_string(),
+            Some("integer") => value.is_i64() || value.is_u64(),
+            Some("number") => value.is_number(),
+            Some("array") => value.as_array().is_some_and(|a| {
+                a.len() as u64 >= p.get("minItems").and_then(Value::as_u64).unwrap_or(0)
+            }),
+            Some("object") => value.is_object(),
+            Some("boolean") => value.is_boolean(),
+            _ => true,
+        };
+        if !typed {
+            return Some(format!("{name}: {key} is not what {p} says: {v}"));
+        }
+    }
+    None
+}
+
+/// [`schema_problem`] finds none.
+pub fn assert_matches_schema(doc: &Value, name: &str, v: &Value) {
+    if let Some(problem) = schema_problem(doc, name, v) {
+        panic!("{problem}");
+    }
+}
