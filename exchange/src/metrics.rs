@@ -6,7 +6,7 @@
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 100 µs up to 10 s.
@@ -194,6 +194,13 @@ pub struct Metrics {
     pub connections_evicted: IntCounterVec,
     /// Connections closed because their client left answers unsent, by listener.
     pub connections_stalled: IntCounterVec,
+    /// Connections closed at accept because their client's IP held its limit, by listener.
+    pub connections_refused: IntCounterVec,
+    /// Connections closed because a request head did not complete within the head budget,
+    /// by listener.
+    pub connections_head_timeouts: IntCounterVec,
+    /// Connections holding a slot, by listener (set at each scrape).
+    pub connections_open: IntGaugeVec,
     pub requests_in_flight: IntGauge,
     pub ledger_batch: Histogram,
     /// From a buyer's accept (its answer read) to the seller's `sold` answer ready, the
@@ -487,6 +494,33 @@ impl Metrics {
                     "HTTP/2 connections closed because their client stalled them, by listener (seller, admin): more than 32 answers unsent, or any with no progress for server.header_read_timeout_ms (a flow-control window the client never opens); or more than 32 request bodies still coming, none arriving for 1 s; or more HTTP/2 control frames than the connection's allowance.",
                     &["listener"],
                 ),
+            ),
+            connections_refused: reg(
+                &r,
+                counter_vec(
+                    "pingpost_connections_refused_total",
+                    "Connections closed at accept, unanswered, because their client's IP already held server.connections_per_ip_max of the listener's slots, by listener (seller, admin).",
+                    &["listener"],
+                ),
+            ),
+            connections_head_timeouts: reg(
+                &r,
+                counter_vec(
+                    "pingpost_connections_head_timeouts_total",
+                    "Connections closed because a request head did not complete within server.header_read_timeout_ms (the first from accept, TLS handshake included; a later HTTP/1.1 one from its first bytes), by listener (seller, admin).",
+                    &["listener"],
+                ),
+            ),
+            connections_open: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pingpost_connections_open",
+                        "Connections holding one of the listener's slots (server.connections_max; the admin listener's 64), by listener (seller, admin).",
+                    ),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable!()),
             ),
             requests_in_flight: reg(
                 &r,

@@ -195,13 +195,7 @@ async fn a_new_connection_evicts_the_oldest_silent_one_when_the_slots_are_full()
     served_and_kept(&mut kept_alive).await;
     assert_eq!(ex.state.conn_gate.evicted(), 1);
     // Counted in the metric, by listener.
-    let scrape = format!(
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
-         authorization: Bearer {}\r\n\r\n",
-        common::ADMIN_TOKEN
-    );
-    let admin = ex.admin_addr.expect("the admin listener");
-    let (metrics, _) = raw_exchange(admin, scrape.as_bytes(), EVENT_WAIT_MAX).await;
+    let metrics = scrape(&ex).await;
     let evicted = |listener| {
         metric_value(
             &metrics,
@@ -216,6 +210,19 @@ async fn a_new_connection_evicts_the_oldest_silent_one_when_the_slots_are_full()
     );
     drop(silent);
     ex.shutdown().await.unwrap();
+}
+
+/// The admin listener's `/metrics`, scraped.
+async fn scrape(ex: &Running) -> String {
+    let scrape = format!(
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        common::ADMIN_TOKEN
+    );
+    let admin = ex.admin_addr.expect("the admin listener");
+    raw_exchange(admin, scrape.as_bytes(), EVENT_WAIT_MAX)
+        .await
+        .0
 }
 
 /// Black-box round 78b: one seller's idle kept-alive connections held every slot for the
@@ -393,6 +400,20 @@ async fn connections_per_ip_are_limited() {
     assert!(closed && answer.is_empty(), "{answer:?}");
     assert!(t0.elapsed() < Duration::from_secs(4));
     assert!(ex.state.conn_gate.refused_per_ip() >= 1);
+    // Seen in /metrics (black-box round 211c: no metric or log line showed them): the
+    // refusal, and the three connections holding their slots.
+    let metrics = scrape(&ex).await;
+    let seller = [("listener", "seller")];
+    assert_eq!(
+        metric_value(&metrics, "pingpost_connections_refused_total", &seller),
+        ex.state.conn_gate.refused_per_ip() as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "pingpost_connections_open", &seller),
+        3.0,
+        "{metrics}"
+    );
     // When one of the three goes, a new connection is served.
     drop(held.pop());
     let deadline = Instant::now() + EVENT_WAIT_MAX;
@@ -775,6 +796,16 @@ async fn a_stalled_second_head_is_closed_by_the_head_budget_not_the_idle_timeout
         held < Duration::from_millis(3000),
         "held until the idle timeout: {held:?}"
     );
+    // Counted (black-box round 211c: head-budget closes left no trace in /metrics).
+    let metrics = scrape(&ex).await;
+    let count = |listener| {
+        metric_value(
+            &metrics,
+            "pingpost_connections_head_timeouts_total",
+            &[("listener", listener)],
+        )
+    };
+    assert_eq!((count("seller"), count("admin")), (1.0, 0.0), "{metrics}");
     ex.shutdown().await.unwrap();
 }
 

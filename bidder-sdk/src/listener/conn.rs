@@ -420,6 +420,7 @@ impl Conn {
                     if started == 0 {
                         if now >= head_deadline {
                             // No complete head within the budget from accept: close now.
+                            self.listed.0.head_timeouts.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(listener = self.name, bytes_in, "no request head in time, closing");
                             return;
                         }
@@ -451,6 +452,7 @@ impl Conn {
                             .head_started_at(self.accepted_at)
                             .max(quiet_since);
                         if now.saturating_duration_since(since) >= head {
+                            self.listed.0.head_timeouts.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(listener = self.name, "request head not completed in time, closing");
                             return;
                         }

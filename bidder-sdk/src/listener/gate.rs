@@ -28,6 +28,7 @@ pub struct ConnectionGate {
     pub(super) next_conn: AtomicU64,
     pub(super) evicted: AtomicU64,
     pub(super) stalled: AtomicU64,
+    pub(super) head_timeouts: AtomicU64,
 }
 
 impl fmt::Debug for ConnectionGate {
@@ -67,6 +68,7 @@ impl ConnectionGate {
             next_conn: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             stalled: AtomicU64::new(0),
+            head_timeouts: AtomicU64::new(0),
         })
     }
 
@@ -89,6 +91,18 @@ impl ConnectionGate {
         self.stalled.load(Ordering::Relaxed)
     }
 
+    /// Connections closed because a request head did not complete within the head budget
+    /// (`header_read_timeout_ms`: the first, counted from accept, or a later one over
+    /// HTTP/1.1, from its first bytes), since start.
+    pub fn head_timeouts(&self) -> u64 {
+        self.head_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connections holding a slot now.
+    pub fn open(&self) -> usize {
+        self.live().len()
+    }
+
     pub(super) fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Activity>>> {
         // Plain entries: a panic elsewhere cannot leave the map inconsistent.
         self.live.lock().unwrap_or_else(|e| e.into_inner())
@@ -105,13 +119,17 @@ impl ConnectionGate {
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
     /// accept) without sending a complete request head, or with none, the one whose
     /// requests in flight have all been receiving their bodies the longest (at least
-    /// `grace`: `slow_body_since`), or with none, the served one idle the longest (at least
-    /// `grace`), and says whether there was one. A
+    /// `grace`: `slow_body_since`), or with none, and no connection without a head at all,
+    /// the served one idle the longest (at least `grace`), and says whether there was
+    /// one. A
     /// connection with a request being served (its body read) is never taken; none is
     /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
         let list = self.live();
         let mut headless = None;
+        // A connection without a head, not yet past its grace: one will be, within the
+        // grace, so an idle served one is not taken meanwhile.
+        let mut headless_young = false;
         // The served connection idle the longest (nothing in flight), and since when.
         let mut idle: Option<(u64, Instant)> = None;
         // The HTTP/1.1 request whose body has been arriving the longest, and since when.
@@ -124,8 +142,10 @@ impl ConnectionGate {
             let accepted_at = activity.accepted_at.get().copied().unwrap_or(now);
             let started = activity.started.load(Ordering::Relaxed);
             if started == 0 {
-                if headless.is_none() && now.saturating_duration_since(accepted_at) >= grace {
-                    headless = Some(id);
+                if now.saturating_duration_since(accepted_at) >= grace {
+                    headless = headless.or(Some(id));
+                } else {
+                    headless_young = true;
                 }
                 continue;
             }
@@ -161,9 +181,15 @@ impl ConnectionGate {
         // an idle served one (round 151a: the exchange's idle pooled connection to a buyer,
         // and a seller's kept-alive one, went first, and their next request waited behind
         // the flood).
+        // An idle served connection only while no connection without a head is listed at
+        // all (black-box round 211c: flood sockets sending a byte each were evicted the
+        // moment they passed their grace and came straight back, so there was hardly ever
+        // one past it, and a seller's kept-alive connection idle for the grace went
+        // instead, its next request waiting in the backlog behind the flood); the waiting
+        // connection looks again as they pass their grace.
         let Some(activity) = headless
             .or(slow_body.map(|(id, _)| id))
-            .or(idle.map(|(id, _)| id))
+            .or(idle.filter(|_| !headless_young).map(|(id, _)| id))
             .and_then(|id| list.get(&id))
         else {
             return false;

@@ -13,6 +13,7 @@
 //!   quarter of the head budget) without sending a complete request head; with none,
 //!   the connection whose requests in flight have all been receiving their bodies the
 //!   longest past the grace, at once, with no answer (nothing acted on it); with none,
+//!   and no connection without a head listed at all (a young one is waited for),
 //!   the served connection idle the longest (nothing in flight for at least the grace),
 //!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
 //!   read) is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].

@@ -343,6 +343,42 @@ fn a_request_body_arriving_past_the_grace_is_evicted_before_an_idle_connection()
     assert!(evicted(&h2));
 }
 
+/// Black-box round 211c: flood sockets that each sent a byte were evicted once past the
+/// grace and came straight back, so there was hardly ever one past it, and a seller's
+/// kept-alive connection, idle for the grace, was evicted instead (its next request
+/// waited in the backlog behind the flood). While any connection without a head is
+/// listed, an idle served one is not taken: the young head-less one is, at its grace.
+#[test]
+fn an_idle_connection_is_not_evicted_while_one_without_a_head_is_young() {
+    let gate = ConnectionGate::new(&Limits::default());
+    let grace = Duration::from_millis(1_000);
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+    // A seller's kept-alive connection, idle since 100 ms; a flood socket accepted at
+    // 5,000 ms that has sent a byte but no head.
+    let seller = Arc::new(Activity::new(t0));
+    seller.started.store(1, Ordering::Relaxed);
+    seller.finished.store(1, Ordering::Relaxed);
+    seller.finished_at_us.store(100_000, Ordering::Release);
+    let flood = Arc::new(Activity::new(at(5_000)));
+    flood.bytes_in.store(1, Ordering::Relaxed);
+    let listed_seller = gate.register(&seller);
+    let listed_flood = gate.register(&flood);
+    assert!(
+        !gate.evict_one(at(5_999), grace),
+        "wait for the flood's grace"
+    );
+    assert!(!evicted(&seller));
+    assert!(gate.evict_one(at(6_000), grace));
+    assert!(evicted(&flood) && !evicted(&seller));
+    drop(listed_flood);
+    // With no connection without a head listed, the idle one is taken (round 78b).
+    assert!(gate.evict_one(at(6_000), grace));
+    assert!(evicted(&seller));
+    drop(listed_seller);
+}
+
 #[test]
 fn per_ip_slots_are_counted_and_released() {
     let limits = Limits {

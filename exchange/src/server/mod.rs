@@ -639,6 +639,21 @@ fn metrics(state: &AppState) -> Response<Body> {
             .connections_stalled
             .with_label_values(&[listener]);
         state.metrics.catch_up(&stalled, gate.stalled());
+        let refused = state
+            .metrics
+            .connections_refused
+            .with_label_values(&[listener]);
+        state.metrics.catch_up(&refused, gate.refused_per_ip());
+        let head = state
+            .metrics
+            .connections_head_timeouts
+            .with_label_values(&[listener]);
+        state.metrics.catch_up(&head, gate.head_timeouts());
+        state
+            .metrics
+            .connections_open
+            .with_label_values(&[listener])
+            .set(i64::try_from(gate.open()).unwrap_or(i64::MAX));
     }
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
     resp.headers_mut().insert(
