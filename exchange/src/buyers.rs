@@ -193,6 +193,14 @@ impl H2Pool {
     /// (RFC 9113 6.8), and the buyer's next request would otherwise fail as well
     /// (black-box round 115c: the first ping after an HTTP/2 buyer's GOAWAY failed in
     /// 0.1 ms without reaching it).
+    ///
+    /// A request the buyer resets before answering it (`RST_STREAM`) retires the host's
+    /// connection: the calls in flight on it finish there, and the next call connects
+    /// again (black-box round 211b: a buyer whose connection reset every new stream, as
+    /// Node.js does once a cancelled large answer has run its session out of memory,
+    /// kept getting every call on it, each an `error`, while it answered new
+    /// connections). A ping refused with `REFUSED_STREAM` was not processed (RFC 9113
+    /// 8.7) and is sent once more on a new connection, as after a GOAWAY.
     async fn send(
         &self,
         https: bool,
@@ -216,11 +224,36 @@ impl H2Pool {
             // Once, on a new connection, whether the refusing one was kept or new
             // (black-box round 126a: a buyer that refused a new connection's first
             // stream, last stream 0, failed the ping; the resend's own refusal is final).
-            (Err(e), Some(spare)) if refused_by_go_away(&e) => {
+            (Err(e), Some(spare))
+                if self.reset(https, authority, &e) == Some(true) || refused_by_go_away(&e) =>
+            {
                 Box::pin(self.resend(https, authority, uri, *spare)).await
             }
-            (Err(_), _) => Err(CallError::Transport),
+            // A post (a ping's reset was looked at in the guard above).
+            (Err(e), None) => {
+                self.reset(https, authority, &e);
+                Err(CallError::Transport)
+            }
+            (Err(_), Some(_)) => Err(CallError::Transport),
         }
+    }
+
+    /// When the buyer reset the call that failed with `e` (`RST_STREAM` before its
+    /// answer's head): retires the host's connection (the next call connects again; if
+    /// another call had already replaced the resetting one, the replacement goes too,
+    /// which costs one connection more) and logs it, and says whether the reset was
+    /// `REFUSED_STREAM`. `None` for any other failure.
+    fn reset(&self, https: bool, authority: &str, e: &hyper::Error) -> Option<bool> {
+        let reason = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<h2::Error>())
+            .filter(|h| h.is_reset() && h.is_remote())
+            .and_then(h2::Error::reason)?;
+        if let Ok(mut conns) = self.conns.lock() {
+            if conns[usize::from(https)].remove(authority).is_some() {
+                stream_reset(authority, reason);
+            }
+        }
+        Some(reason == h2::Reason::REFUSED_STREAM)
     }
 
     /// Sends `req` on a new connection to its host (kept as the host's connection).
@@ -233,7 +266,10 @@ impl H2Pool {
     ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
         let mut tx = self.connect(https, authority, uri).await?;
         tx.ready().await.map_err(|_| CallError::Transport)?;
-        tx.send_request(req).await.map_err(|_| CallError::Transport)
+        tx.send_request(req).await.map_err(|e| {
+            self.reset(https, authority, &e);
+            CallError::Transport
+        })
     }
 
     /// A new connection to `uri`'s host, kept as the host's connection.
@@ -277,6 +313,25 @@ impl H2Pool {
         }
         Ok(tx)
     }
+}
+
+/// Hosts whose HTTP/2 buyer reset a call, for [`stream_reset`] (as [`CONNECT_FAILED`]).
+static STREAM_RESET: HostLines = std::sync::Mutex::new(None);
+
+/// Logs that a buyer's host reset a call on its HTTP/2 connection before answering it
+/// (recorded `error`), and that the connection is retired for a new one. At most once a
+/// second per host, with the count of those not logged since; the host and the reset's
+/// code only.
+fn stream_reset(host: &str, reason: h2::Reason) {
+    let Some(unlogged) = due_to_log(&STREAM_RESET, host) else {
+        return;
+    };
+    tracing::warn!(
+        host,
+        reason = %reason,
+        resets_not_logged = unlogged,
+        "a buyer's host reset a call on its HTTP/2 connection before answering it ({reason}): its next calls go on a new connection"
+    );
 }
 
 /// Whether an HTTP/2 call failed because its buyer had sent GOAWAY before the stream was

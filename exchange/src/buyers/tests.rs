@@ -848,6 +848,106 @@ async fn a_ping_refused_by_an_http2_buyer_s_goaway_is_sent_on_a_new_connection()
     assert_eq!(post, CallResult::Failed(CallError::Transport));
 }
 
+/// A raw HTTP/2 buyer that answers the first request on each connection with a pass and
+/// resets every later one (`RST_STREAM(code)`) at its end, the connection kept open.
+/// Returns the URL, how many connections it accepted and how many requests it answered.
+async fn reset_after_first_buyer(
+    code: u32,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ping", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let (conns, count) = (accepted.clone(), answered.clone());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            let count = count.clone();
+            tokio::spawn(async move {
+                if !h2_accept(&mut sock, &[]).await {
+                    return;
+                }
+                let mut first = true;
+                while let Some((kind, flags, stream)) = h2_next_frame(&mut sock).await {
+                    if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
+                        let out = if first {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let mut out = frame(1, 4, stream, &json_200(None));
+                            out.extend(frame(0, 1, stream, br#"{"no_bid":"x"}"#));
+                            out
+                        } else {
+                            frame(3, 0, stream, &code.to_be_bytes())
+                        };
+                        first = false;
+                        let _ = sock.write_all(&out).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted, answered)
+}
+
+/// Black-box round 211b: an HTTP/2 buyer whose connection reset every new request (Node.js
+/// does, with `ENHANCE_YOUR_CALM`, once a cancelled large answer has run its session out
+/// of memory) kept getting every call on that connection, each an `error`, though it
+/// answered new connections. A call the buyer resets before answering retires its
+/// connection: the next call connects again. A ping refused with `REFUSED_STREAM` (not
+/// processed, RFC 9113 8.7) is sent once more on a new connection; a post is not.
+#[tokio::test]
+async fn a_connection_whose_buyer_resets_a_call_is_not_used_again() {
+    use std::sync::atomic::Ordering;
+    let secret = Secret::new("test-secret").unwrap();
+    let body = Bytes::from_static(b"{}");
+    // ENHANCE_YOUR_CALM: the reset call fails; the next goes on a new connection.
+    let (url, accepted, answered) = reset_after_first_buyer(0xb).await;
+    let to = Endpoint {
+        url: &url,
+        target: None,
+        http: HttpVersion::Http2,
+        secret: &secret,
+        secret_next: None,
+    };
+    let client = BuyerClient::new();
+    let ping = |id: &'static str| client.call::<Ping>(to, id, 1_790_000_000, body.clone());
+    assert_eq!(ping("au_1.1").await, passed());
+    assert_eq!(
+        ping("au_2.1").await,
+        CallResult::Failed(CallError::Transport)
+    );
+    assert_eq!(ping("au_3.1").await, passed());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        ping("au_4.1").await,
+        CallResult::Failed(CallError::Transport)
+    );
+    assert_eq!(ping("au_5.1").await, passed());
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // REFUSED_STREAM: a ping is sent again at once, on a new connection.
+    let (url, accepted, answered) = reset_after_first_buyer(0x7).await;
+    let to = Endpoint { url: &url, ..to };
+    let client = BuyerClient::new();
+    let ping = |id: &'static str| client.call::<Ping>(to, id, 1_790_000_000, body.clone());
+    assert_eq!(ping("au_6.1").await, passed());
+    assert_eq!(ping("au_7.1").await, passed());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+    // A post refused so is not sent again (as after a GOAWAY); the next call connects.
+    let post = client
+        .call::<Post>(to, "au_7.1.p", 1_790_000_000, body.clone())
+        .await;
+    assert_eq!(post, CallResult::Failed(CallError::Transport));
+    assert_eq!(ping("au_8.1").await, passed());
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
 /// An HPACK string literal (no Huffman), its length as a 7-bit-prefix integer.
 fn hpack_str(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
