@@ -535,6 +535,17 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            "NoBidReason",
+            json!({
+                "type": "string",
+                "description": "Why a ping got no bid (API.md). `test` is reserved by the contract and not answered today. More may be added, each documented.",
+                "enum": [
+                    "no_eligible_buyers", "no_bids", "below_reserve", "duplicate",
+                    "suppressed", "consent_required", "capped", "test"
+                ],
+            }),
+        ),
+        (
             "PingAnswer",
             json!({
                 "description": "The answer to a ping, by `status`: `bid` carries the quote (`price`, `currency`, `expires_at`), `no_bid` its `reason`.",
@@ -568,10 +579,7 @@ fn base_schemas() -> Vec<(&'static str, Value)> {
                 "properties": {
                     "ping_id": {"type": "string"},
                     "status": {"type": "string", "const": "no_bid"},
-                    "reason": {"type": "string", "enum": [
-                        "no_eligible_buyers", "no_bids", "below_reserve", "duplicate",
-                        "suppressed", "consent_required", "capped", "test"
-                    ]},
+                    "reason": reference("NoBidReason"),
                     "score": {"type": "integer", "minimum": 0, "maximum": 100},
                 },
             }),
@@ -766,7 +774,7 @@ fn seller_operation(id: &str, summary: &str, request: &str, answer: &str) -> Val
         },
         "responses": {
             "200": {
-                "description": "Processed (sold or not).",
+                "description": if id == "ping" { "The ping was processed (a bid or not)." } else { "The lead was processed (sold or not)." },
                 "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{answer}")}}},
             },
             "400": resp("InvalidRequest"),
