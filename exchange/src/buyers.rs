@@ -326,11 +326,15 @@ fn stream_reset(host: &str, reason: h2::Reason) {
     let Some(unlogged) = due_to_log(&STREAM_RESET, host) else {
         return;
     };
+    // The code by its RFC 9113 name (`REFUSED_STREAM`) and number, not h2's description
+    // (black-box round 212a: "refused stream before processing any application logic").
+    let code = u32::from(reason);
     tracing::warn!(
         host,
-        reason = %reason,
+        reason = ?reason,
+        code,
         resets_not_logged = unlogged,
-        "a buyer's host reset a call on its HTTP/2 connection before answering it ({reason}): its next calls go on a new connection"
+        "a buyer's host reset a call on its HTTP/2 connection before answering it ({reason:?}, code {code}): its next calls go on a new connection"
     );
 }
 

@@ -119,16 +119,17 @@ impl ConnectionGate {
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
     /// accept) without sending a complete request head, or with none, the one whose
     /// requests in flight have all been receiving their bodies the longest (at least
-    /// `grace`: `slow_body_since`), or with none, and no connection without a head at all,
-    /// the served one idle the longest (at least `grace`), and says whether there was
-    /// one. A
+    /// `grace`: `slow_body_since`), or with none, the served one idle the longest (at
+    /// least `grace`, or, while a connection without a head younger than `grace` is
+    /// listed, at least four graces: the head budget), and says whether there was one. A
     /// connection with a request being served (its body read) is never taken; none is
     /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
         let list = self.live();
         let mut headless = None;
         // A connection without a head, not yet past its grace: one will be, within the
-        // grace, so an idle served one is not taken meanwhile.
+        // grace, so an idle served one is not taken meanwhile unless idle for the whole
+        // head budget (four graces).
         let mut headless_young = false;
         // The served connection idle the longest (nothing in flight), and since when.
         let mut idle: Option<(u64, Instant)> = None;
@@ -181,15 +182,22 @@ impl ConnectionGate {
         // an idle served one (round 151a: the exchange's idle pooled connection to a buyer,
         // and a seller's kept-alive one, went first, and their next request waited behind
         // the flood).
-        // An idle served connection only while no connection without a head is listed at
-        // all (black-box round 211c: flood sockets sending a byte each were evicted the
-        // moment they passed their grace and came straight back, so there was hardly ever
-        // one past it, and a seller's kept-alive connection idle for the grace went
-        // instead, its next request waiting in the backlog behind the flood); the waiting
-        // connection looks again as they pass their grace.
+        // An idle served connection idle for the grace while no connection without a head
+        // is listed at all; while one is, however young, only one idle for the whole head
+        // budget (four graces): black-box round 211c: flood sockets sending a byte each
+        // were evicted the moment they passed their grace and came straight back, so
+        // there was hardly ever one past it, and a seller's kept-alive connection idle for
+        // the grace (1.25 s) went instead, its next request waiting in the backlog behind
+        // the flood; round 212a: with no idle connection taken at all while one young
+        // head-less socket was listed, 296 idle kept-alive connections held their slots
+        // and new connections waited 8-18 s. The waiting connection looks again as they
+        // pass their grace.
+        let idle_for = |since: Instant| now.saturating_duration_since(since);
         let Some(activity) = headless
             .or(slow_body.map(|(id, _)| id))
-            .or(idle.filter(|_| !headless_young).map(|(id, _)| id))
+            .or(idle
+                .filter(|&(_, since)| !headless_young || idle_for(since) >= grace * 4)
+                .map(|(id, _)| id))
             .and_then(|id| list.get(&id))
         else {
             return false;

@@ -13,9 +13,9 @@
 //!   quarter of the head budget) without sending a complete request head; with none,
 //!   the connection whose requests in flight have all been receiving their bodies the
 //!   longest past the grace, at once, with no answer (nothing acted on it); with none,
-//!   and no connection without a head listed at all (a young one is waited for),
-//!   the served connection idle the longest (nothing in flight for at least the grace),
-//!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
+//!   the served connection idle the longest (nothing in flight for the grace, or,
+//!   while a connection without a head is listed however young, for the whole head
+//!   budget), gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
 //!   read) is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks

@@ -346,25 +346,29 @@ fn a_request_body_arriving_past_the_grace_is_evicted_before_an_idle_connection()
 /// Black-box round 211c: flood sockets that each sent a byte were evicted once past the
 /// grace and came straight back, so there was hardly ever one past it, and a seller's
 /// kept-alive connection, idle for the grace, was evicted instead (its next request
-/// waited in the backlog behind the flood). While any connection without a head is
-/// listed, an idle served one is not taken: the young head-less one is, at its grace.
+/// waited in the backlog behind the flood). While a connection without a head is listed,
+/// however young, an idle served one is taken only once idle for the head budget (four
+/// graces); the young head-less one is, at its grace. Round 212a: not taking idle ones
+/// at all let idle kept-alive connections hold their slots as long as one young
+/// head-less socket was there.
 #[test]
-fn an_idle_connection_is_not_evicted_while_one_without_a_head_is_young() {
+fn an_idle_connection_is_kept_for_the_head_budget_while_one_without_a_head_is_young() {
     let gate = ConnectionGate::new(&Limits::default());
     let grace = Duration::from_millis(1_000);
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
-    // A seller's kept-alive connection, idle since 100 ms; a flood socket accepted at
+    // A seller's kept-alive connection, idle since 2,000 ms; a flood socket accepted at
     // 5,000 ms that has sent a byte but no head.
     let seller = Arc::new(Activity::new(t0));
     seller.started.store(1, Ordering::Relaxed);
     seller.finished.store(1, Ordering::Relaxed);
-    seller.finished_at_us.store(100_000, Ordering::Release);
+    seller.finished_at_us.store(2_000_000, Ordering::Release);
     let flood = Arc::new(Activity::new(at(5_000)));
     flood.bytes_in.store(1, Ordering::Relaxed);
     let listed_seller = gate.register(&seller);
     let listed_flood = gate.register(&flood);
+    // Idle for 3,999 ms, under the head budget: kept; the flood is not past its grace.
     assert!(
         !gate.evict_one(at(5_999), grace),
         "wait for the flood's grace"
@@ -373,10 +377,12 @@ fn an_idle_connection_is_not_evicted_while_one_without_a_head_is_young() {
     assert!(gate.evict_one(at(6_000), grace));
     assert!(evicted(&flood) && !evicted(&seller));
     drop(listed_flood);
-    // With no connection without a head listed, the idle one is taken (round 78b).
-    assert!(gate.evict_one(at(6_000), grace));
-    assert!(evicted(&seller));
-    drop(listed_seller);
+    // Another young flood socket; the seller now idle for 4,100 ms, the head budget: taken.
+    let flood = Arc::new(Activity::new(at(6_050)));
+    let listed_flood = gate.register(&flood);
+    assert!(gate.evict_one(at(6_100), grace));
+    assert!(evicted(&seller) && !evicted(&flood));
+    drop((listed_seller, listed_flood));
 }
 
 #[test]
