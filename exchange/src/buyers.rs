@@ -328,13 +328,20 @@ fn stream_reset(host: &str, reason: h2::Reason) {
     };
     // The code by its RFC 9113 name (`REFUSED_STREAM`) and number, not h2's description
     // (black-box round 212a: "refused stream before processing any application logic").
+    // A code RFC 9113 does not define has no name (h2 shows it in hex: black-box round
+    // 213a read `Reason(99)` beside `code 153`).
     let code = u32::from(reason);
+    let name = if code <= 0xd {
+        format!("{reason:?}")
+    } else {
+        "an unknown code".to_string()
+    };
     tracing::warn!(
         host,
-        reason = ?reason,
+        reason = %name,
         code,
         resets_not_logged = unlogged,
-        "a buyer's host reset a call on its HTTP/2 connection before answering it ({reason:?}, code {code}): its next calls go on a new connection"
+        "a buyer's host reset a call on its HTTP/2 connection before answering it ({name}, code {code}): its next calls go on a new connection"
     );
 }
 

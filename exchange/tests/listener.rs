@@ -225,6 +225,34 @@ async fn scrape(ex: &Running) -> String {
         .0
 }
 
+/// Black-box round 213a: kept-alive connections that sent the first byte of their next
+/// request at once after each answer, and the rest before the head budget, were neither
+/// without a head nor idle, and held every slot while they went on. A later HTTP/1.1
+/// head arriving for the grace goes as a connection without a head: closed at once,
+/// unanswered, for the waiting connection.
+#[tokio::test]
+async fn a_later_head_arriving_past_the_grace_is_evicted_when_the_slots_are_full() {
+    let head_ms = 2_000;
+    let (ex, _dir) = start(head_ms, "connections_max = 2\nconnections_per_ip_max = 0").await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+        served_and_kept(&mut s).await;
+        s.write_all(b"P").await.expect("write");
+        streams.push(s);
+    }
+    let t0 = Instant::now();
+    // The new connection waits for the grace (500 ms), then the first is closed for it.
+    healthz_answers(ex.addr).await;
+    assert!(Instant::now() - t0 >= Duration::from_millis(head_ms / 4));
+    assert!(
+        closed_within(&mut streams[0], EVENT_WAIT_MAX).await,
+        "the connection whose head was arriving was not closed"
+    );
+    assert_eq!(ex.state.conn_gate.evicted(), 1);
+    ex.shutdown().await.unwrap();
+}
+
 /// Black-box round 78b: one seller's idle kept-alive connections held every slot for the
 /// idle timeout (another seller's ping waited 58 s). With no connection without a head
 /// to evict, a new connection now closes the longest-idle served one (gracefully); a

@@ -315,6 +315,14 @@ impl Conn {
                         tracing::debug!(listener = self.name, "evicted: slots full, a request body arriving past its grace");
                         return;
                     }
+                    if activity.later_head_since(self.accepted_at).is_some() {
+                        // Its next HTTP/1.1 head was arriving past the grace: nothing has
+                        // acted on it. Closed at once, unanswered (a graceful close would
+                        // wait for that head to complete and serve it).
+                        self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, "evicted: slots full, a later request head arriving past its grace");
+                        return;
+                    }
                     if started == activity.finished.load(Ordering::Acquire) && !goaway && !closing {
                         // Idle: closed gracefully (HTTP/1.1 at once, HTTP/2 with GOAWAY), and
                         // dropped once nothing is in flight, as after any GOAWAY.

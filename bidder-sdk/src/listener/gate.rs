@@ -117,7 +117,9 @@ impl ConnectionGate {
     }
 
     /// Closes the oldest listed connection that has held its slot for `grace` (from its
-    /// accept) without sending a complete request head, or with none, the one whose
+    /// accept) without sending a complete request head, or with none, the HTTP/1.1 one
+    /// whose next head has been arriving the longest (at least `grace`: a request head
+    /// started after an answer and not completed), or with none, the one whose
     /// requests in flight have all been receiving their bodies the longest (at least
     /// `grace`: `slow_body_since`), or with none, the served one idle the longest (at
     /// least `grace`, or, while a connection without a head younger than `grace` is
@@ -133,6 +135,9 @@ impl ConnectionGate {
         let mut headless_young = false;
         // The served connection idle the longest (nothing in flight), and since when.
         let mut idle: Option<(u64, Instant)> = None;
+        // The HTTP/1.1 connection whose next head has been arriving the longest, and since
+        // when.
+        let mut later_head: Option<(u64, Instant)> = None;
         // The HTTP/1.1 request whose body has been arriving the longest, and since when.
         let mut slow_body: Option<(u64, Instant)> = None;
         for (&id, activity) in list.iter() {
@@ -147,6 +152,14 @@ impl ConnectionGate {
                     headless = headless.or(Some(id));
                 } else {
                     headless_young = true;
+                }
+                continue;
+            }
+            if let Some(since) = activity.later_head_since(accepted_at) {
+                if now.saturating_duration_since(since) >= grace
+                    && later_head.is_none_or(|(_, at)| since < at)
+                {
+                    later_head = Some((id, since));
                 }
                 continue;
             }
@@ -193,7 +206,13 @@ impl ConnectionGate {
         // and new connections waited 8-18 s. The waiting connection looks again as they
         // pass their grace.
         let idle_for = |since: Instant| now.saturating_duration_since(since);
+        // A kept-alive HTTP/1.1 connection whose next head has been arriving for the grace
+        // goes as one that sent no head (black-box round 213a: a seller sending the first
+        // byte of its next request at once after each answer, and the rest 4.6 s later,
+        // was neither head-less nor idle, and 300 such held every slot for as long as it
+        // went on, new connections waiting until it stopped).
         let Some(activity) = headless
+            .or(later_head.map(|(id, _)| id))
             .or(slow_body.map(|(id, _)| id))
             .or(idle
                 .filter(|&(_, since)| !headless_young || idle_for(since) >= grace * 4)

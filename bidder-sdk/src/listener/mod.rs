@@ -10,7 +10,8 @@
 //!   closes a connection at once when its address already holds that many.
 //! - **Eviction**: when every slot is taken, the waiting connection makes room by
 //!   closing the oldest connection that has held its slot for [`eviction_grace`] (a
-//!   quarter of the head budget) without sending a complete request head; with none,
+//!   quarter of the head budget) without sending a complete request head (or, over
+//!   HTTP/1.1, whose next head has been arriving that long, closed at once); with none,
 //!   the connection whose requests in flight have all been receiving their bodies the
 //!   longest past the grace, at once, with no answer (nothing acted on it); with none,
 //!   the served connection idle the longest (nothing in flight for the grace, or,

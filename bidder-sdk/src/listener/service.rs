@@ -355,6 +355,26 @@ impl Activity {
         accepted_at + Duration::from_micros(self.bodies_progress_us.load(Ordering::Acquire))
     }
 
+    /// Since when a later HTTP/1.1 head has been arriving on a connection with nothing in
+    /// flight (its first bytes, or below TLS the record carrying them, after the last
+    /// request finished), if one is: the head budget of that head counts from it.
+    pub(super) fn later_head_since(&self, accepted_at: Instant) -> Option<Instant> {
+        let started = self.started.load(Ordering::Acquire);
+        if started == 0
+            || self.h2.load(Ordering::Relaxed)
+            || started != self.finished.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let arriving = self.bytes_in.load(Ordering::Relaxed)
+            > self.bytes_at_finish.load(Ordering::Relaxed)
+            || self.raw_in.load(Ordering::Relaxed) > self.raw_at_finish.load(Ordering::Relaxed);
+        arriving.then(|| {
+            self.head_started_at(accepted_at)
+                .max(self.finished_at(accepted_at))
+        })
+    }
+
     /// When the bytes of the head being read began to arrive (see `head_started_at_us`).
     pub(super) fn head_started_at(&self, accepted_at: Instant) -> Instant {
         accepted_at + Duration::from_micros(self.head_started_at_us.load(Ordering::Acquire))
