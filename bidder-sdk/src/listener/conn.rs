@@ -442,23 +442,16 @@ impl Conn {
                     // Quiet since the last request finished (its end, not this look).
                     let quiet_since = activity.finished_at(self.accepted_at);
                     let quiet_for = now.saturating_duration_since(quiet_since);
-                    let mark = activity.bytes_at_finish.load(Ordering::Relaxed);
                     let h2 = activity.h2.load(Ordering::Relaxed);
                     if h2 {
                         next_check = now + h2_tick;
-                    } else if bytes_in > mark
-                        || activity.raw_in.load(Ordering::Relaxed)
-                            > activity.raw_at_finish.load(Ordering::Relaxed)
-                    {
+                    } else if let Some(since) = activity.later_head_since(self.accepted_at) {
                         // Part of a new HTTP/1.1 head arrived and has not completed: it
                         // has the head budget from its first bytes, and the idle timeout
                         // does not cut it (black-box round 38: counted from the end of the
                         // request before, a head sent in two pieces after a long idle
                         // time was closed unanswered between them; with an idle timeout
                         // shorter than the budget, a head still arriving was cut by it).
-                        let since = activity
-                            .head_started_at(self.accepted_at)
-                            .max(quiet_since);
                         if now.saturating_duration_since(since) >= head {
                             self.listed.0.head_timeouts.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(listener = self.name, "request head not completed in time, closing");

@@ -171,13 +171,10 @@ impl ConnectionGate {
                 }
                 continue;
             }
-            // Nothing in flight, and over HTTP/1.1 no next head arriving (over HTTP/2,
-            // control frames such as PING acknowledgements are not requests).
-            if started == activity.finished.load(Ordering::Acquire)
-                && (activity.h2.load(Ordering::Relaxed)
-                    || activity.bytes_in.load(Ordering::Relaxed)
-                        <= activity.bytes_at_finish.load(Ordering::Relaxed))
-            {
+            // Nothing in flight (and, past `later_head_since` above, over HTTP/1.1 no next
+            // head arriving; over HTTP/2, control frames such as PING acknowledgements are
+            // not requests).
+            if started == activity.finished.load(Ordering::Acquire) {
                 let since = activity.finished_at(accepted_at);
                 if now.saturating_duration_since(since) >= grace
                     && idle.is_none_or(|(_, at)| since < at)
