@@ -104,7 +104,7 @@ pub use proto::buyer::{BidReply, PingMessage, PostMessage, PostReply};
 pub use proto::signing::Secret;
 pub use proto::Micros;
 pub use server::{
-    serve, spawn, Refusal, ServeOptions, ServerHandle, BODY_BYTES_MAX_DEFAULT,
+    serve, spawn, spawn_on, Refusal, ServeOptions, ServerHandle, BODY_BYTES_MAX_DEFAULT,
     BODY_READ_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, DRAIN_TIMEOUT_MS_DEFAULT,
     PING_PATH_DEFAULT, POST_PATH_DEFAULT,
 };

@@ -815,6 +815,17 @@ pub async fn spawn<B: Bidder>(
 ) -> io::Result<(SocketAddr, ServerHandle)> {
     check_options(&options)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    spawn_on(listener, bidder, options).await
+}
+
+/// [`spawn`] on a listener already bound (a port of the caller's choosing): serves
+/// `bidder` on a tokio task and returns the listener's address and a handle to stop it.
+pub async fn spawn_on<B: Bidder>(
+    listener: TcpListener,
+    bidder: Arc<B>,
+    options: ServeOptions,
+) -> io::Result<(SocketAddr, ServerHandle)> {
+    check_options(&options)?;
     let addr = listener.local_addr()?;
     let (shutdown, stop) = oneshot::channel::<()>();
     let stopped = async move {

@@ -573,7 +573,7 @@ impl RelayHandle {
     }
 }
 
-/// Binds `127.0.0.1:0` and serves the relay on a task.
+/// Binds a loopback port ([`crate::ports::bind_loopback`]) and serves the relay on a task.
 pub async fn spawn_relay(
     targets: Vec<FanoutTarget>,
     deadline_ms: u64,
@@ -584,7 +584,7 @@ pub async fn spawn_relay(
             .prepare()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     }
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = crate::ports::bind_loopback_tokio()?;
     let addr = listener.local_addr()?;
     let (shutdown, stop) = oneshot::channel::<()>();
     let stopped = async move {

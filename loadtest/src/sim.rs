@@ -474,9 +474,10 @@ fn buyer_seed(seed: u64, index: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Starts one simulated buyer per spec, each on its own `127.0.0.1:0` with its own random
-/// secret. Fails on an invalid spec (`InvalidInput`, every problem listed) or a socket
-/// error, stopping whatever it had started.
+/// Starts one simulated buyer per spec, each on a loopback port of its own
+/// ([`crate::ports::bind_loopback`]) with its own random secret. Fails on an invalid
+/// spec (`InvalidInput`, every problem listed) or a socket error, stopping whatever it had
+/// started.
 pub async fn start_fleet(specs: &[SimBuyerSpec], seed: u64) -> io::Result<Fleet> {
     let problems: Vec<String> = specs
         .iter()
@@ -525,7 +526,8 @@ async fn start_one(
     options.connections_max = SIM_CONNECTIONS_MAX;
     options.drain_timeout_ms = SIM_DRAIN_TIMEOUT_MS;
     options.connections_accepted = Some(Arc::clone(&accepted));
-    let (addr, handle) = bidder_sdk::spawn(Arc::clone(&sim), options).await?;
+    let listener = crate::ports::bind_loopback_tokio()?;
+    let (addr, handle) = bidder_sdk::spawn_on(listener, Arc::clone(&sim), options).await?;
     let info = SimBuyerInfo {
         name: spec.name.clone(),
         addr,

@@ -23,23 +23,7 @@ fn the_operator_s_admin_token_does_not_reach_the_benchmark_exchange() {
             said.display()
         ),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p1-latency",
-            "--targets",
-            "exchange",
-            "--rate",
-            "10",
-            "--duration-s",
-            "1",
-            "--warmup-s",
-            "0",
-            "--exchange-bin",
-        ])
-        .arg(&fake)
-        .arg("--out")
-        .arg(dir.path().join("out"))
+    let out = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path())
         .env(
             "PINGPOST_ADMIN_TOKEN",
             "an-operator-s-real-token-0123456789",
@@ -76,24 +60,7 @@ fn an_exchange_whose_port_was_taken_is_started_again_on_new_ports() {
             s = starts.display()
         ),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p8-post",
-            "--rate",
-            "10",
-            "--duration-s",
-            "1",
-            "--warmup-s",
-            "0",
-            "--exchange-bin",
-        ])
-        .arg(&fake)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = tiny_run(&["p8-post"], &fake, dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let starts = std::fs::read_to_string(&starts).unwrap();
@@ -117,6 +84,110 @@ fn an_exchange_whose_port_was_taken_is_started_again_on_new_ports() {
     );
     // The exchange's own words still reach loadtest's stderr.
     assert!(stderr.contains("error: something else"), "{stderr}");
+}
+
+/// `--ports LO-HI` keeps every listener of the run in that range: the exchange's seller
+/// and admin listeners (picked by `loadtest`) and the simulated buyers (started by a
+/// process of their own, which inherits the range). Outside testers confined to port
+/// ranges drove load with their own clients, as `loadtest` had no such flag (black-box
+/// rounds 211a-211c).
+#[test]
+fn every_listener_of_a_run_takes_its_port_from_the_range_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    // An "exchange" that keeps the configuration it was given and exits at once.
+    let fake = dir.path().join("fake-exchange");
+    executable(
+        &fake,
+        &format!("#!/bin/sh\ncp \"$2\" '{}'\nexit 1\n", config.display()),
+    );
+    let (lo, hi) = (29_900_u16, 29_979_u16);
+    let out = tiny_run(
+        &["p8-post", "--ports", &format!("{lo}-{hi}")],
+        &fake,
+        dir.path(),
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let config = std::fs::read_to_string(&config).expect("loadtest started the exchange");
+    let ports: Vec<u16> = config
+        .split("127.0.0.1:")
+        .skip(1)
+        .map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap()
+        })
+        .collect();
+    // The seller's and admin listeners and p8-post's eight buyers (each named in its ping
+    // and post URLs).
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() >= 10, "{ports:?}\n{config}");
+    for port in &ports {
+        assert!(
+            (lo..=hi).contains(port),
+            "{port} outside {lo}-{hi}\n{config}"
+        );
+    }
+}
+
+/// A port range that is not one stops the run before anything starts, saying why, given
+/// as `--ports` or as `LOADTEST_PORTS`.
+#[test]
+fn a_bad_port_range_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let fake = dir.path().join("fake-exchange");
+    executable(
+        &fake,
+        &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", started.display()),
+    );
+    let run = |flag: Option<&str>, env: Option<&str>| {
+        let mut c = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path());
+        c.env_remove("LOADTEST_PORTS");
+        if let Some(f) = flag {
+            c.args(["--ports", f]);
+        }
+        if let Some(e) = env {
+            c.env("LOADTEST_PORTS", e);
+        }
+        c.output().unwrap()
+    };
+    for (flag, env, says) in [
+        (Some("29900"), None, "LO-HI"),
+        (Some("29979-29900"), None, "above its last"),
+        (Some("29900-29905"), None, "at least 16"),
+        (Some("0-100"), None, "port 0"),
+        (None, Some("29900-99999"), "LOADTEST_PORTS"),
+        (None, Some("ports"), "LO-HI"),
+    ] {
+        let out = run(flag, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag:?} {env:?}: {stderr}");
+        assert!(stderr.contains(says), "{flag:?} {env:?}: {stderr}");
+        assert!(
+            !started.exists(),
+            "{flag:?} {env:?}: the exchange was started"
+        );
+    }
+}
+
+/// `loadtest run` of `args` (the scenario and its own flags) at 10/s for 1 s with no
+/// warm-up, against the stand-in exchange `fake`, its report under `dir`/out.
+fn tiny_run(args: &[&str], fake: &std::path::Path, dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    c.arg("run")
+        .args(args)
+        .args(["--rate", "10", "--duration-s", "1", "--warmup-s", "0"])
+        .arg("--exchange-bin")
+        .arg(fake)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .stdin(Stdio::null());
+    c
 }
 
 /// Writes `script` at `path`, executable: a stand-in for the exchange.

@@ -127,8 +127,8 @@ impl std::fmt::Debug for LegFleet {
     }
 }
 
-/// Starts one bidder-SDK server per buyer of `world` on `127.0.0.1:0`, each with its own
-/// random secret.
+/// Starts one bidder-SDK server per buyer of `world` on a loopback port of its own
+/// ([`crate::ports::bind_loopback`]), each with its own random secret.
 pub async fn start_leg_fleet(world: &Arc<World>) -> std::io::Result<LegFleet> {
     let book = Arc::new(PostBook::default());
     let mut fleet = LegFleet {
@@ -145,7 +145,11 @@ pub async fn start_leg_fleet(world: &Arc<World>) -> std::io::Result<LegFleet> {
             world: Arc::clone(world),
             book: Arc::clone(&book),
         });
-        match bidder_sdk::spawn(buyer, ServeOptions::new(secret)).await {
+        let spawned = match crate::ports::bind_loopback_tokio() {
+            Ok(listener) => bidder_sdk::spawn_on(listener, buyer, ServeOptions::new(secret)).await,
+            Err(e) => Err(e),
+        };
+        match spawned {
             Ok((addr, handle)) => {
                 fleet.infos.push(SimBuyerInfo {
                     name: profile.name.to_string(),

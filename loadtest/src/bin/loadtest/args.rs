@@ -152,6 +152,11 @@ pub(crate) struct RunArgs {
     /// after every second swap.
     #[arg(long)]
     pub(crate) no_reload: bool,
+    /// Loopback ports every listener of the run takes its port from, `LO-HI` (the
+    /// exchange's, the simulated buyers', the relay's; at least 16 ports; default: ports
+    /// the kernel picks). Sets `LOADTEST_PORTS` for the processes the run starts.
+    #[arg(long, value_parser = loadtest::ports::parse_range)]
+    pub(crate) ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 /// The measured time of `scenario` when `--duration-s` is not given, s (the soak's is 600,

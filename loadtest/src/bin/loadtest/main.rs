@@ -149,6 +149,15 @@ fn real_main() -> anyhow::Result<()> {
             loadtest::relay::run_relay_process(targets, deadline_ms, threads)
         }
         Cmd::Run(args) => {
+            if let Some(ports) = &args.ports {
+                // Before any thread starts: the run's processes inherit it.
+                std::env::set_var(
+                    loadtest::ports::PORTS_ENV,
+                    format!("{}-{}", ports.start(), ports.end()),
+                );
+            }
+            // A malformed LOADTEST_PORTS stops the run before anything starts.
+            loadtest::ports::range()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
