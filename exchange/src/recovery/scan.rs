@@ -219,6 +219,37 @@ pub(super) fn idempotency_of(v: &Value) -> Option<(String, String)> {
     Some((key.to_string(), body.to_string()))
 }
 
+/// Amounts of a `sale` or `post_sent` record that the exchange never writes, as
+/// `pingpost ledger verify` tells them (black-box round 203b): a bid (a sale's
+/// `bid_micros`, a delivery's `price_micros`) of 0 or less (a bid of 0 is a pass) or above
+/// [`proto::money::AMOUNT_MAX_MICROS`], and a negative `seller_price_micros`. Read as they
+/// stand, a sale forged at -5.00 (the chain recomputed) gave its buyer's budget room at
+/// the next start; now such a record is skipped as an unreadable line is, named in the
+/// start's warning.
+fn amounts_never_written(kind: &str, v: &Value) -> Vec<String> {
+    let amount = |k: &str| v.get(k).and_then(Value::as_i64);
+    let bid = match kind {
+        "sale" => "bid_micros",
+        "post_sent" => "price_micros",
+        _ => return Vec::new(),
+    };
+    let mut bad = Vec::new();
+    if let Some(m) = amount(bid) {
+        if m <= 0 || m > proto::money::AMOUNT_MAX_MICROS {
+            bad.push(format!(
+                "{bid} {m} is a bid the exchange never takes (more than 0, at most {})",
+                proto::money::AMOUNT_MAX_MICROS
+            ));
+        }
+    }
+    if kind == "sale" {
+        if let Some(m) = amount("seller_price_micros").filter(|m| *m < 0) {
+            bad.push(format!("seller_price_micros {m} is negative"));
+        }
+    }
+    bad
+}
+
 /// A `sale` record as the sold-lead index keeps it (its buyer keyed at [`apply`]).
 pub(super) fn sold_lead_of(v: &Value) -> crate::dispositions::SoldLead {
     let micros = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -351,6 +382,9 @@ impl Scan {
         // counted 0 against its buyer's budget). Its delivery, if any, then counts as
         // outcome unknown, at its `post_sent`'s price.
         let mut bad = crate::finance::record_money_problems(kind, &v);
+        if bad.is_empty() {
+            bad.extend(amounts_never_written(kind, &v));
+        }
         // A sale or delivery whose buyer or lead is not a string would be counted
         // for nobody (round 57a: `"buyer": 7` freed the buyer's budget): unreadable.
         if matches!(kind, "sale" | "post_sent") {

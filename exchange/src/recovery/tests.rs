@@ -191,6 +191,78 @@ fn a_record_whose_money_is_missing_or_malformed_is_skipped_and_its_delivery_unkn
     );
 }
 
+/// A sale or delivery at an amount the exchange never writes (a bid of 0 or less, or
+/// above the largest amount it takes; a negative seller price), edited in with the chain
+/// recomputed, was replayed at start as it stood: a sale at -5.00 gave its buyer's budget
+/// 5.00 of room. Such a record is skipped as an unreadable line is, named in the start's
+/// warning; a sale's delivery then counts as outcome unknown at its own price, as
+/// `ledger verify` calls the sale a mismatch.
+#[test]
+fn a_sale_or_delivery_at_an_amount_the_exchange_never_writes_is_skipped() {
+    let w = r#""windows":{"hour_start_ms":0,"day":1,"week":1,"month":2}"#;
+    let sent = |price: &str| {
+        format!(
+            r#"{{"type":"post_sent","lead_id":"l1","attempt":0,"buyer":"a","price_micros":{price},"test":false,{w}}}"#
+        )
+    };
+    let sale = |bid: &str, seller: &str| {
+        format!(
+            r#"{{"type":"sale","lead_id":"l1","attempt":0,"buyer":"a","bid_micros":{bid},"seller_price_micros":{seller},"margin_micros":2}}"#
+        )
+    };
+    let max = proto::money::AMOUNT_MAX_MICROS;
+    for (bid, seller, says) in [
+        (
+            "-5000000".to_string(),
+            "3",
+            "bid_micros -5000000 is a bid the exchange never takes",
+        ),
+        ("0".to_string(), "3", "bid_micros 0 is a bid"),
+        (
+            (max + 1).to_string(),
+            "3",
+            "is a bid the exchange never takes",
+        ),
+        ("5".to_string(), "-3", "seller_price_micros -3 is negative"),
+    ] {
+        let scan = Scan::of_text(&format!("{}\n{}\n", sent("5"), sale(&bid, seller)));
+        assert_eq!((scan.records, scan.sales.len()), (1, 0), "{bid} {seller}");
+        assert_eq!(scan.unreadable.len(), 1, "{bid} {seller}");
+        assert!(
+            scan.unreadable[0].1.starts_with("sale record: ")
+                && scan.unreadable[0].1.contains(says),
+            "{:?}",
+            scan.unreadable
+        );
+        let unknown: Vec<_> = scan
+            .unknown()
+            .map(|s| (s.lead_id.as_str(), s.price_micros))
+            .collect();
+        assert_eq!(unknown, [("l1", 5)], "{bid} {seller}");
+    }
+    for price in ["-5000000", "0"] {
+        let scan = Scan::of_text(&format!("{}\n", sent(price)));
+        assert_eq!((scan.records, scan.sent.len()), (0, 0), "{price}");
+        assert!(
+            scan.unreadable[0]
+                .1
+                .starts_with("post_sent record: price_micros"),
+            "{:?}",
+            scan.unreadable
+        );
+    }
+    // The largest amount is one the exchange takes.
+    let scan = Scan::of_text(&format!(
+        "{}\n{}\n",
+        sent(&max.to_string()),
+        sale(&max.to_string(), "0")
+    ));
+    assert_eq!(
+        (scan.records, scan.sales.len(), scan.unreadable.len()),
+        (2, 1, 0)
+    );
+}
+
 /// Black-box round 57a: a sale flipped to `test`, moved to yesterday's windows,
 /// charged to another buyer, or with a buyer that is not a string (each with the
 /// chain rewritten) freed its buyer's budget at the next start. The start holds a
