@@ -527,6 +527,12 @@ async fn a_served_model_decides_scores_and_is_recorded_and_swaps_refuse_broken_m
         &swap(&ex, json!({"vertical": VERTICAL, "version": "../../etc"})).await,
         "not a model version",
     );
+    for reserved in ["CHAMPION", "HISTORY"] {
+        refused(
+            &swap(&ex, json!({"vertical": VERTICAL, "version": reserved})).await,
+            "is not a model version: 1-64 of A-Z a-z 0-9 . _ -, not starting with a dot, not CHAMPION or HISTORY",
+        );
+    }
     refused(
         &swap(&ex, json!({"vertical": "mortgage", "version": "m1"})).await,
         "unknown vertical",
@@ -1096,6 +1102,27 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    // The vertical's own files' names are no version (black-box round 214c: `--version
+    // CHAMPION` made a directory of that name, and every later promotion failed on it).
+    for v in ["CHAMPION", "HISTORY"] {
+        let out = run(&[
+            "train",
+            "--config",
+            &cfg,
+            "--ledger",
+            &ledger,
+            "--version",
+            v,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{v}: {err}");
+        assert!(
+            err.contains("is not a model version name") && err.contains("not CHAMPION or HISTORY"),
+            "{v}: {err}"
+        );
+    }
+    let champion = vertical_dir.join("CHAMPION");
+    assert!(champion.is_file(), "{}", champion.display());
     // A ledger that does not verify (one changed byte) is unusable, not too little data.
     let changed = copy_ledger(&ex.ledger_path, |_, bytes| {
         let text = String::from_utf8_lossy(bytes).to_string();

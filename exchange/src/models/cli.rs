@@ -386,7 +386,8 @@ pub fn import(
     };
     if !valid_version(version) {
         crate::say_err!(
-            "pingpost models import: {version:?} is not a version name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)"
+            "pingpost models import: {version:?} is not a version name ({})",
+            crate::core::model::manifest::VERSION_RULE
         );
         return 2;
     }

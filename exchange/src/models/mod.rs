@@ -332,8 +332,9 @@ pub fn load_set(
 ) -> Result<ModelSet, Vec<String>> {
     if !valid_version(version) {
         return Err(vec![format!(
-            "version {:?} is not a model version: 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)",
-            crate::server::truncate(version, 64)
+            "version {:?} is not a model version: {}",
+            crate::server::truncate(version, 64),
+            crate::core::model::manifest::VERSION_RULE
         )]);
     }
     let dir = set_dir(learning, &vertical.name, version);

@@ -592,8 +592,9 @@ pub fn check_inputs(
     if let Some(version) = version {
         if !valid_version(version) {
             return Err(format!(
-                "{:?} is not a model version name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)",
-                crate::server::truncate(version, 64)
+                "{:?} is not a model version name ({})",
+                crate::server::truncate(version, 64),
+                crate::core::model::manifest::VERSION_RULE
             ));
         }
         let dir = crate::models::set_dir(&config.learning, vertical, version);
@@ -673,7 +674,8 @@ pub fn train_vertical(
     let version = version.map_or_else(|| new_version(now), String::from);
     if !valid_version(&version) {
         return Err(format!(
-            "{version:?} is not a model version name (1-64 of A-Z a-z 0-9 . _ -, not starting with a dot)"
+            "{version:?} is not a model version name ({})",
+            crate::core::model::manifest::VERSION_RULE
         ));
     }
     let dir = crate::models::set_dir(learning, vertical, &version);

@@ -243,9 +243,9 @@ async fn admin_models(state: &Arc<AppState>, body: &[u8]) -> Response<Body> {
             problems.push(proto::FieldProblem::new(
                 "version",
                 format!(
-                    "version {:?} is not a model version: 1-64 of A-Z a-z 0-9 . _ - (not \
-                     starting with a dot)",
-                    truncate(s, 64)
+                    "version {:?} is not a model version: {}",
+                    truncate(s, 64),
+                    crate::core::model::manifest::VERSION_RULE
                 ),
             ));
             None

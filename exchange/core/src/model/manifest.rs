@@ -126,12 +126,23 @@ pub struct Manifest {
     pub params: Option<serde_json::Value>,
 }
 
+/// The names of a vertical's own files beside its model sets (`CHAMPION`, `HISTORY`): no
+/// version may take one (black-box round 214c: `pingpost train --version CHAMPION` made a
+/// directory of that name, and every later promotion failed on it).
+pub const VERSION_NAMES_RESERVED: [&str; 2] = ["CHAMPION", "HISTORY"];
+
+/// What [`valid_version`] takes, as error messages say it.
+pub const VERSION_RULE: &str =
+    "1-64 of A-Z a-z 0-9 . _ -, not starting with a dot, not CHAMPION or HISTORY";
+
 /// Whether `v` may name a model version (it becomes a directory name): 1 to
-/// [`VERSION_LEN_MAX`] of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+/// [`VERSION_LEN_MAX`] of `A-Z a-z 0-9 . _ -`, not starting with a dot, and none of
+/// [`VERSION_NAMES_RESERVED`].
 pub fn valid_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= VERSION_LEN_MAX
         && !v.starts_with('.')
+        && !VERSION_NAMES_RESERVED.contains(&v)
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
@@ -158,10 +169,7 @@ impl Manifest {
             ));
         }
         if !valid_version(&m.version) {
-            return Err(
-                "manifest version must be 1-64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
-                    .into(),
-            );
+            return Err(format!("manifest version must be {VERSION_RULE}"));
         }
         Ok(m)
     }
