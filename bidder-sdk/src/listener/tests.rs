@@ -365,10 +365,12 @@ fn an_idle_connection_is_kept_for_the_head_budget_while_one_without_a_head_is_yo
     // A seller's kept-alive connection, idle since 2,000 ms; a flood socket accepted at
     // 5,000 ms that has sent a byte but no head.
     let seller = Arc::new(Activity::new(t0));
+    let _ = seller.peer.set("10.0.0.1".parse().unwrap());
     seller.started.store(1, Ordering::Relaxed);
     seller.finished.store(1, Ordering::Relaxed);
     seller.finished_at_us.store(2_000_000, Ordering::Release);
     let flood = Arc::new(Activity::new(at(5_000)));
+    let _ = flood.peer.set("10.0.0.2".parse().unwrap());
     flood.bytes_in.store(1, Ordering::Relaxed);
     let listed_seller = gate.register(&seller);
     let listed_flood = gate.register(&flood);
@@ -387,6 +389,90 @@ fn an_idle_connection_is_kept_for_the_head_budget_while_one_without_a_head_is_yo
     assert!(gate.evict_one(at(6_100), grace));
     assert!(evicted(&seller) && !evicted(&flood));
     drop((listed_seller, listed_flood));
+}
+
+/// A served connection, idle since `idle_since_ms` (from `t0`), from `peer`.
+fn idle_conn(t0: Instant, peer: &str, idle_since_ms: u64) -> Arc<Activity> {
+    let a = Arc::new(Activity::new(t0));
+    let _ = a.peer.set(peer.parse().unwrap());
+    a.started.store(1, Ordering::Relaxed);
+    a.finished.store(1, Ordering::Relaxed);
+    a.bytes_in.store(100, Ordering::Relaxed);
+    a.bytes_at_finish.store(100, Ordering::Relaxed);
+    a.finished_at_us
+        .store(idle_since_ms * 1_000, Ordering::Release);
+    a
+}
+
+/// Black-box round 214a: during a flood of kept-alive HTTP/1.1 connections each sending
+/// the first byte of its next head at once after an answer (each evicted at its grace), a
+/// seller's connection idle for 2 s was closed whenever none of them was past its grace:
+/// a later head still inside its grace did not count as a young head-less connection.
+#[test]
+fn a_young_later_head_keeps_an_idle_connection_as_a_young_headless_one_does() {
+    let gate = ConnectionGate::new(&Limits::default());
+    let grace = Duration::from_millis(1_000);
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+    let seller = idle_conn(t0, "10.0.0.1", 1_000);
+    // A flood connection answered at 2,500 ms whose next head began at once.
+    let flood = idle_conn(t0, "10.0.0.2", 2_500);
+    flood.bytes_in.store(101, Ordering::Relaxed);
+    flood.head_started_at_us.store(2_500_000, Ordering::Release);
+    let _listed = (gate.register(&seller), gate.register(&flood));
+    // At 3,000 the seller has been idle 2 s, past its grace; the later head is young.
+    assert!(!gate.evict_one(at(3_000), grace));
+    assert!(!evicted(&seller) && !evicted(&flood));
+    // The later head past its grace goes, as one without a head.
+    assert!(gate.evict_one(at(3_500), grace));
+    assert!(evicted(&flood) && !evicted(&seller));
+}
+
+/// Black-box round 214a: one seller's 296 connections from four addresses, each sending
+/// a request every 3.7-4.0 s (so never idle for the head budget), beside 30 one-byte
+/// sockets, made new connections wait 4.6-23.5 s: while a head-less socket was young, no
+/// idle connection under the head budget was taken. The idle connections of the address
+/// holding the most connections (more than one) go first, at their grace, head-less
+/// sockets young or not; another address's stay kept for the head budget.
+#[test]
+fn idle_connections_of_the_address_holding_the_most_go_first() {
+    let gate = ConnectionGate::new(&Limits::default());
+    let grace = Duration::from_millis(1_000);
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+    // An honest seller idle the longest (since 500 ms), a crowd of three from another
+    // address (idle since 1,000, 1,500 and 2,900 ms), and a young head-less socket.
+    let seller = idle_conn(t0, "10.0.0.1", 500);
+    let crowd: Vec<_> = [1_000, 1_500, 2_900]
+        .into_iter()
+        .map(|ms| idle_conn(t0, "10.0.0.9", ms))
+        .collect();
+    let young = Arc::new(Activity::new(at(3_000)));
+    let _ = young.peer.set("10.0.0.5".parse().unwrap());
+    young.bytes_in.store(1, Ordering::Relaxed);
+    let mut listed: Vec<Option<Listed>> = std::iter::once(&seller)
+        .chain(crowd.iter())
+        .chain(std::iter::once(&young))
+        .map(|a| Some(gate.register(a)))
+        .collect();
+    // The crowd's connection idle the longest goes first, though the seller's has been
+    // idle longer and a head-less socket is young.
+    assert!(gate.evict_one(at(3_100), grace));
+    assert!(evicted(&crowd[0]) && !evicted(&seller) && !evicted(&young));
+    listed[1] = None;
+    assert!(gate.evict_one(at(3_100), grace));
+    assert!(evicted(&crowd[1]));
+    listed[2] = None;
+    // The crowd's last one, idle under its grace, is not taken; nor is the seller's, now
+    // its address holds as many as the crowd's (one each).
+    assert!(!gate.evict_one(at(3_100), grace));
+    assert!(!evicted(&seller) && !evicted(&crowd[2]));
+    // With no head-less socket listed, the longest idle goes, whatever its address.
+    listed[4] = None;
+    assert!(gate.evict_one(at(4_000), grace));
+    assert!(evicted(&seller) && !evicted(&crowd[2]));
 }
 
 #[test]
