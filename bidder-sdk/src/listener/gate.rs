@@ -125,8 +125,8 @@ impl ConnectionGate {
     /// of the client address holding the most connections, the longest idle. While a
     /// connection without a head (or a later HTTP/1.1 head arriving) younger than `grace`
     /// is listed, an idle one must have been idle for four graces (the head budget),
-    /// unless its address holds the most connections, and more than one. Says whether
-    /// there was one. A
+    /// unless its address holds more than one connection and more than an equal share of
+    /// the open ones among the addresses being served. Says whether there was one. A
     /// connection with a request being served (its body read) is never taken; none is
     /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
@@ -139,8 +139,9 @@ impl ConnectionGate {
         let mut headless_young = false;
         // Served connections idle for the grace (nothing in flight), with since when.
         let mut idle: Vec<(u64, Instant, Option<IpAddr>)> = Vec::new();
-        // Connections by client address: idle ones go from the address holding the most.
-        let mut held: HashMap<IpAddr, u32> = HashMap::new();
+        // Connections by client address, and whether any of them was served: idle ones
+        // go from the address holding the most.
+        let mut held: HashMap<IpAddr, (usize, bool)> = HashMap::new();
         // The HTTP/1.1 connection whose next head has been arriving the longest, and since
         // when.
         let mut later_head: Option<(u64, Instant)> = None;
@@ -152,11 +153,13 @@ impl ConnectionGate {
                 return false;
             }
             let peer = activity.peer.get().copied();
-            if let Some(ip) = peer {
-                *held.entry(ip).or_insert(0) += 1;
-            }
             let accepted_at = activity.accepted_at.get().copied().unwrap_or(now);
             let started = activity.started.load(Ordering::Relaxed);
+            if let Some(ip) = peer {
+                let entry = held.entry(ip).or_insert((0, false));
+                entry.0 += 1;
+                entry.1 |= started > 0;
+            }
             if started == 0 {
                 if now.saturating_duration_since(accepted_at) >= grace {
                     headless = headless.or(Some(id));
@@ -212,20 +215,28 @@ impl ConnectionGate {
         // pass their grace. A later HTTP/1.1 head still inside its grace counts as a young
         // head-less connection here (round 214a: a seller's connection idle for 2 s was
         // closed during a flood of them).
-        // Among idle ones, those of the address holding the most connections go first,
-        // and go at their grace even while head-less ones are young (when it holds more
-        // than one): round 214a: 296 connections of one seller from four addresses, each
-        // sending a request every 3.7-4.0 s (never idle for the head budget), beside 30
-        // one-byte sockets, made new connections wait 4.6-23.5 s.
-        let most = held.values().copied().max().unwrap_or(0);
-        let held_by =
-            |peer: Option<IpAddr>| peer.and_then(|ip| held.get(&ip)).copied().unwrap_or(0);
+        // Among idle ones, those of the address holding the most connections go first;
+        // and those of an address holding more than an equal share of the open
+        // connections among the addresses being served (and more than one) go at their
+        // grace even while head-less ones are young: round 214a: 296 connections of one
+        // seller from four addresses, each sending a request every 3.7-4.0 s (never idle
+        // for the head budget), beside 30 one-byte sockets, made new connections wait
+        // 4.6-23.5 s. An honest client's pool, or the exchange's at a bidder, keeps its
+        // protection during a flood of head-less sockets from many addresses (they are
+        // served at none).
+        let served_addresses = held.values().filter(|(_, served)| *served).count();
+        let held_by = |peer: Option<IpAddr>| {
+            peer.and_then(|ip| held.get(&ip))
+                .map_or(0, |&(count, _)| count)
+        };
+        let open = list.len();
         let idle = idle
             .into_iter()
             .filter(|&(_, since, peer)| {
+                let count = held_by(peer);
                 !headless_young
                     || now.saturating_duration_since(since) >= grace * 4
-                    || (most > 1 && held_by(peer) == most)
+                    || (count > 1 && count * served_addresses > open)
             })
             .max_by_key(|&(id, since, peer)| {
                 (

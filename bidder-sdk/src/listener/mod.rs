@@ -17,8 +17,9 @@
 //!   a served connection idle (nothing in flight) for the grace, of the client address
 //!   holding the most connections first and the longest idle of those (while a
 //!   connection without a head, or a later HTTP/1.1 head, is listed however young: one
-//!   idle for the whole head budget, or one of the address holding the most when it
-//!   holds more than one), gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
+//!   idle for the whole head budget, or one whose address holds more than one and more
+//!   than an equal share of the open connections among the addresses served),
+//!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
 //!   read) is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks

@@ -432,9 +432,10 @@ fn a_young_later_head_keeps_an_idle_connection_as_a_young_headless_one_does() {
 /// Black-box round 214a: one seller's 296 connections from four addresses, each sending
 /// a request every 3.7-4.0 s (so never idle for the head budget), beside 30 one-byte
 /// sockets, made new connections wait 4.6-23.5 s: while a head-less socket was young, no
-/// idle connection under the head budget was taken. The idle connections of the address
-/// holding the most connections (more than one) go first, at their grace, head-less
-/// sockets young or not; another address's stay kept for the head budget.
+/// idle connection under the head budget was taken. Idle connections of the address
+/// holding the most go first; while a head-less socket is young, at their grace when that
+/// address holds more than an equal share of the open connections among the addresses
+/// being served (and more than one); others stay kept for the head budget.
 #[test]
 fn idle_connections_of_the_address_holding_the_most_go_first() {
     let gate = ConnectionGate::new(&Limits::default());
@@ -442,10 +443,10 @@ fn idle_connections_of_the_address_holding_the_most_go_first() {
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
-    // An honest seller idle the longest (since 500 ms), a crowd of three from another
-    // address (idle since 1,000, 1,500 and 2,900 ms), and a young head-less socket.
+    // An honest seller idle the longest (since 500 ms), a crowd of four from another
+    // address (idle since 1,000, 1,500, 2,000 and 2,900 ms), and a young head-less socket.
     let seller = idle_conn(t0, "10.0.0.1", 500);
-    let crowd: Vec<_> = [1_000, 1_500, 2_900]
+    let crowd: Vec<_> = [1_000, 1_500, 2_000, 2_900]
         .into_iter()
         .map(|ms| idle_conn(t0, "10.0.0.9", ms))
         .collect();
@@ -457,22 +458,64 @@ fn idle_connections_of_the_address_holding_the_most_go_first() {
         .chain(std::iter::once(&young))
         .map(|a| Some(gate.register(a)))
         .collect();
-    // The crowd's connection idle the longest goes first, though the seller's has been
-    // idle longer and a head-less socket is young.
+    // Six open, two addresses served: the crowd's four are more than its share (three).
+    // Its longest-idle goes, though the seller's has been idle longer and a head-less
+    // socket is young.
     assert!(gate.evict_one(at(3_100), grace));
     assert!(evicted(&crowd[0]) && !evicted(&seller) && !evicted(&young));
     listed[1] = None;
+    // Five open: three are still more than its share.
     assert!(gate.evict_one(at(3_100), grace));
     assert!(evicted(&crowd[1]));
     listed[2] = None;
-    // The crowd's last one, idle under its grace, is not taken; nor is the seller's, now
-    // its address holds as many as the crowd's (one each).
+    // Four open: its two are its share; neither it nor the seller loses a connection
+    // while the head-less socket is young.
     assert!(!gate.evict_one(at(3_100), grace));
     assert!(!evicted(&seller) && !evicted(&crowd[2]));
-    // With no head-less socket listed, the longest idle goes, whatever its address.
-    listed[4] = None;
+    // With no head-less socket listed, the crowd's (the most) longest idle goes first.
+    listed[5] = None;
     assert!(gate.evict_one(at(4_000), grace));
-    assert!(evicted(&seller) && !evicted(&crowd[2]));
+    assert!(evicted(&crowd[2]) && !evicted(&seller));
+    listed[3] = None;
+    // Then the seller's and the crowd's last hold one each: the longest idle.
+    assert!(gate.evict_one(at(4_000), grace));
+    assert!(evicted(&seller) && !evicted(&crowd[3]));
+    drop(listed);
+}
+
+/// A pool of served connections from one address (an honest seller's, or the exchange's
+/// at a bidder) keeps its protection during a flood of head-less sockets from many
+/// addresses, though it holds the most: it is the only address served.
+#[test]
+fn one_served_pool_keeps_its_idle_connections_during_a_flood_from_many_addresses() {
+    let gate = ConnectionGate::new(&Limits::default());
+    let grace = Duration::from_millis(1_000);
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let evicted = |a: &Arc<Activity>| a.evicted.load(Ordering::Acquire);
+    let pool: Vec<_> = [500, 1_000, 1_500]
+        .into_iter()
+        .map(|ms| idle_conn(t0, "10.0.0.1", ms))
+        .collect();
+    let flood: Vec<_> = (0..5)
+        .map(|i| {
+            let a = Arc::new(Activity::new(at(3_000)));
+            let _ = a.peer.set(format!("10.0.1.{i}").parse().unwrap());
+            a.bytes_in.store(1, Ordering::Relaxed);
+            a
+        })
+        .collect();
+    let _listed: Vec<Listed> = pool
+        .iter()
+        .chain(flood.iter())
+        .map(|a| gate.register(a))
+        .collect();
+    // The pool's connections idle 2.6 s at most: kept while the flood is young.
+    assert!(!gate.evict_one(at(3_100), grace));
+    assert!(pool.iter().all(|a| !evicted(a)));
+    // The flood's first past its grace goes.
+    assert!(gate.evict_one(at(4_000), grace));
+    assert!(evicted(&flood[0]) && pool.iter().all(|a| !evicted(a)));
 }
 
 #[test]
