@@ -280,42 +280,6 @@ async fn with_every_slot_idle_a_new_connection_closes_the_longest_idle_one() {
     ex.shutdown().await.unwrap();
 }
 
-/// Black-box round 214a: one seller's connections from a few addresses, each sending a
-/// request often enough never to be idle for the head budget, held their slots while a
-/// head-less socket was young. Idle connections of the address holding the most go first:
-/// here the crowd's, though the honest seller's has been idle longer.
-#[tokio::test]
-async fn idle_connections_of_the_address_holding_the_most_are_closed_first() {
-    let head_ms = 2_000;
-    let (ex, _dir) = start(head_ms, "connections_max = 3\nconnections_per_ip_max = 0").await;
-    let from = |last: u8| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(SocketAddr::from(([127, 0, 0, last], 0)))
-            .unwrap();
-        socket.connect(ex.addr).await.expect("connect")
-    };
-    let mut seller = from(1).await;
-    served_and_kept(&mut seller).await;
-    let mut crowd = Vec::new();
-    for _ in 0..2 {
-        let mut c = from(2).await;
-        served_and_kept(&mut c).await;
-        crowd.push(c);
-    }
-    // Every slot idle: the new connection waits for the grace (500 ms), then the crowd's
-    // longest-idle one is closed for it, not the seller's.
-    healthz_answers(ex.addr).await;
-    assert!(
-        closed_within(&mut crowd[0], EVENT_WAIT_MAX).await,
-        "the crowd's longest-idle connection was not closed"
-    );
-    assert_eq!(ex.state.conn_gate.evicted(), 1);
-    served_and_kept(&mut seller).await;
-    served_and_kept(&mut crowd[1]).await;
-    ex.shutdown().await.unwrap();
-}
-
 /// Black-box rounds 149a and 150a: connections whose request bodies arrive a byte at a
 /// time held every slot (HTTP/1.1 at the SDK's server; HTTP/2 at the seller listener,
 /// with a seller's key: answered `400` at the body budget, the connection kept, the next

@@ -121,12 +121,10 @@ impl ConnectionGate {
     /// whose next head has been arriving the longest (at least `grace`: a request head
     /// started after an answer and not completed), or with none, the one whose
     /// requests in flight have all been receiving their bodies the longest (at least
-    /// `grace`: `slow_body_since`), or with none, a served one idle for at least `grace`:
-    /// of the client address holding the most connections, the longest idle. While a
-    /// connection without a head (or a later HTTP/1.1 head arriving) younger than `grace`
-    /// is listed, an idle one must have been idle for four graces (the head budget),
-    /// unless its address holds more than one connection and more than an equal share of
-    /// the open ones among the addresses being served. Says whether there was one. A
+    /// `grace`: `slow_body_since`), or with none, the served one idle the longest (at
+    /// least `grace`, or, while a connection without a head, or a later HTTP/1.1 head,
+    /// younger than `grace` is listed, at least four graces: the head budget), and says
+    /// whether there was one. A
     /// connection with a request being served (its body read) is never taken; none is
     /// while an evicted one has not ended.
     pub(super) fn evict_one(&self, now: Instant, grace: Duration) -> bool {
@@ -134,14 +132,10 @@ impl ConnectionGate {
         let mut headless = None;
         // A connection without a head, or an HTTP/1.1 one whose next head is arriving, not
         // yet past its grace: one will be, within the grace, so an idle served one is not
-        // taken meanwhile unless idle for the whole head budget (four graces), or its
-        // address holds the most connections.
+        // taken meanwhile unless idle for the whole head budget (four graces).
         let mut headless_young = false;
-        // Served connections idle for the grace (nothing in flight), with since when.
-        let mut idle: Vec<(u64, Instant, Option<IpAddr>)> = Vec::new();
-        // Connections by client address, and whether any of them was served: idle ones
-        // go from the address holding the most.
-        let mut held: HashMap<IpAddr, (usize, bool)> = HashMap::new();
+        // The served connection idle the longest (nothing in flight), and since when.
+        let mut idle: Option<(u64, Instant)> = None;
         // The HTTP/1.1 connection whose next head has been arriving the longest, and since
         // when.
         let mut later_head: Option<(u64, Instant)> = None;
@@ -152,14 +146,8 @@ impl ConnectionGate {
                 // One eviction at a time: the slot it frees is on its way.
                 return false;
             }
-            let peer = activity.peer.get().copied();
             let accepted_at = activity.accepted_at.get().copied().unwrap_or(now);
             let started = activity.started.load(Ordering::Relaxed);
-            if let Some(ip) = peer {
-                let entry = held.entry(ip).or_insert((0, false));
-                entry.0 += 1;
-                entry.1 |= started > 0;
-            }
             if started == 0 {
                 if now.saturating_duration_since(accepted_at) >= grace {
                     headless = headless.or(Some(id));
@@ -189,8 +177,10 @@ impl ConnectionGate {
             // not requests).
             if started == activity.finished.load(Ordering::Acquire) {
                 let since = activity.finished_at(accepted_at);
-                if now.saturating_duration_since(since) >= grace {
-                    idle.push((id, since, peer));
+                if now.saturating_duration_since(since) >= grace
+                    && idle.is_none_or(|(_, at)| since < at)
+                {
+                    idle = Some((id, since));
                 }
             }
         }
@@ -214,37 +204,8 @@ impl ConnectionGate {
         // and new connections waited 8-18 s. The waiting connection looks again as they
         // pass their grace. A later HTTP/1.1 head still inside its grace counts as a young
         // head-less connection here (round 214a: a seller's connection idle for 2 s was
-        // closed during a flood of them).
-        // Among idle ones, those of the address holding the most connections go first;
-        // and those of an address holding more than an equal share of the open
-        // connections among the addresses being served (and more than one) go at their
-        // grace even while head-less ones are young: round 214a: 296 connections of one
-        // seller from four addresses, each sending a request every 3.7-4.0 s (never idle
-        // for the head budget), beside 30 one-byte sockets, made new connections wait
-        // 4.6-23.5 s. An honest client's pool, or the exchange's at a bidder, keeps its
-        // protection during a flood of head-less sockets from many addresses (they are
-        // served at none).
-        let served_addresses = held.values().filter(|(_, served)| *served).count();
-        let held_by = |peer: Option<IpAddr>| {
-            peer.and_then(|ip| held.get(&ip))
-                .map_or(0, |&(count, _)| count)
-        };
-        let open = list.len();
-        let idle = idle
-            .into_iter()
-            .filter(|&(_, since, peer)| {
-                let count = held_by(peer);
-                !headless_young
-                    || now.saturating_duration_since(since) >= grace * 4
-                    || (count > 1 && count * served_addresses > open)
-            })
-            .max_by_key(|&(id, since, peer)| {
-                (
-                    held_by(peer),
-                    std::cmp::Reverse(since),
-                    std::cmp::Reverse(id),
-                )
-            });
+        // closed during a flood of them, 1-4 times in 30 s).
+        let idle_for = |since: Instant| now.saturating_duration_since(since);
         // A kept-alive HTTP/1.1 connection whose next head has been arriving for the grace
         // goes as one that sent no head (black-box round 213a: a seller sending the first
         // byte of its next request at once after each answer, and the rest 4.6 s later,
@@ -253,7 +214,9 @@ impl ConnectionGate {
         let Some(activity) = headless
             .or(later_head.map(|(id, _)| id))
             .or(slow_body.map(|(id, _)| id))
-            .or(idle.map(|(id, _, _)| id))
+            .or(idle
+                .filter(|&(_, since)| !headless_young || idle_for(since) >= grace * 4)
+                .map(|(id, _)| id))
             .and_then(|id| list.get(&id))
         else {
             return false;

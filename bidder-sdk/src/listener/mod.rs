@@ -14,12 +14,9 @@
 //!   HTTP/1.1, whose next head has been arriving that long, closed at once); with none,
 //!   the connection whose requests in flight have all been receiving their bodies the
 //!   longest past the grace, at once, with no answer (nothing acted on it); with none,
-//!   a served connection idle (nothing in flight) for the grace, of the client address
-//!   holding the most connections first and the longest idle of those (while a
-//!   connection without a head, or a later HTTP/1.1 head, is listed however young: one
-//!   idle for the whole head budget, or one whose address holds more than one and more
-//!   than an equal share of the open connections among the addresses served),
-//!   gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
+//!   the served connection idle the longest (nothing in flight for the grace, or,
+//!   while a connection without a head, or a later HTTP/1.1 head, is listed however
+//!   young, for the whole head budget), gracefully (HTTP/1.1 closes, HTTP/2 GOAWAY). A connection with a request being served (its body
 //!   read) is never evicted. One eviction at a time. Counted in [`ConnectionGate::evicted`].
 //! - **Head budget**: every connection must deliver its first complete request head
 //!   within [`Limits::header_read_timeout_ms`] of being accepted, whatever it speaks
@@ -479,7 +476,6 @@ where
             tls: config.tls.is_some(),
         };
         let activity = Arc::new(Activity::new(accepted_at));
-        let _ = activity.peer.set(gate::canonical(peer.ip()));
         let service = Guarded {
             inner: make_service(&info),
             activity: Arc::clone(&activity),

@@ -159,9 +159,6 @@ pub(super) struct Activity {
     pub(super) evicted: AtomicBool,
     /// When the connection was accepted: the origin of `finished_at_us`.
     pub(super) accepted_at: OnceLock<Instant>,
-    /// The client's address (an IPv4 client through an IPv6 socket as its IPv4 address):
-    /// eviction takes idle connections from the address holding the most first.
-    pub(super) peer: OnceLock<std::net::IpAddr>,
     /// When the last request finished, in µs from `accepted_at`: idleness counts from it
     /// (not from the supervisor's next look).
     pub(super) finished_at_us: AtomicU64,
