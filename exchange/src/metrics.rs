@@ -130,6 +130,7 @@ pub struct SellerMetrics {
     pub rate: IntCounter,
     pub quotes_open: IntCounter,
     pub idempotency_keys: IntCounter,
+    pub connections: IntCounter,
 }
 
 impl BuyerMetrics {
@@ -668,6 +669,7 @@ impl Metrics {
             rate: limited("rate"),
             quotes_open: limited("quotes_open"),
             idempotency_keys: limited("idempotency_keys"),
+            connections: limited("connections"),
         }
     }
 

@@ -514,6 +514,10 @@ pub struct AppState {
     pub rate_limits: RateLimiter,
     /// Each seller's requests being processed, for `sellers.ID.requests_in_flight_max`.
     pub seller_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
+    /// Each seller's connections, by stable key, for `sellers.ID.connections_max`: a
+    /// connection counts for the first seller whose key it carries, until it closes
+    /// ([`crate::server::SellerConnection`]).
+    pub seller_connections: Arc<crate::core::slots::Slots<std::sync::atomic::AtomicUsize>>,
     /// Each buyer's dispositions in flight, by stable key, of at most
     /// [`crate::dispositions::in_flight_per_buyer_max`].
     pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
@@ -763,6 +767,7 @@ impl AppState {
             idempotency: IdempotencyStore::new(s.idempotency_ttl_ms, s.idempotency_keys_max),
             rate_limits: RateLimiter::new(ids.seller_count()),
             seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
+            seller_connections: Arc::new(crate::core::slots::Slots::with_len(ids.seller_count())),
             buyer_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
             dispositions_in_flight: std::sync::atomic::AtomicUsize::new(0),
             pings_in_flight: crate::late::LateCalls::counting(ids.buyer_count()),
@@ -971,6 +976,7 @@ impl AppState {
         self.late_posts.grow(self.ids.buyer_count());
         self.rate_limits.grow(self.ids.seller_count());
         self.seller_in_flight.grow(self.ids.seller_count());
+        self.seller_connections.grow(self.ids.seller_count());
         self.buyer_in_flight.grow(self.ids.buyer_count());
         self.pings_in_flight.grow(self.ids.buyer_count());
         self.quotes.grow_sellers(self.ids.seller_count());

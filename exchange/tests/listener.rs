@@ -45,14 +45,21 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 
 /// Starts an exchange with the test configuration, `header_read_timeout_ms = head_ms`,
-/// and `extra` added to `[server]`.
+/// and `extra` added to `[server]`. The main seller may hold every connection slot
+/// (`connections_max`), so that these tests see the server's slots alone, not its share.
 async fn start(head_ms: u64, extra: &str) -> (Running, tempfile::TempDir) {
+    start_with(head_ms, extra, "connections_max = 1000000").await
+}
+
+/// [`start`] with `main` added to `[sellers.main]`.
+async fn start_with(head_ms: u64, extra: &str, main: &str) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = dir.path().join("ledger");
     let test_config = TestConfig::new().with(|c| c.header_read_timeout_ms = head_ms);
     let text = test_config
         .toml(&ledger)
-        .replacen("[server]\n", &format!("[server]\n{extra}\n"), 1);
+        .replacen("[server]\n", &format!("[server]\n{extra}\n"), 1)
+        .replacen("[sellers.main]\n", &format!("[sellers.main]\n{main}\n"), 1);
     let config = pingpost::config::load_str_with_env(&text, &test_config.env())
         .unwrap_or_else(|e| panic!("config does not load:\n{e}\n{text}"));
     let running = app::start(config, Clock::system())
@@ -277,6 +284,90 @@ async fn with_every_slot_idle_a_new_connection_closes_the_longest_idle_one() {
     assert_eq!(ex.state.conn_gate.evicted(), 1);
     // The other is still served on its connection.
     served_and_kept(&mut second).await;
+    ex.shutdown().await.unwrap();
+}
+
+/// A keep-alive request of the seller whose key is `key`, as [`kept`].
+fn kept_with(key: &str) -> String {
+    kept("HTTP/1.1").replace(common::SELLER_KEY, key)
+}
+
+/// Sends `request` on a new connection; the answer, whether it closes the connection
+/// (`connection: close`, then the server closes it), and the connection.
+async fn answer_on_new_connection(addr: SocketAddr, request: &str) -> (String, bool, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let (answer, closed) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    let closing = closed
+        || (answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n")
+            && closed_within(&mut s, EVENT_WAIT_MAX).await);
+    (answer, closing, s)
+}
+
+/// Black-box round 214a: one seller's key held 296 of 300 slots with connections each
+/// sending a request every 3.7-4.0 s (never idle for the head budget), and new
+/// connections waited 4.6-23.5 s. A seller's requests may hold at most
+/// `sellers.ID.connections_max` connections (unset, with several sellers: half of
+/// `server.connections_max`): a request on one more is `429 rate_limited`, its connection
+/// closed; the seller's place comes back when one of its connections closes.
+#[tokio::test]
+async fn a_seller_s_requests_hold_at_most_its_connections() {
+    let (ex, _dir) = start_with(5_000, "connections_max = 6", "connections_max = 2").await;
+    let main = kept_with(common::SELLER_KEY);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (status, closed, s) = answer_on_new_connection(ex.addr, &main).await;
+        assert!(status.starts_with("HTTP/1.1 400") && !closed, "{status}");
+        held.push(s);
+    }
+    // A third connection: refused and closed.
+    let (answer, closed, _) = answer_on_new_connection(ex.addr, &main).await;
+    assert!(answer.starts_with("HTTP/1.1 429") && closed, "{answer}");
+    assert!(answer.contains(r#""code":"rate_limited""#), "{answer}");
+    assert!(
+        answer.contains("its limit of 2 open connection(s) (its connections_max"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    // The connections it holds still serve it, each counted once.
+    for s in &mut held {
+        served_and_kept(s).await;
+    }
+    assert!(scrape(&ex)
+        .await
+        .contains(r#"pingpost_seller_limited_total{limit="connections",seller="main"} 1"#));
+    // Another seller is not limited by it; with several sellers its default is half of
+    // server.connections_max (3).
+    let solar = kept_with(common::SOLAR_ONLY_KEY);
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let (status, closed, s) = answer_on_new_connection(ex.addr, &solar).await;
+        assert!(!status.starts_with("HTTP/1.1 429") && !closed, "{status}");
+        others.push(s);
+    }
+    let (status, closed, _) = answer_on_new_connection(ex.addr, &solar).await;
+    assert!(status.starts_with("HTTP/1.1 429") && closed, "{status}");
+    // One of main's connections closes: its place comes back.
+    drop(held.remove(0));
+    let deadline = Instant::now() + EVENT_WAIT_MAX;
+    loop {
+        let (status, closed, s) = answer_on_new_connection(ex.addr, &main).await;
+        if status.starts_with("HTTP/1.1 400") && !closed {
+            held.push(s);
+            break;
+        }
+        assert!(status.starts_with("HTTP/1.1 429"), "{status}");
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     ex.shutdown().await.unwrap();
 }
 

@@ -468,6 +468,11 @@ pub struct Seller {
     /// `requests_in_flight_max`); past it, `429 rate_limited`. `None`: only the server's
     /// limit, shared by every seller.
     pub requests_in_flight_max: Option<usize>,
+    /// Most connections this seller's requests may hold open at once (of the server's
+    /// `connections_max`); a request on a further connection is `429 rate_limited` and
+    /// closes it. `None`: half of the server's when there are several sellers, else no
+    /// limit of its own.
+    pub connections_max: Option<usize>,
 }
 
 /// Whether the buyer's endpoints speak HTTP/2.

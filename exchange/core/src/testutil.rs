@@ -138,6 +138,7 @@ pub(crate) fn config_with(buyers: Vec<Buyer>) -> Config {
         quotes_open_max: defaults::SELLER_QUOTES_OPEN_MAX,
         idempotency_keys_max: None,
         requests_in_flight_max: None,
+        connections_max: None,
     };
     let mut cfg = Config {
         server: ServerConfig {

@@ -465,6 +465,86 @@ pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str>
     bidder_sdk::listener::json_headers_problem(req.headers())
 }
 
+/// A connection's place among its seller's connections (`sellers.ID.connections_max`):
+/// taken by the first request on it that carries a seller's key, for that seller, and
+/// given back when the connection closes (the connection's service, which holds it, is
+/// dropped). Requests on it with another seller's key count for the first.
+#[derive(Debug, Default)]
+pub struct SellerConnection(std::sync::OnceLock<ConnectionPlace>);
+
+#[derive(Debug)]
+struct ConnectionPlace {
+    counts: Arc<crate::core::slots::Slots<std::sync::atomic::AtomicUsize>>,
+    seller: SellerKey,
+}
+
+impl Drop for ConnectionPlace {
+    fn drop(&mut self) {
+        if let Some(count) = self.counts.get(self.seller.slot()) {
+            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// How many connections `seller`'s requests may hold open, and whether that is its own
+/// `connections_max`: unset, half of `server.connections_max` (rounded up) when the
+/// configuration has more than one seller, so that one seller's key cannot keep every
+/// slot (black-box round 214a: 296 connections of one seller, each sending a request
+/// every 3.7-4.0 s, kept 296 of 300 slots, and new connections waited 4.6-23.5 s); with
+/// one seller, only the server's limit.
+pub(super) fn seller_connections_max(
+    config: &crate::config::Config,
+    seller: SellerIdx,
+) -> Option<(usize, bool)> {
+    match config.sellers[seller].connections_max {
+        Some(max) => Some((max, true)),
+        None if config.sellers.len() > 1 => {
+            Some((config.server.connections_max.div_ceil(2), false))
+        }
+        None => None,
+    }
+}
+
+/// Counts the request's connection for `seller` if it is not counted yet; the refusal to
+/// send when the seller already holds its limit of connections (`429`, the connection
+/// closed after it).
+fn take_connection_place(
+    state: &Arc<AppState>,
+    config: &crate::config::Config,
+    seller: SellerIdx,
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    let connection = req.extensions().get::<Arc<SellerConnection>>()?;
+    if connection.0.get().is_some() {
+        return None;
+    }
+    let seller_key = config.sellers[seller].key;
+    let count = state.seller_connections.get(seller_key.slot())?;
+    let limit = seller_connections_max(config, seller);
+    if !take_one(count, limit.map_or(usize::MAX, |(max, _)| max)) {
+        let (max, own) = limit.unwrap_or((0, true));
+        let whose = if own {
+            "its connections_max"
+        } else {
+            "half of server.connections_max, each seller's share when there are several and its own connections_max is not set"
+        };
+        return Some(closing(error_response(
+            state,
+            &ApiError::new(
+                ErrorCode::RateLimited,
+                format!("this seller holds its limit of {max} open connection(s) ({whose}; or more, when a reload lowered it): this connection is closed; send on the connections it has open, or retry once one has closed"),
+            ),
+        )));
+    }
+    // A request racing on the same HTTP/2 connection may have counted it first: then this
+    // place is given back as it drops.
+    let _ = connection.0.set(ConnectionPlace {
+        counts: Arc::clone(&state.seller_connections),
+        seller: seller_key,
+    });
+    None
+}
+
 /// How many of its requests `seller` may have in flight, and whether that is its own
 /// `requests_in_flight_max`: unset, half of `server.requests_in_flight_max` (rounded up)
 /// when the configuration has more than one seller, so that one seller cannot take every
@@ -500,6 +580,12 @@ pub(super) async fn seller_request(
     let seller_key = rt.config.sellers[seller].key;
     // Its refusal counters, resolved (at 0) at its first request.
     let limited = rt.seller_metrics(&state.metrics, seller);
+    if let Some(refused) = take_connection_place(state, &rt.config, seller, &req) {
+        if let Some(m) = limited {
+            m.connections.inc();
+        }
+        return refused;
+    }
     if let Some((max, own)) = seller_in_flight_max(&rt.config, seller) {
         if !permit.take_seller_place(seller_key, max) {
             let whose = if own {

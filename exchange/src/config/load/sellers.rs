@@ -8,7 +8,7 @@ use toml::Value;
 use super::reader::{
     as_str, decimal_text, display_name, join, money, toml_quoted, Problems, Section,
 };
-use super::{PartyPrices, RATE_PER_S_LIMIT, TABLE_ENTRIES_LIMIT};
+use super::{PartyPrices, COUNT_LIMIT, RATE_PER_S_LIMIT, TABLE_ENTRIES_LIMIT};
 use crate::config::{defaults, PayoutModel, Seller, SellerKey, VerticalIdx};
 
 pub(super) fn read_seller(
@@ -62,6 +62,9 @@ pub(super) fn read_seller(
     let requests_in_flight_max = s
         .int_opt(p, "requests_in_flight_max", 1, TABLE_ENTRIES_LIMIT)
         .and_then(|i| usize::try_from(i).ok());
+    let connections_max = s
+        .int_opt(p, "connections_max", 1, COUNT_LIMIT)
+        .and_then(|i| usize::try_from(i).ok());
     s.finish(p);
 
     if p.len() > before {
@@ -80,6 +83,7 @@ pub(super) fn read_seller(
         quotes_open_max,
         idempotency_keys_max,
         requests_in_flight_max,
+        connections_max,
     });
     (seller, prices)
 }

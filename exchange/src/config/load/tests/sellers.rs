@@ -186,6 +186,23 @@ fn a_sellers_in_flight_limit_loads_and_refuses_bad_values() {
     }
 }
 
+/// `sellers.ID.connections_max` (black-box round 214a): the connections one seller's
+/// requests may hold, a whole number from 1 to 1,000,000; absent, the default share.
+#[test]
+fn a_sellers_connection_limit_loads_and_refuses_bad_values() {
+    let c = ok(&[("#SELLER", "connections_max = 7")]);
+    assert_eq!(c.sellers[0].connections_max, Some(7));
+    let c = ok(&[]);
+    assert_eq!(c.sellers[0].connections_max, None);
+    for bad in ["0", "-1", "1.5", "\"7\"", "1000001"] {
+        let e = errors(&[("#SELLER", &format!("connections_max = {bad}"))]);
+        assert!(
+            e.len() == 1 && e[0].contains("sellers.") && e[0].contains("connections_max"),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
 /// Black-box round 121b: with a shared bound set low, one seller could hold every open
 /// quote (or every idempotency key) and the others got `503`, while `--check-config`
 /// said nothing. A seller whose own bound reaches the shared one is warned of, with
