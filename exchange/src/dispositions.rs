@@ -84,6 +84,16 @@ pub fn in_flight_per_buyer_max(server_max: usize) -> usize {
         .min(in_flight_all_buyers_max(server_max))
 }
 
+/// The most connections one buyer's requests (its dispositions, on the seller port) may
+/// hold open: as many as its dispositions in flight may need over HTTP/1.1,
+/// [`DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX`], or a quarter of `server.connections_max`
+/// (rounded up) when that is smaller (black-box round 216a: a buyer's key kept 296 of 300
+/// slots with connections each sending a disposition every 3.7-4.0 s, and new
+/// connections waited 5-10 s).
+pub fn connections_per_buyer_max(connections_max: usize) -> usize {
+    DISPOSITIONS_IN_FLIGHT_PER_BUYER_MAX.min(connections_max.div_ceil(4))
+}
+
 /// Every buyer's dispositions in flight together at most: half of
 /// `server.requests_in_flight_max`, rounded down, so that sellers keep at least the other
 /// half (black-box round 159a: rounded up, buyers held 2 places of 3, and the one place

@@ -515,9 +515,12 @@ pub struct AppState {
     /// Each seller's requests being processed, for `sellers.ID.requests_in_flight_max`.
     pub seller_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
     /// Each seller's connections, by stable key, for `sellers.ID.connections_max`: a
-    /// connection counts for the first seller whose key it carries, until it closes
-    /// ([`crate::server::SellerConnection`]).
+    /// connection counts for the first party (seller or buyer) whose key it carries, until
+    /// it closes ([`crate::server::PartyConnection`]).
     pub seller_connections: Arc<crate::core::slots::Slots<std::sync::atomic::AtomicUsize>>,
+    /// Each buyer's connections, by stable key, for
+    /// [`crate::dispositions::connections_per_buyer_max`], as `seller_connections`.
+    pub buyer_connections: Arc<crate::core::slots::Slots<std::sync::atomic::AtomicUsize>>,
     /// Each buyer's dispositions in flight, by stable key, of at most
     /// [`crate::dispositions::in_flight_per_buyer_max`].
     pub buyer_in_flight: crate::core::slots::Slots<std::sync::atomic::AtomicUsize>,
@@ -768,6 +771,7 @@ impl AppState {
             rate_limits: RateLimiter::new(ids.seller_count()),
             seller_in_flight: crate::core::slots::Slots::with_len(ids.seller_count()),
             seller_connections: Arc::new(crate::core::slots::Slots::with_len(ids.seller_count())),
+            buyer_connections: Arc::new(crate::core::slots::Slots::with_len(ids.buyer_count())),
             buyer_in_flight: crate::core::slots::Slots::with_len(ids.buyer_count()),
             dispositions_in_flight: std::sync::atomic::AtomicUsize::new(0),
             pings_in_flight: crate::late::LateCalls::counting(ids.buyer_count()),
@@ -977,6 +981,7 @@ impl AppState {
         self.rate_limits.grow(self.ids.seller_count());
         self.seller_in_flight.grow(self.ids.seller_count());
         self.seller_connections.grow(self.ids.seller_count());
+        self.buyer_connections.grow(self.ids.buyer_count());
         self.buyer_in_flight.grow(self.ids.buyer_count());
         self.pings_in_flight.grow(self.ids.buyer_count());
         self.quotes.grow_sellers(self.ids.seller_count());

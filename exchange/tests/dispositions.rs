@@ -756,6 +756,89 @@ async fn a_buyer_without_a_return_window_cannot_return() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Black-box round 216a: a buyer's key kept 296 of 300 connection slots with connections
+/// each sending a disposition every 3.7-4.0 s (the sellers' limit did not bound it), and
+/// new connections waited 5-10 s. A buyer's requests hold at most 32 connections, or a
+/// quarter of `server.connections_max` when that is smaller: a disposition on one more is
+/// `429 rate_limited`, its connection closed.
+#[tokio::test]
+async fn a_buyer_s_dispositions_hold_at_most_a_quarter_of_the_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cfg, _h) = bidders().await;
+    let ex = cfg
+        .start_edited(|t| with_keys(t).replacen("[server]\n", "[server]\nconnections_max = 8\n", 1))
+        .await;
+    let body = r#"{"lead_id":"ld_nonexistent","outcome":"contacted"}"#;
+    let request = |key: &str| {
+        format!(
+            "POST /v1/dispositions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Reads one answer's head and body (its content-length), then whether the server
+    // closed the connection after it.
+    async fn answer(s: &mut tokio::net::TcpStream) -> (String, bool) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(EVENT_WAIT_MAX, s.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return (String::from_utf8_lossy(&got).into_owned(), true);
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text
+                    .to_ascii_lowercase()
+                    .split("content-length: ")
+                    .nth(1)
+                    .and_then(|r| r.split("\r\n").next())
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    let closing = text
+                        .to_ascii_lowercase()
+                        .contains("\r\nconnection: close\r\n");
+                    return (text, closing);
+                }
+            }
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+        s.write_all(request(ACME_KEY).as_bytes()).await.unwrap();
+        let (text, closing) = answer(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 404") && !closing, "{text}");
+        held.push(s);
+    }
+    let mut s = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    s.write_all(request(ACME_KEY).as_bytes()).await.unwrap();
+    let (text, closing) = answer(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 429") && closing, "{text}");
+    assert!(
+        text.contains("this buyer holds its limit of 2 open connection(s)"),
+        "{text}"
+    );
+    // Its connections still serve it; another buyer has places of its own.
+    for s in &mut held {
+        s.write_all(request(ACME_KEY).as_bytes()).await.unwrap();
+        let (text, closing) = answer(s).await;
+        assert!(text.starts_with("HTTP/1.1 404") && !closing, "{text}");
+    }
+    let mut other = tokio::net::TcpStream::connect(ex.addr).await.unwrap();
+    other
+        .write_all(request(OTHER_KEY).as_bytes())
+        .await
+        .unwrap();
+    let (text, closing) = answer(&mut other).await;
+    assert!(text.starts_with("HTTP/1.1 404") && !closing, "{text}");
+}
+
 /// POSTs a disposition with acme's key and `headers` (an `Idempotency-Key`, or several).
 async fn dispose_keyed(client: &SellerClient, headers: &[(&str, &str)], body: &Value) -> Reply {
     client

@@ -62,6 +62,20 @@ async fn disposition(
     let digest = super::seller::bearer_digest(&req, "buyer")?;
     let arrived = state.runtime.load_full();
     let first = &arrived.config.buyers[authenticate_buyer(&arrived, &digest)?];
+    let connections =
+        dispositions::connections_per_buyer_max(arrived.config.server.connections_max);
+    if let Some(refused) = super::seller::take_connection_place(
+        state,
+        &state.buyer_connections,
+        first.key.slot(),
+        Some(connections),
+        || {
+            format!("this buyer holds its limit of {connections} open connection(s) (32, or a quarter of server.connections_max when that is smaller): this connection is closed; send on the connections it has open, or retry once one has closed")
+        },
+        &req,
+    ) {
+        return Err(Refusal::Answer(Box::new(refused)));
+    }
     let server_max = arrived.config.server.requests_in_flight_max;
     let own = dispositions::in_flight_per_buyer_max(server_max);
     let all = dispositions::in_flight_all_buyers_max(server_max);

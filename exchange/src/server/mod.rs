@@ -46,7 +46,7 @@ mod dispositions;
 mod seller;
 
 pub use admin::{handle_admin, reload_answer, ADMIN_BODY_BYTES_MAX};
-pub use seller::{direct_no_bid_answer, SellerConnection};
+pub use seller::{direct_no_bid_answer, PartyConnection};
 use seller::{read_body, seller_request, InFlight};
 
 type Body = Full<Bytes>;
@@ -323,12 +323,12 @@ where
         config,
         move |_info: &ConnInfo| {
             let st = state.clone();
-            // The connection's place among its seller's connections, given back when the
+            // The connection's place among its party's connections, given back when the
             // connection closes and this service is dropped.
-            let seller_connection = Arc::new(SellerConnection::default());
+            let party_connection = Arc::new(PartyConnection::default());
             service_fn(move |mut req: Request<Incoming>| {
                 let st = st.clone();
-                req.extensions_mut().insert(Arc::clone(&seller_connection));
+                req.extensions_mut().insert(Arc::clone(&party_connection));
                 async move { Ok::<_, Infallible>(handler(st, req).await) }
             })
         },

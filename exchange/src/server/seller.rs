@@ -465,25 +465,57 @@ pub(super) fn json_body_problem(req: &Request<Incoming>) -> Option<&'static str>
     bidder_sdk::listener::json_headers_problem(req.headers())
 }
 
-/// A connection's place among its seller's connections (`sellers.ID.connections_max`):
-/// taken by the first request on it that carries a seller's key, for that seller, and
-/// given back when the connection closes (the connection's service, which holds it, is
-/// dropped). Requests on it with another seller's key count for the first.
+/// A connection's place among its party's connections (a seller's
+/// `sellers.ID.connections_max`, a buyer's [`crate::dispositions::connections_per_buyer_max`]):
+/// taken by the first request on it that carries a seller's or a buyer's key, for that
+/// party, and given back when the connection closes (the connection's service, which
+/// holds it, is dropped). Requests on it with another party's key count for the first.
 #[derive(Debug, Default)]
-pub struct SellerConnection(std::sync::OnceLock<ConnectionPlace>);
+pub struct PartyConnection(std::sync::OnceLock<ConnectionPlace>);
 
 #[derive(Debug)]
 struct ConnectionPlace {
     counts: Arc<crate::core::slots::Slots<std::sync::atomic::AtomicUsize>>,
-    seller: SellerKey,
+    slot: usize,
 }
 
 impl Drop for ConnectionPlace {
     fn drop(&mut self) {
-        if let Some(count) = self.counts.get(self.seller.slot()) {
+        if let Some(count) = self.counts.get(self.slot) {
             count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
+}
+
+/// Counts the request's connection in `counts` at `slot` (its party's) if it is not
+/// counted yet, of at most `max`; when the party already holds `max`, the refusal to send
+/// (`429` with `message`, the connection closed after it).
+pub(super) fn take_connection_place(
+    state: &Arc<AppState>,
+    counts: &Arc<crate::core::slots::Slots<std::sync::atomic::AtomicUsize>>,
+    slot: usize,
+    max: Option<usize>,
+    message: impl FnOnce() -> String,
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    let connection = req.extensions().get::<Arc<PartyConnection>>()?;
+    if connection.0.get().is_some() {
+        return None;
+    }
+    let count = counts.get(slot)?;
+    if !take_one(count, max.unwrap_or(usize::MAX)) {
+        return Some(closing(error_response(
+            state,
+            &ApiError::new(ErrorCode::RateLimited, message()),
+        )));
+    }
+    // A request racing on the same HTTP/2 connection may have counted it first: then this
+    // place is given back as it drops.
+    let _ = connection.0.set(ConnectionPlace {
+        counts: Arc::clone(counts),
+        slot,
+    });
+    None
 }
 
 /// How many connections `seller`'s requests may hold open, and whether that is its own
@@ -503,46 +535,6 @@ pub(super) fn seller_connections_max(
         }
         None => None,
     }
-}
-
-/// Counts the request's connection for `seller` if it is not counted yet; the refusal to
-/// send when the seller already holds its limit of connections (`429`, the connection
-/// closed after it).
-fn take_connection_place(
-    state: &Arc<AppState>,
-    config: &crate::config::Config,
-    seller: SellerIdx,
-    req: &Request<Incoming>,
-) -> Option<Response<Body>> {
-    let connection = req.extensions().get::<Arc<SellerConnection>>()?;
-    if connection.0.get().is_some() {
-        return None;
-    }
-    let seller_key = config.sellers[seller].key;
-    let count = state.seller_connections.get(seller_key.slot())?;
-    let limit = seller_connections_max(config, seller);
-    if !take_one(count, limit.map_or(usize::MAX, |(max, _)| max)) {
-        let (max, own) = limit.unwrap_or((0, true));
-        let whose = if own {
-            "its connections_max"
-        } else {
-            "half of server.connections_max, each seller's share when there are several and its own connections_max is not set"
-        };
-        return Some(closing(error_response(
-            state,
-            &ApiError::new(
-                ErrorCode::RateLimited,
-                format!("this seller holds its limit of {max} open connection(s) ({whose}; or more, when a reload lowered it): this connection is closed; send on the connections it has open, or retry once one has closed"),
-            ),
-        )));
-    }
-    // A request racing on the same HTTP/2 connection may have counted it first: then this
-    // place is given back as it drops.
-    let _ = connection.0.set(ConnectionPlace {
-        counts: Arc::clone(&state.seller_connections),
-        seller: seller_key,
-    });
-    None
 }
 
 /// How many of its requests `seller` may have in flight, and whether that is its own
@@ -580,7 +572,23 @@ pub(super) async fn seller_request(
     let seller_key = rt.config.sellers[seller].key;
     // Its refusal counters, resolved (at 0) at its first request.
     let limited = rt.seller_metrics(&state.metrics, seller);
-    if let Some(refused) = take_connection_place(state, &rt.config, seller, &req) {
+    let connections = seller_connections_max(&rt.config, seller);
+    if let Some(refused) = take_connection_place(
+        state,
+        &state.seller_connections,
+        seller_key.slot(),
+        connections.map(|(max, _)| max),
+        || {
+            let (max, own) = connections.unwrap_or((0, true));
+            let whose = if own {
+                "its connections_max"
+            } else {
+                "half of server.connections_max, each seller's share when there are several and its own connections_max is not set"
+            };
+            format!("this seller holds its limit of {max} open connection(s) ({whose}; or more, when a reload lowered it): this connection is closed; send on the connections it has open, or retry once one has closed")
+        },
+        &req,
+    ) {
         if let Some(m) = limited {
             m.connections.inc();
         }
