@@ -1121,6 +1121,16 @@ async fn answers_to_requests_without_a_key_close_their_connection() {
                 .unwrap(),
             StatusCode::UNAUTHORIZED,
         ),
+        // A valid key that may not do this (a seller's on the buyers' route): `403`, and no
+        // party's connection (black-box round 217a: kept, and counted for no one's limit).
+        (
+            Request::post(format!("http://{}/v1/dispositions", ex.addr))
+                .header("authorization", format!("Bearer {}", common::SELLER_KEY))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+        ),
     ] {
         let stream = TcpStream::connect(ex.addr).await.expect("connect");
         let (mut send, conn) =

@@ -429,10 +429,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             .metrics
             .observe_route(route, arrival.elapsed().as_secs_f64());
     }
-    // A `401` carried no valid key: its connection is closed over HTTP/2 too (black-box
-    // round 72b: 20 keyless HTTP/2 connections answered `401` held every slot; over
-    // HTTP/1.1 an answer before the body closes already).
-    if resp.status() == StatusCode::UNAUTHORIZED {
+    // A `401` carried no valid key, a `403` a key that may not do this: its connection is
+    // closed over HTTP/2 too (black-box round 72b: 20 keyless HTTP/2 connections answered
+    // `401` held every slot; round 217a: a buyer's key on `/v1/ping`, or a seller's on
+    // `/v1/dispositions`, answered `403`, kept 283 of 300 connections that counted for no
+    // party's limit; over HTTP/1.1 an answer before the body closes already).
+    if matches!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
         return closing(resp);
     }
     resp
