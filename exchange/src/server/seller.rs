@@ -528,11 +528,20 @@ pub(super) fn seller_connections_max(
     config: &crate::config::Config,
     seller: SellerIdx,
 ) -> Option<(usize, bool)> {
-    match config.sellers[seller].connections_max {
+    seller_share(
+        config.sellers[seller].connections_max,
+        config.server.connections_max,
+        config.sellers.len(),
+    )
+}
+
+/// A seller's limit of something the server limits to `server_max`, and whether it is its
+/// own: `own` when set; else half of `server_max` (rounded up) when there are several
+/// sellers; else none but the server's.
+fn seller_share(own: Option<usize>, server_max: usize, sellers: usize) -> Option<(usize, bool)> {
+    match own {
         Some(max) => Some((max, true)),
-        None if config.sellers.len() > 1 => {
-            Some((config.server.connections_max.div_ceil(2), false))
-        }
+        None if sellers > 1 => Some((server_max.div_ceil(2), false)),
         None => None,
     }
 }
@@ -547,13 +556,11 @@ pub(super) fn seller_in_flight_max(
     config: &crate::config::Config,
     seller: SellerIdx,
 ) -> Option<(usize, bool)> {
-    match config.sellers[seller].requests_in_flight_max {
-        Some(max) => Some((max, true)),
-        None if config.sellers.len() > 1 => {
-            Some((config.server.requests_in_flight_max.div_ceil(2), false))
-        }
-        None => None,
-    }
+    seller_share(
+        config.sellers[seller].requests_in_flight_max,
+        config.server.requests_in_flight_max,
+        config.sellers.len(),
+    )
 }
 
 pub(super) async fn seller_request(
