@@ -629,7 +629,21 @@ pub fn run_relay_process(
     let requests = Arc::new(AtomicU64::new(0));
     let tag: u64 = rand::random();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    // The first worker binds the port the others share: the kernel's pick, or with
+    // `LOADTEST_PORTS` one of its range that was free a moment ago (a port bound with
+    // SO_REUSEPORT by another process of this user would be shared, not refused, so the
+    // range's pick is made by a plain bind first; black-box round 218c: the relay of a
+    // `loadtest run --ports` listened outside the range).
+    let mut addr = match crate::ports::range()? {
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(_) => {
+            let port = crate::ports::free_loopback_ports(1)?
+                .first()
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("no free port in {}", crate::ports::PORTS_ENV))?;
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
     let mut workers = Vec::new();
     let mut started = Ok(());
     for i in 0..threads.max(1) {

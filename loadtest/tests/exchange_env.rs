@@ -134,6 +134,44 @@ fn every_listener_of_a_run_takes_its_port_from_the_range_given() {
     }
 }
 
+/// The relay process (`loadtest relay`, which `loadtest run` starts for its relay leg)
+/// listens inside `LOADTEST_PORTS` too: black-box round 218c saw it on a port the kernel
+/// picked, outside the range `--ports` gave.
+#[test]
+fn the_relay_listens_inside_the_range_given() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let targets = dir.path().join("targets.json");
+    std::fs::write(
+        &targets,
+        r#"[{"url":"http://127.0.0.1:9/ping","secret":"relay-test-secret","http2":false,"timeout_ms":50}]"#,
+    )
+    .unwrap();
+    let (lo, hi) = (29_980_u16, 29_999_u16);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["relay", "--deadline-ms", "70", "--targets"])
+        .arg(&targets)
+        .env("LOADTEST_PORTS", format!("{lo}-{hi}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // Closing its stdin stops it.
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    let ready: serde_json::Value = serde_json::from_str(line.trim()).expect(&line);
+    let addr: std::net::SocketAddr = ready["addr"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (lo..=hi).contains(&addr.port()) && addr.ip().is_loopback(),
+        "the relay listened on {addr}"
+    );
+    assert!(status.success(), "{status}");
+}
+
 /// A port range that is not one stops the run before anything starts, saying why, given
 /// as `--ports` or as `LOADTEST_PORTS`.
 #[test]
