@@ -114,6 +114,16 @@ async fn hypers_bare_answers_get_the_json_body_even_through_short_writes() {
             "{text}"
         );
         assert!(counted_as_refused);
+        // Each says which limit it is (black-box round 218c: a long target was told as a
+        // head over header_bytes_max).
+        let says_target =
+            text.contains("the request target (path and query) is longer than 65534 bytes");
+        assert_eq!(says_target, status.starts_with("414"), "{text}");
+        assert_eq!(
+            !says_target,
+            text.contains("the request head is over"),
+            "{text}"
+        );
     }
 }
 
