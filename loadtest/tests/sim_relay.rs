@@ -358,9 +358,12 @@ async fn connections_are_counted_and_a_timed_out_http1_call_costs_one() {
     let fleet = start_fleet(&[healthy("ok", 0.0), hanging("h1 hang"), h2_hang], 4)
         .await
         .unwrap();
-    // The healthy buyer must answer within the timeout on a loaded CI machine too; the
-    // connection counts do not depend on it.
-    let all = targets(&fleet, 500);
+    // The healthy buyer must answer within its timeout on a loaded machine too (500 ms
+    // was missed once, with the test suite and outside testers sharing two cores): its
+    // own is 5 s, and ping_all returns as soon as it answers. The connection counts do
+    // not depend on it.
+    let mut all = targets(&fleet, 500);
+    all[0].timeout_ms = 5_000;
     let fanout = Fanout::new();
     for i in 0..3 {
         let result = fanout
