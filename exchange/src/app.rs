@@ -264,9 +264,32 @@ fn bind_admin_std(config: &Config) -> std::io::Result<Option<std::net::TcpListen
         return Ok(None);
     }
     let addr = config.admin.listen;
-    let l = std::net::TcpListener::bind(addr).map_err(|e| in_context(e, addr, "admin.listen"))?;
+    let l = listen_std(addr, ADMIN_BACKLOG).map_err(|e| in_context(e, addr, "admin.listen"))?;
     l.set_nonblocking(true)?;
     Ok(Some(l))
+}
+
+/// The admin listener's accept queue (the kernel caps it at `net.core.somaxconn`). With
+/// every one of its few slots taken, new connections wait there for the eviction of a
+/// head-less one; once it is full the kernel drops their SYNs, and a client that retries
+/// backs off for seconds (1, 3, 7, 15, 31 s): with std's queue of 128, 200 clients that
+/// reconnected as soon as they were closed kept a token holder's reload out for 35 s
+/// (black-box round 219b). With 1,024, such a client waits its turn behind at most that
+/// many connections, each evicted after the grace.
+const ADMIN_BACKLOG: i32 = 1024;
+
+/// A listening socket on `addr` with an accept queue of `backlog` (`SO_REUSEADDR`, as
+/// std's `TcpListener::bind` sets, whose queue is 128).
+fn listen_std(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 /// `e` with the address and the setting it came from: "cannot listen on 127.0.0.1:8081

@@ -734,3 +734,65 @@ fn a_listen_override_onto_the_admin_port_is_a_configuration_error() {
         );
     }
 }
+
+/// Black-box round 219b: with every admin slot held by connections that send nothing
+/// (renewed as soon as they are closed), new connections wait in the listener's accept
+/// queue; std's queue of 128 filled, the kernel dropped the next SYNs, and a token
+/// holder's client, backing off between its retries, was kept out for 35 s. The admin
+/// listener's queue holds 1,024 (where the kernel allows it): 400 connections more than
+/// its slots are all taken into it at once (the grace before an eviction, a quarter of the
+/// 60 s head budget, is far off), none left to send its SYN again a second later.
+#[tokio::test]
+async fn the_admin_listener_queues_many_connections_while_its_slots_are_held() {
+    let ex = TestConfig::new()
+        .with(|c| c.header_read_timeout_ms = 60_000)
+        .start()
+        .await;
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .unwrap_or(4096);
+    let extra = 400.min(somaxconn.saturating_sub(1));
+    let max = pingpost::state::ADMIN_CONNECTIONS_MAX;
+    // Every slot taken first, by connections that send nothing.
+    let mut held = Vec::new();
+    for _ in 0..max {
+        held.push(tokio::net::TcpStream::connect(ex.admin_addr).await.unwrap());
+    }
+    let deadline = std::time::Instant::now() + EVENT_WAIT_MAX;
+    while ex.state.admin_gate.open() < max {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slots were not taken"
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut connecting = tokio::task::JoinSet::new();
+    for _ in 0..extra {
+        let addr = ex.admin_addr;
+        // A SYN the kernel dropped is sent again only after 1 s; a loopback handshake
+        // the kernel completes takes microseconds.
+        connecting.spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+        });
+    }
+    let mut connected = Vec::new();
+    let mut refused = 0;
+    while let Some(c) = connecting.join_next().await {
+        match c.unwrap() {
+            Ok(Ok(s)) => connected.push(s),
+            _ => refused += 1,
+        }
+    }
+    assert_eq!(
+        (connected.len(), refused),
+        (extra, 0),
+        "connections the admin listener's queue did not take"
+    );
+    assert_eq!(ex.state.admin_gate.open(), max);
+    drop((held, connected));
+}
