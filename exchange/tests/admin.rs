@@ -759,10 +759,10 @@ async fn the_admin_listener_queues_many_connections_while_its_slots_are_held() {
     for _ in 0..max {
         held.push(tokio::net::TcpStream::connect(ex.admin_addr).await.unwrap());
     }
-    let deadline = std::time::Instant::now() + EVENT_WAIT_MAX;
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
     while ex.state.admin_gate.open() < max {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "the slots were not taken"
         );
         tokio::task::yield_now().await;
