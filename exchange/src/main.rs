@@ -173,12 +173,16 @@ enum LedgerCommand {
         /// The configuration (its ledger directory, and the currency of each vertical).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// First UTC day, YYYY-MM-DD (inclusive).
+        /// First day, YYYY-MM-DD (inclusive): a UTC day, or one of --tz.
         #[arg(long)]
         from: Option<String>,
-        /// Last UTC day, YYYY-MM-DD (inclusive).
+        /// Last day, YYYY-MM-DD (inclusive): a UTC day, or one of --tz.
         #[arg(long)]
         to: Option<String>,
+        /// The IANA time zone whose days --from, --to and the day grouping are (such as
+        /// America/New_York; default UTC).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
         /// day, seller, buyer or vertical.
         #[arg(long, default_value = "day")]
         by: String,
@@ -205,8 +209,8 @@ enum LedgerCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// The records of a range of UTC days: JSON lines exactly as stored (framing
-    /// included) or CSV with a fixed column set per record type, on stdout.
+    /// The records of a range of days (UTC, or of --tz): JSON lines exactly as stored
+    /// (framing included) or CSV with a fixed column set per record type, on stdout.
     Export {
         /// The ledger directory (overrides the configuration's `server.ledger_path`).
         #[arg(long)]
@@ -214,12 +218,16 @@ enum LedgerCommand {
         /// The configuration (its ledger directory).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// First UTC day, YYYY-MM-DD (inclusive).
+        /// First day, YYYY-MM-DD (inclusive): a UTC day, or one of --tz.
         #[arg(long)]
         from: String,
-        /// Last UTC day, YYYY-MM-DD (inclusive).
+        /// Last day, YYYY-MM-DD (inclusive): a UTC day, or one of --tz.
         #[arg(long)]
         to: String,
+        /// The IANA time zone whose days --from and --to are (such as America/New_York;
+        /// default UTC).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
         /// jsonl or csv.
         #[arg(long, default_value = "jsonl")]
         format: String,
@@ -538,11 +546,14 @@ fn finance_command(command: LedgerCommand) -> i32 {
             config,
             from,
             to,
+            tz,
             by,
             format,
             html,
         } => {
-            let range = match DateRange::parse(from.as_deref(), to.as_deref()) {
+            let range = match DateRange::parse(from.as_deref(), to.as_deref())
+                .and_then(|r| r.with_zone(tz.as_deref()))
+            {
                 Ok(r) => r,
                 Err(e) => return fail("report", e),
             };
@@ -632,10 +643,13 @@ fn finance_command(command: LedgerCommand) -> i32 {
             config,
             from,
             to,
+            tz,
             format,
             types,
         } => {
-            let range = match DateRange::parse(Some(&from), Some(&to)) {
+            let range = match DateRange::parse(Some(&from), Some(&to))
+                .and_then(|r| r.with_zone(tz.as_deref()))
+            {
                 Ok(r) => r,
                 Err(e) => return fail("export", e),
             };

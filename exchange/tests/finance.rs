@@ -220,6 +220,44 @@ async fn report_figures_match_what_was_sold_and_leave_test_leads_out() {
     ]);
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["rows"], json!([]), "{r}");
+    assert_eq!(r["zone"], "UTC", "{r}");
+
+    // Days of another zone (`--tz`): the same sales, on that zone's days, and said so.
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        s.dir(),
+        "--tz",
+        "Pacific/Kiritimati",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["zone"], "Pacific/Kiritimati", "{r}");
+    assert_eq!(r["totals"][0]["sales"], 4, "{r}");
+    assert_eq!(r["totals"][0]["revenue_micros"], revenue, "{r}");
+    // The sales were made within the last minute: their day is Kiritimati's now, or a
+    // minute ago (should its midnight fall in between). (The unit test
+    // `days_are_those_of_the_zone_given` checks days that differ from UTC's.)
+    let kiritimati = |ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::seconds(ago))
+            .with_timezone(&chrono_tz::Pacific::Kiritimati)
+            .date_naive()
+            .to_string()
+    };
+    let allowed = [kiritimati(60), kiritimati(0)];
+    let days: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        !days.is_empty() && days.iter().all(|d| allowed.iter().any(|a| a == d)),
+        "{days:?}, {allowed:?}"
+    );
 }
 
 #[tokio::test]
@@ -277,6 +315,22 @@ async fn bad_arguments_are_clear_errors_with_exit_2() {
             "--format csv takes one --type",
         ),
         (vec!["replay", "au_nope"], "no auction \"au_nope\""),
+        (
+            vec!["report", "--tz", "Mars/Olympus_Mons"],
+            "--tz \"Mars/Olympus_Mons\": not an IANA time zone",
+        ),
+        (
+            vec![
+                "export",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-02",
+                "--tz",
+                "+03:00",
+            ],
+            "--tz \"+03:00\": not an IANA time zone",
+        ),
     ] {
         let mut full = vec!["ledger"];
         full.extend(args.iter().copied());

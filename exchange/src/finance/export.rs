@@ -294,7 +294,7 @@ pub fn export(
         }
     }
     let stats = read_records(dir, Some(upto), MoneyFields::Refuse, |e| {
-        if !range.contains(e.day) {
+        if !range.contains(range.day_of(&e)) {
             return true;
         }
         let wanted = match &csv_type {

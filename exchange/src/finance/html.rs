@@ -45,15 +45,17 @@ pub fn page(reports: &Reports, dir: &Path) -> String {
     let mut out = String::new();
     let day = reports.by.get(&By::Day);
     let (from, to) = day.map_or((None, None), |r| (r.from.clone(), r.to.clone()));
+    let zone = day.map_or("UTC", |r| r.zone);
     let range = range_text(from.as_deref(), to.as_deref());
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <title>pingpost P&amp;L, {range}</title><style>{CSS}</style></head><body>\n\
-<h1>pingpost profit and loss</h1>\n<p>Ledger <code>{dir}</code>, {range} (UTC days). Test leads are left out\
+<h1>pingpost profit and loss</h1>\n<p>Ledger <code>{dir}</code>, {range} ({zone} days). Test leads are left out\
 {excl}. Money in currency units; revenue is what buyers pay, payouts what sellers get, margin the difference. \
 Revenue, payouts and margin are net of refunds (returned leads refunded inside the buyer's return window).</p>\n",
         range = esc(&range),
+        zone = esc(zone),
         dir = esc(&crate::cli_out::Shown(dir).to_string()),
         excl = day.map_or(String::new(), |r| format!(
             " ({} test auction(s), {} test sale(s))",

@@ -736,11 +736,13 @@ fn read_records(
     Ok(stats)
 }
 
-/// An inclusive range of UTC days; either end may be open.
+/// An inclusive range of days, UTC days or those of `zone`; either end may be open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DateRange {
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
+    /// The IANA zone whose days these are (`--tz`); `None` for UTC.
+    pub zone: Option<chrono_tz::Tz>,
 }
 
 impl DateRange {
@@ -756,7 +758,45 @@ impl DateRange {
                 ));
             }
         }
-        Ok(DateRange { from, to })
+        Ok(DateRange {
+            from,
+            to,
+            zone: None,
+        })
+    }
+
+    /// The range with its days those of the IANA zone `name` (`--tz`, such as
+    /// `America/New_York`; `UTC` or none: UTC days), so that finance closes its books on
+    /// its own midnight.
+    pub fn with_zone(self, name: Option<&str>) -> Result<DateRange, String> {
+        let Some(name) = name else {
+            return Ok(self);
+        };
+        let shown: String = name.chars().take(64).collect();
+        let zone = name.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!("--tz {shown:?}: not an IANA time zone (such as America/New_York, Europe/Berlin or UTC)")
+        })?;
+        Ok(DateRange {
+            zone: (zone != chrono_tz::UTC).then_some(zone),
+            ..self
+        })
+    }
+
+    /// The name of the zone whose days these are: `UTC` or the IANA name.
+    pub fn zone_name(&self) -> &'static str {
+        self.zone.map_or("UTC", |z| z.name())
+    }
+
+    /// The day of `e` in this range's zone ([`Entry::day`] is its UTC day).
+    pub fn day_of(&self, e: &Entry) -> Option<NaiveDate> {
+        let Some(zone) = self.zone else {
+            return e.day;
+        };
+        e.value
+            .get("at")
+            .and_then(Value::as_str)
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map(|t| t.with_timezone(&zone).date_naive())
     }
 
     /// Is a record of `day` inside? A record without a day is inside only an open range.

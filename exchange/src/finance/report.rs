@@ -121,6 +121,9 @@ pub struct Report {
     pub by: &'static str,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// The zone whose days `from`, `to` and the day grouping are (`--tz`): `UTC` or an
+    /// IANA name.
+    pub zone: &'static str,
     pub rows: Vec<Row>,
     /// One per currency: every row of that currency added up.
     pub totals: Vec<Row>,
@@ -397,6 +400,7 @@ impl Acc {
                     by: g.as_str(),
                     from: range.from.map(|d| d.to_string()),
                     to: range.to.map(|d| d.to_string()),
+                    zone: range.zone_name(),
                     rows,
                     totals: totals.into_values().collect(),
                     excluded: self.excluded,
@@ -455,7 +459,9 @@ fn build_from(
     upto: Option<u64>,
 ) -> Result<Reports, String> {
     let mut acc = Acc::default();
-    let take = |e: Entry| {
+    let take = |mut e: Entry| {
+        // Its day in the report's zone (`--tz`), for the range and the day grouping.
+        e.day = range.day_of(&e);
         acc.observe(&e);
         if range.contains(e.day) {
             acc.take(&e);
@@ -536,9 +542,10 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "P&L by {} ({}), test leads left out",
+            "P&L by {} ({}, {} days), test leads left out",
             self.by,
-            range_text(self.from.as_deref(), self.to.as_deref())
+            range_text(self.from.as_deref(), self.to.as_deref()),
+            self.zone
         );
         for (n, l) in lines.iter().enumerate() {
             if n == 1 + self.rows.len() {
@@ -704,6 +711,88 @@ mod currency_tests {
             r#"{{"type":"sale","v":5,"generation":2,"at":"{day}T10:00:01.000Z","lead_id":"ld_{n}","ping_id":"pg_{n}","auction_id":"au_{n}","seller":"s","buyer":"b","vertical":"v","currency":"{currency}","test":false,"bid_micros":{bid},"seller_price_micros":{price},"margin_micros":{}}}"#,
             bid - price
         )
+    }
+
+    /// `--tz`: finance closes its books on its own midnight. Records at 10:00 UTC are on
+    /// the next day at UTC+14 (Pacific/Kiritimati, midnight exactly) and the day before
+    /// at UTC-11 (Pacific/Pago_Pago), for the day grouping, `--from`/`--to` and export.
+    #[test]
+    fn days_are_those_of_the_zone_given() {
+        let dir = ledger(&[
+            auction(1, "2026-11-29"),
+            sale(1, "2026-11-29", "USD", 15_000_000, 12_000_000),
+            auction(2, "2026-11-30"),
+            sale(2, "2026-11-30", "USD", 20_000_000, 16_000_000),
+        ]);
+        let days = |range: DateRange| -> Vec<(String, u64, i128)> {
+            let reports = build(dir.path(), range, &HashMap::new()).unwrap();
+            reports.by[&By::Day]
+                .rows
+                .iter()
+                .map(|r| (r.key.clone(), r.sales, r.revenue_micros))
+                .collect()
+        };
+        let all = DateRange::default();
+        let zoned = |name: &str| all.with_zone(Some(name)).unwrap();
+        let row = |day: &str, revenue: i128| (day.to_string(), 1, revenue);
+        assert_eq!(
+            days(all),
+            [row("2026-11-29", 15_000_000), row("2026-11-30", 20_000_000)]
+        );
+        assert_eq!(
+            days(zoned("Pacific/Kiritimati")),
+            [row("2026-11-30", 15_000_000), row("2026-12-01", 20_000_000)]
+        );
+        assert_eq!(
+            days(zoned("Pacific/Pago_Pago")),
+            [row("2026-11-28", 15_000_000), row("2026-11-29", 20_000_000)]
+        );
+        // UTC named is UTC.
+        assert_eq!(zoned("UTC"), all);
+        // One day of the zone: the other sale is on another day there.
+        let nov_30 = DateRange::parse(Some("2026-11-30"), Some("2026-11-30")).unwrap();
+        assert_eq!(days(nov_30), [row("2026-11-30", 20_000_000)]);
+        let kiritimati_nov_30 = nov_30.with_zone(Some("Pacific/Kiritimati")).unwrap();
+        assert_eq!(days(kiritimati_nov_30), [row("2026-11-30", 15_000_000)]);
+        // Every format names the zone.
+        let reports = build(dir.path(), kiritimati_nov_30, &HashMap::new()).unwrap();
+        let r = &reports.by[&By::Day];
+        assert!(
+            r.table()
+                .starts_with("P&L by day (2026-11-30 to 2026-11-30, Pacific/Kiritimati days)"),
+            "{}",
+            r.table()
+        );
+        assert!(
+            r.json().contains(r#""zone": "Pacific/Kiritimati""#),
+            "{}",
+            r.json()
+        );
+        assert!(
+            html(&reports, dir.path()).contains("(Pacific/Kiritimati days)"),
+            "the page names the zone"
+        );
+        // Export takes the zone's days too: the first auction and sale only.
+        let mut out = Vec::new();
+        let (n, _) = crate::finance::export::export(
+            dir.path(),
+            kiritimati_nov_30,
+            crate::finance::export::Format::Jsonl,
+            &[],
+            &mut out,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(n, 2, "{out}");
+        assert!(
+            out.contains(r#""ld_1""#) && !out.contains(r#""ld_2""#),
+            "{out}"
+        );
+        // A name that is not a zone is refused, saying so.
+        for bad in ["Mars/Olympus_Mons", "", "utc+3", "EST5EDT,M3"] {
+            let e = all.with_zone(Some(bad)).unwrap_err();
+            assert!(e.contains("not an IANA time zone"), "{bad:?}: {e}");
+        }
     }
 
     /// Black-box round 41: a revenue past `i64::MAX` (9.4e18 micros, no field near it)
