@@ -131,13 +131,23 @@ fn keep_key(state: &AppState, warned: &mut Option<String>) {
                 crate::fingerprint::KEY_FILE
             );
         }
-        Ok(false) => *warned = None,
+        Ok(false) => {
+            if warned.take().is_some() {
+                tracing::info!(
+                    "ledger: {} checked again: it holds the key in use",
+                    crate::fingerprint::KEY_FILE
+                );
+            }
+        }
         Err(e) => {
+            // The error says which: the file could not be read to check it (not known to
+            // differ), or it differed and could not be written again (a start would
+            // refuse the ledger).
             let e = e.to_string();
             if warned.as_deref() != Some(e.as_str()) {
                 tracing::error!(
                     error = %e,
-                    "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it is restored (said once while the reason stays the same)"
+                    "ledger: the lead fingerprint key file could not be checked, or differs from the key in use and could not be written again (said once while the reason stays the same)"
                 );
                 *warned = Some(e);
             }

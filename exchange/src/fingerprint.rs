@@ -163,30 +163,39 @@ impl Fingerprinter {
     /// the only copy of the key was the running exchange's. Only for an exchange whose
     /// start has persisted its key (a key that was read, or one [`persist_in`] wrote).
     pub fn keep_in(&self, dir: &Path, shown: &Path) -> std::io::Result<bool> {
-        use std::io::Read as _;
         use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let want = hex::encode(self.key);
-        let mut text = String::new();
         // The key, owner-only (round 123a: a copy of mode 644 moved over it stayed so).
-        let same = std::fs::OpenOptions::new()
+        let opened = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(
                 (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
             )
-            .open(dir.join(KEY_FILE))
-            .ok()
-            .filter(|f| {
-                f.metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 == 0)
-            })
-            .is_some_and(|f| f.take(1024).read_to_string(&mut text).is_ok() && text.trim() == want);
-        if same {
-            return Ok(false);
-        }
+            .open(dir.join(KEY_FILE));
+        let why = match key_file_differs(opened, &want) {
+            Ok(None) => return Ok(false),
+            Ok(Some(why)) => why,
+            // Not known to differ: said as it is, never as a changed key (black-box round
+            // 220b: out of file descriptors, the keeper said the key file differed and
+            // that a start would refuse the ledger, though nobody had touched it).
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: could not be read to check it ({e}); it is checked again every {} s",
+                        crate::cli_out::Shown(&shown.join(KEY_FILE)),
+                        crate::app::KEY_CHECK_MS / 1000
+                    ),
+                ))
+            }
+        };
         let at = |name: &str, e: std::io::Error| {
             std::io::Error::new(
                 e.kind(),
-                format!("{}: {e}", crate::cli_out::Shown(&shown.join(name))),
+                format!(
+                    "{}: {e} (the key file {why}; it could not be written again, and a start would refuse this ledger until it holds the key in use)",
+                    crate::cli_out::Shown(&shown.join(name))
+                ),
             )
         };
         let new = dir.join(KEY_NEW_FILE);
@@ -624,6 +633,49 @@ pub fn dedup_of_hex<'a>(
         .collect()
 }
 
+/// Whether the key file, as `opened` (no symlink followed), differs from `want` (the key
+/// in use, hex): `Ok(None)` it holds it, owner-only; `Ok(Some(why))` it does not (gone, a
+/// symlink, not a regular file, readable by others, another key or none); `Err` when that
+/// cannot be told (it could not be opened or read for another reason, such as no file
+/// descriptor left).
+fn key_file_differs(
+    opened: std::io::Result<std::fs::File>,
+    want: &str,
+) -> std::io::Result<Option<&'static str>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some("was missing")),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(Some("was a symlink"))
+        }
+        // Not readable by the exchange's user: a start could not read it either.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(Some("could not be read (permission denied)"))
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Some("was not a regular file"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Ok(Some("was readable or writable by others"));
+    }
+    let mut text = String::new();
+    file.take(1024).read_to_string(&mut text).map_or_else(
+        |e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Ok(Some("held another key"))
+            } else {
+                Err(e)
+            }
+        },
+        |_| Ok((text.trim() != want).then_some("held another key, or none")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -902,5 +954,57 @@ mod tests {
         assert_ne!(of(&h), of(&hex::encode([0xac; 32])));
         // Not a SHA-256: taken as it is.
         assert_ne!(of("AbC"), of("abc"));
+    }
+
+    /// Black-box round 220b: a key file that could not be opened for want of file
+    /// descriptors was told as changed ("a start would refuse this ledger"). Only what
+    /// shows a change is one; anything else is not known either way.
+    #[test]
+    fn a_key_file_that_cannot_be_looked_at_is_not_told_as_changed() {
+        let want = hex::encode([7u8; 32]);
+        let errno = |e: rustix::io::Errno| Err(std::io::Error::from_raw_os_error(e.raw_os_error()));
+        for e in [
+            rustix::io::Errno::MFILE,
+            rustix::io::Errno::NFILE,
+            rustix::io::Errno::NOMEM,
+            rustix::io::Errno::IO,
+        ] {
+            assert!(key_file_differs(errno(e), &want).is_err(), "{e:?}");
+        }
+        assert_eq!(
+            key_file_differs(errno(rustix::io::Errno::NOENT), &want).unwrap(),
+            Some("was missing")
+        );
+        assert_eq!(
+            key_file_differs(errno(rustix::io::Errno::LOOP), &want).unwrap(),
+            Some("was a symlink")
+        );
+        assert!(key_file_differs(errno(rustix::io::Errno::ACCESS), &want)
+            .unwrap()
+            .is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let file = |text: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let p = dir.path().join("k");
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            Ok(std::fs::File::open(&p).unwrap())
+        };
+        assert_eq!(key_file_differs(file(&want, 0o600), &want).unwrap(), None);
+        assert_eq!(
+            key_file_differs(file(&format!("{want}\n"), 0o600), &want).unwrap(),
+            None
+        );
+        assert!(key_file_differs(file(&want, 0o644), &want)
+            .unwrap()
+            .is_some());
+        assert!(key_file_differs(file("", 0o600), &want).unwrap().is_some());
+        assert!(key_file_differs(file(&"ab".repeat(32), 0o600), &want)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            key_file_differs(Ok(std::fs::File::open(dir.path()).unwrap()), &want).unwrap(),
+            Some("was not a regular file")
+        );
     }
 }
