@@ -287,6 +287,92 @@ async fn with_every_slot_idle_a_new_connection_closes_the_longest_idle_one() {
     ex.shutdown().await.unwrap();
 }
 
+/// Black-box round 220a: idle HTTP/2 connections of a seller whose client stopped
+/// reading (it never answers the PING hyper sends after its GOAWAY) were each kept 0.5 s
+/// (`GOAWAY_LINGER`) when closed to make room, one after the other: 20 new connections
+/// waited 0.5, 1.0, … 10.3 s. An idle connection closed for a new one is dropped
+/// `EVICT_LINGER` (20 ms) after its GOAWAY: eight new connections here find their slots
+/// well within the 8 x 0.5 s the old linger alone took.
+#[tokio::test]
+async fn idle_http2_connections_that_stopped_reading_make_room_quickly() {
+    let head_ms = 400;
+    let slots = 8;
+    let (ex, _dir) = start(
+        head_ms,
+        &format!("connections_max = {slots}\nconnections_per_ip_max = 0"),
+    )
+    .await;
+    // Every slot: a seller's HTTP/2 connection (raw frames; the server's SETTINGS never
+    // acknowledged, its PINGs never answered), served once (its `400` keeps it), then
+    // never read again.
+    let mut request = Vec::new();
+    request.extend_from_slice(H2_PREFACE);
+    request.extend_from_slice(H2_SETTINGS);
+    let mut block = vec![0x83, 0x86, 0x44, 8];
+    block.extend_from_slice(b"/v1/ping");
+    block.extend_from_slice(&[0x41, 0x01, b'x']);
+    let bearer = format!("Bearer {}", common::SELLER_KEY);
+    for (name, value) in [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ] {
+        block.extend_from_slice(&[0x00, name.len() as u8]);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    // HEADERS (END_HEADERS), then DATA `{}` (END_STREAM), stream 1.
+    request.extend_from_slice(&[0, 0, block.len() as u8, 1, 4, 0, 0, 0, 1]);
+    request.extend_from_slice(&block);
+    request.extend_from_slice(&[0, 0, 2, 0, 1, 0, 0, 0, 1, b'{', b'}']);
+    let mut held = Vec::new();
+    for i in 0..slots {
+        let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+        s.write_all(&request).await.expect("write");
+        let mut got = Vec::new();
+        let answered = tokio::time::timeout(EVENT_WAIT_MAX, async {
+            let mut buf = [0u8; 4096];
+            while !common::raw_h2_answered(&got) {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            true
+        })
+        .await;
+        assert_eq!(answered, Ok(true), "{i}: {got:?}");
+        held.push(s);
+    }
+    // Idle past the eviction grace (a quarter of the head budget).
+    tokio::time::sleep(Duration::from_millis(head_ms / 4 + 50)).await;
+    // New connections that are served and kept (a seller's request answered `400`), so
+    // each takes a slot of its own.
+    let t0 = Instant::now();
+    let mut new = tokio::task::JoinSet::new();
+    for _ in 0..slots {
+        let addr = ex.addr;
+        new.spawn(
+            async move { answer_on_new_connection(addr, &kept_with(common::SELLER_KEY)).await },
+        );
+    }
+    let mut kept = Vec::new();
+    while let Some(done) = new.join_next().await {
+        let (answer, closed, s) = done.expect("a new connection");
+        assert!(answer.starts_with("HTTP/1.1 400") && !closed, "{answer}");
+        kept.push(s);
+    }
+    let took = Instant::now() - t0;
+    assert_eq!(ex.state.conn_gate.evicted(), slots as u64);
+    let old_linger = bidder_sdk::listener::GOAWAY_LINGER * slots as u32;
+    assert!(
+        took < old_linger / 2,
+        "{slots} new connections took {took:?} to find their slots"
+    );
+    drop((held, kept));
+    ex.shutdown().await.unwrap();
+}
+
 /// A keep-alive request of the seller whose key is `key`, as [`kept`].
 fn kept_with(key: &str) -> String {
     kept("HTTP/1.1").replace(common::SELLER_KEY, key)

@@ -325,12 +325,13 @@ impl Conn {
                     }
                     if started == activity.finished.load(Ordering::Acquire) && !goaway && !closing {
                         // Idle: closed gracefully (HTTP/1.1 at once, HTTP/2 with GOAWAY), and
-                        // dropped once nothing is in flight, as after any GOAWAY.
+                        // dropped once nothing is in flight, `EVICT_LINGER` on: a new
+                        // connection waits for this slot.
                         self.listed.0.evicted.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(listener = self.name, h2 = activity.h2.load(Ordering::Relaxed), "evicted: slots full, the longest idle connection");
                         goaway = true;
                         conn.as_mut().graceful_shutdown();
-                        next_check = next_check.min(Instant::now() + GOAWAY_LINGER);
+                        next_check = next_check.min(Instant::now() + EVICT_LINGER);
                     } else if !goaway && !closing {
                         // A request came since that look: served, and not evicted.
                         activity.evicted.store(false, Ordering::Release);

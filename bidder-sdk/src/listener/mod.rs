@@ -333,6 +333,14 @@ pub struct CloseConnection;
 /// client to hold the connection.
 pub const GOAWAY_LINGER: Duration = Duration::from_millis(500);
 
+/// How long an idle HTTP/2 connection closed to make room for a new one (every slot
+/// taken) is kept after its GOAWAY: long enough for the GOAWAY to be written, not for the
+/// client to answer hyper's PING, which it need never do. The waiting connection takes the
+/// slot once it is dropped, so this is the cost of each such eviction: with
+/// [`GOAWAY_LINGER`], a seller whose HTTP/2 clients stopped reading made 20 new
+/// connections wait 0.5 s each, one after the other (black-box round 220a).
+pub const EVICT_LINGER: Duration = Duration::from_millis(20);
+
 /// How often a connection sent GOAWAY looks whether its last requests are answered.
 pub const GOAWAY_RECHECK: Duration = Duration::from_millis(100);
 
