@@ -170,10 +170,12 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
             return None;
         }
         Some(match &slot.state {
+            // In flight, even with another body: its first request may still fail and
+            // free the key (as below).
+            State::InFlight => Begin::InFlight,
             _ if slot.body_sha256 != body || !route_allows(slot.route, route) => {
                 Begin::BodyMismatch
             }
-            State::InFlight => Begin::InFlight,
             State::Done { status, body } => Begin::Replay {
                 status: *status,
                 body: body.clone(),
@@ -213,6 +215,14 @@ impl<P: Copy + Eq + Hash> IdempotencyStore<P> {
                         state: State::InFlight,
                     });
                     return Begin::Proceed;
+                }
+                // While the key's first request is in flight, another body (or route)
+                // is told to retry after it, not that it never succeeds: that request
+                // may still fail, which frees the key (black-box round 221b: a `400`
+                // body and a valid one sent at once with one key, the valid one got the
+                // permanent `409` and then sold when sent again).
+                if let State::InFlight = slot.state {
+                    return Begin::InFlight;
                 }
                 let other_route = !route_allows(slot.route, route);
                 if slot.body_sha256 != digest || other_route {
@@ -459,7 +469,9 @@ mod tests {
         let s = IdempotencyStore::new(1000, 10);
         assert_eq!(s.begin(SellerKey(0), "k", b"a", 0), Begin::Proceed);
         assert_eq!(s.begin(SellerKey(0), "k", b"a", 1), Begin::InFlight);
-        assert_eq!(s.begin(SellerKey(0), "k", b"b", 1), Begin::BodyMismatch);
+        // Another body while the first is in flight: retry after it (the first may still
+        // fail and free the key; black-box round 221b).
+        assert_eq!(s.begin(SellerKey(0), "k", b"b", 1), Begin::InFlight);
         assert_eq!(
             s.begin(SellerKey(1), "k", b"b", 1),
             Begin::Proceed,

@@ -196,7 +196,7 @@ pub fn build(config: &Config) -> Value {
                     "schema": {"type": "integer", "minimum": 0},
                 },
                 "RetryAfter": {
-                    "description": "Seconds to wait before retrying: always on `503 overloaded`, never on `503 unavailable`; on a `409 conflict` that ends by itself (a request of the same key, a post of the same `ping_id` or of the same consumer, or the same disposition, still in flight: retry the same request after it), never on one that does not (a key reused with a different body or on another route, a repeated disposition: it never succeeds).",
+                    "description": "Seconds to wait before retrying: always on `503 overloaded`, never on `503 unavailable`; on a `409 conflict` that ends by itself (a request of the same key, a post of the same `ping_id` or of the same consumer, or the same disposition, still in flight: retry the same request after it), never on one that does not (a key reused with a different body or on another route once its first request was answered, a repeated disposition: it never succeeds).",
                     "required": false,
                     "schema": {"type": "integer", "minimum": 0},
                 },
@@ -704,7 +704,7 @@ fn responses() -> Value {
         ("Forbidden", "`forbidden`: the key is valid but not for this vertical or endpoint (a seller may not sell in the vertical; a buyer's key on the seller API, a seller's key on `/v1/dispositions`; a disposition for a lead sold to another buyer)."),
         ("NotFound", "`not_found`: unknown route or unknown `ping_id`."),
         ("MethodNotAllowed", "`method_not_allowed`: a known route with the wrong method (`Allow` names the right one)."),
-        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or on another route (no `Retry-After`: it never succeeds), or still in flight; a post for this `ping_id` still in flight; a post or direct post of a consumer (a dedup key in common) another post is delivering now, or a direct post of it in its auction; on `/v1/dispositions`, the same disposition still being recorded, a repeated (lead, outcome) or a refused return (no `Retry-After`). The ones that end by themselves carry `Retry-After`: retry the same request after it."),
+        ("Conflict", "`conflict`: an Idempotency-Key reused with a different body or on another route once its first request was answered (no `Retry-After`: it never succeeds), or its first request still in flight, whatever the body; a post for this `ping_id` still in flight; a post or direct post of a consumer (a dedup key in common) another post is delivering now, or a direct post of it in its auction; on `/v1/dispositions`, the same disposition still being recorded, a repeated (lead, outcome) or a refused return (no `Retry-After`). The ones that end by themselves carry `Retry-After`: retry the same request after it."),
         ("PayloadTooLarge", "`payload_too_large`: body over the configured limit (refused without buffering it)."),
         ("UnsupportedMediaType", "`unsupported_media_type`: not `application/json`, more than one `Content-Type` header, a charset other than UTF-8, or a `Content-Encoding` other than `identity`."),
         ("Internal", "`internal`: the request could not be finished safely (a delivery whose outcome could not be recorded: no sale is recorded, and a buyer may have the lead)."),

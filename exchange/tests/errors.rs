@@ -733,6 +733,23 @@ fn cases() -> Vec<Case> {
         .check(Check::MessageMentions("in flight"))
         // Ends by itself: Retry-After says so (black-box round 210a).
         .check(Check::RetryAfterSeconds),
+        // 409: the same key with another body while the first is still in flight: retry
+        // after it, since the first may still fail and free the key (black-box round
+        // 221b: told "never succeeds", the request then sold when sent again).
+        row(
+            "ping: Idempotency-Key of a request still in flight, another body (added)",
+            ping()
+                .json(ping_body("OK"))
+                .header("Idempotency-Key", "k-8"),
+            409,
+            "conflict",
+        )
+        .setup(Setup::HeldPing {
+            one_slot: false,
+            headers: vec![("Idempotency-Key", "k-8".to_string())],
+        })
+        .check(Check::MessageMentions("in flight"))
+        .check(Check::RetryAfterSeconds),
         // 429: a seller over its rate (rate_per_s = 1: the next request in the same second
         // is refused). Other sellers are not limited by it.
         row(
