@@ -140,15 +140,20 @@ fn keep_key(state: &AppState, warned: &mut Option<String>) {
             }
         }
         Err(e) => {
-            // The error says which: the file could not be read to check it (not known to
-            // differ), or it differed and could not be written again (a start would
-            // refuse the ledger).
+            let unchecked = matches!(e, crate::fingerprint::KeepError::Unchecked(_));
             let e = e.to_string();
             if warned.as_deref() != Some(e.as_str()) {
-                tracing::error!(
-                    error = %e,
-                    "ledger: the lead fingerprint key file could not be checked, or differs from the key in use and could not be written again (said once while the reason stays the same)"
-                );
+                if unchecked {
+                    tracing::error!(
+                        error = %e,
+                        "ledger: the lead fingerprint key file could not be read to check it (not known to differ from the key in use; said once while the reason stays the same)"
+                    );
+                } else {
+                    tracing::error!(
+                        error = %e,
+                        "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it holds the key in use (said once while the reason stays the same)"
+                    );
+                }
                 *warned = Some(e);
             }
         }

@@ -20,6 +20,18 @@ pub const KEY_FILE: &str = "FINGERPRINT_KEY";
 /// The name the key is written under before it is renamed into place
 /// ([`Fingerprinter::keep_in`]).
 pub const KEY_NEW_FILE: &str = "FINGERPRINT_KEY.new";
+
+/// Why [`Fingerprinter::keep_in`] could not keep the key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    /// It could not be read to be compared (no file descriptor left, the directory's
+    /// permissions taken away): not known to differ.
+    #[error("{0}")]
+    Unchecked(std::io::Error),
+    /// It differed from the key in use and could not be written again.
+    #[error("{0}")]
+    NotWritten(std::io::Error),
+}
 /// Hex characters of a fingerprint (128 bits).
 pub const FINGERPRINT_HEX: usize = 32;
 
@@ -162,8 +174,8 @@ impl Fingerprinter {
     /// 122a: a key rewritten in place went unseen, the next start refused the ledger, and
     /// the only copy of the key was the running exchange's. Only for an exchange whose
     /// start has persisted its key (a key that was read, or one [`persist_in`] wrote).
-    pub fn keep_in(&self, dir: &Path, shown: &Path) -> std::io::Result<bool> {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    pub fn keep_in(&self, dir: &Path, shown: &Path) -> Result<bool, KeepError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let want = hex::encode(self.key);
         // The key, owner-only (round 123a: a copy of mode 644 moved over it stayed so).
         let opened = std::fs::OpenOptions::new()
@@ -172,23 +184,39 @@ impl Fingerprinter {
                 (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
             )
             .open(dir.join(KEY_FILE));
-        let why = match key_file_differs(opened, &want) {
-            Ok(None) => return Ok(false),
-            Ok(Some(why)) => why,
-            // Not known to differ: said as it is, never as a changed key (black-box round
-            // 220b: out of file descriptors, the keeper said the key file differed and
-            // that a start would refuse the ledger, though nobody had touched it).
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!(
+        let at_key = dir.join(KEY_FILE);
+        let why =
+            match key_file_differs(opened, &want, || std::fs::symlink_metadata(&at_key).is_ok()) {
+                Ok(None) => return Ok(false),
+                Ok(Some(why)) => why,
+                // Not known to differ: said as it is, never as a changed key (black-box round
+                // 220b: out of file descriptors, the keeper said the key file differed and
+                // that a start would refuse the ledger, though nobody had touched it).
+                Err(e) => {
+                    return Err(KeepError::Unchecked(std::io::Error::new(
+                        e.kind(),
+                        format!(
                         "{}: could not be read to check it ({e}); it is checked again every {} s",
                         crate::cli_out::Shown(&shown.join(KEY_FILE)),
                         crate::app::KEY_CHECK_MS / 1000
                     ),
-                ))
-            }
-        };
+                    )))
+                }
+            };
+        self.write_again(dir, &want, why, shown)
+            .map_err(KeepError::NotWritten)
+    }
+
+    /// [`keep_in`](Self::keep_in)'s writing of the key in use, the file having differed
+    /// as `why` says.
+    fn write_again(
+        &self,
+        dir: &Path,
+        want: &str,
+        why: &str,
+        shown: &Path,
+    ) -> std::io::Result<bool> {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let at = |name: &str, e: std::io::Error| {
             std::io::Error::new(
                 e.kind(),
@@ -641,6 +669,7 @@ pub fn dedup_of_hex<'a>(
 fn key_file_differs(
     opened: std::io::Result<std::fs::File>,
     want: &str,
+    seen: impl FnOnce() -> bool,
 ) -> std::io::Result<Option<&'static str>> {
     use std::io::Read as _;
     use std::os::unix::fs::PermissionsExt as _;
@@ -650,8 +679,10 @@ fn key_file_differs(
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
             return Ok(Some("was a symlink"))
         }
-        // Not readable by the exchange's user: a start could not read it either.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+        // The file there, not readable by the exchange's user: a start could not read it
+        // either. Permission denied for the directory (the file cannot even be looked
+        // at) tells nothing of the file (black-box round 221a: taken for a changed key).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && seen() => {
             return Ok(Some("could not be read (permission denied)"))
         }
         Err(e) => return Err(e),
@@ -969,19 +1000,25 @@ mod tests {
             rustix::io::Errno::NOMEM,
             rustix::io::Errno::IO,
         ] {
-            assert!(key_file_differs(errno(e), &want).is_err(), "{e:?}");
+            assert!(key_file_differs(errno(e), &want, || true).is_err(), "{e:?}");
         }
         assert_eq!(
-            key_file_differs(errno(rustix::io::Errno::NOENT), &want).unwrap(),
+            key_file_differs(errno(rustix::io::Errno::NOENT), &want, || false).unwrap(),
             Some("was missing")
         );
         assert_eq!(
-            key_file_differs(errno(rustix::io::Errno::LOOP), &want).unwrap(),
+            key_file_differs(errno(rustix::io::Errno::LOOP), &want, || true).unwrap(),
             Some("was a symlink")
         );
-        assert!(key_file_differs(errno(rustix::io::Errno::ACCESS), &want)
-            .unwrap()
-            .is_some());
+        // Permission denied: the file there (it can be looked at) is unreadable, which a
+        // start would be refused for too; for a directory whose permissions were taken
+        // away (the file cannot be looked at), nothing is known (black-box round 221a).
+        assert!(
+            key_file_differs(errno(rustix::io::Errno::ACCESS), &want, || true)
+                .unwrap()
+                .is_some()
+        );
+        assert!(key_file_differs(errno(rustix::io::Errno::ACCESS), &want, || false).is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = |text: &str, mode: u32| {
             use std::os::unix::fs::PermissionsExt as _;
@@ -990,20 +1027,27 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
             Ok(std::fs::File::open(&p).unwrap())
         };
-        assert_eq!(key_file_differs(file(&want, 0o600), &want).unwrap(), None);
         assert_eq!(
-            key_file_differs(file(&format!("{want}\n"), 0o600), &want).unwrap(),
+            key_file_differs(file(&want, 0o600), &want, || true).unwrap(),
             None
         );
-        assert!(key_file_differs(file(&want, 0o644), &want)
-            .unwrap()
-            .is_some());
-        assert!(key_file_differs(file("", 0o600), &want).unwrap().is_some());
-        assert!(key_file_differs(file(&"ab".repeat(32), 0o600), &want)
-            .unwrap()
-            .is_some());
         assert_eq!(
-            key_file_differs(Ok(std::fs::File::open(dir.path()).unwrap()), &want).unwrap(),
+            key_file_differs(file(&format!("{want}\n"), 0o600), &want, || true).unwrap(),
+            None
+        );
+        assert!(key_file_differs(file(&want, 0o644), &want, || true)
+            .unwrap()
+            .is_some());
+        assert!(key_file_differs(file("", 0o600), &want, || true)
+            .unwrap()
+            .is_some());
+        assert!(
+            key_file_differs(file(&"ab".repeat(32), 0o600), &want, || true)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            key_file_differs(Ok(std::fs::File::open(dir.path()).unwrap()), &want, || true).unwrap(),
             Some("was not a regular file")
         );
     }
