@@ -824,8 +824,9 @@ pub fn parse_date(flag: &str, text: &str) -> Result<NaiveDate, String> {
             "{flag} {shown:?}: not a date (expected YYYY-MM-DD, a UTC day or one of --tz)"
         ));
     }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| format!("{flag} {shown:?}: no such day (expected YYYY-MM-DD, a UTC day or one of --tz)"))
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        format!("{flag} {shown:?}: no such day (expected YYYY-MM-DD, a UTC day or one of --tz)")
+    })
 }
 
 /// Micros as a decimal amount: `14400000` -> `14.40`, `1` -> `0.000001` (at least two
