@@ -140,6 +140,7 @@ pub async fn execute<'a>(
             }
             Effect::Skipped { counts } => state.metrics.count_skips(&counts),
             Effect::FanoutLimited { count } => state.metrics.count_fanout_limited(count),
+            Effect::DeadlineOverrun { .. } => state.metrics.deadline_overruns.inc(),
             Effect::LateAnswer { buyer } => late_answer(state, rt, buyer),
             Effect::CappedAtAward { buyer } => {
                 if let Some(m) = rt.buyer_metrics(&state.metrics, buyer) {
@@ -233,6 +234,7 @@ pub fn execute_now<'a>(state: &AppState, effects: impl Iterator<Item = Effect<'a
             Effect::Ping { .. }
             | Effect::Skipped { .. }
             | Effect::FanoutLimited { .. }
+            | Effect::DeadlineOverrun { .. }
             | Effect::LateAnswer { .. }
             | Effect::CappedAtAward { .. }
             | Effect::Post { .. }

@@ -178,6 +178,10 @@ pub struct Metrics {
     pub eligibility_skips: IntCounterVec,
     /// Eligible buyers not pinged for the fan-out limit (one series, not per buyer).
     pub fanout_limited: IntCounter,
+    /// Auctions whose buyers' answers were collected after their vertical's
+    /// `auction_deadline_ms`, counted from the request's arrival (black-box round 219a: a
+    /// host whose cores are busy runs the exchange's timers late).
+    pub deadline_overruns: IntCounter,
     pub quotes_open: IntGauge,
     /// Idempotency keys held: the sellers' (pings, posts, direct posts), the buyers'
     /// (dispositions).
@@ -429,6 +433,14 @@ impl Metrics {
                 IntCounter::new(
                     "pingpost_fanout_limited_total",
                     "Eligible buyers not pinged because their auction had pinged server.buyers_per_auction_max buyers already.",
+                )
+                .unwrap_or_else(|_| unreachable!()),
+            ),
+            deadline_overruns: reg(
+                &r,
+                IntCounter::new(
+                    "pingpost_auction_deadline_overruns_total",
+                    "Auctions that ended (their answers collected, the award made) after their vertical's auction_deadline_ms, counted from the request's arrival: the seller's answer was late.",
                 )
                 .unwrap_or_else(|_| unreachable!()),
             ),

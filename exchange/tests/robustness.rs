@@ -493,6 +493,13 @@ async fn healthz_readyz_and_metrics_answer() {
         1.0,
         "{text}"
     );
+    // Counted from the core's `DeadlineOverrun` (its test: `tests_v2`), exported from
+    // the start.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pingpost_auction_deadline_overruns_total ")),
+        "{text}"
+    );
 }
 
 /// Round 45: a ping still running when its auction ends is heard out for twice its own

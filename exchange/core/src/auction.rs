@@ -733,6 +733,16 @@ impl<'a> Auction<'a> {
         };
         self.effects.push(Effect::Record(Record::Auction(record)));
         self.effects.push(Effect::Auction { no_bid });
+        let deadline_us = cfg
+            .verticals
+            .get(p.vertical)
+            .map_or(0, |v| v.auction_deadline_ms)
+            .saturating_mul(1000);
+        if took_us > deadline_us {
+            self.effects.push(Effect::DeadlineOverrun {
+                late_us: took_us - deadline_us,
+            });
+        }
         Award {
             ranked,
             reservation,

@@ -64,6 +64,10 @@ pub enum Effect<'a> {
     /// Eligible buyers not pinged for the fan-out limit (`server.buyers_per_auction_max`):
     /// one count, not a metric per buyer.
     FanoutLimited { count: u32 },
+    /// The auction ended `late_us` µs after its vertical's `auction_deadline_ms`, counted
+    /// from the request's arrival (`took_us`): the seller's answer is late (a host whose
+    /// cores are busy runs the timers late: black-box round 219a). Counted.
+    DeadlineOverrun { late_us: u64 },
     /// A buyer answered after its bound: counted, never used.
     LateAnswer { buyer: BuyerIdx },
     /// A buyer's bid ranked above the winner's but its cap or budget had no room for it

@@ -119,6 +119,36 @@ fn each_buyer_is_bounded_by_its_timeout_or_the_deadline_less_the_reserve() {
     assert_eq!(a.poll_timeout(), Some(T + 110));
 }
 
+/// An auction that ends past its vertical's deadline (the shell's timers ran late: a
+/// host whose cores are busy, black-box round 219a) says by how much, once, for the
+/// shell's `pingpost_auction_deadline_overruns_total`; one that ends at the deadline or
+/// before says nothing.
+#[test]
+fn an_auction_that_ends_past_its_deadline_says_by_how_much() {
+    let cfg = cfg_timeouts(&[100]);
+    let caps = CapBook::new(1);
+    let s = Settlement::new(&caps);
+    let br = BreakerBook::new(1, breaker_cfg());
+    let overruns = |took_us: u64| {
+        let mut a = Auction::new(params(&cfg, T), &lead(TX), &s, &br, T);
+        a.on_answer(0, bid(m(10), None), 50, T + 50);
+        let award = a.finish(&s, T + (took_us / 1000) as i64, took_us);
+        if let Some(r) = award.reservation {
+            assert!(s.settle(&crate::settlement::CapOp::Release(r)));
+        }
+        a.effects()
+            .filter_map(|e| match e {
+                Effect::DeadlineOverrun { late_us } => Some(late_us),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(overruns(50_000), [0u64; 0]);
+    assert_eq!(overruns(150_000), [0u64; 0], "at the deadline: in time");
+    assert_eq!(overruns(150_001), [1]);
+    assert_eq!(overruns(172_500), [22_500]);
+}
+
 #[test]
 fn answers_before_and_at_the_bound_count_after_it_are_late() {
     let cfg = cfg_timeouts(&[100, 100, 100]);
