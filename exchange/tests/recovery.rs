@@ -153,6 +153,27 @@ fn records(ledger: &Path) -> Vec<Value> {
     ledger_at(ledger)
 }
 
+/// A ledger in `to` (a new directory) of `records` (read from `from`), numbered and
+/// chained again, with `from`'s key beside it: what a crash that lost the others leaves.
+fn reframed(from: &Path, to: &Path, records: &[Value]) {
+    std::fs::create_dir(to).unwrap();
+    let mut out = Vec::new();
+    let mut prev = pingpost::ledger::segments::GENESIS;
+    for (seq, r) in (1..).zip(records) {
+        let mut rec = r.as_object().unwrap().clone();
+        rec.remove("seq");
+        rec.remove("sum");
+        prev = pingpost::ledger::segments::frame(
+            &mut out,
+            &serde_json::to_vec(&rec).unwrap(),
+            seq,
+            &prev,
+        );
+    }
+    std::fs::write(to.join(pingpost::ledger::segments::segment_name(1)), &out).unwrap();
+    std::fs::copy(from.join("FINGERPRINT_KEY"), to.join("FINGERPRINT_KEY")).unwrap();
+}
+
 #[tokio::test]
 async fn caps_and_idempotency_keys_survive_a_restart() {
     let (a, ab, _ha) = buyer("a", 30.0, 0).await;
@@ -405,28 +426,9 @@ async fn a_quote_whose_delivery_was_cut_off_answers_outcome_unknown_after_a_rest
     // The ledger up to and including the `post_sent`, re-framed: what a crash during
     // the delivery leaves.
     let cut = dir.path().join("cut");
-    std::fs::create_dir(&cut).unwrap();
-    let mut out = Vec::new();
-    let mut prev = pingpost::ledger::segments::GENESIS;
-    let mut seq = 0;
-    for r in records(&ledger) {
-        let mut rec = r.as_object().unwrap().clone();
-        rec.remove("seq");
-        rec.remove("sum");
-        seq += 1;
-        prev = pingpost::ledger::segments::frame(
-            &mut out,
-            &serde_json::to_vec(&rec).unwrap(),
-            seq,
-            &prev,
-        );
-        if r["type"] == "post_sent" {
-            break;
-        }
-    }
-    std::fs::write(cut.join(pingpost::ledger::segments::segment_name(1)), &out).unwrap();
-    // With the ledger's key beside it, as a crash leaves it.
-    std::fs::copy(ledger.join("FINGERPRINT_KEY"), cut.join("FINGERPRINT_KEY")).unwrap();
+    let all = records(&ledger);
+    let sent = all.iter().position(|r| r["type"] == "post_sent").unwrap();
+    reframed(&ledger, &cut, &all[..=sent]);
     let second = start(&cfg, &cut).await;
     let client = SellerClient::new(second.addr);
     let again = client
@@ -1412,6 +1414,63 @@ async fn a_quote_not_restored_is_closed_and_never_comes_back_past_a_cap() {
     r.assert_error(404, "not_found");
     third.shutdown().await.unwrap();
     assert_eq!(*a.posts.lock().unwrap(), 1, "no lead past a's cap of 1");
+}
+
+/// Black-box round 220b: a fail-stop under load left a quote's `auction` and its hold
+/// (`quote_reserved`) on disk without its `quote_opened` (queued after them), and no
+/// record ever ended the hold: whoever sums holds from the ledger saw it held for ever.
+/// The start that cannot restore the quote closes the hold (`quote_released`,
+/// `quote_lost`) once, holds nothing in the buyer's cap, and the post is `404`.
+#[tokio::test]
+async fn a_hold_whose_quote_never_reached_the_disk_is_closed_at_the_start() {
+    let (a, ab, _ha) = buyer("a", 30.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab.caps_daily(1));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let first = start(&cfg, &ledger).await;
+    let old = SellerClient::new(first.addr).ping("TX").await;
+    assert_eq!(old.status, proto::seller::PingStatus::Bid, "{old:?}");
+    first.shutdown().await.unwrap();
+    let all = records(&ledger);
+    let opened = all
+        .iter()
+        .position(|r| r["type"] == "quote_opened")
+        .unwrap();
+    assert!(
+        all[..opened]
+            .iter()
+            .any(|r| r["type"] == "quote_reserved" && r["ping_id"] == old.ping_id.as_str()),
+        "the hold is recorded before its quote"
+    );
+    let cut = dir.path().join("cut");
+    reframed(&ledger, &cut, &all[..opened]);
+
+    let second = start(&cfg, &cut).await;
+    assert_eq!(second.state.quotes.open_count(), 0);
+    let r = SellerClient::new(second.addr)
+        .post_json("/v1/post", &post_body(&old.ping_id, "TX"))
+        .await;
+    r.assert_error(404, "not_found");
+    // a's cap of 1 is free: another quote takes it, and sells.
+    let new = SellerClient::new(second.addr).ping("TX").await;
+    assert_eq!(new.status, proto::seller::PingStatus::Bid, "{new:?}");
+    let sold = SellerClient::new(second.addr)
+        .post(&new.ping_id, "TX")
+        .await;
+    assert_eq!(sold.status, proto::seller::PostStatus::Sold, "{sold:?}");
+    second.shutdown().await.unwrap();
+    // A third start finds the hold ended, and writes nothing more of it.
+    start(&cfg, &cut).await.shutdown().await.unwrap();
+    let of_old: Vec<_> = records(&cut)
+        .into_iter()
+        .filter(|r| r["ping_id"] == old.ping_id.as_str() && r["type"] != "auction")
+        .collect();
+    let kinds: Vec<_> = of_old.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["quote_reserved", "quote_released"], "{of_old:?}");
+    assert_eq!(of_old[1]["reason"], "quote_lost");
+    assert_eq!(of_old[1]["buyer"], "a");
+    assert_eq!(of_old[1]["price_micros"], of_old[0]["price_micros"]);
+    assert_eq!(*a.posts.lock().unwrap(), 1, "only the new quote's lead");
 }
 
 /// An open quote whose vertical a restart's configuration no longer has is closed at that

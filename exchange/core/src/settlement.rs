@@ -240,6 +240,10 @@ pub mod release_reason {
     pub const DUPLICATE: &str = "duplicate";
     /// The posted lead's consumer is on the suppression list (`suppressed`).
     pub const SUPPRESSED: &str = "suppressed";
+    /// Written by a start for a hold (`quote_reserved`) whose `quote_opened` never
+    /// reached the disk (a crash or fail-stop just after the auction): its quote was
+    /// never restored, so the hold ends (`quote_lost`).
+    pub const QUOTE_LOST: &str = "quote_lost";
 }
 
 /// The effects of dropping a quote's hold `r` without a sale: the cap operation and its

@@ -9,8 +9,8 @@ use proto::Micros;
 use super::{
     answers::{answer_of, direct_answer_of, ping_answer_of, Lookup},
     restore::{
-        close_expired_while_down, close_not_restored, restore_disposition_keys, restore_finished,
-        restore_quote,
+        close_expired_while_down, close_not_restored, close_unopened_holds,
+        restore_disposition_keys, restore_finished, restore_quote,
     },
     scan::{KeyedPing, Scan, Sent},
 };
@@ -56,6 +56,9 @@ pub struct Recovered {
     /// Open quotes not expired that no longer fit the configuration, closed at this
     /// start ([`close_not_restored`]).
     pub quotes_not_restored: u64,
+    /// Holds whose quote was never recorded (`quote_reserved` without its
+    /// `quote_opened`), closed at this start ([`close_unopened_holds`]).
+    pub holds_without_quote: u64,
     /// Sold leads put back in the sold-lead index (the newest `server.sold_leads_max`).
     pub sold_leads: u64,
     /// Dispositions and refunds applied to them (a repeat stays refused).
@@ -331,6 +334,7 @@ pub fn apply(state: &AppState, scan: &Scan) -> Recovered {
             }
         }
     }
+    out.holds_without_quote = close_unopened_holds(state, scan, now);
     let names: HashMap<&str, &str> = cfg
         .buyers
         .iter()

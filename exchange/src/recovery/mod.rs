@@ -211,6 +211,7 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         quotes_expired_while_down = r.expired_while_down,
         test_quotes_expired = r.test_quotes_expired,
         quotes_not_restored = r.quotes_not_restored,
+        holds_without_quote = r.holds_without_quote,
         sold_leads = r.sold_leads,
         dispositions = r.dispositions,
         "ledger replayed: caps, budgets, open quotes, idempotency keys and sold leads rebuilt"

@@ -275,6 +275,39 @@ pub(super) fn close_not_restored(
     Some(reason)
 }
 
+/// Holds whose `quote_opened` never reached the disk ([`Scan::unopened_holds`]): no
+/// start restores their quote (a post of its `ping_id` is `404`) and nothing reserves
+/// them again, so each is closed with a `quote_released` (reason
+/// [`release_reason::QUOTE_LOST`]), and whoever sums holds from the ledger finds every
+/// `quote_reserved` ended (black-box round 220b: it stayed open for ever). Returns how
+/// many were closed.
+pub(super) fn close_unopened_holds(state: &AppState, scan: &Scan, now: UnixMs) -> u64 {
+    use crate::core::record::LedgerSink as _;
+    use crate::core::record::{Head, QuoteHoldRecord, Record};
+    let mut closed = 0;
+    // In ping id order, so that one ledger gives the same records at each start.
+    let mut holds: Vec<_> = scan.unopened_holds.iter().collect();
+    holds.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (ping_id, (buyer, price_micros)) in holds {
+        let record = Record::QuoteReleased(QuoteHoldRecord {
+            head: Head::new(state.generation(), now),
+            ping_id: Some(ping_id),
+            buyer,
+            price_micros: *price_micros,
+            reason: Some(release_reason::QUOTE_LOST),
+            changed_fields: &[],
+            test: false,
+        });
+        // Not durable: lost in a crash, the next start writes it again.
+        if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {
+            tracing::warn!(error = %e, "ledger: a quote_released for a hold whose quote was never recorded was not written");
+            continue;
+        }
+        closed += 1;
+    }
+    closed
+}
+
 /// Puts the quote of a `quote_opened` record back in the book, re-reserving its hold;
 /// `None` (nothing changed) when it has expired or no longer fits the configuration.
 pub(super) fn restore_quote(

@@ -127,6 +127,12 @@ pub struct Scan {
     /// Ping ids whose quote ended or was posted (a sale, an unsold post, a delivery, a
     /// released or expired hold).
     pub(super) closed_pings: HashSet<String>,
+    /// Holds (`quote_reserved`) whose quote has no `quote_opened` and no record that
+    /// ends it, by ping id: `(buyer id, price_micros)`. Its `quote_opened` never reached
+    /// the disk (it is queued after the hold: black-box round 220b, a fail-stop under
+    /// load), so no start restores the quote; the start closes the hold
+    /// ([`super::restore::close_unopened_holds`]).
+    pub unopened_holds: HashMap<String, (String, i64)>,
     /// Ping ids whose quote expired unposted (`quote_expired`), with when.
     pub(super) expired_pings: HashMap<String, UnixMs>,
     /// Ping ids whose post was refused before delivery and answered (`quote_released`
@@ -452,6 +458,7 @@ impl Scan {
             "sale" | "unsold" | "post_sent" | "quote_released" | "quote_expired"
         ) {
             if let Some(p) = v.get("ping_id").and_then(Value::as_str) {
+                self.unopened_holds.remove(p);
                 self.closed_pings.insert(p.to_string());
                 if let Some(opened) = self.opened.get_mut(p) {
                     keep_closed_fields(opened);
@@ -483,8 +490,20 @@ impl Scan {
             }
         }
         match kind {
+            "quote_reserved" => {
+                let ping_id = text(&v, "ping_id");
+                if !ping_id.is_empty()
+                    && !self.opened.contains_key(&ping_id)
+                    && !self.closed_pings.contains(&ping_id)
+                {
+                    let price = v.get("price_micros").and_then(Value::as_i64).unwrap_or(0);
+                    self.unopened_holds
+                        .insert(ping_id, (text(&v, "buyer"), price));
+                }
+            }
             "quote_opened" => {
                 let ping_id = text(&v, "ping_id");
+                self.unopened_holds.remove(&ping_id);
                 let mut v = v;
                 if self.closed_pings.contains(&ping_id) {
                     keep_closed_fields(&mut v);

@@ -529,3 +529,53 @@ fn a_timed_out_delivery_still_heard_out_when_its_run_crashed_may_have_been_accep
         assert_eq!(cut_short(&lines), want, "{name}");
     }
 }
+
+/// Black-box round 220b: after a fail-stop a `quote_reserved` was on disk without its
+/// `quote_opened`, and nothing ever ended it. The scan finds exactly such holds: not
+/// one whose quote was opened (before or after it in the ledger), nor one a record
+/// ended (a refused quote's `quote_released`, an expiry, a post).
+#[test]
+fn holds_whose_quote_was_never_recorded_are_found() {
+    let hold = |kind: &str, ping: &str, s: u32| {
+        at(
+            kind,
+            s,
+            &format!(r#","ping_id":"{ping}","buyer":"b_{ping}","price_micros":7000000"#),
+        )
+    };
+    let opened = |ping: &str, s: u32| {
+        at(
+            "quote_opened",
+            s,
+            &format!(r#","ping_id":"{ping}","price_micros":8000000"#),
+        )
+    };
+    let text = [
+        hold("quote_reserved", "pg_lost", 1),
+        hold("quote_reserved", "pg_opened", 2),
+        opened("pg_opened", 2),
+        hold("quote_reserved", "pg_refused", 3),
+        hold("quote_released", "pg_refused", 3),
+        hold("quote_reserved", "pg_posted", 4),
+        at("unsold", 5, r#","ping_id":"pg_posted","lead_id":"ld_1""#),
+        hold("quote_reserved", "pg_late_open", 6),
+        hold("quote_reserved", "pg_lost_too", 7),
+        opened("pg_late_open", 8),
+    ]
+    .join("\n");
+    let scan = Scan::of_text(&text);
+    assert!(scan.unreadable.is_empty(), "{:?}", scan.unreadable);
+    let mut lost: Vec<_> = scan
+        .unopened_holds
+        .iter()
+        .map(|(p, (b, m))| (p.as_str(), b.as_str(), *m))
+        .collect();
+    lost.sort_unstable();
+    assert_eq!(
+        lost,
+        [
+            ("pg_lost", "b_pg_lost", 7_000_000),
+            ("pg_lost_too", "b_pg_lost_too", 7_000_000)
+        ]
+    );
+}
