@@ -121,17 +121,17 @@ pub const KEY_CHECK_MS: u64 = 2_000;
 
 /// [`crate::fingerprint::Fingerprinter::keep_in`] on `state`'s ledger, said in the log
 /// (`warned`: the last error said, so one that stays the same is said once). Blocking.
-fn keep_key(state: &AppState, warned: &mut Option<String>) {
+fn keep_key(state: &AppState, warned: &mut Option<String>, at_stop: bool) {
     let dir = state.ledger.dir().to_path_buf();
     match state.fingerprint.keep_in(&state.ledger.locked_dir(), &dir) {
-        Ok(true) => {
+        Ok(Some(why)) => {
             *warned = None;
             tracing::warn!(
-                "ledger: {} was removed, replaced or changed by another process while the exchange ran: the key in use was written there again (a start needs it; keep it owner-only, and back it up)",
+                "ledger: {} {why} (another process changed it while the exchange ran): the key in use was written there again, owner-only (a start needs it; keep it owner-only, and back it up)",
                 crate::fingerprint::KEY_FILE
             );
         }
-        Ok(false) => {
+        Ok(None) => {
             if warned.take().is_some() {
                 tracing::info!(
                     "ledger: {} checked again: it holds the key in use",
@@ -140,22 +140,34 @@ fn keep_key(state: &AppState, warned: &mut Option<String>) {
             }
         }
         Err(e) => {
-            let unchecked = matches!(e, crate::fingerprint::KeepError::Unchecked(_));
-            let e = e.to_string();
-            if warned.as_deref() != Some(e.as_str()) {
-                if unchecked {
-                    tracing::error!(
-                        error = %e,
-                        "ledger: the lead fingerprint key file could not be read to check it (not known to differ from the key in use; said once while the reason stays the same)"
-                    );
-                } else {
-                    tracing::error!(
-                        error = %e,
-                        "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it holds the key in use (said once while the reason stays the same)"
-                    );
-                }
-                *warned = Some(e);
+            use crate::fingerprint::{KeepError, KEY_UNREADABLE};
+            let text = e.to_string();
+            if warned.as_deref() == Some(text.as_str()) {
+                return;
             }
+            let when = if at_stop {
+                "at this stop".to_string()
+            } else {
+                format!(
+                    "checked again every {} s, said once while the reason stays the same",
+                    KEY_CHECK_MS / 1000
+                )
+            };
+            match e {
+                KeepError::Unchecked(_) => tracing::error!(
+                    error = %text,
+                    "ledger: the lead fingerprint key file could not be read to check it: not known to differ from the key in use; a start checks it and refuses this ledger if it does not hold that key ({when})"
+                ),
+                KeepError::NotWritten(_, KEY_UNREADABLE) => tracing::error!(
+                    error = %text,
+                    "ledger: the lead fingerprint key file cannot be read by the exchange's user (its owner or mode was changed; its content is not known to differ from the key in use) and could not be written again: a start would refuse this ledger until that user can read it again ({when})"
+                ),
+                KeepError::NotWritten(..) => tracing::error!(
+                    error = %text,
+                    "ledger: the lead fingerprint key file differs from the key in use and could not be written again: a start would refuse this ledger until it holds the key in use ({when})"
+                ),
+            }
+            *warned = Some(text);
         }
     }
 }
@@ -179,7 +191,7 @@ pub fn spawn_key_keeper(state: &Arc<AppState>) {
                     let mut w = warned
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    keep_key(&st, &mut w);
+                    keep_key(&st, &mut w, false);
                 })
                 .await;
         }
@@ -372,7 +384,7 @@ impl Running {
         // The key as the next start needs it, whatever was done to it since the last
         // look (round 123a: a SIGTERM within 2 s of a change left it for the start to
         // refuse).
-        keep_key(&self.state, &mut None);
+        keep_key(&self.state, &mut None, true);
         // Auction and attempt records ride along with durable ones; make the tail durable.
         let flushed = self
             .state
@@ -566,7 +578,7 @@ impl Threaded {
                 Err(_) => result = Err(std::io::Error::other("a worker thread panicked")),
             }
         }
-        keep_key(&self.state, &mut None);
+        keep_key(&self.state, &mut None, true);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

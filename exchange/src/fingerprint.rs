@@ -28,10 +28,17 @@ pub enum KeepError {
     /// permissions taken away): not known to differ.
     #[error("{0}")]
     Unchecked(std::io::Error),
-    /// It differed from the key in use and could not be written again.
+    /// It differed from the key in use (or could not be read by the exchange's user:
+    /// [`KEY_UNREADABLE`]), as the `&str` says, and could not be written again.
     #[error("{0}")]
-    NotWritten(std::io::Error),
+    NotWritten(std::io::Error, &'static str),
 }
+
+/// Why the key file was found not to hold the key in use when it is there but the
+/// exchange's user cannot read it (its owner or mode was changed): a start could not
+/// read it either, though its content is not known to differ.
+pub const KEY_UNREADABLE: &str =
+    "could not be read by the exchange's user (permission denied: its owner or mode was changed)";
 /// Hex characters of a fingerprint (128 bits).
 pub const FINGERPRINT_HEX: usize = 32;
 
@@ -168,13 +175,15 @@ impl Fingerprinter {
     }
 
     /// Keeps the key file in `dir` (named as in `shown`) holding this key, the one in use:
-    /// `Ok(false)` when it does; otherwise (removed, moved away, replaced, rewritten or
-    /// truncated in place while the exchange ran) it is written again, owner-only and
-    /// synced, as `FINGERPRINT_KEY.new` renamed over it, and `Ok(true)`. Black-box round
+    /// `Ok(None)` when it does; otherwise (removed, moved away, replaced, rewritten or
+    /// truncated in place, made unreadable while the exchange ran) it is written again,
+    /// owner-only and synced, as `FINGERPRINT_KEY.new` renamed over it, and `Ok(Some(why))`
+    /// says what it was found to be (black-box round 222a: an unreadable key was said as
+    /// "removed, replaced or changed"). Black-box round
     /// 122a: a key rewritten in place went unseen, the next start refused the ledger, and
     /// the only copy of the key was the running exchange's. Only for an exchange whose
     /// start has persisted its key (a key that was read, or one [`persist_in`] wrote).
-    pub fn keep_in(&self, dir: &Path, shown: &Path) -> Result<bool, KeepError> {
+    pub fn keep_in(&self, dir: &Path, shown: &Path) -> Result<Option<&'static str>, KeepError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let want = hex::encode(self.key);
         // The key, owner-only (round 123a: a copy of mode 644 moved over it stayed so).
@@ -187,7 +196,7 @@ impl Fingerprinter {
         let at_key = dir.join(KEY_FILE);
         let why =
             match key_file_differs(opened, &want, || std::fs::symlink_metadata(&at_key).is_ok()) {
-                Ok(None) => return Ok(false),
+                Ok(None) => return Ok(None),
                 Ok(Some(why)) => why,
                 // Not known to differ: said as it is, never as a changed key (black-box round
                 // 220b: out of file descriptors, the keeper said the key file differed and
@@ -196,32 +205,26 @@ impl Fingerprinter {
                     return Err(KeepError::Unchecked(std::io::Error::new(
                         e.kind(),
                         format!(
-                        "{}: could not be read to check it ({e}); it is checked again every {} s",
-                        crate::cli_out::Shown(&shown.join(KEY_FILE)),
-                        crate::app::KEY_CHECK_MS / 1000
-                    ),
+                            "{}: could not be read to check it ({e})",
+                            crate::cli_out::Shown(&shown.join(KEY_FILE)),
+                        ),
                     )))
                 }
             };
         self.write_again(dir, &want, why, shown)
-            .map_err(KeepError::NotWritten)
+            .map(|()| Some(why))
+            .map_err(|e| KeepError::NotWritten(e, why))
     }
 
     /// [`keep_in`](Self::keep_in)'s writing of the key in use, the file having differed
     /// as `why` says.
-    fn write_again(
-        &self,
-        dir: &Path,
-        want: &str,
-        why: &str,
-        shown: &Path,
-    ) -> std::io::Result<bool> {
+    fn write_again(&self, dir: &Path, want: &str, why: &str, shown: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let at = |name: &str, e: std::io::Error| {
             std::io::Error::new(
                 e.kind(),
                 format!(
-                    "{}: {e} (the key file {why}; it could not be written again, and a start would refuse this ledger until it holds the key in use)",
+                    "{}: {e} (the key file {why}; it could not be written again)",
                     crate::cli_out::Shown(&shown.join(name))
                 ),
             )
@@ -274,12 +277,11 @@ impl Fingerprinter {
                 .and_then(|()| (&file).write_all(want.as_bytes()))
                 .and_then(|()| file.sync_all())
                 .map_err(|e| at(KEY_FILE, e))?;
-            return Ok(true);
+            return Ok(());
         }
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| at(".", e))?;
-        Ok(true)
+            .map_err(|e| at(".", e))
     }
 
     /// Writes a key [`load_in`](Self::load_in) made (owner-only, synced); nothing for a
@@ -683,7 +685,7 @@ fn key_file_differs(
         // either. Permission denied for the directory (the file cannot even be looked
         // at) tells nothing of the file (black-box round 221a: taken for a changed key).
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && seen() => {
-            return Ok(Some("could not be read (permission denied)"))
+            return Ok(Some(KEY_UNREADABLE))
         }
         Err(e) => return Err(e),
     };
@@ -1013,10 +1015,10 @@ mod tests {
         // Permission denied: the file there (it can be looked at) is unreadable, which a
         // start would be refused for too; for a directory whose permissions were taken
         // away (the file cannot be looked at), nothing is known (black-box round 221a).
-        assert!(
-            key_file_differs(errno(rustix::io::Errno::ACCESS), &want, || true)
-                .unwrap()
-                .is_some()
+        // Said as unreadable, never as another key (black-box round 222a).
+        assert_eq!(
+            key_file_differs(errno(rustix::io::Errno::ACCESS), &want, || true).unwrap(),
+            Some(KEY_UNREADABLE)
         );
         assert!(key_file_differs(errno(rustix::io::Errno::ACCESS), &want, || false).is_err());
         let dir = tempfile::tempdir().unwrap();

@@ -924,6 +924,7 @@ async fn a_fingerprint_key_changed_while_running_is_written_again_and_the_restar
             .fingerprint
             .keep_in(&state.ledger.locked_dir(), &ledger)
             .unwrap()
+            .is_some()
     };
     assert!(!keep(), "untouched: nothing written");
     let sell = || async {
