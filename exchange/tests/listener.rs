@@ -1791,7 +1791,8 @@ async fn http2_head_answers_carry_no_body_on_either_listener() {
 
 /// Black-box round 138a: a key followed by a tab authenticated over HTTP/1.1 (which trims
 /// a field's white space) and was `401` over HTTP/2 (which does not). White space at the
-/// ends of the key is now not the key's on both; a tab inside it still is.
+/// ends of the key is now not the key's on both; a tab inside it still is. Round 223c:
+/// the same before the scheme (`401` over HTTP/2 only).
 #[tokio::test]
 async fn white_space_around_a_bearer_key_is_not_the_key_over_http2_too() {
     let (ex, _dir) = start(5_000, "").await;
@@ -1806,6 +1807,14 @@ async fn white_space_around_a_bearer_key_is_not_the_key_over_http2_too() {
         ),
         (
             format!("Bearer {}", common::SELLER_KEY),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!(" Bearer {}", common::SELLER_KEY),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("\t Bearer {}\t", common::SELLER_KEY),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -1846,6 +1855,41 @@ async fn a_refused_head_request_after_an_answered_one_gets_no_body() {
     let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n"), "no body: {answer}");
+    ex.shutdown().await.unwrap();
+}
+
+/// Black-box round 223c: the HTTP/2 preface sent as a later request of a kept-alive
+/// HTTP/1.1 connection was closed with an empty reply (hyper's, as it tells HTTP/2 at a
+/// connection's start); it is a head that does not parse, answered with the JSON `400`.
+/// At a connection's start the preface is HTTP/2 as before.
+#[tokio::test]
+async fn the_http2_preface_as_a_later_http1_request_gets_the_json_400() {
+    let (ex, _dir) = start(5_000, "").await;
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    let first = format!(
+        "POST /v1/ping HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 3\r\n\r\n{{x}}",
+        common::SELLER_KEY
+    );
+    s.write_all(first.as_bytes()).await.unwrap();
+    let (answer, closed) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!closed, "kept alive: {answer}");
+    s.write_all(H2_PREFACE).await.unwrap();
+    let (answer, _) = read_answer(&mut s, EVENT_WAIT_MAX).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"invalid_request\""), "{answer}");
+    // The preface that opens a connection is HTTP/2: the server's SETTINGS come back.
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    s.write_all(&[H2_PREFACE, H2_SETTINGS].concat())
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(EVENT_WAIT_MAX, s.read_exact(&mut head))
+        .await
+        .expect("in time")
+        .expect("a frame");
+    assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
     ex.shutdown().await.unwrap();
 }
 

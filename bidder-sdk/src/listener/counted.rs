@@ -714,11 +714,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
             // lie a long, legitimate idle time back).
             if before == a.bytes_at_finish.load(Ordering::Relaxed) {
                 a.head_starts();
-                let first = &buf.filled()[before_len..];
+                let first = &mut buf.filled_mut()[before_len..];
                 this.head_request = is_head_request(first);
                 // The connection's first bytes: a TLS record (handshake, TLS 1.x).
                 if before == 0 {
                     this.tls_hello = first.starts_with(&[0x16, 0x03]);
+                } else {
+                    spoil_late_preface(first);
                 }
             }
         }
@@ -781,6 +783,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// The HTTP/2 preface as a later request of an HTTP/1.1 connection (`first`: the bytes
+/// that begin a head after an answer) is made a head that does not parse: hyper closes
+/// the connection on a preface without a word (it is how a server that speaks both tells
+/// HTTP/2 at a connection's start), and a head that does not parse gets the contract's
+/// JSON `400` (black-box round 223c: an empty reply). Its first byte becomes `(`, which
+/// no method has. The preface at a connection's start is HTTP/2 and is not touched; one
+/// split across two reads (its first 16 bytes not in one) is not seen.
+pub(super) fn spoil_late_preface(first: &mut [u8]) {
+    if first.starts_with(&PREFACE[..16]) {
+        first[0] = b'(';
     }
 }
 

@@ -318,7 +318,7 @@ pub(super) fn no_bearer_message(headers: &http::HeaderMap, what: &str) -> String
         1 if headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
+            .and_then(|v| v.trim_matches([' ', '\t']).split_once(' '))
             .is_some_and(|(scheme, key)| {
                 scheme.eq_ignore_ascii_case("bearer") && !key.trim_matches([' ', '\t']).is_empty()
             }) =>
