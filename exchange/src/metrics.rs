@@ -199,6 +199,8 @@ pub struct Metrics {
     pub connections_evicted: IntCounterVec,
     /// Connections closed because their client left answers unsent, by listener.
     pub connections_stalled: IntCounterVec,
+    /// HTTP/2 connections the server ended with a GOAWAY for a protocol error, by listener.
+    pub connections_protocol_errors: IntCounterVec,
     /// Connections closed at accept because their client's IP held its limit, by listener.
     pub connections_refused: IntCounterVec,
     /// Connections closed because a request head did not complete within the head budget,
@@ -505,6 +507,14 @@ impl Metrics {
                 counter_vec(
                     "pingpost_connections_stalled_total",
                     "HTTP/2 connections closed because their client stalled them, by listener (seller, admin): more than 32 answers unsent, or any with no progress for server.header_read_timeout_ms (a flow-control window the client never opens); or more than 32 request bodies still coming, none arriving for 1 s; or more HTTP/2 control frames than the connection's allowance.",
+                    &["listener"],
+                ),
+            ),
+            connections_protocol_errors: reg(
+                &r,
+                counter_vec(
+                    "pingpost_connections_protocol_errors_total",
+                    "HTTP/2 connections the server ended with a GOAWAY carrying an error code, by listener (seller, admin): h2's own guards (a rapid reset flood, ENHANCE_YOUR_CALM; a CONTINUATION flood) or a frame that breaks the protocol.",
                     &["listener"],
                 ),
             ),

@@ -1985,6 +1985,89 @@ async fn an_http2_control_frame_flood_closes_its_connection() {
     ex.shutdown().await.unwrap();
 }
 
+/// Black-box round 223c: h2 ends a connection that resets its streams as fast as it opens
+/// them (a rapid reset flood, CVE-2023-44487) with `GOAWAY ENHANCE_YOUR_CALM`, and such
+/// connections moved no connection metric. They are counted
+/// (`ConnectionGate::protocol_errors`, `pingpost_connections_protocol_errors_total`); a
+/// graceful GOAWAY (after a keyless answer) is not.
+#[tokio::test]
+async fn a_connection_h2_ends_for_a_reset_flood_is_counted() {
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const GOAWAY: u8 = 7;
+    let (ex, _dir) = start(5_000, "").await;
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // GET / (HPACK: :method GET, :scheme http, :path /, :authority x), each stream reset
+    // (CANCEL) as soon as it is opened.
+    let mut flood = [H2_PREFACE, H2_SETTINGS].concat();
+    for n in 0..2_000u32 {
+        let stream = 2 * n + 1;
+        flood.extend(frame(
+            HEADERS,
+            0x5,
+            stream,
+            &[0x82, 0x86, 0x84, 0x41, 1, b'x'],
+        ));
+        flood.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    // The server may close before it has read everything: a failed write is expected.
+    let _ = s.write_all(&flood).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        let mut buf = [0u8; 65_536];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection is still open");
+    assert!(
+        h2_frames(&got).iter().any(|(kind, _)| *kind == GOAWAY),
+        "a GOAWAY: {:?}",
+        h2_frames(&got)
+    );
+    // Counted as the connection's task ends, just after its socket closed.
+    let counted = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while ex.state.conn_gate.protocol_errors() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "not counted");
+    assert_eq!(ex.state.conn_gate.protocol_errors(), 1);
+    assert_eq!(ex.state.conn_gate.stalled(), 0, "not a control frame flood");
+    // A connection closed gracefully (GOAWAY NO_ERROR, after a keyless answer) is not.
+    let mut s = TcpStream::connect(ex.addr).await.expect("connect");
+    let mut get = [H2_PREFACE, H2_SETTINGS].concat();
+    get.extend(frame(HEADERS, 0x5, 1, &[0x82, 0x86, 0x84, 0x41, 1, b'x']));
+    s.write_all(&get).await.unwrap();
+    let closed = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the keyless answer's connection is still open"
+    );
+    assert_eq!(ex.state.conn_gate.protocol_errors(), 1);
+    ex.shutdown().await.unwrap();
+}
+
 /// A TLS handshake sent to a cleartext port gets the JSON `400` saying so (black-box
 /// round 146b: it was told as a head that could not be read as HTTP/1.1).
 #[tokio::test]

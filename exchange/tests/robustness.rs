@@ -500,6 +500,13 @@ async fn healthz_readyz_and_metrics_answer() {
             .any(|l| l.starts_with("pingpost_auction_deadline_overruns_total ")),
         "{text}"
     );
+    // Brought up to the listeners' counts at each scrape (their test: `listener.rs`
+    // `a_connection_h2_ends_for_a_reset_flood_is_counted`).
+    for listener in ["seller", "admin"] {
+        let series =
+            format!("pingpost_connections_protocol_errors_total{{listener=\"{listener}\"}} 0");
+        assert!(text.lines().any(|l| l == series), "{series}: {text}");
+    }
 }
 
 /// Round 45: a ping still running when its auction ends is heard out for twice its own

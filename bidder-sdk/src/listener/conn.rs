@@ -293,6 +293,9 @@ impl Conn {
                     if activity.flooded.load(Ordering::Acquire) {
                         self.listed.0.stalled.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(listener = self.name, "more HTTP/2 control frames than the connection's allowance, closed");
+                    } else if activity.protocol_error.load(Ordering::Acquire) {
+                        self.listed.0.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = self.name, "HTTP/2 connection ended with a GOAWAY for a protocol error");
                     } else if let Err(e) = served {
                         tracing::debug!(error = %e, listener = self.name, "connection ended with an error");
                     }

@@ -111,8 +111,12 @@ pub(crate) struct FrameScan {
     pub(super) resets: Vec<u32>,
     /// The lowest last stream id of the GOAWAY frames written, for [`InScan::going_away`].
     pub(super) goaway_last: Option<u32>,
-    /// The first bytes of the current GOAWAY frame's payload (its last stream id).
-    goaway_id: Option<([u8; 4], usize)>,
+    /// The first bytes of the current GOAWAY frame's payload (its last stream id, then its
+    /// error code), how many came, and how many are wanted (8, or 4 of a short frame).
+    goaway_id: Option<([u8; 8], usize, usize)>,
+    /// A GOAWAY with an error code was written: the server ended the connection for a
+    /// protocol error (h2's own guards: a rapid reset flood is `ENHANCE_YOUR_CALM`).
+    pub(super) goaway_error: bool,
     /// Streams whose answer has begun (its HEADERS written without END_STREAM) and not
     /// ended: neither the DATA frame that ends it written nor the stream reset, by the
     /// server (a RST_STREAM written) or by the client ([`FrameScan::reset_by_client`]).
@@ -147,14 +151,21 @@ impl FrameScan {
         while !written.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(written.len());
-                // A GOAWAY's last stream id: its payload's first 4 bytes.
-                if let Some((id, got)) = self.goaway_id.as_mut() {
-                    let take = (4 - *got).min(n);
-                    id[*got..*got + take].copy_from_slice(&written[..take]);
+                // A GOAWAY's last stream id (its payload's first 4 bytes) and its error
+                // code (the next 4).
+                if let Some((id, got, want)) = self.goaway_id.as_mut() {
+                    let take = (*want - *got).min(n);
+                    let was = *got;
+                    id[was..was + take].copy_from_slice(&written[..take]);
                     *got += take;
-                    if *got == 4 {
-                        let last = u32::from_be_bytes(*id) & 0x7fff_ffff;
+                    if was < 4 && *got >= 4 {
+                        let last = u32::from_be_bytes([id[0], id[1], id[2], id[3]]) & 0x7fff_ffff;
                         self.goaway_last = Some(self.goaway_last.map_or(last, |l| l.min(last)));
+                    }
+                    if *got == 8 && u32::from_be_bytes([id[4], id[5], id[6], id[7]]) != 0 {
+                        self.goaway_error = true;
+                    }
+                    if *got == *want {
                         self.goaway_id = None;
                     }
                 }
@@ -197,7 +208,11 @@ impl FrameScan {
                     self.resets.push(stream);
                 }
                 self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-                self.goaway_id = (kind == FRAME_GOAWAY && self.skip >= 4).then_some(([0; 4], 0));
+                self.goaway_id = (kind == FRAME_GOAWAY && self.skip >= 4).then_some((
+                    [0; 8],
+                    0,
+                    self.skip.min(8),
+                ));
                 self.head_len = 0;
             }
         }
@@ -466,6 +481,9 @@ impl<I> Counted<I> {
         }
         if let Some(last) = self.frames.goaway_last.take() {
             self.frames_in.going_away(last);
+        }
+        if self.frames.goaway_error {
+            self.activity.protocol_error.store(true, Ordering::Release);
         }
         if ended > 0 {
             self.activity.answers_sent(ended);

@@ -28,6 +28,7 @@ pub struct ConnectionGate {
     pub(super) next_conn: AtomicU64,
     pub(super) evicted: AtomicU64,
     pub(super) stalled: AtomicU64,
+    pub(super) protocol_errors: AtomicU64,
     pub(super) head_timeouts: AtomicU64,
 }
 
@@ -68,6 +69,7 @@ impl ConnectionGate {
             next_conn: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             stalled: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
             head_timeouts: AtomicU64::new(0),
         })
     }
@@ -89,6 +91,14 @@ impl ConnectionGate {
     /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)).
     pub fn stalled(&self) -> u64 {
         self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/2 connections the server ended with a GOAWAY carrying an error code, since
+    /// start: h2's own guards (a rapid reset flood, `ENHANCE_YOUR_CALM`; a CONTINUATION
+    /// flood; a frame that breaks the protocol). Black-box round 223c: such connections
+    /// were counted nowhere.
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors.load(Ordering::Relaxed)
     }
 
     /// Connections closed because a request head did not complete within the head budget

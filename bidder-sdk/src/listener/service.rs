@@ -196,6 +196,10 @@ pub(super) struct Activity {
     /// ([`CONTROL_FRAMES_BURST`](super::counted::CONTROL_FRAMES_BURST)): the connection
     /// was ended (counted with the stalled ones).
     pub(super) flooded: AtomicBool,
+    /// The server wrote a GOAWAY with an error code (HTTP/2): h2 ended the connection for
+    /// a protocol error, a rapid reset flood among them (counted by
+    /// `ConnectionGate::protocol_errors`).
+    pub(super) protocol_error: AtomicBool,
 }
 
 /// Answers a connection may hold unsent (a client that does not read them: HTTP/2 flow

@@ -571,7 +571,27 @@ fn streams_above_the_servers_goaway_are_no_bodies() {
             scan.ended(chunk);
         }
         assert_eq!(scan.goaway_last, Some(3), "writes of {step}");
+        assert!(!scan.goaway_error, "NO_ERROR: a graceful close");
     }
+    // Round 223c: a GOAWAY with an error code (ENHANCE_YOUR_CALM, 11: h2's rapid reset
+    // guard) is a protocol error's, however the writes split it; a short one is not.
+    let mut calm = frame(SETTINGS, 0, 0, &[]);
+    calm.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 9, 0, 0, 0, 11]));
+    for step in [4, 9, 11, 13, 1000] {
+        let mut scan = FrameScan::default();
+        for chunk in calm.chunks(step) {
+            scan.ended(chunk);
+        }
+        assert_eq!(scan.goaway_last, Some(9), "writes of {step}");
+        assert!(scan.goaway_error, "writes of {step}");
+    }
+    let mut short = frame(SETTINGS, 0, 0, &[]);
+    short.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 9]));
+    short.extend(frame(SETTINGS, 0, 0, &[0, 0, 0, 11]));
+    let mut scan = FrameScan::default();
+    scan.ended(&short);
+    assert_eq!(scan.goaway_last, Some(9));
+    assert!(!scan.goaway_error, "the next frame is not the error code");
     let mut scan = InScan::default();
     let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     wire.extend(frame(HEADERS, 4, 1, &[0x83]));

@@ -649,6 +649,11 @@ fn metrics(state: &AppState) -> Response<Body> {
             .connections_stalled
             .with_label_values(&[listener]);
         state.metrics.catch_up(&stalled, gate.stalled());
+        let protocol = state
+            .metrics
+            .connections_protocol_errors
+            .with_label_values(&[listener]);
+        state.metrics.catch_up(&protocol, gate.protocol_errors());
         let refused = state
             .metrics
             .connections_refused
