@@ -66,7 +66,7 @@ pub(crate) async fn wait_for_free_ports(which: &str) {
         }
         if !told {
             eprintln!(
-                "{which}: {n} sockets in TIME_WAIT (at most {TIME_WAIT_QUIET} wanted): waiting up to {TIME_WAIT_WAIT_MAX_S} s for them to expire"
+                "{which}: {n} sockets in TIME_WAIT on this host, any process's (at most {TIME_WAIT_QUIET} wanted: each new connection's search for a local port walks them, whatever their ports): waiting up to {TIME_WAIT_WAIT_MAX_S} s for them to expire"
             );
             told = true;
         }
