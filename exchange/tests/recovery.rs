@@ -1471,6 +1471,9 @@ async fn a_hold_whose_quote_never_reached_the_disk_is_closed_at_the_start() {
     assert_eq!(of_old[1]["buyer"], "a");
     assert_eq!(of_old[1]["price_micros"], of_old[0]["price_micros"]);
     assert_eq!(*a.posts.lock().unwrap(), 1, "only the new quote's lead");
+    // The ledger, with its closing record, reconciles as `ledger verify` reads it.
+    let r = pingpost::finance::reconcile::reconcile(&cut, None).unwrap();
+    assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
 }
 
 /// An open quote whose vertical a restart's configuration no longer has is closed at that
