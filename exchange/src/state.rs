@@ -1075,6 +1075,29 @@ impl AppState {
         self.swap_models_locked(vertical, version, true, true)
     }
 
+    /// A retraining's decision: `decide` gets the model set serving `vertical` now (none
+    /// when nothing serves, or the vertical is gone) and says which version to swap in,
+    /// if any; the swap is made at once. All under the reload lock, so no swap, reload or
+    /// `CHAMPION` pick-up comes between the comparison and the promotion (black-box round
+    /// 224a: a retraining compared its challenger with the champion serving when it
+    /// began, and replaced a model promoted meanwhile without comparing them).
+    pub fn decide_and_swap<T>(
+        &self,
+        vertical: &str,
+        decide: impl FnOnce(Option<Arc<ModelSet>>) -> (Option<String>, T),
+    ) -> (T, Option<Result<u64, ReloadError>>) {
+        let _one_at_a_time = self.reload_lock.lock();
+        let rt = self.runtime.load();
+        let serving = rt
+            .config
+            .vertical_by_name
+            .get(vertical)
+            .and_then(|&vi| rt.models.get(vi).cloned().flatten());
+        let (swap_to, decided) = decide(serving);
+        let swapped = swap_to.map(|v| self.swap_models_locked(vertical, Some(&v), true, true));
+        (decided, swapped)
+    }
+
     fn swap_models_locked(
         &self,
         vertical: &str,

@@ -2277,6 +2277,61 @@ async fn retraining_while_the_ledger_has_failed_promotes_nothing() {
     );
 }
 
+/// Black-box round 224a: a retraining compared its challenger with the set that served
+/// when it began, and a set promoted while it trained was replaced without being
+/// compared. It decides against what serves at the decision, and a `CHAMPION` another
+/// process wrote that the exchange has not served yet is not promoted over (nor compared
+/// with: the next retraining is).
+#[tokio::test]
+async fn a_retraining_decides_against_the_champion_of_the_moment() {
+    let (fickle, ex, _hf) = fickle_with_features("watch_ms = 0\nmin_rows = 10\nrounds = 5").await;
+    sixty_posts_every_third_rejected(&fickle, &ex).await;
+    let retrain = |ex: &Exchange| {
+        let state = ex.state.clone();
+        tokio::task::spawn_blocking(move || pingpost::models::learning::retrain_once(&state))
+    };
+    let champion_file = ex
+        .ledger_path
+        .with_file_name("models")
+        .join(VERTICAL)
+        .join("CHAMPION");
+    let first = retrain(&ex).await.unwrap();
+    assert!(first[0].promoted, "{first:?}");
+    let v1 = first[0].challenger.clone().unwrap();
+    let named_v1 = std::fs::read(&champion_file).unwrap();
+    // Nothing serves now; then another process names v1 in CHAMPION (the watch is off:
+    // not served).
+    ex.state.swap_models(VERTICAL, None).unwrap();
+    std::fs::write(&champion_file, &named_v1).unwrap();
+    let d = retrain(&ex).await.unwrap();
+    assert!(!d[0].promoted, "{d:?}");
+    assert_eq!(d[0].outcome.as_str(), "kept", "{d:?}");
+    assert_eq!(d[0].champion.as_deref(), Some(v1.as_str()), "{d:?}");
+    assert!(
+        d[0].reason
+            .starts_with(&format!("not compared: CHAMPION names {v1}")),
+        "{d:?}"
+    );
+    assert_eq!(
+        std::fs::read(&champion_file).unwrap(),
+        named_v1,
+        "left as named"
+    );
+    assert!(
+        ex.state.runtime.load().models[0].is_none(),
+        "nothing swapped in"
+    );
+    // v1 served again: the next retraining is compared with it, and its record says so.
+    ex.state.swap_models(VERTICAL, Some(&v1)).unwrap();
+    let d = retrain(&ex).await.unwrap();
+    assert_eq!(d[0].champion.as_deref(), Some(v1.as_str()), "{d:?}");
+    assert!(d[0].reason.contains("champion"), "{d:?}");
+    let decisions = ex.ledger_of("model_decision");
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    assert_eq!(decisions[1]["champion"], v1.as_str());
+    assert_eq!(decisions[2]["champion"], v1.as_str());
+}
+
 /// A challenger that wins but cannot be swapped in (`CHAMPION` a directory, which a
 /// promotion cannot replace) is counted `failed`, not `kept` (black-box round 153a:
 /// `kept` grew at every retraining while no promotion could ever be written).

@@ -327,12 +327,6 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
                 continue;
             }
         };
-        let (wins, mut reason) = crate::models::train::promotion(
-            &outcome.models,
-            champion.as_deref(),
-            &challenger,
-            &heldout,
-        );
         // A model of the set that predicts no better than no model is said, as `pingpost
         // train` says it, and named in the decision when the set is promoted anyway (on
         // its other model): black-box round 176b, a lead-score model of AUC 0.31 was
@@ -341,38 +335,74 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         for w in &warned {
             tracing::warn!(vertical = %v.name, challenger = %outcome.version, warning = %w, "retrained model");
         }
-        // The ledger may have failed while this trained: a promotion nothing can record
-        // is not made.
-        if !state.ledger.is_healthy() {
+        let ledger_failed = |out: &mut Vec<Decision>| {
             tracing::warn!(vertical = %v.name, challenger = %outcome.version, reason = LEDGER_FAILED, "not promoted");
             out.push(decided(
-                Some(outcome.version),
+                Some(outcome.version.clone()),
                 false,
                 LEDGER_FAILED.into(),
                 Outcome::LedgerFailed,
             ));
+        };
+        // The ledger may have failed while this trained: a promotion nothing can record
+        // is not made.
+        if !state.ledger.is_healthy() {
+            ledger_failed(&mut out);
             continue;
         }
+        // Compared with the champion serving at the decision, not the one that served
+        // when this began, and swapped in with no swap between (black-box round 224a: a
+        // model promoted meanwhile, by `pingpost train --promote` or `POST
+        // /admin/models`, was replaced uncompared, or kept with a record naming the other).
+        let learning = cfg.learning.clone();
+        let ((wins, mut reason, champion_version), swapped) =
+            state.decide_and_swap(&v.name, |serving| {
+                let serving_version = serving.as_ref().map(|c| c.version.clone());
+                // `CHAMPION` names a set the exchange does not serve yet: another
+                // process promoted it, and the watch has not swapped it in. The
+                // challenger is neither compared with it nor promoted over it.
+                if let Ok(Some(named)) = crate::models::read_champion_checked(&learning, &v.name)
+                {
+                    if Some(&named) != serving_version.as_ref() {
+                        let why = format!(
+                            "not compared: CHAMPION names {named}, written while this trained and not served yet; the next retraining compares with it"
+                        );
+                        return (None, (false, why, Some(named)));
+                    }
+                }
+                let (wins, reason) = crate::models::train::promotion(
+                    &outcome.models,
+                    serving.as_deref(),
+                    &challenger,
+                    &heldout,
+                );
+                let swap = (wins && state.ledger.is_healthy()).then(|| outcome.version.clone());
+                (swap, (wins, reason, serving_version))
+            });
         let mut promoted = false;
         // A challenger that won but could not be swapped in (`CHAMPION` a directory, the
         // models directory read-only or full) is a failure of continuous learning, not a
         // champion kept on its merits (black-box round 153a: counted `kept` at every
         // retraining while nothing could ever be promoted).
         let mut swap_failed = false;
-        if wins {
-            match state.swap_models(&v.name, Some(&outcome.version)) {
-                Ok(_) => {
-                    promoted = true;
-                    for w in &warned {
-                        reason = format!("{reason}; promoted although {w}");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(vertical = %v.name, error = %e, "promotion refused");
-                    reason = format!("{reason}; not promoted: {e}");
-                    swap_failed = true;
+        match swapped {
+            Some(Ok(_)) => {
+                promoted = true;
+                for w in &warned {
+                    reason = format!("{reason}; promoted although {w}");
                 }
             }
+            Some(Err(e)) => {
+                tracing::error!(vertical = %v.name, error = %e, "promotion refused");
+                reason = format!("{reason}; not promoted: {e}");
+                swap_failed = true;
+            }
+            // It won, and the ledger failed as it was decided.
+            None if wins => {
+                ledger_failed(&mut out);
+                continue;
+            }
+            None => {}
         }
         let generation = state.generation();
         let record = Record::ModelDecision(ModelDecisionRecord {
@@ -384,7 +414,7 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             reason: &reason,
         });
         crate::effects::execute_now(state, std::iter::once(Effect::Record(record)));
-        tracing::info!(vertical = %v.name, challenger = %outcome.version, promoted, reason = %reason, "retrained");
+        tracing::info!(vertical = %v.name, challenger = %outcome.version, champion = ?champion_version, promoted, reason = %reason, "retrained");
         let how = if promoted {
             Outcome::Promoted
         } else if swap_failed {
@@ -392,7 +422,10 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         } else {
             Outcome::Kept
         };
-        out.push(decided(Some(outcome.version), promoted, reason, how));
+        out.push(Decision {
+            champion: champion_version,
+            ..decided(Some(outcome.version), promoted, reason, how)
+        });
     }
     out
 }
