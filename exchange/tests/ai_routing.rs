@@ -2306,7 +2306,10 @@ async fn a_retraining_decides_against_the_champion_of_the_moment() {
     let d = retrain(&ex).await.unwrap();
     assert!(!d[0].promoted, "{d:?}");
     assert_eq!(d[0].outcome.as_str(), "kept", "{d:?}");
-    assert_eq!(d[0].champion.as_deref(), Some(v1.as_str()), "{d:?}");
+    assert_eq!(
+        d[0].champion, None,
+        "what serves, not what CHAMPION names: {d:?}"
+    );
     assert!(
         d[0].reason
             .starts_with(&format!("not compared: CHAMPION names {v1}")),
@@ -2328,7 +2331,10 @@ async fn a_retraining_decides_against_the_champion_of_the_moment() {
     assert!(d[0].reason.contains("champion"), "{d:?}");
     let decisions = ex.ledger_of("model_decision");
     assert_eq!(decisions.len(), 3, "{decisions:?}");
-    assert_eq!(decisions[1]["champion"], v1.as_str());
+    assert!(
+        decisions[1].get("champion").is_none_or(|c| c.is_null()),
+        "{decisions:?}"
+    );
     assert_eq!(decisions[2]["champion"], v1.as_str());
 }
 

@@ -367,7 +367,10 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
                         let why = format!(
                             "not compared: CHAMPION names {named}, written while this trained and not served yet; the next retraining compares with it"
                         );
-                        return (None, (false, why, Some(named)));
+                        // The record's champion is what serves (black-box round 225a:
+                        // it named the set CHAMPION named, which neither served nor was
+                        // compared).
+                        return (None, (false, why, serving_version));
                     }
                 }
                 let (wins, reason) = crate::models::train::promotion(
