@@ -121,9 +121,98 @@ pub fn raise_for(connections_max: usize, admin_max: usize) -> Option<OpenFiles> 
     }
 }
 
+/// The fewest open files an exchange starts with: its runtimes, listeners, ledger
+/// segment and key, and a few buyer connections. Under it a start failed with a bare
+/// `Too many open files` and a backtrace, or `a worker thread died while starting`
+/// (black-box round 225c, `prlimit --nofile=8` to `24`).
+pub const OPEN_FILES_MIN: u64 = 64;
+/// The least address space (`RLIMIT_AS`, `ulimit -v`) an exchange starts with. The
+/// process reserves far more address space than it keeps resident (about 570 MB with two
+/// workers at rest against 77 MB resident: the allocator's arenas, every thread's stack,
+/// the buyer clients' pools), and an allocation past the limit aborts it: black-box round
+/// 225c, under 500 MB it said it was ready and aborted within a second of traffic.
+pub const ADDRESS_SPACE_MIN: u64 = 1 << 30;
+/// Under this much address space a start warns: threads and buffers added under load may
+/// reach the limit.
+pub const ADDRESS_SPACE_WARN: u64 = 4 << 30;
+
+/// What the limits a start would run under say: `Err` why it cannot start, `Ok` with a
+/// warning or none. `open_files` and `address_space` are the soft limits once raised to
+/// the hard ones (`None`: unlimited).
+pub fn start_verdict(
+    open_files: Option<u64>,
+    address_space: Option<u64>,
+) -> Result<Option<String>, String> {
+    let mib = |b: u64| b >> 20;
+    if let Some(n) = open_files.filter(|&n| n < OPEN_FILES_MIN) {
+        return Err(format!(
+            "the open-file limit is {n} (ulimit -n, systemd LimitNOFILE=), under the {OPEN_FILES_MIN} descriptors the exchange needs to start (its runtimes, listeners, ledger and buyer connections): raise it"
+        ));
+    }
+    match address_space {
+        Some(b) if b < ADDRESS_SPACE_MIN => Err(format!(
+            "the address-space limit is {} MiB (ulimit -v, RLIMIT_AS), under the {} MiB the exchange needs: it reserves far more address space than it keeps resident (about 570 MB with two workers at rest, against under 100 MB resident: the allocator's arenas and every thread's stack), and an allocation past the limit aborts the process. Remove it (ulimit -v unlimited) and bound memory with a cgroup instead (memory.max, systemd MemoryMax=), which counts resident memory",
+            mib(b),
+            mib(ADDRESS_SPACE_MIN)
+        )),
+        Some(b) if b < ADDRESS_SPACE_WARN => Ok(Some(format!(
+            "the address-space limit is {} MiB (ulimit -v, RLIMIT_AS): the threads and buffers load adds may reach it, and an allocation past it aborts the process; remove it and bound memory with a cgroup instead (memory.max, systemd MemoryMax=)",
+            mib(b)
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// Raises the soft open-file and address-space limits to the hard ones (never lowers
+/// either) and says what a start under them would find ([`start_verdict`]).
+pub fn start_limits() -> Result<Option<String>, String> {
+    let open_files = match raise() {
+        Ok(f) => {
+            if f.before != f.after {
+                tracing::info!(
+                    from = f.before,
+                    to = f.after,
+                    "open-file limit raised to the hard limit"
+                );
+            }
+            f.after
+        }
+        Err(_) => getrlimit(Resource::Nofile).current,
+    };
+    let now = getrlimit(Resource::As);
+    if now.current != now.maximum {
+        let _ = setrlimit(
+            Resource::As,
+            Rlimit {
+                current: now.maximum,
+                maximum: now.maximum,
+            },
+        );
+    }
+    start_verdict(open_files, getrlimit(Resource::As).current)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Black-box round 225c: under a few open files, or under 1 GiB of address space, a
+    /// start failed with a bare error or said it was ready and aborted under traffic; it
+    /// is refused, saying which limit and what to do, and warned of under 4 GiB.
+    #[test]
+    fn a_start_under_too_few_files_or_too_little_address_space_is_refused() {
+        assert_eq!(start_verdict(None, None), Ok(None));
+        assert_eq!(start_verdict(Some(1_024), Some(8 << 30)), Ok(None));
+        let e = start_verdict(Some(63), None).unwrap_err();
+        assert!(e.starts_with("the open-file limit is 63 "), "{e}");
+        assert!(start_verdict(Some(64), None).is_ok());
+        let e = start_verdict(Some(1_024), Some(500 << 20)).unwrap_err();
+        assert!(e.starts_with("the address-space limit is 500 MiB"), "{e}");
+        assert!(e.contains("memory.max"), "{e}");
+        let w = start_verdict(Some(1_024), Some(1 << 30)).unwrap().unwrap();
+        assert!(w.starts_with("the address-space limit is 1024 MiB"), "{w}");
+        assert_eq!(start_verdict(Some(1_024), Some(4 << 30)), Ok(None));
+    }
 
     #[test]
     fn the_target_is_the_hard_limit_and_never_lower_than_now() {

@@ -837,9 +837,33 @@ fn main() -> anyhow::Result<()> {
     // can take seconds, and a SIGHUP's default action would end the process. One that
     // arrives meanwhile is kept and reloads once the exchange serves. (`--check-config`
     // gets the handler too: a SIGHUP never ends it early either.)
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Limits under which a start cannot work are said before anything is opened (black-box
+    // round 225c: a bare `Too many open files` with a backtrace, or a ready exchange that
+    // aborted under traffic for want of address space).
+    match pingpost::fdlimit::start_limits() {
+        Err(why) if args.check_config => {
+            pingpost::say_err!("warning: {why}: a start here would be refused");
+        }
+        Err(why) => {
+            pingpost::say_err!("pingpost: cannot start: {why}");
+            std::process::exit(1);
+        }
+        Ok(Some(warning)) if args.check_config => pingpost::say_err!("warning: {warning}"),
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Ok(None) => {}
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            pingpost::say_err!(
+                "pingpost: cannot start: its runtime: {e} (check `ulimit -n`, `ulimit -v` and `ulimit -u`)"
+            );
+            std::process::exit(1);
+        }
+    };
     let hup = hangup_signal(&runtime);
     // SIGUSR1, SIGUSR2 and SIGXFSZ, whose default action ends the process at once, with no
     // drain and no line said (black-box round 99c): caught from here on.
@@ -1129,11 +1153,11 @@ fn main() -> anyhow::Result<()> {
             // The demo's bidders run on this thread: they go on answering the posts still
             // in flight while the exchange drains on another, and stop after it (black-box
             // round 75c: stopped first, they let 20 of 25 posts in flight time out unsold).
-            let stopped = tokio::task::spawn_blocking(move || server.shutdown()).await;
+            let stopped = stop_on_a_thread(server).await;
             for b in bidders {
                 b.shutdown().await;
             }
-            return stopped.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            return stopped;
         }
         StopSignals::recv(&mut stop).await;
         tokio::spawn(StopSignals::log_repeats(stop));
@@ -1141,10 +1165,13 @@ fn main() -> anyhow::Result<()> {
         other_signals.abort();
         tracing::info!("shutting down: finishing in-flight requests");
         // Off the runtime: the shutdown makes its own to flush the ledger.
-        tokio::task::spawn_blocking(move || server.shutdown())
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        stop_on_a_thread(server).await
     });
+    let stopped = match stopped {
+        Stop::Done(r) => r,
+        // No thread for it: on this one, now that the main runtime is not running.
+        Stop::Here(server) => server.shutdown(),
+    };
     if let Err(e) = stopped {
         // One line in the log, and a status a supervisor sees: what the ledger holds is
         // what was written before it failed (LEDGER.md, fail-stop).
@@ -1166,6 +1193,57 @@ fn main() -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// How [`stop_on_a_thread`] went.
+enum Stop {
+    /// The exchange stopped, with this result.
+    Done(std::io::Result<()>),
+    /// No thread could be made for the stop: the caller stops the exchange on its own
+    /// thread once it has left the runtime.
+    Here(app::Threaded),
+}
+
+/// Stops `server` (it drains, and flushes the ledger on a runtime of its own) on a thread
+/// of its own, so the main runtime goes on answering signals meanwhile; when the system
+/// refuses a thread (a pids limit, no address space left), gives `server` back
+/// ([`Stop::Here`]). Black-box round 225c: `spawn_blocking` panicked there ("OS can't spawn
+/// worker thread"), and the stop ended without its flush.
+async fn stop_on_a_thread(server: app::Threaded) -> Stop {
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Some(server)));
+    let on_thread = std::sync::Arc::clone(&held);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("pingpost-stop".into())
+        .spawn(move || {
+            let server = on_thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(server) = server {
+                let _ = tx.send(server.shutdown());
+            }
+        });
+    match spawned {
+        Ok(_) => Stop::Done(rx.await.unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the stop's thread ended without finishing the stop",
+            ))
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread could be made for the stop: it runs on the main thread, and repeated stop signals go unanswered meanwhile");
+            match held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                Some(server) => Stop::Here(server),
+                None => Stop::Done(Err(std::io::Error::other(
+                    "the stop's thread took the exchange and did not start",
+                ))),
+            }
+        }
+    }
 }
 
 /// SIGHUP's handler (unix), installed from now on: the signal no longer ends the process.

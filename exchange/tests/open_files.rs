@@ -152,6 +152,175 @@ fn check_config_warns_of_a_hard_limit_below_the_configured_connections() {
     }
 }
 
+/// Black-box round 225c: under a few open files a start failed with a bare `Too many
+/// open files` and a backtrace (or `a worker thread died while starting`), and under
+/// 500 MB of address space it said it was ready and aborted within a second of traffic.
+/// Both are refused before anything is opened, saying which limit and what to do; under
+/// 4 GiB of address space the start warns; `--check-config` warns of each.
+#[test]
+fn a_start_under_too_few_files_or_too_little_address_space_is_refused() {
+    let run = |ulimit: &str, check: bool| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = TestConfig::new();
+        let path = dir.path().join("pingpost.toml");
+        let ledger = dir.path().join("ledger");
+        std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(r#"ulimit {ulimit} && exec "$0" "$@""#))
+            .arg(env!("CARGO_BIN_EXE_pingpost"));
+        if check {
+            cmd.arg("--check-config");
+        }
+        let out = cmd
+            .arg("--config")
+            .arg(&path)
+            .envs(cfg.env_vars())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("sh runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            ledger.exists(),
+        )
+    };
+    let (code, stderr, made) = run("-n 32", false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pingpost: cannot start: the open-file limit is 32 "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert!(!made, "nothing made");
+    let (code, stderr, made) = run("-v 524288", false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pingpost: cannot start: the address-space limit is 512 MiB"),
+        "{stderr}"
+    );
+    assert!(!made, "nothing made");
+    let (code, stderr, _) = run("-v 524288", true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: the address-space limit is 512 MiB")
+            && stderr.contains("a start here would be refused"),
+        "{stderr}"
+    );
+    let (code, stderr, _) = run("-v 2097152", true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: the address-space limit is 2048 MiB"),
+        "{stderr}"
+    );
+}
+
+/// Black-box round 225c: where no thread could be made (a pids limit, no address space
+/// left), the stop panicked ("OS can't spawn worker thread") instead of draining and
+/// flushing the ledger. Here the exchange's address space is cut to what it uses, so the
+/// stop's thread (its stack) is refused: it stops on the main thread, cleanly.
+#[test]
+fn a_stop_that_gets_no_thread_runs_on_the_main_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = TestConfig::new();
+    let path = dir.path().join("pingpost.toml");
+    let ledger = dir.path().join("ledger");
+    std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&path)
+        .envs(cfg.env_vars())
+        .env("RUST_LOG", "pingpost=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pingpost starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
+        let done = line.contains("pingpost listening");
+        log.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        log.iter().any(|l| l.contains("pingpost listening")),
+        "{log:#?}"
+    );
+    // Its address space now, and 1 MiB more: no thread stack (2 MiB) fits.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    let bytes = (vm_kib + 1_024) * 1_024;
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::As,
+        rustix::process::Rlimit {
+            current: Some(bytes),
+            maximum: Some(bytes),
+        },
+    )
+    .expect("prlimit");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Its stdout ends as it exits (a stop that hangs, as the panicking one did, fails
+    // here rather than holding the test).
+    while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
+        log.push(line);
+    }
+    // Its exit follows its stdout's end closely; a bounded wait for it.
+    let mut looks = START_WAIT_MAX.as_millis() / 5;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        looks = looks.saturating_sub(1);
+        if looks == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the stop did not end: {log:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
+        log.push(line);
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{log:#?}\n{stderr}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("no thread could be made for the stop")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stopped: the in-flight requests finished")),
+        "{log:#?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// `pingpost --check-config --config path` with `cfg`'s environment: it must pass
 /// (exit 0, "configuration OK"); returns what it said on stderr (its warnings).
 fn check_config_ok(cfg: &TestConfig, path: &std::path::Path) -> String {
