@@ -129,7 +129,7 @@ pub enum OffPathError {
 }
 
 /// A thread under `SCHED_IDLE` that runs jobs one at a time from a bounded queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Loader {
     queue: std::sync::mpsc::SyncSender<Job>,
 }
@@ -183,12 +183,31 @@ pub async fn off_the_auction_path<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, OffPathError> {
-    static LOADER: std::sync::OnceLock<Option<Loader>> = std::sync::OnceLock::new();
-    let Some(loader) = LOADER.get_or_init(|| Loader::start(LOADER_QUEUE_MAX)) else {
-        tracing::error!(job = what, "the loading thread did not start");
+    static LOADER: std::sync::Mutex<Option<Loader>> = std::sync::Mutex::new(None);
+    let Some(loader) = loader_in(&LOADER, || Loader::start(LOADER_QUEUE_MAX)) else {
+        tracing::error!(
+            job = what,
+            "the loading thread did not start (no thread could be made); the next job tries again"
+        );
         return Err(OffPathError::Failed);
     };
     loader.run(what, f).await
+}
+
+/// The loader in `slot`, started by `start` when there is none yet: a start that failed
+/// (no thread could be made) is tried again at the next job (black-box round 226a: one
+/// failure just after the start left model swaps failing for the process's life).
+fn loader_in(
+    slot: &std::sync::Mutex<Option<Loader>>,
+    start: impl FnOnce() -> Option<Loader>,
+) -> Option<Loader> {
+    let mut held = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if held.is_none() {
+        *held = start();
+    }
+    held.clone()
 }
 
 /// `SCHED_IDLE` for this thread (Linux): it runs only when a core is otherwise idle.
@@ -515,6 +534,21 @@ mod tests {
         let (after_name, after_id) = after.expect("the thread survived the panic");
         assert_eq!(after_name.as_deref(), Some("pingpost-loader"));
         assert_eq!(Some(after_id), again, "one thread, not one per job");
+    }
+
+    /// Black-box round 226a: the loading thread could not start once (no thread could be
+    /// made just after the start), and every later job failed for the process's life. A
+    /// failed start is tried again at the next job, and a started loader is kept.
+    #[tokio::test]
+    async fn a_loader_that_could_not_start_is_started_at_the_next_job() {
+        let slot = std::sync::Mutex::new(None);
+        assert!(super::loader_in(&slot, || None).is_none());
+        let first = super::loader_in(&slot, || super::Loader::start(4)).expect("started");
+        let kept = super::loader_in(&slot, || panic!("not started again")).expect("kept");
+        let on = |l: super::Loader| async move {
+            l.run("test", || std::thread::current().id()).await.unwrap()
+        };
+        assert_eq!(on(first).await, on(kept).await, "one thread");
     }
 
     #[tokio::test]
