@@ -27,6 +27,17 @@ pub struct OpenFiles {
 }
 
 impl OpenFiles {
+    /// Says in the log that the soft limit was raised, when it was.
+    fn say_raised(&self) {
+        if self.before != self.after {
+            tracing::info!(
+                from = self.before,
+                to = self.after,
+                "open-file limit raised to the hard limit"
+            );
+        }
+    }
+
     /// Is the soft limit now at least `need`?
     pub fn covers(&self, need: u64) -> bool {
         self.after.is_none_or(|a| a >= need)
@@ -97,13 +108,7 @@ pub fn raise_for(connections_max: usize, admin_max: usize) -> Option<OpenFiles> 
     let need = needed(connections_max, admin_max);
     match raise() {
         Ok(f) => {
-            if f.before != f.after {
-                tracing::info!(
-                    from = f.before,
-                    to = f.after,
-                    "open-file limit raised to the hard limit"
-                );
-            }
+            f.say_raised();
             if !f.covers(need) {
                 tracing::warn!(
                     limit = f.after,
@@ -168,13 +173,7 @@ pub fn start_verdict(
 pub fn start_limits() -> Result<Option<String>, String> {
     let open_files = match raise() {
         Ok(f) => {
-            if f.before != f.after {
-                tracing::info!(
-                    from = f.before,
-                    to = f.after,
-                    "open-file limit raised to the hard limit"
-                );
-            }
+            f.say_raised();
             f.after
         }
         Err(_) => getrlimit(Resource::Nofile).current,

@@ -27,6 +27,23 @@ fn open_file_limits(pid: u32) -> (Option<u64>, Option<u64>) {
     (parse(cols.next()), parse(cols.next()))
 }
 
+/// The child's stdout, line by line, from a thread of its own (the channel ends with it).
+fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Starts the binary on the test configuration under `ulimit {ulimit}`, waits for it to
 /// listen, and returns its log up to then and its open-file limits, then stops it.
 fn start_under(ulimit: &str) -> (Vec<String>, (Option<u64>, Option<u64>)) {
@@ -48,18 +65,7 @@ fn start_under(ulimit: &str) -> (Vec<String>, (Option<u64>, Option<u64>)) {
         .stderr(Stdio::null())
         .spawn()
         .expect("sh starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = log_lines(&mut child);
     let mut log = Vec::new();
     let listening = loop {
         match rx.recv_timeout(START_WAIT_MAX) {
@@ -236,18 +242,7 @@ fn a_stop_that_gets_no_thread_runs_on_the_main_one() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("pingpost starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = log_lines(&mut child);
     let mut log = Vec::new();
     while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
         let done = line.contains("pingpost listening");
@@ -288,25 +283,20 @@ fn a_stop_that_gets_no_thread_runs_on_the_main_one() {
     while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
         log.push(line);
     }
-    // Its exit follows its stdout's end closely; a bounded wait for it.
-    let mut looks = START_WAIT_MAX.as_millis() / 5;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        looks = looks.saturating_sub(1);
-        if looks == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the stop did not end: {log:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    // Its exit follows its stdout's end closely: waited for on a thread, bounded.
+    let mut child_stderr = child.stderr.take().unwrap();
+    let pid = child.id().to_string();
+    let (exited_tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited_tx.send(child.wait());
+    });
+    let Ok(status) = exited.recv_timeout(START_WAIT_MAX) else {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("the stop did not end: {log:#?}");
     };
-    while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
-        log.push(line);
-    }
+    let status = status.expect("wait");
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(&mut child_stderr, &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{log:#?}\n{stderr}");
     assert!(
         log.iter()
