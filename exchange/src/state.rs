@@ -1072,7 +1072,7 @@ impl AppState {
 
     pub fn swap_models(&self, vertical: &str, version: Option<&str>) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock();
-        self.swap_models_locked(vertical, version, true, true)
+        self.swap_models_locked(vertical, version, Champion::Write, true)
     }
 
     /// A retraining's decision: `decide` gets the model set serving `vertical` now (none
@@ -1093,8 +1093,17 @@ impl AppState {
             .vertical_by_name
             .get(vertical)
             .and_then(|&vi| rt.models.get(vi).cloned().flatten());
+        // The vertical's `.lock` too, from before `decide` reads `CHAMPION` to after the
+        // swap writes it: another process (`pingpost train --promote`, a second
+        // exchange on the directory) cannot promote in between and be overwritten.
+        let held = crate::models::lock_champion(&rt.config.learning, vertical);
         let (swap_to, decided) = decide(serving);
-        let swapped = swap_to.map(|v| self.swap_models_locked(vertical, Some(&v), true, true));
+        let swapped = swap_to.map(|v| match &held {
+            Ok(lock) => self.swap_models_locked(vertical, Some(&v), Champion::Held(lock), true),
+            Err(e) => Err(ReloadError::Failed(format!(
+                "could not record the champion, so the serving model stays: {e}"
+            ))),
+        });
         (decided, swapped)
     }
 
@@ -1102,7 +1111,7 @@ impl AppState {
         &self,
         vertical: &str,
         version: Option<&str>,
-        write_champion: bool,
+        champion: Champion<'_>,
         next_generation: bool,
     ) -> Result<u64, ReloadError> {
         let old = self.runtime.load_full();
@@ -1129,13 +1138,16 @@ impl AppState {
                 })?,
             )),
         };
-        if write_champion {
-            crate::models::write_champion(&cfg.learning, vertical, version).map_err(|e| {
-                ReloadError::Failed(format!(
-                    "could not record the champion, so the serving model stays: {e}"
-                ))
-            })?;
-        }
+        let written = match champion {
+            Champion::Leave => Ok(()),
+            Champion::Write => crate::models::write_champion(&cfg.learning, vertical, version),
+            Champion::Held(lock) => lock.write(&cfg.learning, vertical, version),
+        };
+        written.map_err(|e| {
+            ReloadError::Failed(format!(
+                "could not record the champion, so the serving model stays: {e}"
+            ))
+        })?;
         let mut models = old.models.clone();
         if let Some(slot) = models.get_mut(vi) {
             *slot = set;
@@ -1279,7 +1291,8 @@ impl AppState {
                 continue;
             }
             // On success this clears the vertical's failure.
-            let r = self.swap_models_locked(&v.name, want.as_deref(), false, next_generation);
+            let r =
+                self.swap_models_locked(&v.name, want.as_deref(), Champion::Leave, next_generation);
             if let Err(e) = &r {
                 let problems = match e {
                     ReloadError::Invalid(fields) => {
@@ -1374,6 +1387,16 @@ pub fn warn_of_config(cfg: &crate::config::Config) {
     for w in crate::config::warnings(cfg) {
         tracing::warn!("{w}");
     }
+}
+
+/// What a model swap does with `CHAMPION`.
+enum Champion<'a> {
+    /// Leaves it (the swap serves what it names).
+    Leave,
+    /// Writes it, taking the vertical's `.lock` for the write.
+    Write,
+    /// Writes it under a `.lock` the caller already holds.
+    Held(&'a crate::models::ChampionLock),
 }
 
 #[cfg(test)]

@@ -1211,6 +1211,39 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
     let champion = std::fs::read_to_string(&champion_file).unwrap();
     let promoted_second = versions[1]["promoted"] == true;
     assert_eq!(champion, if promoted_second { "b2" } else { "b1" });
+    // `--promote` takes the vertical's `.lock` before it reads `CHAMPION` and holds it to
+    // the write, so no other process promotes in between (the exchange's retraining
+    // holds it too): with the lock held elsewhere past the wait, nothing is compared or
+    // written (before, it read and compared, and only its write waited).
+    {
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(champion_file.with_file_name(".lock"))
+            .unwrap();
+        lock.lock().unwrap();
+        let out = run(&[
+            "train",
+            "--config",
+            &cfg,
+            "--ledger",
+            &ledger,
+            "--version",
+            "blocked",
+            "--promote",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("not promoted: the vertical's lock cannot be taken")
+                && err.contains("held by another process"),
+            "{err}"
+        );
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(line["promoted"], false, "{line}");
+        assert_eq!(std::fs::read_to_string(&champion_file).unwrap(), champion);
+    }
     // `--check-config` loads the champion as a start would (black-box round 112b: a
     // feature change the champion cannot take passed it, and the start served no model).
     let check = |config: &str| {
@@ -2336,6 +2369,18 @@ async fn a_retraining_decides_against_the_champion_of_the_moment() {
         "{decisions:?}"
     );
     assert_eq!(decisions[2]["champion"], v1.as_str());
+    // The vertical's `.lock` is held from the decision's read of `CHAMPION` to the swap's
+    // write of it: another process's promotion cannot come between and be overwritten.
+    let learning = ex.state.runtime.load().config.learning.clone();
+    let (held_inside, swapped) = ex.state.decide_and_swap(VERTICAL, |_| {
+        (
+            None,
+            !pingpost::models::champion_lock_free(&learning, VERTICAL),
+        )
+    });
+    assert!(held_inside, "the lock is held while deciding");
+    assert!(swapped.is_none());
+    assert!(pingpost::models::champion_lock_free(&learning, VERTICAL));
 }
 
 /// A challenger that wins but cannot be swapped in (`CHAMPION` a directory, which a

@@ -135,8 +135,21 @@ pub fn train(
                 // then unknown, and a new set must not win by default (black-box round
                 // 48: "no champion serves", promoted).
                 let v = &cfg.verticals[cfg.vertical_by_name[&name]];
-                let champion = if promote {
-                    match crate::models::read_champion_checked(&cfg.learning, &name) {
+                // The vertical's `.lock` is held from the read of `CHAMPION` to its write:
+                // the exchange's retraining or a swap cannot promote in between and be
+                // overwritten uncompared (it waits, as this waits for it).
+                let held = if promote {
+                    crate::models::lock_champion(&cfg.learning, &name)
+                        .map(Some)
+                        .map_err(|e| format!("the vertical's lock cannot be taken: {e}"))
+                } else {
+                    Ok(None)
+                };
+                let champion = match &held {
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.clone()),
+                    Ok(Some(_)) => match crate::models::read_champion_checked(&cfg.learning, &name)
+                    {
                         Ok(None) => Ok(None),
                         Ok(Some(c)) => crate::models::load_set(&cfg.learning, v, &c)
                             .map(Some)
@@ -144,9 +157,7 @@ pub fn train(
                                 format!("the champion {c} does not load: {}", e.join("; "))
                             }),
                         Err(e) => Err(format!("CHAMPION cannot be read: {e}")),
-                    }
-                } else {
-                    Ok(None)
+                    },
                 };
                 if let (true, Err(why)) = (promote, &champion) {
                     crate::say_err!(
@@ -171,12 +182,10 @@ pub fn train(
                             // `promoted` says what happened, not what was decided
                             // (black-box round 47: true when the write failed).
                             let mut promoted = wins;
-                            if wins {
-                                if let Err(e) = crate::models::write_champion(
-                                    &cfg.learning,
-                                    &name,
-                                    Some(&outcome.version),
-                                ) {
+                            if let (true, Ok(Some(lock))) = (wins, &held) {
+                                if let Err(e) =
+                                    lock.write(&cfg.learning, &name, Some(&outcome.version))
+                                {
                                     crate::say_err!(
                                         "pingpost train: could not write the champion: {e}"
                                     );

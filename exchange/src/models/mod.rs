@@ -517,8 +517,51 @@ pub fn write_champion(
     vertical: &str,
     version: Option<&str>,
 ) -> std::io::Result<()> {
+    let held = lock_champion(learning, vertical)?;
+    held.write(learning, vertical, version)
+}
+
+/// The vertical's `.lock`, held: a decision to promote reads `CHAMPION`, compares and
+/// writes it with no other process's swap, rollback or promotion in between (the
+/// exchange's retraining and `pingpost train --promote` both hold it across the three;
+/// before, a promotion by one within the other's milliseconds was overwritten).
+/// Released when dropped.
+#[derive(Debug)]
+pub struct ChampionLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the vertical's `.lock` (waiting up to [`LOCK_WAIT_MS`] for another holder).
+pub fn lock_champion(learning: &LearningConfig, vertical: &str) -> std::io::Result<ChampionLock> {
+    lock_vertical(&vertical_dir(learning, vertical)).map(ChampionLock)
+}
+
+/// Whether no one holds the vertical's `.lock` at this instant (one attempt, no wait).
+pub fn champion_lock_free(learning: &LearningConfig, vertical: &str) -> bool {
+    let path = vertical_dir(learning, vertical).join(LOCK);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map(|f| f.try_lock().is_ok())
+        .unwrap_or(true)
+}
+
+impl ChampionLock {
+    /// [`write_champion`] under this lock.
+    pub fn write(
+        &self,
+        learning: &LearningConfig,
+        vertical: &str,
+        version: Option<&str>,
+    ) -> std::io::Result<()> {
+        write_champion_held(learning, vertical, version)
+    }
+}
+
+fn write_champion_held(
+    learning: &LearningConfig,
+    vertical: &str,
+    version: Option<&str>,
+) -> std::io::Result<()> {
     let dir = vertical_dir(learning, vertical);
-    let _lock = lock_vertical(&dir)?;
     // The new `HISTORY` is written aside first (`.HISTORY.next`): if it cannot be
     // written, `CHAMPION` is left as it was, so the directory watch never serves a swap
     // that was refused (black-box round 46: with `HISTORY` made a directory, the refused
