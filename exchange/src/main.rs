@@ -1279,7 +1279,13 @@ async fn reload_on_sighup(
         };
         while hup.recv().await.is_some() {
             let st = state.clone();
-            let result = tokio::task::spawn_blocking(move || st.reload_by("SIGHUP")).await;
+            // On the reload thread, not tokio's blocking pool: with no thread to be made,
+            // `spawn_blocking` panicked this task and every later SIGHUP was ignored
+            // (black-box round 227a).
+            let result = pingpost::models::learning::on_the_reload_thread("SIGHUP", move || {
+                st.reload_by("SIGHUP")
+            })
+            .await;
             match result {
                 Ok(Ok(_)) => {
                     state.metrics.reloads.with_label_values(&["applied"]).inc();
@@ -1287,7 +1293,10 @@ async fn reload_on_sighup(
                 Ok(Err(_)) => {
                     state.metrics.reloads.with_label_values(&["refused"]).inc();
                 }
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+                Err(e) => {
+                    state.metrics.reloads.with_label_values(&["refused"]).inc();
+                    tracing::error!(error = %e, "SIGHUP: {}", pingpost::state::RELOAD_NOT_RUN);
+                }
             }
         }
     }

@@ -221,6 +221,9 @@ pub enum ReloadError {
     Failed(String),
 }
 
+/// A reload that could not run (no thread for it, or it failed inside the exchange).
+pub const RELOAD_NOT_RUN: &str = "the reload could not run inside the exchange (no thread could be made for it, or it failed); nothing was reloaded and the running configuration stays; send it again";
+
 impl std::fmt::Display for ReloadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

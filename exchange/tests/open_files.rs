@@ -445,3 +445,128 @@ fn check_config_warns_of_a_ledger_a_start_would_refuse() {
         vec![std::ffi::OsString::from("seg-00000001.jsonl")]
     );
 }
+
+/// Black-box round 227a: where no thread could be made, a SIGHUP panicked the task that
+/// reloads on SIGHUP (tokio's `spawn_blocking`: "OS can't spawn worker thread"), and every
+/// later SIGHUP was ignored for the process's life; a `POST /admin/reload` got no answer
+/// and was applied later, by itself, at the next reload. Both are refused at once now,
+/// saying so, and nothing is applied; once threads can be made again, the next reload of
+/// each kind applies.
+#[test]
+fn a_reload_that_gets_no_thread_is_refused_and_the_next_one_applies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = TestConfig::new();
+    let path = dir.path().join("pingpost.toml");
+    let ledger = dir.path().join("ledger");
+    std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&path)
+        .envs(cfg.env_vars())
+        .env("RUST_LOG", "pingpost=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pingpost starts");
+    let rx = log_lines(&mut child);
+    let mut log = Vec::new();
+    // Bounded in lines too: with no thread, the key keeper's check fails in the log
+    // every 2 s, so the log never goes quiet.
+    let wait_for = |log: &mut Vec<String>, what: &str| {
+        for _ in 0..40 {
+            let Ok(line) = rx.recv_timeout(START_WAIT_MAX) else {
+                break;
+            };
+            let done = line.contains(what);
+            log.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("no {what:?} in the log: {log:#?}");
+    };
+    wait_for(&mut log, "pingpost listening");
+    let admin: std::net::SocketAddr = log
+        .last()
+        .and_then(|l| l.split("admin=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the admin address: {log:#?}"));
+    let reload = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(admin).expect("admin connect");
+        s.set_read_timeout(Some(START_WAIT_MAX)).unwrap();
+        write!(
+            s,
+            "POST /admin/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // Its address space now, and 1 MiB more (the soft limit only): no thread stack fits.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
+    let hard = rustix::process::getrlimit(rustix::process::Resource::As).maximum;
+    let limit = |current: Option<u64>| {
+        rustix::process::prlimit(
+            Some(pid),
+            rustix::process::Resource::As,
+            rustix::process::Rlimit {
+                current,
+                maximum: hard,
+            },
+        )
+        .expect("prlimit");
+    };
+    limit(Some((vm_kib + 1_024) * 1_024));
+    hup(child.id());
+    wait_for(&mut log, "SIGHUP: the reload could not run");
+    let refused = reload();
+    assert!(refused.starts_with("HTTP/1.1 500"), "{refused}");
+    assert!(
+        refused.contains("the reload could not run") && refused.contains("nothing was reloaded"),
+        "{refused}"
+    );
+    // Threads can be made again: the next SIGHUP and the next POST apply, and nothing
+    // refused above was applied meanwhile (the generations follow on from 1).
+    limit(hard);
+    hup(child.id());
+    wait_for(&mut log, "SIGHUP: configuration reloaded");
+    assert!(
+        log.last().unwrap().contains("generation=2"),
+        "{:#?}",
+        log.last()
+    );
+    let applied = reload();
+    assert!(applied.starts_with("HTTP/1.1 200"), "{applied}");
+    assert!(applied.ends_with(r#"{"generation":3}"#), "{applied}");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
+        log.push(line);
+    }
+    let mut child_stderr = child.stderr.take().unwrap();
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child_stderr, &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{log:#?}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

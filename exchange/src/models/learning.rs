@@ -135,13 +135,15 @@ struct Loader {
 }
 
 impl Loader {
-    /// Starts the thread; `None` if it could not start.
-    fn start(queue_max: usize) -> Option<Loader> {
+    /// Starts the thread (`idle`: under `SCHED_IDLE`); `None` if it could not start.
+    fn start(queue_max: usize, name: &str, idle: bool) -> Option<Loader> {
         let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(queue_max);
         std::thread::Builder::new()
-            .name("pingpost-loader".into())
+            .name(name.into())
             .spawn(move || {
-                lower_priority();
+                if idle {
+                    lower_priority();
+                }
                 while let Ok(job) = rx.recv() {
                     // A job that panics ends only itself: its result sender is dropped,
                     // so its caller gets `None`, and the thread takes the next job.
@@ -184,7 +186,9 @@ pub async fn off_the_auction_path<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, OffPathError> {
     static LOADER: std::sync::Mutex<Option<Loader>> = std::sync::Mutex::new(None);
-    let Some(loader) = loader_in(&LOADER, || Loader::start(LOADER_QUEUE_MAX)) else {
+    let Some(loader) = loader_in(&LOADER, || {
+        Loader::start(LOADER_QUEUE_MAX, "pingpost-loader", true)
+    }) else {
         tracing::error!(
             job = what,
             "the loading thread did not start (no thread could be made); the next job tries again"
@@ -192,6 +196,31 @@ pub async fn off_the_auction_path<T: Send + 'static>(
         return Err(OffPathError::Failed);
     };
     loader.run(what, f).await
+}
+
+/// Runs a configuration reload (`f`: reading and checking the file blocks) on the
+/// exchange's reload thread, at normal priority, one at a time, started on first use and
+/// again after a start that failed, as the loading thread is. Not tokio's blocking pool:
+/// where no thread could be made, its `spawn_blocking` panicked the caller and kept the
+/// job queued, so a `POST /admin/reload` got no answer and was applied later by itself,
+/// and the SIGHUP task died with every later SIGHUP ignored (black-box round 227a).
+/// [`OffPathError::Failed`] (said in the log) if the thread could not start: nothing
+/// was run, and nothing will be.
+pub async fn on_the_reload_thread<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, OffPathError> {
+    static RELOADER: std::sync::Mutex<Option<Loader>> = std::sync::Mutex::new(None);
+    let Some(reloader) = loader_in(&RELOADER, || {
+        Loader::start(LOADER_QUEUE_MAX, "pingpost-reload", false)
+    }) else {
+        tracing::error!(
+            job = what,
+            "the reload thread did not start (no thread could be made); nothing was reloaded, the next reload tries again"
+        );
+        return Err(OffPathError::Failed);
+    };
+    reloader.run(what, f).await
 }
 
 /// The loader in `slot`, started by `start` when there is none yet: a start that failed
@@ -543,7 +572,8 @@ mod tests {
     async fn a_loader_that_could_not_start_is_started_at_the_next_job() {
         let slot = std::sync::Mutex::new(None);
         assert!(super::loader_in(&slot, || None).is_none());
-        let first = super::loader_in(&slot, || super::Loader::start(4)).expect("started");
+        let first = super::loader_in(&slot, || super::Loader::start(4, "pingpost-loader", true))
+            .expect("started");
         let kept = super::loader_in(&slot, || panic!("not started again")).expect("kept");
         let on = |l: super::Loader| async move {
             l.run("test", || std::thread::current().id()).await.unwrap()
@@ -556,7 +586,8 @@ mod tests {
         // Hold the loading thread on a job until the queue behind it is full.
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-        let loader = std::sync::Arc::new(super::Loader::start(4).expect("thread"));
+        let loader =
+            std::sync::Arc::new(super::Loader::start(4, "pingpost-loader", true).expect("thread"));
         let l = loader.clone();
         let blocker = tokio::spawn(async move {
             l.run("test-hold", move || {

@@ -162,13 +162,20 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
 async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
     let st = state.clone();
     // Reading the file blocks; reloads are serialized inside.
-    let result = tokio::task::spawn_blocking(move || st.reload_by("POST /admin/reload"))
-        .await
-        .unwrap_or_else(|_| {
-            Err(ReloadError::Failed(
-                "the reload failed inside the exchange; the running configuration stays".into(),
-            ))
-        });
+    let result = crate::models::learning::on_the_reload_thread("POST /admin/reload", move || {
+        st.reload_by("POST /admin/reload")
+    })
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        // Reloads already fill the reload thread's queue: nothing was read or changed.
+        Err(e @ crate::models::learning::OffPathError::Busy) => {
+            return error_response(state, &ApiError::new(ErrorCode::Overloaded, e.to_string()));
+        }
+        Err(crate::models::learning::OffPathError::Failed) => {
+            Err(ReloadError::Failed(crate::state::RELOAD_NOT_RUN.into()))
+        }
+    };
     reload_answer(state, result)
 }
 
