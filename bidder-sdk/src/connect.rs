@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -29,11 +30,18 @@ pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An [`HttpConnector`] whose connections are closed with a reset (`SO_LINGER` 0), so
 /// closing one leaves no `TIME_WAIT` socket behind. Everything else is the inner
-/// connector's (its timeouts, `TCP_NODELAY`, keep-alive).
+/// connector's (its timeouts, `TCP_NODELAY`, keep-alive, its resolver of host names:
+/// `R`, hyper's `GaiResolver` by default).
 #[derive(Debug, Clone)]
-pub struct ResetOnClose(pub HttpConnector);
+pub struct ResetOnClose<R = GaiResolver>(pub HttpConnector<R>);
 
-impl tower_service::Service<Uri> for ResetOnClose {
+impl<R> tower_service::Service<Uri> for ResetOnClose<R>
+where
+    R: tower_service::Service<Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr>,
+    R::Error: Into<ConnectError>,
+    R::Future: Send,
+{
     type Response = TokioIo<TcpStream>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, ConnectError>> + Send>>;

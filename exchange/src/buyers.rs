@@ -42,7 +42,7 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// Buyer connections end with a reset, so one dropped with its request unanswered leaves
 /// no `TIME_WAIT` port behind (`bidder_sdk::connect`).
-type Connector = hyper_rustls::HttpsConnector<ResetOnClose>;
+type Connector = hyper_rustls::HttpsConnector<ResetOnClose<lookup::Lookup>>;
 
 /// The Standard Webhooks header names, made once: inserting a `&str` name parses it and
 /// copies it into a new allocation on every request.
@@ -764,7 +764,7 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(lookup::Lookup);
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
@@ -1235,6 +1235,8 @@ pub enum CallResult<T> {
 pub type PingResult = CallResult<BidOutcome>;
 /// A post's result.
 pub type PostResult = CallResult<PostOutcome>;
+
+pub mod lookup;
 
 #[cfg(test)]
 mod tests;

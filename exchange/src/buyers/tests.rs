@@ -317,6 +317,18 @@ async fn a_buyer_answering_a_status_that_is_no_answer_is_logged_once_a_second() 
     );
 }
 
+/// A buyer URL with a host name is looked up (on the lookup's own thread) and called as
+/// one with its address is.
+#[tokio::test]
+async fn a_buyer_named_by_host_name_is_looked_up_and_called() {
+    let (url, accepted) = buyer(NO_BID, false, false).await;
+    let named = url.replace("127.0.0.1", "localhost");
+    assert_ne!(named, url);
+    let client = BuyerClient::new();
+    assert_eq!(ping(&client, &named).await, passed());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// A connection read to its end carries the next request; one the buyer closed is
 /// not used again (and no call fails for it).
 #[tokio::test]
