@@ -334,6 +334,59 @@ fn a_sale_whose_test_seller_or_windows_differ_from_its_delivery_is_a_mismatch() 
         }
 }
 
+/// Black-box round 227c: a real sale made a test lead on every record of it (its
+/// auction, delivery and sale), the chain recomputed, passed `verify` and left the report
+/// without a word: its quote's hold on the buyer's caps (`quote_reserved`) and its sale's
+/// cap windows, which a test lead never has, say otherwise.
+#[test]
+fn a_real_sale_made_a_test_lead_on_every_record_is_a_mismatch() {
+    let w =
+        r#","windows":{"hour_start_ms":1796288400000,"day":739953,"week":105707,"month":24291}"#;
+    let records = |test: bool, hold: bool, windows: &str| {
+        let mut r = vec![
+            format!(
+                r#"{{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":{test},"direct":false,"reserve_micros":1000000,"buyers":[{{"buyer":"b","outcome":"bid","bid_micros":10000000}}],"winner":"b","bid_micros":10000000,"seller_price_micros":8000000,"took_us":5}}"#
+            ),
+            format!(
+                r#"{{"type":"post_sent","v":5,"generation":1,"at":"2026-11-29T10:00:00.500Z","lead_id":"ld_1","auction_id":"au_1","ping_id":"pg_1","seller":"s","buyer":"b","attempt":0,"price_micros":10000000,"test":{test}{windows}}}"#
+            ),
+            format!(
+                r#"{{"type":"sale","v":5,"generation":1,"at":"2026-11-29T10:00:01.000Z","lead_id":"ld_1","ping_id":"pg_1","auction_id":"au_1","seller":"s","buyer":"b","vertical":"v","currency":"USD","test":{test},"bid_micros":10000000,"seller_price_micros":8000000,"margin_micros":2000000,"attempt":0{windows}}}"#
+            ),
+        ];
+        if hold {
+            r.insert(
+                1,
+                r#"{"type":"quote_reserved","v":5,"generation":1,"at":"2026-11-29T10:00:00.001Z","ping_id":"pg_1","buyer":"b","price_micros":10000000}"#.to_string(),
+            );
+        }
+        r
+    };
+    let check = |lines: Vec<String>| {
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        reconcile(ledger(&refs).path(), None)
+            .unwrap()
+            .mismatches
+            .join("\n")
+    };
+    // As written: a real sale with its hold and windows; a test sale with neither.
+    assert_eq!(check(records(false, true, w)), "");
+    assert_eq!(check(records(true, false, "")), "");
+    let forged = check(records(true, true, w));
+    assert!(
+        forged.contains("test is true, but its quote held a buyer's caps")
+            && forged.contains("quote_reserved), which a test lead's never does")
+            && forged.contains("test is true, but it counts in cap windows"),
+        "{forged}"
+    );
+    let hold_only = check(records(true, true, ""));
+    assert!(
+        hold_only.contains("but its quote held a buyer's caps"),
+        "{hold_only}"
+    );
+    assert!(!hold_only.contains("cap windows"), "{hold_only}");
+}
+
 #[test]
 fn a_fallback_sale_forged_as_the_winner_or_without_its_delivery_is_a_mismatch() {
     let auction = r#"{"type":"auction","v":5,"generation":1,"at":"2026-11-29T10:00:00.000Z","auction_id":"au_1","ping_id":"pg_1","seller":"s","vertical":"v","currency":"USD","test":false,"direct":false,"reserve_micros":1000000,"buyers":[{"buyer":"w","outcome":"bid","bid_micros":6000000},{"buyer":"f","outcome":"bid","bid_micros":5800000}],"winner":"w","bid_micros":6000000,"seller_price_micros":4800000,"took_us":5}"#;
