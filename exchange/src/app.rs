@@ -54,9 +54,9 @@ pub fn build_state(config: Config, clock: Clock) -> std::io::Result<Arc<AppState
         .map_err(|e| std::io::Error::new(e.kind(), format!("replaying the ledger: {e}")))?;
     state.fingerprint.persist_in(&locked, &dir)?;
     // Readable by others, the key lets them test guesses against the digests (black-box
-    // round 64a: a key restored with mode 644 was used in silence). Said here, at the
-    // start, not by the tools that read it.
-    crate::fingerprint::warn_if_readable_by_others(&locked, &dir);
+    // round 64a: a key restored with mode 644 was used in silence). Made owner-only and
+    // said here, at the start, not by the tools that read it.
+    crate::fingerprint::make_owner_only(&locked, &dir);
     // This run begins here: the next replay tells a crash of it from a shutdown.
     state
         .ledger

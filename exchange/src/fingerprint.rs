@@ -455,15 +455,36 @@ impl Fingerprinter {
     }
 }
 
-/// Warns when the key file in `dir` (named as in `shown`) can be read by other users
-/// than its owner (black-box round 64a).
-pub fn warn_if_readable_by_others(dir: &Path, shown: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if std::fs::metadata(dir.join(KEY_FILE)).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-        tracing::warn!(
+/// When the key file in `dir` (named as in `shown`) can be read by other users than its
+/// owner (black-box round 64a), makes it owner-only, and warns either way: at the start,
+/// so the key keeper's first look does not find it so and say another process changed
+/// it while the exchange ran (black-box round 227c). The file itself, never a symlink's
+/// target (opened without following one).
+pub fn make_owner_only(dir: &Path, shown: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(dir.join(KEY_FILE))
+    else {
+        return;
+    };
+    let Ok(mode) = file.metadata().map(|m| m.permissions().mode()) else {
+        return;
+    };
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(mode & 0o700)) {
+        Ok(()) => tracing::warn!(
             key = %shown.join(KEY_FILE).display(),
+            "the lead fingerprint key was readable by other users than its owner (with it, anyone can test a guessed phone number against the ledger's digests): the start made it owner-only; keep its backups so"
+        ),
+        Err(e) => tracing::warn!(
+            key = %shown.join(KEY_FILE).display(),
+            error = %e,
             "the lead fingerprint key is readable by other users than its owner: with it, anyone can test a guessed phone number against the ledger's digests; make it owner-only (chmod 600)"
-        );
+        ),
     }
 }
 
@@ -705,7 +726,9 @@ fn key_file_differs(
                 Err(e)
             }
         },
-        |_| Ok((text.trim() != want).then_some("held another key, or none")),
+        // The key in upper-case hex is the same key, as a start reads it (black-box round
+        // 227c: it was said to hold another key, and written again).
+        |_| Ok((!text.trim().eq_ignore_ascii_case(want)).then_some("held another key, or none")),
     )
 }
 
@@ -1037,6 +1060,11 @@ mod tests {
             key_file_differs(file(&format!("{want}\n"), 0o600), &want, || true).unwrap(),
             None
         );
+        // The same key in upper case, as a start takes it (black-box round 227c).
+        assert_eq!(
+            key_file_differs(file(&want.to_uppercase(), 0o600), &want, || true).unwrap(),
+            None
+        );
         assert!(key_file_differs(file(&want, 0o644), &want, || true)
             .unwrap()
             .is_some());
@@ -1052,5 +1080,32 @@ mod tests {
             key_file_differs(Ok(std::fs::File::open(dir.path()).unwrap()), &want, || true).unwrap(),
             Some("was not a regular file")
         );
+    }
+
+    /// Black-box round 227c: a key file readable by others at the start was only warned
+    /// of, so the key keeper's first look found it so and said another process had
+    /// changed it while the exchange ran. The start makes it owner-only; a symlink's
+    /// target is never changed.
+    #[test]
+    fn a_key_readable_by_others_is_made_owner_only_at_the_start() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join(KEY_FILE);
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        make_owner_only(dir.path(), dir.path());
+        assert_eq!(mode(&key), 0o600);
+        let before = std::fs::read(&key).unwrap();
+        make_owner_only(dir.path(), dir.path());
+        assert_eq!((mode(&key), std::fs::read(&key).unwrap()), (0o600, before));
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("key");
+        std::fs::write(&target, "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        std::os::unix::fs::symlink(&target, &key).unwrap();
+        make_owner_only(dir.path(), dir.path());
+        assert_eq!(mode(&target), 0o644, "a symlink's target is left as it is");
     }
 }
