@@ -1079,7 +1079,8 @@ impl AppState {
     }
 
     /// A retraining's decision: `decide` gets the model set serving `vertical` now (none
-    /// when nothing serves, or the vertical is gone) and says which version to swap in,
+    /// when nothing serves, or the vertical is gone) and whether the vertical's `.lock`
+    /// was taken (why not, if not), and says which version to swap in,
     /// if any; the swap is made at once. All under the reload lock, so no swap, reload or
     /// `CHAMPION` pick-up comes between the comparison and the promotion (black-box round
     /// 224a: a retraining compared its challenger with the champion serving when it
@@ -1087,7 +1088,7 @@ impl AppState {
     pub fn decide_and_swap<T>(
         &self,
         vertical: &str,
-        decide: impl FnOnce(Option<Arc<ModelSet>>) -> (Option<String>, T),
+        decide: impl FnOnce(Option<Arc<ModelSet>>, Result<(), String>) -> (Option<String>, T),
     ) -> (T, Option<Result<u64, ReloadError>>) {
         let _one_at_a_time = self.reload_lock.lock();
         let rt = self.runtime.load();
@@ -1099,8 +1100,10 @@ impl AppState {
         // The vertical's `.lock` too, from before `decide` reads `CHAMPION` to after the
         // swap writes it: another process (`pingpost train --promote`, a second
         // exchange on the directory) cannot promote in between and be overwritten.
+        // `decide` is told when it could not be taken: it then decides nothing.
         let held = crate::models::lock_champion(&rt.config.learning, vertical);
-        let (swap_to, decided) = decide(serving);
+        let locked = held.as_ref().map(drop).map_err(ToString::to_string);
+        let (swap_to, decided) = decide(serving, locked);
         let swapped = swap_to.map(|v| match &held {
             Ok(lock) => self.swap_models_locked(vertical, Some(&v), Champion::Held(lock), true),
             Err(e) => Err(ReloadError::Failed(format!(

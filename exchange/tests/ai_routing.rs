@@ -1243,6 +1243,21 @@ async fn the_binary_trains_lists_imports_and_rolls_back() {
         let line: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(line["promoted"], false, "{line}");
         assert_eq!(std::fs::read_to_string(&champion_file).unwrap(), champion);
+        // A rollback waits as long, then names the file once (black-box round 228a:
+        // twice).
+        let out = run(&[
+            "models",
+            "rollback",
+            "--config",
+            &cfg,
+            "--vertical",
+            VERTICAL,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.matches(".lock").count(), 1, "{err}");
+        assert!(err.contains("held by another process"), "{err}");
+        assert_eq!(std::fs::read_to_string(&champion_file).unwrap(), champion);
     }
     // `--check-config` loads the champion as a start would (black-box round 112b: a
     // feature change the champion cannot take passed it, and the start served no model).
@@ -2372,15 +2387,36 @@ async fn a_retraining_decides_against_the_champion_of_the_moment() {
     // The vertical's `.lock` is held from the decision's read of `CHAMPION` to the swap's
     // write of it: another process's promotion cannot come between and be overwritten.
     let learning = ex.state.runtime.load().config.learning.clone();
-    let (held_inside, swapped) = ex.state.decide_and_swap(VERTICAL, |_| {
+    let ((taken, held_inside), swapped) = ex.state.decide_and_swap(VERTICAL, |_, locked| {
         (
             None,
-            !pingpost::models::champion_lock_free(&learning, VERTICAL),
+            (
+                locked.is_ok(),
+                !pingpost::models::champion_lock_free(&learning, VERTICAL),
+            ),
         )
     });
-    assert!(held_inside, "the lock is held while deciding");
+    assert!(taken && held_inside, "the lock is held while deciding");
     assert!(swapped.is_none());
     assert!(pingpost::models::champion_lock_free(&learning, VERTICAL));
+    // Held elsewhere past the wait: nothing is compared, and the decision says why
+    // (black-box round 228a: it compared and recorded `kept` without a word of it).
+    let holder = std::fs::File::open(champion_file.with_file_name(".lock")).unwrap();
+    holder.lock().unwrap();
+    let d = retrain(&ex).await.unwrap();
+    drop(holder);
+    assert!(!d[0].promoted, "{d:?}");
+    assert_eq!(d[0].outcome.as_str(), "failed", "{d:?}");
+    assert!(
+        d[0].reason.starts_with("not compared: ")
+            && d[0].reason.contains(".lock")
+            && d[0].reason.contains("held by another process"),
+        "{d:?}"
+    );
+    assert_eq!(d[0].champion.as_deref(), Some(v1.as_str()), "{d:?}");
+    let decisions = ex.ledger_of("model_decision");
+    assert_eq!(decisions.len(), 4, "{decisions:?}");
+    assert_eq!(decisions[3]["promoted"], false);
 }
 
 /// A challenger that wins but cannot be swapped in (`CHAMPION` a directory, which a

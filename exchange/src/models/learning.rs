@@ -403,9 +403,16 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
         // model promoted meanwhile, by `pingpost train --promote` or `POST
         // /admin/models`, was replaced uncompared, or kept with a record naming the other).
         let learning = cfg.learning.clone();
-        let ((wins, mut reason, champion_version), swapped) =
-            state.decide_and_swap(&v.name, |serving| {
+        let ((wins, mut reason, champion_version, unlocked), swapped) =
+            state.decide_and_swap(&v.name, |serving, locked| {
                 let serving_version = serving.as_ref().map(|c| c.version.clone());
+                // Without the vertical's `.lock`, `CHAMPION` may change under the
+                // comparison: nothing is compared (black-box round 228a: a retraining
+                // compared and recorded `kept` without a word of the lock).
+                if let Err(e) = locked {
+                    let why = format!("not compared: {e}");
+                    return (None, (false, why, serving_version, true));
+                }
                 // `CHAMPION` names a set the exchange does not serve yet: another
                 // process promoted it, and the watch has not swapped it in. The
                 // challenger is neither compared with it nor promoted over it.
@@ -418,7 +425,7 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
                         // The record's champion is what serves (black-box round 225a:
                         // it named the set CHAMPION named, which neither served nor was
                         // compared).
-                        return (None, (false, why, serving_version));
+                        return (None, (false, why, serving_version, false));
                     }
                 }
                 let (wins, reason) = crate::models::train::promotion(
@@ -428,14 +435,17 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
                     &heldout,
                 );
                 let swap = (wins && state.ledger.is_healthy()).then(|| outcome.version.clone());
-                (swap, (wins, reason, serving_version))
+                (swap, (wins, reason, serving_version, false))
             });
         let mut promoted = false;
         // A challenger that won but could not be swapped in (`CHAMPION` a directory, the
         // models directory read-only or full) is a failure of continuous learning, not a
         // champion kept on its merits (black-box round 153a: counted `kept` at every
         // retraining while nothing could ever be promoted).
-        let mut swap_failed = false;
+        let mut swap_failed = unlocked;
+        if unlocked {
+            tracing::error!(vertical = %v.name, challenger = %outcome.version, reason = %reason, "retraining not compared");
+        }
         match swapped {
             Some(Ok(_)) => {
                 promoted = true;

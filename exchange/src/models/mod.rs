@@ -806,7 +806,8 @@ pub fn rollback(
     // Held from reading HISTORY to writing CHAMPION: a concurrent swap or rollback
     // waits, then reads what this one wrote.
     let _lock = lock_vertical(&dir)
-        .map_err(|e| vec![format!("{}: {e}", crate::cli_out::Shown(&dir.join(LOCK)))])?;
+        // The error names the file already (black-box round 228a: named twice).
+        .map_err(|e| vec![e.to_string()])?;
     settle_history(learning, &vertical.name, &dir);
     // A `HISTORY` that cannot be read says so (black-box round 47: a FIFO or a directory
     // read as "no earlier model version").
