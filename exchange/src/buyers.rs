@@ -244,13 +244,31 @@ impl H2Pool {
     /// which costs one connection more) and logs it, and says whether the reset was
     /// `REFUSED_STREAM`. `None` for any other failure.
     fn reset(&self, https: bool, authority: &str, e: &hyper::Error) -> Option<bool> {
+        self.retire_on_reset(https, authority, e, false)
+    }
+
+    /// As [`reset`](Self::reset), for a call the buyer reset after its answer's head,
+    /// while its body was read (black-box round 227b: `:status 200`, then `RST_STREAM`
+    /// with an error code, was an `error` with no log line, and its connection kept
+    /// getting calls).
+    fn reset_after_head(&self, https: bool, authority: &str, e: &hyper::Error) {
+        self.retire_on_reset(https, authority, e, true);
+    }
+
+    fn retire_on_reset(
+        &self,
+        https: bool,
+        authority: &str,
+        e: &hyper::Error,
+        after_head: bool,
+    ) -> Option<bool> {
         let reason = std::error::Error::source(e)
             .and_then(|s| s.downcast_ref::<h2::Error>())
             .filter(|h| h.is_reset() && h.is_remote())
             .and_then(h2::Error::reason)?;
         if let Ok(mut conns) = self.conns.lock() {
             if conns[usize::from(https)].remove(authority).is_some() {
-                stream_reset(authority, reason);
+                stream_reset(authority, reason, after_head);
             }
         }
         Some(reason == h2::Reason::REFUSED_STREAM)
@@ -322,7 +340,7 @@ static STREAM_RESET: HostLines = std::sync::Mutex::new(None);
 /// (recorded `error`), and that the connection is retired for a new one. At most once a
 /// second per host, with the count of those not logged since; the host and the reset's
 /// code only.
-fn stream_reset(host: &str, reason: h2::Reason) {
+fn stream_reset(host: &str, reason: h2::Reason, after_head: bool) {
     let Some(unlogged) = due_to_log(&STREAM_RESET, host) else {
         return;
     };
@@ -336,12 +354,17 @@ fn stream_reset(host: &str, reason: h2::Reason) {
     } else {
         "an unknown code".to_string()
     };
+    let when = if after_head {
+        "after its answer's head, in its body"
+    } else {
+        "before answering it"
+    };
     tracing::warn!(
         host,
         reason = %name,
         code,
         resets_not_logged = unlogged,
-        "a buyer's host reset a call on its HTTP/2 connection before answering it ({name}, code {code}): its next calls go on a new connection"
+        "a buyer's host reset a call on its HTTP/2 connection {when} ({name}, code {code}): its next calls go on a new connection"
     );
 }
 
@@ -971,6 +994,10 @@ impl BuyerClient {
                 {
                     CallError::TooLarge
                 } else {
+                    if let (HttpVersion::Http2, Some(e)) = (http, e.downcast_ref::<hyper::Error>())
+                    {
+                        self.h2.reset_after_head(t.https, &t.authority, e);
+                    }
                     CallError::Transport
                 }
             })?;

@@ -600,6 +600,53 @@ async fn answer_then_reset_buyer(
     url
 }
 
+/// An HTTP/2 buyer that sends its answer's head and then resets the stream with an error
+/// code (`RST_STREAM(INTERNAL_ERROR)`, no body): the call is a transport error, and the
+/// connection is retired as for a reset before the head, so the next call goes on a new
+/// one (black-box round 227b: it kept getting every call, each an `error`, and nothing
+/// said so in the log).
+#[tokio::test]
+async fn an_http2_call_reset_after_its_answer_s_head_retires_the_connection() {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ping", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if !h2_accept(&mut sock, &[]).await {
+                    return;
+                }
+                while let Some((kind, flags, stream)) = h2_next_frame(&mut sock).await {
+                    if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
+                        let mut out = frame(1, 4, stream, &json_200(None));
+                        out.extend(frame(3, 0, stream, &2u32.to_be_bytes()));
+                        let _ = sock.write_all(&out).await;
+                    }
+                }
+            });
+        }
+    });
+    let client = BuyerClient::new();
+    let secret = Secret::new("test-secret").unwrap();
+    let to = Endpoint {
+        url: &url,
+        target: None,
+        http: HttpVersion::Http2,
+        secret: &secret,
+        secret_next: None,
+    };
+    for call in 1..=3 {
+        let r = client
+            .call::<Ping>(to, "au_1.1", 1_790_000_000, Bytes::from_static(b"{}"))
+            .await;
+        assert_eq!(r, CallResult::Failed(CallError::Transport));
+        assert_eq!(accepted.load(Ordering::SeqCst), call, "call {call}");
+    }
+}
+
 /// Every (reset code, `END_STREAM` sent, request held open) case.
 fn reset_cases() -> Vec<(u32, bool, bool)> {
     let mut all = Vec::new();
