@@ -134,27 +134,37 @@ async fn buyer(
     close: bool,
     hang: bool,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::Ordering;
+    counted_buyer(move |mut sock| async move {
+        while read_request(&mut sock).await {
+            if hang {
+                // Hold the request unanswered until the client goes away.
+                let mut b = [0u8; 1];
+                let _ = sock.read(&mut b).await;
+                return;
+            }
+            if sock.write_all(answer).await.is_err() || close {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A buyer on `127.0.0.1:0` that serves each connection with `serve` (on a task of its
+/// own). Returns its URL and a counter of the connections it accepted.
+async fn counted_buyer<F, Fut>(serve: F) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/ping", listener.local_addr().unwrap());
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                while read_request(&mut sock).await {
-                    if hang {
-                        // Hold the request unanswered until the client goes away.
-                        let mut b = [0u8; 1];
-                        let _ = sock.read(&mut b).await;
-                        return;
-                    }
-                    if sock.write_all(answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(serve(sock));
         }
     });
     (url, accepted)
@@ -608,27 +618,19 @@ async fn answer_then_reset_buyer(
 #[tokio::test]
 async fn an_http2_call_reset_after_its_answer_s_head_retires_the_connection() {
     use std::sync::atomic::Ordering;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ping", listener.local_addr().unwrap());
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if !h2_accept(&mut sock, &[]).await {
-                    return;
-                }
-                while let Some((kind, flags, stream)) = h2_next_frame(&mut sock).await {
-                    if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
-                        let mut out = frame(1, 4, stream, &json_200(None));
-                        out.extend(frame(3, 0, stream, &2u32.to_be_bytes()));
-                        let _ = sock.write_all(&out).await;
-                    }
-                }
-            });
+    let (url, accepted) = counted_buyer(|mut sock| async move {
+        if !h2_accept(&mut sock, &[]).await {
+            return;
         }
-    });
+        while let Some((kind, flags, stream)) = h2_next_frame(&mut sock).await {
+            if (kind == 0 || kind == 1) && flags & 1 != 0 && stream > 0 {
+                let mut out = frame(1, 4, stream, &json_200(None));
+                out.extend(frame(3, 0, stream, &2u32.to_be_bytes()));
+                let _ = sock.write_all(&out).await;
+            }
+        }
+    })
+    .await;
     let client = BuyerClient::new();
     let secret = Secret::new("test-secret").unwrap();
     let to = Endpoint {
