@@ -334,6 +334,15 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
         "https://buyer.example/ping"
     };
     let shape = format!("must be an http:// or https:// URL such as \"{example}\"");
+    // Said as what it is, not as a URL of another shape (black-box round 229a:
+    // `https://bücher.example/ping` was told to be an http:// or https:// URL).
+    if !url.is_ascii() {
+        p.at(
+            path,
+            "must be ASCII: an internationalized host name in its punycode form (xn--…), other characters percent-encoded",
+        );
+        return None;
+    }
     let Ok(uri) = url.parse::<http::Uri>() else {
         p.at(path, shape);
         return None;
@@ -344,6 +353,10 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
     }
     if uri.host().is_none_or(str::is_empty) {
         p.at(path, "must name a host");
+        return None;
+    }
+    if let Some(why) = uri.host().and_then(host_name_problem) {
+        p.at(path, why);
         return None;
     }
     // `http::Uri` takes any digits as a port (black-box round 37: `:99999`, `:65536` and
@@ -365,12 +378,42 @@ fn check_url(p: &mut Problems, path: &str, url: &str) -> Option<String> {
         .rsplit_once(':')
         .filter(|_| !host_port.ends_with(']'))
     {
-        if !port.is_empty() && port.parse::<u16>().map_or(true, |n| n == 0) {
+        // Digits only: Rust's parse takes a sign (black-box round 229a: `:+28812`).
+        if !port.is_empty()
+            && (!port.bytes().all(|b| b.is_ascii_digit())
+                || port.parse::<u16>().map_or(true, |n| n == 0))
+        {
             p.at(path, format!("port {port}: must be 1 to 65535"));
             return None;
         }
     }
     Some(url.to_string())
+}
+
+/// Why `host` (a URL's, not an IP literal) is no name that could resolve, if it is not:
+/// labels of 1 to 63 letters, digits, hyphens or underscores, none starting or ending
+/// with a hyphen, 253 characters at most (RFC 1035, RFC 1123). Black-box round 229a: a
+/// 4,897-character name, `a..b` and `-lead.invalid` passed, each call then an `error`.
+fn host_name_problem(host: &str) -> Option<String> {
+    if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return None;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let shown = crate::server::truncate(host, 64);
+    let bad_label = |l: &str| {
+        l.is_empty()
+            || l.len() > 63
+            || l.starts_with('-')
+            || l.ends_with('-')
+            || !l
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (name.len() > 253 || name.split('.').any(bad_label)).then(|| {
+        format!(
+            "host {shown:?} is no name that could resolve: labels of 1 to 63 letters, digits, hyphens or underscores, none starting or ending with a hyphen, 253 characters at most"
+        )
+    })
 }
 
 pub use proto::signing::SECRET_BYTES_MIN;

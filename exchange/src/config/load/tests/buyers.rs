@@ -209,6 +209,42 @@ fn buyer_urls() {
             "{bad}"
         );
     }
+    // A signed port (black-box round 229a: `+28812` passed).
+    assert_eq!(
+        with_ping("http://localhost:+28812/ping").unwrap_err().0,
+        ["buyers.acme.ping_url: port +28812: must be 1 to 65535"]
+    );
+    // Names that could never resolve, and a host that is not ASCII, are said so (black-box
+    // round 229a: they passed, or were told to be an http:// or https:// URL).
+    let long_label = format!("https://{}.example/ping", "a".repeat(64));
+    let long_name = format!("https://{}example/ping", "abcdefghi.".repeat(25));
+    for bad in [
+        long_label.as_str(),
+        long_name.as_str(),
+        "https://a..b/ping",
+        "https://-lead.example/ping",
+        "https://lead-.example/ping",
+        "https://*.example/ping",
+    ] {
+        let e = with_ping(bad).unwrap_err().0;
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with("buyers.acme.ping_url: host ")
+                && e[0].contains("is no name that could resolve"),
+            "{bad}: {e:?}"
+        );
+    }
+    assert_eq!(
+        with_ping("https://bücher.example/ping").unwrap_err().0,
+        ["buyers.acme.ping_url: must be ASCII: an internationalized host name in its punycode form (xn--…), other characters percent-encoded"]
+    );
+    for good in [
+        "https://xn--bcher-kva.example/ping",
+        "https://bids_1.buyer-2.example./ping",
+        "https://b.example:443/ping",
+    ] {
+        assert!(with_ping(good).is_ok(), "{good}");
+    }
     // Credentials in the URL would never be sent (black-box round 67d).
     for bad in [
         "http://user:s3cretpw@127.0.0.1:28318/ping",
