@@ -1295,7 +1295,15 @@ async fn reload_on_sighup(
                 }
                 Err(e) => {
                     state.metrics.reloads.with_label_values(&["refused"]).inc();
-                    tracing::error!(error = %e, "SIGHUP: {}", pingpost::state::RELOAD_NOT_RUN);
+                    let why = match e {
+                        pingpost::models::learning::OffPathError::Busy => {
+                            pingpost::state::RELOADS_WAITING
+                        }
+                        pingpost::models::learning::OffPathError::Failed => {
+                            pingpost::state::RELOAD_NOT_RUN
+                        }
+                    };
+                    tracing::error!("SIGHUP: {why}");
                 }
             }
         }

@@ -221,6 +221,10 @@ pub enum ReloadError {
     Failed(String),
 }
 
+/// A reload refused because [`crate::models::learning::LOADER_QUEUE_MAX`] reloads wait
+/// for the reload thread already: nothing was read or changed.
+pub const RELOADS_WAITING: &str = "16 reloads are waiting for the reload thread already; nothing was reloaded; send it again once they are done";
+
 /// A reload that could not run (no thread for it, or it failed inside the exchange).
 pub const RELOAD_NOT_RUN: &str = "the reload could not run inside the exchange (no thread could be made for it, or it failed); nothing was reloaded and the running configuration stays; send it again";
 
@@ -1408,6 +1412,15 @@ enum Champion<'a> {
 #[cfg(test)]
 mod tests {
     use super::field_problem;
+
+    /// The busy reload's message names the reload thread's real queue bound.
+    #[test]
+    fn the_busy_reload_message_names_the_queue_bound() {
+        assert!(super::RELOADS_WAITING.starts_with(&format!(
+            "{} reloads are waiting",
+            crate::models::learning::LOADER_QUEUE_MAX
+        )));
+    }
 
     /// A refusal's log line lists the first 100 problems and counts the rest, as the
     /// `400` does (black-box round 133a: 75,167 problems made one 4 MB line).

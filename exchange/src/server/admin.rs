@@ -169,8 +169,11 @@ async fn admin_reload(state: &Arc<AppState>) -> Response<Body> {
     let result = match result {
         Ok(r) => r,
         // Reloads already fill the reload thread's queue: nothing was read or changed.
-        Err(e @ crate::models::learning::OffPathError::Busy) => {
-            return error_response(state, &ApiError::new(ErrorCode::Overloaded, e.to_string()));
+        Err(crate::models::learning::OffPathError::Busy) => {
+            return error_response(
+                state,
+                &ApiError::new(ErrorCode::Overloaded, crate::state::RELOADS_WAITING),
+            );
         }
         Err(crate::models::learning::OffPathError::Failed) => {
             Err(ReloadError::Failed(crate::state::RELOAD_NOT_RUN.into()))
