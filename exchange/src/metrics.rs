@@ -231,14 +231,17 @@ pub struct Metrics {
 
 /// Routes whose latency series are pre-resolved: those of the seller listener that are
 /// observed (a probe answered at once is not; a probe with the wrong method, `405`, is
-/// observed under its own route, made on first use).
-const ROUTES: [&str; 6] = [
+/// observed under its own route), each from the first scrape (black-box round 230a: the
+/// probes' series appeared at their first `405`, which `increase()` then missed).
+const ROUTES: [&str; 8] = [
     "ping",
     "post",
     "leads",
     "dispositions",
     "openapi",
     "unknown",
+    "healthz",
+    "readyz",
 ];
 /// Auction outcomes whose counters are pre-resolved: `bid` and every no-bid reason.
 const AUCTION_OUTCOMES: [&str; 9] = [
@@ -620,6 +623,11 @@ impl Metrics {
             .iter()
             .map(|r| (*r, self.request_latency.with_label_values(&[r])))
             .collect();
+        // Every error code's series from the first scrape, at 0, so the first error of
+        // each is an `increase()` (black-box round 230a: each appeared at its first).
+        for code in proto::error::ErrorCode::ALL {
+            self.http_errors.with_label_values(&[code.as_str()]);
+        }
         self.auction_outcomes = AUCTION_OUTCOMES
             .iter()
             .map(|o| (*o, self.auctions.with_label_values(&[o])))
@@ -763,5 +771,14 @@ mod tests {
             text.contains("pingpost_sale_after_accept_seconds_count 1"),
             "{text}"
         );
+        // Every error code's series, and every route's latency, before any request.
+        for code in proto::error::ErrorCode::ALL {
+            let series = format!("pingpost_http_errors_total{{code=\"{}\"}} 0", code.as_str());
+            assert!(text.contains(&series), "{series}");
+        }
+        for route in ROUTES {
+            let series = format!("pingpost_request_duration_seconds_count{{route=\"{route}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
     }
 }
