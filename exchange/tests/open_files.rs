@@ -48,24 +48,7 @@ fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<Strin
 /// listen, and returns its log up to then and its open-file limits, then stops it.
 fn start_under(ulimit: &str) -> (Vec<String>, (Option<u64>, Option<u64>)) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = TestConfig::new();
-    let path = dir.path().join("pingpost.toml");
-    std::fs::write(&path, cfg.toml(&dir.path().join("ledger"))).expect("config written");
-    // `sh` sets the limit, then becomes the binary (same pid, limits inherited).
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(r#"ulimit {ulimit} && exec "$0" "$@""#))
-        .arg(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&path)
-        .envs(cfg.env_vars())
-        .env("RUST_LOG", "pingpost=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sh starts");
-    let rx = log_lines(&mut child);
+    let (mut child, rx) = start_on_test_config(dir.path(), Some(ulimit), Stdio::null());
     let mut log = Vec::new();
     let listening = loop {
         match rx.recv_timeout(START_WAIT_MAX) {
@@ -228,21 +211,7 @@ fn a_start_under_too_few_files_or_too_little_address_space_is_refused() {
 #[test]
 fn a_stop_that_gets_no_thread_runs_on_the_main_one() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = TestConfig::new();
-    let path = dir.path().join("pingpost.toml");
-    let ledger = dir.path().join("ledger");
-    std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&path)
-        .envs(cfg.env_vars())
-        .env("RUST_LOG", "pingpost=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pingpost starts");
-    let rx = log_lines(&mut child);
+    let (mut child, rx) = start_on_test_config(dir.path(), None, Stdio::piped());
     let mut log = Vec::new();
     while let Ok(line) = rx.recv_timeout(START_WAIT_MAX) {
         let done = line.contains("pingpost listening");
@@ -256,13 +225,7 @@ fn a_stop_that_gets_no_thread_runs_on_the_main_one() {
         "{log:#?}"
     );
     // Its address space now, and 1 MiB more: no thread stack (2 MiB) fits.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let vm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmSize");
-    let bytes = (vm_kib + 1_024) * 1_024;
+    let bytes = (vm_size_kib(child.id()) + 1_024) * 1_024;
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
     rustix::process::prlimit(
         Some(pid),
@@ -309,6 +272,52 @@ fn a_stop_that_gets_no_thread_runs_on_the_main_one() {
         "{log:#?}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The binary started on the test configuration (its ledger in `dir`), logging at
+/// `info`, under `ulimit` (its `sh` arguments) if given, and its stdout's lines.
+fn start_on_test_config(
+    dir: &std::path::Path,
+    ulimit: Option<&str>,
+    stderr: Stdio,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let cfg = TestConfig::new();
+    let path = dir.join("pingpost.toml");
+    std::fs::write(&path, cfg.toml(&dir.join("ledger"))).expect("config written");
+    let bin = env!("CARGO_BIN_EXE_pingpost");
+    let mut command = match ulimit {
+        // `sh` sets the limit, then becomes the binary (same pid, limits inherited).
+        Some(ulimit) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!(r#"ulimit {ulimit} && exec "$0" "$@""#))
+                .arg(bin);
+            sh
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
+        .arg("--config")
+        .arg(&path)
+        .envs(cfg.env_vars())
+        .env("RUST_LOG", "pingpost=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("pingpost starts");
+    let rx = log_lines(&mut child);
+    (child, rx)
+}
+
+/// Process `pid`'s address space now (`VmSize`), KiB.
+fn vm_size_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize")
 }
 
 /// `pingpost --check-config --config path` with `cfg`'s environment: it must pass
@@ -455,21 +464,7 @@ fn check_config_warns_of_a_ledger_a_start_would_refuse() {
 #[test]
 fn a_reload_that_gets_no_thread_is_refused_and_the_next_one_applies() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = TestConfig::new();
-    let path = dir.path().join("pingpost.toml");
-    let ledger = dir.path().join("ledger");
-    std::fs::write(&path, cfg.toml(&ledger)).expect("config written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pingpost"))
-        .arg("--config")
-        .arg(&path)
-        .envs(cfg.env_vars())
-        .env("RUST_LOG", "pingpost=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pingpost starts");
-    let rx = log_lines(&mut child);
+    let (mut child, rx) = start_on_test_config(dir.path(), None, Stdio::piped());
     let mut log = Vec::new();
     // Bounded in lines too: with no thread, the key keeper's check fails in the log
     // every 2 s, so the log never goes quiet.
@@ -514,12 +509,7 @@ fn a_reload_that_gets_no_thread_is_refused_and_the_next_one_applies() {
             .success());
     };
     // Its address space now, and 1 MiB more (the soft limit only): no thread stack fits.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let vm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmSize");
+    let vm_kib = vm_size_kib(child.id());
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
     let hard = rustix::process::getrlimit(rustix::process::Resource::As).maximum;
     let limit = |current: Option<u64>| {

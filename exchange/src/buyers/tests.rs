@@ -180,11 +180,16 @@ fn passed() -> PingResult {
 }
 
 async fn ping(client: &BuyerClient, url: &str) -> PingResult {
+    ping_over(client, url, HttpVersion::Http1).await
+}
+
+/// A ping to `url` over `http`.
+async fn ping_over(client: &BuyerClient, url: &str, http: HttpVersion) -> PingResult {
     let secret = Secret::new("test-secret").unwrap();
     let to = Endpoint {
         url,
         target: None,
-        http: HttpVersion::Http1,
+        http,
         secret: &secret,
         secret_next: None,
     };
@@ -632,18 +637,8 @@ async fn an_http2_call_reset_after_its_answer_s_head_retires_the_connection() {
     })
     .await;
     let client = BuyerClient::new();
-    let secret = Secret::new("test-secret").unwrap();
-    let to = Endpoint {
-        url: &url,
-        target: None,
-        http: HttpVersion::Http2,
-        secret: &secret,
-        secret_next: None,
-    };
     for call in 1..=3 {
-        let r = client
-            .call::<Ping>(to, "au_1.1", 1_790_000_000, Bytes::from_static(b"{}"))
-            .await;
+        let r = ping_over(&client, &url, HttpVersion::Http2).await;
         assert_eq!(r, CallResult::Failed(CallError::Transport));
         assert_eq!(accepted.load(Ordering::SeqCst), call, "call {call}");
     }

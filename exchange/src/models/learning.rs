@@ -186,16 +186,14 @@ pub async fn off_the_auction_path<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, OffPathError> {
     static LOADER: std::sync::Mutex<Option<Loader>> = std::sync::Mutex::new(None);
-    let Some(loader) = loader_in(&LOADER, || {
-        Loader::start(LOADER_QUEUE_MAX, "pingpost-loader", true)
-    }) else {
-        tracing::error!(
-            job = what,
-            "the loading thread did not start (no thread could be made); the next job tries again"
-        );
-        return Err(OffPathError::Failed);
-    };
-    loader.run(what, f).await
+    run_on(
+        &LOADER,
+        ("pingpost-loader", true),
+        "the loading thread did not start (no thread could be made); the next job tries again",
+        what,
+        f,
+    )
+    .await
 }
 
 /// Runs a configuration reload (`f`: reading and checking the file blocks) on the
@@ -211,16 +209,31 @@ pub async fn on_the_reload_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, OffPathError> {
     static RELOADER: std::sync::Mutex<Option<Loader>> = std::sync::Mutex::new(None);
-    let Some(reloader) = loader_in(&RELOADER, || {
-        Loader::start(LOADER_QUEUE_MAX, "pingpost-reload", false)
-    }) else {
-        tracing::error!(
-            job = what,
-            "the reload thread did not start (no thread could be made); nothing was reloaded, the next reload tries again"
-        );
+    run_on(
+        &RELOADER,
+        ("pingpost-reload", false),
+        "the reload thread did not start (no thread could be made); nothing was reloaded, the next reload tries again",
+        what,
+        f,
+    )
+    .await
+}
+
+/// Runs `f` on the [`Loader`] in `slot`, started as `(name, idle)` when there is none
+/// (see [`loader_in`]); `not_started` is logged, and `Failed` returned, when it could not
+/// start.
+async fn run_on<T: Send + 'static>(
+    slot: &std::sync::Mutex<Option<Loader>>,
+    (name, idle): (&str, bool),
+    not_started: &str,
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, OffPathError> {
+    let Some(loader) = loader_in(slot, || Loader::start(LOADER_QUEUE_MAX, name, idle)) else {
+        tracing::error!(job = what, "{not_started}");
         return Err(OffPathError::Failed);
     };
-    reloader.run(what, f).await
+    loader.run(what, f).await
 }
 
 /// The loader in `slot`, started by `start` when there is none yet: a start that failed
