@@ -99,8 +99,27 @@ pub struct PostMessage {
 fn parse_message<T: DeserializeOwned>(buf: &mut [u8]) -> Result<T, String> {
     check_depth(buf, EXCHANGE_MESSAGE_DEPTH_MAX).map_err(|e| format!("body: {e}"))?;
     check_surrogates(buf).map_err(|e| e.to_string())?;
+    // serde would take a struct from an array too (`[]` was "invalid length 0, expected
+    // struct PingMessage with 6 elements": black-box round 231c).
+    if let Some(first) = buf.iter().find(|b| !b.is_ascii_whitespace()) {
+        if matches!(
+            *first,
+            b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+        ) {
+            return Err("body: must be a JSON object".into());
+        }
+    }
     use simd_json::ErrorType as T;
     simd_json::serde::from_slice(buf).map_err(|e| match e.error() {
+        // A name given twice, in the words the exchange uses for its own inputs.
+        T::Serde(m) if m.starts_with("duplicate field `") => {
+            let name = m["duplicate field `".len()..].trim_end_matches('`');
+            format!("body: {}", crate::json::duplicate_name_text(name))
+        }
+        // An array where a message's object belongs (serde reads structs from arrays).
+        T::Serde(m) if m.contains("expected struct") => {
+            "body: a field has a value of the wrong type for this message".to_string()
+        }
         // A field missing or unknown: serde's words, with any quoted value taken out (a
         // post's lead holds PII).
         T::Serde(m) => format!("body: {}", unquoted(m)),
@@ -652,6 +671,48 @@ mod tests {
         assert!(!e.contains("8175551463"), "{e}");
         let e = err(r#"{"auction_id": 7}"#);
         assert!(e.starts_with("body: ") && !e.contains("Serde"), "{e}");
+    }
+
+    /// Black-box round 231c: a ping of `[]` was refused in serde's words ("invalid length
+    /// 0, expected struct PingMessage with 6 elements"), a name given twice as "duplicate
+    /// field `auction_id`"; an array of the right length was even read as a ping.
+    #[test]
+    fn a_message_not_an_object_or_with_a_name_twice_is_refused_in_the_exchanges_words() {
+        let ping = |body: &str| PingMessage::from_json(&mut body.as_bytes().to_vec());
+        let post = |body: &str| PostMessage::from_json(&mut body.as_bytes().to_vec());
+        for body in [
+            "[]",
+            r#"["au_1","auto",{},null,50,false]"#,
+            " \n\"x\"",
+            "7",
+            "true",
+            "null",
+        ] {
+            assert_eq!(
+                ping(body).unwrap_err(),
+                "body: must be a JSON object",
+                "{body}"
+            );
+            assert_eq!(
+                post(body).unwrap_err(),
+                "body: must be a JSON object",
+                "{body}"
+            );
+        }
+        assert_eq!(
+            ping(r#"{"auction_id":"au_1","auction_id":"au_2","vertical":"auto","lead":{},"tmax_ms":50}"#)
+                .unwrap_err(),
+            r#"body: the name "auction_id" appears more than once in one object"#
+        );
+        let e =
+            ping(r#"{"auction_id":"au_1","vertical":"auto","lead":[],"tmax_ms":50}"#).unwrap_err();
+        assert!(
+            e.starts_with("body: ") && !e.contains("expected struct"),
+            "{e}"
+        );
+        assert!(ping(r#" {"auction_id":"au_1","vertical":"auto","lead":{},"tmax_ms":50}"#).is_ok());
+        // Not JSON at all: still the parser's own words.
+        assert!(ping("x").unwrap_err().starts_with("malformed JSON"));
     }
 
     /// Black-box round 13: a `bid_id` (written to the ledger, posted back) carried a

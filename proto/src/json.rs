@@ -229,6 +229,11 @@ fn repeated_name<'a>(names: impl Iterator<Item = &'a str>, len: usize) -> Option
     adjacent(&mut names.collect::<Vec<_>>())
 }
 
+/// The words for a name given twice in one object, as every refusal of one says them.
+pub fn duplicate_name_text(name: &str) -> String {
+    duplicate(name).to_string()
+}
+
 fn duplicate(name: &str) -> DuplicateName {
     DuplicateName {
         name: name

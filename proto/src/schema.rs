@@ -320,7 +320,11 @@ fn check_value(kind: &FieldKind, v: &OwnedValue) -> Result<FieldValue, String> {
                 _ => return Err("must be a number".into()),
             };
             if !f.is_finite() || f < *min || f > *max {
-                return Err(format!("must be between {min} and {max}"));
+                return Err(format!(
+                    "must be between {} and {}",
+                    shown_bound(*min),
+                    shown_bound(*max)
+                ));
             }
             Ok(FieldValue::Num(f))
         }
@@ -462,6 +466,18 @@ fn is_date(s: &str) -> bool {
         _ => return false,
     };
     (1900..=2200).contains(&y) && d >= 1 && d <= days
+}
+
+/// A number bound as a person reads it: plain decimals for the everyday range, and
+/// scientific notation past it (black-box round 231c: a bound of `1e300` was written out
+/// as a 301-digit decimal in the error message).
+fn shown_bound(f: f64) -> String {
+    let a = f.abs();
+    if a != 0.0 && !(1e-6..1e16).contains(&a) {
+        format!("{f:e}")
+    } else {
+        f.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -879,6 +895,47 @@ pub(crate) mod tests {
             assert_eq!(err.problems[0].field, "lead.age", "{age}");
             assert_eq!(err.problems[0].problem, problem, "{age}");
         }
+    }
+
+    /// A number field's bounds are said as a person reads them: plain within the everyday
+    /// range, in scientific notation past it (black-box round 231c: `1e300` was written
+    /// out as 301 digits).
+    #[test]
+    fn a_number_out_of_range_says_its_bounds_readably() {
+        let schema = |min: f64, max: f64| VerticalSchema {
+            fields: vec![FieldSpec {
+                name: "score".into(),
+                kind: FieldKind::Number { min, max },
+                required: true,
+                ping: true,
+                pii: false,
+            }],
+        };
+        for (min, max, value, problem) in [
+            (-1e300, 1e300, "1e301", "must be between -1e300 and 1e300"),
+            (
+                -1e300,
+                1e300,
+                "-1.7e308",
+                "must be between -1e300 and 1e300",
+            ),
+            (0.0, 1.5e20, "2e20", "must be between 0 and 1.5e20"),
+            (1e-9, 0.5, "0.75", "must be between 1e-9 and 0.5"),
+            (-2.5, 100.25, "100.5", "must be between -2.5 and 100.25"),
+            (0.0, 1e15, "1e16", "must be between 0 and 1000000000000000"),
+        ] {
+            let err = schema(min, max)
+                .validate(
+                    &parse(&format!(r#"{{"score":{value}}}"#)),
+                    LeadMode::Ping,
+                    "lead",
+                )
+                .unwrap_err();
+            assert_eq!(pairs(&err), [("lead.score", problem)], "{value}");
+        }
+        assert!(schema(-1e300, 1e300)
+            .validate(&parse(r#"{"score":1e299}"#), LeadMode::Ping, "lead")
+            .is_ok());
     }
 
     #[test]
