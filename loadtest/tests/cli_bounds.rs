@@ -58,6 +58,12 @@ fn bad_bounds_are_refused_before_anything_starts() {
             &["--configured", "0"][..],
             "--configured 0: must be at least 1",
         ),
+        // Black-box round 232b: a leg could wait minutes for the host's TIME_WAIT
+        // sockets, with no way to bound the wait.
+        (
+            &["--time-wait-wait-s", "601"][..],
+            "--time-wait-wait-s 601: at most 600 (0 starts each leg at once)",
+        ),
         (&["--buyers", "1025"][..], "--buyers 1025: at most 1024"),
         (&["--buyers", "100000"][..], "--buyers 100000: at most 1024"),
         // Black-box round 84a: infinity was "not above 0"; buyers slower than their
@@ -210,15 +216,15 @@ fn bad_bounds_are_refused_before_anything_starts() {
         // Black-box round 84a: a negative integer was "invalid digit found in string".
         (
             &["--buyers", "-3"][..],
-            "invalid value '-3' for '--buyers <BUYERS>': must be a whole number, 0 or more",
+            "invalid value '-3' for '--buyers <BUYERS>': must be a whole number, not negative",
         ),
         (
             &["--configured", "10,-5"][..],
-            "invalid value '-5' for '--configured <CONFIGURED>': must be a whole number, 0 or more",
+            "invalid value '-5' for '--configured <CONFIGURED>': must be a whole number, not negative",
         ),
         (
             &["--timeout-ms", "-1"][..],
-            "invalid value '-1' for '--timeout-ms <TIMEOUT_MS>': must be a whole number, 0 or more",
+            "invalid value '-1' for '--timeout-ms <TIMEOUT_MS>': must be a whole number, not negative",
         ),
         (
             &["--repeat", "x"][..],

@@ -233,3 +233,41 @@ fn executable(path: &std::path::Path, script: &str) {
     std::fs::write(path, script).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// A process the exchange started and left behind when it ended is stopped with it
+/// (black-box round 232b: an `--exchange-bin` script that ran `sleep` was stopped as the
+/// exchange, and its `sleep` kept running with loadtest's variables, under pid 1).
+#[test]
+fn what_the_exchange_started_and_left_running_is_stopped_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("helper.pid");
+    // An "exchange" that starts a helper (alive 30 s at most) and exits at once.
+    let fake = dir.path().join("fake-exchange");
+    executable(
+        &fake,
+        &format!(
+            "#!/bin/sh\nsleep 30 >/dev/null 2>&1 &\necho $! > '{}'\nexit 1\n",
+            pid_file.display()
+        ),
+    );
+    let out = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let pid = std::fs::read_to_string(&pid_file).expect("the exchange started its helper");
+    let pid = pid.trim();
+    let alive = std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    if alive {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    assert!(!alive, "the helper (pid {pid}) still runs\n{stderr}");
+    assert!(
+        stderr.contains("were still running after it ended") && stderr.contains(pid),
+        "{stderr}"
+    );
+}

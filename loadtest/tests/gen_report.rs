@@ -240,11 +240,13 @@ async fn the_rate_holds() {
     )
     .await
     .unwrap();
-    // Once a second: at 1.25 s (whole seconds from the measured phase's start).
+    // Once a second on whole seconds from the measured phase's start, that start
+    // included: at 0.25 s and 1.25 s.
     let lines = lines.into_inner().unwrap();
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("rate:    0.2 s"), "{lines:?}");
     assert!(
-        lines[0].starts_with("rate:") && lines[0].contains("p99"),
+        lines[1].starts_with("rate:    1.2 s") && lines[1].contains("p99"),
         "{lines:?}"
     );
     assert!(r.errors.is_empty(), "{:?}", r.errors);

@@ -146,8 +146,21 @@ fn options_are_bounded() {
         ..opts()
     };
     let e = bad.validate(6).unwrap_err();
+    for what in ["--leads-per-day", "--drift-buyer", "--explore-share"] {
+        assert!(e.contains(what), "{what} in {e}");
+    }
+    // Bounds that follow from the held-out leads' count are said only once it is right
+    // (black-box round 232b: `--leads-per-day 0` was told of options it had not given).
+    for what in ["--drift-at-lead", "--window"] {
+        assert!(!e.contains(what), "{what} in {e}");
+    }
+    let e = MarketOpts {
+        leads_per_day: 1,
+        ..bad
+    }
+    .validate(6)
+    .unwrap_err();
     for what in [
-        "--leads-per-day",
         "--drift-at-lead",
         "--drift-buyer",
         "--window",

@@ -229,8 +229,10 @@ impl<'a> Recorder<'a> {
         self.start = start;
         self.measure_start = start + Duration::from_secs_f64(warmup_s);
         // Ticks fall on whole seconds before and after the measured phase's start, so
-        // measured windows line up with it.
-        let whole = Duration::from_secs(warmup_s.floor() as u64);
+        // measured windows line up with it, and one falls on that start itself when
+        // there is a warm-up, a fractional one included (`p8-post` reads the exchange's
+        // histogram then).
+        let whole = Duration::from_secs(warmup_s.ceil() as u64);
         self.next_tick = self.measure_start - whole + Duration::from_secs(1);
     }
 
@@ -537,5 +539,34 @@ mod tests {
         }
         assert_eq!(m.len(), OUTCOME_KEYS_MAX + 1);
         assert_eq!(m["other"], 10);
+    }
+
+    /// A progress tick falls on the measured phase's start whenever there is a warm-up,
+    /// a fractional one too (`p8-post` reads the exchange's histogram on it: black-box
+    /// round 232b), and the first tick comes within a second of the start.
+    #[test]
+    fn a_tick_falls_on_the_start_of_the_measured_phase() {
+        for (warmup_s, want) in [
+            (2.0, vec![1.0, 2.0, 3.0, 4.0]),
+            (2.5, vec![0.5, 1.5, 2.5, 3.5]),
+            (0.5, vec![0.5, 1.5, 2.5, 3.5]),
+            (0.0, vec![1.0, 2.0, 3.0, 4.0]),
+        ] {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let progress = |p: &Progress| seen.lock().unwrap().push(p.elapsed_s);
+            let mut rec = Recorder::new("t", Some(&progress), None).unwrap();
+            let start = Instant::now();
+            rec.start(start, warmup_s);
+            rec.advance_ticks(start + Duration::from_millis(4_100), 0);
+            drop(rec);
+            let seen = seen.into_inner().unwrap();
+            assert_eq!(seen, want, "warm-up {warmup_s} s");
+            if warmup_s > 0.0 {
+                assert!(
+                    seen.iter().any(|t| (t - warmup_s).abs() < 1e-9),
+                    "{warmup_s}"
+                );
+            }
+        }
     }
 }

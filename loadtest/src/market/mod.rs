@@ -147,7 +147,11 @@ impl MarketOpts {
         if total > LEADS_MAX {
             p.push(format!("{total} leads in all: at most {LEADS_MAX}"));
         }
-        if let Some(d) = self.drift_at_lead {
+        // The held-out leads' bounds, only once their count is right (black-box round
+        // 232b: `--leads-per-day 0` was also told of a --drift-at-lead and a --window it
+        // had not been given).
+        let sized = p.is_empty();
+        if let Some(d) = self.drift_at_lead.filter(|_| sized) {
             if d >= self.test_leads() {
                 p.push(format!(
                     "--drift-at-lead {d} must be within the {} held-out leads",
@@ -161,7 +165,7 @@ impl MarketOpts {
                 self.drift_buyer
             ));
         }
-        if self.window < 10 || self.window as u64 > self.test_leads().max(10) {
+        if sized && (self.window < 10 || self.window as u64 > self.test_leads().max(10)) {
             p.push(format!(
                 "--window {} must be 10..=held-out leads",
                 self.window

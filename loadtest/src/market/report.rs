@@ -38,6 +38,10 @@ pub struct Target {
     pub value: Option<f64>,
     /// `None`: not measured in this run.
     pub met: Option<bool>,
+    /// Decimals the table shows the value with (0 for a count of leads: black-box round
+    /// 232b saw `187.000`).
+    #[serde(skip)]
+    pub digits: usize,
 }
 
 /// One leg's result.
@@ -159,12 +163,14 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
             goal: format!(">= {TARGET_EV_OVER_PRICE}"),
             value: ev_over_price,
             met: met(ev_over_price, TARGET_EV_OVER_PRICE),
+            digits: 3,
         },
         Target {
             name: "EV / oracle realized revenue per lead".into(),
             goal: format!(">= {TARGET_EV_OVER_ORACLE}"),
             value: ev_over_oracle,
             met: met(ev_over_oracle, TARGET_EV_OVER_ORACLE),
+            digits: 3,
         },
     ];
     if let Some(r) = &rec {
@@ -173,6 +179,7 @@ pub fn build(o: &MarketOpts, world: &World, run: &MarketRun) -> MarketReport {
             goal: "reached within the run".into(),
             value: r.recovered_after_leads.map(|x| x as f64),
             met: Some(r.recovered_after_leads.is_some()),
+            digits: 0,
         });
     }
     let test = o.learn_leads()..o.learn_leads() + o.test_leads();
@@ -329,7 +336,7 @@ pub fn markdown(r: &MarketReport) -> String {
             "| {} | {} | {} | {} |",
             t.name,
             t.goal,
-            fmt_opt(t.value, 3),
+            fmt_opt(t.value, t.digits),
             verdict(t.met)
         );
     }

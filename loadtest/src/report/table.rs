@@ -100,7 +100,7 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
         .unwrap_or(26);
     let _ = writeln!(
         s,
-        "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  errors",
+        "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11}  errors",
         "target",
         "p50 ms",
         "p90 ms",
@@ -108,8 +108,8 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
         "p99.9 ms",
         "max ms",
         "rate/s",
-        "cpu/auc",
-        "cpu/ping"
+        "cpu/auc µs",
+        "cpu/ping µs"
     );
     let row = |s: &mut String,
                label: &str,
@@ -128,7 +128,7 @@ pub fn print_table(r: &ScenarioReport, out: &mut impl Write) -> std::io::Result<
         };
         let _ = writeln!(
             s,
-            "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  {}",
+            "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11}  {}",
             label,
             pct(p.p50_us),
             pct(p.p90_us),

@@ -51,9 +51,17 @@ pub(crate) struct RunArgs {
     /// p99, p99.9, errors and CPU per buyer ping (a collapsed one marked).
     #[arg(long, allow_negative_numbers = true, value_parser = whole_usize, default_value_t = 1)]
     pub(crate) repeat: usize,
-    /// Seconds measured per run (after warm-up).
+    /// Seconds measured per run (after warm-up; each leg may first wait for the host's
+    /// sockets in TIME_WAIT: --time-wait-wait-s).
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) duration_s: Option<f64>,
+    /// Before each leg, the most seconds to wait until fewer than 1,000 sockets on this
+    /// host are in TIME_WAIT (any process's, whatever their ports: each new connection's
+    /// search for a local port walks them, and a leg started among tens of thousands
+    /// measures that); 0 starts at once. At most 600. A wait, and a start among many, is
+    /// said on stderr and noted in the report.
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_u64, default_value_t = 65)]
+    pub(crate) time_wait_wait_s: u64,
     /// Warm-up seconds per run (not measured).
     #[arg(long, allow_negative_numbers = true, default_value_t = 2.0)]
     pub(crate) warmup_s: f64,
@@ -189,11 +197,14 @@ pub(crate) fn whole_u64(text: &str) -> Result<u64, String> {
     match t.parse::<u64>() {
         Ok(n) => Ok(n),
         Err(_) if t.starts_with('-') && t[1..].bytes().all(|b| b.is_ascii_digit()) => {
-            Err("must be a whole number, 0 or more".into())
+            Err("must be a whole number, not negative".into())
         }
         Err(_) => Err("not a whole number".into()),
     }
 }
+
+/// The most `--time-wait-wait-s` takes.
+pub(crate) const TIME_WAIT_WAIT_S_MAX: u64 = 600;
 
 /// [`whole_u64`] for a count.
 pub(crate) fn whole_usize(text: &str) -> Result<usize, String> {
@@ -270,6 +281,12 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = args.duration_s {
         positive("--duration-s", d)?;
+    }
+    if args.time_wait_wait_s > TIME_WAIT_WAIT_S_MAX {
+        bail!(
+            "--time-wait-wait-s {}: at most {TIME_WAIT_WAIT_S_MAX} (0 starts each leg at once)",
+            args.time_wait_wait_s
+        );
     }
     if !(args.warmup_s.is_finite() && args.warmup_s >= 0.0) {
         bail!("--warmup-s {}: must be 0 or more", args.warmup_s);

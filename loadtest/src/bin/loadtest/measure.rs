@@ -50,28 +50,51 @@ pub(crate) const TIME_WAIT_QUIET: u64 = 1_000;
 /// The longest a leg waits for them (Linux keeps a socket in `TIME_WAIT` for 60 s).
 pub(crate) const TIME_WAIT_WAIT_MAX_S: u64 = 65;
 
-/// Waits (at most [`TIME_WAIT_WAIT_MAX_S`]) until fewer than [`TIME_WAIT_QUIET`] sockets
+/// How long each leg waits at most for the host's `TIME_WAIT` sockets
+/// (`--time-wait-wait-s`, set once before the scenario runs).
+pub(crate) static TIME_WAIT_WAIT_S: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(TIME_WAIT_WAIT_MAX_S);
+
+/// Waits (at most [`TIME_WAIT_WAIT_S`]) until fewer than [`TIME_WAIT_QUIET`] sockets
 /// are in `TIME_WAIT`. Tens of thousands of them (left by a test suite, or by any client
 /// that closes connections normally) make every new connection search the local port
-/// range, and a leg started among them measures that rather than its target.
-pub(crate) async fn wait_for_free_ports(which: &str) {
+/// range, and a leg started among them measures that rather than its target. Returns a
+/// note for the report when it waited, or started with more than [`TIME_WAIT_QUIET`].
+pub(crate) async fn wait_for_free_ports(which: &str) -> Option<String> {
+    let max_s = TIME_WAIT_WAIT_S.load(std::sync::atomic::Ordering::Relaxed);
     let start = tokio::time::Instant::now();
-    let mut told = false;
+    let mut first: Option<u64> = None;
     while let Ok(n) = report::time_wait_sockets(None) {
-        if n < TIME_WAIT_QUIET || start.elapsed() >= Duration::from_secs(TIME_WAIT_WAIT_MAX_S) {
-            if told {
+        let waited = start.elapsed();
+        if n < TIME_WAIT_QUIET || waited >= Duration::from_secs(max_s) {
+            let first = first?;
+            if max_s > 0 {
                 eprintln!("{which}: {n} sockets in TIME_WAIT now; starting");
             }
-            return;
+            return Some(if n < TIME_WAIT_QUIET {
+                format!(
+                    "{which}: waited {:.0} s before its leg for the host's sockets in TIME_WAIT ({first} then {n}; --time-wait-wait-s)",
+                    waited.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "{which}: its leg started with {n} sockets in TIME_WAIT on the host (more than {TIME_WAIT_QUIET}; after {:.0} s of --time-wait-wait-s {max_s}): new connections searched the local port range among them",
+                    waited.as_secs_f64()
+                )
+            });
         }
-        if !told {
+        if first.is_none() {
+            first = Some(n);
+            if max_s == 0 {
+                continue;
+            }
             eprintln!(
-                "{which}: {n} sockets in TIME_WAIT on this host, any process's (at most {TIME_WAIT_QUIET} wanted: each new connection's search for a local port walks them, whatever their ports): waiting up to {TIME_WAIT_WAIT_MAX_S} s for them to expire"
+                "{which}: {n} sockets in TIME_WAIT on this host, any process's (at most {TIME_WAIT_QUIET} wanted: each new connection's search for a local port walks them, whatever their ports): waiting up to {max_s} s for them to expire (--time-wait-wait-s)"
             );
-            told = true;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    None
 }
 
 /// Notes, once per run, that a target under `--wrap` is not measured: no process of the
@@ -92,6 +115,19 @@ pub(crate) async fn measure(
     which: &str,
     plan: &LoadPlan,
     notes: &mut Vec<String>,
+) -> anyhow::Result<(RunResult, Option<f64>)> {
+    measure_with(rig, which, plan, notes, None).await
+}
+
+/// [`measure`], calling `at_measured` once when the warm-up ends and the measured phase
+/// begins (from the generator's one-second tick that falls on that instant; never with
+/// no warm-up, nor when the run ends before it).
+pub(crate) async fn measure_with(
+    rig: &Rig,
+    which: &str,
+    plan: &LoadPlan,
+    notes: &mut Vec<String>,
+    at_measured: Option<&(dyn Fn() + Sync)>,
 ) -> anyhow::Result<(RunResult, Option<f64>)> {
     let (target, pid) = match which {
         "direct" => (
@@ -126,13 +162,25 @@ pub(crate) async fn measure(
         }
         other => bail!("unknown target {other}"),
     };
-    wait_for_free_ports(which).await;
+    if let Some(note) = wait_for_free_ports(which).await {
+        notes.push(note);
+    }
     let cpu0 = pid.and_then(|p| report::live_sample(p, 0.0));
     // When the target was first seen ended, seconds into the run (checked once a second).
     // Already ended when its run begins (killed during an earlier leg): 0.
     let exited_at =
         std::sync::Mutex::new(pid.filter(|p| loadtest::children::ended(*p)).map(|_| 0.0));
+    let measuring = std::sync::atomic::AtomicBool::new(false);
     let progress = |p: &gen::Progress| {
+        if let Some(hook) = at_measured {
+            // The ticks fall on the measured phase's start (gen's `Recorder::start`).
+            if plan.warmup_s > 0.0
+                && p.elapsed_s >= plan.warmup_s - 1e-6
+                && !measuring.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                hook();
+            }
+        }
         if pid.is_some_and(loadtest::children::ended) {
             if let Ok(mut at) = exited_at.lock() {
                 at.get_or_insert(p.elapsed_s);

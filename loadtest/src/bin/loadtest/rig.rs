@@ -166,7 +166,31 @@ impl ChildGuard {
     pub(crate) fn stop(&mut self) -> Option<String> {
         let out = self.stop_child();
         self.stop_target(loadtest::children::STOP_GRACE);
+        self.stop_left_behind(loadtest::children::STOP_GRACE);
         out
+    }
+
+    /// Stops what the process started and left running once it is gone: every process
+    /// still carrying its orphan guard's mark, which its environment passed on
+    /// (black-box round 232b: an `--exchange-bin` script that ran `sleep` was stopped,
+    /// and its `sleep` kept running with loadtest's variables).
+    fn stop_left_behind(&self, grace: Duration) {
+        let Some((var, value)) = self._orphan_guard.as_ref().and_then(|g| g.mark()) else {
+            return;
+        };
+        let left: Vec<u32> = loadtest::children::all_marked(var, &value)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        if !left.is_empty() {
+            eprintln!(
+                "loadtest: {} process(es) that the {} started were still running after it ended (pid {}); stopping them",
+                left.len(),
+                self.name,
+                left.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            );
+            loadtest::children::stop(&left, grace);
+        }
     }
 
     fn stop_child(&mut self) -> Option<String> {
@@ -206,6 +230,7 @@ impl Drop for ChildGuard {
             let _ = self.child.wait();
         }
         self.stop_target(Duration::ZERO);
+        self.stop_left_behind(Duration::ZERO);
     }
 }
 

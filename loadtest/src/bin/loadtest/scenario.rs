@@ -21,6 +21,8 @@ use crate::{
 
 pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
     check_args(&args)?;
+    crate::measure::TIME_WAIT_WAIT_S
+        .store(args.time_wait_wait_s, std::sync::atomic::Ordering::Relaxed);
     if args.scenario == Scenario::ManyBuyers {
         // Compared with the direct baseline only: the relay has no configuration to size.
         args.targets.retain(|t| t != "relay");
