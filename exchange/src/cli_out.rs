@@ -202,7 +202,7 @@ pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     };
     if !regular_or_new {
-        return std::fs::write(path, bytes);
+        return write_unbuffered(path, bytes);
     }
     let name = path
         .file_name()
@@ -216,8 +216,85 @@ pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
     written
 }
 
+/// Writes `bytes` to what is not a regular file (`/dev/stdout`, a pipe, a FIFO),
+/// opened without waiting: a FIFO that no process reads is an error at once, not a wait
+/// for a reader that may never come (black-box round 234a: `--html FIFO` hung).
+fn write_unbuffered(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, open, Mode, OFlags};
+    use std::io::Write;
+    let fd = open(
+        path,
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::NXIO {
+            std::io::Error::other("a FIFO that no process reads (start its reader first)")
+        } else {
+            std::io::Error::from(e)
+        }
+    })?;
+    let flags = fcntl_getfl(&fd)?;
+    fcntl_setfl(&fd, flags - OFlags::NONBLOCK)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.flush()
+}
+
+/// Whether `path` names something inside `dir` (both resolved through symbolic links;
+/// a path that does not exist yet by its parent's place).
+pub fn is_inside(path: &std::path::Path, dir: &std::path::Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    let resolved = std::fs::canonicalize(path).ok().or_else(|| {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let name = path.file_name()?;
+        std::fs::canonicalize(parent).ok().map(|p| p.join(name))
+    });
+    resolved.is_some_and(|p| p.starts_with(&dir))
+}
+
 #[cfg(test)]
 mod tests {
+    /// Black-box round 234a: `ledger report --html` could name a file in the ledger
+    /// directory (it overwrote a segment, and the exchange would not start on it), and a
+    /// FIFO with no reader made it wait for ever.
+    #[test]
+    fn inside_a_directory_is_told_through_links_and_a_fifo_without_reader_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger = dir.path().join("ledger");
+        std::fs::create_dir(&ledger).expect("made");
+        std::fs::write(ledger.join("seg-00000001.jsonl"), b"x").expect("written");
+        std::os::unix::fs::symlink(&ledger, dir.path().join("link")).expect("linked");
+        for inside in [
+            ledger.join("seg-00000001.jsonl"),
+            ledger.join("new.html"),
+            dir.path().join("link").join("HEAD"),
+            ledger.join("..").join("ledger").join("x"),
+        ] {
+            assert!(super::is_inside(&inside, &ledger), "{}", inside.display());
+        }
+        for outside in [dir.path().join("page.html"), dir.path().join("ledger2")] {
+            assert!(
+                !super::is_inside(&outside, &ledger),
+                "{}",
+                outside.display()
+            );
+        }
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success());
+        let e = super::write_whole(&fifo, b"page").expect_err("no reader");
+        assert!(e.to_string().contains("no process reads"), "{e}");
+    }
+
     /// Black-box round 148a: a path with terminal escapes, a carriage return and a line
     /// break reached the terminal raw, and a 100,000-character argument made a
     /// 100,000-byte line.

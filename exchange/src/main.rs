@@ -594,6 +594,18 @@ fn finance_command(command: LedgerCommand) -> i32 {
                 }
             }
             if let Some(path) = html {
+                // Never among the ledger's own files (black-box round 234a: `--html
+                // LEDGER/seg-00000001.jsonl` replaced a segment with the page).
+                if pingpost::cli_out::is_inside(&path, &dir) {
+                    return fail(
+                        "report",
+                        format!(
+                            "--html {}: inside the ledger directory {}: the page is never written among the ledger's files; give a path outside it",
+                            pingpost::cli_out::shown_path(&path),
+                            pingpost::cli_out::shown_path(&dir)
+                        ),
+                    );
+                }
                 if let Err(e) =
                     pingpost::cli_out::write_whole(&path, report::html(&reports, &dir).as_bytes())
                 {

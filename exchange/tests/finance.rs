@@ -2214,3 +2214,48 @@ fn a_currency_holding_control_characters_reconciles_and_is_shown() {
         assert!(!shown.lines().any(|l| l.starts_with("SD")), "{shown}");
     }
 }
+
+/// Black-box round 234a: `ledger report --html` naming a file in the ledger directory
+/// (a segment, `HEAD`, a new name there, or the same through a link) replaced it with the
+/// page, exit 0, and the exchange would not start on that ledger. Refused, the ledger
+/// untouched; a page outside it is still written.
+#[test]
+fn the_html_page_is_never_written_among_the_ledgers_files() {
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1]);
+    let dir = tmp.path().to_str().unwrap();
+    let segment = tmp.path().join(pingpost::ledger::segments::segment_name(1));
+    let before = std::fs::read(&segment).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let link = outside.path().join("to-ledger");
+    std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+    for page in [
+        segment.clone(),
+        tmp.path().join("page.html"),
+        link.join(pingpost::ledger::segments::segment_name(1)),
+    ] {
+        let o = run(&[
+            "ledger",
+            "report",
+            "--dir",
+            dir,
+            "--html",
+            page.to_str().unwrap(),
+        ]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{}: {out}", page.display());
+        assert!(out.contains("inside the ledger directory"), "{out}");
+        assert_eq!(std::fs::read(&segment).unwrap(), before);
+        assert!(!tmp.path().join("page.html").exists());
+    }
+    let page = outside.path().join("page.html");
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        dir,
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
+}
