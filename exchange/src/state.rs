@@ -1110,8 +1110,10 @@ impl AppState {
         let (swap_to, decided) = decide(serving, locked);
         let swapped = swap_to.map(|v| match &held {
             Ok(lock) => self.swap_models_locked(vertical, Some(&v), Champion::Held(lock), true),
-            Err(e) => Err(ReloadError::Failed(format!(
-                "could not record the champion, so the serving model stays: {e}"
+            Err(e) => Err(ReloadError::Failed(champion_not_recorded(
+                &rt.config.learning,
+                vertical,
+                &e.to_string(),
             ))),
         });
         (decided, swapped)
@@ -1154,8 +1156,10 @@ impl AppState {
             Champion::Held(lock) => lock.write(&cfg.learning, vertical, version),
         };
         written.map_err(|e| {
-            ReloadError::Failed(format!(
-                "could not record the champion, so the serving model stays: {e}"
+            ReloadError::Failed(champion_not_recorded(
+                &cfg.learning,
+                vertical,
+                &e.to_string(),
             ))
         })?;
         let mut models = old.models.clone();
@@ -1409,8 +1413,48 @@ enum Champion<'a> {
     Held(&'a crate::models::ChampionLock),
 }
 
+/// Why a swap could not record its champion, with the vertical's directory, and what to
+/// do when it is not the exchange's user's to write (black-box round 235b: a `models_dir`
+/// left to root made `POST /admin/models` a bare "Permission denied (os error 13)").
+fn champion_not_recorded(
+    learning: &crate::config::LearningConfig,
+    vertical: &str,
+    e: &str,
+) -> String {
+    let dir = crate::models::vertical_dir(learning, vertical);
+    let hint = if e.contains("os error 13") || e.contains("ermission denied") {
+        ": the exchange's user must be able to write learning.models_dir and its vertical directories (it writes CHAMPION, HISTORY and .lock there)"
+    } else {
+        ""
+    };
+    format!(
+        "could not record the champion in {}, so the serving model stays: {e}{hint}",
+        crate::cli_out::Shown(&dir)
+    )
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// Black-box round 235b: a models directory the exchange's user could not write made
+    /// `POST /admin/models` a bare "Permission denied (os error 13)", naming no path.
+    #[test]
+    fn a_champion_not_recorded_names_its_directory_and_what_to_do() {
+        let learning = crate::config::LearningConfig::default();
+        let denied =
+            super::champion_not_recorded(&learning, "auto", "Permission denied (os error 13)");
+        let dir = crate::models::vertical_dir(&learning, "auto");
+        assert!(
+            denied.starts_with(&format!(
+                "could not record the champion in {}, so the serving model stays: Permission denied",
+                dir.display()
+            )) && denied.contains("must be able to write learning.models_dir"),
+            "{denied}"
+        );
+        let full = super::champion_not_recorded(&learning, "auto", "No space left on device");
+        assert!(!full.contains("must be able to write"), "{full}");
+    }
+
     use super::field_problem;
 
     /// The busy reload's message names the reload thread's real queue bound.

@@ -1046,6 +1046,26 @@ fn a_missing_parent_a_file_and_an_unwritable_directory_are_clear_errors() {
     // /proc refuses new files even to root.
     let e = Ledger::open(Path::new("/proc"), 4096, |_| {}).unwrap_err();
     assert!(e.to_string().contains("is not writable"), "{e}");
+    // Not the exchange's user's: what to do is said (black-box round 235b: a copy
+    // restored by root failed with a bare "Permission denied"); other errors are not
+    // given that advice.
+    let denied = super::writer::ctx(
+        "opening",
+        Path::new("/l/seg-00000001.jsonl"),
+        std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    );
+    assert!(
+        denied.to_string().starts_with("opening /l/seg-00000001.jsonl: permission denied: the exchange's user must own the ledger directory")
+            && denied.to_string().contains("chown -R"),
+        "{denied}"
+    );
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+    let missing = super::writer::ctx(
+        "opening",
+        Path::new("/l/x"),
+        std::io::Error::from(std::io::ErrorKind::NotFound),
+    );
+    assert!(!missing.to_string().contains("chown"), "{missing}");
     // Created when only it is missing.
     let fresh = dir.path().join("fresh");
     drop(Ledger::open(&fresh, 4096, |_| {}).unwrap());

@@ -72,8 +72,23 @@ pub(super) fn open_spare() -> Option<File> {
 pub(super) fn ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
     io::Error::new(
         e.kind(),
-        format!("{what} {}: {e}", crate::cli_out::Shown(path)),
+        format!(
+            "{what} {}: {e}{}",
+            crate::cli_out::Shown(path),
+            permission_hint(&e)
+        ),
     )
+}
+
+/// What to do when the ledger's files are not the exchange's user's (black-box round
+/// 235b: a ledger restored by `root` failed three starts in turn, two of them with a
+/// bare "Permission denied").
+pub(super) fn permission_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        ": the exchange's user must own the ledger directory and every file in it (a copy restored by another user: `chown -R` it to the exchange's user)"
+    } else {
+        ""
+    }
 }
 
 pub(super) fn other(msg: String) -> io::Error {
@@ -141,7 +156,12 @@ pub(super) fn prepare_dir(dir: &Path) -> io::Result<()> {
     let probe = dir.join(".write-probe");
     File::create(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| other(format!("ledger directory {shown} is not writable: {e}")))
+        .map_err(|e| {
+            other(format!(
+                "ledger directory {shown} is not writable: {e}{}",
+                permission_hint(&e)
+            ))
+        })
 }
 
 impl Writer {
