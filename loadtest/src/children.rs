@@ -165,9 +165,15 @@ impl OrphanGuard {
             Ok(exe) if exe.file_name().is_some_and(|n| n == "loadtest") => exe,
             _ => return OrphanGuard(None),
         };
+        // In a process group of its own: a Ctrl-C at the terminal (SIGINT to the whole
+        // foreground group) leaves it to do its work once `loadtest` has exited, stopping
+        // what the exchange left running (black-box round 234a: it died with the rest,
+        // and a process the exchange had started ran on under init).
+        use std::os::unix::process::CommandExt as _;
         let spawned = std::process::Command::new(exe)
             .arg("orphan-guard")
             .args(["--parent", &std::process::id().to_string()])
+            .process_group(0)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

@@ -271,3 +271,48 @@ fn what_the_exchange_started_and_left_running_is_stopped_with_it() {
         "{stderr}"
     );
 }
+
+/// Black-box round 234a: `--out DIR` replaced a real ledger in `DIR/ledger` (62 sales)
+/// with the run's own, without a word. A directory holding a ledger or an
+/// `exchange.toml` loadtest did not make is refused before anything starts; one an
+/// earlier run left (its `exchange.toml` starts with loadtest's header) is reused.
+#[test]
+fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let fake = dir.path().join("fake-exchange");
+    executable(
+        &fake,
+        &format!(
+            "#!/bin/sh\necho started >> '{}'\nexit 1\n",
+            started.display()
+        ),
+    );
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("ledger")).unwrap();
+    std::fs::write(out.join("ledger").join("seg-00000001.jsonl"), b"real\n").unwrap();
+    let o = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds a ledger that loadtest did not make"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("ledger").join("seg-00000001.jsonl")).unwrap(),
+        b"real\n"
+    );
+    assert!(!started.exists(), "the exchange was started");
+    // An earlier run's files: reused (the exchange is started).
+    std::fs::write(
+        out.join("exchange.toml"),
+        format!("{}\n", loadtest::sim::EXCHANGE_CONFIG_HEADER),
+    )
+    .unwrap();
+    let o = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path())
+        .output()
+        .unwrap();
+    assert!(started.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -599,3 +599,82 @@ fn p6_swap_stopped_in_a_later_leg_reports_the_leg_before() {
     );
     assert!(report["extra"]["p6"].is_null(), "{report}");
 }
+
+/// Black-box round 234a: a Ctrl-C at the terminal (SIGINT to the whole foreground process
+/// group) stopped loadtest and its exchange, but a process the exchange had started in the
+/// background (which a shell starts with SIGINT ignored) ran on under init: the orphan
+/// guard, which stops what carries its mark once loadtest has gone, died with the group.
+#[test]
+fn a_ctrl_c_to_the_whole_group_leaves_nothing_the_exchange_started() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let helper = dir.path().join("helper.pid");
+    // An "exchange" that starts a helper in the background and never becomes healthy.
+    let fake = dir.path().join("fake-exchange");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nsleep 60 >/dev/null 2>&1 &\necho $! > '{}'\nexec sleep 30\n",
+            helper.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut lt = loadtest_on(&fake, &dir.path().join("out"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let lt_pid = lt.id();
+    let watchdog = Watchdog::start(move || {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{lt_pid}")])
+            .status();
+    });
+    let mut pid = None;
+    for _ in 0..400 {
+        if let Some(p) = std::fs::read_to_string(&helper)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            pid = Some(p);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let pid = pid.expect("the exchange started its helper");
+    // The terminal's Ctrl-C: SIGINT to every process of the group.
+    let _ = Command::new("kill")
+        .args(["-INT", "--", &format!("-{lt_pid}")])
+        .status();
+    let status = lt.wait().unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    // The guard looks for marked processes for 2 s, then gives them its grace.
+    let mut gone = false;
+    for _ in 0..400 {
+        if !alive() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    if !gone {
+        kill("-KILL", pid);
+    }
+    watchdog.stop();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        gone,
+        "the exchange's helper (pid {pid}) still ran after loadtest's Ctrl-C"
+    );
+}

@@ -577,6 +577,34 @@ async fn start_exchange(
     }
 }
 
+/// Refuses an `--out` directory that holds an `exchange.toml` or a `ledger` loadtest did
+/// not make: a run writes its exchange's configuration there and starts from an empty
+/// ledger there, replacing both (black-box round 234a: `--out DIR` replaced a real
+/// ledger of 62 sales in `DIR/ledger` with the run's own, without a word). loadtest's own
+/// configuration, which an earlier run left, starts with its header.
+fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = out.join("exchange.toml");
+    let ours = std::fs::read(&cfg)
+        .map(|b| b.starts_with(loadtest::sim::EXCHANGE_CONFIG_HEADER.as_bytes()))
+        .unwrap_or(false);
+    if ours {
+        return Ok(());
+    }
+    for (path, what) in [
+        (&cfg, "an exchange.toml"),
+        (&out.join("ledger"), "a ledger"),
+    ] {
+        if path.symlink_metadata().is_ok() {
+            bail!(
+                "--out {}: it holds {what} that loadtest did not make ({}): a run writes its exchange's configuration and ledger there, replacing them; choose another --out, or move it away",
+                out.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One start of the exchange on `listen` (and `admin`), its stderr forwarded to
 /// loadtest's and kept in `said` (its first 64 KiB). On failure, the error and the
 /// exchange's guard if it was started.
@@ -588,6 +616,7 @@ async fn start_exchange_once(
     said: &std::sync::Arc<std::sync::Mutex<String>>,
 ) -> Result<ChildGuard, (anyhow::Error, Option<ChildGuard>)> {
     let before = || -> anyhow::Result<(std::path::PathBuf, Vec<(String, String)>)> {
+        refuse_what_is_not_ours(o.out)?;
         let opts = ExchangeOpts {
             listen,
             ledger_path: o.out.join("ledger"),
