@@ -61,6 +61,14 @@ fn bad_bounds_are_refused_before_anything_starts() {
         // Black-box round 232b: a leg could wait minutes for the host's TIME_WAIT
         // sockets, with no way to bound the wait.
         (
+            &["--warmup-s", "1e300"][..],
+            "--warmup-s 1e300 with --duration-s 10: a run is at most 86400 s",
+        ),
+        (
+            &["--targets", ","][..],
+            "--targets: an empty name; list relay, exchange or direct",
+        ),
+        (
             &["--time-wait-wait-s", "601"][..],
             "--time-wait-wait-s 601: at most 600 (0 starts each leg at once)",
         ),

@@ -62,6 +62,7 @@ pub struct BuyerPost<'a> {
 pub struct PingMessage {
     pub auction_id: String,
     pub vertical: String,
+    #[serde(deserialize_with = "unique_names")]
     pub lead: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub score: Option<u8>,
@@ -83,6 +84,7 @@ pub struct PostMessage {
     pub price: Micros,
     #[serde(default)]
     pub vertical: String,
+    #[serde(deserialize_with = "unique_names")]
     pub lead: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub consent: BTreeMap<String, String>,
@@ -92,6 +94,39 @@ pub struct PostMessage {
     pub tmax_ms: Option<u64>,
     #[serde(default)]
     pub test: bool,
+}
+
+/// A lead's fields, each name once: a name given twice is refused, as the exchange
+/// refuses it in what a seller sends (black-box round 234a: the bidder SDK took the last
+/// of two `state`s, where another reader may take the first).
+fn unique_names<'de, D>(d: D) -> Result<BTreeMap<String, serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Fields;
+    impl<'de> serde::de::Visitor<'de> for Fields {
+        type Value = BTreeMap<String, serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of the lead's fields")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                if out.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate field `{}`",
+                        name.chars().take(64).collect::<String>()
+                    )));
+                }
+                out.insert(name, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Fields)
 }
 
 /// Parses a message from the exchange (buyer side), refusing nesting deeper than
@@ -703,6 +738,17 @@ mod tests {
             ping(r#"{"auction_id":"au_1","auction_id":"au_2","vertical":"auto","lead":{},"tmax_ms":50}"#)
                 .unwrap_err(),
             r#"body: the name "auction_id" appears more than once in one object"#
+        );
+        // Inside the lead too (round 234a: the last of two `state`s was taken).
+        assert_eq!(
+            ping(r#"{"auction_id":"au_1","vertical":"auto","lead":{"state":"TX","state":"CA"},"tmax_ms":50}"#)
+                .unwrap_err(),
+            r#"body: the name "state" appears more than once in one object"#
+        );
+        assert_eq!(
+            post(r#"{"auction_id":"au_1","price":1,"lead":{"phone":"+18175550123","phone":"+18175550199"}}"#)
+                .unwrap_err(),
+            r#"body: the name "phone" appears more than once in one object"#
         );
         let e =
             ping(r#"{"auction_id":"au_1","vertical":"auto","lead":[],"tmax_ms":50}"#).unwrap_err();

@@ -228,12 +228,23 @@ impl RunArgs {
     }
 }
 
+/// A number as a person reads it: plain in the everyday range, in scientific notation
+/// past it (black-box round 234a: `--warmup-s 1e300` was said in 301 digits).
+pub(crate) fn shown(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && a.is_finite() && !(1e-6..1e16).contains(&a) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     let positive = |flag: &str, v: f64| -> anyhow::Result<()> {
         if v.is_finite() && v > 0.0 {
             Ok(())
         } else {
-            bail!("{flag} {v}: must be a finite number above 0")
+            bail!("{flag} {}: must be a finite number above 0", shown(v))
         }
     };
     if args.repeat == 0 {
@@ -289,7 +300,7 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
         );
     }
     if !(args.warmup_s.is_finite() && args.warmup_s >= 0.0) {
-        bail!("--warmup-s {}: must be 0 or more", args.warmup_s);
+        bail!("--warmup-s {}: must be 0 or more", shown(args.warmup_s));
     }
     // The load plan's own bounds, said here (black-box round 96b: they were found only
     // once the processes had started, and the refused run overwrote the last report).
@@ -302,15 +313,17 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     if run_s > RUN_S_MAX {
         bail!(
             "--warmup-s {} with --duration-s {}: a run is at most {RUN_S_MAX} s, warm-up included",
-            args.warmup_s,
-            args.duration_s
-                .unwrap_or_else(|| default_duration_s(args.scenario))
+            shown(args.warmup_s),
+            shown(
+                args.duration_s
+                    .unwrap_or_else(|| default_duration_s(args.scenario))
+            )
         );
     }
     let rate_ok = |flag: &str, r: f64| -> anyhow::Result<()> {
         positive(flag, r)?;
         if r > RATE_PER_S_MAX {
-            bail!("{flag} {r}: at most {RATE_PER_S_MAX}/s");
+            bail!("{flag} {}: at most {RATE_PER_S_MAX}/s", shown(r));
         }
         Ok(())
     };
@@ -364,6 +377,10 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::P6Swap && args.swap_every_ms == Some(0) {
         bail!("--swap-every-ms 0: must be at least 1");
+    }
+    // Black-box round 234a: `--targets ,` was ": is listed twice".
+    if args.targets.iter().any(|t| t.trim().is_empty()) {
+        bail!("--targets: an empty name; list relay, exchange or direct, separated by commas");
     }
     if let Some(t) = args
         .targets
