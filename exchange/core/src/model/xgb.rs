@@ -183,6 +183,27 @@ pub struct XgbModel {
     compact: Option<Compact>,
 }
 
+/// serde's data error in words about JSON rather than this crate's type names: "an array,
+/// where an object belongs" for `invalid length N, expected struct T with …`, "expected
+/// an object" for `expected struct T`; its place (`at line L column C`) kept.
+fn without_type_names(msg: &str) -> String {
+    let (what, place) = match msg.find(" at line ") {
+        Some(i) => msg.split_at(i),
+        None => (msg, ""),
+    };
+    let Some(i) = what.find("expected struct ") else {
+        return msg.to_string();
+    };
+    if what.starts_with("invalid length") {
+        return format!("an array, where an object belongs{place}");
+    }
+    let rest = &what[i + "expected struct ".len()..];
+    let after = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or("", |j| &rest[j..]);
+    format!("{}expected an object{after}{place}", &what[..i])
+}
+
 impl XgbModel {
     /// Parses and validates an XGBoost 1.6.2 JSON model.
     pub fn from_json(bytes: &[u8]) -> Result<XgbModel, ModelError> {
@@ -195,13 +216,20 @@ impl XgbModel {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ModelError::Empty);
         }
+        // serde takes a struct from an array too, and names its own types (black-box
+        // round 234a: `[]` was "invalid length 0, expected struct File with 1 element").
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ModelError::Shape(
+                "an array, where the model's JSON object belongs".into(),
+            ));
+        }
         let file: File = serde_json::from_slice(bytes).map_err(|e| {
             use serde_json::error::Category;
             let msg = super::shorten_quotes(&e.to_string());
             match e.classify() {
                 Category::Eof => ModelError::Truncated(msg),
                 Category::Syntax | Category::Io => ModelError::NotJson(msg),
-                Category::Data => ModelError::Shape(msg),
+                Category::Data => ModelError::Shape(without_type_names(&msg)),
             }
         })?;
         build(file.learner)

@@ -227,7 +227,24 @@ fn refuses_wrong_top_level_shape() {
     ] {
         let e = err(s);
         assert!(matches!(e, ModelError::Shape(_)), "{s}: {e}");
+        // In words about JSON, not this crate's type names (black-box round 234a: `[]`
+        // was "invalid length 0, expected struct File with 1 element").
+        let said = e.to_string();
+        assert!(
+            !said.contains("struct") && !said.contains("File"),
+            "{s}: {said}"
+        );
     }
+    assert!(err("[]")
+        .to_string()
+        .contains("an array, where the model's JSON object belongs"));
+    let e = err(r#"{"learner": []}"#).to_string();
+    assert!(
+        e.contains("an array, where an object belongs at line 1"),
+        "{e}"
+    );
+    let e = err(r#"{"learner": 7}"#).to_string();
+    assert!(e.contains("expected an object at line 1"), "{e}");
     // trees missing
     let e = err(&tiny_with(r#""trees":["#, r#""not_trees":["#));
     assert!(matches!(e, ModelError::Shape(_)), "{e}");
