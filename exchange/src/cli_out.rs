@@ -194,22 +194,49 @@ macro_rules! say_err {
 /// Writes `bytes` to `path` whole or not at all: a regular file (or a new one) is written
 /// beside it under a temporary name and renamed into place, so a write that fails (a full
 /// disk) leaves the file as it was, and no empty or partial file (black-box round 90b:
-/// `ledger report --html` left a 0-byte page). Anything else (`/dev/stdout`, a pipe) is
-/// written directly.
+/// `ledger report --html` left a 0-byte page). A symbolic link is followed, and the file
+/// it leads to is the one replaced, never the link (black-box round 236a: `--html
+/// /dev/stdout` with stdout sent to a file renamed the page over the machine's
+/// `/dev/stdout` link). A path that is this process's own stdout or stderr (by device and
+/// inode: `/dev/stdout`, `/proc/self/fd/1`, the file they were sent to) is written
+/// through it. Anything else (a pipe, a terminal, a FIFO) is written directly.
 pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let regular_or_new = match std::fs::metadata(path) {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let same = |fd: std::os::fd::BorrowedFd<'_>| {
+            rustix::fs::fstat(fd).is_ok_and(|st| st.st_dev == m.dev() && st.st_ino == m.ino())
+        };
+        if same(std::io::stdout().as_fd()) {
+            let mut out = std::io::stdout().lock();
+            return out.write_all(bytes).and_then(|()| out.flush());
+        }
+        if same(std::io::stderr().as_fd()) {
+            let mut err = std::io::stderr().lock();
+            return err.write_all(bytes).and_then(|()| err.flush());
+        }
+    }
+    let linked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let target = if linked {
+        // A link that leads nowhere is an error, not a file made in its place.
+        std::fs::canonicalize(path)?
+    } else {
+        path.to_path_buf()
+    };
+    let regular_or_new = match std::fs::metadata(&target) {
         Ok(m) => m.is_file(),
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     };
     if !regular_or_new {
-        return write_unbuffered(path, bytes);
+        return write_unbuffered(&target, bytes);
     }
-    let name = path
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &target));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

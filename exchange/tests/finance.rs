@@ -2150,7 +2150,9 @@ fn text_from_an_edited_ledger_is_shown_not_obeyed() {
         .replace(r#""margin_micros":4000000"#, r#""margin_micros":5000000"#);
     let tmp = framed_ledger(&[&auction, &forged]);
     let dir = tmp.path().to_str().unwrap();
-    let html = tmp.path().join("r.html");
+    // Outside the ledger directory (round 234a: a page inside it is refused).
+    let pages = tempfile::tempdir().unwrap();
+    let html = pages.path().join("r.html");
     for format in ["table", "csv", "json"] {
         let o = run(&[
             "ledger",
@@ -2258,4 +2260,73 @@ fn the_html_page_is_never_written_among_the_ledgers_files() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
+}
+
+/// Black-box round 236a: `--html /dev/stdout` with stdout sent to a file renamed the
+/// page over the machine's `/dev/stdout` link (the page is written under a temporary
+/// name and renamed into place; the rename replaced the link). A link is followed and
+/// the file it leads to replaced, the link kept; a path that is the command's own stdout
+/// is written through it. (`/proc/self/fd/1` here, never the real `/dev/stdout`.)
+#[test]
+fn the_html_page_follows_links_and_writes_to_its_own_stdout() {
+    let tmp = framed_ledger(&[AUCTION_1, SALE_1]);
+    let dir = tmp.path().to_str().unwrap();
+    let pages = tempfile::tempdir().unwrap();
+    let target = pages.path().join("target.html");
+    std::fs::write(&target, "old").unwrap();
+    let link = pages.path().join("link.html");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        dir,
+        "--html",
+        link.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read_to_string(&target).unwrap().contains("<html"));
+    // A link that leads nowhere: an error, and no file made in its place.
+    let dangling = pages.path().join("dangling.html");
+    std::os::unix::fs::symlink(pages.path().join("nowhere.html"), &dangling).unwrap();
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        dir,
+        "--html",
+        dangling.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!pages.path().join("nowhere.html").exists());
+    // Its own stdout, sent to a file: the page and the JSON both reach it.
+    let out = pages.path().join("stdout.txt");
+    let o = Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args([
+            "ledger",
+            "report",
+            "--dir",
+            dir,
+            "--format",
+            "json",
+            "--html",
+            "/proc/self/fd/1",
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        said.contains("<html") && said.contains("\"revenue_micros\""),
+        "{said}"
+    );
 }

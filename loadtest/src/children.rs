@@ -532,7 +532,7 @@ pub fn orphan_guard_main(loadtest: u32) {
                 continue;
             }
             eprintln!(
-                "loadtest orphan-guard: loadtest (pid {loadtest}) ended without stopping the exchange it started (pid {pid}, the exchange or a process of its --wrap command); stopping it"
+                "loadtest orphan-guard: loadtest (pid {loadtest}) ended without stopping the exchange it started, or what that left running (pid {pid}: the exchange, a process of its --wrap command, or one the exchange started); stopping it"
             );
             signal(pid, "-TERM");
             signalled.push(pid);

@@ -305,6 +305,41 @@ fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
         b"real\n"
     );
     assert!(!started.exists(), "the exchange was started");
+    // Nothing written there first (round 236a: its sims.json was).
+    assert!(!out.join("sims.json").exists());
+    // A ledger directory itself (round 236a: a run wrote its files among the ledger's).
+    let ledger_out = dir.path().join("a-ledger");
+    std::fs::create_dir_all(&ledger_out).unwrap();
+    std::fs::write(ledger_out.join("HEAD"), b"x").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p1-latency",
+            "--targets",
+            "exchange",
+            "--rate",
+            "10",
+            "--duration-s",
+            "1",
+        ])
+        .arg("--exchange-bin")
+        .arg(&fake)
+        .arg("--out")
+        .arg(&ledger_out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("it is a ledger directory (it holds HEAD)"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&ledger_out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["HEAD"]);
     // An earlier run's files: reused (the exchange is started).
     std::fs::write(
         out.join("exchange.toml"),

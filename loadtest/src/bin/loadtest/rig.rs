@@ -582,7 +582,24 @@ async fn start_exchange(
 /// ledger there, replacing both (black-box round 234a: `--out DIR` replaced a real
 /// ledger of 62 sales in `DIR/ledger` with the run's own, without a word). loadtest's own
 /// configuration, which an earlier run left, starts with its header.
-fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<()> {
+    // A ledger directory itself (black-box round 236a: `--out` of a copied ledger ran,
+    // writing the run's files among the ledger's).
+    let ledger_file = std::fs::read_dir(out).ok().and_then(|entries| {
+        entries.flatten().map(|e| e.file_name()).find(|n| {
+            let n = n.to_string_lossy();
+            n == "HEAD"
+                || n == "FINGERPRINT_KEY"
+                || (n.starts_with("seg-") && n.ends_with(".jsonl"))
+        })
+    });
+    if let Some(name) = ledger_file {
+        bail!(
+            "--out {}: it is a ledger directory (it holds {}): a run writes its own files there; choose another --out",
+            out.display(),
+            name.to_string_lossy()
+        );
+    }
     let cfg = out.join("exchange.toml");
     let ours = std::fs::read(&cfg)
         .map(|b| b.starts_with(loadtest::sim::EXCHANGE_CONFIG_HEADER.as_bytes()))
