@@ -20,7 +20,10 @@ fn bad_bounds_are_refused_before_anything_starts() {
             &["--duration-s", "0"][..],
             "--duration-s 0: must be a finite number above 0",
         ),
-        (&["--warmup-s=-1"][..], "--warmup-s -1: must be 0 or more"),
+        (
+            &["--warmup-s=-1"][..],
+            "--warmup-s -1: must be a finite number, 0 or more",
+        ),
         (
             &["--timeout-ms", "0"][..],
             "--timeout-ms 0: must be between 1 and 60000",
@@ -40,7 +43,7 @@ fn bad_bounds_are_refused_before_anything_starts() {
         ),
         (
             &["--warmup-s", "-1"][..],
-            "--warmup-s -1: must be 0 or more",
+            "--warmup-s -1: must be a finite number, 0 or more",
         ),
         (
             &["--rates", "100,-5"][..],
@@ -60,6 +63,11 @@ fn bad_bounds_are_refused_before_anything_starts() {
         ),
         // Black-box round 232b: a leg could wait minutes for the host's TIME_WAIT
         // sockets, with no way to bound the wait.
+        // Round 236a: infinity is 0 or more, and was told it must be.
+        (
+            &["--warmup-s", "inf"][..],
+            "--warmup-s inf: must be a finite number, 0 or more",
+        ),
         (
             &["--warmup-s", "1e300"][..],
             "--warmup-s 1e300 with --duration-s 10: a run is at most 86400 s",

@@ -300,7 +300,10 @@ pub(crate) fn check_args(args: &RunArgs) -> anyhow::Result<()> {
         );
     }
     if !(args.warmup_s.is_finite() && args.warmup_s >= 0.0) {
-        bail!("--warmup-s {}: must be 0 or more", shown(args.warmup_s));
+        bail!(
+            "--warmup-s {}: must be a finite number, 0 or more",
+            shown(args.warmup_s)
+        );
     }
     // The load plan's own bounds, said here (black-box round 96b: they were found only
     // once the processes had started, and the refused run overwrote the last report).
