@@ -236,7 +236,12 @@ pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &target));
+    // The file replaced keeps its mode (black-box round 237a: an owner-only page came out
+    // readable by all).
+    let mode = std::fs::metadata(&target).ok().map(|m| m.permissions());
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|()| mode.map_or(Ok(()), |m| std::fs::set_permissions(&tmp, m)))
+        .and_then(|()| std::fs::rename(&tmp, &target));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -266,6 +271,35 @@ fn write_unbuffered(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     file.flush()
+}
+
+/// Whether `path` would be written in a ledger directory: inside `dir` ([`is_inside`]),
+/// or in any directory that holds a ledger's files (`HEAD`, `FINGERPRINT_KEY`, `LOCK`, a
+/// `seg-*.jsonl`), whatever path leads to it: another ledger's, or this one's through a
+/// bind mount (black-box round 237a: both were written over, and a running exchange on
+/// the other ledger stopped).
+pub fn in_a_ledger(path: &std::path::Path, dir: &std::path::Path) -> bool {
+    if is_inside(path, dir) {
+        return true;
+    }
+    let resolved = std::fs::canonicalize(path).ok().or_else(|| {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::canonicalize(parent).ok().map(|p| p.join("x"))
+    });
+    let Some(parent) = resolved.as_deref().and_then(std::path::Path::parent) else {
+        return false;
+    };
+    std::fs::read_dir(parent).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            matches!(name.as_ref(), "HEAD" | "FINGERPRINT_KEY" | "LOCK")
+                || (name.starts_with("seg-") && name.ends_with(".jsonl"))
+        })
+    })
 }
 
 /// Whether `path` names something inside `dir` (both resolved through symbolic links;

@@ -596,11 +596,11 @@ fn finance_command(command: LedgerCommand) -> i32 {
             if let Some(path) = html {
                 // Never among the ledger's own files (black-box round 234a: `--html
                 // LEDGER/seg-00000001.jsonl` replaced a segment with the page).
-                if pingpost::cli_out::is_inside(&path, &dir) {
+                if pingpost::cli_out::in_a_ledger(&path, &dir) {
                     return fail(
                         "report",
                         format!(
-                            "--html {}: inside the ledger directory {}: the page is never written among the ledger's files; give a path outside it",
+                            "--html {}: in a ledger directory (this one, {}, or another that holds a ledger's files): the page is never written among a ledger's files; give a path outside it",
                             pingpost::cli_out::shown_path(&path),
                             pingpost::cli_out::shown_path(&dir)
                         ),

@@ -2245,11 +2245,34 @@ fn the_html_page_is_never_written_among_the_ledgers_files() {
         ]);
         let out = text(&o);
         assert_eq!(o.status.code(), Some(2), "{}: {out}", page.display());
-        assert!(out.contains("inside the ledger directory"), "{out}");
+        assert!(out.contains("in a ledger directory"), "{out}");
         assert_eq!(std::fs::read(&segment).unwrap(), before);
         assert!(!tmp.path().join("page.html").exists());
     }
+    // Another ledger's directory, named by another path than --dir (round 237a: its
+    // segment was replaced, and the exchange running on it stopped).
+    let other = framed_ledger(&[AUCTION_1, SALE_1]);
+    let other_segment = other
+        .path()
+        .join(pingpost::ledger::segments::segment_name(1));
+    for page in [other_segment.clone(), other.path().join("new.html")] {
+        let o = run(&[
+            "ledger",
+            "report",
+            "--dir",
+            dir,
+            "--html",
+            page.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert_eq!(std::fs::read(&other_segment).unwrap(), before);
+        assert!(!other.path().join("new.html").exists());
+    }
     let page = outside.path().join("page.html");
+    // The page keeps the mode of the file it replaces (round 237a: 600 became 644).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(&page, "old").unwrap();
+    std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = run(&[
         "ledger",
         "report",
@@ -2260,6 +2283,10 @@ fn the_html_page_is_never_written_among_the_ledgers_files() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
+    assert_eq!(
+        std::fs::metadata(&page).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 /// Black-box round 236a: `--html /dev/stdout` with stdout sent to a file renamed the

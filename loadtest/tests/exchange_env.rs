@@ -340,6 +340,24 @@ fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(left, ["HEAD"]);
+    // A ledger beside loadtest's own exchange.toml, but not the one its run made (round
+    // 237a: it was replaced): refused too.
+    std::fs::write(
+        out.join("exchange.toml"),
+        format!("{}\n", loadtest::sim::EXCHANGE_CONFIG_HEADER),
+    )
+    .unwrap();
+    let o = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds a ledger that loadtest did not make"),
+        "{stderr}"
+    );
+    assert!(!started.exists(), "the exchange was started");
+    std::fs::remove_dir_all(out.join("ledger")).unwrap();
     // An earlier run's files: reused (the exchange is started).
     std::fs::write(
         out.join("exchange.toml"),

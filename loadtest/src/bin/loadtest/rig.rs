@@ -600,26 +600,48 @@ pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<(
             name.to_string_lossy()
         );
     }
+    let refuse = |path: &std::path::Path, what: &str| {
+        anyhow::anyhow!(
+            "--out {}: it holds {what} that loadtest did not make ({}): a run writes its exchange's configuration and ledger there, replacing them; choose another --out, or move it away",
+            out.display(),
+            path.display()
+        )
+    };
+    // The ledger: only the very directory an earlier run's exchange made, as its mark
+    // beside it records (black-box round 237a: a real ledger put in an earlier run's
+    // `--out` was replaced, its `exchange.toml` being loadtest's).
+    let ledger = out.join("ledger");
+    if ledger.symlink_metadata().is_ok() {
+        let marked = std::fs::read_to_string(out.join(LEDGER_MARK))
+            .ok()
+            .zip(dir_identity(&ledger))
+            .is_some_and(|(mark, id)| mark.trim() == id);
+        if !marked {
+            return Err(refuse(&ledger, "a ledger"));
+        }
+    }
     let cfg = out.join("exchange.toml");
     let ours = std::fs::read(&cfg)
         .map(|b| b.starts_with(loadtest::sim::EXCHANGE_CONFIG_HEADER.as_bytes()))
         .unwrap_or(false);
-    if ours {
-        return Ok(());
-    }
-    for (path, what) in [
-        (&cfg, "an exchange.toml"),
-        (&out.join("ledger"), "a ledger"),
-    ] {
-        if path.symlink_metadata().is_ok() {
-            bail!(
-                "--out {}: it holds {what} that loadtest did not make ({}): a run writes its exchange's configuration and ledger there, replacing them; choose another --out, or move it away",
-                out.display(),
-                path.display()
-            );
-        }
+    if !ours && cfg.symlink_metadata().is_ok() {
+        return Err(refuse(&cfg, "an exchange.toml"));
     }
     Ok(())
+}
+
+/// The file beside `--out`'s `ledger` that names the ledger directory a run's exchange
+/// made ([`dir_identity`]), written once the exchange is up.
+const LEDGER_MARK: &str = ".ledger-by-loadtest";
+
+/// A directory's device and inode: another directory put in its place, a copy or a
+/// restore, has another.
+fn dir_identity(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir)
+        .ok()
+        .filter(std::fs::Metadata::is_dir)?;
+    Some(format!("{} {}", m.dev(), m.ino()))
 }
 
 /// One start of the exchange on `listen` (and `admin`), its stderr forwarded to
@@ -748,6 +770,10 @@ async fn start_exchange_once(
     {
         Ok(()) => {
             guard.find_target_within(TARGET_WAIT);
+            // The ledger directory this exchange made, so the next run may replace it.
+            if let Some(id) = dir_identity(&o.out.join("ledger")) {
+                let _ = std::fs::write(o.out.join(LEDGER_MARK), id);
+            }
             Ok(guard)
         }
         Err(e) => {
