@@ -634,14 +634,21 @@ pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<(
 /// made ([`dir_identity`]), written once the exchange is up.
 const LEDGER_MARK: &str = ".ledger-by-loadtest";
 
-/// A directory's device and inode: another directory put in its place, a copy or a
-/// restore, has another.
+/// A ledger directory's device and inode, and the SHA-256 of its `FINGERPRINT_KEY` (random
+/// per ledger): another directory put in its place (a copy, a restore, a mount) has
+/// another inode, and another ledger's files copied into it another key.
 fn dir_identity(dir: &std::path::Path) -> Option<String> {
+    use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(dir)
         .ok()
         .filter(std::fs::Metadata::is_dir)?;
-    Some(format!("{} {}", m.dev(), m.ino()))
+    let key = std::fs::read(dir.join("FINGERPRINT_KEY")).unwrap_or_default();
+    let digest: String = sha2::Sha256::digest(&key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("{} {} {digest}", m.dev(), m.ino()))
 }
 
 /// One start of the exchange on `listen` (and `admin`), its stderr forwarded to
