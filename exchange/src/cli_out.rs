@@ -238,7 +238,12 @@ pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
     let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     // The file replaced keeps its mode (black-box round 237a: an owner-only page came out
     // readable by all).
-    let mode = std::fs::metadata(&target).ok().map(|m| m.permissions());
+    // Its permission bits only: never a set-user-ID, set-group-ID or sticky bit (black-box
+    // round 238a: a page written over a 4755 file came out set-user-ID).
+    let mode = std::fs::metadata(&target).ok().map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::Permissions::from_mode(m.permissions().mode() & 0o777)
+    });
     let written = std::fs::write(&tmp, bytes)
         .and_then(|()| mode.map_or(Ok(()), |m| std::fs::set_permissions(&tmp, m)))
         .and_then(|()| std::fs::rename(&tmp, &target));
@@ -292,14 +297,20 @@ pub fn in_a_ledger(path: &std::path::Path, dir: &std::path::Path) -> bool {
     let Some(parent) = resolved.as_deref().and_then(std::path::Path::parent) else {
         return false;
     };
-    std::fs::read_dir(parent).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            matches!(name.as_ref(), "HEAD" | "FINGERPRINT_KEY" | "LOCK")
-                || (name.starts_with("seg-") && name.ends_with(".jsonl"))
+    let holds = |dir: &std::path::Path, strong_only: bool| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name == "FINGERPRINT_KEY"
+                    || (name.starts_with("seg-") && name.ends_with(".jsonl"))
+                    || (!strong_only && matches!(name.as_ref(), "HEAD" | "LOCK"))
+            })
         })
-    })
+    };
+    // Its own directory by any of a ledger's files; those above it by its key or a
+    // segment (black-box round 238a: a page under another ledger's subdirectory).
+    holds(parent, false) || parent.ancestors().skip(1).any(|a| holds(a, true))
 }
 
 /// Whether `path` names something inside `dir` (both resolved through symbolic links;

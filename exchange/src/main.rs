@@ -600,7 +600,7 @@ fn finance_command(command: LedgerCommand) -> i32 {
                     return fail(
                         "report",
                         format!(
-                            "--html {}: in a ledger directory (this one, {}, or another that holds a ledger's files): the page is never written among a ledger's files; give a path outside it",
+                            "--html {}: in a ledger directory (the one --dir names, {}, or another that holds a ledger's files, or below one): the page is never written among a ledger's files; give a path outside it",
                             pingpost::cli_out::shown_path(&path),
                             pingpost::cli_out::shown_path(&dir)
                         ),

@@ -2255,7 +2255,12 @@ fn the_html_page_is_never_written_among_the_ledgers_files() {
     let other_segment = other
         .path()
         .join(pingpost::ledger::segments::segment_name(1));
-    for page in [other_segment.clone(), other.path().join("new.html")] {
+    std::fs::create_dir(other.path().join("sub")).unwrap();
+    for page in [
+        other_segment.clone(),
+        other.path().join("new.html"),
+        other.path().join("sub").join("x.html"),
+    ] {
         let o = run(&[
             "ledger",
             "report",
@@ -2286,6 +2291,21 @@ fn the_html_page_is_never_written_among_the_ledgers_files() {
     assert_eq!(
         std::fs::metadata(&page).unwrap().permissions().mode() & 0o777,
         0o600
+    );
+    // Never a set-user-ID bit (round 238a).
+    std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let o = run(&[
+        "ledger",
+        "report",
+        "--dir",
+        dir,
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::metadata(&page).unwrap().permissions().mode() & 0o7777,
+        0o755
     );
 }
 

@@ -297,7 +297,7 @@ fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("holds a ledger that loadtest did not make"),
+        stderr.contains("holds a ledger other than the one its earlier run"),
         "{stderr}"
     );
     assert_eq!(
@@ -353,11 +353,38 @@ fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("holds a ledger that loadtest did not make"),
+        stderr.contains("holds a ledger other than the one its earlier run"),
         "{stderr}"
     );
     assert!(!started.exists(), "the exchange was started");
     std::fs::remove_dir_all(out.join("ledger")).unwrap();
+    // Inside a ledger directory (round 238a: a whole run was put among its files).
+    std::fs::write(ledger_out.join("seg-00000001.jsonl"), b"x").unwrap();
+    let inside = ledger_out.join("sub");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "run",
+            "p1-latency",
+            "--targets",
+            "exchange",
+            "--rate",
+            "10",
+            "--duration-s",
+            "1",
+        ])
+        .arg("--exchange-bin")
+        .arg(&fake)
+        .arg("--out")
+        .arg(&inside)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("it is inside a ledger directory"),
+        "{stderr}"
+    );
+    assert!(!inside.exists(), "--out was made inside the ledger");
     // An earlier run's files: reused (the exchange is started).
     std::fs::write(
         out.join("exchange.toml"),

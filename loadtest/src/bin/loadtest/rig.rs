@@ -583,6 +583,26 @@ async fn start_exchange(
 /// ledger of 62 sales in `DIR/ledger` with the run's own, without a word). loadtest's own
 /// configuration, which an earlier run left, starts with its header.
 pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<()> {
+    // Inside a ledger directory (black-box round 238a: `--out LEDGER/sub` ran, and put
+    // a whole run, a second ledger included, among a ledger's files).
+    // Checked before `--out` is made: from the nearest directory of it that exists.
+    let existing = out
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .unwrap_or(std::path::Path::new("."));
+    let skip = usize::from(existing == out);
+    if let Some(ledger) = std::fs::canonicalize(existing).ok().and_then(|o| {
+        o.ancestors()
+            .skip(skip)
+            .find(|a| holds_a_ledger(a))
+            .map(std::path::Path::to_path_buf)
+    }) {
+        bail!(
+            "--out {}: it is inside a ledger directory ({}): a run writes its own files there; choose another --out",
+            out.display(),
+            ledger.display()
+        );
+    }
     // A ledger directory itself (black-box round 236a: `--out` of a copied ledger ran,
     // writing the run's files among the ledger's).
     let ledger_file = std::fs::read_dir(out).ok().and_then(|entries| {
@@ -602,7 +622,7 @@ pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<(
     }
     let refuse = |path: &std::path::Path, what: &str| {
         anyhow::anyhow!(
-            "--out {}: it holds {what} that loadtest did not make ({}): a run writes its exchange's configuration and ledger there, replacing them; choose another --out, or move it away",
+            "--out {}: it holds {what} ({}): a run writes its exchange's configuration and ledger there, replacing them; choose another --out, or move it away",
             out.display(),
             path.display()
         )
@@ -617,7 +637,10 @@ pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<(
             .zip(dir_identity(&ledger))
             .is_some_and(|(mark, id)| mark.trim() == id);
         if !marked {
-            return Err(refuse(&ledger, "a ledger"));
+            return Err(refuse(
+                &ledger,
+                "a ledger other than the one its earlier run's exchange made (a copy of a run counts as another)",
+            ));
         }
     }
     let cfg = out.join("exchange.toml");
@@ -628,6 +651,17 @@ pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<(
         return Err(refuse(&cfg, "an exchange.toml"));
     }
     Ok(())
+}
+
+/// Whether `dir` holds a ledger's own files (its key or a segment).
+fn holds_a_ledger(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n == "FINGERPRINT_KEY" || (n.starts_with("seg-") && n.ends_with(".jsonl"))
+        })
+    })
 }
 
 /// The file beside `--out`'s `ledger` that names the ledger directory a run's exchange
@@ -689,7 +723,17 @@ async fn start_exchange_once(
         }
         let cfg_path = o.out.join("exchange.toml");
         std::fs::write(&cfg_path, &toml)?;
-        let _ = std::fs::remove_dir_all(o.out.join("ledger"));
+        // Cleared, or the run does not start (black-box round 238a: files bind-mounted
+        // in it could not be removed, and the exchange added its sales to them).
+        match std::fs::remove_dir_all(o.out.join("ledger")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!(
+                "--out {}: could not clear the earlier run's ledger {}: {e}; the exchange is not started on what is left there",
+                o.out.display(),
+                o.out.join("ledger").display()
+            ),
+        }
         if let Some(prepare) = o.before_exchange {
             prepare(&cfg_path)?;
         }

@@ -43,12 +43,12 @@ pub(crate) async fn run_scenario(mut args: RunArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/loadtest").join(&name));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // Before anything is written there (black-box round 236a: a refused run had already
-    // written its sims.json).
+    // written its sims.json; 238a: an --out inside a ledger was made).
     if args.scenario != Scenario::Market {
         crate::rig::refuse_what_is_not_ours(&out)?;
     }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let exchange_bin = match &args.exchange_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("pingpost"),
