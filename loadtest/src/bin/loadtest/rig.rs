@@ -35,6 +35,9 @@ pub(crate) struct ChildGuard {
     /// Under `--wrap`: no process running the target's program was found; nothing is
     /// measured.
     unfound: bool,
+    /// The exchange's `--out`: once it has stopped, its ledger's mark is written again
+    /// with the digest of its final `HEAD` ([`ledger_mark`]).
+    ledger_out: Option<std::path::PathBuf>,
 }
 
 impl ChildGuard {
@@ -167,6 +170,13 @@ impl ChildGuard {
         let out = self.stop_child();
         self.stop_target(loadtest::children::STOP_GRACE);
         self.stop_left_behind(loadtest::children::STOP_GRACE);
+        // Its ledger as it was left, `HEAD` included (black-box round 239a: another
+        // ledger's segment and `HEAD` copied into it, its key kept, passed the mark).
+        if let Some(o) = &self.ledger_out {
+            if let Some(mark) = ledger_mark(&o.join("ledger"), true) {
+                let _ = std::fs::write(o.join(LEDGER_MARK), mark);
+            }
+        }
         out
     }
 
@@ -279,6 +289,7 @@ pub(crate) fn spawn_self(
         wrapped: mark.map(|m| (m, exe)),
         target: None,
         unfound: false,
+        ledger_out: None,
     };
     guard.find_target_within(TARGET_WAIT);
     Ok((guard, line, reader))
@@ -632,10 +643,14 @@ pub(crate) fn refuse_what_is_not_ours(out: &std::path::Path) -> anyhow::Result<(
     // `--out` was replaced, its `exchange.toml` being loadtest's).
     let ledger = out.join("ledger");
     if ledger.symlink_metadata().is_ok() {
+        // Its `HEAD` too when the run that made it ended (one stopped by a signal wrote
+        // none: its directory, inode and key are checked).
         let marked = std::fs::read_to_string(out.join(LEDGER_MARK))
             .ok()
-            .zip(dir_identity(&ledger))
-            .is_some_and(|(mark, id)| mark.trim() == id);
+            .is_some_and(|mark| {
+                let with_head = mark.split_whitespace().count() > 3;
+                ledger_mark(&ledger, with_head).is_some_and(|now| mark.trim() == now)
+            });
         if !marked {
             return Err(refuse(
                 &ledger,
@@ -665,24 +680,32 @@ fn holds_a_ledger(dir: &std::path::Path) -> bool {
 }
 
 /// The file beside `--out`'s `ledger` that names the ledger directory a run's exchange
-/// made ([`dir_identity`]), written once the exchange is up.
+/// made ([`ledger_mark`]), written once the exchange is up and again once it has stopped.
 const LEDGER_MARK: &str = ".ledger-by-loadtest";
 
-/// A ledger directory's device and inode, and the SHA-256 of its `FINGERPRINT_KEY` (random
-/// per ledger): another directory put in its place (a copy, a restore, a mount) has
-/// another inode, and another ledger's files copied into it another key.
-fn dir_identity(dir: &std::path::Path) -> Option<String> {
+/// A ledger directory's device and inode, the SHA-256 of its `FINGERPRINT_KEY` (random per
+/// ledger) and, `with_head`, of its `HEAD`: another directory put in its place (a copy, a
+/// restore, a mount) has another inode, another ledger's files copied into it another
+/// key or another `HEAD`.
+fn ledger_mark(dir: &std::path::Path, with_head: bool) -> Option<String> {
     use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(dir)
         .ok()
         .filter(std::fs::Metadata::is_dir)?;
-    let key = std::fs::read(dir.join("FINGERPRINT_KEY")).unwrap_or_default();
-    let digest: String = sha2::Sha256::digest(&key)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Some(format!("{} {} {digest}", m.dev(), m.ino()))
+    let digest = |name: &str| -> String {
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let mut mark = format!("{} {} {}", m.dev(), m.ino(), digest("FINGERPRINT_KEY"));
+    if with_head {
+        mark.push(' ');
+        mark.push_str(&digest("HEAD"));
+    }
+    Some(mark)
 }
 
 /// One start of the exchange on `listen` (and `admin`), its stderr forwarded to
@@ -810,6 +833,7 @@ async fn start_exchange_once(
         wrapped: mark.map(|m| (m, o.exchange_bin.to_path_buf())),
         target: None,
         unfound: false,
+        ledger_out: None,
     };
     // A wrapper (valgrind) starts slowly.
     match wait_healthy(
@@ -822,9 +846,10 @@ async fn start_exchange_once(
         Ok(()) => {
             guard.find_target_within(TARGET_WAIT);
             // The ledger directory this exchange made, so the next run may replace it.
-            if let Some(id) = dir_identity(&o.out.join("ledger")) {
-                let _ = std::fs::write(o.out.join(LEDGER_MARK), id);
+            if let Some(mark) = ledger_mark(&o.out.join("ledger"), false) {
+                let _ = std::fs::write(o.out.join(LEDGER_MARK), mark);
             }
+            guard.ledger_out = Some(o.out.to_path_buf());
             Ok(guard)
         }
         Err(e) => {
