@@ -2274,39 +2274,25 @@ fn the_html_page_is_never_written_among_the_ledgers_files() {
         assert!(!other.path().join("new.html").exists());
     }
     let page = outside.path().join("page.html");
-    // The page keeps the mode of the file it replaces (round 237a: 600 became 644).
+    // The page keeps the mode of the file it replaces (round 237a: 600 became 644), but
+    // never a set-user-ID bit (round 238a).
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(&page, "old").unwrap();
-    std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let o = run(&[
-        "ledger",
-        "report",
-        "--dir",
-        dir,
-        "--html",
-        page.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
-    assert_eq!(
-        std::fs::metadata(&page).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    // Never a set-user-ID bit (round 238a).
-    std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let o = run(&[
-        "ledger",
-        "report",
-        "--dir",
-        dir,
-        "--html",
-        page.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(
-        std::fs::metadata(&page).unwrap().permissions().mode() & 0o7777,
-        0o755
-    );
+    for (had, has) in [(0o600, 0o600), (0o4755, 0o755)] {
+        std::fs::set_permissions(&page, std::fs::Permissions::from_mode(had)).unwrap();
+        let o = run(&[
+            "ledger",
+            "report",
+            "--dir",
+            dir,
+            "--html",
+            page.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
+        let mode = std::fs::metadata(&page).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, has, "{had:o}");
+    }
 }
 
 /// Black-box round 236a: `--html /dev/stdout` with stdout sent to a file renamed the

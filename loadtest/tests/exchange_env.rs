@@ -307,29 +307,25 @@ fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
     assert!(!started.exists(), "the exchange was started");
     // Nothing written there first (round 236a: its sims.json was).
     assert!(!out.join("sims.json").exists());
+    // A run with `--out` given alone: its refusal's stderr (exit status 1).
+    let refused = |out_dir: &std::path::Path| -> String {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["run", "p1-latency", "--targets", "exchange", "--rate", "10"])
+            .args(["--duration-s", "1", "--exchange-bin"])
+            .arg(&fake)
+            .arg("--out")
+            .arg(out_dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        stderr
+    };
     // A ledger directory itself (round 236a: a run wrote its files among the ledger's).
     let ledger_out = dir.path().join("a-ledger");
     std::fs::create_dir_all(&ledger_out).unwrap();
     std::fs::write(ledger_out.join("HEAD"), b"x").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p1-latency",
-            "--targets",
-            "exchange",
-            "--rate",
-            "10",
-            "--duration-s",
-            "1",
-        ])
-        .arg("--exchange-bin")
-        .arg(&fake)
-        .arg("--out")
-        .arg(&ledger_out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&ledger_out);
     assert!(
         stderr.contains("it is a ledger directory (it holds HEAD)"),
         "{stderr}"
@@ -361,36 +357,14 @@ fn an_out_directory_holding_a_ledger_loadtest_did_not_make_is_refused() {
     // Inside a ledger directory (round 238a: a whole run was put among its files).
     std::fs::write(ledger_out.join("seg-00000001.jsonl"), b"x").unwrap();
     let inside = ledger_out.join("sub");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "run",
-            "p1-latency",
-            "--targets",
-            "exchange",
-            "--rate",
-            "10",
-            "--duration-s",
-            "1",
-        ])
-        .arg("--exchange-bin")
-        .arg(&fake)
-        .arg("--out")
-        .arg(&inside)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&inside);
     assert!(
         stderr.contains("it is inside a ledger directory"),
         "{stderr}"
     );
     assert!(!inside.exists(), "--out was made inside the ledger");
-    // An earlier run's files: reused (the exchange is started).
-    std::fs::write(
-        out.join("exchange.toml"),
-        format!("{}\n", loadtest::sim::EXCHANGE_CONFIG_HEADER),
-    )
-    .unwrap();
+    // An earlier run's files (loadtest's exchange.toml, written above): reused (the
+    // exchange is started).
     let o = tiny_run(&["p1-latency", "--targets", "exchange"], &fake, dir.path())
         .output()
         .unwrap();

@@ -972,6 +972,32 @@ pub fn challenger_wins(
 mod tests {
     use super::*;
 
+    /// The default configuration, its buyer secrets made up.
+    fn demo_config() -> crate::config::Config {
+        crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &|n: &str| {
+            Some(format!("demo-test-secret-{n}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A vertical's `x` and `bx` as JSON lists of 0.5, of its encoding's lengths.
+    fn feature_lists(vertical: &crate::config::Vertical) -> (String, String) {
+        let spec = vertical.features.as_ref().unwrap();
+        let nums = |n: usize| serde_json::to_string(&vec![0.5_f32; n]).unwrap();
+        (nums(spec.lead_len()), nums(spec.len() - spec.lead_len()))
+    }
+
+    /// A ledger directory holding `records` as its first segment.
+    fn one_segment(records: &[String]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(crate::ledger::segments::segment_name(1)),
+            crate::ledger::segments::frame_all(records),
+        )
+        .unwrap();
+        dir
+    }
+
     /// Training rows come in one order whatever order the ledger's maps are walked in
     /// (black-box round 105c: posts of one millisecond came in a new order at every run,
     /// and `pingpost train` made a different lead-score model each time over the same
@@ -1101,14 +1127,9 @@ mod tests {
     /// the notes say how many.
     #[test]
     fn deliveries_to_bids_without_buyer_features_are_left_out_and_said() {
-        let cfg = crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &|n: &str| {
-            Some(format!("demo-test-secret-{n}"))
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = demo_config();
         let vertical = &cfg.verticals[0];
-        let spec = vertical.features.as_ref().unwrap();
-        let nums = |n: usize| serde_json::to_string(&vec![0.5_f32; n]).unwrap();
-        let (x, bx) = (nums(spec.lead_len()), nums(spec.len() - spec.lead_len()));
+        let (x, bx) = feature_lists(vertical);
         let at = "2026-11-29T10:00:00.000Z";
         let mut records = Vec::new();
         for i in 0..5 {
@@ -1134,12 +1155,7 @@ mod tests {
                 r#"{{"type":"sale","v":5,"at":"{at}","auction_id":"au_{i}","buyer":"{buyer}","lead_id":"ld_{i}"}}"#
             ));
         }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(crate::ledger::segments::segment_name(1)),
-            crate::ledger::segments::frame_all(&records),
-        )
-        .unwrap();
+        let dir = one_segment(&records);
         let ex = read_examples(dir.path(), vertical, &cfg.learning, 4_000_000_000_000).unwrap();
         // b's five deliveries (two rejected, three sold); c's two sales have no features.
         assert_eq!(ex.realization.len(), 5);
@@ -1157,14 +1173,9 @@ mod tests {
     /// an outcome, or another vertical's, is not counted.
     #[test]
     fn deliveries_whose_outcome_is_unknown_are_left_out_and_said() {
-        let cfg = crate::config::load_str_with_env(crate::app::DEFAULT_CONFIG, &|n: &str| {
-            Some(format!("demo-test-secret-{n}"))
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = demo_config();
         let vertical = &cfg.verticals[0];
-        let spec = vertical.features.as_ref().unwrap();
-        let nums = |n: usize| serde_json::to_string(&vec![0.5_f32; n]).unwrap();
-        let (x, bx) = (nums(spec.lead_len()), nums(spec.len() - spec.lead_len()));
+        let (x, bx) = feature_lists(vertical);
         let at = "2026-11-29T10:00:00.000Z";
         let mut records = Vec::new();
         for i in 0..6 {
@@ -1189,12 +1200,7 @@ mod tests {
         records.push(format!(
             r#"{{"type":"post_sent","v":5,"at":"{at}","auction_id":"au_other","buyer":"b","lead_id":"ld_o","attempt":0}}"#
         ));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(crate::ledger::segments::segment_name(1)),
-            crate::ledger::segments::frame_all(&records),
-        )
-        .unwrap();
+        let dir = one_segment(&records);
         let ex = read_examples(dir.path(), vertical, &cfg.learning, 4_000_000_000_000).unwrap();
         assert_eq!(ex.realization.len(), 4, "the four with an outcome");
         assert_eq!(ex.notes.len(), 1, "{:?}", ex.notes);
