@@ -338,29 +338,68 @@ impl Ledger {
         now: UnixMs,
         key_id: &str,
     ) -> Result<(), LedgerError> {
-        match LedgerSink::append(
-            self,
-            &Record::Flush(FlushRecord {
-                head: Head::new(generation, now),
-                start: true,
-                key_id: Some(key_id),
-            }),
-        ) {
-            Receipt::Failed(e) => Err(e),
-            // Not queued (never at a start: nothing was appended before it).
-            Receipt::Full(..) => Err(LedgerError::Full),
-            Receipt::Queued => Ok(()),
-            Receipt::Durable(done) => match wait_on_this_thread(done, START_MARK_WAIT_MS) {
-                Some(Ok(written)) => Ok(written?),
-                Some(Err(_)) => Err(LedgerError::Stopped),
-                None => Err(LedgerError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the start's record was not on disk within {} s",
-                        START_MARK_WAIT_MS / 1000
-                    ),
-                ))),
-            },
+        let mark = Record::Flush(FlushRecord {
+            head: Head::new(generation, now),
+            start: true,
+            key_id: Some(key_id),
+        });
+        self.write_on_this_thread(&mark, START_MARK_WAIT_MS, "the start's record")
+    }
+
+    /// [`write`](Ledger::write) from a thread that is not the runtime's (the learning
+    /// thread, a start): blocks the calling thread, at most `max_ms`, until the record is
+    /// written (on disk, for a durable one). A full queue is waited on here too, not
+    /// handed to a tokio task (there may be no runtime on this thread). `what`: the
+    /// record, as a time-out's error names it.
+    pub fn write_on_this_thread(
+        &self,
+        record: &Record<'_>,
+        max_ms: u64,
+        what: &str,
+    ) -> Result<(), LedgerError> {
+        let until = elapsed_ms().saturating_add(max_ms);
+        let timed_out = || {
+            LedgerError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                if max_ms.is_multiple_of(1000) {
+                    format!("{what} was not on disk within {} s", max_ms / 1000)
+                } else {
+                    format!("{what} was not on disk within {max_ms} ms")
+                },
+            ))
+        };
+        let done = match LedgerSink::append(self, record) {
+            Receipt::Failed(e) => return Err(e),
+            Receipt::Queued => return Ok(()),
+            Receipt::Durable(done) => Some(done),
+            Receipt::Full(tx, mut pending, done, writer) => {
+                // The writer frees room in batches: try again every millisecond.
+                loop {
+                    match tx.try_send(pending) {
+                        Ok(()) => break,
+                        Err(mpsc::error::TrySendError::Full(back)) => {
+                            if elapsed_ms() >= until {
+                                return Err(timed_out());
+                            }
+                            pending = back;
+                            writer.unpark();
+                            std::thread::park_timeout(Duration::from_millis(1));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(LedgerError::Stopped)
+                        }
+                    }
+                }
+                writer.unpark();
+                done
+            }
+        };
+        let Some(done) = done else { return Ok(()) };
+        let left = until.saturating_sub(elapsed_ms());
+        match wait_on_this_thread(done, left) {
+            Some(Ok(written)) => Ok(written?),
+            Some(Err(_)) => Err(LedgerError::Stopped),
+            None => Err(timed_out()),
         }
     }
 }

@@ -86,6 +86,79 @@ async fn a_start_mark_is_on_disk_when_mark_start_returns() {
     );
 }
 
+/// `write_on_this_thread` (the learning thread's record of a decision) from a thread
+/// with no tokio runtime: it returns once the durable record is on disk; on a full queue
+/// it waits there, bounded, instead of handing the record to a tokio task (which
+/// panicked without a runtime: `effects::execute_now` did so).
+#[test]
+fn a_record_written_from_a_plain_thread_is_on_disk_and_waits_for_a_full_queue_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (open_tx, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new((gate, entered_tx, 0));
+    // The writer's second synced batch holds it until the gate opens.
+    let ledger = Ledger::open(&path, 64 << 20, move |_| {
+        let mut g = gate.lock().unwrap();
+        g.2 += 1;
+        if g.2 == 2 {
+            let _ = g.1.send(());
+            let _ = g.0.recv();
+        }
+    })
+    .unwrap();
+    let flush = |generation| {
+        Record::Flush(FlushRecord {
+            head: Head::new(generation, 1_000),
+            start: false,
+            key_id: None,
+        })
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| ledger.write_on_this_thread(&flush(1), 30_000, "the first"))
+            .join()
+            .unwrap()
+            .unwrap();
+    });
+    assert_eq!(lines(&path).len(), 1, "on disk when it returned");
+    let held = LedgerSink::append(&ledger, &flush(10));
+    assert!(matches!(held, Receipt::Durable(_)));
+    entered.recv().unwrap();
+    // The writer is held: fill its queue.
+    let mut queued = 0;
+    while matches!(LedgerSink::append(&ledger, &plain()), Receipt::Queued) {
+        queued += 1;
+        assert!(queued <= QUEUE_RECORDS_MAX, "the queue is bounded");
+    }
+    assert_eq!(queued, QUEUE_RECORDS_MAX);
+    let err = std::thread::scope(|s| {
+        s.spawn(|| ledger.write_on_this_thread(&flush(2), 50, "the second"))
+            .join()
+            .unwrap()
+            .unwrap_err()
+    });
+    assert!(
+        err.to_string()
+            .contains("the second was not on disk within 50 ms"),
+        "{err}"
+    );
+    open_tx.send(()).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| ledger.write_on_this_thread(&flush(3), 30_000, "the third"))
+            .join()
+            .unwrap()
+            .unwrap();
+    });
+    let lines = lines(&path);
+    assert_eq!(
+        lines.len(),
+        3 + QUEUE_RECORDS_MAX,
+        "the timed-out one not among them"
+    );
+    assert_eq!(lines.last().unwrap()["generation"], 3);
+    assert!(ledger.failure().is_none());
+}
+
 #[tokio::test]
 async fn durable_records_are_on_disk_in_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,12 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::core::effect::Effect;
 use crate::core::record::{Head, ModelDecisionRecord, Record};
 use crate::state::AppState;
 
 /// How often the thread checks its triggers.
 const TICK: Duration = Duration::from_millis(500);
+
+/// How long a retraining waits for its decision's record to be on disk.
+const DECISION_WAIT_MS: u64 = 30_000;
 
 /// One retraining's outcome for one vertical.
 #[derive(Debug, Clone)]
@@ -479,15 +481,26 @@ pub fn retrain_once(state: &AppState) -> Vec<Decision> {
             None => {}
         }
         let generation = state.generation();
-        let record = Record::ModelDecision(ModelDecisionRecord {
-            head: Head::new(generation, state.clock.now_ms()),
-            vertical: &v.name,
-            challenger: &outcome.version,
-            champion: champion_version.as_deref(),
-            promoted,
-            reason: &reason,
-        });
-        crate::effects::execute_now(state, std::iter::once(Effect::Record(record)));
+        // On disk before the decision is returned or counted (a test read the ledger
+        // right after and, on a loaded host, found the record still queued), and waited
+        // for on this thread: the learning thread has no runtime to hand a full queue to
+        // (`effects::execute_now` spawned a tokio task for it there).
+        let written = state.ledger.write_on_this_thread(
+            &Record::ModelDecision(ModelDecisionRecord {
+                head: Head::new(generation, state.clock.now_ms()),
+                vertical: &v.name,
+                challenger: &outcome.version,
+                champion: champion_version.as_deref(),
+                promoted,
+                reason: &reason,
+            }),
+            DECISION_WAIT_MS,
+            "the decision's record",
+        );
+        if let Err(e) = written {
+            tracing::error!(vertical = %v.name, challenger = %outcome.version, error = %e, "the decision's record was not written");
+            reason = format!("{reason}; its record was not written: {e}");
+        }
         tracing::info!(vertical = %v.name, challenger = %outcome.version, champion = ?champion_version, promoted, reason = %reason, "retrained");
         let how = if promoted {
             Outcome::Promoted
