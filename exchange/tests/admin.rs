@@ -54,7 +54,7 @@ async fn without_the_token_or_with_a_wrong_one_admin_routes_are_401_and_change_n
     let bearer_17 = format!("Bearer {seventeen}");
     let basic = format!("Basic {ADMIN_TOKEN}");
     let scheme =
-        "Authorization must be Bearer <admin token>: the scheme Bearer, a space, and the key";
+        "Authorization must be Bearer <admin token>: the scheme Bearer, one or more spaces, and the key";
     let cases: [(Vec<(&str, &str)>, &str); 8] = [
         (vec![], "missing Authorization: Bearer <admin token>"),
         (

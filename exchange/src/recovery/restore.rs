@@ -18,6 +18,9 @@ use crate::core::caps::Windows;
 use crate::core::post::{refuse_before_delivery, BeforeDelivery};
 use crate::core::settlement::release_reason;
 use crate::core::UnixMs;
+
+/// How long a start waits for room in the ledger's queue for one record it closes.
+const RESTORE_WAIT_MS: u64 = 30_000;
 use crate::state::AppState;
 
 /// Buyers' keys on `POST /v1/dispositions`: the last disposition each key recorded, with
@@ -162,7 +165,6 @@ pub(super) fn close_expired_while_down(
     scan: &Scan,
     now: UnixMs,
 ) -> (u64, u64) {
-    use crate::core::record::LedgerSink as _;
     use crate::core::record::{Head, QuoteHoldRecord, Record};
     let mut ended: Vec<(UnixMs, &str, &Value)> = scan
         .opened
@@ -195,8 +197,12 @@ pub(super) fn close_expired_while_down(
                     test: false,
                 });
                 // Not durable (as the sweeper's): lost in a crash, the next start writes
-                // it again.
-                if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {
+                // it again. A full queue is waited for (it dropped the record unsaid).
+                if let Err(e) =
+                    state
+                        .ledger
+                        .write_on_this_thread(&record, RESTORE_WAIT_MS, "the record")
+                {
                     tracing::warn!(error = %e, "ledger: a quote_expired for a quote that expired while the exchange was down was not written");
                 }
             }
@@ -230,7 +236,6 @@ pub(super) fn close_not_restored(
     v: &Value,
     now: UnixMs,
 ) -> Option<&'static str> {
-    use crate::core::record::LedgerSink as _;
     use crate::core::record::{Head, QuoteHoldRecord, Record};
     if v.get("expires_at_ms")
         .and_then(Value::as_i64)
@@ -262,8 +267,12 @@ pub(super) fn close_not_restored(
             // A test quote (it holds nothing) says so, as its post's refusal would.
             test: hold.is_none() && v.get("test").and_then(Value::as_bool) == Some(true),
         });
-        // Not durable: lost in a crash, the next start writes it again.
-        if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {
+        // Not durable: lost in a crash, the next start writes it again. A full queue is
+        // waited for (it dropped the record unsaid).
+        if let Err(e) = state
+            .ledger
+            .write_on_this_thread(&record, RESTORE_WAIT_MS, "the record")
+        {
             tracing::warn!(error = %e, "ledger: a quote_released for an open quote not restored was not written");
         }
     }
@@ -282,7 +291,6 @@ pub(super) fn close_not_restored(
 /// `quote_reserved` ended (black-box round 220b: it stayed open for ever). Returns how
 /// many were closed.
 pub(super) fn close_unopened_holds(state: &AppState, scan: &Scan, now: UnixMs) -> u64 {
-    use crate::core::record::LedgerSink as _;
     use crate::core::record::{Head, QuoteHoldRecord, Record};
     let mut closed = 0;
     // In ping id order, so that one ledger gives the same records at each start.
@@ -298,8 +306,12 @@ pub(super) fn close_unopened_holds(state: &AppState, scan: &Scan, now: UnixMs) -
             changed_fields: &[],
             test: false,
         });
-        // Not durable: lost in a crash, the next start writes it again.
-        if let crate::ledger::Receipt::Failed(e) = state.ledger.append(&record) {
+        // Not durable: lost in a crash, the next start writes it again. A full queue is
+        // waited for (it dropped the record unsaid).
+        if let Err(e) = state
+            .ledger
+            .write_on_this_thread(&record, RESTORE_WAIT_MS, "the record")
+        {
             tracing::warn!(error = %e, "ledger: a quote_released for a hold whose quote was never recorded was not written");
             continue;
         }

@@ -329,7 +329,7 @@ pub(super) fn no_bearer_message(headers: &http::HeaderMap, what: &str) -> String
             )
         }
         1 => format!(
-            "Authorization must be Bearer <{what}>: the scheme Bearer, a space, and the key"
+            "Authorization must be Bearer <{what}>: the scheme Bearer, one or more spaces, and the key"
         ),
         n => format!("send one Authorization header, not {n}"),
     }
@@ -606,7 +606,7 @@ pub(super) async fn seller_request(
             let whose = if own {
                 "its requests_in_flight_max"
             } else {
-                "half of server.requests_in_flight_max, each seller's share when there are several and its own requests_in_flight_max is not set"
+                "half of server.requests_in_flight_max (rounded up), each seller's share when there are several and its own requests_in_flight_max is not set"
             };
             if let Some(m) = limited {
                 m.requests_in_flight.inc();
