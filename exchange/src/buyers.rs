@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proto::buyer::{parse_bid_answer, parse_post_answer, BidOutcome, PostOutcome};
 use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -311,6 +311,7 @@ impl H2Pool {
             return Err(CallError::Transport);
         }
         let trusted_until = crate::cert_bound::trusted_until(&io);
+        let io = guarded(io, authority, guard::Protocol::Http2);
         let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(io)
@@ -331,6 +332,35 @@ impl H2Pool {
         }
         Ok(tx)
     }
+}
+
+/// `io` held to what its buyer's server may send on it ([`guard`]), a connection past
+/// it logged for `host` ([`over_bound`]).
+fn guarded<I>(io: I, host: &str, protocol: guard::Protocol) -> TokioIo<guard::Guarded<TokioIo<I>>> {
+    TokioIo::new(guard::Guarded::new(
+        TokioIo::new(io),
+        protocol,
+        host,
+        over_bound,
+    ))
+}
+
+/// Hosts whose connection passed its bound, for [`over_bound`] (as [`CONNECT_FAILED`]).
+static OVER_BOUND: HostLines = std::sync::Mutex::new(None);
+
+/// Logs that a buyer's host sent more on a connection than its bound ([`guard`]): the
+/// connection is closed, its call (if one was waiting) is an `error`. At most once a
+/// second per host, with the count of those not logged since.
+fn over_bound(host: &str, why: &str) {
+    let Some(unlogged) = due_to_log(&OVER_BOUND, host) else {
+        return;
+    };
+    tracing::warn!(
+        host,
+        why,
+        closed_not_logged = unlogged,
+        "a buyer's host sent more on a connection than it may: the connection is closed, its call an error; its next calls go on a new connection"
+    );
 }
 
 /// Hosts whose HTTP/2 buyer reset a call, for [`stream_reset`] (as [`CONNECT_FAILED`]).
@@ -522,6 +552,8 @@ impl H1Pool {
     async fn connect(&self, uri: &Uri) -> Result<H1Conn, CallError> {
         let io = open(&self.connector, uri).await?;
         let trusted_until = crate::cert_bound::trusted_until(&io);
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let io = guarded(io, authority, guard::Protocol::Http1);
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|_| CallError::Transport)?;
@@ -1263,6 +1295,7 @@ pub type PingResult = CallResult<BidOutcome>;
 /// A post's result.
 pub type PostResult = CallResult<PostOutcome>;
 
+mod guard;
 pub mod lookup;
 
 #[cfg(test)]

@@ -627,3 +627,108 @@ async fn a_late_failure_is_not_counted_as_a_late_answer() {
         1.0
     );
 }
+
+/// A buyer on a raw socket that reads the first bytes of each connection, then writes
+/// `first` and `flood` again and again until the exchange closes the connection.
+/// Resolves, per connection, to the bytes it managed to write.
+#[allow(clippy::expect_used)]
+async fn flooding_buyer(
+    first: &'static [u8],
+    flood: Vec<u8>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (tx, flood) = (tx.clone(), flood.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut wrote = 0u64;
+                if sock.write_all(first).await.is_ok() {
+                    wrote += first.len() as u64;
+                    // Bounded: 256 MiB, far past what the exchange reads before it closes.
+                    while wrote < 256 << 20 && sock.write_all(&flood).await.is_ok() {
+                        wrote += flood.len() as u64;
+                    }
+                }
+                let _ = tx.send(wrote);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A flooding buyer (`first`, then `flood` without end) beside a good one, with bounds
+/// long enough that only the flood's own bound can end its call: the seller gets the good
+/// buyer's bid, the exchange closes the flooding buyer's connection after reading a
+/// bounded amount, and its call is an `error` (it was a `timeout`, read for the call's
+/// whole bound: 256 MiB here).
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+async fn a_flood_is_cut_off(first: &'static [u8], flood: Vec<u8>, http2: bool) {
+    let (addr, mut wrote) = flooding_buyer(first, flood).await;
+    let good = ScriptedBidder::bidding(10.0);
+    let (gb, _h) = serve("good", &good).await;
+    let mut flooding = TestBuyer::new("flood", addr).ping_timeout_ms(30_000);
+    if http2 {
+        flooding = flooding.http2();
+    }
+    let ex = TestConfig::new()
+        .buyer(flooding)
+        .buyer(gb.clone().ping_timeout_ms(30_000))
+        .with(|c| c.auction_deadline_ms = 10_000)
+        .start()
+        .await;
+    let quote = ex.client.ping("TX").await;
+    assert_eq!(quote.status, PingStatus::Bid, "{quote:?}");
+    let wrote = tokio::time::timeout(Duration::from_secs(20), wrote.recv())
+        .await
+        .expect("the exchange closed the connection")
+        .unwrap();
+    // What the exchange read (its bound) and what the sockets' buffers held.
+    assert!(wrote < 48 << 20, "{wrote} bytes written before the close");
+    assert_eq!(
+        ex.metric(PINGS, &[("buyer", "flood"), ("outcome", "error")])
+            .await,
+        1.0
+    );
+    let sold = ex.client.post(&quote.ping_id, "TX").await;
+    assert_eq!(sold.buyer.as_deref(), Some(gb.name().as_str()), "{sold:?}");
+}
+
+/// Black-box round 241c (high): a buyer that answered every ping with `103 Early Hints`
+/// written without pause kept a worker parsing millions of them, past every timer on it:
+/// sellers' pings took up to 2.2 s. The exchange reads at most 1 MiB after a request.
+#[tokio::test]
+async fn a_buyer_flooding_interim_answers_is_cut_off_by_bytes() {
+    let early: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+    a_flood_is_cut_off(early, early.repeat(1_000), false).await;
+}
+
+/// Black-box round 241c (medium): an HTTP/2 buyer sending SETTINGS frames of 2,730
+/// settings each without pause took half a core for as long as it sent them, and the
+/// connection was never closed. Past the allowance of control frames the exchange's own
+/// listeners give a client, the connection is closed.
+#[tokio::test]
+async fn an_http2_buyer_flooding_settings_is_cut_off() {
+    // SETTINGS frames of SETTINGS_ENABLE_PUSH (2) = 0, again and again: valid for a
+    // client to get. The first is empty (the server's own SETTINGS).
+    let settings = |n: usize| {
+        let len = n * 6;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8];
+        f.extend_from_slice(&[4, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&[0, 2, 0, 0, 0, 0].repeat(n));
+        f
+    };
+    let first = Box::leak(settings(0).into_boxed_slice());
+    a_flood_is_cut_off(first, settings(2_730).repeat(4), true).await;
+}
