@@ -707,7 +707,7 @@ async fn a_flood_is_cut_off(first: &'static [u8], flood: Vec<u8>, http2: bool) {
 
 /// Black-box round 241c (high): a buyer that answered every ping with `103 Early Hints`
 /// written without pause kept a worker parsing millions of them, past every timer on it:
-/// sellers' pings took up to 2.2 s. The exchange reads at most 1 MiB after a request.
+/// sellers' pings took up to 2.2 s. The exchange reads at most 256 KiB after a request.
 #[tokio::test]
 async fn a_buyer_flooding_interim_answers_is_cut_off_by_bytes() {
     let early: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
