@@ -93,8 +93,12 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> anyhow::Result<Option<A
         match flag.as_str() {
             "--host" => args.host = value,
             "--port" => {
-                args.port = value.parse().with_context(|| {
-                    format!("--port {value}: a port number from 0 to 65535 (0: any free port)")
+                // Not with the parser's own words as a cause (black-box round 242b:
+                // "number too large to fit in target type").
+                args.port = value.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--port {value}: a port number from 0 to 65535 (0: any free port)"
+                    )
                 })?
             }
             "--secret-env" => args.secret_env = value,
@@ -179,7 +183,10 @@ async fn serve_from_args() -> anyhow::Result<()> {
     let secret_text = match std::env::var(&args.secret_env) {
         Ok(text) => text,
         Err(std::env::VarError::NotPresent) => {
-            bail!("environment variable {} is not set", args.secret_env)
+            bail!(
+                "environment variable {} is not set: set it to the buyer's signing secret (the one the exchange's buyers.ID.secret_env names), or name another variable with --secret-env VAR",
+                args.secret_env
+            )
         }
         Err(std::env::VarError::NotUnicode(_)) => bail!(
             "environment variable {} is set but is not UTF-8 text (a binary key goes as whsec_ and its base64)",
@@ -287,6 +294,9 @@ mod tests {
         ] {
             let e = refusal(line);
             assert!(e.contains(said), "{line}: {e}");
+            // The refusal in its own words only (round 242b: the parser's "number too
+            // large to fit in target type" followed it).
+            assert!(!e.contains("target type"), "{line}: {e}");
         }
     }
 }

@@ -664,11 +664,14 @@ fn signature_refused(host: &str, status: u16) {
     let Some(unlogged) = due_to_log(&SIGNATURE_REFUSED, host) else {
         return;
     };
+    // Not `buyers.ID` literally (black-box round 242b). The transport does not carry the
+    // buyer's id (each ping's future would grow by it): the buyer is the one whose url
+    // names the host.
     tracing::warn!(
         host,
         status,
         refusals_not_logged = unlogged,
-        "a buyer's host refused a signed call ({status}): check that its secret is the one in buyers.ID.secret_env (and secret_env_next while rotating)"
+        "a buyer's host refused a signed call ({status}): check that the secret of the buyer whose ping_url or post_url names this host is the one its secret_env names (and its secret_env_next while rotating)"
     );
 }
 

@@ -115,6 +115,23 @@ fn bidder_addrs(cfg: &Config) -> Vec<(usize, std::net::SocketAddr)> {
     out
 }
 
+/// The demo bidders' ports that cannot be listened on now, each said as a start would
+/// say it (`--check-config --demo`; black-box round 242b: it said OK, and the start then
+/// failed on a bidder port another process held).
+pub fn bidder_port_problems(cfg: &Config) -> Vec<String> {
+    bidder_addrs(cfg)
+        .into_iter()
+        .filter_map(|(i, at)| {
+            std::net::TcpListener::bind(at)
+                .err()
+                .map(|e| format!("{at} (buyer {}'s url): {e}", cfg.buyers[i].id))
+        })
+        .collect()
+}
+
+/// What to do when a demo bidder's port is taken (README: another copy of the file).
+pub const BIDDER_PORT_ADVICE: &str = "copy the configuration, change the buyers' ping_url and post_url ports (and server.listen and admin.listen if they are taken too), and run --demo --config with the copy; or run a configuration with buyers of your own without --demo";
+
 /// Starts one example bidder per loopback port the configured buyers' URLs name: the scorecard
 /// bidder for pinged buyers with an even position, a flat bidder for the others (fixed
 /// price buyers are served by a flat bidder that accepts posts).
@@ -504,7 +521,7 @@ pub async fn start_bidders_or_say(cfg: &Config) -> Result<Vec<DemoBidder>, Strin
         format!(
             "demo: could not start the example bidders on the ports the configuration's buyers name: {e} \
              (--demo starts an example bidder on every loopback port a buyer's url names: \
-             run a configuration with buyers of your own without --demo)"
+             {BIDDER_PORT_ADVICE})"
         )
     })
 }

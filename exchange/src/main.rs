@@ -33,7 +33,7 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Overrides `server.listen`.
-    #[arg(long)]
+    #[arg(long, value_parser = listen_arg)]
     listen: Option<SocketAddr>,
     /// Overrides `server.ledger_path` (the ledger directory).
     #[arg(long, value_parser = ledger_dir_arg)]
@@ -743,6 +743,14 @@ fn demo_file_problem(path: Option<&std::path::Path>) -> Option<String> {
 /// `--ledger DIR`: not empty, and no white space at either end, as `server.ledger_path`
 /// (black-box round 148a: `--ledger "dir "` made and used a directory named with the
 /// space, beside the ledger the configuration names).
+/// `--listen`: refused in the words `server.listen` is (black-box round 242b: clap's
+/// "invalid socket address syntax" for `localhost:8080`).
+fn listen_arg(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        "must be a socket address such as \"127.0.0.1:8080\" (an IP address and a port: a host name such as localhost is not looked up)".to_string()
+    })
+}
+
 fn ledger_dir_arg(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
         return Err("a value is required".into());
@@ -952,7 +960,14 @@ fn main() -> anyhow::Result<()> {
             }
             // The embedded configuration's buyers are the demo's (black-box round 68d:
             // the message did not say how to run it).
-            if !demo && errors.0.iter().any(|e| e.contains("PINGPOST_DEMO_SECRET_")) {
+            // Only for a variable unset or too short: a demo secret refused for another
+            // reason (a seller's key, say) is not mended by setting it (black-box round
+            // 242b: the hint followed such an error).
+            let unset_or_short = |e: &String| {
+                e.contains("PINGPOST_DEMO_SECRET_")
+                    && (e.ends_with(" is not set") || e.contains(" holds a secret shorter than "))
+            };
+            if !demo && errors.0.iter().any(unset_or_short) {
                 // A file given that names the demo's variables is the operator's: set
                 // them, or name its own (black-box round 106a: told to use --config FILE
                 // when it had).
@@ -1003,6 +1018,14 @@ fn main() -> anyhow::Result<()> {
                     "a start here would fail"
                 };
                 pingpost::say_err!("warning: {key}: cannot listen on {addr} now ({e}): {why}");
+            }
+        }
+        if demo {
+            for problem in pingpost::demo::bidder_port_problems(&cfg) {
+                pingpost::say_err!(
+                    "warning: demo: cannot listen on {problem}: a start with --demo here would fail ({})",
+                    pingpost::demo::BIDDER_PORT_ADVICE
+                );
             }
         }
         // What a start would warn of (black-box round 17: only the start said it).

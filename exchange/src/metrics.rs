@@ -399,7 +399,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "pingpost_seller_limited_total",
-                    "Seller requests answered 429 by the seller's own limit, by seller id and limit (requests_in_flight, rate, quotes_open, idempotency_keys).",
+                    "Seller requests answered 429 by the seller's own limit, by seller id and limit (requests_in_flight, rate, quotes_open, idempotency_keys, connections).",
                     &["seller", "limit"],
                 ),
             ),

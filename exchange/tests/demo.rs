@@ -448,6 +448,11 @@ async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(!err.contains("9101-9105"), "{err}");
+    // What to do, as the README says it (black-box round 242b: only "without --demo").
+    assert!(
+        err.contains("change the buyers' ping_url and post_url ports"),
+        "{err}"
+    );
     // Found before the exchange starts (black-box round 34: it listened, wrote a start and
     // a shutdown flush to the ledger, then stopped).
     assert!(!err.contains("pingpost listening"), "{err}");
@@ -458,7 +463,9 @@ async fn a_busy_demo_bidder_port_is_named_and_the_demo_fails() {
 }
 
 /// Runs the demo on a fresh configuration whose fourth bidder's port is held: its
-/// directory, that port and the demo's output.
+/// directory, that port and the demo's output. `--check-config --demo` on it warns of
+/// that port first, and exits 0 (the file is right; black-box round 242b: it said only
+/// "configuration OK").
 async fn demo_with_a_busy_bidder_port() -> (tempfile::TempDir, u16, std::process::Output) {
     let dir = tempfile::tempdir().unwrap();
     let text = demo_config(dir.path());
@@ -477,6 +484,20 @@ async fn demo_with_a_busy_bidder_port() -> (tempfile::TempDir, u16, std::process
         .and_then(|p| p.parse().ok())
         .expect("a loopback port");
     let _held = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--check-config", "--demo"])
+        .env_remove("PINGPOST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("warning: demo: cannot listen on 127.0.0.1:{port}"))
+            && said.contains("change the buyers' ping_url and post_url ports"),
+        "{said}"
+    );
     let o = tokio::time::timeout(
         DEMO_WAIT_MAX,
         tokio::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
@@ -730,5 +751,21 @@ async fn a_sigterm_during_the_start_stops_the_exchange_cleanly() {
         log.last()
             .is_some_and(|l| l.contains("stopped: the in-flight requests finished")),
         "{log:#?}"
+    );
+}
+
+/// Black-box round 242b: `--listen localhost:8080` got clap's "invalid socket address
+/// syntax"; it is told what `server.listen` is told.
+#[test]
+fn a_listen_address_that_is_a_host_name_is_told_what_to_give() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pingpost"))
+        .args(["--listen", "localhost:8080", "--check-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--listen") && err.contains("a host name such as localhost is not looked up"),
+        "{err}"
     );
 }

@@ -8,7 +8,8 @@
 //!   past every timer on that thread: every seller's auctions on it waited (black-box
 //!   round 241c: pings answered in 0.6-2.2 s, `/healthz` in 1.4 s).
 //! - **HTTP/2:** at most as many control frames (SETTINGS, each setting in one, PING,
-//!   WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, PUSH_PROMISE, frames of unknown types)
+//!   WINDOW_UPDATE, PRIORITY, RST_STREAM, GOAWAY, frames of unknown types; h2 itself
+//!   ends the connection at a PUSH_PROMISE, push being off)
 //!   as the exchange's own listeners allow a client ([`CONTROL_FRAMES_BURST`], and
 //!   [`CONTROL_FRAMES_PER_STREAM`] for each answer begun, [`CONTROL_FRAMES_PER_SECOND`]
 //!   for each second connected). Round 241c: SETTINGS frames of 2,730 settings each, sent

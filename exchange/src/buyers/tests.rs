@@ -273,6 +273,12 @@ async fn a_buyer_refusing_the_signature_is_logged_once_a_second() {
     assert!(lines[0].contains("(401)"), "{text}");
     assert!(lines[0].contains(&authority(&url)), "{text}");
     assert!(lines[0].contains("refusals_not_logged=0"), "{text}");
+    // Not `buyers.ID`, literally (round 242b).
+    assert!(
+        lines[0].contains("the buyer whose ping_url or post_url names this host")
+            && !lines[0].contains("buyers.ID"),
+        "{text}"
+    );
     assert!(!text.contains("test-secret"), "{text}");
 }
 

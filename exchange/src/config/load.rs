@@ -130,8 +130,15 @@ pub fn load_file_with_env(
             // Not `path: ...`: a reload's answer would take a relative file name
             // (`live.toml`) for a key path (black-box round 147a); under `config`, as a
             // syntax error is.
+            // A pipe or a process substitution (`--config <(...)`) says why it cannot be
+            // used, and what to do (black-box round 242b: only "not a regular file").
+            let why = if e.kind() == std::io::ErrorKind::InvalidInput {
+                "; the configuration is read from a regular file, at the start and again at every reload, which a pipe, a FIFO or a process substitution such as <(...) cannot give: write it to a file and name that"
+            } else {
+                ""
+            };
             ConfigErrors(vec![format!(
-                "cannot read {}: {e}",
+                "cannot read {}: {e}{why}",
                 crate::cli_out::shown_path(path)
             )])
         })?;

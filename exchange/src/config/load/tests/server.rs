@@ -322,6 +322,11 @@ fn files_a_configuration_names_are_read_bounded_and_only_if_regular() {
     // The configuration file itself is read the same way.
     let e = load_file_with_env(std::path::Path::new("/dev/zero"), &|_| None).unwrap_err();
     assert!(e.to_string().contains("not a regular file"), "{e}");
+    // ... and says what to do (black-box round 242b).
+    assert!(
+        e.to_string().contains("write it to a file and name that"),
+        "{e}"
+    );
 }
 
 /// A self-signed certificate for `localhost` and its key, in PEM.
