@@ -90,6 +90,11 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> anyhow::Result<Option<A
         let value = it
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        // The next flag is no value (black-box round 243a: `--kind --port 9300` was told
+        // "unknown flag 9300").
+        if value.starts_with("--") || value == "-h" {
+            bail!("{flag} needs a value (it was followed by {value})\n{USAGE}");
+        }
         match flag.as_str() {
             "--host" => args.host = value,
             "--port" => {
@@ -150,12 +155,14 @@ async fn run<B: Bidder>(
 ) -> anyhow::Result<()> {
     let shutdown = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            eprintln!("serve_bidder: cannot listen for Ctrl-C ({e}); stop the process to exit");
+            say_err(&format!(
+                "serve_bidder: cannot listen for Ctrl-C ({e}); stop the process to exit"
+            ));
             std::future::pending::<()>().await;
         }
     };
     serve(listener, Arc::new(bidder), options, shutdown).await?;
-    println!("serve_bidder: stopped");
+    say("serve_bidder: stopped");
     Ok(())
 }
 
@@ -166,35 +173,51 @@ fn main() -> std::process::ExitCode {
     match serve_from_args() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            say_err(&format!("Error: {e:#}"));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// A line on stdout; a stdout that is gone (`serve_bidder --help | true`) is no reason to
+/// stop (black-box round 243a: `println!` panicked with a backtrace, exit 101).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// [`say`] on stderr.
+fn say_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The secret `var` holds (`value`: what reading it gave), or why there is none. Never
+/// the value in a message: not even one that is not UTF-8 (black-box round 138a: std's
+/// error quoted its bytes).
+fn secret_from(var: &str, value: Result<String, std::env::VarError>) -> anyhow::Result<Secret> {
+    let text = match value {
+        Ok(text) if text.is_empty() => bail!(
+            "environment variable {var} is set but empty: set it to the buyer's signing secret (the one the exchange's buyers.ID.secret_env names)"
+        ),
+        Ok(text) => text,
+        Err(std::env::VarError::NotPresent) => bail!(
+            "environment variable {var} is not set: set it to the buyer's signing secret (the one the exchange's buyers.ID.secret_env names), or name another variable with --secret-env VAR"
+        ),
+        Err(std::env::VarError::NotUnicode(_)) => bail!(
+            "environment variable {var} is set but is not UTF-8 text (a binary key goes as whsec_ and its base64)"
+        ),
+    };
+    Secret::new(&text).map_err(|e| anyhow::anyhow!("{var}: {e}"))
+}
+
 #[tokio::main]
 async fn serve_from_args() -> anyhow::Result<()> {
     let Some(args) = parse_args(std::env::args().skip(1))? else {
-        println!("{USAGE}");
+        say(USAGE);
         return Ok(());
     };
-    // Never the value in a message: not even one that is not UTF-8 (black-box round 138a:
-    // std's error quoted its bytes).
-    let secret_text = match std::env::var(&args.secret_env) {
-        Ok(text) => text,
-        Err(std::env::VarError::NotPresent) => {
-            bail!(
-                "environment variable {} is not set: set it to the buyer's signing secret (the one the exchange's buyers.ID.secret_env names), or name another variable with --secret-env VAR",
-                args.secret_env
-            )
-        }
-        Err(std::env::VarError::NotUnicode(_)) => bail!(
-            "environment variable {} is set but is not UTF-8 text (a binary key goes as whsec_ and its base64)",
-            args.secret_env
-        ),
-    };
-    let secret =
-        Secret::new(&secret_text).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_env))?;
+    let secret = secret_from(&args.secret_env, std::env::var(&args.secret_env))?;
     let options = ServeOptions::new(secret);
     // Refused before it says it serves (black-box round 136b: a short secret printed the
     // serving line, then the error).
@@ -215,10 +238,10 @@ async fn serve_from_args() -> anyhow::Result<()> {
         ),
         _ => "prices each lead from its fields".to_string(),
     };
-    println!(
+    say(&format!(
         "serve_bidder: {} bidder on http://{addr}{} and {}: {bids}",
         args.kind, options.ping_path, options.post_path
-    );
+    ));
     match args.kind.as_str() {
         "flat" => run(FlatBidder::new(args.price, args.states), listener, options).await,
         "scorecard" => run(ScorecardBidder::default(), listener, options).await,
@@ -273,6 +296,22 @@ mod tests {
         assert!(parse("--port 1 --help").unwrap().is_none());
     }
 
+    /// Round 243a: an empty secret was told about `whsec_` and base64.
+    #[test]
+    fn an_empty_unset_or_binary_secret_is_told_as_such() {
+        use std::env::VarError;
+        let said = |v| format!("{:#}", secret_from("S", v).unwrap_err());
+        let empty = said(Ok(String::new()));
+        assert!(
+            empty.contains("S is set but empty") && !empty.contains("whsec_"),
+            "{empty}"
+        );
+        assert!(said(Err(VarError::NotPresent)).contains("--secret-env VAR"));
+        let binary = said(Err(VarError::NotUnicode(std::ffi::OsString::from("x"))));
+        assert!(binary.contains("not UTF-8 text"), "{binary}");
+        assert!(secret_from("S", Ok("s".repeat(32))).is_ok());
+    }
+
     #[test]
     fn refuses_each_bad_argument_naming_it() {
         for (line, said) in [
@@ -285,6 +324,12 @@ mod tests {
             // Round 111a: an unknown last flag was told it "needs a value".
             ("--port 9300 --prize", "unknown flag --prize"),
             ("--port", "--port needs a value"),
+            // Round 243a: the next flag was taken for the value.
+            (
+                "--kind --port 9300",
+                "--kind needs a value (it was followed by --port)",
+            ),
+            ("--states --help", "--states needs a value"),
             ("--port 70000", "a port number from 0 to 65535"),
             ("--price 0", "must be more than 0"),
             ("--price -1", "write a decimal such as 12.50"),

@@ -18,10 +18,10 @@ use crate::core::caps::Windows;
 use crate::core::post::{refuse_before_delivery, BeforeDelivery};
 use crate::core::settlement::release_reason;
 use crate::core::UnixMs;
+use crate::state::AppState;
 
 /// How long a start waits for room in the ledger's queue for one record it closes.
 const RESTORE_WAIT_MS: u64 = 30_000;
-use crate::state::AppState;
 
 /// Buyers' keys on `POST /v1/dispositions`: the last disposition each key recorded, with
 /// the `200` it was answered (only a `200` is ever recorded with its key). A buyer not
