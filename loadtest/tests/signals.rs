@@ -608,7 +608,13 @@ fn p6_swap_stopped_in_a_later_leg_reports_the_leg_before() {
 fn a_ctrl_c_to_the_whole_group_leaves_nothing_the_exchange_started() {
     use std::os::unix::process::CommandExt as _;
     let dir = tempfile::tempdir().unwrap();
+    // The helper's pid comes through a FIFO: read, it blocks until the fake writes it.
     let helper = dir.path().join("helper.pid");
+    assert!(Command::new("mkfifo")
+        .arg(&helper)
+        .status()
+        .unwrap()
+        .success());
     // An "exchange" that starts a helper in the background and never becomes healthy.
     let fake = dir.path().join("fake-exchange");
     std::fs::write(
@@ -628,23 +634,20 @@ fn a_ctrl_c_to_the_whole_group_leaves_nothing_the_exchange_started() {
         .spawn()
         .unwrap();
     let lt_pid = lt.id();
+    // If loadtest never starts the fake, the watchdog unblocks the FIFO ("0") too.
+    let helper_w = helper.clone();
     let watchdog = Watchdog::start(move || {
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{lt_pid}")])
             .status();
+        unblock(&helper_w, "0\n");
     });
-    let mut pid = None;
-    for _ in 0..400 {
-        if let Some(p) = std::fs::read_to_string(&helper)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
-            pid = Some(p);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let pid = pid.expect("the exchange started its helper");
+    let pid: u32 = std::fs::read_to_string(&helper)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(pid, 0, "the exchange started its helper");
     // The terminal's Ctrl-C: SIGINT to every process of the group.
     let _ = Command::new("kill")
         .args(["-INT", "--", &format!("-{lt_pid}")])
