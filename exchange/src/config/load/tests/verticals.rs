@@ -412,7 +412,27 @@ fn suppression_list_loads_and_bad_lines_are_named_by_number() {
         .unwrap();
     assert!(made.success());
     let missing = dir.path().join("nope.txt");
+    // Over the bound by its length (sparse files: nothing is written or read).
+    let just_over = dir.path().join("just-over.txt");
+    let huge = dir.path().join("huge.txt");
+    for (file, len) in [
+        (
+            &just_over,
+            crate::config::load::SUPPRESSION_FILE_BYTES_MAX + 1,
+        ),
+        (&huge, 1 << 40),
+    ] {
+        std::fs::File::create(file).unwrap().set_len(len).unwrap();
+    }
     for (edit, needle) in [
+        (
+            table(&just_over.display().to_string()),
+            "just-over.txt: longer than 1073741824 bytes",
+        ),
+        (
+            table(&huge.display().to_string()),
+            "huge.txt: longer than 1073741824 bytes",
+        ),
         (
             table(&fifo.display().to_string()),
             "fifo: not a regular file",
