@@ -22,7 +22,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 mod verticals;
-pub use buyers::budget_warnings;
+pub use buyers::{budget_warnings, cap_warnings};
 pub use verticals::pattern_warnings;
 
 use std::collections::HashMap;

@@ -29,8 +29,8 @@ mod load;
 pub const KEY_WORDS_MAX: usize = 16;
 
 pub use load::{
-    budget_warnings, load_file, load_file_with_env, load_str, load_str_with_env, pattern_warnings,
-    shared_listener_problem, ConfigErrors, BUYERS_MAX, EDGE_SPACE, SELLERS_MAX,
+    budget_warnings, cap_warnings, load_file, load_file_with_env, load_str, load_str_with_env,
+    pattern_warnings, shared_listener_problem, ConfigErrors, BUYERS_MAX, EDGE_SPACE, SELLERS_MAX,
 };
 pub use pingpost_core::config::*;
 
@@ -148,11 +148,13 @@ pub fn host_ip(host: &str) -> Option<std::net::IpAddr> {
 
 /// Every warning a configuration gives (not errors: an operator may mean them), for the
 /// start's log, a reload's and `--check-config`: [`shared_bound_warnings`],
-/// [`shared_secret_warnings`], [`pattern_warnings`], then [`budget_warnings`].
+/// [`shared_secret_warnings`], [`pattern_warnings`], [`cap_warnings`], then
+/// [`budget_warnings`].
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = shared_bound_warnings(cfg);
     out.extend(shared_secret_warnings(cfg));
     out.extend(pattern_warnings(cfg));
+    out.extend(cap_warnings(cfg));
     out.extend(budget_warnings(cfg));
     out
 }

@@ -166,7 +166,7 @@ pub(super) fn read_buyer(
         monthly: c.u32_opt(p, "monthly", 1, cap_max),
         budget_daily: None,
     };
-    c.finish(p);
+    c.finish_with_hint(p, "the caps are hourly, daily, weekly and monthly");
     caps.budget_daily = s.money_opt(p, "budget_daily");
 
     let allow_plaintext = s.bool_or(p, "allow_plaintext", false);
@@ -633,6 +633,42 @@ fn shifts_by_whole_hours(zone: chrono_tz::Tz) -> bool {
 /// or its every bid is refused at award (black-box round 198c: `budget_daily = 0` passed
 /// `--check-config` without a word, while `fixed_price = 0` is refused). Not an error:
 /// an operator may pause a buyer by its budget.
+/// Each cap of a buyer over the cap of a longer window that holds it (an hour is inside
+/// its day, week and month; a day inside its week and month), which can then never be
+/// reached: a line each for the start's log, a reload's and `--check-config` (black-box
+/// round 244a: `caps = { hourly = 10, daily = 5 }` passed without a word). A week may
+/// straddle two months, so a weekly cap over the monthly one can be reached, and is not
+/// said. Not an error: the longer window's cap still holds.
+pub fn cap_warnings(cfg: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in &cfg.buyers {
+        let c = &b.caps;
+        let caps = [
+            ("hourly", c.hourly, "hour"),
+            ("daily", c.daily, "day"),
+            ("weekly", c.weekly, "week"),
+            ("monthly", c.monthly, "month"),
+        ];
+        for (i, &(short, short_cap, span)) in caps.iter().enumerate() {
+            let Some(short_cap) = short_cap else { continue };
+            // The lowest cap of a longer window that holds this one, if under it.
+            let under = caps[i + 1..]
+                .iter()
+                .filter(|&&(long, _, _)| !(short == "weekly" && long == "monthly"))
+                .filter_map(|&(long, cap, noun)| cap.map(|cap| (long, cap, noun)))
+                .filter(|&(_, cap, _)| cap < short_cap)
+                .min_by_key(|&(_, cap, _)| cap);
+            if let Some((long, long_cap, noun)) = under {
+                out.push(format!(
+                    "{}: {short} = {short_cap} is over {long} = {long_cap}: every {span} is inside a {noun}, so this buyer gets at most {long_cap} leads in any {span} and its {short} cap is never reached",
+                    join(&join("buyers", &b.id), "caps"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 pub fn budget_warnings(cfg: &crate::config::Config) -> Vec<String> {
     let mut out = Vec::new();
     for b in &cfg.buyers {

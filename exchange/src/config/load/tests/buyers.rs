@@ -790,6 +790,47 @@ fn a_budget_that_can_buy_nothing_is_warned_of() {
     assert!(crate::config::budget_warnings(&fine)[0].starts_with("buyers.flat."));
 }
 
+/// Black-box round 244a: a cap over the cap of a longer window that holds it is warned
+/// of (never reached); a weekly cap over the monthly one is not (a week may straddle two
+/// months); an unknown cap key is told the four there are.
+#[test]
+fn a_cap_a_longer_window_s_cap_keeps_from_being_reached_is_warned_of() {
+    let with = |caps: &str| ok(&[("#BUYER", &format!("caps = {{ {caps} }}"))]);
+    assert_eq!(
+        crate::config::cap_warnings(&with("hourly = 10, daily = 5")),
+        ["buyers.acme.caps: hourly = 10 is over daily = 5: every hour is inside a day, so this buyer gets at most 5 leads in any hour and its hourly cap is never reached"]
+    );
+    // The lowest of the longer windows' caps under it is named, once per cap.
+    assert_eq!(
+        crate::config::cap_warnings(&with("hourly = 10, daily = 8, weekly = 20, monthly = 3")),
+        [
+            "buyers.acme.caps: hourly = 10 is over monthly = 3: every hour is inside a month, so this buyer gets at most 3 leads in any hour and its hourly cap is never reached",
+            "buyers.acme.caps: daily = 8 is over monthly = 3: every day is inside a month, so this buyer gets at most 3 leads in any day and its daily cap is never reached",
+        ]
+    );
+    assert_eq!(
+        crate::config::warnings(&with("hourly = 10, daily = 5")).len(),
+        1
+    );
+    for fine in [
+        "hourly = 5, daily = 5",
+        "hourly = 2, daily = 10, weekly = 50, monthly = 100",
+        "weekly = 50, monthly = 40",
+        "daily = 7",
+    ] {
+        assert!(
+            crate::config::cap_warnings(&with(fine)).is_empty(),
+            "{fine}: {:?}",
+            crate::config::cap_warnings(&with(fine))
+        );
+    }
+    let errs = errors(&[("#BUYER", "caps = { yearly = 100 }")]);
+    assert_eq!(
+        errs,
+        ["buyers.acme.caps.yearly: unknown key (the caps are hourly, daily, weekly and monthly)"]
+    );
+}
+
 /// `http` asking for HTTP/3 is told it is not implemented yet; any other wrong value is
 /// told only the two it may be (black-box round 198a).
 #[test]
