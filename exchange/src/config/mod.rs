@@ -96,7 +96,10 @@ pub fn shared_secret_warnings(cfg: &Config) -> Vec<String> {
         for secret in std::iter::once(&b.secret).chain(&b.secret_next) {
             let mac = secret.sign("msg_pingpost_shared_secret_check", 0, b"");
             let holders = by_key.entry(mac).or_default();
-            if !holders.iter().any(|(id, _)| *id == b.id) {
+            // A buyer's two secrets come one after the other: only the last holder can
+            // be this buyer (black-box round 245b: a search of every holder made 100,000
+            // buyers sharing one secret take 20 s to load, not 3).
+            if holders.last().is_none_or(|(id, _)| *id != b.id) {
                 holders.push((b.id.as_str(), hosts.clone()));
             }
         }

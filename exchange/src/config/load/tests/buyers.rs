@@ -749,6 +749,18 @@ fn buyers_on_different_hosts_sharing_a_signing_key_are_warned_of() {
     c.buyers.truncate(1);
     c.buyers[0].secret_next = Some(key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
     assert!(shared_secret_warnings(&c).is_empty(), "one buyer");
+    // With another holder on another host, the one holding it twice is named once.
+    let mut third = c.buyers[0].clone();
+    third.id = "b3".into();
+    third.secret_next = None;
+    third.post_url = "https://three.example/post".into();
+    c.buyers.push(third);
+    let w = shared_secret_warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(&format!("buyers {first}, b3 sign with one key")),
+        "{w:?}"
+    );
 }
 
 /// A `budget_daily` that leaves a buyer nothing it can buy (under the vertical's floor,
