@@ -82,17 +82,8 @@ async fn one_request(listener: &tokio::net::TcpListener) -> Vec<u8> {
     loop {
         let n = sock.read(&mut chunk).await.unwrap();
         buf.extend_from_slice(&chunk[..n]);
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
-        if let Some(end) = end {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                break;
-            }
+        if whole_request(&buf).is_some() {
+            break;
         }
         assert!(n > 0, "the connection closed mid-request");
     }
@@ -108,22 +99,27 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> bool {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return true;
-            }
+        if whole_request(&buf).is_some() {
+            return true;
         }
         match sock.read(&mut chunk).await {
             Ok(0) | Err(_) => return false,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The length of the whole HTTP/1.1 request (head and `content-length` body) at the start
+/// of `buf`, once it is all there.
+fn whole_request(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (buf.len() >= end + 4 + len).then_some(end + 4 + len)
 }
 
 /// A buyer on `127.0.0.1:0` that answers every request on a connection with `answer`
@@ -722,6 +718,57 @@ async fn at_most_idle_per_host_max_connections_are_kept_for_a_host() {
         assert_eq!(r, passed());
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n);
+    assert_eq!(
+        client.h1.idle_count(false, &authority(&url)),
+        IDLE_PER_HOST_MAX
+    );
+}
+
+/// Black-box round 245b: the connections past [`IDLE_PER_HOST_MAX`] were closed with a
+/// FIN when they came back, each leaving a local port in `TIME_WAIT` for 60 s; they are
+/// reset, as every other buyer connection the exchange closes.
+#[tokio::test]
+async fn the_connections_past_the_idle_bound_are_closed_with_a_reset() {
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (url, _) = counted_buyer(move |mut sock| {
+        let ended_tx = ended_tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                // How the client ends it: a reset, or end-of-file (a FIN).
+                match sock.read(&mut chunk).await {
+                    Ok(0) => break ended_tx.send(false),
+                    Err(e) => break ended_tx.send(e.kind() == std::io::ErrorKind::ConnectionReset),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if let Some(used) = whole_request(&buf) {
+                    buf.drain(..used);
+                    if sock.write_all(NO_BID).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .unwrap_or(());
+        }
+    })
+    .await;
+    let client = BuyerClient::new();
+    let n = IDLE_PER_HOST_MAX + 8;
+    let calls: Vec<_> = (0..n).map(|_| ping(&client, &url)).collect();
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r, passed());
+    }
+    for i in 0..8 {
+        let reset = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+            .await
+            .expect("a surplus connection closed")
+            .expect("the buyer runs");
+        assert!(
+            reset,
+            "surplus connection {i} was closed with a FIN, not a reset"
+        );
+    }
     assert_eq!(
         client.h1.idle_count(false, &authority(&url)),
         IDLE_PER_HOST_MAX
