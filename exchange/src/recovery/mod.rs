@@ -45,6 +45,7 @@ mod scan;
 
 use std::collections::HashSet;
 
+use crate::core::UnixMs;
 use crate::state::AppState;
 
 pub use answers::{outcome_unknown, OUTCOME_UNKNOWN};
@@ -162,6 +163,13 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
             "ledger: records of a type this pingpost does not know were skipped at start ({types}): a newer pingpost wrote them (run that one; caps, quotes and keys they count are not rebuilt here)"
         );
     }
+    if let Some(behind_ms) = clock_behind_ledger(scan.latest_at, state.clock.now_ms()) {
+        tracing::warn!(
+            behind_ms,
+            dir = %state.ledger.dir().display(),
+            "the system clock is behind the ledger's latest record (set back since the last run?): this run's records are dated before it, each lead counts in its own caps' window (a window already at its cap stays there), and buyers that check webhook timestamps against a right clock may refuse the exchange's requests"
+        );
+    }
     let r = apply(state, &scan);
     // The cold-start rates: what each buyer did, replayed in order.
     let configured: HashSet<crate::config::BuyerKey> = state
@@ -217,6 +225,14 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
         "ledger replayed: caps, budgets, open quotes, idempotency keys and sold leads rebuilt"
     );
     Ok(r)
+}
+
+/// How far `now` is behind the ledger's latest record time, when by more than
+/// [`crate::clock::STEP_TOLERANCE_MS`] (black-box round 246b: a start with the clock set
+/// back said nothing; only a step back while running was warned of).
+pub fn clock_behind_ledger(latest_at: UnixMs, now: UnixMs) -> Option<i64> {
+    let behind = latest_at.saturating_sub(now);
+    (behind > crate::clock::STEP_TOLERANCE_MS).then_some(behind)
 }
 
 #[cfg(test)]

@@ -162,6 +162,9 @@ pub struct Scan {
     /// without a shutdown (a crash or SIGKILL): the buyer may have accepted late, so
     /// the buyer may have the lead ("delivered, outcome unknown").
     pub(super) cut_short: HashSet<(String, u64)>,
+    /// The latest `at` of the records read (Unix ms; 0 with none): a start whose clock is
+    /// behind it says so.
+    pub latest_at: UnixMs,
 }
 
 /// A buyer's deed that teaches its smoothed rates.
@@ -412,6 +415,7 @@ impl Scan {
             return;
         }
         self.records += 1;
+        self.latest_at = self.latest_at.max(at_of(&v));
         let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
         // Runs: a shutdown's `flush` comes after every late post answer was heard
         // out; a start's `flush` (`start`) begins a run, ending the one before.
