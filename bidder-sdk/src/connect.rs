@@ -50,12 +50,26 @@ where
         tower_service::Service::<Uri>::poll_ready(&mut self.0, cx).map_err(Into::into)
     }
 
+    /// The connect runs in a task of its own (needs a tokio runtime), which sets the
+    /// option as soon as it is done even if the caller has gone meanwhile (its call
+    /// given up: black-box round 246a, 1,024 buyers a ping on a busy host left thousands
+    /// of sockets in `TIME_WAIT`, connects the kernel had finished while their futures
+    /// were dropped, closed with a FIN before the option was set); the stream nobody
+    /// takes is then closed with a reset.
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = tower_service::Service::<Uri>::call(&mut self.0, uri);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let done = match connecting.await {
+                Ok(io) => reset_on_close(io.inner()).map(|()| io).map_err(Into::into),
+                Err(e) => Err(e.into()),
+            };
+            // Nobody waiting: the stream is dropped here, with the reset set.
+            let _ = tx.send(done);
+        });
         Box::pin(async move {
-            let io = connecting.await.map_err(Into::<ConnectError>::into)?;
-            reset_on_close(io.inner())?;
-            Ok(io)
+            rx.await
+                .unwrap_or_else(|_| Err("the connect task ended without an answer".into()))
         })
     }
 }
@@ -147,6 +161,40 @@ mod tests {
             socket2::SockRef::from(io.inner()).linger().unwrap()
         };
         assert_eq!(sock_linger, Some(Duration::ZERO));
+    }
+
+    /// Black-box round 246a: a connect given up (its future dropped) after the kernel had
+    /// finished it was closed with a FIN, before the reset was set. The connect is
+    /// finished apart and the unwanted stream reset: the server sees a reset, not an
+    /// end-of-file.
+    #[tokio::test]
+    async fn a_connect_given_up_midway_is_closed_with_a_reset() {
+        for _ in 0..5 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let uri: Uri = format!("http://{addr}/").parse().unwrap();
+            let mut connecting = ResetOnClose(HttpConnector::new()).call(uri);
+            // Polled once (the connect begun), then given up.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(connecting.as_mut().poll(&mut cx).is_pending());
+            drop(connecting);
+            let (mut server_side, _) =
+                tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                    .await
+                    .expect("the connect was finished")
+                    .unwrap();
+            let mut buf = [0u8; 1];
+            let ended = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(&mut server_side, &mut buf),
+            )
+            .await
+            .expect("the client closed it");
+            assert!(
+                matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "a reset, not {ended:?}"
+            );
+        }
     }
 
     #[tokio::test]
