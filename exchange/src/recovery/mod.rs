@@ -163,11 +163,11 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
             "ledger: records of a type this pingpost does not know were skipped at start ({types}): a newer pingpost wrote them (run that one; caps, quotes and keys they count are not rebuilt here)"
         );
     }
-    if let Some(behind_ms) = clock_behind_ledger(scan.latest_at, state.clock.now_ms()) {
+    if let Some(behind_ms) = clock_behind_ledger(scan.last_at, state.clock.now_ms()) {
         tracing::warn!(
             behind_ms,
             dir = %state.ledger.dir().display(),
-            "the system clock is behind the ledger's latest record (set back since the last run?): this run's records are dated before it, each lead counts in its own caps' window (a window already at its cap stays there), and buyers that check webhook timestamps against a right clock may refuse the exchange's requests"
+            "the system clock is behind the ledger's last record (set back since the last run?): this run's records are dated before it, each lead counts in its own caps' window (a window already at its cap stays there), and buyers that check webhook timestamps against a right clock may refuse the exchange's requests"
         );
     }
     let r = apply(state, &scan);
@@ -227,11 +227,11 @@ pub fn recover(state: &AppState) -> std::io::Result<Recovered> {
     Ok(r)
 }
 
-/// How far `now` is behind the ledger's latest record time, when by more than
+/// How far `now` is behind the ledger's last record time, when by more than
 /// [`crate::clock::STEP_TOLERANCE_MS`] (black-box round 246b: a start with the clock set
 /// back said nothing; only a step back while running was warned of).
-pub fn clock_behind_ledger(latest_at: UnixMs, now: UnixMs) -> Option<i64> {
-    let behind = latest_at.saturating_sub(now);
+pub fn clock_behind_ledger(last_at: UnixMs, now: UnixMs) -> Option<i64> {
+    let behind = last_at.saturating_sub(now);
     (behind > crate::clock::STEP_TOLERANCE_MS).then_some(behind)
 }
 

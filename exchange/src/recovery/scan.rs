@@ -162,9 +162,11 @@ pub struct Scan {
     /// without a shutdown (a crash or SIGKILL): the buyer may have accepted late, so
     /// the buyer may have the lead ("delivered, outcome unknown").
     pub(super) cut_short: HashSet<(String, u64)>,
-    /// The latest `at` of the records read (Unix ms; 0 with none): a start whose clock is
-    /// behind it says so.
-    pub latest_at: UnixMs,
+    /// The `at` of the last record read (Unix ms; 0 with none), which the last run wrote
+    /// with its clock: a start whose clock is behind it says so. Not the latest of all:
+    /// a run with a right clock after one set ahead would be told it again (black-box
+    /// round 247a).
+    pub last_at: UnixMs,
 }
 
 /// A buyer's deed that teaches its smoothed rates.
@@ -415,7 +417,7 @@ impl Scan {
             return;
         }
         self.records += 1;
-        self.latest_at = self.latest_at.max(at_of(&v));
+        self.last_at = at_of(&v);
         let attempt = v.get("attempt").and_then(Value::as_u64).unwrap_or(0);
         // Runs: a shutdown's `flush` comes after every late post answer was heard
         // out; a start's `flush` (`start`) begins a run, ending the one before.

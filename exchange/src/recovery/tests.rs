@@ -581,25 +581,28 @@ fn holds_whose_quote_was_never_recorded_are_found() {
 }
 
 /// Black-box round 246b: a start with the clock set back behind its ledger said nothing
-/// (only a step back while running was warned of). The scan keeps the latest record time,
-/// wherever it is in the ledger, and a start more than a second behind it is told by how
-/// much; an unreadable record's time does not count.
+/// (only a step back while running was warned of). The scan keeps the last readable
+/// record's time (round 247a: not the latest of all, which told every start with a right
+/// clock after a run set ahead that it was behind), and a start more than a second
+/// behind it is told by how much.
 #[test]
-fn a_start_behind_the_ledger_s_latest_record_is_told_by_how_much() {
-    let text = "{\"type\":\"flush\",\"v\":5,\"at\":\"2027-03-14T07:00:00.000Z\"}\n\
-        {\"type\":\"flush\",\"v\":5,\"at\":\"2027-03-14T07:00:05.250Z\"}\n\
-        {\"type\":\"flush\",\"v\":5,\"at\":\"2027-03-14T06:59:00.000Z\"}\n\
+fn a_start_behind_the_ledger_s_last_record_is_told_by_how_much() {
+    let at = |t: &str| at_of(&serde_json::json!({ "at": t }));
+    // A run set an hour ahead, then one with a right clock: the last record is the
+    // right clock's (an unreadable line after it does not count).
+    let text = "{\"type\":\"flush\",\"v\":5,\"at\":\"2027-03-14T08:00:05.250Z\"}\n\
+        {\"type\":\"flush\",\"v\":5,\"at\":\"2027-03-14T07:01:00.000Z\"}\n\
         {\"type\":\"flush\",\"v\":0,\"at\":\"2030-01-01T00:00:00.000Z\"}\n";
     let scan = Scan::of_text(text);
-    let latest = at_of(&serde_json::json!({"at": "2027-03-14T07:00:05.250Z"}));
-    assert_eq!(scan.latest_at, latest);
-    assert_eq!(Scan::of_text("").latest_at, 0);
+    assert_eq!(scan.last_at, at("2027-03-14T07:01:00.000Z"));
+    assert_eq!(Scan::of_text("").last_at, 0);
     use super::clock_behind_ledger as behind;
-    assert_eq!(behind(latest, latest - 3_600_000), Some(3_600_000));
-    assert_eq!(behind(latest, latest - 1_001), Some(1_001));
+    let last = scan.last_at;
+    assert_eq!(behind(last, last - 3_600_000), Some(3_600_000));
+    assert_eq!(behind(last, last - 1_001), Some(1_001));
     // Within the tolerance, level, or ahead: nothing said; an empty ledger: nothing.
-    assert_eq!(behind(latest, latest - 1_000), None);
-    assert_eq!(behind(latest, latest), None);
-    assert_eq!(behind(latest, latest + 60_000), None);
-    assert_eq!(behind(0, latest), None);
+    assert_eq!(behind(last, last - 1_000), None);
+    assert_eq!(behind(last, last), None);
+    assert_eq!(behind(last, last + 60_000), None);
+    assert_eq!(behind(0, last), None);
 }
