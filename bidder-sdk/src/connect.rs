@@ -21,19 +21,38 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The error of a failed connect.
 pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An [`HttpConnector`] whose connections are closed with a reset (`SO_LINGER` 0), so
-/// closing one leaves no `TIME_WAIT` socket behind. Everything else is the inner
-/// connector's (its timeouts, `TCP_NODELAY`, keep-alive, its resolver of host names:
-/// `R`, hyper's `GaiResolver` by default).
+/// An HTTP connector whose sockets are set to close with a reset (`SO_LINGER` 0) before
+/// they connect, so closing one, at any point, leaves no `TIME_WAIT` socket behind. It
+/// resolves host names with `R` (hyper's `GaiResolver` by default), tries the addresses
+/// in turn within `connect_timeout` (shared between them), and sets `TCP_NODELAY` and
+/// TCP keep-alive (30 s). It connects any scheme's host (the TLS layer above decides).
+///
+/// Until 2026-12-07 it wrapped hyper-util's `HttpConnector` and set the option once the
+/// connect was done: a connect given up midway (black-box round 246a), or one the
+/// connector's own timeout closed as the host answered (round 247a), was closed with a
+/// FIN first.
 #[derive(Debug, Clone)]
-pub struct ResetOnClose<R = GaiResolver>(pub HttpConnector<R>);
+pub struct ResetOnClose<R = GaiResolver> {
+    resolver: R,
+    connect_timeout: Duration,
+}
+
+impl<R> ResetOnClose<R> {
+    /// Resolves with `resolver`; each connect (all of a name's addresses) is given up
+    /// after `connect_timeout`.
+    pub fn new(resolver: R, connect_timeout: Duration) -> ResetOnClose<R> {
+        ResetOnClose {
+            resolver,
+            connect_timeout,
+        }
+    }
+}
 
 impl<R> tower_service::Service<Uri> for ResetOnClose<R>
 where
@@ -46,31 +65,93 @@ where
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, ConnectError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.0, cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
     }
 
-    /// The connect runs in a task of its own (needs a tokio runtime), which sets the
-    /// option as soon as it is done even if the caller has gone meanwhile (its call
-    /// given up: black-box round 246a, 1,024 buyers a ping on a busy host left thousands
-    /// of sockets in `TIME_WAIT`, connects the kernel had finished while their futures
-    /// were dropped, closed with a FIN before the option was set); the stream nobody
-    /// takes is then closed with a reset.
+    /// The connect runs in a task of its own (needs a tokio runtime): a caller that goes
+    /// meanwhile leaves the connect to finish there and its stream to be dropped (with a
+    /// reset), rather than the connect cut off at whatever step it had reached.
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = tower_service::Service::<Uri>::call(&mut self.0, uri);
+        let mut resolver = self.resolver.clone();
+        let timeout = self.connect_timeout;
+        let connecting = async move {
+            let host = uri.host().ok_or("the URL has no host")?;
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            let bare = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let addrs: Vec<std::net::SocketAddr> = match bare.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![std::net::SocketAddr::new(ip, port)],
+                Err(_) => {
+                    let name: Name = bare.parse().map_err(|e| -> ConnectError { Box::new(e) })?;
+                    std::future::poll_fn(|cx| resolver.poll_ready(cx))
+                        .await
+                        .map_err(Into::into)?;
+                    resolver
+                        .call(name)
+                        .await
+                        .map_err(Into::into)?
+                        .map(|mut a| {
+                            a.set_port(port);
+                            a
+                        })
+                        .collect()
+                }
+            };
+            if addrs.is_empty() {
+                return Err(format!("{bare}: no address found").into());
+            }
+            let each = timeout / u32::try_from(addrs.len()).unwrap_or(u32::MAX);
+            let mut last = None;
+            for addr in addrs {
+                match connect_one(addr, each).await {
+                    Ok(stream) => return Ok(TokioIo::new(stream)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.map_or_else(|| "no address to connect to".into(), Into::into))
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let done = match connecting.await {
-                Ok(io) => reset_on_close(io.inner()).map(|()| io).map_err(Into::into),
-                Err(e) => Err(e.into()),
-            };
-            // Nobody waiting: the stream is dropped here, with the reset set.
-            let _ = tx.send(done);
+            // Nobody waiting: the stream is dropped here, with a reset.
+            let _ = tx.send(connecting.await);
         });
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err("the connect task ended without an answer".into()))
         })
+    }
+}
+
+/// Connects to `addr` within `timeout` on a socket set to close with a reset, with
+/// `TCP_NODELAY` and keep-alive, all before the `connect`.
+async fn connect_one(addr: std::net::SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A zero linger never blocks the close (tokio's own setter is deprecated for the
+    // blocking a nonzero one does).
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_linger(Some(Duration::ZERO))?;
+    sock.set_tcp_nodelay(true)?;
+    sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)))?;
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(std::io::Error::new(
+            e.kind(),
+            format!("tcp connect error: {e}"),
+        )),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "tcp connect error: timed out",
+        )),
     }
 }
 
@@ -82,6 +163,7 @@ pub fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper_util::client::legacy::connect::HttpConnector;
     use tower_service::Service;
 
     /// The `/proc/net/tcp` lines (Linux) of `TIME_WAIT` sockets from `local` to `remote`
@@ -114,7 +196,10 @@ mod tests {
         let accepting = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
         let uri: Uri = format!("http://{addr}/").parse().unwrap();
         let io = if reset {
-            ResetOnClose(HttpConnector::new()).call(uri).await.unwrap()
+            ResetOnClose::new(GaiResolver::new(), Duration::from_secs(5))
+                .call(uri)
+                .await
+                .unwrap()
         } else {
             HttpConnector::new().call(uri).await.unwrap()
         };
@@ -157,7 +242,10 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let uri: Uri = format!("http://{addr}/").parse().unwrap();
-            let io = ResetOnClose(HttpConnector::new()).call(uri).await.unwrap();
+            let io = ResetOnClose::new(GaiResolver::new(), Duration::from_secs(5))
+                .call(uri)
+                .await
+                .unwrap();
             socket2::SockRef::from(io.inner()).linger().unwrap()
         };
         assert_eq!(sock_linger, Some(Duration::ZERO));
@@ -173,7 +261,8 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let uri: Uri = format!("http://{addr}/").parse().unwrap();
-            let mut connecting = ResetOnClose(HttpConnector::new()).call(uri);
+            let mut connecting =
+                ResetOnClose::new(GaiResolver::new(), Duration::from_secs(5)).call(uri);
             // Polled once (the connect begun), then given up.
             let mut cx = Context::from_waker(std::task::Waker::noop());
             assert!(connecting.as_mut().poll(&mut cx).is_pending());
@@ -195,6 +284,69 @@ mod tests {
                 "a reset, not {ended:?}"
             );
         }
+    }
+
+    /// A host name is resolved and its addresses tried in turn (`localhost` may give
+    /// `::1`, where nothing listens here, before `127.0.0.1`); a host whose accept queue
+    /// is full (its SYNs dropped) is given up at the timeout, said as such; a refused
+    /// connect says so. The socket was set to reset before its connect, so a connect
+    /// given up at any step leaves nothing in `TIME_WAIT` (round 247a: one the host
+    /// answered as the timeout ran out was closed with a FIN).
+    #[tokio::test]
+    async fn names_addresses_in_turn_timeouts_and_refusals() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uri: Uri = format!("http://localhost:{port}/").parse().unwrap();
+        let io = ResetOnClose::new(GaiResolver::new(), Duration::from_secs(5))
+            .call(uri)
+            .await
+            .expect("localhost reaches 127.0.0.1");
+        let sock = socket2::SockRef::from(io.inner());
+        assert_eq!(sock.linger().unwrap(), Some(Duration::ZERO));
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+
+        // A backlog of one, never accepted, filled: the next SYN is dropped.
+        let full =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        full.listen(1).unwrap();
+        let addr = full.local_addr().unwrap().as_socket().unwrap();
+        let mut held = Vec::new();
+        let mut timed_out = None;
+        for _ in 0..8 {
+            let uri: Uri = format!("http://{addr}/").parse().unwrap();
+            match ResetOnClose::new(GaiResolver::new(), Duration::from_millis(300))
+                .call(uri)
+                .await
+            {
+                Ok(io) => held.push(io),
+                Err(e) => {
+                    timed_out = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            timed_out.as_deref(),
+            Some("tcp connect error: timed out"),
+            "{} connects taken by a backlog of one",
+            held.len()
+        );
+
+        drop(full);
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let refused = ResetOnClose::new(GaiResolver::new(), Duration::from_secs(5))
+            .call(uri)
+            .await
+            .expect_err("nothing listens");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("tcp connect error: Connection refused"),
+            "{refused}"
+        );
     }
 
     #[tokio::test]

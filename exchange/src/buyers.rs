@@ -20,7 +20,6 @@ use bidder_sdk::listener::json_headers_problem;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proto::buyer::{parse_bid_answer, parse_post_answer, BidOutcome, PostOutcome};
 use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
@@ -828,12 +827,9 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 fn connector(h2: bool, tls: Option<&rustls::ClientConfig>) -> Connector {
-    let mut http = HttpConnector::new_with_resolver(lookup::Lookup);
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    let http = ResetOnClose(http);
+    // Sockets set to close with a reset before they connect; `TCP_NODELAY`, keep-alive
+    // 30 s, any scheme's host.
+    let http = ResetOnClose::new(lookup::Lookup, Duration::from_millis(CONNECT_TIMEOUT_MS));
     // Certificates are always verified: against the WebPKI roots, plus the extra CA
     // bundle of `server.buyer_ca_path` when the caller's configuration has one.
     let tls = match tls {

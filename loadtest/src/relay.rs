@@ -33,7 +33,6 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use proto::signing::{Secret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
@@ -225,11 +224,10 @@ impl Default for Fanout {
 /// Like the exchange's buyer client: connections end with a reset, so the ones dropped
 /// with a request unanswered (a hanging buyer) leave no `TIME_WAIT` behind.
 fn connector() -> ResetOnClose {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    ResetOnClose(http)
+    ResetOnClose::new(
+        hyper_util::client::legacy::connect::dns::GaiResolver::new(),
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+    )
 }
 
 fn unix_now_s() -> i64 {
