@@ -155,11 +155,6 @@ async fn connect_one(addr: std::net::SocketAddr, timeout: Duration) -> std::io::
     }
 }
 
-/// Sets `SO_LINGER` to 0 on `stream`: closing it sends a reset and leaves no `TIME_WAIT`.
-pub fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
-    socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,7 +191,6 @@ const SUPPRESSION_PROBLEMS_NAMED_MAX: usize = 10;
 /// so a reload picks up an edited file. A bad line is a problem naming its number, never
 /// its text.
 fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup::Suppression {
-    use std::io::Read;
     let Some(path_text) = s.str_opt(p, "path") else {
         if s.table.is_some() && !s.has("path") {
             p.at(
@@ -225,37 +224,21 @@ fn read_suppression(mut s: Section<'_>, p: &mut Problems) -> crate::core::dedup:
             return Default::default();
         }
     }
-    let mut bytes = Vec::new();
     // A file over the bound by its length is refused before any of it is read (black-box
     // round 244c: a 1.1 GB file was read, 2 GB of memory at its peak, and then refused);
-    // `take` still bounds one that grows while it is read.
-    let read = std::fs::File::open(&path).and_then(|f| {
-        let len = f.metadata()?.len();
-        if len > SUPPRESSION_FILE_BYTES_MAX {
-            return Ok(len);
-        }
-        bytes.reserve_exact(len as usize);
-        f.take(SUPPRESSION_FILE_BYTES_MAX + 1)
-            .read_to_end(&mut bytes)
-            .map(|n| n as u64)
-    });
-    let read = match read {
-        Ok(n) => n,
+    // one that grows while it is read is bounded too (the SDK's bounded read).
+    let bytes = match bidder_sdk::listener::read_file_bounded(&path, SUPPRESSION_FILE_BYTES_MAX) {
+        Ok(bytes) => bytes,
         Err(e) => {
-            p.at(&at, format!("{}: {e}", crate::cli_out::Shown(&path)));
+            let why = if e.kind() == std::io::ErrorKind::InvalidData {
+                format!("longer than {SUPPRESSION_FILE_BYTES_MAX} bytes")
+            } else {
+                e.to_string()
+            };
+            p.at(&at, format!("{}: {why}", crate::cli_out::Shown(&path)));
             return Default::default();
         }
     };
-    if read > SUPPRESSION_FILE_BYTES_MAX {
-        p.at(
-            &at,
-            format!(
-                "{}: longer than {SUPPRESSION_FILE_BYTES_MAX} bytes",
-                crate::cli_out::Shown(&path)
-            ),
-        );
-        return Default::default();
-    }
     let mut hashes = std::collections::HashSet::new();
     let mut bad = 0usize;
     // A byte-order mark (as some editors save text) is not part of the first line.
