@@ -241,6 +241,9 @@ async fn scrape(ex: &Running) -> String {
 async fn a_later_head_arriving_past_the_grace_is_evicted_when_the_slots_are_full() {
     let head_ms = 2_000;
     let (ex, _dir) = start(head_ms, "connections_max = 2\nconnections_per_ip_max = 0").await;
+    // Before the first head starts arriving: the grace runs from it, so a clock started
+    // after the second connection (a slow host) would read less than the grace.
+    let t0 = Instant::now();
     let mut streams = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(ex.addr).await.expect("connect");
@@ -248,7 +251,6 @@ async fn a_later_head_arriving_past_the_grace_is_evicted_when_the_slots_are_full
         s.write_all(b"P").await.expect("write");
         streams.push(s);
     }
-    let t0 = Instant::now();
     // The new connection waits for the grace (500 ms), then the first is closed for it.
     healthz_answers(ex.addr).await;
     assert!(Instant::now() - t0 >= Duration::from_millis(head_ms / 4));
@@ -268,11 +270,14 @@ async fn a_later_head_arriving_past_the_grace_is_evicted_when_the_slots_are_full
 async fn with_every_slot_idle_a_new_connection_closes_the_longest_idle_one() {
     let head_ms = 2_000;
     let (ex, _dir) = start(head_ms, "connections_max = 2\nconnections_per_ip_max = 0").await;
+    // Before the first is served: its idle time runs from its answer, so a clock started
+    // after the second was served (on a slow host, tens of ms later) would read less than
+    // the grace at the eviction (a flaky failure under load).
+    let t0 = Instant::now();
     let mut first = TcpStream::connect(ex.addr).await.expect("connect");
     served_and_kept(&mut first).await;
     let mut second = TcpStream::connect(ex.addr).await.expect("connect");
     served_and_kept(&mut second).await;
-    let t0 = Instant::now();
     // Both slots idle: the new connection waits for the grace (500 ms), then the first
     // (idle the longest) is closed for it.
     healthz_answers(ex.addr).await;
