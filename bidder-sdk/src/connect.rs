@@ -30,8 +30,8 @@ pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 /// An HTTP connector whose sockets are set to close with a reset (`SO_LINGER` 0) before
 /// they connect, so closing one, at any point, leaves no `TIME_WAIT` socket behind. It
 /// resolves host names with `R` (hyper's `GaiResolver` by default), tries the addresses
-/// in turn within `connect_timeout` (shared between them), and sets `TCP_NODELAY` and
-/// TCP keep-alive (30 s). It connects any scheme's host (the TLS layer above decides).
+/// within `connect_timeout` (in turn within a family, the other family 300 ms later
+/// beside them), and sets `TCP_NODELAY` and TCP keep-alive (30 s). It connects any scheme's host (the TLS layer above decides).
 ///
 /// Until 2026-12-07 it wrapped hyper-util's `HttpConnector` and set the option once the
 /// connect was done: a connect given up midway (black-box round 246a), or one the
@@ -106,15 +106,10 @@ where
             if addrs.is_empty() {
                 return Err(format!("{bare}: no address found").into());
             }
-            let each = timeout / u32::try_from(addrs.len()).unwrap_or(u32::MAX);
-            let mut last = None;
-            for addr in addrs {
-                match connect_one(addr, each).await {
-                    Ok(stream) => return Ok(TokioIo::new(stream)),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.map_or_else(|| "no address to connect to".into(), Into::into))
+            connect_addrs(addrs, timeout, connect_one)
+                .await
+                .map(TokioIo::new)
+                .map_err(Into::into)
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -126,6 +121,86 @@ where
                 .unwrap_or_else(|_| Err("the connect task ended without an answer".into()))
         })
     }
+}
+
+/// How long the addresses of the first one's family are tried alone before those of the
+/// other family are tried beside them (RFC 8305's "Connection Attempt Delay", and
+/// hyper-util's `HttpConnector` default).
+const FALLBACK_DELAY: Duration = Duration::from_millis(300);
+
+/// Connects to one of `addrs` (not empty), "happy eyeballs" as hyper-util's
+/// `HttpConnector` did: the addresses of the first one's family (IPv6 or IPv4) in turn,
+/// each within its share of `timeout`; if none has connected after [`FALLBACK_DELAY`], or
+/// once they have all failed, the other family's in turn beside them; the first connect
+/// wins, and the other attempt is dropped (its socket reset). The whole is given up after
+/// `timeout`. When every address fails, the error is the last one's.
+async fn connect_addrs<S, F, Fut>(
+    addrs: Vec<std::net::SocketAddr>,
+    timeout: Duration,
+    connect: F,
+) -> std::io::Result<S>
+where
+    F: Fn(std::net::SocketAddr, Duration) -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let first_v6 = addrs.first().is_some_and(std::net::SocketAddr::is_ipv6);
+    let (preferred, fallback): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let racing = async {
+        let preferred = in_turn(preferred, timeout, &connect);
+        if fallback.is_empty() {
+            return preferred.await;
+        }
+        let fallback = in_turn(fallback, timeout, &connect);
+        tokio::pin!(preferred, fallback);
+        tokio::select! {
+            biased;
+            done = &mut preferred => return match done {
+                Ok(stream) => Ok(stream),
+                Err(_) => fallback.await,
+            },
+            () = tokio::time::sleep(FALLBACK_DELAY) => {}
+        }
+        tokio::select! {
+            done = &mut preferred => match done {
+                Ok(stream) => Ok(stream),
+                Err(_) => fallback.await,
+            },
+            done = &mut fallback => match done {
+                Ok(stream) => Ok(stream),
+                Err(_) => preferred.await,
+            },
+        }
+    };
+    tokio::time::timeout(timeout, racing)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "tcp connect error: timed out",
+            ))
+        })
+}
+
+/// Connects to `addrs` one after another, each within its share of `timeout`.
+async fn in_turn<S, F, Fut>(
+    addrs: Vec<std::net::SocketAddr>,
+    timeout: Duration,
+    connect: &F,
+) -> std::io::Result<S>
+where
+    F: Fn(std::net::SocketAddr, Duration) -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let each = timeout / u32::try_from(addrs.len()).unwrap_or(u32::MAX).max(1);
+    let mut last = None;
+    for addr in addrs {
+        match connect(addr, each).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
 }
 
 /// Connects to `addr` within `timeout` on a socket set to close with a reset, with
@@ -342,6 +417,106 @@ mod tests {
                 .starts_with("tcp connect error: Connection refused"),
             "{refused}"
         );
+    }
+
+    /// What a fake connect to an address does: connects, or fails (refused), after a
+    /// time; `None`: never answers (its SYNs dropped).
+    type Plan = Vec<(std::net::SocketAddr, Option<(u64, bool)>)>;
+
+    /// Runs [`connect_addrs`] over `plan`'s addresses (in its order) with fake connects
+    /// on paused time; returns the address connected to or the error, when (ms from the
+    /// start), and each attempt as (address, started at ms).
+    async fn eyeballs(
+        plan: Plan,
+        timeout_ms: u64,
+    ) -> (
+        Result<std::net::SocketAddr, String>,
+        u64,
+        Vec<(String, u64)>,
+    ) {
+        let t0 = tokio::time::Instant::now();
+        let ms = move || u64::try_from((tokio::time::Instant::now() - t0).as_millis()).unwrap();
+        let attempts = std::sync::Mutex::new(Vec::new());
+        let addrs = plan.iter().map(|(a, _)| *a).collect();
+        let connect = |addr: std::net::SocketAddr, share: Duration| {
+            attempts.lock().unwrap().push((addr.to_string(), ms()));
+            let outcome = plan.iter().find(|(a, _)| *a == addr).unwrap().1;
+            async move {
+                let answer = async {
+                    match outcome {
+                        Some((after, ok)) => {
+                            tokio::time::sleep(Duration::from_millis(after)).await;
+                            if ok {
+                                Ok(addr)
+                            } else {
+                                Err(std::io::Error::other(format!("{addr} refused")))
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::time::timeout(share, answer)
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other(format!("{addr} timed out"))))
+            }
+        };
+        let got = connect_addrs(addrs, Duration::from_millis(timeout_ms), connect).await;
+        let attempts = attempts.into_inner().unwrap();
+        (got.map_err(|e| e.to_string()), ms(), attempts)
+    }
+
+    /// The connector's "happy eyeballs" (hyper-util's `HttpConnector` did the same): the
+    /// first address's family in turn, the other family 300 ms later (or at once when the
+    /// first family has failed) beside it; the first connect wins; the whole within the
+    /// timeout. Paused time: the figures are exact.
+    #[tokio::test(start_paused = true)]
+    async fn happy_eyeballs_between_the_families_in_turn_within_one() {
+        let v6: std::net::SocketAddr = "[::1]:80".parse().unwrap();
+        let v6b: std::net::SocketAddr = "[::2]:80".parse().unwrap();
+        let v4: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v4b: std::net::SocketAddr = "127.0.0.2:80".parse().unwrap();
+        let at = |a: std::net::SocketAddr, t: u64| (a.to_string(), t);
+        // The first family black-holed: the other is tried 300 ms later and wins.
+        let (got, done, attempts) = eyeballs(vec![(v6, None), (v4, Some((10, true)))], 1_000).await;
+        assert_eq!((got, done), (Ok(v4), 310));
+        assert_eq!(attempts, vec![at(v6, 0), at(v4, 300)]);
+        // The first family refused at once: the other is tried then, not 300 ms later.
+        let (got, done, attempts) =
+            eyeballs(vec![(v6, Some((5, false))), (v4, Some((10, true)))], 1_000).await;
+        assert_eq!((got, done), (Ok(v4), 15));
+        assert_eq!(attempts, vec![at(v6, 0), at(v4, 5)]);
+        // Both families racing: the first to connect wins, the first family's here.
+        let (got, done, _) = eyeballs(
+            vec![(v6, Some((400, true))), (v4, Some((200, true)))],
+            1_000,
+        )
+        .await;
+        assert_eq!((got, done), (Ok(v6), 400));
+        // Within a family, in turn, each within its share of the timeout (500 ms of
+        // 1 s for two): the second v6 address is tried when the first is given up, while
+        // IPv4 (from 300 ms) connects first.
+        let (got, done, attempts) = eyeballs(
+            vec![(v6, None), (v6b, Some((10, true))), (v4, Some((300, true)))],
+            1_000,
+        )
+        .await;
+        assert_eq!((got, done), (Ok(v6b), 510));
+        assert_eq!(attempts, vec![at(v6, 0), at(v4, 300), at(v6b, 500)]);
+        // One family: in turn, a refusal moving on at once.
+        let (got, done, attempts) =
+            eyeballs(vec![(v4, Some((1, false))), (v4b, Some((10, true)))], 1_000).await;
+        assert_eq!((got, done), (Ok(v4b), 11));
+        assert_eq!(attempts, vec![at(v4, 0), at(v4b, 1)]);
+        // Every address black-holed: given up at the timeout, not past it.
+        let (got, done, _) = eyeballs(vec![(v6, None), (v4, None)], 1_000).await;
+        assert_eq!(
+            (got, done),
+            (Err("tcp connect error: timed out".to_string()), 1_000)
+        );
+        // Every address refused: the last failure is said.
+        let (got, done, _) =
+            eyeballs(vec![(v6, Some((5, false))), (v4, Some((7, false)))], 1_000).await;
+        assert_eq!((got, done), (Err(format!("{v4} refused")), 12));
     }
 
     #[tokio::test]
