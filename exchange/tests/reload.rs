@@ -251,6 +251,63 @@ async fn a_quote_whose_winner_a_reload_removed_falls_back_to_a_buyer_that_remain
     );
 }
 
+/// Black-box round 248d: a quote whose seller a reload took the vertical from was still
+/// sold (the lead delivered) while the seller's pings there were refused `403`. Its post
+/// is refused as a ping is, and changes nothing: the quote stays open (its hold with it)
+/// and sells once a reload gives the leave back.
+#[tokio::test]
+async fn a_quote_whose_seller_lost_the_vertical_by_reload_is_refused_and_kept() {
+    let a = ScriptedBidder::bidding(30.0);
+    let (ab, _ha) = serve("a", &a).await;
+    let cfg = TestConfig::new().buyer(ab.clone());
+    let ex = cfg.start().await;
+    let q = ex.client.ping("TX").await;
+    assert_eq!(q.status, PingStatus::Bid);
+    let a_key = ex.state.ids.buyer_key("a").unwrap();
+    let allowed = std::fs::read_to_string(&ex.config_path).unwrap();
+    let main = "[sellers.main]\nname = \"Main Seller\"\n";
+    let at = allowed.find(main).unwrap();
+    let (head, tail) = allowed.split_at(at);
+    let revoked = format!(
+        "{head}{}",
+        tail.replacen(
+            "verticals = [\"auto_insurance\"]",
+            "verticals = [\"solar\"]",
+            1
+        )
+    );
+    ex.write_config_text(&revoked);
+    assert_eq!(generation_of(&ex.reload().await), 2);
+
+    let refused = ex
+        .client
+        .post_json("/v1/post", &post_body(&q.ping_id, "TX"))
+        .await;
+    let err = refused.assert_error(403, "forbidden");
+    assert_eq!(
+        err["message"], "this key may not sell in vertical auto_insurance",
+        "{err}"
+    );
+    assert_eq!(a.posts(), 0, "nothing delivered");
+    assert_eq!(ex.state.caps.outstanding(a_key), 1, "the hold is kept");
+    assert!(
+        ex.ledger_of("post_attempt").is_empty() && ex.ledger_of("sale").is_empty(),
+        "nothing recorded"
+    );
+    // A ping in the vertical is refused the same way.
+    ex.client
+        .post_json("/v1/ping", &ping_body("TX"))
+        .await
+        .assert_error(403, "forbidden");
+
+    ex.write_config_text(&allowed);
+    assert_eq!(generation_of(&ex.reload().await), 3);
+    let sold = ex.client.post(&q.ping_id, "TX").await;
+    assert_eq!(sold.status, PostStatus::Sold, "{sold:?}");
+    assert_eq!(a.posts(), 1);
+    assert_eq!(ex.state.caps.outstanding(a_key), 0);
+}
+
 #[tokio::test]
 async fn a_quote_with_no_remaining_buyer_is_unsold_with_a_reason_and_releases_its_hold() {
     let a = ScriptedBidder::bidding(30.0);

@@ -1323,6 +1323,21 @@ async fn post(
             refuse_before_delivery(BeforeDelivery::VerticalRemoved, quote.reservation.clone());
         return Ok(refuse_quote(state, rt, refusal, &quote.ping_id, now).await);
     };
+    // The seller's leave to sell in the vertical, as it is now: a reload that took it
+    // away stops the quote's post, as it stops the seller's pings (black-box round 248d:
+    // the quote still sold, its lead delivered). Refused as a ping would be; nothing
+    // changes: the quote stays open until it expires (its hold released then), or until
+    // a reload gives the leave back.
+    if !cfg.sellers[seller].verticals.contains(&vertical) {
+        state.quotes.abandon(&env.ping_id, quote);
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this key may not sell in vertical {}",
+                cfg.verticals[vertical].name
+            ),
+        ));
+    }
     let schema = &cfg.verticals[vertical].schema;
     let lead = match env.validate_lead(schema) {
         Ok(l) => l,
