@@ -268,6 +268,35 @@ pub async fn drain_late_watches(state: &AppState, log: bool) {
     }
 }
 
+/// Waits for the request tasks still running at a stop whose clients went (their
+/// connections closed, so the listeners' drain did not wait for them), within what is
+/// left of `server.shutdown_grace_ms` since `stopped_at`; counts those still running then
+/// in `requests_dropped_at_stop`, and logs when `log` (one caller of several, as
+/// [`drain_late_watches`]).
+pub async fn drain_requests(state: &AppState, stopped_at: tokio::time::Instant, log: bool) {
+    let running = state.requests.running();
+    if running == 0 {
+        return;
+    }
+    if log {
+        tracing::info!(
+            requests = running,
+            "shutdown: waiting for requests still running whose clients have gone"
+        );
+    }
+    let grace =
+        std::time::Duration::from_millis(state.runtime.load().config.server.shutdown_grace_ms);
+    let left = state
+        .requests
+        .wait_idle(grace.saturating_sub(stopped_at.elapsed()))
+        .await;
+    if left > 0 && log {
+        state
+            .requests_dropped_at_stop
+            .fetch_max(left as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A running exchange.
 #[derive(Debug)]
 pub struct Running {
@@ -369,6 +398,7 @@ pub async fn start_with_source(source: ConfigSource, clock: Clock) -> anyhow::Re
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
+        let stopped_at = tokio::time::Instant::now();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -379,7 +409,9 @@ impl Running {
         let served = (&mut self.join)
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        // A buyer that answers a post late may have accepted it: hear it out first.
+        // Requests whose clients went, then a buyer that answers a post late (it may
+        // have accepted it): heard out first.
+        drain_requests(&self.state, stopped_at, true).await;
         drain_late_watches(&self.state, true).await;
         // The key as the next start needs it, whatever was done to it since the last
         // look (round 123a: a SIGTERM within 2 s of a change left it for the start to
@@ -519,8 +551,11 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                             return Err(e);
                         }
                     };
+                    let stop_seen = std::sync::Arc::new(std::sync::OnceLock::new());
+                    let seen = std::sync::Arc::clone(&stop_seen);
                     let shutdown = async move {
                         let _ = stop_rx.wait_for(|stopped| *stopped).await;
+                        let _ = seen.set(tokio::time::Instant::now());
                     };
                     let admin = async {
                         let Some(l) = admin_l else {
@@ -537,8 +572,14 @@ pub fn start_threaded(config: Config, clock: Clock) -> std::io::Result<Threaded>
                         crate::server::serve_with(listener, st.clone(), shutdown, i == 0),
                         admin
                     );
-                    // Each worker's event loop runs the late-post watches it spawned: it
-                    // stops only once every worker's are done (or the bound is reached).
+                    // Each worker's event loop runs the request tasks and the late-post
+                    // watches it spawned: it stops only once every worker's are done (or
+                    // their bounds are reached).
+                    let stopped_at = stop_seen
+                        .get()
+                        .copied()
+                        .unwrap_or_else(tokio::time::Instant::now);
+                    drain_requests(&st, stopped_at, i == 0).await;
                     drain_late_watches(&st, i == 0).await;
                     served.and(admin)
                 })

@@ -1162,6 +1162,7 @@ fn main() -> anyhow::Result<()> {
     let addr = server.addr;
     let state = server.state.clone();
     let dropped = std::sync::Arc::clone(&server.state.connections_dropped_at_stop);
+    let requests_dropped = std::sync::Arc::clone(&server.state);
     let stopped = runtime.block_on(async move {
         // SIGHUP reloads the configuration; signals that arrive during a reload coalesce
         // into one more, and reloads are serialized inside.
@@ -1220,10 +1221,18 @@ fn main() -> anyhow::Result<()> {
     // The last line of a clean stop (black-box round 22: a stop that died in the drain
     // looked the same in the log); it says so when the grace period ran out with requests
     // still running (round 35: it said they had finished).
+    let requests = requests_dropped
+        .requests_dropped_at_stop
+        .load(std::sync::atomic::Ordering::Relaxed);
     match dropped.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => tracing::info!("stopped: the in-flight requests finished"),
+        0 if requests == 0 => tracing::info!("stopped: the in-flight requests finished"),
+        0 => tracing::warn!(
+            requests,
+            "stopped: server.shutdown_grace_ms ran out; requests still running, whose clients had gone, were dropped"
+        ),
         n => tracing::warn!(
             connections = n,
+            requests,
             "stopped: server.shutdown_grace_ms ran out; the requests still running on these connections were dropped unanswered"
         ),
     }

@@ -32,6 +32,8 @@ struct SlowBuyer {
     price: bidder_sdk::Micros,
     post_delay: Duration,
     posts: Mutex<u32>,
+    /// Told at each post as it arrives.
+    posted: tokio::sync::Notify,
     /// Whether posts are accepted.
     accept: std::sync::atomic::AtomicBool,
 }
@@ -47,6 +49,7 @@ impl Bidder for SlowBuyer {
 
     async fn post(&self, _post: PostMessage) -> PostReply {
         *self.posts.lock().unwrap() += 1;
+        self.posted.notify_one();
         tokio::time::sleep(self.post_delay).await;
         PostReply {
             accepted: self.accept.load(std::sync::atomic::Ordering::SeqCst),
@@ -76,6 +79,7 @@ async fn buyer_checking(
         price: usd(price),
         post_delay: Duration::from_millis(post_delay_ms),
         posts: Mutex::new(0),
+        posted: tokio::sync::Notify::new(),
         accept: std::sync::atomic::AtomicBool::new(true),
     });
     // Generous ping timeouts (and deadlines: `config_in`): these tests count bids, never
@@ -2075,6 +2079,65 @@ async fn a_threaded_stop_waits_for_a_late_post_answer() {
     assert!(records(&ledger)
         .iter()
         .any(|r| r["type"] == "post_attempt" && r["outcome"] == "late_accept"));
+}
+
+/// Black-box round 248c: a post sent over HTTP/2 whose client went (its connection
+/// closed, so the listener's drain had nothing to wait for) was cut off by a stop 5 ms
+/// after the signal, at its first buyer: the fallback was never tried and the next start
+/// counted the delivery's outcome unknown. The stop waits for the request's task, which
+/// runs to the end: the winner rejects, the fallback buys, the sale is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threaded_stop_finishes_a_post_whose_http2_client_went() {
+    let (a, ab, _ha) = buyer("a", 30.0, 300).await;
+    a.accept.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (b, bb, _hb) = buyer("b", 29.0, 0).await;
+    let cfg = TestConfig::new().buyer(ab).buyer(bb);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let mut config = config_in(&cfg, &ledger, &noon_zone());
+    config.server.worker_threads = 2;
+    let server = tokio::task::spawn_blocking(move || app::start_threaded(config, Clock::system()))
+        .await
+        .unwrap()
+        .unwrap();
+    let quote = SellerClient::new(server.addr).ping("TX").await;
+    assert_eq!(quote.status, proto::seller::PingStatus::Bid, "{quote:?}");
+
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let request = http::Request::post(format!("http://{}/v1/post", server.addr))
+        .header("authorization", format!("Bearer {SELLER_KEY}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            serde_json::to_vec(&post_body(&quote.ping_id, "TX")).unwrap(),
+        )))
+        .unwrap();
+    let posting = tokio::spawn(async move { send.send_request(request).await });
+    // The winner has the lead: the client goes (its connection closed), then the stop.
+    tokio::time::timeout(EVENT_WAIT_MAX, a.posted.notified())
+        .await
+        .expect("the winner was posted to");
+    posting.abort();
+    conn.abort();
+    let _ = conn.await;
+    tokio::task::spawn_blocking(move || server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*b.posts.lock().unwrap(), 1, "the fallback was tried");
+    let all = records(&ledger);
+    assert!(
+        all.iter().any(|r| r["type"] == "sale"
+            && r["buyer"] == "b"
+            && r["ping_id"] == quote.ping_id.as_str()),
+        "{all:?}"
+    );
 }
 
 /// A quote the sweeper expired answers a post `expired` after a restart too: the

@@ -165,8 +165,10 @@ async fn disposition(
     let buyer_id = buyer.id.clone();
     let window = buyer.return_window_days;
     let generation = rt.generation;
+    let held = st.requests.hold();
     tokio::spawn(async move {
         let _permit = permit;
+        let _held = held;
         let idem = idem_tag.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
         let result = record(&st, d, buyer_key, &buyer_id, window, generation, idem).await;
         match (claim, &result) {

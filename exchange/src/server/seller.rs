@@ -685,8 +685,10 @@ pub(super) async fn seller_request(
     let rt2 = rt.clone();
     // The key and body as the `post_sent` records carry them (hashes, never the key).
     let idem_tag = claim.as_ref().map(|c| c.digests(&body));
+    let held = state.requests.hold();
     let task = tokio::spawn(async move {
         let _permit = permit;
+        let _held = held;
         let mut buf = body.to_vec();
         let idem = idem_tag.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
         let result = match route {
