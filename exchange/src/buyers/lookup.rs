@@ -30,8 +30,23 @@ type Found = Result<Vec<SocketAddr>, (std::io::ErrorKind, String)>;
 /// The calls waiting for each name's lookup in flight.
 type Waiting = Mutex<Option<HashMap<String, Vec<tokio::sync::oneshot::Sender<Found>>>>>;
 
+/// Names whose last lookup failed, with when and why: calls within [`FAILED_FOR`] get
+/// that answer at once.
+type Failed = Mutex<Option<HashMap<String, (tokio::time::Instant, (std::io::ErrorKind, String))>>>;
+
+/// How long a failed lookup's answer stands for the calls that need its name: a name that
+/// does not resolve is looked up again at most once a second, not once a call
+/// (black-box round 248a: at 50-100 pings a second to such a buyer, one query each, the
+/// host's DNS server dropped some, glibc waited 5 s to ask again, and every call that
+/// joined the stuck lookup waited out its ping timeout: `timeout`, not `error`).
+pub const FAILED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most names whose failure is kept ([`FAILED_FOR`]); past it, one more is not kept.
+const FAILED_MAX: usize = 1_024;
+
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static WAITING: Waiting = Mutex::new(None);
+static FAILED: Failed = Mutex::new(None);
 
 /// The buyer connector's resolver (see the module).
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,23 +65,62 @@ impl tower_service::Service<Name> for Lookup {
 
     fn call(&mut self, name: Name) -> Self::Future {
         let host = name.as_str().to_owned();
-        Box::pin(look_up(host, &IN_FLIGHT, &WAITING, |job| {
-            std::thread::Builder::new()
-                .name("pingpost-lookup".into())
-                .spawn(job)
-                .map(drop)
-        }))
+        Box::pin(look_up(
+            host,
+            &IN_FLIGHT,
+            &WAITING,
+            (&FAILED, FAILED_FOR),
+            |job| {
+                std::thread::Builder::new()
+                    .name("pingpost-lookup".into())
+                    .spawn(job)
+                    .map(drop)
+            },
+        ))
     }
 }
 
-/// Looks `host` up (port 0: the connector sets the URL's): joins the lookup of that name
-/// in flight, or starts one on a thread `spawn` makes, counted in `in_flight`.
+/// Looks `host` up (port 0: the connector sets the URL's): answers a name whose lookup
+/// failed within `failed.1` ([`FAILED_FOR`]) with that failure (kept in `failed.0`), joins the lookup of that name in
+/// flight, or starts one on a thread `spawn` makes, counted in `in_flight`.
 async fn look_up(
     host: String,
     in_flight: &'static AtomicUsize,
     waiting: &'static Waiting,
+    (failed, failed_for): (&'static Failed, std::time::Duration),
     spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> std::io::Result<()> + Send,
 ) -> std::io::Result<Addrs> {
+    {
+        let held = failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, (kind, e))) = held.as_ref().and_then(|m| m.get(&host)) {
+            if at.elapsed() < failed_for {
+                return Err(std::io::Error::new(*kind, e.clone()));
+            }
+        }
+    }
+    // The lookup's own answer (not a want of threads or of room) is kept when it failed,
+    // and a success forgets an earlier failure.
+    let remember = move |found: &Found, host: &str| {
+        let mut held = failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = held.get_or_insert_with(HashMap::new);
+        match found {
+            Ok(_) => {
+                map.remove(host);
+            }
+            Err(e) => {
+                if map.len() >= FAILED_MAX {
+                    map.retain(|_, (at, _)| at.elapsed() < failed_for);
+                }
+                if map.len() < FAILED_MAX || map.contains_key(host) {
+                    map.insert(host.to_owned(), (tokio::time::Instant::now(), e.clone()));
+                }
+            }
+        }
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let answer = |found: Found, host: &str| {
         let waiters = waiting
@@ -112,6 +166,7 @@ async fn look_up(
             .to_socket_addrs()
             .map(Iterator::collect::<Vec<_>>)
             .map_err(|e| (e.kind(), e.to_string()));
+        remember(&found, &name);
         answer(found, &name);
     }));
     if let Err(e) = spawned {
@@ -156,7 +211,9 @@ mod tests {
         assert!(addrs.iter().any(|a| a.ip().is_loopback()), "{addrs:?}");
         static COUNTED: AtomicUsize = AtomicUsize::new(0);
         static WAITS: Waiting = Mutex::new(None);
-        let refused = look_up("localhost".into(), &COUNTED, &WAITS, |_job| {
+        static NONE_KEPT: Failed = Mutex::new(None);
+        let keep = (&NONE_KEPT, std::time::Duration::ZERO);
+        let refused = look_up("localhost".into(), &COUNTED, &WAITS, keep, |_job| {
             Err(std::io::Error::from_raw_os_error(11))
         })
         .await
@@ -169,16 +226,22 @@ mod tests {
         );
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         assert_eq!(COUNTED.load(Ordering::Acquire), 0);
-        let unknown = look_up("no-such-host.invalid".into(), &COUNTED, &WAITS, |job| {
-            std::thread::spawn(job);
-            Ok(())
-        })
+        let unknown = look_up(
+            "no-such-host.invalid".into(),
+            &COUNTED,
+            &WAITS,
+            keep,
+            |job| {
+                std::thread::spawn(job);
+                Ok(())
+            },
+        )
         .await;
         assert!(unknown.is_err(), "{unknown:?}");
         assert_eq!(COUNTED.load(Ordering::Acquire), 0);
         // Past the bound, a lookup of another name fails at once, without a thread.
         COUNTED.store(LOOKUPS_MAX, Ordering::Release);
-        let full = look_up("localhost".into(), &COUNTED, &WAITS, |_job| {
+        let full = look_up("localhost".into(), &COUNTED, &WAITS, keep, |_job| {
             panic!("no thread is asked for past the bound")
         })
         .await
@@ -197,11 +260,19 @@ mod tests {
     async fn calls_needing_a_name_share_its_lookup_in_flight() {
         static COUNTED: AtomicUsize = AtomicUsize::new(0);
         static WAITS: Waiting = Mutex::new(None);
+        static NONE_KEPT: Failed = Mutex::new(None);
+        let keep = (&NONE_KEPT, std::time::Duration::ZERO);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let first = tokio::spawn(look_up("localhost".into(), &COUNTED, &WAITS, move |job| {
-            jobs_tx.send(job).unwrap();
-            Ok(())
-        }));
+        let first = tokio::spawn(look_up(
+            "localhost".into(),
+            &COUNTED,
+            &WAITS,
+            keep,
+            move |job| {
+                jobs_tx.send(job).unwrap();
+                Ok(())
+            },
+        ));
         let job = tokio::task::spawn_blocking(move || jobs_rx.recv().unwrap())
             .await
             .unwrap();
@@ -211,6 +282,7 @@ mod tests {
                 "localhost".into(),
                 &COUNTED,
                 &WAITS,
+                keep,
                 |_job| panic!("a second lookup of a name in flight"),
             )));
         }
@@ -231,6 +303,94 @@ mod tests {
             let addrs: Vec<SocketAddr> = h.await.unwrap().unwrap().collect();
             assert!(addrs.iter().any(|a| a.ip().is_loopback()), "{addrs:?}");
         }
+        assert_eq!(COUNTED.load(Ordering::Acquire), 0);
+    }
+
+    /// Black-box round 248a: a name that does not resolve was looked up again for every
+    /// call (100 a second), and when the host's DNS server dropped a query every call
+    /// joining that lookup waited out its timeout. A failed lookup's answer stands for
+    /// the calls within `FAILED_FOR`, without a thread; not a want of threads; a later
+    /// lookup that succeeds forgets it.
+    #[tokio::test]
+    async fn a_failed_lookup_answers_the_calls_after_it_for_a_while() {
+        static COUNTED: AtomicUsize = AtomicUsize::new(0);
+        static WAITS: Waiting = Mutex::new(None);
+        static KEPT: Failed = Mutex::new(None);
+        let hour = (&KEPT, std::time::Duration::from_secs(3_600));
+        let run = |job: Box<dyn FnOnce() + Send>| {
+            std::thread::spawn(job);
+            Ok(())
+        };
+        let first = look_up("no-such-host.invalid".into(), &COUNTED, &WAITS, hour, run)
+            .await
+            .unwrap_err();
+        let again = look_up(
+            "no-such-host.invalid".into(),
+            &COUNTED,
+            &WAITS,
+            hour,
+            |_job| panic!("no lookup while the failure stands"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (again.kind(), again.to_string()),
+            (first.kind(), first.to_string())
+        );
+        // Other names are looked up as before.
+        let other: Vec<SocketAddr> = look_up("localhost".into(), &COUNTED, &WAITS, hour, run)
+            .await
+            .unwrap()
+            .collect();
+        assert!(other.iter().any(|a| a.ip().is_loopback()), "{other:?}");
+        // Once it has stood its time, the name is looked up again.
+        let past = (&KEPT, std::time::Duration::ZERO);
+        let looked = std::sync::atomic::AtomicBool::new(false);
+        let _ = look_up(
+            "no-such-host.invalid".into(),
+            &COUNTED,
+            &WAITS,
+            past,
+            |job| {
+                looked.store(true, Ordering::Release);
+                std::thread::spawn(job);
+                Ok(())
+            },
+        )
+        .await;
+        assert!(looked.load(Ordering::Acquire), "looked up again");
+        // A want of threads is not kept: the next call tries again.
+        let no_thread = look_up("localhost.invalid".into(), &COUNTED, &WAITS, hour, |_job| {
+            Err(std::io::Error::from_raw_os_error(11))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(no_thread.kind(), std::io::ErrorKind::WouldBlock);
+        let tried = std::sync::atomic::AtomicBool::new(false);
+        let _ = look_up("localhost.invalid".into(), &COUNTED, &WAITS, hour, |job| {
+            tried.store(true, Ordering::Release);
+            std::thread::spawn(job);
+            Ok(())
+        })
+        .await;
+        assert!(tried.load(Ordering::Acquire), "tried again");
+        // A success (the failure having stood its time) forgets the failure kept.
+        KEPT.lock().unwrap().as_mut().unwrap().insert(
+            "localhost".into(),
+            (
+                tokio::time::Instant::now(),
+                (std::io::ErrorKind::Other, "old".into()),
+            ),
+        );
+        look_up("localhost".into(), &COUNTED, &WAITS, past, run)
+            .await
+            .unwrap();
+        assert!(!KEPT
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .contains_key("localhost"));
         assert_eq!(COUNTED.load(Ordering::Acquire), 0);
     }
 }
