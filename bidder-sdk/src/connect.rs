@@ -31,7 +31,8 @@ pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 /// they connect, so closing one, at any point, leaves no `TIME_WAIT` socket behind. It
 /// resolves host names with `R` (hyper's `GaiResolver` by default), tries the addresses
 /// within `connect_timeout` (in turn within a family, the other family 300 ms later
-/// beside them), and sets `TCP_NODELAY` and TCP keep-alive (30 s). It connects any scheme's host (the TLS layer above decides).
+/// beside them), and sets `TCP_NODELAY` and TCP keep-alive (30 s). It connects any
+/// scheme's host (the TLS layer above decides).
 ///
 /// Until 2026-12-07 it wrapped hyper-util's `HttpConnector` and set the option once the
 /// connect was done: a connect given up midway (black-box round 246a), or one the

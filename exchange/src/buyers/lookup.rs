@@ -81,8 +81,9 @@ impl tower_service::Service<Name> for Lookup {
 }
 
 /// Looks `host` up (port 0: the connector sets the URL's): answers a name whose lookup
-/// failed within `failed.1` ([`FAILED_FOR`]) with that failure (kept in `failed.0`), joins the lookup of that name in
-/// flight, or starts one on a thread `spawn` makes, counted in `in_flight`.
+/// failed within `failed.1` ([`FAILED_FOR`]) with that failure (kept in `failed.0`),
+/// joins the lookup of that name in flight, or starts one on a thread `spawn` makes,
+/// counted in `in_flight`.
 async fn look_up(
     host: String,
     in_flight: &'static AtomicUsize,
