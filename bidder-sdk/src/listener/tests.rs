@@ -816,3 +816,24 @@ fn unsent_answers_are_those_with_a_body_not_yet_ended() {
     scan_in.body_bytes(&sent);
     assert_eq!(scan_in.resets, [11]);
 }
+
+/// Black-box round 249b: an HTTP/2 client that never read, with a huge flow-control
+/// window, had the kernel hold 3.85 MB of answers per connection, for some 105 s after
+/// the close. An accepted connection's send buffer is bounded (Linux reports twice what
+/// was asked: its bookkeeping), and `TCP_NODELAY` is set.
+#[tokio::test]
+async fn an_accepted_connection_has_a_bounded_send_buffer_and_no_delay() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    let before = socket2::SockRef::from(&accepted)
+        .send_buffer_size()
+        .unwrap();
+    super::set_accepted_options(&accepted).unwrap();
+    let after = socket2::SockRef::from(&accepted)
+        .send_buffer_size()
+        .unwrap();
+    assert!(accepted.nodelay().unwrap());
+    assert_eq!(after, 2 * super::SEND_BUFFER_BYTES, "before: {before}");
+}
