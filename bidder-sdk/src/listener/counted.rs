@@ -506,6 +506,10 @@ pub(super) struct Replacing {
 /// (`u16::MAX - 1`): hyper answers a longer one `414`.
 pub(super) const URI_LEN_MAX: usize = 65_534;
 
+/// The largest `Content-Length` hyper holds (`u64::MAX - 2`): past it, it answers `431`
+/// as for a head over its bounds (and `400` from 2^64 on, which is no number it reads).
+pub(super) const CONTENT_LENGTH_READ_MAX: u64 = u64::MAX - 2;
+
 /// The largest head hyper writes for an answer of its own (status line, `connection`,
 /// `content-length`, `date`): anything longer is not one.
 pub(super) const BARE_HEAD_MAX: usize = 256;
@@ -579,10 +583,12 @@ pub(super) fn bare_answer_replacement(
             ),
         )
     } else if too_large {
+        // hyper gives the same answer to a `Content-Length` too large for it to hold
+        // (2^64 - 2 and 2^64 - 1): said too (black-box round 249c: told as a long head).
         ApiError::new(
             ErrorCode::HeadersTooLarge,
             format!(
-                "the request head is over {} bytes or has more than {} header fields",
+                "the request head is over {} bytes or has more than {} header fields, or its Content-Length is over {CONTENT_LENGTH_READ_MAX}, the most this server reads",
                 limits.header_bytes_max, limits.headers_max
             ),
         )
