@@ -513,6 +513,15 @@ async fn verify_reconciles_and_names_a_changed_seller_price() {
         out.contains("PROBLEM: ") && out.contains("checksum does not match"),
         "{out}"
     );
+    // ... and the last record read before it is not given as the ledger's end, to be
+    // kept as an anchor (black-box round 250b).
+    assert!(
+        out.contains(&format!(
+            "\nlast record before the problem (not the ledger's end: no anchor): seq {}, sum ",
+            n
+        )) && !out.contains("\nlast record: seq"),
+        "{out}"
+    );
     // ... and reconciliation names the record and what is wrong with its money.
     let place = format!("seg-00000001.jsonl seq {}", sale["seq"]);
     assert_eq!(sale["seq"].as_u64().unwrap(), n as u64 + 1);

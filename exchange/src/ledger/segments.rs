@@ -461,10 +461,20 @@ impl Report {
             let _ = writeln!(out, "  {kind:<width$}  {n}");
         }
         if self.records > 0 {
+            // Past damage (not a torn tail, which the next start cuts back to it), the
+            // last record read is not the ledger's end: not to be kept as its anchor
+            // (black-box round 250b: `seq 27900` printed as the last of 340,029).
+            let damaged = self.problem.as_ref().is_some_and(|p| !p.is_torn_tail(dir));
             let _ = writeln!(
                 out,
-                "last record: seq {}, sum {}",
-                self.last_seq, self.last_sum
+                "{}: seq {}, sum {}",
+                if damaged {
+                    "last record before the problem (not the ledger's end: no anchor)"
+                } else {
+                    "last record"
+                },
+                self.last_seq,
+                self.last_sum
             );
         }
         match &self.problem {
