@@ -103,9 +103,10 @@ pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// latency-bound) and a bounded kernel send buffer ([`SEND_BUFFER_BYTES`]). Answers are
 /// small, and a client that stops reading (an HTTP/2 client with a huge flow-control
 /// window that never reads) otherwise had the kernel take up to `net.ipv4.tcp_wmem`'s
-/// 4 MiB of answers per connection, still held for some 105 s after the connection was
-/// closed (FIN-WAIT-1, orphaned, counted against no slot: black-box round 249b, 40
-/// connections from one address held 151 MB; now some 150 KB each).
+/// 4 MiB of answers per connection, still held for minutes after the connection was
+/// closed (FIN-WAIT-1, orphaned, counted against no slot: black-box rounds 249b and 250a,
+/// 105 s to about 6 minutes; 40 connections from one address held 151 MB; now some
+/// 130-150 KB each).
 pub fn set_accepted_options(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     socket2::SockRef::from(stream).set_send_buffer_size(SEND_BUFFER_BYTES)
