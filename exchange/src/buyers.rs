@@ -581,7 +581,9 @@ impl H1Pool {
     /// Sends `req` (whose URI is absolute) on `first` (a connection checked out for it),
     /// else on an idle connection to its host, or on a new one; returns the answer with
     /// the connection it came on. A request that a reused connection never started (it
-    /// closed while idle) is sent again on the next one.
+    /// closed while idle) is sent again on the next one; one that an idle connection
+    /// taken from the pool ended before its answer's head came is [`H1Failure::Stale`]
+    /// (the caller may send it again, on a new connection: [`H1Pool::send_new`]).
     async fn send(
         &self,
         https: bool,
@@ -589,8 +591,15 @@ impl H1Pool {
         uri: &Uri,
         mut req: Request<Full<Bytes>>,
         mut first: Option<H1Conn>,
-    ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), CallError> {
-        while let Some((mut tx, until)) = first.take().or_else(|| self.take(https, authority)) {
+    ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), H1Failure> {
+        loop {
+            let (reused, (mut tx, until)) = match first.take() {
+                Some(c) => (false, c),
+                None => match self.take(https, authority) {
+                    Some(c) => (true, c),
+                    None => break,
+                },
+            };
             if tx.ready().await.is_err() {
                 continue;
             }
@@ -598,20 +607,101 @@ impl H1Pool {
                 Ok(resp) => return Ok((resp, (tx, until))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(CallError::Transport),
+                    None if reused && ended_before_answer(e.error()) => {
+                        return Err(H1Failure::Stale(e.into_error()))
+                    }
+                    None => {
+                        transport_failed(authority, e.error());
+                        return Err(H1Failure::Call(CallError::Transport));
+                    }
                 },
             }
         }
-        // Boxed: the connect and handshake futures are large, and every ping's future
-        // would carry their room (moved when the auction pushes it) for the rare call
-        // that needs a new connection.
-        let (mut tx, until) = Box::pin(self.connect(uri)).await?;
-        let resp = tx
-            .send_request(req)
+        // Boxed: every ping's future would carry its room (moved when the auction
+        // pushes it) for the calls that need a new connection.
+        Box::pin(self.send_new(authority, uri, req))
             .await
-            .map_err(|_| CallError::Transport)?;
+            .map_err(H1Failure::Call)
+    }
+
+    /// Sends `req` on a new connection to `uri`'s host.
+    async fn send_new(
+        &self,
+        authority: &str,
+        uri: &Uri,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), CallError> {
+        let (mut tx, until) = self.connect(uri).await?;
+        let resp = tx.send_request(req).await.map_err(|e| {
+            transport_failed(authority, &e);
+            CallError::Transport
+        })?;
         Ok((resp, (tx, until)))
     }
+}
+
+/// How [`H1Pool::send`] failed.
+#[derive(Debug)]
+enum H1Failure {
+    /// An idle connection taken from the pool ended (closed or reset by the buyer's
+    /// host) after the request was written and before its answer's head came: most
+    /// likely the host closed it for being idle just as the request went out (a server's
+    /// keep-alive timeout; black-box round 251b: a buyer closing connections idle for 1 s
+    /// lost 1 to 6 % of its pings, as `error`, under bursts, and its breaker opened).
+    Stale(hyper::Error),
+    Call(CallError),
+}
+
+/// Whether `e`, a request's failure on an HTTP/1.1 connection, is the connection ending
+/// under it (the host's end of input, a reset, a broken pipe) rather than an answer that
+/// could not be read or a bound of the exchange's ([`guard`]: `ConnectionAborted`).
+fn ended_before_answer(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// Hosts whose buyer connection failed during a call, for [`transport_failed`] (as
+/// [`CONNECT_FAILED`]).
+static TRANSPORT_FAILED: HostLines = std::sync::Mutex::new(None);
+
+/// Logs that a call's connection to a buyer's host failed after it was made (closed or
+/// reset before the whole answer came, an answer hyper could not read), which the ledger
+/// records only as an `error` (black-box round 251b: nothing said why). At most once a
+/// second per host, with the count of those not logged since; the host and the error's
+/// words only (hyper's and the system's: no lead data is in them).
+fn transport_failed(host: &str, e: &(dyn std::error::Error + 'static)) {
+    // A connection past the guard's bound was said by the guard ([`over_bound`]).
+    let mut source = Some(e);
+    while let Some(inner) = source {
+        if inner
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionAborted)
+        {
+            return;
+        }
+        source = inner.source();
+    }
+    let Some(unlogged) = due_to_log(&TRANSPORT_FAILED, host) else {
+        return;
+    };
+    let why = error_words(e);
+    tracing::warn!(
+        host,
+        failures_not_logged = unlogged,
+        "a call to a buyer's host failed on its connection (recorded error): {why}"
+    );
 }
 
 /// Per buyer host (at most [`CONNECT_FAILED_HOSTS_MAX`]): when its last connection
@@ -631,6 +721,17 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
     let Some(unlogged) = due_to_log(&CONNECT_FAILED, host) else {
         return;
     };
+    let why = error_words(e);
+    tracing::warn!(
+        host,
+        failures_not_logged = unlogged,
+        "cannot connect to a buyer's host: {why}"
+    );
+}
+
+/// `e` and its sources in words, each said once, tidied ([`tidy`]), cut to 400
+/// characters, control characters shown as `?`.
+fn error_words(e: &(dyn std::error::Error + 'static)) -> String {
     let mut why = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
@@ -646,15 +747,9 @@ fn connect_failed(uri: &Uri, e: &(dyn std::error::Error + 'static)) {
         why.truncate(cut);
         why.push('…');
     }
-    let why: String = why
-        .chars()
+    why.chars()
         .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    tracing::warn!(
-        host,
-        failures_not_logged = unlogged,
-        "cannot connect to a buyer's host: {why}"
-    );
+        .collect()
 }
 
 /// Hosts whose buyer refused a signed call, for [`signature_refused`] (as
@@ -868,6 +963,56 @@ fn rustls_fallback_config() -> std::sync::Arc<rustls::ClientConfig> {
     )
 }
 
+/// One message to `t` (`to`'s target), signed per Standard Webhooks with `to`'s secrets
+/// (`secret_next` too while rotating: space-separated signatures, any one of which
+/// verifies).
+fn signed_request(
+    to: &Endpoint<'_>,
+    t: &Target,
+    msg_id: &str,
+    now_s: i64,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, CallError> {
+    let mut signature = to.secret.sign(msg_id, now_s, &body);
+    if let Some(next) = to.secret_next {
+        signature.push(' ');
+        signature.push_str(&next.sign(msg_id, now_s, &body));
+    }
+    // Built by hand rather than with `Request::builder()`: the builder parses every
+    // header name and copies every value, which cost about 5,000 instructions a ping.
+    // The request on the wire is the same (same headers, same order).
+    let (Ok(id), Ok(signature)) = (
+        HeaderValue::from_str(msg_id),
+        HeaderValue::try_from(signature),
+    ) else {
+        return Err(CallError::Request);
+    };
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = match to.http {
+        HttpVersion::Http1 => t.origin.clone(),
+        HttpVersion::Http2 => t.uri.clone(),
+    };
+    let headers = req.headers_mut();
+    // Room for these five and the two hyper adds (Host, Content-Length): a map sized
+    // for five grows (rehashes) on the seventh, once per ping.
+    headers.reserve(7);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::USER_AGENT, HeaderValue::from_static("pingpost/0.1"));
+    headers.insert(WEBHOOK_ID, id);
+    headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now_s));
+    headers.insert(WEBHOOK_SIGNATURE, signature);
+    // HTTP/1.1 only (HTTP/2 carries `:authority` instead): `Host`, made once per
+    // target, where hyper-util's client put it (after the others).
+    if let HttpVersion::Http1 = to.http {
+        headers.insert(header::HOST, t.host.clone());
+    }
+    Ok(req)
+}
+
 impl BuyerClient {
     /// Clients trusting the WebPKI roots.
     pub fn new() -> BuyerClient {
@@ -910,7 +1055,10 @@ impl BuyerClient {
     }
 
     /// Sends one signed JSON message (on `conn` when given, else on a pooled or new
-    /// connection) and returns `(status, content type, body)`.
+    /// connection) and returns `(status, content type, body)`. A ping (`ping`) whose idle
+    /// HTTP/1.1 connection proves closed once its request is written
+    /// ([`H1Failure::Stale`]) is sent once more, on a new connection, signed again with
+    /// the same message id; a post never is (the buyer may have it).
     async fn exchange(
         &self,
         to: Endpoint<'_>,
@@ -920,56 +1068,15 @@ impl BuyerClient {
         conn: Option<Connection>,
         ping: bool,
     ) -> Result<(u16, Option<HeaderValue>, Vec<u8>), CallError> {
-        let Endpoint {
-            url,
-            target,
-            http,
-            secret,
-            secret_next,
-        } = to;
-        let mut signature = secret.sign(msg_id, now_s, &body);
-        if let Some(next) = secret_next {
-            // Standard Webhooks: space-separated signatures, any one of which verifies.
-            signature.push(' ');
-            signature.push_str(&next.sign(msg_id, now_s, &body));
-        }
-        // Built by hand rather than with `Request::builder()`: the builder parses every
-        // header name and copies every value, which cost about 5,000 instructions a ping.
-        // The request on the wire is the same (same headers, same order).
         let parsed;
-        let t = match target {
+        let t = match to.target {
             Some(t) => t,
             None => {
-                parsed = Target::parse(url).ok_or(CallError::Request)?;
+                parsed = Target::parse(to.url).ok_or(CallError::Request)?;
                 &parsed
             }
         };
-        let (Ok(id), Ok(signature)) = (
-            HeaderValue::from_str(msg_id),
-            HeaderValue::try_from(signature),
-        ) else {
-            return Err(CallError::Request);
-        };
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = match http {
-            HttpVersion::Http1 => t.origin.clone(),
-            HttpVersion::Http2 => t.uri.clone(),
-        };
-        let headers = req.headers_mut();
-        // Room for these five and the two hyper adds (Host, Content-Length): a map sized
-        // for five grows (rehashes) on the seventh, once per ping.
-        headers.reserve(7);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::USER_AGENT, HeaderValue::from_static("pingpost/0.1"));
-        headers.insert(WEBHOOK_ID, id);
-        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now_s));
-        headers.insert(WEBHOOK_SIGNATURE, signature);
-        // HTTP/1.1 only (HTTP/2 carries `:authority` instead): `Host`, made once per
-        // target, where hyper-util's client put it (after the others).
+        let http = to.http;
         let (first_h1, first_h2) = match conn {
             Some(Connection(Conn::H1(c))) => (Some(c), None),
             Some(Connection(Conn::H2(c))) => (None, Some(c)),
@@ -977,14 +1084,30 @@ impl BuyerClient {
         };
         let (resp, conn) = match http {
             HttpVersion::Http1 => {
-                headers.insert(header::HOST, t.host.clone());
-                let (resp, tx) = self
+                let spare = ping.then(|| body.clone());
+                let req = signed_request(&to, t, msg_id, now_s, body)?;
+                match self
                     .h1
                     .send(t.https, &t.authority, &t.uri, req, first_h1)
-                    .await?;
-                (resp, Some(tx))
+                    .await
+                {
+                    Ok((resp, tx)) => (resp, Some(tx)),
+                    Err(H1Failure::Call(e)) => return Err(e),
+                    Err(H1Failure::Stale(e)) => {
+                        let Some(body) = spare else {
+                            transport_failed(&t.authority, &e);
+                            return Err(CallError::Transport);
+                        };
+                        let req = signed_request(&to, t, msg_id, now_s, body)?;
+                        // Boxed: rare, and every ping's future would carry its room.
+                        let (resp, tx) =
+                            Box::pin(self.h1.send_new(&t.authority, &t.uri, req)).await?;
+                        (resp, Some(tx))
+                    }
+                }
             }
             HttpVersion::Http2 => {
+                let req = signed_request(&to, t, msg_id, now_s, body)?;
                 let spare = ping.then(|| Box::new(spare_request(&req)));
                 let resp = self
                     .h2
@@ -1035,6 +1158,7 @@ impl BuyerClient {
                     {
                         self.h2.reset_after_head(t.https, &t.authority, e);
                     }
+                    transport_failed(&t.authority, &*e);
                     CallError::Transport
                 }
             })?;
