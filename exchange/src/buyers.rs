@@ -310,7 +310,7 @@ impl H2Pool {
             return Err(CallError::Transport);
         }
         let trusted_until = crate::cert_bound::trusted_until(&io);
-        let io = guarded(io, authority, guard::Protocol::Http2);
+        let io = guarded(io, authority, guard::Protocol::Http2, None);
         let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(io)
@@ -335,13 +335,19 @@ impl H2Pool {
 
 /// `io` held to what its buyer's server may send on it ([`guard`]), a connection past
 /// it logged for `host` ([`over_bound`]).
-fn guarded<I>(io: I, host: &str, protocol: guard::Protocol) -> TokioIo<guard::Guarded<TokioIo<I>>> {
-    TokioIo::new(guard::Guarded::new(
-        TokioIo::new(io),
-        protocol,
-        host,
-        over_bound,
-    ))
+/// With `heard`, the guard keeps it at the bytes read since the last request
+/// ([`guard::Guarded::with_heard`]).
+fn guarded<I>(
+    io: I,
+    host: &str,
+    protocol: guard::Protocol,
+    heard: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+) -> TokioIo<guard::Guarded<TokioIo<I>>> {
+    let guard = guard::Guarded::new(TokioIo::new(io), protocol, host, over_bound);
+    TokioIo::new(match heard {
+        Some(heard) => guard.with_heard(heard),
+        None => guard,
+    })
 }
 
 /// Hosts whose connection passed its bound, for [`over_bound`] (as [`CONNECT_FAILED`]).
@@ -477,6 +483,8 @@ struct IdleConn {
     since: tokio::time::Instant,
     /// When its buyer's certificates stop being valid (Unix ms; TLS only).
     trusted_until: Option<i64>,
+    /// Bytes read since its last request ([`H1Conn`]).
+    heard: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl IdleConn {
@@ -490,7 +498,13 @@ impl IdleConn {
 }
 
 /// A pooled HTTP/1.1 connection and when its certificates stop being valid.
-type H1Conn = (H1Sender, Option<i64>);
+/// A pooled HTTP/1.1 connection, when its certificates stop being valid, and how many
+/// bytes it read since its last request was written ([`guard::Guarded::with_heard`]).
+type H1Conn = (
+    H1Sender,
+    Option<i64>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+);
 
 impl H1Pool {
     fn new(connector: Connector) -> H1Pool {
@@ -507,7 +521,7 @@ impl H1Pool {
         let now = tokio::time::Instant::now();
         while let Some(c) = list.pop() {
             if c.usable(now) {
-                return Some((c.tx, c.trusted_until));
+                return Some((c.tx, c.trusted_until, c.heard));
             }
         }
         None
@@ -515,7 +529,7 @@ impl H1Pool {
 
     /// Keeps `tx` for the next request to `authority` (unless it is closed or the host
     /// has its fill).
-    fn put(&self, https: bool, authority: &str, (tx, trusted_until): H1Conn) {
+    fn put(&self, https: bool, authority: &str, (tx, trusted_until, heard): H1Conn) {
         if tx.is_closed() {
             return;
         }
@@ -533,6 +547,7 @@ impl H1Pool {
                 tx,
                 since: now,
                 trusted_until,
+                heard,
             });
         }
     }
@@ -552,7 +567,8 @@ impl H1Pool {
         let io = open(&self.connector, uri).await?;
         let trusted_until = crate::cert_bound::trusted_until(&io);
         let authority = uri.authority().map_or("", |a| a.as_str());
-        let io = guarded(io, authority, guard::Protocol::Http1);
+        let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let io = guarded(io, authority, guard::Protocol::Http1, Some(heard.clone()));
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|_| CallError::Transport)?;
@@ -565,14 +581,14 @@ impl H1Pool {
         tokio::spawn(async move {
             let _ = conn.without_shutdown().await;
         });
-        Ok((tx, trusted_until))
+        Ok((tx, trusted_until, heard))
     }
 
     /// A live idle connection to the host, or a new one, for one request.
     async fn checkout(&self, https: bool, authority: &str, uri: &Uri) -> Result<H1Conn, CallError> {
-        while let Some((mut tx, until)) = self.take(https, authority) {
+        while let Some((mut tx, until, heard)) = self.take(https, authority) {
             if tx.ready().await.is_ok() {
-                return Ok((tx, until));
+                return Ok((tx, until, heard));
             }
         }
         Box::pin(self.connect(uri)).await
@@ -582,7 +598,7 @@ impl H1Pool {
     /// else on an idle connection to its host, or on a new one; returns the answer with
     /// the connection it came on. A request that a reused connection never started (it
     /// closed while idle) is sent again on the next one; one that an idle connection
-    /// taken from the pool ended before its answer's head came is [`H1Failure::Stale`]
+    /// taken from the pool ended before any byte of an answer came is [`H1Failure::Stale`]
     /// (the caller may send it again, on a new connection: [`H1Pool::send_new`]).
     async fn send(
         &self,
@@ -593,7 +609,7 @@ impl H1Pool {
         mut first: Option<H1Conn>,
     ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), H1Failure> {
         loop {
-            let (reused, (mut tx, until)) = match first.take() {
+            let (reused, (mut tx, until, heard)) = match first.take() {
                 Some(c) => (false, c),
                 None => match self.take(https, authority) {
                     Some(c) => (true, c),
@@ -604,10 +620,14 @@ impl H1Pool {
                 continue;
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, (tx, until))),
+                Ok(resp) => return Ok((resp, (tx, until, heard))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None if reused && ended_before_answer(e.error()) => {
+                    // Nothing of an answer read since the request was written.
+                    None if reused
+                        && heard.load(std::sync::atomic::Ordering::Relaxed) == 0
+                        && ended_before_answer(e.error()) =>
+                    {
                         return Err(H1Failure::Stale(e.into_error()))
                     }
                     None => {
@@ -631,12 +651,12 @@ impl H1Pool {
         uri: &Uri,
         req: Request<Full<Bytes>>,
     ) -> Result<(http::Response<hyper::body::Incoming>, H1Conn), CallError> {
-        let (mut tx, until) = self.connect(uri).await?;
+        let (mut tx, until, heard) = self.connect(uri).await?;
         let resp = tx.send_request(req).await.map_err(|e| {
             transport_failed(authority, &e);
             CallError::Transport
         })?;
-        Ok((resp, (tx, until)))
+        Ok((resp, (tx, until, heard)))
     }
 }
 
@@ -644,7 +664,7 @@ impl H1Pool {
 #[derive(Debug)]
 enum H1Failure {
     /// An idle connection taken from the pool ended (closed or reset by the buyer's
-    /// host) after the request was written and before its answer's head came: most
+    /// host) after the request was written and before any byte of an answer came: most
     /// likely the host closed it for being idle just as the request went out (a server's
     /// keep-alive timeout; black-box round 251b: a buyer closing connections idle for 1 s
     /// lost 1 to 6 % of its pings, as `error`, under bursts, and its breaker opened).

@@ -163,6 +163,9 @@ pub struct Guarded<I> {
     host: Box<str>,
     /// Says why the connection passed its bound (the host, the reason), once.
     said: fn(&str, &str),
+    /// HTTP/1.1: the bytes read since the last request was written, for the pool
+    /// ([`Guarded::with_heard`]).
+    heard: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<I> Guarded<I> {
@@ -173,6 +176,24 @@ impl<I> Guarded<I> {
             over: false,
             host: host.into(),
             said,
+            heard: None,
+        }
+    }
+
+    /// Keeps `heard` at the count of bytes read since the last request was written
+    /// (HTTP/1.1), so the connection's owner can tell a connection that ended before any
+    /// answer came from one that ended in the middle of one.
+    pub fn with_heard(mut self, heard: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.heard = Some(heard);
+        self
+    }
+
+    fn note_heard(&self) {
+        if let Some(heard) = &self.heard {
+            heard.store(
+                self.allowance.since_request,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 }
@@ -182,6 +203,7 @@ impl<I> Guarded<I> {
     fn note_write(&mut self, polled: &Poll<io::Result<usize>>) {
         if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
             self.allowance.wrote();
+            self.note_heard();
         }
     }
 }
@@ -212,6 +234,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
                 buf.set_filled(before);
                 return Poll::Ready(Err(aborted(why)));
             }
+            this.note_heard();
         }
         polled
     }

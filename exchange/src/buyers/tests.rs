@@ -377,10 +377,12 @@ async fn a_connection_is_reused_until_the_buyer_closes_it() {
 
 /// A buyer that answers the first request of each connection and, on its second, ends
 /// the connection unanswered (with `reset`, a reset; else a FIN), as a server closing a
-/// connection for being idle just as a request arrives does. Keeps every request's
-/// `webhook-id`. Returns its URL, the connections it accepted and the ids.
+/// connection for being idle just as a request arrives does, having first written
+/// `partial` (the start of an answer, or nothing). Keeps every request's `webhook-id`.
+/// Returns its URL, the connections it accepted and the ids.
 async fn closing_on_reuse_buyer(
     reset: bool,
+    partial: &'static [u8],
 ) -> (
     String,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -407,6 +409,10 @@ async fn closing_on_reuse_buyer(
                     buf.drain(..used);
                     served += 1;
                     if served == 2 {
+                        if !partial.is_empty() {
+                            let _ = sock.write_all(partial).await;
+                            let _ = sock.flush().await;
+                        }
                         if reset {
                             // A zero linger never blocks the close (tokio's own setter
                             // is deprecated for the lingers that do).
@@ -437,7 +443,7 @@ async fn closing_on_reuse_buyer(
 #[tokio::test]
 async fn a_ping_on_an_idle_connection_the_buyer_closed_is_sent_again_on_a_new_one() {
     for reset in [false, true] {
-        let (url, accepted, ids) = closing_on_reuse_buyer(reset).await;
+        let (url, accepted, ids) = closing_on_reuse_buyer(reset, b"").await;
         let client = BuyerClient::new();
         assert_eq!(ping(&client, &url).await, passed(), "reset {reset}");
         // Pooled, then closed by the buyer on this ping's request: sent again.
@@ -458,7 +464,7 @@ async fn a_ping_on_an_idle_connection_the_buyer_closed_is_sent_again_on_a_new_on
 #[tokio::test]
 async fn a_post_on_an_idle_connection_the_buyer_closed_is_not_sent_again() {
     let (log, _guard) = Captured::installed();
-    let (url, accepted, ids) = closing_on_reuse_buyer(false).await;
+    let (url, accepted, ids) = closing_on_reuse_buyer(false, b"").await;
     let client = BuyerClient::new();
     assert_eq!(ping(&client, &url).await, passed());
     assert_eq!(
@@ -476,6 +482,28 @@ async fn a_post_on_an_idle_connection_the_buyer_closed_is_not_sent_again() {
     assert_eq!(lines.len(), 1, "{text}");
     assert!(lines[0].contains(&authority(&url)), "{text}");
     assert!(lines[0].contains("failures_not_logged=0"), "{text}");
+}
+
+/// A connection that ends once its answer has begun (a status line, a whole head) is an
+/// `error`, not a connection the buyer closed idle: the ping is not sent again.
+#[tokio::test]
+async fn a_ping_whose_reused_connection_ends_mid_answer_is_not_sent_again() {
+    for partial in [
+        b"HTTP/1.1 2".as_slice(),
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 14\r\n\r\n{\"no_",
+    ] {
+        let (url, accepted, ids) = closing_on_reuse_buyer(false, partial).await;
+        let client = BuyerClient::new();
+        assert_eq!(ping(&client, &url).await, passed());
+        assert_eq!(
+            ping(&client, &url).await,
+            CallResult::Failed(CallError::Transport),
+            "{}",
+            String::from_utf8_lossy(partial)
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(ids.lock().unwrap().len(), 2);
+    }
 }
 
 #[tokio::test]
