@@ -182,7 +182,10 @@ impl<I> Guarded<I> {
 
     /// Keeps `heard` at the count of bytes read since the last request was written
     /// (HTTP/1.1), so the connection's owner can tell a connection that ended before any
-    /// answer came from one that ended in the middle of one.
+    /// answer came from one that ended in the middle of one. Set when a write takes
+    /// bytes and when a read brings some; the owner sets it to 0 before a request, so a
+    /// request whose write fails (a reset) and whose connection then ends reads as
+    /// unanswered.
     pub fn with_heard(mut self, heard: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.heard = Some(heard);
         self
@@ -234,7 +237,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
                 buf.set_filled(before);
                 return Poll::Ready(Err(aborted(why)));
             }
-            this.note_heard();
+            // Bytes, not an end of input: a request whose write failed (the count not
+            // begun again) reads as unanswered ([`Guarded::with_heard`]).
+            if buf.filled().len() > before {
+                this.note_heard();
+            }
         }
         polled
     }
