@@ -238,7 +238,9 @@ impl H2Pool {
                 Err(CallError::Transport)
             }
             (Err(e), Some(_)) => {
-                transport_failed(authority, &e);
+                if remote_reset(&e).is_none() {
+                    transport_failed(authority, &e);
+                }
                 Err(CallError::Transport)
             }
         }
@@ -268,10 +270,7 @@ impl H2Pool {
         e: &hyper::Error,
         after_head: bool,
     ) -> Option<bool> {
-        let reason = std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<h2::Error>())
-            .filter(|h| h.is_reset() && h.is_remote())
-            .and_then(h2::Error::reason)?;
+        let reason = remote_reset(e)?;
         if let Ok(mut conns) = self.conns.lock() {
             if conns[usize::from(https)].remove(authority).is_some() {
                 stream_reset(authority, reason, after_head);
@@ -415,10 +414,15 @@ fn stream_reset(host: &str, reason: h2::Reason, after_head: bool) {
     );
 }
 
-/// Whether an HTTP/2 call failed because its buyer had sent GOAWAY before the stream was
-/// processed: h2 refuses new streams on such a connection, and fails those above the
-/// GOAWAY's last stream id, with the GOAWAY's own error (streams the buyer processed end
-/// as they would have, or with another error).
+/// The code of the `RST_STREAM` the buyer ended the call that failed with `e` by, if it
+/// did (such a call has its own log line: [`stream_reset`]).
+fn remote_reset(e: &hyper::Error) -> Option<h2::Reason> {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .filter(|h| h.is_reset() && h.is_remote())
+        .and_then(h2::Error::reason)
+}
+
 /// Whether `e`, an HTTP/2 call's failure before its answer's head, is its connection gone
 /// under it: closed before the stream was sent (hyper: closed or canceled), or ended by
 /// an I/O error (a reset, an end of input). Black-box round 252a: a buyer that sent
@@ -436,6 +440,10 @@ fn connection_gone(e: &hyper::Error) -> bool {
         || ended_before_answer(e)
 }
 
+/// Whether an HTTP/2 call failed because its buyer had sent GOAWAY before the stream was
+/// processed: h2 refuses new streams on such a connection, and fails those above the
+/// GOAWAY's last stream id, with the GOAWAY's own error (streams the buyer processed end
+/// as they would have, or with another error).
 fn refused_by_go_away(e: &hyper::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<h2::Error>())
@@ -526,7 +534,6 @@ impl IdleConn {
     }
 }
 
-/// A pooled HTTP/1.1 connection and when its certificates stop being valid.
 /// A pooled HTTP/1.1 connection, when its certificates stop being valid, and how many
 /// bytes it read since its last request was written ([`guard::Guarded::with_heard`]).
 type H1Conn = (
@@ -1208,11 +1215,17 @@ impl BuyerClient {
                 {
                     CallError::TooLarge
                 } else {
-                    if let (HttpVersion::Http2, Some(e)) = (http, e.downcast_ref::<hyper::Error>())
-                    {
-                        self.h2.reset_after_head(t.https, &t.authority, e);
+                    let h2_reset = match (http, e.downcast_ref::<hyper::Error>()) {
+                        (HttpVersion::Http2, Some(e)) => {
+                            self.h2.reset_after_head(t.https, &t.authority, e);
+                            remote_reset(e).is_some()
+                        }
+                        _ => false,
+                    };
+                    // A reset has its own line (`stream_reset`).
+                    if !h2_reset {
+                        transport_failed(&t.authority, &*e);
                     }
-                    transport_failed(&t.authority, &*e);
                     CallError::Transport
                 }
             })?;
