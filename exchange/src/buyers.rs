@@ -715,20 +715,23 @@ enum H1Failure {
 /// under it (the host's end of input, a reset, a broken pipe) rather than an answer that
 /// could not be read or a bound of the exchange's ([`guard`]: `ConnectionAborted`).
 fn ended_before_answer(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
+    e.is_incomplete_message()
+        || matches!(
+            io_kind(e),
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+        )
+}
+
+/// The kind of the first I/O error in `e`'s chain (`e` itself included).
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut source = Some(e);
     while let Some(inner) = source {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
+            return Some(io.kind());
         }
         source = inner.source();
     }
-    false
+    None
 }
 
 /// Hosts whose buyer connection failed during a call, for [`transport_failed`] (as
@@ -742,15 +745,8 @@ static TRANSPORT_FAILED: HostLines = std::sync::Mutex::new(None);
 /// words only (hyper's and the system's: no lead data is in them).
 fn transport_failed(host: &str, e: &(dyn std::error::Error + 'static)) {
     // A connection past the guard's bound was said by the guard ([`over_bound`]).
-    let mut source = Some(e);
-    while let Some(inner) = source {
-        if inner
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionAborted)
-        {
-            return;
-        }
-        source = inner.source();
+    if io_kind(e) == Some(std::io::ErrorKind::ConnectionAborted) {
+        return;
     }
     let Some(unlogged) = due_to_log(&TRANSPORT_FAILED, host) else {
         return;
